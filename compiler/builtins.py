@@ -1,0 +1,416 @@
+"""Functions built into the language, below the .dl standard library.
+
+Each takes the evaluator first. Math functions work on static numbers too
+(`sqrt(2 / fan_in)` is computed at compile time); everything else emits primitives.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import ops
+from .dims import Dim, numel
+from .errors import DlcError
+from .frontend import Builtin, describe
+from .graph import Tensor
+
+BUILTINS: dict = {}
+
+
+def builtin(name=None):
+    def register(fn):
+        key = name or fn.__name__.rstrip("_")
+        BUILTINS[key] = Builtin(key, fn)
+        return fn
+    return register
+
+
+def _fail(ev, message):
+    raise DlcError(message, ev.graph.span)
+
+
+def _tensor(ev, x, what="argument") -> Tensor:
+    return ev.tensor(x, ev.graph.span, what)
+
+
+def _int(ev, v, what) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        _fail(ev, f"{what} must be an integer, got {describe(v)}")
+    return v
+
+
+def _pair(ev, v, what) -> tuple:
+    if isinstance(v, tuple):
+        if len(v) != 2:
+            _fail(ev, f"{what} must be an integer or a pair, got a tuple of {len(v)}")
+        return tuple(_int(ev, x, what) for x in v)
+    return (_int(ev, v, what),) * 2
+
+
+def _shape(ev, dims) -> tuple:
+    if len(dims) == 1 and isinstance(dims[0], tuple):
+        dims = dims[0]
+    for d in dims:
+        if isinstance(d, bool) or not isinstance(d, (int, Dim)):
+            _fail(ev, f"a shape is made of integers and dims, got {describe(d)}")
+    return tuple(dims)
+
+
+# ---- elementwise math: static on numbers, primitives on tensors -----------------------------
+_UNARY = {"exp": ("exp", math.exp), "log": ("log", math.log), "log1p": ("log1p", math.log1p),
+          "tanh": ("tanh", math.tanh), "sigmoid": ("logistic", lambda v: 1 / (1 + math.exp(-v))),
+          "sqrt": ("sqrt", math.sqrt), "abs": ("abs", abs), "sign": ("sign", lambda v: float(np.sign(v))),
+          "sin": ("sin", math.sin), "cos": ("cos", math.cos), "erf": ("erf", math.erf)}
+
+
+def _make_unary(name, prim, static):
+    def fn(ev, x):
+        if isinstance(x, (int, float)) and not isinstance(x, bool):
+            try:
+                return static(x)
+            except (ValueError, OverflowError):
+                _fail(ev, f"{name}({x}) is undefined")
+        return ops.unary(prim, _tensor(ev, x))
+    BUILTINS[name] = Builtin(name, fn)
+
+
+for _name, (_prim, _static) in _UNARY.items():
+    _make_unary(_name, _prim, _static)
+
+
+@builtin()
+def maximum(ev, a, b):
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        return max(a, b)
+    return ops.binary("maximum", a, b)
+
+
+@builtin()
+def minimum(ev, a, b):
+    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
+        return min(a, b)
+    return ops.binary("minimum", a, b)
+
+
+@builtin()
+def select(ev, cond, a, b):
+    """Elementwise choice: a where cond is true, else b."""
+    return ops.select(_tensor(ev, cond, "the condition"), a, b)
+
+
+BUILTINS["where"] = Builtin("where", select)
+
+
+@builtin()
+def stop_gradient(ev, x):
+    x = _tensor(ev, x)
+    return x.graph.add1("stop_gradient", [x])
+
+
+@builtin("float")
+def float_(ev, x):
+    return float(x) if isinstance(x, (int, float)) else ops.cast(_tensor(ev, x), "f32")
+
+
+@builtin("int")
+def int_(ev, x):
+    return int(x) if isinstance(x, (int, float)) else ops.cast(_tensor(ev, x), "i32")
+
+
+@builtin()
+def cast(ev, x, dtype: str):
+    if dtype not in ("f32", "f64", "i32", "i64", "bool"):
+        _fail(ev, f"unknown dtype \"{dtype}\" (f32, f64, i32, i64, bool)")
+    return ops.cast(_tensor(ev, x), dtype)
+
+
+# ---- reductions ----------------------------------------------------------------------------------
+def _axis(ev, x: Tensor, axis):
+    if axis is None:
+        return None
+    axes = axis if isinstance(axis, tuple) else (axis,)
+    for a in axes:
+        if isinstance(a, bool) or not isinstance(a, int) or not -x.rank <= a < max(x.rank, 1):
+            _fail(ev, f"axis {a} is out of range for {x.type}")
+    return axes
+
+
+@builtin("sum")
+def sum_(ev, x, axis=None, keepdims=False):
+    if isinstance(x, tuple):
+        return _fold(ev, x, ops.add)
+    x = _tensor(ev, x)
+    return ops.sum_(x, _axis(ev, x, axis), keepdims)
+
+
+def _fold(ev, xs, f):
+    if not xs:
+        _fail(ev, "sum of an empty tuple")
+    out = xs[0]
+    for v in xs[1:]:
+        out = f(out, v)
+    return out
+
+
+@builtin()
+def mean(ev, x, axis=None, keepdims=False):
+    x = _tensor(ev, x)
+    return ops.mean(x, _axis(ev, x, axis), keepdims)
+
+
+@builtin("max")
+def max_(ev, x, axis=None, keepdims=False):
+    x = _tensor(ev, x)
+    return ops.max_(x, _axis(ev, x, axis), keepdims)
+
+
+@builtin("min")
+def min_(ev, x, axis=None, keepdims=False):
+    x = _tensor(ev, x)
+    return -ops.max_(-x, _axis(ev, x, axis), keepdims)
+
+
+@builtin()
+def argmax(ev, x, axis=-1):
+    x = _tensor(ev, x)
+    _axis(ev, x, axis)
+    return ops.argmax(x, axis)
+
+
+# ---- shapes ------------------------------------------------------------------------------------------
+@builtin()
+def shape(ev, x):
+    return _tensor(ev, x).shape
+
+
+@builtin()
+def size(ev, x, axis):
+    x = _tensor(ev, x)
+    _axis(ev, x, axis)
+    return x.shape[axis]
+
+
+@builtin("len")
+def len_(ev, x):
+    if isinstance(x, tuple):
+        return len(x)
+    x = _tensor(ev, x)
+    if x.rank == 0:
+        _fail(ev, "len of a scalar")
+    return x.shape[0]
+
+
+@builtin()
+def reshape(ev, x, *dims):
+    x = _tensor(ev, x)
+    return ops.reshape(x, _shape(ev, dims))
+
+
+@builtin()
+def transpose(ev, x, *perm):
+    x = _tensor(ev, x)
+    perm = _shape(ev, perm) if perm else tuple(range(x.rank))[::-1]
+    if sorted(perm) != list(range(x.rank)):
+        _fail(ev, f"{list(perm)} is not a permutation of the {x.rank} axes of {x.type}")
+    return ops.transpose(x, perm)
+
+
+@builtin()
+def swapaxes(ev, x, a, b):
+    x = _tensor(ev, x)
+    perm = list(range(x.rank))
+    a, b = ops.axis_index(x, a), ops.axis_index(x, b)
+    perm[a], perm[b] = perm[b], perm[a]
+    return ops.transpose(x, perm)
+
+
+@builtin()
+def expand_dims(ev, x, axis):
+    x = _tensor(ev, x)
+    axis = axis % (x.rank + 1)
+    return ops.reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
+
+
+@builtin()
+def squeeze(ev, x, axis):
+    x = _tensor(ev, x)
+    axis = ops.axis_index(x, axis)
+    if x.shape[axis] != 1:
+        _fail(ev, f"cannot squeeze axis {axis} of {x.type}: its size is not 1")
+    return ops.reshape(x, x.shape[:axis] + x.shape[axis + 1:])
+
+
+@builtin()
+def concat(ev, *xs, axis=-1):
+    if len(xs) == 1 and isinstance(xs[0], tuple):
+        xs = xs[0]
+    if not xs:
+        _fail(ev, "concat of nothing")
+    ts = [_tensor(ev, x) for x in xs]
+    for t in ts[1:]:
+        if t.rank != ts[0].rank:
+            _fail(ev, f"cannot concat {ts[0].type} and {t.type}: ranks differ")
+    return ops.concat(ts, axis)
+
+
+@builtin()
+def stack(ev, *xs, axis=0):
+    if len(xs) == 1 and isinstance(xs[0], tuple):
+        xs = xs[0]
+    ts = [_tensor(ev, x) for x in xs]
+    axis = axis % (ts[0].rank + 1)
+    return ops.concat([ops.reshape(t, t.shape[:axis] + (1,) + t.shape[axis:]) for t in ts], axis)
+
+
+@builtin()
+def split(ev, x, parts, axis=-1):
+    """Split into `parts` equal pieces along an axis; returns a tuple."""
+    x = _tensor(ev, x)
+    parts = _int(ev, parts, "the number of parts")
+    axis = ops.axis_index(x, axis)
+    size = x.shape[axis]
+    piece = size // parts if isinstance(size, Dim) else (size // parts if size % parts == 0 else None)
+    if parts <= 0 or piece is None:
+        _fail(ev, f"cannot split {x.type} into {parts} equal parts along axis {axis}")
+    out = []
+    for k in range(parts):
+        starts = [0] * x.rank
+        stops = list(x.shape)
+        starts[axis], stops[axis] = k * piece, (k + 1) * piece
+        out.append(ops.slice_(x, starts, stops, [1] * x.rank))
+    return tuple(out)
+
+
+@builtin()
+def broadcast_to(ev, x, *dims):
+    x = _tensor(ev, x)
+    shape = ops.broadcast_shapes(ev.graph, x.shape, _shape(ev, dims))
+    return ops.broadcast_to(x, shape)
+
+
+@builtin()
+def full(ev, shape, value, dtype="f32"):
+    if not isinstance(shape, tuple):
+        shape = (shape,)
+    return ops.full(ev.graph, _shape(ev, shape), value, dtype)
+
+
+@builtin()
+def arange(ev, n):
+    """0, 1, ..., n-1 as i32[n]."""
+    if isinstance(n, bool) or not isinstance(n, (int, Dim)):
+        _fail(ev, f"arange needs a size, got {describe(n)}")
+    return ev.graph.add1("iota", shape=(n,), axis=0, dtype="i32")
+
+
+@builtin()
+def one_hot(ev, indices, n, dtype="f32"):
+    idx = _tensor(ev, indices)
+    if idx.dtype not in ("i32", "i64"):
+        _fail(ev, f"one_hot needs integer indices, got {idx.type}")
+    return ops.one_hot(idx, _int(ev, n, "the number of classes"), dtype)
+
+
+@builtin()
+def gather(ev, table, indices):
+    """Rows of `table` picked by integer `indices`: out[..., :] = table[indices[...], :]."""
+    t, idx = _tensor(ev, table), _tensor(ev, indices)
+    if idx.dtype not in ("i32", "i64"):
+        _fail(ev, f"gather needs integer indices, got {idx.type}")
+    return ev.graph.add1("gather", [t, idx])
+
+
+# ---- random numbers (counter-based: reproducible from the seed) ------------------------------------------
+def _random(ev, dims, dist):
+    shape = _shape(ev, dims)
+    return ev.graph.add1("random", [ev.rng_key()], shape=shape, dist=dist, stream=ev.next_stream())
+
+
+@builtin()
+def random_uniform(ev, *dims):
+    """Uniform in (0, 1)."""
+    return _random(ev, dims, "uniform")
+
+
+@builtin()
+def random_normal(ev, *dims):
+    """Standard normal."""
+    return _random(ev, dims, "normal")
+
+
+@builtin()
+def random_orthogonal(ev, *dims):
+    """A (semi-)orthogonal matrix: rows or columns orthonormal (for the orthogonal initializer)."""
+    shape = _shape(ev, dims)
+    if len(shape) < 2:
+        _fail(ev, f"an orthogonal matrix needs rank >= 2, got {list(shape)}")
+    return ev.graph.add1("random", [ev.rng_key()], shape=shape, dist="orthogonal", stream=ev.next_stream())
+
+
+# ---- convolution and pooling (NCHW) ---------------------------------------------------------------------------
+def _rank4(ev, x, what):
+    x = _tensor(ev, x)
+    if x.rank != 4:
+        _fail(ev, f"{what} needs a [N, C, H, W] input, got {x.type}")
+    return x
+
+
+@builtin()
+def convolution(ev, x, w, stride=1, padding=0):
+    """2-D cross-correlation of x [N, C, H, W] with weights [O, C, kh, kw]."""
+    x, w = _rank4(ev, x, "convolution"), _tensor(ev, w)
+    return ev.graph.add1("conv2d", list(ops.promote(x, w)), stride=_pair(ev, stride, "stride"),
+                         padding=_pair(ev, padding, "padding"))
+
+
+def _pool(ev, op, x, kernel, stride, padding):
+    x = _rank4(ev, x, op)
+    kernel = _pair(ev, kernel, "kernel")
+    stride = kernel if stride is None else _pair(ev, stride, "stride")
+    return ev.graph.add1(op, [x], kernel=kernel, stride=stride, padding=_pair(ev, padding, "padding"))
+
+
+@builtin()
+def max_pool(ev, x, kernel=2, stride=None, padding=0):
+    return _pool(ev, "maxpool2d", x, kernel, stride, padding)
+
+
+@builtin()
+def avg_pool(ev, x, kernel=2, stride=None, padding=0):
+    return _pool(ev, "avgpool2d", x, kernel, stride, padding)
+
+
+@builtin("numel")
+def numel_(ev, x):
+    return numel(_tensor(ev, x).shape)
+
+
+# ---- static helpers for library code ----------------------------------------------------------------------------
+@builtin("range")
+def range_(ev, start, stop=None):
+    """A tuple of integers: range(n) or range(a, b)."""
+    if stop is None:
+        start, stop = 0, start
+    return tuple(range(_int(ev, start, "range start"), _int(ev, stop, "range end")))
+
+
+@builtin()
+def pair(ev, v):
+    """(v, v) for an integer, v itself for a pair."""
+    return _pair(ev, v, "the value")
+
+
+@builtin()
+def as_tuple(ev, v):
+    return v if isinstance(v, tuple) else (v,)
+
+
+@builtin("str")
+def str_(ev, v):
+    return str(v)
+
+
+@builtin()
+def is_none(ev, v):
+    return v is None

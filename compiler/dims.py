@@ -1,0 +1,227 @@
+"""Symbolic dimensions.
+
+A dimension is an int or a `Dim`: a polynomial with integer coefficients over named
+symbols (B, T, ...), so that `B*T`, `T - 1` and `2*T + 1` stay exact through reshape,
+slice and concat. Arithmetic that yields a constant returns a plain int. A `Unifier`
+binds symbols to each other or to sizes, remembering where, for error messages.
+"""
+from __future__ import annotations
+
+from math import prod
+
+from .errors import DlcError, Span
+
+Monomial = tuple  # sorted tuple of symbol names; () is the constant term
+
+
+class Dim:
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: dict):
+        self.terms = {m: c for m, c in terms.items() if c != 0}
+
+    @staticmethod
+    def sym(name: str) -> "Dim":
+        return Dim({(name,): 1})
+
+    # construction helpers -------------------------------------------------------
+    @staticmethod
+    def _terms(x) -> dict:
+        if isinstance(x, Dim):
+            return x.terms
+        if isinstance(x, bool) or not isinstance(x, int):
+            raise TypeError(f"not a dimension: {x!r}")
+        return {(): x} if x else {}
+
+    @staticmethod
+    def make(terms: dict) -> "int | Dim":
+        d = Dim(terms)
+        if not d.terms:
+            return 0
+        if list(d.terms) == [()]:
+            return d.terms[()]
+        return d
+
+    def __add__(self, other):
+        t = dict(self.terms)
+        for m, c in Dim._terms(other).items():
+            t[m] = t.get(m, 0) + c
+        return Dim.make(t)
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return Dim.make({m: -c for m, c in self.terms.items()})
+
+    def __sub__(self, other):
+        return self + (-other)
+
+    def __rsub__(self, other):
+        return (-self) + other
+
+    def __mul__(self, other):
+        t: dict = {}
+        for m1, c1 in self.terms.items():
+            for m2, c2 in Dim._terms(other).items():
+                m = tuple(sorted(m1 + m2))
+                t[m] = t.get(m, 0) + c1 * c2
+        return Dim.make(t)
+
+    __rmul__ = __mul__
+
+    def __floordiv__(self, other):
+        """Exact division by an int, or by a dim that is one of its factors."""
+        if isinstance(other, int):
+            if all(c % other == 0 for c in self.terms.values()):
+                return Dim.make({m: c // other for m, c in self.terms.items()})
+        elif isinstance(other, Dim) and len(other.terms) == 1:
+            (om, oc), = other.terms.items()
+            out = {}
+            for m, c in self.terms.items():
+                rest = list(m)
+                for s in om:
+                    if s not in rest:
+                        return None
+                    rest.remove(s)
+                if c % oc:
+                    return None
+                out[tuple(rest)] = c // oc
+            return Dim.make(out)
+        return None
+
+    def __eq__(self, other):
+        if isinstance(other, (Dim, int)) and not isinstance(other, bool):
+            return self.terms == Dim._terms(other)
+        return NotImplemented
+
+    def __hash__(self):
+        return hash(frozenset(self.terms.items()))
+
+    def symbols(self) -> set:
+        return {s for m in self.terms for s in m}
+
+    def subs(self, env: dict) -> "int | Dim":
+        out: int | Dim = 0
+        for m, c in self.terms.items():
+            term: int | Dim = c
+            for s in m:
+                term = term * env.get(s, Dim.sym(s))
+            out = out + term
+        return out
+
+    def __str__(self):
+        parts = []
+        for m in sorted(self.terms, key=lambda m: (-len(m), m)):
+            c = self.terms[m]
+            body = "*".join(m)
+            if not m:
+                text = str(abs(c))
+            elif abs(c) == 1:
+                text = body
+            else:
+                text = f"{abs(c)}*{body}"
+            sign = "-" if c < 0 else "+"
+            parts.append((sign, text))
+        s = ("-" if parts[0][0] == "-" else "") + parts[0][1]
+        for sign, text in parts[1:]:
+            s += f" {sign} {text}"
+        return s
+
+    __repr__ = __str__
+
+
+def is_dim(x) -> bool:
+    return isinstance(x, Dim) or (isinstance(x, int) and not isinstance(x, bool))
+
+
+def shape_str(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def numel(shape):
+    return prod(shape, start=1)
+
+
+def exact_div(a, b):
+    """a / b when it divides exactly, else None."""
+    if isinstance(a, Dim):
+        return a // b
+    if isinstance(b, Dim) or not b or a % b:
+        return None
+    return a // b
+
+
+def symbols(shape) -> set:
+    out = set()
+    for d in shape:
+        if isinstance(d, Dim):
+            out |= d.symbols()
+    return out
+
+
+def evaluate(d, env: dict) -> int:
+    """A dim's value given sizes for its symbols."""
+    if isinstance(d, Dim):
+        v = d.subs(env)
+        if isinstance(v, Dim):
+            raise KeyError(f"no size for {', '.join(sorted(v.symbols()))}")
+        return v
+    return d
+
+
+def subs(d, env: dict):
+    return d.subs(env) if isinstance(d, Dim) else d
+
+
+class Unifier:
+    """Binds symbols so that two dims meant to be equal become equal.
+
+    A bare symbol on either side is bound to the other side; anything else must
+    already be equal. Every binding remembers the span that made it."""
+
+    def __init__(self):
+        self.bound: dict[str, tuple] = {}   # name -> (value, span)
+
+    def resolve(self, d):
+        if not isinstance(d, Dim):
+            return d
+        for _ in range(64):
+            names = d.symbols() & self.bound.keys() if isinstance(d, Dim) else set()
+            if not names:
+                return d
+            d = d.subs({n: self.bound[n][0] for n in names})
+        return d
+
+    def resolve_shape(self, shape) -> tuple:
+        return tuple(self.resolve(d) for d in shape)
+
+    def unify(self, a, b, span: Span | None) -> bool:
+        """Make a and b equal if a symbol can be bound; False if they cannot be."""
+        a, b = self.resolve(a), self.resolve(b)
+        if a == b:
+            return True
+        for x, y in ((a, b), (b, a)):
+            if isinstance(x, Dim) and len(x.terms) == 1 and list(x.terms.items())[0][1] == 1 \
+                    and len(list(x.terms)[0]) == 1:
+                name = list(x.terms)[0][0]
+                if isinstance(y, Dim) and name in y.symbols():
+                    return False
+                if isinstance(y, int) and y <= 0:
+                    return False
+                self.bound[name] = (y, span)
+                return True
+        return False
+
+    def explain(self, d) -> list:
+        """Notes saying where the symbols of d got their values."""
+        notes = []
+        if isinstance(d, Dim):
+            for name in sorted(d.symbols()):
+                if name in self.bound:
+                    value, span = self.bound[name]
+                    notes.append((f"{name} became {self.resolve(value)} here", span))
+        return notes
+
+    def require(self, a, b, span, message: str):
+        if not self.unify(a, b, span):
+            raise DlcError(message, span, self.explain(a) + self.explain(b))

@@ -1,0 +1,303 @@
+"""The graph IR: a networkx MultiDiGraph of primitive ops.
+
+Every node has an `op`, static `attrs`, a list of output `types` (TensorType) and the
+source `span` it came from. An edge u -> v with key i and attribute `out=j` says that
+output j of u is argument i of v; edges are the only record of dataflow.
+`Tensor` is a handle on one output of one node; arithmetic on it emits nodes.
+"""
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import networkx as nx
+import numpy as np
+
+from .dims import Dim, Unifier, shape_str, numel
+from .errors import DlcError, Span
+
+DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
+FLOAT_DTYPES = ("f32", "f64")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    def __str__(self) -> str:
+        return f"{self.dtype}{shape_str(self.shape)}"
+
+
+@dataclass
+class Primitive:
+    """One primitive op: its fusion pattern kind, type rule, numpy reference and VJP.
+
+    kind is one of: source, elementwise, broadcast, injective, reduction, contraction,
+    window, opaque, control."""
+    name: str
+    kind: str
+    infer: Callable            # (ctx: Infer, types, **attrs) -> list[TensorType]
+    impl: Callable             # (ctx: Eval, arrays, **attrs) -> list[np.ndarray]
+    vjp: Callable | None = None  # (node: NodeView, cotangents) -> list[Tensor | None]
+    flops: Callable | None = None  # (in_types, out_types, **attrs) -> dim polynomial
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+class Infer:
+    """What a type rule may ask of the graph: unify dims, fail with a located error."""
+
+    def __init__(self, graph: "Graph", op: str):
+        self.graph, self.op = graph, op
+
+    def same(self, a, b, what: str):
+        self.graph.dims.require(a, b, self.graph.span, f"{self.op}: {what}")
+
+    def fail(self, message: str):
+        raise DlcError(f"{self.op}: {message}", self.graph.span)
+
+
+class Tensor:
+    """One output of one node."""
+    __slots__ = ("graph", "node", "out")
+
+    def __init__(self, graph: "Graph", node: int, out: int = 0):
+        self.graph, self.node, self.out = graph, node, out
+
+    @property
+    def type(self) -> TensorType:
+        return self.graph.g.nodes[self.node]["types"][self.out]
+
+    @property
+    def shape(self) -> tuple:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def rank(self) -> int:
+        return len(self.type.shape)
+
+    @property
+    def span(self) -> Span | None:
+        return self.graph.g.nodes[self.node]["span"]
+
+    def key(self):
+        return (self.node, self.out)
+
+    def __repr__(self):
+        return f"%{self.node}" + (f".{self.out}" if self.out else "") + f":{self.type}"
+
+    # arithmetic emits nodes; the rules live in ops.py
+    def __add__(self, o): return _ops().add(self, o)
+    def __radd__(self, o): return _ops().add(o, self)
+    def __sub__(self, o): return _ops().sub(self, o)
+    def __rsub__(self, o): return _ops().sub(o, self)
+    def __mul__(self, o): return _ops().mul(self, o)
+    def __rmul__(self, o): return _ops().mul(o, self)
+    def __truediv__(self, o): return _ops().div(self, o)
+    def __rtruediv__(self, o): return _ops().div(o, self)
+    def __neg__(self): return _ops().neg(self)
+    def __matmul__(self, o): return _ops().matmul(self, o)
+
+
+def _ops():
+    from . import ops
+    return ops
+
+
+@dataclass
+class NodeView:
+    """What a VJP rule sees of a node: its attrs, operands and outputs."""
+    graph: "Graph"
+    node: int
+    attrs: dict
+    inputs: list
+    outputs: list
+    span: Span | None = field(default=None)
+
+
+class Graph:
+    def __init__(self, name: str = "main", dims: Unifier | None = None, parent: "Graph | None" = None):
+        self.name = name
+        self.g = nx.MultiDiGraph()
+        self.dims = dims if dims is not None else Unifier()
+        self.parent = parent
+        self.span: Span | None = None
+        self.outputs: dict[str, Tensor] = {}
+        self.args: list[Tensor] = []       # ordered arguments of a body graph
+        self._next = 0
+
+    # construction -------------------------------------------------------------------
+    @contextmanager
+    def at(self, span: Span | None):
+        """Emit nodes with this source span."""
+        saved = self.span
+        if span is not None:
+            self.span = span
+        try:
+            yield
+        finally:
+            self.span = saved
+
+    def add(self, op: str, inputs: list[Tensor] = (), **attrs) -> list[Tensor]:
+        prim = PRIMITIVES[op]
+        for t in inputs:
+            assert t.graph is self, f"{op}: operand from another graph"
+        try:
+            types = prim.infer(Infer(self, op), [t.type for t in inputs], **attrs)
+        except DlcError as e:
+            if not e.notes:
+                e.notes = [(f"operand {i + 1} is {t.type}, from here", t.span)
+                           for i, t in enumerate(inputs) if t.span is not None and t.span != e.span]
+            raise
+        n = self._next
+        self._next += 1
+        self.g.add_node(n, op=op, attrs=attrs, types=list(types), span=self.span)
+        for i, t in enumerate(inputs):
+            self.g.add_edge(t.node, n, key=i, out=t.out)
+        return [Tensor(self, n, j) for j in range(len(types))]
+
+    def add1(self, op: str, inputs: list[Tensor] = (), **attrs) -> Tensor:
+        return self.add(op, inputs, **attrs)[0]
+
+    # queries ------------------------------------------------------------------------------
+    def op(self, n: int) -> str:
+        return self.g.nodes[n]["op"]
+
+    def attrs(self, n: int) -> dict:
+        return self.g.nodes[n]["attrs"]
+
+    def types(self, n: int) -> list:
+        return self.g.nodes[n]["types"]
+
+    def inputs(self, n: int) -> list[Tensor]:
+        edges = sorted(self.g.in_edges(n, keys=True, data="out"), key=lambda e: e[2])
+        return [Tensor(self, u, out) for u, _, _, out in edges]
+
+    def outputs_of(self, n: int) -> list[Tensor]:
+        return [Tensor(self, n, j) for j in range(len(self.types(n)))]
+
+    def view(self, n: int) -> NodeView:
+        return NodeView(self, n, self.attrs(n), self.inputs(n), self.outputs_of(n), self.g.nodes[n]["span"])
+
+    def order(self) -> list[int]:
+        """Nodes in a topological order that keeps creation order where it can."""
+        return list(nx.lexicographical_topological_sort(self.g))
+
+    def nodes_with(self, op: str) -> list[int]:
+        return [n for n in sorted(self.g.nodes) if self.op(n) == op]
+
+    def params(self) -> list[int]:
+        return self.nodes_with("param")
+
+    def resolve_types(self):
+        """Substitute every bound symbol in every type and shape attribute."""
+        for n in self.g.nodes:
+            data = self.g.nodes[n]
+            data["types"] = [TensorType(t.dtype, self.dims.resolve_shape(t.shape)) for t in data["types"]]
+            data["attrs"] = {k: _resolve_attr(self.dims, v) for k, v in data["attrs"].items()}
+
+
+def _resolve_attr(dims: Unifier, v):
+    if isinstance(v, Dim):
+        return dims.resolve(v)
+    if isinstance(v, tuple):
+        return tuple(_resolve_attr(dims, x) for x in v)
+    if isinstance(v, Graph):
+        v.resolve_types()
+    return v
+
+
+# ---- rendering (dlc graph) -------------------------------------------------------------
+def _attr_text(v) -> str:
+    if isinstance(v, Graph):
+        return f"<body {v.name}>"
+    if isinstance(v, np.ndarray):
+        if v.ndim == 0:
+            return f"{v.item():g}" if isinstance(v.item(), float) else str(v.item())
+        return f"array{list(v.shape)}" if v.size > 4 else np.array2string(v, separator=",")
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_attr_text(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def _ref(t: Tensor) -> str:
+    return f"%{t.node}" + (f".{t.out}" if t.out else "")
+
+
+def _where(span: Span) -> str:
+    return f"{span.file.rsplit('/', 1)[-1]}:{span.line}:{span.col}"
+
+
+def to_text(graph: Graph, indent: str = "") -> str:
+    lines = []
+    for n in graph.order():
+        d = graph.g.nodes[n]
+        types = ", ".join(str(t) for t in d["types"])
+        args = ", ".join(_ref(t) for t in graph.inputs(n))
+        attrs = ", ".join(f"{k}={_attr_text(v)}" for k, v in d["attrs"].items() if not isinstance(v, Graph))
+        loc = f"  @{_where(d['span'])}" if d["span"] else ""
+        call = d["op"] + (f"({args})" if args else "") + (f" {{{attrs}}}" if attrs else "")
+        lines.append(f"{indent}%{n} = {call} : {types}{loc}")
+        for k, v in d["attrs"].items():
+            if isinstance(v, Graph):
+                lines.append(f"{indent}  {k} {v.name}(" + ", ".join(_ref(a) + f":{a.type}" for a in v.args) + ") {")
+                lines.append(to_text(v, indent + "    "))
+                lines.append(f"{indent}  }}")
+    for name, t in graph.outputs.items():
+        lines.append(f"{indent}output {name} = {_ref(t)} : {t.type}")
+    return "\n".join(lines)
+
+
+def to_dot(graph: Graph) -> str:
+    lines = [f'digraph "{graph.name}" {{', "  node [shape=box, fontname=monospace];"]
+    for n in graph.order():
+        d = graph.g.nodes[n]
+        label = f"%{n} {d['op']}\\n" + ", ".join(str(t) for t in d["types"])
+        lines.append(f'  n{n} [label="{label}"];')
+    for u, v, k, out in graph.g.edges(keys=True, data="out"):
+        lines.append(f'  n{u} -> n{v} [label="{out}:{k}"];')
+    for name, t in graph.outputs.items():
+        lines.append(f'  "out:{name}" [shape=ellipse];')
+        lines.append(f'  n{t.node} -> "out:{name}";')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def to_json(graph: Graph) -> str:
+    return json.dumps(_json(graph), indent=1)
+
+
+def _json(graph: Graph) -> dict:
+    nodes = []
+    for n in graph.order():
+        d = graph.g.nodes[n]
+        nodes.append({
+            "id": n, "op": d["op"], "kind": PRIMITIVES[d["op"]].kind,
+            "inputs": [[t.node, t.out] for t in graph.inputs(n)],
+            "attrs": {k: (_json(v) if isinstance(v, Graph) else _attr_text(v)) for k, v in d["attrs"].items()},
+            "types": [str(t) for t in d["types"]],
+            "span": str(d["span"]) if d["span"] else None,
+        })
+    return {"name": graph.name, "args": [[t.node, t.out] for t in graph.args], "nodes": nodes,
+            "outputs": {k: [t.node, t.out] for k, t in graph.outputs.items()}}
+
+
+__all__ = ["Graph", "Tensor", "TensorType", "Primitive", "PRIMITIVES", "Infer", "NodeView", "DTYPES", "numel"]

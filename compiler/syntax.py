@@ -1,0 +1,510 @@
+"""The .dl abstract syntax tree and the parser that builds it from grammar/dl.lark."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from functools import lru_cache
+
+from lark import Lark, Transformer, v_args, Token
+from lark.exceptions import UnexpectedInput, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
+
+from .errors import DlcError, Span, register_source
+
+
+@dataclass
+class Node:
+    span: Span = field(repr=False, compare=False)
+
+
+# ---- expressions -------------------------------------------------------------
+@dataclass
+class Number(Node):
+    value: int | float
+
+
+@dataclass
+class String(Node):
+    value: str
+
+
+@dataclass
+class Bool(Node):
+    value: bool
+
+
+@dataclass
+class NoneValue(Node):
+    """`none`: an absent optional argument (a mask, an initial state)."""
+
+
+@dataclass
+class Name(Node):
+    id: str
+
+
+@dataclass
+class Tuple(Node):
+    items: list
+
+
+@dataclass
+class Unary(Node):
+    op: str            # '-', 'not'
+    operand: Node
+
+
+@dataclass
+class Binary(Node):
+    op: str            # + - * / % @ ^ == != < <= > >= and or
+    left: Node
+    right: Node
+
+
+@dataclass
+class Ternary(Node):
+    then: Node
+    cond: Node
+    other: Node
+
+
+@dataclass
+class Keyword(Node):
+    name: str
+    value: Node
+
+
+@dataclass
+class Call(Node):
+    func: Node
+    args: list          # Node | Keyword
+
+
+@dataclass
+class Pipe(Node):
+    value: Node
+    func: Node          # a Call (value becomes its first argument) or a function
+
+
+@dataclass
+class Slice(Node):
+    start: Node | None
+    stop: Node | None
+    step: Node | None
+
+
+@dataclass
+class AnyDims(Node):
+    """`...` in a type or a subscript."""
+
+
+@dataclass
+class Index(Node):
+    value: Node
+    subscripts: list    # Node | Slice | AnyDims
+
+
+@dataclass
+class Attribute(Node):
+    value: Node
+    name: str
+
+
+@dataclass
+class Scan(Node):
+    var: str
+    length: Name | Number
+    options: list       # Keyword
+    carries: list       # Keyword
+    body: list          # statements
+
+
+# ---- types -------------------------------------------------------------------
+@dataclass
+class TensorType(Node):
+    dtype: str
+    dims: list          # Node | AnyDims
+
+
+@dataclass
+class StaticType(Node):
+    kind: str           # int, float, bool, str, fn, ...
+
+
+# ---- statements ----------------------------------------------------------------
+@dataclass
+class Assign(Node):
+    targets: list[str]
+    value: Node
+
+
+@dataclass
+class ParamDecl(Node):
+    name: str
+    type: TensorType
+    init: Node | None
+    trainable: bool     # `param` is trainable, `state` is a buffer
+
+
+@dataclass
+class Update(Node):
+    name: str
+    value: Node
+
+
+@dataclass
+class Return(Node):
+    values: list
+
+
+@dataclass
+class Yield(Node):
+    values: list
+
+
+@dataclass
+class Repeat(Node):
+    var: str
+    start: Node
+    stop: Node
+    body: list
+
+
+@dataclass
+class If(Node):
+    cond: Node
+    then: list
+    other: list
+
+
+@dataclass
+class ArgDecl(Node):
+    name: str
+    type: TensorType | StaticType | None
+    default: Node | None
+
+
+@dataclass
+class Def(Node):
+    name: str
+    args: list[ArgDecl]
+    body: list          # statements; an expression-form def is one Return
+
+
+@dataclass
+class Input(Node):
+    name: str
+    type: TensorType
+    is_target: bool
+
+
+@dataclass
+class Output(Node):
+    name: str
+    value: Node | None
+
+
+@dataclass
+class Loss(Node):
+    value: Node
+
+
+@dataclass
+class Metric(Node):
+    name: str
+    value: Node
+
+
+# ---- top level ----------------------------------------------------------------
+@dataclass
+class Import(Node):
+    path: str
+
+
+@dataclass
+class Const(Node):
+    name: str
+    value: Node
+
+
+@dataclass
+class Model(Node):
+    name: str
+    body: list
+
+
+@dataclass
+class Train(Node):
+    model: str
+    settings: list      # Keyword
+
+
+@dataclass
+class Module(Node):
+    items: list
+
+
+def _span(filename: str, meta) -> Span:
+    if getattr(meta, "empty", True):
+        return Span(filename, 0, 0)
+    return Span(filename, meta.line, meta.column, meta.end_line, meta.end_column)
+
+
+def _token_span(filename: str, tok: Token) -> Span:
+    return Span(filename, tok.line, tok.column, tok.end_line, tok.end_column)
+
+
+@v_args(meta=True)
+class _ToAst(Transformer):
+    def __init__(self, filename: str):
+        super().__init__()
+        self.file = filename
+
+    def _s(self, meta):
+        return _span(self.file, meta)
+
+    # top level
+    def start(self, meta, items):
+        return Module(self._s(meta), items)
+
+    def import_stmt(self, meta, c):
+        return Import(self._s(meta), c[0][1:-1])
+
+    def const_stmt(self, meta, c):
+        return Const(self._s(meta), str(c[0]), c[1])
+
+    def model_def(self, meta, c):
+        return Model(self._s(meta), str(c[0]), c[1])
+
+    def train_def(self, meta, c):
+        return Train(self._s(meta), str(c[0]), c[1:])
+
+    def setting(self, meta, c):
+        return Keyword(self._s(meta), str(c[0]), c[1])
+
+    keyword = setting
+
+    def def_stmt(self, meta, c):
+        name, *args, body = c
+        args = [a for a in args if a is not None]
+        if not isinstance(body, list):
+            body = [Return(body.span, [body])]
+        return Def(self._s(meta), str(name), args, body)
+
+    def arg_decl(self, meta, c):
+        name, typ, default = c
+        if isinstance(typ, Token):
+            typ = StaticType(_token_span(self.file, typ), str(typ))
+        return ArgDecl(self._s(meta), str(name), typ, default)
+
+    def block(self, meta, stmts):
+        return list(stmts)
+
+    # statements
+    def assign(self, meta, c):
+        return Assign(self._s(meta), [str(t) for t in c[:-1]], c[-1])
+
+    def param_stmt(self, meta, c):
+        return ParamDecl(self._s(meta), str(c[0]), c[1], c[2], True)
+
+    def state_stmt(self, meta, c):
+        return ParamDecl(self._s(meta), str(c[0]), c[1], c[2], False)
+
+    def update_stmt(self, meta, c):
+        return Update(self._s(meta), str(c[0]), c[1])
+
+    def return_stmt(self, meta, c):
+        return Return(self._s(meta), c)
+
+    def yield_stmt(self, meta, c):
+        return Yield(self._s(meta), c)
+
+    def repeat_stmt(self, meta, c):
+        return Repeat(self._s(meta), str(c[0]), c[1], c[2], c[3])
+
+    def if_stmt(self, meta, c):
+        cond, then, other = c
+        if isinstance(other, If):
+            other = [other]
+        return If(self._s(meta), cond, then, other or [])
+
+    def input_stmt(self, meta, c):
+        return Input(self._s(meta), str(c[0]), c[1], False)
+
+    def target_stmt(self, meta, c):
+        return Input(self._s(meta), str(c[0]), c[1], True)
+
+    def output_stmt(self, meta, c):
+        return Output(self._s(meta), str(c[0]), c[1])
+
+    def loss_stmt(self, meta, c):
+        return Loss(self._s(meta), c[0])
+
+    def metric_stmt(self, meta, c):
+        return Metric(self._s(meta), str(c[0]), c[1])
+
+    # types
+    def tensor_type(self, meta, c):
+        return TensorType(self._s(meta), str(c[0]), [d for d in c[1:] if d is not None])
+
+    def dim(self, meta, c):
+        return c[0]
+
+    def any_dims(self, meta, c):
+        return AnyDims(self._s(meta))
+
+    # expressions
+    def ternary(self, meta, c):
+        return Ternary(self._s(meta), c[1], c[0], c[2])
+
+    def pipe(self, meta, c):
+        return Pipe(self._s(meta), c[0], c[1])
+
+    def logical_or(self, meta, c):
+        return Binary(self._s(meta), "or", c[0], c[1])
+
+    def logical_and(self, meta, c):
+        return Binary(self._s(meta), "and", c[0], c[1])
+
+    def logical_not(self, meta, c):
+        return Unary(self._s(meta), "not", c[0])
+
+    def binary(self, meta, c):
+        return Binary(self._s(meta), str(c[1]), c[0], c[2])
+
+    def negate(self, meta, c):
+        return Unary(self._s(meta), "-", c[0])
+
+    def power(self, meta, c):
+        return Binary(self._s(meta), "^", c[0], c[1])
+
+    def call(self, meta, c):
+        return Call(self._s(meta), c[0], [a for a in c[1:] if a is not None])
+
+    def arg(self, meta, c):
+        return c[0]
+
+    def keyword_arg(self, meta, c):
+        return Keyword(self._s(meta), str(c[0]), c[1])
+
+    def index(self, meta, c):
+        return Index(self._s(meta), c[0], c[1:])
+
+    def subscript(self, meta, c):
+        return c[0]
+
+    def slice(self, meta, c):
+        return Slice(self._s(meta), *c)
+
+    def attribute(self, meta, c):
+        return Attribute(self._s(meta), c[0], str(c[1]))
+
+    def number(self, meta, c):
+        text = str(c[0])
+        value = float(text) if any(ch in text for ch in ".eE") else int(text)
+        return Number(self._s(meta), value)
+
+    def string(self, meta, c):
+        return String(self._s(meta), str(c[0])[1:-1])
+
+    def name(self, meta, c):
+        return Name(self._s(meta), str(c[0]))
+
+    def true(self, meta, c):
+        return Bool(self._s(meta), True)
+
+    def false(self, meta, c):
+        return Bool(self._s(meta), False)
+
+    def none(self, meta, c):
+        return NoneValue(self._s(meta))
+
+    def tuple(self, meta, c):
+        return Tuple(self._s(meta), [x for x in c if x is not None])
+
+    def scan(self, meta, c):
+        var, length, options, carries, body = c
+        return Scan(self._s(meta), str(var), length, options or [], carries or [], body)
+
+    def scan_length(self, meta, c):
+        tok = c[0]
+        span = _token_span(self.file, tok)
+        return Name(span, str(tok)) if tok.type == "NAME" else Number(span, int(tok))
+
+    def scan_options(self, meta, c):
+        return [x for x in c if x is not None]
+
+    carries = scan_options
+
+
+@lru_cache(maxsize=1)
+def _parser() -> Lark:
+    text = resources.files("dlc.grammar").joinpath("dl.lark").read_text()
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+
+
+_TOKEN_NAMES = {
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "DTYPE": "a dtype (f32, i32, ...)",
+    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
+    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "CMP": "a comparison", "ADD_OP": "'+' or '-'",
+    "MUL_OP": "'*', '/', '//', '@' or '%'", "ELLIPSIS": "'...'", "$END": "end of file", "DOT": "'.'",
+    "CIRCUMFLEX": "'^'", "MINUS": "'-'", "__ANON_0": "'|>'",
+}
+
+
+def _describe(expected) -> str:
+    names = sorted({_TOKEN_NAMES.get(e, f"'{e.lower()}'" if e.isalpha() and e.isupper() else e) for e in expected})
+    if len(names) > 6:
+        names = names[:6] + ["..."]
+    return ", ".join(names)
+
+
+def parse(text: str, filename: str = "<input>") -> Module:
+    """Parse .dl source into a Module; syntax errors become located DlcErrors."""
+    register_source(filename, text)
+    try:
+        tree = _parser().parse(text)
+    except UnexpectedCharacters as e:
+        raise DlcError(f"unexpected character {text[e.pos_in_stream]!r}", Span(filename, e.line, e.column)) from None
+    except UnexpectedEOF as e:
+        raise DlcError(f"unexpected end of file; expected {_describe(e.expected)}", _end_span(filename, text)) from None
+    except UnexpectedToken as e:
+        tok = e.token
+        if tok.type == "$END":
+            raise DlcError(f"unexpected end of file; expected {_describe(e.expected)}", _end_span(filename, text)) from None
+        raise DlcError(f"unexpected {tok.value!r}; expected {_describe(e.expected)}",
+                       _token_span(filename, tok)) from None
+    except UnexpectedInput as e:  # pragma: no cover - other lark input errors
+        raise DlcError(f"syntax error: {e}", Span(filename, e.line, e.column)) from None
+    try:
+        return _ToAst(filename).transform(tree)
+    except VisitError as e:
+        raise e.orig_exc from None
+
+
+def _end_span(filename: str, text: str) -> Span:
+    lines = text.splitlines() or [""]
+    return Span(filename, len(lines), len(lines[-1]) + 1)
+
+
+def dump(node, indent: int = 0) -> str:
+    """An indented, readable rendering of the AST (`dlc compile --emit ast`)."""
+    pad = "  " * indent
+    if isinstance(node, list):
+        return "\n".join(dump(n, indent) for n in node)
+    if not isinstance(node, Node):
+        return pad + repr(node)
+    scalars, children = [], []
+    for f in fields(node):
+        if f.name == "span":
+            continue
+        v = getattr(node, f.name)
+        if isinstance(v, Node) or (isinstance(v, list) and any(isinstance(x, Node) for x in v)):
+            children.append((f.name, v))
+        elif v is not None and v != []:
+            scalars.append(f"{f.name}={v!r}")
+    head = f"{pad}{type(node).__name__}({', '.join(scalars)})  @{node.span.short()}"
+    lines = [head]
+    for name, v in children:
+        lines.append(f"{pad}  {name}:")
+        lines.append(dump(v, indent + 2))
+    return "\n".join(lines)

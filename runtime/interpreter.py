@@ -1,0 +1,118 @@
+"""The numpy reference interpreter: runs any graph node by node with each primitive's
+`impl`. It is the oracle the native backend is tested against, so it stays simple."""
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.compiler.dims import Dim, evaluate
+from dlc.compiler.errors import DlcError
+from dlc.compiler.graph import DTYPES, PRIMITIVES, Graph
+
+
+class Eval:
+    """What a primitive's impl may ask for while a graph runs."""
+
+    def __init__(self, feeds: dict, params: dict, sizes: dict, float_dtype: str):
+        self.feeds, self.params, self.sizes, self.float_dtype = feeds, params, sizes, float_dtype
+        self.args: list = []
+
+    def np_dtype(self, dtype: str):
+        return DTYPES[self.float_dtype if dtype in ("f32", "f64") else dtype]
+
+    def size(self, d) -> int:
+        return evaluate(d, self.sizes)
+
+    def feed(self, name):
+        return self.feeds[name]
+
+    def param(self, name):
+        return self.params[name]
+
+    def arg(self, index):
+        return self.args[index]
+
+    def error(self, message: str) -> DlcError:
+        return DlcError(message)
+
+    def run(self, graph: Graph, args: list) -> list:
+        saved, self.args = self.args, args
+        try:
+            values = self._run(graph)
+        finally:
+            self.args = saved
+        return [values[t.key()] for t in graph.outputs.values()]
+
+    def _run(self, graph: Graph) -> dict:
+        values: dict = {}
+        for n in graph.order():
+            data = graph.g.nodes[n]
+            xs = [values[t.key()] for t in graph.inputs(n)]
+            attrs = {k: self._resolve(v) for k, v in data["attrs"].items()}
+            outs = PRIMITIVES[data["op"]].impl(self, xs, **attrs)
+            for j, (out, typ) in enumerate(zip(outs, data["types"])):
+                values[(n, j)] = np.asarray(out, self.np_dtype(typ.dtype))
+        return values
+
+    def _resolve(self, v):
+        if isinstance(v, Dim):
+            return self.size(v)
+        if isinstance(v, tuple):
+            return tuple(self._resolve(x) for x in v)
+        return v
+
+
+def bind_sizes(graph: Graph, feeds: dict) -> dict:
+    """Sizes of the symbolic dims, read off the fed arrays; a mismatch is a clear error."""
+    sizes: dict = {}
+    pending = []
+    for n in graph.nodes_with("input"):
+        name, typ = graph.attrs(n)["name"], graph.types(n)[0]
+        if name not in feeds:
+            raise DlcError(f"no value given for input '{name}' ({typ})", graph.g.nodes[n]["span"])
+        arr = np.asarray(feeds[name])
+        if arr.ndim != typ.rank:
+            raise DlcError(f"input '{name}' expects {typ}, got an array of shape {arr.shape}", graph.g.nodes[n]["span"])
+        for d, actual in zip(typ.shape, arr.shape):
+            if isinstance(d, Dim) and len(d.symbols()) == 1 and d == Dim.sym(next(iter(d.symbols()))):
+                sym = next(iter(d.symbols()))
+                if sizes.setdefault(sym, actual) != actual:
+                    raise DlcError(f"input '{name}' expects {typ} with {sym} = {sizes[sym]}, got shape {arr.shape}",
+                                   graph.g.nodes[n]["span"])
+            else:
+                pending.append((name, typ, d, actual, graph.g.nodes[n]["span"]))
+    for name, typ, d, actual, span in pending:
+        try:
+            want = evaluate(d, sizes)
+        except KeyError:
+            continue
+        if want != actual:
+            raise DlcError(f"input '{name}' expects {typ}, got an array whose dim is {actual} where {d} = {want}", span)
+    return sizes
+
+
+def run(graph: Graph, feeds: dict, params: dict, float_dtype: str = "f32", sizes: dict | None = None) -> dict:
+    """Evaluate a graph; returns its named outputs as numpy arrays."""
+    all_sizes = bind_sizes(graph, feeds)
+    all_sizes.update(sizes or {})
+    feeds = _cast_all(graph, "input", feeds, float_dtype)
+    params = _cast_all(graph, "param", params, float_dtype)
+    ctx = Eval(feeds, params, all_sizes, float_dtype)
+    values = ctx._run(graph)
+    return {name: values[t.key()] for name, t in graph.outputs.items()}
+
+
+def _cast_all(graph: Graph, op: str, arrays: dict, float_dtype: str) -> dict:
+    out = dict(arrays)
+    for n in graph.nodes_with(op):
+        name, typ = graph.attrs(n)["name"], graph.types(n)[0]
+        if name not in arrays:
+            raise DlcError(f"no value given for {op} '{name}' ({typ})", graph.g.nodes[n]["span"])
+        arr = np.asarray(arrays[name])
+        if typ.is_float:
+            arr = arr.astype(DTYPES[float_dtype], copy=False)
+        elif not np.issubdtype(arr.dtype, np.integer) and typ.dtype != "bool":
+            raise DlcError(f"{op} '{name}' expects {typ}, got {arr.dtype} values", graph.g.nodes[n]["span"])
+        else:
+            arr = arr.astype(DTYPES[typ.dtype], copy=False)
+        out[name] = arr
+    return out
