@@ -43,9 +43,9 @@ def backward(graph: Graph, seeds: list, wrt: list) -> list:
             raise DlcError(f"cannot differentiate through {graph.op(n)}", view.span)
         with graph.at(view.span):
             in_cts = prim.vjp(view, outs)
-        for x, ct in zip(view.inputs, in_cts):
-            if ct is not None and x.node in relevant and x.type.is_float:
-                _accumulate(cts, x, ct)
+            for x, ct in zip(view.inputs, in_cts):
+                if ct is not None and x.node in relevant and x.type.is_float:
+                    _accumulate(cts, x, ct)
     return [cts.get(t.key()) for t in wrt]
 
 

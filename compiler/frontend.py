@@ -769,8 +769,11 @@ class Evaluator:
 
     # -- indexing ---------------------------------------------------------------------------------------------------
     def index(self, e: A.Index, env: Env):
-        value = self.expr(e.value, env)
         subs = [s if isinstance(s, (A.Slice, A.AnyDims)) else self.expr(s, env) for s in e.subscripts]
+        if any(isinstance(s, LoopIndex) for s in subs) and isinstance(e.value, A.Name):
+            value = self.lookup(e.value.id, env, e.value.span)   # a sequence: sliced, not captured whole
+        else:
+            value = self.expr(e.value, env)
         if isinstance(value, (Func, Builtin)):      # zeros[B, units]: an initializer applied to a shape
             shape = tuple(self.dim_value(s, e.span) for s in subs)
             return self.call(value, [(shape, e.span), (0, e.span), (0, e.span)], {}, e.span)
@@ -799,6 +802,7 @@ class Evaluator:
             else:
                 full.append(s)
         full += [None] * (x.rank - len(full))
+        full = [None if isinstance(s, A.Slice) and s.start is s.stop is s.step is None else s for s in full]
         loop = [(i, s) for i, s in enumerate(full) if isinstance(s, LoopIndex)]
         if loop:
             return self.sequence_step(x, full, loop, e)
@@ -843,22 +847,14 @@ class Evaluator:
         axis, t = loop[0]
         if t.body is not self.graph:
             self.fail(f"'{t.name}' belongs to another scan", e.span)
-        outer = e.value
-        source = self.graph.parent and self.outer_value(x)
-        if source is None:
-            self.fail(f"only a sequence from outside the scan can be indexed with '{t.name}'", outer.span)
+        if x.graph is self.graph:
+            self.fail(f"only a sequence from outside the scan can be indexed with '{t.name}'", e.value.span)
+        source = self.capture(x, self.graph.parent)
         key = (id(self.graph), source.key(), axis)
         if key not in self.sequences:
             shape = source.shape[:axis] + source.shape[axis + 1:]
             self.sequences[key] = self.new_arg(self.graph, TensorType(source.dtype, shape), ("sequence", source, axis))
         return self.sequences[key]
-
-    def outer_value(self, x: Tensor):
-        """The outer tensor a body argument was captured from, if it was."""
-        role = self.graph.g.nodes[x.node].get("role")
-        if x.graph is self.graph and role and role[0] == "invariant":
-            return role[1]
-        return None
 
     # -- scan --------------------------------------------------------------------------------------------------------
     def scan(self, e: A.Scan, env: Env):

@@ -722,9 +722,11 @@ def _avgpool2d_grad(ctx, xs, kernel, stride, padding, input_hw):
 
 
 # ---- scan ------------------------------------------------------------------------------------------
-def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes):
+def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=()):
     """Operands: carries, sequences (sliced at t along xs_axes), then invariants.
-    Results: final carries, then the body's per-step outputs stacked along ys_axes."""
+    Results: final carries, then the body's per-step outputs stacked along ys_axes.
+    `history` lists the results that stack the carry entering each step (autodiff
+    adds them for the backward pass)."""
     n_xs = len(xs_axes)
     for i, (t, a) in enumerate(zip(types[:n_carry], body.args[:n_carry])):
         if t.dtype != a.dtype or len(t.shape) != a.rank:
@@ -744,12 +746,12 @@ def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes):
 
 
 def _scan_flops(ins, outs, body, length, **_):
-    from .inspect import flops
+    from .summary import flops
     return length * flops(body)
 
 
 @primitive("scan", "control", _scan_type, None, _scan_flops)
-def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes):
+def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=()):
     carries = list(xs[:n_carry])
     seqs = xs[n_carry:n_carry + len(xs_axes)]
     invariants = xs[n_carry + len(xs_axes):]

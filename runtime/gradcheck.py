@@ -85,7 +85,7 @@ def gradcheck(model: Model, feeds: dict, params: dict, eps: float = 1e-6, per_pa
     forward = model.graph
     rng = np.random.default_rng(seed)
     results = []
-    work = {k: np.array(v, np.float64) if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+    work = {k: np.array(v, np.float64, order="C") if np.issubdtype(np.asarray(v).dtype, np.floating) else v
             for k, v in params.items()}
 
     def loss():
