@@ -239,6 +239,8 @@ class Evaluator:
         self.init.outputs = {names[node]: value for (node, *_), value in zip(self.param_nodes, self.init_values)}
         self.graph.resolve_types()
         self.init.resolve_types()
+        for inp in self.inputs:
+            inp.type = TensorType(inp.type.dtype, self.graph.dims.resolve_shape(inp.type.shape))
         seen = {}
         for p in params:
             if p.name in seen:
@@ -262,7 +264,7 @@ class Evaluator:
 
     def statement(self, s, env: Env, in_model, in_def, in_scan):
         if isinstance(s, A.Assign):
-            self.label = self.label_for(s.targets[0] if len(s.targets) == 1 else "_".join(s.targets))
+            self.label = self.label_for(s.targets[0])
             value = self.expr(s.value, env)
             self.bind_targets(s, value, env, in_model)
         elif isinstance(s, A.ParamDecl):
@@ -328,10 +330,6 @@ class Evaluator:
         for name, v in zip(s.targets, values):
             if name in ("training", "params"):
                 self.fail(f"'{name}' is reserved", s.span)
-            existing = env.vars.get(name)
-            if isinstance(existing, Tensor) and self.graph.op(existing.node) in ("param", "input") \
-                    and existing.graph is self.graph and in_model:
-                self.fail(f"'{name}' is already an {self.graph.op(existing.node)}; choose another name", s.span)
             env.vars[name] = v
             if in_model and isinstance(v, Tensor):
                 self.bindings.append((name, v.type, s.span))
@@ -347,6 +345,9 @@ class Evaluator:
             if s.name in env.vars:
                 self.fail(f"'{s.name}' is defined twice", s.span)
             typ = self.tensor_type(s.type, env, fresh_symbols=True)
+            for d in s.type.dims:         # the model can use its dims by name: causal_mask(T)
+                if isinstance(d, A.Name) and d.id not in env.vars:
+                    env.vars[d.id] = Dim.sym(d.id)
             t = g.add1("input", type=typ, name=s.name)
             env.vars[s.name] = t
             self.inputs.append(ModelInput(s.name, typ, s.span, s.is_target))

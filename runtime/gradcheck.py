@@ -77,9 +77,13 @@ def init_params(model: Model, seed: int = 0) -> dict:
     return interpreter.run(model.init, {"rng": np.array([seed, 0], np.int32)}, {}, float_dtype="f64")
 
 
-def gradcheck(model: Model, feeds: dict, params: dict, eps: float = 1e-6, per_param: int = 12,
+def gradcheck(model: Model, feeds: dict, params: dict, eps: float = 1e-4, per_param: int = 12,
               tolerance: float = 1e-6, seed: int = 0) -> list[ParamCheck]:
-    """Compare the gradient graph with central differences of the loss, in float64."""
+    """Compare the gradient graph with finite differences of the loss, in float64.
+
+    The five-point stencil has truncation error O(eps^4) and round-off ~1e-16/eps, so a
+    relative error of 1e-6 is meaningful down to gradients of about 1e-10; entries whose
+    gradients are both below that noise floor count as agreeing."""
     step = train_step(model.graph)
     analytic = interpreter.run(step, feeds, params, float_dtype="f64")
     forward = model.graph
@@ -91,27 +95,26 @@ def gradcheck(model: Model, feeds: dict, params: dict, eps: float = 1e-6, per_pa
     def loss():
         return float(interpreter.run(forward, feeds, work, float_dtype="f64")["loss"])
 
+    noise = 1e-11 * max(1.0, abs(float(analytic["loss"])))
     for p in model.params:
         if not p.trainable:
             continue
-        grad = analytic[f"grad:{p.name}"]
-        value = work[p.name]
-        flat = value.reshape(-1)
+        grad = analytic[f"grad:{p.name}"].reshape(-1)
+        flat = work[p.name].reshape(-1)
         picks = np.arange(flat.size) if flat.size <= per_param else rng.choice(flat.size, per_param, replace=False)
         a, num = [], []
         for i in picks:
             orig = flat[i]
-            flat[i] = orig + eps
-            up = loss()
-            flat[i] = orig - eps
-            down = loss()
+            f = {}
+            for k in (-2, -1, 1, 2):
+                flat[i] = orig + k * eps
+                f[k] = loss()
             flat[i] = orig
-            num.append((up - down) / (2 * eps))
-            a.append(grad.reshape(-1)[i])
+            num.append((f[-2] - 8 * f[-1] + 8 * f[1] - f[2]) / (12 * eps))
+            a.append(grad[i])
         a, num = np.array(a), np.array(num)
-        diff = np.abs(a - num)
-        scale = max(np.abs(a).max(), np.abs(num).max(), 1e-300)
-        max_abs = float(diff.max())
-        rel = float(max_abs / scale) if scale > 1e-12 else 0.0
-        results.append(ParamCheck(p.name, len(picks), max_abs, rel, rel < tolerance or max_abs < 1e-10))
+        max_abs = float(np.abs(a - num).max())
+        scale = max(np.abs(a).max(), np.abs(num).max())
+        rel = max_abs / scale if scale > noise else 0.0
+        results.append(ParamCheck(p.name, len(picks), max_abs, rel, rel < tolerance or max_abs < noise))
     return results

@@ -1,0 +1,218 @@
+"""Language semantics: naming, static evaluation, dims, broadcasting, scan, imports."""
+import numpy as np
+import pytest
+
+from dlc.compiler.dims import Dim
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend import load, load_text
+from dlc.runtime import interpreter
+from dlc.runtime.gradcheck import init_params
+
+
+def build(src, training=True):
+    return load_text(src, "t.dl").build(training=training)
+
+
+def names(model):
+    return [p.name for p in model.params]
+
+
+def run(model, **feeds):
+    feeds.setdefault("rng", np.array([0, 0], np.int32))
+    return interpreter.run(model.graph, feeds, init_params(model), float_dtype="f64")
+
+
+def test_parameters_are_named_after_bindings():
+    m = build("""
+model m {
+    input x: f32[B, 3]
+    h1 = dense(x, 4, relu)
+    h2 = x |> dense(4) |> dense(2)
+    loss mean(h1) + mean(h2)
+}""")
+    assert names(m) == ["h1.W", "h1.b", "h2.0.W", "h2.0.b", "h2.1.W", "h2.1.b"]
+
+
+def test_repeat_indexes_names_and_explicit_names_share_weights():
+    m = build("""
+def block(x, n: int) = dense(x, n, relu)
+model m {
+    input x: f32[B, 4]
+    repeat i in 0..3 { x = block(x, 4) }
+    a = dense(x, 4, name = "shared")
+    b = dense(a, 4, name = "shared")
+    loss mean(b)
+}""")
+    assert names(m) == ["x.0.W", "x.0.b", "x.1.W", "x.1.b", "x.2.W", "x.2.b", "shared.W", "shared.b"]
+
+
+def test_library_layers_nest_names():
+    m = build("""
+model m {
+    input tokens: i32[B, T]
+    e = embedding(tokens, 10, 8)
+    enc = transformer_encoder(e, 2, 2, 16)
+    loss mean(enc)
+}""")
+    assert "enc.0.attn.Wq" in names(m) and "enc.1.ffn.inner.W" in names(m) and "e.W" in names(m)
+
+
+def test_static_evaluation_and_conditionals():
+    m = build("""
+const N = 2 * 3
+def pick(x, big: bool) = if big then dense(x, N) else dense(x, 1)
+model m {
+    input x: f32[B, 2]
+    y = pick(x, 4 > 3 and not false)
+    loss mean(y)
+    output y = y
+}""")
+    assert m.graph.outputs["output:y"].shape == (Dim.sym("B"), 6)
+
+
+def test_symbolic_dims_are_polynomials():
+    m = build("""
+model m {
+    input x: f32[B, T, 4]
+    flat = reshape(x, -1, 4)
+    shifted = x[:, 1:]
+    joined = concat(x[:, :1], shifted, axis = 1)
+    loss mean(flat) + mean(joined)
+    output flat = flat
+    output shifted = shifted
+    output joined = joined
+}""")
+    B, T = Dim.sym("B"), Dim.sym("T")
+    assert m.graph.outputs["output:flat"].shape == (B * T, 4)
+    assert m.graph.outputs["output:shifted"].shape == (B, T - 1, 4)
+    assert m.graph.outputs["output:joined"].shape == (B, T, 4)
+    out = run(m, x=np.ones((2, 5, 4)))
+    assert out["output:flat"].shape == (10, 4) and out["output:shifted"].shape == (2, 4, 4)
+
+
+def test_symbols_unify_across_inputs():
+    m = build("""
+model m {
+    input a: f32[N, 3]
+    input b: f32[M, 3]
+    loss mean(a + b)
+}""")
+    a = next(i for i in m.inputs if i.name == "a")
+    b = next(i for i in m.inputs if i.name == "b")
+    assert a.type.shape[0] == b.type.shape[0]
+
+
+def test_conflicting_sizes_name_both_places():
+    with pytest.raises(DlcError) as e:
+        build("""
+def f(x: f32[B, n], y: f32[B, n]) = x + y
+model m {
+    input a: f32[32, 4]
+    input b: f32[64, 4]
+    loss mean(f(a, b))
+}""")
+    text = e.value.render()
+    assert "B is 64 here but 32" in text and "t.dl:6:" in text
+
+
+def test_broadcasting_and_dtype_promotion():
+    m = build("""
+model m {
+    input x: f32[B, 3]
+    input k: i32[B]
+    y = x * reshape(k, B, 1) + 1
+    mask = x > 0
+    z = y * mask
+    loss mean(z)
+    output z = z
+}""")
+    out = run(m, x=np.array([[1.0, -1.0, 2.0]]), k=np.array([3]))
+    np.testing.assert_allclose(out["output:z"], [[4.0, 0.0, 7.0]])
+
+
+def test_scan_reverse_keeps_positions_and_returns_carries_without_yield():
+    m = build("""
+model m {
+    input xs: f32[B, T]
+    fwd = scan t in T carry s = zeros[B] { s = s + xs[:, t]  yield s }
+    bwd = scan t in T (reverse = true) carry s = zeros[B] { s = s + xs[:, t]  yield s }
+    total = scan t in T carry s = zeros[B] { s = s + xs[:, t] }
+    loss mean(fwd) + mean(bwd) + mean(total)
+    output fwd = fwd
+    output bwd = bwd
+    output total = total
+}""")
+    xs = np.array([[1.0, 2.0, 3.0]])
+    out = run(m, xs=xs)
+    np.testing.assert_allclose(out["output:fwd"], [[1, 3, 6]])
+    np.testing.assert_allclose(out["output:bwd"], [[6, 5, 3]])
+    np.testing.assert_allclose(out["output:total"], [6])
+
+
+def test_dropout_is_reproducible_and_off_in_eval_mode():
+    src = """
+model m {
+    input x: f32[B, 100]
+    y = dropout(x, 0.5)
+    loss mean(y)
+    output y = y
+}"""
+    x = np.ones((4, 100))
+    a = run(build(src), x=x, rng=np.array([7, 1], np.int32))["output:y"]
+    b = run(build(src), x=x, rng=np.array([7, 1], np.int32))["output:y"]
+    c = run(build(src), x=x, rng=np.array([7, 2], np.int32))["output:y"]
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    assert set(np.unique(a)) <= {0.0, 2.0} and 0.3 < (a == 0).mean() < 0.7
+    assert np.array_equal(run(build(src, training=False), x=x)["output:y"], x)
+
+
+def test_batchnorm_uses_running_statistics_in_eval_mode():
+    src = """
+model m {
+    input x: f32[B, 3]
+    y = batchnorm(x)
+    loss mean(y)
+    output y = y
+}"""
+    x = np.random.default_rng(0).normal(5.0, 2.0, (16, 3))
+    train = run(build(src), x=x)
+    np.testing.assert_allclose(train["output:y"].mean(0), 0, atol=1e-9)
+    np.testing.assert_allclose(train["update:y.running_mean"], 0.1 * x.mean(0))
+    np.testing.assert_allclose(run(build(src, training=False), x=x)["output:y"], x / np.sqrt(1 + 1e-5))
+
+
+def test_initializers_are_seeded_and_scaled():
+    m = build("""
+model m {
+    input x: f32[B, 400]
+    h = dense(x, 300, init = he_normal)
+    loss mean(h)
+}""")
+    a = init_params(m, 1)["h.W"]
+    assert np.array_equal(a, init_params(m, 1)["h.W"]) and not np.array_equal(a, init_params(m, 2)["h.W"])
+    assert abs(a.std() - np.sqrt(2 / 400)) < 0.05 * np.sqrt(2 / 400)
+    assert np.all(init_params(m, 1)["h.b"] == 0)
+
+
+def test_orthogonal_initializer_is_orthogonal():
+    m = build("""
+model m {
+    input x: f32[B, 5]
+    hs = rnn(reshape(x, B, 1, 5), 8)
+    loss mean(hs)
+}""")
+    w = init_params(m)["hs.Wh"]
+    np.testing.assert_allclose(w @ w.T, np.eye(8), atol=1e-10)
+
+
+def test_import_of_another_file(tmp_path):
+    (tmp_path / "blocks.dl").write_text("def twice(x) = dense(dense(x, 4, relu), 4)\n")
+    (tmp_path / "main.dl").write_text('import "blocks.dl"\nmodel m { input x: f32[B, 3]  y = twice(x)  loss mean(y) }\n')
+    m = load(str(tmp_path / "main.dl")).build()
+    assert names(m) == ["y.0.W", "y.0.b", "y.1.W", "y.1.b"]
+
+
+def test_train_block_is_kept_with_its_model():
+    prog = load_text("model m { input x: f32[B, 1]  loss mean(x) }\ntrain m { batch = 32 epochs = 2 }", "t.dl")
+    m = prog.build()
+    assert [k.name for k in m.train.settings] == ["batch", "epochs"]
