@@ -60,7 +60,7 @@ def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None) -
     """Copy src's nodes into dst (a new graph by default); `arg` nodes become `args`
     when given. Nested bodies are copied too. Returns (dst, src key -> dst Tensor)."""
     if dst is None:
-        dst = Graph(src.name, dims=src.dims, parent=src.parent)
+        dst = Graph(src.name, parent=src.parent)
     mapping: dict = {}
     for n in src.order():
         data = src.g.nodes[n]
@@ -149,7 +149,7 @@ def _scan_vjp(n, cts):
     float_seqs = [i for i, t in enumerate(seqs) if t.type.is_float]
     live_ys = [i for i in range(ny) if d_ys[i] is not None]
 
-    bwd = Graph(f"{body.name}_vjp", dims=graph.dims, parent=graph)
+    bwd = Graph(f"{body.name}_vjp", parent=graph)
     bwd.span = n.span
 
     def arg(typ):

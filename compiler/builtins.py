@@ -10,7 +10,7 @@ import math
 import numpy as np
 
 from . import ops
-from .dims import Dim, numel
+from .dims import Dim, exact_div, numel
 from .errors import DlcError
 from .frontend import Builtin, describe
 from .graph import Tensor
@@ -40,20 +40,30 @@ def _int(ev, v, what) -> int:
     return v
 
 
-def _pair(ev, v, what) -> tuple:
+def _pair(ev, v, what, least=0) -> tuple:
+    """(v, v) for an integer, v for a pair; every entry at least `least`."""
     if isinstance(v, tuple):
         if len(v) != 2:
             _fail(ev, f"{what} must be an integer or a pair, got a tuple of {len(v)}")
-        return tuple(_int(ev, x, what) for x in v)
-    return (_int(ev, v, what),) * 2
+        out = tuple(_int(ev, x, what) for x in v)
+    else:
+        if isinstance(v, bool) or not isinstance(v, int):
+            _fail(ev, f"{what} must be an integer or a pair of integers, got {describe(v)}")
+        out = (v, v)
+    if min(out) < least:
+        _fail(ev, f"{what} must be at least {least}, got {v}")
+    return out
 
 
-def _shape(ev, dims) -> tuple:
+def _shape(ev, dims, infer=False) -> tuple:
+    """A shape from varargs or one tuple; with `infer`, one -1 may stand for the rest."""
     if len(dims) == 1 and isinstance(dims[0], tuple):
         dims = dims[0]
     for d in dims:
         if isinstance(d, bool) or not isinstance(d, (int, Dim)):
             _fail(ev, f"a shape is made of integers and dims, got {describe(d)}")
+        if isinstance(d, int) and d <= 0 and not (infer and d == -1):
+            _fail(ev, f"dimension sizes must be positive, got {d}")
     return tuple(dims)
 
 
@@ -204,14 +214,16 @@ def len_(ev, x):
 @builtin()
 def reshape(ev, x, *dims):
     x = _tensor(ev, x)
-    return ops.reshape(x, _shape(ev, dims))
+    return ops.reshape(x, _shape(ev, dims, infer=True))
 
 
 @builtin()
 def transpose(ev, x, *perm):
     x = _tensor(ev, x)
-    perm = _shape(ev, perm) if perm else tuple(range(x.rank))[::-1]
-    if sorted(perm) != list(range(x.rank)):
+    if len(perm) == 1 and isinstance(perm[0], tuple):
+        perm = perm[0]
+    perm = perm or tuple(range(x.rank))[::-1]
+    if sorted(perm, key=str) != list(range(x.rank)):
         _fail(ev, f"{list(perm)} is not a permutation of the {x.rank} axes of {x.type}")
     return ops.transpose(x, perm)
 
@@ -228,6 +240,9 @@ def swapaxes(ev, x, a, b):
 @builtin()
 def expand_dims(ev, x, axis):
     x = _tensor(ev, x)
+    axis = _int(ev, axis, "the axis")
+    if not -x.rank - 1 <= axis <= x.rank:
+        _fail(ev, f"axis {axis} is out of range for expanding {x.type}")
     axis = axis % (x.rank + 1)
     return ops.reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
@@ -258,8 +273,10 @@ def concat(ev, *xs, axis=-1):
 def stack(ev, *xs, axis=0):
     if len(xs) == 1 and isinstance(xs[0], tuple):
         xs = xs[0]
+    if not xs:
+        _fail(ev, "stack of nothing")
     ts = [_tensor(ev, x) for x in xs]
-    axis = axis % (ts[0].rank + 1)
+    axis = _int(ev, axis, "the axis") % (ts[0].rank + 1)
     return ops.concat([ops.reshape(t, t.shape[:axis] + (1,) + t.shape[axis:]) for t in ts], axis)
 
 
@@ -270,8 +287,8 @@ def split(ev, x, parts, axis=-1):
     parts = _int(ev, parts, "the number of parts")
     axis = ops.axis_index(x, axis)
     size = x.shape[axis]
-    piece = size // parts if isinstance(size, Dim) else (size // parts if size % parts == 0 else None)
-    if parts <= 0 or piece is None:
+    piece = exact_div(size, parts) if parts > 0 else None
+    if piece is None:
         _fail(ev, f"cannot split {x.type} into {parts} equal parts along axis {axis}")
     out = []
     for k in range(parts):
@@ -291,6 +308,8 @@ def broadcast_to(ev, x, *dims):
 
 @builtin()
 def full(ev, shape, value, dtype="f32"):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(ev, f"full needs a number to fill with, got {describe(value)}")
     if not isinstance(shape, tuple):
         shape = (shape,)
     return ops.full(ev.graph, _shape(ev, shape), value, dtype)
@@ -309,7 +328,10 @@ def one_hot(ev, indices, n, dtype="f32"):
     idx = _tensor(ev, indices)
     if idx.dtype not in ("i32", "i64"):
         _fail(ev, f"one_hot needs integer indices, got {idx.type}")
-    return ops.one_hot(idx, _int(ev, n, "the number of classes"), dtype)
+    n = _int(ev, n, "the number of classes")
+    if n <= 0:
+        _fail(ev, f"the number of classes must be positive, got {n}")
+    return ops.one_hot(idx, n, dtype)
 
 
 @builtin()
@@ -360,14 +382,14 @@ def _rank4(ev, x, what):
 def convolution(ev, x, w, stride=1, padding=0):
     """2-D cross-correlation of x [N, C, H, W] with weights [O, C, kh, kw]."""
     x, w = _rank4(ev, x, "convolution"), _tensor(ev, w)
-    return ev.graph.add1("conv2d", list(ops.promote(x, w)), stride=_pair(ev, stride, "stride"),
+    return ev.graph.add1("conv2d", list(ops.promote(x, w)), stride=_pair(ev, stride, "stride", 1),
                          padding=_pair(ev, padding, "padding"))
 
 
 def _pool(ev, op, x, kernel, stride, padding):
     x = _rank4(ev, x, op)
-    kernel = _pair(ev, kernel, "kernel")
-    stride = kernel if stride is None else _pair(ev, stride, "stride")
+    kernel = _pair(ev, kernel, "kernel", 1)
+    stride = kernel if stride is None else _pair(ev, stride, "stride", 1)
     return ev.graph.add1(op, [x], kernel=kernel, stride=stride, padding=_pair(ev, padding, "padding"))
 
 
@@ -408,7 +430,25 @@ def as_tuple(ev, v):
 
 @builtin("str")
 def str_(ev, v):
-    return str(v)
+    """Text of a static value; a tensor's text is its type, as in f32[B, 10]."""
+    return str(v.type) if isinstance(v, Tensor) else str(v)
+
+
+@builtin()
+def type_of(ev, v):
+    """The kind of a value: "tensor", "int", "float", "bool", "str", "dim", "tuple", "fn" or "none"."""
+    if isinstance(v, Tensor):
+        return "tensor"
+    for kind, cls in (("bool", bool), ("int", int), ("float", float), ("str", str), ("dim", Dim), ("tuple", tuple)):
+        if isinstance(v, cls):
+            return kind
+    return "none" if v is None else "fn"
+
+
+@builtin()
+def error(ev, message):
+    """Stop compiling with this message, reported at the user's call (for library checks)."""
+    _fail(ev, str(message))
 
 
 @builtin()

@@ -2,14 +2,15 @@
 
 A dimension is an int or a `Dim`: a polynomial with integer coefficients over named
 symbols (B, T, ...), so that `B*T`, `T - 1` and `2*T + 1` stay exact through reshape,
-slice and concat. Arithmetic that yields a constant returns a plain int. A `Unifier`
-binds symbols to each other or to sizes, remembering where, for error messages.
+slice and concat. Arithmetic that yields a constant returns a plain int.
+
+Symbols are rigid: a model must work for every size of B, so B never silently becomes
+32 or T; two dims agree only when their polynomials are equal.
 """
 from __future__ import annotations
 
 from math import prod
 
-from .errors import DlcError, Span
 
 Monomial = tuple  # sorted tuple of symbol names; () is the constant term
 
@@ -171,57 +172,3 @@ def evaluate(d, env: dict) -> int:
 
 def subs(d, env: dict):
     return d.subs(env) if isinstance(d, Dim) else d
-
-
-class Unifier:
-    """Binds symbols so that two dims meant to be equal become equal.
-
-    A bare symbol on either side is bound to the other side; anything else must
-    already be equal. Every binding remembers the span that made it."""
-
-    def __init__(self):
-        self.bound: dict[str, tuple] = {}   # name -> (value, span)
-
-    def resolve(self, d):
-        if not isinstance(d, Dim):
-            return d
-        for _ in range(64):
-            names = d.symbols() & self.bound.keys() if isinstance(d, Dim) else set()
-            if not names:
-                return d
-            d = d.subs({n: self.bound[n][0] for n in names})
-        return d
-
-    def resolve_shape(self, shape) -> tuple:
-        return tuple(self.resolve(d) for d in shape)
-
-    def unify(self, a, b, span: Span | None) -> bool:
-        """Make a and b equal if a symbol can be bound; False if they cannot be."""
-        a, b = self.resolve(a), self.resolve(b)
-        if a == b:
-            return True
-        for x, y in ((a, b), (b, a)):
-            if isinstance(x, Dim) and len(x.terms) == 1 and list(x.terms.items())[0][1] == 1 \
-                    and len(list(x.terms)[0]) == 1:
-                name = list(x.terms)[0][0]
-                if isinstance(y, Dim) and name in y.symbols():
-                    return False
-                if isinstance(y, int) and y <= 0:
-                    return False
-                self.bound[name] = (y, span)
-                return True
-        return False
-
-    def explain(self, d) -> list:
-        """Notes saying where the symbols of d got their values."""
-        notes = []
-        if isinstance(d, Dim):
-            for name in sorted(d.symbols()):
-                if name in self.bound:
-                    value, span = self.bound[name]
-                    notes.append((f"{name} became {self.resolve(value)} here", span))
-        return notes
-
-    def require(self, a, b, span, message: str):
-        if not self.unify(a, b, span):
-            raise DlcError(message, span, self.explain(a) + self.explain(b))

@@ -140,7 +140,7 @@ class Evaluator:
         self.globals = globals_
         self.training = training
         self.graph = Graph("forward")
-        self.init = Graph("init", dims=self.graph.dims)
+        self.init = Graph("init")
         self.root_scope = ParamScope("", None)
         self.scope = self.root_scope
         self.label = ""
@@ -237,10 +237,6 @@ class Evaluator:
         for node, value in self.updates.items():
             self.graph.outputs[f"update:{names[node]}"] = value
         self.init.outputs = {names[node]: value for (node, *_), value in zip(self.param_nodes, self.init_values)}
-        self.graph.resolve_types()
-        self.init.resolve_types()
-        for inp in self.inputs:
-            inp.type = TensorType(inp.type.dtype, self.graph.dims.resolve_shape(inp.type.shape))
         seen = {}
         for p in params:
             if p.name in seen:
@@ -306,6 +302,7 @@ class Evaluator:
         elif isinstance(s, A.Def):
             if s.name in env.vars:
                 self.fail(f"'{s.name}' is defined twice", s.span)
+            check_def(s)
             env.vars[s.name] = Func(s, env)
         elif isinstance(s, (A.Input, A.Output, A.Loss, A.Metric)):
             if not in_model:
@@ -429,6 +426,8 @@ class Evaluator:
             self.graph = saved
 
     def update_state(self, s: A.Update, env: Env):
+        if self.graph.parent is not None:
+            self.fail("state cannot be updated inside a scan", s.span)
         try:
             target = env.lookup(s.name)
         except KeyError:
@@ -477,10 +476,10 @@ class Evaluator:
         ok = (value.type.is_float if want in FLOAT_DTYPES else
               value.dtype in INT_DTYPES if want in INT_DTYPES else value.dtype == want)
         if not ok:
-            kind = {"f32": "float", "f64": "float", "i32": "integer", "i64": "integer"}.get(want, want)
-            self.fail(f"{func}: argument '{arg}' must be a {kind} tensor {ann_str(ann)}, got {value.type}", span,
+            kind = {"f32": "a float", "f64": "a float", "i32": "an integer", "i64": "an integer"}.get(want, "a bool")
+            self.fail(f"{func}: argument '{arg}' must be {kind} tensor {ann_str(ann)}, got {value.type}", span,
                       origin(value))
-        has_rest = any(isinstance(d, A.AnyDims) for d in ann.dims)
+        has_rest = any(isinstance(d, A.AnyDims) for d in ann.dims)   # at most one: checked at the def
         fixed = [d for d in ann.dims if not isinstance(d, A.AnyDims)]
         if (value.rank < len(fixed)) if has_rest else (value.rank != len(fixed)):
             self.fail(f"{func}: argument '{arg}' must have rank {'at least ' if has_rest else ''}{len(fixed)} "
@@ -496,14 +495,14 @@ class Evaluator:
                 env.vars.setdefault("__dim_sites__", {})[d.id] = span
                 continue
             expected = self.dim_value(self.expr(d, env), d.span)
-            if not self.graph.dims.unify(expected, actual, span):
-                notes = origin(value)
+            if expected != actual:
                 site = env.vars.get("__dim_sites__", {}).get(getattr(d, "id", None))
-                if site is not None:
-                    notes = [(f"{d.id} became {expected} here", site)] + notes
-                name = d.id if isinstance(d, A.Name) else "this dim"
-                self.fail(f"{func}: {name} is {self.graph.dims.resolve(actual)} here but {expected} "
-                          f"was expected (argument '{arg}' is {value.type})", span, notes)
+                if site is not None:   # a dim name this call bound from an earlier argument
+                    self.fail(f"{func}: {d.id} is {actual} here but {expected} in an earlier argument "
+                              f"('{arg}' is {value.type})", span,
+                              [(f"{d.id} became {expected} here", site)] + origin(value))
+                self.fail(f"{func}: argument '{arg}' must be {ann_str(ann)}, got {value.type} "
+                          f"({actual} vs {expected})", span, origin(value))
         return value
 
     # -- expressions -----------------------------------------------------------------------------------------
@@ -538,7 +537,7 @@ class Evaluator:
         if isinstance(e, A.Ternary):
             cond = self.expr(e.cond, env)
             if not isinstance(cond, bool):
-                self.fail(f"`a if c else b` needs a static condition, got {describe(cond)}; "
+                self.fail(f"`if c then a else b` needs a static condition, got {describe(cond)}; "
                           "for tensors use select(c, a, b)", e.cond.span)
             return self.expr(e.then if cond else e.other, env)
         if isinstance(e, A.Call):
@@ -658,7 +657,9 @@ class Evaluator:
             return self._STATIC_OPS[e.op](a, b)
         except ZeroDivisionError:
             self.fail("division by zero", e.span)
-        except (TypeError, OverflowError):
+        except OverflowError:
+            self.fail(f"{a} {e.op} {b} overflows", e.span)
+        except TypeError:
             self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
 
     def arguments(self, items, env: Env):
@@ -762,9 +763,7 @@ class Evaluator:
               "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
               "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
               "fn": lambda v: isinstance(v, (Func, Builtin)), "dim": lambda v: isinstance(v, (int, Dim)),
-              "tuple": lambda v: isinstance(v, tuple)}.get(kind)
-        if ok is None:
-            self.fail(f"unknown argument kind '{kind}' (use int, float, bool, str, fn, tuple or a tensor type)", span)
+              "tuple": lambda v: isinstance(v, tuple)}[kind]
         if not ok(value):
             self.fail(f"{func}: argument '{arg}' must be {kind}, got {describe(value)}", span)
 
@@ -869,7 +868,7 @@ class Evaluator:
         if not isinstance(opts["reverse"], bool):
             self.fail("reverse must be true or false", e.span)
         outer = self.graph
-        body = Graph(f"scan_body@{e.span.line}", dims=outer.dims, parent=outer)
+        body = Graph(f"scan_body@{e.span.line}", parent=outer)
         body.span = e.span
         benv = env.child()
         carries = []
@@ -915,6 +914,26 @@ class Evaluator:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------------
+STATIC_KINDS = ("int", "float", "bool", "str", "fn", "dim", "tuple")
+
+
+def check_def(decl: A.Def):
+    """What can be checked of a def before it is called."""
+    seen = set()
+    for a in decl.args:
+        if a.name in seen:
+            raise DlcError(f"argument '{a.name}' appears twice in {decl.name}", a.span)
+        seen.add(a.name)
+        if isinstance(a.type, A.StaticType) and a.type.kind not in STATIC_KINDS:
+            raise DlcError(f"unknown argument kind '{a.type.kind}' (use {', '.join(STATIC_KINDS)} or a tensor type "
+                           "such as f32[B, n])", a.type.span)
+        if isinstance(a.type, A.TensorType):
+            rest = [d for d in a.type.dims if isinstance(d, A.AnyDims)]
+            if len(rest) > 1:
+                raise DlcError("at most one '...' in a type", rest[1].span)
+
+
+
 def fans(shape) -> tuple:
     """fan_in, fan_out of a weight: dense [in, out]; conv [out, in, *kernel]."""
     if len(shape) == 0:
@@ -991,8 +1010,24 @@ class Program:
 
     def __init__(self, module: A.Module, globals_: Env, path: str):
         self.module, self.globals, self.path = module, globals_, path
-        self.models = {m.name: m for m in module.items if isinstance(m, A.Model)}
-        self.trains = {t.model: t for t in module.items if isinstance(t, A.Train)}
+        self.models, self.trains = {}, {}
+        for item in module.items:
+            if isinstance(item, A.Model):
+                if item.name in self.models:
+                    raise DlcError(f"model '{item.name}' is defined twice", item.span,
+                                   [("first definition", self.models[item.name].span)])
+                self.models[item.name] = item
+        for item in module.items:
+            if isinstance(item, A.Train):
+                if item.model not in self.models:
+                    raise DlcError(f"train block for '{item.model}', but there is no model of that name", item.span)
+                if item.model in self.trains:
+                    raise DlcError(f"a second train block for '{item.model}'", item.span)
+                names = [k.name for k in item.settings]
+                for k in item.settings:
+                    if names.count(k.name) > 1:
+                        raise DlcError(f"setting '{k.name}' is given twice", k.span)
+                self.trains[item.model] = item
 
     def model_decl(self, name: str | None = None) -> A.Model:
         if not self.models:
@@ -1027,6 +1062,7 @@ def _load_into(env: Env, module: A.Module, path: Path | None, loading: set, defi
                                [("first definition", defined[item.name])])
             defined[item.name] = item.span
             if isinstance(item, A.Def):
+                check_def(item)
                 env.vars[item.name] = Func(item, env)
             else:
                 ev = Evaluator(env, training=False)

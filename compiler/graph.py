@@ -15,7 +15,7 @@ from typing import Callable
 import networkx as nx
 import numpy as np
 
-from .dims import Dim, Unifier, shape_str, numel
+from .dims import shape_str, numel
 from .errors import DlcError, Span
 
 DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
@@ -63,7 +63,8 @@ class Infer:
         self.graph, self.op = graph, op
 
     def same(self, a, b, what: str):
-        self.graph.dims.require(a, b, self.graph.span, f"{self.op}: {what}")
+        if a != b:
+            self.fail(what)
 
     def fail(self, message: str):
         raise DlcError(f"{self.op}: {message}", self.graph.span)
@@ -132,10 +133,9 @@ class NodeView:
 
 
 class Graph:
-    def __init__(self, name: str = "main", dims: Unifier | None = None, parent: "Graph | None" = None):
+    def __init__(self, name: str = "main", parent: "Graph | None" = None):
         self.name = name
         self.g = nx.MultiDiGraph()
-        self.dims = dims if dims is not None else Unifier()
         self.parent = parent
         self.span: Span | None = None
         self.outputs: dict[str, Tensor] = {}
@@ -204,23 +204,6 @@ class Graph:
 
     def params(self) -> list[int]:
         return self.nodes_with("param")
-
-    def resolve_types(self):
-        """Substitute every bound symbol in every type and shape attribute."""
-        for n in self.g.nodes:
-            data = self.g.nodes[n]
-            data["types"] = [TensorType(t.dtype, self.dims.resolve_shape(t.shape)) for t in data["types"]]
-            data["attrs"] = {k: _resolve_attr(self.dims, v) for k, v in data["attrs"].items()}
-
-
-def _resolve_attr(dims: Unifier, v):
-    if isinstance(v, Dim):
-        return dims.resolve(v)
-    if isinstance(v, tuple):
-        return tuple(_resolve_attr(dims, x) for x in v)
-    if isinstance(v, Graph):
-        v.resolve_types()
-    return v
 
 
 # ---- rendering (dlc graph) -------------------------------------------------------------

@@ -67,11 +67,10 @@ def broadcast_shapes(graph: Graph, *shapes) -> tuple:
                 continue
             if d == 1:
                 d = x
-            elif not graph.dims.unify(d, x, graph.span):
+            elif d != x:
                 raise DlcError("shapes " + " and ".join(shape_str(s) for s in shapes) + " do not broadcast "
-                               f"(axis {i - rank}: {graph.dims.resolve(d)} vs {graph.dims.resolve(x)})", graph.span,
-                               graph.dims.explain(d) + graph.dims.explain(x))
-        out.append(graph.dims.resolve(d))
+                               f"(axis {i - rank}: {d} vs {x})", graph.span)
+        out.append(d)
     return tuple(out)
 
 
@@ -164,6 +163,8 @@ def pad(x: Tensor, lo, hi, interior) -> Tensor:
 
 
 def axis_index(x: Tensor, axis: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        raise DlcError(f"an axis must be an integer, got {axis!r}", x.graph.span)
     if not -x.rank <= axis < max(x.rank, 1):
         raise DlcError(f"axis {axis} is out of range for {x.type}", x.graph.span)
     return axis % x.rank if x.rank else 0
@@ -237,7 +238,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         return reshape(matmul(a, reshape(b, b.shape + (1,))), a.shape[:-1])
     if b.rank == 2 and a.rank > 2:
         k = a.shape[-1]
-        if not graph.dims.unify(k, b.shape[0], graph.span):
+        if k != b.shape[0]:
             raise DlcError(f"matmul: inner dims differ: {a.type} @ {b.type} ({k} vs {b.shape[0]})", graph.span,
                            _origin(a, b))
         flat = reshape(a, (numel(a.shape[:-1]), k))
@@ -248,7 +249,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         raise DlcError(f"matmul: batch dims of {a.type} and {b.type} do not broadcast", graph.span, _origin(a, b)) from e
     a = broadcast_to(a, batch + a.shape[-2:])
     b = broadcast_to(b, batch + b.shape[-2:])
-    if not graph.dims.unify(a.shape[-1], b.shape[-2], graph.span):
+    if a.shape[-1] != b.shape[-2]:
         raise DlcError(f"matmul: inner dims differ: {a.type} @ {b.type} ({a.shape[-1]} vs {b.shape[-2]})",
                        graph.span, _origin(a, b))
     return matmul_raw(a, b)

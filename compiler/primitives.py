@@ -195,11 +195,13 @@ def _pow_vjp(n, g):
 
 
 def _minmax_vjp(cmp):
+    """The larger (smaller) operand takes the gradient; ties split it, as in PyTorch."""
     def vjp(n, g):
         x, y = n.inputs
-        pick_x = ops.compare(cmp, x, y)
-        zero = ops.zeros_like(g[0])
-        return [ops.select(pick_x, g[0], zero), ops.select(pick_x, zero, g[0])]
+        wins, tie = ops.compare(cmp, x, y), ops.compare("eq", x, y)
+        zero, half = ops.zeros_like(g[0]), g[0] * 0.5
+        return [ops.select(wins, g[0], ops.select(tie, half, zero)),
+                ops.select(wins, zero, ops.select(tie, half, g[0]))]
     return vjp
 
 
@@ -217,10 +219,11 @@ _binary("add", np.add, lambda n, g: [g[0], g[0]])
 _binary("sub", np.subtract, lambda n, g: [g[0], -g[0]])
 _binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]])
 _binary("div", _int_div, lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])])
-_binary("mod", np.mod, lambda n, g: [g[0], None])
+# x % y = x - y * floor(x / y), so d/dy = -floor(x / y) = -(x - out) / y
+_binary("mod", np.mod, lambda n, g: [g[0], -(g[0] * (n.inputs[0] - n.outputs[0]) / n.inputs[1])])
 _binary("pow", np.power, _pow_vjp)
-_binary("maximum", np.maximum, _minmax_vjp("ge"))
-_binary("minimum", np.minimum, _minmax_vjp("le"))
+_binary("maximum", np.maximum, _minmax_vjp("gt"))
+_binary("minimum", np.minimum, _minmax_vjp("lt"))
 
 
 def _compare_type(ctx, types, **_):
@@ -590,6 +593,18 @@ def _windows(x, kh, kw, stride, padding):
     return v[:, :, ::stride[0], ::stride[1]]
 
 
+def _add_windows(shape, input_hw, kernel, stride, padding, contribution, dtype):
+    """The adjoint of taking windows: add contribution(i, j) (one value per output
+    position) at offset (i, j) of every window, then crop the padding."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, ho, wo = shape
+    full = np.zeros((n, c, input_hw[0] + 2 * ph, input_hw[1] + 2 * pw), dtype)
+    for i in range(kh):
+        for j in range(kw):
+            full[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += contribution(i, j)
+    return full[:, :, ph:ph + input_hw[0], pw:pw + input_hw[1]]
+
+
 def _conv_vjp(n, g):
     x, w = n.inputs
     graph = ops.graph_of(g[0])
@@ -621,14 +636,9 @@ def _conv_input_grad_type(ctx, types, stride, padding, input_hw):
            lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]))
 def _conv2d_input_grad(ctx, xs, stride, padding, input_hw):
     g, w = xs
-    (sh, sw), (ph, pw) = stride, padding
-    kh, kw = w.shape[2:]
-    n, _, ho, wo = g.shape
-    full = np.zeros((n, w.shape[1], input_hw[0] + 2 * ph, input_hw[1] + 2 * pw), g.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            full[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += np.einsum("nohw,oc->nchw", g, w[:, :, i, j])
-    return [full[:, :, ph:ph + input_hw[0], pw:pw + input_hw[1]]]
+    shape = (g.shape[0], w.shape[1]) + g.shape[2:]
+    return [_add_windows(shape, input_hw, w.shape[2:], stride, padding,
+                         lambda i, j: np.einsum("nohw,oc->nchw", g, w[:, :, i, j]), g.dtype)]
 
 
 def _conv_weight_grad_type(ctx, types, stride, padding, kernel):
@@ -711,14 +721,8 @@ def _avgpool_grad_type(ctx, types, kernel, stride, padding, input_hw):
            lambda ins, outs, kernel, **_: numel(ins[0].shape) * kernel[0] * kernel[1])
 def _avgpool2d_grad(ctx, xs, kernel, stride, padding, input_hw):
     g = xs[0]
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
-    n, c, ho, wo = g.shape
-    full = np.zeros((n, c, input_hw[0] + 2 * ph, input_hw[1] + 2 * pw), g.dtype)
-    share = g / (kh * kw)
-    for i in range(kh):
-        for j in range(kw):
-            full[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += share
-    return [full[:, :, ph:ph + input_hw[0], pw:pw + input_hw[1]]]
+    share = g / (kernel[0] * kernel[1])
+    return [_add_windows(g.shape, input_hw, kernel, stride, padding, lambda i, j: share, g.dtype)]
 
 
 # ---- scan ------------------------------------------------------------------------------------------

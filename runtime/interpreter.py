@@ -97,7 +97,8 @@ def run(graph: Graph, feeds: dict, params: dict, float_dtype: str = "f32", sizes
     feeds = _cast_all(graph, "input", feeds, float_dtype)
     params = _cast_all(graph, "param", params, float_dtype)
     ctx = Eval(feeds, params, all_sizes, float_dtype)
-    values = ctx._run(graph)
+    with np.errstate(all="ignore"):       # inf and nan are values here; callers decide what they mean
+        values = ctx._run(graph)
     return {name: values[t.key()] for name, t in graph.outputs.items()}
 
 

@@ -90,16 +90,19 @@ model m {
     assert out["output:flat"].shape == (10, 4) and out["output:shifted"].shape == (2, 4, 4)
 
 
-def test_symbols_unify_across_inputs():
-    m = build("""
+def test_symbolic_dims_are_rigid():
+    """A model must work for any N and M, so they never silently become equal (or 32)."""
+    with pytest.raises(DlcError) as e:
+        build("""
 model m {
     input a: f32[N, 3]
     input b: f32[M, 3]
     loss mean(a + b)
 }""")
-    a = next(i for i in m.inputs if i.name == "a")
-    b = next(i for i in m.inputs if i.name == "b")
-    assert a.type.shape[0] == b.type.shape[0]
+    assert "N vs M" in e.value.message
+    with pytest.raises(DlcError) as e:
+        build("model m { input a: f32[N, 3]  loss mean(a + zeros[32, 3]) }")
+    assert "N vs 32" in e.value.message
 
 
 def test_conflicting_sizes_name_both_places():
@@ -112,7 +115,7 @@ model m {
     loss mean(f(a, b))
 }""")
     text = e.value.render()
-    assert "B is 64 here but 32" in text and "t.dl:6:" in text
+    assert "B is 64 here but 32" in text and "t.dl:6:" in text and "B became 32 here" in text
 
 
 def test_broadcasting_and_dtype_promotion():
