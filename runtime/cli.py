@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -100,6 +101,59 @@ def cmd_gradcheck(args):
     return 0
 
 
+def _weights(args):
+    from dlc.runtime.api import DlcModel
+    return DlcModel(args.file, args.model).load_weights(args.weights)
+
+
+def cmd_train(args):
+    from dlc.runtime.trainer import Trainer, parse_setting
+    overrides = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer,
+                 "seed": args.seed, "init_from": args.init_from,
+                 "freeze": args.freeze}
+    for name in ("data", "validation", "test", "schedule", "clip", "early_stop"):
+        text = getattr(args, name)
+        overrides[name] = parse_setting(text, name) if text is not None else None
+    trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None)
+    result = trainer.run(resume=args.resume if args.resume != "" else True)
+    if result.stopped == "interrupted":
+        return 130
+    last = result.history[-1] if result.history else {}
+    stats = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "lr", "time"))
+    print(f"trained {trainer.name} for {len(result.history)} epochs ({result.stopped}): {stats}")
+    if result.test:
+        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
+    print(f"checkpoints: {result.out_dir / 'best.npz'}, {result.out_dir / 'last.npz'}")
+
+
+def cmd_eval(args):
+    values = _weights(args).evaluate(args.data, args.batch)
+    print("  ".join(f"{k} {v:.4f}" for k, v in values.items()))
+
+
+def cmd_predict(args):
+    model = _weights(args)
+    outputs = model.predict(args.input, args.batch)
+    path = Path(args.output)
+    try:
+        if path.suffix == ".csv":
+            if len(outputs) != 1:
+                raise DlcError(f"a .csv holds one output; this model has {len(outputs)}: write a .npz")
+            value = next(iter(outputs.values()))
+            np.savetxt(path, value.reshape(len(value), -1), delimiter=",", fmt="%.6g")
+        else:
+            np.savez(path, **outputs)
+    except OSError as e:
+        raise DlcError(f"cannot write {path}: {e.strerror}") from None
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
+    print(f"wrote {path}: {shapes}")
+
+
+def cmd_generate(args):
+    model = _weights(args)
+    print(args.prompt + model.generate(args.prompt, args.length, args.temperature, args.seed))
+
+
 # ---- parser ------------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlc", description="A compiler for neural networks written in .dl files.")
@@ -139,6 +193,50 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error that passes")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(run=cmd_gradcheck)
+
+    c = sub.add_parser("train", help="train a model on its train block's data (flags override the block)")
+    _add_model_args(c)
+    c.add_argument("--epochs", type=int)
+    c.add_argument("--batch", type=int, help="batch size: 1 is stochastic, the data size is batch GD")
+    c.add_argument("--lr", type=float, help="learning rate")
+    c.add_argument("--optimizer", help="sgd, momentum, nesterov, rmsprop, adam or adamw")
+    c.add_argument("--seed", type=int)
+    c.add_argument("--data", help='a source, e.g. "digits()", "xor()" or a file path (.npz, .csv, IDX, .txt)')
+    c.add_argument("--validation", help='e.g. "split(0.1)" or a data source')
+    c.add_argument("--test", help='held-out test data, e.g. "split(0.2)"')
+    c.add_argument("--schedule", help='e.g. "cosine(warmup = 1)", "step(every = 10, gamma = 0.5)"')
+    c.add_argument("--clip", help='e.g. "global_norm(1.0)" or "value(0.5)"')
+    c.add_argument("--early-stop", dest="early_stop", help='e.g. "patience(3, monitor = val_loss)"')
+    c.add_argument("--freeze", action="append", metavar="PATTERN", help="parameters not to train (conv*, f5)")
+    c.add_argument("--init-from", dest="init_from", metavar="CKPT", help="start from these weights, by name")
+    c.add_argument("--out", metavar="DIR", help="checkpoints and history (default: runs/MODEL beside the file)")
+    c.add_argument("--resume", nargs="?", const="", default=False, metavar="CKPT",
+                   help="continue from DIR/last.npz or the given checkpoint")
+    c.set_defaults(run=cmd_train)
+
+    c = sub.add_parser("eval", help="loss and metrics of trained weights on data")
+    _add_model_args(c)
+    c.add_argument("--weights", required=True, metavar="CKPT")
+    c.add_argument("--data", help="default: the train block's test data, else its data")
+    c.add_argument("--batch", type=int, default=256)
+    c.set_defaults(run=cmd_eval)
+
+    c = sub.add_parser("predict", help="run trained weights on inputs and write the outputs")
+    _add_model_args(c)
+    c.add_argument("--weights", required=True, metavar="CKPT")
+    c.add_argument("--input", required=True, metavar="PATH", help=".npz (arrays by input name), .csv or .txt")
+    c.add_argument("--output", default="predictions.npz", metavar="PATH", help=".npz (default) or .csv")
+    c.add_argument("--batch", type=int, default=256)
+    c.set_defaults(run=cmd_predict)
+
+    c = sub.add_parser("generate", help="continue a text prompt with a trained character model")
+    _add_model_args(c)
+    c.add_argument("--weights", required=True, metavar="CKPT")
+    c.add_argument("--prompt", default="", help="the text to continue")
+    c.add_argument("--length", type=int, default=200, help="characters to generate")
+    c.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; higher samples more freely")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(run=cmd_generate)
     return p
 
 

@@ -44,13 +44,10 @@ class Eval:
 
     def _run(self, graph: Graph) -> dict:
         values: dict = {}
-        for n in graph.order():
-            data = graph.g.nodes[n]
-            xs = [values[t.key()] for t in graph.inputs(n)]
-            attrs = {k: self._resolve(v) for k, v in data["attrs"].items()}
-            outs = PRIMITIVES[data["op"]].impl(self, xs, **attrs)
-            for j, (out, typ) in enumerate(zip(outs, data["types"])):
-                values[(n, j)] = np.asarray(out, self.np_dtype(typ.dtype))
+        for n, impl, inputs, attrs, dtypes in plan(graph):
+            outs = impl(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
+            for j, (out, dtype) in enumerate(zip(outs, dtypes)):
+                values[(n, j)] = np.asarray(out, self.np_dtype(dtype))
         return values
 
     def _resolve(self, v):
@@ -59,6 +56,21 @@ class Eval:
         if isinstance(v, tuple):
             return tuple(self._resolve(x) for x in v)
         return v
+
+
+def plan(graph: Graph) -> list:
+    """The graph in execution order, computed once per graph (graphs do not change
+    after they are built; the node and edge counts guard against it)."""
+    key = (graph.g.number_of_nodes(), graph.g.number_of_edges())
+    cached = graph.__dict__.get("_plan")
+    if cached is None or cached[0] != key:
+        steps = []
+        for n in graph.order():
+            data = graph.g.nodes[n]
+            steps.append((n, PRIMITIVES[data["op"]].impl, [t.key() for t in graph.inputs(n)], data["attrs"],
+                          [t.dtype for t in data["types"]]))
+        cached = graph.__dict__["_plan"] = (key, steps)
+    return cached[1]
 
 
 def bind_sizes(graph: Graph, feeds: dict) -> dict:

@@ -1,0 +1,147 @@
+"""The Python API, mirroring the command line:
+
+    model = dlc.load("examples/lenet5.dl")
+    result = model.train(epochs=5)                 # dlc train
+    model.evaluate()                               # dlc eval
+    model.predict({"x": images})                   # dlc predict
+    model.generate("In the beginning", 200)        # dlc generate
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend import load as load_program
+from . import checkpoint, data as datasets
+from .engine import ReferenceEngine
+from .trainer import Trainer, bind, evaluate, load_data, make_config, parse_setting, prepare_data
+
+
+class DlcModel:
+    def __init__(self, path: str, model: str | None = None):
+        self.path = path
+        self.program = load_program(path)
+        self.train_model = self.program.build(model, training=True)
+        self.eval_model = self.program.build(model, training=False)
+        self.name = self.eval_model.name
+        self.params: dict | None = None
+        self.meta: dict = {}
+        self._engine = None
+
+    # -- training --
+    def train(self, out: str | None = None, resume=False, log=None, **overrides):
+        """Train with the file's train block; keyword arguments override its settings."""
+        trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log)
+        result = trainer.run(resume=resume)
+        self.params, self.meta = result.params, {"meta": getattr(trainer, "meta", {})}
+        return result
+
+    # -- weights --
+    def load_weights(self, path) -> "DlcModel":
+        params, _, meta = checkpoint.load(path)
+        checkpoint.check_params(path, params, {p.name: p.type.shape for p in self.eval_model.params})
+        self.params, self.meta = params, meta
+        return self
+
+    def _require_weights(self):
+        if self.params is None:
+            raise DlcError(f"model {self.name} has no weights: train it or load a checkpoint first")
+
+    @property
+    def engine(self) -> ReferenceEngine:
+        if self._engine is None:
+            self._engine = ReferenceEngine(self.train_model, self.eval_model)
+        return self._engine
+
+    # -- use --
+    def evaluate(self, data=None, batch: int = 256) -> dict:
+        """Loss and metrics (evaluation mode) on `data` (a source such as "digits()" or a
+        path), by default the train block's test data, else its data."""
+        self._require_weights()
+        if data is None:
+            train, _, test, _ = prepare_data(make_config(self.program, self.name, {}), Path(self.path).parent,
+                                             self.eval_model)
+            arrays = test if test is not None else train
+        else:
+            spec = parse_setting(data, "data") if isinstance(data, str) else data
+            arrays = bind(self.eval_model, load_data(spec, Path(self.path).parent, "data"))
+        return evaluate(self.engine, self.params, arrays, batch)
+
+    def predict(self, inputs, batch: int = 256) -> dict:
+        """Outputs for inputs: a dict by input name, an array (the first input), or a path
+        to an npz / csv / text file."""
+        self._require_weights()
+        if isinstance(inputs, (str, Path)):
+            inputs = self._read_inputs(Path(inputs))
+        if isinstance(inputs, np.ndarray):
+            inputs = {self.eval_model.inputs[0].name: inputs}
+        ds = datasets.Dataset(dict(inputs), {})
+        arrays = bind(self.eval_model, ds, need_targets=False)
+        n = len(next(iter(arrays.values())))
+        parts: dict = {}
+        for start in range(0, n, batch):
+            out = self.engine.predict(self.params, {k: v[start:start + batch] for k, v in arrays.items()})
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v)
+        if not parts:
+            raise DlcError(f"model {self.name} declares no outputs; add `output name = ...`")
+        return {k: np.concatenate(v) for k, v in parts.items()}
+
+    def _read_inputs(self, path: Path) -> dict:
+        if path.suffix == ".txt":
+            vocab = self.vocab()
+            return {self.eval_model.inputs[0].name: datasets.encode(path.read_text(), vocab)[None, :]}
+        ds = datasets.load(str(path), Path.cwd())
+        return ds.columns
+
+    def vocab(self) -> str:
+        vocab = self.meta.get("meta", {}).get("vocab")
+        if vocab is None:
+            raise DlcError("this checkpoint has no vocabulary: it was not trained on text")
+        return vocab
+
+    def generate(self, prompt: str, length: int, temperature: float = 0.0, seed: int = 0) -> str:
+        """Continue `prompt` by `length` characters, greedily (temperature 0) or by
+        sampling; the model's first output is the next-character distribution."""
+        self._require_weights()
+        if length < 0 or temperature < 0:
+            raise DlcError("length and temperature must not be negative")
+        vocab = self.vocab()
+        inp = self.eval_model.inputs[0]
+        context = _context_limit(self.eval_model)
+        ids = list(datasets.encode(prompt, vocab)) if prompt else [0]
+        rng = np.random.default_rng(seed)
+        for _ in range(length):
+            window = np.array([ids[-context:] if context else ids], np.int32)
+            out = next(iter(self.engine.predict(self.params, {inp.name: window}).values()))
+            probs = np.asarray(out, np.float64).reshape(-1)
+            if probs.size != len(vocab) and probs.size < len(vocab):
+                raise DlcError(f"the model's output has {probs.size} classes, the vocabulary {len(vocab)}")
+            probs = probs[:len(vocab)]
+            if temperature == 0:
+                nxt = int(np.argmax(probs))
+            else:
+                logits = np.log(np.maximum(probs, 1e-12)) / temperature
+                p = np.exp(logits - logits.max())
+                nxt = int(rng.choice(len(p), p=p / p.sum()))
+            ids.append(nxt)
+        return datasets.decode(np.array(ids[len(prompt) if prompt else 1:]), vocab)
+
+
+def _context_limit(model) -> int:
+    """The longest sequence the model accepts: a parameter sliced to the sequence
+    length (learned positions, P[0:T]) bounds it; 0 means no limit."""
+    g = model.graph
+    for n in g.nodes_with("slice"):
+        src = g.inputs(n)[0]
+        if g.op(src.node) == "param":
+            for axis, stop in enumerate(g.attrs(n)["stops"]):
+                if not isinstance(stop, int):
+                    return src.shape[axis]
+    return 0
+
+
+def load(path: str, model: str | None = None) -> DlcModel:
+    return DlcModel(path, model)

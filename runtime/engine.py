@@ -1,0 +1,55 @@
+"""Engines run a model's steps. The reference engine runs the graphs with the numpy
+interpreter and applies the optimizer in numpy; a native engine (the LLVM backend)
+offers the same three methods and runs each step in one native call."""
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.compiler.autodiff import copy_graph, prune, train_step
+from dlc.compiler.frontend import Model
+from . import interpreter
+from .optim import Optimizer, add_penalties, clip
+
+
+def predict_graph(model: Model):
+    """The evaluation graph cut down to the model's outputs: needs no targets."""
+    g, _ = copy_graph(model.graph)
+    g.outputs = {k: t for k, t in g.outputs.items() if k.startswith("output:")}
+    return prune(g)
+
+
+class ReferenceEngine:
+    name = "reference"
+
+    def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
+                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None):
+        self.step_graph = train_step(train_model.graph) if optimizer is not None else None
+        self.eval_graph = eval_model.graph
+        self.predict_graph = predict_graph(eval_model)
+        self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
+        self.trainable = trainable or []
+
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
+        """One optimizer step on a batch, in place; returns the loss and metrics."""
+        out = interpreter.run(self.step_graph, {**batch, "rng": key}, params)
+        grads = {name: out[f"grad:{name}"] for name in self.trainable}
+        add_penalties(grads, params, self.l1, self.l2)
+        norm = clip(grads, self.clip)
+        self.optimizer.update(params, grads, opt_state, lr, step)
+        for k, v in out.items():
+            if k.startswith("update:"):
+                params[k[7:]] = v
+        return _scalars(out) | {"grad_norm": norm}
+
+    def evaluate(self, params: dict, batch: dict) -> dict:
+        return _scalars(interpreter.run(self.eval_graph, {**batch, "rng": np.zeros(2, np.int32)}, params))
+
+    def predict(self, params: dict, batch: dict) -> dict:
+        out = interpreter.run(self.predict_graph, {**batch, "rng": np.zeros(2, np.int32)}, params)
+        return {k[7:]: v for k, v in out.items()}
+
+
+def _scalars(out: dict) -> dict:
+    vals = {"loss": float(out["loss"])} if "loss" in out else {}
+    vals.update({k[7:]: float(v) for k, v in out.items() if k.startswith("metric:")})
+    return vals

@@ -1,0 +1,492 @@
+"""The training loop behind `dlc train` and `dlc.load(...).train()`.
+
+Configuration comes from the model's `train` block, overridden by flags. The loop
+shuffles mini-batches, runs one engine step per batch, evaluates on a validation split,
+keeps a history, writes checkpoints atomically (last and best), stops early, and stops
+cleanly on Ctrl-C (after the current step, with a checkpoint) or on a NaN loss (naming
+the step, leaving the last good checkpoint). A run resumed from its checkpoint ends
+with the same parameters as an uninterrupted one: shuffling, dropout and augmentation
+are all derived from (seed, epoch, batch) or (seed, step).
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dlc.compiler import syntax as A
+from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.frontend import Model, Program
+from . import checkpoint, config, data as datasets, interpreter
+from .config import Call, Symbol
+from .engine import ReferenceEngine
+from .gradcheck import index_bound
+from .optim import make_optimizer, make_schedule
+
+
+# ---- configuration ---------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    data: object = None
+    validation: object = None
+    test: object = None
+    batch: int = 32
+    epochs: int = 10
+    optimizer: object = field(default_factory=lambda: Call("adam", [], {"lr": 1e-3}))
+    schedule: object = None
+    clip: object = None
+    l1: float = 0.0
+    l2: float = 0.0
+    early_stop: object = None
+    freeze: list = field(default_factory=list)
+    init_from: object = None
+    seed: int = 0
+    shuffle: bool = True
+    augment: object = None
+    spans: dict = field(default_factory=dict)
+
+    def span(self, name) -> Span | None:
+        return self.spans.get(name)
+
+
+def parse_setting(text: str, name: str):
+    """A flag's value written like a train setting: `adam(lr = 0.01)`, `0.1`, `"file.npz"`."""
+    try:
+        module = A.parse(f"model _m {{}}\ntrain _m {{ {name} = {text} }}", f"--{name}")
+    except DlcError:
+        # a bare path or word that is not an expression: take it as a string
+        return text
+    return config.evaluate(module.items[1].settings[0].value)
+
+
+def make_config(program: Program, model_name: str, overrides: dict) -> TrainConfig:
+    decl = program.model_decl(model_name)
+    cfg = TrainConfig()
+    given = config.settings(program.trains.get(decl.name))
+    given.update({k: (v, None) for k, v in overrides.items() if v is not None and k not in ("lr", "optimizer")})
+    for name, (value, span) in given.items():
+        if not hasattr(cfg, name) or name == "spans":
+            known = [k for k in TrainConfig.__dataclass_fields__ if k != "spans"]
+            raise DlcError(f"unknown train setting '{name}' (known: {', '.join(known)})", span)
+        cfg.spans[name] = span
+        setattr(cfg, name, value)
+    opt = cfg.optimizer
+    if isinstance(opt, (Symbol, str)):
+        opt = Call(opt.name if isinstance(opt, Symbol) else opt, span=cfg.span("optimizer"))
+    if not isinstance(opt, Call):
+        raise DlcError(f"optimizer must be a call such as adam(lr = 1e-3), got {opt!r}", cfg.span("optimizer"))
+    args, kwargs = list(opt.args), dict(opt.kwargs)
+    if overrides.get("lr") is not None:      # the first positional argument of every optimizer is lr
+        if args:
+            args[0] = overrides["lr"]
+        else:
+            kwargs["lr"] = overrides["lr"]
+    elif not args and "lr" not in kwargs:
+        kwargs["lr"] = 1e-3 if opt.name in ("adam", "adamw", "rmsprop") else 1e-2
+    opt = Call(overrides.get("optimizer") or opt.name, args, kwargs, opt.span)
+    cfg.optimizer = opt
+    for name, least in (("batch", 1), ("epochs", 0), ("seed", 0)):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise DlcError(f"{name} must be an integer >= {least}, got {v!r}", cfg.span(name))
+    for name in ("l1", "l2"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise DlcError(f"{name} must be a number >= 0, got {v!r}", cfg.span(name))
+    if cfg.data is None:
+        raise DlcError(f"model {decl.name} has no data to train on: add `data = ...` to its train block "
+                       "or pass --data", decl.span)
+    return cfg
+
+
+# ---- data ------------------------------------------------------------------------------------------
+def load_data(spec, base: Path, what: str, span=None) -> datasets.Dataset:
+    if isinstance(spec, Symbol):
+        spec = Call(spec.name, span=spec.span)
+    if not isinstance(spec, (Call, str)):
+        raise DlcError(f"{what} must be a data source such as digits() or a file path, got {spec!r}", span)
+    return datasets.load(spec, base)
+
+
+def bind(model: Model, ds: datasets.Dataset, need_targets: bool = True) -> dict:
+    """Match the data's columns to the model's inputs: by name when every input has a
+    column of its name, else in order (inputs and targets as declared)."""
+    wanted = [i for i in model.inputs if need_targets or not i.is_target]
+    cols = ds.columns
+    if all(i.name in cols for i in wanted):
+        arrays = {i.name: cols[i.name] for i in wanted}
+    else:
+        values = list(cols.values())
+        if len(values) < len(wanted):
+            raise DlcError(f"the data has {len(values)} column(s) ({', '.join(cols)}) but model {model.name} needs "
+                           f"{len(wanted)}: {', '.join(i.name for i in wanted)}")
+        arrays = {i.name: v for i, v in zip(wanted, values)}
+    return {i.name: _fit(i, arrays[i.name], model) for i in wanted}
+
+
+def _fit(inp, arr: np.ndarray, model: Model) -> np.ndarray:
+    typ = inp.type
+    want_tail = typ.shape[1:]
+    have = arr.shape[1:]
+    if len(want_tail) != len(have) or any(isinstance(w, int) and w != h for w, h in zip(want_tail, have)):
+        if all(isinstance(w, int) for w in want_tail) and int(np.prod(have)) == int(np.prod(want_tail)):
+            arr = arr.reshape((arr.shape[0],) + tuple(want_tail))
+        else:
+            raise DlcError(f"the data for {inp.name} has shape {list(arr.shape)}, which does not fit "
+                           f"{'target' if inp.is_target else 'input'} {inp.name}: {typ}", inp.span)
+    if typ.is_float:
+        return arr.astype(np.float32)
+    if typ.dtype == "bool":
+        return arr.astype(bool)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise DlcError(f"{inp.name} is {typ} but the data has fractional values", inp.span)
+    arr = arr.astype(np.int32)
+    node = next(n for n in model.graph.nodes_with("input") if model.graph.attrs(n)["name"] == inp.name)
+    bound = index_bound(model.graph, node)
+    if bound is not None and arr.size and (arr.min() < 0 or arr.max() >= bound):
+        raise DlcError(f"{inp.name} has values from {arr.min()} to {arr.max()}, but the model takes "
+                       f"0 to {bound - 1} there", inp.span)
+    return arr
+
+
+def batches(arrays: dict, size: int, order: np.ndarray):
+    for start in range(0, len(order), size):
+        idx = order[start:start + size]
+        yield {k: v[idx] for k, v in arrays.items()}
+
+
+def evaluate(engine, params: dict, arrays: dict, batch: int) -> dict:
+    """Loss and metrics over a data set, weighted by batch size."""
+    n = len(next(iter(arrays.values())))
+    totals: dict = {}
+    for b in batches(arrays, batch, np.arange(n)):
+        k = len(next(iter(b.values())))
+        for name, v in engine.evaluate(params, b).items():
+            totals[name] = totals.get(name, 0.0) + v * k
+    return {name: v / n for name, v in totals.items()}
+
+
+def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
+    """(train, validation, test, meta): the data bound to the model's inputs, with the
+    test and validation splits held out deterministically from the seed."""
+    full = load_data(cfg.data, base, "data", cfg.span("data"))
+    test = val = None
+    if isinstance(cfg.test, Call) and cfg.test.name == "split":
+        full, test = full.split(_fraction(cfg.test), cfg.seed)
+    elif cfg.test is not None:
+        test = load_data(cfg.test, base, "test", cfg.span("test"))
+    if isinstance(cfg.validation, (int, float)) and not isinstance(cfg.validation, bool):
+        cfg.validation = Call("split", [cfg.validation], span=cfg.span("validation"))
+    if isinstance(cfg.validation, Call) and cfg.validation.name == "split":
+        full, val = full.split(_fraction(cfg.validation), cfg.seed + 1)
+    elif cfg.validation is not None:
+        val = load_data(cfg.validation, base, "validation", cfg.span("validation"))
+    if len(full) == 0:
+        raise DlcError("no training data left after the validation and test splits", cfg.span("data"))
+    meta = full.meta
+    train, val, test = (bind(model, ds) if ds is not None else None for ds in (full, val, test))
+    return train, val, test, meta
+
+
+# ---- the loop ------------------------------------------------------------------------------------------
+@dataclass
+class Result:
+    history: list
+    params: dict
+    out_dir: Path
+    test: dict
+    stopped: str          # "done", "early stop", "interrupted"
+
+
+class Trainer:
+    def __init__(self, program: Program, model_name: str | None, overrides: dict, out_dir: Path | None,
+                 log=None):
+        self.program = program
+        self.train_model = program.build(model_name, training=True)
+        self.eval_model = program.build(model_name, training=False)
+        self.name = self.train_model.name
+        self.cfg = make_config(program, self.name, overrides)
+        self.base = Path(program.path).parent
+        self.out = Path(out_dir) if out_dir else self.base / "runs" / self.name
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.source_hash = checkpoint.source_hash(Path(program.path).read_text()) \
+            if Path(program.path).exists() else ""
+
+    # -- set-up --
+    def trainable(self) -> list:
+        patterns = self.cfg.freeze if isinstance(self.cfg.freeze, list) else [self.cfg.freeze]
+        names = []
+        for p in patterns:
+            if not isinstance(p, (str, Symbol)):
+                raise DlcError(f"freeze takes names or patterns, got {p!r}", self.cfg.span("freeze"))
+            names.append(p.name if isinstance(p, Symbol) else p)
+        frozen = {q.name for q in self.train_model.params
+                  if any(fnmatch.fnmatch(q.name, n) or q.name.startswith(n + ".") or q.name == n for n in names)}
+        for n in names:
+            if not any(fnmatch.fnmatch(q.name, n) or q.name.startswith(n + ".") or q.name == n
+                       for q in self.train_model.params):
+                raise DlcError(f"freeze: no parameter matches '{n}'", self.cfg.span("freeze"))
+        return [q.name for q in self.train_model.params if q.trainable and q.name not in frozen]
+
+    def initial_params(self) -> dict:
+        params = interpreter.run(self.train_model.init, {"rng": np.array([self.cfg.seed, 0], np.int32)}, {})
+        params = {k: np.ascontiguousarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in params.items()}
+        if self.cfg.init_from:
+            path = self.cfg.init_from
+            if not isinstance(path, str):
+                raise DlcError("init_from takes a checkpoint path", self.cfg.span("init_from"))
+            path = (self.base / path) if not Path(path).is_absolute() else Path(path)
+            saved, _, _ = checkpoint.load(path)
+            matched, skipped = [], []
+            for name, value in saved.items():
+                if name in params and params[name].shape == value.shape:
+                    params[name] = value.astype(params[name].dtype)
+                    matched.append(name)
+                elif name in params:
+                    skipped.append(f"{name} ({list(value.shape)} vs {list(params[name].shape)})")
+            new = [n for n in params if n not in matched]
+            self.log(f"init_from {path}: {len(matched)} matched, {len(new)} new"
+                     + (f" ({', '.join(new)})" if new else "")
+                     + (f", {len(skipped)} skipped for shape: {', '.join(skipped)}" if skipped else ""))
+        return params
+
+    # -- run --
+    def run(self, resume=False, engine=None) -> Result:
+        cfg = self.cfg
+        train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
+        trainable = self.trainable()
+        optimizer = make_optimizer(cfg.optimizer)
+        clip_spec = cfg.clip if cfg.clip is None or isinstance(cfg.clip, Call) else \
+            Call("global_norm", [cfg.clip], span=cfg.span("clip"))
+        engine = engine or ReferenceEngine(self.train_model, self.eval_model, optimizer, trainable,
+                                           cfg.l1, cfg.l2, clip_spec)
+        n = len(next(iter(train.values())))
+        per_epoch = math.ceil(n / cfg.batch)
+        schedule = make_schedule(cfg.schedule, optimizer.lr, per_epoch, cfg.epochs)
+        stop = _EarlyStop(cfg.early_stop, cfg.span("early_stop"), has_validation=val is not None)
+        expected = {p.name: p.type.shape for p in self.train_model.params}
+
+        params, opt_state = self.initial_params(), None
+        epoch, step, skip, history = 0, 0, 0, []
+        if resume:
+            path = resume if isinstance(resume, (str, Path)) and not isinstance(resume, bool) else self.out / "last.npz"
+            saved, saved_opt, meta = checkpoint.load(path)
+            checkpoint.check_params(path, saved, expected)
+            if meta.get("model") not in (None, self.name):
+                raise DlcError(f"{path} is a checkpoint of model '{meta.get('model')}', not '{self.name}'")
+            params = {k: v.copy() for k, v in saved.items()}
+            opt_state = {k: {s: v.copy() for s, v in slots.items()} for k, slots in saved_opt.items()}
+            epoch, step, skip = meta.get("epoch", 0), meta.get("step", 0), meta.get("batch", 0)
+            history = meta.get("history", [])
+            stop.restore(meta.get("early_stop"))
+            if meta.get("source_hash") not in (None, self.source_hash):
+                self.log(f"note: {self.program.path} changed since {path} was written")
+            self.log(f"resuming from {path}: epoch {epoch + 1}, batch {skip + 1}")
+        state = {name: opt_state.get(name) if opt_state else None for name in trainable}
+        fresh = optimizer.init({name: params[name] for name in trainable})
+        opt_state = {name: state[name] if state[name] is not None else fresh[name] for name in trainable}
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        interrupted = _Interrupt()
+        stopped = "done"
+        with interrupted:
+            while epoch < cfg.epochs:
+                order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
+                totals, seen, started = {}, 0, time.perf_counter()
+                for b, batch in enumerate(batches(train, cfg.batch, order)):
+                    if b < skip:
+                        continue
+                    batch = self.augment(batch, epoch, b)
+                    lr = schedule(step)
+                    values = engine.train_step(params, opt_state, batch, lr, step + 1,
+                                               np.array([cfg.seed, step + 1], np.int32))
+                    step += 1
+                    if not math.isfinite(values["loss"]):
+                        raise DlcError(f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}, "
+                                       f"batch {b + 1}); training stopped. The last good checkpoint is "
+                                       f"{self.out / 'last.npz'}" + (" (none was written yet)"
+                                                                     if not (self.out / 'last.npz').exists() else "")
+                                       + ". Try a lower learning rate or gradient clipping.")
+                    k = len(next(iter(batch.values())))
+                    seen += k
+                    for name, v in values.items():
+                        totals[name] = totals.get(name, 0.0) + v * k
+                    self.progress(epoch, b + 1 - skip, per_epoch - skip, totals, seen, started, lr)
+                    if interrupted.requested:
+                        self.save("last.npz", params, opt_state, epoch, step, b + 1, history, stop)
+                        self.log(f"\ninterrupted: saved {self.out / 'last.npz'} (epoch {epoch + 1}, batch {b + 1}); "
+                                 "continue with --resume")
+                        return Result(history, params, self.out, {}, "interrupted")
+                skip = 0
+                row = {"epoch": epoch + 1, "lr": lr, "time": round(time.perf_counter() - started, 3)}
+                row.update({k: v / max(seen, 1) for k, v in totals.items() if k != "grad_norm"})
+                if val is not None:
+                    row.update({f"val_{k}": v for k, v in evaluate(engine, params, val, cfg.batch).items()})
+                history.append(row)
+                self.end_epoch(row)
+                epoch += 1
+                improved, done = stop.update(row)
+                self.save("last.npz", params, opt_state, epoch, step, 0, history, stop)
+                if improved:
+                    self.save("best.npz", params, opt_state, epoch, step, 0, history, stop)
+                if done:
+                    stopped = "early stop"
+                    self.log(f"early stop: {stop.monitor} did not improve for {stop.patience} epochs")
+                    break
+        if stop.restore_best and (self.out / "best.npz").exists():
+            params = checkpoint.load(self.out / "best.npz")[0]
+        self.write_history(history)
+        result = {}
+        if test is not None:
+            result = evaluate(engine, params, test, cfg.batch)
+            self.log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        return Result(history, params, self.out, result, stopped)
+
+    def augment(self, batch: dict, epoch: int, b: int) -> dict:
+        spec = self.cfg.augment
+        if spec is None:
+            return batch
+        if not isinstance(spec, Call) or spec.name != "images":
+            raise DlcError("augment takes images(shift = 1, flip = false, noise = 0.0)", self.cfg.span("augment"))
+        spec.check(["shift", "flip", "noise"])
+        first = self.train_model.inputs[0].name
+        rng = np.random.default_rng([self.cfg.seed, epoch, b, 7])
+        return {**batch, first: datasets.augment(batch[first], rng, int(spec.kwargs.get("shift", 0)),
+                                                 bool(spec.kwargs.get("flip", False)),
+                                                 float(spec.kwargs.get("noise", 0.0)))}
+
+    # -- reporting and files --
+    def progress(self, epoch, done, total, totals, seen, started, lr):
+        if not sys.stderr.isatty():
+            return
+        elapsed = time.perf_counter() - started
+        rate = seen / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) * elapsed / max(done, 1)
+        bar = "#" * int(20 * done / max(total, 1))
+        stats = "  ".join(f"{k} {v / max(seen, 1):.4f}" for k, v in totals.items() if k != "grad_norm")
+        sys.stderr.write(f"\repoch {epoch + 1}/{self.cfg.epochs} [{bar:<20}] {done}/{total}  {stats}  "
+                         f"{rate:,.0f} samples/s  eta {eta:.0f}s ")
+        sys.stderr.flush()
+
+    def end_epoch(self, row: dict):
+        stats = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "time", "lr"))
+        end = "\n" if sys.stderr.isatty() else ""
+        self.log(f"{end}epoch {row['epoch']}/{self.cfg.epochs}  {stats}  ({row['time']:.1f}s)")
+
+    def save(self, name, params, opt_state, epoch, step, batch, history, stop):
+        checkpoint.save(self.out / name, params, opt_state, {
+            "model": self.name, "source_hash": self.source_hash, "epoch": epoch, "step": step, "batch": batch,
+            "seed": self.cfg.seed, "optimizer": self.cfg.optimizer.name, "history": history,
+            "early_stop": stop.state(), "meta": _jsonable(self.meta)})
+
+    def write_history(self, history: list):
+        if not history:
+            return
+        (self.out / "history.json").write_text(json.dumps(history, indent=1))
+        keys = list(dict.fromkeys(k for row in history for k in row))
+        with open(self.out / "history.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=keys)
+            w.writeheader()
+            w.writerows(history)
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        metrics = [k for k in keys if k not in ("epoch", "lr", "time") and not k.startswith("val_")]
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+        epochs = [r["epoch"] for r in history]
+        for ax, m in zip(axes[0], metrics):
+            ax.plot(epochs, [r.get(m) for r in history], label=m)
+            if f"val_{m}" in keys:
+                ax.plot(epochs, [r.get(f"val_{m}") for r in history], label=f"val_{m}")
+            ax.set_xlabel("epoch")
+            ax.legend()
+        fig.tight_layout()
+        fig.savefig(self.out / "history.png")
+        plt.close(fig)
+
+
+def _fraction(call: Call) -> float:
+    f = call.arg(0, "fraction", None)
+    if f is None or not 0 < f < 1:
+        raise DlcError(f"split takes a fraction between 0 and 1, got {f!r}", call.span)
+    return f
+
+
+def _jsonable(v):
+    return json.loads(json.dumps(v, default=lambda x: x.tolist() if isinstance(x, np.ndarray) else str(x)))
+
+
+class _EarlyStop:
+    """patience(n, monitor = val_loss, restore_best = false): stop after n epochs without
+    improvement. Without it, `best` still tracks the monitored value."""
+
+    def __init__(self, spec, span, has_validation: bool):
+        self.patience, self.restore_best = None, False
+        self.monitor = "val_loss" if has_validation else "loss"
+        if spec is not None:
+            if not isinstance(spec, Call) or spec.name != "patience":
+                raise DlcError("early_stop takes patience(n, monitor = val_loss, restore_best = true)", span)
+            spec.check(["n", "monitor", "restore_best"])
+            self.patience = spec.arg(0, "n", 5, (int,))
+            monitor = spec.kwargs.get("monitor")
+            if monitor is not None:
+                self.monitor = monitor.name if isinstance(monitor, Symbol) else str(monitor)
+            self.restore_best = bool(spec.kwargs.get("restore_best", True))
+        self.mode = "max" if any(w in self.monitor for w in ("acc", "accuracy")) else "min"
+        self.best, self.bad = None, 0
+        self.span = span
+
+    def update(self, row: dict) -> tuple[bool, bool]:
+        if self.monitor not in row:
+            raise DlcError(f"early_stop monitors '{self.monitor}', which is not among "
+                           f"{', '.join(k for k in row if k not in ('epoch', 'lr', 'time'))}", self.span)
+        value = row[self.monitor]
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if better:
+            self.best, self.bad = value, 0
+        else:
+            self.bad += 1
+        return better, self.patience is not None and self.bad >= self.patience
+
+    def state(self):
+        return {"best": self.best, "bad": self.bad}
+
+    def restore(self, state):
+        if state:
+            self.best, self.bad = state.get("best"), state.get("bad", 0)
+
+
+class _Interrupt:
+    """Ctrl-C asks the loop to stop after the current step instead of killing it mid-update."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __enter__(self):
+        def handler(signum, frame):
+            if self.requested:      # a second Ctrl-C: stop now
+                raise KeyboardInterrupt
+            self.requested = True
+        try:
+            self.previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:          # not the main thread: no handler, plain KeyboardInterrupt
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
