@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+
 from . import ops
 from . import syntax as A
 from .dims import Dim, numel
@@ -215,6 +217,10 @@ class Evaluator:
             return ops.constant(self.graph, v, "f32")
         if isinstance(v, Dim):
             return self.graph.add1("dim_size", dim=v)
+        if isinstance(v, tuple) and v:
+            array = _array_literal(v)
+            if array is not None:
+                return ops.constant(self.graph, array, "f32" if array.dtype.kind == "f" else "i32")
         self.fail(f"expected a tensor for {what}, got {describe(v)}", span)
 
     def static_int(self, v, span: Span, what: str) -> int:
@@ -618,7 +624,8 @@ class Evaluator:
             return ops.matmul(a, b)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
             for v, side in ((a, e.left), (b, e.right)):
-                if not isinstance(v, (Tensor, int, float, Dim)):
+                if not isinstance(v, (Tensor, int, float, Dim)) and \
+                        not (isinstance(v, tuple) and _array_literal(v) is not None):
                     self.fail(f"cannot use {describe(v)} in arithmetic with a tensor", side.span)
             a = a if isinstance(a, (Tensor, int, float)) and not isinstance(a, bool) else self.tensor(a, e.left.span)
             b = b if isinstance(b, (Tensor, int, float)) and not isinstance(b, bool) else self.tensor(b, e.right.span)
@@ -984,6 +991,15 @@ def ann_str(t: A.TensorType) -> str:
 
 def origin(t: Tensor) -> list:
     return [(f"it is {t.type}, from here", t.span)] if t.span is not None else []
+
+
+def _array_literal(v: tuple):
+    """A rectangular tuple of numbers, [1.0, 3.0] or [[1, 2], [3, 4]], as an array."""
+    try:
+        array = np.array(v)
+    except ValueError:
+        return None
+    return array if array.dtype.kind in "if" else None
 
 
 def _static_operand(v) -> bool:

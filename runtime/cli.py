@@ -53,7 +53,13 @@ def cmd_check(args):
 
 
 def cmd_summary(args):
-    print(S.summary(_build(args, training=not args.eval)))
+    from dlc.runtime.trainer import frozen_names
+    from dlc.runtime import config
+    program = load(args.file)
+    model = program.build(args.model, training=not args.eval)
+    freeze = config.settings(program.trains.get(model.name)).get("freeze", (None, None))
+    frozen = frozen_names(model, freeze[0], freeze[1]) | frozen_names(model, args.freeze or [])
+    print(S.summary(model, frozen))
 
 
 def _graph_for(args, grad: bool):
@@ -167,6 +173,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("summary", help="parameters, output shapes, totals and FLOPs")
     _add_model_args(c)
     c.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
+    c.add_argument("--freeze", action="append", metavar="PATTERN",
+                   help="count these parameters as frozen (the train block's freeze is applied too)")
     c.set_defaults(run=cmd_summary)
 
     c = sub.add_parser("graph", help="print the graph IR (or its gradient graph)")

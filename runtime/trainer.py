@@ -108,6 +108,23 @@ def make_config(program: Program, model_name: str, overrides: dict) -> TrainConf
 
 
 # ---- data ------------------------------------------------------------------------------------------
+def frozen_names(model: Model, patterns, span=None) -> set:
+    """The parameters that `freeze` names: a name (f5 freezes f5.W and f5.b), a full
+    parameter name, or a shell-style pattern ("conv*")."""
+    patterns = patterns if isinstance(patterns, list) else [patterns] if patterns else []
+    frozen = set()
+    for p in patterns:
+        if not isinstance(p, (str, Symbol)):
+            raise DlcError(f"freeze takes names or patterns, got {p!r}", span)
+        pat = p.name if isinstance(p, Symbol) else p
+        hits = {q.name for q in model.params
+                if q.name == pat or q.name.startswith(pat + ".") or fnmatch.fnmatch(q.name, pat)}
+        if not hits:
+            raise DlcError(f"freeze: no parameter matches '{pat}'", span)
+        frozen |= hits
+    return frozen
+
+
 def load_data(spec, base: Path, what: str, span=None) -> datasets.Dataset:
     if isinstance(spec, Symbol):
         spec = Call(spec.name, span=spec.span)
@@ -223,18 +240,7 @@ class Trainer:
 
     # -- set-up --
     def trainable(self) -> list:
-        patterns = self.cfg.freeze if isinstance(self.cfg.freeze, list) else [self.cfg.freeze]
-        names = []
-        for p in patterns:
-            if not isinstance(p, (str, Symbol)):
-                raise DlcError(f"freeze takes names or patterns, got {p!r}", self.cfg.span("freeze"))
-            names.append(p.name if isinstance(p, Symbol) else p)
-        frozen = {q.name for q in self.train_model.params
-                  if any(fnmatch.fnmatch(q.name, n) or q.name.startswith(n + ".") or q.name == n for n in names)}
-        for n in names:
-            if not any(fnmatch.fnmatch(q.name, n) or q.name.startswith(n + ".") or q.name == n
-                       for q in self.train_model.params):
-                raise DlcError(f"freeze: no parameter matches '{n}'", self.cfg.span("freeze"))
+        frozen = frozen_names(self.train_model, self.cfg.freeze, self.cfg.span("freeze"))
         return [q.name for q in self.train_model.params if q.trainable and q.name not in frozen]
 
     def initial_params(self) -> dict:
