@@ -159,7 +159,7 @@ def _fold(ev, xs, f):
         _fail(ev, "sum of an empty tuple")
     out = xs[0]
     for v in xs[1:]:
-        out = f(out, v)
+        out = out + v if not isinstance(out, Tensor) and not isinstance(v, Tensor) else f(out, v)
     return out
 
 

@@ -574,6 +574,8 @@ class Evaluator:
 
     def lookup(self, name: str, env: Env, span: Span):
         if name == "training":
+            if self.training is None:
+                self.fail("'training' is only known inside a model (a const is the same in both modes)", span)
             return self.training
         if name == "params":
             root = self.graph
@@ -783,7 +785,8 @@ class Evaluator:
             value = self.expr(e.value, env)
         if isinstance(value, (Func, Builtin)):      # zeros[B, units]: an initializer applied to a shape
             shape = tuple(self.dim_value(s, e.span) for s in subs)
-            return self.call(value, [(shape, e.span), (0, e.span), (0, e.span)], {}, e.span)
+            fan_in, fan_out = fans(shape)
+            return self.call(value, [(shape, e.span), (fan_in, e.span), (fan_out, e.span)], {}, e.span)
         if isinstance(value, tuple):
             if len(subs) != 1 or not isinstance(subs[0], int):
                 self.fail("a tuple is indexed by one integer", e.span)
@@ -827,6 +830,8 @@ class Evaluator:
                 starts.append(a), stops.append(b), steps.append(st)
             elif isinstance(s, (int, Dim)) and not isinstance(s, bool):
                 i = self.norm_index(s, d, e.span)
+                if isinstance(i, int) and isinstance(d, int) and i >= d:
+                    self.fail(f"index {s} is out of range for a dim of size {d}", e.span)
                 starts.append(i), stops.append(i + 1), steps.append(1)
                 drop.append(axis)
             else:
@@ -978,15 +983,22 @@ def describe(v) -> str:
 
 
 def ann_str(t: A.TensorType) -> str:
-    def d(x):
-        if isinstance(x, A.AnyDims):
-            return "..."
-        if isinstance(x, A.Name):
-            return x.id
-        if isinstance(x, A.Number):
-            return str(x.value)
-        return "?"
-    return f"{t.dtype}[{', '.join(d(x) for x in t.dims)}]"
+    return f"{t.dtype}[{', '.join(expr_text(d) for d in t.dims)}]"
+
+
+def expr_text(e) -> str:
+    """Source-like text of a dim expression: n, 4 * units, T - 1."""
+    if isinstance(e, A.AnyDims):
+        return "..."
+    if isinstance(e, A.Name):
+        return e.id
+    if isinstance(e, A.Number):
+        return str(e.value)
+    if isinstance(e, A.Binary):
+        return f"{expr_text(e.left)} {e.op} {expr_text(e.right)}"
+    if isinstance(e, A.Unary):
+        return f"{e.op}{expr_text(e.operand)}"
+    return "?"
 
 
 def origin(t: Tensor) -> list:
@@ -1060,7 +1072,10 @@ class Program:
         return ev.build(decl, self.trains.get(decl.name))
 
 
-def _load_into(env: Env, module: A.Module, path: Path | None, loading: set, defined: dict):
+def _load_into(env: Env, module: A.Module, path: Path | None, loading: list, defined: dict, loaded: set):
+    """Define a module's defs and consts in env, its imports first. `loading` is the
+    chain of files being imported (a cycle is an error); `loaded` the files done (a
+    file imported twice, as in a diamond, is read once)."""
     for item in module.items:
         if isinstance(item, A.Import):
             if path is None:
@@ -1068,10 +1083,14 @@ def _load_into(env: Env, module: A.Module, path: Path | None, loading: set, defi
             target = (path.parent / item.path).resolve()
             if target in loading:
                 raise DlcError(f"{item.path} imports itself (through a cycle)", item.span)
-            if not target.exists():
+            if target in loaded:
+                continue
+            if not target.is_file():
                 raise DlcError(f"cannot import {item.path}: no such file", item.span)
-            loading.add(target)
-            _load_into(env, _parse_file(target), target, loading, defined)
+            loading.append(target)
+            _load_into(env, _parse_file(target), target, loading, defined, loaded)
+            loading.pop()
+            loaded.add(target)
         elif isinstance(item, (A.Def, A.Const)):
             if item.name in defined:
                 raise DlcError(f"'{item.name}' is defined twice", item.span,
@@ -1081,8 +1100,11 @@ def _load_into(env: Env, module: A.Module, path: Path | None, loading: set, defi
                 check_def(item)
                 env.vars[item.name] = Func(item, env)
             else:
-                ev = Evaluator(env, training=False)
-                env.vars[item.name] = ev.expr(item.value, env)
+                value = Evaluator(env, training=None).expr(item.value, env)
+                if isinstance(value, Tensor) or (isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value)):
+                    raise DlcError(f"a const must be a static value (a number, string, bool or tuple), "
+                                   f"not {describe(value)}", item.value.span)
+                env.vars[item.name] = value
 
 
 def _parse_file(path: Path) -> A.Module:
@@ -1104,7 +1126,7 @@ def stdlib_env() -> Env:
             name = STDLIB_PREFIX + f.name
             text = f.read_text()
             register_source(name, text)
-            _load_into(libenv, A.parse(text, name), None, set(), defined)
+            _load_into(libenv, A.parse(text, name), None, [], defined, set())
     return libenv
 
 
@@ -1120,7 +1142,7 @@ def load(path: str) -> Program:
         _STDLIB.append(stdlib_env())
     module = _parse_file(p)
     env = _STDLIB[0].child()
-    _load_into(env, module, p.resolve(), {p.resolve()}, {})
+    _load_into(env, module, p.resolve(), [p.resolve()], {}, set())
     return Program(module, env, path)
 
 
@@ -1129,6 +1151,7 @@ def load_text(text: str, filename: str = "<input>") -> Program:
         _STDLIB.append(stdlib_env())
     module = A.parse(text, filename)
     env = _STDLIB[0].child()
-    _load_into(env, module, Path(filename).resolve() if not filename.startswith("<") else None, set(), {})
+    path = Path(filename).resolve() if not filename.startswith("<") else None
+    _load_into(env, module, path, [path], {}, set())
     return Program(module, env, filename)
 

@@ -120,6 +120,9 @@ def _orthogonal(ctx, xs, shape, stream):
 
 @primitive("random", "source", _random_type)
 def _random(ctx, xs, shape, dist, stream, dtype="f32"):
+    """Inside a scan the stream also depends on the step, so every step draws anew."""
+    for t in ctx.steps:
+        stream = int(_mix(np.uint32((stream * 0x01000193 + t + 1) & 0xFFFFFFFF)))
     n = int(numel(shape))
     dt = ctx.np_dtype(dtype)
     u = ((counter_bits(xs[0], stream, n) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
@@ -763,7 +766,11 @@ def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=())
     ys = None
     for t in steps:
         sliced = [np.take(s, t, axis=a) for s, a in zip(seqs, xs_axes)]
-        outs = ctx.run(body, carries + sliced + list(invariants))
+        ctx.steps += (t,)
+        try:
+            outs = ctx.run(body, carries + sliced + list(invariants))
+        finally:
+            ctx.steps = ctx.steps[:-1]
         carries = outs[:n_carry]
         if ys is None:
             ys = [np.empty(y.shape[:a] + (length,) + y.shape[a:], y.dtype) for y, a in zip(outs[n_carry:], ys_axes)]

@@ -50,7 +50,7 @@ def _table(headers, rows) -> list:
     widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
     line = lambda r: "  ".join(str(v).ljust(w) if i == 0 or i == 1 else str(v).rjust(w)
                                for i, (v, w) in enumerate(zip(r, widths))).rstrip()
-    rule = "-" * len(line(headers))
+    rule = "-" * max(len(line(r)) for r in [headers] + rows)
     return [rule, line(headers), rule] + [line(r) for r in rows] + [rule]
 
 

@@ -243,6 +243,11 @@ class Module(Node):
     items: list
 
 
+# words of expressions; statement keywords (input, target, loss, ...) stay usable as argument names
+RESERVED = {"true", "false", "none", "if", "then", "else", "and", "or", "not", "scan", "carry", "in",
+            "f32", "f64", "i32", "i64", "bool"}
+
+
 def _span(filename: str, meta) -> Span:
     if getattr(meta, "empty", True):
         return Span(filename, 0, 0)
@@ -262,6 +267,12 @@ class _ToAst(Transformer):
     def _s(self, meta):
         return _span(self.file, meta)
 
+    def _name(self, tok) -> str:
+        """A name being defined: keywords cannot be redefined."""
+        if str(tok) in RESERVED:
+            raise DlcError(f"'{tok}' is a reserved word and cannot be used as a name", _token_span(self.file, tok))
+        return str(tok)
+
     # top level
     def start(self, meta, items):
         return Module(self._s(meta), items)
@@ -270,7 +281,7 @@ class _ToAst(Transformer):
         return Import(self._s(meta), c[0][1:-1])
 
     def const_stmt(self, meta, c):
-        return Const(self._s(meta), str(c[0]), c[1])
+        return Const(self._s(meta), self._name(c[0]), c[1])
 
     def model_def(self, meta, c):
         return Model(self._s(meta), str(c[0]), c[1])
@@ -288,26 +299,26 @@ class _ToAst(Transformer):
         args = [a for a in args if a is not None]
         if not isinstance(body, list):
             body = [Return(body.span, [body])]
-        return Def(self._s(meta), str(name), args, body)
+        return Def(self._s(meta), self._name(name), args, body)
 
     def arg_decl(self, meta, c):
         name, typ, default = c
         if isinstance(typ, Token):
             typ = StaticType(_token_span(self.file, typ), str(typ))
-        return ArgDecl(self._s(meta), str(name), typ, default)
+        return ArgDecl(self._s(meta), self._name(name), typ, default)
 
     def block(self, meta, stmts):
         return list(stmts)
 
     # statements
     def assign(self, meta, c):
-        return Assign(self._s(meta), [str(t) for t in c[:-1]], c[-1])
+        return Assign(self._s(meta), [self._name(t) for t in c[:-1]], c[-1])
 
     def param_stmt(self, meta, c):
-        return ParamDecl(self._s(meta), str(c[0]), c[1], c[2], True)
+        return ParamDecl(self._s(meta), self._name(c[0]), c[1], c[2], True)
 
     def state_stmt(self, meta, c):
-        return ParamDecl(self._s(meta), str(c[0]), c[1], c[2], False)
+        return ParamDecl(self._s(meta), self._name(c[0]), c[1], c[2], False)
 
     def update_stmt(self, meta, c):
         return Update(self._s(meta), str(c[0]), c[1])
@@ -319,7 +330,7 @@ class _ToAst(Transformer):
         return Yield(self._s(meta), c)
 
     def repeat_stmt(self, meta, c):
-        return Repeat(self._s(meta), str(c[0]), c[1], c[2], c[3])
+        return Repeat(self._s(meta), self._name(c[0]), c[1], c[2], c[3])
 
     def if_stmt(self, meta, c):
         cond, then, other = c
@@ -328,19 +339,19 @@ class _ToAst(Transformer):
         return If(self._s(meta), cond, then, other or [])
 
     def input_stmt(self, meta, c):
-        return Input(self._s(meta), str(c[0]), c[1], False)
+        return Input(self._s(meta), self._name(c[0]), c[1], False)
 
     def target_stmt(self, meta, c):
-        return Input(self._s(meta), str(c[0]), c[1], True)
+        return Input(self._s(meta), self._name(c[0]), c[1], True)
 
     def output_stmt(self, meta, c):
-        return Output(self._s(meta), str(c[0]), c[1])
+        return Output(self._s(meta), self._name(c[0]), c[1])
 
     def loss_stmt(self, meta, c):
         return Loss(self._s(meta), c[0])
 
     def metric_stmt(self, meta, c):
-        return Metric(self._s(meta), str(c[0]), c[1])
+        return Metric(self._s(meta), self._name(c[0]), c[1])
 
     # types
     def tensor_type(self, meta, c):
@@ -423,7 +434,7 @@ class _ToAst(Transformer):
 
     def scan(self, meta, c):
         var, length, options, carries, body = c
-        return Scan(self._s(meta), str(var), length, options or [], carries or [], body)
+        return Scan(self._s(meta), self._name(var), length, options or [], carries or [], body)
 
     def scan_length(self, meta, c):
         tok = c[0]

@@ -46,8 +46,14 @@ def _dims(pairs) -> dict:
 
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_check(args):
-    train = _build(args, training=True)
-    _build(args, training=False)
+    from dlc.runtime.trainer import make_config
+    from dlc.runtime.optim import make_optimizer, make_schedule
+    program = load(args.file)
+    train = program.build(args.model, training=True)
+    program.build(args.model, training=False)
+    cfg = make_config(program, train.name, {}, require_data=False)     # the train block, without its data
+    make_optimizer(cfg.optimizer)
+    make_schedule(cfg.schedule, 1.0, 1, max(cfg.epochs, 1))
     print(f"{args.file}: ok")
     print(S.signature(train))
 
@@ -261,6 +267,9 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:       # the reader went away (dlc graph ... | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except RecursionError:
         print("error: the program nests too deeply to compile", file=sys.stderr)
         return 1

@@ -15,6 +15,7 @@ class Eval:
     def __init__(self, feeds: dict, params: dict, sizes: dict, float_dtype: str):
         self.feeds, self.params, self.sizes, self.float_dtype = feeds, params, sizes, float_dtype
         self.args: list = []
+        self.steps: tuple = ()           # the indices of the enclosing scan steps
 
     def np_dtype(self, dtype: str):
         return DTYPES[self.float_dtype if dtype in ("f32", "f64") else dtype]

@@ -67,7 +67,7 @@ def parse_setting(text: str, name: str):
     return config.evaluate(module.items[1].settings[0].value)
 
 
-def make_config(program: Program, model_name: str, overrides: dict) -> TrainConfig:
+def make_config(program: Program, model_name: str, overrides: dict, require_data: bool = True) -> TrainConfig:
     decl = program.model_decl(model_name)
     cfg = TrainConfig()
     given = config.settings(program.trains.get(decl.name))
@@ -101,7 +101,7 @@ def make_config(program: Program, model_name: str, overrides: dict) -> TrainConf
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
             raise DlcError(f"{name} must be a number >= 0, got {v!r}", cfg.span(name))
-    if cfg.data is None:
+    if cfg.data is None and require_data:
         raise DlcError(f"model {decl.name} has no data to train on: add `data = ...` to its train block "
                        "or pass --data", decl.span)
     return cfg

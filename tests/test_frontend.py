@@ -219,3 +219,53 @@ def test_train_block_is_kept_with_its_model():
     prog = load_text("model m { input x: f32[B, 1]  loss mean(x) }\ntrain m { batch = 32 epochs = 2 }", "t.dl")
     m = prog.build()
     assert [k.name for k in m.train.settings] == ["batch", "epochs"]
+
+
+def test_diamond_imports_load_each_file_once(tmp_path):
+    (tmp_path / "base.dl").write_text("def f(x) = x * 2\n")
+    (tmp_path / "left.dl").write_text('import "base.dl"\ndef g(x) = f(x)\n')
+    (tmp_path / "right.dl").write_text('import "base.dl"\ndef h(x) = f(x)\n')
+    (tmp_path / "main.dl").write_text('import "left.dl"\nimport "right.dl"\n'
+                                      'model m { input x: f32[B, 2]  loss mean(g(x) + h(x)) }\n')
+    assert load(str(tmp_path / "main.dl")).build().name == "m"
+    (tmp_path / "base.dl").write_text('import "main.dl"\ndef f(x) = x\n')
+    with pytest.raises(DlcError) as e:
+        load(str(tmp_path / "main.dl"))
+    assert "cycle" in e.value.message
+
+
+@pytest.mark.parametrize("src, phrase", [
+    ("model m { input x: f32[B, 8]  loss mean(x[:, 8]) }", "index 8 is out of range"),
+    ("model m { input x: f32[B, 8]  true = x  loss mean(x) }", "'true' is a reserved word"),
+    ("const K = full((3,), 1.0)\nmodel m { input x: f32[B, 3]  loss mean(x + K) }", "a const must be a static value"),
+    ("const T = training\nmodel m { input x: f32[B, 3]  loss mean(x) }", "only known inside a model"),
+])
+def test_located_errors_for_fixed_bugs(src, phrase):
+    with pytest.raises(DlcError) as e:
+        build(src)
+    assert phrase in e.value.message
+
+
+def test_sum_of_a_tuple_with_numbers_first_and_fans_in_index_form():
+    m = build("""
+model m {
+    input x: f32[B, 4]
+    w = he_normal[4, 4]
+    y = sum((1.0, 2.0, x @ w))
+    loss mean(y)
+    output y = y
+}""")
+    out = run(m, x=np.zeros((2, 4)))
+    np.testing.assert_allclose(out["output:y"], 3.0)
+
+
+def test_random_numbers_differ_at_every_scan_step():
+    m = build("""
+model m {
+    input xs: f32[B, T]
+    noise = scan t in T carry s = zeros[B] { yield s + random_uniform(B) }
+    loss mean(noise)
+    output noise = noise
+}""")
+    out = run(m, xs=np.zeros((2, 4)))["output:noise"]
+    assert len({round(float(v), 6) for v in out[0]}) == 4

@@ -1,0 +1,1 @@
+"""LLVM IR generators (llvmlite) for dlc's native backend."""

@@ -1,0 +1,697 @@
+"""Packed, register-blocked single-precision GEMM generated with llvmlite.
+
+`add_gemm` adds to an `ir.Module` a routine computing, for every batch index b,
+
+    C[b] (+)= op(A[b]) @ op(B[b])        op(X) = X or Xᵀ,  op(A): M×K, op(B): K×N
+
+in float32, with runtime sizes, leading dimensions and batch strides. Its C signature:
+
+    int32_t name(int64_t M, int64_t N, int64_t K,
+                 const float *A, int64_t lda, int64_t stride_a,
+                 const float *B, int64_t ldb, int64_t stride_b,
+                 float *C, int64_t ldc, int64_t stride_c,
+                 int64_t batch, int64_t nthreads);
+
+All matrices are row-major: element (i, j) of a stored matrix X is X[i*ldx + j]; with
+`trans_a`, A is stored K×M (op(A) = Aᵀ), with `trans_b`, B is stored N×K. A batch stride
+of 0 broadcasts one matrix over the batch. It returns 0, or 1 if a pack buffer could not
+be allocated. `accumulate` (C += …, else C = …) and the transposes are fixed when the
+routine is generated; everything else is a runtime argument.
+
+Structure (BLIS): for each NC-wide column block and KC-deep slice of K, op(B) is packed
+into NR-wide panels (k-major, zero-padded), then for each MC-tall row block op(A) is
+packed into MR-tall panels, and a micro-kernel keeps an MR×NR tile of C in MR·NR/VW
+vector accumulators over the K slice (A broadcast, B loaded as vectors, llvm.fma).
+Edge tiles go through a small stack tile. Work is split over threads with libgomp's
+GOMP_parallel (batch when there are enough matrices, else N when M ≤ N, else M, in whole
+tiles); each thread packs into its own buffers, so no barriers are needed. Pack buffers
+are allocated once per thread slot and module (the routine is not re-entrant: do not run
+two calls of one compiled module at the same time from different host threads).
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+from dataclasses import dataclass
+
+import numpy as np
+from llvmlite import ir
+
+i1 = ir.IntType(1)
+i8 = ir.IntType(8)
+i32 = ir.IntType(32)
+i64 = ir.IntType(64)
+f32 = ir.FloatType()
+fptr = f32.as_pointer()
+vptr = i8.as_pointer()
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Blocking of the generated GEMM (all sizes in elements)."""
+    mr: int = 6            # micro-tile rows (broadcast A values)
+    nr: int = 16           # micro-tile columns (nr // vw vectors per row)
+    vw: int = 8            # float lanes per vector: 8 = AVX2 ymm, 16 = AVX-512 zmm
+    kc: int = 256          # depth of a packed K slice
+    mc: int = 144          # rows of op(A) packed at once (multiple of mr)
+    nc: int = 1024         # columns of op(B) packed at once (multiple of nr)
+    max_threads: int = 16  # thread slots for pack buffers; more requested are clamped
+    serial_below: int = 1 << 18  # M·N·K·batch under which no threads are forked
+
+    def __post_init__(self):
+        assert self.nr % self.vw == 0 and self.mc % self.mr == 0 and self.nc % self.nr == 0
+
+    @property
+    def tag(self) -> str:
+        return f"{self.mr}x{self.nr}v{self.vw}k{self.kc}m{self.mc}n{self.nc}"
+
+    @property
+    def pack_floats(self) -> int:
+        """Floats in one thread's pack buffer (A block + B block)."""
+        return self.mc * self.kc + self.kc * self.nc
+
+
+AVX2 = GemmConfig()
+AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
+
+
+def default_config(vector_width: int | None = None) -> GemmConfig:
+    """AVX2 blocking, or AVX-512 when asked for (vector_width=16) or — when None — when
+    the host has it and `DLC_GEMM_VW` does not say 8."""
+    if vector_width is None:
+        import os
+        from dlc.runtime import jit
+        env = os.environ.get("DLC_GEMM_VW")
+        vector_width = int(env) if env else (16 if jit.host_has("avx512f") else 8)
+    return AVX512 if vector_width == 16 else AVX2
+
+
+def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool) -> str:
+    return f"dlc_sgemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{'_acc' if accumulate else ''}"
+
+
+# --------------------------------------------------------------------------- IR helpers
+
+def _c64(v: int) -> ir.Constant:
+    return ir.Constant(i64, v)
+
+
+@contextlib.contextmanager
+def _loop(b: ir.IRBuilder, start, stop, step=1, name="i"):
+    """for (i = start; i < stop; i += step) — yields i (signed compare)."""
+    step = _c64(step) if isinstance(step, int) else step
+    start = _c64(start) if isinstance(start, int) else start
+    pre = b.block
+    head = b.append_basic_block(f"{name}.head")
+    body = b.append_basic_block(f"{name}.body")
+    done = b.append_basic_block(f"{name}.done")
+    b.branch(head)
+    b.position_at_end(head)
+    i = b.phi(i64, name)
+    i.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", i, stop), body, done)
+    b.position_at_end(body)
+    yield i
+    i.add_incoming(b.add(i, step, name=f"{name}.next"), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+
+
+def _min(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _max(b, x, y):
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def _ceil_div(b, x, d):
+    d = _c64(d) if isinstance(d, int) else d
+    return b.sdiv(b.add(x, b.sub(d, _c64(1))), d)
+
+
+def _gep(b, ptr, idx):
+    return b.gep(ptr, [idx], inbounds=True)
+
+
+def _vec_ptr(b, ptr, vty):
+    return b.bitcast(ptr, vty.as_pointer())
+
+
+def _transpose8(b, rows):
+    """Transpose 8 <8 x float> rows into 8 columns (unpack, shuffle, 128-bit permute)."""
+    def shuf(x, y, mask):
+        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 8), mask))
+    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    t = []
+    for r in range(0, 8, 2):
+        t += [shuf(rows[r], rows[r + 1], lo), shuf(rows[r], rows[r + 1], hi)]
+    q_lo, q_hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    s = [shuf(t[0], t[2], q_lo), shuf(t[0], t[2], q_hi), shuf(t[1], t[3], q_lo), shuf(t[1], t[3], q_hi),
+         shuf(t[4], t[6], q_lo), shuf(t[4], t[6], q_hi), shuf(t[5], t[7], q_lo), shuf(t[5], t[7], q_hi)]
+    p_lo, p_hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    return ([shuf(s[i], s[i + 4], p_lo) for i in range(4)]
+            + [shuf(s[i], s[i + 4], p_hi) for i in range(4)])
+
+
+def _internal(module, name, ret, args, arg_names):
+    fn = ir.Function(module, ir.FunctionType(ret, args), name)
+    fn.linkage = "internal"
+    fn.attributes.add("nounwind")
+    for a, n in zip(fn.args, arg_names):
+        a.name = n
+    return fn
+
+
+def _declare(module, name, ret, args):
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, args), name)
+    return fn
+
+
+# --------------------------------------------------------------------------- generator
+
+class _Gen:
+    def __init__(self, module: ir.Module, cfg: GemmConfig):
+        self.m = module
+        self.cfg = cfg
+        self.vty = ir.VectorType(f32, cfg.vw)
+        self.fma = _declare(module, f"llvm.fma.v{cfg.vw}f32", self.vty, [self.vty] * 3)
+        self.prefix = f"dlc.gemm.{cfg.tag}"
+
+    # ---- shared pieces (one per module and config) ----
+
+    def _shared(self, name, build):
+        full = f"{self.prefix}.{name}"
+        fn = self.m.globals.get(full)
+        if fn is None:
+            fn = build(full)
+        return fn
+
+    def ukernel(self):
+        return self._shared("ukernel", self._build_ukernel)
+
+    def _build_ukernel(self, name):
+        cfg, vty = self.cfg, self.vty
+        MR, NR, VW = cfg.mr, cfg.nr, cfg.vw
+        NV = NR // VW
+        fn = _internal(self.m, name, ir.VoidType(),
+                       [i64, fptr, fptr, fptr, i64, i64, i64, i1],
+                       ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"])
+        fn.attributes.add("noinline")    # one copy shared by every routine of the module
+        for k in (1, 2, 3):
+            fn.args[k].add_attribute("noalias")
+        kc, a, bp, c, ldc, mr, nr, load_c = fn.args
+        entry = fn.append_basic_block("entry")
+        loop = fn.append_basic_block("k.loop")
+        tail = fn.append_basic_block("k.done")
+        b = ir.IRBuilder(entry)
+        zero = ir.Constant(vty, None)
+        # Warm the C tile's lines while the K loop runs.
+        prefetch = _declare(self.m, "llvm.prefetch.p0", ir.VoidType(), [vptr, i32, i32, i32])
+        for r in range(MR):
+            row = _gep(b, c, b.mul(_c64(r), ldc))
+            rowv = b.bitcast(_gep(b, row, _c64(0)), vptr)
+            b.call(prefetch, [rowv, i32(1), i32(3), i32(1)])
+            # the last column of the row may be on the next line
+            rowe = b.bitcast(_gep(b, row, _c64(NR - 1)), vptr)
+            b.call(prefetch, [rowe, i32(1), i32(3), i32(1)])
+        b.branch(loop)
+
+        b.position_at_end(loop)
+        k = b.phi(i64, "k")
+        k.add_incoming(_c64(0), entry)
+        accs = [[b.phi(vty, f"c{r}_{v}") for v in range(NV)] for r in range(MR)]
+        for r in range(MR):
+            for v in range(NV):
+                accs[r][v].add_incoming(zero, entry)
+        bk = _gep(b, bp, b.mul(k, _c64(NR)))
+        bvec = [b.load(_vec_ptr(b, _gep(b, bk, _c64(v * VW)), vty), align=4 * VW)
+                for v in range(NV)]
+        ak = _gep(b, a, b.mul(k, _c64(MR)))
+        new = []
+        for r in range(MR):
+            s = b.load(_gep(b, ak, _c64(r)), align=4)
+            splat = b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), s, i32(0)),
+                                     ir.Constant(vty, ir.Undefined),
+                                     ir.Constant(ir.VectorType(i32, VW), [0] * VW))
+            new.append([b.call(self.fma, [splat, bvec[v], accs[r][v]]) for v in range(NV)])
+        k1 = b.add(k, _c64(1))
+        k.add_incoming(k1, loop)
+        for r in range(MR):
+            for v in range(NV):
+                accs[r][v].add_incoming(new[r][v], loop)
+        b.cbranch(b.icmp_signed("<", k1, kc), loop, tail)
+
+        # ---- store the tile
+        b.position_at_end(tail)
+        full = b.and_(b.icmp_signed("==", mr, _c64(MR)), b.icmp_signed("==", nr, _c64(NR)))
+        full_bb = fn.append_basic_block("full")
+        edge_bb = fn.append_basic_block("edge")
+        done_bb = fn.append_basic_block("edge.done")
+        b.cbranch(full, full_bb, edge_bb)
+
+        b.position_at_end(full_bb)
+        add_bb = fn.append_basic_block("full.add")
+        set_bb = fn.append_basic_block("full.set")
+        b.cbranch(load_c, add_bb, set_bb)
+        for bb, add in ((add_bb, True), (set_bb, False)):
+            b.position_at_end(bb)
+            for r in range(MR):
+                row = _gep(b, c, b.mul(_c64(r), ldc))
+                for v in range(NV):
+                    p = _vec_ptr(b, _gep(b, row, _c64(v * VW)), vty)
+                    val = new[r][v]
+                    if add:
+                        val = b.fadd(b.load(p, align=4), val)
+                    b.store(val, p, align=4)
+            b.ret_void()
+
+        # edge tile: rows r < mr, columns masked to j < nr (masked loads/stores)
+        b.position_at_end(edge_bb)
+        mty = ir.VectorType(i1, VW)
+        mload = _declare(self.m, f"llvm.masked.load.v{VW}f32.p0", vty, [vty.as_pointer(), i32, mty, vty])
+        mstore = _declare(self.m, f"llvm.masked.store.v{VW}f32.p0", ir.VoidType(),
+                          [vty, vty.as_pointer(), i32, mty])
+        nr_splat = b.insert_element(ir.Constant(ir.VectorType(i64, VW), ir.Undefined), nr, i32(0))
+        nr_splat = b.shuffle_vector(nr_splat, ir.Constant(ir.VectorType(i64, VW), ir.Undefined),
+                                    ir.Constant(ir.VectorType(i32, VW), [0] * VW))
+        masks = [b.icmp_signed("<", ir.Constant(ir.VectorType(i64, VW), list(range(v * VW, v * VW + VW))),
+                               nr_splat) for v in range(NV)]
+        for r in range(MR):
+            row = _gep(b, c, b.mul(_c64(r), ldc))
+            for v in range(NV):
+                # not `inbounds`: masked-off lanes may lie past the end of C
+                p = _vec_ptr(b, b.gep(row, [_c64(v * VW)]), vty)
+                old = b.call(mload, [p, i32(4), masks[v], zero])
+                val = b.select(load_c, b.fadd(old, new[r][v]), new[r][v])
+                b.call(mstore, [val, p, i32(4), masks[v]])
+            if r + 1 < MR:
+                more = fn.append_basic_block(f"edge.row{r + 1}")
+                b.cbranch(b.icmp_signed(">", mr, _c64(r + 1)), more, done_bb)
+                b.position_at_end(more)
+        b.branch(done_bb)
+        b.position_at_end(done_bb)
+        b.ret_void()
+        return fn
+
+    def pack(self, which: str, trans: bool):
+        """Pack function for 'a' (MR-tall panels) or 'b' (NR-wide panels)."""
+        return self._shared(f"pack_{which}_{'t' if trans else 'n'}",
+                            lambda name: self._build_pack(name, which, trans))
+
+    def _build_pack(self, name, which, trans):
+        """pack(kc, len, src, ld, dst): panels of P (= MR or NR) along `len`, k-major.
+
+        Element (p, k) of the block — p along the panel direction (rows of op(A) or
+        columns of op(B)), k along K — is src[p*ld + k] when `contig_k`, else src[k*ld + p].
+        Panel q is stored at dst + q*P*kc, element (p, k) at [k*P + p % P]; rows past `len`
+        are zero.
+        """
+        cfg, vty = self.cfg, self.vty
+        P = cfg.mr if which == "a" else cfg.nr
+        # op(A) non-transposed is stored M×K (k contiguous); op(B) non-transposed is K×N.
+        contig_k = (which == "a") != trans
+        fn = _internal(self.m, name, ir.VoidType(), [i64, i64, fptr, i64, fptr],
+                       ["kc", "len", "src", "ld", "dst"])
+        fn.attributes.add("noinline")
+        fn.args[4].add_attribute("noalias")
+        kc, length, src, ld, dst = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        npanels = _ceil_div(b, length, P)
+        zero = ir.Constant(f32, 0.0)
+
+        with _loop(b, 0, npanels, name="q") as q:
+            p0 = b.mul(q, _c64(P))
+            width = _min(b, _c64(P), b.sub(length, p0))
+            out = _gep(b, dst, b.mul(p0, kc))
+            full_bb = b.append_basic_block("full")
+            part_bb = b.append_basic_block("part")
+            next_bb = b.append_basic_block("next")
+            b.cbranch(b.icmp_signed("==", width, _c64(P)), full_bb, part_bb)
+
+            # full panel
+            b.position_at_end(full_bb)
+            if contig_k:
+                # lines along k: transpose 8×8 blocks in registers, 8 k at a time
+                lines = [_gep(b, src, b.mul(b.add(p0, _c64(p)), ld)) for p in range(P)]
+                k8 = b.mul(b.sdiv(kc, _c64(8)), _c64(8))
+                v8 = ir.VectorType(f32, 8)
+                with _loop(b, 0, k8, 8, name="k8") as k:
+                    o = _gep(b, out, b.mul(k, _c64(P)))
+                    for g in range(0, P, 8):
+                        rows = [b.load(_vec_ptr(b, _gep(b, lines[p], k), v8), align=4)
+                                if p < P else ir.Constant(v8, ir.Undefined)
+                                for p in range(g, g + 8)]
+                        cols = _transpose8(b, rows)
+                        w = min(8, P - g)
+                        for kk in range(8):
+                            col = cols[kk]
+                            if w < 8:
+                                col = b.shuffle_vector(col, col, ir.Constant(ir.VectorType(i32, w), list(range(w))))
+                            dst_p = _gep(b, o, _c64(kk * P + g))
+                            b.store(col, b.bitcast(dst_p, ir.VectorType(f32, w).as_pointer()), align=4)
+                with _loop(b, k8, kc, name="k") as k:
+                    o = _gep(b, out, b.mul(k, _c64(P)))
+                    for p in range(P):
+                        b.store(b.load(_gep(b, lines[p], k), align=4), _gep(b, o, _c64(p)), align=4)
+            else:
+                base = _gep(b, src, p0)
+                with _loop(b, 0, kc, name="k") as k:
+                    line = _gep(b, base, b.mul(k, ld))
+                    o = _gep(b, out, b.mul(k, _c64(P)))
+                    if P % cfg.vw == 0:
+                        for v in range(P // cfg.vw):
+                            x = b.load(_vec_ptr(b, _gep(b, line, _c64(v * cfg.vw)), vty), align=4)
+                            b.store(x, _vec_ptr(b, _gep(b, o, _c64(v * cfg.vw)), vty), align=4)
+                    else:
+                        for p in range(P):
+                            b.store(b.load(_gep(b, line, _c64(p)), align=4), _gep(b, o, _c64(p)), align=4)
+            b.branch(next_bb)
+
+            # partial panel: clamp the index, zero what is past the end
+            b.position_at_end(part_bb)
+            last = b.sub(width, _c64(1))
+            idx = [_min(b, _c64(p), last) for p in range(P)]
+            ok = [b.icmp_signed("<", _c64(p), width) for p in range(P)]
+            if contig_k:
+                lines = [_gep(b, src, b.mul(b.add(p0, idx[p]), ld)) for p in range(P)]
+            with _loop(b, 0, kc, name="kp") as k:
+                o = _gep(b, out, b.mul(k, _c64(P)))
+                if not contig_k:
+                    line = _gep(b, _gep(b, src, p0), b.mul(k, ld))
+                for p in range(P):
+                    x = b.load(_gep(b, lines[p], k) if contig_k else _gep(b, line, idx[p]), align=4)
+                    b.store(b.select(ok[p], x, zero), _gep(b, o, _c64(p)), align=4)
+            b.branch(next_bb)
+            b.position_at_end(next_bb)
+        b.ret_void()
+        return fn
+
+    def buffers(self):
+        """Global per-thread-slot pack buffer pointers (allocated on first use)."""
+        name = f"{self.prefix}.bufs"
+        g = self.m.globals.get(name)
+        if g is None:
+            ty = ir.ArrayType(fptr, self.cfg.max_threads)
+            g = ir.GlobalVariable(self.m, ty, name)
+            g.linkage = "internal"
+            g.initializer = ir.Constant(ty, None)
+            g.align = 64
+        return g
+
+    def get_buffer(self):
+        return self._shared("get_buffer", self._build_get_buffer)
+
+    def _build_get_buffer(self, name):
+        fn = _internal(self.m, name, fptr, [i64], ["tid"])
+        alloc = _declare(self.m, "aligned_alloc", vptr, [i64, i64])
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        slot = b.gep(self.buffers(), [_c64(0), fn.args[0]], inbounds=True)
+        p = b.load(slot)
+        have = fn.append_basic_block("have")
+        make = fn.append_basic_block("make")
+        b.cbranch(b.icmp_unsigned("!=", p, ir.Constant(fptr, None)), have, make)
+        b.position_at_end(have)
+        b.ret(p)
+        b.position_at_end(make)
+        nbytes = (self.cfg.pack_floats * 4 + 4095) // 4096 * 4096
+        q = b.bitcast(b.call(alloc, [_c64(4096), _c64(nbytes)]), fptr)
+        b.store(q, slot)
+        b.ret(q)
+        return fn
+
+    # ---- one variant ----
+
+    def block(self, name, trans_a, trans_b, accumulate):
+        """C[m0:m1, n0:n1] (+)= op(A)[m0:m1, :] @ op(B)[:, n0:n1] for one matrix."""
+        cfg = self.cfg
+        fn = _internal(self.m, f"{name}.block", ir.VoidType(),
+                       [i64] * 5 + [fptr, i64, fptr, i64, fptr, i64, fptr, fptr],
+                       ["m0", "m1", "n0", "n1", "K", "A", "lda", "B", "ldb", "C", "ldc",
+                        "Ap", "Bp"])
+        m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, Ap, Bp = fn.args
+        uk = self.ukernel()
+        pack_a = self.pack("a", trans_a)
+        pack_b = self.pack("b", trans_b)
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        empty_k = fn.append_basic_block("empty_k")
+        main = fn.append_basic_block("main")
+        b.cbranch(b.icmp_signed("<=", K, _c64(0)), empty_k, main)
+
+        b.position_at_end(empty_k)          # K = 0: C = 0 (or unchanged)
+        if not accumulate:
+            with _loop(b, m0, m1, name="zi") as i:
+                row = _gep(b, C, b.mul(i, ldc))
+                with _loop(b, n0, n1, name="zj") as j:
+                    b.store(ir.Constant(f32, 0.0), _gep(b, row, j))
+        b.ret_void()
+
+        b.position_at_end(main)
+        # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
+        kslices = _ceil_div(b, K, cfg.kc)
+        kstep = _ceil_div(b, K, kslices)
+        with _loop(b, n0, n1, cfg.nc, name="jc") as jc:
+            nc = _min(b, _c64(cfg.nc), b.sub(n1, jc))
+            with _loop(b, 0, K, kstep, name="pc") as pc:
+                kc = _min(b, kstep, b.sub(K, pc))
+                # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
+                bsrc = _gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
+                b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
+                load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, _c64(0))
+                with _loop(b, m0, m1, cfg.mc, name="ic") as ic:
+                    mc = _min(b, _c64(cfg.mc), b.sub(m1, ic))
+                    asrc = _gep(b, A, b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc))
+                    b.call(pack_a, [kc, mc, asrc, lda, Ap])
+                    with _loop(b, 0, nc, cfg.nr, name="jr") as jr:
+                        nr = _min(b, _c64(cfg.nr), b.sub(nc, jr))
+                        bpanel = _gep(b, Bp, b.mul(jr, kc))
+                        crow = _gep(b, C, b.add(jc, jr))
+                        with _loop(b, 0, mc, cfg.mr, name="ir") as ir_:
+                            mr = _min(b, _c64(cfg.mr), b.sub(mc, ir_))
+                            apanel = _gep(b, Ap, b.mul(ir_, kc))
+                            ctile = _gep(b, crow, b.mul(b.add(ic, ir_), ldc))
+                            b.call(uk, [kc, apanel, bpanel, ctile, ldc, mr, nr, load_c])
+        b.ret_void()
+        return fn
+
+    def variant(self, name, trans_a, trans_b, accumulate):
+        cfg = self.cfg
+        args_ty = ir.LiteralStructType([i64, i64, i64, fptr, i64, i64, fptr, i64, i64,
+                                        fptr, i64, i64, i64, i32])
+        block = self.block(name, trans_a, trans_b, accumulate)
+        get_buffer = self.get_buffer()
+
+        # body(args, tid, nth): this thread's share of the whole batch
+        body = _internal(self.m, f"{name}.body", ir.VoidType(), [args_ty.as_pointer(), i64, i64],
+                         ["args", "tid", "nth"])
+        argp, tid, nth = body.args
+        b = ir.IRBuilder(body.append_basic_block("entry"))
+        f = [b.load(b.gep(argp, [i32(0), i32(k)], inbounds=True)) for k in range(13)]
+        M, N, K, A, lda, sa, B, ldb, sb, C, ldc, sc, batch = f
+        buf = b.call(get_buffer, [tid])
+        fail = body.append_basic_block("nomem")
+        ok = body.append_basic_block("ok")
+        b.cbranch(b.icmp_unsigned("==", buf, ir.Constant(fptr, None)), fail, ok)
+        b.position_at_end(fail)
+        b.store(i32(1), b.gep(argp, [i32(0), i32(13)], inbounds=True))
+        b.ret_void()
+        b.position_at_end(ok)
+        Ap = buf
+        Bp = _gep(b, buf, _c64(cfg.mc * cfg.kc))
+
+        def share(total):   # [total*tid/nth, total*(tid+1)/nth)
+            return (b.sdiv(b.mul(total, tid), nth),
+                    b.sdiv(b.mul(total, b.add(tid, _c64(1))), nth))
+
+        many = b.and_(b.icmp_signed(">", nth, _c64(1)), b.icmp_signed(">=", batch, nth))
+        even = b.or_(b.icmp_signed("==", b.srem(batch, nth), _c64(0)),
+                     b.icmp_signed(">=", batch, b.mul(nth, _c64(4))))
+        by_batch = b.and_(many, even)
+        bb0, bb1 = share(batch)
+        split_n = b.icmp_signed("<=", M, N)
+        ntiles = _ceil_div(b, N, cfg.nr)
+        mtiles = _ceil_div(b, M, cfg.mr)
+        t0, t1 = share(b.select(split_n, ntiles, mtiles))
+        tile = b.select(split_n, _c64(cfg.nr), _c64(cfg.mr))
+        lo = b.mul(t0, tile)
+        hi0 = b.mul(t1, tile)
+        n_lo = b.select(split_n, lo, _c64(0))
+        n_hi = b.select(split_n, _min(b, hi0, N), N)
+        m_lo = b.select(split_n, _c64(0), lo)
+        m_hi = b.select(split_n, M, _min(b, hi0, M))
+        z = _c64(0)
+        b_lo = b.select(by_batch, bb0, z)
+        b_hi = b.select(by_batch, bb1, batch)
+        m_lo, m_hi = b.select(by_batch, z, m_lo), b.select(by_batch, M, m_hi)
+        n_lo, n_hi = b.select(by_batch, z, n_lo), b.select(by_batch, N, n_hi)
+        work = body.append_basic_block("work")
+        done = body.append_basic_block("done")
+        b.cbranch(b.and_(b.icmp_signed("<", m_lo, m_hi), b.icmp_signed("<", n_lo, n_hi)), work, done)
+        b.position_at_end(work)
+        with _loop(b, b_lo, b_hi, name="bt") as bi:
+            b.call(block, [m_lo, m_hi, n_lo, n_hi, K,
+                           _gep(b, A, b.mul(bi, sa)), lda,
+                           _gep(b, B, b.mul(bi, sb)), ldb,
+                           _gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp])
+        b.branch(done)
+        b.position_at_end(done)
+        b.ret_void()
+
+        # worker(data): the function GOMP_parallel runs on every thread of the team
+        omp_tid = _declare(self.m, "omp_get_thread_num", i32, [])
+        omp_nth = _declare(self.m, "omp_get_num_threads", i32, [])
+        worker = _internal(self.m, f"{name}.worker", ir.VoidType(), [vptr], ["data"])
+        b = ir.IRBuilder(worker.append_basic_block("entry"))
+        b.call(body, [b.bitcast(worker.args[0], args_ty.as_pointer()),
+                      b.sext(b.call(omp_tid, []), i64), b.sext(b.call(omp_nth, []), i64)])
+        b.ret_void()
+
+        # the public entry point
+        gomp = _declare(self.m, "GOMP_parallel", ir.VoidType(),
+                        [ir.FunctionType(ir.VoidType(), [vptr]).as_pointer(), vptr, i32, i32])
+        fn = ir.Function(self.m, ir.FunctionType(i32, [i64] * 3 + [fptr, i64, i64] * 3 + [i64, i64]), name)
+        fn.attributes.add("nounwind")
+        names = ["M", "N", "K", "A", "lda", "stride_a", "B", "ldb", "stride_b",
+                 "C", "ldc", "stride_c", "batch", "nthreads"]
+        for a, n in zip(fn.args, names):
+            a.name = n
+        M, N, K, *_, batch, nthreads = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        nothing = fn.append_basic_block("nothing")
+        go = fn.append_basic_block("go")
+        empty = b.or_(b.or_(b.icmp_signed("<=", M, _c64(0)), b.icmp_signed("<=", N, _c64(0))),
+                      b.icmp_signed("<=", batch, _c64(0)))
+        b.cbranch(empty, nothing, go)
+        b.position_at_end(nothing)
+        b.ret(i32(0))
+        b.position_at_end(go)
+        args = b.alloca(args_ty, name="args")
+        for k, v in enumerate(fn.args[:13]):
+            b.store(v, b.gep(args, [i32(0), i32(k)], inbounds=True))
+        b.store(i32(0), b.gep(args, [i32(0), i32(13)], inbounds=True))
+        nt = _min(b, _max(b, nthreads, _c64(1)), _c64(cfg.max_threads))
+        work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
+        parallel = b.and_(b.icmp_signed(">", nt, _c64(1)),
+                          b.icmp_signed(">=", work, _c64(cfg.serial_below)))
+        par_bb = fn.append_basic_block("parallel")
+        ser_bb = fn.append_basic_block("serial")
+        end_bb = fn.append_basic_block("end")
+        b.cbranch(parallel, par_bb, ser_bb)
+        b.position_at_end(par_bb)
+        b.call(gomp, [worker, b.bitcast(args, vptr), b.trunc(nt, i32), i32(0)])
+        b.branch(end_bb)
+        b.position_at_end(ser_bb)
+        b.call(body, [args, _c64(0), _c64(1)])
+        b.branch(end_bb)
+        b.position_at_end(end_bb)
+        b.ret(b.load(b.gep(args, [i32(0), i32(13)], inbounds=True)))
+        return fn
+
+
+def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = False,
+             trans_b: bool = False, accumulate: bool = False,
+             config: GemmConfig | None = None) -> ir.Function:
+    """Add the GEMM routine `name` (see the module docstring for its C signature) and its
+    internal helpers to `module`; helpers are shared by all routines of one config.
+    The module must be compiled with libgomp loaded (`jit.load_library("gomp")`)."""
+    name = name or gemm_name(trans_a, trans_b, accumulate)
+    return _Gen(module, config or default_config()).variant(name, trans_a, trans_b, accumulate)
+
+
+# --------------------------------------------------------------------------- Python side
+
+_ARGTYPES = (ctypes.c_int64,) * 3 + (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64) * 3 \
+    + (ctypes.c_int64, ctypes.c_int64)
+
+
+class GemmLibrary:
+    """Compiled GEMM routines callable from Python with numpy arrays (tests, benchmarks)."""
+
+    def __init__(self, variants=None, config: GemmConfig | None = None):
+        from dlc.runtime import jit
+        self.config = config or default_config()
+        if variants is None:
+            variants = [(ta, tb, acc) for ta in (False, True) for tb in (False, True)
+                        for acc in (False, True)]
+        self.module = ir.Module(name="dlc_gemm")
+        for ta, tb, acc in variants:
+            add_gemm(self.module, trans_a=ta, trans_b=tb, accumulate=acc, config=self.config)
+        self.compiled = jit.compile_module(self.module, libraries=("gomp",))
+        self._fns = {v: self.compiled.function(gemm_name(*v), ctypes.c_int32, *_ARGTYPES)
+                     for v in variants}
+
+    def args(self, a, b, c, trans_a=False, trans_b=False, nthreads=1):
+        """Validated native arguments for C (+)= op(a) @ op(b); a, b, c: float32 numpy
+        arrays of 2 or 3 dims (3 = batched; a 2-D operand is broadcast over the batch),
+        unit stride in the last dim. Raises ValueError instead of calling native code
+        with anything that does not fit."""
+        mats = []
+        for nm, x in (("a", a), ("b", b), ("c", c)):
+            if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+                raise ValueError(f"{nm} must be a float32 numpy array")
+            if x.ndim not in (2, 3):
+                raise ValueError(f"{nm} must have 2 or 3 dims, not {x.ndim}")
+            if x.size == 0:     # nothing is read or written through it
+                mats.append((x.shape[-2:], max(x.shape[-1], 1), 0, x.shape[0] if x.ndim == 3 else None))
+                continue
+            if any(n > 1 and (s < 0 or s % 4) for n, s in zip(x.shape, x.strides)) \
+                    or (x.shape[-1] > 1 and x.strides[-1] != 4):
+                raise ValueError(f"{nm} must be row-major with a unit last stride")
+            ld = x.strides[-2] // 4 if x.shape[-2] > 1 else x.shape[-1]
+            if ld < x.shape[-1]:
+                raise ValueError(f"{nm}: rows overlap")
+            bs = x.strides[0] // 4 if x.ndim == 3 and x.shape[0] > 1 else 0
+            mats.append((x.shape[-2:], max(ld, 1), bs, x.shape[0] if x.ndim == 3 else None))
+        (ar, ac), lda, sa, ba = mats[0]
+        (br, bc), ldb, sb, bb = mats[1]
+        (M, N), ldc, sc, bc_ = mats[2]
+        if not c.flags.writeable:
+            raise ValueError("c is read-only")
+        if np.may_share_memory(c, a) or np.may_share_memory(c, b):
+            raise ValueError("c must not overlap a or b")
+        M_a, K = (ac, ar) if trans_a else (ar, ac)
+        K_b, N_b = (bc, br) if trans_b else (br, bc)
+        if (M_a, N_b) != (M, N) or K != K_b:
+            raise ValueError(f"shapes do not match: op(a) {M_a}x{K}, op(b) {K_b}x{N_b}, c {M}x{N}")
+        batch = bc_ if bc_ is not None else 1
+        for nm, bx in (("a", ba), ("b", bb)):
+            if bx is not None and bx != batch and bx != 1:
+                raise ValueError(f"batch of {nm} ({bx}) does not match c ({batch})")
+        if bc_ is None and (ba or 1) * (bb or 1) != 1:
+            raise ValueError("batched operands need a 3-D c")
+        if batch > 1 and sc == 0:
+            raise ValueError("c's batch dim must not be broadcast")
+        if sc and (sc < M * ldc if M > 0 else False):
+            raise ValueError("c's matrices overlap")
+        return (M, N, K, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb,
+                c.ctypes.data, ldc, sc, batch, int(nthreads))
+
+    def function(self, trans_a=False, trans_b=False, accumulate=False):
+        return self._fns[(trans_a, trans_b, accumulate)]
+
+    def __call__(self, a, b, c=None, *, trans_a=False, trans_b=False, accumulate=False,
+                 nthreads=1):
+        """c (+)= op(a) @ op(b); allocates c (zeros when accumulating) if it is None."""
+        if c is None:
+            M = a.shape[-1] if trans_a else a.shape[-2]
+            N = b.shape[-2] if trans_b else b.shape[-1]
+            lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            c = np.zeros(lead + (M, N), np.float32)
+        status = self.function(trans_a, trans_b, accumulate)(
+            *self.args(a, b, c, trans_a, trans_b, nthreads))
+        if status != 0:
+            raise MemoryError("GEMM pack buffers could not be allocated")
+        return c
+
+    def bind(self, a, b, c, *, trans_a=False, trans_b=False, accumulate=False, nthreads=1):
+        """A zero-argument callable running one product with pointers resolved once
+        (keeps a, b, c alive)."""
+        fn = self.function(trans_a, trans_b, accumulate)
+        args = self.args(a, b, c, trans_a, trans_b, nthreads)
+        keep = (a, b, c)
+
+        def run(fn=fn, args=args, keep=keep):
+            return fn(*args)
+        return run

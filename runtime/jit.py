@@ -1,0 +1,148 @@
+"""A small JIT layer over llvmlite: host target, O3 with the new pass manager, MCJIT.
+
+    from llvmlite import ir
+    from dlc.runtime import jit
+
+    mod = ir.Module()                       # ... fill it with an IR builder ...
+    lib = jit.compile_module(mod)           # optimize at O3, compile for the host
+    fn = lib.function("name", None, ctypes.c_int64, ctypes.c_void_p)
+    text = jit.optimized_ir(mod)            # `dlc compile --emit llvm`
+    asm = jit.assembly(mod)                 # `dlc compile --emit asm`
+
+Every module is compiled by its own MCJIT engine, which takes ownership of the
+TargetMachine it is given: each engine gets a fresh one. The `CompiledModule` keeps
+its engine alive; function addresses stay valid as long as that object lives.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import time
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+
+OPT_LEVEL = 3
+
+
+@functools.cache
+def _init() -> None:
+    # LLVM core initialises itself in llvmlite >= 0.45; only the host backend is needed.
+    llvm.initialize_native_target()
+    llvm.initialize_native_asmprinter()
+    llvm.initialize_native_asmparser()
+
+
+@functools.cache
+def host_cpu() -> tuple[str, str]:
+    """(cpu name, feature string) of the machine we run on."""
+    _init()
+    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+
+
+def host_has(feature: str) -> bool:
+    """True when the host CPU has `feature` (LLVM's spelling: 'avx2', 'fma', 'avx512f')."""
+    return f"+{feature}" in host_cpu()[1].split(",")
+
+
+def target_machine(opt: int = OPT_LEVEL, jit: bool = True) -> llvm.TargetMachine:
+    """A fresh TargetMachine for the host CPU with all its features."""
+    _init()
+    cpu, features = host_cpu()
+    target = llvm.Target.from_default_triple()
+    return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc="default",
+                                        codemodel="jitdefault" if jit else "default", jit=jit)
+
+
+@functools.cache
+def _shared_tm() -> llvm.TargetMachine:
+    # Used only for optimization and assembly printing, never handed to an engine.
+    return target_machine(jit=False)
+
+
+def load_library(name: str) -> str:
+    """Make a shared library's symbols visible to JIT-compiled code (e.g. 'gomp')."""
+    path = _load_library(name)
+    if path is None:
+        raise OSError(f"shared library '{name}' not found on this machine")
+    return path
+
+
+@functools.cache
+def _load_library(name: str) -> str | None:
+    path = ctypes.util.find_library(name)
+    if path is not None:
+        llvm.load_library_permanently(path)
+    return path
+
+
+def parse(module: ir.Module | str | llvm.ModuleRef) -> llvm.ModuleRef:
+    """Parse and verify a module (IR builder module or IR text) for the host target."""
+    _init()
+    if isinstance(module, llvm.ModuleRef):
+        return module
+    ref = llvm.parse_assembly(str(module))
+    tm = _shared_tm()
+    ref.triple = tm.triple
+    ref.data_layout = str(tm.target_data)
+    ref.verify()
+    return ref
+
+
+def optimize(ref: llvm.ModuleRef, level: int = OPT_LEVEL) -> llvm.ModuleRef:
+    """Run the default new-pass-manager pipeline (O`level`) over `ref`, in place."""
+    pto = llvm.create_pipeline_tuning_options(speed_level=level)
+    pto.loop_vectorization = level >= 2
+    pto.slp_vectorization = level >= 2
+    pto.loop_unrolling = level >= 1
+    pb = llvm.create_pass_builder(_shared_tm(), pto)
+    pb.getModulePassManager().run(ref, pb)
+    return ref
+
+
+def optimized_ir(module, level: int = OPT_LEVEL) -> str:
+    """The LLVM IR text of `module` after optimization."""
+    return str(optimize(parse(module), level))
+
+
+def assembly(module, level: int = OPT_LEVEL) -> str:
+    """The host assembly text of `module` after optimization."""
+    return _shared_tm().emit_assembly(optimize(parse(module), level))
+
+
+class CompiledModule:
+    """A module compiled to machine code; owns its engine (keep this object alive)."""
+
+    def __init__(self, ref: llvm.ModuleRef, engine: llvm.ExecutionEngine, seconds: float):
+        self.module = ref
+        self.engine = engine
+        self.compile_seconds = seconds
+        self._functions: dict = {}
+
+    def address(self, name: str) -> int:
+        addr = self.engine.get_function_address(name)
+        if not addr:
+            raise KeyError(f"no function '{name}' in the compiled module")
+        return addr
+
+    def function(self, name: str, restype, *argtypes):
+        """The native function `name` as a ctypes function (cached per signature)."""
+        key = (name, restype, argtypes)
+        fn = self._functions.get(key)
+        if fn is None:
+            fn = ctypes.CFUNCTYPE(restype, *argtypes)(self.address(name))
+            self._functions[key] = fn
+        return fn
+
+
+def compile_module(module, level: int = OPT_LEVEL, libraries=()) -> CompiledModule:
+    """Optimize `module` at O`level` and compile it for the host with MCJIT."""
+    for lib in libraries:
+        load_library(lib)
+    t0 = time.perf_counter()
+    ref = optimize(parse(module), level)
+    engine = llvm.create_mcjit_compiler(ref, target_machine(level))
+    engine.finalize_object()
+    engine.run_static_constructors()
+    return CompiledModule(ref, engine, time.perf_counter() - t0)
