@@ -102,6 +102,31 @@ class DlcModel:
             raise DlcError("this checkpoint has no vocabulary: it was not trained on text")
         return vocab
 
+    def decode(self, src: np.ndarray, max_len: int, bos: int = 1, eos: int = 2, batch: int = 256) -> np.ndarray:
+        """Greedy decoding with an encoder-decoder model: feed BOS, then each step's most
+        likely token, until EOS or max_len tokens. Returns [N, max_len] ids (0 after EOS)."""
+        self._require_weights()
+        pair = _sequence_inputs(self.eval_model)
+        if pair is None:
+            raise DlcError(f"model {self.name} is not an encoder-decoder (it needs two integer inputs: "
+                           "the source and the decoder input)")
+        src_in, dec_in = pair
+        src = np.asarray(src, np.int32)
+        out = np.zeros((len(src), max_len), np.int32)
+        for start in range(0, len(src), batch):
+            s = src[start:start + batch]
+            seq = np.full((len(s), 1), bos, np.int32)
+            done = np.zeros(len(s), bool)
+            for t in range(max_len):
+                probs = next(iter(self.engine.predict(self.params, {src_in.name: s, dec_in.name: seq}).values()))
+                nxt = np.where(done, 0, probs[:, -1].argmax(-1)).astype(np.int32)
+                out[start:start + len(s), t] = nxt
+                done |= nxt == eos
+                if done.all():
+                    break
+                seq = np.concatenate([seq, nxt[:, None]], axis=1)
+        return out
+
     def generate(self, prompt: str, length: int, temperature: float = 0.0, seed: int = 0) -> str:
         """Continue `prompt` by `length` characters, greedily (temperature 0) or by
         sampling; the model's first output is the next-character distribution."""
@@ -128,6 +153,14 @@ class DlcModel:
                 nxt = int(rng.choice(len(p), p=p / p.sum()))
             ids.append(nxt)
         return datasets.decode(np.array(ids[len(prompt) if prompt else 1:]), vocab)
+
+
+def _sequence_inputs(model):
+    """(source, decoder input) of an encoder-decoder model, or None."""
+    inputs = [i for i in model.inputs if not i.is_target]
+    if len(inputs) == 2 and all(i.type.dtype in ("i32", "i64") for i in inputs):
+        return inputs
+    return None
 
 
 def _context_limit(model) -> int:

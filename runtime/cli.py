@@ -119,13 +119,10 @@ def _weights(args):
 
 
 def cmd_train(args):
-    from dlc.runtime.trainer import Trainer, parse_setting
-    overrides = {"epochs": args.epochs, "batch": args.batch, "lr": args.lr, "optimizer": args.optimizer,
-                 "seed": args.seed, "init_from": args.init_from,
-                 "freeze": args.freeze}
-    for name in ("data", "validation", "test", "schedule", "clip", "early_stop"):
-        text = getattr(args, name)
-        overrides[name] = parse_setting(text, name) if text is not None else None
+    from dlc.runtime.trainer import Trainer
+    overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
+                                                         "freeze", "data", "validation", "test", "schedule", "clip",
+                                                         "early_stop")}
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None)
     result = trainer.run(resume=args.resume if args.resume != "" else True)
     if result.stopped == "interrupted":
@@ -162,8 +159,22 @@ def cmd_predict(args):
 
 
 def cmd_generate(args):
+    from dlc.runtime.api import _sequence_inputs
     model = _weights(args)
-    print(args.prompt + model.generate(args.prompt, args.length, args.temperature, args.seed))
+    if _sequence_inputs(model.eval_model) is None:
+        print(args.prompt + model.generate(args.prompt, args.length, args.temperature, args.seed))
+        return
+    try:       # an encoder-decoder: the prompt is the source sequence, as token ids
+        src = np.array([[int(t) for t in args.prompt.replace(",", " ").split()]], np.int32)
+    except ValueError:
+        raise DlcError(f"{model.name} is an encoder-decoder: give the source as token ids, as in --prompt \"3 4 5\"")
+    if src.size == 0:
+        raise DlcError("the source sequence is empty")
+    width = model.meta.get("meta", {}).get("max_len", 0)     # sources were padded to this length in training
+    if src.shape[1] < width:
+        src = np.pad(src, ((0, 0), (0, width - src.shape[1])))
+    ids = list(model.decode(src, args.length)[0])
+    print(" ".join(str(t) for t in ids[:ids.index(2) + 1 if 2 in ids else len(ids)]))
 
 
 # ---- parser ------------------------------------------------------------------------------------------

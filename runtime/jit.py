@@ -69,11 +69,18 @@ def load_library(name: str) -> str:
     return path
 
 
+_pinned: list = []
+
+
 @functools.cache
 def _load_library(name: str) -> str | None:
     path = ctypes.util.find_library(name)
     if path is not None:
         llvm.load_library_permanently(path)
+        # LLVM dlcloses its handles when the process exits; a libgomp worker still
+        # spinning in the library at that moment would then crash (SIGSEGV at exit).
+        # A ctypes handle is never closed, so it keeps the library mapped.
+        _pinned.append(ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL))
     return path
 
 

@@ -57,6 +57,9 @@ class TrainConfig:
         return self.spans.get(name)
 
 
+SPEC_SETTINGS = ("data", "validation", "test", "schedule", "clip", "early_stop", "augment")
+
+
 def parse_setting(text: str, name: str):
     """A flag's value written like a train setting: `adam(lr = 0.01)`, `0.1`, `"file.npz"`."""
     try:
@@ -71,7 +74,11 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
     decl = program.model_decl(model_name)
     cfg = TrainConfig()
     given = config.settings(program.trains.get(decl.name))
-    given.update({k: (v, None) for k, v in overrides.items() if v is not None and k not in ("lr", "optimizer")})
+    for k, v in overrides.items():
+        if v is not None and k not in ("lr", "optimizer"):
+            if isinstance(v, str) and k in SPEC_SETTINGS:       # "split(0.2)", "digits()", "file.npz"
+                v = parse_setting(v, k)
+            given[k] = (v, None)
     for name, (value, span) in given.items():
         if not hasattr(cfg, name) or name == "spans":
             known = [k for k in TrainConfig.__dataclass_fields__ if k != "spans"]
