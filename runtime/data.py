@@ -46,12 +46,12 @@ import io
 import math
 import os
 import pathlib
+from importlib import resources
 import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-import dlc
 from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.config import Call, Symbol
 
@@ -584,8 +584,8 @@ def text(base_dir, path, seq=100, vocab=None) -> Dataset:
 
 # ---- digits ---------------------------------------------------------------------------------------
 def digits_path() -> pathlib.Path:
-    """Where the 8x8 digits ship: examples/data of the (editable) package."""
-    return pathlib.Path(dlc.__file__).resolve().parent / "examples" / "data" / "digits.csv.gz"
+    """Where the 8x8 digits ship: package data of dlc.runtime, so any install has them."""
+    return pathlib.Path(str(resources.files("dlc.runtime").joinpath("datasets", "digits.csv.gz")))
 
 
 @_source("digits")

@@ -1,0 +1,180 @@
+"""The generated SGEMM (compiler/codegen/gemm.py) against numpy, in float32.
+
+Covers the 4 transpose combinations, C = AB and C += AB, batched products (with a
+broadcast operand), odd sizes and edge tiles, K slices and M/N blocks (a small-blocking
+config makes every loop level run several times on small matrices), serial and 2-thread
+runs, and the argument checks that keep bad arrays away from native code.
+"""
+import numpy as np
+import pytest
+
+from dlc.compiler.codegen import gemm
+from dlc.runtime import jit
+
+ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
+
+CONFIGS = {
+    "avx2": gemm.AVX2,
+    # tiny blocks: several K slices, M blocks and N blocks even for small matrices; forks
+    # threads for any size
+    "tiny": gemm.GemmConfig(mr=6, nr=16, vw=8, kc=16, mc=12, nc=32, serial_below=0),
+}
+if jit.host_has("avx512f"):
+    CONFIGS["avx512"] = gemm.AVX512
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def lib(request):
+    return gemm.GemmLibrary(ALL, config=CONFIGS[request.param])
+
+
+def _operands(rng, M, N, K, ta, tb, batch=None):
+    lead = () if batch is None else (batch,)
+    a = rng.standard_normal(lead + ((K, M) if ta else (M, K)), dtype=np.float32)
+    b = rng.standard_normal(lead + ((N, K) if tb else (K, N)), dtype=np.float32)
+    return a, b
+
+
+def _reference(a, b, ta, tb):
+    a64 = np.swapaxes(a, -1, -2) if ta else a
+    b64 = np.swapaxes(b, -1, -2) if tb else b
+    return np.matmul(a64.astype(np.float64), b64.astype(np.float64))
+
+
+def _check(c, ref, a, b, ta, tb):
+    # relative 1e-4, measured against the size of the terms being summed
+    scale = _reference(np.abs(a), np.abs(b), ta, tb)
+    err = np.abs(c.astype(np.float64) - ref)
+    assert np.all(err <= 1e-4 * np.maximum(scale, 1e-30)), f"max error {err.max()}"
+
+
+SIZES = [(1, 1, 1), (5, 17, 3), (129, 7, 13), (7, 13, 129), (13, 129, 7), (1, 7, 13),
+         (13, 1, 7), (7, 13, 1), (16, 16, 16), (6, 32, 5), (150, 40, 300), (37, 1030, 9),
+         (128, 512, 784)]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("ta,tb,acc", ALL)
+@pytest.mark.parametrize("M,N,K", SIZES)
+def test_matches_numpy(lib, M, N, K, ta, tb, acc, nthreads):
+    rng = np.random.default_rng(M * 10007 + N * 101 + K)
+    a, b = _operands(rng, M, N, K, ta, tb)
+    c0 = rng.standard_normal((M, N), dtype=np.float32)
+    c = c0.copy() if acc else np.full((M, N), np.nan, np.float32)
+    out = lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
+    assert out is c
+    ref = _reference(a, b, ta, tb) + (c0 if acc else 0)
+    _check(c, ref, a, b, ta, tb)
+
+
+@pytest.mark.parametrize("M,N,K", [(128, 784, 512), (784, 512, 128), (256, 256, 256)])
+def test_large_two_threads_and_serial_agree(lib, M, N, K):
+    rng = np.random.default_rng(1)
+    a, b = _operands(rng, M, N, K, False, False)
+    c1 = lib(a, b, nthreads=1)
+    c2 = lib(a, b, nthreads=2)
+    c3 = lib(a, b, nthreads=64)          # clamped to the thread slots / team size
+    _check(c2, _reference(a, b, False, False), a, b, False, False)
+    np.testing.assert_array_equal(c1, c2)  # same blocking, same summation order
+    np.testing.assert_array_equal(c1, c3)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 9])
+@pytest.mark.parametrize("ta,tb,acc", [(False, False, False), (False, True, False),
+                                       (True, False, True), (True, True, True)])
+def test_batched(lib, batch, ta, tb, acc, nthreads):
+    rng = np.random.default_rng(batch)
+    M, N, K = 7, 19, 13
+    a, b = _operands(rng, M, N, K, ta, tb, batch)
+    c0 = rng.standard_normal((batch, M, N), dtype=np.float32)
+    c = c0.copy() if acc else np.empty((batch, M, N), np.float32)
+    lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
+    _check(c, _reference(a, b, ta, tb) + (c0 if acc else 0), a, b, ta, tb)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_batched_broadcast_and_strided_views(lib, nthreads):
+    rng = np.random.default_rng(5)
+    big_a = rng.standard_normal((6, 40, 50), dtype=np.float32)
+    a = big_a[::2, 3:30, 5:38]                 # (3, 27, 33): lda = 50, batch stride 4000
+    w = rng.standard_normal((33, 21), dtype=np.float32)   # shared over the batch
+    big_c = np.zeros((3, 27, 64), np.float32)
+    c = big_c[:, :, 10:31]
+    lib(a, w, c, nthreads=nthreads)
+    _check(c, _reference(a, w, False, False), a, w, False, False)
+    assert not big_c[:, :, :10].any() and not big_c[:, :, 31:].any()
+
+
+def test_attention_shapes(lib):
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((64, 64, 32), dtype=np.float32)   # (batch·heads, T, d)
+    k = rng.standard_normal((64, 64, 32), dtype=np.float32)
+    s = lib(q, k, trans_b=True, nthreads=2)                    # Q·Kᵀ
+    _check(s, _reference(q, k, False, True), q, k, False, True)
+    o = lib(s, k, nthreads=2)                                  # S·V
+    _check(o, _reference(s, k, False, False), s, k, False, False)
+
+
+@pytest.mark.parametrize("acc", [False, True])
+def test_empty_k(lib, acc):
+    a = np.zeros((5, 0), np.float32)
+    b = np.zeros((0, 7), np.float32)
+    c = np.full((5, 7), 3.0, np.float32)
+    lib(a, b, c, accumulate=acc, nthreads=2)
+    np.testing.assert_array_equal(c, np.full((5, 7), 3.0 if acc else 0.0, np.float32))
+
+
+def test_empty_m_n(lib):
+    c = lib(np.zeros((0, 4), np.float32), np.ones((4, 3), np.float32))
+    assert c.shape == (0, 3)
+    c = lib(np.zeros((3, 4), np.float32), np.ones((4, 0), np.float32))
+    assert c.shape == (3, 0)
+
+
+def test_bind_reuses_pointers(lib):
+    rng = np.random.default_rng(3)
+    a, b = _operands(rng, 33, 45, 21, False, False)
+    c = np.empty((33, 45), np.float32)
+    run = lib.bind(a, b, c, nthreads=2)
+    for _ in range(3):
+        assert run() == 0
+    _check(c, _reference(a, b, False, False), a, b, False, False)
+
+
+def test_bad_arguments_raise_before_native_code(lib):
+    a = np.ones((4, 5), np.float32)
+    b = np.ones((5, 6), np.float32)
+    c = np.empty((4, 6), np.float32)
+    with pytest.raises(ValueError, match="float32"):
+        lib(a.astype(np.float64), b, c)
+    with pytest.raises(ValueError, match="do not match"):
+        lib(a, b, np.empty((4, 7), np.float32))
+    with pytest.raises(ValueError, match="do not match"):
+        lib(a, b, c, trans_a=True)
+    with pytest.raises(ValueError, match="unit last stride"):
+        lib(np.ones((4, 10), np.float32)[:, ::2], b, c)
+    with pytest.raises(ValueError, match="dims"):
+        lib(np.ones(5, np.float32), b, c)
+    with pytest.raises(ValueError, match="overlap"):
+        sq = np.ones((5, 5), np.float32)
+        lib(sq, sq, sq)
+    with pytest.raises(ValueError, match="batch"):
+        lib(np.ones((2, 4, 5), np.float32), np.ones((3, 5, 6), np.float32),
+            np.empty((3, 4, 6), np.float32))
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.empty((4, 6), np.float32)
+        ro.flags.writeable = False
+        lib(a, b, ro)
+    with pytest.raises(ValueError, match="float32"):
+        lib([[1.0]], b, c)
+
+
+def test_ir_and_asm_text():
+    from llvmlite import ir
+    m = ir.Module()
+    gemm.add_gemm(m, "my_gemm", trans_b=True, config=gemm.AVX2)
+    text = jit.optimized_ir(m)
+    assert "define i32 @my_gemm(" in text and "GOMP_parallel" in text
+    asm = jit.assembly(m)
+    assert "vfmadd" in asm
