@@ -136,6 +136,13 @@ def cast(ev, x, dtype: str):
 
 
 # ---- reductions ----------------------------------------------------------------------------------
+def _reduced(ev, x, name) -> Tensor:
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        _fail(ev, f"{name} reduces a tensor along axes; for two numbers use {'maximum' if name == 'max' else 'minimum'}"
+              if name in ("max", "min") else f"{name} reduces a tensor, got {describe(x)}")
+    return _tensor(ev, x)
+
+
 def _axis(ev, x: Tensor, axis):
     if axis is None:
         return None
@@ -150,7 +157,7 @@ def _axis(ev, x: Tensor, axis):
 def sum_(ev, x, axis=None, keepdims=False):
     if isinstance(x, tuple):
         return _fold(ev, x, ops.add)
-    x = _tensor(ev, x)
+    x = _reduced(ev, x, "sum")
     return ops.sum_(x, _axis(ev, x, axis), keepdims)
 
 
@@ -165,19 +172,19 @@ def _fold(ev, xs, f):
 
 @builtin()
 def mean(ev, x, axis=None, keepdims=False):
-    x = _tensor(ev, x)
+    x = _reduced(ev, x, "mean")
     return ops.mean(x, _axis(ev, x, axis), keepdims)
 
 
 @builtin("max")
 def max_(ev, x, axis=None, keepdims=False):
-    x = _tensor(ev, x)
+    x = _reduced(ev, x, "max")
     return ops.max_(x, _axis(ev, x, axis), keepdims)
 
 
 @builtin("min")
 def min_(ev, x, axis=None, keepdims=False):
-    x = _tensor(ev, x)
+    x = _reduced(ev, x, "min")
     return -ops.max_(-x, _axis(ev, x, axis), keepdims)
 
 

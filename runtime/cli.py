@@ -70,6 +70,8 @@ def cmd_summary(args):
 
 def _graph_for(args, grad: bool):
     model = _build(args, training=not getattr(args, "eval", False))
+    if grad and "loss" not in model.graph.outputs:
+        raise DlcError(f"model {model.name} has no loss, so it has no gradient graph", model.span)
     return autodiff.train_step(model.graph) if grad else model.graph
 
 
