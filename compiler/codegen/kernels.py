@@ -1,0 +1,472 @@
+"""LLVM IR for a kernel program: one function per kernel, and a driver that runs them all.
+
+    void dlc_step(i8** buffers, i64* sizes, i64 nthreads)
+
+`buffers` holds one pointer per buffer of the program, `sizes` the value of every
+symbolic dim (in `Program.symbols` order). Kernels are loop nests over their iteration
+space; the innermost loop walks the last axis, where loads are usually contiguous, so
+LLVM vectorizes it. Math functions call the C library (expf, tanhf, ...).
+"""
+from __future__ import annotations
+
+import math
+
+from llvmlite import ir
+
+from ..lower import (Affine, Const, Gather, GemmKernel, Index, Load, MapKernel, Op, Program, Random,
+                     ReduceKernel, ScatterAddKernel, Size)
+from .gemm import add_gemm, gemm_name
+
+i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+f32, f64 = ir.FloatType(), ir.DoubleType()
+LL = {"f32": f32, "f64": f64, "i32": i32, "i64": i64, "bool": i1, "i8": i8}
+FAST = ("contract",)
+LIBM = {"exp": "expf", "log": "logf", "log1p": "log1pf", "tanh": "tanhf", "sqrt": "sqrtf", "sin": "sinf",
+        "cos": "cosf", "erf": "erff", "pow": "powf", "mod": "fmodf"}
+
+
+class KernelBuilder:
+    def __init__(self, module: ir.Module, prog: Program, fn: ir.Function):
+        self.m, self.p, self.fn = module, prog, fn
+        # the entry block only loads sizes and buffer pointers and makes stack slots, so
+        # that they sit outside every loop; the code goes in the blocks after it
+        entry, body = fn.append_basic_block("entry"), fn.append_basic_block("body")
+        self.eb = ir.IRBuilder(entry)
+        self.eb.position_before(self.eb.branch(body))
+        self.b = ir.IRBuilder(body)
+        ptrs, sizes = fn.args[0], fn.args[1]
+        self.sizes = {s: self.eb.load(self.eb.gep(sizes, [ir.Constant(i64, k)]), name=s)
+                      for k, s in enumerate(prog.symbols)}
+        self.ptrs = {}
+        self.ptr_table = ptrs
+
+    def alloca(self, t):
+        return self.eb.alloca(t)
+
+    # -- values --
+    def dim(self, d) -> ir.Value:
+        if isinstance(d, int):
+            return ir.Constant(i64, d)
+        total = None
+        for mono, coef in d.terms.items():
+            term = ir.Constant(i64, coef)
+            for sym in mono:
+                term = self.b.mul(term, self.sizes[sym])
+            total = term if total is None else self.b.add(total, term)
+        return total
+
+    def buffer(self, bid: int, dtype: str) -> ir.Value:
+        key = (bid, dtype)
+        if key not in self.ptrs:
+            raw = self.eb.load(self.eb.gep(self.ptr_table, [ir.Constant(i64, bid)]))
+            self.ptrs[key] = self.eb.bitcast(raw, LL[dtype].as_pointer())
+        return self.ptrs[key]
+
+    def affine(self, a: Affine, idx: list) -> ir.Value:
+        v = self.dim(a.offset)
+        for c, i in zip(a.coeffs, idx):
+            if isinstance(c, int) and c == 0:
+                continue
+            v = self.b.add(v, i if isinstance(c, int) and c == 1 else self.b.mul(self.dim(c), i))
+        return v
+
+    # -- loops --
+    def loops(self, shape, body, idx=None):
+        """Nested loops over shape (outermost first); body(indices)."""
+        idx = idx or []
+        if len(idx) == len(shape):
+            body(idx)
+            return
+        b = self.b
+        n = self.dim(shape[len(idx)])
+        pre = b.block
+        head = b.append_basic_block("loop")
+        after = b.append_basic_block("after")
+        b.cbranch(b.icmp_signed(">", n, ir.Constant(i64, 0)), head, after)
+        b.position_at_end(head)
+        i = b.phi(i64, name=f"i{len(idx)}")
+        i.add_incoming(ir.Constant(i64, 0), pre)
+        self.loops(shape, body, idx + [i])
+        nxt = b.add(i, ir.Constant(i64, 1))
+        i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, n), head, after)
+        b.position_at_end(after)
+
+    # -- expressions --
+    def expr(self, e, idx) -> ir.Value:
+        b = self.b
+        if isinstance(e, Const):
+            t = LL[e.dtype]
+            return ir.Constant(t, float(e.value) if e.dtype in ("f32", "f64") else int(e.value))
+        if isinstance(e, Size):
+            return b.trunc(self.dim(e.dim), i32)
+        if isinstance(e, Load):
+            ptr = b.gep(self.buffer(e.buffer, e.dtype if e.dtype != "bool" else "i8"), [self.affine(e.at, idx)])
+            v = b.load(ptr)
+            return b.trunc(v, i1) if e.dtype == "bool" else v
+        if isinstance(e, Index):
+            v = self.affine(e.at, idx)
+            return b.sitofp(v, LL[e.dtype]) if e.dtype in ("f32", "f64") else b.trunc(v, LL[e.dtype])
+        if isinstance(e, Random):
+            return self.random(e, idx)
+        if isinstance(e, Gather):
+            row = b.sext(self.expr(e.idx, idx), i64)
+            at = b.add(b.mul(row, self.dim(e.stride)), self.affine(e.rows, idx))
+            return b.load(b.gep(self.buffer(e.table, e.dtype), [at]))
+        if isinstance(e, Op):
+            return self.op(e, [self.expr(a, idx) for a in e.args])
+        raise TypeError(e)
+
+    def call(self, name, ret, args):
+        fn = self.m.globals.get(name)
+        if fn is None:
+            fn = ir.Function(self.m, ir.FunctionType(ret, [a.type for a in args]), name)
+        return self.b.call(fn, args)
+
+    def intrinsic(self, name, x):
+        fn = self.m.declare_intrinsic(name, [x.type])
+        return self.b.call(fn, [x])
+
+    def op(self, e: Op, a: list) -> ir.Value:
+        b, n = self.b, e.name
+        flt = e.dtype in ("f32", "f64") if not n.startswith(("lt", "le", "gt", "ge", "eq", "ne")) else \
+            isinstance(a[0].type, (ir.FloatType, ir.DoubleType))
+        if n.startswith("cast_"):
+            return self.cast(a[0], n[5:])
+        if n in ("lt", "le", "gt", "ge", "eq", "ne"):
+            cmp = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[n]
+            if isinstance(a[0].type, ir.FloatType):
+                return b.fcmp_ordered(cmp, a[0], a[1]) if n != "ne" else b.fcmp_unordered(cmp, a[0], a[1])
+            return b.icmp_signed(cmp, a[0], a[1])
+        if n == "select":
+            return b.select(a[0], a[1], a[2])
+        if n == "logical_and":
+            return b.and_(a[0], a[1])
+        if n == "logical_or":
+            return b.or_(a[0], a[1])
+        if n == "logical_not":
+            return b.xor(a[0], ir.Constant(i1, 1))
+        if flt:
+            f = {"add": b.fadd, "sub": b.fsub, "mul": b.fmul, "div": b.fdiv}.get(n)
+            if f:
+                return f(a[0], a[1], flags=FAST)
+            if n == "neg":
+                return b.fneg(a[0])
+            if n in ("maximum", "minimum"):
+                cmp = b.fcmp_ordered(">" if n == "maximum" else "<", a[0], a[1])
+                return b.select(cmp, a[0], a[1])
+            if n == "abs":
+                return self.intrinsic("llvm.fabs", a[0])
+            if n == "sign":
+                one, zero = ir.Constant(a[0].type, 1.0), ir.Constant(a[0].type, 0.0)
+                pos = b.select(b.fcmp_ordered(">", a[0], zero), one, zero)
+                return b.select(b.fcmp_ordered("<", a[0], zero), ir.Constant(a[0].type, -1.0), pos)
+            if n == "logistic":
+                # 1 / (1 + exp(-x)), written so that neither branch overflows
+                x = a[0]
+                zero, one = ir.Constant(x.type, 0.0), ir.Constant(x.type, 1.0)
+                z = self.call("expf", f32, [b.fneg(self.intrinsic("llvm.fabs", x))])
+                pos = b.fdiv(one, b.fadd(one, z))
+                return b.select(b.fcmp_ordered(">=", x, zero), pos, b.fdiv(z, b.fadd(one, z)))
+            if n == "sqrt":
+                return self.intrinsic("llvm.sqrt", a[0])
+            if n in LIBM:
+                return self.call(LIBM[n], f32, a)
+        else:
+            f = {"add": b.add, "sub": b.sub, "mul": b.mul}.get(n)
+            if f:
+                return f(a[0], a[1])
+            if n == "div":   # floor division, as numpy
+                q = b.sdiv(a[0], a[1])
+                r = b.srem(a[0], a[1])
+                adjust = b.and_(b.icmp_signed("!=", r, ir.Constant(r.type, 0)),
+                                b.icmp_signed("!=", b.icmp_signed("<", r, ir.Constant(r.type, 0)),
+                                              b.icmp_signed("<", a[1], ir.Constant(r.type, 0))))
+                return b.sub(q, b.zext(adjust, q.type))
+            if n == "neg":
+                return b.neg(a[0])
+            if n in ("maximum", "minimum"):
+                return b.select(b.icmp_signed(">" if n == "maximum" else "<", a[0], a[1]), a[0], a[1])
+        raise NotImplementedError(f"native {n} on {e.dtype}")
+
+    def cast(self, v, dtype):
+        b, t = self.b, LL[dtype]
+        src = v.type
+        if src == t:
+            return v
+        if isinstance(t, (ir.FloatType, ir.DoubleType)):
+            if isinstance(src, (ir.FloatType, ir.DoubleType)):
+                return b.fpext(v, t) if isinstance(t, ir.DoubleType) else b.fptrunc(v, t)
+            return b.uitofp(v, t) if src == i1 else b.sitofp(v, t)
+        if t == i1:
+            return b.fcmp_unordered("!=", v, ir.Constant(src, 0.0)) if isinstance(src, ir.FloatType) else \
+                b.icmp_signed("!=", v, ir.Constant(src, 0))
+        if isinstance(src, (ir.FloatType, ir.DoubleType)):
+            return b.fptosi(v, t)
+        return b.zext(v, t) if src == i1 else (b.sext(v, t) if src.width < t.width else b.trunc(v, t))
+
+    def mix(self, x):
+        """lowbias32, as in primitives.counter_bits."""
+        b = self.b
+        for shift, mul in ((16, 0x7FEB352D), (15, 0x846CA68B)):
+            x = b.xor(x, b.lshr(x, ir.Constant(i32, shift)))
+            x = b.mul(x, ir.Constant(i32, mul))
+        return b.xor(x, b.lshr(x, ir.Constant(i32, 16)))
+
+    def random(self, e: Random, idx) -> ir.Value:
+        b = self.b
+        key = self.buffer(e.key, "i32")
+        seed = b.load(key)
+        step = b.load(b.gep(key, [ir.Constant(i64, 1)]))
+        stream = ir.Constant(i32, (e.stream * 0x9E3779B9) & 0xFFFFFFFF)
+        k = self.mix(b.xor(seed, self.mix(b.add(stream, self.mix(step)))))
+        i = b.trunc(self.affine(e.at, idx), i32)
+        bits = self.mix(b.add(self.mix(b.xor(i, k)), k))
+        u = b.fadd(b.uitofp(b.lshr(bits, ir.Constant(i32, 8)), f64), ir.Constant(f64, 0.5))
+        return b.fptrunc(b.fmul(u, ir.Constant(f64, 2.0 ** -24)), LL[e.dtype])
+
+    def store(self, bid, dtype, at: ir.Value, v: ir.Value):
+        if dtype == "bool":
+            self.b.store(self.b.zext(v, i8), self.b.gep(self.buffer(bid, "i8"), [at]))
+        else:
+            self.b.store(v, self.b.gep(self.buffer(bid, dtype), [at]))
+
+
+def _map(kb: KernelBuilder, k: MapKernel, prog: Program):
+    dtype = prog.buffers[k.out].dtype
+    kb.loops(k.shape, lambda idx: kb.store(k.out, dtype, kb.affine(k.out_at, idx), kb.expr(k.expr, idx)))
+
+
+def _strides(shape) -> list:
+    acc, out = 1, []
+    for d in reversed(shape):
+        out.append(acc)
+        acc = acc * d
+    return list(reversed(out))
+
+
+def _reduce(kb: KernelBuilder, k: ReduceKernel, prog: Program):
+    b = kb.b
+    dtype = prog.buffers[k.out].dtype
+    kept = [d for r, d in enumerate(k.shape) if r not in k.axes]
+    kept_strides = iter(_strides(kept))
+    out_coeffs = tuple(0 if r in k.axes else next(kept_strides) for r in range(len(k.shape)))
+    out_at = Affine(0, out_coeffs)
+    t = LL[dtype]
+    if k.op == "argmax":
+        axis = k.axes[0]
+        outer = [d for r, d in enumerate(k.shape) if r != axis]
+
+        def per_row(oidx):
+            idx_of = lambda j: oidx[:axis] + [j] + oidx[axis:]
+            first = kb.expr(k.expr, idx_of(ir.Constant(i64, 0)))
+            best = kb.alloca(first.type)
+            where = kb.alloca(i64)
+            b.store(first, best)
+            b.store(ir.Constant(i64, 0), where)
+
+            def step(jidx):
+                v = kb.expr(k.expr, idx_of(jidx[0]))
+                better = b.fcmp_ordered(">", v, b.load(best))
+                b.store(b.select(better, v, b.load(best)), best)
+                b.store(b.select(better, jidx[0], b.load(where)), where)
+            kb.loops((k.shape[axis],), step)
+            kb.store(k.out, "i32", kb.affine(Affine(0, tuple(_strides(outer))), oidx), b.trunc(b.load(where), i32))
+        kb.loops(tuple(outer), per_row)
+        return
+    init = ir.Constant(t, 0.0 if k.op == "sum" else -math.inf)
+
+    kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init))
+    # the trailing reduced axes accumulate in a register; the rest into memory
+    trail = len(k.shape)
+    while trail > 0 and (trail - 1) in k.axes:
+        trail -= 1
+    head, tail = k.shape[:trail], k.shape[trail:]
+
+    def combine(acc, v):
+        if k.op == "sum":
+            return b.fadd(acc, v, flags=("fast",))
+        return b.select(b.fcmp_ordered(">", v, acc), v, acc)
+
+    def outer(hidx):
+        if not tail:
+            at = kb.affine(out_at, hidx)
+            ptr = b.gep(kb.buffer(k.out, dtype), [at])
+            b.store(combine(b.load(ptr), kb.expr(k.expr, hidx)), ptr)
+            return
+        acc = kb.alloca(t)
+        b.store(init, acc)
+        kb.loops(tail, lambda tidx: b.store(combine(b.load(acc), kb.expr(k.expr, hidx + tidx)), acc))
+        at = kb.affine(out_at, hidx + [ir.Constant(i64, 0)] * len(tail))
+        ptr = b.gep(kb.buffer(k.out, dtype), [at])
+        b.store(combine(b.load(ptr), b.load(acc)), ptr)
+    kb.loops(head, outer)
+
+
+def _scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: Program):
+    b = kb.b
+    dtype = prog.buffers[k.out].dtype
+    total = prog.buffers[k.out].size
+    kb.loops((total,), lambda idx: kb.store(k.out, dtype, idx[0], ir.Constant(LL[dtype], 0.0)))
+    flat = _strides(k.idx_shape)
+
+    def each(idx):
+        row = b.sext(kb.expr(k.idx, idx), i64)
+        src = b.mul(kb.affine(Affine(0, tuple(flat)), idx), kb.dim(k.row))
+        dst = b.mul(row, kb.dim(k.row))
+
+        def inner(r):
+            pd = b.gep(kb.buffer(k.out, dtype), [b.add(dst, r[0])])
+            ps = b.gep(kb.buffer(k.upd, dtype), [b.add(src, r[0])])
+            b.store(b.fadd(b.load(pd), b.load(ps)), pd)
+        kb.loops((k.row,), inner)
+    kb.loops(k.idx_shape, each)
+
+
+def build_module(prog: Program, name: str = "dlc_step", update: dict | None = None) -> ir.Module:
+    """The module of a program; with `update` (see add_update) the driver ends with the
+    optimizer step, its five arrays taken from the pointer table after the buffers."""
+    module = ir.Module(name)
+    sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
+    driver = ir.Function(module, sig, name)
+    kernels = []
+    gemms = {}
+    for n, k in enumerate(prog.kernels):
+        fn = ir.Function(module, sig, f"kernel{n}")
+        fn.linkage = "internal"
+        kb = KernelBuilder(module, prog, fn)
+        if isinstance(k, MapKernel):
+            _map(kb, k, prog)
+        elif isinstance(k, ReduceKernel):
+            _reduce(kb, k, prog)
+        elif isinstance(k, ScatterAddKernel):
+            _scatter_add(kb, k, prog)
+        elif isinstance(k, GemmKernel):
+            key = (k.trans_a, k.trans_b)
+            if key not in gemms:
+                gemms[key] = add_gemm(module, gemm_name(*key, False), trans_a=k.trans_a, trans_b=k.trans_b,
+                                      accumulate=False)
+            g = gemms[key]
+            args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
+            for bid, off, ld, stride in (k.a, k.b, k.c):
+                args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
+            args += [kb.dim(k.batch), fn.args[2]]
+            kb.b.call(g, args)
+        kb.b.ret_void()
+        kernels.append(fn)
+    b = ir.IRBuilder(driver.append_basic_block("entry"))
+    for fn in kernels:
+        b.call(fn, driver.args)
+    if update is not None:
+        upd = add_update(module, **update)
+        slot = lambda k, t: b.bitcast(b.load(b.gep(driver.args[0], [ir.Constant(i64, len(prog.buffers) + k)])),
+                                      t.as_pointer())
+        b.call(upd, [slot(0, f32), slot(1, f32), slot(2, f32), slot(3, f32), slot(4, f64)])
+    b.ret_void()
+    return module
+
+
+
+# ---- the fused optimizer update -------------------------------------------------------------------
+# scalars[k] of the update: set by the engine before every step
+SCALARS = ("lr", "beta1", "beta2", "eps", "weight_decay", "bias1", "bias2", "momentum", "l1", "l2", "clip",
+           "decay")
+
+
+def add_update(module: ir.Module, rule: str, n: int, *, nesterov=False, decoupled=False, momentum=False,
+               penalties=False, clip: str | None = None, name="dlc_update") -> ir.Function:
+    """One pass over the flat parameter, gradient and state arrays of all trained
+    parameters, following runtime/optim.py: penalties, clipping, then the rule
+    (sgd, rmsprop or adam).
+
+        void dlc_update(float* p, float* g, float* s1, float* s2, double* scalars)
+    """
+    fp = f32.as_pointer()
+    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [fp, fp, fp, fp, f64.as_pointer()]), name)
+    fn.linkage = "internal"
+    P, G, S1, S2, sc = fn.args
+    entry = fn.append_basic_block("entry")
+    b = ir.IRBuilder(entry)
+    k = {s: b.fptrunc(b.load(b.gep(sc, [ir.Constant(i64, j)])), f32) for j, s in enumerate(SCALARS)}
+    one = ir.Constant(f32, 1.0)
+    total = ir.Constant(i64, n)
+
+    def loop(body):
+        pre = b.block
+        head, after = fn.append_basic_block("loop"), fn.append_basic_block("after")
+        b.branch(head)
+        b.position_at_end(head)
+        i = b.phi(i64)
+        i.add_incoming(ir.Constant(i64, 0), pre)
+        body(i)
+        nxt = b.add(i, ir.Constant(i64, 1))
+        i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, total), head, after)
+        b.position_at_end(after)
+
+    def grad(i):
+        g = b.load(b.gep(G, [i]))
+        if penalties:
+            p = b.load(b.gep(P, [i]))
+            zero = ir.Constant(f32, 0.0)
+            sign = b.select(b.fcmp_ordered(">", p, zero), one,
+                            b.select(b.fcmp_ordered("<", p, zero), ir.Constant(f32, -1.0), zero))
+            g = b.fadd(g, b.fmul(k["l1"], sign))
+            g = b.fadd(g, b.fmul(b.fmul(ir.Constant(f32, 2.0), k["l2"]), p))
+        return g
+
+    scale = one
+    if clip == "global_norm":
+        acc = b.alloca(f64)
+        b.store(ir.Constant(f64, 0.0), acc)
+
+        def sumsq(i):
+            g = b.fpext(grad(i), f64)
+            b.store(b.fadd(b.load(acc), b.fmul(g, g), flags=("fast",)), acc)
+        loop(sumsq)
+        norm = b.call(module.declare_intrinsic("llvm.sqrt", [f64]), [b.load(acc)])
+        s = b.fdiv(b.fpext(k["clip"], f64), b.fadd(norm, ir.Constant(f64, 1e-6)))
+        scale = b.fptrunc(b.select(b.fcmp_ordered("<", s, ir.Constant(f64, 1.0)), s, ir.Constant(f64, 1.0)), f32)
+
+    def step(i):
+        pp = b.gep(P, [i])
+        p = b.load(pp)
+        g = b.fmul(grad(i), scale)
+        if clip == "value":
+            lim = k["clip"]
+            g = b.select(b.fcmp_ordered(">", g, lim), lim, b.select(b.fcmp_ordered("<", g, b.fneg(lim)), b.fneg(lim), g))
+        if not decoupled:
+            g = b.fadd(g, b.fmul(k["weight_decay"], p))
+        if rule == "sgd":
+            if momentum:
+                ps = b.gep(S1, [i])
+                buf = b.fadd(b.fmul(b.load(ps), k["momentum"]), g)
+                b.store(buf, ps)
+                g = b.fadd(g, b.fmul(k["momentum"], buf)) if nesterov else buf
+            b.store(b.fsub(p, b.fmul(k["lr"], g)), pp)
+        elif rule == "rmsprop":
+            pv = b.gep(S1, [i])
+            v = b.fadd(b.fmul(b.load(pv), k["beta2"]), b.fmul(b.fsub(one, k["beta2"]), b.fmul(g, g)))
+            b.store(v, pv)
+            d = b.fdiv(g, b.fadd(b.call(module.declare_intrinsic("llvm.sqrt", [f32]), [v]), k["eps"]))
+            if momentum:
+                pm = b.gep(S2, [i])
+                d = b.fadd(b.fmul(b.load(pm), k["momentum"]), d)
+                b.store(d, pm)
+            b.store(b.fsub(p, b.fmul(k["lr"], d)), pp)
+        else:   # adam, adamw
+            if decoupled:
+                p = b.fmul(p, k["decay"])
+            pm, pv = b.gep(S1, [i]), b.gep(S2, [i])
+            m = b.fadd(b.fmul(b.load(pm), k["beta1"]), b.fmul(b.fsub(one, k["beta1"]), g))
+            v = b.fadd(b.fmul(b.load(pv), k["beta2"]), b.fmul(b.fsub(one, k["beta2"]), b.fmul(g, g)))
+            b.store(m, pm)
+            b.store(v, pv)
+            m_hat = b.fdiv(m, k["bias1"])
+            v_hat = b.fdiv(v, k["bias2"])
+            den = b.fadd(b.call(module.declare_intrinsic("llvm.sqrt", [f32]), [v_hat]), k["eps"])
+            b.store(b.fsub(p, b.fmul(k["lr"], b.fdiv(m_hat, den))), pp)
+    if n:
+        loop(step)
+    b.ret_void()
+    return fn

@@ -1,0 +1,403 @@
+"""Lowering: a graph becomes a kernel program — buffers and a list of loop kernels.
+
+Values are expressions over an iteration index. Leaves are affine in the index: a load
+from a buffer at offset + sum(coeff[r] * i[r]), the index itself (iota), or counter-based
+random bits at a linear index. View ops (broadcast, transpose, slice, reshape of
+contiguous data) only change coefficients, so they cost nothing. Elementwise ops build
+expression trees; a value used once is inlined into its consumer (fusion), a value used
+several times, or needed in memory (matmul operands, graph outputs), is materialized by
+a map kernel. Reductions fuse their elementwise producers. Matmuls become GEMM calls.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .dims import Dim, numel
+from .graph import Graph, Tensor
+
+# ---- expressions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Affine:
+    """offset + sum(coeffs[r] * i[r]) over the iteration index i."""
+    offset: object
+    coeffs: tuple
+
+    def remap(self, offset_shift, coeffs):
+        return Affine(self.offset + offset_shift, tuple(coeffs))
+
+
+@dataclass(frozen=True)
+class Load:
+    buffer: int
+    at: Affine
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Index:
+    """The value of an affine function of the index (iota)."""
+    at: Affine
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Random:
+    """Uniform (0, 1) from the counter-based generator at linear index `at`."""
+    key: int             # buffer holding (seed, step)
+    stream: int
+    at: Affine
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Size:
+    """A runtime dim as an i32 scalar."""
+    dim: object
+    dtype: str = "i32"
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    args: tuple
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Gather:
+    """table[idx, rest]: rows picked by an integer expression; `rows` is the table's
+    affine over the iteration's trailing (row) dims, `stride` the row stride."""
+    table: int
+    idx: object
+    rows: Affine
+    stride: object
+    dtype: str
+
+
+def remap(e, shift_fn):
+    """Apply an index change to every affine leaf of an expression. shift_fn maps an
+    Affine to a new Affine."""
+    if isinstance(e, Load):
+        return Load(e.buffer, shift_fn(e.at), e.dtype)
+    if isinstance(e, Index):
+        return Index(shift_fn(e.at), e.dtype)
+    if isinstance(e, Random):
+        return Random(e.key, e.stream, shift_fn(e.at), e.dtype)
+    if isinstance(e, Gather):
+        return Gather(e.table, remap(e.idx, shift_fn), shift_fn(e.rows), e.stride, e.dtype)
+    if isinstance(e, Op):
+        return Op(e.name, tuple(remap(a, shift_fn) for a in e.args), e.dtype)
+    return e
+
+
+def leaves(e):
+    if isinstance(e, Op):
+        for a in e.args:
+            yield from leaves(a)
+    elif isinstance(e, Gather):
+        yield e
+        yield from leaves(e.idx)
+    else:
+        yield e
+
+
+# ---- buffers and kernels ------------------------------------------------------------------------
+@dataclass
+class Buffer:
+    id: int
+    dtype: str
+    size: object          # elements, a dim polynomial
+    kind: str             # input, param, temp, output, const
+    name: str = ""
+    data: np.ndarray | None = None
+
+
+@dataclass
+class MapKernel:
+    """out[i] = expr(i) for every i in shape; out is written contiguously at `out_at`."""
+    shape: tuple
+    out: int
+    out_at: Affine
+    expr: object
+    node: int = -1
+
+
+@dataclass
+class ReduceKernel:
+    """out[kept(i)] = op over the reduced axes of expr(i), for i in the input shape."""
+    shape: tuple
+    axes: tuple
+    op: str               # sum, max, argmax
+    out: int
+    expr: object
+    node: int = -1
+
+
+@dataclass
+class GemmKernel:
+    """C[b] = op(A[b]) @ op(B[b]); A, B given by buffer, offset, leading dim, batch stride."""
+    m: object
+    n: object
+    k: object
+    batch: object
+    a: tuple              # (buffer, offset, ld, batch stride)
+    b: tuple
+    c: tuple
+    trans_a: bool
+    trans_b: bool
+    node: int = -1
+
+
+@dataclass
+class ScatterAddKernel:
+    """out = 0; then out[idx(i), r] += upd[flat(i), r] for every index i of idx_shape."""
+    idx_shape: tuple
+    row: object
+    out: int
+    idx: object           # integer expression over idx_shape
+    upd: int
+    node: int = -1
+
+
+@dataclass
+class Program:
+    buffers: list = field(default_factory=list)
+    kernels: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)     # name -> buffer id
+    inputs: dict = field(default_factory=dict)      # input name -> buffer id
+    params: dict = field(default_factory=dict)      # param name -> buffer id
+    symbols: list = field(default_factory=list)     # symbolic dim names, in the order of the sizes array
+
+    def buffer(self, dtype, size, kind, name="", data=None) -> Buffer:
+        b = Buffer(len(self.buffers), dtype, size, kind, name, data)
+        self.buffers.append(b)
+        return b
+
+
+class NotLowerable(NotImplementedError):
+    """The native backend does not compile this primitive yet."""
+
+
+def row_major(shape) -> tuple:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc = acc * d
+    return tuple(reversed(strides))
+
+
+def contiguous(buffer: int, shape, dtype) -> Load:
+    return Load(buffer, Affine(0, row_major(shape)), dtype)
+
+
+# ---- the lowering ------------------------------------------------------------------------------------
+ELEMENTWISE = {"neg", "exp", "log", "log1p", "tanh", "logistic", "sqrt", "abs", "sign", "sin", "cos", "erf",
+               "add", "sub", "mul", "div", "mod", "pow", "maximum", "minimum", "lt", "le", "gt", "ge", "eq",
+               "ne", "logical_and", "logical_or", "logical_not", "select", "cast"}
+
+
+class Lowering:
+    def __init__(self, graph: Graph):
+        self.g = graph
+        self.p = Program()
+        self.values: dict = {}        # tensor key -> expression over its own shape
+        self.uses: dict = {}
+        for u, v, out in graph.g.edges(data="out"):
+            self.uses[(u, out)] = self.uses.get((u, out), 0) + 1
+        outputs = {t.key() for t in graph.outputs.values()}
+        self.pinned = outputs         # values that must live in memory
+
+    def run(self) -> Program:
+        for n in self.g.order():
+            self.node(n)
+        taken = set()
+        for name, t in self.g.outputs.items():
+            load = self.materialize(t, kind="output")
+            if load.buffer in taken:        # two outputs of one value: each gets its own buffer
+                buf = self.p.buffer(t.dtype, numel(t.shape), "output")
+                self.p.kernels.append(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), load, t.node))
+                load = contiguous(buf.id, t.shape, t.dtype)
+            taken.add(load.buffer)
+            self.p.outputs[name] = load.buffer
+        syms = set()
+        for b in self.p.buffers:
+            if isinstance(b.size, Dim):
+                syms |= b.size.symbols()
+        self.p.symbols = sorted(syms)
+        return self.p
+
+    # -- values --
+    def expr(self, t: Tensor):
+        return self.values[t.key()]
+
+    def materialize(self, t: Tensor, kind="temp") -> Load:
+        """The value of t in memory, contiguous (a map kernel writes it if needed). An
+        output gets a buffer of its own unless a kernel already wrote it."""
+        e = self.expr(t)
+        if isinstance(e, Load) and e.at == Affine(0, row_major(t.shape)):
+            b = self.p.buffers[e.buffer]
+            if kind == "temp" or b.kind in ("temp", "output"):
+                if kind == "output":
+                    b.kind = "output"
+                return e
+        buf = self.p.buffer(t.dtype, numel(t.shape), kind)
+        self.p.kernels.append(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), e, t.node))
+        load = contiguous(buf.id, t.shape, t.dtype)
+        self.values[t.key()] = load
+        return load
+
+    def set(self, n: int, e, out: int = 0):
+        self.values[(n, out)] = e
+
+    def node(self, n: int):
+        g, op, attrs = self.g, self.g.op(n), self.g.attrs(n)
+        typ = g.types(n)[0]
+        ins = g.inputs(n)
+        if op in ("input", "param"):
+            buf = self.p.buffer(typ.dtype, numel(typ.shape), op, attrs["name"])
+            (self.p.inputs if op == "input" else self.p.params)[attrs["name"]] = buf.id
+            self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+        elif op == "constant":
+            value = np.asarray(attrs["value"])
+            if value.ndim == 0:
+                self.set(n, Const(value.item(), typ.dtype))
+            else:
+                buf = self.p.buffer(typ.dtype, value.size, "const", data=value.astype(np.float32
+                                    if typ.dtype == "f32" else np.int32).ravel())
+                self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+        elif op == "iota":
+            coeffs = tuple(1 if r == attrs["axis"] else 0 for r in range(typ.rank))
+            self.set(n, Index(Affine(0, coeffs), typ.dtype))
+        elif op == "dim_size":
+            self.set(n, Size(attrs["dim"]))
+        elif op == "random":
+            if attrs["dist"] != "uniform":
+                raise NotLowerable(f"random {attrs['dist']} (only uniform is compiled)")
+            key = self.materialize(ins[0])
+            self.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype))
+        elif op in ELEMENTWISE:
+            args = tuple(self.use(x) for x in ins)
+            name = op if op != "cast" else f"cast_{typ.dtype}"
+            self.set(n, Op(name, args, typ.dtype))
+        elif op == "stop_gradient":
+            self.set(n, self.use(ins[0]))
+        elif op == "broadcast":
+            x = ins[0]
+            shape = attrs["shape"]
+            lead = len(shape) - x.rank
+
+            def bcast(a, x=x, shape=shape, lead=lead):
+                coeffs = [0] * lead + [c if x.shape[i] != 1 or shape[lead + i] == 1 else 0
+                                       for i, c in enumerate(a.coeffs)]
+                return Affine(a.offset, tuple(coeffs))
+            self.set(n, remap(self.use(x), bcast))
+        elif op == "transpose":
+            perm = attrs["perm"]
+            self.set(n, remap(self.use(ins[0]), lambda a: Affine(a.offset, tuple(a.coeffs[p] for p in perm))))
+        elif op == "slice":
+            starts, steps = attrs["starts"], attrs["steps"]
+            self.set(n, remap(self.use(ins[0]), lambda a: Affine(
+                a.offset + sum((c * s for c, s in zip(a.coeffs, starts)), 0),
+                tuple(c * st for c, st in zip(a.coeffs, steps)))))
+        elif op == "reshape":
+            x = ins[0]
+            e = self.use(x)
+            if not (isinstance(e, Load) and e.at.coeffs == row_major(x.shape)):
+                e = self.materialize(x)
+            self.set(n, Load(e.buffer, Affine(e.at.offset, row_major(typ.shape)), typ.dtype))
+        elif op in ("reduce_sum", "reduce_max"):
+            x = ins[0]
+            buf = self.p.buffer(typ.dtype, numel(typ.shape), "temp")
+            self.p.kernels.append(ReduceKernel(x.shape, attrs["axes"], op[7:], buf.id, self.use(x), n))
+            self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+        elif op == "argmax":
+            x = ins[0]
+            buf = self.p.buffer("i32", numel(typ.shape), "temp")
+            self.p.kernels.append(ReduceKernel(x.shape, (attrs["axis"],), "argmax", buf.id, self.use(x), n))
+            self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+        elif op == "matmul":
+            self.matmul(n, ins, attrs, typ)
+        elif op == "concat":
+            buf = self.p.buffer(typ.dtype, numel(typ.shape), "temp")
+            strides = row_major(typ.shape)
+            start = 0
+            for x in ins:
+                at = Affine(start * strides[attrs["axis"]], strides)
+                self.p.kernels.append(MapKernel(x.shape, buf.id, at, self.use(x), n))
+                start = start + x.shape[attrs["axis"]]
+            self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+        elif op == "pad":
+            buf = self.p.buffer(typ.dtype, numel(typ.shape), "temp")
+            strides = row_major(typ.shape)
+            self.p.kernels.append(MapKernel(typ.shape, buf.id, Affine(0, strides), Const(0, typ.dtype), n))
+            offset = sum((lo * s for lo, s in zip(attrs["lo"], strides)), 0)
+            inner = tuple(s * (i + 1) for s, i in zip(strides, attrs["interior"]))
+            self.p.kernels.append(MapKernel(ins[0].shape, buf.id, Affine(offset, inner), self.use(ins[0]), n))
+            self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+        elif op == "gather":
+            table, idx = ins
+            t = self.materialize(table)
+            k = idx.rank
+            row_coeffs = (0,) * k + row_major(table.shape)[1:]
+            idx_e = remap(self.use(idx), lambda a: Affine(a.offset, a.coeffs + (0,) * (typ.rank - k)))
+            self.set(n, Gather(t.buffer, idx_e, Affine(0, row_coeffs), row_major(table.shape)[0], typ.dtype))
+        elif op == "scatter_add":
+            idx, upd = ins
+            u = self.materialize(upd)
+            buf = self.p.buffer(typ.dtype, numel(typ.shape), "temp")
+            self.p.kernels.append(ScatterAddKernel(idx.shape, numel(typ.shape[1:]), buf.id, self.use(idx),
+                                                   u.buffer, n))
+            self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+        else:
+            raise NotLowerable(f"{op} is not compiled by the native backend yet")
+
+    def use(self, t: Tensor):
+        """The expression for an operand: inlined when used once or cheap, else in memory."""
+        e = self.expr(t)
+        cheap = isinstance(e, (Load, Const, Index, Size))
+        if cheap or self.uses.get(t.key(), 0) <= 1 and t.key() not in self.pinned:
+            return e
+        return self.materialize(t)
+
+    def matmul(self, n, ins, attrs, typ):
+        a, b = ins
+        la, lb = self.matrix(a), self.matrix(b)
+        ta, tb = attrs["ta"] != la[4], attrs["tb"] != lb[4]
+        buf = self.p.buffer(typ.dtype, numel(typ.shape), "temp")
+        m, nn = typ.shape[-2], typ.shape[-1]
+        k = a.shape[-2] if attrs["ta"] else a.shape[-1]
+        batch = numel(typ.shape[:-2])
+        self.p.kernels.append(GemmKernel(m, nn, k, batch, la[:4], lb[:4], (buf.id, 0, nn, m * nn), ta, tb, n))
+        self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+
+    def matrix(self, t: Tensor) -> tuple:
+        """(buffer, offset, leading dim, batch stride, transposed storage) of a matmul
+        operand: any view whose rows or columns are contiguous and whose batch dims fold
+        into one stride; anything else is first copied out contiguously."""
+        e = self.use(t)
+        for _ in range(2):
+            if isinstance(e, Load):
+                *batch, r, c = e.at.coeffs
+                shape = t.shape[:-2]
+                folds = all(batch[i] == batch[i + 1] * shape[i + 1] for i in range(len(batch) - 1))
+                stride = batch[-1] if batch else 0
+                if folds and c == 1 and r != 0:
+                    return (e.buffer, e.at.offset, r, stride, False)
+                if folds and r == 1 and c != 0:
+                    return (e.buffer, e.at.offset, c, stride, True)
+            e = self.materialize(t)
+        raise AssertionError("a contiguous operand is always a matrix")
+
+
+def lower(graph: Graph) -> Program:
+    return Lowering(graph).run()

@@ -1,0 +1,191 @@
+"""The native engine: each step is one call of LLVM-compiled code.
+
+A graph is lowered to kernels (compiler/lower.py), compiled with llvmlite into one
+module whose driver runs them all (compiler/codegen/kernels.py), and called through a
+pointer table built once per batch shape. The train step's driver ends with the fused
+optimizer update: every trained parameter lives in one flat array, its gradient in
+another, so the update is one pass. Inputs are checked (shape, dtype) before any
+native call. Compiled objects are cached on disk by a hash of the IR, the CPU and the
+dlc version.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import numpy as np
+
+from dlc.compiler.autodiff import train_step
+from dlc.compiler.codegen.kernels import SCALARS, add_update, build_module
+from dlc.compiler.dims import evaluate, numel
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend import Model
+from dlc.compiler.lower import Program, lower
+from . import jit
+from .engine import _scalars, predict_graph
+from .interpreter import bind_sizes
+from .optim import Adam, Optimizer, RMSprop, SGD
+
+NP = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
+
+
+def threads() -> int:
+    return max(1, int(os.environ.get("DLC_NUM_THREADS", os.cpu_count() or 1)))
+
+
+class Executable:
+    """One lowered graph, compiled; owns the buffers of every batch shape it has seen."""
+
+    def __init__(self, graph, update=None):
+        self.graph = graph
+        self.program: Program = lower(graph)
+        module = build_module(self.program, "dlc_step", update=update)
+        self.compiled = jit.compile_module(module, libraries=("gomp",))
+        self.fn = self.compiled.function("dlc_step", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+        self.layouts: dict = {}
+        self.slots = len(self.program.buffers) + (5 if update is not None else 0)
+        self.input_dtypes = {graph.attrs(n)["name"]: NP[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
+
+    def layout(self, sizes: dict, fixed: dict):
+        """Buffers and the pointer table for one set of dim sizes; `fixed` gives arrays
+        that live elsewhere (parameters, gradients, state)."""
+        key = tuple(sizes[s] for s in self.program.symbols)
+        lay = self.layouts.get(key)
+        if lay is None:
+            arrays = []
+            for b in self.program.buffers:
+                if b.id in fixed:
+                    arrays.append(fixed[b.id])
+                elif b.kind == "const":
+                    arrays.append(np.ascontiguousarray(b.data))
+                else:
+                    arrays.append(np.zeros(max(1, int(evaluate(b.size, sizes))), NP[b.dtype]))
+            table = (ctypes.c_void_p * self.slots)(*[a.ctypes.data for a in arrays])
+            dims = (ctypes.c_int64 * max(1, len(key)))(*key)
+            lay = self.layouts[key] = (arrays, table, dims)
+        return lay
+
+    def run(self, feeds: dict, fixed: dict, extra=()) -> list:
+        sizes = bind_sizes(self.graph, feeds)
+        arrays, table, dims = self.layout(sizes, fixed)
+        keep = []
+        for name, bid in self.program.inputs.items():
+            a = np.ascontiguousarray(feeds[name], self.input_dtypes[name])
+            keep.append(a)
+            table[bid] = a.ctypes.data
+        for slot, a in enumerate(extra):
+            table[len(self.program.buffers) + slot] = a.ctypes.data
+        self.fn(table, dims, threads())
+        return arrays
+
+
+class NativeEngine:
+    name = "native"
+
+    def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
+                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None):
+        self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
+        self.trainable = list(trainable or [])
+        self.params_info = {p.name: p for p in train_model.params}
+        self.train_exe = None
+        if optimizer is not None:
+            step = train_step(train_model.graph)
+            order = self.trainable + [p.name for p in train_model.params if p.name not in self.trainable]
+            self.offsets, total = {}, 0
+            for name in order:
+                self.offsets[name] = total
+                total += int(numel(self.params_info[name].type.shape))
+            self.n_trained = sum(int(numel(self.params_info[n].type.shape)) for n in self.trainable)
+            self.flat = np.zeros(max(total, 1), np.float32)
+            self.grads = np.zeros(max(self.n_trained, 1), np.float32)
+            self.state = [np.zeros(max(self.n_trained, 1), np.float32) for _ in range(2)]
+            self.scalars = np.zeros(len(SCALARS), np.float64)
+            self.train_exe = Executable(step, update=self._update_spec())
+            self.adopted = None
+        self.eval_exe = Executable(eval_model.graph)
+        self.predict_exe = Executable(predict_graph(eval_model)) if any(
+            k.startswith("output:") for k in eval_model.graph.outputs) else None
+
+    # -- the optimizer --
+    def _update_spec(self) -> dict:
+        opt, h = self.optimizer, self.optimizer.hyper
+        rule = "adam" if isinstance(opt, Adam) else "rmsprop" if isinstance(opt, RMSprop) else "sgd"
+        if not isinstance(opt, (Adam, RMSprop, SGD)):
+            raise NotImplementedError(f"no native update for {opt.name}")
+        clip = None if self.clip is None else self.clip.name
+        return dict(rule=rule, n=self.n_trained, nesterov=bool(h.get("nesterov")),
+                    decoupled=getattr(opt, "decoupled", False), momentum=bool(h.get("momentum")),
+                    penalties=bool(self.l1 or self.l2), clip=clip)
+
+    def _set_scalars(self, lr: float, step: int):
+        h = self.optimizer.hyper
+        s = dict(lr=lr, beta1=h.get("beta1", 0.0), beta2=h.get("beta2", h.get("alpha", 0.0)), eps=h.get("eps", 0.0),
+                 weight_decay=h.get("weight_decay", 0.0), momentum=h.get("momentum", 0.0), l1=self.l1, l2=self.l2,
+                 clip=0.0 if self.clip is None else float(self.clip.arg(0, "max", 0.0)),
+                 bias1=1 - h.get("beta1", 0.0) ** step, bias2=1 - h.get("beta2", 0.0) ** step,
+                 decay=1 - lr * h.get("weight_decay", 0.0))
+        self.scalars[:] = [s[k] for k in SCALARS]
+
+    def _adopt(self, params: dict, opt_state: dict):
+        """Move parameters and optimizer state into the flat arrays (the dicts then hold
+        views of them, so checkpoints and the trainer see every update)."""
+        if self.adopted == (id(params), id(opt_state)) and all(
+                params[n].base is self.flat for n in self.offsets):
+            return
+        for name, off in self.offsets.items():
+            size = int(numel(self.params_info[name].type.shape))
+            view = self.flat[off:off + size].reshape(params[name].shape)
+            view[...] = params[name]
+            params[name] = view
+        slots = self.optimizer.slots()
+        for name in self.trainable:
+            off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
+            for k, slot in enumerate(slots):
+                view = self.state[k][off:off + size].reshape(self.params_info[name].type.shape)
+                view[...] = opt_state[name][slot]
+                opt_state[name][slot] = view
+        self.adopted = (id(params), id(opt_state))
+
+    def _fixed(self, exe: Executable, params: dict, grads: bool) -> dict:
+        fixed = {bid: params[name] for name, bid in exe.program.params.items()}
+        if grads:
+            for name in self.trainable:
+                bid = exe.program.outputs[f"grad:{name}"]
+                off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
+                fixed[bid] = self.grads[off:off + size]
+        return fixed
+
+    # -- the engine interface --
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
+        self._adopt(params, opt_state)
+        self._set_scalars(lr, step)
+        exe = self.train_exe
+        arrays = exe.run({**batch, "rng": np.asarray(key, np.int32)}, self._fixed(exe, params, True),
+                         extra=(self.flat, self.grads, self.state[0], self.state[1], self.scalars))
+        out = {}
+        for name, bid in exe.program.outputs.items():
+            if name.startswith("update:"):
+                target = params[name[7:]]
+                target[...] = arrays[bid][:target.size].reshape(target.shape)
+            elif not name.startswith("grad:"):
+                out[name] = arrays[bid][0]
+        return _scalars(out)
+
+    def evaluate(self, params: dict, batch: dict) -> dict:
+        exe = self.eval_exe
+        arrays = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
+        return _scalars({name: arrays[bid][0] for name, bid in exe.program.outputs.items()
+                         if name == "loss" or name.startswith("metric:")})
+
+    def predict(self, params: dict, batch: dict) -> dict:
+        if self.predict_exe is None:
+            raise DlcError("the model declares no outputs; add `output name = ...`")
+        exe = self.predict_exe
+        sizes = bind_sizes(exe.graph, {**batch})
+        arrays = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
+        out = {}
+        for name, bid in exe.program.outputs.items():
+            typ = exe.graph.outputs[name].type
+            shape = tuple(evaluate(d, sizes) for d in typ.shape)
+            out[name[7:]] = arrays[bid][:int(np.prod(shape, dtype=np.int64))].reshape(shape).copy()
+        return out

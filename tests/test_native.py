@@ -1,0 +1,101 @@
+"""The native engine against the reference engine: the same steps, the same numbers."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlc.compiler.frontend import load, load_text
+from dlc.runtime.config import Call
+from dlc.runtime.engine import ReferenceEngine
+from dlc.runtime.gradcheck import init_params, sample_inputs
+from dlc.runtime.native import NativeEngine
+from dlc.runtime.optim import make_optimizer
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+
+def five_steps(program, engine_class, optimizer, sizes, **kw):
+    train, evaluation = program.build(training=True), program.build(training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    opt = make_optimizer(optimizer)
+    engine = engine_class(train, evaluation, opt, trainable, **kw)
+    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    state = opt.init({n: params[n] for n in trainable})
+    losses = []
+    for step in range(1, 6):
+        feeds = sample_inputs(train, sizes, seed=step)
+        feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
+        losses.append(engine.train_step(params, state, feeds, optimizer.kwargs["lr"], step,
+                                        np.array([0, step], np.int32))["loss"])
+    return params, losses, engine, feeds
+
+
+def assert_same_training(program, optimizer, sizes, **kw):
+    ref, ref_losses, _, _ = five_steps(program, ReferenceEngine, optimizer, sizes, **kw)
+    nat, nat_losses, engine, feeds = five_steps(program, NativeEngine, optimizer, sizes, **kw)
+    np.testing.assert_allclose(nat_losses, ref_losses, rtol=1e-4)
+    for name in ref:
+        scale = np.abs(ref[name]).max() + 1e-6
+        assert np.abs(nat[name] - ref[name]).max() / scale < 1e-4, name
+    return engine, nat, feeds
+
+
+@pytest.mark.parametrize("optimizer", [
+    Call("adam", [], {"lr": 1e-2}), Call("adamw", [], {"lr": 1e-2, "weight_decay": 0.1}),
+    Call("sgd", [], {"lr": 0.1}), Call("nesterov", [], {"lr": 0.05}),
+    Call("rmsprop", [], {"lr": 1e-3, "momentum": 0.5}),
+])
+def test_mlp_optimizers_match_the_reference(optimizer):
+    assert_same_training(load(str(EXAMPLES / "digits_mlp.dl")), optimizer, {"B": 7})
+
+
+def test_penalties_and_clipping_match_the_reference():
+    prog = load(str(EXAMPLES / "xor_mlp.dl"))
+    assert_same_training(prog, Call("adam", [], {"lr": 1e-2}), {"B": 3}, l1=1e-3, l2=1e-2,
+                         clip=Call("global_norm", [0.1]))
+    assert_same_training(prog, Call("sgd", [], {"lr": 0.1}), {"B": 3}, clip=Call("value", [0.01]))
+
+
+@pytest.mark.parametrize("body", [
+    "y = layernorm(dense(x, 6, gelu)) |> dense(3)\n loss mean(y * y)\n output y = softmax(y)",
+    "e = embedding(ids, 11, 4)\n y = dense(mean(e, 1), 3)\n loss sparse_cross_entropy(y, labels[:, 0])",
+    "y = dense(concat(x, x[:, ::2] * 2, axis = -1), 4, elu)\n loss huber(y, zeros[B, 4]) + mean(max(y, -1))",
+    "h = dense(x, 4)\n y = h[:, 1:] - h[:, :3]\n loss mean(y^2) + mean(argmax(h, -1) == labels[:, 0])",
+])
+def test_more_primitives_match_the_reference(body):
+    src = f"""
+model m {{
+    input x: f32[B, 5]
+    input ids: i32[B, 3]
+    target labels: i32[B, 3]
+    {body}
+}}"""
+    engine, params, feeds = assert_same_training(load_text(src, "m.dl"), Call("adam", [], {"lr": 1e-2}), {"B": 5})
+
+
+def test_evaluate_and_predict_match_the_reference():
+    prog = load(str(EXAMPLES / "digits_mlp.dl"))
+    train, evaluation = prog.build(training=True), prog.build(training=False)
+    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    ref = ReferenceEngine(train, evaluation)
+    nat = NativeEngine(train, evaluation)
+    for b in (1, 13):
+        batch = sample_inputs(train, {"B": b}, seed=b)
+        batch = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in batch.items()}
+        r, n = ref.evaluate(params, batch), nat.evaluate(params, batch)
+        assert r.keys() == n.keys() and all(abs(r[k] - n[k]) <= 1e-4 * max(1, abs(r[k])) for k in r)
+        np.testing.assert_allclose(nat.predict(params, batch)["probs"], ref.predict(params, batch)["probs"],
+                                   rtol=1e-4, atol=1e-6)
+
+
+def test_inputs_of_the_wrong_shape_are_refused_before_the_native_call():
+    from dlc.compiler.errors import DlcError
+    prog = load(str(EXAMPLES / "digits_mlp.dl"))
+    train, evaluation = prog.build(training=True), prog.build(training=False)
+    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    nat = NativeEngine(train, evaluation)
+    with pytest.raises(DlcError) as e:
+        nat.evaluate(params, {"x": np.zeros((4, 63), np.float32), "y": np.zeros(4, np.int32)})
+    assert "expects f32[B, 64]" in e.value.message
+    with pytest.raises(DlcError):
+        nat.evaluate(params, {"x": np.zeros((4, 64), np.float32), "y": np.zeros(5, np.int32)})
