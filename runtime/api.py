@@ -15,13 +15,13 @@ import numpy as np
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import load as load_program
 from . import checkpoint, data as datasets
-from .engine import ReferenceEngine
+from .engine import make_engine
 from .trainer import Trainer, bind, evaluate, load_data, make_config, parse_setting, prepare_data
 
 
 class DlcModel:
-    def __init__(self, path: str, model: str | None = None):
-        self.path = path
+    def __init__(self, path: str, model: str | None = None, backend: str = "native"):
+        self.path, self.backend = path, backend
         self.program = load_program(path)
         self.train_model = self.program.build(model, training=True)
         self.eval_model = self.program.build(model, training=False)
@@ -33,7 +33,7 @@ class DlcModel:
     # -- training --
     def train(self, out: str | None = None, resume=False, log=None, **overrides):
         """Train with the file's train block; keyword arguments override its settings."""
-        trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log)
+        trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log, self.backend)
         result = trainer.run(resume=resume)
         self.params, self.meta = result.params, {"meta": getattr(trainer, "meta", {})}
         return result
@@ -50,9 +50,9 @@ class DlcModel:
             raise DlcError(f"model {self.name} has no weights: train it or load a checkpoint first")
 
     @property
-    def engine(self) -> ReferenceEngine:
+    def engine(self):
         if self._engine is None:
-            self._engine = ReferenceEngine(self.train_model, self.eval_model)
+            self._engine = make_engine(self.backend, self.train_model, self.eval_model)
         return self._engine
 
     # -- use --

@@ -14,9 +14,13 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import load
 
 
-def _add_model_args(p: argparse.ArgumentParser):
+def _add_model_args(p: argparse.ArgumentParser, backend=False):
     p.add_argument("file", help="a .dl file")
     p.add_argument("--model", help="which model of the file (default: the last one)")
+    if backend:
+        p.add_argument("--backend", choices=["native", "reference"], default="native",
+                       help="native: compiled LLVM kernels (the reference numpy engine where a primitive is "
+                            "not compiled yet); reference: the numpy interpreter")
 
 
 def _build(args, training=True):
@@ -117,7 +121,7 @@ def cmd_gradcheck(args):
 
 def _weights(args):
     from dlc.runtime.api import DlcModel
-    return DlcModel(args.file, args.model).load_weights(args.weights)
+    return DlcModel(args.file, args.model, args.backend).load_weights(args.weights)
 
 
 def cmd_train(args):
@@ -125,7 +129,8 @@ def cmd_train(args):
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
                                                          "early_stop")}
-    trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None)
+    trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
+                      backend=args.backend)
     result = trainer.run(resume=args.resume if args.resume != "" else True)
     if result.stopped == "interrupted":
         return 130
@@ -222,7 +227,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_gradcheck)
 
     c = sub.add_parser("train", help="train a model on its train block's data (flags override the block)")
-    _add_model_args(c)
+    _add_model_args(c, backend=True)
     c.add_argument("--epochs", type=int)
     c.add_argument("--batch", type=int, help="batch size: 1 is stochastic, the data size is batch GD")
     c.add_argument("--lr", type=float, help="learning rate")
@@ -242,14 +247,14 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_train)
 
     c = sub.add_parser("eval", help="loss and metrics of trained weights on data")
-    _add_model_args(c)
+    _add_model_args(c, backend=True)
     c.add_argument("--weights", required=True, metavar="CKPT")
     c.add_argument("--data", help="default: the train block's test data, else its data")
     c.add_argument("--batch", type=int, default=256)
     c.set_defaults(run=cmd_eval)
 
     c = sub.add_parser("predict", help="run trained weights on inputs and write the outputs")
-    _add_model_args(c)
+    _add_model_args(c, backend=True)
     c.add_argument("--weights", required=True, metavar="CKPT")
     c.add_argument("--input", required=True, metavar="PATH", help=".npz (arrays by input name), .csv or .txt")
     c.add_argument("--output", default="predictions.npz", metavar="PATH", help=".npz (default) or .csv")
@@ -257,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(run=cmd_predict)
 
     c = sub.add_parser("generate", help="continue a text prompt with a trained character model")
-    _add_model_args(c)
+    _add_model_args(c, backend=True)
     c.add_argument("--weights", required=True, metavar="CKPT")
     c.add_argument("--prompt", default="", help="the text to continue")
     c.add_argument("--length", type=int, default=200, help="characters to generate")

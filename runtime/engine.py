@@ -49,6 +49,23 @@ class ReferenceEngine:
         return {k[7:]: v for k, v in out.items()}
 
 
+def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, **kw):
+    """The native engine when asked for and able to compile the model; the reference
+    engine otherwise (with a note saying why)."""
+    if backend not in ("native", "reference"):
+        from dlc.compiler.errors import DlcError
+        raise DlcError(f"unknown backend '{backend}' (native or reference)")
+    if backend == "native":
+        from .native import NativeEngine
+        from dlc.compiler.lower import NotLowerable
+        try:
+            return NativeEngine(train_model, eval_model, *args, **kw)
+        except (NotLowerable, NotImplementedError) as e:
+            if log:
+                log(f"note: running on the reference engine: {e}")
+    return ReferenceEngine(train_model, eval_model, *args, **kw)
+
+
 def _scalars(out: dict) -> dict:
     vals = {"loss": float(out["loss"])} if "loss" in out else {}
     vals.update({k[7:]: float(v) for k, v in out.items() if k.startswith("metric:")})

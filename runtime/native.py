@@ -21,7 +21,7 @@ from dlc.compiler.dims import evaluate, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import Model
 from dlc.compiler.lower import Program, lower
-from . import jit
+from . import cache
 from .engine import _scalars, predict_graph
 from .interpreter import bind_sizes
 from .optim import Adam, Optimizer, RMSprop, SGD
@@ -39,9 +39,11 @@ class Executable:
     def __init__(self, graph, update=None):
         self.graph = graph
         self.program: Program = lower(graph)
-        module = build_module(self.program, "dlc_step", update=update)
-        self.compiled = jit.compile_module(module, libraries=("gomp",))
-        self.fn = self.compiled.function("dlc_step", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+        self.module = build_module(self.program, "dlc_step", update=update)
+        cache.gemm_symbols()
+        self.compiled = cache.compile_cached(self.module)
+        self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+            self.compiled.address("dlc_step"))
         self.layouts: dict = {}
         self.slots = len(self.program.buffers) + (5 if update is not None else 0)
         self.input_dtypes = {graph.attrs(n)["name"]: NP[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}

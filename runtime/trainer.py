@@ -27,7 +27,7 @@ from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend import Model, Program
 from . import checkpoint, config, data as datasets, interpreter
 from .config import Call, Symbol
-from .engine import ReferenceEngine
+from .engine import make_engine
 from .gradcheck import index_bound
 from .optim import make_optimizer, make_schedule
 
@@ -233,8 +233,8 @@ class Result:
 
 class Trainer:
     def __init__(self, program: Program, model_name: str | None, overrides: dict, out_dir: Path | None,
-                 log=None):
-        self.program = program
+                 log=None, backend: str = "native"):
+        self.program, self.backend = program, backend
         self.train_model = program.build(model_name, training=True)
         self.eval_model = program.build(model_name, training=False)
         self.name = self.train_model.name
@@ -280,8 +280,8 @@ class Trainer:
         optimizer = make_optimizer(cfg.optimizer)
         clip_spec = cfg.clip if cfg.clip is None or isinstance(cfg.clip, Call) else \
             Call("global_norm", [cfg.clip], span=cfg.span("clip"))
-        engine = engine or ReferenceEngine(self.train_model, self.eval_model, optimizer, trainable,
-                                           cfg.l1, cfg.l2, clip_spec)
+        engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
+                                       cfg.l1, cfg.l2, clip_spec, log=self.log)
         n = len(next(iter(train.values())))
         per_epoch = math.ceil(n / cfg.batch)
         schedule = make_schedule(cfg.schedule, optimizer.lr, per_epoch, cfg.epochs)

@@ -65,18 +65,18 @@ def test_optimizer_steps_through_the_trainer(tmp_path, optimizer, by_hand):
     np.testing.assert_allclose(w, by_hand(np.ones(2), np.array([1.0, 3.0])), rtol=1e-5)
 
 
-def _interrupt_at(step_to_interrupt):
-    """Make the reference engine deliver a real SIGINT during one step."""
-    original = ReferenceEngine.train_step
+def _interrupt_at(monkeypatch, step_to_interrupt):
+    """Make the engines deliver a real SIGINT during one step."""
+    from dlc.runtime.native import NativeEngine
     calls = {"n": 0}
-
-    def train_step(self, *args, **kw):
-        out = original(self, *args, **kw)
-        calls["n"] += 1
-        if calls["n"] == step_to_interrupt:
-            signal.raise_signal(signal.SIGINT)
-        return out
-    return train_step
+    for cls in (ReferenceEngine, NativeEngine):
+        def train_step(self, *args, original=cls.train_step, **kw):
+            out = original(self, *args, **kw)
+            calls["n"] += 1
+            if calls["n"] == step_to_interrupt:
+                signal.raise_signal(signal.SIGINT)
+            return out
+        monkeypatch.setattr(cls, "train_step", train_step)
 
 
 def test_resume_after_ctrl_c_gives_the_same_parameters(tmp_path, monkeypatch):
@@ -84,7 +84,7 @@ def test_resume_after_ctrl_c_gives_the_same_parameters(tmp_path, monkeypatch):
     settings = dict(log=lambda m: None, epochs=3)
     straight = dlc.load(path).train(out=str(tmp_path / "a"), **settings)
 
-    monkeypatch.setattr(ReferenceEngine, "train_step", _interrupt_at(60))
+    _interrupt_at(monkeypatch, 60)
     stopped = dlc.load(path).train(out=str(tmp_path / "b"), **settings)
     assert stopped.stopped == "interrupted"
     meta = checkpoint.load(tmp_path / "b" / "last.npz")[2]

@@ -15,12 +15,13 @@ from llvmlite import ir
 
 from ..lower import (Affine, Const, Gather, GemmKernel, Index, Load, MapKernel, Op, Program, Random,
                      ReduceKernel, ScatterAddKernel, Size)
-from .gemm import add_gemm, gemm_name
+from .gemm import gemm_name
 
 i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 f32, f64 = ir.FloatType(), ir.DoubleType()
 LL = {"f32": f32, "f64": f64, "i32": i32, "i64": i64, "bool": i1, "i8": i8}
 FAST = ("contract",)
+GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + [i64, i64])
 LIBM = {"exp": "expf", "log": "logf", "log1p": "log1pf", "tanh": "tanhf", "sqrt": "sqrtf", "sin": "sinf",
         "cos": "cosf", "erf": "erff", "pow": "powf", "mod": "fmodf"}
 
@@ -343,9 +344,8 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
             _scatter_add(kb, k, prog)
         elif isinstance(k, GemmKernel):
             key = (k.trans_a, k.trans_b)
-            if key not in gemms:
-                gemms[key] = add_gemm(module, gemm_name(*key, False), trans_a=k.trans_a, trans_b=k.trans_b,
-                                      accumulate=False)
+            if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here
+                gemms[key] = ir.Function(module, GEMM_TYPE, gemm_name(*key, False))
             g = gemms[key]
             args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
             for bid, off, ld, stride in (k.a, k.b, k.c):
