@@ -104,9 +104,24 @@ class NativeEngine:
             self.scalars = np.zeros(len(SCALARS), np.float64)
             self.train_exe = Executable(step, update=self._update_spec())
             self.adopted = None
-        self.eval_exe = Executable(eval_model.graph)
-        self.predict_exe = Executable(predict_graph(eval_model)) if any(
-            k.startswith("output:") for k in eval_model.graph.outputs) else None
+        self.eval_model = eval_model
+        self._eval = self._predict = None
+        if optimizer is None:      # an inference engine: fail now, not at the first batch, if it cannot compile
+            lower(eval_model.graph)
+
+    @property
+    def eval_exe(self) -> Executable:
+        if self._eval is None:
+            self._eval = Executable(self.eval_model.graph)
+        return self._eval
+
+    @property
+    def predict_exe(self) -> Executable:
+        if self._predict is None:
+            if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
+                raise DlcError("the model declares no outputs; add `output name = ...`")
+            self._predict = Executable(predict_graph(self.eval_model))
+        return self._predict
 
     # -- the optimizer --
     def _update_spec(self) -> dict:
@@ -180,8 +195,6 @@ class NativeEngine:
                          if name == "loss" or name.startswith("metric:")})
 
     def predict(self, params: dict, batch: dict) -> dict:
-        if self.predict_exe is None:
-            raise DlcError("the model declares no outputs; add `output name = ...`")
         exe = self.predict_exe
         sizes = bind_sizes(exe.graph, {**batch})
         arrays = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
