@@ -84,6 +84,15 @@ class Gather:
     dtype: str
 
 
+@dataclass(frozen=True)
+class Guarded:
+    """A load that reads `fill` where an index falls outside the input (padding):
+    each guard is (affine row index, size) and must satisfy 0 <= index < size."""
+    load: Load
+    guards: tuple
+    fill: float
+
+
 def remap(e, shift_fn):
     """Apply an index change to every affine leaf of an expression. shift_fn maps an
     Affine to a new Affine."""
@@ -95,6 +104,8 @@ def remap(e, shift_fn):
         return Random(e.key, e.stream, shift_fn(e.at), e.dtype)
     if isinstance(e, Gather):
         return Gather(e.table, remap(e.idx, shift_fn), shift_fn(e.rows), e.stride, e.dtype)
+    if isinstance(e, Guarded):
+        return Guarded(remap(e.load, shift_fn), tuple((shift_fn(a), n) for a, n in e.guards), e.fill)
     if isinstance(e, Op):
         return Op(e.name, tuple(remap(a, shift_fn) for a in e.args), e.dtype)
     return e
@@ -166,6 +177,32 @@ class ScatterAddKernel:
     out: int
     idx: object           # integer expression over idx_shape
     upd: int
+    node: int = -1
+
+
+@dataclass
+class AccumulateKernel:
+    """out[at(i)] += expr(i) for every i in shape whose guards hold (out zeroed first):
+    the adjoint of reading windows (col2im, average-pool gradients)."""
+    shape: tuple
+    out: int
+    at: Affine
+    guards: tuple
+    expr: object
+    node: int = -1
+
+
+@dataclass
+class MaxPoolGradKernel:
+    """dx (zeroed) [window argmax] += g for every output position (first maximum wins)."""
+    x: int
+    g: int
+    out: int
+    shape: tuple          # N, C, H, W of x
+    out_hw: tuple
+    kernel: tuple
+    stride: tuple
+    padding: tuple
     node: int = -1
 
 
@@ -358,6 +395,9 @@ class Lowering:
             self.p.kernels.append(ScatterAddKernel(idx.shape, numel(typ.shape[1:]), buf.id, self.use(idx),
                                                    u.buffer, n))
             self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+        elif op in ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "maxpool2d", "avgpool2d",
+                    "maxpool2d_grad", "avgpool2d_grad"):
+            getattr(self, op)(n, ins, attrs, typ)
         else:
             raise NotLowerable(f"{op} is not compiled by the native backend yet")
 
@@ -397,6 +437,125 @@ class Lowering:
                     return (e.buffer, e.at.offset, c, stride, True)
             e = self.materialize(t)
         raise AssertionError("a contiguous operand is always a matrix")
+
+
+    # -- windows: convolution (im2col + GEMM) and pooling ------------------------------------
+    def windows(self, x: Tensor, kernel, stride, padding, fill=0.0, order="nhwcij"):
+        """x read through its windows over the iteration [N, Ho, Wo, C, kh, kw] ("nhwcij",
+        the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij")."""
+        src = self.materialize(x)
+        h, w = x.shape[2:]
+        sn, sc, sh, sw = row_major(x.shape)
+        (kh, kw), (st_h, st_w), (ph, pw) = kernel, stride, padding
+        if order == "nhwcij":
+            coeffs = (sn, st_h * sh, st_w * sw, sc, sh, sw)
+            row = (0, st_h, 0, 0, 1, 0)
+            col = (0, 0, st_w, 0, 0, 1)
+        else:
+            coeffs = (sn, sc, st_h * sh, st_w * sw, sh, sw)
+            row = (0, 0, st_h, 0, 1, 0)
+            col = (0, 0, 0, st_w, 0, 1)
+        offset = -ph * sh - pw * sw + src.at.offset
+        load = Load(src.buffer, Affine(offset, coeffs), x.dtype)
+        if not (ph or pw):
+            return load
+        guards = ((Affine(-ph, row), h), (Affine(-pw, col), w))
+        return Guarded(load, guards, fill)
+
+    def conv2d(self, n, ins, attrs, typ):
+        x, w = ins
+        N, C, H, W = x.shape
+        O, _, kh, kw = w.shape
+        Ho, Wo = typ.shape[2:]
+        ckk, hw = C * kh * kw, Ho * Wo
+        cols = self.p.buffer("f32", N * hw * ckk, "temp")
+        self.p.kernels.append(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
+                                        self.windows(x, (kh, kw), attrs["stride"], attrs["padding"]), n))
+        wm = self.materialize(w)
+        out = self.p.buffer("f32", numel(typ.shape), "temp")
+        # y[n] (O x HoWo) = W (O x CKK) @ cols[n]^T
+        self.p.kernels.append(GemmKernel(O, hw, ckk, N, (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk),
+                                         (out.id, 0, hw, O * hw), False, True, n))
+        self.set(n, contiguous(out.id, typ.shape, typ.dtype))
+
+    def conv2d_weight_grad(self, n, ins, attrs, typ):
+        x, g = ins
+        N, C, H, W = x.shape
+        O, _, kh, kw = typ.shape
+        Ho, Wo = g.shape[2:]
+        ckk, hw = C * kh * kw, Ho * Wo
+        cols = self.p.buffer("f32", N * hw * ckk, "temp")
+        self.p.kernels.append(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
+                                        self.windows(x, (kh, kw), attrs["stride"], attrs["padding"]), n))
+        # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK)
+        g2 = self.p.buffer("f32", O * N * hw, "temp")
+        swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
+        self.p.kernels.append(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
+                                        remap(self.use(g), swap), n))
+        out = self.p.buffer("f32", numel(typ.shape), "temp")
+        self.p.kernels.append(GemmKernel(O, ckk, N * hw, 1, (g2.id, 0, N * hw, 0), (cols.id, 0, ckk, 0),
+                                         (out.id, 0, ckk, 0), False, False, n))
+        self.set(n, contiguous(out.id, typ.shape, typ.dtype))
+
+    def conv2d_input_grad(self, n, ins, attrs, typ):
+        g, w = ins
+        N, C, H, W = typ.shape
+        O, _, kh, kw = w.shape
+        Ho, Wo = g.shape[2:]
+        ckk, hw = C * kh * kw, Ho * Wo
+        gm, wm = self.materialize(g), self.materialize(w)
+        cols = self.p.buffer("f32", N * hw * ckk, "temp")
+        # cols[n] (HoWo x CKK) = g[n]^T (g[n] is O x HoWo) @ W (O x CKK)
+        self.p.kernels.append(GemmKernel(hw, ckk, O, N, (gm.buffer, gm.at.offset, hw, O * hw),
+                                         (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk), True, False, n))
+        out = self.p.buffer("f32", numel(typ.shape), "temp")
+        (st_h, st_w), (ph, pw) = attrs["stride"], attrs["padding"]
+        sn, sc, sh, sw = row_major(typ.shape)
+        at = Affine(-ph * sh - pw * sw, (sn, st_h * sh, st_w * sw, sc, sh, sw))
+        guards = ((Affine(-ph, (0, st_h, 0, 0, 1, 0)), H), (Affine(-pw, (0, 0, st_w, 0, 0, 1)), W))
+        shape = (N, Ho, Wo, C, kh, kw)
+        self.p.kernels.append(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), n))
+        self.set(n, contiguous(out.id, typ.shape, typ.dtype))
+
+    def maxpool2d(self, n, ins, attrs, typ):
+        self.pool(n, ins, attrs, typ, "max")
+
+    def avgpool2d(self, n, ins, attrs, typ):
+        self.pool(n, ins, attrs, typ, "sum")
+
+    def pool(self, n, ins, attrs, typ, op):
+        x = ins[0]
+        N, C, Ho, Wo = typ.shape
+        kh, kw = attrs["kernel"]
+        fill = -np.inf if op == "max" else 0.0
+        e = self.windows(x, attrs["kernel"], attrs["stride"], attrs["padding"], fill, order="nchwij")
+        if op == "sum":
+            e = Op("mul", (e, Const(1.0 / (kh * kw), "f32")), "f32")
+        out = self.p.buffer("f32", numel(typ.shape), "temp")
+        self.p.kernels.append(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, n))
+        self.set(n, contiguous(out.id, typ.shape, typ.dtype))
+
+    def avgpool2d_grad(self, n, ins, attrs, typ):
+        g = ins[0]
+        N, C, H, W = typ.shape
+        Ho, Wo = g.shape[2:]
+        (kh, kw), (st_h, st_w), (ph, pw) = attrs["kernel"], attrs["stride"], attrs["padding"]
+        sn, sc, sh, sw = row_major(typ.shape)
+        at = Affine(-ph * sh - pw * sw, (sn, sc, st_h * sh, st_w * sw, sh, sw))
+        guards = ((Affine(-ph, (0, 0, st_h, 0, 1, 0)), H), (Affine(-pw, (0, 0, 0, st_w, 0, 1)), W))
+        share = remap(self.use(g), lambda a: Affine(a.offset, a.coeffs + (0, 0)))
+        share = Op("mul", (share, Const(1.0 / (kh * kw), "f32")), "f32")
+        out = self.p.buffer("f32", numel(typ.shape), "temp")
+        self.p.kernels.append(AccumulateKernel((N, C, Ho, Wo, kh, kw), out.id, at, guards, share, n))
+        self.set(n, contiguous(out.id, typ.shape, typ.dtype))
+
+    def maxpool2d_grad(self, n, ins, attrs, typ):
+        x, g = ins
+        xm, gm = self.materialize(x), self.materialize(g)
+        out = self.p.buffer("f32", numel(typ.shape), "temp")
+        self.p.kernels.append(MaxPoolGradKernel(xm.buffer, gm.buffer, out.id, typ.shape, g.shape[2:],
+                                                attrs["kernel"], attrs["stride"], attrs["padding"], n))
+        self.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
 def lower(graph: Graph) -> Program:

@@ -35,7 +35,9 @@ def assert_same_training(program, optimizer, sizes, **kw):
     nat, nat_losses, engine, feeds = five_steps(program, NativeEngine, optimizer, sizes, **kw)
     np.testing.assert_allclose(nat_losses, ref_losses, rtol=1e-4)
     for name in ref:
-        scale = np.abs(ref[name]).max() + 1e-6
+        # parameters the loss does not depend on (an attention key bias: softmax cancels it)
+        # drift by rounding noise alone; below 1e-4 they are compared absolutely
+        scale = max(np.abs(ref[name]).max(), 1e-4)
         assert np.abs(nat[name] - ref[name]).max() / scale < 1e-4, name
     return engine, nat, feeds
 
@@ -99,3 +101,23 @@ def test_inputs_of_the_wrong_shape_are_refused_before_the_native_call():
     assert "expects f32[B, 64]" in e.value.message
     with pytest.raises(DlcError):
         nat.evaluate(params, {"x": np.zeros((4, 64), np.float32), "y": np.zeros(5, np.int32)})
+
+
+EXAMPLE_FILES = sorted(EXAMPLES.glob("*.dl"))
+SCAN_EXAMPLES = {"simple_rnn", "gru_forecast", "char_lstm", "bilstm_tagger", "stacked_gru", "seq2seq",
+                 "seq2seq_bahdanau", "seq2seq_luong"}
+
+
+@pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
+def test_every_example_compiles_and_trains_like_the_reference(path):
+    """Five SGD steps on both engines agree to 1e-4 relative (plain SGD: with momentum or
+    Adam a deep ReLU + batchnorm net amplifies float32 rounding, once a unit sits at a
+    kink; the optimizers themselves are compared on the MLPs above). Examples with a
+    recurrence run on the reference engine until scan is compiled (asserted, not skipped)."""
+    from dlc.compiler.lower import NotLowerable
+    program = load(str(path))
+    if path.stem in SCAN_EXAMPLES:
+        with pytest.raises(NotLowerable, match="scan"):
+            five_steps(program, NativeEngine, Call("sgd", [], {"lr": 1e-2}), {"B": 2, "T": 3, "S": 4})
+        return
+    assert_same_training(program, Call("sgd", [], {"lr": 1e-3}), {"B": 2, "T": 3, "S": 4})

@@ -13,8 +13,8 @@ import math
 
 from llvmlite import ir
 
-from ..lower import (Affine, Const, Gather, GemmKernel, Index, Load, MapKernel, Op, Program, Random,
-                     ReduceKernel, ScatterAddKernel, Size)
+from ..lower import (AccumulateKernel, Affine, Const, Gather, GemmKernel, Guarded, Index, Load, MapKernel,
+                     MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScatterAddKernel, Size)
 from .gemm import gemm_name
 
 i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -114,9 +114,22 @@ class KernelBuilder:
             row = b.sext(self.expr(e.idx, idx), i64)
             at = b.add(b.mul(row, self.dim(e.stride)), self.affine(e.rows, idx))
             return b.load(b.gep(self.buffer(e.table, e.dtype), [at]))
+        if isinstance(e, Guarded):
+            ok = self.inside(e.guards, idx)
+            at = self.b.select(ok, self.affine(e.load.at, idx), ir.Constant(i64, 0))
+            v = b.load(b.gep(self.buffer(e.load.buffer, e.load.dtype), [at]))
+            return b.select(ok, v, ir.Constant(v.type, e.fill))
         if isinstance(e, Op):
             return self.op(e, [self.expr(a, idx) for a in e.args])
         raise TypeError(e)
+
+    def inside(self, guards, idx) -> ir.Value:
+        """Whether every guarded index is within [0, size)."""
+        b, ok = self.b, ir.Constant(i1, 1)
+        for a, size in guards:
+            v = self.affine(a, idx)
+            ok = b.and_(ok, b.and_(b.icmp_signed(">=", v, ir.Constant(i64, 0)), b.icmp_signed("<", v, self.dim(size))))
+        return ok
 
     def call(self, name, ret, args):
         fn = self.m.globals.get(name)
@@ -324,6 +337,60 @@ def _scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: Program):
     kb.loops(k.idx_shape, each)
 
 
+def _zero(kb: KernelBuilder, bid: int, prog: Program):
+    dtype = prog.buffers[bid].dtype
+    kb.loops((prog.buffers[bid].size,), lambda idx: kb.store(bid, dtype, idx[0], ir.Constant(LL[dtype], 0.0)))
+
+
+def _accumulate(kb: KernelBuilder, k: AccumulateKernel, prog: Program):
+    b = kb.b
+    _zero(kb, k.out, prog)
+
+    def each(idx):
+        ok = kb.inside(k.guards, idx)
+        at = b.select(ok, kb.affine(k.at, idx), ir.Constant(i64, 0))
+        v = kb.expr(k.expr, idx)
+        ptr = b.gep(kb.buffer(k.out, "f32"), [at])
+        b.store(b.fadd(b.load(ptr), b.select(ok, v, ir.Constant(f32, 0.0))), ptr)
+    kb.loops(k.shape, each)
+
+
+def _maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: Program):
+    b = kb.b
+    _zero(kb, k.out, prog)
+    N, C, H, W = k.shape
+    Ho, Wo = k.out_hw
+    (kh, kw), (sh, sw), (ph, pw) = k.kernel, k.stride, k.padding
+    best, where = kb.alloca(f32), kb.alloca(i64)
+    plane_x = kb.dim(H * W)
+
+    def each(idx):
+        n, c, ho, wo = idx
+        plane = b.mul(b.add(b.mul(n, kb.dim(C)), c), plane_x)
+        b.store(ir.Constant(f32, -math.inf), best)
+        b.store(ir.Constant(i64, -1), where)
+
+        def window(ij):
+            h = b.sub(b.add(b.mul(ho, kb.dim(sh)), ij[0]), kb.dim(ph))
+            w = b.sub(b.add(b.mul(wo, kb.dim(sw)), ij[1]), kb.dim(pw))
+            ok = b.and_(b.and_(b.icmp_signed(">=", h, ir.Constant(i64, 0)), b.icmp_signed("<", h, kb.dim(H))),
+                        b.and_(b.icmp_signed(">=", w, ir.Constant(i64, 0)), b.icmp_signed("<", w, kb.dim(W))))
+            pos = b.add(b.mul(h, kb.dim(W)), w)
+            v = b.load(b.gep(kb.buffer(k.x, "f32"), [b.select(ok, b.add(plane, pos), ir.Constant(i64, 0))]))
+            v = b.select(ok, v, ir.Constant(f32, -math.inf))
+            better = b.fcmp_ordered(">", v, b.load(best))
+            b.store(b.select(better, v, b.load(best)), best)
+            b.store(b.select(better, pos, b.load(where)), where)
+        kb.loops((kh, kw), window)
+        hit = b.load(where)
+        found = b.icmp_signed(">=", hit, ir.Constant(i64, 0))
+        gi = kb.affine(Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), idx)
+        g = b.load(b.gep(kb.buffer(k.g, "f32"), [gi]))
+        ptr = b.gep(kb.buffer(k.out, "f32"), [b.add(plane, b.select(found, hit, ir.Constant(i64, 0)))])
+        b.store(b.fadd(b.load(ptr), b.select(found, g, ir.Constant(f32, 0.0))), ptr)
+    kb.loops((N, C, Ho, Wo), each)
+
+
 def build_module(prog: Program, name: str = "dlc_step", update: dict | None = None) -> ir.Module:
     """The module of a program; with `update` (see add_update) the driver ends with the
     optimizer step, its five arrays taken from the pointer table after the buffers."""
@@ -342,6 +409,10 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
             _reduce(kb, k, prog)
         elif isinstance(k, ScatterAddKernel):
             _scatter_add(kb, k, prog)
+        elif isinstance(k, AccumulateKernel):
+            _accumulate(kb, k, prog)
+        elif isinstance(k, MaxPoolGradKernel):
+            _maxpool_grad(kb, k, prog)
         elif isinstance(k, GemmKernel):
             key = (k.trans_a, k.trans_b)
             if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here

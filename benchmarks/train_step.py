@@ -1,0 +1,675 @@
+"""Train-step benchmark: dlc side by side with PyTorch eager (and JAX jit when installed).
+
+Four workloads (shared/PERFORMANCE.md), each a full Adam train step (forward + backward +
+update) on one fixed batch, float32, 2 threads:
+
+    mlp          MLP 784-512-256-10 (ReLU), batch 128
+    lenet        LeNet-5 on 1x28x28, batch 64
+    lstm         LSTM 64->256, seq 32, batch 32, dense to 10 from the last state
+    transformer  2 pre-LN encoder layers (d 128, 4 heads, FFN 512, GELU tanh), vocab 1000,
+                 learned positions, mean pool, dense 10; seq 64, batch 16
+
+The dlc models are benchmarks/workloads/<name>.dl. Every framework starts from the same
+parameters (dlc's initializers, copied into torch / JAX in their layouts) and trains on
+the same batch; the first-step losses must agree within 1e-4 relative before anything is
+timed. Reported: median step time of each framework, dlc / PyTorch, and the first-step
+(compile) time of each.
+
+    python benchmarks/train_step.py                      # native engine (falls back to reference)
+    python benchmarks/train_step.py --engine reference --quick
+    python benchmarks/train_step.py --only lstm --steps 30
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+WORKLOAD_DIR = HERE / "workloads"
+THREADS = 2               # torch.set_num_threads (PERFORMANCE.md: the machine has 2 cores)
+LOSS_RTOL = 1e-4          # first-step loss agreement required before timing
+TRAJ_RTOL = 1e-3          # later losses (after Adam updates): a warning only
+PAUSE_S = 0.3             # idle time before each framework's timed steps
+
+# timed steps by default: (fast engine, numpy reference engine)
+DEFAULT_STEPS = {"mlp": (20, 5), "lenet": (20, 5), "lstm": (10, 3), "transformer": (10, 3)}
+DEFAULT_WARMUP = (3, 1)
+QUICK = {"steps": 3, "warmup": 1, "reference_steps": 1, "reference_warmup": 0}
+
+
+# ---- workloads: batches and the torch models --------------------------------------------------------------
+def make_batch(name: str, seed: int) -> dict:
+    rng = np.random.default_rng([seed, 1])
+    if name == "mlp":
+        return {"x": rng.standard_normal((128, 784), dtype=np.float32),
+                "y": rng.integers(0, 10, 128).astype(np.int32)}
+    if name == "lenet":
+        return {"x": rng.random((64, 1, 28, 28), dtype=np.float32),
+                "y": rng.integers(0, 10, 64).astype(np.int32)}
+    if name == "lstm":
+        return {"x": rng.standard_normal((32, 32, 64), dtype=np.float32),
+                "y": rng.integers(0, 10, 32).astype(np.int32)}
+    if name == "transformer":
+        return {"tokens": rng.integers(0, 1000, (16, 64)).astype(np.int32),
+                "y": rng.integers(0, 10, 16).astype(np.int32)}
+    raise KeyError(name)
+
+
+def torch_model(name: str, torch):
+    """The torch.nn model of a workload; its forward takes the batch dict, returns logits."""
+    nn = torch.nn
+
+    if name == "mlp":
+        class MLP(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.h1, self.h2, self.logits = nn.Linear(784, 512), nn.Linear(512, 256), nn.Linear(256, 10)
+
+            def forward(self, b):
+                h = torch.relu(self.h1(b["x"]))
+                return self.logits(torch.relu(self.h2(h)))
+        return MLP()
+
+    if name == "lenet":
+        class LeNet(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.c1 = nn.Conv2d(1, 6, 5, padding=2)
+                self.c3 = nn.Conv2d(6, 16, 5)
+                self.f5, self.f6, self.logits = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+                self.pool = nn.MaxPool2d(2)
+
+            def forward(self, b):
+                h = self.pool(torch.relu(self.c1(b["x"])))
+                h = self.pool(torch.relu(self.c3(h)))
+                h = torch.relu(self.f5(h.flatten(1)))
+                return self.logits(torch.relu(self.f6(h)))
+        return LeNet()
+
+    if name == "lstm":
+        class LSTM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.hs = nn.LSTM(64, 256, batch_first=True)
+                self.logits = nn.Linear(256, 10)
+
+            def forward(self, b):
+                hs, _ = self.hs(b["x"])
+                return self.logits(hs[:, -1])
+        return LSTM()
+
+    if name == "transformer":
+        class Transformer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.emb = nn.Embedding(1000, 128)
+                self.pos = nn.Parameter(torch.zeros(64, 128))
+                self.layers = nn.ModuleList(
+                    nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, activation=nn.GELU(approximate="tanh"),
+                                               batch_first=True, norm_first=True)
+                    for _ in range(2))
+                self.logits = nn.Linear(128, 10)
+
+            def forward(self, b):
+                tokens = b["tokens"]
+                h = self.emb(tokens) + self.pos[:tokens.shape[1]]
+                for layer in self.layers:
+                    h = layer(h)
+                return self.logits(h.mean(1))
+        return Transformer()
+    raise KeyError(name)
+
+
+def torch_state(name: str, P: dict) -> dict:
+    """dlc parameters (numpy, dlc layout) -> the torch model's state dict (numpy)."""
+    def linear(torch_name, dlc_name):
+        return {f"{torch_name}.weight": P[f"{dlc_name}.W"].T, f"{torch_name}.bias": P[f"{dlc_name}.b"]}
+
+    if name == "mlp":
+        return linear("h1", "h1") | linear("h2", "h2") | linear("logits", "logits")
+    if name == "lenet":
+        conv = {f"{c}.{t}": P[f"{c}.{d}"] for c in ("c1", "c3") for t, d in (("weight", "W"), ("bias", "b"))}
+        return conv | linear("f5", "f5") | linear("f6", "f6") | linear("logits", "logits")
+    if name == "lstm":
+        # gate order i, f, g, o on both sides; torch keeps [4H, D], dlc [D, 4H]
+        return {"hs.weight_ih_l0": P["hs.Wx"].T, "hs.weight_hh_l0": P["hs.Wh"].T,
+                "hs.bias_ih_l0": P["hs.bx"], "hs.bias_hh_l0": P["hs.bh"]} | linear("logits", "logits")
+    if name == "transformer":
+        sd = {"emb.weight": P["emb.W"], "pos": P["x.P"]} | linear("logits", "logits")
+        for i in range(2):
+            d, t = f"enc{i + 1}", f"layers.{i}"
+            a = f"{d}.attn"
+            sd |= {
+                f"{t}.self_attn.in_proj_weight": np.concatenate([P[f"{a}.Wq"].T, P[f"{a}.Wk"].T, P[f"{a}.Wv"].T]),
+                f"{t}.self_attn.in_proj_bias": np.concatenate([P[f"{a}.bq"], P[f"{a}.bk"], P[f"{a}.bv"]]),
+                f"{t}.self_attn.out_proj.weight": P[f"{a}.Wo"].T,
+                f"{t}.self_attn.out_proj.bias": P[f"{a}.bo"],
+                f"{t}.linear1.weight": P[f"{d}.ffn.inner.W"].T, f"{t}.linear1.bias": P[f"{d}.ffn.inner.b"],
+                f"{t}.linear2.weight": P[f"{d}.ffn.W"].T, f"{t}.linear2.bias": P[f"{d}.ffn.b"],
+                f"{t}.norm1.weight": P[f"{d}.ln1.gamma"], f"{t}.norm1.bias": P[f"{d}.ln1.beta"],
+                f"{t}.norm2.weight": P[f"{d}.ln2.gamma"], f"{t}.norm2.bias": P[f"{d}.ln2.beta"],
+            }
+        return sd
+    raise KeyError(name)
+
+
+# ---- the JAX models (dlc's parameter layout, written functionally) -----------------------------------------
+def jax_loss_fn(name: str, jax):
+    jnp, lax = jax.numpy, jax.lax
+
+    def dense(P, n, x):
+        return x @ P[f"{n}.W"] + P[f"{n}.b"]
+
+    def xent(logits, y):
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
+
+    def conv(P, n, x, pad):
+        y = lax.conv_general_dilated(x, P[f"{n}.W"], (1, 1), [(pad, pad), (pad, pad)],
+                                     dimension_numbers=("NCHW", "OIHW", "NCHW"))
+        return y + P[f"{n}.b"][None, :, None, None]
+
+    def pool(x):
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1, 1, 2, 2), (1, 1, 2, 2), "VALID")
+
+    def layernorm(P, n, x):
+        mu = x.mean(-1, keepdims=True)
+        var = ((x - mu) ** 2).mean(-1, keepdims=True)
+        return (x - mu) / jnp.sqrt(var + 1e-5) * P[f"{n}.gamma"] + P[f"{n}.beta"]
+
+    def mha(P, n, x, heads):
+        B, T, D = x.shape
+        dh = D // heads
+
+        def proj(w, b):
+            return (x @ P[f"{n}.{w}"] + P[f"{n}.{b}"]).reshape(B, T, heads, dh).transpose(0, 2, 1, 3)
+        q, k, v = proj("Wq", "bq"), proj("Wk", "bk"), proj("Wv", "bv")
+        w = jax.nn.softmax(q @ k.swapaxes(-1, -2) / np.sqrt(dh), axis=-1)
+        o = (w @ v).transpose(0, 2, 1, 3).reshape(B, T, D)
+        return o @ P[f"{n}.Wo"] + P[f"{n}.bo"]
+
+    relu = jax.nn.relu
+
+    def mlp(P, b):
+        h = relu(dense(P, "h1", b["x"]))
+        return xent(dense(P, "logits", relu(dense(P, "h2", h))), b["y"])
+
+    def lenet(P, b):
+        h = pool(relu(conv(P, "c1", b["x"], 2)))
+        h = pool(relu(conv(P, "c3", h, 0)))
+        h = relu(dense(P, "f5", h.reshape(h.shape[0], -1)))
+        return xent(dense(P, "logits", relu(dense(P, "f6", h))), b["y"])
+
+    def lstm(P, b):
+        x = b["x"]
+        H = P["hs.Wh"].shape[0]
+        xw = x @ P["hs.Wx"] + P["hs.bx"]
+
+        def cell(carry, xt):
+            h, c = carry
+            i, f, g, o = jnp.split(xt + h @ P["hs.Wh"] + P["hs.bh"], 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), None
+        zero = jnp.zeros((x.shape[0], H), x.dtype)
+        (h, _), _ = lax.scan(cell, (zero, zero), jnp.swapaxes(xw, 0, 1))
+        return xent(dense(P, "logits", h), b["y"])
+
+    def transformer(P, b):
+        tokens = b["tokens"]
+        h = P["emb.W"][tokens] + P["x.P"][:tokens.shape[1]]
+        for d in ("enc1", "enc2"):
+            h = h + mha(P, f"{d}.attn", layernorm(P, f"{d}.ln1", h), 4)
+            inner = jax.nn.gelu(dense(P, f"{d}.ffn.inner", layernorm(P, f"{d}.ln2", h)), approximate=True)
+            h = h + dense(P, f"{d}.ffn", inner)
+        return xent(dense(P, "logits", h.mean(1)), b["y"])
+
+    return {"mlp": mlp, "lenet": lenet, "lstm": lstm, "transformer": transformer}[name]
+
+
+# ---- engines ----------------------------------------------------------------------------------------------
+class EngineUnavailable(Exception):
+    pass
+
+
+def make_engine(kind: str, train, ev, opt, trainable: list):
+    """The dlc engine `kind` ("native" or "reference") for a built model. Raises
+    EngineUnavailable when the native engine cannot be imported or does not compile
+    the model (NotImplementedError)."""
+    if kind == "reference":
+        from dlc.runtime.engine import ReferenceEngine
+        return ReferenceEngine(train, ev, opt, trainable)
+    if kind != "native":
+        raise ValueError(f"unknown engine {kind!r} (native or reference)")
+    try:
+        from dlc.runtime import native
+    except ImportError as e:
+        raise EngineUnavailable(f"dlc.runtime.native cannot be imported ({e})") from e
+    cls = getattr(native, "NativeEngine", None)
+    if cls is None:
+        raise EngineUnavailable("dlc.runtime.native has no NativeEngine")
+    try:
+        return cls(train, ev, opt, trainable)
+    except NotImplementedError as e:
+        raise EngineUnavailable(f"the native engine does not compile this model yet: {e}") from e
+
+
+# ---- how busy the machine is ---------------------------------------------------------------------------
+def _cpu_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)          # idle + iowait
+    busy = sum(fields[:8]) - idle                                      # without guest time (counted in user)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Cores used by other processes while a block runs: the machine's busy time minus this
+    process's CPU time, over the wall time. nan where /proc/stat is not available."""
+
+    def __enter__(self):
+        self.busy, self.own, self.wall = _cpu_busy_s(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        busy = _cpu_busy_s()
+        wall = time.perf_counter() - self.wall
+        if busy is None or self.busy is None or wall <= 0:
+            self.cores = float("nan")
+        else:
+            self.cores = max(0.0, (busy - self.busy) - (time.process_time() - self.own)) / wall
+        return False
+
+
+def wait_idle(limit_s: float, threshold: float = 0.25):
+    """Wait (at most limit_s) until other processes use less than `threshold` cores over 1 s."""
+    start = time.perf_counter()
+    while True:
+        with OtherLoad() as o:
+            time.sleep(1.0)
+        if not o.cores == o.cores or o.cores < threshold:       # nan: cannot tell, do not wait
+            return
+        if time.perf_counter() - start >= limit_s:
+            print(f"  note: still busy after waiting {limit_s:.0f} s (others use {o.cores:.2f} cores); going on",
+                  flush=True)
+            return
+
+
+# ---- runners: each does a first step (timed: compile), then warm-up and timed steps --------------------
+@dataclass
+class Run:
+    framework: str
+    first_s: float = float("nan")
+    times: list = field(default_factory=list)       # seconds per timed step
+    losses: list = field(default_factory=list)      # every step's loss, from step 1
+    note: str = ""
+    others: float = float("nan")   # cores used by other processes during the timed steps
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.times) * 1e3 if self.times else float("nan")
+
+    def spread(self) -> str:
+        if len(self.times) < 4:
+            return f"n={len(self.times)}"
+        q = statistics.quantiles(self.times, n=4)
+        return f"p25-p75 {q[0] * 1e3:.2f}-{q[2] * 1e3:.2f} ms, n={len(self.times)}"
+
+
+def timed_loop(run: Run, step_fn, warmup: int, steps: int):
+    for _ in range(warmup):
+        run.losses.append(step_fn())
+    gc.collect()
+    gc.disable()
+    try:
+        with OtherLoad() as other:
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                loss = step_fn()
+                run.times.append(time.perf_counter() - t0)
+                run.losses.append(loss)
+    finally:
+        gc.enable()
+    run.others = other.cores
+
+
+class DlcRunner:
+    def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int):
+        from dlc.compiler.frontend import load
+        from dlc.runtime.config import Call
+        from dlc.runtime.optim import make_optimizer
+        t0 = time.perf_counter()
+        prog = load(str(WORKLOAD_DIR / f"{name}.dl"))
+        self.train, self.ev = prog.build(training=True), prog.build(training=False)
+        self.build_s = time.perf_counter() - t0
+        self.trainable = [p.name for p in self.train.params if p.trainable]
+        self.opt = make_optimizer(Call("adam", [], {"lr": lr}))
+        self.init, self.batch, self.lr, self.seed = init, batch, lr, seed
+        self.requested = engine_kind
+        self.run = Run("dlc")
+        self.step = 0
+
+    def _fresh(self):
+        self.params = {k: v.copy() for k, v in self.init.items()}
+        self.opt_state = self.opt.init({n: self.params[n] for n in self.trainable})
+        self.step = 0
+
+    def _step(self) -> float:
+        self.step += 1
+        out = self.engine.train_step(self.params, self.opt_state, self.batch, self.lr, self.step,
+                                     np.array([self.seed, self.step], np.int32))
+        return float(out["loss"])
+
+    def first(self):
+        """Engine construction + first step, falling back from native to reference."""
+        kind = self.requested
+        while True:
+            self._fresh()
+            t0 = time.perf_counter()
+            try:
+                self.engine = make_engine(kind, self.train, self.ev, self.opt, self.trainable)
+                loss = self._step()
+            except (EngineUnavailable, NotImplementedError) as e:
+                if kind != "native":
+                    raise
+                self.run.note = f"native engine unavailable, fell back to reference: {e}"
+                print(f"  note: {self.run.note}")
+                kind = "reference"
+                continue
+            self.run.first_s = time.perf_counter() - t0
+            self.run.losses.append(loss)
+            self.kind = getattr(self.engine, "name", kind)
+            self.run.framework = f"dlc ({self.kind})"
+            return
+
+    def timed(self, warmup: int, steps: int):
+        timed_loop(self.run, self._step, warmup, steps)
+
+
+class TorchRunner:
+    def __init__(self, name: str, init: dict, batch: dict, lr: float):
+        import torch
+        self.torch = torch
+        self.model = torch_model(name, torch)
+        sd = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in torch_state(name, init).items()}
+        self.model.load_state_dict(sd, strict=True)
+        self.model.train()
+        self.batch = {k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind == "i" else v) for k, v in batch.items()}
+        self.lr = lr
+        self.run = Run("torch")
+
+    def _step(self) -> float:
+        F = self.torch.nn.functional
+        self.optim.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(self.model(self.batch), self.batch["y"])
+        loss.backward()
+        self.optim.step()
+        return loss.item()
+
+    def first(self):
+        t0 = time.perf_counter()
+        self.optim = self.torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        loss = self._step()
+        self.run.first_s = time.perf_counter() - t0
+        self.run.losses.append(loss)
+
+    def timed(self, warmup: int, steps: int):
+        timed_loop(self.run, self._step, warmup, steps)
+
+
+class JaxRunner:
+    def __init__(self, name: str, init: dict, batch: dict, lr: float):
+        import jax
+        self.jax, jnp = jax, jax.numpy
+        loss_fn = jax_loss_fn(name, jax)
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        tmap = jax.tree_util.tree_map
+
+        def step(P, m, v, t, b):
+            loss, g = jax.value_and_grad(loss_fn)(P, b)
+            m = tmap(lambda m, g: b1 * m + (1 - b1) * g, m, g)
+            v = tmap(lambda v, g: b2 * v + (1 - b2) * g * g, v, g)
+            bc1, bc2 = 1 - b1 ** t, 1 - b2 ** t          # torch.optim.Adam's form
+            P = tmap(lambda p, m, v: p - (lr / bc1) * m / (jnp.sqrt(v) / jnp.sqrt(bc2) + eps), P, m, v)
+            return P, m, v, loss
+
+        self.step_fn = jax.jit(step, donate_argnums=(0, 1, 2))
+        self.P = {k: jnp.asarray(v) for k, v in init.items()}
+        self.m = tmap(jnp.zeros_like, self.P)
+        self.v = tmap(jnp.zeros_like, self.P)
+        self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
+        self.t = 0
+        self.run = Run("jax")
+
+    def _step(self) -> float:
+        self.t += 1
+        self.P, self.m, self.v, loss = self.step_fn(self.P, self.m, self.v, np.float32(self.t), self.batch)
+        return float(loss)          # waits for the step
+
+    def first(self):
+        t0 = time.perf_counter()
+        loss = self._step()
+        self.run.first_s = time.perf_counter() - t0
+        self.run.losses.append(loss)
+
+    def timed(self, warmup: int, steps: int):
+        timed_loop(self.run, self._step, warmup, steps)
+
+
+# ---- one workload -----------------------------------------------------------------------------------------
+def rel(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), 1e-30)
+
+
+@dataclass
+class Result:
+    name: str
+    runs: dict = field(default_factory=dict)      # framework key -> Run
+    check: str = ""
+    ok: bool = True
+    others: float = float("nan")    # the most cores other processes used during one framework's timed steps
+
+
+def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
+    from dlc.runtime.gradcheck import init_params
+    res = Result(name)
+    print(f"\n== {name} ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
+    if args.wait_idle:
+        wait_idle(args.wait_idle)
+
+    dlc = None
+    # the parameters: dlc's initializers, float64 -> float32, shared by every framework
+    from dlc.compiler.frontend import load
+    model = load(str(WORKLOAD_DIR / f"{name}.dl")).build(training=True)
+    init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(model, args.seed).items()}
+    batch = make_batch(name, args.seed)
+    n_params = sum(int(np.prod(p.type.shape)) for p in model.params if p.trainable)
+    print(f"  {n_params:,} parameters; batch " + ", ".join(f"{k} {list(v.shape)}" for k, v in batch.items()))
+
+    runners = {}
+    if "dlc" in frameworks:
+        dlc = DlcRunner(name, init, batch, args.engine, args.lr, args.seed)
+        runners["dlc"] = dlc
+    if "torch" in frameworks:
+        runners["torch"] = TorchRunner(name, init, batch, args.lr)
+    if "jax" in frameworks and not jax_reason:
+        runners["jax"] = JaxRunner(name, init, batch, args.lr)
+
+    # first steps (compile), then the correctness check, then timing
+    for key, r in runners.items():
+        r.first()
+        res.runs[key] = r.run
+        extra = f"   (parse + build {r.build_s * 1e3:.0f} ms before it)" if key == "dlc" else ""
+        print(f"  {r.run.framework:<16} first step {r.run.first_s * 1e3:10.1f} ms   loss {r.run.losses[0]:.7f}{extra}",
+              flush=True)
+    ref_key = "torch" if "torch" in runners else None
+    if ref_key:
+        ref = runners[ref_key].run.losses[0]
+        bad = [f"{runners[k].run.framework} {r.run.losses[0]:.7f}" for k, r in runners.items()
+               if k != ref_key and not rel(r.run.losses[0], ref) <= LOSS_RTOL]
+        if bad:
+            res.ok = False
+            res.check = "LOSS MISMATCH"
+            print(f"  ERROR: first-step loss differs from PyTorch's {ref:.7f} by more than {LOSS_RTOL:g} relative: "
+                  + "; ".join(bad) + f". {name} is not timed.", file=sys.stderr, flush=True)
+            return res
+        others = [rel(r.run.losses[0], ref) for k, r in runners.items() if k != ref_key]
+        res.check = f"ok ({max(others):.1e})" if others else "-"
+    else:
+        res.check = "-"
+
+    for key, r in runners.items():
+        fast = not (key == "dlc" and dlc.kind == "reference")
+        steps, warmup = counts(name, args, fast)
+        time.sleep(PAUSE_S)       # let the previous framework's spinning worker threads go to sleep
+        r.timed(warmup, steps)
+        print(f"  {r.run.framework:<16} median {r.run.median_ms:10.2f} ms   ({r.run.spread()}, warm-up {warmup}; "
+              f"other processes used {r.run.others:.2f} cores)", flush=True)
+    res.others = max((r.others for r in res.runs.values() if r.times and r.others == r.others), default=float("nan"))
+    if res.others > 0.25:
+        print(f"  warning: other processes used up to {res.others:.2f} of {os.cpu_count()} cores while {name} was "
+              "timed: multi-threaded step times suffer most", file=sys.stderr, flush=True)
+
+    # losses after the Adam updates: every framework ran the same steps on the same batch
+    if ref_key:
+        ref_losses = runners[ref_key].run.losses
+        for k, r in runners.items():
+            if k == ref_key:
+                continue
+            common = min(len(ref_losses), len(r.run.losses))
+            if common > 1:
+                worst = max(rel(a, b) for a, b in zip(ref_losses[1:common], r.run.losses[1:common]))
+                step = max(range(1, common), key=lambda i: rel(ref_losses[i], r.run.losses[i])) + 1
+                msg = f"steps 2..{common}: max loss difference vs torch {worst:.1e} (step {step})"
+                if worst > TRAJ_RTOL:
+                    print(f"  WARNING {r.run.framework}: {msg}: the updates may differ", file=sys.stderr)
+                    res.check += " traj!"
+                else:
+                    print(f"  {r.run.framework:<16} {msg}")
+    return res
+
+
+def counts(name: str, args, fast: bool) -> tuple:
+    """(timed steps, warm-up steps) for a workload on a fast or reference engine."""
+    if args.quick:
+        steps, warmup = (QUICK["steps"], QUICK["warmup"]) if fast else (QUICK["reference_steps"], QUICK["reference_warmup"])
+    else:
+        steps = DEFAULT_STEPS[name][0 if fast else 1]
+        warmup = DEFAULT_WARMUP[0 if fast else 1]
+    if args.steps is not None:
+        steps = args.steps
+    if args.warmup is not None:
+        warmup = args.warmup
+    return steps, warmup
+
+
+# ---- the table --------------------------------------------------------------------------------------------
+def fmt(v: float, digits: int = 2) -> str:
+    return "-" if v != v else f"{v:.{digits}f}"
+
+
+def table(results: list, frameworks: set, jax_on: bool) -> str:
+    cols = ["workload", "dlc engine", "dlc ms", "torch ms"]
+    if jax_on:
+        cols.append("jax ms")
+    cols += ["dlc/torch", "dlc first (s)", "torch first (s)"]
+    if jax_on:
+        cols.append("jax first (s)")
+    cols += ["loss check", "others"]
+    rows = []
+    for r in results:
+        d, t, j = r.runs.get("dlc"), r.runs.get("torch"), r.runs.get("jax")
+        nan = float("nan")
+        dms, tms = (d.median_ms if d else nan), (t.median_ms if t else nan)
+        row = [r.name, d.framework[5:-1] if d else "-", fmt(dms), fmt(tms)]
+        if jax_on:
+            row.append(fmt(j.median_ms if j else nan))
+        row += [fmt(dms / tms if d and t else nan) + ("x" if d and t and d.times and t.times else ""),
+                fmt(d.first_s if d else nan, 3), fmt(t.first_s if t else nan, 3)]
+        if jax_on:
+            row.append(fmt(j.first_s if j else nan, 3))
+        row += [r.check, fmt(r.others)]
+        rows.append(row)
+    widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=("native", "reference"), default="native",
+                    help="dlc engine (default native; falls back to reference with a note)")
+    ap.add_argument("--only", choices=tuple(DEFAULT_STEPS), action="append",
+                    help="run only this workload (repeatable)")
+    ap.add_argument("--steps", type=int, help="timed steps per framework (default: 20 for mlp/lenet, 10 for "
+                    "lstm/transformer; 5 and 3 on the reference engine)")
+    ap.add_argument("--warmup", type=int, help="untimed steps after the first (default 3; 1 on the reference engine)")
+    ap.add_argument("--quick", action="store_true", help="a fast smoke run: 3 timed steps (1 on the reference engine)")
+    ap.add_argument("--frameworks", default="dlc,torch,jax",
+                    help="comma-separated subset of dlc,torch,jax (default all)")
+    ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                    help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    args = ap.parse_args(argv)
+    if args.steps is not None and args.steps < 1 or args.warmup is not None and args.warmup < 0:
+        ap.error("--steps must be at least 1 and --warmup at least 0")
+    frameworks = {f.strip() for f in args.frameworks.split(",") if f.strip()}
+    if not frameworks <= {"dlc", "torch", "jax"}:
+        ap.error(f"--frameworks takes dlc, torch and jax, got {args.frameworks}")
+
+    jax_reason = ""
+    if "jax" in frameworks:
+        try:
+            import jax  # noqa: F401
+        except ImportError as e:
+            jax_reason = f"JAX is not installed ({e})"
+    if "torch" in frameworks:
+        import torch
+        torch.set_num_threads(args.threads)
+        tver = torch.__version__
+    else:
+        tver = "not run"
+    jax_on = "jax" in frameworks and not jax_reason
+
+    print(f"dlc train-step benchmark: Adam lr {args.lr}, float32, seed {args.seed}, engine {args.engine}"
+          + (" (quick)" if args.quick else ""))
+    import platform
+    print(f"python {platform.python_version()}, numpy {np.__version__}, torch {tver} ({args.threads} threads), "
+          + (f"jax {__import__('jax').__version__}" if jax_on else f"jax skipped: {jax_reason or 'not requested'}")
+          + f", {os.cpu_count()} cpus")
+
+    results = []
+    for name in (args.only or list(DEFAULT_STEPS)):
+        results.append(run_workload(name, args, frameworks, jax_reason))
+
+    print("\nmedian train-step time (ms), ratio of medians, first-step (compile) time (s); others: cores used by "
+          "other processes while timing (0 = quiet machine)\n")
+    print(table(results, frameworks, jax_on))
+    notes = sorted({r.runs["dlc"].note for r in results if "dlc" in r.runs and r.runs["dlc"].note})
+    for n in notes:
+        print(f"note: {n}")
+    if jax_reason:
+        print(f"note: JAX column skipped: {jax_reason}")
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        print(f"\nFAILED: first-step losses disagree for {', '.join(failed)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
