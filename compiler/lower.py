@@ -243,16 +243,31 @@ ELEMENTWISE = {"neg", "exp", "log", "log1p", "tanh", "logistic", "sqrt", "abs", 
                "ne", "logical_and", "logical_or", "logical_not", "select", "cast"}
 
 
+@dataclass
+class ScanKernel:
+    """for t in 0..length (or back): sizes[var] = t, then run the body's kernels."""
+    length: object
+    reverse: bool
+    var: str              # the symbol of the step index, "$t0", "$t1", ... by nesting depth
+    body: list
+    node: int = -1
+
+
 class Lowering:
-    def __init__(self, graph: Graph):
+    def __init__(self, graph: Graph, program: Program | None = None, args=(), depth: int = 0):
         self.g = graph
-        self.p = Program()
+        self.p = program or Program()
+        self.kernels = self.p.kernels if program is None else []
+        self.args, self.depth = list(args), depth
         self.values: dict = {}        # tensor key -> expression over its own shape
         self.uses: dict = {}
         for u, v, out in graph.g.edges(data="out"):
             self.uses[(u, out)] = self.uses.get((u, out), 0) + 1
         outputs = {t.key() for t in graph.outputs.values()}
         self.pinned = outputs         # values that must live in memory
+
+    def emit(self, kernel):
+        self.kernels.append(kernel)
 
     def run(self) -> Program:
         for n in self.g.order():
@@ -262,11 +277,11 @@ class Lowering:
             load = self.materialize(t, kind="output")
             if load.buffer in taken:        # two outputs of one value: each gets its own buffer
                 buf = self.p.buffer(t.dtype, numel(t.shape), "output")
-                self.p.kernels.append(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), load, t.node))
+                self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), load, t.node))
                 load = contiguous(buf.id, t.shape, t.dtype)
             taken.add(load.buffer)
             self.p.outputs[name] = load.buffer
-        syms = set()
+        syms = set(self.p.symbols)
         for b in self.p.buffers:
             if isinstance(b.size, Dim):
                 syms |= b.size.symbols()
@@ -288,7 +303,7 @@ class Lowering:
                     b.kind = "output"
                 return e
         buf = self.p.buffer(t.dtype, numel(t.shape), kind)
-        self.p.kernels.append(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), e, t.node))
+        self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), e, t.node))
         load = contiguous(buf.id, t.shape, t.dtype)
         self.values[t.key()] = load
         return load
@@ -300,7 +315,9 @@ class Lowering:
         g, op, attrs = self.g, self.g.op(n), self.g.attrs(n)
         typ = g.types(n)[0]
         ins = g.inputs(n)
-        if op in ("input", "param"):
+        if op == "arg":
+            self.set(n, self.args[attrs["index"]])
+        elif op in ("input", "param"):
             buf = self.p.buffer(typ.dtype, numel(typ.shape), op, attrs["name"])
             (self.p.inputs if op == "input" else self.p.params)[attrs["name"]] = buf.id
             self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
@@ -355,12 +372,12 @@ class Lowering:
         elif op in ("reduce_sum", "reduce_max"):
             x = ins[0]
             buf = self.p.buffer(typ.dtype, numel(typ.shape), "temp")
-            self.p.kernels.append(ReduceKernel(x.shape, attrs["axes"], op[7:], buf.id, self.use(x), n))
+            self.emit(ReduceKernel(x.shape, attrs["axes"], op[7:], buf.id, self.use(x), n))
             self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
         elif op == "argmax":
             x = ins[0]
             buf = self.p.buffer("i32", numel(typ.shape), "temp")
-            self.p.kernels.append(ReduceKernel(x.shape, (attrs["axis"],), "argmax", buf.id, self.use(x), n))
+            self.emit(ReduceKernel(x.shape, (attrs["axis"],), "argmax", buf.id, self.use(x), n))
             self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
         elif op == "matmul":
             self.matmul(n, ins, attrs, typ)
@@ -370,16 +387,16 @@ class Lowering:
             start = 0
             for x in ins:
                 at = Affine(start * strides[attrs["axis"]], strides)
-                self.p.kernels.append(MapKernel(x.shape, buf.id, at, self.use(x), n))
+                self.emit(MapKernel(x.shape, buf.id, at, self.use(x), n))
                 start = start + x.shape[attrs["axis"]]
             self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
         elif op == "pad":
             buf = self.p.buffer(typ.dtype, numel(typ.shape), "temp")
             strides = row_major(typ.shape)
-            self.p.kernels.append(MapKernel(typ.shape, buf.id, Affine(0, strides), Const(0, typ.dtype), n))
+            self.emit(MapKernel(typ.shape, buf.id, Affine(0, strides), Const(0, typ.dtype), n))
             offset = sum((lo * s for lo, s in zip(attrs["lo"], strides)), 0)
             inner = tuple(s * (i + 1) for s, i in zip(strides, attrs["interior"]))
-            self.p.kernels.append(MapKernel(ins[0].shape, buf.id, Affine(offset, inner), self.use(ins[0]), n))
+            self.emit(MapKernel(ins[0].shape, buf.id, Affine(offset, inner), self.use(ins[0]), n))
             self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
         elif op == "gather":
             table, idx = ins
@@ -392,9 +409,11 @@ class Lowering:
             idx, upd = ins
             u = self.materialize(upd)
             buf = self.p.buffer(typ.dtype, numel(typ.shape), "temp")
-            self.p.kernels.append(ScatterAddKernel(idx.shape, numel(typ.shape[1:]), buf.id, self.use(idx),
+            self.emit(ScatterAddKernel(idx.shape, numel(typ.shape[1:]), buf.id, self.use(idx),
                                                    u.buffer, n))
             self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+        elif op == "scan":
+            self.scan(n, ins, attrs)
         elif op in ("conv2d", "conv2d_input_grad", "conv2d_weight_grad", "maxpool2d", "avgpool2d",
                     "maxpool2d_grad", "avgpool2d_grad"):
             getattr(self, op)(n, ins, attrs, typ)
@@ -417,7 +436,7 @@ class Lowering:
         m, nn = typ.shape[-2], typ.shape[-1]
         k = a.shape[-2] if attrs["ta"] else a.shape[-1]
         batch = numel(typ.shape[:-2])
-        self.p.kernels.append(GemmKernel(m, nn, k, batch, la[:4], lb[:4], (buf.id, 0, nn, m * nn), ta, tb, n))
+        self.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], (buf.id, 0, nn, m * nn), ta, tb, n))
         self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
     def matrix(self, t: Tensor) -> tuple:
@@ -438,6 +457,48 @@ class Lowering:
             e = self.materialize(t)
         raise AssertionError("a contiguous operand is always a matrix")
 
+
+    # -- scan: a loop over the body's kernels ---------------------------------------------------
+    def scan(self, n, ins, attrs):
+        body, length, nc = attrs["body"], attrs["length"], attrs["n_carry"]
+        xs_axes, ys_axes = attrs["xs_axes"], attrs["ys_axes"]
+        var = f"$t{self.depth}"
+        t = Dim.sym(var)
+        extra = {var} | (length.symbols() if isinstance(length, Dim) else set())
+        self.p.symbols = sorted(set(self.p.symbols) | extra)
+        outs = self.g.outputs_of(n)
+        # carries live in `current` buffers, set from their initial values before the loop
+        current = []
+        for x in ins[:nc]:
+            buf = self.p.buffer(x.dtype, numel(x.shape), "temp")
+            self.emit(MapKernel(x.shape, buf.id, Affine(0, row_major(x.shape)), self.use(x), n))
+            current.append(contiguous(buf.id, x.shape, x.dtype))
+        args = list(current)
+        for x, axis in zip(ins[nc:nc + len(xs_axes)], xs_axes):      # step t of a sequence: a view
+            src = self.materialize(x)
+            strides = src.at.coeffs
+            args.append(Load(src.buffer, Affine(src.at.offset + t * strides[axis],
+                                                strides[:axis] + strides[axis + 1:]), x.dtype))
+        args += [self.use(x) for x in ins[nc + len(xs_axes):]]
+        sub = Lowering(body, self.p, args, self.depth + 1)
+        for m in body.order():
+            sub.node(m)
+        results = list(body.outputs.values())
+        # per-step outputs go straight into their stacked buffers, at step t
+        stacked = []
+        for y, axis, out in zip(results[nc:], ys_axes, outs[nc:]):
+            buf = self.p.buffer(out.dtype, numel(out.shape), "temp")
+            full = row_major(out.shape)
+            sub.emit(MapKernel(y.shape, buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1:]),
+                               sub.expr(y), n))
+            stacked.append(contiguous(buf.id, out.shape, out.dtype))
+        # new carries: all computed first, then copied over the current ones
+        fresh = [sub.materialize(y) for y in results[:nc]]
+        for cur, new, y in zip(current, fresh, results[:nc]):
+            sub.emit(MapKernel(y.shape, cur.buffer, cur.at, new, n))
+        self.emit(ScanKernel(length, attrs["reverse"], var, sub.kernels, n))
+        for j, value in enumerate(current + stacked):
+            self.set(n, value, j)
 
     # -- windows: convolution (im2col + GEMM) and pooling ------------------------------------
     def windows(self, x: Tensor, kernel, stride, padding, fill=0.0, order="nhwcij"):
@@ -469,12 +530,12 @@ class Lowering:
         Ho, Wo = typ.shape[2:]
         ckk, hw = C * kh * kw, Ho * Wo
         cols = self.p.buffer("f32", N * hw * ckk, "temp")
-        self.p.kernels.append(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
+        self.emit(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
                                         self.windows(x, (kh, kw), attrs["stride"], attrs["padding"]), n))
         wm = self.materialize(w)
         out = self.p.buffer("f32", numel(typ.shape), "temp")
         # y[n] (O x HoWo) = W (O x CKK) @ cols[n]^T
-        self.p.kernels.append(GemmKernel(O, hw, ckk, N, (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk),
+        self.emit(GemmKernel(O, hw, ckk, N, (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk),
                                          (out.id, 0, hw, O * hw), False, True, n))
         self.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
@@ -485,15 +546,15 @@ class Lowering:
         Ho, Wo = g.shape[2:]
         ckk, hw = C * kh * kw, Ho * Wo
         cols = self.p.buffer("f32", N * hw * ckk, "temp")
-        self.p.kernels.append(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
+        self.emit(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
                                         self.windows(x, (kh, kw), attrs["stride"], attrs["padding"]), n))
         # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK)
         g2 = self.p.buffer("f32", O * N * hw, "temp")
         swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
-        self.p.kernels.append(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
+        self.emit(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
                                         remap(self.use(g), swap), n))
         out = self.p.buffer("f32", numel(typ.shape), "temp")
-        self.p.kernels.append(GemmKernel(O, ckk, N * hw, 1, (g2.id, 0, N * hw, 0), (cols.id, 0, ckk, 0),
+        self.emit(GemmKernel(O, ckk, N * hw, 1, (g2.id, 0, N * hw, 0), (cols.id, 0, ckk, 0),
                                          (out.id, 0, ckk, 0), False, False, n))
         self.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
@@ -506,7 +567,7 @@ class Lowering:
         gm, wm = self.materialize(g), self.materialize(w)
         cols = self.p.buffer("f32", N * hw * ckk, "temp")
         # cols[n] (HoWo x CKK) = g[n]^T (g[n] is O x HoWo) @ W (O x CKK)
-        self.p.kernels.append(GemmKernel(hw, ckk, O, N, (gm.buffer, gm.at.offset, hw, O * hw),
+        self.emit(GemmKernel(hw, ckk, O, N, (gm.buffer, gm.at.offset, hw, O * hw),
                                          (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk), True, False, n))
         out = self.p.buffer("f32", numel(typ.shape), "temp")
         (st_h, st_w), (ph, pw) = attrs["stride"], attrs["padding"]
@@ -514,7 +575,7 @@ class Lowering:
         at = Affine(-ph * sh - pw * sw, (sn, st_h * sh, st_w * sw, sc, sh, sw))
         guards = ((Affine(-ph, (0, st_h, 0, 0, 1, 0)), H), (Affine(-pw, (0, 0, st_w, 0, 0, 1)), W))
         shape = (N, Ho, Wo, C, kh, kw)
-        self.p.kernels.append(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), n))
+        self.emit(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), n))
         self.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
     def maxpool2d(self, n, ins, attrs, typ):
@@ -532,7 +593,7 @@ class Lowering:
         if op == "sum":
             e = Op("mul", (e, Const(1.0 / (kh * kw), "f32")), "f32")
         out = self.p.buffer("f32", numel(typ.shape), "temp")
-        self.p.kernels.append(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, n))
+        self.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, n))
         self.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
     def avgpool2d_grad(self, n, ins, attrs, typ):
@@ -546,14 +607,14 @@ class Lowering:
         share = remap(self.use(g), lambda a: Affine(a.offset, a.coeffs + (0, 0)))
         share = Op("mul", (share, Const(1.0 / (kh * kw), "f32")), "f32")
         out = self.p.buffer("f32", numel(typ.shape), "temp")
-        self.p.kernels.append(AccumulateKernel((N, C, Ho, Wo, kh, kw), out.id, at, guards, share, n))
+        self.emit(AccumulateKernel((N, C, Ho, Wo, kh, kw), out.id, at, guards, share, n))
         self.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
     def maxpool2d_grad(self, n, ins, attrs, typ):
         x, g = ins
         xm, gm = self.materialize(x), self.materialize(g)
         out = self.p.buffer("f32", numel(typ.shape), "temp")
-        self.p.kernels.append(MaxPoolGradKernel(xm.buffer, gm.buffer, out.id, typ.shape, g.shape[2:],
+        self.emit(MaxPoolGradKernel(xm.buffer, gm.buffer, out.id, typ.shape, g.shape[2:],
                                                 attrs["kernel"], attrs["stride"], attrs["padding"], n))
         self.set(n, contiguous(out.id, typ.shape, typ.dtype))
 

@@ -68,7 +68,8 @@ class Executable:
         return lay
 
     def run(self, feeds: dict, fixed: dict, extra=()) -> list:
-        sizes = bind_sizes(self.graph, feeds)
+        # "$t0", ...: the step indices of scans, written by the loops themselves
+        sizes = {s: 0 for s in self.program.symbols if s.startswith("$")} | bind_sizes(self.graph, feeds)
         arrays, table, dims = self.layout(sizes, fixed)
         keep = []
         for name, bid in self.program.inputs.items():

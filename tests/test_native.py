@@ -104,20 +104,28 @@ def test_inputs_of_the_wrong_shape_are_refused_before_the_native_call():
 
 
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.dl"))
-SCAN_EXAMPLES = {"simple_rnn", "gru_forecast", "char_lstm", "bilstm_tagger", "stacked_gru", "seq2seq",
-                 "seq2seq_bahdanau", "seq2seq_luong"}
 
 
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_every_example_compiles_and_trains_like_the_reference(path):
     """Five SGD steps on both engines agree to 1e-4 relative (plain SGD: with momentum or
-    Adam a deep ReLU + batchnorm net amplifies float32 rounding, once a unit sits at a
-    kink; the optimizers themselves are compared on the MLPs above). Examples with a
-    recurrence run on the reference engine until scan is compiled (asserted, not skipped)."""
-    from dlc.compiler.lower import NotLowerable
-    program = load(str(path))
-    if path.stem in SCAN_EXAMPLES:
-        with pytest.raises(NotLowerable, match="scan"):
-            five_steps(program, NativeEngine, Call("sgd", [], {"lr": 1e-2}), {"B": 2, "T": 3, "S": 4})
-        return
-    assert_same_training(program, Call("sgd", [], {"lr": 1e-3}), {"B": 2, "T": 3, "S": 4})
+    Adam a deep ReLU + batchnorm net amplifies float32 rounding once a unit sits at a
+    kink; the optimizers themselves are compared on the MLPs above)."""
+    assert_same_training(load(str(path)), Call("sgd", [], {"lr": 1e-3}), {"B": 2, "T": 3, "S": 4})
+
+
+def test_scan_with_two_carries_in_both_directions():
+    src = """
+model m {
+    input xs: f32[B, T, 3]
+    fwd, c = scan t in T carry h = zeros[B, 3], s = ones[B, 3] {
+        h = tanh(xs[:, t] + h * s)
+        s = s * 0.5 + sigmoid(h)
+        yield h, s
+    }
+    bwd = scan t in T (reverse = true) carry h = zeros[B, 3] { h = tanh(xs[:, t] - h)  yield h }
+    total = scan t in T carry a = zeros[B, 3] { a = a + fwd[:, t] * bwd[:, t] }
+    param w: f32[3] = ones
+    loss mean(total * w) + mean(c)
+}"""
+    assert_same_training(load_text(src, "s.dl"), Call("adam", [], {"lr": 1e-2}), {"B": 2, "T": 4})

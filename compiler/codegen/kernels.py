@@ -14,7 +14,7 @@ import math
 from llvmlite import ir
 
 from ..lower import (AccumulateKernel, Affine, Const, Gather, GemmKernel, Guarded, Index, Load, MapKernel,
-                     MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScatterAddKernel, Size)
+                     MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScanKernel, ScatterAddKernel, Size)
 from .gemm import gemm_name
 
 i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
@@ -397,34 +397,41 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
     module = ir.Module(name)
     sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
     driver = ir.Function(module, sig, name)
-    kernels = []
-    gemms = {}
-    for n, k in enumerate(prog.kernels):
-        fn = ir.Function(module, sig, f"kernel{n}")
-        fn.linkage = "internal"
-        kb = KernelBuilder(module, prog, fn)
-        if isinstance(k, MapKernel):
-            _map(kb, k, prog)
-        elif isinstance(k, ReduceKernel):
-            _reduce(kb, k, prog)
-        elif isinstance(k, ScatterAddKernel):
-            _scatter_add(kb, k, prog)
-        elif isinstance(k, AccumulateKernel):
-            _accumulate(kb, k, prog)
-        elif isinstance(k, MaxPoolGradKernel):
-            _maxpool_grad(kb, k, prog)
-        elif isinstance(k, GemmKernel):
-            key = (k.trans_a, k.trans_b)
-            if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here
-                gemms[key] = ir.Function(module, GEMM_TYPE, gemm_name(*key, False))
-            g = gemms[key]
-            args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
-            for bid, off, ld, stride in (k.a, k.b, k.c):
-                args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
-            args += [kb.dim(k.batch), fn.args[2]]
-            kb.b.call(g, args)
-        kb.b.ret_void()
-        kernels.append(fn)
+    gemms: dict = {}
+    counter = iter(range(1 << 30))
+
+    def functions(kernels) -> list:
+        fns = []
+        for k in kernels:
+            fn = ir.Function(module, sig, f"kernel{next(counter)}")
+            fn.linkage = "internal"
+            kb = KernelBuilder(module, prog, fn)
+            if isinstance(k, MapKernel):
+                _map(kb, k, prog)
+            elif isinstance(k, ReduceKernel):
+                _reduce(kb, k, prog)
+            elif isinstance(k, ScatterAddKernel):
+                _scatter_add(kb, k, prog)
+            elif isinstance(k, AccumulateKernel):
+                _accumulate(kb, k, prog)
+            elif isinstance(k, MaxPoolGradKernel):
+                _maxpool_grad(kb, k, prog)
+            elif isinstance(k, GemmKernel):
+                key = (k.trans_a, k.trans_b)
+                if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here
+                    gemms[key] = ir.Function(module, GEMM_TYPE, gemm_name(*key, False))
+                args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
+                for bid, off, ld, stride in (k.a, k.b, k.c):
+                    args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
+                args += [kb.dim(k.batch), fn.args[2]]
+                kb.b.call(gemms[key], args)
+            elif isinstance(k, ScanKernel):
+                _scan(kb, k, prog, functions(k.body))
+            kb.b.ret_void()
+            fns.append(fn)
+        return fns
+
+    kernels = functions(prog.kernels)
     b = ir.IRBuilder(driver.append_basic_block("entry"))
     for fn in kernels:
         b.call(fn, driver.args)
@@ -436,6 +443,19 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
     b.ret_void()
     return module
 
+
+def _scan(kb: KernelBuilder, k: ScanKernel, prog: Program, body: list):
+    """The step index goes into the sizes array, where the body's kernels read it."""
+    b = kb.b
+    length = kb.dim(k.length)
+    slot = b.gep(kb.fn.args[1], [ir.Constant(i64, prog.symbols.index(k.var))])
+
+    def step(idx):
+        t = b.sub(b.sub(length, ir.Constant(i64, 1)), idx[0]) if k.reverse else idx[0]
+        b.store(t, slot)
+        for fn in body:
+            b.call(fn, kb.fn.args)
+    kb.loops((k.length,), step)
 
 
 # ---- the fused optimizer update -------------------------------------------------------------------
