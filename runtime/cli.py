@@ -184,6 +184,11 @@ def cmd_generate(args):
     print(" ".join(str(t) for t in ids[:ids.index(2) + 1 if 2 in ids else len(ids)]))
 
 
+def cmd_bench(args):
+    from dlc.runtime.bench import bench
+    print(bench(load(args.file), args.model, args.batch, _dims(args.dim), args.steps, args.top))
+
+
 # ---- parser ------------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dlc", description="A compiler for neural networks written in .dl files.")
@@ -225,6 +230,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error that passes")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(run=cmd_gradcheck)
+
+    c = sub.add_parser("bench", help="time the native train step and every kernel in it")
+    _add_model_args(c)
+    c.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    c.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of another symbolic dim (default 32)")
+    c.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    c.add_argument("--top", type=int, default=25, help="kernels shown, slowest first (default 25)")
+    c.set_defaults(run=cmd_bench)
 
     c = sub.add_parser("train", help="train a model on its train block's data (flags override the block)")
     _add_model_args(c, backend=True)

@@ -36,10 +36,11 @@ def threads() -> int:
 class Executable:
     """One lowered graph, compiled; owns the buffers of every batch shape it has seen."""
 
-    def __init__(self, graph, update=None):
+    def __init__(self, graph, update=None, profile=False):
         self.graph = graph
         self.program: Program = lower(graph)
-        self.module = build_module(self.program, "dlc_step", update=update)
+        self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
+        self.module = build_module(self.program, "dlc_step", update=update, profile=self.profile)
         cache.gemm_symbols()
         self.compiled = cache.compile_cached(self.module)
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
@@ -47,6 +48,14 @@ class Executable:
         self.layouts: dict = {}
         self.slots = len(self.program.buffers) + (5 if update is not None else 0)
         self.input_dtypes = {graph.attrs(n)["name"]: NP[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
+
+    def cycles(self) -> np.ndarray:
+        """Cycles spent in each kernel since the last call (profiling builds only)."""
+        addr = self.compiled.engine.get_global_value_address("dlc_profile")
+        counts = np.ctypeslib.as_array((ctypes.c_int64 * len(self.profile)).from_address(addr))
+        out = counts.copy()
+        counts[:] = 0
+        return out
 
     def layout(self, sizes: dict, fixed: dict):
         """Buffers and the pointer table for one set of dim sizes; `fixed` gives arrays
@@ -86,7 +95,7 @@ class NativeEngine:
     name = "native"
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
-                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None):
+                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False):
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
@@ -103,7 +112,7 @@ class NativeEngine:
             self.grads = np.zeros(max(self.n_trained, 1), np.float32)
             self.state = [np.zeros(max(self.n_trained, 1), np.float32) for _ in range(2)]
             self.scalars = np.zeros(len(SCALARS), np.float64)
-            self.train_exe = Executable(step, update=self._update_spec())
+            self.train_exe = Executable(step, update=self._update_spec(), profile=profile)
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None

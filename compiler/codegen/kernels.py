@@ -22,7 +22,7 @@ f32, f64 = ir.FloatType(), ir.DoubleType()
 LL = {"f32": f32, "f64": f64, "i32": i32, "i64": i64, "bool": i1, "i8": i8}
 FAST = ("contract",)
 GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + [i64, i64])
-LIBM = {"exp": "expf", "log": "logf", "log1p": "log1pf", "tanh": "tanhf", "sqrt": "sqrtf", "sin": "sinf",
+LIBM = {"log": "logf", "log1p": "log1pf", "sqrt": "sqrtf", "sin": "sinf",
         "cos": "cosf", "erf": "erff", "pow": "powf", "mod": "fmodf"}
 
 
@@ -175,11 +175,15 @@ class KernelBuilder:
                 one, zero = ir.Constant(a[0].type, 1.0), ir.Constant(a[0].type, 0.0)
                 pos = b.select(b.fcmp_ordered(">", a[0], zero), one, zero)
                 return b.select(b.fcmp_ordered("<", a[0], zero), ir.Constant(a[0].type, -1.0), pos)
+            if n == "exp":
+                return self.exp(a[0])
+            if n == "tanh":
+                return self.tanh(a[0])
             if n == "logistic":
                 # 1 / (1 + exp(-x)), written so that neither branch overflows
                 x = a[0]
                 zero, one = ir.Constant(x.type, 0.0), ir.Constant(x.type, 1.0)
-                z = self.call("expf", f32, [b.fneg(self.intrinsic("llvm.fabs", x))])
+                z = self.exp(b.fneg(self.intrinsic("llvm.fabs", x)))
                 pos = b.fdiv(one, b.fadd(one, z))
                 return b.select(b.fcmp_ordered(">=", x, zero), pos, b.fdiv(z, b.fadd(one, z)))
             if n == "sqrt":
@@ -202,6 +206,45 @@ class KernelBuilder:
             if n in ("maximum", "minimum"):
                 return b.select(b.icmp_signed(">" if n == "maximum" else "<", a[0], a[1]), a[0], a[1])
         raise NotImplementedError(f"native {n} on {e.dtype}")
+
+    def poly(self, x, coeffs):
+        """Horner: coeffs[0] * x^k + ... + coeffs[k]."""
+        b, acc = self.b, ir.Constant(f32, coeffs[0])
+        for c in coeffs[1:]:
+            acc = b.fadd(b.fmul(acc, x, flags=FAST), ir.Constant(f32, c), flags=FAST)
+        return acc
+
+    def exp(self, x):
+        """expf inline, without a library call, so that loops using it vectorize: range
+        reduction by ln 2 and the Cephes polynomial (about 1 ulp). Above 88 the argument is
+        halved by ln 2 first so that 2^n stays a normal float; below -87.3 the result is 0."""
+        b = self.b
+        c = lambda v: ir.Constant(f32, v)
+        big = b.fcmp_ordered(">", x, c(88.0))
+        tiny = b.fcmp_ordered("<", x, c(-87.3365478515625))
+        x = b.select(big, b.fsub(x, c(0.693147180559945)), x)
+        x = b.select(b.fcmp_ordered(">", x, c(88.3762626647949)), c(88.3762626647949), x)
+        x = b.select(tiny, c(0.0), x)
+        n = self.intrinsic("llvm.floor", b.fadd(b.fmul(x, c(1.44269504088896341)), c(0.5)))
+        r = b.fsub(b.fsub(x, b.fmul(n, c(0.693359375))), b.fmul(n, c(-2.12194440e-4)))
+        p = self.poly(r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                          5.0000001201e-1])
+        y = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), c(1.0))
+        y = b.fmul(y, b.bitcast(b.shl(b.add(b.fptosi(n, i32), ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32))
+        y = b.select(big, b.fmul(y, c(2.0)), y)
+        return b.select(tiny, c(0.0), y)
+
+    def tanh(self, x):
+        """tanhf inline: an odd polynomial near 0 (Cephes), 1 - 2 / (exp(2|x|) + 1) beyond."""
+        b = self.b
+        ax = self.intrinsic("llvm.fabs", x)
+        z = b.fmul(x, x)
+        small = b.fadd(x, b.fmul(b.fmul(x, z), self.poly(z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
+                                                           1.33314422036e-1, -3.33332819422e-1])))
+        e = self.exp(b.fmul(ax, ir.Constant(f32, 2.0)))
+        large = b.fsub(ir.Constant(f32, 1.0), b.fdiv(ir.Constant(f32, 2.0), b.fadd(e, ir.Constant(f32, 1.0))))
+        large = b.select(b.fcmp_ordered("<", x, ir.Constant(f32, 0.0)), b.fneg(large), large)
+        return b.select(b.fcmp_ordered("<", ax, ir.Constant(f32, 0.625)), small, large)
 
     def cast(self, v, dtype):
         b, t = self.b, LL[dtype]
@@ -391,19 +434,26 @@ def _maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: Program):
     kb.loops((N, C, Ho, Wo), each)
 
 
-def build_module(prog: Program, name: str = "dlc_step", update: dict | None = None) -> ir.Module:
+def build_module(prog: Program, name: str = "dlc_step", update: dict | None = None,
+                 profile: list | None = None) -> ir.Module:
     """The module of a program; with `update` (see add_update) the driver ends with the
-    optimizer step, its five arrays taken from the pointer table after the buffers."""
+    optimizer step, its five arrays taken from the pointer table after the buffers.
+    With `profile` (a list, filled with (kernel, nesting depth)), every kernel call adds
+    its cycles to the global array `dlc_profile`, indexed like that list."""
     module = ir.Module(name)
     sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
     driver = ir.Function(module, sig, name)
     gemms: dict = {}
     counter = iter(range(1 << 30))
+    numbered: list = []
 
-    def functions(kernels) -> list:
+    def functions(kernels, depth=0) -> list:
         fns = []
         for k in kernels:
-            fn = ir.Function(module, sig, f"kernel{next(counter)}")
+            number = next(counter)
+            numbered.append((k, depth))
+            fn = ir.Function(module, sig, f"kernel{number}")
+            fn.number = number
             fn.linkage = "internal"
             kb = KernelBuilder(module, prog, fn)
             if isinstance(k, MapKernel):
@@ -426,15 +476,31 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
                 args += [kb.dim(k.batch), fn.args[2]]
                 kb.b.call(gemms[key], args)
             elif isinstance(k, ScanKernel):
-                _scan(kb, k, prog, functions(k.body))
+                _scan(kb, k, prog, functions(k.body, depth + 1), call)
             kb.b.ret_void()
             fns.append(fn)
         return fns
 
+    def call(b, fn, args):
+        if profile is None:
+            b.call(fn, args)
+            return
+        clock = module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(i64, []))
+        start = b.call(clock, [])
+        b.call(fn, args)
+        slot = b.gep(module.get_global("dlc_profile"), [ir.Constant(i32, 0), ir.Constant(i32, fn.number)])
+        b.store(b.add(b.load(slot), b.sub(b.call(clock, []), start)), slot)
+
+    if profile is not None:
+        table = ir.GlobalVariable(module, ir.ArrayType(i64, 1), "dlc_profile")    # resized below
     kernels = functions(prog.kernels)
+    if profile is not None:
+        profile.extend(numbered)
+        table.value_type = ir.ArrayType(i64, len(numbered))
+        table.initializer = ir.Constant(table.value_type, [0] * len(numbered))
     b = ir.IRBuilder(driver.append_basic_block("entry"))
     for fn in kernels:
-        b.call(fn, driver.args)
+        call(b, fn, driver.args)
     if update is not None:
         upd = add_update(module, **update)
         slot = lambda k, t: b.bitcast(b.load(b.gep(driver.args[0], [ir.Constant(i64, len(prog.buffers) + k)])),
@@ -444,7 +510,7 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
     return module
 
 
-def _scan(kb: KernelBuilder, k: ScanKernel, prog: Program, body: list):
+def _scan(kb: KernelBuilder, k: ScanKernel, prog: Program, body: list, call):
     """The step index goes into the sizes array, where the body's kernels read it."""
     b = kb.b
     length = kb.dim(k.length)
@@ -454,7 +520,7 @@ def _scan(kb: KernelBuilder, k: ScanKernel, prog: Program, body: list):
         t = b.sub(b.sub(length, ir.Constant(i64, 1)), idx[0]) if k.reverse else idx[0]
         b.store(t, slot)
         for fn in body:
-            b.call(fn, kb.fn.args)
+            call(b, fn, kb.fn.args)
     kb.loops((k.length,), step)
 
 

@@ -1,0 +1,76 @@
+"""`dlc bench`: the native train step's time, and the time and GFLOP/s of every kernel."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from dlc.compiler.dims import evaluate, numel
+from dlc.compiler.frontend import Program
+from dlc.compiler.lower import GemmKernel, ScanKernel
+from .config import Call
+from .gradcheck import init_params, sample_inputs
+from .native import NativeEngine
+from .optim import make_optimizer
+
+
+def bench(program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int) -> str:
+    train, evaluation = program.build(model_name, training=True), program.build(model_name, training=False)
+    names = [p.name for p in train.params if p.trainable]
+    opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
+    t0 = time.perf_counter()
+    engine = NativeEngine(train, evaluation, opt, names, profile=True)
+    compile_s = time.perf_counter() - t0
+    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    state = opt.init({n: params[n] for n in names})
+    sizes = {s: dims.get(s, 32) for s in _symbols(train)} | {"B": batch} | dims
+    feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v
+             for k, v in sample_inputs(train, sizes).items()}
+    exe = engine.train_exe
+    for step in range(1, 3):                                     # warm up
+        engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))
+    exe.cycles()
+    times = []
+    for step in range(3, steps + 3):
+        t = time.perf_counter()
+        engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))
+        times.append(time.perf_counter() - t)
+    cycles = exe.cycles() / steps
+    top_level = sum(c for c, (_, depth) in zip(cycles, exe.profile) if depth == 0)
+    per_second = top_level / (sum(times) / steps) if top_level else 1.0
+    rows = []
+    for (k, depth), c in zip(exe.profile, cycles):
+        seconds = c / per_second
+        flops = _gemm_flops(k, sizes)
+        if isinstance(k, ScanKernel):
+            flops = None
+        span = exe.graph.g.nodes[k.node]["span"] if k.node in exe.graph.g.nodes else None
+        where = f"{span.file.rsplit('/', 1)[-1]}:{span.line}" if span else ""
+        rows.append((seconds, depth, type(k).__name__.replace("Kernel", "").lower(), where, flops))
+    median = float(np.median(times))
+    lines = [f"native train step of {train.name}: median {median * 1e3:.3f} ms over {steps} steps "
+             f"(sizes: {', '.join(f'{k}={v}' for k, v in sizes.items())}); compile {compile_s:.2f} s",
+             f"{'kernel':<24}{'source':<22}{'ms/step':>10}{'share':>8}{'GFLOP/s':>10}"]
+    ranked = sorted(range(len(rows)), key=lambda i: -rows[i][0])[:top]
+    for i in sorted(ranked):
+        seconds, depth, kind, where, flops = rows[i]
+        gflops = f"{flops / seconds / 1e9:.1f}" if flops and seconds > 0 else ""
+        lines.append(f"{'  ' * depth + f'{i} {kind}':<24}{where:<22}{seconds * 1e3:>10.3f}"
+                     f"{100 * seconds / median:>7.1f}%{gflops:>10}")
+    lines.append(f"(the {len(ranked)} slowest of {len(rows)} kernels; a scan's time includes its body's, indented)")
+    return "\n".join(lines)
+
+
+def _symbols(model) -> set:
+    syms = set()
+    for i in model.inputs:
+        for d in i.type.shape:
+            if not isinstance(d, int):
+                syms |= d.symbols()
+    return syms
+
+
+def _gemm_flops(k, sizes):
+    if not isinstance(k, GemmKernel):
+        return None
+    return 2 * numel([evaluate(d, sizes) for d in (k.m, k.n, k.k, k.batch)])
