@@ -484,7 +484,10 @@ class Lowering:
         for m in body.order():
             sub.node(m)
         results = list(body.outputs.values())
-        # per-step outputs go straight into their stacked buffers, at step t
+        # new carries are computed first (into fresh buffers: the body may still read the
+        # current ones), then per-step outputs go into their stacked buffers at step t,
+        # reading the fresh carries when they are the same values, then the copies
+        fresh = [sub.materialize(y) for y in results[:nc]]
         stacked = []
         for y, axis, out in zip(results[nc:], ys_axes, outs[nc:]):
             buf = self.p.buffer(out.dtype, numel(out.shape), "temp")
@@ -492,8 +495,6 @@ class Lowering:
             sub.emit(MapKernel(y.shape, buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1:]),
                                sub.expr(y), n))
             stacked.append(contiguous(buf.id, out.shape, out.dtype))
-        # new carries: all computed first, then copied over the current ones
-        fresh = [sub.materialize(y) for y in results[:nc]]
         for cur, new, y in zip(current, fresh, results[:nc]):
             sub.emit(MapKernel(y.shape, cur.buffer, cur.at, new, n))
         self.emit(ScanKernel(length, attrs["reverse"], var, sub.kernels, n))

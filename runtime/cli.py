@@ -90,8 +90,24 @@ def cmd_graph(args):
 def cmd_compile(args):
     if args.emit == "ast":
         _write(syntax.dump(load(args.file).module), args.output)
-    else:
+    elif args.emit in ("graph", "grad"):
         _write(_render(_graph_for(args, args.emit == "grad"), args.format), args.output)
+    else:       # the native stages, of the train step (or the forward graph without a loss)
+        from dlc.compiler.codegen import render
+        from dlc.compiler.codegen.kernels import build_module
+        from dlc.compiler.lower import NotLowerable, lower
+        from dlc.runtime import jit
+        model = _build(args)
+        graph = autodiff.train_step(model.graph) if "loss" in model.graph.outputs else model.graph
+        try:
+            program = lower(graph)
+        except NotLowerable as e:
+            raise DlcError(f"the native backend cannot compile {model.name} yet: {e}") from None
+        if args.emit == "kernels":
+            _write(render.program(program, graph), args.output)
+        else:
+            module = build_module(program)
+            _write(jit.optimized_ir(module) if args.emit == "llvm" else jit.assembly(module), args.output)
 
 
 def cmd_gradcheck(args):
@@ -216,8 +232,10 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="show a stage of compilation")
     _add_model_args(c)
-    c.add_argument("--emit", choices=["ast", "graph", "grad"], required=True,
-                   help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph")
+    c.add_argument("--emit", choices=["ast", "graph", "grad", "kernels", "llvm", "asm"], required=True,
+                   help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph; kernels: "
+                        "the fused loop kernels of the train step, each with its source line; llvm: their "
+                        "optimized LLVM IR; asm: the host assembly")
     c.add_argument("--format", choices=["text", "dot", "json"], default="text", help="for graph and grad")
     c.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
     c.set_defaults(run=cmd_compile)

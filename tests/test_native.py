@@ -129,3 +129,35 @@ model m {
     loss mean(total * w) + mean(c)
 }"""
     assert_same_training(load_text(src, "s.dl"), Call("adam", [], {"lr": 1e-2}), {"B": 2, "T": 4})
+
+
+def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):
+    from dlc.runtime import cache
+    from dlc.runtime.native import Executable
+    from dlc.compiler.autodiff import train_step
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    graph = train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph)
+    before = dict(cache.stats)
+    first = Executable(graph)
+    assert cache.stats["compiles"] == before["compiles"] + 1 and not first.compiled.cached
+    second = Executable(train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph))
+    assert cache.stats["compiles"] == before["compiles"] + 1, "LLVM ran again"
+    assert second.compiled.cached and list(tmp_path.glob("*.o"))
+
+
+def test_compile_emits_kernels_llvm_and_assembly(capsys):
+    from dlc.runtime.cli import main
+    assert main(["compile", str(EXAMPLES / "simple_rnn.dl"), "--emit", "kernels"]) == 0
+    text = capsys.readouterr().out
+    assert "scan $t0 in T" in text and "gemm" in text and "@recurrent.dl:" in text
+    assert main(["compile", str(EXAMPLES / "xor_mlp.dl"), "--emit", "llvm"]) == 0
+    assert "define void @dlc_step" in capsys.readouterr().out
+    assert main(["compile", str(EXAMPLES / "xor_mlp.dl"), "--emit", "asm"]) == 0
+    assert "dlc_step" in capsys.readouterr().out
+
+
+def test_bench_reports_kernels(capsys):
+    from dlc.runtime.cli import main
+    assert main(["bench", str(EXAMPLES / "xor_mlp.dl"), "--steps", "3", "--batch", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "native train step of xor_mlp: median" in out and "gemm" in out and "GFLOP/s" in out
