@@ -111,17 +111,6 @@ def remap(e, shift_fn):
     return e
 
 
-def leaves(e):
-    if isinstance(e, Op):
-        for a in e.args:
-            yield from leaves(a)
-    elif isinstance(e, Gather):
-        yield e
-        yield from leaves(e.idx)
-    else:
-        yield e
-
-
 # ---- buffers and kernels ------------------------------------------------------------------------
 @dataclass
 class Buffer:
@@ -502,13 +491,13 @@ class Lowering:
             self.set(n, value, j)
 
     # -- windows: convolution (im2col + GEMM) and pooling ------------------------------------
-    def windows(self, x: Tensor, kernel, stride, padding, fill=0.0, order="nhwcij"):
+    def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij"):
         """x read through its windows over the iteration [N, Ho, Wo, C, kh, kw] ("nhwcij",
         the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij")."""
         src = self.materialize(x)
         h, w = x.shape[2:]
         sn, sc, sh, sw = row_major(x.shape)
-        (kh, kw), (st_h, st_w), (ph, pw) = kernel, stride, padding
+        (st_h, st_w), (ph, pw) = stride, padding
         if order == "nhwcij":
             coeffs = (sn, st_h * sh, st_w * sw, sc, sh, sw)
             row = (0, st_h, 0, 0, 1, 0)
@@ -532,7 +521,7 @@ class Lowering:
         ckk, hw = C * kh * kw, Ho * Wo
         cols = self.p.buffer("f32", N * hw * ckk, "temp")
         self.emit(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
-                                        self.windows(x, (kh, kw), attrs["stride"], attrs["padding"]), n))
+                                        self.windows(x, attrs["stride"], attrs["padding"]), n))
         wm = self.materialize(w)
         out = self.p.buffer("f32", numel(typ.shape), "temp")
         # y[n] (O x HoWo) = W (O x CKK) @ cols[n]^T
@@ -548,7 +537,7 @@ class Lowering:
         ckk, hw = C * kh * kw, Ho * Wo
         cols = self.p.buffer("f32", N * hw * ckk, "temp")
         self.emit(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
-                                        self.windows(x, (kh, kw), attrs["stride"], attrs["padding"]), n))
+                                        self.windows(x, attrs["stride"], attrs["padding"]), n))
         # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK)
         g2 = self.p.buffer("f32", O * N * hw, "temp")
         swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
@@ -590,7 +579,7 @@ class Lowering:
         N, C, Ho, Wo = typ.shape
         kh, kw = attrs["kernel"]
         fill = -np.inf if op == "max" else 0.0
-        e = self.windows(x, attrs["kernel"], attrs["stride"], attrs["padding"], fill, order="nchwij")
+        e = self.windows(x, attrs["stride"], attrs["padding"], fill, order="nchwij")
         if op == "sum":
             e = Op("mul", (e, Const(1.0 / (kh * kw), "f32")), "f32")
         out = self.p.buffer("f32", numel(typ.shape), "temp")

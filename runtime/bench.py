@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from dlc.compiler.dims import evaluate, numel
+from dlc.compiler.dims import evaluate, numel, symbols
 from dlc.compiler.frontend import Program
 from dlc.compiler.lower import GemmKernel, ScanKernel
 from .config import Call
@@ -23,7 +23,7 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
     compile_s = time.perf_counter() - t0
     params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
     state = opt.init({n: params[n] for n in names})
-    sizes = {s: dims.get(s, 32) for s in _symbols(train)} | {"B": batch} | dims
+    sizes = {s: 32 for i in train.inputs for s in symbols(i.type.shape)} | {"B": batch} | dims
     feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v
              for k, v in sample_inputs(train, sizes).items()}
     exe = engine.train_exe
@@ -59,15 +59,6 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
                      f"{100 * seconds / median:>7.1f}%{gflops:>10}")
     lines.append(f"(the {len(ranked)} slowest of {len(rows)} kernels; a scan's time includes its body's, indented)")
     return "\n".join(lines)
-
-
-def _symbols(model) -> set:
-    syms = set()
-    for i in model.inputs:
-        for d in i.type.shape:
-            if not isinstance(d, int):
-                syms |= d.symbols()
-    return syms
 
 
 def _gemm_flops(k, sizes):

@@ -7,7 +7,7 @@ import networkx as nx
 import numpy as np
 
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.dims import Dim, evaluate
+from dlc.compiler.dims import evaluate, symbols
 from dlc.compiler.frontend import Model
 from dlc.compiler.graph import Graph
 from . import interpreter
@@ -65,12 +65,7 @@ def sample_inputs(model: Model, sizes: dict, seed: int = 0) -> dict:
 
 
 def default_sizes(model: Model, size: int = 3) -> dict:
-    syms = set()
-    for inp in model.inputs:
-        for d in inp.type.shape:
-            if isinstance(d, Dim):
-                syms |= d.symbols()
-    return {s: size for s in sorted(syms)}
+    return {s: size for s in sorted(set().union(*(symbols(i.type.shape) for i in model.inputs)))}
 
 
 def init_params(model: Model, seed: int = 0) -> dict:

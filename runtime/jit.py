@@ -18,12 +18,17 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
+import os
+import threading
 import time
 
 import llvmlite.binding as llvm
 from llvmlite import ir
 
 OPT_LEVEL = 3
+# llvmlite releases the GIL inside LLVM, whose global context and our shared
+# TargetMachine are not thread-safe: one compilation at a time.
+_lock = threading.RLock()
 
 
 @functools.cache
@@ -71,9 +76,21 @@ def load_library(name: str) -> str:
 
 _pinned: list = []
 
+# libgomp workers spin GOMP_SPINCOUNT times (~25 ns each on this machine) after a
+# parallel region, then sleep on a futex. With libgomp's default (300k, ~8 ms) they fall
+# asleep between training steps, and the next fork then cost 0.1-8 ms here (the woken
+# worker can land on the master's CPU while the master spins at the join barrier),
+# against ~0.5 µs for a warm fork/join. 10M spins (~0.25 s, like Intel OpenMP's 200 ms
+# KMP_BLOCKTIME) keep them warm across steps, at the price of one core busy for 0.25 s
+# after the last parallel call. Set before libgomp loads; a GOMP_SPINCOUNT or
+# OMP_WAIT_POLICY of the user's wins.
+GOMP_SPINCOUNT_DEFAULT = "10000000"
+
 
 @functools.cache
 def _load_library(name: str) -> str | None:
+    if name == "gomp" and not ({"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ)):
+        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT_DEFAULT
     path = ctypes.util.find_library(name)
     if path is not None:
         llvm.load_library_permanently(path)
@@ -85,26 +102,27 @@ def _load_library(name: str) -> str | None:
 
 
 def parse(module: ir.Module | str | llvm.ModuleRef) -> llvm.ModuleRef:
-    """Parse and verify a module (IR builder module or IR text) for the host target."""
+    """A new, verified LLVM module for the host target from an IR-builder module, IR
+    text, or (copied) an existing ModuleRef."""
     _init()
-    if isinstance(module, llvm.ModuleRef):
-        return module
-    ref = llvm.parse_assembly(str(module))
-    tm = _shared_tm()
-    ref.triple = tm.triple
-    ref.data_layout = str(tm.target_data)
-    ref.verify()
+    with _lock:
+        ref = module.clone() if isinstance(module, llvm.ModuleRef) else llvm.parse_assembly(str(module))
+        tm = _shared_tm()
+        ref.triple = tm.triple
+        ref.data_layout = str(tm.target_data)
+        ref.verify()
     return ref
 
 
 def optimize(ref: llvm.ModuleRef, level: int = OPT_LEVEL) -> llvm.ModuleRef:
     """Run the default new-pass-manager pipeline (O`level`) over `ref`, in place."""
-    pto = llvm.create_pipeline_tuning_options(speed_level=level)
-    pto.loop_vectorization = level >= 2
-    pto.slp_vectorization = level >= 2
-    pto.loop_unrolling = level >= 1
-    pb = llvm.create_pass_builder(_shared_tm(), pto)
-    pb.getModulePassManager().run(ref, pb)
+    with _lock:
+        pto = llvm.create_pipeline_tuning_options(speed_level=level)
+        pto.loop_vectorization = level >= 2
+        pto.slp_vectorization = level >= 2
+        pto.loop_unrolling = level >= 1
+        pb = llvm.create_pass_builder(_shared_tm(), pto)
+        pb.getModulePassManager().run(ref, pb)
     return ref
 
 
@@ -115,7 +133,9 @@ def optimized_ir(module, level: int = OPT_LEVEL) -> str:
 
 def assembly(module, level: int = OPT_LEVEL) -> str:
     """The host assembly text of `module` after optimization."""
-    return _shared_tm().emit_assembly(optimize(parse(module), level))
+    ref = optimize(parse(module), level)
+    with _lock:
+        return _shared_tm().emit_assembly(ref)
 
 
 class CompiledModule:
@@ -149,7 +169,8 @@ def compile_module(module, level: int = OPT_LEVEL, libraries=()) -> CompiledModu
         load_library(lib)
     t0 = time.perf_counter()
     ref = optimize(parse(module), level)
-    engine = llvm.create_mcjit_compiler(ref, target_machine(level))
-    engine.finalize_object()
-    engine.run_static_constructors()
+    with _lock:
+        engine = llvm.create_mcjit_compiler(ref, target_machine(level))
+        engine.finalize_object()
+        engine.run_static_constructors()
     return CompiledModule(ref, engine, time.perf_counter() - t0)

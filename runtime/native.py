@@ -16,7 +16,7 @@ import os
 import numpy as np
 
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.codegen.kernels import SCALARS, add_update, build_module
+from dlc.compiler.codegen.kernels import SCALARS, build_module
 from dlc.compiler.dims import evaluate, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import Model

@@ -18,15 +18,22 @@ of 0 broadcasts one matrix over the batch. It returns 0, or 1 if a pack buffer c
 be allocated. `accumulate` (C += …, else C = …) and the transposes are fixed when the
 routine is generated; everything else is a runtime argument.
 
-Structure (BLIS): for each NC-wide column block and KC-deep slice of K, op(B) is packed
-into NR-wide panels (k-major, zero-padded), then for each MC-tall row block op(A) is
-packed into MR-tall panels, and a micro-kernel keeps an MR×NR tile of C in MR·NR/VW
-vector accumulators over the K slice (A broadcast, B loaded as vectors, llvm.fma).
-Edge tiles go through a small stack tile. Work is split over threads with libgomp's
-GOMP_parallel (batch when there are enough matrices, else N when M ≤ N, else M, in whole
-tiles); each thread packs into its own buffers, so no barriers are needed. Pack buffers
-are allocated once per thread slot and module (the routine is not re-entrant: do not run
-two calls of one compiled module at the same time from different host threads).
+Structure (BLIS): for each NC-wide column block and KC-deep slice of K (slices evened
+out), op(B) is packed into NR-wide panels (k-major, zero-padded), then for each MC-tall
+row block op(A) is packed into MR-tall panels (panels along K are transposed 8×8 in
+registers), and a micro-kernel keeps an MR×NR tile of C in MR·NR/VW vector accumulators
+over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost. Edge tiles
+use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators) and
+`AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it).
+
+Threads: work is split with libgomp's GOMP_parallel — over the batch when there are
+enough matrices, else over N when M ≤ N, else over M, in whole tiles — and each thread
+packs into its own buffers, so no barriers are needed. Below `serial_below`
+(M·N·K·batch), for nthreads ≤ 1, or when called from inside a parallel region (a fused
+kernel's team), it runs serially on the calling thread. Pack buffers are allocated once
+per module and thread slot (the caller's OpenMP thread number): calls from one OpenMP
+team are safe, but two host threads outside OpenMP must not call into one compiled
+module at the same time.
 """
 from __future__ import annotations
 
@@ -59,16 +66,23 @@ class GemmConfig:
     serial_below: int = 1 << 18  # M·N·K·batch under which no threads are forked
 
     def __post_init__(self):
-        assert self.nr % self.vw == 0 and self.mc % self.mr == 0 and self.nc % self.nr == 0
+        if self.vw not in (4, 8, 16) or self.nr % self.vw or self.mc % self.mr or self.nc % self.nr:
+            raise ValueError(f"inconsistent GEMM blocking {self}")
 
     @property
     def tag(self) -> str:
-        return f"{self.mr}x{self.nr}v{self.vw}k{self.kc}m{self.mc}n{self.nc}"
+        """Names the module-level helpers shared by all routines of this blocking."""
+        return f"{self.mr}x{self.nr}v{self.vw}k{self.kc}m{self.mc}n{self.nc}t{self.max_threads}"
+
+    @property
+    def b_offset(self) -> int:
+        """Offset (floats) of the B block in a pack buffer: after the A block, 64-byte aligned."""
+        return -(-self.mc * self.kc // 16) * 16
 
     @property
     def pack_floats(self) -> int:
         """Floats in one thread's pack buffer (A block + B block)."""
-        return self.mc * self.kc + self.kc * self.nc
+        return self.b_offset + self.kc * self.nc
 
 
 AVX2 = GemmConfig()
@@ -76,14 +90,20 @@ AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
 
 
 def default_config(vector_width: int | None = None) -> GemmConfig:
-    """AVX2 blocking, or AVX-512 when asked for (vector_width=16) or — when None — when
-    the host has it and `DLC_GEMM_VW` does not say 8."""
+    """`AVX2` (vector_width 8) or `AVX512` (16). When None: AVX512 where the host has
+    AVX-512F, unless the environment variable DLC_GEMM_VW=8 asks for AVX2."""
+    import os
+    from dlc.runtime import jit
     if vector_width is None:
-        import os
-        from dlc.runtime import jit
-        env = os.environ.get("DLC_GEMM_VW")
-        vector_width = int(env) if env else (16 if jit.host_has("avx512f") else 8)
-    return AVX512 if vector_width == 16 else AVX2
+        env = os.environ.get("DLC_GEMM_VW", "")
+        vector_width = 8 if env == "8" or not jit.host_has("avx512f") else 16
+    if vector_width == 16:
+        if not jit.host_has("avx512f"):
+            raise ValueError("the AVX-512 GEMM needs a host with AVX-512F")
+        return AVX512
+    if vector_width == 8:
+        return AVX2
+    raise ValueError(f"no GEMM blocking for vector width {vector_width}")
 
 
 def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool) -> str:
@@ -208,15 +228,14 @@ class _Gen:
         tail = fn.append_basic_block("k.done")
         b = ir.IRBuilder(entry)
         zero = ir.Constant(vty, None)
-        # Warm the C tile's lines while the K loop runs.
+        # Warm the C tile's lines while the K loop runs (rows and columns clamped to the
+        # tile, so that every address is inside C).
         prefetch = _declare(self.m, "llvm.prefetch.p0", ir.VoidType(), [vptr, i32, i32, i32])
+        last_col = b.sub(_min(b, nr, _c64(NR)), _c64(1))
         for r in range(MR):
-            row = _gep(b, c, b.mul(_c64(r), ldc))
-            rowv = b.bitcast(_gep(b, row, _c64(0)), vptr)
-            b.call(prefetch, [rowv, i32(1), i32(3), i32(1)])
-            # the last column of the row may be on the next line
-            rowe = b.bitcast(_gep(b, row, _c64(NR - 1)), vptr)
-            b.call(prefetch, [rowe, i32(1), i32(3), i32(1)])
+            row = _gep(b, c, b.mul(_min(b, _c64(r), b.sub(mr, _c64(1))), ldc))
+            for col in (_c64(0), last_col):   # the row's end may be on the next line
+                b.call(prefetch, [b.bitcast(_gep(b, row, col), vptr), i32(1), i32(3), i32(1)])
         b.branch(loop)
 
         b.position_at_end(loop)
@@ -349,7 +368,8 @@ class _Gen:
                         for kk in range(8):
                             col = cols[kk]
                             if w < 8:
-                                col = b.shuffle_vector(col, col, ir.Constant(ir.VectorType(i32, w), list(range(w))))
+                                head = ir.Constant(ir.VectorType(i32, w), list(range(w)))
+                                col = b.shuffle_vector(col, col, head)
                             dst_p = _gep(b, o, _c64(kk * P + g))
                             b.store(col, b.bitcast(dst_p, ir.VectorType(f32, w).as_pointer()), align=4)
                 with _loop(b, k8, kc, name="k") as k:
@@ -484,13 +504,13 @@ class _Gen:
         get_buffer = self.get_buffer()
 
         # body(args, tid, nth): this thread's share of the whole batch
-        body = _internal(self.m, f"{name}.body", ir.VoidType(), [args_ty.as_pointer(), i64, i64],
-                         ["args", "tid", "nth"])
-        argp, tid, nth = body.args
+        body = _internal(self.m, f"{name}.body", ir.VoidType(),
+                         [args_ty.as_pointer(), i64, i64, i64], ["args", "tid", "nth", "slot"])
+        argp, tid, nth, slot = body.args
         b = ir.IRBuilder(body.append_basic_block("entry"))
         f = [b.load(b.gep(argp, [i32(0), i32(k)], inbounds=True)) for k in range(13)]
         M, N, K, A, lda, sa, B, ldb, sb, C, ldc, sc, batch = f
-        buf = b.call(get_buffer, [tid])
+        buf = b.call(get_buffer, [slot])
         fail = body.append_basic_block("nomem")
         ok = body.append_basic_block("ok")
         b.cbranch(b.icmp_unsigned("==", buf, ir.Constant(fptr, None)), fail, ok)
@@ -499,7 +519,7 @@ class _Gen:
         b.ret_void()
         b.position_at_end(ok)
         Ap = buf
-        Bp = _gep(b, buf, _c64(cfg.mc * cfg.kc))
+        Bp = _gep(b, buf, _c64(cfg.b_offset))
 
         def share(total):   # [total*tid/nth, total*(tid+1)/nth)
             return (b.sdiv(b.mul(total, tid), nth),
@@ -544,8 +564,9 @@ class _Gen:
         omp_nth = _declare(self.m, "omp_get_num_threads", i32, [])
         worker = _internal(self.m, f"{name}.worker", ir.VoidType(), [vptr], ["data"])
         b = ir.IRBuilder(worker.append_basic_block("entry"))
+        wtid = b.sext(b.call(omp_tid, []), i64)
         b.call(body, [b.bitcast(worker.args[0], args_ty.as_pointer()),
-                      b.sext(b.call(omp_tid, []), i64), b.sext(b.call(omp_nth, []), i64)])
+                      wtid, b.sext(b.call(omp_nth, []), i64), wtid])
         b.ret_void()
 
         # the public entry point
@@ -573,8 +594,13 @@ class _Gen:
         b.store(i32(0), b.gep(args, [i32(0), i32(13)], inbounds=True))
         nt = _min(b, _max(b, nthreads, _c64(1)), _c64(cfg.max_threads))
         work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
-        parallel = b.and_(b.icmp_signed(">", nt, _c64(1)),
-                          b.icmp_signed(">=", work, _c64(cfg.serial_below)))
+        # Called from inside a parallel region (a fused kernel's team), run serially on
+        # the calling thread's own pack buffer slot instead of nesting a team.
+        level = b.call(_declare(self.m, "omp_get_level", i32, []), [])
+        outer = b.icmp_signed(">", level, i32(0))
+        parallel = b.and_(b.and_(b.icmp_signed(">", nt, _c64(1)),
+                                 b.icmp_signed(">=", work, _c64(cfg.serial_below))),
+                          b.not_(outer))
         par_bb = fn.append_basic_block("parallel")
         ser_bb = fn.append_basic_block("serial")
         end_bb = fn.append_basic_block("end")
@@ -583,7 +609,9 @@ class _Gen:
         b.call(gomp, [worker, b.bitcast(args, vptr), b.trunc(nt, i32), i32(0)])
         b.branch(end_bb)
         b.position_at_end(ser_bb)
-        b.call(body, [args, _c64(0), _c64(1)])
+        own = b.sext(b.call(omp_tid, []), i64)     # 0 outside a parallel region
+        own = b.srem(own, _c64(cfg.max_threads))
+        b.call(body, [args, _c64(0), _c64(1), own])
         b.branch(end_bb)
         b.position_at_end(end_bb)
         b.ret(b.load(b.gep(args, [i32(0), i32(13)], inbounds=True)))
