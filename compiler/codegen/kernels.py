@@ -13,6 +13,7 @@ import math
 
 from llvmlite import ir
 
+from ..dims import numel
 from ..lower import (AccumulateKernel, Affine, Const, Gather, GemmKernel, Guarded, Index, Load, MapKernel,
                      MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScanKernel, ScatterAddKernel, Size)
 from .gemm import gemm_name
@@ -72,21 +73,22 @@ class KernelBuilder:
         return v
 
     # -- loops --
-    def loops(self, shape, body, idx=None):
-        """Nested loops over shape (outermost first); body(indices)."""
+    def loops(self, shape, body, idx=None, first=None):
+        """Nested loops over shape (outermost first); body(indices). `first` = (lo, hi)
+        limits the outermost loop (a thread's share)."""
         idx = idx or []
         if len(idx) == len(shape):
             body(idx)
             return
         b = self.b
-        n = self.dim(shape[len(idx)])
+        lo, n = (ir.Constant(i64, 0), self.dim(shape[len(idx)])) if first is None or idx else first
         pre = b.block
         head = b.append_basic_block("loop")
         after = b.append_basic_block("after")
-        b.cbranch(b.icmp_signed(">", n, ir.Constant(i64, 0)), head, after)
+        b.cbranch(b.icmp_signed(">", n, lo), head, after)
         b.position_at_end(head)
         i = b.phi(i64, name=f"i{len(idx)}")
-        i.add_incoming(ir.Constant(i64, 0), pre)
+        i.add_incoming(lo, pre)
         self.loops(shape, body, idx + [i])
         nxt = b.add(i, ir.Constant(i64, 1))
         i.add_incoming(nxt, b.block)
@@ -289,9 +291,62 @@ class KernelBuilder:
             self.b.store(v, self.b.gep(self.buffer(bid, dtype), [at]))
 
 
-def _map(kb: KernelBuilder, k: MapKernel, prog: Program):
+def _map(kb: KernelBuilder, k: MapKernel, prog: Program, first=None):
     dtype = prog.buffers[k.out].dtype
-    kb.loops(k.shape, lambda idx: kb.store(k.out, dtype, kb.affine(k.out_at, idx), kb.expr(k.expr, idx)))
+    kb.loops(k.shape, lambda idx: kb.store(k.out, dtype, kb.affine(k.out_at, idx), kb.expr(k.expr, idx)),
+             first=first)
+
+
+PARALLEL_BELOW = 1 << 15   # elements: smaller maps are not worth waking a second thread
+
+
+def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
+    """fn runs the map on a team of threads (libgomp), each on a slice of the outermost
+    axis; small maps, and maps inside a team already, run serially."""
+    part = ir.Function(module, ir.FunctionType(ir.VoidType(), list(sig.args[:2]) + [i64, i64]), fn.name + ".part")
+    part.linkage = "internal"
+    kb = KernelBuilder(module, prog, part)
+    _map(kb, k, prog, first=(part.args[2], part.args[3]))
+    kb.b.ret_void()
+
+    data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64])      # buffers, sizes, outer extent
+    vptr = i8.as_pointer()
+    declare = lambda name, ret, args: module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
+    worker = ir.Function(module, ir.FunctionType(ir.VoidType(), [vptr]), fn.name + ".worker")
+    worker.linkage = "internal"
+    b = ir.IRBuilder(worker.append_basic_block("entry"))
+    data = b.bitcast(worker.args[0], data_ty.as_pointer())
+    ptrs, sizes, n = (b.load(b.gep(data, [ir.Constant(i32, 0), ir.Constant(i32, j)])) for j in range(3))
+    tid = b.sext(b.call(declare("omp_get_thread_num", i32, []), []), i64)
+    nth = b.sext(b.call(declare("omp_get_num_threads", i32, []), []), i64)
+    chunk = b.sdiv(b.add(n, b.sub(nth, ir.Constant(i64, 1))), nth)
+    lo = b.mul(tid, chunk)
+    hi = b.add(lo, chunk)
+    hi = b.select(b.icmp_signed("<", hi, n), hi, n)
+    b.call(part, [ptrs, sizes, lo, hi])
+    b.ret_void()
+
+    kb = KernelBuilder(module, prog, fn)
+    b = kb.b
+    total = kb.dim(numel(k.shape))
+    level = b.call(declare("omp_get_level", i32, []), [])
+    serial = b.or_(b.or_(b.icmp_signed("<", total, ir.Constant(i64, PARALLEL_BELOW)),
+                         b.icmp_signed("<=", fn.args[2], ir.Constant(i64, 1))),
+                   b.icmp_signed(">", level, ir.Constant(i32, 0)))
+    alone, team, done = (fn.append_basic_block(x) for x in ("alone", "team", "done"))
+    b.cbranch(serial, alone, team)
+    b.position_at_end(alone)
+    b.call(part, [fn.args[0], fn.args[1], ir.Constant(i64, 0), kb.dim(k.shape[0])])
+    b.branch(done)
+    b.position_at_end(team)
+    cell = kb.alloca(data_ty)
+    for j, v in enumerate((fn.args[0], fn.args[1], kb.dim(k.shape[0]))):
+        b.store(v, b.gep(cell, [ir.Constant(i32, 0), ir.Constant(i32, j)]))
+    gomp = declare("GOMP_parallel", ir.VoidType(), [worker.type, vptr, i32, i32])
+    b.call(gomp, [worker, b.bitcast(cell, vptr), b.trunc(fn.args[2], i32), ir.Constant(i32, 0)])
+    b.branch(done)
+    b.position_at_end(done)
+    return kb
 
 
 def _strides(shape) -> list:
@@ -455,9 +510,13 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
             fn = ir.Function(module, sig, f"kernel{number}")
             fn.number = number
             fn.linkage = "internal"
-            kb = KernelBuilder(module, prog, fn)
+            if isinstance(k, MapKernel) and k.shape:
+                kb = _parallel_map(module, prog, k, fn, sig)
+            else:
+                kb = KernelBuilder(module, prog, fn)
             if isinstance(k, MapKernel):
-                _map(kb, k, prog)
+                if not k.shape:
+                    _map(kb, k, prog)
             elif isinstance(k, ReduceKernel):
                 _reduce(kb, k, prog)
             elif isinstance(k, ScatterAddKernel):
