@@ -210,6 +210,9 @@ class Program:
         return b
 
 
+SMALL_FILTER = 4096     # O * C * kh * kw below which a weight gradient is summed per example
+
+
 class NotLowerable(NotImplementedError):
     """The native backend does not compile this primitive yet."""
 
@@ -538,14 +541,23 @@ class Lowering:
         cols = self.p.buffer("f32", N * hw * ckk, "temp")
         self.emit(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
                                         self.windows(x, attrs["stride"], attrs["padding"]), n))
-        # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK)
-        g2 = self.p.buffer("f32", O * N * hw, "temp")
-        swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
-        self.emit(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
-                                        remap(self.use(g), swap), n))
         out = self.p.buffer("f32", numel(typ.shape), "temp")
-        self.emit(GemmKernel(O, ckk, N * hw, 1, (g2.id, 0, N * hw, 0), (cols.id, 0, ckk, 0),
-                                         (out.id, 0, ckk, 0), False, False, n))
+        if isinstance(O * ckk, int) and O * ckk <= SMALL_FILTER:
+            # few, small filters (a first layer): one GEMM per example, O x CKK each, summed;
+            # a single GEMM over N*HoWo would be a skinny 6 x 25 x 50000 product
+            gm = self.materialize(g)
+            parts = self.p.buffer("f32", N * O * ckk, "temp")
+            self.emit(GemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw), (cols.id, 0, ckk, hw * ckk),
+                                 (parts.id, 0, ckk, O * ckk), False, False, n))
+            self.emit(ReduceKernel((N, O, ckk), (0,), "sum", out.id, contiguous(parts.id, (N, O, ckk), "f32"), n))
+        else:
+            # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK), one GEMM
+            g2 = self.p.buffer("f32", O * N * hw, "temp")
+            swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
+            self.emit(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
+                                remap(self.use(g), swap), n))
+            self.emit(GemmKernel(O, ckk, N * hw, 1, (g2.id, 0, N * hw, 0), (cols.id, 0, ckk, 0),
+                                 (out.id, 0, ckk, 0), False, False, n))
         self.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
     def conv2d_input_grad(self, n, ins, attrs, typ):
