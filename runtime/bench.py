@@ -38,12 +38,15 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
     cycles = exe.cycles() / steps
     top_level = sum(c for c, (_, depth) in zip(cycles, exe.profile) if depth == 0)
     per_second = top_level / (sum(times) / steps) if top_level else 1.0
-    rows = []
+    rows, trips = [], [1]     # trips: how often a kernel runs per step (the lengths of enclosing scans)
     for (k, depth), c in zip(exe.profile, cycles):
         seconds = c / per_second
+        del trips[depth + 1:]
         flops = _gemm_flops(k, sizes)
+        if flops is not None:
+            flops *= trips[depth]
         if isinstance(k, ScanKernel):
-            flops = None
+            trips.append(trips[depth] * evaluate(k.length, sizes))
         span = exe.graph.g.nodes[k.node]["span"] if k.node in exe.graph.g.nodes else None
         where = f"{span.file.rsplit('/', 1)[-1]}:{span.line}" if span else ""
         rows.append((seconds, depth, type(k).__name__.replace("Kernel", "").lower(), where, flops))
