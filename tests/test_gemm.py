@@ -5,8 +5,11 @@ broadcast operand), odd sizes and edge tiles, K slices and M/N blocks (a small-b
 config makes every loop level run several times on small matrices), serial and 2-thread
 runs, and the argument checks that keep bad arrays away from native code.
 """
+import ctypes
+
 import numpy as np
 import pytest
+from llvmlite import ir
 
 from dlc.compiler.codegen import gemm
 from dlc.runtime import jit
@@ -171,10 +174,46 @@ def test_bad_arguments_raise_before_native_code(lib):
 
 
 def test_ir_and_asm_text():
-    from llvmlite import ir
     m = ir.Module()
     gemm.add_gemm(m, "my_gemm", trans_b=True, config=gemm.AVX2)
     text = jit.optimized_ir(m)
     assert "define i32 @my_gemm(" in text and "GOMP_parallel" in text
     asm = jit.assembly(m)
     assert "vfmadd" in asm
+
+
+def test_called_from_inside_a_parallel_region():
+    """A fused kernel's team calls the GEMM on each thread: no nested team, and every
+    thread packs into its own buffer slot (a shared slot would corrupt the results)."""
+    m = ir.Module()
+    g = gemm.add_gemm(m, "inner_gemm", config=gemm.AVX2)
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    f32p, vp = ir.FloatType().as_pointer(), ir.IntType(8).as_pointer()
+    args_t = ir.LiteralStructType([f32p, f32p, f32p, i64])
+    # worker(data): thread t computes C[t] = A[t] @ B[t] (n×n each)
+    worker = ir.Function(m, ir.FunctionType(ir.VoidType(), [vp]), "team_worker")
+    b = ir.IRBuilder(worker.append_basic_block())
+    p = b.bitcast(worker.args[0], args_t.as_pointer())
+    A, B, C, n = [b.load(b.gep(p, [i32(0), i32(k)])) for k in range(4)]
+    tid = b.sext(b.call(m.globals["omp_get_thread_num"], []), i64)
+    off = b.mul(tid, b.mul(n, n))
+    b.call(g, [n, n, n, b.gep(A, [off]), n, i64(0), b.gep(B, [off]), n, i64(0),
+               b.gep(C, [off]), n, i64(0), i64(1), i64(2)])
+    b.ret_void()
+    drive = ir.Function(m, ir.FunctionType(ir.VoidType(), [f32p, f32p, f32p, i64]), "drive")
+    b = ir.IRBuilder(drive.append_basic_block())
+    s = b.alloca(args_t)
+    for k, v in enumerate(drive.args):
+        b.store(v, b.gep(s, [i32(0), i32(k)]))
+    b.call(m.globals["GOMP_parallel"], [worker, b.bitcast(s, vp), i32(2), i32(0)])
+    b.ret_void()
+    lib = jit.compile_module(m, libraries=("gomp",))
+    fn = lib.function("drive", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    n = 200
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((2, n, n), dtype=np.float32)
+    bb = rng.standard_normal((2, n, n), dtype=np.float32)
+    c = np.zeros((2, n, n), np.float32)
+    for _ in range(3):
+        fn(a.ctypes.data, bb.ctypes.data, c.ctypes.data, n)
+        _check(c, _reference(a, bb, False, False), a, bb, False, False)
