@@ -177,12 +177,13 @@ def _scan_vjp(n, cts):
         per_step = [g if g is not None else ops.zeros_like(x_t[i]) for g, i in zip(g_seq, float_seqs)]
     bwd.outputs = {f"carry{i}": t for i, t in enumerate(new_carry + new_acc)}
     bwd.outputs.update({f"y{i}": t for i, t in enumerate(per_step)})
+    saved = _save_residuals(n, body, bwd, mapping, len(inv_t))
     prune(bwd)
 
     init_carry = [d if d is not None else ops.zeros_like(c) for d, c in zip(d_final, carries0)]
     init_acc = [ops.zeros_like(invs[i]) for i in float_invs]
-    operands = init_carry + init_acc + history + list(seqs) + [d_ys[i] for i in live_ys] + list(invs)
-    xs_axes = (0,) * nc + tuple(attrs["xs_axes"]) + tuple(attrs["ys_axes"][i] for i in live_ys)
+    operands = init_carry + init_acc + history + list(seqs) + [d_ys[i] for i in live_ys] + saved + list(invs)
+    xs_axes = (0,) * nc + tuple(attrs["xs_axes"]) + tuple(attrs["ys_axes"][i] for i in live_ys) + (0,) * len(saved)
     outs = graph.add("scan", operands, body=bwd, length=attrs["length"], reverse=not attrs["reverse"],
                      n_carry=nc + len(float_invs), xs_axes=xs_axes,
                      ys_axes=tuple(attrs["xs_axes"][i] for i in float_seqs))
@@ -190,6 +191,57 @@ def _scan_vjp(n, cts):
     d_invs = dict(zip(float_invs, outs[nc:nc + len(float_invs)]))
     d_seqs = dict(zip(float_seqs, outs[nc + len(float_invs):]))
     return d_carries0 + [d_seqs.get(i) for i in range(nx_)] + [d_invs.get(i) for i in range(len(invs))]
+
+
+_RECOMPUTE = {"constant", "iota", "dim_size", "broadcast", "reshape", "transpose", "slice", "stop_gradient", "arg"}
+
+
+def _save_residuals(n, body: Graph, bwd: Graph, mapping: dict, n_invariant_args: int) -> list:
+    """Let the forward scan stack the step values the gradient reads (gates, activations)
+    instead of the backward body recomputing them: each becomes a new sequence of the
+    backward scan. Values that do not change with the step, or are free to recompute
+    (views, constants), are still recomputed. Returns the stacked values, in the order of
+    the new sequence arguments."""
+    attrs, graph = n.attrs, n.graph
+    nc, nx_ = attrs["n_carry"], len(attrs["xs_axes"])
+    varying = set()
+    for a in body.args[:nc + nx_]:
+        varying |= nx.descendants(body.g, a.node) | {a.node}
+    copies = {m.key(): k for k, m in mapping.items() if m.graph is bwd and bwd.op(m.node) != "arg"}
+    copy_nodes = {key[0] for key in copies}
+    residuals = []
+    for key, body_key in copies.items():
+        if body_key[0] not in varying or body.op(body_key[0]) in _RECOMPUTE:
+            continue
+        users = [(v, k) for _, v, k, out in bwd.g.out_edges(key[0], keys=True, data="out")
+                 if out == key[1] and v not in copy_nodes]
+        if users or any(t.key() == key for t in bwd.outputs.values()):
+            residuals.append((key, body_key, users))
+    if not residuals:
+        return []
+    # forward: stack each residual along a new leading axis
+    first = len(graph.types(n.node))
+    for i, (_, body_key, _) in enumerate(residuals):
+        t = Tensor(body, *body_key)
+        body.outputs[f"saved{i}"] = t
+        graph.types(n.node).append(TensorType(t.dtype, (attrs["length"],) + t.shape))
+    attrs["ys_axes"] = attrs["ys_axes"] + (0,) * len(residuals)
+    # backward: a sequence argument per residual, placed before the invariant arguments
+    invariant_args = bwd.args[len(bwd.args) - n_invariant_args:]
+    bwd.args = bwd.args[:len(bwd.args) - n_invariant_args]
+    for key, body_key, users in residuals:
+        t = Tensor(body, *body_key)
+        with bwd.at(bwd.span):
+            a = bwd.add1("arg", type=t.type, index=len(bwd.args))
+        bwd.args.append(a)
+        for v, k in users:
+            bwd.g.remove_edge(key[0], v, key=k)
+            bwd.g.add_edge(a.node, v, key=k, out=0)
+        bwd.outputs = {name: (a if o.key() == key else o) for name, o in bwd.outputs.items()}
+    for a in invariant_args:
+        bwd.attrs(a.node)["index"] = len(bwd.args)
+        bwd.args.append(a)
+    return [Tensor(graph, n.node, first + i) for i in range(len(residuals))]
 
 
 PRIMITIVES["scan"].vjp = _scan_vjp  # registered here: it needs the differentiator itself
