@@ -59,6 +59,8 @@ def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=
         from .native import NativeEngine
         from dlc.compiler.lower import NotLowerable
         try:
+            if log and args:
+                log("compiling the native train step (cached for the next runs) ...")
             return NativeEngine(train_model, eval_model, *args, **kw)
         except (NotLowerable, NotImplementedError) as e:
             if log:
