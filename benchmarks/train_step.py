@@ -235,32 +235,6 @@ def jax_loss_fn(name: str, jax):
 
 
 # ---- engines ----------------------------------------------------------------------------------------------
-class EngineUnavailable(Exception):
-    pass
-
-
-def make_engine(kind: str, train, ev, opt, trainable: list):
-    """The dlc engine `kind` ("native" or "reference") for a built model. Raises
-    EngineUnavailable when the native engine cannot be imported or does not compile
-    the model (NotImplementedError)."""
-    if kind == "reference":
-        from dlc.runtime.engine import ReferenceEngine
-        return ReferenceEngine(train, ev, opt, trainable)
-    if kind != "native":
-        raise ValueError(f"unknown engine {kind!r} (native or reference)")
-    try:
-        from dlc.runtime import native
-    except ImportError as e:
-        raise EngineUnavailable(f"dlc.runtime.native cannot be imported ({e})") from e
-    cls = getattr(native, "NativeEngine", None)
-    if cls is None:
-        raise EngineUnavailable("dlc.runtime.native has no NativeEngine")
-    try:
-        return cls(train, ev, opt, trainable)
-    except NotImplementedError as e:
-        raise EngineUnavailable(f"the native engine does not compile this model yet: {e}") from e
-
-
 # ---- how busy the machine is ---------------------------------------------------------------------------
 def _cpu_busy_s() -> float | None:
     """CPU seconds the whole machine has been busy (all cores), from /proc/stat; None off Linux."""
@@ -372,26 +346,23 @@ class DlcRunner:
         return float(out["loss"])
 
     def first(self):
-        """Engine construction + first step, falling back from native to reference."""
-        kind = self.requested
-        while True:
-            self._fresh()
-            t0 = time.perf_counter()
-            try:
-                self.engine = make_engine(kind, self.train, self.ev, self.opt, self.trainable)
-                loss = self._step()
-            except (EngineUnavailable, NotImplementedError) as e:
-                if kind != "native":
-                    raise
-                self.run.note = f"native engine unavailable, fell back to reference: {e}"
-                print(f"  note: {self.run.note}")
-                kind = "reference"
-                continue
-            self.run.first_s = time.perf_counter() - t0
-            self.run.losses.append(loss)
-            self.kind = getattr(self.engine, "name", kind)
-            self.run.framework = f"dlc ({self.kind})"
-            return
+        """Engine construction + first step (dlc's make_engine falls back from native to
+        reference, with a note, for a model it cannot compile)."""
+        from dlc.runtime.engine import make_engine
+        self._fresh()
+        t0 = time.perf_counter()
+        notes = []
+        self.engine = make_engine(self.requested, self.train, self.ev, self.opt, self.trainable,
+                                  log=notes.append)
+        loss = self._step()
+        self.run.first_s = time.perf_counter() - t0
+        self.run.losses.append(loss)
+        self.kind = self.engine.name
+        fallback = [n for n in notes if "reference engine" in n]
+        if self.requested == "native" and fallback:
+            self.run.note = fallback[0]
+            print(f"  {self.run.note}")
+        self.run.framework = f"dlc ({self.kind})"
 
     def timed(self, warmup: int, steps: int):
         timed_loop(self.run, self._step, warmup, steps)

@@ -7,6 +7,7 @@ after the binding it occurs in (`h1 = dense(x, 128)` gives `h1.W`, `h1.b`).
 """
 from __future__ import annotations
 
+import functools
 import inspect
 from dataclasses import dataclass, field
 from importlib import resources
@@ -1115,7 +1116,9 @@ def _parse_file(path: Path) -> A.Module:
     return A.parse(text, str(path))
 
 
+@functools.cache
 def stdlib_env() -> Env:
+    """Builtins and the standard library, parsed once per process."""
     from .builtins import BUILTINS
     env = Env()
     env.vars.update(BUILTINS)
@@ -1130,28 +1133,20 @@ def stdlib_env() -> Env:
     return libenv
 
 
-_STDLIB: list = []
-
-
 def load(path: str) -> Program:
     """Parse a .dl file and everything it imports."""
     p = Path(path)
     if not p.exists():
         raise DlcError(f"no such file: {path}")
-    if not _STDLIB:
-        _STDLIB.append(stdlib_env())
-    module = _parse_file(p)
-    env = _STDLIB[0].child()
-    _load_into(env, module, p.resolve(), [p.resolve()], {}, set())
-    return Program(module, env, path)
+    return _program(_parse_file(p), p.resolve(), path)
 
 
 def load_text(text: str, filename: str = "<input>") -> Program:
-    if not _STDLIB:
-        _STDLIB.append(stdlib_env())
-    module = A.parse(text, filename)
-    env = _STDLIB[0].child()
     path = Path(filename).resolve() if not filename.startswith("<") else None
-    _load_into(env, module, path, [path], {}, set())
-    return Program(module, env, filename)
+    return _program(A.parse(text, filename), path, filename)
 
+
+def _program(module: A.Module, path: Path | None, name: str) -> Program:
+    env = stdlib_env().child()
+    _load_into(env, module, path, [path] if path else [], {}, set())
+    return Program(module, env, name)

@@ -142,7 +142,7 @@ class DlcModel:
             window = np.array([ids[-context:] if context else ids], np.int32)
             out = next(iter(self.engine.predict(self.params, {inp.name: window}).values()))
             probs = np.asarray(out, np.float64).reshape(-1)
-            if probs.size != len(vocab) and probs.size < len(vocab):
+            if probs.size < len(vocab):
                 raise DlcError(f"the model's output has {probs.size} classes, the vocabulary {len(vocab)}")
             probs = probs[:len(vocab)]
             if temperature == 0:

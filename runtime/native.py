@@ -76,7 +76,8 @@ class Executable:
             lay = self.layouts[key] = (arrays, table, dims)
         return lay
 
-    def run(self, feeds: dict, fixed: dict, extra=()) -> list:
+    def run(self, feeds: dict, fixed: dict, extra=()) -> tuple:
+        """Run on feeds; returns (every buffer, the sizes of the symbolic dims)."""
         # "$t0", ...: the step indices of scans, written by the loops themselves
         sizes = {s: 0 for s in self.program.symbols if s.startswith("$")} | bind_sizes(self.graph, feeds)
         arrays, table, dims = self.layout(sizes, fixed)
@@ -88,7 +89,7 @@ class Executable:
         for slot, a in enumerate(extra):
             table[len(self.program.buffers) + slot] = a.ctypes.data
         self.fn(table, dims, threads())
-        return arrays
+        return arrays, sizes
 
 
 class NativeEngine:
@@ -187,8 +188,8 @@ class NativeEngine:
         self._adopt(params, opt_state)
         self._set_scalars(lr, step)
         exe = self.train_exe
-        arrays = exe.run({**batch, "rng": np.asarray(key, np.int32)}, self._fixed(exe, params, True),
-                         extra=(self.flat, self.grads, self.state[0], self.state[1], self.scalars))
+        arrays, _ = exe.run({**batch, "rng": np.asarray(key, np.int32)}, self._fixed(exe, params, True),
+                            extra=(self.flat, self.grads, self.state[0], self.state[1], self.scalars))
         out = {}
         for name, bid in exe.program.outputs.items():
             if name.startswith("update:"):
@@ -200,14 +201,13 @@ class NativeEngine:
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         exe = self.eval_exe
-        arrays = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
+        arrays, _ = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
         return _scalars({name: arrays[bid][0] for name, bid in exe.program.outputs.items()
                          if name == "loss" or name.startswith("metric:")})
 
     def predict(self, params: dict, batch: dict) -> dict:
         exe = self.predict_exe
-        sizes = bind_sizes(exe.graph, {**batch})
-        arrays = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
+        arrays, sizes = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
         out = {}
         for name, bid in exe.program.outputs.items():
             typ = exe.graph.outputs[name].type

@@ -304,9 +304,9 @@ class Trainer:
             if meta.get("source_hash") not in (None, self.source_hash):
                 self.log(f"note: {self.program.path} changed since {path} was written")
             self.log(f"resuming from {path}: epoch {epoch + 1}, batch {skip + 1}")
-        state = {name: opt_state.get(name) if opt_state else None for name in trainable}
-        fresh = optimizer.init({name: params[name] for name in trainable})
-        opt_state = {name: state[name] if state[name] is not None else fresh[name] for name in trainable}
+        # optimizer state from the checkpoint where it has one, fresh for the rest
+        opt_state = optimizer.init({name: params[name] for name in trainable}) | {
+            name: slots for name, slots in (opt_state or {}).items() if name in trainable}
 
         self.out.mkdir(parents=True, exist_ok=True)
         interrupted = _Interrupt()
