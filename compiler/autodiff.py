@@ -56,20 +56,25 @@ def _accumulate(cts: dict, x: Tensor, ct: Tensor):
     cts[key] = ct if key not in cts else cts[key] + ct
 
 
-def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None) -> tuple:
+def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None, keep_ids: bool = False) -> tuple:
     """Copy src's nodes into dst (a new graph by default); `arg` nodes become `args`
-    when given. Nested bodies are copied too. Returns (dst, src key -> dst Tensor)."""
+    when given. Nested bodies are copied too. Returns (dst, src key -> dst Tensor).
+    `keep_ids` (into a new graph) keeps the node numbers, so what is later compiled from
+    the copy still points at the original's nodes and their source places."""
     if dst is None:
         dst = Graph(src.name, parent=src.parent)
+    if keep_ids:
+        dst._next = src._next       # nodes added to the copy get numbers the original never used
     mapping: dict = {}
     for n in src.order():
         data = src.g.nodes[n]
         if data["op"] == "arg" and args is not None:
             mapping[(n, 0)] = args[data["attrs"]["index"]]
             continue
-        attrs = {k: (copy_graph(v)[0] if isinstance(v, Graph) else v) for k, v in data["attrs"].items()}
-        new = dst._next
-        dst._next += 1
+        attrs = {k: (copy_graph(v, keep_ids=keep_ids)[0] if isinstance(v, Graph) else v)
+                 for k, v in data["attrs"].items()}
+        new = n if keep_ids else dst._next
+        dst._next = max(dst._next, new + 1)
         dst.g.add_node(new, **{**data, "attrs": attrs, "types": list(data["types"])})
         for i, x in enumerate(src.inputs(n)):
             m = mapping[x.key()]

@@ -199,6 +199,18 @@ class Graph:
         """Nodes in a topological order that keeps creation order where it can."""
         return list(nx.lexicographical_topological_sort(self.g))
 
+    def uses(self, t: Tensor) -> int:
+        """Readers of t, a graph output counting as one."""
+        readers = sum(1 for _, _, out in self.g.out_edges(t.node, data="out") if out == t.out)
+        return readers + sum(1 for o in self.outputs.values() if o.key() == t.key())
+
+    def redirect(self, n: int, targets: list):
+        """Every reader of output j of node n (an edge or a graph output) reads targets[j]."""
+        for _, v, k, out in list(self.g.out_edges(n, keys=True, data="out")):
+            self.g.remove_edge(n, v, key=k)
+            self.g.add_edge(targets[out].node, v, key=k, out=targets[out].out)
+        self.outputs = {name: targets[t.out] if t.node == n else t for name, t in self.outputs.items()}
+
     def nodes_with(self, op: str) -> list[int]:
         return [n for n in sorted(self.g.nodes) if self.op(n) == op]
 

@@ -51,6 +51,7 @@ class Random:
     stream: int
     at: Affine
     dtype: str
+    steps: tuple = ()    # the step symbols of the enclosing scans, outermost first
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def remap(e, shift_fn):
     if isinstance(e, Index):
         return Index(shift_fn(e.at), e.dtype)
     if isinstance(e, Random):
-        return Random(e.key, e.stream, shift_fn(e.at), e.dtype)
+        return Random(e.key, e.stream, shift_fn(e.at), e.dtype, e.steps)
     if isinstance(e, Gather):
         return Gather(e.table, remap(e.idx, shift_fn), shift_fn(e.rows), e.stride, e.dtype)
     if isinstance(e, Guarded):
@@ -130,6 +131,18 @@ class MapKernel:
     out_at: Affine
     expr: object
     node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class FusedMapKernel:
+    """Map kernels over one iteration space run as one loop: every iteration does each
+    member's store in order. Legal when the members touch a buffer that one of them
+    writes only at the index being written (see fuse_maps)."""
+    shape: tuple
+    maps: list
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
@@ -141,6 +154,7 @@ class ReduceKernel:
     out: int
     expr: object
     node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
@@ -156,6 +170,23 @@ class GemmKernel:
     trans_a: bool
     trans_b: bool
     node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class SmallGemmKernel:
+    """C (m x n) = sum over the batch of A[b] (m x k) @ B[b] (k x n), all row-major. C is
+    small enough to stay in vector registers while K and the batch stream through, so
+    nothing is packed (a first convolution's weight gradient: 6 x 25, K = 784 per example)."""
+    m: int
+    n: int
+    k: object
+    batch: object
+    a: tuple              # (buffer, offset, ld, batch stride)
+    b: tuple
+    c: tuple              # (buffer, offset, ld)
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
@@ -167,6 +198,7 @@ class ScatterAddKernel:
     idx: object           # integer expression over idx_shape
     upd: int
     node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
@@ -179,6 +211,7 @@ class AccumulateKernel:
     guards: tuple
     expr: object
     node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
@@ -193,6 +226,7 @@ class MaxPoolGradKernel:
     stride: tuple
     padding: tuple
     node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
@@ -210,7 +244,7 @@ class Program:
         return b
 
 
-SMALL_FILTER = 4096     # O * C * kh * kw below which a weight gradient is summed per example
+SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
 
 
 class NotLowerable(NotImplementedError):
@@ -230,6 +264,7 @@ def contiguous(buffer: int, shape, dtype) -> Load:
 
 
 # ---- the lowering ------------------------------------------------------------------------------------
+VIEWS = {"broadcast", "transpose", "slice", "reshape", "stop_gradient"}
 ELEMENTWISE = {"neg", "exp", "log", "log1p", "tanh", "logistic", "sqrt", "abs", "sign", "sin", "cos", "erf",
                "add", "sub", "mul", "div", "mod", "pow", "maximum", "minimum", "lt", "le", "gt", "ge", "eq",
                "ne", "logical_and", "logical_or", "logical_not", "select", "cast"}
@@ -243,6 +278,7 @@ class ScanKernel:
     var: str              # the symbol of the step index, "$t0", "$t1", ... by nesting depth
     body: list
     node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 class Lowering:
@@ -257,9 +293,26 @@ class Lowering:
             self.uses[(u, out)] = self.uses.get((u, out), 0) + 1
         outputs = {t.key() for t in graph.outputs.values()}
         self.pinned = outputs         # values that must live in memory
+        self.cols: dict = {}          # im2col buffers by (window expression, shape)
 
-    def emit(self, kernel):
-        self.kernels.append(kernel)
+    def emit(self, kernel, into: list | None = None):
+        kernel.origin = self.origin(kernel.node)
+        (self.kernels if into is None else into).append(kernel)
+
+    def origin(self, n: int) -> tuple:
+        """(op, span) of node n and of the producers fused into its kernel: values
+        inlined into its expression and free views, in graph order."""
+        if n not in self.g.g.nodes:
+            return ()
+        seen, todo = {n}, [n] if self.g.op(n) != "scan" else []
+        while todo:
+            for x in self.g.inputs(todo.pop()):
+                op = self.g.op(x.node)
+                inlined = not isinstance(self.values.get(x.key()), Load) or op in VIEWS
+                if x.node not in seen and op not in ("input", "param", "arg") and inlined:
+                    seen.add(x.node)
+                    todo.append(x.node)
+        return tuple((self.g.op(v), self.g.g.nodes[v]["span"]) for v in [n] + sorted(seen - {n}))
 
     def run(self) -> Program:
         for n in self.g.order():
@@ -273,6 +326,7 @@ class Lowering:
                 load = contiguous(buf.id, t.shape, t.dtype)
             taken.add(load.buffer)
             self.p.outputs[name] = load.buffer
+        self.p.kernels[:] = fuse_maps(self.p.kernels)
         syms = set(self.p.symbols)
         for b in self.p.buffers:
             if isinstance(b.size, Dim):
@@ -330,7 +384,8 @@ class Lowering:
             if attrs["dist"] != "uniform":
                 raise NotLowerable(f"random {attrs['dist']} (only uniform is compiled)")
             key = self.materialize(ins[0])
-            self.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype))
+            steps = tuple(f"$t{d}" for d in range(self.depth))
+            self.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype, steps))
         elif op in ELEMENTWISE:
             args = tuple(self.use(x) for x in ins)
             name = op if op != "cast" else f"cast_{typ.dtype}"
@@ -463,7 +518,7 @@ class Lowering:
         current = []
         for x in ins[:nc]:
             buf = self.p.buffer(x.dtype, numel(x.shape), "temp")
-            self.emit(MapKernel(x.shape, buf.id, Affine(0, row_major(x.shape)), self.use(x), n))
+            self.emit(MapKernel(x.shape, buf.id, Affine(0, row_major(x.shape)), self.use(x), x.node))
             current.append(contiguous(buf.id, x.shape, x.dtype))
         args = list(current)
         for x, axis in zip(ins[nc:nc + len(xs_axes)], xs_axes):      # step t of a sequence: a view
@@ -484,12 +539,12 @@ class Lowering:
         for y, axis, out in zip(results[nc:], ys_axes, outs[nc:]):
             buf = self.p.buffer(out.dtype, numel(out.shape), "temp")
             full = row_major(out.shape)
-            sub.emit(MapKernel(y.shape, buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1:]),
-                               sub.expr(y), n))
+            self.emit(MapKernel(y.shape, buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1:]),
+                                sub.expr(y), n), into=sub.kernels)
             stacked.append(contiguous(buf.id, out.shape, out.dtype))
         for cur, new, y in zip(current, fresh, results[:nc]):
-            sub.emit(MapKernel(y.shape, cur.buffer, cur.at, new, n))
-        self.emit(ScanKernel(length, attrs["reverse"], var, sub.kernels, n))
+            self.emit(MapKernel(y.shape, cur.buffer, cur.at, new, n), into=sub.kernels)
+        self.emit(ScanKernel(length, attrs["reverse"], var, fuse_maps(sub.kernels), n))
         for j, value in enumerate(current + stacked):
             self.set(n, value, j)
 
@@ -516,15 +571,24 @@ class Lowering:
         guards = ((Affine(-ph, row), h), (Affine(-pw, col), w))
         return Guarded(load, guards, fill)
 
+    def im2col(self, x: Tensor, window_shape, attrs, n) -> Buffer:
+        """x's windows laid out [N, Ho, Wo, C, kh, kw]; written once and shared by the
+        convolution and its weight gradient, which read the same windows."""
+        shape = (x.shape[0],) + tuple(window_shape)
+        e = self.windows(x, attrs["stride"], attrs["padding"])
+        if (e, shape) not in self.cols:
+            cols = self.p.buffer("f32", numel(shape), "temp")
+            self.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), e, n))
+            self.cols[e, shape] = cols
+        return self.cols[e, shape]
+
     def conv2d(self, n, ins, attrs, typ):
         x, w = ins
         N, C, H, W = x.shape
         O, _, kh, kw = w.shape
         Ho, Wo = typ.shape[2:]
         ckk, hw = C * kh * kw, Ho * Wo
-        cols = self.p.buffer("f32", N * hw * ckk, "temp")
-        self.emit(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
-                                        self.windows(x, attrs["stride"], attrs["padding"]), n))
+        cols = self.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
         wm = self.materialize(w)
         out = self.p.buffer("f32", numel(typ.shape), "temp")
         # y[n] (O x HoWo) = W (O x CKK) @ cols[n]^T
@@ -538,18 +602,14 @@ class Lowering:
         O, _, kh, kw = typ.shape
         Ho, Wo = g.shape[2:]
         ckk, hw = C * kh * kw, Ho * Wo
-        cols = self.p.buffer("f32", N * hw * ckk, "temp")
-        self.emit(MapKernel((N, Ho, Wo, C, kh, kw), cols.id, Affine(0, row_major((N, Ho, Wo, C, kh, kw))),
-                                        self.windows(x, attrs["stride"], attrs["padding"]), n))
+        cols = self.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
         out = self.p.buffer("f32", numel(typ.shape), "temp")
         if isinstance(O * ckk, int) and O * ckk <= SMALL_FILTER:
-            # few, small filters (a first layer): one GEMM per example, O x CKK each, summed;
-            # a single GEMM over N*HoWo would be a skinny 6 x 25 x 50000 product
+            # few, small filters (a first layer): dW stays in registers while every
+            # example's g[n] (O x HoWo) @ cols[n] (HoWo x CKK) streams by
             gm = self.materialize(g)
-            parts = self.p.buffer("f32", N * O * ckk, "temp")
-            self.emit(GemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw), (cols.id, 0, ckk, hw * ckk),
-                                 (parts.id, 0, ckk, O * ckk), False, False, n))
-            self.emit(ReduceKernel((N, O, ckk), (0,), "sum", out.id, contiguous(parts.id, (N, O, ckk), "f32"), n))
+            self.emit(SmallGemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw),
+                                      (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), n))
         else:
             # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK), one GEMM
             g2 = self.p.buffer("f32", O * N * hw, "temp")
@@ -619,6 +679,72 @@ class Lowering:
         self.emit(MaxPoolGradKernel(xm.buffer, gm.buffer, out.id, typ.shape, g.shape[2:],
                                                 attrs["kernel"], attrs["stride"], attrs["padding"], n))
         self.set(n, contiguous(out.id, typ.shape, typ.dtype))
+
+
+def leaves(e):
+    """The memory reads of an expression: Load, Gather, Guarded and Random leaves."""
+    if isinstance(e, (Load, Random)):
+        yield e
+    elif isinstance(e, Gather):
+        yield e
+        yield from leaves(e.idx)
+    elif isinstance(e, Guarded):
+        yield e
+    elif isinstance(e, Op):
+        for a in e.args:
+            yield from leaves(a)
+
+
+def buffer_of(leaf) -> int:
+    """The buffer a memory-reading leaf reads."""
+    return leaf.table if isinstance(leaf, Gather) else leaf.key if isinstance(leaf, Random) else \
+        leaf.load.buffer if isinstance(leaf, Guarded) else leaf.buffer
+
+
+def _fusable(group: list, k: MapKernel) -> bool:
+    """Whether k can join the group's loop: every access to a buffer the group (with k)
+    writes is a plain load or store at one and the same index — except the pieces of
+    one concat, which write disjoint parts of a buffer no member reads."""
+    members = group + [k]
+    written = {m.out for m in members}
+    at, pieces = {}, {}
+    for m in members:
+        if m.origin and m.origin[0][0] == "concat":
+            pieces.setdefault(m.out, set()).add(m.node)
+        for x in leaves(m.expr):
+            buf = buffer_of(x)
+            if buf in written and (not isinstance(x, Load) or at.setdefault(buf, x.at) != x.at):
+                return False
+    for m in members:
+        one_concat = pieces.get(m.out) and len(pieces[m.out]) == 1 and m.out not in at
+        if not one_concat and at.setdefault(m.out, m.out_at) != m.out_at:
+            return False
+    return True
+
+
+def fuse_maps(kernels: list) -> list:
+    """Consecutive map kernels over the same iteration space become one loop (an RNN
+    step's gates, cell, saved values and carries: one pass instead of a dozen)."""
+    out, group = [], []
+
+    def close():
+        if len(group) > 1:
+            out.append(FusedMapKernel(group[0].shape, list(group), group[0].node,
+                                      tuple(dict.fromkeys(o for m in group for o in m.origin))))
+        else:
+            out.extend(group)
+        group.clear()
+    for k in kernels:
+        if isinstance(k, MapKernel) and k.shape and (not group or (k.shape == group[0].shape and _fusable(group, k))):
+            group.append(k)
+            continue
+        close()
+        if isinstance(k, MapKernel) and k.shape:
+            group.append(k)
+        else:
+            out.append(k)
+    close()
+    return out
 
 
 def lower(graph: Graph) -> Program:

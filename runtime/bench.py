@@ -5,9 +5,10 @@ import time
 
 import numpy as np
 
+from dlc.compiler.codegen import render
 from dlc.compiler.dims import evaluate, numel, symbols
 from dlc.compiler.frontend import Program
-from dlc.compiler.lower import GemmKernel, ScanKernel
+from dlc.compiler.lower import GemmKernel, ScanKernel, SmallGemmKernel
 from .config import Call
 from .gradcheck import init_params, sample_inputs
 from .native import NativeEngine
@@ -47,12 +48,11 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
             flops *= trips[depth]
         if isinstance(k, ScanKernel):
             trips.append(trips[depth] * evaluate(k.length, sizes))
-        span = exe.graph.g.nodes[k.node]["span"] if k.node in exe.graph.g.nodes else None
-        where = f"{span.file.rsplit('/', 1)[-1]}:{span.line}" if span else ""
-        rows.append((seconds, depth, type(k).__name__.replace("Kernel", "").lower(), where, flops))
+        rows.append((seconds, depth, type(k).__name__.replace("Kernel", "").lower(), render.source(k), flops))
     median = float(np.median(times))
     lines = [f"native train step of {train.name}: median {median * 1e3:.3f} ms over {steps} steps "
              f"(sizes: {', '.join(f'{k}={v}' for k, v in sizes.items())}); compile {compile_s:.2f} s",
+             _memory(exe),
              f"{'kernel':<24}{'source':<22}{'ms/step':>10}{'share':>8}{'GFLOP/s':>10}"]
     ranked = sorted(range(len(rows)), key=lambda i: -rows[i][0])[:top]
     for i in sorted(ranked):
@@ -64,7 +64,14 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
     return "\n".join(lines)
 
 
+def _memory(exe) -> str:
+    """The temporaries' total size and the arena they share (compiler/memory.py)."""
+    plan = list(exe.plans.values())[-1]
+    mb = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+    return f"memory: temporaries {mb(plan.temp_bytes)} in a {mb(plan.arena)} arena"
+
+
 def _gemm_flops(k, sizes):
-    if not isinstance(k, GemmKernel):
+    if not isinstance(k, (GemmKernel, SmallGemmKernel)):
         return None
     return 2 * numel([evaluate(d, sizes) for d in (k.m, k.n, k.k, k.batch)])

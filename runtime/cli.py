@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 import dlc
-from dlc.compiler import autodiff, graph as G, summary as S, syntax
+from dlc.compiler import autodiff, graph as G, passes as P, summary as S, syntax
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import load
 
@@ -21,6 +21,26 @@ def _add_model_args(p: argparse.ArgumentParser, backend=False):
         p.add_argument("--backend", choices=["native", "reference"], default="native",
                        help="native: compiled LLVM kernels (the reference numpy engine where a primitive is "
                             "not compiled yet); reference: the numpy interpreter")
+        _add_threads(p)
+
+
+def _add_threads(p: argparse.ArgumentParser):
+    p.add_argument("--threads", type=_thread_count, metavar="N",
+                   help="threads of the native code (default: $DLC_NUM_THREADS, else every core)")
+
+
+def _thread_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"needs a whole number of threads, at least 1; got '{text}'")
+    return int(text)
+
+
+def _pass_list(text: str) -> tuple:
+    names = tuple(name.strip() for name in text.split(","))
+    for name in names:
+        if name not in P.PASSES:
+            raise argparse.ArgumentTypeError(f"no graph pass '{name}'; the passes are {', '.join(P.PASSES)}")
+    return names
 
 
 def _build(args, training=True):
@@ -87,24 +107,34 @@ def cmd_graph(args):
     _write(_render(_graph_for(args, args.grad), args.format), args.output)
 
 
+def _optimized(args, graph, native: bool):
+    """The graph after the passes asked for: -O, --passes or --dump-after for a graph,
+    the default pipeline (what the engine compiles) for the native stages."""
+    passes = args.passes or (P.PIPELINE if native or args.optimize or args.dump_after else ())
+    if args.dump_after not in (None, "all", *passes):
+        raise DlcError(f"--dump-after {args.dump_after}: that pass does not run (the passes: {', '.join(passes)})")
+    return P.optimize(graph, passes, dump=args.dump_after, dump_to=sys.stderr) if passes else graph
+
+
 def cmd_compile(args):
     if args.emit == "ast":
         _write(syntax.dump(load(args.file).module), args.output)
     elif args.emit in ("graph", "grad"):
-        _write(_render(_graph_for(args, args.emit == "grad"), args.format), args.output)
+        _write(_render(_optimized(args, _graph_for(args, args.emit == "grad"), False), args.format), args.output)
     else:       # the native stages, of the train step (or the forward graph without a loss)
         from dlc.compiler.codegen import render
         from dlc.compiler.codegen.kernels import build_module
         from dlc.compiler.lower import NotLowerable, lower
         from dlc.runtime import jit
         model = _build(args)
-        graph = autodiff.train_step(model.graph) if "loss" in model.graph.outputs else model.graph
+        graph = _optimized(args, autodiff.train_step(model.graph) if "loss" in model.graph.outputs else model.graph,
+                           True)
         try:
             program = lower(graph)
         except NotLowerable as e:
             raise DlcError(f"the native backend cannot compile {model.name} yet: {e}") from None
-        if args.emit == "kernels":
-            _write(render.program(program, graph), args.output)
+        if args.emit in ("kernels", "fused"):
+            _write((render.program if args.emit == "kernels" else render.fused)(program), args.output)
         else:
             module = build_module(program)
             _write(jit.optimized_ir(module) if args.emit == "llvm" else jit.assembly(module), args.output)
@@ -232,11 +262,20 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="show a stage of compilation")
     _add_model_args(c)
-    c.add_argument("--emit", choices=["ast", "graph", "grad", "kernels", "llvm", "asm"], required=True,
-                   help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph; kernels: "
-                        "the fused loop kernels of the train step, each with its source line; llvm: their "
-                        "optimized LLVM IR; asm: the host assembly")
+    c.add_argument("--emit", choices=["ast", "graph", "grad", "fused", "kernels", "llvm", "asm"], required=True,
+                   help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph; fused: the "
+                        "graph operations fused into each kernel, with their source lines; kernels: the fused loop "
+                        "kernels of the train step, each with its source line; llvm: their optimized LLVM IR; asm: "
+                        "the host assembly")
     c.add_argument("--format", choices=["text", "dot", "json"], default="text", help="for graph and grad")
+    c.add_argument("-O", "--optimize", action="store_true",
+                   help="graph and grad: run the graph passes (" + ", ".join(P.PIPELINE) + ") first; the native "
+                        "stages always run them")
+    c.add_argument("--passes", type=_pass_list, metavar="NAMES",
+                   help="run these passes, comma-separated, instead of the default pipeline (implies -O)")
+    c.add_argument("--dump-after", choices=[*P.PASSES, "all"], metavar="PASS",
+                   help="print the graph to stderr after PASS (" + ", ".join(P.PASSES) + " or all), in the "
+                        "first round and whenever it changes the graph (implies -O)")
     c.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
     c.set_defaults(run=cmd_compile)
 
@@ -255,6 +294,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of another symbolic dim (default 32)")
     c.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     c.add_argument("--top", type=int, default=25, help="kernels shown, slowest first (default 25)")
+    _add_threads(c)
     c.set_defaults(run=cmd_bench)
 
     c = sub.add_parser("train", help="train a model on its train block's data (flags override the block)")
@@ -308,6 +348,8 @@ def main(argv=None) -> int:
     if not getattr(args, "run", None):
         parser().print_help()
         return 2
+    if getattr(args, "threads", None):      # read by the native engine at every call
+        os.environ["DLC_NUM_THREADS"] = str(args.threads)
     try:
         return args.run(args) or 0
     except DlcError as e:

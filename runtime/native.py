@@ -21,6 +21,8 @@ from dlc.compiler.dims import evaluate, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import Model
 from dlc.compiler.lower import Program, lower
+from dlc.compiler.memory import intervals, plan, views
+from dlc.compiler.passes import optimize
 from . import cache
 from .engine import _scalars, predict_graph
 from .interpreter import bind_sizes
@@ -38,7 +40,7 @@ class Executable:
 
     def __init__(self, graph, update=None, profile=False):
         self.graph = graph
-        self.program: Program = lower(graph)
+        self.program: Program = lower(optimize(graph))
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         self.module = build_module(self.program, "dlc_step", update=update, profile=self.profile)
         cache.gemm_symbols()
@@ -46,6 +48,8 @@ class Executable:
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
             self.compiled.address("dlc_step"))
         self.layouts: dict = {}
+        self.live = intervals(self.program)         # temporaries share an arena (compiler/memory.py)
+        self.plans: dict = {}                       # its layout per set of sizes
         self.slots = len(self.program.buffers) + (5 if update is not None else 0)
         self.input_dtypes = {graph.attrs(n)["name"]: NP[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
 
@@ -63,12 +67,16 @@ class Executable:
         key = tuple(sizes[s] for s in self.program.symbols)
         lay = self.layouts.get(key)
         if lay is None:
+            self.plans[key] = plan(self.program, sizes, self.live, exclude=fixed)
+            _, temps = views(self.plans[key], self.program, NP)
             arrays = []
             for b in self.program.buffers:
                 if b.id in fixed:
                     arrays.append(fixed[b.id])
                 elif b.kind == "const":
                     arrays.append(np.ascontiguousarray(b.data))
+                elif b.id in temps:
+                    arrays.append(temps[b.id])
                 else:
                     arrays.append(np.zeros(max(1, int(evaluate(b.size, sizes))), NP[b.dtype]))
             table = (ctypes.c_void_p * self.slots)(*[a.ctypes.data for a in arrays])

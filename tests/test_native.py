@@ -4,7 +4,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlc.compiler.autodiff import train_step
 from dlc.compiler.frontend import load, load_text
+from dlc.runtime import interpreter
 from dlc.runtime.config import Call
 from dlc.runtime.engine import ReferenceEngine
 from dlc.runtime.gradcheck import init_params, sample_inputs
@@ -106,12 +108,54 @@ def test_inputs_of_the_wrong_shape_are_refused_before_the_native_call():
 EXAMPLE_FILES = sorted(EXAMPLES.glob("*.dl"))
 
 
+def exactly_zero_gradients(program, sizes) -> set:
+    """Trainable parameters whose gradient is zero in exact arithmetic (an attention key
+    bias: softmax cancels it), found from a float64 reference gradient at the start."""
+    train = program.build(training=True)
+    feeds = sample_inputs(train, sizes, seed=1)
+    feeds["rng"] = np.array([0, 1], np.int32)
+    grads = {k[5:]: np.abs(v).max() for k, v in
+             interpreter.run(train_step(train.graph), feeds, init_params(train), float_dtype="f64").items()
+             if k.startswith("grad:")}
+    top = max(grads.values())
+    return {name for name, g in grads.items() if g <= 1e-10 * top}
+
+
+ADAM_LR = 1e-3
+
+
 @pytest.mark.parametrize("path", EXAMPLE_FILES, ids=lambda p: p.stem)
 def test_every_example_compiles_and_trains_like_the_reference(path):
-    """Five SGD steps on both engines agree to 1e-4 relative (plain SGD: with momentum or
-    Adam a deep ReLU + batchnorm net amplifies float32 rounding once a unit sits at a
-    kink; the optimizers themselves are compared on the MLPs above)."""
-    assert_same_training(load(str(path)), Call("sgd", [], {"lr": 1e-3}), {"B": 2, "T": 3, "S": 4})
+    """Five Adam steps (default hyperparameters, lr 1e-3) on both engines: the losses agree
+    to 1e-4 and every parameter tensor to 1e-4 relative, |native - reference| <= 1e-4
+    |reference| in the Euclidean norm.
+
+    Not entry by entry: Adam divides each gradient entry by its own running magnitude, so
+    an entry whose gradient is at float32 rounding level (a weight of a unit that is dead
+    for the whole batch, whose other term is a tiny penalty) moves by ~lr whatever its
+    size, and rounding decides how far: a handful of entries then differ by ~1e-3 of the
+    tensor's largest value although every gradient agrees to ~1e-6 (mnist_mlp, vgg_cnn,
+    the transformers). The norm of the tensor's error stays ~1e-6.
+
+    Parameters whose gradient is zero in exact arithmetic are pure rounding noise in both
+    engines; they only have to stay within what five Adam steps can move them."""
+    program = load(str(path))
+    sizes = {"B": 2, "T": 3, "S": 4}
+    ref, ref_losses, _, _ = five_steps(program, ReferenceEngine, Call("adam", [], {"lr": ADAM_LR}), sizes)
+    nat, nat_losses, _, _ = five_steps(program, NativeEngine, Call("adam", [], {"lr": ADAM_LR}), sizes)
+    np.testing.assert_allclose(nat_losses, ref_losses, rtol=1e-4)
+    train = program.build(training=True)
+    initial = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    noise = exactly_zero_gradients(program, sizes)
+    for name in ref:
+        assert np.all(np.isfinite(nat[name])), name
+        if name in noise:
+            # |Adam step| <= lr (1 - beta1) / sqrt(1 - beta2) ~ 3.2 lr
+            assert np.abs(nat[name] - initial[name]).max() <= 5 * 3.2 * ADAM_LR, name
+            continue
+        err = np.linalg.norm((nat[name] - ref[name]).ravel().astype(np.float64))
+        assert err <= 1e-4 * np.linalg.norm(ref[name].ravel().astype(np.float64)), \
+            f"{name}: relative error {err / np.linalg.norm(ref[name].ravel()):.3g}"
 
 
 def test_scan_with_two_carries_in_both_directions():

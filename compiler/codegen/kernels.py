@@ -14,17 +14,18 @@ import math
 from llvmlite import ir
 
 from ..dims import numel
-from ..lower import (AccumulateKernel, Affine, Const, Gather, GemmKernel, Guarded, Index, Load, MapKernel,
-                     MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScanKernel, ScatterAddKernel, Size)
-from .gemm import gemm_name
+from ..lower import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index, Load,
+                     MapKernel,
+                     MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScanKernel, ScatterAddKernel, Size,
+                     SmallGemmKernel)
+from .gemm import _declare, _vec_ptr, default_config, gemm_name
 
 i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 f32, f64 = ir.FloatType(), ir.DoubleType()
 LL = {"f32": f32, "f64": f64, "i32": i32, "i64": i64, "bool": i1, "i8": i8}
 FAST = ("contract",)
 GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + [i64, i64])
-LIBM = {"log": "logf", "log1p": "log1pf", "sqrt": "sqrtf", "sin": "sinf",
-        "cos": "cosf", "erf": "erff", "pow": "powf", "mod": "fmodf"}
+LIBM = {"log": "log", "log1p": "log1p", "sin": "sin", "cos": "cos", "erf": "erf", "pow": "pow"}   # + "f" for f32
 
 
 class KernelBuilder:
@@ -41,6 +42,7 @@ class KernelBuilder:
                       for k, s in enumerate(prog.symbols)}
         self.ptrs = {}
         self.ptr_table = ptrs
+        self.stored: dict = {}      # (buffer, index) -> value stored earlier in this iteration
 
     def alloca(self, t):
         return self.eb.alloca(t)
@@ -104,6 +106,8 @@ class KernelBuilder:
         if isinstance(e, Size):
             return b.trunc(self.dim(e.dim), i32)
         if isinstance(e, Load):
+            if (e.buffer, e.at) in self.stored:
+                return self.stored[e.buffer, e.at]
             ptr = b.gep(self.buffer(e.buffer, e.dtype if e.dtype != "bool" else "i8"), [self.affine(e.at, idx)])
             v = b.load(ptr)
             return b.trunc(v, i1) if e.dtype == "bool" else v
@@ -177,10 +181,21 @@ class KernelBuilder:
                 one, zero = ir.Constant(a[0].type, 1.0), ir.Constant(a[0].type, 0.0)
                 pos = b.select(b.fcmp_ordered(">", a[0], zero), one, zero)
                 return b.select(b.fcmp_ordered("<", a[0], zero), ir.Constant(a[0].type, -1.0), pos)
+            if a[0].type == f64 and n in ("exp", "tanh"):     # the inline polynomials are float's
+                return self.call(n, f64, a)
             if n == "exp":
                 return self.exp(a[0])
             if n == "tanh":
                 return self.tanh(a[0])
+            if n == "mod":      # floor modulo, as numpy: the sign of the divisor
+                r = self.call("fmod" if a[0].type == f64 else "fmodf", a[0].type, a)
+                zero = ir.Constant(r.type, 0.0)
+                wrong = b.and_(b.fcmp_ordered("!=", r, zero),
+                               b.xor(b.fcmp_ordered("<", r, zero), b.fcmp_ordered("<", a[1], zero)))
+                return b.select(wrong, b.fadd(r, a[1]), r)
+            if n == "logistic" and a[0].type == f64:
+                one = ir.Constant(f64, 1.0)
+                return b.fdiv(one, b.fadd(one, self.call("exp", f64, [b.fneg(a[0])])))
             if n == "logistic":
                 # 1 / (1 + exp(-x)), written so that neither branch overflows
                 x = a[0]
@@ -191,17 +206,19 @@ class KernelBuilder:
             if n == "sqrt":
                 return self.intrinsic("llvm.sqrt", a[0])
             if n in LIBM:
-                return self.call(LIBM[n], f32, a)
+                return self.call(LIBM[n] + ("f" if a[0].type == f32 else ""), a[0].type, a)
         else:
             f = {"add": b.add, "sub": b.sub, "mul": b.mul}.get(n)
             if f:
                 return f(a[0], a[1])
-            if n == "div":   # floor division, as numpy
+            if n in ("div", "mod"):   # floor division and modulo, as numpy
                 q = b.sdiv(a[0], a[1])
                 r = b.srem(a[0], a[1])
                 adjust = b.and_(b.icmp_signed("!=", r, ir.Constant(r.type, 0)),
                                 b.icmp_signed("!=", b.icmp_signed("<", r, ir.Constant(r.type, 0)),
                                               b.icmp_signed("<", a[1], ir.Constant(r.type, 0))))
+                if n == "mod":
+                    return b.select(adjust, b.add(r, a[1]), r)
                 return b.sub(q, b.zext(adjust, q.type))
             if n == "neg":
                 return b.neg(a[0])
@@ -277,7 +294,11 @@ class KernelBuilder:
         key = self.buffer(e.key, "i32")
         seed = b.load(key)
         step = b.load(b.gep(key, [ir.Constant(i64, 1)]))
-        stream = ir.Constant(i32, (e.stream * 0x9E3779B9) & 0xFFFFFFFF)
+        stream = ir.Constant(i32, e.stream)
+        for t in e.steps:      # inside scans every step draws anew, as primitives._random
+            t = b.trunc(self.sizes[t], i32)
+            stream = self.mix(b.add(b.add(b.mul(stream, ir.Constant(i32, 0x01000193)), t), ir.Constant(i32, 1)))
+        stream = b.mul(stream, ir.Constant(i32, 0x9E3779B9))
         k = self.mix(b.xor(seed, self.mix(b.add(stream, self.mix(step)))))
         i = b.trunc(self.affine(e.at, idx), i32)
         bits = self.mix(b.add(self.mix(b.xor(i, k)), k))
@@ -291,10 +312,16 @@ class KernelBuilder:
             self.b.store(v, self.b.gep(self.buffer(bid, dtype), [at]))
 
 
-def _map(kb: KernelBuilder, k: MapKernel, prog: Program, first=None):
-    dtype = prog.buffers[k.out].dtype
-    kb.loops(k.shape, lambda idx: kb.store(k.out, dtype, kb.affine(k.out_at, idx), kb.expr(k.expr, idx)),
-             first=first)
+def _map(kb: KernelBuilder, k: MapKernel | FusedMapKernel, prog: Program, first=None):
+    maps = k.maps if isinstance(k, FusedMapKernel) else [k]
+
+    def body(idx):
+        for m in maps:
+            v = kb.expr(m.expr, idx)
+            kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v)
+            kb.stored[m.out, m.out_at] = v     # later members read it from the register
+        kb.stored.clear()
+    kb.loops(k.shape, body, first=first)
 
 
 PARALLEL_BELOW = 1 << 15   # elements: smaller maps are not worth waking a second thread
@@ -435,6 +462,54 @@ def _scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: Program):
     kb.loops(k.idx_shape, each)
 
 
+def _small_gemm(kb: KernelBuilder, k: SmallGemmKernel):
+    """Each MR x NR tile of C is a set of vector accumulators over the whole batch and K:
+    A broadcast, a row of B loaded as vectors (masked past N), llvm.fma — the GEMM's
+    micro-kernel without packing, which pays off only when C is this small."""
+    b, cfg = kb.b, default_config()
+    VW = cfg.vw
+    vty, mty = ir.VectorType(f32, VW), ir.VectorType(i1, VW)
+    fma = _declare(kb.m, f"llvm.fma.v{VW}f32", vty, [vty] * 3)
+    mload = _declare(kb.m, f"llvm.masked.load.v{VW}f32.p0", vty, [vty.as_pointer(), i32, mty, vty])
+    mstore = _declare(kb.m, f"llvm.masked.store.v{VW}f32.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty])
+    zero = ir.Constant(vty, [0.0] * VW)
+    (ab, aoff, lda, sa), (bb, boff, ldb, sb), (cb, coff, ldc) = k.a, k.b, k.c
+    A, B, C = kb.buffer(ab, "f32"), kb.buffer(bb, "f32"), kb.buffer(cb, "f32")
+
+    def vec(ptr, at, lanes, value=None):
+        p = _vec_ptr(b, b.gep(ptr, [at]), vty)
+        if lanes == VW:
+            return b.load(p, align=4) if value is None else b.store(value, p, align=4)
+        mask = ir.Constant(mty, [int(j < lanes) for j in range(VW)])
+        if value is None:
+            return b.call(mload, [p, ir.Constant(i32, 4), mask, zero])
+        return b.call(mstore, [value, p, ir.Constant(i32, 4), mask])
+
+    for i0 in range(0, k.m, cfg.mr):
+        rows = range(i0, min(i0 + cfg.mr, k.m))
+        for j0 in range(0, k.n, cfg.nr):
+            lanes = [min(VW, k.n - j) for j in range(j0, min(j0 + cfg.nr, k.n), VW)]
+            acc = {(r, v): kb.alloca(vty) for r in rows for v in range(len(lanes))}
+            for slot in acc.values():
+                b.store(zero, slot)
+
+            def step(idx, rows=rows, lanes=lanes, acc=acc, j0=j0):
+                n, kk = idx
+                brow = b.add(b.add(b.mul(n, kb.dim(sb)), b.mul(kk, kb.dim(ldb))), kb.dim(boff + j0))
+                bv = [vec(B, b.add(brow, ir.Constant(i64, v * VW)), w) for v, w in enumerate(lanes)]
+                acol = b.add(b.add(b.mul(n, kb.dim(sa)), kk), kb.dim(aoff))
+                for r in rows:
+                    a = b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))]))
+                    a = b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), a, ir.Constant(i32, 0)),
+                                         ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, VW), [0] * VW))
+                    for v in range(len(lanes)):
+                        b.store(b.call(fma, [a, bv[v], b.load(acc[r, v])]), acc[r, v])
+            kb.loops((k.batch, k.k), step)
+            for r in rows:
+                for v, w in enumerate(lanes):
+                    vec(C, kb.dim(coff + r * ldc + j0 + v * VW), w, b.load(acc[r, v]))
+
+
 def _zero(kb: KernelBuilder, bid: int, prog: Program):
     dtype = prog.buffers[bid].dtype
     kb.loops((prog.buffers[bid].size,), lambda idx: kb.store(bid, dtype, idx[0], ir.Constant(LL[dtype], 0.0)))
@@ -510,7 +585,7 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
             fn = ir.Function(module, sig, f"kernel{number}")
             fn.number = number
             fn.linkage = "internal"
-            if isinstance(k, MapKernel) and k.shape:
+            if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
                 kb = _parallel_map(module, prog, k, fn, sig)
             else:
                 kb = KernelBuilder(module, prog, fn)
@@ -525,6 +600,8 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
                 _accumulate(kb, k, prog)
             elif isinstance(k, MaxPoolGradKernel):
                 _maxpool_grad(kb, k, prog)
+            elif isinstance(k, SmallGemmKernel):
+                _small_gemm(kb, k)
             elif isinstance(k, GemmKernel):
                 key = (k.trans_a, k.trans_b)
                 if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here

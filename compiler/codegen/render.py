@@ -1,8 +1,9 @@
 """Readable text of a kernel program (`dlc compile --emit kernels|fused`)."""
 from __future__ import annotations
 
-from ..lower import (AccumulateKernel, Affine, Const, Gather, GemmKernel, Guarded, Index, Load, MapKernel,
-                     MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScanKernel, ScatterAddKernel, Size)
+from ..lower import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index, Load,
+                     MapKernel, MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScanKernel, ScatterAddKernel, Size,
+                     SmallGemmKernel)
 
 
 def affine(a: Affine) -> str:
@@ -32,22 +33,35 @@ def expr(e) -> str:
     return repr(e)
 
 
-def kernel(k, graph, depth=0) -> list:
+def source(k) -> str:
+    """file:line of the graph node a kernel computes ('' for code of no node)."""
+    return _where(k.origin[0][1]) if k.origin else ""
+
+
+def _where(span) -> str:
+    return f"{span.file.rsplit('/', 1)[-1]}:{span.line}" if span else ""
+
+
+def kernel(k, depth=0) -> list:
     pad = "  " * depth
-    span = graph.g.nodes[k.node]["span"] if k.node in graph.g.nodes else None
-    where = f"  @{span.file.rsplit('/', 1)[-1]}:{span.line}" if span else ""
+    where = f"  @{source(k)}" if source(k) else ""
     shape = lambda s: "[" + ", ".join(str(d) for d in s) + "]"
     if isinstance(k, MapKernel):
         return [f"{pad}map {shape(k.shape)}: b{k.out}[{affine(k.out_at)}] = {expr(k.expr)}{where}"]
+    if isinstance(k, FusedMapKernel):
+        return [f"{pad}fused map {shape(k.shape)}:"] + [line for m in k.maps for line in kernel(m, depth + 1)]
     if isinstance(k, ReduceKernel):
         return [f"{pad}reduce {k.op} over axes {list(k.axes)} of {shape(k.shape)}: b{k.out} <- {expr(k.expr)}{where}"]
     if isinstance(k, GemmKernel):
         return [f"{pad}gemm {k.batch} x [{k.m} x {k.k}] @ [{k.k} x {k.n}]: b{k.c[0]} = "
                 f"{'T' if k.trans_a else ''}b{k.a[0]} @ {'T' if k.trans_b else ''}b{k.b[0]}{where}"]
+    if isinstance(k, SmallGemmKernel):
+        return [f"{pad}small_gemm sum over {k.batch} of [{k.m} x {k.k}] @ [{k.k} x {k.n}]: "
+                f"b{k.c[0]} = b{k.a[0]} @ b{k.b[0]}{where}"]
     if isinstance(k, ScanKernel):
         lines = [f"{pad}scan {k.var} in {k.length}{' reversed' if k.reverse else ''}:{where}"]
         for inner in k.body:
-            lines += kernel(inner, graph, depth + 1)
+            lines += kernel(inner, depth + 1)
         return lines
     if isinstance(k, AccumulateKernel):
         return [f"{pad}accumulate {shape(k.shape)}: b{k.out}[{affine(k.at)}] += {expr(k.expr)}{where}"]
@@ -58,11 +72,32 @@ def kernel(k, graph, depth=0) -> list:
     return [f"{pad}{k!r}"]
 
 
-def program(p: Program, graph) -> str:
+def program(p: Program) -> str:
     lines = [f"# {len(p.buffers)} buffers, symbols {', '.join(p.symbols) or 'none'}"]
     for b in p.buffers:
         if b.kind != "temp":
             lines.append(f"# b{b.id}: {b.kind} {b.name} {b.dtype}[{b.size}]".replace("  ", " "))
     for k in p.kernels:
-        lines += kernel(k, graph)
+        lines += kernel(k)
     return "\n".join(lines)
+
+
+def fused(p: Program) -> str:
+    """Each kernel with the graph operations fused into it and the source line of each."""
+    lines, number = [], iter(range(1 << 30))
+
+    def walk(kernels, depth):
+        for k in kernels:
+            pad = "  " * depth
+            if isinstance(k, ScanKernel):
+                lines.append(f"{pad}scan {k.var} in {k.length}{' reversed' if k.reverse else ''}  @{source(k)}")
+                walk(k.body, depth + 1)
+                continue
+            kind = type(k).__name__.replace("Kernel", "").replace("FusedMap", "Map").lower()
+            lines.append(f"{pad}kernel {next(number)}: {kind}, {len(k.origin)} op{'s' * (len(k.origin) != 1)}")
+            for op, span in k.origin:
+                text = (span.source_line() or "").strip() if span else ""
+                lines.append(f"{pad}    {op:<16}{_where(span):<22}{text}")
+    walk(p.kernels, 0)
+    return "\n".join(lines)
+

@@ -1,0 +1,174 @@
+"""Memory planning (compiler/memory.py): liveness of temporaries and their arena."""
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlc.compiler import memory
+from dlc.compiler.autodiff import train_step
+from dlc.compiler.frontend import load
+from dlc.compiler.lower import Affine, Load, MapKernel, Program, ScanKernel, lower
+from dlc.compiler.passes import optimize
+from dlc.runtime.config import Call
+from dlc.runtime.engine import ReferenceEngine
+from dlc.runtime.gradcheck import init_params, sample_inputs
+from dlc.runtime.native import Executable, NativeEngine
+from dlc.runtime.optim import make_optimizer
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+SIZES = {"B": 4, "T": 5, "S": 6}
+# recurrent (scans, a reversed one, attention), convolutional, transformers, an MLP
+PROGRAMS = ["char_lstm", "seq2seq_luong", "bilstm_tagger", "lenet5", "resnet", "transformer_classifier",
+            "transformer_seq2seq", "digits_mlp"]
+
+
+def train_program(name: str) -> Program:
+    """The kernel program of an example's train step, as the native engine builds it."""
+    return lower(optimize(train_step(load(str(EXAMPLES / f"{name}.dl")).build(training=True).graph)))
+
+
+def sizes_of(program: Program) -> dict:
+    return {s: 0 if s.startswith("$") else SIZES[s] for s in program.symbols}
+
+
+def overlap(a, b) -> bool:
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+# ---- packing --------------------------------------------------------------------------------------
+def test_packing_reuses_memory_of_dead_buffers_only():
+    live = {0: (0, 1), 1: (1, 2), 2: (2, 3), 3: (4, 4)}
+    nbytes = {0: 100, 1: 64, 2: 100, 3: 300}
+    offsets, arena = memory.pack(nbytes, live)
+    assert all(o % memory.ALIGN == 0 for o in offsets.values())
+    assert offsets[3] == 0                          # the largest, alone at its time
+    assert offsets[0] == offsets[2] == 0            # 0 is dead when 2 is born
+    assert offsets[1] == 128                        # live with both: after them, aligned
+    assert arena == 320
+
+
+def test_large_buffers_start_at_different_offsets_modulo_a_page():
+    # eight 32 KB buffers live at once (an RNN step's gates): not all 4K-aliased
+    live = {b: (0, 1) for b in range(8)}
+    offsets, arena = memory.pack({b: 32768 for b in live}, live)
+    assert len({o % memory.PAGE for o in offsets.values()}) == 8
+    assert arena <= 8 * 32768 + memory.PAGE
+
+
+def test_a_buffer_no_kernel_touches_takes_no_room():
+    offsets, arena = memory.pack({0: 64, 1: 1000}, {0: (0, 0)})
+    assert offsets == {0: 0, 1: 0} and arena == 1000 + 24
+
+
+# ---- liveness on a hand-made program with a loop ----------------------------------------------------
+def looped_program() -> Program:
+    p = Program()
+    x = p.buffer("f32", 8, "input").id
+    d, a, h, s, c, free = (p.buffer("f32", 8, "temp").id for _ in range(6))
+    out = p.buffer("f32", 8, "output").id
+    load = lambda b: Load(b, Affine(0, (1,)), "f32")
+    m = lambda o, src: MapKernel((8,), o, Affine(0, (1,)), load(src))
+    p.kernels = [m(d, x), m(a, d),                                      # 0, 1
+                 ScanKernel(3, False, "$t0", [m(h, a), m(s, h)]),         # 2: [3, 4]
+                 m(c, s), m(out, c),                                     # 5, 6
+                 m(free, x)]                                              # 7
+    p.symbols = ["$t0"]
+    return p
+
+
+def test_buffers_used_in_a_loop_live_for_the_whole_loop():
+    p = looped_program()
+    live = memory.intervals(p)
+    d, a, h, s, c, free = range(1, 7)
+    # a: written before the loop, read in it; h: only in the body; s: written in it, read after
+    assert live == {d: (0, 1), a: (1, 4), h: (2, 4), s: (2, 5), c: (5, 6), free: (7, 7)}
+    plan = memory.plan(p, {"$t0": 0}, live)
+    assert 7 not in plan.offsets                     # the output has memory of its own
+    ranges = {b: (o, o + plan.nbytes[b] - 1) for b, o in plan.offsets.items()}
+    assert len({ranges[a], ranges[h], ranges[s]}) == 3 and not overlap(ranges[a], ranges[h])
+    assert plan.arena == 3 * 64 and plan.temp_bytes == 6 * 32
+
+
+# ---- liveness and packing of real train steps ------------------------------------------------------
+@pytest.mark.parametrize("name", PROGRAMS)
+def test_no_two_live_buffers_share_memory(name):
+    p = train_program(name)
+    live = memory.intervals(p)
+    plan = memory.plan(p, sizes_of(p), live)
+    temps = {b.id for b in p.buffers if b.kind == "temp"}
+    assert set(plan.offsets) == temps                # inputs, params, consts, outputs never shared
+    # every access lies inside its buffer's interval; inside a loop, the whole loop does
+    scans = 0
+    for pos, k, span in memory.linearize(p.kernels):
+        if isinstance(k, ScanKernel):
+            scans += 1
+            continue
+        reads, writes = memory.accesses(k)
+        lo, hi = span or (pos, pos)
+        for b in (reads | writes) & temps:
+            assert live[b][0] <= lo and hi <= live[b][1], (b, k)
+    if name in ("char_lstm", "seq2seq_luong", "bilstm_tagger"):
+        assert scans >= 2                           # the forward and the backward loop
+    for b, off in plan.offsets.items():
+        assert off % memory.ALIGN == 0 and off + plan.nbytes[b] <= plan.arena
+    for b1, b2 in combinations(live, 2):
+        if overlap(live[b1], live[b2]):
+            r1 = (plan.offsets[b1], plan.offsets[b1] + plan.nbytes[b1] - 1)
+            r2 = (plan.offsets[b2], plan.offsets[b2] + plan.nbytes[b2] - 1)
+            assert not overlap(r1, r2), (b1, b2)
+    # never worse than separate buffers, never better than the most bytes live at once
+    peak = max(sum(plan.nbytes[b] for b, (s, e) in live.items() if s <= t <= e)
+               for t in range(len(memory.linearize(p.kernels))))
+    colors = sum(memory.PAGE for n in plan.nbytes.values() if n >= memory.PAGE)
+    assert peak <= plan.arena <= sum(-(-n // 64) * 64 for n in plan.nbytes.values()) + colors
+    assert plan.arena < 0.9 * plan.temp_bytes
+
+
+# ---- the native engine on the arena ----------------------------------------------------------------
+def poison_temporaries(monkeypatch):
+    """Before every native call, fill each temporary with garbage (NaN, or 1 for integers),
+    so that a kernel reading memory it did not write, or expecting it zero, shows."""
+    layout = Executable.layout
+
+    def poisoned(self, sizes, fixed):
+        lay = layout(self, sizes, fixed)
+        plan = self.plans[tuple(sizes[s] for s in self.program.symbols)]
+        ordered = sorted(plan.offsets, key=lambda b: lay[0][b].dtype.kind == "f")     # floats last
+        for b in ordered:
+            lay[0][b][...] = np.nan if lay[0][b].dtype.kind == "f" else 1
+        return lay
+    monkeypatch.setattr(Executable, "layout", poisoned)
+
+
+def steps(engine_class, train, evaluation, sizes, n=3):
+    trainable = [p.name for p in train.params if p.trainable]
+    opt = make_optimizer(Call("sgd", [], {"lr": 1e-3}))
+    engine = engine_class(train, evaluation, opt, trainable)
+    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    state = opt.init({k: params[k] for k in trainable})
+    losses = []
+    for step in range(1, n + 1):
+        feeds = sample_inputs(train, sizes, seed=step)
+        feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
+        losses.append(engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))["loss"])
+    return engine, params, losses
+
+
+@pytest.mark.parametrize("name", ["char_lstm", "seq2seq_luong", "lenet5", "transformer_classifier"])
+def test_native_training_on_a_poisoned_arena_matches_the_reference(name, monkeypatch):
+    poison_temporaries(monkeypatch)
+    program = load(str(EXAMPLES / f"{name}.dl"))
+    train, evaluation = program.build(training=True), program.build(training=False)
+    _, ref, ref_losses = steps(ReferenceEngine, train, evaluation, SIZES)
+    engine, nat, nat_losses = steps(NativeEngine, train, evaluation, SIZES)
+    np.testing.assert_allclose(nat_losses, ref_losses, rtol=1e-4)
+    for k in ref:
+        assert np.abs(nat[k] - ref[k]).max() / max(np.abs(ref[k]).max(), 1e-4) < 1e-4, k
+    # the temporaries really are views of one arena, some of them sharing bytes
+    exe = engine.train_exe
+    (key, plan), = exe.plans.items()
+    arrays = exe.layouts[key][0]
+    base = arrays[next(iter(plan.offsets))].base
+    assert all(arrays[b].base is base for b in plan.offsets)
+    assert plan.arena < plan.temp_bytes
