@@ -521,11 +521,12 @@ class Lowering:
             self.emit(MapKernel(x.shape, buf.id, Affine(0, row_major(x.shape)), self.use(x), x.node))
             current.append(contiguous(buf.id, x.shape, x.dtype))
         args = list(current)
-        for x, axis in zip(ins[nc:nc + len(xs_axes)], xs_axes):      # step t of a sequence: a view
-            src = self.materialize(x)
-            strides = src.at.coeffs
-            args.append(Load(src.buffer, Affine(src.at.offset + t * strides[axis],
-                                                strides[:axis] + strides[axis + 1:]), x.dtype))
+        for x, axis in zip(ins[nc:nc + len(xs_axes)], xs_axes):
+            # step t of a sequence is a slice of its expression: a view of a buffer, or
+            # (used only here) computed inside the loop, step by step — `xs @ W + b`
+            # never goes through memory with its bias added
+            args.append(remap(self.use(x), lambda a, axis=axis: Affine(
+                a.offset + a.coeffs[axis] * t, a.coeffs[:axis] + a.coeffs[axis + 1:])))
         args += [self.use(x) for x in ins[nc + len(xs_axes):]]
         sub = Lowering(body, self.p, args, self.depth + 1)
         for m in body.order():

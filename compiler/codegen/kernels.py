@@ -10,6 +10,7 @@ LLVM vectorizes it. Math functions call the C library (expf, tanhf, ...).
 from __future__ import annotations
 
 import math
+import weakref
 
 from llvmlite import ir
 
@@ -28,6 +29,16 @@ GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + 
 LIBM = {"log": "log", "log1p": "log1p", "sin": "sin", "cos": "cos", "erf": "erf", "pow": "pow"}   # + "f" for f32
 
 
+_SCOPES: "weakref.WeakKeyDictionary[ir.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _alias_scopes(module: ir.Module) -> dict:
+    """The module's alias scopes: "domain", and buffer id -> its scope."""
+    if module not in _SCOPES:
+        _SCOPES[module] = {"domain": module.add_metadata([ir.MetaDataString(module, "dlc.buffers")])}
+    return _SCOPES[module]
+
+
 class KernelBuilder:
     def __init__(self, module: ir.Module, prog: Program, fn: ir.Function):
         self.m, self.p, self.fn = module, prog, fn
@@ -43,6 +54,7 @@ class KernelBuilder:
         self.ptrs = {}
         self.ptr_table = ptrs
         self.stored: dict = {}      # (buffer, index) -> value stored earlier in this iteration
+        self.accesses: list = []    # (load or store, buffer) to annotate
 
     def alloca(self, t):
         return self.eb.alloca(t)
@@ -109,7 +121,7 @@ class KernelBuilder:
             if (e.buffer, e.at) in self.stored:
                 return self.stored[e.buffer, e.at]
             ptr = b.gep(self.buffer(e.buffer, e.dtype if e.dtype != "bool" else "i8"), [self.affine(e.at, idx)])
-            v = b.load(ptr)
+            v = self.disjoint(b.load(ptr), e.buffer)
             return b.trunc(v, i1) if e.dtype == "bool" else v
         if isinstance(e, Index):
             v = self.affine(e.at, idx)
@@ -119,11 +131,11 @@ class KernelBuilder:
         if isinstance(e, Gather):
             row = b.sext(self.expr(e.idx, idx), i64)
             at = b.add(b.mul(row, self.dim(e.stride)), self.affine(e.rows, idx))
-            return b.load(b.gep(self.buffer(e.table, e.dtype), [at]))
+            return self.disjoint(b.load(b.gep(self.buffer(e.table, e.dtype), [at])), e.table)
         if isinstance(e, Guarded):
             ok = self.inside(e.guards, idx)
             at = self.b.select(ok, self.affine(e.load.at, idx), ir.Constant(i64, 0))
-            v = b.load(b.gep(self.buffer(e.load.buffer, e.load.dtype), [at]))
+            v = self.disjoint(b.load(b.gep(self.buffer(e.load.buffer, e.load.dtype), [at])), e.load.buffer)
             return b.select(ok, v, ir.Constant(v.type, e.fill))
         if isinstance(e, Op):
             return self.op(e, [self.expr(a, idx) for a in e.args])
@@ -307,9 +319,31 @@ class KernelBuilder:
 
     def store(self, bid, dtype, at: ir.Value, v: ir.Value):
         if dtype == "bool":
-            self.b.store(self.b.zext(v, i8), self.b.gep(self.buffer(bid, "i8"), [at]))
+            self.disjoint(self.b.store(self.b.zext(v, i8), self.b.gep(self.buffer(bid, "i8"), [at])), bid)
         else:
-            self.b.store(v, self.b.gep(self.buffer(bid, dtype), [at]))
+            self.disjoint(self.b.store(v, self.b.gep(self.buffer(bid, dtype), [at])), bid)
+
+    def disjoint(self, access, bid: int):
+        """Note an access for `annotate`."""
+        self.accesses.append((access, bid))
+        return access
+
+    def annotate(self):
+        """Tell LLVM that accesses to different buffers never overlap (scoped noalias, one
+        scope per buffer), so loops touching many buffers vectorize without runtime
+        overlap checks. True: distinct buffers are distinct arrays, or arena slots whose
+        live ranges, both covering this kernel, are disjoint (compiler/memory.py)."""
+        scopes = _alias_scopes(self.m)
+        used = sorted({bid for _, bid in self.accesses})
+        for bid in used:
+            if bid not in scopes:
+                scopes[bid] = self.m.add_metadata([ir.MetaDataString(self.m, f"dlc.b{bid}"), scopes["domain"]])
+        own = {bid: self.m.add_metadata([scopes[bid]]) for bid in used}
+        others = {bid: self.m.add_metadata([scopes[o] for o in used if o != bid]) for bid in used}
+        for access, bid in self.accesses:
+            access.set_metadata("alias.scope", own[bid])
+            access.set_metadata("noalias", others[bid])
+        self.accesses.clear()
 
 
 def _map(kb: KernelBuilder, k: MapKernel | FusedMapKernel, prog: Program, first=None):
@@ -324,7 +358,13 @@ def _map(kb: KernelBuilder, k: MapKernel | FusedMapKernel, prog: Program, first=
     kb.loops(k.shape, body, first=first)
 
 
-PARALLEL_BELOW = 1 << 15   # elements: smaller maps are not worth waking a second thread
+PARALLEL_BELOW = 1 << 15   # elements x operations: less is not worth waking a second thread
+
+
+def _operations(k: MapKernel | FusedMapKernel) -> int:
+    """Operations per element of a map (one for a copy): its work, with the element count."""
+    count = lambda e: 1 + sum(count(a) for a in e.args) if isinstance(e, Op) else 0
+    return sum(1 + count(m.expr) for m in (k.maps if isinstance(k, FusedMapKernel) else [k]))
 
 
 def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
@@ -334,6 +374,7 @@ def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     part.linkage = "internal"
     kb = KernelBuilder(module, prog, part)
     _map(kb, k, prog, first=(part.args[2], part.args[3]))
+    kb.annotate()
     kb.b.ret_void()
 
     data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64])      # buffers, sizes, outer extent
@@ -355,7 +396,7 @@ def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
 
     kb = KernelBuilder(module, prog, fn)
     b = kb.b
-    total = kb.dim(numel(k.shape))
+    total = b.mul(kb.dim(numel(k.shape)), ir.Constant(i64, _operations(k)))
     level = b.call(declare("omp_get_level", i32, []), [])
     serial = b.or_(b.or_(b.icmp_signed("<", total, ir.Constant(i64, PARALLEL_BELOW)),
                          b.icmp_signed("<=", fn.args[2], ir.Constant(i64, 1))),
@@ -613,6 +654,7 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
                 kb.b.call(gemms[key], args)
             elif isinstance(k, ScanKernel):
                 _scan(kb, k, prog, functions(k.body, depth + 1), call)
+            kb.annotate()
             kb.b.ret_void()
             fns.append(fn)
         return fns
