@@ -243,9 +243,7 @@ def _save_residuals(n, body: Graph, bwd: Graph, mapping: dict, n_invariant_args:
             bwd.g.remove_edge(key[0], v, key=k)
             bwd.g.add_edge(a.node, v, key=k, out=0)
         bwd.outputs = {name: (a if o.key() == key else o) for name, o in bwd.outputs.items()}
-    for a in invariant_args:
-        bwd.attrs(a.node)["index"] = len(bwd.args)
-        bwd.args.append(a)
+    bwd.set_args(bwd.args + invariant_args)
     return [Tensor(graph, n.node, first + i) for i in range(len(residuals))]
 
 

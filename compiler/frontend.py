@@ -910,14 +910,11 @@ class Evaluator:
                 self.fail(f"cannot stack {y.type} along axis {axis}", e.span)
         # order body arguments: carries, sequences, invariants
         roles = {"carry": 0, "sequence": 1, "invariant": 2}
-        args = sorted(body.args, key=lambda a: roles[body.g.nodes[a.node]["role"][0]])
-        for i, a in enumerate(args):
-            body.attrs(a.node)["index"] = i
-        body.args = args
+        body.set_args(sorted(body.args, key=lambda a: roles[body.g.nodes[a.node]["role"][0]]))
         body.outputs = {f"carry{i}": t for i, t in enumerate(finals)}
         body.outputs.update({f"y{i}": t for i, t in enumerate(ys)})
-        seqs = [body.g.nodes[a.node]["role"] for a in args if body.g.nodes[a.node]["role"][0] == "sequence"]
-        invs = [body.g.nodes[a.node]["role"][1] for a in args if body.g.nodes[a.node]["role"][0] == "invariant"]
+        seqs = [body.g.nodes[a.node]["role"] for a in body.args if body.g.nodes[a.node]["role"][0] == "sequence"]
+        invs = [body.g.nodes[a.node]["role"][1] for a in body.args if body.g.nodes[a.node]["role"][0] == "invariant"]
         operands = [init for _, init, _ in carries] + [self.local(r[1]) for r in seqs] + [self.local(t) for t in invs]
         with outer.at(e.span):
             outs = outer.add("scan", operands, body=body, length=length, reverse=opts["reverse"],

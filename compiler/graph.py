@@ -199,6 +199,12 @@ class Graph:
         """Nodes in a topological order that keeps creation order where it can."""
         return list(nx.lexicographical_topological_sort(self.g))
 
+    def set_args(self, args: list):
+        """A body's arguments in order; each `arg` node's index follows its place."""
+        for i, a in enumerate(args):
+            self.attrs(a.node)["index"] = i
+        self.args = list(args)
+
     def uses(self, t: Tensor) -> int:
         """Readers of t, a graph output counting as one."""
         readers = sum(1 for _, _, out in self.g.out_edges(t.node, data="out") if out == t.out)

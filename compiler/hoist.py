@@ -49,20 +49,21 @@ def _hoist_scan(graph: Graph, n: int):
     ins, outs = graph.inputs(n), graph.outputs_of(n)
     ys_axes = list(attrs["ys_axes"])
     results = list(body.outputs.items())
-    # stack what is not stacked yet: new per-step outputs of the body
+    # stack what is not stacked yet: new per-step outputs of the body, one per value and axis
+    added: dict = {}
     for _, _, operands in found.values():
         for s in operands:
             if s.source is None:
-                s.source = ("y", len(results) - nc)
-                results.append((f"hoisted{len(results)}", s.value))
-                ys_axes.append(s.axis)
+                if (s.value.key(), s.axis) not in added:
+                    added[s.value.key(), s.axis] = ("y", len(results) - nc)
+                    results.append((f"hoisted{len(results)}", s.value))
+                    ys_axes.append(s.axis)
+                s.source = added[s.value.key(), s.axis]
     # the body loses the accumulating carries, and the arguments they came in by
     keep = [i for i in range(nc) if i not in found]
     dropped_args = [body.args[i] for i in found]
     body.outputs = {f"carry{j}": results[i][1] for j, i in enumerate(keep)} | dict(results[nc:])
-    body.args = [a for a in body.args if a not in dropped_args]
-    for k, a in enumerate(body.args):
-        body.attrs(a.node)["index"] = k
+    body.set_args([a for a in body.args if a not in dropped_args])
     body.g.remove_nodes_from([a.node for a in dropped_args] + [add for add, _, _ in found.values()])
     prune(body)
     with graph.at(graph.g.nodes[n]["span"]):

@@ -704,21 +704,22 @@ def buffer_of(leaf) -> int:
 
 def _fusable(group: list, k: MapKernel) -> bool:
     """Whether k can join the group's loop: every access to a buffer the group (with k)
-    writes is a plain load or store at one and the same index — except the pieces of
-    one concat, which write disjoint parts of a buffer no member reads."""
+    writes is a plain load or store at one and the same index — or the buffer is
+    written only by the pieces of one concat (disjoint parts) and read by none."""
     members = group + [k]
-    written = {m.out for m in members}
-    at, pieces = {}, {}
+    writers: dict = {}
     for m in members:
-        if m.origin and m.origin[0][0] == "concat":
-            pieces.setdefault(m.out, set()).add(m.node)
+        writers.setdefault(m.out, []).append(m)
+    at: dict = {}
+    for m in members:
         for x in leaves(m.expr):
             buf = buffer_of(x)
-            if buf in written and (not isinstance(x, Load) or at.setdefault(buf, x.at) != x.at):
+            if buf in writers and (not isinstance(x, Load) or at.setdefault(buf, x.at) != x.at):
                 return False
-    for m in members:
-        one_concat = pieces.get(m.out) and len(pieces[m.out]) == 1 and m.out not in at
-        if not one_concat and at.setdefault(m.out, m.out_at) != m.out_at:
+    for buf, ms in writers.items():
+        one_concat = buf not in at and len({m.node for m in ms}) == 1 and ms[0].origin[:1] and \
+            ms[0].origin[0][0] == "concat"
+        if not one_concat and len({m.out_at for m in ms} | ({at[buf]} if buf in at else set())) > 1:
             return False
     return True
 
@@ -736,14 +737,10 @@ def fuse_maps(kernels: list) -> list:
             out.extend(group)
         group.clear()
     for k in kernels:
-        if isinstance(k, MapKernel) and k.shape and (not group or (k.shape == group[0].shape and _fusable(group, k))):
-            group.append(k)
-            continue
-        close()
-        if isinstance(k, MapKernel) and k.shape:
-            group.append(k)
-        else:
-            out.append(k)
+        joins = isinstance(k, MapKernel) and bool(k.shape)
+        if group and not (joins and k.shape == group[0].shape and _fusable(group, k)):
+            close()
+        (group if joins else out).append(k)
     close()
     return out
 

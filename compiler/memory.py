@@ -35,12 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .dims import evaluate
+from .graph import DTYPES
 from .lower import (AccumulateKernel, FusedMapKernel, GemmKernel, MapKernel, MaxPoolGradKernel, Program,
                     ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
 
 ALIGN = 64
 PAGE = 4096           # buffers start at different offsets modulo this (see _first_fit)
-ITEMSIZE = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
+ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in DTYPES.items()}
 
 
 # ---- which buffers a kernel reads and writes ---------------------------------------------------
@@ -167,14 +168,10 @@ def plan(program: Program, sizes: dict, live: dict | None = None, exclude=()) ->
     return Plan(offsets, nbytes, arena)
 
 
-def views(p: Plan, program: Program, dtypes: dict) -> tuple:
-    """(arena, {buffer id: view}): a 64-byte aligned uint8 array and each temporary's
-    typed view of it. `dtypes` maps dlc dtypes to numpy ones."""
+def views(p: Plan, program: Program) -> dict:
+    """Each temporary's typed view of one 64-byte aligned arena."""
     raw = np.zeros(p.arena + ALIGN, np.uint8)
     skip = -raw.ctypes.data % ALIGN
     arena = raw[skip:skip + p.arena]
-    out = {}
-    for bid, off in p.offsets.items():
-        b = program.buffers[bid]
-        out[bid] = arena[off:off + p.nbytes[bid]].view(dtypes[b.dtype])
-    return arena, out
+    return {bid: arena[off:off + p.nbytes[bid]].view(DTYPES[program.buffers[bid].dtype])
+            for bid, off in p.offsets.items()}

@@ -447,9 +447,7 @@ def _shrink_scan(graph: Graph, n: int) -> bool:
     if not unused:
         return False
     body.g.remove_nodes_from([body.args[i].node for i in unused])
-    body.args = [a for i, a in enumerate(body.args) if i not in unused]
-    for i, a in enumerate(body.args):
-        body.attrs(a.node)["index"] = i
+    body.set_args([a for i, a in enumerate(body.args) if i not in unused])
     attrs["xs_axes"] = tuple(ax for i, ax in enumerate(attrs["xs_axes"]) if nc + i not in unused)
     operands = [t for i, t in enumerate(graph.inputs(n)) if i not in unused]
     graph.g.remove_edges_from(list(graph.g.in_edges(n, keys=True)))

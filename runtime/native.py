@@ -20,6 +20,7 @@ from dlc.compiler.codegen.kernels import SCALARS, build_module
 from dlc.compiler.dims import evaluate, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import Model
+from dlc.compiler.graph import DTYPES
 from dlc.compiler.lower import Program, lower
 from dlc.compiler.memory import intervals, plan, views
 from dlc.compiler.passes import optimize
@@ -28,7 +29,6 @@ from .engine import _scalars, predict_graph
 from .interpreter import bind_sizes
 from .optim import Adam, Optimizer, RMSprop, SGD
 
-NP = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 
 
 def threads() -> int:
@@ -51,7 +51,7 @@ class Executable:
         self.live = intervals(self.program)         # temporaries share an arena (compiler/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
         self.slots = len(self.program.buffers) + (5 if update is not None else 0)
-        self.input_dtypes = {graph.attrs(n)["name"]: NP[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
+        self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
 
     def cycles(self) -> np.ndarray:
         """Cycles spent in each kernel since the last call (profiling builds only)."""
@@ -68,7 +68,7 @@ class Executable:
         lay = self.layouts.get(key)
         if lay is None:
             self.plans[key] = plan(self.program, sizes, self.live, exclude=fixed)
-            _, temps = views(self.plans[key], self.program, NP)
+            temps = views(self.plans[key], self.program)
             arrays = []
             for b in self.program.buffers:
                 if b.id in fixed:
@@ -78,7 +78,7 @@ class Executable:
                 elif b.id in temps:
                     arrays.append(temps[b.id])
                 else:
-                    arrays.append(np.zeros(max(1, int(evaluate(b.size, sizes))), NP[b.dtype]))
+                    arrays.append(np.zeros(max(1, int(evaluate(b.size, sizes))), DTYPES[b.dtype]))
             table = (ctypes.c_void_p * self.slots)(*[a.ctypes.data for a in arrays])
             dims = (ctypes.c_int64 * max(1, len(key)))(*key)
             lay = self.layouts[key] = (arrays, table, dims)

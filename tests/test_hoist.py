@@ -36,6 +36,10 @@ def test_hoisting_keeps_every_gradient(name):
     hoisted = hoist_accumulators(copy_graph(step)[0])
     # every backward scan loses carries: its weight gradients are summed after the loop
     assert sum(a["n_carry"] for a in scans(hoisted)) < sum(a["n_carry"] for a in scans(step))
+    for a in scans(hoisted):        # a value the loop stacks for several sums is stacked once
+        stacked = [(t.key(), axis) for (name, t), axis in
+                   zip(list(a["body"].outputs.items())[a["n_carry"]:], a["ys_axes"]) if name.startswith("hoisted")]
+        assert len(stacked) == len(set(stacked))
     same_outputs(model, step, hoisted, {"B": 3, "T": 5, "S": 4})
 
 

@@ -154,7 +154,7 @@ def _gep(b, ptr, idx):
     return b.gep(ptr, [idx], inbounds=True)
 
 
-def _vec_ptr(b, ptr, vty):
+def vec_ptr(b, ptr, vty):
     return b.bitcast(ptr, vty.as_pointer())
 
 
@@ -183,11 +183,26 @@ def _internal(module, name, ret, args, arg_names):
     return fn
 
 
-def _declare(module, name, ret, args):
+def declare(module, name, ret, args):
     fn = module.globals.get(name)
     if fn is None:
         fn = ir.Function(module, ir.FunctionType(ret, args), name)
     return fn
+
+
+def splat(b, s, vty):
+    """The scalar s in every lane of a vector of type vty."""
+    lanes = ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count)
+    return b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), s, i32(0)),
+                            ir.Constant(vty, ir.Undefined), lanes)
+
+
+def masked(module, vty) -> tuple:
+    """llvm.masked.load and llvm.masked.store of float vectors of type vty."""
+    mty = ir.VectorType(i1, vty.count)
+    vw = vty.count
+    return (declare(module, f"llvm.masked.load.v{vw}f32.p0", vty, [vty.as_pointer(), i32, mty, vty]),
+            declare(module, f"llvm.masked.store.v{vw}f32.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]))
 
 
 # --------------------------------------------------------------------------- generator
@@ -197,7 +212,7 @@ class _Gen:
         self.m = module
         self.cfg = cfg
         self.vty = ir.VectorType(f32, cfg.vw)
-        self.fma = _declare(module, f"llvm.fma.v{cfg.vw}f32", self.vty, [self.vty] * 3)
+        self.fma = declare(module, f"llvm.fma.v{cfg.vw}f32", self.vty, [self.vty] * 3)
         self.prefix = f"dlc.gemm.{cfg.tag}"
 
     # ---- shared pieces (one per module and config) ----
@@ -230,7 +245,7 @@ class _Gen:
         zero = ir.Constant(vty, None)
         # Warm the C tile's lines while the K loop runs (rows and columns clamped to the
         # tile, so that every address is inside C).
-        prefetch = _declare(self.m, "llvm.prefetch.p0", ir.VoidType(), [vptr, i32, i32, i32])
+        prefetch = declare(self.m, "llvm.prefetch.p0", ir.VoidType(), [vptr, i32, i32, i32])
         last_col = b.sub(_min(b, nr, _c64(NR)), _c64(1))
         for r in range(MR):
             row = _gep(b, c, b.mul(_min(b, _c64(r), b.sub(mr, _c64(1))), ldc))
@@ -246,16 +261,14 @@ class _Gen:
             for v in range(NV):
                 accs[r][v].add_incoming(zero, entry)
         bk = _gep(b, bp, b.mul(k, _c64(NR)))
-        bvec = [b.load(_vec_ptr(b, _gep(b, bk, _c64(v * VW)), vty), align=4 * VW)
+        bvec = [b.load(vec_ptr(b, _gep(b, bk, _c64(v * VW)), vty), align=4 * VW)
                 for v in range(NV)]
         ak = _gep(b, a, b.mul(k, _c64(MR)))
         new = []
         for r in range(MR):
             s = b.load(_gep(b, ak, _c64(r)), align=4)
-            splat = b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), s, i32(0)),
-                                     ir.Constant(vty, ir.Undefined),
-                                     ir.Constant(ir.VectorType(i32, VW), [0] * VW))
-            new.append([b.call(self.fma, [splat, bvec[v], accs[r][v]]) for v in range(NV)])
+            a_r = splat(b, s, vty)
+            new.append([b.call(self.fma, [a_r, bvec[v], accs[r][v]]) for v in range(NV)])
         k1 = b.add(k, _c64(1))
         k.add_incoming(k1, loop)
         for r in range(MR):
@@ -280,7 +293,7 @@ class _Gen:
             for r in range(MR):
                 row = _gep(b, c, b.mul(_c64(r), ldc))
                 for v in range(NV):
-                    p = _vec_ptr(b, _gep(b, row, _c64(v * VW)), vty)
+                    p = vec_ptr(b, _gep(b, row, _c64(v * VW)), vty)
                     val = new[r][v]
                     if add:
                         val = b.fadd(b.load(p, align=4), val)
@@ -289,20 +302,15 @@ class _Gen:
 
         # edge tile: rows r < mr, columns masked to j < nr (masked loads/stores)
         b.position_at_end(edge_bb)
-        mty = ir.VectorType(i1, VW)
-        mload = _declare(self.m, f"llvm.masked.load.v{VW}f32.p0", vty, [vty.as_pointer(), i32, mty, vty])
-        mstore = _declare(self.m, f"llvm.masked.store.v{VW}f32.p0", ir.VoidType(),
-                          [vty, vty.as_pointer(), i32, mty])
-        nr_splat = b.insert_element(ir.Constant(ir.VectorType(i64, VW), ir.Undefined), nr, i32(0))
-        nr_splat = b.shuffle_vector(nr_splat, ir.Constant(ir.VectorType(i64, VW), ir.Undefined),
-                                    ir.Constant(ir.VectorType(i32, VW), [0] * VW))
+        mload, mstore = masked(self.m, vty)
+        nr_splat = splat(b, nr, ir.VectorType(i64, VW))
         masks = [b.icmp_signed("<", ir.Constant(ir.VectorType(i64, VW), list(range(v * VW, v * VW + VW))),
                                nr_splat) for v in range(NV)]
         for r in range(MR):
             row = _gep(b, c, b.mul(_c64(r), ldc))
             for v in range(NV):
                 # not `inbounds`: masked-off lanes may lie past the end of C
-                p = _vec_ptr(b, b.gep(row, [_c64(v * VW)]), vty)
+                p = vec_ptr(b, b.gep(row, [_c64(v * VW)]), vty)
                 old = b.call(mload, [p, i32(4), masks[v], zero])
                 val = b.select(load_c, b.fadd(old, new[r][v]), new[r][v])
                 b.call(mstore, [val, p, i32(4), masks[v]])
@@ -360,7 +368,7 @@ class _Gen:
                 with _loop(b, 0, k8, 8, name="k8") as k:
                     o = _gep(b, out, b.mul(k, _c64(P)))
                     for g in range(0, P, 8):
-                        rows = [b.load(_vec_ptr(b, _gep(b, lines[p], k), v8), align=4)
+                        rows = [b.load(vec_ptr(b, _gep(b, lines[p], k), v8), align=4)
                                 if p < P else ir.Constant(v8, ir.Undefined)
                                 for p in range(g, g + 8)]
                         cols = _transpose8(b, rows)
@@ -383,8 +391,8 @@ class _Gen:
                     o = _gep(b, out, b.mul(k, _c64(P)))
                     if P % cfg.vw == 0:
                         for v in range(P // cfg.vw):
-                            x = b.load(_vec_ptr(b, _gep(b, line, _c64(v * cfg.vw)), vty), align=4)
-                            b.store(x, _vec_ptr(b, _gep(b, o, _c64(v * cfg.vw)), vty), align=4)
+                            x = b.load(vec_ptr(b, _gep(b, line, _c64(v * cfg.vw)), vty), align=4)
+                            b.store(x, vec_ptr(b, _gep(b, o, _c64(v * cfg.vw)), vty), align=4)
                     else:
                         for p in range(P):
                             b.store(b.load(_gep(b, line, _c64(p)), align=4), _gep(b, o, _c64(p)), align=4)
@@ -426,7 +434,7 @@ class _Gen:
 
     def _build_get_buffer(self, name):
         fn = _internal(self.m, name, fptr, [i64], ["tid"])
-        alloc = _declare(self.m, "aligned_alloc", vptr, [i64, i64])
+        alloc = declare(self.m, "aligned_alloc", vptr, [i64, i64])
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         slot = b.gep(self.buffers(), [_c64(0), fn.args[0]], inbounds=True)
         p = b.load(slot)
@@ -560,8 +568,8 @@ class _Gen:
         b.ret_void()
 
         # worker(data): the function GOMP_parallel runs on every thread of the team
-        omp_tid = _declare(self.m, "omp_get_thread_num", i32, [])
-        omp_nth = _declare(self.m, "omp_get_num_threads", i32, [])
+        omp_tid = declare(self.m, "omp_get_thread_num", i32, [])
+        omp_nth = declare(self.m, "omp_get_num_threads", i32, [])
         worker = _internal(self.m, f"{name}.worker", ir.VoidType(), [vptr], ["data"])
         b = ir.IRBuilder(worker.append_basic_block("entry"))
         wtid = b.sext(b.call(omp_tid, []), i64)
@@ -570,7 +578,7 @@ class _Gen:
         b.ret_void()
 
         # the public entry point
-        gomp = _declare(self.m, "GOMP_parallel", ir.VoidType(),
+        gomp = declare(self.m, "GOMP_parallel", ir.VoidType(),
                         [ir.FunctionType(ir.VoidType(), [vptr]).as_pointer(), vptr, i32, i32])
         fn = ir.Function(self.m, ir.FunctionType(i32, [i64] * 3 + [fptr, i64, i64] * 3 + [i64, i64]), name)
         fn.attributes.add("nounwind")
@@ -596,7 +604,7 @@ class _Gen:
         work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
         # Called from inside a parallel region (a fused kernel's team), run serially on
         # the calling thread's own pack buffer slot instead of nesting a team.
-        level = b.call(_declare(self.m, "omp_get_level", i32, []), [])
+        level = b.call(declare(self.m, "omp_get_level", i32, []), [])
         outer = b.icmp_signed(">", level, i32(0))
         parallel = b.and_(b.and_(b.icmp_signed(">", nt, _c64(1)),
                                  b.icmp_signed(">=", work, _c64(cfg.serial_below))),

@@ -19,7 +19,7 @@ from ..lower import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, Ge
                      MapKernel,
                      MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScanKernel, ScatterAddKernel, Size,
                      SmallGemmKernel)
-from .gemm import _declare, _vec_ptr, default_config, gemm_name
+from .gemm import declare, default_config, gemm_name, masked, splat, vec_ptr
 
 i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 f32, f64 = ir.FloatType(), ir.DoubleType()
@@ -150,10 +150,7 @@ class KernelBuilder:
         return ok
 
     def call(self, name, ret, args):
-        fn = self.m.globals.get(name)
-        if fn is None:
-            fn = ir.Function(self.m, ir.FunctionType(ret, [a.type for a in args]), name)
-        return self.b.call(fn, args)
+        return self.b.call(declare(self.m, name, ret, [a.type for a in args]), args)
 
     def intrinsic(self, name, x):
         fn = self.m.declare_intrinsic(name, [x.type])
@@ -379,14 +376,13 @@ def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
 
     data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64])      # buffers, sizes, outer extent
     vptr = i8.as_pointer()
-    declare = lambda name, ret, args: module.globals.get(name) or ir.Function(module, ir.FunctionType(ret, args), name)
     worker = ir.Function(module, ir.FunctionType(ir.VoidType(), [vptr]), fn.name + ".worker")
     worker.linkage = "internal"
     b = ir.IRBuilder(worker.append_basic_block("entry"))
     data = b.bitcast(worker.args[0], data_ty.as_pointer())
     ptrs, sizes, n = (b.load(b.gep(data, [ir.Constant(i32, 0), ir.Constant(i32, j)])) for j in range(3))
-    tid = b.sext(b.call(declare("omp_get_thread_num", i32, []), []), i64)
-    nth = b.sext(b.call(declare("omp_get_num_threads", i32, []), []), i64)
+    tid = b.sext(b.call(declare(module, "omp_get_thread_num", i32, []), []), i64)
+    nth = b.sext(b.call(declare(module, "omp_get_num_threads", i32, []), []), i64)
     chunk = b.sdiv(b.add(n, b.sub(nth, ir.Constant(i64, 1))), nth)
     lo = b.mul(tid, chunk)
     hi = b.add(lo, chunk)
@@ -397,7 +393,7 @@ def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     kb = KernelBuilder(module, prog, fn)
     b = kb.b
     total = b.mul(kb.dim(numel(k.shape)), ir.Constant(i64, _operations(k)))
-    level = b.call(declare("omp_get_level", i32, []), [])
+    level = b.call(declare(module, "omp_get_level", i32, []), [])
     serial = b.or_(b.or_(b.icmp_signed("<", total, ir.Constant(i64, PARALLEL_BELOW)),
                          b.icmp_signed("<=", fn.args[2], ir.Constant(i64, 1))),
                    b.icmp_signed(">", level, ir.Constant(i32, 0)))
@@ -410,7 +406,7 @@ def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     cell = kb.alloca(data_ty)
     for j, v in enumerate((fn.args[0], fn.args[1], kb.dim(k.shape[0]))):
         b.store(v, b.gep(cell, [ir.Constant(i32, 0), ir.Constant(i32, j)]))
-    gomp = declare("GOMP_parallel", ir.VoidType(), [worker.type, vptr, i32, i32])
+    gomp = declare(module, "GOMP_parallel", ir.VoidType(), [worker.type, vptr, i32, i32])
     b.call(gomp, [worker, b.bitcast(cell, vptr), b.trunc(fn.args[2], i32), ir.Constant(i32, 0)])
     b.branch(done)
     b.position_at_end(done)
@@ -510,15 +506,14 @@ def _small_gemm(kb: KernelBuilder, k: SmallGemmKernel):
     b, cfg = kb.b, default_config()
     VW = cfg.vw
     vty, mty = ir.VectorType(f32, VW), ir.VectorType(i1, VW)
-    fma = _declare(kb.m, f"llvm.fma.v{VW}f32", vty, [vty] * 3)
-    mload = _declare(kb.m, f"llvm.masked.load.v{VW}f32.p0", vty, [vty.as_pointer(), i32, mty, vty])
-    mstore = _declare(kb.m, f"llvm.masked.store.v{VW}f32.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty])
+    fma = declare(kb.m, f"llvm.fma.v{VW}f32", vty, [vty] * 3)
+    mload, mstore = masked(kb.m, vty)
     zero = ir.Constant(vty, [0.0] * VW)
     (ab, aoff, lda, sa), (bb, boff, ldb, sb), (cb, coff, ldc) = k.a, k.b, k.c
     A, B, C = kb.buffer(ab, "f32"), kb.buffer(bb, "f32"), kb.buffer(cb, "f32")
 
     def vec(ptr, at, lanes, value=None):
-        p = _vec_ptr(b, b.gep(ptr, [at]), vty)
+        p = vec_ptr(b, b.gep(ptr, [at]), vty)
         if lanes == VW:
             return b.load(p, align=4) if value is None else b.store(value, p, align=4)
         mask = ir.Constant(mty, [int(j < lanes) for j in range(VW)])
@@ -540,9 +535,7 @@ def _small_gemm(kb: KernelBuilder, k: SmallGemmKernel):
                 bv = [vec(B, b.add(brow, ir.Constant(i64, v * VW)), w) for v, w in enumerate(lanes)]
                 acol = b.add(b.add(b.mul(n, kb.dim(sa)), kk), kb.dim(aoff))
                 for r in rows:
-                    a = b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))]))
-                    a = b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), a, ir.Constant(i32, 0)),
-                                         ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, VW), [0] * VW))
+                    a = splat(b, b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))])), vty)
                     for v in range(len(lanes)):
                         b.store(b.call(fma, [a, bv[v], b.load(acc[r, v])]), acc[r, v])
             kb.loops((k.batch, k.k), step)
