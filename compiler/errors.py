@@ -2,13 +2,16 @@
 `file:line:col: error: ...` followed by the source line and a caret."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 _SOURCES: dict[str, list[str]] = {}
 
 
 def register_source(filename: str, text: str) -> None:
     _SOURCES[filename] = text.splitlines()
+
+
+STDLIB_PREFIX = "<stdlib>/"
 
 
 @dataclass(frozen=True)
@@ -18,6 +21,18 @@ class Span:
     col: int
     end_line: int = 0
     end_col: int = 0
+    # for a place in the standard library: the user's call that led there (set as graph
+    # nodes are emitted, see Graph.at), so run-time errors can point at the user's line
+    caller: "Span | None" = field(default=None, compare=False, repr=False)
+
+    def in_stdlib(self) -> bool:
+        return self.file.startswith(STDLIB_PREFIX)
+
+    def called_from(self, outer: "Span | None") -> "Span":
+        """This span, remembering the user's call when it lies in the standard library."""
+        if not self.in_stdlib() or outer is None:
+            return self
+        return replace(self, caller=outer.caller if outer.in_stdlib() else outer)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
@@ -34,6 +49,14 @@ class Span:
 
 class DlcError(Exception):
     """An error in the user's program or input, reported without a traceback."""
+
+    @classmethod
+    def at_user_line(cls, message: str, span: Span | None) -> "DlcError":
+        """An error found while running: located at the user's line, with the standard
+        library's line as a note when the operation comes from there."""
+        if span is None or span.caller is None:
+            return cls(message, span)
+        return cls(message, span.caller, [("inside the standard library here", span)])
 
     def __init__(self, message: str, span: Span | None = None, notes: list[tuple[str, Span | None]] = ()):
         super().__init__(message)

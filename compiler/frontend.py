@@ -18,10 +18,9 @@ import numpy as np
 from . import ops
 from . import syntax as A
 from .dims import Dim, numel
-from .errors import DlcError, Span, register_source
+from .errors import STDLIB_PREFIX, DlcError, Span, register_source
 from .graph import FLOAT_DTYPES, Graph, Tensor, TensorType
 
-STDLIB_PREFIX = "<stdlib>/"
 INT_DTYPES = ("i32", "i64")
 
 
@@ -68,23 +67,51 @@ class Env:
 
 
 class ParamScope:
-    """A node of the parameter-name tree; one per call of a def."""
+    """A node of the parameter-name tree; one per call of a def, except that the calls with
+    one explicit name share a node: a later call replays the first, walking its nodes again,
+    so every parameter under it is the first call's (shared weights)."""
 
-    def __init__(self, label: str, parent: "ParamScope | None"):
+    def __init__(self, label: str, parent: "ParamScope | None", first_call: Span | None = None,
+                 replay: bool = False):
         self.label, self.parent = label, parent
         self.children: list[ParamScope] = []
         self.params: dict[str, int] = {}      # local name -> param node
-        self.named: dict[str, ParamScope] = {}  # explicit name= children (shared weights)
-        self.segment = label
+        self.named: dict[str, ParamScope] = {}  # explicit name= children
+        self.unnamed: dict[str, list] = {}    # label -> the other children with that label, in call order
+        self.entered: dict[str, int] = {}     # label -> how many of those the current visit has entered
+        self.first_call = first_call          # the call that made an explicit name's node
+        self.replay = replay                  # walked by a later call of a shared name
 
-    def child(self, label: str, explicit: bool) -> "ParamScope":
-        if explicit and label in self.named:
-            return self.named[label]
-        scope = ParamScope(label, self)
-        self.children.append(scope)
+    def child(self, label: str, explicit: bool, call: Span) -> "ParamScope":
+        """The node of a call made in this one. The k-th call with a label in one visit
+        gets the k-th child with that label, so a replay finds the first call's nodes."""
         if explicit:
-            self.named[label] = scope
+            scope = self.named.get(label)
+        else:
+            same = self.unnamed.setdefault(label, [])
+            k = self.entered.get(label, 0)
+            self.entered[label] = k + 1
+            scope = same[k] if k < len(same) else None
+        if scope is None:
+            scope = ParamScope(label, self, call if explicit else None, self.replay)
+            self.children.append(scope)
+            if explicit:
+                self.named[label] = scope
+            else:
+                same.append(scope)
+        else:
+            scope.replay = True
+        scope.entered = {}
         return scope
+
+    def shared_call(self) -> "ParamScope":
+        """In a replay: the node of the explicit name that a later call repeats (the
+        outermost replayed node; only an explicit name's node is replayed first)."""
+        scope, found = self, None
+        while scope is not None:
+            found = scope if scope.replay else found
+            scope = scope.parent
+        return found
 
     def owns_params(self) -> bool:
         return bool(self.params) or any(c.owns_params() for c in self.children)
@@ -348,10 +375,7 @@ class Evaluator:
         if isinstance(s, A.Input):
             if s.name in env.vars:
                 self.fail(f"'{s.name}' is defined twice", s.span)
-            typ = self.tensor_type(s.type, env, fresh_symbols=True)
-            for d in s.type.dims:         # the model can use its dims by name: causal_mask(T)
-                if isinstance(d, A.Name) and d.id not in env.vars:
-                    env.vars[d.id] = Dim.sym(d.id)
+            typ = self.tensor_type(s.type, env, new_symbols=True)
             t = g.add1("input", type=typ, name=s.name)
             env.vars[s.name] = t
             self.inputs.append(ModelInput(s.name, typ, s.span, s.is_target))
@@ -396,11 +420,16 @@ class Evaluator:
         root = self.graph
         while root.parent is not None:
             root = root.parent
-        if s.name in self.scope.params:       # a shared scope (explicit name=) reuses its weights
+        if self.scope.replay:                 # a later call of a shared name reuses the first call's weights
+            shared = self.scope.shared_call()
+            first = [(f"the first call named '{shared.label}'", shared.first_call)]
+            if s.name not in self.scope.params:
+                self.fail(f"the first call named '{shared.label}' has no parameter '{s.name}': "
+                          "calls that share a name must declare the same parameters", s.span, first)
             node = self.scope.params[s.name]
             have = root.types(node)[0]
             if have != typ:
-                self.fail(f"shared parameter '{s.name}' is {have} in one call and {typ} in another", s.span)
+                self.fail(f"shared parameter '{s.name}' is {have} in one call and {typ} in another", s.span, first)
             return self.local(Tensor(root, node))
         with root.at(s.span):
             t = root.add1("param", type=typ, name=f"%{len(self.param_nodes)}", trainable=s.trainable)
@@ -450,16 +479,15 @@ class Evaluator:
         self.updates[target.node] = root.add1("stop_gradient", [value])
 
     # -- types -------------------------------------------------------------------------------------------
-    def tensor_type(self, t: A.TensorType, env: Env, fresh_symbols=False) -> TensorType:
+    def tensor_type(self, t: A.TensorType, env: Env, new_symbols=False) -> TensorType:
+        """With new_symbols (an input's type), a dim name without a value in scope becomes a
+        symbolic dim, bound in env so the model can use it: causal_mask(T)."""
         dims = []
         for d in t.dims:
             if isinstance(d, A.AnyDims):
                 self.fail("'...' is only allowed in argument types", d.span)
-            if isinstance(d, A.Name) and fresh_symbols:
-                try:
-                    v = env.lookup(d.id)
-                except KeyError:
-                    v = Dim.sym(d.id)
+            if isinstance(d, A.Name) and new_symbols and not _defined(env, d.id):
+                v = env.vars[d.id] = Dim.sym(d.id)
             else:
                 v = self.expr(d, env)
             dims.append(self.dim_value(v, d.span))
@@ -497,7 +525,7 @@ class Evaluator:
         if has_rest and after:
             pairs += list(zip(ann.dims[split + 1:], value.shape[value.rank - after:]))
         for d, actual in pairs:
-            if isinstance(d, A.Name) and d.id not in env.vars:
+            if isinstance(d, A.Name) and not _defined(env, d.id):
                 env.vars[d.id] = actual
                 env.vars.setdefault("__dim_sites__", {})[d.id] = span
                 continue
@@ -744,7 +772,7 @@ class Evaluator:
             env.vars[a.name] = value
         saved_scope, saved_label = self.scope, self.label
         label = self.label if explicit is None else ".".join(p for p in (explicit, *map(str, self.repeat_index)) if p)
-        self.scope = self.scope.child(label, explicit is not None)
+        self.scope = self.scope.child(label, explicit is not None, span)
         saved_repeat, self.repeat_index = self.repeat_index, ()
         self.stack.append((decl, span))
         try:
@@ -1014,6 +1042,15 @@ def _array_literal(v: tuple):
 
 def _static_operand(v) -> bool:
     return isinstance(v, (int, float, Dim)) or isinstance(v, str)
+
+
+def _defined(env: Env, name: str) -> bool:
+    """Whether a name has a value in env or an enclosing scope (a const, an argument)."""
+    try:
+        env.lookup(name)
+    except KeyError:
+        return False
+    return True
 
 
 def _visible_names(env: Env) -> set:

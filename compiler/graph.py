@@ -148,7 +148,7 @@ class Graph:
         """Emit nodes with this source span."""
         saved = self.span
         if span is not None:
-            self.span = span
+            self.span = span.called_from(saved)
         try:
             yield
         finally:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .dims import Dim, numel
-from .graph import Graph, Tensor
+from .errors import DlcError
+from .graph import DTYPES, Graph, Tensor
 
 # ---- expressions -----------------------------------------------------------------------------
 
@@ -46,12 +47,14 @@ class Index:
 
 @dataclass(frozen=True)
 class Random:
-    """Uniform (0, 1) from the counter-based generator at linear index `at`."""
+    """A draw of the counter-based generator at linear index `at`: uniform in (0, 1), or
+    normal (Box-Muller on a second stream), as primitives._random."""
     key: int             # buffer holding (seed, step)
     stream: int
     at: Affine
     dtype: str
     steps: tuple = ()    # the step symbols of the enclosing scans, outermost first
+    dist: str = "uniform"
 
 
 @dataclass(frozen=True)
@@ -77,12 +80,15 @@ class Op:
 @dataclass(frozen=True)
 class Gather:
     """table[idx, rest]: rows picked by an integer expression; `rows` is the table's
-    affine over the iteration's trailing (row) dims, `stride` the row stride."""
+    affine over the iteration's trailing (row) dims, `stride` the row stride. An index
+    outside [0, count) reads 0 and reports fault `site` (Program.faults)."""
     table: int
     idx: object
     rows: Affine
     stride: object
     dtype: str
+    count: object        # rows of the table
+    site: int
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,9 @@ def remap(e, shift_fn):
     if isinstance(e, Index):
         return Index(shift_fn(e.at), e.dtype)
     if isinstance(e, Random):
-        return Random(e.key, e.stream, shift_fn(e.at), e.dtype, e.steps)
+        return Random(e.key, e.stream, shift_fn(e.at), e.dtype, e.steps, e.dist)
     if isinstance(e, Gather):
-        return Gather(e.table, remap(e.idx, shift_fn), shift_fn(e.rows), e.stride, e.dtype)
+        return Gather(e.table, remap(e.idx, shift_fn), shift_fn(e.rows), e.stride, e.dtype, e.count, e.site)
     if isinstance(e, Guarded):
         return Guarded(remap(e.load, shift_fn), tuple((shift_fn(a), n) for a, n in e.guards), e.fill)
     if isinstance(e, Op):
@@ -191,12 +197,15 @@ class SmallGemmKernel:
 
 @dataclass
 class ScatterAddKernel:
-    """out = 0; then out[idx(i), r] += upd[flat(i), r] for every index i of idx_shape."""
+    """out = 0; then out[idx(i), r] += upd[flat(i), r] for every index i of idx_shape.
+    An index outside [0, count) adds nothing and reports fault `site`."""
     idx_shape: tuple
     row: object
     out: int
     idx: object           # integer expression over idx_shape
     upd: int
+    count: object         # rows of out
+    site: int
     node: int = -1
     origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
@@ -237,18 +246,25 @@ class Program:
     inputs: dict = field(default_factory=dict)      # input name -> buffer id
     params: dict = field(default_factory=dict)      # param name -> buffer id
     symbols: list = field(default_factory=list)     # symbolic dim names, in the order of the sizes array
+    faults: list = field(default_factory=list)      # (what, count, span) of each index check, by site
 
     def buffer(self, dtype, size, kind, name="", data=None) -> Buffer:
         b = Buffer(len(self.buffers), dtype, size, kind, name, data)
         self.buffers.append(b)
         return b
 
+    def fault(self, what: str, count, span) -> int:
+        """The site of a run-time check that an index of `what` lies in [0, count): the
+        kernels report a failure (dlc_fault = site + 1), the engine raises it at `span`."""
+        self.faults.append((what, count, span))
+        return len(self.faults) - 1
+
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
 
 
-class NotLowerable(NotImplementedError):
-    """The native backend does not compile this primitive yet."""
+class NotLowerable(DlcError):
+    """The native backend does not compile this primitive yet (located at its node)."""
 
 
 def row_major(shape) -> tuple:
@@ -372,8 +388,7 @@ class Lowering:
             if value.ndim == 0:
                 self.set(n, Const(value.item(), typ.dtype))
             else:
-                buf = self.p.buffer(typ.dtype, value.size, "const", data=value.astype(np.float32
-                                    if typ.dtype == "f32" else np.int32).ravel())
+                buf = self.p.buffer(typ.dtype, value.size, "const", data=value.astype(DTYPES[typ.dtype]).ravel())
                 self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
         elif op == "iota":
             coeffs = tuple(1 if r == attrs["axis"] else 0 for r in range(typ.rank))
@@ -381,11 +396,13 @@ class Lowering:
         elif op == "dim_size":
             self.set(n, Size(attrs["dim"]))
         elif op == "random":
-            if attrs["dist"] != "uniform":
-                raise NotLowerable(f"random {attrs['dist']} (only uniform is compiled)")
+            if attrs["dist"] not in ("uniform", "normal"):
+                raise NotLowerable(f"the native backend does not compile random {attrs['dist']} yet",
+                                   self.g.g.nodes[n]["span"])
             key = self.materialize(ins[0])
             steps = tuple(f"$t{d}" for d in range(self.depth))
-            self.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype, steps))
+            self.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype, steps,
+                               attrs["dist"]))
         elif op in ELEMENTWISE:
             args = tuple(self.use(x) for x in ins)
             name = op if op != "cast" else f"cast_{typ.dtype}"
@@ -451,13 +468,16 @@ class Lowering:
             k = idx.rank
             row_coeffs = (0,) * k + row_major(table.shape)[1:]
             idx_e = remap(self.use(idx), lambda a: Affine(a.offset, a.coeffs + (0,) * (typ.rank - k)))
-            self.set(n, Gather(t.buffer, idx_e, Affine(0, row_coeffs), row_major(table.shape)[0], typ.dtype))
+            site = self.p.fault("gather", table.shape[0], self.g.g.nodes[n]["span"])
+            self.set(n, Gather(t.buffer, idx_e, Affine(0, row_coeffs), row_major(table.shape)[0], typ.dtype,
+                               table.shape[0], site))
         elif op == "scatter_add":
             idx, upd = ins
             u = self.materialize(upd)
             buf = self.p.buffer(typ.dtype, numel(typ.shape), "temp")
-            self.emit(ScatterAddKernel(idx.shape, numel(typ.shape[1:]), buf.id, self.use(idx),
-                                                   u.buffer, n))
+            site = self.p.fault("gather", typ.shape[0], self.g.g.nodes[n]["span"])
+            self.emit(ScatterAddKernel(idx.shape, numel(typ.shape[1:]), buf.id, self.use(idx), u.buffer,
+                                       typ.shape[0], site, n))
             self.set(n, contiguous(buf.id, typ.shape, typ.dtype))
         elif op == "scan":
             self.scan(n, ins, attrs)
@@ -465,7 +485,7 @@ class Lowering:
                     "maxpool2d_grad", "avgpool2d_grad"):
             getattr(self, op)(n, ins, attrs, typ)
         else:
-            raise NotLowerable(f"{op} is not compiled by the native backend yet")
+            raise NotLowerable(f"the native backend does not compile {op} yet", self.g.g.nodes[n]["span"])
 
     def use(self, t: Tensor):
         """The expression for an operand: inlined when used once or cheap, else in memory."""

@@ -16,11 +16,11 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import load as load_program
 from . import checkpoint, data as datasets
 from .engine import make_engine
-from .trainer import Trainer, bind, evaluate, load_data, make_config, parse_setting, prepare_data
+from .trainer import Trainer, bind, data_settings, evaluate, evaluation_data, fit_input, to_stderr
 
 
 class DlcModel:
-    def __init__(self, path: str, model: str | None = None, backend: str = "native"):
+    def __init__(self, path: str, model: str | None = None, backend: str = "auto"):
         self.path, self.backend = path, backend
         self.program = load_program(path)
         self.train_model = self.program.build(model, training=True)
@@ -35,14 +35,14 @@ class DlcModel:
         """Train with the file's train block; keyword arguments override its settings."""
         trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log, self.backend)
         result = trainer.run(resume=resume)
-        self.params, self.meta = result.params, {"meta": getattr(trainer, "meta", {})}
+        self.params = result.params
+        self.meta = {"meta": getattr(trainer, "meta", {}), "data": data_settings(trainer.cfg)}
         return result
 
     # -- weights --
     def load_weights(self, path) -> "DlcModel":
         params, _, meta = checkpoint.load(path)
-        checkpoint.check_params(path, params, {p.name: p.type.shape for p in self.eval_model.params})
-        self.params, self.meta = params, meta
+        self.params, self.meta = checkpoint.conform(path, params, self.eval_model.params), meta
         return self
 
     def _require_weights(self):
@@ -56,17 +56,13 @@ class DlcModel:
         return self._engine
 
     # -- use --
-    def evaluate(self, data=None, batch: int = 256) -> dict:
+    def evaluate(self, data=None, batch: int = 256, log=None) -> dict:
         """Loss and metrics (evaluation mode) on `data` (a source such as "digits()" or a
-        path), by default the train block's test data, else its data."""
+        path), by default on data the weights were not trained on: the test, else the
+        validation data of the settings the checkpoint was trained with (the train block's
+        for plain weights; trainer.evaluation_data). `log` (default: stderr) is told which."""
         self._require_weights()
-        if data is None:
-            train, _, test, _ = prepare_data(make_config(self.program, self.name, {}), Path(self.path).parent,
-                                             self.eval_model)
-            arrays = test if test is not None else train
-        else:
-            spec = parse_setting(data, "data") if isinstance(data, str) else data
-            arrays = bind(self.eval_model, load_data(spec, Path(self.path).parent, "data"))
+        arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
         return evaluate(self.engine, self.params, arrays, batch)
 
     def predict(self, inputs, batch: int = 256) -> dict:
@@ -87,7 +83,11 @@ class DlcModel:
                 parts.setdefault(k, []).append(v)
         if not parts:
             raise DlcError(f"model {self.name} declares no outputs; add `output name = ...`")
-        return {k: np.concatenate(v) for k, v in parts.items()}
+        for k, v in parts.items():
+            if len(v) > 1 and v[0].ndim == 0:
+                raise DlcError(f"output {k} is one number per batch, not per example: predict all {n} examples "
+                               f"as one batch (batch = {n})")
+        return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
 
     def _read_inputs(self, path: Path) -> dict:
         if path.suffix == ".txt":
@@ -111,7 +111,7 @@ class DlcModel:
             raise DlcError(f"model {self.name} is not an encoder-decoder (it needs two integer inputs: "
                            "the source and the decoder input)")
         src_in, dec_in = pair
-        src = np.asarray(src, np.int32)
+        src = fit_input(src_in, np.asarray(src), self.eval_model)      # ids the model can look up
         out = np.zeros((len(src), max_len), np.int32)
         for start in range(0, len(src), batch):
             s = src[start:start + batch]
@@ -176,5 +176,5 @@ def _context_limit(model) -> int:
     return 0
 
 
-def load(path: str, model: str | None = None) -> DlcModel:
-    return DlcModel(path, model)
+def load(path: str, model: str | None = None, backend: str = "auto") -> DlcModel:
+    return DlcModel(path, model, backend)

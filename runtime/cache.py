@@ -2,14 +2,22 @@
 dlc and llvmlite versions: the second compile of the same model loads machine code
 instead of running LLVM.
 
+An entry is machine code that will run as the user, so it is verified before LLVM sees it:
+a header (magic, format, the key, SHA-256 of the object) must match, and after loading,
+every function the module defines must be there. A bad entry (truncated, damaged, written
+for another key) is recompiled and replaced, never run. Entries are written to a temporary
+file, fsynced and renamed over the old one; a directory other users can write to is refused.
+
 The GEMM routines are one module compiled once per process (and cached like any other);
 kernel modules only declare them, and their addresses are given to LLVM as symbols.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-import tempfile
+import secrets
+import struct
 import time
 from pathlib import Path
 
@@ -19,10 +27,15 @@ from llvmlite import ir
 
 import dlc
 from dlc.compiler.codegen.gemm import add_gemm, gemm_name
+from dlc.compiler.errors import DlcError
 from . import jit
 
-stats = {"compiles": 0, "hits": 0}
+stats = {"compiles": 0, "hits": 0, "rejected": 0}
 _gemm_module = None
+
+MAGIC = b"dlc-obj\0"
+FORMAT = 1
+_HEADER = struct.Struct("<8sI32s32s")      # magic, format, key (hex), SHA-256 of the object
 
 
 def cache_dir() -> Path:
@@ -38,6 +51,19 @@ def _key(text: str) -> str:
     return h.hexdigest()[:32]
 
 
+def _pack(key: str, obj: bytes) -> bytes:
+    return _HEADER.pack(MAGIC, FORMAT, key.encode(), hashlib.sha256(obj).digest()) + obj
+
+
+def _unpack(key: str, entry: bytes) -> bytes | None:
+    """The object of an entry written for `key`, or None when the entry is not one."""
+    if len(entry) < _HEADER.size:
+        return None
+    obj = entry[_HEADER.size:]
+    expected = (MAGIC, FORMAT, key.encode(), hashlib.sha256(obj).digest())
+    return obj if _HEADER.unpack_from(entry) == expected else None
+
+
 class Loaded:
     """Machine code in memory; keep this object alive while its functions are used."""
 
@@ -51,40 +77,91 @@ class Loaded:
         return addr
 
 
-def compile_cached(module: ir.Module | str) -> Loaded:
+def compile_cached(module: ir.Module) -> Loaded:
     """Machine code for a module, from the cache or from LLVM (then stored)."""
     text = str(module)
-    path = cache_dir() / f"{_key(text)}.o"
+    key = _key(text)
     t0 = time.perf_counter()
-    data = None
-    if path.is_file():
-        try:
-            data = path.read_bytes()
-        except OSError:
-            data = None
-    cached = data is not None
-    if data is None:
-        ref = jit.optimize(jit.parse(text))
-        data = jit.target_machine().emit_object(ref)
+    with _open_dir() as dirfd:
+        obj = None if dirfd is None else _read(dirfd, key)
+        if obj is not None:
+            engine = _load(obj)
+            if all(engine.get_function_address(f.name) for f in module.functions
+                   if not f.is_declaration and f.linkage in ("", "external")):
+                stats["hits"] += 1
+                return Loaded(engine, time.perf_counter() - t0, True)
+            stats["rejected"] += 1      # a valid object, of another module
+        obj = jit.target_machine().emit_object(jit.optimize(jit.parse(text)))
         stats["compiles"] += 1
-        _store(path, data)
-    else:
-        stats["hits"] += 1
+        if dirfd is not None:
+            _store(dirfd, key, obj)
+    return Loaded(_load(obj), time.perf_counter() - t0, False)
+
+
+def _load(obj: bytes):
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), jit.target_machine())
-    engine.add_object_file(llvm.ObjectFileRef.from_data(data))
+    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()
-    return Loaded(engine, time.perf_counter() - t0, cached)
+    return engine
 
 
-def _store(path: Path, data: bytes):
+@contextlib.contextmanager
+def _open_dir():
+    """A descriptor of the cache directory (created 0700 if missing), or None when it cannot
+    be created or opened (a read-only home: compile every time, still correct). Entries are
+    opened relative to it, so the directory checked is the one read."""
+    path = cache_dir()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
-        pass        # a read-only home: compile every time, still correct
+        fd = None
+    try:
+        if fd is not None:
+            st = os.fstat(fd)
+            if st.st_uid != os.geteuid():
+                raise DlcError(f"the compile cache {path} belongs to another user, and code in it would run as "
+                               f"you: set DLC_CACHE_DIR to a directory of your own")
+            if st.st_mode & 0o022:
+                # even with the sticky bit: they could write an entry before this process does
+                raise DlcError(f"other users can write to the compile cache {path}, and code in it runs as you: "
+                               f"run 'chmod go-w {path}', or set DLC_CACHE_DIR to a directory of your own")
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _read(dirfd: int, key: str) -> bytes | None:
+    """The verified object of an entry; None when there is none or it is bad (counted)."""
+    try:
+        fd = os.open(f"{key}.o", os.O_RDONLY, dir_fd=dirfd)
+    except OSError:
+        return None
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        # a file others can write to could hold anything, with a valid header
+        mine = st.st_uid == os.geteuid() and not st.st_mode & 0o022
+        obj = _unpack(key, f.read()) if mine else None
+    if obj is None:
+        stats["rejected"] += 1
+    return obj
+
+
+def _store(dirfd: int, key: str, obj: bytes):
+    """Replace the entry at once: a crash or a full disk leaves the old entry or none, never
+    part of one. A failure only costs the next run a compile."""
+    tmp = f"{key}.{secrets.token_hex(8)}.tmp"
+    try:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=dirfd), "wb") as f:
+            f.write(_pack(key, obj))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, f"{key}.o", src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        os.fsync(dirfd)     # the new name survives a crash too
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp, dir_fd=dirfd)
 
 
 VARIANTS = [(ta, tb) for ta in (False, True) for tb in (False, True)]

@@ -18,6 +18,7 @@ import numpy as np
 
 import dlc
 from dlc.compiler.errors import DlcError
+from dlc.compiler.graph import DTYPES
 
 FORMAT = "dlc-checkpoint-1"
 
@@ -74,6 +75,20 @@ def load(path) -> tuple[dict, dict, dict]:
         else:   # a plain npz of weights: names are the keys
             params[key] = value
     return params, opt, meta
+
+
+def conform(path, saved: dict, params: list) -> dict:
+    """The saved arrays as the model's parameters (`Model.params`): exactly its names and
+    shapes, numbers only, converted to each parameter's dtype and made contiguous, so an
+    engine can use them as they are (a plain .npz of float64 weights is welcome)."""
+    check_params(path, saved, {p.name: p.type.shape for p in params})
+    out = {}
+    for p in params:
+        value = saved[p.name]
+        if value.dtype.kind not in "biuf":
+            raise DlcError(f"{path}: {p.name} holds {value.dtype} values; a parameter needs numbers ({p.type})")
+        out[p.name] = np.ascontiguousarray(value, DTYPES[p.type.dtype])
+    return out
 
 
 def check_params(path, saved: dict, expected: dict):

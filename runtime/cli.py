@@ -18,9 +18,10 @@ def _add_model_args(p: argparse.ArgumentParser, backend=False):
     p.add_argument("file", help="a .dl file")
     p.add_argument("--model", help="which model of the file (default: the last one)")
     if backend:
-        p.add_argument("--backend", choices=["native", "reference"], default="native",
-                       help="native: compiled LLVM kernels (the reference numpy engine where a primitive is "
-                            "not compiled yet); reference: the numpy interpreter")
+        p.add_argument("--backend", choices=["auto", "native", "reference"], default="auto",
+                       help="auto (default): the native engine, or the reference engine with a warning for a "
+                            "model using an operation the native backend does not compile; native: compiled "
+                            "LLVM kernels, never falling back; reference: the numpy interpreter")
         _add_threads(p)
 
 
@@ -71,13 +72,10 @@ def _dims(pairs) -> dict:
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_check(args):
     from dlc.runtime.trainer import make_config
-    from dlc.runtime.optim import make_optimizer, make_schedule
     program = load(args.file)
     train = program.build(args.model, training=True)
     program.build(args.model, training=False)
-    cfg = make_config(program, train.name, {}, require_data=False)     # the train block, without its data
-    make_optimizer(cfg.optimizer)
-    make_schedule(cfg.schedule, 1.0, 1, max(cfg.epochs, 1))
+    make_config(program, train.name, {}, require_data=False, model=train)     # every setting, without loading data
     print(f"{args.file}: ok")
     print(S.signature(train))
 
@@ -189,7 +187,7 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    values = _weights(args).evaluate(args.data, args.batch)
+    values = _weights(args).evaluate(args.data, args.batch)      # which data it scores goes to stderr
     print("  ".join(f"{k} {v:.4f}" for k, v in values.items()))
 
 
@@ -218,8 +216,8 @@ def cmd_generate(args):
         print(args.prompt + model.generate(args.prompt, args.length, args.temperature, args.seed))
         return
     try:       # an encoder-decoder: the prompt is the source sequence, as token ids
-        src = np.array([[int(t) for t in args.prompt.replace(",", " ").split()]], np.int32)
-    except ValueError:
+        src = np.array([[int(t) for t in args.prompt.replace(",", " ").split()]], np.int64)
+    except (ValueError, OverflowError):
         raise DlcError(f"{model.name} is an encoder-decoder: give the source as token ids, as in --prompt \"3 4 5\"")
     if src.size == 0:
         raise DlcError("the source sequence is empty")

@@ -16,7 +16,8 @@ so the trainer can bind them to a model's inputs and targets by position, plus `
 
 Every problem with the data (a missing or corrupt file, a wrong format, an unknown
 source, a bad argument) is a `DlcError` with a one-line message; when the data came
-from a `Call`, the error points at it.
+from a `Call`, the error points at it. A float column read from a file must hold finite
+float32 numbers (`_finite`, one check for every file source).
 
 Sources, by the name a `.dl` file uses (see `SOURCES`):
 
@@ -53,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime.config import Call, Symbol
+from dlc.runtime.config import REQUIRED, Call, Symbol, bind, choice, flag, integer, number, show
 
 __all__ = ["Dataset", "load", "SOURCES", "augment", "encode", "decode", "digits_path"]
 
@@ -110,7 +111,7 @@ class Dataset:
         """Shuffled (rest, held_out) with round(len * fraction) examples held out."""
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating, np.integer)) \
                 or not 0 <= fraction <= 1 or math.isnan(fraction):
-            raise DlcError(f"split: the held-out fraction must be a number between 0 and 1, got {_show(fraction)}")
+            raise DlcError(f"split: the held-out fraction must be a number between 0 and 1, got {show(fraction)}")
         n = len(self)
         k = int(round(n * float(fraction)))
         order = np.random.default_rng(seed).permutation(n)
@@ -122,26 +123,14 @@ SOURCES: dict[str, callable] = {}
 
 
 def _source(name: str):
-    """Register a source; its wrapper turns Python's argument errors into DlcErrors."""
+    """Register a source; its wrapper binds the arguments as every spec does (config.bind)."""
     def register(fn):
-        params = list(inspect.signature(fn).parameters.values())[1:]     # after base_dir
-        names = [p.name for p in params]
-        required = [p.name for p in params if p.default is inspect.Parameter.empty]
+        params = {p.name: REQUIRED if p.default is inspect.Parameter.empty else p.default
+                  for p in list(inspect.signature(fn).parameters.values())[1:]}     # after base_dir
 
         @functools.wraps(fn)
         def wrapper(base_dir, *args, **kwargs):
-            if len(args) > len(names):
-                raise DlcError(f"{name} takes at most {len(names)} argument{'s' * (len(names) != 1)}"
-                               f" ({', '.join(names) or 'none'}), got {len(args)}")
-            for k in kwargs:
-                if k not in names:
-                    raise DlcError(f"{name} has no option '{k}' (it takes: {', '.join(names) or 'nothing'})")
-                if names.index(k) < len(args):
-                    raise DlcError(f"{name}: '{k}' is given twice")
-            for k in required[len(args):]:
-                if k not in kwargs:
-                    raise DlcError(f"{name} needs '{k}' (it takes: {', '.join(names)})")
-            return fn(pathlib.Path(base_dir), *args, **kwargs)
+            return fn(pathlib.Path(base_dir), **bind(name, params, list(args), kwargs))
 
         wrapper.source_name = name
         SOURCES[name] = wrapper
@@ -165,7 +154,7 @@ def load(spec, base_dir, span: Span | None = None) -> Dataset:
     if not isinstance(spec, Call):
         span = getattr(spec, "span", None) or span
         raise DlcError(f"data must be a file name such as \"train.npz\" or a source such as digits(), got "
-                       f"{_show(spec)} (sources: {_known()})", span)
+                       f"{show(spec)} (sources: {_known()})", span)
     fn = SOURCES.get(spec.name)
     if fn is None:
         hint = " (split(...) belongs in `validation = split(0.1)`)" if spec.name == "split" else ""
@@ -204,59 +193,9 @@ def _is_idx_name(name: str) -> bool:
     return base.endswith("-ubyte") or suffix.startswith("idx")
 
 
-# ---- argument checks ------------------------------------------------------------------------------
-def _show(v) -> str:
-    if isinstance(v, Symbol):
-        return v.name
-    if v is None:
-        return "none"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, Call):
-        return f"{v.name}(...)"
-    return repr(v)
-
-
-def _int(src: str, name: str, v, low: int | None = None) -> int:
-    if isinstance(v, (float, np.floating)) and float(v).is_integer():
-        v = int(v)
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        raise DlcError(f"{src}: '{name}' must be an integer, got {_show(v)}")
-    v = int(v)
-    if low is not None and v < low:
-        raise DlcError(f"{src}: '{name}' must be at least {low}, got {v}")
-    return v
-
-
-def _num(src: str, name: str, v, low: float | None = None, positive: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
-        raise DlcError(f"{src}: '{name}' must be a number, got {_show(v)}")
-    v = float(v)
-    if positive and v <= 0:
-        raise DlcError(f"{src}: '{name}' must be positive, got {v:g}")
-    if low is not None and v < low:
-        raise DlcError(f"{src}: '{name}' must be at least {low:g}, got {v:g}")
-    return v
-
-
-def _bool(src: str, name: str, v) -> bool:
-    if not isinstance(v, (bool, np.bool_)):
-        raise DlcError(f"{src}: '{name}' must be true or false, got {_show(v)}")
-    return bool(v)
-
-
-def _choice(src: str, name: str, v, options: tuple[str, ...]) -> str:
-    if isinstance(v, bool):
-        v = "true" if v else "false"
-    elif isinstance(v, Symbol):
-        v = v.name
-    if not isinstance(v, str) or v not in options:
-        raise DlcError(f"{src}: '{name}' must be one of {', '.join(options)}, got {_show(v)}")
-    return v
-
-
+# ---- argument checks (config.integer, number, flag, choice) ---------------------------------------
 def _seed(src: str, v) -> int:
-    return _int(src, "seed", v, low=0)
+    return integer(src, "seed", v, low=0)
 
 
 # ---- files ----------------------------------------------------------------------------------------
@@ -264,7 +203,7 @@ def _resolve(src: str, name: str, path, base_dir: pathlib.Path, gz_ok: bool = Tr
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str) or not path:
-        raise DlcError(f"{src}: '{name}' must be a file name in quotes, got {_show(path)}")
+        raise DlcError(f"{src}: '{name}' must be a file name in quotes, got {show(path)}")
     p = pathlib.Path(path).expanduser()
     if not p.is_absolute():
         p = base_dir / p
@@ -310,8 +249,8 @@ def _reason(e: Exception) -> str:
     return str(e).split("\n")[0] or type(e).__name__
 
 
-def _float32(src: str, p, a: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """a * scale as float32, refusing values that are not finite there (NaN, inf, overflow)."""
+def _float32(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """a * scale as float32 (values beyond float32 become infinities, which `_finite` refuses)."""
     with np.errstate(over="ignore", invalid="ignore"):
         if a.dtype.itemsize <= 4 and a.dtype.kind in "uif":       # no float64 copy of a big image file
             out = a.astype(np.float32)
@@ -319,11 +258,22 @@ def _float32(src: str, p, a: np.ndarray, scale: float = 1.0) -> np.ndarray:
                 out *= np.float32(scale)
         else:
             out = (a.astype(np.float64) * scale).astype(np.float32)
-    if not np.all(np.isfinite(out)):
-        where = tuple(int(i) for i in np.argwhere(~np.isfinite(out))[0])
-        raise DlcError(f"{src}: {p} holds a value that is not a finite float32 number at index {list(where)}"
-                       f" ({float(a[where]):g} * {scale:g})")
     return out
+
+
+def _finite(src: str, p, columns: dict) -> dict:
+    """The columns of a file, refusing a float column with a NaN, an infinity or a value beyond
+    float32 (what training computes in). Every source that reads a file checks its columns here."""
+    limit = np.finfo(np.float32).max
+    for name, a in columns.items():
+        if a.dtype.kind == "f":
+            with np.errstate(invalid="ignore"):
+                bad = ~(np.abs(a) <= limit)         # NaN compares false
+            if bad.any():
+                where = tuple(int(i) for i in np.argwhere(bad)[0])
+                raise DlcError(f"{src}: {p}: column '{name}' holds a value that is not a finite float32 number "
+                               f"at index {list(where)} ({float(a[where]):g})")
+    return columns
 
 
 # ---- npz ------------------------------------------------------------------------------------------
@@ -367,7 +317,7 @@ def npz(base_dir, path) -> Dataset:
     if len(lengths) > 1:
         shown = ", ".join(f"'{k}' has {a.shape[0]}" for k, a in columns.items())
         raise DlcError(f"npz: the arrays of {p} have different numbers of examples: {shown}")
-    return Dataset(columns, {})
+    return Dataset(_finite("npz", p, columns), {})
 
 
 # ---- csv ------------------------------------------------------------------------------------------
@@ -387,9 +337,9 @@ def csv(base_dir, path, label=-1, header="auto", scale=1.0) -> Dataset:
     skips the first row when it is not numeric; its names go to meta["features"] and meta["label"]."""
     p = _resolve("csv", "path", path, base_dir)
     if label is not None:
-        label = _int("csv", "label", label)
-    header = _choice("csv", "header", header, ("auto", "true", "false"))
-    scale = _num("csv", "scale", scale)
+        label = integer("csv", "label", label)
+    header = choice("csv", "header", header, ("auto", "true", "false"))
+    scale = number("csv", "scale", scale)
     table, names = _parse_csv(p, header)
     return _table_dataset("csv", p, table, names, label, scale)
 
@@ -451,11 +401,11 @@ def _table_dataset(src: str, p, table: np.ndarray, names, label, scale: float) -
             names = names[:col] + names[col + 1:]
     if names:
         meta["features"] = names
-    columns = {"x": _float32(src, p, x, scale)}
+    columns = {"x": _float32(x, scale)}
     if y is not None:
         columns["y"] = y.astype(np.int32) if np.all(y == np.round(y)) and np.all(np.abs(y) < 2 ** 31) \
             else y.astype(np.float32)
-    return Dataset(columns, meta)
+    return Dataset(_finite(src, p, columns), meta)
 
 
 # ---- idx (MNIST) ----------------------------------------------------------------------------------
@@ -493,11 +443,11 @@ def idx(base_dir, images, labels=None, scale=1.0) -> Dataset:
     """MNIST-style IDX files: "x" the images as float32 * scale, "y" the labels as int32."""
     p = _resolve("idx", "images", images, base_dir)
     q = _resolve("idx", "labels", labels, base_dir) if labels is not None else None
-    scale = _num("idx", "scale", scale)
+    scale = number("idx", "scale", scale)
     x = read_idx(p)
-    columns = {"x": _float32("idx", p, x, scale)}
+    columns = _finite("idx", p, {"x": _float32(x, scale)})
     if q is not None:
-        y = read_idx(q)
+        y = _finite("idx", q, {"y": read_idx(q)})["y"]
         if y.ndim != 1:
             raise DlcError(f"idx: the labels file {q} must hold one label per example, but its shape is"
                            f" {'x'.join(map(str, y.shape))}")
@@ -511,7 +461,7 @@ def idx(base_dir, images, labels=None, scale=1.0) -> Dataset:
 # ---- text -----------------------------------------------------------------------------------------
 def _check_vocab(vocab, src: str = "vocab") -> str:
     if not isinstance(vocab, str) or not vocab:
-        raise DlcError(f"{src}: the vocabulary must be a non-empty string of characters, got {_show(vocab)}")
+        raise DlcError(f"{src}: the vocabulary must be a non-empty string of characters, got {show(vocab)}")
     if len(set(vocab)) != len(vocab):
         dup = next(c for i, c in enumerate(vocab) if c in vocab[:i])
         raise DlcError(f"{src}: the vocabulary repeats the character {dup!r}")
@@ -561,7 +511,7 @@ def decode(ids, vocab: str) -> str:
 def text(base_dir, path, seq=100, vocab=None) -> Dataset:
     """Character windows of a text: "x" [N, seq] ids, "y" the same windows one character later."""
     p = _resolve("text", "path", path, base_dir)
-    seq = _int("text", "seq", seq, low=1)
+    seq = integer("text", "seq", seq, low=1)
     if vocab is not None:
         vocab = _check_vocab(vocab, "text")
     s = _read_text("text", p)
@@ -591,8 +541,8 @@ def digits_path() -> pathlib.Path:
 @_source("digits")
 def digits(base_dir, scale=1 / 16, image=True) -> Dataset:
     """The UCI 8x8 handwritten digits (1797 examples): "x" [N, 1, 8, 8] (or [N, 64]), "y" 0..9."""
-    scale = _num("digits", "scale", scale)
-    image = _bool("digits", "image", image)
+    scale = number("digits", "scale", scale)
+    image = flag("digits", "image", image)
     p = digits_path()
     if not p.is_file():
         raise DlcError(f"digits: the digits data set is missing: expected {p}, which ships with dlc's"
@@ -612,7 +562,7 @@ def digits(base_dir, scale=1 / 16, image=True) -> Dataset:
 @_source("xor")
 def xor(base_dir, repeat=1) -> Dataset:
     """The four XOR points: "x" [4 * repeat, 2], "y" [4 * repeat, 1] (both float32)."""
-    repeat = _int("xor", "repeat", repeat, low=1)
+    repeat = integer("xor", "repeat", repeat, low=1)
     x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
     y = np.array([[0], [1], [1], [0]], dtype=np.float32)
     return Dataset({"x": np.tile(x, (repeat, 1)), "y": np.tile(y, (repeat, 1))}, {})
@@ -625,9 +575,9 @@ def _counts(n: int, k: int) -> list[int]:
 @_source("spirals")
 def spirals(base_dir, n=300, classes=3, noise=0.2, seed=0) -> Dataset:
     """`classes` interleaved spiral arms in the plane: "x" [n, 2] float32, "y" [n] int32 (shuffled)."""
-    n = _int("spirals", "n", n, low=1)
-    classes = _int("spirals", "classes", classes, low=2)
-    noise = _num("spirals", "noise", noise, low=0)
+    n = integer("spirals", "n", n, low=1)
+    classes = integer("spirals", "classes", classes, low=2)
+    noise = number("spirals", "noise", noise, low=0)
     rng = np.random.default_rng(_seed("spirals", seed))
     xs, ys = [], []
     for c, m in enumerate(_counts(n, classes)):
@@ -644,10 +594,10 @@ def spirals(base_dir, n=300, classes=3, noise=0.2, seed=0) -> Dataset:
 @_source("blobs")
 def blobs(base_dir, n=200, centers=2, std=1.0, labels="index", seed=0) -> Dataset:
     """Gaussian clusters around `centers` points: "x" [n, 2], "y" class index (or -1/+1)."""
-    n = _int("blobs", "n", n, low=1)
-    centers = _int("blobs", "centers", centers, low=1)
-    std = _num("blobs", "std", std, low=0)
-    labels = _choice("blobs", "labels", labels, ("index", "sign"))
+    n = integer("blobs", "n", n, low=1)
+    centers = integer("blobs", "centers", centers, low=1)
+    std = number("blobs", "std", std, low=0)
+    labels = choice("blobs", "labels", labels, ("index", "sign"))
     if labels == "sign" and centers != 2:
         raise DlcError(f"blobs: labels = \"sign\" needs centers = 2, got centers = {centers}")
     rng = np.random.default_rng(_seed("blobs", seed))
@@ -666,10 +616,10 @@ def blobs(base_dir, n=200, centers=2, std=1.0, labels="index", seed=0) -> Datase
 @_source("sine")
 def sine(base_dir, window=20, n=2000, noise=0.0, frequencies=1, seed=0) -> Dataset:
     """Next-value forecasting on a sum of sines: "x" [n, window, 1] past values, "y" [n, 1] the next."""
-    window = _int("sine", "window", window, low=1)
-    n = _int("sine", "n", n, low=1)
-    noise = _num("sine", "noise", noise, low=0)
-    frequencies = _int("sine", "frequencies", frequencies, low=1)
+    window = integer("sine", "window", window, low=1)
+    n = integer("sine", "n", n, low=1)
+    noise = number("sine", "noise", noise, low=0)
+    frequencies = integer("sine", "frequencies", frequencies, low=1)
     rng = np.random.default_rng(_seed("sine", seed))
     periods = rng.uniform(max(4.0, window / 4), max(8.0, 2.0 * window), frequencies)
     phases = rng.uniform(0, 2 * np.pi, frequencies)
@@ -687,12 +637,12 @@ PAD, BOS, EOS = 0, 1, 2
 
 
 def _seq_task(task: str, transform, min_len, max_len, symbols, n, seed) -> Dataset:
-    min_len = _int(task, "min_len", min_len, low=1)
-    max_len = _int(task, "max_len", max_len, low=1)
+    min_len = integer(task, "min_len", min_len, low=1)
+    max_len = integer(task, "max_len", max_len, low=1)
     if min_len > max_len:
         raise DlcError(f"{task}: min_len ({min_len}) must not exceed max_len ({max_len})")
-    symbols = _int(task, "symbols", symbols, low=1)
-    n = _int(task, "n", n, low=1)
+    symbols = integer(task, "symbols", symbols, low=1)
+    n = integer(task, "n", n, low=1)
     rng = np.random.default_rng(_seed(task, seed))
     lengths = rng.integers(min_len, max_len + 1, n)
     tokens = rng.integers(3, symbols + 3, (n, max_len))
@@ -754,9 +704,9 @@ def augment(x: np.ndarray, rng: np.random.Generator, shift: int = 0, flip: bool 
         rng = np.random.default_rng(rng)
     if x.ndim not in (3, 4):
         raise DlcError(f"augment: expected images [N, C, H, W] or [N, H, W], got an array of shape {list(x.shape)}")
-    shift = _int("augment", "shift", shift, low=0)
-    flip = _bool("augment", "flip", flip)
-    noise = _num("augment", "noise", noise, low=0)
+    shift = integer("augment", "shift", shift, low=0)
+    flip = flag("augment", "flip", flip)
+    noise = number("augment", "noise", noise, low=0)
     h, w = x.shape[-2:]
     if shift >= max(h, w):
         raise DlcError(f"augment: shift = {shift} is not smaller than the {h}x{w} images")

@@ -49,23 +49,34 @@ class ReferenceEngine:
         return {k[7:]: v for k, v in out.items()}
 
 
+BACKENDS = ("auto", "native", "reference")
+
+
 def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, **kw):
-    """The native engine when asked for and able to compile the model; the reference
-    engine otherwise (with a note saying why)."""
-    if backend not in ("native", "reference"):
-        from dlc.compiler.errors import DlcError
-        raise DlcError(f"unknown backend '{backend}' (native or reference)")
-    if backend == "native":
-        from .native import NativeEngine
-        from dlc.compiler.lower import NotLowerable
-        try:
-            if log and args:
-                log("compiling the native train step (cached for the next runs) ...")
-            return NativeEngine(train_model, eval_model, *args, **kw)
-        except (NotLowerable, NotImplementedError) as e:
-            if log:
-                log(f"note: running on the reference engine: {e}")
+    """The engine `backend` names. `auto` is the native engine, or, for a model using an
+    operation the native backend does not compile, the reference engine after a warning
+    naming that operation and its line; `native` never falls back (the error says why)."""
+    from dlc.compiler.errors import DlcError
+    if backend not in BACKENDS:
+        raise DlcError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
+    if backend == "reference":
+        return ReferenceEngine(train_model, eval_model, *args, **kw)
+    from .native import NativeEngine
+    from dlc.compiler.lower import NotLowerable
+    try:
+        if log and args:
+            log("compiling the native train step (cached for the next runs) ...")
+        return NativeEngine(train_model, eval_model, *args, **kw)
+    except NotLowerable as e:
+        if backend == "native":
+            raise
+        (log or _warn)(f"warning: running on the slow reference engine: {e.render()}")
     return ReferenceEngine(train_model, eval_model, *args, **kw)
+
+
+def _warn(message: str):
+    import sys
+    print(message, file=sys.stderr)
 
 
 def _scalars(out: dict) -> dict:

@@ -65,7 +65,17 @@ def sample_inputs(model: Model, sizes: dict, seed: int = 0) -> dict:
 
 
 def default_sizes(model: Model, size: int = 3) -> dict:
-    return {s: size for s in sorted(set().union(*(symbols(i.type.shape) for i in model.inputs)))}
+    """`size` for every symbolic dim of the inputs, grown where the model needs more (a
+    sequence at least as long as a convolution's window)."""
+    sizes = {s: size for s in sorted(set().union(*(symbols(i.type.shape) for i in model.inputs)))}
+    for _ in range(256):
+        short = [d for d, least, _, _ in interpreter.size_constraints(model.graph)
+                 if d.symbols() <= sizes.keys() and evaluate(d, sizes) < least]
+        if not short:
+            break
+        for s in short[0].symbols():
+            sizes[s] += 1
+    return sizes
 
 
 def init_params(model: Model, seed: int = 0) -> dict:

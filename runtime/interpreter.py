@@ -46,7 +46,12 @@ class Eval:
     def _run(self, graph: Graph) -> dict:
         values: dict = {}
         for n, impl, inputs, attrs, dtypes in plan(graph):
-            outs = impl(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
+            try:
+                outs = impl(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
+            except DlcError as e:       # a check of the values (an index out of range): at the node's line
+                if e.span is not None:
+                    raise
+                raise DlcError.at_user_line(e.message, graph.g.nodes[n]["span"]) from None
             for j, (out, dtype) in enumerate(zip(outs, dtypes)):
                 values[(n, j)] = np.asarray(out, self.np_dtype(dtype))
         return values
@@ -100,7 +105,47 @@ def bind_sizes(graph: Graph, feeds: dict) -> dict:
             continue
         if want != actual:
             raise DlcError(f"input '{name}' expects {typ}, got an array whose dim is {actual} where {d} = {want}", span)
+    check_sizes(graph, sizes)
     return sizes
+
+
+def check_sizes(graph: Graph, sizes: dict):
+    """Every dim of every value must be >= 0 (>= 1 along a max or argmax axis) for the
+    sizes the inputs give: a sequence shorter than a convolution's window is an error
+    here, at the operation that needs it, on either engine."""
+    bound = {s: v for s, v in sizes.items() if not s.startswith("$")}
+    for dim, least, op, span in size_constraints(graph):
+        if dim.symbols() <= bound.keys() and evaluate(dim, bound) < least:
+            given = ", ".join(f"{s} = {bound[s]}" for s in sorted(dim.symbols()))
+            raise DlcError.at_user_line(f"the inputs are too small for this {op}: it needs {dim} >= {least}, "
+                                        f"but {given} gives {evaluate(dim, bound)}", span)
+
+
+def size_constraints(graph: Graph) -> list:
+    """(dim, least, op, span) for the symbolic dims of a graph and its scan bodies,
+    computed once per graph."""
+    cached = graph.__dict__.get("_size_constraints")
+    if cached is None:
+        cached, seen = [], set()
+        for g in _graphs(graph):
+            for n in g.order():
+                op, span = g.op(n), g.g.nodes[n]["span"]
+                dims = [(d, 0) for t in g.types(n) for d in t.shape]
+                if op in ("reduce_max", "argmax"):      # a maximum of nothing has no value
+                    axes = g.attrs(n)["axes"] if op == "reduce_max" else (g.attrs(n)["axis"],)
+                    dims += [(g.inputs(n)[0].shape[a], 1) for a in axes]
+                for d, least in dims:
+                    if isinstance(d, Dim) and d.symbols() and (d, least) not in seen:
+                        seen.add((d, least))
+                        cached.append((d, least, op, span))
+        graph.__dict__["_size_constraints"] = cached
+    return cached
+
+
+def _graphs(graph: Graph):
+    yield graph
+    for n in graph.nodes_with("scan"):
+        yield from _graphs(graph.attrs(n)["body"])
 
 
 def run(graph: Graph, feeds: dict, params: dict, float_dtype: str = "f32", sizes: dict | None = None) -> dict:

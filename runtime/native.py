@@ -16,18 +16,18 @@ import os
 import numpy as np
 
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.codegen.kernels import SCALARS, build_module
+from dlc.compiler.codegen.kernels import FAULT, SCALARS, build_module
 from dlc.compiler.dims import evaluate, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import Model
 from dlc.compiler.graph import DTYPES
-from dlc.compiler.lower import Program, lower
+from dlc.compiler.lower import NotLowerable, Program, lower
 from dlc.compiler.memory import intervals, plan, views
 from dlc.compiler.passes import optimize
 from . import cache
 from .engine import _scalars, predict_graph
 from .interpreter import bind_sizes
-from .optim import Adam, Optimizer, RMSprop, SGD
+from .optim import Adam, Optimizer, RMSprop, SGD, clip_limit
 
 
 
@@ -47,6 +47,7 @@ class Executable:
         self.compiled = cache.compile_cached(self.module)
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
             self.compiled.address("dlc_step"))
+        self.fault = ctypes.c_int64.from_address(self.compiled.engine.get_global_value_address(FAULT))
         self.layouts: dict = {}
         self.live = intervals(self.program)         # temporaries share an arena (compiler/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
@@ -62,8 +63,9 @@ class Executable:
         return out
 
     def layout(self, sizes: dict, fixed: dict):
-        """Buffers and the pointer table for one set of dim sizes; `fixed` gives arrays
-        that live elsewhere (parameters, gradients, state)."""
+        """Buffers and the pointer table for one set of dim sizes. `fixed` gives the
+        arrays that live elsewhere (parameters, gradients, state): they may change from
+        call to call, so their slots are filled at every call (`run`), never kept."""
         key = tuple(sizes[s] for s in self.program.symbols)
         lay = self.layouts.get(key)
         if lay is None:
@@ -72,14 +74,14 @@ class Executable:
             arrays = []
             for b in self.program.buffers:
                 if b.id in fixed:
-                    arrays.append(fixed[b.id])
+                    arrays.append(None)
                 elif b.kind == "const":
                     arrays.append(np.ascontiguousarray(b.data))
                 elif b.id in temps:
                     arrays.append(temps[b.id])
                 else:
                     arrays.append(np.zeros(max(1, int(evaluate(b.size, sizes))), DTYPES[b.dtype]))
-            table = (ctypes.c_void_p * self.slots)(*[a.ctypes.data for a in arrays])
+            table = (ctypes.c_void_p * self.slots)(*[0 if a is None else a.ctypes.data for a in arrays])
             dims = (ctypes.c_int64 * max(1, len(key)))(*key)
             lay = self.layouts[key] = (arrays, table, dims)
         return lay
@@ -89,6 +91,10 @@ class Executable:
         # "$t0", ...: the step indices of scans, written by the loops themselves
         sizes = {s: 0 for s in self.program.symbols if s.startswith("$")} | bind_sizes(self.graph, feeds)
         arrays, table, dims = self.layout(sizes, fixed)
+        arrays = list(arrays)
+        for bid, a in fixed.items():
+            arrays[bid] = a
+            table[bid] = self._checked(bid, a, sizes).ctypes.data
         keep = []
         for name, bid in self.program.inputs.items():
             a = np.ascontiguousarray(feeds[name], self.input_dtypes[name])
@@ -96,8 +102,21 @@ class Executable:
             table[bid] = a.ctypes.data
         for slot, a in enumerate(extra):
             table[len(self.program.buffers) + slot] = a.ctypes.data
+        self.fault.value = 0
         self.fn(table, dims, threads())
+        if self.fault.value:
+            what, count, span = self.program.faults[self.fault.value - 1]
+            raise DlcError.at_user_line(f"{what}: index out of range [0, {evaluate(count, sizes)})", span)
         return arrays, sizes
+
+    def _checked(self, bid: int, a: np.ndarray, sizes: dict) -> np.ndarray:
+        """The native code reads and writes `a` as this buffer: it must be exactly that
+        (the engine converts what users give it; this guards the boundary)."""
+        b = self.program.buffers[bid]
+        if a.dtype != DTYPES[b.dtype] or not a.flags.c_contiguous or a.size < evaluate(b.size, sizes):
+            raise TypeError(f"buffer {b.name or bid} needs {evaluate(b.size, sizes)} contiguous {b.dtype} "
+                            f"elements, got {a.dtype} {a.shape}")
+        return a
 
 
 class NativeEngine:
@@ -147,18 +166,20 @@ class NativeEngine:
         opt, h = self.optimizer, self.optimizer.hyper
         rule = "adam" if isinstance(opt, Adam) else "rmsprop" if isinstance(opt, RMSprop) else "sgd"
         if not isinstance(opt, (Adam, RMSprop, SGD)):
-            raise NotImplementedError(f"no native update for {opt.name}")
+            raise NotLowerable(f"the native backend has no update rule for {opt.name}")
         clip = None if self.clip is None else self.clip.name
         return dict(rule=rule, n=self.n_trained, nesterov=bool(h.get("nesterov")),
                     decoupled=getattr(opt, "decoupled", False), momentum=bool(h.get("momentum")),
                     penalties=bool(self.l1 or self.l2), clip=clip)
 
     def _set_scalars(self, lr: float, step: int):
+        # in Python floats, as torch.optim computes them (add_update rounds them to float)
         h = self.optimizer.hyper
-        s = dict(lr=lr, beta1=h.get("beta1", 0.0), beta2=h.get("beta2", h.get("alpha", 0.0)), eps=h.get("eps", 0.0),
+        beta1, beta2 = h.get("beta1", 0.0), h.get("beta2", h.get("alpha", 0.0))
+        s = dict(lr=lr, beta1=beta1, beta2=beta2, rate1=1 - beta1, rate2=1 - beta2, eps=h.get("eps", 0.0),
                  weight_decay=h.get("weight_decay", 0.0), momentum=h.get("momentum", 0.0), l1=self.l1, l2=self.l2,
-                 clip=0.0 if self.clip is None else float(self.clip.arg(0, "max", 0.0)),
-                 bias1=1 - h.get("beta1", 0.0) ** step, bias2=1 - h.get("beta2", 0.0) ** step,
+                 clip=0.0 if self.clip is None else clip_limit(self.clip),
+                 step_size=lr / (1 - beta1 ** step), bias2_sqrt=(1 - beta2 ** step) ** 0.5,
                  decay=1 - lr * h.get("weight_decay", 0.0))
         self.scalars[:] = [s[k] for k in SCALARS]
 
@@ -183,7 +204,9 @@ class NativeEngine:
         self.adopted = (id(params), id(opt_state))
 
     def _fixed(self, exe: Executable, params: dict, grads: bool) -> dict:
-        fixed = {bid: params[name] for name, bid in exe.program.params.items()}
+        # as the native code reads them: contiguous, of the declared dtype (no copy when they are)
+        fixed = {bid: np.ascontiguousarray(params[name], DTYPES[exe.program.buffers[bid].dtype])
+                 for name, bid in exe.program.params.items()}
         if grads:
             for name in self.trainable:
                 bid = exe.program.outputs[f"grad:{name}"]

@@ -1,8 +1,12 @@
 """Optimizers, learning-rate schedules, gradient clipping and penalties.
 
-The update rules follow PyTorch's definitions (torch.optim), so a model trained here
-and there from the same weights takes the same steps. Each optimizer keeps its state
-as named numpy arrays per parameter ("m", "v", "momentum"), which checkpoints save.
+The update rules follow PyTorch's (torch.optim, single-tensor CPU path) down to the
+rounding: the same float32 operations in the same order, scalars computed in Python
+floats as torch does, and one rounding where torch's vectorized kernels fuse a multiply
+and an add (`_fma`); so a model trained here and there from the same weights takes the
+same steps, and so does the native engine's fused update (compiler/codegen/kernels.py).
+Each optimizer keeps its state as named numpy arrays per parameter ("m", "v",
+"momentum"), which checkpoints save.
 """
 from __future__ import annotations
 
@@ -11,7 +15,21 @@ import math
 import numpy as np
 
 from dlc.compiler.errors import DlcError
-from .config import Call
+from .config import REQUIRED, Call, as_call, flag, number
+
+# the allowed values of every numeric option of the optimizers, schedules and clipping
+LIMITS = {
+    "lr": dict(positive=True), "momentum": dict(low=0), "weight_decay": dict(low=0), "eps": dict(positive=True),
+    "beta1": dict(low=0, below=1), "beta2": dict(low=0, below=1), "alpha": dict(low=0, below=1),
+    "every": dict(positive=True), "gamma": dict(positive=True), "min_lr": dict(low=0), "period": dict(positive=True),
+    "mult": dict(low=1), "warmup": dict(low=0),         # mult < 1 would shrink the restart periods to nothing
+    "max": dict(positive=True),
+}
+
+
+def _option(args, name: str, default):
+    """One checked option of a bound call: a flag when its default is one, else a number in LIMITS."""
+    return args.check(name, flag) if isinstance(default, bool) else args.check(name, number, **LIMITS[name])
 
 
 class Optimizer:
@@ -19,18 +37,10 @@ class Optimizer:
     options: dict = {}            # option -> default; "lr" is required
 
     def __init__(self, call: Call):
-        call.check(list(self.options))
-        self.hyper = {}
-        for i, (opt, default) in enumerate(self.options.items()):
-            kinds = (bool,) if isinstance(default, bool) else (int, float)
-            value = call.arg(i, opt, default, kinds)
-            if value is None:
-                raise DlcError(f"{call.name} needs {opt} = ...", call.span)
-            if not isinstance(value, bool) and value < 0:
-                raise DlcError(f"{call.name}: {opt} must not be negative, got {value}", call.span)
-            self.hyper[opt] = value
-        if self.hyper["lr"] <= 0:
-            raise DlcError(f"{call.name}: the learning rate must be positive, got {self.hyper['lr']}", call.span)
+        args = call.bind(self.options)
+        self.hyper = {opt: _option(args, opt, default) for opt, default in self.options.items()}
+        if self.hyper.get("nesterov") and not self.hyper["momentum"]:
+            raise DlcError(f"{call.name}: nesterov = true needs a momentum > 0", args.span("nesterov"))
 
     @property
     def lr(self) -> float:
@@ -53,7 +63,7 @@ class Optimizer:
 
 class SGD(Optimizer):
     name = "sgd"
-    options = {"lr": None, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
+    options = {"lr": REQUIRED, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
 
     def slots(self):
         return ("momentum",) if self.hyper["momentum"] else ()
@@ -61,28 +71,28 @@ class SGD(Optimizer):
     def apply(self, p, g, s, lr, step):
         h = self.hyper
         if h["weight_decay"]:
-            g = g + h["weight_decay"] * p
+            g = _fma(p, h["weight_decay"], g)
         if h["momentum"]:
             buf = s["momentum"]
             buf *= h["momentum"]
             buf += g
-            g = g + h["momentum"] * buf if h["nesterov"] else buf
-        p -= lr * g
+            g = _fma(buf, h["momentum"], g) if h["nesterov"] else buf
+        p[...] = _fma(g, -lr, p)
 
 
 class Momentum(SGD):
     name = "momentum"
-    options = {"lr": None, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+    options = {"lr": REQUIRED, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
 
 
 class Nesterov(SGD):
     name = "nesterov"
-    options = {"lr": None, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0}
+    options = {"lr": REQUIRED, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0}
 
 
 class RMSprop(Optimizer):
     name = "rmsprop"
-    options = {"lr": None, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "weight_decay": 0.0}
+    options = {"lr": REQUIRED, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "weight_decay": 0.0}
 
     def slots(self):
         return ("v", "momentum") if self.hyper["momentum"] else ("v",)
@@ -90,22 +100,23 @@ class RMSprop(Optimizer):
     def apply(self, p, g, s, lr, step):
         h = self.hyper
         if h["weight_decay"]:
-            g = g + h["weight_decay"] * p
+            g = _fma(p, h["weight_decay"], g)
         v = s["v"]
         v *= h["alpha"]
-        v += (1 - h["alpha"]) * g * g
-        direction = g / (np.sqrt(v) + h["eps"])
+        v[...] = _fma((1 - h["alpha"]) * g, g, v)
+        avg = np.sqrt(v) + h["eps"]
         if h["momentum"]:
             buf = s["momentum"]
             buf *= h["momentum"]
-            buf += direction
-            direction = buf
-        p -= lr * direction
+            buf += g / avg
+            p[...] = _fma(buf, -lr, p)
+        else:
+            p += -lr * g / avg
 
 
 class Adam(Optimizer):
     name = "adam"
-    options = {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+    options = {"lr": REQUIRED, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
     decoupled = False
 
     def slots(self):
@@ -117,20 +128,32 @@ class Adam(Optimizer):
             if self.decoupled:
                 p *= 1 - lr * h["weight_decay"]
             else:
-                g = g + h["weight_decay"] * p
+                g = _fma(p, h["weight_decay"], g)
         m, v = s["m"], s["v"]
-        m *= h["beta1"]
-        m += (1 - h["beta1"]) * g
+        m[...] = _lerp(m, g, 1 - h["beta1"])
         v *= h["beta2"]
-        v += (1 - h["beta2"]) * g * g
-        m_hat = m / (1 - h["beta1"] ** step)
-        v_hat = v / (1 - h["beta2"] ** step)
-        p -= lr * m_hat / (np.sqrt(v_hat) + h["eps"])
+        v[...] = _fma((1 - h["beta2"]) * g, g, v)
+        step_size = lr / (1 - h["beta1"] ** step)
+        den = np.sqrt(v) / (1 - h["beta2"] ** step) ** 0.5 + h["eps"]
+        p += -step_size * m / den
+
+
+def _fma(a, b, c):
+    """a * b + c rounded once, in c's dtype (scalars rounded to it first). For float32 the
+    product is exact in float64 and the sum rounds twice only in ties, vanishingly rare."""
+    t = c.dtype
+    return (np.multiply(np.asarray(a, t), np.asarray(b, t), dtype=np.float64) + c).astype(t)
+
+
+def _lerp(start, end, weight: float):
+    """torch.lerp: from the nearer end, in one fused multiply-add."""
+    w = start.dtype.type(weight)
+    return _fma(w, end - start, start) if abs(w) < 0.5 else _fma(w - 1, end - start, end)
 
 
 class AdamW(Adam):
     name = "adamw"
-    options = {"lr": None, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
+    options = {"lr": REQUIRED, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
     decoupled = True
 
 
@@ -138,7 +161,7 @@ OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, 
 
 
 def make_optimizer(spec) -> Optimizer:
-    call = spec if isinstance(spec, Call) else Call(str(spec), span=None)
+    call = as_call(spec, "optimizer", "adam(lr = 1e-3)")
     if call.name not in OPTIMIZERS:
         raise DlcError(f"unknown optimizer '{call.name}' (known: {', '.join(OPTIMIZERS)})", call.span)
     return OPTIMIZERS[call.name](call)
@@ -153,14 +176,10 @@ class Schedule:
         options = SCHEDULES.get(call.name)
         if options is None:
             raise DlcError(f"unknown schedule '{call.name}' (known: {', '.join(SCHEDULES)})", call.span)
-        call.check(list(options) + ["warmup"])
+        args = call.bind(options | {"warmup": 0})
         self.kind = call.name
-        self.opts = {k: call.arg(i, k, d) for i, (k, d) in enumerate(options.items())}
-        self.warmup = call.kwargs.get("warmup", 0)
-        if not isinstance(self.warmup, (int, float)) or self.warmup < 0:
-            raise DlcError(f"{call.name}: warmup must be a number of epochs >= 0", call.span)
-        if self.kind == "step" and self.opts["every"] <= 0 or self.kind == "warm_restarts" and self.opts["period"] <= 0:
-            raise DlcError(f"{call.name}: the period must be positive", call.span)
+        self.opts = {k: _option(args, k, d) for k, d in options.items()}
+        self.warmup = _option(args, "warmup", 0)
         self.base, self.per_epoch, self.epochs = base_lr, max(1, steps_per_epoch), epochs
 
     def __call__(self, step: int) -> float:
@@ -197,7 +216,7 @@ SCHEDULES = {
 
 
 def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int) -> Schedule:
-    call = spec if isinstance(spec, Call) else Call(str(spec or "constant"))
+    call = as_call(spec or "constant", "schedule", "cosine(warmup = 1)")
     return Schedule(call, base_lr, steps_per_epoch, epochs)
 
 
@@ -211,23 +230,25 @@ def add_penalties(grads: dict, params: dict, l1: float, l2: float):
             g += 2 * l2 * params[name]
 
 
+def clip_limit(spec: Call) -> float:
+    """The limit of global_norm(max) or value(max), checked."""
+    if spec.name not in ("global_norm", "value"):
+        raise DlcError(f"unknown clipping '{spec.name}' (global_norm or value)", spec.span)
+    return _option(spec.bind({"max": REQUIRED}), "max", None)
+
+
 def clip(grads: dict, spec: Call | None) -> float:
     """Clip in place by global norm or by value; returns the global norm before clipping."""
     norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
     if spec is None:
         return norm
-    spec.check(["max"])
-    limit = spec.arg(0, "max", None)
-    if limit is None or limit <= 0:
-        raise DlcError(f"{spec.name} needs a positive limit, as in {spec.name}(1.0)", spec.span)
+    limit = clip_limit(spec)
     if spec.name == "global_norm":
         scale = limit / (norm + 1e-6)
         if scale < 1:
             for g in grads.values():
                 g *= scale
-    elif spec.name == "value":
+    else:
         for g in grads.values():
             np.clip(g, -limit, limit, out=g)
-    else:
-        raise DlcError(f"unknown clipping '{spec.name}' (global_norm or value)", spec.span)
     return norm

@@ -1,12 +1,14 @@
 """The training loop behind `dlc train` and `dlc.load(...).train()`.
 
-Configuration comes from the model's `train` block, overridden by flags. The loop
-shuffles mini-batches, runs one engine step per batch, evaluates on a validation split,
-keeps a history, writes checkpoints atomically (last and best), stops early, and stops
-cleanly on Ctrl-C (after the current step, with a checkpoint) or on a NaN loss (naming
-the step, leaving the last good checkpoint). A run resumed from its checkpoint ends
-with the same parameters as an uninterrupted one: shuffling, dropout and augmentation
-are all derived from (seed, epoch, batch) or (seed, step).
+Configuration comes from the model's `train` block, overridden by flags, and is checked
+whole before anything runs (check_settings). The loop shuffles mini-batches, runs one
+engine step per batch, evaluates on a validation split, keeps a history, writes
+checkpoints atomically (last and best), stops early, and stops cleanly on Ctrl-C (after
+the current step, with a checkpoint) or on a NaN loss (naming the step, leaving the last
+good checkpoint). A run resumed from its checkpoint, whichever batch it stopped after,
+ends with the same parameters and history as an uninterrupted one: shuffling, dropout
+and augmentation are all derived from (seed, epoch, batch) or (seed, step), and the
+checkpoint keeps the loss and metric sums of a stopped epoch.
 """
 from __future__ import annotations
 
@@ -26,10 +28,10 @@ from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend import Model, Program
 from . import checkpoint, config, data as datasets, interpreter
-from .config import Call, Symbol
+from .config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
 from .engine import make_engine
 from .gradcheck import index_bound
-from .optim import make_optimizer, make_schedule
+from .optim import clip_limit, make_optimizer, make_schedule
 
 
 # ---- configuration ---------------------------------------------------------------------------------
@@ -70,7 +72,9 @@ def parse_setting(text: str, name: str):
     return config.evaluate(module.items[1].settings[0].value)
 
 
-def make_config(program: Program, model_name: str, overrides: dict, require_data: bool = True) -> TrainConfig:
+def make_config(program: Program, model_name: str, overrides: dict, require_data: bool = True,
+                model: Model | None = None) -> TrainConfig:
+    """The train block's settings with `overrides` (flags) applied, checked (check_settings)."""
     decl = program.model_decl(model_name)
     cfg = TrainConfig()
     given = config.settings(program.trains.get(decl.name))
@@ -85,33 +89,109 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
             raise DlcError(f"unknown train setting '{name}' (known: {', '.join(known)})", span)
         cfg.spans[name] = span
         setattr(cfg, name, value)
-    opt = cfg.optimizer
-    if isinstance(opt, (Symbol, str)):
-        opt = Call(opt.name if isinstance(opt, Symbol) else opt, span=cfg.span("optimizer"))
-    if not isinstance(opt, Call):
-        raise DlcError(f"optimizer must be a call such as adam(lr = 1e-3), got {opt!r}", cfg.span("optimizer"))
-    args, kwargs = list(opt.args), dict(opt.kwargs)
+    opt = as_call(cfg.optimizer, "optimizer", "adam(lr = 1e-3)", cfg.span("optimizer"))
+    args, kwargs, spans = list(opt.args), dict(opt.kwargs), dict(opt.arg_spans)
     if overrides.get("lr") is not None:      # the first positional argument of every optimizer is lr
         if args:
             args[0] = overrides["lr"]
         else:
             kwargs["lr"] = overrides["lr"]
+        spans = {k: v for k, v in spans.items() if k not in (0, "lr")}     # not written in the file
     elif not args and "lr" not in kwargs:
         kwargs["lr"] = 1e-3 if opt.name in ("adam", "adamw", "rmsprop") else 1e-2
-    opt = Call(overrides.get("optimizer") or opt.name, args, kwargs, opt.span)
-    cfg.optimizer = opt
-    for name, least in (("batch", 1), ("epochs", 0), ("seed", 0)):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < least:
-            raise DlcError(f"{name} must be an integer >= {least}, got {v!r}", cfg.span(name))
-    for name in ("l1", "l2"):
-        v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise DlcError(f"{name} must be a number >= 0, got {v!r}", cfg.span(name))
+    cfg.optimizer = Call(overrides.get("optimizer") or opt.name, args, kwargs, opt.span, spans)
+    check_settings(cfg, model)
     if cfg.data is None and require_data:
         raise DlcError(f"model {decl.name} has no data to train on: add `data = ...` to its train block "
                        "or pass --data", decl.span)
     return cfg
+
+
+def check_settings(cfg: TrainConfig, model: Model | None = None):
+    """Check every setting where it is written, before any data is loaded or code compiled;
+    `dlc check` and the Trainer (on either engine) both come here through make_config. Specs
+    are checked by what builds them (make_optimizer, make_schedule, clip_limit, EarlyStop,
+    augment_options, split_fraction), so the checks and their use cannot disagree. A bare
+    clip limit and a bare validation fraction become global_norm(x) and split(x). With the
+    train model, the settings that name its parameters or metrics are checked too."""
+    for name, least in (("batch", 1), ("epochs", 0), ("seed", 0)):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise DlcError(f"{name} must be an integer >= {least}, got {config.show(v)}", cfg.span(name))
+    for name in ("l1", "l2"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise DlcError(f"{name} must be a number >= 0, got {config.show(v)}", cfg.span(name))
+    if not isinstance(cfg.shuffle, bool):
+        raise DlcError(f"shuffle must be true or false, got {config.show(cfg.shuffle)}", cfg.span("shuffle"))
+    if cfg.init_from is not None and not isinstance(cfg.init_from, str):
+        raise DlcError("init_from takes a checkpoint path in quotes", cfg.span("init_from"))
+    make_optimizer(cfg.optimizer)
+    make_schedule(cfg.schedule, 1.0, 1, max(cfg.epochs, 1))
+    if cfg.clip is not None:
+        cfg.clip = Call("global_norm", [cfg.clip], span=cfg.span("clip")) if _is_number(cfg.clip) else \
+            as_call(cfg.clip, "clip", "global_norm(1.0)", cfg.span("clip"))
+        clip_limit(cfg.clip)
+    if _is_number(cfg.validation):
+        cfg.validation = Call("split", [cfg.validation], span=cfg.span("validation"))
+    for name in ("test", "validation"):
+        if _is_split(getattr(cfg, name)):
+            split_fraction(getattr(cfg, name))
+    augment_options(cfg.augment, cfg.span("augment"))
+    metrics = None
+    if model is not None:
+        frozen_names(model, cfg.freeze, cfg.span("freeze"))
+        stats = batch_statistics(model)
+        if cfg.batch == 1 and stats:
+            raise DlcError(f"batch = 1: model {model.name} keeps batch statistics ({', '.join(stats)}), which a "
+                           "batch of one example cannot give (its variance is undefined); use batch = 2 or more",
+                           cfg.span("batch"))
+        metrics = metric_names(model)
+    EarlyStop(cfg.early_stop, cfg.span("early_stop"), cfg.validation is not None, metrics)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _is_split(spec) -> bool:
+    return isinstance(spec, Call) and spec.name == "split"
+
+
+def split_fraction(call: Call) -> float:
+    """The held-out fraction of split(fraction)."""
+    return call.bind({"fraction": REQUIRED}).check("fraction", number, positive=True, below=1)
+
+
+def augment_options(spec, span=None) -> dict | None:
+    """images(shift = 0, flip = false, noise = 0.0) as keyword arguments of data.augment."""
+    if spec is None:
+        return None
+    call = as_call(spec, "augment", "images(shift = 1, flip = false, noise = 0.0)", span)
+    if call.name != "images":
+        raise DlcError(f"augment takes images(shift = 1, flip = false, noise = 0.0), got {call.name}", call.span)
+    args = call.bind({"shift": 0, "flip": False, "noise": 0.0})
+    return {"shift": args.check("shift", integer, low=0), "flip": args.check("flip", flag),
+            "noise": args.check("noise", number, low=0)}
+
+
+def metric_names(model: Model) -> list:
+    """The loss and metrics a training step reports (an epoch's row adds their val_ twins)."""
+    return ["loss"] + [k[7:] for k in model.graph.outputs if k.startswith("metric:")]
+
+
+def batch_statistics(model: Model) -> list:
+    """The state a training step updates from the batch (batchnorm's running mean and variance)."""
+    return [k[7:] for k in model.graph.outputs if k.startswith("update:")]
+
+
+def batch_bounds(n: int, size: int, merge_single: bool = False) -> list:
+    """(start, stop) of each batch over n examples. With `merge_single`, a last batch of one
+    example joins the batch before it: batch statistics of one example are undefined."""
+    bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
+    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 # ---- data ------------------------------------------------------------------------------------------
@@ -153,10 +233,12 @@ def bind(model: Model, ds: datasets.Dataset, need_targets: bool = True) -> dict:
             raise DlcError(f"the data has {len(values)} column(s) ({', '.join(cols)}) but model {model.name} needs "
                            f"{len(wanted)}: {', '.join(i.name for i in wanted)}")
         arrays = {i.name: v for i, v in zip(wanted, values)}
-    return {i.name: _fit(i, arrays[i.name], model) for i in wanted}
+    return {i.name: fit_input(i, arrays[i.name], model) for i in wanted}
 
 
-def _fit(inp, arr: np.ndarray, model: Model) -> np.ndarray:
+def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
+    """An array for input `inp`: its shape checked, its dtype the input's, its values
+    (for an index input) within what the model can look up."""
     typ = inp.type
     want_tail = typ.shape[1:]
     have = arr.shape[1:]
@@ -173,29 +255,24 @@ def _fit(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise DlcError(f"{inp.name} is {typ} but the data has fractional values", inp.span)
-    arr = arr.astype(np.int32)
     node = next(n for n in model.graph.nodes_with("input") if model.graph.attrs(n)["name"] == inp.name)
     bound = index_bound(model.graph, node)
-    if bound is not None and arr.size and (arr.min() < 0 or arr.max() >= bound):
-        raise DlcError(f"{inp.name} has values from {arr.min()} to {arr.max()}, but the model takes "
+    if bound is not None and arr.size and (arr.min() < 0 or arr.max() >= bound):     # before the cast can wrap
+        raise DlcError(f"{inp.name} has values from {arr.min():.0f} to {arr.max():.0f}, but the model takes "
                        f"0 to {bound - 1} there", inp.span)
-    return arr
-
-
-def batches(arrays: dict, size: int, order: np.ndarray):
-    for start in range(0, len(order), size):
-        idx = order[start:start + size]
-        yield {k: v[idx] for k, v in arrays.items()}
+    info = np.iinfo(np.int32)
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise DlcError(f"{inp.name} has values beyond the 32-bit integers of {typ}", inp.span)
+    return arr.astype(np.int32)
 
 
 def evaluate(engine, params: dict, arrays: dict, batch: int) -> dict:
     """Loss and metrics over a data set, weighted by batch size."""
     n = len(next(iter(arrays.values())))
     totals: dict = {}
-    for b in batches(arrays, batch, np.arange(n)):
-        k = len(next(iter(b.values())))
-        for name, v in engine.evaluate(params, b).items():
-            totals[name] = totals.get(name, 0.0) + v * k
+    for lo, hi in batch_bounds(n, batch):
+        for name, v in engine.evaluate(params, {k: a[lo:hi] for k, a in arrays.items()}).items():
+            totals[name] = totals.get(name, 0.0) + v * (hi - lo)
     return {name: v / n for name, v in totals.items()}
 
 
@@ -204,14 +281,12 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     test and validation splits held out deterministically from the seed."""
     full = load_data(cfg.data, base, "data", cfg.span("data"))
     test = val = None
-    if isinstance(cfg.test, Call) and cfg.test.name == "split":
-        full, test = full.split(_fraction(cfg.test), cfg.seed)
+    if _is_split(cfg.test):
+        full, test = full.split(split_fraction(cfg.test), cfg.seed)
     elif cfg.test is not None:
         test = load_data(cfg.test, base, "test", cfg.span("test"))
-    if isinstance(cfg.validation, (int, float)) and not isinstance(cfg.validation, bool):
-        cfg.validation = Call("split", [cfg.validation], span=cfg.span("validation"))
-    if isinstance(cfg.validation, Call) and cfg.validation.name == "split":
-        full, val = full.split(_fraction(cfg.validation), cfg.seed + 1)
+    if _is_split(cfg.validation):
+        full, val = full.split(split_fraction(cfg.validation), cfg.seed + 1)
     elif cfg.validation is not None:
         val = load_data(cfg.validation, base, "validation", cfg.span("validation"))
     if len(full) == 0:
@@ -219,6 +294,53 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     meta = full.meta
     train, val, test = (bind(model, ds) if ds is not None else None for ds in (full, val, test))
     return train, val, test, meta
+
+
+# ---- the data a checkpoint was trained on -----------------------------------------------------------
+DATA_SETTINGS = ("data", "validation", "test")
+
+
+def data_settings(cfg: TrainConfig) -> dict:
+    """The data settings a run resolved (file and flags), as checkpoints record them."""
+    return {name: config.to_json(getattr(cfg, name)) for name in DATA_SETTINGS} | {"seed": cfg.seed}
+
+
+def evaluation_data(program: Program, model: Model, data, saved: dict | None, log) -> dict:
+    """The arrays `dlc eval` scores: `data` (a source, a path or its text) when given; else,
+    with the data settings a checkpoint recorded (`saved`, else the train block's), the test
+    data, else the validation data, else the training data itself. `log` is told which, with a
+    note when the data is what the weights were trained on."""
+    if saved:
+        cfg = TrainConfig(**{name: config.from_json(saved[name]) for name in DATA_SETTINGS}, seed=saved["seed"])
+    else:
+        cfg = make_config(program, model.name, {}, require_data=data is None)
+    base, trained_on = Path(program.path).parent, to_text(cfg.data)
+    if data is not None:
+        spec = parse_setting(data, "data") if isinstance(data, str) else data
+        log(f"evaluating {to_text(spec)}")
+        if to_text(spec) == trained_on:
+            log("note: this is the data the weights were trained on (but for any held-out splits)")
+        return bind(model, load_data(spec, base, "data"))
+    train, val, test, _ = prepare_data(cfg, base, model)
+
+    def held_out(which: str, spec) -> str:
+        if _is_split(spec):
+            return f"the {which} split ({split_fraction(spec) * 100:g}% of {trained_on}, seed {cfg.seed})"
+        return f"the {which} data {to_text(spec)}"
+
+    if test is not None:
+        log(f"evaluating {held_out('test', cfg.test)}")
+        return test
+    if val is not None:
+        log(f"evaluating {held_out('validation', cfg.validation)}")
+        return val
+    log(f"evaluating the training data {trained_on}")
+    log("note: there is no test or validation data, so this scores the examples the weights were trained on")
+    return train
+
+
+def to_stderr(msg: str):
+    print(msg, file=sys.stderr)
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
@@ -233,15 +355,16 @@ class Result:
 
 class Trainer:
     def __init__(self, program: Program, model_name: str | None, overrides: dict, out_dir: Path | None,
-                 log=None, backend: str = "native"):
+                 log=None, backend: str = "auto"):
         self.program, self.backend = program, backend
         self.train_model = program.build(model_name, training=True)
         self.eval_model = program.build(model_name, training=False)
         self.name = self.train_model.name
-        self.cfg = make_config(program, self.name, overrides)
+        self.cfg = make_config(program, self.name, overrides, model=self.train_model)
+        self.augment_options = augment_options(self.cfg.augment, self.cfg.span("augment"))
         self.base = Path(program.path).parent
         self.out = Path(out_dir) if out_dir else self.base / "runs" / self.name
-        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.log = log or to_stderr
         self.source_hash = checkpoint.source_hash(Path(program.path).read_text()) \
             if Path(program.path).exists() else ""
 
@@ -250,13 +373,15 @@ class Trainer:
         frozen = frozen_names(self.train_model, self.cfg.freeze, self.cfg.span("freeze"))
         return [q.name for q in self.train_model.params if q.trainable and q.name not in frozen]
 
+    def early_stop(self) -> "EarlyStop":
+        return EarlyStop(self.cfg.early_stop, self.cfg.span("early_stop"), self.cfg.validation is not None,
+                         metric_names(self.train_model))
+
     def initial_params(self) -> dict:
         params = interpreter.run(self.train_model.init, {"rng": np.array([self.cfg.seed, 0], np.int32)}, {})
         params = {k: np.ascontiguousarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in params.items()}
         if self.cfg.init_from:
             path = self.cfg.init_from
-            if not isinstance(path, str):
-                raise DlcError("init_from takes a checkpoint path", self.cfg.span("init_from"))
             path = (self.base / path) if not Path(path).is_absolute() else Path(path)
             saved, _, _ = checkpoint.load(path)
             matched, skipped = [], []
@@ -276,20 +401,22 @@ class Trainer:
     def run(self, resume=False, engine=None) -> Result:
         cfg = self.cfg
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
+        n = len(next(iter(train.values())))
+        stats = batch_statistics(self.train_model)
+        if stats and n == 1:
+            raise DlcError(f"the training data has one example, but model {self.name} keeps batch statistics "
+                           f"({', '.join(stats)}), which need two or more examples per batch", cfg.span("data"))
+        bounds = batch_bounds(n, cfg.batch, merge_single=bool(stats))
         trainable = self.trainable()
         optimizer = make_optimizer(cfg.optimizer)
-        clip_spec = cfg.clip if cfg.clip is None or isinstance(cfg.clip, Call) else \
-            Call("global_norm", [cfg.clip], span=cfg.span("clip"))
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
-                                       cfg.l1, cfg.l2, clip_spec, log=self.log)
-        n = len(next(iter(train.values())))
-        per_epoch = math.ceil(n / cfg.batch)
-        schedule = make_schedule(cfg.schedule, optimizer.lr, per_epoch, cfg.epochs)
-        stop = _EarlyStop(cfg.early_stop, cfg.span("early_stop"), has_validation=val is not None)
+                                       cfg.l1, cfg.l2, cfg.clip, log=self.log)
+        schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), cfg.epochs)
+        stop = self.early_stop()
         expected = {p.name: p.type.shape for p in self.train_model.params}
 
         params, opt_state = self.initial_params(), None
-        epoch, step, skip, history = 0, 0, 0, []
+        epoch, step, skip, history, partial = 0, 0, 0, [], None
         if resume:
             path = resume if isinstance(resume, (str, Path)) and not isinstance(resume, bool) else self.out / "last.npz"
             saved, saved_opt, meta = checkpoint.load(path)
@@ -299,11 +426,12 @@ class Trainer:
             params = {k: v.copy() for k, v in saved.items()}
             opt_state = {k: {s: v.copy() for s, v in slots.items()} for k, slots in saved_opt.items()}
             epoch, step, skip = meta.get("epoch", 0), meta.get("step", 0), meta.get("batch", 0)
-            history = meta.get("history", [])
+            history, partial = meta.get("history", []), meta.get("partial")
             stop.restore(meta.get("early_stop"))
             if meta.get("source_hash") not in (None, self.source_hash):
                 self.log(f"note: {self.program.path} changed since {path} was written")
-            self.log(f"resuming from {path}: epoch {epoch + 1}, batch {skip + 1}")
+            self.log(f"resuming from {path}: epoch {epoch + 1}, "
+                     + (f"after batch {skip} of {len(bounds)}" if skip else "from its start"))
         # optimizer state from the checkpoint where it has one, fresh for the rest
         opt_state = optimizer.init({name: params[name] for name in trainable}) | {
             name: slots for name, slots in (opt_state or {}).items() if name in trainable}
@@ -314,11 +442,12 @@ class Trainer:
         with interrupted:
             while epoch < cfg.epochs:
                 order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
-                totals, seen, started = {}, 0, time.perf_counter()
-                for b, batch in enumerate(batches(train, cfg.batch, order)):
-                    if b < skip:
-                        continue
-                    batch = self.augment(batch, epoch, b)
+                # an epoch resumed inside continues the sums of its first batches, saved with the checkpoint
+                totals, seen = (dict(partial["totals"]), partial["seen"]) if partial else ({}, 0)
+                partial, started, seen_before = None, time.perf_counter(), seen
+                for b in range(skip, len(bounds)):
+                    lo, hi = bounds[b]
+                    batch = self.augment({k: v[order[lo:hi]] for k, v in train.items()}, epoch, b)
                     lr = schedule(step)
                     values = engine.train_step(params, opt_state, batch, lr, step + 1,
                                                np.array([cfg.seed, step + 1], np.int32))
@@ -329,18 +458,18 @@ class Trainer:
                                        f"{self.out / 'last.npz'}" + (" (none was written yet)"
                                                                      if not (self.out / 'last.npz').exists() else "")
                                        + ". Try a lower learning rate or gradient clipping.")
-                    k = len(next(iter(batch.values())))
-                    seen += k
+                    seen += hi - lo
                     for name, v in values.items():
-                        totals[name] = totals.get(name, 0.0) + v * k
-                    self.progress(epoch, b + 1 - skip, per_epoch - skip, totals, seen, started, lr)
+                        totals[name] = totals.get(name, 0.0) + v * (hi - lo)
+                    self.progress(epoch, b + 1 - skip, len(bounds) - skip, totals, seen, seen - seen_before, started)
                     if interrupted.requested:
-                        self.save("last.npz", params, opt_state, epoch, step, b + 1, history, stop)
+                        self.save("last.npz", params, opt_state, epoch, step, b + 1, history, stop,
+                                  {"totals": totals, "seen": seen})
                         self.log(f"\ninterrupted: saved {self.out / 'last.npz'} (epoch {epoch + 1}, batch {b + 1}); "
                                  "continue with --resume")
                         return Result(history, params, self.out, {}, "interrupted")
                 skip = 0
-                row = {"epoch": epoch + 1, "lr": lr, "time": round(time.perf_counter() - started, 3)}
+                row = {"epoch": epoch + 1, "lr": schedule(step - 1), "time": round(time.perf_counter() - started, 3)}
                 row.update({k: v / max(seen, 1) for k, v in totals.items() if k != "grad_norm"})
                 if val is not None:
                     row.update({f"val_{k}": v for k, v in evaluate(engine, params, val, cfg.batch).items()})
@@ -365,24 +494,19 @@ class Trainer:
         return Result(history, params, self.out, result, stopped)
 
     def augment(self, batch: dict, epoch: int, b: int) -> dict:
-        spec = self.cfg.augment
-        if spec is None:
+        if self.augment_options is None:
             return batch
-        if not isinstance(spec, Call) or spec.name != "images":
-            raise DlcError("augment takes images(shift = 1, flip = false, noise = 0.0)", self.cfg.span("augment"))
-        spec.check(["shift", "flip", "noise"])
         first = self.train_model.inputs[0].name
         rng = np.random.default_rng([self.cfg.seed, epoch, b, 7])
-        return {**batch, first: datasets.augment(batch[first], rng, int(spec.kwargs.get("shift", 0)),
-                                                 bool(spec.kwargs.get("flip", False)),
-                                                 float(spec.kwargs.get("noise", 0.0)))}
+        return {**batch, first: datasets.augment(batch[first], rng, **self.augment_options)}
 
     # -- reporting and files --
-    def progress(self, epoch, done, total, totals, seen, started, lr):
+    def progress(self, epoch, done, total, totals, seen, fresh, started):
+        """The progress bar: `done` of `total` batches, `fresh` examples since `started`."""
         if not sys.stderr.isatty():
             return
         elapsed = time.perf_counter() - started
-        rate = seen / elapsed if elapsed > 0 else 0.0
+        rate = fresh / elapsed if elapsed > 0 else 0.0
         eta = (total - done) * elapsed / max(done, 1)
         bar = "#" * int(20 * done / max(total, 1))
         stats = "  ".join(f"{k} {v / max(seen, 1):.4f}" for k, v in totals.items() if k != "grad_norm")
@@ -395,11 +519,12 @@ class Trainer:
         end = "\n" if sys.stderr.isatty() else ""
         self.log(f"{end}epoch {row['epoch']}/{self.cfg.epochs}  {stats}  ({row['time']:.1f}s)")
 
-    def save(self, name, params, opt_state, epoch, step, batch, history, stop):
+    def save(self, name, params, opt_state, epoch, step, batch, history, stop, partial=None):
+        """A checkpoint; `partial` holds the loss and metric sums of an epoch stopped after `batch`."""
         checkpoint.save(self.out / name, params, opt_state, {
             "model": self.name, "source_hash": self.source_hash, "epoch": epoch, "step": step, "batch": batch,
-            "seed": self.cfg.seed, "optimizer": self.cfg.optimizer.name, "history": history,
-            "early_stop": stop.state(), "meta": _jsonable(self.meta)})
+            "partial": partial, "seed": self.cfg.seed, "optimizer": self.cfg.optimizer.name, "history": history,
+            "early_stop": stop.state(), "meta": _jsonable(self.meta), "data": data_settings(self.cfg)})
 
     def write_history(self, history: list):
         if not history:
@@ -430,41 +555,46 @@ class Trainer:
         plt.close(fig)
 
 
-def _fraction(call: Call) -> float:
-    f = call.arg(0, "fraction", None)
-    if f is None or not 0 < f < 1:
-        raise DlcError(f"split takes a fraction between 0 and 1, got {f!r}", call.span)
-    return f
-
-
 def _jsonable(v):
     return json.loads(json.dumps(v, default=lambda x: x.tolist() if isinstance(x, np.ndarray) else str(x)))
 
 
-class _EarlyStop:
-    """patience(n, monitor = val_loss, restore_best = false): stop after n epochs without
-    improvement. Without it, `best` still tracks the monitored value."""
+class EarlyStop:
+    """patience(n = 5, monitor = val_loss, mode = none, restore_best = true): stop after n
+    epochs without improvement of `monitor` (val_loss, else loss, by default). `mode` says
+    whether improving is going down ("min") or up ("max"); without it, a monitor whose name
+    contains "acc" goes up, any other down. Without early stopping, `best` still tracks the
+    monitored value. `metrics` (the model's loss and metrics), when given, checks the monitor."""
 
-    def __init__(self, spec, span, has_validation: bool):
-        self.patience, self.restore_best = None, False
+    def __init__(self, spec, span, has_validation: bool, metrics: list | None = None):
+        self.patience, self.restore_best, mode = None, False, None
         self.monitor = "val_loss" if has_validation else "loss"
         if spec is not None:
-            if not isinstance(spec, Call) or spec.name != "patience":
-                raise DlcError("early_stop takes patience(n, monitor = val_loss, restore_best = true)", span)
-            spec.check(["n", "monitor", "restore_best"])
-            self.patience = spec.arg(0, "n", 5, (int,))
-            monitor = spec.kwargs.get("monitor")
-            if monitor is not None:
-                self.monitor = monitor.name if isinstance(monitor, Symbol) else str(monitor)
-            self.restore_best = bool(spec.kwargs.get("restore_best", True))
-        self.mode = "max" if any(w in self.monitor for w in ("acc", "accuracy")) else "min"
+            call = as_call(spec, "early_stop", "patience(5, monitor = val_loss)", span)
+            if call.name != "patience":
+                raise DlcError(f"early_stop takes patience(n, monitor = val_loss, mode = min, restore_best = true), "
+                               f"got {call.name}", call.span)
+            args = call.bind({"n": 5, "monitor": None, "mode": None, "restore_best": True})
+            self.patience = args.check("n", integer, low=1)
+            monitor = args["monitor"]
+            if isinstance(monitor, Symbol):
+                monitor = monitor.name
+            if monitor is not None and not isinstance(monitor, str):
+                raise DlcError(f"patience: 'monitor' must be a metric name such as val_loss, got "
+                               f"{config.show(monitor)}", args.span("monitor"))
+            self.monitor, span = monitor or self.monitor, args.span("monitor")
+            if args["mode"] is not None:
+                mode = args.check("mode", choice, options=("min", "max"))
+            self.restore_best = args.check("restore_best", flag)
+        self.mode = mode or ("max" if "acc" in self.monitor else "min")
+        if metrics is not None:
+            known = metrics + [f"val_{m}" for m in metrics if has_validation]
+            if self.monitor not in known:
+                raise DlcError(f"early_stop monitors '{self.monitor}', which is not among {', '.join(known)}"
+                               + ("" if has_validation else " (val_ values need validation data)"), span)
         self.best, self.bad = None, 0
-        self.span = span
 
     def update(self, row: dict) -> tuple[bool, bool]:
-        if self.monitor not in row:
-            raise DlcError(f"early_stop monitors '{self.monitor}', which is not among "
-                           f"{', '.join(k for k in row if k not in ('epoch', 'lr', 'time'))}", self.span)
         value = row[self.monitor]
         better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
         if better:

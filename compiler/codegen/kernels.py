@@ -30,6 +30,14 @@ LIBM = {"log": "log", "log1p": "log1p", "sin": "sin", "cos": "cos", "erf": "erf"
 
 
 _SCOPES: "weakref.WeakKeyDictionary[ir.Module, dict]" = weakref.WeakKeyDictionary()
+FAULT = "dlc_fault"     # i64: 0, or the site + 1 of a failed run-time check (Program.faults)
+
+
+def fault_flag(module: ir.Module) -> ir.GlobalVariable:
+    if FAULT not in module.globals:
+        flag = ir.GlobalVariable(module, i64, FAULT)
+        flag.initializer = ir.Constant(i64, 0)
+    return module.get_global(FAULT)
 
 
 def _alias_scopes(module: ir.Module) -> dict:
@@ -55,6 +63,7 @@ class KernelBuilder:
         self.ptr_table = ptrs
         self.stored: dict = {}      # (buffer, index) -> value stored earlier in this iteration
         self.accesses: list = []    # (load or store, buffer) to annotate
+        self.fault = None           # the largest fault site + 1 seen by this function's checks
 
     def alloca(self, t):
         return self.eb.alloca(t)
@@ -130,8 +139,10 @@ class KernelBuilder:
             return self.random(e, idx)
         if isinstance(e, Gather):
             row = b.sext(self.expr(e.idx, idx), i64)
-            at = b.add(b.mul(row, self.dim(e.stride)), self.affine(e.rows, idx))
-            return self.disjoint(b.load(b.gep(self.buffer(e.table, e.dtype), [at])), e.table)
+            ok = self.in_range(row, e.count, e.site)
+            at = b.select(ok, b.add(b.mul(row, self.dim(e.stride)), self.affine(e.rows, idx)), ir.Constant(i64, 0))
+            v = self.disjoint(b.load(b.gep(self.buffer(e.table, e.dtype), [at])), e.table)
+            return b.select(ok, v, ir.Constant(v.type, None))
         if isinstance(e, Guarded):
             ok = self.inside(e.guards, idx)
             at = self.b.select(ok, self.affine(e.load.at, idx), ir.Constant(i64, 0))
@@ -149,12 +160,44 @@ class KernelBuilder:
             ok = b.and_(ok, b.and_(b.icmp_signed(">=", v, ir.Constant(i64, 0)), b.icmp_signed("<", v, self.dim(size))))
         return ok
 
+    def in_range(self, v, count, site: int) -> ir.Value:
+        """Whether 0 <= v < count; where not, the function reports fault `site`. Callers
+        read and write at index 0 instead, so memory outside a buffer is never touched.
+        The fault is a max-reduction in a register, so loops with checks still vectorize."""
+        b = self.b
+        ok = b.and_(b.icmp_signed(">=", v, ir.Constant(i64, 0)), b.icmp_signed("<", v, self.dim(count)))
+        if self.fault is None:
+            self.fault = self.alloca(i64)
+            self.eb.store(ir.Constant(i64, 0), self.fault)
+        seen = b.load(self.fault)
+        hit = b.select(ok, ir.Constant(i64, 0), ir.Constant(i64, site + 1))
+        b.store(b.select(b.icmp_unsigned(">", hit, seen), hit, seen), self.fault)
+        return ok
+
+    def replaces_max(self, v, best) -> ir.Value:
+        """Whether v takes the place of the running maximum, as numpy's argmax: the first
+        NaN wins, and nothing replaces it."""
+        b = self.b
+        if not isinstance(v.type, (ir.FloatType, ir.DoubleType)):
+            return b.icmp_signed(">", v, best)
+        return b.and_(b.fcmp_unordered(">", v, best), b.fcmp_ordered("ord", best, best))
+
+    def finish(self):
+        """Annotate the accesses, report a fault to the module's `dlc_fault`, return."""
+        self.annotate()
+        b = self.b
+        if self.fault is not None:
+            seen = b.load(self.fault)
+            with b.if_then(b.icmp_unsigned("!=", seen, ir.Constant(i64, 0))):
+                b.store_atomic(seen, fault_flag(self.m), "monotonic", 8)
+        b.ret_void()
+
     def call(self, name, ret, args):
         return self.b.call(declare(self.m, name, ret, [a.type for a in args]), args)
 
-    def intrinsic(self, name, x):
-        fn = self.m.declare_intrinsic(name, [x.type])
-        return self.b.call(fn, [x])
+    def intrinsic(self, name, *args):
+        t = args[0].type
+        return self.b.call(self.m.declare_intrinsic(name, [t], ir.FunctionType(t, [t] * len(args))), list(args))
 
     def op(self, e: Op, a: list) -> ir.Value:
         b, n = self.b, e.name
@@ -164,7 +207,7 @@ class KernelBuilder:
             return self.cast(a[0], n[5:])
         if n in ("lt", "le", "gt", "ge", "eq", "ne"):
             cmp = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[n]
-            if isinstance(a[0].type, ir.FloatType):
+            if isinstance(a[0].type, (ir.FloatType, ir.DoubleType)):
                 return b.fcmp_ordered(cmp, a[0], a[1]) if n != "ne" else b.fcmp_unordered(cmp, a[0], a[1])
             return b.icmp_signed(cmp, a[0], a[1])
         if n == "select":
@@ -181,9 +224,8 @@ class KernelBuilder:
                 return f(a[0], a[1], flags=FAST)
             if n == "neg":
                 return b.fneg(a[0])
-            if n in ("maximum", "minimum"):
-                cmp = b.fcmp_ordered(">" if n == "maximum" else "<", a[0], a[1])
-                return b.select(cmp, a[0], a[1])
+            if n in ("maximum", "minimum"):     # NaN propagates, as in numpy
+                return self.intrinsic(f"llvm.{n}", *a)
             if n == "abs":
                 return self.intrinsic("llvm.fabs", a[0])
             if n == "sign":
@@ -284,7 +326,7 @@ class KernelBuilder:
                 return b.fpext(v, t) if isinstance(t, ir.DoubleType) else b.fptrunc(v, t)
             return b.uitofp(v, t) if src == i1 else b.sitofp(v, t)
         if t == i1:
-            return b.fcmp_unordered("!=", v, ir.Constant(src, 0.0)) if isinstance(src, ir.FloatType) else \
+            return b.fcmp_unordered("!=", v, ir.Constant(src, 0.0)) if isinstance(src, (ir.FloatType, ir.DoubleType)) else \
                 b.icmp_signed("!=", v, ir.Constant(src, 0))
         if isinstance(src, (ir.FloatType, ir.DoubleType)):
             return b.fptosi(v, t)
@@ -307,12 +349,19 @@ class KernelBuilder:
         for t in e.steps:      # inside scans every step draws anew, as primitives._random
             t = b.trunc(self.sizes[t], i32)
             stream = self.mix(b.add(b.add(b.mul(stream, ir.Constant(i32, 0x01000193)), t), ir.Constant(i32, 1)))
-        stream = b.mul(stream, ir.Constant(i32, 0x9E3779B9))
-        k = self.mix(b.xor(seed, self.mix(b.add(stream, self.mix(step)))))
         i = b.trunc(self.affine(e.at, idx), i32)
-        bits = self.mix(b.add(self.mix(b.xor(i, k)), k))
-        u = b.fadd(b.uitofp(b.lshr(bits, ir.Constant(i32, 8)), f64), ir.Constant(f64, 0.5))
-        return b.fptrunc(b.fmul(u, ir.Constant(f64, 2.0 ** -24)), LL[e.dtype])
+
+        def uniform(stream):       # in (0, 1), from the top 24 bits, in double precision
+            k = self.mix(b.xor(seed, self.mix(b.add(b.mul(stream, ir.Constant(i32, 0x9E3779B9)), self.mix(step)))))
+            bits = self.mix(b.add(self.mix(b.xor(i, k)), k))
+            u = b.fadd(b.uitofp(b.lshr(bits, ir.Constant(i32, 8)), f64), ir.Constant(f64, 0.5))
+            return b.fmul(u, ir.Constant(f64, 2.0 ** -24))
+        u = uniform(stream)
+        if e.dist == "normal":      # Box-Muller on a second stream
+            u2 = uniform(b.add(stream, ir.Constant(i32, 0x5BD1E995)))
+            radius = self.intrinsic("llvm.sqrt", b.fmul(ir.Constant(f64, -2.0), self.call("log", f64, [u])))
+            u = b.fmul(radius, self.call("cos", f64, [b.fmul(ir.Constant(f64, 2.0 * math.pi), u2)]))
+        return b.fptrunc(u, LL[e.dtype])
 
     def store(self, bid, dtype, at: ir.Value, v: ir.Value):
         if dtype == "bool":
@@ -371,8 +420,7 @@ def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     part.linkage = "internal"
     kb = KernelBuilder(module, prog, part)
     _map(kb, k, prog, first=(part.args[2], part.args[3]))
-    kb.annotate()
-    kb.b.ret_void()
+    kb.finish()
 
     data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64])      # buffers, sizes, outer extent
     vptr = i8.as_pointer()
@@ -443,14 +491,17 @@ def _reduce(kb: KernelBuilder, k: ReduceKernel, prog: Program):
 
             def step(jidx):
                 v = kb.expr(k.expr, idx_of(jidx[0]))
-                better = b.fcmp_ordered(">", v, b.load(best))
+                better = kb.replaces_max(v, b.load(best))
                 b.store(b.select(better, v, b.load(best)), best)
                 b.store(b.select(better, jidx[0], b.load(where)), where)
             kb.loops((k.shape[axis],), step)
             kb.store(k.out, "i32", kb.affine(Affine(0, tuple(_strides(outer))), oidx), b.trunc(b.load(where), i32))
         kb.loops(tuple(outer), per_row)
         return
-    init = ir.Constant(t, 0.0 if k.op == "sum" else -math.inf)
+    if t in (f32, f64):
+        init = ir.Constant(t, 0.0 if k.op == "sum" else -math.inf)
+    else:
+        init = ir.Constant(t, 0 if k.op == "sum" else -(1 << (t.width - 1)))
 
     kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init))
     # the trailing reduced axes accumulate in a register; the rest into memory
@@ -461,8 +512,10 @@ def _reduce(kb: KernelBuilder, k: ReduceKernel, prog: Program):
 
     def combine(acc, v):
         if k.op == "sum":
-            return b.fadd(acc, v, flags=("fast",))
-        return b.select(b.fcmp_ordered(">", v, acc), v, acc)
+            return b.fadd(acc, v, flags=("fast",)) if t in (f32, f64) else b.add(acc, v)
+        if t in (f32, f64):
+            return kb.intrinsic("llvm.maximum", acc, v)      # NaN propagates, as in numpy
+        return b.select(b.icmp_signed(">", v, acc), v, acc)
 
     def outer(hidx):
         if not tail:
@@ -488,13 +541,15 @@ def _scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: Program):
 
     def each(idx):
         row = b.sext(kb.expr(k.idx, idx), i64)
+        ok = kb.in_range(row, k.count, k.site)
         src = b.mul(kb.affine(Affine(0, tuple(flat)), idx), kb.dim(k.row))
-        dst = b.mul(row, kb.dim(k.row))
+        dst = b.mul(b.select(ok, row, ir.Constant(i64, 0)), kb.dim(k.row))
+        zero = ir.Constant(LL[dtype], 0.0)
 
         def inner(r):
             pd = b.gep(kb.buffer(k.out, dtype), [b.add(dst, r[0])])
             ps = b.gep(kb.buffer(k.upd, dtype), [b.add(src, r[0])])
-            b.store(b.fadd(b.load(pd), b.load(ps)), pd)
+            b.store(b.fadd(b.load(pd), b.select(ok, b.load(ps), zero)), pd)
         kb.loops((k.row,), inner)
     kb.loops(k.idx_shape, each)
 
@@ -585,7 +640,7 @@ def _maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: Program):
             pos = b.add(b.mul(h, kb.dim(W)), w)
             v = b.load(b.gep(kb.buffer(k.x, "f32"), [b.select(ok, b.add(plane, pos), ir.Constant(i64, 0))]))
             v = b.select(ok, v, ir.Constant(f32, -math.inf))
-            better = b.fcmp_ordered(">", v, b.load(best))
+            better = kb.replaces_max(v, b.load(best))
             b.store(b.select(better, v, b.load(best)), best)
             b.store(b.select(better, pos, b.load(where)), where)
         kb.loops((kh, kw), window)
@@ -605,6 +660,7 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
     With `profile` (a list, filled with (kernel, nesting depth)), every kernel call adds
     its cycles to the global array `dlc_profile`, indexed like that list."""
     module = ir.Module(name)
+    flag = fault_flag(module)       # the engine clears it before a call and reads it after
     sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
     driver = ir.Function(module, sig, name)
     gemms: dict = {}
@@ -647,8 +703,7 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
                 kb.b.call(gemms[key], args)
             elif isinstance(k, ScanKernel):
                 _scan(kb, k, prog, functions(k.body, depth + 1), call)
-            kb.annotate()
-            kb.b.ret_void()
+            kb.finish()
             fns.append(fn)
         return fns
 
@@ -672,11 +727,12 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
     b = ir.IRBuilder(driver.append_basic_block("entry"))
     for fn in kernels:
         call(b, fn, driver.args)
-    if update is not None:
+    if update is not None:      # not after a failed check: the parameters stay as they were
         upd = add_update(module, **update)
         slot = lambda k, t: b.bitcast(b.load(b.gep(driver.args[0], [ir.Constant(i64, len(prog.buffers) + k)])),
                                       t.as_pointer())
-        b.call(upd, [slot(0, f32), slot(1, f32), slot(2, f32), slot(3, f32), slot(4, f64)])
+        with b.if_then(b.icmp_unsigned("==", b.load_atomic(flag, "monotonic", 8), ir.Constant(i64, 0))):
+            b.call(upd, [slot(0, f32), slot(1, f32), slot(2, f32), slot(3, f32), slot(4, f64)])
     b.ret_void()
     return module
 
@@ -696,16 +752,21 @@ def _scan(kb: KernelBuilder, k: ScanKernel, prog: Program, body: list, call):
 
 
 # ---- the fused optimizer update -------------------------------------------------------------------
-# scalars[k] of the update: set by the engine before every step
-SCALARS = ("lr", "beta1", "beta2", "eps", "weight_decay", "bias1", "bias2", "momentum", "l1", "l2", "clip",
-           "decay")
+# scalars[k] of the update: set by the engine before every step (runtime/native.py), in double
+# precision as torch.optim computes them in Python floats, and rounded to float here as torch
+# rounds them: rate1 = 1 - beta1, rate2 = 1 - beta2 (RMSprop: 1 - alpha), step_size = lr / (1 -
+# beta1^t), bias2_sqrt = (1 - beta2^t)^0.5, decay = 1 - lr * weight_decay
+SCALARS = ("lr", "beta1", "beta2", "rate1", "rate2", "eps", "weight_decay", "step_size", "bias2_sqrt", "momentum",
+           "l1", "l2", "clip", "decay")
 
 
 def add_update(module: ir.Module, rule: str, n: int, *, nesterov=False, decoupled=False, momentum=False,
                penalties=False, clip: str | None = None, name="dlc_update") -> ir.Function:
     """One pass over the flat parameter, gradient and state arrays of all trained
     parameters, following runtime/optim.py: penalties, clipping, then the rule
-    (sgd, rmsprop or adam).
+    (sgd, rmsprop or adam) with torch.optim's float32 operations in torch's order, a
+    fused multiply-add wherever torch's vectorized CPU kernels use one (lerp, addcmul,
+    add with alpha), so that the same gradients give the same parameters.
 
         void dlc_update(float* p, float* g, float* s1, float* s2, double* scalars)
     """
@@ -756,6 +817,14 @@ def add_update(module: ir.Module, rule: str, n: int, *, nesterov=False, decouple
         s = b.fdiv(b.fpext(k["clip"], f64), b.fadd(norm, ir.Constant(f64, 1e-6)))
         scale = b.fptrunc(b.select(b.fcmp_ordered("<", s, ir.Constant(f64, 1.0)), s, ir.Constant(f64, 1.0)), f32)
 
+    fma = lambda x, y, z: b.call(declare(module, "llvm.fma.f32", f32, [f32] * 3), [x, y, z])
+    sqrt = lambda x: b.call(module.declare_intrinsic("llvm.sqrt", [f32]), [x])
+    neg_lr = b.fneg(k["lr"])
+    # torch.lerp(m, g, w) = fma(w, g - m, m) for |w| < 0.5, else fma(w - 1, g - m, g)
+    near = b.fcmp_ordered("<", b.call(module.declare_intrinsic("llvm.fabs", [f32]), [k["rate1"]]),
+                          ir.Constant(f32, 0.5))
+    lerp_w = b.select(near, k["rate1"], b.fsub(k["rate1"], one))
+
     def step(i):
         pp = b.gep(P, [i])
         p = b.load(pp)
@@ -764,36 +833,36 @@ def add_update(module: ir.Module, rule: str, n: int, *, nesterov=False, decouple
             lim = k["clip"]
             g = b.select(b.fcmp_ordered(">", g, lim), lim, b.select(b.fcmp_ordered("<", g, b.fneg(lim)), b.fneg(lim), g))
         if not decoupled:
-            g = b.fadd(g, b.fmul(k["weight_decay"], p))
+            g = fma(p, k["weight_decay"], g)                        # grad.add(param, alpha=weight_decay)
         if rule == "sgd":
             if momentum:
                 ps = b.gep(S1, [i])
                 buf = b.fadd(b.fmul(b.load(ps), k["momentum"]), g)
                 b.store(buf, ps)
-                g = b.fadd(g, b.fmul(k["momentum"], buf)) if nesterov else buf
-            b.store(b.fsub(p, b.fmul(k["lr"], g)), pp)
-        elif rule == "rmsprop":
-            pv = b.gep(S1, [i])
-            v = b.fadd(b.fmul(b.load(pv), k["beta2"]), b.fmul(b.fsub(one, k["beta2"]), b.fmul(g, g)))
-            b.store(v, pv)
-            d = b.fdiv(g, b.fadd(b.call(module.declare_intrinsic("llvm.sqrt", [f32]), [v]), k["eps"]))
-            if momentum:
+                g = fma(buf, k["momentum"], g) if nesterov else buf
+            b.store(fma(g, neg_lr, p), pp)                          # param.add_(grad, alpha=-lr)
+            return
+        ps2 = b.gep(S2 if rule == "adam" else S1, [i])              # exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
+        v = fma(b.fmul(k["rate2"], g), g, b.fmul(b.load(ps2), k["beta2"]))
+        b.store(v, ps2)
+        if rule == "rmsprop":
+            avg = b.fadd(sqrt(v), k["eps"])
+            if momentum:                                            # buf.mul_(momentum).addcdiv_(g, avg)
                 pm = b.gep(S2, [i])
-                d = b.fadd(b.fmul(b.load(pm), k["momentum"]), d)
-                b.store(d, pm)
-            b.store(b.fsub(p, b.fmul(k["lr"], d)), pp)
-        else:   # adam, adamw
-            if decoupled:
-                p = b.fmul(p, k["decay"])
-            pm, pv = b.gep(S1, [i]), b.gep(S2, [i])
-            m = b.fadd(b.fmul(b.load(pm), k["beta1"]), b.fmul(b.fsub(one, k["beta1"]), g))
-            v = b.fadd(b.fmul(b.load(pv), k["beta2"]), b.fmul(b.fsub(one, k["beta2"]), b.fmul(g, g)))
-            b.store(m, pm)
-            b.store(v, pv)
-            m_hat = b.fdiv(m, k["bias1"])
-            v_hat = b.fdiv(v, k["bias2"])
-            den = b.fadd(b.call(module.declare_intrinsic("llvm.sqrt", [f32]), [v_hat]), k["eps"])
-            b.store(b.fsub(p, b.fmul(k["lr"], b.fdiv(m_hat, den))), pp)
+                buf = b.fadd(b.fmul(b.load(pm), k["momentum"]), b.fdiv(g, avg))
+                b.store(buf, pm)
+                b.store(fma(buf, neg_lr, p), pp)                    # param.add_(buf, alpha=-lr)
+            else:                                                   # param.addcdiv_(g, avg, value=-lr)
+                b.store(b.fadd(p, b.fdiv(b.fmul(neg_lr, g), avg)), pp)
+            return
+        if decoupled:
+            p = b.fmul(p, k["decay"])                               # param.mul_(1 - lr * weight_decay)
+        ps1 = b.gep(S1, [i])
+        m = b.load(ps1)
+        m = fma(lerp_w, b.fsub(g, m), b.select(near, m, g))         # exp_avg.lerp_(g, 1 - beta1)
+        b.store(m, ps1)
+        den = b.fadd(b.fdiv(sqrt(v), k["bias2_sqrt"]), k["eps"])
+        b.store(b.fadd(p, b.fdiv(b.fmul(b.fneg(k["step_size"]), m), den)), pp)  # addcdiv_(m, den, -step_size)
     if n:
         loop(step)
     b.ret_void()

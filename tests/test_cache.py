@@ -1,0 +1,153 @@
+"""The compile cache (runtime/cache.py) never runs a bad entry: it recompiles and replaces it.
+
+The runs that load a corrupted entry are subprocesses, so a crash in native code fails the
+test instead of the test run.
+"""
+import ctypes
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from llvmlite import ir
+
+from dlc.compiler.errors import DlcError
+from dlc.runtime import cache
+
+XOR = Path(__file__).parent.parent / "examples" / "xor_mlp.dl"
+
+
+def train(cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DLC_CACHE_DIR=str(cache_dir))
+    return subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "train", str(XOR), "--epochs", "1",
+                           "--out", str(out)], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A cache filled by one run of xor_mlp (the GEMM library and the train step), with
+    that run's output and checkpoint directory."""
+    root = tmp_path_factory.mktemp("cache")
+    first = train(root / "cache", root / "run")
+    assert first.returncode == 0, first.stderr
+    return root / "cache", first.stdout, root / "run"
+
+
+def flip(data: bytes) -> bytes:
+    i = len(data) // 2
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+
+
+# each gets (this entry's bytes, another entry's bytes) and returns what is written in its place
+CORRUPTIONS = {
+    "truncated": lambda data, other: data[:len(data) // 2],
+    "empty": lambda data, other: b"",
+    "random bytes": lambda data, other: random.Random(0).randbytes(len(data)),
+    "another module's entry": lambda data, other: other,
+    "flipped byte": lambda data, other: flip(data),
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS)
+def test_a_bad_entry_is_recompiled_and_replaced(trained, tmp_path, corrupt):
+    good_dir, output, run = trained
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(good_dir, cache_dir)
+    good = {p.name: p.read_bytes() for p in cache_dir.glob("*.o")}
+    assert len(good) == 2
+    names = sorted(good)
+    for name, other in zip(names, names[1:] + names[:1]):
+        (cache_dir / name).write_bytes(corrupt(good[name], good[other]))
+    again = train(cache_dir, run)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == output
+    now = {p.name: p.read_bytes() for p in cache_dir.iterdir()}
+    assert now == good, "the bad entries were not replaced by the same objects (or a temporary file was left)"
+
+
+def constant_function(name: str, value: int) -> ir.Module:
+    module = ir.Module(name)
+    fn = ir.Function(module, ir.FunctionType(ir.IntType(32), []), name)
+    ir.IRBuilder(fn.append_basic_block()).ret(ir.Constant(ir.IntType(32), value))
+    return module
+
+
+def call(loaded, name: str) -> int:
+    return ctypes.CFUNCTYPE(ctypes.c_int32)(loaded.address(name))()
+
+
+def test_an_entry_without_the_modules_functions_is_recompiled(tmp_path, monkeypatch):
+    # b's object under a's key with a valid header: only the check of a's symbols can tell
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    a, b = constant_function("dlc_test_a", 7), constant_function("dlc_test_b", 8)
+    cache.compile_cached(b)
+    [entry] = tmp_path.glob("*.o")
+    key = cache._key(str(a))
+    (tmp_path / f"{key}.o").write_bytes(cache._pack(key, cache._unpack(entry.stem, entry.read_bytes())))
+    before = dict(cache.stats)
+    loaded = cache.compile_cached(a)
+    assert not loaded.cached and cache.stats["compiles"] == before["compiles"] + 1
+    assert cache.stats["rejected"] == before["rejected"] + 1
+    assert call(loaded, "dlc_test_a") == 7
+    assert cache.compile_cached(a).cached, "the bad entry was not replaced"
+
+
+def test_an_entry_others_can_write_to_is_recompiled(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    module = constant_function("dlc_test_g", 3)
+    cache.compile_cached(module)
+    [entry] = tmp_path.glob("*.o")
+    entry.chmod(0o666)      # its bytes are intact, but anyone could have written them
+    loaded = cache.compile_cached(module)
+    assert not loaded.cached and call(loaded, "dlc_test_g") == 3
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o1777])
+def test_a_cache_dir_others_can_write_is_refused(tmp_path, mode):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    r = train(shared, tmp_path / "run")
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == (f"error: other users can write to the compile cache {shared}, and code in it runs as you: "
+                    f"run 'chmod go-w {shared}', or set DLC_CACHE_DIR to a directory of your own"), r.stderr
+    assert list(shared.iterdir()) == []
+
+
+def test_a_cache_dir_of_another_user_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: tmp_path.stat().st_uid + 1)
+    with pytest.raises(DlcError, match=f"the compile cache {tmp_path} belongs to another user"):
+        cache.compile_cached(constant_function("dlc_test_c", 1))
+
+
+def test_a_missing_cache_dir_is_created_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "a" / "b"))
+    cache.compile_cached(constant_function("dlc_test_d", 1))
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+    assert cache.compile_cached(constant_function("dlc_test_d", 1)).cached
+
+
+def test_an_unusable_cache_dir_compiles_every_time(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "file" / "cache"))    # cannot be created
+    compiles = cache.stats["compiles"]
+    for _ in range(2):
+        assert call(cache.compile_cached(constant_function("dlc_test_e", 5)), "dlc_test_e") == 5
+    assert cache.stats["compiles"] == compiles + 2
+
+
+def test_an_entry_is_written_durably(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), fsync(fd)))
+    cache.compile_cached(constant_function("dlc_test_f", 1))
+    assert synced == [False, True], "the entry, then the directory holding its new name, are flushed to disk"
+    assert [p.suffix for p in tmp_path.iterdir()] == [".o"]
