@@ -11,22 +11,15 @@ body recomputes one forward step from it and applies the body's own VJP.
 """
 from __future__ import annotations
 
-import networkx as nx
-
 from . import ops
 from .errors import DlcError
-from .graph import PRIMITIVES, Graph, Tensor, TensorType
+from .graph import PRIMITIVES, Graph, Tensor, TensorType, collector_paused
 
 
 def backward(graph: Graph, seeds: list, wrt: list) -> list:
     """Cotangents of `wrt` given (tensor, cotangent) seeds, emitted into `graph`."""
-    needed_by = set()
-    for t, _ in seeds:
-        needed_by |= nx.ancestors(graph.g, t.node) | {t.node}
-    depends_on = set()
-    for t in wrt:
-        depends_on |= nx.descendants(graph.g, t.node) | {t.node}
-    relevant = needed_by & depends_on
+    relevant = reachable(graph, [t.node for t, _ in seeds], upstream=True) & \
+        reachable(graph, [t.node for t in wrt], upstream=False)
     cts: dict = {}
     for t, ct in seeds:
         if ct is not None and t.node in relevant:
@@ -87,16 +80,28 @@ def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None, k
     return dst, mapping
 
 
+def reachable(graph: Graph, nodes: list, upstream: bool) -> set:
+    """`nodes` and every node they depend on (upstream) or that depends on them: one walk
+    for all of them, where a union of per-node ancestors grows as nodes x graph size."""
+    step = graph.g.predecessors if upstream else graph.g.successors
+    seen, todo = set(nodes), list(nodes)
+    while todo:
+        for m in step(todo.pop()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
 def prune(graph: Graph) -> Graph:
     """Remove nodes no output depends on (arguments stay: they are positional)."""
-    live = set()
-    for t in graph.outputs.values():
-        live |= nx.ancestors(graph.g, t.node) | {t.node}
+    live = reachable(graph, [t.node for t in graph.outputs.values()], upstream=True)
     dead = [n for n in graph.g.nodes if n not in live and graph.op(n) != "arg"]
     graph.g.remove_nodes_from(dead)
     return graph
 
 
+@collector_paused()
 def train_step(forward: Graph) -> Graph:
     """The train-step graph: loss, metrics and state updates of the forward graph, plus
     `grad:<name>` for every trainable parameter."""
@@ -209,9 +214,7 @@ def _save_residuals(n, body: Graph, bwd: Graph, mapping: dict, n_invariant_args:
     the new sequence arguments."""
     attrs, graph = n.attrs, n.graph
     nc, nx_ = attrs["n_carry"], len(attrs["xs_axes"])
-    varying = set()
-    for a in body.args[:nc + nx_]:
-        varying |= nx.descendants(body.g, a.node) | {a.node}
+    varying = reachable(body, [a.node for a in body.args[:nc + nx_]], upstream=False)
     copies = {m.key(): k for k, m in mapping.items() if m.graph is bwd and bwd.op(m.node) != "arg"}
     copy_nodes = {key[0] for key in copies}
     residuals = []

@@ -12,8 +12,9 @@ import numpy as np
 from . import ops
 from .dims import Dim, exact_div, numel
 from .errors import DlcError
-from .frontend import Builtin, describe
+from .frontend import Builtin, describe, static_binary
 from .graph import Tensor
+from .syntax import INT_MAX
 
 BUILTINS: dict = {}
 
@@ -89,18 +90,25 @@ for _name, (_prim, _static) in _UNARY.items():
     _make_unary(_name, _prim, _static)
 
 
+def _extremum(ev, name, a, b):
+    """maximum / minimum: computed now for two numbers, elementwise (a primitive) otherwise."""
+    for v in (a, b):
+        if isinstance(v, bool) or not isinstance(v, (Tensor, int, float, Dim)):
+            _fail(ev, f"{name} needs numbers or tensors, got {describe(v)}")
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return (max if name == "maximum" else min)(a, b)
+    a, b = (_tensor(ev, v) if isinstance(v, Dim) else v for v in (a, b))
+    return ops.binary(name, a, b)
+
+
 @builtin()
 def maximum(ev, a, b):
-    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
-        return max(a, b)
-    return ops.binary("maximum", a, b)
+    return _extremum(ev, "maximum", a, b)
 
 
 @builtin()
 def minimum(ev, a, b):
-    if not isinstance(a, Tensor) and not isinstance(b, Tensor):
-        return min(a, b)
-    return ops.binary("minimum", a, b)
+    return _extremum(ev, "minimum", a, b)
 
 
 @builtin()
@@ -125,7 +133,11 @@ def float_(ev, x):
 
 @builtin("int")
 def int_(ev, x):
-    return int(x) if isinstance(x, (int, float)) else ops.cast(_tensor(ev, x), "i32")
+    if not isinstance(x, (int, float)):
+        return ops.cast(_tensor(ev, x), "i32")
+    if not -INT_MAX <= x <= INT_MAX:
+        _fail(ev, f"int({x:g}) does not fit in 64 bits")
+    return int(x)
 
 
 @builtin()
@@ -143,14 +155,19 @@ def _reduced(ev, x, name) -> Tensor:
     return _tensor(ev, x)
 
 
-def _axis(ev, x: Tensor, axis):
+def _axis(ev, x: Tensor, axis, new=False) -> int:
+    """An axis argument of a builtin, checked against x's rank (ops.axis_index; `new`: a
+    place to insert an axis) and counted from 0."""
+    if isinstance(axis, bool) or not isinstance(axis, int):
+        _fail(ev, f"an axis must be an integer, got {describe(axis)}")
+    return ops.axis_index(x, axis, new)
+
+
+def _axes(ev, x: Tensor, axis):
+    """The axes of a reduction: None (all of them), an axis or a tuple of axes."""
     if axis is None:
         return None
-    axes = axis if isinstance(axis, tuple) else (axis,)
-    for a in axes:
-        if isinstance(a, bool) or not isinstance(a, int) or not -x.rank <= a < max(x.rank, 1):
-            _fail(ev, f"axis {a} is out of range for {x.type}")
-    return axes
+    return tuple(_axis(ev, x, a) for a in (axis if isinstance(axis, tuple) else (axis,)))
 
 
 @builtin("sum")
@@ -158,7 +175,7 @@ def sum_(ev, x, axis=None, keepdims=False):
     if isinstance(x, tuple):
         return _fold(ev, x, ops.add)
     x = _reduced(ev, x, "sum")
-    return ops.sum_(x, _axis(ev, x, axis), keepdims)
+    return ops.sum_(x, _axes(ev, x, axis), keepdims)
 
 
 def _fold(ev, xs, f):
@@ -166,33 +183,35 @@ def _fold(ev, xs, f):
         _fail(ev, "sum of an empty tuple")
     out = xs[0]
     for v in xs[1:]:
-        out = out + v if not isinstance(out, Tensor) and not isinstance(v, Tensor) else f(out, v)
+        if isinstance(out, Tensor) or isinstance(v, Tensor):
+            out = f(out, v)
+        else:
+            out = static_binary("+", out, v, ev.graph.span)
     return out
 
 
 @builtin()
 def mean(ev, x, axis=None, keepdims=False):
     x = _reduced(ev, x, "mean")
-    return ops.mean(x, _axis(ev, x, axis), keepdims)
+    return ops.mean(x, _axes(ev, x, axis), keepdims)
 
 
 @builtin("max")
 def max_(ev, x, axis=None, keepdims=False):
     x = _reduced(ev, x, "max")
-    return ops.max_(x, _axis(ev, x, axis), keepdims)
+    return ops.max_(x, _axes(ev, x, axis), keepdims)
 
 
 @builtin("min")
 def min_(ev, x, axis=None, keepdims=False):
     x = _reduced(ev, x, "min")
-    return -ops.max_(-x, _axis(ev, x, axis), keepdims)
+    return -ops.max_(-x, _axes(ev, x, axis), keepdims)
 
 
 @builtin()
 def argmax(ev, x, axis=-1):
     x = _tensor(ev, x)
-    _axis(ev, x, axis)
-    return ops.argmax(x, axis)
+    return ops.argmax(x, _axis(ev, x, axis))
 
 
 # ---- shapes ------------------------------------------------------------------------------------------
@@ -204,8 +223,7 @@ def shape(ev, x):
 @builtin()
 def size(ev, x, axis):
     x = _tensor(ev, x)
-    _axis(ev, x, axis)
-    return x.shape[axis]
+    return x.shape[_axis(ev, x, axis)]
 
 
 @builtin("len")
@@ -239,7 +257,7 @@ def transpose(ev, x, *perm):
 def swapaxes(ev, x, a, b):
     x = _tensor(ev, x)
     perm = list(range(x.rank))
-    a, b = ops.axis_index(x, a), ops.axis_index(x, b)
+    a, b = _axis(ev, x, a), _axis(ev, x, b)
     perm[a], perm[b] = perm[b], perm[a]
     return ops.transpose(x, perm)
 
@@ -247,17 +265,14 @@ def swapaxes(ev, x, a, b):
 @builtin()
 def expand_dims(ev, x, axis):
     x = _tensor(ev, x)
-    axis = _int(ev, axis, "the axis")
-    if not -x.rank - 1 <= axis <= x.rank:
-        _fail(ev, f"axis {axis} is out of range for expanding {x.type}")
-    axis = axis % (x.rank + 1)
+    axis = _axis(ev, x, axis, new=True)
     return ops.reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
 @builtin()
 def squeeze(ev, x, axis):
     x = _tensor(ev, x)
-    axis = ops.axis_index(x, axis)
+    axis = _axis(ev, x, axis)
     if x.shape[axis] != 1:
         _fail(ev, f"cannot squeeze axis {axis} of {x.type}: its size is not 1")
     return ops.reshape(x, x.shape[:axis] + x.shape[axis + 1:])
@@ -273,7 +288,7 @@ def concat(ev, *xs, axis=-1):
     for t in ts[1:]:
         if t.rank != ts[0].rank:
             _fail(ev, f"cannot concat {ts[0].type} and {t.type}: ranks differ")
-    return ops.concat(ts, axis)
+    return ops.concat(ts, _axis(ev, ts[0], axis))
 
 
 @builtin()
@@ -283,7 +298,7 @@ def stack(ev, *xs, axis=0):
     if not xs:
         _fail(ev, "stack of nothing")
     ts = [_tensor(ev, x) for x in xs]
-    axis = _int(ev, axis, "the axis") % (ts[0].rank + 1)
+    axis = _axis(ev, ts[0], axis, new=True)
     return ops.concat([ops.reshape(t, t.shape[:axis] + (1,) + t.shape[axis:]) for t in ts], axis)
 
 
@@ -292,7 +307,7 @@ def split(ev, x, parts, axis=-1):
     """Split into `parts` equal pieces along an axis; returns a tuple."""
     x = _tensor(ev, x)
     parts = _int(ev, parts, "the number of parts")
-    axis = ops.axis_index(x, axis)
+    axis = _axis(ev, x, axis)
     size = x.shape[axis]
     piece = exact_div(size, parts) if parts > 0 else None
     if piece is None:
@@ -327,7 +342,7 @@ def arange(ev, n):
     """0, 1, ..., n-1 as i32[n]."""
     if isinstance(n, bool) or not isinstance(n, (int, Dim)):
         _fail(ev, f"arange needs a size, got {describe(n)}")
-    return ev.graph.add1("iota", shape=(n,), axis=0, dtype="i32")
+    return ev.graph.add1("iota", shape=_shape(ev, (n,)), axis=0, dtype="i32")
 
 
 @builtin()
@@ -421,7 +436,9 @@ def range_(ev, start, stop=None):
     """A tuple of integers: range(n) or range(a, b)."""
     if stop is None:
         start, stop = 0, start
-    return tuple(range(_int(ev, start, "range start"), _int(ev, stop, "range end")))
+    start, stop = _int(ev, start, "range start"), _int(ev, stop, "range end")
+    ev.check_items("tuple", stop - start, ev.graph.span)
+    return tuple(range(start, stop))
 
 
 @builtin()

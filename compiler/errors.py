@@ -64,8 +64,9 @@ class DlcError(Exception):
         self.span = span
         self.notes = list(notes)
 
-    def render(self) -> str:
-        out = [_located("error", self.message, self.span)]
+    def render(self, kind: str = "error") -> str:
+        """`file:line:col: error: ...` (or another kind: "warning"), the source line, the notes."""
+        out = [_located(kind, self.message, self.span)]
         for note, span in self.notes:
             out.append(_located("note", note, span))
         return "\n".join(out)

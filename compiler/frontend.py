@@ -17,11 +17,18 @@ import numpy as np
 
 from . import ops
 from . import syntax as A
-from .dims import Dim, numel
+from .dims import Dim, is_dim, numel
 from .errors import STDLIB_PREFIX, DlcError, Span, register_source
-from .graph import FLOAT_DTYPES, Graph, Tensor, TensorType
+from .graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType, collector_paused
+from .primitives import slice_length
+from .syntax import in_range
 
 INT_DTYPES = ("i32", "i64")
+
+# Limits that keep compiling bounded (docs/language.md, section 7): every step of every
+# `repeat` of one model build, and the items of one static tuple or string.
+MAX_REPEAT_STEPS = 100_000
+MAX_ITEMS = 1_000_000
 
 
 # ---- values ----------------------------------------------------------------------------------
@@ -169,8 +176,9 @@ class Evaluator:
     def __init__(self, globals_: Env, training: bool):
         self.globals = globals_
         self.training = training
-        self.graph = Graph("forward")
-        self.init = Graph("init")
+        self.budget = NodeBudget()         # the nodes this build may still make, in all its graphs
+        self.graph = Graph("forward", budget=self.budget)
+        self.init = Graph("init", budget=self.budget)
         self.root_scope = ParamScope("", None)
         self.scope = self.root_scope
         self.label = ""
@@ -182,6 +190,7 @@ class Evaluator:
         self.updates: dict = {}            # state param node -> its new value
         self.init_values: list = []        # initial value (in self.init) of each param node
         self.repeat_index: tuple = ()      # indices of the enclosing repeat loops
+        self.repeat_steps = 0              # steps of every repeat run so far
         self.captures: dict = {}           # (body graph id, outer key) -> body arg tensor
         self.sequences: dict = {}          # (body graph id, outer key, axis) -> body arg tensor
         self.rng_keys: dict = {}
@@ -320,6 +329,11 @@ class Evaluator:
             stop = self.static_int(self.expr(s.stop, env), s.stop.span, "the end of repeat")
             if not isinstance(start, int) or not isinstance(stop, int):
                 self.fail("repeat needs concrete bounds", s.span)
+            steps = max(stop - start, 0)
+            if self.repeat_steps + steps > MAX_REPEAT_STEPS:
+                self.fail(f"too many repeat steps: this repeat runs {steps} steps after {self.repeat_steps} already "
+                          f"run, and a model runs at most {MAX_REPEAT_STEPS:,} in all its repeats", s.span)
+            self.repeat_steps += steps
             for i in range(start, stop):
                 env.vars[s.var] = i
                 self.repeat_index += (i,)
@@ -547,7 +561,7 @@ class Evaluator:
 
     def _expr(self, e, env: Env):
         if isinstance(e, A.Number):
-            return e.value
+            return literal(e)
         if isinstance(e, (A.String, A.Bool)):
             return e.value
         if isinstance(e, A.NoneValue):
@@ -623,12 +637,6 @@ class Evaluator:
         t = self.tensor(v, span)
         return t if t.dtype == "bool" else ops.compare("ne", t, 0)
 
-    _STATIC_OPS = {
-        "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-        "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b, "^": lambda a, b: a ** b,
-        "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-        "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-    }
     _TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "div", "%": "mod", "^": "pow",
                    "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
 
@@ -670,35 +678,41 @@ class Evaluator:
             if e.op == "//" and any(isinstance(v, Tensor) and v.type.is_float for v in (a, b)):
                 self.fail("// is integer division; use / for floats", e.span)
             return ops.binary(self._TENSOR_OPS[e.op], a, b)
+        if e.op in ("==", "!=") and (isinstance(a, (tuple, Dim)) or isinstance(b, (tuple, Dim))):
+            return _STATIC_OPS[e.op](a, b)
         if isinstance(a, tuple) or isinstance(b, tuple):
-            if (e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple)) or \
-                    (e.op == "*" and isinstance(a, tuple) and isinstance(b, int) and not isinstance(b, bool)):
-                return self._STATIC_OPS[e.op](a, b)
-            if e.op in ("==", "!="):
-                return self._STATIC_OPS[e.op](a, b)
+            if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
+                self.check_items("tuple", len(a) + len(b), e.span)
+                return a + b
+            if e.op == "*" and isinstance(a, tuple) and isinstance(b, int) and not isinstance(b, bool):
+                self.check_items("tuple", len(a) * b, e.span)
+                return a * b
             self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
         if not _static_operand(a) or not _static_operand(b):
             self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
         if isinstance(a, Dim) or isinstance(b, Dim):
+            if not (is_dim(a) and is_dim(b)) or e.op not in ("+", "-", "*", "/", "//"):
+                hint = "; dims are integers: float(d) is a dim's value as a tensor" \
+                    if isinstance(a, float) or isinstance(b, float) else ""
+                self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}{hint}", e.span)
             if e.op in ("+", "-", "*"):
-                return self._STATIC_OPS[e.op](a, b)
-            if e.op in ("/", "//") and isinstance(b, (int, Dim)):
-                q = a // b if isinstance(a, Dim) else None
-                if q is not None:
-                    return q
-            if e.op in ("==", "!="):
-                return self._STATIC_OPS[e.op](a, b)
-            self.fail(f"cannot apply {e.op} to the symbolic dims {a} and {b}", e.span)
+                return _STATIC_OPS[e.op](a, b)
+            if b == 0:
+                self.fail("division by zero", e.span)
+            q = a // b if isinstance(a, Dim) else None
+            if q is None:
+                self.fail(f"cannot apply {e.op} to the symbolic dims {a} and {b}", e.span)
+            return q
         if isinstance(a, str) != isinstance(b, str) and e.op not in ("==", "!="):
             self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
-        try:
-            return self._STATIC_OPS[e.op](a, b)
-        except ZeroDivisionError:
-            self.fail("division by zero", e.span)
-        except OverflowError:
-            self.fail(f"{a} {e.op} {b} overflows", e.span)
-        except TypeError:
-            self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
+        if isinstance(a, str) and e.op == "+":
+            self.check_items("string", len(a) + len(b), e.span)
+        return static_binary(e.op, a, b, e.span)
+
+    def check_items(self, kind: str, items: int, span: Span):
+        """Before a static tuple or string is made: it holds at most MAX_ITEMS items."""
+        if items > MAX_ITEMS:
+            self.fail(f"a {kind} of {items} items is too long (at most {MAX_ITEMS:,})", span)
 
     def arguments(self, items, env: Env):
         args, kwargs = [], {}
@@ -727,7 +741,7 @@ class Evaluator:
         values = [v for v, _ in args]
         kw = {k: v for k, (v, _) in kwargs.items()}
         try:
-            inspect.signature(func.fn).bind(self, *values, **kw)
+            _signature(func.fn).bind(self, *values, **kw)
         except TypeError as e:
             self.fail(f"{func.name}: {str(e).replace('()', '')}", span)
         with self.graph.at(span):
@@ -856,6 +870,9 @@ class Evaluator:
                     self.fail("slice steps must be positive integers", s.span)
                 a = 0 if a is None else self.norm_index(a, d, s.span)
                 b = d if b is None else self.norm_index(b, d, s.span)
+                length = slice_length(a, b, st)
+                if isinstance(length, int) and length <= 0:
+                    self.fail(f"the index selects nothing from {x.type}", e.span)
                 starts.append(a), stops.append(b), steps.append(st)
             elif isinstance(s, (int, Dim)) and not isinstance(s, bool):
                 i = self.norm_index(s, d, e.span)
@@ -867,8 +884,6 @@ class Evaluator:
                 self.fail(f"a tensor index must be an integer, a slice or '...', got {describe(s)}; "
                           "use gather(table, indices) to index with a tensor", e.span)
         out = ops.slice_(x, starts, stops, steps)
-        if any(isinstance(n, int) and n <= 0 for n in out.shape):
-            self.fail(f"the index selects nothing from {x.type}", e.span)
         if drop:
             out = ops.reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in drop))
         return out
@@ -909,7 +924,7 @@ class Evaluator:
         if not isinstance(opts["reverse"], bool):
             self.fail("reverse must be true or false", e.span)
         outer = self.graph
-        body = Graph(f"scan_body@{e.span.line}", parent=outer)
+        body = Graph(f"scan_body@{e.span.line}", parent=outer, budget=self.budget)
         body.span = e.span
         benv = env.child()
         carries = []
@@ -952,6 +967,55 @@ class Evaluator:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------------
+_STATIC_OPS = {
+    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b, "^": lambda a, b: a ** b,
+    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+}
+
+
+def literal(e: A.Number) -> int | float:
+    """A number literal's value; a float literal beyond the float range (the parser made it
+    inf) is an error. (An integer literal too large is refused by the parser.)"""
+    if not in_range(e.value):
+        raise DlcError("the number is too large for a float (at most about 1.8e308)", e.span)
+    return e.value
+
+
+def static_binary(op: str, a, b, span: Span):
+    """`a op b` on static values (numbers, or strings compared), the operator written only.
+    A number outside the language's (syntax.in_range) is an error at span, and so is a
+    complex power; an integer power that would overflow is refused before it is computed."""
+    if op == "^" and _power_overflows(a, b):
+        raise DlcError(f"{_num(a)} ^ {_num(b)} overflows", span)
+    try:
+        out = _STATIC_OPS[op](a, b)
+    except ZeroDivisionError:
+        raise DlcError("division by zero", span) from None
+    except OverflowError:
+        raise DlcError(f"{_num(a)} {op} {_num(b)} overflows", span) from None
+    except TypeError:
+        raise DlcError(f"cannot apply {op} to {describe(a)} and {describe(b)}", span) from None
+    if isinstance(out, complex):
+        raise DlcError(f"{_num(a)} ^ {_num(b)} is not a real number", span)
+    if isinstance(out, (int, float)) and not in_range(out):
+        raise DlcError(f"{_num(a)} {op} {_num(b)} overflows", span)
+    return out
+
+
+def _power_overflows(a, b) -> bool:
+    """Whether a ^ b, for integers, is at least 2^64 by the bits of a: such a power is
+    refused without computing it (9 ^ 9 ^ 9 would take hours)."""
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in (a, b)) or b < 0 or abs(a) < 2:
+        return False
+    return (abs(a).bit_length() - 1) * b >= 64
+
+
+def _num(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 STATIC_KINDS = ("int", "float", "bool", "str", "fn", "dim", "tuple")
 
 
@@ -1061,6 +1125,9 @@ def _visible_names(env: Env) -> set:
     return names
 
 
+_signature = functools.cache(inspect.signature)     # a builtin's, checked at every call
+
+
 def _similar(name: str, candidates) -> str | None:
     import difflib
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.75)
@@ -1101,6 +1168,7 @@ class Program:
             raise DlcError(f"no model named '{name}' in {self.path} (it has: {', '.join(self.models)})")
         return self.models[name]
 
+    @collector_paused()
     def build(self, name: str | None = None, training: bool = True) -> Model:
         decl = self.model_decl(name)
         ev = Evaluator(self.globals, training)
@@ -1144,10 +1212,24 @@ def _load_into(env: Env, module: A.Module, path: Path | None, loading: list, def
 
 def _parse_file(path: Path) -> A.Module:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(str(path), path.read_bytes()) from None
     except OSError as e:
         raise DlcError(f"cannot read {path}: {e.strerror}") from None
     return A.parse(text, str(path))
+
+
+def _not_utf8(name: str, data: bytes) -> DlcError:
+    """The error at the first byte that is not UTF-8; its line is shown with the bad bytes replaced."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = e.start
+    line, line_start = data.count(b"\n", 0, bad) + 1, data.rfind(b"\n", 0, bad) + 1
+    col = len(data[line_start:bad].decode("utf-8", "replace")) + 1
+    register_source(name, data.decode("utf-8", "replace"))
+    return DlcError(f"the file is not UTF-8 text (byte 0x{data[bad]:02x})", Span(name, line, col))
 
 
 @functools.cache

@@ -7,7 +7,10 @@ output j of u is argument i of v; edges are the only record of dataflow.
 """
 from __future__ import annotations
 
+import gc
+import heapq
 import json
+from collections.abc import MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
@@ -17,6 +20,10 @@ import numpy as np
 
 from .dims import shape_str, numel
 from .errors import DlcError, Span
+
+# the most nodes one model build may make, in all its graphs (docs/language.md, section 7):
+# a 10,000-layer MLP makes 230,000 (forward and initializers)
+MAX_NODES = 500_000
 
 DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 FLOAT_DTYPES = ("f32", "f64")
@@ -57,17 +64,42 @@ PRIMITIVES: dict[str, Primitive] = {}
 
 
 class Infer:
-    """What a type rule may ask of the graph: unify dims, fail with a located error."""
+    """What a type rule may ask of the graph: fail with a located error."""
 
     def __init__(self, graph: "Graph", op: str):
         self.graph, self.op = graph, op
 
-    def same(self, a, b, what: str):
-        if a != b:
-            self.fail(what)
-
     def fail(self, message: str):
         raise DlcError(f"{self.op}: {message}", self.graph.span)
+
+
+@contextmanager
+def collector_paused():
+    """Around building a graph (a model, its gradient, the passes; a decorator): that makes
+    a few small objects per node that all live until it is done, and the cyclic garbage
+    collector, passing over them again and again as they grow in number, finds little
+    among them: it took 40% of the time of building a large model, 60% of differentiating
+    it and 20% of the passes."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class NodeBudget:
+    """The nodes the graphs of one model build may still make, shared by them all."""
+
+    def __init__(self):
+        self.left = MAX_NODES
+
+    def spend(self, span: Span | None):
+        if self.left <= 0:
+            raise DlcError(f"the model needs more than {MAX_NODES:,} graph nodes, the most a model may have "
+                           "(a repeat with too many steps?)", span)
+        self.left -= 1
 
 
 class Tensor:
@@ -121,6 +153,49 @@ def _ops():
     return ops
 
 
+class Outputs(MutableMapping):
+    """A graph's named results (name -> Tensor), a dict that also knows which names read
+    each value: a pass asks at every rewrite, and a scan of all the outputs each time made
+    the passes quadratic in their number (two per layer)."""
+
+    def __init__(self, named=()):
+        self._named: dict = {}
+        self._readers: dict = {}        # (node, out) -> the names that read it
+        self.update(named)
+
+    def readers(self, key: tuple) -> list:
+        """The names of the outputs that read value `key` (node, out)."""
+        return self._readers.get(key, [])
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._named[name]
+
+    def __setitem__(self, name: str, t: Tensor):
+        if name in self._named:
+            self._unlink(name)
+        self._named[name] = t           # a name given again keeps its place, as in a dict
+        self._readers.setdefault(t.key(), []).append(name)
+
+    def __delitem__(self, name: str):
+        self._unlink(name)
+        del self._named[name]
+
+    def _unlink(self, name: str):
+        key = self._named[name].key()
+        self._readers[key].remove(name)
+        if not self._readers[key]:
+            del self._readers[key]
+
+    def __iter__(self):
+        return iter(self._named)
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+    def __repr__(self) -> str:
+        return repr(self._named)
+
+
 @dataclass
 class NodeView:
     """What a VJP rule sees of a node: its attrs, operands and outputs."""
@@ -133,26 +208,28 @@ class NodeView:
 
 
 class Graph:
-    def __init__(self, name: str = "main", parent: "Graph | None" = None):
+    def __init__(self, name: str = "main", parent: "Graph | None" = None, budget: NodeBudget | None = None):
         self.name = name
+        self.budget = budget                   # a model build's graphs share one; derived graphs have none
         self.g = nx.MultiDiGraph()
         self.parent = parent
         self.span: Span | None = None
-        self.outputs: dict[str, Tensor] = {}
+        self.outputs = Outputs()
         self.args: list[Tensor] = []       # ordered arguments of a body graph
         self._next = 0
 
+    @property
+    def outputs(self) -> Outputs:
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, named):
+        self._outputs = Outputs(named)
+
     # construction -------------------------------------------------------------------
-    @contextmanager
-    def at(self, span: Span | None):
-        """Emit nodes with this source span."""
-        saved = self.span
-        if span is not None:
-            self.span = span.called_from(saved)
-        try:
-            yield
-        finally:
-            self.span = saved
+    def at(self, span: Span | None) -> "_At":
+        """`with graph.at(span):` emits nodes with this source span."""
+        return _At(self, span)
 
     def add(self, op: str, inputs: list[Tensor] = (), **attrs) -> list[Tensor]:
         prim = PRIMITIVES[op]
@@ -165,6 +242,11 @@ class Graph:
                 e.notes = [(f"operand {i + 1} is {t.type}, from here", t.span)
                            for i, t in enumerate(inputs) if t.span is not None and t.span != e.span]
             raise
+        for t in types:
+            if any(isinstance(d, int) and d <= 0 for d in t.shape):
+                raise DlcError(f"{op}: dimension sizes must be positive, got {t}", self.span)
+        if self.budget is not None:
+            self.budget.spend(self.span)
         n = self._next
         self._next += 1
         self.g.add_node(n, op=op, attrs=attrs, types=list(types), span=self.span)
@@ -186,8 +268,8 @@ class Graph:
         return self.g.nodes[n]["types"]
 
     def inputs(self, n: int) -> list[Tensor]:
-        edges = sorted(self.g.in_edges(n, keys=True, data="out"), key=lambda e: e[2])
-        return [Tensor(self, u, out) for u, _, _, out in edges]
+        edges = sorted((k, u, data["out"]) for u, keys in self.g.pred[n].items() for k, data in keys.items())
+        return [Tensor(self, u, out) for _, u, out in edges]
 
     def outputs_of(self, n: int) -> list[Tensor]:
         return [Tensor(self, n, j) for j in range(len(self.types(n)))]
@@ -196,8 +278,20 @@ class Graph:
         return NodeView(self, n, self.attrs(n), self.inputs(n), self.outputs_of(n), self.g.nodes[n]["span"])
 
     def order(self) -> list[int]:
-        """Nodes in a topological order that keeps creation order where it can."""
-        return list(nx.lexicographical_topological_sort(self.g))
+        """Nodes in a topological order that keeps creation order where it can: the smallest
+        ready node first (networkx's lexicographical sort, without its overhead per edge)."""
+        waiting = {n: sum(map(len, pred.values())) for n, pred in self.g.pred.items()}     # edges not yet met
+        ready = [n for n, k in waiting.items() if not k]
+        heapq.heapify(ready)
+        out = []
+        while ready:
+            n = heapq.heappop(ready)
+            out.append(n)
+            for v, keys in self.g.succ[n].items():
+                waiting[v] -= len(keys)
+                if not waiting[v]:
+                    heapq.heappush(ready, v)
+        return out
 
     def set_args(self, args: list):
         """A body's arguments in order; each `arg` node's index follows its place."""
@@ -208,20 +302,38 @@ class Graph:
     def uses(self, t: Tensor) -> int:
         """Readers of t, a graph output counting as one."""
         readers = sum(1 for _, _, out in self.g.out_edges(t.node, data="out") if out == t.out)
-        return readers + sum(1 for o in self.outputs.values() if o.key() == t.key())
+        return readers + len(self.outputs.readers(t.key()))
 
     def redirect(self, n: int, targets: list):
         """Every reader of output j of node n (an edge or a graph output) reads targets[j]."""
         for _, v, k, out in list(self.g.out_edges(n, keys=True, data="out")):
             self.g.remove_edge(n, v, key=k)
             self.g.add_edge(targets[out].node, v, key=k, out=targets[out].out)
-        self.outputs = {name: targets[t.out] if t.node == n else t for name, t in self.outputs.items()}
+        for j, target in enumerate(targets):
+            for name in list(self.outputs.readers((n, j))):
+                self.outputs[name] = target
 
     def nodes_with(self, op: str) -> list[int]:
         return [n for n in sorted(self.g.nodes) if self.op(n) == op]
 
     def params(self) -> list[int]:
         return self.nodes_with("param")
+
+
+class _At:
+    """The context of Graph.at: a class, not a generator, as every expression enters one."""
+    __slots__ = ("graph", "span", "saved")
+
+    def __init__(self, graph: Graph, span: Span | None):
+        self.graph, self.span = graph, span
+
+    def __enter__(self):
+        self.saved = self.graph.span
+        if self.span is not None:
+            self.graph.span = self.span.called_from(self.saved)
+
+    def __exit__(self, *exc):
+        self.graph.span = self.saved
 
 
 # ---- rendering (dlc graph) -------------------------------------------------------------

@@ -134,28 +134,39 @@ def pack(nbytes: dict, live: dict) -> tuple:
 
 
 def _first_fit(order: list, nbytes: dict, live: dict) -> tuple:
+    # The placed buffers live at one time as a buffer are many (at a model's loss, every
+    # activation kept for the backward pass): comparisons with them grow as the square
+    # of a model's depth, so they are numpy operations over the placed buffers' arrays.
     offsets: dict = {}
-    placed: list = []                   # (start, end, offset, end offset)
+    first, last, low, high = (np.empty(len(order), np.int64) for _ in range(4))    # of the placed buffers
+    placed = 0
     for bid in order:
         if bid not in live:             # never touched: any address will do
             offsets[bid] = 0
             continue
         lo, hi = live[bid]
         size = _align(nbytes[bid])
-        busy = sorted((o, e) for s, t, o, e in placed if s <= hi and lo <= t)
         # a buffer of a page or more starts at its own offset modulo the page, its
         # color: a kernel streaming through many buffers that all start at one offset
         # modulo 4 KB has its loads and stores alias (L1 sets, 4K aliasing)
         step, color = (PAGE, ALIGN * (bid % (PAGE // ALIGN))) if size >= PAGE else (ALIGN, 0)
-        at = color
-        for start, end in busy:
-            if at + size <= start:
-                break
-            at = max(at, end + (color - end) % step)
-        offsets[bid] = at
-        placed.append((lo, hi, at, at + size))
+        busy = (first[:placed] <= hi) & (last[:placed] >= lo)
+        offsets[bid] = at = _lowest_gap(low[:placed][busy], high[:placed][busy], size, step, color)
+        first[placed], last[placed], low[placed], high[placed] = lo, hi, at, at + size
+        placed += 1
     arena = max([_align(o + nbytes[b]) for b, o in offsets.items()], default=0)
     return offsets, arena
+
+
+def _lowest_gap(starts, ends, size: int, step: int, color: int) -> int:
+    """The lowest offset = color (mod step) where `size` bytes overlap none of the byte
+    ranges [starts, ends): below the first range it fits under, else above them all."""
+    by_start = np.lexsort((ends, starts))
+    starts, ends = starts[by_start], ends[by_start]
+    # below range i, the candidate is the lowest offset above every range before it
+    above = np.maximum.accumulate(np.concatenate(([color], ends + (color - ends) % step)))
+    fits = np.flatnonzero(above[:-1] + size <= starts)
+    return int(above[fits[0]] if fits.size else above[-1])
 
 
 def plan(program: Program, sizes: dict, live: dict | None = None, exclude=()) -> Plan:

@@ -162,12 +162,14 @@ def pad(x: Tensor, lo, hi, interior) -> Tensor:
     return x.graph.add1("pad", [x], lo=tuple(lo), hi=tuple(hi), interior=tuple(interior))
 
 
-def axis_index(x: Tensor, axis: int) -> int:
-    if isinstance(axis, bool) or not isinstance(axis, int):
-        raise DlcError(f"an axis must be an integer, got {axis!r}", x.graph.span)
-    if not -x.rank <= axis < max(x.rank, 1):
-        raise DlcError(f"axis {axis} is out of range for {x.type}", x.graph.span)
-    return axis % x.rank if x.rank else 0
+def axis_index(x: Tensor, axis: int, new: bool = False) -> int:
+    """An axis of x counted from 0 (a negative one counts from the end); with `new`, the
+    place of an axis to insert, 0..rank. Out of range is an error at the graph's place."""
+    rank = x.rank + new
+    if not -rank <= axis < rank:
+        where = f" (a new axis goes at {-rank}..{rank - 1})" if new else ""
+        raise DlcError(f"axis {axis} is out of range for {x.type}{where}", x.graph.span)
+    return axis % rank
 
 
 def reduce(name: str, x: Tensor, axes) -> Tensor:

@@ -26,7 +26,7 @@ from .autodiff import copy_graph, prune
 from .dims import numel
 from .errors import DlcError
 from .hoist import hoist_accumulators
-from .graph import DTYPES, FLOAT_DTYPES, PRIMITIVES, Graph, Tensor, to_text
+from .graph import DTYPES, FLOAT_DTYPES, PRIMITIVES, Graph, Tensor, collector_paused, to_text
 
 FOLD_LIMIT = 4096       # elements of the largest constant tensor folding writes into the code
 ROUNDS = 4              # the pipeline repeats while it changes something, at most this often
@@ -468,6 +468,7 @@ def _fingerprint(graph: Graph) -> tuple:
                  for g in _graphs(graph))
 
 
+@collector_paused()
 def optimize(graph: Graph, passes=PIPELINE, dump: str | None = None, dump_to=None) -> Graph:
     """Run `passes` (names of PASSES) in order on a copy of the graph, again while a
     round changes something (at most ROUNDS rounds). `dump` names a pass, or "all":

@@ -1,6 +1,7 @@
 """The .dl abstract syntax tree and the parser that builds it from grammar/dl.lark."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from functools import lru_cache
@@ -243,6 +244,16 @@ class Module(Node):
     items: list
 
 
+# Static numbers are 64-bit integers and finite floats, as in the widest dtypes: a literal
+# or a static result outside them is an error, never a silent huge int, inf or nan.
+INT_MAX = 2 ** 63 - 1
+
+
+def in_range(v: int | float) -> bool:
+    """Whether a static number is one of the language's: |v| <= INT_MAX, or a finite float."""
+    return math.isfinite(v) if isinstance(v, float) else -INT_MAX <= v <= INT_MAX
+
+
 # words of expressions; statement keywords (input, target, loss, ...) stay usable as argument names
 RESERVED = {"true", "false", "none", "if", "then", "else", "and", "or", "not", "scan", "carry", "in",
             "f32", "f64", "i32", "i64", "bool"}
@@ -410,9 +421,20 @@ class _ToAst(Transformer):
         return Attribute(self._s(meta), c[0], str(c[1]))
 
     def number(self, meta, c):
-        text = str(c[0])
-        value = float(text) if any(ch in text for ch in ".eE") else int(text)
-        return Number(self._s(meta), value)
+        return Number(self._s(meta), self._number(c[0]))
+
+    def _number(self, tok: Token) -> int | float:
+        """A literal's value; a float too large is inf here and refused when evaluated, an
+        integer too large is refused now (its digits may not even convert)."""
+        text = str(tok)
+        if any(ch in text for ch in ".eE"):
+            return float(text)
+        digits = text.lstrip("0")
+        if len(digits) > len(str(INT_MAX)) or int(digits or "0") > INT_MAX:
+            shown = text if len(text) <= 20 else f"{text[:20]}... ({len(text)} digits)"
+            raise DlcError(f"the integer {shown} is too large (integers are at most 2^63 - 1)",
+                           _token_span(self.file, tok))
+        return int(text)
 
     def string(self, meta, c):
         return String(self._s(meta), str(c[0])[1:-1])
@@ -439,7 +461,7 @@ class _ToAst(Transformer):
     def scan_length(self, meta, c):
         tok = c[0]
         span = _token_span(self.file, tok)
-        return Name(span, str(tok)) if tok.type == "NAME" else Number(span, int(tok))
+        return Name(span, str(tok)) if tok.type == "NAME" else Number(span, self._number(tok))
 
     def scan_options(self, meta, c):
         return [x for x in c if x is not None]

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +92,8 @@ class DlcModel:
 
     def _read_inputs(self, path: Path) -> dict:
         if path.suffix == ".txt":
-            vocab = self.vocab()
-            return {self.eval_model.inputs[0].name: datasets.encode(path.read_text(), vocab)[None, :]}
+            text = datasets.read_text(path, Path.cwd(), "predict")
+            return {self.eval_model.inputs[0].name: datasets.encode(text, self.vocab())[None, :]}
         ds = datasets.load(str(path), Path.cwd())
         return ds.columns
 
@@ -131,8 +132,9 @@ class DlcModel:
         """Continue `prompt` by `length` characters, greedily (temperature 0) or by
         sampling; the model's first output is the next-character distribution."""
         self._require_weights()
-        if length < 0 or temperature < 0:
-            raise DlcError("length and temperature must not be negative")
+        if length < 0 or not 0 <= temperature < math.inf:       # NaN fails the comparison too
+            raise DlcError(f"generate needs a length >= 0 and a finite temperature >= 0, got {length} and "
+                           f"{temperature}")
         vocab = self.vocab()
         inp = self.eval_model.inputs[0]
         context = _context_limit(self.eval_model)

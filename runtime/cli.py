@@ -1,17 +1,17 @@
-"""The `dlc` command line."""
+"""The `dlc` command line.
+
+Only the standard library is imported up front: the compiler, numpy and the runtime are
+imported inside `main`, within its handling of Ctrl-C, so an interrupt at any moment of
+start-up ends with "interrupted" and status 130 rather than a traceback."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
-import numpy as np
-
 import dlc
-from dlc.compiler import autodiff, graph as G, passes as P, summary as S, syntax
-from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import load
 
 
 def _add_model_args(p: argparse.ArgumentParser, backend=False):
@@ -30,13 +30,52 @@ def _add_threads(p: argparse.ArgumentParser):
                    help="threads of the native code (default: $DLC_NUM_THREADS, else every core)")
 
 
-def _thread_count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"needs a whole number of threads, at least 1; got '{text}'")
-    return int(text)
+# ---- argument types: a value out of range is a usage error (status 2) -----------------------------
+def _whole(least: int, most: int | None = None, what: str = ""):
+    """A whole number from `least` (to `most`); `what` names it in the message."""
+    def parse(text: str) -> int:
+        value = int(text) if text.isdigit() else None      # no sign, no fraction, no exponent
+        if value is None or value < least or (most is not None and value > most):
+            bound = f"from {least} to {most}" if most is not None else f"at least {least}"
+            raise argparse.ArgumentTypeError(f"needs a whole number{what}, {bound}; got '{text}'")
+        return value
+    return parse
+
+
+_thread_count = _whole(1, what=" of threads")
+_positive = _whole(1)
+
+
+def _seed(text: str) -> int:
+    from dlc.runtime.trainer import SEED_MAX
+    return _whole(0, SEED_MAX)(text)
+
+
+def _real(low: float, strict: bool):
+    """A finite number above `low` (`strict`) or at least `low`."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"needs a finite number {'above' if strict else 'at least'} "
+                                             f"{low:g}; got '{text}'")
+        return value
+    return parse
+
+
+def _checkpoint(text: str) -> str:
+    """--resume's checkpoint: `dlc train --resume FILE.dl` would otherwise take the model file for it."""
+    if text.endswith(".dl"):
+        raise argparse.ArgumentTypeError(f"takes a checkpoint, not the model file '{text}': write "
+                                         f"`dlc train {text} --resume` to continue from DIR/last.npz, or "
+                                         "`--resume CKPT` after the file")
+    return text
 
 
 def _pass_list(text: str) -> tuple:
+    from dlc.compiler import passes as P
     names = tuple(name.strip() for name in text.split(","))
     for name in names:
         if name not in P.PASSES:
@@ -44,11 +83,25 @@ def _pass_list(text: str) -> tuple:
     return names
 
 
+def _threads(args):
+    """--threads, else a valid $DLC_NUM_THREADS, for the native engine, which reads the variable."""
+    if args.threads:
+        os.environ["DLC_NUM_THREADS"] = str(args.threads)
+    elif "DLC_NUM_THREADS" in os.environ:
+        try:
+            _thread_count(os.environ["DLC_NUM_THREADS"])
+        except argparse.ArgumentTypeError as e:
+            args.command_parser.error(f"DLC_NUM_THREADS: {e}")
+
+
+# ---- helpers --------------------------------------------------------------------------------------------
 def _build(args, training=True):
+    from dlc.compiler.frontend import load
     return load(args.file).build(args.model, training=training)
 
 
 def _write(text: str, path: str | None):
+    from dlc.compiler.errors import DlcError
     if path:
         try:
             with open(path, "w") as f:
@@ -60,6 +113,7 @@ def _write(text: str, path: str | None):
 
 
 def _dims(pairs) -> dict:
+    from dlc.compiler.errors import DlcError
     sizes = {}
     for item in pairs or []:
         name, _, value = item.partition("=")
@@ -71,6 +125,8 @@ def _dims(pairs) -> dict:
 
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_check(args):
+    from dlc.compiler import summary as S
+    from dlc.compiler.frontend import load
     from dlc.runtime.trainer import make_config
     program = load(args.file)
     train = program.build(args.model, training=True)
@@ -81,16 +137,20 @@ def cmd_check(args):
 
 
 def cmd_summary(args):
-    from dlc.runtime.trainer import frozen_names
-    from dlc.runtime import config
+    """--freeze replaces the train block's freeze, as in `dlc train`: the same settings (make_config)
+    and the same names (frozen_names), so the trainable count is what trains."""
+    from dlc.compiler import summary as S
+    from dlc.compiler.frontend import load
+    from dlc.runtime.trainer import frozen_names, make_config
     program = load(args.file)
     model = program.build(args.model, training=not args.eval)
-    freeze = config.settings(program.trains.get(model.name)).get("freeze", (None, None))
-    frozen = frozen_names(model, freeze[0], freeze[1]) | frozen_names(model, args.freeze or [])
-    print(S.summary(model, frozen))
+    cfg = make_config(program, model.name, {"freeze": args.freeze}, require_data=False)
+    print(S.summary(model, frozen_names(model, cfg.freeze, cfg.span("freeze"))))
 
 
 def _graph_for(args, grad: bool):
+    from dlc.compiler import autodiff
+    from dlc.compiler.errors import DlcError
     model = _build(args, training=not getattr(args, "eval", False))
     if grad and "loss" not in model.graph.outputs:
         raise DlcError(f"model {model.name} has no loss, so it has no gradient graph", model.span)
@@ -98,6 +158,7 @@ def _graph_for(args, grad: bool):
 
 
 def _render(g, fmt: str) -> str:
+    from dlc.compiler import graph as G
     return {"text": G.to_text, "dot": G.to_dot, "json": G.to_json}[fmt](g)
 
 
@@ -108,6 +169,8 @@ def cmd_graph(args):
 def _optimized(args, graph, native: bool):
     """The graph after the passes asked for: -O, --passes or --dump-after for a graph,
     the default pipeline (what the engine compiles) for the native stages."""
+    from dlc.compiler import passes as P
+    from dlc.compiler.errors import DlcError
     passes = args.passes or (P.PIPELINE if native or args.optimize or args.dump_after else ())
     if args.dump_after not in (None, "all", *passes):
         raise DlcError(f"--dump-after {args.dump_after}: that pass does not run (the passes: {', '.join(passes)})")
@@ -115,6 +178,9 @@ def _optimized(args, graph, native: bool):
 
 
 def cmd_compile(args):
+    from dlc.compiler import autodiff, syntax
+    from dlc.compiler.errors import DlcError
+    from dlc.compiler.frontend import load
     if args.emit == "ast":
         _write(syntax.dump(load(args.file).module), args.output)
     elif args.emit in ("graph", "grad"):
@@ -139,6 +205,7 @@ def cmd_compile(args):
 
 
 def cmd_gradcheck(args):
+    from dlc.compiler.errors import DlcError
     from dlc.runtime import gradcheck as gc
     model = _build(args, training=True)
     if "loss" not in model.graph.outputs:
@@ -169,6 +236,7 @@ def _weights(args):
 
 
 def cmd_train(args):
+    from dlc.compiler.frontend import load
     from dlc.runtime.trainer import Trainer
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
@@ -180,10 +248,11 @@ def cmd_train(args):
         return 130
     last = result.history[-1] if result.history else {}
     stats = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "lr", "time"))
-    print(f"trained {trainer.name} for {len(result.history)} epochs ({result.stopped}): {stats}")
+    print(f"trained {trainer.name} for {len(result.history)} epochs ({result.stopped})" + (f": {stats}" if stats else ""))
     if result.test:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
-    print(f"checkpoints: {result.out_dir / 'best.npz'}, {result.out_dir / 'last.npz'}")
+    written = [str(result.out_dir / name) for name in result.written]
+    print(f"checkpoints: {', '.join(written)}" if written else "no checkpoint written (no epoch ran)")
 
 
 def cmd_eval(args):
@@ -192,6 +261,8 @@ def cmd_eval(args):
 
 
 def cmd_predict(args):
+    import numpy as np
+    from dlc.compiler.errors import DlcError
     model = _weights(args)
     outputs = model.predict(args.input, args.batch)
     path = Path(args.output)
@@ -210,6 +281,8 @@ def cmd_predict(args):
 
 
 def cmd_generate(args):
+    import numpy as np
+    from dlc.compiler.errors import DlcError
     from dlc.runtime.api import _sequence_inputs
     model = _weights(args)
     if _sequence_inputs(model.eval_model) is None:
@@ -229,12 +302,14 @@ def cmd_generate(args):
 
 
 def cmd_bench(args):
+    from dlc.compiler.frontend import load
     from dlc.runtime.bench import bench
     print(bench(load(args.file), args.model, args.batch, _dims(args.dim), args.steps, args.top))
 
 
 # ---- parser ------------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
+    from dlc.compiler import passes as P
     p = argparse.ArgumentParser(prog="dlc", description="A compiler for neural networks written in .dl files.")
     p.add_argument("--version", action="version", version=f"dlc {dlc.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -247,7 +322,8 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
     c.add_argument("--freeze", action="append", metavar="PATTERN",
-                   help="count these parameters as frozen (the train block's freeze is applied too)")
+                   help="count these parameters as frozen instead of the train block's freeze, as "
+                        "`dlc train --freeze` trains")
     c.set_defaults(run=cmd_summary)
 
     c = sub.add_parser("graph", help="print the graph IR (or its gradient graph)")
@@ -279,19 +355,20 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("gradcheck", help="check gradients against finite differences (float64)")
     _add_model_args(c)
-    c.add_argument("--size", type=int, default=2, help="size of every symbolic dim (default 2)")
+    c.add_argument("--size", type=_positive, default=2, help="size of every symbolic dim (default 2)")
     c.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of one symbolic dim")
-    c.add_argument("--entries", type=int, default=8, help="entries checked per parameter (default 8)")
-    c.add_argument("--tolerance", type=float, default=1e-6, help="largest relative error that passes")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--entries", type=_positive, default=8, help="entries checked per parameter (default 8)")
+    c.add_argument("--tolerance", type=_real(0, strict=True), default=1e-6,
+                   help="largest relative error that passes")
+    c.add_argument("--seed", type=_seed, default=0)
     c.set_defaults(run=cmd_gradcheck)
 
     c = sub.add_parser("bench", help="time the native train step and every kernel in it")
     _add_model_args(c)
-    c.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    c.add_argument("--batch", type=_positive, default=32, help="batch size (default 32)")
     c.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of another symbolic dim (default 32)")
-    c.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
-    c.add_argument("--top", type=int, default=25, help="kernels shown, slowest first (default 25)")
+    c.add_argument("--steps", type=_positive, default=20, help="timed steps (default 20)")
+    c.add_argument("--top", type=_positive, default=25, help="kernels shown, slowest first (default 25)")
     _add_threads(c)
     c.set_defaults(run=cmd_bench)
 
@@ -300,7 +377,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--epochs", type=int)
     c.add_argument("--batch", type=int, help="batch size: 1 is stochastic, the data size is batch GD")
     c.add_argument("--lr", type=float, help="learning rate")
-    c.add_argument("--optimizer", help="sgd, momentum, nesterov, rmsprop, adam or adamw")
+    c.add_argument("--optimizer", help='replaces the train block\'s: a name (sgd, momentum, nesterov, rmsprop, '
+                                        'adam, adamw) with its defaults, or a spec, e.g. "sgd(lr = 0.1, momentum = 0.9)"')
     c.add_argument("--seed", type=int)
     c.add_argument("--data", help='a source, e.g. "digits()", "xor()" or a file path (.npz, .csv, IDX, .txt)')
     c.add_argument("--validation", help='e.g. "split(0.1)" or a data source')
@@ -311,7 +389,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--freeze", action="append", metavar="PATTERN", help="parameters not to train (conv*, f5)")
     c.add_argument("--init-from", dest="init_from", metavar="CKPT", help="start from these weights, by name")
     c.add_argument("--out", metavar="DIR", help="checkpoints and history (default: runs/MODEL beside the file)")
-    c.add_argument("--resume", nargs="?", const="", default=False, metavar="CKPT",
+    c.add_argument("--resume", nargs="?", type=_checkpoint, const="", default=False, metavar="CKPT",
                    help="continue from DIR/last.npz or the given checkpoint")
     c.set_defaults(run=cmd_train)
 
@@ -319,7 +397,7 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c, backend=True)
     c.add_argument("--weights", required=True, metavar="CKPT")
     c.add_argument("--data", help="default: the train block's test data, else its data")
-    c.add_argument("--batch", type=int, default=256)
+    c.add_argument("--batch", type=_positive, default=256)
     c.set_defaults(run=cmd_eval)
 
     c = sub.add_parser("predict", help="run trained weights on inputs and write the outputs")
@@ -327,35 +405,44 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", required=True, metavar="CKPT")
     c.add_argument("--input", required=True, metavar="PATH", help=".npz (arrays by input name), .csv or .txt")
     c.add_argument("--output", default="predictions.npz", metavar="PATH", help=".npz (default) or .csv")
-    c.add_argument("--batch", type=int, default=256)
+    c.add_argument("--batch", type=_positive, default=256)
     c.set_defaults(run=cmd_predict)
 
     c = sub.add_parser("generate", help="continue a text prompt with a trained character model")
     _add_model_args(c, backend=True)
     c.add_argument("--weights", required=True, metavar="CKPT")
     c.add_argument("--prompt", default="", help="the text to continue")
-    c.add_argument("--length", type=int, default=200, help="characters to generate")
-    c.add_argument("--temperature", type=float, default=0.0, help="0 is greedy; higher samples more freely")
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--length", type=_whole(0), default=200, help="characters to generate")
+    c.add_argument("--temperature", type=_real(0, strict=False), default=0.0,
+                   help="0 is greedy; higher samples more freely")
+    c.add_argument("--seed", type=_seed, default=0)
     c.set_defaults(run=cmd_generate)
+    for c in sub.choices.values():
+        c.set_defaults(command_parser=c)
     return p
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:       # at any moment: while importing, compiling or training
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv) -> int:
+    from dlc.compiler.errors import DlcError
     args = parser().parse_args(argv)
     if not getattr(args, "run", None):
         parser().print_help()
         return 2
-    if getattr(args, "threads", None):      # read by the native engine at every call
-        os.environ["DLC_NUM_THREADS"] = str(args.threads)
+    if hasattr(args, "threads"):
+        _threads(args)
     try:
         return args.run(args) or 0
     except DlcError as e:
         print(e.render(), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except BrokenPipeError:       # the reader went away (dlc graph ... | head): stop quietly
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -16,6 +16,7 @@ import numpy as np
 
 from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.frontend import literal, static_binary
 
 REQUIRED = object()     # the default of a parameter that must be given
 
@@ -186,7 +187,9 @@ def from_json(v):
 # ---- evaluation of a train block -------------------------------------------------------------------
 def evaluate(node) -> object:
     """The static value of a setting's expression."""
-    if isinstance(node, (A.Number, A.String, A.Bool)):
+    if isinstance(node, A.Number):
+        return literal(node)
+    if isinstance(node, (A.String, A.Bool)):
         return node.value
     if isinstance(node, A.NoneValue):
         return None
@@ -201,10 +204,7 @@ def evaluate(node) -> object:
     if isinstance(node, A.Binary) and node.op in ("+", "-", "*", "/", "^"):
         a, b = evaluate(node.left), evaluate(node.right)
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
-            try:
-                return {"+": a + b, "-": a - b, "*": a * b, "^": a ** b}[node.op] if node.op != "/" else a / b
-            except ZeroDivisionError:
-                raise DlcError("division by zero", node.span) from None
+            return static_binary(node.op, a, b, node.span)
     if isinstance(node, A.Call) and isinstance(node.func, A.Name):
         call = Call(node.func.id, span=node.span)
         for a in node.args:

@@ -16,8 +16,9 @@ so the trainer can bind them to a model's inputs and targets by position, plus `
 
 Every problem with the data (a missing or corrupt file, a wrong format, an unknown
 source, a bad argument) is a `DlcError` with a one-line message; when the data came
-from a `Call`, the error points at it. A float column read from a file must hold finite
-float32 numbers (`_finite`, one check for every file source).
+from a `Call`, the error points at it. A column read from a file must hold real numbers
+(bool, integers or floats: `not_numbers`), and a float column finite float32 numbers
+(`_numbers`, one check for every file source).
 
 Sources, by the name a `.dl` file uses (see `SOURCES`):
 
@@ -56,7 +57,7 @@ import numpy as np
 from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.config import REQUIRED, Call, Symbol, bind, choice, flag, integer, number, show
 
-__all__ = ["Dataset", "load", "SOURCES", "augment", "encode", "decode", "digits_path"]
+__all__ = ["Dataset", "load", "SOURCES", "augment", "encode", "decode", "digits_path", "not_numbers", "read_text"]
 
 
 # ---- the data set -------------------------------------------------------------------------------
@@ -234,6 +235,12 @@ def _read_bytes(src: str, p: pathlib.Path) -> bytes:
     return raw
 
 
+def read_text(path, base_dir, src: str) -> str:
+    """The text of a UTF-8 file (optionally gzipped) named relative to `base_dir`; `src` names
+    the reader in errors (a missing file, bytes that are not UTF-8)."""
+    return _read_text(src, _resolve(src, "path", path, pathlib.Path(base_dir)))
+
+
 def _read_text(src: str, p: pathlib.Path) -> str:
     raw = _read_bytes(src, p)
     try:
@@ -250,7 +257,7 @@ def _reason(e: Exception) -> str:
 
 
 def _float32(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """a * scale as float32 (values beyond float32 become infinities, which `_finite` refuses)."""
+    """a * scale as float32 (values beyond float32 become infinities, which `_numbers` refuses)."""
     with np.errstate(over="ignore", invalid="ignore"):
         if a.dtype.itemsize <= 4 and a.dtype.kind in "uif":       # no float64 copy of a big image file
             out = a.astype(np.float32)
@@ -261,11 +268,29 @@ def _float32(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
     return out
 
 
-def _finite(src: str, p, columns: dict) -> dict:
-    """The columns of a file, refusing a float column with a NaN, an infinity or a value beyond
-    float32 (what training computes in). Every source that reads a file checks its columns here."""
+_NOT_NUMBERS = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "Python objects", "M": "dates",
+                "m": "time spans", "V": "records"}
+
+
+def not_numbers(a: np.ndarray) -> str | None:
+    """What `a` holds when it is not real numbers (bool, integers, floats), e.g. "strings (<U1)",
+    else None: such values would be converted with a loss (a complex number's imaginary part
+    dropped, a string parsed), so data of them is refused, from a file (`_numbers`) or not
+    (trainer.fit_input)."""
+    if a.dtype.kind in "biuf":
+        return None
+    return f"{_NOT_NUMBERS.get(a.dtype.kind, 'values')} ({a.dtype})"
+
+
+def _numbers(src: str, p, columns: dict) -> dict:
+    """The columns of a file, refusing a column that is not real numbers (`not_numbers`) and a
+    float column with a NaN, an infinity or a value beyond float32 (what training computes in).
+    Every source that reads a file checks its columns here."""
     limit = np.finfo(np.float32).max
     for name, a in columns.items():
+        what = not_numbers(a)
+        if what:
+            raise DlcError(f"{src}: {p}: column '{name}' holds {what}, not numbers")
         if a.dtype.kind == "f":
             with np.errstate(invalid="ignore"):
                 bad = ~(np.abs(a) <= limit)         # NaN compares false
@@ -306,6 +331,8 @@ def npz(base_dir, path) -> Dataset:
                         raise DlcError(f"npz: array '{name}' of {p} is corrupt ({_reason(e)})") from None
                     except Exception as e:  # a damaged member: bad CRC, bad compression, bad header
                         raise DlcError(f"npz: array '{name}' of {p} is corrupt ({_reason(e)})") from None
+                    if not isinstance(columns[name], np.ndarray):      # numpy gives a member not .npy as bytes
+                        raise DlcError(f"npz: '{name}' of {p} is not an .npy array (np.savez writes only arrays)")
     except OSError as e:
         raise DlcError(f"npz: cannot read {p}: {e.strerror or e}") from None
     if not columns:
@@ -317,7 +344,7 @@ def npz(base_dir, path) -> Dataset:
     if len(lengths) > 1:
         shown = ", ".join(f"'{k}' has {a.shape[0]}" for k, a in columns.items())
         raise DlcError(f"npz: the arrays of {p} have different numbers of examples: {shown}")
-    return Dataset(_finite("npz", p, columns), {})
+    return Dataset(_numbers("npz", p, columns), {})
 
 
 # ---- csv ------------------------------------------------------------------------------------------
@@ -403,14 +430,23 @@ def _table_dataset(src: str, p, table: np.ndarray, names, label, scale: float) -
         meta["features"] = names
     columns = {"x": _float32(x, scale)}
     if y is not None:
-        columns["y"] = y.astype(np.int32) if np.all(y == np.round(y)) and np.all(np.abs(y) < 2 ** 31) \
-            else y.astype(np.float32)
-    return Dataset(_finite(src, p, columns), meta)
+        columns["y"] = _labels(y)
+    return Dataset(_numbers(src, p, columns), meta)
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    """A label column: int32 when its values are whole numbers within int32, else float32 (so
+    no label is ever wrapped around)."""
+    whole = bool(np.all(y == np.round(y))) and bool(np.all(np.abs(y) < 2 ** 31))
+    return y.astype(np.int32) if whole else y.astype(np.float32)
 
 
 # ---- idx (MNIST) ----------------------------------------------------------------------------------
 _IDX_TYPES = {0x08: (">u1", "unsigned byte"), 0x09: (">i1", "signed byte"), 0x0B: (">i2", "short"),
               0x0C: (">i4", "int"), 0x0D: (">f4", "float"), 0x0E: (">f8", "double")}
+
+
+_IDX_MAX_DIMS = 32         # numpy's limit (1.x; 2.x allows 64); MNIST's files have 1 or 3
 
 
 def read_idx(p: pathlib.Path, src: str = "idx") -> np.ndarray:
@@ -423,6 +459,9 @@ def read_idx(p: pathlib.Path, src: str = "idx") -> np.ndarray:
                        f" type 08/09/0B/0C/0D/0E and a number of dimensions)")
     dtype, _ = _IDX_TYPES[raw[2]]
     ndim = raw[3]
+    if ndim > _IDX_MAX_DIMS:
+        raise DlcError(f"{src}: {p} is not a valid IDX file: its header declares {ndim} dimensions (at most "
+                       f"{_IDX_MAX_DIMS} make an array)")
     head = 4 + 4 * ndim
     if len(raw) < head:
         raise DlcError(f"{src}: {p} is truncated: its header declares {ndim} dimensions but the file ends first")
@@ -445,16 +484,15 @@ def idx(base_dir, images, labels=None, scale=1.0) -> Dataset:
     q = _resolve("idx", "labels", labels, base_dir) if labels is not None else None
     scale = number("idx", "scale", scale)
     x = read_idx(p)
-    columns = _finite("idx", p, {"x": _float32(x, scale)})
+    columns = _numbers("idx", p, {"x": _float32(x, scale)})
     if q is not None:
-        y = _finite("idx", q, {"y": read_idx(q)})["y"]
+        y = _numbers("idx", q, {"y": read_idx(q)})["y"]
         if y.ndim != 1:
             raise DlcError(f"idx: the labels file {q} must hold one label per example, but its shape is"
                            f" {'x'.join(map(str, y.shape))}")
         if y.shape[0] != x.shape[0]:
             raise DlcError(f"idx: {p} has {x.shape[0]} images but {q} has {y.shape[0]} labels")
-        integral = np.issubdtype(y.dtype, np.integer) or bool(np.all(y == np.round(y)))
-        columns["y"] = y.astype(np.int32) if integral else y.astype(np.float32)
+        columns["y"] = _labels(y)
     return Dataset(columns, {})
 
 

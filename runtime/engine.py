@@ -7,7 +7,7 @@ import numpy as np
 
 from dlc.compiler.autodiff import copy_graph, prune, train_step
 from dlc.compiler.frontend import Model
-from . import interpreter
+from . import budget, interpreter
 from .optim import Optimizer, add_penalties, clip
 
 
@@ -28,10 +28,11 @@ class ReferenceEngine:
         self.predict_graph = predict_graph(eval_model)
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.trainable = trainable or []
+        self.checked: set = set()       # (graph, sizes) whose memory was checked
 
     def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
         """One optimizer step on a batch, in place; returns the loss and metrics."""
-        out = interpreter.run(self.step_graph, {**batch, "rng": key}, params)
+        out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)
         grads = {name: out[f"grad:{name}"] for name in self.trainable}
         add_penalties(grads, params, self.l1, self.l2)
         norm = clip(grads, self.clip)
@@ -42,11 +43,23 @@ class ReferenceEngine:
         return _scalars(out) | {"grad_norm": norm}
 
     def evaluate(self, params: dict, batch: dict) -> dict:
-        return _scalars(interpreter.run(self.eval_graph, {**batch, "rng": np.zeros(2, np.int32)}, params))
+        return _scalars(self._run("a forward pass", self.eval_graph, {**batch, "rng": np.zeros(2, np.int32)}, params))
 
     def predict(self, params: dict, batch: dict) -> dict:
-        out = interpreter.run(self.predict_graph, {**batch, "rng": np.zeros(2, np.int32)}, params)
+        out = self._run("a forward pass", self.predict_graph, {**batch, "rng": np.zeros(2, np.int32)}, params)
         return {k[7:]: v for k, v in out.items()}
+
+    def _run(self, what: str, graph, feeds: dict, params: dict, opt_state: dict | None = None) -> dict:
+        """interpreter.run, once the memory of a step at these sizes is known to fit (runtime/budget.py)."""
+        sizes = interpreter.bind_sizes(graph, feeds)
+        key = (id(graph), tuple(sorted(sizes.items())))
+        if key not in self.checked:
+            state = [a for slots in (opt_state or {}).values() for a in slots.values()]
+            held = {"parameters": sum(np.asarray(p).nbytes for p in params.values()),
+                    "optimizer state": sum(np.asarray(a).nbytes for a in state)}
+            budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
+            self.checked.add(key)
+        return interpreter.run(graph, feeds, params)
 
 
 BACKENDS = ("auto", "native", "reference")
@@ -70,7 +83,8 @@ def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=
     except NotLowerable as e:
         if backend == "native":
             raise
-        (log or _warn)(f"warning: running on the slow reference engine: {e.render()}")
+        e.message += "; running on the slow reference engine instead (--backend native refuses)"
+        (log or _warn)(e.render("warning"))
     return ReferenceEngine(train_model, eval_model, *args, **kw)
 
 

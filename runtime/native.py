@@ -22,9 +22,9 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import Model
 from dlc.compiler.graph import DTYPES
 from dlc.compiler.lower import NotLowerable, Program, lower
-from dlc.compiler.memory import intervals, plan, views
+from dlc.compiler.memory import ITEMSIZE, intervals, plan, views
 from dlc.compiler.passes import optimize
-from . import cache
+from . import budget, cache
 from .engine import _scalars, predict_graph
 from .interpreter import bind_sizes
 from .optim import Adam, Optimizer, RMSprop, SGD, clip_limit
@@ -32,14 +32,25 @@ from .optim import Adam, Optimizer, RMSprop, SGD, clip_limit
 
 
 def threads() -> int:
-    return max(1, int(os.environ.get("DLC_NUM_THREADS", os.cpu_count() or 1)))
+    """$DLC_NUM_THREADS (the CLI's --threads sets it), else every core."""
+    text = os.environ.get("DLC_NUM_THREADS", "").strip()
+    if not text:
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise DlcError(f"DLC_NUM_THREADS needs a whole number of threads, at least 1; got '{text}'")
+    return int(text)
 
 
 class Executable:
-    """One lowered graph, compiled; owns the buffers of every batch shape it has seen."""
+    """One lowered graph, compiled; owns the buffers of every batch shape it has seen.
+    `resident` gives the bytes, by part (runtime/budget.py), of the arrays the engine
+    keeps for it (parameters, gradients, optimizer state); by default the parameters
+    it is given at each call."""
 
-    def __init__(self, graph, update=None, profile=False):
+    def __init__(self, graph, update=None, profile=False, resident: dict | None = None):
         self.graph = graph
+        self.what = "the train step" if update is not None else "a forward pass"
+        self.resident = resident
         self.program: Program = lower(optimize(graph))
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         self.module = build_module(self.program, "dlc_step", update=update, profile=self.profile)
@@ -69,7 +80,7 @@ class Executable:
         key = tuple(sizes[s] for s in self.program.symbols)
         lay = self.layouts.get(key)
         if lay is None:
-            self.plans[key] = plan(self.program, sizes, self.live, exclude=fixed)
+            self.plans[key] = self._fitting_plan(sizes, fixed)
             temps = views(self.plans[key], self.program)
             arrays = []
             for b in self.program.buffers:
@@ -85,6 +96,20 @@ class Executable:
             dims = (ctypes.c_int64 * max(1, len(key)))(*key)
             lay = self.layouts[key] = (arrays, table, dims)
         return lay
+
+    def _fitting_plan(self, sizes: dict, fixed: dict):
+        """The arena plan for these sizes, once the memory of a step is known to fit."""
+        p = plan(self.program, sizes, self.live, exclude=fixed)
+
+        def activations(s: dict) -> dict:
+            # what a layout allocates: the arena and the buffers that live nowhere else
+            arena = (p if s == sizes else plan(self.program, s, self.live, exclude=fixed)).arena
+            return {"activations": arena + sum(max(1, int(evaluate(b.size, s))) * ITEMSIZE[b.dtype]
+                                               for b in self.program.buffers if b.kind != "temp" and b.id not in fixed)}
+
+        resident = self.resident or {"parameters": sum(a.nbytes for a in fixed.values())}
+        budget.require_step(self.what, self.graph, sizes, resident, activations)
+        return p
 
     def run(self, feeds: dict, fixed: dict, extra=()) -> tuple:
         """Run on feeds; returns (every buffer, the sizes of the symbolic dims)."""
@@ -129,6 +154,8 @@ class NativeEngine:
         self.params_info = {p.name: p for p in train_model.params}
         self.train_exe = None
         if optimizer is not None:
+            slots = len(optimizer.slots())
+            budget.require_model(train_model, self.trainable, slots)      # before anything is allocated
             step = train_step(train_model.graph)
             order = self.trainable + [p.name for p in train_model.params if p.name not in self.trainable]
             self.offsets, total = {}, 0
@@ -138,9 +165,12 @@ class NativeEngine:
             self.n_trained = sum(int(numel(self.params_info[n].type.shape)) for n in self.trainable)
             self.flat = np.zeros(max(total, 1), np.float32)
             self.grads = np.zeros(max(self.n_trained, 1), np.float32)
-            self.state = [np.zeros(max(self.n_trained, 1), np.float32) for _ in range(2)]
+            # the update reads state arrays 1 and 2 only when the optimizer keeps that many values
+            self.state = [np.zeros(max(self.n_trained, 1) if k < slots else 1, np.float32) for k in range(2)]
             self.scalars = np.zeros(len(SCALARS), np.float64)
-            self.train_exe = Executable(step, update=self._update_spec(), profile=profile)
+            resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
+                        "optimizer state": sum(a.nbytes for a in self.state)}
+            self.train_exe = Executable(step, update=self._update_spec(), profile=profile, resident=resident)
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, Span
 from .config import REQUIRED, Call, as_call, flag, number
 
 # the allowed values of every numeric option of the optimizers, schedules and clipping
@@ -215,8 +215,10 @@ SCHEDULES = {
 }
 
 
-def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int) -> Schedule:
-    call = as_call(spec or "constant", "schedule", "cosine(warmup = 1)")
+def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int, span: Span | None = None) -> Schedule:
+    """The schedule a `schedule` setting names (none: constant); `span`, where the setting
+    is written, locates the errors of a value that does not carry its own (a string, 0)."""
+    call = as_call("constant" if spec is None else spec, "schedule", "cosine(warmup = 1)", span)
     return Schedule(call, base_lr, steps_per_epoch, epochs)
 
 

@@ -27,7 +27,7 @@ import numpy as np
 from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend import Model, Program
-from . import checkpoint, config, data as datasets, interpreter
+from . import budget, checkpoint, config, data as datasets, interpreter
 from .config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
 from .engine import make_engine
 from .gradcheck import index_bound
@@ -59,17 +59,24 @@ class TrainConfig:
         return self.spans.get(name)
 
 
-SPEC_SETTINGS = ("data", "validation", "test", "schedule", "clip", "early_stop", "augment")
+SPEC_SETTINGS = ("data", "validation", "test", "optimizer", "schedule", "clip", "early_stop", "augment")
+SEED_MAX = 2 ** 31 - 1      # the random key of every step is a pair of int32: (seed, step)
 
 
 def parse_setting(text: str, name: str):
-    """A flag's value written like a train setting: `adam(lr = 0.01)`, `0.1`, `"file.npz"`."""
+    """A flag's value written like a train setting: `adam(lr = 0.01)`, `0.1`, `xor`, `"file.npz"`.
+    Text that is not a setting, a call aside, is a string: a file name such as train.npz or
+    data/x.csv (which parse as expressions but have no value)."""
     try:
-        module = A.parse(f"model _m {{}}\ntrain _m {{ {name} = {text} }}", f"--{name}")
+        value = A.parse(f"model _m {{}}\ntrain _m {{ {name} = {text} }}", f"--{name}").items[1].settings[0].value
     except DlcError:
-        # a bare path or word that is not an expression: take it as a string
         return text
-    return config.evaluate(module.items[1].settings[0].value)
+    try:
+        return config.evaluate(value)
+    except DlcError:
+        if isinstance(value, A.Call):       # a call's error is about its arguments
+            raise
+        return text
 
 
 def make_config(program: Program, model_name: str, overrides: dict, require_data: bool = True,
@@ -79,12 +86,12 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
     cfg = TrainConfig()
     given = config.settings(program.trains.get(decl.name))
     for k, v in overrides.items():
-        if v is not None and k not in ("lr", "optimizer"):
-            if isinstance(v, str) and k in SPEC_SETTINGS:       # "split(0.2)", "digits()", "file.npz"
+        if v is not None and k != "lr":
+            if isinstance(v, str) and k in SPEC_SETTINGS:       # "split(0.2)", "digits()", "file.npz", "sgd"
                 v = parse_setting(v, k)
             given[k] = (v, None)
     for name, (value, span) in given.items():
-        if not hasattr(cfg, name) or name == "spans":
+        if name not in TrainConfig.__dataclass_fields__ or name == "spans":
             known = [k for k in TrainConfig.__dataclass_fields__ if k != "spans"]
             raise DlcError(f"unknown train setting '{name}' (known: {', '.join(known)})", span)
         cfg.spans[name] = span
@@ -99,7 +106,7 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
         spans = {k: v for k, v in spans.items() if k not in (0, "lr")}     # not written in the file
     elif not args and "lr" not in kwargs:
         kwargs["lr"] = 1e-3 if opt.name in ("adam", "adamw", "rmsprop") else 1e-2
-    cfg.optimizer = Call(overrides.get("optimizer") or opt.name, args, kwargs, opt.span, spans)
+    cfg.optimizer = Call(opt.name, args, kwargs, opt.span, spans)
     check_settings(cfg, model)
     if cfg.data is None and require_data:
         raise DlcError(f"model {decl.name} has no data to train on: add `data = ...` to its train block "
@@ -114,10 +121,11 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
     augment_options, split_fraction), so the checks and their use cannot disagree. A bare
     clip limit and a bare validation fraction become global_norm(x) and split(x). With the
     train model, the settings that name its parameters or metrics are checked too."""
-    for name, least in (("batch", 1), ("epochs", 0), ("seed", 0)):
+    for name, least, most in (("batch", 1, math.inf), ("epochs", 0, math.inf), ("seed", 0, SEED_MAX)):
         v = getattr(cfg, name)
-        if isinstance(v, bool) or not isinstance(v, int) or v < least:
-            raise DlcError(f"{name} must be an integer >= {least}, got {config.show(v)}", cfg.span(name))
+        if isinstance(v, bool) or not isinstance(v, int) or not least <= v <= most:
+            bound = f">= {least}" if most == math.inf else f"from {least} to {most}"
+            raise DlcError(f"{name} must be an integer {bound}, got {config.show(v)}", cfg.span(name))
     for name in ("l1", "l2"):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
@@ -127,7 +135,7 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
     if cfg.init_from is not None and not isinstance(cfg.init_from, str):
         raise DlcError("init_from takes a checkpoint path in quotes", cfg.span("init_from"))
     make_optimizer(cfg.optimizer)
-    make_schedule(cfg.schedule, 1.0, 1, max(cfg.epochs, 1))
+    make_schedule(cfg.schedule, 1.0, 1, max(cfg.epochs, 1), cfg.span("schedule"))
     if cfg.clip is not None:
         cfg.clip = Call("global_norm", [cfg.clip], span=cfg.span("clip")) if _is_number(cfg.clip) else \
             as_call(cfg.clip, "clip", "global_norm(1.0)", cfg.span("clip"))
@@ -248,6 +256,9 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
         else:
             raise DlcError(f"the data for {inp.name} has shape {list(arr.shape)}, which does not fit "
                            f"{'target' if inp.is_target else 'input'} {inp.name}: {typ}", inp.span)
+    what = datasets.not_numbers(arr)
+    if what:
+        raise DlcError(f"the data for {inp.name} holds {what}, not numbers", inp.span)
     if typ.is_float:
         return arr.astype(np.float32)
     if typ.dtype == "bool":
@@ -278,22 +289,27 @@ def evaluate(engine, params: dict, arrays: dict, batch: int) -> dict:
 
 def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     """(train, validation, test, meta): the data bound to the model's inputs, with the
-    test and validation splits held out deterministically from the seed."""
+    test and validation splits held out deterministically from the seed. Each must hold an
+    example (an empty one has no mean loss, no metric, no epoch to take)."""
     full = load_data(cfg.data, base, "data", cfg.span("data"))
-    test = val = None
-    if _is_split(cfg.test):
-        full, test = full.split(split_fraction(cfg.test), cfg.seed)
-    elif cfg.test is not None:
-        test = load_data(cfg.test, base, "test", cfg.span("test"))
-    if _is_split(cfg.validation):
-        full, val = full.split(split_fraction(cfg.validation), cfg.seed + 1)
-    elif cfg.validation is not None:
-        val = load_data(cfg.validation, base, "validation", cfg.span("validation"))
-    if len(full) == 0:
-        raise DlcError("no training data left after the validation and test splits", cfg.span("data"))
-    meta = full.meta
-    train, val, test = (bind(model, ds) if ds is not None else None for ds in (full, val, test))
-    return train, val, test, meta
+    sets, empty = {"test": None, "validation": None}, {}
+    for name, seed in (("test", cfg.seed), ("validation", cfg.seed + 1)):
+        spec = getattr(cfg, name)
+        if _is_split(spec):
+            n = len(full)
+            full, sets[name] = full.split(split_fraction(spec), seed)
+            empty[name] = f"{name} = {to_text(spec)} holds out no example of the {n}: use a larger fraction or more data"
+        elif spec is not None:
+            sets[name] = load_data(spec, base, name, cfg.span(name))
+            empty[name] = f"the {name} data has no examples"
+    sets["data"] = full
+    split = any(_is_split(spec) for spec in (cfg.test, cfg.validation))
+    empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
+    bound = {name: bind(model, ds) if ds is not None else None for name, ds in sets.items()}     # shapes first
+    for name, ds in sets.items():
+        if ds is not None and len(ds) == 0:
+            raise DlcError(empty[name], cfg.span(name))
+    return bound["data"], bound["validation"], bound["test"], full.meta
 
 
 # ---- the data a checkpoint was trained on -----------------------------------------------------------
@@ -351,6 +367,7 @@ class Result:
     out_dir: Path
     test: dict
     stopped: str          # "done", "early stop", "interrupted"
+    written: list = field(default_factory=list)     # the checkpoints this run wrote: "last.npz", "best.npz"
 
 
 class Trainer:
@@ -399,7 +416,7 @@ class Trainer:
 
     # -- run --
     def run(self, resume=False, engine=None) -> Result:
-        cfg = self.cfg
+        cfg, begun = self.cfg, time.time()
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
         n = len(next(iter(train.values())))
         stats = batch_statistics(self.train_model)
@@ -409,13 +426,12 @@ class Trainer:
         bounds = batch_bounds(n, cfg.batch, merge_single=bool(stats))
         trainable = self.trainable()
         optimizer = make_optimizer(cfg.optimizer)
-        engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
-                                       cfg.l1, cfg.l2, cfg.clip, log=self.log)
-        schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), cfg.epochs)
+        schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), cfg.epochs, cfg.span("schedule"))
         stop = self.early_stop()
         expected = {p.name: p.type.shape for p in self.train_model.params}
 
-        params, opt_state = self.initial_params(), None
+        budget.require_model(self.train_model, trainable, len(optimizer.slots()))   # before the initializer allocates
+        params, saved_opt, path = self.initial_params(), {}, None
         epoch, step, skip, history, partial = 0, 0, 0, [], None
         if resume:
             path = resume if isinstance(resume, (str, Path)) and not isinstance(resume, bool) else self.out / "last.npz"
@@ -424,19 +440,34 @@ class Trainer:
             if meta.get("model") not in (None, self.name):
                 raise DlcError(f"{path} is a checkpoint of model '{meta.get('model')}', not '{self.name}'")
             params = {k: v.copy() for k, v in saved.items()}
-            opt_state = {k: {s: v.copy() for s, v in slots.items()} for k, slots in saved_opt.items()}
             epoch, step, skip = meta.get("epoch", 0), meta.get("step", 0), meta.get("batch", 0)
             history, partial = meta.get("history", []), meta.get("partial")
+            if skip > len(bounds):
+                raise DlcError(f"{path} stopped after batch {skip} of an epoch, but an epoch now has {len(bounds)} "
+                               "batch(es): the data or the batch size changed since")
             stop.restore(meta.get("early_stop"))
             if meta.get("source_hash") not in (None, self.source_hash):
                 self.log(f"note: {self.program.path} changed since {path} was written")
+            if meta.get("optimizer") not in (None, optimizer.name):     # another optimizer's state means nothing here
+                self.log(f"note: {path} was trained with {meta['optimizer']}; {optimizer.name} starts afresh")
+                saved_opt = {}
             self.log(f"resuming from {path}: epoch {epoch + 1}, "
                      + (f"after batch {skip} of {len(bounds)}" if skip else "from its start"))
         # optimizer state from the checkpoint where it has one, fresh for the rest
-        opt_state = optimizer.init({name: params[name] for name in trainable}) | {
-            name: slots for name, slots in (opt_state or {}).items() if name in trainable}
+        opt_state = checkpoint.optimizer_state(path, saved_opt,
+                                               optimizer.init({name: params[name] for name in trainable}))
 
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DlcError(f"cannot keep checkpoints in {self.out}: "
+                           + ("it is a file" if self.out.exists() else e.strerror)) from None
+        for name in ("last.npz", "best.npz"):    # temporary files a killed run left
+            checkpoint.remove_stale_temporaries(self.out / name, begun)
+        self.written = []
+        # compiled once everything else is known to be right
+        engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
+                                       cfg.l1, cfg.l2, cfg.clip, log=self.log)
         interrupted = _Interrupt()
         stopped = "done"
         with interrupted:
@@ -467,7 +498,7 @@ class Trainer:
                                   {"totals": totals, "seen": seen})
                         self.log(f"\ninterrupted: saved {self.out / 'last.npz'} (epoch {epoch + 1}, batch {b + 1}); "
                                  "continue with --resume")
-                        return Result(history, params, self.out, {}, "interrupted")
+                        return Result(history, params, self.out, {}, "interrupted", self.written)
                 skip = 0
                 row = {"epoch": epoch + 1, "lr": schedule(step - 1), "time": round(time.perf_counter() - started, 3)}
                 row.update({k: v / max(seen, 1) for k, v in totals.items() if k != "grad_norm"})
@@ -484,14 +515,12 @@ class Trainer:
                     stopped = "early stop"
                     self.log(f"early stop: {stop.monitor} did not improve for {stop.patience} epochs")
                     break
-        if stop.restore_best and (self.out / "best.npz").exists():
+        # the best epoch of this run or of the one resumed; none yet after 0 epochs, whatever the folder holds
+        if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists():
             params = checkpoint.load(self.out / "best.npz")[0]
         self.write_history(history)
-        result = {}
-        if test is not None:
-            result = evaluate(engine, params, test, cfg.batch)
-            self.log("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
-        return Result(history, params, self.out, result, stopped)
+        result = evaluate(engine, params, test, cfg.batch) if test is not None else {}
+        return Result(history, params, self.out, result, stopped, self.written)
 
     def augment(self, batch: dict, epoch: int, b: int) -> dict:
         if self.augment_options is None:
@@ -521,6 +550,8 @@ class Trainer:
 
     def save(self, name, params, opt_state, epoch, step, batch, history, stop, partial=None):
         """A checkpoint; `partial` holds the loss and metric sums of an epoch stopped after `batch`."""
+        if name not in self.written:
+            self.written.append(name)
         checkpoint.save(self.out / name, params, opt_state, {
             "model": self.name, "source_hash": self.source_hash, "epoch": epoch, "step": step, "batch": batch,
             "partial": partial, "seed": self.cfg.seed, "optimizer": self.cfg.optimizer.name, "history": history,

@@ -343,8 +343,8 @@ def test_a_fallback_warns_with_the_operation_and_line_and_native_refuses(tmp_pat
     path = write(tmp_path, "ortho.dl", ORTHOGONAL)
     r = dlc("train", path, "--out", tmp_path / "run")
     assert r.returncode == 0, r.stderr
-    assert "warning: running on the slow reference engine" in r.stderr
-    assert "ortho.dl:4:" in r.stderr and "random orthogonal" in r.stderr
+    assert "ortho.dl:4:21: warning: the native backend does not compile random orthogonal" in r.stderr
+    assert "running on the slow reference engine" in r.stderr
     r = dlc("train", path, "--backend", "native", "--out", tmp_path / "run2")
     assert r.returncode == 1 and "ortho.dl:4:" in r.stderr and "random orthogonal" in r.stderr, r.stderr
     assert "warning" not in r.stderr
@@ -377,3 +377,42 @@ def test_integer_reductions_and_f64_comparisons_match_the_reference(tmp_path):
     assert got["native"][0] == pytest.approx(got["reference"][0], rel=1e-6)
     for name in ("f", "g"):
         np.testing.assert_array_equal(got["native"][1][name], got["reference"][1][name])
+
+
+# ---- item 4 through the trainer: the printed test figures are the restored checkpoint's -------------------
+RESTORE = MLP + """
+train m {
+    data       = "data.npz"
+    test       = split(0.3)
+    validation = split(0.3)
+    batch      = 8
+    epochs     = 12
+    optimizer  = adam(lr = 0.05)
+    early_stop = patience(2, monitor = val_loss, restore_best = true)
+}
+"""
+
+
+@pytest.mark.parametrize("backend", ENGINES)
+def test_printed_test_metrics_are_those_of_the_checkpoint_restored(tmp_path, backend):
+    """lr 0.05 on random labels overfits: validation loss rises, early stopping restores
+    best.npz, and the test line printed must be `dlc eval` of best.npz, not of last.npz."""
+    _mlp_data(tmp_path)
+    path = write(tmp_path, "restore.dl", RESTORE)
+    r = dlc("train", path, "--out", tmp_path / "run", "--backend", backend)
+    assert r.returncode == 0, r.stderr
+    printed = [line for line in r.stdout.splitlines() if line.startswith("test: ")][-1]
+    best = dlc("eval", path, "--weights", tmp_path / "run" / "best.npz", "--backend", backend)
+    last = dlc("eval", path, "--weights", tmp_path / "run" / "last.npz", "--backend", backend)
+    assert best.returncode == 0, best.stderr
+    assert printed == "test: " + best.stdout.strip()
+    assert best.stdout != last.stdout, "the run should have stopped after its best epoch"
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "1.5"])
+def test_a_bad_thread_count_from_the_environment_is_a_clear_error_in_the_api(tmp_path, monkeypatch, value):
+    path = write(tmp_path, "mlp.dl", MLP)
+    model = DlcModel(str(path), backend="native").load_weights(initial_weights(path, tmp_path / "w.npz"))
+    monkeypatch.setenv("DLC_NUM_THREADS", value)
+    with pytest.raises(DlcError, match="DLC_NUM_THREADS needs a whole number"):
+        model.predict({"x": np.ones((2, 6), np.float32)})

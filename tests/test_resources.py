@@ -1,0 +1,196 @@
+"""Resources: a model or batch that cannot fit in memory is refused with the numbers before
+anything is allocated (runtime/budget.py), and native compile time grows linearly with
+a model's depth."""
+import gc
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from dlc.compiler import memory
+from dlc.compiler.autodiff import train_step
+from dlc.compiler.codegen.kernels import build_module
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend import load_text
+from dlc.compiler.lower import lower
+from dlc.compiler.passes import optimize
+from dlc.runtime import jit
+from dlc.runtime.api import DlcModel
+from dlc.runtime.config import Call
+from dlc.runtime.native import NativeEngine
+from dlc.runtime.optim import make_optimizer
+
+ENGINES = ["reference", "native"]
+
+# 100 -> 2000 -> 10: 222,010 parameters, 867.2 KiB; Adam keeps two more of each trained one
+WIDE = """
+model wide {
+    input  x: f32[B, 100]
+    target y: i32[B]
+    h = dense(x, 2000, relu)
+    logits = dense(h, 10)
+    loss   sparse_cross_entropy(logits, y)
+    output scores = logits
+}
+train wide { data = "d.npz"  epochs = 1  optimizer = adam(lr = 0.01) }
+"""
+
+HUGE = """
+model huge {
+    input  x: f32[B, 250000]
+    target y: i32[B]
+    param W: f32[100000, 250000]
+    loss   sparse_cross_entropy(x @ transpose(W), y)
+}
+train huge { data = "d.npz"  epochs = 1  batch = 4 }
+"""
+
+
+def quiet(msg):
+    pass
+
+
+def wide_model(tmp_path, backend) -> DlcModel:
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((256, 100)).astype(np.float32),
+             y=rng.integers(0, 10, 256).astype(np.int32))
+    (tmp_path / "wide.dl").write_text(WIDE)
+    return DlcModel(str(tmp_path / "wide.dl"), backend=backend)
+
+
+# ---- memory: refused before allocation ---------------------------------------------------------------
+@pytest.mark.parametrize("backend", ENGINES)
+def test_a_batch_that_does_not_fit_the_memory_limit_is_refused_with_the_numbers(tmp_path, monkeypatch, backend):
+    monkeypatch.setenv("DLC_MEMORY_LIMIT", "4.5M")
+    model = wide_model(tmp_path, backend)
+    with pytest.raises(DlcError) as e:
+        model.train(out=str(tmp_path / "run"), log=quiet, batch=64)
+    msg = e.value.message
+    assert re.match(r"the train step needs [\d.]+ MiB for batch 64 \(parameters 867\.2 KiB, "
+                    r"gradients 867\.2 KiB, optimizer state 1\.7 MiB, activations [\d.]+ (KiB|MiB)\); "
+                    r"4\.5 MiB is available: try batch <= \d+$", msg), msg
+    fits = int(msg.rsplit(" ", 1)[1])
+    assert 1 <= fits < 64
+    # the batch named fits, the next one does not
+    model.train(out=str(tmp_path / "run"), log=quiet, batch=fits)
+    with pytest.raises(DlcError, match=f"for batch {fits + 1} "):
+        wide_model(tmp_path, backend).train(out=str(tmp_path / "run"), log=quiet, batch=fits + 1)
+
+
+@pytest.mark.parametrize("backend", ENGINES)
+def test_evaluation_and_prediction_are_refused_too(tmp_path, monkeypatch, backend):
+    model = wide_model(tmp_path, backend)
+    model.train(out=str(tmp_path / "run"), log=quiet, batch=16)
+    monkeypatch.setenv("DLC_MEMORY_LIMIT", "1200K")
+    x = np.zeros((256, 100), np.float32)
+    for use in (lambda: model.evaluate(batch=256, log=quiet), lambda: model.predict(x, batch=256)):
+        with pytest.raises(DlcError, match=r"^a forward pass needs [\d.]+ MiB for batch 256 "
+                                           r"\(parameters 867\.2 KiB, activations .*\); 1\.2 MiB is available: "
+                                           r"try batch <= \d+$"):
+            use()
+
+
+def test_the_memory_limit_must_be_a_size(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_MEMORY_LIMIT", "lots")
+    with pytest.raises(DlcError, match="DLC_MEMORY_LIMIT must be a size such as 512M or 20G, got 'lots'"):
+        wide_model(tmp_path, "reference").train(out=str(tmp_path / "run"), log=quiet, batch=8)
+
+
+def _at_most_16_gib():
+    # a guard: a check that did not happen must not take this machine's memory
+    resource.setrlimit(resource.RLIMIT_AS, (16 << 30, 16 << 30))
+
+
+@pytest.mark.parametrize("backend", ENGINES)
+def test_a_huge_parameter_is_refused_by_dlc_train_before_its_initializer(tmp_path, backend):
+    (tmp_path / "huge.dl").write_text(HUGE)
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 250000), np.float32), y=np.zeros(4, np.int32))
+    env = {k: v for k, v in os.environ.items() if k != "DLC_MEMORY_LIMIT"}
+    start = time.perf_counter()
+    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "train", str(tmp_path / "huge.dl"),
+                        "--backend", backend], capture_output=True, text=True, env=env, preexec_fn=_at_most_16_gib)
+    assert r.returncode == 1, r.stderr
+    assert time.perf_counter() - start < 60
+    assert "MemoryError" not in r.stderr and "internal error" not in r.stderr
+    # at the parameter's declaration, with what training it needs
+    assert re.search(r"huge\.dl:5:\d+: error: training model huge needs 372\.5 GiB before its first batch "
+                     r"\(parameters 93\.1 GiB, gradients 93\.1 GiB, optimizer state 186\.3 GiB\); [\d.]+ GiB is "
+                     r"available: its largest parameter, W: f32\[100000, 250000\], alone takes 93\.1 GiB", r.stderr), \
+        r.stderr
+
+
+def test_the_native_engine_refuses_before_allocating_its_flat_arrays(monkeypatch):
+    program = load_text(HUGE)
+    train, evaluation = program.build(None, training=True), program.build(None, training=False)
+    monkeypatch.setattr(np, "zeros", None)          # any allocation would fail otherwise
+    with pytest.raises(DlcError, match=r"^training model huge needs 372\.5 GiB before its first batch"):
+        NativeEngine(train, evaluation, make_optimizer(Call("adam", [], {"lr": 0.01})), ["W"])
+
+
+@pytest.mark.parametrize("optimizer, slots", [("sgd", 0), ("rmsprop", 1), ("adam", 2)])
+def test_the_native_engine_keeps_only_the_optimizer_state_it_uses(optimizer, slots):
+    program = load_text(WIDE)
+    train, evaluation = program.build(None, training=True), program.build(None, training=False)
+    engine = NativeEngine(train, evaluation, make_optimizer(Call(optimizer, [], {"lr": 0.01})), [p.name for p in train.params])
+    assert [a.size for a in engine.state] == [222_010 if k < slots else 1 for k in range(2)]
+
+
+# ---- native compile time: linear in the number of layers ----------------------------------------------
+def mlp(layers: int) -> str:
+    body = "\n".join(f"    h{i} = dense(h{i - 1}, 16, relu)" for i in range(1, layers))
+    return (f"model deep {{\n    input x: f32[B, 16]\n    target y: i32[B]\n    h0 = x\n{body}\n"
+            f"    loss sparse_cross_entropy(dense(h{layers - 1}, 4), y)\n}}\n")
+
+
+def test_kernels_are_not_inlined_into_the_driver():
+    # inlined, every kernel of a model lands in one function that grows with the model,
+    # and LLVM's O3 on it grows with the square of its size (300 dense layers: 89 s, not 8)
+    program = lower(optimize(train_step(load_text(mlp(4)).build(None, training=True).graph)))
+    text = jit.optimized_ir(build_module(program, "dlc_step"))
+    defined = set(re.findall(r'^define [^@]*@"?kernel(\d+)"?\(', text, re.M))
+    assert defined == {str(i) for i in range(len(program.kernels))}
+
+
+def _front_and_middle_seconds(layers: int) -> float:
+    """CPU seconds of the Python stages before codegen: autodiff, graph passes, lowering,
+    liveness and the arena plan (the front end parses the source before the clock starts).
+    Without the cycle collector, whose full collections walk the whole heap however the
+    compiler's own work grows."""
+    model = load_text(mlp(layers)).build(None, training=True)
+    best = float("inf")
+    for _ in range(2):
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.process_time()
+            program = lower(optimize(train_step(model.graph)))
+            memory.plan(program, {s: 32 for s in program.symbols})
+            best = min(best, time.process_time() - start)
+        finally:
+            gc.enable()
+    return best
+
+
+def test_the_python_compile_stages_grow_linearly_with_depth():
+    small, large = _front_and_middle_seconds(40), _front_and_middle_seconds(320)
+    # 8x the layers: 9x here; with a union of ancestors per output (prune, backward), 25x
+    assert large / small < 15, (small, large)
+
+
+def test_packing_time_grows_linearly_with_the_buffers_live_at_once():
+    # every buffer live at once (as every activation of a deep model is at its loss)
+    def seconds(n: int) -> float:
+        live = {b: (0, 1) for b in range(n)}
+        nbytes = {b: 256 + 64 * (b % 7) for b in range(n)}
+        start = time.process_time()
+        memory.pack(nbytes, live)
+        return time.process_time() - start
+    small, large = min(seconds(300) for _ in range(3)), seconds(3000)
+    # 10x the buffers: 23x here (numpy's comparisons with every placed one show at 3000);
+    # one Python comparison per placed buffer: 96x
+    assert large / small < 50, (small, large)

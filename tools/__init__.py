@@ -1,0 +1,1 @@
+"""Developer tools shipped with dlc (`python -m dlc.tools.fuzz`)."""
