@@ -248,7 +248,7 @@ def transpose(ev, x, *perm):
     if len(perm) == 1 and isinstance(perm[0], tuple):
         perm = perm[0]
     perm = perm or tuple(range(x.rank))[::-1]
-    if sorted(perm, key=str) != list(range(x.rank)):
+    if any(isinstance(a, bool) or not isinstance(a, int) for a in perm) or sorted(perm) != list(range(x.rank)):
         _fail(ev, f"{list(perm)} is not a permutation of the {x.rank} axes of {x.type}")
     return ops.transpose(x, perm)
 

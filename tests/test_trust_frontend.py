@@ -368,3 +368,14 @@ def test_graph_outputs_count_what_they_read():
     g.outputs.setdefault("t", a)
     g.outputs["r"] = a
     assert list(g.outputs) == ["r", "s", "t"] and (g.uses(a), g.uses(b)) == (3, 2)
+
+
+@pytest.mark.parametrize("perm", ["1.0, 0", '"a", 0', "true, 0", "0, 0", "2, 0"])
+def test_transpose_takes_a_permutation_of_integer_axes(tmp_path, capsys, perm):
+    """Found by the fuzzer: transpose(x, 1.0, 0) passed the permutation check (1.0 == 1)."""
+    from dlc.runtime.cli import main
+    path = tmp_path / "t.dl"
+    path.write_text(f"model m {{\n input x: f32[B, 2]\n v = transpose(x, {perm})\n loss mean(x)\n}}\n")
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert "t.dl:3:" in err and "is not a permutation" in err
