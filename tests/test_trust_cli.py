@@ -24,6 +24,7 @@ from dlc.runtime.cli import main
 from dlc.runtime.config import Call
 from dlc.runtime.gradcheck import init_params
 from dlc.runtime.trainer import Trainer, make_config
+from test_trust_training import CLASSIFIER  # a three-class model, shared
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -39,14 +40,6 @@ model xor {
 }
 """
 
-CLASSIFIER = """
-model clf {
-    input  x: f32[B, 2]
-    target y: i32[B]
-    logits = dense(dense(x, 16, tanh), 3)
-    loss   sparse_cross_entropy(logits, y)
-}
-"""
 
 CHARS = """
 model chars {

@@ -32,6 +32,18 @@ def check_located(tmp_path, capsys, program, line, col, phrase, cmd=("check",), 
     assert code == 1, err
 
 
+def check_expression(tmp_path, capsys, expr, col, phrase):
+    """`a = expr` in a model with `x: f32[B, 4]` and its sum `s` fails at line 4, column `col`."""
+    check_located(tmp_path, capsys, f"""
+        model m {{
+            input x: f32[B, 4]
+            s = sum(x)
+            a = {expr}
+            output y = x
+        }}
+        """, 4, col, phrase)
+
+
 def run_dlc(path: Path, *args, timeout=120):
     return subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "check", str(path), *args],
                           capture_output=True, text=True, timeout=timeout)
@@ -116,13 +128,7 @@ def test_largest_integer_is_fine(tmp_path, capsys):
     ("maximum(true, 1)", "maximum needs numbers or tensors, got the bool true"),
 ])
 def test_maximum_of_non_numbers(tmp_path, capsys, expr, phrase):
-    check_located(tmp_path, capsys, f"""
-        model m {{
-            input x: f32[B, 4]
-            a = {expr}
-            output y = x
-        }}
-        """, 3, 9, phrase)
+    check_expression(tmp_path, capsys, expr, 9, phrase)
 
 
 # ---- 4. dim arithmetic with what is not an integer ---------------------------------------------------------------
@@ -134,13 +140,7 @@ def test_maximum_of_non_numbers(tmp_path, capsys, expr, phrase):
     ("B // 0", 9, "division by zero"),
 ])
 def test_dim_arithmetic(tmp_path, capsys, expr, col, phrase):
-    check_located(tmp_path, capsys, f"""
-        model m {{
-            input x: f32[B, 4]
-            a = {expr}
-            output y = x
-        }}
-        """, 3, col, phrase)
+    check_expression(tmp_path, capsys, expr, col, phrase)
 
 
 # ---- 6. and 7. axes are checked against the rank, by one helper ---------------------------------------------------
@@ -164,14 +164,7 @@ def test_dim_arithmetic(tmp_path, capsys, expr, col, phrase):
     ("softmax(s)", "axis -1 is out of range for f32[]"),
 ])
 def test_axis_out_of_range(tmp_path, capsys, expr, phrase):
-    check_located(tmp_path, capsys, f"""
-        model m {{
-            input x: f32[B, 4]
-            s = sum(x)
-            a = {expr}
-            output y = x
-        }}
-        """, 4, 9, phrase)
+    check_expression(tmp_path, capsys, expr, 9, phrase)
 
 
 def test_axes_in_range_still_work(tmp_path, capsys):
@@ -294,13 +287,7 @@ def test_graph_node_limit(tmp_path, capsys, monkeypatch):
     ("(1, 2) + range(999999)", 9, "a tuple of 1000001 items is too long"),
 ])
 def test_huge_static_values_are_refused(tmp_path, capsys, expr, col, phrase):
-    check_located(tmp_path, capsys, f"""
-        model m {{
-            input x: f32[B, 4]
-            t = {expr}
-            output y = x
-        }}
-        """, 3, col, phrase)
+    check_expression(tmp_path, capsys, expr, col, phrase)
 
 
 def test_doubling_a_string_stops(tmp_path, capsys):
