@@ -65,7 +65,7 @@ def measure(layers: int, profile: bool = False) -> dict:
     step = timed("build", train_step, model.graph)
     program = timed("lower", lower, timed("passes", optimize, step))
     module = timed("codegen", build_module, program, "dlc_step", update=dict(
-        rule="adam", n=1, nesterov=False, decoupled=False, momentum=False, penalties=False, clip=None))
+        rule="adam", n=1, nesterov=False, decoupled=False, momentum=False, penalties=False, clip=None)).module
     live = timed("memory", intervals, program)
     timed("memory", plan, program, {s: 32 for s in program.symbols}, live)
     if prof is not None:
@@ -74,6 +74,7 @@ def measure(layers: int, profile: bool = False) -> dict:
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(40)
     timed("llvm", cache.compile_cached, module)
     times["kernels"] = len(program.kernels)
+    times["functions"] = sum(1 for g in module.functions if g.name.startswith("kernel") and "." not in g.name)
     times["rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return times
 
@@ -89,7 +90,7 @@ def main():
         return
     depths = [args.profile] if args.profile else args.layers
     phases = ("build", "passes", "lower", "codegen", "memory", "llvm")
-    print(f"{'layers':>6} {'kernels':>7} " + " ".join(f"{p:>8}" for p in phases) + f" {'total s':>8} {'peak MB':>8}")
+    print(f"{'layers':>6} {'kernels':>7} {'compiled':>8} " + " ".join(f"{p:>8}" for p in phases) + f" {'total s':>8} {'peak MB':>8}")
     for n in depths:
         with tempfile.TemporaryDirectory() as d:
             env = dict(os.environ, DLC_CACHE_DIR=d)
@@ -99,7 +100,7 @@ def main():
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
         total = sum(r[p] for p in phases)
-        print(f"{n:>6} {r['kernels']:>7} " + " ".join(f"{r[p]:>8.2f}" for p in phases)
+        print(f"{n:>6} {r['kernels']:>7} {r['functions']:>8} " + " ".join(f"{r[p]:>8.2f}" for p in phases)
               + f" {total:>8.2f} {r['rss_mb']:>8.0f}", flush=True)
 
 

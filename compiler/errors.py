@@ -2,7 +2,7 @@
 `file:line:col: error: ...` followed by the source line and a caret."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 _SOURCES: dict[str, list[str]] = {}
 
@@ -32,7 +32,9 @@ class Span:
         """This span, remembering the user's call when it lies in the standard library."""
         if not self.in_stdlib() or outer is None:
             return self
-        return replace(self, caller=outer.caller if outer.in_stdlib() else outer)
+        # the constructor, not dataclasses.replace: this runs for every node a build makes
+        return Span(self.file, self.line, self.col, self.end_line, self.end_col,
+                    outer.caller if outer.in_stdlib() else outer)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"

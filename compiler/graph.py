@@ -23,7 +23,7 @@ from .errors import DlcError, Span
 
 # the most nodes one model build may make, in all its graphs (docs/language.md, section 7):
 # a 10,000-layer MLP makes 230,000 (forward and initializers)
-MAX_NODES = 500_000
+MAX_NODES = 250_000
 
 DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 FLOAT_DTYPES = ("f32", "f64")

@@ -200,7 +200,7 @@ def cmd_compile(args):
         if args.emit in ("kernels", "fused"):
             _write((render.program if args.emit == "kernels" else render.fused)(program), args.output)
         else:
-            module = build_module(program)
+            module = build_module(program).module
             _write(jit.optimized_ir(module) if args.emit == "llvm" else jit.assembly(module), args.output)
 
 

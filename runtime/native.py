@@ -53,7 +53,8 @@ class Executable:
         self.resident = resident
         self.program: Program = lower(optimize(graph))
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
-        self.module = build_module(self.program, "dlc_step", update=update, profile=self.profile)
+        built = build_module(self.program, "dlc_step", update=update, profile=self.profile)
+        self.module, self.arguments = built.module, np.array(built.arguments, np.intp)
         cache.gemm_symbols()
         self.compiled = cache.compile_cached(self.module)
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
@@ -62,7 +63,10 @@ class Executable:
         self.layouts: dict = {}
         self.live = intervals(self.program)         # temporaries share an arena (compiler/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
-        self.slots = len(self.program.buffers) + (5 if update is not None else 0)
+        # the pointer table (compiler/codegen/kernels.py): buffers, checks, the update's arrays
+        self.checks = len(self.program.buffers)
+        self.extras = self.checks + len(self.program.faults)
+        self.entries = self.extras + (5 if update is not None else 0)
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
 
     def cycles(self) -> np.ndarray:
@@ -92,7 +96,9 @@ class Executable:
                     arrays.append(temps[b.id])
                 else:
                     arrays.append(np.zeros(max(1, int(evaluate(b.size, sizes))), DTYPES[b.dtype]))
-            table = (ctypes.c_void_p * self.slots)(*[0 if a is None else a.ctypes.data for a in arrays])
+            table = np.zeros(self.entries, np.uint64)
+            table[:self.checks] = [0 if a is None else a.ctypes.data for a in arrays]
+            table[self.checks:self.extras] = np.arange(1, self.extras - self.checks + 1)
             dims = (ctypes.c_int64 * max(1, len(key)))(*key)
             lay = self.layouts[key] = (arrays, table, dims)
         return lay
@@ -126,9 +132,10 @@ class Executable:
             keep.append(a)
             table[bid] = a.ctypes.data
         for slot, a in enumerate(extra):
-            table[len(self.program.buffers) + slot] = a.ctypes.data
+            table[self.extras + slot] = a.ctypes.data
+        args = table[self.arguments]        # each kernel's argument slots
         self.fault.value = 0
-        self.fn(table, dims, threads())
+        self.fn(args.ctypes.data, dims, threads())
         if self.fault.value:
             what, count, span = self.program.faults[self.fault.value - 1]
             raise DlcError.at_user_line(f"{what}: index out of range [0, {evaluate(count, sizes)})", span)

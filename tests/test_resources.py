@@ -147,13 +147,50 @@ def mlp(layers: int) -> str:
             f"    loss sparse_cross_entropy(dense(h{layers - 1}, 4), y)\n}}\n")
 
 
+def _compiled(layers: int):
+    program = lower(optimize(train_step(load_text(mlp(layers)).build(None, training=True).graph)))
+    return program, jit.optimized_ir(build_module(program, "dlc_step").module)
+
+
 def test_kernels_are_not_inlined_into_the_driver():
     # inlined, every kernel of a model lands in one function that grows with the model,
     # and LLVM's O3 on it grows with the square of its size (300 dense layers: 89 s, not 8)
-    program = lower(optimize(train_step(load_text(mlp(4)).build(None, training=True).graph)))
-    text = jit.optimized_ir(build_module(program, "dlc_step"))
-    defined = set(re.findall(r'^define [^@]*@"?kernel(\d+)"?\(', text, re.M))
-    assert defined == {str(i) for i in range(len(program.kernels))}
+    program, text = _compiled(4)
+    driver = text[text.index('@dlc_step('):]
+    driver = driver[:driver.index("\n}")]
+    defined = set(re.findall(r'^define [^@]*@"?(kernel\d+)"?\(', text, re.M))
+    called = re.findall(r'call [^@]*@"?(kernel\d+)"?\(', driver)
+    assert len(called) == len(program.kernels) and set(called) == defined
+
+
+def test_kernels_alike_are_compiled_once():
+    # the middle layers of a deep MLP differ only in their buffers: one function each
+    # for their forward and backward kernels, however deep the model
+    functions = lambda text: len(re.findall(r'^define [^@]*@"?kernel\d+"?\(', text, re.M))
+    (small, shallow), (large, deep) = _compiled(4), _compiled(12)
+    assert len(large.kernels) > len(small.kernels) and functions(deep) == functions(shallow)
+
+
+@pytest.mark.parametrize("optimizer", [Call("adam", [], {"lr": 1e-2}), Call("sgd", [], {"lr": 0.1})])
+def test_a_deep_model_of_shared_kernels_trains_as_the_reference(optimizer):
+    from dlc.runtime.engine import ReferenceEngine
+    from dlc.runtime.gradcheck import init_params, sample_inputs
+    model = load_text(mlp(8))
+    train, evaluation = model.build(None, training=True), model.build(None, training=False)
+    names = [p.name for p in train.params]
+    results = []
+    for engine_class in (ReferenceEngine, NativeEngine):
+        opt = make_optimizer(optimizer)
+        engine = engine_class(train, evaluation, opt, names)
+        params = {k: v.astype(np.float32) for k, v in init_params(train, seed=3).items()}
+        state = opt.init(dict(params))
+        for step in (1, 2, 3):
+            feeds = sample_inputs(train, {"B": 5}, seed=step)
+            feeds["x"] = feeds["x"].astype(np.float32)
+            engine.train_step(params, state, feeds, 0.01, step, np.array([0, step], np.int32))
+        results.append(params)
+    for name in names:
+        np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 def _front_and_middle_seconds(layers: int) -> float:

@@ -1,16 +1,24 @@
 """LLVM IR for a kernel program: one function per kernel, and a driver that runs them all.
 
-    void dlc_step(i8** buffers, i64* sizes, i64 nthreads)
+    void dlc_step(i8** arguments, i64* sizes, i64 nthreads)
 
-`buffers` holds one pointer per buffer of the program, `sizes` the value of every
-symbolic dim (in `Program.symbols` order). Kernels are loop nests over their iteration
-space; the innermost loop walks the last axis, where loads are usually contiguous, so
-LLVM vectorizes it. Math functions call the C library (expf, tanhf, ...).
+The engine keeps a pointer table: one entry per buffer of the program, then one per
+run-time check (the site's number + 1, in place of a pointer), then the optimizer
+update's five arrays. A kernel never sees that table: it reads the few entries it uses
+from its own argument slots, and `arguments` is the concatenation of every kernel call's
+slots (`StepModule.arguments` names the table entry behind each). So kernels that differ
+only in the buffers they touch, as the layers of a deep network do, are one function,
+compiled once. `sizes` holds the value of every symbolic dim (in `Program.symbols`
+order). Kernels are loop nests over their iteration space; the innermost loop walks the
+last axis, where loads are usually contiguous, so LLVM vectorizes it. Math functions
+call the C library (expf, tanhf, ...).
 """
 from __future__ import annotations
 
 import math
+import re
 import weakref
+from dataclasses import dataclass
 
 from llvmlite import ir
 
@@ -47,8 +55,20 @@ def _alias_scopes(module: ir.Module) -> dict:
     return _SCOPES[module]
 
 
+class Arguments:
+    """A kernel's argument slots: slot k holds pointer-table entry `refs[k]`."""
+
+    def __init__(self, first=()):
+        self.refs = list(first)
+
+    def slot(self, entry: int) -> int:
+        if entry not in self.refs:
+            self.refs.append(entry)
+        return self.refs.index(entry)
+
+
 class KernelBuilder:
-    def __init__(self, module: ir.Module, prog: Program, fn: ir.Function):
+    def __init__(self, module: ir.Module, prog: Program, fn: ir.Function, args: Arguments | None = None):
         self.m, self.p, self.fn = module, prog, fn
         # the entry block only loads sizes and buffer pointers and makes stack slots, so
         # that they sit outside every loop; the code goes in the blocks after it
@@ -60,7 +80,8 @@ class KernelBuilder:
         self.sizes = {s: self.eb.load(self.eb.gep(sizes, [ir.Constant(i64, k)]), name=s)
                       for k, s in enumerate(prog.symbols)}
         self.ptrs = {}
-        self.ptr_table = ptrs
+        self.slots = ptrs
+        self.args = Arguments() if args is None else args
         self.stored: dict = {}      # (buffer, index) -> value stored earlier in this iteration
         self.accesses: list = []    # (load or store, buffer) to annotate
         self.fault = None           # the largest fault site + 1 seen by this function's checks
@@ -80,11 +101,16 @@ class KernelBuilder:
             total = term if total is None else self.b.add(total, term)
         return total
 
+    def argument(self, entry: int) -> ir.Value:
+        """The pointer-table entry, loaded once in the entry block."""
+        if entry not in self.ptrs:
+            self.ptrs[entry] = self.eb.load(self.eb.gep(self.slots, [ir.Constant(i64, self.args.slot(entry))]))
+        return self.ptrs[entry]
+
     def buffer(self, bid: int, dtype: str) -> ir.Value:
         key = (bid, dtype)
         if key not in self.ptrs:
-            raw = self.eb.load(self.eb.gep(self.ptr_table, [ir.Constant(i64, bid)]))
-            self.ptrs[key] = self.eb.bitcast(raw, LL[dtype].as_pointer())
+            self.ptrs[key] = self.eb.bitcast(self.argument(bid), LL[dtype].as_pointer())
         return self.ptrs[key]
 
     def affine(self, a: Affine, idx: list) -> ir.Value:
@@ -170,7 +196,8 @@ class KernelBuilder:
             self.fault = self.alloca(i64)
             self.eb.store(ir.Constant(i64, 0), self.fault)
         seen = b.load(self.fault)
-        hit = b.select(ok, ir.Constant(i64, 0), ir.Constant(i64, site + 1))
+        code = self.eb.ptrtoint(self.argument(len(self.p.buffers) + site), i64)      # site + 1 (module docstring)
+        hit = b.select(ok, ir.Constant(i64, 0), code)
         b.store(b.select(b.icmp_unsigned(">", hit, seen), hit, seen), self.fault)
         return ok
 
@@ -380,15 +407,17 @@ class KernelBuilder:
         overlap checks. True: distinct buffers are distinct arrays, or arena slots whose
         live ranges, both covering this kernel, are disjoint (compiler/memory.py)."""
         scopes = _alias_scopes(self.m)
-        used = sorted({bid for _, bid in self.accesses})
-        for bid in used:
-            if bid not in scopes:
-                scopes[bid] = self.m.add_metadata([ir.MetaDataString(self.m, f"dlc.b{bid}"), scopes["domain"]])
-        own = {bid: self.m.add_metadata([scopes[bid]]) for bid in used}
-        others = {bid: self.m.add_metadata([scopes[o] for o in used if o != bid]) for bid in used}
+        # named by argument slot, not buffer, so that kernels alike are alike to the letter
+        used = sorted({self.args.slot(bid) for _, bid in self.accesses})
+        for slot in used:
+            if slot not in scopes:
+                scopes[slot] = self.m.add_metadata([ir.MetaDataString(self.m, f"dlc.s{slot}"), scopes["domain"]])
+        own = {slot: self.m.add_metadata([scopes[slot]]) for slot in used}
+        others = {slot: self.m.add_metadata([scopes[o] for o in used if o != slot]) for slot in used}
         for access, bid in self.accesses:
-            access.set_metadata("alias.scope", own[bid])
-            access.set_metadata("noalias", others[bid])
+            slot = self.args.slot(bid)
+            access.set_metadata("alias.scope", own[slot])
+            access.set_metadata("noalias", others[slot])
         self.accesses.clear()
 
 
@@ -418,9 +447,9 @@ def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     axis; small maps, and maps inside a team already, run serially."""
     part = ir.Function(module, ir.FunctionType(ir.VoidType(), list(sig.args[:2]) + [i64, i64]), fn.name + ".part")
     part.linkage = "internal"
-    kb = KernelBuilder(module, prog, part)
-    _map(kb, k, prog, first=(part.args[2], part.args[3]))
-    kb.finish()
+    inner = KernelBuilder(module, prog, part)
+    _map(inner, k, prog, first=(part.args[2], part.args[3]))
+    inner.finish()
 
     data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64])      # buffers, sizes, outer extent
     vptr = i8.as_pointer()
@@ -438,7 +467,7 @@ def _parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     b.call(part, [ptrs, sizes, lo, hi])
     b.ret_void()
 
-    kb = KernelBuilder(module, prog, fn)
+    kb = KernelBuilder(module, prog, fn, inner.args)      # fn passes its arguments on to part
     b = kb.b
     total = b.mul(kb.dim(numel(k.shape)), ir.Constant(i64, _operations(k)))
     level = b.call(declare(module, "omp_get_level", i32, []), [])
@@ -653,10 +682,18 @@ def _maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: Program):
     kb.loops((N, C, Ho, Wo), each)
 
 
+@dataclass
+class StepModule:
+    """The module of a program, and what its driver reads: `arguments[k]` is the
+    pointer-table entry (module docstring) that goes in slot k of its argument array."""
+    module: ir.Module
+    arguments: list
+
+
 def build_module(prog: Program, name: str = "dlc_step", update: dict | None = None,
-                 profile: list | None = None) -> ir.Module:
+                 profile: list | None = None) -> StepModule:
     """The module of a program; with `update` (see add_update) the driver ends with the
-    optimizer step, its five arrays taken from the pointer table after the buffers.
+    optimizer step, on the five arrays after the buffers and checks in the pointer table.
     With `profile` (a list, filled with (kernel, nesting depth)), every kernel call adds
     its cycles to the global array `dlc_profile`, indexed like that list."""
     module = ir.Module(name)
@@ -664,83 +701,98 @@ def build_module(prog: Program, name: str = "dlc_step", update: dict | None = No
     sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
     driver = ir.Function(module, sig, name)
     gemms: dict = {}
-    counter = iter(range(1 << 30))
     numbered: list = []
+    alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
 
-    def functions(kernels, depth=0) -> list:
-        fns = []
-        for k in kernels:
-            number = next(counter)
-            numbered.append((k, depth))
-            fn = ir.Function(module, sig, f"kernel{number}")
-            fn.number = number
-            fn.linkage = "internal"
-            # inlined, every kernel would land in the driver, one function growing with the
-            # model, on which LLVM's O3 is superlinear (300 dense layers: 89 s instead of 8)
-            fn.attributes.add("noinline")
-            if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
-                kb = _parallel_map(module, prog, k, fn, sig)
-            else:
-                kb = KernelBuilder(module, prog, fn)
-            if isinstance(k, MapKernel):
-                if not k.shape:
-                    _map(kb, k, prog)
-            elif isinstance(k, ReduceKernel):
-                _reduce(kb, k, prog)
-            elif isinstance(k, ScatterAddKernel):
-                _scatter_add(kb, k, prog)
-            elif isinstance(k, AccumulateKernel):
-                _accumulate(kb, k, prog)
-            elif isinstance(k, MaxPoolGradKernel):
-                _maxpool_grad(kb, k, prog)
-            elif isinstance(k, SmallGemmKernel):
-                _small_gemm(kb, k)
-            elif isinstance(k, GemmKernel):
-                key = (k.trans_a, k.trans_b)
-                if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here
-                    gemms[key] = ir.Function(module, GEMM_TYPE, gemm_name(*key, False))
-                args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
-                for bid, off, ld, stride in (k.a, k.b, k.c):
-                    args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
-                args += [kb.dim(k.batch), fn.args[2]]
-                kb.b.call(gemms[key], args)
-            elif isinstance(k, ScanKernel):
-                _scan(kb, k, prog, functions(k.body, depth + 1), call)
-            kb.finish()
-            fns.append(fn)
-        return fns
+    def kernel(k, depth: int) -> tuple:
+        """(its function, the table entries of its argument slots, its profile number) of
+        kernel k; the function is one built before when that one is alike to the letter."""
+        number = len(numbered)
+        numbered.append((k, depth))
+        body = [kernel(j, depth + 1) for j in k.body] if isinstance(k, ScanKernel) else []
+        before = set(module.globals)
+        fn = ir.Function(module, sig, f"kernel{number}")
+        fn.linkage = "internal"
+        # inlined, every kernel would land in the driver, one function growing with the
+        # model, on which LLVM's O3 is superlinear (300 dense layers: 89 s instead of 8)
+        fn.attributes.add("noinline")
+        if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
+            kb = _parallel_map(module, prog, k, fn, sig)
+        elif body:      # the body's argument slots first, then the scan's own
+            kb = KernelBuilder(module, prog, fn, Arguments(e for _, refs, _ in body for e in refs))
+        else:
+            kb = KernelBuilder(module, prog, fn)
+        if isinstance(k, MapKernel):
+            if not k.shape:
+                _map(kb, k, prog)
+        elif isinstance(k, ReduceKernel):
+            _reduce(kb, k, prog)
+        elif isinstance(k, ScatterAddKernel):
+            _scatter_add(kb, k, prog)
+        elif isinstance(k, AccumulateKernel):
+            _accumulate(kb, k, prog)
+        elif isinstance(k, MaxPoolGradKernel):
+            _maxpool_grad(kb, k, prog)
+        elif isinstance(k, SmallGemmKernel):
+            _small_gemm(kb, k)
+        elif isinstance(k, GemmKernel):
+            key = (k.trans_a, k.trans_b)
+            if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here
+                gemms[key] = ir.Function(module, GEMM_TYPE, gemm_name(*key, False))
+            args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
+            for bid, off, ld, stride in (k.a, k.b, k.c):
+                args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
+            args += [kb.dim(k.batch), fn.args[2]]
+            kb.b.call(gemms[key], args)
+        elif isinstance(k, ScanKernel):
+            _scan(kb, k, prog, lambda b: calls(b, body, fn.args))
+        kb.finish()
+        made = [g for n, g in module.globals.items()
+                if n not in before and isinstance(g, ir.Function) and not g.is_declaration]
+        text = re.sub(rf'@"{re.escape(fn.name)}([."])', r'@"kernel\1', "\n".join(map(str, made)))
+        if text in alike:
+            for g in made:
+                del module.globals[g.name]
+        return alike.setdefault(text, fn), kb.args.refs, number
 
-    def call(b, fn, args):
-        if profile is None:
-            b.call(fn, args)
-            return
-        clock = module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(i64, []))
-        start = b.call(clock, [])
-        b.call(fn, args)
-        slot = b.gep(module.get_global("dlc_profile"), [ir.Constant(i32, 0), ir.Constant(i32, fn.number)])
-        b.store(b.add(b.load(slot), b.sub(b.call(clock, []), start)), slot)
+    def calls(b, kernels: list, args):
+        """Call each kernel with its slots, which follow one another from args[0] on."""
+        at = 0
+        for fn, refs, number in kernels:
+            slots = b.gep(args[0], [ir.Constant(i64, at)])
+            at += len(refs)
+            if profile is None:
+                b.call(fn, [slots, args[1], args[2]])
+                continue
+            clock = module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(i64, []))
+            start = b.call(clock, [])
+            b.call(fn, [slots, args[1], args[2]])
+            cell = b.gep(module.get_global("dlc_profile"), [ir.Constant(i32, 0), ir.Constant(i32, number)])
+            b.store(b.add(b.load(cell), b.sub(b.call(clock, []), start)), cell)
+        return at
 
     if profile is not None:
         table = ir.GlobalVariable(module, ir.ArrayType(i64, 1), "dlc_profile")    # resized below
-    kernels = functions(prog.kernels)
+    kernels = [kernel(k, 0) for k in prog.kernels]
     if profile is not None:
         profile.extend(numbered)
         table.value_type = ir.ArrayType(i64, len(numbered))
         table.initializer = ir.Constant(table.value_type, [0] * len(numbered))
     b = ir.IRBuilder(driver.append_basic_block("entry"))
-    for fn in kernels:
-        call(b, fn, driver.args)
+    at = calls(b, kernels, driver.args)
+    arguments = [e for _, refs, _ in kernels for e in refs]
     if update is not None:      # not after a failed check: the parameters stay as they were
         upd = add_update(module, **update)
-        slot = lambda k, t: b.bitcast(b.load(b.gep(driver.args[0], [ir.Constant(i64, len(prog.buffers) + k)])),
-                                      t.as_pointer())
+        first = len(prog.buffers) + len(prog.faults)
+        arguments += range(first, first + 5)
+        slot = lambda k, t: b.bitcast(b.load(b.gep(driver.args[0], [ir.Constant(i64, at + k)])), t.as_pointer())
         with b.if_then(b.icmp_unsigned("==", b.load_atomic(flag, "monotonic", 8), ir.Constant(i64, 0))):
             b.call(upd, [slot(0, f32), slot(1, f32), slot(2, f32), slot(3, f32), slot(4, f64)])
     b.ret_void()
-    return module
+    return StepModule(module, arguments)
 
 
-def _scan(kb: KernelBuilder, k: ScanKernel, prog: Program, body: list, call):
+def _scan(kb: KernelBuilder, k: ScanKernel, prog: Program, run_body):
     """The step index goes into the sizes array, where the body's kernels read it."""
     b = kb.b
     length = kb.dim(k.length)
@@ -749,8 +801,7 @@ def _scan(kb: KernelBuilder, k: ScanKernel, prog: Program, body: list, call):
     def step(idx):
         t = b.sub(b.sub(length, ir.Constant(i64, 1)), idx[0]) if k.reverse else idx[0]
         b.store(t, slot)
-        for fn in body:
-            call(b, fn, kb.fn.args)
+        run_body(b)
     kb.loops((k.length,), step)
 
 
