@@ -5,10 +5,10 @@ new temporary directory; the shared GEMM library is compiled first and not count
 the train step's compile is timed phase by phase:
 
     passes   compiler/passes.py optimize (the train-step graph built by autodiff before)
-    lower    compiler/lower.py lower
-    codegen  compiler/codegen/kernels.py build_module (llvmlite IR builder)
+    lower    compiler/native/lower.py lower
+    codegen  compiler/native/kernels.py build_module (llvmlite IR builder)
     llvm     runtime/cache.py compile_cached: IR text, parse, O3, machine code, load
-    memory   compiler/memory.py intervals + plan at batch 32
+    memory   compiler/native/memory.py intervals + plan at batch 32
 
 Peak RSS is the child process's maximum resident set (ru_maxrss).
 
@@ -40,10 +40,10 @@ def measure(layers: int, profile: bool = False) -> dict:
     import resource
 
     from dlc.compiler.autodiff import train_step
-    from dlc.compiler.codegen.kernels import build_module
+    from dlc.compiler.native.kernels import build_module
     from dlc.compiler.frontend import load_text
-    from dlc.compiler.lower import lower
-    from dlc.compiler.memory import intervals, plan
+    from dlc.compiler.native.lower import lower
+    from dlc.compiler.native.memory import intervals, plan
     from dlc.compiler.passes import optimize
     from dlc.runtime import cache
 

@@ -51,7 +51,7 @@ def setup(name: str, seed: int = 0, batch: int = 64, steps: int = 100, fixed: bo
 
 def use_libm():
     """exp and tanh in native code as calls of expf / tanhf, not the inline polynomials."""
-    from dlc.compiler.codegen import kernels
+    from dlc.compiler.native import kernels
     kernels.KernelBuilder.exp = lambda kb, x: kb.call("expf", kernels.f32, [x])
     kernels.KernelBuilder.tanh = lambda kb, x: kb.call("tanhf", kernels.f32, [x])
 

@@ -82,8 +82,8 @@ def _time_calls(fns, seconds, rounds):
 def run(args):
     import numpy as np
 
-    from dlc.compiler.codegen import gemm
-    from dlc.runtime import jit
+    from dlc.compiler.native import gemm
+    from dlc.compiler.native import jit
 
     variants = [(False, False, False), (True, False, False), (False, True, False)]
     configs = {"avx2": gemm.AVX2}

@@ -5,10 +5,10 @@ import time
 
 import numpy as np
 
-from dlc.compiler.codegen import render
+from dlc.compiler.native import render
 from dlc.compiler.dims import evaluate, numel, symbols
 from dlc.compiler.frontend import Program
-from dlc.compiler.lower import GemmKernel, ScanKernel, SmallGemmKernel
+from dlc.compiler.native.lower import GemmKernel, ScanKernel, SmallGemmKernel
 from .config import Call
 from .gradcheck import init_params, sample_inputs
 from .native import NativeEngine
@@ -65,7 +65,7 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
 
 
 def _memory(exe) -> str:
-    """The temporaries' total size and the arena they share (compiler/memory.py)."""
+    """The temporaries' total size and the arena they share (compiler/native/memory.py)."""
     plan = list(exe.plans.values())[-1]
     mb = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
     return f"memory: temporaries {mb(plan.temp_bytes)} in a {mb(plan.arena)} arena"

@@ -19,7 +19,7 @@ import re
 
 from dlc.compiler.dims import Dim, evaluate, numel
 from dlc.compiler.errors import DlcError
-from dlc.compiler.memory import ITEMSIZE
+from dlc.compiler.native.memory import ITEMSIZE
 
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 PARTS = ("parameters", "gradients", "optimizer state", "activations")

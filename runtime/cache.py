@@ -26,9 +26,9 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 import dlc
-from dlc.compiler.codegen.gemm import add_gemm, gemm_name
+from dlc.compiler.native.gemm import add_gemm, gemm_name
 from dlc.compiler.errors import DlcError
-from . import jit
+from dlc.compiler.native import jit
 
 stats = {"compiles": 0, "hits": 0, "rejected": 0}
 _gemm_module = None

@@ -186,10 +186,10 @@ def cmd_compile(args):
     elif args.emit in ("graph", "grad"):
         _write(_render(_optimized(args, _graph_for(args, args.emit == "grad"), False), args.format), args.output)
     else:       # the native stages, of the train step (or the forward graph without a loss)
-        from dlc.compiler.codegen import render
-        from dlc.compiler.codegen.kernels import build_module
-        from dlc.compiler.lower import NotLowerable, lower
-        from dlc.runtime import jit
+        from dlc.compiler.native import render
+        from dlc.compiler.native.kernels import build_module
+        from dlc.compiler.native.lower import NotLowerable, lower
+        from dlc.compiler.native import jit
         model = _build(args)
         graph = _optimized(args, autodiff.train_step(model.graph) if "loss" in model.graph.outputs else model.graph,
                            True)

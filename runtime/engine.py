@@ -75,7 +75,7 @@ def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=
     if backend == "reference":
         return ReferenceEngine(train_model, eval_model, *args, **kw)
     from .native import NativeEngine
-    from dlc.compiler.lower import NotLowerable
+    from dlc.compiler.native.lower import NotLowerable
     try:
         if log and args:
             log("compiling the native train step (cached for the next runs) ...")

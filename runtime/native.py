@@ -1,7 +1,7 @@
 """The native engine: each step is one call of LLVM-compiled code.
 
-A graph is lowered to kernels (compiler/lower.py), compiled with llvmlite into one
-module whose driver runs them all (compiler/codegen/kernels.py), and called through a
+A graph is lowered to kernels (compiler/native/lower.py), compiled with llvmlite into one
+module whose driver runs them all (compiler/native/kernels.py), and called through a
 pointer table built once per batch shape. The train step's driver ends with the fused
 optimizer update: every trained parameter lives in one flat array, its gradient in
 another, so the update is one pass. Inputs are checked (shape, dtype) before any
@@ -16,13 +16,13 @@ import os
 import numpy as np
 
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.codegen.kernels import FAULT, SCALARS, build_module
+from dlc.compiler.native.kernels import FAULT, SCALARS, build_module
 from dlc.compiler.dims import evaluate, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import Model
 from dlc.compiler.graph import DTYPES
-from dlc.compiler.lower import NotLowerable, Program, lower
-from dlc.compiler.memory import ITEMSIZE, intervals, plan, views
+from dlc.compiler.native.lower import NotLowerable, Program, lower
+from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
 from dlc.compiler.passes import optimize
 from . import budget, cache
 from .engine import _scalars, predict_graph
@@ -61,9 +61,9 @@ class Executable:
             self.compiled.address("dlc_step"))
         self.fault = ctypes.c_int64.from_address(self.compiled.engine.get_global_value_address(FAULT))
         self.layouts: dict = {}
-        self.live = intervals(self.program)         # temporaries share an arena (compiler/memory.py)
+        self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
-        # the pointer table (compiler/codegen/kernels.py): buffers, checks, the update's arrays
+        # the pointer table (compiler/native/kernels.py): buffers, checks, the update's arrays
         self.checks = len(self.program.buffers)
         self.extras = self.checks + len(self.program.faults)
         self.entries = self.extras + (5 if update is not None else 0)

@@ -1,4 +1,4 @@
-"""The generated SGEMM (compiler/codegen/gemm.py) against numpy, in float32.
+"""The generated SGEMM (compiler/native/gemm.py) against numpy, in float32.
 
 Covers the 4 transpose combinations, C = AB and C += AB, batched products (with a
 broadcast operand), odd sizes and edge tiles, K slices and M/N blocks (a small-blocking
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from dlc.compiler.codegen import gemm
-from dlc.runtime import jit
+from dlc.compiler.native import gemm
+from dlc.compiler.native import jit
 
 ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
 

@@ -1,14 +1,14 @@
-"""Memory planning (compiler/memory.py): liveness of temporaries and their arena."""
+"""Memory planning (compiler/native/memory.py): liveness of temporaries and their arena."""
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dlc.compiler import memory
+from dlc.compiler.native import memory
 from dlc.compiler.autodiff import train_step
 from dlc.compiler.frontend import load
-from dlc.compiler.lower import Affine, Load, MapKernel, Program, ScanKernel, lower
+from dlc.compiler.native.lower import Affine, Load, MapKernel, Program, ScanKernel, lower
 from dlc.compiler.passes import optimize
 from dlc.runtime.config import Call
 from dlc.runtime.engine import ReferenceEngine

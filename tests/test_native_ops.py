@@ -31,7 +31,7 @@ from dlc.compiler.autodiff import backward, train_step
 from dlc.compiler.dims import Dim, evaluate
 from dlc.compiler.frontend import load_text
 from dlc.compiler.graph import PRIMITIVES, Graph, Tensor, TensorType
-from dlc.compiler.lower import NotLowerable
+from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime import gradcheck as gc
 from dlc.runtime import interpreter
 from dlc.runtime.native import Executable

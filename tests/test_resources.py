@@ -12,14 +12,14 @@ import time
 import numpy as np
 import pytest
 
-from dlc.compiler import memory
+from dlc.compiler.native import memory
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.codegen.kernels import build_module
+from dlc.compiler.native.kernels import build_module
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import load_text
-from dlc.compiler.lower import lower
+from dlc.compiler.native.lower import lower
 from dlc.compiler.passes import optimize
-from dlc.runtime import jit
+from dlc.compiler.native import jit
 from dlc.runtime.api import DlcModel
 from dlc.runtime.config import Call
 from dlc.runtime.native import NativeEngine

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .dims import Dim, numel
-from .errors import DlcError
-from .graph import DTYPES, Graph, Tensor
+from ..dims import Dim, numel
+from ..errors import DlcError
+from ..graph import DTYPES, Graph, Tensor
 
 # ---- expressions -----------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from llvmlite import ir
 
 from ..dims import numel
-from ..lower import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index, Load,
+from .lower import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index, Load,
                      MapKernel,
                      MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScanKernel, ScatterAddKernel, Size,
                      SmallGemmKernel)

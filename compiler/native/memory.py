@@ -34,8 +34,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .dims import evaluate
-from .graph import DTYPES
+from ..dims import evaluate
+from ..graph import DTYPES
 from .lower import (AccumulateKernel, FusedMapKernel, GemmKernel, MapKernel, MaxPoolGradKernel, Program,
                     ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
 

@@ -39,10 +39,13 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 from dataclasses import dataclass
 
 import numpy as np
 from llvmlite import ir
+
+from . import jit
 
 i1 = ir.IntType(1)
 i8 = ir.IntType(8)
@@ -92,8 +95,6 @@ AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
 def default_config(vector_width: int | None = None) -> GemmConfig:
     """`AVX2` (vector_width 8) or `AVX512` (16). When None: AVX512 where the host has
     AVX-512F, unless the environment variable DLC_GEMM_VW=8 asks for AVX2."""
-    import os
-    from dlc.runtime import jit
     if vector_width is None:
         env = os.environ.get("DLC_GEMM_VW", "")
         vector_width = 8 if env == "8" or not jit.host_has("avx512f") else 16
@@ -646,7 +647,6 @@ class GemmLibrary:
     """Compiled GEMM routines callable from Python with numpy arrays (tests, benchmarks)."""
 
     def __init__(self, variants=None, config: GemmConfig | None = None):
-        from dlc.runtime import jit
         self.config = config or default_config()
         if variants is None:
             variants = [(ta, tb, acc) for ta in (False, True) for tb in (False, True)

@@ -1,1 +1,0 @@
-"""LLVM IR generators (llvmlite) for dlc's native backend."""
