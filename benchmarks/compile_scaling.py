@@ -41,7 +41,7 @@ def measure(layers: int, profile: bool = False) -> dict:
 
     from dlc.compiler.autodiff import train_step
     from dlc.compiler.native.kernels import build_module
-    from dlc.compiler.frontend import load_text
+    from dlc.compiler.loader import load_text
     from dlc.compiler.native.lower import lower
     from dlc.compiler.native.memory import intervals, plan
     from dlc.compiler.passes import optimize

@@ -39,7 +39,7 @@ UPDATES = ("fused", "torch", "float64")
 def setup(name: str, seed: int = 0, batch: int = 64, steps: int = 100, fixed: bool = False):
     """(train model, eval model, initial float32 parameters, the batch of every step:
     a fresh one at each step, or with `fixed` one batch for all)."""
-    from dlc.compiler.frontend import load
+    from dlc.compiler.loader import load
     from dlc.runtime.gradcheck import init_params
     prog = load(str(WORKLOAD_DIR / f"{name}.dl"))
     train, ev = prog.build(training=True), prog.build(training=False)
@@ -73,7 +73,7 @@ def train_dlc(name: str, init: dict, batches: list, lr: float = 1e-3, engine: st
     """Adam on dlc: (loss per step, final parameters). With update != "fused" the engine
     runs a zero-rate SGD step (p - 0·g leaves p as it is) and the Adam step is applied
     to its gradients outside: by torch.optim.Adam, or by runtime/optim.py in float64."""
-    from dlc.runtime.engine import make_engine
+    from dlc.runtime.backends import make_engine
     train, ev = models or setup(name, steps=0)[:2]
     trainable = [p.name for p in train.params if p.trainable]
     adam = _optimizer("adam", lr)
@@ -168,7 +168,7 @@ def gradient_errors(name: str, init: dict, batch: dict, models=None) -> dict:
     """Per parameter, the relative error (in norm) of the native and torch float32
     gradients at `init` against torch's float64 gradient."""
     import torch
-    from dlc.runtime.engine import make_engine
+    from dlc.runtime.backends import make_engine
     grads = {}
     for dtype in (torch.float32, torch.float64):
         model = _torch_model(name, init, dtype)

@@ -320,7 +320,7 @@ def timed_loop(run: Run, step_fn, warmup: int, steps: int):
 
 class DlcRunner:
     def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int):
-        from dlc.compiler.frontend import load
+        from dlc.compiler.loader import load
         from dlc.runtime.config import Call
         from dlc.runtime.optim import make_optimizer
         t0 = time.perf_counter()
@@ -348,7 +348,7 @@ class DlcRunner:
     def first(self):
         """Engine construction + first step (dlc's make_engine falls back from native to
         reference, with a note, for a model it cannot compile)."""
-        from dlc.runtime.engine import make_engine
+        from dlc.runtime.backends import make_engine
         self._fresh()
         t0 = time.perf_counter()
         notes = []
@@ -461,7 +461,7 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
 
     dlc = None
     # the parameters: dlc's initializers, float64 -> float32, shared by every framework
-    from dlc.compiler.frontend import load
+    from dlc.compiler.loader import load
     model = load(str(WORKLOAD_DIR / f"{name}.dl")).build(training=True)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(model, args.seed).items()}
     batch = make_batch(name, args.seed)

@@ -12,7 +12,7 @@ import numpy as np
 from . import ops
 from .dims import Dim, exact_div, numel
 from .errors import DlcError
-from .frontend import Builtin, describe, static_binary
+from dlc.compiler.values import Builtin, describe, static_binary
 from .graph import Tensor
 from .syntax import INT_MAX
 

@@ -160,7 +160,7 @@ def symbols(shape) -> set:
     return out
 
 
-def evaluate(d, env: dict) -> int:
+def concrete(d, env: dict) -> int:
     """A dim's value given sizes for its symbols."""
     if isinstance(d, Dim):
         v = d.subs(env)

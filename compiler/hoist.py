@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import ops
 from .autodiff import prune
-from .dims import evaluate, numel, symbols
+from .dims import concrete, numel, symbols
 from .graph import Graph, Tensor
 
 
@@ -140,4 +140,4 @@ def _after_loop(kind: tuple, operands: list, stacked: list) -> Tensor:
 
 def _size(t: Tensor) -> int:
     """Elements, symbolic dims counted as 32: only comparisons use it."""
-    return evaluate(numel(t.shape), {sym: 32 for sym in symbols(t.shape)})
+    return concrete(numel(t.shape), {sym: 32 for sym in symbols(t.shape)})

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .dims import Dim, numel
-from .frontend import Model
+from dlc.compiler.model import Model
 from .graph import PRIMITIVES, Graph
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import load as load_program
+from dlc.compiler.loader import load as load_program
 from . import checkpoint, data as datasets
-from .engine import make_engine
-from .trainer import Trainer, bind, data_settings, evaluate, evaluation_data, fit_input, to_stderr
+from dlc.runtime.backends import make_engine
+from dlc.runtime.trainer import Trainer, data_settings, evaluation_data, fit_input, input_arrays, mean_metrics, to_stderr
 
 
 class DlcModel:
@@ -64,7 +64,7 @@ class DlcModel:
         for plain weights; trainer.evaluation_data). `log` (default: stderr) is told which."""
         self._require_weights()
         arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
-        return evaluate(self.engine, self.params, arrays, batch)
+        return mean_metrics(self.engine, self.params, arrays, batch)
 
     def predict(self, inputs, batch: int = 256) -> dict:
         """Outputs for inputs: a dict by input name, an array (the first input), or a path
@@ -75,7 +75,7 @@ class DlcModel:
         if isinstance(inputs, np.ndarray):
             inputs = {self.eval_model.inputs[0].name: inputs}
         ds = datasets.Dataset(dict(inputs), {})
-        arrays = bind(self.eval_model, ds, need_targets=False)
+        arrays = input_arrays(self.eval_model, ds, need_targets=False)
         n = len(next(iter(arrays.values())))
         parts: dict = {}
         for start in range(0, n, batch):

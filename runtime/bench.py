@@ -6,8 +6,8 @@ import time
 import numpy as np
 
 from dlc.compiler.native import render
-from dlc.compiler.dims import evaluate, numel, symbols
-from dlc.compiler.frontend import Program
+from dlc.compiler.dims import concrete, numel, symbols
+from dlc.compiler.loader import Program
 from dlc.compiler.native.lower import GemmKernel, ScanKernel, SmallGemmKernel
 from .config import Call
 from .gradcheck import init_params, sample_inputs
@@ -47,7 +47,7 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
         if flops is not None:
             flops *= trips[depth]
         if isinstance(k, ScanKernel):
-            trips.append(trips[depth] * evaluate(k.length, sizes))
+            trips.append(trips[depth] * concrete(k.length, sizes))
         rows.append((seconds, depth, type(k).__name__.replace("Kernel", "").lower(), render.source(k), flops))
     median = float(np.median(times))
     lines = [f"native train step of {train.name}: median {median * 1e3:.3f} ms over {steps} steps "
@@ -74,4 +74,4 @@ def _memory(exe) -> str:
 def _gemm_flops(k, sizes):
     if not isinstance(k, (GemmKernel, SmallGemmKernel)):
         return None
-    return 2 * numel([evaluate(d, sizes) for d in (k.m, k.n, k.k, k.batch)])
+    return 2 * numel([concrete(d, sizes) for d in (k.m, k.n, k.k, k.batch)])

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 import re
 
-from dlc.compiler.dims import Dim, evaluate, numel
+from dlc.compiler.dims import Dim, concrete, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.memory import ITEMSIZE
 
@@ -109,7 +109,7 @@ def batch_symbol(graph) -> str | None:
 
 
 def tensor_bytes(typ, sizes: dict | None = None) -> int:
-    return int(numel([evaluate(d, sizes or {}) for d in typ.shape])) * ITEMSIZE[typ.dtype]
+    return int(numel([concrete(d, sizes or {}) for d in typ.shape])) * ITEMSIZE[typ.dtype]
 
 
 def model_parts(model, trainable: list, slots: int) -> dict:

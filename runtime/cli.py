@@ -96,7 +96,7 @@ def _threads(args):
 
 # ---- helpers --------------------------------------------------------------------------------------------
 def _build(args, training=True):
-    from dlc.compiler.frontend import load
+    from dlc.compiler.loader import load
     return load(args.file).build(args.model, training=training)
 
 
@@ -126,7 +126,7 @@ def _dims(pairs) -> dict:
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_check(args):
     from dlc.compiler import summary as S
-    from dlc.compiler.frontend import load
+    from dlc.compiler.loader import load
     from dlc.runtime.trainer import make_config
     program = load(args.file)
     train = program.build(args.model, training=True)
@@ -140,7 +140,7 @@ def cmd_summary(args):
     """--freeze replaces the train block's freeze, as in `dlc train`: the same settings (make_config)
     and the same names (frozen_names), so the trainable count is what trains."""
     from dlc.compiler import summary as S
-    from dlc.compiler.frontend import load
+    from dlc.compiler.loader import load
     from dlc.runtime.trainer import frozen_names, make_config
     program = load(args.file)
     model = program.build(args.model, training=not args.eval)
@@ -180,7 +180,7 @@ def _optimized(args, graph, native: bool):
 def cmd_compile(args):
     from dlc.compiler import autodiff, syntax
     from dlc.compiler.errors import DlcError
-    from dlc.compiler.frontend import load
+    from dlc.compiler.loader import load
     if args.emit == "ast":
         _write(syntax.dump(load(args.file).module), args.output)
     elif args.emit in ("graph", "grad"):
@@ -236,7 +236,7 @@ def _weights(args):
 
 
 def cmd_train(args):
-    from dlc.compiler.frontend import load
+    from dlc.compiler.loader import load
     from dlc.runtime.trainer import Trainer
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
@@ -302,7 +302,7 @@ def cmd_generate(args):
 
 
 def cmd_bench(args):
-    from dlc.compiler.frontend import load
+    from dlc.compiler.loader import load
     from dlc.runtime.bench import bench
     print(bench(load(args.file), args.model, args.batch, _dims(args.dim), args.steps, args.top))
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.frontend import literal, static_binary
+from dlc.compiler.values import literal, static_binary
 
 REQUIRED = object()     # the default of a parameter that must be given
 
@@ -185,7 +185,7 @@ def from_json(v):
 
 
 # ---- evaluation of a train block -------------------------------------------------------------------
-def evaluate(node) -> object:
+def setting_value(node) -> object:
     """The static value of a setting's expression."""
     if isinstance(node, A.Number):
         return literal(node)
@@ -196,24 +196,24 @@ def evaluate(node) -> object:
     if isinstance(node, A.Name):
         return Symbol(node.id, node.span)
     if isinstance(node, A.Tuple):
-        return [evaluate(x) for x in node.items]
+        return [setting_value(x) for x in node.items]
     if isinstance(node, A.Unary) and node.op == "-":
-        v = evaluate(node.operand)
+        v = setting_value(node.operand)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return -v
     if isinstance(node, A.Binary) and node.op in ("+", "-", "*", "/", "^"):
-        a, b = evaluate(node.left), evaluate(node.right)
+        a, b = setting_value(node.left), setting_value(node.right)
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
             return static_binary(node.op, a, b, node.span)
     if isinstance(node, A.Call) and isinstance(node.func, A.Name):
         call = Call(node.func.id, span=node.span)
         for a in node.args:
             if isinstance(a, A.Keyword):
-                call.kwargs[a.name] = evaluate(a.value)
+                call.kwargs[a.name] = setting_value(a.value)
                 call.arg_spans[a.name] = a.value.span
             else:
                 call.arg_spans[len(call.args)] = a.span
-                call.args.append(evaluate(a))
+                call.args.append(setting_value(a))
         return call
     raise DlcError("a train setting must be a number, a string, a name, a list or a call such as adam(lr = 1e-3)",
                    node.span)
@@ -223,4 +223,4 @@ def settings(train: A.Train | None) -> dict:
     """name -> (value, span) for every setting of a train block."""
     if train is None:
         return {}
-    return {k.name: (evaluate(k.value), k.span) for k in train.settings}
+    return {k.name: (setting_value(k.value), k.span) for k in train.settings}

@@ -1,14 +1,16 @@
 """Engines run a model's steps. The reference engine runs the graphs with the numpy
-interpreter and applies the optimizer in numpy; a native engine (the LLVM backend)
-offers the same three methods and runs each step in one native call."""
+interpreter and applies the optimizer in numpy; the native engine (runtime/native.py)
+offers the same three methods and runs each step in one native call. This module also
+holds what both engines share: the prediction graph and the scalars a step reports.
+runtime/backends.py picks the engine for a run."""
 from __future__ import annotations
 
 import numpy as np
 
 from dlc.compiler.autodiff import copy_graph, prune, train_step
-from dlc.compiler.frontend import Model
-from . import budget, interpreter
-from .optim import Optimizer, add_penalties, clip
+from dlc.compiler.model import Model
+from dlc.runtime import budget, interpreter
+from dlc.runtime.optim import Optimizer, add_penalties, clip
 
 
 def predict_graph(model: Model):
@@ -60,37 +62,6 @@ class ReferenceEngine:
             budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
             self.checked.add(key)
         return interpreter.run(graph, feeds, params)
-
-
-BACKENDS = ("auto", "native", "reference")
-
-
-def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, **kw):
-    """The engine `backend` names. `auto` is the native engine, or, for a model using an
-    operation the native backend does not compile, the reference engine after a warning
-    naming that operation and its line; `native` never falls back (the error says why)."""
-    from dlc.compiler.errors import DlcError
-    if backend not in BACKENDS:
-        raise DlcError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
-    if backend == "reference":
-        return ReferenceEngine(train_model, eval_model, *args, **kw)
-    from .native import NativeEngine
-    from dlc.compiler.native.lower import NotLowerable
-    try:
-        if log and args:
-            log("compiling the native train step (cached for the next runs) ...")
-        return NativeEngine(train_model, eval_model, *args, **kw)
-    except NotLowerable as e:
-        if backend == "native":
-            raise
-        e.message += "; running on the slow reference engine instead (--backend native refuses)"
-        (log or _warn)(e.render("warning"))
-    return ReferenceEngine(train_model, eval_model, *args, **kw)
-
-
-def _warn(message: str):
-    import sys
-    print(message, file=sys.stderr)
 
 
 def _scalars(out: dict) -> dict:

@@ -7,8 +7,8 @@ import networkx as nx
 import numpy as np
 
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.dims import evaluate, symbols
-from dlc.compiler.frontend import Model
+from dlc.compiler.dims import concrete, symbols
+from dlc.compiler.model import Model
 from dlc.compiler.graph import Graph
 from . import interpreter
 
@@ -52,7 +52,7 @@ def sample_inputs(model: Model, sizes: dict, seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
     feeds = {"rng": np.array([seed, 1], np.int32)}
     for inp in model.inputs:
-        shape = tuple(evaluate(d, sizes) for d in inp.type.shape)
+        shape = tuple(concrete(d, sizes) for d in inp.type.shape)
         if inp.type.is_float:
             feeds[inp.name] = rng.standard_normal(shape)
         elif inp.type.dtype == "bool":
@@ -70,7 +70,7 @@ def default_sizes(model: Model, size: int = 3) -> dict:
     sizes = {s: size for s in sorted(set().union(*(symbols(i.type.shape) for i in model.inputs)))}
     for _ in range(256):
         short = [d for d, least, _, _ in interpreter.size_constraints(model.graph)
-                 if d.symbols() <= sizes.keys() and evaluate(d, sizes) < least]
+                 if d.symbols() <= sizes.keys() and concrete(d, sizes) < least]
         if not short:
             break
         for s in short[0].symbols():

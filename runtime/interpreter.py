@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.compiler.dims import Dim, evaluate
+from dlc.compiler.dims import Dim, concrete
 from dlc.compiler.errors import DlcError
 from dlc.compiler.graph import DTYPES, PRIMITIVES, Graph
 
@@ -21,7 +21,7 @@ class Eval:
         return DTYPES[self.float_dtype if dtype in ("f32", "f64") else dtype]
 
     def size(self, d) -> int:
-        return evaluate(d, self.sizes)
+        return concrete(d, self.sizes)
 
     def feed(self, name):
         return self.feeds[name]
@@ -100,7 +100,7 @@ def bind_sizes(graph: Graph, feeds: dict) -> dict:
                 pending.append((name, typ, d, actual, graph.g.nodes[n]["span"]))
     for name, typ, d, actual, span in pending:
         try:
-            want = evaluate(d, sizes)
+            want = concrete(d, sizes)
         except KeyError:
             continue
         if want != actual:
@@ -115,10 +115,10 @@ def check_sizes(graph: Graph, sizes: dict):
     here, at the operation that needs it, on either engine."""
     bound = {s: v for s, v in sizes.items() if not s.startswith("$")}
     for dim, least, op, span in size_constraints(graph):
-        if dim.symbols() <= bound.keys() and evaluate(dim, bound) < least:
+        if dim.symbols() <= bound.keys() and concrete(dim, bound) < least:
             given = ", ".join(f"{s} = {bound[s]}" for s in sorted(dim.symbols()))
             raise DlcError.at_user_line(f"the inputs are too small for this {op}: it needs {dim} >= {least}, "
-                                        f"but {given} gives {evaluate(dim, bound)}", span)
+                                        f"but {given} gives {concrete(dim, bound)}", span)
 
 
 def size_constraints(graph: Graph) -> list:

@@ -17,9 +17,9 @@ import numpy as np
 
 from dlc.compiler.autodiff import train_step
 from dlc.compiler.native.kernels import FAULT, SCALARS, build_module
-from dlc.compiler.dims import evaluate, numel
+from dlc.compiler.dims import concrete, numel
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import Model
+from dlc.compiler.model import Model
 from dlc.compiler.graph import DTYPES
 from dlc.compiler.native.lower import NotLowerable, Program, lower
 from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
@@ -95,7 +95,7 @@ class Executable:
                 elif b.id in temps:
                     arrays.append(temps[b.id])
                 else:
-                    arrays.append(np.zeros(max(1, int(evaluate(b.size, sizes))), DTYPES[b.dtype]))
+                    arrays.append(np.zeros(max(1, int(concrete(b.size, sizes))), DTYPES[b.dtype]))
             table = np.zeros(self.entries, np.uint64)
             table[:self.checks] = [0 if a is None else a.ctypes.data for a in arrays]
             table[self.checks:self.extras] = np.arange(1, self.extras - self.checks + 1)
@@ -110,7 +110,7 @@ class Executable:
         def activations(s: dict) -> dict:
             # what a layout allocates: the arena and the buffers that live nowhere else
             arena = (p if s == sizes else plan(self.program, s, self.live, exclude=fixed)).arena
-            return {"activations": arena + sum(max(1, int(evaluate(b.size, s))) * ITEMSIZE[b.dtype]
+            return {"activations": arena + sum(max(1, int(concrete(b.size, s))) * ITEMSIZE[b.dtype]
                                                for b in self.program.buffers if b.kind != "temp" and b.id not in fixed)}
 
         resident = self.resident or {"parameters": sum(a.nbytes for a in fixed.values())}
@@ -138,15 +138,15 @@ class Executable:
         self.fn(args.ctypes.data, dims, threads())
         if self.fault.value:
             what, count, span = self.program.faults[self.fault.value - 1]
-            raise DlcError.at_user_line(f"{what}: index out of range [0, {evaluate(count, sizes)})", span)
+            raise DlcError.at_user_line(f"{what}: index out of range [0, {concrete(count, sizes)})", span)
         return arrays, sizes
 
     def _checked(self, bid: int, a: np.ndarray, sizes: dict) -> np.ndarray:
         """The native code reads and writes `a` as this buffer: it must be exactly that
         (the engine converts what users give it; this guards the boundary)."""
         b = self.program.buffers[bid]
-        if a.dtype != DTYPES[b.dtype] or not a.flags.c_contiguous or a.size < evaluate(b.size, sizes):
-            raise TypeError(f"buffer {b.name or bid} needs {evaluate(b.size, sizes)} contiguous {b.dtype} "
+        if a.dtype != DTYPES[b.dtype] or not a.flags.c_contiguous or a.size < concrete(b.size, sizes):
+            raise TypeError(f"buffer {b.name or bid} needs {concrete(b.size, sizes)} contiguous {b.dtype} "
                             f"elements, got {a.dtype} {a.shape}")
         return a
 
@@ -279,6 +279,6 @@ class NativeEngine:
         out = {}
         for name, bid in exe.program.outputs.items():
             typ = exe.graph.outputs[name].type
-            shape = tuple(evaluate(d, sizes) for d in typ.shape)
+            shape = tuple(concrete(d, sizes) for d in typ.shape)
             out[name[7:]] = arrays[bid][:int(np.prod(shape, dtype=np.int64))].reshape(shape).copy()
         return out

@@ -26,10 +26,11 @@ import numpy as np
 
 from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.frontend import Model, Program
+from dlc.compiler.loader import Program
+from dlc.compiler.model import Model
 from . import budget, checkpoint, config, data as datasets, interpreter
 from .config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
-from .engine import make_engine
+from dlc.runtime.backends import make_engine
 from .gradcheck import index_bound
 from .optim import clip_limit, make_optimizer, make_schedule
 
@@ -72,7 +73,7 @@ def parse_setting(text: str, name: str):
     except DlcError:
         return text
     try:
-        return config.evaluate(value)
+        return config.setting_value(value)
     except DlcError:
         if isinstance(value, A.Call):       # a call's error is about its arguments
             raise
@@ -228,7 +229,7 @@ def load_data(spec, base: Path, what: str, span=None) -> datasets.Dataset:
     return datasets.load(spec, base)
 
 
-def bind(model: Model, ds: datasets.Dataset, need_targets: bool = True) -> dict:
+def input_arrays(model: Model, ds: datasets.Dataset, need_targets: bool = True) -> dict:
     """Match the data's columns to the model's inputs: by name when every input has a
     column of its name, else in order (inputs and targets as declared)."""
     wanted = [i for i in model.inputs if need_targets or not i.is_target]
@@ -277,7 +278,7 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     return arr.astype(np.int32)
 
 
-def evaluate(engine, params: dict, arrays: dict, batch: int) -> dict:
+def mean_metrics(engine, params: dict, arrays: dict, batch: int) -> dict:
     """Loss and metrics over a data set, weighted by batch size."""
     n = len(next(iter(arrays.values())))
     totals: dict = {}
@@ -305,7 +306,7 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     sets["data"] = full
     split = any(_is_split(spec) for spec in (cfg.test, cfg.validation))
     empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
-    bound = {name: bind(model, ds) if ds is not None else None for name, ds in sets.items()}     # shapes first
+    bound = {name: input_arrays(model, ds) if ds is not None else None for name, ds in sets.items()}     # shapes first
     for name, ds in sets.items():
         if ds is not None and len(ds) == 0:
             raise DlcError(empty[name], cfg.span(name))
@@ -336,7 +337,7 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
         log(f"evaluating {to_text(spec)}")
         if to_text(spec) == trained_on:
             log("note: this is the data the weights were trained on (but for any held-out splits)")
-        return bind(model, load_data(spec, base, "data"))
+        return input_arrays(model, load_data(spec, base, "data"))
     train, val, test, _ = prepare_data(cfg, base, model)
 
     def held_out(which: str, spec) -> str:
@@ -503,7 +504,7 @@ class Trainer:
                 row = {"epoch": epoch + 1, "lr": schedule(step - 1), "time": round(time.perf_counter() - started, 3)}
                 row.update({k: v / max(seen, 1) for k, v in totals.items() if k != "grad_norm"})
                 if val is not None:
-                    row.update({f"val_{k}": v for k, v in evaluate(engine, params, val, cfg.batch).items()})
+                    row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, cfg.batch).items()})
                 history.append(row)
                 self.end_epoch(row)
                 epoch += 1
@@ -519,7 +520,7 @@ class Trainer:
         if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists():
             params = checkpoint.load(self.out / "best.npz")[0]
         self.write_history(history)
-        result = evaluate(engine, params, test, cfg.batch) if test is not None else {}
+        result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
         return Result(history, params, self.out, result, stopped, self.written)
 
     def augment(self, batch: dict, epoch: int, b: int) -> dict:

@@ -12,7 +12,7 @@ from dlc.compiler import ops
 from dlc.compiler.autodiff import train_step
 from dlc.compiler.dims import numel
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import load_text
+from dlc.compiler.loader import load_text
 from dlc.compiler.graph import Graph, TensorType
 from dlc.runtime import interpreter
 

@@ -4,7 +4,7 @@ import pytest
 
 from dlc.compiler.dims import Dim
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import load, load_text
+from dlc.compiler.loader import load, load_text
 from dlc.runtime import interpreter
 from dlc.runtime.gradcheck import init_params
 

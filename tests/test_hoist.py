@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.autodiff import copy_graph, train_step
-from dlc.compiler.frontend import load, load_text
+from dlc.compiler.loader import load, load_text
 from dlc.compiler.hoist import hoist_accumulators
 from dlc.runtime.gradcheck import init_params, sample_inputs
 from dlc.runtime.interpreter import run

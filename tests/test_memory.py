@@ -7,7 +7,7 @@ import pytest
 
 from dlc.compiler.native import memory
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.frontend import load
+from dlc.compiler.loader import load
 from dlc.compiler.native.lower import Affine, Load, MapKernel, Program, ScanKernel, lower
 from dlc.compiler.passes import optimize
 from dlc.runtime.config import Call

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.frontend import load, load_text
+from dlc.compiler.loader import load, load_text
 from dlc.runtime import interpreter
 from dlc.runtime.config import Call
 from dlc.runtime.engine import ReferenceEngine

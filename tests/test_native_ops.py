@@ -28,8 +28,8 @@ import pytest
 
 from dlc.compiler import ops
 from dlc.compiler.autodiff import backward, train_step
-from dlc.compiler.dims import Dim, evaluate
-from dlc.compiler.frontend import load_text
+from dlc.compiler.dims import Dim, concrete
+from dlc.compiler.loader import load_text
 from dlc.compiler.graph import PRIMITIVES, Graph, Tensor, TensorType
 from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime import gradcheck as gc
@@ -54,7 +54,7 @@ def run_native(exe: Executable, feeds: dict, params: dict) -> dict:
     arrays, sizes = exe.run(feeds, fixed)
     out = {}
     for name, bid in exe.program.outputs.items():
-        shape = tuple(int(evaluate(d, sizes)) for d in exe.graph.outputs[name].shape)
+        shape = tuple(int(concrete(d, sizes)) for d in exe.graph.outputs[name].shape)
         n = int(np.prod(shape, dtype=np.int64))
         out[name] = arrays[bid][:n].reshape(shape).copy()
     return out
@@ -432,7 +432,7 @@ def primitive_feeds(name: str, graph: Graph) -> list:
         feeds = {}
         for n in graph.nodes_with("input"):
             iname, typ = graph.attrs(n)["name"], graph.types(n)[0]
-            shape = tuple(int(evaluate(d, sizes)) for d in typ.shape)
+            shape = tuple(int(concrete(d, sizes)) for d in typ.shape)
             sample = case.inputs[iname][2] if iname in case.inputs else normal      # ct_*: cotangents
             v = np.asarray(sample(r, shape))
             feeds[iname] = v.astype({"f32": np.float32, "i32": np.int32, "bool": np.bool_}[typ.dtype])
@@ -655,7 +655,7 @@ def model_feeds(name: str, model, graph: Graph, sizes_list: list) -> list:
         for n in graph.nodes_with("input"):
             iname, typ = graph.attrs(n)["name"], graph.types(n)[0]
             if iname.startswith("r_"):
-                feeds[iname] = r.standard_normal(tuple(int(evaluate(d, sizes)) for d in typ.shape))
+                feeds[iname] = r.standard_normal(tuple(int(concrete(d, sizes)) for d in typ.shape))
         feeds = {k2: v.astype(np.float32) if v.dtype == np.float64 else v for k2, v in feeds.items()}
         sets.append((sizes, feeds))
     return sets

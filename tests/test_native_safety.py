@@ -115,7 +115,7 @@ def test_an_index_computed_from_the_data_is_checked_in_the_kernel(tmp_path, back
 
 
 def _train_engine(model: DlcModel):
-    from dlc.runtime.engine import make_engine
+    from dlc.runtime.backends import make_engine
     opt = make_optimizer(Call("adam", [], {"lr": 0.1}))
     return make_engine(model.backend, model.train_model, model.eval_model, opt,
                        [p.name for p in model.train_model.params])

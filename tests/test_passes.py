@@ -13,7 +13,7 @@ import pytest
 from dlc.compiler import ops, passes
 from dlc.compiler.autodiff import train_step
 from dlc.compiler.dims import Dim
-from dlc.compiler.frontend import load
+from dlc.compiler.loader import load
 from dlc.compiler.graph import Graph, TensorType, to_text
 from dlc.runtime import interpreter
 from dlc.runtime.cli import main, parser

@@ -16,7 +16,7 @@ from dlc.compiler.native import memory
 from dlc.compiler.autodiff import train_step
 from dlc.compiler.native.kernels import build_module
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import load_text
+from dlc.compiler.loader import load_text
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes import optimize
 from dlc.compiler.native import jit

@@ -5,7 +5,7 @@ import pytest
 
 from dlc.compiler.dims import Dim
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import load_text
+from dlc.compiler.loader import load_text
 from dlc.runtime.config import Call
 from dlc.runtime.gradcheck import gradcheck, init_params, sample_inputs
 

@@ -22,7 +22,7 @@ nn = torch.nn
 F = torch.nn.functional
 from torch.func import functional_call  # noqa: E402
 
-from dlc.compiler.dims import evaluate  # noqa: E402
+from dlc.compiler.dims import concrete  # noqa: E402
 from numeric_helpers import assert_close, build, check_params_given, forward, gradients  # noqa: E402
 
 DT = torch.float64
@@ -70,7 +70,7 @@ def parity(decls: dict, body: str, torch_fn, outputs=("y",), feeds=None, values=
             else rng.standard_normal(p.type.shape) * scale
     check_params_given(model, params)
     for o, s in r_shapes.items():
-        feeds[f"r_{o}"] = rng.standard_normal(tuple(evaluate(d, sizes or {}) for d in s))
+        feeds[f"r_{o}"] = rng.standard_normal(tuple(concrete(d, sizes or {}) for d in s))
 
     dl_out = forward(model, feeds, params)
     dl_step = gradients(model, feeds, params)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import load
+from dlc.compiler.loader import load
 from dlc.runtime import checkpoint, data as D
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main

@@ -14,7 +14,7 @@ import pytest
 
 from dlc.compiler import autodiff, graph as G
 from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.frontend import load_text
+from dlc.compiler.loader import load_text
 from dlc.compiler.passes import optimize
 from dlc.runtime.cli import main
 from dlc.runtime.optim import make_schedule

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import load
+from dlc.compiler.loader import load
 from dlc.runtime import data as D
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main

@@ -9,7 +9,7 @@ see the same gradients. 1037 entries: whole vectors and a remainder."""
 import numpy as np
 import pytest
 
-from dlc.compiler.frontend import load_text
+from dlc.compiler.loader import load_text
 from dlc.runtime.config import Call
 from dlc.runtime.native import NativeEngine
 from dlc.runtime.optim import make_optimizer

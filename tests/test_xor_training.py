@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.frontend import load
+from dlc.compiler.loader import load
 from dlc.runtime import interpreter
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "xor_mlp.dl"

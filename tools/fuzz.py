@@ -78,7 +78,7 @@ def join(tokens: list[Tok]) -> str:
 def builtin_names() -> list[str]:
     """The builtins' and the standard library's function names."""
     from dlc.compiler.builtins import BUILTINS
-    from dlc.compiler.frontend import stdlib_env
+    from dlc.compiler.loader import stdlib_env
     return sorted(BUILTINS) + sorted(stdlib_env().vars)
 
 
@@ -332,7 +332,7 @@ def compare_engines(text: str, sizes: dict = MODEL_SIZES, lr: float = 0.1):
     """One SGD step and an evaluation and a prediction on both engines, from the same
     parameters and batch: the losses, metrics and outputs agree to 1e-4, and each
     parameter's update to 1e-3 of its norm (a float32 gradient summed in another order)."""
-    from dlc.compiler.frontend import load_text
+    from dlc.compiler.loader import load_text
     from dlc.runtime.config import Call
     from dlc.runtime.engine import ReferenceEngine
     from dlc.runtime.gradcheck import init_params, sample_inputs

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dims import evaluate
+from ..dims import concrete
 from ..graph import DTYPES
 from .lower import (AccumulateKernel, FusedMapKernel, GemmKernel, MapKernel, MaxPoolGradKernel, Program,
                     ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
@@ -173,7 +173,7 @@ def plan(program: Program, sizes: dict, live: dict | None = None, exclude=()) ->
     """The arena layout of the program's temporaries for concrete dim sizes; `live` is
     `intervals(program)` when already computed, `exclude` buffer ids kept out."""
     live = intervals(program) if live is None else live
-    nbytes = {b.id: max(1, int(evaluate(b.size, sizes))) * ITEMSIZE[b.dtype]
+    nbytes = {b.id: max(1, int(concrete(b.size, sizes))) * ITEMSIZE[b.dtype]
               for b in program.buffers if b.kind == "temp" and b.id not in exclude}
     offsets, arena = pack(nbytes, live)
     return Plan(offsets, nbytes, arena)

@@ -7,21 +7,20 @@ after the binding it occurs in (`h1 = dense(x, 128)` gives `h1.W`, `h1.b`).
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import inspect
-from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 
 import numpy as np
 
-from . import ops
-from . import syntax as A
-from .dims import Dim, is_dim, numel
-from .errors import STDLIB_PREFIX, DlcError, Span, register_source
-from .graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType, collector_paused
-from .primitives import slice_length
-from .syntax import in_range
+from dlc.compiler import ops
+from dlc.compiler import syntax as A
+from dlc.compiler.dims import Dim, is_dim, numel
+from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span
+from dlc.compiler.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
+from dlc.compiler.model import Model, ModelInput, ParamInfo, ParamScope
+from dlc.compiler.primitives import slice_length
+from dlc.compiler.values import STATIC_OPS, Builtin, Env, Func, LoopIndex, describe, literal, static_binary
 
 INT_DTYPES = ("i32", "i64")
 
@@ -29,146 +28,6 @@ INT_DTYPES = ("i32", "i64")
 # `repeat` of one model build, and the items of one static tuple or string.
 MAX_REPEAT_STEPS = 100_000
 MAX_ITEMS = 1_000_000
-
-
-# ---- values ----------------------------------------------------------------------------------
-@dataclass
-class Func:
-    """A `def`, closed over the scope it was defined in."""
-    decl: A.Def
-    env: "Env"
-
-    @property
-    def name(self):
-        return self.decl.name
-
-
-@dataclass
-class Builtin:
-    name: str
-    fn: object          # python callable: fn(ev, *args, **kwargs)
-
-
-@dataclass
-class LoopIndex:
-    """The step variable of a scan; only valid as a direct index of a sequence."""
-    body: Graph
-    name: str
-
-
-class Env:
-    def __init__(self, parent: "Env | None" = None):
-        self.vars: dict = {}
-        self.parent = parent
-
-    def lookup(self, name: str):
-        env = self
-        while env is not None:
-            if name in env.vars:
-                return env.vars[name]
-            env = env.parent
-        raise KeyError(name)
-
-    def child(self) -> "Env":
-        return Env(self)
-
-
-class ParamScope:
-    """A node of the parameter-name tree; one per call of a def, except that the calls with
-    one explicit name share a node: a later call replays the first, walking its nodes again,
-    so every parameter under it is the first call's (shared weights)."""
-
-    def __init__(self, label: str, parent: "ParamScope | None", first_call: Span | None = None,
-                 replay: bool = False):
-        self.label, self.parent = label, parent
-        self.children: list[ParamScope] = []
-        self.params: dict[str, int] = {}      # local name -> param node
-        self.named: dict[str, ParamScope] = {}  # explicit name= children
-        self.unnamed: dict[str, list] = {}    # label -> the other children with that label, in call order
-        self.entered: dict[str, int] = {}     # label -> how many of those the current visit has entered
-        self.first_call = first_call          # the call that made an explicit name's node
-        self.replay = replay                  # walked by a later call of a shared name
-
-    def child(self, label: str, explicit: bool, call: Span) -> "ParamScope":
-        """The node of a call made in this one. The k-th call with a label in one visit
-        gets the k-th child with that label, so a replay finds the first call's nodes."""
-        if explicit:
-            scope = self.named.get(label)
-        else:
-            same = self.unnamed.setdefault(label, [])
-            k = self.entered.get(label, 0)
-            self.entered[label] = k + 1
-            scope = same[k] if k < len(same) else None
-        if scope is None:
-            scope = ParamScope(label, self, call if explicit else None, self.replay)
-            self.children.append(scope)
-            if explicit:
-                self.named[label] = scope
-            else:
-                same.append(scope)
-        else:
-            scope.replay = True
-        scope.entered = {}
-        return scope
-
-    def shared_call(self) -> "ParamScope":
-        """In a replay: the node of the explicit name that a later call repeats (the
-        outermost replayed node; only an explicit name's node is replayed first)."""
-        scope, found = self, None
-        while scope is not None:
-            found = scope if scope.replay else found
-            scope = scope.parent
-        return found
-
-    def owns_params(self) -> bool:
-        return bool(self.params) or any(c.owns_params() for c in self.children)
-
-    def assign_names(self, prefix: str, out: dict):
-        """Number same-label siblings that own parameters; collect full names."""
-        for name, node in self.params.items():
-            out[node] = f"{prefix}.{name}" if prefix else name
-        groups: dict[str, list] = {}
-        for c in self.children:
-            if c.owns_params():
-                groups.setdefault(c.label, []).append(c)
-        for label, members in groups.items():
-            for k, c in enumerate(members):
-                seg = label if len(members) == 1 else (f"{label}.{k}" if label else str(k))
-                path = ".".join(p for p in (prefix, seg) if p)
-                c.assign_names(path, out)
-
-
-@dataclass
-class ParamInfo:
-    name: str
-    type: TensorType
-    trainable: bool
-    span: Span
-
-
-@dataclass
-class ModelInput:
-    name: str
-    type: TensorType
-    span: Span
-    is_target: bool
-
-
-@dataclass
-class Model:
-    """A model built for one mode: its forward graph, initializer graph and metadata."""
-    name: str
-    graph: Graph         # outputs: loss, metric:<m>, output:<o>, update:<state>
-    init: Graph          # outputs: one per parameter and state, by name
-    inputs: list
-    params: list
-    training: bool
-    train: A.Train | None
-    span: Span
-    bindings: list = field(default_factory=list)   # (name, type, span) of every model-level binding
-
-    def input_names(self):
-        return [i.name for i in self.inputs]
 
 
 # ---- the evaluator ---------------------------------------------------------------------------
@@ -500,7 +359,7 @@ class Evaluator:
         for d in t.dims:
             if isinstance(d, A.AnyDims):
                 self.fail("'...' is only allowed in argument types", d.span)
-            if isinstance(d, A.Name) and new_symbols and not _defined(env, d.id):
+            if isinstance(d, A.Name) and new_symbols and not env.defines(d.id):
                 v = env.vars[d.id] = Dim.sym(d.id)
             else:
                 v = self.expr(d, env)
@@ -539,7 +398,7 @@ class Evaluator:
         if has_rest and after:
             pairs += list(zip(ann.dims[split + 1:], value.shape[value.rank - after:]))
         for d, actual in pairs:
-            if isinstance(d, A.Name) and not _defined(env, d.id):
+            if isinstance(d, A.Name) and not env.defines(d.id):
                 env.vars[d.id] = actual
                 env.vars.setdefault("__dim_sites__", {})[d.id] = span
                 continue
@@ -629,7 +488,7 @@ class Evaluator:
             return env.lookup(name)
         except KeyError:
             pass
-        close = _similar(name, _visible_names(env))
+        close = _similar(name, env.visible_names())
         hint = f"; did you mean '{close}'?" if close else ""
         self.fail(f"unknown name '{name}'{hint}", span)
 
@@ -679,7 +538,7 @@ class Evaluator:
                 self.fail("// is integer division; use / for floats", e.span)
             return ops.binary(self._TENSOR_OPS[e.op], a, b)
         if e.op in ("==", "!=") and (isinstance(a, (tuple, Dim)) or isinstance(b, (tuple, Dim))):
-            return _STATIC_OPS[e.op](a, b)
+            return STATIC_OPS[e.op](a, b)
         if isinstance(a, tuple) or isinstance(b, tuple):
             if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
                 self.check_items("tuple", len(a) + len(b), e.span)
@@ -696,7 +555,7 @@ class Evaluator:
                     if isinstance(a, float) or isinstance(b, float) else ""
                 self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}{hint}", e.span)
             if e.op in ("+", "-", "*"):
-                return _STATIC_OPS[e.op](a, b)
+                return STATIC_OPS[e.op](a, b)
             if b == 0:
                 self.fail("division by zero", e.span)
             q = a // b if isinstance(a, Dim) else None
@@ -967,55 +826,6 @@ class Evaluator:
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------------
-_STATIC_OPS = {
-    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b, "^": lambda a, b: a ** b,
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
-}
-
-
-def literal(e: A.Number) -> int | float:
-    """A number literal's value; a float literal beyond the float range (the parser made it
-    inf) is an error. (An integer literal too large is refused by the parser.)"""
-    if not in_range(e.value):
-        raise DlcError("the number is too large for a float (at most about 1.8e308)", e.span)
-    return e.value
-
-
-def static_binary(op: str, a, b, span: Span):
-    """`a op b` on static values (numbers, or strings compared), the operator written only.
-    A number outside the language's (syntax.in_range) is an error at span, and so is a
-    complex power; an integer power that would overflow is refused before it is computed."""
-    if op == "^" and _power_overflows(a, b):
-        raise DlcError(f"{_num(a)} ^ {_num(b)} overflows", span)
-    try:
-        out = _STATIC_OPS[op](a, b)
-    except ZeroDivisionError:
-        raise DlcError("division by zero", span) from None
-    except OverflowError:
-        raise DlcError(f"{_num(a)} {op} {_num(b)} overflows", span) from None
-    except TypeError:
-        raise DlcError(f"cannot apply {op} to {describe(a)} and {describe(b)}", span) from None
-    if isinstance(out, complex):
-        raise DlcError(f"{_num(a)} ^ {_num(b)} is not a real number", span)
-    if isinstance(out, (int, float)) and not in_range(out):
-        raise DlcError(f"{_num(a)} {op} {_num(b)} overflows", span)
-    return out
-
-
-def _power_overflows(a, b) -> bool:
-    """Whether a ^ b, for integers, is at least 2^64 by the bits of a: such a power is
-    refused without computing it (9 ^ 9 ^ 9 would take hours)."""
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in (a, b)) or b < 0 or abs(a) < 2:
-        return False
-    return (abs(a).bit_length() - 1) * b >= 64
-
-
-def _num(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
-
-
 STATIC_KINDS = ("int", "float", "bool", "str", "fn", "dim", "tuple")
 
 
@@ -1035,7 +845,6 @@ def check_def(decl: A.Def):
                 raise DlcError("at most one '...' in a type", rest[1].span)
 
 
-
 def fans(shape) -> tuple:
     """fan_in, fan_out of a weight: dense [in, out]; conv [out, in, *kernel]."""
     if len(shape) == 0:
@@ -1046,30 +855,6 @@ def fans(shape) -> tuple:
         return shape[0], shape[1]
     receptive = numel(shape[2:])
     return shape[1] * receptive, shape[0] * receptive
-
-
-def describe(v) -> str:
-    if isinstance(v, Tensor):
-        return f"a tensor {v.type}"
-    if isinstance(v, bool):
-        return f"the bool {str(v).lower()}"
-    if isinstance(v, int):
-        return f"the int {v}"
-    if isinstance(v, float):
-        return f"the float {v:g}"
-    if isinstance(v, Dim):
-        return f"the dim {v}"
-    if isinstance(v, str):
-        return f"the string \"{v}\""
-    if isinstance(v, tuple):
-        return f"a tuple of {len(v)}"
-    if isinstance(v, (Func, Builtin)):
-        return f"the function {v.name}"
-    if v is None:
-        return "none"
-    if isinstance(v, LoopIndex):
-        return f"the scan step '{v.name}'"
-    return type(v).__name__
 
 
 def ann_str(t: A.TensorType) -> str:
@@ -1108,161 +893,9 @@ def _static_operand(v) -> bool:
     return isinstance(v, (int, float, Dim)) or isinstance(v, str)
 
 
-def _defined(env: Env, name: str) -> bool:
-    """Whether a name has a value in env or an enclosing scope (a const, an argument)."""
-    try:
-        env.lookup(name)
-    except KeyError:
-        return False
-    return True
-
-
-def _visible_names(env: Env) -> set:
-    names = set()
-    while env is not None:
-        names |= {k for k in env.vars if not k.startswith("__")}
-        env = env.parent
-    return names
-
-
 _signature = functools.cache(inspect.signature)     # a builtin's, checked at every call
 
 
 def _similar(name: str, candidates) -> str | None:
-    import difflib
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.75)
     return close[0] if close else None
-
-
-# ---- modules ------------------------------------------------------------------------------------------------------------
-class Program:
-    """A parsed .dl file with its imports, the standard library and builtins in scope."""
-
-    def __init__(self, module: A.Module, globals_: Env, path: str):
-        self.module, self.globals, self.path = module, globals_, path
-        self.models, self.trains = {}, {}
-        for item in module.items:
-            if isinstance(item, A.Model):
-                if item.name in self.models:
-                    raise DlcError(f"model '{item.name}' is defined twice", item.span,
-                                   [("first definition", self.models[item.name].span)])
-                self.models[item.name] = item
-        for item in module.items:
-            if isinstance(item, A.Train):
-                if item.model not in self.models:
-                    raise DlcError(f"train block for '{item.model}', but there is no model of that name", item.span)
-                if item.model in self.trains:
-                    raise DlcError(f"a second train block for '{item.model}'", item.span)
-                names = [k.name for k in item.settings]
-                for k in item.settings:
-                    if names.count(k.name) > 1:
-                        raise DlcError(f"setting '{k.name}' is given twice", k.span)
-                self.trains[item.model] = item
-
-    def model_decl(self, name: str | None = None) -> A.Model:
-        if not self.models:
-            raise DlcError(f"{self.path} defines no model", Span(self.path, 1, 1))
-        if name is None:
-            return list(self.models.values())[-1]
-        if name not in self.models:
-            raise DlcError(f"no model named '{name}' in {self.path} (it has: {', '.join(self.models)})")
-        return self.models[name]
-
-    @collector_paused()
-    def build(self, name: str | None = None, training: bool = True) -> Model:
-        decl = self.model_decl(name)
-        ev = Evaluator(self.globals, training)
-        return ev.build(decl, self.trains.get(decl.name))
-
-
-def _load_into(env: Env, module: A.Module, path: Path | None, loading: list, defined: dict, loaded: set):
-    """Define a module's defs and consts in env, its imports first. `loading` is the
-    chain of files being imported (a cycle is an error); `loaded` the files done (a
-    file imported twice, as in a diamond, is read once)."""
-    for item in module.items:
-        if isinstance(item, A.Import):
-            if path is None:
-                raise DlcError("import is not allowed here", item.span)
-            target = (path.parent / item.path).resolve()
-            if target in loading:
-                raise DlcError(f"{item.path} imports itself (through a cycle)", item.span)
-            if target in loaded:
-                continue
-            if not target.is_file():
-                raise DlcError(f"cannot import {item.path}: no such file", item.span)
-            loading.append(target)
-            _load_into(env, _parse_file(target), target, loading, defined, loaded)
-            loading.pop()
-            loaded.add(target)
-        elif isinstance(item, (A.Def, A.Const)):
-            if item.name in defined:
-                raise DlcError(f"'{item.name}' is defined twice", item.span,
-                               [("first definition", defined[item.name])])
-            defined[item.name] = item.span
-            if isinstance(item, A.Def):
-                check_def(item)
-                env.vars[item.name] = Func(item, env)
-            else:
-                value = Evaluator(env, training=None).expr(item.value, env)
-                if isinstance(value, Tensor) or (isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value)):
-                    raise DlcError(f"a const must be a static value (a number, string, bool or tuple), "
-                                   f"not {describe(value)}", item.value.span)
-                env.vars[item.name] = value
-
-
-def _parse_file(path: Path) -> A.Module:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise _not_utf8(str(path), path.read_bytes()) from None
-    except OSError as e:
-        raise DlcError(f"cannot read {path}: {e.strerror}") from None
-    return A.parse(text, str(path))
-
-
-def _not_utf8(name: str, data: bytes) -> DlcError:
-    """The error at the first byte that is not UTF-8; its line is shown with the bad bytes replaced."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad = e.start
-    line, line_start = data.count(b"\n", 0, bad) + 1, data.rfind(b"\n", 0, bad) + 1
-    col = len(data[line_start:bad].decode("utf-8", "replace")) + 1
-    register_source(name, data.decode("utf-8", "replace"))
-    return DlcError(f"the file is not UTF-8 text (byte 0x{data[bad]:02x})", Span(name, line, col))
-
-
-@functools.cache
-def stdlib_env() -> Env:
-    """Builtins and the standard library, parsed once per process."""
-    from .builtins import BUILTINS
-    env = Env()
-    env.vars.update(BUILTINS)
-    libenv = env.child()
-    defined: dict = {}
-    for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".dl"):
-            name = STDLIB_PREFIX + f.name
-            text = f.read_text()
-            register_source(name, text)
-            _load_into(libenv, A.parse(text, name), None, [], defined, set())
-    return libenv
-
-
-def load(path: str) -> Program:
-    """Parse a .dl file and everything it imports."""
-    p = Path(path)
-    if not p.exists():
-        raise DlcError(f"no such file: {path}")
-    return _program(_parse_file(p), p.resolve(), path)
-
-
-def load_text(text: str, filename: str = "<input>") -> Program:
-    path = Path(filename).resolve() if not filename.startswith("<") else None
-    return _program(A.parse(text, filename), path, filename)
-
-
-def _program(module: A.Module, path: Path | None, name: str) -> Program:
-    env = stdlib_env().child()
-    _load_into(env, module, path, [path] if path else [], {}, set())
-    return Program(module, env, name)

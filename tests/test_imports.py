@@ -1,0 +1,74 @@
+"""The package's modules import one another without cycles.
+
+Only module-level imports count: an import inside a function runs when it is called, so
+it cannot take part in a cycle at import time.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+import dlc
+
+ROOT = Path(dlc.__file__).resolve().parent
+PACKAGES = ("compiler", "runtime", "grammar", "tools")   # the folders of the package's subpackages
+
+
+def module_files() -> dict:
+    """Every module of the package, by dotted name (a package by its __init__)."""
+    files = {"dlc": ROOT / "__init__.py"}
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = ("dlc",) + path.relative_to(ROOT).with_suffix("").parts
+            files[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return files
+
+
+def imported_modules(name: str, path: Path, modules: set) -> set:
+    """The dlc modules that a module's top-level statements import."""
+    is_package = path.name == "__init__.py"
+    out = set()
+    for stmt in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(stmt, ast.Import):
+            targets = [a.name for a in stmt.names]
+        elif isinstance(stmt, ast.ImportFrom):
+            base = stmt.module or ""
+            if stmt.level:
+                anchor = name.split(".")[: len(name.split(".")) - stmt.level + is_package]
+                base = ".".join(anchor + ([base] if base else []))
+            # `from pkg import mod` imports the module pkg.mod; `from mod import f` only mod
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in stmt.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:     # `import dlc.x.y.z` of a name: its module
+                target = target.rpartition(".")[0]
+            if target.startswith("dlc"):
+                out.add(target)
+    out.discard(name)
+    return out
+
+
+def import_graph() -> nx.DiGraph:
+    files = module_files()
+    graph = nx.DiGraph()
+    graph.add_nodes_from(files)
+    for name, path in files.items():
+        for target in imported_modules(name, path, set(files)):
+            graph.add_edge(name, target)
+    return graph
+
+
+def test_the_import_graph_covers_the_package():
+    graph = import_graph()
+    assert "dlc.compiler.native.lower" in graph
+    assert ("dlc.runtime.trainer", "dlc.runtime.data") in graph.edges      # absolute
+    assert ("dlc.compiler.passes", "dlc.compiler.graph") in graph.edges    # relative
+
+
+def test_no_import_cycles():
+    graph = import_graph()
+    cycles = list(nx.simple_cycles(graph))
+    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c + [c[0]]) for c in sorted(cycles, key=len)[:20])
