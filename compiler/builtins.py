@@ -9,12 +9,12 @@ import math
 
 import numpy as np
 
-from . import ops
-from .dims import Dim, exact_div, numel
-from .errors import DlcError
+from dlc.compiler import ops
+from dlc.compiler.dims import Dim, exact_div, numel
+from dlc.compiler.errors import DlcError
+from dlc.compiler.graph import Tensor
+from dlc.compiler.syntax import INT_MAX
 from dlc.compiler.values import Builtin, describe, static_binary
-from .graph import Tensor
-from .syntax import INT_MAX
 
 BUILTINS: dict = {}
 

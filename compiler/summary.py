@@ -1,9 +1,9 @@
 """Model summaries: parameter table, binding shapes, totals and forward FLOPs."""
 from __future__ import annotations
 
-from .dims import Dim, numel
+from dlc.compiler.dims import Dim, numel
+from dlc.compiler.graph import PRIMITIVES, Graph
 from dlc.compiler.model import Model
-from .graph import PRIMITIVES, Graph
 
 
 def flops(graph: Graph):

@@ -9,7 +9,7 @@ from functools import lru_cache
 from lark import Lark, Transformer, v_args, Token
 from lark.exceptions import UnexpectedInput, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
-from .errors import DlcError, Span, register_source
+from dlc.compiler.errors import DlcError, Span, register_source
 
 
 @dataclass

@@ -15,7 +15,7 @@ import numpy as np
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.loader import load as load_program
-from . import checkpoint, data as datasets
+from dlc.runtime import checkpoint, data as datasets
 from dlc.runtime.backends import make_engine
 from dlc.runtime.trainer import Trainer, data_settings, evaluation_data, fit_input, input_arrays, mean_metrics, to_stderr
 

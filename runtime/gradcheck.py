@@ -8,9 +8,9 @@ import numpy as np
 
 from dlc.compiler.autodiff import train_step
 from dlc.compiler.dims import concrete, symbols
-from dlc.compiler.model import Model
 from dlc.compiler.graph import Graph
-from . import interpreter
+from dlc.compiler.model import Model
+from dlc.runtime import interpreter
 
 
 @dataclass

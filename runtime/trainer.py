@@ -28,11 +28,11 @@ from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.loader import Program
 from dlc.compiler.model import Model
-from . import budget, checkpoint, config, data as datasets, interpreter
-from .config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
+from dlc.runtime import budget, checkpoint, config, data as datasets, interpreter
 from dlc.runtime.backends import make_engine
-from .gradcheck import index_bound
-from .optim import clip_limit, make_optimizer, make_schedule
+from dlc.runtime.config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
+from dlc.runtime.gradcheck import index_bound
+from dlc.runtime.optim import clip_limit, make_optimizer, make_schedule
 
 
 # ---- configuration ---------------------------------------------------------------------------------

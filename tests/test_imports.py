@@ -45,8 +45,9 @@ def imported_modules(name: str, path: Path, modules: set) -> set:
         for target in targets:
             while target and target not in modules:     # `import dlc.x.y.z` of a name: its module
                 target = target.rpartition(".")[0]
-            if target.startswith("dlc"):
+            while target.startswith("dlc"):     # importing a.b.c first runs a/__init__ and a/b/__init__
                 out.add(target)
+                target = target.rpartition(".")[0]
     out.discard(name)
     return out
 
