@@ -5,7 +5,8 @@ as `val_loss` or `conv1`) or a `Call` (`adam(lr = 1e-3)`, `split(0.1)`). The tra
 gives them meaning; this module evaluates them, keeps their source spans so a bad
 setting is reported where it was written, and binds a call's arguments to its
 parameters (`Call.bind`, the one binding of every spec: optimizers, schedules, clipping,
-early stopping, augmentation, splits and data sources).
+early stopping, augmentation, splits and data sources; each then checks its values
+with `Args.check`, so an error points at the argument).
 """
 from __future__ import annotations
 
@@ -36,8 +37,29 @@ class Call:
     arg_spans: dict = field(default_factory=dict, repr=False, compare=False)   # position or keyword -> span
 
     def bind(self, params: dict) -> "Args":
-        """The arguments by parameter name (`params`: name -> default, in order)."""
-        return bind(self.name, params, self.args, self.kwargs, self.span, self.arg_spans)
+        """The arguments by parameter name (`params`: name -> default, REQUIRED if it must be
+        given, in order): positional ones in parameter order, then keywords. Extra, unknown,
+        repeated and missing ones are errors at the argument (or at the call)."""
+        src, args, kwargs, spans = self.name, self.args, self.kwargs, self.arg_spans
+        names = list(params)
+        if len(args) > len(names):
+            raise DlcError(f"{src} takes at most {len(names)} argument{'s' * (len(names) != 1)}"
+                           f" ({', '.join(names) or 'none'}), got {len(args)}", spans.get(len(names), self.span))
+        for k in kwargs:
+            if k not in params:
+                raise DlcError(f"{src} has no option '{k}' (it takes: {', '.join(names) or 'nothing'})",
+                               spans.get(k, self.span))
+            if names.index(k) < len(args):
+                raise DlcError(f"{src}: '{k}' is given twice", spans.get(k, self.span))
+        values = dict(zip(names, args)) | kwargs
+        for k, default in params.items():
+            if k not in values:
+                if default is REQUIRED:
+                    raise DlcError(f"{src} needs '{k}' (it takes: {', '.join(names)})", self.span)
+                values[k] = default
+        where = {names[i]: spans[i] for i in range(len(args)) if i in spans}
+        where.update({k: spans[k] for k in kwargs if k in spans})
+        return Args(src, values, where, self.span)
 
 
 class Args(dict):
@@ -53,32 +75,6 @@ class Args(dict):
     def check(self, name: str, kind, **rules):
         """The argument checked by `kind` (integer, number, flag, choice), an error pointing at it."""
         return kind(self.src, name, self[name], **rules, span=self.span(name))
-
-
-def bind(src: str, params: dict, args: list, kwargs: dict, span: Span | None = None,
-         spans: dict | None = None) -> Args:
-    """Bind positional arguments in parameter order, then keywords; refuse extra, unknown,
-    repeated and missing ones."""
-    spans = spans or {}
-    names = list(params)
-    if len(args) > len(names):
-        raise DlcError(f"{src} takes at most {len(names)} argument{'s' * (len(names) != 1)}"
-                       f" ({', '.join(names) or 'none'}), got {len(args)}", spans.get(len(names), span))
-    for k in kwargs:
-        if k not in params:
-            raise DlcError(f"{src} has no option '{k}' (it takes: {', '.join(names) or 'nothing'})",
-                           spans.get(k, span))
-        if names.index(k) < len(args):
-            raise DlcError(f"{src}: '{k}' is given twice", spans.get(k, span))
-    values = dict(zip(names, args)) | kwargs
-    for k, default in params.items():
-        if k not in values:
-            if default is REQUIRED:
-                raise DlcError(f"{src} needs '{k}' (it takes: {', '.join(names)})", span)
-            values[k] = default
-    where = {names[i]: spans[i] for i in range(len(args)) if i in spans}
-    where.update({k: spans[k] for k in kwargs if k in spans})
-    return Args(src, values, where, span)
 
 
 # ---- checks of argument values; each raises "src: 'name' must ..." at `span` --------------------------

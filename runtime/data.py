@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import inspect
 import io
 import math
 import os
@@ -55,7 +54,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime.config import REQUIRED, Call, Symbol, bind, choice, flag, integer, number, show
+from dlc.runtime.config import REQUIRED, Args, Call, Symbol, choice, flag, integer, number, show
 
 __all__ = ["Dataset", "load", "SOURCES", "augment", "encode", "decode", "digits_path", "not_numbers", "read_text"]
 
@@ -123,17 +122,20 @@ class Dataset:
 SOURCES: dict[str, callable] = {}
 
 
-def _source(name: str):
-    """Register a source; its wrapper binds the arguments as every spec does (config.bind)."""
+def _source(name: str, **params):
+    """Register a source taking `params` (name -> default; REQUIRED when it must be given).
+    The source gets its call's arguments bound as every spec's are (Call.bind) and checks
+    them with Args.check, so a bad argument is reported where it is written. From Python,
+    a source is called as source(base_dir, *args, **kwargs)."""
     def register(fn):
-        params = {p.name: REQUIRED if p.default is inspect.Parameter.empty else p.default
-                  for p in list(inspect.signature(fn).parameters.values())[1:]}     # after base_dir
+        def read(base_dir, call: Call) -> Dataset:
+            return fn(pathlib.Path(base_dir), call.bind(params))
 
         @functools.wraps(fn)
         def wrapper(base_dir, *args, **kwargs):
-            return fn(pathlib.Path(base_dir), **bind(name, params, list(args), kwargs))
+            return read(base_dir, Call(name, list(args), kwargs))
 
-        wrapper.source_name = name
+        wrapper.read = read
         SOURCES[name] = wrapper
         return wrapper
     return register
@@ -162,7 +164,7 @@ def load(spec, base_dir, span: Span | None = None) -> Dataset:
         raise DlcError(f"unknown data source '{spec.name}'{hint}; known sources: {_known()}, "
                        f"or a file name such as \"train.npz\"", spec.span or span)
     try:
-        return fn(base_dir, *spec.args, **spec.kwargs)
+        return fn.read(base_dir, spec)
     except DlcError as e:
         if e.span is None:
             e.span = spec.span or span
@@ -194,17 +196,14 @@ def _is_idx_name(name: str) -> bool:
     return base.endswith("-ubyte") or suffix.startswith("idx")
 
 
-# ---- argument checks (config.integer, number, flag, choice) ---------------------------------------
-def _seed(src: str, v) -> int:
-    return integer(src, "seed", v, low=0)
-
-
 # ---- files ----------------------------------------------------------------------------------------
-def _resolve(src: str, name: str, path, base_dir: pathlib.Path, gz_ok: bool = True) -> pathlib.Path:
+def _resolve(src: str, name: str, path, base_dir: pathlib.Path, gz_ok: bool = True,
+             span: Span | None = None) -> pathlib.Path:
+    """The file that argument `name` names, relative to `base_dir`; errors at `span`."""
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str) or not path:
-        raise DlcError(f"{src}: '{name}' must be a file name in quotes, got {show(path)}")
+        raise DlcError(f"{src}: '{name}' must be a file name in quotes, got {show(path)}", span)
     p = pathlib.Path(path).expanduser()
     if not p.is_absolute():
         p = base_dir / p
@@ -213,10 +212,15 @@ def _resolve(src: str, name: str, path, base_dir: pathlib.Path, gz_ok: bool = Tr
         if zipped.is_file():
             return zipped
     if not p.exists():
-        raise DlcError(f"{src}: data file not found: {p}")
+        raise DlcError(f"{src}: data file not found: {p}", span)
     if not p.is_file():
-        raise DlcError(f"{src}: {p} is not a file")
+        raise DlcError(f"{src}: {p} is not a file", span)
     return p
+
+
+def _path_arg(args: Args, name: str, base_dir: pathlib.Path, gz_ok: bool = True) -> pathlib.Path:
+    """The file a source's argument names (_resolve), errors at the argument."""
+    return _resolve(args.src, name, args[name], base_dir, gz_ok, args.span(name))
 
 
 def _read_bytes(src: str, p: pathlib.Path) -> bytes:
@@ -302,10 +306,10 @@ def _numbers(src: str, p, columns: dict) -> dict:
 
 
 # ---- npz ------------------------------------------------------------------------------------------
-@_source("npz")
-def npz(base_dir, path) -> Dataset:
+@_source("npz", path=REQUIRED)
+def npz(base_dir, args: Args) -> Dataset:
     """Every array of an .npz archive, in file order, named as in the file."""
-    p = _resolve("npz", "path", path, base_dir, gz_ok=False)
+    p = _path_arg(args, "path", base_dir, gz_ok=False)
     columns = {}
     try:
         with open(p, "rb") as f:       # our handle, closed whatever numpy makes of the file
@@ -356,17 +360,16 @@ def _is_number(s: str) -> bool:
         return False
 
 
-@_source("csv")
-def csv(base_dir, path, label=-1, header="auto", scale=1.0) -> Dataset:
+@_source("csv", path=REQUIRED, label=-1, header="auto", scale=1.0)
+def csv(base_dir, args: Args) -> Dataset:
     """A numeric CSV file (optionally gzipped; comma, tab or semicolon separated; blank lines and lines
     starting with # skipped): "x" float32 (every column but the label, * scale) and "y" the label column
     (int32 when all its values are integers, else float32). `label = none`: no "y". `header = auto`
     skips the first row when it is not numeric; its names go to meta["features"] and meta["label"]."""
-    p = _resolve("csv", "path", path, base_dir)
-    if label is not None:
-        label = integer("csv", "label", label)
-    header = choice("csv", "header", header, ("auto", "true", "false"))
-    scale = number("csv", "scale", scale)
+    p = _path_arg(args, "path", base_dir)
+    label = args.check("label", integer) if args["label"] is not None else None
+    header = args.check("header", choice, options=("auto", "true", "false"))
+    scale = args.check("scale", number)
     table, names = _parse_csv(p, header)
     return _table_dataset("csv", p, table, names, label, scale)
 
@@ -477,12 +480,12 @@ def read_idx(p: pathlib.Path, src: str = "idx") -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype, offset=head).reshape(dims)
 
 
-@_source("idx")
-def idx(base_dir, images, labels=None, scale=1.0) -> Dataset:
+@_source("idx", images=REQUIRED, labels=None, scale=1.0)
+def idx(base_dir, args: Args) -> Dataset:
     """MNIST-style IDX files: "x" the images as float32 * scale, "y" the labels as int32."""
-    p = _resolve("idx", "images", images, base_dir)
-    q = _resolve("idx", "labels", labels, base_dir) if labels is not None else None
-    scale = number("idx", "scale", scale)
+    p = _path_arg(args, "images", base_dir)
+    q = _path_arg(args, "labels", base_dir) if args["labels"] is not None else None
+    scale = args.check("scale", number)
     x = read_idx(p)
     columns = _numbers("idx", p, {"x": _float32(x, scale)})
     if q is not None:
@@ -497,12 +500,12 @@ def idx(base_dir, images, labels=None, scale=1.0) -> Dataset:
 
 
 # ---- text -----------------------------------------------------------------------------------------
-def _check_vocab(vocab, src: str = "vocab") -> str:
+def _check_vocab(vocab, src: str = "vocab", span: Span | None = None) -> str:
     if not isinstance(vocab, str) or not vocab:
-        raise DlcError(f"{src}: the vocabulary must be a non-empty string of characters, got {show(vocab)}")
+        raise DlcError(f"{src}: the vocabulary must be a non-empty string of characters, got {show(vocab)}", span)
     if len(set(vocab)) != len(vocab):
         dup = next(c for i, c in enumerate(vocab) if c in vocab[:i])
-        raise DlcError(f"{src}: the vocabulary repeats the character {dup!r}")
+        raise DlcError(f"{src}: the vocabulary repeats the character {dup!r}", span)
     return vocab
 
 
@@ -545,13 +548,14 @@ def decode(ids, vocab: str) -> str:
     return "".join(np.array(list(vocab), dtype=object)[a])
 
 
-@_source("text")
-def text(base_dir, path, seq=100, vocab=None) -> Dataset:
+@_source("text", path=REQUIRED, seq=100, vocab=None)
+def text(base_dir, args: Args) -> Dataset:
     """Character windows of a text: "x" [N, seq] ids, "y" the same windows one character later."""
-    p = _resolve("text", "path", path, base_dir)
-    seq = integer("text", "seq", seq, low=1)
+    p = _path_arg(args, "path", base_dir)
+    seq = args.check("seq", integer, low=1)
+    vocab = args["vocab"]
     if vocab is not None:
-        vocab = _check_vocab(vocab, "text")
+        vocab = _check_vocab(vocab, "text", args.span("vocab"))
     s = _read_text("text", p)
     if not s:
         raise DlcError(f"text: {p} is empty")
@@ -576,11 +580,11 @@ def digits_path() -> pathlib.Path:
     return pathlib.Path(str(resources.files("dlc.runtime").joinpath("datasets", "digits.csv.gz")))
 
 
-@_source("digits")
-def digits(base_dir, scale=1 / 16, image=True) -> Dataset:
+@_source("digits", scale=1 / 16, image=True)
+def digits(base_dir, args: Args) -> Dataset:
     """The UCI 8x8 handwritten digits (1797 examples): "x" [N, 1, 8, 8] (or [N, 64]), "y" 0..9."""
-    scale = number("digits", "scale", scale)
-    image = flag("digits", "image", image)
+    scale = args.check("scale", number)
+    image = args.check("image", flag)
     p = digits_path()
     if not p.is_file():
         raise DlcError(f"digits: the digits data set is missing: expected {p}, which ships with dlc's"
@@ -597,10 +601,10 @@ def digits(base_dir, scale=1 / 16, image=True) -> Dataset:
 
 
 # ---- synthetic data -------------------------------------------------------------------------------
-@_source("xor")
-def xor(base_dir, repeat=1) -> Dataset:
+@_source("xor", repeat=1)
+def xor(base_dir, args: Args) -> Dataset:
     """The four XOR points: "x" [4 * repeat, 2], "y" [4 * repeat, 1] (both float32)."""
-    repeat = integer("xor", "repeat", repeat, low=1)
+    repeat = args.check("repeat", integer, low=1)
     x = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], dtype=np.float32)
     y = np.array([[0], [1], [1], [0]], dtype=np.float32)
     return Dataset({"x": np.tile(x, (repeat, 1)), "y": np.tile(y, (repeat, 1))}, {})
@@ -610,13 +614,13 @@ def _counts(n: int, k: int) -> list[int]:
     return [n // k + (i < n % k) for i in range(k)]
 
 
-@_source("spirals")
-def spirals(base_dir, n=300, classes=3, noise=0.2, seed=0) -> Dataset:
+@_source("spirals", n=300, classes=3, noise=0.2, seed=0)
+def spirals(base_dir, args: Args) -> Dataset:
     """`classes` interleaved spiral arms in the plane: "x" [n, 2] float32, "y" [n] int32 (shuffled)."""
-    n = integer("spirals", "n", n, low=1)
-    classes = integer("spirals", "classes", classes, low=2)
-    noise = number("spirals", "noise", noise, low=0)
-    rng = np.random.default_rng(_seed("spirals", seed))
+    n = args.check("n", integer, low=1)
+    classes = args.check("classes", integer, low=2)
+    noise = args.check("noise", number, low=0)
+    rng = np.random.default_rng(args.check("seed", integer, low=0))
     xs, ys = [], []
     for c, m in enumerate(_counts(n, classes)):
         r = np.linspace(0.0, 1.0, m)
@@ -629,16 +633,16 @@ def spirals(base_dir, n=300, classes=3, noise=0.2, seed=0) -> Dataset:
     return Dataset({"x": x, "y": y}, {"classes": classes})
 
 
-@_source("blobs")
-def blobs(base_dir, n=200, centers=2, std=1.0, labels="index", seed=0) -> Dataset:
+@_source("blobs", n=200, centers=2, std=1.0, labels="index", seed=0)
+def blobs(base_dir, args: Args) -> Dataset:
     """Gaussian clusters around `centers` points: "x" [n, 2], "y" class index (or -1/+1)."""
-    n = integer("blobs", "n", n, low=1)
-    centers = integer("blobs", "centers", centers, low=1)
-    std = number("blobs", "std", std, low=0)
-    labels = choice("blobs", "labels", labels, ("index", "sign"))
+    n = args.check("n", integer, low=1)
+    centers = args.check("centers", integer, low=1)
+    std = args.check("std", number, low=0)
+    labels = args.check("labels", choice, options=("index", "sign"))
     if labels == "sign" and centers != 2:
         raise DlcError(f"blobs: labels = \"sign\" needs centers = 2, got centers = {centers}")
-    rng = np.random.default_rng(_seed("blobs", seed))
+    rng = np.random.default_rng(args.check("seed", integer, low=0))
     # centers evenly spaced on a circle of radius 5, at a random rotation
     angle = rng.uniform(0, 2 * np.pi) + 2 * np.pi * np.arange(centers) / centers
     mid = 5.0 * np.stack([np.cos(angle), np.sin(angle)], axis=1)
@@ -651,14 +655,14 @@ def blobs(base_dir, n=200, centers=2, std=1.0, labels="index", seed=0) -> Datase
     return Dataset({"x": x, "y": cls.astype(np.int32)}, {"classes": centers, "centers": mid.tolist()})
 
 
-@_source("sine")
-def sine(base_dir, window=20, n=2000, noise=0.0, frequencies=1, seed=0) -> Dataset:
+@_source("sine", window=20, n=2000, noise=0.0, frequencies=1, seed=0)
+def sine(base_dir, args: Args) -> Dataset:
     """Next-value forecasting on a sum of sines: "x" [n, window, 1] past values, "y" [n, 1] the next."""
-    window = integer("sine", "window", window, low=1)
-    n = integer("sine", "n", n, low=1)
-    noise = number("sine", "noise", noise, low=0)
-    frequencies = integer("sine", "frequencies", frequencies, low=1)
-    rng = np.random.default_rng(_seed("sine", seed))
+    window = args.check("window", integer, low=1)
+    n = args.check("n", integer, low=1)
+    noise = args.check("noise", number, low=0)
+    frequencies = args.check("frequencies", integer, low=1)
+    rng = np.random.default_rng(args.check("seed", integer, low=0))
     periods = rng.uniform(max(4.0, window / 4), max(8.0, 2.0 * window), frequencies)
     phases = rng.uniform(0, 2 * np.pi, frequencies)
     t = np.arange(n + window, dtype=np.float64)
@@ -674,14 +678,18 @@ def sine(base_dir, window=20, n=2000, noise=0.0, frequencies=1, seed=0) -> Datas
 PAD, BOS, EOS = 0, 1, 2
 
 
-def _seq_task(task: str, transform, min_len, max_len, symbols, n, seed) -> Dataset:
-    min_len = integer(task, "min_len", min_len, low=1)
-    max_len = integer(task, "max_len", max_len, low=1)
+SEQ_TASK = dict(min_len=8, max_len=12, symbols=10, n=10000, seed=0)     # the parameters of copy, reverse, sort
+
+
+def _seq_task(transform, args: Args) -> Dataset:
+    task = args.src
+    min_len = args.check("min_len", integer, low=1)
+    max_len = args.check("max_len", integer, low=1)
     if min_len > max_len:
         raise DlcError(f"{task}: min_len ({min_len}) must not exceed max_len ({max_len})")
-    symbols = integer(task, "symbols", symbols, low=1)
-    n = integer(task, "n", n, low=1)
-    rng = np.random.default_rng(_seed(task, seed))
+    symbols = args.check("symbols", integer, low=1)
+    n = args.check("n", integer, low=1)
+    rng = np.random.default_rng(args.check("seed", integer, low=0))
     lengths = rng.integers(min_len, max_len + 1, n)
     tokens = rng.integers(3, symbols + 3, (n, max_len))
     live = np.arange(max_len) < lengths[:, None]
@@ -714,22 +722,22 @@ def _sort(tokens, lengths, live):
     return np.where(live, s, PAD)
 
 
-@_source("copy")
-def copy(base_dir, min_len=8, max_len=12, symbols=10, n=10000, seed=0) -> Dataset:
+@_source("copy", **SEQ_TASK)
+def copy(base_dir, args: Args) -> Dataset:
     """Sequence to sequence: the target is the source."""
-    return _seq_task("copy", _copy, min_len, max_len, symbols, n, seed)
+    return _seq_task(_copy, args)
 
 
-@_source("reverse")
-def reverse(base_dir, min_len=8, max_len=12, symbols=10, n=10000, seed=0) -> Dataset:
+@_source("reverse", **SEQ_TASK)
+def reverse(base_dir, args: Args) -> Dataset:
     """Sequence to sequence: the target is the source reversed."""
-    return _seq_task("reverse", _reverse, min_len, max_len, symbols, n, seed)
+    return _seq_task(_reverse, args)
 
 
-@_source("sort")
-def sort(base_dir, min_len=8, max_len=12, symbols=10, n=10000, seed=0) -> Dataset:
+@_source("sort", **SEQ_TASK)
+def sort(base_dir, args: Args) -> Dataset:
     """Sequence to sequence: the target is the source sorted."""
-    return _seq_task("sort", _sort, min_len, max_len, symbols, n, seed)
+    return _seq_task(_sort, args)
 
 
 # ---- augmentation ---------------------------------------------------------------------------------

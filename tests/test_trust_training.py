@@ -186,6 +186,32 @@ def test_extra_or_unknown_arguments_are_refused_where_they_are_written(tmp_path,
     assert phrase in err and f"m.dl:{row}:" in err, err
 
 
+@pytest.mark.parametrize("setting, bad, phrase", [
+    ("data = spirals(n = 0)", "0", "spirals: 'n' must be at least 1"),
+    ("data = spirals(60, m = 3)", "3", "spirals has no option 'm'"),
+    ("data = spirals(60, n = 30)", "30", "spirals: 'n' is given twice"),
+    ("data = blobs(labels = odd)", "odd", "blobs: 'labels' must be one of index, sign"),
+    ('data = csv("missing.csv")', '"missing.csv"', "csv: data file not found"),
+    ("data = xor(repeat = 1.5)", "1.5", "xor: 'repeat' must be an integer"),
+    ("optimizer = adam(lr = -1)", "-1", "adam: 'lr' must not be negative"),
+    ("schedule = cosine(min_lr = true)", "true", "cosine: 'min_lr' must be a number"),
+    ("augment = images(flip = 2)", "2", "images: 'flip' must be true or false"),
+    ("early_stop = patience(0)", "0", "patience: 'n' must be at least 1"),
+    ("test = split(1.5)", "1.5", "split: 'fraction' must be less than 1"),
+])
+def test_a_bad_argument_of_any_spec_is_reported_at_the_argument(tmp_path, capsys, setting, bad, phrase):
+    """Data sources, optimizers, schedules, augmentation, early stopping and splits bind their
+    arguments with one binder (Call.bind) and check them where they are written."""
+    setting_line = f"    {setting}"
+    extra = "" if setting.startswith("data") else "    data = xor()\n"
+    path = write(tmp_path, REGRESSION, f"train reg {{\n{extra}{setting_line}\n}}")
+    assert main(["train", str(path), "--backend", "reference", "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    row = path.read_text().splitlines().index(setting_line) + 1
+    col = setting_line.rindex(bad) + 1
+    assert phrase in err and f"m.dl:{row}:{col}:" in err, err
+
+
 def test_data_sources_bind_through_the_same_helper():
     with pytest.raises(DlcError) as e:
         D.load(Call("xor", [1, 2]), ".")
