@@ -8,7 +8,8 @@ import pytest
 from dlc.compiler.native import memory
 from dlc.compiler.autodiff import train_step
 from dlc.compiler.frontend import load
-from dlc.compiler.native.lower import Affine, Load, MapKernel, Program, ScanKernel, lower
+from dlc.compiler.native.lower import lower
+from dlc.compiler.native.program import Affine, KernelProgram, Load, MapKernel, ScanKernel
 from dlc.compiler.passes import optimize
 from dlc.runtime.config import Call
 from dlc.runtime.engine import ReferenceEngine
@@ -23,12 +24,12 @@ PROGRAMS = ["char_lstm", "seq2seq_luong", "bilstm_tagger", "lenet5", "resnet", "
             "transformer_seq2seq", "digits_mlp"]
 
 
-def train_program(name: str) -> Program:
+def train_program(name: str) -> KernelProgram:
     """The kernel program of an example's train step, as the native engine builds it."""
     return lower(optimize(train_step(load(str(EXAMPLES / f"{name}.dl")).build(training=True).graph)))
 
 
-def sizes_of(program: Program) -> dict:
+def sizes_of(program: KernelProgram) -> dict:
     return {s: 0 if s.startswith("$") else SIZES[s] for s in program.symbols}
 
 
@@ -62,8 +63,8 @@ def test_a_buffer_no_kernel_touches_takes_no_room():
 
 
 # ---- liveness on a hand-made program with a loop ----------------------------------------------------
-def looped_program() -> Program:
-    p = Program()
+def looped_program() -> KernelProgram:
+    p = KernelProgram()
     x = p.buffer("f32", 8, "input").id
     d, a, h, s, c, free = (p.buffer("f32", 8, "temp").id for _ in range(6))
     out = p.buffer("f32", 8, "output").id

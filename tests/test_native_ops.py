@@ -30,7 +30,8 @@ from dlc.compiler import ops
 from dlc.compiler.autodiff import backward, train_step
 from dlc.compiler.dims import Dim, evaluate
 from dlc.compiler.frontend import load_text
-from dlc.compiler.graph import PRIMITIVES, Graph, Tensor, TensorType
+from dlc.compiler.graph import Graph, Tensor, TensorType
+from dlc.compiler.primitives import PRIMITIVES
 from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime import gradcheck as gc
 from dlc.runtime import interpreter
@@ -279,6 +280,7 @@ PRIMS = {
     "exp": unary("exp"),
     "exp-wide-range": Prim({"x": f32(B, D, sample=lambda r, s: r.uniform(-80, 80, s))},
                            lambda g, t: g.add1("exp", [t["x"]]), ops=("exp",)),
+    "expm1": unary("expm1", lambda r, s: 3 * r.standard_normal(s)),
     "log": unary("log", positive),
     "log1p": unary("log1p", lambda r, s: r.uniform(-0.6, 2.0, s)),
     "tanh": unary("tanh", lambda r, s: 3 * r.standard_normal(s)),
