@@ -6,7 +6,7 @@ the train step's compile is timed phase by phase:
 
     passes   compiler/passes.py optimize (the train-step graph built by autodiff before)
     lower    compiler/native/lower.py lower
-    codegen  compiler/native/kernels.py build_module (llvmlite IR builder)
+    codegen  compiler/native/driver.py build_module (llvmlite IR builder)
     llvm     runtime/cache.py compile_cached: IR text, parse, O3, machine code, load
     memory   compiler/native/memory.py intervals + plan at batch 32
 
@@ -40,7 +40,7 @@ def measure(layers: int, profile: bool = False) -> dict:
     import resource
 
     from dlc.compiler.autodiff import train_step
-    from dlc.compiler.native.kernels import build_module
+    from dlc.compiler.native.driver import build_module
     from dlc.compiler.loader import load_text
     from dlc.compiler.native.lower import lower
     from dlc.compiler.native.memory import intervals, plan

@@ -1,3 +1,5 @@
-"""The dlc compiler: .dl source -> graph IR -> gradient graph."""
-from . import primitives  # noqa: F401  (registers the primitives)
-from . import autodiff  # noqa: F401  (registers the scan VJP)
+"""The dlc compiler: .dl source -> graph IR -> gradient graph.
+
+The primitive records are registered by compiler/primitives.py; a module that needs the
+complete registry imports it from there (graph.py holds the empty registry and the
+record class, and imports none of the modules that fill it)."""

@@ -69,8 +69,8 @@ def _shape(ev, dims, infer=False) -> tuple:
 
 
 # ---- elementwise math: static on numbers, primitives on tensors -----------------------------
-_UNARY = {"exp": ("exp", math.exp), "log": ("log", math.log), "log1p": ("log1p", math.log1p),
-          "tanh": ("tanh", math.tanh), "sigmoid": ("logistic", lambda v: 1 / (1 + math.exp(-v))),
+_UNARY = {"exp": ("exp", math.exp), "expm1": ("expm1", math.expm1), "log": ("log", math.log),
+          "log1p": ("log1p", math.log1p), "tanh": ("tanh", math.tanh), "sigmoid": ("logistic", lambda v: 1 / (1 + math.exp(-v))),
           "sqrt": ("sqrt", math.sqrt), "abs": ("abs", abs), "sign": ("sign", lambda v: float(np.sign(v))),
           "sin": ("sin", math.sin), "cos": ("cos", math.cos), "erf": ("erf", math.erf)}
 

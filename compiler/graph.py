@@ -48,19 +48,37 @@ class TensorType:
 
 @dataclass
 class Primitive:
-    """One primitive op: its fusion pattern kind, type rule, numpy reference and VJP.
+    """One primitive op, the one record of everything the compiler knows about it.
 
-    kind is one of: source, elementwise, broadcast, injective, reduction, contraction,
-    window, opaque, control."""
+    kind is its fusion pattern: source, elementwise, broadcast, injective, reduction,
+    contraction, window, opaque or control. `dtypes` are the dtypes of the values its
+    operands may hold (a condition or an index aside), which its type rule accepts.
+    The native backend keeps its lowering and scalar rules in tables of its own, keyed by
+    the primitive's name (compiler/native/lower.py, compiler/native/scalar.py), so that
+    building the records never loads LLVM."""
     name: str
     kind: str
     infer: Callable            # (ctx: Infer, types, **attrs) -> list[TensorType]
     impl: Callable             # (ctx: Eval, arrays, **attrs) -> list[np.ndarray]
     vjp: Callable | None = None  # (node: NodeView, cotangents) -> list[Tensor | None]
     flops: Callable | None = None  # (in_types, out_types, **attrs) -> dim polynomial
+    dtypes: tuple = tuple(DTYPES)
+    given: bool = False        # its value comes from outside the graph: an input, a parameter, an argument
+    view: bool = False         # its result is its operand's elements, rearranged or not at all (no arithmetic)
+    cheap: bool = False        # cheaper to recompute than to keep in memory (views, constants)
+    commutative: bool = False  # its two operands may be swapped
+    libm: str | None = None    # the C math library's function that computes it (float; "f" suffix for f32)
 
 
 PRIMITIVES: dict[str, Primitive] = {}
+
+
+def primitive(name: str, kind: str, infer, vjp=None, flops=None, **properties):
+    """Decorator: register the primitive whose numpy reference it decorates."""
+    def register(impl):
+        PRIMITIVES[name] = Primitive(name, kind, infer, impl, vjp, flops, **properties)
+        return impl
+    return register
 
 
 class Infer:
@@ -68,6 +86,11 @@ class Infer:
 
     def __init__(self, graph: "Graph", op: str):
         self.graph, self.op = graph, op
+
+    @property
+    def dtypes(self) -> tuple:
+        """The dtypes the primitive's operands may hold (its record)."""
+        return PRIMITIVES[self.op].dtypes
 
     def fail(self, message: str):
         raise DlcError(f"{self.op}: {message}", self.graph.span)
@@ -135,22 +158,7 @@ class Tensor:
     def __repr__(self):
         return f"%{self.node}" + (f".{self.out}" if self.out else "") + f":{self.type}"
 
-    # arithmetic emits nodes; the rules live in ops.py
-    def __add__(self, o): return _ops().add(self, o)
-    def __radd__(self, o): return _ops().add(o, self)
-    def __sub__(self, o): return _ops().sub(self, o)
-    def __rsub__(self, o): return _ops().sub(o, self)
-    def __mul__(self, o): return _ops().mul(self, o)
-    def __rmul__(self, o): return _ops().mul(o, self)
-    def __truediv__(self, o): return _ops().div(self, o)
-    def __rtruediv__(self, o): return _ops().div(o, self)
-    def __neg__(self): return _ops().neg(self)
-    def __matmul__(self, o): return _ops().matmul(self, o)
-
-
-def _ops():
-    from . import ops
-    return ops
+    # arithmetic (+, -, *, /, unary -, @) is installed by ops.py, where its rules live
 
 
 class Outputs(MutableMapping):
@@ -413,4 +421,4 @@ def _json(graph: Graph) -> dict:
             "outputs": {k: [t.node, t.out] for k, t in graph.outputs.items()}}
 
 
-__all__ = ["Graph", "Tensor", "TensorType", "Primitive", "PRIMITIVES", "Infer", "NodeView", "DTYPES", "numel"]
+__all__ = ["Graph", "Tensor", "TensorType", "Primitive", "PRIMITIVES", "primitive", "Infer", "NodeView", "DTYPES", "numel"]

@@ -272,3 +272,21 @@ def concat(xs: list[Tensor], axis: int) -> Tensor:
     xs = promote(*xs)
     return xs[0].graph.add1("concat", xs, axis=axis_index(xs[0], axis))
 
+
+
+def _install_arithmetic():
+    """Arithmetic on a Tensor emits nodes through these rules. They are set on the class
+    here, not written in graph.py, so that the graph IR does not import its own helpers."""
+    Tensor.__add__ = lambda a, b: add(a, b)
+    Tensor.__radd__ = lambda a, b: add(b, a)
+    Tensor.__sub__ = lambda a, b: sub(a, b)
+    Tensor.__rsub__ = lambda a, b: sub(b, a)
+    Tensor.__mul__ = lambda a, b: mul(a, b)
+    Tensor.__rmul__ = lambda a, b: mul(b, a)
+    Tensor.__truediv__ = lambda a, b: div(a, b)
+    Tensor.__rtruediv__ = lambda a, b: div(b, a)
+    Tensor.__neg__ = lambda a: neg(a)
+    Tensor.__matmul__ = lambda a, b: matmul(a, b)
+
+
+_install_arithmetic()

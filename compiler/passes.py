@@ -26,7 +26,8 @@ from .autodiff import copy_graph, prune
 from .dims import numel
 from .errors import DlcError
 from .hoist import hoist_accumulators
-from .graph import DTYPES, FLOAT_DTYPES, PRIMITIVES, Graph, Tensor, collector_paused, to_text
+from .graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused, to_text
+from .primitives import PRIMITIVES
 
 FOLD_LIMIT = 4096       # elements of the largest constant tensor folding writes into the code
 ROUNDS = 4              # the pipeline repeats while it changes something, at most this often
@@ -129,10 +130,6 @@ def _known(x) -> bool:
     return isinstance(x, (int, float, str, bool, np.ndarray, np.generic, type(None)))
 
 
-_UNFOLDED = {"input", "param", "arg", "constant", "dim_size", "iota", "random", "scan"}    # sources, loops
-_VIEWS = {"broadcast", "reshape", "transpose", "slice"}
-
-
 def _splat(graph: Graph, n: int) -> bool:
     """A broadcast scalar constant: the form folding gives uniform tensors."""
     return graph.op(n) == "broadcast" and graph.op(graph.inputs(n)[0].node) == "constant" \
@@ -151,9 +148,10 @@ def _evaluate(graph: Graph, n: int, arrays: list):
 def _fold_node(graph: Graph, n: int):
     op, ins, typ = graph.op(n), graph.inputs(n), graph.types(n)[0]
     scalars = [_scalar(graph, x) for x in ins]
-    if all(s is not None for s in scalars) and (op in _VIEWS or PRIMITIVES[op].kind == "elementwise"):
+    prim = PRIMITIVES[op]
+    if all(s is not None for s in scalars) and (prim.view or prim.kind == "elementwise"):
         # uniform operands give a uniform result, whatever the (symbolic) shape
-        if op in _VIEWS:
+        if prim.view:
             return ops.full(graph, typ.shape, scalars[0], typ.dtype)
         value = _evaluate(graph, n, [np.asarray(s) for s in scalars])
         return None if value is None else ops.full(graph, typ.shape, value, typ.dtype)
@@ -173,7 +171,7 @@ def fold(graph: Graph) -> Graph:
     """Constant folding. Sources (`random` among them) are left alone."""
     for g in _graphs(graph):
         for n in g.order():
-            if g.op(n) not in _UNFOLDED and not _splat(g, n):
+            if PRIMITIVES[g.op(n)].kind not in ("source", "control") and not _splat(g, n):   # sources, loops
                 _rewrite(g, n, _fold_node)
     return graph
 
@@ -361,9 +359,6 @@ def simplify(graph: Graph) -> Graph:
 
 
 # ---- common subexpressions ---------------------------------------------------------------------------
-_COMMUTATIVE = {"add", "mul", "eq", "ne", "logical_and", "logical_or"}
-
-
 def _hashable(v):
     if isinstance(v, np.ndarray):
         return ("array", v.dtype.str, v.shape, v.tobytes())
@@ -392,10 +387,11 @@ def cse(graph: Graph) -> Graph:
         seen: dict = {}
         for n in g.order():
             op, attrs = g.op(n), g.attrs(n)
-            if op in ("input", "param", "arg"):
+            prim = PRIMITIVES[op]
+            if prim.given:
                 continue
             operands = [t.key() for t in g.inputs(n)]
-            if op in _COMMUTATIVE:
+            if prim.commutative:
                 operands.sort()
             if op == "constant":            # 0 and 0.0 are one f32 constant
                 attrs = {**attrs, "value": _value(g, n)}

@@ -1,9 +1,12 @@
 """The primitive ops of the graph IR.
 
-Each primitive is registered with its fusion pattern kind, its type rule (`infer`), its
-numpy reference semantics (`impl`, run by runtime/interpreter.py) and its VJP rule,
-side by side. Layers, losses and composite functions are written in the .dl standard
-library on top of these; ops.py holds the broadcasting helpers the rules use.
+Each primitive is one record (graph.Primitive): its fusion pattern kind, its type rule
+(`infer`), its numpy reference semantics (`impl`, run by runtime/interpreter.py), its VJP
+rule, its FLOPs and its properties, side by side. Layers, losses and composite functions
+are written in the .dl standard library on top of these; ops.py holds the broadcasting
+helpers the rules use. `scan` has a module of its own (scan.py): its VJP differentiates
+its body. The native backend registers its lowering and scalar rules by name
+(compiler/native/), and a test checks that every record has them.
 """
 from __future__ import annotations
 
@@ -12,15 +15,12 @@ import math
 import numpy as np
 
 from . import ops
+from . import scan  # noqa: F401  (registers scan)
 from .dims import numel
-from .graph import PRIMITIVES, Primitive, TensorType
+from .graph import DTYPES, FLOAT_DTYPES, TensorType, primitive
+from .graph import PRIMITIVES  # noqa: F401  (complete once this module has run: import it from here)
 
-
-def primitive(name, kind, infer, vjp=None, flops=None):
-    def register(impl):
-        PRIMITIVES[name] = Primitive(name, kind, infer, impl, vjp, flops)
-        return impl
-    return register
+NUMERIC = ("f32", "f64", "i32", "i64")
 
 
 def _elementwise_flops(ins, outs, **_):
@@ -32,17 +32,17 @@ def _given_type(ctx, types, type, **_):
     return [type]
 
 
-@primitive("input", "source", _given_type)
+@primitive("input", "source", _given_type, given=True)
 def _input(ctx, xs, name, **_):
     return [ctx.feed(name)]
 
 
-@primitive("param", "source", _given_type)
+@primitive("param", "source", _given_type, given=True)
 def _param(ctx, xs, name, **_):
     return [ctx.param(name)]
 
 
-@primitive("arg", "source", _given_type)
+@primitive("arg", "source", _given_type, given=True, cheap=True)
 def _arg(ctx, xs, index, **_):
     return [ctx.arg(index)]
 
@@ -51,7 +51,7 @@ def _constant_type(ctx, types, value, dtype):
     return [TensorType(dtype, tuple(np.shape(value)))]
 
 
-@primitive("constant", "source", _constant_type)
+@primitive("constant", "source", _constant_type, cheap=True)
 def _constant(ctx, xs, value, dtype):
     return [np.asarray(value, ctx.np_dtype(dtype))]
 
@@ -60,7 +60,7 @@ def _dim_size_type(ctx, types, dim):
     return [TensorType("i32", ())]
 
 
-@primitive("dim_size", "source", _dim_size_type)
+@primitive("dim_size", "source", _dim_size_type, cheap=True)
 def _dim_size(ctx, xs, dim):
     """The runtime value of a symbolic dim (mean over B needs 1/B)."""
     return [np.asarray(dim, np.int32)]
@@ -70,7 +70,7 @@ def _iota_type(ctx, types, shape, axis, dtype):
     return [TensorType(dtype, tuple(shape))]
 
 
-@primitive("iota", "source", _iota_type)
+@primitive("iota", "source", _iota_type, cheap=True)
 def _iota(ctx, xs, shape, axis, dtype):
     r = np.arange(shape[axis], dtype=ctx.np_dtype(dtype))
     r = r.reshape([-1 if i == axis else 1 for i in range(len(shape))])
@@ -148,13 +148,14 @@ def _same_shapes(ctx, types, **_):
 
 
 def _unary_type(ctx, types, **_):
-    if not types[0].is_float:
+    if types[0].dtype not in ctx.dtypes:
         ctx.fail(f"needs a float tensor, got {types[0]}")
     return [types[0]]
 
 
-def _unary(name, fn, vjp):
-    primitive(name, "elementwise", _unary_type, vjp, _elementwise_flops)(
+def _unary(name, fn, vjp, libm=None):
+    """A float function of one operand; `libm` names the C library's function for it."""
+    primitive(name, "elementwise", _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, libm=libm)(
         lambda ctx, xs, _fn=fn: [_fn(xs[0]).astype(xs[0].dtype, copy=False)])
 
 
@@ -162,17 +163,19 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 _unary("neg", np.negative, lambda n, g: [-g[0]])
 _unary("exp", np.exp, lambda n, g: [g[0] * n.outputs[0]])
-_unary("log", np.log, lambda n, g: [g[0] / n.inputs[0]])
-_unary("log1p", np.log1p, lambda n, g: [g[0] / (n.inputs[0] + 1.0)])
+_unary("expm1", np.expm1, lambda n, g: [g[0] * (n.outputs[0] + 1.0)], libm="expm1")
+_unary("log", np.log, lambda n, g: [g[0] / n.inputs[0]], libm="log")
+_unary("log1p", np.log1p, lambda n, g: [g[0] / (n.inputs[0] + 1.0)], libm="log1p")
 _unary("tanh", np.tanh, lambda n, g: [g[0] * (1.0 - n.outputs[0] * n.outputs[0])])
 _unary("logistic", lambda x: np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x)))),
        lambda n, g: [g[0] * n.outputs[0] * (1.0 - n.outputs[0])])
 _unary("sqrt", np.sqrt, lambda n, g: [g[0] * 0.5 / n.outputs[0]])
 _unary("abs", np.abs, lambda n, g: [g[0] * ops.unary("sign", n.inputs[0])])
 _unary("sign", np.sign, lambda n, g: [None])
-_unary("sin", np.sin, lambda n, g: [g[0] * ops.unary("cos", n.inputs[0])])
-_unary("cos", np.cos, lambda n, g: [-(g[0] * ops.unary("sin", n.inputs[0]))])
-_unary("erf", lambda x: _erf(x), lambda n, g: [g[0] * (2.0 / math.sqrt(math.pi)) * ops.unary("exp", -(n.inputs[0] * n.inputs[0]))])
+_unary("sin", np.sin, lambda n, g: [g[0] * ops.unary("cos", n.inputs[0])], libm="sin")
+_unary("cos", np.cos, lambda n, g: [-(g[0] * ops.unary("sin", n.inputs[0]))], libm="cos")
+_unary("erf", lambda x: _erf(x), lambda n, g: [g[0] * (2.0 / math.sqrt(math.pi)) * ops.unary("exp", -(n.inputs[0] * n.inputs[0]))],
+       libm="erf")
 
 
 def _binary_type(ctx, types, **_):
@@ -184,7 +187,7 @@ def _binary_type(ctx, types, **_):
 
 def _arith_type(ctx, types, **_):
     t = _binary_type(ctx, types)[0]
-    if t.dtype == "bool":
+    if t.dtype not in ctx.dtypes:
         ctx.fail("arithmetic on bool tensors; cast them first")
     return [t]
 
@@ -208,8 +211,9 @@ def _minmax_vjp(cmp):
     return vjp
 
 
-def _binary(name, fn, vjp, infer=_arith_type):
-    primitive(name, "elementwise", infer, vjp, _elementwise_flops)(lambda ctx, xs, _fn=fn: [np.asarray(_fn(*xs))])
+def _binary(name, fn, vjp, infer=_arith_type, dtypes=NUMERIC, **properties):
+    primitive(name, "elementwise", infer, vjp, _elementwise_flops, dtypes=dtypes, **properties)(
+        lambda ctx, xs, _fn=fn: [np.asarray(_fn(*xs))])
 
 
 def _int_div(a, b):
@@ -218,13 +222,13 @@ def _int_div(a, b):
     return np.divide(a, b)
 
 
-_binary("add", np.add, lambda n, g: [g[0], g[0]])
+_binary("add", np.add, lambda n, g: [g[0], g[0]], commutative=True)
 _binary("sub", np.subtract, lambda n, g: [g[0], -g[0]])
-_binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]])
+_binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]], commutative=True)
 _binary("div", _int_div, lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])])
 # x % y = x - y * floor(x / y), so d/dy = -floor(x / y) = -(x - out) / y
 _binary("mod", np.mod, lambda n, g: [g[0], -(g[0] * (n.inputs[0] - n.outputs[0]) / n.inputs[1])])
-_binary("pow", np.power, _pow_vjp)
+_binary("pow", np.power, _pow_vjp, libm="pow")
 _binary("maximum", np.maximum, _minmax_vjp("gt"))
 _binary("minimum", np.minimum, _minmax_vjp("lt"))
 
@@ -236,19 +240,20 @@ def _compare_type(ctx, types, **_):
 
 for _name, _fn in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
                    ("eq", np.equal), ("ne", np.not_equal)]:
-    _binary(_name, _fn, lambda n, g: [None, None], _compare_type)
+    _binary(_name, _fn, lambda n, g: [None, None], _compare_type, tuple(DTYPES), commutative=_name in ("eq", "ne"))
 
 
 def _logical_type(ctx, types, **_):
     for t in types:
-        if t.dtype != "bool":
+        if t.dtype not in ctx.dtypes:
             ctx.fail(f"needs bool tensors, got {t}")
     return [_same_shapes(ctx, types)]
 
 
-_binary("logical_and", np.logical_and, lambda n, g: [None, None], _logical_type)
-_binary("logical_or", np.logical_or, lambda n, g: [None, None], _logical_type)
-primitive("logical_not", "elementwise", _logical_type, lambda n, g: [None])(lambda ctx, xs: [np.logical_not(xs[0])])
+_binary("logical_and", np.logical_and, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True)
+_binary("logical_or", np.logical_or, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True)
+primitive("logical_not", "elementwise", _logical_type, lambda n, g: [None], dtypes=("bool",))(
+    lambda ctx, xs: [np.logical_not(xs[0])])
 
 
 def _select_type(ctx, types, **_):
@@ -290,7 +295,7 @@ def _identity_type(ctx, types):
     return [types[0]]
 
 
-@primitive("stop_gradient", "elementwise", _identity_type, lambda n, g: [None])
+@primitive("stop_gradient", "elementwise", _identity_type, lambda n, g: [None], view=True, cheap=True)
 def _stop_gradient(ctx, xs):
     return [xs[0]]
 
@@ -314,7 +319,7 @@ def _broadcast_vjp(n, g):
     return [ops.reshape(ops.reduce("reduce_sum", g[0], axes), x.shape)]
 
 
-@primitive("broadcast", "broadcast", _broadcast_type, _broadcast_vjp)
+@primitive("broadcast", "broadcast", _broadcast_type, _broadcast_vjp, view=True, cheap=True)
 def _broadcast(ctx, xs, shape):
     return [np.broadcast_to(xs[0], shape).copy()]
 
@@ -326,7 +331,8 @@ def _reshape_type(ctx, types, shape):
     return [TensorType(x.dtype, tuple(shape))]
 
 
-@primitive("reshape", "injective", _reshape_type, lambda n, g: [ops.reshape(g[0], n.inputs[0].shape)])
+@primitive("reshape", "injective", _reshape_type, lambda n, g: [ops.reshape(g[0], n.inputs[0].shape)],
+           view=True, cheap=True)
 def _reshape(ctx, xs, shape):
     return [xs[0].reshape(shape)]
 
@@ -343,7 +349,7 @@ def _transpose_vjp(n, g):
     return [ops.transpose(g[0], inverse)]
 
 
-@primitive("transpose", "injective", _transpose_type, _transpose_vjp)
+@primitive("transpose", "injective", _transpose_type, _transpose_vjp, view=True, cheap=True)
 def _transpose(ctx, xs, perm):
     return [np.ascontiguousarray(np.transpose(xs[0], perm))]
 
@@ -377,7 +383,7 @@ def _slice_vjp(n, g):
     return [ops.pad(g[0], tuple(lo), tuple(hi), tuple(interior))]
 
 
-@primitive("slice", "injective", _slice_type, _slice_vjp)
+@primitive("slice", "injective", _slice_type, _slice_vjp, view=True, cheap=True)
 def _slice(ctx, xs, starts, stops, steps):
     for axis, (b, d) in enumerate(zip(stops, xs[0].shape)):
         if b > d:
@@ -529,7 +535,7 @@ def _matmul_type(ctx, types, ta=False, tb=False):
     a, b = types
     if a.rank < 2 or b.rank != a.rank:
         ctx.fail(f"needs operands of equal rank >= 2, got {a} and {b}")
-    if a.dtype != b.dtype or not a.is_float:
+    if a.dtype != b.dtype or a.dtype not in ctx.dtypes:
         ctx.fail(f"needs float operands of one dtype, got {a} and {b}")
     if a.shape[:-2] != b.shape[:-2]:
         ctx.fail(f"batch dims differ: {a} and {b}")
@@ -553,7 +559,7 @@ def _matmul_flops(ins, outs, ta=False, tb=False):
     return 2 * numel(outs[0].shape) * k
 
 
-@primitive("matmul", "contraction", _matmul_type, _matmul_vjp, _matmul_flops)
+@primitive("matmul", "contraction", _matmul_type, _matmul_vjp, _matmul_flops, dtypes=FLOAT_DTYPES)
 def _matmul(ctx, xs, ta=False, tb=False):
     a, b = xs
     if ta:
@@ -731,61 +737,3 @@ def _avgpool2d_grad(ctx, xs, kernel, stride, padding, input_hw):
     g = xs[0]
     share = g / (kernel[0] * kernel[1])
     return [_add_windows(g.shape, input_hw, kernel, stride, padding, lambda i, j: share, g.dtype)]
-
-
-# ---- scan ------------------------------------------------------------------------------------------
-def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=()):
-    """Operands: carries, sequences (sliced at t along xs_axes), then invariants.
-    Results: final carries, then the body's per-step outputs stacked along ys_axes.
-    `history` lists the results that stack the carry entering each step (autodiff
-    adds them for the backward pass)."""
-    n_xs = len(xs_axes)
-    for i, (t, a) in enumerate(zip(types[:n_carry], body.args[:n_carry])):
-        if t.dtype != a.dtype or t.shape != a.shape:
-            ctx.fail(f"carry {i + 1} starts as {t} but the body takes {a.type}")
-    for t, axis in zip(types[n_carry:n_carry + n_xs], xs_axes):
-        if t.shape[axis] != length:
-            ctx.fail(f"the sequence {t} has length {t.shape[axis]} on axis {axis}, the scan runs {length} steps")
-    outs = list(body.outputs.values())
-    results = [t.type for t in outs[:n_carry]]
-    for t, axis in zip(outs[n_carry:], ys_axes):
-        shape = list(t.shape)
-        shape.insert(axis, length)
-        results.append(TensorType(t.dtype, tuple(shape)))
-    return results
-
-
-def _scan_flops(ins, outs, body, length, **_):
-    from .summary import flops
-    return length * flops(body)
-
-
-@primitive("scan", "control", _scan_type, None, _scan_flops)
-def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=()):
-    carries = list(xs[:n_carry])
-    seqs = xs[n_carry:n_carry + len(xs_axes)]
-    invariants = xs[n_carry + len(xs_axes):]
-    steps = range(length - 1, -1, -1) if reverse else range(length)
-    ys = None
-    for t in steps:
-        sliced = [np.take(s, t, axis=a) for s, a in zip(seqs, xs_axes)]
-        ctx.steps += (t,)
-        try:
-            outs = ctx.run(body, carries + sliced + list(invariants))
-        finally:
-            ctx.steps = ctx.steps[:-1]
-        carries = outs[:n_carry]
-        if ys is None:
-            ys = [np.empty(y.shape[:a] + (length,) + y.shape[a:], y.dtype) for y, a in zip(outs[n_carry:], ys_axes)]
-        for buf, y, a in zip(ys, outs[n_carry:], ys_axes):
-            idx = [slice(None)] * buf.ndim
-            idx[a] = t
-            buf[tuple(idx)] = y
-    if ys is None:  # zero steps
-        ys = []
-        for y, a in zip(list(body.outputs.values())[n_carry:], ys_axes):
-            shape = [ctx.size(d) for d in y.shape]
-            shape.insert(a, 0)
-            ys.append(np.zeros(shape, ctx.np_dtype(y.dtype)))
-    return carries + ys
-

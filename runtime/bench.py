@@ -8,7 +8,7 @@ import numpy as np
 from dlc.compiler.native import render
 from dlc.compiler.dims import concrete, numel, symbols
 from dlc.compiler.loader import Program
-from dlc.compiler.native.lower import GemmKernel, ScanKernel, SmallGemmKernel
+from dlc.compiler.native.program import GemmKernel, ScanKernel, SmallGemmKernel
 from .config import Call
 from .gradcheck import init_params, sample_inputs
 from .native import NativeEngine

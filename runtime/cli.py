@@ -187,7 +187,7 @@ def cmd_compile(args):
         _write(_render(_optimized(args, _graph_for(args, args.emit == "grad"), False), args.format), args.output)
     else:       # the native stages, of the train step (or the forward graph without a loss)
         from dlc.compiler.native import render
-        from dlc.compiler.native.kernels import build_module
+        from dlc.compiler.native.driver import build_module
         from dlc.compiler.native.lower import NotLowerable, lower
         from dlc.compiler.native import jit
         model = _build(args)

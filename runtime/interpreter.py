@@ -6,7 +6,8 @@ import numpy as np
 
 from dlc.compiler.dims import Dim, concrete
 from dlc.compiler.errors import DlcError
-from dlc.compiler.graph import DTYPES, PRIMITIVES, Graph
+from dlc.compiler.graph import DTYPES, Graph
+from dlc.compiler.primitives import PRIMITIVES
 
 
 class Eval:

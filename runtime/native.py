@@ -1,7 +1,7 @@
 """The native engine: each step is one call of LLVM-compiled code.
 
 A graph is lowered to kernels (compiler/native/lower.py), compiled with llvmlite into one
-module whose driver runs them all (compiler/native/kernels.py), and called through a
+module whose driver runs them all (compiler/native/driver.py), and called through a
 pointer table built once per batch shape. The train step's driver ends with the fused
 optimizer update: every trained parameter lives in one flat array, its gradient in
 another, so the update is one pass. Inputs are checked (shape, dtype) before any
@@ -16,13 +16,16 @@ import os
 import numpy as np
 
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.native.kernels import FAULT, SCALARS, build_module
+from dlc.compiler.native.builder import FAULT
+from dlc.compiler.native.driver import build_module
 from dlc.compiler.dims import concrete, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.model import Model
 from dlc.compiler.graph import DTYPES
-from dlc.compiler.native.lower import NotLowerable, Program, lower
+from dlc.compiler.native.lower import NotLowerable, lower
 from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
+from dlc.compiler.native.program import KernelProgram
+from dlc.compiler.native.update import SCALARS
 from dlc.compiler.passes import optimize
 from . import budget, cache
 from .engine import _scalars, predict_graph
@@ -51,7 +54,7 @@ class Executable:
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
-        self.program: Program = lower(optimize(graph))
+        self.program: KernelProgram = lower(optimize(graph))
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         built = build_module(self.program, "dlc_step", update=update, profile=self.profile)
         self.module, self.arguments = built.module, np.array(built.arguments, np.intp)
@@ -63,7 +66,7 @@ class Executable:
         self.layouts: dict = {}
         self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
-        # the pointer table (compiler/native/kernels.py): buffers, checks, the update's arrays
+        # the pointer table (compiler/native/driver.py): buffers, checks, the update's arrays
         self.checks = len(self.program.buffers)
         self.extras = self.checks + len(self.program.faults)
         self.entries = self.extras + (5 if update is not None else 0)

@@ -4,7 +4,7 @@ The update rules follow PyTorch's (torch.optim, single-tensor CPU path) down to 
 rounding: the same float32 operations in the same order, scalars computed in Python
 floats as torch does, and one rounding where torch's vectorized kernels fuse a multiply
 and an add (`_fma`); so a model trained here and there from the same weights takes the
-same steps, and so does the native engine's fused update (compiler/native/kernels.py).
+same steps, and so does the native engine's fused update (compiler/native/update.py).
 Each optimizer keeps its state as named numpy arrays per parameter ("m", "v",
 "momentum"), which checkpoints save.
 """

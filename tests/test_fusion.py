@@ -1,5 +1,6 @@
 """Horizontal fusion of map kernels (compiler/native/lower.py: fuse_maps) fuses only what is legal."""
-from dlc.compiler.native.lower import Affine, FusedMapKernel, Load, MapKernel, Op, ScanKernel, fuse_maps
+from dlc.compiler.native.lower import fuse_maps
+from dlc.compiler.native.program import Affine, FusedMapKernel, Load, MapKernel, Op, ScanKernel
 
 SHAPE = (4, 8)
 ROWS = Affine(0, (8, 1))                  # element (i, j) of a [4, 8] buffer

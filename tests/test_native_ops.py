@@ -30,7 +30,8 @@ from dlc.compiler import ops
 from dlc.compiler.autodiff import backward, train_step
 from dlc.compiler.dims import Dim, concrete
 from dlc.compiler.loader import load_text
-from dlc.compiler.graph import PRIMITIVES, Graph, Tensor, TensorType
+from dlc.compiler.graph import Graph, Tensor, TensorType
+from dlc.compiler.primitives import PRIMITIVES
 from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime import gradcheck as gc
 from dlc.runtime import interpreter
@@ -248,6 +249,16 @@ def constant(g, t):
     return ops.add(ops.mul(t["x"], c), s)
 
 
+def constants_of_every_dtype(g, t):
+    """Constant arrays of f64, i32 and bool, read by code (broadcast over B, not folded):
+    each must keep its own dtype in memory."""
+    f = ops.constant(g, np.linspace(-2, 3, 7), "f64")
+    i = ops.constant(g, np.arange(-3, 4), "i32")
+    m = ops.constant(g, np.array([1, 0, 1, 1, 0, 0, 1], bool), "bool")
+    y = ops.cast(ops.mul(ops.cast(t["x"], "f64"), f), "f32") + ops.cast(ops.add(ops.cast(t["x"], "i32"), i), "f32")
+    return ops.select(m, y, 0.0)
+
+
 def f64_chain(g, t):
     a, b = ops.cast(t["a"], "f64"), ops.cast(t["b"], "f64")
     y = g.add1("add", [g.add1("mul", [a, b]), g.add1("div", [a, g.add1("add", [b, b])])])
@@ -279,6 +290,7 @@ PRIMS = {
     "exp": unary("exp"),
     "exp-wide-range": Prim({"x": f32(B, D, sample=lambda r, s: r.uniform(-80, 80, s))},
                            lambda g, t: g.add1("exp", [t["x"]]), ops=("exp",)),
+    "expm1": unary("expm1", lambda r, s: 3 * r.standard_normal(s)),
     "log": unary("log", positive),
     "log1p": unary("log1p", lambda r, s: r.uniform(-0.6, 2.0, s)),
     "tanh": unary("tanh", lambda r, s: 3 * r.standard_normal(s)),
@@ -333,6 +345,8 @@ PRIMS = {
     "stop_gradient": Prim({"x": f32(B, D)}, stop_gradient),
     # sources
     "constant": Prim({"x": f32(B, 7)}, constant, sizes=SIZES_B, ranges=RANGES_B),
+    "constant-dtypes": Prim({"x": f32(B, 7, sample=lambda r, s: 5 * r.standard_normal(s))}, constants_of_every_dtype,
+                            sizes=SIZES_B, ranges=RANGES_B, grad=False),
     "iota": Prim({"x": f32(B, D)}, iota),
     "dim_size": Prim({"x": f32(B, D)}, dim_size),
     "random-uniform": Prim({"x": f32(B, D), "key": ("i32", (2,), key_sample)}, random_uniform, ops=("random",)),
@@ -402,6 +416,45 @@ PRIMS = {
                        ((2, 2), (1, 1), (0, 0))]},
 }
 
+
+COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
+
+
+def typed(op, on, *samples, condition=False, **attrs):
+    """op (forward) on operands of dtype `on`: f64 ones are f32 inputs cast up, and an f64
+    result is cast back down; with `condition`, a bool condition comes first (select)."""
+    names = "abc"[:len(samples)]
+    fed = "f32" if on == "f64" else on
+    inputs = {**({"c": boolean(B, D)} if condition else {}), **{n: (fed, (B, D), s) for n, s in zip(names, samples)}}
+
+    def build(g, t):
+        y = g.add1(op, ([t["c"]] if condition else []) + [ops.cast(t[n], on) for n in names], **attrs)
+        return ops.cast(y, "f32") if y.dtype == "f64" else y
+    return Prim(inputs, build, grad=False, ops=(op,))
+
+
+def sample_of(name: str, operand: str = "x"):
+    return PRIMS[name].inputs[operand][2]
+
+
+PRIMS.update({
+    # every float function and arithmetic op on f64 too, with the samples of its f32 case
+    **{f"{op}-f64": typed(op, "f64", sample_of(op))
+       for op in ("abs", "cos", "erf", "expm1", "log1p", "logistic", "sign", "sin", "sqrt", "tanh")},
+    **{f"{op}-f64": typed(op, "f64", sample_of(op, "a"), sample_of(op, "b"))
+       for op in ("sub", "maximum", "minimum", "mod", "pow")},
+    **{f"{op}-f64": typed(op, "f64", rounded, rounded) for op in COMPARISONS},
+    **{f"{op}-bool": typed(op, "bool", coin, coin) for op in COMPARISONS},
+    **{f"select-{d}": typed("select", d, s, s, condition=True)
+       for d, s in (("f64", normal), ("i32", integers(-20, 21)), ("bool", coin))},
+    **{f"stop_gradient-{d}": typed("stop_gradient", d, s)
+       for d, s in (("f64", normal), ("i32", integers(-20, 21)), ("bool", coin))},
+    "pow-i32": typed("pow", "i32", integers(-4, 5), integers(0, 7)),
+    **{f"cast-f64-{d}": typed("cast", "f64", rounded, dtype=d) for d in ("bool", "i32")},
+    **{f"{op}-{d}": typed(op, d, s, axes=(1,))
+       for op in ("reduce_sum", "reduce_max") for d, s in (("f64", normal), ("i32", integers(-20, 21)))},
+    **{f"argmax-{d}": typed("argmax", d, s, axis=1) for d, s in (("f64", rounded), ("i32", integers(-3, 4)))},
+})
 
 def primitive_graph(name: str) -> Graph:
     case = PRIMS[name]
@@ -751,3 +804,26 @@ def test_every_stdlib_function_is_covered():
     assert not missing, f"stdlib functions without a native test: {sorted(missing)}"
     assert {"transformer_encoder_block", "transformer_decoder_block", "multi_head_attention", "self_attention",
             "softmax", "layernorm"} <= reached
+
+
+TESTED_DTYPES = ("f32", "f64", "i32", "bool")
+REDUCTIONS = ("reduce_sum", "reduce_max", "argmax")
+
+
+def operand_dtype(graph: Graph, n: int) -> str:
+    """The dtype a node works on: its last operand's (a select's branches, a comparison's
+    operands, a cast's source)."""
+    return graph.inputs(n)[-1].dtype
+
+
+def test_every_primitive_is_covered_on_every_dtype_its_type_rule_accepts():
+    """Each (elementwise primitive or reduction, dtype) the records accept has a case:
+    the scalar rules and the reductions' combining code depend on the dtype."""
+    covered = set()
+    for name in PRIMS:
+        graph = primitive_graph(name)
+        covered |= {(graph.op(n), operand_dtype(graph, n)) for n in graph.g.nodes if graph.inputs(n)}
+    wanted = {(p.name, d) for p in PRIMITIVES.values() if p.kind == "elementwise" or p.name in REDUCTIONS
+              for d in p.dtypes if d in TESTED_DTYPES and not (p.name in REDUCTIONS and d == "bool")}
+    missing = wanted - covered
+    assert not missing, f"(primitive, dtype) without a native test: {sorted(missing)}"

@@ -44,6 +44,7 @@ UNARY = {
     "sin": lambda r, s: 2 * r.standard_normal(s),
     "cos": lambda r, s: 2 * r.standard_normal(s),
     "erf": lambda r, s: r.standard_normal(s),
+    "expm1": lambda r, s: r.standard_normal(s),
 }
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from dlc.compiler.native import memory
 from dlc.compiler.autodiff import train_step
-from dlc.compiler.native.kernels import build_module
+from dlc.compiler.native.driver import build_module
 from dlc.compiler.errors import DlcError
 from dlc.compiler.loader import load_text
 from dlc.compiler.native.lower import lower

@@ -1,5 +1,5 @@
 """The optimizer update on the same gradients, step after step: the native engine's
-fused update (compiler/native/kernels.py add_update) keeps exactly the parameters and
+fused update (compiler/native/update.py add_update) keeps exactly the parameters and
 state of runtime/optim.py, and those are exactly torch.optim's once runtime/optim.py
 takes torch's float32 sqrt, which is not correctly rounded (up to 0.55 ulp; 0.7% of
 results are 1 ulp from IEEE sqrt): the same operations, in the same order, rounded alike.

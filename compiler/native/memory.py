@@ -36,8 +36,8 @@ import numpy as np
 
 from ..dims import concrete
 from ..graph import DTYPES
-from .lower import (AccumulateKernel, FusedMapKernel, GemmKernel, MapKernel, MaxPoolGradKernel, Program,
-                    ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
+from .program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+                      ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
 
 ALIGN = 64
 PAGE = 4096           # buffers start at different offsets modulo this (see _first_fit)
@@ -88,7 +88,7 @@ def linearize(kernels: list) -> list:
 
 
 # ---- liveness --------------------------------------------------------------------------------------
-def intervals(program: Program) -> dict:
+def intervals(program: KernelProgram) -> dict:
     """buffer id -> (first, last) position, inclusive, for every temporary a kernel
     touches (a temporary no kernel touches is absent)."""
     temps = {b.id for b in program.buffers if b.kind == "temp"}
@@ -169,7 +169,7 @@ def _lowest_gap(starts, ends, size: int, step: int, color: int) -> int:
     return int(above[fits[0]] if fits.size else above[-1])
 
 
-def plan(program: Program, sizes: dict, live: dict | None = None, exclude=()) -> Plan:
+def plan(program: KernelProgram, sizes: dict, live: dict | None = None, exclude=()) -> Plan:
     """The arena layout of the program's temporaries for concrete dim sizes; `live` is
     `intervals(program)` when already computed, `exclude` buffer ids kept out."""
     live = intervals(program) if live is None else live
@@ -179,7 +179,7 @@ def plan(program: Program, sizes: dict, live: dict | None = None, exclude=()) ->
     return Plan(offsets, nbytes, arena)
 
 
-def views(p: Plan, program: Program) -> dict:
+def views(p: Plan, program: KernelProgram) -> dict:
     """Each temporary's typed view of one 64-byte aligned arena."""
     raw = np.zeros(p.arena + ALIGN, np.uint8)
     skip = -raw.ctypes.data % ALIGN

@@ -1,9 +1,9 @@
 """Readable text of a kernel program (`dlc compile --emit kernels|fused`)."""
 from __future__ import annotations
 
-from .lower import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index, Load,
-                     MapKernel, MaxPoolGradKernel, Op, Program, Random, ReduceKernel, ScanKernel, ScatterAddKernel, Size,
-                     SmallGemmKernel)
+from .program import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
+                      KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, Random, ReduceKernel, ScanKernel,
+                      ScatterAddKernel, Size, SmallGemmKernel)
 
 
 def affine(a: Affine) -> str:
@@ -29,7 +29,8 @@ def expr(e) -> str:
     if isinstance(e, Gather):
         return f"b{e.table}[{expr(e.idx)} * {e.stride} + {affine(e.rows)}]"
     if isinstance(e, Op):
-        return f"{e.name}({', '.join(expr(a) for a in e.args)})"
+        name = f"cast_{e.dtype}" if e.name == "cast" else e.name
+        return f"{name}({', '.join(expr(a) for a in e.args)})"
     return repr(e)
 
 
@@ -72,7 +73,7 @@ def kernel(k, depth=0) -> list:
     return [f"{pad}{k!r}"]
 
 
-def program(p: Program) -> str:
+def program(p: KernelProgram) -> str:
     lines = [f"# {len(p.buffers)} buffers, symbols {', '.join(p.symbols) or 'none'}"]
     for b in p.buffers:
         if b.kind != "temp":
@@ -82,7 +83,7 @@ def program(p: Program) -> str:
     return "\n".join(lines)
 
 
-def fused(p: Program) -> str:
+def fused(p: KernelProgram) -> str:
     """Each kernel with the graph operations fused into it and the source line of each."""
     lines, number = [], iter(range(1 << 30))
 

@@ -1,0 +1,242 @@
+"""KernelBuilder: the LLVM IR of one kernel function — its values (dims, pointers, affine
+indices), loop nests, memory accesses with their alias scopes, run-time checks.
+
+Every kernel function is
+
+    void kernel(i8** slots, i64* sizes, i64 nthreads)
+
+it reads the few pointer-table entries it uses from its own argument slots (driver.py),
+and `sizes` holds the value of every symbolic dim (in `KernelProgram.symbols` order).
+"""
+from __future__ import annotations
+
+import weakref
+
+from llvmlite import ir
+
+from .gemm import declare
+from .program import Affine, Const, Gather, Guarded, Index, KernelProgram, Load, Op, Random, Size
+from .scalar import emit, random
+from .types import LL, i1, i8, i32, i64, is_float
+
+
+
+
+_SCOPES: "weakref.WeakKeyDictionary[ir.Module, dict]" = weakref.WeakKeyDictionary()
+FAULT = "dlc_fault"     # i64: 0, or the site + 1 of a failed run-time check (KernelProgram.faults)
+
+
+def fault_flag(module: ir.Module) -> ir.GlobalVariable:
+    if FAULT not in module.globals:
+        flag = ir.GlobalVariable(module, i64, FAULT)
+        flag.initializer = ir.Constant(i64, 0)
+    return module.get_global(FAULT)
+
+
+def _alias_scopes(module: ir.Module) -> dict:
+    """The module's alias scopes: "domain", and buffer id -> its scope."""
+    if module not in _SCOPES:
+        _SCOPES[module] = {"domain": module.add_metadata([ir.MetaDataString(module, "dlc.buffers")])}
+    return _SCOPES[module]
+
+
+class Arguments:
+    """A kernel's argument slots: slot k holds pointer-table entry `refs[k]`."""
+
+    def __init__(self, first=()):
+        self.refs = list(first)
+
+    def slot(self, entry: int) -> int:
+        if entry not in self.refs:
+            self.refs.append(entry)
+        return self.refs.index(entry)
+
+
+class KernelBuilder:
+    def __init__(self, module: ir.Module, prog: KernelProgram, fn: ir.Function, args: Arguments | None = None):
+        self.m, self.p, self.fn = module, prog, fn
+        # the entry block only loads sizes and buffer pointers and makes stack slots, so
+        # that they sit outside every loop; the code goes in the blocks after it
+        entry, body = fn.append_basic_block("entry"), fn.append_basic_block("body")
+        self.eb = ir.IRBuilder(entry)
+        self.eb.position_before(self.eb.branch(body))
+        self.b = ir.IRBuilder(body)
+        ptrs, sizes = fn.args[0], fn.args[1]
+        self.sizes = {s: self.eb.load(self.eb.gep(sizes, [ir.Constant(i64, k)]), name=s)
+                      for k, s in enumerate(prog.symbols)}
+        self.ptrs = {}
+        self.slots = ptrs
+        self.args = Arguments() if args is None else args
+        self.stored: dict = {}      # (buffer, index) -> value stored earlier in this iteration
+        self.accesses: list = []    # (load or store, buffer) to annotate
+        self.fault = None           # the largest fault site + 1 seen by this function's checks
+
+    def alloca(self, t):
+        return self.eb.alloca(t)
+
+    # -- values --
+    def dim(self, d) -> ir.Value:
+        if isinstance(d, int):
+            return ir.Constant(i64, d)
+        total = None
+        for mono, coef in d.terms.items():
+            term = ir.Constant(i64, coef)
+            for sym in mono:
+                term = self.b.mul(term, self.sizes[sym])
+            total = term if total is None else self.b.add(total, term)
+        return total
+
+    def argument(self, entry: int) -> ir.Value:
+        """The pointer-table entry, loaded once in the entry block."""
+        if entry not in self.ptrs:
+            self.ptrs[entry] = self.eb.load(self.eb.gep(self.slots, [ir.Constant(i64, self.args.slot(entry))]))
+        return self.ptrs[entry]
+
+    def buffer(self, bid: int, dtype: str) -> ir.Value:
+        key = (bid, dtype)
+        if key not in self.ptrs:
+            self.ptrs[key] = self.eb.bitcast(self.argument(bid), LL[dtype].as_pointer())
+        return self.ptrs[key]
+
+    def affine(self, a: Affine, idx: list) -> ir.Value:
+        v = self.dim(a.offset)
+        for c, i in zip(a.coeffs, idx):
+            if isinstance(c, int) and c == 0:
+                continue
+            v = self.b.add(v, i if isinstance(c, int) and c == 1 else self.b.mul(self.dim(c), i))
+        return v
+
+    # -- loops --
+    def loops(self, shape, body, idx=None, first=None):
+        """Nested loops over shape (outermost first); body(indices). `first` = (lo, hi)
+        limits the outermost loop (a thread's share)."""
+        idx = idx or []
+        if len(idx) == len(shape):
+            body(idx)
+            return
+        b = self.b
+        lo, n = (ir.Constant(i64, 0), self.dim(shape[len(idx)])) if first is None or idx else first
+        pre = b.block
+        head = b.append_basic_block("loop")
+        after = b.append_basic_block("after")
+        b.cbranch(b.icmp_signed(">", n, lo), head, after)
+        b.position_at_end(head)
+        i = b.phi(i64, name=f"i{len(idx)}")
+        i.add_incoming(lo, pre)
+        self.loops(shape, body, idx + [i])
+        nxt = b.add(i, ir.Constant(i64, 1))
+        i.add_incoming(nxt, b.block)
+        b.cbranch(b.icmp_signed("<", nxt, n), head, after)
+        b.position_at_end(after)
+
+    # -- expressions --
+    def expr(self, e, idx) -> ir.Value:
+        b = self.b
+        if isinstance(e, Const):
+            t = LL[e.dtype]
+            return ir.Constant(t, float(e.value) if is_float(t) else int(e.value))
+        if isinstance(e, Size):
+            return b.trunc(self.dim(e.dim), i32)
+        if isinstance(e, Load):
+            if (e.buffer, e.at) in self.stored:
+                return self.stored[e.buffer, e.at]
+            ptr = b.gep(self.buffer(e.buffer, e.dtype if e.dtype != "bool" else "i8"), [self.affine(e.at, idx)])
+            v = self.disjoint(b.load(ptr), e.buffer)
+            return b.trunc(v, i1) if e.dtype == "bool" else v
+        if isinstance(e, Index):
+            v = self.affine(e.at, idx)
+            return b.sitofp(v, LL[e.dtype]) if e.dtype in ("f32", "f64") else b.trunc(v, LL[e.dtype])
+        if isinstance(e, Random):
+            return random(self, e, idx)
+        if isinstance(e, Gather):
+            row = b.sext(self.expr(e.idx, idx), i64)
+            ok = self.in_range(row, e.count, e.site)
+            at = b.select(ok, b.add(b.mul(row, self.dim(e.stride)), self.affine(e.rows, idx)), ir.Constant(i64, 0))
+            v = self.disjoint(b.load(b.gep(self.buffer(e.table, e.dtype), [at])), e.table)
+            return b.select(ok, v, ir.Constant(v.type, None))
+        if isinstance(e, Guarded):
+            ok = self.inside(e.guards, idx)
+            at = self.b.select(ok, self.affine(e.load.at, idx), ir.Constant(i64, 0))
+            v = self.disjoint(b.load(b.gep(self.buffer(e.load.buffer, e.load.dtype), [at])), e.load.buffer)
+            return b.select(ok, v, ir.Constant(v.type, e.fill))
+        if isinstance(e, Op):
+            return emit(self, e, [self.expr(a, idx) for a in e.args])
+        raise TypeError(e)
+
+    def inside(self, guards, idx) -> ir.Value:
+        """Whether every guarded index is within [0, size)."""
+        b, ok = self.b, ir.Constant(i1, 1)
+        for a, size in guards:
+            v = self.affine(a, idx)
+            ok = b.and_(ok, b.and_(b.icmp_signed(">=", v, ir.Constant(i64, 0)), b.icmp_signed("<", v, self.dim(size))))
+        return ok
+
+    def in_range(self, v, count, site: int) -> ir.Value:
+        """Whether 0 <= v < count; where not, the function reports fault `site`. Callers
+        read and write at index 0 instead, so memory outside a buffer is never touched.
+        The fault is a max-reduction in a register, so loops with checks still vectorize."""
+        b = self.b
+        ok = b.and_(b.icmp_signed(">=", v, ir.Constant(i64, 0)), b.icmp_signed("<", v, self.dim(count)))
+        if self.fault is None:
+            self.fault = self.alloca(i64)
+            self.eb.store(ir.Constant(i64, 0), self.fault)
+        seen = b.load(self.fault)
+        code = self.eb.ptrtoint(self.argument(len(self.p.buffers) + site), i64)      # site + 1 (module docstring)
+        hit = b.select(ok, ir.Constant(i64, 0), code)
+        b.store(b.select(b.icmp_unsigned(">", hit, seen), hit, seen), self.fault)
+        return ok
+
+    def replaces_max(self, v, best) -> ir.Value:
+        """Whether v takes the place of the running maximum, as numpy's argmax: the first
+        NaN wins, and nothing replaces it."""
+        b = self.b
+        if not is_float(v.type):
+            return b.icmp_signed(">", v, best)
+        return b.and_(b.fcmp_unordered(">", v, best), b.fcmp_ordered("ord", best, best))
+
+    def finish(self):
+        """Annotate the accesses, report a fault to the module's `dlc_fault`, return."""
+        self.annotate()
+        b = self.b
+        if self.fault is not None:
+            seen = b.load(self.fault)
+            with b.if_then(b.icmp_unsigned("!=", seen, ir.Constant(i64, 0))):
+                b.store_atomic(seen, fault_flag(self.m), "monotonic", 8)
+        b.ret_void()
+
+    def call(self, name, ret, args):
+        return self.b.call(declare(self.m, name, ret, [a.type for a in args]), args)
+
+    def intrinsic(self, name, *args):
+        t = args[0].type
+        return self.b.call(self.m.declare_intrinsic(name, [t], ir.FunctionType(t, [t] * len(args))), list(args))
+
+    def store(self, bid, dtype, at: ir.Value, v: ir.Value):
+        if dtype == "bool":
+            self.disjoint(self.b.store(self.b.zext(v, i8), self.b.gep(self.buffer(bid, "i8"), [at])), bid)
+        else:
+            self.disjoint(self.b.store(v, self.b.gep(self.buffer(bid, dtype), [at])), bid)
+
+    def disjoint(self, access, bid: int):
+        """Note an access for `annotate`."""
+        self.accesses.append((access, bid))
+        return access
+
+    def annotate(self):
+        """Tell LLVM that accesses to different buffers never overlap (scoped noalias, one
+        scope per buffer), so loops touching many buffers vectorize without runtime
+        overlap checks. True: distinct buffers are distinct arrays, or arena slots whose
+        live ranges, both covering this kernel, are disjoint (compiler/memory.py)."""
+        scopes = _alias_scopes(self.m)
+        # named by argument slot, not buffer, so that kernels alike are alike to the letter
+        used = sorted({self.args.slot(bid) for _, bid in self.accesses})
+        for slot in used:
+            if slot not in scopes:
+                scopes[slot] = self.m.add_metadata([ir.MetaDataString(self.m, f"dlc.s{slot}"), scopes["domain"]])
+        own = {slot: self.m.add_metadata([scopes[slot]]) for slot in used}
+        others = {slot: self.m.add_metadata([scopes[o] for o in used if o != slot]) for slot in used}
+        for access, bid in self.accesses:
+            slot = self.args.slot(bid)
+            access.set_metadata("alias.scope", own[slot])
+            access.set_metadata("noalias", others[slot])
+        self.accesses.clear()

@@ -1,0 +1,141 @@
+"""The step module of a kernel program: one function per kernel, and a driver that runs them all.
+
+    void dlc_step(i8** arguments, i64* sizes, i64 nthreads)
+
+The engine keeps a pointer table: one entry per buffer of the program, then one per
+run-time check (the site's number + 1, in place of a pointer), then the optimizer
+update's five arrays. A kernel never sees that table: it reads the few entries it uses
+from its own argument slots, and `arguments` is the concatenation of every kernel call's
+slots (`StepModule.arguments` names the table entry behind each). So kernels that differ
+only in the buffers they touch, as the layers of a deep network do, are one function,
+compiled once. `sizes` holds the value of every symbolic dim (in `KernelProgram.symbols`
+order). Math functions call the C library (expf, tanhf, ...) where scalar.py does not
+inline them.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from llvmlite import ir
+
+from . import kernels
+from .builder import Arguments, KernelBuilder, fault_flag
+from .gemm import gemm_name
+from .parallel import parallel_map
+from .program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+                      ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
+from .types import f32, f64, i8, i32, i64
+from .update import add_update
+
+GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + [i64, i64])
+
+
+@dataclass
+class StepModule:
+    """The module of a program, and what its driver reads: `arguments[k]` is the
+    pointer-table entry (module docstring) that goes in slot k of its argument array."""
+    module: ir.Module
+    arguments: list
+
+
+def build_module(prog: KernelProgram, name: str = "dlc_step", update: dict | None = None,
+                 profile: list | None = None) -> StepModule:
+    """The module of a program; with `update` (see add_update) the driver ends with the
+    optimizer step, on the five arrays after the buffers and checks in the pointer table.
+    With `profile` (a list, filled with (kernel, nesting depth)), every kernel call adds
+    its cycles to the global array `dlc_profile`, indexed like that list."""
+    module = ir.Module(name)
+    flag = fault_flag(module)       # the engine clears it before a call and reads it after
+    sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
+    driver = ir.Function(module, sig, name)
+    gemms: dict = {}
+    numbered: list = []
+    alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
+
+    def kernel(k, depth: int) -> tuple:
+        """(its function, the table entries of its argument slots, its profile number) of
+        kernel k; the function is one built before when that one is alike to the letter."""
+        number = len(numbered)
+        numbered.append((k, depth))
+        body = [kernel(j, depth + 1) for j in k.body] if isinstance(k, ScanKernel) else []
+        before = set(module.globals)
+        fn = ir.Function(module, sig, f"kernel{number}")
+        fn.linkage = "internal"
+        # inlined, every kernel would land in the driver, one function growing with the
+        # model, on which LLVM's O3 is superlinear (300 dense layers: 89 s instead of 8)
+        fn.attributes.add("noinline")
+        if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
+            kb = parallel_map(module, prog, k, fn, sig)
+        elif body:      # the body's argument slots first, then the scan's own
+            kb = KernelBuilder(module, prog, fn, Arguments(e for _, refs, _ in body for e in refs))
+        else:
+            kb = KernelBuilder(module, prog, fn)
+        if isinstance(k, MapKernel):
+            if not k.shape:
+                kernels.map_loop(kb, k, prog)
+        elif isinstance(k, ReduceKernel):
+            kernels.reduce(kb, k, prog)
+        elif isinstance(k, ScatterAddKernel):
+            kernels.scatter_add(kb, k, prog)
+        elif isinstance(k, AccumulateKernel):
+            kernels.accumulate(kb, k, prog)
+        elif isinstance(k, MaxPoolGradKernel):
+            kernels.maxpool_grad(kb, k, prog)
+        elif isinstance(k, SmallGemmKernel):
+            kernels.small_gemm(kb, k)
+        elif isinstance(k, GemmKernel):
+            key = (k.trans_a, k.trans_b)
+            if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here
+                gemms[key] = ir.Function(module, GEMM_TYPE, gemm_name(*key, False))
+            args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
+            for bid, off, ld, stride in (k.a, k.b, k.c):
+                args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
+            args += [kb.dim(k.batch), fn.args[2]]
+            kb.b.call(gemms[key], args)
+        elif isinstance(k, ScanKernel):
+            kernels.scan_loop(kb, k, prog, lambda b: calls(b, body, fn.args))
+        kb.finish()
+        made = [g for n, g in module.globals.items()
+                if n not in before and isinstance(g, ir.Function) and not g.is_declaration]
+        text = re.sub(rf'@"{re.escape(fn.name)}([."])', r'@"kernel\1', "\n".join(map(str, made)))
+        if text in alike:
+            for g in made:
+                del module.globals[g.name]
+        return alike.setdefault(text, fn), kb.args.refs, number
+
+    def calls(b, compiled: list, args):
+        """Call each kernel with its slots, which follow one another from args[0] on."""
+        at = 0
+        for fn, refs, number in compiled:
+            slots = b.gep(args[0], [ir.Constant(i64, at)])
+            at += len(refs)
+            if profile is None:
+                b.call(fn, [slots, args[1], args[2]])
+                continue
+            clock = module.declare_intrinsic("llvm.readcyclecounter", fnty=ir.FunctionType(i64, []))
+            start = b.call(clock, [])
+            b.call(fn, [slots, args[1], args[2]])
+            cell = b.gep(module.get_global("dlc_profile"), [ir.Constant(i32, 0), ir.Constant(i32, number)])
+            b.store(b.add(b.load(cell), b.sub(b.call(clock, []), start)), cell)
+        return at
+
+    if profile is not None:
+        table = ir.GlobalVariable(module, ir.ArrayType(i64, 1), "dlc_profile")    # resized below
+    compiled = [kernel(k, 0) for k in prog.kernels]
+    if profile is not None:
+        profile.extend(numbered)
+        table.value_type = ir.ArrayType(i64, len(numbered))
+        table.initializer = ir.Constant(table.value_type, [0] * len(numbered))
+    b = ir.IRBuilder(driver.append_basic_block("entry"))
+    at = calls(b, compiled, driver.args)
+    arguments = [e for _, refs, _ in compiled for e in refs]
+    if update is not None:      # not after a failed check: the parameters stay as they were
+        upd = add_update(module, **update)
+        first = len(prog.buffers) + len(prog.faults)
+        arguments += range(first, first + 5)
+        slot = lambda k, t: b.bitcast(b.load(b.gep(driver.args[0], [ir.Constant(i64, at + k)])), t.as_pointer())
+        with b.if_then(b.icmp_unsigned("==", b.load_atomic(flag, "monotonic", 8), ir.Constant(i64, 0))):
+            b.call(upd, [slot(0, f32), slot(1, f32), slot(2, f32), slot(3, f32), slot(4, f64)])
+    b.ret_void()
+    return StepModule(module, arguments)

@@ -1,0 +1,68 @@
+"""Parallel regions: a map kernel's function runs its loop on a team of threads (libgomp)."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from ..dims import numel
+from .builder import KernelBuilder
+from .gemm import declare
+from .kernels import map_loop
+from .program import FusedMapKernel, MapKernel, Op
+from .types import i8, i32, i64
+
+
+PARALLEL_BELOW = 1 << 15   # elements x operations: less is not worth waking a second thread
+
+
+def _operations(k: MapKernel | FusedMapKernel) -> int:
+    """Operations per element of a map (one for a copy): its work, with the element count."""
+    count = lambda e: 1 + sum(count(a) for a in e.args) if isinstance(e, Op) else 0
+    return sum(1 + count(m.expr) for m in (k.maps if isinstance(k, FusedMapKernel) else [k]))
+
+
+def parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
+    """fn runs the map on a team of threads (libgomp), each on a slice of the outermost
+    axis; small maps, and maps inside a team already, run serially."""
+    part = ir.Function(module, ir.FunctionType(ir.VoidType(), list(sig.args[:2]) + [i64, i64]), fn.name + ".part")
+    part.linkage = "internal"
+    inner = KernelBuilder(module, prog, part)
+    map_loop(inner, k, prog, first=(part.args[2], part.args[3]))
+    inner.finish()
+
+    data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64])      # buffers, sizes, outer extent
+    vptr = i8.as_pointer()
+    worker = ir.Function(module, ir.FunctionType(ir.VoidType(), [vptr]), fn.name + ".worker")
+    worker.linkage = "internal"
+    b = ir.IRBuilder(worker.append_basic_block("entry"))
+    data = b.bitcast(worker.args[0], data_ty.as_pointer())
+    ptrs, sizes, n = (b.load(b.gep(data, [ir.Constant(i32, 0), ir.Constant(i32, j)])) for j in range(3))
+    tid = b.sext(b.call(declare(module, "omp_get_thread_num", i32, []), []), i64)
+    nth = b.sext(b.call(declare(module, "omp_get_num_threads", i32, []), []), i64)
+    chunk = b.sdiv(b.add(n, b.sub(nth, ir.Constant(i64, 1))), nth)
+    lo = b.mul(tid, chunk)
+    hi = b.add(lo, chunk)
+    hi = b.select(b.icmp_signed("<", hi, n), hi, n)
+    b.call(part, [ptrs, sizes, lo, hi])
+    b.ret_void()
+
+    kb = KernelBuilder(module, prog, fn, inner.args)      # fn passes its arguments on to part
+    b = kb.b
+    total = b.mul(kb.dim(numel(k.shape)), ir.Constant(i64, _operations(k)))
+    level = b.call(declare(module, "omp_get_level", i32, []), [])
+    serial = b.or_(b.or_(b.icmp_signed("<", total, ir.Constant(i64, PARALLEL_BELOW)),
+                         b.icmp_signed("<=", fn.args[2], ir.Constant(i64, 1))),
+                   b.icmp_signed(">", level, ir.Constant(i32, 0)))
+    alone, team, done = (fn.append_basic_block(x) for x in ("alone", "team", "done"))
+    b.cbranch(serial, alone, team)
+    b.position_at_end(alone)
+    b.call(part, [fn.args[0], fn.args[1], ir.Constant(i64, 0), kb.dim(k.shape[0])])
+    b.branch(done)
+    b.position_at_end(team)
+    cell = kb.alloca(data_ty)
+    for j, v in enumerate((fn.args[0], fn.args[1], kb.dim(k.shape[0]))):
+        b.store(v, b.gep(cell, [ir.Constant(i32, 0), ir.Constant(i32, j)]))
+    gomp = declare(module, "GOMP_parallel", ir.VoidType(), [worker.type, vptr, i32, i32])
+    b.call(gomp, [worker, b.bitcast(cell, vptr), b.trunc(fn.args[2], i32), ir.Constant(i32, 0)])
+    b.branch(done)
+    b.position_at_end(done)
+    return kb

@@ -1,0 +1,300 @@
+"""The kernel program: buffers, loop kernels and the expressions they compute.
+
+Values are expressions over an iteration index. Leaves are affine in the index: a load
+from a buffer at offset + sum(coeff[r] * i[r]), the index itself (iota), or counter-based
+random bits at a linear index; `Op` applies a primitive's scalar rule to its operands
+(compiler/native/scalar.py). lower.py builds a program from a graph, memory.py plans its
+temporaries, driver.py compiles it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# ---- expressions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Affine:
+    """offset + sum(coeffs[r] * i[r]) over the iteration index i."""
+    offset: object
+    coeffs: tuple
+
+    def remap(self, offset_shift, coeffs):
+        return Affine(self.offset + offset_shift, tuple(coeffs))
+
+
+@dataclass(frozen=True)
+class Load:
+    buffer: int
+    at: Affine
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Index:
+    """The value of an affine function of the index (iota)."""
+    at: Affine
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Random:
+    """A draw of the counter-based generator at linear index `at`: uniform in (0, 1), or
+    normal (Box-Muller on a second stream), as primitives._random."""
+    key: int             # buffer holding (seed, step)
+    stream: int
+    at: Affine
+    dtype: str
+    steps: tuple = ()    # the step symbols of the enclosing scans, outermost first
+    dist: str = "uniform"
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Size:
+    """A runtime dim as an i32 scalar."""
+    dim: object
+    dtype: str = "i32"
+
+
+@dataclass(frozen=True)
+class Op:
+    name: str
+    args: tuple
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Gather:
+    """table[idx, rest]: rows picked by an integer expression; `rows` is the table's
+    affine over the iteration's trailing (row) dims, `stride` the row stride. An index
+    outside [0, count) reads 0 and reports fault `site` (KernelProgram.faults)."""
+    table: int
+    idx: object
+    rows: Affine
+    stride: object
+    dtype: str
+    count: object        # rows of the table
+    site: int
+
+
+@dataclass(frozen=True)
+class Guarded:
+    """A load that reads `fill` where an index falls outside the input (padding):
+    each guard is (affine row index, size) and must satisfy 0 <= index < size."""
+    load: Load
+    guards: tuple
+    fill: float
+
+
+def remap(e, shift_fn):
+    """Apply an index change to every affine leaf of an expression. shift_fn maps an
+    Affine to a new Affine."""
+    if isinstance(e, Load):
+        return Load(e.buffer, shift_fn(e.at), e.dtype)
+    if isinstance(e, Index):
+        return Index(shift_fn(e.at), e.dtype)
+    if isinstance(e, Random):
+        return Random(e.key, e.stream, shift_fn(e.at), e.dtype, e.steps, e.dist)
+    if isinstance(e, Gather):
+        return Gather(e.table, remap(e.idx, shift_fn), shift_fn(e.rows), e.stride, e.dtype, e.count, e.site)
+    if isinstance(e, Guarded):
+        return Guarded(remap(e.load, shift_fn), tuple((shift_fn(a), n) for a, n in e.guards), e.fill)
+    if isinstance(e, Op):
+        return Op(e.name, tuple(remap(a, shift_fn) for a in e.args), e.dtype)
+    return e
+
+
+# ---- buffers and kernels ------------------------------------------------------------------------
+@dataclass
+class Buffer:
+    id: int
+    dtype: str
+    size: object          # elements, a dim polynomial
+    kind: str             # input, param, temp, output, const
+    name: str = ""
+    data: np.ndarray | None = None
+
+
+@dataclass
+class MapKernel:
+    """out[i] = expr(i) for every i in shape; out is written contiguously at `out_at`."""
+    shape: tuple
+    out: int
+    out_at: Affine
+    expr: object
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class FusedMapKernel:
+    """Map kernels over one iteration space run as one loop: every iteration does each
+    member's store in order. Legal when the members touch a buffer that one of them
+    writes only at the index being written (see fuse_maps)."""
+    shape: tuple
+    maps: list
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class ReduceKernel:
+    """out[kept(i)] = op over the reduced axes of expr(i), for i in the input shape."""
+    shape: tuple
+    axes: tuple
+    op: str               # sum, max, argmax
+    out: int
+    expr: object
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class GemmKernel:
+    """C[b] = op(A[b]) @ op(B[b]); A, B given by buffer, offset, leading dim, batch stride."""
+    m: object
+    n: object
+    k: object
+    batch: object
+    a: tuple              # (buffer, offset, ld, batch stride)
+    b: tuple
+    c: tuple
+    trans_a: bool
+    trans_b: bool
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class SmallGemmKernel:
+    """C (m x n) = sum over the batch of A[b] (m x k) @ B[b] (k x n), all row-major. C is
+    small enough to stay in vector registers while K and the batch stream through, so
+    nothing is packed (a first convolution's weight gradient: 6 x 25, K = 784 per example)."""
+    m: int
+    n: int
+    k: object
+    batch: object
+    a: tuple              # (buffer, offset, ld, batch stride)
+    b: tuple
+    c: tuple              # (buffer, offset, ld)
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class ScatterAddKernel:
+    """out = 0; then out[idx(i), r] += upd[flat(i), r] for every index i of idx_shape.
+    An index outside [0, count) adds nothing and reports fault `site`."""
+    idx_shape: tuple
+    row: object
+    out: int
+    idx: object           # integer expression over idx_shape
+    upd: int
+    count: object         # rows of out
+    site: int
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class AccumulateKernel:
+    """out[at(i)] += expr(i) for every i in shape whose guards hold (out zeroed first):
+    the adjoint of reading windows (col2im, average-pool gradients)."""
+    shape: tuple
+    out: int
+    at: Affine
+    guards: tuple
+    expr: object
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class MaxPoolGradKernel:
+    """dx (zeroed) [window argmax] += g for every output position (first maximum wins)."""
+    x: int
+    g: int
+    out: int
+    shape: tuple          # N, C, H, W of x
+    out_hw: tuple
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class ScanKernel:
+    """for t in 0..length (or back): sizes[var] = t, then run the body's kernels."""
+    length: object
+    reverse: bool
+    var: str              # the symbol of the step index, "$t0", "$t1", ... by nesting depth
+    body: list
+    node: int = -1
+    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
+
+
+@dataclass
+class KernelProgram:
+    """Buffers and the kernels that compute them, in order: what lowering gives the
+    code generator (the loaded .dl file is loader.Program)."""
+    buffers: list = field(default_factory=list)
+    kernels: list = field(default_factory=list)
+    outputs: dict = field(default_factory=dict)     # name -> buffer id
+    inputs: dict = field(default_factory=dict)      # input name -> buffer id
+    params: dict = field(default_factory=dict)      # param name -> buffer id
+    symbols: list = field(default_factory=list)     # symbolic dim names, in the order of the sizes array
+    faults: list = field(default_factory=list)      # (what, count, span) of each index check, by site
+
+    def buffer(self, dtype, size, kind, name="", data=None) -> Buffer:
+        b = Buffer(len(self.buffers), dtype, size, kind, name, data)
+        self.buffers.append(b)
+        return b
+
+    def fault(self, what: str, count, span) -> int:
+        """The site of a run-time check that an index of `what` lies in [0, count): the
+        kernels report a failure (dlc_fault = site + 1), the engine raises it at `span`."""
+        self.faults.append((what, count, span))
+        return len(self.faults) - 1
+
+
+def row_major(shape) -> tuple:
+    strides, acc = [], 1
+    for d in reversed(shape):
+        strides.append(acc)
+        acc = acc * d
+    return tuple(reversed(strides))
+
+
+def contiguous(buffer: int, shape, dtype) -> Load:
+    return Load(buffer, Affine(0, row_major(shape)), dtype)
+
+
+# ---- reading expressions ----------------------------------------------------------------------
+def leaves(e):
+    """The memory reads of an expression: Load, Gather, Guarded and Random leaves."""
+    if isinstance(e, (Load, Random)):
+        yield e
+    elif isinstance(e, Gather):
+        yield e
+        yield from leaves(e.idx)
+    elif isinstance(e, Guarded):
+        yield e
+    elif isinstance(e, Op):
+        for a in e.args:
+            yield from leaves(a)
+
+
+def buffer_of(leaf) -> int:
+    """The buffer a memory-reading leaf reads."""
+    return leaf.table if isinstance(leaf, Gather) else leaf.key if isinstance(leaf, Random) else \
+        leaf.load.buffer if isinstance(leaf, Guarded) else leaf.buffer

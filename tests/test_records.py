@@ -1,0 +1,97 @@
+"""The primitive records are complete: every primitive has a native lowering rule, every
+elementwise one a scalar rule for each dtype class its type rule accepts (and no rule for
+one it refuses), and the compiler's modules import one another without cycles."""
+import ast
+from pathlib import Path
+
+import pytest
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.graph import DTYPES, Graph, TensorType
+from dlc.compiler.native.lower import lowering_rule
+from dlc.compiler.native.scalar import EMIT
+from dlc.compiler.primitives import PRIMITIVES
+
+COMPILER = Path(__file__).parent.parent / "compiler"
+CLASS = {"f32": "float", "f64": "float", "i32": "int", "i64": "int", "bool": "bool"}
+
+
+def scalar_primitives() -> list:
+    """The elementwise primitives that become Op nodes (stop_gradient is a free view)."""
+    return [p for p in PRIMITIVES.values() if p.kind == "elementwise" and not p.view]
+
+
+@pytest.mark.parametrize("name", sorted(PRIMITIVES))
+def test_every_primitive_has_a_lowering_rule(name):
+    assert lowering_rule(name) is not None, f"{name}: no native lowering rule (compiler/native/lower.py)"
+
+
+@pytest.mark.parametrize("prim", scalar_primitives(), ids=lambda p: p.name)
+def test_every_elementwise_primitive_has_a_scalar_rule_per_dtype_class(prim):
+    missing = {CLASS[d] for d in prim.dtypes} - {cls for name, cls in EMIT if name == prim.name}
+    assert not missing, f"{prim.name}: no scalar rule on {sorted(missing)} (compiler/native/scalar.py)"
+
+
+def test_no_scalar_rule_for_a_dtype_class_the_type_rules_refuse():
+    dead = [(name, cls) for name, cls in EMIT if cls not in {CLASS[d] for d in PRIMITIVES[name].dtypes}]
+    assert not dead, f"scalar rules no graph can reach: {dead}"
+
+
+@pytest.mark.parametrize("prim", scalar_primitives(), ids=lambda p: p.name)
+def test_the_type_rule_accepts_exactly_the_record_dtypes(prim):
+    """Operands of one dtype (a select's condition bool): accepted iff the record lists it."""
+    arity = 3 if prim.name == "select" else \
+        1 if prim.infer.__name__ == "_unary_type" or prim.name in ("cast", "logical_not") else 2
+    for dtype in DTYPES:
+        g = Graph()
+        xs = [g.add1("input", type=TensorType(dtype, (3,)), name=f"x{i}") for i in range(arity)]
+        if prim.name == "select":
+            xs[0] = g.add1("input", type=TensorType("bool", (3,)), name="c")
+        attrs = {"dtype": "f32"} if prim.name == "cast" else {}
+        try:
+            g.add1(prim.name, xs, **attrs)
+            accepted = True
+        except DlcError:
+            accepted = False
+        assert accepted == (dtype in prim.dtypes), (prim.name, dtype)
+
+
+# ---- no import cycles among the compiler's modules ---------------------------------------------------
+def module_imports() -> dict:
+    """Module name (relative to the dlc package) -> the modules it imports at module level."""
+    modules = {}
+    for path in COMPILER.rglob("*.py"):
+        parts = list(path.relative_to(COMPILER.parent).with_suffix("").parts)
+        package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        deps = set()
+        for stmt in ast.parse(path.read_text()).body:
+            if isinstance(stmt, ast.ImportFrom) and stmt.level:
+                base = package[:len(package) - stmt.level + 1]
+                target = base + (stmt.module.split(".") if stmt.module else [])
+                deps.add(".".join(target))
+                for alias in stmt.names:        # `from . import ops`: the module ops
+                    deps.add(".".join(target + [alias.name]))
+            elif isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.module.startswith("dlc."):
+                deps.add(stmt.module[4:])
+        modules[name] = deps
+    return {m: {d for d in deps if d in modules and d != m} for m, deps in modules.items()}
+
+
+def test_no_module_level_import_cycle_in_the_compiler():
+    graph = module_imports()
+    assert "compiler.primitives" in graph and "compiler.native.lower" in graph
+    done, path = set(), []
+
+    def visit(m):
+        if m in path:
+            raise AssertionError("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
+        if m in done:
+            return
+        path.append(m)
+        for d in sorted(graph[m]):
+            visit(d)
+        path.pop()
+        done.add(m)
+    for m in sorted(graph):
+        visit(m)
