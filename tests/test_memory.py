@@ -59,6 +59,12 @@ def test_large_buffers_start_at_different_offsets_modulo_a_page():
     assert arena <= 8 * 32768 + memory.PAGE
 
 
+def test_the_packing_in_program_order_reuses_memory_of_dead_buffers_only():
+    live = {0: (0, 1), 1: (1, 2), 2: (2, 3), 3: (4, 4)}
+    offsets, arena = memory._in_order({0: 100, 1: 64, 2: 100, 3: 300}, live)
+    assert offsets == {0: 0, 1: 128, 2: 0, 3: 0} and arena == 320     # 0 and 1 are dead when 3 is born
+
+
 def test_a_buffer_no_kernel_touches_takes_no_room():
     offsets, arena = memory.pack({0: 64, 1: 1000}, {0: (0, 0)})
     assert offsets == {0: 0, 1: 0} and arena == 1000 + 24
@@ -153,8 +159,14 @@ def expected_intervals(program: KernelProgram) -> dict:
     return live
 
 
+# the greedy packing, and the one pass in program order of programs with very many temporaries
+PACKINGS = {"greedy": memory.GREEDY_UP_TO, "in_order": 0}
+
+
+@pytest.mark.parametrize("packing", PACKINGS)
 @pytest.mark.parametrize("name", PROGRAMS)
-def test_no_two_live_buffers_share_memory(name):
+def test_no_two_live_buffers_share_memory(name, packing, monkeypatch):
+    monkeypatch.setattr(memory, "GREEDY_UP_TO", PACKINGS[packing])
     p = train_program(name)
     live = memory.intervals(p)
     assert live == expected_intervals(p)
@@ -208,8 +220,10 @@ def steps(engine_class, train, evaluation, sizes, n=3):
     return engine, params, losses
 
 
-@pytest.mark.parametrize("name", ["char_lstm", "seq2seq_luong", "lenet5", "transformer_classifier"])
-def test_native_training_on_a_poisoned_arena_matches_the_reference(name, monkeypatch):
+@pytest.mark.parametrize("name, packing", [("char_lstm", "greedy"), ("seq2seq_luong", "greedy"), ("lenet5", "greedy"),
+                                           ("transformer_classifier", "greedy"), ("seq2seq_luong", "in_order")])
+def test_native_training_on_a_poisoned_arena_matches_the_reference(name, packing, monkeypatch):
+    monkeypatch.setattr(memory, "GREEDY_UP_TO", PACKINGS[packing])
     poison_temporaries(monkeypatch)
     program = load(str(EXAMPLES / f"{name}.dl"))
     train, evaluation = program.build(training=True), program.build(training=False)

@@ -30,6 +30,8 @@ each step.) In-place reuse of a map's dying input is not done: docs/native.md sa
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,12 +123,19 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
+GREEDY_UP_TO = 20_000    # temporaries; beyond, the greedy's cost (the square of the count) dominates a compile
+
+
 def pack(nbytes: dict, live: dict) -> tuple:
     """Greedy placement, each buffer at the lowest aligned offset clear of every placed
     buffer whose interval intersects its own; the better of two orders: largest first,
     and largest size x lifetime first (the first is usually best, the second wins when
     long-lived buffers would otherwise split the free space, as in an LSTM's step).
+    Programs of more than GREEDY_UP_TO temporaries (a model thousands of layers deep)
+    are packed in one pass in program order instead (`_in_order`), in linear time.
     Returns (offsets, arena size)."""
+    if len(nbytes) > GREEDY_UP_TO:
+        return _in_order(nbytes, live)
     span = lambda b: live[b][1] - live[b][0] + 1 if b in live else 0
     orders = (sorted(nbytes, key=lambda b: (-nbytes[b], live.get(b, (0, 0))[0], b)),
               sorted(nbytes, key=lambda b: (-nbytes[b] * span(b), -nbytes[b], b)))
@@ -167,6 +176,43 @@ def _lowest_gap(starts, ends, size: int, step: int, color: int) -> int:
     above = np.maximum.accumulate(np.concatenate(([color], ends + (color - ends) % step)))
     fits = np.flatnonzero(above[:-1] + size <= starts)
     return int(above[fits[0]] if fits.size else above[-1])
+
+
+def _in_order(nbytes: dict, live: dict) -> tuple:
+    """Each buffer, in order of its first access, at the lowest fitting offset of the
+    free list (sorted ranges [start, end), the last one open above the arena); a buffer
+    returns its range to the list once the position after its last access is reached."""
+    offsets = {b: 0 for b in nbytes if b not in live}      # never touched: any address will do
+    free = [[0, float("inf")]]
+    dying: list = []            # heap of (last access, buffer)
+    arena = 0
+    for bid in sorted((b for b in nbytes if b in live), key=lambda b: (live[b][0], b)):
+        lo = live[bid][0]
+        while dying and dying[0][0] < lo:
+            _, gone = heapq.heappop(dying)
+            _release(free, offsets[gone], offsets[gone] + _align(nbytes[gone]))
+        size = _align(nbytes[bid])
+        step, color = (PAGE, ALIGN * (bid % (PAGE // ALIGN))) if size >= PAGE else (ALIGN, 0)    # see _first_fit
+        for k, (start, end) in enumerate(free):
+            at = start + (color - start) % step
+            if at + size <= end:
+                break
+        free[k:k + 1] = [r for r in ([start, at], [at + size, end]) if r[1] > r[0]]
+        offsets[bid] = at
+        arena = max(arena, at + size)
+        heapq.heappush(dying, (live[bid][1], bid))
+    return offsets, arena
+
+
+def _release(free: list, start: int, end: int):
+    """Return [start, end) to the sorted free list, merged with the ranges it touches."""
+    k = bisect.bisect(free, [start, end])
+    if k < len(free) and free[k][0] == end:
+        end = free.pop(k)[1]
+    if k and free[k - 1][1] == start:
+        free[k - 1][1] = end
+    else:
+        free.insert(k, [start, end])
 
 
 def plan(program: KernelProgram, sizes: dict, live: dict | None = None, exclude=()) -> Plan:
