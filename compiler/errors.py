@@ -2,6 +2,7 @@
 `file:line:col: error: ...` followed by the source line and a caret."""
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 _SOURCES: dict[str, list[str]] = {}
@@ -30,11 +31,9 @@ class Span:
 
     def called_from(self, outer: "Span | None") -> "Span":
         """This span, remembering the user's call when it lies in the standard library."""
-        if not self.in_stdlib() or outer is None:
+        if outer is None or not self.in_stdlib():
             return self
-        # the constructor, not dataclasses.replace: this runs for every node a build makes
-        return Span(self.file, self.line, self.col, self.end_line, self.end_col,
-                    outer.caller if outer.in_stdlib() else outer)
+        return _with_caller(self, outer.caller if outer.in_stdlib() else outer)
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.col}"
@@ -47,6 +46,14 @@ class Span:
         if lines and 0 < self.line <= len(lines):
             return lines[self.line - 1]
         return None
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _with_caller(span: Span, caller: Span | None) -> Span:
+    # one Span per (standard-library place, user's call): a build enters a place for
+    # every expression it evaluates there. The key is exact: a caller, a place in the
+    # user's files, has no caller of its own (the hash leaves `caller` out)
+    return Span(span.file, span.line, span.col, span.end_line, span.end_col, caller)
 
 
 class DlcError(Exception):

@@ -203,15 +203,18 @@ class Hang(BaseException):
 
 @contextlib.contextmanager
 def time_limit(seconds: float):
+    """Raise Hang after `seconds` of this process's CPU time: on a shared machine the
+    clock on the wall measures the neighbours too (a worker that waits without using
+    the CPU is caught by its parent's limit on the wall, Worker.run)."""
     def alarm(signum, frame):
         raise Hang()
-    previous = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    previous = signal.signal(signal.SIGPROF, alarm)
+    signal.setitimer(signal.ITIMER_PROF, seconds)
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        signal.setitimer(signal.ITIMER_PROF, 0)
+        signal.signal(signal.SIGPROF, previous)
 
 
 def place(frames) -> str:
@@ -402,11 +405,12 @@ def worker_main(seconds: float, workdir: Path):
 
 
 class Worker:
-    """A worker subprocess. A job with no answer `grace` seconds after the worker's own
-    alarm (a hang in native code) kills it; a worker that dies mid-job is a crash."""
+    """A worker subprocess. A job with no answer well after the worker's own alarm (a
+    hang in native code) kills it; a worker that dies mid-job is a crash."""
 
     def __init__(self, seconds: float, command=None, grace: float = 5.0):
-        self.limits = {"check": seconds + grace, "model": 6 * seconds + grace}
+        # on the wall: the worker's own limit is CPU time, which a busy machine stretches
+        self.limits = {"check": 3 * seconds + grace, "model": 18 * seconds + grace}
         self.stderr = tempfile.TemporaryFile()
         self.workdir = tempfile.mkdtemp(prefix="dlc-fuzz-")      # removed by close, even after a kill
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", DLC_NUM_THREADS="1")
