@@ -181,7 +181,9 @@ def _lowest_gap(starts, ends, size: int, step: int, color: int) -> int:
 def _in_order(nbytes: dict, live: dict) -> tuple:
     """Each buffer, in order of its first access, at the lowest fitting offset of the
     free list (sorted ranges [start, end), the last one open above the arena); a buffer
-    returns its range to the list once the position after its last access is reached."""
+    returns its range to the list once the position after its last access is reached.
+    Without page colors (_first_fit): the gaps they leave would make the list as long
+    as the program."""
     offsets = {b: 0 for b in nbytes if b not in live}      # never touched: any address will do
     free = [[0, float("inf")]]
     dying: list = []            # heap of (last access, buffer)
@@ -192,12 +194,11 @@ def _in_order(nbytes: dict, live: dict) -> tuple:
             _, gone = heapq.heappop(dying)
             _release(free, offsets[gone], offsets[gone] + _align(nbytes[gone]))
         size = _align(nbytes[bid])
-        step, color = (PAGE, ALIGN * (bid % (PAGE // ALIGN))) if size >= PAGE else (ALIGN, 0)    # see _first_fit
         for k, (start, end) in enumerate(free):
-            at = start + (color - start) % step
-            if at + size <= end:
+            if start + size <= end:
                 break
-        free[k:k + 1] = [r for r in ([start, at], [at + size, end]) if r[1] > r[0]]
+        free[k:k + 1] = [[start + size, end]] if start + size < end else []
+        at = start
         offsets[bid] = at
         arena = max(arena, at + size)
         heapq.heappush(dying, (live[bid][1], bid))
