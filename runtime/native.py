@@ -23,7 +23,7 @@ from dlc.compiler.dims import concrete, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.model import Model
 from dlc.compiler.graph import DTYPES
-from dlc.compiler.native.lower import NotLowerable, lower
+from dlc.compiler.native.lower import lower
 from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.update import lower_update, touched
