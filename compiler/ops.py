@@ -105,6 +105,12 @@ def mul(a, b): return binary("mul", a, b)
 def div(a, b): return binary("div", a, b)
 
 
+def fma(a, b, c) -> Tensor:
+    """a * b + c, rounded once."""
+    x, y, z = _operands(a, b, c)
+    return x.graph.add1("fma", [x, y, z])
+
+
 def compare(name: str, a, b) -> Tensor:
     return binary(name, a, b)
 

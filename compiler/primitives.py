@@ -233,6 +233,25 @@ _binary("maximum", np.maximum, _minmax_vjp("gt"))
 _binary("minimum", np.minimum, _minmax_vjp("lt"))
 
 
+def _fma_type(ctx, types, **_):
+    if len(types) != 3:
+        ctx.fail(f"needs three operands, got {len(types)}")
+    t = _same_shapes(ctx, types)
+    if len({x.dtype for x in types}) > 1 or t.dtype not in ctx.dtypes:
+        ctx.fail(f"needs three float tensors of one dtype, got {', '.join(map(str, types))}")
+    return [t]
+
+
+@primitive("fma", "elementwise", _fma_type, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0], g[0]],
+           lambda ins, outs, **_: 2 * numel(outs[0].shape), dtypes=FLOAT_DTYPES)
+def _fma(ctx, xs):
+    """a * b + c rounded once (torch's fused kernels: lerp, addcmul, add with alpha). The
+    float32 product is exact in float64, so the sum rounds twice only in ties, vanishingly
+    rare; float64 operands round their product first."""
+    a, b, c = xs
+    return [(np.multiply(a, b, dtype=np.float64) + c).astype(c.dtype)]
+
+
 def _compare_type(ctx, types, **_):
     t = _binary_type(ctx, types)[0]
     return [TensorType("bool", t.shape)]

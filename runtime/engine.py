@@ -1,5 +1,5 @@
 """Engines run a model's steps. The reference engine runs the graphs with the numpy
-interpreter and applies the optimizer in numpy; the native engine (runtime/native.py)
+interpreter, the optimizer's update graph too (runtime/optim.py); the native engine (runtime/native.py)
 offers the same three methods and runs each step in one native call. This module also
 holds what both engines share: the prediction graph and the scalars a step reports.
 runtime/backends.py picks the engine for a run."""
@@ -10,7 +10,7 @@ import numpy as np
 from dlc.compiler.autodiff import copy_graph, prune, train_step
 from dlc.compiler.model import Model
 from dlc.runtime import budget, interpreter
-from dlc.runtime.optim import Optimizer, add_penalties, clip
+from dlc.runtime.optim import Optimizer
 
 
 def predict_graph(model: Model):
@@ -36,9 +36,7 @@ class ReferenceEngine:
         """One optimizer step on a batch, in place; returns the loss and metrics."""
         out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)
         grads = {name: out[f"grad:{name}"] for name in self.trainable}
-        add_penalties(grads, params, self.l1, self.l2)
-        norm = clip(grads, self.clip)
-        self.optimizer.update(params, grads, opt_state, lr, step)
+        norm = self.optimizer.update(params, grads, opt_state, lr, step, self.l1, self.l2, self.clip)
         for k, v in out.items():
             if k.startswith("update:"):
                 params[k[7:]] = v

@@ -19,7 +19,7 @@ class Eval:
         self.steps: tuple = ()           # the indices of the enclosing scan steps
 
     def np_dtype(self, dtype: str):
-        return DTYPES[self.float_dtype if dtype in ("f32", "f64") else dtype]
+        return DTYPES[self.float_dtype if self.float_dtype and dtype in ("f32", "f64") else dtype]
 
     def size(self, d) -> int:
         return concrete(d, self.sizes)
@@ -149,8 +149,9 @@ def _graphs(graph: Graph):
         yield from _graphs(graph.attrs(n)["body"])
 
 
-def run(graph: Graph, feeds: dict, params: dict, float_dtype: str = "f32", sizes: dict | None = None) -> dict:
-    """Evaluate a graph; returns its named outputs as numpy arrays."""
+def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32", sizes: dict | None = None) -> dict:
+    """Evaluate a graph; returns its named outputs as numpy arrays. Every float value is
+    computed in `float_dtype`, or, with None, in the dtype the graph gives it."""
     all_sizes = bind_sizes(graph, feeds)
     all_sizes.update(sizes or {})
     feeds = _cast_all(graph, "input", feeds, float_dtype)
@@ -169,7 +170,7 @@ def _cast_all(graph: Graph, op: str, arrays: dict, float_dtype: str) -> dict:
             raise DlcError(f"no value given for {op} '{name}' ({typ})", graph.g.nodes[n]["span"])
         arr = np.asarray(arrays[name])
         if typ.is_float:
-            arr = arr.astype(DTYPES[float_dtype], copy=False)
+            arr = arr.astype(DTYPES[float_dtype or typ.dtype], copy=False)
         elif not np.issubdtype(arr.dtype, np.integer) and typ.dtype != "bool":
             raise DlcError(f"{op} '{name}' expects {typ}, got {arr.dtype} values", graph.g.nodes[n]["span"])
         else:

@@ -2,9 +2,10 @@
 
 A graph is lowered to kernels (compiler/native/lower.py), compiled with llvmlite into one
 module whose driver runs them all (compiler/native/driver.py), and called through a
-pointer table built once per batch shape. The train step's driver ends with the fused
-optimizer update: every trained parameter lives in one flat array, its gradient in
-another, so the update is one pass. Inputs are checked (shape, dtype) before any
+pointer table built once per batch shape. The train step's driver ends with the
+optimizer's update graph, compiled (compiler/native/update.py): every trained parameter
+lives in one flat array, its gradient and each of its state slots in others, so the
+update is one pass that writes them in place. Inputs are checked (shape, dtype) before any
 native call. Compiled objects are cached on disk by a hash of the IR, the CPU and the
 dlc version.
 """
@@ -22,15 +23,15 @@ from dlc.compiler.dims import concrete, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.model import Model
 from dlc.compiler.graph import DTYPES
-from dlc.compiler.native.lower import NotLowerable, lower
+from dlc.compiler.native.lower import lower
 from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
 from dlc.compiler.native.program import KernelProgram
-from dlc.compiler.native.update import SCALARS
+from dlc.compiler.native.update import lower_update, touched
 from dlc.compiler.passes import optimize
 from . import budget, cache
 from .engine import _scalars, predict_graph
 from .interpreter import bind_sizes
-from .optim import Adam, Optimizer, RMSprop, SGD, clip_limit
+from .optim import Optimizer
 
 
 
@@ -50,7 +51,7 @@ class Executable:
     keeps for it (parameters, gradients, optimizer state); by default the parameters
     it is given at each call."""
 
-    def __init__(self, graph, update=None, profile=False, resident: dict | None = None):
+    def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
@@ -66,10 +67,10 @@ class Executable:
         self.layouts: dict = {}
         self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
-        # the pointer table (compiler/native/driver.py): buffers, checks, the update's arrays
+        # the pointer table (compiler/native/driver.py): buffers, checks, the update's buffers
         self.checks = len(self.program.buffers)
         self.extras = self.checks + len(self.program.faults)
-        self.entries = self.extras + (5 if update is not None else 0)
+        self.entries = self.extras + (len(update.buffers) if update is not None else 0)
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
 
     def cycles(self) -> np.ndarray:
@@ -135,7 +136,7 @@ class Executable:
             keep.append(a)
             table[bid] = a.ctypes.data
         for slot, a in enumerate(extra):
-            table[self.extras + slot] = a.ctypes.data
+            table[self.extras + slot] = 0 if a is None else a.ctypes.data
         args = table[self.arguments]        # each kernel's argument slots
         self.fault.value = 0
         self.fn(args.ctypes.data, dims, threads())
@@ -175,12 +176,11 @@ class NativeEngine:
             self.n_trained = sum(int(numel(self.params_info[n].type.shape)) for n in self.trainable)
             self.flat = np.zeros(max(total, 1), np.float32)
             self.grads = np.zeros(max(self.n_trained, 1), np.float32)
-            # the update reads state arrays 1 and 2 only when the optimizer keeps that many values
-            self.state = [np.zeros(max(self.n_trained, 1) if k < slots else 1, np.float32) for k in range(2)]
-            self.scalars = np.zeros(len(SCALARS), np.float64)
+            self.state = {s: np.zeros(max(self.n_trained, 1), np.float32) for s in optimizer.slots()}
             resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
-                        "optimizer state": sum(a.nbytes for a in self.state)}
-            self.train_exe = Executable(step, update=self._update_spec(), profile=profile, resident=resident)
+                        "optimizer state": sum(a.nbytes for a in self.state.values())}
+            update = self._update_program()
+            self.train_exe = Executable(step, update=update, profile=profile, resident=resident)
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
@@ -202,26 +202,33 @@ class NativeEngine:
         return self._predict
 
     # -- the optimizer --
-    def _update_spec(self) -> dict:
-        opt, h = self.optimizer, self.optimizer.hyper
-        rule = "adam" if isinstance(opt, Adam) else "rmsprop" if isinstance(opt, RMSprop) else "sgd"
-        if not isinstance(opt, (Adam, RMSprop, SGD)):
-            raise NotLowerable(f"the native backend has no update rule for {opt.name}")
-        clip = None if self.clip is None else self.clip.name
-        return dict(rule=rule, n=self.n_trained, nesterov=bool(h.get("nesterov")),
-                    decoupled=getattr(opt, "decoupled", False), momentum=bool(h.get("momentum")),
-                    penalties=bool(self.l1 or self.l2), clip=clip)
+    def _update_program(self) -> KernelProgram | None:
+        """The optimizer's update graph over the flat arrays, lowered to update them in
+        place; the arrays behind its buffers (`update_arrays`) and its per-step scalars,
+        one f64 each in `scalars` (fed by `_set_scalars`). None without trained parameters."""
+        self.update_arrays, self.scalars, self.scalar_names = [], np.zeros(0), []
+        if not self.n_trained:
+            return None
+        prog = lower_update(self.optimizer.graph(self.n_trained, self.l1, self.l2, self.clip))
+        arrays = {"param": self.flat, "grad": self.grads, **self.state}
+        self.scalar_names = [name for name in prog.inputs if name not in arrays]
+        self.scalars = np.zeros(len(self.scalar_names), np.float64)
+        arrays.update({name: self.scalars[k:k + 1] for k, name in enumerate(self.scalar_names)})
+        used = touched(prog)
+        for b in prog.buffers:
+            if b.id not in used:
+                self.update_arrays.append(None)
+            elif b.kind == "input":
+                self.update_arrays.append(arrays[b.name])
+            elif b.kind == "const":
+                self.update_arrays.append(np.ascontiguousarray(b.data))
+            else:       # what the update computes on the way: the gradient's norm
+                self.update_arrays.append(np.zeros(max(1, int(b.size)), DTYPES[b.dtype]))
+        return prog
 
     def _set_scalars(self, lr: float, step: int):
-        # in Python floats, as torch.optim computes them (add_update rounds them to float)
-        h = self.optimizer.hyper
-        beta1, beta2 = h.get("beta1", 0.0), h.get("beta2", h.get("alpha", 0.0))
-        s = dict(lr=lr, beta1=beta1, beta2=beta2, rate1=1 - beta1, rate2=1 - beta2, eps=h.get("eps", 0.0),
-                 weight_decay=h.get("weight_decay", 0.0), momentum=h.get("momentum", 0.0), l1=self.l1, l2=self.l2,
-                 clip=0.0 if self.clip is None else clip_limit(self.clip),
-                 step_size=lr / (1 - beta1 ** step), bias2_sqrt=(1 - beta2 ** step) ** 0.5,
-                 decay=1 - lr * h.get("weight_decay", 0.0))
-        self.scalars[:] = [s[k] for k in SCALARS]
+        values = self.optimizer.scalars(lr, step)
+        self.scalars[:] = [values[name] for name in self.scalar_names]
 
     def _adopt(self, params: dict, opt_state: dict):
         """Move parameters and optimizer state into the flat arrays (the dicts then hold
@@ -234,11 +241,10 @@ class NativeEngine:
             view = self.flat[off:off + size].reshape(params[name].shape)
             view[...] = params[name]
             params[name] = view
-        slots = self.optimizer.slots()
         for name in self.trainable:
             off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
-            for k, slot in enumerate(slots):
-                view = self.state[k][off:off + size].reshape(self.params_info[name].type.shape)
+            for slot, flat in self.state.items():
+                view = flat[off:off + size].reshape(self.params_info[name].type.shape)
                 view[...] = opt_state[name][slot]
                 opt_state[name][slot] = view
         self.adopted = (id(params), id(opt_state))
@@ -260,7 +266,7 @@ class NativeEngine:
         self._set_scalars(lr, step)
         exe = self.train_exe
         arrays, _ = exe.run({**batch, "rng": np.asarray(key, np.int32)}, self._fixed(exe, params, True),
-                            extra=(self.flat, self.grads, self.state[0], self.state[1], self.scalars))
+                            extra=self.update_arrays)
         out = {}
         for name, bid in exe.program.outputs.items():
             if name.startswith("update:"):

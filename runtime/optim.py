@@ -1,12 +1,15 @@
-"""Optimizers, learning-rate schedules, gradient clipping and penalties.
+"""Optimizers, learning-rate schedules and the clipping setting.
 
-The update rules follow PyTorch's (torch.optim, single-tensor CPU path) down to the
-rounding: the same float32 operations in the same order, scalars computed in Python
-floats as torch does, and one rounding where torch's vectorized kernels fuse a multiply
-and an add (`_fma`); so a model trained here and there from the same weights takes the
-same steps, and so does the native engine's fused update (compiler/native/update.py).
-Each optimizer keeps its state as named numpy arrays per parameter ("m", "v",
-"momentum"), which checkpoints save.
+Each optimizer is one class: its options, its state slots, the scalars of a step as
+torch.optim computes them in Python floats (`scalars`), and `rule`, which builds its
+update as a graph over the flat parameter, gradient and state arrays (compiler/update.py).
+The rules follow PyTorch's (torch.optim, single-tensor CPU path) down to the rounding:
+the same float32 operations in the same order, and one rounding (ops.fma) where torch's
+vectorized kernels fuse a multiply and an add; so a model trained here and there from
+the same weights takes the same steps. The reference engine runs that graph with the
+interpreter (`Optimizer.update`), the native engine compiles it into its step
+(compiler/native/update.py). Each optimizer keeps its state as named numpy arrays per
+parameter ("m", "v", "momentum"), which checkpoints save.
 """
 from __future__ import annotations
 
@@ -14,13 +17,18 @@ import math
 
 import numpy as np
 
+from dlc.compiler import ops
 from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.graph import DTYPES
+from dlc.compiler.update import NORM, Update, lerp, update_graph
+from . import interpreter
 from .config import REQUIRED, Call, as_call, flag, number
 
 # the allowed values of every numeric option of the optimizers, schedules and clipping
 LIMITS = {
     "lr": dict(positive=True), "momentum": dict(low=0), "weight_decay": dict(low=0), "eps": dict(positive=True),
     "beta1": dict(low=0, below=1), "beta2": dict(low=0, below=1), "alpha": dict(low=0, below=1),
+    "lr_decay": dict(low=0),
     "every": dict(positive=True), "gamma": dict(positive=True), "min_lr": dict(low=0), "period": dict(positive=True),
     "mult": dict(low=1), "warmup": dict(low=0),         # mult < 1 would shrink the restart periods to nothing
     "max": dict(positive=True),
@@ -41,6 +49,7 @@ class Optimizer:
         self.hyper = {opt: _option(args, opt, default) for opt, default in self.options.items()}
         if self.hyper.get("nesterov") and not self.hyper["momentum"]:
             raise DlcError(f"{call.name}: nesterov = true needs a momentum > 0", args.span("nesterov"))
+        self._graphs: dict = {}
 
     @property
     def lr(self) -> float:
@@ -49,16 +58,46 @@ class Optimizer:
     def slots(self) -> tuple:
         return ()
 
+    def scalars(self, lr: float, step: int) -> dict:
+        """The per-step scalars the rule reads (Update.scalar), in Python floats."""
+        return {"lr": lr}
+
+    def rule(self, u: Update) -> tuple:  # pragma: no cover - every optimizer defines it
+        """(new parameter, {slot: new state}) from u's flat arrays."""
+        raise NotImplementedError
+
+    def graph(self, n: int, l1: float = 0.0, l2: float = 0.0, clip: Call | None = None, norm: bool = False,
+              dtype: str = "f32"):
+        """The update graph of n flat parameters (compiler/update.py), built once."""
+        key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype)
+        if key not in self._graphs:
+            self._graphs[key] = update_graph(self.rule, self.slots(), n, l1, l2, key[3], norm, dtype)
+        return self._graphs[key]
+
     def init(self, params: dict) -> dict:
         return {name: {s: np.zeros_like(p) for s in self.slots()} for name, p in params.items()}
 
-    def update(self, params: dict, grads: dict, state: dict, lr: float, step: int):
-        """One step (step counts from 1), in place, for the parameters in `grads`."""
-        for name, g in grads.items():
-            self.apply(params[name], g, state[name], lr, step)
-
-    def apply(self, p, g, s, lr, step):  # pragma: no cover - every optimizer defines it
-        raise NotImplementedError
+    def update(self, params: dict, grads: dict, state: dict, lr: float, step: int, l1: float = 0.0,
+               l2: float = 0.0, clip: Call | None = None) -> float:
+        """One step (step counts from 1), in place, for the parameters in `grads`, by the
+        interpreter on their flat concatenation; returns the gradient's global norm. In
+        float32, or float64 when a parameter is (a check by hand)."""
+        names = list(grads)
+        if not names:
+            return 0.0
+        dtype = "f64" if any(np.asarray(params[n]).dtype == np.float64 for n in names) else "f32"
+        flat = lambda arrays: np.concatenate([np.asarray(a, DTYPES[dtype]).ravel() for a in arrays])
+        feeds = {"param": flat(params[n] for n in names), "grad": flat(grads[n] for n in names),
+                 **{s: flat(state[n][s] for n in names) for s in self.slots()}, **self.scalars(lr, step)}
+        out = interpreter.run(self.graph(feeds["param"].size, l1, l2, clip, True, dtype), feeds, {}, float_dtype=None)
+        at = 0
+        for n in names:
+            size = np.size(grads[n])
+            params[n][...] = out["param"][at:at + size].reshape(np.shape(params[n]))
+            for s in self.slots():
+                state[n][s][...] = out[s][at:at + size].reshape(np.shape(state[n][s]))
+            at += size
+        return float(out[NORM])
 
 
 class SGD(Optimizer):
@@ -68,16 +107,14 @@ class SGD(Optimizer):
     def slots(self):
         return ("momentum",) if self.hyper["momentum"] else ()
 
-    def apply(self, p, g, s, lr, step):
-        h = self.hyper
+    def rule(self, u):
+        h, g, new = self.hyper, u.grad, {}
         if h["weight_decay"]:
-            g = _fma(p, h["weight_decay"], g)
+            g = ops.fma(u.param, h["weight_decay"], g)                  # grad.add(param, alpha=weight_decay)
         if h["momentum"]:
-            buf = s["momentum"]
-            buf *= h["momentum"]
-            buf += g
-            g = _fma(buf, h["momentum"], g) if h["nesterov"] else buf
-        p[...] = _fma(g, -lr, p)
+            buf = new["momentum"] = u.state["momentum"] * h["momentum"] + g     # buf.mul_(momentum).add_(g)
+            g = ops.fma(buf, h["momentum"], g) if h["nesterov"] else buf
+        return ops.fma(g, -u.scalar("lr"), u.param), new                # param.add_(g, alpha=-lr)
 
 
 class Momentum(SGD):
@@ -97,21 +134,16 @@ class RMSprop(Optimizer):
     def slots(self):
         return ("v", "momentum") if self.hyper["momentum"] else ("v",)
 
-    def apply(self, p, g, s, lr, step):
-        h = self.hyper
+    def rule(self, u):
+        h, g, p = self.hyper, u.grad, u.param
         if h["weight_decay"]:
-            g = _fma(p, h["weight_decay"], g)
-        v = s["v"]
-        v *= h["alpha"]
-        v[...] = _fma((1 - h["alpha"]) * g, g, v)
-        avg = np.sqrt(v) + h["eps"]
-        if h["momentum"]:
-            buf = s["momentum"]
-            buf *= h["momentum"]
-            buf += g / avg
-            p[...] = _fma(buf, -lr, p)
-        else:
-            p += -lr * g / avg
+            g = ops.fma(p, h["weight_decay"], g)
+        v = ops.fma((1 - h["alpha"]) * g, g, u.state["v"] * h["alpha"])    # v.mul_(alpha).addcmul_(g, g, 1 - alpha)
+        avg = ops.unary("sqrt", v) + h["eps"]
+        if h["momentum"]:                                               # buf.mul_(momentum).addcdiv_(g, avg)
+            buf = u.state["momentum"] * h["momentum"] + g / avg
+            return ops.fma(buf, -u.scalar("lr"), p), {"v": v, "momentum": buf}
+        return p + -u.scalar("lr") * g / avg, {"v": v}                  # param.addcdiv_(g, avg, value=-lr)
 
 
 class Adam(Optimizer):
@@ -122,33 +154,21 @@ class Adam(Optimizer):
     def slots(self):
         return ("m", "v")
 
-    def apply(self, p, g, s, lr, step):
+    def scalars(self, lr, step):
         h = self.hyper
-        if h["weight_decay"]:
-            if self.decoupled:
-                p *= 1 - lr * h["weight_decay"]
-            else:
-                g = _fma(p, h["weight_decay"], g)
-        m, v = s["m"], s["v"]
-        m[...] = _lerp(m, g, 1 - h["beta1"])
-        v *= h["beta2"]
-        v[...] = _fma((1 - h["beta2"]) * g, g, v)
-        step_size = lr / (1 - h["beta1"] ** step)
-        den = np.sqrt(v) / (1 - h["beta2"] ** step) ** 0.5 + h["eps"]
-        p += -step_size * m / den
+        return {"lr": lr, "step_size": lr / (1 - h["beta1"] ** step), "bias2_sqrt": (1 - h["beta2"] ** step) ** 0.5,
+                "decay": 1 - lr * h["weight_decay"]}
 
-
-def _fma(a, b, c):
-    """a * b + c rounded once, in c's dtype (scalars rounded to it first). For float32 the
-    product is exact in float64 and the sum rounds twice only in ties, vanishingly rare."""
-    t = c.dtype
-    return (np.multiply(np.asarray(a, t), np.asarray(b, t), dtype=np.float64) + c).astype(t)
-
-
-def _lerp(start, end, weight: float):
-    """torch.lerp: from the nearer end, in one fused multiply-add."""
-    w = start.dtype.type(weight)
-    return _fma(w, end - start, start) if abs(w) < 0.5 else _fma(w - 1, end - start, end)
+    def rule(self, u):
+        h, g, p = self.hyper, u.grad, u.param
+        if h["weight_decay"] and self.decoupled:
+            p = p * u.scalar("decay")                                   # param.mul_(1 - lr * weight_decay)
+        elif h["weight_decay"]:
+            g = ops.fma(p, h["weight_decay"], g)
+        m = lerp(u.state["m"], g, 1 - h["beta1"])                       # m.lerp_(g, 1 - beta1)
+        v = ops.fma((1 - h["beta2"]) * g, g, u.state["v"] * h["beta2"])     # v.mul_(beta2).addcmul_(g, g, 1 - beta2)
+        den = ops.unary("sqrt", v) / u.scalar("bias2_sqrt") + h["eps"]
+        return p + -u.scalar("step_size") * m / den, {"m": m, "v": v}   # param.addcdiv_(m, den, -step_size)
 
 
 class AdamW(Adam):
@@ -157,7 +177,26 @@ class AdamW(Adam):
     decoupled = True
 
 
-OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, AdamW)}
+class Adagrad(Optimizer):
+    name = "adagrad"
+    options = {"lr": REQUIRED, "lr_decay": 0.0, "weight_decay": 0.0, "eps": 1e-10}
+
+    def slots(self):
+        return ("sum",)
+
+    def scalars(self, lr, step):
+        return {"lr": lr / (1 + (step - 1) * self.hyper["lr_decay"])}
+
+    def rule(self, u):
+        h, g, p = self.hyper, u.grad, u.param
+        if h["weight_decay"]:
+            g = ops.fma(p, h["weight_decay"], g)
+        total = ops.fma(g, g, u.state["sum"])                           # sum.addcmul_(g, g, value=1)
+        std = ops.unary("sqrt", total) + h["eps"]
+        return p + -u.scalar("lr") * g / std, {"sum": total}            # param.addcdiv_(g, std, value=-clr)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, AdamW, Adagrad)}
 
 
 def make_optimizer(spec) -> Optimizer:
@@ -222,35 +261,9 @@ def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int, span:
     return Schedule(call, base_lr, steps_per_epoch, epochs)
 
 
-# ---- gradient transformations ---------------------------------------------------------------------
-def add_penalties(grads: dict, params: dict, l1: float, l2: float):
-    """Gradients of l1 * sum|p| and l2 * sum p^2 over the trained parameters."""
-    for name, g in grads.items():
-        if l1:
-            g += l1 * np.sign(params[name])
-        if l2:
-            g += 2 * l2 * params[name]
-
-
+# ---- clipping ------------------------------------------------------------------------------------
 def clip_limit(spec: Call) -> float:
     """The limit of global_norm(max) or value(max), checked."""
     if spec.name not in ("global_norm", "value"):
         raise DlcError(f"unknown clipping '{spec.name}' (global_norm or value)", spec.span)
     return _option(spec.bind({"max": REQUIRED}), "max", None)
-
-
-def clip(grads: dict, spec: Call | None) -> float:
-    """Clip in place by global norm or by value; returns the global norm before clipping."""
-    norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
-    if spec is None:
-        return norm
-    limit = clip_limit(spec)
-    if spec.name == "global_norm":
-        scale = limit / (norm + 1e-6)
-        if scale < 1:
-            for g in grads.values():
-                g *= scale
-    else:
-        for g in grads.values():
-            np.clip(g, -limit, limit, out=g)
-    return norm

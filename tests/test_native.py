@@ -47,7 +47,7 @@ def assert_same_training(program, optimizer, sizes, **kw):
 @pytest.mark.parametrize("optimizer", [
     Call("adam", [], {"lr": 1e-2}), Call("adamw", [], {"lr": 1e-2, "weight_decay": 0.1}),
     Call("sgd", [], {"lr": 0.1}), Call("nesterov", [], {"lr": 0.05}),
-    Call("rmsprop", [], {"lr": 1e-3, "momentum": 0.5}),
+    Call("rmsprop", [], {"lr": 1e-3, "momentum": 0.5}), Call("adagrad", [], {"lr": 1e-2}),
 ])
 def test_mlp_optimizers_match_the_reference(optimizer):
     assert_same_training(load(str(EXAMPLES / "digits_mlp.dl")), optimizer, {"B": 7})

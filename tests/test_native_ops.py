@@ -311,6 +311,7 @@ PRIMS = {
                          lambda g, t: g.add1("mod", [t["a"], t["b"]]), ops=("mod",)),
     "pow": binary("pow", lambda r, s: r.uniform(0.5, 2.0, s), lambda r, s: r.uniform(-1.5, 2.5, s)),
     "maximum": binary("maximum"),
+    "fma": Prim({"a": f32(B, D), "b": f32(B, D), "c": f32(B, D)}, lambda g, t: g.add1("fma", [t["a"], t["b"], t["c"]])),
     "minimum": binary("minimum"),
     "maximum-ties": Prim({"a": f32(B, D), "b": f32(B, D), "tie": boolean(B, D)},
                          lambda g, t: _tied_pair(g, t, "maximum"), ops=("maximum",)),
@@ -449,6 +450,7 @@ PRIMS.update({
        for d, s in (("f64", normal), ("i32", integers(-20, 21)), ("bool", coin))},
     **{f"stop_gradient-{d}": typed("stop_gradient", d, s)
        for d, s in (("f64", normal), ("i32", integers(-20, 21)), ("bool", coin))},
+    "fma-f64": typed("fma", "f64", normal, normal, normal),
     "pow-i32": typed("pow", "i32", integers(-4, 5), integers(0, 7)),
     **{f"cast-f64-{d}": typed("cast", "f64", rounded, dtype=d) for d in ("bool", "i32")},
     **{f"{op}-{d}": typed(op, d, s, axes=(1,))

@@ -102,6 +102,16 @@ def test_binary_gradient(name):
     check_graph_gradient(g, out, {"a": a, "b": b})
 
 
+def test_fma_gradient():
+    r = rng(8)
+    a, b, c = (r.standard_normal((3, 4)) for _ in range(3))
+    g, t = graph_with_params({"a": a, "b": b, "c": c})
+    out = g.add1("fma", [t["a"], t["b"], t["c"]])
+    np.testing.assert_allclose(interpreter.run(_with_output(g, out), {}, {"a": a, "b": b, "c": c}, float_dtype=F64)["out"],
+                               a * b + c, rtol=1e-12)
+    check_graph_gradient(g, out, {"a": a, "b": b, "c": c})
+
+
 def test_mod_gradient():
     """x mod y = x - y * floor(x / y): d/dx = 1, d/dy = -floor(x / y) (as torch.remainder)."""
     r = rng(5)

@@ -40,7 +40,7 @@ def test_no_scalar_rule_for_a_dtype_class_the_type_rules_refuse():
 @pytest.mark.parametrize("prim", scalar_primitives(), ids=lambda p: p.name)
 def test_the_type_rule_accepts_exactly_the_record_dtypes(prim):
     """Operands of one dtype (a select's condition bool): accepted iff the record lists it."""
-    arity = 3 if prim.name == "select" else \
+    arity = 3 if prim.name in ("select", "fma") else \
         1 if prim.infer.__name__ == "_unary_type" or prim.name in ("cast", "logical_not") else 2
     for dtype in DTYPES:
         g = Graph()

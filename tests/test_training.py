@@ -50,9 +50,19 @@ def _adam_by_hand(w, c, lr=0.1):
     return w
 
 
+def _adagrad_by_hand(w, c, lr=0.1):
+    total = np.zeros_like(w)
+    for _ in range(3):
+        g = w * c
+        total = total + g * g
+        w = w - lr * g / (np.sqrt(total) + 1e-10)
+    return w
+
+
 @pytest.mark.parametrize("optimizer, by_hand", [
     ("sgd(lr = 0.1)", lambda w, c: w * (1 - 0.1 * c) ** 3),
     ("adam(lr = 0.1)", lambda w, c: _adam_by_hand(w, c)),
+    ("adagrad(lr = 0.1)", lambda w, c: _adagrad_by_hand(w, c)),
 ])
 def test_optimizer_steps_through_the_trainer(tmp_path, optimizer, by_hand):
     path = tmp_path / "q.dl"

@@ -1,8 +1,9 @@
 """The optimizer update on the same gradients, step after step: the native engine's
-fused update (compiler/native/update.py add_update) keeps exactly the parameters and
-state of runtime/optim.py, and those are exactly torch.optim's once runtime/optim.py
-takes torch's float32 sqrt, which is not correctly rounded (up to 0.55 ulp; 0.7% of
-results are 1 ulp from IEEE sqrt): the same operations, in the same order, rounded alike.
+compiled update graph (compiler/native/update.py) keeps exactly the parameters and state
+of the reference (the same graph, runtime/optim.py, run by the interpreter), and those
+are exactly torch.optim's once the interpreter takes torch's float32 sqrt, which is not
+correctly rounded (up to 0.55 ulp; 0.7% of results are 1 ulp from IEEE sqrt): the same
+operations, in the same order, rounded alike.
 
 The model's loss is sum(w * g), so the gradient of w is exactly the input g: all three
 see the same gradients. 1037 entries: whole vectors and a remainder."""
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.loader import load_text
+from dlc.compiler.primitives import PRIMITIVES
 from dlc.runtime.config import Call
 from dlc.runtime.native import NativeEngine
 from dlc.runtime.optim import make_optimizer
@@ -35,12 +37,14 @@ CASES = [
     ("sgd", {"lr": 0.1, "weight_decay": 0.01}, "SGD", {"weight_decay": 0.01}),
     ("momentum", {"lr": 0.1}, "SGD", {"momentum": 0.9}),
     ("nesterov", {"lr": 0.1, "weight_decay": 0.01}, "SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
+    ("adagrad", {"lr": 1e-2}, "Adagrad", {}),
+    ("adagrad", {"lr": 1e-2, "lr_decay": 0.1, "weight_decay": 0.01}, "Adagrad", {"lr_decay": 0.1, "weight_decay": 0.01}),
 ]
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 # dlc's optimizer state -> torch's, per torch class
 ADAM_STATE = {"m": "exp_avg", "v": "exp_avg_sq"}
 TORCH_STATE = {"Adam": ADAM_STATE, "AdamW": ADAM_STATE, "RMSprop": {"v": "square_avg", "momentum": "momentum_buffer"},
-               "SGD": {"momentum": "momentum_buffer"}}
+               "SGD": {"momentum": "momentum_buffer"}, "Adagrad": {"sum": "sum"}}
 
 
 def gradients():
@@ -103,8 +107,9 @@ def test_native_update_is_the_reference_rule(name, opts, cls, torch_opts):
 @pytest.mark.parametrize("name, opts, cls, torch_opts", CASES, ids=IDS)
 def test_reference_update_is_torch_rule(name, opts, cls, torch_opts, monkeypatch):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
-    # runtime/optim.py with torch's float32 sqrt, which is not correctly rounded: then to the bit
-    monkeypatch.setattr(np, "sqrt", lambda x: torch.from_numpy(np.ascontiguousarray(x)).sqrt().numpy())
+    # the reference update with torch's float32 sqrt, which is not correctly rounded: then to the bit
+    monkeypatch.setattr(PRIMITIVES["sqrt"], "impl",
+                        lambda ctx, xs: [torch.from_numpy(np.array(xs[0])).sqrt().numpy()])
     slots = make_optimizer(Call(name, [], opts)).slots()
     assert_same_steps(reference_steps(name, opts), torch_steps(torch, cls, torch_opts, opts["lr"], slots),
                       "runtime/optim.py (torch's sqrt) vs torch.optim")

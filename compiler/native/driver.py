@@ -3,8 +3,8 @@
     void dlc_step(i8** arguments, i64* sizes, i64 nthreads)
 
 The engine keeps a pointer table: one entry per buffer of the program, then one per
-run-time check (the site's number + 1, in place of a pointer), then the optimizer
-update's five arrays. A kernel never sees that table: it reads the few entries it uses
+run-time check (the site's number + 1, in place of a pointer), then one per buffer of
+the optimizer update's program (update.py). A kernel never sees that table: it reads the few entries it uses
 from its own argument slots, and `arguments` is the concatenation of every kernel call's
 slots (`StepModule.arguments` names the table entry behind each). So kernels that differ
 only in the buffers they touch, as the layers of a deep network do, are one function,
@@ -25,8 +25,8 @@ from .gemm import gemm_name
 from .parallel import parallel_map
 from .program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
-from .types import f32, f64, i8, i32, i64
-from .update import add_update
+from .types import f32, i8, i32, i64
+from .update import exact_rounding
 
 GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + [i64, i64])
 
@@ -39,10 +39,10 @@ class StepModule:
     arguments: list
 
 
-def build_module(prog: KernelProgram, name: str = "dlc_step", update: dict | None = None,
+def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProgram | None = None,
                  profile: list | None = None) -> StepModule:
-    """The module of a program; with `update` (see add_update) the driver ends with the
-    optimizer step, on the five arrays after the buffers and checks in the pointer table.
+    """The module of a program; with `update` (update.lower_update) the driver ends with
+    the optimizer step, its buffers after the program's buffers and checks in the pointer table.
     With `profile` (a list, filled with (kernel, nesting depth)), every kernel call adds
     its cycles to the global array `dlc_profile`, indexed like that list."""
     module = ir.Module(name)
@@ -53,12 +53,13 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: dict | Non
     numbered: list = []
     alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
 
-    def kernel(k, depth: int) -> tuple:
-        """(its function, the table entries of its argument slots, its profile number) of
-        kernel k; the function is one built before when that one is alike to the letter."""
+    def kernel(k, depth: int, prog: KernelProgram = prog, exact: bool = False) -> tuple:
+        """(its function, the entries of `prog` behind its argument slots, its profile
+        number) of kernel k of `prog`; the function is one built before when that one is
+        alike to the letter. `exact`: with exact_rounding (the optimizer update)."""
         number = len(numbered)
         numbered.append((k, depth))
-        body = [kernel(j, depth + 1) for j in k.body] if isinstance(k, ScanKernel) else []
+        body = [kernel(j, depth + 1, prog, exact) for j in k.body] if isinstance(k, ScanKernel) else []
         before = set(module.globals)
         fn = ir.Function(module, sig, f"kernel{number}")
         fn.linkage = "internal"
@@ -98,6 +99,8 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: dict | Non
         kb.finish()
         made = [g for n, g in module.globals.items()
                 if n not in before and isinstance(g, ir.Function) and not g.is_declaration]
+        if exact:
+            exact_rounding(made)
         text = re.sub(rf'@"{re.escape(fn.name)}([."])', r'@"kernel\1', "\n".join(map(str, made)))
         if text in alike:
             for g in made:
@@ -117,6 +120,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: dict | Non
     if profile is not None:
         table = ir.GlobalVariable(module, ir.ArrayType(i64, 1), "dlc_profile")    # resized below
     compiled = [kernel(k, 0) for k in prog.kernels]
+    updates = [kernel(k, 0, update, exact=True) for k in update.kernels] if update is not None else []
     if profile is not None:
         profile.extend(numbered)
         table.value_type = ir.ArrayType(i64, len(numbered))
@@ -125,12 +129,10 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: dict | Non
     at = run_all(module, b, compiled, driver.args, profile is not None)
     arguments = [e for _, refs, _ in compiled for e in refs]
     if update is not None:      # not after a failed check: the parameters stay as they were
-        upd = add_update(module, **update)
         first = len(prog.buffers) + len(prog.faults)
-        arguments += range(first, first + 5)
-        slot = lambda k, t: b.bitcast(b.load(b.gep(driver.args[0], [ir.Constant(i64, at + k)])), t.as_pointer())
+        arguments += [first + e for _, refs, _ in updates for e in refs]
         with b.if_then(b.icmp_unsigned("==", b.load_atomic(flag, "monotonic", 8), ir.Constant(i64, 0))):
-            b.call(upd, [slot(0, f32), slot(1, f32), slot(2, f32), slot(3, f32), slot(4, f64)])
+            calls(b, updates, [b.gep(driver.args[0], [ir.Constant(i64, at)]), driver.args[1], driver.args[2]])
     b.ret_void()
     return StepModule(module, arguments)
 

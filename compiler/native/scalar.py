@@ -88,6 +88,7 @@ emits("neg", "float")(lambda kb, e, a: kb.b.fneg(a[0]))
 emits("maximum minimum", "float")(lambda kb, e, a: kb.intrinsic(f"llvm.{e.name}", *a))
 emits("abs", "float")(lambda kb, e, a: kb.intrinsic("llvm.fabs", a[0]))
 emits("sqrt", "float")(lambda kb, e, a: kb.intrinsic("llvm.sqrt", a[0]))
+emits("fma", "float")(lambda kb, e, a: kb.intrinsic("llvm.fma", *a))
 
 
 @emits("sign", "float")

@@ -1,125 +1,88 @@
-"""The fused optimizer update: one pass over the flat parameter, gradient and state arrays,
-appended to the step module's driver (driver.py)."""
+"""The optimizer update in the step module: the update graph (compiler/update.py) lowered
+with lower.py, its last kernel rewritten to update the flat arrays in place.
+
+The update graph's last kernel is a fused map over the flat arrays that computes every
+output ("param" and each state slot). `in_place` makes it store each output over the input
+of the same name, in one pass and without a copy. That is safe because every member reads
+and writes index i only, and reads an old value only at or before the member that stores
+its new one (checked): later members read the new value, from the register that member
+stored. The output and its input become one buffer, so one slot and one alias scope: no
+metadata claims that memory which is the same does not alias. Values the loop computes
+once and reads in several members (temporaries) stay in registers: they are inlined into
+their readers, which LLVM computes once.
+
+driver.py compiles these kernels after the step's, under the fault-flag check, with
+`exact_rounding`: torch rounds every float32 operation, so no multiply and add may fuse
+into one rounding unless the rule says so (ops.fma).
+"""
 from __future__ import annotations
 
-from llvmlite import ir
+from ..graph import Graph
+from .lower import lower
+from .program import Affine, FusedMapKernel, KernelProgram, Load, MapKernel, Op, ReduceKernel, buffer_of, leaves
 
-from .gemm import declare
-from .types import f32, f64, i64
-
-
-# scalars[k] of the update: set by the engine before every step (runtime/native.py), in double
-# precision as torch.optim computes them in Python floats, and rounded to float here as torch
-# rounds them: rate1 = 1 - beta1, rate2 = 1 - beta2 (RMSprop: 1 - alpha), step_size = lr / (1 -
-# beta1^t), bias2_sqrt = (1 - beta2^t)^0.5, decay = 1 - lr * weight_decay
-SCALARS = ("lr", "beta1", "beta2", "rate1", "rate2", "eps", "weight_decay", "step_size", "bias2_sqrt", "momentum",
-           "l1", "l2", "clip", "decay")
+ELEMENT = Affine(0, (1,))       # index i of a flat array
 
 
-def add_update(module: ir.Module, rule: str, n: int, *, nesterov=False, decoupled=False, momentum=False,
-               penalties=False, clip: str | None = None, name="dlc_update") -> ir.Function:
-    """One pass over the flat parameter, gradient and state arrays of all trained
-    parameters, following runtime/optim.py: penalties, clipping, then the rule
-    (sgd, rmsprop or adam) with torch.optim's float32 operations in torch's order, a
-    fused multiply-add wherever torch's vectorized CPU kernels use one (lerp, addcmul,
-    add with alpha), so that the same gradients give the same parameters.
+def lower_update(graph: Graph) -> KernelProgram:
+    """The kernels of an update graph, its outputs written over the inputs of their names."""
+    prog = lower(graph)
+    in_place(prog)
+    return prog
 
-        void dlc_update(float* p, float* g, float* s1, float* s2, double* scalars)
-    """
-    fp = f32.as_pointer()
-    fn = ir.Function(module, ir.FunctionType(ir.VoidType(), [fp, fp, fp, fp, f64.as_pointer()]), name)
-    fn.linkage = "internal"
-    P, G, S1, S2, sc = fn.args
-    entry = fn.append_basic_block("entry")
-    b = ir.IRBuilder(entry)
-    k = {s: b.fptrunc(b.load(b.gep(sc, [ir.Constant(i64, j)])), f32) for j, s in enumerate(SCALARS)}
-    one = ir.Constant(f32, 1.0)
-    total = ir.Constant(i64, n)
 
-    def loop(body):
-        pre = b.block
-        head, after = fn.append_basic_block("loop"), fn.append_basic_block("after")
-        b.branch(head)
-        b.position_at_end(head)
-        i = b.phi(i64)
-        i.add_incoming(ir.Constant(i64, 0), pre)
-        body(i)
-        nxt = b.add(i, ir.Constant(i64, 1))
-        i.add_incoming(nxt, b.block)
-        b.cbranch(b.icmp_signed("<", nxt, total), head, after)
-        b.position_at_end(after)
+def in_place(prog: KernelProgram):
+    last = prog.kernels[-1]
+    members = last.maps if isinstance(last, FusedMapKernel) else [last]
+    into = {prog.outputs[name]: prog.inputs[name] for name in prog.outputs}
+    assert isinstance(last, (MapKernel, FusedMapKernel)) and len(last.shape) == 1, "the update ends with a flat map"
+    temps: dict = {}        # buffer -> the expression that a temporary of the loop holds
+    kept = []
+    for m in members:
+        assert m.out_at == ELEMENT, "the update's loop writes index i"
+        e = _rewrite(m.expr, lambda x: temps.get(x.buffer, x))
+        if m.out in into:
+            kept.append(MapKernel(m.shape, m.out, m.out_at, e, m.node, m.origin))
+        else:
+            temps[m.out] = e
+    assert {m.out for m in kept} == set(into), "the update's loop writes every output"
+    for j, m in enumerate(kept):
+        old = into[m.out]
+        for later in kept[j + 1:]:
+            assert all(buffer_of(x) != old for x in leaves(later.expr)), \
+                f"the update reads the old {prog.buffers[old].name} after storing its new value"
+    for m in kept:
+        for x in leaves(m.expr):
+            assert isinstance(x, Load) and (x.at == ELEMENT or buffer_of(x) not in into.values() | into.keys()), \
+                "the update's loop reads a flat array at index i only"
+    for m in kept:
+        m.expr = _rewrite(m.expr, lambda x: Load(into[x.buffer], x.at, x.dtype) if x.buffer in into else x)
+        m.out = into[m.out]
+    prog.kernels[-1] = kept[0] if len(kept) == 1 else FusedMapKernel(last.shape, kept, last.node, last.origin)
+    prog.outputs = {name: into[bid] for name, bid in prog.outputs.items()}
 
-    def grad(i):
-        g = b.load(b.gep(G, [i]))
-        if penalties:
-            p = b.load(b.gep(P, [i]))
-            zero = ir.Constant(f32, 0.0)
-            sign = b.select(b.fcmp_ordered(">", p, zero), one,
-                            b.select(b.fcmp_ordered("<", p, zero), ir.Constant(f32, -1.0), zero))
-            g = b.fadd(g, b.fmul(k["l1"], sign))
-            g = b.fadd(g, b.fmul(b.fmul(ir.Constant(f32, 2.0), k["l2"]), p))
-        return g
 
-    scale = one
-    if clip == "global_norm":
-        acc = b.alloca(f64)
-        b.store(ir.Constant(f64, 0.0), acc)
+def _rewrite(e, load):
+    """e with each Load x replaced by load(x)."""
+    if isinstance(e, Op):
+        return Op(e.name, tuple(_rewrite(a, load) for a in e.args), e.dtype)
+    return load(e) if isinstance(e, Load) else e
 
-        def sumsq(i):
-            g = b.fpext(grad(i), f64)
-            b.store(b.fadd(b.load(acc), b.fmul(g, g), flags=("fast",)), acc)
-        loop(sumsq)
-        norm = b.call(module.declare_intrinsic("llvm.sqrt", [f64]), [b.load(acc)])
-        s = b.fdiv(b.fpext(k["clip"], f64), b.fadd(norm, ir.Constant(f64, 1e-6)))
-        scale = b.fptrunc(b.select(b.fcmp_ordered("<", s, ir.Constant(f64, 1.0)), s, ir.Constant(f64, 1.0)), f32)
 
-    fma = lambda x, y, z: b.call(declare(module, "llvm.fma.f32", f32, [f32] * 3), [x, y, z])
-    sqrt = lambda x: b.call(module.declare_intrinsic("llvm.sqrt", [f32]), [x])
-    neg_lr = b.fneg(k["lr"])
-    # torch.lerp(m, g, w) = fma(w, g - m, m) for |w| < 0.5, else fma(w - 1, g - m, g)
-    near = b.fcmp_ordered("<", b.call(module.declare_intrinsic("llvm.fabs", [f32]), [k["rate1"]]),
-                          ir.Constant(f32, 0.5))
-    lerp_w = b.select(near, k["rate1"], b.fsub(k["rate1"], one))
+def touched(prog: KernelProgram) -> set:
+    """The buffers the update's kernels read or write: the others need no memory."""
+    out = set()
+    for k in prog.kernels:
+        assert isinstance(k, (MapKernel, FusedMapKernel, ReduceKernel)), k
+        for m in k.maps if isinstance(k, FusedMapKernel) else [k]:
+            out |= {m.out} | {buffer_of(x) for x in leaves(m.expr)}
+    return out
 
-    def step(i):
-        pp = b.gep(P, [i])
-        p = b.load(pp)
-        g = b.fmul(grad(i), scale)
-        if clip == "value":
-            lim = k["clip"]
-            g = b.select(b.fcmp_ordered(">", g, lim), lim, b.select(b.fcmp_ordered("<", g, b.fneg(lim)), b.fneg(lim), g))
-        if not decoupled:
-            g = fma(p, k["weight_decay"], g)                        # grad.add(param, alpha=weight_decay)
-        if rule == "sgd":
-            if momentum:
-                ps = b.gep(S1, [i])
-                buf = b.fadd(b.fmul(b.load(ps), k["momentum"]), g)
-                b.store(buf, ps)
-                g = fma(buf, k["momentum"], g) if nesterov else buf
-            b.store(fma(g, neg_lr, p), pp)                          # param.add_(grad, alpha=-lr)
-            return
-        ps2 = b.gep(S2 if rule == "adam" else S1, [i])              # exp_avg_sq.mul_(beta2).addcmul_(g, g, 1 - beta2)
-        v = fma(b.fmul(k["rate2"], g), g, b.fmul(b.load(ps2), k["beta2"]))
-        b.store(v, ps2)
-        if rule == "rmsprop":
-            avg = b.fadd(sqrt(v), k["eps"])
-            if momentum:                                            # buf.mul_(momentum).addcdiv_(g, avg)
-                pm = b.gep(S2, [i])
-                buf = b.fadd(b.fmul(b.load(pm), k["momentum"]), b.fdiv(g, avg))
-                b.store(buf, pm)
-                b.store(fma(buf, neg_lr, p), pp)                    # param.add_(buf, alpha=-lr)
-            else:                                                   # param.addcdiv_(g, avg, value=-lr)
-                b.store(b.fadd(p, b.fdiv(b.fmul(neg_lr, g), avg)), pp)
-            return
-        if decoupled:
-            p = b.fmul(p, k["decay"])                               # param.mul_(1 - lr * weight_decay)
-        ps1 = b.gep(S1, [i])
-        m = b.load(ps1)
-        m = fma(lerp_w, b.fsub(g, m), b.select(near, m, g))         # exp_avg.lerp_(g, 1 - beta1)
-        b.store(m, ps1)
-        den = b.fadd(b.fdiv(sqrt(v), k["bias2_sqrt"]), k["eps"])
-        b.store(b.fadd(p, b.fdiv(b.fmul(b.fneg(k["step_size"]), m), den)), pp)  # addcdiv_(m, den, -step_size)
-    if n:
-        loop(step)
-    b.ret_void()
-    return fn
+
+def exact_rounding(functions: list):
+    """Drop the `contract` flag (types.FAST) from the float operations of these functions."""
+    for fn in functions:
+        for block in fn.blocks:
+            for ins in block.instructions:
+                if "contract" in getattr(ins, "flags", ()):
+                    ins.flags = [f for f in ins.flags if f != "contract"]
