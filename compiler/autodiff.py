@@ -11,9 +11,9 @@ body recomputes one forward step from it and applies the body's own VJP (scan.py
 """
 from __future__ import annotations
 
-from . import ops
-from .errors import DlcError
-from .graph import PRIMITIVES, Graph, Tensor, collector_paused
+from dlc.compiler import ops
+from dlc.compiler.errors import DlcError
+from dlc.compiler.graph import PRIMITIVES, Graph, Tensor, collector_paused
 
 
 def backward(graph: Graph, seeds: list, wrt: list) -> list:

@@ -18,8 +18,8 @@ from typing import Callable
 import networkx as nx
 import numpy as np
 
-from .dims import shape_str, numel
-from .errors import DlcError, Span
+from dlc.compiler.dims import shape_str, numel
+from dlc.compiler.errors import DlcError, Span
 
 # the most nodes one model build may make, in all its graphs (docs/language.md, section 7):
 # a 10,000-layer MLP makes 230,000 (forward and initializers)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import ops
-from .autodiff import prune
-from .dims import concrete, numel, symbols
-from .graph import Graph, Tensor
+from dlc.compiler import ops
+from dlc.compiler.autodiff import prune
+from dlc.compiler.dims import concrete, numel, symbols
+from dlc.compiler.graph import Graph, Tensor
 
 
 def hoist_accumulators(graph: Graph) -> Graph:

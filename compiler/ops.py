@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dims import Dim, exact_div, numel, shape_str
-from .errors import DlcError
-from .graph import Graph, Tensor
+from dlc.compiler.dims import Dim, exact_div, numel, shape_str
+from dlc.compiler.errors import DlcError
+from dlc.compiler.graph import Graph, Tensor
 
 _RANK = {"bool": 0, "i32": 1, "i64": 2, "f32": 3, "f64": 4}
 

@@ -21,13 +21,13 @@ import sys
 
 import numpy as np
 
-from . import ops
-from .autodiff import copy_graph, prune
-from .dims import numel
-from .errors import DlcError
-from .hoist import hoist_accumulators
-from .graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused, to_text
-from .primitives import PRIMITIVES
+from dlc.compiler import ops
+from dlc.compiler.autodiff import copy_graph, prune
+from dlc.compiler.dims import numel
+from dlc.compiler.errors import DlcError
+from dlc.compiler.hoist import hoist_accumulators
+from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused, to_text
+from dlc.compiler.primitives import PRIMITIVES
 
 FOLD_LIMIT = 4096       # elements of the largest constant tensor folding writes into the code
 ROUNDS = 4              # the pipeline repeats while it changes something, at most this often

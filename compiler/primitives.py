@@ -14,11 +14,11 @@ import math
 
 import numpy as np
 
-from . import ops
-from . import scan  # noqa: F401  (registers scan)
-from .dims import numel
-from .graph import DTYPES, FLOAT_DTYPES, TensorType, primitive
-from .graph import PRIMITIVES  # noqa: F401  (complete once this module has run: import it from here)
+from dlc.compiler import ops
+from dlc.compiler import scan  # noqa: F401  (registers scan)
+from dlc.compiler.dims import numel
+from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, TensorType, primitive
+from dlc.compiler.graph import PRIMITIVES  # noqa: F401  (complete once this module has run: import it from here)
 
 NUMERIC = ("f32", "f64", "i32", "i64")
 

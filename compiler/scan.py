@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ops
-from .autodiff import backward, copy_graph, prune, reachable
-from .errors import DlcError
-from .graph import PRIMITIVES, Graph, Tensor, TensorType, primitive
+from dlc.compiler import ops
+from dlc.compiler.autodiff import backward, copy_graph, prune, reachable
+from dlc.compiler.errors import DlcError
+from dlc.compiler.graph import PRIMITIVES, Graph, Tensor, TensorType, primitive
 
 
 def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=()):
@@ -38,7 +38,7 @@ def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, his
 
 
 def _scan_flops(ins, outs, body, length, **_):
-    from .summary import flops
+    from dlc.compiler.summary import flops
     return length * flops(body)
 
 

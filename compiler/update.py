@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from typing import Callable
 
-from . import ops
-from .graph import DTYPES, Graph, Tensor, TensorType
+from dlc.compiler import ops
+from dlc.compiler.graph import DTYPES, Graph, Tensor, TensorType
 
 # the grad_norm output: the global norm of the gradient, penalties added, before clipping
 NORM = "grad_norm"

@@ -9,10 +9,10 @@ from dlc.compiler.native import render
 from dlc.compiler.dims import concrete, numel, symbols
 from dlc.compiler.loader import Program
 from dlc.compiler.native.program import GemmKernel, ScanKernel, SmallGemmKernel
-from .config import Call
-from .gradcheck import init_params, sample_inputs
-from .native import NativeEngine
-from .optim import make_optimizer
+from dlc.runtime.config import Call
+from dlc.runtime.gradcheck import init_params, sample_inputs
+from dlc.runtime.native import NativeEngine
+from dlc.runtime.optim import make_optimizer
 
 
 def bench(program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int) -> str:

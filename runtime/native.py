@@ -28,10 +28,10 @@ from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.update import lower_update, touched
 from dlc.compiler.passes import optimize
-from . import budget, cache
-from .engine import _scalars, predict_graph
-from .interpreter import bind_sizes
-from .optim import Optimizer
+from dlc.runtime import budget, cache
+from dlc.runtime.engine import _scalars, predict_graph
+from dlc.runtime.interpreter import bind_sizes
+from dlc.runtime.optim import Optimizer
 
 
 

@@ -21,8 +21,8 @@ from dlc.compiler import ops
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.graph import DTYPES
 from dlc.compiler.update import NORM, Update, lerp, update_graph
-from . import interpreter
-from .config import REQUIRED, Call, as_call, flag, number
+from dlc.runtime import interpreter
+from dlc.runtime.config import REQUIRED, Call, as_call, flag, number
 
 # the allowed values of every numeric option of the optimizers, schedules and clipping
 LIMITS = {

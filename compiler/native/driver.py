@@ -19,14 +19,15 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from . import kernels
-from .builder import Arguments, KernelBuilder, fault_flag
-from .gemm import gemm_name
-from .parallel import parallel_map
-from .program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+from dlc.compiler.graph import collector_paused
+from dlc.compiler.native import kernels
+from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
+from dlc.compiler.native.gemm import gemm_name
+from dlc.compiler.native.parallel import parallel_map
+from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
-from .types import f32, i8, i32, i64
-from .update import exact_rounding
+from dlc.compiler.native.types import f32, i8, i32, i64
+from dlc.compiler.native.update import exact_rounding
 
 GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + [i64, i64])
 
@@ -39,6 +40,7 @@ class StepModule:
     arguments: list
 
 
+@collector_paused()
 def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProgram | None = None,
                  profile: list | None = None) -> StepModule:
     """The module of a program; with `update` (update.lower_update) the driver ends with

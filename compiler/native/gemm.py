@@ -45,7 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 from llvmlite import ir
 
-from . import jit
+from dlc.compiler.native import jit
 
 i1 = ir.IntType(1)
 i8 = ir.IntType(8)

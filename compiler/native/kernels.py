@@ -9,11 +9,11 @@ import math
 
 from llvmlite import ir
 
-from .builder import KernelBuilder
-from .gemm import declare, default_config, masked, splat, vec_ptr
-from .program import (AccumulateKernel, Affine, FusedMapKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.gemm import declare, default_config, masked, splat, vec_ptr
+from dlc.compiler.native.program import (AccumulateKernel, Affine, FusedMapKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
-from .types import LL, f32, f64, i1, i32, i64
+from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
 
 
 def map_loop(kb: KernelBuilder, k: MapKernel | FusedMapKernel, prog: KernelProgram, first=None):

@@ -15,11 +15,11 @@ from typing import Callable
 
 import numpy as np
 
-from ..dims import Dim, numel
-from ..errors import DlcError
-from ..graph import DTYPES, Graph, Tensor
-from ..primitives import PRIMITIVES
-from .program import (AccumulateKernel, Affine, Buffer, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
+from dlc.compiler.dims import Dim, numel
+from dlc.compiler.errors import DlcError
+from dlc.compiler.graph import DTYPES, Graph, Tensor, collector_paused
+from dlc.compiler.primitives import PRIMITIVES
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
                       KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, Random, ReduceKernel, ScanKernel,
                       ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves, remap, row_major)
 
@@ -560,5 +560,6 @@ def fuse_maps(kernels: list) -> list:
     return out
 
 
+@collector_paused()
 def lower(graph: Graph) -> KernelProgram:
     return Lowering(graph).run()

@@ -36,9 +36,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..dims import concrete
-from ..graph import DTYPES
-from .program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+from dlc.compiler.dims import concrete
+from dlc.compiler.graph import DTYPES
+from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
 
 ALIGN = 64

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from ..dims import numel
-from .builder import KernelBuilder
-from .gemm import declare
-from .kernels import map_loop
-from .program import FusedMapKernel, MapKernel, Op
-from .types import i8, i32, i64
+from dlc.compiler.dims import numel
+from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.gemm import declare
+from dlc.compiler.native.kernels import map_loop
+from dlc.compiler.native.program import FusedMapKernel, MapKernel, Op
+from dlc.compiler.native.types import i8, i32, i64
 
 
 PARALLEL_BELOW = 1 << 15   # elements x operations: less is not worth waking a second thread

@@ -1,7 +1,7 @@
 """Readable text of a kernel program (`dlc compile --emit kernels|fused`)."""
 from __future__ import annotations
 
-from .program import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
                       KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, Random, ReduceKernel, ScanKernel,
                       ScatterAddKernel, Size, SmallGemmKernel)
 

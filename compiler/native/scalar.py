@@ -16,9 +16,9 @@ from typing import Callable
 
 from llvmlite import ir
 
-from ..primitives import PRIMITIVES
-from .program import Op, Random
-from .types import FAST, LL, dtype_class, f32, f64, i1, i32, i64, is_float
+from dlc.compiler.primitives import PRIMITIVES
+from dlc.compiler.native.program import Op, Random
+from dlc.compiler.native.types import FAST, LL, dtype_class, f32, f64, i1, i32, i64, is_float
 
 EMIT: dict[tuple[str, str], Callable] = {}
 

@@ -17,9 +17,9 @@ into one rounding unless the rule says so (ops.fma).
 """
 from __future__ import annotations
 
-from ..graph import Graph
-from .lower import lower
-from .program import Affine, FusedMapKernel, KernelProgram, Load, MapKernel, Op, ReduceKernel, buffer_of, leaves
+from dlc.compiler.graph import Graph
+from dlc.compiler.native.lower import lower
+from dlc.compiler.native.program import Affine, FusedMapKernel, KernelProgram, Load, MapKernel, Op, ReduceKernel, buffer_of, leaves
 
 ELEMENT = Affine(0, (1,))       # index i of a flat array
 
