@@ -190,6 +190,8 @@ class KernelBuilder:
         """Whether v takes the place of the running maximum, as numpy's argmax: the first
         NaN wins, and nothing replaces it."""
         b = self.b
+        if v.type == ir.IntType(1):     # bool: true (1) is the larger, not -1
+            return b.icmp_unsigned(">", v, best)
         if not is_float(v.type):
             return b.icmp_signed(">", v, best)
         return b.and_(b.fcmp_unordered(">", v, best), b.fcmp_ordered("ord", best, best))

@@ -67,8 +67,8 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
         return
     if t in (f32, f64):
         init = ir.Constant(t, 0.0 if k.op == "sum" else -math.inf)
-    else:
-        init = ir.Constant(t, 0 if k.op == "sum" else -(1 << (t.width - 1)))
+    else:       # the least value: of a bool (an unsigned i1) false, of an integer its most negative
+        init = ir.Constant(t, 0 if k.op == "sum" or t.width == 1 else -(1 << (t.width - 1)))
 
     kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init))
     # the trailing reduced axes accumulate in a register; the rest into memory
@@ -82,7 +82,7 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
             return b.fadd(acc, v, flags=("fast",)) if t in (f32, f64) else b.add(acc, v)
         if t in (f32, f64):
             return kb.intrinsic("llvm.maximum", acc, v)      # NaN propagates, as in numpy
-        return b.select(b.icmp_signed(">", v, acc), v, acc)
+        return b.select(kb.replaces_max(v, acc), v, acc)
 
     def outer(hidx):
         if not tail:
