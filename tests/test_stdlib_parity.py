@@ -189,6 +189,7 @@ CONV1D = {
     "valid": ("y = conv1d(x, 4, 3)", dict(stride=1, padding=0)),
     "pad1": ("y = conv1d(x, 4, 3, padding = 1)", dict(stride=1, padding=1)),
     "same": ("y = conv1d(x, 4, 3, padding = \"same\")", dict(stride=1, padding=1)),
+    "same-k4": ("y = conv1d(x, 4, 4, padding = \"same\")", dict(stride=1, padding="same")),
     "stride2": ("y = conv1d(x, 4, 3, 2)", dict(stride=2, padding=0)),
     "k5-stride2-pad2": ("y = conv1d(x, 4, 5, 2, 2)", dict(stride=2, padding=2)),
 }
@@ -209,6 +210,9 @@ CONV2D = {
     "valid": ("y = conv2d(x, 4)", dict(kernel_size=3)),
     "same": ("y = conv2d(x, 4, 3, padding = \"same\")", dict(kernel_size=3, padding=1)),
     "same-k5x3": ("y = conv2d(x, 4, (5, 3), padding = \"same\")", dict(kernel_size=(5, 3), padding=(2, 1))),
+    # an even kernel pads one more after than before, as PyTorch does (it was one less in all)
+    "same-k2": ("y = conv2d(x, 4, 2, padding = \"same\")", dict(kernel_size=2, padding="same")),
+    "same-k4x3": ("y = conv2d(x, 4, (4, 3), padding = \"same\")", dict(kernel_size=(4, 3), padding="same")),
     "stride2": ("y = conv2d(x, 4, 3, 2)", dict(kernel_size=3, stride=2)),
     "stride2-pad1": ("y = conv2d(x, 4, 3, 2, 1)", dict(kernel_size=3, stride=2, padding=1)),
     "k3x2-stride21-pad1": ("y = conv2d(x, 4, (3, 2), (2, 1), 1)", dict(kernel_size=(3, 2), stride=(2, 1), padding=1)),
@@ -889,3 +893,12 @@ def test_every_layer_is_covered():
     defs = stdlib_defs("layers.dl") | stdlib_defs("recurrent.dl") | stdlib_defs("attention.dl")
     missing = defs - tested - helpers
     assert not missing, f"layers without a parity test: {sorted(missing)}"
+
+
+def test_same_padding_at_a_stride_is_refused_at_the_call():
+    from dlc.compiler.errors import DlcError
+    from dlc.compiler.loader import load_text
+    text = 'model m {\n    input x: f32[B, 3, 8, 8]\n    output y = conv2d(x, 4, 3, 2, padding = "same")\n}\n'
+    with pytest.raises(DlcError) as e:
+        load_text(text).build(None, training=False)
+    assert "needs stride 1" in e.value.render() and "3:16" in e.value.render()
