@@ -416,3 +416,31 @@ def test_a_bad_thread_count_from_the_environment_is_a_clear_error_in_the_api(tmp
     monkeypatch.setenv("DLC_NUM_THREADS", value)
     with pytest.raises(DlcError, match="DLC_NUM_THREADS needs a whole number"):
         model.predict({"x": np.ones((2, 6), np.float32)})
+
+
+F64_WINDOWS = """model m {
+    input  x: f32[B, 4]
+    param  w: f32[4, 3] = glorot_uniform
+    output y = cast(cast(x, "f64") @ cast(w, "f64"), "f32")
+    output z = cast(max_pool(cast(reshape(x, B, 1, 2, 2), "f64"), 2), "f32")
+}
+"""
+
+
+def test_a_contraction_or_window_on_f64_is_refused_natively_and_runs_on_the_reference(tmp_path, capsys):
+    """The GEMM and the window kernels compute in f32: on f64 they were an internal error
+    of LLVM's IR builder; now the op and its line, and `auto` falls back with a warning."""
+    from dlc.compiler.loader import load
+    from dlc.compiler.native.lower import NotLowerable
+    from dlc.runtime.backends import make_engine
+    model = load(write(tmp_path, "f64.dl", F64_WINDOWS)).build(None, training=False)
+    with pytest.raises(NotLowerable) as e:
+        make_engine("native", model, model)
+    assert "matmul in f32 only, not f64" in e.value.message and e.value.span.line == 4
+    engine = make_engine("auto", model, model)
+    assert "running on the slow reference engine" in capsys.readouterr().err
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    w = np.random.default_rng(1).standard_normal((4, 3)).astype(np.float32)
+    out = engine.predict({"w": w}, {"x": x})
+    np.testing.assert_allclose(out["y"], x.astype(np.float64) @ w, rtol=1e-6)
+    np.testing.assert_allclose(out["z"].reshape(3), x.max(axis=1), rtol=1e-6)

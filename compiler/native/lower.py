@@ -17,7 +17,7 @@ import numpy as np
 
 from dlc.compiler.dims import Dim, numel
 from dlc.compiler.errors import DlcError
-from dlc.compiler.graph import DTYPES, Graph, Tensor, collector_paused
+from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.primitives import PRIMITIVES
 from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
                       KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, Random, ReduceKernel, ScanKernel,
@@ -32,13 +32,18 @@ class NotLowerable(DlcError):
 
 # (lowering, node, operands, attrs, type of output 0) -> None: sets the node's values
 LOWERINGS: dict[str, Callable] = {}
+# the float dtypes a rule computes in, where it is not every dtype the type rule accepts
+LOWERED_FLOATS: dict[str, tuple] = {}
 
 
-def register_lowering(*names: str):
-    """Decorator: the lowering rule of the primitives `names`."""
+def register_lowering(*names: str, floats: tuple | None = None):
+    """Decorator: the lowering rule of the primitives `names`; `floats`, the only float
+    dtypes it computes in (the GEMM and the window kernels: f32)."""
     def register(rule):
         for name in names:
             LOWERINGS[name] = rule
+            if floats is not None:
+                LOWERED_FLOATS[name] = floats
         return rule
     return register
 
@@ -135,7 +140,13 @@ class Lowering:
         rule = lowering_rule(op)
         if rule is None:
             raise NotLowerable(f"the native backend does not compile {op} yet", self.g.g.nodes[n]["span"])
-        rule(self, n, self.g.inputs(n), self.g.attrs(n), self.g.types(n)[0])
+        ins = self.g.inputs(n)
+        floats = LOWERED_FLOATS.get(op)
+        unsupported = floats and {t.dtype for t in ins} & set(FLOAT_DTYPES) - set(floats)
+        if unsupported:
+            raise NotLowerable(f"the native backend computes {op} in {', '.join(floats)} only, not "
+                               f"{', '.join(sorted(unsupported))} yet", self.g.g.nodes[n]["span"])
+        rule(self, n, ins, self.g.attrs(n), self.g.types(n)[0])
 
     def use(self, t: Tensor):
         """The expression for an operand: inlined when used once or cheap, else in memory."""
@@ -351,7 +362,7 @@ def _scatter_add(lw, n, ins, attrs, typ):
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
 
-@register_lowering("matmul")
+@register_lowering("matmul", floats=("f32",))
 def _matmul(lw, n, ins, attrs, typ):
     a, b = ins
     la, lb = lw.matrix(a), lw.matrix(b)
@@ -411,7 +422,7 @@ def _scan(lw, n, ins, attrs, typ):
 
 
 # ---- windows: convolution (im2col + GEMM) and pooling --------------------------------------------
-@register_lowering("conv2d")
+@register_lowering("conv2d", floats=("f32",))
 def _conv2d(lw, n, ins, attrs, typ):
     x, w = ins
     N, C, H, W = x.shape
@@ -426,7 +437,7 @@ def _conv2d(lw, n, ins, attrs, typ):
                                      (out.id, 0, hw, O * hw), False, True, n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
-@register_lowering("conv2d_weight_grad")
+@register_lowering("conv2d_weight_grad", floats=("f32",))
 def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     x, g = ins
     N, C, H, W = x.shape
@@ -451,7 +462,7 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
                              (out.id, 0, ckk, 0), False, False, n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
-@register_lowering("conv2d_input_grad")
+@register_lowering("conv2d_input_grad", floats=("f32",))
 def _conv2d_input_grad(lw, n, ins, attrs, typ):
     g, w = ins
     N, C, H, W = typ.shape
@@ -472,11 +483,11 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     lw.emit(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
-@register_lowering("maxpool2d")
+@register_lowering("maxpool2d", floats=("f32",))
 def _maxpool2d(lw, n, ins, attrs, typ):
     _pool(lw, n, ins, attrs, typ, "max")
 
-@register_lowering("avgpool2d")
+@register_lowering("avgpool2d", floats=("f32",))
 def _avgpool2d(lw, n, ins, attrs, typ):
     _pool(lw, n, ins, attrs, typ, "sum")
 
@@ -492,7 +503,7 @@ def _pool(lw, n, ins, attrs, typ, op):
     lw.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
-@register_lowering("avgpool2d_grad")
+@register_lowering("avgpool2d_grad", floats=("f32",))
 def _avgpool2d_grad(lw, n, ins, attrs, typ):
     g = ins[0]
     N, C, H, W = typ.shape
@@ -507,7 +518,7 @@ def _avgpool2d_grad(lw, n, ins, attrs, typ):
     lw.emit(AccumulateKernel((N, C, Ho, Wo, kh, kw), out.id, at, guards, share, n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
-@register_lowering("maxpool2d_grad")
+@register_lowering("maxpool2d_grad", floats=("f32",))
 def _maxpool2d_grad(lw, n, ins, attrs, typ):
     x, g = ins
     xm, gm = lw.materialize(x), lw.materialize(g)
