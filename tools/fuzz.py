@@ -334,7 +334,8 @@ class Mismatch(Exception):
 def compare_engines(text: str, sizes: dict = MODEL_SIZES, lr: float = 0.1):
     """One SGD step and an evaluation and a prediction on both engines, from the same
     parameters and batch: the losses, metrics and outputs agree to 1e-4, and each
-    parameter's update to 1e-3 of its norm (a float32 gradient summed in another order)."""
+    parameter's update to 1e-3 of its norm (a float32 gradient summed in another order)
+    plus 1e-6 of the largest update."""
     from dlc.compiler.loader import load_text
     from dlc.runtime.config import Call
     from dlc.runtime.engine import ReferenceEngine
@@ -362,9 +363,13 @@ def compare_engines(text: str, sizes: dict = MODEL_SIZES, lr: float = 0.1):
         for k in r.keys() & n.keys():
             if not abs(n[k] - r[k]) <= 1e-4 * max(1.0, abs(r[k])):
                 raise Mismatch(f"{what} {k}: native {n[k]!r}, reference {r[k]!r}")
-    for name in ref:
-        step_ref, step_nat = (ref[name] - start[name]).astype(np.float64), (nat[name] - start[name]).astype(np.float64)
-        if not np.linalg.norm(step_nat - step_ref) <= 1e-3 * np.linalg.norm(step_ref) + 1e-7:
+    steps = {name: ((ref[name] - start[name]).astype(np.float64), (nat[name] - start[name]).astype(np.float64))
+             for name in ref}
+    # a gradient that cancels (a bias before a layernorm) is float32 rounding of terms as
+    # large as the model's other gradients: its error is measured against the largest step
+    largest = max((np.linalg.norm(r) for r, _ in steps.values()), default=0.0)
+    for name, (step_ref, step_nat) in steps.items():
+        if not np.linalg.norm(step_nat - step_ref) <= 1e-3 * np.linalg.norm(step_ref) + 1e-6 * largest + 1e-7:
             raise Mismatch(f"update of {name}: relative error "
                            f"{np.linalg.norm(step_nat - step_ref) / max(np.linalg.norm(step_ref), 1e-30):.3g}")
     for k in ref_pred:
