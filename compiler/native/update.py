@@ -19,7 +19,8 @@ from __future__ import annotations
 
 from dlc.compiler.graph import Graph
 from dlc.compiler.native.lower import lower
-from dlc.compiler.native.program import Affine, FusedMapKernel, KernelProgram, Load, MapKernel, Op, ReduceKernel, buffer_of, leaves
+from dlc.compiler.native.program import (Affine, FusedMapKernel, KernelProgram, Load, MapKernel, Op, ReduceKernel,
+                                         buffer_of, leaves)
 
 ELEMENT = Affine(0, (1,))       # index i of a flat array
 
