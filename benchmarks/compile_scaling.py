@@ -42,7 +42,11 @@ def measure(layers: int, profile: bool = False) -> dict:
     from dlc.compiler.autodiff import train_step
     from dlc.compiler.native.driver import build_module
     from dlc.compiler.loader import load_text
+    from dlc.compiler.dims import numel
     from dlc.compiler.native.lower import lower
+    from dlc.compiler.native.update import lower_update
+    from dlc.runtime.config import Call
+    from dlc.runtime.optim import make_optimizer
     from dlc.compiler.native.memory import intervals, plan
     from dlc.compiler.passes import optimize
     from dlc.runtime import cache
@@ -64,8 +68,10 @@ def measure(layers: int, profile: bool = False) -> dict:
     model = timed("build", lambda: load_text(mlp_source(layers)).build(None, training=True))
     step = timed("build", train_step, model.graph)
     program = timed("lower", lower, timed("passes", optimize, step))
-    module = timed("codegen", build_module, program, "dlc_step", update=dict(
-        rule="adam", n=1, nesterov=False, decoupled=False, momentum=False, penalties=False, clip=None)).module
+    # the Adam update of every parameter, as the native engine builds it (runtime/native.py)
+    trained = sum(int(numel(p.type.shape)) for p in model.params)
+    update = timed("lower", lower_update, make_optimizer(Call("adam", [], {"lr": 1e-3})).graph(trained))
+    module = timed("codegen", build_module, program, "dlc_step", update=update).module
     live = timed("memory", intervals, program)
     timed("memory", plan, program, {s: 32 for s in program.symbols}, live)
     if prof is not None:

@@ -2,12 +2,14 @@
 anything is allocated (runtime/budget.py), and native compile time grows linearly with
 a model's depth."""
 import gc
+import json
 import os
 import re
 import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -231,3 +233,12 @@ def test_packing_time_grows_linearly_with_the_buffers_live_at_once():
     # 10x the buffers: 23x here (numpy's comparisons with every placed one show at 3000);
     # one Python comparison per placed buffer: 96x
     assert large / small < 50, (small, large)
+
+
+def test_the_compile_scaling_benchmark_runs(tmp_path):
+    # it drives the compiler's stages one by one, so it breaks when an interface moves
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "compile_scaling.py"
+    out = subprocess.run([sys.executable, str(script), "--one", "3"], capture_output=True, text=True,
+                         env=dict(os.environ, DLC_CACHE_DIR=str(tmp_path)), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["kernels"] > 0

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from dlc.compiler.graph import collector_paused
 from dlc.compiler.native import kernels
 from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.gemm import gemm_name
@@ -40,7 +39,6 @@ class StepModule:
     arguments: list
 
 
-@collector_paused()
 def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProgram | None = None,
                  profile: list | None = None) -> StepModule:
     """The module of a program; with `update` (update.lower_update) the driver ends with
