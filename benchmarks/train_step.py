@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import statistics
 import sys
@@ -35,6 +36,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 WORKLOAD_DIR = HERE / "workloads"
 THREADS = 2               # torch.set_num_threads (PERFORMANCE.md: the machine has 2 cores)
+TORCH_VARIANTS = ("torch", "torch_fused", "torch_compile")    # eager; eager + Adam(fused=True); torch.compile
+FRAMEWORKS = ("dlc",) + TORCH_VARIANTS + ("jax",)
 LOSS_RTOL = 1e-4          # first-step loss agreement required before timing
 TRAJ_RTOL = 1e-3          # later losses (after Adam updates): a warning only
 PAUSE_S = 0.3             # idle time before each framework's timed steps
@@ -369,28 +372,36 @@ class DlcRunner:
 
 
 class TorchRunner:
-    def __init__(self, name: str, init: dict, batch: dict, lr: float):
+    """PyTorch in one of its TORCH_VARIANTS: eager with the default Adam (foreach), eager
+    with Adam(fused=True), or the loss compiled by torch.compile (default mode; Inductor's
+    C++ code needs a C compiler) with the default Adam. The compile happens in the first step."""
+
+    def __init__(self, name: str, init: dict, batch: dict, lr: float, variant: str = "torch"):
         import torch
-        self.torch = torch
+        self.torch, self.variant = torch, variant
         self.model = torch_model(name, torch)
         sd = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in torch_state(name, init).items()}
         self.model.load_state_dict(sd, strict=True)
         self.model.train()
         self.batch = {k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind == "i" else v) for k, v in batch.items()}
         self.lr = lr
-        self.run = Run("torch")
+        self.loss_fn = torch.compile(self._loss) if variant == "torch_compile" else self._loss
+        self.run = Run(variant)
+
+    def _loss(self, batch):
+        return self.torch.nn.functional.cross_entropy(self.model(batch), batch["y"])
 
     def _step(self) -> float:
-        F = self.torch.nn.functional
         self.optim.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(self.model(self.batch), self.batch["y"])
+        loss = self.loss_fn(self.batch)
         loss.backward()
         self.optim.step()
         return loss.item()
 
     def first(self):
         t0 = time.perf_counter()
-        self.optim = self.torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        self.optim = self.torch.optim.Adam(self.model.parameters(), lr=self.lr,
+                                           fused=True if self.variant == "torch_fused" else None)
         loss = self._step()
         self.run.first_s = time.perf_counter() - t0
         self.run.losses.append(loss)
@@ -438,6 +449,17 @@ class JaxRunner:
         timed_loop(self.run, self._step, warmup, steps)
 
 
+def train_step_flops(model, batch: dict) -> int:
+    """Forward + backward FLOPs of one train step: dlc's per-primitive FLOP count (`dlc summary`)
+    over the train-step graph that autodiff builds (forward, loss and every parameter's
+    gradient), at the batch's sizes. The optimizer update (~10 FLOPs per parameter) is left out."""
+    from dlc.compiler.autodiff import train_step
+    from dlc.compiler.dims import subs
+    from dlc.compiler.summary import flops
+    from dlc.runtime.interpreter import bind_sizes
+    return int(subs(flops(train_step(model.graph)), bind_sizes(model.graph, batch)))
+
+
 # ---- one workload -----------------------------------------------------------------------------------------
 def rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(a), abs(b), 1e-30)
@@ -450,6 +472,22 @@ class Result:
     check: str = ""
     ok: bool = True
     others: float = float("nan")    # the most cores other processes used during one framework's timed steps
+    flops: int = 0                  # one train step's forward + backward FLOPs (dlc's count of its gradient graph)
+
+    def best_peer(self) -> str | None:
+        """The fastest framework other than dlc (lowest median), None when none was timed."""
+        timed = [k for k, r in self.runs.items() if k != "dlc" and r.times]
+        return min(timed, key=lambda k: self.runs[k].median_ms, default=None)
+
+    def ratio(self, peer: str | None) -> float:
+        """dlc's median / peer's median (below 1: dlc is faster)."""
+        d, p = self.runs.get("dlc"), self.runs.get(peer)
+        return d.median_ms / p.median_ms if d and p and d.times and p.times else float("nan")
+
+    def utilization(self, key: str | None, peak_gflops: float) -> float:
+        """Train-step FLOPs / median step time / the machine's peak, as a fraction."""
+        r = self.runs.get(key)
+        return self.flops / (r.median_ms * 1e-3) / (peak_gflops * 1e9) if r and r.times else float("nan")
 
 
 def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
@@ -466,14 +504,17 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(model, args.seed).items()}
     batch = make_batch(name, args.seed)
     n_params = sum(int(np.prod(p.type.shape)) for p in model.params if p.trainable)
-    print(f"  {n_params:,} parameters; batch " + ", ".join(f"{k} {list(v.shape)}" for k, v in batch.items()))
+    res.flops = train_step_flops(model, batch)
+    print(f"  {n_params:,} parameters; batch " + ", ".join(f"{k} {list(v.shape)}" for k, v in batch.items())
+          + f"; {res.flops / 1e6:,.1f} MFLOP per train step (forward + backward)")
 
     runners = {}
     if "dlc" in frameworks:
         dlc = DlcRunner(name, init, batch, args.engine, args.lr, args.seed)
         runners["dlc"] = dlc
-    if "torch" in frameworks:
-        runners["torch"] = TorchRunner(name, init, batch, args.lr)
+    for variant in TORCH_VARIANTS:
+        if variant in frameworks:
+            runners[variant] = TorchRunner(name, init, batch, args.lr, variant)
     if "jax" in frameworks and not jax_reason:
         runners["jax"] = JaxRunner(name, init, batch, args.lr)
 
@@ -484,7 +525,7 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
         extra = f"   (parse + build {r.build_s * 1e3:.0f} ms before it)" if key == "dlc" else ""
         print(f"  {r.run.framework:<16} first step {r.run.first_s * 1e3:10.1f} ms   loss {r.run.losses[0]:.7f}{extra}",
               flush=True)
-    ref_key = "torch" if "torch" in runners else None
+    ref_key = next((k for k in TORCH_VARIANTS if k in runners), None)
     if ref_key:
         ref = runners[ref_key].run.losses[0]
         bad = [f"{runners[k].run.framework} {r.run.losses[0]:.7f}" for k, r in runners.items()
@@ -550,31 +591,46 @@ def fmt(v: float, digits: int = 2) -> str:
     return "-" if v != v else f"{v:.{digits}f}"
 
 
-def table(results: list, frameworks: set, jax_on: bool) -> str:
-    cols = ["workload", "dlc engine", "dlc ms", "torch ms"]
-    if jax_on:
-        cols.append("jax ms")
-    cols += ["dlc/torch", "dlc first (s)", "torch first (s)"]
-    if jax_on:
-        cols.append("jax first (s)")
-    cols += ["loss check", "others"]
+def table(results: list, keys: list, peak_gflops: float) -> str:
+    """One row per workload; `keys` are the frameworks that ran (FRAMEWORKS order)."""
+    cols = (["workload", "dlc engine"] + [f"{k} ms" for k in keys] + ["best peer", "dlc/torch", "dlc/best"]
+            + [f"{k} first (s)" for k in keys]
+            + ["MFLOP/step", "dlc % peak", "best % peak", "loss check", "others"])
+    nan = float("nan")
     rows = []
     for r in results:
-        d, t, j = r.runs.get("dlc"), r.runs.get("torch"), r.runs.get("jax")
-        nan = float("nan")
-        dms, tms = (d.median_ms if d else nan), (t.median_ms if t else nan)
-        row = [r.name, d.framework[5:-1] if d else "-", fmt(dms), fmt(tms)]
-        if jax_on:
-            row.append(fmt(j.median_ms if j else nan))
-        row += [fmt(dms / tms if d and t else nan) + ("x" if d and t and d.times and t.times else ""),
-                fmt(d.first_s if d else nan, 3), fmt(t.first_s if t else nan, 3)]
-        if jax_on:
-            row.append(fmt(j.first_s if j else nan, 3))
-        row += [r.check, fmt(r.others)]
+        d, best = r.runs.get("dlc"), r.best_peer()
+        row = [r.name, d.framework[5:-1] if d else "-"]
+        row += [fmt(r.runs[k].median_ms if k in r.runs else nan) for k in keys]
+        row += [best or "-", fmt(r.ratio("torch")), fmt(r.ratio(best))]
+        row += [fmt(r.runs[k].first_s if k in r.runs else nan, 3) for k in keys]
+        row += [f"{r.flops / 1e6:,.1f}", fmt(100 * r.utilization("dlc", peak_gflops), 1),
+                fmt(100 * r.utilization(best, peak_gflops), 1), r.check, fmt(r.others)]
         rows.append(row)
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
+
+
+def as_json(results: list, peak: dict, threads: int, versions: dict) -> dict:
+    """Every workload's numbers, for --json."""
+    peak_gflops = peak["gflops"][threads]
+    workloads = {}
+    for r in results:
+        best = r.best_peer()
+        workloads[r.name] = {
+            "ok": r.ok, "check": r.check, "others": r.others, "flops_per_step": r.flops,
+            "best_peer": best, "dlc_over_torch": r.ratio("torch"), "dlc_over_best": r.ratio(best),
+            "frameworks": {k: {"name": run.framework, "median_ms": run.median_ms, "first_s": run.first_s,
+                               "times_ms": [t * 1e3 for t in run.times], "others": run.others,
+                               "utilization": r.utilization(k, peak_gflops)}
+                           for k, run in r.runs.items()},
+        }
+    nan_to_none = lambda v: None if isinstance(v, float) and v != v else v
+    clean = lambda o: ({k: clean(v) for k, v in o.items()} if isinstance(o, dict)
+                       else [clean(v) for v in o] if isinstance(o, list) else nan_to_none(o))
+    return clean({"versions": versions, "threads": threads,
+                  "peak_gflops": {str(n): g for n, g in peak["gflops"].items()}, "workloads": workloads})
 
 
 def main(argv=None) -> int:
@@ -588,19 +644,20 @@ def main(argv=None) -> int:
                     "lstm/transformer; 5 and 3 on the reference engine)")
     ap.add_argument("--warmup", type=int, help="untimed steps after the first (default 3; 1 on the reference engine)")
     ap.add_argument("--quick", action="store_true", help="a fast smoke run: 3 timed steps (1 on the reference engine)")
-    ap.add_argument("--frameworks", default="dlc,torch,jax",
-                    help="comma-separated subset of dlc,torch,jax (default all)")
+    ap.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                    help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default all)")
     ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--json", metavar="PATH", help="also write every workload's numbers to PATH as JSON")
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps < 1 or args.warmup is not None and args.warmup < 0:
         ap.error("--steps must be at least 1 and --warmup at least 0")
     frameworks = {f.strip() for f in args.frameworks.split(",") if f.strip()}
-    if not frameworks <= {"dlc", "torch", "jax"}:
-        ap.error(f"--frameworks takes dlc, torch and jax, got {args.frameworks}")
+    if not frameworks <= set(FRAMEWORKS):
+        ap.error(f"--frameworks takes {', '.join(FRAMEWORKS)}, got {args.frameworks}")
 
     jax_reason = ""
     if "jax" in frameworks:
@@ -608,7 +665,7 @@ def main(argv=None) -> int:
             import jax  # noqa: F401
         except ImportError as e:
             jax_reason = f"JAX is not installed ({e})"
-    if "torch" in frameworks:
+    if frameworks & set(TORCH_VARIANTS):
         import torch
         torch.set_num_threads(args.threads)
         tver = torch.__version__
@@ -623,18 +680,33 @@ def main(argv=None) -> int:
           + (f"jax {__import__('jax').__version__}" if jax_on else f"jax skipped: {jax_reason or 'not requested'}")
           + f", {os.cpu_count()} cpus")
 
+    from peak import cached_or_measure
+    peak = cached_or_measure()
+    peak_threads = min(args.threads, max(peak["gflops"]))
+    print("FMA peak (benchmarks/peak.py): " + ", ".join(f"{g:.0f} GFLOP/s on {n} thread{'s' * (n > 1)}"
+                                                        for n, g in peak["gflops"].items()))
+
     results = []
     for name in (args.only or list(DEFAULT_STEPS)):
         results.append(run_workload(name, args, frameworks, jax_reason))
 
-    print("\nmedian train-step time (ms), ratio of medians, first-step (compile) time (s); others: cores used by "
-          "other processes while timing (0 = quiet machine)\n")
-    print(table(results, frameworks, jax_on))
+    keys = [k for k in FRAMEWORKS if any(k in r.runs for r in results)]
+    print("\nmedian train-step time (ms); best peer: the fastest other framework; dlc/torch, dlc/best: ratios of "
+          "medians (below 1: dlc is faster); first-step (compile) time (s), not in the medians; MFLOP/step: forward + "
+          f"backward FLOPs of one step (dlc's count of the gradient graph, without the Adam update); % peak: those "
+          f"FLOPs / median step time / the {peak_threads}-thread FMA peak; others: cores used by other processes "
+          "while timing (0 = quiet machine)\n")
+    print(table(results, keys, peak["gflops"][peak_threads]))
     notes = sorted({r.runs["dlc"].note for r in results if "dlc" in r.runs and r.runs["dlc"].note})
     for n in notes:
         print(f"note: {n}")
     if jax_reason:
         print(f"note: JAX column skipped: {jax_reason}")
+    if args.json:
+        versions = {"python": platform.python_version(), "numpy": np.__version__, "torch": tver,
+                    "jax": __import__("jax").__version__ if jax_on else None, "engine": args.engine}
+        Path(args.json).write_text(json.dumps(as_json(results, peak, peak_threads, versions), indent=1) + "\n")
+        print(f"wrote {args.json}")
     failed = [r.name for r in results if not r.ok]
     if failed:
         print(f"\nFAILED: first-step losses disagree for {', '.join(failed)}", file=sys.stderr)
