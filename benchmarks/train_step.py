@@ -1,4 +1,5 @@
-"""Train-step benchmark: dlc side by side with PyTorch eager (and JAX jit when installed).
+"""Train-step benchmark: dlc against its best peer: PyTorch eager (default and fused Adam),
+torch.compile, and JAX jit when installed.
 
 Four workloads (shared/PERFORMANCE.md), each a full Adam train step (forward + backward +
 update) on one fixed batch, float32, 2 threads:
@@ -12,12 +13,14 @@ update) on one fixed batch, float32, 2 threads:
 The dlc models are benchmarks/workloads/<name>.dl. Every framework starts from the same
 parameters (dlc's initializers, copied into torch / JAX in their layouts) and trains on
 the same batch; the first-step losses must agree within 1e-4 relative before anything is
-timed. Reported: median step time of each framework, dlc / PyTorch, and the first-step
-(compile) time of each.
+timed. Reported: median step time of each framework, dlc / PyTorch eager and dlc / the best
+peer, the first-step (compile) time of each, and FLOP utilization: the train step's
+forward + backward FLOPs / median step time / the machine's FMA peak (benchmarks/peak.py).
 
     python benchmarks/train_step.py                      # native engine (falls back to reference)
     python benchmarks/train_step.py --engine reference --quick
     python benchmarks/train_step.py --only lstm --steps 30
+    python benchmarks/train_step.py --frameworks dlc,torch_fused --json /tmp/bench.json
 """
 from __future__ import annotations
 
