@@ -20,7 +20,7 @@ from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span
 from dlc.compiler.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
 from dlc.compiler.model import Model, ModelInput, ParamInfo, ParamScope
 from dlc.compiler.primitives import slice_length
-from dlc.compiler.values import STATIC_OPS, Builtin, Env, Func, LoopIndex, describe, literal, static_binary
+from dlc.compiler.values import STATIC_OPS, Builtin, Env, Func, LITERALS, LoopIndex, describe, literal, static_binary
 
 INT_DTYPES = ("i32", "i64")
 
@@ -419,12 +419,8 @@ class Evaluator:
             return self._expr(e, env)
 
     def _expr(self, e, env: Env):
-        if isinstance(e, A.Number):
+        if isinstance(e, LITERALS):
             return literal(e)
-        if isinstance(e, (A.String, A.Bool)):
-            return e.value
-        if isinstance(e, A.NoneValue):
-            return None
         if isinstance(e, A.Name):
             return self.local(self.lookup(e.id, env, e.span))
         if isinstance(e, A.Tuple):

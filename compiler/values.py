@@ -105,10 +105,15 @@ STATIC_OPS = {
 }
 
 
-def literal(e: A.Number) -> int | float:
-    """A number literal's value; a float literal beyond the float range (the parser made it
-    inf) is an error. (An integer literal too large is refused by the parser.)"""
-    if not in_range(e.value):
+LITERALS = (A.Number, A.String, A.Bool, A.NoneValue)
+
+
+def literal(e) -> int | float | str | bool | None:
+    """The value of a literal (one of LITERALS); a float literal beyond the float range (the
+    parser made it inf) is an error. (An integer literal too large is refused by the parser.)"""
+    if isinstance(e, A.NoneValue):
+        return None
+    if isinstance(e, A.Number) and not in_range(e.value):
         raise DlcError("the number is too large for a float (at most about 1.8e308)", e.span)
     return e.value
 

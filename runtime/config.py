@@ -17,7 +17,7 @@ import numpy as np
 
 from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.values import literal, static_binary
+from dlc.compiler.values import LITERALS, literal, static_binary
 
 REQUIRED = object()     # the default of a parameter that must be given
 
@@ -183,12 +183,8 @@ def from_json(v):
 # ---- evaluation of a train block -------------------------------------------------------------------
 def setting_value(node) -> object:
     """The static value of a setting's expression."""
-    if isinstance(node, A.Number):
+    if isinstance(node, LITERALS):
         return literal(node)
-    if isinstance(node, (A.String, A.Bool)):
-        return node.value
-    if isinstance(node, A.NoneValue):
-        return None
     if isinstance(node, A.Name):
         return Symbol(node.id, node.span)
     if isinstance(node, A.Tuple):

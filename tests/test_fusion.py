@@ -13,7 +13,7 @@ def load(buffer, at=ROWS):
 
 
 def map_(out, expr, at=ROWS, node=0, origin=(("add", None),)):
-    return MapKernel(SHAPE, out, at, expr, node, origin)
+    return MapKernel(SHAPE, out, at, expr, node=node, origin=origin)
 
 
 def test_a_chain_at_one_index_is_one_loop():
@@ -45,4 +45,4 @@ def test_a_concat_piece_and_another_writer_of_its_buffer_do_not():
     assert fuse_maps([piece, other]) == [piece, other]
     second = map_(5, load(1), Affine(8, (16, 1)), node=7, origin=(CONCAT,))
     read = map_(6, load(5, Affine(0, (16, 1))))     # no member may read a buffer several pieces write
-    assert fuse_maps([piece, second, read]) == [FusedMapKernel(SHAPE, [piece, second], 7, (CONCAT,)), read]
+    assert fuse_maps([piece, second, read]) == [FusedMapKernel(SHAPE, [piece, second], node=7, origin=(CONCAT,)), read]

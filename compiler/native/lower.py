@@ -100,7 +100,7 @@ class Lowering:
             load = self.materialize(t, kind="output")
             if load.buffer in taken:        # two outputs of one value: each gets its own buffer
                 buf = self.p.buffer(t.dtype, numel(t.shape), "output")
-                self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), load, t.node))
+                self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), load, node=t.node))
                 load = contiguous(buf.id, t.shape, t.dtype)
             taken.add(load.buffer)
             self.p.outputs[name] = load.buffer
@@ -127,7 +127,7 @@ class Lowering:
                     b.kind = "output"
                 return e
         buf = self.p.buffer(t.dtype, numel(t.shape), kind)
-        self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), e, t.node))
+        self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), e, node=t.node))
         load = contiguous(buf.id, t.shape, t.dtype)
         self.values[t.key()] = load
         return load
@@ -204,7 +204,7 @@ class Lowering:
         e = self.windows(x, attrs["stride"], attrs["padding"])
         if (e, shape) not in self.cols:
             cols = self.p.buffer("f32", numel(shape), "temp")
-            self.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), e, n))
+            self.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), e, node=n))
             self.cols[e, shape] = cols
         return self.cols[e, shape]
 
@@ -304,7 +304,7 @@ def _reshape(lw, n, ins, attrs, typ):
 def _reduce(lw, n, ins, attrs, typ):
     x = ins[0]
     buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
-    lw.emit(ReduceKernel(x.shape, attrs["axes"], lw.g.op(n)[7:], buf.id, lw.use(x), n))
+    lw.emit(ReduceKernel(x.shape, attrs["axes"], lw.g.op(n)[7:], buf.id, lw.use(x), node=n))
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
 
@@ -312,7 +312,7 @@ def _reduce(lw, n, ins, attrs, typ):
 def _argmax(lw, n, ins, attrs, typ):
     x = ins[0]
     buf = lw.p.buffer("i32", numel(typ.shape), "temp")
-    lw.emit(ReduceKernel(x.shape, (attrs["axis"],), "argmax", buf.id, lw.use(x), n))
+    lw.emit(ReduceKernel(x.shape, (attrs["axis"],), "argmax", buf.id, lw.use(x), node=n))
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
 
@@ -323,7 +323,7 @@ def _concat(lw, n, ins, attrs, typ):
     start = 0
     for x in ins:
         at = Affine(start * strides[attrs["axis"]], strides)
-        lw.emit(MapKernel(x.shape, buf.id, at, lw.use(x), n))
+        lw.emit(MapKernel(x.shape, buf.id, at, lw.use(x), node=n))
         start = start + x.shape[attrs["axis"]]
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
@@ -332,10 +332,10 @@ def _concat(lw, n, ins, attrs, typ):
 def _pad(lw, n, ins, attrs, typ):
     buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
     strides = row_major(typ.shape)
-    lw.emit(MapKernel(typ.shape, buf.id, Affine(0, strides), Const(0, typ.dtype), n))
+    lw.emit(MapKernel(typ.shape, buf.id, Affine(0, strides), Const(0, typ.dtype), node=n))
     offset = sum((lo * s for lo, s in zip(attrs["lo"], strides)), 0)
     inner = tuple(s * (i + 1) for s, i in zip(strides, attrs["interior"]))
-    lw.emit(MapKernel(ins[0].shape, buf.id, Affine(offset, inner), lw.use(ins[0]), n))
+    lw.emit(MapKernel(ins[0].shape, buf.id, Affine(offset, inner), lw.use(ins[0]), node=n))
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
 
@@ -358,7 +358,7 @@ def _scatter_add(lw, n, ins, attrs, typ):
     buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
     site = lw.p.fault("gather", typ.shape[0], lw.g.g.nodes[n]["span"])
     lw.emit(ScatterAddKernel(idx.shape, numel(typ.shape[1:]), buf.id, lw.use(idx), u.buffer,
-                             typ.shape[0], site, n))
+                             typ.shape[0], site, node=n))
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
 
@@ -371,7 +371,7 @@ def _matmul(lw, n, ins, attrs, typ):
     m, nn = typ.shape[-2], typ.shape[-1]
     k = a.shape[-2] if attrs["ta"] else a.shape[-1]
     batch = numel(typ.shape[:-2])
-    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], (buf.id, 0, nn, m * nn), ta, tb, n))
+    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], (buf.id, 0, nn, m * nn), ta, tb, node=n))
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
 
@@ -389,7 +389,7 @@ def _scan(lw, n, ins, attrs, typ):
     current = []
     for x in ins[:nc]:
         buf = lw.p.buffer(x.dtype, numel(x.shape), "temp")
-        lw.emit(MapKernel(x.shape, buf.id, Affine(0, row_major(x.shape)), lw.use(x), x.node))
+        lw.emit(MapKernel(x.shape, buf.id, Affine(0, row_major(x.shape)), lw.use(x), node=x.node))
         current.append(contiguous(buf.id, x.shape, x.dtype))
     args = list(current)
     for x, axis in zip(ins[nc:nc + len(xs_axes)], xs_axes):
@@ -412,38 +412,39 @@ def _scan(lw, n, ins, attrs, typ):
         buf = lw.p.buffer(out.dtype, numel(out.shape), "temp")
         full = row_major(out.shape)
         lw.emit(MapKernel(y.shape, buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1:]),
-                            sub.expr(y), n), into=sub.kernels)
+                            sub.expr(y), node=n), into=sub.kernels)
         stacked.append(contiguous(buf.id, out.shape, out.dtype))
     for cur, new, y in zip(current, fresh, results[:nc]):
-        lw.emit(MapKernel(y.shape, cur.buffer, cur.at, new, n), into=sub.kernels)
-    lw.emit(ScanKernel(length, attrs["reverse"], var, fuse_maps(sub.kernels), n))
+        lw.emit(MapKernel(y.shape, cur.buffer, cur.at, new, node=n), into=sub.kernels)
+    lw.emit(ScanKernel(length, attrs["reverse"], var, fuse_maps(sub.kernels), node=n))
     for j, value in enumerate(current + stacked):
         lw.set(n, value, j)
 
 
 # ---- windows: convolution (im2col + GEMM) and pooling --------------------------------------------
+def _conv_dims(x: tuple, w: tuple, y: tuple) -> tuple:
+    """(N, C, O, kh, kw, Ho, Wo, C·kh·kw, Ho·Wo) of x [N, C, H, W] convolved with w
+    [O, C, kh, kw] into y [N, O, Ho, Wo]: the GEMM shapes of a convolution and its gradients."""
+    (N, C), (O, _, kh, kw), (Ho, Wo) = x[:2], w, y[2:]
+    return N, C, O, kh, kw, Ho, Wo, C * kh * kw, Ho * Wo
+
+
 @register_lowering("conv2d", floats=("f32",))
 def _conv2d(lw, n, ins, attrs, typ):
     x, w = ins
-    N, C, H, W = x.shape
-    O, _, kh, kw = w.shape
-    Ho, Wo = typ.shape[2:]
-    ckk, hw = C * kh * kw, Ho * Wo
+    N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(x.shape, w.shape, typ.shape)
     cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
     wm = lw.materialize(w)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     # y[n] (O x HoWo) = W (O x CKK) @ cols[n]^T
     lw.emit(GemmKernel(O, hw, ckk, N, (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk),
-                                     (out.id, 0, hw, O * hw), False, True, n))
+                                     (out.id, 0, hw, O * hw), False, True, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("conv2d_weight_grad", floats=("f32",))
 def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     x, g = ins
-    N, C, H, W = x.shape
-    O, _, kh, kw = typ.shape
-    Ho, Wo = g.shape[2:]
-    ckk, hw = C * kh * kw, Ho * Wo
+    N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(x.shape, typ.shape, g.shape)
     cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     if isinstance(O * ckk, int) and O * ckk <= SMALL_FILTER:
@@ -451,36 +452,34 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         # example's g[n] (O x HoWo) @ cols[n] (HoWo x CKK) streams by
         gm = lw.materialize(g)
         lw.emit(SmallGemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw),
-                                  (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), n))
+                                  (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), node=n))
     else:
         # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK), one GEMM
         g2 = lw.p.buffer("f32", O * N * hw, "temp")
         swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
         lw.emit(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
-                            remap(lw.use(g), swap), n))
+                            remap(lw.use(g), swap), node=n))
         lw.emit(GemmKernel(O, ckk, N * hw, 1, (g2.id, 0, N * hw, 0), (cols.id, 0, ckk, 0),
-                             (out.id, 0, ckk, 0), False, False, n))
+                             (out.id, 0, ckk, 0), False, False, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("conv2d_input_grad", floats=("f32",))
 def _conv2d_input_grad(lw, n, ins, attrs, typ):
     g, w = ins
-    N, C, H, W = typ.shape
-    O, _, kh, kw = w.shape
-    Ho, Wo = g.shape[2:]
-    ckk, hw = C * kh * kw, Ho * Wo
+    N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(typ.shape, w.shape, g.shape)
+    H, W = typ.shape[2:]
     gm, wm = lw.materialize(g), lw.materialize(w)
     cols = lw.p.buffer("f32", N * hw * ckk, "temp")
     # cols[n] (HoWo x CKK) = g[n]^T (g[n] is O x HoWo) @ W (O x CKK)
     lw.emit(GemmKernel(hw, ckk, O, N, (gm.buffer, gm.at.offset, hw, O * hw),
-                                     (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk), True, False, n))
+                                     (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk), True, False, node=n))
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     (st_h, st_w), (ph, pw) = attrs["stride"], attrs["padding"]
     sn, sc, sh, sw = row_major(typ.shape)
     at = Affine(-ph * sh - pw * sw, (sn, st_h * sh, st_w * sw, sc, sh, sw))
     guards = ((Affine(-ph, (0, st_h, 0, 0, 1, 0)), H), (Affine(-pw, (0, 0, st_w, 0, 0, 1)), W))
     shape = (N, Ho, Wo, C, kh, kw)
-    lw.emit(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), n))
+    lw.emit(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("maxpool2d", floats=("f32",))
@@ -500,7 +499,7 @@ def _pool(lw, n, ins, attrs, typ, op):
     if op == "sum":
         e = Op("mul", (e, Const(1.0 / (kh * kw), "f32")), "f32")
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    lw.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, n))
+    lw.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("avgpool2d_grad", floats=("f32",))
@@ -515,7 +514,7 @@ def _avgpool2d_grad(lw, n, ins, attrs, typ):
     share = remap(lw.use(g), lambda a: Affine(a.offset, a.coeffs + (0, 0)))
     share = Op("mul", (share, Const(1.0 / (kh * kw), "f32")), "f32")
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    lw.emit(AccumulateKernel((N, C, Ho, Wo, kh, kw), out.id, at, guards, share, n))
+    lw.emit(AccumulateKernel((N, C, Ho, Wo, kh, kw), out.id, at, guards, share, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("maxpool2d_grad", floats=("f32",))
@@ -524,7 +523,7 @@ def _maxpool2d_grad(lw, n, ins, attrs, typ):
     xm, gm = lw.materialize(x), lw.materialize(g)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     lw.emit(MaxPoolGradKernel(xm.buffer, gm.buffer, out.id, typ.shape, g.shape[2:],
-                                            attrs["kernel"], attrs["stride"], attrs["padding"], n))
+                                            attrs["kernel"], attrs["stride"], attrs["padding"], node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -557,8 +556,8 @@ def fuse_maps(kernels: list) -> list:
 
     def close():
         if len(group) > 1:
-            out.append(FusedMapKernel(group[0].shape, list(group), group[0].node,
-                                      tuple(dict.fromkeys(o for m in group for o in m.origin))))
+            out.append(FusedMapKernel(group[0].shape, list(group), node=group[0].node,
+                                      origin=tuple(dict.fromkeys(o for m in group for o in m.origin))))
         else:
             out.extend(group)
         group.clear()

@@ -123,42 +123,44 @@ class Buffer:
     data: np.ndarray | None = None
 
 
+@dataclass(kw_only=True)
+class Kernel:
+    """What every kernel records, given by name: the graph node it computes (its last),
+    and (op, span) of the graph nodes it computes, set by Lowering.emit."""
+    node: int = -1
+    origin: tuple = ()
+
+
 @dataclass
-class MapKernel:
+class MapKernel(Kernel):
     """out[i] = expr(i) for every i in shape; out is written contiguously at `out_at`."""
     shape: tuple
     out: int
     out_at: Affine
     expr: object
-    node: int = -1
-    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
-class FusedMapKernel:
+class FusedMapKernel(Kernel):
     """Map kernels over one iteration space run as one loop: every iteration does each
     member's store in order. Legal when the members touch a buffer that one of them
     writes only at the index being written (see fuse_maps)."""
     shape: tuple
     maps: list
-    node: int = -1
-    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
-class ReduceKernel:
+class ReduceKernel(Kernel):
     """out[kept(i)] = op over the reduced axes of expr(i), for i in the input shape."""
     shape: tuple
     axes: tuple
     op: str               # sum, max, argmax
     out: int
     expr: object
-    node: int = -1
-    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
-class GemmKernel:
+class GemmKernel(Kernel):
     """C[b] = op(A[b]) @ op(B[b]); A, B given by buffer, offset, leading dim, batch stride."""
     m: object
     n: object
@@ -169,12 +171,10 @@ class GemmKernel:
     c: tuple
     trans_a: bool
     trans_b: bool
-    node: int = -1
-    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
-class SmallGemmKernel:
+class SmallGemmKernel(Kernel):
     """C (m x n) = sum over the batch of A[b] (m x k) @ B[b] (k x n), all row-major. C is
     small enough to stay in vector registers while K and the batch stream through, so
     nothing is packed (a first convolution's weight gradient: 6 x 25, K = 784 per example)."""
@@ -185,12 +185,10 @@ class SmallGemmKernel:
     a: tuple              # (buffer, offset, ld, batch stride)
     b: tuple
     c: tuple              # (buffer, offset, ld)
-    node: int = -1
-    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
-class ScatterAddKernel:
+class ScatterAddKernel(Kernel):
     """out = 0; then out[idx(i), r] += upd[flat(i), r] for every index i of idx_shape.
     An index outside [0, count) adds nothing and reports fault `site`."""
     idx_shape: tuple
@@ -200,12 +198,10 @@ class ScatterAddKernel:
     upd: int
     count: object         # rows of out
     site: int
-    node: int = -1
-    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
-class AccumulateKernel:
+class AccumulateKernel(Kernel):
     """out[at(i)] += expr(i) for every i in shape whose guards hold (out zeroed first):
     the adjoint of reading windows (col2im, average-pool gradients)."""
     shape: tuple
@@ -213,12 +209,10 @@ class AccumulateKernel:
     at: Affine
     guards: tuple
     expr: object
-    node: int = -1
-    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
-class MaxPoolGradKernel:
+class MaxPoolGradKernel(Kernel):
     """dx (zeroed) [window argmax] += g for every output position (first maximum wins)."""
     x: int
     g: int
@@ -228,19 +222,15 @@ class MaxPoolGradKernel:
     kernel: tuple
     stride: tuple
     padding: tuple
-    node: int = -1
-    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
-class ScanKernel:
+class ScanKernel(Kernel):
     """for t in 0..length (or back): sizes[var] = t, then run the body's kernels."""
     length: object
     reverse: bool
     var: str              # the symbol of the step index, "$t0", "$t1", ... by nesting depth
     body: list
-    node: int = -1
-    origin: tuple = ()    # (op, span) of the graph nodes it computes, set by Lowering.emit
 
 
 @dataclass
