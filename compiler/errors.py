@@ -92,3 +92,12 @@ def _located(kind: str, message: str, span: Span | None) -> str:
             width = span.end_col - span.col
         text += f"\n    {line}\n    {' ' * (span.col - 1)}{'^' * max(1, min(width, len(line) - span.col + 1))}"
     return text
+
+
+def optional_package(module: str, extra: str, purpose: str):
+    """Import a package of an optional extra, or say which extra to install."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise DlcError(f"{purpose} needs the '{module}' package: pip install \"dlc[{extra}]\"") from None
