@@ -1,18 +1,22 @@
-"""dlc's generated SGEMM vs numpy's BLAS (np.matmul), GFLOP/s side by side.
+"""dlc's generated SGEMM against numpy's BLAS (np.matmul) and torch.matmul, GFLOP/s side by side,
+with dlc's share of the machine's FMA peak (benchmarks/peak.py).
 
     python benchmarks/gemm.py                  # 1 and 2 threads (one subprocess each)
     python benchmarks/gemm.py --threads 2      # one thread count, in this process
-    python benchmarks/gemm.py --wait-idle      # shared machine: time each shape when CPUs idle
+    python benchmarks/gemm.py --wait-idle      # shared machine: time each shape when others are idle
 
 The BLAS thread count is fixed when numpy is imported, so each thread count runs in its
-own process with OPENBLAS_NUM_THREADS set first. dlc is timed with the AVX2 kernel
-(6×16 on 8-float vectors) and, where the host has AVX-512, with the 8×32 kernel on
-16-float vectors (the default there). Each library is timed in rounds, in turn: sleep 0.35 s
-(so the other library's idle threads stop spinning: dlc's libgomp workers spin ~0.25 s,
-OpenBLAS's ~0.1 s), warm up for 20 ms, then time single
-calls for --seconds; the table shows the median over all rounds. Shapes are M×K×N for
-C[M,N] = op(A)[M,K] @ op(B)[K,N]; "Aᵀ·G" and "G·Bᵀ" are the backward forms of a dense layer
-X[M,K] @ W[K,N] (dW = Xᵀ·G, dX = G·Wᵀ), computed without materializing the transposes.
+own process with OPENBLAS_NUM_THREADS set first, and without OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE: some machines set them, which forces OpenBLAS onto a slower kernel than
+the one it picks for the host. dlc is timed with the AVX2 kernel (6×16 on 8-float vectors)
+and, where the host has AVX-512, with the 8×32 kernel on 16-float vectors (the default
+there). Each library is timed in rounds, in turn: sleep 0.35 s (so the other library's idle
+threads stop spinning: dlc's libgomp workers spin ~0.25 s, OpenBLAS's ~0.1 s), warm up for
+20 ms, then time single calls for --seconds; the table shows the median over all rounds.
+Shapes are M×K×N for C[M,N] = op(A)[M,K] @ op(B)[K,N]; "Aᵀ·G" and "G·Bᵀ" are the backward
+forms of a dense layer X[M,K] @ W[K,N] (dW = Xᵀ·G, dX = G·Wᵀ), computed without
+materializing the transposes. `others` is the most cores other processes used while a
+shape was timed.
 """
 from __future__ import annotations
 
@@ -21,6 +25,9 @@ import os
 import subprocess
 import sys
 import time
+
+from machine import OtherLoad, wait_idle
+from peak import cached_or_measure
 
 
 def main(argv=None):
@@ -37,28 +44,11 @@ def main(argv=None):
             cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(t),
                    "--seconds", str(args.seconds), "--rounds", str(args.rounds)]
             cmd += ["--quick"] * args.quick + ["--wait-idle"] * args.wait_idle
-            subprocess.run(cmd, check=True)
+            env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+            subprocess.run(cmd, check=True, env=env)
         return
     os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     run(args)
-
-
-def _idle_fraction(dt=1.0):
-    def read():
-        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-        return v[3] + v[4], sum(v)
-    i0, t0 = read()
-    time.sleep(dt)
-    i1, t1 = read()
-    return (i1 - i0) / max(t1 - t0, 1)
-
-
-def _wait_idle(limit=600.0):
-    start = time.time()
-    while time.time() - start < limit:
-        if _idle_fraction() >= 0.9:
-            return
-    print("(machine still busy after 10 min; measuring anyway)")
 
 
 def _time_calls(fns, seconds, rounds):
@@ -104,6 +94,16 @@ def run(args):
     print(f"\n== {nt} thread(s) ({jit.host_cpu()[0]}; {wait or 'libgomp defaults'})")
     print("\n".join(notes))
 
+    try:
+        import torch
+        torch.set_num_threads(nt)
+    except ImportError:
+        torch = None
+        print("(torch not installed: no torch.matmul column)")
+    peak = cached_or_measure()["gflops"][nt]
+    default = next(k for k, cfg in configs.items() if cfg == gemm.default_config())
+    print(f"FMA peak on {nt} thread(s): {peak:.0f} GFLOP/s; dlc's default kernel here: {default}")
+
     rng = np.random.default_rng(0)
     cases = [(f"{n}x{n}x{n}", n, n, n, False, False) for n in (256, 512, 1024)]
     if not args.quick:
@@ -111,38 +111,40 @@ def run(args):
             cases += [(f"{m}x{k}x{n}", m, k, n, False, False),
                       (f"  Aᵀ·G {k}x{m}x{n}", k, m, n, True, False),
                       (f"  G·Bᵀ {m}x{n}x{k}", m, n, k, False, True)]
-    head = f"{'shape (MxKxN)':<22}{'numpy':>8}"
-    for key in libs:
-        head += f"{'dlc ' + key:>13}{'ratio':>7}"
-    print(head + "   (GFLOP/s, median)")
-    ratios = {key: [] for key in libs}
+    peers = ["numpy"] + ["torch"] * (torch is not None)
+    columns = peers + [f"dlc {key}" for key in libs] + ["dlc/best", "dlc %pk", "best %pk", "others"]
+    print(f"{'shape (MxKxN)':<22}" + "".join(f"{c:>11}" for c in columns) + "   (GFLOP/s, median)")
+    ratios = []
     for label, M, K, N, ta, tb in cases:
         a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
         b = rng.standard_normal((N, K) if tb else (K, N), dtype=np.float32)
         av, bv = (a.T if ta else a), (b.T if tb else b)
         c_np = np.empty((M, N), np.float32)
-
-        def np_run(av=av, bv=bv, c=c_np):
-            np.matmul(av, bv, out=c)
-        np_run()
-        if args.wait_idle:
-            _wait_idle()
-        flop = 2.0 * M * N * K
-        runs = [np_run]
+        runs = [lambda av=av, bv=bv, c=c_np: np.matmul(av, bv, out=c)]
+        if torch is not None:
+            ta_, tb_, tc = torch.from_numpy(av), torch.from_numpy(bv), torch.empty((M, N))
+            runs.append(lambda ta_=ta_, tb_=tb_, tc=tc: torch.matmul(ta_, tb_, out=tc))
+        for run_ in runs:
+            run_()
         for key, lib in libs.items():
             c = np.empty((M, N), np.float32)
             runs.append(lib.bind(a, b, c, trans_a=ta, trans_b=tb, nthreads=nt))
             runs[-1]()
             if not np.allclose(c, c_np, rtol=1e-3, atol=1e-3 * np.sqrt(K)):
                 raise SystemExit(f"{label}: dlc ({key}) and numpy disagree")
-        gflops = [flop / np.median(ts) / 1e9 for ts in _time_calls(runs, args.seconds, args.rounds)]
-        line = f"{label:<22}{gflops[0]:>8.1f}"
-        for key, g in zip(libs, gflops[1:]):
-            ratios[key].append(g / gflops[0])
-            line += f"{g:>13.1f}{g / gflops[0]:>7.2f}"
-        print(line, flush=True)
-    summary = ", ".join(f"{key} {float(np.exp(np.mean(np.log(r)))):.2f}" for key, r in ratios.items())
-    print(f"geometric mean of dlc/numpy: {summary}")
+        if args.wait_idle:
+            wait_idle(600.0)
+        flop = 2.0 * M * N * K
+        with OtherLoad() as other:
+            times = _time_calls(runs, args.seconds, args.rounds)
+        gflops = dict(zip(peers + list(libs), (flop / np.median(ts) / 1e9 for ts in times)))
+        best_peer = max(gflops[p] for p in peers)
+        ratios.append(best_peer / gflops[default])       # time ratio dlc / best peer
+        cells = [f"{gflops[k]:.1f}" for k in peers + list(libs)]
+        cells += [f"{ratios[-1]:.2f}", f"{100 * gflops[default] / peak:.0f}%", f"{100 * best_peer / peak:.0f}%",
+                  f"{other.cores:.2f}"]
+        print(f"{label:<22}" + "".join(f"{c:>11}" for c in cells), flush=True)
+    print(f"geometric mean of time dlc ({default}) / best peer: {float(np.exp(np.mean(np.log(ratios)))):.2f}")
 
 
 if __name__ == "__main__":

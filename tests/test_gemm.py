@@ -6,6 +6,7 @@ config makes every loop level run several times on small matrices), serial and 2
 runs, and the argument checks that keep bad arrays away from native code.
 """
 import ctypes
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from llvmlite import ir
 from dlc.compiler.native import gemm
 from dlc.compiler.native import jit
 
+ROOT = Path(__file__).resolve().parent.parent
 ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
 
 CONFIGS = {
@@ -217,3 +219,22 @@ def test_called_from_inside_a_parallel_region():
     for _ in range(3):
         fn(a.ctypes.data, bb.ctypes.data, c.ctypes.data, n)
         _check(c, _reference(a, bb, False, False), a, bb, False, False)
+
+
+def test_forced_avx2_target_emits_no_avx512(tmp_path):
+    """DLC_TARGET=avx2 compiles every kernel, the GEMM's included, for a generic AVX2 machine:
+    no zmm register in the assembly, and the 6x16 AVX2 blocking; an unknown target is refused."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, DLC_TARGET="avx2", DLC_CACHE_DIR=str(tmp_path))
+    code = ("from dlc.compiler.native import jit, gemm; print(jit.host_cpu()[0], gemm.default_config().vw)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["x86-64-v3", "8"]
+    asm = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
+                         env=env, capture_output=True, text=True, cwd=ROOT)
+    assert asm.returncode == 0, asm.stderr
+    assert "ymm" in asm.stdout and "zmm" not in asm.stdout
+    bad = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
+                         env=dict(env, DLC_TARGET="avx9"), capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "DLC_TARGET must be one of host, avx2, not 'avx9'" in bad.stderr

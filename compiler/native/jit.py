@@ -39,11 +39,26 @@ def _init() -> None:
     llvm.initialize_native_asmparser()
 
 
+# DLC_TARGET=avx2 compiles for a generic AVX2 machine (x86-64-v3) even on an AVX-512
+# host, to test the AVX2 kernels, or to compare them on a host with double-pumped AVX-512
+TARGETS = ("host", "avx2")
+
+
 @functools.cache
 def host_cpu() -> tuple[str, str]:
-    """(cpu name, feature string) of the machine we run on."""
+    """(cpu name, feature string) of the target we compile for: the machine we run on,
+    less its AVX-512 (and AMX) features under DLC_TARGET=avx2."""
     _init()
-    return llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    target = os.environ.get("DLC_TARGET") or "host"
+    if target not in TARGETS:
+        from dlc.compiler.errors import DlcError
+        raise DlcError(f"DLC_TARGET must be one of {', '.join(TARGETS)}, not '{target}'")
+    cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    if target == "avx2":
+        wide = ("+avx512", "+amx", "+evex512", "+avx10")
+        cpu = "x86-64-v3"
+        features = ",".join("-" + f[1:] if f.startswith(wide) else f for f in features.split(","))
+    return cpu, features
 
 
 def host_has(feature: str) -> bool:

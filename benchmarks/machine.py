@@ -1,0 +1,51 @@
+"""How busy the machine is: the cores other processes use while a benchmark runs (the
+`others` column of every table), and a wait for a quiet moment. The machines are shared:
+a figure measured while others used a core is not comparable."""
+from __future__ import annotations
+
+import os
+import time
+
+
+def _cpu_busy_s() -> float | None:
+    """CPU seconds the whole machine has been busy (all cores), from /proc/stat; None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)          # idle + iowait
+    busy = sum(fields[:8]) - idle                                      # without guest time (counted in user)
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+class OtherLoad:
+    """Cores used by other processes while a block runs: the machine's busy time minus this
+    process's CPU time, over the wall time. nan where /proc/stat is not available."""
+
+    def __enter__(self):
+        self.busy, self.own, self.wall = _cpu_busy_s(), time.process_time(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        busy = _cpu_busy_s()
+        wall = time.perf_counter() - self.wall
+        if busy is None or self.busy is None or wall <= 0:
+            self.cores = float("nan")
+        else:
+            self.cores = max(0.0, (busy - self.busy) - (time.process_time() - self.own)) / wall
+        return False
+
+
+def wait_idle(limit_s: float, threshold: float = 0.25):
+    """Wait (at most limit_s) until other processes use less than `threshold` cores over 1 s."""
+    start = time.perf_counter()
+    while True:
+        with OtherLoad() as o:
+            time.sleep(1.0)
+        if not o.cores == o.cores or o.cores < threshold:       # nan: cannot tell, do not wait
+            return
+        if time.perf_counter() - start >= limit_s:
+            print(f"  note: still busy after waiting {limit_s:.0f} s (others use {o.cores:.2f} cores); going on",
+                  flush=True)
+            return
