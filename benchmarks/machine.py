@@ -3,20 +3,12 @@
 a figure measured while others used a core is not comparable."""
 from __future__ import annotations
 
-import os
+import subprocess
+import sys
 import time
+from contextlib import contextmanager
 
-
-def _cpu_busy_s() -> float | None:
-    """CPU seconds the whole machine has been busy (all cores), from /proc/stat; None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)          # idle + iowait
-    busy = sum(fields[:8]) - idle                                      # without guest time (counted in user)
-    return busy / os.sysconf("SC_CLK_TCK")
+from dlc.runtime.cores import machine_busy_s
 
 
 class OtherLoad:
@@ -24,11 +16,11 @@ class OtherLoad:
     process's CPU time, over the wall time. nan where /proc/stat is not available."""
 
     def __enter__(self):
-        self.busy, self.own, self.wall = _cpu_busy_s(), time.process_time(), time.perf_counter()
+        self.busy, self.own, self.wall = machine_busy_s(), time.process_time(), time.perf_counter()
         return self
 
     def __exit__(self, *exc):
-        busy = _cpu_busy_s()
+        busy = machine_busy_s()
         wall = time.perf_counter() - self.wall
         if busy is None or self.busy is None or wall <= 0:
             self.cores = float("nan")
@@ -49,3 +41,16 @@ def wait_idle(limit_s: float, threshold: float = 0.25):
             print(f"  note: still busy after waiting {limit_s:.0f} s (others use {o.cores:.2f} cores); going on",
                   flush=True)
             return
+
+
+@contextmanager
+def cpu_hogs(n: int):
+    """n processes that each keep one core busy while the block runs: a busy neighbour."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+    try:
+        time.sleep(0.5 if hogs else 0)        # let them start spinning
+        yield
+    finally:
+        for p in hogs:
+            p.kill()
+            p.wait()

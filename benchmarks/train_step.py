@@ -21,6 +21,7 @@ forward + backward FLOPs / median step time / the machine's FMA peak (benchmarks
     python benchmarks/train_step.py --engine reference --quick
     python benchmarks/train_step.py --only lstm --steps 30
     python benchmarks/train_step.py --frameworks dlc,torch_fused --json /tmp/bench.json
+    python benchmarks/train_step.py --load 1              # beside a process that keeps one core busy
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import OtherLoad, wait_idle
+from machine import OtherLoad, cpu_hogs, wait_idle
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD_DIR = HERE / "workloads"
@@ -608,12 +609,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
+    ap.add_argument("--load", type=int, default=0, metavar="N",
+                    help="run N processes that each keep a core busy beside every framework (a busy neighbour)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--json", metavar="PATH", help="also write every workload's numbers to PATH as JSON")
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps < 1 or args.warmup is not None and args.warmup < 0:
         ap.error("--steps must be at least 1 and --warmup at least 0")
+    if args.load < 0 or args.load and args.wait_idle:
+        ap.error("--load takes a count of at least 0, and cannot be combined with --wait-idle")
     frameworks = {f.strip() for f in args.frameworks.split(",") if f.strip()}
     if not frameworks <= set(FRAMEWORKS):
         ap.error(f"--frameworks takes {', '.join(FRAMEWORKS)}, got {args.frameworks}")
@@ -645,9 +650,12 @@ def main(argv=None) -> int:
     print("FMA peak (benchmarks/peak.py): " + ", ".join(f"{g:.0f} GFLOP/s on {n} thread{'s' * (n > 1)}"
                                                         for n, g in peak["gflops"].items()))
 
+    if args.load:
+        print(f"under load: {args.load} process(es) keep a core busy beside every framework")
     results = []
-    for name in (args.only or list(DEFAULT_STEPS)):
-        results.append(run_workload(name, args, frameworks, jax_reason))
+    with cpu_hogs(args.load):
+        for name in (args.only or list(DEFAULT_STEPS)):
+            results.append(run_workload(name, args, frameworks, jax_reason))
 
     keys = [k for k in FRAMEWORKS if any(k in r.runs for r in results)]
     print("\nmedian train-step time (ms); best peer: the fastest other framework; dlc/torch, dlc/best: ratios of "

@@ -12,7 +12,6 @@ dlc version.
 from __future__ import annotations
 
 import ctypes
-import os
 
 import numpy as np
 
@@ -29,20 +28,11 @@ from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.update import lower_update, touched
 from dlc.compiler.passes import optimize
 from dlc.runtime import budget, cache
+from dlc.runtime.cores import threads
 from dlc.runtime.engine import _scalars, predict_graph
 from dlc.runtime.interpreter import bind_sizes
 from dlc.runtime.optim import Optimizer
 
-
-
-def threads() -> int:
-    """$DLC_NUM_THREADS (the CLI's --threads sets it), else every core."""
-    text = os.environ.get("DLC_NUM_THREADS", "").strip()
-    if not text:
-        return os.cpu_count() or 1
-    if not text.isdigit() or int(text) < 1:
-        raise DlcError(f"DLC_NUM_THREADS needs a whole number of threads, at least 1; got '{text}'")
-    return int(text)
 
 
 class Executable:

@@ -260,7 +260,7 @@ def test_every_running_command_takes_threads(command, capsys):
 
 
 def test_threads_sets_the_native_thread_count(tmp_path, monkeypatch, capsys):
-    from dlc.runtime.native import threads
+    from dlc.runtime.cores import threads
     monkeypatch.setenv("DLC_NUM_THREADS", "2")      # restored after the test
     assert main(["train", XOR, "--epochs", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
     assert os.environ["DLC_NUM_THREADS"] == "1" and threads() == 1
