@@ -611,11 +611,10 @@ def sentences(base_dir, args: Args) -> Dataset:
             continue
         label, tab, sentence = line.partition("\t")
         if not tab:
-            raise DlcError(f"sentences: {p}, line {lineno}: expected a label, a tab and a sentence",
-                           Span(str(p), lineno, 1))
+            raise DlcError("sentences: expected a label, a tab and a sentence", Span(str(p), lineno, 1))
         tokens = words(sentence.lower() if lower else sentence)
         if not tokens:
-            raise DlcError(f"sentences: {p}, line {lineno}: the sentence has no words", Span(str(p), lineno, 1))
+            raise DlcError("sentences: the sentence has no words", Span(str(p), lineno, 1))
         labels.append(label.strip())
         rows.append([ids.get(w, vectors.UNK) for w in tokens])
     if not rows:

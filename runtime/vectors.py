@@ -19,6 +19,7 @@ named `word_vectors:PATH`, which `init_feeds` reads when the parameters are init
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import pathlib
@@ -43,7 +44,6 @@ class WordVectors:
     path: str
     words: tuple           # in file order: word i has id i + RESERVED
     vectors: np.ndarray    # float32 [len(words), dim], read-only (shared by every reader of the file)
-    lines: tuple           # the line of each word, for errors
 
     @functools.cached_property
     def ids(self) -> dict:
@@ -55,21 +55,22 @@ class WordVectors:
         return self.vectors.shape[1]
 
 
+_PARSED: dict = {}          # (file name, digest of its text) -> WordVectors, the latest few files read
+_PARSED_KEPT = 4
+
+
 def read(path: pathlib.Path) -> WordVectors:
-    """The word vectors of a file (UTF-8 text, optionally gzipped), parsed once per version of
-    the file: the data sources and the initializer of one run share it."""
-    try:
-        stat = path.stat()
-    except OSError:
-        stat = None
-    if stat is None or not path.is_file():
+    """The word vectors of a file (UTF-8 text, optionally gzipped). A text is parsed once (by
+    its digest): the data sources and the initializer of a run share the result."""
+    if not path.is_file():
         raise DlcError(f"word vector file not found: {path}")
-    return _parsed(str(path), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=4)
-def _parsed(name: str, mtime: int, size: int) -> WordVectors:
-    return parse(data.read_text(name, ".", "word vectors"), name)
+    text = data.read_text(str(path), ".", "word vectors")
+    key = (str(path), hashlib.blake2b(text.encode("utf-8", "surrogatepass")).digest())
+    if key not in _PARSED:
+        _PARSED[key] = parse(text, str(path))
+        while len(_PARSED) > _PARSED_KEPT:
+            del _PARSED[next(iter(_PARSED))]
+    return _PARSED[key]
 
 
 def parse(text: str, name: str) -> WordVectors:
@@ -79,17 +80,18 @@ def parse(text: str, name: str) -> WordVectors:
     vectors at all."""
     rows = [(i, line) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
     if not rows:
-        raise DlcError(f"{name} holds no word vectors: it is empty (expected one line per word: the word, then "
-                       f"its values)", Span(name, 1, 1))
+        raise DlcError("no word vectors: the file is empty (expected one line per word: the word, then its "
+                       "values)", Span(name, 1, 1))
+    top = rows[0][0]
     header = _header(rows[0][1])
     if header:
         rows = rows[1:]
         if not rows:
-            raise DlcError(f"{name} holds no word vectors: it has a word2vec header ({header[0]} words of "
-                           f"{header[1]} values) and nothing after it", Span(name, 1, 1))
+            raise DlcError(f"no word vectors: a word2vec header ({header[0]} words of {header[1]} values) and "
+                           "nothing after it", Span(name, top, 1))
     dim = header[1] if header else len(rows[0][1].split()) - 1
     if dim < 1:
-        raise DlcError(f"{name}: line {rows[0][0]} is a word without values", Span(name, rows[0][0], 1))
+        raise DlcError("a word without values (expected the word, then its values)", Span(name, rows[0][0], 1))
     first = {}
     blocks = []
     for start in range(0, len(rows), _ROWS_PER_BLOCK):
@@ -98,25 +100,25 @@ def parse(text: str, name: str) -> WordVectors:
         for lineno, line in block:
             parts = line.split()
             if len(parts) != dim + 1:
-                why = f"the header (line 1) says {dim}" if header else f"line {rows[0][0]} has {dim}"
-                raise DlcError(f"{name}: line {lineno} has {len(parts) - 1} values after its word, but {why}"
-                               f" (a word vector file has one word and {dim} values per line)", Span(name, lineno, 1))
+                why = f"the header (line {top}) says {dim}" if header else f"line {top} has {dim}"
+                raise DlcError(f"{len(parts) - 1} values after the word, but {why} (a word vector file has one word "
+                               f"and {dim} values per line)", Span(name, lineno, 1))
             word = parts[0]
             if word in first:
-                raise DlcError(f"{name}: the word {word!r} is given twice, on lines {first[word]} and {lineno}",
+                raise DlcError(f"the word {word!r} is given twice, on lines {first[word]} and {lineno}",
                                Span(name, lineno, 1))
             first[word] = lineno
             fields.append(parts[1:])
         blocks.append(_values(block, fields, name))
     if header and header[0] != len(first):
-        raise DlcError(f"{name}: the header says {header[0]} words, but the file has {len(first)}", Span(name, 1, 1))
-    return WordVectors(name, tuple(first), _read_only(np.concatenate(blocks)), tuple(first.values()))
+        raise DlcError(f"the header says {header[0]} words, but the file has {len(first)}", Span(name, top, 1))
+    return WordVectors(name, tuple(first), _read_only(np.concatenate(blocks)))
 
 
 def _header(line: str) -> tuple | None:
     """(count, dim) of a word2vec header line "COUNT DIM", else None."""
     parts = line.split()
-    if len(parts) == 2 and all(p.isdigit() for p in parts):
+    if len(parts) == 2 and all(re.fullmatch("[0-9]+", p) for p in parts):
         return int(parts[0]), int(parts[1])
     return None
 
@@ -127,17 +129,16 @@ def _values(block: list, fields: list, name: str) -> np.ndarray:
     try:
         with np.errstate(over="ignore"):
             values = np.array(fields, dtype=np.float32)
+        if np.isfinite(values).all():
+            return values
     except ValueError:
-        values = None
-    ok = np.isfinite(values) if values is not None else None
-    if ok is not None and ok.all():
-        return values
+        pass
     for (lineno, line), row in zip(block, fields):
         for k, text in enumerate(row):
             if not _finite32(text):
-                col = [m.start() + 1 for m in re.finditer(r"\S+", line)][k + 1]
-                raise DlcError(f"{name}: line {lineno}, value {k + 1} ({text[:30]!r}) is not a finite float32 number",
-                               Span(name, lineno, col))
+                starts = [m.start() + 1 for m in re.finditer(r"\S+", line)]
+                raise DlcError(f"value {k + 1} of the word {line.split()[0]!r}, {text[:30]!r}, is not a finite "
+                               f"float32 number", Span(name, lineno, starts[k + 1]))
     raise DlcError(f"{name} holds a value that is not a number")      # numpy refused what Python reads
 
 
@@ -146,7 +147,7 @@ def _finite32(text: str) -> bool:
         v = float(text)
     except ValueError:
         return False
-    return math.isfinite(v) and abs(v) <= np.finfo(np.float32).max
+    return math.isfinite(v) and abs(v) <= float(np.finfo(np.float32).max)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
