@@ -594,7 +594,8 @@ def sentences(base_dir, args: Args) -> Dataset:
     (runtime.vectors: 0 <pad> after the last word, 1 <unk> for a word not in the file, the
     file's i-th word i + 2), lowercased first with `lower`; `length` (default: the longest
     sentence) cuts longer ones. "y" the labels: integers as written, or names numbered in
-    sorted order (meta["labels"])."""
+    sorted order (meta["labels"]). meta["words"] is the file's words, meta["unknown"] how many
+    words of the sentences are not among them."""
     from dlc.runtime import vectors        # which reads its files with this module's readers
     p = _path_arg(args, "path", base_dir)
     q = _path_arg(args, "vocab", base_dir)

@@ -39,7 +39,7 @@ RESERVED = 2
 _ROWS_PER_BLOCK = 8192    # lines converted to floats at once: bounds the memory of their strings
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class WordVectors:
     path: str
     words: tuple           # in file order: word i has id i + RESERVED

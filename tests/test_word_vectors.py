@@ -142,6 +142,13 @@ def test_missing_file(tmp_path, capsys):
                           f"{tmp_path / 'nowhere.txt'}"), err
 
 
+def test_a_file_that_is_not_utf8(tmp_path, capsys):
+    (tmp_path / "vectors.txt").write_bytes(b"caf\xe9 1 2 3\n")
+    err = train_error(write_model(tmp_path), capsys)
+    assert err.startswith(f"{tmp_path / 'm.dl'}:5:11: error: word vectors: {tmp_path / 'vectors.txt'} is not UTF-8 "
+                          "text"), err
+
+
 def test_the_command_exits_with_status_1(tmp_path):
     (tmp_path / "vectors.txt").write_text("the 1 2 3\ncat 1 2\n")
     done = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "train", str(write_model(tmp_path)),
