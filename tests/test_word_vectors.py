@@ -62,14 +62,14 @@ def train_error(path: Path, capsys, *args) -> str:
 
 
 # ---- the two formats ---------------------------------------------------------------------------------
-def test_glove_text(tmp_path):
+def test_glove_text():
     wv = V.parse(GLOVE, "v.txt")
     assert list(wv.words) == WORDS and wv.dim == 3
     np.testing.assert_array_equal(wv.vectors, TABLE)
     assert wv.ids == {"the": 2, "cat": 3, "sat": 4}
 
 
-def test_word2vec_text_has_a_header(tmp_path):
+def test_word2vec_text_has_a_header():
     wv = V.parse("3 3\n" + GLOVE, "v.txt")
     assert list(wv.words) == WORDS
     np.testing.assert_array_equal(wv.vectors, TABLE)
@@ -102,9 +102,11 @@ def test_table_has_zero_pad_and_unk_rows():
 # ---- every bad file: an error at its line, `dlc train` exits with 1 ------------------------------------
 BAD_FILES = {   # text, line, column, message
     "ragged": ("the 1 2 3\ncat 1 2\n", 2, 1, "2 values after the word, but line 1 has 3"),
-    "ragged after a header": ("2 3\nthe 1 2 3\ncat 1 2 3 4\n", 3, 1, "4 values after the word, but the header (line 1) says 3"),
+    "ragged after a header": ("2 3\nthe 1 2 3\ncat 1 2 3 4\n", 3, 1,
+                              "4 values after the word, but the header (line 1) says 3"),
     "header count": ("3 3\nthe 1 2 3\ncat 1 2 3\n", 1, 1, "the header says 3 words, but the file has 2"),
-    "not a number": ("the 1 2 3\ncat 1 two 3\n", 2, 7, "value 2 of the word 'cat', 'two', is not a finite float32 number"),
+    "not a number": ("the 1 2 3\ncat 1 two 3\n", 2, 7,
+                     "value 2 of the word 'cat', 'two', is not a finite float32 number"),
     "nan": ("the 1 2 3\ncat 1 2 nan\n", 2, 9, "value 3 of the word 'cat', 'nan', is not a finite float32 number"),
     "beyond float32": ("the 1e39 2 3\n", 1, 5, "value 1 of the word 'the', '1e39', is not a finite float32 number"),
     "duplicate word": ("the 1 2 3\ncat 1 2 3\nthe 4 5 6\n", 3, 1, "the word 'the' is given twice, on lines 1 and 3"),

@@ -15,6 +15,7 @@ can then read the others, which the labelled training sentences never show it.
 Everything is drawn from one seeded generator: `python examples/data/make_reviews.py`
 rewrites the same files.
 """
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -24,7 +25,7 @@ HERE = Path(__file__).parent
 DIM = 16
 SEED = 0
 
-OPINION = {   # per opinion: adjectives, verbs (I ... it), nouns (a real ...)
+OPINION = {   # per opinion: adjectives, verbs ("i loved the film"), nouns ("this film is a gem")
     "pos": (["good", "great", "wonderful", "superb", "brilliant", "excellent", "delightful", "charming", "moving",
              "beautiful", "fantastic", "enjoyable", "stunning", "clever", "funny", "gripping", "touching", "fresh",
              "lovely", "memorable", "powerful", "splendid", "terrific", "witty", "elegant", "heartfelt", "inventive",
@@ -38,15 +39,15 @@ OPINION = {   # per opinion: adjectives, verbs (I ... it), nouns (a real ...)
             ["hated", "disliked", "loathed", "regretted", "endured", "resented"],
             ["disaster", "mess", "failure", "bore", "letdown", "chore"]),
 }
-THINGS = ["movie", "film", "plot", "story", "acting", "cast", "script", "ending", "music", "score", "camera", "direction",
-          "dialogue", "pacing", "characters", "hero", "villain", "soundtrack", "scenery", "effects", "editing",
+THINGS = ["movie", "film", "plot", "story", "acting", "cast", "script", "ending", "music", "score", "camera",
+          "direction", "dialogue", "pacing", "characters", "hero", "villain", "soundtrack", "scenery", "effects", "editing",
           "performance", "screenplay", "finale", "opening", "sequel", "director", "lead", "romance", "humour"]
 DEGREE = ["very", "really", "quite", "truly", "so", "rather", "simply", "utterly", "genuinely", "fairly", "totally",
           "incredibly"]
 WHEN = ["last night", "yesterday", "on sunday", "this weekend", "with friends", "with my family", "at the cinema",
         "on a plane", "at home", "twice"]
 VERDICT = ["overall", "in the end", "honestly", "frankly", "all in all", "to be fair", "in short"]
-TEMPLATES = [   # {a} an adjective and {v} a verb and {n} a noun of the review's opinion
+TEMPLATES = [   # {a} an adjective, {v} a verb and {n} a noun of the review's opinion
     "the {thing} was {degree} {a}",
     "the {thing} was {a} and the {thing} was {a}",
     "i {v} the {thing}",
@@ -70,16 +71,11 @@ SEEN = 0.5     # the share of each opinion's words that reviews_train.tsv uses; 
 
 
 def sentence(rng, template: str, words: tuple) -> str:
+    """The template with a random choice in each slot, the opinion's (adjectives, verbs, nouns) in {a}, {v}, {n}."""
     adjectives, verbs, nouns = words
-    pick = lambda options: options[rng.integers(len(options))]
     slots = {"a": adjectives, "v": verbs, "n": nouns, "thing": THINGS, "degree": DEGREE, "when": WHEN,
              "verdict": VERDICT}
-    out = template
-    while "{" in out:
-        start = out.index("{")
-        name = out[start + 1:out.index("}")]
-        out = out[:start] + pick(slots[name]) + out[out.index("}") + 1:]
-    return out
+    return re.sub(r"\{(\w+)\}", lambda m: slots[m[1]][rng.integers(len(slots[m[1]]))], template)
 
 
 def corpus(rng, reviews: int) -> list:
@@ -114,6 +110,8 @@ def vectors(docs: list) -> tuple:
 
 
 def labelled(rng, n: int, seen: bool) -> list:
+    """n lines "LABEL<TAB>SENTENCE", half pos and half neg, shuffled, with the opinion words of
+    the SEEN share (or of the rest)."""
     lines = []
     for i in range(n):
         label = "pos" if i % 2 == 0 else "neg"
