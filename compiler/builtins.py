@@ -12,7 +12,7 @@ import numpy as np
 from dlc.compiler import ops
 from dlc.compiler.dims import Dim, exact_div, numel
 from dlc.compiler.errors import DlcError
-from dlc.compiler.graph import Tensor
+from dlc.compiler.graph import Tensor, TensorType
 from dlc.compiler.syntax import INT_MAX
 from dlc.compiler.values import Builtin, describe, static_binary
 
@@ -390,6 +390,25 @@ def random_orthogonal(ev, *dims):
     if len(shape) < 2:
         _fail(ev, f"an orthogonal matrix needs rank >= 2, got {list(shape)}")
     return ev.graph.add1("random", [ev.rng_key()], shape=shape, dist="orthogonal", stream=ev.next_stream())
+
+
+# ---- values read when the parameters are initialized ---------------------------------------------------
+WORD_VECTORS_INPUT = "word_vectors:"     # the init graph's input "word_vectors:PATH" (runtime/vectors.py)
+
+
+@builtin()
+def word_vectors(ev, path, shape):
+    """The embedding table [words + 2, dim] of a word vector file (GloVe or word2vec text), an
+    input of the init graph: the runtime reads the file when it initializes the parameters."""
+    if not isinstance(path, str) or not path:
+        _fail(ev, f"word_vectors needs a file name in quotes, got {describe(path)}")
+    if ev.graph is not ev.init:
+        _fail(ev, "word_vectors reads its file when the parameters are initialized: use it in an initializer, "
+                  f"as in embedding(ids, VOCAB, DIM, init = pretrained(\"{path}\"))")
+    shape = _shape(ev, shape if isinstance(shape, tuple) else (shape,))
+    if len(shape) != 2 or not all(isinstance(d, int) for d in shape):
+        _fail(ev, f"word vectors fill a [words, dim] table, not a parameter of shape {list(shape)}")
+    return ev.graph.add1("input", type=TensorType("f32", shape), name=WORD_VECTORS_INPUT + path)
 
 
 # ---- convolution and pooling (NCHW) ---------------------------------------------------------------------------

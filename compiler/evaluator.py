@@ -315,7 +315,7 @@ class Evaluator:
         """Evaluate the initializer into the init graph."""
         saved, self.graph = self.graph, self.init
         try:
-            with self.init.at(s.span):
+            with self.init.at(saved.span), self.init.at(s.span):      # under the user's call, as in the model
                 init = self.expr(s.init, env) if s.init is not None else self.globals.lookup("zeros")
                 if isinstance(init, (Func, Builtin)):
                     fan_in, fan_out = fans(typ.shape)

@@ -26,6 +26,7 @@ Sources, by the name a `.dl` file uses (see `SOURCES`):
     csv(path, label = -1, header = auto, scale = 1)  "x" features, "y" the label column
     idx(images, labels = none, scale = 1)            MNIST's IDX format: "x" images, "y" labels
     text(path, seq = 100, vocab = none)              character ids: "x" windows, "y" next characters
+    sentences(path, vocab, length = none, lower = true)   word ids of labelled sentences, "vocab" a word vector file
     digits(scale = 1/16, image = true)               the 8x8 UCI digits shipped in examples/data
     xor(repeat = 1)                                  the four XOR points
     spirals(n = 300, classes = 3, noise = 0.2)       interleaved spirals, one per class
@@ -47,6 +48,7 @@ import io
 import math
 import os
 import pathlib
+import re
 from importlib import resources
 import zlib
 from dataclasses import dataclass, field
@@ -56,7 +58,8 @@ import numpy as np
 from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.config import REQUIRED, Args, Call, Symbol, choice, flag, integer, number, show
 
-__all__ = ["Dataset", "load", "SOURCES", "augment", "encode", "decode", "digits_path", "not_numbers", "read_text"]
+__all__ = ["Dataset", "load", "SOURCES", "augment", "encode", "decode", "digits_path", "not_numbers", "read_text",
+           "words"]
 
 
 # ---- the data set -------------------------------------------------------------------------------
@@ -572,6 +575,63 @@ def text(base_dir, args: Args) -> Dataset:
     x = ids[: n * seq].reshape(n, seq)
     y = ids[1: n * seq + 1].reshape(n, seq)
     return Dataset({"x": x, "y": y}, {"vocab": vocab, "vocab_size": len(vocab)})
+
+
+# ---- sentences (word level) -------------------------------------------------------------------------
+_TOKEN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")     # words (don't, well-known) and single marks
+
+
+def words(text: str) -> list:
+    """The tokens of a sentence: runs of letters and digits (with inner apostrophes and
+    hyphens) and every other mark on its own."""
+    return _TOKEN.findall(text)
+
+
+@_source("sentences", path=REQUIRED, vocab=REQUIRED, length=None, lower=True)
+def sentences(base_dir, args: Args) -> Dataset:
+    """Word-level text classification: one `LABEL<TAB>SENTENCE` per line (blank lines skipped).
+    "x" [N, length] the ids of the sentence's words in the word vector file `vocab`
+    (runtime.vectors: 0 <pad> after the last word, 1 <unk> for a word not in the file, the
+    file's i-th word i + 2), lowercased first with `lower`; `length` (default: the longest
+    sentence) cuts longer ones. "y" the labels: integers as written, or names numbered in
+    sorted order (meta["labels"]). meta["words"] is the file's words, meta["unknown"] how many
+    words of the sentences are not among them."""
+    from dlc.runtime import vectors        # which reads its files with this module's readers
+    p = _path_arg(args, "path", base_dir)
+    q = _path_arg(args, "vocab", base_dir)
+    length = args.check("length", integer, low=1) if args["length"] is not None else None
+    lower = args.check("lower", flag)
+    try:
+        ids = vectors.read(q).ids
+    except DlcError as e:
+        e.notes.append(("read as the vocabulary of sentences(...) here", args.span("vocab")))
+        raise
+    labels, rows = [], []
+    for lineno, line in enumerate(_read_text("sentences", p).split("\n"), 1):
+        if not line.strip():
+            continue
+        label, tab, sentence = line.partition("\t")
+        if not tab:
+            raise DlcError("sentences: expected a label, a tab and a sentence", Span(str(p), lineno, 1))
+        tokens = words(sentence.lower() if lower else sentence)
+        if not tokens:
+            raise DlcError("sentences: the sentence has no words", Span(str(p), lineno, 1))
+        labels.append(label.strip())
+        rows.append([ids.get(w, vectors.UNK) for w in tokens])
+    if not rows:
+        raise DlcError(f"sentences: {p} holds no sentences")
+    width = length or max(map(len, rows))
+    x = np.full((len(rows), width), vectors.PAD, np.int32)
+    for i, row in enumerate(rows):
+        x[i, :min(len(row), width)] = row[:width]
+    meta = {"words": len(ids), "unknown": int(sum(w == vectors.UNK for row in rows for w in row))}
+    if all(re.fullmatch(r"\d+", label) for label in labels):
+        y = np.array([int(label) for label in labels])
+    else:
+        meta["labels"] = sorted(set(labels))
+        y = np.searchsorted(meta["labels"], labels)
+    meta["classes"] = int(y.max()) + 1
+    return Dataset({"x": x, "y": _labels(y)}, meta)
 
 
 # ---- digits ---------------------------------------------------------------------------------------

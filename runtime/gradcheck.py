@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import networkx as nx
 import numpy as np
@@ -10,7 +11,7 @@ from dlc.compiler.autodiff import train_step
 from dlc.compiler.dims import concrete, symbols
 from dlc.compiler.graph import Graph
 from dlc.compiler.model import Model
-from dlc.runtime import interpreter
+from dlc.runtime import interpreter, vectors
 
 
 @dataclass
@@ -78,8 +79,11 @@ def default_sizes(model: Model, size: int = 3) -> dict:
     return sizes
 
 
-def init_params(model: Model, seed: int = 0) -> dict:
-    return interpreter.run(model.init, {"rng": np.array([seed, 0], np.int32)}, {}, float_dtype="f64")
+def init_params(model: Model, seed: int = 0, float_dtype: str = "f64") -> dict:
+    """The initial parameters from the seed, and the files the initializers name (word vectors,
+    relative to the model file's folder)."""
+    feeds = {"rng": np.array([seed, 0], np.int32), **vectors.init_feeds(model.init, Path(model.span.file).parent)}
+    return interpreter.run(model.init, feeds, {}, float_dtype=float_dtype)
 
 
 def gradcheck(model: Model, feeds: dict, params: dict, eps: float = 1e-6, per_param: int = 12,

@@ -28,10 +28,10 @@ from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.loader import Program
 from dlc.compiler.model import Model
-from dlc.runtime import budget, checkpoint, config, data as datasets, interpreter
+from dlc.runtime import budget, checkpoint, config, data as datasets
 from dlc.runtime.backends import make_engine
 from dlc.runtime.config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
-from dlc.runtime.gradcheck import index_bound
+from dlc.runtime.gradcheck import index_bound, init_params
 from dlc.runtime.optim import clip_limit, make_optimizer, make_schedule
 
 
@@ -396,7 +396,7 @@ class Trainer:
                          metric_names(self.train_model))
 
     def initial_params(self) -> dict:
-        params = interpreter.run(self.train_model.init, {"rng": np.array([self.cfg.seed, 0], np.int32)}, {})
+        params = init_params(self.train_model, self.cfg.seed, float_dtype="f32")
         params = {k: np.ascontiguousarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in params.items()}
         if self.cfg.init_from:
             path = self.cfg.init_from
