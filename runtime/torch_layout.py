@@ -171,7 +171,7 @@ class TorchLayout:
         out = {}
         for t in self.tensors:
             values = [params[n].T if t.transposed else params[n] for n in t.parts]
-            out[t.name] = np.ascontiguousarray(values[0] if len(values) == 1 else np.concatenate(values))
+            out[t.name] = np.asarray(values[0] if len(values) == 1 else np.concatenate(values), order="C")
         return out
 
     def to_dlc(self, tensors: dict) -> dict:
@@ -180,7 +180,8 @@ class TorchLayout:
         for t in self.tensors:
             if t.name not in tensors:
                 continue
-            rows = np.cumsum([self.dlc_shapes[n][-1 if t.transposed else 0] for n in t.parts])[:-1]
-            for n, value in zip(t.parts, np.split(np.asarray(tensors[t.name]), rows)):
-                out[n] = np.ascontiguousarray(value.T if t.transposed else value)
+            whole = np.asarray(tensors[t.name])
+            rows = np.cumsum([self.dlc_shapes[n][-1 if t.transposed else 0] for n in t.parts[:-1]])
+            for n, part in zip(t.parts, np.split(whole, rows) if len(t.parts) > 1 else [whole]):
+                out[n] = np.asarray(part.T if t.transposed else part, order="C")
         return out

@@ -359,7 +359,8 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
 def initial_parameters(model: Model, seed: int) -> dict:
     """The parameters a run starts from: the model's initializers with the key (seed, 0), floats in float32."""
     params = interpreter.run(model.init, {"rng": np.array([seed, 0], np.int32)}, {})
-    return {k: np.ascontiguousarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in params.items()}
+    # asarray, not ascontiguousarray, which makes a scalar parameter (perceptron's b) an array of one
+    return {k: np.asarray(v, np.float32, order="C") if v.dtype.kind == "f" else v for k, v in params.items()}
 
 
 def to_stderr(msg: str):

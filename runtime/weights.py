@@ -39,7 +39,7 @@ def save(path, params: dict, model, source_hash: str, layout: str = "dlc") -> li
         torch = TorchLayout(model.params)
         tensors, kept = torch.to_torch(params), torch.kept
     else:
-        tensors = {k: np.ascontiguousarray(v) for k, v in params.items()}
+        tensors = {k: np.asarray(v, order="C") for k, v in params.items()}
     meta = {"format": LAYOUTS[layout], "model": model.name, "source_hash": source_hash,
             "dlc_version": dlc.__version__}
     try:
@@ -113,8 +113,8 @@ def transfer(path, initial: dict, params: list) -> tuple[dict, str]:
     loaded = f.to_dlc(fits)
     values = {k: loaded[k].astype(v.dtype) if k in loaded else v for k, v in initial.items()}
     new = [n for n in initial if n not in loaded]
-    skipped = [f"{k} ({list(v.shape)} vs {list(f.expected[k])})" for k, v in f.arrays.items()
-               if k in f.expected and k not in fits]
+    skipped = [f"{k} ({list(f.arrays[k].shape)} vs {list(shape)})" for k, shape in f.expected.items()
+               if k in f.arrays and k not in fits]
     unused = [k for k in f.arrays if k not in f.expected]
     report = (f"{len(loaded)} matched, {len(new)} new" + (f" ({', '.join(new)})" if new else "")
               + (f", {len(skipped)} skipped for shape: {', '.join(skipped)}" if skipped else "")
