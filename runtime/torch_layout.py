@@ -166,12 +166,13 @@ class TorchLayout:
     def shapes(self) -> dict:
         return {t.name: t.shape for t in self.tensors}
 
-    def to_torch(self, params: dict) -> dict:
-        """dlc arrays by dlc name -> the torch state dict (numpy arrays)."""
+    def to_torch(self, params: dict, concatenate=np.concatenate) -> dict:
+        """dlc arrays by dlc name -> the torch state dict: transposed views (`.T`), joined by
+        `concatenate` (torch.cat for torch tensors, which keeps them differentiable)."""
         out = {}
         for t in self.tensors:
             values = [params[n].T if t.transposed else params[n] for n in t.parts]
-            out[t.name] = np.asarray(values[0] if len(values) == 1 else np.concatenate(values), order="C")
+            out[t.name] = values[0] if len(values) == 1 else concatenate(values)
         return out
 
     def to_dlc(self, tensors: dict) -> dict:

@@ -34,12 +34,11 @@ def save(path, params: dict, model, source_hash: str, layout: str = "dlc") -> li
     .safetensors file in `layout`, "dlc" or "torch". Returns the names that have no torch.nn
     counterpart and keep their dlc names and layouts (none in dlc's layout)."""
     st = _safetensors()
-    kept = []
+    tensors, kept = params, []
     if layout == "torch":
         torch = TorchLayout(model.params)
         tensors, kept = torch.to_torch(params), torch.kept
-    else:
-        tensors = {k: np.asarray(v, order="C") for k, v in params.items()}
+    tensors = {k: np.asarray(v, order="C") for k, v in tensors.items()}
     meta = {"format": LAYOUTS[layout], "model": model.name, "source_hash": source_hash,
             "dlc_version": dlc.__version__}
     try:
