@@ -1,7 +1,7 @@
 """Float32 drift: dlc and PyTorch trained side by side with Adam, step by step.
 
 Both start from the same parameters (dlc's initializers, copied into the torch modules
-by train_step.py's layout mapping) and see the same batches (a fresh random batch at
+in torch.nn's layout by runtime/torch_layout.py, through train_step.torch_state) and see the same batches (a fresh random batch at
 every step); reported: the largest relative loss difference over the steps (and where),
 and at the end each parameter tensor's relative difference (in norm, and the largest
 entry's); over several seeds (--seeds N), how many stay within 1e-4. Switches isolate

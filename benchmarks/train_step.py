@@ -26,6 +26,7 @@ forward + backward FLOPs / median step time / the machine's FMA peak (benchmarks
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import os
@@ -120,8 +121,8 @@ def torch_model(name: str, torch):
             def __init__(self):
                 super().__init__()
                 self.emb = nn.Embedding(1000, 128)
-                self.pos = nn.Parameter(torch.zeros(64, 128))
-                self.layers = nn.ModuleList(
+                self.pos = nn.Embedding(64, 128)          # learned positions
+                self.enc1, self.enc2 = (
                     nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, activation=nn.GELU(approximate="tanh"),
                                                batch_first=True, norm_first=True)
                     for _ in range(2))
@@ -129,45 +130,26 @@ def torch_model(name: str, torch):
 
             def forward(self, b):
                 tokens = b["tokens"]
-                h = self.emb(tokens) + self.pos[:tokens.shape[1]]
-                for layer in self.layers:
+                h = self.emb(tokens) + self.pos.weight[:tokens.shape[1]]
+                for layer in (self.enc1, self.enc2):
                     h = layer(h)
                 return self.logits(h.mean(1))
         return Transformer()
     raise KeyError(name)
 
 
-def torch_state(name: str, P: dict) -> dict:
-    """dlc parameters (numpy, dlc layout) -> the torch model's state dict (numpy)."""
-    def linear(torch_name, dlc_name):
-        return {f"{torch_name}.weight": P[f"{dlc_name}.W"].T, f"{torch_name}.bias": P[f"{dlc_name}.b"]}
+@functools.lru_cache(maxsize=None)
+def _torch_layout(name: str):
+    from dlc.compiler.loader import load
+    from dlc.runtime.torch_layout import TorchLayout
+    return TorchLayout(load(str(WORKLOAD_DIR / f"{name}.dl")).build(training=False).params)
 
-    if name == "mlp":
-        return linear("h1", "h1") | linear("h2", "h2") | linear("logits", "logits")
-    if name == "lenet":
-        conv = {f"{c}.{t}": P[f"{c}.{d}"] for c in ("c1", "c3") for t, d in (("weight", "W"), ("bias", "b"))}
-        return conv | linear("f5", "f5") | linear("f6", "f6") | linear("logits", "logits")
-    if name == "lstm":
-        # gate order i, f, g, o on both sides; torch keeps [4H, D], dlc [D, 4H]
-        return {"hs.weight_ih_l0": P["hs.Wx"].T, "hs.weight_hh_l0": P["hs.Wh"].T,
-                "hs.bias_ih_l0": P["hs.bx"], "hs.bias_hh_l0": P["hs.bh"]} | linear("logits", "logits")
-    if name == "transformer":
-        sd = {"emb.weight": P["emb.W"], "pos": P["x.P"]} | linear("logits", "logits")
-        for i in range(2):
-            d, t = f"enc{i + 1}", f"layers.{i}"
-            a = f"{d}.attn"
-            sd |= {
-                f"{t}.self_attn.in_proj_weight": np.concatenate([P[f"{a}.Wq"].T, P[f"{a}.Wk"].T, P[f"{a}.Wv"].T]),
-                f"{t}.self_attn.in_proj_bias": np.concatenate([P[f"{a}.bq"], P[f"{a}.bk"], P[f"{a}.bv"]]),
-                f"{t}.self_attn.out_proj.weight": P[f"{a}.Wo"].T,
-                f"{t}.self_attn.out_proj.bias": P[f"{a}.bo"],
-                f"{t}.linear1.weight": P[f"{d}.ffn.inner.W"].T, f"{t}.linear1.bias": P[f"{d}.ffn.inner.b"],
-                f"{t}.linear2.weight": P[f"{d}.ffn.W"].T, f"{t}.linear2.bias": P[f"{d}.ffn.b"],
-                f"{t}.norm1.weight": P[f"{d}.ln1.gamma"], f"{t}.norm1.bias": P[f"{d}.ln1.beta"],
-                f"{t}.norm2.weight": P[f"{d}.ln2.gamma"], f"{t}.norm2.bias": P[f"{d}.ln2.beta"],
-            }
-        return sd
-    raise KeyError(name)
+
+def torch_state(name: str, P: dict) -> dict:
+    """dlc parameters (numpy, dlc layout) -> the torch model's state dict (numpy), by dlc's
+    own mapping (runtime/torch_layout.py): the torch models above name their modules as the
+    workloads name their layers."""
+    return _torch_layout(name).to_torch(P)
 
 
 # ---- the JAX models (dlc's parameter layout, written functionally) -----------------------------------------
@@ -233,7 +215,7 @@ def jax_loss_fn(name: str, jax):
 
     def transformer(P, b):
         tokens = b["tokens"]
-        h = P["emb.W"][tokens] + P["x.P"][:tokens.shape[1]]
+        h = P["emb.W"][tokens] + P["pos.P"][:tokens.shape[1]]
         for d in ("enc1", "enc2"):
             h = h + mha(P, f"{d}.attn", layernorm(P, f"{d}.ln1", h), 4)
             inner = jax.nn.gelu(dense(P, f"{d}.ffn.inner", layernorm(P, f"{d}.ln2", h)), approximate=True)

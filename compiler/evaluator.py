@@ -135,7 +135,7 @@ class Evaluator:
         for node, scope, local, trainable, span in self.param_nodes:
             name = names[node]
             self.graph.attrs(node)["name"] = name
-            params.append(ParamInfo(name, self.graph.types(node)[0], trainable, span))
+            params.append(ParamInfo(name, self.graph.types(node)[0], trainable, span, scope.calls()))
         for node, value in self.updates.items():
             self.graph.outputs[f"update:{names[node]}"] = value
         self.init.outputs = {names[node]: value for (node, *_), value in zip(self.param_nodes, self.init_values)}
@@ -641,7 +641,7 @@ class Evaluator:
             env.vars[a.name] = value
         saved_scope, saved_label = self.scope, self.label
         label = self.label if explicit is None else ".".join(p for p in (explicit, *map(str, self.repeat_index)) if p)
-        self.scope = self.scope.child(label, explicit is not None, span)
+        self.scope = self.scope.child(label, explicit is not None, span, decl)
         saved_repeat, self.repeat_index = self.repeat_index, ()
         self.stack.append((decl, span))
         try:

@@ -14,8 +14,10 @@ class ParamScope:
     so every parameter under it is the first call's (shared weights)."""
 
     def __init__(self, label: str, parent: "ParamScope | None", first_call: Span | None = None,
-                 replay: bool = False):
+                 replay: bool = False, defn: A.Def | None = None):
         self.label, self.parent = label, parent
+        self.defn = defn                      # the def whose call opened this node (None at the root)
+        self.path = ""                        # the prefix of its parameters' names, once they are assigned
         self.children: list[ParamScope] = []
         self.params: dict[str, int] = {}      # local name -> param node
         self.named: dict[str, ParamScope] = {}  # explicit name= children
@@ -24,7 +26,7 @@ class ParamScope:
         self.first_call = first_call          # the call that made an explicit name's node
         self.replay = replay                  # walked by a later call of a shared name
 
-    def child(self, label: str, explicit: bool, call: Span) -> "ParamScope":
+    def child(self, label: str, explicit: bool, call: Span, defn: A.Def) -> "ParamScope":
         """The node of a call made in this one. The k-th call with a label in one visit
         gets the k-th child with that label, so a replay finds the first call's nodes."""
         if explicit:
@@ -35,7 +37,7 @@ class ParamScope:
             self.entered[label] = k + 1
             scope = same[k] if k < len(same) else None
         if scope is None:
-            scope = ParamScope(label, self, call if explicit else None, self.replay)
+            scope = ParamScope(label, self, call if explicit else None, self.replay, defn)
             self.children.append(scope)
             if explicit:
                 self.named[label] = scope
@@ -60,6 +62,7 @@ class ParamScope:
 
     def assign_names(self, prefix: str, out: dict):
         """Number same-label siblings that own parameters; collect full names."""
+        self.path = prefix
         for name, node in self.params.items():
             out[node] = f"{prefix}.{name}" if prefix else name
         groups: dict[str, list] = {}
@@ -72,6 +75,23 @@ class ParamScope:
                 path = ".".join(p for p in (prefix, seg) if p)
                 c.assign_names(path, out)
 
+    def calls(self) -> tuple:
+        """The calls from the model down to this node, outermost first."""
+        chain, scope = [], self
+        while scope.defn is not None:
+            chain.append(DefCall(scope.defn.name, scope.defn.span.in_stdlib(), scope.path))
+            scope = scope.parent
+        return tuple(reversed(chain))
+
+
+@dataclass(frozen=True)
+class DefCall:
+    """A call of a def on the way to a parameter's declaration: the def's name, whether it
+    is the standard library's, and the name prefix of the parameters under the call."""
+    name: str
+    stdlib: bool
+    path: str
+
 
 @dataclass
 class ParamInfo:
@@ -79,6 +99,7 @@ class ParamInfo:
     type: TensorType
     trainable: bool
     span: Span
+    calls: tuple = ()    # the DefCalls that led to its declaration, outermost first (none: the model's own)
 
 
 @dataclass

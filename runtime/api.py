@@ -15,7 +15,7 @@ import numpy as np
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.loader import load as load_program
-from dlc.runtime import checkpoint, data as datasets
+from dlc.runtime import data as datasets, weights
 from dlc.runtime.backends import make_engine
 from dlc.runtime.trainer import Trainer, data_settings, evaluation_data, fit_input, input_arrays, mean_metrics, to_stderr
 
@@ -42,8 +42,8 @@ class DlcModel:
 
     # -- weights --
     def load_weights(self, path) -> "DlcModel":
-        params, _, meta = checkpoint.load(path)
-        self.params, self.meta = checkpoint.conform(path, params, self.eval_model.params), meta
+        """A checkpoint (.npz) or a .safetensors file, in dlc's or torch.nn's names and layouts."""
+        self.params, self.meta = weights.load(path, self.eval_model.params)
         return self
 
     def _require_weights(self):

@@ -301,6 +301,50 @@ def cmd_generate(args):
     print(" ".join(str(t) for t in ids[:ids.index(2) + 1 if 2 in ids else len(ids)]))
 
 
+EXPORT_SUFFIXES = {".onnx": "onnx", ".safetensors": "safetensors"}
+
+
+def _export_format(args) -> str:
+    """--format, else the output's suffix; torch's pickled .pt / .pth is not written (usage errors)."""
+    suffix = Path(args.output).suffix
+    if suffix in (".pt", ".pth"):
+        args.command_parser.error(f"dlc does not write {suffix} files (torch's pickle format needs torch and runs "
+                                  "code when loaded): write a .safetensors file with --format torch and load it with "
+                                  "safetensors.torch.load_file")
+    fmt = args.format or EXPORT_SUFFIXES.get(suffix)
+    if fmt is None:
+        args.command_parser.error(f"cannot tell the format of '{args.output}': name it .onnx or .safetensors, "
+                                  "or give --format")
+    if suffix in EXPORT_SUFFIXES and (EXPORT_SUFFIXES[suffix] == "onnx") != (fmt == "onnx"):
+        args.command_parser.error(f"--format {fmt} does not write a {suffix} file")
+    return fmt
+
+
+def cmd_export(args):
+    from dlc.compiler.loader import load
+    from dlc.runtime import checkpoint, weights
+    from dlc.runtime.trainer import initial_parameters, make_config
+    fmt = _export_format(args)
+    program = load(args.file)
+    model = program.build(args.model, training=False)
+    if args.weights:
+        params, _ = weights.load(args.weights, model.params)
+    else:       # the parameters a run of the train block starts from
+        seed = make_config(program, model.name, {}, require_data=False, model=model).seed
+        params = initial_parameters(model, seed)
+        print(f"note: no --weights: exporting the initial parameters of {model.name} (seed {seed})", file=sys.stderr)
+    if fmt == "onnx":
+        from dlc.compiler.onnx_export import save_onnx
+        save_onnx(model, params, args.output)
+    else:
+        layout = "torch" if fmt == "torch" else "dlc"
+        kept = weights.save(args.output, params, model, checkpoint.source_hash(Path(args.file).read_text()), layout)
+        if kept:
+            print(f"note: {len(kept)} parameters have no torch.nn counterpart and keep their dlc names and layouts: "
+                  + ", ".join(kept), file=sys.stderr)
+    print(f"wrote {args.output} ({fmt})")
+
+
 def cmd_bench(args):
     from dlc.compiler.loader import load
     from dlc.runtime.bench import bench
@@ -417,6 +461,20 @@ def parser() -> argparse.ArgumentParser:
                    help="0 is greedy; higher samples more freely")
     c.add_argument("--seed", type=_seed, default=0)
     c.set_defaults(run=cmd_generate)
+
+    c = sub.add_parser("export", help="write a model's weights as .safetensors (dlc's or torch.nn's layout) or the "
+                                      "model as .onnx",
+                       description="torch's own .pt format is a pickle, which needs torch to write and runs code "
+                                   "when loaded: --format torch writes a .safetensors file in torch.nn's names and "
+                                   "layouts instead, for safetensors.torch.load_file and load_state_dict.")
+    _add_model_args(c)
+    c.add_argument("--weights", metavar="CKPT", help="a checkpoint (.npz) or .safetensors file (default: the initial "
+                                                     "parameters, seeded as training seeds them)")
+    c.add_argument("-o", "--output", required=True, metavar="OUT", help="the file to write: .onnx or .safetensors")
+    c.add_argument("--format", choices=["onnx", "safetensors", "torch"],
+                   help="default: from OUT's suffix. safetensors: dlc's names and layouts; torch: torch.nn's "
+                        "(a .safetensors file)")
+    c.set_defaults(run=cmd_export)
     for c in sub.choices.values():
         c.set_defaults(command_parser=c)
     return p

@@ -28,7 +28,7 @@ from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.loader import Program
 from dlc.compiler.model import Model
-from dlc.runtime import budget, checkpoint, config, data as datasets
+from dlc.runtime import budget, checkpoint, config, data as datasets, weights
 from dlc.runtime.backends import make_engine
 from dlc.runtime.config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
 from dlc.runtime.gradcheck import index_bound, init_params
@@ -356,6 +356,13 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
     return train
 
 
+def initial_parameters(model: Model, seed: int) -> dict:
+    """The parameters a run starts from: the model's initializers with the key (seed, 0), floats in float32."""
+    params = init_params(model, seed, float_dtype="f32")
+    # asarray, not ascontiguousarray, which makes a scalar parameter (perceptron's b) an array of one
+    return {k: np.asarray(v, np.float32, order="C") if v.dtype.kind == "f" else v for k, v in params.items()}
+
+
 def to_stderr(msg: str):
     print(msg, file=sys.stderr)
 
@@ -396,23 +403,12 @@ class Trainer:
                          metric_names(self.train_model))
 
     def initial_params(self) -> dict:
-        params = init_params(self.train_model, self.cfg.seed, float_dtype="f32")
-        params = {k: np.ascontiguousarray(v, np.float32) if v.dtype.kind == "f" else v for k, v in params.items()}
+        params = initial_parameters(self.train_model, self.cfg.seed)
         if self.cfg.init_from:
             path = self.cfg.init_from
             path = (self.base / path) if not Path(path).is_absolute() else Path(path)
-            saved, _, _ = checkpoint.load(path)
-            matched, skipped = [], []
-            for name, value in saved.items():
-                if name in params and params[name].shape == value.shape:
-                    params[name] = value.astype(params[name].dtype)
-                    matched.append(name)
-                elif name in params:
-                    skipped.append(f"{name} ({list(value.shape)} vs {list(params[name].shape)})")
-            new = [n for n in params if n not in matched]
-            self.log(f"init_from {path}: {len(matched)} matched, {len(new)} new"
-                     + (f" ({', '.join(new)})" if new else "")
-                     + (f", {len(skipped)} skipped for shape: {', '.join(skipped)}" if skipped else ""))
+            params, report = weights.transfer(path, params, self.train_model.params)
+            self.log(f"init_from {path}: {report}")
         return params
 
     # -- run --

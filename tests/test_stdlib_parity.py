@@ -7,7 +7,9 @@ differentiate is sum(y * r) for a fixed random r per output.
 
 The torch side runs the real torch.nn module through torch.func.functional_call with
 parameters computed from the dlc-layout tensors (W.T, concatenations, ...), so autograd
-hands back gradients in dlc's layout directly.
+hands back gradients in dlc's layout directly. Composite layers (recurrent, attention,
+transformer) get them by dlc's own mapping to torch.nn's names (runtime/torch_layout.py),
+which these tests so check too.
 """
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ F = torch.nn.functional
 from torch.func import functional_call  # noqa: E402
 
 from dlc.compiler.dims import concrete  # noqa: E402
+from dlc.runtime.torch_layout import TorchLayout  # noqa: E402
 from numeric_helpers import assert_close, build, check_params_given, forward, gradients  # noqa: E402
 
 DT = torch.float64
@@ -54,7 +57,8 @@ def parity(decls: dict, body: str, torch_fn, outputs=("y",), feeds=None, values=
     decls: float tensors declared as model params (the layer's inputs), name -> shape.
     values: values for some params by name (the rest are random normal * scale).
     torch_fn(T, feeds) -> dict: the outputs by name, plus optional "update:<state>" values;
-    T holds a float64 leaf tensor for every dlc parameter and state, in dlc's layout.
+    T holds a float64 leaf tensor for every dlc parameter and state, in dlc's layout
+    (`Leaves`: T.torch(prefix) gives the layer's in torch.nn's names).
     sizes: values of the symbolic dims of the model's own inputs (e.g. {"N": 4}).
     """
     feeds = dict(feeds or {})
@@ -75,7 +79,8 @@ def parity(decls: dict, body: str, torch_fn, outputs=("y",), feeds=None, values=
     dl_out = forward(model, feeds, params)
     dl_step = gradients(model, feeds, params)
 
-    T = {p.name: torch.tensor(params[p.name], dtype=DT, requires_grad=p.trainable) for p in model.params}
+    T = Leaves({p.name: torch.tensor(params[p.name], dtype=DT, requires_grad=p.trainable) for p in model.params},
+               TorchLayout(model.params))
     tfeeds = {k: (torch.tensor(v, dtype=DT) if np.issubdtype(np.asarray(v).dtype, np.floating)
                   else torch.tensor(np.asarray(v), dtype=torch.long)) for k, v in feeds.items()}
     t_out = torch_fn(T, tfeeds)
@@ -96,6 +101,20 @@ def parity(decls: dict, body: str, torch_fn, outputs=("y",), feeds=None, values=
         tg = np.zeros(p.type.shape) if tg is None else tg.numpy()
         assert_close(dl_step[f"grad:{p.name}"], tg, rtol, f"grad:{p.name}")
     return model, dl_out, dl_step
+
+
+class Leaves(dict):
+    """The leaf tensors of a model's parameters by dlc name."""
+
+    def __init__(self, tensors: dict, layout: TorchLayout):
+        super().__init__(tensors)
+        self.layout = layout
+
+    def torch(self, prefix: str) -> dict:
+        """The tensors of the layer named `prefix` by their torch.nn names relative to it,
+        computed from the leaves (transposed, concatenated) by dlc's mapping."""
+        return {name[len(prefix) + 1:]: value for name, value in self.layout.to_torch(self, torch.cat).items()
+                if name.startswith(prefix + ".")}
 
 
 def call(module, mapping: dict, *args, **kwargs):
@@ -336,11 +355,6 @@ def test_shared_weights_accumulate_gradients():
 
 
 # ---- recurrent layers --------------------------------------------------------------------------------------------
-def _rnn_mapping(T, prefix, suffix=""):
-    return {f"weight_ih_l0{suffix}": T[f"{prefix}.Wx"].T, f"weight_hh_l0{suffix}": T[f"{prefix}.Wh"].T,
-            f"bias_ih_l0{suffix}": T[f"{prefix}.bx"], f"bias_hh_l0{suffix}": T[f"{prefix}.bh"]}
-
-
 TORCH_CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 D, H, SEQ = 3, 4, (2, 5, 3)
 
@@ -349,7 +363,7 @@ def _run_cell(cell, T, x, reverse=False, hx=None, prefix="y", **kw):
     m = TORCH_CELLS[cell](D, H, batch_first=True, dtype=DT, **kw)
     xin = x.flip(1) if reverse else x
     args = (xin,) if hx is None else (xin, hx)
-    out, state = call(m, _rnn_mapping(T, prefix), *args)
+    out, state = call(m, T.torch(prefix), *args)
     return (out.flip(1) if reverse else out), state
 
 
@@ -390,15 +404,14 @@ def test_state_in_and_out(cell):
 def test_bidirectional_concat(cell):
     def fn(T, f):
         m = TORCH_CELLS[cell](D, H, batch_first=True, bidirectional=True, dtype=DT)
-        mapping = {**_rnn_mapping(T, "y.fwd"), **_rnn_mapping(T, "y.bwd", "_reverse")}
-        return {"y": call(m, mapping, T["x"])[0]}
+        return {"y": call(m, T.torch("y"), T["x"])[0]}
     parity({"x": SEQ}, f"y = bidirectional(x, {cell}, {H})", fn, scale=0.7)
 
 
 def test_bidirectional_sum():
     def fn(T, f):
         m = nn.LSTM(D, H, batch_first=True, bidirectional=True, dtype=DT)
-        out = call(m, {**_rnn_mapping(T, "y.fwd"), **_rnn_mapping(T, "y.bwd", "_reverse")}, T["x"])[0]
+        out = call(m, T.torch("y"), T["x"])[0]
         return {"y": out[..., :H] + out[..., H:]}
     parity({"x": SEQ}, f"y = bidirectional(x, lstm, {H}, \"sum\")", fn, scale=0.7)
 
@@ -406,25 +419,12 @@ def test_bidirectional_sum():
 def test_stacked_lstm():
     def fn(T, f):
         m = nn.LSTM(D, H, num_layers=2, batch_first=True, dtype=DT)
-        mapping = _rnn_mapping(T, "y.layer.0")
-        layer1 = _rnn_mapping(T, "y.layer.1")
-        mapping.update({k.replace("l0", "l1"): v for k, v in layer1.items()})
-        return {"y": call(m, mapping, T["x"])[0]}
+        return {"y": call(m, T.torch("y"), T["x"])[0]}
     parity({"x": SEQ}, f"y = stacked(x, lstm, {H}, 2)", fn, scale=0.7)
 
 
 # ---- attention ---------------------------------------------------------------------------------------------------------
 B, TQ, TK, DM, HEADS = 2, 3, 4, 8, 2
-
-
-def _mha_mapping(T, p, same_dims=True):
-    m = {"in_proj_bias": torch.cat([T[f"{p}.bq"], T[f"{p}.bk"], T[f"{p}.bv"]]),
-         "out_proj.weight": T[f"{p}.Wo"].T, "out_proj.bias": T[f"{p}.bo"]}
-    if same_dims:
-        m["in_proj_weight"] = torch.cat([T[f"{p}.Wq"].T, T[f"{p}.Wk"].T, T[f"{p}.Wv"].T])
-    else:
-        m.update({"q_proj_weight": T[f"{p}.Wq"].T, "k_proj_weight": T[f"{p}.Wk"].T, "v_proj_weight": T[f"{p}.Wv"].T})
-    return m
 
 
 def causal(T):
@@ -433,7 +433,7 @@ def causal(T):
 
 def _mha(T, q, kv, **kw):
     m = nn.MultiheadAttention(DM, HEADS, batch_first=True, dtype=DT)
-    return call(m, _mha_mapping(T, "y"), q, kv, kv, need_weights=False, **kw)[0]
+    return call(m, T.torch("y"), q, kv, kv, need_weights=False, **kw)[0]
 
 
 def test_multi_head_self_attention():
@@ -455,8 +455,7 @@ def test_multi_head_cross_attention():
 def test_multi_head_attention_other_memory_width():
     def fn(T, f):
         m = nn.MultiheadAttention(DM, HEADS, kdim=5, vdim=5, batch_first=True, dtype=DT)
-        return {"y": call(m, _mha_mapping(T, "y", same_dims=False), T["x"], T["mem"], T["mem"],
-                          need_weights=False)[0]}
+        return {"y": call(m, T.torch("y"), T["x"], T["mem"], T["mem"], need_weights=False)[0]}
     parity({"x": (B, TQ, DM), "mem": (B, TK, 5)}, f"y = multi_head_attention(x, mem, {HEADS})", fn)
 
 
@@ -489,15 +488,6 @@ def _gelu_tanh(x):
     return F.gelu(x, approximate="tanh")
 
 
-def _ffn_mapping(T, p):
-    return {"linear1.weight": T[f"{p}.ffn.inner.W"].T, "linear1.bias": T[f"{p}.ffn.inner.b"],
-            "linear2.weight": T[f"{p}.ffn.W"].T, "linear2.bias": T[f"{p}.ffn.b"]}
-
-
-def _ln(T, torch_name, dl_name):
-    return {f"{torch_name}.weight": T[f"{dl_name}.gamma"], f"{torch_name}.bias": T[f"{dl_name}.beta"]}
-
-
 FFN = 16
 
 
@@ -510,9 +500,7 @@ def test_transformer_encoder_block(variant):
     def fn(T, f):
         m = nn.TransformerEncoderLayer(DM, HEADS, FFN, dropout=0.0, activation=_gelu_tanh, batch_first=True,
                                        norm_first=pre, dtype=DT).train()
-        mapping = {**{f"self_attn.{k}": v for k, v in _mha_mapping(T, "y.attn").items()}, **_ffn_mapping(T, "y"),
-                   **_ln(T, "norm1", "y.ln1"), **_ln(T, "norm2", "y.ln2")}
-        return {"y": call(m, mapping, T["x"], src_mask=causal(TQ) if mask else None)}
+        return {"y": call(m, T.torch("y"), T["x"], src_mask=causal(TQ) if mask else None)}
     values = {f"y.ln{i}.gamma": np.random.default_rng(6 + i).uniform(0.5, 1.5, DM) for i in (1, 2)}
     parity({"x": (B, TQ, DM)}, body, fn, values=values)
 
@@ -526,11 +514,7 @@ def test_transformer_decoder_block(variant):
     def fn(T, f):
         m = nn.TransformerDecoderLayer(DM, HEADS, FFN, dropout=0.0, activation=_gelu_tanh, batch_first=True,
                                        norm_first=pre, dtype=DT).train()
-        mapping = {**{f"self_attn.{k}": v for k, v in _mha_mapping(T, "y.self_attn").items()},
-                   **{f"multihead_attn.{k}": v for k, v in _mha_mapping(T, "y.cross_attn").items()},
-                   **_ffn_mapping(T, "y"), **_ln(T, "norm1", "y.ln1"), **_ln(T, "norm2", "y.ln2")}
-        mapping.update(_ln(T, "norm3", "y.ln3" if pre else "y"))
-        return {"y": call(m, mapping, T["x"], T["mem"], tgt_mask=causal(TQ))}
+        return {"y": call(m, T.torch("y"), T["x"], T["mem"], tgt_mask=causal(TQ))}
     parity({"x": (B, TQ, DM), "mem": (B, TK, DM)}, body, fn)
 
 
@@ -783,20 +767,12 @@ def test_positional_embedding_and_sinusoidal_encoding():
            outputs=("y", "z"))
 
 
-def _encoder_layer_mapping(T, dl, tp):
-    return {**{f"{tp}self_attn.{k}": v for k, v in _mha_mapping(T, f"{dl}.attn").items()},
-            **{f"{tp}{k}": v for k, v in _ffn_mapping(T, dl).items()},
-            **_ln(T, f"{tp}norm1", f"{dl}.ln1"), **_ln(T, f"{tp}norm2", f"{dl}.ln2")}
-
-
 def test_transformer_encoder_stack():
     def fn(T, f):
         layer = nn.TransformerEncoderLayer(DM, HEADS, FFN, dropout=0.0, activation=_gelu_tanh, batch_first=True,
                                            norm_first=True, dtype=DT)
         m = nn.TransformerEncoder(layer, 2, norm=nn.LayerNorm(DM, dtype=DT), enable_nested_tensor=False).train()
-        mapping = {**_encoder_layer_mapping(T, "y.0", "layers.0."), **_encoder_layer_mapping(T, "y.1", "layers.1."),
-                   **_ln(T, "norm", "y")}
-        return {"y": call(m, mapping, T["x"], mask=causal(TQ))}
+        return {"y": call(m, T.torch("y"), T["x"], mask=causal(TQ))}
     parity({"x": (B, TQ, DM)}, f"y = transformer_encoder(x, 2, {HEADS}, {FFN}, rate = 0.0, mask = causal_mask({TQ}))",
            fn)
 
@@ -806,15 +782,7 @@ def test_transformer_decoder_stack():
         layer = nn.TransformerDecoderLayer(DM, HEADS, FFN, dropout=0.0, activation=_gelu_tanh, batch_first=True,
                                            norm_first=True, dtype=DT)
         m = nn.TransformerDecoder(layer, 2, norm=nn.LayerNorm(DM, dtype=DT)).train()
-        mapping = _ln(T, "norm", "y")
-        for i in range(2):
-            tp, dl = f"layers.{i}.", f"y.{i}"
-            mapping.update({f"{tp}self_attn.{k}": v for k, v in _mha_mapping(T, f"{dl}.self_attn").items()})
-            mapping.update({f"{tp}multihead_attn.{k}": v for k, v in _mha_mapping(T, f"{dl}.cross_attn").items()})
-            mapping.update({f"{tp}{k}": v for k, v in _ffn_mapping(T, dl).items()})
-            for n in (1, 2, 3):
-                mapping.update(_ln(T, f"{tp}norm{n}", f"{dl}.ln{n}"))
-        return {"y": call(m, mapping, T["x"], T["mem"], tgt_mask=causal(TQ))}
+        return {"y": call(m, T.torch("y"), T["x"], T["mem"], tgt_mask=causal(TQ))}
     parity({"x": (B, TQ, DM), "mem": (B, TK, DM)},
            f"y = transformer_decoder(x, mem, 2, {HEADS}, {FFN}, rate = 0.0, mask = causal_mask({TQ}))", fn)
 
