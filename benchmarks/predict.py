@@ -1,0 +1,156 @@
+"""Inference latency: dlc's native prediction against onnxruntime running dlc's own ONNX
+export of the same model, and PyTorch eager (inference mode) on the torch.nn twin.
+
+The four train_step.py workloads (benchmarks/workloads/), each with an `output scores =
+logits` added, at batch 1 (latency) and batch 256 (throughput). Every framework starts
+from the same parameters (dlc's initializers; torch through runtime/torch_layout.py), and
+their outputs must agree within 1e-4 before anything is timed. Each framework runs at 2
+threads (torch.set_num_threads; onnxruntime's intra_op_num_threads; dlc's default).
+dlc is timed through the public API, `DlcModel.predict`, as a user calls it.
+
+    python benchmarks/predict.py
+    python benchmarks/predict.py --only lstm --batch 1 --json /tmp/predict.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from machine import OtherLoad, wait_idle
+from train_step import DEFAULT_STEPS, THREADS, WORKLOAD_DIR, make_batch, torch_model, torch_state
+
+BATCHES = (1, 256)
+OUTPUT_RTOL = 1e-4
+SECONDS = 1.0           # timed seconds per framework and point (at least MIN_CALLS calls)
+MIN_CALLS = 5
+
+
+def inputs_of(name: str, batch: int, seed: int) -> dict:
+    """The workload's model inputs (its targets left out) for `batch` examples: train_step's
+    batch, its examples repeated or cut to that many."""
+    full = make_batch(name, seed)
+    return {k: np.resize(v, (batch,) + v.shape[1:]) for k, v in full.items() if k != "y"}
+
+
+def dlc_model(name: str, folder: Path, seed: int):
+    """The workload as a DlcModel with an output, and its initial parameters."""
+    from dlc.runtime.api import DlcModel
+    from dlc.runtime.trainer import initial_parameters
+    text = (WORKLOAD_DIR / f"{name}.dl").read_text()
+    text = re.sub(r"\}\s*$", "    output scores = logits\n}\n", text)
+    path = folder / f"{name}.dl"
+    path.write_text(text)
+    model = DlcModel(str(path), backend="native")
+    model.params = initial_parameters(model.train_model, seed)
+    return model
+
+
+def onnx_session(model, folder: Path):
+    import onnxruntime as ort
+    from dlc.compiler.onnx_export import save_onnx
+    path = folder / f"{model.name}.onnx"
+    save_onnx(model.eval_model, model.params, path)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def median_ms(fn) -> tuple[float, float]:
+    """Median milliseconds per call of fn over about SECONDS, and the cores others used meanwhile."""
+    for _ in range(3):
+        fn()
+    times = []
+    with OtherLoad() as other:
+        start = time.perf_counter()
+        while len(times) < MIN_CALLS or time.perf_counter() - start < SECONDS:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3, other.cores
+
+
+def run_point(name: str, batch: int, frameworks: dict, seed: int) -> dict:
+    feeds = inputs_of(name, batch, seed)
+    outputs = {k: np.asarray(fn(feeds)) for k, fn in frameworks.items()}
+    ref = outputs["dlc"]
+    for k, out in outputs.items():
+        err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30)
+        if out.shape != ref.shape or err > OUTPUT_RTOL:
+            raise SystemExit(f"{name}, batch {batch}: {k}'s outputs differ from dlc's ({out.shape}, {err:.2e})")
+    row = {"workload": name, "batch": batch, "others": 0.0}
+    for k, fn in frameworks.items():
+        row[k], others = median_ms(lambda fn=fn: fn(feeds))
+        row["others"] = max(row["others"], others)
+    return row
+
+
+def frameworks_for(name: str, folder: Path, seed: int) -> dict:
+    import torch
+    model = dlc_model(name, folder, seed)
+    session = onnx_session(model, folder)
+    twin = torch_model(name, torch)
+    twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, np.float32))
+                          for k, v in torch_state(name, model.params).items()}, strict=True)
+    twin.eval()
+
+    def torch_run(feeds):
+        with torch.inference_mode():
+            return twin({k: torch.from_numpy(v) if v.dtype != np.int32 else torch.from_numpy(v.astype(np.int64))
+                         for k, v in feeds.items()}).numpy()
+
+    return {"dlc": lambda feeds: model.predict(feeds, batch=len(next(iter(feeds.values()))))["scores"],
+            "onnxruntime": lambda feeds: session.run(["scores"], feeds)[0],
+            "torch": torch_run}
+
+
+def table(rows: list) -> str:
+    head = "| workload | batch | dlc ms | onnxruntime ms | torch ms | dlc/onnxruntime | dlc/torch | others |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['batch']} | {r['dlc']:.3f} | {r['onnxruntime']:.3f} | {r['torch']:.3f} | "
+                     f"{r['dlc'] / r['onnxruntime']:.2f} | {r['dlc'] / r['torch']:.2f} | {r['others']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", choices=tuple(DEFAULT_STEPS), action="append", help="this workload only (repeatable)")
+    ap.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCHES})")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                    help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
+    args = ap.parse_args(argv)
+    import onnxruntime
+    import torch
+    torch.set_num_threads(THREADS)
+    print(f"dlc prediction against onnxruntime {onnxruntime.__version__} and torch {torch.__version__} eager, "
+          f"{THREADS} threads; median ms per call")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or list(DEFAULT_STEPS):
+            if args.wait_idle:
+                wait_idle(args.wait_idle)
+            frameworks = frameworks_for(name, Path(tmp), args.seed)
+            for batch in args.batch or BATCHES:
+                rows.append(run_point(name, batch, frameworks, args.seed))
+                print(f"  {name} batch {batch}: " + ", ".join(f"{k} {rows[-1][k]:.3f} ms" for k in frameworks),
+                      flush=True)
+    print("\nothers: cores used by other processes while timing (0 = quiet machine)\n")
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
