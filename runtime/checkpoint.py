@@ -166,7 +166,7 @@ def conform(path, saved: dict, params: list) -> dict:
         value = saved[p.name]
         if value.dtype.kind not in "biuf":
             raise DlcError(f"{path}: {p.name} holds {value.dtype} values; a parameter needs numbers ({p.type})")
-        out[p.name] = np.ascontiguousarray(value, DTYPES[p.type.dtype])
+        out[p.name] = np.ascontiguousarray(value, DTYPES[p.type.dtype]).reshape(value.shape)   # a scalar stays one
     return out
 
 
