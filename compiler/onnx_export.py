@@ -186,14 +186,8 @@ class _Export:
             raise DlcError(f"the size {s} is not an axis of any input, so the exported graph cannot know it",
                            self.main.span)
         name, axis, span = self.symbols[s]
-
-        def shape_of():
-            saved, self.main.span = self.main.span, span
-            try:
-                return self.main.op("Shape", [name], start=axis, end=axis + 1, name_hint=f"%size({s})")
-            finally:
-                self.main.span = saved
-        return self.cached(("size", Dim.sym(s)), shape_of)
+        return self.cached(("size", Dim.sym(s)), lambda: self.main.op(
+            "Shape", [name], name_hint=f"%size({s})", span=span, start=axis, end=axis + 1))
 
     def vector(self, values) -> str:
         """int64[len(values)] of ints and dims (a shape, the starts of a slice)."""
@@ -234,21 +228,24 @@ class _Builder:
         self.node: int | None = None
         self.made = 0                       # values made for the current node
 
-    def fresh(self, hint: str | None = None) -> str:
-        if hint:
-            return self.prefix + hint
+    def fresh(self) -> str:
+        """A value name after the dlc node being exported: %12, then %12_2, %12_3, ..."""
         self.made += 1
-        base = f"{self.prefix}%{self.node}" if self.node is not None else f"{self.prefix}%"
-        return base if self.made == 1 and self.node is not None else f"{base}_{self.made}"
+        return f"{self.prefix}%{self.node}" + (f"_{self.made}" if self.made > 1 else "")
 
-    def op(self, op_type: str, inputs: list, name_hint: str | None = None, **attrs) -> str:
-        return self.ops(op_type, inputs, 1, name_hint, **attrs)[0]
+    def op(self, op_type: str, inputs: list, name_hint: str | None = None, span: Span | None = None,
+           **attrs) -> str:
+        """Add a node with one output, named `name_hint` (in this graph's namespace) or after
+        the current dlc node; its doc_string is `span`, by default the current node's place."""
+        return self._add(op_type, inputs, [self.prefix + name_hint if name_hint else self.fresh()], span, attrs)[0]
 
-    def ops(self, op_type: str, inputs: list, count: int, name_hint: str | None = None, **attrs) -> list:
-        outs = [self.fresh(name_hint) for _ in range(count)]
+    def ops(self, op_type: str, inputs: list, count: int, **attrs) -> list:
+        return self._add(op_type, inputs, [self.fresh() for _ in range(count)], None, attrs)
+
+    def _add(self, op_type: str, inputs: list, outputs: list, span: Span | None, attrs: dict) -> list:
         self.nodes.append(self.export.onnx.helper.make_node(
-            op_type, list(inputs), outs, name=outs[0], doc_string=source_place(self.span), **attrs))
-        return outs
+            op_type, list(inputs), outputs, name=outputs[0], doc_string=source_place(span or self.span), **attrs))
+        return outputs
 
     def const(self, value, dtype: str) -> str:
         return self.export.const(value, dtype)
@@ -301,7 +298,6 @@ def _rename(nodes: list, old: str, new: str):
             for i, v in enumerate(field):
                 if v == old:
                     field[i] = new
-    for node in nodes:
         if node.name == old:
             node.name = new
 
@@ -513,7 +509,7 @@ def _slice(b, n, xs, starts, stops, steps):
     shape = b.graph.inputs(n)[0].shape
     axes = [i for i, (a, z, s, d) in enumerate(zip(starts, stops, steps, shape)) if (a, z, s) != (0, d, 1)]
     if not axes:
-        return [b.op("Identity", xs)]
+        return xs
     lo = [_from_end(starts[i], shape[i], False) for i in axes]
     hi = [_from_end(stops[i], shape[i], True) for i in axes]
     return [b.op("Slice", [xs[0], b.export.vector(lo), b.export.vector(hi), b.const(axes, "i64"),
@@ -534,7 +530,7 @@ def _pad(b, n, xs, lo, hi, interior):
             x = b.op("Slice", [x, b.const([0], "i64"), b.const([-gap], "i64"), b.const([axis], "i64")])
             shape[axis] = d + (d - 1) * gap
     if all(p == 0 for p in lo + hi):
-        return [x if x != xs[0] else b.op("Identity", xs)]
+        return [x]
     return [b.op("Pad", [x, b.export.vector(tuple(lo) + tuple(hi))])]
 
 
@@ -551,8 +547,8 @@ def _gather(b, n, xs):
 # ---- reductions and contraction --------------------------------------------------------------------------
 def _reduce(op_type: str):
     def rule(b, n, xs, axes):
-        if not axes:        # an empty axes input would reduce every axis
-            return [b.op("Identity", xs)]
+        if not axes:        # nothing to reduce (an empty axes input would reduce every axis)
+            return xs
         x, dtype = xs[0], _dtype(b, n)
         if dtype == "bool":         # ONNX reduces numbers: count, then any
             x = b.op("Cast", [x], to=b.export.elem_type("i32"))

@@ -11,6 +11,7 @@ largest magnitude (integers and bools exactly).
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -411,6 +412,13 @@ def test_export_errors(source, params, phrase):
     with pytest.raises(DlcError) as e:
         to_onnx(program.build(training=False), params)
     assert phrase in e.value.message
+
+
+def test_without_the_onnx_package_the_error_says_what_to_install(monkeypatch):
+    program = load_text("model m {\n input x: f32[B, 4]\n output y = x * 2\n}", "m.dl")
+    monkeypatch.setitem(sys.modules, "onnx", None)          # import onnx fails
+    with pytest.raises(DlcError, match=r'pip install "dlc\[onnx\]"'):
+        to_onnx(program.build(training=False), {})
 
 
 def test_a_training_mode_model_is_refused():
