@@ -270,7 +270,8 @@ class _Builder:
             outs = rule(self, n, xs, **data["attrs"])
             for j, name in enumerate(outs):
                 want = self.wanted.get((n, j))
-                if want is not None and any(name in node.output for node in self.nodes[first:]):
+                made_here = any(name in node.output for node in self.nodes[first:])
+                if want is not None and made_here and name not in self.export.cache.values():
                     _rename(self.nodes[first:], name, want)      # made just now: the output takes its name
                     name = want
                 self.names[(n, j)] = name
@@ -302,21 +303,17 @@ def _rename(nodes: list, old: str, new: str):
             node.name = new
 
 
-# the primitives whose ONNX ops broadcast their operands as numpy does
-_BROADCASTING = {"add", "sub", "mul", "div", "mod", "pow", "maximum", "minimum", "fma", "lt", "le", "gt", "ge",
-                 "eq", "ne", "logical_and", "logical_or", "select"}
-
-
 def _free_broadcasts(graph: Graph, live: set) -> set:
-    """The broadcasts an ONNX runtime does by itself: each reader broadcasts its operands
-    (Add, Where, ...) and has an operand of the full shape that is not a broadcast, so
-    no Expand is needed (a bias added to a product, a mean subtracted from its input)."""
+    """The broadcasts an ONNX runtime does by itself: each reader is elementwise (the
+    export rules of those with several operands use ONNX ops that broadcast as numpy does:
+    Add, Where, ...) and has an operand of the full shape that is not a broadcast, so no
+    Expand is needed (a bias added to a product, a mean subtracted from its input)."""
     free = set()
     for n in live:
         if graph.op(n) != "broadcast" or graph.outputs.readers((n, 0)):
             continue
         readers = set(graph.g.successors(n)) & live
-        if readers and all(graph.op(r) in _BROADCASTING and any(
+        if readers and all(PRIMITIVES[graph.op(r)].kind == "elementwise" and any(
                 graph.op(x.node) != "broadcast" and x.shape == graph.types(r)[0].shape for x in graph.inputs(r))
                 for r in readers):
             free.add(n)

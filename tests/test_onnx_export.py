@@ -96,6 +96,7 @@ def check_example(path: Path, backend: str):
     m = DlcModel(str(path), backend=backend)
     m.params = initial_params(m.train_model, m.eval_model)
     proto = exported(m.eval_model, m.params)
+    assert all(node.doc_string for node in all_nodes(proto.graph)), "a node without its .dl place"
     for k, sizes in enumerate(SIZES):
         feeds = float32_feeds(m.eval_model, sizes, seed=k)
         ref = m.predict(feeds)
