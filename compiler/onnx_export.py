@@ -7,9 +7,9 @@ parameters initializers under their dlc names. Each primitive has an export rule
 `EXPORT_RULES`, keyed by its name (as compiler/native/lower.py keys its lowerings); the
 primitives that never occur in an inference graph are in `NOT_EXPORTABLE` with the reason.
 
-Opset 18: the first opset in which every reduction takes its axes as an input (ReduceMax
-did from 18 on), after Shape's start/end (15) and ScatterND's reduction (16); runtimes
-have supported it since 2023 (onnxruntime 1.14), and nothing newer is needed.
+Opset 18: the first in which every reduction takes its axes as an input (ReduceMax's
+came in 18, after Shape's start and end in 15), so the rules need no per-op variants;
+runtimes have run it since 2023 (onnxruntime 1.14), and nothing newer is needed.
 
 Symbolic dims stay symbolic: a graph input's axis is `dim_param` "B" or "T", and where an
 operation needs a size at run time (a reshape, a broadcast, an arange over T), it is
@@ -31,7 +31,7 @@ import dlc
 from dlc.compiler.autodiff import reachable
 from dlc.compiler.dims import Dim
 from dlc.compiler.errors import DlcError, Span, optional_package
-from dlc.compiler.graph import DTYPES, Graph, TensorType
+from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, Graph, TensorType
 from dlc.compiler.model import Model
 from dlc.compiler.primitives import PRIMITIVES
 
@@ -424,7 +424,7 @@ def _fma(b, n, xs):
 
 @export_rule("div")
 def _div(b, n, xs):
-    if DTYPES[_dtype(b, n)] in (np.float32, np.float64):
+    if _dtype(b, n) in FLOAT_DTYPES:
         return [b.op("Div", xs)]
     x, y = xs       # integers divide rounding down, as numpy's //: (x - x mod y) / y is exact
     return [b.op("Div", [b.op("Sub", [x, b.op("Mod", xs, fmod=0)]), y])]
@@ -433,7 +433,7 @@ def _div(b, n, xs):
 @export_rule("mod")
 def _mod(b, n, xs):
     dtype = _dtype(b, n)
-    if dtype not in ("f32", "f64"):
+    if dtype not in FLOAT_DTYPES:
         return [b.op("Mod", xs, fmod=0)]      # the sign of the divisor, as numpy
     x, y = xs       # ONNX's float mod is C's fmod (the sign of x); numpy moves it to the sign of y
     r = b.op("Mod", xs, fmod=1)
@@ -576,25 +576,29 @@ def _matmul(b, n, xs, ta=False, tb=False):
 
 
 # ---- windows (NCHW) ------------------------------------------------------------------------------------
+def _window(stride, padding, **attrs) -> dict:
+    """ONNX's window attributes: the padding before and after each spatial axis."""
+    return {"strides": list(stride), "pads": list(padding) * 2, **attrs}
+
+
 @export_rule("conv2d")
 def _conv2d(b, n, xs, stride, padding):
-    return [b.op("Conv", xs, strides=list(stride), pads=list(padding) * 2)]
+    return [b.op("Conv", xs, **_window(stride, padding))]
 
 
 @export_rule("maxpool2d")
 def _maxpool2d(b, n, xs, kernel, stride, padding):
-    return [b.op("MaxPool", xs, kernel_shape=list(kernel), strides=list(stride), pads=list(padding) * 2)]
+    return [b.op("MaxPool", xs, **_window(stride, padding, kernel_shape=list(kernel)))]
 
 
 @export_rule("avgpool2d")
 def _avgpool2d(b, n, xs, kernel, stride, padding):
-    return [b.op("AveragePool", xs, kernel_shape=list(kernel), strides=list(stride), pads=list(padding) * 2,
-                 count_include_pad=1)]
+    return [b.op("AveragePool", xs, **_window(stride, padding, kernel_shape=list(kernel), count_include_pad=1))]
 
 
 # ---- scan ---------------------------------------------------------------------------------------------
 @export_rule("scan")
-def _scan(b, n, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=()):
+def _scan(b, n, xs, body, length, reverse, n_carry, xs_axes, ys_axes, **_):
     """One ONNX Scan: carries are its state variables, sequences its scan inputs (read
     from the end for `reverse`, the stacks then filled from the end too, so step t lands
     at index t), invariants the body's references to the enclosing graph's values."""

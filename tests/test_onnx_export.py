@@ -11,6 +11,7 @@ largest magnitude (integers and bools exactly).
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -413,6 +414,29 @@ def test_export_errors(source, params, phrase):
     with pytest.raises(DlcError) as e:
         to_onnx(program.build(training=False), params)
     assert phrase in e.value.message
+
+
+def test_every_model_of_a_file_exports():
+    program = load_text("""
+model encoder {
+    input x: f32[B, T, 3]
+    output h = lstm(x, 4)
+}
+model classifier {
+    input x: f32[B, 3]
+    output p = softmax(dense(x, 5))
+}""", "two.dl")
+    for name, out, shape in [("encoder", "h", (2, 6, 4)), ("classifier", "p", (2, 5))]:
+        model = program.build(name, training=False)
+        proto = exported(model, initial_params(program.build(name, training=True), model))
+        assert proto.graph.name == name
+        x = np.ones((2, 6, 3) if name == "encoder" else (2, 3), np.float32)
+        assert run_onnx(proto, {"x": x})[out].shape == shape
+
+
+def test_the_module_imports_without_onnx():
+    code = "import sys, dlc.compiler.onnx_export; assert 'onnx' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_without_the_onnx_package_the_error_says_what_to_install(monkeypatch):
