@@ -61,11 +61,15 @@ def _read(path: Path) -> tuple[dict, dict, str | None]:
             tag = (f.metadata() or {}).get("format")
             arrays = {}
             for key in f.keys():
+                # a type numpy has not (bfloat16, float8) fails, or arrives as ml_dtypes' when
+                # that is loaded (onnx loads it)
                 try:
                     arrays[key] = f.get_tensor(key)
-                except TypeError:       # a type numpy has not: bfloat16, float8
+                except TypeError:
+                    arrays[key] = None
+                if arrays[key] is None or arrays[key].dtype.kind not in "biuf":
                     raise DlcError(f"{path}: {key} holds {f.get_slice(key).get_dtype()} numbers, which dlc cannot "
-                                   "read; save the tensors as float32 (in torch: .float())") from None
+                                   "read; save the tensors as float32 (in torch: .float())")
     except st.SafetensorError as e:
         raise DlcError(f"{path} is not a readable safetensors file ({e})") from None
     return arrays, {}, {v: k for k, v in LAYOUTS.items()}.get(tag)
