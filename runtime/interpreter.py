@@ -84,21 +84,17 @@ def bind_sizes(graph: Graph, feeds: dict) -> dict:
     """Sizes of the symbolic dims, read off the fed arrays; a mismatch is a clear error."""
     sizes: dict = {}
     pending = []
-    for n in graph.nodes_with("input"):
-        name, typ = graph.attrs(n)["name"], graph.types(n)[0]
+    for name, typ, span, symbols in _input_specs(graph):
         if name not in feeds:
-            raise DlcError(f"no value given for input '{name}' ({typ})", graph.g.nodes[n]["span"])
-        arr = np.asarray(feeds[name])
-        if arr.ndim != typ.rank:
-            raise DlcError(f"input '{name}' expects {typ}, got an array of shape {arr.shape}", graph.g.nodes[n]["span"])
-        for d, actual in zip(typ.shape, arr.shape):
-            if isinstance(d, Dim) and len(d.symbols()) == 1 and d == Dim.sym(next(iter(d.symbols()))):
-                sym = next(iter(d.symbols()))
-                if sizes.setdefault(sym, actual) != actual:
-                    raise DlcError(f"input '{name}' expects {typ} with {sym} = {sizes[sym]}, got shape {arr.shape}",
-                                   graph.g.nodes[n]["span"])
-            else:
-                pending.append((name, typ, d, actual, graph.g.nodes[n]["span"]))
+            raise DlcError(f"no value given for input '{name}' ({typ})", span)
+        shape = np.shape(feeds[name])
+        if len(shape) != typ.rank:
+            raise DlcError(f"input '{name}' expects {typ}, got an array of shape {shape}", span)
+        for d, sym, actual in zip(typ.shape, symbols, shape):
+            if sym is None:
+                pending.append((name, typ, d, actual, span))
+            elif sizes.setdefault(sym, actual) != actual:
+                raise DlcError(f"input '{name}' expects {typ} with {sym} = {sizes[sym]}, got shape {shape}", span)
     for name, typ, d, actual, span in pending:
         try:
             want = concrete(d, sizes)
@@ -108,6 +104,22 @@ def bind_sizes(graph: Graph, feeds: dict) -> dict:
             raise DlcError(f"input '{name}' expects {typ}, got an array whose dim is {actual} where {d} = {want}", span)
     check_sizes(graph, sizes)
     return sizes
+
+
+def _input_specs(graph: Graph) -> list:
+    """(name, type, span, the symbol each dim is or None) of the graph's inputs, computed once
+    per graph (guarded as `plan` is): a prediction of one example must not walk the graph."""
+    key = (graph.g.number_of_nodes(), graph.g.number_of_edges())
+    cached = graph.__dict__.get("_input_specs")
+    if cached is None or cached[0] != key:
+        specs = []
+        for n in graph.nodes_with("input"):
+            typ = graph.types(n)[0]
+            symbols = [next(iter(d.symbols())) if isinstance(d, Dim) and len(d.symbols()) == 1
+                       and d == Dim.sym(next(iter(d.symbols()))) else None for d in typ.shape]
+            specs.append((graph.attrs(n)["name"], typ, graph.g.nodes[n]["span"], symbols))
+        cached = graph.__dict__["_input_specs"] = (key, specs)
+    return cached[1]
 
 
 def check_sizes(graph: Graph, sizes: dict):

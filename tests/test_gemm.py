@@ -55,7 +55,9 @@ def _check(c, ref, a, b, ta, tb):
 
 SIZES = [(1, 1, 1), (5, 17, 3), (129, 7, 13), (7, 13, 129), (13, 129, 7), (1, 7, 13),
          (13, 1, 7), (7, 13, 1), (16, 16, 16), (6, 32, 5), (150, 40, 300), (37, 1030, 9),
-         (128, 512, 784)]
+         (128, 512, 784),
+         # one or two rows: multiplied without packing, whole vectors of C then single columns
+         (1, 784, 512), (2, 37, 200), (2, 5, 64)]
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])

@@ -88,6 +88,11 @@ class GemmConfig:
         return self.b_offset + self.kc * self.nc
 
 
+# rows of op(A) up to which a block multiplies without packing (_Gen.few_rows), and the
+# vectors of a C row it keeps in registers
+FEW_ROWS = 2
+FEW_VECTORS = 4
+
 AVX2 = GemmConfig()
 AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
 
@@ -478,6 +483,14 @@ class _Gen:
         b.ret_void()
 
         b.position_at_end(main)
+        if not trans_b:
+            packed = fn.append_basic_block("packed")
+            few = fn.append_basic_block("few_rows")
+            b.cbranch(b.icmp_signed("<=", b.sub(m1, m0), _c64(FEW_ROWS)), few, packed)
+            b.position_at_end(few)
+            self.few_rows(b, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, trans_a, accumulate)
+            b.ret_void()
+            b.position_at_end(packed)
         # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
         kslices = _ceil_div(b, K, cfg.kc)
         kstep = _ceil_div(b, K, kslices)
@@ -504,6 +517,76 @@ class _Gen:
                             b.call(uk, [kc, apanel, bpanel, ctile, ldc, mr, nr, load_c])
         b.ret_void()
         return fn
+
+    def few_rows(self, b, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, trans_a, accumulate):
+        """C rows (+)= a sum over k of op(A)[i, k] · B row k, without packing: with a row or
+        two of C (a batch of one at inference, a vector times a matrix), packing B would
+        copy all of it to use each element once or twice. FEW_VECTORS vectors of a C row
+        stay in registers while K streams B's rows; the last columns go one at a time."""
+        vty, vw = self.vty, self.cfg.vw
+        width = FEW_VECTORS * vw
+        fma = declare(self.m, "llvm.fma.f32", f32, [f32] * 3)
+
+        def a_at(i, k):
+            return b.load(_gep(b, A, b.add(b.mul(k, lda), i) if trans_a else b.add(b.mul(i, lda), k)))
+
+        def vptr_at(base, j):
+            return b.bitcast(_gep(b, base, j), vty.as_pointer())
+
+        with _loop(b, m0, m1, name="fi") as i:
+            crow = _gep(b, C, b.mul(i, ldc))
+            wide_end = b.sub(n1, b.srem(b.sub(n1, n0), _c64(width)))
+            with _loop(b, n0, wide_end, width, name="fj") as j:
+                if accumulate:
+                    acc0 = [b.load(vptr_at(crow, b.add(j, _c64(v * vw))), align=4) for v in range(FEW_VECTORS)]
+                else:
+                    acc0 = [ir.Constant(vty, None)] * FEW_VECTORS
+                pre = b.block
+                head = b.append_basic_block("fk.head")
+                body = b.append_basic_block("fk.body")
+                done = b.append_basic_block("fk.done")
+                b.branch(head)
+                b.position_at_end(head)
+                k = b.phi(i64, "fk")
+                k.add_incoming(_c64(0), pre)
+                acc = [b.phi(vty, f"acc{v}") for v in range(FEW_VECTORS)]
+                for phi, start in zip(acc, acc0):
+                    phi.add_incoming(start, pre)
+                b.cbranch(b.icmp_signed("<", k, K), body, done)
+                b.position_at_end(body)
+                brow = _gep(b, B, b.add(b.mul(k, ldb), j))
+                av = b.insert_element(ir.Constant(vty, ir.Undefined), a_at(i, k), i32(0))
+                av = b.shuffle_vector(av, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, vw), [0] * vw))
+                new = [b.call(self.fma, [av, b.load(vptr_at(brow, _c64(v * vw)), align=4), acc[v]])
+                       for v in range(FEW_VECTORS)]
+                for phi, value in zip(acc, new):
+                    phi.add_incoming(value, b.block)
+                k.add_incoming(b.add(k, _c64(1)), b.block)
+                b.branch(head)
+                b.position_at_end(done)
+                for v in range(FEW_VECTORS):
+                    b.store(acc[v], vptr_at(crow, b.add(j, _c64(v * vw))), align=4)
+            with _loop(b, wide_end, n1, name="fe") as j:
+                c = _gep(b, crow, j)
+                start = b.load(c) if accumulate else ir.Constant(f32, 0.0)
+                pre = b.block
+                head = b.append_basic_block("fek.head")
+                body = b.append_basic_block("fek.body")
+                done = b.append_basic_block("fek.done")
+                b.branch(head)
+                b.position_at_end(head)
+                k = b.phi(i64, "fek")
+                k.add_incoming(_c64(0), pre)
+                total = b.phi(f32, "total")
+                total.add_incoming(start, pre)
+                b.cbranch(b.icmp_signed("<", k, K), body, done)
+                b.position_at_end(body)
+                value = b.call(fma, [a_at(i, k), b.load(_gep(b, B, b.add(b.mul(k, ldb), j))), total])
+                total.add_incoming(value, b.block)
+                k.add_incoming(b.add(k, _c64(1)), b.block)
+                b.branch(head)
+                b.position_at_end(done)
+                b.store(total, c)
 
     def variant(self, name, trans_a, trans_b, accumulate):
         cfg = self.cfg
