@@ -8,14 +8,24 @@ every function the module defines must be there. A bad entry (truncated, damaged
 for another key) is recompiled and replaced, never run. Entries are written to a temporary
 file, fsynced and renamed over the old one; a directory other users can write to is refused.
 
+Building the IR takes time too (a quarter of a second for a transformer's step), so the
+step and GEMM modules are also found by what they are built from, before they are built
+(`compile_built`): a `.step` entry, keyed by the pickled kernel program and a hash of dlc's
+compiler source, names the object entry and holds the step's argument slots. It is
+verified like an object, and the slots are checked against the pointer table they index.
+
 The GEMM routines are one module compiled once per process (and cached like any other);
 kernel modules only declare them, and their addresses are given to LLVM as symbols.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import json
 import os
+import pickle
+import re
 import secrets
 import struct
 import time
@@ -26,7 +36,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 import dlc
-from dlc.compiler.native.gemm import add_gemm, gemm_name
+from dlc.compiler.native.gemm import add_gemm, default_config, gemm_name
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native import jit
 
@@ -65,10 +75,11 @@ def _unpack(key: str, entry: bytes) -> bytes | None:
 
 
 class Loaded:
-    """Machine code in memory; keep this object alive while its functions are used."""
+    """Machine code in memory (`key`: its cache entry); keep this object alive while its
+    functions are used."""
 
-    def __init__(self, engine, seconds: float, cached: bool):
-        self.engine, self.seconds, self.cached = engine, seconds, cached
+    def __init__(self, engine, seconds: float, cached: bool, key: str = ""):
+        self.engine, self.seconds, self.cached, self.key = engine, seconds, cached, key
 
     def address(self, name: str) -> int:
         addr = self.engine.get_function_address(name)
@@ -83,19 +94,84 @@ def compile_cached(module: ir.Module) -> Loaded:
     key = _key(text)
     t0 = time.perf_counter()
     with _open_dir() as dirfd:
-        obj = None if dirfd is None else _read(dirfd, key)
+        obj = None if dirfd is None else _read(dirfd, f"{key}.o", key)
         if obj is not None:
-            engine = _load(obj)
-            if all(engine.get_function_address(f.name) for f in module.functions
-                   if not f.is_declaration and f.linkage in ("", "external")):
-                stats["hits"] += 1
-                return Loaded(engine, time.perf_counter() - t0, True)
-            stats["rejected"] += 1      # a valid object, of another module
+            loaded = _loaded(obj, _functions(module), t0, key)
+            if loaded is not None:
+                return loaded
         obj = jit.target_machine().emit_object(jit.optimize(jit.parse(text)))
         stats["compiles"] += 1
         if dirfd is not None:
-            _store(dirfd, key, obj)
-    return Loaded(_load(obj), time.perf_counter() - t0, False)
+            _store(dirfd, f"{key}.o", key, obj)
+    return Loaded(_load(obj), time.perf_counter() - t0, False, key)
+
+
+def compile_built(parts: tuple, build) -> tuple[Loaded, list]:
+    """Machine code for the module that `build()` makes, and the list it gives with it
+    (`build` returns both: a step module and its argument slots), keyed by what the module
+    is built from (`parts`, pickled) and by dlc's compiler source, before building it: a
+    warm start skips building the IR, a quarter of a second for a transformer's step. The
+    entry (a `.step` file) names the object entry of the module and holds the list; parts
+    whose pickles differ only miss the cache, and all of a module's inputs are in them."""
+    key = _built_key(parts)
+    t0 = time.perf_counter()
+    with _open_dir() as dirfd:
+        entry = None if dirfd is None else _read(dirfd, f"{key}.step", key)
+        doc = None if entry is None else _step_entry(entry)
+        if doc is not None:
+            obj = _read(dirfd, f"{doc['object']}.o", doc["object"])
+            loaded = None if obj is None else _loaded(obj, doc["functions"], t0, doc["object"])
+            if loaded is not None:
+                return loaded, doc["extra"]
+    module, extra = build()
+    loaded = compile_cached(module)
+    with _open_dir() as dirfd:
+        if dirfd is not None:
+            doc = {"object": loaded.key, "functions": _functions(module), "extra": extra}
+            _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
+    return loaded, extra
+
+
+def _step_entry(entry: bytes) -> dict | None:
+    """A `.step` entry's document, or None when it is not one (counted)."""
+    try:
+        doc = json.loads(entry)
+        if re.fullmatch("[0-9a-f]{32}", doc["object"]) and isinstance(doc["functions"], list):
+            return doc
+    except (ValueError, KeyError, TypeError):
+        pass
+    stats["rejected"] += 1
+    return None
+
+
+def _functions(module: ir.Module) -> list:
+    """The functions a module defines for the outside: a loaded object must have them all."""
+    return [f.name for f in module.functions if not f.is_declaration and f.linkage in ("", "external")]
+
+
+def _loaded(obj: bytes, functions: list, t0: float, key: str) -> Loaded | None:
+    engine = _load(obj)
+    if all(engine.get_function_address(name) for name in functions):
+        stats["hits"] += 1
+        return Loaded(engine, time.perf_counter() - t0, True, key)
+    stats["rejected"] += 1      # a valid object, of another module
+    return None
+
+
+@functools.cache
+def _compiler_source() -> bytes:
+    """A hash of dlc's compiler, the code that turns a kernel program into IR."""
+    h = hashlib.sha256()
+    root = Path(dlc.__file__).resolve().parent / "compiler"
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.digest()
+
+
+def _built_key(parts: tuple) -> str:
+    h = hashlib.sha256(_compiler_source())
+    h.update(pickle.dumps(parts, protocol=5))
+    return _key(h.hexdigest())
 
 
 def _load(obj: bytes):
@@ -132,10 +208,10 @@ def _open_dir():
             os.close(fd)
 
 
-def _read(dirfd: int, key: str) -> bytes | None:
-    """The verified object of an entry; None when there is none or it is bad (counted)."""
+def _read(dirfd: int, filename: str, key: str) -> bytes | None:
+    """The verified contents of an entry; None when there is none or it is bad (counted)."""
     try:
-        fd = os.open(f"{key}.o", os.O_RDONLY, dir_fd=dirfd)
+        fd = os.open(filename, os.O_RDONLY, dir_fd=dirfd)
     except OSError:
         return None
     with open(fd, "rb") as f:
@@ -148,7 +224,7 @@ def _read(dirfd: int, key: str) -> bytes | None:
     return obj
 
 
-def _store(dirfd: int, key: str, obj: bytes):
+def _store(dirfd: int, filename: str, key: str, obj: bytes):
     """Replace the entry at once: a crash or a full disk leaves the old entry or none, never
     part of one. A failure only costs the next run a compile."""
     tmp = f"{key}.{secrets.token_hex(8)}.tmp"
@@ -157,7 +233,7 @@ def _store(dirfd: int, key: str, obj: bytes):
             f.write(_pack(key, obj))
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, f"{key}.o", src_dir_fd=dirfd, dst_dir_fd=dirfd)
+        os.replace(tmp, filename, src_dir_fd=dirfd, dst_dir_fd=dirfd)
         os.fsync(dirfd)     # the new name survives a crash too
     except OSError:
         with contextlib.suppress(OSError):
@@ -172,10 +248,13 @@ def gemm_symbols():
     global _gemm_module
     if _gemm_module is None:
         jit.load_library("gomp")
-        module = ir.Module("dlc_gemm")
-        for ta, tb in VARIANTS:
-            add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False)
-        _gemm_module = compile_cached(module)
+
+        def build():
+            module = ir.Module("dlc_gemm")
+            for ta, tb in VARIANTS:
+                add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False)
+            return module, []
+        _gemm_module, _ = compile_built(("dlc_gemm", default_config(), VARIANTS), build)
         for ta, tb in VARIANTS:
             name = gemm_name(ta, tb, False)
             llvm.add_symbol(name, _gemm_module.address(name))

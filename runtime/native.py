@@ -47,10 +47,15 @@ class Executable:
         self.resident = resident
         self.program: KernelProgram = lower(optimize(graph))
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
-        built = build_module(self.program, "dlc_step", update=update, profile=self.profile)
-        self.module, self.arguments = built.module, np.array(built.arguments, np.intp)
         cache.gemm_symbols()
-        self.compiled = cache.compile_cached(self.module)
+        if profile:
+            built = build_module(self.program, "dlc_step", update=update, profile=self.profile)
+            self.compiled, arguments = cache.compile_cached(built.module), built.arguments
+        else:
+            def build():
+                built = build_module(self.program, "dlc_step", update=update)
+                return built.module, built.arguments
+            self.compiled, arguments = cache.compile_built((self.program, update), build)
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
             self.compiled.address("dlc_step"))
         self.fault = ctypes.c_int64.from_address(self.compiled.engine.get_global_value_address(FAULT))
@@ -61,6 +66,10 @@ class Executable:
         self.checks = len(self.program.buffers)
         self.extras = self.checks + len(self.program.faults)
         self.entries = self.extras + (len(update.buffers) if update is not None else 0)
+        self.arguments = np.array(arguments, np.intp)
+        if self.arguments.size and not (0 <= self.arguments.min() and self.arguments.max() < self.entries):
+            raise DlcError(f"the compile cache in {cache.cache_dir()} holds a bad entry for {self.what}: "
+                           "delete the directory")
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
 

@@ -4,6 +4,7 @@ The runs that load a corrupted entry are subprocesses, so a crash in native code
 test instead of the test run.
 """
 import ctypes
+import json
 import os
 import random
 import shutil
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from llvmlite import ir
 
@@ -57,8 +59,9 @@ def test_a_bad_entry_is_recompiled_and_replaced(trained, tmp_path, corrupt):
     good_dir, output, run = trained
     cache_dir = tmp_path / "cache"
     shutil.copytree(good_dir, cache_dir)
-    good = {p.name: p.read_bytes() for p in cache_dir.glob("*.o")}
-    assert len(good) == 2
+    good = {p.name: p.read_bytes() for p in cache_dir.iterdir()}
+    # the objects of the GEMM and of the step, and the entries naming them (cache.compile_built)
+    assert sorted(p.suffix for p in cache_dir.iterdir()) == [".o", ".o", ".step", ".step"]
     names = sorted(good)
     for name, other in zip(names, names[1:] + names[:1]):
         (cache_dir / name).write_bytes(corrupt(good[name], good[other]))
@@ -151,3 +154,46 @@ def test_an_entry_is_written_durably(tmp_path, monkeypatch):
     cache.compile_cached(constant_function("dlc_test_f", 1))
     assert synced == [False, True], "the entry, then the directory holding its new name, are flushed to disk"
     assert [p.suffix for p in tmp_path.iterdir()] == [".o"]
+
+
+def test_a_warm_start_loads_the_module_without_building_it(tmp_path, monkeypatch):
+    """compile_built keys a module by what it is built from: the second time, `build` is not
+    called; other parts, or a step entry whose object is gone, build again."""
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    built = []
+
+    def build(value):
+        def make():
+            built.append(value)
+            return constant_function(f"dlc_test_built{value}", value), [value, 1]
+        return make
+
+    loaded, extra = cache.compile_built(("parts", 1), build(1))
+    assert call(loaded, "dlc_test_built1") == 1 and extra == [1, 1] and built == [1]
+    loaded, extra = cache.compile_built(("parts", 1), build(1))
+    assert loaded.cached and call(loaded, "dlc_test_built1") == 1 and extra == [1, 1] and built == [1]
+    cache.compile_built(("parts", 2), build(2))
+    assert built == [1, 2]
+    for obj in tmp_path.glob("*.o"):
+        obj.unlink()
+    loaded, extra = cache.compile_built(("parts", 1), build(1))
+    assert call(loaded, "dlc_test_built1") == 1 and built == [1, 2, 1]
+
+
+def test_a_step_entry_with_argument_slots_outside_the_table_is_refused(tmp_path, monkeypatch):
+    """The argument slots index the engine's pointer table: a step entry (written by this user,
+    with a valid header: only a bug or a hand could make it) whose slots lie outside the table
+    is an error, never a read outside it."""
+    from dlc.compiler.loader import load_text
+    from dlc.runtime.native import NativeEngine
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    src = "model m {\n input x: f32[B, 3]\n y = dense(x, 2)\n output y = y\n}\n"
+    model = load_text(src, "m.dl").build(None, training=False)
+    params = {p.name: np.zeros([int(d) for d in p.type.shape], np.float32) for p in model.params}
+    NativeEngine(model, model).predict(params, {"x": np.ones((2, 3), np.float32)})
+    [step] = [p for p in tmp_path.glob("*.step") if json.loads(cache._unpack(p.stem, p.read_bytes()))["extra"]]
+    doc = json.loads(cache._unpack(step.stem, step.read_bytes()))
+    doc["extra"] = [10 ** 6] * len(doc["extra"])
+    step.write_bytes(cache._pack(step.stem, json.dumps(doc).encode()))
+    with pytest.raises(DlcError, match="holds a bad entry for a forward pass: delete the directory"):
+        NativeEngine(model, model).predict(params, {"x": np.ones((2, 3), np.float32)})
