@@ -2,6 +2,7 @@
 `file:line:col: error: ...` followed by the source line and a caret."""
 from __future__ import annotations
 
+import difflib
 import functools
 from dataclasses import dataclass, field
 
@@ -101,3 +102,12 @@ def optional_package(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError:
         raise DlcError(f"{purpose} needs the '{module}' package: pip install \"dlc[{extra}]\"") from None
+
+
+def did_you_mean(name: str, candidates) -> str:
+    """"; did you mean 'x'?" for the candidate closest to a mistyped name (adma: adam,
+    optimiser: optimizer), or for one the name starts with (activation: act); else ""."""
+    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.75)
+    if not close:
+        close = sorted((c for c in candidates if len(c) >= 3 and name.startswith(c)), key=len, reverse=True)[:1]
+    return f"; did you mean '{close[0]}'?" if close else ""

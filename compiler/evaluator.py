@@ -7,7 +7,6 @@ after the binding it occurs in (`h1 = dense(x, 128)` gives `h1.W`, `h1.b`).
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import inspect
 
@@ -16,7 +15,7 @@ import numpy as np
 from dlc.compiler import ops
 from dlc.compiler import syntax as A
 from dlc.compiler.dims import Dim, is_dim, numel
-from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span
+from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
 from dlc.compiler.model import Model, ModelInput, ParamInfo, ParamScope
 from dlc.compiler.primitives import slice_length
@@ -484,9 +483,7 @@ class Evaluator:
             return env.lookup(name)
         except KeyError:
             pass
-        close = _similar(name, env.visible_names())
-        hint = f"; did you mean '{close}'?" if close else ""
-        self.fail(f"unknown name '{name}'{hint}", span)
+        self.fail(f"unknown name '{name}'{did_you_mean(name, env.visible_names())}", span)
 
     def bool_tensor(self, v, span):
         t = self.tensor(v, span)
@@ -618,8 +615,7 @@ class Evaluator:
                       span, [(f"'{decl.name}' is defined here", decl.span)])
         for k, (_, kspan) in kwargs.items():
             if k not in names:
-                close = _similar(k, names)
-                self.fail(f"{decl.name} has no argument named '{k}'" + (f"; did you mean '{close}'?" if close else ""),
+                self.fail(f"{decl.name} has no argument named '{k}'{did_you_mean(k, names)}",
                           kspan, [(f"'{decl.name}' is defined here", decl.span)])
             if names.index(k) < len(args):
                 self.fail(f"{decl.name}: argument '{k}' given twice", kspan)
@@ -890,8 +886,3 @@ def _static_operand(v) -> bool:
 
 
 _signature = functools.cache(inspect.signature)     # a builtin's, checked at every call
-
-
-def _similar(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.75)
-    return close[0] if close else None

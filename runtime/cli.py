@@ -491,8 +491,8 @@ def main(argv=None) -> int:
 def _main(argv) -> int:
     from dlc.compiler.errors import DlcError
     args = parser().parse_args(argv)
-    if not getattr(args, "run", None):
-        parser().print_help()
+    if not getattr(args, "run", None):       # `dlc` alone: a usage error
+        parser().print_help(sys.stderr)
         return 2
     if hasattr(args, "threads"):
         _threads(args)
@@ -501,9 +501,9 @@ def _main(argv) -> int:
     except DlcError as e:
         print(e.render(), file=sys.stderr)
         return 1
-    except BrokenPipeError:       # the reader went away (dlc graph ... | head): stop quietly
+    except BrokenPipeError:       # the reader went away (dlc graph ... | head): it has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return 0
     except RecursionError:
         print("error: the program nests too deeply to compile", file=sys.stderr)
         return 1

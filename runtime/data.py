@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.runtime.config import REQUIRED, Args, Call, Symbol, choice, flag, integer, number, show
 
 __all__ = ["Dataset", "load", "SOURCES", "augment", "encode", "decode", "digits_path", "not_numbers", "read_text",
@@ -163,7 +163,8 @@ def load(spec, base_dir, span: Span | None = None) -> Dataset:
                        f"{show(spec)} (sources: {_known()})", span)
     fn = SOURCES.get(spec.name)
     if fn is None:
-        hint = " (split(...) belongs in `validation = split(0.1)`)" if spec.name == "split" else ""
+        hint = (" (split(...) belongs in `validation = split(0.1)`)" if spec.name == "split"
+                else did_you_mean(spec.name, SOURCES))
         raise DlcError(f"unknown data source '{spec.name}'{hint}; known sources: {_known()}, "
                        f"or a file name such as \"train.npz\"", spec.span or span)
     try:

@@ -18,7 +18,7 @@ import math
 import numpy as np
 
 from dlc.compiler import ops
-from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.graph import DTYPES
 from dlc.compiler.update import NORM, Update, lerp, update_graph
 from dlc.runtime import interpreter
@@ -202,7 +202,8 @@ OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, 
 def make_optimizer(spec) -> Optimizer:
     call = as_call(spec, "optimizer", "adam(lr = 1e-3)")
     if call.name not in OPTIMIZERS:
-        raise DlcError(f"unknown optimizer '{call.name}' (known: {', '.join(OPTIMIZERS)})", call.span)
+        raise DlcError(f"unknown optimizer '{call.name}'{did_you_mean(call.name, OPTIMIZERS)} "
+                       f"(known: {', '.join(OPTIMIZERS)})", call.span)
     return OPTIMIZERS[call.name](call)
 
 
@@ -214,7 +215,8 @@ class Schedule:
     def __init__(self, call: Call, base_lr: float, steps_per_epoch: int, epochs: int):
         options = SCHEDULES.get(call.name)
         if options is None:
-            raise DlcError(f"unknown schedule '{call.name}' (known: {', '.join(SCHEDULES)})", call.span)
+            raise DlcError(f"unknown schedule '{call.name}'{did_you_mean(call.name, SCHEDULES)} "
+                           f"(known: {', '.join(SCHEDULES)})", call.span)
         args = call.bind(options | {"warmup": 0})
         self.kind = call.name
         self.opts = {k: _option(args, k, d) for k, d in options.items()}

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.compiler import syntax as A
-from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.loader import Program
 from dlc.compiler.model import Model
 from dlc.runtime import budget, checkpoint, config, data as datasets, weights
@@ -94,7 +94,8 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
     for name, (value, span) in given.items():
         if name not in TrainConfig.__dataclass_fields__ or name == "spans":
             known = [k for k in TrainConfig.__dataclass_fields__ if k != "spans"]
-            raise DlcError(f"unknown train setting '{name}' (known: {', '.join(known)})", span)
+            raise DlcError(f"unknown train setting '{name}'{did_you_mean(name, known)} (known: {', '.join(known)})",
+                           span)
         cfg.spans[name] = span
         setattr(cfg, name, value)
     opt = as_call(cfg.optimizer, "optimizer", "adam(lr = 1e-3)", cfg.span("optimizer"))

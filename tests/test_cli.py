@@ -59,3 +59,35 @@ def test_real_command_runs_without_traceback(tmp_path):
     assert f"{bad}:3:9: error:" in r.stderr and "positive" in r.stderr
     r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "summary", LENET], capture_output=True, text=True)
     assert r.returncode == 0 and "61,706" in r.stdout
+
+
+def test_dlc_alone_prints_its_help_on_stderr_and_exits_2():
+    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("usage: dlc") and "export" in r.stderr
+
+
+def test_a_closed_pipe_ends_dlc_quietly_with_success():
+    """`dlc compile ... | head -1`: the reader has what it wanted."""
+    r = subprocess.run(f"'{sys.executable}' -m dlc.runtime.cli compile '{LENET}' --emit kernels | head -1; "
+                       "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("\n") == 1 and r.stderr == ""
+
+
+@pytest.mark.parametrize("typo, message", [
+    ("h = dense(x, 3, activation = relu)", "dense has no argument named 'activation'; did you mean 'act'?"),
+    ("h = dense(x, 3, act = rleu)", "unknown name 'rleu'; did you mean 'relu'?"),
+    ("optimiser = adam()", "unknown train setting 'optimiser'; did you mean 'optimizer'?"),
+    ("optimizer = adma(lr = 1e-3)", "unknown optimizer 'adma'; did you mean 'adam'?"),
+    ("data = digit()", "unknown data source 'digit'; did you mean 'digits'?"),
+])
+def test_a_mistyped_name_gets_a_did_you_mean(tmp_path, capsys, typo, message):
+    layer, setting = (typo, "epochs = 1") if typo.startswith("h =") else ("h = dense(x, 3)", typo)
+    data = "" if setting.startswith("data") else "data = digits()\n"
+    src = (f"model m {{\n input x: f32[B, 64]\n target y: i32[B]\n {layer}\n loss sparse_cross_entropy(h, y)\n}}\n"
+           f"train m {{\n {data} {setting}\n}}\n")
+    path = tmp_path / "m.dl"
+    path.write_text(src)
+    assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 1
+    assert message in capsys.readouterr().err
