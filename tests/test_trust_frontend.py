@@ -247,7 +247,7 @@ def test_unknown_schedule_is_located():
     with pytest.raises(DlcError) as e:
         make_schedule("cosine(warmup = 1)", 1.0, 1, 1, span)
     assert e.value.span == span
-    assert e.value.message.startswith("unknown schedule 'cosine(warmup = 1)' (known: constant, ")
+    assert e.value.message.startswith("unknown schedule 'cosine(warmup = 1)'; did you mean 'cosine'? (known: constant, ")
 
 
 # ---- 12. limits: repeat steps, graph size, static values ------------------------------------------------------
