@@ -1,0 +1,1366 @@
+"""The rule of each ONNX op type: the .dl code for a node.
+
+`RULES` maps an op type to a `Rule`; the importer (onnx_import.py) calls `Node(...).emit`,
+which folds a node whose inputs are all known, or else runs its rule. A rule reads the node
+through `Node` (attributes, inputs as .dl operands, static inputs, shapes) and returns the
+.dl expression of its result: a string for the first output, a list for several, an array
+for a value known now, or a `Value` to alias one. The elementwise ops are one table of
+templates (`ELEMENTWISE`), in the manner of tinygrad's code_for_op; the others are
+functions. Patterns written as library calls (dense, conv2d, batchnorm, layernorm, lstm,
+gru, rnn) absorb the nodes that follow them (an Add of the bias, an activation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+from typing import Callable
+
+import numpy as np
+
+from dlc.compiler.dims import Dim
+from dlc.compiler.onnx_import import (DTYPES, NP_DTYPES, Expand, Unsupported, Value, layer_hint, literal,
+                                     shape_tuple)
+
+FLOAT = ("f32", "f64")
+INT = ("i32", "i64")
+NUMBER = FLOAT + INT
+ANY = NUMBER + ("bool",)
+# the largest finite float of each width: padding that never wins a max, the bound of IsInf
+LARGEST = {"f32": "3.4028234663852886e38", "f64": "1.7976931348623157e308"}
+
+
+@dataclass
+class Rule:
+    emit: Callable
+    static: tuple = ()              # inputs that must be known when importing
+    attrs: tuple = ()               # the attributes the rule reads; any other is refused
+    shape_only: bool = False        # its result depends on the inputs' shapes, not their values
+
+
+RULES: dict[str, Rule] = {}
+
+
+def rule(*ops, static=(), attrs=(), shape_only=False):
+    def register(fn):
+        for op in ops:
+            RULES[op] = Rule(fn, static, tuple(attrs), shape_only)
+        return fn
+    return register
+
+
+class Multi(str):
+    """A .dl expression that gives a tuple, one item per output of the node: bound as
+    `a, b = expr`."""
+
+
+class Node:
+    """One ONNX node as a rule sees it."""
+
+    def __init__(self, imp, proto):
+        self.imp, self.proto, self.op = imp, proto, proto.op_type
+        self.label = proto.name or (proto.output[0] if proto.output else proto.op_type)
+        self.results = list(proto.output)     # the values the result binds (the last absorbed node's)
+        self.names: dict = {}                 # output index -> the binding name chosen beforehand
+        onnx = imp.onnx
+        self.attrs = {a.name: _attribute(onnx, a) for a in proto.attribute}
+        schema = imp.schema(proto)
+        self.version = schema.since_version if schema is not None else 0
+
+    # -- errors --
+    def where(self) -> str:
+        return f"node '{self.label}' ({self.op}, opset {self.imp.opset})"
+
+    def refuse(self, what: str, kind: str = "attribute"):
+        raise Unsupported(f"{self.imp.source}: {self.where()}: dlc cannot import {what}", kind)
+
+    # -- attributes --
+    def attr(self, name: str, default=None):
+        return self.attrs.get(name, default)
+
+    def setting(self, attr: str, index: int, default=None):
+        """An attribute that later opsets made an input: the attribute, else the static input."""
+        if attr in self.attrs:
+            return self.attrs[attr]
+        if self.has(index):
+            return self.static(index, attr).tolist()
+        return default
+
+    # -- inputs --
+    def has(self, i: int) -> bool:
+        return i < len(self.proto.input) and bool(self.proto.input[i])
+
+    def value(self, i: int) -> Value:
+        return self.imp.values[self.proto.input[i]]
+
+    def x(self, i: int) -> str:
+        """Input i as a .dl operand."""
+        return self.imp.operand(self.proto.input[i])
+
+    def const(self, i: int):
+        return self.value(i).const if self.has(i) else None
+
+    def static(self, i: int, what: str = "") -> np.ndarray:
+        a = self.const(i)
+        if a is None:
+            self.refuse(f"its input {i} ({what or self.proto.input[i]}) computed at run time: dlc needs it when "
+                        "importing (a constant, an initializer, or computed from shapes)", "input")
+        return a
+
+    def dtype(self, i: int) -> str:
+        v = self.value(i)
+        if v.dtype is None:
+            self.refuse(f"{_type_name(self.imp, v.onnx_type)} values", "dtype")
+        return v.dtype
+
+    def shape(self, i: int) -> tuple:
+        """Input i's dims: ints, or Dims (an input's symbol, or `size(x, k)` for a dim only
+        known when the program runs)."""
+        v = self.value(i)
+        if v.shape is None:
+            self.refuse(f"an input of unknown rank ({self.proto.input[i]})", "shape")
+        if any(d is None for d in v.shape):
+            expr = self.x(i)
+            v.shape = tuple(Dim.sym(f"size({expr}, {k})") if d is None else d for k, d in enumerate(v.shape))
+        return v.shape
+
+    def rank(self, i: int) -> int:
+        return len(self.shape(i))
+
+    def axis(self, a: int, rank: int) -> int:
+        if not -rank <= a < rank:
+            self.refuse(f"the axis {a} of a rank-{rank} tensor")
+        return a % rank
+
+    def out(self, j: int = 0) -> Value:
+        return self.imp.inferred(self.results[j])
+
+    def out_dtype(self, j: int = 0) -> str:
+        v = self.out(j)
+        if v.dtype is None:
+            self.refuse(f"an output of {_type_name(self.imp, v.onnx_type)} values", "dtype")
+        return v.dtype
+
+    def used(self, j: int) -> bool:
+        """Whether output j exists and something reads it."""
+        if j >= len(self.results) or not self.results[j]:
+            return False
+        name = self.results[j]
+        return name in self.imp.graph_outputs or bool(self.imp.consumers.get(name))
+
+    def require_float(self, *inputs):
+        for i in inputs or (0,):
+            if self.has(i) and self.dtype(i) not in FLOAT:
+                self.refuse(f"{self.dtype(i)} inputs (it computes on floats)", "dtype")
+
+    # -- writing --
+    def let(self, expr: str, hint: str = "") -> str:
+        """Bind an intermediate value; its name."""
+        return self.imp.bind(hint or self.label, expr)
+
+    def binding(self, hint: str = "", j: int = 0) -> str:
+        """The name output j will be bound to, chosen now (a layer names its parameters after it)."""
+        if j not in self.names:
+            self.names[j] = self.imp.names(hint or self.results[j] or self.label, "v")
+        return self.names[j]
+
+    def weight(self, name: str, array):
+        array = np.asarray(array)
+        self.imp.weights[name] = np.array(array, np.float64 if array.dtype == np.float64 else np.float32, order="C")
+
+    def absorb(self, ops, j: int = 0):
+        """The node reading output j, when it is one of `ops`, the only reader, and output j
+        is not a graph output: it becomes part of this node's result (a bias, an activation)."""
+        name = self.results[j] if j < len(self.results) else ""
+        readers = self.imp.consumers.get(name, [])
+        if not name or name in self.imp.graph_outputs or len(readers) != 1 or readers[0].op_type not in ops:
+            return None
+        reader = Node(self.imp, readers[0])
+        if reader.proto.domain not in ("", "ai.onnx"):
+            return None
+        return reader
+
+    def take(self, reader: "Node"):
+        """Absorb `reader` (from `absorb`): its outputs are now this node's."""
+        self.imp.absorbed.add(id(reader.proto))
+        self.results = list(reader.results)
+
+    def emit(self, rules):
+        proto = self.proto
+        if proto.domain not in ("", "ai.onnx"):
+            self.refuse(f"operators of the domain '{proto.domain}'", "op")
+        r = rules.get(self.op)
+        if r is None or not self.version:
+            self.refuse("this op: dlc has no rule for it", "op")
+        for name in self.attrs:
+            if name not in r.attrs:
+                try:
+                    self.refuse(f"the attribute '{name}' (dlc's rule for {self.op} does not read it)")
+                except Unsupported as e:
+                    if self.imp.has_function(proto):
+                        raise Expand(self.imp.index[id(proto)], e) from None
+                    raise
+        inputs = [i for i in proto.input if i]
+        if inputs and all(self.imp.values[i].const is not None for i in inputs) and self.fold():
+            return
+        try:
+            self.finish(r.emit(self))
+        except Unsupported as e:
+            if self.imp.has_function(proto):
+                raise Expand(self.imp.index[id(proto)], e) from None
+            raise
+
+    def fold(self) -> bool:
+        """Compute a node whose inputs are all known (ONNX's reference evaluator; the
+        symbolic shape arithmetic for shapes with symbolic dims)."""
+        consts = [self.imp.values[i].const if i else None for i in self.proto.input]
+        if any(c is not None and c.dtype == object for c in consts):
+            outs = fold_symbolic(self, consts)
+        else:
+            outs = self.imp.evaluate(self.proto, consts)
+        if outs is None:
+            return False
+        weight = any(self.imp.values[i].weight for i in self.proto.input if i)
+        for name, a in outs.items():
+            if name:
+                v = self.imp.inferred(name)
+                a = np.asarray(a)
+                v.const, v.shape, v.weight = a, tuple(a.shape), weight and v.dtype in FLOAT
+                if v.dtype is None and a.dtype != object:
+                    v.dtype = DTYPES.get(self.imp.onnx.helper.np_dtype_to_tensor_dtype(a.dtype))
+                if a.dtype == object:
+                    v.dtype = "i64"
+                self.imp.values[name] = v
+        return True
+
+    def finish(self, result):
+        """Bind the rule's result to the node's outputs."""
+        if isinstance(result, Multi):
+            names = [self.binding(j=j) for j in range(len(self.results))]
+            self.imp.assign(names, result)
+            for j, name in enumerate(names):
+                self._set(j, name)
+            return
+        results = result if isinstance(result, list) else [result]
+        for j, r in enumerate(results):
+            if r is None:
+                if self.used(j):
+                    self.refuse(f"its output {j} ({self.results[j]})")
+                continue
+            if isinstance(r, Value):
+                self.imp.values[self.results[j]] = r
+            elif isinstance(r, np.ndarray):
+                v = self.imp.inferred(self.results[j])
+                v.const, v.shape = r, tuple(r.shape)
+                self.imp.values[self.results[j]] = v
+            else:
+                name = self.binding(j=j)
+                self.imp.assign([name], r)
+                self._set(j, name)
+        for j in range(len(results), len(self.results)):
+            if self.used(j):
+                self.refuse(f"its output {j} ({self.results[j]})")
+
+    def _set(self, j: int, name: str):
+        v = self.imp.inferred(self.results[j])
+        if v.shape is not None and 0 in v.shape:
+            self.refuse(f"an empty result (shape {list(v.shape)})", "shape")
+        v.expr = name
+        self.imp.values[self.results[j]] = v
+
+
+def _attribute(onnx, a):
+    value = onnx.helper.get_attribute_value(a)
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, list) and value and isinstance(value[0], bytes):
+        return [v.decode() for v in value]
+    if a.type == onnx.AttributeProto.TENSOR:
+        return onnx.numpy_helper.to_array(value)
+    return value
+
+
+def _type_name(imp, elem_type: int) -> str:
+    try:
+        return imp.onnx.TensorProto.DataType.Name(elem_type).lower()
+    except ValueError:
+        return f"element type {elem_type}"
+
+
+def flt(v) -> str:
+    """A float attribute as a .dl literal."""
+    return literal(np.float32(v), "f32")
+
+
+def axes_text(axes) -> str:
+    axes = list(axes)
+    return str(axes[0]) if len(axes) == 1 else shape_tuple(axes)
+
+
+def kw(**settings) -> str:
+    """Keyword arguments that differ from their defaults, as `, name = value` text."""
+    return "".join(f", {k} = {v}" for k, v in settings.items() if v is not None)
+
+
+# ---- folding shapes with symbolic dims -------------------------------------------------------------
+def fold_symbolic(n: Node, consts: list) -> dict | None:
+    """The shape arithmetic of exported models (Shape -> Gather -> Concat -> Reshape) on
+    shapes holding Dims: the outputs by name, or None for another op (its rule decides)."""
+    out = _symbolic(n, consts)
+    return None if out is None else {n.proto.output[0]: out}
+
+
+def _symbolic(n: Node, consts: list):
+    x = consts[0]
+    op = n.op
+    if op in ("Identity", "Cast", "CastLike", "Unsqueeze", "Squeeze", "Reshape", "Flatten"):
+        if op in ("Cast", "CastLike") and n.out_dtype() not in INT:
+            n.refuse("a cast of a shape with symbolic dims to a non-integer type", "input")
+        shape = n.out().shape
+        if shape is None or None in shape:
+            shape = {"Unsqueeze": lambda: np.expand_dims(x, tuple(n.setting("axes", 1))).shape,
+                     "Squeeze": lambda: np.squeeze(x, tuple(n.setting("axes", 1, [])) or None).shape}.get(
+                         op, lambda: x.shape)()
+        return x.reshape(shape)
+    if op == "Gather":
+        return np.take(x, consts[1].astype(np.int64), axis=n.attr("axis", 0))
+    if op == "Concat":
+        return np.concatenate([c for c in consts if c is not None], axis=n.attr("axis", 0))
+    if op == "Slice":
+        starts, ends = n.setting("starts", 1), n.setting("ends", 2)
+        axes = n.setting("axes", 3, list(range(len(starts))))
+        steps = n.setting("steps", 4, [1] * len(starts))
+        index = [slice(None)] * x.ndim
+        for a, s, e, st in zip(axes, starts, ends, steps):
+            index[a] = slice(s, e, st)
+        return x[tuple(index)]
+    if op in ("Add", "Sub", "Mul", "Div"):
+        a, b = (np.vectorize(lambda v: v if isinstance(v, Dim) else int(v), otypes=[object])(c)
+                for c in np.broadcast_arrays(*consts[:2]))
+        f = {"Add": lambda p, q: p + q, "Sub": lambda p, q: p - q, "Mul": lambda p, q: p * q,
+             "Div": lambda p, q: _exact_div(n, p, q)}[op]
+        return np.array([f(p, q) for p, q in zip(a.ravel(), b.ravel())], dtype=object).reshape(a.shape)
+    if op == "ReduceProd":
+        return np.array(prod(x.ravel()), dtype=object).reshape((1,) * x.ndim if n.attr("keepdims", 1) else ())
+    return None
+
+
+def _exact_div(n: Node, p, q):
+    out = p // q
+    if out is None or (not isinstance(p, Dim) and not isinstance(q, Dim) and p % q):
+        n.refuse(f"the division of the dim {p} by {q}", "input")
+    return out
+
+
+# ---- elementwise ops: templates ------------------------------------------------------------------
+# op: (.dl template over the inputs {0}, {1}, ... and the attributes, the attributes' defaults,
+# the input dtypes it accepts). Integer inputs of float-only templates take the INT_TEMPLATES.
+ELEMENTWISE = {
+    "Add": ("{0} + {1}", {}, NUMBER),
+    "Sub": ("{0} - {1}", {}, NUMBER),
+    "Mul": ("{0} * {1}", {}, NUMBER),
+    "Div": ("{0} / {1}", {}, FLOAT),
+    "Pow": ("{0} ^ {1}", {}, FLOAT),
+    "Equal": ("{0} == {1}", {}, ANY),
+    "Less": ("{0} < {1}", {}, NUMBER),
+    "LessOrEqual": ("{0} <= {1}", {}, NUMBER),
+    "Greater": ("{0} > {1}", {}, NUMBER),
+    "GreaterOrEqual": ("{0} >= {1}", {}, NUMBER),
+    "And": ("{0} and {1}", {}, ("bool",)),
+    "Or": ("{0} or {1}", {}, ("bool",)),
+    "Xor": ("{0} != {1}", {}, ("bool",)),
+    "Not": ("not {0}", {}, ("bool",)),
+    "Where": ("select({0}, {1}, {2})", {}, ANY),
+    "Abs": ("abs({0})", {}, FLOAT),
+    "Neg": ("-{0}", {}, FLOAT),
+    "Sign": ("sign({0})", {}, FLOAT),
+    "Exp": ("exp({0})", {}, FLOAT),
+    "Log": ("log({0})", {}, FLOAT),
+    "Sqrt": ("sqrt({0})", {}, FLOAT),
+    "Reciprocal": ("1.0 / {0}", {}, FLOAT),
+    "Floor": ("{0} - {0} % 1.0", {}, FLOAT),
+    "Ceil": ("{0} + (-{0}) % 1.0", {}, FLOAT),
+    "Sin": ("sin({0})", {}, FLOAT),
+    "Cos": ("cos({0})", {}, FLOAT),
+    "Tan": ("sin({0}) / cos({0})", {}, FLOAT),
+    "Sinh": ("0.5 * (exp({0}) - exp(-{0}))", {}, FLOAT),
+    "Cosh": ("0.5 * (exp({0}) + exp(-{0}))", {}, FLOAT),
+    "Asinh": ("sign({0}) * log(abs({0}) + sqrt({0} ^ 2 + 1))", {}, FLOAT),
+    "Acosh": ("log({0} + sqrt({0} ^ 2 - 1))", {}, FLOAT),
+    "Atanh": ("0.5 * log1p(2 * {0} / (1 - {0}))", {}, FLOAT),
+    "Erf": ("erf({0})", {}, FLOAT),
+    "Tanh": ("tanh({0})", {}, FLOAT),
+    "Sigmoid": ("sigmoid({0})", {}, FLOAT),
+    "Relu": ("relu({0})", {}, FLOAT),
+    "LeakyRelu": ("leaky_relu({0}, {alpha})", {"alpha": 0.01}, FLOAT),
+    "Elu": ("elu({0}, {alpha})", {"alpha": 1.0}, FLOAT),
+    "Selu": ("{gamma} * elu({0}, {alpha})", {"alpha": 1.67326319217681884765625,
+                                              "gamma": 1.05070102214813232421875}, FLOAT),
+    "Celu": ("maximum({0}, 0.0) + minimum({alpha} * expm1({0} / {alpha}), 0.0)", {"alpha": 1.0}, FLOAT),
+    "ThresholdedRelu": ("select({0} > {alpha}, {0}, 0.0)", {"alpha": 1.0}, FLOAT),
+    "HardSigmoid": ("minimum(maximum({alpha} * {0} + {beta}, 0.0), 1.0)", {"alpha": 0.2, "beta": 0.5}, FLOAT),
+    "HardSwish": ("{0} * hard_sigmoid({0})", {}, FLOAT),
+    "Softplus": ("softplus({0})", {}, FLOAT),
+    "Softsign": ("{0} / (1 + abs({0}))", {}, FLOAT),
+    "Mish": ("{0} * tanh(softplus({0}))", {}, FLOAT),
+    "Swish": ("swish({0}, {alpha})", {"alpha": 1.0}, FLOAT),
+    "PRelu": ("select({0} > 0, {0}, {1} * {0})", {}, FLOAT),
+    "Shrink": ("select({0} < -{lambd}, {0} + {bias}, select({0} > {lambd}, {0} - {bias}, 0.0))",
+               {"lambd": 0.5, "bias": 0.0}, FLOAT),
+    "IsNaN": ("{0} != {0}", {}, FLOAT),
+}
+
+# integer versions of the float templates (their builtins compute in f32)
+INT_TEMPLATES = {
+    "Abs": "select({0} < 0, 0 - {0}, {0})",
+    "Neg": "0 - {0}",
+    "Relu": "select({0} > 0, {0}, 0)",
+    "Sign": "cast({0} > 0, \"{out}\") - cast({0} < 0, \"{out}\")",
+    "Pow": "cast(float({0}) ^ float({1}), \"{out}\")",
+}
+
+
+def _elementwise(n: Node):
+    template, defaults, dtypes = ELEMENTWISE[n.op]
+    inputs = [i for i in range(len(n.proto.input)) if n.has(i)]
+    if n.op == "Where":
+        data = inputs[1:]
+    elif n.op == "PRelu":
+        data = inputs[:1]
+    else:
+        data = inputs
+    kinds = {n.dtype(i) for i in data}
+    if not kinds <= set(dtypes):
+        ints = INT_TEMPLATES.get(n.op)
+        if ints is None or not kinds <= set(INT):
+            n.refuse(f"{', '.join(sorted(kinds))} inputs", "dtype")
+        template = ints
+    values = {k: flt(n.attr(k, v)) for k, v in defaults.items()}
+    if "{out}" in template:
+        values["out"] = n.out_dtype()
+    return template.format(*[n.x(i) for i in range(len(n.proto.input))], **values)
+
+
+for _op, (_t, _defaults, _dtypes) in ELEMENTWISE.items():
+    RULES[_op] = Rule(_elementwise, attrs=tuple(_defaults))
+
+
+@rule("Div")
+def _div(n: Node):
+    if {n.dtype(0), n.dtype(1)} <= set(INT):      # ONNX truncates toward zero; // floors
+        q = n.let(f"{n.x(0)} // {n.x(1)}", n.label + "_floor")
+        return f"select({n.x(0)} % {n.x(1)} != 0 and ({n.x(0)} < 0) != ({n.x(1)} < 0), {q} + 1, {q})"
+    return _elementwise(n)
+
+
+@rule("Mod", attrs=("fmod",))
+def _mod(n: Node):
+    a, b = n.x(0), n.x(1)
+    if n.attr("fmod", 0) == 0:
+        if n.dtype(0) in FLOAT:
+            n.refuse("fmod = 0 on floats (ONNX requires fmod = 1 there)")
+        return f"{a} % {b}"
+    r = n.let(f"{a} % {b}", n.label + "_floor")        # the sign of b; fmod takes the sign of a
+    return f"select({r} != 0 and ({a} < 0) != ({b} < 0), {r} - {b}, {r})"
+
+
+@rule("Round")
+def _round(n: Node):
+    n.require_float()
+    x = n.x(0)
+    r = n.let(f"{x} + 0.5 - ({x} + 0.5) % 1.0", n.label + "_up")       # floor(x + 0.5)
+    return f"select({r} - {x} == 0.5 and {r} % 2.0 == 1.0, {r} - 1.0, {r})"     # ties to even
+
+
+@rule("IsInf", attrs=("detect_negative", "detect_positive"))
+def _isinf(n: Node):
+    n.require_float()
+    x, big = n.x(0), LARGEST[n.dtype(0)]
+    tests = ([f"{x} > {big}"] if n.attr("detect_positive", 1) else []) + \
+            ([f"{x} < -{big}"] if n.attr("detect_negative", 1) else [])
+    return " or ".join(tests) if tests else f"{x} != {x} and {x} == {x}"
+
+
+@rule("Gelu", attrs=("approximate",))
+def _gelu(n: Node):
+    n.require_float()
+    return f"{'gelu' if n.attr('approximate', 'none') == 'tanh' else 'gelu_exact'}({n.x(0)})"
+
+
+@rule("Identity")
+def _identity(n: Node):
+    return n.value(0)
+
+
+@rule("Dropout", attrs=("ratio", "seed", "is_test"))
+def _dropout(n: Node):
+    """Inference: the identity (a training_mode input that is true is refused)."""
+    if n.has(2) and bool(n.static(2, "training_mode")):
+        n.refuse("training_mode = true")
+    if n.used(1):
+        n.refuse("its mask output")
+    return n.value(0)
+
+
+@rule("Max", "Min", "Sum", "Mean")
+def _variadic(n: Node):
+    xs = [n.x(i) for i in range(len(n.proto.input)) if n.has(i)]
+    if any(n.dtype(i) not in NUMBER for i in range(len(xs))):
+        n.refuse("bool inputs", "dtype")
+    if n.op in ("Sum", "Mean"):
+        total = " + ".join(xs)
+        if n.op == "Sum":
+            return total
+        n.require_float(*range(len(xs)))
+        return f"({total}) / {len(xs)}" if len(xs) > 1 else xs[0]
+    f = "maximum" if n.op == "Max" else "minimum"
+    out = xs[0]
+    for x in xs[1:]:
+        out = f"{f}({out}, {x})"
+    return out if len(xs) > 1 else n.value(0)
+
+
+@rule("Clip", attrs=("min", "max"))
+def _clip(n: Node):
+    out = n.x(0)
+    low = flt(n.attr("min")) if "min" in n.attrs else (n.x(1) if n.has(1) else None)
+    high = flt(n.attr("max")) if "max" in n.attrs else (n.x(2) if n.has(2) else None)
+    if low is not None:
+        out = f"maximum({out}, {low})"
+    if high is not None:
+        out = f"minimum({out}, {high})"
+    return out if out != n.x(0) else n.value(0)
+
+
+@rule("Cast", attrs=("to", "saturate", "round_mode"))
+def _cast(n: Node):
+    to = DTYPES.get(n.attr("to"))
+    if to is None:
+        n.refuse(f"a cast to {_type_name(n.imp, n.attr('to'))}", "dtype")
+    n.dtype(0)
+    return f"cast({n.x(0)}, \"{to}\")"
+
+
+@rule("CastLike", attrs=("saturate", "round_mode"))
+def _cast_like(n: Node):
+    n.dtype(0)
+    return f"cast({n.x(0)}, \"{n.dtype(1)}\")"
+
+
+# ---- shapes -----------------------------------------------------------------------------------------
+def _dims(dims) -> str:
+    return ", ".join(str(d) for d in dims)
+
+
+def reshaped(x: str, dims) -> str:
+    return f"reshape({x}, {_dims(dims) if dims else '()'})"
+
+
+@rule("Reshape", static=(1,), attrs=("allowzero", "shape"))
+def _reshape(n: Node):
+    target = n.setting("shape", 1)
+    shape = n.shape(0)
+    dims = []
+    for k, d in enumerate(target):
+        if d == 0 and not n.attr("allowzero", 0):
+            dims.append(shape[k])
+        elif d == 0:
+            n.refuse("a reshape to an empty shape (allowzero)", "shape")
+        else:
+            dims.append(d)
+    if tuple(dims) == shape:
+        return n.value(0)
+    return reshaped(n.x(0), dims)
+
+
+@rule("Flatten", attrs=("axis",))
+def _flatten(n: Node):
+    shape = n.shape(0)
+    a = n.attr("axis", 1)
+    a = a + len(shape) if a < 0 else a
+    return reshaped(n.x(0), [prod(shape[:a], start=1), prod(shape[a:], start=1)])
+
+
+@rule("Squeeze", static=(1,), attrs=("axes",))
+def _squeeze(n: Node):
+    shape = n.shape(0)
+    axes = n.setting("axes", 1)
+    axes = [k for k, d in enumerate(shape) if d == 1] if axes is None else [n.axis(a, len(shape)) for a in axes]
+    if len(axes) == 1:
+        return f"squeeze({n.x(0)}, {axes[0]})"
+    return reshaped(n.x(0), [d for k, d in enumerate(shape) if k not in axes])
+
+
+@rule("Unsqueeze", static=(1,), attrs=("axes",))
+def _unsqueeze(n: Node):
+    shape = list(n.shape(0))
+    axes = n.setting("axes", 1)
+    rank = len(shape) + len(axes)
+    axes = sorted(n.axis(a, rank) for a in axes)
+    if len(axes) == 1:
+        return f"expand_dims({n.x(0)}, {axes[0]})"
+    for a in axes:
+        shape.insert(a, 1)
+    return reshaped(n.x(0), shape)
+
+
+@rule("Transpose", attrs=("perm",))
+def _transpose(n: Node):
+    rank = n.rank(0)
+    perm = n.attr("perm", list(range(rank))[::-1])
+    if list(perm) == list(range(rank)):
+        return n.value(0)
+    return f"transpose({n.x(0)}, {_dims(perm)})"
+
+
+@rule("Concat", attrs=("axis",))
+def _concat(n: Node):
+    xs = [n.x(i) for i in range(len(n.proto.input)) if n.has(i)]
+    if len(xs) == 1:
+        return n.value(0)
+    return f"concat({', '.join(xs)}, axis = {n.attr('axis')})"
+
+
+@rule("Split", static=(1,), attrs=("axis", "split", "num_outputs"))
+def _split(n: Node):
+    shape = n.shape(0)
+    axis = n.axis(n.attr("axis", 0), len(shape))
+    parts = len(n.results)
+    sizes = n.setting("split", 1)
+    size = shape[axis]
+    if sizes is None:
+        if isinstance(size, int) and size % parts:      # num_outputs: the last part is smaller
+            piece = -(-size // parts)
+            sizes = [piece] * (parts - 1) + [size - piece * (parts - 1)]
+        else:
+            return Multi(f"split({n.x(0)}, {parts}, axis = {axis})")
+    if len(set(sizes)) == 1:
+        return Multi(f"split({n.x(0)}, {parts}, axis = {axis})")
+    out, start = [], 0
+    for s in sizes:
+        out.append(_slice_text(n.x(0), axis, start, start + s))
+        start += s
+    return out
+
+
+def _slice_text(x: str, axis: int, start, stop, step=1) -> str:
+    bounds = f"{start if start else ''}:{'' if stop is None else stop}" + (f":{step}" if step != 1 else "")
+    return f"{x}[{', '.join([':'] * axis + [bounds])}]"
+
+
+@rule("Slice", static=(1, 2, 3, 4), attrs=("starts", "ends", "axes"))
+def _slice(n: Node):
+    shape = n.shape(0)
+    starts, ends = n.setting("starts", 1), n.setting("ends", 2)
+    axes = n.setting("axes", 3, list(range(len(starts))))
+    steps = n.setting("steps", 4, [1] * len(starts))
+    subscripts = [":"] * len(shape)
+    for a, s, e, st in zip(axes, starts, ends, steps):
+        a = n.axis(a, len(shape))
+        d = shape[a]
+        if st <= 0:
+            n.refuse("a slice with a step that is not positive")
+        if isinstance(d, int):
+            s, e, st = slice(s, e, st).indices(d)
+            if e <= s:
+                n.refuse("an empty slice", "shape")
+            subscripts[a] = f"{s if s else ''}:{e if e != d else ''}" + (f":{st}" if st != 1 else "")
+        else:       # a symbolic dim: bounds beyond it mean its end
+            big = 2 ** 31
+            start = "" if s == 0 or s <= -big else str(s)
+            stop = "" if e >= big else str(e)
+            if (s >= big or e <= -big or (s >= 0 and e >= 0 and e <= s) or (s < 0 and e < 0 and e <= s)):
+                n.refuse("an empty slice", "shape")
+            subscripts[a] = f"{start}:{stop}" + (f":{st}" if st != 1 else "")
+    while subscripts and subscripts[-1] == ":":
+        subscripts.pop()
+    if not subscripts:
+        return n.value(0)
+    return f"{n.x(0)}[{', '.join(subscripts)}]"
+
+
+@rule("Gather", attrs=("axis",))
+def _gather(n: Node):
+    shape = n.shape(0)
+    axis = n.axis(n.attr("axis", 0), len(shape))
+    size = shape[axis]
+    idx = n.const(1)
+    if idx is not None and isinstance(size, int):
+        idx = np.where(idx < 0, idx + size, idx)
+        if idx.ndim == 0:       # one position: an index drops the axis
+            return f"{n.x(0)}[{', '.join([':'] * axis + [str(int(idx))])}]"
+        index = n.imp.constant(idx.astype(np.int32), n.label + "_index")
+    else:
+        index = n.x(1)
+        if n.dtype(1) not in INT:
+            n.refuse(f"{n.dtype(1)} indices", "dtype")
+        index = n.let(f"select({index} < 0, {index} + {size}, {index})", n.label + "_index")
+    if axis == 0:
+        return f"gather({n.x(0)}, {index})"
+    rank = len(shape)
+    front = [axis] + [k for k in range(rank) if k != axis]
+    moved = n.let(f"transpose({n.x(0)}, {_dims(front)})", n.label + "_moved")
+    got = n.let(f"gather({moved}, {index})", n.label + "_rows")
+    k = n.rank(1) if idx is None else idx.ndim
+    back = list(range(k, k + axis)) + list(range(k)) + list(range(k + axis, rank - 1 + k))
+    return f"transpose({got}, {_dims(back)})"
+
+
+@rule("Expand", static=(1,))
+def _expand(n: Node):
+    shape = n.shape(0)
+    target = [d for d in n.static(1, "shape").tolist()]
+    rank = max(len(shape), len(target))
+    a = [1] * (rank - len(shape)) + list(shape)
+    b = [1] * (rank - len(target)) + target
+    out = [y if x == 1 else x for x, y in zip(a, b)]
+    if tuple(out) == tuple(shape):
+        return n.value(0)
+    return f"broadcast_to({n.x(0)}, {_dims(out)})"
+
+
+@rule("Tile", static=(1,))
+def _tile(n: Node):
+    repeats = n.static(1, "repeats").tolist()
+    out = n.x(0)
+    for axis, r in enumerate(repeats):
+        if r != 1:
+            expr = f"concat(({out},) * {r}, axis = {axis})"
+            out = expr if axis == max(k for k, q in enumerate(repeats) if q != 1) else n.let(expr, n.label + "_tiled")
+    return out if out != n.x(0) else n.value(0)
+
+
+@rule("Shape", attrs=("start", "end"), shape_only=True)
+def _shape(n: Node):
+    shape = n.shape(0)
+    dims = list(shape[slice(n.attr("start", 0), n.attr("end"))])
+    if all(isinstance(d, int) for d in dims):
+        return np.array(dims, np.int64)
+    return np.array(dims, dtype=object)
+
+
+@rule("Size", shape_only=True)
+def _size(n: Node):
+    total = prod(n.shape(0), start=1)
+    return np.array(total, np.int64 if isinstance(total, int) else object)
+
+
+@rule("ConstantOfShape", static=(0,), attrs=("value",))
+def _constant_of_shape(n: Node):
+    value = n.attr("value", np.zeros(1, np.float32))
+    dims = n.static(0, "shape").tolist()
+    if any(isinstance(d, Dim) for d in dims):
+        dtype = DTYPES.get(n.imp.onnx.helper.np_dtype_to_tensor_dtype(value.dtype))
+        return f"full({shape_tuple(dims)}, {literal(value.reshape(-1)[0], dtype)}, \"{dtype}\")"
+    return np.full(dims, value.reshape(-1)[0], value.dtype)
+
+
+@rule("Constant", attrs=("value", "value_float", "value_floats", "value_int", "value_ints"))
+def _constant(n: Node):
+    for name, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                        ("value_ints", np.int64)):
+        if name in n.attrs:
+            return np.array(n.attrs[name], dtype)
+    if "value" not in n.attrs:
+        n.refuse("a sparse or string constant", "dtype")
+    return n.attrs["value"]
+
+
+@rule("Range", static=(0, 1, 2))
+def _range(n: Node):
+    start, limit, delta = (n.static(i).item() for i in range(3))
+    return np.arange(start, limit, delta).astype(n.static(0).dtype)
+
+
+@rule("EyeLike", attrs=("dtype", "k"), shape_only=True)
+def _eye_like(n: Node):
+    rows, cols = n.shape(0)
+    dtype = n.imp.onnx.helper.tensor_dtype_to_np_dtype(n.attr("dtype", n.value(0).onnx_type))
+    if not isinstance(rows, int) or not isinstance(cols, int):
+        n.refuse("a symbolic shape", "shape")
+    return np.eye(rows, cols, n.attr("k", 0), dtype=dtype)
+
+
+@rule("Pad", static=(1, 2, 3), attrs=("mode", "pads", "value"))
+def _pad(n: Node):
+    if n.attr("mode", "constant") != "constant":
+        n.refuse(f"the padding mode '{n.attr('mode')}'")
+    shape = n.shape(0)
+    pads = n.setting("pads", 1)
+    axes = [n.axis(a, len(shape)) for a in n.setting("axes", 3, list(range(len(shape))))]
+    before, after = [0] * len(shape), [0] * len(shape)
+    for k, a in enumerate(axes):
+        before[a], after[a] = pads[k], pads[k + len(axes)]
+    if min(before + after) < 0:
+        n.refuse("negative pads (cropping)")
+    value = n.attr("value", n.static(2).item() if n.has(2) else 0)
+    if not any(before + after):
+        return n.value(0)
+    fill = literal(value, n.dtype(0))
+    return f"pad({n.x(0)}, {shape_tuple(before)}, {shape_tuple(after)}" + (
+        f", {fill})" if value != 0 else ")")
+
+
+@rule("DepthToSpace", "SpaceToDepth", attrs=("blocksize", "mode"))
+def _depth_space(n: Node):
+    b = n.attr("blocksize")
+    nb, c, h, w = n.shape(0)
+    x = n.x(0)
+    if n.op == "SpaceToDepth":
+        t = n.let(f"reshape({x}, {nb}, {c}, {h // b}, {b}, {w // b}, {b})", n.label + "_blocks")
+        perm = "0, 3, 5, 1, 2, 4" if n.attr("mode", "DCR") == "DCR" else "0, 1, 3, 5, 2, 4"
+        t = n.let(f"transpose({t}, {perm})", n.label + "_moved")
+        return f"reshape({t}, {nb}, {c * b * b}, {h // b}, {w // b})"
+    if n.attr("mode", "DCR") == "DCR":
+        t = n.let(f"reshape({x}, {nb}, {b}, {b}, {c // (b * b)}, {h}, {w})", n.label + "_blocks")
+        t = n.let(f"transpose({t}, 0, 3, 4, 1, 5, 2)", n.label + "_moved")
+    else:
+        t = n.let(f"reshape({x}, {nb}, {c // (b * b)}, {b}, {b}, {h}, {w})", n.label + "_blocks")
+        t = n.let(f"transpose({t}, 0, 1, 4, 2, 5, 3)", n.label + "_moved")
+    return f"reshape({t}, {nb}, {c // (b * b)}, {h * b}, {w * b})"
+
+
+@rule("Trilu", static=(1,), attrs=("upper",))
+def _trilu(n: Node):
+    shape = n.shape(0)
+    rows, cols = shape[-2:]
+    k = int(n.static(1, "k")) if n.has(1) else 0
+    offset = f" + {k}" if k > 0 else (f" - {-k}" if k < 0 else "")
+    op = "<=" if n.attr("upper", 1) else ">="
+    mask = n.let(f"reshape(arange({rows}), {rows}, 1){offset} {op} reshape(arange({cols}), 1, {cols})",
+                 n.label + "_mask")
+    return f"select({mask}, {n.x(0)}, {'false' if n.dtype(0) == 'bool' else 0})"
+
+
+@rule("OneHot", static=(1,), attrs=("axis",))
+def _one_hot(n: Node):
+    depth = int(n.static(1, "depth"))
+    rank = n.rank(0)
+    axis = n.axis(n.attr("axis", -1), rank + 1)
+    idx = n.x(0) if n.dtype(0) in INT else n.let(f"int({n.x(0)})", n.label + "_ids")
+    idx = n.let(f"select({idx} < 0, {idx} + {depth}, {idx})", n.label + "_ids")
+    hot = n.let(f"one_hot({idx}, {depth}, \"bool\")", n.label + "_hot")
+    if axis != rank:
+        perm = list(range(axis)) + [rank] + list(range(axis, rank))
+        hot = n.let(f"transpose({hot}, {_dims(perm)})", n.label + "_moved")
+    values = n.x(2)
+    return f"select({hot}, {values}[1], {values}[0])"
+
+
+@rule("CumSum", static=(1,), attrs=("exclusive", "reverse"))
+def _cumsum(n: Node):
+    """A product with a triangular matrix of ones along the axis."""
+    n.require_float()
+    shape = n.shape(0)
+    axis = n.axis(int(n.static(1, "axis")), len(shape))
+    size = shape[axis]
+    op = {(0, 0): "<=", (1, 0): "<", (0, 1): ">=", (1, 1): ">"}[n.attr("exclusive", 0), n.attr("reverse", 0)]
+    ones = n.let(f"select(reshape(arange({size}), {size}, 1) {op} reshape(arange({size}), 1, {size}), 1.0, 0.0)",
+                 n.label + "_triangle")
+    x = n.x(0)
+    if axis == len(shape) - 1:
+        return f"{x} @ {ones}"
+    moved = n.let(f"swapaxes({x}, {axis}, -1) @ {ones}", n.label + "_sums")
+    return f"swapaxes({moved}, {axis}, -1)"
+
+
+# ---- reductions -------------------------------------------------------------------------------------
+REDUCTIONS = {
+    "ReduceSum": "sum({x}{axes})",
+    "ReduceMean": "mean({x}{axes})",
+    "ReduceMax": "max({x}{axes})",
+    "ReduceMin": "min({x}{axes})",
+    "ReduceL1": "sum(abs({x}){axes})",
+    "ReduceL2": "sqrt(sum({x} ^ 2{axes}))",
+    "ReduceSumSquare": "sum({x} ^ 2{axes})",
+    "ReduceLogSum": "log(sum({x}{axes}))",
+    "ReduceLogSumExp": "max({x}{axes}) + log(sum(exp({x} - max({x}{all_kept})){axes}))",
+}
+# those that read their input's values as integers too
+INT_REDUCTIONS = ("ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare")
+
+
+@rule(*REDUCTIONS, static=(1,), attrs=("axes", "keepdims", "noop_with_empty_axes"))
+def _reduce(n: Node):
+    rank = n.rank(0)
+    dtype = n.dtype(0)
+    if dtype not in FLOAT and not (dtype in INT and n.op in INT_REDUCTIONS):
+        n.refuse(f"{dtype} inputs", "dtype")
+    axes = n.setting("axes", 1, [])
+    if not axes:
+        if n.attr("noop_with_empty_axes", 0):
+            return n.value(0)
+        axes = list(range(rank))
+    axes = sorted({n.axis(a, rank) for a in axes})
+    keep = ", keepdims = true" if n.attr("keepdims", 1) else ""
+    text = REDUCTIONS[n.op].format(x=n.x(0), axes=f", {axes_text(axes)}{keep}",
+                                   all_kept=f", {axes_text(axes)}, keepdims = true")
+    if dtype in INT and n.op == "ReduceMin":        # min negates, which computes in f32
+        text = f"cast({text}, \"{dtype}\")"
+    return text
+
+
+@rule("ArgMax", "ArgMin", attrs=("axis", "keepdims", "select_last_index"))
+def _argmax(n: Node):
+    if n.attr("select_last_index", 0):
+        n.refuse("select_last_index = 1")
+    rank = n.rank(0)
+    axis = n.axis(n.attr("axis", 0), rank)
+    x = n.x(0)
+    if n.op == "ArgMin":
+        x = f"-{x}" if n.dtype(0) in FLOAT else f"0 - {x}"
+    out = f"cast(argmax({x}, {axis}), \"i64\")"
+    return f"expand_dims({n.let(out, n.label + '_index')}, {axis})" if n.attr("keepdims", 1) else out
+
+
+@rule("Softmax", "LogSoftmax", "Hardmax", attrs=("axis",))
+def _softmax(n: Node):
+    n.require_float()
+    shape = n.shape(0)
+    rank = len(shape)
+    x = n.x(0)
+    if n.version < 13:      # the input seen as a matrix: axes before `axis` are rows
+        axis = n.axis(n.attr("axis", 1), rank)
+        if axis != rank - 1:
+            flat = n.let(reshaped(x, [prod(shape[:axis], start=1), prod(shape[axis:], start=1)]), n.label + "_rows")
+            done = n.let(_softmax_text(n, flat, 1, 2, prod(shape[axis:], start=1)), n.label + "_rows")
+            return reshaped(done, shape)
+    axis = n.axis(n.attr("axis", -1), rank)
+    return _softmax_text(n, x, axis, rank, shape[axis])
+
+
+def _softmax_text(n: Node, x: str, axis: int, rank: int, size) -> str:
+    if n.op == "Softmax":
+        return f"softmax({x}, {axis})"
+    if n.op == "LogSoftmax":
+        return f"log_softmax({x}, {axis})"
+    last = f"swapaxes({x}, {axis}, -1)" if axis != rank - 1 else x
+    hot = f"one_hot(argmax({last}, -1), {size}, \"{n.dtype(0)}\")"
+    return hot if last == x else f"swapaxes({n.let(hot, n.label + '_hot')}, {axis}, -1)"
+
+
+# ---- normalization ----------------------------------------------------------------------------------
+def _per_channel(n: Node, i: int, rank: int, axis: int = 1) -> str:
+    """Input i (one value per channel) shaped to broadcast along `axis` of a rank-`rank` tensor."""
+    size = n.shape(i)[0]
+    return reshaped(n.x(i), [size] + [1] * (rank - 1 - axis))
+
+
+@rule("BatchNormalization", attrs=("epsilon", "momentum", "spatial", "training_mode", "is_test", "consumed_inputs"))
+def _batchnorm(n: Node):
+    n.require_float()
+    if n.attr("training_mode", 0) or any(n.used(j) for j in range(1, len(n.results))):
+        n.refuse("training mode (the running statistics as outputs)")
+    if n.attr("spatial", 1) != 1:
+        n.refuse("spatial = 0")
+    rank = n.rank(0)
+    eps = n.attr("epsilon", 1e-5)
+    consts = [n.const(i) for i in range(1, 5)]
+    if rank >= 2 and all(c is not None for c in consts):
+        name = n.binding(_weights_hint(n, 1))
+        for part, c in zip(("gamma", "beta", "running_mean", "running_var"), consts):
+            n.weight(f"{name}.{part}", c)
+        return f"batchnorm({n.x(0)}{kw(eps=flt(eps) if not np.isclose(eps, 1e-5) else None)})"
+    scale, bias, mean, var = (_per_channel(n, i, rank) for i in range(1, 5))
+    return f"({n.x(0)} - {mean}) / sqrt({var} + {flt(eps)}) * {scale} + {bias}"
+
+
+@rule("LayerNormalization", attrs=("axis", "epsilon", "stash_type"))
+def _layernorm(n: Node):
+    n.require_float()
+    if any(n.used(j) for j in (1, 2)):
+        n.refuse("its mean and inverse standard deviation outputs")
+    shape = n.shape(0)
+    rank = len(shape)
+    axis = n.axis(n.attr("axis", -1), rank)
+    eps = n.attr("epsilon", 1e-5)
+    scale, bias = n.const(1), n.const(2)
+    width = shape[-1]
+    if axis == rank - 1 and scale is not None and scale.shape == (width,) and (
+            not n.has(2) or (bias is not None and bias.shape == (width,))):
+        name = n.binding(_weights_hint(n, 1))
+        n.weight(f"{name}.gamma", scale)
+        n.weight(f"{name}.beta", bias if bias is not None else np.zeros(width, scale.dtype))
+        return f"layernorm({n.x(0)}{kw(eps=flt(eps) if not np.isclose(eps, 1e-5) else None)})"
+    axes = axes_text(range(axis, rank))
+    x = n.x(0)
+    mu = n.let(f"mean({x}, {axes}, keepdims = true)", n.label + "_mean")
+    var = n.let(f"mean(({x} - {mu}) ^ 2, {axes}, keepdims = true)", n.label + "_var")
+    out = f"({x} - {mu}) / sqrt({var} + {flt(eps)}) * {n.x(1)}"
+    return out + (f" + {n.x(2)}" if n.has(2) else "")
+
+
+@rule("RMSNormalization", attrs=("axis", "epsilon", "stash_type"))
+def _rms_norm(n: Node):
+    n.require_float()
+    rank = n.rank(0)
+    axis = n.axis(n.attr("axis", -1), rank)
+    x = n.x(0)
+    ms = n.let(f"mean({x} ^ 2, {axes_text(range(axis, rank))}, keepdims = true)", n.label + "_square")
+    return f"{x} / sqrt({ms} + {flt(n.attr('epsilon', 1e-5))}) * {n.x(1)}"
+
+
+@rule("InstanceNormalization", attrs=("epsilon",))
+def _instance_norm(n: Node):
+    n.require_float()
+    rank = n.rank(0)
+    axes = axes_text(range(2, rank))
+    x = n.x(0)
+    mu = n.let(f"mean({x}, {axes}, keepdims = true)", n.label + "_mean")
+    var = n.let(f"mean(({x} - {mu}) ^ 2, {axes}, keepdims = true)", n.label + "_var")
+    return (f"({x} - {mu}) / sqrt({var} + {flt(n.attr('epsilon', 1e-5))}) * {_per_channel(n, 1, rank)}"
+            f" + {_per_channel(n, 2, rank)}")
+
+
+@rule("GroupNormalization", attrs=("epsilon", "num_groups", "stash_type"))
+def _group_norm(n: Node):
+    n.require_float()
+    shape = n.shape(0)
+    rank = len(shape)
+    groups = n.attr("num_groups")
+    x = n.x(0)
+    g = n.let(reshaped(x, [shape[0], groups, -1]), n.label + "_groups")
+    mu = n.let(f"mean({g}, 2, keepdims = true)", n.label + "_mean")
+    var = n.let(f"mean(({g} - {mu}) ^ 2, 2, keepdims = true)", n.label + "_var")
+    normal = n.let(f"({g} - {mu}) / sqrt({var} + {flt(n.attr('epsilon', 1e-5))})", n.label + "_normal")
+    if n.shape(1)[0] == groups and groups != shape[1]:      # opset 18: a scale and bias per group
+        normal = n.let(f"{normal} * {reshaped(n.x(1), [groups, 1])} + {reshaped(n.x(2), [groups, 1])}",
+                       n.label + "_scaled")
+        return reshaped(normal, shape)
+    back = n.let(reshaped(normal, shape), n.label + "_normal")
+    return f"{back} * {_per_channel(n, 1, rank)} + {_per_channel(n, 2, rank)}"
+
+
+@rule("MeanVarianceNormalization", attrs=("axes",))
+def _mvn(n: Node):
+    n.require_float()
+    rank = n.rank(0)
+    axes = axes_text(sorted(n.axis(a, rank) for a in n.attr("axes", [0, 2, 3])))
+    x = n.x(0)
+    mu = n.let(f"mean({x}, {axes}, keepdims = true)", n.label + "_mean")
+    var = n.let(f"mean({x} ^ 2, {axes}, keepdims = true) - {mu} ^ 2", n.label + "_var")
+    return f"({x} - {mu}) / (sqrt({var}) + 1e-09)"
+
+
+@rule("LpNormalization", attrs=("axis", "p"))
+def _lp_norm(n: Node):
+    n.require_float()
+    axis = n.axis(n.attr("axis", -1), n.rank(0))
+    x = n.x(0)
+    p = n.attr("p", 2)
+    if p not in (1, 2):
+        n.refuse(f"p = {p}")
+    norm = n.let(f"sum(abs({x}), {axis}, keepdims = true)" if p == 1 else
+                 f"sqrt(sum({x} ^ 2, {axis}, keepdims = true))", n.label + "_norm")
+    return f"{x} / select({norm} == 0, 1.0, {norm})"      # 0 where the norm is 0
+
+
+@rule("LRN", attrs=("alpha", "beta", "bias", "size"))
+def _lrn(n: Node):
+    """x / (bias + alpha / size * (sum of squares over `size` neighbouring channels)) ^ beta."""
+    n.require_float()
+    shape = n.shape(0)
+    size = n.attr("size")
+    channels = shape[1]
+    lo, hi = (size - 1) // 2, size - 1 - (size - 1) // 2
+    x = n.x(0)
+    before, after = [0] * len(shape), [0] * len(shape)
+    before[1], after[1] = lo, hi
+    sq = n.let(f"pad({x} ^ 2, {shape_tuple(before)}, {shape_tuple(after)})", n.label + "_squares")
+    window = " + ".join(_slice_text(sq, 1, k, k + channels) for k in range(size))
+    total = n.let(window, n.label + "_sums")
+    return (f"{x} / ({flt(n.attr('bias', 1.0))} + {flt(n.attr('alpha', 1e-4) / size)} * {total})"
+            f" ^ {flt(n.attr('beta', 0.75))}")
+
+
+# ---- layers: dense, conv2d, pools ------------------------------------------------------------------
+ACTIVATIONS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
+
+
+def _weights_hint(n: Node, i: int) -> str:
+    """A layer's binding named after its weights' module ('fc1.weight' -> fc1), else the node."""
+    if n.has(i) and n.value(i).weight:
+        hint = layer_hint(n.proto.input[i])
+        if hint and hint != n.proto.input[i] or not n.proto.name:
+            return hint
+    return n.proto.name or n.results[0]
+
+
+def _activation(n: Node) -> str:
+    """Absorb a following Relu / Tanh / Sigmoid: the name of the .dl activation, or ''."""
+    reader = n.absorb(ACTIVATIONS)
+    if reader is None:
+        return ""
+    n.take(reader)
+    return ACTIVATIONS[reader.op]
+
+
+def _bias_add(n: Node, width: int, shapes) -> np.ndarray | None:
+    """Absorb a following Add of a constant bias (of one of `shapes`, for `width` outputs)."""
+    reader = n.absorb(("Add",))
+    if reader is None:
+        return None
+    other = 1 if reader.proto.input[0] == n.results[0] else 0
+    b = reader.const(other)
+    if b is None or not reader.value(other).weight or tuple(b.shape) not in shapes:
+        return None
+    n.take(reader)
+    return b.reshape(width)
+
+
+def _dense(n: Node, x: str, w: np.ndarray, b: np.ndarray | None, hint: str) -> str:
+    act = _activation(n)
+    name = n.binding(hint)
+    n.weight(f"{name}.W", w)
+    if b is not None:
+        n.weight(f"{name}.b", b)
+    return f"dense({x}, {w.shape[1]}{', ' + act if act else ''}{kw(bias='false' if b is None else None)})"
+
+
+@rule("Gemm", attrs=("alpha", "beta", "transA", "transB", "broadcast"))
+def _gemm(n: Node):
+    n.require_float(0, 1)
+    alpha, beta = n.attr("alpha", 1.0), n.attr("beta", 1.0)
+    w, c = n.const(1), n.const(2)
+    if n.value(1).weight and w is not None and not n.attr("transA", 0) and (not n.has(2) or c is not None):
+        w = w.T if n.attr("transB", 0) else w
+        units = w.shape[1]
+        if c is None or c.size in (1, units) and c.ndim <= 2 and (c.ndim < 2 or c.shape[0] == 1):
+            b = None if c is None else np.broadcast_to(c.reshape(-1), (units,)) * np.float32(beta)
+            if b is None:
+                b = _bias_add(n, units, [(units,), (1, units)])
+            return _dense(n, n.x(0), w * np.float32(alpha), b, _weights_hint(n, 1))
+    a = f"transpose({n.x(0)})" if n.attr("transA", 0) else n.x(0)
+    b = f"transpose({n.x(1)})" if n.attr("transB", 0) else n.x(1)
+    out = f"{a} @ {b}" if alpha == 1 else f"{flt(alpha)} * ({a} @ {b})"
+    if n.has(2):
+        out += f" + {n.x(2)}" if beta == 1 else f" + {flt(beta)} * {n.x(2)}"
+    return out
+
+
+@rule("MatMul")
+def _matmul(n: Node):
+    w = n.const(1)
+    if w is not None and n.value(1).weight and w.ndim == 2 and n.dtype(0) in FLOAT:
+        return _dense(n, n.x(0), w, _bias_add(n, w.shape[1], [(w.shape[1],), (1, w.shape[1])]), _weights_hint(n, 1))
+    if n.dtype(0) not in FLOAT:
+        return f"cast({n.x(0)} @ {n.x(1)}, \"{n.out_dtype()}\")"
+    return f"{n.x(0)} @ {n.x(1)}"
+
+
+def _window(n: Node, spatial: tuple, kernel):
+    """(strides, pads before, pads after) of a convolution or pooling node, from its pads or
+    auto_pad (SAME_UPPER puts the odd one after, SAME_LOWER before)."""
+    k = len(kernel)
+    strides = list(n.attr("strides", [1] * k))
+    auto = n.attr("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        pads = list(n.attr("pads", [0] * 2 * k))
+        return strides, pads[:k], pads[k:]
+    if auto == "VALID":
+        return strides, [0] * k, [0] * k
+    before, after = [], []
+    for size, kk, s in zip(spatial, kernel, strides):
+        if not isinstance(size, int):
+            n.refuse(f"auto_pad = {auto} on a symbolic size", "shape")
+        total = max((-(-size // s) - 1) * s + kk - size, 0)
+        small, big = total // 2, total - total // 2
+        before.append(small if auto == "SAME_UPPER" else big)
+        after.append(big if auto == "SAME_UPPER" else small)
+    return strides, before, after
+
+
+def _pair(values) -> str:
+    values = list(values)
+    return str(values[0]) if len(set(values)) == 1 else f"({values[0]}, {values[1]})"
+
+
+def _four_d(n: Node, x: str, shape: tuple) -> tuple:
+    """A 1-D (N, C, L) input as 2-D (N, C, 1, L): the spatial shape, the 4-D operand."""
+    if len(shape) == 4:
+        return shape[2:], x
+    if len(shape) == 3:
+        return (1,) + shape[2:], n.let(reshaped(x, [shape[0], shape[1], 1, shape[2]]), n.label + "_2d")
+    n.refuse(f"a {len(shape) - 2}-D window (dlc has 1-D and 2-D ones)", "shape")
+
+
+def _padded(n: Node, x: str, before, after, value: str | None = None) -> str:
+    lo = [0, 0] + list(before)
+    hi = [0, 0] + list(after)
+    return n.let(f"pad({x}, {shape_tuple(lo)}, {shape_tuple(hi)}" + (f", {value})" if value else ")"),
+                 n.label + "_padded")
+
+
+@rule("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"))
+def _conv(n: Node):
+    """conv2d / conv1d for constant weights (with a following bias Add and Relu), the
+    convolution builtin otherwise."""
+    n.require_float(0, 1)
+    shape, w_shape = n.shape(0), n.shape(1)
+    rank = len(shape)
+    if rank not in (3, 4):
+        n.refuse(f"a {rank - 2}-D convolution (dlc has 1-D and 2-D ones)", "shape")
+    kernel = list(w_shape[2:])
+    if any(d != 1 for d in n.attr("dilations", [1] * len(kernel))):
+        n.refuse("dilations other than 1")
+    if n.attr("group", 1) != 1:
+        n.refuse(f"group = {n.attr('group')} (dlc's convolution has one group)")
+    strides, before, after = _window(n, shape[2:], kernel)
+    x = n.x(0)
+    if before != after:
+        x = _padded(n, x, before, after)
+        before = [0] * len(kernel)
+    w, b = n.const(1), n.const(2)
+    filters = w_shape[0]
+    if w is not None and n.value(1).weight and (not n.has(2) or b is not None):
+        if b is None:
+            b = _bias_add(n, filters, [(filters,) + (1,) * (rank - 2), (1, filters) + (1,) * (rank - 2)])
+        act = _activation(n)
+        name = n.binding(_weights_hint(n, 1))
+        n.weight(f"{name}.W", w)
+        if b is not None:
+            n.weight(f"{name}.b", b.reshape(filters))
+        return (f"conv{rank - 2}d({x}, {filters}, {_pair(kernel)}{kw(stride=_pair(strides) if set(strides) != {1} else None)}"
+                f"{kw(padding=_pair(before) if any(before) else None)}{', act = ' + act if act else ''}"
+                f"{kw(bias='false' if b is None else None)})")
+    weights = n.x(1)
+    if rank == 3:       # as a 2-D convolution of height 1
+        x = n.let(reshaped(x, [shape[0], shape[1], 1, -1]), n.label + "_2d")
+        weights = n.let(reshaped(weights, [w_shape[0], w_shape[1], 1, kernel[0]]), n.label + "_kernel")
+        strides, before = [1] + strides, [0] + before
+    out = f"convolution({x}, {weights}, {_pair(strides)}, {_pair(before)})"
+    if n.has(2):
+        out = f"{n.let(out, n.label + '_conv')} + {reshaped(n.x(2), [filters, 1, 1])}"
+    if rank == 3:
+        return f"{n.let(out, n.label + '_2d')}[:, :, 0]"
+    return out
+
+
+@rule("MaxPool", "AveragePool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape",
+                                       "pads", "storage_order"))
+def _pool(n: Node):
+    n.require_float()
+    if n.used(1):
+        n.refuse("the indices output of MaxPool")
+    shape = n.shape(0)
+    kernel = list(n.attr("kernel_shape"))
+    if any(d != 1 for d in n.attr("dilations", [1] * len(kernel))):
+        n.refuse("dilations other than 1")
+    spatial, x = _four_d(n, n.x(0), shape)
+    strides, before, after = _window(n, shape[2:], kernel)
+    if len(shape) == 3:
+        kernel, strides, before, after = [1] + kernel, [1] + strides, [0] + before, [0] + after
+    extra = [0, 0]
+    if n.attr("ceil_mode", 0):      # more windows at the end: pad for them (they never count)
+        for k, (size, kk, s) in enumerate(zip(spatial, kernel, strides)):
+            if not isinstance(size, int):
+                n.refuse("ceil_mode on a symbolic size", "shape")
+            span = size + before[k] + after[k] - kk
+            outs = -(-span // s) + 1
+            if (outs - 1) * s >= size + before[k]:      # a last window only in the padding is dropped
+                outs -= 1
+            extra[k] = max((outs - 1) * s + kk - (size + before[k] + after[k]), 0)
+    hi = [a + e for a, e in zip(after, extra)]
+    if n.op == "MaxPool":
+        if before == hi:
+            out = f"max_pool({x}, {_pair(kernel)}, {_pair(strides)}{', ' + _pair(before) if any(before) else ''})"
+        else:
+            low = f"-{LARGEST[n.dtype(0)]}"
+            out = f"max_pool({_padded(n, x, before, hi, low)}, {_pair(kernel)}, {_pair(strides)})"
+    elif before == hi and (n.attr("count_include_pad", 0) or not any(before)):
+        out = f"avg_pool({x}, {_pair(kernel)}, {_pair(strides)}{', ' + _pair(before) if any(before) else ''})"
+    else:       # the mean over the window's counted elements: sum / count, both as avg_pool of padded tensors
+        total = f"avg_pool({_padded(n, x, before, hi)}, {_pair(kernel)}, {_pair(strides)})"
+        ones = f"full(shape({x}), 1.0, \"{n.dtype(0)}\")"
+        if n.attr("count_include_pad", 0) and any(before + after):
+            ones = _padded(n, ones, before, after, "1.0")
+            ones = _padded(n, ones, [0, 0], extra)
+        else:
+            ones = _padded(n, ones, before, hi)
+        out = f"{total} / avg_pool({ones}, {_pair(kernel)}, {_pair(strides)})"
+    if len(shape) == 3:
+        return f"{n.let(out, n.label + '_2d')}[:, :, 0]"
+    return out
+
+
+@rule("GlobalAveragePool", "GlobalMaxPool")
+def _global_pool(n: Node):
+    n.require_float()
+    axes = axes_text(range(2, n.rank(0)))
+    return f"{'mean' if n.op == 'GlobalAveragePool' else 'max'}({n.x(0)}, {axes}, keepdims = true)"
+
+
+# ---- recurrent layers ---------------------------------------------------------------------------------
+# ONNX's gate blocks, in the order of dlc's layers (lstm: i, f, g, o; gru: r, z, n)
+GATES = {"LSTM": [0, 2, 3, 1], "GRU": [1, 0, 2], "RNN": [0]}
+LAYERS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
+RNN_ACTIVATIONS = {"Tanh": "tanh", "Relu": "relu", "Sigmoid": "sigmoid"}
+
+
+@rule("LSTM", "GRU", "RNN", static=(1, 2, 3, 4, 7), attrs=(
+    "activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size", "input_forget",
+    "layout", "linear_before_reset"))
+def _recurrent(n: Node):
+    """ONNX's recurrent ops as dlc's layers: X is time-major (layout 0) or batch-first; W, R
+    and B hold each direction's gate blocks, which become the layer's Wx, Wh, bx, bh."""
+    n.require_float(0)
+    op = n.op
+    default = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}[op]
+    directions = 2 if n.attr("direction", "forward") == "bidirectional" else 1
+    acts = n.attr("activations", default * directions)
+    if "clip" in n.attrs:
+        n.refuse("clip")
+    if n.attr("input_forget", 0):
+        n.refuse("input_forget = 1")
+    if op == "GRU" and not n.attr("linear_before_reset", 0):
+        n.refuse("linear_before_reset = 0 (dlc's gru applies the reset gate after the recurrent product, "
+                 "as linear_before_reset = 1 and PyTorch do)")
+    if op != "RNN" and acts != default * directions or op == "RNN" and (
+            len(set(acts)) != 1 or acts[0] not in RNN_ACTIVATIONS):
+        n.refuse(f"the activations {acts}")
+    if n.has(4):
+        lens = n.static(4, "sequence_lens")
+        steps = n.shape(0)[1 if n.attr("layout", 0) else 0]
+        if not (lens == steps).all():
+            n.refuse("sequences of different lengths (sequence_lens)", "input")
+    if op == "LSTM" and n.has(7) and np.any(n.static(7, "P")):
+        n.refuse("peephole weights (P)")
+    w, r = n.static(1, "W"), n.static(2, "R")
+    units = n.attr("hidden_size", r.shape[-1])
+    bias = n.static(3, "B") if n.has(3) else np.zeros((directions, 2 * w.shape[1]), w.dtype)
+    batch_first = n.attr("layout", 0) == 1
+    x = n.x(0) if batch_first else n.let(f"transpose({n.x(0)}, 1, 0, 2)", n.label + "_batch_first")
+    states = [i for i in ((5, 6) if op == "LSTM" else (5,)) if n.has(i)]
+    if states and len(states) != (2 if op == "LSTM" else 1):
+        n.refuse("an initial hidden state without the initial cell state, or the reverse", "input")
+    hint = n.proto.name or n.results[0] or op.lower()
+    runs = []
+    for d in range(directions):
+        reverse = n.attr("direction", "forward") == "reverse" or d == 1
+        name = n.imp.names(hint if directions == 1 else f"{hint}_{'bwd' if d else 'fwd'}", "h")
+        order = np.concatenate([np.arange(units) + g * units for g in GATES[op]])
+        n.weight(f"{name}.Wx", w[d][order].T)
+        n.weight(f"{name}.Wh", r[d][order].T)
+        n.weight(f"{name}.bx", bias[d][:len(order)][order])
+        n.weight(f"{name}.bh", bias[d][len(order):][order])
+        state = ""
+        if states:
+            picked = [f"{n.x(i)}[:, {d}]" if batch_first else f"{n.x(i)}[{d}]" for i in states]
+            state = f", state = ({', '.join(picked)},)"
+        act = f", act = {RNN_ACTIVATIONS[acts[d]]}" if op == "RNN" and acts[d] != "Tanh" else ""
+        call = f"{LAYERS[op]}({x}, {units}{act}{', reverse = true' if reverse else ''}{state}"
+        if n.used(1) or n.used(2):
+            finals = [n.imp.names(f"{name}_{s}") for s in ("h", "c")[:2 if op == "LSTM" else 1]]
+            n.imp.assign([name] + finals, f"{call}, return_state = true)")
+        else:
+            n.imp.assign([name], f"{call})")
+            finals = []
+        runs.append((name, finals))
+    # Y: [T, D, B, U] (layout 0) or [B, T, D, U]; Y_h and Y_c: [D, B, U] or [B, D, U]
+    ys = f"stack({', '.join(name for name, _ in runs)}, axis = {2 if batch_first else 1})"
+    outputs = [None] * len(n.results)
+    if n.used(0):
+        outputs[0] = ys if batch_first else f"transpose({n.let(ys, n.label + '_steps')}, 2, 1, 0, 3)"
+    for j in (1, 2)[:len(n.results) - 1]:
+        if n.used(j):
+            outputs[j] = f"stack({', '.join(f[j - 1] for _, f in runs)}, axis = {1 if batch_first else 0})"
+    return outputs
