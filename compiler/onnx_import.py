@@ -317,6 +317,7 @@ class _Importer:
         self.decls: list[str] = []         # param and state declarations
         self.body: list[str] = []          # bindings
         self.bound: set = set()            # the names they bind
+        self.built: dict = {}              # name -> type, from a build of the program so far
         self.weights: dict = {}
         self.inputs: dict = {}
         self.consumers: dict = {}
@@ -501,6 +502,18 @@ class _Importer:
             return None
         return dict(zip([o.name for o in outputs], results))
 
+    def built_type(self, name: str):
+        """The TensorType dlc gives a value of the program written so far (one build of it
+        serves every value bound before it), or None."""
+        expr = self.operand(name)
+        if expr not in self.built:
+            from dlc.compiler.loader import load_text
+            model = load_text(self.text([]), f"<{self.name}.dl>").build(None, training=False)
+            self.built = {name: t for name, t, _ in model.bindings}
+            self.built.update({i.name: i.type for i in model.inputs})
+            self.built.update({p.name: p.type for p in model.params})
+        return self.built.get(expr)
+
     # -- writing --
     def bind(self, hint: str, expr: str) -> str:
         name = self.names(hint, "v")
@@ -513,7 +526,7 @@ class _Importer:
 
     def run(self) -> Imported:
         from dlc.compiler.onnx_ops import Node, RULES
-        header = self._add_inputs()
+        self.header = self._add_inputs()
         self._add_initializers()
         for node in self.graph.node:
             if id(node) not in self.absorbed:
@@ -535,13 +548,16 @@ class _Importer:
                 lines.append(f"output {name} = {expr}")
             outputs[out.name] = name
             dtypes[name] = NP_DTYPES[v.dtype]
+        return Imported(self.name, self.text(lines), self.weights, self.inputs, outputs, dtypes)
+
+    def text(self, outputs: list) -> str:
+        """The program: the model's inputs, parameters and state, bindings and `outputs`."""
         producer = " ".join(p for p in (self.model.producer_name, self.model.producer_version) if p)
-        text = "\n".join([f"# imported from {self.source} by dlc import (ONNX opset {self.opset}"
+        return "\n".join([f"# imported from {self.source} by dlc import (ONNX opset {self.opset}"
                           + (f", produced by {producer})" if producer else ")"),
                           f"model {self.name} {{",
-                          *("    " + line for line in header + self.decls + self.body + lines),
+                          *("    " + line for line in self.header + self.decls + self.body + outputs),
                           "}", ""])
-        return Imported(self.name, text, self.weights, self.inputs, outputs, dtypes)
 
 
 def _type_name(elem_type: int) -> str:

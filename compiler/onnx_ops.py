@@ -108,20 +108,26 @@ class Node:
 
     def dtype(self, i: int) -> str:
         v = self.value(i)
+        if v.dtype is None and not v.onnx_type:        # shape inference did not tell: dlc does
+            self._ask_dlc(i)
         if v.dtype is None:
             self.refuse(f"{_type_name(self.imp, v.onnx_type)} values", "dtype")
         return v.dtype
 
     def shape(self, i: int) -> tuple:
-        """Input i's dims: ints, or Dims (an input's symbol, or `size(x, k)` for a dim only
-        known when the program runs)."""
+        """Input i's dims: ints, or Dims of the model's input symbols."""
         v = self.value(i)
-        if v.shape is None:
-            self.refuse(f"an input of unknown rank ({self.proto.input[i]})", "shape")
-        if any(d is None for d in v.shape):
-            expr = self.x(i)
-            v.shape = tuple(Dim.sym(f"size({expr}, {k})") if d is None else d for k, d in enumerate(v.shape))
+        if v.shape is None or None in v.shape:
+            self._ask_dlc(i)
         return v.shape
+
+    def _ask_dlc(self, i: int):
+        """The type of input i as dlc builds it, where ONNX's shape inference could not tell."""
+        v = self.value(i)
+        t = self.imp.built_type(self.proto.input[i])
+        if t is None:
+            self.refuse(f"an input of unknown shape ({self.proto.input[i]})", "shape")
+        v.dtype, v.shape = t.dtype, t.shape
 
     def rank(self, i: int) -> int:
         return len(self.shape(i))
@@ -424,7 +430,7 @@ def _elementwise(n: Node):
     inputs = [i for i in range(len(n.proto.input)) if n.has(i)]
     if n.op == "Where":
         data = inputs[1:]
-    elif n.op == "PRelu":
+    elif n.op in ("PRelu", "Pow"):     # a float base takes any exponent
         data = inputs[:1]
     else:
         data = inputs
@@ -455,9 +461,7 @@ def _div(n: Node):
 @rule("Mod", attrs=("fmod",))
 def _mod(n: Node):
     a, b = n.x(0), n.x(1)
-    if n.attr("fmod", 0) == 0:
-        if n.dtype(0) in FLOAT:
-            n.refuse("fmod = 0 on floats (ONNX requires fmod = 1 there)")
+    if n.attr("fmod", 0) == 0:      # the sign of b, as Python's %
         return f"{a} % {b}"
     r = n.let(f"{a} % {b}", n.label + "_floor")        # the sign of b; fmod takes the sign of a
     return f"select({r} != 0 and ({a} < 0) != ({b} < 0), {r} - {b}, {r})"
@@ -491,14 +495,17 @@ def _identity(n: Node):
     return n.value(0)
 
 
-@rule("Dropout", attrs=("ratio", "seed", "is_test"))
+@rule("Dropout", static=(1, 2), attrs=("ratio", "seed", "is_test"))
 def _dropout(n: Node):
-    """Inference: the identity (a training_mode input that is true is refused)."""
-    if n.has(2) and bool(n.static(2, "training_mode")):
-        n.refuse("training_mode = true")
+    """The identity, with a mask of ones, in inference and at ratio 0; dropping at random in
+    training mode is refused (its numbers would not be ONNX's)."""
+    ratio = float(n.setting("ratio", 1, 0.5))
+    if n.has(2) and bool(n.static(2, "training_mode")) and ratio != 0:
+        n.refuse(f"training_mode = true with ratio {ratio:g} (random)")
+    mask = None
     if n.used(1):
-        n.refuse("its mask output")
-    return n.value(0)
+        mask = f"full(shape({n.x(0)}), 1, \"{n.out_dtype(1)}\")"
+    return [n.value(0), mask]
 
 
 @rule("Max", "Min", "Sum", "Mean")
@@ -614,9 +621,10 @@ def _transpose(n: Node):
 
 @rule("Concat", attrs=("axis",))
 def _concat(n: Node):
-    xs = [n.x(i) for i in range(len(n.proto.input)) if n.has(i)]
+    parts = [i for i in range(len(n.proto.input)) if n.has(i) and not (n.const(i) is not None and n.const(i).size == 0)]
+    xs = [n.x(i) for i in parts]        # empty parts add nothing
     if len(xs) == 1:
-        return n.value(0)
+        return n.value(parts[0])
     return f"concat({', '.join(xs)}, axis = {n.attr('axis')})"
 
 
@@ -637,7 +645,10 @@ def _split(n: Node):
         return Multi(f"split({n.x(0)}, {parts}, axis = {axis})")
     out, start = [], 0
     for s in sizes:
-        out.append(_slice_text(n.x(0), axis, start, start + s))
+        if s == 0:      # an empty part: known now, and read only by what ignores it (a Concat)
+            out.append(np.zeros(tuple(0 if k == axis else d for k, d in enumerate(shape)), NP_DTYPES[n.dtype(0)]))
+        else:
+            out.append(_slice_text(n.x(0), axis, start, start + s))
         start += s
     return out
 
@@ -649,33 +660,44 @@ def _slice_text(x: str, axis: int, start, stop, step=1) -> str:
 
 @rule("Slice", static=(1, 2, 3, 4), attrs=("starts", "ends", "axes"))
 def _slice(n: Node):
+    """Indexing (x[a:b:s, ...]) with ONNX's clamped bounds; a negative step takes the
+    positions it names with gather."""
     shape = n.shape(0)
     starts, ends = n.setting("starts", 1), n.setting("ends", 2)
     axes = n.setting("axes", 3, list(range(len(starts))))
     steps = n.setting("steps", 4, [1] * len(starts))
     subscripts = [":"] * len(shape)
+    backwards = []      # (axis, positions)
     for a, s, e, st in zip(axes, starts, ends, steps):
         a = n.axis(a, len(shape))
         d = shape[a]
-        if st <= 0:
-            n.refuse("a slice with a step that is not positive")
+        if st == 0:
+            n.refuse("a slice with step 0")
         if isinstance(d, int):
-            s, e, st = slice(s, e, st).indices(d)
-            if e <= s:
+            positions = range(*slice(s, e, st).indices(d))
+            if not positions:
                 n.refuse("an empty slice", "shape")
-            subscripts[a] = f"{s if s else ''}:{e if e != d else ''}" + (f":{st}" if st != 1 else "")
+            if st < 0:
+                backwards.append((a, list(positions)))
+            else:
+                s, e = positions.start, positions.stop
+                subscripts[a] = f"{s if s else ''}:{e if e != d else ''}" + (f":{st}" if st != 1 else "")
+        elif st < 0:
+            n.refuse("a backwards slice of a symbolic dim", "shape")
         else:       # a symbolic dim: bounds beyond it mean its end
             big = 2 ** 31
+            if s >= big or e <= -big or (s >= 0 and 0 <= e <= s) or (s < 0 and e < 0 and e <= s):
+                n.refuse("an empty slice", "shape")
             start = "" if s == 0 or s <= -big else str(s)
             stop = "" if e >= big else str(e)
-            if (s >= big or e <= -big or (s >= 0 and e >= 0 and e <= s) or (s < 0 and e < 0 and e <= s)):
-                n.refuse("an empty slice", "shape")
             subscripts[a] = f"{start}:{stop}" + (f":{st}" if st != 1 else "")
     while subscripts and subscripts[-1] == ":":
         subscripts.pop()
-    if not subscripts:
-        return n.value(0)
-    return f"{n.x(0)}[{', '.join(subscripts)}]"
+    out = f"{n.x(0)}[{', '.join(subscripts)}]" if subscripts else n.x(0)
+    for a, positions in backwards:
+        index = n.imp.constant(np.array(positions, np.int32), n.label + "_positions")
+        out = _take(n, out if out == n.x(0) else n.let(out, n.label + "_part"), len(shape), a, index, 1)
+    return out if out != n.x(0) else n.value(0)
 
 
 @rule("Gather", attrs=("axis",))
@@ -689,20 +711,48 @@ def _gather(n: Node):
         if idx.ndim == 0:       # one position: an index drops the axis
             return f"{n.x(0)}[{', '.join([':'] * axis + [str(int(idx))])}]"
         index = n.imp.constant(idx.astype(np.int32), n.label + "_index")
-    else:
-        index = n.x(1)
-        if n.dtype(1) not in INT:
-            n.refuse(f"{n.dtype(1)} indices", "dtype")
-        index = n.let(f"select({index} < 0, {index} + {size}, {index})", n.label + "_index")
+        return _take(n, n.x(0), len(shape), axis, index, idx.ndim)
+    index = n.x(1)
+    if n.dtype(1) not in INT:
+        n.refuse(f"{n.dtype(1)} indices", "dtype")
+    index = n.let(f"select({index} < 0, {index} + {size}, {index})", n.label + "_index")
+    return _take(n, n.x(0), len(shape), axis, index, n.rank(1))
+
+
+def _take(n: Node, x: str, rank: int, axis: int, index: str, index_rank: int) -> str:
+    """The entries of x at `index` (a rank-`index_rank` integer tensor) along `axis`: gather
+    works on axis 0, so the axis goes first and the index's axes come back to its place."""
     if axis == 0:
-        return f"gather({n.x(0)}, {index})"
-    rank = len(shape)
+        return f"gather({x}, {index})"
     front = [axis] + [k for k in range(rank) if k != axis]
-    moved = n.let(f"transpose({n.x(0)}, {_dims(front)})", n.label + "_moved")
+    moved = n.let(f"transpose({x}, {_dims(front)})", n.label + "_moved")
     got = n.let(f"gather({moved}, {index})", n.label + "_rows")
-    k = n.rank(1) if idx is None else idx.ndim
+    k = index_rank
     back = list(range(k, k + axis)) + list(range(k)) + list(range(k + axis, rank - 1 + k))
     return f"transpose({got}, {_dims(back)})"
+
+
+@rule("GatherElements", attrs=("axis",))
+def _gather_elements(n: Node):
+    """out[..., i, ...] = x[..., index[..., i, ...], ...] along the axis: a one-hot choice
+    among the axis' entries."""
+    shape, idx_shape = n.shape(0), n.shape(1)
+    rank = len(shape)
+    axis = n.axis(n.attr("axis", 0), rank)
+    if any(a != b for k, (a, b) in enumerate(zip(shape, idx_shape)) if k != axis):
+        n.refuse("indices whose shape differs from the data's off the axis", "shape")
+    size = shape[axis]
+    x, index = n.x(0), n.x(1)
+    if axis != rank - 1:
+        x = n.let(f"swapaxes({x}, {axis}, -1)", n.label + "_moved")
+        index = n.let(f"swapaxes({index}, {axis}, -1)", n.label + "_moved_index")
+    index = n.let(f"select({index} < 0, {index} + {size}, {index})", n.label + "_index")
+    hot = n.let(f"one_hot({index}, {size}, \"bool\")", n.label + "_hot")
+    zero = "false" if n.dtype(0) == "bool" else "0"
+    out = f"sum(select({hot}, expand_dims({x}, -2), {zero}), -1)"
+    if n.dtype(0) == "bool":
+        out = f"max(select({hot}, expand_dims(cast({x}, \"i32\"), -2), 0), -1) > 0"
+    return out if axis == rank - 1 else f"swapaxes({n.let(out, n.label + '_picked')}, {axis}, -1)"
 
 
 @rule("Expand", static=(1,))
@@ -901,11 +951,15 @@ def _reduce(n: Node):
 
 @rule("ArgMax", "ArgMin", attrs=("axis", "keepdims", "select_last_index"))
 def _argmax(n: Node):
-    if n.attr("select_last_index", 0):
-        n.refuse("select_last_index = 1")
-    rank = n.rank(0)
+    shape = n.shape(0)
+    rank = len(shape)
     axis = n.axis(n.attr("axis", 0), rank)
     x = n.x(0)
+    keep = ", keepdims = true" if n.attr("keepdims", 1) else ""
+    if n.attr("select_last_index", 0):      # the largest position holding the extremum
+        best = n.let(f"{'max' if n.op == 'ArgMax' else 'min'}({x}, {axis}, keepdims = true)", n.label + "_best")
+        places = reshaped(f"arange({shape[axis]})", [d if k == axis else 1 for k, d in enumerate(shape)])
+        return f"cast(max(select({x} == {best}, {places}, -1), {axis}{keep}), \"i64\")"
     if n.op == "ArgMin":
         x = f"-{x}" if n.dtype(0) in FLOAT else f"0 - {x}"
     out = f"cast(argmax({x}, {axis}), \"i64\")"
@@ -947,13 +1001,25 @@ def _per_channel(n: Node, i: int, rank: int, axis: int = 1) -> str:
 
 @rule("BatchNormalization", attrs=("epsilon", "momentum", "spatial", "training_mode", "is_test", "consumed_inputs"))
 def _batchnorm(n: Node):
+    """batchnorm for constant statistics; the formula otherwise, and in training mode (the
+    batch's statistics, and the running ones updated as outputs)."""
     n.require_float()
-    if n.attr("training_mode", 0) or any(n.used(j) for j in range(1, len(n.results))):
-        n.refuse("training mode (the running statistics as outputs)")
     if n.attr("spatial", 1) != 1:
         n.refuse("spatial = 0")
     rank = n.rank(0)
     eps = n.attr("epsilon", 1e-5)
+    if n.attr("training_mode", 0) or any(n.used(j) for j in range(1, len(n.results))):
+        if n.version < 14:
+            n.refuse("the statistics outputs of BatchNormalization before opset 14")
+        axes = axes_text([0] + list(range(2, rank)))
+        x = n.x(0)
+        mu = n.let(f"mean({x}, {axes})", n.label + "_mean")
+        var = n.let(f"mean(({x} - {reshaped(mu, [-1] + [1] * (rank - 2))}) ^ 2, {axes})", n.label + "_var")
+        scale, bias = _per_channel(n, 1, rank), _per_channel(n, 2, rank)
+        m = flt(n.attr("momentum", 0.9))
+        return [f"({x} - {reshaped(mu, [-1] + [1] * (rank - 2))}) / sqrt({reshaped(var, [-1] + [1] * (rank - 2))}"
+                f" + {flt(eps)}) * {scale} + {bias}",
+                f"{n.x(3)} * {m} + {mu} * (1 - {m})", f"{n.x(4)} * {m} + {var} * (1 - {m})"]
     consts = [n.const(i) for i in range(1, 5)]
     if rank >= 2 and all(c is not None for c in consts):
         name = n.binding(_weights_hint(n, 1))
@@ -1184,6 +1250,9 @@ def _four_d(n: Node, x: str, shape: tuple) -> tuple:
 
 
 def _padded(n: Node, x: str, before, after, value: str | None = None) -> str:
+    """x with pads around its spatial axes (a binding), or x when there are none."""
+    if not any(before) and not any(after):
+        return x
     lo = [0, 0] + list(before)
     hi = [0, 0] + list(after)
     return n.let(f"pad({x}, {shape_tuple(lo)}, {shape_tuple(hi)}" + (f", {value})" if value else ")"),
@@ -1235,9 +1304,11 @@ def _conv(n: Node):
     return out
 
 
-@rule("MaxPool", "AveragePool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape",
-                                       "pads", "storage_order"))
+@rule("MaxPool", "AveragePool", "LpPool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations",
+                                                 "kernel_shape", "p", "pads", "storage_order", "strides"))
 def _pool(n: Node):
+    """max_pool / avg_pool; padding that is not the same on both sides, ceil_mode's windows at
+    the end and count_include_pad = 0 are explicit pads and counts."""
     n.require_float()
     if n.used(1):
         n.refuse("the indices output of MaxPool")
@@ -1260,23 +1331,26 @@ def _pool(n: Node):
                 outs -= 1
             extra[k] = max((outs - 1) * s + kk - (size + before[k] + after[k]), 0)
     hi = [a + e for a, e in zip(after, extra)]
+    window = f"{_pair(kernel)}, {_pair(strides)}"
     if n.op == "MaxPool":
         if before == hi:
-            out = f"max_pool({x}, {_pair(kernel)}, {_pair(strides)}{', ' + _pair(before) if any(before) else ''})"
+            out = f"max_pool({x}, {window}{', ' + _pair(before) if any(before) else ''})"
         else:
-            low = f"-{LARGEST[n.dtype(0)]}"
-            out = f"max_pool({_padded(n, x, before, hi, low)}, {_pair(kernel)}, {_pair(strides)})"
+            out = f"max_pool({_padded(n, x, before, hi, '-' + LARGEST[n.dtype(0)])}, {window})"
+    elif n.op == "LpPool":      # (the sum of |x|^p over the window)^(1/p); padding adds nothing
+        p = n.attr("p", 2)
+        powers = n.let(f"abs({x}) ^ {p}", n.label + "_powers")
+        out = f"(avg_pool({_padded(n, powers, before, hi)}, {window}) * {prod(kernel)}) ^ {flt(1 / p)}"
     elif before == hi and (n.attr("count_include_pad", 0) or not any(before)):
-        out = f"avg_pool({x}, {_pair(kernel)}, {_pair(strides)}{', ' + _pair(before) if any(before) else ''})"
+        out = f"avg_pool({x}, {window}{', ' + _pair(before) if any(before) else ''})"
     else:       # the mean over the window's counted elements: sum / count, both as avg_pool of padded tensors
-        total = f"avg_pool({_padded(n, x, before, hi)}, {_pair(kernel)}, {_pair(strides)})"
+        total = f"avg_pool({_padded(n, x, before, hi)}, {window})"
         ones = f"full(shape({x}), 1.0, \"{n.dtype(0)}\")"
         if n.attr("count_include_pad", 0) and any(before + after):
-            ones = _padded(n, ones, before, after, "1.0")
-            ones = _padded(n, ones, [0, 0], extra)
+            ones = _padded(n, _padded(n, ones, before, after, "1.0"), [0, 0], extra)
         else:
             ones = _padded(n, ones, before, hi)
-        out = f"{total} / avg_pool({ones}, {_pair(kernel)}, {_pair(strides)})"
+        out = f"{total} / avg_pool({ones}, {window})"
     if len(shape) == 3:
         return f"{n.let(out, n.label + '_2d')}[:, :, 0]"
     return out
