@@ -1385,9 +1385,6 @@ def _recurrent(n: Node):
         n.refuse("clip")
     if n.attr("input_forget", 0):
         n.refuse("input_forget = 1")
-    if op == "GRU" and not n.attr("linear_before_reset", 0):
-        n.refuse("linear_before_reset = 0 (dlc's gru applies the reset gate after the recurrent product, "
-                 "as linear_before_reset = 1 and PyTorch do)")
     if op != "RNN" and acts != default * directions or op == "RNN" and (
             len(set(acts)) != 1 or acts[0] not in RNN_ACTIVATIONS):
         n.refuse(f"the activations {acts}")
@@ -1421,6 +1418,8 @@ def _recurrent(n: Node):
             picked = [f"{n.x(i)}[:, {d}]" if batch_first else f"{n.x(i)}[{d}]" for i in states]
             state = f", state = ({', '.join(picked)},)"
         act = f", act = {RNN_ACTIVATIONS[acts[d]]}" if op == "RNN" and acts[d] != "Tanh" else ""
+        if op == "GRU" and not n.attr("linear_before_reset", 0):
+            act = ", reset_after = false"
         call = f"{LAYERS[op]}({x}, {units}{act}{', reverse = true' if reverse else ''}{state}"
         if n.used(1) or n.used(2):
             finals = [n.imp.names(f"{name}_{s}") for s in ("h", "c")[:2 if op == "LSTM" else 1]]
