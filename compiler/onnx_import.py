@@ -93,6 +93,8 @@ class Value:
     expr: str | None = None
     const: np.ndarray | None = None
     weight: bool = False              # a float initializer: a trainable parameter when used as a tensor
+    fill: float | None = None         # the one number a tensor is filled with, when the program says so
+    transposed: tuple | None = None   # (the ONNX value it permutes, the permutation)
     onnx_type: int = 0
 
 
@@ -243,12 +245,16 @@ class Namer:
     def __init__(self, reserved):
         self.used = set(reserved)
 
-    def __call__(self, hint: str, fallback: str = "v") -> str:
+    @staticmethod
+    def clean(hint: str, fallback: str = "v") -> str:
+        """An ONNX name as an identifier (before making it unique)."""
         text = re.sub(r"_output_\d+$|:\d+$", "", hint or "")
         text = re.sub(r"^onnx::", "", text)
         text = re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_") or fallback
-        if text[0].isdigit():
-            text = f"{fallback}{text}"
+        return f"{fallback}{text}" if text[0].isdigit() else text
+
+    def __call__(self, hint: str, fallback: str = "v") -> str:
+        text = self.clean(hint, fallback)
         name, k = text, 2
         while name in self.used:
             name, k = f"{text}_{k}", k + 1
@@ -528,8 +534,9 @@ class _Importer:
         from dlc.compiler.onnx_ops import Node, RULES
         self.header = self._add_inputs()
         self._add_initializers()
-        for node in self.graph.node:
-            if id(node) not in self.absorbed:
+        constants = [node for node in self.graph.node if node.op_type == "Constant" and not node.input]
+        for node in constants + [node for node in self.graph.node if node not in constants]:
+            if id(node) not in self.absorbed:       # Constants first: a fused pattern may read them early
                 Node(self, node).emit(RULES)
         outputs, dtypes, lines = {}, {}, []
         for out in self.graph.output:
@@ -540,7 +547,7 @@ class _Importer:
             if v.shape is not None and 0 in v.shape:
                 raise Unsupported(f"{self.source}: the output '{out.name}' is empty (shape {list(v.shape)})", "shape")
             expr = self.operand(out.name)
-            if expr in self.bound and expr not in outputs.values():
+            if expr in self.bound and expr == Namer.clean(out.name, "y") and expr not in outputs.values():
                 name = expr
                 lines.append(f"output {name}")
             else:
@@ -548,7 +555,26 @@ class _Importer:
                 lines.append(f"output {name} = {expr}")
             outputs[out.name] = name
             dtypes[name] = NP_DTYPES[v.dtype]
+        self._prune(lines)
         return Imported(self.name, self.text(lines), self.weights, self.inputs, outputs, dtypes)
+
+    def _prune(self, outputs: list):
+        """Drop the bindings and constants nothing reads (what a fused pattern left behind);
+        a binding that names a layer's parameters stays."""
+        def reads(lines):
+            return {w for line in lines for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", line.split(" = ", 1)[-1])}
+        while True:
+            used = reads(self.body + outputs)
+            dead = [line for line in self.body
+                    if not any(t in used or any(k.startswith(t + ".") for k in self.weights)
+                               for t in line.split(" = ", 1)[0].split(", "))]
+            dead_decls = [line for line in self.decls if line.split()[1].rstrip(":") not in used]
+            if not dead and not dead_decls:
+                return
+            self.body = [line for line in self.body if line not in dead]
+            self.decls = [line for line in self.decls if line not in dead_decls]
+            for line in dead_decls:
+                del self.weights[line.split()[1].rstrip(":")]
 
     def text(self, outputs: list) -> str:
         """The program: the model's inputs, parameters and state, bindings and `outputs`."""

@@ -53,6 +53,16 @@ class Multi(str):
     `a, b = expr`."""
 
 
+class Expr(str):
+    """A .dl expression with what the importer knows of its value: `fill`, the one number
+    it is filled with; `transposed`, (the ONNX value it permutes, the permutation)."""
+
+    def __new__(cls, text: str, fill=None, transposed=None):
+        out = super().__new__(cls, text)
+        out.fill, out.transposed = fill, transposed
+        return out
+
+
 class Node:
     """One ONNX node as a rule sees it."""
 
@@ -181,14 +191,15 @@ class Node:
         if not name or name in self.imp.graph_outputs or len(readers) != 1 or readers[0].op_type not in ops:
             return None
         reader = Node(self.imp, readers[0])
-        if reader.proto.domain not in ("", "ai.onnx"):
-            return None
+        if reader.proto.domain not in ("", "ai.onnx") or any(
+                i and i != name and i not in self.imp.values for i in reader.proto.input):
+            return None         # its other inputs are not known yet
         return reader
 
-    def take(self, reader: "Node"):
-        """Absorb `reader` (from `absorb`): its outputs are now this node's."""
+    def take(self, reader: "Node", j: int = 0):
+        """Absorb `reader` (from `absorb`): its output is now this node's output j."""
         self.imp.absorbed.add(id(reader.proto))
-        self.results = list(reader.results)
+        self.results[j] = reader.results[0]
 
     def emit(self, rules):
         proto = self.proto
@@ -262,6 +273,8 @@ class Node:
                 name = self.binding(j=j)
                 self.imp.assign([name], r)
                 self._set(j, name)
+                v = self.imp.values[self.results[j]]
+                v.fill, v.transposed = getattr(r, "fill", None), getattr(r, "transposed", None)
         for j in range(len(results), len(self.results)):
             if self.used(j):
                 self.refuse(f"its output {j} ({self.results[j]})")
@@ -613,10 +626,16 @@ def _unsqueeze(n: Node):
 @rule("Transpose", attrs=("perm",))
 def _transpose(n: Node):
     rank = n.rank(0)
-    perm = n.attr("perm", list(range(rank))[::-1])
-    if list(perm) == list(range(rank)):
-        return n.value(0)
-    return f"transpose({n.x(0)}, {_dims(perm)})"
+    return transposed(n, 0, n.attr("perm", list(range(rank))[::-1]))
+
+
+def transposed(n: Node, i: int, perm) -> Expr | Value:
+    """Input i with its axes permuted; a transpose of a transpose is one transpose, or none."""
+    source, first = n.value(i).transposed or (n.proto.input[i], tuple(range(len(perm))))
+    perm = tuple(first[p] for p in perm)
+    if perm == tuple(range(len(perm))):
+        return n.imp.values[source]
+    return Expr(f"transpose({n.imp.operand(source)}, {_dims(perm)})", transposed=(source, perm))
 
 
 @rule("Concat", attrs=("axis",))
@@ -800,7 +819,8 @@ def _constant_of_shape(n: Node):
     dims = n.static(0, "shape").tolist()
     if any(isinstance(d, Dim) for d in dims):
         dtype = DTYPES.get(n.imp.onnx.helper.np_dtype_to_tensor_dtype(value.dtype))
-        return f"full({shape_tuple(dims)}, {literal(value.reshape(-1)[0], dtype)}, \"{dtype}\")"
+        fill = value.reshape(-1)[0]
+        return Expr(f"full({shape_tuple(dims)}, {literal(fill, dtype)}, \"{dtype}\")", fill=fill)
     return np.full(dims, value.reshape(-1)[0], value.dtype)
 
 
@@ -1143,12 +1163,21 @@ ACTIVATIONS = {"Relu": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
 
 
 def _weights_hint(n: Node, i: int) -> str:
-    """A layer's binding named after its weights' module ('fc1.weight' -> fc1), else the node."""
-    if n.has(i) and n.value(i).weight:
+    """A layer's binding named after its weights' module ('fc1.weight' -> fc1), else after
+    its node's module ('/fc1/Gemm' -> fc1), else its output."""
+    if n.has(i) and n.value(i).weight and not n.proto.input[i].startswith("onnx::"):
         hint = layer_hint(n.proto.input[i])
-        if hint and hint != n.proto.input[i] or not n.proto.name:
+        if hint and hint != n.proto.input[i]:
             return hint
-    return n.proto.name or n.results[0]
+    return _module(n) or n.results[0]
+
+
+def _module(n: Node) -> str:
+    """The module path of an exporter's node name: '/encoder/fc1/Gemm' -> encoder_fc1."""
+    parts = [p for p in n.proto.name.split("/") if p]
+    if len(parts) > 1 and parts[-1].split("_")[0] == n.op:
+        parts = parts[:-1]
+    return "_".join(parts)
 
 
 def _activation(n: Node) -> str:
@@ -1331,7 +1360,7 @@ def _pool(n: Node):
                 outs -= 1
             extra[k] = max((outs - 1) * s + kk - (size + before[k] + after[k]), 0)
     hi = [a + e for a, e in zip(after, extra)]
-    window = f"{_pair(kernel)}, {_pair(strides)}"
+    window = _pair(kernel) + (f", {_pair(strides)}" if strides != kernel else "")      # the stride is the kernel's by default
     if n.op == "MaxPool":
         if before == hi:
             out = f"max_pool({x}, {window}{', ' + _pair(before) if any(before) else ''})"
@@ -1361,6 +1390,11 @@ def _global_pool(n: Node):
     n.require_float()
     axes = axes_text(range(2, n.rank(0)))
     return f"{'mean' if n.op == 'GlobalAveragePool' else 'max'}({n.x(0)}, {axes}, keepdims = true)"
+
+
+def _zeros(n: Node, i: int) -> bool:
+    v = n.value(i)
+    return v.fill == 0 or (v.const is not None and v.const.dtype != object and not v.const.any())
 
 
 # ---- recurrent layers ---------------------------------------------------------------------------------
@@ -1399,11 +1433,15 @@ def _recurrent(n: Node):
     units = n.attr("hidden_size", r.shape[-1])
     bias = n.static(3, "B") if n.has(3) else np.zeros((directions, 2 * w.shape[1]), w.dtype)
     batch_first = n.attr("layout", 0) == 1
-    x = n.x(0) if batch_first else n.let(f"transpose({n.x(0)}, 1, 0, 2)", n.label + "_batch_first")
+    if batch_first:
+        x = n.x(0)
+    else:
+        x = transposed(n, 0, (1, 0, 2))
+        x = x.expr if isinstance(x, Value) else n.let(x, n.label + "_batch_first")
     states = [i for i in ((5, 6) if op == "LSTM" else (5,)) if n.has(i)]
     if states and len(states) != (2 if op == "LSTM" else 1):
         n.refuse("an initial hidden state without the initial cell state, or the reverse", "input")
-    hint = n.proto.name or n.results[0] or op.lower()
+    hint = _module(n) or n.results[0] or op.lower()
     runs = []
     for d in range(directions):
         reverse = n.attr("direction", "forward") == "reverse" or d == 1
@@ -1414,9 +1452,9 @@ def _recurrent(n: Node):
         n.weight(f"{name}.bx", bias[d][:len(order)][order])
         n.weight(f"{name}.bh", bias[d][len(order):][order])
         state = ""
-        if states:
+        if states and not all(_zeros(n, i) for i in states):       # zeros are the layers' own start
             picked = [f"{n.x(i)}[:, {d}]" if batch_first else f"{n.x(i)}[{d}]" for i in states]
-            state = f", state = ({', '.join(picked)},)"
+            state = f", state = ({', '.join(picked)}{',' if len(picked) == 1 else ''})"
         act = f", act = {RNN_ACTIVATIONS[acts[d]]}" if op == "RNN" and acts[d] != "Tanh" else ""
         if op == "GRU" and not n.attr("linear_before_reset", 0):
             act = ", reset_after = false"
@@ -1431,7 +1469,16 @@ def _recurrent(n: Node):
     # Y: [T, D, B, U] (layout 0) or [B, T, D, U]; Y_h and Y_c: [D, B, U] or [B, D, U]
     ys = f"stack({', '.join(name for name, _ in runs)}, axis = {2 if batch_first else 1})"
     outputs = [None] * len(n.results)
-    if n.used(0):
+    squeeze = n.absorb(("Squeeze",)) if directions == 1 and n.used(0) else None
+    if squeeze is not None and list(squeeze.setting("axes", 1, [])) in ([1], [-3]) and not batch_first:
+        n.take(squeeze)         # Y without its direction axis: [T, B, U], the layer's steps transposed
+        back = n.absorb(("Transpose",))
+        if back is not None and list(back.attr("perm", [])) == [1, 0, 2]:
+            n.take(back)        # and batch-first again: the layer's own result
+            outputs[0] = Value(n.out_dtype(), None, expr=runs[0][0])
+        else:
+            outputs[0] = Expr(f"transpose({runs[0][0]}, 1, 0, 2)")
+    elif n.used(0):
         outputs[0] = ys if batch_first else f"transpose({n.let(ys, n.label + '_steps')}, 2, 1, 0, 3)"
     for j in (1, 2)[:len(n.results) - 1]:
         if n.used(j):

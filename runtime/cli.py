@@ -307,6 +307,27 @@ def cmd_bench(args):
     print(bench(load(args.file), args.model, args.batch, _dims(args.dim), args.steps, args.top))
 
 
+def cmd_import(args):
+    """An ONNX model as a .dl program (OUT.dl) and its weights as a dlc checkpoint (OUT.npz,
+    or --weights); the program is built once before anything is written."""
+    from dlc.compiler.errors import DlcError
+    from dlc.compiler.loader import load_text
+    from dlc.compiler.onnx_import import import_model, read_model
+    from dlc.runtime import checkpoint
+    out = Path(args.output)
+    if out.suffix != ".dl":
+        raise DlcError(f"-o takes the .dl file to write, got '{args.output}'")
+    weights = Path(args.weights) if args.weights else out.with_suffix(".npz")
+    imported = import_model(read_model(args.file), source=Path(args.file).name)
+    model = load_text(imported.text, str(out)).build(None, training=False)
+    checkpoint.conform(weights, imported.weights, model.params)
+    _write(imported.text.rstrip("\n"), str(out))
+    checkpoint.save(weights, imported.weights, {}, {"model": imported.name,
+                                                    "source_hash": checkpoint.source_hash(imported.text)})
+    print(f"wrote {out} (model {imported.name}: {len(imported.inputs)} inputs, {len(imported.outputs)} outputs)")
+    print(f"wrote {weights} ({len(imported.weights)} arrays)")
+
+
 # ---- parser ------------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     from dlc.compiler import passes as P
@@ -417,6 +438,12 @@ def parser() -> argparse.ArgumentParser:
                    help="0 is greedy; higher samples more freely")
     c.add_argument("--seed", type=_seed, default=0)
     c.set_defaults(run=cmd_generate)
+
+    c = sub.add_parser("import", help="an ONNX model as a .dl program and a checkpoint of its weights")
+    c.add_argument("file", help="an .onnx file")
+    c.add_argument("-o", "--output", required=True, metavar="OUT.dl", help="the .dl program to write")
+    c.add_argument("--weights", metavar="PATH", help="the checkpoint to write (default: OUT.npz)")
+    c.set_defaults(run=cmd_import)
     for c in sub.choices.values():
         c.set_defaults(command_parser=c)
     return p
