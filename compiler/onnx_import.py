@@ -318,7 +318,9 @@ class _Importer:
         env = stdlib_env()
         library = set(env.vars) | (set(env.parent.vars) if env.parent else set())
         self.names = Namer(KEYWORDS | library)
-        self.name = self.names(name or graph.name or "imported", "model")
+        self.name = Namer.clean(name or graph.name or "imported", "model")      # models have names of their own
+        if self.name in KEYWORDS:
+            self.name += "_model"
         self.values: dict[str, Value] = {}
         self.decls: list[str] = []         # param and state declarations
         self.body: list[str] = []          # bindings
@@ -533,6 +535,9 @@ class _Importer:
     def run(self) -> Imported:
         from dlc.compiler.onnx_ops import Node, RULES
         self.header = self._add_inputs()
+        self.output_names = {}          # ONNX output -> its .dl name, reserved before any binding
+        for out in self.graph.output:
+            self.output_names.setdefault(out.name, self.names(out.name, "y"))
         self._add_initializers()
         constants = [node for node in self.graph.node if node.op_type == "Constant" and not node.input]
         for node in constants + [node for node in self.graph.node if node not in constants]:
@@ -547,12 +552,10 @@ class _Importer:
             if v.shape is not None and 0 in v.shape:
                 raise Unsupported(f"{self.source}: the output '{out.name}' is empty (shape {list(v.shape)})", "shape")
             expr = self.operand(out.name)
-            if expr in self.bound and expr == Namer.clean(out.name, "y") and expr not in outputs.values():
-                name = expr
-                lines.append(f"output {name}")
-            else:
+            name = self.output_names[out.name]
+            if name in outputs.values():        # the same value listed twice
                 name = self.names(out.name, "y")
-                lines.append(f"output {name} = {expr}")
+            lines.append(f"output {name}" if expr == name else f"output {name} = {expr}")
             outputs[out.name] = name
             dtypes[name] = NP_DTYPES[v.dtype]
         self._prune(lines)

@@ -176,7 +176,11 @@ class Node:
     def binding(self, hint: str = "", j: int = 0) -> str:
         """The name output j will be bound to, chosen now (a layer names its parameters after it)."""
         if j not in self.names:
-            self.names[j] = self.imp.names(hint or self.results[j] or self.label, "v")
+            own = self.imp.output_names.get(self.results[j])      # a graph output's name, kept for it
+            if own is not None and not hint and own not in self.imp.bound:
+                self.names[j] = own
+            else:
+                self.names[j] = self.imp.names(hint or self.results[j] or self.label, "v")
         return self.names[j]
 
     def weight(self, name: str, array):
@@ -1363,7 +1367,7 @@ def _pool(n: Node):
     window = _pair(kernel) + (f", {_pair(strides)}" if strides != kernel else "")      # the stride is the kernel's by default
     if n.op == "MaxPool":
         if before == hi:
-            out = f"max_pool({x}, {window}{', ' + _pair(before) if any(before) else ''})"
+            out = f"max_pool({x}, {window}{', padding = ' + _pair(before) if any(before) else ''})"
         else:
             out = f"max_pool({_padded(n, x, before, hi, '-' + LARGEST[n.dtype(0)])}, {window})"
     elif n.op == "LpPool":      # (the sum of |x|^p over the window)^(1/p); padding adds nothing
@@ -1371,7 +1375,7 @@ def _pool(n: Node):
         powers = n.let(f"abs({x}) ^ {p}", n.label + "_powers")
         out = f"(avg_pool({_padded(n, powers, before, hi)}, {window}) * {prod(kernel)}) ^ {flt(1 / p)}"
     elif before == hi and (n.attr("count_include_pad", 0) or not any(before)):
-        out = f"avg_pool({x}, {window}{', ' + _pair(before) if any(before) else ''})"
+        out = f"avg_pool({x}, {window}{', padding = ' + _pair(before) if any(before) else ''})"
     else:       # the mean over the window's counted elements: sum / count, both as avg_pool of padded tensors
         total = f"avg_pool({_padded(n, x, before, hi)}, {window})"
         ones = f"full(shape({x}), 1.0, \"{n.dtype(0)}\")"
