@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from dlc.compiler.dims import Dim
+from dlc.compiler.dims import Dim, exact_div
 from dlc.compiler.onnx_import import (DTYPES, NP_DTYPES, Expand, Unsupported, Value, layer_hint, literal,
                                      shape_tuple)
 
@@ -55,11 +55,12 @@ class Multi(str):
 
 class Expr(str):
     """A .dl expression with what the importer knows of its value: `fill`, the one number
-    it is filled with; `transposed`, (the ONNX value it permutes, the permutation)."""
+    it is filled with; `transposed`, (the ONNX value it permutes, the permutation); `shape`,
+    where ONNX's shape inference may not know it (a reshape to computed dims)."""
 
-    def __new__(cls, text: str, fill=None, transposed=None):
+    def __new__(cls, text: str, fill=None, transposed=None, shape=None):
         out = super().__new__(cls, text)
-        out.fill, out.transposed = fill, transposed
+        out.fill, out.transposed, out.shape = fill, transposed, shape
         return out
 
 
@@ -279,6 +280,8 @@ class Node:
                 self._set(j, name)
                 v = self.imp.values[self.results[j]]
                 v.fill, v.transposed = getattr(r, "fill", None), getattr(r, "transposed", None)
+                if getattr(r, "shape", None) is not None and (v.shape is None or None in v.shape):
+                    v.shape = tuple(r.shape)
         for j in range(len(results), len(self.results)):
             if self.used(j):
                 self.refuse(f"its output {j} ({self.results[j]})")
@@ -575,8 +578,9 @@ def _dims(dims) -> str:
     return ", ".join(str(d) for d in dims)
 
 
-def reshaped(x: str, dims) -> str:
-    return f"reshape({x}, {_dims(dims) if dims else '()'})"
+def reshaped(x: str, dims) -> Expr:
+    """x reshaped to `dims` (no -1: the shape is known)."""
+    return Expr(f"reshape({x}, {_dims(dims) if dims else '()'})", shape=tuple(dims))
 
 
 @rule("Reshape", static=(1,), attrs=("allowzero", "shape"))
@@ -591,6 +595,11 @@ def _reshape(n: Node):
             n.refuse("a reshape to an empty shape (allowzero)", "shape")
         else:
             dims.append(d)
+    if -1 in dims:      # the rest of the elements
+        rest = exact_div(prod(shape, start=1), prod((d for d in dims if d != -1), start=1))
+        if rest is None:
+            n.refuse(f"a reshape of {list(shape)} to {dims}", "shape")
+        dims[dims.index(-1)] = rest
     if tuple(dims) == shape:
         return n.value(0)
     return reshaped(n.x(0), dims)
@@ -609,9 +618,8 @@ def _squeeze(n: Node):
     shape = n.shape(0)
     axes = n.setting("axes", 1)
     axes = [k for k, d in enumerate(shape) if d == 1] if axes is None else [n.axis(a, len(shape)) for a in axes]
-    if len(axes) == 1:
-        return f"squeeze({n.x(0)}, {axes[0]})"
-    return reshaped(n.x(0), [d for k, d in enumerate(shape) if k not in axes])
+    out = [d for k, d in enumerate(shape) if k not in axes]
+    return Expr(f"squeeze({n.x(0)}, {axes[0]})", shape=out) if len(axes) == 1 else reshaped(n.x(0), out)
 
 
 @rule("Unsqueeze", static=(1,), attrs=("axes",))
@@ -620,11 +628,9 @@ def _unsqueeze(n: Node):
     axes = n.setting("axes", 1)
     rank = len(shape) + len(axes)
     axes = sorted(n.axis(a, rank) for a in axes)
-    if len(axes) == 1:
-        return f"expand_dims({n.x(0)}, {axes[0]})"
     for a in axes:
         shape.insert(a, 1)
-    return reshaped(n.x(0), shape)
+    return Expr(f"expand_dims({n.x(0)}, {axes[0]})", shape=shape) if len(axes) == 1 else reshaped(n.x(0), shape)
 
 
 @rule("Transpose", attrs=("perm",))
@@ -639,7 +645,9 @@ def transposed(n: Node, i: int, perm) -> Expr | Value:
     perm = tuple(first[p] for p in perm)
     if perm == tuple(range(len(perm))):
         return n.imp.values[source]
-    return Expr(f"transpose({n.imp.operand(source)}, {_dims(perm)})", transposed=(source, perm))
+    shape = n.imp.values[source].shape
+    known = None if shape is None or None in shape else [shape[p] for p in perm]
+    return Expr(f"transpose({n.imp.operand(source)}, {_dims(perm)})", transposed=(source, perm), shape=known)
 
 
 @rule("Concat", attrs=("axis",))
@@ -648,7 +656,13 @@ def _concat(n: Node):
     xs = [n.x(i) for i in parts]        # empty parts add nothing
     if len(xs) == 1:
         return n.value(parts[0])
-    return f"concat({', '.join(xs)}, axis = {n.attr('axis')})"
+    shapes = [n.value(i).shape for i in parts]
+    known = None
+    if all(s is not None and None not in s for s in shapes):
+        axis = n.axis(n.attr("axis"), len(shapes[0]))
+        known = list(shapes[0])
+        known[axis] = sum((s[axis] for s in shapes[1:]), known[axis])
+    return Expr(f"concat({', '.join(xs)}, axis = {n.attr('axis')})", shape=known)
 
 
 @rule("Split", static=(1,), attrs=("axis", "split", "num_outputs"))
@@ -671,7 +685,8 @@ def _split(n: Node):
         if s == 0:      # an empty part: known now, and read only by what ignores it (a Concat)
             out.append(np.zeros(tuple(0 if k == axis else d for k, d in enumerate(shape)), NP_DTYPES[n.dtype(0)]))
         else:
-            out.append(_slice_text(n.x(0), axis, start, start + s))
+            out.append(Expr(_slice_text(n.x(0), axis, start, start + s),
+                            shape=[s if k == axis else d for k, d in enumerate(shape)]))
         start += s
     return out
 
@@ -788,7 +803,7 @@ def _expand(n: Node):
     out = [y if x == 1 else x for x, y in zip(a, b)]
     if tuple(out) == tuple(shape):
         return n.value(0)
-    return f"broadcast_to({n.x(0)}, {_dims(out)})"
+    return Expr(f"broadcast_to({n.x(0)}, {_dims(out)})", shape=out)
 
 
 @rule("Tile", static=(1,))
@@ -1341,29 +1356,32 @@ def _conv(n: Node):
                                                  "kernel_shape", "p", "pads", "storage_order", "strides"))
 def _pool(n: Node):
     """max_pool / avg_pool; padding that is not the same on both sides, ceil_mode's windows at
-    the end and count_include_pad = 0 are explicit pads and counts."""
+    the end and count_include_pad = 0 are explicit pads and counts. Dilated and 3-D windows
+    are the extremum or sum of the window's shifted strided slices."""
     n.require_float()
     if n.used(1):
         n.refuse("the indices output of MaxPool")
     shape = n.shape(0)
     kernel = list(n.attr("kernel_shape"))
-    if any(d != 1 for d in n.attr("dilations", [1] * len(kernel))):
-        n.refuse("dilations other than 1")
-    spatial, x = _four_d(n, n.x(0), shape)
-    strides, before, after = _window(n, shape[2:], kernel)
-    if len(shape) == 3:
-        kernel, strides, before, after = [1] + kernel, [1] + strides, [0] + before, [0] + after
-    extra = [0, 0]
+    dilations = list(n.attr("dilations", [1] * len(kernel)))
+    extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
+    strides, before, after = _window(n, shape[2:], extent)
+    extra = [0] * len(kernel)
     if n.attr("ceil_mode", 0):      # more windows at the end: pad for them (they never count)
-        for k, (size, kk, s) in enumerate(zip(spatial, kernel, strides)):
+        for k, (size, e, s) in enumerate(zip(shape[2:], extent, strides)):
             if not isinstance(size, int):
                 n.refuse("ceil_mode on a symbolic size", "shape")
-            span = size + before[k] + after[k] - kk
-            outs = -(-span // s) + 1
+            outs = -(-(size + before[k] + after[k] - e) // s) + 1
             if (outs - 1) * s >= size + before[k]:      # a last window only in the padding is dropped
                 outs -= 1
-            extra[k] = max((outs - 1) * s + kk - (size + before[k] + after[k]), 0)
+            extra[k] = max((outs - 1) * s + e - (size + before[k] + after[k]), 0)
     hi = [a + e for a, e in zip(after, extra)]
+    if set(dilations) != {1} or len(kernel) > 2:
+        return _pool_slices(n, shape, kernel, dilations, strides, before, after, extra)
+    spatial, x = _four_d(n, n.x(0), shape)
+    if len(shape) == 3:
+        kernel, strides = [1] + kernel, [1] + strides
+        before, after, hi, extra = ([0] + v for v in (before, after, hi, extra))
     window = _pair(kernel) + (f", {_pair(strides)}" if strides != kernel else "")      # the stride is the kernel's by default
     if n.op == "MaxPool":
         if before == hi:
@@ -1378,15 +1396,49 @@ def _pool(n: Node):
         out = f"avg_pool({x}, {window}{', padding = ' + _pair(before) if any(before) else ''})"
     else:       # the mean over the window's counted elements: sum / count, both as avg_pool of padded tensors
         total = f"avg_pool({_padded(n, x, before, hi)}, {window})"
-        ones = f"full(shape({x}), 1.0, \"{n.dtype(0)}\")"
-        if n.attr("count_include_pad", 0) and any(before + after):
-            ones = _padded(n, _padded(n, ones, before, after, "1.0"), [0, 0], extra)
-        else:
-            ones = _padded(n, ones, before, hi)
-        out = f"{total} / avg_pool({ones}, {window})"
+        out = f"{total} / avg_pool({_counted(n, x, before, after, extra)}, {window})"
     if len(shape) == 3:
         return f"{n.let(out, n.label + '_2d')}[:, :, 0]"
     return out
+
+
+def _counted(n: Node, x: str, before, after, extra) -> str:
+    """Ones where a window's element counts: x's own, and the pads with count_include_pad."""
+    ones = f"full(shape({x}), 1.0, \"{n.dtype(0)}\")"
+    if n.attr("count_include_pad", 0):
+        return _padded(n, _padded(n, ones, before, after, "1.0"), [0] * len(extra), extra)
+    return _padded(n, ones, before, [a + e for a, e in zip(after, extra)])
+
+
+def _pool_slices(n: Node, shape, kernel, dilations, strides, before, after, extra) -> str:
+    """A pooling of any rank and dilation: each window position is a strided slice of the
+    padded input, and the window's result their maximum, sum or mean."""
+    hi = [a + e for a, e in zip(after, extra)]
+    x = n.x(0)
+    if n.op == "LpPool":
+        x = n.let(f"abs({x}) ^ {n.attr('p', 2)}", n.label + "_powers")
+    padded = _padded(n, x, before, hi, "-" + LARGEST[n.dtype(0)] if n.op == "MaxPool" else None)
+    outs = []
+    for size, k, d, s, b, h in zip(shape[2:], kernel, dilations, strides, before, hi):
+        if not isinstance(size, int):
+            n.refuse("a dilated or 3-D window on a symbolic size", "shape")
+        outs.append((size + b + h - (k - 1) * d - 1) // s + 1)
+
+    def windows(t: str) -> str:
+        terms = []
+        for offset in np.ndindex(*kernel):
+            bounds = [f"{a * d}:{a * d + (o - 1) * s + 1}" + (f":{s}" if s != 1 else "")
+                      for a, d, o, s in zip(offset, dilations, outs, strides)]
+            terms.append(f"{t}[:, :, {', '.join(bounds)}]")
+        return f"stack({', '.join(terms)}, axis = 0)"
+
+    if n.op == "MaxPool":
+        return f"max({windows(padded)}, 0)"
+    total = f"sum({windows(padded)}, 0)"
+    if n.op == "LpPool":
+        return f"{total} ^ {flt(1 / n.attr('p', 2))}"
+    count = n.let(f"sum({windows(_counted(n, n.x(0), before, after, extra))}, 0)", n.label + "_count")
+    return f"{total} / {count}"
 
 
 @rule("GlobalAveragePool", "GlobalMaxPool")
