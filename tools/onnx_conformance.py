@@ -163,16 +163,16 @@ def run_batched(cases: list, engine: str, size: int = 40) -> dict:
 # ---- the table -------------------------------------------------------------------------------------------
 def table(cases: list, results: dict) -> str:
     """The per-op table (markdown): pass / fail / not supported per engine, with totals, and
-    the reasons for what is not supported."""
+    why cases are not supported (the first engine's reason, else the next's)."""
     engines = list(results)
     rows = collections.defaultdict(lambda: {e: collections.Counter() for e in engines})
     reasons = collections.defaultdict(collections.Counter)
     for c in cases:
         for e in engines:
-            o = results[e][c.name]
-            rows[c.op][e][o.status] += 1
-            if o.status == "not supported" and e == engines[0]:
-                reasons[c.op][o.reason] += 1
+            rows[c.op][e][results[e][c.name].status] += 1
+        refused = [results[e][c.name].reason for e in engines if results[e][c.name].status == "not supported"]
+        if refused:
+            reasons[c.op][refused[0]] += 1
     head = "| Op | " + " | ".join(f"{e}: pass / fail / not supported" for e in engines) + " | Not supported because |"
     lines = [head, "|---|" + "---|" * len(engines) + "---|"]
     totals = {e: collections.Counter() for e in engines}
