@@ -466,10 +466,10 @@ class _Importer:
             v.expr = self._materialize(v, name)
         return v.expr
 
-    def constant(self, array: np.ndarray, hint: str) -> str:
-        """A constant the importer computed, as an operand."""
+    def constant(self, array: np.ndarray, hint: str, weight: bool = False) -> str:
+        """A constant the importer computed, as an operand (a trainable parameter with `weight`)."""
         dtype = DTYPES[self.onnx.helper.np_dtype_to_tensor_dtype(array.dtype)]
-        return self._materialize(Value(dtype, tuple(array.shape), const=array), hint)
+        return self._materialize(Value(dtype, tuple(array.shape), const=array, weight=weight), hint)
 
     def _materialize(self, v: Value, hint: str) -> str:
         a = v.const
@@ -585,7 +585,7 @@ class _Importer:
         return "\n".join([f"# imported from {self.source} by dlc import (ONNX opset {self.opset}"
                           + (f", produced by {producer})" if producer else ")"),
                           f"model {self.name} {{",
-                          *("    " + line for line in self.header + self.decls + self.body + outputs),
+                          *("    " + line.replace("\n", "\n    ") for line in self.header + self.decls + self.body + outputs),
                           "}", ""])
 
 

@@ -935,21 +935,36 @@ def _one_hot(n: Node):
     return f"select({hot}, {values}[1], {values}[0])"
 
 
-@rule("CumSum", static=(1,), attrs=("exclusive", "reverse"))
-def _cumsum(n: Node):
-    """A product with a triangular matrix of ones along the axis."""
-    n.require_float()
+@rule("CumSum", "CumProd", static=(1,), attrs=("exclusive", "reverse"))
+def _cumulative(n: Node):
+    """A scan along the axis whose carry is the running sum (product), yielded at every step."""
     shape = n.shape(0)
+    if n.dtype(0) not in NUMBER:
+        n.refuse(f"{n.dtype(0)} inputs", "dtype")
     axis = n.axis(int(n.static(1, "axis")), len(shape))
+    return _scan_along(n, shape, axis, "+" if n.op == "CumSum" else "*", steps=True,
+                       exclusive=n.attr("exclusive", 0), reverse=n.attr("reverse", 0))
+
+
+def _scan_along(n: Node, shape, axis: int, op: str, steps: bool, exclusive=False, reverse=False, x=None) -> str:
+    """A scan over input 0's `axis` that folds its slices with `op` (+ or *): the running
+    results stacked along the axis (`steps`), or the final one."""
     size = shape[axis]
-    op = {(0, 0): "<=", (1, 0): "<", (0, 1): ">=", (1, 1): ">"}[n.attr("exclusive", 0), n.attr("reverse", 0)]
-    ones = n.let(f"select(reshape(arange({size}), {size}, 1) {op} reshape(arange({size}), 1, {size}), 1.0, 0.0)",
-                 n.label + "_triangle")
-    x = n.x(0)
-    if axis == len(shape) - 1:
-        return f"{x} @ {ones}"
-    moved = n.let(f"swapaxes({x}, {axis}, -1) @ {ones}", n.label + "_sums")
-    return f"swapaxes({moved}, {axis}, -1)"
+    if not isinstance(size, int):
+        n.refuse("a running sum or product along a symbolic axis", "shape")
+    dtype = n.dtype(0)
+    start = literal(0 if op == "+" else 1, dtype)
+    rest = [d for k, d in enumerate(shape) if k != axis]
+    piece = f"{x or n.x(0)}[{', '.join([':'] * axis + ['t'])}]"
+    options = [f"axis = {axis}"] if steps and axis != 1 else []
+    options += ["reverse = true"] if reverse else []
+    head = f"scan t in {size}{' (' + ', '.join(options) + ')' if options else ''} carry s = " \
+           f"full({shape_tuple(rest)}, {start}, \"{dtype}\") {{"
+    if not steps:
+        return f"{head}\n    s = s {op} {piece}\n}}"
+    if exclusive:
+        return f"{head}\n    before = s\n    s = s {op} {piece}\n    yield before\n}}"
+    return f"{head}\n    s = s {op} {piece}\n    yield s\n}}"
 
 
 # ---- reductions -------------------------------------------------------------------------------------
@@ -966,6 +981,24 @@ REDUCTIONS = {
 }
 # those that read their input's values as integers too
 INT_REDUCTIONS = ("ReduceSum", "ReduceMax", "ReduceMin", "ReduceSumSquare")
+
+
+@rule("ReduceProd", static=(1,), attrs=("axes", "keepdims", "noop_with_empty_axes"))
+def _reduce_prod(n: Node):
+    """The product over each axis in turn: a scan that multiplies its slices."""
+    shape = list(n.shape(0))
+    if n.dtype(0) not in NUMBER:
+        n.refuse(f"{n.dtype(0)} inputs", "dtype")
+    axes = n.setting("axes", 1, [])
+    if not axes and n.attr("noop_with_empty_axes", 0):
+        return n.value(0)
+    axes = sorted({n.axis(a, len(shape)) for a in axes or range(len(shape))}, reverse=True)
+    out = None
+    for a in axes:      # the last axis first, so the others keep their places
+        out = n.let(_scan_along(n, shape, a, "*", steps=False, x=out), n.label + "_product")
+        del shape[a]
+    kept = [1 if k in axes else d for k, d in enumerate(n.shape(0))]
+    return reshaped(out, kept) if n.attr("keepdims", 1) else Value(n.dtype(0), tuple(shape), expr=out)
 
 
 @rule(*REDUCTIONS, static=(1,), attrs=("axes", "keepdims", "noop_with_empty_axes"))
@@ -1310,25 +1343,23 @@ def _padded(n: Node, x: str, before, after, value: str | None = None) -> str:
 @rule("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"))
 def _conv(n: Node):
     """conv2d / conv1d for constant weights (with a following bias Add and Relu), the
-    convolution builtin otherwise."""
+    convolution builtin otherwise (and for groups and dilations)."""
     n.require_float(0, 1)
     shape, w_shape = n.shape(0), n.shape(1)
     rank = len(shape)
     if rank not in (3, 4):
         n.refuse(f"a {rank - 2}-D convolution (dlc has 1-D and 2-D ones)", "shape")
     kernel = list(w_shape[2:])
-    if any(d != 1 for d in n.attr("dilations", [1] * len(kernel))):
-        n.refuse("dilations other than 1")
-    if n.attr("group", 1) != 1:
-        n.refuse(f"group = {n.attr('group')} (dlc's convolution has one group)")
-    strides, before, after = _window(n, shape[2:], kernel)
+    dilations = list(n.attr("dilations", [1] * len(kernel)))
+    group = n.attr("group", 1)
+    strides, before, after = _window(n, shape[2:], [(k - 1) * d + 1 for k, d in zip(kernel, dilations)])
     x = n.x(0)
     if before != after:
         x = _padded(n, x, before, after)
         before = [0] * len(kernel)
     w, b = n.const(1), n.const(2)
     filters = w_shape[0]
-    if w is not None and n.value(1).weight and (not n.has(2) or b is not None):
+    if w is not None and n.value(1).weight and (not n.has(2) or b is not None) and group == 1 and set(dilations) == {1}:
         if b is None:
             b = _bias_add(n, filters, [(filters,) + (1,) * (rank - 2), (1, filters) + (1,) * (rank - 2)])
         act = _activation(n)
@@ -1339,16 +1370,80 @@ def _conv(n: Node):
         return (f"conv{rank - 2}d({x}, {filters}, {_pair(kernel)}{kw(stride=_pair(strides) if set(strides) != {1} else None)}"
                 f"{kw(padding=_pair(before) if any(before) else None)}{', act = ' + act if act else ''}"
                 f"{kw(bias='false' if b is None else None)})")
-    weights = n.x(1)
-    if rank == 3:       # as a 2-D convolution of height 1
-        x = n.let(reshaped(x, [shape[0], shape[1], 1, -1]), n.label + "_2d")
-        weights = n.let(reshaped(weights, [w_shape[0], w_shape[1], 1, kernel[0]]), n.label + "_kernel")
-        strides, before = [1] + strides, [0] + before
-    out = f"convolution({x}, {weights}, {_pair(strides)}, {_pair(before)})"
+    out = _convolution(n, x, n.x(1), shape, w_shape, strides, before, dilations, group)
     if n.has(2):
-        out = f"{n.let(out, n.label + '_conv')} + {reshaped(n.x(2), [filters, 1, 1])}"
-    if rank == 3:
-        return f"{n.let(out, n.label + '_2d')}[:, :, 0]"
+        out = f"{n.let(out, n.label + '_conv')} + {reshaped(n.x(2), [filters] + [1] * (rank - 2))}"
+    return out
+
+
+def _convolution(n: Node, x: str, w: str, shape, w_shape, strides, pads, dilations, group) -> str:
+    """The convolution builtin for any group count and dilation (a kernel spread with zeros);
+    a 1-D convolution as a 2-D one of height 1."""
+    if len(shape) == 3:
+        x = n.let(reshaped(x, [shape[0], shape[1], 1, shape[2]]), n.label + "_2d")
+        w = n.let(reshaped(w, [w_shape[0], w_shape[1], 1, w_shape[2]]), n.label + "_kernel")
+        strides, pads, dilations = [1] + strides, [0] + pads, [1] + dilations
+    if set(dilations) != {1}:
+        w = n.let(f"pad({w}, (0, 0, 0, 0), (0, 0, 0, 0), 0, {shape_tuple([0, 0] + [d - 1 for d in dilations])})",
+                  n.label + "_dilated")
+    inputs, outputs = shape[1] // group, w_shape[0] // group
+    parts = [f"convolution({x}{_slice_text('', 1, g * inputs, (g + 1) * inputs) if group > 1 else ''}, "
+             f"{w}{_slice_text('', 0, g * outputs, (g + 1) * outputs) if group > 1 else ''}, {_pair(strides)}, "
+             f"{_pair(pads)})" for g in range(group)]
+    out = parts[0] if group == 1 else f"concat({', '.join(parts)}, axis = 1)"
+    return f"{n.let(out, n.label + '_2d')}[:, :, 0]" if len(shape) == 3 else out
+
+
+@rule("ConvTranspose", static=(1,), attrs=("auto_pad", "dilations", "group", "kernel_shape", "output_padding",
+                                           "output_shape", "pads", "strides"))
+def _conv_transpose(n: Node):
+    """The gradient of a convolution as a convolution: the input spread by the strides and
+    padded, convolved with the kernel flipped and its channel axes swapped (at import)."""
+    n.require_float(0, 1)
+    shape = n.shape(0)
+    rank = len(shape)
+    if rank not in (3, 4):
+        n.refuse(f"a {rank - 2}-D transposed convolution (dlc has 1-D and 2-D ones)", "shape")
+    w = n.static(1, "W")
+    group = n.attr("group", 1)
+    kernel = list(w.shape[2:])
+    k = len(kernel)
+    dilations = list(n.attr("dilations", [1] * k))
+    strides = list(n.attr("strides", [1] * k))
+    extra_out = list(n.attr("output_padding", [0] * k))
+    extent = [(kk - 1) * d + 1 for kk, d in zip(kernel, dilations)]
+    if not all(isinstance(d, int) for d in shape[2:]):
+        n.refuse("a transposed convolution of a symbolic size", "shape")
+    natural = [s * (size - 1) + e + o for s, size, e, o in zip(strides, shape[2:], extent, extra_out)]     # pads 0
+    if "pads" in n.attrs or n.attr("auto_pad", "NOTSET") not in ("SAME_UPPER", "SAME_LOWER"):
+        pads = list(n.attr("pads", [0] * 2 * k))
+        want = n.attr("output_shape", [a - p - q for a, p, q in zip(natural, pads[:k], pads[k:])])
+    else:       # SAME: the output is the input times the strides (or output_shape)
+        want = n.attr("output_shape", [size * s for size, s in zip(shape[2:], strides)])
+        total = [a - o for a, o in zip(natural, want)]
+        upper = n.attr("auto_pad") == "SAME_UPPER"
+        pads = [t // 2 if upper else t - t // 2 for t in total] + [t - t // 2 if upper else t // 2 for t in total]
+    # the spread input, padded by extent - 1 - pad before and what makes the output's size after
+    spread = [s * (size - 1) + 1 for s, size in zip(strides, shape[2:])]
+    lo = [e - 1 - p for e, p in zip(extent, pads[:k])]
+    hi = [wa - sp - a + e - 1 for wa, sp, a, e in zip(want, spread, lo, extent)]
+    x = n.let(f"pad({n.x(0)}, {shape_tuple([0] * rank)}, {shape_tuple([0] * rank)}, 0, "
+              f"{shape_tuple([0, 0] + [s - 1 for s in strides])})", n.label + "_spread") if set(strides) != {1} else n.x(0)
+    x = _padded(n, x, [max(v, 0) for v in lo], [max(v, 0) for v in hi])
+    if min(lo + hi) < 0:        # pads larger than the window crop instead
+        sizes = [sp + max(a, 0) + max(b, 0) for sp, a, b in zip(spread, lo, hi)]
+        bounds = [f"{-a if a < 0 else ''}:{size + b if b < 0 else ''}" for a, b, size in zip(lo, hi, sizes)]
+        x = n.let(f"{x}[:, :, {', '.join(bounds)}]", n.label + "_cropped")
+    inputs, outputs = w.shape[0] // group, w.shape[1]
+    flipped = np.flip(w, tuple(range(2, w.ndim)))
+    kernel_w = np.concatenate([flipped[g * inputs:(g + 1) * inputs].swapaxes(0, 1) for g in range(group)])
+    name = n.binding(_weights_hint(n, 1))
+    weights = n.imp.constant(kernel_w, f"{name}_W", weight=True)
+    padded = tuple(sp + a + b for sp, a, b in zip(spread, lo, hi))
+    out = _convolution(n, x, weights, (shape[0], shape[1]) + padded, (outputs * group, inputs) + tuple(kernel),
+                       [1] * k, [0] * k, dilations, group)
+    if n.has(2):
+        out = f"{n.let(out, n.label + '_conv')} + {reshaped(n.x(2), [outputs * group] + [1] * (rank - 2))}"
     return out
 
 
@@ -1451,6 +1546,56 @@ def _global_pool(n: Node):
 def _zeros(n: Node, i: int) -> bool:
     v = n.value(i)
     return v.fill == 0 or (v.const is not None and v.const.dtype != object and not v.const.any())
+
+
+@rule("Resize", "Upsample", static=(1, 2, 3), attrs=(
+    "antialias", "axes", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside", "extrapolation_value",
+    "keep_aspect_ratio_policy", "mode", "nearest_mode", "scales"))
+def _resize(n: Node):
+    """A resize is linear and works axis by axis: each axis' matrix (which input entries make
+    each output entry, with what weight) is measured at import by running ONNX's reference
+    op on unit inputs, whatever the mode and coordinate transformation. A matrix that picks
+    one entry per row (nearest) is a gather, another a matrix product; what the op gives a
+    zero input (tf_crop_and_resize's extrapolation value) is added."""
+    n.require_float()
+    shape = n.shape(0)
+    if not all(isinstance(d, int) for d in shape):
+        n.refuse("a resize of a symbolic size", "shape")
+    settings = [n.static(i) if n.has(i) else None for i in range(1, len(n.proto.input))]
+    dtype = NP_DTYPES[n.dtype(0)]
+
+    def response(x):
+        out = n.imp.evaluate(n.proto, [x] + settings)
+        if out is None:
+            n.refuse("this resize (ONNX's reference evaluator does not run it)")
+        return out[n.proto.output[0]].astype(np.float64)
+
+    offset = response(np.zeros(shape, dtype))
+    total = response(np.ones(shape, dtype)) - offset
+    where = np.unravel_index(np.argmax(total), total.shape)        # an output entry that every axis reaches
+    out = n.x(0)
+    for a, size in enumerate(shape):
+        columns = []
+        for j in range(size):
+            unit = np.zeros(shape, dtype)
+            unit[(slice(None),) * a + (j,)] = 1
+            r = response(unit) - offset
+            columns.append(r[tuple(slice(None) if k == a else p for k, p in enumerate(where))])
+        matrix = np.stack(columns, axis=1)      # [out, in]
+        if matrix.shape[0] == size and np.allclose(matrix, np.eye(size)):
+            continue
+        hint = f"{n.label}_axis{a}"
+        if np.all((matrix == 0) | (matrix == 1)) and np.all(matrix.sum(1) == 1):       # nearest: a gather
+            index = n.imp.constant(matrix.argmax(1).astype(np.int32), hint)
+            out = n.let(_take(n, out, len(shape), a, index, 1), hint)
+        else:
+            weights = n.imp.constant(matrix.T.astype(dtype), hint)
+            last = len(shape) - 1
+            out = n.let(f"{out} @ {weights}" if a == last else
+                        f"swapaxes(swapaxes({out}, {a}, -1) @ {weights}, {a}, -1)", hint)
+    if np.any(offset):
+        out = f"{out} + {n.imp.constant(offset.astype(dtype), n.label + '_outside')}"
+    return out if out != n.x(0) else n.value(0)
 
 
 # ---- recurrent layers ---------------------------------------------------------------------------------

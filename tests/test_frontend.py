@@ -295,6 +295,7 @@ model m {
     output zeros = pad(x, (1, 0), (0, 2))
     output ones = pad(x, (0, 1), (1, 0), 1.5)
     output ints = pad(k, (1,), (1,), 7)
+    output spread = pad(x, (0, 0), (0, 1), 0, (1, 0))
 }""")
     x = np.arange(6.0).reshape(2, 3)
     out = run(m, x=x, k=np.array([3, 4]))
@@ -302,5 +303,8 @@ model m {
     np.testing.assert_array_equal(out["output:ones"], np.pad(x, ((0, 1), (1, 0)), constant_values=1.5))
     np.testing.assert_array_equal(out["output:ints"], [7, 3, 4, 7])
     assert out["output:ints"].dtype == np.int64
+    spread = np.zeros((3, 4))
+    spread[::2, :3] = x
+    np.testing.assert_array_equal(out["output:spread"], spread)
     with pytest.raises(DlcError, match="'after' must be a tuple of 2 whole numbers"):
         build("model m {\n    input x: f32[2, 3]\n    output y = pad(x, (1, 0), (0, -1))\n}")
