@@ -308,8 +308,8 @@ def cmd_bench(args):
 
 
 def cmd_import(args):
-    """An ONNX model as a .dl program (OUT.dl) and its weights as a dlc checkpoint (OUT.npz,
-    or --weights); the program is built once before anything is written."""
+    """An ONNX model as a .dl program (OUT.dl, the model named after it) and its weights as a
+    dlc checkpoint (OUT.npz, or --weights); the program is built once before anything is written."""
     from dlc.compiler.errors import DlcError
     from dlc.compiler.loader import load_text
     from dlc.compiler.onnx_import import import_model, read_model
@@ -318,14 +318,17 @@ def cmd_import(args):
     if out.suffix != ".dl":
         raise DlcError(f"-o takes the .dl file to write, got '{args.output}'")
     weights = Path(args.weights) if args.weights else out.with_suffix(".npz")
-    imported = import_model(read_model(args.file), source=Path(args.file).name)
+    imported = import_model(read_model(args.file), name=out.stem, source=Path(args.file).name)
     model = load_text(imported.text, str(out)).build(None, training=False)
     checkpoint.conform(weights, imported.weights, model.params)
     _write(imported.text.rstrip("\n"), str(out))
     checkpoint.save(weights, imported.weights, {}, {"model": imported.name,
                                                     "source_hash": checkpoint.source_hash(imported.text)})
-    print(f"wrote {out} (model {imported.name}: {len(imported.inputs)} inputs, {len(imported.outputs)} outputs)")
-    print(f"wrote {weights} ({len(imported.weights)} arrays)")
+    def count(n, what):
+        return f"{n} {what}" + ("" if n == 1 else "s")
+    print(f"wrote {out} (model {imported.name}: {count(len(imported.inputs), 'input')}, "
+          f"{count(len(imported.outputs), 'output')})")
+    print(f"wrote {weights} ({count(len(imported.weights), 'array')})")
 
 
 # ---- parser ------------------------------------------------------------------------------------------

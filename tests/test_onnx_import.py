@@ -1,5 +1,6 @@
 """`dlc import`: ONNX models as .dl programs and checkpoints (compiler/onnx_import.py), checked
 against onnxruntime; fine-tuning an imported model; the errors of a bad file or model."""
+import re
 import subprocess
 import sys
 
@@ -296,3 +297,11 @@ def test_cli_import_errors_exit_1_without_a_traceback(tmp_path):
     path = mlp(tmp_path)
     r = dlc("import", path.name, "-o", "mlp.txt", cwd=tmp_path)
     assert r.returncode == 1 and "-o takes the .dl file to write" in r.stderr
+
+
+def test_the_docs_list_the_ops_with_a_rule():
+    from pathlib import Path
+    from dlc.compiler.onnx_ops import RULES
+    doc = (Path(__file__).parent.parent / "docs" / "interop.md").read_text()
+    listed = doc.split("The ops with a rule")[1].split(".\n")[0]
+    assert sorted(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", listed.split(":", 1)[1])) == sorted(RULES)
