@@ -25,6 +25,7 @@ MIN_OPSET, MAX_OPSET = 7, 28
 
 # ONNX element types dlc has (TensorProto.DataType numbers)
 DTYPES = {1: "f32", 11: "f64", 6: "i32", 7: "i64", 9: "bool"}
+ONNX_TYPES = {v: k for k, v in DTYPES.items()}
 NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 SMALL = 16          # a constant of at most this many entries is written out as a tuple
 
@@ -103,6 +104,7 @@ def import_model(model, name: str | None = None, static: dict | None = None, sou
     the program needs as constants (shapes, axes, recurrent weights; see static_inputs).
     An op that ONNX defines as a function of other ops is imported as that function's body
     when dlc has no rule for it, or when its rule refuses the node."""
+    check_model(model, source)
     model = expand_functions(model)
     for _ in range(MAX_EXPANSIONS):
         try:
@@ -113,6 +115,26 @@ def import_model(model, name: str | None = None, static: dict | None = None, sou
                 raise e.refusal from None
             model = expanded
     raise DlcError(f"{source}: more than {MAX_EXPANSIONS} ops had to be expanded into their ONNX functions")
+
+
+def check_model(model, source: str) -> int:
+    """The model's opset of the standard operators, once the model is known to be one dlc
+    reads: an opset it knows, and a model onnx's checker accepts."""
+    onnx = onnx_package()
+    versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
+    v = versions.get("ai.onnx")
+    if v is None:
+        raise Unsupported(f"{source}: the model uses no version of the standard ONNX operators (its "
+                          f"opsets: {', '.join(f'{d} {v}' for d, v in versions.items())})", "opset")
+    if not MIN_OPSET <= v <= MAX_OPSET:
+        raise Unsupported(f"{source}: the model uses ONNX opset {v}; dlc imports opsets {MIN_OPSET} to "
+                          f"{MAX_OPSET}" + (" (convert it with onnx.version_converter)" if v < MIN_OPSET else ""),
+                          "opset")
+    try:
+        onnx.checker.check_model(model)
+    except Exception as e:      # ValidationError, or a C++ checker error
+        raise DlcError(f"{source} is not a valid ONNX model: {_first_line(e)}") from None
+    return v
 
 
 class Expand(Exception):
@@ -310,14 +332,12 @@ class _Importer:
         self.onnx = onnx_package()
         self.source = source
         self.static = static
-        self.opset = self._check_opset(model)
+        self.opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         self.model = self._prepared(model)
         graph = self.model.graph
         self.graph = graph
         from dlc.compiler.loader import stdlib_env
-        env = stdlib_env()
-        library = set(env.vars) | (set(env.parent.vars) if env.parent else set())
-        self.names = Namer(KEYWORDS | library)
+        self.names = Namer(KEYWORDS | stdlib_env().visible_names())
         self.name = Namer.clean(name or graph.name or "imported", "model")      # models have names of their own
         if self.name in KEYWORDS:
             self.name += "_model"
@@ -326,6 +346,7 @@ class _Importer:
         self.body: list[str] = []          # bindings
         self.bound: set = set()            # the names they bind
         self.built: dict = {}              # name -> type, from a build of the program so far
+        self.scopes: list = []             # the enclosing programs' bindings, inside a scan body
         self.weights: dict = {}
         self.inputs: dict = {}
         self.consumers: dict = {}
@@ -338,25 +359,9 @@ class _Importer:
         self.types = self._inferred_types()
 
     # -- reading --
-    def _check_opset(self, model) -> int:
-        versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
-        v = versions.get("ai.onnx")
-        if v is None:
-            raise Unsupported(f"{self.source}: the model uses no version of the standard ONNX operators (its "
-                              f"opsets: {', '.join(f'{d} {v}' for d, v in versions.items())})", "opset")
-        if not MIN_OPSET <= v <= MAX_OPSET:
-            raise Unsupported(f"{self.source}: the model uses ONNX opset {v}; dlc imports opsets {MIN_OPSET} to "
-                              f"{MAX_OPSET}" + (" (convert it with onnx.version_converter)" if v < MIN_OPSET else ""),
-                              "opset")
-        return v
-
     def _prepared(self, model):
-        """The model checked, its local functions inlined, its static inputs bound."""
+        """The model with its local functions inlined and its static inputs bound."""
         onnx = self.onnx
-        try:
-            onnx.checker.check_model(model)
-        except Exception as e:      # ValidationError, or a C++ checker error
-            raise DlcError(f"{self.source} is not a valid ONNX model: {_first_line(e)}") from None
         if model.functions:
             from onnx import inliner
             model = inliner.inline_local_functions(model)
@@ -374,10 +379,44 @@ class _Importer:
         except Exception as e:
             raise DlcError(f"{self.source}: ONNX shape inference fails on this model: {_first_line(e)}") from None
         types = {}
-        for vi in (*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input):
-            if vi.type.HasField("tensor_type"):
-                types[vi.name] = vi.type.tensor_type
+        graphs = [inferred.graph]
+        while graphs:       # the graph and the bodies of its Scans (their names are the model's too)
+            g = graphs.pop()
+            for vi in (*g.value_info, *g.output, *g.input):
+                if vi.type.HasField("tensor_type"):
+                    types[vi.name] = vi.type.tensor_type
+            graphs += [a.g for node in g.node for a in node.attribute if a.HasField("g")]
         return types
+
+    def infer_body(self, body):
+        """Type a scan body's values with ONNX's shape inference, its inputs and the outer
+        values it reads typed as the importer knows them (the model's inference does not
+        reach into bodies whose inputs have no shapes)."""
+        h = self.onnx.helper
+        made = {o for node in body.node for o in node.output}
+        outer = {i for node in body.node for i in node.input if i and i not in made} - {v.name for v in body.input}
+        inputs, initializers = [], []
+        for name in [v.name for v in body.input] + sorted(outer):
+            v = self.values.get(name)
+            if v is None or v.dtype is None:
+                continue
+            if v.const is not None and v.const.dtype != object:
+                initializers.append(self.onnx.numpy_helper.from_array(v.const, name))
+            else:
+                dims = None if v.shape is None else [d if isinstance(d, int) else (str(d) if d is not None else None)
+                                                     for d in v.shape]
+                inputs.append(h.make_tensor_value_info(name, ONNX_TYPES[v.dtype], dims))
+        graph = h.make_graph(list(body.node), "body", inputs, list(body.output), initializers)
+        model = h.make_model(graph, opset_imports=[h.make_opsetid("", self.opset)])
+        try:
+            inferred = self.onnx.shape_inference.infer_shapes(model, data_prop=True)
+        except Exception:       # leave the body's values as they are typed
+            return
+        for vi in (*inferred.graph.value_info, *inferred.graph.output):
+            known = self.types.get(vi.name)
+            if vi.type.HasField("tensor_type") and (known is None or not known.HasField("shape")
+                                                    or any(not d.HasField("dim_value") for d in known.shape.dim)):
+                self.types[vi.name] = vi.type.tensor_type
 
     def schema(self, node):
         return op_schema(node, self.opset)
@@ -387,7 +426,7 @@ class _Importer:
         return schema is not None and (schema.has_function or schema.has_context_dependent_function)
 
     # -- values --
-    def _value_type(self, tensor_type, symbols: dict | None = None):
+    def _value_type(self, tensor_type, symbols: dict):
         """(.dl dtype, shape) of an ONNX tensor type; dims named by dim_param become Dims of
         the input symbols (`symbols`), unknown dims None."""
         dtype = DTYPES.get(tensor_type.elem_type)
@@ -397,7 +436,7 @@ class _Importer:
         for d in tensor_type.shape.dim:
             if d.HasField("dim_value"):
                 shape.append(d.dim_value)
-            elif symbols is not None and d.dim_param in symbols:
+            elif d.dim_param in symbols:
                 shape.append(symbols[d.dim_param])
             else:
                 shape.append(None)
@@ -427,9 +466,9 @@ class _Importer:
                         raise Unsupported(f"{self.source}: {where} is empty (axis {axis} has size 0)", "shape")
                     dims.append(d.dim_value)
                     continue
-                key = d.dim_param or f"{inp.name}:{axis}"
+                key = d.dim_param or f"{inp.name}:{axis}"       # a dim without a name is a dim of its own
                 if key not in symbols:
-                    symbols[key] = Dim.sym(self.names(d.dim_param, "D") if d.dim_param else self.names(f"D{len(symbols)}"))
+                    symbols[key] = Dim.sym(self.names(d.dim_param or f"D{len(symbols)}", "D"))
                 dims.append(symbols[key])
             name = self.names(inp.name, "x")
             self.inputs[inp.name] = name
@@ -446,15 +485,12 @@ class _Importer:
             self.values[t.name] = Value(dtype, tuple(array.shape), const=array, weight=dtype in ("f32", "f64"),
                                         onnx_type=t.data_type)
 
-    def value(self, name: str) -> Value:
-        return self.values[name]
-
     def inferred(self, name: str) -> Value:
         """A fresh Value for a node output, typed by shape inference."""
         tt = self.types.get(name)
         if tt is None:
             return Value(None, None)
-        dtype, shape = self._value_type(tt, {k: v for k, v in self.symbols.items()})
+        dtype, shape = self._value_type(tt, self.symbols)
         return Value(dtype, shape, onnx_type=tt.elem_type)
 
     def operand(self, name: str) -> str:
@@ -513,6 +549,8 @@ class _Importer:
     def built_type(self, name: str):
         """The TensorType dlc gives a value of the program written so far (one build of it
         serves every value bound before it), or None."""
+        if self.scopes:     # inside a scan body: the program so far does not build
+            return None
         expr = self.operand(name)
         if expr not in self.built:
             from dlc.compiler.loader import load_text
@@ -532,17 +570,30 @@ class _Importer:
         self.body.append(f"{', '.join(names)} = {expr}")
         self.bound.update(names)
 
-    def run(self) -> Imported:
+    def enter(self):
+        """Write the bindings of a scan body from here on (`leave` gives them back)."""
+        self.scopes.append(self.body)
+        self.body = []
+
+    def leave(self) -> list:
+        lines, self.body = self.body, self.scopes.pop()
+        return lines
+
+    def emit_nodes(self, nodes):
+        """Each node through its rule (Constants first: a fused pattern may read them early)."""
         from dlc.compiler.onnx_ops import Node, RULES
+        constants = [node for node in nodes if node.op_type == "Constant" and not node.input]
+        for node in constants + [node for node in nodes if node not in constants]:
+            if id(node) not in self.absorbed:
+                Node(self, node).emit(RULES)
+
+    def run(self) -> Imported:
         self.header = self._add_inputs()
         self.output_names = {}          # ONNX output -> its .dl name, reserved before any binding
         for out in self.graph.output:
             self.output_names.setdefault(out.name, self.names(out.name, "y"))
         self._add_initializers()
-        constants = [node for node in self.graph.node if node.op_type == "Constant" and not node.input]
-        for node in constants + [node for node in self.graph.node if node not in constants]:
-            if id(node) not in self.absorbed:       # Constants first: a fused pattern may read them early
-                Node(self, node).emit(RULES)
+        self.emit_nodes(self.graph.node)
         outputs, dtypes, lines = {}, {}, []
         for out in self.graph.output:
             v = self.values[out.name]
@@ -585,7 +636,8 @@ class _Importer:
         return "\n".join([f"# imported from {self.source} by dlc import (ONNX opset {self.opset}"
                           + (f", produced by {producer})" if producer else ")"),
                           f"model {self.name} {{",
-                          *("    " + line.replace("\n", "\n    ") for line in self.header + self.decls + self.body + outputs),
+                          *("    " + line.replace("\n", "\n    ")
+                            for line in self.header + self.decls + self.body + outputs),
                           "}", ""])
 
 

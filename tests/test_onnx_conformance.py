@@ -32,7 +32,8 @@ def outcomes(cases, results, engine):
 @pytest.mark.parametrize("engine", ENGINES)
 def test_every_node_test_passes_or_is_refused_with_a_reason(cases, results, engine):
     got = outcomes(cases, results, engine)
-    failed = [f"{c.name} [{c.op}]: {got[c.name].message.splitlines()[0]}" for c in cases if got[c.name].status == "fail"]
+    failed = [f"{c.name} [{c.op}]: {got[c.name].message.splitlines()[0]}"
+              for c in cases if got[c.name].status == "fail"]
     assert not failed, f"{len(failed)} node tests fail on the {engine} engine:\n" + "\n".join(failed)
     refused = [got[c.name] for c in cases if got[c.name].status == "not supported"]
     assert all(o.reason in REASONS and o.message for o in refused)

@@ -116,7 +116,8 @@ def recurrent(tmp_path, op="LSTM", **attrs):
         nodes += [h.make_node("Identity", ["Y"], ["y"])]
         y_shape = ["T", 2, "batch", units]
     return save(tmp_path, op.lower(), nodes, [h.make_tensor_value_info("x", F, ["batch", "T", width])],
-                [h.make_tensor_value_info("y", F, y_shape), h.make_tensor_value_info("Y_h", F, [directions, "batch", units])],
+                [h.make_tensor_value_info("y", F, y_shape),
+                 h.make_tensor_value_info("Y_h", F, [directions, "batch", units])],
                 [weight("W", directions, gates * units, width), weight("R", directions, gates * units, units),
                  weight("B", directions, 2 * gates * units),
                  numpy_helper.from_array(np.array([1], np.int64), "one")])

@@ -218,7 +218,8 @@ def main(argv=None) -> int:
             for c in cases:
                 o = results[engine][c.name]
                 if o.status != "pass":
-                    print(f"  {c.name} [{c.op}] {o.status} {o.reason}: {o.message.splitlines()[0] if o.message else ''}",
+                    first = o.message.splitlines()[0] if o.message else ""
+                    print(f"  {c.name} [{c.op}] {o.status} {o.reason}: {first}",
                           file=sys.stderr)
     text = table(cases, results)
     if args.no_write or args.op or args.case:
