@@ -172,6 +172,29 @@ def test_gru_is_the_gru_layer(tmp_path, attrs):
     assert ("reset_after = false" in text) == (attrs["linear_before_reset"] == 0)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scan_is_a_scan(tmp_path, backend):
+    """ONNX's Scan (a running sum and a running maximum over axis 1, read backwards) is dlc's
+    scan: the states its carries, the scan outputs its yields."""
+    body = h.make_graph([h.make_node("Add", ["sum_in", "x_t"], ["sum_out"]),
+                         h.make_node("Max", ["max_in", "x_t"], ["max_out"]),
+                         h.make_node("Mul", ["sum_out", "two"], ["y_t"])], "body",
+                        [h.make_tensor_value_info(n, F, [2, 3]) for n in ("sum_in", "max_in", "x_t")],
+                        [h.make_tensor_value_info(n, F, [2, 3]) for n in ("sum_out", "max_out", "y_t")],
+                        [numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    path = save(tmp_path, "running", [
+        h.make_node("Scan", ["s0", "m0", "x"], ["total", "largest", "ys"], body=body, num_scan_inputs=1,
+                    scan_input_axes=[1], scan_input_directions=[1], scan_output_directions=[1]),
+    ], [h.make_tensor_value_info("s0", F, [2, 3]), h.make_tensor_value_info("m0", F, [2, 3]),
+        h.make_tensor_value_info("x", F, [2, 5, 3])],
+        [h.make_tensor_value_info("total", F, [2, 3]), h.make_tensor_value_info("largest", F, [2, 3]),
+         h.make_tensor_value_info("ys", F, [5, 2, 3])])
+    feeds = {"s0": RNG.standard_normal((2, 3)).astype(np.float32), "m0": np.full((2, 3), -9, np.float32),
+             "x": RNG.standard_normal((2, 5, 3)).astype(np.float32)}
+    text = same_as_onnxruntime(path, feeds, backend)
+    assert "scan t in 5 (axis = 0, reverse = true) carry" in text and "x[:, t]" in text
+
+
 def test_unnamed_dynamic_dims_get_names(tmp_path):
     path = save(tmp_path, "dyn", [h.make_node("Softmax", ["x"], ["y"], axis=-1)],
                 [h.make_tensor_value_info("x", F, [None, 3])], [h.make_tensor_value_info("y", F, [None, 3])])
