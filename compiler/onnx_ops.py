@@ -69,7 +69,7 @@ class Node:
 
     def __init__(self, imp, proto):
         self.imp, self.proto, self.op = imp, proto, proto.op_type
-        self.label = proto.name or (proto.output[0] if proto.output else proto.op_type)
+        self.label = proto.name or next((o for o in proto.output if o), proto.op_type)
         self.results = list(proto.output)     # the values the result binds (the last absorbed node's)
         self.names: dict = {}                 # output index -> the binding name chosen beforehand
         onnx = imp.onnx
@@ -1225,10 +1225,11 @@ def _weights_hint(n: Node, i: int) -> str:
 
 
 def _module(n: Node) -> str:
-    """The module path of an exporter's node name: '/encoder/fc1/Gemm' -> encoder_fc1."""
+    """The module of an exporter's node name: '/ff/ff.0/Gemm' -> ff.0 (PyTorch's scopes end
+    with the module's full name, TensorFlow's with its own)."""
     parts = [p for p in n.proto.name.split("/") if p]
     if len(parts) > 1 and parts[-1].split("_")[0] == n.op:
-        parts = parts[:-1]
+        return parts[-2]
     return "_".join(parts)
 
 
@@ -1319,15 +1320,6 @@ def _window(n: Node, spatial: tuple, kernel):
 def _pair(values) -> str:
     values = list(values)
     return str(values[0]) if len(set(values)) == 1 else f"({values[0]}, {values[1]})"
-
-
-def _four_d(n: Node, x: str, shape: tuple) -> tuple:
-    """A 1-D (N, C, L) input as 2-D (N, C, 1, L): the spatial shape, the 4-D operand."""
-    if len(shape) == 4:
-        return shape[2:], x
-    if len(shape) == 3:
-        return (1,) + shape[2:], n.let(reshaped(x, [shape[0], shape[1], 1, shape[2]]), n.label + "_2d")
-    n.refuse(f"a {len(shape) - 2}-D window (dlc has 1-D and 2-D ones)", "shape")
 
 
 def _padded(n: Node, x: str, before, after, value: str | None = None) -> str:
@@ -1476,8 +1468,9 @@ def _pool(n: Node):
     hi = [a + e for a, e in zip(after, extra)]
     if set(dilations) != {1} or len(kernel) > 2:
         return _pool_slices(n, shape, kernel, dilations, strides, before, after, extra)
-    spatial, x = _four_d(n, n.x(0), shape)
-    if len(shape) == 3:
+    x = n.x(0)
+    if len(shape) == 3:     # as a 2-D window of height 1
+        x = n.let(reshaped(x, [shape[0], shape[1], 1, shape[2]]), n.label + "_2d")
         kernel, strides = [1] + kernel, [1] + strides
         before, after, hi, extra = ([0] + v for v in (before, after, hi, extra))
     window = _pair(kernel) + (f", {_pair(strides)}" if strides != kernel else "")      # the kernel's by default
