@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 
 from dlc.compiler.dims import Dim, exact_div
-from dlc.compiler.onnx_import import (DTYPES, NP_DTYPES, Expand, Unsupported, Value, layer_hint, literal,
+from dlc.compiler.onnx_import import (DTYPES, NP_DTYPES, SMALL, Expand, Unsupported, Value, layer_hint, literal,
                                      shape_tuple)
 
 FLOAT = ("f32", "f64")
@@ -965,6 +965,93 @@ def _scan_along(n: Node, shape, axis: int, op: str, steps: bool, exclusive=False
     if exclusive:
         return f"{head}\n    before = s\n    s = s {op} {piece}\n    yield before\n}}"
     return f"{head}\n    s = s {op} {piece}\n    yield s\n}}"
+
+
+@rule("TopK", static=(1,), attrs=("axis", "largest", "sorted"))
+def _top_k(n: Node):
+    """The k largest (smallest) entries along the axis, by k rounds of argmax that each put
+    the entry found out of the running; ties go to the lower index, as in ONNX."""
+    shape = n.shape(0)
+    rank = len(shape)
+    axis = n.axis(n.attr("axis", -1), rank)
+    k = int(n.static(1, "K").reshape(-1)[0])
+    if k > SMALL * 4:
+        n.refuse(f"K = {k} (dlc unrolls TopK, up to {SMALL * 4})")
+    dtype = n.dtype(0)
+    if dtype not in NUMBER:
+        n.refuse(f"{dtype} inputs", "dtype")
+    x = n.x(0) if axis == rank - 1 else n.let(f"swapaxes({n.x(0)}, {axis}, -1)", n.label + "_moved")
+    if not n.attr("largest", 1):
+        x = n.let(f"-{x}" if dtype in FLOAT else f"0 - {x}", n.label + "_negated")
+    out = "-" + LARGEST[dtype] if dtype in FLOAT else str(-2 ** (31 if dtype == "i32" else 63) + 1)
+    values, indices = [], []
+    for i in range(k):
+        indices.append(n.let(f"argmax({x}, -1)", f"{n.label}_index{i}"))
+        values.append(n.let(f"max({x}, -1)", f"{n.label}_value{i}"))
+        if i < k - 1:
+            x = n.let(f"select(one_hot({indices[-1]}, {shape[axis]}, \"bool\"), {out}, {x})", f"{n.label}_rest{i}")
+    stacked_values = f"stack({', '.join(values)}, axis = -1)"
+    if not n.attr("largest", 1):
+        stacked_values = f"-{n.let(stacked_values, n.label + '_largest')}" if dtype in FLOAT else \
+            f"0 - {n.let(stacked_values, n.label + '_largest')}"
+    stacked_indices = f"cast(stack({', '.join(indices)}, axis = -1), \"i64\")"
+    if axis == rank - 1:
+        return [stacked_values, stacked_indices]
+    return [f"swapaxes({n.let(v, n.label + '_found')}, {axis}, -1)" for v in (stacked_values, stacked_indices)]
+
+
+@rule("Einsum", attrs=("equation",))
+def _einsum(n: Node):
+    """Each operand's axes put in one order of all the equation's letters (a repeated letter
+    first taken on its diagonal), the operands multiplied with broadcasting, and the letters
+    not in the output summed away."""
+    xs = [i for i in range(len(n.proto.input)) if n.has(i)]
+    if any(n.dtype(i) not in NUMBER for i in xs):
+        n.refuse("bool operands", "dtype")
+    equation = n.attr("equation").replace(" ", "")
+    inputs, _, output = equation.partition("->")
+    terms = inputs.split(",")
+    spare = iter(sorted(set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") - set(equation)))
+    ellipsis = ""
+    operands, sizes = [], {}
+    for i, term in zip(xs, terms):
+        shape = n.shape(i)
+        if "..." in term:       # the same letters for every operand's ellipsis, aligned on the right
+            width = len(shape) - (len(term) - 3)
+            while len(ellipsis) < width:
+                ellipsis = next(spare) + ellipsis
+            term = term.replace("...", ellipsis[len(ellipsis) - width:])
+        letters, x = list(term), n.x(i)
+        for pos, letter in enumerate(letters):
+            sizes.setdefault(letter, shape[pos])
+        while len(set(letters)) < len(letters):     # a repeated letter: the diagonal of its two axes
+            p = letters.index(next(c for c in letters if letters.count(c) > 1))
+            q = letters.index(letters[p], p + 1)
+            size = sizes[letters[p]]
+            eye = reshaped(f"select(reshape(arange({size}), {size}, 1) == reshape(arange({size}), 1, {size}), 1, 0)",
+                           [size if a in (p, q) else 1 for a in range(len(letters))])
+            x = n.let(f"sum({x} * {eye}, {q})", n.label + "_diagonal")
+            del letters[q]
+        operands.append((x, letters))
+    if "->" not in equation:        # implicit output: the letters seen once, in order
+        seen = "".join(letters for _, letters in operands for letters in letters)
+        output = "..." if ellipsis else ""
+        output += "".join(sorted(c for c in set(seen) if seen.count(c) == 1 and c not in ellipsis))
+    output = output.replace("...", ellipsis)
+    order = list(output) + sorted({c for _, letters in operands for c in letters} - set(output))
+    parts = []
+    for x, letters in operands:
+        perm = sorted(range(len(letters)), key=lambda a: order.index(letters[a]))
+        if perm != list(range(len(letters))):
+            x = n.let(f"transpose({x}, {_dims(perm)})", n.label + "_ordered")
+        placed = [letters[a] for a in perm]
+        dims = [sizes[c] if c in placed else 1 for c in order]
+        parts.append(reshaped(x, dims) if len(dims) != len(placed) else x)
+    out = " * ".join(parts)
+    summed = list(range(len(output), len(order)))
+    if summed:
+        out = f"sum({n.let(out, n.label + '_products') if len(parts) > 1 else out}, {axes_text(summed)})"
+    return out if out != n.x(xs[0]) else n.value(xs[0])
 
 
 # ---- reductions -------------------------------------------------------------------------------------

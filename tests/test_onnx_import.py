@@ -258,14 +258,12 @@ def test_a_file_that_is_not_onnx_is_a_clear_error(tmp_path):
 
 
 def test_an_unsupported_op_names_the_node_the_op_and_the_opset(tmp_path):
-    path = save(tmp_path, "nms", [h.make_node("Relu", ["x"], ["r"]), h.make_node("TopK", ["r", "k"], ["v", "i"],
-                                                                                  name="pick_best")],
-                [h.make_tensor_value_info("x", F, [2, 5])],
-                [h.make_tensor_value_info("v", F, [2, 3]), h.make_tensor_value_info("i", TensorProto.INT64, [2, 3])],
-                [numpy_helper.from_array(np.array([3], np.int64), "k")])
+    path = save(tmp_path, "nonzero", [h.make_node("Relu", ["x"], ["r"]),
+                                      h.make_node("NonZero", ["r"], ["i"], name="positives")],
+                [h.make_tensor_value_info("x", F, [2, 5])], [h.make_tensor_value_info("i", TensorProto.INT64, [2, None])])
     with pytest.raises(Unsupported) as e:
         import_model(read_model(path), source=path.name)
-    assert "node 'pick_best' (TopK, opset 17)" in e.value.message and e.value.kind == "op"
+    assert "nonzero.onnx: node 'positives' (NonZero, opset 17)" in e.value.message and e.value.kind == "op"
 
 
 def test_an_attribute_dlc_cannot_express_is_refused(tmp_path):
