@@ -186,6 +186,9 @@ def table(cases: list, results: dict) -> str:
         lines.append(f"| {op} | " + " | ".join(cells) + f" | {why} |")
     lines.append("| **total** | " + " | ".join(
         f"**{t['pass']} / {t['fail']} / {t['not supported']}**" for t in totals.values()) + " | |")
+    floats = {e: collections.Counter(results[e][c.name].status for c in cases if is_float32(c)) for e in engines}
+    lines.append("| *of which float32 cases* | " + " | ".join(
+        f"*{t['pass']} / {t['fail']} / {t['not supported']}*" for t in floats.values()) + " | |")
     return "\n".join(lines)
 
 
