@@ -793,6 +793,71 @@ def _gather_elements(n: Node):
     return out if axis == rank - 1 else f"swapaxes({n.let(out, n.label + '_picked')}, {axis}, -1)"
 
 
+@rule("ScatterElements", "Scatter", attrs=("axis", "reduction"))
+def _scatter_elements(n: Node):
+    """updates[..., i, ...] written at data[..., indices[..., i, ...], ...] along the axis:
+    a one-hot match of each update with the axis' entries, combined by the reduction."""
+    shape, idx_shape = n.shape(0), n.shape(1)
+    rank = len(shape)
+    axis = n.axis(n.attr("axis", 0), rank)
+    if any(a != b for k, (a, b) in enumerate(zip(shape, idx_shape)) if k != axis):
+        n.refuse("indices whose shape differs from the data's off the axis", "shape")
+    data, index, updates = n.x(0), n.x(1), n.x(2)
+    if axis != rank - 1:
+        data, index, updates = (n.let(f"swapaxes({v}, {axis}, -1)", f"{n.label}_{what}")
+                                for v, what in ((data, "data"), (index, "index"), (updates, "updates")))
+    index = n.let(f"select({index} < 0, {index} + {shape[axis]}, {index})", n.label + "_index")
+    hot = n.let(f"one_hot({index}, {shape[axis]}, \"bool\")", n.label + "_hot")
+    rows = list(shape[:axis]) + list(shape[axis + 1:]) + [idx_shape[axis], shape[axis]]
+    out = _scattered(n, data, hot, f"expand_dims({updates}, -1)", len(rows) - 2, rows)
+    return out if axis == rank - 1 else f"swapaxes({n.let(out, n.label + '_moved')}, {axis}, -1)"
+
+
+@rule("ScatterND", attrs=("reduction",))
+def _scatter_nd(n: Node):
+    """updates written at the data's positions indices[..., :k] (its first k axes flattened
+    to one): a one-hot match of each update with those positions, combined by the reduction."""
+    shape, idx_shape = n.shape(0), n.shape(1)
+    k = idx_shape[-1]
+    if not isinstance(k, int):
+        n.refuse("index tuples of a symbolic length", "shape")
+    places, rest = prod(shape[:k], start=1), list(shape[k:])
+    count = prod(idx_shape[:-1], start=1)
+    sizes = n.imp.constant(np.array(shape[:k], np.int64), n.label + "_sizes")
+    index = n.let(f"select({n.x(1)} < 0, {n.x(1)} + {sizes}, {n.x(1)})", n.label + "_index")
+    strides = [prod(shape[j + 1:k], start=1) for j in range(k)]
+    flat = " + ".join(f"{index}[..., {j}] * {s}" if s != 1 else f"{index}[..., {j}]" for j, s in enumerate(strides))
+    position = n.let(reshaped(f"({flat})" if k > 1 else flat, [count]), n.label + "_position")
+    hot = n.let(reshaped(f"one_hot({position}, {places}, \"bool\")", [count, places] + [1] * len(rest)),
+                n.label + "_hot")
+    updates = reshaped(n.x(2), [count, 1] + rest)
+    data = n.let(reshaped(n.x(0), [places] + rest), n.label + "_rows")
+    out = _scattered(n, data, hot, updates, 0, [count, places] + rest)
+    return reshaped(n.let(out, n.label + "_written"), shape)
+
+
+def _scattered(n: Node, data: str, hot: str, updates: str, axis: int, shape) -> str:
+    """data combined with the updates where `hot` (bool) matches them, the matches along
+    `axis` (of `shape`, the match's broadcast shape), by the node's reduction."""
+    reduction = n.attr("reduction", "none")
+    dtype = n.dtype(0)
+    if dtype not in NUMBER:
+        n.refuse(f"{dtype} data", "dtype")
+    big = LARGEST[dtype] if dtype in FLOAT else str(2 ** (31 if dtype == "i32" else 63) - 1)
+    written = n.let(f"sum({hot}, {axis}) > 0", n.label + "_written")
+    if reduction in ("none", "add"):
+        total = n.let(f"sum(select({hot}, {updates}, 0), {axis})", n.label + "_sum")
+        return f"{data} + {total}" if reduction == "add" else f"select({written}, {total}, {data})"
+    if reduction in ("max", "min"):
+        fill = f"-{big}" if reduction == "max" else big
+        most = n.let(f"{reduction}(select({hot}, {updates}, {fill}), {axis})", n.label + f"_{reduction}")
+        return f"select({written}, {'maximum' if reduction == 'max' else 'minimum'}({data}, {most}), {data})"
+    if reduction == "mul":
+        factors = n.let(f"select({hot}, {updates}, 1)", n.label + "_factors")
+        return f"{data} * {n.let(_scan_along(n, shape, axis, '*', steps=False, x=factors), n.label + '_product')}"
+    n.refuse(f"the reduction '{reduction}'")
+
+
 @rule("Expand", static=(1,))
 def _expand(n: Node):
     shape = n.shape(0)
