@@ -106,15 +106,14 @@ class DlcBackend(Backend):
     @classmethod
     def run_node(cls, node, inputs, device: str = "CPU", outputs_info=None, **kwargs):
         """One node as a model of its own: its inputs typed by the arrays given."""
-        from onnx import helper as h
-        inputs = list(inputs)
-        graph = h.make_graph([node], "node", [h.make_tensor_value_info(name, h.np_dtype_to_tensor_dtype(a.dtype),
-                                                                        a.shape)
-                                               for name, a in zip(node.input, map(np.asarray, inputs))],
-                             [h.make_empty_tensor_value_info(o) for o in node.output])
+        from onnx import ValueInfoProto, helper as h, shape_inference
+        inputs = [np.asarray(a) for a in inputs]
+        typed = [h.make_tensor_value_info(name, h.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+                 for name, a in zip(node.input, inputs)]
         opset = kwargs.pop("opset_version", None)
-        model = h.make_model(graph, **({"opset_imports": [h.make_opsetid("", opset)]} if opset else {}))
-        return cls.run_model(model, inputs, device, **kwargs)
+        model = h.make_model(h.make_graph([node], "node", typed, [ValueInfoProto(name=o) for o in node.output if o]),
+                             **({"opset_imports": [h.make_opsetid("", opset)]} if opset else {}))
+        return cls.run_model(shape_inference.infer_shapes(model), inputs, device, **kwargs)     # types the outputs
 
     @classmethod
     def supports_device(cls, device: str) -> bool:

@@ -327,3 +327,26 @@ def test_the_docs_list_the_ops_with_a_rule():
     doc = (Path(__file__).parent.parent / "docs" / "interop.md").read_text()
     listed = doc.split("The ops with a rule")[1].split(".\n")[0]
     assert sorted(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", listed.split(":", 1)[1])) == sorted(RULES)
+
+
+# ---- the ONNX backend ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("engine", ["reference", "native"])
+def test_the_backend_runs_nodes_and_models(engine):
+    from onnx.backend.base import Backend
+    from dlc.runtime.onnx_backend import DlcBackend
+    assert issubclass(DlcBackend, Backend)
+    assert DlcBackend.supports_device("CPU") and not DlcBackend.supports_device("CUDA")
+    x = RNG.standard_normal((2, 6)).astype(np.float32)
+    y, = DlcBackend.run_node(h.make_node("Softmax", ["x"], ["y"], axis=1), [x], engine=engine)
+    np.testing.assert_allclose(y, np.exp(x) / np.exp(x).sum(1, keepdims=True), rtol=1e-6)
+    # a Reshape's target shape fed at run time: the model is imported for each value of it
+    graph = h.make_graph([h.make_node("Reshape", ["x", "shape"], ["r"]), h.make_node("Relu", ["r"], ["y"])], "rs",
+                         [h.make_tensor_value_info("x", F, [2, 6]),
+                          h.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+                         [h.make_tensor_value_info("y", F, [None, None])])
+    rep = DlcBackend.prepare(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), engine=engine)
+    assert rep.static == ["shape"]
+    for target in ([3, 4], [12, 1]):
+        out = rep.run([x, np.array(target, np.int64)])
+        np.testing.assert_array_equal(out.y, np.maximum(x.reshape(target), 0))
+    assert len(rep.programs) == 2
