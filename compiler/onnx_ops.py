@@ -207,24 +207,21 @@ class Node:
         self.results[j] = reader.results[0]
 
     def emit(self, rules):
+        """Fold the node or run its rule; a node the rule refuses is imported as its op's ONNX
+        function body instead, where the op has one (`Expand` restarts the import)."""
         proto = self.proto
-        if proto.domain not in ("", "ai.onnx"):
-            self.refuse(f"operators of the domain '{proto.domain}'", "op")
-        r = rules.get(self.op)
-        if r is None or not self.version:
-            self.refuse("this op: dlc has no rule for it", "op")
-        for name in self.attrs:
-            if name not in r.attrs:
-                try:
-                    self.refuse(f"the attribute '{name}' (dlc's rule for {self.op} does not read it)")
-                except Unsupported as e:
-                    if self.imp.has_function(proto):
-                        raise Expand(self.imp.index[id(proto)], e) from None
-                    raise
-        inputs = [i for i in proto.input if i]
-        if inputs and all(self.imp.values[i].const is not None for i in inputs) and self.fold():
-            return
         try:
+            if proto.domain not in ("", "ai.onnx"):
+                self.refuse(f"operators of the domain '{proto.domain}'", "op")
+            r = rules.get(self.op)
+            if r is None or not self.version:
+                self.refuse("this op: dlc has no rule for it", "op")
+            unknown = [name for name in self.attrs if name not in r.attrs]
+            if unknown:
+                self.refuse(f"the attribute '{unknown[0]}' (dlc's rule for {self.op} does not read it)")
+            inputs = [i for i in proto.input if i]
+            if inputs and all(self.imp.values[i].const is not None for i in inputs) and self.fold():
+                return
             self.finish(r.emit(self))
         except Unsupported as e:
             if self.imp.has_function(proto):
@@ -243,15 +240,14 @@ class Node:
             return False
         weight = any(self.imp.values[i].weight for i in self.proto.input if i)
         for name, a in outs.items():
-            if name:
-                v = self.imp.inferred(name)
-                a = np.asarray(a)
-                v.const, v.shape, v.weight = a, tuple(a.shape), weight and v.dtype in FLOAT
-                if v.dtype is None and a.dtype != object:
-                    v.dtype = DTYPES.get(self.imp.onnx.helper.np_dtype_to_tensor_dtype(a.dtype))
-                if a.dtype == object:
-                    v.dtype = "i64"
-                self.imp.values[name] = v
+            v = self.imp.inferred(name)
+            a = np.asarray(a)
+            v.const, v.shape, v.weight = a, tuple(a.shape), weight and v.dtype in FLOAT
+            if a.dtype == object:       # a shape with symbolic dims
+                v.dtype = "i64"
+            elif v.dtype is None:
+                v.dtype = DTYPES.get(self.imp.onnx.helper.np_dtype_to_tensor_dtype(a.dtype))
+            self.imp.values[name] = v
         return True
 
     def finish(self, result):
@@ -371,8 +367,8 @@ def _symbolic(n: Node, consts: list):
 
 
 def _exact_div(n: Node, p, q):
-    out = p // q
-    if out is None or (not isinstance(p, Dim) and not isinstance(q, Dim) and p % q):
+    out = exact_div(p, q) if isinstance(p, Dim) or not isinstance(q, Dim) else None
+    if out is None:
         n.refuse(f"the division of the dim {p} by {q}", "input")
     return out
 

@@ -319,7 +319,11 @@ def cmd_import(args):
         raise DlcError(f"-o takes the .dl file to write, got '{args.output}'")
     weights = Path(args.weights) if args.weights else out.with_suffix(".npz")
     imported = import_model(read_model(args.file), name=out.stem, source=Path(args.file).name)
-    model = load_text(imported.text, str(out)).build(None, training=False)
+    try:
+        model = load_text(imported.text, str(out)).build(None, training=False)
+    except DlcError as e:       # a value of the ONNX model dlc's checks refuse (an attribute out of range)
+        e.notes.append((f"in the program imported from {args.file}; nothing was written", None))
+        raise
     checkpoint.conform(weights, imported.weights, model.params)
     _write(imported.text.rstrip("\n"), str(out))
     checkpoint.save(weights, imported.weights, {}, {"model": imported.name,

@@ -319,6 +319,12 @@ def test_cli_import_errors_exit_1_without_a_traceback(tmp_path):
     path = mlp(tmp_path)
     r = dlc("import", path.name, "-o", "mlp.txt", cwd=tmp_path)
     assert r.returncode == 1 and "-o takes the .dl file to write" in r.stderr
+    save(tmp_path, "perm", [h.make_node("Transpose", ["x"], ["y"], perm=[0, 0])],
+         [h.make_tensor_value_info("x", F, [2, 3])], [h.make_tensor_value_info("y", F, [2, 2])])
+    r = dlc("import", "perm.onnx", "-o", "perm.dl", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "not a permutation" in r.stderr
+    assert "in the program imported from perm.onnx; nothing was written" in r.stderr
+    assert not (tmp_path / "perm.dl").exists() and not (tmp_path / "perm.npz").exists()
 
 
 def test_the_docs_list_the_ops_with_a_rule():
