@@ -507,7 +507,9 @@ class _Importer:
         dtype = DTYPES[self.onnx.helper.np_dtype_to_tensor_dtype(array.dtype)]
         return self._materialize(Value(dtype, tuple(array.shape), const=array, weight=weight), hint)
 
-    def _materialize(self, v: Value, hint: str) -> str:
+    def _materialize(self, v: Value, hint: str, alone: bool = False) -> str:
+        """`alone`: the constant is not an operand, whose type a literal would take, but a
+        value of its own (an output): a scalar keeps its dtype."""
         a = v.const
         if v.dtype is None or a.dtype == object:
             what = "symbolic dims" if v.dtype is not None else f"{_type_name(v.onnx_type)} values"
@@ -518,7 +520,7 @@ class _Importer:
         if not v.weight:
             flat = a.reshape(-1)
             if (flat == flat[0]).all() and literal(flat[0], v.dtype) is not None:
-                if a.ndim == 0:
+                if a.ndim == 0 and not alone:
                     return literal(flat[0], v.dtype)
                 fill = int(flat[0]) if v.dtype == "bool" else literal(flat[0], v.dtype)     # full takes a number
                 return f"full({shape_tuple(a.shape)}, {fill}, \"{v.dtype}\")"
@@ -602,6 +604,8 @@ class _Importer:
                                   "dlc has float32, float64, int32, int64 and bool", "dtype")
             if v.shape is not None and 0 in v.shape:
                 raise Unsupported(f"{self.source}: the output '{out.name}' is empty (shape {list(v.shape)})", "shape")
+            if v.expr is None and v.const is not None:        # an output known at import
+                v.expr = self._materialize(v, out.name, alone=True)
             expr = self.operand(out.name)
             name = self.output_names[out.name]
             if name in outputs.values():        # the same value listed twice
