@@ -322,6 +322,27 @@ def split(ev, x, parts, axis=-1):
 
 
 @builtin()
+def pad(ev, x, before, after, value=0, interior=None):
+    """x with before[i] and after[i] entries of `value` around axis i, and interior[i]
+    between each two of its entries."""
+    x = _tensor(ev, x)
+    widths = []
+    for v, what in ((before, "before"), (after, "after"), (interior or (0,) * x.rank, "interior")):
+        if not isinstance(v, tuple) or len(v) != x.rank or any(isinstance(d, bool) or not isinstance(d, int) or d < 0
+                                                                for d in v):
+            _fail(ev, f"pad: '{what}' must be a tuple of {x.rank} whole numbers (one per axis of {x.type}), "
+                      f"got {describe(v)}")
+        widths.append(v)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        _fail(ev, f"pad: the value must be a number, got {describe(value)}")
+    padded = ops.pad(x, *widths)
+    if value == 0:
+        return padded
+    inside = ops.pad(ops.full(ev.graph, x.shape, True, "bool"), *widths)
+    return ops.select(inside, padded, value)
+
+
+@builtin()
 def broadcast_to(ev, x, *dims):
     x = _tensor(ev, x)
     shape = ops.broadcast_shapes(ev.graph, x.shape, _shape(ev, dims))

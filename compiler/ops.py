@@ -240,8 +240,9 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         a, b = cast(a, "f32"), cast(b, "f32")
     if a.rank == 0 or b.rank == 0:
         raise DlcError(f"@ needs tensors of rank >= 1, got {a.type} @ {b.type}", graph.span)
-    if a.rank == 1:
-        return reshape(matmul(reshape(a, (1,) + a.shape), b), b.shape[:-2] + b.shape[-1:])
+    if a.rank == 1:     # a row, removed from the result (a scalar for vector @ vector)
+        out = matmul(reshape(a, (1,) + a.shape), b)
+        return reshape(out, out.shape[:-1] if b.rank == 1 else out.shape[:-2] + out.shape[-1:])
     if b.rank == 1:
         return reshape(matmul(a, reshape(b, b.shape + (1,))), a.shape[:-1])
     if b.rank == 2 and a.rank > 2:

@@ -351,6 +351,34 @@ def cmd_bench(args):
     print(bench(load(args.file), args.model, args.batch, _dims(args.dim), args.steps, args.top))
 
 
+def cmd_import(args):
+    """An ONNX model as a .dl program (OUT.dl, the model named after it) and its weights as a
+    dlc checkpoint (OUT.npz, or --weights); the program is built once before anything is written."""
+    from dlc.compiler.errors import DlcError
+    from dlc.compiler.loader import load_text
+    from dlc.compiler.onnx_import import import_model, read_model
+    from dlc.runtime import checkpoint
+    out = Path(args.output)
+    if out.suffix != ".dl":
+        raise DlcError(f"-o takes the .dl file to write, got '{args.output}'")
+    weights = Path(args.weights) if args.weights else out.with_suffix(".npz")
+    imported = import_model(read_model(args.file), name=out.stem, source=Path(args.file).name)
+    try:
+        model = load_text(imported.text, str(out)).build(None, training=False)
+    except DlcError as e:       # a value of the ONNX model dlc's checks refuse (an attribute out of range)
+        e.notes.append((f"in the program imported from {args.file}; nothing was written", None))
+        raise
+    checkpoint.conform(weights, imported.weights, model.params)
+    _write(imported.text.rstrip("\n"), str(out))
+    checkpoint.save(weights, imported.weights, {}, {"model": imported.name,
+                                                    "source_hash": checkpoint.source_hash(imported.text)})
+    def count(n, what):
+        return f"{n} {what}" + ("" if n == 1 else "s")
+    print(f"wrote {out} (model {imported.name}: {count(len(imported.inputs), 'input')}, "
+          f"{count(len(imported.outputs), 'output')})")
+    print(f"wrote {weights} ({count(len(imported.weights), 'array')})")
+
+
 # ---- parser ------------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     from dlc.compiler import passes as P
@@ -475,6 +503,12 @@ def parser() -> argparse.ArgumentParser:
                    help="default: from OUT's suffix. safetensors: dlc's names and layouts; torch: torch.nn's "
                         "(a .safetensors file)")
     c.set_defaults(run=cmd_export)
+
+    c = sub.add_parser("import", help="an ONNX model as a .dl program and a checkpoint of its weights")
+    c.add_argument("file", help="an .onnx file")
+    c.add_argument("-o", "--output", required=True, metavar="OUT.dl", help="the .dl program to write")
+    c.add_argument("--weights", metavar="PATH", help="the checkpoint to write (default: OUT.npz)")
+    c.set_defaults(run=cmd_import)
     for c in sub.choices.values():
         c.set_defaults(command_parser=c)
     return p

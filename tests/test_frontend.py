@@ -269,3 +269,42 @@ model m {
 }""")
     out = run(m, xs=np.zeros((2, 4)))["output:noise"]
     assert len({round(float(v), 6) for v in out[0]}) == 4
+
+
+def test_vector_at_vector_is_a_scalar():
+    """numpy's rule: a 1-D left operand gains a row that the result loses again."""
+    m = build("""
+model m {
+    input a: f32[3]
+    input b: f32[3]
+    input w: f32[3, 2]
+    output dot = a @ b
+    output row = a @ w
+}""")
+    a, b, w = np.arange(3.0), np.array([1.0, 2.0, 4.0]), np.arange(6.0).reshape(3, 2)
+    out = run(m, a=a, b=b, w=w)
+    assert out["output:dot"].shape == () and float(out["output:dot"]) == 10.0
+    np.testing.assert_allclose(out["output:row"], a @ w)
+
+
+def test_pad_puts_a_value_around_each_axis():
+    m = build("""
+model m {
+    input x: f32[2, 3]
+    input k: i64[2]
+    output zeros = pad(x, (1, 0), (0, 2))
+    output ones = pad(x, (0, 1), (1, 0), 1.5)
+    output ints = pad(k, (1,), (1,), 7)
+    output spread = pad(x, (0, 0), (0, 1), 0, (1, 0))
+}""")
+    x = np.arange(6.0).reshape(2, 3)
+    out = run(m, x=x, k=np.array([3, 4]))
+    np.testing.assert_array_equal(out["output:zeros"], np.pad(x, ((1, 0), (0, 2))))
+    np.testing.assert_array_equal(out["output:ones"], np.pad(x, ((0, 1), (1, 0)), constant_values=1.5))
+    np.testing.assert_array_equal(out["output:ints"], [7, 3, 4, 7])
+    assert out["output:ints"].dtype == np.int64
+    spread = np.zeros((3, 4))
+    spread[::2, :3] = x
+    np.testing.assert_array_equal(out["output:spread"], spread)
+    with pytest.raises(DlcError, match="'after' must be a tuple of 2 whole numbers"):
+        build("model m {\n    input x: f32[2, 3]\n    output y = pad(x, (1, 0), (0, -1))\n}")

@@ -27,6 +27,7 @@ CASES = {
     "lstm": "y = lstm(x, 4)",
     "lstm_state": "hs, h, c = lstm(x, 3, return_state = true)\n y = lstm(x, 3, state = (h, c)) + expand_dims(c, 1)",
     "gru": "y = gru(x, 4, reverse = true)",
+    "gru_reset_before": "y = gru(x, 4, reset_after = false)",
     "bidirectional": "y = bidirectional(x, gru, 3)",
     "stacked": "y = stacked(x, lstm, 3, 2, rate = 0.2)",
     "additive_attention": "c, w = additive_attention(x[:, 0], x, 5)\n y = dense(c, 2) * sum(w)",
