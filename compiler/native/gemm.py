@@ -143,6 +143,33 @@ def _loop(b: ir.IRBuilder, start, stop, step=1, name="i"):
     b.position_at_end(done)
 
 
+@contextlib.contextmanager
+def _carrying_loop(b: ir.IRBuilder, stop, starts: list, name="k"):
+    """for (k = 0; k < stop; k++) carrying values: yields (k, the values this iteration
+    starts with, a list the body fills with the next ones); after the block, the carried
+    values hold the final ones."""
+    pre = b.block
+    head = b.append_basic_block(f"{name}.head")
+    body = b.append_basic_block(f"{name}.body")
+    done = b.append_basic_block(f"{name}.done")
+    b.branch(head)
+    b.position_at_end(head)
+    k = b.phi(i64, name)
+    k.add_incoming(_c64(0), pre)
+    carried = [b.phi(v.type, f"{name}.carry") for v in starts]
+    for phi, start in zip(carried, starts):
+        phi.add_incoming(start, pre)
+    b.cbranch(b.icmp_signed("<", k, stop), body, done)
+    b.position_at_end(body)
+    following: list = []
+    yield k, carried, following
+    for phi, value in zip(carried, following):
+        phi.add_incoming(value, b.block)
+    k.add_incoming(b.add(k, _c64(1)), b.block)
+    b.branch(head)
+    b.position_at_end(done)
+
+
 def _min(b, x, y):
     return b.select(b.icmp_signed("<", x, y), x, y)
 
@@ -541,51 +568,20 @@ class _Gen:
                     acc0 = [b.load(vptr_at(crow, b.add(j, _c64(v * vw))), align=4) for v in range(FEW_VECTORS)]
                 else:
                     acc0 = [ir.Constant(vty, None)] * FEW_VECTORS
-                pre = b.block
-                head = b.append_basic_block("fk.head")
-                body = b.append_basic_block("fk.body")
-                done = b.append_basic_block("fk.done")
-                b.branch(head)
-                b.position_at_end(head)
-                k = b.phi(i64, "fk")
-                k.add_incoming(_c64(0), pre)
-                acc = [b.phi(vty, f"acc{v}") for v in range(FEW_VECTORS)]
-                for phi, start in zip(acc, acc0):
-                    phi.add_incoming(start, pre)
-                b.cbranch(b.icmp_signed("<", k, K), body, done)
-                b.position_at_end(body)
-                brow = _gep(b, B, b.add(b.mul(k, ldb), j))
-                av = b.insert_element(ir.Constant(vty, ir.Undefined), a_at(i, k), i32(0))
-                av = b.shuffle_vector(av, ir.Constant(vty, ir.Undefined), ir.Constant(ir.VectorType(i32, vw), [0] * vw))
-                new = [b.call(self.fma, [av, b.load(vptr_at(brow, _c64(v * vw)), align=4), acc[v]])
-                       for v in range(FEW_VECTORS)]
-                for phi, value in zip(acc, new):
-                    phi.add_incoming(value, b.block)
-                k.add_incoming(b.add(k, _c64(1)), b.block)
-                b.branch(head)
-                b.position_at_end(done)
+                with _carrying_loop(b, K, acc0, name="fk") as (k, acc, new):
+                    brow = _gep(b, B, b.add(b.mul(k, ldb), j))
+                    av = b.insert_element(ir.Constant(vty, ir.Undefined), a_at(i, k), i32(0))
+                    av = b.shuffle_vector(av, ir.Constant(vty, ir.Undefined),
+                                          ir.Constant(ir.VectorType(i32, vw), [0] * vw))
+                    new += [b.call(self.fma, [av, b.load(vptr_at(brow, _c64(v * vw)), align=4), acc[v]])
+                            for v in range(FEW_VECTORS)]
                 for v in range(FEW_VECTORS):
                     b.store(acc[v], vptr_at(crow, b.add(j, _c64(v * vw))), align=4)
             with _loop(b, wide_end, n1, name="fe") as j:
                 c = _gep(b, crow, j)
                 start = b.load(c) if accumulate else ir.Constant(f32, 0.0)
-                pre = b.block
-                head = b.append_basic_block("fek.head")
-                body = b.append_basic_block("fek.body")
-                done = b.append_basic_block("fek.done")
-                b.branch(head)
-                b.position_at_end(head)
-                k = b.phi(i64, "fek")
-                k.add_incoming(_c64(0), pre)
-                total = b.phi(f32, "total")
-                total.add_incoming(start, pre)
-                b.cbranch(b.icmp_signed("<", k, K), body, done)
-                b.position_at_end(body)
-                value = b.call(fma, [a_at(i, k), b.load(_gep(b, B, b.add(b.mul(k, ldb), j))), total])
-                total.add_incoming(value, b.block)
-                k.add_incoming(b.add(k, _c64(1)), b.block)
-                b.branch(head)
-                b.position_at_end(done)
+                with _carrying_loop(b, K, [start], name="fek") as (k, (total,), new):
+                    new.append(b.call(fma, [a_at(i, k), b.load(_gep(b, B, b.add(b.mul(k, ldb), j))), total]))
                 b.store(total, c)
 
     def variant(self, name, trans_a, trans_b, accumulate):
