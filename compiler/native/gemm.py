@@ -125,6 +125,15 @@ def _c64(v: int) -> ir.Constant:
 @contextlib.contextmanager
 def _loop(b: ir.IRBuilder, start, stop, step=1, name="i"):
     """for (i = start; i < stop; i += step) — yields i (signed compare)."""
+    with _carrying_loop(b, stop, [], name, start, step) as (i, _, _):
+        yield i
+
+
+@contextlib.contextmanager
+def _carrying_loop(b: ir.IRBuilder, stop, starts: list, name="k", start=0, step=1):
+    """for (k = start; k < stop; k += step) carrying values: yields (k, the values this
+    iteration starts with, a list the body fills with the next ones); after the block, the
+    carried values hold the final ones."""
     step = _c64(step) if isinstance(step, int) else step
     start = _c64(start) if isinstance(start, int) else start
     pre = b.block
@@ -133,39 +142,18 @@ def _loop(b: ir.IRBuilder, start, stop, step=1, name="i"):
     done = b.append_basic_block(f"{name}.done")
     b.branch(head)
     b.position_at_end(head)
-    i = b.phi(i64, name)
-    i.add_incoming(start, pre)
-    b.cbranch(b.icmp_signed("<", i, stop), body, done)
-    b.position_at_end(body)
-    yield i
-    i.add_incoming(b.add(i, step, name=f"{name}.next"), b.block)
-    b.branch(head)
-    b.position_at_end(done)
-
-
-@contextlib.contextmanager
-def _carrying_loop(b: ir.IRBuilder, stop, starts: list, name="k"):
-    """for (k = 0; k < stop; k++) carrying values: yields (k, the values this iteration
-    starts with, a list the body fills with the next ones); after the block, the carried
-    values hold the final ones."""
-    pre = b.block
-    head = b.append_basic_block(f"{name}.head")
-    body = b.append_basic_block(f"{name}.body")
-    done = b.append_basic_block(f"{name}.done")
-    b.branch(head)
-    b.position_at_end(head)
     k = b.phi(i64, name)
-    k.add_incoming(_c64(0), pre)
+    k.add_incoming(start, pre)
     carried = [b.phi(v.type, f"{name}.carry") for v in starts]
-    for phi, start in zip(carried, starts):
-        phi.add_incoming(start, pre)
+    for phi, value in zip(carried, starts):
+        phi.add_incoming(value, pre)
     b.cbranch(b.icmp_signed("<", k, stop), body, done)
     b.position_at_end(body)
     following: list = []
     yield k, carried, following
     for phi, value in zip(carried, following):
         phi.add_incoming(value, b.block)
-    k.add_incoming(b.add(k, _c64(1)), b.block)
+    k.add_incoming(b.add(k, step, name=f"{name}.next"), b.block)
     b.branch(head)
     b.position_at_end(done)
 
