@@ -299,6 +299,16 @@ def shape_tuple(shape) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
+def dims_tensor(a: np.ndarray, dtype: str) -> str:
+    """A shape holding dims (a sequence length) as a tensor of their run-time values."""
+    items = [f"cast({d}, \"{dtype}\")" for d in a.ravel()]
+    if a.ndim == 0:
+        return items[0]
+    flat = "concat(" + ", ".join(f"reshape({i}, 1)" for i in items) + ", axis = 0)" if len(items) > 1 else \
+        f"reshape({items[0]}, 1)"
+    return flat if a.ndim == 1 else f"reshape({flat}, {', '.join(map(str, a.shape))})"
+
+
 def literal(v, dtype: str) -> str | None:
     """A scalar as a .dl literal of its dtype's family (the shortest text that gives the same
     number in that dtype), or None for what no literal says (inf, nan)."""
@@ -353,6 +363,8 @@ class _Importer:
         for node in graph.node:
             for i in node.input:
                 self.consumers.setdefault(i, []).append(node)
+        self.producers = {o: node for g in self._graphs(graph) for node in g.node for o in node.output}
+        self.dim_texts: dict = {}          # a Dim's text -> the Dim, for the shapes given to ONNX's inference
         self.graph_outputs = {o.name for o in graph.output}
         self.absorbed: set = set()
         self.index = {id(node): k for k, node in enumerate(graph.node)}
@@ -379,44 +391,83 @@ class _Importer:
         except Exception as e:
             raise DlcError(f"{self.source}: ONNX shape inference fails on this model: {_first_line(e)}") from None
         types = {}
-        graphs = [inferred.graph]
-        while graphs:       # the graph and the bodies of its Scans (their names are the model's too)
-            g = graphs.pop()
+        for g in self._graphs(inferred.graph):
             for vi in (*g.value_info, *g.output, *g.input):
                 if vi.type.HasField("tensor_type"):
                     types[vi.name] = vi.type.tensor_type
-            graphs += [a.g for node in g.node for a in node.attribute if a.HasField("g")]
         return types
+
+    @staticmethod
+    def _graphs(graph) -> list:
+        """The graph and the bodies of its Scans (their values' names are the model's too)."""
+        graphs, found = [graph], []
+        while graphs:
+            g = graphs.pop()
+            found.append(g)
+            graphs += [a.g for node in g.node for a in node.attribute if a.HasField("g")]
+        return found
 
     def infer_body(self, body):
         """Type a scan body's values with ONNX's shape inference, its inputs and the outer
         values it reads typed as the importer knows them (the model's inference does not
         reach into bodies whose inputs have no shapes)."""
+        self._infer(list(body.node), list(body.output))
+
+    def reinfer(self, name: str):
+        """Type a value of a scan body again, by ONNX's inference of the nodes that make it
+        back to values the importer knows the shapes of (a reshape to computed dims, whose
+        shape ONNX could not tell before)."""
+        nodes, seen = [], set()
+
+        def visit(value):
+            node = self.producers.get(value)
+            if node is None or id(node) in seen:
+                return
+            seen.add(id(node))
+            for i in node.input:
+                v = self.values.get(i)
+                if i and (v is None or v.const is None and (v.shape is None or None in v.shape)):
+                    visit(i)
+            nodes.append(node)
+        visit(name)
+        self._infer(nodes, [self.onnx.ValueInfoProto(name=name)])
+
+    def _infer(self, nodes: list, outputs: list):
+        """ONNX's shape inference on `nodes`, the values they read and do not make typed as
+        the importer knows them; the types it finds replace those that lack dims."""
         h = self.onnx.helper
-        made = {o for node in body.node for o in node.output}
-        outer = {i for node in body.node for i in node.input if i and i not in made} - {v.name for v in body.input}
+        made = {o for node in nodes for o in node.output}
+        read = ({i for node in nodes for i in node.input if i} | {o.name for o in outputs}) - made
         inputs, initializers = [], []
-        for name in [v.name for v in body.input] + sorted(outer):
+        for name in sorted(read):
             v = self.values.get(name)
             if v is None or v.dtype is None:
                 continue
             if v.const is not None and v.const.dtype != object:
                 initializers.append(self.onnx.numpy_helper.from_array(v.const, name))
             else:
-                dims = None if v.shape is None else [d if isinstance(d, int) else (str(d) if d is not None else None)
-                                                     for d in v.shape]
-                inputs.append(h.make_tensor_value_info(name, ONNX_TYPES[v.dtype], dims))
-        graph = h.make_graph(list(body.node), "body", inputs, list(body.output), initializers)
+                inputs.append(h.make_tensor_value_info(name, ONNX_TYPES[v.dtype], self._dim_params(v.shape)))
+        graph = h.make_graph(nodes, "body", inputs, outputs, initializers)
         model = h.make_model(graph, opset_imports=[h.make_opsetid("", self.opset)])
         try:
             inferred = self.onnx.shape_inference.infer_shapes(model, data_prop=True)
-        except Exception:       # leave the body's values as they are typed
+        except Exception:       # leave the values as they are typed
             return
         for vi in (*inferred.graph.value_info, *inferred.graph.output):
             known = self.types.get(vi.name)
             if vi.type.HasField("tensor_type") and (known is None or not known.HasField("shape")
                                                     or any(not d.HasField("dim_value") for d in known.shape.dim)):
                 self.types[vi.name] = vi.type.tensor_type
+
+    def _dim_params(self, shape):
+        """A shape for ONNX: Dims as dim_params named by their text, which `_value_type`
+        reads back (B*S stays B*S through a MatMul)."""
+        if shape is None:
+            return None
+        for d in shape:
+            if isinstance(d, Dim):
+                self.dim_texts[str(d)] = d
+        return [str(d) if isinstance(d, Dim) else d for d in shape]
 
     def schema(self, node):
         return op_schema(node, self.opset)
@@ -438,6 +489,8 @@ class _Importer:
                 shape.append(d.dim_value)
             elif d.dim_param in symbols:
                 shape.append(symbols[d.dim_param])
+            elif d.dim_param in self.dim_texts:
+                shape.append(self.dim_texts[d.dim_param])
             else:
                 shape.append(None)
         return dtype, tuple(shape)
@@ -511,10 +564,11 @@ class _Importer:
         """`alone`: the constant is not an operand, whose type a literal would take, but a
         value of its own (an output): a scalar keeps its dtype."""
         a = v.const
-        if v.dtype is None or a.dtype == object:
-            what = "symbolic dims" if v.dtype is not None else f"{_type_name(v.onnx_type)} values"
-            raise Unsupported(f"{self.source}: the constant '{hint}' holds {what}; dlc cannot use it as a tensor",
-                              "dtype")
+        if v.dtype is None:
+            raise Unsupported(f"{self.source}: the constant '{hint}' holds {_type_name(v.onnx_type)} values; dlc "
+                              "cannot use it as a tensor", "dtype")
+        if a.dtype == object:
+            return dims_tensor(a, v.dtype)
         if a.size == 0:
             raise Unsupported(f"{self.source}: the constant '{hint}' is empty (shape {list(a.shape)})", "shape")
         if not v.weight:
@@ -548,11 +602,15 @@ class _Importer:
             return None
         return dict(zip([o.name for o in outputs], results))
 
-    def built_type(self, name: str):
-        """The TensorType dlc gives a value of the program written so far (one build of it
-        serves every value bound before it), or None."""
-        if self.scopes:     # inside a scan body: the program so far does not build
-            return None
+    def type_now(self, name: str):
+        """The type of a value that ONNX's shape inference could not tell, found now: as
+        dlc builds the program written so far (one build serves every value bound before
+        it), or inside a scan body, where that program does not build, as ONNX infers it
+        from its node's inputs as the importer knows them now. None when neither tells."""
+        if self.scopes:
+            self.reinfer(name)
+            v = self.inferred(name)
+            return None if v.dtype is None or v.shape is None or None in v.shape else v
         expr = self.operand(name)
         if expr not in self.built:
             from dlc.compiler.loader import load_text

@@ -120,7 +120,7 @@ class Node:
     def dtype(self, i: int) -> str:
         v = self.value(i)
         if v.dtype is None and not v.onnx_type:        # shape inference did not tell: dlc does
-            self._ask_dlc(i)
+            self._type_now(i)
         if v.dtype is None:
             self.refuse(f"{_type_name(self.imp, v.onnx_type)} values", "dtype")
         return v.dtype
@@ -129,13 +129,13 @@ class Node:
         """Input i's dims: ints, or Dims of the model's input symbols."""
         v = self.value(i)
         if v.shape is None or None in v.shape:
-            self._ask_dlc(i)
+            self._type_now(i)
         return v.shape
 
-    def _ask_dlc(self, i: int):
-        """The type of input i as dlc builds it, where ONNX's shape inference could not tell."""
+    def _type_now(self, i: int):
+        """The type of input i where ONNX's shape inference could not tell (`type_now`)."""
         v = self.value(i)
-        t = self.imp.built_type(self.proto.input[i])
+        t = self.imp.type_now(self.proto.input[i])
         if t is None:
             self.refuse(f"an input of unknown shape ({self.proto.input[i]})", "shape")
         v.dtype, v.shape = t.dtype, t.shape
@@ -232,7 +232,7 @@ class Node:
         """Compute a node whose inputs are all known (ONNX's reference evaluator; the
         symbolic shape arithmetic for shapes with symbolic dims)."""
         consts = [self.imp.values[i].const if i else None for i in self.proto.input]
-        if any(c is not None and c.dtype == object for c in consts):
+        if any(_has_dims(c) for c in consts):
             outs = fold_symbolic(self, consts)
         else:
             outs = self.imp.evaluate(self.proto, consts)
@@ -334,9 +334,12 @@ def fold_symbolic(n: Node, consts: list) -> dict | None:
 def _symbolic(n: Node, consts: list):
     x = consts[0]
     op = n.op
+    data = consts if op in ("Concat", "Add", "Sub", "Mul", "Div") else consts[:1]
+    if not all(c is None or _is_shape(c) for c in data) or any(_has_dims(c) for c in consts[len(data):]):
+        return None     # not shape arithmetic (a weight sliced to a symbolic length): the op's rule
     if op in ("Identity", "Cast", "CastLike", "Unsqueeze", "Squeeze", "Reshape", "Flatten"):
         if op in ("Cast", "CastLike") and n.out_dtype() not in INT:
-            n.refuse("a cast of a shape with symbolic dims to a non-integer type", "input")
+            return None     # a dim as a number (a mean's divisor): the cast of its tensor
         shape = n.out().shape
         if shape is None or None in shape:
             shape = {"Unsqueeze": lambda: np.expand_dims(x, tuple(n.setting("axes", 1))).shape,
@@ -364,6 +367,15 @@ def _symbolic(n: Node, consts: list):
     if op == "ReduceProd":
         return np.array(prod(x.ravel()), dtype=object).reshape((1,) * x.ndim if n.attr("keepdims", 1) else ())
     return None
+
+
+def _is_shape(c: np.ndarray) -> bool:
+    """Integers, possibly Dims: what the symbolic shape arithmetic computes on."""
+    return c.dtype == object or np.issubdtype(c.dtype, np.integer)
+
+
+def _has_dims(c) -> bool:
+    return c is not None and c.dtype == object
 
 
 def _exact_div(n: Node, p, q):
@@ -687,6 +699,15 @@ def _split(n: Node):
     return out
 
 
+def _from_end(bound, size):
+    """A slice bound that is a dim as an int where it differs from the axis' size by a
+    number (T - 1 on an axis of size T is -1); a bound at or past the size is the end."""
+    if isinstance(bound, int):
+        return bound
+    offset = bound - size
+    return bound if not isinstance(offset, int) else offset if offset < 0 else 2 ** 63 - 1
+
+
 def _slice_text(x: str, axis: int, start, stop, step=1) -> str:
     bounds = f"{start if start else ''}:{'' if stop is None else stop}" + (f":{step}" if step != 1 else "")
     return f"{x}[{', '.join([':'] * axis + [bounds])}]"
@@ -695,19 +716,21 @@ def _slice_text(x: str, axis: int, start, stop, step=1) -> str:
 @rule("Slice", static=(1, 2, 3, 4), attrs=("starts", "ends", "axes"))
 def _slice(n: Node):
     """Indexing (x[a:b:s, ...]) with ONNX's clamped bounds; a negative step takes the
-    positions it names with gather."""
+    positions it names with gather. A bound may be a dim (P[0:T] of a longer P)."""
     shape = n.shape(0)
     starts, ends = n.setting("starts", 1), n.setting("ends", 2)
     axes = n.setting("axes", 3, list(range(len(starts))))
     steps = n.setting("steps", 4, [1] * len(starts))
     subscripts = [":"] * len(shape)
     backwards = []      # (axis, positions)
+    big = 2 ** 31       # a bound beyond any size: the end
     for a, s, e, st in zip(axes, starts, ends, steps):
         a = n.axis(a, len(shape))
         d = shape[a]
+        s, e = _from_end(s, d), _from_end(e, d)
         if st == 0:
             n.refuse("a slice with step 0")
-        if isinstance(d, int):
+        if all(isinstance(v, int) for v in (d, s, e)):
             positions = range(*slice(s, e, st).indices(d))
             if not positions:
                 n.refuse("an empty slice", "shape")
@@ -717,13 +740,13 @@ def _slice(n: Node):
                 s, e = positions.start, positions.stop
                 subscripts[a] = f"{s if s else ''}:{e if e != d else ''}" + (f":{st}" if st != 1 else "")
         elif st < 0:
-            n.refuse("a backwards slice of a symbolic dim", "shape")
-        else:       # a symbolic dim: bounds beyond it mean its end
-            big = 2 ** 31
-            if s >= big or e <= -big or (s >= 0 and 0 <= e <= s) or (s < 0 and e < 0 and e <= s):
+            n.refuse("a backwards slice of a symbolic dim or to a symbolic bound", "shape")
+        else:       # a symbolic dim or bound: int bounds beyond the dim mean its end
+            if isinstance(s, int) and isinstance(e, int) and (
+                    s >= big or e <= -big or (s >= 0 and 0 <= e <= s) or (s < 0 and e < 0 and e <= s)):
                 n.refuse("an empty slice", "shape")
-            start = "" if s == 0 or s <= -big else str(s)
-            stop = "" if e >= big else str(e)
+            start = "" if isinstance(s, int) and (s == 0 or s <= -big) else str(s)
+            stop = "" if isinstance(e, int) and e >= big else str(e)
             subscripts[a] = f"{start}:{stop}" + (f":{st}" if st != 1 else "")
     while subscripts and subscripts[-1] == ":":
         subscripts.pop()
@@ -740,7 +763,7 @@ def _gather(n: Node):
     axis = n.axis(n.attr("axis", 0), len(shape))
     size = shape[axis]
     idx = n.const(1)
-    if idx is not None and isinstance(size, int):
+    if idx is not None and not _has_dims(idx) and isinstance(size, int):
         idx = np.where(idx < 0, idx + size, idx)
         if idx.ndim == 0:       # one position: an index drops the axis
             return f"{n.x(0)}[{', '.join([':'] * axis + [str(int(idx))])}]"
@@ -917,8 +940,18 @@ def _constant(n: Node):
 
 @rule("Range", static=(0, 1, 2))
 def _range(n: Node):
+    """Known bounds: the numbers; a symbolic limit (arange over T): `arange` of the count."""
     start, limit, delta = (n.static(i).item() for i in range(3))
-    return np.arange(start, limit, delta).astype(n.static(0).dtype)
+    if not any(isinstance(v, Dim) for v in (start, limit, delta)):
+        return np.arange(start, limit, delta).astype(n.static(0).dtype)
+    steady = isinstance(start, int) and isinstance(delta, int) and delta > 0
+    count = exact_div(limit - start, delta) if steady else None
+    if not isinstance(count, Dim):
+        n.refuse(f"a range from {start} to {limit} by {delta}", "input")
+    dtype = n.out_dtype()
+    out = "arange(" + str(count) + ")" if dtype == "i32" else f"cast(arange({count}), \"{dtype}\")"
+    out += f" * {delta}" if delta != 1 else ""
+    return Expr(out + (f" + {start}" if start else ""), shape=(count,))
 
 
 @rule("EyeLike", attrs=("dtype", "k"), shape_only=True)

@@ -195,6 +195,90 @@ def test_scan_is_a_scan(tmp_path, backend):
     assert "scan t in 5 (axis = 0, reverse = true) carry" in text and "x[:, t]" in text
 
 
+def sequence_length(x="x"):
+    """The nodes of T, the size of axis 1 of x, as int64[1] ("T1") and as a scalar ("T")."""
+    return [h.make_node("Shape", [x], ["shape"]),
+            h.make_node("Slice", ["shape", "one", "two"], ["T1"]),
+            h.make_node("Squeeze", ["T1"], ["T"])]
+
+
+def int64s(**arrays):
+    return [numpy_helper.from_array(np.array(v, np.int64), name) for name, v in arrays.items()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_weight_sliced_and_indexed_by_a_symbolic_length(tmp_path, backend):
+    """P[0:T] and P[T - 1] of a longer weight (a learned position embedding) slice and index
+    by the dim: the shape arithmetic that gives T does not fold them."""
+    path = save(tmp_path, "positions", [
+        *sequence_length(),
+        h.make_node("Slice", ["P", "zero", "T1", "zero"], ["rows"]),
+        h.make_node("Sub", ["T", "one_scalar"], ["last"]),
+        h.make_node("Gather", ["P", "last"], ["row"]),
+        h.make_node("Add", ["x", "rows"], ["a"]),
+        h.make_node("Add", ["a", "row"], ["y"]),
+    ], [h.make_tensor_value_info("x", F, ["B", "T", 4])], [h.make_tensor_value_info("y", F, ["B", "T", 4])],
+        [weight("P", 16, 4), *int64s(zero=[0], one=[1], two=[2], one_scalar=1)])
+    x = RNG.standard_normal((2, 5, 4)).astype(np.float32)
+    text = same_as_onnxruntime(path, {"x": x}, backend)
+    assert "P[:T]" in text
+
+
+def test_a_range_to_a_symbolic_length_and_a_dim_as_a_number(tmp_path):
+    """Range(2, T + 2) is an arange over T; a dim cast to float (the divisor of a mean) is
+    its run-time value."""
+    path = save(tmp_path, "ranges", [
+        *sequence_length(),
+        h.make_node("Add", ["T", "two_scalar"], ["limit"]),
+        h.make_node("Range", ["two_scalar", "limit", "one_scalar"], ["steps"]),
+        h.make_node("Cast", ["steps"], ["steps_f"], to=F),
+        h.make_node("Unsqueeze", ["steps_f", "one"], ["column"]),
+        h.make_node("Mul", ["x", "column"], ["scaled"]),
+        h.make_node("Cast", ["T"], ["T_f"], to=F),
+        h.make_node("Div", ["scaled", "T_f"], ["y"]),
+    ], [h.make_tensor_value_info("x", F, ["B", "T", 4])], [h.make_tensor_value_info("y", F, ["B", "T", 4])],
+        int64s(one=[1], two=[2], one_scalar=1, two_scalar=2))
+    for steps in (3, 6):
+        x = RNG.standard_normal((2, steps, 4)).astype(np.float32)
+        text = same_as_onnxruntime(path, {"x": x}, "reference")
+    assert "arange(T)" in text
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_scan_body_reshapes_to_dims_onnx_cannot_tell(tmp_path, backend):
+    """A scan body (Bahdanau attention) that flattens an outer value with -1, multiplies it
+    and reshapes it back to computed dims: ONNX's inference does not know the shapes in
+    between; the importer infers them again from what it knows."""
+    body = h.make_graph([
+        h.make_node("Reshape", ["keys", "flat"], ["rows"]),
+        h.make_node("MatMul", ["rows", "Wk"], ["projected"]),
+        h.make_node("Reshape", ["projected", "keys_shape"], ["k"]),
+        h.make_node("Unsqueeze", ["h_in", "one"], ["q"]),
+        h.make_node("Add", ["k", "q"], ["scores"]),
+        h.make_node("Tanh", ["scores"], ["e"]),
+        h.make_node("Reshape", ["e", "flat"], ["e_rows"]),
+        h.make_node("MatMul", ["e_rows", "Wk"], ["e_projected"]),
+        h.make_node("Reshape", ["e_projected", "keys_shape"], ["e_k"]),
+        h.make_node("ReduceSum", ["e_k", "one"], ["context"], keepdims=0),
+        h.make_node("Add", ["context", "x_t"], ["h_out"]),
+        h.make_node("Identity", ["h_out"], ["y_t"]),
+    ], "body", [h.make_tensor_value_info("h_in", F, ["B", 4]), h.make_tensor_value_info("x_t", F, ["B", 4])],
+        [h.make_tensor_value_info("h_out", F, ["B", 4]), h.make_tensor_value_info("y_t", F, ["B", 4])])
+    path = save(tmp_path, "attention", [
+        h.make_node("Shape", ["keys"], ["keys_shape"]),
+        h.make_node("Scan", ["h0", "x"], ["h", "ys"], body=body, num_scan_inputs=1, scan_input_axes=[1],
+                    scan_output_axes=[1]),
+    ], [h.make_tensor_value_info("h0", F, ["B", 4]), h.make_tensor_value_info("x", F, ["B", "T", 4]),
+        h.make_tensor_value_info("keys", F, ["B", "S", 4])],
+        [h.make_tensor_value_info("ys", F, ["B", "T", 4])],
+        [weight("Wk", 4, 4), *int64s(flat=[-1, 4], one=[1])])
+    feeds = {"h0": RNG.standard_normal((2, 4)).astype(np.float32),
+             "x": RNG.standard_normal((2, 3, 4)).astype(np.float32),
+             "keys": RNG.standard_normal((2, 5, 4)).astype(np.float32)}
+    text = same_as_onnxruntime(path, feeds, backend)
+    assert "scan t in T" in text
+
+
 def test_unnamed_dynamic_dims_get_names(tmp_path):
     path = save(tmp_path, "dyn", [h.make_node("Softmax", ["x"], ["y"], axis=-1)],
                 [h.make_tensor_value_info("x", F, [None, 3])], [h.make_tensor_value_info("y", F, [None, 3])])
