@@ -11,6 +11,8 @@ gru, rnn) absorb the nodes that follow them (an Add of the bias, an activation).
 """
 from __future__ import annotations
 
+import os
+
 from dataclasses import dataclass
 from math import prod
 from typing import Callable
@@ -219,10 +221,17 @@ class Node:
             unknown = [name for name in self.attrs if name not in r.attrs]
             if unknown:
                 self.refuse(f"the attribute '{unknown[0]}' (dlc's rule for {self.op} does not read it)")
-            inputs = [i for i in proto.input if i]
-            if inputs and all(self.imp.values[i].const is not None for i in inputs) and self.fold():
-                return
-            self.finish(r.emit(self))
+            try:
+                inputs = [i for i in proto.input if i]
+                if inputs and all(self.imp.values[i].const is not None for i in inputs) and self.fold():
+                    return
+                self.finish(r.emit(self))
+            except (TypeError, ValueError, IndexError, KeyError, ArithmeticError) as e:
+                # values a rule does not handle (symbolic dims in an input it reads as
+                # numbers, ...): the node is refused where it is, never an internal error
+                if os.environ.get("DLC_DEBUG"):
+                    raise
+                self.refuse(f"this node's inputs ({type(e).__name__}: {e})", "input")
         except Unsupported as e:
             if self.imp.has_function(proto):
                 raise Expand(self.imp.index[id(proto)], e) from None

@@ -350,6 +350,24 @@ def test_an_unsupported_op_names_the_node_the_op_and_the_opset(tmp_path):
     assert "nonzero.onnx: node 'positives' (NonZero, opset 17)" in e.value.message and e.value.kind == "op"
 
 
+def test_a_node_whose_values_a_rule_cannot_read_is_refused_where_it_is(tmp_path, monkeypatch):
+    """A rule that meets values it does not handle (a TypeError, say, from symbolic dims in
+    an input it reads as numbers) refuses the node with its name, op and opset: never an
+    internal error."""
+    import dlc.compiler.onnx_ops as ops
+
+    def confused(node):
+        raise TypeError("slice indices must be integers")
+    monkeypatch.setitem(ops.RULES, "Relu", ops.Rule(confused))
+    monkeypatch.delenv("DLC_DEBUG", raising=False)
+    path = save(tmp_path, "relu", [h.make_node("Relu", ["x"], ["y"], name="act")],
+                [h.make_tensor_value_info("x", F, [2, 5])], [h.make_tensor_value_info("y", F, [2, 5])])
+    with pytest.raises(Unsupported) as e:
+        import_model(read_model(path), source=path.name)
+    assert "relu.onnx: node 'act' (Relu, opset 17): dlc cannot import this node's inputs (TypeError: slice" \
+        in e.value.message
+
+
 def test_an_attribute_dlc_cannot_express_is_refused(tmp_path):
     path = save(tmp_path, "pad", [h.make_node("Pad", ["x", "pads"], ["y"], mode="reflect", name="mirror")],
                 [h.make_tensor_value_info("x", F, [2, 5])], [h.make_tensor_value_info("y", F, [2, 7])],
