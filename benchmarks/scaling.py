@@ -29,7 +29,7 @@ import gc
 import json
 import math
 import os
-import resource
+import re
 import subprocess
 import sys
 import tempfile
@@ -103,16 +103,19 @@ def rss_now() -> int:
 
 
 def reset_peak_rss():
-    """Start ru_maxrss afresh from the present RSS (Linux 4.0+), so that a peak before it
+    """Start the peak RSS afresh from the present RSS (Linux 4.0+), so that a peak before it
     (importing torch) does not hide the model's."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
+    except OSError:         # then the peak counts from the start: the imports' is rarely above their end
         pass
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024        # KiB on Linux
+    """The process's peak RSS (VmHWM). Not ru_maxrss: that counts the RSS of the parent
+    that forked this process too (what the process held before its exec)."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"^VmHWM:\s+(\d+) kB", status, re.MULTILINE)[1]) * 1024
 
 
 def say(report: dict):
