@@ -270,20 +270,28 @@ def groups(points: list) -> dict:
     return out
 
 
-def flags(points: list) -> list:
-    """Where dlc is slower than torch, and its cliffs: a step along an axis where dlc's time
-    grows CLIFF times faster than the work (the FLOPs) or than torch's time. Torch's is
-    compared only between points where the machine was quiet: on a busy one it jumps by
-    10x either way."""
-    out = [f"{p.model} {p.axis} {p.size}: dlc/torch {p.ratio:.2f}" for p in points if p.ratio > 1]
+def quiet(p: Point) -> bool:
+    return p.others <= BUSY
+
+
+def flags(points: list) -> tuple:
+    """(flags, steps not compared): where dlc is slower than torch, and its cliffs: a step
+    along an axis where dlc's time grows CLIFF times faster than the work (the FLOPs) or
+    than torch's time. Steps are compared only between points where the machine was quiet:
+    on a busy one PyTorch's time moves tenfold, and dlc's with the cores it is left."""
+    out = [f"{p.model} {p.axis} {p.size}: dlc/torch {p.ratio:.2f}"
+           + ("" if quiet(p) else f" (others {p.others:.2f}: not comparable)") for p in points if p.ratio > 1]
+    skipped = 0
     for (model, axis), ps in groups(points).items():
         for a, b in zip(ps, ps[1:]):
+            if not (quiet(a) and quiet(b)):
+                skipped += 1
+                continue
             grow, work, peer = b.ms("dlc") / a.ms("dlc"), b.flops / a.flops, b.ms("torch") / a.ms("torch")
-            quiet = a.others <= BUSY and b.others <= BUSY
-            if grow > CLIFF * work or quiet and grow > CLIFF * peer:
+            if grow > CLIFF * min(work, peer):          # faster than the work, or than torch's
                 out.append(f"{model} {axis} {a.size} -> {b.size}: dlc's time x{grow:.1f} for x{work:.1f} the FLOPs "
-                           f"(torch's x{peer:.1f}): a cliff")
-    return out
+                           f"(torch's x{peer:.1f}): a cliff" + (", torch's too" if peer > CLIFF * work else ""))
+    return out, skipped
 
 
 def plot(points: list, path: str) -> str:
@@ -369,10 +377,12 @@ def main(argv=None) -> int:
     for (model, axis), ps in groups(points).items():
         print(f"\n### {model}, {axis}\n\n{table(ps)}")
     timed = [p for p in points if p.check.startswith("ok")]
-    found = flags(timed)
+    found, skipped = flags(timed)
     print("\n" + ("\n".join(f"FLAG {f}" for f in found) if found else
                   "dlc is faster than torch at every point, with no cliff"))
-    busy = [p for p in timed if not p.others <= BUSY]
+    if skipped:
+        print(f"note: {skipped} steps between sizes were not checked for cliffs: the machine was busy at one end")
+    busy = [p for p in timed if not quiet(p)]
     if busy:
         print(f"note: other processes used more than a quarter of a core at {len(busy)} of {len(timed)} points "
               "(the others column): their times are not comparable")
