@@ -317,12 +317,17 @@ def plot(points: list, path: str) -> str:
                 ratio_ax.set_visible(False)
                 continue
             sizes = [p.size for p in ps]
-            for fw in FRAMEWORKS:
-                time_ax.loglog(sizes, [p.ms(fw) for p in ps], "o-", label=fw)
-            time_ax.set_title(f"{model}: {axis}")
+            busy = [not quiet(p) for p in ps]
+            for fw, color in zip(FRAMEWORKS, ("tab:blue", "tab:orange")):
+                time_ax.loglog(sizes, [p.ms(fw) for p in ps], "o-", color=color, label=fw, markevery=busy,
+                               markerfacecolor="white")
+                time_ax.loglog(sizes, [p.ms(fw) for p in ps], "o", color=color, markevery=[not b for b in busy])
+            time_ax.set_title(f"{model}: {axis}" + (" (hollow: a busy machine)" if any(busy) else ""))
             time_ax.set_ylabel("ms / step")
             time_ax.legend()
-            ratio_ax.semilogx(sizes, [p.ratio for p in ps], "o-", color="tab:green")
+            ratio_ax.semilogx(sizes, [p.ratio for p in ps], "o-", color="tab:green", markevery=busy,
+                              markerfacecolor="white")
+            ratio_ax.semilogx(sizes, [p.ratio for p in ps], "o", color="tab:green", markevery=[not b for b in busy])
             ratio_ax.axhline(1.0, color="grey", linestyle="--")
             ratio_ax.set_ylim(bottom=0)
             ratio_ax.set_ylabel("dlc / torch")
