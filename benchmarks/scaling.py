@@ -363,8 +363,11 @@ def main(argv=None) -> int:
         return 0
     if args.seconds is None:
         args.seconds = QUICK_SECONDS if args.quick else SECONDS
-
+    if args.seconds <= 0:
+        ap.error("--seconds must be positive")
     points = sweep(args.only or list(SWEEPS), args.axis or list(AXES), args.quick)
+    if not points:
+        ap.error(f"{', '.join(args.only)} has no {' or '.join(args.axis)} axis")
     print(f"dlc scaling benchmark: {len(points)} points; dlc native (default threads) against torch eager "
           f"({THREADS} threads), Adam lr {args.lr}, ~{args.seconds:g} s timed per framework and point", flush=True)
     for p in points:
