@@ -30,6 +30,7 @@ import functools
 import gc
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -55,33 +56,64 @@ DEFAULT_WARMUP = (3, 1)
 QUICK = {"steps": 3, "warmup": 1, "reference_steps": 1, "reference_warmup": 0}
 
 
-# ---- workloads: batches and the torch models --------------------------------------------------------------
-def make_batch(name: str, seed: int) -> dict:
+# ---- workloads: sources, batches and the torch models ----------------------------------------------------
+DEFAULT_BATCH = {"mlp": 128, "lenet": 64, "lstm": 32, "transformer": 16}
+CONST = re.compile(r"^const (\w+) = (\d+)\b", re.MULTILINE)
+
+
+def workload_sizes(name: str) -> dict:
+    """The sizes a workload's .dl file declares as integer constants (`const WIDTH = 512`):
+    the ones benchmarks/scaling.py varies."""
+    return {k: int(v) for k, v in CONST.findall((WORKLOAD_DIR / f"{name}.dl").read_text())}
+
+
+def workload_source(name: str, sizes: dict | None = None) -> str:
+    """The workload's .dl text with its constants set to `sizes` (the others as written)."""
+    text, sizes = (WORKLOAD_DIR / f"{name}.dl").read_text(), sizes or {}
+    unknown = set(sizes) - {name for name, _ in CONST.findall(text)}
+    if unknown:
+        raise KeyError(f"{name}.dl declares no constant {', '.join(sorted(unknown))}")
+    return CONST.sub(lambda m: f"const {m[1]} = {sizes.get(m[1], m[2])}", text)
+
+
+def load_workload(name: str, sizes: dict | None = None):
+    """The workload's dlc program (compiler/loader.py Program) at these sizes."""
+    from dlc.compiler.loader import load_text
+    return load_text(workload_source(name, sizes), str(WORKLOAD_DIR / f"{name}.dl"))
+
+
+def make_batch(name: str, seed: int, batch: int | None = None, sizes: dict | None = None) -> dict:
+    """One random batch of `batch` examples (default DEFAULT_BATCH) at the workload's sizes."""
     rng = np.random.default_rng([seed, 1])
+    B = batch or DEFAULT_BATCH[name]
+    S = workload_sizes(name) | (sizes or {})
     if name == "mlp":
-        return {"x": rng.standard_normal((128, 784), dtype=np.float32),
-                "y": rng.integers(0, 10, 128).astype(np.int32)}
+        return {"x": rng.standard_normal((B, 784), dtype=np.float32),
+                "y": rng.integers(0, 10, B).astype(np.int32)}
     if name == "lenet":
-        return {"x": rng.random((64, 1, 28, 28), dtype=np.float32),
-                "y": rng.integers(0, 10, 64).astype(np.int32)}
+        return {"x": rng.random((B, 1, 28, 28), dtype=np.float32),
+                "y": rng.integers(0, 10, B).astype(np.int32)}
     if name == "lstm":
-        return {"x": rng.standard_normal((32, 32, 64), dtype=np.float32),
-                "y": rng.integers(0, 10, 32).astype(np.int32)}
+        return {"x": rng.standard_normal((B, S["SEQ"], 64), dtype=np.float32),
+                "y": rng.integers(0, 10, B).astype(np.int32)}
     if name == "transformer":
-        return {"tokens": rng.integers(0, 1000, (16, 64)).astype(np.int32),
-                "y": rng.integers(0, 10, 16).astype(np.int32)}
+        return {"tokens": rng.integers(0, 1000, (B, S["SEQ"])).astype(np.int32),
+                "y": rng.integers(0, 10, B).astype(np.int32)}
     raise KeyError(name)
 
 
-def torch_model(name: str, torch):
-    """The torch.nn model of a workload; its forward takes the batch dict, returns logits."""
+def torch_model(name: str, torch, sizes: dict | None = None):
+    """The torch.nn model of a workload at its sizes (workload_sizes, with `sizes` over them);
+    its forward takes the batch dict, returns logits."""
     nn = torch.nn
+    S = workload_sizes(name) | (sizes or {})
 
     if name == "mlp":
         class MLP(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.h1, self.h2, self.logits = nn.Linear(784, 512), nn.Linear(512, 256), nn.Linear(256, 10)
+                w = S["WIDTH"]
+                self.h1, self.h2, self.logits = nn.Linear(784, w), nn.Linear(w, w // 2), nn.Linear(w // 2, 10)
 
             def forward(self, b):
                 h = torch.relu(self.h1(b["x"]))
@@ -108,8 +140,8 @@ def torch_model(name: str, torch):
         class LSTM(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.hs = nn.LSTM(64, 256, batch_first=True)
-                self.logits = nn.Linear(256, 10)
+                self.hs = nn.LSTM(64, S["WIDTH"], batch_first=True)
+                self.logits = nn.Linear(S["WIDTH"], 10)
 
             def forward(self, b):
                 hs, _ = self.hs(b["x"])
@@ -120,13 +152,14 @@ def torch_model(name: str, torch):
         class Transformer(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.emb = nn.Embedding(1000, 128)
-                self.pos = nn.Embedding(64, 128)          # learned positions
+                d = S["WIDTH"]
+                self.emb = nn.Embedding(1000, d)
+                self.pos = nn.Embedding(S["SEQ"], d)      # learned positions
                 self.enc1, self.enc2 = (
-                    nn.TransformerEncoderLayer(128, 4, 512, dropout=0.0, activation=nn.GELU(approximate="tanh"),
+                    nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, activation=nn.GELU(approximate="tanh"),
                                                batch_first=True, norm_first=True)
                     for _ in range(2))
-                self.logits = nn.Linear(128, 10)
+                self.logits = nn.Linear(d, 10)
 
             def forward(self, b):
                 tokens = b["tokens"]
@@ -139,17 +172,16 @@ def torch_model(name: str, torch):
 
 
 @functools.lru_cache(maxsize=None)
-def _torch_layout(name: str):
-    from dlc.compiler.loader import load
+def _torch_layout(name: str, sizes: tuple):
     from dlc.runtime.torch_layout import TorchLayout
-    return TorchLayout(load(str(WORKLOAD_DIR / f"{name}.dl")).build(training=False).params)
+    return TorchLayout(load_workload(name, dict(sizes)).build(training=False).params)
 
 
-def torch_state(name: str, P: dict) -> dict:
+def torch_state(name: str, P: dict, sizes: dict | None = None) -> dict:
     """dlc parameters (numpy, dlc layout) -> the torch model's state dict (numpy), by dlc's
     own mapping (runtime/torch_layout.py): the torch models above name their modules as the
     workloads name their layers."""
-    return _torch_layout(name).to_torch(P)
+    return _torch_layout(name, tuple(sorted((sizes or {}).items()))).to_torch(P)
 
 
 # ---- the JAX models (dlc's parameter layout, written functionally) -----------------------------------------
@@ -264,12 +296,12 @@ def timed_loop(run: Run, step_fn, warmup: int, steps: int):
 
 
 class DlcRunner:
-    def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int):
-        from dlc.compiler.loader import load
+    def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int,
+                 sizes: dict | None = None):
         from dlc.runtime.config import Call
         from dlc.runtime.optim import make_optimizer
         t0 = time.perf_counter()
-        prog = load(str(WORKLOAD_DIR / f"{name}.dl"))
+        prog = load_workload(name, sizes)
         self.train, self.ev = prog.build(training=True), prog.build(training=False)
         self.build_s = time.perf_counter() - t0
         self.trainable = [p.name for p in self.train.params if p.trainable]
@@ -277,17 +309,17 @@ class DlcRunner:
         self.init, self.batch, self.lr, self.seed = init, batch, lr, seed
         self.requested = engine_kind
         self.run = Run("dlc")
-        self.step = 0
+        self.t = 0                  # the optimizer's step count
 
     def _fresh(self):
         self.params = {k: v.copy() for k, v in self.init.items()}
         self.opt_state = self.opt.init({n: self.params[n] for n in self.trainable})
-        self.step = 0
+        self.t = 0
 
-    def _step(self) -> float:
-        self.step += 1
-        out = self.engine.train_step(self.params, self.opt_state, self.batch, self.lr, self.step,
-                                     np.array([self.seed, self.step], np.int32))
+    def step(self) -> float:
+        self.t += 1
+        out = self.engine.train_step(self.params, self.opt_state, self.batch, self.lr, self.t,
+                                     np.array([self.seed, self.t], np.int32))
         return float(out["loss"])
 
     def first(self):
@@ -299,7 +331,7 @@ class DlcRunner:
         notes = []
         self.engine = make_engine(self.requested, self.train, self.ev, self.opt, self.trainable,
                                   log=notes.append)
-        loss = self._step()
+        loss = self.step()
         self.run.first_s = time.perf_counter() - t0
         self.run.losses.append(loss)
         self.kind = self.engine.name
@@ -310,7 +342,7 @@ class DlcRunner:
         self.run.framework = f"dlc ({self.kind})"
 
     def timed(self, warmup: int, steps: int):
-        timed_loop(self.run, self._step, warmup, steps)
+        timed_loop(self.run, self.step, warmup, steps)
 
 
 class TorchRunner:
@@ -318,11 +350,13 @@ class TorchRunner:
     with Adam(fused=True), or the loss compiled by torch.compile (default mode; Inductor's
     C++ code needs a C compiler) with the default Adam. The compile happens in the first step."""
 
-    def __init__(self, name: str, init: dict, batch: dict, lr: float, variant: str = "torch"):
+    def __init__(self, name: str, state: dict, batch: dict, lr: float, variant: str = "torch",
+                 sizes: dict | None = None):
+        """`state`: the model's starting state dict (numpy; torch_state of dlc's parameters)."""
         import torch
         self.torch, self.variant = torch, variant
-        self.model = torch_model(name, torch)
-        sd = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in torch_state(name, init).items()}
+        self.model = torch_model(name, torch, sizes)
+        sd = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}
         self.model.load_state_dict(sd, strict=True)
         self.model.train()
         self.batch = {k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind == "i" else v) for k, v in batch.items()}
@@ -333,7 +367,7 @@ class TorchRunner:
     def _loss(self, batch):
         return self.torch.nn.functional.cross_entropy(self.model(batch), batch["y"])
 
-    def _step(self) -> float:
+    def step(self) -> float:
         self.optim.zero_grad(set_to_none=True)
         loss = self.loss_fn(self.batch)
         loss.backward()
@@ -344,12 +378,12 @@ class TorchRunner:
         t0 = time.perf_counter()
         self.optim = self.torch.optim.Adam(self.model.parameters(), lr=self.lr,
                                            fused=True if self.variant == "torch_fused" else None)
-        loss = self._step()
+        loss = self.step()
         self.run.first_s = time.perf_counter() - t0
         self.run.losses.append(loss)
 
     def timed(self, warmup: int, steps: int):
-        timed_loop(self.run, self._step, warmup, steps)
+        timed_loop(self.run, self.step, warmup, steps)
 
 
 class JaxRunner:
@@ -376,19 +410,19 @@ class JaxRunner:
         self.t = 0
         self.run = Run("jax")
 
-    def _step(self) -> float:
+    def step(self) -> float:
         self.t += 1
         self.P, self.m, self.v, loss = self.step_fn(self.P, self.m, self.v, np.float32(self.t), self.batch)
         return float(loss)          # waits for the step
 
     def first(self):
         t0 = time.perf_counter()
-        loss = self._step()
+        loss = self.step()
         self.run.first_s = time.perf_counter() - t0
         self.run.losses.append(loss)
 
     def timed(self, warmup: int, steps: int):
-        timed_loop(self.run, self._step, warmup, steps)
+        timed_loop(self.run, self.step, warmup, steps)
 
 
 def train_step_flops(model, batch: dict) -> int:
@@ -441,8 +475,7 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
 
     dlc = None
     # the parameters: dlc's initializers, float64 -> float32, shared by every framework
-    from dlc.compiler.loader import load
-    model = load(str(WORKLOAD_DIR / f"{name}.dl")).build(training=True)
+    model = load_workload(name).build(training=True)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(model, args.seed).items()}
     batch = make_batch(name, args.seed)
     n_params = sum(int(np.prod(p.type.shape)) for p in model.params if p.trainable)
@@ -456,7 +489,7 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
         runners["dlc"] = dlc
     for variant in TORCH_VARIANTS:
         if variant in frameworks:
-            runners[variant] = TorchRunner(name, init, batch, args.lr, variant)
+            runners[variant] = TorchRunner(name, torch_state(name, init), batch, args.lr, variant)
     if "jax" in frameworks and not jax_reason:
         runners["jax"] = JaxRunner(name, init, batch, args.lr)
 
@@ -549,6 +582,11 @@ def table(results: list, keys: list, peak_gflops: float) -> str:
         row += [f"{r.flops / 1e6:,.1f}", fmt(100 * r.utilization("dlc", peak_gflops), 1),
                 fmt(100 * r.utilization(best, peak_gflops), 1), r.check, fmt(r.others)]
         rows.append(row)
+    return markdown(cols, rows)
+
+
+def markdown(cols: list, rows: list) -> str:
+    """A markdown table, its columns padded to their widest cell."""
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
     return "\n".join([line(cols), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [line(r) for r in rows])
@@ -568,11 +606,17 @@ def as_json(results: list, peak: dict, threads: int, versions: dict) -> dict:
                                "utilization": r.utilization(k, peak_gflops)}
                            for k, run in r.runs.items()},
         }
-    nan_to_none = lambda v: None if isinstance(v, float) and v != v else v
-    clean = lambda o: ({k: clean(v) for k, v in o.items()} if isinstance(o, dict)
-                       else [clean(v) for v in o] if isinstance(o, list) else nan_to_none(o))
-    return clean({"versions": versions, "threads": threads,
+    return json_safe({"versions": versions, "threads": threads,
                   "peak_gflops": {str(n): g for n, g in peak["gflops"].items()}, "workloads": workloads})
+
+
+def json_safe(o):
+    """`o` with every nan (in dicts and lists) as None: JSON has no nan."""
+    if isinstance(o, dict):
+        return {k: json_safe(v) for k, v in o.items()}
+    if isinstance(o, list):
+        return [json_safe(v) for v in o]
+    return None if isinstance(o, float) and o != o else o
 
 
 def main(argv=None) -> int:

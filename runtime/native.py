@@ -62,6 +62,7 @@ class Executable:
         self.layouts: dict = {}
         self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
+        self.memory: dict = {}                      # bytes by part (runtime/budget.py) per set of sizes
         # the pointer table (compiler/native/driver.py): buffers, checks, the update's buffers
         self.checks = len(self.program.buffers)
         self.extras = self.checks + len(self.program.faults)
@@ -88,7 +89,7 @@ class Executable:
         key = tuple(sizes[s] for s in self.program.symbols)
         lay = self.layouts.get(key)
         if lay is None:
-            self.plans[key] = self._fitting_plan(sizes, fixed)
+            self.plans[key], self.memory[key] = self._fitting_plan(sizes, fixed)
             temps = views(self.plans[key], self.program)
             arrays = []
             for b in self.program.buffers:
@@ -107,8 +108,9 @@ class Executable:
             lay = self.layouts[key] = (arrays, table, dims)
         return lay
 
-    def _fitting_plan(self, sizes: dict, fixed: dict):
-        """The arena plan for these sizes, once the memory of a step is known to fit."""
+    def _fitting_plan(self, sizes: dict, fixed: dict) -> tuple:
+        """The arena plan for these sizes, once the memory of a step is known to fit, and
+        that memory by part: what the engine keeps (`resident`) and the step's activations."""
         p = plan(self.program, sizes, self.live, exclude=fixed)
 
         def activations(s: dict) -> dict:
@@ -119,7 +121,7 @@ class Executable:
 
         resident = self.resident or {"parameters": sum(a.nbytes for a in fixed.values())}
         budget.require_step(self.what, self.graph, sizes, resident, activations)
-        return p
+        return p, resident | activations(sizes)
 
     def run(self, feeds: dict, fixed: dict, extra=()) -> tuple:
         """Run on feeds; returns (every buffer, the sizes of the symbolic dims)."""
@@ -195,6 +197,12 @@ class NativeEngine:
         self._eval = self._predict = None
         if optimizer is None:      # an inference engine: fail now, not at the first batch, if it cannot compile
             lower(eval_model.graph)
+
+    def train_memory(self) -> dict:
+        """Bytes by part (runtime/budget.py PARTS) that training holds at the batch shape it
+        last laid out: parameters, gradients, optimizer state, and the step's activations
+        (the arena its temporaries share and the buffers outside it)."""
+        return list(self.train_exe.memory.values())[-1]
 
     @property
     def eval_exe(self) -> Executable:

@@ -142,6 +142,29 @@ def test_the_native_engine_keeps_only_the_optimizer_state_it_uses(optimizer, slo
     assert [a.size for a in engine.state.values()] == [222_010] * slots
 
 
+def test_the_native_engine_reports_the_memory_training_holds():
+    program = load_text(WIDE)
+    train, evaluation = program.build(None, training=True), program.build(None, training=False)
+    opt = make_optimizer(Call("adam", [], {"lr": 0.01}))
+    names = [p.name for p in train.params]
+    engine = NativeEngine(train, evaluation, opt, names)
+    params = {p.name: np.zeros(p.type.shape, np.float32) for p in train.params}
+    state = opt.init(params)
+    activations = {}
+    for batch in (8, 64):
+        feeds = {"x": np.ones((batch, 100), np.float32), "y": np.zeros(batch, np.int32)}
+        engine.train_step(params, state, feeds, 0.01, 1, np.array([0, 1], np.int32))
+        parts = engine.train_memory()
+        assert {k: parts[k] for k in ("parameters", "gradients", "optimizer state")} == {
+            "parameters": 222_010 * 4, "gradients": 222_010 * 4, "optimizer state": 2 * 222_010 * 4}
+        activations[batch] = parts["activations"]
+        # the arena of the temporaries (the hidden layer among them) and the buffers of the
+        # inputs; a few scalars besides (the loss)
+        arena = list(engine.train_exe.plans.values())[-1].arena
+        assert batch * 2000 * 4 < arena <= activations[batch] <= arena + feeds["x"].nbytes + feeds["y"].nbytes + 256
+    assert activations[64] > activations[8]
+
+
 # ---- native compile time: linear in the number of layers ----------------------------------------------
 def mlp(layers: int) -> str:
     body = "\n".join(f"    h{i} = dense(h{i - 1}, 16, relu)" for i in range(1, layers))
