@@ -240,3 +240,26 @@ def test_bench_reports_kernels(capsys):
     assert main(["bench", str(EXAMPLES / "xor_mlp.dl"), "--steps", "3", "--batch", "8"]) == 0
     out = capsys.readouterr().out
     assert "native train step of xor_mlp: median" in out and "gemm" in out and "GFLOP/s" in out
+
+
+def test_the_step_flushes_subnormals_on_every_thread_and_gives_numpy_back_ieee(monkeypatch):
+    """Native kernels run with flush-to-zero (compiler/native/fpmode.py): a product that is
+    subnormal is 0 on the native engine, on both threads of a team (a map large enough to
+    be split) and in a GEMM; numpy, in the same thread afterwards, keeps subnormals."""
+    monkeypatch.setenv("DLC_NUM_THREADS", "2")
+    src = """
+model m {
+    input x: f32[B, 4096]
+    input w: f32[4096, 8]
+    output sq = x * x
+    output mm = x @ w
+}
+"""
+    model = load_text(src, "m.dl").build(None, training=False)
+    x = np.full((16, 4096), 1e-20, np.float32)
+    w = np.full((4096, 8), 1e-20, np.float32)
+    out = NativeEngine(model, model).predict({}, {"x": x, "w": w})
+    assert np.all(out["sq"] == 0) and np.all(out["mm"] == 0)
+    ref = ReferenceEngine(model, model).predict({}, {"x": x, "w": w})
+    assert np.all(ref["sq"] > 0), "the reference engine keeps IEEE subnormals"
+    assert np.float32(1e-20) * np.float32(1e-20) > 0, "numpy's mode after a native call"

@@ -21,6 +21,7 @@ from llvmlite import ir
 
 from dlc.compiler.native import kernels
 from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
+from dlc.compiler.native.fpmode import subnormals_flushed
 from dlc.compiler.native.gemm import gemm_name
 from dlc.compiler.native.parallel import parallel_map
 from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
@@ -126,7 +127,8 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         table.value_type = ir.ArrayType(i64, len(numbered))
         table.initializer = ir.Constant(table.value_type, [0] * len(numbered))
     b = ir.IRBuilder(driver.append_basic_block("entry"))
-    at = run_all(module, b, compiled, driver.args, profile is not None)
+    with subnormals_flushed(module, b):
+        at = run_all(module, b, compiled, driver.args, profile is not None)
     arguments = [e for _, refs, _ in compiled for e in refs]
     if update is not None:      # not after a failed check: the parameters stay as they were
         first = len(prog.buffers) + len(prog.faults)

@@ -46,6 +46,7 @@ import numpy as np
 from llvmlite import ir
 
 from dlc.compiler.native import jit
+from dlc.compiler.native.fpmode import current_mode, in_mode
 
 i1 = ir.IntType(1)
 i8 = ir.IntType(8)
@@ -574,8 +575,9 @@ class _Gen:
 
     def variant(self, name, trans_a, trans_b, accumulate):
         cfg = self.cfg
+        # the 13 arguments, the status, the caller's floating-point mode (fpmode.py)
         args_ty = ir.LiteralStructType([i64, i64, i64, fptr, i64, i64, fptr, i64, i64,
-                                        fptr, i64, i64, i64, i32])
+                                        fptr, i64, i64, i64, i32, i32])
         block = self.block(name, trans_a, trans_b, accumulate)
         get_buffer = self.get_buffer()
 
@@ -641,8 +643,9 @@ class _Gen:
         worker = _internal(self.m, f"{name}.worker", ir.VoidType(), [vptr], ["data"])
         b = ir.IRBuilder(worker.append_basic_block("entry"))
         wtid = b.sext(b.call(omp_tid, []), i64)
-        b.call(body, [b.bitcast(worker.args[0], args_ty.as_pointer()),
-                      wtid, b.sext(b.call(omp_nth, []), i64), wtid])
+        argp = b.bitcast(worker.args[0], args_ty.as_pointer())
+        with in_mode(self.m, b, b.load(b.gep(argp, [i32(0), i32(14)], inbounds=True))):
+            b.call(body, [argp, wtid, b.sext(b.call(omp_nth, []), i64), wtid])
         b.ret_void()
 
         # the public entry point
@@ -668,6 +671,7 @@ class _Gen:
         for k, v in enumerate(fn.args[:13]):
             b.store(v, b.gep(args, [i32(0), i32(k)], inbounds=True))
         b.store(i32(0), b.gep(args, [i32(0), i32(13)], inbounds=True))
+        b.store(current_mode(self.m, b), b.gep(args, [i32(0), i32(14)], inbounds=True))
         nt = _min(b, _max(b, nthreads, _c64(1)), _c64(cfg.max_threads))
         work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
         # Called from inside a parallel region (a fused kernel's team), run serially on

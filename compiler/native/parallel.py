@@ -5,6 +5,7 @@ from llvmlite import ir
 
 from dlc.compiler.dims import numel
 from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.fpmode import current_mode, in_mode
 from dlc.compiler.native.gemm import declare
 from dlc.compiler.native.kernels import map_loop
 from dlc.compiler.native.program import FusedMapKernel, MapKernel, Op
@@ -29,7 +30,7 @@ def parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     map_loop(inner, k, prog, first=(part.args[2], part.args[3]))
     inner.finish()
 
-    data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64])      # buffers, sizes, outer extent
+    data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64, i32])   # buffers, sizes, outer extent, mode
     vptr = i8.as_pointer()
     worker = ir.Function(module, ir.FunctionType(ir.VoidType(), [vptr]), fn.name + ".worker")
     worker.linkage = "internal"
@@ -42,7 +43,9 @@ def parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     lo = b.mul(tid, chunk)
     hi = b.add(lo, chunk)
     hi = b.select(b.icmp_signed("<", hi, n), hi, n)
-    b.call(part, [ptrs, sizes, lo, hi])
+    mode = b.load(b.gep(data, [ir.Constant(i32, 0), ir.Constant(i32, 3)]))
+    with in_mode(module, b, mode):          # the caller's, not the one the thread was made with
+        b.call(part, [ptrs, sizes, lo, hi])
     b.ret_void()
 
     kb = KernelBuilder(module, prog, fn, inner.args)      # fn passes its arguments on to part
@@ -59,7 +62,7 @@ def parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     b.branch(done)
     b.position_at_end(team)
     cell = kb.alloca(data_ty)
-    for j, v in enumerate((fn.args[0], fn.args[1], kb.dim(k.shape[0]))):
+    for j, v in enumerate((fn.args[0], fn.args[1], kb.dim(k.shape[0]), current_mode(module, b))):
         b.store(v, b.gep(cell, [ir.Constant(i32, 0), ir.Constant(i32, j)]))
     gomp = declare(module, "GOMP_parallel", ir.VoidType(), [worker.type, vptr, i32, i32])
     b.call(gomp, [worker, b.bitcast(cell, vptr), b.trunc(fn.args[2], i32), ir.Constant(i32, 0)])
