@@ -6,7 +6,9 @@ two cores busy, the worker on that core runs only in the scheduler's slices, and
 parallel region waits for it (the LSTM's step took 13× PyTorch's under one busy core).
 So every ADAPT_EVERY_S the machine's busy time is read from /proc/stat, this process's own
 CPU time taken out, and the team shrinks to the cores the others leave; it grows back
-when they go quiet. The reading costs ~20 µs; off Linux the team is every core.
+when they go quiet. A window that spans a pause in dlc's calls (what others did then says
+little about now) starts again with every core. The reading costs ~20 µs; off Linux the
+team is every core.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import time
 from dlc.compiler.errors import DlcError
 
 ADAPT_EVERY_S = 0.25
+STALE_S = 1.0           # a window longer than this spans a pause in the native calls
 
 
 def threads() -> int:
@@ -53,8 +56,10 @@ class FreeCores:
         if self.cores == 1:
             return 1
         wall = time.monotonic()
-        if self._mark is None:
-            self._mark = (wall, machine_busy_s(), time.process_time())
+        if self._mark is None or wall - self._mark[0] > STALE_S:
+            # first call, or the first after a pause: what others did then (a compiler
+            # running between two trainings) says little about now; start with every core
+            self._mark, self.team = (wall, machine_busy_s(), time.process_time()), self.cores
         elif wall - self._mark[0] >= ADAPT_EVERY_S:
             start, busy, own = self._mark
             self._mark = (wall, machine_busy_s(), time.process_time())

@@ -69,3 +69,18 @@ def test_a_real_busy_neighbour_takes_a_core():
     finally:
         hog.kill()
         hog.wait()
+
+
+def test_a_window_across_a_pause_starts_again_with_every_core(monkeypatch):
+    """Others busy while dlc was not running (a compiler between two trainings) do not
+    shrink the team for the steps after the pause."""
+    machine = FakeMachine(monkeypatch)
+    free = cores.FreeCores()
+    free.cores = free.team = 2
+    free.now()
+    machine.run(cores.STALE_S * 5, own_cores=0.0, other_cores=1.0)      # a pause, the neighbour busy
+    assert free.now() == 2
+    machine.run(cores.ADAPT_EVERY_S, own_cores=2, other_cores=0.0)
+    assert free.now() == 2
+    machine.run(cores.ADAPT_EVERY_S, own_cores=1, other_cores=1.0)      # now busy while dlc runs
+    assert free.now() == 1
