@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import io
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -482,6 +484,7 @@ class Trainer:
                                                np.array([cfg.seed, step + 1], np.int32))
                     step += 1
                     if not math.isfinite(values["loss"]):
+                        self.write_history(history)
                         raise DlcError(f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}, "
                                        f"batch {b + 1}); training stopped. The last good checkpoint is "
                                        f"{self.out / 'last.npz'}" + (" (none was written yet)"
@@ -496,6 +499,7 @@ class Trainer:
                                   {"totals": totals, "seen": seen})
                         self.log(f"\ninterrupted: saved {self.out / 'last.npz'} (epoch {epoch + 1}, batch {b + 1}); "
                                  "continue with --resume")
+                        self.write_history(history)
                         return Result(history, params, self.out, {}, "interrupted", self.written)
                 skip = 0
                 row = {"epoch": epoch + 1, "lr": schedule(step - 1), "time": round(time.perf_counter() - started, 3)}
@@ -507,6 +511,7 @@ class Trainer:
                 epoch += 1
                 improved, done = stop.update(row)
                 self.save("last.npz", params, opt_state, epoch, step, 0, history, stop)
+                self.write_history(history, plot=False)
                 if improved:
                     self.save("best.npz", params, opt_state, epoch, step, 0, history, stop)
                 if done:
@@ -555,15 +560,25 @@ class Trainer:
             "partial": partial, "seed": self.cfg.seed, "optimizer": self.cfg.optimizer.name, "history": history,
             "early_stop": stop.state(), "meta": _jsonable(self.meta), "data": data_settings(self.cfg)})
 
-    def write_history(self, history: list):
+    def write_history(self, history: list, plot: bool = True):
+        """history.json and history.csv (after every epoch, and when a run stops: at its end,
+        on Ctrl-C, on a NaN loss), each replaced at once; history.png with `plot`."""
         if not history:
             return
-        (self.out / "history.json").write_text(json.dumps(history, indent=1))
         keys = list(dict.fromkeys(k for row in history for k in row))
-        with open(self.out / "history.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=keys)
-            w.writeheader()
-            w.writerows(history)
+        table = io.StringIO()
+        w = csv.DictWriter(table, fieldnames=keys, lineterminator="\n")
+        w.writeheader()
+        w.writerows(history)
+        for name, text in (("history.json", json.dumps(history, indent=1)), ("history.csv", table.getvalue())):
+            tmp = self.out / f".{name}.tmp"
+            try:
+                tmp.write_text(text)
+                os.replace(tmp, self.out / name)
+            except OSError as e:        # the checkpoints matter more: say so and go on
+                self.log(f"note: cannot write {self.out / name}: {e.strerror}")
+        if not plot:
+            return
         try:
             import matplotlib
             matplotlib.use("Agg")

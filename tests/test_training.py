@@ -1,5 +1,7 @@
 """Training end to end: accuracy on the bundled digits, optimizers through the loop,
 resume, Ctrl-C, NaN, checkpoints, transfer learning and bad input."""
+import csv
+import json
 import signal
 from pathlib import Path
 
@@ -216,3 +218,33 @@ train c { data = text("t.txt", seq = 24) batch = 8 epochs = 6 optimizer = adam(l
     generated = capsys.readouterr().out.rstrip("\n")
     assert generated.startswith("the cat ") and len(generated) == len("the cat ") + 16
     assert set(generated) <= set(text)
+
+
+def _history(out: Path) -> tuple:
+    rows = json.loads((out / "history.json").read_text())
+    with open(out / "history.csv") as f:
+        return rows, list(csv.DictReader(f))
+
+
+def test_history_is_written_every_epoch_and_survives_ctrl_c(tmp_path, monkeypatch):
+    """41 batches an epoch: a Ctrl-C in the third epoch leaves the two finished epochs in
+    history.json and history.csv, as the run writes them after every epoch."""
+    path = str(EXAMPLES / "digits_mlp.dl")
+    _interrupt_at(monkeypatch, 100)
+    stopped = dlc.load(path).train(out=str(tmp_path / "run"), log=lambda m: None, epochs=5)
+    assert stopped.stopped == "interrupted"
+    rows, csv_rows = _history(tmp_path / "run")
+    assert [r["epoch"] for r in rows] == [1, 2] and [int(r["epoch"]) for r in csv_rows] == [1, 2]
+    assert float(csv_rows[1]["loss"]) == pytest.approx(rows[1]["loss"])
+
+
+def test_history_survives_a_nan_stop(tmp_path, capsys):
+    out = tmp_path / "run"
+    src = (EXAMPLES / "digits_mlp.dl").read_text().replace("optimizer  = adam(lr = 1e-3)",
+                                                          "optimizer  = sgd(lr = 1e-3)\n    schedule = step(1, 1e33)")
+    (tmp_path / "m.dl").write_text(src)
+    code = main(["train", str(tmp_path / "m.dl"), "--epochs", "4", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1 and "the loss became" in err
+    rows, csv_rows = _history(out)
+    assert len(rows) >= 1 and len(csv_rows) == len(rows) and rows[-1]["epoch"] < 4
