@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -64,6 +65,7 @@ class TrainConfig:
 
 SPEC_SETTINGS = ("data", "validation", "test", "optimizer", "schedule", "clip", "early_stop", "augment")
 SEED_MAX = 2 ** 31 - 1      # the random key of every step is a pair of int32: (seed, step)
+REDRAW_S = 0.1             # the progress line is redrawn at most ten times a second
 
 
 def parse_setting(text: str, name: str):
@@ -470,6 +472,7 @@ class Trainer:
                                        cfg.l1, cfg.l2, cfg.clip, log=self.log)
         interrupted = _Interrupt()
         stopped = "done"
+        self._drawn = -math.inf         # when the progress line was last drawn
         with interrupted:
             while epoch < cfg.epochs:
                 order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
@@ -493,7 +496,8 @@ class Trainer:
                     seen += hi - lo
                     for name, v in values.items():
                         totals[name] = totals.get(name, 0.0) + v * (hi - lo)
-                    self.progress(epoch, b + 1 - skip, len(bounds) - skip, totals, seen, seen - seen_before, started)
+                    self.progress(epoch, b + 1 - skip, len(bounds) - skip, totals, seen, seen - seen_before, started,
+                                  lr, len(bounds))
                     if interrupted.requested:
                         self.save("last.npz", params, opt_state, epoch, step, b + 1, history, stop,
                                   {"totals": totals, "seen": seen})
@@ -533,17 +537,30 @@ class Trainer:
         return {**batch, first: datasets.augment(batch[first], rng, **self.augment_options)}
 
     # -- reporting and files --
-    def progress(self, epoch, done, total, totals, seen, fresh, started):
-        """The progress bar: `done` of `total` batches, `fresh` examples since `started`."""
+    def progress(self, epoch, done, total, totals, seen, fresh, started, lr, per_epoch):
+        """The progress line: `done` of `total` batches, `fresh` examples since `started`. It is
+        redrawn at most every REDRAW_S (and at an epoch's last batch), and fits the terminal:
+        the parts that do not fit are left out, the least useful first."""
         if not sys.stderr.isatty():
             return
-        elapsed = time.perf_counter() - started
+        now = time.perf_counter()
+        if now - self._drawn < REDRAW_S and done < total:
+            return
+        self._drawn = now
+        elapsed = now - started
+        per_batch = elapsed / max(done, 1)
+        eta = ((total - done) + (self.cfg.epochs - epoch - 1) * per_epoch) * per_batch      # of the whole run
         rate = fresh / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) * elapsed / max(done, 1)
-        bar = "#" * int(20 * done / max(total, 1))
-        stats = "  ".join(f"{k} {v / max(seen, 1):.4f}" for k, v in totals.items() if k != "grad_norm")
-        sys.stderr.write(f"\repoch {epoch + 1}/{self.cfg.epochs} [{bar:<20}] {done}/{total}  {stats}  "
-                         f"{rate:,.0f} samples/s  eta {eta:.0f}s ")
+        # epoch/epochs [bar] batch/batches, the epoch's means so far, the run's ETA, lr, samples/s
+        parts = [f"{epoch + 1}/{self.cfg.epochs} [{'#' * int(8 * done / max(total, 1)):<8}] {done}/{total}"]
+        parts += [f"{k} {v / max(seen, 1):.4f}" for k, v in totals.items() if k != "grad_norm"]
+        parts += [f"eta {_duration(eta)}", f"lr {lr:.3g}", f"{rate / 1e3:.0f}k/s" if rate >= 1e4 else f"{rate:.0f}/s"]
+        width = shutil.get_terminal_size((80, 24)).columns - 1
+        line = parts[0]
+        for part in parts[1:]:
+            if len(line) + 2 + len(part) <= width:
+                line += "  " + part
+        sys.stderr.write("\r" + line[:width].ljust(width))
         sys.stderr.flush()
 
     def end_epoch(self, row: dict):
@@ -597,6 +614,11 @@ class Trainer:
         fig.tight_layout()
         fig.savefig(self.out / "history.png")
         plt.close(fig)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def _jsonable(v):

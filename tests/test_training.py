@@ -248,3 +248,42 @@ def test_history_survives_a_nan_stop(tmp_path, capsys):
     assert code == 1 and "the loss became" in err
     rows, csv_rows = _history(out)
     assert len(rows) >= 1 and len(csv_rows) == len(rows) and rows[-1]["epoch"] < 4
+
+
+class FakeTerminal:
+    """stderr as an 80-column terminal that records every write."""
+
+    def __init__(self):
+        self.writes = []
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        pass
+
+
+def test_the_progress_line_fits_80_columns_and_is_redrawn_at_most_ten_times_a_second(tmp_path, monkeypatch):
+    import os as _os
+    import shutil
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(80, 24): _os.terminal_size((80, 24)))
+    clock = {"t": 0.0}
+    monkeypatch.setattr("dlc.runtime.trainer.time.perf_counter", lambda: clock["t"])
+    from dlc.runtime import trainer as T
+    original = T.Trainer.progress
+
+    def progress(self, *args):
+        clock["t"] += 0.03          # a batch every 30 ms: at most one redraw in three
+        return original(self, *args)
+    monkeypatch.setattr(T.Trainer, "progress", progress)
+    dlc.load(str(EXAMPLES / "digits_mlp.dl")).train(out=str(tmp_path / "run"), epochs=2, log=lambda m: None)
+    lines = [w for w in terminal.writes if w.startswith("\r")]
+    assert lines, "no progress line drawn"
+    assert all(len(w) - 1 <= 79 for w in lines), max(len(w) for w in lines)
+    assert len(lines) <= 2 * (41 // 3 + 2), f"{len(lines)} redraws for 82 batches"
+    assert all("/2 [" in w and "eta " in w and "lr 0.001" in w for w in lines), lines[-1]
