@@ -379,6 +379,19 @@ def cmd_import(args):
     print(f"wrote {weights} ({count(len(imported.weights), 'array')})")
 
 
+def cmd_data_fetch(args):
+    from dlc.runtime import fetch
+    for name in args.names:
+        fetch.known(name)           # every name checked before anything is downloaded
+    for name in args.names:
+        print(f"{name}: {fetch.fetch(name)}")
+
+
+def cmd_data_list(args):
+    from dlc.runtime import fetch
+    print(fetch.listing())
+
+
 # ---- parser ------------------------------------------------------------------------------------------
 def parser() -> argparse.ArgumentParser:
     from dlc.compiler import passes as P
@@ -509,6 +522,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="OUT.dl", help="the .dl program to write")
     c.add_argument("--weights", metavar="PATH", help="the checkpoint to write (default: OUT.npz)")
     c.set_defaults(run=cmd_import)
+    c = sub.add_parser("data", help="download public data sets (MNIST, CIFAR) into the data folder; list them")
+    actions = c.add_subparsers(dest="action", metavar="ACTION", required=True)
+    a = actions.add_parser("fetch", help="download, verify and convert data sets (mnist, fashion_mnist, cifar10, "
+                                         "cifar100)")
+    a.add_argument("names", nargs="+", metavar="NAME", help="a data set, as `dlc data list` names it")
+    a.set_defaults(run=cmd_data_fetch)
+    a = actions.add_parser("list", help="the data sets dlc fetches, their sizes and which are in the data folder")
+    a.set_defaults(run=cmd_data_list)
     for c in sub.choices.values():
         c.set_defaults(command_parser=c)
     return p
