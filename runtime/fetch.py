@@ -250,15 +250,12 @@ def fetch(name: str, log=None) -> Path:
     downloads = root / "downloads" / ds.name
     try:
         downloads.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _cannot_write(root, e) from None
-    for remote in ds.files:
-        _download(remote, _urls(ds, remote), downloads, root, log)
-    splits = ds.convert(downloads, ds)
-    try:
+        for remote in ds.files:
+            _download(remote, _urls(ds, remote), downloads, log)
+        splits = ds.convert(downloads, ds)
         _install(splits, target)
         shutil.rmtree(downloads)
-    except OSError as e:
+    except OSError as e:            # the network's errors are _Failed: these are the folder's
         raise _cannot_write(root, e) from None
     log(f"{ds.name}: converted " + ", ".join(f"{len(c['x'])} {split}" for split, c in splits.items()) + " examples")
     return target
@@ -282,7 +279,7 @@ class _Failed(Exception):
     """A download that did not finish: its URL and why."""
 
 
-def _download(remote: Remote, urls: list, folder: Path, root: Path, log) -> Path:
+def _download(remote: Remote, urls: list, folder: Path, log) -> Path:
     """`remote` as folder/NAME, verified; resumed from folder/NAME.part, trying each URL in turn."""
     final = folder / remote.name
     part = folder / (remote.name + ".part")
@@ -297,8 +294,6 @@ def _download(remote: Remote, urls: list, folder: Path, root: Path, log) -> Path
             break
         except _Failed as e:
             errors.append(str(e))
-        except OSError as e:        # writing the .part
-            raise _cannot_write(root, e) from None
     else:
         kept = part.stat().st_size if part.is_file() else 0
         resume = (f"; {_mb(kept)} of {_mb(remote.size)} are kept in {part}, and running the command again resumes "
@@ -341,7 +336,7 @@ def _transfer(url: str, part: Path, remote: Remote, log):
             raise _Failed(f"{url}: the server offers {offered} bytes, but the published file is {remote.size}")
         log(f"downloading {url}" + (f" from byte {have}" if have else ""))
         bar = _Progress(remote.name, remote.size, have)
-        with open(part, "ab" if have else "wb") as f:
+        with open(part, "ab" if have else "wb") as f, bar:
             while have < remote.size:
                 try:
                     chunk = response.read(min(CHUNK, remote.size - have))
@@ -350,12 +345,10 @@ def _transfer(url: str, part: Path, remote: Remote, log):
                 else:
                     reason = "the server closed the connection"
                 if not chunk:
-                    bar.close()
                     raise _Failed(f"{url}: the download stopped at {_mb(have)} of {_mb(remote.size)} ({reason})")
                 f.write(chunk)
                 have += len(chunk)
                 bar.update(have)
-        bar.close()
 
 
 def _sha256(path: Path) -> str:
@@ -389,8 +382,11 @@ class _Progress:
                                               width))
         sys.stderr.flush()
 
-    def close(self):
-        if self.live:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):       # the line ends however the download does (done, failed, Ctrl-C)
+        if self.live and self.drawn > -float("inf"):
             sys.stderr.write("\n")
 
 
