@@ -12,7 +12,7 @@ FILE.part, resumed with an HTTP Range request when a download stopped, checked a
 its published SHA-256 and only then renamed to FILE. The files are then converted to
 NAME/train.npz and NAME/test.npz ("x" uint8 images [N, C, H, W], "y" uint8 labels; CIFAR-100
 also "coarse"), written in a temporary folder renamed into place whole, so a data set in
-the cache is always complete; the downloads are removed after. The data sources mnist(),
+the data folder is always complete; the downloads are removed after. The data sources mnist(),
 fashion_mnist(), cifar10() and cifar100() of `runtime.data` read the converted files.
 
 The checksums are those torchvision publishes (torchvision/prototype/datasets/_builtin/
@@ -46,9 +46,11 @@ from typing import Callable
 
 import numpy as np
 
+import dlc
 from dlc.compiler.errors import DlcError, did_you_mean
 
-__all__ = ["KNOWN", "data_dir", "converted", "fetch", "listing", "hint"]
+__all__ = ["KNOWN", "Known", "Remote", "SPLITS", "known", "data_dir", "converted", "fetch", "listing", "hint",
+           "progress_line"]
 
 CHUNK = 1 << 16
 TIMEOUT_S = 30              # for connecting and for each read
@@ -159,33 +161,32 @@ def _unpickle(raw: bytes, where: str):
 
 
 # ---- the data sets ----------------------------------------------------------------------------------
-def _mnist_files(sizes_and_sums: dict) -> tuple:
+def _files(sizes_and_sums: dict) -> tuple:
     return tuple(Remote(name, sha, size) for name, (size, sha) in sizes_and_sums.items())
 
 
+_MNIST = _files({       # name: (size, SHA-256)
+    "train-images-idx3-ubyte.gz": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
+    "train-labels-idx1-ubyte.gz": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
+    "t10k-images-idx3-ubyte.gz": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
+    "t10k-labels-idx1-ubyte.gz": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6")})
+_FASHION_MNIST = _files({
+    "train-images-idx3-ubyte.gz": (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
+    "train-labels-idx1-ubyte.gz": (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
+    "t10k-images-idx3-ubyte.gz": (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
+    "t10k-labels-idx1-ubyte.gz": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5")})
+_CIFAR10 = _files({
+    "cifar-10-python.tar.gz": (170498071, "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce")})
+_CIFAR100 = _files({
+    "cifar-100-python.tar.gz": (169001437, "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7")})
+
 KNOWN: dict[str, Known] = {ds.name: ds for ds in [
     Known("mnist", "MNIST", ("https://ossci-datasets.s3.amazonaws.com/mnist", "http://yann.lecun.com/exdb/mnist"),
-          _mnist_files({
-              "train-images-idx3-ubyte.gz": (9912422, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-              "train-labels-idx1-ubyte.gz": (28881, "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-              "t10k-images-idx3-ubyte.gz": (1648877, "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-              "t10k-labels-idx1-ubyte.gz": (4542, "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6")}),
-          _idx_pair, r"mnist|(train|t10k)-(images|labels)-idx"),
+          _MNIST, _idx_pair, r"mnist|(train|t10k)-(images|labels)-idx"),
     Known("fashion_mnist", "Fashion-MNIST", ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com",),
-          _mnist_files({
-              "train-images-idx3-ubyte.gz": (26421880, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-              "train-labels-idx1-ubyte.gz": (29515, "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-              "t10k-images-idx3-ubyte.gz": (4422102, "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-              "t10k-labels-idx1-ubyte.gz": (5148, "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5")}),
-          _idx_pair, r"fashion"),
-    Known("cifar10", "CIFAR-10", ("https://www.cs.toronto.edu/~kriz",),
-          (Remote("cifar-10-python.tar.gz", "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce",
-                  170498071),),
-          _cifar, r"cifar-?10(?!0)"),
-    Known("cifar100", "CIFAR-100", ("https://www.cs.toronto.edu/~kriz",),
-          (Remote("cifar-100-python.tar.gz", "85cd44d02ba6437773c5bbd22e183051d648de2e7d6b014e1ef29b855ba677a7",
-                  169001437),),
-          _cifar, r"cifar-?100"),
+          _FASHION_MNIST, _idx_pair, r"fashion"),
+    Known("cifar10", "CIFAR-10", ("https://www.cs.toronto.edu/~kriz",), _CIFAR10, _cifar, r"cifar-?10(?!0)"),
+    Known("cifar100", "CIFAR-100", ("https://www.cs.toronto.edu/~kriz",), _CIFAR100, _cifar, r"cifar-?100"),
 ]}
 
 
@@ -319,7 +320,10 @@ def _transfer(url: str, part: Path, remote: Remote, log):
         have = 0
     if have == remote.size:
         return
-    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    headers = {"User-Agent": f"dlc/{dlc.__version__}"}        # some servers refuse Python's default one
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    request = urllib.request.Request(url, headers=headers)
     try:
         response = urllib.request.urlopen(request, timeout=TIMEOUT_S)
     except urllib.error.HTTPError as e:
@@ -327,9 +331,11 @@ def _transfer(url: str, part: Path, remote: Remote, log):
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         raise _Failed(f"{url}: {getattr(e, 'reason', None) or e}") from None
     with response:
-        resumed = have and getattr(response, "status", None) == 206
-        if not resumed:
+        if have and getattr(response, "status", None) != 206:      # the whole file again
             have = 0
+        if have and not response.headers.get("Content-Range", "").startswith(f"bytes {have}-"):
+            raise _Failed(f"{url}: the server answered a request for bytes {have}- with "
+                          f"{response.headers.get('Content-Range')!r}")
         length = response.headers.get("Content-Length")
         offered = have + int(length) if length and length.isdigit() else None
         if offered is not None and offered != remote.size:
