@@ -237,17 +237,18 @@ def _weights(args):
 
 def cmd_train(args):
     from dlc.compiler.loader import load
+    from dlc.runtime.progress import row_values
     from dlc.runtime.trainer import Trainer
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
                                                          "early_stop")}
+    progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
-                      backend=args.backend)
+                      backend=args.backend, progress=progress)
     result = trainer.run(resume=args.resume if args.resume != "" else True)
     if result.stopped == "interrupted":
         return 130
-    last = result.history[-1] if result.history else {}
-    stats = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "lr", "time"))
+    stats = row_values(result.history[-1]) if result.history else ""
     print(f"trained {trainer.name} for {len(result.history)} epochs ({result.stopped})" + (f": {stats}" if stats else ""))
     if result.test:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
@@ -463,6 +464,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="DIR", help="checkpoints and history (default: runs/MODEL beside the file)")
     c.add_argument("--resume", nargs="?", type=_checkpoint, const="", default=False, metavar="CKPT",
                    help="continue from DIR/last.npz or the given checkpoint")
+    shown = c.add_mutually_exclusive_group()
+    shown.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress and no line per epoch: the summary, warnings and errors only")
+    shown.add_argument("--log-every", dest="log_every", type=_positive, metavar="N",
+                       help="a plain line every N steps instead of the redrawn progress line (for log files and CI)")
     c.set_defaults(run=cmd_train)
 
     c = sub.add_parser("eval", help="loss and metrics of trained weights on data")

@@ -1,0 +1,167 @@
+"""What a training run shows while it runs (runtime/progress.py): the redrawn line on a
+terminal, a line per epoch elsewhere, -q, --log-every, tqdm's bar in a notebook."""
+import os
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+import dlc
+from dlc.compiler.errors import DlcError
+from dlc.runtime.cli import main
+
+DIGITS_MLP = str(Path(__file__).parent.parent / "examples" / "digits_mlp.dl")     # 41 batches an epoch
+
+
+class FakeTerminal:
+    """stderr as an 80-column terminal that records every write."""
+
+    def __init__(self):
+        self.writes = []
+
+    def isatty(self):
+        return True
+
+    def write(self, text):
+        self.writes.append(text)
+
+    def flush(self):
+        pass
+
+
+def screen(text: str) -> list:
+    """The lines a terminal shows after `text`: a carriage return goes back to the start of the line."""
+    lines, line, col = [], [], 0
+    for ch in text:
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            lines.append("".join(line).rstrip())
+            line, col = [], 0
+        else:
+            line[col:col + 1] = [ch]
+            col += 1
+    return lines + (["".join(line).rstrip()] if line else [])
+
+
+def fake_terminal(monkeypatch) -> FakeTerminal:
+    """In the test's body: pytest's capture sets sys.stderr again between set-up and the test."""
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(80, 24): os.terminal_size((80, 24)))
+    return terminal
+
+
+def test_on_a_terminal_each_epoch_line_replaces_the_progress_line(tmp_path, monkeypatch):
+    terminal = fake_terminal(monkeypatch)
+    dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=2, log=lambda m: terminal.write(m + "\n"))
+    assert any(w.startswith("\r2/2 [") for w in terminal.writes), terminal.writes
+    lines = screen("".join(terminal.writes))
+    assert [line.split("  ")[0] for line in lines[1:]] == ["epoch 1/2", "epoch 2/2"], lines     # after "compiling"
+
+
+def test_a_nan_stop_ends_the_progress_line_before_the_error(tmp_path, monkeypatch):
+    terminal = fake_terminal(monkeypatch)
+    src = Path(DIGITS_MLP).read_text().replace("optimizer  = adam(lr = 1e-3)",
+                                               "optimizer  = sgd(lr = 1e-3)\n    schedule = step(1, 1e33)")
+    (tmp_path / "m.dl").write_text(src)
+    with pytest.raises(DlcError, match="the loss became"):
+        dlc.load(str(tmp_path / "m.dl")).train(out=str(tmp_path / "run"), epochs=4, log=lambda m: None)
+    assert terminal.writes[-2].startswith("\r") and terminal.writes[-1] == "\n"
+
+
+def _train(tmp_path, capsys, *flags):
+    code = main(["train", DIGITS_MLP, "--epochs", "2", "--out", str(tmp_path / "run"), *flags])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("trained digits_mlp for 2 epochs (done): loss "), out
+    return err
+
+
+def test_without_a_terminal_a_line_per_epoch_and_no_carriage_return(tmp_path, capsys):
+    err = _train(tmp_path, capsys)
+    assert "\r" not in err
+    assert [line.split("  ")[0] for line in err.splitlines() if line.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_quiet_shows_the_summary_only(tmp_path, capsys):
+    assert _train(tmp_path, capsys, "-q") == ""
+
+
+def test_quiet_still_shows_warnings(tmp_path, capsys):
+    import numpy as np
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", x=rng.normal(size=(16, 4)).astype(np.float32),
+             y=rng.normal(size=(16, 4)).astype(np.float32))
+    (tmp_path / "ortho.dl").write_text("model m {\n input x: f32[B, 4]\n target y: f32[B, 4]\n"
+                                       " out = dense(x @ random_orthogonal(4, 4), 4)\n loss mean((out - y) ^ 2)\n}\n"
+                                       'train m { data = "data.npz"  epochs = 1  batch = 8 }\n')
+    assert main(["train", str(tmp_path / "ortho.dl"), "-q", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "warning: the native backend does not compile random orthogonal" in err
+    assert "compiling" not in err and "epoch 1/1" not in err
+
+
+def test_log_every_prints_a_plain_line_every_n_steps(tmp_path, capsys):
+    err = _train(tmp_path, capsys, "--log-every", "10")
+    assert "\r" not in err
+    steps = [line for line in err.splitlines() if line.startswith("step ")]
+    assert [line.split("  ")[0] for line in steps] == [f"step {n}" for n in range(10, 83, 10)]
+    assert steps[4].startswith("step 50  epoch 2/2  batch 9/41  loss ") and " lr 0.001  " in steps[4], steps[4]
+    assert "eta " in steps[4]
+    assert sum(line.startswith("epoch ") for line in err.splitlines()) == 2
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--log-every", "0"], "argument --log-every: needs a whole number, at least 1; got '0'"),
+    (["-q", "--log-every", "5"], "argument --log-every: not allowed with argument -q/--quiet"),
+])
+def test_progress_flags_are_checked_as_usage(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as e:
+        main(["train", DIGITS_MLP, *flags])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+# ---- the Python API in a notebook ---------------------------------------------------------------------------
+@pytest.fixture
+def notebook(monkeypatch):
+    """A Jupyter kernel, as the display sees it: ipykernel imported, stderr not a terminal."""
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+
+
+def test_in_a_notebook_the_api_shows_tqdms_bar(tmp_path, capsys, notebook):
+    pytest.importorskip("tqdm")
+    dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=2)
+    err = capsys.readouterr().err
+    bars = [line for line in err.replace("\r", "\n").splitlines() if line.startswith("epoch 1/2:")]
+    assert bars and "41/41" in bars[-1] and "val_accuracy" in bars[-1], err     # the epoch's values, when it ends
+
+
+def test_in_a_notebook_without_tqdm_the_api_prints_a_line_per_epoch(tmp_path, capsys, notebook, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tqdm", None)      # import tqdm fails
+    monkeypatch.setitem(sys.modules, "tqdm.auto", None)
+    dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=2)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert [line.split("  ")[0] for line in err.splitlines() if line.startswith("epoch")] == ["epoch 1/2", "epoch 2/2"]
+
+
+def test_progress_values_of_the_api_are_checked(monkeypatch):
+    model = dlc.load(DIGITS_MLP)
+    with pytest.raises(DlcError, match="got 'epoch'; did you mean 'epochs'"):
+        model.train(progress="epoch")
+    with pytest.raises(DlcError, match="at least 1"):
+        model.train(progress=0)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with pytest.raises(DlcError, match=r'needs the \'tqdm\' package: pip install "dlc\[notebook\]"'):
+        model.train(progress="bar")
+
+
+def test_the_api_logs_a_line_every_n_steps(tmp_path):
+    lines = []
+    dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=1, progress=20, log=lines.append)
+    assert [line.split("  ")[0] for line in lines if not line.startswith("compiling")] == \
+        ["step 20", "step 40", "epoch 1/1"]
