@@ -244,7 +244,7 @@ def cmd_train(args):
                                                          "early_stop")}
     progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
-                      backend=args.backend, progress=progress)
+                      backend=args.backend, progress=progress, tensorboard=args.tensorboard)
     result = trainer.run(resume=args.resume if args.resume != "" else True)
     if result.stopped == "interrupted":
         return 130
@@ -464,6 +464,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="DIR", help="checkpoints and history (default: runs/MODEL beside the file)")
     c.add_argument("--resume", nargs="?", type=_checkpoint, const="", default=False, metavar="CKPT",
                    help="continue from DIR/last.npz or the given checkpoint")
+    c.add_argument("--tensorboard", metavar="DIR",
+                   help='write TensorBoard event files to DIR: lr every step, loss and metrics every epoch '
+                        '(needs tensorboardX: pip install "dlc[tensorboard]")')
     shown = c.add_mutually_exclusive_group()
     shown.add_argument("-q", "--quiet", action="store_true",
                        help="no progress and no line per epoch: the summary, warnings and errors only")

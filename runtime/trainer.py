@@ -37,6 +37,7 @@ from dlc.runtime.config import REQUIRED, Call, Symbol, as_call, choice, flag, in
 from dlc.runtime.gradcheck import index_bound, init_params
 from dlc.runtime.optim import clip_limit, make_optimizer, make_schedule
 from dlc.runtime.progress import Step, make_display
+from dlc.runtime.tensorboard import EventLog
 
 
 # ---- configuration ---------------------------------------------------------------------------------
@@ -385,9 +386,10 @@ class Result:
 
 class Trainer:
     def __init__(self, program: Program, model_name: str | None, overrides: dict, out_dir: Path | None,
-                 log=None, backend: str = "auto", progress="auto"):
+                 log=None, backend: str = "auto", progress="auto", tensorboard=None):
         """`progress` chooses what the run shows while it runs (runtime/progress.py); with
-        "none" only warnings, notes and errors are logged."""
+        "none" only warnings, notes and errors are logged. `tensorboard`: a folder for
+        TensorBoard event files (runtime/tensorboard.py)."""
         self.program, self.backend = program, backend
         self.train_model = program.build(model_name, training=True)
         self.eval_model = program.build(model_name, training=False)
@@ -399,6 +401,7 @@ class Trainer:
         self.log = log or to_stderr
         self.quiet = progress == "none"
         self.display = make_display(progress, self.log)
+        self.reporters = [self.display] + ([EventLog(tensorboard)] if tensorboard else [])
         self.source_hash = checkpoint.source_hash(Path(program.path).read_text()) \
             if Path(program.path).exists() else ""
 
@@ -515,7 +518,8 @@ class Trainer:
                 if val is not None:
                     row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, cfg.batch).items()})
                 history.append(row)
-                self.display.epoch(row, cfg.epochs)
+                for reporter in self.reporters:
+                    reporter.epoch(row, cfg.epochs)
                 epoch += 1
                 improved, done = stop.update(row)
                 self.save("last.npz", params, opt_state, epoch, step, 0, history, stop)
@@ -542,8 +546,9 @@ class Trainer:
 
     # -- reporting and files --
     def progress(self, s: Step):
-        """After every step: the display."""
-        self.display.step(s)
+        """After every step: the display and the event log."""
+        for reporter in self.reporters:
+            reporter.step(s)
 
     def say(self, message: str):
         """What the run is doing (resuming, init_from, early stop): not with progress "none"."""
@@ -552,11 +557,13 @@ class Trainer:
 
     @contextlib.contextmanager
     def reporting(self):
-        """The display, ended however the loop ends (the end, Ctrl-C, a NaN loss, an error)."""
+        """The display and the event log, ended however the loop ends (the end, Ctrl-C, a NaN
+        loss, an error)."""
         try:
             yield
         finally:
-            self.display.close()
+            for reporter in self.reporters:
+                reporter.close()
 
     def save(self, name, params, opt_state, epoch, step, batch, history, stop, partial=None):
         """A checkpoint; `partial` holds the loss and metric sums of an epoch stopped after `batch`."""
