@@ -600,7 +600,8 @@ class Trainer:
         except ImportError:
             return
         metrics = [k for k in keys if k not in ("epoch", "lr", "time") and not k.startswith("val_")]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+        # a panel per metric (with its val_ twin), and one of the learning rate: the schedule beside its effect
+        fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3), squeeze=False)
         epochs = [r["epoch"] for r in history]
         for ax, m in zip(axes[0], metrics):
             ax.plot(epochs, [r.get(m) for r in history], label=m)
@@ -608,6 +609,11 @@ class Trainer:
                 ax.plot(epochs, [r.get(f"val_{m}") for r in history], label=f"val_{m}")
             ax.set_xlabel("epoch")
             ax.legend()
+        lr = axes[0][-1]
+        lr.plot(epochs, [r.get("lr") for r in history], label="lr (the epoch's last step)")
+        lr.set_xlabel("epoch")
+        lr.set_ylabel("lr")
+        lr.legend()
         fig.tight_layout()
         fig.savefig(self.out / "history.png")
         plt.close(fig)

@@ -165,3 +165,15 @@ def test_the_api_logs_a_line_every_n_steps(tmp_path):
     dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=1, progress=20, log=lines.append)
     assert [line.split("  ")[0] for line in lines if not line.startswith("compiling")] == \
         ["step 20", "step 40", "epoch 1/1"]
+
+
+def test_the_history_plot_shows_the_learning_rate(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    saved = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, path, *a, **kw: saved.append(fig))
+    result = dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=3, schedule="step(1, 0.5)", log=lambda m: None)
+    lr_axes = [ax for ax in saved[-1].axes if ax.get_ylabel() == "lr"]
+    assert len(lr_axes) == 1
+    (line,) = lr_axes[0].get_lines()
+    assert list(line.get_ydata()) == [row["lr"] for row in result.history] == pytest.approx([1e-3, 5e-4, 2.5e-4])
