@@ -74,7 +74,7 @@ def parse_setting(text: str, name: str):
     Text that is not a setting, a call aside, is a string: a file name such as train.npz or
     data/x.csv (which parse as expressions but have no value)."""
     try:
-        value = A.parse(f"model _m {{}}\ntrain _m {{ {name} = {text} }}", f"--{name}").items[1].settings[0].value
+        value = A.parse(text, f"--{name}", start="expr")
     except DlcError:
         return text
     try:
