@@ -248,7 +248,7 @@ def cmd_train(args):
     result = trainer.run(resume=args.resume if args.resume != "" else True)
     if result.stopped == "interrupted":
         return 130
-    stats = row_values(result.history[-1]) if result.history else ""
+    stats = "  ".join(row_values(result.history[-1])) if result.history else ""
     print(f"trained {trainer.name} for {len(result.history)} epochs ({result.stopped})" + (f": {stats}" if stats else ""))
     if result.test:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))

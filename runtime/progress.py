@@ -64,13 +64,29 @@ def values(means: dict) -> list:
     return [f"{k} {v:.4f}" for k, v in means.items()]
 
 
-def row_values(row: dict) -> str:
+def row_values(row: dict) -> list:
     """The loss and metrics of an epoch's row of the history, validation ones too."""
-    return "  ".join(values({k: v for k, v in row.items() if k not in ("epoch", "time", "lr")}))
+    return values({k: v for k, v in row.items() if k not in ("epoch", "time", "lr")})
+
+
+def epoch_parts(row: dict, epochs: int) -> list:
+    return [f"epoch {row['epoch']}/{epochs}", *row_values(row), f"({row['time']:.1f}s)"]
 
 
 def epoch_line(row: dict, epochs: int) -> str:
-    return f"epoch {row['epoch']}/{epochs}  {row_values(row)}  ({row['time']:.1f}s)"
+    return "  ".join(epoch_parts(row, epochs))
+
+
+def wrapped(parts: list, width: int) -> list:
+    """`parts` joined by two spaces into lines of at most `width` columns, broken between parts
+    (the lines after the first indented), so that no value is cut in two."""
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += "  " + part
+        else:
+            lines.append("    " + part)
+    return lines
 
 
 def duration(seconds: float) -> str:
@@ -131,7 +147,8 @@ class StepLines(EpochLines):
 class TerminalLine(EpochLines):
     """One line on the terminal, redrawn at most every REDRAW_S (and at an epoch's last batch)
     and never wider than the terminal: the parts that do not fit are left out, the least
-    useful first. An epoch's line replaces it, so the screen keeps a line per epoch."""
+    useful first. An epoch's line replaces it, so the screen keeps a line per epoch; it is
+    broken between its values where the terminal is too narrow for it (none is left out)."""
 
     def __init__(self, log):
         super().__init__(log)
@@ -154,8 +171,10 @@ class TerminalLine(EpochLines):
         sys.stderr.flush()
 
     def epoch(self, row: dict, epochs: int):
-        line = epoch_line(row, epochs)
-        self.log("\r" + line.ljust(self.width) if self.width else line)
+        lines = wrapped(epoch_parts(row, epochs), terminal_width(sys.stderr) - 1)
+        if self.width:      # over the progress line, to its end
+            lines[0] = "\r" + lines[0].ljust(self.width)
+        self.log("\n".join(lines))
         self.width = 0
 
     def close(self):
@@ -179,7 +198,7 @@ class Bar(Quiet):
 
     def epoch(self, row: dict, epochs: int):
         if self.bar is not None:
-            self.bar.set_postfix_str(row_values(row), refresh=False)
+            self.bar.set_postfix_str("  ".join(row_values(row)), refresh=False)
             self.close()
 
     def close(self):

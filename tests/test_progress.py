@@ -1,8 +1,11 @@
 """What a training run shows while it runs (runtime/progress.py): the redrawn line on a
 terminal, a line per epoch elsewhere, -q, --log-every, tqdm's bar in a notebook."""
 import os
+import re
 import shutil
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -13,6 +16,7 @@ from dlc.compiler.errors import DlcError
 from dlc.runtime.cli import main
 
 DIGITS_MLP = str(Path(__file__).parent.parent / "examples" / "digits_mlp.dl")     # 41 batches an epoch
+PROGRESS = re.compile(r"\d+/\d+ \[[# ]{8}\] \d+/\d+")      # the progress line: 1/2 [####    ] 20/41
 
 
 class FakeTerminal:
@@ -55,12 +59,16 @@ def fake_terminal(monkeypatch) -> FakeTerminal:
     return terminal
 
 
-def test_on_a_terminal_each_epoch_line_replaces_the_progress_line(tmp_path, monkeypatch):
+def test_on_a_terminal_each_epoch_line_replaces_the_progress_line_and_fits_it(tmp_path, monkeypatch):
     terminal = fake_terminal(monkeypatch)
     dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=2, log=lambda m: terminal.write(m + "\n"))
     assert any(w.startswith("\r2/2 [") for w in terminal.writes), terminal.writes
-    lines = screen("".join(terminal.writes))
-    assert [line.split("  ")[0] for line in lines[1:]] == ["epoch 1/2", "epoch 2/2"], lines     # after "compiling"
+    lines = screen("".join(terminal.writes))[1:]       # after "compiling ..."
+    assert not any(PROGRESS.match(line) for line in lines), lines
+    # 85 columns: broken before the time, not cut
+    assert [line.split("  ")[0] for line in lines[::2]] == ["epoch 1/2", "epoch 2/2"], lines
+    assert all(re.fullmatch(r"    \(\d+\.\ds\)", line) for line in lines[1::2]), lines
+    assert lines[0].endswith("val_accuracy 0.8403") and all(len(line) <= 79 for line in lines), lines
 
 
 def test_a_nan_stop_ends_the_progress_line_before_the_error(tmp_path, monkeypatch):
@@ -177,3 +185,43 @@ def test_the_history_plot_shows_the_learning_rate(tmp_path, monkeypatch):
     assert len(lr_axes) == 1
     (line,) = lr_axes[0].get_lines()
     assert list(line.get_ydata()) == [row["lr"] for row in result.history] == pytest.approx([1e-3, 5e-4, 2.5e-4])
+
+
+# ---- a real terminal ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
+def test_on_an_80_column_tmux_pane_the_progress_is_one_line_that_never_wraps(tmp_path):
+    """`dlc train examples/digits_cnn.dl` on a tmux pane of 80 x 24, its screen captured while it runs and
+    at the end: `capture-pane -J` joins a wrapped line, so a progress line wider than the pane would show
+    as one longer than 80 columns."""
+    cnn = Path(DIGITS_MLP).parent / "digits_cnn.dl"
+    script = tmp_path / "run.sh"      # a short command to type: a long one would wrap on the pane itself
+    script.write_text(f"unset COLUMNS LINES\nexport PYTHONPATH='{os.environ.get('PYTHONPATH', '')}' "
+                      f"DLC_CACHE_DIR='{os.environ['DLC_CACHE_DIR']}'\n"
+                      f"'{sys.executable}' -m dlc.runtime.cli train '{cnn}' --epochs 2 --out '{tmp_path / 'run'}'\n"
+                      "echo dlc-status-$?\n")
+    tmux = ["tmux", "-L", f"dlc-test-{os.getpid()}"]       # a server of its own, whatever else runs tmux
+    env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
+    subprocess.run(tmux + ["-f", "/dev/null", "new-session", "-d", "-x", "80", "-y", "24", "-s", "dlc",
+                           "bash --norc --noprofile"], check=True, env=env)
+    screens = []
+    try:
+        subprocess.run(tmux + ["send-keys", "-t", "dlc", f"sh {script}", "Enter"], check=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            screens.append(subprocess.run(tmux + ["capture-pane", "-p", "-J", "-t", "dlc"], capture_output=True,
+                                          text=True, check=True).stdout.splitlines())
+            if any(line.startswith("dlc-status-") for line in screens[-1]):
+                break
+            time.sleep(0.05)
+    finally:
+        subprocess.run(tmux + ["kill-server"])
+    end = screens[-1]
+    assert "dlc-status-0" in end, "\n".join(end)
+    drawn = [[line for line in screen if PROGRESS.search(line)] for screen in screens]
+    assert any(drawn), "no progress line was captured while the run ran"
+    assert all(len(lines) <= 1 for lines in drawn), [lines for lines in drawn if len(lines) > 1][0]
+    assert all(len(line.rstrip()) <= 79 and PROGRESS.match(line) for lines in drawn for line in lines), drawn
+    assert [line.split("  ")[0] for line in end if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"], end
+    assert all(len(line.rstrip()) <= 79 for line in end if line.startswith(("epoch ", "    ("))), end
