@@ -59,6 +59,29 @@ def fake_terminal(monkeypatch) -> FakeTerminal:
     return terminal
 
 
+def test_the_progress_line_fits_80_columns_and_is_redrawn_at_most_ten_times_a_second(tmp_path, monkeypatch):
+    import os as _os
+    import shutil
+    terminal = FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(80, 24): _os.terminal_size((80, 24)))
+    clock = {"t": 0.0}
+    monkeypatch.setattr("dlc.runtime.trainer.time.perf_counter", lambda: clock["t"])
+    from dlc.runtime import trainer as T
+    original = T.Trainer.progress
+
+    def progress(self, *args):
+        clock["t"] += 0.03          # a batch every 30 ms: at most one redraw in three
+        return original(self, *args)
+    monkeypatch.setattr(T.Trainer, "progress", progress)
+    dlc.load(DIGITS_MLP).train(out=str(tmp_path / "run"), epochs=2, log=lambda m: None)
+    lines = [w for w in terminal.writes if w.startswith("\r")]
+    assert lines, "no progress line drawn"
+    assert all(len(w) - 1 <= 79 for w in lines), max(len(w) for w in lines)
+    assert len(lines) <= 2 * (41 // 3 + 2), f"{len(lines)} redraws for 82 batches"
+    assert all("/2 [" in w and "eta " in w and "lr 0.001" in w for w in lines), lines[-1]
+
+
 def test_on_a_terminal_each_epoch_line_replaces_the_progress_line_and_fits_it(tmp_path, monkeypatch):
     terminal = fake_terminal(monkeypatch)
     dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=2, log=lambda m: terminal.write(m + "\n"))
@@ -73,12 +96,14 @@ def test_on_a_terminal_each_epoch_line_replaces_the_progress_line_and_fits_it(tm
 
 def test_a_nan_stop_ends_the_progress_line_before_the_error(tmp_path, monkeypatch):
     terminal = fake_terminal(monkeypatch)
+    monkeypatch.setattr("dlc.runtime.progress.REDRAW_S", 0)      # every step drawn: the line is there at the NaN
     src = Path(DIGITS_MLP).read_text().replace("optimizer  = adam(lr = 1e-3)",
                                                "optimizer  = sgd(lr = 1e-3)\n    schedule = step(1, 1e33)")
     (tmp_path / "m.dl").write_text(src)
     with pytest.raises(DlcError, match="the loss became"):
-        dlc.load(str(tmp_path / "m.dl")).train(out=str(tmp_path / "run"), epochs=4, log=lambda m: None)
-    assert terminal.writes[-2].startswith("\r") and terminal.writes[-1] == "\n"
+        dlc.load(str(tmp_path / "m.dl")).train(out=str(tmp_path / "run"), epochs=4,
+                                               log=lambda m: terminal.write(m + "\n"))
+    assert terminal.writes[-2].startswith("\r2/4 [") and terminal.writes[-1] == "\n", terminal.writes[-3:]
 
 
 def _train(tmp_path, capsys, *flags):
