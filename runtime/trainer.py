@@ -474,7 +474,8 @@ class Trainer:
         for name in ("last.npz", "best.npz"):    # temporary files a killed run left
             checkpoint.remove_stale_temporaries(self.out / name, begun)
         self.written = []
-        # compiled once everything else is known to be right; quiet, without saying so (warnings go to stderr)
+        # compiled once everything else is known to be right; a quiet run does not announce it (without a log,
+        # make_engine prints a fallback's warning on stderr)
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
                                        cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log)
         interrupted = _Interrupt()
@@ -502,8 +503,9 @@ class Trainer:
                     seen += hi - lo
                     for name, v in values.items():
                         totals[name] = totals.get(name, 0.0) + v * (hi - lo)
-                    self.progress(Step(step, epoch, cfg.epochs, b + 1 - skip, len(bounds) - skip, len(bounds), totals,
-                                       seen, seen - seen_before, started, lr))
+                    self.progress(Step(step=step, epoch=epoch, epochs=cfg.epochs, done=b + 1 - skip,
+                                       total=len(bounds) - skip, per_epoch=len(bounds), totals=totals, seen=seen,
+                                       fresh=seen - seen_before, started=started, lr=lr))
                     if interrupted.requested:
                         self.save("last.npz", params, opt_state, epoch, step, b + 1, history, stop,
                                   {"totals": totals, "seen": seen})
