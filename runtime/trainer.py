@@ -12,13 +12,13 @@ checkpoint keeps the loss and metric sums of a stopped epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import io
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -36,6 +36,8 @@ from dlc.runtime.backends import make_engine
 from dlc.runtime.config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
 from dlc.runtime.gradcheck import index_bound, init_params
 from dlc.runtime.optim import clip_limit, make_optimizer, make_schedule
+from dlc.runtime.progress import Step, make_display
+from dlc.runtime.tensorboard import EventLog
 
 
 # ---- configuration ---------------------------------------------------------------------------------
@@ -65,7 +67,6 @@ class TrainConfig:
 
 SPEC_SETTINGS = ("data", "validation", "test", "optimizer", "schedule", "clip", "early_stop", "augment")
 SEED_MAX = 2 ** 31 - 1      # the random key of every step is a pair of int32: (seed, step)
-REDRAW_S = 0.1             # the progress line is redrawn at most ten times a second
 
 
 def parse_setting(text: str, name: str):
@@ -73,7 +74,7 @@ def parse_setting(text: str, name: str):
     Text that is not a setting, a call aside, is a string: a file name such as train.npz or
     data/x.csv (which parse as expressions but have no value)."""
     try:
-        value = A.parse(f"model _m {{}}\ntrain _m {{ {name} = {text} }}", f"--{name}").items[1].settings[0].value
+        value = A.parse(text, f"--{name}", start="expr")
     except DlcError:
         return text
     try:
@@ -385,7 +386,10 @@ class Result:
 
 class Trainer:
     def __init__(self, program: Program, model_name: str | None, overrides: dict, out_dir: Path | None,
-                 log=None, backend: str = "auto"):
+                 log=None, backend: str = "auto", progress="auto", tensorboard=None):
+        """`progress` chooses what the run shows while it runs (runtime/progress.py); with
+        "none" only warnings, notes and errors are logged. `tensorboard`: a folder for
+        TensorBoard event files (runtime/tensorboard.py)."""
         self.program, self.backend = program, backend
         self.train_model = program.build(model_name, training=True)
         self.eval_model = program.build(model_name, training=False)
@@ -395,6 +399,9 @@ class Trainer:
         self.base = Path(program.path).parent
         self.out = Path(out_dir) if out_dir else self.base / "runs" / self.name
         self.log = log or to_stderr
+        self.quiet = progress == "none"
+        self.display = make_display(progress, self.log)
+        self.reporters = [self.display] + ([EventLog(tensorboard)] if tensorboard else [])
         self.source_hash = checkpoint.source_hash(Path(program.path).read_text()) \
             if Path(program.path).exists() else ""
 
@@ -413,7 +420,7 @@ class Trainer:
             path = self.cfg.init_from
             path = (self.base / path) if not Path(path).is_absolute() else Path(path)
             params, report = weights.transfer(path, params, self.train_model.params)
-            self.log(f"init_from {path}: {report}")
+            self.say(f"init_from {path}: {report}")
         return params
 
     # -- run --
@@ -453,7 +460,7 @@ class Trainer:
             if meta.get("optimizer") not in (None, optimizer.name):     # another optimizer's state means nothing here
                 self.log(f"note: {path} was trained with {meta['optimizer']}; {optimizer.name} starts afresh")
                 saved_opt = {}
-            self.log(f"resuming from {path}: epoch {epoch + 1}, "
+            self.say(f"resuming from {path}: epoch {epoch + 1}, "
                      + (f"after batch {skip} of {len(bounds)}" if skip else "from its start"))
         # optimizer state from the checkpoint where it has one, fresh for the rest
         opt_state = checkpoint.optimizer_state(path, saved_opt,
@@ -467,13 +474,13 @@ class Trainer:
         for name in ("last.npz", "best.npz"):    # temporary files a killed run left
             checkpoint.remove_stale_temporaries(self.out / name, begun)
         self.written = []
-        # compiled once everything else is known to be right
+        # compiled once everything else is known to be right; a quiet run does not announce it (without a log,
+        # make_engine prints a fallback's warning on stderr)
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
-                                       cfg.l1, cfg.l2, cfg.clip, log=self.log)
+                                       cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log)
         interrupted = _Interrupt()
         stopped = "done"
-        self._drawn = -math.inf         # when the progress line was last drawn
-        with interrupted:
+        with interrupted, self.reporting():
             while epoch < cfg.epochs:
                 order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
                 # an epoch resumed inside continues the sums of its first batches, saved with the checkpoint
@@ -496,12 +503,14 @@ class Trainer:
                     seen += hi - lo
                     for name, v in values.items():
                         totals[name] = totals.get(name, 0.0) + v * (hi - lo)
-                    self.progress(epoch, b + 1 - skip, len(bounds) - skip, totals, seen, seen - seen_before, started,
-                                  lr, len(bounds))
+                    self.progress(Step(step=step, epoch=epoch, epochs=cfg.epochs, done=b + 1 - skip,
+                                       total=len(bounds) - skip, per_epoch=len(bounds), totals=totals, seen=seen,
+                                       fresh=seen - seen_before, started=started, lr=lr))
                     if interrupted.requested:
                         self.save("last.npz", params, opt_state, epoch, step, b + 1, history, stop,
                                   {"totals": totals, "seen": seen})
-                        self.log(f"\ninterrupted: saved {self.out / 'last.npz'} (epoch {epoch + 1}, batch {b + 1}); "
+                        self.display.close()
+                        self.log(f"interrupted: saved {self.out / 'last.npz'} (epoch {epoch + 1}, batch {b + 1}); "
                                  "continue with --resume")
                         self.write_history(history)
                         return Result(history, params, self.out, {}, "interrupted", self.written)
@@ -511,7 +520,8 @@ class Trainer:
                 if val is not None:
                     row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, cfg.batch).items()})
                 history.append(row)
-                self.end_epoch(row)
+                for reporter in self.reporters:
+                    reporter.epoch(row, cfg.epochs)
                 epoch += 1
                 improved, done = stop.update(row)
                 self.save("last.npz", params, opt_state, epoch, step, 0, history, stop)
@@ -520,7 +530,7 @@ class Trainer:
                     self.save("best.npz", params, opt_state, epoch, step, 0, history, stop)
                 if done:
                     stopped = "early stop"
-                    self.log(f"early stop: {stop.monitor} did not improve for {stop.patience} epochs")
+                    self.say(f"early stop: {stop.monitor} did not improve for {stop.patience} epochs")
                     break
         # the best epoch of this run or of the one resumed; none yet after 0 epochs, whatever the folder holds
         if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists():
@@ -537,36 +547,25 @@ class Trainer:
         return {**batch, first: datasets.augment(batch[first], rng, **self.augment_options)}
 
     # -- reporting and files --
-    def progress(self, epoch, done, total, totals, seen, fresh, started, lr, per_epoch):
-        """The progress line: `done` of `total` batches, `fresh` examples since `started`. It is
-        redrawn at most every REDRAW_S (and at an epoch's last batch), and fits the terminal:
-        the parts that do not fit are left out, the least useful first."""
-        if not sys.stderr.isatty():
-            return
-        now = time.perf_counter()
-        if now - self._drawn < REDRAW_S and done < total:
-            return
-        self._drawn = now
-        elapsed = now - started
-        per_batch = elapsed / max(done, 1)
-        eta = ((total - done) + (self.cfg.epochs - epoch - 1) * per_epoch) * per_batch      # of the whole run
-        rate = fresh / elapsed if elapsed > 0 else 0.0
-        # epoch/epochs [bar] batch/batches, the epoch's means so far, the run's ETA, lr, samples/s
-        parts = [f"{epoch + 1}/{self.cfg.epochs} [{'#' * int(8 * done / max(total, 1)):<8}] {done}/{total}"]
-        parts += [f"{k} {v / max(seen, 1):.4f}" for k, v in totals.items() if k != "grad_norm"]
-        parts += [f"eta {_duration(eta)}", f"lr {lr:.3g}", f"{rate / 1e3:.0f}k/s" if rate >= 1e4 else f"{rate:.0f}/s"]
-        width = shutil.get_terminal_size((80, 24)).columns - 1
-        line = parts[0]
-        for part in parts[1:]:
-            if len(line) + 2 + len(part) <= width:
-                line += "  " + part
-        sys.stderr.write("\r" + line[:width].ljust(width))
-        sys.stderr.flush()
+    def progress(self, s: Step):
+        """After every step: the display and the event log."""
+        for reporter in self.reporters:
+            reporter.step(s)
 
-    def end_epoch(self, row: dict):
-        stats = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "time", "lr"))
-        end = "\n" if sys.stderr.isatty() else ""
-        self.log(f"{end}epoch {row['epoch']}/{self.cfg.epochs}  {stats}  ({row['time']:.1f}s)")
+    def say(self, message: str):
+        """What the run is doing (resuming, init_from, early stop): not with progress "none"."""
+        if not self.quiet:
+            self.log(message)
+
+    @contextlib.contextmanager
+    def reporting(self):
+        """The display and the event log, ended however the loop ends (the end, Ctrl-C, a NaN
+        loss, an error)."""
+        try:
+            yield
+        finally:
+            for reporter in self.reporters:
+                reporter.close()
 
     def save(self, name, params, opt_state, epoch, step, batch, history, stop, partial=None):
         """A checkpoint; `partial` holds the loss and metric sums of an epoch stopped after `batch`."""
@@ -603,7 +602,8 @@ class Trainer:
         except ImportError:
             return
         metrics = [k for k in keys if k not in ("epoch", "lr", "time") and not k.startswith("val_")]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+        # a panel per metric (with its val_ twin), and one of the learning rate: the schedule beside its effect
+        fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3), squeeze=False)
         epochs = [r["epoch"] for r in history]
         for ax, m in zip(axes[0], metrics):
             ax.plot(epochs, [r.get(m) for r in history], label=m)
@@ -611,14 +611,14 @@ class Trainer:
                 ax.plot(epochs, [r.get(f"val_{m}") for r in history], label=f"val_{m}")
             ax.set_xlabel("epoch")
             ax.legend()
+        lr = axes[0][-1]
+        lr.plot(epochs, [r.get("lr") for r in history], label="lr (the epoch's last step)")
+        lr.set_xlabel("epoch")
+        lr.set_ylabel("lr")
+        lr.legend()
         fig.tight_layout()
         fig.savefig(self.out / "history.png")
         plt.close(fig)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def _jsonable(v):
