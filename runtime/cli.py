@@ -560,7 +560,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", metavar="PATH", help="the checkpoint to write (default: OUT.npz)")
     c.set_defaults(run=cmd_import)
     c = sub.add_parser("data", help="download public data sets (MNIST, CIFAR) into the data folder; list them")
-    actions = c.add_subparsers(dest="action", metavar="ACTION", required=True)
+    actions = c.add_subparsers(dest="action", metavar="ACTION", required=True, help="fetch or list")
     a = actions.add_parser("fetch", help="download, verify and convert data sets (mnist, fashion_mnist, cifar10, "
                                          "cifar100)")
     a.add_argument("names", nargs="+", metavar="NAME", help="a data set, as `dlc data list` names it")
