@@ -163,6 +163,10 @@ def _render(g, fmt: str) -> str:
 
 
 def cmd_graph(args):
+    if args.format == "html":       # both graphs of the model, its source and its native kernels
+        from dlc.compiler.graph_page import page
+        _write(page(_build(args, training=not args.eval), "train_step" if args.grad else "forward"), args.output)
+        return
     _write(_render(_graph_for(args, args.grad), args.format), args.output)
 
 
@@ -402,7 +406,9 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--grad", action="store_true", help="the train-step graph with gradients")
     c.add_argument("--eval", action="store_true", help="the evaluation-mode graph")
-    c.add_argument("--format", choices=["text", "dot", "json"], default="text")
+    c.add_argument("--format", choices=["text", "dot", "json", "html"], default="text",
+                   help="html: one page to explore the forward and train-step graphs by layer, with the source "
+                        "and the native kernels")
     c.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
     c.set_defaults(run=cmd_graph)
 
