@@ -237,13 +237,20 @@ function kernels(n) {
     return `<p class="hint">No kernel of its own: the graph passes folded it, merged it into an equal node or removed it.</p>`;
   }
   return found.map((i) => {
-    const k = D.native.kernels[i], ir = D.native.ir[k.function] || "";
-    const fused = k.nodes.map(link).join(", ");
-    return `<p><b>kernel ${i}</b>: ${esc(k.kind)}, function <code>@${esc(k.function)}</code></p>` +
-      `<pre class="kernel">${esc(k.text)}</pre><p>graph nodes fused into it: ${fused}</p>` +
-      (k.gemm ? `<p class="hint">It calls dlc's packed GEMM, compiled once for every model.</p>` : "") +
-      `<p>LLVM IR (optimized) of <code>@${esc(k.function)}</code>:</p><pre class="ir">${esc(ir)}</pre>`;
+    const k = D.native.kernels[i];
+    let html = `<p><b>kernel ${i}</b>: ${esc(k.kind)}, function <code>@${esc(k.function)}</code></p>` +
+      `<pre class="kernel">${esc(k.text)}</pre><p>graph nodes fused into it: ${k.nodes.map(link).join(", ")}</p>` + ir(k);
+    // a scan's body kernels follow it, deeper: the loop calls their functions
+    for (let j = i + 1; j < D.native.kernels.length && D.native.kernels[j].depth > k.depth; j++) {
+      html += `<p>kernel ${j}, in the scan's body: ${esc(D.native.kernels[j].kind)}</p>` + ir(D.native.kernels[j]);
+    }
+    return html;
   }).join("");
+}
+
+function ir(k) {
+  return (k.gemm ? `<p class="hint">It calls dlc's packed GEMM, compiled once for every model.</p>` : "") +
+    `<p>LLVM IR (optimized) of <code>@${esc(k.function)}</code>:</p><pre class="ir">${esc(D.native.ir[k.function] || "")}</pre>`;
 }
 
 // ---- input ---------------------------------------------------------------------------------------------
