@@ -73,6 +73,17 @@ def test_the_page_says_when_the_native_backend_cannot_compile(tmp_path):
     assert "does not compile random orthogonal" in data["native"]["error"]
 
 
+def test_a_model_without_a_loss_has_no_train_step(tmp_path, capsys):
+    plain = tmp_path / "plain.dl"
+    plain.write_text("model m {\n    input x: f32[B, 4]\n    output y = dense(x, 3, relu)\n}\n")
+    out = tmp_path / "plain.html"
+    assert main(["graph", str(plain), "--format", "html", "-o", str(out)]) == 0
+    data = page_data(out.read_text())
+    assert [v["name"] for v in data["views"]] == ["forward"] and data["native"]["kernels"]
+    assert main(["graph", str(plain), "--format", "html", "--grad", "-o", str(out)]) == 1
+    assert "has no loss" in capsys.readouterr().err
+
+
 def browser():
     pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")
     if not Path(CHROMIUM).exists():

@@ -25,14 +25,15 @@ from dlc.compiler.summary import count_text, node_flops
 
 
 def page(model: Model, first: str = "forward") -> str:
-    """The HTML page of a model; `first`: the view shown on opening, forward or train_step."""
+    """The HTML page of a model: its forward graph and, when it has a loss, the train step
+    (of either mode, as `dlc graph --grad [--eval]`); `first`, the view shown on opening."""
     graphs = {"forward": model.graph}
-    if "loss" in model.graph.outputs and model.training:
+    if "loss" in model.graph.outputs:
         graphs["train_step"] = autodiff.train_step(model.graph)
-    compiled = graphs.get("train_step", model.graph)    # what the native engine compiles
+    compiled = graphs.get("train_step", model.graph)    # what the native engine compiles, as `dlc compile`
     files = Files()
     data = {"model": model.name, "mode": "training" if model.training else "evaluation",
-            "first": first if first in graphs else "forward",
+            "first": first,
             "views": [view(name, g, compiled, files) for name, g in graphs.items()],
             "native": native_kernels(compiled), "sources": files.texts()}
     packed = base64.b64encode(gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0)).decode()
