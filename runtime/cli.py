@@ -150,11 +150,16 @@ def cmd_summary(args):
 
 def _graph_for(args, grad: bool):
     from dlc.compiler import autodiff
-    from dlc.compiler.errors import DlcError
     model = _build(args, training=not getattr(args, "eval", False))
-    if grad and "loss" not in model.graph.outputs:
-        raise DlcError(f"model {model.name} has no loss, so it has no gradient graph", model.span)
+    if grad:
+        _has_loss(model)
     return autodiff.train_step(model.graph) if grad else model.graph
+
+
+def _has_loss(model):
+    from dlc.compiler.errors import DlcError
+    if "loss" not in model.graph.outputs:
+        raise DlcError(f"model {model.name} has no loss, so it has no gradient graph", model.span)
 
 
 def _render(g, fmt: str) -> str:
@@ -163,6 +168,13 @@ def _render(g, fmt: str) -> str:
 
 
 def cmd_graph(args):
+    if args.format == "html":       # both graphs of the model, its source and its native kernels
+        from dlc.compiler.graph_page import page
+        model = _build(args, training=not args.eval)
+        if args.grad:
+            _has_loss(model)
+        _write(page(model, "train_step" if args.grad else "forward"), args.output)
+        return
     _write(_render(_graph_for(args, args.grad), args.format), args.output)
 
 
@@ -437,8 +449,10 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--grad", action="store_true", help="the train-step graph with gradients")
     c.add_argument("--eval", action="store_true", help="the evaluation-mode graph")
-    c.add_argument("--format", choices=["text", "dot", "json"], default="text",
-                   help="text (default): a node a line; dot: Graphviz; json: nodes, types and source places")
+    c.add_argument("--format", choices=["text", "dot", "json", "html"], default="text",
+                   help="text (default): a node a line; dot: Graphviz; json: nodes, types and source places; "
+                        "html: one page to explore the forward and train-step graphs by layer, with the source "
+                        "and the native kernels")
     c.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
     c.set_defaults(run=cmd_graph)
 

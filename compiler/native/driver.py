@@ -35,9 +35,12 @@ GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + 
 @dataclass
 class StepModule:
     """The module of a program, and what its driver reads: `arguments[k]` is the
-    pointer-table entry (module docstring) that goes in slot k of its argument array."""
+    pointer-table entry (module docstring) that goes in slot k of its argument array.
+    `functions[i]` names the function of kernel i, numbered in program order with a scan
+    before its body (as `profile`); alike kernels share one."""
     module: ir.Module
     arguments: list
+    functions: list
 
 
 def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProgram | None = None,
@@ -52,6 +55,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     driver = ir.Function(module, sig, name)
     gemms: dict = {}
     numbered: list = []
+    functions: dict = {}    # kernel number -> the name of its function
     alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
 
     def kernel(k, depth: int, prog: KernelProgram = prog, exact: bool = False) -> tuple:
@@ -106,7 +110,8 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         if text in alike:
             for g in made:
                 del module.globals[g.name]
-        return alike.setdefault(text, fn), kb.args.refs, number
+        functions[number] = alike.setdefault(text, fn).name
+        return alike[text], kb.args.refs, number
 
     def calls(b, compiled: list, args):
         """Call each kernel (of a scan's body) with its slots, which follow one another
@@ -136,7 +141,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         with b.if_then(b.icmp_unsigned("==", b.load_atomic(flag, "monotonic", 8), ir.Constant(i64, 0))):
             calls(b, updates, [b.gep(driver.args[0], [ir.Constant(i64, at)]), driver.args[1], driver.args[2]])
     b.ret_void()
-    return StepModule(module, arguments)
+    return StepModule(module, arguments, [functions[i] for i in range(len(numbered))])
 
 
 def run_all(module: ir.Module, b: ir.IRBuilder, compiled: list, args, profile: bool) -> int:

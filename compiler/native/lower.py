@@ -74,12 +74,13 @@ class Lowering:
         self.cols: dict = {}          # im2col buffers by (window expression, shape)
 
     def emit(self, kernel, into: list | None = None):
-        kernel.origin = self.origin(kernel.node)
+        kernel.nodes = self.fused(kernel.node)
+        kernel.origin = tuple((self.g.op(v), self.g.g.nodes[v]["span"]) for v in kernel.nodes)
         (self.kernels if into is None else into).append(kernel)
 
-    def origin(self, n: int) -> tuple:
-        """(op, span) of node n and of the producers fused into its kernel: values
-        inlined into its expression and free views, in graph order."""
+    def fused(self, n: int) -> tuple:
+        """Node n and the producers fused into its kernel: values inlined into its
+        expression and free views, in graph order."""
         if n not in self.g.g.nodes:
             return ()
         seen, todo = {n}, [n] if self.g.op(n) != "scan" else []
@@ -90,7 +91,7 @@ class Lowering:
                 if x.node not in seen and not prim.given and inlined:
                     seen.add(x.node)
                     todo.append(x.node)
-        return tuple((self.g.op(v), self.g.g.nodes[v]["span"]) for v in [n] + sorted(seen - {n}))
+        return (n, *sorted(seen - {n}))
 
     def run(self) -> KernelProgram:
         for n in self.g.order():
@@ -557,6 +558,7 @@ def fuse_maps(kernels: list) -> list:
     def close():
         if len(group) > 1:
             out.append(FusedMapKernel(group[0].shape, list(group), node=group[0].node,
+                                      nodes=tuple(dict.fromkeys(v for m in group for v in m.nodes)),
                                       origin=tuple(dict.fromkeys(o for m in group for o in m.origin))))
         else:
             out.extend(group)

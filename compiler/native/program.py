@@ -126,8 +126,10 @@ class Buffer:
 @dataclass(kw_only=True)
 class Kernel:
     """What every kernel records, given by name: the graph node it computes (its last),
-    and (op, span) of the graph nodes it computes, set by Lowering.emit."""
+    and the graph nodes it computes (`nodes`) with their (op, span) (`origin`), set by
+    Lowering.emit."""
     node: int = -1
+    nodes: tuple = ()
     origin: tuple = ()
 
 

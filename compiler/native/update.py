@@ -43,7 +43,7 @@ def in_place(prog: KernelProgram):
         assert m.out_at == ELEMENT, "the update's loop writes index i"
         e = _rewrite(m.expr, lambda x: temps.get(x.buffer, x))
         if m.out in into:
-            kept.append(MapKernel(m.shape, m.out, m.out_at, e, node=m.node, origin=m.origin))
+            kept.append(MapKernel(m.shape, m.out, m.out_at, e, node=m.node, nodes=m.nodes, origin=m.origin))
         else:
             temps[m.out] = e
     assert {m.out for m in kept} == set(into), "the update's loop writes every output"
@@ -59,7 +59,8 @@ def in_place(prog: KernelProgram):
     for m in kept:
         m.expr = _rewrite(m.expr, lambda x: Load(into[x.buffer], x.at, x.dtype) if x.buffer in into else x)
         m.out = into[m.out]
-    prog.kernels[-1] = kept[0] if len(kept) == 1 else FusedMapKernel(last.shape, kept, node=last.node, origin=last.origin)
+    prog.kernels[-1] = kept[0] if len(kept) == 1 else FusedMapKernel(last.shape, kept, node=last.node, nodes=last.nodes,
+                                                                     origin=last.origin)
     prog.outputs = {name: into[bid] for name, bid in prog.outputs.items()}
 
 
