@@ -246,6 +246,8 @@ def cmd_train(args):
     result = trainer.run(resume=args.resume if args.resume != "" else True)
     if result.stopped == "interrupted":
         return 130
+    if not trainer.writes:      # another rank of a distributed run: rank 0 reports
+        return 0
     last = result.history[-1] if result.history else {}
     stats = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "lr", "time"))
     print(f"trained {trainer.name} for {len(result.history)} epochs ({result.stopped})" + (f": {stats}" if stats else ""))
