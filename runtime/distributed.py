@@ -34,7 +34,7 @@ from dlc.compiler.errors import DlcError, optional_package
 LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
 TIMEOUT_S = 10.0            # waiting for the other ranks at a collective (DLC_MPI_TIMEOUT)
 COMPILE_TIMEOUT_S = 900.0   # waiting at the start, while every rank compiles (or reads the cache)
-SPIN_S = 0.002              # poll a collective without sleeping for this long, then sleep between polls
+PATIENT_S = 1.0             # poll a collective without sleeping for this long, then sleep between polls
 
 
 def launched_ranks() -> int:
@@ -95,8 +95,10 @@ class World:
             if waited > (timeout or self.timeout):
                 self.abort(f"no answer from the other ranks for {waited:.0f} s at {what}: a rank died or hangs "
                            "(DLC_MPI_TIMEOUT sets the limit)")
-            if waited > SPIN_S:
-                time.sleep(1e-4)
+            if waited < PATIENT_S:      # the other ranks are near: poll again, giving the core to any that shares it
+                os.sched_yield()
+            else:                       # one is compiling, writing a checkpoint, or gone
+                time.sleep(1e-3)
 
     def abort(self, message: str):
         """Say why on standard error, then end every rank (MPI_Abort)."""

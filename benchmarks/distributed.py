@@ -1,0 +1,128 @@
+"""Data-parallel scaling: samples/s of a train step on 1 process and on 2 MPI ranks, one
+native thread each (docs/distributed.md).
+
+Three workloads of train_step.py (benchmarks/workloads/*.dl): the MLP, LeNet-5 and the
+transformer, Adam, at their global batch (128, 64, 16; `--batch-scale 4` multiplies them).
+The single process runs today's one-call step; the 2 ranks run the data-parallel step of
+`dlc train` under mpirun (runtime/distributed.py: each rank's half of the batch, an
+allreduce of the gradients, the update). Each run is a fresh process (or mpirun), warms up,
+then times `--steps` steps. `others` is the cores other processes used meanwhile (the
+machine's busy time minus the ranks' own CPU time, benchmarks/machine.py's measure); a
+figure taken while others used a core is not comparable.
+
+    python benchmarks/distributed.py                    # needs mpi4py and mpirun: pip install "dlc[mpi]"
+    python benchmarks/distributed.py --only mlp --steps 200 --json /tmp/dist.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+from train_step import DEFAULT_BATCH, load_workload, make_batch
+
+HERE = Path(__file__).resolve().parent
+WORKLOADS = ("mlp", "lenet", "transformer")
+DEFAULT_STEPS = {"mlp": 100, "lenet": 100, "transformer": 30}
+WARMUP = 5
+
+
+def worker(name: str, batch: int, steps: int, seed: int = 0):
+    """One run: this process alone, or one rank of an mpirun. Rank 0 prints a JSON line."""
+    from dlc.runtime import distributed
+    from dlc.runtime.backends import make_engine
+    from dlc.runtime.config import Call
+    from dlc.runtime.cores import machine_busy_s
+    from dlc.runtime.optim import make_optimizer
+    from dlc.runtime.trainer import initial_parameters
+    world = distributed.world()
+    prog = load_workload(name)
+    train, ev = prog.build(training=True), prog.build(training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
+    params = initial_parameters(train, seed)
+    opt_state = opt.init({n: params[n] for n in trainable})
+    engine = make_engine("native", train, ev, opt, trainable, split=world is not None)
+    if world is not None:
+        world.broadcast_state(params, opt_state)
+        engine = distributed.DataParallel(engine, world, SimpleNamespace(requested=False), [])
+    data = make_batch(name, seed, batch)
+    t = 0
+
+    def step():
+        nonlocal t
+        t += 1
+        return engine.train_step(params, opt_state, data, 1e-3, t, np.array([seed, t], np.int32))["loss"]
+
+    for _ in range(WARMUP):
+        step()
+    if world is not None:
+        world.barrier("the timing")
+    busy, cpu, start = machine_busy_s(), time.process_time(), time.perf_counter()
+    for _ in range(steps):
+        loss = step()
+    wall = time.perf_counter() - start
+    own = np.array([time.process_time() - cpu])
+    if world is not None:
+        world.sum(own, "the timing")
+    others = max(0.0, machine_busy_s() - busy - own[0]) / wall
+    if world is None or world.rank == 0:
+        grads = sum(int(np.size(params[n])) for n in trainable)
+        print(json.dumps({"workload": name, "ranks": world.size if world else 1, "batch": batch,
+                          "samples_s": steps * batch / wall, "step_ms": wall / steps * 1e3, "others": others,
+                          "allreduce_bytes": 4 * grads if world else 0, "loss": float(loss)}), flush=True)
+
+
+def launch(name: str, ranks: int, batch: int, steps: int) -> dict:
+    env = {**os.environ, "DLC_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
+           "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    launcher = [MPIRUN, "-n", str(ranks)] if ranks > 1 else []
+    cmd = launcher + [sys.executable, str(Path(__file__)), "--worker", name, "--batch", str(batch),
+                      "--steps", str(steps)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
+    if r.returncode or not lines:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout}{r.stderr}")
+    return json.loads(lines[-1])
+
+
+MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", action="append", choices=WORKLOADS)
+    ap.add_argument("--steps", type=int, help="timed steps (default: 100, 30 for the transformer)")
+    ap.add_argument("--batch-scale", type=int, default=1, help="multiply the workloads' global batch")
+    ap.add_argument("--json", help="also write the rows as JSON")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args.worker, args.batch, args.steps)
+    if MPIRUN is None:
+        raise SystemExit("needs mpirun (and mpi4py): pip install \"dlc[mpi]\"")
+    rows = []
+    print(f"{'workload':<12} {'batch':>5} {'1 rank /s':>10} {'2 ranks /s':>10} {'speed-up':>8} "
+          f"{'allreduce/step':>14} {'others 1':>8} {'others 2':>8}")
+    for name in args.only or WORKLOADS:
+        batch, steps = DEFAULT_BATCH[name] * args.batch_scale, args.steps or DEFAULT_STEPS[name]
+        one, two = launch(name, 1, batch, steps), launch(name, 2, batch, steps)
+        rows += [one, two]
+        print(f"{name:<12} {batch:>5} {one['samples_s']:>10.0f} {two['samples_s']:>10.0f} "
+              f"{two['samples_s'] / one['samples_s']:>7.2f}x {two['allreduce_bytes'] / 1e6:>11.2f} MB "
+              f"{one['others']:>8.2f} {two['others']:>8.2f}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
