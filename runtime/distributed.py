@@ -23,7 +23,9 @@ from __future__ import annotations
 import os
 import sys
 import time
+import traceback
 import zlib
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -61,16 +63,18 @@ def world() -> World | None:
     return World(MPI, comm)
 
 
-def timeout_s() -> float:
-    text = os.environ.get("DLC_MPI_TIMEOUT", "").strip()
+def setting(name: str, default, kind, what: str):
+    """An environment variable of a distributed run: a `kind` (float, int) of at least 0
+    (above 0 for float), or `default` when unset."""
+    text = os.environ.get(name, "").strip()
     if not text:
-        return TIMEOUT_S
+        return default
     try:
-        value = float(text)
+        value = kind(text)
     except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise DlcError(f"DLC_MPI_TIMEOUT needs a number of seconds > 0, got '{text}'")
+        value = -1
+    if not (value > 0 if kind is float else value >= 0):
+        raise DlcError(f"{name} needs {what}, got '{text}'")
     return value
 
 
@@ -80,8 +84,8 @@ class World:
     def __init__(self, MPI, comm):
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.rank, comm.size
-        self.timeout = timeout_s()
-        self.check_every = int(os.environ.get("DLC_CHECK_RANKS", "0") or 0)     # steps between checksums
+        self.timeout = setting("DLC_MPI_TIMEOUT", TIMEOUT_S, float, "a number of seconds above 0")
+        self.check_every = setting("DLC_CHECK_RANKS", 0, int, "a whole number of steps")   # 0: never
         # the native threads of a rank: its share of the cores of its machine, unless set
         local = comm.Split_type(MPI.COMM_TYPE_SHARED).size
         os.environ.setdefault("DLC_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // local)))
@@ -93,7 +97,7 @@ class World:
         while not request.Test():
             waited = time.monotonic() - start
             if waited > (timeout or self.timeout):
-                self.abort(f"no answer from the other ranks for {waited:.0f} s at {what}: a rank died or hangs "
+                self.abort(f"error: no answer from the other ranks for {waited:.0f} s at {what}: a rank died or hangs "
                            "(DLC_MPI_TIMEOUT sets the limit)")
             if waited < PATIENT_S:      # the other ranks are near: poll again, giving the core to any that shares it
                 os.sched_yield()
@@ -102,9 +106,25 @@ class World:
 
     def abort(self, message: str):
         """Say why on standard error, then end every rank (MPI_Abort)."""
-        sys.stderr.write(f"error: rank {self.rank} of {self.size}: {message}\n")
+        sys.stderr.write(f"{message}\n(rank {self.rank} of {self.size}: ending every rank)\n")
         sys.stderr.flush()
         self.comm.Abort(1)
+
+    @contextmanager
+    def failing_together(self):
+        """An error on one rank ends every rank: the others would wait for it at their next
+        collective (a rank that exits normally is not an error to the launcher)."""
+        try:
+            yield
+        except DlcError as e:
+            self.abort(e.render())
+        except KeyboardInterrupt:
+            self.abort("interrupted")
+        except Exception as e:
+            if os.environ.get("DLC_DEBUG"):
+                traceback.print_exc()
+            self.abort(f"internal error: {type(e).__name__}: {e}\n(this is a bug in dlc; set DLC_DEBUG=1 for a "
+                       "traceback)")
 
     def sum(self, array: np.ndarray, what: str, timeout: float | None = None) -> np.ndarray:
         """Sum `array` over the ranks, in place."""

@@ -428,6 +428,12 @@ class Trainer:
 
     # -- run --
     def run(self, resume=False, engine=None) -> Result:
+        if self.world is None:
+            return self._run(resume, engine)
+        with self.world.failing_together():
+            return self._run(resume, engine)
+
+    def _run(self, resume, engine) -> Result:
         cfg, begun = self.cfg, time.time()
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
         n = len(next(iter(train.values())))
