@@ -273,3 +273,38 @@ def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path):
     # it resumes, on one process
     r = dlc_train([path, "--epochs", meta["epoch"] + 1, "--out", out, "--resume"])
     assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_the_split_step_is_the_single_call(backend):
+    """gradients + apply_update (a distributed step's two halves) update exactly as train_step."""
+    from dlc.compiler.loader import load_text
+    from dlc.runtime.backends import make_engine
+    from dlc.runtime.config import Call
+    from dlc.runtime.optim import make_optimizer
+    from dlc.runtime.trainer import initial_parameters
+    prog = load_text(BATCHNORM, "bn.dl")
+    train, ev = prog.build(training=True), prog.build(training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.standard_normal((16, 64), dtype=np.float32), "y": rng.integers(0, 10, 16).astype(np.int32)}
+    runs = []
+    for split in (False, True):
+        opt = make_optimizer(Call("adam", [], {"lr": 1e-2}))
+        params = initial_parameters(train, 0)
+        state = opt.init({n: params[n] for n in trainable})
+        engine = make_engine(backend, train, ev, opt, trainable, split=split)
+        losses = []
+        for step in range(1, 4):
+            key = np.array([0, step], np.int32)
+            if split:
+                values, grads = engine.gradients(params, state, batch, key)
+                engine.apply_update(params, state, grads, 1e-2, step)
+            else:
+                values = engine.train_step(params, state, batch, 1e-2, step, key)
+            losses.append(values["loss"])
+        runs.append((losses, {k: np.array(v) for k, v in params.items()}))
+    (losses, single), (split_losses, split_params) = runs
+    assert losses == split_losses
+    for name, value in single.items():
+        np.testing.assert_array_equal(split_params[name], value, err_msg=name)
