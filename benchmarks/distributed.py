@@ -12,6 +12,13 @@ figure taken while others used a core is not comparable.
 
     python benchmarks/distributed.py                    # needs mpi4py and mpirun: pip install "dlc[mpi]"
     python benchmarks/distributed.py --only mlp --steps 200 --json /tmp/dist.json
+    python benchmarks/distributed.py --model            # the scaling model at 8 and 64 ranks
+
+`--model` needs no MPI: it times the two halves of one rank's step (1 thread, the least of
+several timings): the compute C(b) of the batch per rank and the optimizer update U, and
+prints the speed-up that docs/distributed.md's model predicts for K ranks at that batch per
+rank, T(K) = C(b) + U + A(K), A(K) = 2 (K - 1) / K x 4P / W + 2 log2(K) x L, on 10 Gb
+Ethernet and 100 Gb InfiniBand.
 """
 from __future__ import annotations
 
@@ -33,24 +40,63 @@ HERE = Path(__file__).resolve().parent
 WORKLOADS = ("mlp", "lenet", "transformer")
 DEFAULT_STEPS = {"mlp": 100, "lenet": 100, "transformer": 30}
 WARMUP = 5
+MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+NETWORKS = {"10GbE": (1.1e9, 30e-6), "IB100": (11e9, 2e-6)}        # bandwidth (bytes/s), latency (s)
+MODEL_RANKS = (2, 8, 64)
 
 
-def worker(name: str, batch: int, steps: int, seed: int = 0):
-    """One run: this process alone, or one rank of an mpirun. Rank 0 prints a JSON line."""
-    from dlc.runtime import distributed
+def engine_for(name: str, split: bool, seed: int = 0):
+    """(native engine, parameters, optimizer state, trainable names) of a workload, Adam."""
     from dlc.runtime.backends import make_engine
     from dlc.runtime.config import Call
-    from dlc.runtime.cores import machine_busy_s
     from dlc.runtime.optim import make_optimizer
     from dlc.runtime.trainer import initial_parameters
-    world = distributed.world()
     prog = load_workload(name)
     train, ev = prog.build(training=True), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
     opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
     params = initial_parameters(train, seed)
     opt_state = opt.init({n: params[n] for n in trainable})
-    engine = make_engine("native", train, ev, opt, trainable, split=world is not None)
+    return make_engine("native", train, ev, opt, trainable, split=split), params, opt_state, trainable
+
+
+def least_s(fn, repeats: int = 5, calls: int = 10) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - start) / calls)
+    return min(times)
+
+
+def scaling_model(names):
+    os.environ["DLC_NUM_THREADS"] = "1"
+    head = "".join(f" {net} K={k:<3}" for net in NETWORKS for k in MODEL_RANKS)
+    print(f"{'workload':<12} {'b':>4} {'C(b) ms':>8} {'U ms':>6} {'P':>8}{head}")
+    for name in names:
+        engine, params, opt_state, trainable = engine_for(name, split=True)
+        b = DEFAULT_BATCH[name]
+        data = make_batch(name, 0, b)
+        key = np.array([0, 1], np.int32)
+        grads = engine.gradients(params, opt_state, data, key)[1]
+        compute = least_s(lambda: engine.gradients(params, opt_state, data, key))
+        update = least_s(lambda: engine.apply_update(params, opt_state, grads, 1e-3, 1))
+        P = sum(int(np.size(params[n])) for n in trainable)
+        row = f"{name:<12} {b:>4} {compute * 1e3:>8.2f} {update * 1e3:>6.2f} {P:>8}"
+        for bandwidth, latency in NETWORKS.values():
+            for k in MODEL_RANKS:
+                allreduce = 2 * (k - 1) / k * 4 * P / bandwidth + 2 * np.log2(k) * latency
+                row += f" {k * compute / (compute + update + allreduce):>9.1f}x"
+        print(row, flush=True)
+
+
+def worker(name: str, batch: int, steps: int, seed: int = 0):
+    """One run: this process alone, or one rank of an mpirun. Rank 0 prints a JSON line."""
+    from dlc.runtime import distributed
+    from dlc.runtime.cores import machine_busy_s
+    world = distributed.world()
+    engine, params, opt_state, trainable = engine_for(name, world is not None, seed)
     if world is not None:
         world.broadcast_state(params, opt_state)
         engine = distributed.DataParallel(engine, world, SimpleNamespace(requested=False), [])
@@ -94,8 +140,6 @@ def launch(name: str, ranks: int, batch: int, steps: int) -> dict:
     return json.loads(lines[-1])
 
 
-MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -103,11 +147,14 @@ def main():
     ap.add_argument("--steps", type=int, help="timed steps (default: 100, 30 for the transformer)")
     ap.add_argument("--batch-scale", type=int, default=1, help="multiply the workloads' global batch")
     ap.add_argument("--json", help="also write the rows as JSON")
+    ap.add_argument("--model", action="store_true", help="the scaling model at 8 and 64 ranks (no MPI needed)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.batch, args.steps)
+    if args.model:
+        return scaling_model(args.only or WORKLOADS)
     if MPIRUN is None:
         raise SystemExit("needs mpirun (and mpi4py): pip install \"dlc[mpi]\"")
     rows = []
