@@ -36,6 +36,7 @@ from dlc.compiler.errors import DlcError, optional_package
 LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
 TIMEOUT_S = 10.0            # waiting for the other ranks at a collective (DLC_MPI_TIMEOUT)
 COMPILE_TIMEOUT_S = 900.0   # waiting at the start, while every rank compiles (or reads the cache)
+WRITE_TIMEOUT_S = 600.0     # waiting while rank 0 writes checkpoints
 PATIENT_S = 1.0             # poll a collective without sleeping for this long, then sleep between polls
 
 
@@ -144,6 +145,11 @@ class World:
 
     def barrier(self, what: str, timeout: float | None = None):
         self.wait(self.comm.Ibarrier(), what, timeout)
+
+    def await_writer(self):
+        """Wait while rank 0 writes checkpoints and history: a large checkpoint may take
+        longer than a step's deadline."""
+        self.barrier("rank 0 writing its checkpoints", WRITE_TIMEOUT_S)
 
     # -- data --
     def shard(self, n: int) -> tuple[int, int]:

@@ -543,6 +543,8 @@ class Trainer:
                 self.write_history(history, plot=False)
                 if improved:
                     self.save("best.npz", params, opt_state, epoch, step, 0, history, stop)
+                if self.world is not None:
+                    self.world.await_writer()
                 if done:
                     stopped = "early stop"
                     self.log(f"early stop: {stop.monitor} did not improve for {stop.patience} epochs")
@@ -553,6 +555,8 @@ class Trainer:
         if self.world is not None:      # rank 0 read best.npz
             self.world.broadcast(params, "the end")
         self.write_history(history)
+        if self.world is not None:
+            self.world.await_writer()
         result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
         return Result(history, params, self.out, result, stopped, self.written)
 

@@ -308,3 +308,26 @@ def test_the_split_step_is_the_single_call(backend):
     assert losses == split_losses
     for name, value in single.items():
         np.testing.assert_array_equal(split_params[name], value, err_msg=name)
+
+
+@needs_mpi
+def test_the_checksum_sees_ranks_that_differ(tmp_path):
+    script = tmp_path / "check.py"
+    script.write_text("""
+import numpy as np
+from dlc.compiler.errors import DlcError
+from dlc.runtime import distributed
+world = distributed.world()
+params = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+world.checksum(params, 1)
+params["b"][1] += world.rank * 1e-7
+try:
+    world.checksum(params, 2)
+except DlcError as e:
+    print(world.rank, e.message)
+""")
+    r = subprocess.run([MPIRUN, "-n", "2", sys.executable, str(script)], capture_output=True, text=True, env=env(),
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = sorted(r.stdout.splitlines())
+    assert len(lines) == 2 and all("after step 2 the ranks' parameters differ" in line for line in lines)
