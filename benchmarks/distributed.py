@@ -99,7 +99,7 @@ def worker(name: str, batch: int, steps: int, seed: int = 0):
     engine, params, opt_state, trainable = engine_for(name, world is not None, seed)
     if world is not None:
         world.broadcast_state(params, opt_state)
-        engine = distributed.DataParallel(engine, world, SimpleNamespace(requested=False), [])
+        engine = distributed.DataParallel(engine, world, SimpleNamespace(asked=False, agreed=None), [])
     data = make_batch(name, seed, batch)
     t = 0
 

@@ -196,7 +196,8 @@ class World:
 class DataParallel:
     """An engine for the trainer whose train step runs on this rank's slice of the global
     batch (the split step of `engine`, gradients averaged over the ranks); `interrupted`
-    (the trainer's Ctrl-C flag) becomes true on every rank when it is on any. Evaluation
+    (the trainer's Ctrl-C flag) is agreed on: true on every rank after the step in which
+    any rank had it. Evaluation
     is the engine's own: mean_metrics shards the data set (`world`)."""
 
     def __init__(self, engine, world: World, interrupted, statistics: list):
@@ -217,7 +218,7 @@ class DataParallel:
         # the mean loss of the global batch is the slices' means weighted by their sizes
         grads *= weight
         names = list(values)
-        small = np.array([values[k] * float(weight) for k in names] + [float(self.interrupted.requested)], np.float64)
+        small = np.array([values[k] * float(weight) for k in names] + [float(self.interrupted.asked)], np.float64)
         request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
         w.sum(small, f"step {step} (loss)")
         w.wait(request, f"step {step} (gradients)")
@@ -226,8 +227,7 @@ class DataParallel:
             stat *= weight
             w.sum(stat, f"step {step} (batch statistics)")
         self.engine.apply_update(params, opt_state, grads, lr, step)
-        if small[-1] > 0:
-            self.interrupted.requested = True
+        self.interrupted.agreed = bool(small[-1] > 0)     # the same on every rank, whenever Ctrl-C came
         self.steps += 1
         if w.check_every and self.steps % w.check_every == 0:
             w.checksum(params, step)

@@ -716,16 +716,24 @@ class EarlyStop:
 
 
 class _Interrupt:
-    """Ctrl-C asks the loop to stop after the current step instead of killing it mid-update."""
+    """Ctrl-C asks the loop to stop after the current step instead of killing it mid-update.
+    The ranks of a distributed run stop after the same step: `agreed` is then what they
+    agreed after the last one (runtime/distributed.py), and a Ctrl-C that came later
+    counts at the next."""
 
     def __init__(self):
-        self.requested = False
+        self.asked = False
+        self.agreed = None
+
+    @property
+    def requested(self) -> bool:
+        return self.asked if self.agreed is None else self.agreed
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.requested:      # a second Ctrl-C: stop now
+            if self.asked:          # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
-            self.requested = True
+            self.asked = True
         try:
             self.previous = signal.signal(signal.SIGINT, handler)
         except ValueError:          # not the main thread: no handler, plain KeyboardInterrupt
