@@ -8,7 +8,9 @@ The single process runs today's one-call step; the 2 ranks run the data-parallel
 allreduce of the gradients, the update). Each run is a fresh process (or mpirun), warms up,
 then times `--steps` steps. `others` is the cores other processes used meanwhile (the
 machine's busy time minus the ranks' own CPU time, benchmarks/machine.py's measure); a
-figure taken while others used a core is not comparable.
+figure taken while others used a core is not comparable. `2 x 1` is two independent
+single processes run at once (their samples/s added): what 2 ranks could reach at most on
+the machine as busy as it is, and `of 2 x 1` how much of it they do.
 
     python benchmarks/distributed.py                    # needs mpi4py and mpirun: pip install "dlc[mpi]"
     python benchmarks/distributed.py --only mlp --steps 200 --json /tmp/dist.json
@@ -127,17 +129,24 @@ def worker(name: str, batch: int, steps: int, seed: int = 0):
                           "allreduce_bytes": 4 * grads if world else 0, "loss": float(loss)}), flush=True)
 
 
-def launch(name: str, ranks: int, batch: int, steps: int) -> dict:
+def launch(name: str, ranks: int, batch: int, steps: int, copies: int = 1) -> list:
+    """The rows of a run on `ranks` ranks (mpirun when more than one); `copies` independent
+    such runs at once."""
     env = {**os.environ, "DLC_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     launcher = [MPIRUN, "-n", str(ranks)] if ranks > 1 else []
     cmd = launcher + [sys.executable, str(Path(__file__)), "--worker", name, "--batch", str(batch),
                       "--steps", str(steps)]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    lines = [line for line in r.stdout.splitlines() if line.startswith("{")]
-    if r.returncode or not lines:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{r.stdout}{r.stderr}")
-    return json.loads(lines[-1])
+    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for _ in range(copies)]
+    rows = []
+    for run in runs:
+        out, err = run.communicate()
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        if run.returncode or not lines:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{out}{err}")
+        rows.append(json.loads(lines[-1]))
+    return rows
 
 
 
@@ -158,15 +167,19 @@ def main():
     if MPIRUN is None:
         raise SystemExit("needs mpirun (and mpi4py): pip install \"dlc[mpi]\"")
     rows = []
-    print(f"{'workload':<12} {'batch':>5} {'1 rank /s':>10} {'2 ranks /s':>10} {'speed-up':>8} "
-          f"{'allreduce/step':>14} {'others 1':>8} {'others 2':>8}")
+    # "2 x 1": two independent single processes at once, the most 2 ranks can reach while
+    # others share the machine
+    print(f"{'workload':<12} {'batch':>5} {'1 rank /s':>10} {'2 ranks /s':>10} {'speed-up':>8} {'2 x 1 /s':>9} "
+          f"{'of 2 x 1':>8} {'allreduce/step':>14} {'others 1':>8} {'others 2':>8}")
     for name in args.only or WORKLOADS:
         batch, steps = DEFAULT_BATCH[name] * args.batch_scale, args.steps or DEFAULT_STEPS[name]
-        one, two = launch(name, 1, batch, steps), launch(name, 2, batch, steps)
-        rows += [one, two]
+        [one], [two] = launch(name, 1, batch, steps), launch(name, 2, batch, steps)
+        pair = launch(name, 1, batch, steps, copies=2)
+        both = sum(r["samples_s"] for r in pair)
+        rows += [one, two] + [r | {"copy": True} for r in pair]
         print(f"{name:<12} {batch:>5} {one['samples_s']:>10.0f} {two['samples_s']:>10.0f} "
-              f"{two['samples_s'] / one['samples_s']:>7.2f}x {two['allreduce_bytes'] / 1e6:>11.2f} MB "
-              f"{one['others']:>8.2f} {two['others']:>8.2f}", flush=True)
+              f"{two['samples_s'] / one['samples_s']:>7.2f}x {both:>9.0f} {two['samples_s'] / both:>7.0%} "
+              f"{two['allreduce_bytes'] / 1e6:>11.2f} MB {one['others']:>8.2f} {two['others']:>8.2f}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

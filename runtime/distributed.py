@@ -12,8 +12,9 @@ travel in a second, small allreduce. Rank 0's parameters and optimizer state are
 broadcast before the first step, so the ranks start identical and stay so.
 
 Every collective is nonblocking and waited for with a deadline (`World.wait`): a rank
-that died or hangs makes the others stop with an error naming the collective and the
-ranks, then MPI_Abort ends the whole run, instead of a silent hang.
+that died or hangs makes the others stop with an error naming the collective, then
+MPI_Abort ends the whole run, instead of a silent hang; so does an error on one rank
+(`failing_together`).
 
 Without a launcher (no PMI_SIZE, OMPI_COMM_WORLD_SIZE, ... above 1), `world()` is None
 and nothing here runs: mpi4py is never imported.
@@ -37,7 +38,7 @@ LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_N
 TIMEOUT_S = 10.0            # waiting for the other ranks at a collective (DLC_MPI_TIMEOUT)
 COMPILE_TIMEOUT_S = 900.0   # waiting at the start, while every rank compiles (or reads the cache)
 WRITE_TIMEOUT_S = 600.0     # waiting while rank 0 writes checkpoints
-PATIENT_S = 1.0             # poll a collective without sleeping for this long, then sleep between polls
+PATIENT_S = 1.0             # poll a collective (yielding the core) for this long, then sleep between polls
 
 
 def launched_ranks() -> int:
