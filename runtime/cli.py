@@ -260,6 +260,8 @@ def cmd_train(args):
     result = trainer.run(resume=args.resume if args.resume != "" else True)
     if result.stopped == "interrupted":
         return 130
+    if not trainer.writes:      # another rank of a distributed run: rank 0 reports
+        return 0
     stats = "  ".join(row_values(result.history[-1])) if result.history else ""
     print(f"trained {trainer.name} for {len(result.history)} epochs ({result.stopped})" + (f": {stats}" if stats else ""))
     if result.test:

@@ -31,7 +31,7 @@ from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.loader import Program
 from dlc.compiler.model import Model
-from dlc.runtime import budget, checkpoint, config, data as datasets, weights
+from dlc.runtime import budget, checkpoint, config, data as datasets, distributed, weights
 from dlc.runtime.backends import make_engine
 from dlc.runtime.config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
 from dlc.runtime.gradcheck import index_bound, init_params
@@ -200,11 +200,13 @@ def batch_statistics(model: Model) -> list:
     return [k[7:] for k in model.graph.outputs if k.startswith("update:")]
 
 
-def batch_bounds(n: int, size: int, merge_single: bool = False) -> list:
+def batch_bounds(n: int, size: int, merge_single: bool = False, ranks: int = 1) -> list:
     """(start, stop) of each batch over n examples. With `merge_single`, a last batch of one
-    example joins the batch before it: batch statistics of one example are undefined."""
+    example joins the batch before it: batch statistics of one example are undefined. Shared
+    by `ranks` processes, a last batch that cannot give each rank one example (two with
+    `merge_single`) joins it too."""
     bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
-    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < ranks * (2 if merge_single else 1):
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
 
@@ -285,13 +287,18 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
 
 
 def mean_metrics(engine, params: dict, arrays: dict, batch: int) -> dict:
-    """Loss and metrics over a data set, weighted by batch size."""
+    """Loss and metrics over a data set, weighted by batch size. A data-parallel engine's
+    ranks each score their share of the examples, and the sums are reduced."""
+    world = getattr(engine, "world", None)
+    if world is not None:
+        lo, hi = world.shard(len(next(iter(arrays.values()))))
+        arrays = {k: a[lo:hi] for k, a in arrays.items()}
     n = len(next(iter(arrays.values())))
     totals: dict = {}
     for lo, hi in batch_bounds(n, batch):
         for name, v in engine.evaluate(params, {k: a[lo:hi] for k, a in arrays.items()}).items():
             totals[name] = totals.get(name, 0.0) + v * (hi - lo)
-    return {name: v / n for name, v in totals.items()}
+    return world.mean_metrics(totals, n) if world is not None else {name: v / n for name, v in totals.items()}
 
 
 def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
@@ -399,6 +406,9 @@ class Trainer:
         self.base = Path(program.path).parent
         self.out = Path(out_dir) if out_dir else self.base / "runs" / self.name
         self.log = log or to_stderr
+        self.world = distributed.world()        # None unless launched as several processes (mpirun, srun)
+        if self.world is not None and self.world.rank:      # rank 0 reports and writes the files
+            self.log, progress, tensorboard = (lambda msg: None), "none", None
         self.quiet = progress == "none"
         self.display = make_display(progress, self.log)
         self.reporters = [self.display] + ([EventLog(tensorboard)] if tensorboard else [])
@@ -425,6 +435,12 @@ class Trainer:
 
     # -- run --
     def run(self, resume=False, engine=None) -> Result:
+        if self.world is None:
+            return self._run(resume, engine)
+        with self.world.failing_together():
+            return self._run(resume, engine)
+
+    def _run(self, resume, engine) -> Result:
         cfg, begun = self.cfg, time.time()
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
         n = len(next(iter(train.values())))
@@ -432,7 +448,12 @@ class Trainer:
         if stats and n == 1:
             raise DlcError(f"the training data has one example, but model {self.name} keeps batch statistics "
                            f"({', '.join(stats)}), which need two or more examples per batch", cfg.span("data"))
-        bounds = batch_bounds(n, cfg.batch, merge_single=bool(stats))
+        if self.world is not None:
+            self.world.check_batch(cfg.batch, 2 if stats else 1, cfg.span("batch"))
+            for name, arrays in (("training", train), ("validation", val), ("test", test)):
+                if arrays is not None:
+                    self.world.check_data(name, len(next(iter(arrays.values()))), cfg.span(name))
+        bounds = batch_bounds(n, cfg.batch, merge_single=bool(stats), ranks=self.world.size if self.world else 1)
         trainable = self.trainable()
         optimizer = make_optimizer(cfg.optimizer)
         schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), cfg.epochs, cfg.span("schedule"))
@@ -465,6 +486,8 @@ class Trainer:
         # optimizer state from the checkpoint where it has one, fresh for the rest
         opt_state = checkpoint.optimizer_state(path, saved_opt,
                                                optimizer.init({name: params[name] for name in trainable}))
+        if self.world is not None:
+            self.world.broadcast_state(params, opt_state)
 
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -477,8 +500,11 @@ class Trainer:
         # compiled once everything else is known to be right; a quiet run does not announce it (without a log,
         # make_engine prints a fallback's warning on stderr)
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
-                                       cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log)
+                                       cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log,
+                                       split=self.world is not None)
         interrupted = _Interrupt()
+        if self.world is not None:
+            engine = distributed.DataParallel(engine, self.world, interrupted, stats)
         stopped = "done"
         with interrupted, self.reporting():
             while epoch < cfg.epochs:
@@ -528,14 +554,20 @@ class Trainer:
                 self.write_history(history, plot=False)
                 if improved:
                     self.save("best.npz", params, opt_state, epoch, step, 0, history, stop)
+                if self.world is not None:
+                    self.world.await_writer()
                 if done:
                     stopped = "early stop"
                     self.say(f"early stop: {stop.monitor} did not improve for {stop.patience} epochs")
                     break
         # the best epoch of this run or of the one resumed; none yet after 0 epochs, whatever the folder holds
-        if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists():
+        if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists() and self.writes:
             params = checkpoint.load(self.out / "best.npz")[0]
+        if self.world is not None:      # rank 0 read best.npz
+            self.world.broadcast(params, "the end")
         self.write_history(history)
+        if self.world is not None:
+            self.world.await_writer()
         result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
         return Result(history, params, self.out, result, stopped, self.written)
 
@@ -547,6 +579,11 @@ class Trainer:
         return {**batch, first: datasets.augment(batch[first], rng, **self.augment_options)}
 
     # -- reporting and files --
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes checkpoints and history: rank 0 of a distributed run does."""
+        return self.world is None or self.world.rank == 0
+
     def progress(self, s: Step):
         """After every step: the display and the event log."""
         for reporter in self.reporters:
@@ -569,6 +606,8 @@ class Trainer:
 
     def save(self, name, params, opt_state, epoch, step, batch, history, stop, partial=None):
         """A checkpoint; `partial` holds the loss and metric sums of an epoch stopped after `batch`."""
+        if not self.writes:
+            return
         if name not in self.written:
             self.written.append(name)
         checkpoint.save(self.out / name, params, opt_state, {
@@ -579,7 +618,7 @@ class Trainer:
     def write_history(self, history: list, plot: bool = True):
         """history.json and history.csv (after every epoch, and when a run stops: at its end,
         on Ctrl-C, on a NaN loss), each replaced at once; history.png with `plot`."""
-        if not history:
+        if not history or not self.writes:
             return
         keys = list(dict.fromkeys(k for row in history for k in row))
         table = io.StringIO()
@@ -678,16 +717,24 @@ class EarlyStop:
 
 
 class _Interrupt:
-    """Ctrl-C asks the loop to stop after the current step instead of killing it mid-update."""
+    """Ctrl-C asks the loop to stop after the current step instead of killing it mid-update.
+    The ranks of a distributed run stop after the same step: `agreed` is then what they
+    agreed after the last one (runtime/distributed.py), and a Ctrl-C that came later
+    counts at the next."""
 
     def __init__(self):
-        self.requested = False
+        self.asked = False
+        self.agreed = None
+
+    @property
+    def requested(self) -> bool:
+        return self.asked if self.agreed is None else self.agreed
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.requested:      # a second Ctrl-C: stop now
+            if self.asked:          # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
-            self.requested = True
+            self.asked = True
         try:
             self.previous = signal.signal(signal.SIGINT, handler)
         except ValueError:          # not the main thread: no handler, plain KeyboardInterrupt
