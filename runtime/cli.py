@@ -416,7 +416,7 @@ def cmd_completion(args):
     from dlc.compiler.errors import optional_package
     shtab = optional_package("shtab", "completion", "dlc completion")
     p = parser()
-    for command in next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices.values():
+    for command in _commands(p).values():
         for action in command._actions:
             if action.dest == "file" or action.metavar in FILE_METAVARS:
                 action.complete = shtab.FILE
@@ -583,8 +583,6 @@ def parser() -> argparse.ArgumentParser:
     a.set_defaults(run=cmd_data_fetch)
     a = actions.add_parser("list", help="the data sets dlc fetches, their sizes and which are in the data folder")
     a.set_defaults(run=cmd_data_list)
-
-
     c = sub.add_parser("completion", help="print the shell completion script of dlc for bash or zsh (needs shtab)",
                        description='bash: eval "$(dlc completion bash)" in ~/.bashrc; zsh: dlc completion zsh > '
                                    '"${fpath[1]}/_dlc". The script needs the shtab package: pip install "dlc[completion]".')
@@ -595,13 +593,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _commands(p: argparse.ArgumentParser) -> dict:
+    """dlc's commands: name -> the command's parser."""
+    return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
 def _parse(argv) -> argparse.Namespace:
-    """The arguments; an unknown flag is a usage error of its command with the flag it may mean
-    (`--optimiser`: did you mean '--optimizer'?)."""
+    """The arguments; an unknown command or flag is a usage error with the one it may mean
+    (`trian`: did you mean 'train'?; `--optimiser`: did you mean '--optimizer'?)."""
     from dlc.compiler.errors import did_you_mean
-    args, unknown = parser().parse_known_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser()
+    first = next((a for a in argv if not a.startswith("-")), None)      # dlc's own flags take no value
+    if first is not None and first not in _commands(p):
+        p.error(f"unknown command '{first}'{did_you_mean(first, _commands(p))}")
+    args, unknown = p.parse_known_args(argv)
     if unknown:
-        command = getattr(args, "command_parser", None) or parser()
+        command = getattr(args, "command_parser", None) or p
         flag = next((u.partition("=")[0] for u in unknown if u.startswith("-")), "")
         flags = [s for action in command._actions for s in action.option_strings]
         command.error(f"unrecognized arguments: {' '.join(unknown)}{did_you_mean(flag, flags) if flag else ''}")

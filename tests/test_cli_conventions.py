@@ -98,6 +98,17 @@ def test_a_mistyped_flag_is_a_usage_error_of_its_command_with_a_did_you_mean(cap
     assert err.startswith(f"usage: dlc {argv[0]} ")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["trian", XOR], "dlc: error: unknown command 'trian'; did you mean 'train'?\n"),
+    (["--version", "xyz"], "dlc: error: unknown command 'xyz'\n"),
+])
+def test_a_mistyped_command_is_a_usage_error_with_a_did_you_mean(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: dlc [-h]") and err.endswith(message)
+
+
 @pytest.mark.parametrize("flag, value, message, caret", [
     ("--optimizer", "adma", "--optimizer:1:1: error: unknown optimizer 'adma'; did you mean 'adam'?", "    adma\n    ^^^^"),
     ("--optimizer", "adma(lr = 0.1)", "--optimizer:1:1: error: unknown optimizer 'adma'; did you mean 'adam'?",
