@@ -48,13 +48,13 @@ import numpy as np
 
 import dlc
 from dlc.compiler.errors import DlcError, did_you_mean
+from dlc.runtime.progress import REDRAW_S, duration, terminal_width
 
 __all__ = ["KNOWN", "Known", "Remote", "SPLITS", "known", "data_dir", "converted", "fetch", "listing", "hint",
            "progress_line"]
 
 CHUNK = 1 << 16
 TIMEOUT_S = 30              # for connecting and for each read
-REDRAW_S = 0.1              # the progress line is redrawn at most ten times a second
 SPLITS = ("train", "test")
 
 
@@ -383,7 +383,7 @@ class _Progress:
         if not self.live or (now - self.drawn < REDRAW_S and done < self.total):
             return
         self.drawn = now
-        width = shutil.get_terminal_size((80, 24)).columns - 1
+        width = terminal_width(sys.stderr) - 1
         sys.stderr.write("\r" + progress_line(self.name, done, self.total, now - self.started, done - self.start,
                                               width))
         sys.stderr.flush()
@@ -402,8 +402,7 @@ def progress_line(name: str, done: int, total: int, elapsed: float, fresh: int, 
     rate = fresh / elapsed if elapsed > 0 else 0.0
     left = (total - done) / rate if rate > 0 else None
     parts = [f"[{'#' * (20 * done // max(total, 1)):<20}]", f"{done / 1e6:.1f}/{total / 1e6:.1f} MB",
-             f"{rate / 1e6:.1f} MB/s", "" if left is None else
-             f"eta {int(left) // 60}m{int(left) % 60:02d}s" if left >= 100 else f"eta {int(left)}s"]
+             f"{rate / 1e6:.1f} MB/s", "" if left is None else f"eta {duration(left)}"]
     tail = parts[0]
     for part in parts[1:]:
         if part and len(name) + len(tail) + len(part) + 4 <= width:
