@@ -26,6 +26,10 @@ over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost. Edge 
 use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators) and
 `AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it).
 
+An operand B that many products share (a recurrent weight, at every step of a scan) can
+be packed once by `add_pack` into K-long NR-wide panels; the `packed` routines take that
+copy as one more argument and skip packing B.
+
 Threads: work is split with libgomp's GOMP_parallel — over the batch when there are
 enough matrices, else over N when M ≤ N, else over M, in whole tiles — and each thread
 packs into its own buffers, so no barriers are needed. Below `serial_below`
