@@ -58,8 +58,6 @@ def host_cpu() -> tuple[str, str]:
         wide = ("+avx512", "+amx", "+evex512", "+avx10")
         cpu = "x86-64-v3"
         features = ",".join("-" + f[1:] if f.startswith(wide) else f for f in features.split(","))
-    elif "+avx512f" in features.split(","):
-        features += ",-prefer-256-bit"
     return cpu, features
 
 

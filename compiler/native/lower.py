@@ -473,12 +473,13 @@ def _scan(lw, n, ins, attrs, typ):
     # each per-step output has a stacked buffer; a value the body computes into memory
     # is written at its place there (Lowering.place), any other is copied there at the end
     stacked, places = [], []
+    carried = {y.key() for y in results[:nc]}
     for y, axis, out in zip(results[nc:], ys_axes, outs[nc:]):
         buf = lw.p.buffer(out.dtype, numel(out.shape), "temp")
         full = row_major(out.shape)
         places.append(Load(buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1:]), out.dtype))
         stacked.append(contiguous(buf.id, out.shape, out.dtype))
-        if y.key() not in sub.slots and y.key() not in {c.key() for c in results[:nc]}:
+        if y.key() not in sub.slots and y.key() not in carried:
             sub.slots[y.key()] = places[-1]
     for m in body.order():
         sub.node(m)
