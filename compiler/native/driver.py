@@ -22,14 +22,12 @@ from llvmlite import ir
 from dlc.compiler.native import kernels
 from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.fpmode import subnormals_flushed
-from dlc.compiler.native.gemm import gemm_name
+from dlc.compiler.native.gemm import PACK_TYPE, gemm_name, gemm_type, pack_name
 from dlc.compiler.native.parallel import parallel_map
 from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
-                      ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
-from dlc.compiler.native.types import f32, i8, i32, i64
+                      PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.types import i8, i32, i64
 from dlc.compiler.native.update import exact_rounding
-
-GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + [i64, i64])
 
 
 @dataclass
@@ -53,10 +51,14 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     flag = fault_flag(module)       # the engine clears it before a call and reads it after
     sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
     driver = ir.Function(module, sig, name)
-    gemms: dict = {}
     numbered: list = []
     functions: dict = {}    # kernel number -> the name of its function
     alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
+
+    def library(name: str, fnty: ir.FunctionType) -> ir.Function:
+        """A routine of the GEMM library (runtime/cache.py), declared here."""
+        fn = module.globals.get(name)
+        return fn if fn is not None else ir.Function(module, fnty, name)
 
     def kernel(k, depth: int, prog: KernelProgram = prog, exact: bool = False) -> tuple:
         """(its function, the entries of `prog` behind its argument slots, its profile
@@ -91,14 +93,17 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         elif isinstance(k, SmallGemmKernel):
             kernels.small_gemm(kb, k)
         elif isinstance(k, GemmKernel):
-            key = (k.trans_a, k.trans_b)
-            if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here
-                gemms[key] = ir.Function(module, GEMM_TYPE, gemm_name(*key, False))
+            packed = k.packed is not None
             args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
             for bid, off, ld, stride in (k.a, k.b, k.c):
                 args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
-            args += [kb.dim(k.batch), fn.args[2]]
-            kb.b.call(gemms[key], args)
+            args += [kb.dim(k.batch), fn.args[2]] + ([kb.buffer(k.packed, "f32")] if packed else [])
+            kb.b.call(library(gemm_name(k.trans_a, k.trans_b, False, packed), gemm_type(packed)), args)
+        elif isinstance(k, PackKernel):
+            bid, off, ld = k.b
+            kb.b.call(library(pack_name(k.trans_b), PACK_TYPE),
+                      [kb.dim(k.k), kb.dim(k.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld),
+                       kb.buffer(k.out, "f32")])
         elif isinstance(k, ScanKernel):
             kernels.scan_loop(kb, k, prog, lambda b: calls(b, body, fn.args))
         kb.finish()
