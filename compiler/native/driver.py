@@ -24,7 +24,7 @@ from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.fpmode import subnormals_flushed
 from dlc.compiler.native.gemm import gemm_name
 from dlc.compiler.native.parallel import parallel_map
-from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import f32, i8, i32, i64
 from dlc.compiler.native.update import exact_rounding
@@ -90,6 +90,8 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             kernels.maxpool_grad(kb, k, prog)
         elif isinstance(k, SmallGemmKernel):
             kernels.small_gemm(kb, k)
+        elif isinstance(k, HostCallKernel):
+            kernels.host_call(kb, k, prog)
         elif isinstance(k, GemmKernel):
             key = (k.trans_a, k.trans_b)
             if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here

@@ -19,7 +19,7 @@ from dlc.compiler.dims import Dim, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.primitives import PRIMITIVES
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, FusedMapKernel, Gather, GemmKernel, Guarded, HostCallKernel, Index,
                       KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, Random, ReduceKernel, ScanKernel,
                       ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves, remap, row_major)
 
@@ -373,6 +373,15 @@ def _matmul(lw, n, ins, attrs, typ):
     k = a.shape[-2] if attrs["ta"] else a.shape[-1]
     batch = numel(typ.shape[:-2])
     lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], (buf.id, 0, nn, m * nn), ta, tb, node=n))
+    lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+
+
+@register_lowering("replica_mean", floats=("f32",))
+def _replica_mean(lw, n, ins, attrs, typ):
+    """A copy of x, which the host then averages over the ranks in place."""
+    buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
+    lw.emit(MapKernel(typ.shape, buf.id, Affine(0, row_major(typ.shape)), lw.use(ins[0]), node=n))
+    lw.emit(HostCallKernel(lw.p.host("replica_mean").id, buf.id, node=n))
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
 
