@@ -36,6 +36,7 @@ from dlc.runtime.optim import Optimizer
 # a host function a HostCallKernel calls: (an f32 buffer, its element count); ctypes takes the GIL
 HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
 
+
 class Executable:
     """One lowered graph, compiled; owns the buffers of every batch shape it has seen.
     `resident` gives the bytes, by part (runtime/budget.py), of the arrays the engine
