@@ -42,7 +42,8 @@ class Executable:
     `resident` gives the bytes, by part (runtime/budget.py), of the arrays the engine
     keeps for it (parameters, gradients, optimizer state); by default the parameters
     it is given at each call. `hosts`: the host functions its HostCallKernels call, by
-    name, each given the buffer as an array to rewrite in place."""
+    name, each given the buffer as an array to rewrite in place; one not given leaves the
+    buffer as it is (replica_mean in one process: the identity)."""
 
     def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
                  hosts: dict | None = None):
@@ -84,13 +85,12 @@ class Executable:
         """The C function of host function `name`. An exception cannot cross a ctypes
         callback (it would be printed and the step would go on): it is kept and raised
         once the native call returns."""
-        if name not in hosts:
-            raise DlcError(f"{self.what} calls the host function {name}, which only a data-parallel run gives")
-        function = hosts[name]
+        function = hosts.get(name)
 
         def call(data, n):
             try:
-                function(np.ctypeslib.as_array(data, (n,)))
+                if function is not None:
+                    function(np.ctypeslib.as_array(data, (n,)))
             except BaseException as e:
                 self.host_error = self.host_error or e
         return HOST_CALL(call)
