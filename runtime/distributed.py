@@ -10,6 +10,9 @@ every rank. The loss and metrics of the step, the batch statistics a step update
 (batchnorm's running mean and variance, averaged) and a stop flag (Ctrl-C on any rank)
 travel in a second, small allreduce. Rank 0's parameters and optimizer state are
 broadcast before the first step, so the ranks start identical and stay so.
+With `sync_batchnorm = true` the train model holds replica_mean (batchnorm's statistics
+over the global batch): the engine calls `ReplicaMean`, an allreduce in the middle of the
+step, weighted like the gradients.
 
 Every collective is nonblocking and waited for with a deadline (`World.wait`): a rank
 that died or hangs makes the others stop with an error naming the collective, then
