@@ -126,6 +126,20 @@ def stop_gradient(ev, x):
     return x.graph.add1("stop_gradient", [x])
 
 
+@builtin()
+def replica_mean(ev, x):
+    """The mean of x over the ranks whose batch statistics are synchronized
+    (docs/distributed.md); x itself otherwise, so that nothing is added to the graph."""
+    x = _tensor(ev, x)
+    return x.graph.add1("replica_mean", [x]) if ev.replicas > 1 else x
+
+
+@builtin()
+def replicas(ev):
+    """How many ranks replica_mean averages over: 1 unless statistics are synchronized."""
+    return ev.replicas
+
+
 @builtin("float")
 def float_(ev, x):
     return float(x) if isinstance(x, (int, float)) else ops.cast(_tensor(ev, x), "f32")

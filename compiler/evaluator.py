@@ -31,9 +31,10 @@ MAX_ITEMS = 1_000_000
 
 # ---- the evaluator ---------------------------------------------------------------------------
 class Evaluator:
-    def __init__(self, globals_: Env, training: bool):
+    def __init__(self, globals_: Env, training: bool, replicas: int = 1):
         self.globals = globals_
         self.training = training
+        self.replicas = replicas        # ranks whose batch statistics are one (sync_batchnorm), else 1
         self.budget = NodeBudget()         # the nodes this build may still make, in all its graphs
         self.forward = Graph("forward", budget=self.budget)
         self.graph = self.forward          # the graph nodes go into: the forward graph, a scan body, the init graph

@@ -48,9 +48,11 @@ class Program:
         return self.models[name]
 
     @collector_paused()
-    def build(self, name: str | None = None, training: bool = True) -> Model:
+    def build(self, name: str | None = None, training: bool = True, replicas: int = 1) -> Model:
+        """`replicas`: the ranks of a data-parallel run whose batch statistics are computed
+        over the global batch (`sync_batchnorm = true`); 1 leaves replica_mean out."""
         decl = self.model_decl(name)
-        ev = Evaluator(self.globals, training)
+        ev = Evaluator(self.globals, training, replicas)
         return ev.build(decl, self.trains.get(decl.name))
 
 

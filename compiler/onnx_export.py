@@ -47,6 +47,7 @@ NOT_EXPORTABLE = {
     "maxpool2d_grad": "a gradient: it occurs only in the gradient graph",
     "avgpool2d_grad": "a gradient: it occurs only in the gradient graph",
     "scatter_add": "the gradient of gather: it occurs only in the gradient graph",
+    "replica_mean": "data-parallel training only (sync_batchnorm): an evaluation graph never holds it",
 }
 
 # (builder, node, operand names, **attrs) -> the names of the node's outputs

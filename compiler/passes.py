@@ -72,8 +72,10 @@ def _rewrite(graph: Graph, n: int, rule) -> bool:
 class _Folding:
     """What a primitive's impl may ask for while folding: floats are computed in double
     precision and rounded once, where used, to the float width of the run (as the
-    frontend's own constants are)."""
+    frontend's own constants are). A constant is the same on every rank, so its replica
+    mean is itself."""
     steps = ()
+    replicas = None
 
     def np_dtype(self, dtype: str):
         return np.float64 if dtype in FLOAT_DTYPES else DTYPES[dtype]

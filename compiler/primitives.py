@@ -504,6 +504,22 @@ def _scatter_add(ctx, xs, shape):
     return [out]
 
 
+# ---- across replicas ---------------------------------------------------------------------------
+def _replica_mean_vjp(n, g):
+    """Each rank's loss is weighted by its share w_r and the gradients are summed; the
+    adjoint of v_r is then sum_s w_s g_s: the replica mean of the adjoints (docs/distributed.md)."""
+    return [ops.graph_of(g[0]).add1("replica_mean", [g[0]])]
+
+
+@primitive("replica_mean", "opaque", _unary_type, _replica_mean_vjp, _elementwise_flops, dtypes=FLOAT_DTYPES)
+def _replica_mean(ctx, xs):
+    """The mean of x over the ranks of a data-parallel run, each weighted by its share of
+    the global batch (`ctx.replicas`, runtime/distributed.py); x itself in one process."""
+    if ctx.replicas is None:
+        return [xs[0]]
+    return [ctx.replicas(np.array(xs[0], copy=True))]
+
+
 # ---- reductions -----------------------------------------------------------------------------
 def _reduce_type(ctx, types, axes):
     x = types[0]

@@ -10,6 +10,9 @@ every rank. The loss and metrics of the step, the batch statistics a step update
 (batchnorm's running mean and variance, averaged) and a stop flag (Ctrl-C on any rank)
 travel in a second, small allreduce. Rank 0's parameters and optimizer state are
 broadcast before the first step, so the ranks start identical and stay so.
+With `sync_batchnorm = true` the train model holds replica_mean (batchnorm's statistics
+over the global batch): the engine calls `ReplicaMean`, an allreduce in the middle of the
+step, weighted like the gradients.
 
 Every collective is nonblocking and waited for with a deadline (`World.wait`): a rank
 that died or hangs makes the others stop with an error naming the collective, then
@@ -194,6 +197,19 @@ class World:
                            f"{', '.join(f'{s:08x}' for s in sums)}): this is a bug in dlc")
 
 
+class ReplicaMean:
+    """replica_mean (compiler/primitives.py) in a step of a data-parallel run: each rank's
+    values weighted by its share of the global batch, summed over the ranks, in place.
+    The weights are the gradients' (DataParallel), so a last batch split unevenly is exact."""
+
+    def __init__(self, world: World):
+        self.world, self.share, self.step = world, 1.0, 0
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        values *= self.share
+        return self.world.sum(values, f"step {self.step} (replica_mean)")
+
+
 class DataParallel:
     """An engine for the trainer whose train step runs on this rank's slice of the global
     batch (the split step of `engine`, gradients averaged over the ranks); `interrupted`
@@ -204,6 +220,7 @@ class DataParallel:
     def __init__(self, engine, world: World, interrupted, statistics: list):
         self.engine, self.world, self.interrupted, self.statistics = engine, world, interrupted, statistics
         self.steps = 0
+        self.replicas = engine.replicas = ReplicaMean(world)     # used by a model built with sync_batchnorm
         getattr(engine, "eval_exe", None)       # compiled now, not at the first evaluation (a collective)
         world.barrier("the start (compiling)", COMPILE_TIMEOUT_S)
 
@@ -212,6 +229,7 @@ class DataParallel:
         n = len(next(iter(batch.values())))
         lo, hi = w.shard(n)
         weight = np.float32((hi - lo) / n)
+        self.replicas.share, self.replicas.step = float(weight), step
         # dropout draws from (seed, step * K + rank): its own stream per rank and step
         seed, count = (int(k) for k in np.asarray(key).ravel())
         key = np.array([seed, count * w.size + w.rank], np.int32)

@@ -31,6 +31,7 @@ class ReferenceEngine:
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.trainable = trainable or []
         self.checked: set = set()       # (graph, sizes) whose memory was checked
+        self.replicas = None            # replica_mean of a data-parallel run (runtime/distributed.py)
 
     def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
         """One optimizer step on a batch, in place; returns the loss and metrics."""
@@ -78,7 +79,7 @@ class ReferenceEngine:
                     "optimizer state": sum(np.asarray(a).nbytes for a in state)}
             budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
             self.checked.add(key)
-        return interpreter.run(graph, feeds, params)
+        return interpreter.run(graph, feeds, params, replicas=self.replicas)
 
 
 def _scalars(out: dict) -> dict:

@@ -11,10 +11,12 @@ from dlc.compiler.primitives import PRIMITIVES
 
 
 class Eval:
-    """What a primitive's impl may ask for while a graph runs."""
+    """What a primitive's impl may ask for while a graph runs. `replicas`: the replica mean
+    of a data-parallel run (runtime/distributed.py), None in one process."""
 
-    def __init__(self, feeds: dict, params: dict, sizes: dict, float_dtype: str):
+    def __init__(self, feeds: dict, params: dict, sizes: dict, float_dtype: str, replicas=None):
         self.feeds, self.params, self.sizes, self.float_dtype = feeds, params, sizes, float_dtype
+        self.replicas = replicas
         self.args: list = []
         self.steps: tuple = ()           # the indices of the enclosing scan steps
 
@@ -161,14 +163,16 @@ def _graphs(graph: Graph):
         yield from _graphs(graph.attrs(n)["body"])
 
 
-def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32", sizes: dict | None = None) -> dict:
+def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32", sizes: dict | None = None,
+        replicas=None) -> dict:
     """Evaluate a graph; returns its named outputs as numpy arrays. Every float value is
-    computed in `float_dtype`, or, with None, in the dtype the graph gives it."""
+    computed in `float_dtype`, or, with None, in the dtype the graph gives it. `replicas`
+    computes replica_mean (Eval)."""
     all_sizes = bind_sizes(graph, feeds)
     all_sizes.update(sizes or {})
     feeds = _cast_all(graph, "input", feeds, float_dtype)
     params = _cast_all(graph, "param", params, float_dtype)
-    ctx = Eval(feeds, params, all_sizes, float_dtype)
+    ctx = Eval(feeds, params, all_sizes, float_dtype, replicas)
     with np.errstate(all="ignore"):       # inf and nan are values here; callers decide what they mean
         values = ctx._run(graph)
     return {name: values[t.key()] for name, t in graph.outputs.items()}

@@ -33,15 +33,20 @@ from dlc.runtime.engine import _scalars, predict_graph
 from dlc.runtime.interpreter import bind_sizes
 from dlc.runtime.optim import Optimizer
 
+# a host function a HostCallKernel calls: (an f32 buffer, its element count); ctypes takes the GIL
+HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
 
 
 class Executable:
     """One lowered graph, compiled; owns the buffers of every batch shape it has seen.
     `resident` gives the bytes, by part (runtime/budget.py), of the arrays the engine
     keeps for it (parameters, gradients, optimizer state); by default the parameters
-    it is given at each call."""
+    it is given at each call. `hosts`: the host functions its HostCallKernels call, by
+    name, each given the buffer as an array to rewrite in place; one not given leaves the
+    buffer as it is (replica_mean in one process: the identity)."""
 
-    def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None):
+    def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
+                 hosts: dict | None = None):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
@@ -71,8 +76,24 @@ class Executable:
         if self.arguments.size and not (0 <= self.arguments.min() and self.arguments.max() < self.entries):
             raise DlcError(f"the compile cache in {cache.cache_dir()} holds a bad entry for {self.what}: "
                            "delete the directory")
+        self.host_error = None
+        self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.kind == "host"}
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
+
+    def _host(self, name: str, hosts: dict):
+        """The C function of host function `name`. An exception cannot cross a ctypes
+        callback (it would be printed and the step would go on): it is kept and raised
+        once the native call returns."""
+        function = hosts.get(name)
+
+        def call(data, n):
+            try:
+                if function is not None:
+                    function(np.ctypeslib.as_array(data, (n,)))
+            except BaseException as e:
+                self.host_error = self.host_error or e
+        return HOST_CALL(call)
 
     def cycles(self) -> np.ndarray:
         """Cycles spent in each kernel since the last call (profiling builds only)."""
@@ -93,7 +114,7 @@ class Executable:
             temps = views(self.plans[key], self.program)
             arrays = []
             for b in self.program.buffers:
-                if b.id in fixed:
+                if b.id in fixed or b.kind == "host":
                     arrays.append(None)
                 elif b.kind == "const":
                     arrays.append(np.ascontiguousarray(b.data))
@@ -103,6 +124,8 @@ class Executable:
                     arrays.append(np.zeros(max(1, int(concrete(b.size, sizes))), DTYPES[b.dtype]))
             table = np.zeros(self.entries, np.uint64)
             table[:self.checks] = [0 if a is None else a.ctypes.data for a in arrays]
+            for bid, function in self.hosts.items():
+                table[bid] = ctypes.cast(function, ctypes.c_void_p).value
             table[self.checks:self.extras] = np.arange(1, self.extras - self.checks + 1)
             dims = (ctypes.c_int64 * max(1, len(key)))(*key)
             lay = self.layouts[key] = (arrays, table, dims)
@@ -142,6 +165,9 @@ class Executable:
         args = table[self.arguments]        # each kernel's argument slots
         self.fault.value = 0
         self.fn(args.ctypes.data, dims, threads())
+        if self.host_error is not None:
+            error, self.host_error = self.host_error, None
+            raise error
         if self.fault.value:
             what, count, span = self.program.faults[self.fault.value - 1]
             raise DlcError.at_user_line(f"{what}: index out of range [0, {concrete(count, sizes)})", span)
@@ -200,6 +226,7 @@ class NativeEngine:
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
         self.train_exe = None
+        self.replicas = None        # replica_mean of a data-parallel run (runtime/distributed.py)
         if optimizer is not None:
             slots = len(optimizer.slots())
             budget.require_model(train_model, self.trainable, slots)      # before anything is allocated
@@ -216,13 +243,20 @@ class NativeEngine:
             resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
                         "optimizer state": sum(a.nbytes for a in self.state.values())}
             update = self._update_program()
-            self.train_exe = Executable(step, update=None if split else update, profile=profile, resident=resident)
+            self.train_exe = Executable(step, update=None if split else update, profile=profile, resident=resident,
+                                        hosts={"replica_mean": self._replica_mean})
             self.update_call = UpdateCall(update, self.update_arrays) if split and update is not None else None
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
         if optimizer is None:      # an inference engine: fail now, not at the first batch, if it cannot compile
             lower(eval_model.graph)
+
+    def _replica_mean(self, values: np.ndarray):
+        """replica_mean's host call: `values` averaged over the ranks in place (the identity
+        in one process, where the graph has no replica_mean unless built for ranks)."""
+        if self.replicas is not None:
+            self.replicas(values)
 
     def train_memory(self) -> dict:
         """Bytes by part (runtime/budget.py PARTS) that training holds at the batch shape it

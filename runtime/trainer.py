@@ -59,6 +59,7 @@ class TrainConfig:
     seed: int = 0
     shuffle: bool = True
     augment: object = None
+    sync_batchnorm: bool = False
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
@@ -137,8 +138,9 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
             raise DlcError(f"{name} must be a number >= 0, got {config.show(v)}", cfg.span(name))
-    if not isinstance(cfg.shuffle, bool):
-        raise DlcError(f"shuffle must be true or false, got {config.show(cfg.shuffle)}", cfg.span("shuffle"))
+    for name in ("shuffle", "sync_batchnorm"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise DlcError(f"{name} must be true or false, got {config.show(getattr(cfg, name))}", cfg.span(name))
     if cfg.init_from is not None and not isinstance(cfg.init_from, str):
         raise DlcError("init_from takes a checkpoint path in quotes", cfg.span("init_from"))
     make_optimizer(cfg.optimizer)
@@ -407,6 +409,8 @@ class Trainer:
         self.out = Path(out_dir) if out_dir else self.base / "runs" / self.name
         self.log = log or to_stderr
         self.world = distributed.world()        # None unless launched as several processes (mpirun, srun)
+        if self.world is not None and self.cfg.sync_batchnorm:     # batch statistics over the global batch
+            self.train_model = program.build(model_name, training=True, replicas=self.world.size)
         if self.world is not None and self.world.rank:      # rank 0 reports and writes the files
             self.log, progress, tensorboard = (lambda msg: None), "none", None
         self.quiet = progress == "none"

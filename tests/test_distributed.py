@@ -75,6 +75,26 @@ train bn {
 }
 """
 
+# batchnorm after a convolution without bias (a bias before batchnorm has no gradient, only
+# rounding noise, which Adam would amplify); 1527 training examples: a last batch of 55, split 28/27
+SYNC_CNN = """model cnn {
+    input  x: f32[B, 1, 8, 8]
+    target y: i32[B]
+    h = x |> conv2d(8, 3, padding = "same", bias = false) |> batchnorm |> relu |> maxpool2d(2)
+    logits = h |> flatten |> dense(10)
+    loss   sparse_cross_entropy(logits, y)
+    metric accuracy = accuracy(logits, y)
+}
+train cnn {
+    data = digits()
+    test = split(0.15)
+    batch = 64
+    epochs = 1
+    optimizer = adam(lr = 3e-3)
+    sync_batchnorm = true
+}
+"""
+
 
 def digits_cnn_without_dropout() -> str:
     """The digits CNN (with its augmentation) minus its dropout."""
@@ -154,6 +174,67 @@ def test_a_last_batch_too_small_to_share_joins_the_one_before():
     assert batch_bounds(12, 4, merge_single=True, ranks=2) == [(0, 4), (4, 8), (8, 12)]
 
 
+
+def test_sync_batchnorm_in_one_process_compiles_what_it_compiles_without(tmp_path):
+    """One process: sync_batchnorm = true builds no replica_mean, and the train step's
+    kernel program is the one without the setting."""
+    from dlc.compiler.loader import load
+    from dlc.compiler.native.lower import lower
+    from dlc.compiler.native.render import program
+    from dlc.compiler.passes import optimize
+    from dlc.compiler.autodiff import train_step
+    from dlc.runtime.trainer import Trainer
+    kernels = []
+    for text in (SYNC_CNN, SYNC_CNN.replace("sync_batchnorm = true", "")):
+        trainer = Trainer(load(str(model_file(tmp_path, text))), None, {}, tmp_path / "out")
+        kernels.append(program(lower(optimize(train_step(trainer.train_model.graph)))))
+    assert trainer.cfg.sync_batchnorm is False and "replica_mean" not in kernels[0]
+    assert kernels[0] == kernels[1]
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_replica_mean_calls_the_engines_replicas(backend):
+    """A model built for 2 ranks, in one process with a stand-in for the other rank: both
+    engines call it for the batch statistics and their gradients (the native one from its
+    step, through a host call) and agree; an error in it stops the step."""
+    from dlc.compiler.errors import DlcError
+    from dlc.compiler.loader import load_text
+    from dlc.runtime.backends import make_engine
+    from dlc.runtime.config import Call
+    from dlc.runtime.optim import make_optimizer
+    from dlc.runtime.trainer import initial_parameters
+    prog = load_text(SYNC_CNN, "cnn.dl")
+    train, ev = prog.build(training=True, replicas=2), prog.build(training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.standard_normal((6, 1, 8, 8), dtype=np.float32), "y": rng.integers(0, 10, 6).astype(np.int32)}
+    opt = make_optimizer(Call("adam", [], {"lr": 1e-2}))
+    engine = make_engine(backend, train, ev, opt, trainable, split=True)
+    calls = []
+
+    def other_rank(values):        # the other rank holds values + 1; equal shares
+        calls.append(values.size)
+        values += 0.5
+        return values
+    engine.replicas = other_rank
+    params = initial_parameters(train, 0)
+    values, grads = engine.gradients(params, opt.init({n: params[n] for n in trainable}), batch, np.zeros(2, np.int32))
+    assert calls == [8, 8, 1, 8, 8]         # mean, variance, count; the gradients of the variance and mean
+    reference = make_engine("reference", train, ev, opt, trainable)
+    reference.replicas = other_rank
+    params = initial_parameters(train, 0)
+    expected, expected_grads = reference.gradients(params, opt.init({n: params[n] for n in trainable}), batch,
+                                                   np.zeros(2, np.int32))
+    assert values["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    np.testing.assert_allclose(grads, expected_grads, rtol=1e-4, atol=1e-6)
+
+    def failing(values):
+        raise DlcError("no answer from the other ranks")
+    engine.replicas = failing
+    with pytest.raises(DlcError, match="no answer from the other ranks"):
+        engine.gradients(params, opt.init({n: params[n] for n in trainable}), batch, np.zeros(2, np.int32))
+
+
 # ---- two ranks -------------------------------------------------------------------------------------
 @needs_mpi
 @pytest.mark.parametrize("name, text", [("mlp", MLP), ("cnn", None), ("lstm", LSTM)])
@@ -202,6 +283,26 @@ def test_batch_statistics_are_per_rank_and_the_ranks_stay_identical(tmp_path):
     saved = checkpoint_arrays(tmp_path / "run" / "last.npz")
     var = next(v for k, v in saved.items() if k.endswith("running_var") or k.endswith(".var"))
     assert np.all(np.isfinite(var)) and not np.allclose(var, 1.0)
+
+
+@needs_mpi
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_sync_batchnorm_trains_as_one_process(tmp_path, backend):
+    """sync_batchnorm = true: 2 ranks normalize with the statistics of the global batch, so
+    24 steps (the last batch split 28/27) give one process's losses, running statistics
+    and parameters; per-rank statistics (the default) do not."""
+    synced = model_file(tmp_path, SYNC_CNN)
+    one = dlc_train([synced, "--backend", backend, "--out", tmp_path / "one"])
+    two = dlc_train([synced, "--backend", backend, "--out", tmp_path / "two"], ranks=2)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert _meta(tmp_path / "two" / "last.npz")["step"] >= 20
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    if backend == "native":     # the check can fail: without sync_batchnorm the runs differ
+        per_rank = model_file(tmp_path, SYNC_CNN.replace("sync_batchnorm = true", "sync_batchnorm = false"), "b.dl")
+        r = dlc_train([per_rank, "--out", tmp_path / "per_rank"], ranks=2)
+        assert r.returncode == 0, r.stderr
+        with pytest.raises(AssertionError):
+            assert_same_run(tmp_path / "one", tmp_path / "per_rank")
 
 
 @needs_mpi

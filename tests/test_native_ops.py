@@ -385,6 +385,8 @@ PRIMS = {
                             ops=("gather", "scatter_add")),
     "scatter_add": Prim({"idx": i32(B, 2, sample=integers(0, 13)), "upd": f32(B, 2, D)}, gather_scatter,
                         ops=("scatter_add", "gather")),
+    # one process: the identity, through the host call (tests/test_distributed.py: ranks)
+    "replica_mean": Prim({"x": f32(B, D)}, lambda g, t: g.add1("replica_mean", [g.add1("exp", [t["x"]])])),
     # reductions
     "reduce_sum-last": reduce("reduce_sum", (1,)),
     "reduce_sum-first": reduce("reduce_sum", (0,)),

@@ -9,6 +9,7 @@ A few tests also check forward values against plain numpy.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import pytest
@@ -16,11 +17,12 @@ import pytest
 from dlc.compiler import ops
 from dlc.compiler.autodiff import train_step
 from dlc.compiler.graph import TensorType
+from dlc.compiler.loader import load_text
 from dlc.runtime import gradcheck as gc
 from dlc.runtime import interpreter
 
-from numeric_helpers import (F64, build, check_graph_gradient, forward, gradients, graph_with_params, ops_in,
-                             rel_error, weighted_sum_loss)
+from numeric_helpers import (F64, build, check_graph_gradient, forward, gradients, graph_with_params, numeric_grad,
+                             ops_in, rel_error, weighted_sum_loss)
 
 
 def rng(seed=0):
@@ -604,3 +606,84 @@ def test_gradients_are_float64_accurate():
     R = np.random.default_rng(123).standard_normal(x.shape)
     assert rel_error(grads["grad:x"], R * np.exp(x)) < 1e-12
     assert rel_error(grads["grad:x"], R * np.exp(x) * 1.001) > 1e-4
+
+
+
+# ---- replica_mean: K data-parallel replicas, emulated in K threads ---------------------------------------
+class ThreadReplicas:
+    """replica_mean among K threads that each run the graph on their slice of a batch: each
+    thread's value, weighted by its share of the batch, summed over the threads (an
+    allreduce, as runtime/distributed.py ReplicaMean does over MPI)."""
+
+    def __init__(self, shares: list):
+        self.shares, self.values = shares, [None] * len(shares)
+        self.barrier = threading.Barrier(len(shares))
+
+    def of(self, rank: int):
+        def mean(values):
+            self.values[rank] = values * self.shares[rank]
+            self.barrier.wait()
+            total = sum(self.values)
+            self.barrier.wait()         # every thread has read the values before any writes its next ones
+            values[...] = total
+            return values
+        return mean
+
+
+def run_replicas(graph, feeds: dict, params: dict, sizes: list) -> list:
+    """The outputs of each of len(sizes) replicas, replica r on its rows of the feeds."""
+    bounds = np.cumsum([0] + sizes)
+    replicas = ThreadReplicas([s / bounds[-1] for s in sizes])
+    outs = [None] * len(sizes)
+
+    def run(r):
+        part = {k: v[bounds[r]:bounds[r + 1]] for k, v in feeds.items()} | {"rng": np.array([0, 1], np.int32)}
+        outs[r] = interpreter.run(graph, part, params, float_dtype=F64, replicas=replicas.of(r))
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(len(sizes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(o is not None for o in outs), "a replica failed"
+    return outs
+
+
+SYNC_BN = """model m {
+    input  x: f32[B, 3, 2, 2]
+    target y: f32[B, 2]
+    h = x |> conv2d(4, 1, bias = false) |> batchnorm |> tanh |> flatten
+    loss mse(dense(h, 2), y)
+}"""
+
+
+def test_replica_mean_gradient_with_emulated_replicas():
+    """batchnorm built for 2 replicas (sync_batchnorm), on slices of 5 and 3 examples: the
+    replicas' losses weighted by their shares, their statistics and their weighted
+    gradients are one process's on the 8 examples, and the gradient matches central
+    differences of the weighted loss (replica_mean's VJP, unequal shares included)."""
+    synced, alone = load_text(SYNC_BN, "m.dl").build(training=True, replicas=2), build(SYNC_BN)
+    assert sum(synced.graph.op(n) == "replica_mean" for n in synced.graph.g.nodes) == 3     # mean, variance, count
+    assert "replica_mean" not in ops_in(alone.graph)
+    r = rng(11)
+    params = {p.name: r.standard_normal(p.type.shape) if p.trainable else np.ones(p.type.shape) for p in alone.params}
+    feeds = {"x": r.standard_normal((8, 3, 2, 2)), "y": r.standard_normal((8, 2))}
+    sizes = [5, 3]
+
+    def weighted(outs, key):
+        return sum(size / 8 * o[key] for size, o in zip(sizes, outs))
+    outs = run_replicas(train_step(synced.graph), feeds, params, sizes)
+    whole = gradients(alone, feeds, params)
+    assert weighted(outs, "loss") == pytest.approx(float(whole["loss"]), rel=1e-12)
+    updates = [k for k in whole if k.startswith("update:")]
+    assert len(updates) == 2            # running mean and variance: the global batch's on every replica
+    for key in updates:
+        for o in outs:
+            np.testing.assert_allclose(o[key], whole[key], rtol=1e-12, err_msg=key)
+    trainable = {p.name: params[p.name] for p in alone.params if p.trainable}
+    numeric = numeric_grad(lambda work: float(weighted(run_replicas(synced.graph, feeds, params | work, sizes), "loss")),
+                           trainable)
+    for name in trainable:
+        analytic = weighted(outs, f"grad:{name}")
+        np.testing.assert_allclose(analytic, whole[f"grad:{name}"], rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(analytic, numeric[name], rtol=1e-6, atol=1e-8, err_msg=name)
+        assert np.abs(analytic).max() > 1e-4, name

@@ -91,6 +91,7 @@ BAD_SETTINGS = [
     ("test = split(1.5)", "1.5", "'fraction' must be less than 1"),
     ("validation = 0", "validation", "'fraction' must be positive"),
     ("shuffle = 2", "shuffle", "shuffle must be true or false"),
+    ("sync_batchnorm = 1", "sync_batchnorm", "sync_batchnorm must be true or false"),
     ("l2 = -1", "l2", "l2 must be a number >= 0"),
 ]
 

@@ -24,7 +24,7 @@ from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.fpmode import subnormals_flushed
 from dlc.compiler.native.gemm import PACK_TYPE, gemm_name, gemm_type, pack_name
 from dlc.compiler.native.parallel import parallel_map
-from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import i8, i32, i64
 from dlc.compiler.native.update import exact_rounding
@@ -92,6 +92,8 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             kernels.maxpool_grad(kb, k, prog)
         elif isinstance(k, SmallGemmKernel):
             kernels.small_gemm(kb, k)
+        elif isinstance(k, HostCallKernel):
+            kernels.host_call(kb, k, prog)
         elif isinstance(k, GemmKernel):
             packed = k.packed is not None
             args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]

@@ -11,7 +11,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.builder import KernelBuilder
 from dlc.compiler.native.gemm import declare, default_config, masked, splat, vec_ptr
-from dlc.compiler.native.program import (AccumulateKernel, Affine, FusedMapKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+from dlc.compiler.native.program import (AccumulateKernel, Affine, FusedMapKernel, HostCallKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
 
@@ -221,6 +221,15 @@ def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: KernelProgram):
         ptr = b.gep(kb.buffer(k.out, "f32"), [b.add(plane, b.select(found, hit, ir.Constant(i64, 0)))])
         b.store(b.fadd(b.load(ptr), b.select(found, g, ir.Constant(f32, 0.0))), ptr)
     kb.loops((N, C, Ho, Wo), each)
+
+
+def host_call(kb: KernelBuilder, k: HostCallKernel, prog: KernelProgram):
+    """function(buffer, n) with n the buffer's own size, so the host is never told of
+    elements the buffer does not have. It runs on the calling thread, between kernels
+    (outside every parallel region)."""
+    signature = ir.FunctionType(ir.VoidType(), [f32.as_pointer(), i64])
+    function = kb.b.bitcast(kb.argument(k.host), signature.as_pointer())
+    kb.b.call(function, [kb.buffer(k.buffer, "f32"), kb.dim(prog.buffers[k.buffer].size)])
 
 
 def scan_loop(kb: KernelBuilder, k: ScanKernel, prog: KernelProgram, run_body):

@@ -20,7 +20,7 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.primitives import PRIMITIVES
 from dlc.compiler.native.memory import accesses, linearize
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, FusedMapKernel, Gather, GemmKernel, Guarded, HostCallKernel, Index,
                       KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random, ReduceKernel, ScanKernel,
                       ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves, remap, row_major)
 
@@ -442,6 +442,15 @@ def _matmul(lw, n, ins, attrs, typ):
     c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
     lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, node=n))
     lw.set(n, out)
+
+
+@register_lowering("replica_mean", floats=("f32",))
+def _replica_mean(lw, n, ins, attrs, typ):
+    """A copy of x, which the host then averages over the ranks in place."""
+    buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
+    lw.emit(MapKernel(typ.shape, buf.id, Affine(0, row_major(typ.shape)), lw.use(ins[0]), node=n))
+    lw.emit(HostCallKernel(lw.p.host("replica_mean").id, buf.id, node=n))
+    lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
 
 @register_lowering("scan")

@@ -38,7 +38,7 @@ import numpy as np
 
 from dlc.compiler.dims import concrete
 from dlc.compiler.graph import DTYPES
-from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
 
 ALIGN = 64
@@ -70,6 +70,8 @@ def accesses(k) -> tuple:
         return expr_reads(k.idx) | {k.upd}, {k.out}
     if isinstance(k, MaxPoolGradKernel):
         return {k.x, k.g}, {k.out}
+    if isinstance(k, HostCallKernel):       # in place
+        return {k.buffer}, {k.buffer}
     raise TypeError(f"unknown kernel {type(k).__name__}")
 
 

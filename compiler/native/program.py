@@ -118,7 +118,7 @@ class Buffer:
     id: int
     dtype: str
     size: object          # elements, a dim polynomial
-    kind: str             # input, param, temp, output, const
+    kind: str             # input, param, temp, output, const, host (a host function: HostCallKernel)
     name: str = ""
     data: np.ndarray | None = None
 
@@ -243,6 +243,15 @@ class MaxPoolGradKernel(Kernel):
 
 
 @dataclass
+class HostCallKernel(Kernel):
+    """Call back into the host between kernels: function(buffer, its element count), which
+    rewrites the f32 buffer in place (replica_mean: an allreduce over the ranks). The
+    function's address is the pointer-table entry of buffer `host` (of kind "host")."""
+    host: int
+    buffer: int
+
+
+@dataclass
 class ScanKernel(Kernel):
     """for t in 0..length (or back): sizes[var] = t, then run the body's kernels."""
     length: object
@@ -267,6 +276,11 @@ class KernelProgram:
         b = Buffer(len(self.buffers), dtype, size, kind, name, data)
         self.buffers.append(b)
         return b
+
+    def host(self, name: str) -> Buffer:
+        """The entry of the host function `name` (one per program, however many calls)."""
+        found = [b for b in self.buffers if b.kind == "host" and b.name == name]
+        return found[0] if found else self.buffer("f32", 0, "host", name)
 
     def fault(self, what: str, count, span) -> int:
         """The site of a run-time check that an index of `what` lies in [0, count): the

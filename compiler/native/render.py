@@ -1,7 +1,7 @@
 """Readable text of a kernel program (`dlc compile --emit kernels|fused`)."""
 from __future__ import annotations
 
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, HostCallKernel, Index,
                       KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random, ReduceKernel, ScanKernel,
                       ScatterAddKernel, Size, SmallGemmKernel)
 
@@ -75,6 +75,8 @@ def kernel(k, depth=0) -> list:
         return [f"{pad}scatter_add {shape(k.idx_shape)}: b{k.out}[{expr(k.idx)}] += b{k.upd}{where}"]
     if isinstance(k, MaxPoolGradKernel):
         return [f"{pad}maxpool_grad: b{k.out} <- b{k.g} at argmax of b{k.x}{where}"]
+    if isinstance(k, HostCallKernel):
+        return [f"{pad}host_call b{k.host}(b{k.buffer}): in place{where}"]
     return [f"{pad}{k!r}"]
 
 
