@@ -42,6 +42,7 @@ TIMEOUT_S = 10.0            # waiting for the other ranks at a collective (DLC_M
 COMPILE_TIMEOUT_S = 900.0   # waiting at the start, while every rank compiles (or reads the cache)
 WRITE_TIMEOUT_S = 600.0     # waiting while rank 0 writes checkpoints
 PATIENT_S = 1.0             # poll a collective (yielding the core) for this long, then sleep between polls
+ABORT_GRACE_S = 0.5         # before MPI_Abort: the launcher forwards the message first (it can be lost otherwise)
 
 
 def launched_ranks() -> int:
@@ -113,6 +114,7 @@ class World:
         """Say why on standard error, then end every rank (MPI_Abort)."""
         sys.stderr.write(f"{message}\n(rank {self.rank} of {self.size}: ending every rank)\n")
         sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
         self.comm.Abort(1)
 
     @contextmanager
