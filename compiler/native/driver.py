@@ -19,11 +19,13 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
+from dlc.compiler.dims import numel
+
 from dlc.compiler.native import kernels
 from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.fpmode import subnormals_flushed
 from dlc.compiler.native.gemm import gemm_name
-from dlc.compiler.native.parallel import parallel_map
+from dlc.compiler.native.parallel import parallel_loop, parallel_map
 from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import f32, i8, i32, i64
@@ -69,6 +71,9 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         fn.attributes.add("noinline")
         if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
             kb = parallel_map(module, prog, k, fn, sig)
+        elif isinstance(k, MaxPoolGradKernel):
+            kb = parallel_loop(module, prog, fn, sig, lambda kb, first: kernels.maxpool_grad(kb, k, prog, first),
+                               k.shape[0], numel(k.shape))
         elif body:      # the body's argument slots first, then the scan's own
             kb = KernelBuilder(module, prog, fn, Arguments(e for _, refs, _ in body for e in refs))
         else:
@@ -82,8 +87,6 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             kernels.scatter_add(kb, k, prog)
         elif isinstance(k, AccumulateKernel):
             kernels.accumulate(kb, k, prog)
-        elif isinstance(k, MaxPoolGradKernel):
-            kernels.maxpool_grad(kb, k, prog)
         elif isinstance(k, SmallGemmKernel):
             kernels.small_gemm(kb, k)
         elif isinstance(k, GemmKernel):

@@ -11,8 +11,8 @@ from llvmlite import ir
 
 from dlc.compiler.native.builder import KernelBuilder
 from dlc.compiler.native.gemm import declare, default_config, masked, splat, vec_ptr
-from dlc.compiler.native.program import (AccumulateKernel, Affine, FusedMapKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
-                      ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.program import (AccumulateKernel, Affine, FusedMapKernel, KernelProgram, Load, MapKernel,
+                      MaxPoolGradKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
 
 
@@ -184,10 +184,16 @@ def accumulate(kb: KernelBuilder, k: AccumulateKernel, prog: KernelProgram):
     kb.loops(k.shape, each)
 
 
-def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: KernelProgram):
-    b = kb.b
-    _zero(kb, k.out, prog)
+def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: KernelProgram, first):
+    """dx of max pooling for the examples `first` = (lo, hi): each window's gradient goes
+    to its first maximum."""
     N, C, H, W = k.shape
+    if k.stride == k.kernel and not any(k.padding):
+        _tiled_maxpool_grad(kb, k, first)
+        return
+    b = kb.b
+    kb.loops((N, C * H * W), lambda idx: kb.store(k.out, "f32", kb.affine(Affine(0, (C * H * W, 1)), idx),
+                                                   ir.Constant(f32, 0.0)), first=first)
     Ho, Wo = k.out_hw
     (kh, kw), (sh, sw), (ph, pw) = k.kernel, k.stride, k.padding
     best, where = kb.alloca(f32), kb.alloca(i64)
@@ -217,7 +223,39 @@ def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: KernelProgram):
         g = b.load(b.gep(kb.buffer(k.g, "f32"), [gi]))
         ptr = b.gep(kb.buffer(k.out, "f32"), [b.add(plane, b.select(found, hit, ir.Constant(i64, 0)))])
         b.store(b.fadd(b.load(ptr), b.select(found, g, ir.Constant(f32, 0.0))), ptr)
-    kb.loops((N, C, Ho, Wo), each)
+    kb.loops((N, C, Ho, Wo), each, first=first)
+
+
+def _tiled_maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
+    """Windows that tile the input (stride = kernel, no padding) write every element they
+    cover once — the gradient at the window's first maximum, 0 elsewhere — with no zeroing
+    pass and no read-modify-write, so the loop over Wo vectorizes; then the last rows and
+    columns no window covers are zeroed."""
+    b = kb.b
+    N, C, H, W = k.shape
+    Ho, Wo = k.out_hw
+    kh, kw = k.kernel
+    x_at = lambda i, j: Affine(i * W + j, (C * H * W, H * W, kh * W, kw))
+    zero = ir.Constant(f32, 0.0)
+
+    def window(idx):
+        values = [kb.expr(Load(k.x, x_at(i, j), "f32"), idx) for i in range(kh) for j in range(kw)]
+        best, where = values[0], ir.Constant(i32, 0)
+        for p, v in enumerate(values[1:], 1):      # numpy's argmax: the first maximum, or the first NaN
+            better = kb.replaces_max(v, best)
+            best, where = b.select(better, v, best), b.select(better, ir.Constant(i32, p), where)
+        g = kb.expr(Load(k.g, Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), "f32"), idx)
+        for p in range(kh * kw):
+            hit = b.icmp_signed("==", where, ir.Constant(i32, p))
+            kb.store(k.out, "f32", kb.affine(x_at(*divmod(p, kw)), idx), b.select(hit, g, zero))
+    kb.loops((N, C, Ho, Wo), window, first=first)
+    # columns right of the last window, on the rows the windows cover; then the rows below
+    cols = Affine(Wo * kw, (C * H * W, H * W, W, 1))
+    kb.loops((N, C, Ho * kh, W - Wo * kw), lambda idx: kb.store(k.out, "f32", kb.affine(cols, idx), zero),
+             first=first)
+    rows = Affine(Ho * kh * W, (C * H * W, H * W, 1))
+    kb.loops((N, C, (H - Ho * kh) * W), lambda idx: kb.store(k.out, "f32", kb.affine(rows, idx), zero),
+             first=first)
 
 
 def scan_loop(kb: KernelBuilder, k: ScanKernel, prog: KernelProgram, run_body):

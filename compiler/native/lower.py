@@ -21,9 +21,12 @@ from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_pa
 from dlc.compiler.primitives import PRIMITIVES
 from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
                       KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, Random, ReduceKernel, ScanKernel,
-                      ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves, remap, row_major)
+                      ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves, remap, replace_loads,
+                      row_major)
+from dlc.compiler.native.memory import accesses, linearize
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
+SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
 
 
 class NotLowerable(DlcError):
@@ -105,6 +108,7 @@ class Lowering:
             taken.add(load.buffer)
             self.p.outputs[name] = load.buffer
         self.p.kernels[:] = fuse_maps(self.p.kernels)
+        inline_internal(self.p)
         syms = set(self.p.symbols)
         for b in self.p.buffers:
             if isinstance(b.size, Dim):
@@ -499,7 +503,17 @@ def _pool(lw, n, ins, attrs, typ, op):
     if op == "sum":
         e = Op("mul", (e, Const(1.0 / (kh * kw), "f32")), "f32")
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    lw.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, node=n))
+    if kh * kw <= SMALL_WINDOW:
+        # a map over the outputs folding the window's loads: the loop over Wo vectorizes
+        # (strided loads) and runs on the map's team, where a reduction's 2x2 inner loop did not
+        at = [remap(e, lambda a, i=i, j=j: Affine(a.offset + a.coeffs[4] * i + a.coeffs[5] * j, a.coeffs[:4]))
+              for i in range(kh) for j in range(kw)]
+        total = at[0]
+        for v in at[1:]:
+            total = Op("maximum" if op == "max" else "add", (total, v), "f32")
+        lw.emit(MapKernel(typ.shape, out.id, Affine(0, row_major(typ.shape)), total, node=n))
+    else:
+        lw.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("avgpool2d_grad", floats=("f32",))
@@ -568,6 +582,38 @@ def fuse_maps(kernels: list) -> list:
         (group if joins else out).append(k)
     close()
     return out
+
+
+def inline_internal(prog: KernelProgram):
+    """A fused map's member whose buffer no kernel but later members of its loop reads
+    (at the index being written: fuse_maps checks), none of them storing over what it
+    reads, is not stored: its expression is inlined into those members, and LLVM
+    computes it once. A layer's pre-activation
+    `x @ W + b`, read by its ReLU and the ReLU's mask, stays in a register."""
+    kernels = [k for _, k, _ in linearize(prog.kernels) if not isinstance(k, ScanKernel)]
+    readers: dict = {}
+    writes: dict = {}
+    for k in kernels:
+        for bid in accesses(k)[0]:
+            readers.setdefault(bid, set()).add(id(k))
+        for m in k.maps if isinstance(k, FusedMapKernel) else [k]:
+            for bid in accesses(m)[1]:
+                writes[bid] = writes.get(bid, 0) + 1
+    for k in kernels:
+        if not isinstance(k, FusedMapKernel):
+            continue
+        inlined, kept, read = {}, [], set()
+        for j, m in enumerate(k.maps):
+            read |= {buffer_of(x) for x in leaves(m.expr)}
+            m.expr = replace_loads(m.expr, lambda x: inlined.get(x.buffer, x))
+            later = {n.out for n in k.maps[j + 1:]}
+            internal = prog.buffers[m.out].kind == "temp" and readers.get(m.out, set()) <= {id(k)} \
+                and writes[m.out] == 1 and m.out not in read and not later & {buffer_of(x) for x in leaves(m.expr)}
+            if internal:
+                inlined[m.out] = m.expr
+            else:
+                kept.append(m)
+        k.maps = kept
 
 
 @collector_paused()

@@ -112,6 +112,17 @@ def remap(e, shift_fn):
     return e
 
 
+def replace_loads(e, load):
+    """e with each plain Load x (an index of a gather included) replaced by load(x)."""
+    if isinstance(e, Load):
+        return load(e)
+    if isinstance(e, Op):
+        return Op(e.name, tuple(replace_loads(a, load) for a in e.args), e.dtype)
+    if isinstance(e, Gather):
+        return Gather(e.table, replace_loads(e.idx, load), e.rows, e.stride, e.dtype, e.count, e.site)
+    return e
+
+
 # ---- buffers and kernels ------------------------------------------------------------------------
 @dataclass
 class Buffer:
