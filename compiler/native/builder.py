@@ -76,6 +76,9 @@ class KernelBuilder:
 
     # -- values --
     def dim(self, d) -> ir.Value:
+        """The value of a dim (an int, a Dim, or already an i64 value)."""
+        if isinstance(d, ir.Value):
+            return d
         if isinstance(d, int):
             return ir.Constant(i64, d)
         total = None

@@ -74,6 +74,10 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         elif isinstance(k, MaxPoolGradKernel):
             kb = parallel_loop(module, prog, fn, sig, lambda kb, first: kernels.maxpool_grad(kb, k, prog, first),
                                k.shape[0], numel(k.shape))
+        elif isinstance(k, SmallGemmKernel):
+            kb = parallel_loop(module, prog, fn, sig, lambda kb, first: kernels.small_gemm(kb, k, first),
+                               k.parts, k.m * k.n * k.k * k.batch)
+            kernels.small_gemm_total(kb, k)
         elif body:      # the body's argument slots first, then the scan's own
             kb = KernelBuilder(module, prog, fn, Arguments(e for _, refs, _ in body for e in refs))
         else:
@@ -87,8 +91,6 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             kernels.scatter_add(kb, k, prog)
         elif isinstance(k, AccumulateKernel):
             kernels.accumulate(kb, k, prog)
-        elif isinstance(k, SmallGemmKernel):
-            kernels.small_gemm(kb, k)
         elif isinstance(k, GemmKernel):
             key = (k.trans_a, k.trans_b)
             if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here

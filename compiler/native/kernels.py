@@ -121,18 +121,20 @@ def scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: KernelProgram):
     kb.loops(k.idx_shape, each)
 
 
-def small_gemm(kb: KernelBuilder, k: SmallGemmKernel):
-    """Each MR x NR tile of C is a set of vector accumulators over the whole batch and K:
+def small_gemm(kb: KernelBuilder, k: SmallGemmKernel, first):
+    """The parts `first` = (lo, hi) of the batch, each summed into its slice of k.partial.
+    Each MR x NR tile of C is a set of vector accumulators over a part's examples and K:
     A broadcast, a row of B loaded as vectors (masked past N), llvm.fma — the GEMM's
-    micro-kernel without packing, which pays off only when C is this small."""
+    micro-kernel without packing, which pays off only when C is this small. A part's
+    examples (a few, the whole batch over the parts) stay in cache while its tiles sweep them."""
     b, cfg = kb.b, default_config()
     VW = cfg.vw
     vty, mty = ir.VectorType(f32, VW), ir.VectorType(i1, VW)
     fma = declare(kb.m, f"llvm.fma.v{VW}f32", vty, [vty] * 3)
     mload, mstore = masked(kb.m, vty)
     zero = ir.Constant(vty, [0.0] * VW)
-    (ab, aoff, lda, sa), (bb, boff, ldb, sb), (cb, coff, ldc) = k.a, k.b, k.c
-    A, B, C = kb.buffer(ab, "f32"), kb.buffer(bb, "f32"), kb.buffer(cb, "f32")
+    (ab, aoff, lda, sa), (bb, boff, ldb, sb) = k.a, k.b
+    A, B, P = kb.buffer(ab, "f32"), kb.buffer(bb, "f32"), kb.buffer(k.partial, "f32")
 
     def vec(ptr, at, lanes, value=None):
         p = vec_ptr(b, b.gep(ptr, [at]), vty)
@@ -143,27 +145,48 @@ def small_gemm(kb: KernelBuilder, k: SmallGemmKernel):
             return b.call(mload, [p, ir.Constant(i32, 4), mask, zero])
         return b.call(mstore, [value, p, ir.Constant(i32, 4), mask])
 
-    for i0 in range(0, k.m, cfg.mr):
-        rows = range(i0, min(i0 + cfg.mr, k.m))
-        for j0 in range(0, k.n, cfg.nr):
-            lanes = [min(VW, k.n - j) for j in range(j0, min(j0 + cfg.nr, k.n), VW)]
-            acc = {(r, v): kb.alloca(vty) for r in rows for v in range(len(lanes))}
-            for slot in acc.values():
-                b.store(zero, slot)
+    def part(pidx):
+        p = pidx[0]
+        share = lambda q: b.sdiv(b.mul(kb.dim(k.batch), q), ir.Constant(i64, k.parts))
+        start = share(p)
+        count = b.sub(share(b.add(p, ir.Constant(i64, 1))), start)
+        out = b.mul(p, ir.Constant(i64, k.m * k.n))
+        for i0 in range(0, k.m, cfg.mr):
+            rows = range(i0, min(i0 + cfg.mr, k.m))
+            for j0 in range(0, k.n, cfg.nr):
+                lanes = [min(VW, k.n - j) for j in range(j0, min(j0 + cfg.nr, k.n), VW)]
+                acc = {(r, v): kb.alloca(vty) for r in rows for v in range(len(lanes))}
+                for slot in acc.values():
+                    b.store(zero, slot)
 
-            def step(idx, rows=rows, lanes=lanes, acc=acc, j0=j0):
-                n, kk = idx
-                brow = b.add(b.add(b.mul(n, kb.dim(sb)), b.mul(kk, kb.dim(ldb))), kb.dim(boff + j0))
-                bv = [vec(B, b.add(brow, ir.Constant(i64, v * VW)), w) for v, w in enumerate(lanes)]
-                acol = b.add(b.add(b.mul(n, kb.dim(sa)), kk), kb.dim(aoff))
+                def step(idx, rows=rows, lanes=lanes, acc=acc, j0=j0):
+                    n, kk = b.add(start, idx[0]), idx[1]
+                    brow = b.add(b.add(b.mul(n, kb.dim(sb)), b.mul(kk, kb.dim(ldb))), kb.dim(boff + j0))
+                    bv = [vec(B, b.add(brow, ir.Constant(i64, v * VW)), w) for v, w in enumerate(lanes)]
+                    acol = b.add(b.add(b.mul(n, kb.dim(sa)), kk), kb.dim(aoff))
+                    for r in rows:
+                        a = splat(b, b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))])), vty)
+                        for v in range(len(lanes)):
+                            b.store(b.call(fma, [a, bv[v], b.load(acc[r, v])]), acc[r, v])
+                kb.loops((count, k.k), step)
                 for r in rows:
-                    a = splat(b, b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))])), vty)
-                    for v in range(len(lanes)):
-                        b.store(b.call(fma, [a, bv[v], b.load(acc[r, v])]), acc[r, v])
-            kb.loops((k.batch, k.k), step)
-            for r in rows:
-                for v, w in enumerate(lanes):
-                    vec(C, kb.dim(coff + r * ldc + j0 + v * VW), w, b.load(acc[r, v]))
+                    for v, w in enumerate(lanes):
+                        vec(P, b.add(out, ir.Constant(i64, r * k.n + j0 + v * VW)), w, b.load(acc[r, v]))
+    kb.loops((k.parts,), part, first=first)
+
+
+def small_gemm_total(kb: KernelBuilder, k: SmallGemmKernel):
+    """C = the sum of the parts' slices, in order."""
+    (cb, coff, ldc) = k.c
+
+    def each(idx):
+        r, j = idx
+        total = kb.expr(Load(k.partial, Affine(0, (k.n, 1)), "f32"), idx)
+        for p in range(1, k.parts):
+            part = kb.expr(Load(k.partial, Affine(p * k.m * k.n, (k.n, 1)), "f32"), idx)
+            total = kb.b.fadd(total, part)
+        kb.store(cb, "f32", kb.affine(Affine(coff, (ldc, 1)), idx), total)
+    kb.loops((k.m, k.n), each)
 
 
 def _zero(kb: KernelBuilder, bid: int, prog: KernelProgram):

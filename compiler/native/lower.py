@@ -26,6 +26,7 @@ from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const
 from dlc.compiler.native.memory import accesses, linearize
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
+SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
 SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
 
 
@@ -455,8 +456,9 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         # few, small filters (a first layer): dW stays in registers while every
         # example's g[n] (O x HoWo) @ cols[n] (HoWo x CKK) streams by
         gm = lw.materialize(g)
+        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * ckk, "temp")
         lw.emit(SmallGemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw),
-                                  (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), node=n))
+                                (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), partial.id, SMALL_GEMM_PARTS, node=n))
     else:
         # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK), one GEMM
         g2 = lw.p.buffer("f32", O * N * hw, "temp")

@@ -59,8 +59,10 @@ def accesses(k) -> tuple:
     if isinstance(k, FusedMapKernel):
         parts = [accesses(m) for m in k.maps]
         return set().union(*(r for r, _ in parts)), set().union(*(w for _, w in parts))
-    if isinstance(k, (GemmKernel, SmallGemmKernel)):       # a, b, c: (buffer, offset, ...)
+    if isinstance(k, GemmKernel):       # a, b, c: (buffer, offset, ...)
         return {k.a[0], k.b[0]}, {k.c[0]}
+    if isinstance(k, SmallGemmKernel):
+        return {k.a[0], k.b[0]}, {k.c[0], k.partial}
     if isinstance(k, ScatterAddKernel):
         return expr_reads(k.idx) | {k.upd}, {k.out}
     if isinstance(k, MaxPoolGradKernel):

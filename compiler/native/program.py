@@ -186,9 +186,12 @@ class GemmKernel(Kernel):
 
 @dataclass
 class SmallGemmKernel(Kernel):
-    """C (m x n) = sum over the batch of A[b] (m x k) @ B[b] (k x n), all row-major. C is
-    small enough to stay in vector registers while K and the batch stream through, so
-    nothing is packed (a first convolution's weight gradient: 6 x 25, K = 784 per example)."""
+    """C (m x n) = sum over the batch of A[b] (m x k) @ B[b] (k x n), all row-major. Tiles
+    of C stay in vector registers while K and the batch stream through, so nothing is
+    packed (a first convolution's weight gradient: 6 x 25, K = 784 per example). The
+    batch is cut into `parts` runs (threads take whole parts), each summed into its m x n
+    slice of `partial`, and C is the sum of the slices in order: the same numbers
+    whatever the number of threads."""
     m: int
     n: int
     k: object
@@ -196,6 +199,8 @@ class SmallGemmKernel(Kernel):
     a: tuple              # (buffer, offset, ld, batch stride)
     b: tuple
     c: tuple              # (buffer, offset, ld)
+    partial: int          # buffer of parts * m * n
+    parts: int
 
 
 @dataclass
