@@ -26,7 +26,7 @@ from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.fpmode import subnormals_flushed
 from dlc.compiler.native.gemm import gemm_name
 from dlc.compiler.native.parallel import parallel_loop, parallel_map
-from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import f32, i8, i32, i64
 from dlc.compiler.native.update import exact_rounding
@@ -71,13 +71,13 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         fn.attributes.add("noinline")
         if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
             kb = parallel_map(module, prog, k, fn, sig)
-        elif isinstance(k, MaxPoolGradKernel):
-            kb = parallel_loop(module, prog, fn, sig, lambda kb, first: kernels.maxpool_grad(kb, k, prog, first),
-                               k.shape[0], numel(k.shape))
-        elif isinstance(k, SmallGemmKernel):
-            kb = parallel_loop(module, prog, fn, sig, lambda kb, first: kernels.small_gemm(kb, k, first),
-                               k.parts, k.m * k.n * k.k * k.batch)
-            kernels.small_gemm_total(kb, k)
+        elif _team_loop(k) is not None:
+            kb = parallel_loop(module, prog, fn, sig, *_team_loop(k))
+            if isinstance(k, SmallGemmKernel):
+                kernels.sum_parts(kb, k.partial, k.parts, k.m, k.n, k.c)
+            elif isinstance(k, ConvKernel) and k.g is not None:
+                taps = numel(k.w_shape[1:])
+                kernels.sum_parts(kb, k.partial, k.parts, k.w_shape[0], taps, (k.out, 0, taps))
         elif body:      # the body's argument slots first, then the scan's own
             kb = KernelBuilder(module, prog, fn, Arguments(e for _, refs, _ in body for e in refs))
         else:
@@ -89,8 +89,6 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             kernels.reduce(kb, k, prog)
         elif isinstance(k, ScatterAddKernel):
             kernels.scatter_add(kb, k, prog)
-        elif isinstance(k, AccumulateKernel):
-            kernels.accumulate(kb, k, prog)
         elif isinstance(k, GemmKernel):
             key = (k.trans_a, k.trans_b)
             if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here
@@ -142,6 +140,24 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             calls(b, updates, [b.gep(driver.args[0], [ir.Constant(i64, at)]), driver.args[1], driver.args[2]])
     b.ret_void()
     return StepModule(module, arguments)
+
+
+def _team_loop(k) -> tuple | None:
+    """(loop(kb, first), outer extent, work) of a kernel whose loop nest runs on a thread
+    team (parallel.parallel_loop), each thread on a slice of its outermost axis: examples,
+    or the parts of the batch that sums keep apart. None for the others."""
+    if isinstance(k, AccumulateKernel):
+        return lambda kb, first: kernels.accumulate(kb, k, first), k.shape[0], numel(k.shape)
+    if isinstance(k, MaxPoolGradKernel):
+        return lambda kb, first: kernels.maxpool_grad(kb, k, first), k.shape[0], numel(k.shape)
+    if isinstance(k, SmallGemmKernel):
+        return lambda kb, first: kernels.small_gemm(kb, k, first), k.parts, k.m * k.n * k.k * k.batch
+    if isinstance(k, ConvKernel):
+        work = numel(k.w_shape) * numel(k.x_shape[:1] + k.out_hw)
+        if k.g is None:
+            return lambda kb, first: kernels.conv(kb, k, first), k.x_shape[0], work
+        return lambda kb, first: kernels.conv_weight_grad(kb, k, first), k.parts, work
+    return None
 
 
 def run_all(module: ir.Module, b: ir.IRBuilder, compiled: list, args, profile: bool) -> int:

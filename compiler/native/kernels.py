@@ -11,7 +11,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.builder import KernelBuilder
 from dlc.compiler.native.gemm import declare, default_config, masked, splat, vec_ptr
-from dlc.compiler.native.program import (AccumulateKernel, Affine, FusedMapKernel, KernelProgram, Load, MapKernel,
+from dlc.compiler.native.program import (AccumulateKernel, Affine, ConvKernel, FusedMapKernel, KernelProgram, Load, MapKernel,
                       MaxPoolGradKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
 
@@ -175,39 +175,205 @@ def small_gemm(kb: KernelBuilder, k: SmallGemmKernel, first):
     kb.loops((k.parts,), part, first=first)
 
 
-def small_gemm_total(kb: KernelBuilder, k: SmallGemmKernel):
-    """C = the sum of the parts' slices, in order."""
-    (cb, coff, ldc) = k.c
+def sum_parts(kb: KernelBuilder, partial: int, parts: int, m: int, n: int, c: tuple):
+    """C (m x n at c = (buffer, offset, ld)) = the sum of the parts' m x n slices of
+    `partial`, in order."""
+    (cb, coff, ldc) = c
 
     def each(idx):
-        r, j = idx
-        total = kb.expr(Load(k.partial, Affine(0, (k.n, 1)), "f32"), idx)
-        for p in range(1, k.parts):
-            part = kb.expr(Load(k.partial, Affine(p * k.m * k.n, (k.n, 1)), "f32"), idx)
-            total = kb.b.fadd(total, part)
+        total = kb.expr(Load(partial, Affine(0, (n, 1)), "f32"), idx)
+        for p in range(1, parts):
+            total = kb.b.fadd(total, kb.expr(Load(partial, Affine(p * m * n, (n, 1)), "f32"), idx))
         kb.store(cb, "f32", kb.affine(Affine(coff, (ldc, 1)), idx), total)
-    kb.loops((k.m, k.n), each)
+    kb.loops((m, n), each)
 
 
-def _zero(kb: KernelBuilder, bid: int, prog: KernelProgram):
-    dtype = prog.buffers[bid].dtype
-    kb.loops((prog.buffers[bid].size,), lambda idx: kb.store(bid, dtype, idx[0], ir.Constant(LL[dtype], 0.0)))
+# ---- direct convolution ---------------------------------------------------------------------------
+class _ConvRows:
+    """What the direct convolution kernels (ConvKernel) share: a row chunk of `nv`
+    vectors of outputs starts at column wo0; x's row h shifted by tap column j is loaded
+    masked — lanes outside the row, and every lane of a row outside x, read nothing and
+    are 0; sums are kept in `registers` vector registers (of 32 with AVX-512, 16 with AVX2,
+    a few left for the operands)."""
+
+    def __init__(self, kb: KernelBuilder, k: ConvKernel):
+        self.kb, self.k = kb, k
+        self.vw = default_config().vw
+        self.registers = 28 if self.vw == 16 else 13
+        self.vty = ir.VectorType(f32, self.vw)
+        self.ity = ir.VectorType(i64, self.vw)
+        self.mload, self.mstore = masked(kb.m, self.vty)
+        self.fma = declare(kb.m, f"llvm.fma.v{self.vw}f32", self.vty, [self.vty] * 3)
+        self.zero = ir.Constant(self.vty, [0.0] * self.vw)
+        self.lanes = ir.Constant(self.ity, list(range(self.vw)))
+        Wo = k.out_hw[1]
+        vectors = -(-Wo // self.vw) if isinstance(Wo, int) else 2
+        self.nv = max(1, min(vectors, 4 if self.vw == 16 else 2))
+        self.chunk = self.nv * self.vw
+
+    def chunks(self):
+        b, Wo = self.kb.b, self.kb.dim(self.k.out_hw[1])
+        return b.sdiv(b.add(Wo, ir.Constant(i64, self.chunk - 1)), ir.Constant(i64, self.chunk))
+
+    def mask(self, start, size, extra=None):
+        """Lanes l with 0 <= start + l < size (and `extra`, an i1)."""
+        b = self.kb.b
+        at = b.add(splat(b, start, self.ity), self.lanes)
+        ok = b.and_(b.icmp_signed(">=", at, ir.Constant(self.ity, [0] * self.vw)),
+                    b.icmp_signed("<", at, splat(b, self.kb.dim(size), self.ity)))
+        return ok if extra is None else b.and_(ok, splat(b, extra, ir.VectorType(i1, self.vw)))
+
+    def load(self, bid, at, mask):
+        b = self.kb.b
+        # not `inbounds`: masked-off lanes may lie outside the buffer
+        p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
+        return b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero])
+
+    def x_row(self, n, c, h, wo0, j):
+        """The nv vectors of x[n, c, h, wo0 - pw + j ...]."""
+        kb, b, k = self.kb, self.kb.b, self.k
+        N, C, H, W = k.x_shape
+        row_ok = b.and_(b.icmp_signed(">=", h, ir.Constant(i64, 0)), b.icmp_signed("<", h, kb.dim(H)))
+        row = kb.affine(Affine(0, (C * H * W, H * W, W)), [n, c, h])
+        out = []
+        for v in range(self.nv):
+            start = b.add(wo0, ir.Constant(i64, v * self.vw + j - k.padding[1]))
+            out.append(self.load(k.x, b.add(row, start), self.mask(start, W, row_ok)))
+        return out
+
+    def out_at(self, n, o, ho, wo0, v):
+        """Where vector v of the chunk at wo0 of output row (n, o, ho) starts, and its lanes inside the row."""
+        O, Ho, Wo = self.k.w_shape[0], *self.k.out_hw
+        start = self.kb.b.add(wo0, ir.Constant(i64, v * self.vw))
+        return self.kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, start]), self.mask(start, Wo)
+
+    def tap_row(self, ho, i):
+        k = self.k
+        return self.kb.b.sub(self.kb.b.add(self.kb.b.mul(ho, self.kb.dim(k.stride_h)), i), self.kb.dim(k.padding[0]))
+
+    def blocks(self, count: int, size: int, body):
+        """body(first, width) over [0, count) in blocks: a loop over the whole blocks of
+        `size`, then the rest (one copy of the code per block width)."""
+        whole = count // size
+        if whole:
+            self.kb.loops((whole,), lambda q: body(self.kb.b.mul(q[0], ir.Constant(i64, size)), size))
+        if count % size:
+            body(ir.Constant(i64, whole * size), count % size)
+
+    def sums(self, count):
+        slots = [self.kb.alloca(self.vty) for _ in range(count)]
+        for slot in slots:
+            self.kb.b.store(self.zero, slot)
+        return slots
+
+    def add(self, slot, x, y):
+        b = self.kb.b
+        b.store(b.call(self.fma, [x, y, b.load(slot)]), slot)
 
 
-def accumulate(kb: KernelBuilder, k: AccumulateKernel, prog: KernelProgram):
+def conv(kb: KernelBuilder, k: ConvKernel, first):
+    """The outputs of examples `first` = (lo, hi): for each row chunk, a block of output
+    channels' sums in registers while the taps (c, i, j) stream by — a tap's x vectors
+    loaded once for the block, each weight broadcast once for the chunk."""
+    b, rows = kb.b, _ConvRows(kb, k)
+    N, C, H, W = k.x_shape
+    O, _, kh, kw = k.w_shape
+
+    def chunk(idx):
+        n, ho, q = idx
+        wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
+
+        def block(o0, width):
+            sums = rows.sums(width * rows.nv)
+
+            def tap(ci):
+                c, i = ci
+                h = rows.tap_row(ho, i)
+                for j in range(kw):
+                    xs = rows.x_row(n, c, h, wo0, j)
+                    for o in range(width):
+                        at = kb.affine(Affine(j, (C * kh * kw, kh * kw, kw)), [b.add(o0, ir.Constant(i64, o)), c, i])
+                        wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
+                        for v in range(rows.nv):
+                            rows.add(sums[o * rows.nv + v], wv, xs[v])
+            kb.loops((C, kh), tap)
+            for o in range(width):
+                for v in range(rows.nv):
+                    at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                    p = vec_ptr(b, b.gep(kb.buffer(k.out, "f32"), [at]), rows.vty)
+                    b.call(rows.mstore, [b.load(sums[o * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
+        rows.blocks(O, max(1, min(O, rows.registers // rows.nv)), block)
+    kb.loops((N, k.out_hw[0], rows.chunks()), chunk, first=first)
+
+
+def conv_weight_grad(kb: KernelBuilder, k: ConvKernel, first):
+    """The parts `first` = (lo, hi) of the batch, each summed into its slice of k.partial:
+    for a block of output channels and a row of taps (c, i, every j), the sums over the
+    part's row chunks stay in vector registers, g's vectors loaded once per chunk for the
+    block; then each sum is added across its lanes."""
+    b, rows = kb.b, _ConvRows(kb, k)
+    N, C, H, W = k.x_shape
+    O, _, kh, kw = k.w_shape
+    taps = C * kh * kw
+    lanes = declare(kb.m, f"llvm.vector.reduce.fadd.v{rows.vw}f32", f32, [f32, rows.vty])
+
+    def part(pidx):
+        p = pidx[0]
+        share = lambda q: b.sdiv(b.mul(kb.dim(N), q), ir.Constant(i64, k.parts))
+        start = share(p)
+        count = b.sub(share(b.add(p, ir.Constant(i64, 1))), start)
+
+        def block(o0, width):
+            def tap_row(ci):
+                c, i = ci
+                sums = rows.sums(width * kw)
+
+                def chunk(idx):
+                    n, ho, q = b.add(start, idx[0]), idx[1], idx[2]
+                    wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
+                    gs = []
+                    for o in range(width):
+                        for v in range(rows.nv):
+                            at, inside = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                            gs.append(rows.load(k.g, at, inside))
+                    h = rows.tap_row(ho, i)
+                    for j in range(kw):
+                        xs = rows.x_row(n, c, h, wo0, j)
+                        for o in range(width):
+                            for v in range(rows.nv):
+                                rows.add(sums[o * kw + j], gs[o * rows.nv + v], xs[v])
+                kb.loops((count, k.out_hw[0], rows.chunks()), chunk)
+                for o in range(width):
+                    for j in range(kw):
+                        total = b.call(lanes, [ir.Constant(f32, 0.0), b.load(sums[o * kw + j])], fastmath=("reassoc",))
+                        at = kb.affine(Affine(j, (O * taps, taps, kh * kw, kw)), [p, b.add(o0, ir.Constant(i64, o)), c, i])
+                        kb.store(k.partial, "f32", at, total)
+            kb.loops((C, kh), tap_row)
+        rows.blocks(O, max(1, min(O, (rows.registers - rows.nv) // (kw + rows.nv))), block)
+    kb.loops((k.parts,), part, first=first)
+
+
+def _zero(kb: KernelBuilder, bid: int, examples, size, first):
+    """Zero the examples `first` = (lo, hi) of f32 buffer bid, `size` elements each."""
+    kb.loops((examples, size), lambda idx: kb.store(bid, "f32", kb.affine(Affine(0, (size, 1)), idx),
+                                                    ir.Constant(f32, 0.0)), first=first)
+
+
+def accumulate(kb: KernelBuilder, k: AccumulateKernel, first):
+    """The examples `first` = (lo, hi)."""
     b = kb.b
-    _zero(kb, k.out, prog)
+    _zero(kb, k.out, k.shape[0], k.at.coeffs[0], first)
 
     def each(idx):
-        ok = kb.inside(k.guards, idx)
-        at = b.select(ok, kb.affine(k.at, idx), ir.Constant(i64, 0))
-        v = kb.expr(k.expr, idx)
-        ptr = b.gep(kb.buffer(k.out, "f32"), [at])
-        b.store(b.fadd(b.load(ptr), b.select(ok, v, ir.Constant(f32, 0.0))), ptr)
-    kb.loops(k.shape, each)
+        # a branch, not a clamped address: LLVM vectorizes the conditional update (masked)
+        with b.if_then(kb.inside(k.guards, idx)):
+            at = kb.affine(k.at, idx)
+            old = kb.disjoint(b.load(b.gep(kb.buffer(k.out, "f32"), [at])), k.out)
+            kb.store(k.out, "f32", at, b.fadd(old, kb.expr(k.expr, idx)))
+    kb.loops(k.shape, each, first=first)
 
 
-def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: KernelProgram, first):
+def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
     """dx of max pooling for the examples `first` = (lo, hi): each window's gradient goes
     to its first maximum."""
     N, C, H, W = k.shape
@@ -215,8 +381,7 @@ def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: KernelProgram, f
         _tiled_maxpool_grad(kb, k, first)
         return
     b = kb.b
-    kb.loops((N, C * H * W), lambda idx: kb.store(k.out, "f32", kb.affine(Affine(0, (C * H * W, 1)), idx),
-                                                   ir.Constant(f32, 0.0)), first=first)
+    _zero(kb, k.out, N, C * H * W, first)
     Ho, Wo = k.out_hw
     (kh, kw), (sh, sw), (ph, pw) = k.kernel, k.stride, k.padding
     best, where = kb.alloca(f32), kb.alloca(i64)

@@ -38,7 +38,7 @@ import numpy as np
 
 from dlc.compiler.dims import concrete
 from dlc.compiler.graph import DTYPES
-from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
+from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
 
 ALIGN = 64
@@ -67,6 +67,8 @@ def accesses(k) -> tuple:
         return expr_reads(k.idx) | {k.upd}, {k.out}
     if isinstance(k, MaxPoolGradKernel):
         return {k.x, k.g}, {k.out}
+    if isinstance(k, ConvKernel):
+        return ({k.x, k.w}, {k.out}) if k.g is None else ({k.x, k.g}, {k.out, k.partial})
     raise TypeError(f"unknown kernel {type(k).__name__}")
 
 

@@ -204,6 +204,27 @@ class SmallGemmKernel(Kernel):
 
 
 @dataclass
+class ConvKernel(Kernel):
+    """A direct convolution, for few input channels (a first layer): no im2col buffer.
+    x [N, C, H, W] (0 outside), w [O, C, kh, kw], stride 1 along W. Without `g`:
+    out [N, O, Ho, Wo] = sum over c, i, j of w[o, c, i, j] * x[n, c, ho*sh + i - ph, wo + j - pw];
+    with `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
+    n, ho, wo of g[n, o, ho, wo] * x[...], the batch in `parts` runs summed apart into
+    `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel."""
+    x: int
+    w: int | None
+    out: int
+    x_shape: tuple        # N, C, H, W
+    w_shape: tuple        # O, C, kh, kw
+    out_hw: tuple
+    stride_h: int
+    padding: tuple
+    g: int | None = None
+    partial: int | None = None
+    parts: int = 1
+
+
+@dataclass
 class ScatterAddKernel(Kernel):
     """out = 0; then out[idx(i), r] += upd[flat(i), r] for every index i of idx_shape.
     An index outside [0, count) adds nothing and reports fault `site`."""
@@ -219,7 +240,8 @@ class ScatterAddKernel(Kernel):
 @dataclass
 class AccumulateKernel(Kernel):
     """out[at(i)] += expr(i) for every i in shape whose guards hold (out zeroed first):
-    the adjoint of reading windows (col2im, average-pool gradients)."""
+    the adjoint of reading windows (col2im, average-pool gradients). Axis 0 is the batch:
+    iteration n touches only example n of out, at.coeffs[0] elements from n * at.coeffs[0]."""
     shape: tuple
     out: int
     at: Affine

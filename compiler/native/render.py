@@ -1,7 +1,7 @@
 """Readable text of a kernel program (`dlc compile --emit kernels|fused`)."""
 from __future__ import annotations
 
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
                       KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, Random, ReduceKernel, ScanKernel,
                       ScatterAddKernel, Size, SmallGemmKernel)
 
@@ -70,6 +70,9 @@ def kernel(k, depth=0) -> list:
         return [f"{pad}scatter_add {shape(k.idx_shape)}: b{k.out}[{expr(k.idx)}] += b{k.upd}{where}"]
     if isinstance(k, MaxPoolGradKernel):
         return [f"{pad}maxpool_grad: b{k.out} <- b{k.g} at argmax of b{k.x}{where}"]
+    if isinstance(k, ConvKernel):
+        what = f"b{k.x} * b{k.w}" if k.g is None else f"weight gradient of b{k.x} * w from b{k.g}"
+        return [f"{pad}direct conv {shape(k.x_shape)} by {shape(k.w_shape)}: b{k.out} = {what}{where}"]
     return [f"{pad}{k!r}"]
 
 
