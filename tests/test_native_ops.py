@@ -209,16 +209,19 @@ SIZES_B = [{"B": 1}, {"B": 7}, {"B": 13}]
 RANGES_B = {"B": (2, 24)}
 
 
-def conv(kernel, stride, padding):
-    return Prim({"x": f32(*IMG), "w": f32(5, 3, *kernel)},
+def conv(kernel, stride, padding, img=IMG, out=5):
+    return Prim({"x": f32(*img), "w": f32(out, img[1], *kernel)},
                 lambda g, t: g.add1("conv2d", [t["x"], t["w"]], stride=stride, padding=padding),
                 sizes=SIZES_B, ranges=RANGES_B, ops=("conv2d", "conv2d_input_grad", "conv2d_weight_grad"))
 
 
-def pool(kind, kernel, stride, padding):
-    return Prim({"x": f32(*IMG)},
+def pool(kind, kernel, stride, padding, img=IMG, sample=normal):
+    return Prim({"x": f32(*img, sample=sample)},
                 lambda g, t: g.add1(f"{kind}pool2d", [t["x"]], kernel=kernel, stride=stride, padding=padding),
                 sizes=SIZES_B, ranges=RANGES_B, ops=(f"{kind}pool2d", f"{kind}pool2d_grad"))
+
+
+with_nans = lambda r, s: np.where(r.random(s) < 0.1, np.nan, r.standard_normal(s))
 
 
 def random_uniform(g, t):
@@ -415,6 +418,22 @@ PRIMS = {
        for kind in ("max", "avg")
        for k, s, p in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 2), (1, 0)),
                        ((2, 2), (1, 1), (0, 0))]},
+    # direct convolutions (compiler/native/lower.py DIRECT_TAPS): rows of several vectors
+    # and a block of channels and the rest, a stride along H, the most taps; then im2col:
+    # more taps (the weight gradient a small_gemm, or a GEMM), a row of taps too long
+    "conv2d-direct-wide-rows": conv((5, 5), (1, 1), (2, 2), img=(B, 2, 6, 67), out=9),
+    "conv2d-direct-stride-h": conv((3, 4), (2, 1), (1, 0), img=(B, 3, 12, 17), out=3),
+    "conv2d-direct-256-taps": conv((4, 4), (1, 1), (0, 0), img=(B, 16, 6, 6), out=3),
+    "conv2d-im2col-261-taps": conv((3, 3), (1, 1), (1, 1), img=(B, 29, 5, 6), out=4),
+    "conv2d-im2col-gemm-weight-grad": conv((3, 3), (1, 1), (0, 0), img=(B, 29, 5, 6), out=16),
+    "conv2d-im2col-9-wide": conv((1, 9), (1, 1), (0, 4), img=(B, 1, 3, 11), out=2),
+    # max pooling's gradient over tiling windows: 2 wide by vectors (rows of 17 windows:
+    # more than one vector), first maximum among ties, NaN; 3 wide one window at a time
+    "maxpool2d-k22-wide-rows": pool("max", (2, 2), (2, 2), (0, 0), img=(B, 3, 5, 35)),
+    "maxpool2d-k22-ties": pool("max", (2, 2), (2, 2), (0, 0), sample=rounded),
+    "maxpool2d-k22-nan": pool("max", (2, 2), (2, 2), (0, 0), sample=with_nans),
+    "maxpool2d-k32-s32": pool("max", (3, 2), (3, 2), (0, 0)),
+    "maxpool2d-k13-s13": pool("max", (1, 3), (1, 3), (0, 0), sample=rounded),
 }
 
 
@@ -505,6 +524,18 @@ def test_primitive_forward_and_backward(name):
     want = set(case.ops or (name.split("-")[0],))
     assert want <= ops_in(graph), f"{name}: the graph lacks {want - ops_in(graph)}"
     compare(graph, primitive_feeds(name, graph), label=name)
+
+
+WINDOWS = [name for name in PRIMS if name.startswith(("conv2d", "maxpool2d", "avgpool2d"))]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", WINDOWS)
+def test_window_kernels_on_one_and_two_threads(name, threads, monkeypatch):
+    """The convolution and pooling kernels split the batch (or its parts) over a team."""
+    monkeypatch.setenv("DLC_NUM_THREADS", str(threads))
+    graph = primitive_graph(name)
+    compare(graph, primitive_feeds(name, graph), label=f"{name} on {threads} threads")
 
 
 # ---- random draws and what the native backend does not compile ----------------------------------------

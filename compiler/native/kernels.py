@@ -417,26 +417,23 @@ def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
 def _tiled_maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
     """Windows that tile the input (stride = kernel, no padding) write every element they
     cover once — the gradient at the window's first maximum, 0 elsewhere — with no zeroing
-    pass and no read-modify-write, so the loop over Wo vectorizes; then the last rows and
-    columns no window covers are zeroed."""
+    pass and no read-modify-write; then the last rows and columns no window covers are
+    zeroed. Windows two wide (2 x 2 pooling) go a vector of them at a time."""
     b = kb.b
     N, C, H, W = k.shape
     Ho, Wo = k.out_hw
     kh, kw = k.kernel
     x_at = lambda i, j: Affine(i * W + j, (C * H * W, H * W, kh * W, kw))
     zero = ir.Constant(f32, 0.0)
-
-    def window(idx):
-        values = [kb.expr(Load(k.x, x_at(i, j), "f32"), idx) for i in range(kh) for j in range(kw)]
-        best, where = values[0], ir.Constant(i32, 0)
-        for p, v in enumerate(values[1:], 1):      # numpy's argmax: the first maximum, or the first NaN
-            better = kb.replaces_max(v, best)
-            best, where = b.select(better, v, best), b.select(better, ir.Constant(i32, p), where)
-        g = kb.expr(Load(k.g, Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), "f32"), idx)
-        for p in range(kh * kw):
-            hit = b.icmp_signed("==", where, ir.Constant(i32, p))
-            kb.store(k.out, "f32", kb.affine(x_at(*divmod(p, kw)), idx), b.select(hit, g, zero))
-    kb.loops((N, C, Ho, Wo), window, first=first)
+    if kw == 2:
+        _paired_maxpool_grad(kb, k, first)
+    else:
+        def window(idx):
+            values = [kb.expr(Load(k.x, x_at(i, j), "f32"), idx) for i in range(kh) for j in range(kw)]
+            g = kb.expr(Load(k.g, Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), "f32"), idx)
+            for p, v in enumerate(_first_max_shares(kb, values, g, lambda p: ir.Constant(i32, p))):
+                kb.store(k.out, "f32", kb.affine(x_at(*divmod(p, kw)), idx), v)
+        kb.loops((N, C, Ho, Wo), window, first=first)
     # columns right of the last window, on the rows the windows cover; then the rows below
     cols = Affine(Wo * kw, (C * H * W, H * W, W, 1))
     kb.loops((N, C, Ho * kh, W - Wo * kw), lambda idx: kb.store(k.out, "f32", kb.affine(cols, idx), zero),
@@ -444,6 +441,66 @@ def _tiled_maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
     rows = Affine(Ho * kh * W, (C * H * W, H * W, 1))
     kb.loops((N, C, (H - Ho * kh) * W), lambda idx: kb.store(k.out, "f32", kb.affine(rows, idx), zero),
              first=first)
+
+
+def _first_max_shares(kb: KernelBuilder, values: list, g, const) -> list:
+    """What each of a window's values receives of its gradient g: all of it at the first
+    maximum (or the first NaN, as numpy's argmax), 0 elsewhere. Scalars or vectors of
+    windows alike; const(p) is the window position p as an i32 (vector)."""
+    b = kb.b
+    best, where = values[0], const(0)
+    for p, v in enumerate(values[1:], 1):
+        better = kb.replaces_max(v, best)
+        best, where = b.select(better, v, best), b.select(better, const(p), where)
+    none = ir.Constant(g.type, None)
+    return [b.select(b.icmp_signed("==", where, const(p)), g, none) for p in range(len(values))]
+
+
+def _paired_maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
+    """kw = 2: a row chunk of VW windows at a time; each of the window's rows is two
+    vectors of x, split into the windows' left and right values, and the results are
+    interleaved back. Lanes past the last window load and store nothing."""
+    b, VW = kb.b, default_config().vw
+    N, C, H, W = k.shape
+    Ho, Wo = k.out_hw
+    kh = k.kernel[0]
+    vty, ity = ir.VectorType(f32, VW), ir.VectorType(i64, VW)
+    mload, mstore = masked(kb.m, vty)
+    zero = ir.Constant(vty, None)
+    const = lambda p: ir.Constant(ir.VectorType(i32, VW), [p] * VW)
+    left, right = list(range(0, 2 * VW, 2)), list(range(1, 2 * VW, 2))
+    mix = [lane for pair in zip(range(VW), range(VW, 2 * VW)) for lane in pair]
+    shuffle = lambda x, y, lanes: b.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, len(lanes)), lanes))
+
+    def mask(start, size):
+        at = b.add(splat(b, start, ity), ir.Constant(ity, list(range(VW))))
+        return b.icmp_signed("<", at, splat(b, kb.dim(size), ity))
+
+    def vec(bid, at):
+        # not `inbounds`: masked-off lanes may lie past the end of the buffer
+        return vec_ptr(b, b.gep(kb.buffer(bid, "f32"), [at]), vty)
+
+    def chunk(idx):
+        n, c, ho, q = idx
+        wo0 = b.mul(q, ir.Constant(i64, VW))
+        halves = [mask(b.add(b.mul(wo0, ir.Constant(i64, 2)), ir.Constant(i64, h * VW)), 2 * Wo) for h in (0, 1)]
+        rows = [kb.affine(Affine(i * W, (C * H * W, H * W, kh * W, 2)), [n, c, ho, wo0]) for i in range(kh)]
+        values = []
+        for at in rows:
+            pair = [kb.disjoint(b.call(mload, [vec(k.x, b.add(at, ir.Constant(i64, h * VW))), ir.Constant(i32, 4),
+                                               halves[h], zero]), k.x) for h in (0, 1)]
+            values += [shuffle(pair[0], pair[1], left), shuffle(pair[0], pair[1], right)]
+        g_at = kb.affine(Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), [n, c, ho, wo0])
+        g = kb.disjoint(b.call(mload, [vec(k.g, g_at), ir.Constant(i32, 4), mask(wo0, Wo), zero]), k.g)
+        shares = _first_max_shares(kb, values, g, const)
+        for i, at in enumerate(rows):
+            both = shuffle(shares[2 * i], shares[2 * i + 1], mix)
+            for h in (0, 1):
+                half = shuffle(both, both, list(range(h * VW, h * VW + VW)))
+                kb.disjoint(b.call(mstore, [half, vec(k.out, b.add(at, ir.Constant(i64, h * VW))), ir.Constant(i32, 4),
+                                            halves[h]]), k.out)
+    chunks = b.sdiv(b.add(kb.dim(Wo), ir.Constant(i64, VW - 1)), ir.Constant(i64, VW))
+    kb.loops((N, C, Ho, chunks), chunk, first=first)
 
 
 def scan_loop(kb: KernelBuilder, k: ScanKernel, prog: KernelProgram, run_body):
