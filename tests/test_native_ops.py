@@ -32,6 +32,7 @@ from dlc.compiler.dims import Dim, concrete
 from dlc.compiler.loader import load_text
 from dlc.compiler.graph import Graph, Tensor, TensorType
 from dlc.compiler.primitives import PRIMITIVES
+from dlc.compiler.native import parallel
 from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime import gradcheck as gc
 from dlc.runtime import interpreter
@@ -398,6 +399,10 @@ PRIMS = {
     "reduce_max-all": reduce("reduce_max", (0, 1)),
     "reduce_max-02": reduce("reduce_max", (0, 2), (B, 13, D)),
     "reduce_max-ties": reduce("reduce_max", (1,), sample=rounded),
+    # reductions a team splits along their first kept axis (kernels.reduce_split)
+    "reduce_sum-team-bias-grad": reduce("reduce_sum", (0, 2, 3), shape=(B, 5, 7, 9)),
+    "reduce_sum-team-rows": reduce("reduce_sum", (1, 2), shape=(B, 4, 37)),
+    "reduce_max-team-middle": reduce("reduce_max", (0, 2), shape=(B, 3, 13), sample=rounded),
     "argmax-last": Prim({"x": f32(B, D)}, lambda g, t: g.add1("argmax", [t["x"]], axis=1), grad=False),
     "argmax-first": Prim({"x": f32(B, D)}, lambda g, t: g.add1("argmax", [t["x"]], axis=0), grad=False),
     "argmax-ties": Prim({"x": f32(B, D, sample=rounded)}, lambda g, t: g.add1("argmax", [t["x"]], axis=1), grad=False),
@@ -526,14 +531,17 @@ def test_primitive_forward_and_backward(name):
     compare(graph, primitive_feeds(name, graph), label=name)
 
 
-WINDOWS = [name for name in PRIMS if name.startswith(("conv2d", "maxpool2d", "avgpool2d"))]
+TEAMS = [name for name in PRIMS if name.startswith(("conv2d", "maxpool2d", "avgpool2d")) or "-team-" in name]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("name", WINDOWS)
-def test_window_kernels_on_one_and_two_threads(name, threads, monkeypatch):
-    """The convolution and pooling kernels split the batch (or its parts) over a team."""
+@pytest.mark.parametrize("name", TEAMS)
+def test_team_kernels_on_one_and_two_threads(name, threads, monkeypatch, tmp_path):
+    """The convolution, pooling and reduction kernels split the batch (or its parts, or
+    a kept axis) over a team: here every one of them, however small (compiled afresh)."""
     monkeypatch.setenv("DLC_NUM_THREADS", str(threads))
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(parallel, "PARALLEL_BELOW", 1)
     graph = primitive_graph(name)
     compare(graph, primitive_feeds(name, graph), label=f"{name} on {threads} threads")
 

@@ -69,10 +69,11 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         # inlined, every kernel would land in the driver, one function growing with the
         # model, on which LLVM's O3 is superlinear (300 dense layers: 89 s instead of 8)
         fn.attributes.add("noinline")
+        team = _team_loop(k, prog)
         if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
             kb = parallel_map(module, prog, k, fn, sig)
-        elif _team_loop(k) is not None:
-            kb = parallel_loop(module, prog, fn, sig, *_team_loop(k))
+        elif team is not None:
+            kb = parallel_loop(module, prog, fn, sig, *team)
             if isinstance(k, SmallGemmKernel):
                 kernels.sum_parts(kb, k.partial, k.parts, k.m, k.n, k.c)
             elif isinstance(k, ConvKernel) and k.g is not None:
@@ -85,7 +86,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         if isinstance(k, MapKernel):
             if not k.shape:
                 kernels.map_loop(kb, k, prog)
-        elif isinstance(k, ReduceKernel):
+        elif isinstance(k, ReduceKernel) and team is None:
             kernels.reduce(kb, k, prog)
         elif isinstance(k, ScatterAddKernel):
             kernels.scatter_add(kb, k, prog)
@@ -142,10 +143,13 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     return StepModule(module, arguments)
 
 
-def _team_loop(k) -> tuple | None:
+def _team_loop(k, prog: KernelProgram) -> tuple | None:
     """(loop(kb, first), outer extent, work) of a kernel whose loop nest runs on a thread
     team (parallel.parallel_loop), each thread on a slice of its outermost axis: examples,
     or the parts of the batch that sums keep apart. None for the others."""
+    if isinstance(k, ReduceKernel) and kernels.reduce_split(k) is not None:
+        return (lambda kb, first: kernels.reduce(kb, k, prog, first), k.shape[kernels.reduce_split(k)],
+                numel(k.shape))
     if isinstance(k, AccumulateKernel):
         return lambda kb, first: kernels.accumulate(kb, k, first), k.shape[0], numel(k.shape)
     if isinstance(k, MaxPoolGradKernel):

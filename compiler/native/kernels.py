@@ -36,7 +36,8 @@ def _strides(shape) -> list:
     return list(reversed(out))
 
 
-def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
+def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram, first=None):
+    """With `first` = (lo, hi): the outputs at those indices of axis reduce_split(k)."""
     b = kb.b
     dtype = prog.buffers[k.out].dtype
     kept = [d for r, d in enumerate(k.shape) if r not in k.axes]
@@ -70,12 +71,17 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
     else:       # the least value: of a bool (an unsigned i1) false, of an integer its most negative
         init = ir.Constant(t, 0 if k.op == "sum" or t.width == 1 else -(1 << (t.width - 1)))
 
-    kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init))
-    # the trailing reduced axes accumulate in a register; the rest into memory
-    trail = len(k.shape)
-    while trail > 0 and (trail - 1) in k.axes:
-        trail -= 1
-    head, tail = k.shape[:trail], k.shape[trail:]
+    kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init),
+             first=first)
+    # the trailing reduced axes accumulate in a register; the rest into memory, the split
+    # axis (the first kept one: each thread's outputs are its own) outermost
+    trail = _reduced_tail(k)
+    tail = k.shape[trail:]
+    order = list(range(trail))
+    if first is not None:
+        split = reduce_split(k)
+        order = [split] + [a for a in order if a != split]
+    head = tuple(k.shape[a] for a in order)
 
     def combine(acc, v):
         if k.op == "sum":
@@ -84,7 +90,8 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
             return kb.intrinsic("llvm.maximum", acc, v)      # NaN propagates, as in numpy
         return b.select(kb.replaces_max(v, acc), v, acc)
 
-    def outer(hidx):
+    def outer(looped):
+        hidx = [looped[order.index(a)] for a in range(trail)]
         if not tail:
             at = kb.affine(out_at, hidx)
             ptr = b.gep(kb.buffer(k.out, dtype), [at])
@@ -96,7 +103,25 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
         at = kb.affine(out_at, hidx + [ir.Constant(i64, 0)] * len(tail))
         ptr = b.gep(kb.buffer(k.out, dtype), [at])
         b.store(combine(b.load(ptr), b.load(acc)), ptr)
-    kb.loops(head, outer)
+    kb.loops(head, outer, first=first)
+
+
+def _reduced_tail(k: ReduceKernel) -> int:
+    """Where the trailing run of reduced axes starts."""
+    trail = len(k.shape)
+    while trail > 0 and (trail - 1) in k.axes:
+        trail -= 1
+    return trail
+
+
+def reduce_split(k: ReduceKernel) -> int | None:
+    """The axis a team splits a sum or max over: the first kept one, when the reduction
+    also has trailing reduced axes (summed in a register in the innermost loops, which
+    stay as they were: the same numbers on any team), as a convolution's bias gradient
+    [N, C, H, W] -> [C]. None: the reduction runs on one thread."""
+    trail = _reduced_tail(k)
+    kept = [a for a in range(trail) if a not in k.axes]
+    return kept[0] if k.op != "argmax" and kept and trail < len(k.shape) else None
 
 
 def scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: KernelProgram):
@@ -243,13 +268,23 @@ class _ConvRows:
 
     def out_at(self, n, o, ho, wo0, v):
         """Where vector v of the chunk at wo0 of output row (n, o, ho) starts, and its lanes inside the row."""
-        O, Ho, Wo = self.k.w_shape[0], *self.k.out_hw
+        O, Ho, Wo = self.k.channels, *self.k.out_hw
         start = self.kb.b.add(wo0, ir.Constant(i64, v * self.vw))
         return self.kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, start]), self.mask(start, Wo)
 
     def tap_row(self, ho, i):
+        """The row of x that tap row i of output row ho reads."""
         k = self.k
         return self.kb.b.sub(self.kb.b.add(self.kb.b.mul(ho, self.kb.dim(k.stride_h)), i), self.kb.dim(k.padding[0]))
+
+    def tap_rows(self, ho):
+        """(first, end) of the tap rows of output row ho that read a row of x (padding reads none)."""
+        b, k, kb = self.kb.b, self.k, self.kb
+        top = b.sub(kb.dim(k.padding[0]), b.mul(ho, kb.dim(k.stride_h)))
+        lo = b.select(b.icmp_signed(">", top, ir.Constant(i64, 0)), top, ir.Constant(i64, 0))
+        hi = b.add(top, kb.dim(k.x_shape[2]))
+        kh = kb.dim(k.w_shape[2])
+        return lo, b.select(b.icmp_signed("<", hi, kh), hi, kh)
 
     def blocks(self, count: int, size: int, body):
         """body(first, width) over [0, count) in blocks: a loop over the whole blocks of
@@ -277,7 +312,10 @@ def conv(kb: KernelBuilder, k: ConvKernel, first):
     loaded once for the block, each weight broadcast once for the chunk."""
     b, rows = kb.b, _ConvRows(kb, k)
     N, C, H, W = k.x_shape
-    O, _, kh, kw = k.w_shape
+    O, kh, kw = k.channels, *k.w_shape[2:]
+    # w[o, c, i, j], or w[c, o, kh-1-i, kw-1-j] (transposed), over (o, c, i)
+    weight = (lambda j: Affine((kh - 1) * kw + kw - 1 - j, (kh * kw, O * kh * kw, -kw))) if k.transposed else \
+        (lambda j: Affine(j, (C * kh * kw, kh * kw, kw)))
 
     def chunk(idx):
         n, ho, q = idx
@@ -286,17 +324,18 @@ def conv(kb: KernelBuilder, k: ConvKernel, first):
         def block(o0, width):
             sums = rows.sums(width * rows.nv)
 
-            def tap(ci):
-                c, i = ci
+            def tap_row(ii, c):
+                i = ii[0]
                 h = rows.tap_row(ho, i)
                 for j in range(kw):
                     xs = rows.x_row(n, c, h, wo0, j)
                     for o in range(width):
-                        at = kb.affine(Affine(j, (C * kh * kw, kh * kw, kw)), [b.add(o0, ir.Constant(i64, o)), c, i])
+                        at = kb.affine(weight(j), [b.add(o0, ir.Constant(i64, o)), c, i])
                         wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
                         for v in range(rows.nv):
                             rows.add(sums[o * rows.nv + v], wv, xs[v])
-            kb.loops((C, kh), tap)
+            taps = rows.tap_rows(ho)
+            kb.loops((C,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, c[0]), first=taps))
             for o in range(width):
                 for v in range(rows.nv):
                     at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)

@@ -497,13 +497,20 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(typ.shape, w.shape, g.shape)
     H, W = typ.shape[2:]
     gm, wm = lw.materialize(g), lw.materialize(w)
+    (st_h, st_w), (ph, pw) = attrs["stride"], attrs["padding"]
+    if _direct(ckk, kw, attrs) and st_h == 1:
+        # g convolved with the filters flipped, their channels swapped: one pass, no columns
+        out = lw.p.buffer("f32", numel(typ.shape), "temp")
+        lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
+                           transposed=True, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
     cols = lw.p.buffer("f32", N * ckk * hw, "temp")
     # the columns transposed, [N, C, kh, kw, Ho, Wo]: cols[n] (CKK x HoWo) = W^T (W is O x CKK) @ g[n]
     # (O x HoWo), so that col2im's innermost loop walks Wo, along the rows of both
     lw.emit(GemmKernel(ckk, hw, O, N, (wm.buffer, wm.at.offset, ckk, 0), (gm.buffer, gm.at.offset, hw, O * hw),
                        (cols.id, 0, hw, ckk * hw), True, False, node=n))
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    (st_h, st_w), (ph, pw) = attrs["stride"], attrs["padding"]
     sn, sc, sh, sw = row_major(typ.shape)
     at = Affine(-ph * sh - pw * sw, (sn, sc, sh, sw, st_h * sh, st_w * sw))
     guards = ((Affine(-ph, (0, 0, 1, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, 1, 0, st_w)), W))

@@ -205,10 +205,12 @@ class SmallGemmKernel(Kernel):
 
 @dataclass
 class ConvKernel(Kernel):
-    """A direct convolution, for few input channels (a first layer): no im2col buffer.
-    x [N, C, H, W] (0 outside), w [O, C, kh, kw], stride 1 along W. Without `g`:
+    """A direct convolution, for few taps (C*kh*kw): no im2col buffer. x [N, C, H, W]
+    (0 outside), w [O, C, kh, kw], stride 1 along W. Without `g`:
     out [N, O, Ho, Wo] = sum over c, i, j of w[o, c, i, j] * x[n, c, ho*sh + i - ph, wo + j - pw];
-    with `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
+    `transposed`: w is [C, O, kh, kw] and read w[c, o, kh-1-i, kw-1-j] — with x the output
+    gradient and padding k - 1 - p, the input gradient of a stride-1 convolution.
+    With `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
     n, ho, wo of g[n, o, ho, wo] * x[...], the batch in `parts` runs summed apart into
     `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel."""
     x: int
@@ -222,6 +224,12 @@ class ConvKernel(Kernel):
     g: int | None = None
     partial: int | None = None
     parts: int = 1
+    transposed: bool = False
+
+    @property
+    def channels(self):
+        """The output's channels (O)."""
+        return self.w_shape[1] if self.transposed else self.w_shape[0]
 
 
 @dataclass
