@@ -384,7 +384,7 @@ def conv_weight_grad(kb: KernelBuilder, k: ConvKernel, first):
                 kb.loops((count, k.out_hw[0], rows.chunks()), chunk)
                 for o in range(width):
                     for j in range(kw):
-                        total = b.call(lanes, [ir.Constant(f32, 0.0), b.load(sums[o * kw + j])], fastmath=("reassoc",))
+                        total = b.call(lanes, [ir.Constant(f32, -0.0), b.load(sums[o * kw + j])], fastmath=("reassoc",))
                         at = kb.affine(Affine(j, (O * taps, taps, kh * kw, kw)), [p, b.add(o0, ir.Constant(i64, o)), c, i])
                         kb.store(k.partial, "f32", at, total)
             kb.loops((C, kh), tap_row)

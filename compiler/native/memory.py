@@ -24,7 +24,9 @@ arrays, outputs are read after the call.
 No kernel relies on fresh memory being zero: maps write every element they cover
 (`pad` fills with its value first, a scan's stacked outputs are written step by step
 over the whole length), reductions initialize their output, GEMMs write C (C = 0 when
-K = 0), and scatter-add, accumulate and max-pool gradients zero their output first.
+K = 0), small GEMMs and weight gradients write every part's slice of their partial sums,
+max-pool gradients of tiling windows write every element, and scatter-add, accumulate
+and the other max-pool gradients zero their output first.
 (tests/test_memory.py trains examples with every temporary filled with NaN before
 each step.) In-place reuse of a map's dying input is not done: docs/native.md says why.
 """
