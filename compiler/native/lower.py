@@ -620,7 +620,7 @@ def inline_internal(prog: KernelProgram):
     """A fused map's member whose buffer no kernel but later members of its loop reads
     (at the index being written: fuse_maps checks), none of them storing over what it
     reads, is not stored: its expression is inlined into those members, and LLVM
-    computes it once. A layer's pre-activation
+    computes it once (read more than once, only arithmetic is inlined). A layer's pre-activation
     `x @ W + b`, read by its ReLU and the ReLU's mask, stays in a register."""
     kernels = [k for _, k, _ in linearize(prog.kernels) if not isinstance(k, ScanKernel)]
     readers: dict = {}
@@ -639,13 +639,26 @@ def inline_internal(prog: KernelProgram):
             read |= {buffer_of(x) for x in leaves(m.expr)}
             m.expr = replace_loads(m.expr, lambda x: inlined.get(x.buffer, x))
             later = {n.out for n in k.maps[j + 1:]}
+            reads = sum(buffer_of(x) == m.out for n in k.maps[j + 1:] for x in leaves(n.expr))
             internal = prog.buffers[m.out].kind == "temp" and readers.get(m.out, set()) <= {id(k)} \
-                and writes[m.out] == 1 and m.out not in read and not later & {buffer_of(x) for x in leaves(m.expr)}
+                and writes[m.out] == 1 and m.out not in read and not later & {buffer_of(x) for x in leaves(m.expr)} \
+                and (reads == 1 or _computed_once(m.expr))
             if internal:
                 inlined[m.out] = m.expr
             else:
                 kept.append(m)
         k.maps = kept
+
+
+def _computed_once(e) -> bool:
+    """Whether LLVM computes two copies of e in one iteration once: arithmetic only, no
+    call of the C library (a primitive's libm function; float64 transcendentals) and no
+    random draw."""
+    if isinstance(e, Op):
+        return not PRIMITIVES[e.name].libm and e.dtype != "f64" and all(_computed_once(a) for a in e.args)
+    if isinstance(e, Gather):
+        return _computed_once(e.idx)
+    return not isinstance(e, Random)
 
 
 @collector_paused()
