@@ -34,11 +34,14 @@ def backward(graph: Graph, seeds: list, wrt: list) -> list:
         view = graph.view(n)
         if prim.vjp is None:
             raise DlcError(f"cannot differentiate through {graph.op(n)}", view.span)
+        first = graph._next
         with graph.at(view.span):
             in_cts = prim.vjp(view, outs)
             for x, ct in zip(view.inputs, in_cts):
                 if ct is not None and x.node in relevant and x.type.is_float:
                     _accumulate(cts, x, ct)
+        for m in range(first, graph._next):     # what differentiates n (graph.layer_of)
+            graph.g.nodes[m]["grad_of"] = n
     return [cts.get(t.key()) for t in wrt]
 
 
@@ -107,7 +110,7 @@ def train_step(forward: Graph) -> Graph:
     `grad:<name>` for every trainable parameter."""
     if "loss" not in forward.outputs:
         raise DlcError("the model has no loss; add a `loss ...` statement to train or check gradients")
-    g, _ = copy_graph(forward)
+    g, _ = copy_graph(forward, keep_ids=True)      # node n of the forward graph is node n here
     g.name = "train_step"
     g.outputs = {k: t for k, t in g.outputs.items() if not k.startswith("output:")}
     params = [Tensor(g, n) for n in g.params() if g.attrs(n)["trainable"]]

@@ -13,6 +13,11 @@ def register_source(filename: str, text: str) -> None:
     _SOURCES[filename] = text.splitlines()
 
 
+def source_lines(filename: str) -> list[str] | None:
+    """The lines of a loaded file (a program's file, an import, the standard library's)."""
+    return _SOURCES.get(filename)
+
+
 STDLIB_PREFIX = "<stdlib>/"
 
 
@@ -43,7 +48,7 @@ class Span:
         return f"{self.line}:{self.col}"
 
     def source_line(self) -> str | None:
-        lines = _SOURCES.get(self.file)
+        lines = source_lines(self.file)
         if lines and 0 < self.line <= len(lines):
             return lines[self.line - 1]
         return None

@@ -35,7 +35,8 @@ class Evaluator:
         self.globals = globals_
         self.training = training
         self.budget = NodeBudget()         # the nodes this build may still make, in all its graphs
-        self.graph = Graph("forward", budget=self.budget)
+        self.forward = Graph("forward", budget=self.budget)
+        self.graph = self.forward          # the graph nodes go into: the forward graph, a scan body, the init graph
         self.init = Graph("init", budget=self.budget)
         self.root_scope = ParamScope("", None)
         self.scope = self.root_scope
@@ -52,6 +53,10 @@ class Evaluator:
         self.captures: dict = {}           # (body graph id, outer key) -> body arg tensor
         self.sequences: dict = {}          # (body graph id, outer key, axis) -> body arg tensor
         self.rng_keys: dict = {}
+        # which layer each forward node belongs to (named in build): the forward graph's nodes
+        # [first, end) were made during a def call (innermost calls first) or a model statement
+        self.call_nodes: list = []         # (first, end, ParamScope of the call)
+        self.statement_nodes: list = []    # (first, end, binding name of the model statement)
 
     # -- errors --------------------------------------------------------------------------------
     def fail(self, message: str, span: Span, notes=()):
@@ -137,6 +142,7 @@ class Evaluator:
             params.append(ParamInfo(name, self.graph.types(node)[0], trainable, span, scope.calls()))
         for node, value in self.updates.items():
             self.graph.outputs[f"update:{names[node]}"] = value
+        self.name_layers()
         self.init.outputs = {names[node]: value for (node, *_), value in zip(self.param_nodes, self.init_values)}
         seen = {}
         for p in params:
@@ -146,6 +152,22 @@ class Evaluator:
         return Model(model.name, self.graph, self.init, self.inputs, params, self.training, train, model.span,
                      self.bindings)
 
+    def name_layers(self):
+        """Set `layer` on the forward graph's nodes (graph.layer_of): the name prefix of the
+        parameters of the innermost call that made the node and names parameters (stage1.0.conv1),
+        else the binding of the model statement that made it. Inputs belong to no layer."""
+        layers: dict = {}
+        for first, end, scope in self.call_nodes:
+            path = scope.layer()
+            for n in range(first, end) if path else ():
+                layers.setdefault(n, path)
+        for first, end, name in self.statement_nodes:
+            for n in range(first, end) if name else ():
+                layers.setdefault(n, name)
+        for n, layer in layers.items():
+            if self.forward.op(n) != "input":
+                self.forward.g.nodes[n]["layer"] = layer
+
     # -- statements ------------------------------------------------------------------------------
     def block(self, stmts: list, env: Env, in_model=False, in_def=False, in_scan=False):
         """Run statements; returns the values of a trailing `return` or `yield`."""
@@ -153,8 +175,12 @@ class Evaluator:
             if isinstance(s, (A.Return, A.Yield)):
                 self.fail(f"nothing may follow a {type(s).__name__.lower()}", s.span)
         for s in stmts:
+            first = self.forward._next
             with self.graph.at(s.span):
                 result = self.statement(s, env, in_model, in_def, in_scan)
+            if in_model:        # the binding name a statement sets, as the label of the calls in it
+                named = isinstance(s, (A.Assign, A.Loss, A.Metric, A.Output))
+                self.statement_nodes.append((first, self.forward._next, self.label if named else ""))
             if result is not None:
                 return result
         return None
@@ -640,6 +666,7 @@ class Evaluator:
         self.scope = self.scope.child(label, explicit is not None, span, decl)
         saved_repeat, self.repeat_index = self.repeat_index, ()
         self.stack.append((decl, span))
+        first = self.forward._next
         try:
             result = self.block(decl.body, env, in_def=True)
         except DlcError as e:
@@ -647,6 +674,7 @@ class Evaluator:
             raise
         finally:
             self.stack.pop()
+            self.call_nodes.append((first, self.forward._next, self.scope))
             self.scope, self.label, self.repeat_index = saved_scope, saved_label, saved_repeat
         if result is None:
             self.fail(f"'{decl.name}' has no return", decl.span)

@@ -359,6 +359,11 @@ def _attr_text(v) -> str:
     return str(v)
 
 
+def attrs_text(attrs: dict) -> str:
+    """`shape=(B, 1), ta=False`: a node's attributes but its body graph."""
+    return ", ".join(f"{k}={_attr_text(v)}" for k, v in attrs.items() if not isinstance(v, Graph))
+
+
 def _ref(t: Tensor) -> str:
     return f"%{t.node}" + (f".{t.out}" if t.out else "")
 
@@ -373,7 +378,7 @@ def to_text(graph: Graph, indent: str = "") -> str:
         d = graph.g.nodes[n]
         types = ", ".join(str(t) for t in d["types"])
         args = ", ".join(_ref(t) for t in graph.inputs(n))
-        attrs = ", ".join(f"{k}={_attr_text(v)}" for k, v in d["attrs"].items() if not isinstance(v, Graph))
+        attrs = attrs_text(d["attrs"])
         loc = f"  @{_where(d['span'])}" if d["span"] else ""
         call = d["op"] + (f"({args})" if args else "") + (f" {{{attrs}}}" if attrs else "")
         lines.append(f"{indent}%{n} = {call} : {types}{loc}")
@@ -387,12 +392,78 @@ def to_text(graph: Graph, indent: str = "") -> str:
     return "\n".join(lines)
 
 
-def to_dot(graph: Graph) -> str:
-    lines = [f'digraph "{graph.name}" {{', "  node [shape=box, fontname=monospace];"]
+GRADIENTS = "∇"      # the layer of the gradient nodes, above one per layer: ∇.stage1.0.conv1
+
+
+def layer_of(graph: Graph, n: int) -> str:
+    """The layer node n belongs to, a dotted path ("" for none): in the forward graph the
+    name prefix of the parameters of the call that made it, or its model statement's binding
+    (set by the evaluator); in the train-step graph, the gradient of a node belongs to
+    ∇.LAYER, LAYER being that node's."""
+    d = graph.g.nodes[n]
+    if "grad_of" not in d:
+        return d.get("layer", "")
+    forward = graph.g.nodes[d["grad_of"]] if d["grad_of"] in graph.g else {}
+    return ".".join(p for p in (GRADIENTS, forward.get("layer", "")) if p)
+
+
+def layer_label(layer: str) -> str:
+    """stage1.0, ∇ stage1.0, ∇ (gradients)."""
+    if layer == GRADIENTS:
+        return f"{GRADIENTS} (gradients)"
+    return layer.replace(GRADIENTS + ".", GRADIENTS + " ", 1)
+
+
+def layer_parent(layer: str) -> str:
+    """The layer that holds this one: stage1.0 for stage1.0.conv1, "" for stage1."""
+    return layer.rpartition(".")[0]
+
+
+def node_title(graph: Graph, n: int) -> str:
+    """`%12 conv2d`, with the name of an input or parameter: `%3 param stage1.0.conv1.W`."""
+    d = graph.g.nodes[n]
+    name = d["attrs"].get("name") if PRIMITIVES[d["op"]].given else None
+    return f"%{n} {d['op']}" + (f" {name}" if isinstance(name, str) else "")
+
+
+def layer_tree(graph: Graph) -> dict:
+    """Every layer that holds nodes -> (the layers in it, its own nodes), with the layers
+    above them; "" is the whole graph. In graph order."""
+    tree: dict = {"": ([], [])}
+
+    def add(layer: str):
+        if layer not in tree:
+            tree[layer] = ([], [])
+            add(layer_parent(layer))
+            tree[layer_parent(layer)][0].append(layer)
     for n in graph.order():
-        d = graph.g.nodes[n]
-        label = f"%{n} {d['op']}\\n" + ", ".join(str(t) for t in d["types"])
-        lines.append(f'  n{n} [label="{label}"];')
+        layer = layer_of(graph, n)
+        add(layer)
+        tree[layer][1].append(n)
+    return tree
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def to_dot(graph: Graph) -> str:
+    """Graphviz: each node with its op (and the name of an input or parameter), in a
+    cluster per layer, nested as the layers are."""
+    lines = [f'digraph "{graph.name}" {{', "  node [shape=box, fontname=monospace];"]
+    tree = layer_tree(graph)
+
+    def cluster(layer: str, indent: str):
+        layers, nodes = tree[layer]
+        for n in nodes:
+            label = node_title(graph, n) + "\n" + ", ".join(str(t) for t in graph.types(n))
+            lines.append(f"{indent}n{n} [label={_quoted(label)}];")
+        for child in layers:
+            lines.append(f"{indent}subgraph {_quoted('cluster_' + child)} {{")
+            lines.append(f"{indent}  label={_quoted(layer_label(child))};")
+            cluster(child, indent + "  ")
+            lines.append(f"{indent}}}")
+    cluster("", "  ")
     for u, v, k, out in graph.g.edges(keys=True, data="out"):
         lines.append(f'  n{u} -> n{v} [label="{out}:{k}"];')
     for name, t in graph.outputs.items():

@@ -75,6 +75,14 @@ class ParamScope:
                 path = ".".join(p for p in (prefix, seg) if p)
                 c.assign_names(path, out)
 
+    def layer(self) -> str:
+        """The layer of the nodes a call makes: the name prefix of its parameters, or of the
+        nearest enclosing call's ("" when none of them names parameters)."""
+        scope = self
+        while scope is not None and not scope.path:
+            scope = scope.parent
+        return scope.path if scope is not None else ""
+
     def calls(self) -> tuple:
         """The calls from the model down to this node, outermost first."""
         chain, scope = [], self

@@ -10,12 +10,16 @@ def flops(graph: Graph):
     """Floating-point operations of one run of the graph, as a polynomial in its dims."""
     total = 0
     for n in graph.g.nodes:
-        prim = PRIMITIVES[graph.op(n)]
-        if prim.flops is None:
-            continue
-        ins = [t.type for t in graph.inputs(n)]
-        total = total + prim.flops(ins, graph.types(n), **graph.attrs(n))
+        total = total + node_flops(graph, n)
     return total
+
+
+def node_flops(graph: Graph, n: int):
+    """Floating-point operations of node n (0 for an op that counts none)."""
+    prim = PRIMITIVES[graph.op(n)]
+    if prim.flops is None:
+        return 0
+    return prim.flops([t.type for t in graph.inputs(n)], graph.types(n), **graph.attrs(n))
 
 
 def count_text(d) -> str:

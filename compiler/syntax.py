@@ -472,7 +472,7 @@ class _ToAst(Transformer):
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     text = resources.files("dlc.grammar").joinpath("dl.lark").read_text()
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True)
+    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
 
 
 _TOKEN_NAMES = {
@@ -491,11 +491,12 @@ def _describe(expected) -> str:
     return ", ".join(names)
 
 
-def parse(text: str, filename: str = "<input>") -> Module:
-    """Parse .dl source into a Module; syntax errors become located DlcErrors."""
+def parse(text: str, filename: str = "<input>", start: str = "start") -> Module:
+    """Parse .dl source into a Module (with start="expr", one expression: a flag's value,
+    located in the flag's own text); syntax errors become located DlcErrors."""
     register_source(filename, text)
     try:
-        tree = _parser().parse(text)
+        tree = _parser().parse(text, start=start)
     except UnexpectedCharacters as e:
         raise DlcError(f"unexpected character {text[e.pos_in_stream]!r}", Span(filename, e.line, e.column)) from None
     except UnexpectedEOF as e:

@@ -32,9 +32,14 @@ class DlcModel:
         self._engine = None
 
     # -- training --
-    def train(self, out: str | None = None, resume=False, log=None, **overrides):
-        """Train with the file's train block; keyword arguments override its settings."""
-        trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log, self.backend)
+    def train(self, out: str | None = None, resume=False, log=None, progress="auto", tensorboard=None,
+              **overrides):
+        """Train with the file's train block; keyword arguments override its settings.
+        `progress`: "auto" (a line redrawn on a terminal, tqdm's bar in a notebook, else a line
+        per epoch), "bar", "epochs", "none" or N (a line every N steps): runtime/progress.py.
+        `tensorboard`: a folder for TensorBoard event files (runtime/tensorboard.py)."""
+        trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log, self.backend,
+                          progress, tensorboard)
         result = trainer.run(resume=resume)
         self.params = result.params
         self.meta = {"meta": getattr(trainer, "meta", {}), "data": data_settings(trainer.cfg)}

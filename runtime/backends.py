@@ -13,10 +13,12 @@ from dlc.runtime.native import NativeEngine
 BACKENDS = ("auto", "native", "reference")
 
 
-def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, **kw):
+def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, split=False, **kw):
     """The engine `backend` names. `auto` is the native engine, or, for a model using an
     operation the native backend does not compile, the reference engine after a warning
-    naming that operation and its line; `native` never falls back (the error says why)."""
+    naming that operation and its line; `native` never falls back (the error says why).
+    `split`: a native engine whose steps are two calls, gradients and update (the reference
+    engine's always are)."""
     if backend not in BACKENDS:
         raise DlcError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
     if backend == "reference":
@@ -24,7 +26,7 @@ def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=
     try:
         if log and args:
             log("compiling the native train step (cached for the next runs) ...")
-        return NativeEngine(train_model, eval_model, *args, **kw)
+        return NativeEngine(train_model, eval_model, *args, split=split, **kw)
     except NotLowerable as e:
         if backend == "native":
             raise

@@ -36,7 +36,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 import dlc
-from dlc.compiler.native.gemm import add_gemm, default_config, gemm_name
+from dlc.compiler.native.gemm import add_gemm, add_pack, default_config, gemm_name, pack_name
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native import jit
 
@@ -240,7 +240,8 @@ def _store(dirfd: int, filename: str, key: str, obj: bytes):
             os.unlink(tmp, dir_fd=dirfd)
 
 
-VARIANTS = [(ta, tb) for ta in (False, True) for tb in (False, True)]
+# (trans_a, trans_b, packed): the routines the kernels call; and the pack functions
+VARIANTS = [(ta, tb, pk) for ta in (False, True) for tb in (False, True) for pk in (False, True)]
 
 
 def gemm_symbols():
@@ -251,11 +252,13 @@ def gemm_symbols():
 
         def build():
             module = ir.Module("dlc_gemm")
-            for ta, tb in VARIANTS:
-                add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False)
+            for ta, tb, pk in VARIANTS:
+                add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk)
+            for tb in (False, True):
+                add_pack(module, trans_b=tb)
             return module, []
         _gemm_module, _ = compile_built(("dlc_gemm", default_config(), VARIANTS), build)
-        for ta, tb in VARIANTS:
-            name = gemm_name(ta, tb, False)
+        names = [gemm_name(ta, tb, False, pk) for ta, tb, pk in VARIANTS] + [pack_name(tb) for tb in (False, True)]
+        for name in names:
             llvm.add_symbol(name, _gemm_module.address(name))
     return _gemm_module

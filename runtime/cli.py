@@ -16,7 +16,7 @@ import dlc
 
 def _add_model_args(p: argparse.ArgumentParser, backend=False):
     p.add_argument("file", help="a .dl file")
-    p.add_argument("--model", help="which model of the file (default: the last one)")
+    p.add_argument("--model", metavar="NAME", help="which model of the file (default: the last one)")
     if backend:
         p.add_argument("--backend", choices=["auto", "native", "reference"], default="auto",
                        help="auto (default): the native engine, or the reference engine with a warning for a "
@@ -150,11 +150,16 @@ def cmd_summary(args):
 
 def _graph_for(args, grad: bool):
     from dlc.compiler import autodiff
-    from dlc.compiler.errors import DlcError
     model = _build(args, training=not getattr(args, "eval", False))
-    if grad and "loss" not in model.graph.outputs:
-        raise DlcError(f"model {model.name} has no loss, so it has no gradient graph", model.span)
+    if grad:
+        _has_loss(model)
     return autodiff.train_step(model.graph) if grad else model.graph
+
+
+def _has_loss(model):
+    from dlc.compiler.errors import DlcError
+    if "loss" not in model.graph.outputs:
+        raise DlcError(f"model {model.name} has no loss, so it has no gradient graph", model.span)
 
 
 def _render(g, fmt: str) -> str:
@@ -163,6 +168,13 @@ def _render(g, fmt: str) -> str:
 
 
 def cmd_graph(args):
+    if args.format == "html":       # both graphs of the model, its source and its native kernels
+        from dlc.compiler.graph_page import page
+        model = _build(args, training=not args.eval)
+        if args.grad:
+            _has_loss(model)
+        _write(page(model, "train_step" if args.grad else "forward"), args.output)
+        return
     _write(_render(_graph_for(args, args.grad), args.format), args.output)
 
 
@@ -237,17 +249,20 @@ def _weights(args):
 
 def cmd_train(args):
     from dlc.compiler.loader import load
+    from dlc.runtime.progress import row_values
     from dlc.runtime.trainer import Trainer
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
                                                          "early_stop")}
+    progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
-                      backend=args.backend)
+                      backend=args.backend, progress=progress, tensorboard=args.tensorboard)
     result = trainer.run(resume=args.resume if args.resume != "" else True)
     if result.stopped == "interrupted":
         return 130
-    last = result.history[-1] if result.history else {}
-    stats = "  ".join(f"{k} {v:.4f}" for k, v in last.items() if k not in ("epoch", "lr", "time"))
+    if not trainer.writes:      # another rank of a distributed run: rank 0 reports
+        return 0
+    stats = "  ".join(row_values(result.history[-1])) if result.history else ""
     print(f"trained {trainer.name} for {len(result.history)} epochs ({result.stopped})" + (f": {stats}" if stats else ""))
     if result.test:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
@@ -379,12 +394,46 @@ def cmd_import(args):
     print(f"wrote {weights} ({count(len(imported.weights), 'array')})")
 
 
+def cmd_data_fetch(args):
+    from dlc.runtime import fetch
+    for name in args.names:
+        fetch.known(name)           # every name checked before anything is downloaded
+    for name in args.names:
+        print(f"{name}: {fetch.fetch(name)}")
+
+
+def cmd_data_list(args):
+    from dlc.runtime import fetch
+    print(fetch.listing())
+
+
+FILE_METAVARS = ("PATH", "CKPT", "OUT", "OUT.dl")     # what a flag of these takes is a file, DIR a folder
+
+
+def cmd_completion(args):
+    """dlc's completion script for bash or zsh, made by shtab from this parser: commands, flags,
+    choices, and file names where an argument is a file (folder names for DIR)."""
+    from dlc.compiler.errors import optional_package
+    shtab = optional_package("shtab", "completion", "dlc completion")
+    p = parser()
+    for command in _commands(p).values():
+        for action in command._actions:
+            if action.dest == "file" or action.metavar in FILE_METAVARS:
+                action.complete = shtab.FILE
+            elif action.metavar == "DIR":
+                action.complete = shtab.DIRECTORY
+    print(shtab.complete(p, shell=args.shell))
+
+
 # ---- parser ------------------------------------------------------------------------------------------
+WEIGHTS_HELP = "a checkpoint (.npz) or .safetensors file, in dlc's or torch.nn's names"
+
+
 def parser() -> argparse.ArgumentParser:
     from dlc.compiler import passes as P
     p = argparse.ArgumentParser(prog="dlc", description="A compiler for neural networks written in .dl files.")
     p.add_argument("--version", action="version", version=f"dlc {dlc.__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", help="one of these; dlc COMMAND -h for its options")
 
     c = sub.add_parser("check", help="parse and shape-check a model; print its signature")
     _add_model_args(c)
@@ -402,7 +451,10 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--grad", action="store_true", help="the train-step graph with gradients")
     c.add_argument("--eval", action="store_true", help="the evaluation-mode graph")
-    c.add_argument("--format", choices=["text", "dot", "json"], default="text")
+    c.add_argument("--format", choices=["text", "dot", "json", "html"], default="text",
+                   help="text (default): a node a line; dot: Graphviz; json: nodes, types and source places; "
+                        "html: one page to explore the forward and train-step graphs by layer, with the source "
+                        "and the native kernels")
     c.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
     c.set_defaults(run=cmd_graph)
 
@@ -427,67 +479,81 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("gradcheck", help="check gradients against finite differences (float64)")
     _add_model_args(c)
-    c.add_argument("--size", type=_positive, default=2, help="size of every symbolic dim (default 2)")
+    c.add_argument("--size", type=_positive, default=2, metavar="N", help="size of every symbolic dim (default 2)")
     c.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of one symbolic dim")
-    c.add_argument("--entries", type=_positive, default=8, help="entries checked per parameter (default 8)")
-    c.add_argument("--tolerance", type=_real(0, strict=True), default=1e-6,
-                   help="largest relative error that passes")
-    c.add_argument("--seed", type=_seed, default=0)
+    c.add_argument("--entries", type=_positive, default=8, metavar="N",
+                   help="entries checked per parameter (default 8)")
+    c.add_argument("--tolerance", type=_real(0, strict=True), default=1e-6, metavar="T",
+                   help="largest relative error that passes (default 1e-6)")
+    c.add_argument("--seed", type=_seed, default=0, metavar="S",
+                   help="seed of the parameters, the inputs and the entries checked (default 0)")
     c.set_defaults(run=cmd_gradcheck)
 
     c = sub.add_parser("bench", help="time the native train step and every kernel in it")
     _add_model_args(c)
-    c.add_argument("--batch", type=_positive, default=32, help="batch size (default 32)")
+    c.add_argument("--batch", type=_positive, default=32, metavar="N", help="batch size (default 32)")
     c.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of another symbolic dim (default 32)")
-    c.add_argument("--steps", type=_positive, default=20, help="timed steps (default 20)")
-    c.add_argument("--top", type=_positive, default=25, help="kernels shown, slowest first (default 25)")
+    c.add_argument("--steps", type=_positive, default=20, metavar="N", help="timed steps (default 20)")
+    c.add_argument("--top", type=_positive, default=25, metavar="N", help="kernels shown, slowest first (default 25)")
     _add_threads(c)
     c.set_defaults(run=cmd_bench)
 
     c = sub.add_parser("train", help="train a model on its train block's data (flags override the block)")
     _add_model_args(c, backend=True)
-    c.add_argument("--epochs", type=int)
-    c.add_argument("--batch", type=int, help="batch size: 1 is stochastic, the data size is batch GD")
-    c.add_argument("--lr", type=float, help="learning rate")
-    c.add_argument("--optimizer", help='replaces the train block\'s: a name (sgd, momentum, nesterov, rmsprop, '
+    c.add_argument("--epochs", type=int, metavar="N", help="passes over the training data")
+    c.add_argument("--batch", type=int, metavar="N", help="batch size: 1 is stochastic, the data size is batch GD")
+    c.add_argument("--lr", type=float, metavar="X", help="learning rate")
+    c.add_argument("--optimizer", metavar="SPEC", help='replaces the train block\'s: a name (sgd, momentum, nesterov, rmsprop, '
                                         'adam, adamw) with its defaults, or a spec, e.g. "sgd(lr = 0.1, momentum = 0.9)"')
-    c.add_argument("--seed", type=int)
-    c.add_argument("--data", help='a source, e.g. "digits()", "xor()" or a file path (.npz, .csv, IDX, .txt)')
-    c.add_argument("--validation", help='e.g. "split(0.1)" or a data source')
-    c.add_argument("--test", help='held-out test data, e.g. "split(0.2)"')
-    c.add_argument("--schedule", help='e.g. "cosine(warmup = 1)", "step(every = 10, gamma = 0.5)"')
-    c.add_argument("--clip", help='e.g. "global_norm(1.0)" or "value(0.5)"')
-    c.add_argument("--early-stop", dest="early_stop", help='e.g. "patience(3, monitor = val_loss)"')
+    c.add_argument("--seed", type=int, metavar="N",
+                   help="seed of everything random: initialization, shuffling, dropout, augmentation")
+    c.add_argument("--data", metavar="SPEC",
+                   help='a source, e.g. "digits()", "xor()" or a file path (.npz, .csv, IDX, .txt)')
+    c.add_argument("--validation", metavar="SPEC", help='e.g. "split(0.1)" or a data source')
+    c.add_argument("--test", metavar="SPEC", help='held-out test data, e.g. "split(0.2)"')
+    c.add_argument("--schedule", metavar="SPEC", help='e.g. "cosine(warmup = 1)", "step(every = 10, gamma = 0.5)"')
+    c.add_argument("--clip", metavar="SPEC", help='e.g. "global_norm(1.0)" or "value(0.5)"')
+    c.add_argument("--early-stop", dest="early_stop", metavar="SPEC", help='e.g. "patience(3, monitor = val_loss)"')
     c.add_argument("--freeze", action="append", metavar="PATTERN", help="parameters not to train (conv*, f5)")
     c.add_argument("--init-from", dest="init_from", metavar="CKPT", help="start from these weights, by name")
     c.add_argument("--out", metavar="DIR", help="checkpoints and history (default: runs/MODEL beside the file)")
     c.add_argument("--resume", nargs="?", type=_checkpoint, const="", default=False, metavar="CKPT",
                    help="continue from DIR/last.npz or the given checkpoint")
+    c.add_argument("--tensorboard", metavar="DIR",
+                   help='write TensorBoard event files to DIR: lr every step, loss and metrics every epoch '
+                        '(needs tensorboardX: pip install "dlc[tensorboard]")')
+    shown = c.add_mutually_exclusive_group()
+    shown.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress and no line per epoch: the summary, warnings and errors only")
+    shown.add_argument("--log-every", dest="log_every", type=_positive, metavar="N",
+                       help="a plain line every N steps instead of the redrawn progress line (for log files and CI)")
     c.set_defaults(run=cmd_train)
 
     c = sub.add_parser("eval", help="loss and metrics of trained weights on data")
     _add_model_args(c, backend=True)
-    c.add_argument("--weights", required=True, metavar="CKPT")
-    c.add_argument("--data", help="default: the train block's test data, else its data")
-    c.add_argument("--batch", type=_positive, default=256)
+    c.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
+    c.add_argument("--data", metavar="SPEC", help="the data to score (default: the test data of the checkpoint's "
+                                                   "run, else its validation data, else its training data)")
+    c.add_argument("--batch", type=_positive, default=256, metavar="N", help="batch size (default 256)")
     c.set_defaults(run=cmd_eval)
 
     c = sub.add_parser("predict", help="run trained weights on inputs and write the outputs")
     _add_model_args(c, backend=True)
-    c.add_argument("--weights", required=True, metavar="CKPT")
+    c.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     c.add_argument("--input", required=True, metavar="PATH", help=".npz (arrays by input name), .csv or .txt")
     c.add_argument("--output", default="predictions.npz", metavar="PATH", help=".npz (default) or .csv")
-    c.add_argument("--batch", type=_positive, default=256)
+    c.add_argument("--batch", type=_positive, default=256, metavar="N", help="batch size (default 256)")
     c.set_defaults(run=cmd_predict)
 
     c = sub.add_parser("generate", help="continue a text prompt with a trained character model")
     _add_model_args(c, backend=True)
-    c.add_argument("--weights", required=True, metavar="CKPT")
-    c.add_argument("--prompt", default="", help="the text to continue")
-    c.add_argument("--length", type=_whole(0), default=200, help="characters to generate")
-    c.add_argument("--temperature", type=_real(0, strict=False), default=0.0,
-                   help="0 is greedy; higher samples more freely")
-    c.add_argument("--seed", type=_seed, default=0)
+    c.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
+    c.add_argument("--prompt", default="", metavar="TEXT",
+                   help="the text to continue (an encoder-decoder's source: token ids, \"3 4 5\")")
+    c.add_argument("--length", type=_whole(0), default=200, metavar="N", help="characters to generate (default 200)")
+    c.add_argument("--temperature", type=_real(0, strict=False), default=0.0, metavar="T",
+                   help="0 (default) is greedy; higher samples more freely")
+    c.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of the sampling (default 0)")
     c.set_defaults(run=cmd_generate)
 
     c = sub.add_parser("export", help="write a model's weights as .safetensors (dlc's or torch.nn's layout) or the "
@@ -509,9 +575,45 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="OUT.dl", help="the .dl program to write")
     c.add_argument("--weights", metavar="PATH", help="the checkpoint to write (default: OUT.npz)")
     c.set_defaults(run=cmd_import)
+    c = sub.add_parser("data", help="download public data sets (MNIST, CIFAR) into the data folder; list them")
+    actions = c.add_subparsers(dest="action", metavar="ACTION", required=True, help="fetch or list")
+    a = actions.add_parser("fetch", help="download, verify and convert data sets (mnist, fashion_mnist, cifar10, "
+                                         "cifar100)")
+    a.add_argument("names", nargs="+", metavar="NAME", help="a data set, as `dlc data list` names it")
+    a.set_defaults(run=cmd_data_fetch)
+    a = actions.add_parser("list", help="the data sets dlc fetches, their sizes and which are in the data folder")
+    a.set_defaults(run=cmd_data_list)
+    c = sub.add_parser("completion", help="print the shell completion script of dlc for bash or zsh (needs shtab)",
+                       description='bash: eval "$(dlc completion bash)" in ~/.bashrc; zsh: dlc completion zsh > '
+                                   '"${fpath[1]}/_dlc". The script needs the shtab package: pip install "dlc[completion]".')
+    c.add_argument("shell", choices=["bash", "zsh"], help="the shell to complete for")
+    c.set_defaults(run=cmd_completion)
     for c in sub.choices.values():
         c.set_defaults(command_parser=c)
     return p
+
+
+def _commands(p: argparse.ArgumentParser) -> dict:
+    """dlc's commands: name -> the command's parser."""
+    return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def _parse(argv) -> argparse.Namespace:
+    """The arguments; an unknown command or flag is a usage error with the one it may mean
+    (`trian`: did you mean 'train'?; `--optimiser`: did you mean '--optimizer'?)."""
+    from dlc.compiler.errors import did_you_mean
+    argv = sys.argv[1:] if argv is None else argv
+    p = parser()
+    first = next((a for a in argv if not a.startswith("-")), None)      # dlc's own flags take no value
+    if first is not None and first not in _commands(p):
+        p.error(f"unknown command '{first}'{did_you_mean(first, _commands(p))}")
+    args, unknown = p.parse_known_args(argv)
+    if unknown:
+        command = getattr(args, "command_parser", None) or p
+        flag = next((u.partition("=")[0] for u in unknown if u.startswith("-")), "")
+        flags = [s for action in command._actions for s in action.option_strings]
+        command.error(f"unrecognized arguments: {' '.join(unknown)}{did_you_mean(flag, flags) if flag else ''}")
+    return args
 
 
 def main(argv=None) -> int:
@@ -524,7 +626,7 @@ def main(argv=None) -> int:
 
 def _main(argv) -> int:
     from dlc.compiler.errors import DlcError
-    args = parser().parse_args(argv)
+    args = _parse(argv)
     if not getattr(args, "run", None):       # `dlc` alone: a usage error
         parser().print_help(sys.stderr)
         return 2

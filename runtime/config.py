@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlc.compiler import syntax as A
-from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.values import LITERALS, literal, static_binary
 
 REQUIRED = object()     # the default of a parameter that must be given
@@ -47,7 +47,8 @@ class Call:
                            f" ({', '.join(names) or 'none'}), got {len(args)}", spans.get(len(names), self.span))
         for k in kwargs:
             if k not in params:
-                raise DlcError(f"{src} has no option '{k}' (it takes: {', '.join(names) or 'nothing'})",
+                raise DlcError(f"{src} has no option '{k}'{did_you_mean(k, names)} (it takes: "
+                               f"{', '.join(names) or 'nothing'})",
                                spans.get(k, self.span))
             if names.index(k) < len(args):
                 raise DlcError(f"{src}: '{k}' is given twice", spans.get(k, self.span))

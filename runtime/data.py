@@ -28,6 +28,9 @@ Sources, by the name a `.dl` file uses (see `SOURCES`):
     text(path, seq = 100, vocab = none)              character ids: "x" windows, "y" next characters
     sentences(path, vocab, length = none, lower = true)   word ids of labelled sentences, "vocab" a word vector file
     digits(scale = 1/16, image = true)               the 8x8 UCI digits shipped in examples/data
+    mnist / fashion_mnist(split = "train", scale = 1/255)      28x28 grey images, fetched by `dlc data fetch`
+    cifar10(split = "train", scale = 1/255)          32x32 colour images, fetched by `dlc data fetch`
+    cifar100(split = "train", labels = "fine", scale = 1/255)  the same, 100 classes (or 20 "coarse")
     xor(repeat = 1)                                  the four XOR points
     spirals(n = 300, classes = 3, noise = 0.2)       interleaved spirals, one per class
     blobs(n = 200, centers = 2, std = 1.0, labels = "index")   gaussian clusters
@@ -216,7 +219,8 @@ def _resolve(src: str, name: str, path, base_dir: pathlib.Path, gz_ok: bool = Tr
         if zipped.is_file():
             return zipped
     if not p.exists():
-        raise DlcError(f"{src}: data file not found: {p}", span)
+        from dlc.runtime.fetch import hint
+        raise DlcError(f"{src}: data file not found: {p}{hint(path)}", span)
     if not p.is_file():
         raise DlcError(f"{src}: {p} is not a file", span)
     return p
@@ -659,6 +663,44 @@ def digits(base_dir, args: Args) -> Dataset:
         ds.columns["x"] = ds.columns["x"].reshape(-1, 1, 8, 8)
     ds.meta["classes"] = 10
     return ds
+
+
+# ---- public data sets, fetched by `dlc data fetch` -----------------------------------------------------
+def _fetched(args: Args, labels: str = "y", classes: int = 10) -> Dataset:
+    """A split of a data set `dlc data fetch` converted (runtime.fetch): "x" [N, C, H, W]
+    float32 * scale, "y" the `labels` column."""
+    from dlc.runtime import fetch       # which converts MNIST with this module's read_idx
+    split = args.check("split", choice, options=fetch.SPLITS)
+    scale = args.check("scale", number)
+    p = fetch.converted(args.src, split)
+    columns = npz(p.parent, p.name).columns
+    return Dataset({"x": _float32(columns["x"], scale), "y": _labels(columns[labels])}, {"classes": classes})
+
+
+@_source("mnist", split="train", scale=1 / 255)
+def mnist(base_dir, args: Args) -> Dataset:
+    """MNIST's handwritten digits: "x" [N, 1, 28, 28], "y" 0..9; 60000 to train, 10000 to test."""
+    return _fetched(args)
+
+
+@_source("fashion_mnist", split="train", scale=1 / 255)
+def fashion_mnist(base_dir, args: Args) -> Dataset:
+    """Fashion-MNIST's clothes: "x" [N, 1, 28, 28], "y" 0..9; 60000 to train, 10000 to test."""
+    return _fetched(args)
+
+
+@_source("cifar10", split="train", scale=1 / 255)
+def cifar10(base_dir, args: Args) -> Dataset:
+    """CIFAR-10: "x" [N, 3, 32, 32] (RGB), "y" 0..9; 50000 to train, 10000 to test."""
+    return _fetched(args)
+
+
+@_source("cifar100", split="train", labels="fine", scale=1 / 255)
+def cifar100(base_dir, args: Args) -> Dataset:
+    """CIFAR-100: "x" [N, 3, 32, 32] (RGB), "y" the 100 classes (or labels = "coarse": the 20
+    superclasses); 50000 to train, 10000 to test."""
+    fine = args.check("labels", choice, options=("fine", "coarse")) == "fine"
+    return _fetched(args, "y" if fine else "coarse", 100 if fine else 20)
 
 
 # ---- synthetic data -------------------------------------------------------------------------------

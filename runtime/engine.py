@@ -42,6 +42,25 @@ class ReferenceEngine:
                 params[k[7:]] = v
         return _scalars(out) | {"grad_norm": norm}
 
+    def gradients(self, params: dict, opt_state: dict, batch: dict, key) -> tuple[dict, np.ndarray]:
+        """A step's first half, as the native engine's split step: (loss and metrics, the
+        trained parameters' gradients in one flat float32 array, for `apply_update`)."""
+        out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)
+        for k, v in out.items():
+            if k.startswith("update:"):
+                params[k[7:]] = v
+        grads = [np.asarray(out[f"grad:{name}"], np.float32).ravel() for name in self.trainable]
+        return _scalars(out), np.concatenate(grads) if grads else np.zeros(0, np.float32)
+
+    def apply_update(self, params: dict, opt_state: dict, grads: np.ndarray, lr: float, step: int):
+        """A step's second half: the optimizer's update from the flat gradients of `gradients`."""
+        parts, at = {}, 0
+        for name in self.trainable:
+            size = np.size(params[name])
+            parts[name] = grads[at:at + size].reshape(np.shape(params[name]))
+            at += size
+        self.optimizer.update(params, parts, opt_state, lr, step, self.l1, self.l2, self.clip)
+
     def evaluate(self, params: dict, batch: dict) -> dict:
         return _scalars(self._run("a forward pass", self.eval_graph, {**batch, "rng": np.zeros(2, np.int32)}, params))
 

@@ -166,11 +166,36 @@ class Executable:
         return a
 
 
+class UpdateCall:
+    """The optimizer's update compiled alone (a split engine's second call): the step module
+    of an empty program with the update after it (driver.py), so its code is the code the
+    single call runs. Its arrays are the engine's flat arrays, which never move, so the
+    pointer table is built once."""
+
+    def __init__(self, update: KernelProgram, arrays: list):
+        def build():
+            built = build_module(KernelProgram(), "dlc_update", update=update)
+            return built.module, built.arguments
+        cache.gemm_symbols()
+        self.compiled, arguments = cache.compile_built(("dlc_update", update), build)
+        self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+            self.compiled.address("dlc_update"))
+        table = np.array([0 if a is None else a.ctypes.data for a in arrays], np.uint64)
+        self.args = table[np.array(arguments, np.intp)]
+        self.dims = (ctypes.c_int64 * 1)(0)
+
+    def __call__(self):
+        self.fn(self.args.ctypes.data, self.dims, threads())
+
+
 class NativeEngine:
     name = "native"
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
-                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False):
+                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
+                 split=False):
+        """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
+        a data-parallel run (runtime/distributed.py) can average the gradients between them."""
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
@@ -191,7 +216,8 @@ class NativeEngine:
             resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
                         "optimizer state": sum(a.nbytes for a in self.state.values())}
             update = self._update_program()
-            self.train_exe = Executable(step, update=update, profile=profile, resident=resident)
+            self.train_exe = Executable(step, update=None if split else update, profile=profile, resident=resident)
+            self.update_call = UpdateCall(update, self.update_arrays) if split and update is not None else None
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
@@ -281,9 +307,27 @@ class NativeEngine:
     def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
         self._adopt(params, opt_state)
         self._set_scalars(lr, step)
+        return self._step(params, batch, key, extra=self.update_arrays)
+
+    def gradients(self, params: dict, opt_state: dict, batch: dict, key) -> tuple[dict, np.ndarray]:
+        """A split engine's first half of a step: (the loss and metrics, the flat gradient of
+        the trained parameters, which `apply_update` reads; the caller may change it in place)."""
+        self._adopt(params, opt_state)
+        return self._step(params, batch, key), self.grads
+
+    def apply_update(self, params: dict, opt_state: dict, grads: np.ndarray, lr: float, step: int):
+        """A split engine's second half of a step: the optimizer's update from `grads` (the
+        array `gradients` gave)."""
+        assert grads is self.grads, "the update reads the engine's own gradient array"
+        self._adopt(params, opt_state)
+        self._set_scalars(lr, step)
+        if self.update_call is not None:
+            self.update_call()
+
+    def _step(self, params: dict, batch: dict, key, extra=()) -> dict:
+        """Run the train step executable; the batch statistics it updates are written to `params`."""
         exe = self.train_exe
-        arrays, _ = exe.run({**batch, "rng": np.asarray(key, np.int32)}, self._fixed(exe, params, True),
-                            extra=self.update_arrays)
+        arrays, _ = exe.run({**batch, "rng": np.asarray(key, np.int32)}, self._fixed(exe, params, True), extra=extra)
         out = {}
         for name, bid in exe.program.outputs.items():
             if name.startswith("update:"):

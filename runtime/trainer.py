@@ -12,13 +12,13 @@ checkpoint keeps the loss and metric sums of a stopped epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import fnmatch
 import io
 import json
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -31,11 +31,13 @@ from dlc.compiler import syntax as A
 from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.loader import Program
 from dlc.compiler.model import Model
-from dlc.runtime import budget, checkpoint, config, data as datasets, weights
+from dlc.runtime import budget, checkpoint, config, data as datasets, distributed, weights
 from dlc.runtime.backends import make_engine
 from dlc.runtime.config import REQUIRED, Call, Symbol, as_call, choice, flag, integer, number, to_text
 from dlc.runtime.gradcheck import index_bound, init_params
 from dlc.runtime.optim import clip_limit, make_optimizer, make_schedule
+from dlc.runtime.progress import Step, make_display
+from dlc.runtime.tensorboard import EventLog
 
 
 # ---- configuration ---------------------------------------------------------------------------------
@@ -65,7 +67,6 @@ class TrainConfig:
 
 SPEC_SETTINGS = ("data", "validation", "test", "optimizer", "schedule", "clip", "early_stop", "augment")
 SEED_MAX = 2 ** 31 - 1      # the random key of every step is a pair of int32: (seed, step)
-REDRAW_S = 0.1             # the progress line is redrawn at most ten times a second
 
 
 def parse_setting(text: str, name: str):
@@ -73,7 +74,7 @@ def parse_setting(text: str, name: str):
     Text that is not a setting, a call aside, is a string: a file name such as train.npz or
     data/x.csv (which parse as expressions but have no value)."""
     try:
-        value = A.parse(f"model _m {{}}\ntrain _m {{ {name} = {text} }}", f"--{name}").items[1].settings[0].value
+        value = A.parse(text, f"--{name}", start="expr")
     except DlcError:
         return text
     try:
@@ -199,11 +200,13 @@ def batch_statistics(model: Model) -> list:
     return [k[7:] for k in model.graph.outputs if k.startswith("update:")]
 
 
-def batch_bounds(n: int, size: int, merge_single: bool = False) -> list:
+def batch_bounds(n: int, size: int, merge_single: bool = False, ranks: int = 1) -> list:
     """(start, stop) of each batch over n examples. With `merge_single`, a last batch of one
-    example joins the batch before it: batch statistics of one example are undefined."""
+    example joins the batch before it: batch statistics of one example are undefined. Shared
+    by `ranks` processes, a last batch that cannot give each rank one example (two with
+    `merge_single`) joins it too."""
     bounds = [(start, min(start + size, n)) for start in range(0, n, size)]
-    if merge_single and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < ranks * (2 if merge_single else 1):
         bounds[-2:] = [(bounds[-2][0], n)]
     return bounds
 
@@ -284,13 +287,18 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
 
 
 def mean_metrics(engine, params: dict, arrays: dict, batch: int) -> dict:
-    """Loss and metrics over a data set, weighted by batch size."""
+    """Loss and metrics over a data set, weighted by batch size. A data-parallel engine's
+    ranks each score their share of the examples, and the sums are reduced."""
+    world = getattr(engine, "world", None)
+    if world is not None:
+        lo, hi = world.shard(len(next(iter(arrays.values()))))
+        arrays = {k: a[lo:hi] for k, a in arrays.items()}
     n = len(next(iter(arrays.values())))
     totals: dict = {}
     for lo, hi in batch_bounds(n, batch):
         for name, v in engine.evaluate(params, {k: a[lo:hi] for k, a in arrays.items()}).items():
             totals[name] = totals.get(name, 0.0) + v * (hi - lo)
-    return {name: v / n for name, v in totals.items()}
+    return world.mean_metrics(totals, n) if world is not None else {name: v / n for name, v in totals.items()}
 
 
 def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
@@ -385,7 +393,10 @@ class Result:
 
 class Trainer:
     def __init__(self, program: Program, model_name: str | None, overrides: dict, out_dir: Path | None,
-                 log=None, backend: str = "auto"):
+                 log=None, backend: str = "auto", progress="auto", tensorboard=None):
+        """`progress` chooses what the run shows while it runs (runtime/progress.py); with
+        "none" only warnings, notes and errors are logged. `tensorboard`: a folder for
+        TensorBoard event files (runtime/tensorboard.py)."""
         self.program, self.backend = program, backend
         self.train_model = program.build(model_name, training=True)
         self.eval_model = program.build(model_name, training=False)
@@ -395,6 +406,12 @@ class Trainer:
         self.base = Path(program.path).parent
         self.out = Path(out_dir) if out_dir else self.base / "runs" / self.name
         self.log = log or to_stderr
+        self.world = distributed.world()        # None unless launched as several processes (mpirun, srun)
+        if self.world is not None and self.world.rank:      # rank 0 reports and writes the files
+            self.log, progress, tensorboard = (lambda msg: None), "none", None
+        self.quiet = progress == "none"
+        self.display = make_display(progress, self.log)
+        self.reporters = [self.display] + ([EventLog(tensorboard)] if tensorboard else [])
         self.source_hash = checkpoint.source_hash(Path(program.path).read_text()) \
             if Path(program.path).exists() else ""
 
@@ -413,11 +430,17 @@ class Trainer:
             path = self.cfg.init_from
             path = (self.base / path) if not Path(path).is_absolute() else Path(path)
             params, report = weights.transfer(path, params, self.train_model.params)
-            self.log(f"init_from {path}: {report}")
+            self.say(f"init_from {path}: {report}")
         return params
 
     # -- run --
     def run(self, resume=False, engine=None) -> Result:
+        if self.world is None:
+            return self._run(resume, engine)
+        with self.world.failing_together():
+            return self._run(resume, engine)
+
+    def _run(self, resume, engine) -> Result:
         cfg, begun = self.cfg, time.time()
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
         n = len(next(iter(train.values())))
@@ -425,7 +448,12 @@ class Trainer:
         if stats and n == 1:
             raise DlcError(f"the training data has one example, but model {self.name} keeps batch statistics "
                            f"({', '.join(stats)}), which need two or more examples per batch", cfg.span("data"))
-        bounds = batch_bounds(n, cfg.batch, merge_single=bool(stats))
+        if self.world is not None:
+            self.world.check_batch(cfg.batch, 2 if stats else 1, cfg.span("batch"))
+            for name, arrays in (("training", train), ("validation", val), ("test", test)):
+                if arrays is not None:
+                    self.world.check_data(name, len(next(iter(arrays.values()))), cfg.span(name))
+        bounds = batch_bounds(n, cfg.batch, merge_single=bool(stats), ranks=self.world.size if self.world else 1)
         trainable = self.trainable()
         optimizer = make_optimizer(cfg.optimizer)
         schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), cfg.epochs, cfg.span("schedule"))
@@ -453,11 +481,13 @@ class Trainer:
             if meta.get("optimizer") not in (None, optimizer.name):     # another optimizer's state means nothing here
                 self.log(f"note: {path} was trained with {meta['optimizer']}; {optimizer.name} starts afresh")
                 saved_opt = {}
-            self.log(f"resuming from {path}: epoch {epoch + 1}, "
+            self.say(f"resuming from {path}: epoch {epoch + 1}, "
                      + (f"after batch {skip} of {len(bounds)}" if skip else "from its start"))
         # optimizer state from the checkpoint where it has one, fresh for the rest
         opt_state = checkpoint.optimizer_state(path, saved_opt,
                                                optimizer.init({name: params[name] for name in trainable}))
+        if self.world is not None:
+            self.world.broadcast_state(params, opt_state)
 
         try:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -467,13 +497,16 @@ class Trainer:
         for name in ("last.npz", "best.npz"):    # temporary files a killed run left
             checkpoint.remove_stale_temporaries(self.out / name, begun)
         self.written = []
-        # compiled once everything else is known to be right
+        # compiled once everything else is known to be right; a quiet run does not announce it (without a log,
+        # make_engine prints a fallback's warning on stderr)
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
-                                       cfg.l1, cfg.l2, cfg.clip, log=self.log)
+                                       cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log,
+                                       split=self.world is not None)
         interrupted = _Interrupt()
+        if self.world is not None:
+            engine = distributed.DataParallel(engine, self.world, interrupted, stats)
         stopped = "done"
-        self._drawn = -math.inf         # when the progress line was last drawn
-        with interrupted:
+        with interrupted, self.reporting():
             while epoch < cfg.epochs:
                 order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
                 # an epoch resumed inside continues the sums of its first batches, saved with the checkpoint
@@ -496,12 +529,14 @@ class Trainer:
                     seen += hi - lo
                     for name, v in values.items():
                         totals[name] = totals.get(name, 0.0) + v * (hi - lo)
-                    self.progress(epoch, b + 1 - skip, len(bounds) - skip, totals, seen, seen - seen_before, started,
-                                  lr, len(bounds))
+                    self.progress(Step(step=step, epoch=epoch, epochs=cfg.epochs, done=b + 1 - skip,
+                                       total=len(bounds) - skip, per_epoch=len(bounds), totals=totals, seen=seen,
+                                       fresh=seen - seen_before, started=started, lr=lr))
                     if interrupted.requested:
                         self.save("last.npz", params, opt_state, epoch, step, b + 1, history, stop,
                                   {"totals": totals, "seen": seen})
-                        self.log(f"\ninterrupted: saved {self.out / 'last.npz'} (epoch {epoch + 1}, batch {b + 1}); "
+                        self.display.close()
+                        self.log(f"interrupted: saved {self.out / 'last.npz'} (epoch {epoch + 1}, batch {b + 1}); "
                                  "continue with --resume")
                         self.write_history(history)
                         return Result(history, params, self.out, {}, "interrupted", self.written)
@@ -511,21 +546,28 @@ class Trainer:
                 if val is not None:
                     row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, cfg.batch).items()})
                 history.append(row)
-                self.end_epoch(row)
+                for reporter in self.reporters:
+                    reporter.epoch(row, cfg.epochs)
                 epoch += 1
                 improved, done = stop.update(row)
                 self.save("last.npz", params, opt_state, epoch, step, 0, history, stop)
                 self.write_history(history, plot=False)
                 if improved:
                     self.save("best.npz", params, opt_state, epoch, step, 0, history, stop)
+                if self.world is not None:
+                    self.world.await_writer()
                 if done:
                     stopped = "early stop"
-                    self.log(f"early stop: {stop.monitor} did not improve for {stop.patience} epochs")
+                    self.say(f"early stop: {stop.monitor} did not improve for {stop.patience} epochs")
                     break
         # the best epoch of this run or of the one resumed; none yet after 0 epochs, whatever the folder holds
-        if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists():
+        if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists() and self.writes:
             params = checkpoint.load(self.out / "best.npz")[0]
+        if self.world is not None:      # rank 0 read best.npz
+            self.world.broadcast(params, "the end")
         self.write_history(history)
+        if self.world is not None:
+            self.world.await_writer()
         result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
         return Result(history, params, self.out, result, stopped, self.written)
 
@@ -537,39 +579,35 @@ class Trainer:
         return {**batch, first: datasets.augment(batch[first], rng, **self.augment_options)}
 
     # -- reporting and files --
-    def progress(self, epoch, done, total, totals, seen, fresh, started, lr, per_epoch):
-        """The progress line: `done` of `total` batches, `fresh` examples since `started`. It is
-        redrawn at most every REDRAW_S (and at an epoch's last batch), and fits the terminal:
-        the parts that do not fit are left out, the least useful first."""
-        if not sys.stderr.isatty():
-            return
-        now = time.perf_counter()
-        if now - self._drawn < REDRAW_S and done < total:
-            return
-        self._drawn = now
-        elapsed = now - started
-        per_batch = elapsed / max(done, 1)
-        eta = ((total - done) + (self.cfg.epochs - epoch - 1) * per_epoch) * per_batch      # of the whole run
-        rate = fresh / elapsed if elapsed > 0 else 0.0
-        # epoch/epochs [bar] batch/batches, the epoch's means so far, the run's ETA, lr, samples/s
-        parts = [f"{epoch + 1}/{self.cfg.epochs} [{'#' * int(8 * done / max(total, 1)):<8}] {done}/{total}"]
-        parts += [f"{k} {v / max(seen, 1):.4f}" for k, v in totals.items() if k != "grad_norm"]
-        parts += [f"eta {_duration(eta)}", f"lr {lr:.3g}", f"{rate / 1e3:.0f}k/s" if rate >= 1e4 else f"{rate:.0f}/s"]
-        width = shutil.get_terminal_size((80, 24)).columns - 1
-        line = parts[0]
-        for part in parts[1:]:
-            if len(line) + 2 + len(part) <= width:
-                line += "  " + part
-        sys.stderr.write("\r" + line[:width].ljust(width))
-        sys.stderr.flush()
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes checkpoints and history: rank 0 of a distributed run does."""
+        return self.world is None or self.world.rank == 0
 
-    def end_epoch(self, row: dict):
-        stats = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("epoch", "time", "lr"))
-        end = "\n" if sys.stderr.isatty() else ""
-        self.log(f"{end}epoch {row['epoch']}/{self.cfg.epochs}  {stats}  ({row['time']:.1f}s)")
+    def progress(self, s: Step):
+        """After every step: the display and the event log."""
+        for reporter in self.reporters:
+            reporter.step(s)
+
+    def say(self, message: str):
+        """What the run is doing (resuming, init_from, early stop): not with progress "none"."""
+        if not self.quiet:
+            self.log(message)
+
+    @contextlib.contextmanager
+    def reporting(self):
+        """The display and the event log, ended however the loop ends (the end, Ctrl-C, a NaN
+        loss, an error)."""
+        try:
+            yield
+        finally:
+            for reporter in self.reporters:
+                reporter.close()
 
     def save(self, name, params, opt_state, epoch, step, batch, history, stop, partial=None):
         """A checkpoint; `partial` holds the loss and metric sums of an epoch stopped after `batch`."""
+        if not self.writes:
+            return
         if name not in self.written:
             self.written.append(name)
         checkpoint.save(self.out / name, params, opt_state, {
@@ -580,7 +618,7 @@ class Trainer:
     def write_history(self, history: list, plot: bool = True):
         """history.json and history.csv (after every epoch, and when a run stops: at its end,
         on Ctrl-C, on a NaN loss), each replaced at once; history.png with `plot`."""
-        if not history:
+        if not history or not self.writes:
             return
         keys = list(dict.fromkeys(k for row in history for k in row))
         table = io.StringIO()
@@ -603,7 +641,8 @@ class Trainer:
         except ImportError:
             return
         metrics = [k for k in keys if k not in ("epoch", "lr", "time") and not k.startswith("val_")]
-        fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3), squeeze=False)
+        # a panel per metric (with its val_ twin), and one of the learning rate: the schedule beside its effect
+        fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3), squeeze=False)
         epochs = [r["epoch"] for r in history]
         for ax, m in zip(axes[0], metrics):
             ax.plot(epochs, [r.get(m) for r in history], label=m)
@@ -611,14 +650,14 @@ class Trainer:
                 ax.plot(epochs, [r.get(f"val_{m}") for r in history], label=f"val_{m}")
             ax.set_xlabel("epoch")
             ax.legend()
+        lr = axes[0][-1]
+        lr.plot(epochs, [r.get("lr") for r in history], label="lr (the epoch's last step)")
+        lr.set_xlabel("epoch")
+        lr.set_ylabel("lr")
+        lr.legend()
         fig.tight_layout()
         fig.savefig(self.out / "history.png")
         plt.close(fig)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def _jsonable(v):
@@ -678,16 +717,24 @@ class EarlyStop:
 
 
 class _Interrupt:
-    """Ctrl-C asks the loop to stop after the current step instead of killing it mid-update."""
+    """Ctrl-C asks the loop to stop after the current step instead of killing it mid-update.
+    The ranks of a distributed run stop after the same step: `agreed` is then what they
+    agreed after the last one (runtime/distributed.py), and a Ctrl-C that came later
+    counts at the next."""
 
     def __init__(self):
-        self.requested = False
+        self.asked = False
+        self.agreed = None
+
+    @property
+    def requested(self) -> bool:
+        return self.asked if self.agreed is None else self.agreed
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.requested:      # a second Ctrl-C: stop now
+            if self.asked:          # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
-            self.requested = True
+            self.asked = True
         try:
             self.previous = signal.signal(signal.SIGINT, handler)
         except ValueError:          # not the main thread: no handler, plain KeyboardInterrupt

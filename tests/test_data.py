@@ -434,7 +434,7 @@ def test_missing_file_and_unknown_format(tmp_path):
 
 
 def test_unknown_source_and_bad_spec(tmp_path):
-    e = err(call("mnist"), tmp_path, "unknown data source 'mnist'", "digits", "reverse", "npz")
+    e = err(call("imagenet"), tmp_path, "unknown data source 'imagenet'", "digits", "reverse", "npz", "mnist")
     assert e.span is not None
     err(call("split", 0.1), tmp_path, "unknown data source 'split'", "validation = split(0.1)")
     err(Symbol("train_set"), tmp_path, "data must be a file name", "train_set")

@@ -30,7 +30,7 @@ if jit.host_has("avx512f"):
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def lib(request):
-    return gemm.GemmLibrary(ALL, config=CONFIGS[request.param])
+    return gemm.GemmLibrary(ALL, config=CONFIGS[request.param], packed=True)
 
 
 def _operands(rng, M, N, K, ta, tb, batch=None):
@@ -72,6 +72,41 @@ def test_matches_numpy(lib, M, N, K, ta, tb, acc, nthreads):
     assert out is c
     ref = _reference(a, b, ta, tb) + (c0 if acc else 0)
     _check(c, ref, a, b, ta, tb)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("ta,tb,acc", ALL)
+@pytest.mark.parametrize("M,N,K", SIZES + [(32, 1024, 256), (32, 256, 1024), (3, 33, 65)])
+def test_packed_b_matches_numpy(lib, M, N, K, ta, tb, acc, nthreads):
+    """op(B) packed once (a scan's recurrent weight): the same products, also with one or
+    two rows (which read B itself) and with N past the last whole panel."""
+    rng = np.random.default_rng(M * 10007 + N * 101 + K + 1)
+    a, b = _operands(rng, M, N, K, ta, tb)
+    c0 = rng.standard_normal((M, N), dtype=np.float32)
+    c = c0.copy() if acc else np.full((M, N), np.nan, np.float32)
+    lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads, packed=True)
+    _check(c, _reference(a, b, ta, tb) + (c0 if acc else 0), a, b, ta, tb)
+    plain = c0.copy() if acc else np.empty((M, N), np.float32)
+    lib(a, b, plain, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
+    np.testing.assert_array_equal(c, plain)     # the same panels, the same summation order
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("K,N", [(1, 1), (7, 31), (13, 32), (5, 33), (300, 65)])
+def test_packing_stays_in_its_buffer(lib, K, N, tb):
+    """The pack writes packed_floats(K, N) floats at most — what lowering allocates — and
+    reads only op(B): NaN around B would show in the product."""
+    rng = np.random.default_rng(K + N)
+    room = np.full((N + 2, K + 2) if tb else (K + 2, N + 2), np.nan, np.float32)
+    b = room[1:-1, 1:-1]
+    b[...] = rng.standard_normal(b.shape, dtype=np.float32)
+    args = lib.args(np.zeros((0, K), np.float32), b, np.zeros((0, N), np.float32), False, tb)
+    packed = lib._packed(args, tb)
+    used = gemm.packed_floats(K, N, lib.config.nr)
+    assert used <= gemm.packed_floats(K, N)
+    assert not np.isnan(packed[:used]).any() and np.isnan(packed[used:]).all()
+    a = rng.standard_normal((9, K), dtype=np.float32)
+    _check(lib(a, b, trans_b=tb, packed=True), _reference(a, b, False, tb), a, b, False, tb)
 
 
 @pytest.mark.parametrize("M,N,K", [(128, 784, 512), (784, 512, 128), (256, 256, 256)])

@@ -103,8 +103,8 @@ def test_buffers_used_in_a_loop_live_for_the_whole_loop():
 def touched(k) -> set:
     """The buffers a kernel (not a scan) reads or writes, read off its fields here, not
     with the planner's own helpers."""
-    if isinstance(k, FusedMapKernel):
-        return set().union(*(touched(m) for m in k.maps))
+    if isinstance(k, FusedMapKernel):      # values kept in registers touch no memory
+        return set().union(*(touched(m) for m in k.maps)) - k.registers
     found = set()
 
     def walk(e):
@@ -122,7 +122,7 @@ def touched(k) -> set:
                 walk(a)
     for f in fields(k):
         value = getattr(k, f.name)
-        if f.name in ("out", "upd", "x", "g", "w", "partial") and value is not None:     # buffer ids
+        if f.name in ("out", "upd", "x", "g", "w", "partial", "packed") and value is not None:   # buffer ids
             found.add(value)
         elif f.name in ("a", "b", "c"):                 # GEMM operands: (buffer, offset, ...)
             found.add(value[0])

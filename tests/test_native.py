@@ -6,6 +6,9 @@ import pytest
 
 from dlc.compiler.autodiff import train_step
 from dlc.compiler.loader import load, load_text
+from dlc.compiler.native import render
+from dlc.compiler.native.lower import lower
+from dlc.compiler.passes import optimize
 from dlc.runtime import interpreter
 from dlc.runtime.config import Call
 from dlc.runtime.engine import ReferenceEngine
@@ -207,6 +210,32 @@ model m {
     loss mean(total * w) + mean(c)
 }"""
     assert_same_training(load_text(src, "s.dl"), Call("adam", [], {"lr": 1e-2}), {"B": 2, "T": 4})
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_gemm_operands_the_same_at_every_step_are_packed_before_the_loop(batch):
+    """W is packed once before the outer scan; the carry A is packed again at every outer
+    step, before the inner scan; U[t] changes at every step and is not packed. One or two
+    rows (batch 1, 2) take the GEMM's unpacked path, which reads B itself."""
+    src = """
+model m {
+    input xs: f32[B, 4, 5]
+    param W: f32[33, 33] = glorot_uniform
+    param A0: f32[33, 33] = glorot_uniform
+    param U: f32[4, 33, 33] = glorot_uniform
+    param P: f32[5, 33] = glorot_uniform
+    hs, a = scan t in 4 carry h = zeros[B, 33], A = A0 {
+        inner = scan k in 3 carry g = h { g = tanh(g @ A + h @ W) }
+        h = tanh(xs[:, t] @ P + inner @ W + h @ U[t])
+        A = A * 0.9 + 0.01
+        yield h, A
+    }
+    loss mean(hs * hs) + mean(a)
+}"""
+    program = load_text(src, "s.dl")
+    kernels = render.program(lower(optimize(train_step(program.build(training=True).graph))))
+    assert kernels.count("(packed in b") >= 4 and "pack [33 x 33]" in kernels
+    assert_same_training(program, Call("adam", [], {"lr": 1e-2}), {"B": batch})
 
 
 def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):

@@ -284,7 +284,7 @@ def test_a_bare_file_name_is_a_data_path(tmp_path, capsys):
     assert 'evaluating "train.npz"' in capsys.readouterr().err
     # an error inside a call is still the call's, not a missing file
     err = failure(["train", path, "--data", "digits(scale = x.y)"], capsys)
-    assert err.startswith("--data:2:34: error: a train setting must be")
+    assert err.startswith("--data:1:16: error: a train setting must be")
 
 
 # ---- item 10: Ctrl-C at any moment --------------------------------------------------------------------

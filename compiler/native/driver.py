@@ -24,22 +24,23 @@ from dlc.compiler.dims import numel
 from dlc.compiler.native import kernels
 from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.fpmode import subnormals_flushed
-from dlc.compiler.native.gemm import gemm_name
+from dlc.compiler.native.gemm import PACK_TYPE, gemm_name, gemm_type, pack_name
 from dlc.compiler.native.parallel import parallel_loop, parallel_map
-from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
-                      ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
-from dlc.compiler.native.types import f32, i8, i32, i64
+from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel,
+                      MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.types import i8, i32, i64
 from dlc.compiler.native.update import exact_rounding
-
-GEMM_TYPE = ir.FunctionType(i32, [i64] * 3 + [f32.as_pointer(), i64, i64] * 3 + [i64, i64])
 
 
 @dataclass
 class StepModule:
     """The module of a program, and what its driver reads: `arguments[k]` is the
-    pointer-table entry (module docstring) that goes in slot k of its argument array."""
+    pointer-table entry (module docstring) that goes in slot k of its argument array.
+    `functions[i]` names the function of kernel i, numbered in program order with a scan
+    before its body (as `profile`); alike kernels share one."""
     module: ir.Module
     arguments: list
+    functions: list
 
 
 def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProgram | None = None,
@@ -52,9 +53,14 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     flag = fault_flag(module)       # the engine clears it before a call and reads it after
     sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
     driver = ir.Function(module, sig, name)
-    gemms: dict = {}
     numbered: list = []
+    functions: dict = {}    # kernel number -> the name of its function
     alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
+
+    def library(name: str, fnty: ir.FunctionType) -> ir.Function:
+        """A routine of the GEMM library (runtime/cache.py), declared here."""
+        fn = module.globals.get(name)
+        return fn if fn is not None else ir.Function(module, fnty, name)
 
     def kernel(k, depth: int, prog: KernelProgram = prog, exact: bool = False) -> tuple:
         """(its function, the entries of `prog` behind its argument slots, its profile
@@ -91,14 +97,17 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         elif isinstance(k, ScatterAddKernel):
             kernels.scatter_add(kb, k, prog)
         elif isinstance(k, GemmKernel):
-            key = (k.trans_a, k.trans_b)
-            if key not in gemms:    # defined in the GEMM library (runtime/cache.py), declared here
-                gemms[key] = ir.Function(module, GEMM_TYPE, gemm_name(*key, False))
+            packed = k.packed is not None
             args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
             for bid, off, ld, stride in (k.a, k.b, k.c):
                 args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
-            args += [kb.dim(k.batch), fn.args[2]]
-            kb.b.call(gemms[key], args)
+            args += [kb.dim(k.batch), fn.args[2]] + ([kb.buffer(k.packed, "f32")] if packed else [])
+            kb.b.call(library(gemm_name(k.trans_a, k.trans_b, False, packed), gemm_type(packed)), args)
+        elif isinstance(k, PackKernel):
+            bid, off, ld = k.b
+            kb.b.call(library(pack_name(k.trans_b), PACK_TYPE),
+                      [kb.dim(k.k), kb.dim(k.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld),
+                       kb.buffer(k.out, "f32")])
         elif isinstance(k, ScanKernel):
             kernels.scan_loop(kb, k, prog, lambda b: calls(b, body, fn.args))
         kb.finish()
@@ -110,7 +119,8 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         if text in alike:
             for g in made:
                 del module.globals[g.name]
-        return alike.setdefault(text, fn), kb.args.refs, number
+        functions[number] = alike.setdefault(text, fn).name
+        return alike[text], kb.args.refs, number
 
     def calls(b, compiled: list, args):
         """Call each kernel (of a scan's body) with its slots, which follow one another
@@ -140,7 +150,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         with b.if_then(b.icmp_unsigned("==", b.load_atomic(flag, "monotonic", 8), ir.Constant(i64, 0))):
             calls(b, updates, [b.gep(driver.args[0], [ir.Constant(i64, at)]), driver.args[1], driver.args[2]])
     b.ret_void()
-    return StepModule(module, arguments)
+    return StepModule(module, arguments, [functions[i] for i in range(len(numbered))])
 
 
 def _team_loop(k, prog: KernelProgram) -> tuple | None:

@@ -26,6 +26,10 @@ over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost. Edge 
 use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators) and
 `AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it).
 
+An operand B that many products share (a recurrent weight, at every step of a scan) can
+be packed once by `add_pack` into K-long NR-wide panels; the `packed` routines take that
+copy as one more argument and skip packing B.
+
 Threads: work is split with libgomp's GOMP_parallel — over the batch when there are
 enough matrices, else over N when M ≤ N, else over M, in whole tiles — and each thread
 packs into its own buffers, so no barriers are needed. Below `serial_below`
@@ -113,8 +117,28 @@ def default_config(vector_width: int | None = None) -> GemmConfig:
     raise ValueError(f"no GEMM blocking for vector width {vector_width}")
 
 
-def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool) -> str:
-    return f"dlc_sgemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{'_acc' if accumulate else ''}"
+def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool, packed: bool = False) -> str:
+    return (f"dlc_sgemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{'_acc' if accumulate else ''}"
+            f"{'_packed' if packed else ''}")
+
+
+def pack_name(trans_b: bool) -> str:
+    return f"dlc_sgemm_pack_{'t' if trans_b else 'n'}"
+
+
+def gemm_type(packed: bool = False) -> ir.FunctionType:
+    """The C signature of a GEMM routine (module docstring); a `packed` one takes op(B)
+    packed by `add_pack` as one more pointer."""
+    return ir.FunctionType(i32, [i64] * 3 + [fptr, i64, i64] * 3 + [i64, i64] + [fptr] * packed)
+
+
+PACK_TYPE = ir.FunctionType(ir.VoidType(), [i64, i64, fptr, i64, fptr])
+
+
+def packed_floats(k, n, nr: int = 32):
+    """Floats that op(B) (k x n) takes packed (`add_pack`) for panels nr wide; 32, the
+    widest of any blocking, is enough for every one. k and n may be dim polynomials."""
+    return k * (n + nr - 1) if not isinstance(n, int) else k * (-(-n // nr) * nr)
 
 
 # --------------------------------------------------------------------------- IR helpers
@@ -474,14 +498,15 @@ class _Gen:
 
     # ---- one variant ----
 
-    def block(self, name, trans_a, trans_b, accumulate):
-        """C[m0:m1, n0:n1] (+)= op(A)[m0:m1, :] @ op(B)[:, n0:n1] for one matrix."""
+    def block(self, name, trans_a, trans_b, accumulate, packed):
+        """C[m0:m1, n0:n1] (+)= op(A)[m0:m1, :] @ op(B)[:, n0:n1] for one matrix. `packed`:
+        op(B) is also given packed (`Bk`, laid out by `add_pack`), so it is not packed here."""
         cfg = self.cfg
         fn = _internal(self.m, f"{name}.block", ir.VoidType(),
-                       [i64] * 5 + [fptr, i64, fptr, i64, fptr, i64, fptr, fptr],
+                       [i64] * 5 + [fptr, i64, fptr, i64, fptr, i64, fptr, fptr, fptr],
                        ["m0", "m1", "n0", "n1", "K", "A", "lda", "B", "ldb", "C", "ldc",
-                        "Ap", "Bp"])
-        m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, Ap, Bp = fn.args
+                        "Ap", "Bp", "Bk"])
+        m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, Ap, Bp, Bk = fn.args
         uk = self.ukernel()
         pack_a = self.pack("a", trans_a)
         pack_b = self.pack("b", trans_b)
@@ -500,13 +525,13 @@ class _Gen:
 
         b.position_at_end(main)
         if not trans_b:
-            packed = fn.append_basic_block("packed")
+            tiled = fn.append_basic_block("tiled")
             few = fn.append_basic_block("few_rows")
-            b.cbranch(b.icmp_signed("<=", b.sub(m1, m0), _c64(FEW_ROWS)), few, packed)
+            b.cbranch(b.icmp_signed("<=", b.sub(m1, m0), _c64(FEW_ROWS)), few, tiled)
             b.position_at_end(few)
             self.few_rows(b, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, trans_a, accumulate)
             b.ret_void()
-            b.position_at_end(packed)
+            b.position_at_end(tiled)
         # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
         kslices = _ceil_div(b, K, cfg.kc)
         kstep = _ceil_div(b, K, kslices)
@@ -515,8 +540,13 @@ class _Gen:
             with _loop(b, 0, K, kstep, name="pc") as pc:
                 kc = _min(b, kstep, b.sub(K, pc))
                 # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
-                bsrc = _gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
-                b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
+                if packed:     # the K-long panels from column jc on, from row pc on
+                    bblock = _gep(b, Bk, b.add(b.mul(jc, K), b.mul(pc, _c64(cfg.nr))))
+                    bstride = K
+                else:
+                    bsrc = _gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
+                    b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
+                    bblock, bstride = Bp, kc
                 load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, _c64(0))
                 with _loop(b, m0, m1, cfg.mc, name="ic") as ic:
                     mc = _min(b, _c64(cfg.mc), b.sub(m1, ic))
@@ -524,7 +554,7 @@ class _Gen:
                     b.call(pack_a, [kc, mc, asrc, lda, Ap])
                     with _loop(b, 0, nc, cfg.nr, name="jr") as jr:
                         nr = _min(b, _c64(cfg.nr), b.sub(nc, jr))
-                        bpanel = _gep(b, Bp, b.mul(jr, kc))
+                        bpanel = _gep(b, bblock, b.mul(jr, bstride))
                         crow = _gep(b, C, b.add(jc, jr))
                         with _loop(b, 0, mc, cfg.mr, name="ir") as ir_:
                             mr = _min(b, _c64(cfg.mr), b.sub(mc, ir_))
@@ -573,12 +603,13 @@ class _Gen:
                     new.append(b.call(fma, [a_at(i, k), b.load(_gep(b, B, b.add(b.mul(k, ldb), j))), total]))
                 b.store(total, c)
 
-    def variant(self, name, trans_a, trans_b, accumulate):
+    def variant(self, name, trans_a, trans_b, accumulate, packed):
         cfg = self.cfg
-        # the 13 arguments, the status, the caller's floating-point mode (fpmode.py)
+        # the 13 arguments, the status, the caller's floating-point mode (fpmode.py), the
+        # packed op(B) (null unless `packed`)
         args_ty = ir.LiteralStructType([i64, i64, i64, fptr, i64, i64, fptr, i64, i64,
-                                        fptr, i64, i64, i64, i32, i32])
-        block = self.block(name, trans_a, trans_b, accumulate)
+                                        fptr, i64, i64, i64, i32, i32, fptr])
+        block = self.block(name, trans_a, trans_b, accumulate, packed)
         get_buffer = self.get_buffer()
 
         # body(args, tid, nth): this thread's share of the whole batch
@@ -598,6 +629,7 @@ class _Gen:
         b.position_at_end(ok)
         Ap = buf
         Bp = _gep(b, buf, _c64(cfg.b_offset))
+        Bk = b.load(b.gep(argp, [i32(0), i32(15)], inbounds=True))
 
         def share(total):   # [total*tid/nth, total*(tid+1)/nth)
             return (b.sdiv(b.mul(total, tid), nth),
@@ -632,7 +664,7 @@ class _Gen:
             b.call(block, [m_lo, m_hi, n_lo, n_hi, K,
                            _gep(b, A, b.mul(bi, sa)), lda,
                            _gep(b, B, b.mul(bi, sb)), ldb,
-                           _gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp])
+                           _gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp, Bk])
         b.branch(done)
         b.position_at_end(done)
         b.ret_void()
@@ -651,13 +683,13 @@ class _Gen:
         # the public entry point
         gomp = declare(self.m, "GOMP_parallel", ir.VoidType(),
                         [ir.FunctionType(ir.VoidType(), [vptr]).as_pointer(), vptr, i32, i32])
-        fn = ir.Function(self.m, ir.FunctionType(i32, [i64] * 3 + [fptr, i64, i64] * 3 + [i64, i64]), name)
+        fn = ir.Function(self.m, gemm_type(packed), name)
         fn.attributes.add("nounwind")
         names = ["M", "N", "K", "A", "lda", "stride_a", "B", "ldb", "stride_b",
-                 "C", "ldc", "stride_c", "batch", "nthreads"]
+                 "C", "ldc", "stride_c", "batch", "nthreads", "packed"]
         for a, n in zip(fn.args, names):
             a.name = n
-        M, N, K, *_, batch, nthreads = fn.args
+        M, N, K, *_, batch, nthreads = fn.args[:14]
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         nothing = fn.append_basic_block("nothing")
         go = fn.append_basic_block("go")
@@ -672,6 +704,7 @@ class _Gen:
             b.store(v, b.gep(args, [i32(0), i32(k)], inbounds=True))
         b.store(i32(0), b.gep(args, [i32(0), i32(13)], inbounds=True))
         b.store(current_mode(self.m, b), b.gep(args, [i32(0), i32(14)], inbounds=True))
+        b.store(fn.args[14] if packed else ir.Constant(fptr, None), b.gep(args, [i32(0), i32(15)], inbounds=True))
         nt = _min(b, _max(b, nthreads, _c64(1)), _c64(cfg.max_threads))
         work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
         # Called from inside a parallel region (a fused kernel's team), run serially on
@@ -699,35 +732,63 @@ class _Gen:
 
 
 def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = False,
-             trans_b: bool = False, accumulate: bool = False,
+             trans_b: bool = False, accumulate: bool = False, packed: bool = False,
              config: GemmConfig | None = None) -> ir.Function:
     """Add the GEMM routine `name` (see the module docstring for its C signature) and its
     internal helpers to `module`; helpers are shared by all routines of one config.
+    `packed`: the routine also takes op(B) packed (`add_pack`) and multiplies with that
+    instead of packing B itself (it still reads B when only a row or two of A is given).
     The module must be compiled with libgomp loaded (`jit.load_library("gomp")`)."""
-    name = name or gemm_name(trans_a, trans_b, accumulate)
-    return _Gen(module, config or default_config()).variant(name, trans_a, trans_b, accumulate)
+    name = name or gemm_name(trans_a, trans_b, accumulate, packed)
+    return _Gen(module, config or default_config()).variant(name, trans_a, trans_b, accumulate, packed)
+
+
+def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | None = None) -> ir.Function:
+    """Add `void pack(int64_t K, int64_t N, const float *B, int64_t ldb, float *dst)`:
+    op(B) (K x N; stored N x K with `trans_b`) packed once for many products with the
+    `packed` routines — NR-wide panels along N, each K long, k-major, columns past N zero:
+    `packed_floats(K, N)` floats. A loop-invariant operand (a recurrent weight inside a
+    scan) is packed once before the loop instead of at every step."""
+    gen = _Gen(module, config or default_config())
+    fn = ir.Function(module, PACK_TYPE, pack_name(trans_b))
+    fn.attributes.add("nounwind")
+    b = ir.IRBuilder(fn.append_basic_block("entry"))
+    K, N, B, ldb, dst = fn.args
+    b.call(gen.pack("b", trans_b), [K, N, B, ldb, dst])
+    b.ret_void()
+    return fn
 
 
 # --------------------------------------------------------------------------- Python side
 
 _ARGTYPES = (ctypes.c_int64,) * 3 + (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64) * 3 \
     + (ctypes.c_int64, ctypes.c_int64)
+_PACK_ARGTYPES = (ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 
 
 class GemmLibrary:
     """Compiled GEMM routines callable from Python with numpy arrays (tests, benchmarks)."""
 
-    def __init__(self, variants=None, config: GemmConfig | None = None):
+    def __init__(self, variants=None, config: GemmConfig | None = None, packed: bool = False):
+        """`packed`: also the routines of each variant that take op(B) packed, and the
+        pack functions (call with packed=True)."""
         self.config = config or default_config()
         if variants is None:
             variants = [(ta, tb, acc) for ta in (False, True) for tb in (False, True)
                         for acc in (False, True)]
         self.module = ir.Module(name="dlc_gemm")
+        kinds = (False, True) if packed else (False,)
         for ta, tb, acc in variants:
-            add_gemm(self.module, trans_a=ta, trans_b=tb, accumulate=acc, config=self.config)
+            for pk in kinds:
+                add_gemm(self.module, trans_a=ta, trans_b=tb, accumulate=acc, packed=pk, config=self.config)
+        for tb in (False, True) if packed else ():
+            add_pack(self.module, trans_b=tb, config=self.config)
         self.compiled = jit.compile_module(self.module, libraries=("gomp",))
-        self._fns = {v: self.compiled.function(gemm_name(*v), ctypes.c_int32, *_ARGTYPES)
-                     for v in variants}
+        self._fns = {v + (pk,): self.compiled.function(gemm_name(*v, pk), ctypes.c_int32,
+                                                       *_ARGTYPES + (ctypes.c_void_p,) * pk)
+                     for v in variants for pk in kinds}
+        self._packs = {tb: self.compiled.function(pack_name(tb), None, *_PACK_ARGTYPES)
+                       for tb in (False, True) if packed}
 
     def args(self, a, b, c, trans_a=False, trans_b=False, nthreads=1):
         """Validated native arguments for C (+)= op(a) @ op(b); a, b, c: float32 numpy
@@ -775,29 +836,46 @@ class GemmLibrary:
         return (M, N, K, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb,
                 c.ctypes.data, ldc, sc, batch, int(nthreads))
 
-    def function(self, trans_a=False, trans_b=False, accumulate=False):
-        return self._fns[(trans_a, trans_b, accumulate)]
+    def function(self, trans_a=False, trans_b=False, accumulate=False, packed=False):
+        return self._fns[(trans_a, trans_b, accumulate, packed)]
+
+    def _packed(self, args, trans_b) -> np.ndarray:
+        """op(B) of the validated arguments `args` (of `args()`) packed for the `packed`
+        routines (add_pack), 64-byte aligned as the micro-kernel loads it, with NaN past
+        what the packing writes."""
+        M, N, K, _, _, _, b, ldb, stride_b, *_ = args
+        if stride_b:
+            raise ValueError("a packed b must be one matrix")
+        room = np.full(packed_floats(K, N) + 64, np.nan, np.float32)
+        out = room[(-room.ctypes.data % 64) // 4:]
+        self._packs[trans_b](K, N, b, ldb, out.ctypes.data)
+        return out
 
     def __call__(self, a, b, c=None, *, trans_a=False, trans_b=False, accumulate=False,
-                 nthreads=1):
-        """c (+)= op(a) @ op(b); allocates c (zeros when accumulating) if it is None."""
+                 nthreads=1, packed=False):
+        """c (+)= op(a) @ op(b); allocates c (zeros when accumulating) if it is None.
+        `packed`: b (one matrix) is packed first, and the product takes the packed copy."""
         if c is None:
             M = a.shape[-1] if trans_a else a.shape[-2]
             N = b.shape[-2] if trans_b else b.shape[-1]
             lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
             c = np.zeros(lead + (M, N), np.float32)
-        status = self.function(trans_a, trans_b, accumulate)(
-            *self.args(a, b, c, trans_a, trans_b, nthreads))
+        status = self.bind(a, b, c, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate,
+                           nthreads=nthreads, packed=packed)()
         if status != 0:
             raise MemoryError("GEMM pack buffers could not be allocated")
         return c
 
-    def bind(self, a, b, c, *, trans_a=False, trans_b=False, accumulate=False, nthreads=1):
+    def bind(self, a, b, c, *, trans_a=False, trans_b=False, accumulate=False, nthreads=1,
+             packed=False):
         """A zero-argument callable running one product with pointers resolved once
-        (keeps a, b, c alive)."""
-        fn = self.function(trans_a, trans_b, accumulate)
+        (keeps a, b, c alive; `packed`: b is packed here, once), returning its status."""
+        fn = self.function(trans_a, trans_b, accumulate, packed)
         args = self.args(a, b, c, trans_a, trans_b, nthreads)
-        keep = (a, b, c)
+        packed_b = self._packed(args, trans_b) if packed else None
+        if packed:
+            args += (packed_b.ctypes.data,)
+        keep = (a, b, c, packed_b)
 
         def run(fn=fn, args=args, keep=keep):
             return fn(*args)

@@ -19,10 +19,13 @@ from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
 def map_loop(kb: KernelBuilder, k: MapKernel | FusedMapKernel, prog: KernelProgram, first=None):
     maps = k.maps if isinstance(k, FusedMapKernel) else [k]
 
+    registers = k.registers if isinstance(k, FusedMapKernel) else ()
+
     def body(idx):
         for m in maps:
             v = kb.expr(m.expr, idx)
-            kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v)
+            if m.out not in registers:
+                kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v)
             kb.stored[m.out, m.out_at] = v     # later members read it from the register
         kb.stored.clear()
     kb.loops(k.shape, body, first=first)

@@ -15,15 +15,15 @@ from typing import Callable
 
 import numpy as np
 
-from dlc.compiler.dims import Dim, numel
+from dlc.compiler.dims import Dim, numel, symbols
 from dlc.compiler.errors import DlcError
 from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.primitives import PRIMITIVES
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
-                      KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, Random, ReduceKernel, ScanKernel,
-                      ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves, remap, replace_loads,
-                      row_major)
 from dlc.compiler.native.memory import accesses, linearize
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel,
+                      Guarded, Index, KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random,
+                      ReduceKernel, ScanKernel, ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves,
+                      remap, row_major)
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
 DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
@@ -65,26 +65,33 @@ class Lowering:
     each node's rule, in graph order, sets the expressions of its outputs and emits the
     kernels that compute what must be in memory."""
 
-    def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0):
+    def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
+                 loop: tuple | None = None):
         self.g = graph
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []
         self.args, self.depth = list(args), depth
+        self.loop = loop              # of a scan's body: (the lowering the scan is in, the scan's first buffer)
+        self.packs: dict = {}         # GEMM operands packed before a scan in this graph -> their buffer
+        self.slots: dict = {}         # of a scan's body: tensor key -> its step's place in a stacked output
         self.values: dict = {}        # tensor key -> expression over its own shape
         self.uses: dict = {}
+        self.readers: dict = {}       # tensor key -> the nodes that read it, once per use
         for u, v, out in graph.g.edges(data="out"):
             self.uses[(u, out)] = self.uses.get((u, out), 0) + 1
+            self.readers.setdefault((u, out), []).append(v)
         outputs = {t.key() for t in graph.outputs.values()}
         self.pinned = outputs         # values that must live in memory
         self.cols: dict = {}          # im2col buffers by (window expression, shape)
 
     def emit(self, kernel, into: list | None = None):
-        kernel.origin = self.origin(kernel.node)
+        kernel.nodes = self.fused(kernel.node)
+        kernel.origin = tuple((self.g.op(v), self.g.g.nodes[v]["span"]) for v in kernel.nodes)
         (self.kernels if into is None else into).append(kernel)
 
-    def origin(self, n: int) -> tuple:
-        """(op, span) of node n and of the producers fused into its kernel: values
-        inlined into its expression and free views, in graph order."""
+    def fused(self, n: int) -> tuple:
+        """Node n and the producers fused into its kernel: values inlined into its
+        expression and free views, in graph order."""
         if n not in self.g.g.nodes:
             return ()
         seen, todo = {n}, [n] if self.g.op(n) != "scan" else []
@@ -95,7 +102,7 @@ class Lowering:
                 if x.node not in seen and not prim.given and inlined:
                     seen.add(x.node)
                     todo.append(x.node)
-        return tuple((self.g.op(v), self.g.g.nodes[v]["span"]) for v in [n] + sorted(seen - {n}))
+        return (n, *sorted(seen - {n}))
 
     def run(self) -> KernelProgram:
         for n in self.g.order():
@@ -110,7 +117,7 @@ class Lowering:
             taken.add(load.buffer)
             self.p.outputs[name] = load.buffer
         self.p.kernels[:] = fuse_maps(self.p.kernels)
-        inline_internal(self.p)
+        keep_in_registers(self.p)
         syms = set(self.p.symbols)
         for b in self.p.buffers:
             if isinstance(b.size, Dim):
@@ -138,6 +145,27 @@ class Lowering:
         self.values[t.key()] = load
         return load
 
+    def stored(self, t: Tensor) -> Load:
+        """The value of t in memory, where a kernel wrote it or, written by a map kernel
+        now, at its `place`: read as an expression, not necessarily contiguous."""
+        e = self.expr(t)
+        if isinstance(e, Load) and (e == self.slots.get(t.key()) or e.at == Affine(0, row_major(t.shape))):
+            return e
+        load = self.place(t)
+        self.emit(MapKernel(t.shape, load.buffer, load.at, e, node=t.node))
+        self.values[t.key()] = load
+        return load
+
+    def place(self, t: Tensor, rows: bool = False) -> Load:
+        """Where a kernel writes the value t: at its step's place in a scan's stacked
+        output when the body yields it (written there, it is not copied after), else in
+        a fresh contiguous temporary. `rows`: the writer stores a matrix by rows with a
+        leading dim (a GEMM's C), so only a rank-2 place with unit column stride does."""
+        slot = self.slots.get(t.key())
+        if slot is not None and (not rows or t.rank == 2 and slot.at.coeffs[1] == 1):
+            return slot
+        return contiguous(self.p.buffer(t.dtype, numel(t.shape), "temp").id, t.shape, t.dtype)
+
     def set(self, n: int, e, out: int = 0):
         self.values[(n, out)] = e
 
@@ -155,12 +183,27 @@ class Lowering:
         rule(self, n, ins, self.g.attrs(n), self.g.types(n)[0])
 
     def use(self, t: Tensor):
-        """The expression for an operand: inlined when used once or cheap, else in memory."""
+        """The expression for an operand: inlined when cheap or when no element is read
+        twice (used once, or split into parts), else in memory."""
         e = self.expr(t)
         cheap = isinstance(e, (Load, Const, Index, Size))
-        if cheap or self.uses.get(t.key(), 0) <= 1 and t.key() not in self.pinned:
+        if cheap or t.key() not in self.pinned and (self.uses.get(t.key(), 0) <= 1 or self.split(t)):
             return e
-        return self.materialize(t)
+        return self.stored(t)
+
+    def split(self, t: Tensor) -> bool:
+        """Whether t is read only by slices that do not overlap, as an LSTM's four gates
+        read `xw[:, t] + h @ Wh + bh`: each part is computed where it is read, and the
+        whole never goes through memory."""
+        boxes = []
+        for v in self.readers.get(t.key(), []):
+            if self.g.op(v) != "slice":
+                return False
+            a = self.g.attrs(v)
+            boxes.append([(lo, lo + (d - 1) * st) for lo, st, d in zip(a["starts"], a["steps"], self.g.types(v)[0].shape)])
+        apart = lambda x, y: any(all(isinstance(e, int) for e in p + q) and (p[1] < q[0] or q[1] < p[0])
+                                 for p, q in zip(x, y))
+        return all(apart(x, y) for i, x in enumerate(boxes) for y in boxes[:i])
 
     def matrix(self, t: Tensor) -> tuple:
         """(buffer, offset, leading dim, batch stride, transposed storage) of a matmul
@@ -179,6 +222,28 @@ class Lowering:
                     return (e.buffer, e.at.offset, c, stride, True)
             e = self.materialize(t)
         raise AssertionError("a contiguous operand is always a matrix")
+
+    def packed_before_loop(self, operand: tuple, k, n, trans: bool, node: int) -> int | None:
+        """The buffer holding a GEMM operand (of `matrix`) packed once before the scan this
+        graph is the body of, when the operand is the same at every step — made before
+        the loop, at an offset without the step (a recurrent weight) — else None. It is
+        packed before the outermost scan it is the same in, once for all its GEMMs."""
+        if self.loop is None:
+            return None
+        from dlc.compiler.native.gemm import packed_floats     # the GEMM's layout (no LLVM needed)
+        outer, first = self.loop
+        buffer, offset, ld = operand[:3]
+        if buffer >= first or f"$t{self.depth - 1}" in symbols([offset]):
+            return None
+        hoisted = outer.packed_before_loop(operand, k, n, trans, node)
+        if hoisted is not None:
+            return hoisted
+        key = (buffer, offset, ld, k, n, trans)
+        if key not in outer.packs:
+            out = self.p.buffer("f32", packed_floats(k, n), "temp")
+            self.emit(PackKernel(k, n, (buffer, offset, ld), trans, out.id, node=node), into=outer.kernels)
+            outer.packs[key] = out.id
+        return outer.packs[key]
 
     # -- windows, as convolution and pooling read them ----------------------------------------
     def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij"):
@@ -324,14 +389,14 @@ def _argmax(lw, n, ins, attrs, typ):
 
 @register_lowering("concat")
 def _concat(lw, n, ins, attrs, typ):
-    buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
-    strides = row_major(typ.shape)
+    out = lw.place(lw.g.outputs_of(n)[0])
+    strides = out.at.coeffs
     start = 0
     for x in ins:
-        at = Affine(start * strides[attrs["axis"]], strides)
-        lw.emit(MapKernel(x.shape, buf.id, at, lw.use(x), node=n))
+        at = Affine(out.at.offset + start * strides[attrs["axis"]], strides)
+        lw.emit(MapKernel(x.shape, out.buffer, at, lw.use(x), node=n))
         start = start + x.shape[attrs["axis"]]
-    lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+    lw.set(n, out)
 
 
 @register_lowering("pad")
@@ -373,12 +438,14 @@ def _matmul(lw, n, ins, attrs, typ):
     a, b = ins
     la, lb = lw.matrix(a), lw.matrix(b)
     ta, tb = attrs["ta"] != la[4], attrs["tb"] != lb[4]
-    buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
+    out = lw.place(lw.g.outputs_of(n)[0], rows=True)
     m, nn = typ.shape[-2], typ.shape[-1]
     k = a.shape[-2] if attrs["ta"] else a.shape[-1]
     batch = numel(typ.shape[:-2])
-    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], (buf.id, 0, nn, m * nn), ta, tb, node=n))
-    lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+    packed = lw.packed_before_loop(lb, k, nn, tb, n) if lb[3] == 0 or batch == 1 else None
+    c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
+    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, node=n))
+    lw.set(n, out)
 
 
 @register_lowering("scan")
@@ -391,6 +458,7 @@ def _scan(lw, n, ins, attrs, typ):
     extra = {var} | (length.symbols() if isinstance(length, Dim) else set())
     lw.p.symbols = sorted(set(lw.p.symbols) | extra)
     outs = lw.g.outputs_of(n)
+    first = len(lw.p.buffers)       # buffers from here on may change from step to step
     # carries live in `current` buffers, set from their initial values before the loop
     current = []
     for x in ins[:nc]:
@@ -405,21 +473,28 @@ def _scan(lw, n, ins, attrs, typ):
         args.append(remap(lw.use(x), lambda a, axis=axis: Affine(
             a.offset + a.coeffs[axis] * t, a.coeffs[:axis] + a.coeffs[axis + 1:])))
     args += [lw.use(x) for x in ins[nc + len(xs_axes):]]
-    sub = Lowering(body, lw.p, args, lw.depth + 1)
-    for m in body.order():
-        sub.node(m)
+    sub = Lowering(body, lw.p, args, lw.depth + 1, loop=(lw, first))
     results = list(body.outputs.values())
-    # new carries are computed first (into fresh buffers: the body may still read the
-    # current ones), then per-step outputs go into their stacked buffers at step t,
-    # reading the fresh carries when they are the same values, then the copies
-    fresh = [sub.materialize(y) for y in results[:nc]]
-    stacked = []
+    # each per-step output has a stacked buffer; a value the body computes into memory
+    # is written at its place there (Lowering.place), any other is copied there at the end
+    stacked, places = [], []
+    carried = {y.key() for y in results[:nc]}
     for y, axis, out in zip(results[nc:], ys_axes, outs[nc:]):
         buf = lw.p.buffer(out.dtype, numel(out.shape), "temp")
         full = row_major(out.shape)
-        lw.emit(MapKernel(y.shape, buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1:]),
-                            sub.expr(y), node=n), into=sub.kernels)
+        places.append(Load(buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1:]), out.dtype))
         stacked.append(contiguous(buf.id, out.shape, out.dtype))
+        if y.key() not in sub.slots and y.key() not in carried:
+            sub.slots[y.key()] = places[-1]
+    for m in body.order():
+        sub.node(m)
+    # new carries are computed first (into fresh buffers: the body may still read the
+    # current ones), then the per-step outputs not in place yet, reading the fresh
+    # carries when they are the same values, then the copies
+    fresh = [sub.materialize(y) for y in results[:nc]]
+    for y, place in zip(results[nc:], places):
+        if sub.expr(y) != place:
+            lw.emit(MapKernel(y.shape, place.buffer, place.at, sub.expr(y), node=n), into=sub.kernels)
     for cur, new, y in zip(current, fresh, results[:nc]):
         lw.emit(MapKernel(y.shape, cur.buffer, cur.at, new, node=n), into=sub.kernels)
     lw.emit(ScanKernel(length, attrs["reverse"], var, fuse_maps(sub.kernels), node=n))
@@ -603,6 +678,7 @@ def fuse_maps(kernels: list) -> list:
     def close():
         if len(group) > 1:
             out.append(FusedMapKernel(group[0].shape, list(group), node=group[0].node,
+                                      nodes=tuple(dict.fromkeys(v for m in group for v in m.nodes)),
                                       origin=tuple(dict.fromkeys(o for m in group for o in m.origin))))
         else:
             out.extend(group)
@@ -616,49 +692,29 @@ def fuse_maps(kernels: list) -> list:
     return out
 
 
-def inline_internal(prog: KernelProgram):
-    """A fused map's member whose buffer no kernel but later members of its loop reads
-    (at the index being written: fuse_maps checks), none of them storing over what it
-    reads, is not stored: its expression is inlined into those members, and LLVM
-    computes it once (read more than once, only arithmetic is inlined). A layer's pre-activation
-    `x @ W + b`, read by its ReLU and the ReLU's mask, stays in a register."""
-    kernels = [k for _, k, _ in linearize(prog.kernels) if not isinstance(k, ScanKernel)]
-    readers: dict = {}
-    writes: dict = {}
-    for k in kernels:
-        for bid in accesses(k)[0]:
-            readers.setdefault(bid, set()).add(id(k))
-        for m in k.maps if isinstance(k, FusedMapKernel) else [k]:
-            for bid in accesses(m)[1]:
-                writes[bid] = writes.get(bid, 0) + 1
-    for k in kernels:
-        if not isinstance(k, FusedMapKernel):
-            continue
-        inlined, kept, read = {}, [], set()
-        for j, m in enumerate(k.maps):
-            read |= {buffer_of(x) for x in leaves(m.expr)}
-            m.expr = replace_loads(m.expr, lambda x: inlined.get(x.buffer, x))
-            later = {n.out for n in k.maps[j + 1:]}
-            reads = sum(buffer_of(x) == m.out for n in k.maps[j + 1:] for x in leaves(n.expr))
-            internal = prog.buffers[m.out].kind == "temp" and readers.get(m.out, set()) <= {id(k)} \
-                and writes[m.out] == 1 and m.out not in read and not later & {buffer_of(x) for x in leaves(m.expr)} \
-                and (reads == 1 or _computed_once(m.expr))
-            if internal:
-                inlined[m.out] = m.expr
-            else:
-                kept.append(m)
-        k.maps = kept
-
-
-def _computed_once(e) -> bool:
-    """Whether LLVM computes two copies of e in one iteration once: arithmetic only, no
-    call of the C library (a primitive's libm function; float64 transcendentals) and no
-    random draw."""
-    if isinstance(e, Op):
-        return not PRIMITIVES[e.name].libm and e.dtype != "f64" and all(_computed_once(a) for a in e.args)
-    if isinstance(e, Gather):
-        return _computed_once(e.idx)
-    return not isinstance(e, Random)
+def keep_in_registers(program: KernelProgram):
+    """Mark the stores of fused maps that nothing reads: a temporary written by one member
+    and read by no other kernel — only by later members of its loop, which take the value
+    from a register (an LSTM step's cell and hidden state before their carry copies)."""
+    fused, readers, writers = [], {}, {}
+    for _, k, _ in linearize(program.kernels):
+        if isinstance(k, FusedMapKernel):
+            fused.append(k)
+            for j, m in enumerate(k.maps):
+                for bid in accesses(m)[0]:
+                    readers.setdefault(bid, set()).add((id(k), j))
+                writers.setdefault(m.out, set()).add((id(k), j))
+        elif not isinstance(k, ScanKernel):
+            reads, writes = accesses(k)
+            for bid in reads:
+                readers.setdefault(bid, set()).add((id(k), -1))
+            for bid in writes:
+                writers.setdefault(bid, set()).add((id(k), -1))
+    for k in fused:
+        k.registers = frozenset(
+            m.out for j, m in enumerate(k.maps)
+            if program.buffers[m.out].kind == "temp" and writers[m.out] == {(id(k), j)}
+            and all(f == id(k) and i > j for f, i in readers.get(m.out, ())))
 
 
 @collector_paused()

@@ -40,8 +40,9 @@ import numpy as np
 
 from dlc.compiler.dims import concrete
 from dlc.compiler.graph import DTYPES
-from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
-                      ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
+from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel,
+                      MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of,
+                      leaves)
 
 ALIGN = 64
 PAGE = 4096           # buffers start at different offsets modulo this (see _first_fit)
@@ -60,11 +61,14 @@ def accesses(k) -> tuple:
         return expr_reads(k.expr), {k.out}
     if isinstance(k, FusedMapKernel):
         parts = [accesses(m) for m in k.maps]
-        return set().union(*(r for r, _ in parts)), set().union(*(w for _, w in parts))
+        return (set().union(*(r for r, _ in parts)) - k.registers,
+                set().union(*(w for _, w in parts)) - k.registers)
     if isinstance(k, GemmKernel):       # a, b, c: (buffer, offset, ...)
-        return {k.a[0], k.b[0]}, {k.c[0]}
+        return {k.a[0], k.b[0]} | ({k.packed} if k.packed is not None else set()), {k.c[0]}
     if isinstance(k, SmallGemmKernel):
         return {k.a[0], k.b[0]}, {k.c[0], k.partial}
+    if isinstance(k, PackKernel):
+        return {k.b[0]}, {k.out}
     if isinstance(k, ScatterAddKernel):
         return expr_reads(k.idx) | {k.upd}, {k.out}
     if isinstance(k, MaxPoolGradKernel):

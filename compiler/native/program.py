@@ -112,17 +112,6 @@ def remap(e, shift_fn):
     return e
 
 
-def replace_loads(e, load):
-    """e with each plain Load x (an index of a gather included) replaced by load(x)."""
-    if isinstance(e, Load):
-        return load(e)
-    if isinstance(e, Op):
-        return Op(e.name, tuple(replace_loads(a, load) for a in e.args), e.dtype)
-    if isinstance(e, Gather):
-        return Gather(e.table, replace_loads(e.idx, load), e.rows, e.stride, e.dtype, e.count, e.site)
-    return e
-
-
 # ---- buffers and kernels ------------------------------------------------------------------------
 @dataclass
 class Buffer:
@@ -137,8 +126,10 @@ class Buffer:
 @dataclass(kw_only=True)
 class Kernel:
     """What every kernel records, given by name: the graph node it computes (its last),
-    and (op, span) of the graph nodes it computes, set by Lowering.emit."""
+    and the graph nodes it computes (`nodes`) with their (op, span) (`origin`), set by
+    Lowering.emit."""
     node: int = -1
+    nodes: tuple = ()
     origin: tuple = ()
 
 
@@ -155,9 +146,11 @@ class MapKernel(Kernel):
 class FusedMapKernel(Kernel):
     """Map kernels over one iteration space run as one loop: every iteration does each
     member's store in order. Legal when the members touch a buffer that one of them
-    writes only at the index being written (see fuse_maps)."""
+    writes only at the index being written (see fuse_maps). `registers`: buffers of
+    members whose value only later members read, in a register: they are not stored."""
     shape: tuple
     maps: list
+    registers: frozenset = frozenset()
 
 
 @dataclass
@@ -172,7 +165,9 @@ class ReduceKernel(Kernel):
 
 @dataclass
 class GemmKernel(Kernel):
-    """C[b] = op(A[b]) @ op(B[b]); A, B given by buffer, offset, leading dim, batch stride."""
+    """C[b] = op(A[b]) @ op(B[b]); A, B given by buffer, offset, leading dim, batch stride.
+    `packed`: a buffer holding op(B) (one matrix) packed by a PackKernel, which the GEMM
+    multiplies with instead of packing B itself."""
     m: object
     n: object
     k: object
@@ -182,6 +177,18 @@ class GemmKernel(Kernel):
     c: tuple
     trans_a: bool
     trans_b: bool
+    packed: int | None = None
+
+
+@dataclass
+class PackKernel(Kernel):
+    """out = op(B) (k x n) packed into the GEMM's panels (gemm.add_pack): a GEMM operand
+    that stays the same at every step of a scan, packed once before the loop."""
+    k: object
+    n: object
+    b: tuple              # (buffer, offset, ld)
+    trans_b: bool
+    out: int
 
 
 @dataclass

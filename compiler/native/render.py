@@ -1,9 +1,9 @@
 """Readable text of a kernel program (`dlc compile --emit kernels|fused`)."""
 from __future__ import annotations
 
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, Guarded, Index,
-                      KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, Random, ReduceKernel, ScanKernel,
-                      ScatterAddKernel, Size, SmallGemmKernel)
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, Guarded,
+                      Index, KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random, ReduceKernel,
+                      ScanKernel, ScatterAddKernel, Size, SmallGemmKernel)
 
 
 def affine(a: Affine) -> str:
@@ -50,12 +50,17 @@ def kernel(k, depth=0) -> list:
     if isinstance(k, MapKernel):
         return [f"{pad}map {shape(k.shape)}: b{k.out}[{affine(k.out_at)}] = {expr(k.expr)}{where}"]
     if isinstance(k, FusedMapKernel):
-        return [f"{pad}fused map {shape(k.shape)}:"] + [line for m in k.maps for line in kernel(m, depth + 1)]
+        return [f"{pad}fused map {shape(k.shape)}:"] + [
+            line.replace(": b", ": (register) b", 1) if m.out in k.registers else line
+            for m in k.maps for line in kernel(m, depth + 1)]
     if isinstance(k, ReduceKernel):
         return [f"{pad}reduce {k.op} over axes {list(k.axes)} of {shape(k.shape)}: b{k.out} <- {expr(k.expr)}{where}"]
     if isinstance(k, GemmKernel):
+        packed = f" (packed in b{k.packed})" if k.packed is not None else ""
         return [f"{pad}gemm {k.batch} x [{k.m} x {k.k}] @ [{k.k} x {k.n}]: b{k.c[0]} = "
-                f"{'T' if k.trans_a else ''}b{k.a[0]} @ {'T' if k.trans_b else ''}b{k.b[0]}{where}"]
+                f"{'T' if k.trans_a else ''}b{k.a[0]} @ {'T' if k.trans_b else ''}b{k.b[0]}{packed}{where}"]
+    if isinstance(k, PackKernel):
+        return [f"{pad}pack [{k.k} x {k.n}]: b{k.out} = panels of {'T' if k.trans_b else ''}b{k.b[0]}{where}"]
     if isinstance(k, SmallGemmKernel):
         return [f"{pad}small_gemm sum over {k.batch} of [{k.m} x {k.k}] @ [{k.k} x {k.n}]: "
                 f"b{k.c[0]} = b{k.a[0]} @ b{k.b[0]}{where}"]

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from dlc.compiler.graph import Graph
 from dlc.compiler.native.lower import lower
-from dlc.compiler.native.program import (Affine, FusedMapKernel, KernelProgram, Load, MapKernel, ReduceKernel, buffer_of,
-                                         leaves, replace_loads)
+from dlc.compiler.native.program import (Affine, FusedMapKernel, KernelProgram, Load, MapKernel, Op, ReduceKernel,
+                                         buffer_of, leaves)
 
 ELEMENT = Affine(0, (1,))       # index i of a flat array
 
@@ -41,9 +41,9 @@ def in_place(prog: KernelProgram):
     kept = []
     for m in members:
         assert m.out_at == ELEMENT, "the update's loop writes index i"
-        e = replace_loads(m.expr, lambda x: temps.get(x.buffer, x))
+        e = _rewrite(m.expr, lambda x: temps.get(x.buffer, x))
         if m.out in into:
-            kept.append(MapKernel(m.shape, m.out, m.out_at, e, node=m.node, origin=m.origin))
+            kept.append(MapKernel(m.shape, m.out, m.out_at, e, node=m.node, nodes=m.nodes, origin=m.origin))
         else:
             temps[m.out] = e
     assert {m.out for m in kept} == set(into), "the update's loop writes every output"
@@ -57,10 +57,18 @@ def in_place(prog: KernelProgram):
             assert isinstance(x, Load) and (x.at == ELEMENT or buffer_of(x) not in into.values() | into.keys()), \
                 "the update's loop reads a flat array at index i only"
     for m in kept:
-        m.expr = replace_loads(m.expr, lambda x: Load(into[x.buffer], x.at, x.dtype) if x.buffer in into else x)
+        m.expr = _rewrite(m.expr, lambda x: Load(into[x.buffer], x.at, x.dtype) if x.buffer in into else x)
         m.out = into[m.out]
-    prog.kernels[-1] = kept[0] if len(kept) == 1 else FusedMapKernel(last.shape, kept, node=last.node, origin=last.origin)
+    prog.kernels[-1] = kept[0] if len(kept) == 1 else FusedMapKernel(last.shape, kept, node=last.node, nodes=last.nodes,
+                                                                     origin=last.origin)
     prog.outputs = {name: into[bid] for name, bid in prog.outputs.items()}
+
+
+def _rewrite(e, load):
+    """e with each Load x replaced by load(x)."""
+    if isinstance(e, Op):
+        return Op(e.name, tuple(_rewrite(a, load) for a in e.args), e.dtype)
+    return load(e) if isinstance(e, Load) else e
 
 
 def touched(prog: KernelProgram) -> set:

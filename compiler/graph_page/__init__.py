@@ -1,0 +1,90 @@
+"""`dlc graph --format html`: one self-contained page to explore a model's graphs.
+
+The page holds the forward graph and the train-step graph, each node grouped by layer
+(graph.layer_of) and laid out here (layout.py); the program's source; and the native
+kernels each node went into, with their LLVM IR (kernels.py). page.js only draws: no
+network, no library. The data travel gzipped in the page (the LLVM IR of a ResNet's train
+step alone is 2 MB of text) and the browser unpacks them (DecompressionStream).
+"""
+from __future__ import annotations
+
+import base64
+import gzip
+import html
+import json
+import re
+from importlib import resources
+
+from dlc.compiler import autodiff
+from dlc.compiler.errors import Span, source_lines
+from dlc.compiler.graph import PRIMITIVES, Graph, attrs_text, layer_label, layer_of, layer_tree, node_title
+from dlc.compiler.graph_page.kernels import native_kernels
+from dlc.compiler.graph_page.layout import rows
+from dlc.compiler.model import Model
+from dlc.compiler.summary import count_text, node_flops
+
+
+def page(model: Model, first: str = "forward") -> str:
+    """The HTML page of a model: its forward graph and, when it has a loss, the train step
+    (of either mode, as `dlc graph --grad [--eval]`); `first`, the view shown on opening."""
+    graphs = {"forward": model.graph}
+    if "loss" in model.graph.outputs:
+        graphs["train_step"] = autodiff.train_step(model.graph)
+    compiled = graphs.get("train_step", model.graph)    # what the native engine compiles, as `dlc compile`
+    files = Files()
+    data = {"model": model.name, "mode": "training" if model.training else "evaluation",
+            "first": first,
+            "views": [view(name, g, compiled, files) for name, g in graphs.items()],
+            "native": native_kernels(compiled), "sources": files.texts()}
+    packed = base64.b64encode(gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0)).decode()
+    asset = resources.files(__package__)
+    parts = {"title": html.escape(f"{model.name}: dlc graph"), "data": packed,
+             "style": asset.joinpath("page.css").read_text(), "script": asset.joinpath("page.js").read_text()}
+    return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], asset.joinpath("page.html").read_text())
+
+
+class Files:
+    """The source files the nodes come from, numbered as the page refers to them."""
+
+    def __init__(self):
+        self.names: dict = {}
+
+    def place(self, span: Span | None) -> list | None:
+        """[file number, line, column, end line, end column] of a span."""
+        if span is None:
+            return None
+        number = self.names.setdefault(span.file, len(self.names))
+        return [number, span.line, span.col, span.end_line or span.line, span.end_col]
+
+    def texts(self) -> list:
+        return [{"name": name, "text": "\n".join(source_lines(name) or [])} for name in self.names]
+
+
+def view(name: str, graph: Graph, compiled: Graph, files: Files) -> dict:
+    """One graph of the page: its nodes, its edges, its layers and their rows."""
+    outputs: dict = {}
+    for out, t in graph.outputs.items():
+        outputs.setdefault(t.node, []).append(out)
+    nodes = []
+    for n in graph.order():
+        d = graph.g.nodes[n]
+        span = d["span"]
+        nodes.append({
+            "id": n, "op": d["op"], "title": node_title(graph, n), "layer": layer_of(graph, n),
+            "kind": PRIMITIVES[d["op"]].kind, "types": ", ".join(str(t) for t in d["types"]),
+            "attrs": attrs_text(d["attrs"]), "flops": count_text(node_flops(graph, n)),
+            "span": files.place(span), "call": files.place(span.caller if span is not None else None),
+            "outputs": outputs.get(n, []), "grad_of": d.get("grad_of"),
+            "compiled": n in compiled.g})
+    tree = layer_tree(graph)
+    return {"name": name, "title": {"forward": "forward graph", "train_step": "train step"}[name],
+            "nodes": nodes, "edges": sorted(set(graph.g.edges())),
+            "layers": {layer: {"label": layer_label(layer) if layer else graph.name,
+                               "size": _size(tree, layer)} for layer in tree},
+            "rows": rows(graph)}
+
+
+def _size(tree: dict, layer: str) -> int:
+    """The nodes in a layer and the layers in it."""
+    layers, nodes = tree[layer]
+    return len(nodes) + sum(_size(tree, c) for c in layers)

@@ -1,0 +1,59 @@
+"""The native engine's side of the graph page: the kernels a graph compiles to, the graph
+nodes fused into each, and the optimized LLVM IR of each kernel's function — what
+`dlc compile --emit kernels` and `--emit llvm` print, cut along the kernels."""
+from __future__ import annotations
+
+import re
+
+from dlc.compiler.graph import Graph
+from dlc.compiler.native import jit, render
+from dlc.compiler.native.driver import build_module
+from dlc.compiler.native.lower import NotLowerable, lower
+from dlc.compiler.native.program import GemmKernel, ScanKernel
+from dlc.compiler.passes import optimize
+
+DEFINE = re.compile(r'^define [^@]*@"?([^"(]+)"?\(')
+
+
+def native_kernels(graph: Graph) -> dict:
+    """{"kernels": [...], "ir": {function: text}} for the graph the engine compiles, each
+    kernel with its kind, its text, the graph nodes it computes (for a kernel inside a
+    scan, nodes of the scan's body: none listed) and its function; or {"error": why} when
+    the native backend cannot compile the graph."""
+    try:
+        program = lower(optimize(graph))
+    except NotLowerable as e:
+        return {"error": e.render()}
+    step = build_module(program)
+    ir = functions(jit.optimized_ir(step.module))
+    kernels = []
+
+    def walk(ks: list, depth: int):
+        for k in ks:
+            name = step.functions[len(kernels)]
+            kernels.append({
+                "kind": type(k).__name__.replace("Kernel", ""), "depth": depth,
+                "text": "\n".join(render.kernel(k)), "nodes": list(k.nodes) if depth == 0 else [],
+                "function": name, "gemm": isinstance(k, GemmKernel)})
+            if isinstance(k, ScanKernel):
+                walk(k.body, depth + 1)
+    walk(program.kernels, 0)
+    used = {k["function"] for k in kernels}
+    return {"kernels": kernels,
+            "ir": {name: "\n\n".join(text for f, text in ir.items() if f == name or f.startswith(name + "."))
+                   for name in used}}
+
+
+def functions(ir: str) -> dict:
+    """The functions defined in a module's IR text: name -> its definition."""
+    out, name, lines = {}, None, []
+    for line in ir.splitlines():
+        match = DEFINE.match(line)
+        if match:
+            name, lines = match.group(1), []
+        if name is not None:
+            lines.append(line)
+            if line == "}":
+                out[name] = "\n".join(lines)
+                name = None
+    return out

@@ -1,0 +1,234 @@
+"""What a training run shows while it runs (`dlc train`, `model.train()`): one display per
+run, chosen by make_display from `progress`:
+
+- "auto": on a terminal, one line redrawn in place (TerminalLine); in a Jupyter kernel with
+  tqdm installed, tqdm's bar (Bar: the notebook widget, or its text bar without ipywidgets);
+  anywhere else (a pipe, a log file, CI, a notebook without tqdm), a line per epoch;
+- "bar": tqdm's bar wherever it runs (tqdm.auto picks the widget or the text bar);
+- "epochs": a line per epoch;
+- N (`--log-every N`): a plain line every N steps, and a line per epoch;
+- "none" (`-q`): nothing; the caller prints the summary.
+
+Lines go to the run's log (stderr by default); the redrawn line and tqdm's bar to stderr.
+Only TerminalLine writes carriage returns, and only to a terminal."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+
+from dlc.compiler.errors import DlcError, did_you_mean, optional_package
+
+MODES = ("auto", "bar", "epochs", "none")
+REDRAW_S = 0.1             # the progress line is redrawn at most ten times a second
+
+
+@dataclass
+class Step:
+    """Where a run is after a step."""
+    step: int               # steps of the run, those before a resume included
+    epoch: int              # from 0
+    epochs: int
+    done: int               # batches of this epoch this run has done
+    total: int              # batches of this epoch this run does (fewer than per_epoch when resumed inside it)
+    per_epoch: int          # batches of a whole epoch
+    totals: dict            # the epoch's sums of the loss and metrics, weighted by batch size
+    seen: int               # the epoch's examples so far
+    fresh: int              # examples this run trained since `started`
+    started: float          # time.perf_counter() when this run began the epoch
+    lr: float
+
+    @property
+    def batch(self) -> int:
+        """The batch just done, from 1, of the whole epoch."""
+        return self.per_epoch - self.total + self.done
+
+    def means(self) -> dict:
+        return {k: v / max(self.seen, 1) for k, v in self.totals.items() if k != "grad_norm"}
+
+    def eta(self, now: float) -> float:
+        """Seconds left in the whole run, at this epoch's pace."""
+        per_batch = (now - self.started) / max(self.done, 1)
+        return ((self.total - self.done) + (self.epochs - self.epoch - 1) * self.per_epoch) * per_batch
+
+    def rate(self, now: float) -> str:
+        """Examples per second."""
+        rate = self.fresh / (now - self.started) if now > self.started else 0.0
+        return f"{rate / 1e3:.0f}k/s" if rate >= 1e4 else f"{rate:.0f}/s"
+
+
+def values(means: dict) -> list:
+    return [f"{k} {v:.4f}" for k, v in means.items()]
+
+
+def row_values(row: dict) -> list:
+    """The loss and metrics of an epoch's row of the history, validation ones too."""
+    return values({k: v for k, v in row.items() if k not in ("epoch", "time", "lr")})
+
+
+def epoch_parts(row: dict, epochs: int) -> list:
+    return [f"epoch {row['epoch']}/{epochs}", *row_values(row), f"({row['time']:.1f}s)"]
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    return "  ".join(epoch_parts(row, epochs))
+
+
+def wrapped(parts: list, width: int) -> list:
+    """`parts` joined by two spaces into lines of at most `width` columns, broken between parts
+    (the lines after the first indented), so that no value is cut in two."""
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 2 + len(part) <= width:
+            lines[-1] += "  " + part
+        else:
+            lines.append("    " + part)
+    return lines
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def terminal_width(stream) -> int:
+    """The columns of the terminal `stream` writes to: $COLUMNS, else the terminal's own
+    width (shutil asks stdout's, which may be a file while stderr is the terminal), else 80."""
+    if "COLUMNS" not in os.environ:
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+            if columns > 0:
+                return columns
+        except (AttributeError, OSError, ValueError):
+            pass
+    return shutil.get_terminal_size((80, 24)).columns
+
+
+class Quiet:
+    """No display (`-q`): the run's summary is all that is printed."""
+
+    def step(self, s: Step):
+        pass
+
+    def epoch(self, row: dict, epochs: int):
+        pass
+
+    def close(self):
+        """End what is on the screen before the run's next message (an interrupt, an error)."""
+
+
+class EpochLines(Quiet):
+    """A line per epoch, for logs: no carriage return, nothing between epochs."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def epoch(self, row: dict, epochs: int):
+        self.log(epoch_line(row, epochs))
+
+
+class StepLines(EpochLines):
+    """A plain line every `every` steps (`--log-every`), and a line per epoch."""
+
+    def __init__(self, log, every: int):
+        super().__init__(log)
+        self.every = every
+
+    def step(self, s: Step):
+        if s.step % self.every == 0:
+            now = time.perf_counter()
+            self.log("  ".join([f"step {s.step}", f"epoch {s.epoch + 1}/{s.epochs}", f"batch {s.batch}/{s.per_epoch}",
+                                *values(s.means()), f"lr {s.lr:.3g}", s.rate(now), f"eta {duration(s.eta(now))}"]))
+
+
+class TerminalLine(EpochLines):
+    """One line on the terminal, redrawn at most every REDRAW_S (and at an epoch's last batch)
+    and never wider than the terminal: the parts that do not fit are left out, the least
+    useful first. An epoch's line replaces it, so the screen keeps a line per epoch; it is
+    broken between its values where the terminal is too narrow for it (none is left out)."""
+
+    def __init__(self, log):
+        super().__init__(log)
+        self.drawn, self.width = -math.inf, 0       # when the line was last drawn, and how wide
+
+    def step(self, s: Step):
+        now = time.perf_counter()
+        if now - self.drawn < REDRAW_S and s.done < s.total:
+            return
+        self.drawn = now
+        # epoch/epochs [bar] batch/batches, the epoch's means so far, the run's ETA, lr, samples/s
+        parts = [f"{s.epoch + 1}/{s.epochs} [{'#' * int(8 * s.done / max(s.total, 1)):<8}] {s.done}/{s.total}",
+                 *values(s.means()), f"eta {duration(s.eta(now))}", f"lr {s.lr:.3g}", s.rate(now)]
+        self.width = terminal_width(sys.stderr) - 1
+        line = parts[0]
+        for part in parts[1:]:
+            if len(line) + 2 + len(part) <= self.width:
+                line += "  " + part
+        sys.stderr.write("\r" + line[:self.width].ljust(self.width))
+        sys.stderr.flush()
+
+    def epoch(self, row: dict, epochs: int):
+        lines = wrapped(epoch_parts(row, epochs), terminal_width(sys.stderr) - 1)
+        if self.width:      # over the progress line, to its end
+            lines[0] = "\r" + lines[0].ljust(self.width)
+        self.log("\n".join(lines))
+        self.width = 0
+
+    def close(self):
+        if self.width:
+            sys.stderr.write("\n")
+            self.width = 0
+
+
+class Bar(Quiet):
+    """tqdm's bar, one per epoch, left on screen with the epoch's values (validation ones too)."""
+
+    def __init__(self, tqdm):
+        self.tqdm, self.bar = tqdm, None
+
+    def step(self, s: Step):
+        if self.bar is None:
+            self.bar = self.tqdm(total=s.per_epoch, initial=s.batch - s.done, desc=f"epoch {s.epoch + 1}/{s.epochs}",
+                                 unit="batch", dynamic_ncols=True)
+        self.bar.set_postfix_str("  ".join([*values(s.means()), f"lr {s.lr:.3g}"]), refresh=False)
+        self.bar.update(s.batch - self.bar.n)
+
+    def epoch(self, row: dict, epochs: int):
+        if self.bar is not None:
+            self.bar.set_postfix_str("  ".join(row_values(row)), refresh=False)
+            self.close()
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def make_display(progress, log):
+    """The display `progress` names (the module's docstring)."""
+    if isinstance(progress, int) and not isinstance(progress, bool):
+        if progress < 1:
+            raise DlcError(f"progress: a line every {progress} steps; give a whole number of at least 1")
+        return StepLines(log, progress)
+    if progress not in MODES:
+        hint = did_you_mean(progress, MODES) if isinstance(progress, str) else ""
+        raise DlcError(f"progress must be {', '.join(MODES)} or a number of steps between lines, "
+                       f"got {progress!r}{hint}")
+    if progress == "auto":
+        if sys.stderr.isatty():
+            return TerminalLine(log)
+        if "ipykernel" in sys.modules:      # a Jupyter kernel: tqdm's widget, or lines when tqdm is missing
+            try:
+                from tqdm.auto import tqdm
+            except ImportError:
+                return EpochLines(log)
+            return Bar(tqdm)
+        return EpochLines(log)
+    if progress == "bar":
+        optional_package("tqdm", "notebook", 'progress = "bar"')
+        from tqdm.auto import tqdm
+        return Bar(tqdm)
+    return EpochLines(log) if progress == "epochs" else Quiet()

@@ -1,0 +1,333 @@
+"""Data-parallel `dlc train` on MPI (runtime/distributed.py): 2 ranks on this machine against
+one process. The tests that launch ranks need mpi4py and an mpirun (the `mpi` extra, which
+CI installs) and are skipped with the reason otherwise."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlc.runtime import distributed
+from dlc.runtime.trainer import batch_bounds
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIRUN),
+                               reason="needs mpi4py and mpirun: pip install \"dlc[mpi]\"")
+
+# no dropout, so that 2 ranks and one process draw nothing differently (dropout masks are per rank)
+MLP = """model mlp {
+    input  x: f32[B, 64]
+    target y: i32[B]
+    logits = x |> dense(32, relu) |> dense(10)
+    loss   sparse_cross_entropy(logits, y) + 1e-4 * l2(params)
+    metric accuracy = accuracy(logits, y)
+}
+train mlp {
+    data = digits(image = false)
+    test = split(0.2)
+    validation = split(0.1)
+    batch = 64
+    optimizer = adam(lr = 3e-3)
+    epochs = 1
+}
+"""
+LSTM = """model lstm_forecast {
+    input  x: f32[B, T, 1]
+    target y: f32[B, 1]
+    hs = lstm(x, 16)
+    pred = dense(hs[:, -1], 1)
+    loss   mse(pred, y)
+    metric mae = mae(pred, y)
+}
+train lstm_forecast {
+    data = sine(window = 10, n = 400, noise = 0.05)
+    test = split(0.1)
+    validation = split(0.1)
+    batch = 16
+    epochs = 1
+    optimizer = adam(lr = 3e-3)
+}
+"""
+BATCHNORM = """model bn {
+    input  x: f32[B, 64]
+    target y: i32[B]
+    logits = x |> dense(32) |> batchnorm |> relu |> dense(10)
+    loss   sparse_cross_entropy(logits, y)
+    metric accuracy = accuracy(logits, y)
+}
+train bn {
+    data = digits(image = false)
+    test = split(0.2)
+    batch = 64
+    epochs = 1
+}
+"""
+
+
+def digits_cnn_without_dropout() -> str:
+    """The digits CNN (with its augmentation) minus its dropout."""
+    text = (EXAMPLES / "digits_cnn.dl").read_text().replace("dropout(flatten(s4), 0.25)", "flatten(s4)")
+    assert "dropout(" not in text
+    return text
+
+
+def env(**extra) -> dict:
+    # Open MPI refuses root without these; DLC_CHECK_RANKS compares the ranks' parameters every step
+    return {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "DLC_CHECK_RANKS": "1", "DLC_NUM_THREADS": "1", **extra}
+
+
+def dlc_train(args: list, ranks: int = 1, **extra) -> subprocess.CompletedProcess:
+    launch = [MPIRUN, "-n", str(ranks)] if ranks > 1 else []
+    return subprocess.run(launch + [sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
+                          capture_output=True, text=True, env=env(**extra), timeout=120)
+
+
+def model_file(tmp_path: Path, text: str, name: str = "model.dl") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def checkpoint_arrays(path: Path) -> dict:
+    with np.load(path) as f:
+        return {k: f[k].astype(np.float64) for k in f.files if k.startswith(("param:", "opt:"))}
+
+
+def assert_same_run(one: Path, two: Path, rtol=1e-5):
+    """Parameters, optimizer state and the history of two runs agree within rtol (relative
+    to each array's largest value)."""
+    a, b = checkpoint_arrays(one / "last.npz"), checkpoint_arrays(two / "last.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.abs(a[k] - b[k]).max() <= rtol * max(np.abs(a[k]).max(), 1e-30), k
+    ha, hb = (json.loads((d / "history.json").read_text()) for d in (one, two))
+    assert len(ha) == len(hb)
+    for ra, rb in zip(ha, hb):
+        for k, v in ra.items():
+            if k not in ("time",):
+                assert rb[k] == pytest.approx(v, rel=rtol, abs=1e-7), k
+
+
+# ---- without ranks ---------------------------------------------------------------------------------
+def test_launched_ranks_reads_the_launchers_variables(monkeypatch):
+    for name in distributed.LAUNCHER_SIZES + ("SLURM_NTASKS",):
+        monkeypatch.delenv(name, raising=False)
+    assert distributed.launched_ranks() == 1 and distributed.world() is None
+    monkeypatch.setenv("SLURM_NTASKS", "8")        # an allocation, not a job step: still one process
+    assert distributed.launched_ranks() == 1
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.setenv(name, "4")
+        assert distributed.launched_ranks() == 4
+        monkeypatch.delenv(name)
+
+
+def test_under_a_launcher_without_mpi4py_it_says_what_to_install(tmp_path):
+    # an mpi4py that cannot be imported, first on the path
+    fake = tmp_path / "no_mpi4py" / "mpi4py"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no mpi4py here')\n")
+    path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
+    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "train", str(model_file(tmp_path, MLP))],
+                       capture_output=True, text=True, env={**os.environ, "PMI_SIZE": "2", "PYTHONPATH": path})
+    assert r.returncode == 1, r.stderr
+    assert "training as 2 processes (mpirun, srun) needs the 'mpi4py' package" in r.stderr
+    assert 'pip install "dlc[mpi]"' in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_last_batch_too_small_to_share_joins_the_one_before():
+    assert batch_bounds(10, 4, ranks=2) == [(0, 4), (4, 8), (8, 10)]
+    assert batch_bounds(9, 4, ranks=2) == [(0, 4), (4, 9)]                 # 1 example for 2 ranks
+    assert batch_bounds(11, 4, merge_single=True, ranks=2) == [(0, 4), (4, 11)]     # 3 < 2 ranks x 2
+    assert batch_bounds(12, 4, merge_single=True, ranks=2) == [(0, 4), (4, 8), (8, 12)]
+
+
+# ---- two ranks -------------------------------------------------------------------------------------
+@needs_mpi
+@pytest.mark.parametrize("name, text", [("mlp", MLP), ("cnn", None), ("lstm", LSTM)])
+def test_two_ranks_train_as_one_process(tmp_path, name, text):
+    """20+ steps on 2 ranks: the same losses, metrics and parameters as one process with the
+    same global batch (the digits CNN with its augmentation; the last batch is split unevenly)."""
+    path = model_file(tmp_path, text or digits_cnn_without_dropout())
+    extra = ["--epochs", "1", "--batch", "64"] if name == "cnn" else []
+    one = dlc_train([path, "--out", tmp_path / "one", *extra])
+    two = dlc_train([path, "--out", tmp_path / "two", *extra], ranks=2)
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    assert _meta(tmp_path / "two" / "last.npz")["step"] >= 20
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    # rank 0 alone reports: one result line, the test metrics reduced over both ranks
+    assert two.stdout.count("trained ") == 1
+    assert two.stdout.splitlines()[1] == one.stdout.splitlines()[1]        # "test: ..."
+
+
+def _meta(path: Path) -> dict:
+    from dlc.runtime import checkpoint
+    return checkpoint.load(path)[2]
+
+
+@needs_mpi
+def test_resume_with_another_number_of_ranks(tmp_path):
+    """1 epoch on one process, the second on 2 ranks, the third on one: the run of three
+    epochs on one process."""
+    path = model_file(tmp_path, MLP)
+    whole = dlc_train([path, "--epochs", "3", "--out", tmp_path / "whole"])
+    assert whole.returncode == 0, whole.stderr
+    parts = tmp_path / "parts"
+    for epochs, ranks in ((1, 1), (2, 2), (3, 1)):
+        r = dlc_train([path, "--epochs", epochs, "--out", parts] + (["--resume"] if epochs > 1 else []), ranks)
+        assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr
+    assert_same_run(tmp_path / "whole", parts)
+
+
+@needs_mpi
+def test_batch_statistics_are_per_rank_and_the_ranks_stay_identical(tmp_path):
+    """batchnorm: each rank normalizes its slice and the running statistics are averaged;
+    DLC_CHECK_RANKS=1 checks every step that the ranks' parameters are one."""
+    path = model_file(tmp_path, BATCHNORM)
+    r = dlc_train([path, "--out", tmp_path / "run"], ranks=2)
+    assert r.returncode == 0, r.stderr
+    saved = checkpoint_arrays(tmp_path / "run" / "last.npz")
+    var = next(v for k, v in saved.items() if k.endswith("running_var") or k.endswith(".var"))
+    assert np.all(np.isfinite(var)) and not np.allclose(var, 1.0)
+
+
+@needs_mpi
+def test_what_cannot_be_shared_is_refused(tmp_path):
+    path = model_file(tmp_path, MLP)
+    r = dlc_train([path, "--batch", "33", "--out", tmp_path / "a"], ranks=2)
+    assert r.returncode == 1 and "batch = 33 does not divide among 2 processes" in r.stderr
+    r = dlc_train([path, "--test", "split(0.0006)", "--out", tmp_path / "b"], ranks=2)
+    assert r.returncode == 1 and "the test data has 1 example(s), fewer than the 2 processes" in r.stderr
+
+
+def _launch(args: list, tmp_path: Path, **extra) -> subprocess.Popen:
+    return subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(**extra),
+                            start_new_session=True)
+
+
+def _ranks(run: subprocess.Popen, out: Path) -> list:
+    """The pids of the run's two ranks, once both are training (rank 0 wrote an epoch)."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (out / "history.json").exists():
+        assert run.poll() is None, run.communicate()
+        time.sleep(0.1)
+    pids = subprocess.run(["pgrep", "-f", "--", f"--out {out}"], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in pids if int(p) != run.pid]
+
+
+LONG = MLP.replace("epochs = 1", "epochs = 100000")
+
+
+@needs_mpi
+@pytest.mark.parametrize("how", ["killed", "hangs"])
+def test_a_rank_that_dies_or_hangs_ends_the_run_with_an_error(tmp_path, how):
+    out = tmp_path / "run"
+    run = _launch([model_file(tmp_path, LONG), "--out", out], tmp_path, DLC_MPI_TIMEOUT="2")
+    try:
+        ranks = _ranks(run, out)
+        assert len(ranks) == 2, ranks
+        os.kill(max(ranks), signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+        start = time.monotonic()
+        stdout, stderr = run.communicate(timeout=30)
+        took = time.monotonic() - start
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode != 0 and took < 10
+    if how == "hangs":      # dlc's watchdog
+        assert "no answer from the other ranks for 2 s" in stderr and "a rank died or hangs" in stderr
+    else:                   # the launcher's report, MPICH's or Open MPI's
+        assert any(s in stdout + stderr for s in ("BAD TERMINATION", "Killed", "signal 9", "exited on signal"))
+
+
+@needs_mpi
+def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path):
+    out = tmp_path / "run"
+    path = model_file(tmp_path, LONG)
+    run = _launch([path, "--out", out], tmp_path)
+    try:
+        assert len(_ranks(run, out)) == 2
+        run.send_signal(signal.SIGINT)      # mpirun forwards it to the ranks
+        stdout, stderr = run.communicate(timeout=30)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    assert run.returncode == 130, stderr
+    assert stderr.count("interrupted: saved") == 1
+    meta = _meta(out / "last.npz")
+    assert meta["epoch"] >= 1
+    # it resumes, on one process
+    r = dlc_train([path, "--epochs", meta["epoch"] + 1, "--out", out, "--resume"])
+    assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_the_split_step_is_the_single_call(backend):
+    """gradients + apply_update (a distributed step's two halves) update exactly as train_step."""
+    from dlc.compiler.loader import load_text
+    from dlc.runtime.backends import make_engine
+    from dlc.runtime.config import Call
+    from dlc.runtime.optim import make_optimizer
+    from dlc.runtime.trainer import initial_parameters
+    prog = load_text(BATCHNORM, "bn.dl")
+    train, ev = prog.build(training=True), prog.build(training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.standard_normal((16, 64), dtype=np.float32), "y": rng.integers(0, 10, 16).astype(np.int32)}
+    runs = []
+    for split in (False, True):
+        opt = make_optimizer(Call("adam", [], {"lr": 1e-2}))
+        params = initial_parameters(train, 0)
+        state = opt.init({n: params[n] for n in trainable})
+        engine = make_engine(backend, train, ev, opt, trainable, split=split)
+        losses = []
+        for step in range(1, 4):
+            key = np.array([0, step], np.int32)
+            if split:
+                values, grads = engine.gradients(params, state, batch, key)
+                engine.apply_update(params, state, grads, 1e-2, step)
+            else:
+                values = engine.train_step(params, state, batch, 1e-2, step, key)
+            losses.append(values["loss"])
+        runs.append((losses, {k: np.array(v) for k, v in params.items()}))
+    (losses, single), (split_losses, split_params) = runs
+    assert losses == split_losses
+    for name, value in single.items():
+        np.testing.assert_array_equal(split_params[name], value, err_msg=name)
+
+
+@needs_mpi
+def test_the_checksum_sees_ranks_that_differ(tmp_path):
+    script = tmp_path / "check.py"
+    script.write_text("""
+import numpy as np
+from dlc.compiler.errors import DlcError
+from dlc.runtime import distributed
+world = distributed.world()
+params = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+world.checksum(params, 1)
+params["b"][1] += world.rank * 1e-7
+try:
+    world.checksum(params, 2)
+except DlcError as e:
+    print(world.rank, e.message)
+""")
+    r = subprocess.run([MPIRUN, "-n", "2", sys.executable, str(script)], capture_output=True, text=True, env=env(),
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = sorted(r.stdout.splitlines())
+    assert len(lines) == 2 and all("after step 2 the ranks' parameters differ" in line for line in lines)
