@@ -122,7 +122,7 @@ def touched(k) -> set:
                 walk(a)
     for f in fields(k):
         value = getattr(k, f.name)
-        if f.name in ("out", "upd", "x", "g") or f.name == "packed" and value is not None:   # buffer ids
+        if f.name in ("out", "upd", "x", "g", "w", "partial", "packed") and value is not None:   # buffer ids
             found.add(value)
         elif f.name in ("a", "b", "c"):                 # GEMM operands: (buffer, offset, ...)
             found.add(value[0])

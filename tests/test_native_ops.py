@@ -32,6 +32,7 @@ from dlc.compiler.dims import Dim, concrete
 from dlc.compiler.loader import load_text
 from dlc.compiler.graph import Graph, Tensor, TensorType
 from dlc.compiler.primitives import PRIMITIVES
+from dlc.compiler.native import parallel
 from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime import gradcheck as gc
 from dlc.runtime import interpreter
@@ -209,16 +210,19 @@ SIZES_B = [{"B": 1}, {"B": 7}, {"B": 13}]
 RANGES_B = {"B": (2, 24)}
 
 
-def conv(kernel, stride, padding):
-    return Prim({"x": f32(*IMG), "w": f32(5, 3, *kernel)},
+def conv(kernel, stride, padding, img=IMG, out=5):
+    return Prim({"x": f32(*img), "w": f32(out, img[1], *kernel)},
                 lambda g, t: g.add1("conv2d", [t["x"], t["w"]], stride=stride, padding=padding),
                 sizes=SIZES_B, ranges=RANGES_B, ops=("conv2d", "conv2d_input_grad", "conv2d_weight_grad"))
 
 
-def pool(kind, kernel, stride, padding):
-    return Prim({"x": f32(*IMG)},
+def pool(kind, kernel, stride, padding, img=IMG, sample=normal):
+    return Prim({"x": f32(*img, sample=sample)},
                 lambda g, t: g.add1(f"{kind}pool2d", [t["x"]], kernel=kernel, stride=stride, padding=padding),
                 sizes=SIZES_B, ranges=RANGES_B, ops=(f"{kind}pool2d", f"{kind}pool2d_grad"))
+
+
+with_nans = lambda r, s: np.where(r.random(s) < 0.1, np.nan, r.standard_normal(s))
 
 
 def random_uniform(g, t):
@@ -397,6 +401,10 @@ PRIMS = {
     "reduce_max-all": reduce("reduce_max", (0, 1)),
     "reduce_max-02": reduce("reduce_max", (0, 2), (B, 13, D)),
     "reduce_max-ties": reduce("reduce_max", (1,), sample=rounded),
+    # reductions a team splits along their first kept axis (kernels.reduce_split)
+    "reduce_sum-team-bias-grad": reduce("reduce_sum", (0, 2, 3), shape=(B, 5, 7, 9)),
+    "reduce_sum-team-rows": reduce("reduce_sum", (1, 2), shape=(B, 4, 37)),
+    "reduce_max-team-middle": reduce("reduce_max", (0, 2), shape=(B, 3, 13), sample=rounded),
     "argmax-last": Prim({"x": f32(B, D)}, lambda g, t: g.add1("argmax", [t["x"]], axis=1), grad=False),
     "argmax-first": Prim({"x": f32(B, D)}, lambda g, t: g.add1("argmax", [t["x"]], axis=0), grad=False),
     "argmax-ties": Prim({"x": f32(B, D, sample=rounded)}, lambda g, t: g.add1("argmax", [t["x"]], axis=1), grad=False),
@@ -417,6 +425,22 @@ PRIMS = {
        for kind in ("max", "avg")
        for k, s, p in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 2), (1, 0)),
                        ((2, 2), (1, 1), (0, 0))]},
+    # direct convolutions (compiler/native/lower.py DIRECT_TAPS): rows of several vectors
+    # and a block of channels and the rest, a stride along H, the most taps; then im2col:
+    # more taps (the weight gradient a small_gemm, or a GEMM), a row of taps too long
+    "conv2d-direct-wide-rows": conv((5, 5), (1, 1), (2, 2), img=(B, 2, 6, 67), out=9),
+    "conv2d-direct-stride-h": conv((3, 4), (2, 1), (1, 0), img=(B, 3, 12, 17), out=3),
+    "conv2d-direct-256-taps": conv((4, 4), (1, 1), (0, 0), img=(B, 16, 6, 6), out=3),
+    "conv2d-im2col-261-taps": conv((3, 3), (1, 1), (1, 1), img=(B, 29, 5, 6), out=4),
+    "conv2d-im2col-gemm-weight-grad": conv((3, 3), (1, 1), (0, 0), img=(B, 29, 5, 6), out=16),
+    "conv2d-im2col-9-wide": conv((1, 9), (1, 1), (0, 4), img=(B, 1, 3, 11), out=2),
+    # max pooling's gradient over tiling windows: 2 wide by vectors (rows of 17 windows:
+    # more than one vector), first maximum among ties (NaN: NATIVE_PRIMS); 3 wide one
+    # window at a time
+    "maxpool2d-k22-wide-rows": pool("max", (2, 2), (2, 2), (0, 0), img=(B, 3, 5, 35)),
+    "maxpool2d-k22-ties": pool("max", (2, 2), (2, 2), (0, 0), sample=rounded),
+    "maxpool2d-k32-s32": pool("max", (3, 2), (3, 2), (0, 0)),
+    "maxpool2d-k13-s13": pool("max", (1, 3), (1, 3), (0, 0), sample=rounded),
 }
 
 
@@ -463,8 +487,15 @@ PRIMS.update({
     "argmax-bool": typed("argmax", "bool", coin, axis=1),
 })
 
+# cases of the native engine only: onnxruntime's MaxPool skips NaN where numpy's max
+# propagates it (tests/test_onnx_export.py exports PRIMS)
+NATIVE_PRIMS = PRIMS | {
+    "maxpool2d-k22-nan": pool("max", (2, 2), (2, 2), (0, 0), sample=with_nans),
+}
+
+
 def primitive_graph(name: str) -> Graph:
-    case = PRIMS[name]
+    case = NATIVE_PRIMS[name]
     g = Graph(name)
     t = {n: g.add1("input", type=TensorType(dtype, shape), name=n) for n, (dtype, shape, _) in case.inputs.items()}
     built = case.build(g, t)
@@ -485,7 +516,7 @@ def primitive_graph(name: str) -> Graph:
 
 
 def primitive_feeds(name: str, graph: Graph) -> list:
-    case = PRIMS[name]
+    case = NATIVE_PRIMS[name]
     sets = []
     for k, sizes in enumerate(with_random_size(name, case.sizes, case.ranges)):
         r = case_rng(name, k)
@@ -500,13 +531,28 @@ def primitive_feeds(name: str, graph: Graph) -> list:
     return sets
 
 
-@pytest.mark.parametrize("name", list(PRIMS))
+@pytest.mark.parametrize("name", list(NATIVE_PRIMS))
 def test_primitive_forward_and_backward(name):
     graph = primitive_graph(name)
-    case = PRIMS[name]
+    case = NATIVE_PRIMS[name]
     want = set(case.ops or (name.split("-")[0],))
     assert want <= ops_in(graph), f"{name}: the graph lacks {want - ops_in(graph)}"
     compare(graph, primitive_feeds(name, graph), label=name)
+
+
+TEAMS = [name for name in NATIVE_PRIMS if name.startswith(("conv2d", "maxpool2d", "avgpool2d")) or "-team-" in name]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("name", TEAMS)
+def test_team_kernels_on_one_and_two_threads(name, threads, monkeypatch, tmp_path):
+    """The convolution, pooling and reduction kernels split the batch (or its parts, or
+    a kept axis) over a team: here every one of them, however small (compiled afresh)."""
+    monkeypatch.setenv("DLC_NUM_THREADS", str(threads))
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(parallel, "PARALLEL_BELOW", 1)
+    graph = primitive_graph(name)
+    compare(graph, primitive_feeds(name, graph), label=f"{name} on {threads} threads")
 
 
 # ---- random draws and what the native backend does not compile ----------------------------------------

@@ -76,6 +76,9 @@ class KernelBuilder:
 
     # -- values --
     def dim(self, d) -> ir.Value:
+        """The value of a dim (an int, a Dim, or already an i64 value)."""
+        if isinstance(d, ir.Value):
+            return d
         if isinstance(d, int):
             return ir.Constant(i64, d)
         total = None
@@ -188,11 +191,12 @@ class KernelBuilder:
 
     def replaces_max(self, v, best) -> ir.Value:
         """Whether v takes the place of the running maximum, as numpy's argmax: the first
-        NaN wins, and nothing replaces it."""
+        NaN wins, and nothing replaces it. Lane by lane for vectors."""
         b = self.b
-        if v.type == ir.IntType(1):     # bool: true (1) is the larger, not -1
+        t = v.type.element if isinstance(v.type, ir.VectorType) else v.type
+        if t == ir.IntType(1):     # bool: true (1) is the larger, not -1
             return b.icmp_unsigned(">", v, best)
-        if not is_float(v.type):
+        if not is_float(t):
             return b.icmp_signed(">", v, best)
         return b.and_(b.fcmp_unordered(">", v, best), b.fcmp_ordered("ord", best, best))
 

@@ -19,13 +19,15 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
+from dlc.compiler.dims import numel
+
 from dlc.compiler.native import kernels
 from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.fpmode import subnormals_flushed
 from dlc.compiler.native.gemm import PACK_TYPE, gemm_name, gemm_type, pack_name
-from dlc.compiler.native.parallel import parallel_map
-from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
-                      PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.parallel import parallel_loop, parallel_map
+from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel,
+                      MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import i8, i32, i64
 from dlc.compiler.native.update import exact_rounding
 
@@ -73,8 +75,16 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         # inlined, every kernel would land in the driver, one function growing with the
         # model, on which LLVM's O3 is superlinear (300 dense layers: 89 s instead of 8)
         fn.attributes.add("noinline")
+        team = _team_loop(k, prog)
         if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
             kb = parallel_map(module, prog, k, fn, sig)
+        elif team is not None:
+            kb = parallel_loop(module, prog, fn, sig, *team)
+            if isinstance(k, SmallGemmKernel):
+                kernels.sum_parts(kb, k.partial, k.parts, k.m, k.n, k.c)
+            elif isinstance(k, ConvKernel) and k.g is not None:
+                taps = numel(k.w_shape[1:])
+                kernels.sum_parts(kb, k.partial, k.parts, k.w_shape[0], taps, (k.out, 0, taps))
         elif body:      # the body's argument slots first, then the scan's own
             kb = KernelBuilder(module, prog, fn, Arguments(e for _, refs, _ in body for e in refs))
         else:
@@ -82,16 +92,10 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         if isinstance(k, MapKernel):
             if not k.shape:
                 kernels.map_loop(kb, k, prog)
-        elif isinstance(k, ReduceKernel):
+        elif isinstance(k, ReduceKernel) and team is None:
             kernels.reduce(kb, k, prog)
         elif isinstance(k, ScatterAddKernel):
             kernels.scatter_add(kb, k, prog)
-        elif isinstance(k, AccumulateKernel):
-            kernels.accumulate(kb, k, prog)
-        elif isinstance(k, MaxPoolGradKernel):
-            kernels.maxpool_grad(kb, k, prog)
-        elif isinstance(k, SmallGemmKernel):
-            kernels.small_gemm(kb, k)
         elif isinstance(k, HostCallKernel):
             kernels.host_call(kb, k, prog)
         elif isinstance(k, GemmKernel):
@@ -149,6 +153,27 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             calls(b, updates, [b.gep(driver.args[0], [ir.Constant(i64, at)]), driver.args[1], driver.args[2]])
     b.ret_void()
     return StepModule(module, arguments, [functions[i] for i in range(len(numbered))])
+
+
+def _team_loop(k, prog: KernelProgram) -> tuple | None:
+    """(loop(kb, first), outer extent, work) of a kernel whose loop nest runs on a thread
+    team (parallel.parallel_loop), each thread on a slice of its outermost axis: examples,
+    or the parts of the batch that sums keep apart. None for the others."""
+    if isinstance(k, ReduceKernel) and kernels.reduce_split(k) is not None:
+        return (lambda kb, first: kernels.reduce(kb, k, prog, first), k.shape[kernels.reduce_split(k)],
+                numel(k.shape))
+    if isinstance(k, AccumulateKernel):
+        return lambda kb, first: kernels.accumulate(kb, k, first), k.shape[0], numel(k.shape)
+    if isinstance(k, MaxPoolGradKernel):
+        return lambda kb, first: kernels.maxpool_grad(kb, k, first), k.shape[0], numel(k.shape)
+    if isinstance(k, SmallGemmKernel):
+        return lambda kb, first: kernels.small_gemm(kb, k, first), k.parts, k.m * k.n * k.k * k.batch
+    if isinstance(k, ConvKernel):
+        work = numel(k.w_shape) * numel(k.x_shape[:1] + k.out_hw)
+        if k.g is None:
+            return lambda kb, first: kernels.conv(kb, k, first), k.x_shape[0], work
+        return lambda kb, first: kernels.conv_weight_grad(kb, k, first), k.parts, work
+    return None
 
 
 def run_all(module: ir.Module, b: ir.IRBuilder, compiled: list, args, profile: bool) -> int:

@@ -11,8 +11,8 @@ from llvmlite import ir
 
 from dlc.compiler.native.builder import KernelBuilder
 from dlc.compiler.native.gemm import declare, default_config, masked, splat, vec_ptr
-from dlc.compiler.native.program import (AccumulateKernel, Affine, FusedMapKernel, HostCallKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
-                      ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.program import (AccumulateKernel, Affine, ConvKernel, FusedMapKernel, HostCallKernel, KernelProgram, Load,
+                      MapKernel, MaxPoolGradKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
 
 
@@ -39,7 +39,8 @@ def _strides(shape) -> list:
     return list(reversed(out))
 
 
-def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
+def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram, first=None):
+    """With `first` = (lo, hi): the outputs at those indices of axis reduce_split(k)."""
     b = kb.b
     dtype = prog.buffers[k.out].dtype
     kept = [d for r, d in enumerate(k.shape) if r not in k.axes]
@@ -73,12 +74,17 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
     else:       # the least value: of a bool (an unsigned i1) false, of an integer its most negative
         init = ir.Constant(t, 0 if k.op == "sum" or t.width == 1 else -(1 << (t.width - 1)))
 
-    kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init))
-    # the trailing reduced axes accumulate in a register; the rest into memory
-    trail = len(k.shape)
-    while trail > 0 and (trail - 1) in k.axes:
-        trail -= 1
-    head, tail = k.shape[:trail], k.shape[trail:]
+    kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init),
+             first=first)
+    # the trailing reduced axes accumulate in a register; the rest into memory, the split
+    # axis (the first kept one: each thread's outputs are its own) outermost
+    trail = _reduced_tail(k)
+    tail = k.shape[trail:]
+    order = list(range(trail))
+    if first is not None:
+        split = reduce_split(k)
+        order = [split] + [a for a in order if a != split]
+    head = tuple(k.shape[a] for a in order)
 
     def combine(acc, v):
         if k.op == "sum":
@@ -87,7 +93,8 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
             return kb.intrinsic("llvm.maximum", acc, v)      # NaN propagates, as in numpy
         return b.select(kb.replaces_max(v, acc), v, acc)
 
-    def outer(hidx):
+    def outer(looped):
+        hidx = [looped[order.index(a)] for a in range(trail)]
         if not tail:
             at = kb.affine(out_at, hidx)
             ptr = b.gep(kb.buffer(k.out, dtype), [at])
@@ -99,7 +106,25 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
         at = kb.affine(out_at, hidx + [ir.Constant(i64, 0)] * len(tail))
         ptr = b.gep(kb.buffer(k.out, dtype), [at])
         b.store(combine(b.load(ptr), b.load(acc)), ptr)
-    kb.loops(head, outer)
+    kb.loops(head, outer, first=first)
+
+
+def _reduced_tail(k: ReduceKernel) -> int:
+    """Where the trailing run of reduced axes starts."""
+    trail = len(k.shape)
+    while trail > 0 and (trail - 1) in k.axes:
+        trail -= 1
+    return trail
+
+
+def reduce_split(k: ReduceKernel) -> int | None:
+    """The axis a team splits a sum or max over: the first kept one, when the reduction
+    also has trailing reduced axes (summed in a register in the innermost loops, which
+    stay as they were: the same numbers on any team), as a convolution's bias gradient
+    [N, C, H, W] -> [C]. None: the reduction runs on one thread."""
+    trail = _reduced_tail(k)
+    kept = [a for a in range(trail) if a not in k.axes]
+    return kept[0] if k.op != "argmax" and kept and trail < len(k.shape) else None
 
 
 def scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: KernelProgram):
@@ -124,18 +149,20 @@ def scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: KernelProgram):
     kb.loops(k.idx_shape, each)
 
 
-def small_gemm(kb: KernelBuilder, k: SmallGemmKernel):
-    """Each MR x NR tile of C is a set of vector accumulators over the whole batch and K:
+def small_gemm(kb: KernelBuilder, k: SmallGemmKernel, first):
+    """The parts `first` = (lo, hi) of the batch, each summed into its slice of k.partial.
+    Each MR x NR tile of C is a set of vector accumulators over a part's examples and K:
     A broadcast, a row of B loaded as vectors (masked past N), llvm.fma — the GEMM's
-    micro-kernel without packing, which pays off only when C is this small."""
+    micro-kernel without packing, which pays off only when C is this small. A part's
+    examples (a few, the whole batch over the parts) stay in cache while its tiles sweep them."""
     b, cfg = kb.b, default_config()
     VW = cfg.vw
     vty, mty = ir.VectorType(f32, VW), ir.VectorType(i1, VW)
     fma = declare(kb.m, f"llvm.fma.v{VW}f32", vty, [vty] * 3)
     mload, mstore = masked(kb.m, vty)
     zero = ir.Constant(vty, [0.0] * VW)
-    (ab, aoff, lda, sa), (bb, boff, ldb, sb), (cb, coff, ldc) = k.a, k.b, k.c
-    A, B, C = kb.buffer(ab, "f32"), kb.buffer(bb, "f32"), kb.buffer(cb, "f32")
+    (ab, aoff, lda, sa), (bb, boff, ldb, sb) = k.a, k.b
+    A, B, P = kb.buffer(ab, "f32"), kb.buffer(bb, "f32"), kb.buffer(k.partial, "f32")
 
     def vec(ptr, at, lanes, value=None):
         p = vec_ptr(b, b.gep(ptr, [at]), vty)
@@ -146,51 +173,257 @@ def small_gemm(kb: KernelBuilder, k: SmallGemmKernel):
             return b.call(mload, [p, ir.Constant(i32, 4), mask, zero])
         return b.call(mstore, [value, p, ir.Constant(i32, 4), mask])
 
-    for i0 in range(0, k.m, cfg.mr):
-        rows = range(i0, min(i0 + cfg.mr, k.m))
-        for j0 in range(0, k.n, cfg.nr):
-            lanes = [min(VW, k.n - j) for j in range(j0, min(j0 + cfg.nr, k.n), VW)]
-            acc = {(r, v): kb.alloca(vty) for r in rows for v in range(len(lanes))}
-            for slot in acc.values():
-                b.store(zero, slot)
+    def part(pidx):
+        p = pidx[0]
+        share = lambda q: b.sdiv(b.mul(kb.dim(k.batch), q), ir.Constant(i64, k.parts))
+        start = share(p)
+        count = b.sub(share(b.add(p, ir.Constant(i64, 1))), start)
+        out = b.mul(p, ir.Constant(i64, k.m * k.n))
+        for i0 in range(0, k.m, cfg.mr):
+            rows = range(i0, min(i0 + cfg.mr, k.m))
+            for j0 in range(0, k.n, cfg.nr):
+                lanes = [min(VW, k.n - j) for j in range(j0, min(j0 + cfg.nr, k.n), VW)]
+                acc = {(r, v): kb.alloca(vty) for r in rows for v in range(len(lanes))}
+                for slot in acc.values():
+                    b.store(zero, slot)
 
-            def step(idx, rows=rows, lanes=lanes, acc=acc, j0=j0):
-                n, kk = idx
-                brow = b.add(b.add(b.mul(n, kb.dim(sb)), b.mul(kk, kb.dim(ldb))), kb.dim(boff + j0))
-                bv = [vec(B, b.add(brow, ir.Constant(i64, v * VW)), w) for v, w in enumerate(lanes)]
-                acol = b.add(b.add(b.mul(n, kb.dim(sa)), kk), kb.dim(aoff))
+                def step(idx, rows=rows, lanes=lanes, acc=acc, j0=j0):
+                    n, kk = b.add(start, idx[0]), idx[1]
+                    brow = b.add(b.add(b.mul(n, kb.dim(sb)), b.mul(kk, kb.dim(ldb))), kb.dim(boff + j0))
+                    bv = [vec(B, b.add(brow, ir.Constant(i64, v * VW)), w) for v, w in enumerate(lanes)]
+                    acol = b.add(b.add(b.mul(n, kb.dim(sa)), kk), kb.dim(aoff))
+                    for r in rows:
+                        a = splat(b, b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))])), vty)
+                        for v in range(len(lanes)):
+                            b.store(b.call(fma, [a, bv[v], b.load(acc[r, v])]), acc[r, v])
+                kb.loops((count, k.k), step)
                 for r in rows:
-                    a = splat(b, b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))])), vty)
-                    for v in range(len(lanes)):
-                        b.store(b.call(fma, [a, bv[v], b.load(acc[r, v])]), acc[r, v])
-            kb.loops((k.batch, k.k), step)
-            for r in rows:
-                for v, w in enumerate(lanes):
-                    vec(C, kb.dim(coff + r * ldc + j0 + v * VW), w, b.load(acc[r, v]))
+                    for v, w in enumerate(lanes):
+                        vec(P, b.add(out, ir.Constant(i64, r * k.n + j0 + v * VW)), w, b.load(acc[r, v]))
+    kb.loops((k.parts,), part, first=first)
 
 
-def _zero(kb: KernelBuilder, bid: int, prog: KernelProgram):
-    dtype = prog.buffers[bid].dtype
-    kb.loops((prog.buffers[bid].size,), lambda idx: kb.store(bid, dtype, idx[0], ir.Constant(LL[dtype], 0.0)))
-
-
-def accumulate(kb: KernelBuilder, k: AccumulateKernel, prog: KernelProgram):
-    b = kb.b
-    _zero(kb, k.out, prog)
+def sum_parts(kb: KernelBuilder, partial: int, parts: int, m: int, n: int, c: tuple):
+    """C (m x n at c = (buffer, offset, ld)) = the sum of the parts' m x n slices of
+    `partial`, in order."""
+    (cb, coff, ldc) = c
 
     def each(idx):
-        ok = kb.inside(k.guards, idx)
-        at = b.select(ok, kb.affine(k.at, idx), ir.Constant(i64, 0))
-        v = kb.expr(k.expr, idx)
-        ptr = b.gep(kb.buffer(k.out, "f32"), [at])
-        b.store(b.fadd(b.load(ptr), b.select(ok, v, ir.Constant(f32, 0.0))), ptr)
-    kb.loops(k.shape, each)
+        total = kb.expr(Load(partial, Affine(0, (n, 1)), "f32"), idx)
+        for p in range(1, parts):
+            total = kb.b.fadd(total, kb.expr(Load(partial, Affine(p * m * n, (n, 1)), "f32"), idx))
+        kb.store(cb, "f32", kb.affine(Affine(coff, (ldc, 1)), idx), total)
+    kb.loops((m, n), each)
 
 
-def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: KernelProgram):
+# ---- direct convolution ---------------------------------------------------------------------------
+class _ConvRows:
+    """What the direct convolution kernels (ConvKernel) share: a row chunk of `nv`
+    vectors of outputs starts at column wo0; x's row h shifted by tap column j is loaded
+    masked — lanes outside the row, and every lane of a row outside x, read nothing and
+    are 0; sums are kept in `registers` vector registers (of 32 with AVX-512, 16 with AVX2,
+    a few left for the operands)."""
+
+    def __init__(self, kb: KernelBuilder, k: ConvKernel):
+        self.kb, self.k = kb, k
+        self.vw = default_config().vw
+        self.registers = 28 if self.vw == 16 else 13
+        self.vty = ir.VectorType(f32, self.vw)
+        self.ity = ir.VectorType(i64, self.vw)
+        self.mload, self.mstore = masked(kb.m, self.vty)
+        self.fma = declare(kb.m, f"llvm.fma.v{self.vw}f32", self.vty, [self.vty] * 3)
+        self.zero = ir.Constant(self.vty, [0.0] * self.vw)
+        self.lanes = ir.Constant(self.ity, list(range(self.vw)))
+        Wo = k.out_hw[1]
+        vectors = -(-Wo // self.vw) if isinstance(Wo, int) else 2
+        self.nv = max(1, min(vectors, 4 if self.vw == 16 else 2))
+        self.chunk = self.nv * self.vw
+
+    def chunks(self):
+        b, Wo = self.kb.b, self.kb.dim(self.k.out_hw[1])
+        return b.sdiv(b.add(Wo, ir.Constant(i64, self.chunk - 1)), ir.Constant(i64, self.chunk))
+
+    def mask(self, start, size, extra=None):
+        """Lanes l with 0 <= start + l < size (and `extra`, an i1)."""
+        b = self.kb.b
+        at = b.add(splat(b, start, self.ity), self.lanes)
+        ok = b.and_(b.icmp_signed(">=", at, ir.Constant(self.ity, [0] * self.vw)),
+                    b.icmp_signed("<", at, splat(b, self.kb.dim(size), self.ity)))
+        return ok if extra is None else b.and_(ok, splat(b, extra, ir.VectorType(i1, self.vw)))
+
+    def load(self, bid, at, mask):
+        b = self.kb.b
+        # not `inbounds`: masked-off lanes may lie outside the buffer
+        p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
+        return b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero])
+
+    def x_row(self, n, c, h, wo0, j):
+        """The nv vectors of x[n, c, h, wo0 - pw + j ...]."""
+        kb, b, k = self.kb, self.kb.b, self.k
+        N, C, H, W = k.x_shape
+        row_ok = b.and_(b.icmp_signed(">=", h, ir.Constant(i64, 0)), b.icmp_signed("<", h, kb.dim(H)))
+        row = kb.affine(Affine(0, (C * H * W, H * W, W)), [n, c, h])
+        out = []
+        for v in range(self.nv):
+            start = b.add(wo0, ir.Constant(i64, v * self.vw + j - k.padding[1]))
+            out.append(self.load(k.x, b.add(row, start), self.mask(start, W, row_ok)))
+        return out
+
+    def out_at(self, n, o, ho, wo0, v):
+        """Where vector v of the chunk at wo0 of output row (n, o, ho) starts, and its lanes inside the row."""
+        O, Ho, Wo = self.k.channels, *self.k.out_hw
+        start = self.kb.b.add(wo0, ir.Constant(i64, v * self.vw))
+        return self.kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, start]), self.mask(start, Wo)
+
+    def tap_row(self, ho, i):
+        """The row of x that tap row i of output row ho reads."""
+        k = self.k
+        return self.kb.b.sub(self.kb.b.add(self.kb.b.mul(ho, self.kb.dim(k.stride_h)), i), self.kb.dim(k.padding[0]))
+
+    def tap_rows(self, ho):
+        """(first, end) of the tap rows of output row ho that read a row of x (padding reads none)."""
+        b, k, kb = self.kb.b, self.k, self.kb
+        top = b.sub(kb.dim(k.padding[0]), b.mul(ho, kb.dim(k.stride_h)))
+        lo = b.select(b.icmp_signed(">", top, ir.Constant(i64, 0)), top, ir.Constant(i64, 0))
+        hi = b.add(top, kb.dim(k.x_shape[2]))
+        kh = kb.dim(k.w_shape[2])
+        return lo, b.select(b.icmp_signed("<", hi, kh), hi, kh)
+
+    def blocks(self, count: int, size: int, body):
+        """body(first, width) over [0, count) in blocks: a loop over the whole blocks of
+        `size`, then the rest (one copy of the code per block width)."""
+        whole = count // size
+        if whole:
+            self.kb.loops((whole,), lambda q: body(self.kb.b.mul(q[0], ir.Constant(i64, size)), size))
+        if count % size:
+            body(ir.Constant(i64, whole * size), count % size)
+
+    def sums(self, count):
+        slots = [self.kb.alloca(self.vty) for _ in range(count)]
+        for slot in slots:
+            self.kb.b.store(self.zero, slot)
+        return slots
+
+    def add(self, slot, x, y):
+        b = self.kb.b
+        b.store(b.call(self.fma, [x, y, b.load(slot)]), slot)
+
+
+def conv(kb: KernelBuilder, k: ConvKernel, first):
+    """The outputs of examples `first` = (lo, hi): for each row chunk, a block of output
+    channels' sums in registers while the taps (c, i, j) stream by — a tap's x vectors
+    loaded once for the block, each weight broadcast once for the chunk."""
+    b, rows = kb.b, _ConvRows(kb, k)
+    N, C, H, W = k.x_shape
+    O, kh, kw = k.channels, *k.w_shape[2:]
+    # w[o, c, i, j], or w[c, o, kh-1-i, kw-1-j] (transposed), over (o, c, i)
+    weight = (lambda j: Affine((kh - 1) * kw + kw - 1 - j, (kh * kw, O * kh * kw, -kw))) if k.transposed else \
+        (lambda j: Affine(j, (C * kh * kw, kh * kw, kw)))
+
+    def chunk(idx):
+        n, ho, q = idx
+        wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
+
+        def block(o0, width):
+            sums = rows.sums(width * rows.nv)
+
+            def tap_row(ii, c):
+                i = ii[0]
+                h = rows.tap_row(ho, i)
+                for j in range(kw):
+                    xs = rows.x_row(n, c, h, wo0, j)
+                    for o in range(width):
+                        at = kb.affine(weight(j), [b.add(o0, ir.Constant(i64, o)), c, i])
+                        wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
+                        for v in range(rows.nv):
+                            rows.add(sums[o * rows.nv + v], wv, xs[v])
+            taps = rows.tap_rows(ho)
+            kb.loops((C,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, c[0]), first=taps))
+            for o in range(width):
+                for v in range(rows.nv):
+                    at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                    p = vec_ptr(b, b.gep(kb.buffer(k.out, "f32"), [at]), rows.vty)
+                    b.call(rows.mstore, [b.load(sums[o * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
+        rows.blocks(O, max(1, min(O, rows.registers // rows.nv)), block)
+    kb.loops((N, k.out_hw[0], rows.chunks()), chunk, first=first)
+
+
+def conv_weight_grad(kb: KernelBuilder, k: ConvKernel, first):
+    """The parts `first` = (lo, hi) of the batch, each summed into its slice of k.partial:
+    for a block of output channels and a row of taps (c, i, every j), the sums over the
+    part's row chunks stay in vector registers, g's vectors loaded once per chunk for the
+    block; then each sum is added across its lanes."""
+    b, rows = kb.b, _ConvRows(kb, k)
+    N, C, H, W = k.x_shape
+    O, _, kh, kw = k.w_shape
+    taps = C * kh * kw
+    lanes = declare(kb.m, f"llvm.vector.reduce.fadd.v{rows.vw}f32", f32, [f32, rows.vty])
+
+    def part(pidx):
+        p = pidx[0]
+        share = lambda q: b.sdiv(b.mul(kb.dim(N), q), ir.Constant(i64, k.parts))
+        start = share(p)
+        count = b.sub(share(b.add(p, ir.Constant(i64, 1))), start)
+
+        def block(o0, width):
+            def tap_row(ci):
+                c, i = ci
+                sums = rows.sums(width * kw)
+
+                def chunk(idx):
+                    n, ho, q = b.add(start, idx[0]), idx[1], idx[2]
+                    wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
+                    gs = []
+                    for o in range(width):
+                        for v in range(rows.nv):
+                            at, inside = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                            gs.append(rows.load(k.g, at, inside))
+                    h = rows.tap_row(ho, i)
+                    for j in range(kw):
+                        xs = rows.x_row(n, c, h, wo0, j)
+                        for o in range(width):
+                            for v in range(rows.nv):
+                                rows.add(sums[o * kw + j], gs[o * rows.nv + v], xs[v])
+                kb.loops((count, k.out_hw[0], rows.chunks()), chunk)
+                for o in range(width):
+                    for j in range(kw):
+                        total = b.call(lanes, [ir.Constant(f32, -0.0), b.load(sums[o * kw + j])], fastmath=("reassoc",))
+                        at = kb.affine(Affine(j, (O * taps, taps, kh * kw, kw)), [p, b.add(o0, ir.Constant(i64, o)), c, i])
+                        kb.store(k.partial, "f32", at, total)
+            kb.loops((C, kh), tap_row)
+        rows.blocks(O, max(1, min(O, (rows.registers - rows.nv) // (kw + rows.nv))), block)
+    kb.loops((k.parts,), part, first=first)
+
+
+def _zero(kb: KernelBuilder, bid: int, examples, size, first):
+    """Zero the examples `first` = (lo, hi) of f32 buffer bid, `size` elements each."""
+    kb.loops((examples, size), lambda idx: kb.store(bid, "f32", kb.affine(Affine(0, (size, 1)), idx),
+                                                    ir.Constant(f32, 0.0)), first=first)
+
+
+def accumulate(kb: KernelBuilder, k: AccumulateKernel, first):
+    """The examples `first` = (lo, hi)."""
     b = kb.b
-    _zero(kb, k.out, prog)
+    _zero(kb, k.out, k.shape[0], k.at.coeffs[0], first)
+
+    def each(idx):
+        # a branch, not a clamped address: LLVM vectorizes the conditional update (masked)
+        with b.if_then(kb.inside(k.guards, idx)):
+            at = kb.affine(k.at, idx)
+            old = kb.disjoint(b.load(b.gep(kb.buffer(k.out, "f32"), [at])), k.out)
+            kb.store(k.out, "f32", at, b.fadd(old, kb.expr(k.expr, idx)))
+    kb.loops(k.shape, each, first=first)
+
+
+def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
+    """dx of max pooling for the examples `first` = (lo, hi): each window's gradient goes
+    to its first maximum."""
     N, C, H, W = k.shape
+    if k.stride == k.kernel and not any(k.padding):
+        _tiled_maxpool_grad(kb, k, first)
+        return
+    b = kb.b
+    _zero(kb, k.out, N, C * H * W, first)
     Ho, Wo = k.out_hw
     (kh, kw), (sh, sw), (ph, pw) = k.kernel, k.stride, k.padding
     best, where = kb.alloca(f32), kb.alloca(i64)
@@ -220,7 +453,95 @@ def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, prog: KernelProgram):
         g = b.load(b.gep(kb.buffer(k.g, "f32"), [gi]))
         ptr = b.gep(kb.buffer(k.out, "f32"), [b.add(plane, b.select(found, hit, ir.Constant(i64, 0)))])
         b.store(b.fadd(b.load(ptr), b.select(found, g, ir.Constant(f32, 0.0))), ptr)
-    kb.loops((N, C, Ho, Wo), each)
+    kb.loops((N, C, Ho, Wo), each, first=first)
+
+
+def _tiled_maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
+    """Windows that tile the input (stride = kernel, no padding) write every element they
+    cover once — the gradient at the window's first maximum, 0 elsewhere — with no zeroing
+    pass and no read-modify-write; then the last rows and columns no window covers are
+    zeroed. Windows two wide (2 x 2 pooling) go a vector of them at a time."""
+    N, C, H, W = k.shape
+    Ho, Wo = k.out_hw
+    kh, kw = k.kernel
+    x_at = lambda i, j: Affine(i * W + j, (C * H * W, H * W, kh * W, kw))
+    zero = ir.Constant(f32, 0.0)
+    if kw == 2:
+        _paired_maxpool_grad(kb, k, first)
+    else:
+        def window(idx):
+            values = [kb.expr(Load(k.x, x_at(i, j), "f32"), idx) for i in range(kh) for j in range(kw)]
+            g = kb.expr(Load(k.g, Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), "f32"), idx)
+            for p, v in enumerate(_first_max_shares(kb, values, g, lambda p: ir.Constant(i32, p))):
+                kb.store(k.out, "f32", kb.affine(x_at(*divmod(p, kw)), idx), v)
+        kb.loops((N, C, Ho, Wo), window, first=first)
+    # columns right of the last window, on the rows the windows cover; then the rows below
+    cols = Affine(Wo * kw, (C * H * W, H * W, W, 1))
+    kb.loops((N, C, Ho * kh, W - Wo * kw), lambda idx: kb.store(k.out, "f32", kb.affine(cols, idx), zero),
+             first=first)
+    rows = Affine(Ho * kh * W, (C * H * W, H * W, 1))
+    kb.loops((N, C, (H - Ho * kh) * W), lambda idx: kb.store(k.out, "f32", kb.affine(rows, idx), zero),
+             first=first)
+
+
+def _first_max_shares(kb: KernelBuilder, values: list, g, const) -> list:
+    """What each of a window's values receives of its gradient g: all of it at the first
+    maximum (or the first NaN, as numpy's argmax), 0 elsewhere. Scalars or vectors of
+    windows alike; const(p) is the window position p as an i32 (vector)."""
+    b = kb.b
+    best, where = values[0], const(0)
+    for p, v in enumerate(values[1:], 1):
+        better = kb.replaces_max(v, best)
+        best, where = b.select(better, v, best), b.select(better, const(p), where)
+    none = ir.Constant(g.type, None)
+    return [b.select(b.icmp_signed("==", where, const(p)), g, none) for p in range(len(values))]
+
+
+def _paired_maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
+    """kw = 2: a row chunk of VW windows at a time; each of the window's rows is two
+    vectors of x, split into the windows' left and right values, and the results are
+    interleaved back. Lanes past the last window load and store nothing."""
+    b, VW = kb.b, default_config().vw
+    N, C, H, W = k.shape
+    Ho, Wo = k.out_hw
+    kh = k.kernel[0]
+    vty, ity = ir.VectorType(f32, VW), ir.VectorType(i64, VW)
+    mload, mstore = masked(kb.m, vty)
+    zero = ir.Constant(vty, None)
+    const = lambda p: ir.Constant(ir.VectorType(i32, VW), [p] * VW)
+    left, right = list(range(0, 2 * VW, 2)), list(range(1, 2 * VW, 2))
+    mix = [lane for pair in zip(range(VW), range(VW, 2 * VW)) for lane in pair]
+    shuffle = lambda x, y, lanes: b.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, len(lanes)), lanes))
+
+    def mask(start, size):
+        at = b.add(splat(b, start, ity), ir.Constant(ity, list(range(VW))))
+        return b.icmp_signed("<", at, splat(b, kb.dim(size), ity))
+
+    def vec(bid, at):
+        # not `inbounds`: masked-off lanes may lie past the end of the buffer
+        return vec_ptr(b, b.gep(kb.buffer(bid, "f32"), [at]), vty)
+
+    def chunk(idx):
+        n, c, ho, q = idx
+        wo0 = b.mul(q, ir.Constant(i64, VW))
+        halves = [mask(b.add(b.mul(wo0, ir.Constant(i64, 2)), ir.Constant(i64, h * VW)), 2 * Wo) for h in (0, 1)]
+        rows = [kb.affine(Affine(i * W, (C * H * W, H * W, kh * W, 2)), [n, c, ho, wo0]) for i in range(kh)]
+        values = []
+        for at in rows:
+            pair = [kb.disjoint(b.call(mload, [vec(k.x, b.add(at, ir.Constant(i64, h * VW))), ir.Constant(i32, 4),
+                                               halves[h], zero]), k.x) for h in (0, 1)]
+            values += [shuffle(pair[0], pair[1], left), shuffle(pair[0], pair[1], right)]
+        g_at = kb.affine(Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), [n, c, ho, wo0])
+        g = kb.disjoint(b.call(mload, [vec(k.g, g_at), ir.Constant(i32, 4), mask(wo0, Wo), zero]), k.g)
+        shares = _first_max_shares(kb, values, g, const)
+        for i, at in enumerate(rows):
+            both = shuffle(shares[2 * i], shares[2 * i + 1], mix)
+            for h in (0, 1):
+                half = shuffle(both, both, list(range(h * VW, h * VW + VW)))
+                kb.disjoint(b.call(mstore, [half, vec(k.out, b.add(at, ir.Constant(i64, h * VW))), ir.Constant(i32, 4),
+                                            halves[h]]), k.out)
+    chunks = b.sdiv(b.add(kb.dim(Wo), ir.Constant(i64, VW - 1)), ir.Constant(i64, VW))
+    kb.loops((N, C, Ho, chunks), chunk, first=first)
 
 
 def host_call(kb: KernelBuilder, k: HostCallKernel, prog: KernelProgram):

@@ -20,11 +20,15 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.primitives import PRIMITIVES
 from dlc.compiler.native.memory import accesses, linearize
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, FusedMapKernel, Gather, GemmKernel, Guarded, HostCallKernel, Index,
-                      KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random, ReduceKernel, ScanKernel,
-                      ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves, remap, row_major)
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, HostCallKernel,
+                      Guarded, Index, KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random,
+                      ReduceKernel, ScanKernel, ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves,
+                      remap, row_major)
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
+DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
+SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
+SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
 
 
 class NotLowerable(DlcError):
@@ -515,30 +519,52 @@ def _conv_dims(x: tuple, w: tuple, y: tuple) -> tuple:
     return N, C, O, kh, kw, Ho, Wo, C * kh * kw, Ho * Wo
 
 
+def _direct(ckk, kw, attrs) -> bool:
+    """Whether a convolution is a ConvKernel: few taps (C*kh*kw), where im2col's buffer
+    and a GEMM with so short a K cost more than the products, a row of taps that fits in
+    registers, and stride 1 along W (its rows are loaded as vectors)."""
+    return isinstance(ckk, int) and ckk <= DIRECT_TAPS and kw <= 8 and attrs["stride"][1] == 1
+
+
 @register_lowering("conv2d", floats=("f32",))
 def _conv2d(lw, n, ins, attrs, typ):
     x, w = ins
     N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(x.shape, w.shape, typ.shape)
-    cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
     wm = lw.materialize(w)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    # y[n] (O x HoWo) = W (O x CKK) @ cols[n]^T
-    lw.emit(GemmKernel(O, hw, ckk, N, (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk),
-                                     (out.id, 0, hw, O * hw), False, True, node=n))
-    lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+    if _direct(ckk, kw, attrs):
+        xm = lw.materialize(x)
+        lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (Ho, Wo), attrs["stride"][0],
+                           attrs["padding"], node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
+    # one GEMM over the batch, y stored [O, N, Ho, Wo]: y (O x N*HoWo) = W (O x CKK) @ cols^T
+    # (as N GEMMs of HoWo columns each, a first layer's 6 x 784 products ran at a third the speed)
+    lw.emit(GemmKernel(O, N * hw, ckk, 1, (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, 0),
+                       (out.id, 0, N * hw, 0), False, True, node=n))
+    lw.set(n, Load(out.id, Affine(0, (hw, N * hw, Wo, 1)), typ.dtype))
 
 @register_lowering("conv2d_weight_grad", floats=("f32",))
 def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     x, g = ins
     N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(x.shape, typ.shape, g.shape)
-    cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    if _direct(ckk, kw, attrs):
+        xm, gm = lw.materialize(x), lw.materialize(g)
+        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * ckk, "temp")
+        lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (Ho, Wo), attrs["stride"][0], attrs["padding"],
+                           gm.buffer, partial.id, SMALL_GEMM_PARTS, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
     if isinstance(O * ckk, int) and O * ckk <= SMALL_FILTER:
         # few, small filters (a first layer): dW stays in registers while every
         # example's g[n] (O x HoWo) @ cols[n] (HoWo x CKK) streams by
         gm = lw.materialize(g)
+        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * ckk, "temp")
         lw.emit(SmallGemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw),
-                                  (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), node=n))
+                                (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), partial.id, SMALL_GEMM_PARTS, node=n))
     else:
         # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK), one GEMM
         g2 = lw.p.buffer("f32", O * N * hw, "temp")
@@ -555,16 +581,24 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(typ.shape, w.shape, g.shape)
     H, W = typ.shape[2:]
     gm, wm = lw.materialize(g), lw.materialize(w)
-    cols = lw.p.buffer("f32", N * hw * ckk, "temp")
-    # cols[n] (HoWo x CKK) = g[n]^T (g[n] is O x HoWo) @ W (O x CKK)
-    lw.emit(GemmKernel(hw, ckk, O, N, (gm.buffer, gm.at.offset, hw, O * hw),
-                                     (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, hw * ckk), True, False, node=n))
-    out = lw.p.buffer("f32", numel(typ.shape), "temp")
     (st_h, st_w), (ph, pw) = attrs["stride"], attrs["padding"]
+    if _direct(ckk, kw, attrs) and st_h == 1:
+        # g convolved with the filters flipped, their channels swapped: one pass, no columns
+        out = lw.p.buffer("f32", numel(typ.shape), "temp")
+        lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
+                           transposed=True, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    cols = lw.p.buffer("f32", N * ckk * hw, "temp")
+    # the columns transposed, [N, C, kh, kw, Ho, Wo]: cols[n] (CKK x HoWo) = W^T (W is O x CKK) @ g[n]
+    # (O x HoWo), so that col2im's innermost loop walks Wo, along the rows of both
+    lw.emit(GemmKernel(ckk, hw, O, N, (wm.buffer, wm.at.offset, ckk, 0), (gm.buffer, gm.at.offset, hw, O * hw),
+                       (cols.id, 0, hw, ckk * hw), True, False, node=n))
+    out = lw.p.buffer("f32", numel(typ.shape), "temp")
     sn, sc, sh, sw = row_major(typ.shape)
-    at = Affine(-ph * sh - pw * sw, (sn, st_h * sh, st_w * sw, sc, sh, sw))
-    guards = ((Affine(-ph, (0, st_h, 0, 0, 1, 0)), H), (Affine(-pw, (0, 0, st_w, 0, 0, 1)), W))
-    shape = (N, Ho, Wo, C, kh, kw)
+    at = Affine(-ph * sh - pw * sw, (sn, sc, sh, sw, st_h * sh, st_w * sw))
+    guards = ((Affine(-ph, (0, 0, 1, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, 1, 0, st_w)), W))
+    shape = (N, C, kh, kw, Ho, Wo)
     lw.emit(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
@@ -585,7 +619,17 @@ def _pool(lw, n, ins, attrs, typ, op):
     if op == "sum":
         e = Op("mul", (e, Const(1.0 / (kh * kw), "f32")), "f32")
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    lw.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, node=n))
+    if kh * kw <= SMALL_WINDOW:
+        # a map over the outputs folding the window's loads: the loop over Wo vectorizes
+        # (strided loads) and runs on the map's team, where a reduction's 2x2 inner loop did not
+        at = [remap(e, lambda a, i=i, j=j: Affine(a.offset + a.coeffs[4] * i + a.coeffs[5] * j, a.coeffs[:4]))
+              for i in range(kh) for j in range(kw)]
+        total = at[0]
+        for v in at[1:]:
+            total = Op("maximum" if op == "max" else "add", (total, v), "f32")
+        lw.emit(MapKernel(typ.shape, out.id, Affine(0, row_major(typ.shape)), total, node=n))
+    else:
+        lw.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("avgpool2d_grad", floats=("f32",))

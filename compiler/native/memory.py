@@ -24,7 +24,9 @@ arrays, outputs are read after the call.
 No kernel relies on fresh memory being zero: maps write every element they cover
 (`pad` fills with its value first, a scan's stacked outputs are written step by step
 over the whole length), reductions initialize their output, GEMMs write C (C = 0 when
-K = 0), and scatter-add, accumulate and max-pool gradients zero their output first.
+K = 0), small GEMMs and weight gradients write every part's slice of their partial sums,
+max-pool gradients of tiling windows write every element, and scatter-add, accumulate
+and the other max-pool gradients zero their output first.
 (tests/test_memory.py trains examples with every temporary filled with NaN before
 each step.) In-place reuse of a map's dying input is not done: docs/native.md says why.
 """
@@ -38,8 +40,9 @@ import numpy as np
 
 from dlc.compiler.dims import concrete
 from dlc.compiler.graph import DTYPES
-from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
-                      PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of, leaves)
+from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel,
+                      MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of,
+                      leaves)
 
 ALIGN = 64
 PAGE = 4096           # buffers start at different offsets modulo this (see _first_fit)
@@ -63,13 +66,15 @@ def accesses(k) -> tuple:
     if isinstance(k, GemmKernel):       # a, b, c: (buffer, offset, ...)
         return {k.a[0], k.b[0]} | ({k.packed} if k.packed is not None else set()), {k.c[0]}
     if isinstance(k, SmallGemmKernel):
-        return {k.a[0], k.b[0]}, {k.c[0]}
+        return {k.a[0], k.b[0]}, {k.c[0], k.partial}
     if isinstance(k, PackKernel):
         return {k.b[0]}, {k.out}
     if isinstance(k, ScatterAddKernel):
         return expr_reads(k.idx) | {k.upd}, {k.out}
     if isinstance(k, MaxPoolGradKernel):
         return {k.x, k.g}, {k.out}
+    if isinstance(k, ConvKernel):
+        return ({k.x, k.w}, {k.out}) if k.g is None else ({k.x, k.g}, {k.out, k.partial})
     if isinstance(k, HostCallKernel):       # in place
         return {k.buffer}, {k.buffer}
     raise TypeError(f"unknown kernel {type(k).__name__}")

@@ -1,4 +1,5 @@
-"""Parallel regions: a map kernel's function runs its loop on a team of threads (libgomp)."""
+"""Parallel regions: a kernel's function runs its loop nest on a team of threads (libgomp),
+each thread on a slice of the outermost axis (maps, the max-pool gradient)."""
 from __future__ import annotations
 
 from llvmlite import ir
@@ -21,13 +22,22 @@ def _operations(k: MapKernel | FusedMapKernel) -> int:
     return sum(1 + count(m.expr) for m in (k.maps if isinstance(k, FusedMapKernel) else [k]))
 
 
-def parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
-    """fn runs the map on a team of threads (libgomp), each on a slice of the outermost
-    axis; small maps, and maps inside a team already, run serially."""
+def parallel_map(module, prog, k: MapKernel | FusedMapKernel, fn: ir.Function, sig) -> KernelBuilder:
+    """fn runs the map on a team of threads, each on a slice of the outermost axis."""
+    return parallel_loop(module, prog, fn, sig, lambda kb, first: map_loop(kb, k, prog, first=first),
+                         k.shape[0], numel(k.shape) * _operations(k))
+
+
+def parallel_loop(module, prog, fn: ir.Function, sig, loop, extent, work) -> KernelBuilder:
+    """fn runs `loop(kb, first)` — a loop nest whose outermost axis of `extent` iterations
+    is limited to `first` = (lo, hi), every iteration touching memory no other one writes —
+    on a team of threads (libgomp), each on a slice of that axis; with less `work` (an
+    element count times operations) than PARALLEL_BELOW, and inside a team already, it
+    runs serially. Returns the builder of fn, for the caller to finish."""
     part = ir.Function(module, ir.FunctionType(ir.VoidType(), list(sig.args[:2]) + [i64, i64]), fn.name + ".part")
     part.linkage = "internal"
     inner = KernelBuilder(module, prog, part)
-    map_loop(inner, k, prog, first=(part.args[2], part.args[3]))
+    loop(inner, (part.args[2], part.args[3]))
     inner.finish()
 
     data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64, i32])   # buffers, sizes, outer extent, mode
@@ -50,7 +60,7 @@ def parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
 
     kb = KernelBuilder(module, prog, fn, inner.args)      # fn passes its arguments on to part
     b = kb.b
-    total = b.mul(kb.dim(numel(k.shape)), ir.Constant(i64, _operations(k)))
+    total = kb.dim(work)
     level = b.call(declare(module, "omp_get_level", i32, []), [])
     serial = b.or_(b.or_(b.icmp_signed("<", total, ir.Constant(i64, PARALLEL_BELOW)),
                          b.icmp_signed("<=", fn.args[2], ir.Constant(i64, 1))),
@@ -58,11 +68,11 @@ def parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
     alone, team, done = (fn.append_basic_block(x) for x in ("alone", "team", "done"))
     b.cbranch(serial, alone, team)
     b.position_at_end(alone)
-    b.call(part, [fn.args[0], fn.args[1], ir.Constant(i64, 0), kb.dim(k.shape[0])])
+    b.call(part, [fn.args[0], fn.args[1], ir.Constant(i64, 0), kb.dim(extent)])
     b.branch(done)
     b.position_at_end(team)
     cell = kb.alloca(data_ty)
-    for j, v in enumerate((fn.args[0], fn.args[1], kb.dim(k.shape[0]), current_mode(module, b))):
+    for j, v in enumerate((fn.args[0], fn.args[1], kb.dim(extent), current_mode(module, b))):
         b.store(v, b.gep(cell, [ir.Constant(i32, 0), ir.Constant(i32, j)]))
     gomp = declare(module, "GOMP_parallel", ir.VoidType(), [worker.type, vptr, i32, i32])
     b.call(gomp, [worker, b.bitcast(cell, vptr), b.trunc(fn.args[2], i32), ir.Constant(i32, 0)])

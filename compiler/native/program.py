@@ -193,9 +193,12 @@ class PackKernel(Kernel):
 
 @dataclass
 class SmallGemmKernel(Kernel):
-    """C (m x n) = sum over the batch of A[b] (m x k) @ B[b] (k x n), all row-major. C is
-    small enough to stay in vector registers while K and the batch stream through, so
-    nothing is packed (a first convolution's weight gradient: 6 x 25, K = 784 per example)."""
+    """C (m x n) = sum over the batch of A[b] (m x k) @ B[b] (k x n), all row-major. Tiles
+    of C stay in vector registers while K and the batch stream through, so nothing is
+    packed (a first convolution's weight gradient: 6 x 25, K = 784 per example). The
+    batch is cut into `parts` runs (threads take whole parts), each summed into its m x n
+    slice of `partial`, and C is the sum of the slices in order: the same numbers
+    whatever the number of threads."""
     m: int
     n: int
     k: object
@@ -203,6 +206,37 @@ class SmallGemmKernel(Kernel):
     a: tuple              # (buffer, offset, ld, batch stride)
     b: tuple
     c: tuple              # (buffer, offset, ld)
+    partial: int          # buffer of parts * m * n
+    parts: int
+
+
+@dataclass
+class ConvKernel(Kernel):
+    """A direct convolution, for few taps (C*kh*kw): no im2col buffer. x [N, C, H, W]
+    (0 outside), w [O, C, kh, kw], stride 1 along W. Without `g`:
+    out [N, O, Ho, Wo] = sum over c, i, j of w[o, c, i, j] * x[n, c, ho*sh + i - ph, wo + j - pw];
+    `transposed`: w is [C, O, kh, kw] and read w[c, o, kh-1-i, kw-1-j] — with x the output
+    gradient and padding k - 1 - p, the input gradient of a stride-1 convolution.
+    With `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
+    n, ho, wo of g[n, o, ho, wo] * x[...], the batch in `parts` runs summed apart into
+    `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel."""
+    x: int
+    w: int | None
+    out: int
+    x_shape: tuple        # N, C, H, W
+    w_shape: tuple        # O, C, kh, kw
+    out_hw: tuple
+    stride_h: int
+    padding: tuple
+    g: int | None = None
+    partial: int | None = None
+    parts: int = 1
+    transposed: bool = False
+
+    @property
+    def channels(self):
+        """The output's channels (O)."""
+        return self.w_shape[1] if self.transposed else self.w_shape[0]
 
 
 @dataclass
@@ -221,7 +255,8 @@ class ScatterAddKernel(Kernel):
 @dataclass
 class AccumulateKernel(Kernel):
     """out[at(i)] += expr(i) for every i in shape whose guards hold (out zeroed first):
-    the adjoint of reading windows (col2im, average-pool gradients)."""
+    the adjoint of reading windows (col2im, average-pool gradients). Axis 0 is the batch:
+    iteration n touches only example n of out, at.coeffs[0] elements from n * at.coeffs[0]."""
     shape: tuple
     out: int
     at: Affine

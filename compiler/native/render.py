@@ -1,9 +1,9 @@
 """Readable text of a kernel program (`dlc compile --emit kernels|fused`)."""
 from __future__ import annotations
 
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, FusedMapKernel, Gather, GemmKernel, Guarded, HostCallKernel, Index,
-                      KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random, ReduceKernel, ScanKernel,
-                      ScatterAddKernel, Size, SmallGemmKernel)
+from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, HostCallKernel, Guarded,
+                      Index, KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random, ReduceKernel,
+                      ScanKernel, ScatterAddKernel, Size, SmallGemmKernel)
 
 
 def affine(a: Affine) -> str:
@@ -75,6 +75,9 @@ def kernel(k, depth=0) -> list:
         return [f"{pad}scatter_add {shape(k.idx_shape)}: b{k.out}[{expr(k.idx)}] += b{k.upd}{where}"]
     if isinstance(k, MaxPoolGradKernel):
         return [f"{pad}maxpool_grad: b{k.out} <- b{k.g} at argmax of b{k.x}{where}"]
+    if isinstance(k, ConvKernel):
+        what = f"b{k.x} * b{k.w}" if k.g is None else f"weight gradient of b{k.x} * w from b{k.g}"
+        return [f"{pad}direct conv {shape(k.x_shape)} by {shape(k.w_shape)}: b{k.out} = {what}{where}"]
     if isinstance(k, HostCallKernel):
         return [f"{pad}host_call b{k.host}(b{k.buffer}): in place{where}"]
     return [f"{pad}{k!r}"]
