@@ -1,4 +1,5 @@
 """The native engine against the reference engine: the same steps, the same numbers."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -324,3 +325,21 @@ model m {
         got, want = native.predict({}, feeds), ref.predict({}, feeds)
         for name in want:
             np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-3, err_msg=f"{name} at {rows}x{n}")
+
+
+def test_one_cheap_operation_on_values_in_memory_is_recomputed_by_its_readers_not_stored():
+    """GELU's x + b, x*x, 0.5*x and 1 + tanh(...) are each read by the forward and the
+    backward pass: every reader recomputes them from the operands in memory (lower.py,
+    `recomputed`) instead of a map storing each; training still matches the reference."""
+    src = """
+model m {
+    input x: f32[B, 6]
+    target y: f32[B, 3]
+    h = dense(x, 40, act = gelu)
+    loss mean((dense(h, 3) - y) ^ 2)
+}"""
+    program = load_text(src, "g.dl")
+    kernels = render.program(lower(optimize(train_step(program.build(training=True).graph))))
+    stored = [line for line in kernels.splitlines() if "(register)" not in line and re.search(r"\] = (mul|add)\(\w+\[[^(]*\], [\w.]+(\[[^(]*\])?\)  @", line)]
+    assert not stored, "\n".join(stored)
+    assert_same_training(program, Call("adam", [], {"lr": 1e-2}), {"B": 5})
