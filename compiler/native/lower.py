@@ -28,9 +28,9 @@ SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a Sma
 
 
 # one of these on loads and constants costs less to redo in every reader of its value than
-# a store and the readers' loads: a GELU's x*x, 0.5*x and 1 + tanh(...) are saved for the
-# backward pass as the operands they are computed from
-RECOMPUTED = frozenset({"add", "sub", "mul", "neg"})
+# a store and the readers' loads: a GELU's x*x, 0.5*x and 1 + tanh(...), attention's scaled
+# scores and a layernorm's x / std are saved for the backward pass as their operands
+RECOMPUTED = frozenset({"add", "sub", "mul", "neg", "div"})
 
 
 def _leaf(e) -> bool:
