@@ -295,38 +295,6 @@ model m {
     assert np.float32(1e-20) * np.float32(1e-20) > 0, "numpy's mode after a native call"
 
 
-@pytest.mark.parametrize("threads", ["1", "2"])
-def test_reductions_that_keep_the_first_axis_split_its_rows_across_threads(monkeypatch, threads):
-    """A reduction keeping its outermost axis runs on a team, each thread on its rows
-    (compiler/native/parallel.py): sums, maxima and argmax over the last and a middle axis
-    agree with the reference on both sides of the size that splits (PARALLEL_BELOW
-    elements x operations = 2^15), with rows that do not divide among the threads and with
-    fewer rows than threads. A reduction over the first axis stays on one thread."""
-    monkeypatch.setenv("DLC_NUM_THREADS", threads)
-    src = """
-model m {
-    input x: f32[B, N]
-    input y: f32[B, 13, N]
-    output s = sum(x, 1)
-    output sq = sum(x * x, 1)
-    output mx = max(x, 1)
-    output am = argmax(x, 1)
-    output mid = sum(y, 1)
-    output midmax = argmax(y, 1)
-    output first = sum(x, 0)
-}
-"""
-    model = load_text(src, "m.dl").build(None, training=False)
-    native, ref = NativeEngine(model, model), ReferenceEngine(model, model)
-    rng = np.random.default_rng(0)
-    for rows, n in ((7, 4681), (7, 4682), (1, 40000), (3, 13), (13, 2521)):
-        feeds = {"x": rng.standard_normal((rows, n)).astype(np.float32),
-                 "y": rng.standard_normal((rows, 13, n)).astype(np.float32)}
-        got, want = native.predict({}, feeds), ref.predict({}, feeds)
-        for name in want:
-            np.testing.assert_allclose(got[name], want[name], rtol=1e-4, atol=1e-3, err_msg=f"{name} at {rows}x{n}")
-
-
 def test_one_cheap_operation_on_values_in_memory_is_recomputed_by_its_readers_not_stored():
     """GELU's x + b, x*x, 0.5*x and 1 + tanh(...) are each read by the forward and the
     backward pass: every reader recomputes them from the operands in memory (lower.py,

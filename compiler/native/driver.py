@@ -23,7 +23,7 @@ from dlc.compiler.native import kernels
 from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.fpmode import subnormals_flushed
 from dlc.compiler.native.gemm import PACK_TYPE, gemm_name, gemm_type, pack_name
-from dlc.compiler.native.parallel import parallel, splits_rows
+from dlc.compiler.native.parallel import parallel_map
 from dlc.compiler.native.program import (AccumulateKernel, FusedMapKernel, GemmKernel, KernelProgram, MapKernel, MaxPoolGradKernel,
                       PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.types import i8, i32, i64
@@ -73,8 +73,8 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         # inlined, every kernel would land in the driver, one function growing with the
         # model, on which LLVM's O3 is superlinear (300 dense layers: 89 s instead of 8)
         fn.attributes.add("noinline")
-        if splits_rows(k):
-            kb = parallel(module, prog, k, fn, sig)
+        if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
+            kb = parallel_map(module, prog, k, fn, sig)
         elif body:      # the body's argument slots first, then the scan's own
             kb = KernelBuilder(module, prog, fn, Arguments(e for _, refs, _ in body for e in refs))
         else:
@@ -83,8 +83,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             if not k.shape:
                 kernels.map_loop(kb, k, prog)
         elif isinstance(k, ReduceKernel):
-            if not splits_rows(k):
-                kernels.reduce(kb, k, prog)
+            kernels.reduce(kb, k, prog)
         elif isinstance(k, ScatterAddKernel):
             kernels.scatter_add(kb, k, prog)
         elif isinstance(k, AccumulateKernel):

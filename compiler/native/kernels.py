@@ -39,8 +39,7 @@ def _strides(shape) -> list:
     return list(reversed(out))
 
 
-def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram, first=None):
-    """`first` = (lo, hi): only the rows lo..hi of the outermost axis (which must be kept)."""
+def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram):
     b = kb.b
     dtype = prog.buffers[k.out].dtype
     kept = [d for r, d in enumerate(k.shape) if r not in k.axes]
@@ -67,15 +66,14 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram, first=None):
                 b.store(b.select(better, jidx[0], b.load(where)), where)
             kb.loops((k.shape[axis],), step)
             kb.store(k.out, "i32", kb.affine(Affine(0, tuple(_strides(outer))), oidx), b.trunc(b.load(where), i32))
-        kb.loops(tuple(outer), per_row, first=first)
+        kb.loops(tuple(outer), per_row)
         return
     if t in (f32, f64):
         init = ir.Constant(t, 0.0 if k.op == "sum" else -math.inf)
     else:       # the least value: of a bool (an unsigned i1) false, of an integer its most negative
         init = ir.Constant(t, 0 if k.op == "sum" or t.width == 1 else -(1 << (t.width - 1)))
 
-    kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init),
-             first=first)
+    kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init))
     # the trailing reduced axes accumulate in a register; the rest into memory
     trail = len(k.shape)
     while trail > 0 and (trail - 1) in k.axes:
@@ -101,7 +99,7 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram, first=None):
         at = kb.affine(out_at, hidx + [ir.Constant(i64, 0)] * len(tail))
         ptr = b.gep(kb.buffer(k.out, dtype), [at])
         b.store(combine(b.load(ptr), b.load(acc)), ptr)
-    kb.loops(head, outer, first=first)
+    kb.loops(head, outer)
 
 
 def scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: KernelProgram):

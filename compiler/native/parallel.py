@@ -1,5 +1,4 @@
-"""Parallel regions: a map or reduce kernel's function runs its loop on a team of threads
-(libgomp), each thread on a slice of the outermost axis."""
+"""Parallel regions: a map kernel's function runs its loop on a team of threads (libgomp)."""
 from __future__ import annotations
 
 from llvmlite import ir
@@ -8,40 +7,27 @@ from dlc.compiler.dims import numel
 from dlc.compiler.native.builder import KernelBuilder
 from dlc.compiler.native.fpmode import current_mode, in_mode
 from dlc.compiler.native.gemm import declare
-from dlc.compiler.native.kernels import map_loop, reduce
-from dlc.compiler.native.program import FusedMapKernel, MapKernel, Op, ReduceKernel
+from dlc.compiler.native.kernels import map_loop
+from dlc.compiler.native.program import FusedMapKernel, MapKernel, Op
 from dlc.compiler.native.types import i8, i32, i64
 
 
 PARALLEL_BELOW = 1 << 15   # elements x operations: less is not worth waking a second thread
 
 
-def _operations(k: MapKernel | FusedMapKernel | ReduceKernel) -> int:
-    """Operations per element of a map or reduction (one for a copy): its work, with the
-    element count."""
+def _operations(k: MapKernel | FusedMapKernel) -> int:
+    """Operations per element of a map (one for a copy): its work, with the element count."""
     count = lambda e: 1 + sum(count(a) for a in e.args) if isinstance(e, Op) else 0
     return sum(1 + count(m.expr) for m in (k.maps if isinstance(k, FusedMapKernel) else [k]))
 
 
-def splits_rows(k) -> bool:
-    """Whether kernel k runs on a team: a map, or a reduction that keeps its outermost
-    axis (each thread then writes its own rows of the output)."""
-    if isinstance(k, ReduceKernel):
-        return bool(k.shape) and 0 not in k.axes
-    return isinstance(k, (MapKernel, FusedMapKernel)) and bool(k.shape)
-
-
-def parallel(module, prog, k: MapKernel | FusedMapKernel | ReduceKernel, fn: ir.Function, sig):
-    """fn runs kernel k (splits_rows) on a team of threads (libgomp), each on a slice of
-    the outermost axis; small kernels, and kernels inside a team already, run serially."""
+def parallel_map(module, prog, k: MapKernel, fn: ir.Function, sig):
+    """fn runs the map on a team of threads (libgomp), each on a slice of the outermost
+    axis; small maps, and maps inside a team already, run serially."""
     part = ir.Function(module, ir.FunctionType(ir.VoidType(), list(sig.args[:2]) + [i64, i64]), fn.name + ".part")
     part.linkage = "internal"
     inner = KernelBuilder(module, prog, part)
-    first = (part.args[2], part.args[3])
-    if isinstance(k, ReduceKernel):
-        reduce(inner, k, prog, first=first)
-    else:
-        map_loop(inner, k, prog, first=first)
+    map_loop(inner, k, prog, first=(part.args[2], part.args[3]))
     inner.finish()
 
     data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64, i32])   # buffers, sizes, outer extent, mode
