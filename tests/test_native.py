@@ -1,4 +1,5 @@
 """The native engine against the reference engine: the same steps, the same numbers."""
+import re
 from pathlib import Path
 
 import numpy as np
@@ -292,3 +293,22 @@ model m {
     ref = ReferenceEngine(model, model).predict({}, {"x": x, "w": w})
     assert np.all(ref["sq"] > 0), "the reference engine keeps IEEE subnormals"
     assert np.float32(1e-20) * np.float32(1e-20) > 0, "numpy's mode after a native call"
+
+
+def test_one_cheap_operation_on_values_in_memory_is_recomputed_by_its_readers_not_stored():
+    """GELU's x + b, x*x, 0.5*x and 1 + tanh(...) are each read by the forward and the
+    backward pass: every reader recomputes them from the operands in memory (lower.py,
+    `recomputed`) instead of a map storing each; training still matches the reference."""
+    src = """
+model m {
+    input x: f32[B, 6]
+    target y: f32[B, 3]
+    h = dense(x, 40, act = gelu)
+    loss mean((dense(h, 3) - y) ^ 2)
+}"""
+    program = load_text(src, "g.dl")
+    kernels = render.program(lower(optimize(train_step(program.build(training=True).graph))))
+    one_op = r"map \[B, 40\]: b\d+\[[^\]]*\] = (mul|add|sub|div|neg)\(\w+\[[^(]*\], [\w.]+(\[[^(]*\])?\)  @"
+    stored = [line for line in kernels.splitlines() if re.search(one_op, line)]
+    assert not stored, "\n".join(stored)
+    assert_same_training(program, Call("adam", [], {"lr": 1e-2}), {"B": 5})

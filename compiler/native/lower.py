@@ -31,6 +31,22 @@ SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the th
 SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
 
 
+# one of these on loads and constants costs less to redo in every reader of its value than
+# a store and the readers' loads: a GELU's x*x, 0.5*x and 1 + tanh(...), attention's scaled
+# scores and a layernorm's x / std are saved for the backward pass as their operands
+RECOMPUTED = frozenset({"add", "sub", "mul", "neg", "div"})
+
+
+def _leaf(e) -> bool:
+    return isinstance(e, (Load, Const, Index, Size))
+
+
+def recomputed(e) -> bool:
+    """Whether the value e is inlined into each of its readers, not stored: one cheap
+    operation (RECOMPUTED) on loads and constants."""
+    return isinstance(e, Op) and e.name in RECOMPUTED and all(_leaf(a) for a in e.args)
+
+
 class NotLowerable(DlcError):
     """The native backend does not compile this primitive yet (located at its node)."""
 
@@ -183,11 +199,11 @@ class Lowering:
         rule(self, n, ins, self.g.attrs(n), self.g.types(n)[0])
 
     def use(self, t: Tensor):
-        """The expression for an operand: inlined when cheap or when no element is read
-        twice (used once, or split into parts), else in memory."""
+        """The expression for an operand: inlined when cheap to recompute or when no
+        element is read twice (used once, or split into parts), else in memory."""
         e = self.expr(t)
-        cheap = isinstance(e, (Load, Const, Index, Size))
-        if cheap or t.key() not in self.pinned and (self.uses.get(t.key(), 0) <= 1 or self.split(t)):
+        if _leaf(e) or t.key() not in self.pinned and (recomputed(e) or self.uses.get(t.key(), 0) <= 1
+                                                       or self.split(t)):
             return e
         return self.stored(t)
 
