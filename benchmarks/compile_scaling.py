@@ -4,10 +4,10 @@ Each depth is compiled in a fresh process with an empty compile cache (DLC_CACHE
 new temporary directory; the shared GEMM library is compiled first and not counted), and
 the train step's compile is timed phase by phase:
 
-    passes   compiler/passes.py optimize (the train-step graph built by autodiff before)
+    passes   compiler/passes/optimize.py optimize (the train-step graph built by autodiff before)
     lower    compiler/native/lower.py lower
     codegen  compiler/native/driver.py build_module (llvmlite IR builder)
-    llvm     runtime/cache.py compile_cached: IR text, parse, O3, machine code, load
+    llvm     runtime/engines/cache.py compile_cached: IR text, parse, O3, machine code, load
     memory   compiler/native/memory.py intervals + plan at batch 32
 
 Peak RSS is the child process's maximum resident set (ru_maxrss).
@@ -39,17 +39,17 @@ def measure(layers: int, profile: bool = False) -> dict:
     """Phase times (seconds) of one cold native compile of the train step."""
     import resource
 
-    from dlc.compiler.autodiff import train_step
+    from dlc.compiler.passes.autodiff import train_step
     from dlc.compiler.native.driver import build_module
-    from dlc.compiler.loader import load_text
-    from dlc.compiler.dims import numel
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.compiler.ir.dims import numel
     from dlc.compiler.native.lower import lower
     from dlc.compiler.native.update import lower_update
-    from dlc.runtime.config import Call
-    from dlc.runtime.optim import make_optimizer
+    from dlc.runtime.training.settings import Call
+    from dlc.runtime.training.optim import make_optimizer
     from dlc.compiler.native.memory import intervals, plan
-    from dlc.compiler.passes import optimize
-    from dlc.runtime import cache
+    from dlc.compiler.passes.optimize import optimize
+    from dlc.runtime.engines import cache
 
     cache.gemm_symbols()
     times: dict = {}
@@ -68,7 +68,7 @@ def measure(layers: int, profile: bool = False) -> dict:
     model = timed("build", lambda: load_text(mlp_source(layers)).build(None, training=True))
     step = timed("build", train_step, model.graph)
     program = timed("lower", lower, timed("passes", optimize, step))
-    # the Adam update of every parameter, as the native engine builds it (runtime/native.py)
+    # the Adam update of every parameter, as the native engine builds it (runtime/engines/native.py)
     trained = sum(int(numel(p.type.shape)) for p in model.params)
     update = timed("lower", lower_update, make_optimizer(Call("adam", [], {"lr": 1e-3})).graph(trained))
     module = timed("codegen", build_module, program, "dlc_step", update=update).module

@@ -4,7 +4,7 @@ native thread each (docs/distributed.md).
 Three workloads of train_step.py (benchmarks/workloads/*.dl): the MLP, LeNet-5 and the
 transformer, Adam, at their global batch (128, 64, 16; `--batch-scale 4` multiplies them).
 The single process runs today's one-call step; the 2 ranks run the data-parallel step of
-`dlc train` under mpirun (runtime/distributed.py: each rank's half of the batch, an
+`dlc train` under mpirun (runtime/engines/distributed.py: each rank's half of the batch, an
 allreduce of the gradients, the update). Each run is a fresh process (or mpirun), warms up,
 then times `--steps` steps. `others` is the cores other processes used meanwhile (the
 machine's busy time minus the ranks' own CPU time, benchmarks/machine.py's measure); a
@@ -49,10 +49,10 @@ MODEL_RANKS = (2, 8, 64)
 
 def engine_for(name: str, split: bool, seed: int = 0):
     """(native engine, parameters, optimizer state, trainable names) of a workload, Adam."""
-    from dlc.runtime.backends import make_engine
-    from dlc.runtime.config import Call
-    from dlc.runtime.optim import make_optimizer
-    from dlc.runtime.trainer import initial_parameters
+    from dlc.runtime.engines.backends import make_engine
+    from dlc.runtime.training.settings import Call
+    from dlc.runtime.training.optim import make_optimizer
+    from dlc.runtime.training.trainer import initial_parameters
     prog = load_workload(name)
     train, ev = prog.build(training=True), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
@@ -95,8 +95,8 @@ def scaling_model(names):
 
 def worker(name: str, batch: int, steps: int, seed: int = 0):
     """One run: this process alone, or one rank of an mpirun. Rank 0 prints a JSON line."""
-    from dlc.runtime import distributed
-    from dlc.runtime.cores import machine_busy_s
+    from dlc.runtime.engines import distributed
+    from dlc.runtime.engines.cores import machine_busy_s
     world = distributed.world()
     engine, params, opt_state, trainable = engine_for(name, world is not None, seed)
     if world is not None:

@@ -1,7 +1,7 @@
 """Float32 drift: dlc and PyTorch trained side by side with Adam, step by step.
 
 Both start from the same parameters (dlc's initializers, copied into the torch modules
-in torch.nn's layout by runtime/torch_layout.py, through train_step.torch_state) and see the same batches (a fresh random batch at
+in torch.nn's layout by runtime/interop/torch_layout.py, through train_step.torch_state) and see the same batches (a fresh random batch at
 every step); reported: the largest relative loss difference over the steps (and where),
 and at the end each parameter tensor's relative difference (in norm, and the largest
 entry's); over several seeds (--seeds N), how many stay within 1e-4. Switches isolate
@@ -9,7 +9,7 @@ the causes of a drift:
 
     --update fused       the native engine's own fused update (default)
     --update torch       the native engine's gradients, stepped by torch.optim.Adam
-    --update float64     ... by runtime/optim.py's Adam on float64 copies of the parameters
+    --update float64     ... by runtime/training/optim.py's Adam on float64 copies of the parameters
     --libm               exp and tanh as libm calls instead of the inline polynomials
     --grads              the gradients at the initial parameters: native and torch float32
                          against torch float64 (summation order and rounding, no training)
@@ -39,8 +39,8 @@ UPDATES = ("fused", "torch", "float64")
 def setup(name: str, seed: int = 0, batch: int = 64, steps: int = 100, fixed: bool = False):
     """(train model, eval model, initial float32 parameters, the batch of every step:
     a fresh one at each step, or with `fixed` one batch for all)."""
-    from dlc.compiler.loader import load
-    from dlc.runtime.gradcheck import init_params
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training.gradcheck import init_params
     prog = load(str(WORKLOAD_DIR / f"{name}.dl"))
     train, ev = prog.build(training=True), prog.build(training=False)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(train, seed).items()}
@@ -57,8 +57,8 @@ def use_libm():
 
 
 def _optimizer(name: str, lr: float):
-    from dlc.runtime.config import Call
-    from dlc.runtime.optim import make_optimizer
+    from dlc.runtime.training.settings import Call
+    from dlc.runtime.training.optim import make_optimizer
     return make_optimizer(Call(name, [], {"lr": lr}))
 
 
@@ -72,8 +72,8 @@ def train_dlc(name: str, init: dict, batches: list, lr: float = 1e-3, engine: st
               update: str = "fused", models=None) -> tuple:
     """Adam on dlc: (loss per step, final parameters). With update != "fused" the engine
     runs a zero-rate SGD step (p - 0·g leaves p as it is) and the Adam step is applied
-    to its gradients outside: by torch.optim.Adam, or by runtime/optim.py in float64."""
-    from dlc.runtime.backends import make_engine
+    to its gradients outside: by torch.optim.Adam, or by runtime/training/optim.py in float64."""
+    from dlc.runtime.engines.backends import make_engine
     train, ev = models or setup(name, steps=0)[:2]
     trainable = [p.name for p in train.params if p.trainable]
     adam = _optimizer("adam", lr)
@@ -168,7 +168,7 @@ def gradient_errors(name: str, init: dict, batch: dict, models=None) -> dict:
     """Per parameter, the relative error (in norm) of the native and torch float32
     gradients at `init` against torch's float64 gradient."""
     import torch
-    from dlc.runtime.backends import make_engine
+    from dlc.runtime.engines.backends import make_engine
     grads = {}
     for dtype in (torch.float32, torch.float64):
         model = _torch_model(name, init, dtype)

@@ -8,7 +8,7 @@ import sys
 import time
 from contextlib import contextmanager
 
-from dlc.runtime.cores import machine_busy_s
+from dlc.runtime.engines.cores import machine_busy_s
 
 
 class OtherLoad:

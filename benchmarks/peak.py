@@ -84,7 +84,7 @@ def measure(threads=(1, 2), iterations: int = ITERATIONS, repeats: int = REPEATS
 
 
 def _cache_path():
-    from dlc.runtime.cache import cache_dir
+    from dlc.runtime.engines.cache import cache_dir
     return cache_dir() / "peak.json"
 
 

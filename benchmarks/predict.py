@@ -3,7 +3,7 @@ export of the same model, and PyTorch eager (inference mode) on the torch.nn twi
 
 The four train_step.py workloads (benchmarks/workloads/), each with an `output scores =
 logits` added, at batch 1 (latency) and batch 256 (throughput). Every framework starts
-from the same parameters (dlc's initializers; torch through runtime/torch_layout.py), and
+from the same parameters (dlc's initializers; torch through runtime/interop/torch_layout.py), and
 their outputs must agree within 1e-4 before anything is timed. Each framework runs at 2
 threads (torch.set_num_threads; onnxruntime's intra_op_num_threads; dlc's default).
 dlc is timed through the public API, `DlcModel.predict`, as a user calls it.
@@ -43,7 +43,7 @@ def inputs_of(name: str, batch: int, seed: int) -> dict:
 def dlc_model(name: str, folder: Path, seed: int):
     """The workload as a DlcModel with an output, and its initial parameters."""
     from dlc.runtime.api import DlcModel
-    from dlc.runtime.trainer import initial_parameters
+    from dlc.runtime.training.trainer import initial_parameters
     text = (WORKLOAD_DIR / f"{name}.dl").read_text()
     text = re.sub(r"\}\s*$", "    output scores = logits\n}\n", text)
     path = folder / f"{name}.dl"
@@ -55,7 +55,7 @@ def dlc_model(name: str, folder: Path, seed: int):
 
 def onnx_session(model, folder: Path):
     import onnxruntime as ort
-    from dlc.compiler.onnx_export import save_onnx
+    from dlc.compiler.onnx.export import save_onnx
     path = folder / f"{model.name}.onnx"
     save_onnx(model.eval_model, model.params, path)
     options = ort.SessionOptions()

@@ -9,7 +9,7 @@ one size at a time, the other sizes at the workload's own:
     transformer  batch 16..512, d_model 128..1024 (4 heads, FFN 4d), sequence 16..512
 
 At each point both frameworks start from dlc's initial parameters (in torch's layout by
-runtime/torch_layout.py) and train with Adam on one fixed batch; their first-step losses
+runtime/interop/torch_layout.py) and train with Adam on one fixed batch; their first-step losses
 must agree within 1e-4 relative before either is timed. Each framework runs in a fresh
 process of its own, so that its peak memory is its own: dlc's native engine (its default
 threads) or PyTorch eager (default Adam, 2 threads). A process warms up, then times
@@ -143,7 +143,7 @@ def child(spec: dict):
         torch.set_num_threads(THREADS)
         make = lambda: TorchRunner(spec["model"], start, batch, spec["lr"], "torch", sizes)
     else:
-        import dlc.runtime.backends  # noqa: F401  (imported before the baseline: code, not the model's memory)
+        import dlc.runtime.engines.backends  # noqa: F401  (imported before the baseline: code, not the model's memory)
         make = lambda: DlcRunner(spec["model"], start, batch, "native", spec["lr"], spec["seed"], sizes)
     gc.collect()
     reset_peak_rss()
@@ -198,7 +198,7 @@ def measure(point: Point, args):
     """Both frameworks at one point: first steps, the loss check, then each one timed alone."""
     batch_size, sizes = point.setting()
     model = load_workload(point.model, sizes).build(training=True)
-    from dlc.runtime.trainer import initial_parameters
+    from dlc.runtime.training.trainer import initial_parameters
     init = initial_parameters(model, args.seed)
     batch = make_batch(point.model, args.seed, batch_size, sizes)
     point.flops = train_step_flops(model, batch)

@@ -77,8 +77,8 @@ def workload_source(name: str, sizes: dict | None = None) -> str:
 
 
 def load_workload(name: str, sizes: dict | None = None):
-    """The workload's dlc program (compiler/loader.py Program) at these sizes."""
-    from dlc.compiler.loader import load_text
+    """The workload's dlc program (compiler/frontend/loader.py Program) at these sizes."""
+    from dlc.compiler.frontend.loader import load_text
     return load_text(workload_source(name, sizes), str(WORKLOAD_DIR / f"{name}.dl"))
 
 
@@ -173,13 +173,13 @@ def torch_model(name: str, torch, sizes: dict | None = None):
 
 @functools.lru_cache(maxsize=None)
 def _torch_layout(name: str, sizes: tuple):
-    from dlc.runtime.torch_layout import TorchLayout
+    from dlc.runtime.interop.torch_layout import TorchLayout
     return TorchLayout(load_workload(name, dict(sizes)).build(training=False).params)
 
 
 def torch_state(name: str, P: dict, sizes: dict | None = None) -> dict:
     """dlc parameters (numpy, dlc layout) -> the torch model's state dict (numpy), by dlc's
-    own mapping (runtime/torch_layout.py): the torch models above name their modules as the
+    own mapping (runtime/interop/torch_layout.py): the torch models above name their modules as the
     workloads name their layers."""
     return _torch_layout(name, tuple(sorted((sizes or {}).items()))).to_torch(P)
 
@@ -298,8 +298,8 @@ def timed_loop(run: Run, step_fn, warmup: int, steps: int):
 class DlcRunner:
     def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int,
                  sizes: dict | None = None):
-        from dlc.runtime.config import Call
-        from dlc.runtime.optim import make_optimizer
+        from dlc.runtime.training.settings import Call
+        from dlc.runtime.training.optim import make_optimizer
         t0 = time.perf_counter()
         prog = load_workload(name, sizes)
         self.train, self.ev = prog.build(training=True), prog.build(training=False)
@@ -325,7 +325,7 @@ class DlcRunner:
     def first(self):
         """Engine construction + first step (dlc's make_engine falls back from native to
         reference, with a note, for a model it cannot compile)."""
-        from dlc.runtime.backends import make_engine
+        from dlc.runtime.engines.backends import make_engine
         self._fresh()
         t0 = time.perf_counter()
         notes = []
@@ -429,10 +429,10 @@ def train_step_flops(model, batch: dict) -> int:
     """Forward + backward FLOPs of one train step: dlc's per-primitive FLOP count (`dlc summary`)
     over the train-step graph that autodiff builds (forward, loss and every parameter's
     gradient), at the batch's sizes. The optimizer update (~10 FLOPs per parameter) is left out."""
-    from dlc.compiler.autodiff import train_step
-    from dlc.compiler.dims import subs
-    from dlc.compiler.summary import flops
-    from dlc.runtime.interpreter import bind_sizes
+    from dlc.compiler.passes.autodiff import train_step
+    from dlc.compiler.ir.dims import subs
+    from dlc.compiler.frontend.summary import flops
+    from dlc.runtime.engines.interpreter import bind_sizes
     return int(subs(flops(train_step(model.graph)), bind_sizes(model.graph, batch)))
 
 
@@ -467,7 +467,7 @@ class Result:
 
 
 def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
-    from dlc.runtime.gradcheck import init_params
+    from dlc.runtime.training.gradcheck import init_params
     res = Result(name)
     print(f"\n== {name} ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
     if args.wait_idle:

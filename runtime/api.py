@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.loader import load as load_program
-from dlc.runtime import data as datasets, weights
-from dlc.runtime.backends import make_engine
-from dlc.runtime.trainer import Trainer, data_settings, evaluation_data, fit_input, input_arrays, mean_metrics, to_stderr
+from dlc.compiler.frontend.loader import load as load_program
+from dlc.runtime.data import sources as datasets
+from dlc.runtime.interop import weights
+from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.training.trainer import Trainer, data_settings, evaluation_data, fit_input, input_arrays, mean_metrics, to_stderr
 
 
 class DlcModel:
@@ -36,8 +37,8 @@ class DlcModel:
               **overrides):
         """Train with the file's train block; keyword arguments override its settings.
         `progress`: "auto" (a line redrawn on a terminal, tqdm's bar in a notebook, else a line
-        per epoch), "bar", "epochs", "none" or N (a line every N steps): runtime/progress.py.
-        `tensorboard`: a folder for TensorBoard event files (runtime/tensorboard.py)."""
+        per epoch), "bar", "epochs", "none" or N (a line every N steps): runtime/training/progress.py.
+        `tensorboard`: a folder for TensorBoard event files (runtime/training/tensorboard.py)."""
         trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log, self.backend,
                           progress, tensorboard)
         result = trainer.run(resume=resume)

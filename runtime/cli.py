@@ -47,7 +47,7 @@ _positive = _whole(1)
 
 
 def _seed(text: str) -> int:
-    from dlc.runtime.trainer import SEED_MAX
+    from dlc.runtime.training.trainer import SEED_MAX
     return _whole(0, SEED_MAX)(text)
 
 
@@ -75,7 +75,7 @@ def _checkpoint(text: str) -> str:
 
 
 def _pass_list(text: str) -> tuple:
-    from dlc.compiler import passes as P
+    from dlc.compiler.passes import optimize as P
     names = tuple(name.strip() for name in text.split(","))
     for name in names:
         if name not in P.PASSES:
@@ -96,7 +96,7 @@ def _threads(args):
 
 # ---- helpers --------------------------------------------------------------------------------------------
 def _build(args, training=True):
-    from dlc.compiler.loader import load
+    from dlc.compiler.frontend.loader import load
     return load(args.file).build(args.model, training=training)
 
 
@@ -125,9 +125,9 @@ def _dims(pairs) -> dict:
 
 # ---- commands -----------------------------------------------------------------------------------
 def cmd_check(args):
-    from dlc.compiler import summary as S
-    from dlc.compiler.loader import load
-    from dlc.runtime.trainer import make_config
+    from dlc.compiler.frontend import summary as S
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training.trainer import make_config
     program = load(args.file)
     train = program.build(args.model, training=True)
     program.build(args.model, training=False)
@@ -139,9 +139,9 @@ def cmd_check(args):
 def cmd_summary(args):
     """--freeze replaces the train block's freeze, as in `dlc train`: the same settings (make_config)
     and the same names (frozen_names), so the trainable count is what trains."""
-    from dlc.compiler import summary as S
-    from dlc.compiler.loader import load
-    from dlc.runtime.trainer import frozen_names, make_config
+    from dlc.compiler.frontend import summary as S
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training.trainer import frozen_names, make_config
     program = load(args.file)
     model = program.build(args.model, training=not args.eval)
     cfg = make_config(program, model.name, {"freeze": args.freeze}, require_data=False)
@@ -149,7 +149,7 @@ def cmd_summary(args):
 
 
 def _graph_for(args, grad: bool):
-    from dlc.compiler import autodiff
+    from dlc.compiler.passes import autodiff
     model = _build(args, training=not getattr(args, "eval", False))
     if grad:
         _has_loss(model)
@@ -163,7 +163,7 @@ def _has_loss(model):
 
 
 def _render(g, fmt: str) -> str:
-    from dlc.compiler import graph as G
+    from dlc.compiler.ir import graph as G
     return {"text": G.to_text, "dot": G.to_dot, "json": G.to_json}[fmt](g)
 
 
@@ -181,7 +181,7 @@ def cmd_graph(args):
 def _optimized(args, graph, native: bool):
     """The graph after the passes asked for: -O, --passes or --dump-after for a graph,
     the default pipeline (what the engine compiles) for the native stages."""
-    from dlc.compiler import passes as P
+    from dlc.compiler.passes import optimize as P
     from dlc.compiler.errors import DlcError
     passes = args.passes or (P.PIPELINE if native or args.optimize or args.dump_after else ())
     if args.dump_after not in (None, "all", *passes):
@@ -190,9 +190,10 @@ def _optimized(args, graph, native: bool):
 
 
 def cmd_compile(args):
-    from dlc.compiler import autodiff, syntax
+    from dlc.compiler.passes import autodiff
+    from dlc.compiler.frontend import syntax
     from dlc.compiler.errors import DlcError
-    from dlc.compiler.loader import load
+    from dlc.compiler.frontend.loader import load
     if args.emit == "ast":
         _write(syntax.dump(load(args.file).module), args.output)
     elif args.emit in ("graph", "grad"):
@@ -218,7 +219,7 @@ def cmd_compile(args):
 
 def cmd_gradcheck(args):
     from dlc.compiler.errors import DlcError
-    from dlc.runtime import gradcheck as gc
+    from dlc.runtime.training import gradcheck as gc
     model = _build(args, training=True)
     if "loss" not in model.graph.outputs:
         raise DlcError(f"model {model.name} has no loss, so there is no gradient to check", model.span)
@@ -248,9 +249,9 @@ def _weights(args):
 
 
 def cmd_train(args):
-    from dlc.compiler.loader import load
-    from dlc.runtime.progress import row_values
-    from dlc.runtime.trainer import Trainer
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training.progress import row_values
+    from dlc.runtime.training.trainer import Trainer
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
                                                          "early_stop")}
@@ -336,9 +337,10 @@ def _export_format(args) -> str:
 
 
 def cmd_export(args):
-    from dlc.compiler.loader import load
-    from dlc.runtime import checkpoint, weights
-    from dlc.runtime.trainer import initial_parameters, make_config
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training import checkpoint
+    from dlc.runtime.interop import weights
+    from dlc.runtime.training.trainer import initial_parameters, make_config
     fmt = _export_format(args)
     program = load(args.file)
     model = program.build(args.model, training=False)
@@ -349,7 +351,7 @@ def cmd_export(args):
         params = initial_parameters(model, seed)
         print(f"note: no --weights: exporting the initial parameters of {model.name} (seed {seed})", file=sys.stderr)
     if fmt == "onnx":
-        from dlc.compiler.onnx_export import save_onnx
+        from dlc.compiler.onnx.export import save_onnx
         save_onnx(model, params, args.output)
     else:
         layout = "torch" if fmt == "torch" else "dlc"
@@ -361,8 +363,8 @@ def cmd_export(args):
 
 
 def cmd_bench(args):
-    from dlc.compiler.loader import load
-    from dlc.runtime.bench import bench
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.engines.bench import bench
     print(bench(load(args.file), args.model, args.batch, _dims(args.dim), args.steps, args.top))
 
 
@@ -370,9 +372,9 @@ def cmd_import(args):
     """An ONNX model as a .dl program (OUT.dl, the model named after it) and its weights as a
     dlc checkpoint (OUT.npz, or --weights); the program is built once before anything is written."""
     from dlc.compiler.errors import DlcError
-    from dlc.compiler.loader import load_text
-    from dlc.compiler.onnx_import import import_model, read_model
-    from dlc.runtime import checkpoint
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.compiler.onnx.importer import import_model, read_model
+    from dlc.runtime.training import checkpoint
     out = Path(args.output)
     if out.suffix != ".dl":
         raise DlcError(f"-o takes the .dl file to write, got '{args.output}'")
@@ -395,7 +397,7 @@ def cmd_import(args):
 
 
 def cmd_data_fetch(args):
-    from dlc.runtime import fetch
+    from dlc.runtime.data import download as fetch
     for name in args.names:
         fetch.known(name)           # every name checked before anything is downloaded
     for name in args.names:
@@ -403,7 +405,7 @@ def cmd_data_fetch(args):
 
 
 def cmd_data_list(args):
-    from dlc.runtime import fetch
+    from dlc.runtime.data import download as fetch
     print(fetch.listing())
 
 
@@ -430,7 +432,7 @@ WEIGHTS_HELP = "a checkpoint (.npz) or .safetensors file, in dlc's or torch.nn's
 
 
 def parser() -> argparse.ArgumentParser:
-    from dlc.compiler import passes as P
+    from dlc.compiler.passes import optimize as P
     p = argparse.ArgumentParser(prog="dlc", description="A compiler for neural networks written in .dl files.")
     p.add_argument("--version", action="version", version=f"dlc {dlc.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", help="one of these; dlc COMMAND -h for its options")

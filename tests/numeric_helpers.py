@@ -8,13 +8,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dlc.compiler import ops
-from dlc.compiler.autodiff import train_step
-from dlc.compiler.dims import numel
+from dlc.compiler.ir import ops
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.ir.dims import numel
 from dlc.compiler.errors import DlcError
-from dlc.compiler.loader import load_text
-from dlc.compiler.graph import Graph, TensorType
-from dlc.runtime import interpreter
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.ir.graph import Graph, TensorType
+from dlc.runtime.engines import interpreter
 
 F64 = "f64"
 

@@ -1,4 +1,4 @@
-"""The compile cache (runtime/cache.py) never runs a bad entry: it recompiles and replaces it.
+"""The compile cache (runtime/engines/cache.py) never runs a bad entry: it recompiles and replaces it.
 
 The runs that load a corrupted entry are subprocesses, so a crash in native code fails the
 test instead of the test run.
@@ -18,7 +18,7 @@ import pytest
 from llvmlite import ir
 
 from dlc.compiler.errors import DlcError
-from dlc.runtime import cache
+from dlc.runtime.engines import cache
 
 XOR = Path(__file__).parent.parent / "examples" / "xor_mlp.dl"
 
@@ -184,8 +184,8 @@ def test_a_step_entry_with_argument_slots_outside_the_table_is_refused(tmp_path,
     """The argument slots index the engine's pointer table: a step entry (written by this user,
     with a valid header: only a bug or a hand could make it) whose slots lie outside the table
     is an error, never a read outside it."""
-    from dlc.compiler.loader import load_text
-    from dlc.runtime.native import NativeEngine
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.runtime.engines.native import NativeEngine
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
     src = "model m {\n input x: f32[B, 3]\n y = dense(x, 2)\n output y = y\n}\n"
     model = load_text(src, "m.dl").build(None, training=False)

@@ -1,11 +1,11 @@
-"""The native thread team follows the cores other processes leave free (runtime/cores.py)."""
+"""The native thread team follows the cores other processes leave free (runtime/engines/cores.py)."""
 import subprocess
 import sys
 import time
 
 import pytest
 
-from dlc.runtime import cores
+from dlc.runtime.engines import cores
 
 
 class FakeMachine:

@@ -1,4 +1,4 @@
-"""Data loading (`dlc.runtime.data`): every source, loading files by extension, meta and
+"""Data loading (`dlc.runtime.data.sources`): every source, loading files by extension, meta and
 shapes, determinism, splits, augmentation, and a clear DlcError for every bad input."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime import data as D
-from dlc.runtime.config import Call, Symbol
+from dlc.runtime.data import sources as D
+from dlc.runtime.training.settings import Call, Symbol
 
 EXAMPLES = Path(D.__file__).resolve().parent.parent / "examples"
 

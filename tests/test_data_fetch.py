@@ -1,4 +1,4 @@
-"""`dlc data fetch` and `dlc data list` (runtime.fetch) against a local HTTP server, and the
+"""`dlc data fetch` and `dlc data list` (runtime.data.download) against a local HTTP server, and the
 data sources that read what they fetch (mnist(), cifar10(), ...): small fake data sets in
 the official formats (gzipped IDX files, a tar.gz of CIFAR's pickled batches) stand for the
 real ones, with their checksums computed here."""
@@ -24,9 +24,9 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime import data as D, fetch
+from dlc.runtime.data import sources as D, download as fetch
 from dlc.runtime.cli import main
-from dlc.runtime.config import Call
+from dlc.runtime.training.settings import Call
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -1,4 +1,4 @@
-"""Data-parallel `dlc train` on MPI (runtime/distributed.py): 2 ranks on this machine against
+"""Data-parallel `dlc train` on MPI (runtime/engines/distributed.py): 2 ranks on this machine against
 one process. The tests that launch ranks need mpi4py and an mpirun (the `mpi` extra, which
 CI installs) and are skipped with the reason otherwise."""
 import json
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlc.runtime import distributed
-from dlc.runtime.trainer import batch_bounds
+from dlc.runtime.engines import distributed
+from dlc.runtime.training.trainer import batch_bounds
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
@@ -178,12 +178,12 @@ def test_a_last_batch_too_small_to_share_joins_the_one_before():
 def test_sync_batchnorm_in_one_process_compiles_what_it_compiles_without(tmp_path):
     """One process: sync_batchnorm = true builds no replica_mean, and the train step's
     kernel program is the one without the setting."""
-    from dlc.compiler.loader import load
+    from dlc.compiler.frontend.loader import load
     from dlc.compiler.native.lower import lower
     from dlc.compiler.native.render import program
-    from dlc.compiler.passes import optimize
-    from dlc.compiler.autodiff import train_step
-    from dlc.runtime.trainer import Trainer
+    from dlc.compiler.passes.optimize import optimize
+    from dlc.compiler.passes.autodiff import train_step
+    from dlc.runtime.training.trainer import Trainer
     kernels = []
     for text in (SYNC_CNN, SYNC_CNN.replace("sync_batchnorm = true", "")):
         trainer = Trainer(load(str(model_file(tmp_path, text))), None, {}, tmp_path / "out")
@@ -198,11 +198,11 @@ def test_replica_mean_calls_the_engines_replicas(backend):
     engines call it for the batch statistics and their gradients (the native one from its
     step, through a host call) and agree; an error in it stops the step."""
     from dlc.compiler.errors import DlcError
-    from dlc.compiler.loader import load_text
-    from dlc.runtime.backends import make_engine
-    from dlc.runtime.config import Call
-    from dlc.runtime.optim import make_optimizer
-    from dlc.runtime.trainer import initial_parameters
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.runtime.engines.backends import make_engine
+    from dlc.runtime.training.settings import Call
+    from dlc.runtime.training.optim import make_optimizer
+    from dlc.runtime.training.trainer import initial_parameters
     prog = load_text(SYNC_CNN, "cnn.dl")
     train, ev = prog.build(training=True, replicas=2), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
@@ -254,7 +254,7 @@ def test_two_ranks_train_as_one_process(tmp_path, name, text):
 
 
 def _meta(path: Path) -> dict:
-    from dlc.runtime import checkpoint
+    from dlc.runtime.training import checkpoint
     return checkpoint.load(path)[2]
 
 
@@ -379,11 +379,11 @@ def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path):
 @pytest.mark.parametrize("backend", ["native", "reference"])
 def test_the_split_step_is_the_single_call(backend):
     """gradients + apply_update (a distributed step's two halves) update exactly as train_step."""
-    from dlc.compiler.loader import load_text
-    from dlc.runtime.backends import make_engine
-    from dlc.runtime.config import Call
-    from dlc.runtime.optim import make_optimizer
-    from dlc.runtime.trainer import initial_parameters
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.runtime.engines.backends import make_engine
+    from dlc.runtime.training.settings import Call
+    from dlc.runtime.training.optim import make_optimizer
+    from dlc.runtime.training.trainer import initial_parameters
     prog = load_text(BATCHNORM, "bn.dl")
     train, ev = prog.build(training=True), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
@@ -417,7 +417,7 @@ def test_the_checksum_sees_ranks_that_differ(tmp_path):
     script.write_text("""
 import numpy as np
 from dlc.compiler.errors import DlcError
-from dlc.runtime import distributed
+from dlc.runtime.engines import distributed
 world = distributed.world()
 params = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
 world.checksum(params, 1)

@@ -2,11 +2,11 @@
 import numpy as np
 import pytest
 
-from dlc.compiler.dims import Dim
+from dlc.compiler.ir.dims import Dim
 from dlc.compiler.errors import DlcError
-from dlc.compiler.loader import load, load_text
-from dlc.runtime import interpreter
-from dlc.runtime.gradcheck import init_params
+from dlc.compiler.frontend.loader import load, load_text
+from dlc.runtime.engines import interpreter
+from dlc.runtime.training.gradcheck import init_params
 
 
 def build(src, training=True):

@@ -173,7 +173,7 @@ def test_mutants_are_reproducible_and_use_every_mutation(corpus):
 
 
 def test_minimize_keeps_the_failure_and_drops_the_rest():
-    from dlc.compiler.syntax import Number, parse
+    from dlc.compiler.frontend.syntax import Number, parse
 
     def has_inf(data: bytes) -> bool:       # parses, and holds a number that overflows to inf
         try:

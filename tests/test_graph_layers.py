@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from dlc.compiler import autodiff
-from dlc.compiler import graph as G
-from dlc.compiler.loader import load, load_text
+from dlc.compiler.passes import autodiff
+from dlc.compiler.ir import graph as G
+from dlc.compiler.frontend.loader import load, load_text
 from dlc.runtime.cli import main
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

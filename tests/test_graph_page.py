@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dlc.compiler import autodiff
-from dlc.compiler.loader import load
+from dlc.compiler.passes import autodiff
+from dlc.compiler.frontend.loader import load
 from dlc.compiler.native.lower import lower
-from dlc.compiler.passes import optimize
+from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.cli import main
 from dlc.tools.graph_page_shot import CHROMIUM, chromium_page, open_page
 

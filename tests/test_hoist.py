@@ -1,14 +1,14 @@
-"""Hoisting the weight-gradient accumulations out of backward scans (compiler/hoist.py)."""
+"""Hoisting the weight-gradient accumulations out of backward scans (compiler/passes/hoist.py)."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dlc.compiler.autodiff import copy_graph, train_step
-from dlc.compiler.loader import load, load_text
-from dlc.compiler.hoist import hoist_accumulators
-from dlc.runtime.gradcheck import init_params, sample_inputs
-from dlc.runtime.interpreter import run
+from dlc.compiler.passes.autodiff import copy_graph, train_step
+from dlc.compiler.frontend.loader import load, load_text
+from dlc.compiler.passes.hoist import hoist_accumulators
+from dlc.runtime.training.gradcheck import init_params, sample_inputs
+from dlc.runtime.engines.interpreter import run
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 RECURRENT = ["simple_rnn", "char_lstm", "gru_forecast", "bilstm_tagger", "stacked_gru", "seq2seq",

@@ -65,8 +65,8 @@ def import_graph() -> nx.DiGraph:
 def test_the_import_graph_covers_the_package():
     graph = import_graph()
     assert "dlc.compiler.native.lower" in graph
-    assert ("dlc.runtime.trainer", "dlc.runtime.data") in graph.edges      # absolute
-    assert ("dlc.compiler.passes", "dlc.compiler.graph") in graph.edges    # relative
+    assert ("dlc.runtime.training.trainer", "dlc.runtime.data.sources") in graph.edges      # absolute
+    assert ("dlc.compiler.passes.optimize", "dlc.compiler.ir.graph") in graph.edges    # relative
 
 
 def test_no_import_cycles():

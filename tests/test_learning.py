@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import dlc
-from dlc.runtime import data
-from dlc.runtime.config import Call
+from dlc.runtime.data import sources as data
+from dlc.runtime.training.settings import Call
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).parent.parent / "examples"

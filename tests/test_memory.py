@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 
 from dlc.compiler.native import memory
-from dlc.compiler.autodiff import train_step
-from dlc.compiler.loader import load
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.frontend.loader import load
 from dlc.compiler.native.lower import lower
 from dlc.compiler.native.program import (Affine, FusedMapKernel, Gather, Guarded, KernelProgram, Load, MapKernel, Op,
                                          Random, ScanKernel)
-from dlc.compiler.passes import optimize
-from dlc.runtime.config import Call
-from dlc.runtime.engine import ReferenceEngine
-from dlc.runtime.gradcheck import init_params, sample_inputs
-from dlc.runtime.native import Executable, NativeEngine
-from dlc.runtime.optim import make_optimizer
+from dlc.compiler.passes.optimize import optimize
+from dlc.runtime.training.settings import Call
+from dlc.runtime.engines.reference import ReferenceEngine
+from dlc.runtime.training.gradcheck import init_params, sample_inputs
+from dlc.runtime.engines.native import Executable, NativeEngine
+from dlc.runtime.training.optim import make_optimizer
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 SIZES = {"B": 4, "T": 5, "S": 6}

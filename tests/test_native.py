@@ -5,17 +5,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlc.compiler.autodiff import train_step
-from dlc.compiler.loader import load, load_text
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.frontend.loader import load, load_text
 from dlc.compiler.native import render
 from dlc.compiler.native.lower import lower
-from dlc.compiler.passes import optimize
-from dlc.runtime import interpreter
-from dlc.runtime.config import Call
-from dlc.runtime.engine import ReferenceEngine
-from dlc.runtime.gradcheck import init_params, sample_inputs
-from dlc.runtime.native import NativeEngine
-from dlc.runtime.optim import make_optimizer
+from dlc.compiler.passes.optimize import optimize
+from dlc.runtime.engines import interpreter
+from dlc.runtime.training.settings import Call
+from dlc.runtime.engines.reference import ReferenceEngine
+from dlc.runtime.training.gradcheck import init_params, sample_inputs
+from dlc.runtime.engines.native import NativeEngine
+from dlc.runtime.training.optim import make_optimizer
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -240,9 +240,9 @@ model m {
 
 
 def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):
-    from dlc.runtime import cache
-    from dlc.runtime.native import Executable
-    from dlc.compiler.autodiff import train_step
+    from dlc.runtime.engines import cache
+    from dlc.runtime.engines.native import Executable
+    from dlc.compiler.passes.autodiff import train_step
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
     graph = train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph)
     cache.gemm_symbols()        # the GEMM library, compiled once per process, is not this model's compile

@@ -4,7 +4,7 @@ Every primitive a model can produce and every layer, activation and loss of the 
 library is compiled once (symbolic dims stay symbolic: one compile serves every shape)
 and run on several shapes, including the odd sizes 1, 7, 13 and 129 and one shape drawn
 at random per case. The forward values and the gradients of the compiled code must agree
-with runtime/interpreter.py in float32 to a relative 1e-4 (with an absolute floor scaled
+with runtime/engines/interpreter.py in float32 to a relative 1e-4 (with an absolute floor scaled
 by the largest magnitude of the array, for entries that are rounding noise around zero).
 
 Two harnesses:
@@ -26,17 +26,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlc.compiler import ops
-from dlc.compiler.autodiff import backward, train_step
-from dlc.compiler.dims import Dim, concrete
-from dlc.compiler.loader import load_text
-from dlc.compiler.graph import Graph, Tensor, TensorType
-from dlc.compiler.primitives import PRIMITIVES
+from dlc.compiler.ir import ops
+from dlc.compiler.passes.autodiff import backward, train_step
+from dlc.compiler.ir.dims import Dim, concrete
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.ir.graph import Graph, Tensor, TensorType
+from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native import parallel
 from dlc.compiler.native.lower import NotLowerable
-from dlc.runtime import gradcheck as gc
-from dlc.runtime import interpreter
-from dlc.runtime.native import Executable
+from dlc.runtime.training import gradcheck as gc
+from dlc.runtime.engines import interpreter
+from dlc.runtime.engines.native import Executable
 from numeric_helpers import ops_in
 
 RTOL = 1e-4
@@ -878,6 +878,6 @@ def test_every_primitive_is_covered_on_every_dtype_its_type_rule_accepts():
         covered |= {(graph.op(n), operand_dtype(graph, n)) for n in graph.g.nodes if graph.inputs(n)}
     wanted = {(p.name, d) for p in PRIMITIVES.values() if p.kind == "elementwise" or p.name in REDUCTIONS
               for d in p.dtypes if d in TESTED_DTYPES and (p.name, d) != ("reduce_sum", "bool")}
-    # reduce_sum never sees a bool: `sum` and `mean` count trues in i32 (compiler/builtins.py)
+    # reduce_sum never sees a bool: `sum` and `mean` count trues in i32 (compiler/frontend/builtins.py)
     missing = wanted - covered
     assert not missing, f"(primitive, dtype) without a native test: {sorted(missing)}"

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError
-from dlc.runtime import gradcheck as gc
+from dlc.runtime.training import gradcheck as gc
 from dlc.runtime.api import DlcModel
-from dlc.runtime.optim import make_optimizer
-from dlc.runtime.config import Call
+from dlc.runtime.training.optim import make_optimizer
+from dlc.runtime.training.settings import Call
 
 ENGINES = ["native", "reference"]
 
@@ -115,7 +115,7 @@ def test_an_index_computed_from_the_data_is_checked_in_the_kernel(tmp_path, back
 
 
 def _train_engine(model: DlcModel):
-    from dlc.runtime.backends import make_engine
+    from dlc.runtime.engines.backends import make_engine
     opt = make_optimizer(Call("adam", [], {"lr": 0.1}))
     return make_engine(model.backend, model.train_model, model.eval_model, opt,
                        [p.name for p in model.train_model.params])
@@ -430,9 +430,9 @@ F64_WINDOWS = """model m {
 def test_a_contraction_or_window_on_f64_is_refused_natively_and_runs_on_the_reference(tmp_path, capsys):
     """The GEMM and the window kernels compute in f32: on f64 they were an internal error
     of LLVM's IR builder; now the op and its line, and `auto` falls back with a warning."""
-    from dlc.compiler.loader import load
+    from dlc.compiler.frontend.loader import load
     from dlc.compiler.native.lower import NotLowerable
-    from dlc.runtime.backends import make_engine
+    from dlc.runtime.engines.backends import make_engine
     model = load(write(tmp_path, "f64.dl", F64_WINDOWS)).build(None, training=False)
     with pytest.raises(NotLowerable) as e:
         make_engine("native", model, model)

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip("onnx")
 import onnx  # noqa: E402
 
-from dlc.compiler.onnx_ops import RULES  # noqa: E402
+from dlc.compiler.onnx.rules import RULES  # noqa: E402
 from dlc.tools.onnx_conformance import DOC, ENGINES, is_float32, node_cases, run_batched, table  # noqa: E402
 
 REASONS = {"op", "dtype", "attribute", "shape", "input", "opset", "native"}

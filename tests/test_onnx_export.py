@@ -1,4 +1,4 @@
-"""ONNX export (compiler/onnx_export.py): onnxruntime runs the exported file and gives
+"""ONNX export (compiler/onnx/export.py): onnxruntime runs the exported file and gives
 dlc's predictions.
 
 Every example, every standard-library layer (the model cases of tests/test_native_ops.py,
@@ -20,17 +20,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from dlc.compiler.dims import Dim, symbols
+from dlc.compiler.ir.dims import Dim, symbols
 from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.graph import Graph, Tensor, TensorType
-from dlc.compiler.loader import load_text
-from dlc.compiler.model import Model, ModelInput
-from dlc.compiler.onnx_export import EXPORT_RULES, NOT_EXPORTABLE, save_onnx, to_onnx
-from dlc.compiler.primitives import PRIMITIVES
-from dlc.runtime import checkpoint, interpreter
-from dlc.runtime import gradcheck as gc
+from dlc.compiler.ir.graph import Graph, Tensor, TensorType
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.frontend.model import Model, ModelInput
+from dlc.compiler.onnx.export import EXPORT_RULES, NOT_EXPORTABLE, save_onnx, to_onnx
+from dlc.compiler.ir.primitives import PRIMITIVES
+from dlc.runtime.training import checkpoint
+from dlc.runtime.engines import interpreter
+from dlc.runtime.training import gradcheck as gc
 from dlc.runtime.api import DlcModel
-from dlc.runtime.engine import predict_graph
+from dlc.runtime.engines.reference import predict_graph
 from numeric_helpers import ops_in
 from test_native_ops import (ACTIVATIONS, LAYERS, MODEL_INPUTS, PRIMS, SCAN_PARAMS, SCANS, SLOW_LAYERS, case_rng,
                              primitive_feeds)
@@ -435,7 +436,7 @@ model classifier {
 
 
 def test_the_module_imports_without_onnx():
-    code = "import sys, dlc.compiler.onnx_export; assert 'onnx' not in sys.modules"
+    code = "import sys, dlc.compiler.onnx.export; assert 'onnx' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -1,4 +1,4 @@
-"""`dlc import`: ONNX models as .dl programs and checkpoints (compiler/onnx_import.py), checked
+"""`dlc import`: ONNX models as .dl programs and checkpoints (compiler/onnx/importer.py), checked
 against onnxruntime; fine-tuning an imported model; the errors of a bad file or model."""
 import re
 import subprocess
@@ -12,9 +12,9 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper as h, numpy_helper  # noqa: E402
 
 from dlc.compiler.errors import DlcError  # noqa: E402
-from dlc.compiler.loader import load  # noqa: E402
-from dlc.compiler.onnx_import import Unsupported, import_model, read_model  # noqa: E402
-from dlc.runtime import checkpoint  # noqa: E402
+from dlc.compiler.frontend.loader import load  # noqa: E402
+from dlc.compiler.onnx.importer import Unsupported, import_model, read_model  # noqa: E402
+from dlc.runtime.training import checkpoint  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402
 
@@ -354,7 +354,7 @@ def test_a_node_whose_values_a_rule_cannot_read_is_refused_where_it_is(tmp_path,
     """A rule that meets values it does not handle (a TypeError, say, from symbolic dims in
     an input it reads as numbers) refuses the node with its name, op and opset: never an
     internal error."""
-    import dlc.compiler.onnx_ops as ops
+    import dlc.compiler.onnx.rules as ops
 
     def confused(node):
         raise TypeError("slice indices must be integers")
@@ -431,7 +431,7 @@ def test_cli_import_errors_exit_1_without_a_traceback(tmp_path):
 
 def test_the_docs_list_the_ops_with_a_rule():
     from pathlib import Path
-    from dlc.compiler.onnx_ops import RULES
+    from dlc.compiler.onnx.rules import RULES
     doc = (Path(__file__).parent.parent / "docs" / "interop.md").read_text()
     listed = doc.split("The ops with a rule")[1].split(".\n")[0]
     assert sorted(re.findall(r"\b[A-Z][A-Za-z0-9]+\b", listed.split(":", 1)[1])) == sorted(RULES)
@@ -441,7 +441,7 @@ def test_the_docs_list_the_ops_with_a_rule():
 @pytest.mark.parametrize("engine", ["reference", "native"])
 def test_the_backend_runs_nodes_and_models(engine):
     from onnx.backend.base import Backend
-    from dlc.runtime.onnx_backend import DlcBackend
+    from dlc.runtime.interop.onnx_backend import DlcBackend
     assert issubclass(DlcBackend, Backend)
     assert DlcBackend.supports_device("CPU") and not DlcBackend.supports_device("CUDA")
     x = RNG.standard_normal((2, 6)).astype(np.float32)

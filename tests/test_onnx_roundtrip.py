@@ -8,9 +8,9 @@ from pathlib import Path
 import onnx
 import pytest
 
-from dlc.compiler.loader import load_text
-from dlc.compiler.onnx_import import import_model
-from dlc.runtime import checkpoint
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.onnx.importer import import_model
+from dlc.runtime.training import checkpoint
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
 from test_onnx_export import EXAMPLES, SIZES, assert_close, exported, float32_feeds, initial_params, run_onnx

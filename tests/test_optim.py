@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError
-from dlc.runtime.config import Call
-from dlc.runtime.optim import make_optimizer, make_schedule
+from dlc.runtime.training.settings import Call
+from dlc.runtime.training.optim import make_optimizer, make_schedule
 
 C = np.array([1.0, 3.0])
 W0 = np.array([1.0, -2.0])

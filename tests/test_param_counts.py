@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from dlc.compiler.dims import numel
+from dlc.compiler.ir.dims import numel
 
 from numeric_helpers import build, state_count, trainable_count
 
@@ -127,6 +127,6 @@ def test_mlp_3_4_4_1_matches_torch():
 
 
 def test_summary_reports_the_same_count():
-    from dlc.compiler.summary import summary
+    from dlc.compiler.frontend.summary import summary
     text = summary(build(MLP))
     assert "Trainable parameters:     41" in text

@@ -1,4 +1,4 @@
-"""The graph passes (compiler/passes.py): every example's train step computes the same
+"""The graph passes (compiler/passes/optimize.py): every example's train step computes the same
 values after optimize(), each rewrite fires where it should and not where it would
 change a value, and the pass manager and its command-line flags."""
 from __future__ import annotations
@@ -10,14 +10,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlc.compiler import ops, passes
-from dlc.compiler.autodiff import train_step
-from dlc.compiler.dims import Dim
-from dlc.compiler.loader import load
-from dlc.compiler.graph import Graph, TensorType, to_text
-from dlc.runtime import interpreter
+from dlc.compiler.ir import ops
+from dlc.compiler.passes import optimize as passes
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.ir.dims import Dim
+from dlc.compiler.frontend.loader import load
+from dlc.compiler.ir.graph import Graph, TensorType, to_text
+from dlc.runtime.engines import interpreter
 from dlc.runtime.cli import main, parser
-from dlc.runtime.gradcheck import sample_inputs
+from dlc.runtime.training.gradcheck import sample_inputs
 
 ROOT = Path(__file__).parent.parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.dl"))
@@ -260,7 +261,7 @@ def test_every_running_command_takes_threads(command, capsys):
 
 
 def test_threads_sets_the_native_thread_count(tmp_path, monkeypatch, capsys):
-    from dlc.runtime.cores import threads
+    from dlc.runtime.engines.cores import threads
     monkeypatch.setenv("DLC_NUM_THREADS", "2")      # restored after the test
     assert main(["train", XOR, "--epochs", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
     assert os.environ["DLC_NUM_THREADS"] == "1" and threads() == 1

@@ -14,12 +14,12 @@ import threading
 import numpy as np
 import pytest
 
-from dlc.compiler import ops
-from dlc.compiler.autodiff import train_step
-from dlc.compiler.graph import TensorType
-from dlc.compiler.loader import load_text
-from dlc.runtime import gradcheck as gc
-from dlc.runtime import interpreter
+from dlc.compiler.ir import ops
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.ir.graph import TensorType
+from dlc.compiler.frontend.loader import load_text
+from dlc.runtime.training import gradcheck as gc
+from dlc.runtime.engines import interpreter
 
 from numeric_helpers import (F64, build, check_graph_gradient, forward, gradients, graph_with_params, numeric_grad,
                              ops_in, rel_error, weighted_sum_loss)
@@ -613,7 +613,7 @@ def test_gradients_are_float64_accurate():
 class ThreadReplicas:
     """replica_mean among K threads that each run the graph on their slice of a batch: each
     thread's value, weighted by its share of the batch, summed over the threads (an
-    allreduce, as runtime/distributed.py ReplicaMean does over MPI)."""
+    allreduce, as runtime/engines/distributed.py ReplicaMean does over MPI)."""
 
     def __init__(self, shares: list):
         self.shares, self.values = shares, [None] * len(shares)

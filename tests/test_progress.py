@@ -1,4 +1,4 @@
-"""What a training run shows while it runs (runtime/progress.py): the redrawn line on a
+"""What a training run shows while it runs (runtime/training/progress.py): the redrawn line on a
 terminal, a line per epoch elsewhere, -q, --log-every, tqdm's bar in a notebook."""
 import os
 import re
@@ -66,8 +66,8 @@ def test_the_progress_line_fits_80_columns_and_is_redrawn_at_most_ten_times_a_se
     monkeypatch.setattr("sys.stderr", terminal)
     monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(80, 24): _os.terminal_size((80, 24)))
     clock = {"t": 0.0}
-    monkeypatch.setattr("dlc.runtime.trainer.time.perf_counter", lambda: clock["t"])
-    from dlc.runtime import trainer as T
+    monkeypatch.setattr("dlc.runtime.training.trainer.time.perf_counter", lambda: clock["t"])
+    from dlc.runtime.training import trainer as T
     original = T.Trainer.progress
 
     def progress(self, *args):
@@ -96,7 +96,7 @@ def test_on_a_terminal_each_epoch_line_replaces_the_progress_line_and_fits_it(tm
 
 def test_a_nan_stop_ends_the_progress_line_before_the_error(tmp_path, monkeypatch):
     terminal = fake_terminal(monkeypatch)
-    monkeypatch.setattr("dlc.runtime.progress.REDRAW_S", 0)      # every step drawn: the line is there at the NaN
+    monkeypatch.setattr("dlc.runtime.training.progress.REDRAW_S", 0)      # every step drawn: the line is there at the NaN
     src = Path(DIGITS_MLP).read_text().replace("optimizer  = adam(lr = 1e-3)",
                                                "optimizer  = sgd(lr = 1e-3)\n    schedule = step(1, 1e33)")
     (tmp_path / "m.dl").write_text(src)

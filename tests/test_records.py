@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.graph import DTYPES, Graph, TensorType
+from dlc.compiler.ir.graph import DTYPES, Graph, TensorType
 from dlc.compiler.native.lower import lowering_rule
 from dlc.compiler.native.scalar import EMIT
-from dlc.compiler.primitives import PRIMITIVES
+from dlc.compiler.ir.primitives import PRIMITIVES
 
 COMPILER = Path(__file__).parent.parent / "compiler"
 CLASS = {"f32": "float", "f64": "float", "i32": "int", "i64": "int", "bool": "bool"}
@@ -80,7 +80,7 @@ def module_imports() -> dict:
 
 def test_no_module_level_import_cycle_in_the_compiler():
     graph = module_imports()
-    assert "compiler.primitives" in graph and "compiler.native.lower" in graph
+    assert "compiler.ir.primitives" in graph and "compiler.native.lower" in graph
     done, path = set(), []
 
     def visit(m):

@@ -1,5 +1,5 @@
 """Resources: a model or batch that cannot fit in memory is refused with the numbers before
-anything is allocated (runtime/budget.py), and native compile time grows linearly with
+anything is allocated (runtime/engines/budget.py), and native compile time grows linearly with
 a model's depth."""
 import gc
 import json
@@ -15,17 +15,17 @@ import numpy as np
 import pytest
 
 from dlc.compiler.native import memory
-from dlc.compiler.autodiff import train_step
+from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.native.driver import build_module
 from dlc.compiler.errors import DlcError
-from dlc.compiler.loader import load_text
+from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.native.lower import lower
-from dlc.compiler.passes import optimize
+from dlc.compiler.passes.optimize import optimize
 from dlc.compiler.native import jit
 from dlc.runtime.api import DlcModel
-from dlc.runtime.config import Call
-from dlc.runtime.native import NativeEngine
-from dlc.runtime.optim import make_optimizer
+from dlc.runtime.training.settings import Call
+from dlc.runtime.engines.native import NativeEngine
+from dlc.runtime.training.optim import make_optimizer
 
 ENGINES = ["reference", "native"]
 
@@ -198,8 +198,8 @@ def test_kernels_alike_are_compiled_once():
 
 @pytest.mark.parametrize("optimizer", [Call("adam", [], {"lr": 1e-2}), Call("sgd", [], {"lr": 0.1})])
 def test_a_deep_model_of_shared_kernels_trains_as_the_reference(optimizer):
-    from dlc.runtime.engine import ReferenceEngine
-    from dlc.runtime.gradcheck import init_params, sample_inputs
+    from dlc.runtime.engines.reference import ReferenceEngine
+    from dlc.runtime.training.gradcheck import init_params, sample_inputs
     model = load_text(mlp(8))
     train, evaluation = model.build(None, training=True), model.build(None, training=False)
     names = [p.name for p in train.params]

@@ -3,11 +3,11 @@ as dims in input and argument types (language.md sections 2, 3 and 5.4)."""
 import numpy as np
 import pytest
 
-from dlc.compiler.dims import Dim
+from dlc.compiler.ir.dims import Dim
 from dlc.compiler.errors import DlcError
-from dlc.compiler.loader import load_text
-from dlc.runtime.config import Call
-from dlc.runtime.gradcheck import gradcheck, init_params, sample_inputs
+from dlc.compiler.frontend.loader import load_text
+from dlc.runtime.training.settings import Call
+from dlc.runtime.training.gradcheck import gradcheck, init_params, sample_inputs
 
 from numeric_helpers import build, forward, gradients, param_names, trainable_count
 from test_native import assert_same_training

@@ -2,8 +2,8 @@
 activation, attention form and loss of the standard library, without PyTorch."""
 import pytest
 
-from dlc.compiler.loader import load_text
-from dlc.runtime import gradcheck as gc
+from dlc.compiler.frontend.loader import load_text
+from dlc.runtime.training import gradcheck as gc
 
 # name -> model body, over the inputs x: f32[B, T, 6] and img: f32[B, 2, 6, 6]
 CASES = {

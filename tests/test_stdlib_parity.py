@@ -8,7 +8,7 @@ differentiate is sum(y * r) for a fixed random r per output.
 The torch side runs the real torch.nn module through torch.func.functional_call with
 parameters computed from the dlc-layout tensors (W.T, concatenations, ...), so autograd
 hands back gradients in dlc's layout directly. Composite layers (recurrent, attention,
-transformer) get them by dlc's own mapping to torch.nn's names (runtime/torch_layout.py),
+transformer) get them by dlc's own mapping to torch.nn's names (runtime/interop/torch_layout.py),
 which these tests so check too.
 """
 from __future__ import annotations
@@ -24,8 +24,8 @@ nn = torch.nn
 F = torch.nn.functional
 from torch.func import functional_call  # noqa: E402
 
-from dlc.compiler.dims import concrete  # noqa: E402
-from dlc.runtime.torch_layout import TorchLayout  # noqa: E402
+from dlc.compiler.ir.dims import concrete  # noqa: E402
+from dlc.runtime.interop.torch_layout import TorchLayout  # noqa: E402
 from numeric_helpers import assert_close, build, check_params_given, forward, gradients  # noqa: E402
 
 DT = torch.float64
@@ -865,7 +865,7 @@ def test_every_layer_is_covered():
 
 def test_same_padding_at_a_stride_is_refused_at_the_call():
     from dlc.compiler.errors import DlcError
-    from dlc.compiler.loader import load_text
+    from dlc.compiler.frontend.loader import load_text
     text = 'model m {\n    input x: f32[B, 3, 8, 8]\n    output y = conv2d(x, 4, 3, 2, padding = "same")\n}\n'
     with pytest.raises(DlcError) as e:
         load_text(text).build(None, training=False)

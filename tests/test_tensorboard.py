@@ -1,4 +1,4 @@
-"""`dlc train --tensorboard DIR`: TensorBoard event files, read back (runtime/tensorboard.py)."""
+"""`dlc train --tensorboard DIR`: TensorBoard event files, read back (runtime/training/tensorboard.py)."""
 import json
 import struct
 import sys

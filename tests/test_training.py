@@ -10,9 +10,9 @@ import pytest
 
 import dlc
 from dlc.compiler.errors import DlcError
-from dlc.runtime import checkpoint
+from dlc.runtime.training import checkpoint
 from dlc.runtime.cli import main
-from dlc.runtime.engine import ReferenceEngine
+from dlc.runtime.engines.reference import ReferenceEngine
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
@@ -69,7 +69,7 @@ def _adagrad_by_hand(w, c, lr=0.1):
 def test_optimizer_steps_through_the_trainer(tmp_path, optimizer, by_hand):
     path = tmp_path / "q.dl"
     path.write_text(QUADRATIC)
-    from dlc.runtime.trainer import parse_setting
+    from dlc.runtime.training.trainer import parse_setting
     spec = parse_setting(optimizer, "optimizer")
     result = dlc.load(str(path)).train(out=str(tmp_path / "run"), log=lambda m: None,
                                        optimizer=spec.name, lr=spec.kwargs["lr"])
@@ -79,7 +79,7 @@ def test_optimizer_steps_through_the_trainer(tmp_path, optimizer, by_hand):
 
 def _interrupt_at(monkeypatch, step_to_interrupt):
     """Make the engines deliver a real SIGINT during one step."""
-    from dlc.runtime.native import NativeEngine
+    from dlc.runtime.engines.native import NativeEngine
     calls = {"n": 0}
     for cls in (ReferenceEngine, NativeEngine):
         def train_step(self, *args, original=cls.train_step, **kw):
@@ -121,7 +121,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_transfer_learning_with_frozen_convolutions(tmp_path, capsys):
-    from dlc.runtime import data
+    from dlc.runtime.data import sources as data
     digits = data.load(data.Call("digits") if hasattr(data, "Call") else _digits_call(), Path("."))
     x, y = digits.columns["x"], digits.columns["y"]
     low, high = y < 5, y >= 5
@@ -150,7 +150,7 @@ def test_transfer_learning_with_frozen_convolutions(tmp_path, capsys):
 
 
 def _digits_call():
-    from dlc.runtime.config import Call
+    from dlc.runtime.training.settings import Call
     return Call("digits")
 
 

@@ -17,13 +17,14 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.loader import load
-from dlc.runtime import checkpoint, data as D
+from dlc.compiler.frontend.loader import load
+from dlc.runtime.training import checkpoint
+from dlc.runtime.data import sources as D
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
-from dlc.runtime.config import Call
-from dlc.runtime.gradcheck import init_params
-from dlc.runtime.trainer import Trainer, make_config
+from dlc.runtime.training.settings import Call
+from dlc.runtime.training.gradcheck import init_params
+from dlc.runtime.training.trainer import Trainer, make_config
 from test_trust_training import CLASSIFIER  # a three-class model, shared
 
 EXAMPLES = Path(__file__).parent.parent / "examples"

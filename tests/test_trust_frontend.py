@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dlc.compiler import autodiff, graph as G
+from dlc.compiler.passes import autodiff
+from dlc.compiler.ir import graph as G
 from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.loader import load_text
-from dlc.compiler.passes import optimize
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.cli import main
-from dlc.runtime.optim import make_schedule
+from dlc.runtime.training.optim import make_schedule
 from test_errors import assert_located, prog
 
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.loader import load
-from dlc.runtime import data as D
+from dlc.compiler.frontend.loader import load
+from dlc.runtime.data import sources as D
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
-from dlc.runtime.config import Call
-from dlc.runtime.optim import clip_limit, make_optimizer, make_schedule
-from dlc.runtime.trainer import Trainer, batch_bounds
+from dlc.runtime.training.settings import Call
+from dlc.runtime.training.optim import clip_limit, make_optimizer, make_schedule
+from dlc.runtime.training.trainer import Trainer, batch_bounds
 
 ENGINES = ["reference", "native"]
 

@@ -1,5 +1,5 @@
 """`dlc export` and weights files: .safetensors in dlc's names and layouts and in torch.nn's
-(runtime/weights.py, runtime/torch_layout.py).
+(runtime/interop/weights.py, runtime/interop/torch_layout.py).
 
 In torch's layout every model is exported from a checkpoint by `dlc export --format torch`,
 loaded into its torch.nn twin with load_state_dict(strict=True), and must give the outputs
@@ -18,12 +18,13 @@ import pytest
 
 import dlc
 from dlc.compiler.errors import DlcError
-from dlc.compiler.loader import load, load_text
-from dlc.runtime import checkpoint, weights
+from dlc.compiler.frontend.loader import load, load_text
+from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import weights
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
-from dlc.runtime.torch_layout import CONTAINERS, LAYERS, NO_TORCH_MODULE, TorchLayout
-from dlc.runtime.trainer import Trainer, initial_parameters
+from dlc.runtime.interop.torch_layout import CONTAINERS, LAYERS, NO_TORCH_MODULE, TorchLayout
+from dlc.runtime.training.trainer import Trainer, initial_parameters
 
 torch = pytest.importorskip("torch")
 nn, F = torch.nn, torch.nn.functional

@@ -1,4 +1,4 @@
-"""Pretrained word vectors (runtime/vectors.py): GloVe and word2vec text files, the
+"""Pretrained word vectors (runtime/data/vectors.py): GloVe and word2vec text files, the
 `pretrained(path)` initializer on both engines, the `sentences` data source whose ids are
 the file's rows, a located error for every bad file, and the example that fine-tunes them."""
 from __future__ import annotations
@@ -13,10 +13,11 @@ import pytest
 
 import dlc
 from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.loader import load_text
-from dlc.runtime import api, data as D, vectors as V
+from dlc.compiler.frontend.loader import load_text
+from dlc.runtime import api
+from dlc.runtime.data import sources as D, vectors as V
 from dlc.runtime.cli import main
-from dlc.runtime.config import Call
+from dlc.runtime.training.settings import Call
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.autodiff import train_step
-from dlc.compiler.loader import load
-from dlc.runtime import interpreter
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.frontend.loader import load
+from dlc.runtime.engines import interpreter
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "xor_mlp.dl"
 

@@ -65,7 +65,7 @@ GAP = "GAP"
 def tokenize(text: str) -> list[Tok]:
     """The grammar's own lexer, keeping whitespace and comments (as GAP tokens), so the
     tokens join back into the text. Raises lark's UnexpectedInput on text it cannot lex."""
-    from dlc.compiler.syntax import _parser
+    from dlc.compiler.frontend.syntax import _parser
     parser = _parser()
     ignored = set(parser.ignore_tokens)
     return [Tok(GAP if t.type in ignored else t.type, str(t), t.line) for t in parser.lex(text, dont_ignore=True)]
@@ -77,8 +77,8 @@ def join(tokens: list[Tok]) -> str:
 
 def builtin_names() -> list[str]:
     """The builtins' and the standard library's function names."""
-    from dlc.compiler.builtins import BUILTINS
-    from dlc.compiler.loader import stdlib_env
+    from dlc.compiler.frontend.builtins import BUILTINS
+    from dlc.compiler.frontend.loader import stdlib_env
     return sorted(BUILTINS) + sorted(stdlib_env().vars)
 
 
@@ -336,12 +336,12 @@ def compare_engines(text: str, sizes: dict = MODEL_SIZES, lr: float = 0.1):
     parameters and batch: the losses, metrics and outputs agree to 1e-4, and each
     parameter's update to 1e-3 of its norm (a float32 gradient summed in another order)
     plus 1e-6 of the largest update."""
-    from dlc.compiler.loader import load_text
-    from dlc.runtime.config import Call
-    from dlc.runtime.engine import ReferenceEngine
-    from dlc.runtime.gradcheck import init_params, sample_inputs
-    from dlc.runtime.native import NativeEngine
-    from dlc.runtime.optim import make_optimizer
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.runtime.training.settings import Call
+    from dlc.runtime.engines.reference import ReferenceEngine
+    from dlc.runtime.training.gradcheck import init_params, sample_inputs
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.training.optim import make_optimizer
     program = load_text(text, "model.dl")
     train, evaluation = program.build(training=True), program.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]

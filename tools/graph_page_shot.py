@@ -52,7 +52,7 @@ def open_page(page, path: Path):
 
 def main(argv=None):
     from dlc.compiler.graph_page import page as graph_page
-    from dlc.compiler.loader import load
+    from dlc.compiler.frontend.loader import load
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("file", nargs="?", default=str(ROOT / "examples" / "resnet.dl"))
     p.add_argument("--out", default=str(ROOT / "docs" / "images" / "graph_page.png"))

@@ -6,7 +6,7 @@
 The node tests ship inside the onnx wheel (onnx.backend.test): each is a one-node model (or
 its expansion into a function body, `..._expanded`), inputs and the expected outputs,
 generated in-process by onnx.backend.test.loader.load_model_tests(kind="node"). Each case
-runs through runtime/onnx_backend.py and ends in one of
+runs through runtime/interop/onnx_backend.py and ends in one of
 
 - pass: every output has the expected shape and dtype and is within the case's tolerance;
 - fail: a wrong result, or any error that is not a refusal (a bug of dlc);
@@ -85,8 +85,8 @@ def _compare(case, expected, got):
 
 
 def run_case(case, engine: str) -> Outcome:
-    from dlc.compiler.onnx_import import Unsupported
-    from dlc.runtime.onnx_backend import DlcBackend
+    from dlc.compiler.onnx.importer import Unsupported
+    from dlc.runtime.interop.onnx_backend import DlcBackend
     try:
         rep = DlcBackend.prepare(case.model, engine=engine)
         for inputs, expected in case.data_sets:
@@ -105,7 +105,7 @@ def run_case(case, engine: str) -> Outcome:
 def batchable(case) -> bool:
     """One data set, no local functions, and no inputs the program needs as constants
     (those are bound per case): the case can sit in a merged model."""
-    from dlc.compiler.onnx_import import static_inputs
+    from dlc.compiler.onnx.importer import static_inputs
     return len(case.data_sets) == 1 and not case.model.functions and not static_inputs(case.model)
 
 
@@ -123,9 +123,9 @@ def merged_model(cases: list):
 
 def run_batched(cases: list, engine: str, size: int = 40) -> dict:
     """Outcomes by case name; cases that can share a program are compiled together."""
-    from dlc.compiler.onnx_import import Unsupported
-    from dlc.runtime.onnx_backend import DlcBackend
-    from dlc.compiler.onnx_import import import_model
+    from dlc.compiler.onnx.importer import Unsupported
+    from dlc.runtime.interop.onnx_backend import DlcBackend
+    from dlc.compiler.onnx.importer import import_model
     out, alone = {}, []
     groups = collections.defaultdict(list)
     for c in cases:

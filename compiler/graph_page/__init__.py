@@ -15,13 +15,13 @@ import json
 import re
 from importlib import resources
 
-from dlc.compiler import autodiff
+from dlc.compiler.passes import autodiff
 from dlc.compiler.errors import Span, source_lines
-from dlc.compiler.graph import PRIMITIVES, Graph, attrs_text, layer_label, layer_of, layer_tree, node_title
+from dlc.compiler.ir.graph import PRIMITIVES, Graph, attrs_text, layer_label, layer_of, layer_tree, node_title
 from dlc.compiler.graph_page.kernels import native_kernels
 from dlc.compiler.graph_page.layout import rows
-from dlc.compiler.model import Model
-from dlc.compiler.summary import count_text, node_flops
+from dlc.compiler.frontend.model import Model
+from dlc.compiler.frontend.summary import count_text, node_flops
 
 
 def page(model: Model, first: str = "forward") -> str:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import re
 
-from dlc.compiler.graph import Graph
+from dlc.compiler.ir.graph import Graph
 from dlc.compiler.native import jit, render
 from dlc.compiler.native.driver import build_module
 from dlc.compiler.native.lower import NotLowerable, lower
 from dlc.compiler.native.program import GemmKernel, ScanKernel
-from dlc.compiler.passes import optimize
+from dlc.compiler.passes.optimize import optimize
 
 DEFINE = re.compile(r'^define [^@]*@"?([^"(]+)"?\(')
 

@@ -8,7 +8,7 @@ next to its first reader, then a few barycenter sweeps to order each row.
 """
 from __future__ import annotations
 
-from dlc.compiler.graph import Graph, layer_of, layer_parent, layer_tree
+from dlc.compiler.ir.graph import Graph, layer_of, layer_parent, layer_tree
 
 SWEEPS = 2      # down-and-up passes of the barycenter ordering
 

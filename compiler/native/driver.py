@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from llvmlite import ir
 
-from dlc.compiler.dims import numel
+from dlc.compiler.ir.dims import numel
 
 from dlc.compiler.native import kernels
 from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
@@ -58,7 +58,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
 
     def library(name: str, fnty: ir.FunctionType) -> ir.Function:
-        """A routine of the GEMM library (runtime/cache.py), declared here."""
+        """A routine of the GEMM library (runtime/engines/cache.py), declared here."""
         fn = module.globals.get(name)
         return fn if fn is not None else ir.Function(module, fnty, name)
 

@@ -15,10 +15,10 @@ from typing import Callable
 
 import numpy as np
 
-from dlc.compiler.dims import Dim, numel, symbols
+from dlc.compiler.ir.dims import Dim, numel, symbols
 from dlc.compiler.errors import DlcError
-from dlc.compiler.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
-from dlc.compiler.primitives import PRIMITIVES
+from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
+from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.memory import accesses, linearize
 from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, HostCallKernel,
                       Guarded, Index, KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random,

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dlc.compiler.dims import concrete
-from dlc.compiler.graph import DTYPES
+from dlc.compiler.ir.dims import concrete
+from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel,
                       MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of,
                       leaves)

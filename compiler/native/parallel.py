@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.dims import numel
+from dlc.compiler.ir.dims import numel
 from dlc.compiler.native.builder import KernelBuilder
 from dlc.compiler.native.fpmode import current_mode, in_mode
 from dlc.compiler.native.gemm import declare

@@ -16,7 +16,7 @@ from typing import Callable
 
 from llvmlite import ir
 
-from dlc.compiler.primitives import PRIMITIVES
+from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.program import Op, Random
 from dlc.compiler.native.types import FAST, LL, dtype_class, f32, f64, i1, i32, i64, is_float
 

@@ -1,4 +1,4 @@
-"""The optimizer update in the step module: the update graph (compiler/update.py) lowered
+"""The optimizer update in the step module: the update graph (compiler/ir/update.py) lowered
 with lower.py, its last kernel rewritten to update the flat arrays in place.
 
 The update graph's last kernel is a fused map over the flat arrays that computes every
@@ -17,7 +17,7 @@ into one rounding unless the rule says so (ops.fma).
 """
 from __future__ import annotations
 
-from dlc.compiler.graph import Graph
+from dlc.compiler.ir.graph import Graph
 from dlc.compiler.native.lower import lower
 from dlc.compiler.native.program import (Affine, FusedMapKernel, KernelProgram, Load, MapKernel, Op, ReduceKernel,
                                          buffer_of, leaves)

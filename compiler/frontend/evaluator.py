@@ -1,0 +1,917 @@
+"""From AST to graph: name resolution, static evaluation, `def` expansion.
+
+The evaluator walks a model's statements. Static values (ints, floats, bools, strings,
+dims, tuples, functions) are computed on the spot; tensor expressions emit primitive
+nodes into the current graph. Each call of a `def` gets its own parameter scope, named
+after the binding it occurs in (`h1 = dense(x, 128)` gives `h1.W`, `h1.b`).
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+
+import numpy as np
+
+from dlc.compiler.ir import ops
+from dlc.compiler.frontend import syntax as A
+from dlc.compiler.ir.dims import Dim, is_dim, numel
+from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
+from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
+from dlc.compiler.frontend.model import Model, ModelInput, ParamInfo, ParamScope
+from dlc.compiler.ir.primitives import slice_length
+from dlc.compiler.frontend.values import STATIC_OPS, Builtin, Env, Func, LITERALS, LoopIndex, describe, literal, static_binary
+
+INT_DTYPES = ("i32", "i64")
+
+# Limits that keep compiling bounded (docs/language.md, section 7): every step of every
+# `repeat` of one model build, and the items of one static tuple or string.
+MAX_REPEAT_STEPS = 100_000
+MAX_ITEMS = 1_000_000
+
+
+# ---- the evaluator ---------------------------------------------------------------------------
+class Evaluator:
+    def __init__(self, globals_: Env, training: bool, replicas: int = 1):
+        self.globals = globals_
+        self.training = training
+        self.replicas = replicas        # ranks whose batch statistics are one (sync_batchnorm), else 1
+        self.budget = NodeBudget()         # the nodes this build may still make, in all its graphs
+        self.forward = Graph("forward", budget=self.budget)
+        self.graph = self.forward          # the graph nodes go into: the forward graph, a scan body, the init graph
+        self.init = Graph("init", budget=self.budget)
+        self.root_scope = ParamScope("", None)
+        self.scope = self.root_scope
+        self.label = ""
+        self.stack: list = []              # (Func, call span) of active calls
+        self.param_nodes: list = []        # (node, scope, local name, trainable, span)
+        self.state_of: dict = {}           # state param node -> name in scope
+        self.inputs: list = []
+        self.bindings: list = []
+        self.updates: dict = {}            # state param node -> its new value
+        self.init_values: list = []        # initial value (in self.init) of each param node
+        self.repeat_index: tuple = ()      # indices of the enclosing repeat loops
+        self.repeat_steps = 0              # steps of every repeat run so far
+        self.captures: dict = {}           # (body graph id, outer key) -> body arg tensor
+        self.sequences: dict = {}          # (body graph id, outer key, axis) -> body arg tensor
+        self.rng_keys: dict = {}
+        # which layer each forward node belongs to (named in build): the forward graph's nodes
+        # [first, end) were made during a def call (innermost calls first) or a model statement
+        self.call_nodes: list = []         # (first, end, ParamScope of the call)
+        self.statement_nodes: list = []    # (first, end, binding name of the model statement)
+
+    # -- errors --------------------------------------------------------------------------------
+    def fail(self, message: str, span: Span, notes=()):
+        raise DlcError(message, span, list(notes))
+
+    # -- graphs and captures -------------------------------------------------------------------
+    def local(self, value):
+        """Make an outer tensor usable in the current (scan body) graph."""
+        if isinstance(value, tuple):
+            return tuple(self.local(v) for v in value)
+        if not isinstance(value, Tensor) or value.graph is self.graph:
+            return value
+        return self.capture(value, self.graph)
+
+    def capture(self, t: Tensor, graph: Graph) -> Tensor:
+        if t.graph is graph:
+            return t
+        if graph.parent is None:
+            raise DlcError("a value from a finished scan body was used outside it", graph.span)
+        outer = self.capture(t, graph.parent)
+        key = (id(graph), outer.key())
+        if key not in self.captures:
+            self.captures[key] = self.new_arg(graph, outer.type, ("invariant", outer))
+        return self.captures[key]
+
+    def new_arg(self, graph: Graph, typ: TensorType, role) -> Tensor:
+        with graph.at(graph.span):
+            arg = graph.add1("arg", type=typ, index=len(graph.args))
+        graph.args.append(arg)
+        graph.g.nodes[arg.node]["role"] = role
+        return arg
+
+    def rng_key(self) -> Tensor:
+        root = self.graph
+        while root.parent is not None:
+            root = root.parent
+        if id(root) not in self.rng_keys:
+            with root.at(None):
+                self.rng_keys[id(root)] = root.add1("input", type=TensorType("i32", (2,)), name="rng")
+        return self.local(self.rng_keys[id(root)])
+
+    def next_stream(self) -> int:
+        root = self.graph
+        while root.parent is not None:
+            root = root.parent
+        root.streams = getattr(root, "streams", 0) + 1
+        return root.streams
+
+    # -- conversions -----------------------------------------------------------------------------
+    def tensor(self, v, span: Span, what: str = "value") -> Tensor:
+        if isinstance(v, Tensor):
+            return self.local(v)
+        if isinstance(v, bool):
+            return ops.constant(self.graph, v, "bool")
+        if isinstance(v, int):
+            return ops.constant(self.graph, v, "i32")
+        if isinstance(v, float):
+            return ops.constant(self.graph, v, "f32")
+        if isinstance(v, Dim):
+            return self.graph.add1("dim_size", dim=v)
+        if isinstance(v, tuple) and v:
+            array = _array_literal(v)
+            if array is not None:
+                return ops.constant(self.graph, array, "f32" if array.dtype.kind == "f" else "i32")
+        self.fail(f"expected a tensor for {what}, got {describe(v)}", span)
+
+    def static_int(self, v, span: Span, what: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, (int, Dim)):
+            self.fail(f"{what} must be a static integer, got {describe(v)}", span)
+        return v
+
+    # -- models ----------------------------------------------------------------------------------
+    def build(self, model: A.Model, train: A.Train | None) -> Model:
+        env = self.globals.child()
+        with self.graph.at(model.span):
+            self.block(model.body, env, in_model=True)
+        names: dict = {}
+        self.root_scope.assign_names("", names)
+        params = []
+        for node, scope, local, trainable, span in self.param_nodes:
+            name = names[node]
+            self.graph.attrs(node)["name"] = name
+            params.append(ParamInfo(name, self.graph.types(node)[0], trainable, span, scope.calls()))
+        for node, value in self.updates.items():
+            self.graph.outputs[f"update:{names[node]}"] = value
+        self.name_layers()
+        self.init.outputs = {names[node]: value for (node, *_), value in zip(self.param_nodes, self.init_values)}
+        seen = {}
+        for p in params:
+            if p.name in seen:
+                self.fail(f"two parameters are both named '{p.name}'", p.span, [("the other one", seen[p.name])])
+            seen[p.name] = p.span
+        return Model(model.name, self.graph, self.init, self.inputs, params, self.training, train, model.span,
+                     self.bindings)
+
+    def name_layers(self):
+        """Set `layer` on the forward graph's nodes (graph.layer_of): the name prefix of the
+        parameters of the innermost call that made the node and names parameters (stage1.0.conv1),
+        else the binding of the model statement that made it. Inputs belong to no layer."""
+        layers: dict = {}
+        for first, end, scope in self.call_nodes:
+            path = scope.layer()
+            for n in range(first, end) if path else ():
+                layers.setdefault(n, path)
+        for first, end, name in self.statement_nodes:
+            for n in range(first, end) if name else ():
+                layers.setdefault(n, name)
+        for n, layer in layers.items():
+            if self.forward.op(n) != "input":
+                self.forward.g.nodes[n]["layer"] = layer
+
+    # -- statements ------------------------------------------------------------------------------
+    def block(self, stmts: list, env: Env, in_model=False, in_def=False, in_scan=False):
+        """Run statements; returns the values of a trailing `return` or `yield`."""
+        for s in stmts[:-1]:
+            if isinstance(s, (A.Return, A.Yield)):
+                self.fail(f"nothing may follow a {type(s).__name__.lower()}", s.span)
+        for s in stmts:
+            first = self.forward._next
+            with self.graph.at(s.span):
+                result = self.statement(s, env, in_model, in_def, in_scan)
+            if in_model:        # the binding name a statement sets, as the label of the calls in it
+                named = isinstance(s, (A.Assign, A.Loss, A.Metric, A.Output))
+                self.statement_nodes.append((first, self.forward._next, self.label if named else ""))
+            if result is not None:
+                return result
+        return None
+
+    def statement(self, s, env: Env, in_model, in_def, in_scan):
+        if isinstance(s, A.Assign):
+            self.label = self.label_for(s.targets[0])
+            value = self.expr(s.value, env)
+            self.bind_targets(s, value, env, in_model)
+        elif isinstance(s, A.ParamDecl):
+            if in_scan:
+                self.fail("declare parameters outside the scan; the body can use them", s.span)
+            if s.name in env.vars:
+                self.fail(f"'{s.name}' is already defined in this scope", s.span)
+            env.vars[s.name] = self.declare_param(s, env)
+        elif isinstance(s, A.Update):
+            self.update_state(s, env)
+        elif isinstance(s, A.Return):
+            if not in_def:
+                self.fail("return is only allowed at the end of a def", s.span)
+            self.label = ""
+            return self.values(s.values, env)
+        elif isinstance(s, A.Yield):
+            if not in_scan:
+                self.fail("yield is only allowed at the end of a scan body", s.span)
+            self.label = ""
+            return ("yield", [self.tensor(self.expr(v, env), v.span, "yield") for v in s.values])
+        elif isinstance(s, A.Repeat):
+            start = self.static_int(self.expr(s.start, env), s.start.span, "the start of repeat")
+            stop = self.static_int(self.expr(s.stop, env), s.stop.span, "the end of repeat")
+            if not isinstance(start, int) or not isinstance(stop, int):
+                self.fail("repeat needs concrete bounds", s.span)
+            steps = max(stop - start, 0)
+            if self.repeat_steps + steps > MAX_REPEAT_STEPS:
+                self.fail(f"too many repeat steps: this repeat runs {steps} steps after {self.repeat_steps} already "
+                          f"run, and a model runs at most {MAX_REPEAT_STEPS:,} in all its repeats", s.span)
+            self.repeat_steps += steps
+            for i in range(start, stop):
+                env.vars[s.var] = i
+                self.repeat_index += (i,)
+                try:
+                    self.block(s.body, env, in_model, in_def, in_scan)
+                finally:
+                    self.repeat_index = self.repeat_index[:-1]
+        elif isinstance(s, A.If):
+            cond = self.expr(s.cond, env)
+            if not isinstance(cond, bool):
+                self.fail(f"if needs a static condition (true or false), got {describe(cond)}; "
+                          "for tensors use select(cond, a, b)", s.cond.span)
+            return self.block(s.then if cond else s.other, env, in_model, in_def, in_scan)
+        elif isinstance(s, A.Def):
+            if s.name in env.vars:
+                self.fail(f"'{s.name}' is defined twice", s.span)
+            check_def(s)
+            env.vars[s.name] = Func(s, env)
+        elif isinstance(s, (A.Input, A.Output, A.Loss, A.Metric)):
+            if not in_model:
+                self.fail(f"{type(s).__name__.lower()} is only allowed in a model block", s.span)
+            self.model_statement(s, env)
+        else:  # pragma: no cover - the grammar has no other statements
+            self.fail(f"unexpected statement {type(s).__name__}", s.span)
+        return None
+
+    def label_for(self, name: str) -> str:
+        return ".".join([name] + [str(i) for i in self.repeat_index])
+
+    def bind_targets(self, s: A.Assign, value, env: Env, in_model):
+        if len(s.targets) == 1:
+            values = [value]
+        else:
+            if not isinstance(value, tuple):
+                self.fail(f"cannot unpack {describe(value)} into {len(s.targets)} names", s.span)
+            if len(value) != len(s.targets):
+                self.fail(f"cannot unpack {len(value)} values into {len(s.targets)} names", s.span)
+            values = list(value)
+        for name, v in zip(s.targets, values):
+            if name in ("training", "params"):
+                self.fail(f"'{name}' is reserved", s.span)
+            env.vars[name] = v
+            if in_model and isinstance(v, Tensor):
+                self.bindings.append((name, v.type, s.span))
+
+    def values(self, exprs, env):
+        vals = [self.expr(e, env) for e in exprs]
+        return vals[0] if len(vals) == 1 else tuple(vals)
+
+    # -- model statements --------------------------------------------------------------------------
+    def model_statement(self, s, env: Env):
+        g = self.graph
+        if isinstance(s, A.Input):
+            if s.name in env.vars:
+                self.fail(f"'{s.name}' is defined twice", s.span)
+            typ = self.tensor_type(s.type, env, new_symbols=True)
+            t = g.add1("input", type=typ, name=s.name)
+            env.vars[s.name] = t
+            self.inputs.append(ModelInput(s.name, typ, s.span, s.is_target))
+            return
+        if isinstance(s, A.Loss):
+            if "loss" in g.outputs:
+                self.fail("a model has one loss; add the terms together", s.span)
+            self.label = "loss"
+            loss = self.tensor(self.expr(s.value, env), s.span, "loss")
+            if loss.rank != 0:
+                self.fail(f"the loss must be a scalar, got {loss.type}; reduce it with mean(...) or sum(...)",
+                          s.value.span)
+            if not loss.type.is_float:
+                self.fail(f"the loss must be a float, got {loss.type}", s.value.span)
+            g.outputs["loss"] = loss
+            return
+        key = ("metric:" if isinstance(s, A.Metric) else "output:") + s.name
+        if key in g.outputs:
+            self.fail(f"'{s.name}' is defined twice", s.span)
+        self.label = s.name
+        if isinstance(s, A.Output) and s.value is None:
+            value = self.lookup(s.name, env, s.span)
+        else:
+            value = self.expr(s.value, env)
+        t = self.tensor(value, s.span, s.name)
+        if isinstance(s, A.Metric):
+            if t.rank != 0:
+                self.fail(f"a metric must be a scalar, got {t.type}; reduce it with mean(...)", s.value.span)
+            t = ops.cast(t, "f32")
+        g.outputs[key] = t
+        if isinstance(s, A.Output) and s.value is not None:
+            env.vars[s.name] = t
+
+    # -- parameters ------------------------------------------------------------------------------------
+    def declare_param(self, s: A.ParamDecl, env: Env) -> Tensor:
+        typ = self.tensor_type(s.type, env)
+        for d in typ.shape:
+            if not isinstance(d, int):
+                self.fail(f"parameter shapes must be concrete, got {typ} ({d} is symbolic)", s.type.span)
+            if d <= 0:
+                self.fail(f"parameter '{s.name}' has a dimension of size {d}; sizes must be positive", s.type.span)
+        root = self.graph
+        while root.parent is not None:
+            root = root.parent
+        if self.scope.replay:                 # a later call of a shared name reuses the first call's weights
+            shared = self.scope.shared_call()
+            first = [(f"the first call named '{shared.label}'", shared.first_call)]
+            if s.name not in self.scope.params:
+                self.fail(f"the first call named '{shared.label}' has no parameter '{s.name}': "
+                          "calls that share a name must declare the same parameters", s.span, first)
+            node = self.scope.params[s.name]
+            have = root.types(node)[0]
+            if have != typ:
+                self.fail(f"shared parameter '{s.name}' is {have} in one call and {typ} in another", s.span, first)
+            return self.local(Tensor(root, node))
+        with root.at(s.span):
+            t = root.add1("param", type=typ, name=f"%{len(self.param_nodes)}", trainable=s.trainable)
+        self.scope.params[s.name] = t.node
+        self.param_nodes.append((t.node, self.scope, s.name, s.trainable, s.span))
+        self.init_values.append(self.initial_value(s, typ, env))
+        return self.local(t)
+
+    def initial_value(self, s: A.ParamDecl, typ: TensorType, env: Env) -> Tensor:
+        """Evaluate the initializer into the init graph."""
+        saved, self.graph = self.graph, self.init
+        try:
+            with self.init.at(saved.span), self.init.at(s.span):      # under the user's call, as in the model
+                init = self.expr(s.init, env) if s.init is not None else self.globals.lookup("zeros")
+                if isinstance(init, (Func, Builtin)):
+                    fan_in, fan_out = fans(typ.shape)
+                    value = self.call(init, [(typ.shape, s.span), (fan_in, s.span), (fan_out, s.span)], {}, s.span)
+                elif isinstance(init, (int, float)) and not isinstance(init, bool):
+                    value = ops.full(self.init, typ.shape, float(init), typ.dtype)
+                else:
+                    self.fail(f"unknown initializer: expected a function such as he_normal or a number, "
+                              f"got {describe(init)}", s.init.span)
+                value = self.tensor(value, s.span, "initializer")
+                if value.shape != typ.shape:
+                    value = ops.broadcast_to(value, typ.shape) if value.rank == 0 else value
+                if value.shape != typ.shape:
+                    self.fail(f"the initializer made {value.type}, the parameter is {typ}", s.span)
+                return ops.cast(value, typ.dtype)
+        finally:
+            self.graph = saved
+
+    def update_state(self, s: A.Update, env: Env):
+        if self.graph.parent is not None:
+            self.fail("state cannot be updated inside a scan", s.span)
+        try:
+            target = env.lookup(s.name)
+        except KeyError:
+            self.fail(f"unknown state '{s.name}'", s.span)
+        root = self.graph
+        if not isinstance(target, Tensor) or root.op(target.node) != "param" or root.attrs(target.node)["trainable"]:
+            self.fail(f"'{s.name}' is not a state buffer; declare it with `state {s.name}: ...`", s.span)
+        if root.parent is not None:
+            self.fail("state cannot be updated inside a scan", s.span)
+        value = ops.cast(self.tensor(self.expr(s.value, env), s.value.span), target.dtype)
+        if value.shape != target.shape:
+            self.fail(f"update of '{s.name}' must keep its shape {target.type}, got {value.type}", s.value.span)
+        self.updates[target.node] = root.add1("stop_gradient", [value])
+
+    # -- types -------------------------------------------------------------------------------------------
+    def tensor_type(self, t: A.TensorType, env: Env, new_symbols=False) -> TensorType:
+        """With new_symbols (an input's type), a dim name without a value in scope becomes a
+        symbolic dim, bound in env so the model can use it: causal_mask(T)."""
+        dims = []
+        for d in t.dims:
+            if isinstance(d, A.AnyDims):
+                self.fail("'...' is only allowed in argument types", d.span)
+            if isinstance(d, A.Name) and new_symbols and not env.defines(d.id):
+                v = env.vars[d.id] = Dim.sym(d.id)
+            else:
+                v = self.expr(d, env)
+            dims.append(self.dim_value(v, d.span))
+        return TensorType(t.dtype, tuple(dims))
+
+    def dim_value(self, v, span):
+        if isinstance(v, bool) or not isinstance(v, (int, Dim)):
+            self.fail(f"a dimension must be an integer or a name, got {describe(v)}", span)
+        if isinstance(v, int) and v <= 0:
+            self.fail(f"dimension sizes must be positive, got {v}", span)
+        return v
+
+    def match_type(self, ann: A.TensorType, value, env: Env, func: str, arg: str, span: Span):
+        """Check an argument against its annotation, binding the annotation's dim names."""
+        if not isinstance(value, Tensor):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not ann.dims:
+                value = self.tensor(value, span)
+            else:
+                self.fail(f"{func}: argument '{arg}' must be a tensor {ann_str(ann)}, got {describe(value)}", span)
+        want = ann.dtype
+        ok = (value.type.is_float if want in FLOAT_DTYPES else
+              value.dtype in INT_DTYPES if want in INT_DTYPES else value.dtype == want)
+        if not ok:
+            kind = {"f32": "a float", "f64": "a float", "i32": "an integer", "i64": "an integer"}.get(want, "a bool")
+            self.fail(f"{func}: argument '{arg}' must be {kind} tensor {ann_str(ann)}, got {value.type}", span,
+                      origin(value))
+        has_rest = any(isinstance(d, A.AnyDims) for d in ann.dims)   # at most one: checked at the def
+        fixed = [d for d in ann.dims if not isinstance(d, A.AnyDims)]
+        if (value.rank < len(fixed)) if has_rest else (value.rank != len(fixed)):
+            self.fail(f"{func}: argument '{arg}' must have rank {'at least ' if has_rest else ''}{len(fixed)} "
+                      f"{ann_str(ann)}, got {value.type}", span, origin(value))
+        split = next((i for i, d in enumerate(ann.dims) if isinstance(d, A.AnyDims)), len(ann.dims))
+        after = len(ann.dims) - split - 1 if has_rest else 0
+        pairs = list(zip(ann.dims[:split], value.shape[:split]))
+        if has_rest and after:
+            pairs += list(zip(ann.dims[split + 1:], value.shape[value.rank - after:]))
+        for d, actual in pairs:
+            if isinstance(d, A.Name) and not env.defines(d.id):
+                env.vars[d.id] = actual
+                env.vars.setdefault("__dim_sites__", {})[d.id] = span
+                continue
+            expected = self.dim_value(self.expr(d, env), d.span)
+            if expected != actual:
+                site = env.vars.get("__dim_sites__", {}).get(getattr(d, "id", None))
+                if site is not None:   # a dim name this call bound from an earlier argument
+                    self.fail(f"{func}: {d.id} is {actual} here but {expected} in an earlier argument "
+                              f"('{arg}' is {value.type})", span,
+                              [(f"{d.id} became {expected} here", site)] + origin(value))
+                self.fail(f"{func}: argument '{arg}' must be {ann_str(ann)}, got {value.type} "
+                          f"({actual} vs {expected})", span, origin(value))
+        return value
+
+    # -- expressions -----------------------------------------------------------------------------------------
+    def expr(self, e, env: Env):
+        with self.graph.at(e.span):
+            return self._expr(e, env)
+
+    def _expr(self, e, env: Env):
+        if isinstance(e, LITERALS):
+            return literal(e)
+        if isinstance(e, A.Name):
+            return self.local(self.lookup(e.id, env, e.span))
+        if isinstance(e, A.Tuple):
+            return tuple(self.expr(x, env) for x in e.items)
+        if isinstance(e, A.Unary):
+            v = self.expr(e.operand, env)
+            if e.op == "not":
+                if isinstance(v, bool):
+                    return not v
+                return self.graph.add1("logical_not", [self.bool_tensor(v, e.span)])
+            if isinstance(v, Tensor):
+                return ops.neg(v)
+            if isinstance(v, (int, float, Dim)) and not isinstance(v, bool):
+                return -v
+            self.fail(f"cannot negate {describe(v)}", e.span)
+        if isinstance(e, A.Binary):
+            return self.binary(e, env)
+        if isinstance(e, A.Ternary):
+            cond = self.expr(e.cond, env)
+            if not isinstance(cond, bool):
+                self.fail(f"`if c then a else b` needs a static condition, got {describe(cond)}; "
+                          "for tensors use select(c, a, b)", e.cond.span)
+            return self.expr(e.then if cond else e.other, env)
+        if isinstance(e, A.Call):
+            func = self.expr(e.func, env)
+            args, kwargs = self.arguments(e.args, env)
+            return self.call(func, args, kwargs, e.span, e.func)
+        if isinstance(e, A.Pipe):
+            value = self.expr(e.value, env)
+            if isinstance(e.func, A.Call):
+                func = self.expr(e.func.func, env)
+                args, kwargs = self.arguments(e.func.args, env)
+                return self.call(func, [(value, e.value.span)] + args, kwargs, e.func.span, e.func.func)
+            return self.call(self.expr(e.func, env), [(value, e.value.span)], {}, e.func.span, e.func)
+        if isinstance(e, A.Index):
+            return self.index(e, env)
+        if isinstance(e, A.Attribute):
+            v = self.expr(e.value, env)
+            if e.name == "shape" and isinstance(v, Tensor):
+                return v.shape
+            if e.name == "rank" and isinstance(v, Tensor):
+                return v.rank
+            self.fail(f"{describe(v)} has no attribute '{e.name}'", e.span)
+        if isinstance(e, A.Scan):
+            return self.scan(e, env)
+        if isinstance(e, A.Slice):
+            self.fail("a slice is only allowed inside [ ]", e.span)
+        self.fail(f"unexpected {type(e).__name__}", e.span)  # pragma: no cover
+
+    def lookup(self, name: str, env: Env, span: Span):
+        if name == "training":
+            if self.training is None:
+                self.fail("'training' is only known inside a model (a const is the same in both modes)", span)
+            return self.training
+        if name == "params":
+            root = self.graph
+            while root.parent is not None:
+                root = root.parent
+            return tuple(self.local(Tensor(root, node)) for node, _, _, trainable, _ in self.param_nodes if trainable)
+        try:
+            return env.lookup(name)
+        except KeyError:
+            pass
+        self.fail(f"unknown name '{name}'{did_you_mean(name, env.visible_names())}", span)
+
+    def bool_tensor(self, v, span):
+        t = self.tensor(v, span)
+        return t if t.dtype == "bool" else ops.compare("ne", t, 0)
+
+    _TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "div", "%": "mod", "^": "pow",
+                   "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+
+    def binary(self, e: A.Binary, env: Env):
+        a = self.expr(e.left, env)
+        if e.op in ("and", "or") and isinstance(a, bool):
+            if (e.op == "and" and not a) or (e.op == "or" and a):
+                return a
+            b = self.expr(e.right, env)
+            if isinstance(b, bool):
+                return b
+            return self.bool_tensor(b, e.right.span)
+        b = self.expr(e.right, env)
+        if e.op in ("==", "!=") and (a is None or b is None):
+            return (a is b) == (e.op == "==")
+        if e.op in ("and", "or"):
+            name = "logical_and" if e.op == "and" else "logical_or"
+            x, y = self.bool_tensor(a, e.left.span), self.bool_tensor(b, e.right.span)
+            shape = ops.broadcast_shapes(self.graph, x.shape, y.shape)
+            return self.graph.add1(name, [ops.broadcast_to(x, shape), ops.broadcast_to(y, shape)])
+        if e.op == "@":
+            if not isinstance(a, Tensor) or not isinstance(b, Tensor):
+                self.fail(f"@ needs two tensors, got {describe(a)} and {describe(b)}", e.span)
+            return ops.matmul(a, b)
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            for v, side in ((a, e.left), (b, e.right)):
+                if not isinstance(v, (Tensor, int, float, Dim)) and \
+                        not (isinstance(v, tuple) and _array_literal(v) is not None):
+                    self.fail(f"cannot use {describe(v)} in arithmetic with a tensor", side.span)
+            a = a if isinstance(a, (Tensor, int, float)) and not isinstance(a, bool) else self.tensor(a, e.left.span)
+            b = b if isinstance(b, (Tensor, int, float)) and not isinstance(b, bool) else self.tensor(b, e.right.span)
+            if e.op == "^" and isinstance(a, Tensor) and isinstance(b, (int, float)) and b in (1, 2, 3, 4):
+                out = a                      # small integer powers multiply: exact and cheap to differentiate
+                for _ in range(int(b) - 1):
+                    out = ops.mul(out, a)
+                return out
+            if e.op == "/" and isinstance(a, Tensor) and not a.type.is_float:
+                a = ops.cast(a, "f32")
+            if e.op == "//" and any(isinstance(v, Tensor) and v.type.is_float for v in (a, b)):
+                self.fail("// is integer division; use / for floats", e.span)
+            return ops.binary(self._TENSOR_OPS[e.op], a, b)
+        if e.op in ("==", "!=") and (isinstance(a, (tuple, Dim)) or isinstance(b, (tuple, Dim))):
+            return STATIC_OPS[e.op](a, b)
+        if isinstance(a, tuple) or isinstance(b, tuple):
+            if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
+                self.check_items("tuple", len(a) + len(b), e.span)
+                return a + b
+            if e.op == "*" and isinstance(a, tuple) and isinstance(b, int) and not isinstance(b, bool):
+                self.check_items("tuple", len(a) * b, e.span)
+                return a * b
+            self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
+        if not _static_operand(a) or not _static_operand(b):
+            self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
+        if isinstance(a, Dim) or isinstance(b, Dim):
+            if not (is_dim(a) and is_dim(b)) or e.op not in ("+", "-", "*", "/", "//"):
+                hint = "; dims are integers: float(d) is a dim's value as a tensor" \
+                    if isinstance(a, float) or isinstance(b, float) else ""
+                self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}{hint}", e.span)
+            if e.op in ("+", "-", "*"):
+                return STATIC_OPS[e.op](a, b)
+            if b == 0:
+                self.fail("division by zero", e.span)
+            q = a // b if isinstance(a, Dim) else None
+            if q is None:
+                self.fail(f"cannot apply {e.op} to the symbolic dims {a} and {b}", e.span)
+            return q
+        if isinstance(a, str) != isinstance(b, str) and e.op not in ("==", "!="):
+            self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
+        if isinstance(a, str) and e.op == "+":
+            self.check_items("string", len(a) + len(b), e.span)
+        return static_binary(e.op, a, b, e.span)
+
+    def check_items(self, kind: str, items: int, span: Span):
+        """Before a static tuple or string is made: it holds at most MAX_ITEMS items."""
+        if items > MAX_ITEMS:
+            self.fail(f"a {kind} of {items} items is too long (at most {MAX_ITEMS:,})", span)
+
+    def arguments(self, items, env: Env):
+        args, kwargs = [], {}
+        for a in items:
+            if isinstance(a, A.Keyword):
+                if a.name in kwargs:
+                    self.fail(f"argument '{a.name}' given twice", a.span)
+                kwargs[a.name] = (self.expr(a.value, env), a.value.span)
+            else:
+                if kwargs:
+                    self.fail("positional arguments must come before keyword arguments", a.span)
+                args.append((self.expr(a, env), a.span))
+        return args, kwargs
+
+    # -- calls ---------------------------------------------------------------------------------------------------
+    def call(self, func, args: list, kwargs: dict, span: Span, func_expr=None):
+        """Call a function with (value, span) arguments."""
+        if isinstance(func, Builtin):
+            return self.call_builtin(func, args, kwargs, span)
+        if isinstance(func, Func):
+            return self.call_def(func, args, kwargs, span)
+        what = f"'{func_expr.id}'" if isinstance(func_expr, A.Name) else "this"
+        self.fail(f"{what} is {describe(func)}, not a function", span)
+
+    def call_builtin(self, func: Builtin, args, kwargs, span: Span):
+        values = [v for v, _ in args]
+        kw = {k: v for k, (v, _) in kwargs.items()}
+        try:
+            _signature(func.fn).bind(self, *values, **kw)
+        except TypeError as e:
+            self.fail(f"{func.name}: {str(e).replace('()', '')}", span)
+        with self.graph.at(span):
+            return func.fn(self, *values, **kw)
+
+    def call_def(self, func: Func, args, kwargs, span: Span):
+        decl = func.decl
+        if any(f is func.decl for f, _ in self.stack):
+            self.fail(f"'{decl.name}' calls itself; definitions are expanded at compile time, so recursion "
+                      "is not allowed (use repeat or scan)", span, [(f"'{decl.name}' is defined here", decl.span)])
+        names = [a.name for a in decl.args]
+        explicit = None
+        if "name" in kwargs and "name" not in names:
+            explicit, nspan = kwargs.pop("name")
+            if not isinstance(explicit, str):
+                self.fail("name= must be a string", nspan)
+        if len(args) > len(names):
+            self.fail(f"{decl.name} takes {len(names)} argument{'s' if len(names) != 1 else ''}, got {len(args)}",
+                      span, [(f"'{decl.name}' is defined here", decl.span)])
+        for k, (_, kspan) in kwargs.items():
+            if k not in names:
+                self.fail(f"{decl.name} has no argument named '{k}'{did_you_mean(k, names)}",
+                          kspan, [(f"'{decl.name}' is defined here", decl.span)])
+            if names.index(k) < len(args):
+                self.fail(f"{decl.name}: argument '{k}' given twice", kspan)
+        env = func.env.child()
+        given = dict(zip(names, args))
+        given.update(kwargs)
+        for a in decl.args:
+            if a.name in given:
+                value, vspan = given[a.name]
+            elif a.default is not None:
+                value, vspan = self.expr(a.default, env), a.default.span
+            else:
+                self.fail(f"{decl.name}: missing argument '{a.name}'", span,
+                          [(f"'{decl.name}' is defined here", decl.span)])
+            if isinstance(a.type, A.TensorType):
+                value = self.match_type(a.type, value, env, decl.name, a.name, vspan)
+            elif isinstance(a.type, A.StaticType):
+                self.check_static(a.type.kind, value, decl.name, a.name, vspan)
+            env.vars[a.name] = value
+        saved_scope, saved_label = self.scope, self.label
+        label = self.label if explicit is None else ".".join(p for p in (explicit, *map(str, self.repeat_index)) if p)
+        self.scope = self.scope.child(label, explicit is not None, span, decl)
+        saved_repeat, self.repeat_index = self.repeat_index, ()
+        self.stack.append((decl, span))
+        first = self.forward._next
+        try:
+            result = self.block(decl.body, env, in_def=True)
+        except DlcError as e:
+            self.repoint(e, decl, span)
+            raise
+        finally:
+            self.stack.pop()
+            self.call_nodes.append((first, self.forward._next, self.scope))
+            self.scope, self.label, self.repeat_index = saved_scope, saved_label, saved_repeat
+        if result is None:
+            self.fail(f"'{decl.name}' has no return", decl.span)
+        return result
+
+    def repoint(self, e: DlcError, decl: A.Def, call_span: Span):
+        """An error inside the standard library is reported at the user's call."""
+        if e.span is not None and e.span.file.startswith(STDLIB_PREFIX) and \
+                not call_span.file.startswith(STDLIB_PREFIX):
+            e.notes.append((f"inside {decl.name} (standard library)", e.span))
+            e.span = call_span
+        elif e.span is not None and e.span != call_span and not any("called here" in n for n, _ in e.notes[-1:]):
+            e.notes.append((f"in the call of {decl.name} here", call_span))
+
+    def check_static(self, kind: str, value, func, arg, span):
+        ok = {"int": lambda v: isinstance(v, (int, Dim)) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+              "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
+              "fn": lambda v: isinstance(v, (Func, Builtin)), "dim": lambda v: isinstance(v, (int, Dim)),
+              "tuple": lambda v: isinstance(v, tuple)}[kind]
+        if not ok(value):
+            self.fail(f"{func}: argument '{arg}' must be {kind}, got {describe(value)}", span)
+
+    # -- indexing ---------------------------------------------------------------------------------------------------
+    def index(self, e: A.Index, env: Env):
+        subs = [s if isinstance(s, (A.Slice, A.AnyDims)) else self.expr(s, env) for s in e.subscripts]
+        if any(isinstance(s, LoopIndex) for s in subs) and isinstance(e.value, A.Name):
+            value = self.lookup(e.value.id, env, e.value.span)   # a sequence: sliced, not captured whole
+        else:
+            value = self.expr(e.value, env)
+        if isinstance(value, (Func, Builtin)):      # zeros[B, units]: an initializer applied to a shape
+            shape = tuple(self.dim_value(s, e.span) for s in subs)
+            fan_in, fan_out = fans(shape)
+            return self.call(value, [(shape, e.span), (fan_in, e.span), (fan_out, e.span)], {}, e.span)
+        if isinstance(value, tuple):
+            if len(subs) != 1 or not isinstance(subs[0], int):
+                self.fail("a tuple is indexed by one integer", e.span)
+            try:
+                return value[subs[0]]
+            except IndexError:
+                self.fail(f"index {subs[0]} is out of range for a tuple of {len(value)}", e.span)
+        if not isinstance(value, Tensor):
+            self.fail(f"cannot index {describe(value)}", e.span)
+        return self.index_tensor(value, subs, e, env)
+
+    def index_tensor(self, x: Tensor, subs, e: A.Index, env: Env):
+        n_ellipsis = sum(isinstance(s, A.AnyDims) for s in subs)
+        if n_ellipsis > 1:
+            self.fail("at most one '...' in an index", e.span)
+        explicit = len(subs) - n_ellipsis
+        if explicit > x.rank:
+            self.fail(f"too many indices ({explicit}) for {x.type}", e.span)
+        full = []
+        for s in subs:
+            if isinstance(s, A.AnyDims):
+                full += [None] * (x.rank - explicit)
+            else:
+                full.append(s)
+        full += [None] * (x.rank - len(full))
+        full = [None if isinstance(s, A.Slice) and s.start is s.stop is s.step is None else s for s in full]
+        loop = [(i, s) for i, s in enumerate(full) if isinstance(s, LoopIndex)]
+        if loop:
+            return self.sequence_step(x, full, loop, e)
+        starts, stops, steps, drop = [], [], [], []
+        for axis, (s, d) in enumerate(zip(full, x.shape)):
+            if s is None:
+                starts.append(0), stops.append(d), steps.append(1)
+            elif isinstance(s, A.Slice):
+                a, b, st = (self.expr(p, env) if p is not None else None for p in (s.start, s.stop, s.step))
+                st = 1 if st is None else st
+                if not isinstance(st, int) or st <= 0:
+                    self.fail("slice steps must be positive integers", s.span)
+                a = 0 if a is None else self.norm_index(a, d, s.span)
+                b = d if b is None else self.norm_index(b, d, s.span)
+                length = slice_length(a, b, st)
+                if isinstance(length, int) and length <= 0:
+                    self.fail(f"the index selects nothing from {x.type}", e.span)
+                starts.append(a), stops.append(b), steps.append(st)
+            elif isinstance(s, (int, Dim)) and not isinstance(s, bool):
+                i = self.norm_index(s, d, e.span)
+                if isinstance(i, int) and isinstance(d, int) and i >= d:
+                    self.fail(f"index {s} is out of range for a dim of size {d}", e.span)
+                starts.append(i), stops.append(i + 1), steps.append(1)
+                drop.append(axis)
+            else:
+                self.fail(f"a tensor index must be an integer, a slice or '...', got {describe(s)}; "
+                          "use gather(table, indices) to index with a tensor", e.span)
+        out = ops.slice_(x, starts, stops, steps)
+        if drop:
+            out = ops.reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in drop))
+        return out
+
+    def norm_index(self, i, size, span):
+        if isinstance(i, int) and i < 0:
+            i = size + i
+        if isinstance(i, int) and isinstance(size, int) and not 0 <= i <= size:
+            self.fail(f"index {i} is out of range for a dim of size {size}", span)
+        if not isinstance(i, (int, Dim)) or isinstance(i, bool):
+            self.fail(f"an index must be an integer, got {describe(i)}", span)
+        return i
+
+    def sequence_step(self, x: Tensor, full, loop, e: A.Index):
+        if len(loop) > 1 or any(s is not None for i, s in enumerate(full) if i != loop[0][0]):
+            self.fail("index a sequence with the step variable alone, as in xs[:, t]", e.span)
+        axis, t = loop[0]
+        if t.body is not self.graph:
+            self.fail(f"'{t.name}' belongs to another scan", e.span)
+        if x.graph is self.graph:
+            self.fail(f"only a sequence from outside the scan can be indexed with '{t.name}'", e.value.span)
+        source = self.capture(x, self.graph.parent)
+        key = (id(self.graph), source.key(), axis)
+        if key not in self.sequences:
+            shape = source.shape[:axis] + source.shape[axis + 1:]
+            self.sequences[key] = self.new_arg(self.graph, TensorType(source.dtype, shape), ("sequence", source, axis))
+        return self.sequences[key]
+
+    # -- scan --------------------------------------------------------------------------------------------------------
+    def scan(self, e: A.Scan, env: Env):
+        length = self.expr(e.length, env)
+        length = self.static_int(length, e.length.span, "the length of a scan")
+        opts = {"reverse": False, "axis": 1}
+        for k in e.options:
+            if k.name not in opts:
+                self.fail(f"unknown scan option '{k.name}' (reverse, axis)", k.span)
+            opts[k.name] = self.expr(k.value, env)
+        if not isinstance(opts["reverse"], bool):
+            self.fail("reverse must be true or false", e.span)
+        outer = self.graph
+        body = Graph(f"scan_body@{e.span.line}", parent=outer, budget=self.budget)
+        body.span = e.span
+        benv = env.child()
+        carries = []
+        for c in e.carries:
+            init = self.tensor(self.expr(c.value, env), c.value.span, f"carry {c.name}")
+            carries.append((c.name, init, c.span))
+            benv.vars[c.name] = self.new_arg(body, init.type, ("carry",))
+        benv.vars[e.var] = LoopIndex(body, e.var)
+        self.graph = body
+        try:
+            result = self.block(e.body, benv, in_scan=True, in_def=False)
+            ys = result[1] if result else []
+            finals = []
+            for name, init, span in carries:
+                final = self.local(benv.vars[name])
+                if not isinstance(final, Tensor):
+                    self.fail(f"carry '{name}' must stay a tensor", span)
+                if final.type != init.type:
+                    self.fail(f"carry '{name}' starts as {init.type} but the body makes it {final.type}", span)
+                finals.append(final)
+        finally:
+            self.graph = outer
+        axis = opts["axis"]
+        for y in ys:
+            if not isinstance(axis, int) or not 0 <= axis <= y.rank:
+                self.fail(f"cannot stack {y.type} along axis {axis}", e.span)
+        # order body arguments: carries, sequences, invariants
+        roles = {"carry": 0, "sequence": 1, "invariant": 2}
+        body.set_args(sorted(body.args, key=lambda a: roles[body.g.nodes[a.node]["role"][0]]))
+        body.outputs = {f"carry{i}": t for i, t in enumerate(finals)}
+        body.outputs.update({f"y{i}": t for i, t in enumerate(ys)})
+        seqs = [body.g.nodes[a.node]["role"] for a in body.args if body.g.nodes[a.node]["role"][0] == "sequence"]
+        invs = [body.g.nodes[a.node]["role"][1] for a in body.args if body.g.nodes[a.node]["role"][0] == "invariant"]
+        operands = [init for _, init, _ in carries] + [self.local(r[1]) for r in seqs] + [self.local(t) for t in invs]
+        with outer.at(e.span):
+            outs = outer.add("scan", operands, body=body, length=length, reverse=opts["reverse"],
+                             n_carry=len(carries), xs_axes=tuple(r[2] for r in seqs), ys_axes=(axis,) * len(ys))
+        results = outs[len(carries):] if ys else outs[:len(carries)]
+        return results[0] if len(results) == 1 else tuple(results)
+
+
+# ---- helpers ---------------------------------------------------------------------------------------------------------
+STATIC_KINDS = ("int", "float", "bool", "str", "fn", "dim", "tuple")
+
+
+def check_def(decl: A.Def):
+    """What can be checked of a def before it is called."""
+    seen = set()
+    for a in decl.args:
+        if a.name in seen:
+            raise DlcError(f"argument '{a.name}' appears twice in {decl.name}", a.span)
+        seen.add(a.name)
+        if isinstance(a.type, A.StaticType) and a.type.kind not in STATIC_KINDS:
+            raise DlcError(f"unknown argument kind '{a.type.kind}' (use {', '.join(STATIC_KINDS)} or a tensor type "
+                           "such as f32[B, n])", a.type.span)
+        if isinstance(a.type, A.TensorType):
+            rest = [d for d in a.type.dims if isinstance(d, A.AnyDims)]
+            if len(rest) > 1:
+                raise DlcError("at most one '...' in a type", rest[1].span)
+
+
+def fans(shape) -> tuple:
+    """fan_in, fan_out of a weight: dense [in, out]; conv [out, in, *kernel]."""
+    if len(shape) == 0:
+        return 1, 1
+    if len(shape) == 1:
+        return shape[0], shape[0]
+    if len(shape) == 2:
+        return shape[0], shape[1]
+    receptive = numel(shape[2:])
+    return shape[1] * receptive, shape[0] * receptive
+
+
+def ann_str(t: A.TensorType) -> str:
+    return f"{t.dtype}[{', '.join(expr_text(d) for d in t.dims)}]"
+
+
+def expr_text(e) -> str:
+    """Source-like text of a dim expression: n, 4 * units, T - 1."""
+    if isinstance(e, A.AnyDims):
+        return "..."
+    if isinstance(e, A.Name):
+        return e.id
+    if isinstance(e, A.Number):
+        return str(e.value)
+    if isinstance(e, A.Binary):
+        return f"{expr_text(e.left)} {e.op} {expr_text(e.right)}"
+    if isinstance(e, A.Unary):
+        return f"{e.op}{expr_text(e.operand)}"
+    return "?"
+
+
+def origin(t: Tensor) -> list:
+    return [(f"it is {t.type}, from here", t.span)] if t.span is not None else []
+
+
+def _array_literal(v: tuple):
+    """A rectangular tuple of numbers, [1.0, 3.0] or [[1, 2], [3, 4]], as an array."""
+    try:
+        array = np.array(v)
+    except ValueError:
+        return None
+    return array if array.dtype.kind in "if" else None
+
+
+def _static_operand(v) -> bool:
+    return isinstance(v, (int, float, Dim)) or isinstance(v, str)
+
+
+_signature = functools.cache(inspect.signature)     # a builtin's, checked at every call

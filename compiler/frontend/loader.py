@@ -1,0 +1,148 @@
+"""Loading .dl files: a file and its imports, the standard library, and the Program they make."""
+from __future__ import annotations
+
+import functools
+from importlib import resources
+from pathlib import Path
+
+from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend.builtins import BUILTINS
+from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, register_source
+from dlc.compiler.frontend.evaluator import Evaluator, check_def
+from dlc.compiler.ir.graph import Tensor, collector_paused
+from dlc.compiler.frontend.model import Model
+from dlc.compiler.frontend.values import Env, Func, describe
+
+
+class Program:
+    """A parsed .dl file with its imports, the standard library and builtins in scope."""
+
+    def __init__(self, module: A.Module, globals_: Env, path: str):
+        self.module, self.globals, self.path = module, globals_, path
+        self.models, self.trains = {}, {}
+        for item in module.items:
+            if isinstance(item, A.Model):
+                if item.name in self.models:
+                    raise DlcError(f"model '{item.name}' is defined twice", item.span,
+                                   [("first definition", self.models[item.name].span)])
+                self.models[item.name] = item
+        for item in module.items:
+            if isinstance(item, A.Train):
+                if item.model not in self.models:
+                    raise DlcError(f"train block for '{item.model}', but there is no model of that name", item.span)
+                if item.model in self.trains:
+                    raise DlcError(f"a second train block for '{item.model}'", item.span)
+                names = [k.name for k in item.settings]
+                for k in item.settings:
+                    if names.count(k.name) > 1:
+                        raise DlcError(f"setting '{k.name}' is given twice", k.span)
+                self.trains[item.model] = item
+
+    def model_decl(self, name: str | None = None) -> A.Model:
+        if not self.models:
+            raise DlcError(f"{self.path} defines no model", Span(self.path, 1, 1))
+        if name is None:
+            return list(self.models.values())[-1]
+        if name not in self.models:
+            raise DlcError(f"no model named '{name}' in {self.path} (it has: {', '.join(self.models)})")
+        return self.models[name]
+
+    @collector_paused()
+    def build(self, name: str | None = None, training: bool = True, replicas: int = 1) -> Model:
+        """`replicas`: the ranks of a data-parallel run whose batch statistics are computed
+        over the global batch (`sync_batchnorm = true`); 1 leaves replica_mean out."""
+        decl = self.model_decl(name)
+        ev = Evaluator(self.globals, training, replicas)
+        return ev.build(decl, self.trains.get(decl.name))
+
+
+def _load_into(env: Env, module: A.Module, path: Path | None, loading: list, defined: dict, loaded: set):
+    """Define a module's defs and consts in env, its imports first. `loading` is the
+    chain of files being imported (a cycle is an error); `loaded` the files done (a
+    file imported twice, as in a diamond, is read once)."""
+    for item in module.items:
+        if isinstance(item, A.Import):
+            if path is None:
+                raise DlcError("import is not allowed here", item.span)
+            target = (path.parent / item.path).resolve()
+            if target in loading:
+                raise DlcError(f"{item.path} imports itself (through a cycle)", item.span)
+            if target in loaded:
+                continue
+            if not target.is_file():
+                raise DlcError(f"cannot import {item.path}: no such file", item.span)
+            loading.append(target)
+            _load_into(env, _parse_file(target), target, loading, defined, loaded)
+            loading.pop()
+            loaded.add(target)
+        elif isinstance(item, (A.Def, A.Const)):
+            if item.name in defined:
+                raise DlcError(f"'{item.name}' is defined twice", item.span,
+                               [("first definition", defined[item.name])])
+            defined[item.name] = item.span
+            if isinstance(item, A.Def):
+                check_def(item)
+                env.vars[item.name] = Func(item, env)
+            else:
+                value = Evaluator(env, training=None).expr(item.value, env)
+                if isinstance(value, Tensor) or (isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value)):
+                    raise DlcError(f"a const must be a static value (a number, string, bool or tuple), "
+                                   f"not {describe(value)}", item.value.span)
+                env.vars[item.name] = value
+
+
+def _parse_file(path: Path) -> A.Module:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(str(path), path.read_bytes()) from None
+    except OSError as e:
+        raise DlcError(f"cannot read {path}: {e.strerror}") from None
+    return A.parse(text, str(path))
+
+
+def _not_utf8(name: str, data: bytes) -> DlcError:
+    """The error at the first byte that is not UTF-8; its line is shown with the bad bytes replaced."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = e.start
+    line, line_start = data.count(b"\n", 0, bad) + 1, data.rfind(b"\n", 0, bad) + 1
+    col = len(data[line_start:bad].decode("utf-8", "replace")) + 1
+    register_source(name, data.decode("utf-8", "replace"))
+    return DlcError(f"the file is not UTF-8 text (byte 0x{data[bad]:02x})", Span(name, line, col))
+
+
+@functools.cache
+def stdlib_env() -> Env:
+    """Builtins and the standard library, parsed once per process."""
+    env = Env()
+    env.vars.update(BUILTINS)
+    libenv = env.child()
+    defined: dict = {}
+    for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name):
+        if f.name.endswith(".dl"):
+            name = STDLIB_PREFIX + f.name
+            text = f.read_text()
+            register_source(name, text)
+            _load_into(libenv, A.parse(text, name), None, [], defined, set())
+    return libenv
+
+
+def load(path: str) -> Program:
+    """Parse a .dl file and everything it imports."""
+    p = Path(path)
+    if not p.exists():
+        raise DlcError(f"no such file: {path}")
+    return _program(_parse_file(p), p.resolve(), path)
+
+
+def load_text(text: str, filename: str = "<input>") -> Program:
+    path = Path(filename).resolve() if not filename.startswith("<") else None
+    return _program(A.parse(text, filename), path, filename)
+
+
+def _program(module: A.Module, path: Path | None, name: str) -> Program:
+    env = stdlib_env().child()
+    _load_into(env, module, path, [path] if path else [], {}, set())
+    return Program(module, env, name)

@@ -1,0 +1,135 @@
+"""A built model: its graphs, inputs and parameters, and how its parameters are named."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dlc.compiler.frontend import syntax as A
+from dlc.compiler.errors import Span
+from dlc.compiler.ir.graph import Graph, TensorType
+
+
+class ParamScope:
+    """A node of the parameter-name tree; one per call of a def, except that the calls with
+    one explicit name share a node: a later call replays the first, walking its nodes again,
+    so every parameter under it is the first call's (shared weights)."""
+
+    def __init__(self, label: str, parent: "ParamScope | None", first_call: Span | None = None,
+                 replay: bool = False, defn: A.Def | None = None):
+        self.label, self.parent = label, parent
+        self.defn = defn                      # the def whose call opened this node (None at the root)
+        self.path = ""                        # the prefix of its parameters' names, once they are assigned
+        self.children: list[ParamScope] = []
+        self.params: dict[str, int] = {}      # local name -> param node
+        self.named: dict[str, ParamScope] = {}  # explicit name= children
+        self.unnamed: dict[str, list] = {}    # label -> the other children with that label, in call order
+        self.entered: dict[str, int] = {}     # label -> how many of those the current visit has entered
+        self.first_call = first_call          # the call that made an explicit name's node
+        self.replay = replay                  # walked by a later call of a shared name
+
+    def child(self, label: str, explicit: bool, call: Span, defn: A.Def) -> "ParamScope":
+        """The node of a call made in this one. The k-th call with a label in one visit
+        gets the k-th child with that label, so a replay finds the first call's nodes."""
+        if explicit:
+            scope = self.named.get(label)
+        else:
+            same = self.unnamed.setdefault(label, [])
+            k = self.entered.get(label, 0)
+            self.entered[label] = k + 1
+            scope = same[k] if k < len(same) else None
+        if scope is None:
+            scope = ParamScope(label, self, call if explicit else None, self.replay, defn)
+            self.children.append(scope)
+            if explicit:
+                self.named[label] = scope
+            else:
+                same.append(scope)
+        else:
+            scope.replay = True
+        scope.entered = {}
+        return scope
+
+    def shared_call(self) -> "ParamScope":
+        """In a replay: the node of the explicit name that a later call repeats (the
+        outermost replayed node; only an explicit name's node is replayed first)."""
+        scope, found = self, None
+        while scope is not None:
+            found = scope if scope.replay else found
+            scope = scope.parent
+        return found
+
+    def owns_params(self) -> bool:
+        return bool(self.params) or any(c.owns_params() for c in self.children)
+
+    def assign_names(self, prefix: str, out: dict):
+        """Number same-label siblings that own parameters; collect full names."""
+        self.path = prefix
+        for name, node in self.params.items():
+            out[node] = f"{prefix}.{name}" if prefix else name
+        groups: dict[str, list] = {}
+        for c in self.children:
+            if c.owns_params():
+                groups.setdefault(c.label, []).append(c)
+        for label, members in groups.items():
+            for k, c in enumerate(members):
+                seg = label if len(members) == 1 else (f"{label}.{k}" if label else str(k))
+                path = ".".join(p for p in (prefix, seg) if p)
+                c.assign_names(path, out)
+
+    def layer(self) -> str:
+        """The layer of the nodes a call makes: the name prefix of its parameters, or of the
+        nearest enclosing call's ("" when none of them names parameters)."""
+        scope = self
+        while scope is not None and not scope.path:
+            scope = scope.parent
+        return scope.path if scope is not None else ""
+
+    def calls(self) -> tuple:
+        """The calls from the model down to this node, outermost first."""
+        chain, scope = [], self
+        while scope.defn is not None:
+            chain.append(DefCall(scope.defn.name, scope.defn.span.in_stdlib(), scope.path))
+            scope = scope.parent
+        return tuple(reversed(chain))
+
+
+@dataclass(frozen=True)
+class DefCall:
+    """A call of a def on the way to a parameter's declaration: the def's name, whether it
+    is the standard library's, and the name prefix of the parameters under the call."""
+    name: str
+    stdlib: bool
+    path: str
+
+
+@dataclass
+class ParamInfo:
+    name: str
+    type: TensorType
+    trainable: bool
+    span: Span
+    calls: tuple = ()    # the DefCalls that led to its declaration, outermost first (none: the model's own)
+
+
+@dataclass
+class ModelInput:
+    name: str
+    type: TensorType
+    span: Span
+    is_target: bool
+
+
+@dataclass
+class Model:
+    """A model built for one mode: its forward graph, initializer graph and metadata."""
+    name: str
+    graph: Graph         # outputs: loss, metric:<m>, output:<o>, update:<state>
+    init: Graph          # outputs: one per parameter and state, by name
+    inputs: list
+    params: list
+    training: bool
+    train: A.Train | None
+    span: Span
+    bindings: list = field(default_factory=list)   # (name, type, span) of every model-level binding
+
+    def input_names(self):
+        return [i.name for i in self.inputs]

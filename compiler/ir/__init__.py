@@ -1,0 +1,1 @@
+"""The graph IR: graphs, symbolic dims, the primitive records and the ops that emit them."""

@@ -1,0 +1,495 @@
+"""The graph IR: a networkx MultiDiGraph of primitive ops.
+
+Every node has an `op`, static `attrs`, a list of output `types` (TensorType) and the
+source `span` it came from. An edge u -> v with key i and attribute `out=j` says that
+output j of u is argument i of v; edges are the only record of dataflow.
+`Tensor` is a handle on one output of one node; arithmetic on it emits nodes.
+"""
+from __future__ import annotations
+
+import gc
+import heapq
+import json
+from collections.abc import MutableMapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable
+
+import networkx as nx
+import numpy as np
+
+from dlc.compiler.ir.dims import shape_str, numel
+from dlc.compiler.errors import DlcError, Span
+
+# the most nodes one model build may make, in all its graphs (docs/language.md, section 7):
+# a 10,000-layer MLP makes 230,000 (forward and initializers)
+MAX_NODES = 250_000
+
+DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
+FLOAT_DTYPES = ("f32", "f64")
+
+
+@dataclass(frozen=True)
+class TensorType:
+    dtype: str
+    shape: tuple
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype in FLOAT_DTYPES
+
+    def __str__(self) -> str:
+        return f"{self.dtype}{shape_str(self.shape)}"
+
+
+@dataclass
+class Primitive:
+    """One primitive op, the one record of everything the compiler knows about it.
+
+    kind is its fusion pattern: source, elementwise, broadcast, injective, reduction,
+    contraction, window, opaque or control. `dtypes` are the dtypes of the values its
+    operands may hold (a condition or an index aside), which its type rule accepts.
+    The native backend keeps its lowering and scalar rules in tables of its own, keyed by
+    the primitive's name (compiler/native/lower.py, compiler/native/scalar.py), so that
+    building the records never loads LLVM."""
+    name: str
+    kind: str
+    infer: Callable            # (ctx: Infer, types, **attrs) -> list[TensorType]
+    impl: Callable             # (ctx: Eval, arrays, **attrs) -> list[np.ndarray]
+    vjp: Callable | None = None  # (node: NodeView, cotangents) -> list[Tensor | None]
+    flops: Callable | None = None  # (in_types, out_types, **attrs) -> dim polynomial
+    dtypes: tuple = tuple(DTYPES)
+    given: bool = False        # its value comes from outside the graph: an input, a parameter, an argument
+    view: bool = False         # its result is its operand's elements, rearranged or not at all (no arithmetic)
+    cheap: bool = False        # cheaper to recompute than to keep in memory (views, constants)
+    commutative: bool = False  # its two operands may be swapped
+    libm: str | None = None    # the C math library's function that computes it (float; "f" suffix for f32)
+
+
+PRIMITIVES: dict[str, Primitive] = {}
+
+
+def primitive(name: str, kind: str, infer, vjp=None, flops=None, **properties):
+    """Decorator: register the primitive whose numpy reference it decorates."""
+    def register(impl):
+        PRIMITIVES[name] = Primitive(name, kind, infer, impl, vjp, flops, **properties)
+        return impl
+    return register
+
+
+class Infer:
+    """What a type rule may ask of the graph: fail with a located error."""
+
+    def __init__(self, graph: "Graph", op: str):
+        self.graph, self.op = graph, op
+
+    @property
+    def dtypes(self) -> tuple:
+        """The dtypes the primitive's operands may hold (its record)."""
+        return PRIMITIVES[self.op].dtypes
+
+    def fail(self, message: str):
+        raise DlcError(f"{self.op}: {message}", self.graph.span)
+
+
+@contextmanager
+def collector_paused():
+    """Around building a graph (a model, its gradient, the passes; a decorator): that makes
+    a few small objects per node that all live until it is done, and the cyclic garbage
+    collector, passing over them again and again as they grow in number, finds little
+    among them: it took 40% of the time of building a large model, 60% of differentiating
+    it and 20% of the passes."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+class NodeBudget:
+    """The nodes the graphs of one model build may still make, shared by them all."""
+
+    def __init__(self):
+        self.left = MAX_NODES
+
+    def spend(self, span: Span | None):
+        if self.left <= 0:
+            raise DlcError(f"the model needs more than {MAX_NODES:,} graph nodes, the most a model may have "
+                           "(a repeat with too many steps?)", span)
+        self.left -= 1
+
+
+class Tensor:
+    """One output of one node."""
+    __slots__ = ("graph", "node", "out")
+
+    def __init__(self, graph: "Graph", node: int, out: int = 0):
+        self.graph, self.node, self.out = graph, node, out
+
+    @property
+    def type(self) -> TensorType:
+        return self.graph.g.nodes[self.node]["types"][self.out]
+
+    @property
+    def shape(self) -> tuple:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> str:
+        return self.type.dtype
+
+    @property
+    def rank(self) -> int:
+        return len(self.type.shape)
+
+    @property
+    def span(self) -> Span | None:
+        return self.graph.g.nodes[self.node]["span"]
+
+    def key(self):
+        return (self.node, self.out)
+
+    def __repr__(self):
+        return f"%{self.node}" + (f".{self.out}" if self.out else "") + f":{self.type}"
+
+    # arithmetic (+, -, *, /, unary -, @) is installed by ops.py, where its rules live
+
+
+class Outputs(MutableMapping):
+    """A graph's named results (name -> Tensor), a dict that also knows which names read
+    each value: a pass asks at every rewrite, and a scan of all the outputs each time made
+    the passes quadratic in their number (two per layer)."""
+
+    def __init__(self, named=()):
+        self._named: dict = {}
+        self._readers: dict = {}        # (node, out) -> the names that read it
+        self.update(named)
+
+    def readers(self, key: tuple) -> list:
+        """The names of the outputs that read value `key` (node, out)."""
+        return self._readers.get(key, [])
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._named[name]
+
+    def __setitem__(self, name: str, t: Tensor):
+        if name in self._named:
+            self._unlink(name)
+        self._named[name] = t           # a name given again keeps its place, as in a dict
+        self._readers.setdefault(t.key(), []).append(name)
+
+    def __delitem__(self, name: str):
+        self._unlink(name)
+        del self._named[name]
+
+    def _unlink(self, name: str):
+        key = self._named[name].key()
+        self._readers[key].remove(name)
+        if not self._readers[key]:
+            del self._readers[key]
+
+    def __iter__(self):
+        return iter(self._named)
+
+    def __len__(self) -> int:
+        return len(self._named)
+
+    def __repr__(self) -> str:
+        return repr(self._named)
+
+
+@dataclass
+class NodeView:
+    """What a VJP rule sees of a node: its attrs, operands and outputs."""
+    graph: "Graph"
+    node: int
+    attrs: dict
+    inputs: list
+    outputs: list
+    span: Span | None = field(default=None)
+
+
+class Graph:
+    def __init__(self, name: str = "main", parent: "Graph | None" = None, budget: NodeBudget | None = None):
+        self.name = name
+        self.budget = budget                   # a model build's graphs share one; derived graphs have none
+        self.g = nx.MultiDiGraph()
+        self.parent = parent
+        self.span: Span | None = None
+        self.outputs = Outputs()
+        self.args: list[Tensor] = []       # ordered arguments of a body graph
+        self._next = 0
+
+    @property
+    def outputs(self) -> Outputs:
+        return self._outputs
+
+    @outputs.setter
+    def outputs(self, named):
+        self._outputs = Outputs(named)
+
+    # construction -------------------------------------------------------------------
+    def at(self, span: Span | None) -> "_At":
+        """`with graph.at(span):` emits nodes with this source span."""
+        return _At(self, span)
+
+    def add(self, op: str, inputs: list[Tensor] = (), **attrs) -> list[Tensor]:
+        prim = PRIMITIVES[op]
+        for t in inputs:
+            assert t.graph is self, f"{op}: operand from another graph"
+        try:
+            types = prim.infer(Infer(self, op), [t.type for t in inputs], **attrs)
+        except DlcError as e:
+            if not e.notes:
+                e.notes = [(f"operand {i + 1} is {t.type}, from here", t.span)
+                           for i, t in enumerate(inputs) if t.span is not None and t.span != e.span]
+            raise
+        for t in types:
+            if any(isinstance(d, int) and d <= 0 for d in t.shape):
+                raise DlcError(f"{op}: dimension sizes must be positive, got {t}", self.span)
+        if self.budget is not None:
+            self.budget.spend(self.span)
+        n = self._next
+        self._next += 1
+        self.g.add_node(n, op=op, attrs=attrs, types=list(types), span=self.span)
+        for i, t in enumerate(inputs):
+            self.g.add_edge(t.node, n, key=i, out=t.out)
+        return [Tensor(self, n, j) for j in range(len(types))]
+
+    def add1(self, op: str, inputs: list[Tensor] = (), **attrs) -> Tensor:
+        return self.add(op, inputs, **attrs)[0]
+
+    # queries ------------------------------------------------------------------------------
+    def op(self, n: int) -> str:
+        return self.g.nodes[n]["op"]
+
+    def attrs(self, n: int) -> dict:
+        return self.g.nodes[n]["attrs"]
+
+    def types(self, n: int) -> list:
+        return self.g.nodes[n]["types"]
+
+    def inputs(self, n: int) -> list[Tensor]:
+        edges = sorted((k, u, data["out"]) for u, keys in self.g.pred[n].items() for k, data in keys.items())
+        return [Tensor(self, u, out) for _, u, out in edges]
+
+    def outputs_of(self, n: int) -> list[Tensor]:
+        return [Tensor(self, n, j) for j in range(len(self.types(n)))]
+
+    def view(self, n: int) -> NodeView:
+        return NodeView(self, n, self.attrs(n), self.inputs(n), self.outputs_of(n), self.g.nodes[n]["span"])
+
+    def order(self) -> list[int]:
+        """Nodes in a topological order that keeps creation order where it can: the smallest
+        ready node first (networkx's lexicographical sort, without its overhead per edge)."""
+        waiting = {n: sum(map(len, pred.values())) for n, pred in self.g.pred.items()}     # edges not yet met
+        ready = [n for n, k in waiting.items() if not k]
+        heapq.heapify(ready)
+        out = []
+        while ready:
+            n = heapq.heappop(ready)
+            out.append(n)
+            for v, keys in self.g.succ[n].items():
+                waiting[v] -= len(keys)
+                if not waiting[v]:
+                    heapq.heappush(ready, v)
+        return out
+
+    def set_args(self, args: list):
+        """A body's arguments in order; each `arg` node's index follows its place."""
+        for i, a in enumerate(args):
+            self.attrs(a.node)["index"] = i
+        self.args = list(args)
+
+    def uses(self, t: Tensor) -> int:
+        """Readers of t, a graph output counting as one."""
+        readers = sum(1 for _, _, out in self.g.out_edges(t.node, data="out") if out == t.out)
+        return readers + len(self.outputs.readers(t.key()))
+
+    def redirect(self, n: int, targets: list):
+        """Every reader of output j of node n (an edge or a graph output) reads targets[j]."""
+        for _, v, k, out in list(self.g.out_edges(n, keys=True, data="out")):
+            self.g.remove_edge(n, v, key=k)
+            self.g.add_edge(targets[out].node, v, key=k, out=targets[out].out)
+        for j, target in enumerate(targets):
+            for name in list(self.outputs.readers((n, j))):
+                self.outputs[name] = target
+
+    def nodes_with(self, op: str) -> list[int]:
+        return [n for n in sorted(self.g.nodes) if self.op(n) == op]
+
+    def params(self) -> list[int]:
+        return self.nodes_with("param")
+
+
+class _At:
+    """The context of Graph.at: a class, not a generator, as every expression enters one."""
+    __slots__ = ("graph", "span", "saved")
+
+    def __init__(self, graph: Graph, span: Span | None):
+        self.graph, self.span = graph, span
+
+    def __enter__(self):
+        self.saved = self.graph.span
+        if self.span is not None:
+            self.graph.span = self.span.called_from(self.saved)
+
+    def __exit__(self, *exc):
+        self.graph.span = self.saved
+
+
+# ---- rendering (dlc graph) -------------------------------------------------------------
+def _attr_text(v) -> str:
+    if isinstance(v, Graph):
+        return f"<body {v.name}>"
+    if isinstance(v, np.ndarray):
+        if v.ndim == 0:
+            return f"{v.item():g}" if isinstance(v.item(), float) else str(v.item())
+        return f"array{list(v.shape)}" if v.size > 4 else np.array2string(v, separator=",")
+    if isinstance(v, tuple):
+        return "(" + ", ".join(_attr_text(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v)
+
+
+def attrs_text(attrs: dict) -> str:
+    """`shape=(B, 1), ta=False`: a node's attributes but its body graph."""
+    return ", ".join(f"{k}={_attr_text(v)}" for k, v in attrs.items() if not isinstance(v, Graph))
+
+
+def _ref(t: Tensor) -> str:
+    return f"%{t.node}" + (f".{t.out}" if t.out else "")
+
+
+def _where(span: Span) -> str:
+    return f"{span.file.rsplit('/', 1)[-1]}:{span.line}:{span.col}"
+
+
+def to_text(graph: Graph, indent: str = "") -> str:
+    lines = []
+    for n in graph.order():
+        d = graph.g.nodes[n]
+        types = ", ".join(str(t) for t in d["types"])
+        args = ", ".join(_ref(t) for t in graph.inputs(n))
+        attrs = attrs_text(d["attrs"])
+        loc = f"  @{_where(d['span'])}" if d["span"] else ""
+        call = d["op"] + (f"({args})" if args else "") + (f" {{{attrs}}}" if attrs else "")
+        lines.append(f"{indent}%{n} = {call} : {types}{loc}")
+        for k, v in d["attrs"].items():
+            if isinstance(v, Graph):
+                lines.append(f"{indent}  {k} {v.name}(" + ", ".join(_ref(a) + f":{a.type}" for a in v.args) + ") {")
+                lines.append(to_text(v, indent + "    "))
+                lines.append(f"{indent}  }}")
+    for name, t in graph.outputs.items():
+        lines.append(f"{indent}output {name} = {_ref(t)} : {t.type}")
+    return "\n".join(lines)
+
+
+GRADIENTS = "∇"      # the layer of the gradient nodes, above one per layer: ∇.stage1.0.conv1
+
+
+def layer_of(graph: Graph, n: int) -> str:
+    """The layer node n belongs to, a dotted path ("" for none): in the forward graph the
+    name prefix of the parameters of the call that made it, or its model statement's binding
+    (set by the evaluator); in the train-step graph, the gradient of a node belongs to
+    ∇.LAYER, LAYER being that node's."""
+    d = graph.g.nodes[n]
+    if "grad_of" not in d:
+        return d.get("layer", "")
+    forward = graph.g.nodes[d["grad_of"]] if d["grad_of"] in graph.g else {}
+    return ".".join(p for p in (GRADIENTS, forward.get("layer", "")) if p)
+
+
+def layer_label(layer: str) -> str:
+    """stage1.0, ∇ stage1.0, ∇ (gradients)."""
+    if layer == GRADIENTS:
+        return f"{GRADIENTS} (gradients)"
+    return layer.replace(GRADIENTS + ".", GRADIENTS + " ", 1)
+
+
+def layer_parent(layer: str) -> str:
+    """The layer that holds this one: stage1.0 for stage1.0.conv1, "" for stage1."""
+    return layer.rpartition(".")[0]
+
+
+def node_title(graph: Graph, n: int) -> str:
+    """`%12 conv2d`, with the name of an input or parameter: `%3 param stage1.0.conv1.W`."""
+    d = graph.g.nodes[n]
+    name = d["attrs"].get("name") if PRIMITIVES[d["op"]].given else None
+    return f"%{n} {d['op']}" + (f" {name}" if isinstance(name, str) else "")
+
+
+def layer_tree(graph: Graph) -> dict:
+    """Every layer that holds nodes -> (the layers in it, its own nodes), with the layers
+    above them; "" is the whole graph. In graph order."""
+    tree: dict = {"": ([], [])}
+
+    def add(layer: str):
+        if layer not in tree:
+            tree[layer] = ([], [])
+            add(layer_parent(layer))
+            tree[layer_parent(layer)][0].append(layer)
+    for n in graph.order():
+        layer = layer_of(graph, n)
+        add(layer)
+        tree[layer][1].append(n)
+    return tree
+
+
+def _quoted(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def to_dot(graph: Graph) -> str:
+    """Graphviz: each node with its op (and the name of an input or parameter), in a
+    cluster per layer, nested as the layers are."""
+    lines = [f'digraph "{graph.name}" {{', "  node [shape=box, fontname=monospace];"]
+    tree = layer_tree(graph)
+
+    def cluster(layer: str, indent: str):
+        layers, nodes = tree[layer]
+        for n in nodes:
+            label = node_title(graph, n) + "\n" + ", ".join(str(t) for t in graph.types(n))
+            lines.append(f"{indent}n{n} [label={_quoted(label)}];")
+        for child in layers:
+            lines.append(f"{indent}subgraph {_quoted('cluster_' + child)} {{")
+            lines.append(f"{indent}  label={_quoted(layer_label(child))};")
+            cluster(child, indent + "  ")
+            lines.append(f"{indent}}}")
+    cluster("", "  ")
+    for u, v, k, out in graph.g.edges(keys=True, data="out"):
+        lines.append(f'  n{u} -> n{v} [label="{out}:{k}"];')
+    for name, t in graph.outputs.items():
+        lines.append(f'  "out:{name}" [shape=ellipse];')
+        lines.append(f'  n{t.node} -> "out:{name}";')
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def to_json(graph: Graph) -> str:
+    return json.dumps(_json(graph), indent=1)
+
+
+def _json(graph: Graph) -> dict:
+    nodes = []
+    for n in graph.order():
+        d = graph.g.nodes[n]
+        nodes.append({
+            "id": n, "op": d["op"], "kind": PRIMITIVES[d["op"]].kind,
+            "inputs": [[t.node, t.out] for t in graph.inputs(n)],
+            "attrs": {k: (_json(v) if isinstance(v, Graph) else _attr_text(v)) for k, v in d["attrs"].items()},
+            "types": [str(t) for t in d["types"]],
+            "span": str(d["span"]) if d["span"] else None,
+        })
+    return {"name": graph.name, "args": [[t.node, t.out] for t in graph.args], "nodes": nodes,
+            "outputs": {k: [t.node, t.out] for k, t in graph.outputs.items()}}
+
+
+__all__ = ["Graph", "Tensor", "TensorType", "Primitive", "PRIMITIVES", "primitive", "Infer", "NodeView", "DTYPES", "numel"]

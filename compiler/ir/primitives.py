@@ -1,0 +1,774 @@
+"""The primitive ops of the graph IR.
+
+Each primitive is one record (graph.Primitive): its fusion pattern kind, its type rule
+(`infer`), its numpy reference semantics (`impl`, run by runtime/engines/interpreter.py), its VJP
+rule, its FLOPs and its properties, side by side. Layers, losses and composite functions
+are written in the .dl standard library on top of these; ops.py holds the broadcasting
+helpers the rules use. `scan` has a module of its own (scan.py): its VJP differentiates
+its body. The native backend registers its lowering and scalar rules by name
+(compiler/native/), and a test checks that every record has them.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dlc.compiler.ir import ops
+from dlc.compiler.ir import scan  # noqa: F401  (registers scan)
+from dlc.compiler.ir.dims import numel
+from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, TensorType, primitive
+from dlc.compiler.ir.graph import PRIMITIVES  # noqa: F401  (complete once this module has run: import it from here)
+
+NUMERIC = ("f32", "f64", "i32", "i64")
+
+
+def _elementwise_flops(ins, outs, **_):
+    return numel(outs[0].shape)
+
+
+# ---- sources -------------------------------------------------------------------------
+def _given_type(ctx, types, type, **_):
+    return [type]
+
+
+@primitive("input", "source", _given_type, given=True)
+def _input(ctx, xs, name, **_):
+    return [ctx.feed(name)]
+
+
+@primitive("param", "source", _given_type, given=True)
+def _param(ctx, xs, name, **_):
+    return [ctx.param(name)]
+
+
+@primitive("arg", "source", _given_type, given=True, cheap=True)
+def _arg(ctx, xs, index, **_):
+    return [ctx.arg(index)]
+
+
+def _constant_type(ctx, types, value, dtype):
+    return [TensorType(dtype, tuple(np.shape(value)))]
+
+
+@primitive("constant", "source", _constant_type, cheap=True)
+def _constant(ctx, xs, value, dtype):
+    return [np.asarray(value, ctx.np_dtype(dtype))]
+
+
+def _dim_size_type(ctx, types, dim):
+    return [TensorType("i32", ())]
+
+
+@primitive("dim_size", "source", _dim_size_type, cheap=True)
+def _dim_size(ctx, xs, dim):
+    """The runtime value of a symbolic dim (mean over B needs 1/B)."""
+    return [np.asarray(dim, np.int32)]
+
+
+def _iota_type(ctx, types, shape, axis, dtype):
+    return [TensorType(dtype, tuple(shape))]
+
+
+@primitive("iota", "source", _iota_type, cheap=True)
+def _iota(ctx, xs, shape, axis, dtype):
+    r = np.arange(shape[axis], dtype=ctx.np_dtype(dtype))
+    r = r.reshape([-1 if i == axis else 1 for i in range(len(shape))])
+    return [np.broadcast_to(r, shape).copy()]
+
+
+def _random_type(ctx, types, shape, dist, stream, dtype="f32"):
+    if types[0].dtype != "i32" or types[0].shape != (2,):
+        ctx.fail("the key must be i32[2] (seed, step)")
+    return [TensorType(dtype, tuple(shape))]
+
+
+def counter_bits(key, stream: int, n: int) -> np.ndarray:
+    """Counter-based random bits: element i of stream s under key (seed, step) is a
+    pure function of (seed, step, s, i), so any order of evaluation, any backend and
+    any restart give the same numbers."""
+    seed, step = (int(k) & 0xFFFFFFFF for k in np.asarray(key).ravel())
+    with np.errstate(over="ignore"):
+        k = _mix(np.uint32(seed) ^ _mix(np.uint32((stream * 0x9E3779B9) & 0xFFFFFFFF) + _mix(np.uint32(step))))
+        i = np.arange(n, dtype=np.uint32)
+        return _mix(_mix(i ^ k) + k)
+
+
+def _mix(x):
+    """lowbias32: a 32-bit integer hash with good avalanche."""
+    x = np.asarray(x, np.uint32)
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint32(16))
+        x = x * np.uint32(0x7FEB352D)
+        x = x ^ (x >> np.uint32(15))
+        x = x * np.uint32(0x846CA68B)
+        x = x ^ (x >> np.uint32(16))
+    return x
+
+
+def _orthogonal(ctx, xs, shape, stream):
+    """Saxe et al.: Q of the QR of a normal matrix, signs fixed by R's diagonal."""
+    rows = shape[0]
+    cols = int(numel(shape)) // rows
+    z = _random(ctx, xs, (max(rows, cols), min(rows, cols)), "normal", stream)[0].astype(np.float64)
+    q, r = np.linalg.qr(z)
+    q = q * np.sign(np.diag(r))
+    if rows < cols:
+        q = q.T
+    return q.reshape(shape)
+
+
+@primitive("random", "source", _random_type)
+def _random(ctx, xs, shape, dist, stream, dtype="f32"):
+    """Inside a scan the stream also depends on the step, so every step draws anew."""
+    for t in ctx.steps:
+        stream = int(_mix(np.uint32((stream * 0x01000193 + t + 1) & 0xFFFFFFFF)))
+    n = int(numel(shape))
+    dt = ctx.np_dtype(dtype)
+    u = ((counter_bits(xs[0], stream, n) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
+    if dist == "uniform":
+        return [u.astype(dt).reshape(shape)]
+    if dist == "orthogonal":
+        return [_orthogonal(ctx, xs, shape, stream).astype(dt)]
+    # normal: Box-Muller on two independent streams
+    u2 = ((counter_bits(xs[0], stream + 0x5BD1E995, n) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
+    z = np.sqrt(-2.0 * np.log(u)) * np.cos(2.0 * np.pi * u2)
+    return [z.astype(dt).reshape(shape)]
+
+
+# ---- elementwise ------------------------------------------------------------------------
+def _same_shapes(ctx, types, **_):
+    first = types[0]
+    for t in types[1:]:
+        if t.rank != first.rank:
+            ctx.fail(f"shapes {first} and {t} differ in rank")
+        if first.shape != t.shape:
+            ctx.fail(f"shapes {first} and {t} differ")
+    return first
+
+
+def _unary_type(ctx, types, **_):
+    if types[0].dtype not in ctx.dtypes:
+        ctx.fail(f"needs a float tensor, got {types[0]}")
+    return [types[0]]
+
+
+def _unary(name, fn, vjp, libm=None):
+    """A float function of one operand; `libm` names the C library's function for it."""
+    primitive(name, "elementwise", _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, libm=libm)(
+        lambda ctx, xs, _fn=fn: [_fn(xs[0]).astype(xs[0].dtype, copy=False)])
+
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+_unary("neg", np.negative, lambda n, g: [-g[0]])
+_unary("exp", np.exp, lambda n, g: [g[0] * n.outputs[0]])
+_unary("expm1", np.expm1, lambda n, g: [g[0] * (n.outputs[0] + 1.0)], libm="expm1")
+_unary("log", np.log, lambda n, g: [g[0] / n.inputs[0]], libm="log")
+_unary("log1p", np.log1p, lambda n, g: [g[0] / (n.inputs[0] + 1.0)], libm="log1p")
+_unary("tanh", np.tanh, lambda n, g: [g[0] * (1.0 - n.outputs[0] * n.outputs[0])])
+_unary("logistic", lambda x: np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x)))),
+       lambda n, g: [g[0] * n.outputs[0] * (1.0 - n.outputs[0])])
+_unary("sqrt", np.sqrt, lambda n, g: [g[0] * 0.5 / n.outputs[0]])
+_unary("abs", np.abs, lambda n, g: [g[0] * ops.unary("sign", n.inputs[0])])
+_unary("sign", np.sign, lambda n, g: [None])
+_unary("sin", np.sin, lambda n, g: [g[0] * ops.unary("cos", n.inputs[0])], libm="sin")
+_unary("cos", np.cos, lambda n, g: [-(g[0] * ops.unary("sin", n.inputs[0]))], libm="cos")
+_unary("erf", lambda x: _erf(x), lambda n, g: [g[0] * (2.0 / math.sqrt(math.pi)) * ops.unary("exp", -(n.inputs[0] * n.inputs[0]))],
+       libm="erf")
+
+
+def _binary_type(ctx, types, **_):
+    t = _same_shapes(ctx, types)
+    if types[0].dtype != types[1].dtype:
+        ctx.fail(f"dtypes differ: {types[0]} and {types[1]}")
+    return [t]
+
+
+def _arith_type(ctx, types, **_):
+    t = _binary_type(ctx, types)[0]
+    if t.dtype not in ctx.dtypes:
+        ctx.fail("arithmetic on bool tensors; cast them first")
+    return [t]
+
+
+def _pow_vjp(n, g):
+    x, y = n.inputs
+    out = n.outputs[0]
+    dx = g[0] * y * ops.binary("pow", x, y - 1.0)
+    dy = g[0] * out * ops.unary("log", ops.select(ops.compare("gt", x, 0.0), x, ops.full_like(x, 1.0)))
+    return [dx, dy]
+
+
+def _minmax_vjp(cmp):
+    """The larger (smaller) operand takes the gradient; ties split it, as in PyTorch."""
+    def vjp(n, g):
+        x, y = n.inputs
+        wins, tie = ops.compare(cmp, x, y), ops.compare("eq", x, y)
+        zero, half = ops.zeros_like(g[0]), g[0] * 0.5
+        return [ops.select(wins, g[0], ops.select(tie, half, zero)),
+                ops.select(wins, zero, ops.select(tie, half, g[0]))]
+    return vjp
+
+
+def _binary(name, fn, vjp, infer=_arith_type, dtypes=NUMERIC, **properties):
+    primitive(name, "elementwise", infer, vjp, _elementwise_flops, dtypes=dtypes, **properties)(
+        lambda ctx, xs, _fn=fn: [np.asarray(_fn(*xs))])
+
+
+def _int_div(a, b):
+    if np.issubdtype(a.dtype, np.integer):
+        return np.floor_divide(a, b)
+    return np.divide(a, b)
+
+
+_binary("add", np.add, lambda n, g: [g[0], g[0]], commutative=True)
+_binary("sub", np.subtract, lambda n, g: [g[0], -g[0]])
+_binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]], commutative=True)
+_binary("div", _int_div, lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])])
+# x % y = x - y * floor(x / y), so d/dy = -floor(x / y) = -(x - out) / y
+_binary("mod", np.mod, lambda n, g: [g[0], -(g[0] * (n.inputs[0] - n.outputs[0]) / n.inputs[1])])
+_binary("pow", np.power, _pow_vjp, libm="pow")
+_binary("maximum", np.maximum, _minmax_vjp("gt"))
+_binary("minimum", np.minimum, _minmax_vjp("lt"))
+
+
+def _fma_type(ctx, types, **_):
+    if len(types) != 3:
+        ctx.fail(f"needs three operands, got {len(types)}")
+    t = _same_shapes(ctx, types)
+    if len({x.dtype for x in types}) > 1 or t.dtype not in ctx.dtypes:
+        ctx.fail(f"needs three float tensors of one dtype, got {', '.join(map(str, types))}")
+    return [t]
+
+
+@primitive("fma", "elementwise", _fma_type, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0], g[0]],
+           lambda ins, outs, **_: 2 * numel(outs[0].shape), dtypes=FLOAT_DTYPES)
+def _fma(ctx, xs):
+    """a * b + c rounded once (torch's fused kernels: lerp, addcmul, add with alpha). The
+    float32 product is exact in float64, so the sum rounds twice only in ties, vanishingly
+    rare; float64 operands round their product first."""
+    a, b, c = xs
+    return [(np.multiply(a, b, dtype=np.float64) + c).astype(c.dtype)]
+
+
+def _compare_type(ctx, types, **_):
+    t = _binary_type(ctx, types)[0]
+    return [TensorType("bool", t.shape)]
+
+
+for _name, _fn in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
+                   ("eq", np.equal), ("ne", np.not_equal)]:
+    _binary(_name, _fn, lambda n, g: [None, None], _compare_type, tuple(DTYPES), commutative=_name in ("eq", "ne"))
+
+
+def _logical_type(ctx, types, **_):
+    for t in types:
+        if t.dtype not in ctx.dtypes:
+            ctx.fail(f"needs bool tensors, got {t}")
+    return [_same_shapes(ctx, types)]
+
+
+_binary("logical_and", np.logical_and, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True)
+_binary("logical_or", np.logical_or, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True)
+primitive("logical_not", "elementwise", _logical_type, lambda n, g: [None], dtypes=("bool",))(
+    lambda ctx, xs: [np.logical_not(xs[0])])
+
+
+def _select_type(ctx, types, **_):
+    c, a, b = types
+    if c.dtype != "bool":
+        ctx.fail(f"the condition must be bool, got {c}")
+    _same_shapes(ctx, types)
+    if a.dtype != b.dtype:
+        ctx.fail(f"branches differ in dtype: {a} and {b}")
+    return [a]
+
+
+def _select_vjp(n, g):
+    c = n.inputs[0]
+    zero = ops.zeros_like(g[0])
+    return [None, ops.select(c, g[0], zero), ops.select(c, zero, g[0])]
+
+
+@primitive("select", "elementwise", _select_type, _select_vjp, _elementwise_flops)
+def _select(ctx, xs):
+    return [np.where(xs[0], xs[1], xs[2])]
+
+
+def _cast_type(ctx, types, dtype):
+    return [TensorType(dtype, types[0].shape)]
+
+
+def _cast_vjp(n, g):
+    src = n.inputs[0]
+    return [ops.cast(g[0], src.dtype) if src.type.is_float else None]
+
+
+@primitive("cast", "elementwise", _cast_type, _cast_vjp)
+def _cast(ctx, xs, dtype):
+    return [xs[0].astype(ctx.np_dtype(dtype))]
+
+
+def _identity_type(ctx, types):
+    return [types[0]]
+
+
+@primitive("stop_gradient", "elementwise", _identity_type, lambda n, g: [None], view=True, cheap=True)
+def _stop_gradient(ctx, xs):
+    return [xs[0]]
+
+
+# ---- shape ops ----------------------------------------------------------------------------
+def _broadcast_type(ctx, types, shape):
+    x = types[0]
+    if x.rank > len(shape):
+        ctx.fail(f"cannot broadcast {x} to rank {len(shape)}")
+    for a, b in zip(x.shape[::-1], shape[::-1]):
+        if a != 1 and a != b:
+            ctx.fail(f"cannot broadcast {x} to {list(shape)}")
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+def _broadcast_vjp(n, g):
+    x = n.inputs[0]
+    lead = len(n.attrs["shape"]) - x.rank
+    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(x.shape)
+                                      if d == 1 and n.attrs["shape"][lead + i] != 1)
+    return [ops.reshape(ops.reduce("reduce_sum", g[0], axes), x.shape)]
+
+
+@primitive("broadcast", "broadcast", _broadcast_type, _broadcast_vjp, view=True, cheap=True)
+def _broadcast(ctx, xs, shape):
+    return [np.broadcast_to(xs[0], shape).copy()]
+
+
+def _reshape_type(ctx, types, shape):
+    x = types[0]
+    if numel(x.shape) != numel(shape):
+        ctx.fail(f"cannot reshape {x} to {list(shape)}: sizes differ")
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+@primitive("reshape", "injective", _reshape_type, lambda n, g: [ops.reshape(g[0], n.inputs[0].shape)],
+           view=True, cheap=True)
+def _reshape(ctx, xs, shape):
+    return [xs[0].reshape(shape)]
+
+
+def _transpose_type(ctx, types, perm):
+    x = types[0]
+    if sorted(perm) != list(range(x.rank)):
+        ctx.fail(f"{list(perm)} is not a permutation of the axes of {x}")
+    return [TensorType(x.dtype, tuple(x.shape[p] for p in perm))]
+
+
+def _transpose_vjp(n, g):
+    inverse = tuple(int(i) for i in np.argsort(n.attrs["perm"]))
+    return [ops.transpose(g[0], inverse)]
+
+
+@primitive("transpose", "injective", _transpose_type, _transpose_vjp, view=True, cheap=True)
+def _transpose(ctx, xs, perm):
+    return [np.ascontiguousarray(np.transpose(xs[0], perm))]
+
+
+def slice_length(start, stop, step):
+    """Elements in start:stop:step (None when a symbolic length does not divide)."""
+    return (stop - start + step - 1) // step if step > 1 else stop - start
+
+
+def _slice_type(ctx, types, starts, stops, steps):
+    x = types[0]
+    if not (len(starts) == len(stops) == len(steps) == x.rank):
+        ctx.fail(f"needs a start, stop and step for each of the {x.rank} axes")
+    shape = []
+    for d, a, b, s in zip(x.shape, starts, stops, steps):
+        n = slice_length(a, b, s)
+        if n is None:
+            ctx.fail(f"the slice {a}:{b}:{s} of a dim of size {d} must have a known length")
+        shape.append(n)
+    return [TensorType(x.dtype, tuple(shape))]
+
+
+def _slice_vjp(n, g):
+    x = n.inputs[0]
+    lo, hi, interior = [], [], []
+    for d, a, s, out in zip(x.shape, n.attrs["starts"], n.attrs["steps"], g[0].shape):
+        last = a + (out - 1) * s
+        lo.append(a)
+        hi.append(d - last - 1)
+        interior.append(s - 1)
+    return [ops.pad(g[0], tuple(lo), tuple(hi), tuple(interior))]
+
+
+@primitive("slice", "injective", _slice_type, _slice_vjp, view=True, cheap=True)
+def _slice(ctx, xs, starts, stops, steps):
+    for axis, (b, d) in enumerate(zip(stops, xs[0].shape)):
+        if b > d:
+            raise ctx.error(f"slice: axis {axis} has {d} elements, the slice needs {b}")
+    return [xs[0][tuple(slice(a, b, s) for a, b, s in zip(starts, stops, steps))].copy()]
+
+
+def _pad_type(ctx, types, lo, hi, interior):
+    x = types[0]
+    shape = tuple(a + d + (d - 1) * i + b for d, a, b, i in zip(x.shape, lo, hi, interior))
+    return [TensorType(x.dtype, shape)]
+
+
+def _pad_vjp(n, g):
+    x = n.inputs[0]
+    stops = tuple(a + d + (d - 1) * i for d, a, i in zip(x.shape, n.attrs["lo"], n.attrs["interior"]))
+    return [ops.slice_(g[0], n.attrs["lo"], stops, tuple(i + 1 for i in n.attrs["interior"]))]
+
+
+@primitive("pad", "injective", _pad_type, _pad_vjp)
+def _pad(ctx, xs, lo, hi, interior):
+    x = xs[0]
+    shape = [a + d + (d - 1) * i + b for d, a, b, i in zip(x.shape, lo, hi, interior)]
+    out = np.zeros(shape, x.dtype)
+    out[tuple(slice(a, a + d + (d - 1) * i, i + 1) for d, a, i in zip(x.shape, lo, interior))] = x
+    return [out]
+
+
+def _concat_type(ctx, types, axis):
+    first = types[0]
+    total = 0
+    for t in types:
+        if t.rank != first.rank:
+            ctx.fail(f"cannot join {first} and {t}: ranks differ")
+        if t.dtype != first.dtype:
+            ctx.fail(f"cannot join {first} and {t}: dtypes differ")
+        for i, (a, b) in enumerate(zip(first.shape, t.shape)):
+            if i != axis and a != b:
+                ctx.fail(f"cannot join {first} and {t} along axis {axis}: axis {i} differs")
+        total = total + t.shape[axis]
+    shape = list(first.shape)
+    shape[axis] = total
+    return [TensorType(first.dtype, tuple(shape))]
+
+
+def _concat_vjp(n, g):
+    axis, start, grads = n.attrs["axis"], 0, []
+    for x in n.inputs:
+        starts = [0] * x.rank
+        starts[axis] = start
+        stops = list(x.shape)
+        stops[axis] = start + x.shape[axis]
+        grads.append(ops.slice_(g[0], tuple(starts), tuple(stops), (1,) * x.rank))
+        start = start + x.shape[axis]
+    return grads
+
+
+@primitive("concat", "injective", _concat_type, _concat_vjp)
+def _concat(ctx, xs, axis):
+    return [np.concatenate(xs, axis=axis)]
+
+
+def _gather_type(ctx, types):
+    table, idx = types
+    if idx.dtype not in ("i32", "i64"):
+        ctx.fail(f"indices must be integers, got {idx}")
+    if table.rank == 0:
+        ctx.fail(f"the table must have rank >= 1, got {table}")
+    return [TensorType(table.dtype, idx.shape + table.shape[1:])]
+
+
+def _gather_vjp(n, g):
+    table, idx = n.inputs
+    return [ops.graph_of(g[0]).add1("scatter_add", [idx, g[0]], shape=table.shape), None]
+
+
+@primitive("gather", "injective", _gather_type, _gather_vjp)
+def _gather(ctx, xs):
+    table, idx = xs
+    if idx.size and (idx.min() < 0 or idx.max() >= table.shape[0]):
+        raise ctx.error(f"gather: index out of range [0, {table.shape[0]})")
+    return [table[idx]]
+
+
+def _scatter_add_type(ctx, types, shape):
+    idx, upd = types
+    return [TensorType(upd.dtype, tuple(shape))]
+
+
+def _scatter_add_vjp(n, g):
+    return [None, ops.graph_of(g[0]).add1("gather", [g[0], n.inputs[0]])]
+
+
+@primitive("scatter_add", "opaque", _scatter_add_type, _scatter_add_vjp)
+def _scatter_add(ctx, xs, shape):
+    idx, upd = xs
+    out = np.zeros(shape, upd.dtype)
+    np.add.at(out, idx, upd)
+    return [out]
+
+
+# ---- across replicas ---------------------------------------------------------------------------
+def _replica_mean_vjp(n, g):
+    """Each rank's loss is weighted by its share w_r and the gradients are summed; the
+    adjoint of v_r is then sum_s w_s g_s: the replica mean of the adjoints (docs/distributed.md)."""
+    return [ops.graph_of(g[0]).add1("replica_mean", [g[0]])]
+
+
+@primitive("replica_mean", "opaque", _unary_type, _replica_mean_vjp, _elementwise_flops, dtypes=FLOAT_DTYPES)
+def _replica_mean(ctx, xs):
+    """The mean of x over the ranks of a data-parallel run, each weighted by its share of
+    the global batch (`ctx.replicas`, runtime/engines/distributed.py); x itself in one process."""
+    if ctx.replicas is None:
+        return [xs[0]]
+    return [ctx.replicas(np.array(xs[0], copy=True))]
+
+
+# ---- reductions -----------------------------------------------------------------------------
+def _reduce_type(ctx, types, axes):
+    x = types[0]
+    for a in axes:
+        if not 0 <= a < x.rank:
+            ctx.fail(f"axis {a} is out of range for {x}")
+    return [TensorType(x.dtype, tuple(d for i, d in enumerate(x.shape) if i not in axes))]
+
+
+def _expand_back(n, g):
+    """g broadcast back over the reduced axes of the node's input."""
+    x = n.inputs[0]
+    kept = tuple(1 if i in n.attrs["axes"] else d for i, d in enumerate(x.shape))
+    return ops.broadcast_to(ops.reshape(g, kept), x.shape)
+
+
+def _reduce_max_vjp(n, g):
+    x = n.inputs[0]
+    hit = ops.cast(ops.compare("eq", x, _expand_back(n, n.outputs[0])), x.dtype)
+    count = _expand_back(n, ops.reduce("reduce_sum", hit, n.attrs["axes"]))
+    return [_expand_back(n, g[0]) * hit / count]
+
+
+primitive("reduce_sum", "reduction", _reduce_type, lambda n, g: [_expand_back(n, g[0])],
+          lambda ins, outs, **_: numel(ins[0].shape))(lambda ctx, xs, axes: [np.asarray(np.sum(xs[0], axis=axes))])
+primitive("reduce_max", "reduction", _reduce_type, _reduce_max_vjp,
+          lambda ins, outs, **_: numel(ins[0].shape))(lambda ctx, xs, axes: [np.asarray(np.max(xs[0], axis=axes))])
+
+
+def _argmax_type(ctx, types, axis):
+    x = types[0]
+    return [TensorType("i32", tuple(d for i, d in enumerate(x.shape) if i != axis))]
+
+
+@primitive("argmax", "reduction", _argmax_type, lambda n, g: [None])
+def _argmax(ctx, xs, axis):
+    return [np.asarray(np.argmax(xs[0], axis=axis), np.int32)]
+
+
+# ---- contraction ------------------------------------------------------------------------------
+def matmul_dims(a: TensorType, b: TensorType, ta: bool, tb: bool):
+    m, k = (a.shape[-1], a.shape[-2]) if ta else (a.shape[-2], a.shape[-1])
+    k2, n = (b.shape[-1], b.shape[-2]) if tb else (b.shape[-2], b.shape[-1])
+    return m, k, k2, n
+
+
+def _matmul_type(ctx, types, ta=False, tb=False):
+    a, b = types
+    if a.rank < 2 or b.rank != a.rank:
+        ctx.fail(f"needs operands of equal rank >= 2, got {a} and {b}")
+    if a.dtype != b.dtype or a.dtype not in ctx.dtypes:
+        ctx.fail(f"needs float operands of one dtype, got {a} and {b}")
+    if a.shape[:-2] != b.shape[:-2]:
+        ctx.fail(f"batch dims differ: {a} and {b}")
+    m, k, k2, n = matmul_dims(a, b, ta, tb)
+    if k != k2:
+        ctx.fail(f"inner dims differ: {a} @ {b} ({k} vs {k2})")
+    return [TensorType(a.dtype, a.shape[:-2] + (m, n))]
+
+
+def _matmul_vjp(n, g):
+    a, b = n.inputs
+    ta, tb = n.attrs["ta"], n.attrs["tb"]
+    mm = ops.matmul_raw
+    da = mm(b, g[0], tb, True) if ta else mm(g[0], b, False, not tb)
+    db = mm(g[0], a, True, ta) if tb else mm(a, g[0], not ta, False)
+    return [da, db]
+
+
+def _matmul_flops(ins, outs, ta=False, tb=False):
+    m, k, _, n = matmul_dims(ins[0], ins[1], ta, tb)
+    return 2 * numel(outs[0].shape) * k
+
+
+@primitive("matmul", "contraction", _matmul_type, _matmul_vjp, _matmul_flops, dtypes=FLOAT_DTYPES)
+def _matmul(ctx, xs, ta=False, tb=False):
+    a, b = xs
+    if ta:
+        a = np.swapaxes(a, -1, -2)
+    if tb:
+        b = np.swapaxes(b, -1, -2)
+    return [np.matmul(a, b)]
+
+
+# ---- windows: convolution and pooling (NCHW, weights OIHW) -------------------------------------
+def window_out(size, k, stride, pad):
+    out = (size + 2 * pad - k) // stride if stride != 1 else size + 2 * pad - k
+    return None if out is None else out + 1
+
+
+def _window_shape(ctx, x: TensorType, kernel, stride, padding):
+    if x.rank != 4:
+        ctx.fail(f"needs a [N, C, H, W] input, got {x}")
+    hw = []
+    for size, k, s, p in zip(x.shape[2:], kernel, stride, padding):
+        o = window_out(size, k, s, p)
+        if o is None:
+            ctx.fail(f"the spatial size {size} must be known for stride {s}")
+        if isinstance(o, int) and o < 1:
+            ctx.fail(f"the window {k} (padding {p}) does not fit in the input {x}")
+        hw.append(o)
+    return tuple(hw)
+
+
+def _conv_type(ctx, types, stride, padding):
+    x, w = types
+    if w.rank != 4 or x.rank != 4:
+        ctx.fail(f"needs a [N, C, H, W] input and [O, C, kh, kw] weights, got {x} and {w}")
+    if x.shape[1] != w.shape[1]:
+        ctx.fail(f"the input {x} has {x.shape[1]} channels, the weights {w} expect {w.shape[1]}")
+    hw = _window_shape(ctx, x, w.shape[2:], stride, padding)
+    return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + hw)]
+
+
+def _windows(x, kh, kw, stride, padding):
+    """[N, C, Ho, Wo, kh, kw] view of the padded input."""
+    ph, pw = padding
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    v = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
+    return v[:, :, ::stride[0], ::stride[1]]
+
+
+def _add_windows(shape, input_hw, kernel, stride, padding, contribution, dtype):
+    """The adjoint of taking windows: add contribution(i, j) (one value per output
+    position) at offset (i, j) of every window, then crop the padding."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    n, c, ho, wo = shape
+    full = np.zeros((n, c, input_hw[0] + 2 * ph, input_hw[1] + 2 * pw), dtype)
+    for i in range(kh):
+        for j in range(kw):
+            full[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += contribution(i, j)
+    return full[:, :, ph:ph + input_hw[0], pw:pw + input_hw[1]]
+
+
+def _conv_vjp(n, g):
+    x, w = n.inputs
+    graph = ops.graph_of(g[0])
+    dx = graph.add1("conv2d_input_grad", [g[0], w], stride=n.attrs["stride"], padding=n.attrs["padding"],
+                    input_hw=tuple(x.shape[2:]))
+    dw = graph.add1("conv2d_weight_grad", [x, g[0]], stride=n.attrs["stride"], padding=n.attrs["padding"],
+                    kernel=tuple(w.shape[2:]))
+    return [dx, dw]
+
+
+def _conv_flops(ins, outs, **_):
+    w = ins[1].shape
+    return 2 * numel(outs[0].shape) * w[1] * w[2] * w[3]
+
+
+@primitive("conv2d", "window", _conv_type, _conv_vjp, _conv_flops)
+def _conv2d(ctx, xs, stride, padding):
+    x, w = xs
+    v = _windows(x, w.shape[2], w.shape[3], stride, padding)
+    return [np.einsum("nchwij,ocij->nohw", v, w, optimize=True).astype(x.dtype)]
+
+
+def _conv_input_grad_type(ctx, types, stride, padding, input_hw):
+    g, w = types
+    return [TensorType(g.dtype, (g.shape[0], w.shape[1]) + tuple(input_hw))]
+
+
+@primitive("conv2d_input_grad", "window", _conv_input_grad_type, None,
+           lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]))
+def _conv2d_input_grad(ctx, xs, stride, padding, input_hw):
+    g, w = xs
+    shape = (g.shape[0], w.shape[1]) + g.shape[2:]
+    return [_add_windows(shape, input_hw, w.shape[2:], stride, padding,
+                         lambda i, j: np.einsum("nohw,oc->nchw", g, w[:, :, i, j]), g.dtype)]
+
+
+def _conv_weight_grad_type(ctx, types, stride, padding, kernel):
+    x, g = types
+    return [TensorType(x.dtype, (g.shape[1], x.shape[1]) + tuple(kernel))]
+
+
+@primitive("conv2d_weight_grad", "window", _conv_weight_grad_type, None,
+           lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]))
+def _conv2d_weight_grad(ctx, xs, stride, padding, kernel):
+    x, g = xs
+    v = _windows(x, kernel[0], kernel[1], stride, padding)
+    return [np.einsum("nchwij,nohw->ocij", v, g, optimize=True).astype(x.dtype)]
+
+
+def _pool_type(ctx, types, kernel, stride, padding):
+    x = types[0]
+    hw = _window_shape(ctx, x, kernel, stride, padding)
+    return [TensorType(x.dtype, x.shape[:2] + hw)]
+
+
+def _pool_flops(ins, outs, kernel, **_):
+    return numel(outs[0].shape) * kernel[0] * kernel[1]
+
+
+def _maxpool_vjp(n, g):
+    graph = ops.graph_of(g[0])
+    return [graph.add1("maxpool2d_grad", [n.inputs[0], g[0]], **n.attrs)]
+
+
+@primitive("maxpool2d", "window", _pool_type, _maxpool_vjp, _pool_flops)
+def _maxpool2d(ctx, xs, kernel, stride, padding):
+    x = xs[0]
+    if any(padding):
+        x = np.pad(x, ((0, 0), (0, 0), (padding[0],) * 2, (padding[1],) * 2), constant_values=-np.inf)
+    v = _windows(x, kernel[0], kernel[1], stride, (0, 0))
+    return [v.max(axis=(4, 5))]
+
+
+def _pool_grad_type(ctx, types, **_):
+    return [types[0]]
+
+
+@primitive("maxpool2d_grad", "window", _pool_grad_type, None, _pool_flops)
+def _maxpool2d_grad(ctx, xs, kernel, stride, padding):
+    """Each output's gradient goes to the first maximum of its window."""
+    x, g = xs
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
+    v = _windows(xp, kh, kw, stride, (0, 0))
+    n, c, ho, wo = g.shape
+    flat = v.reshape(n, c, ho, wo, kh * kw).argmax(-1)
+    di, dj = np.divmod(flat, kw)
+    rows = di + (np.arange(ho) * sh)[:, None]
+    cols = dj + (np.arange(wo) * sw)[None, :]
+    out = np.zeros_like(xp)
+    ni, ci = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
+    np.add.at(out, (ni[:, :, None, None], ci[:, :, None, None], rows, cols), g)
+    return [out[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]]
+
+
+def _avgpool_vjp(n, g):
+    graph = ops.graph_of(g[0])
+    return [graph.add1("avgpool2d_grad", [g[0]], input_hw=tuple(n.inputs[0].shape[2:]), **n.attrs)]
+
+
+@primitive("avgpool2d", "window", _pool_type, _avgpool_vjp, _pool_flops)
+def _avgpool2d(ctx, xs, kernel, stride, padding):
+    """Average over the window, padding counted as zeros (PyTorch's count_include_pad)."""
+    v = _windows(xs[0], kernel[0], kernel[1], stride, padding)
+    return [v.mean(axis=(4, 5)).astype(xs[0].dtype)]
+
+
+def _avgpool_grad_type(ctx, types, kernel, stride, padding, input_hw):
+    g = types[0]
+    return [TensorType(g.dtype, g.shape[:2] + tuple(input_hw))]
+
+
+@primitive("avgpool2d_grad", "window", _avgpool_grad_type, None,
+           lambda ins, outs, kernel, **_: numel(ins[0].shape) * kernel[0] * kernel[1])
+def _avgpool2d_grad(ctx, xs, kernel, stride, padding, input_hw):
+    g = xs[0]
+    share = g / (kernel[0] * kernel[1])
+    return [_add_windows(g.shape, input_hw, kernel, stride, padding, lambda i, j: share, g.dtype)]

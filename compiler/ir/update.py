@@ -1,0 +1,75 @@
+"""The optimizer update as a graph over flat arrays.
+
+An optimizer's rule (runtime/training/optim.py) builds, with compiler/ir/ops.py, the new parameter
+and state from an `Update`: the flat float32 parameter and gradient of every trained
+parameter, its state arrays, and the per-step scalars. The scalars arrive in double, as
+torch.optim computes them in Python floats, and are rounded to float where the rule uses
+them, as torch rounds them. `update_graph` adds the penalties and the clipping in front
+of the rule. The reference engine runs that graph with the interpreter; the native
+engine lowers it into its step (compiler/native/update.py): one definition, both engines.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from dlc.compiler.ir import ops
+from dlc.compiler.ir.graph import DTYPES, Graph, Tensor, TensorType
+
+# the grad_norm output: the global norm of the gradient, penalties added, before clipping
+NORM = "grad_norm"
+
+
+class Update:
+    """The inputs of an update graph: `param` and `grad` (f32[n], or f64 for checks by
+    hand), `state[slot]` (alike), and `scalar(name)`, a per-step scalar (fed as f64 by name)."""
+
+    def __init__(self, n: int, slots: tuple, dtype: str = "f32"):
+        self.graph = Graph("update")
+        self.dtype = dtype
+        vector = TensorType(dtype, (n,))
+        self.param = self._input("param", vector)
+        self.grad = self._input("grad", vector)
+        self.state = {s: self._input(s, vector) for s in slots}
+        self._scalars: dict = {}
+
+    def _input(self, name: str, typ: TensorType) -> Tensor:
+        return self.graph.add1("input", type=typ, name=name)
+
+    def scalar(self, name: str) -> Tensor:
+        """A per-step scalar, rounded to the parameters' dtype."""
+        if name not in self._scalars:
+            self._scalars[name] = self._input(name, TensorType("f64", ()))
+        return ops.cast(self._scalars[name], self.dtype)
+
+
+def lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
+    """torch.lerp with a constant weight: from the nearer end, in one fused multiply-add."""
+    w = DTYPES[start.dtype](weight)
+    return ops.fma(float(w), end - start, start) if abs(w) < 0.5 else ops.fma(float(w - 1), end - start, end)
+
+
+def update_graph(rule: Callable, slots: tuple, n: int, l1: float = 0.0, l2: float = 0.0,
+                 clip: tuple | None = None, norm: bool = False, dtype: str = "f32") -> Graph:
+    """The update of n flat parameters: penalties (l1 * sum|p| + l2 * sum p^2), clipping
+    (`clip`: ("global_norm", max) or ("value", max)), then the rule, which gives the new
+    parameter and {slot: new state} (outputs "param" and each slot). With `norm`, the
+    output grad_norm too."""
+    u = Update(n, slots, dtype)
+    g, p = u.grad, u.param
+    if l1:
+        g = g + l1 * ops.unary("sign", p)
+    if l2:
+        g = g + 2 * l2 * p
+    total = None
+    if norm or clip and clip[0] == "global_norm":
+        # in double, over every trained parameter; two casts, each inlined: one would be
+        # read twice, so written out to memory first
+        total = ops.unary("sqrt", ops.sum_(ops.cast(g, "f64") * g.graph.add1("cast", [g], dtype="f64")))
+    if clip and clip[0] == "global_norm":
+        g = g * ops.cast(ops.binary("minimum", clip[1] / (total + 1e-6), 1.0), dtype)
+    elif clip:
+        g = ops.binary("maximum", ops.binary("minimum", g, clip[1]), -clip[1])
+    u.grad = g
+    new_param, new_state = rule(u)
+    u.graph.outputs = {"param": new_param, **new_state, **({NORM: total} if norm else {})}
+    return u.graph

@@ -1,0 +1,1 @@
+"""ONNX export and import: the rule of each primitive out, of each ONNX op in."""

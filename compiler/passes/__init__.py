@@ -1,0 +1,1 @@
+"""Graph-to-graph passes: autodiff, the rewrite passes before lowering, hoisting."""

@@ -1,0 +1,126 @@
+"""Reverse-mode automatic differentiation, graph -> graph.
+
+`backward` walks a graph from its seeds towards the values we differentiate with
+respect to, calling each primitive's VJP rule; the rules emit the gradient nodes into
+the same graph. `train_step` turns a model's forward graph into the train-step graph:
+loss, metrics, state updates and the gradient of every trainable parameter.
+
+`scan` is differentiated into a reverse scan (backprop through time, not unrolled):
+the forward scan also stacks the carry entering every step, and the reverse scan's
+body recomputes one forward step from it and applies the body's own VJP (scan.py).
+"""
+from __future__ import annotations
+
+from dlc.compiler.ir import ops
+from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.graph import PRIMITIVES, Graph, Tensor, collector_paused
+
+
+def backward(graph: Graph, seeds: list, wrt: list) -> list:
+    """Cotangents of `wrt` given (tensor, cotangent) seeds, emitted into `graph`."""
+    relevant = reachable(graph, [t.node for t, _ in seeds], upstream=True) & \
+        reachable(graph, [t.node for t in wrt], upstream=False)
+    cts: dict = {}
+    for t, ct in seeds:
+        if ct is not None and t.node in relevant:
+            _accumulate(cts, t, ct)
+    for n in reversed(graph.order()):
+        if n not in relevant or PRIMITIVES[graph.op(n)].given:
+            continue
+        outs = [cts.get((n, j)) for j in range(len(graph.types(n)))]
+        if all(c is None for c in outs):
+            continue
+        prim = PRIMITIVES[graph.op(n)]
+        view = graph.view(n)
+        if prim.vjp is None:
+            raise DlcError(f"cannot differentiate through {graph.op(n)}", view.span)
+        first = graph._next
+        with graph.at(view.span):
+            in_cts = prim.vjp(view, outs)
+            for x, ct in zip(view.inputs, in_cts):
+                if ct is not None and x.node in relevant and x.type.is_float:
+                    _accumulate(cts, x, ct)
+        for m in range(first, graph._next):     # what differentiates n (graph.layer_of)
+            graph.g.nodes[m]["grad_of"] = n
+    return [cts.get(t.key()) for t in wrt]
+
+
+def _accumulate(cts: dict, x: Tensor, ct: Tensor):
+    ct = ops.cast(ct, x.dtype)
+    assert ct.shape == x.shape, f"cotangent {ct.type} for {x.type}"
+    key = x.key()
+    cts[key] = ct if key not in cts else cts[key] + ct
+
+
+def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None, keep_ids: bool = False) -> tuple:
+    """Copy src's nodes into dst (a new graph by default); `arg` nodes become `args`
+    when given. Nested bodies are copied too. Returns (dst, src key -> dst Tensor).
+    `keep_ids` (into a new graph) keeps the node numbers, so what is later compiled from
+    the copy still points at the original's nodes and their source places."""
+    if dst is None:
+        dst = Graph(src.name, parent=src.parent)
+    if keep_ids:
+        dst._next = src._next       # nodes added to the copy get numbers the original never used
+    mapping: dict = {}
+    for n in src.order():
+        data = src.g.nodes[n]
+        if data["op"] == "arg" and args is not None:
+            mapping[(n, 0)] = args[data["attrs"]["index"]]
+            continue
+        attrs = {k: (copy_graph(v, keep_ids=keep_ids)[0] if isinstance(v, Graph) else v)
+                 for k, v in data["attrs"].items()}
+        new = n if keep_ids else dst._next
+        dst._next = max(dst._next, new + 1)
+        dst.g.add_node(new, **{**data, "attrs": attrs, "types": list(data["types"])})
+        for i, x in enumerate(src.inputs(n)):
+            m = mapping[x.key()]
+            dst.g.add_edge(m.node, new, key=i, out=m.out)
+        for j in range(len(data["types"])):
+            mapping[(n, j)] = Tensor(dst, new, j)
+    if args is None:
+        dst.args = [mapping[a.key()] for a in src.args]
+        dst.outputs = {k: mapping[t.key()] for k, t in src.outputs.items()}
+    return dst, mapping
+
+
+def reachable(graph: Graph, nodes: list, upstream: bool) -> set:
+    """`nodes` and every node they depend on (upstream) or that depends on them: one walk
+    for all of them, where a union of per-node ancestors grows as nodes x graph size."""
+    step = graph.g.predecessors if upstream else graph.g.successors
+    seen, todo = set(nodes), list(nodes)
+    while todo:
+        for m in step(todo.pop()):
+            if m not in seen:
+                seen.add(m)
+                todo.append(m)
+    return seen
+
+
+def prune(graph: Graph) -> Graph:
+    """Remove nodes no output depends on (arguments stay: they are positional)."""
+    live = reachable(graph, [t.node for t in graph.outputs.values()], upstream=True)
+    dead = [n for n in graph.g.nodes if n not in live and graph.op(n) != "arg"]
+    graph.g.remove_nodes_from(dead)
+    return graph
+
+
+@collector_paused()
+def train_step(forward: Graph) -> Graph:
+    """The train-step graph: loss, metrics and state updates of the forward graph, plus
+    `grad:<name>` for every trainable parameter."""
+    if "loss" not in forward.outputs:
+        raise DlcError("the model has no loss; add a `loss ...` statement to train or check gradients")
+    g, _ = copy_graph(forward, keep_ids=True)      # node n of the forward graph is node n here
+    g.name = "train_step"
+    g.outputs = {k: t for k, t in g.outputs.items() if not k.startswith("output:")}
+    params = [Tensor(g, n) for n in g.params() if g.attrs(n)["trainable"]]
+    loss = g.outputs["loss"]
+    with g.at(forward.g.nodes[loss.node]["span"]):
+        seed = ops.full(g, (), 1.0, loss.dtype)
+    grads = backward(g, [(loss, seed)], params)
+    for p, grad in zip(params, grads):
+        if grad is None:
+            with g.at(g.g.nodes[p.node]["span"]):
+                grad = ops.zeros_like(p)
+        g.outputs[f"grad:{g.attrs(p.node)['name']}"] = grad
+    return prune(g)

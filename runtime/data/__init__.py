@@ -1,0 +1,1 @@
+"""Data: sources, file formats, downloads, word vectors."""

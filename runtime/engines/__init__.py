@@ -1,0 +1,1 @@
+"""The engines that run a model's steps (reference, native, data parallel) and what they share."""

@@ -1,0 +1,258 @@
+"""Data-parallel training over MPI: `mpirun -n K dlc train FILE` (or `srun`).
+
+Processes, transport and launch are MPI's, through mpi4py (the `mpi` extra). Each of the
+K processes (ranks) holds the whole model; the train block's `batch` is the global batch,
+and each rank runs the engine's step on its slice of it (`shard`). A step is the engine's
+split step (runtime/engines/native.py `gradients`, `apply_update`): the gradients of the slice,
+then one allreduce of the flat gradient array, weighted by the slice sizes so that the
+result is the gradient of the global batch's mean loss, then the fused optimizer update on
+every rank. The loss and metrics of the step, the batch statistics a step updates
+(batchnorm's running mean and variance, averaged) and a stop flag (Ctrl-C on any rank)
+travel in a second, small allreduce. Rank 0's parameters and optimizer state are
+broadcast before the first step, so the ranks start identical and stay so.
+With `sync_batchnorm = true` the train model holds replica_mean (batchnorm's statistics
+over the global batch): the engine calls `ReplicaMean`, an allreduce in the middle of the
+step, weighted like the gradients.
+
+Every collective is nonblocking and waited for with a deadline (`World.wait`): a rank
+that died or hangs makes the others stop with an error naming the collective, then
+MPI_Abort ends the whole run, instead of a silent hang; so does an error on one rank
+(`failing_together`).
+
+Without a launcher (no PMI_SIZE, OMPI_COMM_WORLD_SIZE, ... above 1), `world()` is None
+and nothing here runs: mpi4py is never imported.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+import zlib
+from contextlib import contextmanager
+
+import numpy as np
+
+from dlc.compiler.errors import DlcError, optional_package
+
+# the variables that give the number of processes a launcher started: MPICH's and Intel
+# MPI's Hydra (PMI), Open MPI, PMIx, Slurm's srun (set for a job step only, unlike SLURM_NTASKS)
+LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
+TIMEOUT_S = 10.0            # waiting for the other ranks at a collective (DLC_MPI_TIMEOUT)
+COMPILE_TIMEOUT_S = 900.0   # waiting at the start, while every rank compiles (or reads the cache)
+WRITE_TIMEOUT_S = 600.0     # waiting while rank 0 writes checkpoints
+PATIENT_S = 1.0             # poll a collective (yielding the core) for this long, then sleep between polls
+ABORT_GRACE_S = 0.5         # before MPI_Abort: the launcher forwards the message first (it can be lost otherwise)
+
+
+def launched_ranks() -> int:
+    """How many processes the launcher started: 1 without one."""
+    sizes = [int(v) for name in LAUNCHER_SIZES if (v := os.environ.get(name, "").strip()).isdigit()]
+    return max(sizes, default=1)
+
+
+def world() -> World | None:
+    """The communicator of a run launched as K > 1 processes, or None (one process, as always)."""
+    k = launched_ranks()
+    if k <= 1:
+        return None
+    optional_package("mpi4py", "mpi", f"training as {k} processes (mpirun, srun)")
+    try:
+        from mpi4py import MPI
+    except (ImportError, RuntimeError) as e:
+        raise DlcError(f"mpi4py cannot load an MPI library ({e}): pip install \"dlc[mpi]\" installs MPICH's") from None
+    comm = MPI.COMM_WORLD
+    if comm.size != k:
+        raise DlcError(f"the launcher started {k} processes but mpi4py's MPI sees {comm.size}: mpirun is not "
+                       f"the one of mpi4py's MPI ({MPI.Get_library_version().splitlines()[0].strip()}); use the "
+                       "mpirun (or mpiexec) installed with it")
+    return World(MPI, comm)
+
+
+def setting(name: str, default, kind, what: str):
+    """An environment variable of a distributed run: a `kind` (float, int) of at least 0
+    (above 0 for float), or `default` when unset."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = -1
+    if not (value > 0 if kind is float else value >= 0):
+        raise DlcError(f"{name} needs {what}, got '{text}'")
+    return value
+
+
+class World:
+    """This process's place among the ranks, and the collectives of a data-parallel run."""
+
+    def __init__(self, MPI, comm):
+        self.MPI, self.comm = MPI, comm
+        self.rank, self.size = comm.rank, comm.size
+        self.timeout = setting("DLC_MPI_TIMEOUT", TIMEOUT_S, float, "a number of seconds above 0")
+        self.check_every = setting("DLC_CHECK_RANKS", 0, int, "a whole number of steps")   # 0: never
+        # the native threads of a rank: its share of the cores of its machine, unless set
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED).size
+        os.environ.setdefault("DLC_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // local)))
+
+    # -- collectives with a deadline --
+    def wait(self, request, what: str, timeout: float | None = None):
+        """Wait for a nonblocking collective; past the deadline, stop the whole run."""
+        start = time.monotonic()
+        while not request.Test():
+            waited = time.monotonic() - start
+            if waited > (timeout or self.timeout):
+                self.abort(f"error: no answer from the other ranks for {waited:.0f} s at {what}: a rank died or hangs "
+                           "(DLC_MPI_TIMEOUT sets the limit)")
+            if waited < PATIENT_S:      # the other ranks are near: poll again, giving the core to any that shares it
+                os.sched_yield()
+            else:                       # one is compiling, writing a checkpoint, or gone
+                time.sleep(1e-3)
+
+    def abort(self, message: str):
+        """Say why on standard error, then end every rank (MPI_Abort)."""
+        sys.stderr.write(f"{message}\n(rank {self.rank} of {self.size}: ending every rank)\n")
+        sys.stderr.flush()
+        time.sleep(ABORT_GRACE_S)
+        self.comm.Abort(1)
+
+    @contextmanager
+    def failing_together(self):
+        """An error on one rank ends every rank: the others would wait for it at their next
+        collective (a rank that exits normally is not an error to the launcher)."""
+        try:
+            yield
+        except DlcError as e:
+            self.abort(e.render())
+        except KeyboardInterrupt:
+            self.abort("interrupted")
+        except Exception as e:
+            if os.environ.get("DLC_DEBUG"):
+                traceback.print_exc()
+            self.abort(f"internal error: {type(e).__name__}: {e}\n(this is a bug in dlc; set DLC_DEBUG=1 for a "
+                       "traceback)")
+
+    def sum(self, array: np.ndarray, what: str, timeout: float | None = None) -> np.ndarray:
+        """Sum `array` over the ranks, in place."""
+        self.wait(self.comm.Iallreduce(self.MPI.IN_PLACE, array, op=self.MPI.SUM), what, timeout)
+        return array
+
+    def broadcast(self, arrays: dict, what: str, timeout: float | None = None):
+        """Rank 0's values of `arrays` (by name) on every rank, in place."""
+        for name in sorted(arrays):
+            self.wait(self.comm.Ibcast(arrays[name], root=0), what, timeout)
+
+    def broadcast_state(self, params: dict, opt_state: dict):
+        """Rank 0's parameters and optimizer state on every rank: they start identical."""
+        self.broadcast(params, "the start (parameters)", COMPILE_TIMEOUT_S)
+        for name in sorted(opt_state):
+            self.broadcast(opt_state[name], "the start (optimizer state)")
+
+    def barrier(self, what: str, timeout: float | None = None):
+        self.wait(self.comm.Ibarrier(), what, timeout)
+
+    def await_writer(self):
+        """Wait while rank 0 writes checkpoints and history: a large checkpoint may take
+        longer than a step's deadline."""
+        self.barrier("rank 0 writing its checkpoints", WRITE_TIMEOUT_S)
+
+    # -- data --
+    def shard(self, n: int) -> tuple[int, int]:
+        """(start, stop) of this rank's slice of n examples: sizes differ by one at most."""
+        size, extra = divmod(n, self.size)
+        start = self.rank * size + min(self.rank, extra)
+        return start, start + size + (self.rank < extra)
+
+    def check_batch(self, batch: int, least: int, span=None):
+        """The global batch splits into equal slices of at least `least` examples (two for a
+        model with batch statistics)."""
+        if batch % self.size:
+            raise DlcError(f"batch = {batch} does not divide among {self.size} processes: the global batch is "
+                           f"split into equal slices, so use a multiple of {self.size}", span)
+        if batch < least * self.size:
+            raise DlcError(f"batch = {batch} leaves each of the {self.size} processes fewer than {least} examples, "
+                           f"which the model's batch statistics need: use batch >= {least * self.size}", span)
+
+    def check_data(self, name: str, n: int, span=None):
+        """Each rank takes a share of every data set: none may be left without an example."""
+        if n < self.size:
+            raise DlcError(f"the {name} data has {n} example(s), fewer than the {self.size} processes that share "
+                           "it: use more data, a larger split, or fewer processes", span)
+
+    def mean_metrics(self, totals: dict, n: int) -> dict:
+        """Each rank's sums of loss and metrics over its `n` examples -> the means over all."""
+        names = list(totals)         # the same order on every rank: one model's outputs
+        sums = self.sum(np.array([totals[k] for k in names] + [n], np.float64), "the evaluation")
+        return {k: float(v / sums[-1]) for k, v in zip(names, sums)}
+
+    def checksum(self, params: dict, step: int):
+        """Stop when the ranks' parameters differ (DLC_CHECK_RANKS=N checks every N steps)."""
+        mine = 0
+        for name in sorted(params):
+            mine = zlib.crc32(np.ascontiguousarray(params[name]).tobytes(), mine)
+        sums = np.zeros(self.size, np.int64)
+        sums[self.rank] = mine
+        self.sum(sums, "the parameter checksum")
+        if len(set(sums.tolist())) > 1:
+            raise DlcError(f"after step {step} the ranks' parameters differ (checksums by rank: "
+                           f"{', '.join(f'{s:08x}' for s in sums)}): this is a bug in dlc")
+
+
+class ReplicaMean:
+    """replica_mean (compiler/ir/primitives.py) in a step of a data-parallel run: each rank's
+    values weighted by its share of the global batch, summed over the ranks, in place.
+    The weights are the gradients' (DataParallel), so a last batch split unevenly is exact."""
+
+    def __init__(self, world: World):
+        self.world, self.share, self.step = world, 1.0, 0
+
+    def __call__(self, values: np.ndarray) -> np.ndarray:
+        values *= self.share
+        return self.world.sum(values, f"step {self.step} (replica_mean)")
+
+
+class DataParallel:
+    """An engine for the trainer whose train step runs on this rank's slice of the global
+    batch (the split step of `engine`, gradients averaged over the ranks); `interrupted`
+    (the trainer's Ctrl-C flag) is agreed on: true on every rank after the step in which
+    any rank had it. Evaluation
+    is the engine's own: mean_metrics shards the data set (`world`)."""
+
+    def __init__(self, engine, world: World, interrupted, statistics: list):
+        self.engine, self.world, self.interrupted, self.statistics = engine, world, interrupted, statistics
+        self.steps = 0
+        self.replicas = engine.replicas = ReplicaMean(world)     # used by a model built with sync_batchnorm
+        getattr(engine, "eval_exe", None)       # compiled now, not at the first evaluation (a collective)
+        world.barrier("the start (compiling)", COMPILE_TIMEOUT_S)
+
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
+        w = self.world
+        n = len(next(iter(batch.values())))
+        lo, hi = w.shard(n)
+        weight = np.float32((hi - lo) / n)
+        self.replicas.share, self.replicas.step = float(weight), step
+        # dropout draws from (seed, step * K + rank): its own stream per rank and step
+        seed, count = (int(k) for k in np.asarray(key).ravel())
+        key = np.array([seed, count * w.size + w.rank], np.int32)
+        values, grads = self.engine.gradients(params, opt_state, {k: v[lo:hi] for k, v in batch.items()}, key)
+        # the mean loss of the global batch is the slices' means weighted by their sizes
+        grads *= weight
+        names = list(values)
+        small = np.array([values[k] * float(weight) for k in names] + [float(self.interrupted.asked)], np.float64)
+        request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
+        w.sum(small, f"step {step} (loss)")
+        w.wait(request, f"step {step} (gradients)")
+        for name in self.statistics:        # batch statistics: each rank's, averaged (docs/distributed.md)
+            stat = params[name]
+            stat *= weight
+            w.sum(stat, f"step {step} (batch statistics)")
+        self.engine.apply_update(params, opt_state, grads, lr, step)
+        self.interrupted.agreed = bool(small[-1] > 0)     # the same on every rank, whenever Ctrl-C came
+        self.steps += 1
+        if w.check_every and self.steps % w.check_every == 0:
+            w.checksum(params, step)
+        return dict(zip(names, small[:-1].tolist()))
+
+    def __getattr__(self, name):        # evaluate, predict, train_memory: the engine's
+        return getattr(self.engine, name)

@@ -1,0 +1,195 @@
+"""The numpy reference interpreter: runs any graph node by node with each primitive's
+`impl`. It is the oracle the native backend is tested against, so it stays simple."""
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.compiler.ir.dims import Dim, concrete
+from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.graph import DTYPES, Graph
+from dlc.compiler.ir.primitives import PRIMITIVES
+
+
+class Eval:
+    """What a primitive's impl may ask for while a graph runs. `replicas`: the replica mean
+    of a data-parallel run (runtime/engines/distributed.py), None in one process."""
+
+    def __init__(self, feeds: dict, params: dict, sizes: dict, float_dtype: str, replicas=None):
+        self.feeds, self.params, self.sizes, self.float_dtype = feeds, params, sizes, float_dtype
+        self.replicas = replicas
+        self.args: list = []
+        self.steps: tuple = ()           # the indices of the enclosing scan steps
+
+    def np_dtype(self, dtype: str):
+        return DTYPES[self.float_dtype if self.float_dtype and dtype in ("f32", "f64") else dtype]
+
+    def size(self, d) -> int:
+        return concrete(d, self.sizes)
+
+    def feed(self, name):
+        return self.feeds[name]
+
+    def param(self, name):
+        return self.params[name]
+
+    def arg(self, index):
+        return self.args[index]
+
+    def error(self, message: str) -> DlcError:
+        return DlcError(message)
+
+    def run(self, graph: Graph, args: list) -> list:
+        saved, self.args = self.args, args
+        try:
+            values = self._run(graph)
+        finally:
+            self.args = saved
+        return [values[t.key()] for t in graph.outputs.values()]
+
+    def _run(self, graph: Graph) -> dict:
+        values: dict = {}
+        for n, impl, inputs, attrs, dtypes in plan(graph):
+            try:
+                outs = impl(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
+            except DlcError as e:       # a check of the values (an index out of range): at the node's line
+                if e.span is not None:
+                    raise
+                raise DlcError.at_user_line(e.message, graph.g.nodes[n]["span"]) from None
+            for j, (out, dtype) in enumerate(zip(outs, dtypes)):
+                values[(n, j)] = np.asarray(out, self.np_dtype(dtype))
+        return values
+
+    def _resolve(self, v):
+        if isinstance(v, Dim):
+            return self.size(v)
+        if isinstance(v, tuple):
+            return tuple(self._resolve(x) for x in v)
+        return v
+
+
+def plan(graph: Graph) -> list:
+    """The graph in execution order, computed once per graph (graphs do not change
+    after they are built; the node and edge counts guard against it)."""
+    key = (graph.g.number_of_nodes(), graph.g.number_of_edges())
+    cached = graph.__dict__.get("_plan")
+    if cached is None or cached[0] != key:
+        steps = []
+        for n in graph.order():
+            data = graph.g.nodes[n]
+            steps.append((n, PRIMITIVES[data["op"]].impl, [t.key() for t in graph.inputs(n)], data["attrs"],
+                          [t.dtype for t in data["types"]]))
+        cached = graph.__dict__["_plan"] = (key, steps)
+    return cached[1]
+
+
+def bind_sizes(graph: Graph, feeds: dict) -> dict:
+    """Sizes of the symbolic dims, read off the fed arrays; a mismatch is a clear error."""
+    sizes: dict = {}
+    pending = []
+    for name, typ, span, symbols in _input_specs(graph):
+        if name not in feeds:
+            raise DlcError(f"no value given for input '{name}' ({typ})", span)
+        shape = np.shape(feeds[name])
+        if len(shape) != typ.rank:
+            raise DlcError(f"input '{name}' expects {typ}, got an array of shape {shape}", span)
+        for d, sym, actual in zip(typ.shape, symbols, shape):
+            if sym is None:
+                pending.append((name, typ, d, actual, span))
+            elif sizes.setdefault(sym, actual) != actual:
+                raise DlcError(f"input '{name}' expects {typ} with {sym} = {sizes[sym]}, got shape {shape}", span)
+    for name, typ, d, actual, span in pending:
+        try:
+            want = concrete(d, sizes)
+        except KeyError:
+            continue
+        if want != actual:
+            raise DlcError(f"input '{name}' expects {typ}, got an array whose dim is {actual} where {d} = {want}", span)
+    check_sizes(graph, sizes)
+    return sizes
+
+
+def _input_specs(graph: Graph) -> list:
+    """(name, type, span, the symbol each dim is or None) of the graph's inputs, computed once
+    per graph (guarded as `plan` is): a prediction of one example must not walk the graph."""
+    key = (graph.g.number_of_nodes(), graph.g.number_of_edges())
+    cached = graph.__dict__.get("_input_specs")
+    if cached is None or cached[0] != key:
+        specs = []
+        for n in graph.nodes_with("input"):
+            typ = graph.types(n)[0]
+            symbols = [next(iter(d.symbols())) if isinstance(d, Dim) and len(d.symbols()) == 1
+                       and d == Dim.sym(next(iter(d.symbols()))) else None for d in typ.shape]
+            specs.append((graph.attrs(n)["name"], typ, graph.g.nodes[n]["span"], symbols))
+        cached = graph.__dict__["_input_specs"] = (key, specs)
+    return cached[1]
+
+
+def check_sizes(graph: Graph, sizes: dict):
+    """Every dim of every value must be >= 0 (>= 1 along a max or argmax axis) for the
+    sizes the inputs give: a sequence shorter than a convolution's window is an error
+    here, at the operation that needs it, on either engine."""
+    bound = {s: v for s, v in sizes.items() if not s.startswith("$")}
+    for dim, least, op, span in size_constraints(graph):
+        if dim.symbols() <= bound.keys() and concrete(dim, bound) < least:
+            given = ", ".join(f"{s} = {bound[s]}" for s in sorted(dim.symbols()))
+            raise DlcError.at_user_line(f"the inputs are too small for this {op}: it needs {dim} >= {least}, "
+                                        f"but {given} gives {concrete(dim, bound)}", span)
+
+
+def size_constraints(graph: Graph) -> list:
+    """(dim, least, op, span) for the symbolic dims of a graph and its scan bodies,
+    computed once per graph."""
+    cached = graph.__dict__.get("_size_constraints")
+    if cached is None:
+        cached, seen = [], set()
+        for g in _graphs(graph):
+            for n in g.order():
+                op, span = g.op(n), g.g.nodes[n]["span"]
+                dims = [(d, 0) for t in g.types(n) for d in t.shape]
+                if op in ("reduce_max", "argmax"):      # a maximum of nothing has no value
+                    axes = g.attrs(n)["axes"] if op == "reduce_max" else (g.attrs(n)["axis"],)
+                    dims += [(g.inputs(n)[0].shape[a], 1) for a in axes]
+                for d, least in dims:
+                    if isinstance(d, Dim) and d.symbols() and (d, least) not in seen:
+                        seen.add((d, least))
+                        cached.append((d, least, op, span))
+        graph.__dict__["_size_constraints"] = cached
+    return cached
+
+
+def _graphs(graph: Graph):
+    yield graph
+    for n in graph.nodes_with("scan"):
+        yield from _graphs(graph.attrs(n)["body"])
+
+
+def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32", sizes: dict | None = None,
+        replicas=None) -> dict:
+    """Evaluate a graph; returns its named outputs as numpy arrays. Every float value is
+    computed in `float_dtype`, or, with None, in the dtype the graph gives it. `replicas`
+    computes replica_mean (Eval)."""
+    all_sizes = bind_sizes(graph, feeds)
+    all_sizes.update(sizes or {})
+    feeds = _cast_all(graph, "input", feeds, float_dtype)
+    params = _cast_all(graph, "param", params, float_dtype)
+    ctx = Eval(feeds, params, all_sizes, float_dtype, replicas)
+    with np.errstate(all="ignore"):       # inf and nan are values here; callers decide what they mean
+        values = ctx._run(graph)
+    return {name: values[t.key()] for name, t in graph.outputs.items()}
+
+
+def _cast_all(graph: Graph, op: str, arrays: dict, float_dtype: str) -> dict:
+    out = dict(arrays)
+    for n in graph.nodes_with(op):
+        name, typ = graph.attrs(n)["name"], graph.types(n)[0]
+        if name not in arrays:
+            raise DlcError(f"no value given for {op} '{name}' ({typ})", graph.g.nodes[n]["span"])
+        arr = np.asarray(arrays[name])
+        if typ.is_float:
+            arr = arr.astype(DTYPES[float_dtype or typ.dtype], copy=False)
+        elif not np.issubdtype(arr.dtype, np.integer) and typ.dtype != "bool":
+            raise DlcError(f"{op} '{name}' expects {typ}, got {arr.dtype} values", graph.g.nodes[n]["span"])
+        else:
+            arr = arr.astype(DTYPES[typ.dtype], copy=False)
+        out[name] = arr
+    return out

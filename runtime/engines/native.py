@@ -1,0 +1,388 @@
+"""The native engine: each step is one call of LLVM-compiled code.
+
+A graph is lowered to kernels (compiler/native/lower.py), compiled with llvmlite into one
+module whose driver runs them all (compiler/native/driver.py), and called through a
+pointer table built once per batch shape. The train step's driver ends with the
+optimizer's update graph, compiled (compiler/native/update.py): every trained parameter
+lives in one flat array, its gradient and each of its state slots in others, so the
+update is one pass that writes them in place. Inputs are checked (shape, dtype) before any
+native call. Compiled objects are cached on disk by a hash of the IR, the CPU and the
+dlc version.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.native.builder import FAULT
+from dlc.compiler.native.driver import build_module
+from dlc.compiler.ir.dims import concrete, numel
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.model import Model
+from dlc.compiler.ir.graph import DTYPES
+from dlc.compiler.native.lower import lower
+from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
+from dlc.compiler.native.program import KernelProgram
+from dlc.compiler.native.update import lower_update, touched
+from dlc.compiler.passes.optimize import optimize
+from dlc.runtime.engines import budget, cache
+from dlc.runtime.engines.cores import threads
+from dlc.runtime.engines.reference import _scalars, predict_graph
+from dlc.runtime.engines.interpreter import bind_sizes
+from dlc.runtime.training.optim import Optimizer
+
+# a host function a HostCallKernel calls: (an f32 buffer, its element count); ctypes takes the GIL
+HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+
+
+class Executable:
+    """One lowered graph, compiled; owns the buffers of every batch shape it has seen.
+    `resident` gives the bytes, by part (runtime/engines/budget.py), of the arrays the engine
+    keeps for it (parameters, gradients, optimizer state); by default the parameters
+    it is given at each call. `hosts`: the host functions its HostCallKernels call, by
+    name, each given the buffer as an array to rewrite in place; one not given leaves the
+    buffer as it is (replica_mean in one process: the identity)."""
+
+    def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
+                 hosts: dict | None = None):
+        self.graph = graph
+        self.what = "the train step" if update is not None else "a forward pass"
+        self.resident = resident
+        self.program: KernelProgram = lower(optimize(graph))
+        self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
+        cache.gemm_symbols()
+        if profile:
+            built = build_module(self.program, "dlc_step", update=update, profile=self.profile)
+            self.compiled, arguments = cache.compile_cached(built.module), built.arguments
+        else:
+            def build():
+                built = build_module(self.program, "dlc_step", update=update)
+                return built.module, built.arguments
+            self.compiled, arguments = cache.compile_built((self.program, update), build)
+        self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+            self.compiled.address("dlc_step"))
+        self.fault = ctypes.c_int64.from_address(self.compiled.engine.get_global_value_address(FAULT))
+        self.layouts: dict = {}
+        self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
+        self.plans: dict = {}                       # its layout per set of sizes
+        self.memory: dict = {}                      # bytes by part (runtime/engines/budget.py) per set of sizes
+        # the pointer table (compiler/native/driver.py): buffers, checks, the update's buffers
+        self.checks = len(self.program.buffers)
+        self.extras = self.checks + len(self.program.faults)
+        self.entries = self.extras + (len(update.buffers) if update is not None else 0)
+        self.arguments = np.array(arguments, np.intp)
+        if self.arguments.size and not (0 <= self.arguments.min() and self.arguments.max() < self.entries):
+            raise DlcError(f"the compile cache in {cache.cache_dir()} holds a bad entry for {self.what}: "
+                           "delete the directory")
+        self.host_error = None
+        self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.kind == "host"}
+        self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
+        self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
+
+    def _host(self, name: str, hosts: dict):
+        """The C function of host function `name`. An exception cannot cross a ctypes
+        callback (it would be printed and the step would go on): it is kept and raised
+        once the native call returns."""
+        function = hosts.get(name)
+
+        def call(data, n):
+            try:
+                if function is not None:
+                    function(np.ctypeslib.as_array(data, (n,)))
+            except BaseException as e:
+                self.host_error = self.host_error or e
+        return HOST_CALL(call)
+
+    def cycles(self) -> np.ndarray:
+        """Cycles spent in each kernel since the last call (profiling builds only)."""
+        addr = self.compiled.engine.get_global_value_address("dlc_profile")
+        counts = np.ctypeslib.as_array((ctypes.c_int64 * len(self.profile)).from_address(addr))
+        out = counts.copy()
+        counts[:] = 0
+        return out
+
+    def layout(self, sizes: dict, fixed: dict):
+        """Buffers and the pointer table for one set of dim sizes. `fixed` gives the
+        arrays that live elsewhere (parameters, gradients, state): they may change from
+        call to call, so their slots are filled at every call (`run`), never kept."""
+        key = tuple(sizes[s] for s in self.program.symbols)
+        lay = self.layouts.get(key)
+        if lay is None:
+            self.plans[key], self.memory[key] = self._fitting_plan(sizes, fixed)
+            temps = views(self.plans[key], self.program)
+            arrays = []
+            for b in self.program.buffers:
+                if b.id in fixed or b.kind == "host":
+                    arrays.append(None)
+                elif b.kind == "const":
+                    arrays.append(np.ascontiguousarray(b.data))
+                elif b.id in temps:
+                    arrays.append(temps[b.id])
+                else:
+                    arrays.append(np.zeros(max(1, int(concrete(b.size, sizes))), DTYPES[b.dtype]))
+            table = np.zeros(self.entries, np.uint64)
+            table[:self.checks] = [0 if a is None else a.ctypes.data for a in arrays]
+            for bid, function in self.hosts.items():
+                table[bid] = ctypes.cast(function, ctypes.c_void_p).value
+            table[self.checks:self.extras] = np.arange(1, self.extras - self.checks + 1)
+            dims = (ctypes.c_int64 * max(1, len(key)))(*key)
+            lay = self.layouts[key] = (arrays, table, dims)
+        return lay
+
+    def _fitting_plan(self, sizes: dict, fixed: dict) -> tuple:
+        """The arena plan for these sizes, once the memory of a step is known to fit, and
+        that memory by part: what the engine keeps (`resident`) and the step's activations."""
+        p = plan(self.program, sizes, self.live, exclude=fixed)
+
+        def activations(s: dict) -> dict:
+            # what a layout allocates: the arena and the buffers that live nowhere else
+            arena = (p if s == sizes else plan(self.program, s, self.live, exclude=fixed)).arena
+            return {"activations": arena + sum(max(1, int(concrete(b.size, s))) * ITEMSIZE[b.dtype]
+                                               for b in self.program.buffers if b.kind != "temp" and b.id not in fixed)}
+
+        resident = self.resident or {"parameters": sum(a.nbytes for a in fixed.values())}
+        budget.require_step(self.what, self.graph, sizes, resident, activations)
+        return p, resident | activations(sizes)
+
+    def run(self, feeds: dict, fixed: dict, extra=()) -> tuple:
+        """Run on feeds; returns (every buffer, the sizes of the symbolic dims)."""
+        # "$t0", ...: the step indices of scans, written by the loops themselves
+        sizes = {s: 0 for s in self.program.symbols if s.startswith("$")} | self._sizes(feeds)
+        arrays, table, dims = self.layout(sizes, fixed)
+        arrays = list(arrays)
+        for bid, a in fixed.items():
+            arrays[bid] = a
+            table[bid] = self._checked(bid, a, sizes).ctypes.data
+        keep = []
+        for name, bid in self.program.inputs.items():
+            a = np.ascontiguousarray(feeds[name], self.input_dtypes[name])
+            keep.append(a)
+            table[bid] = a.ctypes.data
+        for slot, a in enumerate(extra):
+            table[self.extras + slot] = 0 if a is None else a.ctypes.data
+        args = table[self.arguments]        # each kernel's argument slots
+        self.fault.value = 0
+        self.fn(args.ctypes.data, dims, threads())
+        if self.host_error is not None:
+            error, self.host_error = self.host_error, None
+            raise error
+        if self.fault.value:
+            what, count, span = self.program.faults[self.fault.value - 1]
+            raise DlcError.at_user_line(f"{what}: index out of range [0, {concrete(count, sizes)})", span)
+        return arrays, sizes
+
+    def _sizes(self, feeds: dict) -> dict:
+        """bind_sizes, once per shape of the feeds (a prediction of one example is ~20 µs of
+        native code; walking the graph to bind its sizes took longer)."""
+        key = tuple(np.shape(feeds[name]) if name in feeds else None for name in self.input_dtypes)
+        sizes = self.bound.get(key)
+        if sizes is None:
+            sizes = self.bound[key] = bind_sizes(self.graph, feeds)
+        return sizes
+
+    def _checked(self, bid: int, a: np.ndarray, sizes: dict) -> np.ndarray:
+        """The native code reads and writes `a` as this buffer: it must be exactly that
+        (the engine converts what users give it; this guards the boundary)."""
+        b = self.program.buffers[bid]
+        if a.dtype != DTYPES[b.dtype] or not a.flags.c_contiguous or a.size < concrete(b.size, sizes):
+            raise TypeError(f"buffer {b.name or bid} needs {concrete(b.size, sizes)} contiguous {b.dtype} "
+                            f"elements, got {a.dtype} {a.shape}")
+        return a
+
+
+class UpdateCall:
+    """The optimizer's update compiled alone (a split engine's second call): the step module
+    of an empty program with the update after it (driver.py), so its code is the code the
+    single call runs. Its arrays are the engine's flat arrays, which never move, so the
+    pointer table is built once."""
+
+    def __init__(self, update: KernelProgram, arrays: list):
+        def build():
+            built = build_module(KernelProgram(), "dlc_update", update=update)
+            return built.module, built.arguments
+        cache.gemm_symbols()
+        self.compiled, arguments = cache.compile_built(("dlc_update", update), build)
+        self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
+            self.compiled.address("dlc_update"))
+        table = np.array([0 if a is None else a.ctypes.data for a in arrays], np.uint64)
+        self.args = table[np.array(arguments, np.intp)]
+        self.dims = (ctypes.c_int64 * 1)(0)
+
+    def __call__(self):
+        self.fn(self.args.ctypes.data, self.dims, threads())
+
+
+class NativeEngine:
+    name = "native"
+
+    def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
+                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
+                 split=False):
+        """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
+        a data-parallel run (runtime/engines/distributed.py) can average the gradients between them."""
+        self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
+        self.trainable = list(trainable or [])
+        self.params_info = {p.name: p for p in train_model.params}
+        self.train_exe = None
+        self.replicas = None        # replica_mean of a data-parallel run (runtime/engines/distributed.py)
+        if optimizer is not None:
+            slots = len(optimizer.slots())
+            budget.require_model(train_model, self.trainable, slots)      # before anything is allocated
+            step = train_step(train_model.graph)
+            order = self.trainable + [p.name for p in train_model.params if p.name not in self.trainable]
+            self.offsets, total = {}, 0
+            for name in order:
+                self.offsets[name] = total
+                total += int(numel(self.params_info[name].type.shape))
+            self.n_trained = sum(int(numel(self.params_info[n].type.shape)) for n in self.trainable)
+            self.flat = np.zeros(max(total, 1), np.float32)
+            self.grads = np.zeros(max(self.n_trained, 1), np.float32)
+            self.state = {s: np.zeros(max(self.n_trained, 1), np.float32) for s in optimizer.slots()}
+            resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
+                        "optimizer state": sum(a.nbytes for a in self.state.values())}
+            update = self._update_program()
+            self.train_exe = Executable(step, update=None if split else update, profile=profile, resident=resident,
+                                        hosts={"replica_mean": self._replica_mean})
+            self.update_call = UpdateCall(update, self.update_arrays) if split and update is not None else None
+            self.adopted = None
+        self.eval_model = eval_model
+        self._eval = self._predict = None
+        if optimizer is None:      # an inference engine: fail now, not at the first batch, if it cannot compile
+            lower(eval_model.graph)
+
+    def _replica_mean(self, values: np.ndarray):
+        """replica_mean's host call: `values` averaged over the ranks in place (the identity
+        in one process, where the graph has no replica_mean unless built for ranks)."""
+        if self.replicas is not None:
+            self.replicas(values)
+
+    def train_memory(self) -> dict:
+        """Bytes by part (runtime/engines/budget.py PARTS) that training holds at the batch shape it
+        last laid out: parameters, gradients, optimizer state, and the step's activations
+        (the arena its temporaries share and the buffers outside it)."""
+        return list(self.train_exe.memory.values())[-1]
+
+    @property
+    def eval_exe(self) -> Executable:
+        if self._eval is None:
+            self._eval = Executable(self.eval_model.graph)
+        return self._eval
+
+    @property
+    def predict_exe(self) -> Executable:
+        if self._predict is None:
+            if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
+                raise DlcError("the model declares no outputs; add `output name = ...`")
+            self._predict = Executable(predict_graph(self.eval_model))
+        return self._predict
+
+    # -- the optimizer --
+    def _update_program(self) -> KernelProgram | None:
+        """The optimizer's update graph over the flat arrays, lowered to update them in
+        place; the arrays behind its buffers (`update_arrays`) and its per-step scalars,
+        one f64 each in `scalars` (fed by `_set_scalars`). None without trained parameters."""
+        self.update_arrays, self.scalars, self.scalar_names = [], np.zeros(0), []
+        if not self.n_trained:
+            return None
+        prog = lower_update(self.optimizer.graph(self.n_trained, self.l1, self.l2, self.clip))
+        arrays = {"param": self.flat, "grad": self.grads, **self.state}
+        self.scalar_names = [name for name in prog.inputs if name not in arrays]
+        self.scalars = np.zeros(len(self.scalar_names), np.float64)
+        arrays.update({name: self.scalars[k:k + 1] for k, name in enumerate(self.scalar_names)})
+        used = touched(prog)
+        for b in prog.buffers:
+            if b.id not in used:
+                self.update_arrays.append(None)
+            elif b.kind == "input":
+                self.update_arrays.append(arrays[b.name])
+            elif b.kind == "const":
+                self.update_arrays.append(np.ascontiguousarray(b.data))
+            else:       # what the update computes on the way: the gradient's norm
+                self.update_arrays.append(np.zeros(max(1, int(b.size)), DTYPES[b.dtype]))
+        return prog
+
+    def _set_scalars(self, lr: float, step: int):
+        values = self.optimizer.scalars(lr, step)
+        self.scalars[:] = [values[name] for name in self.scalar_names]
+
+    def _adopt(self, params: dict, opt_state: dict):
+        """Move parameters and optimizer state into the flat arrays (the dicts then hold
+        views of them, so checkpoints and the trainer see every update)."""
+        if self.adopted == (id(params), id(opt_state)) and all(
+                params[n].base is self.flat for n in self.offsets):
+            return
+        for name, off in self.offsets.items():
+            size = int(numel(self.params_info[name].type.shape))
+            view = self.flat[off:off + size].reshape(params[name].shape)
+            view[...] = params[name]
+            params[name] = view
+        for name in self.trainable:
+            off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
+            for slot, flat in self.state.items():
+                view = flat[off:off + size].reshape(self.params_info[name].type.shape)
+                view[...] = opt_state[name][slot]
+                opt_state[name][slot] = view
+        self.adopted = (id(params), id(opt_state))
+
+    def _fixed(self, exe: Executable, params: dict, grads: bool) -> dict:
+        # as the native code reads them: contiguous, of the declared dtype (no copy when they are)
+        fixed = {bid: np.ascontiguousarray(params[name], DTYPES[exe.program.buffers[bid].dtype])
+                 for name, bid in exe.program.params.items()}
+        if grads:
+            for name in self.trainable:
+                bid = exe.program.outputs[f"grad:{name}"]
+                off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
+                fixed[bid] = self.grads[off:off + size]
+        return fixed
+
+    # -- the engine interface --
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
+        self._adopt(params, opt_state)
+        self._set_scalars(lr, step)
+        return self._step(params, batch, key, extra=self.update_arrays)
+
+    def gradients(self, params: dict, opt_state: dict, batch: dict, key) -> tuple[dict, np.ndarray]:
+        """A split engine's first half of a step: (the loss and metrics, the flat gradient of
+        the trained parameters, which `apply_update` reads; the caller may change it in place)."""
+        self._adopt(params, opt_state)
+        return self._step(params, batch, key), self.grads
+
+    def apply_update(self, params: dict, opt_state: dict, grads: np.ndarray, lr: float, step: int):
+        """A split engine's second half of a step: the optimizer's update from `grads` (the
+        array `gradients` gave)."""
+        assert grads is self.grads, "the update reads the engine's own gradient array"
+        self._adopt(params, opt_state)
+        self._set_scalars(lr, step)
+        if self.update_call is not None:
+            self.update_call()
+
+    def _step(self, params: dict, batch: dict, key, extra=()) -> dict:
+        """Run the train step executable; the batch statistics it updates are written to `params`."""
+        exe = self.train_exe
+        arrays, _ = exe.run({**batch, "rng": np.asarray(key, np.int32)}, self._fixed(exe, params, True), extra=extra)
+        out = {}
+        for name, bid in exe.program.outputs.items():
+            if name.startswith("update:"):
+                target = params[name[7:]]
+                target[...] = arrays[bid][:target.size].reshape(target.shape)
+            elif not name.startswith("grad:"):
+                out[name] = arrays[bid][0]
+        return _scalars(out)
+
+    def evaluate(self, params: dict, batch: dict) -> dict:
+        exe = self.eval_exe
+        arrays, _ = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
+        return _scalars({name: arrays[bid][0] for name, bid in exe.program.outputs.items()
+                         if name == "loss" or name.startswith("metric:")})
+
+    def predict(self, params: dict, batch: dict) -> dict:
+        exe = self.predict_exe
+        arrays, sizes = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
+        out = {}
+        for name, bid in exe.program.outputs.items():
+            typ = exe.graph.outputs[name].type
+            shape = tuple(concrete(d, sizes) for d in typ.shape)
+            out[name[7:]] = arrays[bid][:int(np.prod(shape, dtype=np.int64))].reshape(shape).copy()
+        return out

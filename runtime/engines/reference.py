@@ -1,0 +1,88 @@
+"""Engines run a model's steps. The reference engine runs the graphs with the numpy
+interpreter, the optimizer's update graph too (runtime/training/optim.py); the native engine (runtime/engines/native.py)
+offers the same three methods and runs each step in one native call. This module also
+holds what both engines share: the prediction graph and the scalars a step reports.
+runtime/engines/backends.py picks the engine for a run."""
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.compiler.passes.autodiff import copy_graph, prune, train_step
+from dlc.compiler.frontend.model import Model
+from dlc.runtime.engines import budget, interpreter
+from dlc.runtime.training.optim import Optimizer
+
+
+def predict_graph(model: Model):
+    """The evaluation graph cut down to the model's outputs: needs no targets."""
+    g, _ = copy_graph(model.graph)
+    g.outputs = {k: t for k, t in g.outputs.items() if k.startswith("output:")}
+    return prune(g)
+
+
+class ReferenceEngine:
+    name = "reference"
+
+    def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
+                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None):
+        self.step_graph = train_step(train_model.graph) if optimizer is not None else None
+        self.eval_graph = eval_model.graph
+        self.predict_graph = predict_graph(eval_model)
+        self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
+        self.trainable = trainable or []
+        self.checked: set = set()       # (graph, sizes) whose memory was checked
+        self.replicas = None            # replica_mean of a data-parallel run (runtime/engines/distributed.py)
+
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
+        """One optimizer step on a batch, in place; returns the loss and metrics."""
+        out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)
+        grads = {name: out[f"grad:{name}"] for name in self.trainable}
+        norm = self.optimizer.update(params, grads, opt_state, lr, step, self.l1, self.l2, self.clip)
+        for k, v in out.items():
+            if k.startswith("update:"):
+                params[k[7:]] = v
+        return _scalars(out) | {"grad_norm": norm}
+
+    def gradients(self, params: dict, opt_state: dict, batch: dict, key) -> tuple[dict, np.ndarray]:
+        """A step's first half, as the native engine's split step: (loss and metrics, the
+        trained parameters' gradients in one flat float32 array, for `apply_update`)."""
+        out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)
+        for k, v in out.items():
+            if k.startswith("update:"):
+                params[k[7:]] = v
+        grads = [np.asarray(out[f"grad:{name}"], np.float32).ravel() for name in self.trainable]
+        return _scalars(out), np.concatenate(grads) if grads else np.zeros(0, np.float32)
+
+    def apply_update(self, params: dict, opt_state: dict, grads: np.ndarray, lr: float, step: int):
+        """A step's second half: the optimizer's update from the flat gradients of `gradients`."""
+        parts, at = {}, 0
+        for name in self.trainable:
+            size = np.size(params[name])
+            parts[name] = grads[at:at + size].reshape(np.shape(params[name]))
+            at += size
+        self.optimizer.update(params, parts, opt_state, lr, step, self.l1, self.l2, self.clip)
+
+    def evaluate(self, params: dict, batch: dict) -> dict:
+        return _scalars(self._run("a forward pass", self.eval_graph, {**batch, "rng": np.zeros(2, np.int32)}, params))
+
+    def predict(self, params: dict, batch: dict) -> dict:
+        out = self._run("a forward pass", self.predict_graph, {**batch, "rng": np.zeros(2, np.int32)}, params)
+        return {k[7:]: v for k, v in out.items()}
+
+    def _run(self, what: str, graph, feeds: dict, params: dict, opt_state: dict | None = None) -> dict:
+        """interpreter.run, once the memory of a step at these sizes is known to fit (runtime/engines/budget.py)."""
+        sizes = interpreter.bind_sizes(graph, feeds)
+        key = (id(graph), tuple(sorted(sizes.items())))
+        if key not in self.checked:
+            state = [a for slots in (opt_state or {}).values() for a in slots.values()]
+            held = {"parameters": sum(np.asarray(p).nbytes for p in params.values()),
+                    "optimizer state": sum(np.asarray(a).nbytes for a in state)}
+            budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
+            self.checked.add(key)
+        return interpreter.run(graph, feeds, params, replicas=self.replicas)
+
+
+def _scalars(out: dict) -> dict:
+    vals = {"loss": float(out["loss"])} if "loss" in out else {}
+    vals.update({k[7:]: float(v) for k, v in out.items() if k.startswith("metric:")})
+    return vals

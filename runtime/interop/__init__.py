@@ -1,0 +1,1 @@
+"""Weights in and out: safetensors and torch layouts, the ONNX backend."""

@@ -1,0 +1,1 @@
+"""Training: the trainer, its settings, optimizers and schedules, checkpoints, progress."""

@@ -1,0 +1,200 @@
+"""Checkpoints: one .npz per checkpoint, written atomically, loadable without pickle.
+
+Arrays are stored as `param:<name>` and `opt:<name>:<slot>`; everything else (epoch,
+step, RNG position, history, vocabulary, a hash of the model source, the dlc version)
+is one JSON document stored as the uint8 array `meta`. Nothing in the file can run
+code when it is read.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+import dlc
+from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.graph import DTYPES
+
+FORMAT = "dlc-checkpoint-1"
+
+
+def source_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save(path: Path, params: dict, opt_state: dict, meta: dict):
+    """Write to a temporary file in the same folder, then rename over `path`."""
+    path = Path(path)
+    arrays = {f"param:{k}": np.asarray(v) for k, v in params.items()}
+    for name, slots in opt_state.items():
+        for slot, v in slots.items():
+            arrays[f"opt:{name}:{slot}"] = np.asarray(v)
+    doc = {"format": FORMAT, "dlc_version": dlc.__version__, **meta}
+    arrays["meta"] = np.frombuffer(json.dumps(doc).encode(), np.uint8)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}") from None
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.stem}-"
+
+
+def remove_stale_temporaries(path: Path, before: float):
+    """Delete the temporary files of `path` that a killed save left: named as `save` names them
+    (mkstemp adds 8 characters of [a-z0-9_]) and last changed before `before` (a run writing
+    one now, in the same folder, keeps its own)."""
+    pattern = re.compile(re.escape(_temporary_prefix(path)) + r"[a-z0-9_]{8}\.npz")
+    for tmp in Path(path).parent.glob(_temporary_prefix(path) + "*.npz"):
+        try:
+            if pattern.fullmatch(tmp.name) and tmp.stat().st_mtime < before:
+                tmp.unlink()
+        except OSError:         # gone already, or not ours to delete: leave it
+            pass
+
+
+def load(path) -> tuple[dict, dict, dict]:
+    """(params, optimizer state, meta) of a checkpoint; a damaged file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DlcError(f"no checkpoint at {path}")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise DlcError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    for key, value in arrays.items():
+        if not isinstance(value, np.ndarray):       # numpy gives a zip member that is not .npy as bytes
+            raise DlcError(f"{path} is not a readable checkpoint (its member '{key}' is not an .npy array)")
+    meta = {}
+    if "meta" in arrays:
+        try:
+            meta = json.loads(arrays.pop("meta").tobytes().decode())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged (not JSON)") from None
+        check_meta(path, meta)
+    params, opt = {}, {}
+    for key, value in arrays.items():
+        kind, _, rest = key.partition(":")
+        if kind == "param":
+            params[rest] = value
+        elif kind == "opt":
+            name, _, slot = rest.rpartition(":")
+            opt.setdefault(name, {})[slot] = value
+        else:   # a plain npz of weights: names are the keys
+            params[key] = value
+    return params, opt, meta
+
+
+# ---- the metadata's schema: what each field dlc reads must be --------------------------------------------
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _setting(v) -> bool:
+    """A setting as runtime.config.to_json writes it: a call, a name, a list or a plain value."""
+    if isinstance(v, dict) and "call" in v:
+        return (set(v) == {"call", "args", "kwargs"} and isinstance(v["call"], str) and isinstance(v["args"], list)
+                and isinstance(v["kwargs"], dict) and all(map(_setting, v["args"] + list(v["kwargs"].values()))))
+    if isinstance(v, dict):
+        return set(v) == {"name"} and isinstance(v["name"], str)
+    if isinstance(v, list):
+        return all(map(_setting, v))
+    return v is None or isinstance(v, (str, int, float, bool))
+
+
+def _text(v) -> bool:
+    return isinstance(v, str)
+
+
+META_SCHEMA = {
+    "format": _text, "dlc_version": _text, "model": _text, "source_hash": _text, "optimizer": _text,
+    "epoch": _count, "step": _count, "batch": _count, "seed": _count,
+    "history": lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
+    # the loss and metric sums of the batches of an epoch stopped inside it
+    "partial": lambda v: v is None or (isinstance(v, dict) and set(v) == {"totals", "seen"} and _count(v["seen"])
+                                       and isinstance(v["totals"], dict) and all(map(_number, v["totals"].values()))),
+    "early_stop": lambda v: v is None or (isinstance(v, dict) and (v.get("best") is None or _number(v["best"]))
+                                          and _count(v.get("bad", 0))),
+    # facts of the data: the vocabulary of a text, the padded length of a sequence task
+    "meta": lambda v: isinstance(v, dict) and _text(v.get("vocab", "")) and _count(v.get("max_len", 0)),
+    # the data settings `dlc eval` reuses (trainer.data_settings)
+    "data": lambda v: (isinstance(v, dict) and set(v) == {"data", "validation", "test", "seed"}
+                       and _count(v["seed"]) and all(_setting(v[k]) for k in ("data", "validation", "test"))),
+}
+
+
+def check_meta(path, meta):
+    """Refuse metadata that is not what `save` writes: one clear error naming the file and the
+    field, rather than a failure wherever the field is used (resume, eval, generate). Fields
+    that are absent are not checked (plain weights have none)."""
+    if not isinstance(meta, dict):
+        problem = f"a JSON {type(meta).__name__}, not an object"
+    else:
+        bad = [k for k, ok in META_SCHEMA.items() if k in meta and not ok(meta[k])]
+        if not bad:
+            return
+        shown = json.dumps(meta[bad[0]])
+        problem = f"{bad[0]} is {shown if len(shown) <= 40 else shown[:37] + '...'}"
+    raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged ({problem})")
+
+
+def conform(path, saved: dict, params: list) -> dict:
+    """The saved arrays as the model's parameters (`Model.params`): exactly its names and
+    shapes, numbers only, converted to each parameter's dtype and made contiguous, so an
+    engine can use them as they are (a plain .npz of float64 weights is welcome)."""
+    check_params(path, saved, {p.name: p.type.shape for p in params})
+    out = {}
+    for p in params:
+        value = saved[p.name]
+        if value.dtype.kind not in "biuf":
+            raise DlcError(f"{path}: {p.name} holds {value.dtype} values; a parameter needs numbers ({p.type})")
+        out[p.name] = np.asarray(value, DTYPES[p.type.dtype], order="C")      # a scalar stays a scalar
+    return out
+
+
+def optimizer_state(path, saved: dict, fresh: dict) -> dict:
+    """`fresh` (an optimizer's initial state, {param: {slot: array}}) with each slot that the
+    checkpoint at `path` saved (`saved`, as `load` returns it); a slot of another shape than
+    its parameter is damage."""
+    state = {}
+    for name, slots in fresh.items():
+        state[name] = {}
+        for slot, init in slots.items():
+            value = saved.get(name, {}).get(slot)
+            if value is not None and (value.shape != init.shape or value.dtype.kind not in "biuf"):
+                raise DlcError(f"{path} is not a readable checkpoint: the optimizer state {name}:{slot} is "
+                               f"{value.dtype}{list(value.shape)}, but {name} is {list(init.shape)}")
+            state[name][slot] = init if value is None else np.array(value, init.dtype)
+    return state
+
+
+def check_params(path, saved: dict, expected: dict):
+    """Refuse a checkpoint whose parameters are not exactly the model's."""
+    problems = []
+    for name, shape in expected.items():
+        if name not in saved:
+            problems.append(f"missing {name} {list(shape)}")
+        elif tuple(saved[name].shape) != tuple(shape):
+            problems.append(f"{name} is {list(saved[name].shape)} in the checkpoint but {list(shape)} in the model")
+    problems += [f"unexpected {name}" for name in saved if name not in expected]
+    if problems:
+        shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
+        raise DlcError(f"the checkpoint {path} does not match the model: {shown}")

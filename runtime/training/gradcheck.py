@@ -1,0 +1,131 @@
+"""Finite-difference gradient checks in float64 against the gradient graph."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import networkx as nx
+import numpy as np
+
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.ir.dims import concrete, symbols
+from dlc.compiler.ir.graph import Graph
+from dlc.compiler.frontend.model import Model
+from dlc.runtime.engines import interpreter
+from dlc.runtime.data import vectors
+
+
+@dataclass
+class ParamCheck:
+    name: str
+    checked: int        # entries compared
+    max_abs: float
+    rel: float          # max |analytic - numeric| / max(|analytic|, |numeric|) over the entries
+    ok: bool
+
+
+def index_bound(graph: Graph, node: int) -> int | None:
+    """The number of valid values of an integer input: the rows of the table it
+    gathers from, or the classes of the one_hot it feeds."""
+    bounds = []
+    for n in nx.descendants(graph.g, node):
+        op = graph.op(n)
+        if op == "gather":
+            bounds.append(graph.inputs(n)[0].shape[0])
+        elif op == "eq":
+            for x in graph.inputs(n):
+                if graph.op(x.node) == "iota":
+                    bounds.append(x.shape[graph.attrs(x.node)["axis"]])
+                elif graph.op(x.node) == "broadcast" and graph.op(graph.inputs(x.node)[0].node) == "iota":
+                    iota = graph.inputs(x.node)[0]
+                    bounds.append(iota.shape[graph.attrs(iota.node)["axis"]])
+        elif op == "scan":
+            body = graph.attrs(n)["body"]
+            for a in body.args:
+                b = index_bound(body, a.node)
+                if b:
+                    bounds.append(b)
+    concrete = [b for b in bounds if isinstance(b, int)]
+    return min(concrete) if concrete else None
+
+
+def sample_inputs(model: Model, sizes: dict, seed: int = 0) -> dict:
+    """Random inputs for every model input, with symbolic dims set from `sizes`."""
+    rng = np.random.default_rng(seed)
+    feeds = {"rng": np.array([seed, 1], np.int32)}
+    for inp in model.inputs:
+        shape = tuple(concrete(d, sizes) for d in inp.type.shape)
+        if inp.type.is_float:
+            feeds[inp.name] = rng.standard_normal(shape)
+        elif inp.type.dtype == "bool":
+            feeds[inp.name] = rng.random(shape) < 0.5
+        else:
+            node = next(n for n in model.graph.nodes_with("input") if model.graph.attrs(n)["name"] == inp.name)
+            bound = index_bound(model.graph, node) or 2
+            feeds[inp.name] = rng.integers(0, bound, shape).astype(np.int32)
+    return feeds
+
+
+def default_sizes(model: Model, size: int = 3) -> dict:
+    """`size` for every symbolic dim of the inputs, grown where the model needs more (a
+    sequence at least as long as a convolution's window)."""
+    sizes = {s: size for s in sorted(set().union(*(symbols(i.type.shape) for i in model.inputs)))}
+    for _ in range(256):
+        short = [d for d, least, _, _ in interpreter.size_constraints(model.graph)
+                 if d.symbols() <= sizes.keys() and concrete(d, sizes) < least]
+        if not short:
+            break
+        for s in short[0].symbols():
+            sizes[s] += 1
+    return sizes
+
+
+def init_params(model: Model, seed: int = 0, float_dtype: str = "f64") -> dict:
+    """The initial parameters from the seed, and the files the initializers name (word vectors,
+    relative to the model file's folder)."""
+    feeds = {"rng": np.array([seed, 0], np.int32), **vectors.init_feeds(model.init, Path(model.span.file).parent)}
+    return interpreter.run(model.init, feeds, {}, float_dtype=float_dtype)
+
+
+def gradcheck(model: Model, feeds: dict, params: dict, eps: float = 1e-6, per_param: int = 12,
+              tolerance: float = 1e-6, seed: int = 0) -> list[ParamCheck]:
+    """Compare the gradient graph with central differences of the loss, in float64.
+
+    A small step keeps the differences off the kinks of ReLU and max pooling; its
+    round-off is about 1e-16 * |loss| / eps, so differences below 1e-9 * max(1, |loss|)
+    are noise: a parameter passes when its relative error is below `tolerance` or its
+    largest absolute error is under that floor."""
+    step = train_step(model.graph)
+    analytic = interpreter.run(step, feeds, params, float_dtype="f64")
+    forward = model.graph
+    rng = np.random.default_rng(seed)
+    results = []
+    work = {k: np.array(v, np.float64, order="C") if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+            for k, v in params.items()}
+
+    def loss():
+        return float(interpreter.run(forward, feeds, work, float_dtype="f64")["loss"])
+
+    noise = 1e-9 * max(1.0, abs(float(analytic["loss"])))
+    for p in model.params:
+        if not p.trainable:
+            continue
+        grad = analytic[f"grad:{p.name}"].reshape(-1)
+        flat = work[p.name].reshape(-1)
+        picks = np.arange(flat.size) if flat.size <= per_param else rng.choice(flat.size, per_param, replace=False)
+        a, num = [], []
+        for i in picks:
+            orig = flat[i]
+            flat[i] = orig + eps
+            up = loss()
+            flat[i] = orig - eps
+            down = loss()
+            flat[i] = orig
+            num.append((up - down) / (2 * eps))
+            a.append(grad[i])
+        a, num = np.array(a), np.array(num)
+        max_abs = float(np.abs(a - num).max())
+        scale = max(np.abs(a).max(), np.abs(num).max())
+        rel = max_abs / scale if scale > noise else 0.0
+        results.append(ParamCheck(p.name, len(picks), max_abs, rel, rel < tolerance or max_abs < noise))
+    return results

@@ -1,0 +1,271 @@
+"""Optimizers, learning-rate schedules and the clipping setting.
+
+Each optimizer is one class: its options, its state slots, the scalars of a step as
+torch.optim computes them in Python floats (`scalars`), and `rule`, which builds its
+update as a graph over the flat parameter, gradient and state arrays (compiler/ir/update.py).
+The rules follow PyTorch's (torch.optim, single-tensor CPU path) down to the rounding:
+the same float32 operations in the same order, and one rounding (ops.fma) where torch's
+vectorized kernels fuse a multiply and an add; so a model trained here and there from
+the same weights takes the same steps. The reference engine runs that graph with the
+interpreter (`Optimizer.update`), the native engine compiles it into its step
+(compiler/native/update.py). Each optimizer keeps its state as named numpy arrays per
+parameter ("m", "v", "momentum"), which checkpoints save.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from dlc.compiler.ir import ops
+from dlc.compiler.errors import DlcError, Span, did_you_mean
+from dlc.compiler.ir.graph import DTYPES
+from dlc.compiler.ir.update import NORM, Update, lerp, update_graph
+from dlc.runtime.engines import interpreter
+from dlc.runtime.training.settings import REQUIRED, Call, as_call, flag, number
+
+# the allowed values of every numeric option of the optimizers, schedules and clipping
+LIMITS = {
+    "lr": dict(positive=True), "momentum": dict(low=0), "weight_decay": dict(low=0), "eps": dict(positive=True),
+    "beta1": dict(low=0, below=1), "beta2": dict(low=0, below=1), "alpha": dict(low=0, below=1),
+    "lr_decay": dict(low=0),
+    "every": dict(positive=True), "gamma": dict(positive=True), "min_lr": dict(low=0), "period": dict(positive=True),
+    "mult": dict(low=1), "warmup": dict(low=0),         # mult < 1 would shrink the restart periods to nothing
+    "max": dict(positive=True),
+}
+
+
+def _option(args, name: str, default):
+    """One checked option of a bound call: a flag when its default is one, else a number in LIMITS."""
+    return args.check(name, flag) if isinstance(default, bool) else args.check(name, number, **LIMITS[name])
+
+
+class Optimizer:
+    name = ""
+    options: dict = {}            # option -> default; "lr" is required
+
+    def __init__(self, call: Call):
+        args = call.bind(self.options)
+        self.hyper = {opt: _option(args, opt, default) for opt, default in self.options.items()}
+        if self.hyper.get("nesterov") and not self.hyper["momentum"]:
+            raise DlcError(f"{call.name}: nesterov = true needs a momentum > 0", args.span("nesterov"))
+        self._graphs: dict = {}
+
+    @property
+    def lr(self) -> float:
+        return self.hyper["lr"]
+
+    def slots(self) -> tuple:
+        return ()
+
+    def scalars(self, lr: float, step: int) -> dict:
+        """The per-step scalars the rule reads (Update.scalar), in Python floats."""
+        return {"lr": lr}
+
+    def rule(self, u: Update) -> tuple:  # pragma: no cover - every optimizer defines it
+        """(new parameter, {slot: new state}) from u's flat arrays."""
+        raise NotImplementedError
+
+    def graph(self, n: int, l1: float = 0.0, l2: float = 0.0, clip: Call | None = None, norm: bool = False,
+              dtype: str = "f32"):
+        """The update graph of n flat parameters (compiler/ir/update.py), built once."""
+        key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype)
+        if key not in self._graphs:
+            self._graphs[key] = update_graph(self.rule, self.slots(), n, l1, l2, key[3], norm, dtype)
+        return self._graphs[key]
+
+    def init(self, params: dict) -> dict:
+        return {name: {s: np.zeros_like(p) for s in self.slots()} for name, p in params.items()}
+
+    def update(self, params: dict, grads: dict, state: dict, lr: float, step: int, l1: float = 0.0,
+               l2: float = 0.0, clip: Call | None = None) -> float:
+        """One step (step counts from 1), in place, for the parameters in `grads`, by the
+        interpreter on their flat concatenation; returns the gradient's global norm. In
+        float32, or float64 when a parameter is (a check by hand)."""
+        names = list(grads)
+        if not names:
+            return 0.0
+        dtype = "f64" if any(np.asarray(params[n]).dtype == np.float64 for n in names) else "f32"
+        flat = lambda arrays: np.concatenate([np.asarray(a, DTYPES[dtype]).ravel() for a in arrays])
+        feeds = {"param": flat(params[n] for n in names), "grad": flat(grads[n] for n in names),
+                 **{s: flat(state[n][s] for n in names) for s in self.slots()}, **self.scalars(lr, step)}
+        out = interpreter.run(self.graph(feeds["param"].size, l1, l2, clip, True, dtype), feeds, {}, float_dtype=None)
+        at = 0
+        for n in names:
+            size = np.size(grads[n])
+            params[n][...] = out["param"][at:at + size].reshape(np.shape(params[n]))
+            for s in self.slots():
+                state[n][s][...] = out[s][at:at + size].reshape(np.shape(state[n][s]))
+            at += size
+        return float(out[NORM])
+
+
+class SGD(Optimizer):
+    name = "sgd"
+    options = {"lr": REQUIRED, "momentum": 0.0, "nesterov": False, "weight_decay": 0.0}
+
+    def slots(self):
+        return ("momentum",) if self.hyper["momentum"] else ()
+
+    def rule(self, u):
+        h, g, new = self.hyper, u.grad, {}
+        if h["weight_decay"]:
+            g = ops.fma(u.param, h["weight_decay"], g)                  # grad.add(param, alpha=weight_decay)
+        if h["momentum"]:
+            buf = new["momentum"] = u.state["momentum"] * h["momentum"] + g     # buf.mul_(momentum).add_(g)
+            g = ops.fma(buf, h["momentum"], g) if h["nesterov"] else buf
+        return ops.fma(g, -u.scalar("lr"), u.param), new                # param.add_(g, alpha=-lr)
+
+
+class Momentum(SGD):
+    name = "momentum"
+    options = {"lr": REQUIRED, "momentum": 0.9, "nesterov": False, "weight_decay": 0.0}
+
+
+class Nesterov(SGD):
+    name = "nesterov"
+    options = {"lr": REQUIRED, "momentum": 0.9, "nesterov": True, "weight_decay": 0.0}
+
+
+class RMSprop(Optimizer):
+    name = "rmsprop"
+    options = {"lr": REQUIRED, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "weight_decay": 0.0}
+
+    def slots(self):
+        return ("v", "momentum") if self.hyper["momentum"] else ("v",)
+
+    def rule(self, u):
+        h, g, p = self.hyper, u.grad, u.param
+        if h["weight_decay"]:
+            g = ops.fma(p, h["weight_decay"], g)
+        v = ops.fma((1 - h["alpha"]) * g, g, u.state["v"] * h["alpha"])    # v.mul_(alpha).addcmul_(g, g, 1 - alpha)
+        avg = ops.unary("sqrt", v) + h["eps"]
+        if h["momentum"]:                                               # buf.mul_(momentum).addcdiv_(g, avg)
+            buf = u.state["momentum"] * h["momentum"] + g / avg
+            return ops.fma(buf, -u.scalar("lr"), p), {"v": v, "momentum": buf}
+        return p + -u.scalar("lr") * g / avg, {"v": v}                  # param.addcdiv_(g, avg, value=-lr)
+
+
+class Adam(Optimizer):
+    name = "adam"
+    options = {"lr": REQUIRED, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
+    decoupled = False
+
+    def slots(self):
+        return ("m", "v")
+
+    def scalars(self, lr, step):
+        h = self.hyper
+        return {"lr": lr, "step_size": lr / (1 - h["beta1"] ** step), "bias2_sqrt": (1 - h["beta2"] ** step) ** 0.5,
+                "decay": 1 - lr * h["weight_decay"]}
+
+    def rule(self, u):
+        h, g, p = self.hyper, u.grad, u.param
+        if h["weight_decay"] and self.decoupled:
+            p = p * u.scalar("decay")                                   # param.mul_(1 - lr * weight_decay)
+        elif h["weight_decay"]:
+            g = ops.fma(p, h["weight_decay"], g)
+        m = lerp(u.state["m"], g, 1 - h["beta1"])                       # m.lerp_(g, 1 - beta1)
+        v = ops.fma((1 - h["beta2"]) * g, g, u.state["v"] * h["beta2"])     # v.mul_(beta2).addcmul_(g, g, 1 - beta2)
+        den = ops.unary("sqrt", v) / u.scalar("bias2_sqrt") + h["eps"]
+        return p + -u.scalar("step_size") * m / den, {"m": m, "v": v}   # param.addcdiv_(m, den, -step_size)
+
+
+class AdamW(Adam):
+    name = "adamw"
+    options = {"lr": REQUIRED, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 1e-2}
+    decoupled = True
+
+
+class Adagrad(Optimizer):
+    name = "adagrad"
+    options = {"lr": REQUIRED, "lr_decay": 0.0, "weight_decay": 0.0, "eps": 1e-10}
+
+    def slots(self):
+        return ("sum",)
+
+    def scalars(self, lr, step):
+        return {"lr": lr / (1 + (step - 1) * self.hyper["lr_decay"])}
+
+    def rule(self, u):
+        h, g, p = self.hyper, u.grad, u.param
+        if h["weight_decay"]:
+            g = ops.fma(p, h["weight_decay"], g)
+        total = ops.fma(g, g, u.state["sum"])                           # sum.addcmul_(g, g, value=1)
+        std = ops.unary("sqrt", total) + h["eps"]
+        return p + -u.scalar("lr") * g / std, {"sum": total}            # param.addcdiv_(g, std, value=-clr)
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, AdamW, Adagrad)}
+
+
+def make_optimizer(spec) -> Optimizer:
+    call = as_call(spec, "optimizer", "adam(lr = 1e-3)")
+    if call.name not in OPTIMIZERS:
+        raise DlcError(f"unknown optimizer '{call.name}'{did_you_mean(call.name, OPTIMIZERS)} "
+                       f"(known: {', '.join(OPTIMIZERS)})", call.span)
+    return OPTIMIZERS[call.name](call)
+
+
+# ---- schedules ---------------------------------------------------------------------------------
+class Schedule:
+    """The learning rate at every step: a base schedule in epochs, after an optional
+    linear warmup from 0 over `warmup` epochs."""
+
+    def __init__(self, call: Call, base_lr: float, steps_per_epoch: int, epochs: int):
+        options = SCHEDULES.get(call.name)
+        if options is None:
+            raise DlcError(f"unknown schedule '{call.name}'{did_you_mean(call.name, SCHEDULES)} "
+                           f"(known: {', '.join(SCHEDULES)})", call.span)
+        args = call.bind(options | {"warmup": 0})
+        self.kind = call.name
+        self.opts = {k: _option(args, k, d) for k, d in options.items()}
+        self.warmup = _option(args, "warmup", 0)
+        self.base, self.per_epoch, self.epochs = base_lr, max(1, steps_per_epoch), epochs
+
+    def __call__(self, step: int) -> float:
+        """Learning rate for global step `step` (0-based)."""
+        warm = self.warmup * self.per_epoch
+        if step < warm:
+            return self.base * (step + 1) / warm
+        epoch = (step - warm) / self.per_epoch
+        total = max(self.epochs - self.warmup, 1e-9)
+        o, lr = self.opts, self.base
+        if self.kind == "step":
+            return lr * o["gamma"] ** math.floor(epoch / o["every"])
+        if self.kind == "exponential":
+            return lr * o["gamma"] ** math.floor(epoch)
+        if self.kind == "cosine":
+            return o["min_lr"] + 0.5 * (lr - o["min_lr"]) * (1 + math.cos(math.pi * min(epoch / total, 1.0)))
+        if self.kind == "warm_restarts":
+            period, t = o["period"], epoch
+            while t >= period:
+                t -= period
+                period *= o["mult"]
+            return o["min_lr"] + 0.5 * (lr - o["min_lr"]) * (1 + math.cos(math.pi * t / period))
+        return lr       # constant, linear_warmup
+
+
+SCHEDULES = {
+    "constant": {},
+    "linear_warmup": {},
+    "step": {"every": 10, "gamma": 0.1},
+    "exponential": {"gamma": 0.95},
+    "cosine": {"min_lr": 0.0},
+    "warm_restarts": {"period": 10, "mult": 1, "min_lr": 0.0},
+}
+
+
+def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int, span: Span | None = None) -> Schedule:
+    """The schedule a `schedule` setting names (none: constant); `span`, where the setting
+    is written, locates the errors of a value that does not carry its own (a string, 0)."""
+    call = as_call("constant" if spec is None else spec, "schedule", "cosine(warmup = 1)", span)
+    return Schedule(call, base_lr, steps_per_epoch, epochs)
+
+
+# ---- clipping ------------------------------------------------------------------------------------
+def clip_limit(spec: Call) -> float:
+    """The limit of global_norm(max) or value(max), checked."""
+    if spec.name not in ("global_norm", "value"):
+        raise DlcError(f"unknown clipping '{spec.name}' (global_norm or value)", spec.span)
+    return _option(spec.bind({"max": REQUIRED}), "max", None)

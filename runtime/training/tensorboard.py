@@ -1,0 +1,48 @@
+"""`dlc train --tensorboard DIR` (`model.train(tensorboard=DIR)`): a run's curves as
+TensorBoard event files, written with tensorboardX (the `tensorboard` extra).
+
+Two runs in DIR, as Keras writes them, so that TensorBoard draws each curve beside its
+validation twin: DIR/train holds the learning rate of every step (`step/lr`, by step) and
+the loss and metrics of every epoch (`epoch/loss`, `epoch/accuracy`, ..., by epoch);
+DIR/validation the validation values of every epoch under the same names. A resumed run
+adds event files to the same runs, its steps and epochs continuing the numbering."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dlc.compiler.errors import DlcError, optional_package
+
+
+class EventLog:
+    """Reports a run as a display does (runtime/training/progress.py): after every step and epoch."""
+
+    def __init__(self, folder):
+        self.tensorboardX = optional_package("tensorboardX", "tensorboard", "--tensorboard")
+        self.folder = Path(folder)
+        try:        # before anything is compiled: a folder that cannot be made fails the run at once
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DlcError(f"cannot write TensorBoard events to {self.folder}: "
+                           + ("it is a file" if self.folder.is_file() else e.strerror)) from None
+        self.writers: dict = {}
+
+    def writer(self, run: str):
+        if run not in self.writers:
+            self.writers[run] = self.tensorboardX.SummaryWriter(str(self.folder / run))
+        return self.writers[run]
+
+    def step(self, s):
+        self.writer("train").add_scalar("step/lr", s.lr, s.step)
+
+    def epoch(self, row: dict, epochs: int):
+        for name, value in row.items():
+            if name not in ("epoch", "time", "lr"):
+                run, name = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
+                self.writer(run).add_scalar(f"epoch/{name}", value, row["epoch"])
+        for w in self.writers.values():     # a TensorBoard watching the run shows the epoch now
+            w.flush()
+
+    def close(self):
+        for w in self.writers.values():
+            w.close()
+        self.writers = {}
