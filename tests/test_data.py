@@ -13,7 +13,7 @@ from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.data import sources as D
 from dlc.runtime.training.settings import Call, Symbol
 
-EXAMPLES = Path(D.__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def call(name, *args, **kwargs):
