@@ -14,6 +14,11 @@ from pathlib import Path
 import dlc
 
 
+def plural(n: int, what: str) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def _add_model_args(p: argparse.ArgumentParser, backend=False):
     p.add_argument("file", help="a .dl file")
     p.add_argument("--model", metavar="NAME", help="which model of the file (default: the last one)")
@@ -264,7 +269,7 @@ def cmd_train(args):
     if not trainer.writes:      # another rank of a distributed run: rank 0 reports
         return 0
     stats = "  ".join(row_values(result.history[-1])) if result.history else ""
-    print(f"trained {trainer.name} for {len(result.history)} epochs ({result.stopped})" + (f": {stats}" if stats else ""))
+    print(f"trained {trainer.name} for {plural(len(result.history), 'epoch')} ({result.stopped})" + (f": {stats}" if stats else ""))
     if result.test:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
     written = [str(result.out_dir / name) for name in result.written]
@@ -280,7 +285,7 @@ def cmd_predict(args):
     import numpy as np
     from dlc.compiler.errors import DlcError
     model = _weights(args)
-    outputs = model.predict(args.input, args.batch)
+    outputs = model.predict(args.data, args.batch)
     path = Path(args.output)
     try:
         if path.suffix == ".csv":
@@ -389,11 +394,9 @@ def cmd_import(args):
     _write(imported.text.rstrip("\n"), str(out))
     checkpoint.save(weights, imported.weights, {}, {"model": imported.name,
                                                     "source_hash": checkpoint.source_hash(imported.text)})
-    def count(n, what):
-        return f"{n} {what}" + ("" if n == 1 else "s")
-    print(f"wrote {out} (model {imported.name}: {count(len(imported.inputs), 'input')}, "
-          f"{count(len(imported.outputs), 'output')})")
-    print(f"wrote {weights} ({count(len(imported.weights), 'array')})")
+    print(f"wrote {out} (model {imported.name}: {plural(len(imported.inputs), 'input')}, "
+          f"{plural(len(imported.outputs), 'output')})")
+    print(f"wrote {weights} ({plural(len(imported.weights), 'array')})")
 
 
 def cmd_data_fetch(args):
@@ -542,7 +545,8 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("predict", help="run trained weights on inputs and write the outputs")
     _add_model_args(c, backend=True)
     c.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
-    c.add_argument("--input", required=True, metavar="PATH", help=".npz (arrays by input name), .csv or .txt")
+    c.add_argument("--data", "--input", dest="data", required=True, metavar="PATH",
+                   help=".npz (arrays by input name), .csv or .txt (--input is the older name)")
     c.add_argument("--output", default="predictions.npz", metavar="PATH", help=".npz (default) or .csv")
     c.add_argument("--batch", type=_positive, default=256, metavar="N", help="batch size (default 256)")
     c.set_defaults(run=cmd_predict)

@@ -445,4 +445,4 @@ def test_examples_train_as_written_after_a_fetch(example, name, cache, server, m
     code, out, err = run(capsys, "train", str(EXAMPLES / f"{example}.dl"), "--epochs", "1", "--out",
                          str(tmp_path / "run"))
     assert code == 0, err
-    assert f"trained {example} for 1 epochs" in out and "test: loss" in out
+    assert f"trained {example} for 1 epoch " in out and "test: loss" in out

@@ -265,4 +265,4 @@ def test_threads_sets_the_native_thread_count(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DLC_NUM_THREADS", "2")      # restored after the test
     assert main(["train", XOR, "--epochs", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
     assert os.environ["DLC_NUM_THREADS"] == "1" and threads() == 1
-    assert "trained xor_mlp for 1 epochs" in capsys.readouterr().out
+    assert "trained xor_mlp for 1 epoch " in capsys.readouterr().out
