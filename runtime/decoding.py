@@ -12,7 +12,8 @@ encoder-decoder (the source, and BOS before each prefix); the tests give a fixed
   tokens holding at least top_p of the (renormalized) mass (Holtzman et al. 2020).
 - beam_search: keeps the `width` most likely prefixes at every step; a prefix that ends
   with EOS is finished and takes its place in the beam from then on, so the beam narrows
-  as candidates finish (Sutskever et al. 2014). The finished candidates are ranked by
+  as candidates finish (Sutskever et al. 2014). The beam keeps prefixes by
+  log-probability; the candidates (finished, or cut at `length`) are then ranked by
   log_prob / ((5 + length) / 6) ** alpha, GNMT's length penalty (Wu et al. 2016):
   alpha = 0 ranks by log-probability, larger alphas favour longer sequences.
 

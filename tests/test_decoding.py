@@ -239,7 +239,7 @@ def test_beam_search_on_a_character_model_ranks_every_continuation_as_brute_forc
     found = model.generate("ca", 3, beam=len(expected))
     assert [c.sequence for c in found] == ["".join("abc"[t] for t in seq) for seq, _, _ in expected]
     np.testing.assert_allclose([c.log_prob for c in found], [lp for _, lp, _ in expected], rtol=1e-6)
-    assert model.generate("ca", 3, beam=1)[0].sequence == model.generate("ca", 3) == found[0].sequence
+    assert model.generate("ca", 3, beam=1)[0].sequence == model.generate("ca", 3)
 
 
 @pytest.mark.parametrize("alpha", [None, 0.6])
