@@ -5,16 +5,17 @@
     model.evaluate()                               # dlc eval
     model.predict({"x": images})                   # dlc predict
     model.generate("In the beginning", 200)        # dlc generate
+    model.generate("In the beginning", 200, beam=4)
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load as load_program
+from dlc.runtime import decoding
 from dlc.runtime.data import sources as datasets
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
@@ -110,14 +111,11 @@ class DlcModel:
         return vocab
 
     def decode(self, src: np.ndarray, max_len: int, bos: int = 1, eos: int = 2, batch: int = 256) -> np.ndarray:
-        """Greedy decoding with an encoder-decoder model: feed BOS, then each step's most
-        likely token, until EOS or max_len tokens. Returns [N, max_len] ids (0 after EOS)."""
+        """Greedy decoding of many sources at once with an encoder-decoder model: feed BOS,
+        then each step's most likely token, until EOS or max_len tokens. Returns [N, max_len]
+        ids (0 after EOS). `generate` decodes one source, by any of its decodings."""
         self._require_weights()
-        pair = _sequence_inputs(self.eval_model)
-        if pair is None:
-            raise DlcError(f"model {self.name} is not an encoder-decoder (it needs two integer inputs: "
-                           "the source and the decoder input)")
-        src_in, dec_in = pair
+        src_in, dec_in = self._encoder_decoder_inputs()
         src = fit_input(src_in, np.asarray(src), self.eval_model)      # ids the model can look up
         out = np.zeros((len(src), max_len), np.int32)
         for start in range(0, len(src), batch):
@@ -125,8 +123,8 @@ class DlcModel:
             seq = np.full((len(s), 1), bos, np.int32)
             done = np.zeros(len(s), bool)
             for t in range(max_len):
-                probs = next(iter(self.engine.predict(self.params, {src_in.name: s, dec_in.name: seq}).values()))
-                nxt = np.where(done, 0, probs[:, -1].argmax(-1)).astype(np.int32)
+                probs = self._next_probs({src_in.name: s, dec_in.name: seq})
+                nxt = np.where(done, 0, probs.argmax(-1)).astype(np.int32)
                 out[start:start + len(s), t] = nxt
                 done |= nxt == eos
                 if done.all():
@@ -134,33 +132,84 @@ class DlcModel:
                 seq = np.concatenate([seq, nxt[:, None]], axis=1)
         return out
 
-    def generate(self, prompt: str, length: int, temperature: float = 0.0, seed: int = 0) -> str:
-        """Continue `prompt` by `length` characters, greedily (temperature 0) or by
-        sampling; the model's first output is the next-character distribution."""
+    def generate(self, prompt, length: int, temperature: float | None = None, seed: int = 0, *,
+                 beam: int | None = None, top_k: int | None = None, top_p: float | None = None,
+                 length_penalty: float | None = None):
+        """Continue a character model's `prompt` (text) by `length` characters, or decode an
+        encoder-decoder's source (`prompt`: token ids) into at most `length` tokens, up to
+        EOS: greedily (the default), by sampling (a temperature above 0, top_k or top_p;
+        seeded by `seed`) or by beam search (runtime/decoding.py says how). Returns the
+        continuation (a str, or a list of ids); with beam=K, the K best as
+        decoding.Candidate(sequence, log_prob, score), best first."""
         self._require_weights()
-        if length < 0 or not 0 <= temperature < math.inf:       # NaN fails the comparison too
-            raise DlcError(f"generate needs a length >= 0 and a finite temperature >= 0, got {length} and "
-                           f"{temperature}")
+        encoder_decoder = _sequence_inputs(self.eval_model) is not None
+        eos = self._token("eos") if encoder_decoder else None
+        options = dict(beam=beam, temperature=temperature, top_k=top_k, top_p=top_p, length_penalty=length_penalty)
+        decoding.check(length, eos, **options)
+        if encoder_decoder:
+            next_log_probs, spell = self._decoder_steps(prompt), list
+        else:
+            next_log_probs, spell = self._character_steps(prompt)
+        found = [c._replace(sequence=spell(c.sequence))
+                 for c in decoding.decode(next_log_probs, length, eos, seed=seed, **options)]
+        return found if beam is not None else found[0].sequence
+
+    def _character_steps(self, prompt: str):
+        """The next-character log-probabilities after the prompt and each prefix (the
+        callback of runtime/decoding.py), and the text of a continuation."""
         vocab = self.vocab()
+        start = list(datasets.encode(prompt, vocab)) if prompt else [0]     # no prompt: start from character 0
         inp = self.eval_model.inputs[0]
         context = _context_limit(self.eval_model)
-        ids = list(datasets.encode(prompt, vocab)) if prompt else [0]
-        rng = np.random.default_rng(seed)
-        for _ in range(length):
-            window = np.array([ids[-context:] if context else ids], np.int32)
-            out = next(iter(self.engine.predict(self.params, {inp.name: window}).values()))
-            probs = np.asarray(out, np.float64).reshape(-1)
-            if probs.size < len(vocab):
-                raise DlcError(f"the model's output has {probs.size} classes, the vocabulary {len(vocab)}")
-            probs = probs[:len(vocab)]
-            if temperature == 0:
-                nxt = int(np.argmax(probs))
-            else:
-                logits = np.log(np.maximum(probs, 1e-12)) / temperature
-                p = np.exp(logits - logits.max())
-                nxt = int(rng.choice(len(p), p=p / p.sum()))
-            ids.append(nxt)
-        return datasets.decode(np.array(ids[len(prompt) if prompt else 1:]), vocab)
+
+        def next_log_probs(prefixes):
+            contexts = [start + list(p) for p in prefixes]
+            windows = np.array([ids[-context:] if context else ids for ids in contexts], np.int32)
+            probs = self._next_probs({inp.name: windows})
+            if probs.shape[1] < len(vocab):
+                raise DlcError(f"the model's output has {probs.shape[1]} classes, the vocabulary {len(vocab)}")
+            return _log(probs[:, :len(vocab)])
+        return next_log_probs, lambda ids: datasets.decode(np.array(ids, np.int64), vocab)
+
+    def _decoder_steps(self, source):
+        """The next-token log-probabilities after the source and BOS + each prefix."""
+        src_in, dec_in = self._encoder_decoder_inputs()
+        src = np.asarray(source)
+        if src.size == 0:
+            raise DlcError("the source sequence is empty")
+        if src.ndim != 1 or not np.issubdtype(src.dtype, np.integer):
+            raise DlcError(f"{self.name} is an encoder-decoder: its prompt is the source as token ids, as in [3, 4, 5]")
+        width = self.meta.get("meta", {}).get("max_len", 0)     # sources were padded to this length in training
+        src = np.pad(src, (0, max(0, width - len(src))), constant_values=self._token("pad"))
+        src = fit_input(src_in, src[None, :], self.eval_model)      # ids the model can look up
+        bos = self._token("bos")
+
+        def next_log_probs(prefixes):
+            dec = np.array([(bos,) + p for p in prefixes], np.int32)
+            return _log(self._next_probs({src_in.name: np.repeat(src, len(prefixes), axis=0), dec_in.name: dec}))
+        return next_log_probs
+
+    def _encoder_decoder_inputs(self):
+        pair = _sequence_inputs(self.eval_model)
+        if pair is None:
+            raise DlcError(f"model {self.name} is not an encoder-decoder (it needs two integer inputs: "
+                           "the source and the decoder input)")
+        return pair
+
+    def _token(self, name: str) -> int:
+        """The pad, bos or eos id of the data the model was trained on (dlc's sequence tasks' by default)."""
+        default = {"pad": datasets.PAD, "bos": datasets.BOS, "eos": datasets.EOS}[name]
+        return int(self.meta.get("meta", {}).get(name, default))
+
+    def _next_probs(self, feeds: dict) -> np.ndarray:
+        """The first output at the last position: the next-token distribution, [batch, classes]."""
+        out = np.asarray(next(iter(self.engine.predict(self.params, feeds).values())), np.float64)
+        return out[:, -1] if out.ndim == 3 else out.reshape(len(out), -1)
+
+
+def _log(probs: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):      # a probability of 0 is a log-probability of -inf
+        return np.log(probs)
 
 
 def _sequence_inputs(model):

@@ -56,16 +56,17 @@ def _seed(text: str) -> int:
     return _whole(0, SEED_MAX)(text)
 
 
-def _real(low: float, strict: bool):
-    """A finite number above `low` (`strict`) or at least `low`."""
+def _real(low: float, strict: bool, most: float | None = None):
+    """A finite number above `low` (`strict`) or at least `low` (and at most `most`)."""
     def parse(text: str) -> float:
         try:
             value = float(text)
         except ValueError:
             value = math.nan
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise argparse.ArgumentTypeError(f"needs a finite number {'above' if strict else 'at least'} "
-                                             f"{low:g}; got '{text}'")
+        high = most is not None and value > most
+        if not math.isfinite(value) or value < low or (strict and value == low) or high:
+            bound = f"{'above' if strict else 'at least'} {low:g}" + ("" if most is None else f" and at most {most:g}")
+            raise argparse.ArgumentTypeError(f"needs a finite number {bound}; got '{text}'")
         return value
     return parse
 
@@ -302,24 +303,33 @@ def cmd_predict(args):
 
 
 def cmd_generate(args):
-    import numpy as np
+    import json
     from dlc.compiler.errors import DlcError
     from dlc.runtime.api import _sequence_inputs
     model = _weights(args)
     if _sequence_inputs(model.eval_model) is None:
-        print(args.prompt + model.generate(args.prompt, args.length, args.temperature, args.seed))
+        prompt, show = args.prompt, lambda text: args.prompt + text
+        in_table = lambda text: json.dumps(show(text), ensure_ascii=False)     # quoted: text may span lines
+    else:
+        try:        # an encoder-decoder: the prompt is the source sequence, as token ids
+            prompt = [int(t) for t in args.prompt.replace(",", " ").split()]
+        except ValueError:
+            raise DlcError(f"{model.name} is an encoder-decoder: give the source as token ids, as in "
+                           "--prompt \"3 4 5\"")
+        show = in_table = lambda ids: " ".join(str(t) for t in ids)
+    found = model.generate(prompt, args.length, args.temperature, args.seed, beam=args.beam, top_k=args.top_k,
+                           top_p=args.top_p, length_penalty=args.length_penalty)
+    if args.beam is None:
+        print(show(found))
         return
-    try:       # an encoder-decoder: the prompt is the source sequence, as token ids
-        src = np.array([[int(t) for t in args.prompt.replace(",", " ").split()]], np.int64)
-    except (ValueError, OverflowError):
-        raise DlcError(f"{model.name} is an encoder-decoder: give the source as token ids, as in --prompt \"3 4 5\"")
-    if src.size == 0:
-        raise DlcError("the source sequence is empty")
-    width = model.meta.get("meta", {}).get("max_len", 0)     # sources were padded to this length in training
-    if src.shape[1] < width:
-        src = np.pad(src, ((0, 0), (0, width - src.shape[1])))
-    ids = list(model.decode(src, args.length)[0])
-    print(" ".join(str(t) for t in ids[:ids.index(2) + 1 if 2 in ids else len(ids)]))
+    penalized = args.length_penalty is not None
+    print(f"{'log_prob':>10}  " + (f"{'score':>10}  " if penalized else "") + "sequence")
+    for c in found:
+        print(f"{c.log_prob:>10.4f}  " + (f"{c.score:>10.4f}  " if penalized else "") + in_table(c.sequence))
+    if penalized:
+        print(f"log_prob: the sum of the model's log-probabilities of the generated tokens; score: log_prob / "
+              f"((5 + length) / 6) ** {args.length_penalty:g}, the length-penalized log-probability they are "
+              "ranked by", file=sys.stderr)
 
 
 EXPORT_SUFFIXES = {".onnx": "onnx", ".safetensors": "safetensors"}
@@ -556,9 +566,20 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     c.add_argument("--prompt", default="", metavar="TEXT",
                    help="the text to continue (an encoder-decoder's source: token ids, \"3 4 5\")")
-    c.add_argument("--length", type=_whole(0), default=200, metavar="N", help="characters to generate (default 200)")
-    c.add_argument("--temperature", type=_real(0, strict=False), default=0.0, metavar="T",
-                   help="0 (default) is greedy; higher samples more freely")
+    c.add_argument("--length", type=_whole(0), default=200, metavar="N",
+                   help="characters to generate; an encoder-decoder's most tokens, EOS included (default 200)")
+    c.add_argument("--temperature", type=_real(0, strict=False), metavar="T",
+                   help="0 is greedy (the default); higher samples more freely (the default with --top-k or "
+                        "--top-p: 1)")
+    c.add_argument("--top-k", type=_positive, metavar="K", help="sample among the K most likely tokens")
+    c.add_argument("--top-p", type=_real(0, strict=True, most=1), metavar="P",
+                   help="sample among the fewest most likely tokens whose probabilities sum to at least P "
+                        "(nucleus sampling)")
+    c.add_argument("--beam", type=_positive, metavar="K",
+                   help="beam search: print the K best sequences found, with their log-probabilities")
+    c.add_argument("--length-penalty", type=_real(0, strict=False), metavar="ALPHA",
+                   help="with --beam, for an encoder-decoder: rank by log_prob / ((5 + length) / 6) ** ALPHA "
+                        "(GNMT's; default 0: by log_prob)")
     c.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of the sampling (default 0)")
     c.set_defaults(run=cmd_generate)
 
