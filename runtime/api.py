@@ -15,10 +15,14 @@ import numpy as np
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load as load_program
-from dlc.runtime.data import sources as datasets
+from dlc.runtime.data import registry
+from dlc.runtime.data.dataset import Dataset
+from dlc.runtime.data.files import read_text
+from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
-from dlc.runtime.training.trainer import Trainer, data_settings, evaluation_data, fit_input, input_arrays, mean_metrics, to_stderr
+from dlc.runtime.training.inputs import data_settings, evaluation_data, fit_input, input_arrays
+from dlc.runtime.training.trainer import Trainer, mean_metrics, to_stderr
 
 
 class DlcModel:
@@ -67,7 +71,7 @@ class DlcModel:
         """Loss and metrics (evaluation mode) on `data` (a source such as "digits()" or a
         path), by default on data the weights were not trained on: the test, else the
         validation data of the settings the checkpoint was trained with (the train block's
-        for plain weights; trainer.evaluation_data). `log` (default: stderr) is told which."""
+        for plain weights; inputs.evaluation_data). `log` (default: stderr) is told which."""
         self._require_weights()
         arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
         return mean_metrics(self.engine, self.params, arrays, batch)
@@ -80,7 +84,7 @@ class DlcModel:
             inputs = self._read_inputs(Path(inputs))
         if isinstance(inputs, np.ndarray):
             inputs = {self.eval_model.inputs[0].name: inputs}
-        ds = datasets.Dataset(dict(inputs), {})
+        ds = Dataset(dict(inputs), {})
         arrays = input_arrays(self.eval_model, ds, need_targets=False)
         n = len(next(iter(arrays.values())))
         parts: dict = {}
@@ -98,9 +102,9 @@ class DlcModel:
 
     def _read_inputs(self, path: Path) -> dict:
         if path.suffix == ".txt":
-            text = datasets.read_text(path, Path.cwd(), "predict")
-            return {self.eval_model.inputs[0].name: datasets.encode(text, self.vocab())[None, :]}
-        ds = datasets.load(str(path), Path.cwd())
+            text = read_text(path, Path.cwd(), "predict")
+            return {self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}
+        ds = registry.load(str(path), Path.cwd())
         return ds.columns
 
     def vocab(self) -> str:
@@ -144,7 +148,7 @@ class DlcModel:
         vocab = self.vocab()
         inp = self.eval_model.inputs[0]
         context = _context_limit(self.eval_model)
-        ids = list(datasets.encode(prompt, vocab)) if prompt else [0]
+        ids = list(encode(prompt, vocab)) if prompt else [0]
         rng = np.random.default_rng(seed)
         for _ in range(length):
             window = np.array([ids[-context:] if context else ids], np.int32)
@@ -160,7 +164,7 @@ class DlcModel:
                 p = np.exp(logits - logits.max())
                 nxt = int(rng.choice(len(p), p=p / p.sum()))
             ids.append(nxt)
-        return datasets.decode(np.array(ids[len(prompt) if prompt else 1:]), vocab)
+        return decode(np.array(ids[len(prompt) if prompt else 1:]), vocab)
 
 
 def _sequence_inputs(model):
