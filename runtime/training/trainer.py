@@ -3,13 +3,13 @@
 Configuration comes from the model's `train` block, overridden by flags, and is checked
 whole before anything runs (runtime/training/config.py); the data is bound to the model's
 inputs by runtime/training/inputs.py, and an engine (runtime/engines/protocol.py) runs
-the steps. The loop shuffles mini-batches, runs one
-engine step per batch, evaluates on a validation split, keeps a history, writes
-checkpoints atomically (last and best), stops early, and stops cleanly on Ctrl-C (after
-the current step, with a checkpoint) or on a NaN loss (naming the step, leaving the last
-good checkpoint). A run resumed from its checkpoint, whichever batch it stopped after,
-ends with the same parameters and history as an uninterrupted one: shuffling, dropout
-and augmentation are all derived from (seed, epoch, batch) or (seed, step), and the
+the steps. The loop shuffles mini-batches, runs one engine step per batch, evaluates on a
+validation split, keeps a history (history.py), writes checkpoints atomically (last and
+best), stops early (early_stop.py), and stops cleanly on Ctrl-C (interrupt.py: after the
+current step, with a checkpoint) or on a NaN loss (naming the step, leaving the last good
+checkpoint). A run resumed from its checkpoint, whichever batch it stopped after, ends
+with the same parameters and history as an uninterrupted one: shuffling, dropout and
+augmentation are all derived from (seed, epoch, batch) or (seed, step), and the
 checkpoint keeps the loss and metric sums of a stopped epoch.
 """
 from __future__ import annotations
