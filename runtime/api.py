@@ -16,10 +16,15 @@ import numpy as np
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load as load_program
 from dlc.runtime import decoding
-from dlc.runtime.data import sources as datasets
+from dlc.runtime.data import registry
+from dlc.runtime.data.dataset import Dataset
+from dlc.runtime.data.files import read_text
+from dlc.runtime.data.synthetic import BOS, EOS, PAD
+from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
-from dlc.runtime.training.trainer import Trainer, data_settings, evaluation_data, fit_input, input_arrays, mean_metrics, to_stderr
+from dlc.runtime.training.inputs import data_settings, evaluation_data, fit_input, input_arrays
+from dlc.runtime.training.trainer import Trainer, mean_metrics, to_stderr
 
 
 class DlcModel:
@@ -68,7 +73,7 @@ class DlcModel:
         """Loss and metrics (evaluation mode) on `data` (a source such as "digits()" or a
         path), by default on data the weights were not trained on: the test, else the
         validation data of the settings the checkpoint was trained with (the train block's
-        for plain weights; trainer.evaluation_data). `log` (default: stderr) is told which."""
+        for plain weights; inputs.evaluation_data). `log` (default: stderr) is told which."""
         self._require_weights()
         arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
         return mean_metrics(self.engine, self.params, arrays, batch)
@@ -81,7 +86,7 @@ class DlcModel:
             inputs = self._read_inputs(Path(inputs))
         if isinstance(inputs, np.ndarray):
             inputs = {self.eval_model.inputs[0].name: inputs}
-        ds = datasets.Dataset(dict(inputs), {})
+        ds = Dataset(dict(inputs), {})
         arrays = input_arrays(self.eval_model, ds, need_targets=False)
         n = len(next(iter(arrays.values())))
         parts: dict = {}
@@ -99,9 +104,9 @@ class DlcModel:
 
     def _read_inputs(self, path: Path) -> dict:
         if path.suffix == ".txt":
-            text = datasets.read_text(path, Path.cwd(), "predict")
-            return {self.eval_model.inputs[0].name: datasets.encode(text, self.vocab())[None, :]}
-        ds = datasets.load(str(path), Path.cwd())
+            text = read_text(path, Path.cwd(), "predict")
+            return {self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}
+        ds = registry.load(str(path), Path.cwd())
         return ds.columns
 
     def vocab(self) -> str:
@@ -158,7 +163,7 @@ class DlcModel:
         """The next-character log-probabilities after the prompt and each prefix (the
         callback of runtime/decoding.py), and the text of a continuation."""
         vocab = self.vocab()
-        start = list(datasets.encode(prompt, vocab)) if prompt else [0]     # no prompt: start from character 0
+        start = list(encode(prompt, vocab)) if prompt else [0]     # no prompt: start from character 0
         inp = self.eval_model.inputs[0]
         context = _context_limit(self.eval_model)
 
@@ -169,7 +174,7 @@ class DlcModel:
             if probs.shape[1] < len(vocab):
                 raise DlcError(f"the model's output has {probs.shape[1]} classes, the vocabulary {len(vocab)}")
             return _log(probs[:, :len(vocab)])
-        return next_log_probs, lambda ids: datasets.decode(np.array(ids, np.int64), vocab)
+        return next_log_probs, lambda ids: decode(np.array(ids, np.int64), vocab)
 
     def _decoder_steps(self, source):
         """The next-token log-probabilities after the source and BOS + each prefix."""
@@ -198,7 +203,7 @@ class DlcModel:
 
     def _token(self, name: str) -> int:
         """The pad, bos or eos id of the data the model was trained on (dlc's sequence tasks' by default)."""
-        default = {"pad": datasets.PAD, "bos": datasets.BOS, "eos": datasets.EOS}[name]
+        default = {"pad": PAD, "bos": BOS, "eos": EOS}[name]
         return int(self.meta.get("meta", {}).get(name, default))
 
     def _next_probs(self, feeds: dict) -> np.ndarray:

@@ -52,7 +52,7 @@ _positive = _whole(1)
 
 
 def _seed(text: str) -> int:
-    from dlc.runtime.training.trainer import SEED_MAX
+    from dlc.runtime.training.config import SEED_MAX
     return _whole(0, SEED_MAX)(text)
 
 
@@ -133,7 +133,7 @@ def _dims(pairs) -> dict:
 def cmd_check(args):
     from dlc.compiler.frontend import summary as S
     from dlc.compiler.frontend.loader import load
-    from dlc.runtime.training.trainer import make_config
+    from dlc.runtime.training.config import make_config
     program = load(args.file)
     train = program.build(args.model, training=True)
     program.build(args.model, training=False)
@@ -147,7 +147,7 @@ def cmd_summary(args):
     and the same names (frozen_names), so the trainable count is what trains."""
     from dlc.compiler.frontend import summary as S
     from dlc.compiler.frontend.loader import load
-    from dlc.runtime.training.trainer import frozen_names, make_config
+    from dlc.runtime.training.config import frozen_names, make_config
     program = load(args.file)
     model = program.build(args.model, training=not args.eval)
     cfg = make_config(program, model.name, {"freeze": args.freeze}, require_data=False)
@@ -355,7 +355,8 @@ def cmd_export(args):
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.training import checkpoint
     from dlc.runtime.interop import weights
-    from dlc.runtime.training.trainer import initial_parameters, make_config
+    from dlc.runtime.training.config import make_config
+    from dlc.runtime.training.trainer import initial_parameters
     fmt = _export_format(args)
     program = load(args.file)
     model = program.build(args.model, training=False)

@@ -1,4 +1,4 @@
-"""Data loading (`dlc.runtime.data.sources`): every source, loading files by extension, meta and
+"""Data loading (`dlc.runtime.data`): every source, loading files by extension, meta and
 shapes, determinism, splits, augmentation, and a clear DlcError for every bad input."""
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime.data import sources as D
+from dlc.runtime.data import images, registry as D
+from dlc.runtime.data.augment import augment
+from dlc.runtime.data.dataset import Dataset
+from dlc.runtime.data.text import decode, encode
 from dlc.runtime.training.settings import Call, Symbol
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -50,7 +53,7 @@ def mnist(tmp_path):
 
 # ---- the Dataset -----------------------------------------------------------------------------------
 def test_dataset_take_and_len():
-    ds = D.Dataset({"x": np.arange(10).reshape(5, 2), "y": np.arange(5)}, {"k": 1})
+    ds = Dataset({"x": np.arange(10).reshape(5, 2), "y": np.arange(5)}, {"k": 1})
     assert len(ds) == 5 and ds.names == ["x", "y"]
     sub = ds.take(np.array([4, 0]))
     assert sub.columns["y"].tolist() == [4, 0] and sub.columns["x"].tolist() == [[8, 9], [0, 1]]
@@ -61,12 +64,12 @@ def test_dataset_take_and_len():
 
 def test_dataset_columns_must_align():
     with pytest.raises(DlcError, match="different numbers of examples"):
-        D.Dataset({"x": np.zeros((3, 2)), "y": np.zeros(4)}, {})
+        Dataset({"x": np.zeros((3, 2)), "y": np.zeros(4)}, {})
 
 
 @pytest.mark.parametrize("n,fraction,held", [(100, 0.1, 10), (7, 0.5, 4), (10, 0.0, 0), (10, 1.0, 10), (3, 0.2, 1)])
 def test_split_sizes_and_disjoint(n, fraction, held):
-    ds = D.Dataset({"i": np.arange(n)}, {"m": 2})
+    ds = Dataset({"i": np.arange(n)}, {"m": 2})
     rest, out = ds.split(fraction, seed=3)
     assert len(out) == held and len(rest) == n - held
     a, b = rest.columns["i"], out.columns["i"]
@@ -75,7 +78,7 @@ def test_split_sizes_and_disjoint(n, fraction, held):
 
 
 def test_split_is_deterministic_and_shuffled():
-    ds = D.Dataset({"i": np.arange(1000)}, {})
+    ds = Dataset({"i": np.arange(1000)}, {})
     r1, o1 = ds.split(0.2, seed=7)
     r2, o2 = ds.split(0.2, seed=7)
     r3, o3 = ds.split(0.2, seed=8)
@@ -87,7 +90,7 @@ def test_split_is_deterministic_and_shuffled():
 @pytest.mark.parametrize("fraction", [-0.1, 1.5, "a", True])
 def test_split_bad_fraction(fraction):
     with pytest.raises(DlcError, match="between 0 and 1"):
-        D.Dataset({"i": np.arange(4)}, {}).split(fraction, seed=0)
+        Dataset({"i": np.arange(4)}, {}).split(fraction, seed=0)
 
 
 # ---- npz -------------------------------------------------------------------------------------------
@@ -231,8 +234,8 @@ def test_text_windows_and_vocab(tmp_path):
     assert ds.meta["vocab"] == vocab and ds.meta["vocab_size"] == len(vocab)
     n = (len(s) - 1) // 5
     assert ds.columns["x"].shape == (n, 5) == ds.columns["y"].shape and ds.columns["x"].dtype == np.int32
-    assert D.decode(ds.columns["x"][0], vocab) == "hello" and D.decode(ds.columns["y"][0], vocab) == "ello "
-    assert D.decode(ds.columns["x"], vocab) == s[: n * 5]
+    assert decode(ds.columns["x"][0], vocab) == "hello" and decode(ds.columns["y"][0], vocab) == "ello "
+    assert decode(ds.columns["x"], vocab) == s[: n * 5]
     assert np.array_equal(ds.columns["x"][:, 1:], ds.columns["y"][:, :-1])
     err("t.txt", tmp_path, "seq = 100 is too long")                         # by extension: the default seq
     (tmp_path / "long.txt").write_text(s * 10)
@@ -256,20 +259,20 @@ def test_text_given_vocab_and_errors(tmp_path):
 def test_genesis(tmp_path):
     ds = D.load(call("text", "data/genesis.txt", seq=100), EXAMPLES)
     assert ds.columns["x"].shape[1] == 100 and len(ds) > 1000
-    assert D.decode(ds.columns["x"][0], ds.meta["vocab"]).startswith("In the beginning God created")
+    assert decode(ds.columns["x"][0], ds.meta["vocab"]).startswith("In the beginning God created")
 
 
 def test_encode_decode_round_trip():
     vocab = "\n !,.abcdeéz"
     s = "abc, déz.\n a!"
-    ids = D.encode(s, vocab)
+    ids = encode(s, vocab)
     assert ids.dtype == np.int32 and ids.tolist()[:3] == [5, 6, 7]
-    assert D.decode(ids, vocab) == s and D.decode(ids.tolist(), vocab) == s
-    assert D.decode(np.array([], np.int32), vocab) == "" and D.encode("", vocab).shape == (0,)
+    assert decode(ids, vocab) == s and decode(ids.tolist(), vocab) == s
+    assert decode(np.array([], np.int32), vocab) == "" and encode("", vocab).shape == (0,)
     with pytest.raises(DlcError, match=r"'q' \(line 2\) is not in the vocabulary"):
-        D.encode("ab\nq", vocab)
+        encode("ab\nq", vocab)
     with pytest.raises(DlcError, match="outside the vocabulary"):
-        D.decode([0, 12], vocab)
+        decode([0, 12], vocab)
 
 
 # ---- digits ----------------------------------------------------------------------------------------
@@ -286,7 +289,7 @@ def test_digits(tmp_path):
 
 
 def test_digits_missing(tmp_path, monkeypatch):
-    monkeypatch.setattr(D, "digits_path", lambda: tmp_path / "nope" / "digits.csv.gz")
+    monkeypatch.setattr(images, "digits_path", lambda: tmp_path / "nope" / "digits.csv.gz")
     err(call("digits"), tmp_path, "digits data set is missing", "nope")
 
 
@@ -368,25 +371,25 @@ def test_synthetic_determinism(spec):
 def test_augment_shift_flip_noise():
     rng = np.random.default_rng(0)
     x = rng.uniform(0.2, 1.0, (64, 3, 8, 8)).astype(np.float32)
-    same = D.augment(x, np.random.default_rng(1))
+    same = augment(x, np.random.default_rng(1))
     assert same is not x and np.array_equal(same, x)
-    shifted = D.augment(x, np.random.default_rng(1), shift=2)
+    shifted = augment(x, np.random.default_rng(1), shift=2)
     assert shifted.shape == x.shape and shifted.dtype == np.float32
     assert shifted.min() >= 0 and shifted.max() <= x.max()
     assert (shifted == 0).any() and not np.array_equal(shifted, x)
     # every shifted image is its original moved by at most 2 pixels, zero filled
     for a, b in zip(x[:8], shifted[:8]):
         assert any(np.array_equal(b, _moved(a, dy, dx)) for dy in range(-2, 3) for dx in range(-2, 3))
-    flipped = D.augment(x, np.random.default_rng(2), flip=True)
+    flipped = augment(x, np.random.default_rng(2), flip=True)
     is_flip = [np.array_equal(f, o[..., ::-1]) for f, o in zip(flipped, x)]
     is_same = [np.array_equal(f, o) for f, o in zip(flipped, x)]
     assert all(p or q for p, q in zip(is_flip, is_same)) and 10 < sum(is_flip) < 54
-    noisy = D.augment(x, np.random.default_rng(3), noise=0.1)
+    noisy = augment(x, np.random.default_rng(3), noise=0.1)
     assert 0.08 < float(np.std(noisy - x)) < 0.12
-    grey = D.augment(np.ones((5, 6, 6), np.uint8), rng, shift=1, flip=True)
+    grey = augment(np.ones((5, 6, 6), np.uint8), rng, shift=1, flip=True)
     assert grey.shape == (5, 6, 6) and set(np.unique(grey).tolist()) <= {0, 1}
-    a1 = D.augment(x, np.random.default_rng(9), shift=1, flip=True, noise=0.01)
-    a2 = D.augment(x, np.random.default_rng(9), shift=1, flip=True, noise=0.01)
+    a1 = augment(x, np.random.default_rng(9), shift=1, flip=True, noise=0.01)
+    a2 = augment(x, np.random.default_rng(9), shift=1, flip=True, noise=0.01)
     assert np.array_equal(a1, a2)
 
 
@@ -401,13 +404,13 @@ def _moved(img, dy, dx):
 def test_augment_bad_input():
     rng = np.random.default_rng(0)
     with pytest.raises(DlcError, match="expected images"):
-        D.augment(np.zeros((4, 8)), rng)
+        augment(np.zeros((4, 8)), rng)
     with pytest.raises(DlcError, match="'shift' must be at least 0"):
-        D.augment(np.zeros((4, 8, 8)), rng, shift=-1)
+        augment(np.zeros((4, 8, 8)), rng, shift=-1)
     with pytest.raises(DlcError, match="not smaller than"):
-        D.augment(np.zeros((4, 8, 8)), rng, shift=8)
+        augment(np.zeros((4, 8, 8)), rng, shift=8)
     with pytest.raises(DlcError, match="'noise' must be at least 0"):
-        D.augment(np.zeros((4, 8, 8)), rng, noise=-0.5)
+        augment(np.zeros((4, 8, 8)), rng, noise=-0.5)
 
 
 # ---- paths and bad specs ---------------------------------------------------------------------------

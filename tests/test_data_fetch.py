@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime.data import sources as D, download as fetch
+from dlc.runtime.data import download as fetch, registry as D
 from dlc.runtime.cli import main
 from dlc.runtime.training.settings import Call
 

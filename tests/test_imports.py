@@ -65,7 +65,7 @@ def import_graph() -> nx.DiGraph:
 def test_the_import_graph_covers_the_package():
     graph = import_graph()
     assert "dlc.compiler.native.lower" in graph
-    assert ("dlc.runtime.training.trainer", "dlc.runtime.data.sources") in graph.edges      # absolute
+    assert ("dlc.runtime.training.inputs", "dlc.runtime.data.registry") in graph.edges      # absolute
     assert ("dlc.compiler.passes.optimize", "dlc.compiler.ir.graph") in graph.edges    # relative
 
 

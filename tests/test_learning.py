@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import dlc
-from dlc.runtime.data import sources as data
+from dlc.runtime.data import registry as data
 from dlc.runtime.training.settings import Call
 
 pytestmark = pytest.mark.slow

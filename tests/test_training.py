@@ -69,7 +69,7 @@ def _adagrad_by_hand(w, c, lr=0.1):
 def test_optimizer_steps_through_the_trainer(tmp_path, optimizer, by_hand):
     path = tmp_path / "q.dl"
     path.write_text(QUADRATIC)
-    from dlc.runtime.training.trainer import parse_setting
+    from dlc.runtime.training.config import parse_setting
     spec = parse_setting(optimizer, "optimizer")
     result = dlc.load(str(path)).train(out=str(tmp_path / "run"), log=lambda m: None,
                                        optimizer=spec.name, lr=spec.kwargs["lr"])
@@ -121,7 +121,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 def test_transfer_learning_with_frozen_convolutions(tmp_path, capsys):
-    from dlc.runtime.data import sources as data
+    from dlc.runtime.data import registry as data
     digits = data.load(data.Call("digits") if hasattr(data, "Call") else _digits_call(), Path("."))
     x, y = digits.columns["x"], digits.columns["y"]
     low, high = y < 5, y >= 5

@@ -19,12 +19,13 @@ import pytest
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.training import checkpoint
-from dlc.runtime.data import sources as D
+from dlc.runtime.data import files, registry as D
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
 from dlc.runtime.training.settings import Call
 from dlc.runtime.training.gradcheck import init_params
-from dlc.runtime.training.trainer import Trainer, make_config
+from dlc.runtime.training.config import make_config
+from dlc.runtime.training.trainer import Trainer
 from test_trust_training import CLASSIFIER  # a three-class model, shared
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
@@ -179,7 +180,7 @@ def test_idx_labels_beyond_32_bit_integers_do_not_wrap(tmp_path):
     (tmp_path / "img-idx3-ubyte").write_bytes(bytes([0, 0, 8, 2]) + struct.pack(">II", 4, 2) + bytes(8))
     (tmp_path / "lab-idx1-ubyte").write_bytes(bytes([0, 0, 0x0E, 1]) + struct.pack(">I", 4)
                                               + struct.pack(">4d", *[2.0 ** 32 + 3] * 4))
-    y = D.idx(tmp_path, "img-idx3-ubyte", "lab-idx1-ubyte").columns["y"]
+    y = files.idx(tmp_path, "img-idx3-ubyte", "lab-idx1-ubyte").columns["y"]
     assert y.dtype == np.float32 and y[0] == np.float32(2.0 ** 32 + 3)
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
-from dlc.runtime.data import sources as D
+from dlc.runtime.data import registry as D
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
 from dlc.runtime.training.settings import Call

@@ -15,7 +15,9 @@ import dlc
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime import api
-from dlc.runtime.data import sources as D, vectors as V
+from dlc.runtime.data import registry as D, vectors as V
+from dlc.runtime.data.dataset import Dataset
+from dlc.runtime.data.text import words
 from dlc.runtime.cli import main
 from dlc.runtime.training.settings import Call
 
@@ -200,7 +202,7 @@ def test_gradcheck_reads_the_vectors(tmp_path, capsys):
 
 
 # ---- the sentences data source -------------------------------------------------------------------------
-def sentences(folder: Path, text: str, **kwargs) -> D.Dataset:
+def sentences(folder: Path, text: str, **kwargs) -> Dataset:
     (folder / "vectors.txt").write_text(GLOVE)
     (folder / "s.tsv").write_text(text)
     return D.load(Call("sentences", ["s.tsv"], {"vocab": "vectors.txt", **kwargs}, Span("t.dl", 3, 5),
@@ -223,7 +225,7 @@ def test_sentence_options_and_integer_labels(tmp_path):
 
 
 def test_words_of_a_sentence():
-    assert D.words("I don't like well-known films, 2 stars!") == \
+    assert words("I don't like well-known films, 2 stars!") == \
         ["I", "don't", "like", "well-known", "films", ",", "2", "stars", "!"]
 
 

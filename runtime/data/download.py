@@ -13,7 +13,7 @@ its published SHA-256 and only then renamed to FILE. The files are then converte
 NAME/train.npz and NAME/test.npz ("x" uint8 images [N, C, H, W], "y" uint8 labels; CIFAR-100
 also "coarse"), written in a temporary folder renamed into place whole, so a data set in
 the data folder is always complete; the downloads are removed after. The data sources mnist(),
-fashion_mnist(), cifar10() and cifar100() of `runtime.data.sources` read the converted files.
+fashion_mnist(), cifar10() and cifar100() (runtime/data/images.py) read the converted files.
 
 The checksums are those torchvision publishes (torchvision/prototype/datasets/_builtin/
 mnist.py and cifar.py, pytorch/vision), which agree with tensorflow-datasets'
@@ -48,6 +48,7 @@ import numpy as np
 
 import dlc
 from dlc.compiler.errors import DlcError, did_you_mean
+from dlc.runtime.data.formats import read_idx
 from dlc.runtime.training.progress import REDRAW_S, duration, terminal_width
 
 __all__ = ["KNOWN", "Known", "Remote", "SPLITS", "known", "data_dir", "converted", "fetch", "listing", "hint",
@@ -84,7 +85,6 @@ class Known:
 # ---- conversion -----------------------------------------------------------------------------------
 def _idx_pair(folder: Path, ds: Known) -> dict:
     """MNIST's layout: train- and t10k- images and labels, gzipped IDX files."""
-    from dlc.runtime.data.sources import read_idx
     out = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz", ds.name)

@@ -10,7 +10,7 @@ The ids a model sees follow Keras (TextVectorization and its pretrained-embeddin
 recipe): 0 is `<pad>`, 1 is `<unk>` (a word not in the file), and the file's i-th word
 (from 0) is i + 2. So an embedding started from a file of N words of D values is
 [N + 2, D]; its rows 0 and 1 start at zero (`table`). The `sentences` data source
-(runtime.data.sources) encodes text with these ids.
+(runtime/data/text.py) encodes text with these ids.
 
 A model asks for a file's table with the `word_vectors(path, shape)` builtin (the
 `pretrained(path)` initializer of the standard library): an input of the init graph
@@ -31,7 +31,7 @@ import numpy as np
 from dlc.compiler.frontend.builtins import WORD_VECTORS_INPUT
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.ir.graph import Graph
-from dlc.runtime.data import sources as data
+from dlc.runtime.data.formats import read_utf8
 
 PAD, UNK = 0, 1           # the reserved ids; the file's words follow
 RESERVED = 2
@@ -64,7 +64,7 @@ def read(path: pathlib.Path) -> WordVectors:
     its digest): the data sources and the initializer of a run share the result."""
     if not path.is_file():
         raise DlcError(f"word vector file not found: {path}")
-    text = data.read_text(str(path), ".", "word vectors")
+    text = read_utf8("word vectors", path)
     key = (str(path), hashlib.blake2b(text.encode("utf-8", "surrogatepass")).digest())
     if key not in _PARSED:
         _PARSED[key] = parse(text, str(path))

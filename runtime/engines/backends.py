@@ -7,13 +7,14 @@ import sys
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.native.lower import NotLowerable
-from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.engines.native import NativeEngine
+from dlc.runtime.engines.protocol import Engine
+from dlc.runtime.engines.reference import ReferenceEngine
 
 BACKENDS = ("auto", "native", "reference")
 
 
-def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, split=False, **kw):
+def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, split=False, **kw) -> Engine:
     """The engine `backend` names. `auto` is the native engine, or, for a model using an
     operation the native backend does not compile, the reference engine after a warning
     naming that operation and its line; `native` never falls back (the error says why).

@@ -213,11 +213,11 @@ class ReplicaMean:
 
 
 class DataParallel:
-    """An engine for the trainer whose train step runs on this rank's slice of the global
-    batch (the split step of `engine`, gradients averaged over the ranks); `interrupted`
-    (the trainer's Ctrl-C flag) is agreed on: true on every rank after the step in which
-    any rank had it. Evaluation
-    is the engine's own: mean_metrics shards the data set (`world`)."""
+    """An `Engine` (runtime/engines/protocol.py) for the trainer whose steps run on this rank's
+    slice of the global batch: the split step of `engine`, the gradients averaged over the
+    ranks between its halves. `interrupted` (the trainer's Ctrl-C flag) is agreed on: true on
+    every rank after the step in which any rank had it. Evaluation and prediction are the
+    engine's own: mean_metrics shards the data set (`world`)."""
 
     def __init__(self, engine, world: World, interrupted, statistics: list):
         self.engine, self.world, self.interrupted, self.statistics = engine, world, interrupted, statistics
@@ -226,15 +226,35 @@ class DataParallel:
         getattr(engine, "eval_exe", None)       # compiled now, not at the first evaluation (a collective)
         world.barrier("the start (compiling)", COMPILE_TIMEOUT_S)
 
-    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
+    @property
+    def name(self) -> str:
+        return self.engine.name
+
+    @property
+    def trainable(self) -> list:
+        return self.engine.trainable
+
+    @property
+    def optimizer(self):
+        return self.engine.optimizer
+
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
+                   key: np.ndarray) -> dict:
+        values, grads = self.gradients(params, opt_state, batch, key)
+        self.apply_update(params, opt_state, grads, lr, step)
+        return values
+
+    def gradients(self, params: dict, opt_state: dict, batch: dict, key: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The global batch's loss, metrics and gradients on every rank, from this rank's slice;
+        its batch statistics averaged (docs/distributed.md)."""
         w = self.world
         n = len(next(iter(batch.values())))
         lo, hi = w.shard(n)
         weight = np.float32((hi - lo) / n)
+        seed, step = (int(k) for k in np.asarray(key).ravel())      # the key is (seed, step)
         self.replicas.share, self.replicas.step = float(weight), step
         # dropout draws from (seed, step * K + rank): its own stream per rank and step
-        seed, count = (int(k) for k in np.asarray(key).ravel())
-        key = np.array([seed, count * w.size + w.rank], np.int32)
+        key = np.array([seed, step * w.size + w.rank], np.int32)
         values, grads = self.engine.gradients(params, opt_state, {k: v[lo:hi] for k, v in batch.items()}, key)
         # the mean loss of the global batch is the slices' means weighted by their sizes
         grads *= weight
@@ -243,16 +263,23 @@ class DataParallel:
         request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
         w.sum(small, f"step {step} (loss)")
         w.wait(request, f"step {step} (gradients)")
-        for name in self.statistics:        # batch statistics: each rank's, averaged (docs/distributed.md)
+        for name in self.statistics:        # batch statistics: each rank's, averaged
             stat = params[name]
             stat *= weight
             w.sum(stat, f"step {step} (batch statistics)")
-        self.engine.apply_update(params, opt_state, grads, lr, step)
         self.interrupted.agreed = bool(small[-1] > 0)     # the same on every rank, whenever Ctrl-C came
-        self.steps += 1
-        if w.check_every and self.steps % w.check_every == 0:
-            w.checksum(params, step)
-        return dict(zip(names, small[:-1].tolist()))
+        return dict(zip(names, small[:-1].tolist())), grads
 
-    def __getattr__(self, name):        # evaluate, predict, train_memory: the engine's
-        return getattr(self.engine, name)
+    def apply_update(self, params: dict, opt_state: dict, grads: np.ndarray, lr: float, step: int):
+        """The engine's update from the averaged gradients: the same on every rank (DLC_CHECK_RANKS
+        checks it)."""
+        self.engine.apply_update(params, opt_state, grads, lr, step)
+        self.steps += 1
+        if self.world.check_every and self.steps % self.world.check_every == 0:
+            self.world.checksum(params, step)
+
+    def evaluate(self, params: dict, batch: dict) -> dict:
+        return self.engine.evaluate(params, batch)
+
+    def predict(self, params: dict, batch: dict) -> dict:
+        return self.engine.predict(params, batch)

@@ -215,7 +215,9 @@ class UpdateCall:
 
 
 class NativeEngine:
+    """An `Engine` (runtime/engines/protocol.py) on compiled code."""
     name = "native"
+    world = None                        # one process: a data-parallel run wraps the engine (DataParallel)
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
@@ -338,12 +340,13 @@ class NativeEngine:
         return fixed
 
     # -- the engine interface --
-    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
+                   key: np.ndarray) -> dict:
         self._adopt(params, opt_state)
         self._set_scalars(lr, step)
         return self._step(params, batch, key, extra=self.update_arrays)
 
-    def gradients(self, params: dict, opt_state: dict, batch: dict, key) -> tuple[dict, np.ndarray]:
+    def gradients(self, params: dict, opt_state: dict, batch: dict, key: np.ndarray) -> tuple[dict, np.ndarray]:
         """A split engine's first half of a step: (the loss and metrics, the flat gradient of
         the trained parameters, which `apply_update` reads; the caller may change it in place)."""
         self._adopt(params, opt_state)

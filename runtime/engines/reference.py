@@ -1,8 +1,8 @@
-"""Engines run a model's steps. The reference engine runs the graphs with the numpy
-interpreter, the optimizer's update graph too (runtime/training/optim.py); the native engine (runtime/engines/native.py)
-offers the same three methods and runs each step in one native call. This module also
-holds what both engines share: the prediction graph and the scalars a step reports.
-runtime/engines/backends.py picks the engine for a run."""
+"""The reference engine: it runs the graphs with the numpy interpreter, the optimizer's
+update graph too (runtime/training/optim.py). The native engine (runtime/engines/native.py)
+has the same members (runtime/engines/protocol.py `Engine`) and runs each step in one
+native call. This module also holds what both engines share: the prediction graph and the
+scalars a step reports. runtime/engines/backends.py picks the engine for a run."""
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +21,9 @@ def predict_graph(model: Model):
 
 
 class ReferenceEngine:
+    """An `Engine` (runtime/engines/protocol.py) on the numpy interpreter."""
     name = "reference"
+    world = None                        # one process: a data-parallel run wraps the engine (DataParallel)
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None):
@@ -33,7 +35,8 @@ class ReferenceEngine:
         self.checked: set = set()       # (graph, sizes) whose memory was checked
         self.replicas = None            # replica_mean of a data-parallel run (runtime/engines/distributed.py)
 
-    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key) -> dict:
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
+                   key: np.ndarray) -> dict:
         """One optimizer step on a batch, in place; returns the loss and metrics."""
         out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)
         grads = {name: out[f"grad:{name}"] for name in self.trainable}
@@ -43,7 +46,7 @@ class ReferenceEngine:
                 params[k[7:]] = v
         return _scalars(out) | {"grad_norm": norm}
 
-    def gradients(self, params: dict, opt_state: dict, batch: dict, key) -> tuple[dict, np.ndarray]:
+    def gradients(self, params: dict, opt_state: dict, batch: dict, key: np.ndarray) -> tuple[dict, np.ndarray]:
         """A step's first half, as the native engine's split step: (loss and metrics, the
         trained parameters' gradients in one flat float32 array, for `apply_update`)."""
         out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)

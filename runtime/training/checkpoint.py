@@ -135,7 +135,7 @@ META_SCHEMA = {
                                           and _count(v.get("bad", 0))),
     # facts of the data: the vocabulary of a text, the padded length of a sequence task
     "meta": lambda v: isinstance(v, dict) and _text(v.get("vocab", "")) and _count(v.get("max_len", 0)),
-    # the data settings `dlc eval` reuses (trainer.data_settings)
+    # the data settings `dlc eval` reuses (inputs.data_settings)
     "data": lambda v: (isinstance(v, dict) and set(v) == {"data", "validation", "test", "seed"}
                        and _count(v["seed"]) and all(_setting(v[k]) for k in ("data", "validation", "test"))),
 }

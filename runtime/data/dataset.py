@@ -1,0 +1,71 @@
+"""The data set a source gives: aligned arrays (the first axis indexes the examples) in a
+fixed order, features first and targets last, so the trainer can bind them to a model's
+inputs and targets by position, plus `meta` (the vocabulary of a text, the special token
+ids of a sequence task, ...)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from dlc.compiler.errors import DlcError
+from dlc.runtime.training.settings import show
+
+
+@dataclass(repr=False)
+class Dataset:
+    """Aligned arrays (first axis = examples) and facts about them."""
+    columns: dict[str, np.ndarray]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.columns = dict(self.columns)
+        lengths = {}
+        for name, a in self.columns.items():
+            a = np.asarray(a)
+            if a.ndim == 0:
+                raise DlcError(f"data column '{name}' is a single value, not an array of examples")
+            self.columns[name] = a
+            lengths[name] = a.shape[0]
+        if len(set(lengths.values())) > 1:
+            shown = ", ".join(f"'{k}' has {v}" for k, v in lengths.items())
+            raise DlcError(f"data columns have different numbers of examples: {shown}")
+
+    def __len__(self) -> int:
+        for a in self.columns.values():
+            return int(a.shape[0])
+        return 0
+
+    def __repr__(self) -> str:
+        cols = ", ".join(f"{k}: {a.dtype}{list(a.shape)}" for k, a in self.columns.items())
+        meta = {k: (v if not isinstance(v, str) or len(v) <= 20 else f"<{len(v)} characters>")
+                for k, v in self.meta.items()}
+        return f"Dataset({len(self)} examples; {cols}; meta {meta})"
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.columns)
+
+    def take(self, index) -> "Dataset":
+        """The examples at `index` (integer indices or a boolean mask), same meta."""
+        index = np.asarray(index)
+        if index.dtype != bool and not np.issubdtype(index.dtype, np.integer):
+            if index.size == 0:
+                index = index.astype(np.int64)
+            else:
+                raise DlcError(f"take: rows must be selected by integer indices or a mask, got {index.dtype}")
+        try:
+            return Dataset({k: a[index] for k, a in self.columns.items()}, dict(self.meta))
+        except IndexError as e:
+            raise DlcError(f"take: {e}") from None
+
+    def split(self, fraction: float, seed: int = 0) -> tuple["Dataset", "Dataset"]:
+        """Shuffled (rest, held_out) with round(len * fraction) examples held out."""
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating, np.integer)) \
+                or not 0 <= fraction <= 1 or math.isnan(fraction):
+            raise DlcError(f"split: the held-out fraction must be a number between 0 and 1, got {show(fraction)}")
+        n = len(self)
+        k = int(round(n * float(fraction)))
+        order = np.random.default_rng(seed).permutation(n)
+        return self.take(order[k:]), self.take(order[:k])

@@ -1,0 +1,152 @@
+"""Text: characters and words as ids, and the sources of text data.
+
+    text(path, seq = 100, vocab = none)              character ids: "x" windows, "y" next characters
+    sentences(path, vocab, length = none, lower = true)   word ids of labelled sentences, "vocab" a word vector file
+
+A character vocabulary is a string of distinct characters: a character's id is its place in
+it (`encode`, `decode`). Word ids are those of a word vector file (runtime/data/vectors.py).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from dlc.compiler.errors import DlcError, Span
+from dlc.runtime.data import vectors
+from dlc.runtime.data.dataset import Dataset
+from dlc.runtime.data.files import path_arg
+from dlc.runtime.data.formats import label_column, read_utf8
+from dlc.runtime.data.source import source
+from dlc.runtime.training.settings import REQUIRED, Args, flag, integer, show
+
+
+# ---- characters -----------------------------------------------------------------------------------
+def _check_vocab(vocab, src: str = "vocab", span: Span | None = None) -> str:
+    if not isinstance(vocab, str) or not vocab:
+        raise DlcError(f"{src}: the vocabulary must be a non-empty string of characters, got {show(vocab)}", span)
+    if len(set(vocab)) != len(vocab):
+        dup = next(c for i, c in enumerate(vocab) if c in vocab[:i])
+        raise DlcError(f"{src}: the vocabulary repeats the character {dup!r}", span)
+    return vocab
+
+
+def encode(text: str, vocab: str) -> np.ndarray:
+    """The int32 ids of the characters of `text` in `vocab`."""
+    vocab = _check_vocab(vocab, "encode")
+    if not isinstance(text, str):
+        raise DlcError(f"encode: expected a string, got {type(text).__name__}")
+    codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    vcodes = np.frombuffer(vocab.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+    order = np.argsort(vcodes, kind="stable")
+    pos = np.searchsorted(vcodes[order], codes)
+    pos_c = np.minimum(pos, len(vocab) - 1)
+    ok = vcodes[order][pos_c] == codes
+    if not np.all(ok):
+        at = int(np.argmin(ok))
+        line = text.count("\n", 0, at) + 1
+        missing = sorted(set(text) - set(vocab))
+        shown = "".join(missing[:10]) + ("..." if len(missing) > 10 else "")
+        raise DlcError(f"encode: the character {text[at]!r} (line {line}) is not in the vocabulary"
+                       f" ({len(missing)} unknown: {shown!r})")
+    return order[pos_c].astype(np.int32)
+
+
+def decode(ids, vocab: str) -> str:
+    """The text of character ids (any shape; read in order)."""
+    vocab = _check_vocab(vocab, "decode")
+    a = np.asarray(ids)
+    if a.size == 0:
+        return ""
+    if not np.issubdtype(a.dtype, np.integer):
+        if np.issubdtype(a.dtype, np.floating) and np.all(a == np.round(a)):
+            a = a.astype(np.int64)
+        else:
+            raise DlcError(f"decode: character ids must be integers, got {a.dtype}")
+    a = a.ravel()
+    bad = (a < 0) | (a >= len(vocab))
+    if np.any(bad):
+        raise DlcError(f"decode: id {int(a[np.argmax(bad)])} is outside the vocabulary of {len(vocab)} characters")
+    return "".join(np.array(list(vocab), dtype=object)[a])
+
+
+@source(path=REQUIRED, seq=100, vocab=None)
+def text(base_dir, args: Args) -> Dataset:
+    """Character windows of a text: "x" [N, seq] ids, "y" the same windows one character later."""
+    p = path_arg(args, "path", base_dir)
+    seq = args.check("seq", integer, low=1)
+    vocab = args["vocab"]
+    if vocab is not None:
+        vocab = _check_vocab(vocab, "text", args.span("vocab"))
+    s = read_utf8("text", p)
+    if not s:
+        raise DlcError(f"text: {p} is empty")
+    if vocab is None:
+        vocab = "".join(sorted(set(s)))
+    try:
+        ids = encode(s, vocab)
+    except DlcError as e:
+        raise DlcError(f"text: {p}: {e.message[len('encode: '):]}") from None
+    n = (len(ids) - 1) // seq
+    if n < 1:
+        raise DlcError(f"text: seq = {seq} is too long for {p}: it has {len(ids)} characters and one window"
+                       f" needs seq + 1 = {seq + 1}")
+    x = ids[: n * seq].reshape(n, seq)
+    y = ids[1: n * seq + 1].reshape(n, seq)
+    return Dataset({"x": x, "y": y}, {"vocab": vocab, "vocab_size": len(vocab)})
+
+
+# ---- words ------------------------------------------------------------------------------------------
+_TOKEN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")     # words (don't, well-known) and single marks
+
+
+def words(text: str) -> list:
+    """The tokens of a sentence: runs of letters and digits (with inner apostrophes and
+    hyphens) and every other mark on its own."""
+    return _TOKEN.findall(text)
+
+
+@source(path=REQUIRED, vocab=REQUIRED, length=None, lower=True)
+def sentences(base_dir, args: Args) -> Dataset:
+    """Word-level text classification: one `LABEL<TAB>SENTENCE` per line (blank lines skipped).
+    "x" [N, length] the ids of the sentence's words in the word vector file `vocab`
+    (runtime/data/vectors.py: 0 <pad> after the last word, 1 <unk> for a word not in the file, the
+    file's i-th word i + 2), lowercased first with `lower`; `length` (default: the longest
+    sentence) cuts longer ones. "y" the labels: integers as written, or names numbered in
+    sorted order (meta["labels"]). meta["words"] is the file's words, meta["unknown"] how many
+    words of the sentences are not among them."""
+    p = path_arg(args, "path", base_dir)
+    q = path_arg(args, "vocab", base_dir)
+    length = args.check("length", integer, low=1) if args["length"] is not None else None
+    lower = args.check("lower", flag)
+    try:
+        ids = vectors.read(q).ids
+    except DlcError as e:
+        e.notes.append(("read as the vocabulary of sentences(...) here", args.span("vocab")))
+        raise
+    labels, rows = [], []
+    for lineno, line in enumerate(read_utf8("sentences", p).split("\n"), 1):
+        if not line.strip():
+            continue
+        label, tab, sentence = line.partition("\t")
+        if not tab:
+            raise DlcError("sentences: expected a label, a tab and a sentence", Span(str(p), lineno, 1))
+        tokens = words(sentence.lower() if lower else sentence)
+        if not tokens:
+            raise DlcError("sentences: the sentence has no words", Span(str(p), lineno, 1))
+        labels.append(label.strip())
+        rows.append([ids.get(w, vectors.UNK) for w in tokens])
+    if not rows:
+        raise DlcError(f"sentences: {p} holds no sentences")
+    width = length or max(map(len, rows))
+    x = np.full((len(rows), width), vectors.PAD, np.int32)
+    for i, row in enumerate(rows):
+        x[i, :min(len(row), width)] = row[:width]
+    meta = {"words": len(ids), "unknown": int(sum(w == vectors.UNK for row in rows for w in row))}
+    if all(re.fullmatch(r"\d+", label) for label in labels):
+        y = np.array([int(label) for label in labels])
+    else:
+        meta["labels"] = sorted(set(labels))
+        y = np.searchsorted(meta["labels"], labels)
+    meta["classes"] = int(y.max()) + 1
+    return Dataset({"x": x, "y": label_column(y)}, meta)

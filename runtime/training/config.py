@@ -1,0 +1,183 @@
+"""The configuration of a training run: the settings of the model's `train` block
+(runtime/training/settings.py evaluates them) with the command line's flags applied,
+and every setting checked where it is written before any data is loaded or code compiled."""
+from __future__ import annotations
+
+import fnmatch
+import math
+from dataclasses import dataclass, field
+
+from dlc.compiler.errors import DlcError, Span, did_you_mean
+from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend.loader import Program
+from dlc.compiler.frontend.model import Model
+from dlc.runtime.data.augment import augment_options
+from dlc.runtime.training.early_stop import EarlyStop
+from dlc.runtime.training.optim import clip_limit, make_optimizer, make_schedule
+from dlc.runtime.training.settings import REQUIRED, Call, Symbol, as_call, number, setting_value, settings, show
+
+
+@dataclass
+class TrainConfig:
+    data: object = None
+    validation: object = None
+    test: object = None
+    batch: int = 32
+    epochs: int = 10
+    optimizer: object = field(default_factory=lambda: Call("adam", [], {"lr": 1e-3}))
+    schedule: object = None
+    clip: object = None
+    l1: float = 0.0
+    l2: float = 0.0
+    early_stop: object = None
+    freeze: list = field(default_factory=list)
+    init_from: object = None
+    seed: int = 0
+    shuffle: bool = True
+    augment: object = None
+    sync_batchnorm: bool = False
+    spans: dict = field(default_factory=dict)
+
+    def span(self, name) -> Span | None:
+        return self.spans.get(name)
+
+
+SPEC_SETTINGS = ("data", "validation", "test", "optimizer", "schedule", "clip", "early_stop", "augment")
+SEED_MAX = 2 ** 31 - 1      # the random key of every step is a pair of int32: (seed, step)
+
+
+def parse_setting(text: str, name: str):
+    """A flag's value written like a train setting: `adam(lr = 0.01)`, `0.1`, `xor`, `"file.npz"`.
+    Text that is not a setting, a call aside, is a string: a file name such as train.npz or
+    data/x.csv (which parse as expressions but have no value)."""
+    try:
+        value = A.parse(text, f"--{name}", start="expr")
+    except DlcError:
+        return text
+    try:
+        return setting_value(value)
+    except DlcError:
+        if isinstance(value, A.Call):       # a call's error is about its arguments
+            raise
+        return text
+
+
+def make_config(program: Program, model_name: str, overrides: dict, require_data: bool = True,
+                model: Model | None = None) -> TrainConfig:
+    """The train block's settings with `overrides` (flags) applied, checked (check_settings)."""
+    decl = program.model_decl(model_name)
+    cfg = TrainConfig()
+    given = settings(program.trains.get(decl.name))
+    for k, v in overrides.items():
+        if v is not None and k != "lr":
+            if isinstance(v, str) and k in SPEC_SETTINGS:       # "split(0.2)", "digits()", "file.npz", "sgd"
+                v = parse_setting(v, k)
+            given[k] = (v, None)
+    for name, (value, span) in given.items():
+        if name not in TrainConfig.__dataclass_fields__ or name == "spans":
+            known = [k for k in TrainConfig.__dataclass_fields__ if k != "spans"]
+            raise DlcError(f"unknown train setting '{name}'{did_you_mean(name, known)} (known: {', '.join(known)})",
+                           span)
+        cfg.spans[name] = span
+        setattr(cfg, name, value)
+    opt = as_call(cfg.optimizer, "optimizer", "adam(lr = 1e-3)", cfg.span("optimizer"))
+    args, kwargs, spans = list(opt.args), dict(opt.kwargs), dict(opt.arg_spans)
+    if overrides.get("lr") is not None:      # the first positional argument of every optimizer is lr
+        if args:
+            args[0] = overrides["lr"]
+        else:
+            kwargs["lr"] = overrides["lr"]
+        spans = {k: v for k, v in spans.items() if k not in (0, "lr")}     # not written in the file
+    elif not args and "lr" not in kwargs:
+        kwargs["lr"] = 1e-3 if opt.name in ("adam", "adamw", "rmsprop") else 1e-2
+    cfg.optimizer = Call(opt.name, args, kwargs, opt.span, spans)
+    check_settings(cfg, model)
+    if cfg.data is None and require_data:
+        raise DlcError(f"model {decl.name} has no data to train on: add `data = ...` to its train block "
+                       "or pass --data", decl.span)
+    return cfg
+
+
+def check_settings(cfg: TrainConfig, model: Model | None = None):
+    """Check every setting where it is written, before any data is loaded or code compiled;
+    `dlc check` and the Trainer (on either engine) both come here through make_config. Specs
+    are checked by what builds them (make_optimizer, make_schedule, clip_limit, EarlyStop,
+    augment_options, split_fraction), so the checks and their use cannot disagree. A bare
+    clip limit and a bare validation fraction become global_norm(x) and split(x). With the
+    train model, the settings that name its parameters or metrics are checked too."""
+    for name, least, most in (("batch", 1, math.inf), ("epochs", 0, math.inf), ("seed", 0, SEED_MAX)):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or not least <= v <= most:
+            bound = f">= {least}" if most == math.inf else f"from {least} to {most}"
+            raise DlcError(f"{name} must be an integer {bound}, got {show(v)}", cfg.span(name))
+    for name in ("l1", "l2"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
+            raise DlcError(f"{name} must be a number >= 0, got {show(v)}", cfg.span(name))
+    for name in ("shuffle", "sync_batchnorm"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise DlcError(f"{name} must be true or false, got {show(getattr(cfg, name))}", cfg.span(name))
+    if cfg.init_from is not None and not isinstance(cfg.init_from, str):
+        raise DlcError("init_from takes a checkpoint path in quotes", cfg.span("init_from"))
+    make_optimizer(cfg.optimizer)
+    make_schedule(cfg.schedule, 1.0, 1, max(cfg.epochs, 1), cfg.span("schedule"))
+    if cfg.clip is not None:
+        cfg.clip = Call("global_norm", [cfg.clip], span=cfg.span("clip")) if _is_number(cfg.clip) else \
+            as_call(cfg.clip, "clip", "global_norm(1.0)", cfg.span("clip"))
+        clip_limit(cfg.clip)
+    if _is_number(cfg.validation):
+        cfg.validation = Call("split", [cfg.validation], span=cfg.span("validation"))
+    for name in ("test", "validation"):
+        if is_split(getattr(cfg, name)):
+            split_fraction(getattr(cfg, name))
+    augment_options(cfg.augment, cfg.span("augment"))
+    metrics = None
+    if model is not None:
+        frozen_names(model, cfg.freeze, cfg.span("freeze"))
+        stats = batch_statistics(model)
+        if cfg.batch == 1 and stats:
+            raise DlcError(f"batch = 1: model {model.name} keeps batch statistics ({', '.join(stats)}), which a "
+                           "batch of one example cannot give (its variance is undefined); use batch = 2 or more",
+                           cfg.span("batch"))
+        metrics = metric_names(model)
+    EarlyStop(cfg.early_stop, cfg.span("early_stop"), cfg.validation is not None, metrics)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_split(spec) -> bool:
+    return isinstance(spec, Call) and spec.name == "split"
+
+
+def split_fraction(call: Call) -> float:
+    """The held-out fraction of split(fraction)."""
+    return call.bind({"fraction": REQUIRED}).check("fraction", number, positive=True, below=1)
+
+
+def metric_names(model: Model) -> list:
+    """The loss and metrics a training step reports (an epoch's row adds their val_ twins)."""
+    return ["loss"] + [k[7:] for k in model.graph.outputs if k.startswith("metric:")]
+
+
+def batch_statistics(model: Model) -> list:
+    """The state a training step updates from the batch (batchnorm's running mean and variance)."""
+    return [k[7:] for k in model.graph.outputs if k.startswith("update:")]
+
+
+def frozen_names(model: Model, patterns, span=None) -> set:
+    """The parameters that `freeze` names: a name (f5 freezes f5.W and f5.b), a full
+    parameter name, or a shell-style pattern ("conv*")."""
+    patterns = patterns if isinstance(patterns, list) else [patterns] if patterns else []
+    frozen = set()
+    for p in patterns:
+        if not isinstance(p, (str, Symbol)):
+            raise DlcError(f"freeze takes names or patterns, got {p!r}", span)
+        pat = p.name if isinstance(p, Symbol) else p
+        hits = {q.name for q in model.params
+                if q.name == pat or q.name.startswith(pat + ".") or fnmatch.fnmatch(q.name, pat)}
+        if not hits:
+            raise DlcError(f"freeze: no parameter matches '{pat}'", span)
+        frozen |= hits
+    return frozen

@@ -1,0 +1,55 @@
+"""The history of a training run, a row per epoch (loss, metrics, their val_ twins, lr,
+time), in the run's folder: history.json, history.csv and, with matplotlib, history.png."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+
+def save_history(out: Path, history: list, log, plot: bool = True):
+    """history.json and history.csv in `out`, each replaced at once; history.png with `plot`.
+    A file that cannot be written is a note to `log`: the checkpoints matter more."""
+    keys = list(dict.fromkeys(k for row in history for k in row))
+    table = io.StringIO()
+    w = csv.DictWriter(table, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    for name, text in (("history.json", json.dumps(history, indent=1)), ("history.csv", table.getvalue())):
+        tmp = out / f".{name}.tmp"
+        try:
+            tmp.write_text(text)
+            os.replace(tmp, out / name)
+        except OSError as e:
+            log(f"note: cannot write {out / name}: {e.strerror}")
+    if plot:
+        _plot(out / "history.png", history, keys)
+
+
+def _plot(path: Path, history: list, keys: list):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    metrics = [k for k in keys if k not in ("epoch", "lr", "time") and not k.startswith("val_")]
+    # a panel per metric (with its val_ twin), and one of the learning rate: the schedule beside its effect
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3), squeeze=False)
+    epochs = [r["epoch"] for r in history]
+    for ax, m in zip(axes[0], metrics):
+        ax.plot(epochs, [r.get(m) for r in history], label=m)
+        if f"val_{m}" in keys:
+            ax.plot(epochs, [r.get(f"val_{m}") for r in history], label=f"val_{m}")
+        ax.set_xlabel("epoch")
+        ax.legend()
+    lr = axes[0][-1]
+    lr.plot(epochs, [r.get("lr") for r in history], label="lr (the epoch's last step)")
+    lr.set_xlabel("epoch")
+    lr.set_ylabel("lr")
+    lr.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

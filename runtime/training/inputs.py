@@ -1,0 +1,143 @@
+"""The data of a training run, bound to the model's inputs: the `data`, `validation` and
+`test` settings loaded (runtime/data/registry.py), splits held out, columns matched to the
+model's inputs and targets and checked against their types; and the data `dlc eval` scores."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.loader import Program
+from dlc.compiler.frontend.model import Model
+from dlc.runtime.data.dataset import Dataset
+from dlc.runtime.data.formats import not_numbers
+from dlc.runtime.data.registry import load
+from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_fraction
+from dlc.runtime.training.gradcheck import index_bound
+from dlc.runtime.training.settings import Call, Symbol, from_json, to_json, to_text
+
+
+def load_data(spec, base: Path, what: str, span=None) -> Dataset:
+    if isinstance(spec, Symbol):
+        spec = Call(spec.name, span=spec.span)
+    if not isinstance(spec, (Call, str)):
+        raise DlcError(f"{what} must be a data source such as digits() or a file path, got {spec!r}", span)
+    return load(spec, base)
+
+
+def input_arrays(model: Model, ds: Dataset, need_targets: bool = True) -> dict:
+    """Match the data's columns to the model's inputs: by name when every input has a
+    column of its name, else in order (inputs and targets as declared)."""
+    wanted = [i for i in model.inputs if need_targets or not i.is_target]
+    cols = ds.columns
+    if all(i.name in cols for i in wanted):
+        arrays = {i.name: cols[i.name] for i in wanted}
+    else:
+        values = list(cols.values())
+        if len(values) < len(wanted):
+            raise DlcError(f"the data has {len(values)} column(s) ({', '.join(cols)}) but model {model.name} needs "
+                           f"{len(wanted)}: {', '.join(i.name for i in wanted)}")
+        arrays = {i.name: v for i, v in zip(wanted, values)}
+    return {i.name: fit_input(i, arrays[i.name], model) for i in wanted}
+
+
+def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
+    """An array for input `inp`: its shape checked, its dtype the input's, its values
+    (for an index input) within what the model can look up."""
+    typ = inp.type
+    want_tail = typ.shape[1:]
+    have = arr.shape[1:]
+    if len(want_tail) != len(have) or any(isinstance(w, int) and w != h for w, h in zip(want_tail, have)):
+        if all(isinstance(w, int) for w in want_tail) and int(np.prod(have)) == int(np.prod(want_tail)):
+            arr = arr.reshape((arr.shape[0],) + tuple(want_tail))
+        else:
+            raise DlcError(f"the data for {inp.name} has shape {list(arr.shape)}, which does not fit "
+                           f"{'target' if inp.is_target else 'input'} {inp.name}: {typ}", inp.span)
+    what = not_numbers(arr)
+    if what:
+        raise DlcError(f"the data for {inp.name} holds {what}, not numbers", inp.span)
+    if typ.is_float:
+        return arr.astype(np.float32)
+    if typ.dtype == "bool":
+        return arr.astype(bool)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
+            raise DlcError(f"{inp.name} is {typ} but the data has fractional values", inp.span)
+    node = next(n for n in model.graph.nodes_with("input") if model.graph.attrs(n)["name"] == inp.name)
+    bound = index_bound(model.graph, node)
+    if bound is not None and arr.size and (arr.min() < 0 or arr.max() >= bound):     # before the cast can wrap
+        raise DlcError(f"{inp.name} has values from {arr.min():.0f} to {arr.max():.0f}, but the model takes "
+                       f"0 to {bound - 1} there", inp.span)
+    info = np.iinfo(np.int32)
+    if arr.size and (arr.min() < info.min or arr.max() > info.max):
+        raise DlcError(f"{inp.name} has values beyond the 32-bit integers of {typ}", inp.span)
+    return arr.astype(np.int32)
+
+
+def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
+    """(train, validation, test, meta): the data bound to the model's inputs, with the
+    test and validation splits held out deterministically from the seed. Each must hold an
+    example (an empty one has no mean loss, no metric, no epoch to take)."""
+    full = load_data(cfg.data, base, "data", cfg.span("data"))
+    sets, empty = {"test": None, "validation": None}, {}
+    for name, seed in (("test", cfg.seed), ("validation", cfg.seed + 1)):
+        spec = getattr(cfg, name)
+        if is_split(spec):
+            n = len(full)
+            full, sets[name] = full.split(split_fraction(spec), seed)
+            empty[name] = f"{name} = {to_text(spec)} holds out no example of the {n}: use a larger fraction or more data"
+        elif spec is not None:
+            sets[name] = load_data(spec, base, name, cfg.span(name))
+            empty[name] = f"the {name} data has no examples"
+    sets["data"] = full
+    split = any(is_split(spec) for spec in (cfg.test, cfg.validation))
+    empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
+    bound = {name: input_arrays(model, ds) if ds is not None else None for name, ds in sets.items()}     # shapes first
+    for name, ds in sets.items():
+        if ds is not None and len(ds) == 0:
+            raise DlcError(empty[name], cfg.span(name))
+    return bound["data"], bound["validation"], bound["test"], full.meta
+
+
+# ---- the data a checkpoint was trained on, and the data `dlc eval` scores ----------------------------
+DATA_SETTINGS = ("data", "validation", "test")
+
+
+def data_settings(cfg: TrainConfig) -> dict:
+    """The data settings a run resolved (file and flags), as checkpoints record them."""
+    return {name: to_json(getattr(cfg, name)) for name in DATA_SETTINGS} | {"seed": cfg.seed}
+
+
+def evaluation_data(program: Program, model: Model, data, saved: dict | None, log) -> dict:
+    """The arrays `dlc eval` scores: `data` (a source, a path or its text) when given; else,
+    with the data settings a checkpoint recorded (`saved`, else the train block's), the test
+    data, else the validation data, else the training data itself. `log` is told which, with a
+    note when the data is what the weights were trained on."""
+    if saved:
+        cfg = TrainConfig(**{name: from_json(saved[name]) for name in DATA_SETTINGS}, seed=saved["seed"])
+    else:
+        cfg = make_config(program, model.name, {}, require_data=data is None)
+    base, trained_on = Path(program.path).parent, to_text(cfg.data)
+    if data is not None:
+        spec = parse_setting(data, "data") if isinstance(data, str) else data
+        log(f"evaluating {to_text(spec)}")
+        if to_text(spec) == trained_on:
+            log("note: this is the data the weights were trained on (but for any held-out splits)")
+        return input_arrays(model, load_data(spec, base, "data"))
+    train, val, test, _ = prepare_data(cfg, base, model)
+
+    def held_out(which: str, spec) -> str:
+        if is_split(spec):
+            return f"the {which} split ({split_fraction(spec) * 100:g}% of {trained_on}, seed {cfg.seed})"
+        return f"the {which} data {to_text(spec)}"
+
+    if test is not None:
+        log(f"evaluating {held_out('test', cfg.test)}")
+        return test
+    if val is not None:
+        log(f"evaluating {held_out('validation', cfg.validation)}")
+        return val
+    log(f"evaluating the training data {trained_on}")
+    log("note: there is no test or validation data, so this scores the examples the weights were trained on")
+    return train
