@@ -1,6 +1,7 @@
 """Horizontal fusion of map kernels (compiler/native/lower.py: fuse_maps) fuses only what is legal."""
 from dlc.compiler.native.lower import fuse_maps
-from dlc.compiler.native.program import Affine, FusedMapKernel, Load, MapKernel, Op, ScanKernel
+from dlc.compiler.native.kernels import FusedMapKernel, MapKernel, ScanKernel
+from dlc.compiler.native.program import Affine, Load, Op
 
 SHAPE = (4, 8)
 ROWS = Affine(0, (8, 1))                  # element (i, j) of a [4, 8] buffer

@@ -6,10 +6,9 @@ from __future__ import annotations
 import re
 
 from dlc.compiler.ir.graph import Graph
-from dlc.compiler.native import jit, render
+from dlc.compiler.native import jit
 from dlc.compiler.native.driver import build_module
 from dlc.compiler.native.lower import NotLowerable, lower
-from dlc.compiler.native.program import GemmKernel, ScanKernel
 from dlc.compiler.passes.optimize import optimize
 
 DEFINE = re.compile(r'^define [^@]*@"?([^"(]+)"?\(')
@@ -32,11 +31,9 @@ def native_kernels(graph: Graph) -> dict:
         for k in ks:
             name = step.functions[len(kernels)]
             kernels.append({
-                "kind": type(k).__name__.replace("Kernel", ""), "depth": depth,
-                "text": "\n".join(render.kernel(k)), "nodes": list(k.nodes) if depth == 0 else [],
-                "function": name, "gemm": isinstance(k, GemmKernel)})
-            if isinstance(k, ScanKernel):
-                walk(k.body, depth + 1)
+                "kind": k.kind, "depth": depth, "text": "\n".join(k.text()),
+                "nodes": list(k.nodes) if depth == 0 else [], "function": name, "gemm": k.calls_gemm})
+            walk(k.nested(), depth + 1)
     walk(program.kernels, 0)
     used = {k["function"] for k in kernels}
     return {"kernels": kernels,

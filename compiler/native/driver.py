@@ -16,20 +16,43 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Callable
 
 from llvmlite import ir
 
-from dlc.compiler.ir.dims import numel
-
-from dlc.compiler.native import kernels
 from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
 from dlc.compiler.native.fpmode import subnormals_flushed
-from dlc.compiler.native.gemm import PACK_TYPE, gemm_name, gemm_type, pack_name
-from dlc.compiler.native.parallel import parallel_loop, parallel_map
-from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel,
-                      MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.parallel import parallel_loop
+from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.types import i8, i32, i64
 from dlc.compiler.native.update import exact_rounding
+
+
+@dataclass
+class KernelFunction:
+    """The function of one kernel, as its rule (Kernel.emit) builds it: `nested` are the
+    compiled kernels it runs, (function, argument slots, profile number) each, which
+    `run_nested` calls."""
+    module: ir.Module
+    prog: KernelProgram
+    fn: ir.Function
+    nested: list
+    run_nested: Callable[[ir.IRBuilder], int]
+
+    def serial(self) -> KernelBuilder:
+        """The builder of a function that runs on the calling thread; the nested kernels'
+        argument slots come first, then its own."""
+        return KernelBuilder(self.module, self.prog, self.fn, Arguments(e for _, refs, _ in self.nested for e in refs))
+
+    def team(self, loop, extent, work) -> KernelBuilder:
+        """The builder of a function that runs `loop(kb, first)` on a thread team, each
+        thread on a slice `first` of its outermost axis of `extent` (parallel.parallel_loop)."""
+        return parallel_loop(self.module, self.prog, self.fn, loop, extent, work)
+
+    def library(self, name: str, fnty: ir.FunctionType) -> ir.Function:
+        """A routine of the GEMM library (runtime/engines/cache.py), declared here."""
+        fn = self.module.globals.get(name)
+        return fn if fn is not None else ir.Function(self.module, fnty, name)
 
 
 @dataclass
@@ -57,61 +80,20 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     functions: dict = {}    # kernel number -> the name of its function
     alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
 
-    def library(name: str, fnty: ir.FunctionType) -> ir.Function:
-        """A routine of the GEMM library (runtime/engines/cache.py), declared here."""
-        fn = module.globals.get(name)
-        return fn if fn is not None else ir.Function(module, fnty, name)
-
     def kernel(k, depth: int, prog: KernelProgram = prog, exact: bool = False) -> tuple:
         """(its function, the entries of `prog` behind its argument slots, its profile
         number) of kernel k of `prog`; the function is one built before when that one is
         alike to the letter. `exact`: with exact_rounding (the optimizer update)."""
         number = len(numbered)
         numbered.append((k, depth))
-        body = [kernel(j, depth + 1, prog, exact) for j in k.body] if isinstance(k, ScanKernel) else []
+        nested = [kernel(j, depth + 1, prog, exact) for j in k.nested()]
         before = set(module.globals)
         fn = ir.Function(module, sig, f"kernel{number}")
         fn.linkage = "internal"
         # inlined, every kernel would land in the driver, one function growing with the
         # model, on which LLVM's O3 is superlinear (300 dense layers: 89 s instead of 8)
         fn.attributes.add("noinline")
-        team = _team_loop(k, prog)
-        if isinstance(k, (MapKernel, FusedMapKernel)) and k.shape:
-            kb = parallel_map(module, prog, k, fn, sig)
-        elif team is not None:
-            kb = parallel_loop(module, prog, fn, sig, *team)
-            if isinstance(k, SmallGemmKernel):
-                kernels.sum_parts(kb, k.partial, k.parts, k.m, k.n, k.c)
-            elif isinstance(k, ConvKernel) and k.g is not None:
-                taps = numel(k.w_shape[1:])
-                kernels.sum_parts(kb, k.partial, k.parts, k.w_shape[0], taps, (k.out, 0, taps))
-        elif body:      # the body's argument slots first, then the scan's own
-            kb = KernelBuilder(module, prog, fn, Arguments(e for _, refs, _ in body for e in refs))
-        else:
-            kb = KernelBuilder(module, prog, fn)
-        if isinstance(k, MapKernel):
-            if not k.shape:
-                kernels.map_loop(kb, k, prog)
-        elif isinstance(k, ReduceKernel) and team is None:
-            kernels.reduce(kb, k, prog)
-        elif isinstance(k, ScatterAddKernel):
-            kernels.scatter_add(kb, k, prog)
-        elif isinstance(k, HostCallKernel):
-            kernels.host_call(kb, k, prog)
-        elif isinstance(k, GemmKernel):
-            packed = k.packed is not None
-            args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
-            for bid, off, ld, stride in (k.a, k.b, k.c):
-                args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
-            args += [kb.dim(k.batch), fn.args[2]] + ([kb.buffer(k.packed, "f32")] if packed else [])
-            kb.b.call(library(gemm_name(k.trans_a, k.trans_b, False, packed), gemm_type(packed)), args)
-        elif isinstance(k, PackKernel):
-            bid, off, ld = k.b
-            kb.b.call(library(pack_name(k.trans_b), PACK_TYPE),
-                      [kb.dim(k.k), kb.dim(k.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld),
-                       kb.buffer(k.out, "f32")])
-        elif isinstance(k, ScanKernel):
-            kernels.scan_loop(kb, k, prog, lambda b: calls(b, body, fn.args))
+        kb = k.emit(KernelFunction(module, prog, fn, nested, lambda b: calls(b, nested, fn.args)))
         kb.finish()
         made = [g for n, g in module.globals.items()
                 if n not in before and isinstance(g, ir.Function) and not g.is_declaration]
@@ -153,27 +135,6 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             calls(b, updates, [b.gep(driver.args[0], [ir.Constant(i64, at)]), driver.args[1], driver.args[2]])
     b.ret_void()
     return StepModule(module, arguments, [functions[i] for i in range(len(numbered))])
-
-
-def _team_loop(k, prog: KernelProgram) -> tuple | None:
-    """(loop(kb, first), outer extent, work) of a kernel whose loop nest runs on a thread
-    team (parallel.parallel_loop), each thread on a slice of its outermost axis: examples,
-    or the parts of the batch that sums keep apart. None for the others."""
-    if isinstance(k, ReduceKernel) and kernels.reduce_split(k) is not None:
-        return (lambda kb, first: kernels.reduce(kb, k, prog, first), k.shape[kernels.reduce_split(k)],
-                numel(k.shape))
-    if isinstance(k, AccumulateKernel):
-        return lambda kb, first: kernels.accumulate(kb, k, first), k.shape[0], numel(k.shape)
-    if isinstance(k, MaxPoolGradKernel):
-        return lambda kb, first: kernels.maxpool_grad(kb, k, first), k.shape[0], numel(k.shape)
-    if isinstance(k, SmallGemmKernel):
-        return lambda kb, first: kernels.small_gemm(kb, k, first), k.parts, k.m * k.n * k.k * k.batch
-    if isinstance(k, ConvKernel):
-        work = numel(k.w_shape) * numel(k.x_shape[:1] + k.out_hw)
-        if k.g is None:
-            return lambda kb, first: kernels.conv(kb, k, first), k.x_shape[0], work
-        return lambda kb, first: kernels.conv_weight_grad(kb, k, first), k.parts, work
-    return None
 
 
 def run_all(module: ir.Module, b: ir.IRBuilder, compiled: list, args, profile: bool) -> int:

@@ -19,11 +19,12 @@ from dlc.compiler.ir.dims import Dim, numel, symbols
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.native.memory import accesses, linearize
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Buffer, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, HostCallKernel,
-                      Guarded, Index, KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random,
-                      ReduceKernel, ScanKernel, ScatterAddKernel, Size, SmallGemmKernel, buffer_of, contiguous, leaves,
-                      remap, row_major)
+from dlc.compiler.native.kernels import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
+                                         MapKernel, MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel,
+                                         ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.memory import linearize
+from dlc.compiler.native.program import (Affine, Buffer, Const, Gather, Guarded, Index, KernelProgram, Load, Op, Random,
+                                         Size, buffer_of, contiguous, leaves, remap, row_major)
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
 DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
@@ -726,11 +727,11 @@ def keep_in_registers(program: KernelProgram):
         if isinstance(k, FusedMapKernel):
             fused.append(k)
             for j, m in enumerate(k.maps):
-                for bid in accesses(m)[0]:
+                for bid in m.accesses()[0]:
                     readers.setdefault(bid, set()).add((id(k), j))
                 writers.setdefault(m.out, set()).add((id(k), j))
         elif not isinstance(k, ScanKernel):
-            reads, writes = accesses(k)
+            reads, writes = k.accesses()
             for bid in reads:
                 readers.setdefault(bid, set()).add((id(k), -1))
             for bid in writes:

@@ -40,64 +40,30 @@ import numpy as np
 
 from dlc.compiler.ir.dims import concrete
 from dlc.compiler.ir.graph import DTYPES
-from dlc.compiler.native.program import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel, KernelProgram, MapKernel,
-                      MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel, buffer_of,
-                      leaves)
+from dlc.compiler.native.program import KernelProgram
 
 ALIGN = 64
 PAGE = 4096           # buffers start at different offsets modulo this (see _first_fit)
 ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in DTYPES.items()}
 
 
-# ---- which buffers a kernel reads and writes ---------------------------------------------------
-def expr_reads(e) -> set:
-    """The buffers an expression loads from."""
-    return {buffer_of(leaf) for leaf in leaves(e)}
-
-
-def accesses(k) -> tuple:
-    """(reads, writes): the buffers a kernel (not a scan) reads and writes."""
-    if isinstance(k, (MapKernel, ReduceKernel, AccumulateKernel)):
-        return expr_reads(k.expr), {k.out}
-    if isinstance(k, FusedMapKernel):
-        parts = [accesses(m) for m in k.maps]
-        return (set().union(*(r for r, _ in parts)) - k.registers,
-                set().union(*(w for _, w in parts)) - k.registers)
-    if isinstance(k, GemmKernel):       # a, b, c: (buffer, offset, ...)
-        return {k.a[0], k.b[0]} | ({k.packed} if k.packed is not None else set()), {k.c[0]}
-    if isinstance(k, SmallGemmKernel):
-        return {k.a[0], k.b[0]}, {k.c[0], k.partial}
-    if isinstance(k, PackKernel):
-        return {k.b[0]}, {k.out}
-    if isinstance(k, ScatterAddKernel):
-        return expr_reads(k.idx) | {k.upd}, {k.out}
-    if isinstance(k, MaxPoolGradKernel):
-        return {k.x, k.g}, {k.out}
-    if isinstance(k, ConvKernel):
-        return ({k.x, k.w}, {k.out}) if k.g is None else ({k.x, k.g}, {k.out, k.partial})
-    if isinstance(k, HostCallKernel):       # in place
-        return {k.buffer}, {k.buffer}
-    raise TypeError(f"unknown kernel {type(k).__name__}")
-
-
+# ---- positions --------------------------------------------------------------------------------------
 def linearize(kernels: list) -> list:
-    """(position, kernel, span) for every kernel, scans and their bodies included, in
-    execution order; span is the (first, last) position of the outermost scan around
-    the kernel (the scan included), or None at the top level."""
+    """(position, kernel, span) for every kernel, nested ones (a scan's body) included, in
+    execution order; span is the (first, last) position of the top-level kernel around
+    it, its nested kernels included: a kernel inside a scan runs over the whole loop."""
     out: list = []
 
     def walk(ks):
         for k in ks:
             out.append([len(out), k, None])
-            if isinstance(k, ScanKernel):
-                walk(k.body)
+            walk(k.nested())
 
     for k in kernels:
         first = len(out)
         walk([k])
-        if isinstance(k, ScanKernel):
-            for e in out[first:]:
-                e[2] = (first, len(out) - 1)
+        for e in out[first:]:
+            e[2] = (first, len(out) - 1)
     return [tuple(e) for e in out]
 
 
@@ -107,11 +73,8 @@ def intervals(program: KernelProgram) -> dict:
     touches (a temporary no kernel touches is absent)."""
     temps = {b.id for b in program.buffers if b.kind == "temp"}
     live: dict = {}
-    for pos, k, span in linearize(program.kernels):
-        if isinstance(k, ScanKernel):
-            continue
-        reads, writes = accesses(k)
-        lo, hi = span or (pos, pos)
+    for _, k, (lo, hi) in linearize(program.kernels):
+        reads, writes = k.accesses()
         for bid in (reads | writes) & temps:
             a, b = live.get(bid, (lo, hi))
             live[bid] = (min(a, lo), max(b, hi))

@@ -1,39 +1,26 @@
 """Parallel regions: a kernel's function runs its loop nest on a team of threads (libgomp),
-each thread on a slice of the outermost axis (maps, the max-pool gradient)."""
+each thread on a slice of the outermost axis; each kind of kernel says whether it does
+(its `emit`: maps, the max-pool gradient, the parts of a batch's sums, ...)."""
 from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.ir.dims import numel
 from dlc.compiler.native.builder import KernelBuilder
 from dlc.compiler.native.fpmode import current_mode, in_mode
 from dlc.compiler.native.gemm import declare
-from dlc.compiler.native.kernels import map_loop
-from dlc.compiler.native.program import FusedMapKernel, MapKernel, Op
 from dlc.compiler.native.types import i8, i32, i64
 
 
 PARALLEL_BELOW = 1 << 15   # elements x operations: less is not worth waking a second thread
 
 
-def _operations(k: MapKernel | FusedMapKernel) -> int:
-    """Operations per element of a map (one for a copy): its work, with the element count."""
-    count = lambda e: 1 + sum(count(a) for a in e.args) if isinstance(e, Op) else 0
-    return sum(1 + count(m.expr) for m in (k.maps if isinstance(k, FusedMapKernel) else [k]))
-
-
-def parallel_map(module, prog, k: MapKernel | FusedMapKernel, fn: ir.Function, sig) -> KernelBuilder:
-    """fn runs the map on a team of threads, each on a slice of the outermost axis."""
-    return parallel_loop(module, prog, fn, sig, lambda kb, first: map_loop(kb, k, prog, first=first),
-                         k.shape[0], numel(k.shape) * _operations(k))
-
-
-def parallel_loop(module, prog, fn: ir.Function, sig, loop, extent, work) -> KernelBuilder:
+def parallel_loop(module, prog, fn: ir.Function, loop, extent, work) -> KernelBuilder:
     """fn runs `loop(kb, first)` — a loop nest whose outermost axis of `extent` iterations
     is limited to `first` = (lo, hi), every iteration touching memory no other one writes —
     on a team of threads (libgomp), each on a slice of that axis; with less `work` (an
     element count times operations) than PARALLEL_BELOW, and inside a team already, it
     runs serially. Returns the builder of fn, for the caller to finish."""
+    sig = fn.function_type
     part = ir.Function(module, ir.FunctionType(ir.VoidType(), list(sig.args[:2]) + [i64, i64]), fn.name + ".part")
     part.linkage = "internal"
     inner = KernelBuilder(module, prog, part)

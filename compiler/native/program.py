@@ -1,4 +1,6 @@
-"""The kernel program: buffers, loop kernels and the expressions they compute.
+"""The kernel program: buffers, the kernels that compute them and the expressions those
+compute. `Kernel` is what every kernel has; each kind of kernel is a module of
+compiler/native/kernels/.
 
 Values are expressions over an iteration index. Leaves are affine in the index: a load
 from a buffer at offset + sum(coeff[r] * i[r]), the index itself (iota), or counter-based
@@ -8,6 +10,7 @@ temporaries, driver.py compiles it.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,175 +127,59 @@ class Buffer:
 
 
 @dataclass(kw_only=True)
-class Kernel:
+class Kernel(ABC):
     """What every kernel records, given by name: the graph node it computes (its last),
     and the graph nodes it computes (`nodes`) with their (op, span) (`origin`), set by
-    Lowering.emit."""
+    Lowering.emit.
+
+    Each kind of kernel is a subclass, in a module of its own in compiler/native/kernels/,
+    that holds its fields and its rules: its text (`text`), the buffers it touches
+    (`accesses`) and how its function is built (`emit`). The rest of the backend asks the
+    kernel and never looks at its kind; a kind that misses a rule cannot be made."""
     node: int = -1
     nodes: tuple = ()
     origin: tuple = ()
 
-
-@dataclass
-class MapKernel(Kernel):
-    """out[i] = expr(i) for every i in shape; out is written contiguously at `out_at`."""
-    shape: tuple
-    out: int
-    out_at: Affine
-    expr: object
-
-
-@dataclass
-class FusedMapKernel(Kernel):
-    """Map kernels over one iteration space run as one loop: every iteration does each
-    member's store in order. Legal when the members touch a buffer that one of them
-    writes only at the index being written (see fuse_maps). `registers`: buffers of
-    members whose value only later members read, in a register: they are not stored."""
-    shape: tuple
-    maps: list
-    registers: frozenset = frozenset()
-
-
-@dataclass
-class ReduceKernel(Kernel):
-    """out[kept(i)] = op over the reduced axes of expr(i), for i in the input shape."""
-    shape: tuple
-    axes: tuple
-    op: str               # sum, max, argmax
-    out: int
-    expr: object
-
-
-@dataclass
-class GemmKernel(Kernel):
-    """C[b] = op(A[b]) @ op(B[b]); A, B given by buffer, offset, leading dim, batch stride.
-    `packed`: a buffer holding op(B) (one matrix) packed by a PackKernel, which the GEMM
-    multiplies with instead of packing B itself."""
-    m: object
-    n: object
-    k: object
-    batch: object
-    a: tuple              # (buffer, offset, ld, batch stride)
-    b: tuple
-    c: tuple
-    trans_a: bool
-    trans_b: bool
-    packed: int | None = None
-
-
-@dataclass
-class PackKernel(Kernel):
-    """out = op(B) (k x n) packed into the GEMM's panels (gemm.add_pack): a GEMM operand
-    that stays the same at every step of a scan, packed once before the loop."""
-    k: object
-    n: object
-    b: tuple              # (buffer, offset, ld)
-    trans_b: bool
-    out: int
-
-
-@dataclass
-class SmallGemmKernel(Kernel):
-    """C (m x n) = sum over the batch of A[b] (m x k) @ B[b] (k x n), all row-major. Tiles
-    of C stay in vector registers while K and the batch stream through, so nothing is
-    packed (a first convolution's weight gradient: 6 x 25, K = 784 per example). The
-    batch is cut into `parts` runs (threads take whole parts), each summed into its m x n
-    slice of `partial`, and C is the sum of the slices in order: the same numbers
-    whatever the number of threads."""
-    m: int
-    n: int
-    k: object
-    batch: object
-    a: tuple              # (buffer, offset, ld, batch stride)
-    b: tuple
-    c: tuple              # (buffer, offset, ld)
-    partial: int          # buffer of parts * m * n
-    parts: int
-
-
-@dataclass
-class ConvKernel(Kernel):
-    """A direct convolution, for few taps (C*kh*kw): no im2col buffer. x [N, C, H, W]
-    (0 outside), w [O, C, kh, kw], stride 1 along W. Without `g`:
-    out [N, O, Ho, Wo] = sum over c, i, j of w[o, c, i, j] * x[n, c, ho*sh + i - ph, wo + j - pw];
-    `transposed`: w is [C, O, kh, kw] and read w[c, o, kh-1-i, kw-1-j] — with x the output
-    gradient and padding k - 1 - p, the input gradient of a stride-1 convolution.
-    With `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
-    n, ho, wo of g[n, o, ho, wo] * x[...], the batch in `parts` runs summed apart into
-    `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel."""
-    x: int
-    w: int | None
-    out: int
-    x_shape: tuple        # N, C, H, W
-    w_shape: tuple        # O, C, kh, kw
-    out_hw: tuple
-    stride_h: int
-    padding: tuple
-    g: int | None = None
-    partial: int | None = None
-    parts: int = 1
-    transposed: bool = False
+    calls_gemm = False      # its function calls dlc's GEMM library (the graph page says so)
 
     @property
-    def channels(self):
-        """The output's channels (O)."""
-        return self.w_shape[1] if self.transposed else self.w_shape[0]
+    def kind(self) -> str:
+        """What the graph page calls it: its class's name without "Kernel"."""
+        return type(self).__name__.removesuffix("Kernel")
 
+    @property
+    def family(self) -> str:
+        """What `dlc compile --emit fused` calls it: its kind in lower case."""
+        return self.kind.lower()
 
-@dataclass
-class ScatterAddKernel(Kernel):
-    """out = 0; then out[idx(i), r] += upd[flat(i), r] for every index i of idx_shape.
-    An index outside [0, count) adds nothing and reports fault `site`."""
-    idx_shape: tuple
-    row: object
-    out: int
-    idx: object           # integer expression over idx_shape
-    upd: int
-    count: object         # rows of out
-    site: int
+    @abstractmethod
+    def text(self) -> list:
+        """Its lines in `dlc compile --emit kernels` (render.py): a kernel's line ends with
+        the source line of what it computes (render.located); the lines of the kernels it
+        holds follow its own, two spaces in."""
 
+    @abstractmethod
+    def accesses(self) -> tuple:
+        """(reads, writes): the buffers it reads and writes itself, from which memory.py
+        plans the temporaries' memory."""
 
-@dataclass
-class AccumulateKernel(Kernel):
-    """out[at(i)] += expr(i) for every i in shape whose guards hold (out zeroed first):
-    the adjoint of reading windows (col2im, average-pool gradients). Axis 0 is the batch:
-    iteration n touches only example n of out, at.coeffs[0] elements from n * at.coeffs[0]."""
-    shape: tuple
-    out: int
-    at: Affine
-    guards: tuple
-    expr: object
+    @abstractmethod
+    def emit(self, f):
+        """Build its function with f (driver.KernelFunction): a builder that runs on the
+        calling thread (`f.serial()`) or one whose loop nest a thread team splits
+        (`f.team(...)`). Returns that builder, which the driver finishes. The loop nests
+        themselves are LLVM code (loops.py, gemm.py), imported inside `emit`, so that
+        lowering a graph never loads LLVM."""
 
+    def nested(self) -> list:
+        """The kernels it runs, each compiled to a function of its own before it (a
+        scan's body)."""
+        return []
 
-@dataclass
-class MaxPoolGradKernel(Kernel):
-    """dx (zeroed) [window argmax] += g for every output position (first maximum wins)."""
-    x: int
-    g: int
-    out: int
-    shape: tuple          # N, C, H, W of x
-    out_hw: tuple
-    kernel: tuple
-    stride: tuple
-    padding: tuple
-
-
-@dataclass
-class HostCallKernel(Kernel):
-    """Call back into the host between kernels: function(buffer, its element count), which
-    rewrites the f32 buffer in place (replica_mean: an allreduce over the ranks). The
-    function's address is the pointer-table entry of buffer `host` (of kind "host")."""
-    host: int
-    buffer: int
-
-
-@dataclass
-class ScanKernel(Kernel):
-    """for t in 0..length (or back): sizes[var] = t, then run the body's kernels."""
-    length: object
-    reverse: bool
-    var: str              # the symbol of the step index, "$t0", "$t1", ... by nesting depth
-    body: list
+    def heading(self) -> str | None:
+        """What stands for it in `dlc compile --emit fused` when it runs nested kernels
+        (a scan's loop); None when it computes graph nodes itself."""
+        return None
 
 
 @dataclass
@@ -349,6 +236,11 @@ def leaves(e):
     elif isinstance(e, Op):
         for a in e.args:
             yield from leaves(a)
+
+
+def expr_reads(e) -> set:
+    """The buffers an expression loads from."""
+    return {buffer_of(leaf) for leaf in leaves(e)}
 
 
 def buffer_of(leaf) -> int:

@@ -1,9 +1,8 @@
-"""Readable text of a kernel program (`dlc compile --emit kernels|fused`)."""
+"""Readable text of a kernel program (`dlc compile --emit kernels|fused`); each kind of
+kernel writes its own lines (Kernel.text) with the helpers here."""
 from __future__ import annotations
 
-from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, HostCallKernel, Guarded,
-                      Index, KernelProgram, Load, MapKernel, MaxPoolGradKernel, Op, PackKernel, Random, ReduceKernel,
-                      ScanKernel, ScatterAddKernel, Size, SmallGemmKernel)
+from dlc.compiler.native.program import Affine, Const, Gather, Guarded, Index, KernelProgram, Load, Op, Random, Size
 
 
 def affine(a: Affine) -> str:
@@ -34,53 +33,22 @@ def expr(e) -> str:
     return repr(e)
 
 
+def shape(dims) -> str:
+    return "[" + ", ".join(str(d) for d in dims) + "]"
+
+
 def source(k) -> str:
     """file:line of the graph node a kernel computes ('' for code of no node)."""
     return _where(k.origin[0][1]) if k.origin else ""
 
 
+def located(k) -> str:
+    """What ends a kernel's line: '  @file:line' of the graph node it computes, if any."""
+    return f"  @{source(k)}" if source(k) else ""
+
+
 def _where(span) -> str:
     return f"{span.file.rsplit('/', 1)[-1]}:{span.line}" if span else ""
-
-
-def kernel(k, depth=0) -> list:
-    pad = "  " * depth
-    where = f"  @{source(k)}" if source(k) else ""
-    shape = lambda s: "[" + ", ".join(str(d) for d in s) + "]"
-    if isinstance(k, MapKernel):
-        return [f"{pad}map {shape(k.shape)}: b{k.out}[{affine(k.out_at)}] = {expr(k.expr)}{where}"]
-    if isinstance(k, FusedMapKernel):
-        return [f"{pad}fused map {shape(k.shape)}:"] + [
-            line.replace(": b", ": (register) b", 1) if m.out in k.registers else line
-            for m in k.maps for line in kernel(m, depth + 1)]
-    if isinstance(k, ReduceKernel):
-        return [f"{pad}reduce {k.op} over axes {list(k.axes)} of {shape(k.shape)}: b{k.out} <- {expr(k.expr)}{where}"]
-    if isinstance(k, GemmKernel):
-        packed = f" (packed in b{k.packed})" if k.packed is not None else ""
-        return [f"{pad}gemm {k.batch} x [{k.m} x {k.k}] @ [{k.k} x {k.n}]: b{k.c[0]} = "
-                f"{'T' if k.trans_a else ''}b{k.a[0]} @ {'T' if k.trans_b else ''}b{k.b[0]}{packed}{where}"]
-    if isinstance(k, PackKernel):
-        return [f"{pad}pack [{k.k} x {k.n}]: b{k.out} = panels of {'T' if k.trans_b else ''}b{k.b[0]}{where}"]
-    if isinstance(k, SmallGemmKernel):
-        return [f"{pad}small_gemm sum over {k.batch} of [{k.m} x {k.k}] @ [{k.k} x {k.n}]: "
-                f"b{k.c[0]} = b{k.a[0]} @ b{k.b[0]}{where}"]
-    if isinstance(k, ScanKernel):
-        lines = [f"{pad}scan {k.var} in {k.length}{' reversed' if k.reverse else ''}:{where}"]
-        for inner in k.body:
-            lines += kernel(inner, depth + 1)
-        return lines
-    if isinstance(k, AccumulateKernel):
-        return [f"{pad}accumulate {shape(k.shape)}: b{k.out}[{affine(k.at)}] += {expr(k.expr)}{where}"]
-    if isinstance(k, ScatterAddKernel):
-        return [f"{pad}scatter_add {shape(k.idx_shape)}: b{k.out}[{expr(k.idx)}] += b{k.upd}{where}"]
-    if isinstance(k, MaxPoolGradKernel):
-        return [f"{pad}maxpool_grad: b{k.out} <- b{k.g} at argmax of b{k.x}{where}"]
-    if isinstance(k, ConvKernel):
-        what = f"b{k.x} * b{k.w}" if k.g is None else f"weight gradient of b{k.x} * w from b{k.g}"
-        return [f"{pad}direct conv {shape(k.x_shape)} by {shape(k.w_shape)}: b{k.out} = {what}{where}"]
-    if isinstance(k, HostCallKernel):
-        return [f"{pad}host_call b{k.host}(b{k.buffer}): in place{where}"]
-    return [f"{pad}{k!r}"]
 
 
 def program(p: KernelProgram) -> str:
@@ -89,7 +57,7 @@ def program(p: KernelProgram) -> str:
         if b.kind != "temp":
             lines.append(f"# b{b.id}: {b.kind} {b.name} {b.dtype}[{b.size}]".replace("  ", " "))
     for k in p.kernels:
-        lines += kernel(k)
+        lines += k.text()
     return "\n".join(lines)
 
 
@@ -100,15 +68,13 @@ def fused(p: KernelProgram) -> str:
     def walk(kernels, depth):
         for k in kernels:
             pad = "  " * depth
-            if isinstance(k, ScanKernel):
-                lines.append(f"{pad}scan {k.var} in {k.length}{' reversed' if k.reverse else ''}  @{source(k)}")
-                walk(k.body, depth + 1)
-                continue
-            kind = type(k).__name__.replace("Kernel", "").replace("FusedMap", "Map").lower()
-            lines.append(f"{pad}kernel {next(number)}: {kind}, {len(k.origin)} op{'s' * (len(k.origin) != 1)}")
-            for op, span in k.origin:
-                text = (span.source_line() or "").strip() if span else ""
-                lines.append(f"{pad}    {op:<16}{_where(span):<22}{text}")
+            if k.heading() is not None:
+                lines.append(f"{pad}{k.heading()}  @{source(k)}")
+            else:
+                lines.append(f"{pad}kernel {next(number)}: {k.family}, {len(k.origin)} op{'s' * (len(k.origin) != 1)}")
+                for op, span in k.origin:
+                    text = (span.source_line() or "").strip() if span else ""
+                    lines.append(f"{pad}    {op:<16}{_where(span):<22}{text}")
+            walk(k.nested(), depth + 1)
     walk(p.kernels, 0)
     return "\n".join(lines)
-

@@ -18,9 +18,10 @@ into one rounding unless the rule says so (ops.fma).
 from __future__ import annotations
 
 from dlc.compiler.ir.graph import Graph
+from dlc.compiler.native.kernels import FusedMapKernel, MapKernel
 from dlc.compiler.native.lower import lower
-from dlc.compiler.native.program import (Affine, FusedMapKernel, KernelProgram, Load, MapKernel, Op, ReduceKernel,
-                                         buffer_of, leaves)
+from dlc.compiler.native.memory import linearize
+from dlc.compiler.native.program import Affine, KernelProgram, Load, Op, buffer_of, leaves
 
 ELEMENT = Affine(0, (1,))       # index i of a flat array
 
@@ -34,12 +35,11 @@ def lower_update(graph: Graph) -> KernelProgram:
 
 def in_place(prog: KernelProgram):
     last = prog.kernels[-1]
-    members = last.maps if isinstance(last, FusedMapKernel) else [last]
     into = {prog.outputs[name]: prog.inputs[name] for name in prog.outputs}
     assert isinstance(last, (MapKernel, FusedMapKernel)) and len(last.shape) == 1, "the update ends with a flat map"
     temps: dict = {}        # buffer -> the expression that a temporary of the loop holds
     kept = []
-    for m in members:
+    for m in last.maps:
         assert m.out_at == ELEMENT, "the update's loop writes index i"
         e = _rewrite(m.expr, lambda x: temps.get(x.buffer, x))
         if m.out in into:
@@ -74,10 +74,9 @@ def _rewrite(e, load):
 def touched(prog: KernelProgram) -> set:
     """The buffers the update's kernels read or write: the others need no memory."""
     out = set()
-    for k in prog.kernels:
-        assert isinstance(k, (MapKernel, FusedMapKernel, ReduceKernel)), k
-        for m in k.maps if isinstance(k, FusedMapKernel) else [k]:
-            out |= {m.out} | {buffer_of(x) for x in leaves(m.expr)}
+    for _, k, _ in linearize(prog.kernels):
+        reads, writes = k.accesses()
+        out |= reads | writes
     return out
 
 

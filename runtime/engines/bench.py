@@ -8,7 +8,7 @@ import numpy as np
 from dlc.compiler.native import render
 from dlc.compiler.ir.dims import concrete, numel, symbols
 from dlc.compiler.frontend.loader import Program
-from dlc.compiler.native.program import GemmKernel, ScanKernel, SmallGemmKernel
+from dlc.compiler.native.kernels import GemmKernel, ScanKernel, SmallGemmKernel
 from dlc.runtime.training.settings import Call
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.native import NativeEngine

@@ -1,7 +1,9 @@
-"""The loop kernels of a kernel program, in LLVM IR: maps, reductions, scatter-add, the
-small GEMM, accumulation (col2im), the max-pool gradient, and scan loops. Kernels are
-loop nests over their iteration space; the innermost loop walks the last axis, where
-loads are usually contiguous, so LLVM vectorizes it.
+"""The loop nests of the kernels, in LLVM IR: maps, reductions, scatter-add, the small
+GEMM, the direct convolution, accumulation (col2im), the max-pool gradient, the host call
+and the scan loop. Each kind of kernel (compiler/native/kernels/) calls its own from its
+`emit`. Kernels are loop nests over their iteration space; the innermost loop walks the
+last axis, where loads are usually contiguous, so LLVM vectorizes it. `first` = (lo, hi)
+limits the outermost loop to a thread's share (parallel.parallel_loop).
 """
 from __future__ import annotations
 
@@ -11,20 +13,17 @@ from llvmlite import ir
 
 from dlc.compiler.native.builder import KernelBuilder
 from dlc.compiler.native.gemm import declare, default_config, masked, splat, vec_ptr
-from dlc.compiler.native.program import (AccumulateKernel, Affine, ConvKernel, FusedMapKernel, HostCallKernel, KernelProgram, Load,
-                      MapKernel, MaxPoolGradKernel, ReduceKernel, ScanKernel, ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.program import Affine, KernelProgram, Load
 from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
 
 
-def map_loop(kb: KernelBuilder, k: MapKernel | FusedMapKernel, prog: KernelProgram, first=None):
-    maps = k.maps if isinstance(k, FusedMapKernel) else [k]
-
-    registers = k.registers if isinstance(k, FusedMapKernel) else ()
-
+def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
+    """A map's loop (MapKernel or FusedMapKernel): each iteration stores every member's
+    value, in order; a member kept in a register is only read by the later ones."""
     def body(idx):
-        for m in maps:
+        for m in k.maps:
             v = kb.expr(m.expr, idx)
-            if m.out not in registers:
+            if m.out not in k.registers:
                 kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v)
             kb.stored[m.out, m.out_at] = v     # later members read it from the register
         kb.stored.clear()
@@ -39,8 +38,8 @@ def _strides(shape) -> list:
     return list(reversed(out))
 
 
-def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram, first=None):
-    """With `first` = (lo, hi): the outputs at those indices of axis reduce_split(k)."""
+def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
+    """A ReduceKernel; with `first` = (lo, hi): the outputs at those indices of axis k.split_axis()."""
     b = kb.b
     dtype = prog.buffers[k.out].dtype
     kept = [d for r, d in enumerate(k.shape) if r not in k.axes]
@@ -78,11 +77,11 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram, first=None):
              first=first)
     # the trailing reduced axes accumulate in a register; the rest into memory, the split
     # axis (the first kept one: each thread's outputs are its own) outermost
-    trail = _reduced_tail(k)
+    trail = k.reduced_tail()
     tail = k.shape[trail:]
     order = list(range(trail))
     if first is not None:
-        split = reduce_split(k)
+        split = k.split_axis()
         order = [split] + [a for a in order if a != split]
     head = tuple(k.shape[a] for a in order)
 
@@ -109,25 +108,7 @@ def reduce(kb: KernelBuilder, k: ReduceKernel, prog: KernelProgram, first=None):
     kb.loops(head, outer, first=first)
 
 
-def _reduced_tail(k: ReduceKernel) -> int:
-    """Where the trailing run of reduced axes starts."""
-    trail = len(k.shape)
-    while trail > 0 and (trail - 1) in k.axes:
-        trail -= 1
-    return trail
-
-
-def reduce_split(k: ReduceKernel) -> int | None:
-    """The axis a team splits a sum or max over: the first kept one, when the reduction
-    also has trailing reduced axes (summed in a register in the innermost loops, which
-    stay as they were: the same numbers on any team), as a convolution's bias gradient
-    [N, C, H, W] -> [C]. None: the reduction runs on one thread."""
-    trail = _reduced_tail(k)
-    kept = [a for a in range(trail) if a not in k.axes]
-    return kept[0] if k.op != "argmax" and kept and trail < len(k.shape) else None
-
-
-def scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: KernelProgram):
+def scatter_add(kb: KernelBuilder, k, prog: KernelProgram):
     b = kb.b
     dtype = prog.buffers[k.out].dtype
     total = prog.buffers[k.out].size
@@ -149,7 +130,7 @@ def scatter_add(kb: KernelBuilder, k: ScatterAddKernel, prog: KernelProgram):
     kb.loops(k.idx_shape, each)
 
 
-def small_gemm(kb: KernelBuilder, k: SmallGemmKernel, first):
+def small_gemm(kb: KernelBuilder, k, first):
     """The parts `first` = (lo, hi) of the batch, each summed into its slice of k.partial.
     Each MR x NR tile of C is a set of vector accumulators over a part's examples and K:
     A broadcast, a row of B loaded as vectors (masked past N), llvm.fma — the GEMM's
@@ -224,7 +205,7 @@ class _ConvRows:
     are 0; sums are kept in `registers` vector registers (of 32 with AVX-512, 16 with AVX2,
     a few left for the operands)."""
 
-    def __init__(self, kb: KernelBuilder, k: ConvKernel):
+    def __init__(self, kb: KernelBuilder, k):
         self.kb, self.k = kb, k
         self.vw = default_config().vw
         self.registers = 28 if self.vw == 16 else 13
@@ -309,7 +290,7 @@ class _ConvRows:
         b.store(b.call(self.fma, [x, y, b.load(slot)]), slot)
 
 
-def conv(kb: KernelBuilder, k: ConvKernel, first):
+def conv(kb: KernelBuilder, k, first):
     """The outputs of examples `first` = (lo, hi): for each row chunk, a block of output
     channels' sums in registers while the taps (c, i, j) stream by — a tap's x vectors
     loaded once for the block, each weight broadcast once for the chunk."""
@@ -348,7 +329,7 @@ def conv(kb: KernelBuilder, k: ConvKernel, first):
     kb.loops((N, k.out_hw[0], rows.chunks()), chunk, first=first)
 
 
-def conv_weight_grad(kb: KernelBuilder, k: ConvKernel, first):
+def conv_weight_grad(kb: KernelBuilder, k, first):
     """The parts `first` = (lo, hi) of the batch, each summed into its slice of k.partial:
     for a block of output channels and a row of taps (c, i, every j), the sums over the
     part's row chunks stay in vector registers, g's vectors loaded once per chunk for the
@@ -401,7 +382,7 @@ def _zero(kb: KernelBuilder, bid: int, examples, size, first):
                                                     ir.Constant(f32, 0.0)), first=first)
 
 
-def accumulate(kb: KernelBuilder, k: AccumulateKernel, first):
+def accumulate(kb: KernelBuilder, k, first):
     """The examples `first` = (lo, hi)."""
     b = kb.b
     _zero(kb, k.out, k.shape[0], k.at.coeffs[0], first)
@@ -415,7 +396,7 @@ def accumulate(kb: KernelBuilder, k: AccumulateKernel, first):
     kb.loops(k.shape, each, first=first)
 
 
-def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
+def maxpool_grad(kb: KernelBuilder, k, first):
     """dx of max pooling for the examples `first` = (lo, hi): each window's gradient goes
     to its first maximum."""
     N, C, H, W = k.shape
@@ -456,7 +437,7 @@ def maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
     kb.loops((N, C, Ho, Wo), each, first=first)
 
 
-def _tiled_maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
+def _tiled_maxpool_grad(kb: KernelBuilder, k, first):
     """Windows that tile the input (stride = kernel, no padding) write every element they
     cover once — the gradient at the window's first maximum, 0 elsewhere — with no zeroing
     pass and no read-modify-write; then the last rows and columns no window covers are
@@ -497,7 +478,7 @@ def _first_max_shares(kb: KernelBuilder, values: list, g, const) -> list:
     return [b.select(b.icmp_signed("==", where, const(p)), g, none) for p in range(len(values))]
 
 
-def _paired_maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
+def _paired_maxpool_grad(kb: KernelBuilder, k, first):
     """kw = 2: a row chunk of VW windows at a time; each of the window's rows is two
     vectors of x, split into the windows' left and right values, and the results are
     interleaved back. Lanes past the last window load and store nothing."""
@@ -544,7 +525,7 @@ def _paired_maxpool_grad(kb: KernelBuilder, k: MaxPoolGradKernel, first):
     kb.loops((N, C, Ho, chunks), chunk, first=first)
 
 
-def host_call(kb: KernelBuilder, k: HostCallKernel, prog: KernelProgram):
+def host_call(kb: KernelBuilder, k, prog: KernelProgram):
     """function(buffer, n) with n the buffer's own size, so the host is never told of
     elements the buffer does not have. It runs on the calling thread, between kernels
     (outside every parallel region)."""
@@ -553,7 +534,7 @@ def host_call(kb: KernelBuilder, k: HostCallKernel, prog: KernelProgram):
     kb.b.call(function, [kb.buffer(k.buffer, "f32"), kb.dim(prog.buffers[k.buffer].size)])
 
 
-def scan_loop(kb: KernelBuilder, k: ScanKernel, prog: KernelProgram, run_body):
+def scan_loop(kb: KernelBuilder, k, prog: KernelProgram, run_body):
     """The step index goes into the sizes array, where the body's kernels read it."""
     b = kb.b
     length = kb.dim(k.length)

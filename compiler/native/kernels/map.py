@@ -1,0 +1,78 @@
+"""Map kernels: out[i] = expr(i) over an iteration space, alone (MapKernel) or several
+sharing one loop (FusedMapKernel)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlc.compiler.ir.dims import numel
+from dlc.compiler.native import render
+from dlc.compiler.native.program import Affine, Kernel, Op, expr_reads
+
+
+@dataclass
+class MapKernel(Kernel):
+    """out[i] = expr(i) for every i in shape; out is written contiguously at `out_at`."""
+    shape: tuple
+    out: int
+    out_at: Affine
+    expr: object
+
+    registers = frozenset()     # alone in its loop, it stores its value
+
+    @property
+    def maps(self) -> list:
+        """The maps its loop computes: itself."""
+        return [self]
+
+    def text(self) -> list:
+        return [f"map {render.shape(self.shape)}: b{self.out}[{render.affine(self.out_at)}] = "
+                f"{render.expr(self.expr)}{render.located(self)}"]
+
+    def accesses(self) -> tuple:
+        return expr_reads(self.expr), {self.out}
+
+    def emit(self, f):
+        return _emit_loop(self, f)
+
+
+@dataclass
+class FusedMapKernel(Kernel):
+    """Map kernels over one iteration space run as one loop: every iteration does each
+    member's store in order. Legal when the members touch a buffer that one of them
+    writes only at the index being written (see fuse_maps). `registers`: buffers of
+    members whose value only later members read, in a register: they are not stored."""
+    shape: tuple
+    maps: list
+    registers: frozenset = frozenset()
+
+    family = "map"      # one map loop, in `--emit fused`
+
+    def text(self) -> list:
+        return [f"fused map {render.shape(self.shape)}:"] + [
+            "  " + (line.replace(": b", ": (register) b", 1) if m.out in self.registers else line)
+            for m in self.maps for line in m.text()]
+
+    def accesses(self) -> tuple:
+        parts = [m.accesses() for m in self.maps]
+        return (set().union(*(r for r, _ in parts)) - self.registers,
+                set().union(*(w for _, w in parts)) - self.registers)
+
+    def emit(self, f):
+        return _emit_loop(self, f)
+
+
+def _emit_loop(k: MapKernel | FusedMapKernel, f):
+    """The loop of a map or a fused map, split along its outermost axis on a thread team
+    (on one thread when it has no axis)."""
+    from dlc.compiler.native.loops import map_loop
+    if not k.shape:
+        kb = f.serial()
+        map_loop(kb, k, f.prog)
+        return kb
+    return f.team(lambda kb, first: map_loop(kb, k, f.prog, first=first), k.shape[0], numel(k.shape) * _operations(k))
+
+
+def _operations(k: MapKernel | FusedMapKernel) -> int:
+    """Operations per element of a map (one for a copy): its work, with the element count."""
+    count = lambda e: 1 + sum(count(a) for a in e.args) if isinstance(e, Op) else 0
+    return sum(1 + count(m.expr) for m in k.maps)

@@ -1,0 +1,50 @@
+"""Reductions: sum, max or argmax over some axes of an expression."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlc.compiler.ir.dims import numel
+from dlc.compiler.native import render
+from dlc.compiler.native.program import Kernel, expr_reads
+
+
+@dataclass
+class ReduceKernel(Kernel):
+    """out[kept(i)] = op over the reduced axes of expr(i), for i in the input shape."""
+    shape: tuple
+    axes: tuple
+    op: str               # sum, max, argmax
+    out: int
+    expr: object
+
+    def text(self) -> list:
+        return [f"reduce {self.op} over axes {list(self.axes)} of {render.shape(self.shape)}: b{self.out} <- "
+                f"{render.expr(self.expr)}{render.located(self)}"]
+
+    def accesses(self) -> tuple:
+        return expr_reads(self.expr), {self.out}
+
+    def emit(self, f):
+        from dlc.compiler.native.loops import reduce
+        split = self.split_axis()
+        if split is None:
+            kb = f.serial()
+            reduce(kb, self, f.prog)
+            return kb
+        return f.team(lambda kb, first: reduce(kb, self, f.prog, first), self.shape[split], numel(self.shape))
+
+    def reduced_tail(self) -> int:
+        """Where the trailing run of reduced axes starts."""
+        trail = len(self.shape)
+        while trail > 0 and (trail - 1) in self.axes:
+            trail -= 1
+        return trail
+
+    def split_axis(self) -> int | None:
+        """The axis a team splits a sum or max over: the first kept one, when the reduction
+        also has trailing reduced axes (summed in a register in the innermost loops, which
+        stay as they were: the same numbers on any team), as a convolution's bias gradient
+        [N, C, H, W] -> [C]. None: the reduction runs on one thread."""
+        trail = self.reduced_tail()
+        kept = [a for a in range(trail) if a not in self.axes]
+        return kept[0] if self.op != "argmax" and kept and trail < len(self.shape) else None

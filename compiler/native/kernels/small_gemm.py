@@ -1,0 +1,40 @@
+"""The small GEMM: a small C summed over a long batch of products, nothing packed."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlc.compiler.native import render
+from dlc.compiler.native.program import Kernel
+
+
+@dataclass
+class SmallGemmKernel(Kernel):
+    """C (m x n) = sum over the batch of A[b] (m x k) @ B[b] (k x n), all row-major. Tiles
+    of C stay in vector registers while K and the batch stream through, so nothing is
+    packed (a first convolution's weight gradient: 6 x 25, K = 784 per example). The
+    batch is cut into `parts` runs (threads take whole parts), each summed into its m x n
+    slice of `partial`, and C is the sum of the slices in order: the same numbers
+    whatever the number of threads."""
+    m: int
+    n: int
+    k: object
+    batch: object
+    a: tuple              # (buffer, offset, ld, batch stride)
+    b: tuple
+    c: tuple              # (buffer, offset, ld)
+    partial: int          # buffer of parts * m * n
+    parts: int
+
+    def text(self) -> list:
+        return [f"small_gemm sum over {self.batch} of [{self.m} x {self.k}] @ [{self.k} x {self.n}]: "
+                f"b{self.c[0]} = b{self.a[0]} @ b{self.b[0]}{render.located(self)}"]
+
+    def accesses(self) -> tuple:
+        return {self.a[0], self.b[0]}, {self.c[0], self.partial}
+
+    def emit(self, f):
+        """The parts on a thread team, then their sum on the calling thread."""
+        from dlc.compiler.native.loops import small_gemm, sum_parts
+        kb = f.team(lambda kb, first: small_gemm(kb, self, first), self.parts, self.m * self.n * self.k * self.batch)
+        sum_parts(kb, self.partial, self.parts, self.m, self.n, self.c)
+        return kb

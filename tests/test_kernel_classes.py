@@ -1,0 +1,108 @@
+"""Each kind of kernel is one class that gives every rule the backend asks of a kernel
+(compiler/native/program.py: Kernel), in its own module of compiler/native/kernels/;
+the code that renders, plans and compiles kernels never asks a kernel for its kind."""
+import ast
+import importlib
+import inspect
+import pkgutil
+from pathlib import Path
+
+import pytest
+
+from dlc.compiler.native import jit, kernels
+from dlc.compiler.native.driver import build_module
+from dlc.compiler.native.kernels import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
+                                         MapKernel, MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel,
+                                         ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.program import Affine, Kernel, KernelProgram, Load
+
+NATIVE = Path(kernels.__file__).parent.parent
+ROWS = Affine(0, (8, 1))        # element (i, j) of a [4, 8] buffer
+
+
+def kinds() -> list:
+    """Every Kernel subclass defined in a module of compiler/native/kernels/."""
+    found = []
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        found += [c for c in vars(module).values()
+                  if inspect.isclass(c) and issubclass(c, Kernel) and c.__module__ == module.__name__]
+    return sorted(found, key=lambda c: c.__name__)
+
+
+def sample(kind) -> tuple:
+    """(program, kernel, reads, writes): a small kernel of each kind in a program of its
+    buffers — b0, b1 f32 inputs, b2 an f32 output, b3 a temporary, b4 i32 indices — and
+    the buffers it reads and writes."""
+    p = KernelProgram(symbols=["$t0"])
+    for dtype, kind_ in (("f32", "input"), ("f32", "input"), ("f32", "output"), ("f32", "temp"), ("i32", "input")):
+        p.buffer(dtype, 64, kind_)
+    x = Load(0, ROWS, "f32")
+    copy = MapKernel((4, 8), 3, ROWS, x)
+    made = {
+        MapKernel: lambda: (copy, {0}, {3}),
+        FusedMapKernel: lambda: (FusedMapKernel((4, 8), [copy, MapKernel((4, 8), 2, ROWS, Load(3, ROWS, "f32"))],
+                                                registers=frozenset({3})), {0}, {2}),
+        ReduceKernel: lambda: (ReduceKernel((4, 8), (1,), "sum", 2, x), {0}, {2}),
+        GemmKernel: lambda: (GemmKernel(4, 4, 4, 1, (0, 0, 4, 0), (1, 0, 4, 0), (2, 0, 4, 0), False, True), {0, 1}, {2}),
+        PackKernel: lambda: (PackKernel(4, 4, (1, 0, 4), False, 3), {1}, {3}),
+        SmallGemmKernel: lambda: (SmallGemmKernel(2, 3, 4, 2, (0, 0, 4, 8), (1, 0, 3, 12), (2, 0, 3), 3, 2),
+                                  {0, 1}, {2, 3}),
+        ConvKernel: lambda: (ConvKernel(0, 1, 2, (1, 1, 6, 6), (1, 1, 3, 3), (4, 4), 1, (0, 0)), {0, 1}, {2}),
+        ScatterAddKernel: lambda: (ScatterAddKernel((4,), 8, 2, Load(4, Affine(0, (1,)), "i32"), 0, 8,
+                                                    p.fault("rows", 8, None)), {0, 4}, {2}),
+        AccumulateKernel: lambda: (AccumulateKernel((4, 8), 2, ROWS, (), x), {0}, {2}),
+        MaxPoolGradKernel: lambda: (MaxPoolGradKernel(0, 1, 2, (1, 1, 4, 4), (2, 2), (2, 2), (2, 2), (0, 0)),
+                                    {0, 1}, {2}),
+        HostCallKernel: lambda: (HostCallKernel(p.host("replica_mean").id, 3), {3}, {3}),
+        ScanKernel: lambda: (ScanKernel(3, False, "$t0", [copy]), set(), set()),    # its body touches b0, b3
+    }
+    assert kind in made, f"{kind.__name__}: no sample kernel here; add one with the buffers it touches"
+    k, reads, writes = made[kind]()
+    p.kernels.append(k)
+    return p, k, reads, writes
+
+
+def test_the_package_gives_every_kind_and_only_kinds_have_rules():
+    exported = {c for c in vars(kernels).values() if inspect.isclass(c) and issubclass(c, Kernel)}
+    assert set(kinds()) == exported, "a kind of kernel the package does not import (kernels/__init__.py)"
+    assert len({c.__name__ for c in kinds()}) == len(kinds()), "two kinds of one name: the graph page tells kinds by name"
+
+
+@pytest.mark.parametrize("kind", kinds(), ids=lambda c: c.__name__)
+def test_every_kind_gives_every_rule(kind):
+    missing = sorted(getattr(kind, "__abstractmethods__", ()))
+    assert not missing, f"{kind.__name__} misses the rules {missing} (compiler/native/program.py: Kernel)"
+
+
+def test_a_kind_that_misses_a_rule_cannot_be_made():
+    class Incomplete(Kernel):
+        def text(self):
+            return []
+
+        def accesses(self):
+            return set(), set()
+
+    with pytest.raises(TypeError, match="emit"):
+        Incomplete()
+
+
+@pytest.mark.parametrize("kind", kinds(), ids=lambda c: c.__name__)
+def test_each_rule_of_each_kind_works(kind):
+    p, k, reads, writes = sample(kind)
+    lines = k.text()
+    assert lines and all(isinstance(line, str) and "\n" not in line for line in lines)
+    assert k.accesses() == (reads, writes)
+    assert k.kind == kind.__name__.removesuffix("Kernel")
+    step = build_module(p)
+    jit.parse(step.module)      # the function its emit rule built is valid LLVM IR
+    assert step.functions[0] == "kernel0" and len(step.functions) == 1 + len(k.nested())
+
+
+def test_the_backend_never_asks_a_kernel_for_its_kind():
+    names = {c.__name__ for c in kinds()}
+    files = [NATIVE / f for f in ("driver.py", "memory.py", "render.py", "parallel.py", "loops.py")]
+    files.append(NATIVE.parent / "graph_page" / "kernels.py")
+    found = [f"{path.name}:{node.lineno} names {node.id}" for path in files for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Name) and node.id in names]
+    assert not found, f"kernel kinds named outside their classes: {found}"
