@@ -17,7 +17,6 @@ import pytest
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir import ops
-from dlc.compiler.ir.graph import TensorType
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.passes.autodiff import backward, hvp_graph
 from dlc.runtime.cli import main
