@@ -233,19 +233,30 @@ def cmd_gradcheck(args):
     sizes.update(_dims(args.dim))
     params = gc.init_params(model, args.seed)
     feeds = gc.sample_inputs(model, sizes, args.seed)
-    results = gc.gradcheck(model, feeds, params, per_param=args.entries, tolerance=args.tolerance, seed=args.seed)
     dims = ", ".join(f"{k}={v}" for k, v in sizes.items()) or "none"
-    print(f"gradient check of {model.name} in float64 (symbolic dims: {dims}; tolerance {args.tolerance:g})")
-    rows = [(r.name, str(r.checked), f"{r.max_abs:.2e}", f"{r.rel:.2e}", "pass" if r.ok else "FAIL") for r in results]
-    headers = ("Parameter", "Entries", "Max abs error", "Max rel error", "Result")
-    widths = [max(len(x[i]) for x in [headers] + rows) for i in range(5)]
+    if args.hessian:
+        results = gc.hvp_check(model, feeds, params, tolerance=args.tolerance, native_tolerance=args.native_tolerance,
+                               seed=args.seed)
+        print(f"Hessian-vector product check of {model.name} against differences of the gradient in float64 "
+              f"(symbolic dims: {dims}; tolerance {args.tolerance:g}, native {args.native_tolerance:g})")
+        headers = ("Parameter", "Engine", "Entries", "Max abs error", "Max rel error", "Result")
+        rows = [(r.name, f"{r.engine} ({gc.HVP_ENGINES[r.engine]})", str(r.checked), f"{r.max_abs:.2e}",
+                 f"{r.rel:.2e}", "pass" if r.ok else "FAIL") for r in results]
+        passed = "pass on both engines"
+    else:
+        results = gc.gradcheck(model, feeds, params, per_param=args.entries, tolerance=args.tolerance, seed=args.seed)
+        print(f"gradient check of {model.name} in float64 (symbolic dims: {dims}; tolerance {args.tolerance:g})")
+        headers = ("Parameter", "Entries", "Max abs error", "Max rel error", "Result")
+        rows = [(r.name, str(r.checked), f"{r.max_abs:.2e}", f"{r.rel:.2e}", "pass" if r.ok else "FAIL") for r in results]
+        passed = "pass"
+    widths = [max(len(x[i]) for x in [headers] + rows) for i in range(len(headers))]
     for r in [headers] + rows:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    failed = [r.name for r in results if not r.ok]
+    failed, total = {r.name for r in results if not r.ok}, len({r.name for r in results})
     if failed:
-        print(f"FAILED: {len(failed)} of {len(results)} parameters", file=sys.stderr)
+        print(f"FAILED: {len(failed)} of {total} parameters", file=sys.stderr)
         return 1
-    print(f"all {len(results)} parameters pass")
+    print(f"all {total} parameters {passed}")
     return 0
 
 
@@ -503,6 +514,11 @@ def parser() -> argparse.ArgumentParser:
                    help="largest relative error that passes (default 1e-6)")
     c.add_argument("--seed", type=_seed, default=0, metavar="S",
                    help="seed of the parameters, the inputs and the entries checked (default 0)")
+    c.add_argument("--hessian", action="store_true",
+                   help="check Hessian-vector products instead, on the reference engine (float64) and the native one")
+    c.add_argument("--native-tolerance", dest="native_tolerance", type=_real(0, strict=True), default=1e-4,
+                   metavar="T", help="with --hessian: the largest relative error that passes on the native engine, "
+                                     "which computes in float32 (default 1e-4)")
     c.set_defaults(run=cmd_gradcheck)
 
     c = sub.add_parser("bench", help="time the native train step and every kernel in it")

@@ -441,6 +441,11 @@ PRIMS = {
     "maxpool2d-k22-ties": pool("max", (2, 2), (2, 2), (0, 0), sample=rounded),
     "maxpool2d-k32-s32": pool("max", (3, 2), (3, 2), (0, 0)),
     "maxpool2d-k13-s13": pool("max", (1, 3), (1, 3), (0, 0), sample=rounded),
+    # the transpose of max pooling's gradient (in its second derivative): first maximum among ties
+    "maxpool2d_gather": Prim({"x": f32(*IMG, sample=rounded), "y": f32(*IMG)},
+                             lambda g, t: g.add1("maxpool2d_gather", [t["x"], t["y"]], kernel=(3, 2), stride=(2, 1),
+                                                 padding=(1, 1)),
+                             sizes=SIZES_B, ranges=RANGES_B, ops=("maxpool2d_gather", "maxpool2d_grad")),
 }
 
 

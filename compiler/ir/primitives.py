@@ -681,7 +681,16 @@ def _conv_input_grad_type(ctx, types, stride, padding, input_hw):
     return [TensorType(g.dtype, (g.shape[0], w.shape[1]) + tuple(input_hw))]
 
 
-@primitive("conv2d_input_grad", "window", _conv_input_grad_type, None,
+def _conv_input_grad_vjp(n, g):
+    """dx = conv2d_input_grad(dy, w) is bilinear: <c, dx> = <conv2d(c, w), dy>."""
+    dy, w = n.inputs
+    graph = ops.graph_of(g[0])
+    stride, padding = n.attrs["stride"], n.attrs["padding"]
+    return [graph.add1("conv2d", [g[0], w], stride=stride, padding=padding),
+            graph.add1("conv2d_weight_grad", [g[0], dy], stride=stride, padding=padding, kernel=tuple(w.shape[2:]))]
+
+
+@primitive("conv2d_input_grad", "window", _conv_input_grad_type, _conv_input_grad_vjp,
            lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]))
 def _conv2d_input_grad(ctx, xs, stride, padding, input_hw):
     g, w = xs
@@ -695,7 +704,16 @@ def _conv_weight_grad_type(ctx, types, stride, padding, kernel):
     return [TensorType(x.dtype, (g.shape[1], x.shape[1]) + tuple(kernel))]
 
 
-@primitive("conv2d_weight_grad", "window", _conv_weight_grad_type, None,
+def _conv_weight_grad_vjp(n, g):
+    """dw = conv2d_weight_grad(x, dy) is bilinear: <c, dw> = <conv2d(x, c), dy>."""
+    x, dy = n.inputs
+    graph = ops.graph_of(g[0])
+    stride, padding = n.attrs["stride"], n.attrs["padding"]
+    return [graph.add1("conv2d_input_grad", [dy, g[0]], stride=stride, padding=padding, input_hw=tuple(x.shape[2:])),
+            graph.add1("conv2d", [x, g[0]], stride=stride, padding=padding)]
+
+
+@primitive("conv2d_weight_grad", "window", _conv_weight_grad_type, _conv_weight_grad_vjp,
            lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]))
 def _conv2d_weight_grad(ctx, xs, stride, padding, kernel):
     x, g = xs
@@ -731,22 +749,55 @@ def _pool_grad_type(ctx, types, **_):
     return [types[0]]
 
 
-@primitive("maxpool2d_grad", "window", _pool_grad_type, None, _pool_flops)
-def _maxpool2d_grad(ctx, xs, kernel, stride, padding):
-    """Each output's gradient goes to the first maximum of its window."""
-    x, g = xs
+def _first_maxima(x, kernel, stride, padding) -> tuple:
+    """Where the first maximum of each window of x lies: index arrays into x padded by
+    `padding` (batch, channel, row, column), each of the pooled shape."""
     (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=-np.inf)
     v = _windows(xp, kh, kw, stride, (0, 0))
-    n, c, ho, wo = g.shape
-    flat = v.reshape(n, c, ho, wo, kh * kw).argmax(-1)
-    di, dj = np.divmod(flat, kw)
+    n, c, ho, wo = v.shape[:4]
+    di, dj = np.divmod(v.reshape(n, c, ho, wo, kh * kw).argmax(-1), kw)
     rows = di + (np.arange(ho) * sh)[:, None]
     cols = dj + (np.arange(wo) * sw)[None, :]
-    out = np.zeros_like(xp)
     ni, ci = np.meshgrid(np.arange(n), np.arange(c), indexing="ij")
-    np.add.at(out, (ni[:, :, None, None], ci[:, :, None, None], rows, cols), g)
+    return ni[:, :, None, None], ci[:, :, None, None], rows, cols
+
+
+def _maxpool_grad_vjp(n, g):
+    """Linear in dy, its adjoint reads the cotangent at each window's first maximum; x
+    only chooses where, a choice with no derivative."""
+    x = n.inputs[0]
+    return [None, ops.graph_of(g[0]).add1("maxpool2d_gather", [x, g[0]], **n.attrs)]
+
+
+@primitive("maxpool2d_grad", "window", _pool_grad_type, _maxpool_grad_vjp, _pool_flops)
+def _maxpool2d_grad(ctx, xs, kernel, stride, padding):
+    """Each output's gradient goes to the first maximum of its window."""
+    x, g = xs
+    ph, pw = padding
+    out = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), g.dtype)
+    np.add.at(out, _first_maxima(x, kernel, stride, padding), g)
     return [out[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]]
+
+
+def _maxpool_gather_type(ctx, types, kernel, stride, padding):
+    x, y = types
+    if x.shape != y.shape:
+        ctx.fail(f"the values {y} must have the shape of the pooled input {x}")
+    return _pool_type(ctx, types[:1], kernel, stride, padding)
+
+
+def _maxpool_gather_vjp(n, g):
+    return [None, ops.graph_of(g[0]).add1("maxpool2d_grad", [n.inputs[0], g[0]], **n.attrs)]
+
+
+@primitive("maxpool2d_gather", "window", _maxpool_gather_type, _maxpool_gather_vjp, _pool_flops)
+def _maxpool2d_gather(ctx, xs, kernel, stride, padding):
+    """y at the first maximum of each window of x: the transpose of maxpool2d_grad, which
+    its second derivative needs."""
+    x, y = xs
+    ph, pw = padding
+    return [np.pad(y, ((0, 0), (0, 0), (ph, ph), (pw, pw)))[_first_maxima(x, kernel, stride, padding)]]
 
 
 def _avgpool_vjp(n, g):
@@ -766,7 +817,12 @@ def _avgpool_grad_type(ctx, types, kernel, stride, padding, input_hw):
     return [TensorType(g.dtype, g.shape[:2] + tuple(input_hw))]
 
 
-@primitive("avgpool2d_grad", "window", _avgpool_grad_type, None,
+def _avgpool_grad_vjp(n, g):
+    attrs = {k: n.attrs[k] for k in ("kernel", "stride", "padding")}
+    return [ops.graph_of(g[0]).add1("avgpool2d", [g[0]], **attrs)]
+
+
+@primitive("avgpool2d_grad", "window", _avgpool_grad_type, _avgpool_grad_vjp,
            lambda ins, outs, kernel, **_: numel(ins[0].shape) * kernel[0] * kernel[1])
 def _avgpool2d_grad(ctx, xs, kernel, stride, padding, input_hw):
     g = xs[0]

@@ -63,7 +63,7 @@ def _scan_vjp(n, cts):
     attrs, graph = n.attrs, n.graph
     body, nc = attrs["body"], attrs["n_carry"]
     nx_ = len(attrs["xs_axes"])
-    ny = sum(k.startswith("y") for k in body.outputs)
+    ny = len(cts) - nc      # stacked results: the body's yields, and any history or saved values
     carries0 = n.inputs[:nc]
     seqs = n.inputs[nc:nc + nx_]
     invs = n.inputs[nc + nx_:]
@@ -144,9 +144,10 @@ def _save_residuals(n, body: Graph, bwd: Graph, mapping: dict, n_invariant_args:
         return []
     # forward: stack each residual along a new leading axis
     first = len(graph.types(n.node))
+    earlier = sum(name.startswith("saved") for name in body.outputs)     # saved for a first derivative
     for i, (_, body_key, _) in enumerate(residuals):
         t = Tensor(body, *body_key)
-        body.outputs[f"saved{i}"] = t
+        body.outputs[f"saved{earlier + i}"] = t
         graph.types(n.node).append(TensorType(t.dtype, (attrs["length"],) + t.shape))
     attrs["ys_axes"] = attrs["ys_axes"] + (0,) * len(residuals)
     # backward: a sequence argument per residual, placed before the invariant arguments

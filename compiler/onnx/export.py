@@ -46,6 +46,7 @@ NOT_EXPORTABLE = {
     "conv2d_weight_grad": "a gradient: it occurs only in the gradient graph",
     "maxpool2d_grad": "a gradient: it occurs only in the gradient graph",
     "avgpool2d_grad": "a gradient: it occurs only in the gradient graph",
+    "maxpool2d_gather": "a second derivative: it occurs only in a Hessian-vector product graph",
     "scatter_add": "the gradient of gather: it occurs only in the gradient graph",
     "replica_mean": "data-parallel training only (sync_batchnorm): an evaluation graph never holds it",
 }

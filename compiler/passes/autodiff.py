@@ -33,7 +33,7 @@ def backward(graph: Graph, seeds: list, wrt: list) -> list:
         prim = PRIMITIVES[graph.op(n)]
         view = graph.view(n)
         if prim.vjp is None:
-            raise DlcError(f"cannot differentiate through {graph.op(n)}", view.span)
+            raise _not_differentiable(graph, n)
         first = graph._next
         with graph.at(view.span):
             in_cts = prim.vjp(view, outs)
@@ -43,6 +43,19 @@ def backward(graph: Graph, seeds: list, wrt: list) -> list:
         for m in range(first, graph._next):     # what differentiates n (graph.layer_of)
             graph.g.nodes[m]["grad_of"] = n
     return [cts.get(t.key()) for t in wrt]
+
+
+def _not_differentiable(graph: Graph, n: int) -> DlcError:
+    """The error for node n, whose primitive has no VJP, at the user's line: a node a VJP
+    rule made is refused as the second derivative of the op that rule differentiates."""
+    data = graph.g.nodes[n]
+    if "grad_of" not in data:
+        return DlcError.at_user_line(f"cannot differentiate through {data['op']}", data["span"])
+    of = graph.op(data["grad_of"]) if data["grad_of"] in graph.g else data["op"]
+    span = data["span"] and (data["span"].caller or data["span"])
+    line = f" (line {span.line})" if span else ""
+    return DlcError.at_user_line(f"the second derivative of {of}{line} is not available: {data['op']}, "
+                                 "in its gradient, has no VJP", data["span"])
 
 
 def _accumulate(cts: dict, x: Tensor, ct: Tensor):
@@ -77,6 +90,10 @@ def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None, k
             dst.g.add_edge(m.node, new, key=i, out=m.out)
         for j in range(len(data["types"])):
             mapping[(n, j)] = Tensor(dst, new, j)
+    if not keep_ids:    # a gradient node names the node it differentiates by its number in dst
+        for n, of in src.g.nodes(data="grad_of"):
+            if of is not None:
+                dst.g.nodes[mapping[(n, 0)].node]["grad_of"] = mapping[(of, 0)].node if (of, 0) in mapping else None
     if args is None:
         dst.args = [mapping[a.key()] for a in src.args]
         dst.outputs = {k: mapping[t.key()] for k, t in src.outputs.items()}
@@ -123,4 +140,41 @@ def train_step(forward: Graph) -> Graph:
             with g.at(g.g.nodes[p.node]["span"]):
                 grad = ops.zeros_like(p)
         g.outputs[f"grad:{g.attrs(p.node)['name']}"] = grad
+    return prune(g)
+
+
+@collector_paused()
+def hvp_graph(forward: Graph) -> Graph:
+    """The Hessian-vector product graph of the forward graph's loss: for every trainable
+    parameter an input `v:NAME`, its part of the direction v, and the outputs `grad:NAME`
+    and `hvp:NAME`, its part of H v (H the Hessian of the loss), with `loss`.
+
+    Reverse over reverse: H v is the gradient of <grad L, v> with respect to the
+    parameters, one more `backward` through the train-step graph (the VJP of every
+    primitive is built of differentiable primitives)."""
+    g = train_step(forward)
+    g.name = "hvp"
+    g.outputs = {k: t for k, t in g.outputs.items() if k == "loss" or k.startswith("grad:")}
+    trainable = [n for n in forward.params() if forward.attrs(n)["trainable"]]
+    if not trainable:
+        return prune(g)
+    directional = []
+    for n in trainable:
+        name = forward.attrs(n)["name"]
+        with g.at(forward.g.nodes[n]["span"]):
+            v = g.add1("input", type=forward.types(n)[0], name=f"v:{name}")
+            directional.append(ops.sum_(g.outputs[f"grad:{name}"] * v))
+    with g.at(forward.g.nodes[forward.outputs["loss"].node]["span"]):
+        total = directional[0]
+        for d in directional[1:]:
+            total = total + d
+        seed = ops.full(g, (), 1.0, total.dtype)
+    params = [Tensor(g, n) for n in trainable if n in g.g]      # a parameter the loss does not read was pruned
+    hvps = dict(zip([p.node for p in params], backward(g, [(total, seed)], params)))
+    for n in trainable:
+        hvp = hvps.get(n)
+        if hvp is None:
+            with g.at(forward.g.nodes[n]["span"]):
+                hvp = ops.full(g, forward.types(n)[0].shape, 0, forward.types(n)[0].dtype)
+        g.outputs[f"hvp:{forward.attrs(n)['name']}"] = hvp
     return prune(g)

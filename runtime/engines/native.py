@@ -173,6 +173,17 @@ class Executable:
             raise DlcError.at_user_line(f"{what}: index out of range [0, {concrete(count, sizes)})", span)
         return arrays, sizes
 
+    def given(self, params: dict) -> dict:
+        """The parameters `run` is given (`fixed`) as the native code reads them: contiguous,
+        of the declared dtype (no copy when they are)."""
+        return {bid: np.ascontiguousarray(params[name], DTYPES[self.program.buffers[bid].dtype])
+                for name, bid in self.program.params.items()}
+
+    def output(self, name: str, arrays: list, sizes: dict) -> np.ndarray:
+        """Output `name` of a run (its buffers and sizes), a copy in its evaluated shape."""
+        shape = tuple(concrete(d, sizes) for d in self.graph.outputs[name].type.shape)
+        return arrays[self.program.outputs[name]][:int(np.prod(shape, dtype=np.int64))].reshape(shape).copy()
+
     def _sizes(self, feeds: dict) -> dict:
         """bind_sizes, once per shape of the feeds (a prediction of one example is ~20 µs of
         native code; walking the graph to bind its sizes took longer)."""
@@ -329,9 +340,7 @@ class NativeEngine:
         self.adopted = (id(params), id(opt_state))
 
     def _fixed(self, exe: Executable, params: dict, grads: bool) -> dict:
-        # as the native code reads them: contiguous, of the declared dtype (no copy when they are)
-        fixed = {bid: np.ascontiguousarray(params[name], DTYPES[exe.program.buffers[bid].dtype])
-                 for name, bid in exe.program.params.items()}
+        fixed = exe.given(params)
         if grads:
             for name in self.trainable:
                 bid = exe.program.outputs[f"grad:{name}"]
@@ -383,9 +392,4 @@ class NativeEngine:
     def predict(self, params: dict, batch: dict) -> dict:
         exe = self.predict_exe
         arrays, sizes = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
-        out = {}
-        for name, bid in exe.program.outputs.items():
-            typ = exe.graph.outputs[name].type
-            shape = tuple(concrete(d, sizes) for d in typ.shape)
-            out[name[7:]] = arrays[bid][:int(np.prod(shape, dtype=np.int64))].reshape(shape).copy()
-        return out
+        return {name[7:]: exe.output(name, arrays, sizes) for name in exe.program.outputs}

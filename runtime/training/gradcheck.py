@@ -1,4 +1,5 @@
-"""Finite-difference gradient checks in float64 against the gradient graph."""
+"""Finite-difference checks in float64: of the gradient graph against differences of the
+loss, and of the Hessian-vector product graph against differences of the gradient."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,11 +8,13 @@ from pathlib import Path
 import networkx as nx
 import numpy as np
 
-from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.passes.autodiff import hvp_graph, train_step
 from dlc.compiler.ir.dims import concrete, symbols
 from dlc.compiler.ir.graph import Graph
 from dlc.compiler.frontend.model import Model
+from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime.engines import interpreter
+from dlc.runtime.engines.native import Executable
 from dlc.runtime.data import vectors
 
 
@@ -123,9 +126,73 @@ def gradcheck(model: Model, feeds: dict, params: dict, eps: float = 1e-6, per_pa
             flat[i] = orig
             num.append((up - down) / (2 * eps))
             a.append(grad[i])
-        a, num = np.array(a), np.array(num)
-        max_abs = float(np.abs(a - num).max())
-        scale = max(np.abs(a).max(), np.abs(num).max())
-        rel = max_abs / scale if scale > noise else 0.0
-        results.append(ParamCheck(p.name, len(picks), max_abs, rel, rel < tolerance or max_abs < noise))
+        results.append(ParamCheck(p.name, len(picks), *_compared(np.array(a), np.array(num), tolerance, noise)))
     return results
+
+
+def _compared(analytic: np.ndarray, numeric: np.ndarray, tolerance: float, noise: float) -> tuple:
+    """(max_abs, rel, ok) of ParamCheck: it passes when its relative error is below the
+    tolerance or its largest absolute error under the noise of the differences."""
+    max_abs = float(np.abs(analytic - numeric).max(initial=0.0))
+    scale = max(np.abs(analytic).max(initial=0.0), np.abs(numeric).max(initial=0.0))
+    rel = max_abs / scale if scale > noise else 0.0
+    return max_abs, rel, rel < tolerance or max_abs < noise
+
+
+HVP_ENGINES = {"reference": "float64", "native": "float32"}
+
+
+@dataclass
+class HvpCheck(ParamCheck):
+    engine: str         # of HVP_ENGINES; `checked`: every entry
+
+
+def hvp_check(model: Model, feeds: dict, params: dict, eps: float = 1e-5, tolerance: float = 1e-6,
+              native_tolerance: float = 1e-4, seed: int = 0) -> list[HvpCheck]:
+    """Compare the Hessian-vector product graph (autodiff.hvp_graph), run by the reference
+    interpreter in float64 and compiled by the native engine (float32), with central
+    differences of the gradient along v, (grad(p + eps v) - grad(p - eps v)) / 2 eps, in
+    float64. v is random with norm 1 over all the trainable parameters: the step moves the
+    parameters by eps in all, so it rarely crosses a kink of ReLU or max pooling. A compile
+    error of the native engine (an op it cannot compile) is raised, located at the op.
+
+    A parameter passes on an engine when its relative error is below that engine's
+    tolerance or its largest absolute error is under the engine's noise: the round-off of
+    the differences, 1e-9 * max(1, largest gradient entry), for the reference; for the
+    native engine, float32's, `native_tolerance` * the largest entry of H v."""
+    trained = [p for p in model.params if p.trainable]
+    rng = np.random.default_rng(seed)
+    v = {p.name: rng.standard_normal(params[p.name].shape) for p in trained}
+    norm = np.sqrt(sum(float(np.sum(d * d)) for d in v.values())) or 1.0
+    directions = {f"v:{name}": d / norm for name, d in v.items()}
+    step = train_step(model.graph)
+
+    def gradient(sign: float) -> dict:
+        moved = {k: np.asarray(a, np.float64) + sign * eps * directions[f"v:{k}"] if f"v:{k}" in directions else a
+                 for k, a in params.items()}
+        return interpreter.run(step, feeds, moved, float_dtype="f64")
+    up, down = gradient(1.0), gradient(-1.0)
+    numeric = {p.name: (up[f"grad:{p.name}"] - down[f"grad:{p.name}"]) / (2 * eps) for p in trained}
+    graph = hvp_graph(model.graph)
+    try:
+        exe = Executable(graph)
+    except NotLowerable as e:      # at the user's line, not inside the standard library
+        raise NotLowerable.at_user_line(e.message, e.span) from None
+    arrays, sizes = exe.run({**feeds, **directions}, exe.given(params))
+    analytic = {"reference": interpreter.run(graph, {**feeds, **directions}, params, float_dtype="f64"),
+                "native": {f"hvp:{p.name}": exe.output(f"hvp:{p.name}", arrays, sizes) for p in trained}}
+    noise = {"reference": 1e-9 * max(1.0, _largest(up, "grad:")),
+             "native": native_tolerance * _largest(analytic["reference"], "hvp:")}
+    tolerances = {"reference": tolerance, "native": native_tolerance}
+    results = []
+    for p in trained:
+        for engine in HVP_ENGINES:
+            hvp = np.asarray(analytic[engine][f"hvp:{p.name}"], np.float64)
+            compared = _compared(hvp, numeric[p.name], tolerances[engine], noise[engine])
+            results.append(HvpCheck(p.name, hvp.size, *compared, engine))
+    return results
+
+
+def _largest(outputs: dict, prefix: str) -> float:
+    """The largest magnitude of an entry of the outputs whose names start with `prefix`."""
+    return max((float(np.abs(a).max(initial=0.0)) for k, a in outputs.items() if k.startswith(prefix)), default=0.0)
