@@ -181,6 +181,15 @@ class Kernel(ABC):
         (a scan's loop); None when it computes graph nodes itself."""
         return None
 
+    def runs(self, sizes: dict) -> int:
+        """How often each of its nested kernels runs per run of it (a scan's length)."""
+        return 1
+
+    def flops(self, sizes: dict) -> int | None:
+        """The floating-point operations of one run at these dim sizes, for a kernel that
+        contracts (a GEMM, a convolution: `dlc bench` gives its GFLOP/s); None for others."""
+        return None
+
 
 @dataclass
 class KernelProgram:

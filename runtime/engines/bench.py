@@ -6,9 +6,8 @@ import time
 import numpy as np
 
 from dlc.compiler.native import render
-from dlc.compiler.ir.dims import concrete, numel, symbols
+from dlc.compiler.ir.dims import symbols
 from dlc.compiler.frontend.loader import Program
-from dlc.compiler.native.kernels import GemmKernel, ScanKernel, SmallGemmKernel
 from dlc.runtime.training.settings import Call
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.native import NativeEngine
@@ -37,31 +36,48 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
         engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))
         times.append(time.perf_counter() - t)
     cycles = exe.cycles() / steps
-    top_level = sum(c for c, (_, depth) in zip(cycles, exe.profile) if depth == 0)
-    per_second = top_level / (sum(times) / steps) if top_level else 1.0
-    rows, trips = [], [1]     # trips: how often a kernel runs per step (the lengths of enclosing scans)
-    for (k, depth), c in zip(exe.profile, cycles):
-        seconds = c / per_second
-        del trips[depth + 1:]
-        flops = _gemm_flops(k, sizes)
-        if flops is not None:
-            flops *= trips[depth]
-        if isinstance(k, ScanKernel):
-            trips.append(trips[depth] * concrete(k.length, sizes))
-        rows.append((seconds, depth, type(k).__name__.replace("Kernel", "").lower(), render.source(k), flops))
     median = float(np.median(times))
+    rows, parents, trips = [], [], [1]      # trips: how often a kernel runs per step (its enclosing scans' lengths)
+    for (k, depth), c in zip(exe.profile, cycles):
+        del trips[depth + 1:]
+        flops = k.flops(sizes)
+        rows.append(dict(cycles=c, depth=depth, kind=k.family, where=render.source(k),
+                         flops=None if flops is None else flops * trips[depth]))
+        parents.append(next((i for i in range(len(rows) - 2, -1, -1) if rows[i]["depth"] < depth), None))
+        trips.append(trips[depth] * k.runs(sizes))
+    step_cycles = sum(r["cycles"] for r in rows if r["depth"] == 0) or 1.0
     lines = [f"native train step of {train.name}: median {median * 1e3:.3f} ms over {steps} steps "
              f"(sizes: {', '.join(f'{k}={v}' for k, v in sizes.items())}); compile {compile_s:.2f} s",
              _memory(exe),
              f"{'kernel':<24}{'source':<22}{'ms/step':>10}{'share':>8}{'GFLOP/s':>10}"]
-    ranked = sorted(range(len(rows)), key=lambda i: -rows[i][0])[:top]
-    for i in sorted(ranked):
-        seconds, depth, kind, where, flops = rows[i]
-        gflops = f"{flops / seconds / 1e9:.1f}" if flops and seconds > 0 else ""
-        lines.append(f"{'  ' * depth + f'{i} {kind}':<24}{where:<22}{seconds * 1e3:>10.3f}"
-                     f"{100 * seconds / median:>7.1f}%{gflops:>10}")
-    lines.append(f"(the {len(ranked)} slowest of {len(rows)} kernels; a scan's time includes its body's, indented)")
+
+    def show(i, shown):
+        r = rows[i]
+        share = r["cycles"] / step_cycles
+        seconds = share * median
+        gflops = f"{r['flops'] / seconds / 1e9:.1f}" if r["flops"] and seconds > 0 else ""
+        name = "  " * r["depth"] + f"{i} {r['kind']}"
+        lines.append(f"{name:<24}{r['where']:<22}{seconds * 1e3:>10.3f}"
+                     f"{100 * share:>7.1f}%{gflops:>10}")
+        shown.add(i)
+        for j in _slowest([j for j, p in enumerate(parents) if p == i], rows, top):
+            show(j, shown)
+
+    shown: set = set()
+    top_level = [i for i, r in enumerate(rows) if r["depth"] == 0]
+    for i in _slowest(top_level, rows, top):
+        show(i, shown)
+    rest = [i for i in top_level if i not in shown]
+    if rest:
+        share = sum(rows[i]["cycles"] for i in rest) / step_cycles
+        lines.append(f"{f'{len(rest)} others':<24}{'':<22}{share * median * 1e3:>10.3f}{100 * share:>7.1f}%")
+    lines.append(f"(slowest first, {len(shown)} of {len(rows)} kernels; the shares are of the step's kernel time, "
+                 f"whose median is the step's; a scan's share includes its body's, indented under it)")
     return "\n".join(lines)
+
+
+def _slowest(indices: list, rows: list, top: int) -> list:
+    return sorted(indices, key=lambda i: -rows[i]["cycles"])[:top]
 
 
 def _memory(exe) -> str:
@@ -70,8 +86,3 @@ def _memory(exe) -> str:
     mb = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
     return f"memory: temporaries {mb(plan.temp_bytes)} in a {mb(plan.arena)} arena"
 
-
-def _gemm_flops(k, sizes):
-    if not isinstance(k, (GemmKernel, SmallGemmKernel)):
-        return None
-    return 2 * numel([concrete(d, sizes) for d in (k.m, k.n, k.k, k.batch)])

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlc.compiler.ir.dims import numel
+from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.native import render
 from dlc.compiler.native.program import Kernel
 
@@ -35,6 +35,11 @@ class ConvKernel(Kernel):
     def channels(self):
         """The output's channels (O)."""
         return self.w_shape[1] if self.transposed else self.w_shape[0]
+
+    def flops(self, sizes: dict) -> int:
+        """Every output, input gradient or weight gradient element sums over the taps of
+        the others: one multiply-add per weight and output position."""
+        return 2 * numel(self.w_shape) * numel([concrete(self.x_shape[0], sizes), *self.out_hw])
 
     def text(self) -> list:
         what = f"b{self.x} * b{self.w}" if self.g is None else f"weight gradient of b{self.x} * w from b{self.g}"

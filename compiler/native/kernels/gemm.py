@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.native import render
 from dlc.compiler.native.program import Kernel
 
@@ -25,6 +26,9 @@ class GemmKernel(Kernel):
     packed: int | None = None
 
     calls_gemm = True
+
+    def flops(self, sizes: dict) -> int:
+        return 2 * numel([concrete(d, sizes) for d in (self.m, self.n, self.k, self.batch)])
 
     def text(self) -> list:
         packed = f" (packed in b{self.packed})" if self.packed is not None else ""

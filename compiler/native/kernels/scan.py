@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlc.compiler.ir.dims import concrete
 from dlc.compiler.native import render
 from dlc.compiler.native.program import Kernel
 
@@ -17,6 +18,9 @@ class ScanKernel(Kernel):
 
     def nested(self) -> list:
         return self.body
+
+    def runs(self, sizes: dict) -> int:
+        return concrete(self.length, sizes)
 
     def heading(self) -> str:
         return f"scan {self.var} in {self.length}{' reversed' if self.reverse else ''}"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.native import render
 from dlc.compiler.native.program import Kernel
 
@@ -24,6 +25,9 @@ class SmallGemmKernel(Kernel):
     c: tuple              # (buffer, offset, ld)
     partial: int          # buffer of parts * m * n
     parts: int
+
+    def flops(self, sizes: dict) -> int:
+        return 2 * numel([concrete(d, sizes) for d in (self.m, self.n, self.k, self.batch)])
 
     def text(self) -> list:
         return [f"small_gemm sum over {self.batch} of [{self.m} x {self.k}] @ [{self.k} x {self.n}]: "
