@@ -56,7 +56,7 @@ class Evaluator:
         self.rng_keys: dict = {}
         # which layer each forward node belongs to (named in build): the forward graph's nodes
         # [first, end) were made during a def call (innermost calls first) or a model statement
-        self.call_nodes: list = []         # (first, end, ParamScope of the call)
+        self.call_nodes: list = []         # (first, end, ParamScope of the call, call span)
         self.statement_nodes: list = []    # (first, end, binding name of the model statement)
 
     # -- errors --------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class Evaluator:
         parameters of the innermost call that made the node and names parameters (stage1.0.conv1),
         else the binding of the model statement that made it. Inputs belong to no layer."""
         layers: dict = {}
-        for first, end, scope in self.call_nodes:
+        for first, end, scope, _ in self.call_nodes:
             path = scope.layer()
             for n in range(first, end) if path else ():
                 layers.setdefault(n, path)
@@ -613,8 +613,11 @@ class Evaluator:
             return self.call_builtin(func, args, kwargs, span)
         if isinstance(func, Func):
             return self.call_def(func, args, kwargs, span)
-        what = f"'{func_expr.id}'" if isinstance(func_expr, A.Name) else "this"
-        self.fail(f"{what} is {describe(func)}, not a function", span)
+        name = func_expr.id if isinstance(func_expr, A.Name) else None
+        message = f"{repr(name) if name else 'this'} is {describe(func)}, not a function"
+        if isinstance(func, str) and self.globals.defines(func):        # act = "relu"
+            message += f"; a function is passed by its name, without quotes: {f'{name} = ' if name else ''}{func}"
+        self.fail(message, span)
 
     def call_builtin(self, func: Builtin, args, kwargs, span: Span):
         values = [v for v, _ in args]
@@ -669,17 +672,26 @@ class Evaluator:
         self.stack.append((decl, span))
         first = self.forward._next
         try:
-            result = self.block(decl.body, env, in_def=True)
+            with self.graph.at(span):       # the library's nodes remember this call (Span.caller)
+                result = self.block(decl.body, env, in_def=True)
         except DlcError as e:
             self.repoint(e, decl, span)
             raise
         finally:
             self.stack.pop()
-            self.call_nodes.append((first, self.forward._next, self.scope))
+            self.call_nodes.append((first, self.forward._next, self.scope, span))
             self.scope, self.label, self.repeat_index = saved_scope, saved_label, saved_repeat
         if result is None:
             self.fail(f"'{decl.name}' has no return", decl.span)
         return result
+
+    def made_by(self, t: Tensor) -> str | None:
+        """The def whose call in the user's program made a forward tensor (its node lies in
+        the call's nodes and the call is where the tensor was made), for notes: "by dense"."""
+        for first, end, scope, call in self.call_nodes:        # innermost calls end first
+            if t.graph is self.forward and first <= t.node < end and call == t.made_at:
+                return scope.defn.name
+        return None
 
     def repoint(self, e: DlcError, decl: A.Def, call_span: Span):
         """An error inside the standard library is reported at the user's call."""
@@ -898,7 +910,7 @@ def expr_text(e) -> str:
 
 
 def origin(t: Tensor) -> list:
-    return [(f"it is {t.type}, from here", t.span)] if t.span is not None else []
+    return [(f"it is {t.type}, from here", t.made_at)] if t.made_at is not None else []
 
 
 def _array_literal(v: tuple):

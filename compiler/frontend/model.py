@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dlc.compiler.frontend import syntax as A
-from dlc.compiler.errors import Span
+from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.ir.graph import Graph, TensorType
 
 
@@ -133,3 +133,8 @@ class Model:
 
     def input_names(self):
         return [i.name for i in self.inputs]
+
+    def require_loss(self, because: str):
+        """An error at the model unless it has a loss; `because` is what needs one."""
+        if "loss" not in self.graph.outputs:
+            raise DlcError(f"model {self.name} has no loss, so {because}: add a `loss ...` statement", self.span)
