@@ -19,7 +19,8 @@ from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
 from dlc.compiler.frontend.model import Model, ModelInput, ParamInfo, ParamScope
 from dlc.compiler.ir.primitives import slice_length
-from dlc.compiler.frontend.values import STATIC_OPS, Builtin, Env, Func, LITERALS, LoopIndex, describe, literal, static_binary
+from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, LoopIndex, Partial,
+                                         describe, literal, static_binary)
 
 INT_DTYPES = ("i32", "i64")
 
@@ -343,7 +344,7 @@ class Evaluator:
         try:
             with self.init.at(saved.span), self.init.at(s.span):      # under the user's call, as in the model
                 init = self.expr(s.init, env) if s.init is not None else self.globals.lookup("zeros")
-                if isinstance(init, (Func, Builtin)):
+                if isinstance(init, FUNCTIONS):
                     fan_in, fan_out = fans(typ.shape)
                     value = self.call(init, [(typ.shape, s.span), (fan_in, s.span), (fan_out, s.span)], {}, s.span)
                 elif isinstance(init, (int, float)) and not isinstance(init, bool):
@@ -473,6 +474,8 @@ class Evaluator:
         if isinstance(e, A.Call):
             func = self.expr(e.func, env)
             args, kwargs = self.arguments(e.args, env)
+            if not args and kwargs and first_argument(func) not in (None, *kwargs):
+                return self.partial(func, kwargs, e.span)
             return self.call(func, args, kwargs, e.span, e.func)
         if isinstance(e, A.Pipe):
             value = self.expr(e.value, env)
@@ -613,11 +616,30 @@ class Evaluator:
             return self.call_builtin(func, args, kwargs, span)
         if isinstance(func, Func):
             return self.call_def(func, args, kwargs, span)
+        if isinstance(func, Partial):
+            try:
+                return self.call(func.func, args, {**func.kwargs, **kwargs}, span)
+            except DlcError as e:
+                e.notes.append((f"{func.name} is partially applied here", func.span))
+                raise
         name = func_expr.id if isinstance(func_expr, A.Name) else None
         message = f"{repr(name) if name else 'this'} is {describe(func)}, not a function"
         if isinstance(func, str) and self.globals.defines(func):        # act = "relu"
             message += f"; a function is passed by its name, without quotes: {f'{name} = ' if name else ''}{func}"
         self.fail(message, span)
+
+    def partial(self, func, kwargs: dict, span: Span) -> Partial:
+        """`f(k = v, ...)` without f's first argument; its keywords are checked now."""
+        if isinstance(func, Partial):
+            return Partial(func.func, {**func.kwargs, **kwargs}, span)
+        if isinstance(func, Func):
+            self.check_keywords(func.decl, kwargs)
+        else:
+            try:
+                _signature(func.fn).bind_partial(self, None, **{k: v for k, (v, _) in kwargs.items()})
+            except TypeError as e:
+                self.fail(f"{func.name}: {str(e).replace('()', '')}", span)
+        return Partial(func, kwargs, span)
 
     def call_builtin(self, func: Builtin, args, kwargs, span: Span):
         values = [v for v, _ in args]
@@ -643,10 +665,8 @@ class Evaluator:
         if len(args) > len(names):
             self.fail(f"{decl.name} takes {len(names)} argument{'s' if len(names) != 1 else ''}, got {len(args)}",
                       span, [(f"'{decl.name}' is defined here", decl.span)])
+        self.check_keywords(decl, kwargs)
         for k, (_, kspan) in kwargs.items():
-            if k not in names:
-                self.fail(f"{decl.name} has no argument named '{k}'{did_you_mean(k, names)}",
-                          kspan, [(f"'{decl.name}' is defined here", decl.span)])
             if names.index(k) < len(args):
                 self.fail(f"{decl.name}: argument '{k}' given twice", kspan)
         env = func.env.child()
@@ -661,7 +681,12 @@ class Evaluator:
                 self.fail(f"{decl.name}: missing argument '{a.name}'", span,
                           [(f"'{decl.name}' is defined here", decl.span)])
             if isinstance(a.type, A.TensorType):
-                value = self.match_type(a.type, value, env, decl.name, a.name, vspan)
+                try:
+                    value = self.match_type(a.type, value, env, decl.name, a.name, vspan)
+                except DlcError as e:
+                    if a is not decl.args[0] or not args or isinstance(value, Tensor):
+                        raise
+                    raise DlcError(e.message + keyword_form(decl, args), e.span, e.notes) from None
             elif isinstance(a.type, A.StaticType):
                 self.check_static(a.type.kind, value, decl.name, a.name, vspan)
             env.vars[a.name] = value
@@ -693,6 +718,14 @@ class Evaluator:
                 return scope.defn.name
         return None
 
+    def check_keywords(self, decl: A.Def, kwargs: dict):
+        """Every keyword names an argument of decl (or is `name`, when decl has no argument so called)."""
+        names = [a.name for a in decl.args]
+        for k, (_, kspan) in kwargs.items():
+            if k not in names and k != "name":
+                self.fail(f"{decl.name} has no argument named '{k}'{did_you_mean(k, names)}",
+                          kspan, [(f"'{decl.name}' is defined here", decl.span)])
+
     def repoint(self, e: DlcError, decl: A.Def, call_span: Span):
         """An error inside the standard library is reported at the user's call."""
         if e.span is not None and e.span.file.startswith(STDLIB_PREFIX) and \
@@ -706,7 +739,7 @@ class Evaluator:
         ok = {"int": lambda v: isinstance(v, (int, Dim)) and not isinstance(v, bool),
               "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
               "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
-              "fn": lambda v: isinstance(v, (Func, Builtin)), "dim": lambda v: isinstance(v, (int, Dim)),
+              "fn": lambda v: isinstance(v, FUNCTIONS), "dim": lambda v: isinstance(v, (int, Dim)),
               "tuple": lambda v: isinstance(v, tuple)}[kind]
         if not ok(value):
             self.fail(f"{func}: argument '{arg}' must be {kind}, got {describe(value)}", span)
@@ -718,7 +751,7 @@ class Evaluator:
             value = self.lookup(e.value.id, env, e.value.span)   # a sequence: sliced, not captured whole
         else:
             value = self.expr(e.value, env)
-        if isinstance(value, (Func, Builtin)):      # zeros[B, units]: an initializer applied to a shape
+        if isinstance(value, FUNCTIONS):      # zeros[B, units]: an initializer applied to a shape
             shape = tuple(self.dim_value(s, e.span) for s in subs)
             fan_in, fan_out = fans(shape)
             return self.call(value, [(shape, e.span), (fan_in, e.span), (fan_out, e.span)], {}, e.span)
@@ -876,6 +909,32 @@ def check_def(decl: A.Def):
             rest = [d for d in a.type.dims if isinstance(d, A.AnyDims)]
             if len(rest) > 1:
                 raise DlcError("at most one '...' in a type", rest[1].span)
+
+
+def first_argument(func) -> str | None:
+    """The name of a function's first argument when it has no default: what a call with
+    keywords only leaves out, making a partial application (None: no such argument)."""
+    if isinstance(func, Partial):
+        return first_argument(func.func)
+    if isinstance(func, Func):
+        first = func.decl.args[0] if func.decl.args else None
+        return first.name if first is not None and first.default is None else None
+    if isinstance(func, Builtin):
+        first = next(iter(list(_signature(func.fn).parameters.values())[1:2]), None)
+        if first is not None and first.kind is first.POSITIONAL_OR_KEYWORD and first.default is first.empty:
+            return first.name
+    return None
+
+
+def keyword_form(decl: A.Def, args: list) -> str:
+    """For a call whose first positional argument is not the tensor decl's first argument
+    wants (`dense(64, relu)` where a function is meant): the partial application it may mean."""
+    names = [a.name for a in decl.args[1:]]
+    if len(args) > len(names):
+        return ""
+    given = ", ".join(f"{name} = {span.text() or '...'}" for name, (_, span) in zip(names, args))
+    return f"; to pass {decl.name} as a function with its first argument left out, give the others by name: " \
+           f"{decl.name}({given})"
 
 
 def fans(shape) -> tuple:

@@ -33,6 +33,23 @@ class Builtin:
 
 
 @dataclass
+class Partial:
+    """A partial application, `leaky_relu(alpha = 0.2)`: a function given keyword arguments
+    only, not its first argument. Calling it calls `func` with the call's arguments, then
+    these keywords (a keyword of the call wins)."""
+    func: Func | Builtin
+    kwargs: dict        # name -> (value, span)
+    span: Span          # where it was made
+
+    @property
+    def name(self):
+        return self.func.name
+
+
+FUNCTIONS = (Func, Builtin, Partial)
+
+
+@dataclass
 class LoopIndex:
     """The step variable of a scan; only valid as a direct index of a sequence."""
     body: Graph
@@ -87,6 +104,8 @@ def describe(v) -> str:
         return f"the string \"{v}\""
     if isinstance(v, tuple):
         return f"a tuple of {len(v)}"
+    if isinstance(v, Partial):
+        return f"the function {v.name}({', '.join(f'{k} = ...' for k in v.kwargs)})"
     if isinstance(v, (Func, Builtin)):
         return f"the function {v.name}"
     if v is None:
