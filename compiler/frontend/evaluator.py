@@ -19,8 +19,8 @@ from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
 from dlc.compiler.frontend.model import Model, ModelInput, ParamInfo, ParamScope
 from dlc.compiler.ir.primitives import slice_length
-from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, LoopIndex, Partial,
-                                         describe, literal, static_binary)
+from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, Layer, LoopIndex,
+                                         Partial, describe, literal, static_binary)
 
 INT_DTYPES = ("i32", "i64")
 
@@ -190,8 +190,10 @@ class Evaluator:
     def statement(self, s, env: Env, in_model, in_def, in_scan):
         if isinstance(s, A.Assign):
             self.label = self.label_for(s.targets[0])
+            calls = len(self.call_nodes)
             value = self.expr(s.value, env)
             self.bind_targets(s, value, env, in_model)
+            env.layers[s.targets[0]] = self.layers_since(calls)
         elif isinstance(s, A.ParamDecl):
             if in_scan:
                 self.fail("declare parameters outside the scan; the body can use them", s.span)
@@ -262,6 +264,7 @@ class Evaluator:
             if name in ("training", "params"):
                 self.fail(f"'{name}' is reserved", s.span)
             env.vars[name] = v
+            env.layers.pop(name, None)
             if in_model and isinstance(v, Tensor):
                 self.bindings.append((name, v.type, s.span))
 
@@ -296,6 +299,7 @@ class Evaluator:
         if key in g.outputs:
             self.fail(f"'{s.name}' is defined twice", s.span)
         self.label = s.name
+        calls = len(self.call_nodes)
         if isinstance(s, A.Output) and s.value is None:
             value = self.lookup(s.name, env, s.span)
         else:
@@ -308,6 +312,7 @@ class Evaluator:
         g.outputs[key] = t
         if isinstance(s, A.Output) and s.value is not None:
             env.vars[s.name] = t
+            env.layers[s.name] = self.layers_since(calls)
 
     # -- parameters ------------------------------------------------------------------------------------
     def declare_param(self, s: A.ParamDecl, env: Env) -> Tensor:
@@ -487,12 +492,7 @@ class Evaluator:
         if isinstance(e, A.Index):
             return self.index(e, env)
         if isinstance(e, A.Attribute):
-            v = self.expr(e.value, env)
-            if e.name == "shape" and isinstance(v, Tensor):
-                return v.shape
-            if e.name == "rank" and isinstance(v, Tensor):
-                return v.rank
-            self.fail(f"{describe(v)} has no attribute '{e.name}'", e.span)
+            return self.attribute(e, env)
         if isinstance(e, A.Scan):
             return self.scan(e, env)
         if isinstance(e, A.Slice):
@@ -505,15 +505,51 @@ class Evaluator:
                 self.fail("'training' is only known inside a model (a const is the same in both modes)", span)
             return self.training
         if name == "params":
-            root = self.graph
-            while root.parent is not None:
-                root = root.parent
-            return tuple(self.local(Tensor(root, node)) for node, _, _, trainable, _ in self.param_nodes if trainable)
+            return tuple(self.param_tensor(node) for node, _, _, trainable, _ in self.param_nodes if trainable)
         try:
             return env.lookup(name)
         except KeyError:
             pass
         self.fail(f"unknown name '{name}'{did_you_mean(name, env.visible_names())}", span)
+
+    def param_tensor(self, node: int) -> Tensor:
+        """A parameter (a node of the top-level graph), usable in the current graph."""
+        root = self.graph
+        while root.parent is not None:
+            root = root.parent
+        return self.local(Tensor(root, node))
+
+    # -- attributes: a tensor's shape and rank, a layer's parameters -----------------------------------------
+    def layers_since(self, calls: int) -> list:
+        """The calls with parameters made right under the current one since call_nodes
+        had `calls` entries: the layers of the statement's binding (`emb.W`)."""
+        made = [scope for _, _, scope, _ in self.call_nodes[calls:] if scope.parent is self.scope]
+        return [scope for scope in dict.fromkeys(made) if scope.owns_params()]
+
+    def attribute(self, e: A.Attribute, env: Env):
+        v = self.expr(e.value, env)
+        if e.name == "shape" and isinstance(v, Tensor):
+            return v.shape
+        if e.name == "rank" and isinstance(v, Tensor):
+            return v.rank
+        what = e.value.span.text() or "this"
+        if isinstance(v, Layer):
+            scope = v.scope
+        elif isinstance(v, Tensor) and isinstance(e.value, A.Name) and env.layers_of(e.value.id):
+            scopes = env.layers_of(e.value.id)
+            if len(scopes) > 1:
+                self.fail(f"'{what}' is made by {len(scopes)} calls with parameters; bind the one whose "
+                          f"'{e.name}' you mean to a name of its own", e.span)
+            scope = scopes[0]
+        else:
+            extra = "; a layer's parameters are named through the binding of its call, as in emb.W" \
+                if isinstance(v, Tensor) else ""
+            self.fail(f"{describe(v)} has no attribute '{e.name}'{extra}", e.span)
+        found = scope.member(e.name)
+        if found is None:
+            self.fail(f"the layer {what} has no parameter '{e.name}'{did_you_mean(e.name, scope.members())} "
+                      f"(it has: {', '.join(f'{what}.{m}' for m in scope.members())})", e.span)
+        return Layer(found, f"{what}.{e.name}") if isinstance(found, ParamScope) else self.param_tensor(found)
 
     def bool_tensor(self, v, span):
         t = self.tensor(v, span)

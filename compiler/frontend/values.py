@@ -56,16 +56,31 @@ class LoopIndex:
     name: str
 
 
+@dataclass
+class Layer:
+    """The parameters of one call of a def, named from outside: `h3.h` in `h3.h.W`."""
+    scope: object       # the call's model.ParamScope
+    path: str           # as written, for messages
+
+
 class Env:
     def __init__(self, parent: "Env | None" = None):
         self.vars: dict = {}
+        self.layers: dict = {}      # binding -> the ParamScopes of the calls with parameters that made it
         self.parent = parent
 
     def lookup(self, name: str):
+        return self._binding(name).vars[name]
+
+    def layers_of(self, name: str) -> list:
+        """The calls with parameters whose value the binding `name` holds (`emb.W`)."""
+        return self._binding(name).layers.get(name, [])
+
+    def _binding(self, name: str) -> "Env":
         env = self
         while env is not None:
             if name in env.vars:
-                return env.vars[name]
+                return env
             env = env.parent
         raise KeyError(name)
 
@@ -112,6 +127,8 @@ def describe(v) -> str:
         return "none"
     if isinstance(v, LoopIndex):
         return f"the scan step '{v.name}'"
+    if isinstance(v, Layer):
+        return f"the layer {v.path}"
     return type(v).__name__
 
 
