@@ -193,7 +193,7 @@ class Evaluator:
             calls = len(self.call_nodes)
             value = self.expr(s.value, env)
             self.bind_targets(s, value, env, in_model)
-            env.layers[s.targets[0]] = self.layers_since(calls)
+            env.layers[s.targets[0]] = self.layers_since(calls)     # for s.targets[0].W
         elif isinstance(s, A.ParamDecl):
             if in_scan:
                 self.fail("declare parameters outside the scan; the body can use them", s.span)
@@ -479,7 +479,8 @@ class Evaluator:
         if isinstance(e, A.Call):
             func = self.expr(e.func, env)
             args, kwargs = self.arguments(e.args, env)
-            if not args and kwargs and first_argument(func) not in (None, *kwargs):
+            first = first_argument(func)
+            if not args and kwargs and first is not None and first not in kwargs:
                 return self.partial(func, kwargs, e.span)
             return self.call(func, args, kwargs, e.span, e.func)
         if isinstance(e, A.Pipe):
@@ -956,9 +957,9 @@ def first_argument(func) -> str | None:
         first = func.decl.args[0] if func.decl.args else None
         return first.name if first is not None and first.default is None else None
     if isinstance(func, Builtin):
-        first = next(iter(list(_signature(func.fn).parameters.values())[1:2]), None)
-        if first is not None and first.kind is first.POSITIONAL_OR_KEYWORD and first.default is first.empty:
-            return first.name
+        params = list(_signature(func.fn).parameters.values())[1:]      # after the evaluator
+        if params and params[0].kind is params[0].POSITIONAL_OR_KEYWORD and params[0].default is params[0].empty:
+            return params[0].name
     return None
 
 
