@@ -53,6 +53,13 @@ class Span:
             return lines[self.line - 1]
         return None
 
+    def text(self) -> str | None:
+        """The source text of a span on one line (None for others)."""
+        line = self.source_line()
+        if line is None or self.end_line != self.line:
+            return None
+        return line[self.col - 1:self.end_col - 1]
+
 
 @functools.lru_cache(maxsize=1 << 16)
 def _with_caller(span: Span, caller: Span | None) -> Span:

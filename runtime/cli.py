@@ -158,14 +158,8 @@ def _graph_for(args, grad: bool):
     from dlc.compiler.passes import autodiff
     model = _build(args, training=not getattr(args, "eval", False))
     if grad:
-        _has_loss(model)
+        model.require_loss("it has no gradient graph")
     return autodiff.train_step(model.graph) if grad else model.graph
-
-
-def _has_loss(model):
-    from dlc.compiler.errors import DlcError
-    if "loss" not in model.graph.outputs:
-        raise DlcError(f"model {model.name} has no loss, so it has no gradient graph", model.span)
 
 
 def _render(g, fmt: str) -> str:
@@ -178,7 +172,7 @@ def cmd_graph(args):
         from dlc.compiler.graph_page import page
         model = _build(args, training=not args.eval)
         if args.grad:
-            _has_loss(model)
+            model.require_loss("it has no gradient graph")
         _write(page(model, "train_step" if args.grad else "forward"), args.output)
         return
     _write(_render(_graph_for(args, args.grad), args.format), args.output)
@@ -224,11 +218,9 @@ def cmd_compile(args):
 
 
 def cmd_gradcheck(args):
-    from dlc.compiler.errors import DlcError
     from dlc.runtime.training import gradcheck as gc
     model = _build(args, training=True)
-    if "loss" not in model.graph.outputs:
-        raise DlcError(f"model {model.name} has no loss, so there is no gradient to check", model.span)
+    model.require_loss("there is no gradient to check")
     sizes = gc.default_sizes(model, args.size)
     sizes.update(_dims(args.dim))
     params = gc.init_params(model, args.seed)

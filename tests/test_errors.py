@@ -63,7 +63,7 @@ BAD = [
             h = dense(x, 3
             output h
         }
-        """, 4, 5, "unexpected 'output'; expected ')'", "compile --emit ast"),
+        """, 3, 14, "'(' is never closed: a ')' is missing before 'output' on line 4", "compile --emit ast"),
     case("syntax_bad_character", """
         model m {
             input x: f32[B, 4]
@@ -75,7 +75,7 @@ BAD = [
         model m {
             input x: f32[B, 4]
             output x
-        """, 3, 13, "unexpected end of file"),
+        """, 1, 1, "'model m' is never closed: a '}' is missing at the end of the file"),
     case("syntax_keyword_as_name", """
         model m {
             input x: f32[B, 4]
@@ -1135,7 +1135,7 @@ def dlc_command() -> list:
 
 SUBPROCESS = [
     ("syntax_error", "model m {\n    input x: f32[B, 4]\n    h = dense(x, 3\n    output h\n}\n",
-     ["check"], 4, 5, "unexpected 'output'"),
+     ["check"], 3, 14, "'(' is never closed"),
     ("stdlib_misuse_points_at_user_line",
      "model m {\n    input x: f32[B, 4]\n    target y: f32[B, 4]\n    p = dense(x, 3)\n    loss mse(p, y)\n}\n",
      ["gradcheck"], 5, 10, "do not broadcast"),

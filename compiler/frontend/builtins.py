@@ -454,19 +454,35 @@ def _rank4(ev, x, what):
     return x
 
 
+def _windowed(ev, op, inputs, **attrs):
+    """A convolution or pooling node. When its input does not fit and looks channels-last
+    ([N, H, W, C] with C of 1 to 4, and more rows than that), the error says so."""
+    try:
+        return ev.graph.add1(op, inputs, **attrs)
+    except DlcError as e:
+        x = inputs[0]
+        n, a, b, c = x.shape
+        if isinstance(c, int) and c <= 4 and not (isinstance(a, int) and a <= c):
+            fix = f"declare the input {TensorType(x.dtype, (n, c, a, b))}" if x.graph.op(x.node) == "input" else \
+                "transpose(x, 0, 3, 1, 2) is its NCHW form"
+            raise DlcError(f"{e.message}; conv2d and pooling read NCHW ([N, C, H, W]), and {x.type} looks "
+                           f"channels-last ([N, H, W, C]): {fix}", e.span, e.notes) from None
+        raise
+
+
 @builtin()
 def convolution(ev, x, w, stride=1, padding=0):
     """2-D cross-correlation of x [N, C, H, W] with weights [O, C, kh, kw]."""
     x, w = _rank4(ev, x, "convolution"), _tensor(ev, w)
-    return ev.graph.add1("conv2d", list(ops.promote(x, w)), stride=_pair(ev, stride, "stride", 1),
-                         padding=_pair(ev, padding, "padding"))
+    return _windowed(ev, "conv2d", list(ops.promote(x, w)), stride=_pair(ev, stride, "stride", 1),
+                     padding=_pair(ev, padding, "padding"))
 
 
 def _pool(ev, op, x, kernel, stride, padding):
     x = _rank4(ev, x, op)
     kernel = _pair(ev, kernel, "kernel", 1)
     stride = kernel if stride is None else _pair(ev, stride, "stride", 1)
-    return ev.graph.add1(op, [x], kernel=kernel, stride=stride, padding=_pair(ev, padding, "padding"))
+    return _windowed(ev, op, [x], kernel=kernel, stride=stride, padding=_pair(ev, padding, "padding"))
 
 
 @builtin()
@@ -524,9 +540,14 @@ def type_of(ev, v):
 
 
 @builtin()
-def error(ev, message):
-    """Stop compiling with this message, reported at the user's call (for library checks)."""
-    _fail(ev, str(message))
+def error(ev, message, about=None):
+    """Stop compiling with this message, reported at the user's call (for library checks);
+    a tensor `about` gets a note where the user's program made it, and by which function."""
+    notes = []
+    if isinstance(about, Tensor) and about.made_at is not None:
+        maker = ev.made_by(about)
+        notes.append((f"{about.type} is made here" + (f", by {maker}" if maker else ""), about.made_at))
+    raise DlcError(str(message), ev.graph.span, notes)
 
 
 @builtin()

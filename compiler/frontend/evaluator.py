@@ -19,7 +19,8 @@ from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
 from dlc.compiler.frontend.model import Model, ModelInput, ParamInfo, ParamScope
 from dlc.compiler.ir.primitives import slice_length
-from dlc.compiler.frontend.values import STATIC_OPS, Builtin, Env, Func, LITERALS, LoopIndex, describe, literal, static_binary
+from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, Layer, LoopIndex,
+                                         Partial, describe, literal, static_binary)
 
 INT_DTYPES = ("i32", "i64")
 
@@ -56,7 +57,7 @@ class Evaluator:
         self.rng_keys: dict = {}
         # which layer each forward node belongs to (named in build): the forward graph's nodes
         # [first, end) were made during a def call (innermost calls first) or a model statement
-        self.call_nodes: list = []         # (first, end, ParamScope of the call)
+        self.call_nodes: list = []         # (first, end, ParamScope of the call, call span)
         self.statement_nodes: list = []    # (first, end, binding name of the model statement)
 
     # -- errors --------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ class Evaluator:
         parameters of the innermost call that made the node and names parameters (stage1.0.conv1),
         else the binding of the model statement that made it. Inputs belong to no layer."""
         layers: dict = {}
-        for first, end, scope in self.call_nodes:
+        for first, end, scope, _ in self.call_nodes:
             path = scope.layer()
             for n in range(first, end) if path else ():
                 layers.setdefault(n, path)
@@ -189,8 +190,10 @@ class Evaluator:
     def statement(self, s, env: Env, in_model, in_def, in_scan):
         if isinstance(s, A.Assign):
             self.label = self.label_for(s.targets[0])
+            calls = len(self.call_nodes)
             value = self.expr(s.value, env)
             self.bind_targets(s, value, env, in_model)
+            env.layers[s.targets[0]] = self.layers_since(calls)     # for s.targets[0].W
         elif isinstance(s, A.ParamDecl):
             if in_scan:
                 self.fail("declare parameters outside the scan; the body can use them", s.span)
@@ -261,6 +264,7 @@ class Evaluator:
             if name in ("training", "params"):
                 self.fail(f"'{name}' is reserved", s.span)
             env.vars[name] = v
+            env.layers.pop(name, None)
             if in_model and isinstance(v, Tensor):
                 self.bindings.append((name, v.type, s.span))
 
@@ -295,6 +299,7 @@ class Evaluator:
         if key in g.outputs:
             self.fail(f"'{s.name}' is defined twice", s.span)
         self.label = s.name
+        calls = len(self.call_nodes)
         if isinstance(s, A.Output) and s.value is None:
             value = self.lookup(s.name, env, s.span)
         else:
@@ -307,6 +312,7 @@ class Evaluator:
         g.outputs[key] = t
         if isinstance(s, A.Output) and s.value is not None:
             env.vars[s.name] = t
+            env.layers[s.name] = self.layers_since(calls)
 
     # -- parameters ------------------------------------------------------------------------------------
     def declare_param(self, s: A.ParamDecl, env: Env) -> Tensor:
@@ -343,7 +349,7 @@ class Evaluator:
         try:
             with self.init.at(saved.span), self.init.at(s.span):      # under the user's call, as in the model
                 init = self.expr(s.init, env) if s.init is not None else self.globals.lookup("zeros")
-                if isinstance(init, (Func, Builtin)):
+                if isinstance(init, FUNCTIONS):
                     fan_in, fan_out = fans(typ.shape)
                     value = self.call(init, [(typ.shape, s.span), (fan_in, s.span), (fan_out, s.span)], {}, s.span)
                 elif isinstance(init, (int, float)) and not isinstance(init, bool):
@@ -473,6 +479,9 @@ class Evaluator:
         if isinstance(e, A.Call):
             func = self.expr(e.func, env)
             args, kwargs = self.arguments(e.args, env)
+            first = first_argument(func)
+            if not args and kwargs and first is not None and first not in kwargs:
+                return self.partial(func, kwargs, e.span)
             return self.call(func, args, kwargs, e.span, e.func)
         if isinstance(e, A.Pipe):
             value = self.expr(e.value, env)
@@ -484,12 +493,7 @@ class Evaluator:
         if isinstance(e, A.Index):
             return self.index(e, env)
         if isinstance(e, A.Attribute):
-            v = self.expr(e.value, env)
-            if e.name == "shape" and isinstance(v, Tensor):
-                return v.shape
-            if e.name == "rank" and isinstance(v, Tensor):
-                return v.rank
-            self.fail(f"{describe(v)} has no attribute '{e.name}'", e.span)
+            return self.attribute(e, env)
         if isinstance(e, A.Scan):
             return self.scan(e, env)
         if isinstance(e, A.Slice):
@@ -502,15 +506,51 @@ class Evaluator:
                 self.fail("'training' is only known inside a model (a const is the same in both modes)", span)
             return self.training
         if name == "params":
-            root = self.graph
-            while root.parent is not None:
-                root = root.parent
-            return tuple(self.local(Tensor(root, node)) for node, _, _, trainable, _ in self.param_nodes if trainable)
+            return tuple(self.param_tensor(node) for node, _, _, trainable, _ in self.param_nodes if trainable)
         try:
             return env.lookup(name)
         except KeyError:
             pass
         self.fail(f"unknown name '{name}'{did_you_mean(name, env.visible_names())}", span)
+
+    def param_tensor(self, node: int) -> Tensor:
+        """A parameter (a node of the top-level graph), usable in the current graph."""
+        root = self.graph
+        while root.parent is not None:
+            root = root.parent
+        return self.local(Tensor(root, node))
+
+    # -- attributes: a tensor's shape and rank, a layer's parameters -----------------------------------------
+    def layers_since(self, calls: int) -> list:
+        """The calls with parameters made right under the current one since call_nodes
+        had `calls` entries: the layers of the statement's binding (`emb.W`)."""
+        made = [scope for _, _, scope, _ in self.call_nodes[calls:] if scope.parent is self.scope]
+        return [scope for scope in dict.fromkeys(made) if scope.owns_params()]
+
+    def attribute(self, e: A.Attribute, env: Env):
+        v = self.expr(e.value, env)
+        if e.name == "shape" and isinstance(v, Tensor):
+            return v.shape
+        if e.name == "rank" and isinstance(v, Tensor):
+            return v.rank
+        what = e.value.span.text() or "this"
+        if isinstance(v, Layer):
+            scope = v.scope
+        elif isinstance(v, Tensor) and isinstance(e.value, A.Name) and env.layers_of(e.value.id):
+            scopes = env.layers_of(e.value.id)
+            if len(scopes) > 1:
+                self.fail(f"'{what}' is made by {len(scopes)} calls with parameters; bind the one whose "
+                          f"'{e.name}' you mean to a name of its own", e.span)
+            scope = scopes[0]
+        else:
+            extra = "; a layer's parameters are named through the binding of its call, as in emb.W" \
+                if isinstance(v, Tensor) else ""
+            self.fail(f"{describe(v)} has no attribute '{e.name}'{extra}", e.span)
+        found = scope.member(e.name)
+        if found is None:
+            self.fail(f"the layer {what} has no parameter '{e.name}'{did_you_mean(e.name, scope.members())} "
+                      f"(it has: {', '.join(f'{what}.{m}' for m in scope.members())})", e.span)
+        return Layer(found, f"{what}.{e.name}") if isinstance(found, ParamScope) else self.param_tensor(found)
 
     def bool_tensor(self, v, span):
         t = self.tensor(v, span)
@@ -613,8 +653,30 @@ class Evaluator:
             return self.call_builtin(func, args, kwargs, span)
         if isinstance(func, Func):
             return self.call_def(func, args, kwargs, span)
-        what = f"'{func_expr.id}'" if isinstance(func_expr, A.Name) else "this"
-        self.fail(f"{what} is {describe(func)}, not a function", span)
+        if isinstance(func, Partial):
+            try:
+                return self.call(func.func, args, {**func.kwargs, **kwargs}, span)
+            except DlcError as e:
+                e.notes.append((f"{func.name} is partially applied here", func.span))
+                raise
+        name = func_expr.id if isinstance(func_expr, A.Name) else None
+        message = f"{repr(name) if name else 'this'} is {describe(func)}, not a function"
+        if isinstance(func, str) and self.globals.defines(func):        # act = "relu"
+            message += f"; a function is passed by its name, without quotes: {f'{name} = ' if name else ''}{func}"
+        self.fail(message, span)
+
+    def partial(self, func, kwargs: dict, span: Span) -> Partial:
+        """`f(k = v, ...)` without f's first argument; its keywords are checked now."""
+        if isinstance(func, Partial):
+            return Partial(func.func, {**func.kwargs, **kwargs}, span)
+        if isinstance(func, Func):
+            self.check_keywords(func.decl, kwargs)
+        else:
+            try:
+                _signature(func.fn).bind_partial(self, None, **{k: v for k, (v, _) in kwargs.items()})
+            except TypeError as e:
+                self.fail(f"{func.name}: {str(e).replace('()', '')}", span)
+        return Partial(func, kwargs, span)
 
     def call_builtin(self, func: Builtin, args, kwargs, span: Span):
         values = [v for v, _ in args]
@@ -640,10 +702,8 @@ class Evaluator:
         if len(args) > len(names):
             self.fail(f"{decl.name} takes {len(names)} argument{'s' if len(names) != 1 else ''}, got {len(args)}",
                       span, [(f"'{decl.name}' is defined here", decl.span)])
+        self.check_keywords(decl, kwargs)
         for k, (_, kspan) in kwargs.items():
-            if k not in names:
-                self.fail(f"{decl.name} has no argument named '{k}'{did_you_mean(k, names)}",
-                          kspan, [(f"'{decl.name}' is defined here", decl.span)])
             if names.index(k) < len(args):
                 self.fail(f"{decl.name}: argument '{k}' given twice", kspan)
         env = func.env.child()
@@ -658,7 +718,12 @@ class Evaluator:
                 self.fail(f"{decl.name}: missing argument '{a.name}'", span,
                           [(f"'{decl.name}' is defined here", decl.span)])
             if isinstance(a.type, A.TensorType):
-                value = self.match_type(a.type, value, env, decl.name, a.name, vspan)
+                try:
+                    value = self.match_type(a.type, value, env, decl.name, a.name, vspan)
+                except DlcError as e:
+                    if a is not decl.args[0] or not args or isinstance(value, Tensor):
+                        raise
+                    raise DlcError(e.message + keyword_form(decl, args), e.span, e.notes) from None
             elif isinstance(a.type, A.StaticType):
                 self.check_static(a.type.kind, value, decl.name, a.name, vspan)
             env.vars[a.name] = value
@@ -669,17 +734,34 @@ class Evaluator:
         self.stack.append((decl, span))
         first = self.forward._next
         try:
-            result = self.block(decl.body, env, in_def=True)
+            with self.graph.at(span):       # the library's nodes remember this call (Span.caller)
+                result = self.block(decl.body, env, in_def=True)
         except DlcError as e:
             self.repoint(e, decl, span)
             raise
         finally:
             self.stack.pop()
-            self.call_nodes.append((first, self.forward._next, self.scope))
+            self.call_nodes.append((first, self.forward._next, self.scope, span))
             self.scope, self.label, self.repeat_index = saved_scope, saved_label, saved_repeat
         if result is None:
             self.fail(f"'{decl.name}' has no return", decl.span)
         return result
+
+    def made_by(self, t: Tensor) -> str | None:
+        """The def whose call in the user's program made a forward tensor (its node lies in
+        the call's nodes and the call is where the tensor was made), for notes: "by dense"."""
+        for first, end, scope, call in self.call_nodes:        # innermost calls end first
+            if t.graph is self.forward and first <= t.node < end and call == t.made_at:
+                return scope.defn.name
+        return None
+
+    def check_keywords(self, decl: A.Def, kwargs: dict):
+        """Every keyword names an argument of decl (or is `name`, when decl has no argument so called)."""
+        names = [a.name for a in decl.args]
+        for k, (_, kspan) in kwargs.items():
+            if k not in names and k != "name":
+                self.fail(f"{decl.name} has no argument named '{k}'{did_you_mean(k, names)}",
+                          kspan, [(f"'{decl.name}' is defined here", decl.span)])
 
     def repoint(self, e: DlcError, decl: A.Def, call_span: Span):
         """An error inside the standard library is reported at the user's call."""
@@ -694,7 +776,7 @@ class Evaluator:
         ok = {"int": lambda v: isinstance(v, (int, Dim)) and not isinstance(v, bool),
               "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
               "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
-              "fn": lambda v: isinstance(v, (Func, Builtin)), "dim": lambda v: isinstance(v, (int, Dim)),
+              "fn": lambda v: isinstance(v, FUNCTIONS), "dim": lambda v: isinstance(v, (int, Dim)),
               "tuple": lambda v: isinstance(v, tuple)}[kind]
         if not ok(value):
             self.fail(f"{func}: argument '{arg}' must be {kind}, got {describe(value)}", span)
@@ -706,7 +788,7 @@ class Evaluator:
             value = self.lookup(e.value.id, env, e.value.span)   # a sequence: sliced, not captured whole
         else:
             value = self.expr(e.value, env)
-        if isinstance(value, (Func, Builtin)):      # zeros[B, units]: an initializer applied to a shape
+        if isinstance(value, FUNCTIONS):      # zeros[B, units]: an initializer applied to a shape
             shape = tuple(self.dim_value(s, e.span) for s in subs)
             fan_in, fan_out = fans(shape)
             return self.call(value, [(shape, e.span), (fan_in, e.span), (fan_out, e.span)], {}, e.span)
@@ -866,6 +948,32 @@ def check_def(decl: A.Def):
                 raise DlcError("at most one '...' in a type", rest[1].span)
 
 
+def first_argument(func) -> str | None:
+    """The name of a function's first argument when it has no default: what a call with
+    keywords only leaves out, making a partial application (None: no such argument)."""
+    if isinstance(func, Partial):
+        return first_argument(func.func)
+    if isinstance(func, Func):
+        first = func.decl.args[0] if func.decl.args else None
+        return first.name if first is not None and first.default is None else None
+    if isinstance(func, Builtin):
+        params = list(_signature(func.fn).parameters.values())[1:]      # after the evaluator
+        if params and params[0].kind is params[0].POSITIONAL_OR_KEYWORD and params[0].default is params[0].empty:
+            return params[0].name
+    return None
+
+
+def keyword_form(decl: A.Def, args: list) -> str:
+    """For a call whose first positional argument is not the tensor decl's first argument
+    wants (`dense(64, relu)` where a function is meant): the partial application it may mean."""
+    names = [a.name for a in decl.args[1:]]
+    if len(args) > len(names):
+        return ""
+    given = ", ".join(f"{name} = {span.text() or '...'}" for name, (_, span) in zip(names, args))
+    return f"; to pass {decl.name} as a function with its first argument left out, give the others by name: " \
+           f"{decl.name}({given})"
+
+
 def fans(shape) -> tuple:
     """fan_in, fan_out of a weight: dense [in, out]; conv [out, in, *kernel]."""
     if len(shape) == 0:
@@ -898,7 +1006,7 @@ def expr_text(e) -> str:
 
 
 def origin(t: Tensor) -> list:
-    return [(f"it is {t.type}, from here", t.span)] if t.span is not None else []
+    return [(f"it is {t.type}, from here", t.made_at)] if t.made_at is not None else []
 
 
 def _array_literal(v: tuple):

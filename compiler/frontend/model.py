@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dlc.compiler.frontend import syntax as A
-from dlc.compiler.errors import Span
+from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.ir.graph import Graph, TensorType
 
 
@@ -60,20 +60,38 @@ class ParamScope:
     def owns_params(self) -> bool:
         return bool(self.params) or any(c.owns_params() for c in self.children)
 
+    def named_children(self) -> dict[str, "ParamScope"]:
+        """The children that own parameters, by the segment of their names: the label, or,
+        for siblings sharing one, the label numbered (`h.0`, or `0` for the calls of a
+        return, whose label is ""); a lone child labelled "" adds no segment."""
+        groups: dict[str, list] = {}
+        for c in self.children:
+            if c.owns_params():
+                groups.setdefault(c.label, []).append(c)
+        return {label if len(members) == 1 else (f"{label}.{k}" if label else str(k)): c
+                for label, members in groups.items() for k, c in enumerate(members)}
+
     def assign_names(self, prefix: str, out: dict):
         """Number same-label siblings that own parameters; collect full names."""
         self.path = prefix
         for name, node in self.params.items():
             out[node] = f"{prefix}.{name}" if prefix else name
-        groups: dict[str, list] = {}
-        for c in self.children:
-            if c.owns_params():
-                groups.setdefault(c.label, []).append(c)
-        for label, members in groups.items():
-            for k, c in enumerate(members):
-                seg = label if len(members) == 1 else (f"{label}.{k}" if label else str(k))
-                path = ".".join(p for p in (prefix, seg) if p)
-                c.assign_names(path, out)
+        for seg, c in self.named_children().items():
+            c.assign_names(".".join(p for p in (prefix, seg) if p), out)
+
+    def member(self, name: str) -> "int | ParamScope | None":
+        """What `name` names right under this node, as the full names read: a parameter
+        (its node) or a call's node (`h3.h`); a lone child labelled "" is looked through."""
+        children = self.named_children()
+        if name in self.params or name in children:
+            return self.params.get(name, children.get(name))
+        return children[""].member(name) if "" in children else None
+
+    def members(self) -> list[str]:
+        """The names `member` knows, for an error that lists them."""
+        children = self.named_children()
+        return list(self.params) + [seg for seg in children if seg] + \
+            (children[""].members() if "" in children else [])
 
     def layer(self) -> str:
         """The layer of the nodes a call makes: the name prefix of its parameters, or of the
@@ -133,3 +151,8 @@ class Model:
 
     def input_names(self):
         return [i.name for i in self.inputs]
+
+    def require_loss(self, because: str):
+        """An error at the model unless it has a loss; `because` is what needs one."""
+        if "loss" not in self.graph.outputs:
+            raise DlcError(f"model {self.name} has no loss, so {because}: add a `loss ...` statement", self.span)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from functools import lru_cache
@@ -500,19 +501,87 @@ def parse(text: str, filename: str = "<input>", start: str = "start") -> Module:
     except UnexpectedCharacters as e:
         raise DlcError(f"unexpected character {text[e.pos_in_stream]!r}", Span(filename, e.line, e.column)) from None
     except UnexpectedEOF as e:
-        raise DlcError(f"unexpected end of file; expected {_describe(e.expected)}", _end_span(filename, text)) from None
+        raise _unexpected(text, filename, None, e.expected) from None
     except UnexpectedToken as e:
-        tok = e.token
-        if tok.type == "$END":
-            raise DlcError(f"unexpected end of file; expected {_describe(e.expected)}", _end_span(filename, text)) from None
-        raise DlcError(f"unexpected {tok.value!r}; expected {_describe(e.expected)}",
-                       _token_span(filename, tok)) from None
+        raise _unexpected(text, filename, None if e.token.type == "$END" else e.token, e.expected) from None
     except UnexpectedInput as e:  # pragma: no cover - other lark input errors
         raise DlcError(f"syntax error: {e}", Span(filename, e.line, e.column)) from None
     try:
         return _ToAst(filename).transform(tree)
     except VisitError as e:
         raise e.orig_exc from None
+
+
+# ---- syntax errors that say what to do ------------------------------------------------------------
+# the statements a keyword starts, for `loss = ...` and the like (a keyword is not a name)
+STATEMENT_FORMS = {
+    "input": "input NAME: TYPE", "target": "target NAME: TYPE", "output": "output NAME = EXPR",
+    "loss": "loss EXPR", "metric": "metric NAME = EXPR", "param": "param NAME: TYPE = INIT",
+    "state": "state NAME: TYPE = INIT", "update": "update NAME = EXPR", "return": "return EXPR",
+    "yield": "yield EXPR",
+}
+_CLOSERS = {"(": (")", "RPAR"), "[": ("]", "RSQB"), "{": ("}", "RBRACE")}
+
+
+def _unexpected(text: str, filename: str, tok: Token | None, expected) -> DlcError:
+    """The error for an unexpected token (None: the end of the file). An opening bracket the
+    parser could have closed there, on an earlier line, is the mistake: the error is at it.
+    A statement keyword followed by '=' (`loss = ...`) is told its statement's form."""
+    where = "at the end of the file" if tok is None else f"before {tok.value!r} on line {tok.line}"
+    opened = _open_brackets(text, len(text) if tok is None else tok.start_pos)
+    if opened:
+        pos = opened[-1]
+        closer, closer_token = _CLOSERS[text[pos]]
+        line, col = _line_col(text, pos)
+        starts_line = tok is None or not text[:tok.start_pos].rsplit("\n", 1)[-1].strip()
+        if closer_token in expected and starts_line and (tok is None or line < tok.line):
+            stop = [(f"expected {closer!r} here", _end_span(filename, text) if tok is None else
+                     _token_span(filename, tok))]
+            if text[pos] != "{":
+                return DlcError(f"{text[pos]!r} is never closed: a {closer!r} is missing {where}",
+                                Span(filename, line, col, line, col + 1), stop)
+            header = text[:pos].rsplit("\n", 1)[-1].rsplit("}", 1)[-1]
+            first = col - len(header.lstrip())
+            what = f"'{header.strip()}'" if header.strip() else "this '{'"
+            return DlcError(f"{what} is never closed: a '}}' is missing {where}",
+                            Span(filename, line, first, line, col + 1), stop)
+    if tok is None:
+        return DlcError(f"unexpected end of file; expected {_describe(expected)}", _end_span(filename, text))
+    keyword = re.search(r"([A-Za-z_]\w*)\s*$", text[:tok.start_pos])
+    if tok.type == "EQUAL" and keyword and keyword.group(1) in STATEMENT_FORMS:
+        word = keyword.group(1)
+        if word == "loss":
+            rest = text[tok.end_pos:].split("\n", 1)[0].split("#", 1)[0].strip()
+            hint = f"the loss statement has no '=': write `loss {rest or 'EXPR'}`"
+        else:
+            hint = (f"'{word}' starts a statement, `{STATEMENT_FORMS[word]}`, and cannot be assigned: write that "
+                    "statement, or choose another name")
+        return DlcError(f"unexpected '='; {hint}", _token_span(filename, tok))
+    return DlcError(f"unexpected {tok.value!r}; expected {_describe(expected)}", _token_span(filename, tok))
+
+
+def _open_brackets(text: str, end: int) -> list[int]:
+    """The offsets of the brackets still open at `end`, outermost first (in comments and
+    strings nothing counts)."""
+    stack, i = [], 0
+    while i < end:
+        ch = text[i]
+        if ch == "#":
+            i = text.find("\n", i)
+            i = end if i < 0 else i
+        elif ch == '"':
+            close = text.find('"', i + 1)
+            i = end if close < 0 else close
+        elif ch in _CLOSERS:
+            stack.append(i)
+        elif ch in ")]}" and stack and _CLOSERS[text[stack[-1]]][0] == ch:
+            stack.pop()
+        i += 1
+    return stack
+
+
+def _line_col(text: str, pos: int) -> tuple[int, int]:
+    return text.count("\n", 0, pos) + 1, pos - (text.rfind("\n", 0, pos) + 1) + 1
 
 
 def _end_span(filename: str, text: str) -> Span:

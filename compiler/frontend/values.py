@@ -33,22 +33,54 @@ class Builtin:
 
 
 @dataclass
+class Partial:
+    """A partial application, `leaky_relu(alpha = 0.2)`: a function given keyword arguments
+    only, not its first argument. Calling it calls `func` with the call's arguments, then
+    these keywords (a keyword of the call wins)."""
+    func: Func | Builtin
+    kwargs: dict        # name -> (value, span)
+    span: Span          # where it was made
+
+    @property
+    def name(self):
+        return self.func.name
+
+
+FUNCTIONS = (Func, Builtin, Partial)
+
+
+@dataclass
 class LoopIndex:
     """The step variable of a scan; only valid as a direct index of a sequence."""
     body: Graph
     name: str
 
 
+@dataclass
+class Layer:
+    """The parameters of one call of a def, named from outside: `h3.h` in `h3.h.W`."""
+    scope: object       # the call's model.ParamScope
+    path: str           # as written, for messages
+
+
 class Env:
     def __init__(self, parent: "Env | None" = None):
         self.vars: dict = {}
+        self.layers: dict = {}      # binding -> the ParamScopes of the calls with parameters that made it
         self.parent = parent
 
     def lookup(self, name: str):
+        return self._binding(name).vars[name]
+
+    def layers_of(self, name: str) -> list:
+        """The calls with parameters whose value the binding `name` holds (`emb.W`)."""
+        return self._binding(name).layers.get(name, [])
+
+    def _binding(self, name: str) -> "Env":
         env = self
         while env is not None:
             if name in env.vars:
-                return env.vars[name]
+                return env
             env = env.parent
         raise KeyError(name)
 
@@ -87,12 +119,16 @@ def describe(v) -> str:
         return f"the string \"{v}\""
     if isinstance(v, tuple):
         return f"a tuple of {len(v)}"
+    if isinstance(v, Partial):
+        return f"the function {v.name}({', '.join(f'{k} = ...' for k in v.kwargs)})"
     if isinstance(v, (Func, Builtin)):
         return f"the function {v.name}"
     if v is None:
         return "none"
     if isinstance(v, LoopIndex):
         return f"the scan step '{v.name}'"
+    if isinstance(v, Layer):
+        return f"the layer {v.path}"
     return type(v).__name__
 
 

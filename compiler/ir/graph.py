@@ -152,6 +152,13 @@ class Tensor:
     def span(self) -> Span | None:
         return self.graph.g.nodes[self.node]["span"]
 
+    @property
+    def made_at(self) -> Span | None:
+        """Where the user's program made this tensor, for notes: its node's span, or for a
+        node of the standard library, the user's call that led there."""
+        span = self.span
+        return span if span is None or span.caller is None else span.caller
+
     def key(self):
         return (self.node, self.out)
 
@@ -247,8 +254,8 @@ class Graph:
             types = prim.infer(Infer(self, op), [t.type for t in inputs], **attrs)
         except DlcError as e:
             if not e.notes:
-                e.notes = [(f"operand {i + 1} is {t.type}, from here", t.span)
-                           for i, t in enumerate(inputs) if t.span is not None and t.span != e.span]
+                e.notes = [(f"operand {i + 1} is {t.type}, from here", t.made_at)
+                           for i, t in enumerate(inputs) if t.made_at is not None and t.made_at != e.span]
             raise
         for t in types:
             if any(isinstance(d, int) and d <= 0 for d in t.shape):

@@ -88,8 +88,8 @@ def _operands(*xs) -> list[Tensor]:
     try:
         shape = broadcast_shapes(graph, *[t.shape for t in ts])
     except DlcError as e:
-        e.notes += [(f"operand {i + 1} is {t.type}, from here", t.span) for i, t in enumerate(ts)
-                    if t.span is not None and t.span != e.span and t.graph.op(t.node) != "constant"]
+        e.notes += [(f"operand {i + 1} is {t.type}, from here", t.made_at) for i, t in enumerate(ts)
+                    if t.made_at is not None and t.made_at != e.span and t.graph.op(t.node) != "constant"]
         raise
     return [broadcast_to(t, shape) for t in ts]
 
@@ -265,8 +265,8 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
 
 
 def _origin(*xs: Tensor) -> list:
-    return [(f"operand {i + 1} is {x.type}, from here", x.span) for i, x in enumerate(xs)
-            if x.span is not None and x.span != x.graph.span]
+    return [(f"operand {i + 1} is {x.type}, from here", x.made_at) for i, x in enumerate(xs)
+            if x.made_at is not None and x.made_at != x.graph.span]
 
 
 def one_hot(idx: Tensor, n: int, dtype: str = "f32") -> Tensor:

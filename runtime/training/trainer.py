@@ -102,6 +102,7 @@ class Trainer:
         TensorBoard event files (runtime/training/tensorboard.py)."""
         self.program, self.backend = program, backend
         self.train_model = program.build(model_name, training=True)
+        self.train_model.require_loss("there is nothing to train")
         self.eval_model = program.build(model_name, training=False)
         self.name = self.train_model.name
         self.cfg = make_config(program, self.name, overrides, model=self.train_model)
