@@ -87,8 +87,8 @@ def scan_along(n: Node, shape, axis: int, op: str, steps: bool, exclusive=False,
     return f"{head}\n    s = s {op} {piece}\n    yield s\n}}"
 
 
-# the ONNX activations a layer takes as its `act`: the library's relu, and the primitives
-# both name (by their records)
+# the ONNX activations a layer absorbs as its `act`, by their .dl names: the library's relu,
+# and the builtins of the primitives that compute Tanh and Sigmoid (their records name both)
 ACTIVATIONS = {"Relu": "relu", **{p.onnx: p.builtin for p in PRIMITIVES.values() if p.onnx in ("Tanh", "Sigmoid")}}
 _LAYER_SUFFIX = re.compile(r"[._/:]?(weight|bias|W|B|kernel|w|b)$")
 
