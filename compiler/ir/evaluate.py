@@ -2,8 +2,8 @@
 
 `Eval` is what an impl may ask for while it computes, as `Infer` is for a type rule. The
 reference interpreter runs whole graphs with one (runtime/engines/interpreter.py); constant
-folding (compiler/passes/optimize.py), the static builtins (compiler/frontend/builtins.py)
-and ONNX export compute single nodes with the default one, whose floats are float64.
+folding (compiler/passes/optimize.py) and the static builtins (compiler/frontend/builtins.py)
+compute single nodes with the default one, in float64, and ONNX export a constant `iota`.
 """
 from __future__ import annotations
 
