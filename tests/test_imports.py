@@ -1,7 +1,10 @@
-"""The package's modules import one another without cycles.
+"""The package's modules import one another without cycles, and the compiler never imports
+the runtime.
 
-Only module-level imports count: an import inside a function runs when it is called, so
-it cannot take part in a cycle at import time.
+An import inside a function counts as one at the top: it runs later, but the two modules
+still need each other. The one exception is the package's root: `dlc.load` is the entry
+point that reaches the runtime's API when called, and every module, whose import first runs
+the root, would otherwise be in a cycle with it.
 """
 from __future__ import annotations
 
@@ -26,22 +29,28 @@ def module_files() -> dict:
     return files
 
 
+def import_statements(name: str, path: Path) -> list:
+    """The import statements of a module: all of them, those inside functions too, but for
+    the package's root, whose own are at the top."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    statements = tree.body if name == "dlc" else ast.walk(tree)
+    return [s for s in statements if isinstance(s, (ast.Import, ast.ImportFrom))]
+
+
 def imported_modules(name: str, path: Path, modules: set) -> set:
-    """The dlc modules that a module's top-level statements import."""
+    """The dlc modules that a module imports."""
     is_package = path.name == "__init__.py"
     out = set()
-    for stmt in ast.parse(path.read_text(encoding="utf-8")).body:
+    for stmt in import_statements(name, path):
         if isinstance(stmt, ast.Import):
             targets = [a.name for a in stmt.names]
-        elif isinstance(stmt, ast.ImportFrom):
+        else:
             base = stmt.module or ""
             if stmt.level:
                 anchor = name.split(".")[: len(name.split(".")) - stmt.level + is_package]
                 base = ".".join(anchor + ([base] if base else []))
             # `from pkg import mod` imports the module pkg.mod; `from mod import f` only mod
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in stmt.names]
-        else:
-            continue
         for target in targets:
             while target and target not in modules:     # `import dlc.x.y.z` of a name: its module
                 target = target.rpartition(".")[0]
@@ -67,9 +76,17 @@ def test_the_import_graph_covers_the_package():
     assert "dlc.compiler.native.lower" in graph
     assert ("dlc.runtime.training.inputs", "dlc.runtime.data.registry") in graph.edges      # absolute
     assert ("dlc.compiler.passes.optimize", "dlc.compiler.ir.graph") in graph.edges    # relative
+    assert ("dlc.compiler.ir.scan", "dlc.compiler.frontend.summary") in graph.edges    # inside a function
 
 
 def test_no_import_cycles():
     graph = import_graph()
     cycles = list(nx.simple_cycles(graph))
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c + [c[0]]) for c in sorted(cycles, key=len)[:20])
+
+
+def test_the_compiler_never_imports_the_runtime():
+    graph = import_graph()
+    found = sorted((a, b) for a, b in graph.edges
+                   if a.startswith("dlc.compiler.") and b.split(".")[:2] == ["dlc", "runtime"])
+    assert not found, "the compiler imports the runtime:\n" + "\n".join(f"{a} -> {b}" for a, b in found)

@@ -354,11 +354,12 @@ def test_a_node_whose_values_a_rule_cannot_read_is_refused_where_it_is(tmp_path,
     """A rule that meets values it does not handle (a TypeError, say, from symbolic dims in
     an input it reads as numbers) refuses the node with its name, op and opset: never an
     internal error."""
-    import dlc.compiler.onnx.rules as ops
+    from dlc.compiler.onnx.node import Rule
+    from dlc.compiler.onnx.rules import RULES
 
     def confused(node):
         raise TypeError("slice indices must be integers")
-    monkeypatch.setitem(ops.RULES, "Relu", ops.Rule(confused))
+    monkeypatch.setitem(RULES, "Relu", Rule(confused))
     monkeypatch.delenv("DLC_DEBUG", raising=False)
     path = save(tmp_path, "relu", [h.make_node("Relu", ["x"], ["y"], name="act")],
                 [h.make_tensor_value_info("x", F, [2, 5])], [h.make_tensor_value_info("y", F, [2, 5])])

@@ -15,7 +15,7 @@ from dlc.compiler.passes import optimize as passes
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.ir.dims import Dim
 from dlc.compiler.frontend.loader import load
-from dlc.compiler.ir.graph import Graph, TensorType, to_text
+from dlc.compiler.ir.graph import Graph, TensorType, nested_graphs, to_text
 from dlc.runtime.engines import interpreter
 from dlc.runtime.cli import main, parser
 from dlc.runtime.training.gradcheck import sample_inputs
@@ -28,7 +28,7 @@ B = Dim.sym("B")
 
 def counts(graph: Graph) -> Counter:
     """Ops of the graph and of every scan body in it."""
-    return Counter(g.op(n) for g in passes._graphs(graph) for n in g.g.nodes)
+    return Counter(g.op(n) for g in nested_graphs(graph) for n in g.g.nodes)
 
 
 def step_of(path) -> tuple:

@@ -1,9 +1,7 @@
 """The primitive records are complete: every primitive has a native lowering rule, every
 elementwise one a scalar rule for each dtype class its type rule accepts (and no rule for
-one it refuses), and the compiler's modules import one another without cycles."""
-import ast
-from pathlib import Path
-
+one it refuses). (tests/test_imports.py checks that the modules import one another without
+cycles.)"""
 import pytest
 
 from dlc.compiler.errors import DlcError
@@ -12,7 +10,6 @@ from dlc.compiler.native.lower import lowering_rule
 from dlc.compiler.native.scalar import EMIT
 from dlc.compiler.ir.primitives import PRIMITIVES
 
-COMPILER = Path(__file__).parent.parent / "compiler"
 CLASS = {"f32": "float", "f64": "float", "i32": "int", "i64": "int", "bool": "bool"}
 
 
@@ -54,44 +51,3 @@ def test_the_type_rule_accepts_exactly_the_record_dtypes(prim):
         except DlcError:
             accepted = False
         assert accepted == (dtype in prim.dtypes), (prim.name, dtype)
-
-
-# ---- no import cycles among the compiler's modules ---------------------------------------------------
-def module_imports() -> dict:
-    """Module name (relative to the dlc package) -> the modules it imports at module level."""
-    modules = {}
-    for path in COMPILER.rglob("*.py"):
-        parts = list(path.relative_to(COMPILER.parent).with_suffix("").parts)
-        package = parts[:-1] if parts[-1] != "__init__" else parts[:-1]
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        deps = set()
-        for stmt in ast.parse(path.read_text()).body:
-            if isinstance(stmt, ast.ImportFrom) and stmt.level:
-                base = package[:len(package) - stmt.level + 1]
-                target = base + (stmt.module.split(".") if stmt.module else [])
-                deps.add(".".join(target))
-                for alias in stmt.names:        # `from . import ops`: the module ops
-                    deps.add(".".join(target + [alias.name]))
-            elif isinstance(stmt, ast.ImportFrom) and stmt.module and stmt.module.startswith("dlc."):
-                deps.add(stmt.module[4:])
-        modules[name] = deps
-    return {m: {d for d in deps if d in modules and d != m} for m, deps in modules.items()}
-
-
-def test_no_module_level_import_cycle_in_the_compiler():
-    graph = module_imports()
-    assert "compiler.ir.primitives" in graph and "compiler.native.lower" in graph
-    done, path = set(), []
-
-    def visit(m):
-        if m in path:
-            raise AssertionError("import cycle: " + " -> ".join(path[path.index(m):] + [m]))
-        if m in done:
-            return
-        path.append(m)
-        for d in sorted(graph[m]):
-            visit(d)
-        path.pop()
-        done.add(m)
-    for m in sorted(graph):
-        visit(m)

@@ -12,7 +12,9 @@ import numpy as np
 from dlc.compiler.ir import ops
 from dlc.compiler.ir.dims import Dim, exact_div, numel
 from dlc.compiler.errors import DlcError
-from dlc.compiler.ir.graph import Tensor, TensorType
+from dlc.compiler.ir.evaluate import Eval
+from dlc.compiler.ir.graph import DTYPES, Tensor, TensorType
+from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.frontend.syntax import INT_MAX
 from dlc.compiler.frontend.values import Builtin, describe, static_binary
 
@@ -69,25 +71,23 @@ def _shape(ev, dims, infer=False) -> tuple:
 
 
 # ---- elementwise math: static on numbers, primitives on tensors -----------------------------
-_UNARY = {"exp": ("exp", math.exp), "expm1": ("expm1", math.expm1), "log": ("log", math.log),
-          "log1p": ("log1p", math.log1p), "tanh": ("tanh", math.tanh), "sigmoid": ("logistic", lambda v: 1 / (1 + math.exp(-v))),
-          "sqrt": ("sqrt", math.sqrt), "abs": ("abs", abs), "sign": ("sign", lambda v: float(np.sign(v))),
-          "sin": ("sin", math.sin), "cos": ("cos", math.cos), "erf": ("erf", math.erf)}
-
-
-def _make_unary(name, prim, static):
+def _unary(prim):
+    """The builtin of a primitive of one operand: on a number, the primitive's own numpy
+    reference computes it now, in float64 (the tensor op's numerics, overflow and all)."""
     def fn(ev, x):
         if isinstance(x, (int, float)) and not isinstance(x, bool):
-            try:
-                return static(x)
-            except (ValueError, OverflowError):
-                _fail(ev, f"{name}({x}) is undefined")
-        return ops.unary(prim, _tensor(ev, x))
-    BUILTINS[name] = Builtin(name, fn)
+            with np.errstate(all="ignore"):
+                v = float(prim.impl(Eval(), [np.asarray(x, np.float64)])[0])
+            if not math.isfinite(v):
+                _fail(ev, f"{prim.builtin}({x}) is undefined")
+            return v
+        return ops.unary(prim.name, _tensor(ev, x))
+    BUILTINS[prim.builtin] = Builtin(prim.builtin, fn)
 
 
-for _name, (_prim, _static) in _UNARY.items():
-    _make_unary(_name, _prim, _static)
+for _prim in PRIMITIVES.values():
+    if _prim.builtin is not None and _prim.arity == 1:
+        _unary(_prim)
 
 
 def _extremum(ev, name, a, b):
@@ -156,8 +156,8 @@ def int_(ev, x):
 
 @builtin()
 def cast(ev, x, dtype: str):
-    if dtype not in ("f32", "f64", "i32", "i64", "bool"):
-        _fail(ev, f"unknown dtype \"{dtype}\" (f32, f64, i32, i64, bool)")
+    if dtype not in DTYPES:
+        _fail(ev, f"unknown dtype \"{dtype}\" ({', '.join(DTYPES)})")
     return ops.cast(_tensor(ev, x), dtype)
 
 

@@ -18,7 +18,7 @@ from dlc.compiler.ir.dims import Dim, is_dim, numel
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
 from dlc.compiler.frontend.model import Model, ModelInput, ParamInfo, ParamScope
-from dlc.compiler.ir.primitives import slice_length
+from dlc.compiler.ir.primitives import PRIMITIVES, slice_length
 from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, Layer, LoopIndex,
                                          Partial, describe, literal, static_binary)
 
@@ -556,8 +556,8 @@ class Evaluator:
         t = self.tensor(v, span)
         return t if t.dtype == "bool" else ops.compare("ne", t, 0)
 
-    _TENSOR_OPS = {"+": "add", "-": "sub", "*": "mul", "/": "div", "//": "div", "%": "mod", "^": "pow",
-                   "==": "eq", "!=": "ne", "<": "lt", "<=": "le", ">": "gt", ">=": "ge"}
+    # each binary operator's primitive (// is div on integers)
+    _TENSOR_OPS = {p.operator: p.name for p in PRIMITIVES.values() if p.operator is not None and p.arity == 2}
 
     def binary(self, e: A.Binary, env: Env):
         a = self.expr(e.left, env)
@@ -572,10 +572,9 @@ class Evaluator:
         if e.op in ("==", "!=") and (a is None or b is None):
             return (a is b) == (e.op == "==")
         if e.op in ("and", "or"):
-            name = "logical_and" if e.op == "and" else "logical_or"
             x, y = self.bool_tensor(a, e.left.span), self.bool_tensor(b, e.right.span)
             shape = ops.broadcast_shapes(self.graph, x.shape, y.shape)
-            return self.graph.add1(name, [ops.broadcast_to(x, shape), ops.broadcast_to(y, shape)])
+            return self.graph.add1(self._TENSOR_OPS[e.op], [ops.broadcast_to(x, shape), ops.broadcast_to(y, shape)])
         if e.op == "@":
             if not isinstance(a, Tensor) or not isinstance(b, Tensor):
                 self.fail(f"@ needs two tensors, got {describe(a)} and {describe(b)}", e.span)
@@ -596,7 +595,7 @@ class Evaluator:
                 a = ops.cast(a, "f32")
             if e.op == "//" and any(isinstance(v, Tensor) and v.type.is_float for v in (a, b)):
                 self.fail("// is integer division; use / for floats", e.span)
-            return ops.binary(self._TENSOR_OPS[e.op], a, b)
+            return ops.binary(self._TENSOR_OPS["/" if e.op == "//" else e.op], a, b)
         if e.op in ("==", "!=") and (isinstance(a, (tuple, Dim)) or isinstance(b, (tuple, Dim))):
             return STATIC_OPS[e.op](a, b)
         if isinstance(a, tuple) or isinstance(b, tuple):

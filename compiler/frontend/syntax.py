@@ -11,6 +11,7 @@ from lark import Lark, Transformer, v_args, Token
 from lark.exceptions import UnexpectedInput, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
 from dlc.compiler.errors import DlcError, Span, register_source
+from dlc.compiler.ir.graph import DTYPES
 
 
 @dataclass
@@ -255,11 +256,6 @@ def in_range(v: int | float) -> bool:
     return math.isfinite(v) if isinstance(v, float) else -INT_MAX <= v <= INT_MAX
 
 
-# words of expressions; statement keywords (input, target, loss, ...) stay usable as argument names
-RESERVED = {"true", "false", "none", "if", "then", "else", "and", "or", "not", "scan", "carry", "in",
-            "f32", "f64", "i32", "i64", "bool"}
-
-
 def _span(filename: str, meta) -> Span:
     if getattr(meta, "empty", True):
         return Span(filename, 0, 0)
@@ -281,7 +277,7 @@ class _ToAst(Transformer):
 
     def _name(self, tok) -> str:
         """A name being defined: keywords cannot be redefined."""
-        if str(tok) in RESERVED:
+        if str(tok) in reserved_words():
             raise DlcError(f"'{tok}' is a reserved word and cannot be used as a name", _token_span(self.file, tok))
         return str(tok)
 
@@ -474,6 +470,42 @@ class _ToAst(Transformer):
 def _parser() -> Lark:
     text = resources.files("dlc.grammar").joinpath("dl.lark").read_text()
     return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
+
+
+@lru_cache(maxsize=1)
+def keywords() -> frozenset:
+    """Every word of the language: those the grammar spells out (model, def, if, scan, ...)
+    and the dtypes, which the lexer reads before a name."""
+    return frozenset(_grammar_words("start")) | frozenset(DTYPES)
+
+
+@lru_cache(maxsize=1)
+def reserved_words() -> frozenset:
+    """The words no name may be: those of expressions (if, not, scan, true, ...) and the
+    dtypes. A statement's keyword (input, target, loss, ...) stays usable as an argument's
+    name."""
+    return frozenset(_grammar_words("expr", skip="block")) | frozenset(DTYPES)
+
+
+def _grammar_words(start: str, skip: str = "") -> set:
+    """The words the grammar's rules spell out, in those reachable from rule `start` (not
+    entering rule `skip`: a scan's block of statements)."""
+    parser = _parser()
+    words = {t.name: t.pattern.value for t in parser.terminals
+             if t.pattern.type == "str" and t.pattern.value.isidentifier()}
+    expansions: dict = {}
+    for r in parser.rules:
+        expansions.setdefault(r.origin.name, []).append(r.expansion)
+    seen, todo, found = {start}, [start], set()
+    while todo:
+        for expansion in expansions.get(todo.pop(), ()):
+            for symbol in expansion:
+                if symbol.is_term and symbol.name in words:
+                    found.add(words[symbol.name])
+                elif not symbol.is_term and symbol.name not in seen and symbol.name != skip:
+                    seen.add(symbol.name)
+                    todo.append(symbol.name)
+    return found
 
 
 _TOKEN_NAMES = {

@@ -25,7 +25,11 @@ from dlc.compiler.errors import DlcError, Span
 # a 10,000-layer MLP makes 230,000 (forward and initializers)
 MAX_NODES = 250_000
 
-DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
+# each dtype of the language: its numpy type, and its ONNX element type (TensorProto.DataType)
+_DTYPES = {"f32": (np.float32, 1), "f64": (np.float64, 11), "i32": (np.int32, 6), "i64": (np.int64, 7),
+           "bool": (np.bool_, 9)}
+DTYPES = {name: numpy for name, (numpy, _) in _DTYPES.items()}
+ONNX_ELEM_TYPES = {name: elem_type for name, (_, elem_type) in _DTYPES.items()}
 FLOAT_DTYPES = ("f32", "f64")
 
 
@@ -53,13 +57,15 @@ class Primitive:
     kind is its fusion pattern: source, elementwise, broadcast, injective, reduction,
     contraction, window, opaque or control. `dtypes` are the dtypes of the values its
     operands may hold (a condition or an index aside), which its type rule accepts.
-    The native backend keeps its lowering and scalar rules in tables of its own, keyed by
-    the primitive's name (compiler/native/lower.py, compiler/native/scalar.py), so that
-    building the records never loads LLVM."""
+    `builtin` or `operator` is how .dl writes it and `onnx` the ONNX op that computes it:
+    the builtins, the evaluator's operators and ONNX export and import read their names
+    here. The native backend keeps its lowering and scalar rules in tables of its own,
+    keyed by the primitive's name (compiler/native/lower.py, compiler/native/scalar.py), so
+    that building the records never loads LLVM."""
     name: str
     kind: str
     infer: Callable            # (ctx: Infer, types, **attrs) -> list[TensorType]
-    impl: Callable             # (ctx: Eval, arrays, **attrs) -> list[np.ndarray]
+    impl: Callable             # (ctx: evaluate.Eval, arrays, **attrs) -> list[np.ndarray]
     vjp: Callable | None = None  # (node: NodeView, cotangents) -> list[Tensor | None]
     flops: Callable | None = None  # (in_types, out_types, **attrs) -> dim polynomial
     dtypes: tuple = tuple(DTYPES)
@@ -68,6 +74,11 @@ class Primitive:
     cheap: bool = False        # cheaper to recompute than to keep in memory (views, constants)
     commutative: bool = False  # its two operands may be swapped
     libm: str | None = None    # the C math library's function that computes it (float; "f" suffix for f32)
+    arity: int | None = None   # an elementwise op's number of operands
+    builtin: str | None = None   # the .dl builtin that emits it, an argument per operand: exp, sigmoid, select
+    operator: str | None = None  # the .dl operator that emits it: +, ==, not
+    onnx: str | None = None    # the ONNX op that computes it from the same operands, without attributes
+    nonempty_axes: Callable | None = None  # (**attrs) -> the axes of its operand that must not be empty
 
 
 PRIMITIVES: dict[str, Primitive] = {}
@@ -94,6 +105,17 @@ class Infer:
 
     def fail(self, message: str):
         raise DlcError(f"{self.op}: {message}", self.graph.span)
+
+
+def nested_graphs(graph: "Graph") -> list:
+    """The graph and every graph in its nodes' attributes (the bodies of its scans, and
+    theirs), outermost first."""
+    out = [graph]
+    for n in sorted(graph.g.nodes):
+        for v in graph.attrs(n).values():
+            if isinstance(v, Graph):
+                out += nested_graphs(v)
+    return out
 
 
 @contextmanager

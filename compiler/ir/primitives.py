@@ -153,29 +153,29 @@ def _unary_type(ctx, types, **_):
     return [types[0]]
 
 
-def _unary(name, fn, vjp, libm=None):
-    """A float function of one operand; `libm` names the C library's function for it."""
-    primitive(name, "elementwise", _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, libm=libm)(
+def _unary(name, fn, vjp, **properties):
+    """A float function of one operand."""
+    primitive(name, "elementwise", _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, arity=1, **properties)(
         lambda ctx, xs, _fn=fn: [_fn(xs[0]).astype(xs[0].dtype, copy=False)])
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
-_unary("neg", np.negative, lambda n, g: [-g[0]])
-_unary("exp", np.exp, lambda n, g: [g[0] * n.outputs[0]])
-_unary("expm1", np.expm1, lambda n, g: [g[0] * (n.outputs[0] + 1.0)], libm="expm1")
-_unary("log", np.log, lambda n, g: [g[0] / n.inputs[0]], libm="log")
-_unary("log1p", np.log1p, lambda n, g: [g[0] / (n.inputs[0] + 1.0)], libm="log1p")
-_unary("tanh", np.tanh, lambda n, g: [g[0] * (1.0 - n.outputs[0] * n.outputs[0])])
+_unary("neg", np.negative, lambda n, g: [-g[0]], operator="-", onnx="Neg")
+_unary("exp", np.exp, lambda n, g: [g[0] * n.outputs[0]], builtin="exp", onnx="Exp")
+_unary("expm1", np.expm1, lambda n, g: [g[0] * (n.outputs[0] + 1.0)], libm="expm1", builtin="expm1")
+_unary("log", np.log, lambda n, g: [g[0] / n.inputs[0]], libm="log", builtin="log", onnx="Log")
+_unary("log1p", np.log1p, lambda n, g: [g[0] / (n.inputs[0] + 1.0)], libm="log1p", builtin="log1p")
+_unary("tanh", np.tanh, lambda n, g: [g[0] * (1.0 - n.outputs[0] * n.outputs[0])], builtin="tanh", onnx="Tanh")
 _unary("logistic", lambda x: np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x)))),
-       lambda n, g: [g[0] * n.outputs[0] * (1.0 - n.outputs[0])])
-_unary("sqrt", np.sqrt, lambda n, g: [g[0] * 0.5 / n.outputs[0]])
-_unary("abs", np.abs, lambda n, g: [g[0] * ops.unary("sign", n.inputs[0])])
-_unary("sign", np.sign, lambda n, g: [None])
-_unary("sin", np.sin, lambda n, g: [g[0] * ops.unary("cos", n.inputs[0])], libm="sin")
-_unary("cos", np.cos, lambda n, g: [-(g[0] * ops.unary("sin", n.inputs[0]))], libm="cos")
+       lambda n, g: [g[0] * n.outputs[0] * (1.0 - n.outputs[0])], builtin="sigmoid", onnx="Sigmoid")
+_unary("sqrt", np.sqrt, lambda n, g: [g[0] * 0.5 / n.outputs[0]], builtin="sqrt", onnx="Sqrt")
+_unary("abs", np.abs, lambda n, g: [g[0] * ops.unary("sign", n.inputs[0])], builtin="abs", onnx="Abs")
+_unary("sign", np.sign, lambda n, g: [None], builtin="sign", onnx="Sign")
+_unary("sin", np.sin, lambda n, g: [g[0] * ops.unary("cos", n.inputs[0])], libm="sin", builtin="sin", onnx="Sin")
+_unary("cos", np.cos, lambda n, g: [-(g[0] * ops.unary("sin", n.inputs[0]))], libm="cos", builtin="cos", onnx="Cos")
 _unary("erf", lambda x: _erf(x), lambda n, g: [g[0] * (2.0 / math.sqrt(math.pi)) * ops.unary("exp", -(n.inputs[0] * n.inputs[0]))],
-       libm="erf")
+       libm="erf", builtin="erf", onnx="Erf")
 
 
 def _binary_type(ctx, types, **_):
@@ -212,7 +212,7 @@ def _minmax_vjp(cmp):
 
 
 def _binary(name, fn, vjp, infer=_arith_type, dtypes=NUMERIC, **properties):
-    primitive(name, "elementwise", infer, vjp, _elementwise_flops, dtypes=dtypes, **properties)(
+    primitive(name, "elementwise", infer, vjp, _elementwise_flops, dtypes=dtypes, arity=2, **properties)(
         lambda ctx, xs, _fn=fn: [np.asarray(_fn(*xs))])
 
 
@@ -222,15 +222,17 @@ def _int_div(a, b):
     return np.divide(a, b)
 
 
-_binary("add", np.add, lambda n, g: [g[0], g[0]], commutative=True)
-_binary("sub", np.subtract, lambda n, g: [g[0], -g[0]])
-_binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]], commutative=True)
-_binary("div", _int_div, lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])])
+_binary("add", np.add, lambda n, g: [g[0], g[0]], commutative=True, operator="+", onnx="Add")
+_binary("sub", np.subtract, lambda n, g: [g[0], -g[0]], operator="-", onnx="Sub")
+_binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]], commutative=True, operator="*",
+        onnx="Mul")
+_binary("div", _int_div, lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])], operator="/",
+        onnx="Div")
 # x % y = x - y * floor(x / y), so d/dy = -floor(x / y) = -(x - out) / y
-_binary("mod", np.mod, lambda n, g: [g[0], -(g[0] * (n.inputs[0] - n.outputs[0]) / n.inputs[1])])
-_binary("pow", np.power, _pow_vjp, libm="pow")
-_binary("maximum", np.maximum, _minmax_vjp("gt"))
-_binary("minimum", np.minimum, _minmax_vjp("lt"))
+_binary("mod", np.mod, lambda n, g: [g[0], -(g[0] * (n.inputs[0] - n.outputs[0]) / n.inputs[1])], operator="%")
+_binary("pow", np.power, _pow_vjp, libm="pow", operator="^", onnx="Pow")
+_binary("maximum", np.maximum, _minmax_vjp("gt"), builtin="maximum", onnx="Max")
+_binary("minimum", np.minimum, _minmax_vjp("lt"), builtin="minimum", onnx="Min")
 
 
 def _fma_type(ctx, types, **_):
@@ -243,7 +245,7 @@ def _fma_type(ctx, types, **_):
 
 
 @primitive("fma", "elementwise", _fma_type, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0], g[0]],
-           lambda ins, outs, **_: 2 * numel(outs[0].shape), dtypes=FLOAT_DTYPES)
+           lambda ins, outs, **_: 2 * numel(outs[0].shape), dtypes=FLOAT_DTYPES, arity=3)
 def _fma(ctx, xs):
     """a * b + c rounded once (torch's fused kernels: lerp, addcmul, add with alpha). The
     float32 product is exact in float64, so the sum rounds twice only in ties, vanishingly
@@ -257,9 +259,17 @@ def _compare_type(ctx, types, **_):
     return [TensorType("bool", t.shape)]
 
 
-for _name, _fn in [("lt", np.less), ("le", np.less_equal), ("gt", np.greater), ("ge", np.greater_equal),
-                   ("eq", np.equal), ("ne", np.not_equal)]:
-    _binary(_name, _fn, lambda n, g: [None, None], _compare_type, tuple(DTYPES), commutative=_name in ("eq", "ne"))
+def _comparison(name, fn, operator, onnx=None, commutative=False):
+    _binary(name, fn, lambda n, g: [None, None], _compare_type, tuple(DTYPES), commutative=commutative,
+            operator=operator, onnx=onnx)
+
+
+_comparison("lt", np.less, "<", "Less")
+_comparison("le", np.less_equal, "<=", "LessOrEqual")
+_comparison("gt", np.greater, ">", "Greater")
+_comparison("ge", np.greater_equal, ">=", "GreaterOrEqual")
+_comparison("eq", np.equal, "==", "Equal", commutative=True)
+_comparison("ne", np.not_equal, "!=", commutative=True)
 
 
 def _logical_type(ctx, types, **_):
@@ -269,10 +279,12 @@ def _logical_type(ctx, types, **_):
     return [_same_shapes(ctx, types)]
 
 
-_binary("logical_and", np.logical_and, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True)
-_binary("logical_or", np.logical_or, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True)
-primitive("logical_not", "elementwise", _logical_type, lambda n, g: [None], dtypes=("bool",))(
-    lambda ctx, xs: [np.logical_not(xs[0])])
+_binary("logical_and", np.logical_and, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True,
+        operator="and", onnx="And")
+_binary("logical_or", np.logical_or, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True,
+        operator="or", onnx="Or")
+primitive("logical_not", "elementwise", _logical_type, lambda n, g: [None], dtypes=("bool",), arity=1,
+          operator="not", onnx="Not")(lambda ctx, xs: [np.logical_not(xs[0])])
 
 
 def _select_type(ctx, types, **_):
@@ -291,7 +303,8 @@ def _select_vjp(n, g):
     return [None, ops.select(c, g[0], zero), ops.select(c, zero, g[0])]
 
 
-@primitive("select", "elementwise", _select_type, _select_vjp, _elementwise_flops)
+@primitive("select", "elementwise", _select_type, _select_vjp, _elementwise_flops, arity=3, builtin="select",
+           onnx="Where")
 def _select(ctx, xs):
     return [np.where(xs[0], xs[1], xs[2])]
 
@@ -305,7 +318,7 @@ def _cast_vjp(n, g):
     return [ops.cast(g[0], src.dtype) if src.type.is_float else None]
 
 
-@primitive("cast", "elementwise", _cast_type, _cast_vjp)
+@primitive("cast", "elementwise", _cast_type, _cast_vjp, arity=1)
 def _cast(ctx, xs, dtype):
     return [xs[0].astype(ctx.np_dtype(dtype))]
 
@@ -314,7 +327,7 @@ def _identity_type(ctx, types):
     return [types[0]]
 
 
-@primitive("stop_gradient", "elementwise", _identity_type, lambda n, g: [None], view=True, cheap=True)
+@primitive("stop_gradient", "elementwise", _identity_type, lambda n, g: [None], view=True, cheap=True, arity=1)
 def _stop_gradient(ctx, xs):
     return [xs[0]]
 
@@ -545,8 +558,8 @@ def _reduce_max_vjp(n, g):
 
 primitive("reduce_sum", "reduction", _reduce_type, lambda n, g: [_expand_back(n, g[0])],
           lambda ins, outs, **_: numel(ins[0].shape))(lambda ctx, xs, axes: [np.asarray(np.sum(xs[0], axis=axes))])
-primitive("reduce_max", "reduction", _reduce_type, _reduce_max_vjp,
-          lambda ins, outs, **_: numel(ins[0].shape))(lambda ctx, xs, axes: [np.asarray(np.max(xs[0], axis=axes))])
+primitive("reduce_max", "reduction", _reduce_type, _reduce_max_vjp, lambda ins, outs, **_: numel(ins[0].shape),
+          nonempty_axes=lambda axes: axes)(lambda ctx, xs, axes: [np.asarray(np.max(xs[0], axis=axes))])
 
 
 def _argmax_type(ctx, types, axis):
@@ -554,7 +567,7 @@ def _argmax_type(ctx, types, axis):
     return [TensorType("i32", tuple(d for i, d in enumerate(x.shape) if i != axis))]
 
 
-@primitive("argmax", "reduction", _argmax_type, lambda n, g: [None])
+@primitive("argmax", "reduction", _argmax_type, lambda n, g: [None], nonempty_axes=lambda axis: (axis,))
 def _argmax(ctx, xs, axis):
     return [np.asarray(np.argmax(xs[0], axis=axis), np.int32)]
 

@@ -4,8 +4,9 @@
 running statistics) and its parameter arrays into an `onnx.ModelProto`: the graph inputs
 are the model's non-target inputs, the graph outputs its `output` declarations, the
 parameters initializers under their dlc names. Each primitive has an export rule in
-`EXPORT_RULES`, keyed by its name (as compiler/native/lower.py keys its lowerings); the
-primitives that never occur in an inference graph are in `NOT_EXPORTABLE` with the reason.
+`EXPORT_RULES`, keyed by its name (as compiler/native/lower.py keys its lowerings): one of
+its own, or the ONNX op its record names (`onnx`) on the same operands; the primitives that
+never occur in an inference graph are in `NOT_EXPORTABLE` with the reason.
 
 Opset 18: the first in which every reduction takes its axes as an input (ReduceMax's
 came in 18, after Shape's start and end in 15), so the rules need no per-op variants;
@@ -22,7 +23,6 @@ the user's call for a place in the standard library).
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -31,7 +31,8 @@ import dlc
 from dlc.compiler.passes.autodiff import reachable
 from dlc.compiler.ir.dims import Dim
 from dlc.compiler.errors import DlcError, Span, optional_package
-from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, Graph, TensorType
+from dlc.compiler.ir.evaluate import Eval
+from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, ONNX_ELEM_TYPES, Graph, TensorType
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir.primitives import PRIMITIVES
 
@@ -138,7 +139,7 @@ class _Export:
         return self.onnx.helper.make_tensor_value_info(name, self.elem_type(typ.dtype), shape)
 
     def elem_type(self, dtype: str) -> int:
-        return self.onnx.helper.np_dtype_to_tensor_dtype(np.dtype(DTYPES[dtype]))
+        return ONNX_ELEM_TYPES[dtype]
 
     def initializer(self, name: str, typ: TensorType, span: Span | None) -> str:
         if name not in self.initializers:
@@ -355,8 +356,7 @@ def _dim_size(b, n, xs, dim):
 @export_rule("iota")
 def _iota(b, n, xs, shape, axis, dtype):
     if all(isinstance(d, int) for d in shape):        # a constant: the reference computes it
-        ctx = SimpleNamespace(np_dtype=DTYPES.get)
-        return _constant(b, n, xs, PRIMITIVES["iota"].impl(ctx, [], shape, axis, dtype)[0], dtype)
+        return _constant(b, n, xs, PRIMITIVES["iota"].impl(Eval(float_dtype=None), [], shape, axis, dtype)[0], dtype)
     limit = b.op("Squeeze", [b.export.size(shape[axis]), b.const([0], "i64")])
     r = b.op("Range", [b.const(0, "i64"), limit, b.const(1, "i64")])
     r = b.op("Cast", [r], to=b.export.elem_type(dtype))
@@ -365,18 +365,9 @@ def _iota(b, n, xs, shape, axis, dtype):
 
 
 # ---- elementwise ----------------------------------------------------------------------------------------
-_SAME = {"neg": "Neg", "exp": "Exp", "log": "Log", "tanh": "Tanh", "logistic": "Sigmoid", "sqrt": "Sqrt",
-         "abs": "Abs", "sign": "Sign", "sin": "Sin", "cos": "Cos", "add": "Add", "sub": "Sub",
-         "mul": "Mul", "pow": "Pow", "maximum": "Max", "minimum": "Min", "eq": "Equal",
-         "logical_and": "And", "logical_or": "Or", "logical_not": "Not"}
-
-
-def _same(op_type: str):
-    return lambda b, n, xs, **_: [b.op(op_type, xs)]
-
-
-for _name, _op_type in _SAME.items():
-    export_rule(_name)(_same(_op_type))
+def _same(b, n, xs):
+    """The ONNX op of the node's primitive (its record's `onnx`) on the same operands."""
+    return [b.op(PRIMITIVES[b.graph.op(n)].onnx, xs)]
 
 
 @export_rule("stop_gradient")
@@ -393,14 +384,13 @@ def _dtype(b, n) -> str:
 def _order(b, n, xs):
     if _dtype(b, n) == "bool":          # ONNX orders numbers only: false < true as 0 < 1
         xs = [b.op("Cast", [x], to=b.export.elem_type("i32")) for x in xs]
-    op_type = {"lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual"}[b.graph.op(n)]
-    return [b.op(op_type, xs)]
+    return _same(b, n, xs)
 
 
 @export_rule("select")
 def _select(b, n, xs):
     if b.graph.types(n)[0].dtype != "bool":
-        return [b.op("Where", xs)]
+        return _same(b, n, xs)
     c, x, y = xs        # onnxruntime has no Where on bools: (c and x) or (not c and y)
     return [b.op("Or", [b.op("And", [c, x]), b.op("And", [b.op("Not", [c]), y])])]
 
@@ -408,9 +398,9 @@ def _select(b, n, xs):
 @export_rule("erf")
 def _erf(b, n, xs):
     if _dtype(b, n) != "f64":
-        return [b.op("Erf", xs)]
+        return _same(b, n, xs)
     # onnxruntime has no Erf on doubles: this one is computed in float32 (7 digits)
-    erf = b.op("Erf", [b.op("Cast", xs, to=b.export.elem_type("f32"))])
+    erf = _same(b, n, [b.op("Cast", xs, to=b.export.elem_type("f32"))])[0]
     return [b.op("Cast", [erf], to=b.export.elem_type("f64"))]
 
 
@@ -427,7 +417,7 @@ def _fma(b, n, xs):
 @export_rule("div")
 def _div(b, n, xs):
     if _dtype(b, n) in FLOAT_DTYPES:
-        return [b.op("Div", xs)]
+        return _same(b, n, xs)
     x, y = xs       # integers divide rounding down, as numpy's //: (x - x mod y) / y is exact
     return [b.op("Div", [b.op("Sub", [x, b.op("Mod", xs, fmod=0)]), y])]
 
@@ -471,6 +461,11 @@ def _log1p(b, n, xs):
 @export_rule("cast")
 def _cast(b, n, xs, dtype):
     return [b.op("Cast", xs, to=b.export.elem_type(dtype))]
+
+
+for _prim in PRIMITIVES.values():       # the others: their ONNX op on the same operands
+    if _prim.onnx is not None and _prim.name not in EXPORT_RULES:
+        export_rule(_prim.name)(_same)
 
 
 # ---- shapes ----------------------------------------------------------------------------------------

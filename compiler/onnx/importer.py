@@ -6,8 +6,8 @@ Conv [+ Add] [+ Relu] -> `conv2d`, LSTM -> `lstm`, ...) those calls, whose param
 the initializers' values, transposed and reordered into dlc's layouts, in a checkpoint.
 Values known when importing (initializers, Constant nodes, shapes and what is computed
 from them) are folded here, since .dl needs shapes and axes to be static. The rule of each
-op type is in onnx_ops.py; this module reads the model, names things, folds constants and
-writes the program.
+op type is in compiler/onnx/rules/ (through the rule API, node.py); this module reads the
+model, names things, folds constants and writes the program.
 """
 from __future__ import annotations
 
@@ -17,38 +17,22 @@ from pathlib import Path
 
 import numpy as np
 
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.loader import load_text, stdlib_env
+from dlc.compiler.frontend.syntax import keywords
 from dlc.compiler.ir.dims import Dim
-from dlc.compiler.errors import DlcError, optional_package
+from dlc.compiler.ir.graph import DTYPES, ONNX_ELEM_TYPES
+from dlc.compiler.onnx.node import Expand, Node, Unsupported
+from dlc.compiler.onnx.rules import RULES
+from dlc.compiler.onnx.values import (DL_DTYPES, FLOAT, SMALL, Value, dtype_of, literal, onnx_package, shape_tuple,
+                                      tuple_literal, type_name)
 
 # opset 7 brought numpy broadcasting to the arithmetic ops; 28 is the newest the rules know
 MIN_OPSET, MAX_OPSET = 7, 28
 
-# ONNX element types dlc has (TensorProto.DataType numbers)
-DTYPES = {1: "f32", 11: "f64", 6: "i32", 7: "i64", 9: "bool"}
-ONNX_TYPES = {v: k for k, v in DTYPES.items()}
-NP_DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
-SMALL = 16          # a constant of at most this many entries is written out as a tuple
-
-# words a binding may not take: the language's keywords and dtypes, its reserved names, and
-# "rng", the engines' feed of the random key
-KEYWORDS = {"model", "train", "def", "const", "import", "input", "target", "output", "loss", "metric", "param",
-            "state", "update", "return", "yield", "repeat", "if", "else", "then", "scan", "carry", "in", "true",
-            "false", "none", "and", "or", "not", "f32", "f64", "i32", "i64", "bool", "training", "params", "rng"}
-
-
-class Unsupported(DlcError):
-    """A node (or model) dlc cannot express; `kind` says what stands in the way: "op" (no
-    rule), "dtype", "attribute", "shape" (an empty or unknown shape), "input" (a value that
-    must be known when importing, but is computed at run time), "opset", or "native" (the
-    native engine does not compile an operation of the program yet)."""
-
-    def __init__(self, message: str, kind: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-def onnx_package():
-    return optional_package("onnx", "onnx", "ONNX import")
+# names a binding may not take beside the language's words: the evaluator's `training` and
+# `params`, and `rng`, the engines' feed of the random key
+RESERVED_NAMES = {"training", "params", "rng"}
 
 
 def read_model(path):
@@ -82,21 +66,6 @@ class Imported:
     inputs: dict            # ONNX input name -> .dl input name
     outputs: dict           # ONNX output name -> .dl output name
     dtypes: dict = field(default_factory=dict)     # .dl output name -> ONNX numpy dtype
-
-
-@dataclass
-class Value:
-    """An ONNX value as the importer knows it: its dtype and shape (dims are ints or Dims;
-    None when shape inference could not tell), the .dl expression that names it once it
-    is a tensor of the program, and its contents when known at import time."""
-    dtype: str | None                 # a .dl dtype; None for an element type dlc lacks
-    shape: tuple | None
-    expr: str | None = None
-    const: np.ndarray | None = None
-    weight: bool = False              # a float initializer: a trainable parameter when used as a tensor
-    fill: float | None = None         # the one number a tensor is filled with, when the program says so
-    transposed: tuple | None = None   # (the ONNX value it permutes, the permutation)
-    onnx_type: int = 0
 
 
 def import_model(model, name: str | None = None, static: dict | None = None, source: str = "model") -> Imported:
@@ -135,14 +104,6 @@ def check_model(model, source: str) -> int:
     except Exception as e:      # ValidationError, or a C++ checker error
         raise DlcError(f"{source} is not a valid ONNX model: {_first_line(e)}") from None
     return v
-
-
-class Expand(Exception):
-    """The rule of node `index` refused it (`refusal`), but ONNX defines its op as a
-    function: import the function's body instead."""
-
-    def __init__(self, index: int, refusal: Unsupported):
-        self.index, self.refusal = index, refusal
 
 
 MAX_EXPANSIONS = 64
@@ -197,7 +158,6 @@ def expand_functions(model, indices: set | None = None):
     """`model` with these nodes (by default: those of ops dlc has no rule for) replaced by the
     bodies of the ONNX functions that define their ops, repeatedly for functions that use
     such ops; onnx.inliner does the renaming."""
-    from dlc.compiler.onnx.rules import RULES
     onnx = onnx_package()
     from onnx import inliner
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -242,7 +202,6 @@ def static_inputs(model) -> list:
     """The graph inputs whose values the program needs when importing: those that reach an
     input a rule needs static (a Reshape's shape, an LSTM's weights), through nodes that
     would then be folded. A backend binds them from the values it is given."""
-    from dlc.compiler.onnx.rules import RULES
     graph = expand_functions(model).graph
     needed: set = set()
     for node in reversed(graph.node):
@@ -257,9 +216,6 @@ def static_inputs(model) -> list:
 
 
 # ---- names -----------------------------------------------------------------------------------------
-_LAYER_SUFFIX = re.compile(r"[._/:]?(weight|bias|W|B|kernel|w|b)$")
-
-
 class Namer:
     """Readable, unique .dl names from ONNX names: '/fc1/Gemm_output_0' -> fc1_Gemm,
     'onnx::Relu_5' -> Relu_5; never a keyword, a library function or a name given before."""
@@ -284,19 +240,8 @@ class Namer:
         return name
 
 
-def layer_hint(initializer_name: str) -> str:
-    """'fc1.weight' -> 'fc1': a layer named after its weights' module."""
-    return _LAYER_SUFFIX.sub("", initializer_name)
-
-
 def dims_text(shape) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
-
-
-def shape_tuple(shape) -> str:
-    """A static shape as a .dl tuple: (2, 3), (5,), ()."""
-    items = [str(d) for d in shape]
-    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
 def dims_tensor(a: np.ndarray, dtype: str) -> str:
@@ -309,33 +254,6 @@ def dims_tensor(a: np.ndarray, dtype: str) -> str:
     return flat if a.ndim == 1 else f"reshape({flat}, {', '.join(map(str, a.shape))})"
 
 
-def literal(v, dtype: str) -> str | None:
-    """A scalar as a .dl literal of its dtype's family (the shortest text that gives the same
-    number in that dtype), or None for what no literal says (inf, nan)."""
-    if dtype == "bool":
-        return "true" if bool(v) else "false"
-    if dtype in ("i32", "i64"):
-        text = str(int(v))
-    else:
-        v = NP_DTYPES[dtype](v)
-        if not np.isfinite(v):
-            return None
-        text = repr(v.item()) if dtype == "f64" else str(v)
-        if "." not in text and "e" not in text:
-            text += ".0"
-    return f"({text})" if text.startswith("-") else text
-
-
-def tuple_literal(a: np.ndarray, dtype: str) -> str | None:
-    """A small array as nested .dl tuples, or None when an entry has no literal."""
-    if a.ndim == 0:
-        return literal(a.item(), dtype)
-    items = [tuple_literal(b, dtype) for b in a]
-    if None in items:
-        return None
-    return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
-
-
 # ---- the importer ------------------------------------------------------------------------------------
 class _Importer:
     def __init__(self, model, name, static: dict, source: str):
@@ -346,10 +264,9 @@ class _Importer:
         self.model = self._prepared(model)
         graph = self.model.graph
         self.graph = graph
-        from dlc.compiler.frontend.loader import stdlib_env
-        self.names = Namer(KEYWORDS | stdlib_env().visible_names())
+        self.names = Namer(keywords() | RESERVED_NAMES | stdlib_env().visible_names())
         self.name = Namer.clean(name or graph.name or "imported", "model")      # models have names of their own
-        if self.name in KEYWORDS:
+        if self.name in keywords() | RESERVED_NAMES:
             self.name += "_model"
         self.values: dict[str, Value] = {}
         self.decls: list[str] = []         # param and state declarations
@@ -446,7 +363,7 @@ class _Importer:
             if v.const is not None and v.const.dtype != object:
                 initializers.append(self.onnx.numpy_helper.from_array(v.const, name))
             else:
-                inputs.append(h.make_tensor_value_info(name, ONNX_TYPES[v.dtype], self._dim_params(v.shape)))
+                inputs.append(h.make_tensor_value_info(name, ONNX_ELEM_TYPES[v.dtype], self._dim_params(v.shape)))
         graph = h.make_graph(nodes, "body", inputs, outputs, initializers)
         model = h.make_model(graph, opset_imports=[h.make_opsetid("", self.opset)])
         try:
@@ -480,7 +397,7 @@ class _Importer:
     def _value_type(self, tensor_type, symbols: dict):
         """(.dl dtype, shape) of an ONNX tensor type; dims named by dim_param become Dims of
         the input symbols (`symbols`), unknown dims None."""
-        dtype = DTYPES.get(tensor_type.elem_type)
+        dtype = DL_DTYPES.get(tensor_type.elem_type)
         if not tensor_type.HasField("shape"):
             return dtype, None
         shape = []
@@ -506,9 +423,9 @@ class _Importer:
             where = f"the input '{inp.name}'"
             if tt is None:
                 raise Unsupported(f"{self.source}: {where} is not a tensor (a sequence, map or optional)", "dtype")
-            dtype = DTYPES.get(tt.elem_type)
+            dtype = DL_DTYPES.get(tt.elem_type)
             if dtype is None:
-                raise Unsupported(f"{self.source}: {where} holds {_type_name(tt.elem_type)} values; dlc has "
+                raise Unsupported(f"{self.source}: {where} holds {type_name(tt.elem_type)} values; dlc has "
                                   "float32, float64, int32, int64 and bool", "dtype")
             if not tt.HasField("shape"):
                 raise Unsupported(f"{self.source}: {where} has no shape; dlc needs at least its rank", "shape")
@@ -534,8 +451,8 @@ class _Importer:
         numpy_helper = self.onnx.numpy_helper
         for t in self.graph.initializer:
             array = numpy_helper.to_array(t)
-            dtype = DTYPES.get(t.data_type)
-            self.values[t.name] = Value(dtype, tuple(array.shape), const=array, weight=dtype in ("f32", "f64"),
+            dtype = DL_DTYPES.get(t.data_type)
+            self.values[t.name] = Value(dtype, tuple(array.shape), const=array, weight=dtype in FLOAT,
                                         onnx_type=t.data_type)
 
     def inferred(self, name: str) -> Value:
@@ -557,7 +474,7 @@ class _Importer:
 
     def constant(self, array: np.ndarray, hint: str, weight: bool = False) -> str:
         """A constant the importer computed, as an operand (a trainable parameter with `weight`)."""
-        dtype = DTYPES[self.onnx.helper.np_dtype_to_tensor_dtype(array.dtype)]
+        dtype = dtype_of(array)
         return self._materialize(Value(dtype, tuple(array.shape), const=array, weight=weight), hint)
 
     def _materialize(self, v: Value, hint: str, alone: bool = False) -> str:
@@ -565,7 +482,7 @@ class _Importer:
         value of its own (an output): a scalar keeps its dtype."""
         a = v.const
         if v.dtype is None:
-            raise Unsupported(f"{self.source}: the constant '{hint}' holds {_type_name(v.onnx_type)} values; dlc "
+            raise Unsupported(f"{self.source}: the constant '{hint}' holds {type_name(v.onnx_type)} values; dlc "
                               "cannot use it as a tensor", "dtype")
         if a.dtype == object:
             return dims_tensor(a, v.dtype)
@@ -583,7 +500,7 @@ class _Importer:
         kind = "param" if v.weight else "state"
         ident = self.names(hint, "c")
         self.decls.append(f"{kind} {ident}: {v.dtype}{dims_text(a.shape)}")
-        self.weights[ident] = np.array(a, NP_DTYPES[v.dtype], order="C")
+        self.weights[ident] = np.array(a, DTYPES[v.dtype], order="C")
         return ident
 
     def evaluate(self, proto, consts: list) -> dict | None:
@@ -613,7 +530,6 @@ class _Importer:
             return None if v.dtype is None or v.shape is None or None in v.shape else v
         expr = self.operand(name)
         if expr not in self.built:
-            from dlc.compiler.frontend.loader import load_text
             model = load_text(self.text([]), f"<{self.name}.dl>").build(None, training=False)
             self.built = {name: t for name, t, _ in model.bindings}
             self.built.update({i.name: i.type for i in model.inputs})
@@ -641,7 +557,6 @@ class _Importer:
 
     def emit_nodes(self, nodes):
         """Each node through its rule (Constants first: a fused pattern may read them early)."""
-        from dlc.compiler.onnx.rules import Node, RULES
         constants = [node for node in nodes if node.op_type == "Constant" and not node.input]
         for node in constants + [node for node in nodes if node not in constants]:
             if id(node) not in self.absorbed:
@@ -658,7 +573,7 @@ class _Importer:
         for out in self.graph.output:
             v = self.values[out.name]
             if v.dtype is None:
-                raise Unsupported(f"{self.source}: the output '{out.name}' holds {_type_name(v.onnx_type)} values; "
+                raise Unsupported(f"{self.source}: the output '{out.name}' holds {type_name(v.onnx_type)} values; "
                                   "dlc has float32, float64, int32, int64 and bool", "dtype")
             if v.shape is not None and 0 in v.shape:
                 raise Unsupported(f"{self.source}: the output '{out.name}' is empty (shape {list(v.shape)})", "shape")
@@ -670,7 +585,7 @@ class _Importer:
                 name = self.names(out.name, "y")
             lines.append(f"output {name}" if expr == name else f"output {name} = {expr}")
             outputs[out.name] = name
-            dtypes[name] = NP_DTYPES[v.dtype]
+            dtypes[name] = DTYPES[v.dtype]
         self._prune(lines)
         return Imported(self.name, self.text(lines), self.weights, self.inputs, outputs, dtypes)
 
@@ -702,10 +617,3 @@ class _Importer:
                             for line in self.header + self.decls + self.body + outputs),
                           "}", ""])
 
-
-def _type_name(elem_type: int) -> str:
-    onnx = onnx_package()
-    try:
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
-    except ValueError:
-        return f"element type {elem_type}"

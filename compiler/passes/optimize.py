@@ -26,7 +26,8 @@ from dlc.compiler.passes.autodiff import copy_graph, prune
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.passes.hoist import hoist_accumulators
-from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused, to_text
+from dlc.compiler.ir.evaluate import Eval
+from dlc.compiler.ir.graph import Graph, Tensor, collector_paused, nested_graphs, to_text
 from dlc.compiler.ir.primitives import PRIMITIVES
 
 FOLD_LIMIT = 4096       # elements of the largest constant tensor folding writes into the code
@@ -34,14 +35,6 @@ ROUNDS = 4              # the pipeline repeats while it changes something, at mo
 
 
 # ---- editing a graph ------------------------------------------------------------------------------
-def _graphs(graph: Graph) -> list:
-    """The graph and every scan body in it, outermost first."""
-    out = [graph]
-    for n in graph.nodes_with("scan"):
-        out += _graphs(graph.attrs(n)["body"])
-    return out
-
-
 def _rewrite(graph: Graph, n: int, rule) -> bool:
     """Replace node n by rule(graph, n), a tensor of the same type (None: no rewrite).
     New nodes get n's source place; a new node that is the result takes n's place and
@@ -69,22 +62,10 @@ def _rewrite(graph: Graph, n: int, rule) -> bool:
 
 
 # ---- constants ------------------------------------------------------------------------------------
-class _Folding:
-    """What a primitive's impl may ask for while folding: floats are computed in double
-    precision and rounded once, where used, to the float width of the run (as the
-    frontend's own constants are). A constant is the same on every rank, so its replica
-    mean is itself."""
-    steps = ()
-    replicas = None
-
-    def np_dtype(self, dtype: str):
-        return np.float64 if dtype in FLOAT_DTYPES else DTYPES[dtype]
-
-    def error(self, message: str) -> DlcError:
-        return DlcError(message)
-
-
-_FOLDING = _Folding()
+# Folding computes floats in double precision, rounded once, where used, to the float width
+# of the run (as the frontend's own constants are). A constant is the same on every rank,
+# so its replica mean is itself.
+_FOLDING = Eval()
 
 
 def _value(graph: Graph, n: int) -> np.ndarray:
@@ -171,7 +152,7 @@ def _fold_node(graph: Graph, n: int):
 
 def fold(graph: Graph) -> Graph:
     """Constant folding. Sources (`random` among them) are left alone."""
-    for g in _graphs(graph):
+    for g in nested_graphs(graph):
         for n in g.order():
             if PRIMITIVES[g.op(n)].kind not in ("source", "control") and not _splat(g, n):   # sources, loops
                 _rewrite(g, n, _fold_node)
@@ -179,10 +160,24 @@ def fold(graph: Graph) -> Graph:
 
 
 # ---- algebraic simplification -----------------------------------------------------------------------
+# primitive name -> its rewrite: (graph, node) -> a tensor of the node's value, or None. The
+# rules are registered by name, beside each rule, as the lowering and export rules are: they
+# use this pass's reading of constants, which the records do not hold.
+_SIMPLIFY: dict = {}
+
+
+def _simplifies(name: str):
+    def register(rule):
+        _SIMPLIFY[name] = rule
+        return rule
+    return register
+
+
 def _is(value, target) -> bool:
     return value is not None and value == target
 
 
+@_simplifies("add")
 def _add(g: Graph, n: int):
     x, y = g.inputs(n)
     if _is(_scalar(g, y), 0):       # exact but for the sign of a zero: -0 + 0 is +0
@@ -192,11 +187,13 @@ def _add(g: Graph, n: int):
     return _disjoint_sum(g, n)
 
 
+@_simplifies("sub")
 def _sub(g: Graph, n: int):
     x, y = g.inputs(n)
     return x if _is(_scalar(g, y), 0) else None
 
 
+@_simplifies("mul")
 def _mul(g: Graph, n: int):
     # x * 0 is not 0 when x is inf or nan, so it stays
     x, y = g.inputs(n)
@@ -205,16 +202,19 @@ def _mul(g: Graph, n: int):
     return y if _is(_scalar(g, x), 1) else None
 
 
+@_simplifies("div")
 def _div(g: Graph, n: int):
     x, y = g.inputs(n)
     return x if _is(_scalar(g, y), 1) else None
 
 
+@_simplifies("neg")
 def _neg(g: Graph, n: int):
     x = g.inputs(n)[0]
     return g.inputs(x.node)[0] if g.op(x.node) == "neg" else None
 
 
+@_simplifies("cast")
 def _cast(g: Graph, n: int):
     x = g.inputs(n)[0]
     return x if x.dtype == g.attrs(n)["dtype"] else None
@@ -225,6 +225,7 @@ def _one_element(x: Tensor, rank: int) -> bool:
     return numel(x.shape) == 1 and x.rank <= rank
 
 
+@_simplifies("broadcast")
 def _broadcast(g: Graph, n: int):
     x, shape = g.inputs(n)[0], g.attrs(n)["shape"]
     if x.shape == shape:
@@ -236,6 +237,7 @@ def _broadcast(g: Graph, n: int):
     return None
 
 
+@_simplifies("reshape")
 def _reshape(g: Graph, n: int):
     x, shape = g.inputs(n)[0], g.attrs(n)["shape"]
     if x.shape == shape:
@@ -247,6 +249,7 @@ def _reshape(g: Graph, n: int):
     return None
 
 
+@_simplifies("transpose")
 def _transpose(g: Graph, n: int):
     x, perm = g.inputs(n)[0], g.attrs(n)["perm"]
     if perm == tuple(range(len(perm))):
@@ -257,17 +260,20 @@ def _transpose(g: Graph, n: int):
     return None
 
 
+@_simplifies("slice")
 def _slice(g: Graph, n: int):
     x, a = g.inputs(n)[0], g.attrs(n)
     whole = a["starts"] == (0,) * x.rank and a["stops"] == x.shape and a["steps"] == (1,) * x.rank
     return x if whole else None
 
 
+@_simplifies("pad")
 def _pad(g: Graph, n: int):
     a = g.attrs(n)
     return g.inputs(n)[0] if all(v == 0 for v in (*a["lo"], *a["hi"], *a["interior"])) else None
 
 
+@_simplifies("concat")
 def _concat(g: Graph, n: int):
     ins, axis = g.inputs(n), g.attrs(n)["axis"]
     if len(ins) == 1:
@@ -278,6 +284,7 @@ def _concat(g: Graph, n: int):
     return g.add1("concat", [y for x in ins for y in (g.inputs(x.node) if nested(x) else [x])], axis=axis)
 
 
+@_simplifies("select")
 def _select(g: Graph, n: int):
     _, a, b = g.inputs(n)
     return a if a.key() == b.key() else None
@@ -346,16 +353,11 @@ def _disjoint_sum(g: Graph, n: int):
     return g.add1("add", [joined, rest[0]]) if rest else joined
 
 
-_RULES = {"add": _add, "sub": _sub, "mul": _mul, "div": _div, "neg": _neg, "cast": _cast,
-          "broadcast": _broadcast, "reshape": _reshape, "transpose": _transpose, "slice": _slice,
-          "pad": _pad, "concat": _concat, "select": _select}
-
-
 def simplify(graph: Graph) -> Graph:
     """Algebraic simplification; a rewritten node is tried again until no rule applies."""
-    for g in _graphs(graph):
+    for g in nested_graphs(graph):
         for n in g.order():
-            while n in g.g and g.op(n) in _RULES and _rewrite(g, n, _RULES[g.op(n)]):
+            while n in g.g and g.op(n) in _SIMPLIFY and _rewrite(g, n, _SIMPLIFY[g.op(n)]):
                 pass
     return graph
 
@@ -385,7 +387,7 @@ def cse(graph: Graph) -> Graph:
     """Common subexpression elimination by hash-consing in topological order. Inputs,
     parameters and arguments are never merged; `random` nodes are (their numbers are a
     function of the key, the stream and the index)."""
-    for g in _graphs(graph):
+    for g in nested_graphs(graph):
         seen: dict = {}
         for n in g.order():
             op, attrs = g.op(n), g.attrs(n)
@@ -463,7 +465,7 @@ def _fingerprint(graph: Graph) -> tuple:
     """Changes whenever a pass changed the graph: its nodes, edges and outputs."""
     return tuple((sorted((n, d["op"], len(d["types"])) for n, d in g.g.nodes(data=True)),
                   sorted(g.g.edges(keys=True, data="out")), tuple((k, t.key()) for k, t in g.outputs.items()))
-                 for g in _graphs(graph))
+                 for g in nested_graphs(graph))
 
 
 @collector_paused()

@@ -19,6 +19,7 @@ import re
 
 from dlc.compiler.ir.dims import Dim, concrete, numel
 from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.memory import ITEMSIZE
 
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -145,7 +146,7 @@ def interpreter_parts(graph, sizes: dict) -> dict:
     parts = {"gradients": 0, "activations": 0}
     for n in graph.g.nodes:
         op = graph.op(n)
-        if op in ("input", "param", "arg"):         # the caller's arrays
+        if PRIMITIVES[op].given:         # the caller's arrays
             continue
         for j, typ in enumerate(graph.types(n)):
             parts["gradients" if (n, j) in grads else "activations"] += tensor_bytes(typ, sizes)

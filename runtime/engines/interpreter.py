@@ -1,85 +1,15 @@
 """The numpy reference interpreter: runs any graph node by node with each primitive's
-`impl`. It is the oracle the native backend is tested against, so it stays simple."""
+`impl` (compiler/ir/evaluate.py), once the inputs give the sizes of its symbolic dims. It is
+the oracle the native backend is tested against, so it stays simple."""
 from __future__ import annotations
 
 import numpy as np
 
 from dlc.compiler.ir.dims import Dim, concrete
 from dlc.compiler.errors import DlcError
-from dlc.compiler.ir.graph import DTYPES, Graph
+from dlc.compiler.ir.evaluate import Eval
+from dlc.compiler.ir.graph import DTYPES, Graph, nested_graphs
 from dlc.compiler.ir.primitives import PRIMITIVES
-
-
-class Eval:
-    """What a primitive's impl may ask for while a graph runs. `replicas`: the replica mean
-    of a data-parallel run (runtime/engines/distributed.py), None in one process."""
-
-    def __init__(self, feeds: dict, params: dict, sizes: dict, float_dtype: str, replicas=None):
-        self.feeds, self.params, self.sizes, self.float_dtype = feeds, params, sizes, float_dtype
-        self.replicas = replicas
-        self.args: list = []
-        self.steps: tuple = ()           # the indices of the enclosing scan steps
-
-    def np_dtype(self, dtype: str):
-        return DTYPES[self.float_dtype if self.float_dtype and dtype in ("f32", "f64") else dtype]
-
-    def size(self, d) -> int:
-        return concrete(d, self.sizes)
-
-    def feed(self, name):
-        return self.feeds[name]
-
-    def param(self, name):
-        return self.params[name]
-
-    def arg(self, index):
-        return self.args[index]
-
-    def error(self, message: str) -> DlcError:
-        return DlcError(message)
-
-    def run(self, graph: Graph, args: list) -> list:
-        saved, self.args = self.args, args
-        try:
-            values = self._run(graph)
-        finally:
-            self.args = saved
-        return [values[t.key()] for t in graph.outputs.values()]
-
-    def _run(self, graph: Graph) -> dict:
-        values: dict = {}
-        for n, impl, inputs, attrs, dtypes in plan(graph):
-            try:
-                outs = impl(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
-            except DlcError as e:       # a check of the values (an index out of range): at the node's line
-                if e.span is not None:
-                    raise
-                raise DlcError.at_user_line(e.message, graph.g.nodes[n]["span"]) from None
-            for j, (out, dtype) in enumerate(zip(outs, dtypes)):
-                values[(n, j)] = np.asarray(out, self.np_dtype(dtype))
-        return values
-
-    def _resolve(self, v):
-        if isinstance(v, Dim):
-            return self.size(v)
-        if isinstance(v, tuple):
-            return tuple(self._resolve(x) for x in v)
-        return v
-
-
-def plan(graph: Graph) -> list:
-    """The graph in execution order, computed once per graph (graphs do not change
-    after they are built; the node and edge counts guard against it)."""
-    key = (graph.g.number_of_nodes(), graph.g.number_of_edges())
-    cached = graph.__dict__.get("_plan")
-    if cached is None or cached[0] != key:
-        steps = []
-        for n in graph.order():
-            data = graph.g.nodes[n]
-            steps.append((n, PRIMITIVES[data["op"]].impl, [t.key() for t in graph.inputs(n)], data["attrs"],
-                          [t.dtype for t in data["types"]]))
-        cached = graph.__dict__["_plan"] = (key, steps)
-    return cached[1]
 
 
 def bind_sizes(graph: Graph, feeds: dict) -> dict:
@@ -142,25 +72,19 @@ def size_constraints(graph: Graph) -> list:
     cached = graph.__dict__.get("_size_constraints")
     if cached is None:
         cached, seen = [], set()
-        for g in _graphs(graph):
+        for g in nested_graphs(graph):
             for n in g.order():
                 op, span = g.op(n), g.g.nodes[n]["span"]
                 dims = [(d, 0) for t in g.types(n) for d in t.shape]
-                if op in ("reduce_max", "argmax"):      # a maximum of nothing has no value
-                    axes = g.attrs(n)["axes"] if op == "reduce_max" else (g.attrs(n)["axis"],)
-                    dims += [(g.inputs(n)[0].shape[a], 1) for a in axes]
+                nonempty = PRIMITIVES[op].nonempty_axes
+                if nonempty is not None:        # a maximum of nothing has no value
+                    dims += [(g.inputs(n)[0].shape[a], 1) for a in nonempty(**g.attrs(n))]
                 for d, least in dims:
                     if isinstance(d, Dim) and d.symbols() and (d, least) not in seen:
                         seen.add((d, least))
                         cached.append((d, least, op, span))
         graph.__dict__["_size_constraints"] = cached
     return cached
-
-
-def _graphs(graph: Graph):
-    yield graph
-    for n in graph.nodes_with("scan"):
-        yield from _graphs(graph.attrs(n)["body"])
 
 
 def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32", sizes: dict | None = None,
@@ -174,7 +98,7 @@ def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32"
     params = _cast_all(graph, "param", params, float_dtype)
     ctx = Eval(feeds, params, all_sizes, float_dtype, replicas)
     with np.errstate(all="ignore"):       # inf and nan are values here; callers decide what they mean
-        values = ctx._run(graph)
+        values = ctx.values(graph)
     return {name: values[t.key()] for name, t in graph.outputs.items()}
 
 

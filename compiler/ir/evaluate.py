@@ -1,0 +1,93 @@
+"""A graph evaluated by its primitives' numpy references (their `impl`).
+
+`Eval` is what an impl may ask for while it computes, as `Infer` is for a type rule. The
+reference interpreter runs whole graphs with one (runtime/engines/interpreter.py); constant
+folding (compiler/passes/optimize.py) and the static builtins (compiler/frontend/builtins.py)
+compute single nodes with the default one, in float64, and ONNX export a constant `iota`.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.dims import Dim, concrete
+from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, Graph
+from dlc.compiler.ir.primitives import PRIMITIVES
+
+
+class Eval:
+    """The values an impl may read: the graph's inputs (`feeds`), its parameters, a body's
+    arguments and the sizes of the symbolic dims; every float computed in `float_dtype`
+    (None: in the dtype the graph gives it). `steps`: the indices of the enclosing scan
+    steps. `replicas`: the replica mean of a data-parallel run
+    (runtime/engines/distributed.py), None in one process."""
+
+    def __init__(self, feeds: dict | None = None, params: dict | None = None, sizes: dict | None = None,
+                 float_dtype: str | None = "f64", replicas=None):
+        self.feeds, self.params, self.sizes, self.float_dtype = feeds or {}, params or {}, sizes or {}, float_dtype
+        self.replicas = replicas
+        self.args: list = []
+        self.steps: tuple = ()
+
+    def np_dtype(self, dtype: str):
+        return DTYPES[self.float_dtype if self.float_dtype and dtype in FLOAT_DTYPES else dtype]
+
+    def size(self, d) -> int:
+        return concrete(d, self.sizes)
+
+    def feed(self, name):
+        return self.feeds[name]
+
+    def param(self, name):
+        return self.params[name]
+
+    def arg(self, index):
+        return self.args[index]
+
+    def error(self, message: str) -> DlcError:
+        return DlcError(message)
+
+    def run(self, graph: Graph, args: list) -> list:
+        """The outputs of a body graph for these arguments (a scan's step)."""
+        saved, self.args = self.args, args
+        try:
+            values = self.values(graph)
+        finally:
+            self.args = saved
+        return [values[t.key()] for t in graph.outputs.values()]
+
+    def values(self, graph: Graph) -> dict:
+        """Every value of the graph, by (node, output)."""
+        values: dict = {}
+        for n, impl, inputs, attrs, dtypes in plan(graph):
+            try:
+                outs = impl(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
+            except DlcError as e:       # a check of the values (an index out of range): at the node's line
+                if e.span is not None:
+                    raise
+                raise DlcError.at_user_line(e.message, graph.g.nodes[n]["span"]) from None
+            for j, (out, dtype) in enumerate(zip(outs, dtypes)):
+                values[(n, j)] = np.asarray(out, self.np_dtype(dtype))
+        return values
+
+    def _resolve(self, v):
+        if isinstance(v, Dim):
+            return self.size(v)
+        if isinstance(v, tuple):
+            return tuple(self._resolve(x) for x in v)
+        return v
+
+
+def plan(graph: Graph) -> list:
+    """The graph in execution order, computed once per graph (graphs do not change
+    after they are built; the node and edge counts guard against it)."""
+    key = (graph.g.number_of_nodes(), graph.g.number_of_edges())
+    cached = graph.__dict__.get("_plan")
+    if cached is None or cached[0] != key:
+        steps = []
+        for n in graph.order():
+            data = graph.g.nodes[n]
+            steps.append((n, PRIMITIVES[data["op"]].impl, [t.key() for t in graph.inputs(n)], data["attrs"],
+                          [t.dtype for t in data["types"]]))
+        cached = graph.__dict__["_plan"] = (key, steps)
+    return cached[1]
