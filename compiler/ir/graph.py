@@ -66,6 +66,7 @@ class Primitive:
     given: bool = False        # its value comes from outside the graph: an input, a parameter, an argument
     view: bool = False         # its result is its operand's elements, rearranged or not at all (no arithmetic)
     cheap: bool = False        # cheaper to recompute than to keep in memory (views, constants)
+    recompute: bool = False    # one of it on values in memory costs less to redo in each reader than to store
     commutative: bool = False  # its two operands may be swapped
     libm: str | None = None    # the C math library's function that computes it (float; "f" suffix for f32)
 

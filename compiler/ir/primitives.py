@@ -153,15 +153,15 @@ def _unary_type(ctx, types, **_):
     return [types[0]]
 
 
-def _unary(name, fn, vjp, libm=None):
+def _unary(name, fn, vjp, **properties):
     """A float function of one operand; `libm` names the C library's function for it."""
-    primitive(name, "elementwise", _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, libm=libm)(
+    primitive(name, "elementwise", _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, **properties)(
         lambda ctx, xs, _fn=fn: [_fn(xs[0]).astype(xs[0].dtype, copy=False)])
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
-_unary("neg", np.negative, lambda n, g: [-g[0]])
+_unary("neg", np.negative, lambda n, g: [-g[0]], recompute=True)
 _unary("exp", np.exp, lambda n, g: [g[0] * n.outputs[0]])
 _unary("expm1", np.expm1, lambda n, g: [g[0] * (n.outputs[0] + 1.0)], libm="expm1")
 _unary("log", np.log, lambda n, g: [g[0] / n.inputs[0]], libm="log")
@@ -222,10 +222,10 @@ def _int_div(a, b):
     return np.divide(a, b)
 
 
-_binary("add", np.add, lambda n, g: [g[0], g[0]], commutative=True)
-_binary("sub", np.subtract, lambda n, g: [g[0], -g[0]])
-_binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]], commutative=True)
-_binary("div", _int_div, lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])])
+_binary("add", np.add, lambda n, g: [g[0], g[0]], commutative=True, recompute=True)
+_binary("sub", np.subtract, lambda n, g: [g[0], -g[0]], recompute=True)
+_binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]], commutative=True, recompute=True)
+_binary("div", _int_div, lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])], recompute=True)
 # x % y = x - y * floor(x / y), so d/dy = -floor(x / y) = -(x - out) / y
 _binary("mod", np.mod, lambda n, g: [g[0], -(g[0] * (n.inputs[0] - n.outputs[0]) / n.inputs[1])])
 _binary("pow", np.power, _pow_vjp, libm="pow")
@@ -305,7 +305,7 @@ def _cast_vjp(n, g):
     return [ops.cast(g[0], src.dtype) if src.type.is_float else None]
 
 
-@primitive("cast", "elementwise", _cast_type, _cast_vjp)
+@primitive("cast", "elementwise", _cast_type, _cast_vjp, recompute=True)
 def _cast(ctx, xs, dtype):
     return [xs[0].astype(ctx.np_dtype(dtype))]
 

@@ -1,4 +1,4 @@
-"""Readable text of a kernel program (`dlc compile --emit kernels|fused`)."""
+"""Readable text of a kernel program (`dlc compile --emit kernels`)."""
 from __future__ import annotations
 
 from dlc.compiler.native.program import (AccumulateKernel, Affine, Const, ConvKernel, FusedMapKernel, Gather, GemmKernel, HostCallKernel, Guarded,
@@ -90,25 +90,5 @@ def program(p: KernelProgram) -> str:
             lines.append(f"# b{b.id}: {b.kind} {b.name} {b.dtype}[{b.size}]".replace("  ", " "))
     for k in p.kernels:
         lines += kernel(k)
-    return "\n".join(lines)
-
-
-def fused(p: KernelProgram) -> str:
-    """Each kernel with the graph operations fused into it and the source line of each."""
-    lines, number = [], iter(range(1 << 30))
-
-    def walk(kernels, depth):
-        for k in kernels:
-            pad = "  " * depth
-            if isinstance(k, ScanKernel):
-                lines.append(f"{pad}scan {k.var} in {k.length}{' reversed' if k.reverse else ''}  @{source(k)}")
-                walk(k.body, depth + 1)
-                continue
-            kind = type(k).__name__.replace("Kernel", "").replace("FusedMap", "Map").lower()
-            lines.append(f"{pad}kernel {next(number)}: {kind}, {len(k.origin)} op{'s' * (len(k.origin) != 1)}")
-            for op, span in k.origin:
-                text = (span.source_line() or "").strip() if span else ""
-                lines.append(f"{pad}    {op:<16}{_where(span):<22}{text}")
-    walk(p.kernels, 0)
     return "\n".join(lines)
 
