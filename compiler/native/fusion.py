@@ -89,7 +89,7 @@ def disjoint(boxes: list) -> bool:
         return any(_known(p + q) and (p[1] < q[0] or q[1] < p[0]) for p, q in zip(x, y))
 
     def runs(group: list, axis: int) -> list:
-        if axis == len(group[0]) or len(group) < 2:
+        if len(group) < 2 or axis == len(group[0]):
             return [group]
         if not _known([b for box in group for b in box[axis]]):
             return runs(group, axis + 1)
@@ -101,8 +101,7 @@ def disjoint(boxes: list) -> bool:
             last = box[axis][1] if not run else max(last, box[axis][1])
             run.append(box)
         return out + runs(run, axis + 1)
-    return bool(boxes) and all(apart(x, y) for run in runs(list(boxes), 0) for i, x in enumerate(run)
-                               for y in run[:i])
+    return all(apart(x, y) for run in runs(list(boxes), 0) for i, x in enumerate(run) for y in run[:i])
 
 
 def _known(bounds) -> bool:
@@ -209,8 +208,8 @@ class Fusion:
 
     def group(self, n: int) -> tuple:
         """Node n and the producers computed in its kernel — values fused into it and
-        free views — n first, then in graph order. (Kept: each piece of a concat is a
-        kernel of the concat's node.)"""
+        free views — n first, then in graph order. Kept once made: every piece of a
+        concat is a kernel of the concat's node."""
         g = self.graph
         if n in self.groups or n not in g.g.nodes:
             return self.groups.get(n, ())
