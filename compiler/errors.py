@@ -47,6 +47,10 @@ class Span:
     def short(self) -> str:
         return f"{self.line}:{self.col}"
 
+    def place(self) -> str:
+        """The file's name and the line: `layers.dl:53`."""
+        return f"{self.file.rsplit('/', 1)[-1]}:{self.line}"
+
     def source_line(self) -> str | None:
         lines = source_lines(self.file)
         if lines and 0 < self.line <= len(lines):

@@ -206,12 +206,16 @@ def cmd_compile(args):
         model = _build(args)
         graph = _optimized(args, autodiff.train_step(model.graph) if "loss" in model.graph.outputs else model.graph,
                            True)
+        if args.emit == "fused":
+            from dlc.compiler.native.fusion import Fusion
+            _write(Fusion(graph).text(), args.output)
+            return
         try:
             program = lower(graph)
         except NotLowerable as e:
             raise DlcError(f"the native backend cannot compile {model.name} yet: {e}") from None
-        if args.emit in ("kernels", "fused"):
-            _write((render.program if args.emit == "kernels" else render.fused)(program), args.output)
+        if args.emit == "kernels":
+            _write(render.program(program), args.output)
         else:
             module = build_module(program).module
             _write(jit.optimized_ir(module) if args.emit == "llvm" else jit.assembly(module), args.output)
@@ -481,7 +485,7 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.add_argument("--emit", choices=["ast", "graph", "grad", "fused", "kernels", "llvm", "asm"], required=True,
                    help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph; fused: the "
-                        "graph operations fused into each kernel, with their source lines; kernels: the fused loop "
+                        "fusion's groups, the graph operations each kernel computes, with their source lines; kernels: the fused loop "
                         "kernels of the train step, each with its source line; llvm: their optimized LLVM IR; asm: "
                         "the host assembly")
     c.add_argument("--format", choices=["text", "dot", "json"], default="text", help="for graph and grad")

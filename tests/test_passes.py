@@ -138,7 +138,7 @@ def test_times_zero_is_not_simplified():
     g, x = graph_with_input((3,))
     g.outputs["y"] = x * 0.0 + 0.0 * x
     simple = passes.optimize(g)
-    assert counts(simple)["mul"] == 2
+    assert counts(simple)["mul"] == 1       # not rewritten; cse makes x * 0 and 0 * x one node
     y = run(simple, x=np.array([np.inf, np.nan, 2.0]))["y"]
     assert np.isnan(y[0]) and np.isnan(y[1]) and y[2] == 0.0
 
@@ -189,10 +189,10 @@ def test_cse_merges_a_repeated_subexpression():
     assert counts(merged)["matmul"] == 2 and counts(merged)["random"] == 1 and counts(merged)["param"] == 2
 
 
-def test_cse_leaves_cheap_values_to_be_recomputed():
+def test_cse_merges_copies_the_fusion_decides_what_is_recomputed():
     g, x = graph_with_input((B, 4))
     g.outputs["y"] = ops.unary("exp", x) + ops.unary("exp", x)
-    assert counts(passes.optimize(g))["exp"] == 2
+    assert counts(passes.optimize(g))["exp"] == 1       # tests/test_fusion_pass.py: it costs no memory
 
 
 def test_scans_lose_the_results_and_arguments_nothing_reads():

@@ -72,6 +72,7 @@ class Primitive:
     given: bool = False        # its value comes from outside the graph: an input, a parameter, an argument
     view: bool = False         # its result is its operand's elements, rearranged or not at all (no arithmetic)
     cheap: bool = False        # cheaper to recompute than to keep in memory (views, constants)
+    recompute: bool = False    # one of it on values in memory costs less to redo in each reader than to store
     commutative: bool = False  # its two operands may be swapped
     libm: str | None = None    # the C math library's function that computes it (float; "f" suffix for f32)
     arity: int | None = None   # an elementwise op's number of operands
@@ -398,7 +399,7 @@ def _ref(t: Tensor) -> str:
 
 
 def _where(span: Span) -> str:
-    return f"{span.file.rsplit('/', 1)[-1]}:{span.line}:{span.col}"
+    return f"{span.place()}:{span.col}"
 
 
 def to_text(graph: Graph, indent: str = "") -> str:

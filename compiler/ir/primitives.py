@@ -161,7 +161,7 @@ def _unary(name, fn, vjp, **properties):
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
-_unary("neg", np.negative, lambda n, g: [-g[0]], operator="-", onnx="Neg")
+_unary("neg", np.negative, lambda n, g: [-g[0]], operator="-", onnx="Neg", recompute=True)
 _unary("exp", np.exp, lambda n, g: [g[0] * n.outputs[0]], builtin="exp", onnx="Exp")
 _unary("expm1", np.expm1, lambda n, g: [g[0] * (n.outputs[0] + 1.0)], libm="expm1", builtin="expm1")
 _unary("log", np.log, lambda n, g: [g[0] / n.inputs[0]], libm="log", builtin="log", onnx="Log")
@@ -222,12 +222,12 @@ def _int_div(a, b):
     return np.divide(a, b)
 
 
-_binary("add", np.add, lambda n, g: [g[0], g[0]], commutative=True, operator="+", onnx="Add")
-_binary("sub", np.subtract, lambda n, g: [g[0], -g[0]], operator="-", onnx="Sub")
+_binary("add", np.add, lambda n, g: [g[0], g[0]], commutative=True, operator="+", onnx="Add", recompute=True)
+_binary("sub", np.subtract, lambda n, g: [g[0], -g[0]], operator="-", onnx="Sub", recompute=True)
 _binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]], commutative=True, operator="*",
-        onnx="Mul")
+        onnx="Mul", recompute=True)
 _binary("div", _int_div, lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])], operator="/",
-        onnx="Div")
+        onnx="Div", recompute=True)
 # x % y = x - y * floor(x / y), so d/dy = -floor(x / y) = -(x - out) / y
 _binary("mod", np.mod, lambda n, g: [g[0], -(g[0] * (n.inputs[0] - n.outputs[0]) / n.inputs[1])], operator="%")
 _binary("pow", np.power, _pow_vjp, libm="pow", operator="^", onnx="Pow")
@@ -318,7 +318,7 @@ def _cast_vjp(n, g):
     return [ops.cast(g[0], src.dtype) if src.type.is_float else None]
 
 
-@primitive("cast", "elementwise", _cast_type, _cast_vjp, arity=1)
+@primitive("cast", "elementwise", _cast_type, _cast_vjp, arity=1, recompute=True)
 def _cast(ctx, xs, dtype):
     return [xs[0].astype(ctx.np_dtype(dtype))]
 

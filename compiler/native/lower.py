@@ -4,10 +4,10 @@ Each primitive has a lowering rule, registered here by name (`register_lowering`
 JAX registers its rules beside each primitive; an elementwise primitive without one
 becomes an `Op` node, which code generation emits with the primitive's scalar rule
 (scalar.py). View ops (broadcast, transpose, slice, reshape of contiguous data) only
-change coefficients, so they cost nothing. Elementwise ops build expression trees; a
-value used once is inlined into its consumer (fusion), a value used several times, or
-needed in memory (matmul operands, graph outputs), is materialized by a map kernel.
-Reductions fuse their elementwise producers. Matmuls become GEMM calls.
+change coefficients, so they cost nothing. Elementwise ops build expression trees; which
+values are inlined into their readers' kernels and which are stored by a map kernel of
+their own is decided before, by the fusion pass (fusion.py). Reductions fuse their
+elementwise producers. Matmuls become GEMM calls.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.kernels import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
                                          MapKernel, MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel,
                                          ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.memory import linearize
 from dlc.compiler.native.program import (Affine, Buffer, Const, Gather, Guarded, Index, KernelProgram, Load, Op, Random,
                                          Size, buffer_of, contiguous, leaves, remap, row_major)
@@ -30,22 +31,6 @@ SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a Sma
 DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
 SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
 SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
-
-
-# one of these on loads and constants costs less to redo in every reader of its value than
-# a store and the readers' loads: a GELU's x*x, 0.5*x and 1 + tanh(...), attention's scaled
-# scores and a layernorm's x / std are saved for the backward pass as their operands
-RECOMPUTED = frozenset({"add", "sub", "mul", "neg", "div"})
-
-
-def _leaf(e) -> bool:
-    return isinstance(e, (Load, Const, Index, Size))
-
-
-def recomputed(e) -> bool:
-    """Whether the value e is inlined into each of its readers, not stored: one cheap
-    operation (RECOMPUTED) on loads and constants."""
-    return isinstance(e, Op) and e.name in RECOMPUTED and all(_leaf(a) for a in e.args)
 
 
 class NotLowerable(DlcError):
@@ -80,11 +65,12 @@ def lowering_rule(name: str) -> Callable | None:
 class Lowering:
     """The lowering of one graph (a scan's body has one of its own, sharing the program):
     each node's rule, in graph order, sets the expressions of its outputs and emits the
-    kernels that compute what must be in memory."""
+    kernels that compute what must be in memory, as the graph's fusion decided."""
 
     def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
-                 loop: tuple | None = None):
+                 loop: tuple | None = None, fusion: Fusion | None = None):
         self.g = graph
+        self.fusion = fusion or Fusion(graph)
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []
         self.args, self.depth = list(args), depth
@@ -92,34 +78,11 @@ class Lowering:
         self.packs: dict = {}         # GEMM operands packed before a scan in this graph -> their buffer
         self.slots: dict = {}         # of a scan's body: tensor key -> its step's place in a stacked output
         self.values: dict = {}        # tensor key -> expression over its own shape
-        self.uses: dict = {}
-        self.readers: dict = {}       # tensor key -> the nodes that read it, once per use
-        for u, v, out in graph.g.edges(data="out"):
-            self.uses[(u, out)] = self.uses.get((u, out), 0) + 1
-            self.readers.setdefault((u, out), []).append(v)
-        outputs = {t.key() for t in graph.outputs.values()}
-        self.pinned = outputs         # values that must live in memory
         self.cols: dict = {}          # im2col buffers by (window expression, shape)
 
     def emit(self, kernel, into: list | None = None):
-        kernel.nodes = self.fused(kernel.node)
-        kernel.origin = tuple((self.g.op(v), self.g.g.nodes[v]["span"]) for v in kernel.nodes)
+        kernel.nodes, kernel.origin = self.fusion.group(kernel.node), self.fusion.origin(kernel.node)
         (self.kernels if into is None else into).append(kernel)
-
-    def fused(self, n: int) -> tuple:
-        """Node n and the producers fused into its kernel: values inlined into its
-        expression and free views, in graph order."""
-        if n not in self.g.g.nodes:
-            return ()
-        seen, todo = {n}, [n] if self.g.op(n) != "scan" else []
-        while todo:
-            for x in self.g.inputs(todo.pop()):
-                prim = PRIMITIVES[self.g.op(x.node)]
-                inlined = not isinstance(self.values.get(x.key()), Load) or prim.view
-                if x.node not in seen and not prim.given and inlined:
-                    seen.add(x.node)
-                    todo.append(x.node)
-        return (n, *sorted(seen - {n}))
 
     def run(self) -> KernelProgram:
         for n in self.g.order():
@@ -150,6 +113,8 @@ class Lowering:
         """The value of t in memory, contiguous (a map kernel writes it if needed). An
         output gets a buffer of its own unless a kernel already wrote it."""
         e = self.expr(t)
+        assert isinstance(e, (Load, Const, Index, Size)) or t.key() in self.fusion.stored, \
+            f"the fusion inlines %{t.node} ({self.g.op(t.node)}) into its readers, yet it is stored"
         if isinstance(e, Load) and e.at == Affine(0, row_major(t.shape)):
             b = self.p.buffers[e.buffer]
             if kind == "temp" or b.kind in ("temp", "output"):
@@ -200,27 +165,9 @@ class Lowering:
         rule(self, n, ins, self.g.attrs(n), self.g.types(n)[0])
 
     def use(self, t: Tensor):
-        """The expression for an operand: inlined when cheap to recompute or when no
-        element is read twice (used once, or split into parts), else in memory."""
-        e = self.expr(t)
-        if _leaf(e) or t.key() not in self.pinned and (recomputed(e) or self.uses.get(t.key(), 0) <= 1
-                                                       or self.split(t)):
-            return e
-        return self.stored(t)
-
-    def split(self, t: Tensor) -> bool:
-        """Whether t is read only by slices that do not overlap, as an LSTM's four gates
-        read `xw[:, t] + h @ Wh + bh`: each part is computed where it is read, and the
-        whole never goes through memory."""
-        boxes = []
-        for v in self.readers.get(t.key(), []):
-            if self.g.op(v) != "slice":
-                return False
-            a = self.g.attrs(v)
-            boxes.append([(lo, lo + (d - 1) * st) for lo, st, d in zip(a["starts"], a["steps"], self.g.types(v)[0].shape)])
-        apart = lambda x, y: any(all(isinstance(e, int) for e in p + q) and (p[1] < q[0] or q[1] < p[0])
-                                 for p, q in zip(x, y))
-        return all(apart(x, y) for i, x in enumerate(boxes) for y in boxes[:i])
+        """The expression for an operand: in memory where the fusion stores it, else
+        inlined into the reader."""
+        return self.stored(t) if t.key() in self.fusion.stored else self.expr(t)
 
     def matrix(self, t: Tensor) -> tuple:
         """(buffer, offset, leading dim, batch stride, transposed storage) of a matmul
@@ -499,7 +446,7 @@ def _scan(lw, n, ins, attrs, typ):
         args.append(remap(lw.use(x), lambda a, axis=axis: Affine(
             a.offset + a.coeffs[axis] * t, a.coeffs[:axis] + a.coeffs[axis + 1:])))
     args += [lw.use(x) for x in ins[nc + len(xs_axes):]]
-    sub = Lowering(body, lw.p, args, lw.depth + 1, loop=(lw, first))
+    sub = Lowering(body, lw.p, args, lw.depth + 1, loop=(lw, first), fusion=lw.fusion.bodies[n])
     results = list(body.outputs.values())
     # each per-step output has a stacked buffer; a value the body computes into memory
     # is written at its place there (Lowering.place), any other is copied there at the end

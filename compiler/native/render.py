@@ -1,4 +1,4 @@
-"""Readable text of a kernel program (`dlc compile --emit kernels|fused`); each kind of
+"""Readable text of a kernel program (`dlc compile --emit kernels`); each kind of
 kernel writes its own lines (Kernel.text) with the helpers here."""
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def shape(dims) -> str:
 
 def source(k) -> str:
     """file:line of the graph node a kernel computes ('' for code of no node)."""
-    return _where(k.origin[0][1]) if k.origin else ""
+    return where(k.origin[0][1]) if k.origin else ""
 
 
 def located(k) -> str:
@@ -47,8 +47,9 @@ def located(k) -> str:
     return f"  @{source(k)}" if source(k) else ""
 
 
-def _where(span) -> str:
-    return f"{span.file.rsplit('/', 1)[-1]}:{span.line}" if span else ""
+def where(span) -> str:
+    """`layers.dl:53`, or '' for no place."""
+    return span.place() if span else ""
 
 
 def program(p: KernelProgram) -> str:
@@ -60,21 +61,3 @@ def program(p: KernelProgram) -> str:
         lines += k.text()
     return "\n".join(lines)
 
-
-def fused(p: KernelProgram) -> str:
-    """Each kernel with the graph operations fused into it and the source line of each."""
-    lines, number = [], iter(range(1 << 30))
-
-    def walk(kernels, depth):
-        for k in kernels:
-            pad = "  " * depth
-            if k.heading() is not None:
-                lines.append(f"{pad}{k.heading()}  @{source(k)}")
-            else:
-                lines.append(f"{pad}kernel {next(number)}: {k.family}, {len(k.origin)} op{'s' * (len(k.origin) != 1)}")
-                for op, span in k.origin:
-                    text = (span.source_line() or "").strip() if span else ""
-                    lines.append(f"{pad}    {op:<16}{_where(span):<22}{text}")
-            walk(k.nested(), depth + 1)
-    walk(p.kernels, 0)
-    return "\n".join(lines)

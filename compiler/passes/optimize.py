@@ -375,14 +375,6 @@ def _hashable(v):
     return v
 
 
-def _recomputed(g: Graph, first: int, n: int) -> bool:
-    """Two elementwise values each read once are fused into their readers; merged, the
-    one value read twice would go through memory, which costs more than computing it
-    twice. (A value read several times is in memory already: its copies may merge.)"""
-    return PRIMITIVES[g.op(n)].kind == "elementwise" and g.uses(Tensor(g, first)) == 1 \
-        and g.uses(Tensor(g, n)) == 1
-
-
 def cse(graph: Graph) -> Graph:
     """Common subexpression elimination by hash-consing in topological order. Inputs,
     parameters and arguments are never merged; `random` nodes are (their numbers are a
@@ -401,7 +393,7 @@ def cse(graph: Graph) -> Graph:
                 attrs = {**attrs, "value": _value(g, n)}
             key = (op, _hashable(sorted(attrs.items())), tuple(operands))
             first = seen.setdefault(key, n)
-            if first == n or _recomputed(g, first, n):
+            if first == n:
                 continue
             g.redirect(n, g.outputs_of(first))
             g.g.remove_node(n)

@@ -1,0 +1,267 @@
+"""Fusion: which graph nodes the native lowering computes in one kernel, decided before
+lowering from each primitive's record (compiler/ir/graph.py `Primitive`): its pattern
+kind and its `view`, `cheap` and `recompute` properties, as TVM's fuse_ops groups by
+pattern kind.
+
+A value reaches its readers in one of four forms (`Form`): in memory (a load), free (a
+scalar constant, an iota, a symbolic size), one cheap operation on those, or an
+expression. A view only re-indexes its operand, so it has its operand's form. A value not
+in memory is computed inside the kernel of each of its readers (fused into them) unless
+it is stored by a map kernel of its own, for one of the reasons of `Reason`: it is a
+graph output, a reader reads it from memory (a GEMM operand, ...), or it is an expression
+read several times — unless it is one cheap operation, which each reader redoes, or is
+read only through slices that do not overlap, each part computed where it is read. Every
+producer not fused into one of its readers is a `Boundary`, with the reason.
+
+It lives with the native backend, not among the graph passes (compiler/passes/, graph →
+graph rewrites every engine runs): its rules are facts about the native kernels — a GEMM
+call and the window kernels read their operands from memory, a reshape needs contiguous
+data, a reduction or a GEMM writes its result — and only the lowering (lower.py) and
+`dlc compile --emit fused` read it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from dlc.compiler.ir.graph import Graph, Tensor
+from dlc.compiler.ir.primitives import PRIMITIVES
+from dlc.compiler.native.render import where
+
+
+class Form(Enum):
+    """How a value reaches its readers."""
+    MEMORY = "in memory"
+    FREE = "free"               # a scalar constant, an iota, a symbolic size: nothing to load
+    CHEAP = "cheap"             # one `recompute` operation on values in memory or free
+    EXPRESSION = "expression"
+
+
+class Reason(Enum):
+    """Why a producer is not computed in the kernel of a reader."""
+    READERS = "read several times"
+    OUTPUT = "a graph output"
+    STEP = "a result of a scan's step"
+    GEMM_OPERAND = "a GEMM operand"
+    WINDOW_OPERAND = "read through windows (convolution, pooling)"
+    MEMORY_OPERAND = "read from memory by its reader"
+    REDUCTION = "the result of a reduction"
+    KERNEL = "written by a kernel of its own"
+    SCAN = "a result of a scan"
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """A producer not fused into one of its readers, and why."""
+    producer: int
+    consumer: int
+    reason: Reason
+
+
+# the kinds whose kernels write their result to memory, and the reason that gives each reader
+WRITTEN = {"reduction": Reason.REDUCTION, "contraction": Reason.KERNEL, "window": Reason.KERNEL,
+           "opaque": Reason.KERNEL, "control": Reason.SCAN}
+WRITTEN_PIECES = frozenset({"concat", "pad"})     # injective, but written piece by piece
+# the operands a kernel reads from memory (positions; None: all), by the reader's kind ...
+MEMORY_OPERANDS_OF_KIND = {"contraction": (None, Reason.GEMM_OPERAND), "window": (None, Reason.WINDOW_OPERAND)}
+# ... and the primitives that differ from their kind
+MEMORY_OPERANDS = {
+    "avgpool2d_grad": ((), None),                   # accumulates its operand's expression
+    "reshape": ((0,), Reason.MEMORY_OPERAND),       # re-indexes contiguous data
+    "gather": ((0,), Reason.MEMORY_OPERAND),        # the table
+    "scatter_add": ((1,), Reason.MEMORY_OPERAND),   # the updates
+    "random": ((0,), Reason.MEMORY_OPERAND),        # the key
+}
+LEAVES = (Form.MEMORY, Form.FREE)
+
+
+def memory_operands(op: str) -> tuple:
+    """(the positions of the operands op's kernel reads from memory, None for all; why)."""
+    return MEMORY_OPERANDS.get(op) or MEMORY_OPERANDS_OF_KIND.get(PRIMITIVES[op].kind, ((), None))
+
+
+def disjoint(boxes: list) -> bool:
+    """Whether no two boxes — a (first, last) pair of indices per axis — share an element.
+    Sorted by their first index along an axis, the boxes fall into runs whose extents do
+    not meet, each apart from the others there; each run is then looked at along the next
+    axis, and boxes still together after the last are compared pair by pair. That is
+    n log n per axis for slices apart along one axis (an LSTM's gates), not every pair."""
+    def apart(x, y):
+        return any(_known(p + q) and (p[1] < q[0] or q[1] < p[0]) for p, q in zip(x, y))
+
+    def runs(group: list, axis: int) -> list:
+        if len(group) < 2 or axis == len(group[0]):
+            return [group]
+        if not _known([b for box in group for b in box[axis]]):
+            return runs(group, axis + 1)
+        out, run, last = [], [], None
+        for box in sorted(group, key=lambda b: b[axis][0]):
+            if run and box[axis][0] > last:
+                out += runs(run, axis + 1)
+                run = []
+            last = box[axis][1] if not run else max(last, box[axis][1])
+            run.append(box)
+        return out + runs(run, axis + 1)
+    return all(apart(x, y) for run in runs(list(boxes), 0) for i, x in enumerate(run) for y in run[:i])
+
+
+def _known(bounds) -> bool:
+    return all(isinstance(b, int) for b in bounds)
+
+
+class Fusion:
+    """The fusion of one graph: the values stored by a kernel of their own (`stored`, each
+    with its reason), the boundaries, and the fusion of each scan's body (`bodies`).
+    `args`: the forms of a scan body's arguments (None: the graph is not a body)."""
+
+    def __init__(self, graph: Graph, args: list | None = None):
+        self.graph = graph
+        self.forms: dict = {}           # value key -> its form as its readers take it (MEMORY once stored)
+        self.stored: dict = {}          # value key -> Reason
+        self.boundaries: list[Boundary] = []
+        self.bodies: dict = {}          # scan node -> Fusion of its body
+        self.readers: dict = {}         # value key -> the nodes that read it, once per use
+        self.groups: dict = {}          # node -> its group, once asked for
+        self.origins: dict = {}         # node -> (op, source place) of each node of its group, once asked for
+        for u, v, out in graph.g.edges(data="out"):
+            self.readers.setdefault((u, out), []).append(v)
+        self.outputs = {t.key() for t in graph.outputs.values()}
+        output = Reason.OUTPUT if args is None else Reason.STEP
+        for n in graph.order():
+            taken = self._taken(n)
+            form = self._form(n, taken, args)
+            for t in graph.outputs_of(n):
+                self._decide(t, form, output)
+            if graph.op(n) == "scan":
+                nc = graph.attrs(n)["n_carry"]          # carries are copied into buffers of the loop
+                self.bodies[n] = Fusion(graph.attrs(n)["body"], [Form.MEMORY] * nc + taken[nc:])
+
+    def _taken(self, n: int) -> list:
+        """The forms in which node n takes its operands: in memory where its kernel reads
+        them from there."""
+        where, _ = memory_operands(self.graph.op(n))
+        return [Form.MEMORY if where is None or i in where else self.forms[x.key()]
+                for i, x in enumerate(self.graph.inputs(n))]
+
+    def _form(self, n: int, operands: list, args: list | None) -> Form:
+        """The form of node n's values, from those it takes its operands in."""
+        op = self.graph.op(n)
+        prim = PRIMITIVES[op]
+        if op == "arg":
+            return args[self.graph.attrs(n)["index"]]
+        if prim.kind in WRITTEN or op in WRITTEN_PIECES or prim.given:
+            return Form.MEMORY
+        if op == "constant":
+            return Form.FREE if getattr(self.graph.attrs(n)["value"], "ndim", 0) == 0 else Form.MEMORY
+        if prim.kind == "source" and prim.cheap:
+            return Form.FREE
+        if prim.view:
+            return operands[0]
+        if prim.recompute and all(f in LEAVES for f in operands):
+            return Form.CHEAP
+        return Form.EXPRESSION
+
+    def _decide(self, t: Tensor, form: Form, output: Reason):
+        """Whether value t, computed in `form`, is stored, and the boundaries it makes."""
+        key, readers = t.key(), self.readers.get(t.key(), [])
+        self.forms[key] = form
+        prim = PRIMITIVES[self.graph.op(t.node)]
+        if form is Form.FREE or form is Form.MEMORY and (prim.view or prim.kind == "source"):
+            return
+        if form is Form.MEMORY:
+            reason = WRITTEN.get(prim.kind, Reason.KERNEL)
+        else:
+            reason = self._why_stored(t, form, readers, output)
+            if reason is None:
+                return
+            self.stored[key] = reason
+            self.forms[key] = Form.MEMORY
+        self.boundaries += [Boundary(t.node, v, reason) for v in dict.fromkeys(readers)]
+
+    def _why_stored(self, t: Tensor, form: Form, readers: list, output: Reason) -> Reason | None:
+        if t.key() in self.outputs:
+            return output
+        for v in dict.fromkeys(readers):
+            where, why = memory_operands(self.graph.op(v))
+            if why is not None and any(x.key() == t.key() and (where is None or i in where)
+                                       for i, x in enumerate(self.graph.inputs(v))):
+                return why
+        if form is Form.CHEAP or len(readers) <= 1 or self._split(readers):
+            return None
+        return Reason.READERS
+
+    def _split(self, readers: list) -> bool:
+        """Whether a value is read only by slices that do not overlap, as an LSTM's four gates
+        read `xw[:, t] + h @ Wh + bh`: each part is computed where it is read, and the whole
+        never goes through memory."""
+        boxes = []
+        for v in readers:
+            if self.graph.op(v) != "slice":
+                return False
+            a = self.graph.attrs(v)
+            boxes.append(tuple((lo, lo + (d - 1) * st)
+                               for lo, st, d in zip(a["starts"], a["steps"], self.graph.types(v)[0].shape)))
+        return disjoint(boxes)
+
+    # ---- what the lowering and `--emit fused` read ----
+    def in_memory(self, t: Tensor) -> bool:
+        return self.forms[t.key()] is Form.MEMORY
+
+    def group(self, n: int) -> tuple:
+        """Node n and the producers computed in its kernel — values fused into it and
+        free views — n first, then in graph order. Kept once made: every piece of a
+        concat is a kernel of the concat's node."""
+        g = self.graph
+        if n in self.groups or n not in g.g.nodes:
+            return self.groups.get(n, ())
+        seen, todo = {n}, [n] if g.op(n) != "scan" else []
+        while todo:
+            v = todo.pop()
+            where, _ = memory_operands(g.op(v))
+            for i, x in enumerate(g.inputs(v)):
+                prim = PRIMITIVES[g.op(x.node)]
+                fused = not self.in_memory(x) and where is not None and i not in where
+                if x.node not in seen and not prim.given and (prim.view or fused):
+                    seen.add(x.node)
+                    todo.append(x.node)
+        self.groups[n] = (n, *sorted(seen - {n}))
+        return self.groups[n]
+
+    def origin(self, n: int) -> tuple:
+        """(op, source place) of each node of n's group."""
+        if n not in self.origins:
+            self.origins[n] = tuple((self.graph.op(v), self.graph.g.nodes[v]["span"]) for v in self.group(n))
+        return self.origins[n]
+
+    def roots(self) -> list:
+        """The nodes that have kernels of their own, in graph order: those whose kind writes
+        memory, the stored values and the graph outputs (but inputs, parameters, arguments)."""
+        g = self.graph
+        own = {n for n in g.g.nodes if PRIMITIVES[g.op(n)].kind in WRITTEN or g.op(n) in WRITTEN_PIECES}
+        own |= {key[0] for key in self.stored} | {key[0] for key in self.outputs if not PRIMITIVES[g.op(key[0])].given}
+        return [n for n in g.order() if n in own]
+
+    def text(self) -> str:
+        """The groups, each with its nodes and their source lines; a scan's body under it."""
+        lines, number = [], iter(range(1 << 30))
+
+        def walk(f: Fusion, depth: int):
+            pad = "  " * depth
+            for n in f.roots():
+                g = f.graph
+                if g.op(n) == "scan":
+                    a = g.attrs(n)
+                    lines.append(f"{pad}scan in {a['length']}{' reversed' if a['reverse'] else ''}  "
+                                 f"@{where(g.g.nodes[n]['span'])}")
+                    walk(f.bodies[n], depth + 1)
+                    continue
+                origin = f.origin(n)
+                why = {f.stored[t.key()].value for t in g.outputs_of(n) if t.key() in f.stored}
+                lines.append(f"{pad}group {next(number)}: {g.op(n)} ({PRIMITIVES[g.op(n)].kind}), {len(origin)} "
+                             f"op{'s' * (len(origin) != 1)}" + (f"; stored: {', '.join(sorted(why))}" if why else ""))
+                for op, span in origin:
+                    text = (span.source_line() or "").strip() if span else ""
+                    lines.append(f"{pad}    {op:<16}{where(span):<22}{text}")
+        walk(self, 0)
+        return "\n".join(lines)
+
