@@ -1,19 +1,24 @@
-"""Compiled native code goes to a cache of this test session, not the user's."""
+"""Shared by the test files: the session's compile cache; the programs and runs of `dlc` that the
+tests of the command line, checkpoints, data and progress check; the native engine trained
+against the reference engine. Test files import the helpers by name (`from conftest import
+write`); the float64 gradient oracle is numeric_helpers.py."""
 import os
 import tempfile
 
 import numpy as np
 import pytest
 
+from dlc.runtime.cli import main
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
-from dlc.runtime.cli import main
 from dlc.runtime.training.optim import make_optimizer
 
+# compiled native code goes to a cache of this test session, not the user's
 os.environ.setdefault("DLC_CACHE_DIR", tempfile.mkdtemp(prefix="dlc-test-cache-"))
 
 
+# ---- programs and runs of dlc ------------------------------------------------------------------
 XOR = """
 model xor {
     input  x: f32[B, 2]
@@ -51,6 +56,7 @@ def failure(argv, capsys) -> str:
     return err
 
 
+# a three-class model
 CLASSIFIER = """
 model clf {
     input  x: f32[B, 2]
@@ -62,6 +68,7 @@ model clf {
 """
 
 
+# ---- the native engine against the reference engine ----------------------------------------------
 def five_steps(program, engine_class, optimizer, sizes, **kw):
     train, evaluation = program.build(training=True), program.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]

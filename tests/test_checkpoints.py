@@ -1,3 +1,7 @@
+"""Checkpoints (runtime/training/checkpoint.py) and the run folder: damaged metadata is one clear
+error, a checkpoint of another model names the mismatches, --resume takes a checkpoint (of any
+optimizer, at a position inside its epoch) and never the model file, --out is a folder, and a run
+names only the checkpoints it wrote and removes stale temporary ones."""
 import json
 import os
 import time
@@ -13,6 +17,8 @@ from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.trainer import Trainer
 
 from conftest import XOR, failure, usage_error, write
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +38,7 @@ def test_out_naming_an_existing_file_is_refused(tmp_path, capsys):
     assert (tmp_path / "taken").read_text() == "mine"
 
 
-# ---- item 8: damaged checkpoint metadata -----------------------------------------------------------
+# ---- damaged checkpoint metadata ------------------------------------------------------------------
 def _with_meta(source: Path, target: Path, edit):
     arrays = dict(np.load(source))
     meta = json.loads(arrays["meta"].tobytes())
@@ -95,7 +101,7 @@ def test_resume_with_another_optimizer_starts_its_state_afresh(tmp_path, capsys)
     assert "the optimizer state h.W:momentum is float32[3], but h.W is [2, 4]" in err
 
 
-# ---- item 12: flags that mean what they say -------------------------------------------------------------
+# ---- --resume takes a checkpoint; a run names and leaves only the checkpoints it wrote ----------------
 @pytest.mark.parametrize("argv", [["train", "--resume", "{f}"], ["train", "{f}", "--resume", "{f}"]])
 def test_resume_refuses_the_model_file_as_its_checkpoint(tmp_path, capsys, argv):
     path = write(tmp_path, XOR)
@@ -133,9 +139,7 @@ def test_stale_temporary_checkpoints_are_removed(tmp_path):
     assert not any(f.exists() for f in stale) and all(f.exists() for f in kept + [newer])
 
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
+# ---- a checkpoint of another model ------------------------------------------------------------------
 def test_mismatched_checkpoint_names_the_mismatches(tmp_path, capsys):
     assert main(["train", str(EXAMPLES / "xor_mlp.dl"), "--epochs", "1", "--out", str(tmp_path / "x")]) == 0
     code = main(["eval", str(EXAMPLES / "digits_mlp.dl"), "--weights", str(tmp_path / "x" / "best.npz")])

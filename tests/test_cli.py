@@ -1,14 +1,17 @@
-"""The command line: help, version, graph formats, emit stages, output files."""
+"""The command line: help, version, graph formats, emit stages, output files; flags and inputs that
+once ended in "internal error" (exit 3) are usage errors (exit 2) or clear errors (exit 1): train's
+seed, DLC_NUM_THREADS, the numbers of every command's flags, predict's text input, a bare data file
+name; Ctrl-C at any moment exits 130; --optimizer and --freeze replace the train block's."""
 import json
-import subprocess
-import sys
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
-import pytest
 import numpy as np
+import pytest
 
 import dlc
 from dlc.runtime.cli import main
@@ -24,6 +27,7 @@ from conftest import XOR, failure, usage_error, write
 
 LENET = str(Path(__file__).parent.parent / "examples" / "lenet5.dl")
 LSTM = str(Path(__file__).parent.parent / "examples" / "char_lstm.dl")
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def test_version(capsys):
@@ -106,9 +110,6 @@ def test_a_mistyped_name_gets_a_did_you_mean(tmp_path, capsys, typo, message):
     assert message in capsys.readouterr().err
 
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
 CHARS = """
 model chars {
     input  x: i32[B, T]
@@ -120,7 +121,7 @@ model chars {
 """
 
 
-# ---- item 1: train's seed, DLC_NUM_THREADS, --out ------------------------------------------------
+# ---- train's seed, DLC_NUM_THREADS --------------------------------------------------------------
 def test_a_seed_beyond_the_32_bit_random_key_is_refused(tmp_path, capsys):
     path = write(tmp_path, XOR)
     err = failure(["train", path, "--seed", str(2 ** 40), "--out", str(tmp_path / "run")], capsys)
@@ -145,7 +146,7 @@ def test_dlc_num_threads_is_not_read_when_threads_is_given(tmp_path, capsys, mon
     assert os.environ["DLC_NUM_THREADS"] == "1"
 
 
-# ---- items 2-4 and 6: numbers of the commands' flags ------------------------------------------------
+# ---- numbers of the commands' flags ------------------------------------------------------------
 @pytest.mark.parametrize("argv, flag", [
     (["eval", "--weights", "w.npz", "--batch", "0"], "--batch"),
     (["eval", "--weights", "w.npz", "--batch", "-1"], "--batch"),
@@ -178,7 +179,7 @@ def test_generate_refuses_a_nan_temperature_in_the_api(tmp_path):
         model.generate("a", 3, temperature=float("nan"))
 
 
-# ---- item 7: predict's text input -----------------------------------------------------------------
+# ---- predict's text input ------------------------------------------------------------------------
 @pytest.fixture
 def char_weights(tmp_path):
     path = write(tmp_path, CHARS, "")
@@ -203,7 +204,7 @@ def test_predict_text_input_missing_or_not_utf8(tmp_path, capsys, char_weights, 
     assert np.load(tmp_path / "p.npz")["next"].shape == (1, 3)
 
 
-# ---- item 9: a bare relative file name is a path ----------------------------------------------------
+# ---- a bare relative file name is a path -----------------------------------------------------------
 def test_a_bare_file_name_is_a_data_path(tmp_path, capsys):
     path = write(tmp_path, XOR)
     np.savez(tmp_path / "train.npz", x=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
@@ -220,7 +221,7 @@ def test_a_bare_file_name_is_a_data_path(tmp_path, capsys):
     assert err.startswith("--data:1:16: error: a train setting must be")
 
 
-# ---- item 10: Ctrl-C at any moment --------------------------------------------------------------------
+# ---- Ctrl-C at any moment ---------------------------------------------------------------------------
 def test_the_entry_point_imports_nothing_heavy():
     r = subprocess.run([sys.executable, "-c", "import sys, dlc.runtime.cli; "
                         "print(sorted(m for m in ('numpy', 'dlc.compiler', 'lark') if m in sys.modules))"],
@@ -243,6 +244,7 @@ def test_ctrl_c_during_start_up_exits_130(delay):
     assert p.returncode == 130 and err.strip() == "interrupted", err
 
 
+# ---- --optimizer and --freeze replace the train block's ------------------------------------------
 ADAM = "train xor { data = xor() batch = 4 epochs = 1 optimizer = adam(lr = 1e-3, beta2 = 0.99) }"
 
 

@@ -1,10 +1,11 @@
 """Data loading (`dlc.runtime.data.sources`): every source, loading files by extension, meta and
-shapes, determinism, splits, augmentation, and a clear DlcError for every bad input."""
+shapes, determinism, splits, augmentation, and a clear DlcError for every bad input: data that is
+not real numbers or not finite, integer labels beyond int32, an empty split."""
 from __future__ import annotations
 
 import gzip
-import struct
 import io
+import struct
 import zipfile
 from pathlib import Path
 
@@ -478,7 +479,7 @@ def test_integral_floats_accepted():
     assert len(D.load(call("reverse", n=1e2), Path("."))) == 100            # `n = 1e2` evaluates to 100.0
 
 
-# ---- item 5: data files that are not data ---------------------------------------------------------
+# ---- data files that are not data ----------------------------------------------------------------
 def test_an_npz_of_strings_is_refused(tmp_path):
     np.savez(tmp_path / "s.npz", x=np.array([["1", "2"]] * 4), y=np.zeros((4, 1), np.float32))
     with pytest.raises(DlcError, match=r"column 'x' holds strings \(<U1\), not numbers"):
@@ -509,7 +510,7 @@ def test_idx_labels_beyond_32_bit_integers_do_not_wrap(tmp_path):
     assert y.dtype == np.float32 and y[0] == np.float32(2.0 ** 32 + 3)
 
 
-# ---- item 11: coercions that lose information ----------------------------------------------------------
+# ---- coercions that lose information: refused, in the command and in the API -----------------------
 @pytest.mark.parametrize("x, phrase", [
     (np.zeros((4, 2), np.complex64) + 1j, "complex"),
     (np.array([["1", "2"]] * 4), "strings"),
@@ -541,6 +542,7 @@ def test_an_empty_validation_split_is_refused(tmp_path, capsys):
     assert "validation = split(0.1) holds out no example of the 4" in err
 
 
+# ---- sources bind their arguments with the one binder of the train settings ------------------------
 def test_data_sources_bind_through_the_same_helper():
     with pytest.raises(DlcError) as e:
         D.load(Call("xor", [1, 2]), ".")
@@ -548,7 +550,7 @@ def test_data_sources_bind_through_the_same_helper():
     assert len(D.load(Call("xor", [3]), ".")) == 12
 
 
-# ---- non-finite data is refused, a non-finite loss stops training -------------------------------------
+# ---- non-finite data is refused ----------------------------------------------------------------------
 @pytest.mark.parametrize("bad", [np.nan, np.inf, 1e300])
 def test_npz_float_columns_must_be_finite(tmp_path, bad):
     x = np.ones((4, 2), np.float64)

@@ -1,3 +1,6 @@
+"""Memory budget (runtime/engines/budget.py): a model or batch that cannot fit in memory is
+refused with the numbers before anything is allocated, and the native engine holds only the
+memory training needs."""
 import os
 import re
 import resource

@@ -1,5 +1,6 @@
 """What a training run shows while it runs (runtime/training/progress.py): the redrawn line on a
-terminal, a line per epoch elsewhere, -q, --log-every, tqdm's bar in a notebook."""
+terminal, a line per epoch elsewhere, -q, --log-every, tqdm's bar in a notebook, the test metrics
+printed once."""
 import os
 import re
 import shutil

@@ -1,5 +1,8 @@
-"""Training end to end: accuracy on the bundled digits, optimizers through the loop,
-resume, Ctrl-C, NaN, checkpoints, transfer learning and bad input."""
+"""Training (runtime/training/trainer.py) end to end: accuracy on the bundled digits, optimizers
+through the loop, resume after Ctrl-C at any batch, a non-finite loss stopped, history, transfer
+learning and bad input; the train block's settings checked where they are written and bound by
+position, the split a checkpoint was trained on scored again by `dlc eval`, batch statistics never
+computed on one example; and the reference interpreter alone training XOR."""
 import csv
 import json
 import signal
@@ -251,6 +254,7 @@ def test_history_survives_a_nan_stop(tmp_path, capsys):
     assert len(rows) >= 1 and len(csv_rows) == len(rows) and rows[-1]["epoch"] < 4
 
 
+# ---- small models, trained on both engines -----------------------------------------------------------
 ENGINES = ["reference", "native"]
 
 REGRESSION = """
@@ -546,6 +550,7 @@ def test_batchnorm_with_a_single_training_example_is_refused(tmp_path):
     assert "one example" in e.value.message
 
 
+# ---- a checkpoint written after any batch resumes -----------------------------------------------------
 @pytest.mark.parametrize("backend", ENGINES)
 @pytest.mark.parametrize("batch, step", [(4, 2), (2, 3)])       # the last batch of epoch 2; inside epoch 2
 def test_resume_after_ctrl_c_at_any_batch(tmp_path, monkeypatch, backend, batch, step):
@@ -564,6 +569,7 @@ def test_resume_after_ctrl_c_at_any_batch(tmp_path, monkeypatch, backend, batch,
     assert strip(resumed.history) == strip(straight.history)
 
 
+# ---- a non-finite loss stops training ------------------------------------------------------------------
 NAN_MODELS = {
     "mse": (REGRESSION, "train reg { data = xor() batch = 4 epochs = 3 optimizer = sgd(lr = 1e30) }"),
     "relu_softmax": (CLASSIFIER.replace("tanh", "relu"),
@@ -581,6 +587,7 @@ def test_a_non_finite_loss_stops_training_on_both_engines(tmp_path, backend, mod
     assert "the loss became" in e.value.message and "at step" in e.value.message
 
 
+# ---- the reference interpreter alone trains XOR with plain SGD ------------------------------------------
 EXAMPLE = Path(__file__).parent.parent / "examples" / "xor_mlp.dl"
 
 
