@@ -1,16 +1,33 @@
-"""The command line: help, version, graph formats, emit stages, output files."""
+"""The command line: help, version, graph formats, emit stages, output files; flags and inputs that
+once ended in "internal error" (exit 3) are usage errors (exit 2) or clear errors (exit 1): train's
+seed, DLC_NUM_THREADS, the numbers of every command's flags, predict's text input, a bare data file
+name; Ctrl-C at any moment exits 130; --optimizer and --freeze replace the train block's."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import dlc
 from dlc.runtime.cli import main
+from dlc.runtime.training.settings import Call
+from dlc.compiler.errors import DlcError
+from dlc.runtime.api import DlcModel
+from dlc.runtime.training.trainer import Trainer, make_config
+from dlc.runtime.training import checkpoint
+from dlc.runtime.training.gradcheck import init_params
+from dlc.compiler.frontend.loader import load
+
+from conftest import XOR, failure, usage_error, write
 
 LENET = str(Path(__file__).parent.parent / "examples" / "lenet5.dl")
 LSTM = str(Path(__file__).parent.parent / "examples" / "char_lstm.dl")
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def test_version(capsys):
@@ -91,3 +108,173 @@ def test_a_mistyped_name_gets_a_did_you_mean(tmp_path, capsys, typo, message):
     path.write_text(src)
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 1
     assert message in capsys.readouterr().err
+
+
+CHARS = """
+model chars {
+    input  x: i32[B, T]
+    target y: i32[B, T]
+    logits = dense(embedding(x, 3, 4), 3)
+    loss   sparse_cross_entropy(logits, y)
+    output next = softmax(logits[:, -1])
+}
+"""
+
+
+# ---- train's seed, DLC_NUM_THREADS --------------------------------------------------------------
+def test_a_seed_beyond_the_32_bit_random_key_is_refused(tmp_path, capsys):
+    path = write(tmp_path, XOR)
+    err = failure(["train", path, "--seed", str(2 ** 40), "--out", str(tmp_path / "run")], capsys)
+    assert "seed must be an integer from 0 to 2147483647" in err
+    block = write(tmp_path, XOR, f"train xor {{ data = xor() seed = {2 ** 40} }}", "b.dl")
+    err = failure(["check", block], capsys)
+    assert "b.dl:" in err and "seed must be" in err
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-1", ""])
+def test_dlc_num_threads_must_be_a_thread_count(tmp_path, capsys, monkeypatch, value):
+    monkeypatch.setenv("DLC_NUM_THREADS", value)
+    err = usage_error(["train", write(tmp_path, XOR), "--out", str(tmp_path / "run")], capsys)
+    assert f"DLC_NUM_THREADS: needs a whole number of threads, at least 1; got '{value}'" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dlc_num_threads_is_not_read_when_threads_is_given(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DLC_NUM_THREADS", "abc")
+    assert main(["train", write(tmp_path, XOR), "--out", str(tmp_path / "run"), "--threads", "1",
+                 "--backend", "reference"]) == 0
+    assert os.environ["DLC_NUM_THREADS"] == "1"
+
+
+# ---- numbers of the commands' flags ------------------------------------------------------------
+@pytest.mark.parametrize("argv, flag", [
+    (["eval", "--weights", "w.npz", "--batch", "0"], "--batch"),
+    (["eval", "--weights", "w.npz", "--batch", "-1"], "--batch"),
+    (["predict", "--weights", "w.npz", "--input", "in.npz", "--batch", "0"], "--batch"),
+    (["gradcheck", "--size", "-2"], "--size"),
+    (["gradcheck", "--size", "0"], "--size"),
+    (["gradcheck", "--entries", "0"], "--entries"),
+    (["gradcheck", "--seed", "-1"], "--seed"),
+    (["gradcheck", "--seed", str(2 ** 40)], "--seed"),
+    (["gradcheck", "--tolerance", "nan"], "--tolerance"),
+    (["gradcheck", "--tolerance", "0"], "--tolerance"),
+    (["gradcheck", "--tolerance", "inf"], "--tolerance"),
+    (["bench", "--steps", "0"], "--steps"),
+    (["bench", "--batch", "0"], "--batch"),
+    (["bench", "--top", "-1"], "--top"),
+    (["generate", "--weights", "w.npz", "--temperature", "nan"], "--temperature"),
+    (["generate", "--weights", "w.npz", "--temperature", "-1"], "--temperature"),
+    (["generate", "--weights", "w.npz", "--length", "-1"], "--length"),
+    (["generate", "--weights", "w.npz", "--seed", "-1"], "--seed"),
+])
+def test_numeric_flags_out_of_range_are_usage_errors(tmp_path, capsys, argv, flag):
+    line = usage_error([argv[0], write(tmp_path, XOR)] + argv[1:], capsys)
+    assert f"argument {flag}" in line and f"got '{argv[-1]}'" in line
+
+
+def test_generate_refuses_a_nan_temperature_in_the_api(tmp_path):
+    model = DlcModel(write(tmp_path, CHARS, ""), backend="reference")
+    model.params = {}
+    with pytest.raises(DlcError, match="temperature"):
+        model.generate("a", 3, temperature=float("nan"))
+
+
+# ---- predict's text input ------------------------------------------------------------------------
+@pytest.fixture
+def char_weights(tmp_path):
+    path = write(tmp_path, CHARS, "")
+    model = DlcModel(path, backend="reference")
+    weights = tmp_path / "w.npz"
+    checkpoint.save(weights, init_params(model.train_model), {}, {"meta": {"vocab": "abc"}})
+    return path, str(weights)
+
+
+@pytest.mark.parametrize("content, phrase", [(None, "not found"), (b"ab\xff\xfe", "not UTF-8")])
+def test_predict_text_input_missing_or_not_utf8(tmp_path, capsys, char_weights, content, phrase):
+    path, weights = char_weights
+    text = tmp_path / "in.txt"
+    if content is not None:
+        text.write_bytes(content)
+    err = failure(["predict", path, "--weights", weights, "--input", str(text), "--backend", "reference",
+                   "--output", str(tmp_path / "p.npz")], capsys)
+    assert phrase in err and "in.txt" in err
+    text.write_text("abca")
+    assert main(["predict", path, "--weights", weights, "--input", str(text), "--backend", "reference",
+                 "--output", str(tmp_path / "p.npz")]) == 0
+    assert np.load(tmp_path / "p.npz")["next"].shape == (1, 3)
+
+
+# ---- a bare relative file name is a path -----------------------------------------------------------
+def test_a_bare_file_name_is_a_data_path(tmp_path, capsys):
+    path = write(tmp_path, XOR)
+    np.savez(tmp_path / "train.npz", x=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
+             y=np.array([[0], [1], [1], [0]], np.float32))
+    for name in ("train.npz", "./train.npz"):
+        assert main(["train", path, "--data", name, "--out", str(tmp_path / "run"), "--backend", "reference"]) == 0
+    err = failure(["train", path, "--data", "nothere.npz", "--out", str(tmp_path / "run")], capsys)
+    assert f"data file not found: {tmp_path / 'nothere.npz'}" in err
+    assert main(["eval", path, "--weights", str(tmp_path / "run" / "last.npz"), "--data", "train.npz",
+                 "--backend", "reference"]) == 0
+    assert 'evaluating "train.npz"' in capsys.readouterr().err
+    # an error inside a call is still the call's, not a missing file
+    err = failure(["train", path, "--data", "digits(scale = x.y)"], capsys)
+    assert err.startswith("--data:1:16: error: a train setting must be")
+
+
+# ---- Ctrl-C at any moment ---------------------------------------------------------------------------
+def test_the_entry_point_imports_nothing_heavy():
+    r = subprocess.run([sys.executable, "-c", "import sys, dlc.runtime.cli; "
+                        "print(sorted(m for m in ('numpy', 'dlc.compiler', 'lark') if m in sys.modules))"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("delay", [0.3, 0.6, 1.0])
+def test_ctrl_c_during_start_up_exits_130(delay):
+    """Interrupts while importing the compiler, parsing and building the graph (compiling resnet
+    takes ~40 s), counted from before the entry point's import (a few milliseconds: the test
+    above), as the `dlc` script does it."""
+    code = "import sys; print('go', file=sys.stderr, flush=True); from dlc.runtime.cli import main; sys.exit(main())"
+    p = subprocess.Popen([sys.executable, "-c", code, "compile", "--emit", "asm", str(EXAMPLES / "resnet.dl")],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stderr.readline() == "go\n"
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130 and err.strip() == "interrupted", err
+
+
+# ---- --optimizer and --freeze replace the train block's ------------------------------------------
+ADAM = "train xor { data = xor() batch = 4 epochs = 1 optimizer = adam(lr = 1e-3, beta2 = 0.99) }"
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ({"optimizer": "sgd"}, Call("sgd", [], {"lr": 1e-2})),
+    ({"optimizer": "sgd", "lr": 0.3}, Call("sgd", [], {"lr": 0.3})),
+    ({"optimizer": "sgd(lr = 0.1, momentum = 0.9)"}, Call("sgd", [], {"lr": 0.1, "momentum": 0.9})),
+    ({"lr": 0.3}, Call("adam", [], {"lr": 0.3, "beta2": 0.99})),
+])
+def test_optimizer_flag_replaces_the_blocks_optimizer(tmp_path, flags, expected):
+    program = load(write(tmp_path, XOR, ADAM))
+    got = make_config(program, "xor", flags).optimizer
+    assert (got.name, got.args, got.kwargs) == (expected.name, expected.args, expected.kwargs)
+
+
+def test_optimizer_flag_trains_from_the_command_line(tmp_path, capsys):
+    path = write(tmp_path, XOR, ADAM)
+    assert main(["train", path, "--optimizer", "sgd", "--out", str(tmp_path / "run"), "--backend", "reference"]) == 0
+    assert json.loads(np.load(tmp_path / "run" / "last.npz")["meta"].tobytes())["optimizer"] == "sgd"
+
+
+def test_summary_freeze_replaces_the_blocks_freeze_as_train_does(tmp_path, capsys):
+    path = write(tmp_path, XOR, "train xor { data = xor() freeze = [h] }")
+    program = load(path)
+    model = program.build(None, training=True)
+    sizes = {p.name: int(np.prod(p.type.shape)) for p in model.params}
+    for flags in ([], ["p"]):
+        assert main(["summary", path] + [a for f in flags for a in ("--freeze", f)]) == 0
+        out = capsys.readouterr().out
+        shown = int(out.split("Trainable parameters:")[1].split()[0].replace(",", ""))
+        trained = Trainer(program, None, {"freeze": flags or None}, tmp_path / "run").trainable()
+        assert shown == sum(sizes[n] for n in trained)
+    assert shown == sizes["h.W"] + sizes["h.b"]       # --freeze p: h trains, p does not

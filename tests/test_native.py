@@ -17,35 +17,9 @@ from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.training.optim import make_optimizer
 
+from conftest import assert_same_training, five_steps
+
 EXAMPLES = Path(__file__).parent.parent / "examples"
-
-
-def five_steps(program, engine_class, optimizer, sizes, **kw):
-    train, evaluation = program.build(training=True), program.build(training=False)
-    trainable = [p.name for p in train.params if p.trainable]
-    opt = make_optimizer(optimizer)
-    engine = engine_class(train, evaluation, opt, trainable, **kw)
-    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
-    state = opt.init({n: params[n] for n in trainable})
-    losses = []
-    for step in range(1, 6):
-        feeds = sample_inputs(train, sizes, seed=step)
-        feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
-        losses.append(engine.train_step(params, state, feeds, optimizer.kwargs["lr"], step,
-                                        np.array([0, step], np.int32))["loss"])
-    return params, losses, engine, feeds
-
-
-def assert_same_training(program, optimizer, sizes, **kw):
-    ref, ref_losses, _, _ = five_steps(program, ReferenceEngine, optimizer, sizes, **kw)
-    nat, nat_losses, engine, feeds = five_steps(program, NativeEngine, optimizer, sizes, **kw)
-    np.testing.assert_allclose(nat_losses, ref_losses, rtol=1e-4)
-    for name in ref:
-        # parameters the loss does not depend on (an attention key bias: softmax cancels it)
-        # drift by rounding noise alone; below 1e-4 they are compared absolutely
-        scale = max(np.abs(ref[name]).max(), 1e-4)
-        assert np.abs(nat[name] - ref[name]).max() / scale < 1e-4, name
-    return engine, nat, feeds
 
 
 @pytest.mark.parametrize("optimizer", [
@@ -237,21 +211,6 @@ model m {
     kernels = render.program(lower(optimize(train_step(program.build(training=True).graph))))
     assert kernels.count("(packed in b") >= 4 and "pack [33 x 33]" in kernels
     assert_same_training(program, Call("adam", [], {"lr": 1e-2}), {"B": batch})
-
-
-def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):
-    from dlc.runtime.engines import cache
-    from dlc.runtime.engines.native import Executable
-    from dlc.compiler.passes.autodiff import train_step
-    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
-    graph = train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph)
-    cache.gemm_symbols()        # the GEMM library, compiled once per process, is not this model's compile
-    before = dict(cache.stats)
-    first = Executable(graph)
-    assert cache.stats["compiles"] == before["compiles"] + 1 and not first.compiled.cached
-    second = Executable(train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph))
-    assert cache.stats["compiles"] == before["compiles"] + 1, "LLVM ran again"
-    assert second.compiled.cached and list(tmp_path.glob("*.o"))
 
 
 def test_compile_emits_kernels_llvm_and_assembly(capsys):

@@ -1,5 +1,6 @@
 """What a training run shows while it runs (runtime/training/progress.py): the redrawn line on a
-terminal, a line per epoch elsewhere, -q, --log-every, tqdm's bar in a notebook."""
+terminal, a line per epoch elsewhere, -q, --log-every, tqdm's bar in a notebook, the test metrics
+printed once."""
 import os
 import re
 import shutil
@@ -14,6 +15,8 @@ import pytest
 import dlc
 from dlc.compiler.errors import DlcError
 from dlc.runtime.cli import main
+
+from conftest import XOR, write
 
 DIGITS_MLP = str(Path(__file__).parent.parent / "examples" / "digits_mlp.dl")     # 41 batches an epoch
 PROGRESS = re.compile(r"\d+/\d+ \[[# ]{8}\] \d+/\d+")      # the progress line: 1/2 [####    ] 20/41
@@ -250,3 +253,12 @@ def test_on_an_80_column_tmux_pane_the_progress_is_one_line_that_never_wraps(tmp
     assert all(len(line.rstrip()) <= 79 and PROGRESS.match(line) for lines in drawn for line in lines), drawn
     assert [line.split("  ")[0] for line in end if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"], end
     assert all(len(line.rstrip()) <= 79 for line in end if line.startswith(("epoch ", "    ("))), end
+
+
+def test_test_metrics_are_printed_once(tmp_path, capsys):
+    path = write(tmp_path, XOR, "train xor { data = xor(repeat = 4) test = split(0.25) epochs = 1 }")
+    assert main(["train", path, "--out", str(tmp_path / "run"), "--backend", "reference"]) == 0
+    captured = capsys.readouterr()
+    lines = (captured.out + captured.err).splitlines()
+    assert sum(line.startswith("test:") for line in lines) == 1
+    assert any(line.startswith("test: loss") for line in captured.out.splitlines())

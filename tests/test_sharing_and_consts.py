@@ -10,7 +10,7 @@ from dlc.runtime.training.settings import Call
 from dlc.runtime.training.gradcheck import gradcheck, init_params, sample_inputs
 
 from numeric_helpers import build, forward, gradients, param_names, trainable_count
-from test_native import assert_same_training
+from conftest import assert_same_training
 
 # a two-layer encoder, 10 -> 30 -> 10: 330 + 310 = 640 parameters
 ENCODERS = {

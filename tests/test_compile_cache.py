@@ -1,4 +1,5 @@
-"""The compile cache (runtime/engines/cache.py) never runs a bad entry: it recompiles and replaces it.
+"""The compile cache (runtime/engines/cache.py): a second compile of a model is a hit, and a bad
+entry is never run: it is recompiled and replaced.
 
 The runs that load a corrupted entry are subprocesses, so a crash in native code fails the
 test instead of the test run.
@@ -19,8 +20,10 @@ from llvmlite import ir
 
 from dlc.compiler.errors import DlcError
 from dlc.runtime.engines import cache
+from dlc.compiler.frontend.loader import load
 
 XOR = Path(__file__).parent.parent / "examples" / "xor_mlp.dl"
+EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
 def train(cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
@@ -197,3 +200,18 @@ def test_a_step_entry_with_argument_slots_outside_the_table_is_refused(tmp_path,
     step.write_bytes(cache._pack(step.stem, json.dumps(doc).encode()))
     with pytest.raises(DlcError, match="holds a bad entry for a forward pass: delete the directory"):
         NativeEngine(model, model).predict(params, {"x": np.ones((2, 3), np.float32)})
+
+
+def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):
+    from dlc.runtime.engines import cache
+    from dlc.runtime.engines.native import Executable
+    from dlc.compiler.passes.autodiff import train_step
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    graph = train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph)
+    cache.gemm_symbols()        # the GEMM library, compiled once per process, is not this model's compile
+    before = dict(cache.stats)
+    first = Executable(graph)
+    assert cache.stats["compiles"] == before["compiles"] + 1 and not first.compiled.cached
+    second = Executable(train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph))
+    assert cache.stats["compiles"] == before["compiles"] + 1, "LLVM ran again"
+    assert second.compiled.cached and list(tmp_path.glob("*.o"))

@@ -1,20 +1,27 @@
 """Data loading (`dlc.runtime.data`): every source, loading files by extension, meta and
-shapes, determinism, splits, augmentation, and a clear DlcError for every bad input."""
+shapes, determinism, splits, augmentation, and a clear DlcError for every bad input: data that is
+not real numbers or not finite, integer labels beyond int32, an empty split."""
 from __future__ import annotations
 
 import gzip
+import io
 import struct
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.runtime.data import images, registry as D
+from dlc.runtime.data import files, images, registry as D
 from dlc.runtime.data.augment import augment
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.text import decode, encode
 from dlc.runtime.training.settings import Call, Symbol
+from dlc.runtime.api import DlcModel
+from dlc.runtime.training.gradcheck import init_params
+
+from conftest import CLASSIFIER, XOR, failure, write
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -473,3 +480,91 @@ def test_bad_arguments(spec, patterns, tmp_path):
 
 def test_integral_floats_accepted():
     assert len(D.load(call("reverse", n=1e2), Path("."))) == 100            # `n = 1e2` evaluates to 100.0
+
+
+# ---- data files that are not data ----------------------------------------------------------------
+def test_an_npz_of_strings_is_refused(tmp_path):
+    np.savez(tmp_path / "s.npz", x=np.array([["1", "2"]] * 4), y=np.zeros((4, 1), np.float32))
+    with pytest.raises(DlcError, match=r"column 'x' holds strings \(<U1\), not numbers"):
+        D.load("s.npz", tmp_path)
+
+
+def test_a_zip_member_that_is_not_an_array_is_refused(tmp_path):
+    array = io.BytesIO()
+    np.save(array, np.zeros((4, 2), np.float32))
+    with zipfile.ZipFile(tmp_path / "z.npz", "w") as z:
+        z.writestr("x.npy", array.getvalue())
+        z.writestr("notes.txt", "hello")
+    with pytest.raises(DlcError, match=r"'notes.txt' of .*z.npz is not an .npy array"):
+        D.load("z.npz", tmp_path)
+
+
+def test_an_idx_header_with_255_dims_is_refused(tmp_path):
+    (tmp_path / "big-idx3-ubyte").write_bytes(bytes([0, 0, 8, 255]) + b"\0" * 4 * 255)
+    with pytest.raises(DlcError, match="255 dimensions"):
+        D.load("big-idx3-ubyte", tmp_path)
+
+
+def test_idx_labels_beyond_32_bit_integers_do_not_wrap(tmp_path):
+    (tmp_path / "img-idx3-ubyte").write_bytes(bytes([0, 0, 8, 2]) + struct.pack(">II", 4, 2) + bytes(8))
+    (tmp_path / "lab-idx1-ubyte").write_bytes(bytes([0, 0, 0x0E, 1]) + struct.pack(">I", 4)
+                                              + struct.pack(">4d", *[2.0 ** 32 + 3] * 4))
+    y = files.idx(tmp_path, "img-idx3-ubyte", "lab-idx1-ubyte").columns["y"]
+    assert y.dtype == np.float32 and y[0] == np.float32(2.0 ** 32 + 3)
+
+
+# ---- coercions that lose information: refused, in the command and in the API -----------------------
+@pytest.mark.parametrize("x, phrase", [
+    (np.zeros((4, 2), np.complex64) + 1j, "complex"),
+    (np.array([["1", "2"]] * 4), "strings"),
+])
+def test_data_that_is_not_real_numbers_is_refused(tmp_path, capsys, x, phrase):
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros((4, 1), np.float32))
+    path = write(tmp_path, XOR)
+    err = failure(["train", path, "--data", "d.npz", "--out", str(tmp_path / "run"), "--backend", "reference"],
+                  capsys)
+    assert phrase in err and "d.npz" in err
+    model = DlcModel(path, backend="reference")
+    model.params = {k: v.astype(np.float32) for k, v in init_params(model.train_model).items()}
+    with pytest.raises(DlcError, match=phrase):
+        model.predict({"x": x})
+
+
+@pytest.mark.parametrize("y", [np.full(4, 2 ** 32 + 3, np.int64), np.full(4, 2 ** 63, np.uint64)])
+def test_integer_labels_beyond_int32_are_refused(tmp_path, capsys, y):
+    np.savez(tmp_path / "d.npz", x=np.zeros((4, 2), np.float32), y=y)
+    path = write(tmp_path, CLASSIFIER, "train clf { data = xor() }")
+    err = failure(["train", path, "--data", "d.npz", "--out", str(tmp_path / "run"), "--backend", "reference"],
+                  capsys)
+    assert f"y has values from {y[0]} to {y[0]}" in err
+
+
+def test_an_empty_validation_split_is_refused(tmp_path, capsys):
+    path = write(tmp_path, XOR, "train xor { data = xor() validation = split(0.1) epochs = 1 }")
+    err = failure(["train", path, "--out", str(tmp_path / "run"), "--backend", "reference"], capsys)
+    assert "validation = split(0.1) holds out no example of the 4" in err
+
+
+# ---- sources bind their arguments with the one binder of the train settings ------------------------
+def test_data_sources_bind_through_the_same_helper():
+    with pytest.raises(DlcError) as e:
+        D.load(Call("xor", [1, 2]), ".")
+    assert "xor takes at most 1 argument (repeat), got 2" in e.value.message
+    assert len(D.load(Call("xor", [3]), ".")) == 12
+
+
+# ---- non-finite data is refused ----------------------------------------------------------------------
+@pytest.mark.parametrize("bad", [np.nan, np.inf, 1e300])
+def test_npz_float_columns_must_be_finite(tmp_path, bad):
+    x = np.ones((4, 2), np.float64)
+    x[2, 1] = bad
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(4, np.int32))
+    with pytest.raises(DlcError) as e:
+        D.load("d.npz", tmp_path)
+    message = e.value.message
+    assert "d.npz" in message and "'x'" in message and "[2, 1]" in message and "not a finite" in message, message
+
+
+def test_npz_integer_columns_and_finite_floats_load(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.ones((4, 2), np.float64), y=np.arange(4))
+    assert len(D.load("d.npz", tmp_path)) == 4
