@@ -676,10 +676,10 @@ def fuse_maps(kernels: list) -> list:
             out.extend(group)
         group.clear()
     for k in kernels:
-        joins = isinstance(k, MapKernel) and bool(k.shape)
-        if group and not (joins and k.shape == group[0].shape and _fusable(group, k)):
+        space = k.map_space()
+        if group and not (space is not None and space == group[0].shape and _fusable(group, k)):
             close()
-        (group if joins else out).append(k)
+        (group if space is not None else out).append(k)
     close()
     return out
 
@@ -690,18 +690,14 @@ def keep_in_registers(program: KernelProgram):
     from a register (an LSTM step's cell and hidden state before their carry copies)."""
     fused, readers, writers = [], {}, {}
     for _, k, _ in linearize(program.kernels):
-        if isinstance(k, FusedMapKernel):
+        parts = k.members()
+        if len(parts) > 1:
             fused.append(k)
-            for j, m in enumerate(k.maps):
-                for bid in m.accesses()[0]:
-                    readers.setdefault(bid, set()).add((id(k), j))
-                writers.setdefault(m.out, set()).add((id(k), j))
-        elif not isinstance(k, ScanKernel):
-            reads, writes = k.accesses()
+        for j, (reads, writes) in enumerate(parts):
             for bid in reads:
-                readers.setdefault(bid, set()).add((id(k), -1))
+                readers.setdefault(bid, set()).add((id(k), j))
             for bid in writes:
-                writers.setdefault(bid, set()).add((id(k), -1))
+                writers.setdefault(bid, set()).add((id(k), j))
     for k in fused:
         k.registers = frozenset(
             m.out for j, m in enumerate(k.maps)

@@ -181,6 +181,16 @@ class Kernel(ABC):
         (a scan's loop); None when it computes graph nodes itself."""
         return None
 
+    def map_space(self) -> tuple | None:
+        """The iteration space it can share with the maps next to it in one loop
+        (lower.fuse_maps): a map's shape; None for every other kernel."""
+        return None
+
+    def members(self) -> list:
+        """The (reads, writes) of each store its loop makes in turn: one, but for a fused
+        map, whose later members may take an earlier one's value from a register."""
+        return [self.accesses()]
+
     def runs(self, sizes: dict) -> int:
         """How often each of its nested kernels runs per run of it (a scan's length)."""
         return 1

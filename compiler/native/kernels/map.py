@@ -24,6 +24,9 @@ class MapKernel(Kernel):
         """The maps its loop computes: itself."""
         return [self]
 
+    def map_space(self) -> tuple | None:
+        return self.shape or None       # a scalar map is not worth a shared loop
+
     def text(self) -> list:
         return [f"map {render.shape(self.shape)}: b{self.out}[{render.affine(self.out_at)}] = "
                 f"{render.expr(self.expr)}{render.located(self)}"]
@@ -52,8 +55,11 @@ class FusedMapKernel(Kernel):
             "  " + (line.replace(": b", ": (register) b", 1) if m.out in self.registers else line)
             for m in self.maps for line in m.text()]
 
+    def members(self) -> list:
+        return [m.accesses() for m in self.maps]
+
     def accesses(self) -> tuple:
-        parts = [m.accesses() for m in self.maps]
+        parts = self.members()
         return (set().union(*(r for r, _ in parts)) - self.registers,
                 set().union(*(w for _, w in parts)) - self.registers)
 
