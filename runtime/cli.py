@@ -206,9 +206,10 @@ def cmd_compile(args):
         model = _build(args)
         graph = _optimized(args, autodiff.train_step(model.graph) if "loss" in model.graph.outputs else model.graph,
                            True)
-        if args.emit == "fused":
+        if args.emit == "fused" or args.explain_fusion:
             from dlc.compiler.native.fusion import Fusion
-            _write(Fusion(graph).text(), args.output)
+            fusion = Fusion(graph)
+            _write(fusion.explanation() if args.explain_fusion else fusion.text(), args.output)
             return
         try:
             program = lower(graph)
@@ -483,11 +484,15 @@ def parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("compile", help="show a stage of compilation")
     _add_model_args(c)
-    c.add_argument("--emit", choices=["ast", "graph", "grad", "fused", "kernels", "llvm", "asm"], required=True,
-                   help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph; fused: the "
-                        "fusion's groups, the graph operations each kernel computes, with their source lines; kernels: the fused loop "
-                        "kernels of the train step, each with its source line; llvm: their optimized LLVM IR; asm: "
-                        "the host assembly")
+    stage = c.add_mutually_exclusive_group(required=True)
+    stage.add_argument("--emit", choices=["ast", "graph", "grad", "fused", "kernels", "llvm", "asm"],
+                       help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph; fused: "
+                            "the fusion's groups, the graph operations each kernel computes, with their source lines; "
+                            "kernels: the fused loop kernels of the train step, each with its source line; llvm: "
+                            "their optimized LLVM IR; asm: the host assembly")
+    stage.add_argument("--explain-fusion", action="store_true",
+                       help="at every kernel boundary of the train step (the forward graph without a loss), why the "
+                            "producer is not computed in its reader's kernel, with both source lines")
     c.add_argument("--format", choices=["text", "dot", "json"], default="text", help="for graph and grad")
     c.add_argument("-O", "--optimize", action="store_true",
                    help="graph and grad: run the graph passes (" + ", ".join(P.PIPELINE) + ") first; the native "

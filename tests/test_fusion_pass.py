@@ -105,7 +105,7 @@ def test_a_graph_output_read_again_is_stored_once():
     g.outputs["y"] = ops.unary("tanh", h)
     f = Fusion(g)
     assert f.stored == {h.key(): Reason.OUTPUT, g.outputs["y"].key(): Reason.OUTPUT}
-    assert f.boundaries == [Boundary(h.node, g.outputs["y"].node, Reason.OUTPUT)]
+    assert f.boundaries == [Boundary(h.node, g.outputs["y"].node, Reason.OUTPUT, 1)]
 
 
 def test_a_value_read_by_disjoint_slices_is_computed_where_read():

@@ -21,6 +21,7 @@ data, a reduction or a GEMM writes its result — and only the lowering (lower.p
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
@@ -42,8 +43,8 @@ class Reason(Enum):
     READERS = "read several times"
     OUTPUT = "a graph output"
     STEP = "a result of a scan's step"
-    GEMM_OPERAND = "a GEMM operand"
-    WINDOW_OPERAND = "read through windows (convolution, pooling)"
+    GEMM_OPERAND = "a GEMM operand must be in memory"
+    WINDOW_OPERAND = "read through windows (convolution, pooling), so from memory"
     MEMORY_OPERAND = "read from memory by its reader"
     REDUCTION = "the result of a reduction"
     KERNEL = "written by a kernel of its own"
@@ -52,10 +53,16 @@ class Reason(Enum):
 
 @dataclass(frozen=True)
 class Boundary:
-    """A producer not fused into one of its readers, and why."""
+    """A producer not fused into one of its readers, and why. `reads`: how many times the
+    producer's value is read, by every reader (the count the READERS rule looked at)."""
     producer: int
     consumer: int
     reason: Reason
+    reads: int
+
+    def why(self) -> str:
+        """The reason in plain English: `read 3 times`, `a GEMM operand must be in memory`."""
+        return f"read {self.reads} times" if self.reason is Reason.READERS else self.reason.value
 
 
 # the kinds whose kernels write their result to memory, and the reason that gives each reader
@@ -123,6 +130,7 @@ class Fusion:
         self.readers: dict = {}         # value key -> the nodes that read it, once per use
         self.groups: dict = {}          # node -> its group, once asked for
         self.origins: dict = {}         # node -> (op, source place) of each node of its group, once asked for
+        self.computed_in: dict = {}     # node -> the roots of the kernels computing it, once asked for
         for u, v, out in graph.g.edges(data="out"):
             self.readers.setdefault((u, out), []).append(v)
         self.outputs = {t.key() for t in graph.outputs.values()}
@@ -176,7 +184,7 @@ class Fusion:
                 return
             self.stored[key] = reason
             self.forms[key] = Form.MEMORY
-        self.boundaries += [Boundary(t.node, v, reason) for v in dict.fromkeys(readers)]
+        self.boundaries += [Boundary(t.node, v, reason, len(readers)) for v in dict.fromkeys(readers)]
 
     def _why_stored(self, t: Tensor, form: Form, readers: list, output: Reason) -> Reason | None:
         if t.key() in self.outputs:
@@ -241,27 +249,96 @@ class Fusion:
         own |= {key[0] for key in self.stored} | {key[0] for key in self.outputs if not PRIMITIVES[g.op(key[0])].given}
         return [n for n in g.order() if n in own]
 
+    def kernels(self, depth: int = 0):
+        """(depth, fusion, root) of every kernel and scan, in graph order, a scan's body's
+        kernels after it, one deeper."""
+        for n in self.roots():
+            yield depth, self, n
+            if self.graph.op(n) == "scan":
+                yield from self.bodies[n].kernels(depth + 1)
+
     def text(self) -> str:
         """The groups, each with its nodes and their source lines; a scan's body under it."""
         lines, number = [], iter(range(1 << 30))
-
-        def walk(f: Fusion, depth: int):
-            pad = "  " * depth
-            for n in f.roots():
-                g = f.graph
-                if g.op(n) == "scan":
-                    a = g.attrs(n)
-                    lines.append(f"{pad}scan in {a['length']}{' reversed' if a['reverse'] else ''}  "
-                                 f"@{where(g.g.nodes[n]['span'])}")
-                    walk(f.bodies[n], depth + 1)
-                    continue
-                origin = f.origin(n)
-                why = {f.stored[t.key()].value for t in g.outputs_of(n) if t.key() in f.stored}
-                lines.append(f"{pad}group {next(number)}: {g.op(n)} ({PRIMITIVES[g.op(n)].kind}), {len(origin)} "
-                             f"op{'s' * (len(origin) != 1)}" + (f"; stored: {', '.join(sorted(why))}" if why else ""))
-                for op, span in origin:
-                    text = (span.source_line() or "").strip() if span else ""
-                    lines.append(f"{pad}    {op:<16}{where(span):<22}{text}")
-        walk(self, 0)
+        for depth, f, n in self.kernels():
+            pad, g = "  " * depth, f.graph
+            if g.op(n) == "scan":
+                lines.append(pad + _scan_title(g, n))
+                continue
+            origin = f.origin(n)
+            why = {f.stored[t.key()].value for t in g.outputs_of(n) if t.key() in f.stored}
+            lines.append(f"{pad}{_group_title(g, n, next(number))}, {len(origin)} "
+                         f"op{'s' * (len(origin) != 1)}" + (f"; stored: {', '.join(sorted(why))}" if why else ""))
+            for op, span in origin:
+                text = (span.source_line() or "").strip() if span else ""
+                lines.append(f"{pad}    {op:<16}{where(span):<22}{text}")
         return "\n".join(lines)
 
+    def explanation(self) -> str:
+        """`dlc compile --explain-fusion`: every boundary once, under the first kernel that
+        computes its reader (the kernels numbered as in text(), a scan's body's under the
+        scan) — the two operations, why the producer is not computed in that kernel, both
+        source lines (and the user's call of a line in the standard library), the other
+        kernels that read it — then the count of kernels and of boundaries by reason."""
+        titles, labels, number = {}, {}, iter(range(1 << 30))
+        for depth, f, n in self.kernels():
+            g = f.graph
+            if g.op(n) == "scan":
+                titles[f, n], labels[f, n] = (depth, _scan_title(g, n)), f"the scan @{where(g.g.nodes[n]['span'])}"
+            else:
+                k = next(number)
+                titles[f, n], labels[f, n] = (depth, _group_title(g, n, k)), f"group {k}"
+        under = {key: [] for key in titles}
+        fusions = list(dict.fromkeys(f for f, _ in titles))
+        for f in fusions:
+            for b in f.boundaries:
+                first, *others = f.computing(b.consumer)
+                under[f, first].append((b, [labels[f, r] for r in others]))
+        lines = []
+        for (f, n), (depth, title) in titles.items():
+            pad, g = "  " * depth, f.graph
+            if under[f, n] or g.op(n) == "scan":
+                lines.append(pad + title)
+            for b, others in under[f, n]:
+                also = f" (also read in {', '.join(others)})" if others else ""
+                lines.append(f"{pad}    {g.op(b.producer)} -> {g.op(b.consumer)}: {b.why()}{also}")
+                for role, v in (("from", b.producer), ("into", b.consumer)):
+                    for k, place in enumerate(_places(g.g.nodes[v]["span"])):
+                        lines.append(f"{pad}        {role if k == 0 else '':<6}{g.op(v) if k == 0 else '':<16}{place}")
+        reasons = Counter(b.reason.value for f in fusions for b in f.boundaries)
+        kernels, total = next(number), sum(reasons.values())       # the groups were numbered from 0
+        by_reason = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+        lines.append(f"{kernels} kernels, {total} boundar{'y' if total == 1 else 'ies'}"
+                     + (f": {by_reason}" if by_reason else ""))
+        return "\n".join(lines)
+
+    def computing(self, v: int) -> list:
+        """The roots of the kernels that compute node v, in graph order: those whose group
+        holds it (a view or a cheap operation is redone in each reader's), or for a value a
+        scan takes unstored, computed in its body, its readers'."""
+        if not self.computed_in:
+            for n in self.roots():
+                for m in self.group(n):
+                    self.computed_in.setdefault(m, []).append(n)
+        if v not in self.computed_in:
+            readers = {r for w in self.graph.g.successors(v) for r in self.computing(w)}
+            self.computed_in[v] = [n for n in self.roots() if n in readers]
+        return self.computed_in[v]
+
+
+def _scan_title(g: Graph, n: int) -> str:
+    a = g.attrs(n)
+    return f"scan in {a['length']}{' reversed' if a['reverse'] else ''}  @{where(g.g.nodes[n]['span'])}"
+
+
+def _group_title(g: Graph, n: int, number: int) -> str:
+    return f"group {number}: {g.op(n)} ({PRIMITIVES[g.op(n)].kind})"
+
+
+def _places(span) -> list:
+    """`layers.dl:8  return act(x @ W + b)`, and for a line in the standard library the user's
+    call that led there: `called at xor_mlp.dl:5  h = dense(x, 4, tanh)`."""
+    if span is None:
+        return ["(no source place)"]
+    return [f"{prefix + s.place():<27} {(s.source_line() or '').strip()}"
+            for prefix, s in (("", span), ("called at ", span.caller)) if s is not None]
