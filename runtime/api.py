@@ -70,23 +70,25 @@ class DlcModel:
 
     # -- use --
     def evaluate(self, data=None, batch: int = 256, log=None) -> dict:
-        """Loss and metrics (evaluation mode) on `data` (a source such as "digits()" or a
-        path), by default on data the weights were not trained on: the test, else the
-        validation data of the settings the checkpoint was trained with (the train block's
-        for plain weights; inputs.evaluation_data). `log` (default: stderr) is told which."""
+        """Loss and metrics (evaluation mode) on `data` (a source such as "digits()", a
+        path, or a dict of arrays by input and target name), by default on data the weights
+        were not trained on: the test, else the validation data of the settings the
+        checkpoint was trained with (the train block's for plain weights;
+        inputs.evaluation_data). `log` (default: stderr) is told which."""
         self._require_weights()
         arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
         return mean_metrics(self.engine, self.params, arrays, batch)
 
     def predict(self, inputs, batch: int = 256) -> dict:
-        """Outputs for inputs: a dict by input name, an array (the first input), or a path
-        to an npz / csv / text file."""
+        """Outputs for inputs: a dict by input name (an unknown name is refused), an array
+        (the first input), or a path to an npz / csv / text file (inputs.input_arrays binds it)."""
         self._require_weights()
         if isinstance(inputs, (str, Path)):
-            inputs = self._read_inputs(Path(inputs))
-        if isinstance(inputs, np.ndarray):
-            inputs = {self.eval_model.inputs[0].name: inputs}
-        ds = Dataset(dict(inputs), {})
+            ds = self._read_inputs(Path(inputs))
+        elif isinstance(inputs, np.ndarray):
+            ds = Dataset({self.eval_model.inputs[0].name: inputs}, named=True)
+        else:
+            ds = Dataset(dict(inputs), named=True)
         arrays = input_arrays(self.eval_model, ds, need_targets=False)
         n = len(next(iter(arrays.values())))
         parts: dict = {}
@@ -102,12 +104,11 @@ class DlcModel:
                                f"as one batch (batch = {n})")
         return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
 
-    def _read_inputs(self, path: Path) -> dict:
+    def _read_inputs(self, path: Path) -> Dataset:
         if path.suffix == ".txt":
             text = read_text(path, Path.cwd(), "predict")
-            return {self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}
-        ds = registry.load(str(path), Path.cwd())
-        return ds.columns
+            return Dataset({self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}, named=True)
+        return registry.load(str(path), Path.cwd())
 
     def vocab(self) -> str:
         vocab = self.meta.get("meta", {}).get("vocab")

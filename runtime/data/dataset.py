@@ -1,7 +1,9 @@
 """The data set a source gives: aligned arrays (the first axis indexes the examples) in a
 fixed order, features first and targets last, so the trainer can bind them to a model's
 inputs and targets by position, plus `meta` (the vocabulary of a text, the special token
-ids of a sequence task, ...)."""
+ids of a sequence task, ...). A data set whose column names are the data's own (`named`: a
+dict of arrays, an .npz saved with keywords) binds by those names instead
+(runtime/training/inputs.py)."""
 from __future__ import annotations
 
 import math
@@ -18,6 +20,7 @@ class Dataset:
     """Aligned arrays (first axis = examples) and facts about them."""
     columns: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
+    named: bool = False         # the columns must match inputs by name (else a source's x, y bind by order)
 
     def __post_init__(self):
         self.columns = dict(self.columns)
@@ -56,7 +59,7 @@ class Dataset:
             else:
                 raise DlcError(f"take: rows must be selected by integer indices or a mask, got {index.dtype}")
         try:
-            return Dataset({k: a[index] for k, a in self.columns.items()}, dict(self.meta))
+            return Dataset({k: a[index] for k, a in self.columns.items()}, dict(self.meta), self.named)
         except IndexError as e:
             raise DlcError(f"take: {e}") from None
 

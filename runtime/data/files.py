@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 
 from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.data.dataset import Dataset
@@ -59,8 +60,10 @@ def read_text(path, base_dir, src: str) -> str:
 # ---- the sources ------------------------------------------------------------------------------------
 @source(path=REQUIRED)
 def npz(base_dir, args: Args) -> Dataset:
-    """Every array of an .npz archive, in file order, named as in the file."""
-    return Dataset(read_npz(path_arg(args, "path", base_dir, gz_ok=False)), {})
+    """Every array of an .npz archive, in file order, named as in the file: named columns
+    unless np.savez numbered them (arr_0, arr_1, ...)."""
+    columns = read_npz(path_arg(args, "path", base_dir, gz_ok=False))
+    return Dataset(columns, {}, named=not all(re.fullmatch(r"arr_\d+", name) for name in columns))
 
 
 @source(path=REQUIRED, label=-1, header="auto", scale=1.0)

@@ -3,11 +3,12 @@
 model's inputs and targets and checked against their types; and the data `dlc eval` scores."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.dataset import Dataset
@@ -26,34 +27,54 @@ def load_data(spec, base: Path, what: str, span=None) -> Dataset:
     return load(spec, base)
 
 
-def input_arrays(model: Model, ds: Dataset, need_targets: bool = True) -> dict:
-    """Match the data's columns to the model's inputs: by name when every input has a
-    column of its name, else in order (inputs and targets as declared)."""
+def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set | None = None) -> dict:
+    """The data's columns bound to the model's inputs (and targets, as declared) and fitted
+    to them (`fit_input`). Named data (a dict, an .npz saved with keywords) binds by name
+    only: a column no input has is refused. A source's columns (x, y) bind by name when
+    every input has one, else in order, and so do a file's unnamed ones (arr_0, a CSV's),
+    which stderr is told once (`said`: the notes already given)."""
     wanted = [i for i in model.inputs if need_targets or not i.is_target]
     cols = ds.columns
+    if ds.named:
+        names = [i.name for i in model.inputs]
+        for c in cols:
+            if c not in names:
+                raise DlcError(f"model {model.name} has no input named '{c}'{did_you_mean(c, names)} "
+                               f"(its inputs: {', '.join(names)})")
+        missing = [i.name for i in wanted if i.name not in cols]
+        if missing:
+            raise DlcError(f"the data has no array for {', '.join(missing)} of model {model.name} "
+                           f"(it has {', '.join(cols) or 'none'})")
     if all(i.name in cols for i in wanted):
         arrays = {i.name: cols[i.name] for i in wanted}
     else:
-        values = list(cols.values())
-        if len(values) < len(wanted):
-            raise DlcError(f"the data has {len(values)} column(s) ({', '.join(cols)}) but model {model.name} needs "
+        if len(cols) < len(wanted):
+            raise DlcError(f"the data has {len(cols)} column(s) ({', '.join(cols)}) but model {model.name} needs "
                            f"{len(wanted)}: {', '.join(i.name for i in wanted)}")
-        arrays = {i.name: v for i, v in zip(wanted, values)}
+        arrays = {i.name: v for i, v in zip(wanted, cols.values())}
+        note = "note: the data's columns bind to the inputs in order: " + \
+               ", ".join(f"{c} -> {i.name}" for c, i in zip(cols, wanted))
+        said = set() if said is None else said
+        if note not in said:
+            said.add(note)
+            print(note, file=sys.stderr)
     return {i.name: fit_input(i, arrays[i.name], model) for i in wanted}
 
 
 def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     """An array for input `inp`: its shape checked, its dtype the input's, its values
-    (for an index input) within what the model can look up."""
+    (for an index input) within what the model can look up. An example is reshaped only
+    between a flat vector and a shape of the same size (64 values <-> [1, 8, 8]): any
+    other difference is a layout the model would misread ([1, 8, 8] as [8, 8, 1])."""
     typ = inp.type
-    want_tail = typ.shape[1:]
+    want = typ.shape[1:]
     have = arr.shape[1:]
-    if len(want_tail) != len(have) or any(isinstance(w, int) and w != h for w, h in zip(want_tail, have)):
-        if all(isinstance(w, int) for w in want_tail) and int(np.prod(have)) == int(np.prod(want_tail)):
-            arr = arr.reshape((arr.shape[0],) + tuple(want_tail))
+    if len(want) != len(have) or any(isinstance(w, int) and w != h for w, h in zip(want, have)):
+        flat = min(len(want), len(have)) <= 1
+        if flat and all(isinstance(w, int) for w in want) and int(np.prod(have)) == int(np.prod(want)):
+            arr = arr.reshape((arr.shape[0],) + tuple(want))
         else:
-            raise DlcError(f"the data for {inp.name} has shape {list(arr.shape)}, which does not fit "
-                           f"{'target' if inp.is_target else 'input'} {inp.name}: {typ}", inp.span)
+            raise DlcError(_misfit(inp, have), inp.span)
     what = not_numbers(arr)
     if what:
         raise DlcError(f"the data for {inp.name} holds {what}, not numbers", inp.span)
@@ -75,6 +96,25 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     return arr.astype(np.int32)
 
 
+def _misfit(inp, have: tuple) -> str:
+    """Why examples of shape `have` do not fit input `inp`, with the NCHW layout of images."""
+    typ = inp.type
+    want = list(typ.shape[1:])
+    what = "target" if inp.is_target else "input"
+    msg = (f"the data for {inp.name} has examples of shape {list(have)}, which does not fit {what} "
+           f"{inp.name}: {typ} (examples of shape {want})")
+    if min(len(have), len(want)) <= 1:
+        return msg + ": an example is reshaped only when the sizes agree"
+    msg += ": an example is reshaped only between a flat vector and a shape of the same size"
+    if len(have) == 3:
+        dims = ", ".join(str(d) for d in (typ.shape[0],) + tuple(have))
+        msg += (f"; images are NCHW: conv2d reads [C, H, W] per example, so data of [C, H, W] examples "
+                f"needs {inp.name}: {typ.dtype}[{dims}]")
+    elif len(want) == 3:
+        msg += "; images are NCHW: conv2d reads [C, H, W] per example"
+    return msg
+
+
 def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     """(train, validation, test, meta): the data bound to the model's inputs, with the
     test and validation splits held out deterministically from the seed. Each must hold an
@@ -93,7 +133,9 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     sets["data"] = full
     split = any(is_split(spec) for spec in (cfg.test, cfg.validation))
     empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
-    bound = {name: input_arrays(model, ds) if ds is not None else None for name, ds in sets.items()}     # shapes first
+    said: set = set()
+    bound = {name: input_arrays(model, ds, said=said) if ds is not None else None        # shapes first
+             for name, ds in sets.items()}
     for name, ds in sets.items():
         if ds is not None and len(ds) == 0:
             raise DlcError(empty[name], cfg.span(name))
@@ -110,10 +152,14 @@ def data_settings(cfg: TrainConfig) -> dict:
 
 
 def evaluation_data(program: Program, model: Model, data, saved: dict | None, log) -> dict:
-    """The arrays `dlc eval` scores: `data` (a source, a path or its text) when given; else,
-    with the data settings a checkpoint recorded (`saved`, else the train block's), the test
-    data, else the validation data, else the training data itself. `log` is told which, with a
-    note when the data is what the weights were trained on."""
+    """The arrays `dlc eval` scores: `data` (a source, a path or its text, or a dict of arrays
+    by input and target name) when given; else, with the data settings a checkpoint recorded
+    (`saved`, else the train block's), the test data, else the validation data, else the
+    training data itself. `log` is told which, with a note when the data is what the weights
+    were trained on."""
+    if isinstance(data, dict):
+        log(f"evaluating the {len(data)} given arrays")
+        return input_arrays(model, Dataset(data, named=True))
     if saved:
         cfg = TrainConfig(**{name: from_json(saved[name]) for name in DATA_SETTINGS}, seed=saved["seed"])
     else:
