@@ -181,13 +181,15 @@ def _step(**kw):
 
 def test_the_progress_line_uses_the_width_it_has_and_labels_both_etas():
     from dlc.runtime.training.progress import progress_line
-    wide = progress_line(_step(), 0.24, 129)        # 12 ms a batch: 20 left in this epoch, 3 epochs of 40 after it
-    assert wide == "2/5 [#######        ] 20/40  loss 0.4000  accuracy 0.8000  12 ms/step  " \
-                   "elapsed 0:00  epoch eta 0:00  run eta 0:01  lr 0.001  83/s", wide
-    assert progress_line(_step(), 0.24, 200) == wide.replace("[#######        ]", f"[{'#' * 15:<30}]")     # at most 30
+    wide = progress_line(_step(), 0.24, 132)        # 12 ms a batch: 20 left in this epoch, 3 epochs of 40 after it
+    assert wide == f"2/5 [{'#' * 15:<30}] 20/40  loss 0.4000  accuracy 0.8000  12 ms/step  elapsed 0:00  " \
+                   "epoch eta 0:00  run eta 0:01", wide
+    assert progress_line(_step(), 0.24, 200) == wide + "  lr 0.001  83/s"      # the bar at most 30
+    assert progress_line(_step(), 0.24, 100) == \
+        "2/5 [#######       ] 20/40  loss 0.4000  accuracy 0.8000  12 ms/step  epoch eta 0:00  run eta 0:01"
     assert progress_line(_step(), 0.24, 79) == \
-        "2/5 [####     ] 20/40  loss 0.4000  accuracy 0.8000  12 ms/step  epoch eta 0:00"
-    assert progress_line(_step(), 0.24, 40) == "2/5 [#######        ] 20/40  loss 0.4000"
+        "2/5 [####    ] 20/40  loss 0.4000  accuracy 0.8000  12 ms/step  epoch eta 0:00"
+    assert progress_line(_step(), 0.24, 40) == "2/5 [####    ] 20/40  loss 0.4000"
     assert progress_line(_step(), 0.24, 12) == "2/5 [####   "      # cut only when the bar itself does not fit
     assert _step().eta_epoch(12.0) == 12.0 and _step().eta_run(12.0) == 12.0 + 3 * 40 * 0.6
 

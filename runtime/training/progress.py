@@ -114,25 +114,25 @@ def epoch_line(row: dict, epochs: int, batches: int) -> str:
     return "  ".join(text for _, text in epoch_parts(row, epochs, batches))
 
 
-BAR = (8, 30)       # the progress bar's least and greatest width, in characters
+def bar_width(width: int) -> int:
+    """The progress bar's characters on a line of `width` columns: 8 up to 88 columns, a
+    character more for every two more, at most 30 (from 132 columns). A function of the width
+    alone, so that the bar does not jitter as the texts after it change length."""
+    return min(max((width - 72) // 2, 8), 30)
 
 
 def progress_line(s: Step, now: float, width: int) -> str:
     """`2/5 [######      ] 20/41  loss 0.41  accuracy 0.87  12 ms/step  elapsed 0:03
     epoch eta 0:02  run eta 0:12  lr 0.001  5510/s`, no wider than `width`: the parts after the
     bar are left out, the first of this list first: samples/s, lr, elapsed, the run's ETA,
-    ms/step, the metrics after the loss (from the last), the epoch's ETA, the loss; the bar
-    takes the room left, up to BAR[1] characters."""
+    ms/step, the metrics after the loss (from the last), the epoch's ETA, the loss."""
+    bar = bar_width(width)
+    head = f"{s.epoch + 1}/{s.epochs} [{'#' * int(bar * s.done / max(s.total, 1)):<{bar}}] {s.done}/{s.total}"
     metrics = [(1 if k == "loss" else 3, f"{k} {v:.4f}") for k, v in s.means().items()]
     tail = [(4, f"{span(s.per_batch(now))}/step"), (6, f"elapsed {duration(now - s.started)}"),
             (2, f"epoch eta {duration(s.eta_epoch(now))}"), (5, f"run eta {duration(s.eta_run(now))}"),
             (7, f"lr {s.lr:.3g}"), (8, s.rate(now))]
-    head = f"{s.epoch + 1}/{s.epochs} [{{}}] {s.done}/{s.total}"
-    texts = fitted([(0, head.format(" " * BAR[0])), *metrics, *tail], width)
-    room = width - sum(len(text) + 2 for text in texts) + 2
-    bar = min(BAR[0] + max(room, 0), BAR[1])
-    line = "  ".join([head.format(f"{'#' * int(bar * s.done / max(s.total, 1)):<{bar}}"), *texts[1:]])
-    return line[:width]
+    return "  ".join(fitted([(0, head), *metrics, *tail], width))[:width]
 
 
 def terminal_width(stream) -> int:
