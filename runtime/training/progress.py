@@ -58,6 +58,7 @@ class Step:
         return self.eta_epoch(now) + (self.epochs - self.epoch - 1) * self.per_epoch * self.per_batch(now)
 
     def per_batch(self, now: float) -> float:
+        """Seconds a batch of this epoch has taken so far."""
         return (now - self.started) / max(self.done, 1)
 
     def rate(self, now: float) -> str:
@@ -102,8 +103,9 @@ def fitted(parts: list, width: int) -> list:
 
 
 def epoch_parts(row: dict, epochs: int, batches: int) -> list:
-    """An epoch's line as (rank, text) parts (see fitted): the loss and validation values are
-    kept longest, then the time; the training metrics go before it and ms/step first."""
+    """An epoch's line as (rank, text) parts (see fitted), left out in this order: ms/step,
+    the training metrics other than the loss, the validation ones other than val_loss, the
+    time; the epoch, loss and val_loss stay."""
     metrics = [(1 if k in ("loss", "val_loss") else 3 if k.startswith("val_") else 4, f"{k} {v:.4f}")
                for k, v in row.items() if k not in ("epoch", "time", "lr")]
     return [(0, f"epoch {row['epoch']}/{epochs}"), *metrics, (2, span(row["time"])),
