@@ -120,6 +120,11 @@ def optional_package(module: str, extra: str, purpose: str):
         raise DlcError(f"{purpose} needs the '{module}' package: pip install \"dlc[{extra}]\"") from None
 
 
+def plural(n: int, what: str) -> str:
+    """`1 epoch`, `2 epochs`."""
+    return f"{n} {what}" + ("" if n == 1 else "s")
+
+
 def did_you_mean(name: str, candidates) -> str:
     """"; did you mean 'x'?" for the candidate closest to a mistyped name (adma: adam,
     optimiser: optimizer), or for one the name starts with (activation: act); else ""."""

@@ -14,11 +14,6 @@ from pathlib import Path
 import dlc
 
 
-def plural(n: int, what: str) -> str:
-    """`1 epoch`, `2 epochs`."""
-    return f"{n} {what}" + ("" if n == 1 else "s")
-
-
 def _add_model_args(p: argparse.ArgumentParser, backend=False):
     p.add_argument("file", help="a .dl file")
     p.add_argument("--model", metavar="NAME", help="which model of the file (default: the last one)")
@@ -263,6 +258,7 @@ def _weights(args):
 
 
 def cmd_train(args):
+    from dlc.compiler.errors import plural
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.training.progress import row_values
     from dlc.runtime.training.trainer import Trainer
@@ -395,7 +391,7 @@ def cmd_bench(args):
 def cmd_import(args):
     """An ONNX model as a .dl program (OUT.dl, the model named after it) and its weights as a
     dlc checkpoint (OUT.npz, or --weights); the program is built once before anything is written."""
-    from dlc.compiler.errors import DlcError
+    from dlc.compiler.errors import DlcError, plural
     from dlc.compiler.frontend.loader import load_text
     from dlc.compiler.onnx.importer import import_model, read_model
     from dlc.runtime.training import checkpoint

@@ -19,7 +19,8 @@ from dlc.runtime.cli import main
 from conftest import XOR, write
 
 DIGITS_MLP = str(Path(__file__).parent.parent / "examples" / "digits_mlp.dl")     # 41 batches an epoch
-PROGRESS = re.compile(r"\d+/\d+ \[[# ]{8}\] \d+/\d+")      # the progress line: 1/2 [####    ] 20/41
+PROGRESS = re.compile(r"\d+/\d+ \[[# ]{8,30}\] \d+/\d+")      # the progress line: 1/2 [####    ] 20/41
+BUILT = ("compiled the native train step", "loaded the native train step")
 
 
 class FakeTerminal:
@@ -82,19 +83,22 @@ def test_the_progress_line_fits_80_columns_and_is_redrawn_at_most_ten_times_a_se
     assert lines, "no progress line drawn"
     assert all(len(w) - 1 <= 79 for w in lines), max(len(w) for w in lines)
     assert len(lines) <= 2 * (41 // 3 + 2), f"{len(lines)} redraws for 82 batches"
-    assert all("/2 [" in w and "eta " in w and "lr 0.001" in w for w in lines), lines[-1]
+    # 80 columns hold the loss and accuracy, ms/step and the epoch's ETA; lr and samples/s are left out
+    assert all(re.search(r"/2 \[.*  loss [\d.]+  accuracy [\d.]+  30 ms/step  epoch eta 0:0\d$", w[1:].rstrip())
+               for w in lines), lines[-1]
 
 
 def test_on_a_terminal_each_epoch_line_replaces_the_progress_line_and_fits_it(tmp_path, monkeypatch):
     terminal = fake_terminal(monkeypatch)
     dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=2, log=lambda m: terminal.write(m + "\n"))
     assert any(w.startswith("\r2/2 [") for w in terminal.writes), terminal.writes
-    lines = screen("".join(terminal.writes))[1:]       # after "compiling ..."
-    assert not any(PROGRESS.match(line) for line in lines), lines
-    # 85 columns: broken before the time, not cut
-    assert [line.split("  ")[0] for line in lines[::2]] == ["epoch 1/2", "epoch 2/2"], lines
-    assert all(re.fullmatch(r"    \(\d+\.\ds\)", line) for line in lines[1::2]), lines
-    assert lines[0].endswith("val_accuracy 0.8403") and all(len(line) <= 79 for line in lines), lines
+    lines = screen("".join(terminal.writes))
+    assert lines[0].startswith(BUILT), lines
+    # 91 columns in full: ms/step and the training accuracy are left out, no line is broken
+    assert [line.split("  ")[0] for line in lines[1:]] == ["epoch 1/2", "epoch 2/2"], lines
+    assert all(re.fullmatch(r"epoch \d/2  loss [\d.]+  val_loss [\d.]+  val_accuracy [\d.]+  [\d.]+ m?s", line)
+               for line in lines[1:]), lines
+    assert " val_accuracy 0.8403 " in lines[1] and all(len(line) <= 79 for line in lines), lines
 
 
 def test_a_nan_stop_ends_the_progress_line_before_the_error(tmp_path, monkeypatch):
@@ -161,6 +165,59 @@ def test_progress_flags_are_checked_as_usage(tmp_path, capsys, flags, message):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+# ---- the formatting --------------------------------------------------------------------------------------------
+def test_times_are_as_precise_as_their_size_asks():
+    from dlc.runtime.training.progress import span
+    assert [span(t) for t in (0.0004, 0.008, 0.0123, 0.0996, 0.43, 4.2, 12.34, 62, 3725)] == \
+        ["0.4 ms", "8 ms", "12 ms", "0.10 s", "0.43 s", "4.20 s", "12.3 s", "1:02", "1h02m"]
+
+
+def _step(**kw):
+    from dlc.runtime.training.progress import Step
+    return Step(**{"step": 20, "epoch": 1, "epochs": 5, "done": 20, "total": 40, "per_epoch": 40,
+                   "totals": {"loss": 8.0, "accuracy": 16.0}, "seen": 20, "fresh": 20, "started": 0.0, "lr": 1e-3,
+                   **kw})
+
+
+def test_the_progress_line_uses_the_width_it_has_and_labels_both_etas():
+    from dlc.runtime.training.progress import progress_line
+    wide = progress_line(_step(), 0.24, 132)        # 12 ms a batch: 20 left in this epoch, 3 epochs of 40 after it
+    assert wide == f"2/5 [{'#' * 15:<30}] 20/40  loss 0.4000  accuracy 0.8000  12 ms/step  elapsed 0:00  " \
+                   "epoch eta 0:00  run eta 0:01", wide
+    assert progress_line(_step(), 0.24, 200) == wide + "  lr 0.001  83/s"      # the bar at most 30
+    assert progress_line(_step(), 0.24, 100) == \
+        "2/5 [#######       ] 20/40  loss 0.4000  accuracy 0.8000  12 ms/step  epoch eta 0:00  run eta 0:01"
+    assert progress_line(_step(), 0.24, 79) == \
+        "2/5 [####    ] 20/40  loss 0.4000  accuracy 0.8000  12 ms/step  epoch eta 0:00"
+    assert progress_line(_step(), 0.24, 40) == "2/5 [####    ] 20/40  loss 0.4000"
+    assert progress_line(_step(), 0.24, 12) == "2/5 [####   "      # cut only when the bar itself does not fit
+    assert _step().eta_epoch(12.0) == 12.0 and _step().eta_run(12.0) == 12.0 + 3 * 40 * 0.6
+
+
+def test_an_epoch_line_too_wide_leaves_out_ms_per_step_then_the_training_metrics_then_the_time():
+    from dlc.runtime.training.progress import epoch_line, epoch_parts, fitted
+    row = {"epoch": 1, "lr": 1e-3, "time": 0.008, "loss": 0.5, "accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.91}
+    full = "epoch 1/2  loss 0.5000  accuracy 0.9000  val_loss 0.4000  val_accuracy 0.9100  8 ms  0.2 ms/step"
+    assert epoch_line(row, 2, 40) == full
+    assert "  ".join(fitted(epoch_parts(row, 2, 40), len(full))) == full
+    assert "  ".join(fitted(epoch_parts(row, 2, 40), len(full) - 1)) == full[:full.index("  0.2 ms")]
+    assert "  ".join(fitted(epoch_parts(row, 2, 40), 79)) == \
+        "epoch 1/2  loss 0.5000  val_loss 0.4000  val_accuracy 0.9100  8 ms"
+    assert "  ".join(fitted(epoch_parts(row, 2, 40), 60)) == "epoch 1/2  loss 0.5000  val_loss 0.4000  8 ms"
+    assert "  ".join(fitted(epoch_parts(row, 2, 40), 40)) == "epoch 1/2  loss 0.5000  val_loss 0.4000"
+
+
+def test_the_second_run_of_a_model_loads_its_train_step_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "cache"))
+    said = []
+    for run in ("a", "b"):
+        dlc.load(DIGITS_MLP).train(out=str(tmp_path / run), epochs=1, log=said.append)
+    said = [line for line in said if not line.startswith("epoch ")]
+    assert re.fullmatch(r"compiled the native train step in [\d.]+ m?s \(cached for the next runs\)", said[0]), said
+    assert re.fullmatch(r"loaded the native train step from the cache \([\d.]+ m?s\)", said[1]), said
+    assert len(said) == 2, said
+
+
 # ---- the Python API in a notebook ---------------------------------------------------------------------------
 @pytest.fixture
 def notebook(monkeypatch):
@@ -199,7 +256,7 @@ def test_progress_values_of_the_api_are_checked(monkeypatch):
 def test_the_api_logs_a_line_every_n_steps(tmp_path):
     lines = []
     dlc.load(DIGITS_MLP).train(out=str(tmp_path), epochs=1, progress=20, log=lines.append)
-    assert [line.split("  ")[0] for line in lines if not line.startswith("compiling")] == \
+    assert [line.split("  ")[0] for line in lines if not line.startswith(BUILT)] == \
         ["step 20", "step 40", "epoch 1/1"]
 
 
@@ -220,14 +277,16 @@ def test_the_history_plot_shows_the_learning_rate(tmp_path, monkeypatch):
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed (apt-get install tmux)")
 def test_on_an_80_column_tmux_pane_the_progress_is_one_line_that_never_wraps(tmp_path):
-    """`dlc train examples/digits_cnn.dl` on a tmux pane of 80 x 24, its screen captured while it runs and
-    at the end: `capture-pane -J` joins a wrapped line, so a progress line wider than the pane would show
-    as one longer than 80 columns."""
+    """`dlc train examples/digits_mlp.dl`, then `examples/digits_cnn.dl`, on a tmux pane of 80 x 24 (their
+    standard error: the summaries print paths), its screen captured while they run and at the end:
+    `capture-pane -J` joins a wrapped line, so a line wider than the pane would show as one longer than 80
+    columns."""
     cnn = Path(DIGITS_MLP).parent / "digits_cnn.dl"
     script = tmp_path / "run.sh"      # a short command to type: a long one would wrap on the pane itself
     script.write_text(f"unset COLUMNS LINES\nexport PYTHONPATH='{os.environ.get('PYTHONPATH', '')}' "
                       f"DLC_CACHE_DIR='{os.environ['DLC_CACHE_DIR']}'\n"
-                      f"'{sys.executable}' -m dlc.runtime.cli train '{cnn}' --epochs 2 --out '{tmp_path / 'run'}'\n"
+                      f"'{sys.executable}' -m dlc.runtime.cli train '{DIGITS_MLP}' --epochs 2 --out '{tmp_path / 'mlp'}' >/dev/null\n"
+                      f"'{sys.executable}' -m dlc.runtime.cli train '{cnn}' --epochs 2 --out '{tmp_path / 'run'}' >/dev/null\n"
                       "echo dlc-status-$?\n")
     tmux = ["tmux", "-L", f"dlc-test-{os.getpid()}"]       # a server of its own, whatever else runs tmux
     env = {k: v for k, v in os.environ.items() if k not in ("TMUX", "TMUX_PANE")}
@@ -251,8 +310,12 @@ def test_on_an_80_column_tmux_pane_the_progress_is_one_line_that_never_wraps(tmp
     assert any(drawn), "no progress line was captured while the run ran"
     assert all(len(lines) <= 1 for lines in drawn), [lines for lines in drawn if len(lines) > 1][0]
     assert all(len(line.rstrip()) <= 79 and PROGRESS.match(line) for lines in drawn for line in lines), drawn
-    assert [line.split("  ")[0] for line in end if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"], end
-    assert all(len(line.rstrip()) <= 79 for line in end if line.startswith(("epoch ", "    ("))), end
+    epochs = [line for line in end if line.startswith("epoch ")]
+    assert [line.split("  ")[0] for line in epochs] == ["epoch 1/2", "epoch 2/2"] * 2, end      # the mlp's, the cnn's
+    assert all(re.search(r"  \d[\d.]* m?s$", line.rstrip()) and not re.search(r"  0(\.0+)? m?s$", line.rstrip())
+               for line in epochs), epochs      # each epoch's time, never rounded to nothing (the mlp's take ms)
+    shown = [line for screen in screens for line in screen if "run.sh" not in line]     # but the command typed
+    assert all(len(line.rstrip()) <= 80 for line in shown), max(shown, key=len)
 
 
 def test_test_metrics_are_printed_once(tmp_path, capsys):

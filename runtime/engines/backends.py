@@ -3,6 +3,7 @@ backend cannot compile the model (`--backend auto|native|reference`)."""
 from __future__ import annotations
 
 import sys
+import time
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
@@ -10,6 +11,7 @@ from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.engines.reference import ReferenceEngine
+from dlc.runtime.training.progress import span
 
 BACKENDS = ("auto", "native", "reference")
 
@@ -25,15 +27,25 @@ def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=
     if backend == "reference":
         return ReferenceEngine(train_model, eval_model, *args, **kw)
     try:
-        if log and args:
-            log("compiling the native train step (cached for the next runs) ...")
-        return NativeEngine(train_model, eval_model, *args, split=split, **kw)
+        started = time.perf_counter()
+        engine = NativeEngine(train_model, eval_model, *args, split=split, **kw)
+        if log and engine.train_exe is not None:
+            log(built_message(engine.train_exe.compiled.cached, time.perf_counter() - started))
+        return engine
     except NotLowerable as e:
         if backend == "native":
             raise
         e.message += "; running on the slow reference engine instead (--backend native refuses)"
         (log or _warn)(e.render("warning"))
     return ReferenceEngine(train_model, eval_model, *args, **kw)
+
+
+def built_message(cached: bool, seconds: float) -> str:
+    """What the run says of its train step: loaded from the compile cache, or compiled (then
+    stored there); `seconds` counts lowering the graph too."""
+    if cached:
+        return f"loaded the native train step from the cache ({span(seconds)})"
+    return f"compiled the native train step in {span(seconds)} (cached for the next runs)"
 
 
 def _warn(message: str):

@@ -49,10 +49,17 @@ class Step:
     def means(self) -> dict:
         return {k: v / max(self.seen, 1) for k, v in self.totals.items() if k != "grad_norm"}
 
-    def eta(self, now: float) -> float:
+    def eta_epoch(self, now: float) -> float:
+        """Seconds left in this epoch, at its pace."""
+        return (self.total - self.done) * self.per_batch(now)
+
+    def eta_run(self, now: float) -> float:
         """Seconds left in the whole run, at this epoch's pace."""
-        per_batch = (now - self.started) / max(self.done, 1)
-        return ((self.total - self.done) + (self.epochs - self.epoch - 1) * self.per_epoch) * per_batch
+        return self.eta_epoch(now) + (self.epochs - self.epoch - 1) * self.per_epoch * self.per_batch(now)
+
+    def per_batch(self, now: float) -> float:
+        """Seconds a batch of this epoch has taken so far."""
+        return (now - self.started) / max(self.done, 1)
 
     def rate(self, now: float) -> str:
         """Examples per second."""
@@ -69,29 +76,65 @@ def row_values(row: dict) -> list:
     return values({k: v for k, v in row.items() if k not in ("epoch", "time", "lr")})
 
 
-def epoch_parts(row: dict, epochs: int) -> list:
-    return [f"epoch {row['epoch']}/{epochs}", *row_values(row), f"({row['time']:.1f}s)"]
-
-
-def epoch_line(row: dict, epochs: int) -> str:
-    return "  ".join(epoch_parts(row, epochs))
-
-
-def wrapped(parts: list, width: int) -> list:
-    """`parts` joined by two spaces into lines of at most `width` columns, broken between parts
-    (the lines after the first indented), so that no value is cut in two."""
-    lines = [parts[0]]
-    for part in parts[1:]:
-        if len(lines[-1]) + 2 + len(part) <= width:
-            lines[-1] += "  " + part
-        else:
-            lines.append("    " + part)
-    return lines
+def span(seconds: float) -> str:
+    """A time as precise as its size asks: `8 ms`, `0.43 s`, `12.3 s`, `1:02`, `1h02m`."""
+    if seconds < 0.0995:
+        ms = seconds * 1e3
+        return f"{ms:.2g} ms" if ms < 9.95 else f"{ms:.0f} ms"
+    if seconds < 9.995:
+        return f"{seconds:.2f} s"
+    return f"{seconds:.1f} s" if seconds < 59.95 else duration(seconds)
 
 
 def duration(seconds: float) -> str:
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def fitted(parts: list, width: int) -> list:
+    """The texts of `parts`, (rank, text) pairs in the order shown, without the highest ranks
+    (the least useful; the later of equal ranks first) until they fit `width` columns joined by
+    two spaces. The first part is always kept."""
+    parts = list(parts)
+    while len(parts) > 1 and sum(len(text) + 2 for _, text in parts) - 2 > width:
+        drop = max(range(1, len(parts)), key=lambda i: (parts[i][0], i))
+        del parts[drop]
+    return [text for _, text in parts]
+
+
+def epoch_parts(row: dict, epochs: int, batches: int) -> list:
+    """An epoch's line as (rank, text) parts (see fitted), left out in this order: ms/step,
+    the training metrics other than the loss, the validation ones other than val_loss, the
+    time; the epoch, loss and val_loss stay."""
+    metrics = [(1 if k in ("loss", "val_loss") else 3 if k.startswith("val_") else 4, f"{k} {v:.4f}")
+               for k, v in row.items() if k not in ("epoch", "time", "lr")]
+    return [(0, f"epoch {row['epoch']}/{epochs}"), *metrics, (2, span(row["time"])),
+            *([(5, f"{span(row['time'] / batches)}/step")] if batches else [])]
+
+
+def epoch_line(row: dict, epochs: int, batches: int) -> str:
+    return "  ".join(text for _, text in epoch_parts(row, epochs, batches))
+
+
+def bar_width(width: int) -> int:
+    """The progress bar's characters on a line of `width` columns: 8 up to 88 columns, a
+    character more for every two more, at most 30 (from 132 columns). A function of the width
+    alone, so that the bar does not jitter as the texts after it change length."""
+    return min(max((width - 72) // 2, 8), 30)
+
+
+def progress_line(s: Step, now: float, width: int) -> str:
+    """`2/5 [######      ] 20/41  loss 0.41  accuracy 0.87  12 ms/step  elapsed 0:03
+    epoch eta 0:02  run eta 0:12  lr 0.001  5510/s`, no wider than `width`: the parts after the
+    bar are left out, the first of this list first: samples/s, lr, elapsed, the run's ETA,
+    ms/step, the metrics after the loss (from the last), the epoch's ETA, the loss."""
+    bar = bar_width(width)
+    head = f"{s.epoch + 1}/{s.epochs} [{'#' * int(bar * s.done / max(s.total, 1)):<{bar}}] {s.done}/{s.total}"
+    metrics = [(1 if k == "loss" else 3, f"{k} {v:.4f}") for k, v in s.means().items()]
+    tail = [(4, f"{span(s.per_batch(now))}/step"), (6, f"elapsed {duration(now - s.started)}"),
+            (2, f"epoch eta {duration(s.eta_epoch(now))}"), (5, f"run eta {duration(s.eta_run(now))}"),
+            (7, f"lr {s.lr:.3g}"), (8, s.rate(now))]
+    return "  ".join(fitted([(0, head), *metrics, *tail], width))[:width]
 
 
 def terminal_width(stream) -> int:
@@ -125,9 +168,13 @@ class EpochLines(Quiet):
 
     def __init__(self, log):
         self.log = log
+        self.batches = 0        # of the epoch this run did: its ms/step
+
+    def step(self, s: Step):
+        self.batches = s.total
 
     def epoch(self, row: dict, epochs: int):
-        self.log(epoch_line(row, epochs))
+        self.log(epoch_line(row, epochs, self.batches))
 
 
 class StepLines(EpochLines):
@@ -138,43 +185,40 @@ class StepLines(EpochLines):
         self.every = every
 
     def step(self, s: Step):
+        super().step(s)
         if s.step % self.every == 0:
             now = time.perf_counter()
             self.log("  ".join([f"step {s.step}", f"epoch {s.epoch + 1}/{s.epochs}", f"batch {s.batch}/{s.per_epoch}",
-                                *values(s.means()), f"lr {s.lr:.3g}", s.rate(now), f"eta {duration(s.eta(now))}"]))
+                                *values(s.means()), f"{span(s.per_batch(now))}/step", f"lr {s.lr:.3g}", s.rate(now),
+                                f"epoch eta {duration(s.eta_epoch(now))}", f"run eta {duration(s.eta_run(now))}"]))
 
 
 class TerminalLine(EpochLines):
     """One line on the terminal, redrawn at most every REDRAW_S (and at an epoch's last batch)
-    and never wider than the terminal: the parts that do not fit are left out, the least
-    useful first. An epoch's line replaces it, so the screen keeps a line per epoch; it is
-    broken between its values where the terminal is too narrow for it (none is left out)."""
+    and never wider than the terminal (progress_line). An epoch's line replaces it, so the
+    screen keeps a line per epoch; where the terminal is too narrow for it, its least useful
+    parts are left out (epoch_parts) rather than the line wrapping."""
 
     def __init__(self, log):
         super().__init__(log)
         self.drawn, self.width = -math.inf, 0       # when the line was last drawn, and how wide
 
     def step(self, s: Step):
+        super().step(s)
         now = time.perf_counter()
         if now - self.drawn < REDRAW_S and s.done < s.total:
             return
         self.drawn = now
-        # epoch/epochs [bar] batch/batches, the epoch's means so far, the run's ETA, lr, samples/s
-        parts = [f"{s.epoch + 1}/{s.epochs} [{'#' * int(8 * s.done / max(s.total, 1)):<8}] {s.done}/{s.total}",
-                 *values(s.means()), f"eta {duration(s.eta(now))}", f"lr {s.lr:.3g}", s.rate(now)]
         self.width = terminal_width(sys.stderr) - 1
-        line = parts[0]
-        for part in parts[1:]:
-            if len(line) + 2 + len(part) <= self.width:
-                line += "  " + part
-        sys.stderr.write("\r" + line[:self.width].ljust(self.width))
+        sys.stderr.write("\r" + progress_line(s, now, self.width).ljust(self.width))
         sys.stderr.flush()
 
     def epoch(self, row: dict, epochs: int):
-        lines = wrapped(epoch_parts(row, epochs), terminal_width(sys.stderr) - 1)
+        width = terminal_width(sys.stderr) - 1
+        line = "  ".join(fitted(epoch_parts(row, epochs, self.batches), width))[:width]
         if self.width:      # over the progress line, to its end
-            lines[0] = "\r" + lines[0].ljust(self.width)
-        self.log("\n".join(lines))
+            line = "\r" + line.ljust(self.width)
+        self.log(line)
         self.width = 0
 
     def close(self):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, plural
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.augment import augment, augment_options
@@ -264,7 +264,7 @@ class Trainer:
                     self.world.await_writer()
                 if done:
                     stopped = "early stop"
-                    self.say(f"early stop: {stop.monitor} did not improve for {stop.patience} epochs")
+                    self.say(f"early stop: {stop.monitor} did not improve for {plural(stop.patience, 'epoch')}")
                     break
         # the best epoch of this run or of the one resumed; none yet after 0 epochs, whatever the folder holds
         if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists() and self.writes:
