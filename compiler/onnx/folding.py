@@ -1,14 +1,74 @@
-"""Folding the shape arithmetic of exported models (Shape -> Gather -> Concat -> Reshape)
-on shapes that hold symbolic dims (Dims), which ONNX's reference evaluator cannot compute.
-`Node.fold` (node.py) calls it with the node and its inputs' values."""
+"""Folding at import time: how large a folded value may be, and the shape arithmetic of
+exported models (Shape -> Gather -> Concat -> Reshape) on shapes that hold symbolic dims
+(Dims), which ONNX's reference evaluator cannot compute. `Node.fold` (node.py) calls them
+with the node and its inputs' values."""
 from __future__ import annotations
 
-from math import prod
+from math import ceil, isfinite, prod
 
 import numpy as np
 
 from dlc.compiler.ir.dims import Dim, exact_div
 from dlc.compiler.onnx.values import INT
+
+
+# the most entries a value computed when importing may have (512 MiB of f64): a folded value
+# is held in memory and written to the checkpoint, and the importer runs on the machine that
+# converts the model, whatever the model's own run needs. A larger one stays a run-time value.
+MAX_FOLDED = 1 << 26
+
+
+def foldable(count) -> bool:
+    """Whether a value of `count` entries may be computed when importing."""
+    return count <= MAX_FOLDED
+
+
+def range_count(start, limit, delta) -> int:
+    """The numbers of Range(start, limit, delta); 0 when it has none or no count (delta 0, nan)."""
+    steps = (limit - start) / delta if delta else 0
+    return max(ceil(steps), 0) if isfinite(steps) else 0
+
+
+def _expanded(c) -> int:
+    """The entries of Expand(c[0], shape c[1]): the two shapes broadcast."""
+    shape, to = c[0].shape, tuple(c[1].tolist())
+    rank = max(len(shape), len(to))
+    return prod(max(a, b) for a, b in zip((1,) * (rank - len(shape)) + shape, (1,) * (rank - len(to)) + to))
+
+
+# the entries of the output of the ops whose output size is set by their inputs' values, for
+# when ONNX's shape inference does not tell it; computed before the op is evaluated
+_OUTPUT_ENTRIES = {
+    "ConstantOfShape": lambda c: prod(c[0].tolist()),
+    "Range": lambda c: range_count(*(v.item() for v in c)),
+    "Expand": _expanded,
+    "Tile": lambda c: c[0].size * prod(c[1].tolist()),
+}
+
+
+def too_large_to_propagate(onnx, graphs) -> bool:
+    """Whether a node of `graphs` (the model's graph and its bodies) makes from constant
+    inputs (initializers, Constant nodes) a value larger than MAX_FOLDED: ONNX's shape
+    inference with data propagation computes such values whole (a Range of 10^12 numbers)."""
+    known = {t.name: t for g in graphs for t in g.initializer}
+    known.update({node.output[0]: a.t for g in graphs for node in g.node if node.op_type == "Constant"
+                  for a in node.attribute if a.name == "value"})
+    for node in (node for g in graphs for node in g.node if node.op_type in _OUTPUT_ENTRIES):
+        if all(i in known for i in node.input):
+            consts = [onnx.numpy_helper.to_array(known[i]) for i in node.input]
+            if not foldable(_OUTPUT_ENTRIES[node.op_type](consts)):
+                return True
+    return False
+
+
+def too_large_to_fold(n, consts: list) -> bool:
+    """Whether an output of node `n` (a Node) on the known inputs `consts` would have more
+    entries than MAX_FOLDED: by ONNX's inferred shapes, or by the inputs that set its size."""
+    counts = [prod(v.shape) for v in map(n.out, range(len(n.results)))
+              if v.shape is not None and all(isinstance(d, int) for d in v.shape)]
+    if n.op in _OUTPUT_ENTRIES:
+        counts.append(_OUTPUT_ENTRIES[n.op](consts))
+    return not foldable(max(counts, default=0))
 
 
 def fold_symbolic(n, consts: list) -> dict | None:

@@ -22,10 +22,11 @@ from dlc.compiler.frontend.loader import load_text, stdlib_env
 from dlc.compiler.frontend.syntax import keywords
 from dlc.compiler.ir.dims import Dim
 from dlc.compiler.ir.graph import DTYPES, ONNX_ELEM_TYPES
+from dlc.compiler.onnx.folding import too_large_to_propagate
 from dlc.compiler.onnx.node import Expand, Node, Unsupported
 from dlc.compiler.onnx.rules import RULES
 from dlc.compiler.onnx.values import (DL_DTYPES, FLOAT, SMALL, Value, dtype_of, literal, onnx_package, shape_tuple,
-                                      tuple_literal, type_name)
+                                      too_large, tuple_literal, type_name)
 
 # opset 7 brought numpy broadcasting to the arithmetic ops; 28 is the newest the rules know
 MIN_OPSET, MAX_OPSET = 7, 28
@@ -39,17 +40,35 @@ def read_model(path):
     """The ModelProto in `path`; a file that is not a valid ONNX model is a clear error."""
     onnx = onnx_package()
     path = Path(path)
+    if path.is_dir():
+        raise DlcError(f"{path} is a directory, not an ONNX model")
     if not path.is_file():
         raise DlcError(f"no such file: {path}")
     try:
-        model = onnx.load(str(path))
+        model = onnx.load(str(path), load_external_data=False)
+        _check_external_data(onnx, model, path)
+        onnx.load_external_data_for_model(model, str(path.parent))
+    except DlcError:
+        raise
     except Exception as e:      # protobuf's DecodeError and friends: the bytes are not a ModelProto
-        raise DlcError(f"{path} is not an ONNX model: it cannot be decoded ({_first_line(e) or type(e).__name__}); "
+        raise DlcError(f"{path} is not an ONNX model: it cannot be decoded ({_first_line(e) or 'no detail'}); "
                        "the file is truncated or in another format") from None
     if not model.HasField("graph") or not model.opset_import:
         raise DlcError(f"{path} is not an ONNX model: it has no graph or no opset (a truncated file or another "
                        "format)")
     return model
+
+
+def _check_external_data(onnx, model, path: Path):
+    """Refuse a tensor that keeps its data in a file outside the model's folder (onnx refuses
+    it too, in words that blame the model file)."""
+    folder = path.resolve().parent
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if onnx.external_data_helper.uses_external_data(tensor):
+            location = {e.key: e.value for e in tensor.external_data}.get("location", "")
+            if not (folder / location).resolve().is_relative_to(folder):
+                raise DlcError(f"{path}: the tensor '{tensor.name}' keeps its data in '{location}', outside the "
+                               "model's folder; dlc reads external data only from that folder")
 
 
 def _first_line(e: Exception) -> str:
@@ -281,6 +300,9 @@ class _Importer:
             for i in node.input:
                 self.consumers.setdefault(i, []).append(node)
         self.producers = {o: node for g in self._graphs(graph) for node in g.node for o in node.output}
+        # what a node or a graph's outputs read, in the graph or a scan body (nested too)
+        self.read = {name for g in self._graphs(graph) for name in [*(i for node in g.node for i in node.input),
+                                                                     *(o.name for o in g.output)]}
         self.dim_texts: dict = {}          # a Dim's text -> the Dim, for the shapes given to ONNX's inference
         self.graph_outputs = {o.name for o in graph.output}
         self.absorbed: set = set()
@@ -303,8 +325,9 @@ class _Importer:
         return model
 
     def _inferred_types(self) -> dict:
+        data_prop = not too_large_to_propagate(self.onnx, self._graphs(self.model.graph))
         try:
-            inferred = self.onnx.shape_inference.infer_shapes(self.model, data_prop=True)
+            inferred = self.onnx.shape_inference.infer_shapes(self.model, data_prop=data_prop)
         except Exception as e:
             raise DlcError(f"{self.source}: ONNX shape inference fails on this model: {_first_line(e)}") from None
         types = {}
@@ -440,6 +463,9 @@ class _Importer:
                 if key not in symbols:
                     symbols[key] = Dim.sym(self.names(d.dim_param or f"D{len(symbols)}", "D"))
                 dims.append(symbols[key])
+            if too_large(dims):
+                raise Unsupported(f"{self.source}: {where} has the shape {list(dims)}, too large for any "
+                                  "machine's memory", "shape")
             name = self.names(inp.name, "x")
             self.inputs[inp.name] = name
             self.values[inp.name] = Value(dtype, tuple(dims), expr=name, onnx_type=tt.elem_type)

@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.onnx.folding import fold_symbolic, has_dims
-from dlc.compiler.onnx.values import FLOAT, Value, dtype_of, type_name
+from dlc.compiler.onnx.folding import fold_symbolic, has_dims, too_large_to_fold
+from dlc.compiler.onnx.values import FLOAT, Value, dtype_of, too_large, type_name
 
 
 class Unsupported(DlcError):
@@ -175,8 +175,7 @@ class Node:
         """Whether output j exists and something reads it."""
         if j >= len(self.results) or not self.results[j]:
             return False
-        name = self.results[j]
-        return name in self.imp.graph_outputs or bool(self.imp.consumers.get(name))
+        return self.results[j] in self.imp.read
 
     def require_float(self, *inputs):
         for i in inputs or (0,):
@@ -238,12 +237,13 @@ class Node:
                 if inputs and all(self.imp.values[i].const is not None for i in inputs) and self.fold():
                     return
                 self.finish(r.emit(self))
-            except (TypeError, ValueError, IndexError, KeyError, ArithmeticError) as e:
+            except (TypeError, ValueError, IndexError, KeyError, ArithmeticError):
                 # values a rule does not handle (symbolic dims in an input it reads as
                 # numbers, ...): the node is refused where it is, never an internal error
                 if os.environ.get("DLC_DEBUG"):
                     raise
-                self.refuse(f"this node's inputs ({type(e).__name__}: {e})", "input")
+                self.refuse("this node's inputs: its rule does not handle their values (DLC_DEBUG=1 shows "
+                            "where it stops)", "input")
         except Unsupported as e:
             if self.imp.has_function(proto):
                 raise Expand(self.imp.index[id(proto)], e) from None
@@ -255,6 +255,8 @@ class Node:
         consts = [self.imp.values[i].const if i else None for i in self.proto.input]
         if any(has_dims(c) for c in consts):
             outs = fold_symbolic(self, consts)
+        elif too_large_to_fold(self, consts):
+            return False        # its rule keeps it a run-time value, or refuses it
         else:
             outs = self.imp.evaluate(self.proto, consts)
         if outs is None:
@@ -307,6 +309,8 @@ class Node:
         v = self.imp.inferred(self.results[j])
         if v.shape is not None and 0 in v.shape:
             self.refuse(f"an empty result (shape {list(v.shape)})", "shape")
+        if too_large(v.shape):
+            self.refuse(f"a result of shape {list(v.shape)}, too large for any machine's memory", "shape")
         v.expr = name
         self.imp.values[self.results[j]] = v
 

@@ -3,6 +3,7 @@ dlc has (graph.DTYPES holds their numbers), and the literals of constants."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 
 import numpy as np
 
@@ -16,6 +17,9 @@ ANY = tuple(DTYPES)
 # the largest finite float of each width: padding that never wins a max, the bound of IsInf
 LARGEST = {"f32": "3.4028234663852886e38", "f64": "1.7976931348623157e308"}
 SMALL = 16          # a constant of at most this many entries is written out as a tuple
+
+# more entries than a 64-bit machine addresses at 8 bytes each: a shape no run can hold
+MAX_ENTRIES = 1 << 60
 
 # ONNX element type -> the .dl dtype of its values, for those dlc has
 DL_DTYPES = {elem_type: dtype for dtype, elem_type in ONNX_ELEM_TYPES.items()}
@@ -51,6 +55,12 @@ class Value:
     fill: float | None = None         # the one number a tensor is filled with, when the program says so
     transposed: tuple | None = None   # (the ONNX value it permutes, the permutation)
     onnx_type: int = 0
+
+
+def too_large(shape) -> bool:
+    """Whether a shape (dims are ints or Dims) has more entries than any machine holds, by its
+    fixed dims alone."""
+    return shape is not None and prod(d for d in shape if isinstance(d, int)) > MAX_ENTRIES
 
 
 def shape_tuple(shape) -> str:

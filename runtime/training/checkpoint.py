@@ -74,8 +74,15 @@ def load(path) -> tuple[dict, dict, dict]:
     try:
         with np.load(path, allow_pickle=False) as f:
             arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as e:
-        raise DlcError(f"{path} is not a readable checkpoint ({type(e).__name__}: {e})") from None
+    except zipfile.BadZipFile:
+        raise DlcError(f"{path} is not a readable checkpoint: it is not an .npz archive") from None
+    except OSError as e:
+        raise DlcError(f"{path} is not a readable checkpoint: {e.strerror or 'it cannot be read'}") from None
+    except MemoryError:     # numpy allocates the shape an array's header claims before reading it
+        raise DlcError(f"{path} is not a readable checkpoint: an array in it claims a shape larger than "
+                       "memory") from None
+    except (ValueError, EOFError, KeyError):
+        raise DlcError(f"{path} is not a readable checkpoint: an array in it is damaged or cut short") from None
     for key, value in arrays.items():
         if not isinstance(value, np.ndarray):       # numpy gives a zip member that is not .npy as bytes
             raise DlcError(f"{path} is not a readable checkpoint (its member '{key}' is not an .npy array)")
@@ -96,7 +103,24 @@ def load(path) -> tuple[dict, dict, dict]:
             opt.setdefault(name, {})[slot] = value
         else:   # a plain npz of weights: names are the keys
             params[key] = value
+    check_arrays(path, {**params, **{f"{name}:{slot}": v for name, slots in opt.items() for slot, v in slots.items()}})
     return params, opt, meta
+
+
+def check_arrays(path, arrays: dict):
+    """Refuse weights that no engine can take, whatever file they came from (a checkpoint, a
+    .safetensors file, an import's arrays): names that are printable text, and numbers."""
+    for name, value in arrays.items():
+        if not name or not name.isprintable():
+            raise DlcError(f"{path} is not a readable checkpoint: it names an array {name!r}")
+        if value.dtype.kind not in "biuf":
+            raise DlcError(f"{path} is not a readable checkpoint: {name} holds {_kind(value.dtype)} values, "
+                           "not numbers")
+
+
+def _kind(dtype: np.dtype) -> str:
+    return {"U": "text", "S": "bytes", "O": "Python object", "c": "complex", "V": "raw record", "M": "date",
+            "m": "time span"}.get(dtype.kind, str(dtype))
 
 
 # ---- the metadata's schema: what each field dlc reads must be --------------------------------------------
@@ -161,13 +185,8 @@ def conform(path, saved: dict, params: list) -> dict:
     shapes, numbers only, converted to each parameter's dtype and made contiguous, so an
     engine can use them as they are (a plain .npz of float64 weights is welcome)."""
     check_params(path, saved, {p.name: p.type.shape for p in params})
-    out = {}
-    for p in params:
-        value = saved[p.name]
-        if value.dtype.kind not in "biuf":
-            raise DlcError(f"{path}: {p.name} holds {value.dtype} values; a parameter needs numbers ({p.type})")
-        out[p.name] = np.asarray(value, DTYPES[p.type.dtype], order="C")      # a scalar stays a scalar
-    return out
+    check_arrays(path, saved)
+    return {p.name: np.asarray(saved[p.name], DTYPES[p.type.dtype], order="C") for p in params}  # a scalar stays a scalar
 
 
 def optimizer_state(path, saved: dict, fresh: dict) -> dict:
@@ -179,7 +198,7 @@ def optimizer_state(path, saved: dict, fresh: dict) -> dict:
         state[name] = {}
         for slot, init in slots.items():
             value = saved.get(name, {}).get(slot)
-            if value is not None and (value.shape != init.shape or value.dtype.kind not in "biuf"):
+            if value is not None and value.shape != init.shape:
                 raise DlcError(f"{path} is not a readable checkpoint: the optimizer state {name}:{slot} is "
                                f"{value.dtype}{list(value.shape)}, but {name} is {list(init.shape)}")
             state[name][slot] = init if value is None else np.array(value, init.dtype)

@@ -7,6 +7,7 @@ from math import prod
 import numpy as np
 
 from dlc.compiler.ir.dims import Dim, exact_div
+from dlc.compiler.onnx.folding import foldable, range_count
 from dlc.compiler.onnx.node import Expr, Node, rule
 from dlc.compiler.onnx.values import dtype_of, literal, shape_tuple
 
@@ -30,7 +31,7 @@ def _size(n: Node):
 def _constant_of_shape(n: Node):
     value = n.attr("value", np.zeros(1, np.float32))
     dims = n.static(0, "shape").tolist()
-    if any(isinstance(d, Dim) for d in dims):
+    if any(isinstance(d, Dim) for d in dims) or not foldable(prod(dims)):      # too large: filled at run time
         dtype = dtype_of(value)
         fill = value.reshape(-1)[0]
         return Expr(f"full({shape_tuple(dims)}, {literal(fill, dtype)}, \"{dtype}\")", fill=fill)
@@ -50,14 +51,18 @@ def _constant(n: Node):
 
 @rule("Range", static=(0, 1, 2))
 def _range(n: Node):
-    """Known bounds: the numbers; a symbolic limit (arange over T): `arange` of the count."""
+    """Known bounds: the numbers; a symbolic limit (arange over T), or more numbers than an
+    import computes: `arange` of the count."""
     start, limit, delta = (n.static(i).item() for i in range(3))
-    if not any(isinstance(v, Dim) for v in (start, limit, delta)):
+    symbolic = any(isinstance(v, Dim) for v in (start, limit, delta))
+    if not symbolic and delta and foldable(range_count(start, limit, delta)):
         return np.arange(start, limit, delta).astype(n.static(0).dtype)
-    steady = isinstance(start, int) and isinstance(delta, int) and delta > 0
-    count = exact_div(limit - start, delta) if steady else None
-    if not isinstance(count, Dim):
-        n.refuse(f"a range from {start} to {limit} by {delta}", "input")
+    count = None
+    if isinstance(start, int) and isinstance(delta, int) and delta > 0:
+        count = exact_div(limit - start, delta) if symbolic else -((start - limit) // delta)
+    if count is None or isinstance(count, int) and count <= 0:
+        why = "" if symbolic or not delta else ": too many numbers to compute when importing"
+        n.refuse(f"a range from {start} to {limit} by {delta}{why}", "input")
     dtype = n.out_dtype()
     out = "arange(" + str(count) + ")" if dtype == "i32" else f"cast(arange({count}), \"{dtype}\")"
     out += f" * {delta}" if delta != 1 else ""
