@@ -8,7 +8,8 @@ import pytest
 
 from dlc.runtime.cli import main
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.dl"))
+EXAMPLE_DIR = Path(__file__).parent.parent / "examples"
+EXAMPLES = sorted(EXAMPLE_DIR.glob("*.dl"))
 # the deep convolutional and attention examples take seconds per gradient check
 HEAVY = {"resnet", "vgg_cnn", "char_transformer", "transformer_seq2seq"}
 
@@ -82,5 +83,5 @@ def test_every_example_trains_one_epoch_offline(path, tmp_path, capsys, fake_fet
 @pytest.mark.parametrize("name, metric, at_least", [("bilstm_tagger", "val_accuracy", 0.93),
                                                     ("transformer_classifier", "val_accuracy", 0.95)])
 def test_example_reaches_the_result_its_header_states(name, metric, at_least, tmp_path, capsys):
-    numbers = train(EXAMPLES[0].parent / f"{name}.dl", tmp_path / "run", capsys, "--seed", "0")
+    numbers = train(EXAMPLE_DIR / f"{name}.dl", tmp_path / "run", capsys, "--seed", "0")
     assert numbers[metric] >= at_least
