@@ -57,6 +57,20 @@ def failure(argv, capsys) -> str:
 
 
 # a three-class model
+# an encoder-decoder: a source and the decoder's input and target
+ENC_DEC = """
+model m {
+    input  src: i32[B, S]
+    input  dec_in: i32[B, T]
+    target dec_out: i32[B, T]
+    enc, h = rnn(embedding(src, 4, 5), 8, return_state = true)
+    dec = rnn(embedding(dec_in, 4, 5), 8, state = (h,))
+    logits = dense(dec, 4)
+    loss   sparse_cross_entropy(logits, dec_out)
+    output probs = softmax(logits)
+}
+"""
+
 CLASSIFIER = """
 model clf {
     input  x: f32[B, 2]

@@ -13,6 +13,8 @@ from dlc.runtime.cli import main
 from dlc.runtime.training import checkpoint
 from dlc.runtime.training.gradcheck import init_params
 
+from conftest import ENC_DEC   # a small encoder-decoder, shared
+
 # The 8x8 digits are [1, 8, 8] examples (NCHW); this model declares them channels-last.
 CHANNELS_LAST = """
 model cl {
@@ -43,18 +45,6 @@ train flat {
 }
 """
 
-ENC_DEC = """
-model m {
-    input  src: i32[B, S]
-    input  dec_in: i32[B, T]
-    target dec_out: i32[B, T]
-    enc, h = rnn(embedding(src, 4, 5), 8, return_state = true)
-    dec = rnn(embedding(dec_in, 4, 5), 8, state = (h,))
-    logits = dense(dec, 4)
-    loss   sparse_cross_entropy(logits, dec_out)
-    output probs = softmax(logits)
-}
-"""
 
 SMALL_NPZ = """
 model small {

@@ -17,6 +17,8 @@ from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
 from dlc.runtime.training.gradcheck import init_params
 
+from conftest import ENC_DEC   # a small encoder-decoder, shared
+
 EOS = 2
 
 
@@ -205,18 +207,6 @@ model chars {
 }
 """
 
-ENC_DEC = """
-model m {
-    input  src: i32[B, S]
-    input  dec_in: i32[B, T]
-    target dec_out: i32[B, T]
-    enc, h = rnn(embedding(src, 4, 5), 8, return_state = true)
-    dec = rnn(embedding(dec_in, 4, 5), 8, state = (h,))
-    logits = dense(dec, 4)
-    loss   sparse_cross_entropy(logits, dec_out)
-    output probs = softmax(logits)
-}
-"""
 
 
 def random_model(tmp_path, text: str, seed: int) -> DlcModel:
