@@ -15,7 +15,7 @@ import ctypes
 
 import numpy as np
 
-from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.passes.autodiff import hvp_graph, train_step
 from dlc.compiler.native.builder import FAULT
 from dlc.compiler.native.driver import build_module
 from dlc.compiler.ir.dims import concrete, numel
@@ -31,6 +31,7 @@ from dlc.runtime.engines import budget, cache
 from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.reference import _scalars, predict_graph
 from dlc.runtime.engines.interpreter import bind_sizes
+from dlc.runtime.training import second_order
 from dlc.runtime.training.optim import Optimizer
 
 # a host function a HostCallKernel calls: (an f32 buffer, its element count); ctypes takes the GIL
@@ -238,7 +239,8 @@ class NativeEngine:
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
-        self.train_exe = None
+        self.train_exe = self._hvp = None
+        self.train_graph = train_model.graph
         self.replicas = None        # replica_mean of a data-parallel run (runtime/engines/distributed.py)
         if optimizer is not None:
             slots = len(optimizer.slots())
@@ -297,7 +299,7 @@ class NativeEngine:
         place; the arrays behind its buffers (`update_arrays`) and its per-step scalars,
         one f64 each in `scalars` (fed by `_set_scalars`). None without trained parameters."""
         self.update_arrays, self.scalars, self.scalar_names = [], np.zeros(0), []
-        if not self.n_trained:
+        if not self.n_trained or self.optimizer.full_batch:     # L-BFGS, Newton: no update graph
             return None
         prog = lower_update(self.optimizer.graph(self.n_trained, self.l1, self.l2, self.clip))
         arrays = {"param": self.flat, "grad": self.grads, **self.state}
@@ -351,6 +353,8 @@ class NativeEngine:
     # -- the engine interface --
     def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
                    key: np.ndarray) -> dict:
+        if self.optimizer.full_batch:       # its evaluations call the train step, compiled without an update
+            return self.optimizer.step(self, params, opt_state, batch, lr, key)
         self._adopt(params, opt_state)
         self._set_scalars(lr, step)
         return self._step(params, batch, key, extra=self.update_arrays)
@@ -382,6 +386,17 @@ class NativeEngine:
             elif not name.startswith("grad:"):
                 out[name] = arrays[bid][0]
         return _scalars(out)
+
+    def hvp(self, params: dict, batch: dict, key: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """H v, flat over the trained parameters like v, H the Hessian of the batch's loss: the
+        graph of autodiff.hvp_graph compiled once (as `dlc gradcheck --hessian` compiles it), in float32."""
+        if self._hvp is None:
+            self._hvp = Executable(hvp_graph(self.train_graph))
+        exe = self._hvp
+        feeds = {**batch, "rng": np.asarray(key, np.int32),
+                 **second_order.direction_feeds(exe.graph, self.trainable, params, v)}
+        arrays, sizes = exe.run(feeds, exe.given(params))
+        return np.concatenate([exe.output(f"hvp:{name}", arrays, sizes).ravel() for name in self.trainable])
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         exe = self.eval_exe

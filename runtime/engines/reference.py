@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.compiler.passes.autodiff import copy_graph, prune, train_step
+from dlc.compiler.passes.autodiff import copy_graph, hvp_graph, prune, train_step
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.engines import budget, interpreter
+from dlc.runtime.training import second_order
 from dlc.runtime.training.optim import Optimizer
 
 
@@ -28,6 +29,7 @@ class ReferenceEngine:
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None):
         self.step_graph = train_step(train_model.graph) if optimizer is not None else None
+        self.train_graph, self._hvp_graph = train_model.graph, None
         self.eval_graph = eval_model.graph
         self.predict_graph = predict_graph(eval_model)
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
@@ -38,6 +40,8 @@ class ReferenceEngine:
     def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
                    key: np.ndarray) -> dict:
         """One optimizer step on a batch, in place; returns the loss and metrics."""
+        if self.optimizer.full_batch:       # L-BFGS, Newton: many evaluations of the batch
+            return self.optimizer.step(self, params, opt_state, batch, lr, key)
         out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)
         grads = {name: out[f"grad:{name}"] for name in self.trainable}
         norm = self.optimizer.update(params, grads, opt_state, lr, step, self.l1, self.l2, self.clip)
@@ -64,6 +68,16 @@ class ReferenceEngine:
             parts[name] = grads[at:at + size].reshape(np.shape(params[name]))
             at += size
         self.optimizer.update(params, parts, opt_state, lr, step, self.l1, self.l2, self.clip)
+
+    def hvp(self, params: dict, batch: dict, key: np.ndarray, v: np.ndarray) -> np.ndarray:
+        """H v, flat over the trained parameters like v, H the Hessian of the batch's loss
+        (autodiff.hvp_graph), in the interpreter's float32."""
+        if self._hvp_graph is None:
+            self._hvp_graph = hvp_graph(self.train_graph)
+        graph = self._hvp_graph
+        feeds = {**batch, "rng": key, **second_order.direction_feeds(graph, self.trainable, params, v)}
+        out = self._run("a Hessian-vector product", graph, feeds, params)
+        return np.concatenate([np.ravel(out[f"hvp:{name}"]) for name in self.trainable])
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         return _scalars(self._run("a forward pass", self.eval_graph, {**batch, "rng": np.zeros(2, np.int32)}, params))

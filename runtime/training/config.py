@@ -13,7 +13,7 @@ from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.augment import augment_options
 from dlc.runtime.training.early_stop import EarlyStop
-from dlc.runtime.training.optim import clip_limit, make_optimizer, make_schedule
+from dlc.runtime.training.optim import OPTIMIZERS, clip_limit, make_optimizer, make_schedule
 from dlc.runtime.training.settings import REQUIRED, Call, Symbol, as_call, number, setting_value, settings, show
 
 
@@ -88,7 +88,7 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
         else:
             kwargs["lr"] = overrides["lr"]
         spans = {k: v for k, v in spans.items() if k not in (0, "lr")}     # not written in the file
-    elif not args and "lr" not in kwargs:
+    elif not args and "lr" not in kwargs and OPTIMIZERS.get(opt.name, OPTIMIZERS["sgd"]).options["lr"] is REQUIRED:
         kwargs["lr"] = 1e-3 if opt.name in ("adam", "adamw", "rmsprop") else 1e-2
     cfg.optimizer = Call(opt.name, args, kwargs, opt.span, spans)
     check_settings(cfg, model)
@@ -119,7 +119,9 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
             raise DlcError(f"{name} must be true or false, got {show(getattr(cfg, name))}", cfg.span(name))
     if cfg.init_from is not None and not isinstance(cfg.init_from, str):
         raise DlcError("init_from takes a checkpoint path in quotes", cfg.span("init_from"))
-    make_optimizer(cfg.optimizer)
+    if make_optimizer(cfg.optimizer).full_batch and (cfg.l1 or cfg.l2 or cfg.clip is not None):
+        raise DlcError(f"{cfg.optimizer.name} takes no l1, l2 or clip: it has no update to apply them to; write a "
+                       "penalty in the loss instead", cfg.span("l1" if cfg.l1 else "l2" if cfg.l2 else "clip"))
     make_schedule(cfg.schedule, 1.0, 1, max(cfg.epochs, 1), cfg.span("schedule"))
     if cfg.clip is not None:
         cfg.clip = Call("global_norm", [cfg.clip], span=cfg.span("clip")) if _is_number(cfg.clip) else \

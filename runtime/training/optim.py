@@ -10,6 +10,10 @@ the same weights takes the same steps. The reference engine runs that graph with
 interpreter (`Optimizer.update`), the native engine compiles it into its step
 (compiler/native/update.py). Each optimizer keeps its state as named numpy arrays per
 parameter ("m", "v", "momentum"), which checkpoints save.
+
+The second-order optimizers (`LBFGS`, `Newton`) are `full_batch`: they have no update graph;
+a step of theirs runs many evaluations of the batch's loss (runtime/training/second_order.py),
+and the engines hand them the step (`step`).
 """
 from __future__ import annotations
 
@@ -22,7 +26,8 @@ from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.ir.update import NORM, Update, lerp, update_graph
 from dlc.runtime.engines import interpreter
-from dlc.runtime.training.settings import REQUIRED, Call, as_call, flag, number
+from dlc.runtime.training import second_order
+from dlc.runtime.training.settings import REQUIRED, Call, as_call, choice, flag, integer, number
 
 # the allowed values of every numeric option of the optimizers, schedules and clipping
 LIMITS = {
@@ -32,17 +37,30 @@ LIMITS = {
     "every": dict(positive=True), "gamma": dict(positive=True), "min_lr": dict(low=0), "period": dict(positive=True),
     "mult": dict(low=1), "warmup": dict(low=0),         # mult < 1 would shrink the restart periods to nothing
     "max": dict(positive=True),
+    "damping": dict(low=0), "tolerance_grad": dict(low=0), "tolerance_change": dict(low=0),
 }
+COUNTS = ("history", "max_iter", "cg_steps")        # integer options, at least 1
+CHOICES = {"line_search": ("strong_wolfe", "none")}
 
 
 def _option(args, name: str, default):
-    """One checked option of a bound call: a flag when its default is one, else a number in LIMITS."""
-    return args.check(name, flag) if isinstance(default, bool) else args.check(name, number, **LIMITS[name])
+    """One checked option of a bound call: a flag when its default is one, a count, a choice
+    (`none` written bare is the choice "none"), else a number in LIMITS."""
+    if isinstance(default, bool):
+        return args.check(name, flag)
+    if name in COUNTS:
+        return args.check(name, integer, low=1)
+    if name in CHOICES:
+        if args[name] is None:
+            args[name] = "none"
+        return args.check(name, choice, options=CHOICES[name])
+    return args.check(name, number, **LIMITS[name])
 
 
 class Optimizer:
     name = ""
     options: dict = {}            # option -> default; "lr" is required
+    full_batch = False            # a step of its own (`step`) instead of an update graph
 
     def __init__(self, call: Call):
         args = call.bind(self.options)
@@ -196,7 +214,41 @@ class Adagrad(Optimizer):
         return p + -u.scalar("lr") * g / std, {"sum": total}            # param.addcdiv_(g, std, value=-clr)
 
 
-OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, AdamW, Adagrad)}
+class LBFGS(Optimizer):
+    """torch.optim.LBFGS (its `history_size` is `history`, `line_search_fn` `line_search`), with
+    trial steps whose loss or gradient is not finite halved instead of taken. Its memory
+    lives in the optimizer, not in checkpoints: a resumed run starts it afresh."""
+    name = "lbfgs"
+    options = {"lr": 1.0, "history": 10, "max_iter": 20, "line_search": "strong_wolfe", "tolerance_grad": 1e-7,
+               "tolerance_change": 1e-9}
+    full_batch = True
+
+    def __init__(self, call: Call):
+        super().__init__(call)
+        self.memory = second_order.LbfgsMemory()
+
+    def step(self, engine, params: dict, opt_state: dict, batch: dict, lr: float, key) -> dict:
+        """Up to `max_iter` iterations on `batch`, in place; the loss and metrics before them."""
+        objective = second_order.Objective(engine, params, opt_state, batch, key)
+        second_order.lbfgs(objective, self.memory, **(self.hyper | {"lr": lr}))
+        return objective.first
+
+
+class Newton(Optimizer):
+    """Newton's method: (H + damping I) p = -g by `cg_steps` of conjugate gradients on
+    Hessian-vector products, then x + lr p."""
+    name = "newton"
+    options = {"lr": 1.0, "damping": 1e-3, "cg_steps": 20}
+    full_batch = True
+
+    def step(self, engine, params: dict, opt_state: dict, batch: dict, lr: float, key) -> dict:
+        """One Newton step on `batch`, in place; the loss and metrics before it."""
+        objective = second_order.Objective(engine, params, opt_state, batch, key)
+        second_order.newton(objective, **(self.hyper | {"lr": lr}))
+        return objective.first
+
+
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, AdamW, Adagrad, LBFGS, Newton)}
 
 
 def make_optimizer(spec) -> Optimizer:

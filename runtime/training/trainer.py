@@ -162,6 +162,9 @@ class Trainer:
         bounds = batch_bounds(n, cfg.batch, merge_single=bool(stats), ranks=self.world.size if self.world else 1)
         trainable = self.trainable()
         optimizer = make_optimizer(cfg.optimizer)
+        if optimizer.full_batch and self.world is not None:
+            raise DlcError(f"{optimizer.name} trains in one process: its line search is not shared between ranks",
+                           cfg.span("optimizer"))
         schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), cfg.epochs, cfg.span("schedule"))
         stop = self.early_stop()
         expected = {p.name: p.type.shape for p in self.train_model.params}
