@@ -221,6 +221,17 @@ def test_gradient_descent_is_still_short_of_the_minimum_after_100_steps(tmp_path
     assert result.history[-1]["loss"] - best > 1e-5
 
 
+@pytest.mark.parametrize("engine", ENGINES)
+def test_newton_backtracks_on_a_non_convex_loss(engine, tmp_path):
+    """xor_mlp from its initial weights: full Newton steps overshoot (the loss climbs to 8 and
+    stays there); halved until the loss falls enough, they solve XOR in 17 steps."""
+    result = load(str(EXAMPLE.parent / "xor_mlp.dl"), backend=engine).train(
+        out=str(tmp_path), progress="none", epochs=20, optimizer=Call("newton"))
+    losses = [row["loss"] for row in result.history]
+    assert all(b <= a for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < 0.01 and result.history[-1]["accuracy"] == 1.0
+
+
 def test_lbfgs_trains_the_example_through_the_trainer(tmp_path):
     data = example_data()
     best = newton_minimum(data["x"], data["y"])

@@ -10,7 +10,9 @@ given are the caller's: `params` (by name), `opt_state` (by trained parameter, t
 optimizer's state slot) and a batch (by input name, the first axis the examples) hold
 float32 values, and a step updates the first two in place. The native engine also has
 members of its own (`train_exe`, `train_memory`, the flat arrays `grads`, `offsets` and
-`state`), which benchmarks and tests read of a native engine only.
+`state`), which benchmarks and tests read of a native engine only. The two engines of one
+process also have `hvp` (Hessian-vector products of a batch's loss), which Newton's method
+calls (runtime/training/second_order.py); a data-parallel run refuses that optimizer.
 """
 from __future__ import annotations
 

@@ -263,17 +263,26 @@ def strong_wolfe(trial: Trial, t: float, gtd: float, tolerance_change: float, ma
 
 
 # ---- Newton's method -------------------------------------------------------------------------------------
-def newton(objective: Objective, lr: float, damping: float, cg_steps: int):
-    """One Newton step: x + lr p with (H + damping I) p = -g solved by conjugate gradients
+def newton(objective: Objective, lr: float, damping: float, cg_steps: int, c1: float = 1e-4):
+    """One Newton step: x + t p with (H + damping I) p = -g solved by conjugate gradients
     on Hessian-vector products, to the relative residual min(0.5, sqrt(|g|)) (a truncated
-    Newton method, superlinear near a minimum)."""
+    Newton method, superlinear near a minimum). t starts at lr and is halved while the loss
+    there is not finite or falls short of sufficient decrease (Armijo, c1), which a full
+    step from far away on a non-convex loss can overshoot; at most MAX_HALVINGS times,
+    after which the step is not taken."""
     x = objective.x0
     loss, grad = objective(x)
     if not finite(loss, grad):
         return objective.finish(x)
     p = conjugate_gradients(lambda v: objective.hvp(x, v) + damping * v, -grad, cg_steps,
                             min(0.5, float(np.linalg.norm(grad)) ** 0.5))
-    objective.finish(x + lr * p)
+    slope, t = float(grad.dot(p)), lr
+    for _ in range(MAX_HALVINGS):
+        trial, _ = objective(x + t * p)
+        if np.isfinite(trial) and trial <= loss + c1 * t * slope:
+            return objective.finish(x + t * p)
+        t /= 2
+    objective.finish(x)
 
 
 def conjugate_gradients(apply, b: np.ndarray, steps: int, rtol: float) -> np.ndarray:
