@@ -82,13 +82,14 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
         setattr(cfg, name, value)
     opt = as_call(cfg.optimizer, "optimizer", "adam(lr = 1e-3)", cfg.span("optimizer"))
     args, kwargs, spans = list(opt.args), dict(opt.kwargs), dict(opt.arg_spans)
+    own_lr = opt.name in OPTIMIZERS and OPTIMIZERS[opt.name].options["lr"] is not REQUIRED    # lbfgs, newton: 1
     if overrides.get("lr") is not None:      # the first positional argument of every optimizer is lr
         if args:
             args[0] = overrides["lr"]
         else:
             kwargs["lr"] = overrides["lr"]
         spans = {k: v for k, v in spans.items() if k not in (0, "lr")}     # not written in the file
-    elif not args and "lr" not in kwargs and OPTIMIZERS.get(opt.name, OPTIMIZERS["sgd"]).options["lr"] is REQUIRED:
+    elif not args and "lr" not in kwargs and not own_lr:
         kwargs["lr"] = 1e-3 if opt.name in ("adam", "adamw", "rmsprop") else 1e-2
     cfg.optimizer = Call(opt.name, args, kwargs, opt.span, spans)
     check_settings(cfg, model)

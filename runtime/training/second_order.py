@@ -34,7 +34,7 @@ class Objective:
         self.names = list(engine.trainable)
         self.sizes = [np.size(params[n]) for n in self.names]
         self.x0 = np.concatenate([np.ravel(params[n]) for n in self.names]) if self.names else np.zeros(0, np.float32)
-        self.evaluations = 0
+        self.evaluations = 0                # of the loss and gradient
         self.first: dict | None = None      # the loss and metrics at x0: what the step reports
 
     def _set(self, x: np.ndarray):
@@ -75,12 +75,10 @@ class Trial:
     d: np.ndarray
     loss: float             # at x
     grad: np.ndarray        # at x
-    evaluations: int = 0
 
     def at(self, t: float) -> tuple[float, float, np.ndarray]:
         for _ in range(MAX_HALVINGS):
             loss, grad = self.objective(self.x + t * self.d)
-            self.evaluations += 1
             if finite(loss, grad):
                 return t, loss, grad
             t /= 2
@@ -110,7 +108,6 @@ def lbfgs(objective: Objective, memory: LbfgsMemory, lr: float, history: int, ma
     max_eval = max_iter * 5 // 4
     x = objective.x0
     loss, grad = objective(x)
-    evaluations = 1
     if np.abs(grad).max(initial=0.0) <= tolerance_grad or not finite(loss, grad):
         return objective.finish(x)
     m = memory
@@ -124,13 +121,12 @@ def lbfgs(objective: Objective, memory: LbfgsMemory, lr: float, history: int, ma
             break
         trial = Trial(objective, x, d, loss, grad)
         if line_search == "strong_wolfe":
-            t, loss, grad = strong_wolfe(trial, t, gtd, tolerance_change, max_eval - evaluations)
+            t, loss, grad = strong_wolfe(trial, t, gtd, tolerance_change, max_eval - objective.evaluations)
         else:
             t, loss, grad = trial.at(t)
         x = x + t * d
         m.d, m.t = d, t
-        evaluations += trial.evaluations
-        if iteration == max_iter or evaluations >= max_eval or np.abs(grad).max() <= tolerance_grad:
+        if iteration == max_iter or objective.evaluations >= max_eval or np.abs(grad).max() <= tolerance_grad:
             break
         if np.abs(d * t).max() <= tolerance_change or abs(loss - m.prev_loss) < tolerance_change:
             break
