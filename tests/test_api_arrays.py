@@ -168,6 +168,11 @@ def test_predict_takes_a_source_as_evaluate_does(tmp_path):
     m.params = init_params(m.train_model, 0)
     assert m.predict("digits(image = false)")["probs"].shape == (1797, 10)
     assert m.predict("digits()")["probs"].shape == (1797, 10)      # [1, 8, 8] images fill the 64 values
+    weights = tmp_path / "w.npz"        # dlc predict --data takes a source too
+    checkpoint.save(weights, m.params, {}, {})
+    assert main(["predict", str(tmp_path / "m.dl"), "--weights", str(weights), "--data", "digits()",
+                 "--backend", "reference", "--output", str(tmp_path / "p.npz")]) == 0
+    assert np.load(tmp_path / "p.npz")["probs"].shape == (1797, 10)
     with pytest.raises(DlcError, match="unknown data source 'digitz'; did you mean 'digits'"):
         m.predict("digitz()")
     with pytest.raises(DlcError, match=r"cannot tell the format of data file 'in\.bin'"):

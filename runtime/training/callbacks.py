@@ -1,6 +1,7 @@
 """Callbacks: objects a training run calls as it runs (`model.train(callbacks=[...])`).
 
-A callback has any of these methods; the run calls those it has, in the order of the list:
+A callback has any of these methods; the run calls those it has, the display and the
+TensorBoard event log first, then the caller's in the order given, then early stopping:
 
     on_train_begin(logs)          logs: epochs, batches (a whole epoch's), examples, initial_epoch
                                   (epochs done before a resume), initial_step

@@ -5,13 +5,14 @@ whole before anything runs (runtime/training/config.py); the data is bound to th
 inputs by runtime/training/inputs.py, and an engine (runtime/engines/protocol.py) runs
 the steps. The loop shuffles mini-batches, runs one engine step per batch, evaluates on a
 validation split, keeps a history (history.py), writes checkpoints atomically (last and
-best), calls its callbacks (callbacks.py: the display, TensorBoard, early stopping, the
-caller's), stops when one asks (after the epoch, or the step, it asked in), stops cleanly
-on Ctrl-C (interrupt.py: after the current step, with a checkpoint) or on a NaN loss (naming the step, leaving the last good
-checkpoint). A run resumed from its checkpoint, whichever batch it stopped after, ends
-with the same parameters and history as an uninterrupted one: shuffling, dropout and
-augmentation are all derived from (seed, epoch, batch) or (seed, step), and the
-checkpoint keeps the loss and metric sums of a stopped epoch.
+best), calls its callbacks (callbacks.py: the display, TensorBoard, the caller's, early
+stopping) and stops when one asks (after the epoch, or the step, it asked in); it stops
+cleanly on Ctrl-C (interrupt.py: after the current step, with a checkpoint) or on a NaN
+loss (naming the step, leaving the last good checkpoint). A run resumed from its
+checkpoint, whichever batch it stopped after, ends with the same parameters and history
+as an uninterrupted one: shuffling, dropout and augmentation are all derived from (seed,
+epoch, batch) or (seed, step), and the checkpoint keeps the loss and metric sums of a
+stopped epoch.
 """
 from __future__ import annotations
 
