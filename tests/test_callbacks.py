@@ -191,6 +191,28 @@ def test_early_stopping_is_a_callback_that_stops_the_run(tmp_path):
     assert "early stop: loss did not improve for 1 epoch" in said
 
 
+def test_checkpoints_are_a_callback_that_writes_last_and_best(tmp_path):
+    stop = EarlyStop(None, None, has_validation=False)
+    params, history = {"w": np.zeros(2, np.float32)}, []
+    writer = checkpoint.Checkpoints(tmp_path, params, {}, history, stop, {"model": "m"}, writes=True)
+    assert isinstance(writer, Callback)
+    writer.on_train_begin({"initial_step": 0})
+    for epoch, loss in enumerate([0.5, 0.7]):
+        params["w"] += 1            # a step updates the run's parameters in place
+        writer.on_batch_end(epoch + 1, {})
+        history.append({"epoch": epoch + 1, "loss": loss})
+        stop.on_epoch_end(epoch, history[-1])
+        writer.on_epoch_end(epoch, history[-1])
+    last, _, meta = checkpoint.load(tmp_path / "last.npz")
+    best, _, best_meta = checkpoint.load(tmp_path / "best.npz")
+    assert last["w"].tolist() == [2, 2] and best["w"].tolist() == [1, 1]      # the second epoch did not improve
+    assert (meta["epoch"], meta["step"], meta["batch"], meta["model"]) == (2, 2, 0, "m")
+    assert best_meta["history"] == history[:1] and meta["early_stop"] == {"best": 0.5, "bad": 1}
+    assert writer.written == ["last.npz", "best.npz"]
+    checkpoint.Checkpoints(tmp_path / "other", params, {}, history, stop, {}, writes=False).on_epoch_end(2, {})
+    assert not (tmp_path / "other").exists()       # a process that does not write (rank 1 and after)
+
+
 def test_the_displays_and_the_event_log_are_callbacks():
     assert issubclass(EpochLines, Callback) and issubclass(EventLog, Callback)
     lines = []

@@ -1,7 +1,8 @@
 """Callbacks: objects a training run calls as it runs (`model.train(callbacks=[...])`).
 
 A callback has any of these methods; the run calls those it has, the display and the
-TensorBoard event log first, then the caller's in the order given, then early stopping:
+TensorBoard event log first, then the caller's in the order given, then early stopping and
+the checkpoints:
 
     on_train_begin(logs)          logs: epochs, batches (a whole epoch's), examples, initial_epoch
                                   (epochs done before a resume), initial_step
@@ -19,8 +20,9 @@ epoch (its checkpoints written, as early stopping does); from on_batch_end, afte
 (last.npz written with the epoch's place, as Ctrl-C does: `resume` continues it). The other
 callbacks still see the event that stopped it. Any other exception fails the run.
 
-What a run shows (progress.py's displays), its TensorBoard events (tensorboard.py) and early
-stopping (early_stop.py) are callbacks of this interface.
+What a run shows (progress.py's displays), its TensorBoard events (tensorboard.py), early
+stopping (early_stop.py) and its checkpoints (checkpoint.py's Checkpoints) are callbacks of
+this interface.
 """
 from __future__ import annotations
 

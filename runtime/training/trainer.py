@@ -4,9 +4,9 @@ Configuration comes from the model's `train` block, overridden by flags, and is 
 whole before anything runs (runtime/training/config.py); the data is bound to the model's
 inputs by runtime/training/inputs.py, and an engine (runtime/engines/protocol.py) runs
 the steps. The loop shuffles mini-batches, runs one engine step per batch, evaluates on a
-validation split, keeps a history (history.py), writes checkpoints atomically (last and
-best), calls its callbacks (callbacks.py: the display, TensorBoard, the caller's, early
-stopping) and stops when one asks (after the epoch, or the step, it asked in); it stops
+validation split, keeps a history (history.py), calls its callbacks (callbacks.py: the
+display, TensorBoard, the caller's, early stopping, the checkpoints, last and best, written
+atomically) and stops when one asks (after the epoch, or the step, it asked in); it stops
 cleanly on Ctrl-C (interrupt.py: after the current step, with a checkpoint) or on a NaN
 loss (naming the step, leaving the last good checkpoint). A run resumed from its
 checkpoint, whichever batch it stopped after, ends with the same parameters and history
@@ -209,7 +209,6 @@ class Trainer:
                            + ("it is a file" if self.out.exists() else e.strerror)) from None
         for name in ("last.npz", "best.npz"):    # temporary files a killed run left
             checkpoint.remove_stale_temporaries(self.out / name, begun)
-        self.written = []
         # compiled once everything else is known to be right; a quiet run does not announce it (without a log,
         # make_engine prints a fallback's warning on stderr)
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
@@ -218,7 +217,10 @@ class Trainer:
         interrupted = Interrupt()
         if self.world is not None:
             engine = distributed.DataParallel(engine, self.world, interrupted, stats)
-        events = Callbacks([*self.callbacks, stop])
+        checkpoints = checkpoint.Checkpoints(self.out, params, opt_state, history, stop, {
+            "model": self.name, "source_hash": self.source_hash, "seed": cfg.seed, "optimizer": cfg.optimizer.name,
+            "meta": _jsonable(self.meta), "data": data_settings(cfg)}, self.writes)
+        events = Callbacks([*self.callbacks, stop, checkpoints])
         begin = {"epochs": cfg.epochs, "batches": len(bounds), "examples": n, "initial_epoch": epoch,
                  "initial_step": step}
         with interrupted, self.reporting(events, begin) as end:
@@ -250,27 +252,23 @@ class Trainer:
                         per_epoch=len(bounds), totals=totals, seen=seen, fresh=seen - seen_before, started=started,
                         lr=lr))
                     if interrupted.requested or asked:
-                        self.save("last.npz", params, opt_state, epoch, step, b + 1, history, stop,
-                                  {"totals": totals, "seen": seen})
+                        checkpoints.inside(epoch, b + 1, {"totals": totals, "seen": seen})
                         self.display.close()
                         self.log(f"{asked or 'interrupted'}: saved {self.out / 'last.npz'} (epoch {epoch + 1}, "
                                  f"batch {b + 1}); continue with --resume")
                         self.write_history(history)
                         end["stopped"] = asked.reason if asked else "interrupted"
-                        return Result(history, params, self.out, {}, end["stopped"], self.written)
+                        return Result(history, params, self.out, {}, end["stopped"], checkpoints.written)
                 skip = 0
                 row = {"epoch": epoch + 1, "lr": schedule(step - 1), "time": round(time.perf_counter() - started, 3)}
                 row.update({k: v / max(seen, 1) for k, v in totals.items() if k != "grad_norm"})
                 if val is not None:
                     row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, cfg.batch).items()})
                 history.append(row)
-                asked = events.call("on_epoch_end", epoch, row)
+                asked = events.call("on_epoch_end", epoch, row)       # the checkpoints written last
                 epoch += 1
                 end["epochs"] = epoch
-                self.save("last.npz", params, opt_state, epoch, step, 0, history, stop)
                 self.write_history(history, plot=False)
-                if stop.improved:
-                    self.save("best.npz", params, opt_state, epoch, step, 0, history, stop)
                 if self.world is not None:
                     self.world.await_writer()
                 if asked:
@@ -286,7 +284,7 @@ class Trainer:
         if self.world is not None:
             self.world.await_writer()
         result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
-        return Result(history, params, self.out, result, end["stopped"], self.written)
+        return Result(history, params, self.out, result, end["stopped"], checkpoints.written)
 
     def augment(self, batch: dict, epoch: int, b: int) -> dict:
         if self.augment_options is None:
@@ -319,17 +317,6 @@ class Trainer:
             raise
         finally:
             events.call("on_train_end", end)
-
-    def save(self, name, params, opt_state, epoch, step, batch, history, stop, partial=None):
-        """A checkpoint; `partial` holds the loss and metric sums of an epoch stopped after `batch`."""
-        if not self.writes:
-            return
-        if name not in self.written:
-            self.written.append(name)
-        checkpoint.save(self.out / name, params, opt_state, {
-            "model": self.name, "source_hash": self.source_hash, "epoch": epoch, "step": step, "batch": batch,
-            "partial": partial, "seed": self.cfg.seed, "optimizer": self.cfg.optimizer.name, "history": history,
-            "early_stop": stop.state(), "meta": _jsonable(self.meta), "data": data_settings(self.cfg)})
 
     def write_history(self, history: list, plot: bool = True):
         """history.json and history.csv (after every epoch, and when a run stops: at its end,
