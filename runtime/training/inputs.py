@@ -23,7 +23,7 @@ from dlc.runtime.training.settings import Call, Symbol, from_json, show, to_json
 
 def load_data(spec, base: Path, what: str, span=None) -> Dataset:
     """The data set of a setting: a source's call, a file path, or arrays by name (`array_data`)."""
-    if isinstance(spec, Mapping):
+    if is_arrays(spec):
         return array_data(spec, what)
     if isinstance(spec, Symbol):
         spec = Call(spec.name, span=spec.span)
