@@ -2,6 +2,8 @@
 
     model = dlc.load("examples/lenet5.dl")
     result = model.train(epochs=5)                 # dlc train
+    model.train(data={"x": X, "y": Y}, validation=0.1, callbacks=[...])   # on arrays
+    result.history["val_loss"]                     # a column of the history
     model.evaluate()                               # dlc eval
     model.predict({"x": images})                   # dlc predict
     model.generate("In the beginning", 200)        # dlc generate
@@ -16,14 +18,15 @@ import numpy as np
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load as load_program
 from dlc.runtime import decoding
-from dlc.runtime.data import registry
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
-from dlc.runtime.training.inputs import data_settings, evaluation_data, fit_input, input_arrays
+from dlc.runtime.training.config import parse_setting
+from dlc.runtime.training.inputs import (array_data, data_settings, evaluation_data, fit_input, input_arrays,
+                                         is_arrays, load_data)
 from dlc.runtime.training.trainer import Trainer, mean_metrics, to_stderr
 
 
@@ -40,13 +43,17 @@ class DlcModel:
 
     # -- training --
     def train(self, out: str | None = None, resume=False, log=None, progress="auto", tensorboard=None,
-              **overrides):
-        """Train with the file's train block; keyword arguments override its settings.
+              callbacks=(), **overrides):
+        """Train with the file's train block; keyword arguments override its settings: `data`,
+        `validation` and `test` may be dicts of arrays by input and target name (numpy's or
+        anything with __array__, a torch tensor), checked as a file's data is, and
+        `validation` or `test` a fraction held out.
         `progress`: "auto" (a line redrawn on a terminal, tqdm's bar in a notebook, else a line
         per epoch), "bar", "epochs", "none" or N (a line every N steps): runtime/training/progress.py.
-        `tensorboard`: a folder for TensorBoard event files (runtime/training/tensorboard.py)."""
+        `tensorboard`: a folder for TensorBoard event files (runtime/training/tensorboard.py).
+        `callbacks`: objects called as the run goes (runtime/training/callbacks.py)."""
         trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log, self.backend,
-                          progress, tensorboard)
+                          progress, tensorboard, callbacks)
         result = trainer.run(resume=resume)
         self.params = result.params
         self.meta = {"meta": getattr(trainer, "meta", {}), "data": data_settings(trainer.cfg)}
@@ -79,16 +86,17 @@ class DlcModel:
         arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
         return mean_metrics(self.engine, self.params, arrays, batch)
 
-    def predict(self, inputs, batch: int = 256) -> dict:
-        """Outputs for inputs: a dict by input name (an unknown name is refused), an array
-        (the first input), or a path to an npz / csv / text file (inputs.input_arrays binds it)."""
+    def predict(self, data, batch: int = 256) -> dict:
+        """Outputs for `data`: a dict of arrays by input name (an unknown name is refused), an
+        array (the first input; numpy's or anything with __array__), a source such as
+        "digits()", or a path to an npz / csv / text file (inputs.input_arrays binds it)."""
         self._require_weights()
-        if isinstance(inputs, (str, Path)):
-            ds = self._read_inputs(Path(inputs))
-        elif isinstance(inputs, np.ndarray):
-            ds = Dataset({self.eval_model.inputs[0].name: inputs}, named=True)
+        if isinstance(data, (str, Path)):
+            ds = self._read_inputs(data)
+        elif is_arrays(data):
+            ds = array_data(data, "data")
         else:
-            ds = Dataset(dict(inputs), named=True)
+            ds = array_data({self.eval_model.inputs[0].name: data}, "data")
         arrays = input_arrays(self.eval_model, ds, need_targets=False)
         n = len(next(iter(arrays.values())))
         parts: dict = {}
@@ -104,11 +112,12 @@ class DlcModel:
                                f"as one batch (batch = {n})")
         return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
 
-    def _read_inputs(self, path: Path) -> Dataset:
-        if path.suffix == ".txt":
-            text = read_text(path, Path.cwd(), "predict")
+    def _read_inputs(self, data) -> Dataset:
+        """A text file (encoded by the vocabulary), another file or a source such as digits()."""
+        if Path(data).suffix == ".txt":
+            text = read_text(Path(data), Path.cwd(), "predict")
             return Dataset({self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}, named=True)
-        return registry.load(str(path), Path.cwd())
+        return load_data(parse_setting(data, "data") if isinstance(data, str) else data, Path.cwd(), "data")
 
     def vocab(self) -> str:
         vocab = self.meta.get("meta", {}).get("vocab")

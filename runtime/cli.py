@@ -570,7 +570,8 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c, backend=True)
     c.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     c.add_argument("--data", "--input", dest="data", required=True, metavar="PATH",
-                   help=".npz (arrays by input name), .csv or .txt (--input is the older name)")
+                   help='a file path: .npz (arrays by input name), .csv or .txt; or a source, e.g. "digits()" '
+                        "(--input is the older name)")
     c.add_argument("--output", default="predictions.npz", metavar="PATH", help=".npz (default) or .csv")
     c.add_argument("--batch", type=_positive, default=256, metavar="N", help="batch size (default 256)")
     c.set_defaults(run=cmd_predict)

@@ -71,13 +71,13 @@ def test_the_progress_line_fits_80_columns_and_is_redrawn_at_most_ten_times_a_se
     monkeypatch.setattr(shutil, "get_terminal_size", lambda fallback=(80, 24): _os.terminal_size((80, 24)))
     clock = {"t": 0.0}
     monkeypatch.setattr("dlc.runtime.training.trainer.time.perf_counter", lambda: clock["t"])
-    from dlc.runtime.training import trainer as T
-    original = T.Trainer.progress
+    from dlc.runtime.training.progress import TerminalLine
+    original = TerminalLine.on_batch_end
 
-    def progress(self, *args):
+    def on_batch_end(self, *args):
         clock["t"] += 0.03          # a batch every 30 ms: at most one redraw in three
         return original(self, *args)
-    monkeypatch.setattr(T.Trainer, "progress", progress)
+    monkeypatch.setattr(TerminalLine, "on_batch_end", on_batch_end)
     dlc.load(DIGITS_MLP).train(out=str(tmp_path / "run"), epochs=2, log=lambda m: None)
     lines = [w for w in terminal.writes if w.startswith("\r")]
     assert lines, "no progress line drawn"

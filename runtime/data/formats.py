@@ -87,21 +87,23 @@ def not_numbers(a: np.ndarray) -> str | None:
     return f"{_NOT_NUMBERS.get(a.dtype.kind, 'values')} ({a.dtype})"
 
 
-def numbers(src: str, p, columns: dict) -> dict:
-    """The columns of a file, refusing a column that is not real numbers (`not_numbers`) and a
+def numbers(src: str, p, columns: dict, kind: str = "column") -> dict:
+    """The columns of a file (`src`: its reader, `p`: its path; or `p` None for arrays given in
+    Python, `kind` "array"), refusing a column that is not real numbers (`not_numbers`) and a
     float column with a NaN, an infinity or a value beyond float32 (what training computes in).
-    Every reader of a file checks its columns here."""
+    Every reader of a file, and runtime/training/inputs.py for arrays, checks its columns here."""
     limit = np.finfo(np.float32).max
+    place = f"{src}: {p}:" if p is not None else f"{src}:"
     for name, a in columns.items():
         what = not_numbers(a)
         if what:
-            raise DlcError(f"{src}: {p}: column '{name}' holds {what}, not numbers")
+            raise DlcError(f"{place} {kind} '{name}' holds {what}, not numbers")
         if a.dtype.kind == "f":
             with np.errstate(invalid="ignore"):
                 bad = ~(np.abs(a) <= limit)         # NaN compares false
             if bad.any():
                 where = tuple(int(i) for i in np.argwhere(bad)[0])
-                raise DlcError(f"{src}: {p}: column '{name}' holds a value that is not a finite float32 number "
+                raise DlcError(f"{place} {kind} '{name}' holds a value that is not a finite float32 number "
                                f"at index {list(where)} ({float(a[where]):g})")
     return columns
 

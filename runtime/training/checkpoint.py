@@ -3,7 +3,7 @@
 Arrays are stored as `param:<name>` and `opt:<name>:<slot>`; everything else (epoch,
 step, RNG position, history, vocabulary, a hash of the model source, the dlc version)
 is one JSON document stored as the uint8 array `meta`. Nothing in the file can run
-code when it is read.
+code when it is read. A training run writes its checkpoints with `Checkpoints`, a callback.
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import numpy as np
 import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir.graph import DTYPES
+from dlc.runtime.training.callbacks import Callback
 
 FORMAT = "dlc-checkpoint-1"
 
@@ -47,6 +48,46 @@ def save(path: Path, params: dict, opt_state: dict, meta: dict):
         os.replace(tmp, path)
     except OSError as e:
         raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}") from None
+
+
+class Checkpoints(Callback):
+    """The checkpoints of a run in its folder `out`, as a callback (callbacks.py): last.npz
+    after every epoch, best.npz after one that improved early stopping's monitored value
+    (`stop`, an EarlyStop, called before this), and last.npz at the place in an epoch where
+    the run stopped inside it (`inside`, from the loop). `params`, `opt_state` and `history`
+    are the run's own, which its steps and epochs update in place; `meta` what every
+    checkpoint of the run records. Only a process that `writes` (rank 0) writes."""
+
+    def __init__(self, out: Path, params: dict, opt_state: dict, history: list, stop, meta: dict, writes: bool):
+        self.out, self.params, self.opt_state, self.history, self.stop = out, params, opt_state, history, stop
+        self.meta, self.writes = meta, writes
+        self.step = 0
+        self.written: list = []         # "last.npz", "best.npz": what this run wrote
+
+    def on_train_begin(self, logs: dict):
+        self.step = logs["initial_step"]
+
+    def on_batch_end(self, step: int, logs):
+        self.step = step
+
+    def on_epoch_end(self, epoch: int, logs: dict):
+        self.save("last.npz", epoch + 1, 0)
+        if self.stop.improved:
+            self.save("best.npz", epoch + 1, 0)
+
+    def inside(self, epoch: int, batch: int, partial: dict):
+        """last.npz of a run stopped after `batch` of `epoch` (from 0), with the loss and metric
+        sums of its batches so far (`partial`), which a resumed run continues."""
+        self.save("last.npz", epoch, batch, partial)
+
+    def save(self, name: str, epoch: int, batch: int, partial: dict | None = None):
+        if not self.writes:
+            return
+        if name not in self.written:
+            self.written.append(name)
+        save(self.out / name, self.params, self.opt_state, {
+            **self.meta, "epoch": epoch, "step": self.step, "batch": batch, "partial": partial,
+            "history": self.history, "early_stop": self.stop.state()})
 
 
 def _temporary_prefix(path: Path) -> str:

@@ -1,18 +1,20 @@
 """Early stopping: the `early_stop = patience(...)` setting of a train block, and the
 monitored value it follows from epoch to epoch (kept in checkpoints, so a resumed run
-goes on counting)."""
+goes on counting). It is a callback (callbacks.py): one that stops a run."""
 from __future__ import annotations
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, plural
+from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.training.settings import Symbol, as_call, choice, flag, integer, show
 
 
-class EarlyStop:
+class EarlyStop(Callback):
     """patience(n = 5, monitor = val_loss, mode = none, restore_best = true): stop after n
     epochs without improvement of `monitor` (val_loss, else loss, by default). `mode` says
     whether improving is going down ("min") or up ("max"); without it, a monitor whose name
     contains "acc" goes up, any other down. Without early stopping, `best` still tracks the
-    monitored value. `metrics` (the model's loss and metrics), when given, checks the monitor."""
+    monitored value (`improved`: whether the last epoch improved it, when the run writes
+    best.npz). `metrics` (the model's loss and metrics), when given, checks the monitor."""
 
     def __init__(self, spec, span, has_validation: bool, metrics: list | None = None):
         self.patience, self.restore_best, mode = None, False, None
@@ -40,7 +42,13 @@ class EarlyStop:
             if self.monitor not in known:
                 raise DlcError(f"early_stop monitors '{self.monitor}', which is not among {', '.join(known)}"
                                + ("" if has_validation else " (val_ values need validation data)"), span)
-        self.best, self.bad = None, 0
+        self.best, self.bad, self.improved = None, 0, False
+
+    def on_epoch_end(self, epoch: int, row: dict):
+        self.improved, done = self.update(row)
+        if done:
+            raise StopTraining(f"early stop: {self.monitor} did not improve for {plural(self.patience, 'epoch')}",
+                               "early stop")
 
     def update(self, row: dict) -> tuple[bool, bool]:
         value = row[self.monitor]

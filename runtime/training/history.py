@@ -1,5 +1,6 @@
 """The history of a training run, a row per epoch (loss, metrics, their val_ twins, lr,
-time), in the run's folder: history.json, history.csv and, with matplotlib, history.png."""
+time): `History` (a run's result), and in the run's folder history.json, history.csv and,
+with matplotlib, history.png."""
 from __future__ import annotations
 
 import csv
@@ -8,11 +9,36 @@ import json
 import os
 from pathlib import Path
 
+from dlc.compiler.errors import did_you_mean
+
+
+class History(list):
+    """A row per epoch, a dict each; by a name, that column over the epochs, as Keras'
+    History.history: history["loss"] == [row["loss"] for row in history]. `as_dict()`: every
+    column, {"epoch": [1, 2], "loss": [...], ...}."""
+
+    def __getitem__(self, key):
+        if not isinstance(key, str):
+            return super().__getitem__(key)
+        names = column_names(self)
+        if key not in names:
+            raise KeyError(f"the history has no column '{key}'{did_you_mean(key, names)} "
+                           f"(its columns: {', '.join(names) or 'none, no epoch ran'})")
+        return [row.get(key) for row in self]
+
+    def as_dict(self) -> dict:
+        return {name: self[name] for name in column_names(self)}
+
+
+def column_names(history: list) -> list:
+    """The names of the history's columns, in the order the rows first have them."""
+    return list(dict.fromkeys(k for row in history for k in row))
+
 
 def save_history(out: Path, history: list, log, plot: bool = True):
     """history.json and history.csv in `out`, each replaced at once; history.png with `plot`.
     A file that cannot be written is a note to `log`: the checkpoints matter more."""
-    keys = list(dict.fromkeys(k for row in history for k in row))
+    keys = column_names(history)
     table = io.StringIO()
     w = csv.DictWriter(table, fieldnames=keys, lineterminator="\n")
     w.writeheader()

@@ -1,9 +1,11 @@
 """The data of a training run, bound to the model's inputs: the `data`, `validation` and
-`test` settings loaded (runtime/data/registry.py), splits held out, columns matched to the
-model's inputs and targets and checked against their types; and the data `dlc eval` scores."""
+`test` settings loaded (runtime/data/registry.py) or arrays given in Python, splits held
+out, columns matched to the model's inputs and targets and checked against their types;
+and the data `dlc eval` scores."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -12,19 +14,49 @@ from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.dataset import Dataset
-from dlc.runtime.data.formats import not_numbers
+from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
 from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_fraction
 from dlc.runtime.training.gradcheck import index_bound
-from dlc.runtime.training.settings import Call, Symbol, from_json, to_json, to_text
+from dlc.runtime.training.settings import Call, Symbol, from_json, show, to_json, to_text
 
 
 def load_data(spec, base: Path, what: str, span=None) -> Dataset:
+    """The data set of a setting: a source's call, a file path, or arrays by name (`array_data`)."""
+    if is_arrays(spec):
+        return array_data(spec, what)
     if isinstance(spec, Symbol):
         spec = Call(spec.name, span=spec.span)
-    if not isinstance(spec, (Call, str)):
-        raise DlcError(f"{what} must be a data source such as digits() or a file path, got {spec!r}", span)
+    if not isinstance(spec, (Call, str, Path)):
+        shown = show(spec) if isinstance(spec, (int, float)) else f"a value of type {type(spec).__name__}"  # not its values
+        raise DlcError(f"{what} must be a data source such as digits(), a file path, or a dict of arrays by "
+                       f"input and target name, got {shown}", span)
     return load(spec, base)
+
+
+def array_data(arrays: Mapping, what: str) -> Dataset:
+    """Arrays given in Python by input and target name: numpy arrays, or anything numpy can
+    read (`__array__`: a torch tensor, ...), checked as a file's columns are (`numbers`).
+    Errors name the array, never show its values."""
+    columns = {}
+    for name, value in arrays.items():
+        if not isinstance(name, str):
+            raise DlcError(f"{what}: arrays are named by input or target, got a name of type {type(name).__name__}")
+        try:
+            a = np.asarray(value)
+        except Exception as e:      # torch: a tensor that requires grad, or is not on the CPU
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise DlcError(f"{what}: array '{name}' ({type(value).__name__}) cannot be read as a numpy array: "
+                           f"{reason}") from None
+        if a.dtype == object:
+            raise DlcError(f"{what}: array '{name}' ({type(value).__name__}) is not an array of numbers")
+        columns[name] = a
+    return Dataset(numbers(what, None, columns, kind="array"), named=True)
+
+
+def is_arrays(spec) -> bool:
+    """Whether a data setting is arrays given in Python (not a source or file a checkpoint can name)."""
+    return isinstance(spec, Mapping)
 
 
 def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set | None = None) -> dict:
@@ -147,8 +179,10 @@ DATA_SETTINGS = ("data", "validation", "test")
 
 
 def data_settings(cfg: TrainConfig) -> dict:
-    """The data settings a run resolved (file and flags), as checkpoints record them."""
-    return {name: to_json(getattr(cfg, name)) for name in DATA_SETTINGS} | {"seed": cfg.seed}
+    """The data settings a run resolved (file and flags), as checkpoints record them; arrays
+    given in Python as none (a checkpoint does not keep them)."""
+    return {name: None if is_arrays(getattr(cfg, name)) else to_json(getattr(cfg, name))
+            for name in DATA_SETTINGS} | {"seed": cfg.seed}
 
 
 def evaluation_data(program: Program, model: Model, data, saved: dict | None, log) -> dict:
@@ -157,11 +191,14 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
     (`saved`, else the train block's), the test data, else the validation data, else the
     training data itself. `log` is told which, with a note when the data is what the weights
     were trained on."""
-    if isinstance(data, dict):
+    if is_arrays(data):
         log(f"evaluating the {len(data)} given arrays")
-        return input_arrays(model, Dataset(data, named=True))
+        return input_arrays(model, array_data(data, "data"))
     if saved:
         cfg = TrainConfig(**{name: from_json(saved[name]) for name in DATA_SETTINGS}, seed=saved["seed"])
+        if cfg.data is None and data is None:
+            raise DlcError(f"model {model.name} was trained on arrays given to train(), which its weights do not "
+                           "keep: give the data to score (evaluate(data=...), dlc eval --data)")
     else:
         cfg = make_config(program, model.name, {}, require_data=data is None)
     base, trained_on = Path(program.path).parent, to_text(cfg.data)

@@ -10,7 +10,8 @@ run, chosen by make_display from `progress`:
 - "none" (`-q`): nothing; the caller prints the summary.
 
 Lines go to the run's log (stderr by default); the redrawn line and tqdm's bar to stderr.
-Only TerminalLine writes carriage returns, and only to a terminal."""
+Only TerminalLine writes carriage returns, and only to a terminal. A display is a callback
+(callbacks.py): the run calls it after every step and epoch as it calls a user's."""
 from __future__ import annotations
 
 import math
@@ -18,17 +19,20 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from dlc.compiler.errors import DlcError, did_you_mean, optional_package
+from dlc.runtime.training.callbacks import Callback
 
 MODES = ("auto", "bar", "epochs", "none")
 REDRAW_S = 0.1             # the progress line is redrawn at most ten times a second
 
 
 @dataclass
-class Step:
-    """Where a run is after a step."""
+class Step(Mapping):
+    """Where a run is after a step: the `logs` of a callback's on_batch_end, a mapping of the
+    epoch's running mean loss and metrics and lr, whose attributes say the rest."""
     step: int               # steps of the run, those before a resume included
     epoch: int              # from 0
     epochs: int
@@ -48,6 +52,18 @@ class Step:
 
     def means(self) -> dict:
         return {k: v / max(self.seen, 1) for k, v in self.totals.items() if k != "grad_norm"}
+
+    def logs(self) -> dict:
+        return {**self.means(), "lr": self.lr}
+
+    def __getitem__(self, name: str) -> float:
+        return self.logs()[name]
+
+    def __iter__(self):
+        return iter(self.logs())
+
+    def __len__(self) -> int:
+        return len(self.logs())
 
     def eta_epoch(self, now: float) -> float:
         """Seconds left in this epoch, at its pace."""
@@ -150,14 +166,11 @@ def terminal_width(stream) -> int:
     return shutil.get_terminal_size((80, 24)).columns
 
 
-class Quiet:
+class Quiet(Callback):
     """No display (`-q`): the run's summary is all that is printed."""
 
-    def step(self, s: Step):
-        pass
-
-    def epoch(self, row: dict, epochs: int):
-        pass
+    def on_train_end(self, logs: dict):
+        self.close()
 
     def close(self):
         """End what is on the screen before the run's next message (an interrupt, an error)."""
@@ -168,13 +181,17 @@ class EpochLines(Quiet):
 
     def __init__(self, log):
         self.log = log
+        self.epochs = 0
         self.batches = 0        # of the epoch this run did: its ms/step
 
-    def step(self, s: Step):
+    def on_train_begin(self, logs: dict):
+        self.epochs = logs["epochs"]
+
+    def on_batch_end(self, step: int, s: Step):
         self.batches = s.total
 
-    def epoch(self, row: dict, epochs: int):
-        self.log(epoch_line(row, epochs, self.batches))
+    def on_epoch_end(self, epoch: int, row: dict):
+        self.log(epoch_line(row, self.epochs, self.batches))
 
 
 class StepLines(EpochLines):
@@ -184,8 +201,8 @@ class StepLines(EpochLines):
         super().__init__(log)
         self.every = every
 
-    def step(self, s: Step):
-        super().step(s)
+    def on_batch_end(self, step: int, s: Step):
+        super().on_batch_end(step, s)
         if s.step % self.every == 0:
             now = time.perf_counter()
             self.log("  ".join([f"step {s.step}", f"epoch {s.epoch + 1}/{s.epochs}", f"batch {s.batch}/{s.per_epoch}",
@@ -203,8 +220,8 @@ class TerminalLine(EpochLines):
         super().__init__(log)
         self.drawn, self.width = -math.inf, 0       # when the line was last drawn, and how wide
 
-    def step(self, s: Step):
-        super().step(s)
+    def on_batch_end(self, step: int, s: Step):
+        super().on_batch_end(step, s)
         now = time.perf_counter()
         if now - self.drawn < REDRAW_S and s.done < s.total:
             return
@@ -213,9 +230,9 @@ class TerminalLine(EpochLines):
         sys.stderr.write("\r" + progress_line(s, now, self.width).ljust(self.width))
         sys.stderr.flush()
 
-    def epoch(self, row: dict, epochs: int):
+    def on_epoch_end(self, epoch: int, row: dict):
         width = terminal_width(sys.stderr) - 1
-        line = "  ".join(fitted(epoch_parts(row, epochs, self.batches), width))[:width]
+        line = "  ".join(fitted(epoch_parts(row, self.epochs, self.batches), width))[:width]
         if self.width:      # over the progress line, to its end
             line = "\r" + line.ljust(self.width)
         self.log(line)
@@ -233,14 +250,14 @@ class Bar(Quiet):
     def __init__(self, tqdm):
         self.tqdm, self.bar = tqdm, None
 
-    def step(self, s: Step):
+    def on_batch_end(self, step: int, s: Step):
         if self.bar is None:
             self.bar = self.tqdm(total=s.per_epoch, initial=s.batch - s.done, desc=f"epoch {s.epoch + 1}/{s.epochs}",
                                  unit="batch", dynamic_ncols=True)
         self.bar.set_postfix_str("  ".join([*values(s.means()), f"lr {s.lr:.3g}"]), refresh=False)
         self.bar.update(s.batch - self.bar.n)
 
-    def epoch(self, row: dict, epochs: int):
+    def on_epoch_end(self, epoch: int, row: dict):
         if self.bar is not None:
             self.bar.set_postfix_str("  ".join(row_values(row)), refresh=False)
             self.close()

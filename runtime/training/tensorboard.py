@@ -11,10 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from dlc.compiler.errors import DlcError, optional_package
+from dlc.runtime.training.callbacks import Callback
 
 
-class EventLog:
-    """Reports a run as a display does (runtime/training/progress.py): after every step and epoch."""
+class EventLog(Callback):
+    """A callback (callbacks.py), as the displays of runtime/training/progress.py are."""
 
     def __init__(self, folder):
         self.tensorboardX = optional_package("tensorboardX", "tensorboard", "--tensorboard")
@@ -31,10 +32,10 @@ class EventLog:
             self.writers[run] = self.tensorboardX.SummaryWriter(str(self.folder / run))
         return self.writers[run]
 
-    def step(self, s):
-        self.writer("train").add_scalar("step/lr", s.lr, s.step)
+    def on_batch_end(self, step: int, logs):
+        self.writer("train").add_scalar("step/lr", logs["lr"], step)
 
-    def epoch(self, row: dict, epochs: int):
+    def on_epoch_end(self, epoch: int, row: dict):
         for name, value in row.items():
             if name not in ("epoch", "time", "lr"):
                 run, name = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
@@ -42,7 +43,7 @@ class EventLog:
         for w in self.writers.values():     # a TensorBoard watching the run shows the epoch now
             w.flush()
 
-    def close(self):
+    def on_train_end(self, logs: dict):
         for w in self.writers.values():
             w.close()
         self.writers = {}

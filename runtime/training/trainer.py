@@ -4,13 +4,15 @@ Configuration comes from the model's `train` block, overridden by flags, and is 
 whole before anything runs (runtime/training/config.py); the data is bound to the model's
 inputs by runtime/training/inputs.py, and an engine (runtime/engines/protocol.py) runs
 the steps. The loop shuffles mini-batches, runs one engine step per batch, evaluates on a
-validation split, keeps a history (history.py), writes checkpoints atomically (last and
-best), stops early (early_stop.py), and stops cleanly on Ctrl-C (interrupt.py: after the
-current step, with a checkpoint) or on a NaN loss (naming the step, leaving the last good
-checkpoint). A run resumed from its checkpoint, whichever batch it stopped after, ends
-with the same parameters and history as an uninterrupted one: shuffling, dropout and
-augmentation are all derived from (seed, epoch, batch) or (seed, step), and the
-checkpoint keeps the loss and metric sums of a stopped epoch.
+validation split, keeps a history (history.py), calls its callbacks (callbacks.py: the
+display, TensorBoard, the caller's, early stopping, the checkpoints, last and best, written
+atomically) and stops when one asks (after the epoch, or the step, it asked in); it stops
+cleanly on Ctrl-C (interrupt.py: after the current step, with a checkpoint) or on a NaN
+loss (naming the step, leaving the last good checkpoint). A run resumed from its
+checkpoint, whichever batch it stopped after, ends with the same parameters and history
+as an uninterrupted one: shuffling, dropout and augmentation are all derived from (seed,
+epoch, batch) or (seed, step), and the checkpoint keeps the loss and metric sums of a
+stopped epoch.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError, plural
+from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.augment import augment, augment_options
@@ -33,10 +35,11 @@ from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.interop import weights
 from dlc.runtime.training import checkpoint
+from dlc.runtime.training.callbacks import Callbacks, check
 from dlc.runtime.training.config import batch_statistics, frozen_names, make_config, metric_names
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.gradcheck import init_params
-from dlc.runtime.training.history import save_history
+from dlc.runtime.training.history import History, save_history
 from dlc.runtime.training.inputs import data_settings, prepare_data
 from dlc.runtime.training.interrupt import Interrupt
 from dlc.runtime.training.optim import make_optimizer, make_schedule
@@ -86,20 +89,24 @@ def to_stderr(msg: str):
 # ---- the loop ------------------------------------------------------------------------------------------
 @dataclass
 class Result:
-    history: list
+    history: History      # a row per epoch; history["loss"]: a column over the epochs
     params: dict
     out_dir: Path
     test: dict
-    stopped: str          # "done", "early stop", "interrupted"
+    stopped: str          # "done", "early stop", "stopped" (by a callback), "interrupted"
     written: list = field(default_factory=list)     # the checkpoints this run wrote: "last.npz", "best.npz"
+
+    def __post_init__(self):
+        self.history = History(self.history)
 
 
 class Trainer:
     def __init__(self, program: Program, model_name: str | None, overrides: dict, out_dir: Path | None,
-                 log=None, backend: str = "auto", progress="auto", tensorboard=None):
+                 log=None, backend: str = "auto", progress="auto", tensorboard=None, callbacks=()):
         """`progress` chooses what the run shows while it runs (runtime/training/progress.py); with
         "none" only warnings, notes and errors are logged. `tensorboard`: a folder for
-        TensorBoard event files (runtime/training/tensorboard.py)."""
+        TensorBoard event files (runtime/training/tensorboard.py). `callbacks`: the caller's
+        (callbacks.py), called after those."""
         self.program, self.backend = program, backend
         self.train_model = program.build(model_name, training=True)
         self.train_model.require_loss("there is nothing to train")
@@ -117,7 +124,7 @@ class Trainer:
             self.log, progress, tensorboard = (lambda msg: None), "none", None
         self.quiet = progress == "none"
         self.display = make_display(progress, self.log)
-        self.reporters = [self.display] + ([EventLog(tensorboard)] if tensorboard else [])
+        self.callbacks = check([self.display, *([EventLog(tensorboard)] if tensorboard else []), *callbacks])
         self.source_hash = checkpoint.source_hash(Path(program.path).read_text()) \
             if Path(program.path).exists() else ""
 
@@ -205,7 +212,6 @@ class Trainer:
                            + ("it is a file" if self.out.exists() else e.strerror)) from None
         for name in ("last.npz", "best.npz"):    # temporary files a killed run left
             checkpoint.remove_stale_temporaries(self.out / name, begun)
-        self.written = []
         # compiled once everything else is known to be right; a quiet run does not announce it (without a log,
         # make_engine prints a fallback's warning on stderr)
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
@@ -214,9 +220,15 @@ class Trainer:
         interrupted = Interrupt()
         if self.world is not None:
             engine = distributed.DataParallel(engine, self.world, interrupted, stats)
-        stopped = "done"
-        with interrupted, self.reporting():
+        checkpoints = checkpoint.Checkpoints(self.out, params, opt_state, history, stop, {
+            "model": self.name, "source_hash": self.source_hash, "seed": cfg.seed, "optimizer": cfg.optimizer.name,
+            "meta": _jsonable(self.meta), "data": data_settings(cfg)}, self.writes)
+        events = Callbacks([*self.callbacks, stop, checkpoints])
+        begin = {"epochs": cfg.epochs, "batches": len(bounds), "examples": n, "initial_epoch": epoch,
+                 "initial_step": step}
+        with interrupted, self.reporting(events, begin) as end:
             while epoch < cfg.epochs:
+                events.call("on_epoch_begin", epoch, {"batch": skip})
                 order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
                 # an epoch resumed inside continues the sums of its first batches, saved with the checkpoint
                 totals, seen = (dict(partial["totals"]), partial["seen"]) if partial else ({}, 0)
@@ -238,36 +250,33 @@ class Trainer:
                     seen += hi - lo
                     for name, v in values.items():
                         totals[name] = totals.get(name, 0.0) + v * (hi - lo)
-                    self.progress(Step(step=step, epoch=epoch, epochs=cfg.epochs, done=b + 1 - skip,
-                                       total=len(bounds) - skip, per_epoch=len(bounds), totals=totals, seen=seen,
-                                       fresh=seen - seen_before, started=started, lr=lr))
-                    if interrupted.requested:
-                        self.save("last.npz", params, opt_state, epoch, step, b + 1, history, stop,
-                                  {"totals": totals, "seen": seen})
+                    asked = events.call("on_batch_end", step, Step(
+                        step=step, epoch=epoch, epochs=cfg.epochs, done=b + 1 - skip, total=len(bounds) - skip,
+                        per_epoch=len(bounds), totals=totals, seen=seen, fresh=seen - seen_before, started=started,
+                        lr=lr))
+                    if interrupted.requested or asked:
+                        checkpoints.inside(epoch, b + 1, {"totals": totals, "seen": seen})
                         self.display.close()
-                        self.log(f"interrupted: saved {self.out / 'last.npz'} (epoch {epoch + 1}, batch {b + 1}); "
-                                 "continue with --resume")
+                        self.log(f"{asked or 'interrupted'}: saved {self.out / 'last.npz'} (epoch {epoch + 1}, "
+                                 f"batch {b + 1}); continue with --resume")
                         self.write_history(history)
-                        return Result(history, params, self.out, {}, "interrupted", self.written)
+                        end["stopped"] = asked.reason if asked else "interrupted"
+                        return Result(history, params, self.out, {}, end["stopped"], checkpoints.written)
                 skip = 0
                 row = {"epoch": epoch + 1, "lr": schedule(step - 1), "time": round(time.perf_counter() - started, 3)}
                 row.update({k: v / max(seen, 1) for k, v in totals.items() if k != "grad_norm"})
                 if val is not None:
                     row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, cfg.batch).items()})
                 history.append(row)
-                for reporter in self.reporters:
-                    reporter.epoch(row, cfg.epochs)
+                asked = events.call("on_epoch_end", epoch, row)       # the checkpoints written last
                 epoch += 1
-                improved, done = stop.update(row)
-                self.save("last.npz", params, opt_state, epoch, step, 0, history, stop)
+                end["epochs"] = epoch
                 self.write_history(history, plot=False)
-                if improved:
-                    self.save("best.npz", params, opt_state, epoch, step, 0, history, stop)
                 if self.world is not None:
                     self.world.await_writer()
-                if done:
-                    stopped = "early stop"
-                    self.say(f"early stop: {stop.monitor} did not improve for {plural(stop.patience, 'epoch')}")
+                if asked:
+                    end["stopped"] = asked.reason
+                    self.say(str(asked))
                     break
         # the best epoch of this run or of the one resumed; none yet after 0 epochs, whatever the folder holds
         if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists() and self.writes:
@@ -278,7 +287,7 @@ class Trainer:
         if self.world is not None:
             self.world.await_writer()
         result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
-        return Result(history, params, self.out, result, stopped, self.written)
+        return Result(history, params, self.out, result, end["stopped"], checkpoints.written)
 
     def augment(self, batch: dict, epoch: int, b: int) -> dict:
         if self.augment_options is None:
@@ -293,36 +302,24 @@ class Trainer:
         """Whether this process writes checkpoints and history: rank 0 of a distributed run does."""
         return self.world is None or self.world.rank == 0
 
-    def progress(self, s: Step):
-        """After every step: the display and the event log."""
-        for reporter in self.reporters:
-            reporter.step(s)
-
     def say(self, message: str):
         """What the run is doing (resuming, init_from, early stop): not with progress "none"."""
         if not self.quiet:
             self.log(message)
 
     @contextlib.contextmanager
-    def reporting(self):
-        """The display and the event log, ended however the loop ends (the end, Ctrl-C, a NaN
-        loss, an error)."""
+    def reporting(self, events: Callbacks, begin: dict):
+        """The callbacks' on_train_begin, and their on_train_end however the loop ends (the end,
+        a callback, Ctrl-C, a NaN loss, an error), told how in the `end` logs the loop fills."""
+        end = {"stopped": "done", "epochs": begin["initial_epoch"]}
+        events.call("on_train_begin", begin)
         try:
-            yield
+            yield end
+        except BaseException:
+            end["stopped"] = "error"
+            raise
         finally:
-            for reporter in self.reporters:
-                reporter.close()
-
-    def save(self, name, params, opt_state, epoch, step, batch, history, stop, partial=None):
-        """A checkpoint; `partial` holds the loss and metric sums of an epoch stopped after `batch`."""
-        if not self.writes:
-            return
-        if name not in self.written:
-            self.written.append(name)
-        checkpoint.save(self.out / name, params, opt_state, {
-            "model": self.name, "source_hash": self.source_hash, "epoch": epoch, "step": step, "batch": batch,
-            "partial": partial, "seed": self.cfg.seed, "optimizer": self.cfg.optimizer.name, "history": history,
-            "early_stop": stop.state(), "meta": _jsonable(self.meta), "data": data_settings(self.cfg)})
+            events.call("on_train_end", end)
 
     def write_history(self, history: list, plot: bool = True):
         """history.json and history.csv (after every epoch, and when a run stops: at its end,

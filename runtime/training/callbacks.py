@@ -1,0 +1,95 @@
+"""Callbacks: objects a training run calls as it runs (`model.train(callbacks=[...])`).
+
+A callback has any of these methods; the run calls those it has, the display and the
+TensorBoard event log first, then the caller's in the order given, then early stopping and
+the checkpoints:
+
+    on_train_begin(logs)          logs: epochs, batches (a whole epoch's), examples, initial_epoch
+                                  (epochs done before a resume), initial_step
+    on_epoch_begin(epoch, logs)   epoch from 0; logs: batch (batches of it done before a resume)
+    on_batch_end(step, logs)      step: the run's steps so far, from 1; logs: the epoch's running
+                                  mean loss and metrics, and lr (progress.Step, which also says where
+                                  the run is: epoch, batch, timing)
+    on_epoch_end(epoch, logs)     epoch from 0; logs: the epoch's row of the history (epoch from 1,
+                                  loss, metrics, their val_ twins, lr, time)
+    on_train_end(logs)            logs: stopped ("done", "early stop", "stopped", "interrupted" or
+                                  "error"), epochs (the epochs done); called however the run ends
+
+A callback stops the run by raising `StopTraining(message)`: from on_epoch_end, after that
+epoch (its checkpoints written, as early stopping does); from on_batch_end, after that step
+(last.npz written with the epoch's place, as Ctrl-C does: `resume` continues it). The other
+callbacks still see the event that stopped it. Any other exception fails the run.
+
+What a run shows (progress.py's displays), its TensorBoard events (tensorboard.py), early
+stopping (early_stop.py) and its checkpoints (checkpoint.py's Checkpoints) are callbacks of
+this interface.
+"""
+from __future__ import annotations
+
+from dlc.compiler.errors import DlcError
+
+HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
+STOPPING = ("on_batch_end", "on_epoch_end")        # the hooks that may raise StopTraining
+
+
+class Callback:
+    """A callback that does nothing: a base for one that overrides some of the hooks."""
+
+    def on_train_begin(self, logs: dict):
+        pass
+
+    def on_epoch_begin(self, epoch: int, logs: dict):
+        pass
+
+    def on_batch_end(self, step: int, logs):
+        pass
+
+    def on_epoch_end(self, epoch: int, logs: dict):
+        pass
+
+    def on_train_end(self, logs: dict):
+        pass
+
+
+class StopTraining(Exception):
+    """Raised by a callback to stop the run; its message is logged. `reason` is the run's
+    `stopped` (Result.stopped): "stopped" for a user's callback, "early stop" for early stopping."""
+
+    def __init__(self, message: str = "", reason: str = "stopped"):
+        super().__init__(message)
+        self.reason = reason
+
+
+def check(callbacks) -> list:
+    """The callbacks given, each with at least one of the hooks."""
+    callbacks = list(callbacks)
+    for c in callbacks:
+        if not any(callable(getattr(c, hook, None)) for hook in HOOKS):
+            raise DlcError(f"a callback has one or more of the methods {', '.join(HOOKS)}; "
+                           f"{type(c).__name__} has none")
+    return callbacks
+
+
+class Callbacks:
+    """The callbacks of a run, called in order. An event returns the first StopTraining raised
+    (or None) after every callback has seen it."""
+
+    def __init__(self, callbacks: list):
+        self.callbacks = check(callbacks)
+
+    def call(self, hook: str, *args) -> StopTraining | None:
+        stop = None
+        for c in self.callbacks:
+            method = getattr(c, hook, None)
+            if method is None:
+                continue
+            try:
+                method(*args)
+            except StopTraining as e:
+                if hook not in STOPPING:
+                    raise DlcError(f"{type(c).__name__}.{hook} raised StopTraining: a callback stops a run from "
+                                   f"{' or '.join(STOPPING)}") from None
+                if e.reason == "stopped":      # the log says which callback
+                    e.args = (f"stopped by {type(c).__name__}" + (f": {e}" if str(e) else ""),)
+                stop = stop or e
+        return stop
