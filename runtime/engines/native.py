@@ -17,7 +17,7 @@ import numpy as np
 
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.native.builder import FAULT
-from dlc.compiler.native.driver import build_module
+from dlc.compiler.native.driver import CHECK, build_module
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
@@ -27,7 +27,7 @@ from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.update import lower_update, touched
 from dlc.compiler.passes.optimize import optimize
-from dlc.runtime.engines import budget, cache
+from dlc.runtime.engines import budget, cache, numerics
 from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.reference import _scalars, predict_graph
 from dlc.runtime.engines.interpreter import bind_sizes
@@ -35,6 +35,16 @@ from dlc.runtime.training.optim import Optimizer
 
 # a host function a HostCallKernel calls: (an f32 buffer, its element count); ctypes takes the GIL
 HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+# the driver's numerics check (compiler/native/driver.py CHECK): kernel number -> 0 if its values are finite
+NUMERICS_CHECK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
+
+
+class NonFiniteOutput(Exception):
+    """A kernel of a step checking numerics wrote a value that is not finite."""
+
+    def __init__(self, kernel):
+        super().__init__(kernel)
+        self.kernel = kernel
 
 
 class Executable:
@@ -43,10 +53,12 @@ class Executable:
     keeps for it (parameters, gradients, optimizer state); by default the parameters
     it is given at each call. `hosts`: the host functions its HostCallKernels call, by
     name, each given the buffer as an array to rewrite in place; one not given leaves the
-    buffer as it is (replica_mean in one process: the identity)."""
+    buffer as it is (replica_mean in one process: the identity). `check_numerics`: after each
+    kernel, what it was the last to write is tested, and `run` raises NonFiniteOutput at
+    the first kernel whose values are not finite."""
 
     def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
-                 hosts: dict | None = None):
+                 hosts: dict | None = None, check_numerics=False):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
@@ -54,13 +66,14 @@ class Executable:
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         cache.gemm_symbols()
         if profile:
-            built = build_module(self.program, "dlc_step", update=update, profile=self.profile)
+            built = build_module(self.program, "dlc_step", update=update, profile=self.profile, check=check_numerics)
             self.compiled, arguments = cache.compile_cached(built.module), built.arguments
         else:
             def build():
-                built = build_module(self.program, "dlc_step", update=update)
+                built = build_module(self.program, "dlc_step", update=update, check=check_numerics)
                 return built.module, built.arguments
-            self.compiled, arguments = cache.compile_built((self.program, update), build)
+            parts = (self.program, update) + (("check numerics",) if check_numerics else ())
+            self.compiled, arguments = cache.compile_built(parts, build)
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
             self.compiled.address("dlc_step"))
         self.fault = ctypes.c_int64.from_address(self.compiled.engine.get_global_value_address(FAULT))
@@ -80,6 +93,39 @@ class Executable:
         self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.kind == "host"}
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
+        self.watched = None
+        if check_numerics:
+            self.watched = self._written_last()
+            self.running: tuple = ()                # (the buffers, the sizes) of the call under way
+            self.nonfinite = None                   # the first kernel that wrote a non-finite value
+            self.check = NUMERICS_CHECK(self._check)
+            checker = ctypes.c_void_p.from_address(self.compiled.engine.get_global_value_address(CHECK))
+            checker.value = ctypes.cast(self.check, ctypes.c_void_p).value
+
+    def _written_last(self) -> dict:
+        """Kernel number -> the float buffers (temporaries, outputs) it is the last to write; a
+        scan writes what its body's kernels write. A buffer is tested once whole: the pieces
+        of a concat are kernels of their own."""
+        def writes(k) -> set:
+            return set(k.accesses()[1]).union(*map(writes, k.nested()))
+        last = {bid: i for i, k in enumerate(self.program.kernels) for bid in writes(k)}
+        out: dict = {}
+        for bid, i in last.items():
+            b = self.program.buffers[bid]
+            if b.kind in ("temp", "output") and np.issubdtype(DTYPES[b.dtype], np.floating):
+                out.setdefault(i, []).append(bid)
+        return out
+
+    def _check(self, kernel: int) -> int:
+        """The driver's numerics check after kernel `kernel`: 1 (stop) if a value it wrote is
+        not finite. The fault flag keeps the optimizer's update from running."""
+        arrays, sizes = self.running
+        for bid in self.watched.get(kernel, ()):
+            if not np.isfinite(arrays[bid][:concrete(self.program.buffers[bid].size, sizes)]).all():
+                self.nonfinite = self.program.kernels[kernel]
+                self.fault.value = -1
+                return 1
+        return 0
 
     def _host(self, name: str, hosts: dict):
         """The C function of host function `name`. An exception cannot cross a ctypes
@@ -164,10 +210,15 @@ class Executable:
             table[self.extras + slot] = 0 if a is None else a.ctypes.data
         args = table[self.arguments]        # each kernel's argument slots
         self.fault.value = 0
+        if self.watched is not None:
+            self.running = (arrays, sizes)
         self.fn(args.ctypes.data, dims, threads())
         if self.host_error is not None:
             error, self.host_error = self.host_error, None
             raise error
+        if self.watched is not None and self.nonfinite is not None:
+            kernel, self.nonfinite = self.nonfinite, None
+            raise NonFiniteOutput(kernel)
         if self.fault.value:
             what, count, span = self.program.faults[self.fault.value - 1]
             raise DlcError.at_user_line(f"{what}: index out of range [0, {concrete(count, sizes)})", span)
@@ -232,9 +283,12 @@ class NativeEngine:
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
-                 split=False):
+                 split=False, check_numerics=False):
         """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
-        a data-parallel run (runtime/engines/distributed.py) can average the gradients between them."""
+        a data-parallel run (runtime/engines/distributed.py) can average the gradients between them.
+        `check_numerics`: the train step tests each kernel's values and stops at the first one
+        not finite, which the reference evaluation of the step traces to its origin
+        (runtime/engines/numerics.py)."""
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
@@ -257,7 +311,7 @@ class NativeEngine:
                         "optimizer state": sum(a.nbytes for a in self.state.values())}
             update = self._update_program()
             self.train_exe = Executable(step, update=None if split else update, profile=profile, resident=resident,
-                                        hosts={"replica_mean": self._replica_mean})
+                                        hosts={"replica_mean": self._replica_mean}, check_numerics=check_numerics)
             self.update_call = UpdateCall(update, self.update_arrays) if split and update is not None else None
             self.adopted = None
         self.eval_model = eval_model
@@ -373,7 +427,11 @@ class NativeEngine:
     def _step(self, params: dict, batch: dict, key, extra=()) -> dict:
         """Run the train step executable; the batch statistics it updates are written to `params`."""
         exe = self.train_exe
-        arrays, _ = exe.run({**batch, "rng": np.asarray(key, np.int32)}, self._fixed(exe, params, True), extra=extra)
+        feeds = {**batch, "rng": np.asarray(key, np.int32)}
+        try:
+            arrays, _ = exe.run(feeds, self._fixed(exe, params, True), extra=extra)
+        except NonFiniteOutput as e:
+            raise self._nonfinite(e.kernel, feeds, params) from None
         out = {}
         for name, bid in exe.program.outputs.items():
             if name.startswith("update:"):
@@ -382,6 +440,19 @@ class NativeEngine:
             elif not name.startswith("grad:"):
                 out[name] = arrays[bid][0]
         return _scalars(out)
+
+    def _nonfinite(self, kernel, feeds: dict, params: dict) -> numerics.NonFinite:
+        """The origin of the first non-finite value of a step, which `kernel` wrote: the
+        reference evaluation of the step finds the node that made it; where that evaluation
+        stays finite (it rounds otherwise), the kernel itself is named."""
+        found = numerics.locate(self.train_exe.graph, feeds, params)
+        if found is not None:
+            return found
+        op, span = kernel.origin[0] if kernel.origin else (kernel.kind, None)
+        line = (span.caller or span).line if span is not None else "?"
+        return numerics.NonFinite.at_user_line(
+            f"the kernel of line {line}'s `{op}` wrote a value that is not finite, yet the reference evaluation of "
+            "the step stays finite there (it rounds otherwise)", span)
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         exe = self.eval_exe
