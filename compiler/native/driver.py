@@ -14,9 +14,9 @@ inline them.
 
 A module built to check numerics (`dlc train --check-numerics`) calls the host function
 in the global `dlc_check` after every kernel of the program, with the kernel's number;
-it tests what the kernel wrote, and a non-zero answer stops the driver there (the
-engine sets the fault flag, so the update does not run). Built without, the module is
-the same as ever.
+it tests what the kernel wrote with the module's `dlc_nonfinite_*` counters, and a
+non-zero answer stops the driver there (the engine sets the fault flag, so the update
+does not run). Built without, the module is the same as ever.
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ from dlc.compiler.native.types import i8, i32, i64
 from dlc.compiler.native.update import exact_rounding
 
 CHECK = "dlc_check"     # i64 (*)(i64 kernel): 0 if what kernel wrote is finite (set by the engine)
+# i64 NAME(i8* values, i64 n): how many of the n values are NaN or Inf, which the engine's check calls
+NONFINITE = {"f32": "dlc_nonfinite_f32", "f64": "dlc_nonfinite_f64"}
 
 @dataclass
 class KernelFunction:
@@ -136,6 +138,8 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     if check:
         checker = ir.GlobalVariable(module, ir.FunctionType(i64, [i64]).as_pointer(), CHECK)
         checker.initializer = ir.Constant(checker.value_type, None)
+        for dtype in NONFINITE:
+            nonfinite_counter(module, dtype)
     b = ir.IRBuilder(driver.append_basic_block("entry"))
     with subnormals_flushed(module, b):
         at = run_all(module, b, compiled, driver.args, profile is not None, checker)
@@ -147,6 +151,33 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
             calls(b, updates, [b.gep(driver.args[0], [ir.Constant(i64, at)]), driver.args[1], driver.args[2]])
     b.ret_void()
     return StepModule(module, arguments, [functions[i] for i in range(len(numbered))])
+
+
+def nonfinite_counter(module: ir.Module, dtype: str):
+    """i64 dlc_nonfinite_<dtype>(i8* values, i64 n): how many of the n floats are NaN or
+    Inf — those whose exponent bits are all set — in an integer loop LLVM vectorizes."""
+    bits, exponent = {"f32": (i32, 0x7F800000), "f64": (i64, 0x7FF0000000000000)}[dtype]
+    fn = ir.Function(module, ir.FunctionType(i64, [i8.as_pointer(), i64]), NONFINITE[dtype])
+    values, n = fn.args
+    entry, loop, done = fn.append_basic_block("entry"), fn.append_basic_block("loop"), fn.append_basic_block("done")
+    b = ir.IRBuilder(entry)
+    first = b.bitcast(values, bits.as_pointer())
+    zero = ir.Constant(i64, 0)
+    b.cbranch(b.icmp_signed(">", n, zero), loop, done)
+    b.position_at_end(loop)
+    i, count = b.phi(i64), b.phi(i64)
+    masked = b.and_(b.load(b.gep(first, [i])), ir.Constant(bits, exponent))
+    counted = b.add(count, b.zext(b.icmp_unsigned("==", masked, ir.Constant(bits, exponent)), i64))
+    nxt = b.add(i, ir.Constant(i64, 1))
+    for phi, start, value in ((i, zero, nxt), (count, zero, counted)):
+        phi.add_incoming(start, entry)
+        phi.add_incoming(value, loop)
+    b.cbranch(b.icmp_signed("<", nxt, n), loop, done)
+    b.position_at_end(done)
+    total = b.phi(i64)
+    total.add_incoming(zero, entry)
+    total.add_incoming(counted, loop)
+    b.ret(total)
 
 
 def run_all(module: ir.Module, b: ir.IRBuilder, compiled: list, args, profile: bool, checker=None) -> int:

@@ -88,10 +88,11 @@ def size_constraints(graph: Graph) -> list:
 
 
 def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32", sizes: dict | None = None,
-        replicas=None, evaluator: type[Eval] = Eval) -> dict:
+        replicas=None, evaluator=Eval) -> dict:
     """Evaluate a graph; returns its named outputs as numpy arrays. Every float value is
     computed in `float_dtype`, or, with None, in the dtype the graph gives it. `replicas`
-    computes replica_mean (Eval); `evaluator` is Eval or a subclass that watches the nodes."""
+    computes replica_mean (Eval); `evaluator` makes the Eval from those (a subclass may
+    watch the nodes: runtime/engines/numerics.py)."""
     all_sizes = bind_sizes(graph, feeds)
     all_sizes.update(sizes or {})
     feeds = _cast_all(graph, "input", feeds, float_dtype)

@@ -17,7 +17,7 @@ import numpy as np
 
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.native.builder import FAULT
-from dlc.compiler.native.driver import CHECK, build_module
+from dlc.compiler.native.driver import CHECK, NONFINITE, build_module
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
@@ -37,14 +37,17 @@ from dlc.runtime.training.optim import Optimizer
 HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
 # the driver's numerics check (compiler/native/driver.py CHECK): kernel number -> 0 if its values are finite
 NUMERICS_CHECK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
+# the module's counters of non-finite values (driver.NONFINITE): (address, n) -> how many
+NONFINITE_COUNT = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
 
 
 class NonFiniteOutput(Exception):
-    """A kernel of a step checking numerics wrote a value that is not finite."""
+    """A step checking numerics wrote a value that is not finite: `kernels`, those that wrote
+    the buffer that holds it, the last one just before the check."""
 
-    def __init__(self, kernel):
-        super().__init__(kernel)
-        self.kernel = kernel
+    def __init__(self, kernels: list):
+        super().__init__(kernels)
+        self.kernels = kernels
 
 
 class Executable:
@@ -96,8 +99,11 @@ class Executable:
         self.watched = None
         if check_numerics:
             self.watched = self._written_last()
-            self.running: tuple = ()                # (the buffers, the sizes) of the call under way
-            self.nonfinite = None                   # the first kernel that wrote a non-finite value
+            self.counts: dict = {}                  # the element count of each watched buffer, per set of sizes
+            self.running: tuple = ()                # (the pointer table, the counts) of the call under way
+            self.nonfinite_count = {dtype: NONFINITE_COUNT(self.compiled.address(name))
+                                    for dtype, name in NONFINITE.items()}
+            self.nonfinite = None                   # the kernels that wrote the first non-finite value
             self.check = NUMERICS_CHECK(self._check)
             checker = ctypes.c_void_p.from_address(self.compiled.engine.get_global_value_address(CHECK))
             checker.value = ctypes.cast(self.check, ctypes.c_void_p).value
@@ -106,23 +112,25 @@ class Executable:
         """Kernel number -> the float buffers (temporaries, outputs) it is the last to write; a
         scan writes what its body's kernels write. A buffer is tested once whole: the pieces
         of a concat are kernels of their own."""
-        def writes(k) -> set:
-            return set(k.accesses()[1]).union(*map(writes, k.nested()))
-        last = {bid: i for i, k in enumerate(self.program.kernels) for bid in writes(k)}
+        last = {bid: i for i, k in enumerate(self.program.kernels) for bid in self._writes(k)}
         out: dict = {}
         for bid, i in last.items():
             b = self.program.buffers[bid]
-            if b.kind in ("temp", "output") and np.issubdtype(DTYPES[b.dtype], np.floating):
+            if b.kind in ("temp", "output") and b.dtype in NONFINITE:
                 out.setdefault(i, []).append(bid)
         return out
+
+    def _writes(self, k) -> set:
+        """The buffers kernel k writes, a scan's through its body."""
+        return set(k.accesses()[1]).union(*map(self._writes, k.nested()))
 
     def _check(self, kernel: int) -> int:
         """The driver's numerics check after kernel `kernel`: 1 (stop) if a value it wrote is
         not finite. The fault flag keeps the optimizer's update from running."""
-        arrays, sizes = self.running
+        table, counts = self.running
         for bid in self.watched.get(kernel, ()):
-            if not np.isfinite(arrays[bid][:concrete(self.program.buffers[bid].size, sizes)]).all():
-                self.nonfinite = self.program.kernels[kernel]
+            if self.nonfinite_count[self.program.buffers[bid].dtype](int(table[bid]), counts[bid]):
+                self.nonfinite = [k for k in self.program.kernels[:kernel + 1] if bid in self._writes(k)]
                 self.fault.value = -1
                 return 1
         return 0
@@ -211,14 +219,18 @@ class Executable:
         args = table[self.arguments]        # each kernel's argument slots
         self.fault.value = 0
         if self.watched is not None:
-            self.running = (arrays, sizes)
+            key = tuple(sizes[s] for s in self.program.symbols)
+            if key not in self.counts:
+                self.counts[key] = {bid: int(concrete(self.program.buffers[bid].size, sizes))
+                                    for bids in self.watched.values() for bid in bids}
+            self.running = (table, self.counts[key])
         self.fn(args.ctypes.data, dims, threads())
         if self.host_error is not None:
             error, self.host_error = self.host_error, None
             raise error
         if self.watched is not None and self.nonfinite is not None:
-            kernel, self.nonfinite = self.nonfinite, None
-            raise NonFiniteOutput(kernel)
+            kernels, self.nonfinite = self.nonfinite, None
+            raise NonFiniteOutput(kernels)
         if self.fault.value:
             what, count, span = self.program.faults[self.fault.value - 1]
             raise DlcError.at_user_line(f"{what}: index out of range [0, {concrete(count, sizes)})", span)
@@ -431,7 +443,7 @@ class NativeEngine:
         try:
             arrays, _ = exe.run(feeds, self._fixed(exe, params, True), extra=extra)
         except NonFiniteOutput as e:
-            raise self._nonfinite(e.kernel, feeds, params) from None
+            raise self._nonfinite(e.kernels, feeds, params) from None
         out = {}
         for name, bid in exe.program.outputs.items():
             if name.startswith("update:"):
@@ -441,14 +453,14 @@ class NativeEngine:
                 out[name] = arrays[bid][0]
         return _scalars(out)
 
-    def _nonfinite(self, kernel, feeds: dict, params: dict) -> numerics.NonFinite:
-        """The origin of the first non-finite value of a step, which `kernel` wrote: the
-        reference evaluation of the step finds the node that made it; where that evaluation
-        stays finite (it rounds otherwise), the kernel itself is named."""
-        found = numerics.locate(self.train_exe.graph, feeds, params)
+    def _nonfinite(self, kernels: list, feeds: dict, params: dict) -> numerics.NonFinite:
+        """The origin of the first non-finite value of a step, which `kernels` wrote: the
+        reference evaluation of the step finds the node among theirs that made it; where
+        that evaluation stays finite (it rounds otherwise), the last kernel is named."""
+        found = numerics.locate(self.train_exe.graph, feeds, params, {v for k in kernels for v in k.nodes})
         if found is not None:
             return found
-        op, span = kernel.origin[0] if kernel.origin else (kernel.kind, None)
+        op, span = kernels[-1].origin[0] if kernels[-1].origin else (kernels[-1].kind, None)
         line = (span.caller or span).line if span is not None else "?"
         return numerics.NonFinite.at_user_line(
             f"the kernel of line {line}'s `{op}` wrote a value that is not finite, yet the reference evaluation of "
