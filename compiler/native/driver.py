@@ -37,6 +37,7 @@ CHECK = "dlc_check"     # i64 (*)(i64 kernel): 0 if what kernel wrote is finite 
 # i64 NAME(i8* values, i64 n): how many of the n values are NaN or Inf, which the engine's check calls
 NONFINITE = {"f32": "dlc_nonfinite_f32", "f64": "dlc_nonfinite_f64"}
 
+
 @dataclass
 class KernelFunction:
     """The function of one kernel, as its rule (Kernel.emit) builds it: `nested` are the

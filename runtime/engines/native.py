@@ -50,6 +50,56 @@ class NonFiniteOutput(Exception):
         self.kernels = kernels
 
 
+class NumericsCheck:
+    """What the driver of a module built with `check` (compiler/native/driver.py) calls after
+    each kernel: the NaN and Inf values in each float buffer the kernel is the last to write
+    (`watched`; a scan writes what its body's kernels write, and a concat's buffer is tested
+    once, after its last piece), counted by the module's own loop. At the first one the
+    driver stops, and the fault flag keeps the optimizer's update from running."""
+
+    def __init__(self, program: KernelProgram, compiled, fault: ctypes.c_int64):
+        self.program, self.fault = program, fault
+        last = {bid: i for i, k in enumerate(program.kernels) for bid in self._writes(k)}
+        self.watched: dict = {}     # kernel number -> the buffers it is the last to write
+        for bid, i in last.items():
+            if program.buffers[bid].kind in ("temp", "output") and program.buffers[bid].dtype in NONFINITE:
+                self.watched.setdefault(i, []).append(bid)
+        self.counts: dict = {}      # the element count of each watched buffer, per set of sizes
+        self.running: tuple = ()    # (the pointer table, the counts) of the call under way
+        self.found = None           # the kernels that wrote the first non-finite value
+        self.count = {dtype: NONFINITE_COUNT(compiled.address(name)) for dtype, name in NONFINITE.items()}
+        self.callback = NUMERICS_CHECK(self._after)
+        slot = ctypes.c_void_p.from_address(compiled.engine.get_global_value_address(CHECK))
+        slot.value = ctypes.cast(self.callback, ctypes.c_void_p).value
+
+    def _writes(self, k) -> set:
+        return set(k.accesses()[1]).union(*map(self._writes, k.nested()))
+
+    def arm(self, table: np.ndarray, sizes: dict):
+        """Before a call: its pointer table and dim sizes."""
+        key = tuple(sizes[s] for s in self.program.symbols)
+        if key not in self.counts:
+            self.counts[key] = {bid: int(concrete(self.program.buffers[bid].size, sizes))
+                                for bids in self.watched.values() for bid in bids}
+        self.running, self.found = (table, self.counts[key]), None
+
+    def _after(self, kernel: int) -> int:
+        """After kernel number `kernel`: 1 (stop) if a value it wrote is not finite."""
+        table, counts = self.running
+        for bid in self.watched.get(kernel, ()):
+            if self.count[self.program.buffers[bid].dtype](int(table[bid]), counts[bid]):
+                self.found = [k for k in self.program.kernels[:kernel + 1] if bid in self._writes(k)]
+                self.fault.value = -1
+                return 1
+        return 0
+
+    def report(self):
+        """After a call: NonFiniteOutput if a kernel wrote a value that is not finite."""
+        if self.found is not None:
+            kernels, self.found = self.found, None
+            raise NonFiniteOutput(kernels)
+
+
 class Executable:
     """One lowered graph, compiled; owns the buffers of every batch shape it has seen.
     `resident` gives the bytes, by part (runtime/engines/budget.py), of the arrays the engine
@@ -57,8 +107,8 @@ class Executable:
     it is given at each call. `hosts`: the host functions its HostCallKernels call, by
     name, each given the buffer as an array to rewrite in place; one not given leaves the
     buffer as it is (replica_mean in one process: the identity). `check_numerics`: after each
-    kernel, what it was the last to write is tested, and `run` raises NonFiniteOutput at
-    the first kernel whose values are not finite."""
+    kernel, what it was the last to write is tested (NumericsCheck), and `run` raises
+    NonFiniteOutput at the first kernel whose values are not finite."""
 
     def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
                  hosts: dict | None = None, check_numerics=False):
@@ -96,44 +146,8 @@ class Executable:
         self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.kind == "host"}
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
-        self.watched = None
-        if check_numerics:
-            self.watched = self._written_last()
-            self.counts: dict = {}                  # the element count of each watched buffer, per set of sizes
-            self.running: tuple = ()                # (the pointer table, the counts) of the call under way
-            self.nonfinite_count = {dtype: NONFINITE_COUNT(self.compiled.address(name))
-                                    for dtype, name in NONFINITE.items()}
-            self.nonfinite = None                   # the kernels that wrote the first non-finite value
-            self.check = NUMERICS_CHECK(self._check)
-            checker = ctypes.c_void_p.from_address(self.compiled.engine.get_global_value_address(CHECK))
-            checker.value = ctypes.cast(self.check, ctypes.c_void_p).value
-
-    def _written_last(self) -> dict:
-        """Kernel number -> the float buffers (temporaries, outputs) it is the last to write; a
-        scan writes what its body's kernels write. A buffer is tested once whole: the pieces
-        of a concat are kernels of their own."""
-        last = {bid: i for i, k in enumerate(self.program.kernels) for bid in self._writes(k)}
-        out: dict = {}
-        for bid, i in last.items():
-            b = self.program.buffers[bid]
-            if b.kind in ("temp", "output") and b.dtype in NONFINITE:
-                out.setdefault(i, []).append(bid)
-        return out
-
-    def _writes(self, k) -> set:
-        """The buffers kernel k writes, a scan's through its body."""
-        return set(k.accesses()[1]).union(*map(self._writes, k.nested()))
-
-    def _check(self, kernel: int) -> int:
-        """The driver's numerics check after kernel `kernel`: 1 (stop) if a value it wrote is
-        not finite. The fault flag keeps the optimizer's update from running."""
-        table, counts = self.running
-        for bid in self.watched.get(kernel, ()):
-            if self.nonfinite_count[self.program.buffers[bid].dtype](int(table[bid]), counts[bid]):
-                self.nonfinite = [k for k in self.program.kernels[:kernel + 1] if bid in self._writes(k)]
-                self.fault.value = -1
-                return 1
-        return 0
+        # tests what each kernel writes (NumericsCheck); the module's driver calls it
+        self.numerics = NumericsCheck(self.program, self.compiled, self.fault) if check_numerics else None
 
     def _host(self, name: str, hosts: dict):
         """The C function of host function `name`. An exception cannot cross a ctypes
@@ -218,19 +232,14 @@ class Executable:
             table[self.extras + slot] = 0 if a is None else a.ctypes.data
         args = table[self.arguments]        # each kernel's argument slots
         self.fault.value = 0
-        if self.watched is not None:
-            key = tuple(sizes[s] for s in self.program.symbols)
-            if key not in self.counts:
-                self.counts[key] = {bid: int(concrete(self.program.buffers[bid].size, sizes))
-                                    for bids in self.watched.values() for bid in bids}
-            self.running = (table, self.counts[key])
+        if self.numerics is not None:
+            self.numerics.arm(table, sizes)
         self.fn(args.ctypes.data, dims, threads())
         if self.host_error is not None:
             error, self.host_error = self.host_error, None
             raise error
-        if self.watched is not None and self.nonfinite is not None:
-            kernels, self.nonfinite = self.nonfinite, None
-            raise NonFiniteOutput(kernels)
+        if self.numerics is not None:
+            self.numerics.report()
         if self.fault.value:
             what, count, span = self.program.faults[self.fault.value - 1]
             raise DlcError.at_user_line(f"{what}: index out of range [0, {concrete(count, sizes)})", span)
@@ -456,7 +465,7 @@ class NativeEngine:
     def _nonfinite(self, kernels: list, feeds: dict, params: dict) -> numerics.NonFinite:
         """The origin of the first non-finite value of a step, which `kernels` wrote: the
         reference evaluation of the step finds the node among theirs that made it; where
-        that evaluation stays finite (it rounds otherwise), the last kernel is named."""
+        that evaluation stays finite (it rounds differently), the last kernel is named."""
         found = numerics.locate(self.train_exe.graph, feeds, params, {v for k in kernels for v in k.nodes})
         if found is not None:
             return found
@@ -464,7 +473,7 @@ class NativeEngine:
         line = (span.caller or span).line if span is not None else "?"
         return numerics.NonFinite.at_user_line(
             f"the kernel of line {line}'s `{op}` wrote a value that is not finite, yet the reference evaluation of "
-            "the step stays finite there (it rounds otherwise)", span)
+            "the step, which rounds differently, stays finite there", span)
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         exe = self.eval_exe
