@@ -127,6 +127,16 @@ def test_a_gradient_that_alone_is_not_finite_is_named_as_the_gradient_of_its_op(
     assert "and [0, 1]" in e.message        # the sqrt it divides by
 
 
+@pytest.mark.parametrize("engine_class", ENGINES)
+def test_a_parameter_that_holds_inf_is_named(engine_class):
+    """As after an update that overflowed: the parameter, not the first operation that reads it."""
+    engine, params, optimizer = engine_and_params(engine_class, FINITE)
+    params["a.b"][2] = np.inf
+    with pytest.raises(NonFinite) as e:
+        step(engine, params, optimizer)
+    assert e.value.message == "the parameter 'a.b' holds inf"
+
+
 def test_a_value_masked_before_memory_is_left_to_the_reference_engine():
     """log(x) is -inf where x is 0, and select drops it: the native kernels never store it, so
     the native engine names line 6's log, the first non-finite value that reaches memory; the

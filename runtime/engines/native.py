@@ -43,7 +43,8 @@ NONFINITE_COUNT = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 
 class NonFiniteOutput(Exception):
     """A step checking numerics wrote a value that is not finite: `kernels`, those that wrote
-    the buffer that holds it, the last one just before the check."""
+    the buffer that holds it, the last one just before the check (none: a parameter or an
+    input holds it)."""
 
     def __init__(self, kernels: list):
         super().__init__(kernels)
@@ -54,8 +55,9 @@ class NumericsCheck:
     """What the driver of a module built with `check` (compiler/native/driver.py) calls after
     each kernel: the NaN and Inf values in each float buffer the kernel is the last to write
     (`watched`; a scan writes what its body's kernels write, and a concat's buffer is tested
-    once, after its last piece), counted by the module's own loop. At the first one the
-    driver stops, and the fault flag keeps the optimizer's update from running."""
+    once, after its last piece), counted by the module's own loop; the parameters and
+    inputs before the call. At the first one the driver stops, and the fault flag keeps the
+    optimizer's update from running."""
 
     def __init__(self, program: KernelProgram, compiled, fault: ctypes.c_int64):
         self.program, self.fault = program, fault
@@ -64,6 +66,8 @@ class NumericsCheck:
         for bid, i in last.items():
             if program.buffers[bid].kind in ("temp", "output") and program.buffers[bid].dtype in NONFINITE:
                 self.watched.setdefault(i, []).append(bid)
+        # the parameters and inputs, tested before the call (after an update that overflowed)
+        self.given = [b.id for b in program.buffers if b.kind in ("param", "input") and b.dtype in NONFINITE]
         self.counts: dict = {}      # the element count of each watched buffer, per set of sizes
         self.running: tuple = ()    # (the pointer table, the counts) of the call under way
         self.found = None           # the kernels that wrote the first non-finite value
@@ -76,18 +80,24 @@ class NumericsCheck:
         return set(k.accesses()[1]).union(*map(self._writes, k.nested()))
 
     def arm(self, table: np.ndarray, sizes: dict):
-        """Before a call: its pointer table and dim sizes."""
+        """Before a call: its pointer table and dim sizes. NonFiniteOutput, written by no
+        kernel, if a parameter or an input is not finite."""
         key = tuple(sizes[s] for s in self.program.symbols)
         if key not in self.counts:
             self.counts[key] = {bid: int(concrete(self.program.buffers[bid].size, sizes))
-                                for bids in self.watched.values() for bid in bids}
+                                for bid in self.given + [b for bids in self.watched.values() for b in bids]}
         self.running, self.found = (table, self.counts[key]), None
+        if any(self._nonfinite(bid) for bid in self.given):
+            raise NonFiniteOutput([])
+
+    def _nonfinite(self, bid: int) -> int:
+        table, counts = self.running
+        return self.count[self.program.buffers[bid].dtype](int(table[bid]), counts[bid])
 
     def _after(self, kernel: int) -> int:
         """After kernel number `kernel`: 1 (stop) if a value it wrote is not finite."""
-        table, counts = self.running
         for bid in self.watched.get(kernel, ()):
-            if self.count[self.program.buffers[bid].dtype](int(table[bid]), counts[bid]):
+            if self._nonfinite(bid):
                 self.found = [k for k in self.program.kernels[:kernel + 1] if bid in self._writes(k)]
                 self.fault.value = -1
                 return 1
