@@ -265,6 +265,7 @@ def cmd_train(args):
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
                                                          "early_stop")}
+    overrides["check_numerics"] = args.check_numerics or None       # the flag adds to the block, never clears it
     progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
                       backend=args.backend, progress=progress, tensorboard=args.tensorboard)
@@ -545,6 +546,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--early-stop", dest="early_stop", metavar="SPEC", help='e.g. "patience(3, monitor = val_loss)"')
     c.add_argument("--freeze", action="append", metavar="PATTERN", help="parameters not to train (conv*, f5)")
     c.add_argument("--init-from", dest="init_from", metavar="CKPT", help="start from these weights, by name")
+    c.add_argument("--check-numerics", dest="check_numerics", action="store_true",
+                   help="test every kernel's values; stop at the first NaN or Inf and name the line and operation "
+                        "that made it")
     c.add_argument("--out", metavar="DIR", help="checkpoints and history (default: runs/MODEL beside the file)")
     c.add_argument("--resume", nargs="?", type=_checkpoint, const="", default=False, metavar="CKPT",
                    help="continue from DIR/last.npz or the given checkpoint")

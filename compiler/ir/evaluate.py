@@ -68,7 +68,12 @@ class Eval:
                 raise DlcError.at_user_line(e.message, graph.g.nodes[n]["span"]) from None
             for j, (out, dtype) in enumerate(zip(outs, dtypes)):
                 values[(n, j)] = np.asarray(out, self.np_dtype(dtype))
+            self.computed(graph, n, inputs, values)
         return values
+
+    def computed(self, graph: Graph, n: int, inputs: list, values: dict):
+        """Called once node n's values are in `values`, with the keys of its inputs; a
+        subclass watches the evaluation here (runtime/engines/numerics.py)."""
 
     def _resolve(self, v):
         if isinstance(v, Dim):

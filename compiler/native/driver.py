@@ -11,6 +11,12 @@ only in the buffers they touch, as the layers of a deep network do, are one func
 compiled once. `sizes` holds the value of every symbolic dim (in `KernelProgram.symbols`
 order). Math functions call the C library (expf, tanhf, ...) where scalar.py does not
 inline them.
+
+A module built to check numerics (`dlc train --check-numerics`) calls the host function
+in the global `dlc_check` after every kernel of the program, with the kernel's number;
+it tests what the kernel wrote with the module's `dlc_nonfinite_*` counters, and a
+non-zero answer stops the driver there (the engine sets the fault flag, so the update
+does not run). Built without, the module is the same as ever.
 """
 from __future__ import annotations
 
@@ -26,6 +32,10 @@ from dlc.compiler.native.parallel import parallel_loop
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.types import i8, i32, i64
 from dlc.compiler.native.update import exact_rounding
+
+CHECK = "dlc_check"     # i64 (*)(i64 kernel): 0 if what kernel wrote is finite (set by the engine)
+# i64 NAME(i8* values, i64 n): how many of the n values are NaN or Inf, which the engine's check calls
+NONFINITE = {"f32": "dlc_nonfinite_f32", "f64": "dlc_nonfinite_f64"}
 
 
 @dataclass
@@ -67,11 +77,12 @@ class StepModule:
 
 
 def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProgram | None = None,
-                 profile: list | None = None) -> StepModule:
+                 profile: list | None = None, check: bool = False) -> StepModule:
     """The module of a program; with `update` (update.lower_update) the driver ends with
     the optimizer step, its buffers after the program's buffers and checks in the pointer table.
     With `profile` (a list, filled with (kernel, nesting depth)), every kernel call adds
-    its cycles to the global array `dlc_profile`, indexed like that list."""
+    its cycles to the global array `dlc_profile`, indexed like that list. With `check`, the
+    driver calls `dlc_check` after each of prog's kernels (module docstring)."""
     module = ir.Module(name)
     flag = fault_flag(module)       # the engine clears it before a call and reads it after
     sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
@@ -124,9 +135,15 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         profile.extend(numbered)
         table.value_type = ir.ArrayType(i64, len(numbered))
         table.initializer = ir.Constant(table.value_type, [0] * len(numbered))
+    checker = None
+    if check:
+        checker = ir.GlobalVariable(module, ir.FunctionType(i64, [i64]).as_pointer(), CHECK)
+        checker.initializer = ir.Constant(checker.value_type, None)
+        for dtype in NONFINITE:
+            nonfinite_counter(module, dtype)
     b = ir.IRBuilder(driver.append_basic_block("entry"))
     with subnormals_flushed(module, b):
-        at = run_all(module, b, compiled, driver.args, profile is not None)
+        at = run_all(module, b, compiled, driver.args, profile is not None, checker)
     arguments = [e for _, refs, _ in compiled for e in refs]
     if update is not None:      # not after a failed check: the parameters stay as they were
         first = len(prog.buffers) + len(prog.faults)
@@ -137,11 +154,40 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     return StepModule(module, arguments, [functions[i] for i in range(len(numbered))])
 
 
-def run_all(module: ir.Module, b: ir.IRBuilder, compiled: list, args, profile: bool) -> int:
+def nonfinite_counter(module: ir.Module, dtype: str):
+    """i64 dlc_nonfinite_<dtype>(i8* values, i64 n): how many of the n floats are NaN or
+    Inf — those whose exponent bits are all set — in an integer loop LLVM vectorizes."""
+    bits, exponent = {"f32": (i32, 0x7F800000), "f64": (i64, 0x7FF0000000000000)}[dtype]
+    fn = ir.Function(module, ir.FunctionType(i64, [i8.as_pointer(), i64]), NONFINITE[dtype])
+    values, n = fn.args
+    entry, loop, done = fn.append_basic_block("entry"), fn.append_basic_block("loop"), fn.append_basic_block("done")
+    b = ir.IRBuilder(entry)
+    first = b.bitcast(values, bits.as_pointer())
+    zero = ir.Constant(i64, 0)
+    b.cbranch(b.icmp_signed(">", n, zero), loop, done)
+    b.position_at_end(loop)
+    i, count = b.phi(i64), b.phi(i64)
+    masked = b.and_(b.load(b.gep(first, [i])), ir.Constant(bits, exponent))
+    counted = b.add(count, b.zext(b.icmp_unsigned("==", masked, ir.Constant(bits, exponent)), i64))
+    nxt = b.add(i, ir.Constant(i64, 1))
+    for phi, start, value in ((i, zero, nxt), (count, zero, counted)):
+        phi.add_incoming(start, entry)
+        phi.add_incoming(value, loop)
+    b.cbranch(b.icmp_signed("<", nxt, n), loop, done)
+    b.position_at_end(done)
+    total = b.phi(i64)
+    total.add_incoming(zero, entry)
+    total.add_incoming(counted, loop)
+    b.ret(total)
+
+
+def run_all(module: ir.Module, b: ir.IRBuilder, compiled: list, args, profile: bool, checker=None) -> int:
     """Call every kernel of the program, in order, from a loop over a constant table of
     (function, first argument slot, profile number): the driver stays one small loop
     however many kernels there are (as 60,000 direct calls, LLVM's O3 on the driver took
-    13 minutes for a 10,000-layer MLP). Returns the number of argument slots used."""
+    13 minutes for a 10,000-layer MLP). Returns the number of argument slots used. With
+    `checker` (the global CHECK), each kernel's number is passed to it after the kernel
+    runs, and the loop stops where it answers non-zero."""
     sig = ir.FunctionType(ir.VoidType(), [a.type for a in args])
     entry = ir.LiteralStructType([sig.as_pointer(), i64, i64])
     rows, at = [], 0
@@ -165,7 +211,10 @@ def run_all(module: ir.Module, b: ir.IRBuilder, compiled: list, args, profile: b
     invoke(module, b, field(0), [b.gep(args[0], [field(1)]), args[1], args[2]], field(2) if profile else None)
     nxt = b.add(i, ir.Constant(i64, 1))
     i.add_incoming(nxt, b.block)
-    b.cbranch(b.icmp_signed("<", nxt, ir.Constant(i64, len(rows))), head, after)
+    more = b.icmp_signed("<", nxt, ir.Constant(i64, len(rows)))
+    if checker is not None:
+        more = b.and_(more, b.icmp_signed("==", b.call(b.load(checker), [i]), ir.Constant(i64, 0)))
+    b.cbranch(more, head, after)
     b.position_at_end(after)
     return at
 

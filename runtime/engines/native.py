@@ -17,7 +17,7 @@ import numpy as np
 
 from dlc.compiler.passes.autodiff import hvp_graph, train_step
 from dlc.compiler.native.builder import FAULT
-from dlc.compiler.native.driver import build_module
+from dlc.compiler.native.driver import CHECK, NONFINITE, build_module
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
@@ -27,7 +27,7 @@ from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.update import lower_update, touched
 from dlc.compiler.passes.optimize import optimize
-from dlc.runtime.engines import budget, cache
+from dlc.runtime.engines import budget, cache, numerics
 from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.reference import _scalars, predict_graph
 from dlc.runtime.engines.interpreter import bind_sizes
@@ -36,6 +36,79 @@ from dlc.runtime.training.optim import Optimizer
 
 # a host function a HostCallKernel calls: (an f32 buffer, its element count); ctypes takes the GIL
 HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+# the driver's numerics check (compiler/native/driver.py CHECK): kernel number -> 0 if its values are finite
+NUMERICS_CHECK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
+# the module's counters of non-finite values (driver.NONFINITE): (address, n) -> how many
+NONFINITE_COUNT = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
+
+
+class NonFiniteOutput(Exception):
+    """A step checking numerics wrote a value that is not finite: `kernels`, those that wrote
+    the buffer that holds it, the last one just before the check (none: a parameter or an
+    input holds it)."""
+
+    def __init__(self, kernels: list):
+        super().__init__(kernels)
+        self.kernels = kernels
+
+
+class NumericsCheck:
+    """What the driver of a module built with `check` (compiler/native/driver.py) calls after
+    each kernel: the NaN and Inf values in each float buffer the kernel is the last to write
+    (`watched`; a scan writes what its body's kernels write, and a concat's buffer is tested
+    once, after its last piece), counted by the module's own loop; the parameters and
+    inputs before the call. At the first one the driver stops, and the fault flag keeps the
+    optimizer's update from running."""
+
+    def __init__(self, program: KernelProgram, compiled, fault: ctypes.c_int64):
+        self.program, self.fault = program, fault
+        last = {bid: i for i, k in enumerate(program.kernels) for bid in self._writes(k)}
+        self.watched: dict = {}     # kernel number -> the buffers it is the last to write
+        for bid, i in last.items():
+            if program.buffers[bid].kind in ("temp", "output") and program.buffers[bid].dtype in NONFINITE:
+                self.watched.setdefault(i, []).append(bid)
+        # the parameters and inputs, tested before the call (after an update that overflowed)
+        self.given = [b.id for b in program.buffers if b.kind in ("param", "input") and b.dtype in NONFINITE]
+        self.counts: dict = {}      # the element count of each watched buffer, per set of sizes
+        self.running: tuple = ()    # (the pointer table, the counts) of the call under way
+        self.found = None           # the kernels that wrote the first non-finite value
+        self.count = {dtype: NONFINITE_COUNT(compiled.address(name)) for dtype, name in NONFINITE.items()}
+        self.callback = NUMERICS_CHECK(self._after)
+        slot = ctypes.c_void_p.from_address(compiled.engine.get_global_value_address(CHECK))
+        slot.value = ctypes.cast(self.callback, ctypes.c_void_p).value
+
+    def _writes(self, k) -> set:
+        return set(k.accesses()[1]).union(*map(self._writes, k.nested()))
+
+    def arm(self, table: np.ndarray, sizes: dict):
+        """Before a call: its pointer table and dim sizes. NonFiniteOutput, written by no
+        kernel, if a parameter or an input is not finite."""
+        key = tuple(sizes[s] for s in self.program.symbols)
+        if key not in self.counts:
+            self.counts[key] = {bid: int(concrete(self.program.buffers[bid].size, sizes))
+                                for bid in self.given + [b for bids in self.watched.values() for b in bids]}
+        self.running, self.found = (table, self.counts[key]), None
+        if any(self._nonfinite(bid) for bid in self.given):
+            raise NonFiniteOutput([])
+
+    def _nonfinite(self, bid: int) -> int:
+        table, counts = self.running
+        return self.count[self.program.buffers[bid].dtype](int(table[bid]), counts[bid])
+
+    def _after(self, kernel: int) -> int:
+        """After kernel number `kernel`: 1 (stop) if a value it wrote is not finite."""
+        for bid in self.watched.get(kernel, ()):
+            if self._nonfinite(bid):
+                self.found = [k for k in self.program.kernels[:kernel + 1] if bid in self._writes(k)]
+                self.fault.value = -1
+                return 1
+        return 0
+
+    def report(self):
+        """After a call: NonFiniteOutput if a kernel wrote a value that is not finite."""
+        if self.found is not None:
+            kernels, self.found = self.found, None
+            raise NonFiniteOutput(kernels)
 
 
 class Executable:
@@ -44,10 +117,12 @@ class Executable:
     keeps for it (parameters, gradients, optimizer state); by default the parameters
     it is given at each call. `hosts`: the host functions its HostCallKernels call, by
     name, each given the buffer as an array to rewrite in place; one not given leaves the
-    buffer as it is (replica_mean in one process: the identity)."""
+    buffer as it is (replica_mean in one process: the identity). `check_numerics`: after each
+    kernel, what it was the last to write is tested (NumericsCheck), and `run` raises
+    NonFiniteOutput at the first kernel whose values are not finite."""
 
     def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
-                 hosts: dict | None = None):
+                 hosts: dict | None = None, check_numerics=False):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
@@ -55,13 +130,14 @@ class Executable:
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         cache.gemm_symbols()
         if profile:
-            built = build_module(self.program, "dlc_step", update=update, profile=self.profile)
+            built = build_module(self.program, "dlc_step", update=update, profile=self.profile, check=check_numerics)
             self.compiled, arguments = cache.compile_cached(built.module), built.arguments
         else:
             def build():
-                built = build_module(self.program, "dlc_step", update=update)
+                built = build_module(self.program, "dlc_step", update=update, check=check_numerics)
                 return built.module, built.arguments
-            self.compiled, arguments = cache.compile_built((self.program, update), build)
+            parts = (self.program, update) + (("check numerics",) if check_numerics else ())
+            self.compiled, arguments = cache.compile_built(parts, build)
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
             self.compiled.address("dlc_step"))
         self.fault = ctypes.c_int64.from_address(self.compiled.engine.get_global_value_address(FAULT))
@@ -81,6 +157,8 @@ class Executable:
         self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.kind == "host"}
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
+        # tests what each kernel writes (NumericsCheck); the module's driver calls it
+        self.numerics = NumericsCheck(self.program, self.compiled, self.fault) if check_numerics else None
 
     def _host(self, name: str, hosts: dict):
         """The C function of host function `name`. An exception cannot cross a ctypes
@@ -165,10 +243,14 @@ class Executable:
             table[self.extras + slot] = 0 if a is None else a.ctypes.data
         args = table[self.arguments]        # each kernel's argument slots
         self.fault.value = 0
+        if self.numerics is not None:
+            self.numerics.arm(table, sizes)
         self.fn(args.ctypes.data, dims, threads())
         if self.host_error is not None:
             error, self.host_error = self.host_error, None
             raise error
+        if self.numerics is not None:
+            self.numerics.report()
         if self.fault.value:
             what, count, span = self.program.faults[self.fault.value - 1]
             raise DlcError.at_user_line(f"{what}: index out of range [0, {concrete(count, sizes)})", span)
@@ -233,9 +315,12 @@ class NativeEngine:
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
-                 split=False):
+                 split=False, check_numerics=False):
         """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
-        a data-parallel run (runtime/engines/distributed.py) can average the gradients between them."""
+        a data-parallel run (runtime/engines/distributed.py) can average the gradients between them.
+        `check_numerics`: the train step tests each kernel's values and stops at the first one
+        not finite, which the reference evaluation of the step traces to its origin
+        (runtime/engines/numerics.py)."""
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
@@ -259,7 +344,7 @@ class NativeEngine:
                         "optimizer state": sum(a.nbytes for a in self.state.values())}
             update = self._update_program()
             self.train_exe = Executable(step, update=None if split else update, profile=profile, resident=resident,
-                                        hosts={"replica_mean": self._replica_mean})
+                                        hosts={"replica_mean": self._replica_mean}, check_numerics=check_numerics)
             self.update_call = UpdateCall(update, self.update_arrays) if split and update is not None else None
             self.adopted = None
         self.eval_model = eval_model
@@ -377,7 +462,11 @@ class NativeEngine:
     def _step(self, params: dict, batch: dict, key, extra=()) -> dict:
         """Run the train step executable; the batch statistics it updates are written to `params`."""
         exe = self.train_exe
-        arrays, _ = exe.run({**batch, "rng": np.asarray(key, np.int32)}, self._fixed(exe, params, True), extra=extra)
+        feeds = {**batch, "rng": np.asarray(key, np.int32)}
+        try:
+            arrays, _ = exe.run(feeds, self._fixed(exe, params, True), extra=extra)
+        except NonFiniteOutput as e:
+            raise self._nonfinite(e.kernels, feeds, params) from None
         out = {}
         for name, bid in exe.program.outputs.items():
             if name.startswith("update:"):
@@ -397,6 +486,19 @@ class NativeEngine:
                  **second_order.direction_feeds(exe.graph, self.trainable, params, v)}
         arrays, sizes = exe.run(feeds, exe.given(params))
         return np.concatenate([exe.output(f"hvp:{name}", arrays, sizes).ravel() for name in self.trainable])
+
+    def _nonfinite(self, kernels: list, feeds: dict, params: dict) -> numerics.NonFinite:
+        """The origin of the first non-finite value of a step, which `kernels` wrote: the
+        reference evaluation of the step finds the node among theirs that made it; where
+        that evaluation stays finite (it rounds differently), the last kernel is named."""
+        found = numerics.locate(self.train_exe.graph, feeds, params, {v for k in kernels for v in k.nodes})
+        if found is not None:
+            return found
+        op, span = kernels[-1].origin[0] if kernels[-1].origin else (kernels[-1].kind, None)
+        line = (span.caller or span).line if span is not None else "?"
+        return numerics.NonFinite.at_user_line(
+            f"the kernel of line {line}'s `{op}` wrote a value that is not finite, yet the reference evaluation of "
+            "the step, which rounds differently, stays finite there", span)
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         exe = self.eval_exe

@@ -9,7 +9,7 @@ import numpy as np
 
 from dlc.compiler.passes.autodiff import copy_graph, hvp_graph, prune, train_step
 from dlc.compiler.frontend.model import Model
-from dlc.runtime.engines import budget, interpreter
+from dlc.runtime.engines import budget, interpreter, numerics
 from dlc.runtime.training import second_order
 from dlc.runtime.training.optim import Optimizer
 
@@ -27,7 +27,11 @@ class ReferenceEngine:
     world = None                        # one process: a data-parallel run wraps the engine (DataParallel)
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
-                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None):
+                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None,
+                 check_numerics=False):
+        """`check_numerics`: every node of the train step is tested, and the first non-finite
+        value stops the step with its origin (runtime/engines/numerics.py)."""
+        self.check_numerics = check_numerics
         self.step_graph = train_step(train_model.graph) if optimizer is not None else None
         self.train_graph, self._hvp_graph = train_model.graph, None
         self.eval_graph = eval_model.graph
@@ -96,6 +100,8 @@ class ReferenceEngine:
                     "optimizer state": sum(np.asarray(a).nbytes for a in state)}
             budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
             self.checked.add(key)
+        if self.check_numerics and graph is self.step_graph:
+            return numerics.run(graph, feeds, params, replicas=self.replicas)
         return interpreter.run(graph, feeds, params, replicas=self.replicas)
 
 

@@ -36,6 +36,7 @@ class TrainConfig:
     shuffle: bool = True
     augment: object = None
     sync_batchnorm: bool = False
+    check_numerics: bool = False        # stop at a step's first non-finite value (runtime/engines/numerics.py)
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
@@ -115,7 +116,7 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
             raise DlcError(f"{name} must be a number >= 0, got {show(v)}", cfg.span(name))
-    for name in ("shuffle", "sync_batchnorm"):
+    for name in ("shuffle", "sync_batchnorm", "check_numerics"):
         if not isinstance(getattr(cfg, name), bool):
             raise DlcError(f"{name} must be true or false, got {show(getattr(cfg, name))}", cfg.span(name))
     if cfg.init_from is not None and not isinstance(cfg.init_from, str):

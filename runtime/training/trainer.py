@@ -32,6 +32,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.augment import augment, augment_options
 from dlc.runtime.engines import budget, distributed
 from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.engines.numerics import NonFinite
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.interop import weights
 from dlc.runtime.training import checkpoint
@@ -216,7 +217,7 @@ class Trainer:
         # make_engine prints a fallback's warning on stderr)
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
                                        cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log,
-                                       split=self.world is not None)
+                                       split=self.world is not None, check_numerics=cfg.check_numerics)
         interrupted = Interrupt()
         if self.world is not None:
             engine = distributed.DataParallel(engine, self.world, interrupted, stats)
@@ -237,16 +238,18 @@ class Trainer:
                     lo, hi = bounds[b]
                     batch = self.augment({k: v[order[lo:hi]] for k, v in train.items()}, epoch, b)
                     lr = schedule(step)
-                    values = engine.train_step(params, opt_state, batch, lr, step + 1,
-                                               np.array([cfg.seed, step + 1], np.int32))
+                    try:
+                        values = engine.train_step(params, opt_state, batch, lr, step + 1,
+                                                   np.array([cfg.seed, step + 1], np.int32))
+                    except NonFinite as e:      # check_numerics: the step's parameters were not updated
+                        self.write_history(history)
+                        e.message = f"{e.message} {self.stopped(step + 1, epoch, b)}."
+                        raise
                     step += 1
                     if not math.isfinite(values["loss"]):
                         self.write_history(history)
-                        raise DlcError(f"the loss became {values['loss']} at step {step} (epoch {epoch + 1}, "
-                                       f"batch {b + 1}); training stopped. The last good checkpoint is "
-                                       f"{self.out / 'last.npz'}" + (" (none was written yet)"
-                                                                     if not (self.out / 'last.npz').exists() else "")
-                                       + ". Try a lower learning rate or gradient clipping.")
+                        raise DlcError(f"the loss became {values['loss']} {self.stopped(step, epoch, b)}"
+                                       ". Try a lower learning rate or gradient clipping.")
                     seen += hi - lo
                     for name, v in values.items():
                         totals[name] = totals.get(name, 0.0) + v * (hi - lo)
@@ -288,6 +291,12 @@ class Trainer:
             self.world.await_writer()
         result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
         return Result(history, params, self.out, result, end["stopped"], checkpoints.written)
+
+    def stopped(self, step: int, epoch: int, b: int) -> str:
+        """Where a run that went non-finite stopped, and the checkpoint it leaves."""
+        last = self.out / "last.npz"
+        return (f"at step {step} (epoch {epoch + 1}, batch {b + 1}); training stopped. The last good checkpoint is "
+                f"{last}" + ("" if last.exists() else " (none was written yet)"))
 
     def augment(self, batch: dict, epoch: int, b: int) -> dict:
         if self.augment_options is None:
