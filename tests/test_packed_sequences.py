@@ -15,6 +15,8 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity te
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
 from numeric_helpers import assert_close, build  # noqa: E402
+from dlc.compiler.errors import DlcError  # noqa: E402
+from dlc.compiler.frontend.loader import load_text  # noqa: E402
 from dlc.runtime.engines.backends import make_engine  # noqa: E402
 from dlc.runtime.training.optim import make_optimizer  # noqa: E402
 from dlc.runtime.training.settings import Call  # noqa: E402
@@ -131,3 +133,24 @@ def test_matches_pack_padded_sequence(case, how, backend):
     for name, g in t_grads.items():
         assert_close(grads[name], g, RTOL, f"grad:{name}")
     assert np.all(grads["x"][np.arange(T)[None, :] >= LENGTHS[:, None]] == 0), "padded inputs get no gradient"
+
+
+@pytest.mark.parametrize("call, message", [
+    ("lstm(x, 4, lengths = m)", "lengths are i32[B] (the real steps of each sequence) for inputs f32[B, T, 3], "
+                                "got f32[B, T]"),
+    ("gru(x, 4, mask = L)", "the mask of a recurrent layer is [B, T] (nonzero at the real steps) for inputs "
+                            "f32[B, T, 3], got i32[B]"),
+    ("rnn(x, 4, mask = m, lengths = L)", "give mask = or lengths =, not both"),
+    ("bidirectional(x, lstm, 4, lengths = m)", "lengths are i32[B]"),
+])
+def test_a_mask_or_lengths_of_the_wrong_kind_is_an_error_at_the_call(call, message):
+    src = f"""model m {{
+    input x: f32[B, T, 3]
+    input L: i32[B]
+    input m: f32[B, T]
+    output y = {call}
+}}"""
+    with pytest.raises(DlcError) as e:
+        load_text(src, "m.dl").build(training=False)
+    assert e.value.span.file == "m.dl" and e.value.span.line == 5, e.value.render()
+    assert message in e.value.message
