@@ -617,6 +617,18 @@ def test_luong_attention(score):
            outputs=("ctx", "w"), feeds={"mask": mask}, scale=1.0)
 
 
+def test_luong_attention_key_mask():
+    """A bool [B, S] mask of the real keys is the same for every query of luong_attention."""
+    keep = np.array([[True, True, True, True, False], [True, True, False, False, False]])
+    additive = torch.tensor(np.where(keep, 0.0, -1e9)[:, None, :], dtype=DT)
+
+    def fn(T, f):
+        q = T["q"] @ T["ctx.W"]
+        return {"ctx": F.scaled_dot_product_attention(q, T["k"], T["k"], attn_mask=additive, scale=1.0)}
+    parity({"q": (2, 3, 3), "k": (2, 5, 4)}, "input m: bool[2, 5]\nctx, w = luong_attention(q, k, mask = m)", fn,
+           outputs=("ctx",), feeds={"m": keep}, scale=1.0)
+
+
 # ---- losses and metrics ---------------------------------------------------------------------------------------------
 def _r(seed=8):
     return np.random.default_rng(seed)
