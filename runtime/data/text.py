@@ -107,9 +107,11 @@ def line_examples(s: str, ids: np.ndarray, seq: int, vocab: str) -> Dataset:
     [N, seq] the line's first `seq` characters, then 0; "y" the characters after them (the
     last one the line's end, "\n"), then -1 (`ignore = -1` in the loss); "lengths" [N] the
     characters of each."""
-    starts = np.flatnonzero(np.frombuffer(("\n" + s).encode("utf-32-le", "surrogatepass"), np.uint32) == 10)
-    ends = np.append(starts[1:] - 1, len(s))             # each line's "\n" (or the text's end)
-    spans = [(a, b) for a, b in zip(starts, ends) if b > a and b < len(s)]
+    spans, at = [], 0                    # (first character, its "\n") of each line that ends with one
+    for line in s.split("\n")[:-1]:
+        if line:
+            spans.append((at, at + len(line)))
+        at += len(line) + 1
     if not spans:
         raise DlcError("text: lines = true needs lines that end with a line break; the text has none")
     x = np.zeros((len(spans), seq), np.int32)
