@@ -247,7 +247,7 @@ class Seq2Seq(nn.Module):
         self.logits = nn.Linear(128, 14)
 
     def forward(self, b):
-        _, state = packed(self.enc, self.src_emb(b["src"]), b["src_lengths"])
+        _, state = packed(self.enc, self.src_emb(b["src"]), (b["src"] != 0).sum(1))
         dec, _ = self.dec(self.tgt_emb(b["dec_in"]), state)
         return {"probs": torch.softmax(self.logits(dec), -1)}
 
@@ -335,8 +335,7 @@ EXAMPLE_TWINS = {
     "stacked_gru": (lambda: Forecast(nn.GRU, 64, num_layers=3, dropout=0.1), {"x": floats(3, 7, 1)}),
     "char_lstm": (CharLSTM, {"x": ids(96, 2, 9)}),
     "bilstm_tagger": (BiLSTMTagger, {"words": ids(5000, 2, 7), "lengths": np.array([7, 4], np.int32)}),
-    "seq2seq": (Seq2Seq, {"src": SEQ2SEQ_SRC, "src_lengths": np.array([4, 6], np.int32),
-                          "dec_in": ids(14, 2, 5, low=1)}),
+    "seq2seq": (Seq2Seq, {"src": SEQ2SEQ_SRC, "dec_in": ids(14, 2, 5, low=1)}),
     "transformer_classifier": (TransformerClassifier, {"tokens": ids(1000, 2, 10)}),
     "char_transformer": (CharTransformer, {"x": ids(96, 2, 9)}),
     "transformer_seq2seq": (TransformerSeq2Seq, {"src": SEQ2SEQ_SRC, "dec_in": ids(14, 2, 5, low=1)}),
