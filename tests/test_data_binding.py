@@ -124,6 +124,30 @@ def test_a_shape_of_another_size_is_refused(tmp_path):
         flat.predict({"x": np.zeros((2, 63), np.float32)})
 
 
+# A tagger whose padded tags are -1: the loss ignores them, so the data may hold them.
+IGNORED_TAGS = """
+model tagger {
+    input  words: i32[B, T]
+    target tags: i32[B, T]
+    logits = dense(embedding(words, 5, 3), 4)
+    loss   sparse_cross_entropy(logits, tags%s)
+}
+"""
+
+
+def test_labels_may_hold_the_ignore_index_of_the_loss_and_nothing_else(tmp_path):
+    words = np.array([[1, 2, 0], [3, 0, 0]], np.int32)
+    tags = np.array([[0, 3, -1], [2, -1, -1]], np.int32)
+    ignoring = random_model(tmp_path, IGNORED_TAGS % ", ignore = -1")
+    loss = ignoring.evaluate({"words": words, "tags": tags})["loss"]
+    assert np.isfinite(loss) and loss > 0
+    plain = random_model(tmp_path, IGNORED_TAGS % "")
+    with pytest.raises(DlcError, match="tags has values from -1 to 3, but the model takes 0 to 3 there"):
+        plain.evaluate({"words": words, "tags": tags})
+    with pytest.raises(DlcError, match="tags has values from -2 to 3"):         # -2 is no ignore index
+        ignoring.evaluate({"words": words, "tags": np.where(tags < 0, -2, tags)})
+
+
 # ---- names -----------------------------------------------------------------------------------------------
 def enc_dec_arrays(n=4):
     rng = np.random.default_rng(0)

@@ -249,6 +249,19 @@ def test_text_windows_and_vocab(tmp_path):
     assert D.load("long.txt", tmp_path).columns["x"].shape == ((len(s) * 10 - 1) // 100, 100)
 
 
+def test_text_lines(tmp_path):
+    """lines = true: one example per line, padded (x with 0, y with -1), and its lengths."""
+    (tmp_path / "t.txt").write_text("hello\n\nab\nxyz")       # an empty line; the last has no line break
+    ds = D.load(call("text", "t.txt", seq=4, lines=True), tmp_path)
+    vocab = ds.meta["vocab"]
+    assert ds.names == ["x", "y", "lengths"] and ds.columns["lengths"].tolist() == [4, 2]
+    assert decode(ds.columns["x"][0], vocab) == "hell" and decode(ds.columns["y"][0], vocab) == "ello"
+    assert decode(ds.columns["x"][1, :2], vocab) == "ab" and decode(ds.columns["y"][1, :2], vocab) == "b\n"
+    assert ds.columns["x"][1, 2:].tolist() == [0, 0] and ds.columns["y"][1, 2:].tolist() == [-1, -1]
+    (tmp_path / "one.txt").write_text("no line break")
+    err(call("text", "one.txt", lines=True), tmp_path, "lines = true needs lines that end with a line break")
+
+
 def test_text_given_vocab_and_errors(tmp_path):
     (tmp_path / "t.txt").write_text("abcab")
     ds = D.load(call("text", "t.txt", seq=2, vocab="cba"), tmp_path)
@@ -341,7 +354,7 @@ def test_sine():
 @pytest.mark.parametrize("task", ["copy", "reverse", "sort"])
 def test_seq2seq_tasks(task):
     ds = D.load(call(task, min_len=3, max_len=6, symbols=5, n=200), Path("."))
-    assert ds.names == ["src", "dec_in", "dec_out"]
+    assert ds.names == ["src", "dec_in", "dec_out", "src_lengths"]
     assert ds.meta == {"pad": 0, "bos": 1, "eos": 2, "vocab_size": 8, "max_len": 6, "task": task}
     src, dec_in, dec_out = ds.columns["src"], ds.columns["dec_in"], ds.columns["dec_out"]
     assert src.shape == (200, 6) and dec_in.shape == dec_out.shape == (200, 7)
@@ -349,6 +362,7 @@ def test_seq2seq_tasks(task):
     assert set(range(3, 8)) == set(src[src > 0].tolist())
     lengths = (src > 0).sum(1)
     assert lengths.min() == 3 and lengths.max() == 6
+    assert ds.columns["src_lengths"].dtype == np.int32 and np.array_equal(ds.columns["src_lengths"], lengths)
     for s, di, do, n in zip(src, dec_in, dec_out, lengths):
         seq = s[:n].tolist()
         assert s[n:].tolist() == [0] * (6 - n) and 0 not in seq

@@ -24,6 +24,8 @@ nn = torch.nn
 F = torch.nn.functional
 from torch.func import functional_call  # noqa: E402
 
+from dlc.compiler.errors import DlcError  # noqa: E402
+from dlc.compiler.frontend.loader import load_text  # noqa: E402
 from dlc.compiler.ir.dims import concrete  # noqa: E402
 from dlc.runtime.interop.torch_layout import TorchLayout  # noqa: E402
 from numeric_helpers import assert_close, build, check_params_given, forward, gradients  # noqa: E402
@@ -468,6 +470,36 @@ def test_multi_head_attention_padding_mask():
     parity({"x": (B, TQ, DM), "mem": (B, TK, DM)}, body, fn, feeds={"ids": ids})
 
 
+@pytest.mark.parametrize("dtype", ["f32", "bool"])
+def test_multi_head_attention_key_mask(dtype):
+    """A [B, Tk] mask of the real keys, bool or additive, is torch's key_padding_mask."""
+    ids = np.array([[5, 2, 7, 0], [3, 0, 0, 0]], np.int32)
+    keep = ids != 0
+
+    def fn(T, f):
+        return {"y": _mha(T, T["x"], T["mem"], key_padding_mask=torch.tensor(~keep))}
+    body = f"input m: {dtype}[{B}, {TK}]\ny = multi_head_attention(x, mem, {HEADS}, m)"
+    parity({"x": (B, TQ, DM), "mem": (B, TK, DM)}, body, fn,
+           feeds={"m": keep if dtype == "bool" else np.where(keep, 0.0, -1e9)})
+
+
+def test_attention_mask_of_the_wrong_shape_is_an_error_at_the_call():
+    """padding_mask is [B, 1, 1, T], for multi-head attention: given to additive attention, whose
+    scores are [B, T], it is refused at the user's line instead of broadcasting to [B, B, B, T]."""
+    src = """model m {
+    input q: f32[B, 3]
+    input k: f32[B, T, 4]
+    input ids: i32[B, T]
+    ctx, w = additive_attention(q, k, 6, padding_mask(ids))
+    output ctx
+}"""
+    with pytest.raises(DlcError) as e:
+        load_text(src, "m.dl").build(training=False)
+    assert e.value.span.file == "m.dl" and e.value.span.line == 5, e.value.render()
+    assert "additive_attention: the mask f32[B, 1, 1, T] does not fit the attention scores f32[B, T]" in e.value.message
+    assert "here give [B, Tk] such as ids != 0" in e.value.message
+
+
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "causal"])
 def test_scaled_dot_product_attention(masked):
     shapes = {"q": (2, 2, 4, 3), "k": (2, 2, 4, 3), "v": (2, 2, 4, 5)}
@@ -530,19 +562,24 @@ def test_additive_attention():
            scale=1.0)
 
 
-def test_additive_attention_masked():
+@pytest.mark.parametrize("form", ["additive", "bool"])
+def test_additive_attention_masked(form):
+    """The mask as -1e9 where a key is padding, or as a bool [B, Tk] of the real keys."""
     mask = np.zeros((2, 5))
     mask[0, 3:] = -1e9
     mask[1, 1:] = -1e9
+    given = mask if form == "additive" else mask == 0
 
     def fn(T, f):
         q, keys = T["q"], T["k"]
         scores = torch.einsum("btu,u->bt", torch.tanh((q @ T["ctx.Wq"])[:, None] + keys @ T["ctx.Wk"]),
                               T["ctx.v"][:, 0])
-        w = torch.softmax(scores + f["mask"], dim=1)
+        w = torch.softmax(scores + torch.tensor(mask, dtype=DT), dim=1)
         return {"ctx": torch.einsum("bt,btd->bd", w, keys), "w": w}
-    model, out, _ = parity({"q": (2, 3), "k": (2, 5, 4)}, "input mask: f32[2, 5]\nctx, w = additive_attention(q, k, 6, mask)",
-                           fn, outputs=("ctx", "w"), feeds={"mask": mask}, scale=1.0)
+    dtype = "f32" if form == "additive" else "bool"
+    model, out, _ = parity({"q": (2, 3), "k": (2, 5, 4)},
+                           f"input m: {dtype}[2, 5]\nctx, w = additive_attention(q, k, 6, m)", fn,
+                           outputs=("ctx", "w"), feeds={"m": given}, scale=1.0)
     assert np.all(out["output:w"][mask < 0] < 1e-12)
 
 
@@ -578,6 +615,18 @@ def test_luong_attention(score):
     parity({"q": (2, 3, dq), "k": (2, 5, 4)},
            f"input mask: f32[2, 3, 5]\nctx, w = luong_attention(q, k, \"{score}\", mask)", fn,
            outputs=("ctx", "w"), feeds={"mask": mask}, scale=1.0)
+
+
+def test_luong_attention_key_mask():
+    """A bool [B, S] mask of the real keys is the same for every query of luong_attention."""
+    keep = np.array([[True, True, True, True, False], [True, True, False, False, False]])
+    additive = torch.tensor(np.where(keep, 0.0, -1e9)[:, None, :], dtype=DT)
+
+    def fn(T, f):
+        q = T["q"] @ T["ctx.W"]
+        return {"ctx": F.scaled_dot_product_attention(q, T["k"], T["k"], attn_mask=additive, scale=1.0)}
+    parity({"q": (2, 3, 3), "k": (2, 5, 4)}, "input m: bool[2, 5]\nctx, w = luong_attention(q, k, mask = m)", fn,
+           outputs=("ctx",), feeds={"m": keep}, scale=1.0)
 
 
 # ---- losses and metrics ---------------------------------------------------------------------------------------------
@@ -652,6 +701,30 @@ def test_sparse_cross_entropy_sequence():
            lambda T, f: {"y": F.cross_entropy(T["z"].permute(0, 2, 1), f["t"])}, feeds={"t": labels}, scale=2.0)
 
 
+def test_sparse_cross_entropy_ignore_index():
+    """ignore = -1 is torch's ignore_index: the mean over the other labels; the gradient of
+    the ignored rows is zero."""
+    labels = np.array([[0, 4, -1], [3, -1, -1]], np.int32)
+    parity({"z": (2, 3, 5)}, "input t: i32[2, 3]\ny = sparse_cross_entropy(z, t, ignore = -1)",
+           lambda T, f: {"y": F.cross_entropy(T["z"].permute(0, 2, 1), f["t"], ignore_index=-1)},
+           feeds={"t": labels}, scale=2.0)
+
+
+@pytest.mark.parametrize("dtype", ["f32", "bool"])
+def test_sparse_cross_entropy_mask(dtype):
+    """mask = m counts the labels where m is nonzero, as a mean over them (and with ignore too)."""
+    labels = np.array([[0, 4, 1], [3, 3, 2]], np.int32)
+    mask = np.array([[1, 1, 0], [1, 0, 0]])
+
+    def fn(T, f):
+        nll = F.cross_entropy(T["z"].permute(0, 2, 1), f["t"], reduction="none")
+        kept = f["m"].double() * (f["t"] != 3).double()
+        return {"y": (nll * f["m"].double()).sum() / f["m"].double().sum(), "w": (nll * kept).sum() / kept.sum()}
+    parity({"z": (2, 3, 5)}, f"input t: i32[2, 3]\ninput m: {dtype}[2, 3]\ny = sparse_cross_entropy(z, t, mask = m)"
+           "\nw = sparse_cross_entropy(z, t, ignore = 3, mask = m)", fn, outputs=("y", "w"),
+           feeds={"t": labels, "m": mask.astype(np.float64 if dtype == "f32" else bool)}, scale=2.0)
+
+
 def test_margin_losses():
     r = _r(12)
     y = np.where(r.random((6,)) < 0.5, -1.0, 1.0)
@@ -701,10 +774,29 @@ model m {
     assert out["metric:bacc7"] == pytest.approx(((tp > 0.7) == (tt > 0.5)).double().mean().item(), abs=1e-12)
 
 
+def test_accuracy_of_the_real_labels():
+    logits = _r(16).standard_normal((2, 4, 3))
+    labels = logits.argmax(-1).astype(np.int32)
+    labels[0, 0] = (labels[0, 0] + 1) % 3               # one wrong of the real ones
+    labels[:, 3] = -1                                   # padding, mostly "wrong"
+    src = """
+model m {
+    input z: f32[2, 4, 3]
+    input labels: i32[2, 4]
+    metric all = accuracy(z, labels)
+    metric real = accuracy(z, labels, ignore = -1)
+    metric masked = accuracy(z, labels, mask = labels >= 0)
+}
+"""
+    out = forward(build(src), {"z": logits, "labels": labels}, {})
+    assert out["metric:all"] == pytest.approx(5 / 8) and out["metric:real"] == pytest.approx(5 / 6)
+    assert out["metric:masked"] == pytest.approx(5 / 6)
+
+
 def test_every_loss_is_covered():
     covered = {"mse", "mae", "huber", "binary_cross_entropy", "binary_cross_entropy_with_logits",
                "categorical_cross_entropy", "sparse_cross_entropy", "perceptron_loss", "hinge", "l1", "l2",
-               "accuracy", "binary_accuracy"}
+               "accuracy", "binary_accuracy", "real_labels", "mean_over_real"}
     missing = stdlib_defs("losses.dl") - covered
     assert not missing, f"losses without a parity test: {sorted(missing)}"
 
@@ -857,7 +949,9 @@ def test_every_layer_is_covered():
               "scaled_dot_product_attention", "multi_head_attention", "luong_attention", "self_attention", "sinusoidal_encoding",
               "positional_embedding", "feed_forward", "transformer_encoder_block", "transformer_decoder_block",
               "transformer_encoder", "transformer_decoder"}
-    helpers = {"conv_padding", "same_padding"}     # tested through conv2d and conv1d
+    helpers = {"conv_padding", "same_padding",     # tested through conv2d and conv1d
+               "real_steps", "padded_out", "padded_cell",     # through the padded recurrences (test_packed_sequences.py)
+               "broadcasts_into", "masked_scores"}     # through every attention given a mask
     defs = stdlib_defs("layers.dl") | stdlib_defs("recurrent.dl") | stdlib_defs("attention.dl")
     missing = defs - tested - helpers
     assert not missing, f"layers without a parity test: {sorted(missing)}"

@@ -221,6 +221,12 @@ class CharLSTM(nn.Module):
         return {"next": softmax_last(self.logits(self.hs(self.chars(b["x"]))[0]))}
 
 
+def packed(rnn: nn.Module, xs, lengths):
+    """(outputs padded with zeros, final state) of a recurrent module on a padded batch."""
+    out, state = rnn(nn.utils.rnn.pack_padded_sequence(xs, lengths, batch_first=True, enforce_sorted=False))
+    return nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=xs.shape[1])[0], state
+
+
 class BiLSTMTagger(nn.Module):
     def __init__(self):
         super().__init__()
@@ -229,7 +235,8 @@ class BiLSTMTagger(nn.Module):
         self.logits = nn.Linear(128, 17)
 
     def forward(self, b):
-        return {"predicted": self.logits(self.hs(self.emb(b["words"]))[0]).argmax(-1).int()}
+        hs = packed(self.hs, self.emb(b["words"]), b["lengths"])[0]
+        return {"predicted": self.logits(hs).argmax(-1).int()}
 
 
 class Seq2Seq(nn.Module):
@@ -240,7 +247,7 @@ class Seq2Seq(nn.Module):
         self.logits = nn.Linear(128, 14)
 
     def forward(self, b):
-        _, state = self.enc(self.src_emb(b["src"]))
+        _, state = packed(self.enc, self.src_emb(b["src"]), (b["src"] != 0).sum(1))
         dec, _ = self.dec(self.tgt_emb(b["dec_in"]), state)
         return {"probs": torch.softmax(self.logits(dec), -1)}
 
@@ -327,7 +334,7 @@ EXAMPLE_TWINS = {
     "gru_forecast": (lambda: Forecast(nn.GRU, 64), {"x": floats(3, 7, 1)}),
     "stacked_gru": (lambda: Forecast(nn.GRU, 64, num_layers=3, dropout=0.1), {"x": floats(3, 7, 1)}),
     "char_lstm": (CharLSTM, {"x": ids(96, 2, 9)}),
-    "bilstm_tagger": (BiLSTMTagger, {"words": ids(5000, 2, 7)}),
+    "bilstm_tagger": (BiLSTMTagger, {"words": ids(5000, 2, 7), "lengths": np.array([7, 4], np.int32)}),
     "seq2seq": (Seq2Seq, {"src": SEQ2SEQ_SRC, "dec_in": ids(14, 2, 5, low=1)}),
     "transformer_classifier": (TransformerClassifier, {"tokens": ids(1000, 2, 10)}),
     "char_transformer": (CharTransformer, {"x": ids(96, 2, 9)}),

@@ -216,12 +216,14 @@ def test_sentence_ids_are_the_files_rows(tmp_path):
     assert ds.columns["x"].dtype == np.int32
     assert ds.columns["y"].tolist() == [1, 0, 0] and ds.meta["labels"] == ["neg", "pos"]
     assert ds.meta["classes"] == 2 and ds.meta["words"] == 3 and ds.meta["unknown"] == 2
+    assert ds.names == ["x", "y", "lengths"] and ds.columns["lengths"].tolist() == [4, 3, 1]
 
 
 def test_sentence_options_and_integer_labels(tmp_path):
     ds = sentences(tmp_path, "2\tThe cat sat\n0\tcat\n", length=2, lower=False)
     assert ds.columns["x"].tolist() == [[1, 3], [3, 0]]          # 'The' is not 'the'; cut after 2 words
     assert ds.columns["y"].tolist() == [2, 0] and "labels" not in ds.meta and ds.meta["classes"] == 3
+    assert ds.columns["lengths"].tolist() == [2, 1]                # the words kept
 
 
 def test_words_of_a_sentence():

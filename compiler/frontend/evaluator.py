@@ -533,6 +533,8 @@ class Evaluator:
             return v.shape
         if e.name == "rank" and isinstance(v, Tensor):
             return v.rank
+        if e.name == "dtype" and isinstance(v, Tensor):
+            return v.dtype
         what = e.value.span.text() or "this"
         if isinstance(v, Layer):
             scope = v.scope

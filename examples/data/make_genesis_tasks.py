@@ -1,7 +1,8 @@
 """Writes the word-level data sets of two examples from genesis.txt (the King James Genesis):
 
-    tagging.npz   examples/bilstm_tagger.dl: windows of 32 tokens and a part-of-speech tag
-                  of every token (words i32 [N, 32], tags i32 [N, 32])
+    tagging.npz   examples/bilstm_tagger.dl: verses of up to 48 tokens and a part-of-speech
+                  tag of every token (words i32 [N, 48], tags i32 [N, 48] padded with -1,
+                  lengths i32 [N])
     tokens.npz    examples/transformer_classifier.dl: verses that name exactly one of ten
                   people, and which one (tokens i32 [N, 64], label i32 [N])
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-WINDOW = 32          # tokens per tagging example
+PIECE = 48           # tokens per tagging example at most: longer verses are cut into pieces
 LENGTH = 64          # tokens per classified verse: the longest verse has 64 words
 VOCAB = 1000         # classifier vocabulary: <pad>, <unk> and the 998 most frequent words
 
@@ -87,14 +88,21 @@ def tag(word: str, following: str) -> str:
 
 
 def tagging(verses: list) -> dict:
-    """The text as one stream of tokens cut into windows, with the id (by frequency, 0 is the
-    most frequent) and the tag of every token."""
-    stream = [t for verse in verses for t in tokens(verse)]
-    ids = {w: i for i, (w, _) in enumerate(Counter(stream).most_common())}
-    tags = [TAGS.index(tag(w, nxt)) for w, nxt in zip(stream, stream[1:] + [""])]
-    n = len(stream) // WINDOW * WINDOW
-    words = np.array([ids[w] for w in stream[:n]], np.int32).reshape(-1, WINDOW)
-    return {"words": words, "tags": np.array(tags[:n], np.int32).reshape(-1, WINDOW)}
+    """Every verse as one example (a verse longer than PIECE tokens as several), with the id
+    (by frequency, 0 is the most frequent) and the tag of every token; after the last token
+    the words are 0 and the tags -1 (a loss ignores them), and `lengths` counts the tokens."""
+    verse_tokens = [tokens(verse) for verse in verses]
+    ids = {w: i for i, (w, _) in enumerate(Counter(t for ts in verse_tokens for t in ts).most_common())}
+    words, tags, lengths = [], [], []
+    for ts in verse_tokens:
+        verse_tags = [TAGS.index(tag(w, nxt)) for w, nxt in zip(ts, ts[1:] + [""])]
+        for at in range(0, len(ts), PIECE):
+            piece = ts[at:at + PIECE]
+            words.append([ids[w] for w in piece] + [0] * (PIECE - len(piece)))
+            tags.append(verse_tags[at:at + PIECE] + [-1] * (PIECE - len(piece)))
+            lengths.append(len(piece))
+    return {"words": np.array(words, np.int32), "tags": np.array(tags, np.int32),
+            "lengths": np.array(lengths, np.int32)}
 
 
 def classification(verses: list) -> dict:

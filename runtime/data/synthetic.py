@@ -4,7 +4,9 @@
     spirals(n = 300, classes = 3, noise = 0.2)       interleaved spirals, one per class
     blobs(n = 200, centers = 2, std = 1.0, labels = "index")   gaussian clusters
     sine(window = 20, n = 2000, noise = 0, frequencies = 1)    next-value forecasting
-    copy / reverse / sort(min_len = 8, max_len = 12, symbols = 10, n = 10000)   seq2seq tasks
+    copy / reverse / sort(min_len = 8, max_len = 12, symbols = 10, n = 10000)   seq2seq tasks:
+        "src" padded with 0 after its "src_lengths" symbols, "dec_in" BOS and the target,
+        "dec_out" the target and EOS
 
 All but xor also take `seed` (default 0).
 """
@@ -121,7 +123,7 @@ def _seq_task(transform, args: Args) -> Dataset:
     dec_out[np.arange(n), lengths] = EOS
     meta = {"pad": PAD, "bos": BOS, "eos": EOS, "vocab_size": symbols + 3, "max_len": max_len, "task": task}
     return Dataset({"src": src.astype(np.int32), "dec_in": dec_in.astype(np.int32),
-                    "dec_out": dec_out.astype(np.int32)}, meta)
+                    "dec_out": dec_out.astype(np.int32), "src_lengths": lengths.astype(np.int32)}, meta)
 
 
 def _copy(tokens, lengths, live):

@@ -1,7 +1,9 @@
 """Text: characters and words as ids, and the sources of text data.
 
-    text(path, seq = 100, vocab = none)              character ids: "x" windows, "y" next characters
-    sentences(path, vocab, length = none, lower = true)   word ids of labelled sentences, "vocab" a word vector file
+    text(path, seq = 100, vocab = none, lines = false)   character ids: "x" windows, "y" next characters
+                                                     (lines: one line each, padded, and "lengths")
+    sentences(path, vocab, length = none, lower = true)   word ids of labelled sentences, "vocab" a word
+                                                     vector file, and "lengths"
 
 A character vocabulary is a string of distinct characters: a character's id is its place in
 it (`encode`, `decode`). Word ids are those of a word vector file (runtime/data/vectors.py).
@@ -70,11 +72,13 @@ def decode(ids, vocab: str) -> str:
     return "".join(np.array(list(vocab), dtype=object)[a])
 
 
-@source(path=REQUIRED, seq=100, vocab=None)
+@source(path=REQUIRED, seq=100, vocab=None, lines=False)
 def text(base_dir, args: Args) -> Dataset:
-    """Character windows of a text: "x" [N, seq] ids, "y" the same windows one character later."""
+    """Character windows of a text: "x" [N, seq] ids, "y" the same windows one character later.
+    With `lines`, one example per non-empty line instead (`line_examples`)."""
     p = path_arg(args, "path", base_dir)
     seq = args.check("seq", integer, low=1)
+    lines = args.check("lines", flag)
     vocab = args["vocab"]
     if vocab is not None:
         vocab = _check_vocab(vocab, "text", args.span("vocab"))
@@ -87,6 +91,8 @@ def text(base_dir, args: Args) -> Dataset:
         ids = encode(s, vocab)
     except DlcError as e:
         raise DlcError(f"text: {p}: {e.message[len('encode: '):]}") from None
+    if lines:
+        return line_examples(s, ids, seq, vocab)
     n = (len(ids) - 1) // seq
     if n < 1:
         raise DlcError(f"text: seq = {seq} is too long for {p}: it has {len(ids)} characters and one window"
@@ -94,6 +100,27 @@ def text(base_dir, args: Args) -> Dataset:
     x = ids[: n * seq].reshape(n, seq)
     y = ids[1: n * seq + 1].reshape(n, seq)
     return Dataset({"x": x, "y": y}, {"vocab": vocab, "vocab_size": len(vocab)})
+
+
+def line_examples(s: str, ids: np.ndarray, seq: int, vocab: str) -> Dataset:
+    """Each non-empty line of `s` (character ids `ids`) as one example of variable length: "x"
+    [N, seq] the line's first `seq` characters, then 0; "y" the characters after them (the
+    last one the line's end, "\n"), then -1 (`ignore = -1` in the loss); "lengths" [N] the
+    characters of each."""
+    spans, at = [], 0                    # (first character, its "\n") of each line that ends with one
+    for line in s.split("\n")[:-1]:
+        if line:
+            spans.append((at, at + len(line)))
+        at += len(line) + 1
+    if not spans:
+        raise DlcError("text: lines = true needs lines that end with a line break; the text has none")
+    x = np.zeros((len(spans), seq), np.int32)
+    y = np.full((len(spans), seq), -1, np.int32)
+    lengths = np.array([min(b - a, seq) for a, b in spans], np.int32)
+    for row, ((a, _), n) in enumerate(zip(spans, lengths)):
+        x[row, :n] = ids[a:a + n]
+        y[row, :n] = ids[a + 1:a + n + 1]
+    return Dataset({"x": x, "y": y, "lengths": lengths}, {"vocab": vocab, "vocab_size": len(vocab)})
 
 
 # ---- words ------------------------------------------------------------------------------------------
@@ -113,8 +140,9 @@ def sentences(base_dir, args: Args) -> Dataset:
     (runtime/data/vectors.py: 0 <pad> after the last word, 1 <unk> for a word not in the file, the
     file's i-th word i + 2), lowercased first with `lower`; `length` (default: the longest
     sentence) cuts longer ones. "y" the labels: integers as written, or names numbered in
-    sorted order (meta["labels"]). meta["words"] is the file's words, meta["unknown"] how many
-    words of the sentences are not among them."""
+    sorted order (meta["labels"]). "lengths" the words of each sentence (at most `length`), last
+    so that a model of x and y binds as before. meta["words"] is the file's words,
+    meta["unknown"] how many words of the sentences are not among them."""
     p = path_arg(args, "path", base_dir)
     q = path_arg(args, "vocab", base_dir)
     length = args.check("length", integer, low=1) if args["length"] is not None else None
@@ -149,4 +177,5 @@ def sentences(base_dir, args: Args) -> Dataset:
         meta["labels"] = sorted(set(labels))
         y = np.searchsorted(meta["labels"], labels)
     meta["classes"] = int(y.max()) + 1
-    return Dataset({"x": x, "y": label_column(y)}, meta)
+    lengths = np.array([min(len(row), width) for row in rows], np.int32)
+    return Dataset({"x": x, "y": label_column(y), "lengths": lengths}, meta)

@@ -52,6 +52,19 @@ def index_bound(graph: Graph, node: int) -> int | None:
     return min(concrete) if concrete else None
 
 
+def ignored_values(graph: Graph, node: int) -> set:
+    """The constants an integer input is compared with (`labels != ignore` in a loss): values
+    the model tells apart itself, which the data may hold outside index_bound's range."""
+    values = set()
+    for n in graph.g.successors(node):
+        if graph.op(n) in ("eq", "ne"):
+            for x in graph.inputs(n):
+                src = graph.inputs(x.node)[0].node if graph.op(x.node) == "broadcast" else x.node
+                if graph.op(src) == "constant" and np.ndim(graph.attrs(src)["value"]) == 0:
+                    values.add(int(graph.attrs(src)["value"]))
+    return values
+
+
 def sample_inputs(model: Model, sizes: dict, seed: int = 0) -> dict:
     """Random inputs for every model input, with symbolic dims set from `sizes`."""
     rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
 from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_fraction
-from dlc.runtime.training.gradcheck import index_bound
+from dlc.runtime.training.gradcheck import ignored_values, index_bound
 from dlc.runtime.training.settings import Call, Symbol, from_json, show, to_json, to_text
 
 
@@ -119,9 +119,10 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
             raise DlcError(f"{inp.name} is {typ} but the data has fractional values", inp.span)
     node = next(n for n in model.graph.nodes_with("input") if model.graph.attrs(n)["name"] == inp.name)
     bound = index_bound(model.graph, node)
-    if bound is not None and arr.size and (arr.min() < 0 or arr.max() >= bound):     # before the cast can wrap
-        raise DlcError(f"{inp.name} has values from {arr.min():.0f} to {arr.max():.0f}, but the model takes "
-                       f"0 to {bound - 1} there", inp.span)
+    looked_up = arr[~np.isin(arr, list(ignored_values(model.graph, node)))]       # an ignore index is no index
+    if bound is not None and looked_up.size and (looked_up.min() < 0 or looked_up.max() >= bound):  # before the cast
+        raise DlcError(f"{inp.name} has values from {looked_up.min():.0f} to {looked_up.max():.0f}, but the model "
+                       f"takes 0 to {bound - 1} there", inp.span)
     info = np.iinfo(np.int32)
     if arr.size and (arr.min() < info.min or arr.max() > info.max):
         raise DlcError(f"{inp.name} has values beyond the 32-bit integers of {typ}", inp.span)
