@@ -9,16 +9,20 @@ import inspect
 import numpy as np
 import pytest
 
+from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.engines.distributed import DataParallel, ReplicaMean, World
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.config import batch_statistics
+from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.interrupt import Interrupt
 from dlc.runtime.training.optim import make_optimizer
 from dlc.runtime.training.settings import Call
 from dlc.runtime.training.trainer import initial_parameters
+
+from conftest import XOR
 
 ENGINES = (ReferenceEngine, NativeEngine, DataParallel)
 METHODS = sorted(name for name, member in vars(Engine).items() if inspect.isfunction(member)
@@ -131,3 +135,14 @@ def test_a_data_parallel_engine_of_one_rank_is_its_engine(backend, monkeypatch):
     np.testing.assert_allclose(dp_probs, probs, rtol=1e-6)
     for name, value in params.items():
         np.testing.assert_allclose(dp_params[name], value, rtol=1e-6, err_msg=name)
+
+
+def test_gradients_of_an_engine_whose_step_applies_the_update_is_refused():
+    program = load_text(XOR)
+    train, evaluation = program.build(training=True), program.build(training=False)
+    opt = make_optimizer(Call("sgd", [], {"lr": 0.1}))
+    engine = NativeEngine(train, evaluation, opt, [p.name for p in train.params])
+    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    batch = {"x": np.zeros((4, 2), np.float32), "y": np.zeros(4, np.int32)}
+    with pytest.raises(DlcError, match="split=True"):
+        engine.gradients(params, opt.init(params), batch, np.zeros(2, np.int32))

@@ -346,6 +346,7 @@ class NativeEngine:
             self.train_exe = Executable(step, update=None if split else update, profile=profile, resident=resident,
                                         hosts={"replica_mean": self._replica_mean}, check_numerics=check_numerics)
             self.update_call = UpdateCall(update, self.update_arrays) if split and update is not None else None
+            self.fused_update = update is not None and not split
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
@@ -447,6 +448,8 @@ class NativeEngine:
     def gradients(self, params: dict, opt_state: dict, batch: dict, key: np.ndarray) -> tuple[dict, np.ndarray]:
         """A split engine's first half of a step: (the loss and metrics, the flat gradient of
         the trained parameters, which `apply_update` reads; the caller may change it in place)."""
+        if self.fused_update:       # its step would apply the update too: not a first half
+            raise DlcError("gradients() needs an engine built with split=True: this one's step applies the update")
         self._adopt(params, opt_state)
         return self._step(params, batch, key), self.grads
 
