@@ -101,6 +101,21 @@ class Gpt(nn.Module):
         return logits, logits[torch.arange(batch), (ids != 0).sum(-1) - 1]
 
 
+class Masks(nn.Module):
+    """What Hugging Face's mask functions compute for attention: a causal mask from
+    positions compared on a grid, the padding mask read at (batch, key) index tensors, and
+    RoBERTa's position ids, the running count of the mask."""
+
+    def forward(self, x, attention_mask):
+        batch, length = attention_mask.shape
+        queries = torch.arange(length)[None, None, :, None]
+        keys = torch.arange(length)[None, None, None, :]
+        allowed = (keys <= queries) & attention_mask.bool()[torch.arange(batch)[:, None, None, None], keys]
+        mask = torch.where(allowed, torch.tensor(0.0), torch.tensor(torch.finfo(torch.float32).min))
+        scores = x[:, None, :, None] * x[:, None, None, :] + mask
+        return scores.softmax(-1), (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 class ChannelShuffle(nn.Module):
     """ShuffleNet's channel shuffle: the channels divided into groups by the size of x."""
 
@@ -127,6 +142,8 @@ def sequences(batch, length, seed):
 MODELS = {      # name: (the module, its inputs' names, its outputs' names, the inputs to export with)
     "bert": (Bert, ["ids", "attention_mask"], ["hidden", "pooled"], lambda: sequences(2, 7, 0)),
     "gpt": (Gpt, ["ids"], ["logits", "last"], lambda: {"ids": sequences(2, 7, 0)["ids"]}),
+    "masks": (Masks, ["x", "attention_mask"], ["probabilities", "positions"],
+              lambda: {"x": np.zeros((2, 7), np.float32), "attention_mask": sequences(2, 7, 0)["attention_mask"]}),
     "shuffle": (ChannelShuffle, ["x"], ["y"], lambda: {"x": np.zeros((2, 116, 7, 7), np.float32)}),
 }
 
@@ -187,6 +204,16 @@ def test_a_transformer_imports_with_its_batch_and_sequence_symbolic(tmp_path, na
     text = check_against_onnxruntime(tmp_path, path, feeds)
     assert "input ids: i64[batch, length]" in text
     assert "layernorm(" in text and "dense(" in text
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_attention_masks_of_a_padded_batch(tmp_path, exporter):
+    path = export(tmp_path, "masks", exporter)
+    rng = np.random.default_rng(0)
+    text = check_against_onnxruntime(tmp_path, path, [
+        {"x": rng.standard_normal((b, t)).astype(np.float32), "attention_mask": sequences(b, t, t)["attention_mask"]}
+        for b, t in ((3, 5), (1, 9))])
+    assert "arange(length)" in text and "scan" not in text
 
 
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
@@ -301,3 +328,17 @@ def test_a_division_of_a_dim_that_is_not_exact_for_every_size_is_refused(tmp_pat
     ], [None, None], ("two", 2))
     with pytest.raises(DlcError, match="the division of the dim batch by 2, which is not exact for every size"):
         import_model(read_model(path), source=path.name)
+
+
+def test_a_scatter_into_a_tensor_of_symbolic_dims(tmp_path):
+    """ScatterND into x: f32[batch, length] (row 0 becomes the column sums): the positions
+    match the rows by comparison, as a one-hot of a symbolic size cannot."""
+    from onnx import helper as h
+    path = shape_model(tmp_path, "scatter", [
+        h.make_node("ReduceSum", ["x", "zero"], ["sums"], keepdims=1),
+        h.make_node("ScatterND", ["x", "row", "sums"], ["y"]),
+    ], ["batch", "length"], ("zero", [0]), ("row", [[0]]))
+    rng = np.random.default_rng(0)
+    text = check_against_onnxruntime(tmp_path, path, [{"x": rng.standard_normal((b, 4)).astype(np.float32)}
+                                                      for b in (2, 5)])
+    assert "== arange(batch)" in text

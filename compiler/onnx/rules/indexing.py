@@ -9,7 +9,7 @@ import numpy as np
 from dlc.compiler.onnx.folding import has_dims
 from dlc.compiler.onnx.node import Node, rule
 from dlc.compiler.onnx.values import FLOAT, INT, LARGEST, NUMBER
-from dlc.compiler.onnx.writing import dims_args, reshaped, scan_along, take
+from dlc.compiler.onnx.writing import dims_args, matches, reshaped, scan_along, take
 
 
 def _from_end(bound, size):
@@ -101,7 +101,7 @@ def _gather_elements(n: Node):
         x = n.let(f"swapaxes({x}, {axis}, -1)", n.label + "_moved")
         index = n.let(f"swapaxes({index}, {axis}, -1)", n.label + "_moved_index")
     index = n.let(f"select({index} < 0, {index} + {size}, {index})", n.label + "_index")
-    hot = n.let(f"one_hot({index}, {size}, \"bool\")", n.label + "_hot")
+    hot = n.let(matches(index, size), n.label + "_hot")
     zero = "false" if n.dtype(0) == "bool" else "0"
     out = f"sum(select({hot}, expand_dims({x}, -2), {zero}), -1)"
     if n.dtype(0) == "bool":
@@ -123,7 +123,7 @@ def _scatter_elements(n: Node):
         data, index, updates = (n.let(f"swapaxes({v}, {axis}, -1)", f"{n.label}_{what}")
                                 for v, what in ((data, "data"), (index, "index"), (updates, "updates")))
     index = n.let(f"select({index} < 0, {index} + {shape[axis]}, {index})", n.label + "_index")
-    hot = n.let(f"one_hot({index}, {shape[axis]}, \"bool\")", n.label + "_hot")
+    hot = n.let(matches(index, shape[axis]), n.label + "_hot")
     rows = list(shape[:axis]) + list(shape[axis + 1:]) + [idx_shape[axis], shape[axis]]
     out = _scattered(n, data, hot, f"expand_dims({updates}, -1)", len(rows) - 2, rows)
     return out if axis == rank - 1 else f"swapaxes({n.let(out, n.label + '_moved')}, {axis}, -1)"
@@ -177,7 +177,7 @@ def _scatter_nd(n: Node):
     places, rest = prod(shape[:k], start=1), list(shape[k:])
     count = prod(idx_shape[:-1], start=1)
     position = n.let(reshaped(_positions(n, n.x(1), shape[:k]), [count]), n.label + "_position")
-    hot = n.let(reshaped(f"one_hot({position}, {places}, \"bool\")", [count, places] + [1] * len(rest)),
+    hot = n.let(reshaped(matches(position, places), [count, places] + [1] * len(rest)),
                 n.label + "_hot")
     updates = reshaped(n.x(2), [count, 1] + rest)
     data = n.let(reshaped(n.x(0), [places] + rest), n.label + "_rows")
