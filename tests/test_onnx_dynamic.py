@@ -149,13 +149,18 @@ MODELS = {      # name: (the module, its inputs' names, its outputs' names, the 
 
 
 def export(tmp_path, name: str, exporter: str):
-    """The model exported with a dynamic batch (and sequence) by `exporter`: "torchscript"
-    (opset 17, dynamic_axes) or "dynamo" (opset 18, dynamic_shapes)."""
+    """The model of MODELS exported with a dynamic batch (and sequence) by `exporter`."""
     module, inputs, outputs, example = MODELS[name]
     torch.manual_seed(0)
-    model = module().eval()
-    args = tuple(torch.from_numpy(a) for a in example().values())
-    dynamic = {0: "batch"} if name == "shuffle" else {0: "batch", 1: "length"}
+    return export_module(tmp_path, name, exporter, module().eval(), inputs, outputs, example())
+
+
+def export_module(tmp_path, name: str, exporter: str, model, inputs, outputs, example: dict):
+    """`model` exported by `exporter`: "torchscript" (opset 17, dynamic_axes) or "dynamo"
+    (opset 18, dynamic_shapes), with axis 0 of its inputs the batch and axis 1 the length
+    (images: the batch alone)."""
+    args = tuple(torch.from_numpy(a) for a in example.values())
+    dynamic = {0: "batch"} if args[0].dim() == 4 else {0: "batch", 1: "length"}
     path = tmp_path / f"{name}_{exporter}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -342,3 +347,36 @@ def test_a_scatter_into_a_tensor_of_symbolic_dims(tmp_path):
     text = check_against_onnxruntime(tmp_path, path, [{"x": rng.standard_normal((b, 4)).astype(np.float32)}
                                                       for b in (2, 5)])
     assert "== arange(batch)" in text
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+@pytest.mark.parametrize("name", ["bert", "gpt2"])
+def test_hugging_face_models_import_with_a_dynamic_batch(tmp_path, name, exporter):
+    """BERT and GPT-2 of transformers, from small configs with random weights (no download)."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    if name == "bert":
+        model = transformers.BertModel(transformers.BertConfig(
+            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
+            intermediate_size=2 * HIDDEN, max_position_embeddings=POSITIONS))
+    else:
+        model = transformers.GPT2Model(transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2,
+                                                               n_head=HEADS, n_positions=POSITIONS))
+
+    class Hidden(nn.Module):        # the last hidden state, of ids and a mask
+        def __init__(self):
+            super().__init__()
+            self.model = model.eval()
+
+        def forward(self, ids, attention_mask):
+            return self.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
+    try:
+        path = export_module(tmp_path, name, exporter, Hidden(), ["ids", "attention_mask"], ["hidden"],
+                             sequences(2, 7, 0))
+    except RuntimeError as e:
+        if (name, exporter) != ("gpt2", "torchscript"):
+            raise
+        pytest.skip(f"the TorchScript exporter fails on GPT-2 itself ({e})")
+    text = check_against_onnxruntime(tmp_path, path, [sequences(3, 5, 1), sequences(1, 9, 2)])
+    assert "input ids: i64[batch, length]" in text
