@@ -152,6 +152,19 @@ def exact_div(a, b):
     return a // b
 
 
+def sign(d) -> int | None:
+    """The sign of a dim for every size of its symbols (each at least 1: no input is empty),
+    or None when it depends on them (T - 1 is 0 at T = 1)."""
+    if not isinstance(d, Dim):
+        return (d > 0) - (d < 0)
+    coefficients = d.terms.values()
+    if all(c > 0 for c in coefficients):
+        return 1
+    if all(c < 0 for c in coefficients):
+        return -1
+    return None
+
+
 def symbols(shape) -> set:
     out = set()
     for d in shape:

@@ -8,7 +8,7 @@ from math import ceil, isfinite, prod
 
 import numpy as np
 
-from dlc.compiler.ir.dims import Dim, exact_div
+from dlc.compiler.ir.dims import Dim, exact_div, sign
 from dlc.compiler.onnx.values import INT
 
 
@@ -81,8 +81,11 @@ def fold_symbolic(n, consts: list) -> dict | None:
 def _symbolic(n, consts: list):
     x = consts[0]
     op = n.op
-    data = consts if op in ("Concat", "Add", "Sub", "Mul", "Div") else consts[:1]
-    if not all(c is None or _is_shape(c) for c in data) or any(has_dims(c) for c in consts[len(data):]):
+    if op in ("Concat", *_ARITHMETIC, "Equal"):
+        data, rest = consts, []
+    else:       # the values a shape op moves; Where's condition is not one
+        data, rest = (consts[1:], consts[:1]) if op == "Where" else (consts[:1], consts[1:])
+    if not all(c is None or _is_shape(c) for c in data) or any(has_dims(c) for c in rest):
         return None     # not shape arithmetic (a weight sliced to a symbolic length): the op's rule
     if op in ("Identity", "Cast", "CastLike", "Unsqueeze", "Squeeze", "Reshape", "Flatten"):
         if op in ("Cast", "CastLike") and n.out_dtype() not in INT:
@@ -105,12 +108,15 @@ def _symbolic(n, consts: list):
         for a, s, e, st in zip(axes, starts, ends, steps):
             index[a] = slice(s, e, st)
         return x[tuple(index)]
-    if op in ("Add", "Sub", "Mul", "Div"):
+    if op in _ARITHMETIC or op == "Equal":
         a, b = (np.vectorize(lambda v: v if isinstance(v, Dim) else int(v), otypes=[object])(c)
                 for c in np.broadcast_arrays(*consts[:2]))
-        f = {"Add": lambda p, q: p + q, "Sub": lambda p, q: p - q, "Mul": lambda p, q: p * q,
-             "Div": lambda p, q: _exact_div(n, p, q)}[op]
-        return np.array([f(p, q) for p, q in zip(a.ravel(), b.ravel())], dtype=object).reshape(a.shape)
+        out = [_ARITHMETIC[op](n, p, q) if op in _ARITHMETIC else _equal(p, q) for p, q in zip(a.ravel(), b.ravel())]
+        if None in out:
+            return None     # dims that are equal for some sizes only: a run-time comparison
+        return np.array(out, dtype=object if op in _ARITHMETIC else bool).reshape(a.shape)
+    if op == "Where":
+        return np.where(x, *consts[1:])
     if op == "ReduceProd":
         return np.array(prod(x.ravel()), dtype=object).reshape((1,) * x.ndim if n.attr("keepdims", 1) else ())
     return None
@@ -125,8 +131,23 @@ def has_dims(c) -> bool:
     return c is not None and c.dtype == object
 
 
-def _exact_div(n, p, q):
-    out = exact_div(p, q) if isinstance(p, Dim) or not isinstance(q, Dim) else None
+def _divided(n, p, q):
+    """ONNX's integer Div of two dims: numbers truncate toward zero; a symbolic dim divides
+    where its polynomial does (2*B by 2), for every size of its symbols."""
+    if isinstance(p, int) and isinstance(q, int) and q:
+        return abs(p) // abs(q) * (1 if (p < 0) == (q < 0) else -1)
+    out = exact_div(p, q) if isinstance(p, Dim) else None
     if out is None:
-        n.refuse(f"the division of the dim {p} by {q}", "input")
+        n.refuse(f"the division of the dim {p} by {q}, which is not exact for every size of {p}", "input")
     return out
+
+
+_ARITHMETIC = {"Add": lambda n, p, q: p + q, "Sub": lambda n, p, q: p - q, "Mul": lambda n, p, q: p * q,
+               "Div": _divided}
+
+
+def _equal(p, q) -> bool | None:
+    """Whether two dims are equal for every size of their symbols, not for any, or None: it
+    depends on the sizes."""
+    difference = sign(p - q)
+    return None if difference is None else difference == 0

@@ -499,8 +499,9 @@ class _Importer:
         return v.expr
 
     def constant(self, array: np.ndarray, hint: str, weight: bool = False) -> str:
-        """A constant the importer computed, as an operand (a trainable parameter with `weight`)."""
-        dtype = dtype_of(array)
+        """A constant the importer computed, as an operand (a trainable parameter with `weight`);
+        an array of dims (a shape with symbolic dims) is their i64 run-time values."""
+        dtype = "i64" if array.dtype == object else dtype_of(array)
         return self._materialize(Value(dtype, tuple(array.shape), const=array, weight=weight), hint)
 
     def _materialize(self, v: Value, hint: str, alone: bool = False) -> str:

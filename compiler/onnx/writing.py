@@ -66,6 +66,15 @@ def take(n: Node, x: str, rank: int, axis: int, index: str, index_rank: int) -> 
     return f"transpose({got}, {dims_args(back)})"
 
 
+def matches(index: str, size) -> str:
+    """Whether each entry of `index` is each position 0 .. size - 1, along a new last axis: a
+    one-hot of a fixed size, a comparison with the positions for a symbolic one (which
+    one_hot does not take)."""
+    if isinstance(size, int):
+        return f"one_hot({index}, {size}, \"bool\")"
+    return f"expand_dims({index}, -1) == arange({size})"
+
+
 def scan_along(n: Node, shape, axis: int, op: str, steps: bool, exclusive=False, reverse=False, x=None) -> str:
     """A scan over input 0's `axis` that folds its slices with `op` (+ or *): the running
     results stacked along the axis (`steps`), or the final one."""

@@ -10,6 +10,7 @@ from dlc.compiler.ir.dims import Dim, exact_div
 from dlc.compiler.onnx.folding import foldable, range_count
 from dlc.compiler.onnx.node import Expr, Node, rule
 from dlc.compiler.onnx.values import dtype_of, literal, shape_tuple
+from dlc.compiler.onnx.writing import dims_args
 
 
 @rule("Shape", attrs=("start", "end"), shape_only=True)
@@ -34,7 +35,10 @@ def _constant_of_shape(n: Node):
     if any(isinstance(d, Dim) for d in dims) or not foldable(prod(dims)):      # too large: filled at run time
         dtype = dtype_of(value)
         fill = value.reshape(-1)[0]
-        return Expr(f"full({shape_tuple(dims)}, {literal(fill, dtype)}, \"{dtype}\")", fill=fill)
+        if literal(fill, dtype) is None:        # -inf (a causal mask): a constant, broadcast
+            return Expr(f"broadcast_to({n.imp.constant(value.reshape(()), n.label + '_fill')}, {dims_args(dims)})",
+                        fill=fill, shape=dims)
+        return Expr(f"full({shape_tuple(dims)}, {literal(fill, dtype)}, \"{dtype}\")", fill=fill, shape=dims)
     return np.full(dims, value.reshape(-1)[0], value.dtype)
 
 

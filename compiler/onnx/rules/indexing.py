@@ -1,5 +1,5 @@
-"""ONNX ops that pick or place entries: Slice, Gather, GatherElements, ScatterElements,
-ScatterND, OneHot and Trilu."""
+"""ONNX ops that pick or place entries: Slice, Gather, GatherElements, GatherND,
+ScatterElements, ScatterND, OneHot and Trilu."""
 from __future__ import annotations
 
 from math import prod
@@ -9,7 +9,7 @@ import numpy as np
 from dlc.compiler.onnx.folding import has_dims
 from dlc.compiler.onnx.node import Node, rule
 from dlc.compiler.onnx.values import FLOAT, INT, LARGEST, NUMBER
-from dlc.compiler.onnx.writing import dims_args, reshaped, scan_along, take
+from dlc.compiler.onnx.writing import dims_args, matches, reshaped, scan_along, take
 
 
 def _from_end(bound, size):
@@ -71,12 +71,14 @@ def _gather(n: Node):
     axis = n.axis(n.attr("axis", 0), len(shape))
     size = shape[axis]
     idx = n.const(1)
-    if idx is not None and not has_dims(idx) and isinstance(size, int):
-        idx = np.where(idx < 0, idx + size, idx)
-        if idx.ndim == 0:       # one position: an index drops the axis
+    if idx is not None and not has_dims(idx):
+        if isinstance(size, int):
+            idx = np.where(idx < 0, idx + size, idx)
+        if idx.ndim == 0:       # one position: an index drops the axis (.dl counts a negative one from the end)
             return f"{n.x(0)}[{', '.join([':'] * axis + [str(int(idx))])}]"
-        index = n.imp.constant(idx.astype(np.int32), n.label + "_index")
-        return take(n, n.x(0), len(shape), axis, index, idx.ndim)
+        if (idx >= 0).all():
+            index = n.imp.constant(idx.astype(np.int32), n.label + "_index")
+            return take(n, n.x(0), len(shape), axis, index, idx.ndim)
     index = n.x(1)
     if n.dtype(1) not in INT:
         n.refuse(f"{n.dtype(1)} indices", "dtype")
@@ -99,7 +101,7 @@ def _gather_elements(n: Node):
         x = n.let(f"swapaxes({x}, {axis}, -1)", n.label + "_moved")
         index = n.let(f"swapaxes({index}, {axis}, -1)", n.label + "_moved_index")
     index = n.let(f"select({index} < 0, {index} + {size}, {index})", n.label + "_index")
-    hot = n.let(f"one_hot({index}, {size}, \"bool\")", n.label + "_hot")
+    hot = n.let(matches(index, size), n.label + "_hot")
     zero = "false" if n.dtype(0) == "bool" else "0"
     out = f"sum(select({hot}, expand_dims({x}, -2), {zero}), -1)"
     if n.dtype(0) == "bool":
@@ -121,10 +123,49 @@ def _scatter_elements(n: Node):
         data, index, updates = (n.let(f"swapaxes({v}, {axis}, -1)", f"{n.label}_{what}")
                                 for v, what in ((data, "data"), (index, "index"), (updates, "updates")))
     index = n.let(f"select({index} < 0, {index} + {shape[axis]}, {index})", n.label + "_index")
-    hot = n.let(f"one_hot({index}, {shape[axis]}, \"bool\")", n.label + "_hot")
+    hot = n.let(matches(index, shape[axis]), n.label + "_hot")
     rows = list(shape[:axis]) + list(shape[axis + 1:]) + [idx_shape[axis], shape[axis]]
     out = _scattered(n, data, hot, f"expand_dims({updates}, -1)", len(rows) - 2, rows)
     return out if axis == rank - 1 else f"swapaxes({n.let(out, n.label + '_moved')}, {axis}, -1)"
+
+
+def _positions(n: Node, index: str, sizes) -> str:
+    """The row-major position, among the axes of `sizes`, of each tuple index[..., :k] (k the
+    number of sizes; negative entries count from the end): the text of a tensor of the
+    index's shape without its last axis."""
+    static = all(isinstance(d, int) for d in sizes)
+    ends = n.imp.constant(np.array(sizes, np.int64 if static else object), n.label + "_sizes")
+    index = n.let(f"select({index} < 0, {index} + {ends}, {index})", n.label + "_index")
+    strides = [prod(sizes[j + 1:], start=1) for j in range(len(sizes))]
+    terms = [f"{index}[..., {j}]" + (f" * {s}" if s != 1 else "") for j, s in enumerate(strides)]
+    return f"({' + '.join(terms)})" if len(terms) > 1 else terms[0]
+
+
+def _index_width(n: Node, idx_shape) -> int:
+    k = idx_shape[-1]
+    if not isinstance(k, int):
+        n.refuse("index tuples of a symbolic length", "shape")
+    return k
+
+
+@rule("GatherND", attrs=("batch_dims",))
+def _gather_nd(n: Node):
+    """The data's entries (or slices) at the index tuples indices[..., :k]: the k axes after
+    the batch axes flattened to one, together with the batch axes, and gathered at each
+    tuple's position there (its batch's rows first)."""
+    shape, idx_shape = n.shape(0), n.shape(1)
+    b = n.attr("batch_dims", 0)
+    k = _index_width(n, idx_shape)
+    batch, picked, rest = list(shape[:b]), list(shape[b:b + k]), list(shape[b + k:])
+    places = prod(picked, start=1)
+    position = _positions(n, n.x(1), picked)
+    if b:       # each tuple picks among its own batch's rows: offset by the batch's first row
+        first = f"cast(arange({prod(batch)}), \"i64\")" + (f" * {places}" if places != 1 else "")
+        first = n.let(reshaped(first, batch + [1] * (len(idx_shape) - 1 - b)), n.label + "_first")
+        position = f"{position} + {first}"
+    rows = n.x(0) if b + k == 1 else n.let(reshaped(n.x(0), [prod(batch, start=1) * places] + rest),
+                                             n.label + "_rows")
+    return f"gather({rows}, {n.let(position, n.label + '_position')})"
 
 
 @rule("ScatterND", attrs=("reduction",))
@@ -132,17 +173,11 @@ def _scatter_nd(n: Node):
     """updates written at the data's positions indices[..., :k] (its first k axes flattened
     to one): a one-hot match of each update with those positions, combined by the reduction."""
     shape, idx_shape = n.shape(0), n.shape(1)
-    k = idx_shape[-1]
-    if not isinstance(k, int):
-        n.refuse("index tuples of a symbolic length", "shape")
+    k = _index_width(n, idx_shape)
     places, rest = prod(shape[:k], start=1), list(shape[k:])
     count = prod(idx_shape[:-1], start=1)
-    sizes = n.imp.constant(np.array(shape[:k], np.int64), n.label + "_sizes")
-    index = n.let(f"select({n.x(1)} < 0, {n.x(1)} + {sizes}, {n.x(1)})", n.label + "_index")
-    strides = [prod(shape[j + 1:k], start=1) for j in range(k)]
-    flat = " + ".join(f"{index}[..., {j}] * {s}" if s != 1 else f"{index}[..., {j}]" for j, s in enumerate(strides))
-    position = n.let(reshaped(f"({flat})" if k > 1 else flat, [count]), n.label + "_position")
-    hot = n.let(reshaped(f"one_hot({position}, {places}, \"bool\")", [count, places] + [1] * len(rest)),
+    position = n.let(reshaped(_positions(n, n.x(1), shape[:k]), [count]), n.label + "_position")
+    hot = n.let(reshaped(matches(position, places), [count, places] + [1] * len(rest)),
                 n.label + "_hot")
     updates = reshaped(n.x(2), [count, 1] + rest)
     data = n.let(reshaped(n.x(0), [places] + rest), n.label + "_rows")

@@ -112,8 +112,23 @@ def _cumulative(n: Node):
     if n.dtype(0) not in NUMBER:
         n.refuse(f"{n.dtype(0)} inputs", "dtype")
     axis = n.axis(int(n.static(1, "axis")), len(shape))
+    if n.op == "CumSum" and not isinstance(shape[axis], int):
+        return _running_sum(n, shape, axis)
     return scan_along(n, shape, axis, "+" if n.op == "CumSum" else "*", steps=True,
                        exclusive=n.attr("exclusive", 0), reverse=n.attr("reverse", 0))
+
+
+def _running_sum(n: Node, shape, axis: int) -> str:
+    """CumSum along a symbolic axis (positions counted from a padding mask), which a scan
+    cannot step through: each entry the sum of the entries at or before it (after it,
+    `reverse`; strictly, `exclusive`), chosen by a triangular mask."""
+    size, rank = shape[axis], len(shape)
+    x = n.x(0) if axis == rank - 1 else n.let(f"swapaxes({n.x(0)}, {axis}, -1)", n.label + "_moved")
+    order = {(0, 0): "<=", (1, 0): "<", (0, 1): ">=", (1, 1): ">"}[n.attr("exclusive", 0), n.attr("reverse", 0)]
+    before = n.let(f"reshape(arange({size}), 1, {size}) {order} reshape(arange({size}), {size}, 1)",
+                   n.label + "_before")
+    out = f"sum(select({before}, expand_dims({x}, -2), 0), -1)"
+    return out if axis == rank - 1 else f"swapaxes({n.let(out, n.label + '_sums')}, {axis}, -1)"
 
 
 @rule("TopK", static=(1,), attrs=("axis", "largest", "sorted"))
@@ -151,9 +166,10 @@ def _top_k(n: Node):
 
 @rule("Einsum", attrs=("equation",))
 def _einsum(n: Node):
-    """Each operand's axes put in one order of all the equation's letters (a repeated letter
-    first taken on its diagonal), the operands multiplied with broadcasting, and the letters
-    not in the output summed away."""
+    """Each operand's repeated letters first taken on their diagonal; then, for f32
+    operands of the same sizes, one matrix product per pair of operands (matmul, batched,
+    bilinear forms: `_contract`), else the operands with their axes put in one order of all
+    the letters, multiplied with broadcasting and summed over the letters not in the output."""
     xs = [i for i in range(len(n.proto.input)) if n.has(i)]
     if any(n.dtype(i) not in NUMBER for i in xs):
         n.refuse("bool operands", "dtype")
@@ -162,7 +178,7 @@ def _einsum(n: Node):
     terms = inputs.split(",")
     spare = iter(sorted(set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") - set(equation)))
     ellipsis = ""
-    operands, sizes = [], {}
+    operands, sizes, broadcast = [], {}, False
     for i, term in zip(xs, terms):
         shape = n.shape(i)
         if "..." in term:       # the same letters for every operand's ellipsis, aligned on the right
@@ -172,7 +188,7 @@ def _einsum(n: Node):
             term = term.replace("...", ellipsis[len(ellipsis) - width:])
         letters, x = list(term), n.x(i)
         for pos, letter in enumerate(letters):
-            sizes.setdefault(letter, shape[pos])
+            broadcast |= sizes.setdefault(letter, shape[pos]) != shape[pos]
         while len(set(letters)) < len(letters):     # a repeated letter: the diagonal of its two axes
             p = letters.index(next(c for c in letters if letters.count(c) > 1))
             q = letters.index(letters[p], p + 1)
@@ -186,14 +202,13 @@ def _einsum(n: Node):
         seen = "".join(letters for _, letters in operands for letters in letters)
         output = "..." if ellipsis else ""
         output += "".join(sorted(c for c in set(seen) if seen.count(c) == 1 and c not in ellipsis))
-    output = output.replace("...", ellipsis)
-    order = list(output) + sorted({c for _, letters in operands for c in letters} - set(output))
+    output = list(output.replace("...", ellipsis))
+    if len(operands) > 1 and not broadcast and all(n.dtype(i) == "f32" for i in xs):     # native @ is f32
+        return _contract(n, operands, output, sizes)
+    order = output + sorted({c for _, letters in operands for c in letters} - set(output))
     parts = []
     for x, letters in operands:
-        perm = sorted(range(len(letters)), key=lambda a: order.index(letters[a]))
-        if perm != list(range(len(letters))):
-            x = n.let(f"transpose({x}, {dims_args(perm)})", n.label + "_ordered")
-        placed = [letters[a] for a in perm]
+        x, placed = _arranged(n, x, letters, [c for c in order if c in letters], sizes)
         dims = [sizes[c] if c in placed else 1 for c in order]
         parts.append(reshaped(x, dims) if len(dims) != len(placed) else x)
     out = " * ".join(parts)
@@ -201,3 +216,48 @@ def _einsum(n: Node):
     if summed:
         out = f"sum({n.let(out, n.label + '_products') if len(parts) > 1 else out}, {axes_text(summed)})"
     return out if out != n.x(xs[0]) else n.value(xs[0])
+
+
+def _contract(n: Node, operands: list, output: list, sizes: dict) -> str:
+    """The operands contracted left to right, two at a time, as one matrix product each:
+    the letters both have and a later operand or the output needs are its batch axes, the
+    letters both have that nothing needs later are multiplied away (a letter only one
+    has and nothing needs is summed first), and the others are its rows and columns."""
+    (x, letters), rest = operands[0], operands[1:]
+    for k, (y, other) in enumerate(rest):
+        needed = set(output).union(*(later for _, later in rest[k + 1:]))
+        x, letters = _summed_alone(n, x, letters, needed | set(other))
+        y, other = _summed_alone(n, y, other, needed | set(letters))
+        batch = [c for c in letters if c in other and c in needed]
+        shared = [c for c in letters if c in other and c not in needed]
+        rows = [c for c in letters if c not in other]
+        cols = [c for c in other if c not in letters]
+        x, _ = _arranged(n, x, letters, batch + rows + shared, sizes, [*([c] for c in batch), rows, shared])
+        y, _ = _arranged(n, y, other, batch + shared + cols, sizes, [*([c] for c in batch), shared, cols])
+        product = f"{x} @ {y}"
+        letters = batch + rows + cols
+        if len(rows) != 1 or len(cols) != 1:        # the rows' and the columns' letters apart again
+            product = reshaped(n.let(product, n.label + "_product"), [sizes[c] for c in letters])
+        if k == len(rest) - 1 and letters == output:
+            return product
+        x = n.let(product, n.label + "_product")
+    return f"transpose({x}, {dims_args(letters.index(c) for c in output)})"
+
+
+def _summed_alone(n: Node, x: str, letters: list, kept: set):
+    """x with the axes of its letters outside `kept` summed away."""
+    gone = [a for a, c in enumerate(letters) if c not in kept]
+    if not gone:
+        return x, letters
+    return n.let(f"sum({x}, {axes_text(gone)})", n.label + "_summed"), [c for c in letters if c in kept]
+
+
+def _arranged(n: Node, x: str, letters: list, order: list, sizes: dict, groups=None):
+    """x (its axes named by `letters`) with its axes in `order`, then each of `groups`
+    (lists of letters, in order) merged into one axis: the text and its letters."""
+    perm = [letters.index(c) for c in order]
+    if perm != list(range(len(letters))):
+        x = n.let(f"transpose({x}, {dims_args(perm)})", n.label + "_ordered")
+    if groups is not None and any(len(g) != 1 for g in groups):
+        x = n.let(reshaped(x, [prod((sizes[c] for c in g), start=1) for g in groups]), n.label + "_merged")
+    return x, order
