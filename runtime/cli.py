@@ -139,14 +139,21 @@ def cmd_check(args):
 
 def cmd_summary(args):
     """--freeze replaces the train block's freeze, as in `dlc train`: the same settings (make_config)
-    and the same names (frozen_names), so the trainable count is what trains."""
+    and the same names (frozen_names), so the trainable count is what trains. FLOPs are counted at
+    --batch, else at the train block's batch, else left a polynomial."""
+    from dlc.compiler.errors import DlcError
     from dlc.compiler.frontend import summary as S
     from dlc.compiler.frontend.loader import load
+    from dlc.runtime.engines.budget import batch_symbol
     from dlc.runtime.training.config import frozen_names, make_config
+    if args.depth is not None and args.depth < 1:
+        raise DlcError(f"--depth must be 1 or more, got {args.depth}")
     program = load(args.file)
     model = program.build(args.model, training=not args.eval)
-    cfg = make_config(program, model.name, {"freeze": args.freeze}, require_data=False)
-    print(S.summary(model, frozen_names(model, cfg.freeze, cfg.span("freeze"))))
+    cfg = make_config(program, model.name, {"freeze": args.freeze, "batch": args.batch}, require_data=False)
+    symbol = batch_symbol(model.graph)
+    sizes = {symbol: cfg.batch} if symbol and "batch" in cfg.spans else {}
+    print(S.summary(model, frozen_names(model, cfg.freeze, cfg.span("freeze")), args.depth, sizes))
 
 
 def _graph_for(args, grad: bool):
@@ -459,8 +466,11 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.set_defaults(run=cmd_check)
 
-    c = sub.add_parser("summary", help="parameters, output shapes, totals and FLOPs")
+    c = sub.add_parser("summary", help="the model's layers: types, output shapes, parameters and FLOPs; totals")
     _add_model_args(c)
+    c.add_argument("--depth", type=int, metavar="N", help="show the layers N levels deep (default: all)")
+    c.add_argument("--batch", type=int, metavar="N",
+                   help="count FLOPs at batch N (default: the train block's batch; without one, a polynomial in B)")
     c.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
     c.add_argument("--freeze", action="append", metavar="PATTERN",
                    help="count these parameters as frozen instead of the train block's freeze, as "

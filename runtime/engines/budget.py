@@ -19,6 +19,7 @@ import re
 
 from dlc.compiler.ir.dims import Dim, concrete, numel
 from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.summary import size_text
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.memory import ITEMSIZE
 
@@ -52,14 +53,6 @@ def free() -> int | None:
         return None
 
 
-def size(n: int) -> str:
-    for unit in ("GiB", "MiB", "KiB"):
-        scale = UNITS[unit[0]]
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
 def require(what: str, parts_at, sizes: dict, held: int = 0, batch: str | None = None, when: str = "",
             span=None, note: str = ""):
     """Refuse with a DlcError when the parts `parts_at(sizes)` gives (bytes by name: parameters,
@@ -77,8 +70,8 @@ def require(what: str, parts_at, sizes: dict, held: int = 0, batch: str | None =
     if need <= cap:
         return
     at = f" for batch {sizes[batch]}" if batch else when
-    detail = ", ".join(f"{name} {size(parts[name])}" for name in PARTS if parts.get(name))
-    message = f"{what} needs {size(need)}{at} ({detail}); {size(cap)} is available"
+    detail = ", ".join(f"{name} {size_text(parts[name])}" for name in PARTS if parts.get(name))
+    message = f"{what} needs {size_text(need)}{at} ({detail}); {size_text(cap)} is available"
     if batch:
         fits = _largest_batch(parts_at, sizes, batch, cap)
         message += f": try batch <= {fits}" if fits else ": not even batch 1 fits"
@@ -127,7 +120,7 @@ def require_model(model, trainable: list, slots: int):
     if not model.params:
         return
     largest = max(model.params, key=lambda p: tensor_bytes(p.type))
-    note = f": its largest parameter, {largest.name}: {largest.type}, alone takes {size(tensor_bytes(largest.type))}"
+    note = f": its largest parameter, {largest.name}: {largest.type}, alone takes {size_text(tensor_bytes(largest.type))}"
     require(f"training model {model.name}", lambda _: model_parts(model, trainable, slots), {},
             when=" before its first batch", span=largest.span, note=note)
 
