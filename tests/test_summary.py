@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load, load_text
-from dlc.compiler.frontend.summary import flops
+from dlc.compiler.frontend.summary import count_text, flops, size_text
 from dlc.compiler.ir.dims import Dim, subs
 from dlc.runtime.cli import main
 
@@ -93,9 +93,8 @@ def test_depth_folds_the_nested_layers(capsys):
     one = rows(summary_of(capsys, EXAMPLES / "resnet.dl", "--depth", "1"))
     assert set(one) == {"stem", "stage1", "stage2", "stage3", "logits", "loss", "accuracy", "probs"}
     with pytest.raises(SystemExit):
-        main(["summary", str(EXAMPLES / "resnet.dl"), "--depth", "zero"])
-    assert main(["summary", str(EXAMPLES / "resnet.dl"), "--depth", "0"]) == 1
-    assert "--depth must be 1 or more, got 0" in capsys.readouterr().err
+        main(["summary", str(EXAMPLES / "resnet.dl"), "--depth", "0"])
+    assert "argument --depth: needs a whole number, at least 1; got '0'" in capsys.readouterr().err
 
 
 def test_a_def_of_the_users_program_is_a_layer_with_its_name_as_type(capsys):
@@ -113,3 +112,71 @@ model m {
     table = rows(summary(program.build(None, training=False)))
     assert table["h"][1][:3] == ["block", "f32[B, 8]", f"{4 * 8 + 8 + 8 * 8 + 8:,}"]
     assert table["h.0"][1][:3] == ["dense", "f32[B, 8]", "40"] and table["h.0"][0] == 2
+
+
+# ---- the peak memory of training, before running ------------------------------------------------------
+def sample_feeds(model, sizes: dict, rng) -> dict:
+    feeds = {}
+    for i in model.inputs:
+        shape = tuple(subs(d, sizes) for d in i.type.shape)
+        feeds[i.name] = rng.integers(0, 2, shape).astype(np.int32) if i.type.dtype == "i32" \
+            else rng.standard_normal(shape).astype(np.float32)
+    return feeds
+
+
+@pytest.mark.parametrize("example, run_sizes", [
+    ("mnist_mlp", {"B": 96}),
+    ("resnet", {"B": 12}),
+    ("char_lstm", {"B": 24, "T": 48}),
+    ("char_transformer", {"B": 12, "T": 40}),
+])
+def test_the_peak_memory_is_within_10_percent_of_a_real_native_run(example, run_sizes):
+    """The polynomial, its peak located with every dim 32, evaluated at other sizes, against what the native engine allocates to train at those sizes."""
+    from dlc.runtime.engines import budget
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.training.optim import make_optimizer
+    from dlc.runtime.training.settings import Call
+    program = load(EXAMPLES / f"{example}.dl")
+    train, evaluation = program.build(None, training=True), program.build(None, training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    optimizer = make_optimizer(Call("adam", [], {"lr": 1e-3}))
+    parts = budget.training_memory(train, trainable, 2, {s: 32 for s in run_sizes})
+    predicted = {name: subs(sum((p[name] for p in parts.values()), 0), run_sizes) for name in budget.PARTS}
+
+    engine = NativeEngine(train, evaluation, optimizer, trainable)
+    params = {p.name: np.zeros(p.type.shape, np.float32) for p in train.params}
+    engine.train_step(params, optimizer.init(params), sample_feeds(train, run_sizes, np.random.default_rng(0)),
+                      1e-3, 1, np.array([0, 1], np.int32))
+    measured = engine.train_memory()
+    for name in ("parameters", "gradients", "optimizer state"):
+        assert predicted[name] == measured[name]
+    assert abs(sum(predicted.values()) - sum(measured.values())) <= 0.1 * sum(measured.values()), (predicted, measured)
+    # the activations are the arena's lower bound and the buffers outside it: never above what is allocated
+    assert predicted["activations"] <= measured["activations"]
+
+
+def test_summary_memory_gives_the_peak_by_layer_and_in_total(capsys):
+    from dlc.runtime.engines import budget
+    text = summary_of(capsys, EXAMPLES / "char_transformer.dl", "--memory", "--depth", "1", "--dim", "T=128")
+    model = load(EXAMPLES / "char_transformer.dl").build(None, training=True)
+    parts = budget.training_memory(model, [p.name for p in model.params], 2, {"B": 32, "T": 128})   # adamw, batch 32
+    whole = sum(sum((p[name] for p in parts.values()), 0) for name in budget.PARTS)
+    assert whole.symbols() == {"B", "T"} and ("B", "T", "T") in whole.terms      # attention keeps B·T·T
+    assert f"Peak:             {count_text(whole)} bytes: {size_text(subs(whole, {'B': 32, 'T': 128}))} " \
+           f"at B = 32, T = 128" in text
+    assert "Optimizer state:  6.4 MiB (adamw: 2 values per trained parameter)" in text
+    table = rows(text)
+    assert list(table)[:3] == ["chars", "x0", "h"] and "h.0" not in table
+    # the rows (and what lies in no layer) add up to the total
+    shown = [cols[-1] for indent, cols in table.values()]
+    assert abs(sum(float(v.split()[0]) * {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20}[v.split()[1]] for v in shown)
+               - subs(whole, {"B": 32, "T": 128})) < 0.002 * subs(whole, {"B": 32, "T": 128})
+
+
+def test_summary_memory_needs_a_model_that_trains(tmp_path, capsys):
+    path = tmp_path / "m.dl"
+    path.write_text("model m {\n input x: f32[B, 4]\n output y = dense(x, 3)\n}\n")
+    assert main(["summary", str(path), "--memory"]) == 1
+    assert "has no loss, so it does not train" in capsys.readouterr().err
+    assert main(["summary", str(EXAMPLES / "lenet5.dl"), "--memory", "--eval"]) == 1
+    assert "--memory is the memory of training: leave out --eval" in capsys.readouterr().err

@@ -100,6 +100,20 @@ def layer_output(graph: Graph, tree: dict, layer: str):
     return graph.types(last[0])[last[1]] if last else None
 
 
+def layer_levels(graph: Graph, depth: int | None = None) -> list:
+    """(layer, level) of every layer of graph.layer_tree down to `depth` levels (None: all),
+    each before the layers it holds."""
+    tree = layer_tree(graph)
+    out = []
+
+    def visit(layer: str, level: int):
+        for child in tree[layer][0] if depth is None or level < depth else ():
+            out.append((child, level))
+            visit(child, level + 1)
+    visit("", 0)
+    return out
+
+
 def layer_rows(model: Model, sizes: dict, frozen=(), depth: int | None = None) -> list:
     """(indented name, type, output shape, parameters, FLOPs) of every layer down to `depth`
     levels (None: all), a parameter a level below its layer; FLOPs at `sizes` (dims not
@@ -112,26 +126,52 @@ def layer_rows(model: Model, sizes: dict, frozen=(), depth: int | None = None) -
         layers, nodes = tree[layer]
         return sum((per_node[n] for n in nodes), 0) + sum((layer_flops(c) for c in layers), 0)
 
-    def param_row(p, level: int) -> tuple:
-        kind = "param" if p.trainable and p.name not in frozen else ("frozen" if p.trainable else "state")
-        return ("  " * level + p.name, kind, str(p.type), f"{numel(p.type.shape):,}", "")
-
-    rows = []
-
-    def visit(layer: str, level: int):
+    def param_rows(layer: str, level: int) -> list:
         if depth is not None and level >= depth:
-            return
-        for p in model.params:
-            if p.name.rpartition(".")[0] == layer:
-                rows.append(param_row(p, level))
-        for child in tree[layer][0]:
-            count = sum(numel(p.type.shape) for p in model.params if in_layer(p.name, child))
-            out = layer_output(graph, tree, child)
-            rows.append(("  " * level + child, model.layer_types.get(child, ""), str(out or ""),
-                         f"{count:,}", count_text(subs(layer_flops(child), sizes))))
-            visit(child, level + 1)
-    visit("", 0)
+            return []
+        kind = lambda p: "param" if p.trainable and p.name not in frozen else ("frozen" if p.trainable else "state")
+        return [("  " * level + p.name, kind(p), str(p.type), f"{numel(p.type.shape):,}", "")
+                for p in model.params if p.name.rpartition(".")[0] == layer]
+
+    rows = param_rows("", 0)
+    for layer, level in layer_levels(graph, depth):
+        count = sum(numel(p.type.shape) for p in model.params if in_layer(p.name, layer))
+        out = layer_output(graph, tree, layer)
+        rows.append(("  " * level + layer, model.layer_types.get(layer, ""), str(out or ""), f"{count:,}",
+                     count_text(subs(layer_flops(layer), sizes))))
+        rows += param_rows(layer, level + 1)
     return rows
+
+
+def memory_table(model: Model, parts: dict, sizes: dict, depth: int | None = None, optimizer: str = "") -> str:
+    """The peak memory of training by layer and in total: `parts` is budget.training_memory's
+    (layer -> bytes by part; the activations polynomials in the dims), each row counting the
+    layers in it; the last column at `sizes`."""
+    at = ", ".join(f"{k} = {v}" for k, v in sizes.items())
+    names = ("activations", "parameters", "gradients", "optimizer state")
+    sum_parts = lambda keep: {name: sum((p[name] for layer, p in parts.items() if keep(layer)), 0) for name in names}
+    shown = lambda n: size_text(n) if n else "-"
+
+    def row(name: str, level: int, part: dict) -> tuple:
+        return ("  " * level + name, count_text(part["activations"]), *(shown(part[n]) for n in names[1:]),
+                size_text(sum(subs(part[n], sizes) for n in names)))
+
+    rows = [row(layer, level, sum_parts(lambda k: in_layer(k, layer))) for layer, level in layer_levels(model.graph, depth)]
+    outside = sum_parts(lambda k: not any(in_layer(k, top) for top, level in layer_levels(model.graph, 1)))
+    if any(outside.values()):
+        rows.append(row("(no layer)", 0, outside))
+    total = sum_parts(lambda k: True)
+    out = [f"Model: {model.name}: peak memory of a native train step", ""]
+    out += table(("Layer", "Activations (bytes)", "Parameters", "Gradients", "Optimizer state", f"At {at}"), rows,
+                 left=1)
+    whole = sum((total[n] for n in names), 0)
+    out.append(f"Activations:      {count_text(total['activations'])} bytes (the arena and the inputs, outputs and "
+               f"constants; the peak located at {at})")
+    out.append(f"Parameters:       {size_text(total['parameters'])}")
+    out.append(f"Gradients:        {size_text(total['gradients'])}")
+    out.append(f"Optimizer state:  {size_text(total['optimizer state'])}" + (f" ({optimizer})" if optimizer else ""))
+    out.append(f"Peak:             {count_text(whole)} bytes: {size_text(subs(whole, sizes))} at {at}")
+    return "\n".join(out)
 
 
 def summary(model: Model, frozen=(), depth: int | None = None, sizes: dict | None = None) -> str:
