@@ -157,16 +157,17 @@ def memory_table(model: Model, parts: dict, sizes: dict, depth: int | None = Non
                 size_text(sum(subs(part[n], sizes) for n in names)))
 
     rows = [row(layer, level, sum_parts(lambda k: in_layer(k, layer))) for layer, level in layer_levels(model.graph, depth)]
-    outside = sum_parts(lambda k: not any(in_layer(k, top) for top, level in layer_levels(model.graph, 1)))
+    tops = [top for top, _ in layer_levels(model.graph, 1)]
+    outside = sum_parts(lambda k: not any(in_layer(k, top) for top in tops))
     if any(outside.values()):
         rows.append(row("(no layer)", 0, outside))
     total = sum_parts(lambda k: True)
-    out = [f"Model: {model.name}: peak memory of a native train step", ""]
+    out = [f"Model: {model.name}: the peak memory of training (native engine), located at {at}",
+           "Activations: the values held at the train step's fullest kernel, the inputs, outputs and constants", ""]
     out += table(("Layer", "Activations (bytes)", "Parameters", "Gradients", "Optimizer state", f"At {at}"), rows,
                  left=1)
     whole = sum((total[n] for n in names), 0)
-    out.append(f"Activations:      {count_text(total['activations'])} bytes (the arena and the inputs, outputs and "
-               f"constants; the peak located at {at})")
+    out.append(f"Activations:      {count_text(total['activations'])} bytes")
     out.append(f"Parameters:       {size_text(total['parameters'])}")
     out.append(f"Gradients:        {size_text(total['gradients'])}")
     out.append(f"Optimizer state:  {size_text(total['optimizer state'])}" + (f" ({optimizer})" if optimizer else ""))

@@ -25,8 +25,12 @@ from dlc.compiler.ir.dims import Dim, concrete, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.summary import size_text
 from dlc.compiler.frontend.syntax import size_bytes
+from dlc.compiler.ir.graph import GRADIENTS, layer_of
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.native.memory import ITEMSIZE
+from dlc.compiler.native.lower import lower
+from dlc.compiler.native.memory import ITEMSIZE, intervals, linearize
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.passes.optimize import optimize
 
 PARTS = ("parameters", "gradients", "optimizer state", "activations")
 
@@ -197,11 +201,6 @@ def training_memory(model, trainable: list, slots: int, sizes: dict) -> dict:
     dims: the buffers outside the arena (own_buffers) and the temporaries live at the train
     step's kernel where, at `sizes`, the most bytes are live. That is the arena's lower
     bound; memory.py packs the arena a little above it (docs/native.md, "Memory planning")."""
-    from dlc.compiler.ir.graph import GRADIENTS, layer_of
-    from dlc.compiler.native.lower import lower
-    from dlc.compiler.native.memory import intervals, linearize
-    from dlc.compiler.passes.autodiff import train_step
-    from dlc.compiler.passes.optimize import optimize
     graph = optimize(train_step(model.graph))
     program = lower(graph)
     fixed = set(program.params.values()) | {program.outputs[f"grad:{n}"] for n in trainable
