@@ -7,7 +7,7 @@ A layer's parameters and FLOPs include those of the layers in it."""
 from __future__ import annotations
 
 from dlc.compiler.ir.dims import Dim, numel, subs
-from dlc.compiler.ir.graph import PRIMITIVES, Graph, layer_tree
+from dlc.compiler.ir.graph import PRIMITIVES, Graph, layer_of, layer_parent, layer_tree
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.native.memory import ITEMSIZE
 
@@ -78,26 +78,21 @@ def in_layer(name: str, layer: str) -> bool:
     return name == layer or name.startswith(layer + ".")
 
 
-def layer_output(graph: Graph, tree: dict, layer: str):
-    """The type of the value a layer hands on: the last of its nodes (its layers' included)
-    that a node outside it reads or that is an output of the graph (state updates aside)."""
-    mine = set()
-    stack = [layer]
-    while stack:
-        layers, nodes = tree[stack.pop()]
-        mine.update(nodes)
-        stack += layers
+def layer_outputs(graph: Graph) -> dict:
+    """Each layer -> the type of the value it hands on: of the last of its nodes (its layers'
+    included), in graph order, that a node outside it reads or that is an output of the
+    graph (state updates aside)."""
     shown = {(t.node, t.out) for key, t in graph.outputs.items() if not key.startswith("update:")}
-    last = None
+    found: dict = {}
     for n in graph.order():
-        if n in mine:
-            for _, v, out in graph.g.out_edges(n, data="out"):
-                if v not in mine:
-                    last = (n, out)
-            for j in range(len(graph.types(n))):
-                if (n, j) in shown:
-                    last = (n, j)
-    return graph.types(last[0])[last[1]] if last else None
+        leaving = [(out, layer_of(graph, v)) for _, v, out in graph.g.out_edges(n, data="out")]
+        leaving += [(j, None) for j in range(len(graph.types(n))) if (n, j) in shown]
+        for out, reader in leaving:
+            layer = layer_of(graph, n)
+            while layer and (reader is None or not in_layer(reader, layer)):    # the layers the value leaves
+                found[layer] = graph.types(n)[out]
+                layer = layer_parent(layer)
+    return found
 
 
 def layer_levels(graph: Graph, depth: int | None = None) -> list:
@@ -121,24 +116,31 @@ def layer_rows(model: Model, sizes: dict, frozen=(), depth: int | None = None) -
     graph = model.graph
     tree = layer_tree(graph)
     per_node = {n: node_flops(graph, n) for n in graph.g.nodes}
+    outputs = layer_outputs(graph)
 
     def layer_flops(layer: str):
         layers, nodes = tree[layer]
         return sum((per_node[n] for n in nodes), 0) + sum((layer_flops(c) for c in layers), 0)
 
+    own: dict = {}          # layer -> its own parameters
+    counts: dict = {}       # layer -> its parameters' sizes, the layers' in it included
+    for p in model.params:
+        layer = p.name.rpartition(".")[0]
+        own.setdefault(layer, []).append(p)
+        while layer:
+            counts[layer] = counts.get(layer, 0) + numel(p.type.shape)
+            layer = layer_parent(layer)
+
     def param_rows(layer: str, level: int) -> list:
         if depth is not None and level >= depth:
             return []
         kind = lambda p: "param" if p.trainable and p.name not in frozen else ("frozen" if p.trainable else "state")
-        return [("  " * level + p.name, kind(p), str(p.type), f"{numel(p.type.shape):,}", "")
-                for p in model.params if p.name.rpartition(".")[0] == layer]
+        return [("  " * level + p.name, kind(p), str(p.type), f"{numel(p.type.shape):,}", "") for p in own.get(layer, [])]
 
     rows = param_rows("", 0)
     for layer, level in layer_levels(graph, depth):
-        count = sum(numel(p.type.shape) for p in model.params if in_layer(p.name, layer))
-        out = layer_output(graph, tree, layer)
-        rows.append(("  " * level + layer, model.layer_types.get(layer, ""), str(out or ""), f"{count:,}",
-                     count_text(subs(layer_flops(layer), sizes))))
+        rows.append(("  " * level + layer, model.layer_types.get(layer, ""), str(outputs.get(layer, "")),
+                     f"{counts.get(layer, 0):,}", count_text(subs(layer_flops(layer), sizes))))
         rows += param_rows(layer, level + 1)
     return rows
 
