@@ -191,6 +191,9 @@ def test_memory_is_given_as_a_size_in_the_block_in_quotes_or_as_a_flag(tmp_path,
     assert make_config(program, "wide", {"memory": "3G"}, require_data=False).memory == 3 << 30
     with pytest.raises(DlcError, match=r"memory must be a size such as 2GB or 512MB, got 'lots'"):
         make_config(program, "wide", {"memory": "lots"}, require_data=False)
+    with pytest.raises(DlcError, match=r"; memory = 4\.5 MiB: try batch <= \d+$"):
+        DlcModel(str(tmp_path / "wide.dl"), backend="reference").train(out=str(tmp_path / "run"), log=quiet, batch=64,
+                                                                       memory="4.5M")
     assert main(["train", str(tmp_path / "wide.dl"), "--out", str(tmp_path / "run"), "--memory", "4.5M",
                  "--batch", "64", "--quiet"]) == 1
     assert "memory = 4.5 MiB: try batch <=" in capsys.readouterr().err
