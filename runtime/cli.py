@@ -139,14 +139,35 @@ def cmd_check(args):
 
 def cmd_summary(args):
     """--freeze replaces the train block's freeze, as in `dlc train`: the same settings (make_config)
-    and the same names (frozen_names), so the trainable count is what trains."""
+    and the same names (frozen_names), so the trainable count is what trains. FLOPs are counted at
+    --batch, else at the train block's batch, else left a polynomial in the batch; --memory's peak is
+    located at that batch (or the default one) and the other dims at 32 unless --dim gives them."""
+    from dlc.compiler.errors import DlcError
     from dlc.compiler.frontend import summary as S
     from dlc.compiler.frontend.loader import load
+    from dlc.compiler.ir.dims import symbols
+    from dlc.runtime.engines import budget
     from dlc.runtime.training.config import frozen_names, make_config
+    from dlc.runtime.training.optim import make_optimizer
     program = load(args.file)
     model = program.build(args.model, training=not args.eval)
-    cfg = make_config(program, model.name, {"freeze": args.freeze}, require_data=False)
-    print(S.summary(model, frozen_names(model, cfg.freeze, cfg.span("freeze"))))
+    cfg = make_config(program, model.name, {"freeze": args.freeze, "batch": args.batch}, require_data=False)
+    frozen = frozen_names(model, cfg.freeze, cfg.span("freeze"))
+    batch = budget.batch_symbol(model.graph)
+    given = ({batch: cfg.batch} if batch and "batch" in cfg.spans else {}) | _dims(args.dim)
+    if not args.memory:
+        print(S.summary(model, frozen, args.depth, given))
+        return
+    if args.eval:
+        raise DlcError("--memory is the memory of training: leave out --eval")
+    model.require_loss("it does not train")
+    dims = sorted({s for i in model.inputs for s in symbols(i.type.shape)} - {batch})
+    sizes = ({batch: cfg.batch} if batch else {}) | {s: 32 for s in dims} | given
+    slots = len(make_optimizer(cfg.optimizer).slots())
+    trainable = [p.name for p in model.params if p.trainable and p.name not in frozen]
+    parts = budget.training_memory(model, trainable, slots, sizes)
+    print(S.memory_table(model, parts, sizes, args.depth,
+                         f"{cfg.optimizer.name}: {slots} value{'s' if slots != 1 else ''} per trained parameter"))
 
 
 def _graph_for(args, grad: bool):
@@ -264,7 +285,7 @@ def cmd_train(args):
     from dlc.runtime.training.trainer import Trainer
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
-                                                         "early_stop")}
+                                                         "early_stop", "memory")}
     overrides["check_numerics"] = args.check_numerics or None       # the flag adds to the block, never clears it
     progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
@@ -460,8 +481,15 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c)
     c.set_defaults(run=cmd_check)
 
-    c = sub.add_parser("summary", help="parameters, output shapes, totals and FLOPs")
+    c = sub.add_parser("summary", help="the model's layers: types, output shapes, parameters and FLOPs; totals")
     _add_model_args(c)
+    c.add_argument("--depth", type=_positive, metavar="N", help="show the layers N levels deep (default: all)")
+    c.add_argument("--batch", type=int, metavar="N",
+                   help="count FLOPs at batch N (default: the train block's batch; without one, a polynomial in it)")
+    c.add_argument("--dim", action="append", metavar="NAME=SIZE", help="count FLOPs at this size of a symbolic dim")
+    c.add_argument("--memory", action="store_true",
+                   help="the peak memory of training instead, by layer and in total: activations, parameters, "
+                        "gradients and optimizer state, as polynomials in the dims")
     c.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
     c.add_argument("--freeze", action="append", metavar="PATTERN",
                    help="count these parameters as frozen instead of the train block's freeze, as "
@@ -532,6 +560,8 @@ def parser() -> argparse.ArgumentParser:
     _add_model_args(c, backend=True)
     c.add_argument("--epochs", type=int, metavar="N", help="passes over the training data")
     c.add_argument("--batch", type=int, metavar="N", help="batch size: 1 is stochastic, the data size is batch GD")
+    c.add_argument("--memory", metavar="SIZE", help="the most training may take, such as 2GB: a batch that needs "
+                                                    "more is refused before anything is allocated")
     c.add_argument("--lr", type=float, metavar="X", help="learning rate")
     c.add_argument("--optimizer", metavar="SPEC", help='replaces the train block\'s: a name (sgd, momentum, nesterov, rmsprop, '
                                         'adam, adamw) with its defaults, or a spec, e.g. "sgd(lr = 0.1, momentum = 0.9)"')

@@ -155,3 +155,45 @@ def test_the_native_engine_reports_the_memory_training_holds():
         arena = list(engine.train_exe.plans.values())[-1].arena
         assert batch * 2000 * 4 < arena <= activations[batch] <= arena + feeds["x"].nbytes + feeds["y"].nbytes + 256
     assert activations[64] > activations[8]
+
+
+# ---- the train block's memory = ... ---------------------------------------------------------------------
+@pytest.mark.parametrize("backend", ENGINES)
+def test_memory_in_the_train_block_refuses_a_batch_that_does_not_fit_naming_the_largest_that_does(
+        tmp_path, monkeypatch, backend):
+    monkeypatch.delenv("DLC_MEMORY_LIMIT", raising=False)
+    wide_model(tmp_path, backend)          # its data
+    (tmp_path / "wide.dl").write_text(WIDE.replace("epochs = 1", "epochs = 1  memory = 4.5MB"))
+    with pytest.raises(DlcError) as e:
+        DlcModel(str(tmp_path / "wide.dl"), backend=backend).train(out=str(tmp_path / "run"), log=quiet, batch=64)
+    msg = e.value.message
+    assert re.match(r"the train step needs [\d.]+ MiB for batch 64 \(.*\); memory = 4\.5 MiB: try batch <= \d+$", msg), msg
+    assert e.value.span.text() == "memory = 4.5MB"           # the error points at the setting
+    fits = int(msg.rsplit(" ", 1)[1])
+    assert 1 <= fits < 64
+    trained = DlcModel(str(tmp_path / "wide.dl"), backend=backend)
+    trained.train(out=str(tmp_path / "run"), log=quiet, batch=fits)
+    with pytest.raises(DlcError, match=f"for batch {fits + 1} "):
+        DlcModel(str(tmp_path / "wide.dl"), backend=backend).train(out=str(tmp_path / "run"), log=quiet, batch=fits + 1)
+    # outside the run the setting holds no more: the trained model predicts a larger batch
+    assert trained.predict(np.zeros((256, 100), np.float32), batch=256)["scores"].shape == (256, 10)
+
+
+def test_memory_is_given_as_a_size_in_the_block_in_quotes_or_as_a_flag(tmp_path, monkeypatch, capsys):
+    from dlc.runtime.cli import main
+    from dlc.runtime.training.config import make_config
+    monkeypatch.delenv("DLC_MEMORY_LIMIT", raising=False)
+    wide_model(tmp_path, "native")          # its data and its file
+    for written, nbytes in (("2GB", 2 << 30), ('"512M"', 512 << 20), ("1.5KiB", 1536), ("4096", 4096)):
+        program = load_text(WIDE.replace("epochs = 1", f"epochs = 1  memory = {written}"))
+        assert make_config(program, "wide", {}, require_data=False).memory == nbytes
+    program = load_text(WIDE)
+    assert make_config(program, "wide", {"memory": "3G"}, require_data=False).memory == 3 << 30
+    with pytest.raises(DlcError, match=r"memory must be a size such as 2GB or 512MB, got 'lots'"):
+        make_config(program, "wide", {"memory": "lots"}, require_data=False)
+    with pytest.raises(DlcError, match=r"; memory = 4\.5 MiB: try batch <= \d+$"):
+        DlcModel(str(tmp_path / "wide.dl"), backend="reference").train(out=str(tmp_path / "run"), log=quiet, batch=64,
+                                                                       memory="4.5M")
+    assert main(["train", str(tmp_path / "wide.dl"), "--out", str(tmp_path / "run"), "--memory", "4.5M",
+                 "--batch", "64", "--quiet"]) == 1
+    assert "memory = 4.5 MiB: try batch <=" in capsys.readouterr().err

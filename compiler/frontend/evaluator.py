@@ -152,7 +152,7 @@ class Evaluator:
                 self.fail(f"two parameters are both named '{p.name}'", p.span, [("the other one", seen[p.name])])
             seen[p.name] = p.span
         return Model(model.name, self.graph, self.init, self.inputs, params, self.training, train, model.span,
-                     self.bindings)
+                     self.bindings, self.layer_types())
 
     def name_layers(self):
         """Set `layer` on the forward graph's nodes (graph.layer_of): the name prefix of the
@@ -169,6 +169,21 @@ class Evaluator:
         for n, layer in layers.items():
             if self.forward.op(n) != "input":
                 self.forward.g.nodes[n]["layer"] = layer
+
+    def layer_types(self) -> dict:
+        """Each layer name_layers sets -> what made it: the def whose call names its parameters
+        (the outermost, when a call and the one it makes share a name), or for a model
+        statement's layer the defs its own calls called ("conv2d, batchnorm, relu")."""
+        types: dict = {}
+        for _, _, scope, _ in self.call_nodes:         # innermost calls first: an outer one overwrites
+            if scope.path:
+                types[scope.path] = scope.defn.name
+        for first, end, name in self.statement_nodes:
+            if name and name not in types:
+                made = [scope.defn.name for f, e, scope, _ in self.call_nodes
+                        if scope.parent is self.root_scope and first <= f and e <= end]
+                types[name] = ", ".join(dict.fromkeys(made))
+        return types
 
     # -- statements ------------------------------------------------------------------------------
     def block(self, stmts: list, env: Env, in_model=False, in_def=False, in_scan=False):

@@ -148,6 +148,7 @@ class Model:
     train: A.Train | None
     span: Span
     bindings: list = field(default_factory=list)   # (name, type, span) of every model-level binding
+    layer_types: dict = field(default_factory=dict)  # layer (graph.layer_of) -> the def(s) whose calls made it
 
     def input_names(self):
         return [i.name for i in self.inputs]

@@ -1,9 +1,15 @@
-"""Model summaries: parameter table, binding shapes, totals and forward FLOPs."""
+"""Model summaries: one table of the model's layers, nested as its calls are, with their
+types, output shapes, parameters and forward FLOPs; the totals.
+
+The layers are the graph's own (graph.layer_tree: what the graph page and `dlc graph
+--format dot` draw); their types are the defs whose calls made them (Model.layer_types).
+A layer's parameters and FLOPs include those of the layers in it."""
 from __future__ import annotations
 
-from dlc.compiler.ir.dims import Dim, numel
-from dlc.compiler.ir.graph import PRIMITIVES, Graph
+from dlc.compiler.ir.dims import Dim, numel, subs
+from dlc.compiler.ir.graph import PRIMITIVES, Graph, layer_of, layer_parent, layer_tree
 from dlc.compiler.frontend.model import Model
+from dlc.compiler.native.memory import ITEMSIZE
 
 
 def flops(graph: Graph):
@@ -33,6 +39,14 @@ def count_text(d) -> str:
     return " + ".join(parts).replace("+ -", "- ")
 
 
+def size_text(n: int) -> str:
+    """Bytes in the largest binary unit that keeps a digit before the point: 241.0 KiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
 def signature(model: Model) -> str:
     lines = [f"model {model.name}"]
     for inp in model.inputs:
@@ -50,31 +64,131 @@ def signature(model: Model) -> str:
     return "\n".join(lines)
 
 
-def _table(headers, rows) -> list:
+def table(headers, rows, left: int = 2) -> list:
+    """Rows under a header between rules; the first `left` columns read from the left."""
     widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    line = lambda r: "  ".join(str(v).ljust(w) if i == 0 or i == 1 else str(v).rjust(w)
+    line = lambda r: "  ".join(str(v).ljust(w) if i < left else str(v).rjust(w)
                                for i, (v, w) in enumerate(zip(r, widths))).rstrip()
     rule = "-" * max(len(line(r)) for r in [headers] + rows)
     return [rule, line(headers), rule] + [line(r) for r in rows] + [rule]
 
 
-def summary(model: Model, frozen=()) -> str:
-    out = [f"Model: {model.name}", ""]
-    rows = []
+def in_layer(name: str, layer: str) -> bool:
+    """A parameter's or layer's dotted name lies in `layer` (itself, or under it)."""
+    return name == layer or name.startswith(layer + ".")
+
+
+def layer_outputs(graph: Graph) -> dict:
+    """Each layer -> the type of the value it hands on: of the last of its nodes (its layers'
+    included), in graph order, that a node outside it reads or that is an output of the
+    graph (state updates aside)."""
+    shown = {(t.node, t.out) for key, t in graph.outputs.items() if not key.startswith("update:")}
+    found: dict = {}
+    for n in graph.order():
+        leaving = [(out, layer_of(graph, v)) for _, v, out in graph.g.out_edges(n, data="out")]
+        leaving += [(j, None) for j in range(len(graph.types(n))) if (n, j) in shown]
+        for out, reader in leaving:
+            layer = layer_of(graph, n)
+            while layer and (reader is None or not in_layer(reader, layer)):    # the layers the value leaves
+                found[layer] = graph.types(n)[out]
+                layer = layer_parent(layer)
+    return found
+
+
+def layer_levels(graph: Graph, depth: int | None = None) -> list:
+    """(layer, level) of every layer of graph.layer_tree down to `depth` levels (None: all),
+    each before the layers it holds."""
+    tree = layer_tree(graph)
+    out = []
+
+    def visit(layer: str, level: int):
+        for child in tree[layer][0] if depth is None or level < depth else ():
+            out.append((child, level))
+            visit(child, level + 1)
+    visit("", 0)
+    return out
+
+
+def layer_rows(model: Model, sizes: dict, frozen=(), depth: int | None = None) -> list:
+    """(indented name, type, output shape, parameters, FLOPs) of every layer down to `depth`
+    levels (None: all), a parameter a level below its layer; FLOPs at `sizes` (dims not
+    given stay symbols)."""
+    graph = model.graph
+    tree = layer_tree(graph)
+    per_node = {n: node_flops(graph, n) for n in graph.g.nodes}
+    outputs = layer_outputs(graph)
+
+    def layer_flops(layer: str):
+        layers, nodes = tree[layer]
+        return sum((per_node[n] for n in nodes), 0) + sum((layer_flops(c) for c in layers), 0)
+
+    own: dict = {}          # layer -> its own parameters
+    counts: dict = {}       # layer -> its parameters' sizes, the layers' in it included
     for p in model.params:
-        trainable = p.trainable and p.name not in frozen
-        rows.append((p.name, str(p.type), f"{numel(p.type.shape):,}", "yes" if trainable else "no"))
-    out += _table(("Parameter", "Shape", "Count", "Trainable"), rows)
-    out.append("")
-    brows = [(name, str(t)) for name, t, _ in model.bindings]
-    for key, t in model.graph.outputs.items():
-        if key.startswith("output:") or key == "loss":
-            brows.append((key.replace("output:", "output "), str(t.type)))
-    out += _table(("Binding", "Output shape"), brows)
+        layer = p.name.rpartition(".")[0]
+        own.setdefault(layer, []).append(p)
+        while layer:
+            counts[layer] = counts.get(layer, 0) + numel(p.type.shape)
+            layer = layer_parent(layer)
+
+    def param_rows(layer: str, level: int) -> list:
+        if depth is not None and level >= depth:
+            return []
+        kind = lambda p: "param" if p.trainable and p.name not in frozen else ("frozen" if p.trainable else "state")
+        return [("  " * level + p.name, kind(p), str(p.type), f"{numel(p.type.shape):,}", "") for p in own.get(layer, [])]
+
+    rows = param_rows("", 0)
+    for layer, level in layer_levels(graph, depth):
+        rows.append(("  " * level + layer, model.layer_types.get(layer, ""), str(outputs.get(layer, "")),
+                     f"{counts.get(layer, 0):,}", count_text(subs(layer_flops(layer), sizes))))
+        rows += param_rows(layer, level + 1)
+    return rows
+
+
+def memory_table(model: Model, parts: dict, sizes: dict, depth: int | None = None, optimizer: str = "") -> str:
+    """The peak memory of training by layer and in total: `parts` is budget.training_memory's
+    (layer -> bytes by part; the activations polynomials in the dims), each row counting the
+    layers in it; the last column at `sizes`."""
+    at = ", ".join(f"{k} = {v}" for k, v in sizes.items())
+    names = ("activations", "parameters", "gradients", "optimizer state")
+    sum_parts = lambda keep: {name: sum((p[name] for layer, p in parts.items() if keep(layer)), 0) for name in names}
+    shown = lambda n: size_text(n) if n else "-"
+
+    def row(name: str, level: int, part: dict) -> tuple:
+        return ("  " * level + name, count_text(part["activations"]), *(shown(part[n]) for n in names[1:]),
+                size_text(sum(subs(part[n], sizes) for n in names)))
+
+    rows = [row(layer, level, sum_parts(lambda k: in_layer(k, layer))) for layer, level in layer_levels(model.graph, depth)]
+    tops = [top for top, _ in layer_levels(model.graph, 1)]
+    outside = sum_parts(lambda k: not any(in_layer(k, top) for top in tops))
+    if any(outside.values()):
+        rows.append(row("(no layer)", 0, outside))
+    total = sum_parts(lambda k: True)
+    out = [f"Model: {model.name}: the peak memory of training (native engine), located at {at}",
+           "Activations: the values held at the train step's fullest kernel, the inputs, outputs and constants", ""]
+    out += table(("Layer", "Activations (bytes)", "Parameters", "Gradients", "Optimizer state", f"At {at}"), rows,
+                 left=1)
+    whole = sum((total[n] for n in names), 0)
+    out.append(f"Activations:      {count_text(total['activations'])} bytes")
+    out.append(f"Parameters:       {size_text(total['parameters'])}")
+    out.append(f"Gradients:        {size_text(total['gradients'])}")
+    out.append(f"Optimizer state:  {size_text(total['optimizer state'])}" + (f" ({optimizer})" if optimizer else ""))
+    out.append(f"Peak:             {count_text(whole)} bytes: {size_text(subs(whole, sizes))} at {at}")
+    return "\n".join(out)
+
+
+def summary(model: Model, frozen=(), depth: int | None = None, sizes: dict | None = None) -> str:
+    """The layer table and the totals; FLOPs at `sizes` ({"B": 128}), else as polynomials."""
+    sizes = sizes or {}
+    at = ", ".join(f"{k} = {v}" for k, v in sizes.items())
+    out = [f"Model: {model.name}", ""]
+    out += table(("Layer", "Type", "Output shape", "Params", f"FLOPs ({at})" if at else "FLOPs"),
+                 layer_rows(model, sizes, frozen, depth), left=3)
     total = sum(numel(p.type.shape) for p in model.params)
     trainable = sum(numel(p.type.shape) for p in model.params if p.trainable and p.name not in frozen)
-    out.append(f"Total parameters:         {total:,}")
+    nbytes = sum(numel(p.type.shape) * ITEMSIZE[p.type.dtype] for p in model.params)
+    out.append(f"Total parameters:         {total:,} ({size_text(nbytes)})")
     out.append(f"Trainable parameters:     {trainable:,}")
     out.append(f"Non-trainable parameters: {total - trainable:,}")
-    out.append(f"Forward FLOPs:            {count_text(flops(model.graph))}")
+    out.append(f"Forward FLOPs:            {count_text(subs(flops(model.graph), sizes))}" + (f" at {at}" if at else ""))
     return "\n".join(out)

@@ -249,6 +249,14 @@ class Module(Node):
 # Static numbers are 64-bit integers and finite floats, as in the widest dtypes: a literal
 # or a static result outside them is an error, never a silent huge int, inf or nan.
 INT_MAX = 2 ** 63 - 1
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def size_bytes(text: str) -> int | None:
+    """A size in bytes: a number with a binary unit, its B optional (2GB, 1.5G, 512MiB, 4096),
+    as a size literal (2GB) and DLC_MEMORY_LIMIT read; None when the text is not one."""
+    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?", text.strip(), re.IGNORECASE)
+    return int(float(m[1]) * SIZE_UNITS[m[2].upper()]) if m else None
 
 
 def in_range(v: int | float) -> bool:
@@ -433,6 +441,9 @@ class _ToAst(Transformer):
                            _token_span(self.file, tok))
         return int(text)
 
+    def size(self, meta, c):
+        return Number(self._s(meta), size_bytes(str(c[0])))
+
     def string(self, meta, c):
         return String(self._s(meta), str(c[0])[1:-1])
 
@@ -509,7 +520,7 @@ def _grammar_words(start: str, skip: str = "") -> set:
 
 
 _TOKEN_NAMES = {
-    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "DTYPE": "a dtype (f32, i32, ...)",
+    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "SIZE": "a size (2GB)", "DTYPE": "a dtype (f32, i32, ...)",
     "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
     "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "CMP": "a comparison", "ADD_OP": "'+' or '-'",
     "MUL_OP": "'*', '/', '//', '@' or '%'", "ELLIPSIS": "'...'", "$END": "end of file", "DOT": "'.'",

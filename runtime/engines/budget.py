@@ -6,7 +6,8 @@ ending in a MemoryError, or in swapping, halfway.
 The memory available is DLC_MEMORY_LIMIT when it is set (bytes, or a number with a
 binary unit: 512K, 800M, 1.5G, 20GiB), the most a step may need; else the kernel's
 MemAvailable (/proc/meminfo), else the free pages os.sysconf reports, plus what the
-step holds already (its parameters and optimizer state, allocated before its first batch).
+step holds already (its parameters and optimizer state, allocated before its first batch);
+and while a train block's `memory = 2GB` is in force (`capped`), at most that.
 Training is checked before the initializer makes the parameters (require_model: the
 parameters, their gradients and the optimizer state), and both engines check each new
 batch shape before its buffers are allocated (require_step: those and the step's
@@ -15,14 +16,22 @@ activations). docs/native.md, "Memory".
 from __future__ import annotations
 
 import os
-import re
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+import numpy as np
 
 from dlc.compiler.ir.dims import Dim, concrete, numel
 from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.summary import size_text
+from dlc.compiler.frontend.syntax import size_bytes
+from dlc.compiler.ir.graph import GRADIENTS, layer_of
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.native.memory import ITEMSIZE
+from dlc.compiler.native.lower import lower
+from dlc.compiler.native.memory import ITEMSIZE, intervals, linearize
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.passes.optimize import optimize
 
-UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 PARTS = ("parameters", "gradients", "optimizer state", "activations")
 
 
@@ -31,10 +40,25 @@ def limit() -> int | None:
     text = os.environ.get("DLC_MEMORY_LIMIT", "").strip()
     if not text:
         return None
-    m = re.fullmatch(r"(\d+(?:\.\d*)?)\s*([KMGT]?)(?:i?B)?", text, re.IGNORECASE)
-    if m is None:
+    nbytes = size_bytes(text)
+    if nbytes is None:
         raise DlcError(f"DLC_MEMORY_LIMIT must be a size such as 512M or 20G, got '{text}'")
-    return int(float(m[1]) * UNITS[m[2].upper()])
+    return nbytes
+
+
+# the train block's `memory = 2GB` while its run lasts (Trainer.run): (bytes, the setting's span)
+_SETTING: ContextVar = ContextVar("memory setting", default=None)
+
+
+@contextmanager
+def capped(nbytes: int | None, span=None):
+    """Within: what training may need is at most `nbytes` (None: no more than otherwise)."""
+    token = _SETTING.set((nbytes, span)) if nbytes is not None else None
+    try:
+        yield
+    finally:
+        if token is not None:
+            _SETTING.reset(token)
 
 
 def free() -> int | None:
@@ -52,14 +76,6 @@ def free() -> int | None:
         return None
 
 
-def size(n: int) -> str:
-    for unit in ("GiB", "MiB", "KiB"):
-        scale = UNITS[unit[0]]
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
-
-
 def require(what: str, parts_at, sizes: dict, held: int = 0, batch: str | None = None, when: str = "",
             span=None, note: str = ""):
     """Refuse with a DlcError when the parts `parts_at(sizes)` gives (bytes by name: parameters,
@@ -69,16 +85,20 @@ def require(what: str, parts_at, sizes: dict, held: int = 0, batch: str | None =
     cap = limit()
     if cap is None:
         avail = free()
-        if avail is None:
-            return
-        cap = avail + held
+        cap = None if avail is None else avail + held
+    available = f"{size_text(cap)} is available" if cap is not None else ""
+    setting = _SETTING.get()
+    if setting is not None and (cap is None or setting[0] < cap):
+        cap, available, span = setting[0], f"memory = {size_text(setting[0])}", setting[1] or span
+    if cap is None:
+        return
     parts = parts_at(sizes)
     need = sum(parts.values())
     if need <= cap:
         return
     at = f" for batch {sizes[batch]}" if batch else when
-    detail = ", ".join(f"{name} {size(parts[name])}" for name in PARTS if parts.get(name))
-    message = f"{what} needs {size(need)}{at} ({detail}); {size(cap)} is available"
+    detail = ", ".join(f"{name} {size_text(parts[name])}" for name in PARTS if parts.get(name))
+    message = f"{what} needs {size_text(need)}{at} ({detail}); {available}"
     if batch:
         fits = _largest_batch(parts_at, sizes, batch, cap)
         message += f": try batch <= {fits}" if fits else ": not even batch 1 fits"
@@ -113,12 +133,18 @@ def tensor_bytes(typ, sizes: dict | None = None) -> int:
     return int(numel([concrete(d, sizes or {}) for d in typ.shape])) * ITEMSIZE[typ.dtype]
 
 
+def param_parts(p, trained: bool, slots: int) -> dict:
+    """Bytes of one parameter, of its gradient when it is trained and of its optimizer state
+    (`slots` values per trained parameter)."""
+    n = tensor_bytes(p.type)
+    return {"parameters": n, "gradients": n if trained else 0, "optimizer state": slots * n if trained else 0}
+
+
 def model_parts(model, trainable: list, slots: int) -> dict:
     """Bytes of a model's parameters, the gradients of the trained ones (`trainable`) and
     the optimizer state (`slots` values per trained parameter)."""
-    trained = sum(tensor_bytes(p.type) for p in model.params if p.name in set(trainable))
-    return {"parameters": sum(tensor_bytes(p.type) for p in model.params), "gradients": trained,
-            "optimizer state": slots * trained}
+    parts = [param_parts(p, p.name in set(trainable), slots) for p in model.params]
+    return {name: sum(part[name] for part in parts) for name in PARTS[:3]}
 
 
 def require_model(model, trainable: list, slots: int):
@@ -127,7 +153,7 @@ def require_model(model, trainable: list, slots: int):
     if not model.params:
         return
     largest = max(model.params, key=lambda p: tensor_bytes(p.type))
-    note = f": its largest parameter, {largest.name}: {largest.type}, alone takes {size(tensor_bytes(largest.type))}"
+    note = f": its largest parameter, {largest.name}: {largest.type}, alone takes {size_text(tensor_bytes(largest.type))}"
     require(f"training model {model.name}", lambda _: model_parts(model, trainable, slots), {},
             when=" before its first batch", span=largest.span, note=note)
 
@@ -153,3 +179,71 @@ def interpreter_parts(graph, sizes: dict) -> dict:
         if op == "scan":
             parts["activations"] += sum(interpreter_parts(graph.attrs(n)["body"], sizes).values())
     return parts
+
+
+# ---- a step's activations --------------------------------------------------------------------------
+def own_buffers(program, fixed) -> list:
+    """The buffers a layout of a kernel program allocates besides its arena: neither
+    temporaries nor the engine's own arrays (`fixed`, buffer ids: parameters, gradients):
+    inputs, outputs, constants."""
+    return [b for b in program.buffers if b.kind != "temp" and b.id not in fixed]
+
+
+def buffer_bytes(b, sizes: dict) -> int:
+    return max(1, int(concrete(b.size, sizes))) * ITEMSIZE[b.dtype]
+
+
+# ---- the peak of training, before running (dlc summary --memory) -------------------------------------
+def training_memory(model, trainable: list, slots: int, sizes: dict) -> dict:
+    """What the native engine holds to train `model`, at its peak, by layer (graph.layer_of; a
+    gradient's with its forward layer, "" for none) and part (PARTS): the parameters, gradients
+    and optimizer state as model_parts counts them, and the activations as polynomials in the
+    dims: the buffers outside the arena (own_buffers) and the temporaries live at the train
+    step's kernel where, at `sizes`, the most bytes are live. That is the arena's lower
+    bound; memory.py packs the arena a little above it (docs/native.md, "Memory planning")."""
+    graph = optimize(train_step(model.graph))
+    program = lower(graph)
+    fixed = set(program.params.values()) | {program.outputs[f"grad:{n}"] for n in trainable
+                                            if f"grad:{n}" in program.outputs}
+    live = intervals(program)
+    sizes = {s: 0 for s in program.symbols if s.startswith("$")} | sizes     # the steps of scans
+    kept = own_buffers(program, fixed) + [program.buffers[bid] for bid in _peak(program, live, sizes)]
+    # a buffer belongs to the layer of the top-level kernel that first writes it (else reads it)
+    made, read = {}, {}
+    steps = linearize(program.kernels)
+    for _, k, (top, _) in steps:
+        reads, writes = k.accesses()
+        for bid in writes:
+            made.setdefault(bid, steps[top][1])
+        for bid in reads:
+            read.setdefault(bid, steps[top][1])
+
+    def layer(bid) -> str:
+        kernel = made.get(bid, read.get(bid)) if program.buffers[bid].kind != "input" else None
+        name = layer_of(graph, kernel.node) if kernel is not None and kernel.node in graph.g else ""
+        return "" if name == GRADIENTS else name.removeprefix(GRADIENTS + ".")
+
+    layers: dict = {}
+    for b in kept:
+        part = layers.setdefault(layer(b.id), dict.fromkeys(PARTS, 0))
+        part["activations"] = part["activations"] + b.size * ITEMSIZE[b.dtype]
+    for p in model.params:
+        part = layers.setdefault(p.name.rpartition(".")[0], dict.fromkeys(PARTS, 0))
+        for name, n in param_parts(p, p.name in set(trainable), slots).items():
+            part[name] += n
+    return layers
+
+
+def _peak(program, live: dict, sizes: dict) -> list:
+    """The temporaries live at the position (memory.linearize) where the most of their bytes
+    are, at `sizes`."""
+    temps = [b.id for b in program.buffers if b.kind == "temp" and b.id in live]
+    if not temps:
+        return []
+    first, last = (np.array([live[bid][i] for bid in temps]) for i in (0, 1))
+    nbytes = np.array([buffer_bytes(program.buffers[bid], sizes) for bid in temps], np.int64)
+    change = np.zeros(last.max() + 2, np.int64)
+    np.add.at(change, first, nbytes)
+    np.add.at(change, last + 1, -nbytes)
+    at = int(np.argmax(np.cumsum(change)))
+    return [bid for bid, lo, hi in zip(temps, first, last) if lo <= at <= hi]

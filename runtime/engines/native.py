@@ -23,7 +23,7 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.native.lower import lower
-from dlc.compiler.native.memory import ITEMSIZE, intervals, plan, views
+from dlc.compiler.native.memory import intervals, plan, views
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.update import lower_update, touched
 from dlc.compiler.passes.optimize import optimize
@@ -218,8 +218,7 @@ class Executable:
         def activations(s: dict) -> dict:
             # what a layout allocates: the arena and the buffers that live nowhere else
             arena = (p if s == sizes else plan(self.program, s, self.live, exclude=fixed)).arena
-            return {"activations": arena + sum(max(1, int(concrete(b.size, s))) * ITEMSIZE[b.dtype]
-                                               for b in self.program.buffers if b.kind != "temp" and b.id not in fixed)}
+            return {"activations": arena + sum(budget.buffer_bytes(b, s) for b in budget.own_buffers(self.program, fixed))}
 
         resident = self.resident or {"parameters": sum(a.nbytes for a in fixed.values())}
         budget.require_step(self.what, self.graph, sizes, resident, activations)

@@ -149,10 +149,11 @@ class Trainer:
 
     # -- run --
     def run(self, resume=False, engine=None) -> Result:
-        if self.world is None:
-            return self._run(resume, engine)
-        with self.world.failing_together():
-            return self._run(resume, engine)
+        with budget.capped(self.cfg.memory, self.cfg.span("memory")):
+            if self.world is None:
+                return self._run(resume, engine)
+            with self.world.failing_together():
+                return self._run(resume, engine)
 
     def _run(self, resume, engine) -> Result:
         cfg, begun = self.cfg, time.time()
