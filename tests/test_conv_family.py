@@ -111,6 +111,12 @@ def test_conv_transpose_refuses_an_output_padding_beyond_the_stride():
         load_text(src, "m.dl").build(training=False)
 
 
+def test_padding_idx_must_be_a_row():
+    src = "model m {\n    input ids: i32[B, 4]\n    output y = embedding(ids, 5, 3, padding_idx = 5)\n}\n"
+    with pytest.raises(DlcError, match=r"padding_idx must be a row of the table \(-5 to 4\), got 5"):
+        load_text(src, "m.dl").build(training=False)
+
+
 def test_groups_must_divide_the_channels():
     src = "model m {\n    input x: f32[B, 6, 5, 5]\n    output y = conv2d(x, 4, 3, groups = 3)\n}\n"
     with pytest.raises(DlcError, match=r"the filters \(4\) must be a multiple of groups \(3\)"):
