@@ -80,7 +80,7 @@ def test_gemm_and_window_operands_are_stored_though_read_once():
     assert f.stored[h.key()] is Reason.GEMM_OPERAND and f.stored[cheap.key()] is Reason.GEMM_OPERAND
     g, (x, k) = inputs((B, 3, 8, 8), (4, 3, 3, 3))
     r = ops.unary("tanh", x)
-    g.outputs["c"] = g.add1("conv2d", [r, k], stride=(1, 1), padding=(1, 1))
+    g.outputs["c"] = g.add1("conv2d", [r, k], stride=(1, 1), padding=(1, 1), dilation=(1, 1), groups=1)
     f = Fusion(g)
     assert inside(f) == {r.key(): Reason.WINDOW_OPERAND}
     assert from_node(f, r.node) == {("conv2d", Reason.WINDOW_OPERAND)}

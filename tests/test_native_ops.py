@@ -210,10 +210,19 @@ SIZES_B = [{"B": 1}, {"B": 7}, {"B": 13}]
 RANGES_B = {"B": (2, 24)}
 
 
-def conv(kernel, stride, padding, img=IMG, out=5):
-    return Prim({"x": f32(*img), "w": f32(out, img[1], *kernel)},
-                lambda g, t: g.add1("conv2d", [t["x"], t["w"]], stride=stride, padding=padding),
+def conv(kernel, stride, padding, img=IMG, out=5, dilation=(1, 1), groups=1):
+    return Prim({"x": f32(*img), "w": f32(out, img[1] // groups, *kernel)},
+                lambda g, t: g.add1("conv2d", [t["x"], t["w"]], stride=stride, padding=padding, dilation=dilation,
+                                    groups=groups),
                 sizes=SIZES_B, ranges=RANGES_B, ops=("conv2d", "conv2d_input_grad", "conv2d_weight_grad"))
+
+
+def conv_transpose(x, w, stride, padding, input_hw, dilation=(1, 1), groups=1):
+    """conv2d_input_grad as a forward op (the builtin conv_transpose)."""
+    return Prim({"x": f32(*x), "w": f32(*w)},
+                lambda g, t: g.add1("conv2d_input_grad", [t["x"], t["w"]], stride=stride, padding=padding,
+                                    dilation=dilation, groups=groups, input_hw=input_hw),
+                sizes=SIZES_B, ranges=RANGES_B, ops=("conv2d_input_grad", "conv2d", "conv2d_weight_grad"))
 
 
 def pool(kind, kernel, stride, padding, img=IMG, sample=normal):
@@ -434,6 +443,15 @@ PRIMS = {
     "conv2d-im2col-261-taps": conv((3, 3), (1, 1), (1, 1), img=(B, 29, 5, 6), out=4),
     "conv2d-im2col-gemm-weight-grad": conv((3, 3), (1, 1), (0, 0), img=(B, 29, 5, 6), out=16),
     "conv2d-im2col-9-wide": conv((1, 9), (1, 1), (0, 4), img=(B, 1, 3, 11), out=2),
+    "conv2d-dilated": conv((3, 2), (1, 1), (2, 1), img=(B, 3, 9, 8), dilation=(2, 3)),
+    "conv2d-dilated-im2col": conv((3, 3), (2, 1), (1, 2), img=(B, 30, 9, 8), out=4, dilation=(2, 2)),
+    "conv2d-depthwise": conv((3, 3), (1, 1), (1, 1), img=(B, 4, 7, 9), out=4, groups=4),
+    "conv2d-depthwise-stride-dilated": conv((3, 3), (2, 2), (2, 2), img=(B, 3, 9, 8), out=6, dilation=(2, 2),
+                                           groups=3),
+    "conv_transpose-output-padding": conv_transpose((B, 4, 5, 4), (4, 3, 3, 2), (2, 1), (1, 0), (10, 5)),
+    "conv_transpose-direct": conv_transpose((B, 4, 5, 4), (4, 3, 3, 3), (1, 1), (1, 1), (5, 4)),
+    "conv_transpose-grouped-dilated": conv_transpose((B, 4, 4, 5), (4, 2, 3, 3), (2, 2), (1, 1), (10, 9), (2, 1), 2),
+    "conv2d-grouped-gemm": conv((3, 3), (1, 2), (1, 0), img=(B, 16, 6, 7), out=6, groups=2),
     # max pooling's gradient over tiling windows: 2 wide by vectors (rows of 17 windows:
     # more than one vector), first maximum among ties (NaN: NATIVE_PRIMS); 3 wide one
     # window at a time
@@ -618,6 +636,15 @@ LAYERS = {
     "maxpool2d": "output y = maxpool2d(conv2d(img, 2, 1), 3, 2, 1)",
     "avgpool2d": "output y = avgpool2d(conv2d(img, 2, 1), 2, 1, 1)",
     "global_avg_pool": "output y = global_avg_pool(conv2d(img, 3, 1))",
+    "conv2d_dilated_groups": "output y = conv2d(img, 6, 3, padding = \"same\", dilation = 2, groups = 3, act = tanh)",
+    "conv2d_depthwise": "output y = conv2d(conv2d(img, 4, 1), 8, 3, stride = 2, padding = 1, groups = 4)",
+    "conv1d_dilated": "output y = conv1d(swapaxes(x, 1, 2), 4, 3, padding = \"same\", dilation = 2)",
+    "conv2d_transpose": "output y = conv2d_transpose(img, 4, 3, stride = 2, padding = 1, output_padding = 1)",
+    "conv1d_transpose": "output y = conv1d_transpose(img[:, :, 0], 4, 4, stride = 2, padding = 1, groups = 1)",
+    "pools_1d": "c = conv1d(img[:, :, 0], 3, 1)\n output y = maxpool1d(c, 3, 2, 1) + avgpool1d(c, 3, 2, 1)",
+    "global_max_pool": "output y = global_max_pool(conv2d(img, 3, 1))",
+    "upsample2d": "c = conv2d(img, 2, 1)\n output y = upsample2d(c, 2)\n output z = upsample2d(c, (2, 3), mode = \"bilinear\")",
+    "embedding_padding_idx": "output y = embedding(ids, 13, 7, padding_idx = 0)",
     "flatten": "output y = dense(flatten(img), 7)",
     "dropout": "output y = dropout(dense(v, 129), 0.3)",
     "batchnorm_4d": "output y = batchnorm(img)",

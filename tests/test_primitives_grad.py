@@ -288,33 +288,41 @@ def test_matmul_rank3_by_rank2_via_ops():
 
 
 # ---- windows ------------------------------------------------------------------------------------------------------------
-CONV_CASES = [((1, 1), (0, 0)), ((1, 1), (1, 1)), ((2, 2), (0, 0)), ((2, 2), (1, 1)), ((2, 1), (1, 0))]
+# (stride, padding, dilation, groups)
+CONV_CASES = [((1, 1), (0, 0), (1, 1), 1), ((1, 1), (1, 1), (1, 1), 1), ((2, 2), (0, 0), (1, 1), 1),
+              ((2, 2), (1, 1), (1, 1), 1), ((2, 1), (1, 0), (1, 1), 1), ((1, 2), (2, 1), (2, 1), 1),
+              ((1, 1), (1, 1), (1, 1), 2), ((2, 1), (1, 2), (1, 2), 4)]
 
 
-def naive_conv2d(x, w, stride, padding):
-    (sh, sw), (ph, pw) = stride, padding
+def naive_conv2d(x, w, stride, padding, dilation=(1, 1), groups=1):
+    """Each output position by its window's taps, one group of channels at a time."""
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     n, c, H, W = xp.shape
-    o, _, kh, kw = w.shape
-    ho, wo = (H - kh) // sh + 1, (W - kw) // sw + 1
+    o, cg, kh, kw = w.shape
+    og = o // groups
+    ho, wo = (H - (kh - 1) * dh - 1) // sh + 1, (W - (kw - 1) * dw - 1) // sw + 1
     out = np.zeros((n, o, ho, wo))
-    for i in range(ho):
-        for j in range(wo):
-            patch = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
-            out[:, :, i, j] = np.einsum("nckl,ockl->no", patch, w)
+    for g in range(groups):
+        for i in range(ho):
+            for j in range(wo):
+                patch = xp[:, g * cg:(g + 1) * cg, i * sh:i * sh + (kh - 1) * dh + 1:dh, j * sw:j * sw + (kw - 1) * dw + 1:dw]
+                out[:, g * og:(g + 1) * og, i, j] = np.einsum("nckl,ockl->no", patch, w[g * og:(g + 1) * og])
     return out
 
 
-@pytest.mark.parametrize("stride,padding", CONV_CASES, ids=[f"s{s[0]}{s[1]}-p{p[0]}{p[1]}" for s, p in CONV_CASES])
-def test_conv2d_gradient_and_forward(stride, padding):
+@pytest.mark.parametrize("stride,padding,dilation,groups", CONV_CASES,
+                         ids=[f"s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}-g{k}" for s, p, d, k in CONV_CASES])
+def test_conv2d_gradient_and_forward(stride, padding, dilation, groups):
     r = rng(19)
-    x = r.standard_normal((2, 2, 6, 5))        # H = 6 with stride 2 and k = 3 leaves a row unused
-    w = r.standard_normal((3, 2, 3, 2))        # a non-square kernel
+    x = r.standard_normal((2, 4, 6, 5))        # H = 6 with stride 2 and k = 3 leaves a row unused
+    w = r.standard_normal((4, 4 // groups, 3, 2))        # a non-square kernel
     g, t = graph_with_params({"x": x, "w": w})
-    out = g.add1("conv2d", [t["x"], t["w"]], stride=stride, padding=padding)
+    attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    out = g.add1("conv2d", [t["x"], t["w"]], **attrs)
     g.outputs["y"] = out
     y = interpreter.run(g, {}, {"x": x, "w": w}, float_dtype=F64)["y"]
-    np.testing.assert_allclose(y, naive_conv2d(x, w, stride, padding), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, naive_conv2d(x, w, stride, padding, dilation, groups), rtol=1e-12, atol=1e-12)
     del g.outputs["y"]
     check_graph_gradient(g, out, {"x": x, "w": w})
 

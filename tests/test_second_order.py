@@ -72,9 +72,10 @@ def binary(name, sampler=lambda r, s: (r.standard_normal(s), r.standard_normal(s
     return case(lambda g, x: g.add1(name, x), sampler, flat=flat)
 
 
-def conv(stride, padding):
-    return case(lambda g, x: g.add1("conv2d", x, stride=stride, padding=padding), normal, normal,
-                shapes=((2, 2, 6, 5), (3, 2, 3, 2)), ops_=("conv2d_input_grad", "conv2d_weight_grad"))
+def conv(stride, padding, dilation=(1, 1), groups=1):
+    return case(lambda g, x: g.add1("conv2d", x, stride=stride, padding=padding, dilation=dilation, groups=groups),
+                normal, normal, shapes=((2, 2, 6, 5), (4, 2 // groups, 3, 2)),
+                ops_=("conv2d_input_grad", "conv2d_weight_grad"))
 
 
 def pool(kind, kernel, stride, padding):
@@ -82,7 +83,7 @@ def pool(kind, kernel, stride, padding):
                 shapes=((2, 2, 5, 6),), ops_=(f"{kind}pool2d_grad",), flat=ALL)
 
 
-WINDOW = dict(stride=(2, 1), padding=(1, 0))
+WINDOW = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 1), groups=1)
 POOL = dict(kernel=(3, 2), stride=(2, 1), padding=(1, 1))
 IDX = np.array([[0, 2, 2], [4, 0, 0]], np.int32)        # rows 1 and 3 unused, 0 and 2 repeated
 
@@ -127,6 +128,7 @@ CASES = {
     "conv2d-s11-p00": conv((1, 1), (0, 0)),
     "conv2d-s22-p11": conv((2, 2), (1, 1)),
     "conv2d-s21-p10": conv(**WINDOW),
+    "conv2d-dilated-grouped": conv((1, 1), (1, 1), (2, 1), 2),
     "conv2d_input_grad": case(lambda g, x: g.add1("conv2d_input_grad", x, input_hw=(6, 5), **WINDOW), normal, normal,
                               shapes=((2, 3, 3, 4), (3, 2, 3, 2)), ops_=("conv2d", "conv2d_weight_grad")),
     "conv2d_weight_grad": case(lambda g, x: g.add1("conv2d_weight_grad", x, kernel=(3, 2), **WINDOW), normal, normal,

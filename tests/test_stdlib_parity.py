@@ -949,7 +949,10 @@ def test_every_layer_is_covered():
               "scaled_dot_product_attention", "multi_head_attention", "luong_attention", "self_attention", "sinusoidal_encoding",
               "positional_embedding", "feed_forward", "transformer_encoder_block", "transformer_decoder_block",
               "transformer_encoder", "transformer_decoder"}
-    helpers = {"conv_padding", "same_padding",     # tested through conv2d and conv1d
+    tested |= {"conv2d_transpose", "conv1d_transpose", "maxpool1d", "avgpool1d", "global_max_pool",
+               "upsample2d"}                        # in test_conv_family.py
+    helpers = {"conv_padding", "same_padding", "dilated",     # tested through conv2d and conv1d
+               "interpolation", "zero_row",                    # through upsample2d and embedding
                "real_steps", "padded_out", "padded_cell",     # through the padded recurrences (test_packed_sequences.py)
                "broadcasts_into", "masked_scores"}     # through every attention given a mask
     defs = stdlib_defs("layers.dl") | stdlib_defs("recurrent.dl") | stdlib_defs("attention.dl")

@@ -470,12 +470,35 @@ def _windowed(ev, op, inputs, **attrs):
         raise
 
 
+def _conv_attrs(ev, stride, padding, dilation, groups) -> dict:
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        _fail(ev, f"groups must be a positive integer, got {describe(groups)}")
+    return dict(stride=_pair(ev, stride, "stride", 1), padding=_pair(ev, padding, "padding"),
+                dilation=_pair(ev, dilation, "dilation", 1), groups=groups)
+
+
 @builtin()
-def convolution(ev, x, w, stride=1, padding=0):
-    """2-D cross-correlation of x [N, C, H, W] with weights [O, C, kh, kw]."""
+def convolution(ev, x, w, stride=1, padding=0, dilation=1, groups=1):
+    """2-D cross-correlation of x [N, C, H, W] with weights [O, C / groups, kh, kw]."""
     x, w = _rank4(ev, x, "convolution"), _tensor(ev, w)
-    return _windowed(ev, "conv2d", list(ops.promote(x, w)), stride=_pair(ev, stride, "stride", 1),
-                     padding=_pair(ev, padding, "padding"))
+    return _windowed(ev, "conv2d", list(ops.promote(x, w)), **_conv_attrs(ev, stride, padding, dilation, groups))
+
+
+@builtin()
+def conv_transpose(ev, x, w, stride=1, padding=0, output_padding=0, dilation=1, groups=1):
+    """The transposed convolution of x [N, O, H, W] by weights [O, C / groups, kh, kw]: the
+    gradient of `convolution` with respect to its input, whose size it gives back
+    ((H - 1) * stride - 2 * padding + dilation * (k - 1) + 1 + output_padding)."""
+    x, w = _rank4(ev, x, "conv_transpose"), _tensor(ev, w)
+    attrs = _conv_attrs(ev, stride, padding, dilation, groups)
+    extra = _pair(ev, output_padding, "output_padding")
+    if w.rank != 4:
+        _fail(ev, f"conv_transpose needs [O, C, kh, kw] weights, got {w.type}")
+    if any(e >= s for e, s in zip(extra, attrs["stride"])):
+        _fail(ev, f"output_padding {extra} must be smaller than the stride {attrs['stride']}")
+    hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + 1 + e for size, s, p, d, k, e in
+               zip(x.shape[2:], attrs["stride"], attrs["padding"], attrs["dilation"], w.shape[2:], extra))
+    return _windowed(ev, "conv2d_input_grad", list(ops.promote(x, w)), input_hw=hw, **attrs)
 
 
 def _pool(ev, op, x, kernel, stride, padding):

@@ -618,62 +618,84 @@ def _matmul(ctx, xs, ta=False, tb=False):
 
 
 # ---- windows: convolution and pooling (NCHW, weights OIHW) -------------------------------------
-def window_out(size, k, stride, pad):
-    out = (size + 2 * pad - k) // stride if stride != 1 else size + 2 * pad - k
+# A convolution's attrs: stride, padding (before each axis, the same after), dilation (the
+# spacing of the kernel's taps) and groups (the channels split into that many independent
+# convolutions; weights [O, C / groups, kh, kw]; groups = C is depthwise).
+def window_out(size, k, stride, pad, dilation=1):
+    out = size + 2 * pad - (k - 1) * dilation - 1
+    out = out // stride if stride != 1 else out
     return None if out is None else out + 1
 
 
-def _window_shape(ctx, x: TensorType, kernel, stride, padding):
+def _window_shape(ctx, x: TensorType, kernel, stride, padding, dilation=(1, 1)):
     if x.rank != 4:
         ctx.fail(f"needs a [N, C, H, W] input, got {x}")
     hw = []
-    for size, k, s, p in zip(x.shape[2:], kernel, stride, padding):
-        o = window_out(size, k, s, p)
+    for size, k, s, p, d in zip(x.shape[2:], kernel, stride, padding, dilation):
+        o = window_out(size, k, s, p, d)
         if o is None:
             ctx.fail(f"the spatial size {size} must be known for stride {s}")
         if isinstance(o, int) and o < 1:
-            ctx.fail(f"the window {k} (padding {p}) does not fit in the input {x}")
+            ctx.fail(f"the window {k} (padding {p}{f', dilation {d}' if d != 1 else ''}) does not fit in the input {x}")
         hw.append(o)
     return tuple(hw)
 
 
-def _conv_type(ctx, types, stride, padding):
+def _check_groups(ctx, channels, filters, groups):
+    for what, n in (("input channels", channels), ("filters", filters)):
+        if groups != 1 and (not isinstance(n, int) or n % groups != 0):
+            ctx.fail(f"the {what} ({n}) must be a multiple of groups ({groups})")
+
+
+def _conv_type(ctx, types, stride, padding, dilation, groups):
     x, w = types
     if w.rank != 4 or x.rank != 4:
         ctx.fail(f"needs a [N, C, H, W] input and [O, C, kh, kw] weights, got {x} and {w}")
-    if x.shape[1] != w.shape[1]:
-        ctx.fail(f"the input {x} has {x.shape[1]} channels, the weights {w} expect {w.shape[1]}")
-    hw = _window_shape(ctx, x, w.shape[2:], stride, padding)
+    if x.shape[1] != w.shape[1] * groups:
+        ctx.fail(f"the input {x} has {x.shape[1]} channels, the weights {w} expect {w.shape[1] * groups}"
+                 + (f" ({w.shape[1]} in each of {groups} groups)" if groups != 1 else ""))
+    _check_groups(ctx, x.shape[1], w.shape[0], groups)
+    hw = _window_shape(ctx, x, w.shape[2:], stride, padding, dilation)
     return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + hw)]
 
 
-def _windows(x, kh, kw, stride, padding):
+def _windows(x, kh, kw, stride, padding, dilation=(1, 1)):
     """[N, C, Ho, Wo, kh, kw] view of the padded input."""
-    ph, pw = padding
+    (ph, pw), (dh, dw) = padding, dilation
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    v = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))
-    return v[:, :, ::stride[0], ::stride[1]]
+    v = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
+    return v[:, :, ::stride[0], ::stride[1], ::dh, ::dw]
 
 
-def _add_windows(shape, input_hw, kernel, stride, padding, contribution, dtype):
+def _grouped(a, axis, groups):
+    """a with its axis split into [groups, axis / groups]."""
+    return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1:])
+
+
+def _add_windows(shape, input_hw, kernel, stride, padding, contribution, dtype, dilation=(1, 1)):
     """The adjoint of taking windows: add contribution(i, j) (one value per output
     position) at offset (i, j) of every window, then crop the padding."""
-    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel, stride, padding, dilation
     n, c, ho, wo = shape
-    full = np.zeros((n, c, input_hw[0] + 2 * ph, input_hw[1] + 2 * pw), dtype)
+    # as large as the windows reach (a transposed convolution's output may crop more after than before)
+    rows = max(input_hw[0] + 2 * ph, (ho - 1) * sh + (kh - 1) * dh + 1)
+    cols = max(input_hw[1] + 2 * pw, (wo - 1) * sw + (kw - 1) * dw + 1)
+    full = np.zeros((n, c, rows, cols), dtype)
     for i in range(kh):
         for j in range(kw):
-            full[:, :, i:i + sh * ho:sh, j:j + sw * wo:sw] += contribution(i, j)
+            full[:, :, i * dh:i * dh + sh * ho:sh, j * dw:j * dw + sw * wo:sw] += contribution(i, j)
     return full[:, :, ph:ph + input_hw[0], pw:pw + input_hw[1]]
+
+
+def _conv_attrs(n) -> dict:
+    return {k: n.attrs[k] for k in ("stride", "padding", "dilation", "groups")}
 
 
 def _conv_vjp(n, g):
     x, w = n.inputs
     graph = ops.graph_of(g[0])
-    dx = graph.add1("conv2d_input_grad", [g[0], w], stride=n.attrs["stride"], padding=n.attrs["padding"],
-                    input_hw=tuple(x.shape[2:]))
-    dw = graph.add1("conv2d_weight_grad", [x, g[0]], stride=n.attrs["stride"], padding=n.attrs["padding"],
-                    kernel=tuple(w.shape[2:]))
+    dx = graph.add1("conv2d_input_grad", [g[0], w], input_hw=tuple(x.shape[2:]), **_conv_attrs(n))
+    dw = graph.add1("conv2d_weight_grad", [x, g[0]], kernel=tuple(w.shape[2:]), **_conv_attrs(n))
     return [dx, dw]
 
 
@@ -683,55 +705,69 @@ def _conv_flops(ins, outs, **_):
 
 
 @primitive("conv2d", "window", _conv_type, _conv_vjp, _conv_flops)
-def _conv2d(ctx, xs, stride, padding):
+def _conv2d(ctx, xs, stride, padding, dilation, groups):
     x, w = xs
-    v = _windows(x, w.shape[2], w.shape[3], stride, padding)
-    return [np.einsum("nchwij,ocij->nohw", v, w, optimize=True).astype(x.dtype)]
+    v = _grouped(_windows(x, w.shape[2], w.shape[3], stride, padding, dilation), 1, groups)
+    y = np.einsum("ngchwij,gocij->ngohw", v, _grouped(w, 0, groups), optimize=True)
+    return [y.reshape(y.shape[:1] + (-1,) + y.shape[3:]).astype(x.dtype)]
 
 
-def _conv_input_grad_type(ctx, types, stride, padding, input_hw):
+def _conv_input_grad_type(ctx, types, stride, padding, dilation, groups, input_hw):
     g, w = types
-    return [TensorType(g.dtype, (g.shape[0], w.shape[1]) + tuple(input_hw))]
+    if g.rank != 4 or w.rank != 4 or g.shape[1] != w.shape[0]:
+        ctx.fail(f"needs [N, O, Ho, Wo] values and [O, C, kh, kw] weights, got {g} and {w}")
+    _check_groups(ctx, w.shape[1] * groups, w.shape[0], groups)
+    x = TensorType(g.dtype, (g.shape[0], w.shape[1] * groups) + tuple(input_hw))
+    hw = _window_shape(ctx, x, w.shape[2:], stride, padding, dilation)
+    if hw != tuple(g.shape[2:]):
+        ctx.fail(f"the output {x} convolved back gives {list(hw)} positions, not the {list(g.shape[2:])} of {g}")
+    return [x]
 
 
 def _conv_input_grad_vjp(n, g):
     """dx = conv2d_input_grad(dy, w) is bilinear: <c, dx> = <conv2d(c, w), dy>."""
     dy, w = n.inputs
     graph = ops.graph_of(g[0])
-    stride, padding = n.attrs["stride"], n.attrs["padding"]
-    return [graph.add1("conv2d", [g[0], w], stride=stride, padding=padding),
-            graph.add1("conv2d_weight_grad", [g[0], dy], stride=stride, padding=padding, kernel=tuple(w.shape[2:]))]
+    return [graph.add1("conv2d", [g[0], w], **_conv_attrs(n)),
+            graph.add1("conv2d_weight_grad", [g[0], dy], kernel=tuple(w.shape[2:]), **_conv_attrs(n))]
 
 
 @primitive("conv2d_input_grad", "window", _conv_input_grad_type, _conv_input_grad_vjp,
            lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]))
-def _conv2d_input_grad(ctx, xs, stride, padding, input_hw):
+def _conv2d_input_grad(ctx, xs, stride, padding, dilation, groups, input_hw):
+    """Also the transposed convolution (conv_transpose) of xs[0] by the weights xs[1]."""
     g, w = xs
-    shape = (g.shape[0], w.shape[1]) + g.shape[2:]
-    return [_add_windows(shape, input_hw, w.shape[2:], stride, padding,
-                         lambda i, j: np.einsum("nohw,oc->nchw", g, w[:, :, i, j]), g.dtype)]
+    shape = (g.shape[0], w.shape[1] * groups) + g.shape[2:]
+    gg, wg = _grouped(g, 1, groups), _grouped(w, 0, groups)
+
+    def contribution(i, j):
+        c = np.einsum("ngohw,goc->ngchw", gg, wg[:, :, :, i, j])
+        return c.reshape(shape)
+
+    return [_add_windows(shape, input_hw, w.shape[2:], stride, padding, contribution, g.dtype, dilation)]
 
 
-def _conv_weight_grad_type(ctx, types, stride, padding, kernel):
+def _conv_weight_grad_type(ctx, types, stride, padding, dilation, groups, kernel):
     x, g = types
-    return [TensorType(x.dtype, (g.shape[1], x.shape[1]) + tuple(kernel))]
+    _check_groups(ctx, x.shape[1], g.shape[1], groups)
+    return [TensorType(x.dtype, (g.shape[1], x.shape[1] // groups) + tuple(kernel))]
 
 
 def _conv_weight_grad_vjp(n, g):
     """dw = conv2d_weight_grad(x, dy) is bilinear: <c, dw> = <conv2d(x, c), dy>."""
     x, dy = n.inputs
     graph = ops.graph_of(g[0])
-    stride, padding = n.attrs["stride"], n.attrs["padding"]
-    return [graph.add1("conv2d_input_grad", [dy, g[0]], stride=stride, padding=padding, input_hw=tuple(x.shape[2:])),
-            graph.add1("conv2d", [x, g[0]], stride=stride, padding=padding)]
+    return [graph.add1("conv2d_input_grad", [dy, g[0]], input_hw=tuple(x.shape[2:]), **_conv_attrs(n)),
+            graph.add1("conv2d", [x, g[0]], **_conv_attrs(n))]
 
 
 @primitive("conv2d_weight_grad", "window", _conv_weight_grad_type, _conv_weight_grad_vjp,
            lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]))
-def _conv2d_weight_grad(ctx, xs, stride, padding, kernel):
+def _conv2d_weight_grad(ctx, xs, stride, padding, dilation, groups, kernel):
     x, g = xs
-    v = _windows(x, kernel[0], kernel[1], stride, padding)
-    return [np.einsum("nchwij,nohw->ocij", v, g, optimize=True).astype(x.dtype)]
+    v = _grouped(_windows(x, kernel[0], kernel[1], stride, padding, dilation), 1, groups)
+    dw = np.einsum("ngchwij,ngohw->gocij", v, _grouped(g, 1, groups), optimize=True)
+    return [dw.reshape((-1,) + dw.shape[2:]).astype(x.dtype)]
 
 
 def _pool_type(ctx, types, kernel, stride, padding):

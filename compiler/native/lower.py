@@ -31,6 +31,7 @@ SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a Sma
 DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
 SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
 SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
+GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
 
 
 class NotLowerable(DlcError):
@@ -210,21 +211,21 @@ class Lowering:
         return outer.packs[key]
 
     # -- windows, as convolution and pooling read them ----------------------------------------
-    def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij"):
+    def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij", dilation=(1, 1)):
         """x read through its windows over the iteration [N, Ho, Wo, C, kh, kw] ("nhwcij",
-        the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij")."""
+        the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij"); the taps `dilation` apart."""
         src = self.materialize(x)
         h, w = x.shape[2:]
         sn, sc, sh, sw = row_major(x.shape)
-        (st_h, st_w), (ph, pw) = stride, padding
+        (st_h, st_w), (ph, pw), (dh, dw) = stride, padding, dilation
         if order == "nhwcij":
-            coeffs = (sn, st_h * sh, st_w * sw, sc, sh, sw)
-            row = (0, st_h, 0, 0, 1, 0)
-            col = (0, 0, st_w, 0, 0, 1)
+            coeffs = (sn, st_h * sh, st_w * sw, sc, dh * sh, dw * sw)
+            row = (0, st_h, 0, 0, dh, 0)
+            col = (0, 0, st_w, 0, 0, dw)
         else:
-            coeffs = (sn, sc, st_h * sh, st_w * sw, sh, sw)
-            row = (0, 0, st_h, 0, 1, 0)
-            col = (0, 0, 0, st_w, 0, 1)
+            coeffs = (sn, sc, st_h * sh, st_w * sw, dh * sh, dw * sw)
+            row = (0, 0, st_h, 0, dh, 0)
+            col = (0, 0, 0, st_w, 0, dw)
         offset = -ph * sh - pw * sw + src.at.offset
         load = Load(src.buffer, Affine(offset, coeffs), x.dtype)
         if not (ph or pw):
@@ -236,7 +237,7 @@ class Lowering:
         """x's windows laid out [N, Ho, Wo, C, kh, kw]; written once and shared by the
         convolution and its weight gradient, which read the same windows."""
         shape = (x.shape[0],) + tuple(window_shape)
-        e = self.windows(x, attrs["stride"], attrs["padding"])
+        e = self.windows(x, attrs["stride"], attrs["padding"], dilation=attrs["dilation"])
         if (e, shape) not in self.cols:
             cols = self.p.buffer("f32", numel(shape), "temp")
             self.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), e, node=n))
@@ -476,26 +477,58 @@ def _scan(lw, n, ins, attrs, typ):
 
 
 # ---- windows: convolution (im2col + GEMM) and pooling --------------------------------------------
-def _conv_dims(x: tuple, w: tuple, y: tuple) -> tuple:
-    """(N, C, O, kh, kw, Ho, Wo, C·kh·kw, Ho·Wo) of x [N, C, H, W] convolved with w
-    [O, C, kh, kw] into y [N, O, Ho, Wo]: the GEMM shapes of a convolution and its gradients."""
+def _conv_dims(x: tuple, w: tuple, y: tuple, groups: int) -> tuple:
+    """(N, C, O, kh, kw, Ho, Wo, C·kh·kw, Ho·Wo, Og, Cg·kh·kw) of x [N, C, H, W] convolved with
+    w [O, C / groups, kh, kw] into y [N, O, Ho, Wo]: the GEMM shapes of a convolution and its
+    gradients, a GEMM per group of Og = O / groups filters and Cg = C / groups channels."""
     (N, C), (O, _, kh, kw), (Ho, Wo) = x[:2], w, y[2:]
-    return N, C, O, kh, kw, Ho, Wo, C * kh * kw, Ho * Wo
+    return N, C, O, kh, kw, Ho, Wo, C * kh * kw, Ho * Wo, O // groups, C // groups * kh * kw
 
 
 def _direct(ckk, kw, attrs) -> bool:
     """Whether a convolution is a ConvKernel: few taps (C*kh*kw), where im2col's buffer
     and a GEMM with so short a K cost more than the products, a row of taps that fits in
-    registers, and stride 1 along W (its rows are loaded as vectors)."""
-    return isinstance(ckk, int) and ckk <= DIRECT_TAPS and kw <= 8 and attrs["stride"][1] == 1
+    registers, stride 1 along W (its rows are loaded as vectors), one group, no dilation."""
+    return isinstance(ckk, int) and ckk <= DIRECT_TAPS and kw <= 8 and attrs["stride"][1] == 1 and \
+        attrs["groups"] == 1 and attrs["dilation"] == (1, 1)
+
+
+def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
+    """The products of a grouped convolution's taps (c, i, j) over the iteration
+    [N, groups, O / groups, Ho, Wo]: x's window at channel g * Cg + c times w[g * Og + o, c, i, j]."""
+    groups, (_, cg, kh, kw) = attrs["groups"], w.shape
+    og = w.shape[0] // groups
+    windows = lw.windows(x, attrs["stride"], attrs["padding"], order="nchwij", dilation=attrs["dilation"])
+    wm = lw.materialize(w)
+    products = []
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                xa = remap(windows, lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[4] * i + a.coeffs[5] * j,
+                                                     (a.coeffs[0], a.coeffs[1] * cg, 0, a.coeffs[2], a.coeffs[3])))
+                wa = remap(wm, lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[2] * i + a.coeffs[3] * j,
+                                                (0, a.coeffs[0] * og, a.coeffs[0], 0, 0)))
+                products.append(Op("mul", (xa, wa), "f32"))
+    return products
 
 
 @register_lowering("conv2d", floats=("f32",))
 def _conv2d(lw, n, ins, attrs, typ):
     x, w = ins
-    N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(x.shape, w.shape, typ.shape)
-    wm = lw.materialize(w)
+    groups = attrs["groups"]
+    N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, w.shape, typ.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    if groups > 1 and isinstance(cgkk, int) and cgkk <= GROUPED_TAPS:
+        # depthwise and small groups: a map over the outputs summing their taps (the loop
+        # over Wo vectorizes), where a GEMM per group would multiply with a K of a few taps
+        total, *rest = _group_taps(lw, x, w, attrs)
+        for v in rest:
+            total = Op("add", (total, v), "f32")
+        shape = (N, groups, og, Ho, Wo)
+        lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), total, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    wm = lw.materialize(w)
     if _direct(ckk, kw, attrs):
         xm = lw.materialize(x)
         lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (Ho, Wo), attrs["stride"][0],
@@ -503,16 +536,18 @@ def _conv2d(lw, n, ins, attrs, typ):
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
-    # one GEMM over the batch, y stored [O, N, Ho, Wo]: y (O x N*HoWo) = W (O x CKK) @ cols^T
-    # (as N GEMMs of HoWo columns each, a first layer's 6 x 784 products ran at a third the speed)
-    lw.emit(GemmKernel(O, N * hw, ckk, 1, (wm.buffer, wm.at.offset, ckk, 0), (cols.id, 0, ckk, 0),
-                       (out.id, 0, N * hw, 0), False, True, node=n))
+    # one GEMM over the batch per group, y stored [O, N, Ho, Wo]: y_g (Og x N*HoWo) = W_g (Og x Cg*kh*kw)
+    # @ cols_g^T, cols_g the group's columns of cols (as N GEMMs of HoWo columns each, a first
+    # layer's 6 x 784 products ran at a third the speed)
+    lw.emit(GemmKernel(og, N * hw, cgkk, groups, (wm.buffer, wm.at.offset, cgkk, og * cgkk), (cols.id, 0, ckk, cgkk),
+                       (out.id, 0, N * hw, og * N * hw), False, True, node=n))
     lw.set(n, Load(out.id, Affine(0, (hw, N * hw, Wo, 1)), typ.dtype))
 
 @register_lowering("conv2d_weight_grad", floats=("f32",))
 def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     x, g = ins
-    N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(x.shape, typ.shape, g.shape)
+    groups = attrs["groups"]
+    N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, typ.shape, g.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     if _direct(ckk, kw, attrs):
         xm, gm = lw.materialize(x), lw.materialize(g)
@@ -522,7 +557,7 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
-    if isinstance(O * ckk, int) and O * ckk <= SMALL_FILTER:
+    if groups == 1 and isinstance(O * ckk, int) and O * ckk <= SMALL_FILTER:
         # few, small filters (a first layer): dW stays in registers while every
         # example's g[n] (O x HoWo) @ cols[n] (HoWo x CKK) streams by
         gm = lw.materialize(g)
@@ -530,25 +565,42 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         lw.emit(SmallGemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw),
                                 (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), partial.id, SMALL_GEMM_PARTS, node=n))
     else:
-        # g as [O, N*HoWo]: dW (O x CKK) = g2 @ cols (N*HoWo x CKK), one GEMM
+        # g as [O, N*HoWo]: dW_g (Og x Cg*kh*kw) = g2_g @ cols_g (N*HoWo x Cg*kh*kw), one GEMM per group
         g2 = lw.p.buffer("f32", O * N * hw, "temp")
         swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
         lw.emit(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
                             remap(lw.use(g), swap), node=n))
-        lw.emit(GemmKernel(O, ckk, N * hw, 1, (g2.id, 0, N * hw, 0), (cols.id, 0, ckk, 0),
-                             (out.id, 0, ckk, 0), False, False, node=n))
+        lw.emit(GemmKernel(og, cgkk, N * hw, groups, (g2.id, 0, N * hw, og * N * hw), (cols.id, 0, ckk, cgkk),
+                           (out.id, 0, cgkk, og * cgkk), False, False, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("conv2d_input_grad", floats=("f32",))
 def _conv2d_input_grad(lw, n, ins, attrs, typ):
     g, w = ins
-    N, C, O, kh, kw, Ho, Wo, ckk, hw = _conv_dims(typ.shape, w.shape, g.shape)
+    groups = attrs["groups"]
+    N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(typ.shape, w.shape, g.shape, groups)
     H, W = typ.shape[2:]
+    (st_h, st_w), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
+    sn, sc, sh, sw = row_major(typ.shape)
+    out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    if groups > 1:
+        # each group's few filters: dx[n, g*Cg + c, window (i, j) of (ho, wo)] += dy[n, g*Og + o, ho, wo]
+        # * w[g*Og + o, c, i, j] over [N, groups, Cg, Og, kh, kw, Ho, Wo], without columns
+        cg = C // groups
+        dy = remap(lw.use(g), lambda a: Affine(a.offset, (a.coeffs[0], a.coeffs[1] * og, 0, a.coeffs[1], 0, 0,
+                                                          a.coeffs[2], a.coeffs[3])))
+        wm = lw.materialize(w)
+        wt = remap(wm, lambda a: Affine(a.offset, (0, a.coeffs[0] * og, a.coeffs[1], a.coeffs[0], a.coeffs[2],
+                                                   a.coeffs[3], 0, 0)))
+        at = Affine(-ph * sh - pw * sw, (sn, cg * sc, sc, 0, dh * sh, dw * sw, st_h * sh, st_w * sw))
+        guards = ((Affine(-ph, (0, 0, 0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, 0, 0, dw, 0, st_w)), W))
+        lw.emit(AccumulateKernel((N, groups, cg, og, kh, kw, Ho, Wo), out.id, at, guards,
+                                 Op("mul", (dy, wt), "f32"), node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
     gm, wm = lw.materialize(g), lw.materialize(w)
-    (st_h, st_w), (ph, pw) = attrs["stride"], attrs["padding"]
     if _direct(ckk, kw, attrs) and st_h == 1:
         # g convolved with the filters flipped, their channels swapped: one pass, no columns
-        out = lw.p.buffer("f32", numel(typ.shape), "temp")
         lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
                            transposed=True, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
@@ -558,10 +610,8 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     # (O x HoWo), so that col2im's innermost loop walks Wo, along the rows of both
     lw.emit(GemmKernel(ckk, hw, O, N, (wm.buffer, wm.at.offset, ckk, 0), (gm.buffer, gm.at.offset, hw, O * hw),
                        (cols.id, 0, hw, ckk * hw), True, False, node=n))
-    out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    sn, sc, sh, sw = row_major(typ.shape)
-    at = Affine(-ph * sh - pw * sw, (sn, sc, sh, sw, st_h * sh, st_w * sw))
-    guards = ((Affine(-ph, (0, 0, 1, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, 1, 0, st_w)), W))
+    at = Affine(-ph * sh - pw * sw, (sn, sc, dh * sh, dw * sw, st_h * sh, st_w * sw))
+    guards = ((Affine(-ph, (0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, dw, 0, st_w)), W))
     shape = (N, C, kh, kw, Ho, Wo)
     lw.emit(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))

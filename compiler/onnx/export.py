@@ -43,7 +43,6 @@ INT64_MAX = np.iinfo(np.int64).max
 NOT_EXPORTABLE = {
     "random": "random numbers are drawn in training only (dropout); an evaluation graph that draws them "
               "cannot be reproduced by an ONNX runtime",
-    "conv2d_input_grad": "a gradient: it occurs only in the gradient graph",
     "conv2d_weight_grad": "a gradient: it occurs only in the gradient graph",
     "maxpool2d_grad": "a gradient: it occurs only in the gradient graph",
     "avgpool2d_grad": "a gradient: it occurs only in the gradient graph",
@@ -579,8 +578,18 @@ def _window(stride, padding, **attrs) -> dict:
 
 
 @export_rule("conv2d")
-def _conv2d(b, n, xs, stride, padding):
-    return [b.op("Conv", xs, **_window(stride, padding))]
+def _conv2d(b, n, xs, stride, padding, dilation, groups):
+    return [b.op("Conv", xs, **_window(stride, padding, dilations=list(dilation), group=groups))]
+
+
+@export_rule("conv2d_input_grad")
+def _conv_transpose(b, n, xs, stride, padding, dilation, groups, input_hw):
+    """conv_transpose: the output_padding is what input_hw adds to the windows' reach."""
+    w = b.graph.inputs(n)[1].shape
+    reach = [(size - 1) * s - 2 * p + d * (k - 1) + 1 for size, s, p, d, k in
+             zip(b.graph.inputs(n)[0].shape[2:], stride, padding, dilation, w[2:])]
+    return [b.op("ConvTranspose", xs, **_window(stride, padding, dilations=list(dilation), group=groups,
+                                                output_padding=[h - r for h, r in zip(input_hw, reach)]))]
 
 
 @export_rule("maxpool2d")

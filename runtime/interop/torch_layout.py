@@ -52,6 +52,8 @@ LAYERS = {
     "dense": lambda layer, shapes: _LINEAR,
     "conv1d": lambda layer, shapes: _CONV,
     "conv2d": lambda layer, shapes: _CONV,
+    "conv1d_transpose": lambda layer, shapes: _CONV,
+    "conv2d_transpose": lambda layer, shapes: _CONV,
     "embedding": lambda layer, shapes: {"weight": (("W",), False)},
     "positional_embedding": lambda layer, shapes: {"weight": (("P",), False)},    # learned positions: nn.Embedding
     "layernorm": lambda layer, shapes: _NORM,

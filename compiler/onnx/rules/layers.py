@@ -1,6 +1,7 @@
-"""The ONNX ops of layers: Gemm and MatMul become dense, Conv conv2d or conv1d, where their
-weights are constants (absorbing a following bias Add and activation); ConvTranspose; the
-pools; Resize."""
+"""The ONNX ops of layers: Gemm and MatMul become dense, Conv conv2d or conv1d and
+ConvTranspose conv2d_transpose or conv1d_transpose, where their weights are constants
+(absorbing a following bias Add and activation), else the convolution and conv_transpose
+builtins (one call for any group count); the pools; Resize."""
 from __future__ import annotations
 
 from math import prod
@@ -10,7 +11,7 @@ import numpy as np
 from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.onnx.node import Node, rule
 from dlc.compiler.onnx.values import FLOAT, LARGEST, shape_tuple
-from dlc.compiler.onnx.writing import ACTIVATIONS, axes_text, flt, kw, reshaped, slice_text, take, weights_hint
+from dlc.compiler.onnx.writing import ACTIVATIONS, axes_text, flt, kw, reshaped, take, weights_hint
 
 
 def _activation(n: Node) -> str:
@@ -112,10 +113,60 @@ def _padded(n: Node, x: str, before, after, value: str | None = None) -> str:
                  n.label + "_padded")
 
 
+# a 1-D window's settings as a 2-D one's of height 1: what each is along that height
+HEIGHT_1 = {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1}
+
+
+def _conv_settings(spatial: dict, group: int) -> str:
+    """A layer's keyword arguments (stride, padding, ..., groups) that differ from their defaults."""
+    return "".join(kw(**{k: _pair(v) if set(v) != {HEIGHT_1[k]} else None}) for k, v in spatial.items()) + \
+        kw(groups=group if group != 1 else None)
+
+
+def _conv_layer(n: Node, layer: str, x: str, w: np.ndarray, filters: int, kernel, settings: str) -> str:
+    """conv1d / conv2d / conv1d_transpose / conv2d_transpose with the node's constant weights,
+    absorbing its bias (input 2, or a following Add) and a following activation."""
+    rank = w.ndim
+    b = n.const(2)
+    if b is None:
+        b = _bias_add(n, filters, [(filters,) + (1,) * (rank - 2), (1, filters) + (1,) * (rank - 2)])
+    act = _activation(n)
+    name = n.binding(weights_hint(n, 1))
+    n.weight(f"{name}.W", w)
+    if b is not None:
+        n.weight(f"{name}.b", b.reshape(filters))
+    return (f"{layer}({x}, {filters}, {_pair(kernel)}{settings}{', act = ' + act if act else ''}"
+            f"{kw(bias='false' if b is None else None)})")
+
+
+def _constant_weights(n: Node) -> np.ndarray | None:
+    """The weights (input 1) when they and the bias (input 2) are constants: a layer's."""
+    w = n.const(1)
+    if w is not None and n.value(1).weight and (not n.has(2) or n.const(2) is not None):
+        return w
+    return None
+
+
+def _builtin_2d(n: Node, call: str, x: str, w: str, shape, w_shape, spatial: dict, group: int) -> str:
+    """call(x, w, *spatial settings, group) — convolution or conv_transpose, with the bias
+    (input 2) added — a 1-D one as a 2-D one of height 1."""
+    if len(shape) == 3:
+        x = n.let(reshaped(x, [shape[0], shape[1], 1, shape[2]]), n.label + "_2d")
+        w = n.let(reshaped(w, [w_shape[0], w_shape[1], 1, w_shape[2]]), n.label + "_kernel")
+        spatial = {k: [HEIGHT_1[k]] + list(v) for k, v in spatial.items()}
+    out = f"{call}({x}, {w}, {', '.join(_pair(v) for v in spatial.values())}, {group})"
+    if len(shape) == 3:
+        out = f"{n.let(out, n.label + '_2d')}[:, :, 0]"
+    if n.has(2):
+        filters = w_shape[0] if call == "convolution" else w_shape[1] * group
+        out = f"{n.let(out, n.label + '_conv')} + {reshaped(n.x(2), [filters] + [1] * (len(shape) - 2))}"
+    return out
+
+
 @rule("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"))
 def _conv(n: Node):
     """conv2d / conv1d for constant weights (with a following bias Add and Relu), the
-    convolution builtin otherwise (and for groups and dilations)."""
+    convolution builtin otherwise; groups and dilations as theirs."""
     n.require_float(0, 1)
     shape, w_shape = n.shape(0), n.shape(1)
     rank = len(shape)
@@ -129,97 +180,59 @@ def _conv(n: Node):
     if before != after:
         x = _padded(n, x, before, after)
         before = [0] * len(kernel)
-    w, b = n.const(1), n.const(2)
-    filters = w_shape[0]
-    if w is not None and n.value(1).weight and (not n.has(2) or b is not None) and group == 1 and set(dilations) == {1}:
-        if b is None:
-            b = _bias_add(n, filters, [(filters,) + (1,) * (rank - 2), (1, filters) + (1,) * (rank - 2)])
-        act = _activation(n)
-        name = n.binding(weights_hint(n, 1))
-        n.weight(f"{name}.W", w)
-        if b is not None:
-            n.weight(f"{name}.b", b.reshape(filters))
-        return (f"conv{rank - 2}d({x}, {filters}, {_pair(kernel)}"
-                f"{kw(stride=_pair(strides) if set(strides) != {1} else None)}"
-                f"{kw(padding=_pair(before) if any(before) else None)}{', act = ' + act if act else ''}"
-                f"{kw(bias='false' if b is None else None)})")
-    out = _convolution(n, x, n.x(1), shape, w_shape, strides, before, dilations, group)
-    if n.has(2):
-        out = f"{n.let(out, n.label + '_conv')} + {reshaped(n.x(2), [filters] + [1] * (rank - 2))}"
-    return out
+    spatial = {"stride": strides, "padding": before, "dilation": dilations}
+    w = _constant_weights(n)
+    if w is not None:
+        return _conv_layer(n, f"conv{rank - 2}d", x, w, w_shape[0], kernel, _conv_settings(spatial, group))
+    return _builtin_2d(n, "convolution", x, n.x(1), shape, w_shape, spatial, group)
 
 
-def _convolution(n: Node, x: str, w: str, shape, w_shape, strides, pads, dilations, group) -> str:
-    """The convolution builtin for any group count and dilation (a kernel spread with zeros);
-    a 1-D convolution as a 2-D one of height 1."""
-    if len(shape) == 3:
-        x = n.let(reshaped(x, [shape[0], shape[1], 1, shape[2]]), n.label + "_2d")
-        w = n.let(reshaped(w, [w_shape[0], w_shape[1], 1, w_shape[2]]), n.label + "_kernel")
-        strides, pads, dilations = [1] + strides, [0] + pads, [1] + dilations
-    if set(dilations) != {1}:
-        w = n.let(f"pad({w}, (0, 0, 0, 0), (0, 0, 0, 0), 0, {shape_tuple([0, 0] + [d - 1 for d in dilations])})",
-                  n.label + "_dilated")
-    inputs, outputs = shape[1] // group, w_shape[0] // group
-    parts = [f"convolution({x}{slice_text('', 1, g * inputs, (g + 1) * inputs) if group > 1 else ''}, "
-             f"{w}{slice_text('', 0, g * outputs, (g + 1) * outputs) if group > 1 else ''}, {_pair(strides)}, "
-             f"{_pair(pads)})" for g in range(group)]
-    out = parts[0] if group == 1 else f"concat({', '.join(parts)}, axis = 1)"
-    return f"{n.let(out, n.label + '_2d')}[:, :, 0]" if len(shape) == 3 else out
-
-
-@rule("ConvTranspose", static=(1,), attrs=("auto_pad", "dilations", "group", "kernel_shape", "output_padding",
-                                           "output_shape", "pads", "strides"))
+@rule("ConvTranspose", attrs=("auto_pad", "dilations", "group", "kernel_shape", "output_padding",
+                              "output_shape", "pads", "strides"))
 def _conv_transpose(n: Node):
-    """The gradient of a convolution as a convolution: the input spread by the strides and
-    padded, convolved with the kernel flipped and its channel axes swapped (at import)."""
+    """conv2d_transpose / conv1d_transpose for constant weights, the conv_transpose builtin
+    otherwise; pads that differ before and after are a slice of the unpadded result."""
     n.require_float(0, 1)
-    shape = n.shape(0)
+    shape, w_shape = n.shape(0), n.shape(1)
     rank = len(shape)
     if rank not in (3, 4):
         n.refuse(f"a {rank - 2}-D transposed convolution (dlc has 1-D and 2-D ones)", "shape")
-    w = n.static(1, "W")
+    if not all(isinstance(d, int) for d in shape[2:]):
+        n.refuse("a transposed convolution of a symbolic size", "shape")
     group = n.attr("group", 1)
-    kernel = list(w.shape[2:])
+    kernel = list(w_shape[2:])
     k = len(kernel)
     dilations = list(n.attr("dilations", [1] * k))
     strides = list(n.attr("strides", [1] * k))
     extra_out = list(n.attr("output_padding", [0] * k))
-    extent = [(kk - 1) * d + 1 for kk, d in zip(kernel, dilations)]
-    if not all(isinstance(d, int) for d in shape[2:]):
-        n.refuse("a transposed convolution of a symbolic size", "shape")
-    natural = [s * (size - 1) + e + o for s, size, e, o in zip(strides, shape[2:], extent, extra_out)]     # pads 0
+    # how far the windows of the input's positions reach in the output, unpadded
+    reach = [s * (size - 1) + (kk - 1) * d + 1 for s, size, kk, d in zip(strides, shape[2:], kernel, dilations)]
     if "pads" in n.attrs or n.attr("auto_pad", "NOTSET") not in ("SAME_UPPER", "SAME_LOWER"):
         pads = list(n.attr("pads", [0] * 2 * k))
-        want = n.attr("output_shape", [a - p - q for a, p, q in zip(natural, pads[:k], pads[k:])])
+        want = n.attr("output_shape", [r + o - p - q for r, o, p, q in zip(reach, extra_out, pads[:k], pads[k:])])
     else:       # SAME: the output is the input times the strides (or output_shape)
         want = n.attr("output_shape", [size * s for size, s in zip(shape[2:], strides)])
-        total = [a - o for a, o in zip(natural, want)]
+        total = [r + o - w for r, o, w in zip(reach, extra_out, want)]
         upper = n.attr("auto_pad") == "SAME_UPPER"
         pads = [t // 2 if upper else t - t // 2 for t in total] + [t - t // 2 if upper else t // 2 for t in total]
-    # the spread input, padded by extent - 1 - pad before and what makes the output's size after
-    spread = [s * (size - 1) + 1 for s, size in zip(strides, shape[2:])]
-    lo = [e - 1 - p for e, p in zip(extent, pads[:k])]
-    hi = [wa - sp - a + e - 1 for wa, sp, a, e in zip(want, spread, lo, extent)]
-    x = n.x(0)
-    if set(strides) != {1}:
-        x = n.let(f"pad({x}, {shape_tuple([0] * rank)}, {shape_tuple([0] * rank)}, 0, "
-                  f"{shape_tuple([0, 0] + [s - 1 for s in strides])})", n.label + "_spread")
-    x = _padded(n, x, [max(v, 0) for v in lo], [max(v, 0) for v in hi])
-    if min(lo + hi) < 0:        # pads larger than the window crop instead
-        sizes = [sp + max(a, 0) + max(b, 0) for sp, a, b in zip(spread, lo, hi)]
-        bounds = [f"{-a if a < 0 else ''}:{size + b if b < 0 else ''}" for a, b, size in zip(lo, hi, sizes)]
-        x = n.let(f"{x}[:, :, {', '.join(bounds)}]", n.label + "_cropped")
-    inputs, outputs = w.shape[0] // group, w.shape[1]
-    flipped = np.flip(w, tuple(range(2, w.ndim)))
-    kernel_w = np.concatenate([flipped[g * inputs:(g + 1) * inputs].swapaxes(0, 1) for g in range(group)])
-    name = n.binding(weights_hint(n, 1))
-    weights = n.imp.constant(kernel_w, f"{name}_W", weight=True)
-    padded = tuple(sp + a + b for sp, a, b in zip(spread, lo, hi))
-    out = _convolution(n, x, weights, (shape[0], shape[1]) + padded, (outputs * group, inputs) + tuple(kernel),
-                       [1] * k, [0] * k, dilations, group)
-    if n.has(2):
-        out = f"{n.let(out, n.label + '_conv')} + {reshaped(n.x(2), [outputs * group] + [1] * (rank - 2))}"
-    return out
+    # the output_padding: what the output adds after the windows' reach less the padding
+    padding, extra = pads[:k], [w + 2 * p - r for w, p, r in zip(want, pads[:k], reach)]
+    sliced = pads[:k] != pads[k:] or not all(0 <= e < s for e, s in zip(extra, strides))
+    if sliced:      # the unpadded result (with what output_shape adds after it), sliced
+        padding, extra = [0] * k, [max(b + w - r, 0) for b, w, r in zip(pads[:k], want, reach)]
+        if any(e >= s for e, s in zip(extra, strides)):
+            n.refuse(f"an output of {want} from windows that reach {reach} with pads {pads}", "shape")
+    spatial = {"stride": strides, "padding": padding, "output_padding": extra, "dilation": dilations}
+    w = _constant_weights(n)
+    if w is not None:
+        out = _conv_layer(n, f"conv{rank - 2}d_transpose", n.x(0), w, w_shape[1] * group, kernel,
+                          _conv_settings(spatial, group))
+    else:
+        out = _builtin_2d(n, "conv_transpose", n.x(0), n.x(1), shape, w_shape, spatial, group)
+    if not sliced:
+        return out
+    bounds = [f"{b}:{b + w}" for b, w in zip(pads[:k], want)]
+    return f"{n.let(out, n.label + '_uncropped')}[:, :, {', '.join(bounds)}]"
 
 
 @rule("MaxPool", "AveragePool", "LpPool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations",
@@ -319,21 +332,52 @@ def _global_pool(n: Node):
     return f"{'mean' if n.op == 'GlobalAveragePool' else 'max'}({n.x(0)}, {axes}, keepdims = true)"
 
 
+def _upsample_matrix(size: int, scale: int, mode: str) -> np.ndarray:
+    """[size * scale, size]: the axis matrix of the stdlib's upsample2d (layers.dl)."""
+    if mode == "nearest":
+        return np.repeat(np.eye(size), scale, axis=0)
+    at = np.maximum((np.arange(size * scale) + 0.5) / scale - 0.5, 0)
+    lo = at.astype(int)
+    frac = (at - lo)[:, None]
+    eye = np.eye(size)
+    return eye[lo] * (1 - frac) + eye[np.minimum(lo + 1, size - 1)] * frac
+
+
+def _as_upsample(n: Node, matrices: dict, shape) -> str | None:
+    """upsample2d(x, scale, mode) when the resize is that: rows and columns only, by integer
+    scales, with upsample2d's weights."""
+    if len(shape) != 4 or set(matrices) - {2, 3}:
+        return None
+    for mode in ("nearest", "bilinear"):
+        scales = []
+        for a in (2, 3):
+            m = matrices.get(a, np.eye(shape[a]))
+            scale, rest = divmod(m.shape[0], shape[a])
+            if rest or not np.allclose(m, _upsample_matrix(shape[a], scale, mode), atol=1e-6):
+                break
+            scales.append(scale)
+        else:
+            setting = kw(mode=None if mode == "nearest" else '"bilinear"')
+            return f"upsample2d({n.x(0)}, {_pair(scales)}{setting})"
+    return None
+
+
 @rule("Resize", "Upsample", static=(1, 2, 3), attrs=(
     "antialias", "axes", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside", "extrapolation_value",
     "keep_aspect_ratio_policy", "mode", "nearest_mode", "scales"))
 def _resize(n: Node):
     """A resize is linear and works axis by axis: each axis' matrix (which input entries make
     each output entry, with what weight) is measured at import by running ONNX's reference
-    op on unit inputs, whatever the mode and coordinate transformation. A matrix that picks
-    one entry per row (nearest) is a gather, another a matrix product; what the op gives a
-    zero input (tf_crop_and_resize's extrapolation value) is added."""
+    op on unit inputs, whatever the mode and coordinate transformation (a symbolic axis,
+    which it must leave as it is, measured at size 1). upsample2d's resizes are calls of it;
+    of the others, a matrix that picks one entry per row (nearest) is a gather, another a
+    matrix product; what the op gives a zero input (tf_crop_and_resize's extrapolation
+    value) is added."""
     n.require_float()
     shape = n.shape(0)
-    if not all(isinstance(d, int) for d in shape):
-        n.refuse("a resize of a symbolic size", "shape")
     settings = [n.static(i) if n.has(i) else None for i in range(1, len(n.proto.input))]
     dtype = DTYPES[n.dtype(0)]
+    measured = tuple(d if isinstance(d, int) else 1 for d in shape)
 
     def response(x):
         out = n.imp.evaluate(n.proto, [x] + settings)
@@ -341,20 +385,28 @@ def _resize(n: Node):
             n.refuse("this resize (ONNX's reference evaluator does not run it)")
         return out[n.proto.output[0]].astype(np.float64)
 
-    offset = response(np.zeros(shape, dtype))
-    total = response(np.ones(shape, dtype)) - offset
+    offset = response(np.zeros(measured, dtype))
+    total = response(np.ones(measured, dtype)) - offset
     where = np.unravel_index(np.argmax(total), total.shape)        # an output entry that every axis reaches
-    out = n.x(0)
-    for a, size in enumerate(shape):
+    matrices = {}
+    for a, size in enumerate(measured):
         columns = []
         for j in range(size):
-            unit = np.zeros(shape, dtype)
+            unit = np.zeros(measured, dtype)
             unit[(slice(None),) * a + (j,)] = 1
             r = response(unit) - offset
             columns.append(r[tuple(slice(None) if k == a else p for k, p in enumerate(where))])
         matrix = np.stack(columns, axis=1)      # [out, in]
         if matrix.shape[0] == size and np.allclose(matrix, np.eye(size)):
             continue
+        if not isinstance(shape[a], int):
+            n.refuse(f"a resize of the symbolic size {shape[a]}", "shape")
+        matrices[a] = matrix
+    upsample = _as_upsample(n, matrices, shape) if not np.any(offset) else None
+    if upsample is not None:
+        return upsample
+    out = n.x(0)
+    for a, matrix in matrices.items():
         hint = f"{n.label}_axis{a}"
         if np.all((matrix == 0) | (matrix == 1)) and np.all(matrix.sum(1) == 1):       # nearest: a gather
             index = n.imp.constant(matrix.argmax(1).astype(np.int32), hint)
@@ -365,5 +417,7 @@ def _resize(n: Node):
             out = n.let(f"{out} @ {weights}" if a == last else
                         f"swapaxes(swapaxes({out}, {a}, -1) @ {weights}, {a}, -1)", hint)
     if np.any(offset):
+        if not all(isinstance(d, int) for d in shape):
+            n.refuse("a resize of a symbolic size with an extrapolation value", "shape")
         out = f"{out} + {n.imp.constant(offset.astype(dtype), n.label + '_outside')}"
     return out if out != n.x(0) else n.value(0)
