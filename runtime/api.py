@@ -16,7 +16,7 @@ import numpy as np
 from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.loader import load as load_program
 from dlc.runtime import decoding
-from dlc.runtime.data import registry
+from dlc.runtime.data import files, registry
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
@@ -108,6 +108,8 @@ class DlcModel:
         if path.suffix == ".txt":
             text = read_text(path, Path.cwd(), "predict")
             return Dataset({self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}, named=True)
+        if path.name.lower().endswith((".csv", ".csv.gz")):          # inputs only: every column is a feature
+            return files.csv(Path.cwd(), str(path), label=None)
         return registry.load(str(path), Path.cwd())
 
     def vocab(self) -> str:
