@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.loader import load as load_program
 from dlc.runtime import decoding
 from dlc.runtime.data.dataset import Dataset
+from dlc.runtime.data import files
 from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
@@ -117,6 +118,8 @@ class DlcModel:
         if Path(data).suffix == ".txt":
             text = read_text(Path(data), Path.cwd(), "predict")
             return Dataset({self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}, named=True)
+        if str(data).lower().endswith((".csv", ".csv.gz")):          # inputs only: every column is a feature
+            return files.csv(Path.cwd(), str(data), label=None)
         return load_data(parse_setting(data, "data") if isinstance(data, str) else data, Path.cwd(), "data")
 
     def vocab(self) -> str:
@@ -203,6 +206,31 @@ class DlcModel:
             dec = np.array([(bos,) + p for p in prefixes], np.int32)
             return _log(self._next_probs({src_in.name: np.repeat(src, len(prefixes), axis=0), dec_in.name: dec}))
         return next_log_probs
+
+    def neighbours(self, word: str, k: int = 5, param: str | None = None) -> list:
+        """The `k` words whose vectors are nearest to `word`'s by cosine similarity, as
+        (word, similarity), nearest first: the rows of an embedding table (`param`, by
+        default the first [vocabulary, dim] parameter the model declares) named by the vocabulary the
+        model was trained with (meta "vocab_words", as the skipgram source gives it)."""
+        self._require_weights()
+        words = self.meta.get("meta", {}).get("vocab_words")
+        if words is None:
+            raise DlcError("this checkpoint has no word list: it was not trained on a source of words such as skipgram()")
+        tables = {n: a for n, a in self.params.items() if a.ndim == 2 and len(a) == len(words)}
+        if not tables:
+            raise DlcError(f"no parameter of the model is a [{len(words)}, dim] table: the vocabulary it was trained "
+                           f"on has {len(words)} words")
+        param = param or next(iter(tables))
+        if param not in tables:
+            raise DlcError(f"'{param}' is not a [{len(words)}, dim] table of the model{did_you_mean(param, tables)}")
+        if word not in words:
+            raise DlcError(f"'{word}' is not among the {len(words)} words the model was trained on"
+                           f"{did_you_mean(word, words)}")
+        table = np.asarray(tables[param], np.float64)
+        unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
+        similarity = unit @ unit[words.index(word)]
+        order = [i for i in np.argsort(-similarity, kind="stable") if words[i] != word][:k]
+        return [(words[i], float(similarity[i])) for i in order]
 
     def _encoder_decoder_inputs(self):
         pair = _sequence_inputs(self.eval_model)

@@ -320,12 +320,26 @@ def cmd_predict(args):
                 raise DlcError(f"a .csv holds one output; this model has {len(outputs)}: write a .npz")
             value = next(iter(outputs.values()))
             np.savetxt(path, value.reshape(len(value), -1), delimiter=",", fmt="%.6g")
+        elif path.suffix == ".png":
+            from dlc.runtime.data import png
+            name = path.stem if len(outputs) > 1 else next(iter(outputs))
+            if name not in outputs:
+                raise DlcError(f"a .png holds one output: name the file after it ({', '.join(o + '.png' for o in outputs)})")
+            outputs = {name: outputs[name]}
+            png.write_png(path, png.grid(png.image_batch(name, outputs[name])))
         else:
             np.savez(path, **outputs)
     except OSError as e:
         raise DlcError(f"cannot write {path}: {e.strerror}") from None
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
     print(f"wrote {path}: {shapes}")
+
+
+def cmd_neighbours(args):
+    model = _weights(args)
+    for word in args.words:
+        found = model.neighbours(word, args.k, args.param)
+        print(f"{word}: " + ", ".join(f"{w} {sim:.2f}" for w, sim in found))
 
 
 def cmd_generate(args):
@@ -606,7 +620,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--data", "--input", dest="data", required=True, metavar="PATH",
                    help='a file path: .npz (arrays by input name), .csv or .txt; or a source, e.g. "digits()" '
                         "(--input is the older name)")
-    c.add_argument("--output", default="predictions.npz", metavar="PATH", help=".npz (default) or .csv")
+    c.add_argument("--output", default="predictions.npz", metavar="PATH",
+                   help=".npz (default), .csv (one output) or .png (one output of images, drawn as a grid)")
     c.add_argument("--batch", type=_positive, default=256, metavar="N", help="batch size (default 256)")
     c.set_defaults(run=cmd_predict)
 
@@ -631,6 +646,16 @@ def parser() -> argparse.ArgumentParser:
                         "(GNMT's; default 0: by log_prob)")
     c.add_argument("--seed", type=_seed, default=0, metavar="S", help="seed of the sampling (default 0)")
     c.set_defaults(run=cmd_generate)
+
+    c = sub.add_parser("neighbours", aliases=["neighbors"],
+                       help="the words nearest to some words, by the cosine similarity of a trained embedding")
+    _add_model_args(c, backend=True)
+    c.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
+    c.add_argument("words", nargs="+", metavar="WORD", help="the words to look up")
+    c.add_argument("-k", type=_positive, default=5, metavar="K", help="how many neighbours of each (default 5)")
+    c.add_argument("--param", metavar="NAME", help="the embedding table (default: the first the model declares with a "
+                                                   "row per word of the vocabulary)")
+    c.set_defaults(run=cmd_neighbours)
 
     c = sub.add_parser("export", help="write a model's weights as .safetensors (dlc's or torch.nn's layout) or the "
                                       "model as .onnx",

@@ -278,3 +278,90 @@ def test_summary_freeze_replaces_the_blocks_freeze_as_train_does(tmp_path, capsy
         trained = Trainer(program, None, {"freeze": flags or None}, tmp_path / "run").trainable()
         assert shown == sum(sizes[n] for n in trained)
     assert shown == sizes["h.W"] + sizes["h.b"]       # --freeze p: h trains, p does not
+
+
+# ---- images out, neighbours ---------------------------------------------------------------------------
+def _read_png(path) -> np.ndarray:
+    """The pixels of an 8-bit grey or RGB PNG with filter 0 on every row (what dlc writes)."""
+    import struct
+    import zlib
+    data = Path(path).read_bytes()
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    assert depth == 8 and colour in (0, 2)
+    channels = 1 if colour == 0 else 3
+    chunks, at = [], 8
+    while at < len(data):
+        n, kind = struct.unpack(">I4s", data[at:at + 8])
+        if kind == b"IDAT":
+            chunks.append(data[at + 8:at + 8 + n])
+        at += 12 + n
+    rows = np.frombuffer(zlib.decompress(b"".join(chunks)), np.uint8).reshape(height, 1 + width * channels)
+    assert not rows[:, 0].any()
+    return rows[:, 1:].reshape(height, width, channels)
+
+
+def test_png_grid_holds_each_image_in_its_cell(tmp_path):
+    from dlc.runtime.data import png
+    images = np.random.default_rng(0).random((5, 3, 4, 6))          # 5 colour images, 4 x 6, in [0, 1]
+    png.write_png(tmp_path / "g.png", png.grid(png.image_batch("y", images)))
+    pixels = _read_png(tmp_path / "g.png")
+    zoom = 256 // (6 * 3)                                           # 3 columns, 2 rows
+    assert pixels.shape == (2 * (4 * zoom + 1) - 1, 3 * (6 * zoom + 1) - 1, 3)
+    cell = pixels[4 * zoom + 1: 8 * zoom + 1, 6 * zoom + 1: 12 * zoom + 1]       # image 4: row 1, column 1
+    assert np.array_equal(cell[::zoom, ::zoom], np.round(images[4].transpose(1, 2, 0) * 255).astype(np.uint8))
+    assert (pixels[4 * zoom] == 255).all()                           # the gap between the rows
+    with pytest.raises(DlcError, match=r"output 'y' is \[5, 2, 4, 6\], not a batch of images"):
+        png.image_batch("y", np.zeros((5, 2, 4, 6)))
+
+
+def test_predict_png_names_the_output_it_draws(tmp_path, capsys):
+    path = write(tmp_path, """
+model m {
+    input x: f32[B, 4]
+    output picture = reshape(x, B, 1, 2, 2)
+    output flat = x
+}
+""", train="")
+    np.savez(tmp_path / "in.npz", x=np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))
+    args = ["predict", path, "--weights", str(tmp_path / "w.npz"), "--data", str(tmp_path / "in.npz")]
+    np.savez(tmp_path / "w.npz")
+    assert main(args + ["--output", str(tmp_path / "picture.png")]) == 0
+    assert "picture [3, 1, 2, 2]" in capsys.readouterr().out
+    assert _read_png(tmp_path / "picture.png").shape[2] == 1
+    assert main(args + ["--output", str(tmp_path / "out.png")]) == 1
+    assert "name the file after it (picture.png, flat.png)" in capsys.readouterr().err
+    assert main(args + ["--output", str(tmp_path / "flat.png")]) == 1
+    assert "output 'flat' is [3, 4], not a batch of images" in capsys.readouterr().err
+
+
+def test_neighbours_needs_a_word_list_and_a_known_word(tmp_path, capsys):
+    (tmp_path / "t.txt").write_text("the cat sat on the mat and the dog sat on the log " * 20)
+    path = write(tmp_path, """
+model w {
+    input center: i32[B]
+    input context: i32[B]
+    input negatives: i32[B, K]
+    v = embedding(center, 8, 4)
+    u = embedding(context, 8, 4, name = "out")
+    n = embedding(negatives, 8, 4, name = "out")
+    loss mean(softplus(-sum(v * u, -1))) + mean(softplus(sum(expand_dims(v, 1) * n, -1)))
+}
+""", train="""
+train w {
+    data = skipgram("t.txt", words = 9, subsample = 0)    # the text has 8
+    epochs = 1
+}""")
+    assert main(["train", path, "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    capsys.readouterr()
+    weights = str(tmp_path / "run" / "last.npz")
+    assert main(["neighbours", path, "--weights", weights, "cat", "-k", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("cat: ") and len(line.split(", ")) == 3 and "cat " not in line[5:]
+    assert main(["neighbours", path, "--weights", weights, "cats"]) == 1
+    assert "'cats' is not among the 8 words the model was trained on; did you mean 'cat'?" in capsys.readouterr().err
+    assert main(["neighbours", path, "--weights", weights, "cat", "--param", "v.b"]) == 1
+    assert "'v.b' is not a [8, dim] table" in capsys.readouterr().err
+    saved = np.load(weights)
+    np.savez(tmp_path / "plain.npz", **{k[6:]: saved[k] for k in saved if k.startswith("param:")})    # no metadata
+    assert main(["neighbours", path, "--weights", str(tmp_path / "plain.npz"), "cat"]) == 1
+    assert "no word list" in capsys.readouterr().err

@@ -262,6 +262,33 @@ def test_text_lines(tmp_path):
     err(call("text", "one.txt", lines=True), tmp_path, "lines = true needs lines that end with a line break")
 
 
+def test_skipgram_pairs_negatives_and_vocabulary(tmp_path):
+    (tmp_path / "t.txt").write_text("The cat sat. The cat ran! A dog sat, the end.")
+    ds = D.load(call("skipgram", "t.txt", words=4, window=2, negatives=3, subsample=0), tmp_path)
+    words = ds.meta["vocab_words"]
+    assert words == ["the", "cat", "sat", "a"]          # by count, ties alphabetical; the rest dropped
+    kept = [words.index(w) for w in "the cat sat the cat a sat the".split()]
+    pairs = {(kept[i], kept[j]) for i in range(len(kept)) for j in range(len(kept)) if 0 < abs(i - j) <= 2}
+    center, context = ds.columns["center"], ds.columns["context"]
+    assert len(center) == 2 * (len(kept) - 1) + 2 * (len(kept) - 2)       # every pair, both ways
+    assert set(zip(center.tolist(), context.tolist())) == pairs
+    negatives = ds.columns["negatives"]
+    assert negatives.shape == (len(center), 3) and negatives.dtype == np.int32
+    assert negatives.min() >= 0 and negatives.max() < 4
+    again = D.load(call("skipgram", "t.txt", words=4, window=2, negatives=3, subsample=0), tmp_path)
+    assert np.array_equal(again.columns["negatives"], negatives)            # seeded: the same every run
+    err(call("skipgram", "t.txt", window=20, subsample=0), tmp_path, "needs more than window = 20")
+    err(call("skipgram", "t.txt", words=1), tmp_path, "'words' must be at least 2")
+
+
+def test_skipgram_negatives_follow_the_unigram_distribution_to_the_power_three_quarters(tmp_path):
+    (tmp_path / "t.txt").write_text("a " * 800 + "b " * 100 + "c " * 100)
+    ds = D.load(call("skipgram", "t.txt", negatives=20, subsample=0), tmp_path)
+    share = np.bincount(ds.columns["negatives"].ravel(), minlength=3) / ds.columns["negatives"].size
+    expected = np.array([800, 100, 100]) ** 0.75
+    assert np.allclose(share, expected / expected.sum(), atol=0.01)
+
+
 def test_text_given_vocab_and_errors(tmp_path):
     (tmp_path / "t.txt").write_text("abcab")
     ds = D.load(call("text", "t.txt", seq=2, vocab="cba"), tmp_path)

@@ -1,7 +1,16 @@
 """The docs agree with the code: docs/architecture.md's module map names every module of
-the package, by its path or, in a row of its folder, by its file name."""
+the package, by its path or, in a row of its folder, by its file name; the tutorial runs as
+written."""
+import contextlib
+import io
+import os
 import re
+import shlex
 from pathlib import Path
+
+import pytest
+
+from dlc.runtime.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("compiler", "runtime", "grammar", "tools")
@@ -33,3 +42,31 @@ def test_the_module_map_names_every_module():
                if p.name != "__init__.py"}
     missing = sorted(modules - named_modules())
     assert not missing, f"docs/architecture.md's module map does not name: {', '.join(missing)}"
+
+
+def test_the_tutorial_runs_as_written(tmp_path, monkeypatch):
+    """docs/tutorial.md, block by block in an empty folder: the files it says to save, its
+    `$ dlc ...` commands (each must succeed) and its Python (one session); `dlc eval` of the
+    checkpoint prints the test line `dlc train` printed."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    text = (ROOT / "docs" / "tutorial.md").read_text(encoding="utf-8")
+    session, printed = {}, {}
+    for before, kind, body in re.findall(r"([^\n]*)\n\n```(\w*)\n(.*?)```", text, re.S):
+        saved = re.search(r"Save this as `([^`]+)`:$", before)
+        if saved:
+            Path(saved.group(1)).write_text(body)
+        elif kind == "python":
+            exec(compile(body, "tutorial.md", "exec"), session)
+        elif kind == "console":
+            for line in body.splitlines():
+                argv = shlex.split(line.removeprefix("$ dlc "))
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    assert main(argv) == 0, line
+                printed[argv[0]] = out.getvalue()
+    assert {"check", "train", "eval", "predict", "export"} <= set(printed)
+    test_line = next(line for line in printed["train"].splitlines() if line.startswith("test: "))
+    assert printed["eval"].strip() == test_line.removeprefix("test: ")
+    assert os.path.getsize("predictions.csv") > 0

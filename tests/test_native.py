@@ -123,10 +123,13 @@ def test_every_example_compiles_and_trains_like_the_reference(path):
     amplify rounding there (batchnorm betas 1e-3 apart on AVX-512, 3e-2 on AVX2), so each
     engine takes every step from the same parameters and their gradients must agree."""
     program = load(str(path))
-    sizes = {"B": 2, "T": 3, "S": 4}
+    sizes = {"B": 2, "T": 3, "S": 4, "K": 3}
     train = program.build(training=True)
     if any(k.startswith("update:") for k in train.graph.outputs):
-        return assert_same_gradients_step_by_step(program, sizes)
+        # B = 4: at B = 2 and 3 resnet's second step sits on a kink (a ReLU input at 0 within
+        # rounding): a 1e-7 relative change of the parameters moves the reference engine's
+        # own stem gradient by 0.7%, so any change of summation order flips the comparison
+        return assert_same_gradients_step_by_step(program, sizes | {"B": 4})
     ref, ref_losses, _, _ = five_steps(program, ReferenceEngine, Call("adam", [], {"lr": ADAM_LR}), sizes)
     nat, nat_losses, _, _ = five_steps(program, NativeEngine, Call("adam", [], {"lr": ADAM_LR}), sizes)
     np.testing.assert_allclose(nat_losses, ref_losses, rtol=1e-4)

@@ -650,6 +650,7 @@ LAYERS = {
     "batchnorm_4d": "output y = batchnorm(img)",
     "batchnorm_2d": "output y = batchnorm(v)",
     "layernorm": "output y = layernorm(v)",
+    "local_response_norm": "output y = local_response_norm(conv2d(img, 6, 1), 4, 0.1)",
     "embedding": "output y = embedding(ids, 13, 7)",
     "residual_block": "output y = residual_block(img, 4, 2)",
     "residual": "output y = residual(dense(x, 13), tanh)",

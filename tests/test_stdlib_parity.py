@@ -338,6 +338,13 @@ def test_layernorm(shape):
     parity({"x": shape}, "y = layernorm(x)", fn, values=values, scale=1.0)
 
 
+@pytest.mark.parametrize("size", [5, 2], ids=["odd", "even"])
+def test_local_response_norm(size):
+    def fn(T, f):
+        return {"y": nn.LocalResponseNorm(size, alpha=0.3, beta=0.75, k=2.0)(T["x"])}
+    parity({"x": (2, 7, 3, 4)}, f"y = local_response_norm(x, {size}, 0.3, 0.75, 2.0)", fn, scale=1.0)
+
+
 def test_embedding():
     ids = np.array([[1, 3, 3, 0], [4, 1, 1, 1]], np.int32)     # repeated ids accumulate, id 2 unused
 

@@ -87,7 +87,7 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
 
     def combine(acc, v):
         if k.op == "sum":
-            return b.fadd(acc, v, flags=("fast",)) if t in (f32, f64) else b.add(acc, v)
+            return b.fadd(acc, v) if t in (f32, f64) else b.add(acc, v)
         if t in (f32, f64):
             return kb.intrinsic("llvm.maximum", acc, v)      # NaN propagates, as in numpy
         return b.select(kb.replaces_max(v, acc), v, acc)
@@ -99,13 +99,66 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
             ptr = b.gep(kb.buffer(k.out, dtype), [at])
             b.store(combine(b.load(ptr), kb.expr(k.expr, hidx)), ptr)
             return
-        acc = kb.alloca(t)
-        b.store(init, acc)
-        kb.loops(tail, lambda tidx: b.store(combine(b.load(acc), kb.expr(k.expr, hidx + tidx)), acc))
+        if k.op == "sum" and t in (f32, f64):
+            total = _lane_sum(kb, k.expr, t, hidx, tail)
+        else:
+            acc = kb.alloca(t)
+            b.store(init, acc)
+            kb.loops(tail, lambda tidx: b.store(combine(b.load(acc), kb.expr(k.expr, hidx + tidx)), acc))
+            total = b.load(acc)
         at = kb.affine(out_at, hidx + [ir.Constant(i64, 0)] * len(tail))
         ptr = b.gep(kb.buffer(k.out, dtype), [at])
-        b.store(combine(b.load(ptr), b.load(acc)), ptr)
+        b.store(combine(b.load(ptr), total), ptr)
     kb.loops(head, outer, first=first)
+
+
+# A float sum over the trailing axes adds element i of the last axis into partial sum
+# i mod SUM_LANES, then adds the partial sums pairwise. The order is the program's, not
+# the vector width's (fast-math reassociation let LLVM pick it by target: AVX2 and
+# AVX-512 gave different bits), and the independent partial sums still vectorize.
+SUM_LANES = 16
+
+
+def _add_lanes(b: ir.IRBuilder, vectors: list) -> ir.Value:
+    """The SUM_LANES lanes of `vectors` (lane l of the whole at vector l // vw) added
+    pairwise, as _lane_sum adds its partial sums."""
+    return _pairwise(b, [b.extract_element(v, ir.Constant(i32, lane)) for v in vectors for lane in range(v.type.count)])
+
+
+def _pairwise(b: ir.IRBuilder, values: list) -> ir.Value:
+    """values[0..L) (L a power of two) added as halves: v[j] + v[j + L/2], then again."""
+    while len(values) > 1:
+        half = len(values) // 2
+        values = [b.fadd(values[j], values[j + half]) for j in range(half)]
+    return values[0]
+
+
+def _lane_sum(kb: KernelBuilder, expr, t, prefix: list, tail: tuple) -> ir.Value:
+    """The sum of expr over the `tail` axes at the leading indices `prefix`, in SUM_LANES
+    partial sums (docs/native.md, "The same bits on any machine")."""
+    b = kb.b
+    sums = [kb.alloca(t) for _ in range(SUM_LANES)]
+    for s in sums:
+        b.store(ir.Constant(t, 0.0), s)
+    n = kb.dim(tail[-1])
+    whole = b.sdiv(n, ir.Constant(i64, SUM_LANES))
+
+    def add(j: int, i: ir.Value, row: list):
+        b.store(b.fadd(b.load(sums[j]), kb.expr(expr, prefix + row + [i])), sums[j])
+
+    def row(ridx):
+        def chunk(cidx):
+            base = b.mul(cidx[0], ir.Constant(i64, SUM_LANES))
+            for j in range(SUM_LANES):
+                add(j, b.add(base, ir.Constant(i64, j)), ridx)
+        kb.loops(tail[-1:], chunk, first=(ir.Constant(i64, 0), whole))
+        done = b.mul(whole, ir.Constant(i64, SUM_LANES))
+        for j in range(SUM_LANES - 1):          # the last n mod SUM_LANES elements
+            i = b.add(done, ir.Constant(i64, j))
+            with b.if_then(b.icmp_signed("<", i, n)):
+                add(j, i, ridx)
+    kb.loops(tail[:-1], row)
+    return _pairwise(b, [b.load(s) for s in sums])
 
 
 def scatter_add(kb: KernelBuilder, k, prog: KernelProgram):
@@ -205,7 +258,7 @@ class _ConvRows:
     are 0; sums are kept in `registers` vector registers (of 32 with AVX-512, 16 with AVX2,
     a few left for the operands)."""
 
-    def __init__(self, kb: KernelBuilder, k):
+    def __init__(self, kb: KernelBuilder, k, whole_lanes: bool = False):
         self.kb, self.k = kb, k
         self.vw = default_config().vw
         self.registers = 28 if self.vw == 16 else 13
@@ -218,6 +271,8 @@ class _ConvRows:
         Wo = k.out_hw[1]
         vectors = -(-Wo // self.vw) if isinstance(Wo, int) else 2
         self.nv = max(1, min(vectors, 4 if self.vw == 16 else 2))
+        if whole_lanes:         # a chunk covers whole sets of SUM_LANES columns (conv_weight_grad)
+            self.nv = -(-self.nv * self.vw // SUM_LANES) * SUM_LANES // self.vw
         self.chunk = self.nv * self.vw
 
     def chunks(self):
@@ -333,12 +388,14 @@ def conv_weight_grad(kb: KernelBuilder, k, first):
     """The parts `first` = (lo, hi) of the batch, each summed into its slice of k.partial:
     for a block of output channels and a row of taps (c, i, every j), the sums over the
     part's row chunks stay in vector registers, g's vectors loaded once per chunk for the
-    block; then each sum is added across its lanes."""
-    b, rows = kb.b, _ConvRows(kb, k)
+    block; then each sum is added across its lanes. Column wo of a row goes to lane
+    wo mod SUM_LANES of a sum (in SUM_LANES / vw vectors), and the lanes are added in one
+    fixed order: the same bits at any vector width."""
+    b, rows = kb.b, _ConvRows(kb, k, whole_lanes=True)
     N, C, H, W = k.x_shape
     O, _, kh, kw = k.w_shape
     taps = C * kh * kw
-    lanes = declare(kb.m, f"llvm.vector.reduce.fadd.v{rows.vw}f32", f32, [f32, rows.vty])
+    per = SUM_LANES // rows.vw          # vectors per sum
 
     def part(pidx):
         p = pidx[0]
@@ -349,7 +406,7 @@ def conv_weight_grad(kb: KernelBuilder, k, first):
         def block(o0, width):
             def tap_row(ci):
                 c, i = ci
-                sums = rows.sums(width * kw)
+                sums = rows.sums(width * kw * per)
 
                 def chunk(idx):
                     n, ho, q = b.add(start, idx[0]), idx[1], idx[2]
@@ -364,15 +421,16 @@ def conv_weight_grad(kb: KernelBuilder, k, first):
                         xs = rows.x_row(n, c, h, wo0, j)
                         for o in range(width):
                             for v in range(rows.nv):
-                                rows.add(sums[o * kw + j], gs[o * rows.nv + v], xs[v])
+                                rows.add(sums[(o * kw + j) * per + v % per], gs[o * rows.nv + v], xs[v])
                 kb.loops((count, k.out_hw[0], rows.chunks()), chunk)
                 for o in range(width):
                     for j in range(kw):
-                        total = b.call(lanes, [ir.Constant(f32, -0.0), b.load(sums[o * kw + j])], fastmath=("reassoc",))
+                        first_vector = (o * kw + j) * per
+                        total = _add_lanes(b, [b.load(s) for s in sums[first_vector:first_vector + per]])
                         at = kb.affine(Affine(j, (O * taps, taps, kh * kw, kw)), [p, b.add(o0, ir.Constant(i64, o)), c, i])
                         kb.store(k.partial, "f32", at, total)
             kb.loops((C, kh), tap_row)
-        rows.blocks(O, max(1, min(O, (rows.registers - rows.nv) // (kw + rows.nv))), block)
+        rows.blocks(O, max(1, min(O, (rows.registers - rows.nv) // (kw * per + rows.nv))), block)
     kb.loops((k.parts,), part, first=first)
 
 

@@ -113,9 +113,10 @@ def reachable(graph: Graph, nodes: list, upstream: bool) -> set:
     return seen
 
 
-def prune(graph: Graph) -> Graph:
-    """Remove nodes no output depends on (arguments stay: they are positional)."""
-    live = reachable(graph, [t.node for t in graph.outputs.values()], upstream=True)
+def prune(graph: Graph, keep=()) -> Graph:
+    """Remove nodes no output (and no node of `keep`) depends on; arguments stay: they are
+    positional."""
+    live = reachable(graph, [t.node for t in graph.outputs.values()] + list(keep), upstream=True)
     dead = [n for n in graph.g.nodes if n not in live and graph.op(n) != "arg"]
     graph.g.remove_nodes_from(dead)
     return graph

@@ -34,7 +34,7 @@ from dlc.runtime.training.settings import Call, Symbol, show
 
 SOURCES: dict = {source.__name__: source for source in (
     files.npz, files.csv, files.idx,
-    text.text, text.sentences,
+    text.text, text.sentences, text.skipgram,
     images.digits, images.mnist, images.fashion_mnist, images.cifar10, images.cifar100,
     synthetic.xor, synthetic.spirals, synthetic.blobs, synthetic.sine, synthetic.copy, synthetic.reverse,
     synthetic.sort)}

@@ -4,6 +4,7 @@
                                                      (lines: one line each, padded, and "lengths")
     sentences(path, vocab, length = none, lower = true)   word ids of labelled sentences, "vocab" a word
                                                      vector file, and "lengths"
+    skipgram(path, words = 1000, window = 2, negatives = 5)   word2vec's pairs and negative samples
 
 A character vocabulary is a string of distinct characters: a character's id is its place in
 it (`encode`, `decode`). Word ids are those of a word vector file (runtime/data/vectors.py).
@@ -20,7 +21,7 @@ from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.files import path_arg
 from dlc.runtime.data.formats import label_column, read_utf8
 from dlc.runtime.data.source import source
-from dlc.runtime.training.settings import REQUIRED, Args, flag, integer, show
+from dlc.runtime.training.settings import REQUIRED, Args, flag, integer, number, show
 
 
 # ---- characters -----------------------------------------------------------------------------------
@@ -179,3 +180,39 @@ def sentences(base_dir, args: Args) -> Dataset:
     meta["classes"] = int(y.max()) + 1
     lengths = np.array([min(len(row), width) for row in rows], np.int32)
     return Dataset({"x": x, "y": label_column(y), "lengths": lengths}, meta)
+
+
+# ---- word2vec -----------------------------------------------------------------------------------------
+@source(path=REQUIRED, words=1000, window=2, negatives=5, subsample=1e-3, seed=0)
+def skipgram(base_dir, args: Args) -> Dataset:
+    """Skip-gram pairs with negative samples (word2vec, Mikolov et al., 2013) from a text:
+    its lowercased words (letters only) among the `words` most frequent (the rest are
+    dropped, as word2vec drops rare words), each frequent word kept with word2vec's
+    probability sqrt(subsample / frequency) (0 keeps every word), then every pair of a word
+    and a word at most `window` places from it. "center" [N] and "context" [N] are their ids
+    (0 the most frequent word), "negatives" [N, negatives] ids drawn from the unigram
+    distribution to the power 3/4. The draws use `seed`: the data is the same every run.
+    meta["vocab_words"] lists the words by id (what `dlc neighbours` shows)."""
+    p = path_arg(args, "path", base_dir)
+    size = args.check("words", integer, low=2)
+    window = args.check("window", integer, low=1)
+    k = args.check("negatives", integer, low=1)
+    t = args.check("subsample", number, low=0)
+    rng = np.random.default_rng(args.check("seed", integer, low=0))
+    tokens = re.findall(r"[a-z]+", read_utf8("skipgram", p).lower())
+    names, counts = np.unique(tokens, return_counts=True)
+    order = np.lexsort((names, -counts))[:size]            # most frequent first, ties alphabetical
+    vocab = {str(names[i]): j for j, i in enumerate(order)}
+    ids = np.array([vocab[w] for w in tokens if w in vocab], np.int64)
+    freq = counts[order] / len(ids)
+    if t > 0:
+        ids = ids[rng.random(len(ids)) < np.sqrt(t / freq[ids])]
+    if len(ids) <= window:
+        raise DlcError(f"skipgram: {p} has {len(ids)} words among the {size} most frequent; it needs more"
+                       f" than window = {window}")
+    center = np.concatenate([ids[:-d] for d in range(1, window + 1)] + [ids[d:] for d in range(1, window + 1)])
+    context = np.concatenate([ids[d:] for d in range(1, window + 1)] + [ids[:-d] for d in range(1, window + 1)])
+    noise = counts[order] ** 0.75
+    negatives = rng.choice(len(order), size=(len(center), k), p=noise / noise.sum())
+    return Dataset({"center": center.astype(np.int32), "context": context.astype(np.int32),
+                    "negatives": negatives.astype(np.int32)}, {"vocab_words": [str(names[i]) for i in order]})

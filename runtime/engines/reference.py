@@ -15,10 +15,13 @@ from dlc.runtime.training.optim import Optimizer
 
 
 def predict_graph(model: Model):
-    """The evaluation graph cut down to the model's outputs: needs no targets."""
+    """The evaluation graph cut down to the model's outputs: needs no targets. Every input
+    stays, used or not: the arrays given for them bind the sizes of their dims, which an
+    output may use alone (`random_normal((B, 8))`)."""
     g, _ = copy_graph(model.graph)
     g.outputs = {k: t for k, t in g.outputs.items() if k.startswith("output:")}
-    return prune(g)
+    inputs = {i.name for i in model.inputs if not i.is_target}
+    return prune(g, keep=[n for n in g.nodes_with("input") if g.attrs(n)["name"] in inputs])
 
 
 class ReferenceEngine:

@@ -198,8 +198,9 @@ META_SCHEMA = {
                                        and isinstance(v["totals"], dict) and all(map(_number, v["totals"].values()))),
     "early_stop": lambda v: v is None or (isinstance(v, dict) and (v.get("best") is None or _number(v["best"]))
                                           and _count(v.get("bad", 0))),
-    # facts of the data: the vocabulary of a text, the padded length of a sequence task
-    "meta": lambda v: isinstance(v, dict) and _text(v.get("vocab", "")) and _count(v.get("max_len", 0)),
+    # facts of the data: the vocabulary of a text or its words, the padded length of a sequence task
+    "meta": lambda v: (isinstance(v, dict) and _text(v.get("vocab", "")) and _count(v.get("max_len", 0))
+                       and isinstance(v.get("vocab_words", []), list) and all(map(_text, v.get("vocab_words", [])))),
     # the data settings `dlc eval` reuses (inputs.data_settings)
     "data": lambda v: (isinstance(v, dict) and set(v) == {"data", "validation", "test", "seed"}
                        and _count(v["seed"]) and all(_setting(v[k]) for k in ("data", "validation", "test"))),
