@@ -950,7 +950,7 @@ model m {
 
 def test_every_layer_is_covered():
     tested = {"dense", "flatten", "dropout", "conv2d", "conv1d", "maxpool2d", "avgpool2d", "global_avg_pool",
-              "batchnorm", "layernorm", "embedding", "residual_block", "residual",
+              "batchnorm", "layernorm", "local_response_norm", "embedding", "residual_block", "residual",
               "rnn", "lstm", "gru", "bidirectional", "stacked",
               "causal_mask", "padding_mask", "additive_attention", "multiplicative_attention",
               "scaled_dot_product_attention", "multi_head_attention", "luong_attention", "self_attention", "sinusoidal_encoding",
