@@ -609,7 +609,7 @@ def _matmul_flops(ins, outs, ta=False, tb=False):
 
 @primitive("matmul", "contraction", _matmul_type, _matmul_vjp, _matmul_flops, dtypes=FLOAT_DTYPES)
 def _matmul(ctx, xs, ta=False, tb=False):
-    a, b = xs
+    a, b = ctx.operands(xs)
     if ta:
         a = np.swapaxes(a, -1, -2)
     if tb:
@@ -684,7 +684,7 @@ def _conv_flops(ins, outs, **_):
 
 @primitive("conv2d", "window", _conv_type, _conv_vjp, _conv_flops)
 def _conv2d(ctx, xs, stride, padding):
-    x, w = xs
+    x, w = ctx.operands(xs)
     v = _windows(x, w.shape[2], w.shape[3], stride, padding)
     return [np.einsum("nchwij,ocij->nohw", v, w, optimize=True).astype(x.dtype)]
 
@@ -706,7 +706,7 @@ def _conv_input_grad_vjp(n, g):
 @primitive("conv2d_input_grad", "window", _conv_input_grad_type, _conv_input_grad_vjp,
            lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]))
 def _conv2d_input_grad(ctx, xs, stride, padding, input_hw):
-    g, w = xs
+    g, w = ctx.operands(xs)
     shape = (g.shape[0], w.shape[1]) + g.shape[2:]
     return [_add_windows(shape, input_hw, w.shape[2:], stride, padding,
                          lambda i, j: np.einsum("nohw,oc->nchw", g, w[:, :, i, j]), g.dtype)]
@@ -729,7 +729,7 @@ def _conv_weight_grad_vjp(n, g):
 @primitive("conv2d_weight_grad", "window", _conv_weight_grad_type, _conv_weight_grad_vjp,
            lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]))
 def _conv2d_weight_grad(ctx, xs, stride, padding, kernel):
-    x, g = xs
+    x, g = ctx.operands(xs)
     v = _windows(x, kernel[0], kernel[1], stride, padding)
     return [np.einsum("nchwij,nohw->ocij", v, g, optimize=True).astype(x.dtype)]
 

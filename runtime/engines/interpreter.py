@@ -88,15 +88,15 @@ def size_constraints(graph: Graph) -> list:
 
 
 def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32", sizes: dict | None = None,
-        replicas=None) -> dict:
+        replicas=None, precision: str = "f32") -> dict:
     """Evaluate a graph; returns its named outputs as numpy arrays. Every float value is
     computed in `float_dtype`, or, with None, in the dtype the graph gives it. `replicas`
-    computes replica_mean (Eval)."""
+    computes replica_mean, `precision` is that of matmul and convolution operands (Eval)."""
     all_sizes = bind_sizes(graph, feeds)
     all_sizes.update(sizes or {})
     feeds = _cast_all(graph, "input", feeds, float_dtype)
     params = _cast_all(graph, "param", params, float_dtype)
-    ctx = Eval(feeds, params, all_sizes, float_dtype, replicas)
+    ctx = Eval(feeds, params, all_sizes, float_dtype, replicas, precision)
     with np.errstate(all="ignore"):       # inf and nan are values here; callers decide what they mean
         values = ctx.values(graph)
     return {name: values[t.key()] for name, t in graph.outputs.items()}

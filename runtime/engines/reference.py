@@ -26,7 +26,10 @@ class ReferenceEngine:
     world = None                        # one process: a data-parallel run wraps the engine (DataParallel)
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
-                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None):
+                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, precision: str = "f32"):
+        """`precision`: of the operands of matmuls and convolutions ("bf16": rounded, as the
+        native kernels round them)."""
+        self.precision = precision
         self.step_graph = train_step(train_model.graph) if optimizer is not None else None
         self.eval_graph = eval_model.graph
         self.predict_graph = predict_graph(eval_model)
@@ -82,7 +85,7 @@ class ReferenceEngine:
                     "optimizer state": sum(np.asarray(a).nbytes for a in state)}
             budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
             self.checked.add(key)
-        return interpreter.run(graph, feeds, params, replicas=self.replicas)
+        return interpreter.run(graph, feeds, params, replicas=self.replicas, precision=self.precision)
 
 
 def _scalars(out: dict) -> dict:

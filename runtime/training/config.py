@@ -11,6 +11,7 @@ from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.frontend import syntax as A
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
+from dlc.compiler.native.lower import PRECISIONS
 from dlc.runtime.data.augment import augment_options
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.optim import clip_limit, make_optimizer, make_schedule
@@ -36,6 +37,7 @@ class TrainConfig:
     shuffle: bool = True
     augment: object = None
     sync_batchnorm: bool = False
+    precision: str = "f32"
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
@@ -117,6 +119,11 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
     for name in ("shuffle", "sync_batchnorm"):
         if not isinstance(getattr(cfg, name), bool):
             raise DlcError(f"{name} must be true or false, got {show(getattr(cfg, name))}", cfg.span(name))
+    if isinstance(cfg.precision, Symbol):        # precision = bf16, unquoted
+        cfg.precision = cfg.precision.name
+    if cfg.precision not in PRECISIONS:
+        raise DlcError(f"precision must be one of {', '.join(PRECISIONS)}, got {show(cfg.precision)}",
+                       cfg.span("precision"))
     if cfg.init_from is not None and not isinstance(cfg.init_from, str):
         raise DlcError("init_from takes a checkpoint path in quotes", cfg.span("init_from"))
     make_optimizer(cfg.optimizer)
