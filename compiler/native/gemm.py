@@ -26,6 +26,14 @@ over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost. Edge 
 use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators) and
 `AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it).
 
+The bf16 routines (`gemm_name(..., bf16=True)`: `dlc_bgemm_*`) take the same float32
+arrays and multiply them rounded to bfloat16, summing in float32 (a config's `operands`,
+OPERANDS): the packed panels are rounded in place once packed and the float32
+micro-kernel runs on them ("bf16-round", the conversion path), or on a host with
+AVX512_BF16 rows k and k+1 of each panel become interleaved bfloat16 pairs that the
+micro-kernel multiplies with vdpbf16ps, two products per lane ("bf16-pairs"; K slices
+start at even k). `bf16_config` picks the host's.
+
 An operand B that many products share (a recurrent weight, at every step of a scan) can
 be packed once by `add_pack` into K-long NR-wide panels; the `packed` routines take that
 copy as one more argument and skip packing B.
