@@ -148,6 +148,22 @@ def test_native_bf16_gradients_are_the_reference_emulation(name, within):
     assert abs(native_loss - loss) <= 1e-5 * abs(loss)
 
 
+@pytest.mark.parametrize("target", ["avx512", "avx2"])
+def test_forced_conversion_path_gives_the_reference_emulation(target, tmp_path):
+    """The native engine with DLC_TARGET forcing the conversion path (in a process of its
+    own: the target is read once) gives the reference engine's bf16 gradients."""
+    if target == "avx512" and not jit.host_has("avx512f"):
+        pytest.skip("the host has no AVX-512")
+    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_bf16 as t; "
+            "from dlc.compiler.native import gemm; assert gemm.bf16_config().operands == 'bf16-round'; "
+            "np.save(sys.argv[2], t._gradients('mlp', 'native', 'bf16')[1])")
+    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy")],
+                   env=dict(os.environ, DLC_TARGET=target), check=True, cwd=ROOT)
+    _, ref = _gradients("mlp", "reference", "bf16")
+    native = np.load(tmp_path / "g.npy")
+    assert np.linalg.norm(native - ref) <= 1e-6 * np.linalg.norm(ref)
+
+
 def _losses(name: str, precision: str, steps: int = 100) -> np.ndarray:
     train, ev, init, batches = drift.setup(name, seed=2, batch=64, steps=steps)
     trainable = [p.name for p in train.params if p.trainable]
