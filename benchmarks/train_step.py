@@ -22,6 +22,11 @@ forward + backward FLOPs / median step time / the machine's FMA peak (benchmarks
     python benchmarks/train_step.py --only lstm --steps 30
     python benchmarks/train_step.py --frameworks dlc,torch_fused --json /tmp/bench.json
     python benchmarks/train_step.py --load 1              # beside a process that keeps one core busy
+    python benchmarks/train_step.py --precision bf16 --only mlp --batch 512
+
+With `--precision bf16` dlc trains with bfloat16 products (docs/native.md, bfloat16 mixed
+precision) and PyTorch's forward runs under torch.autocast("cpu", dtype=torch.bfloat16);
+the first-step losses then agree to BF16_LOSS_RTOL, and JAX is not run.
 """
 from __future__ import annotations
 
@@ -47,6 +52,7 @@ THREADS = 2               # torch.set_num_threads (PERFORMANCE.md: the machine h
 TORCH_VARIANTS = ("torch", "torch_fused", "torch_compile")    # eager; eager + Adam(fused=True); torch.compile
 FRAMEWORKS = ("dlc",) + TORCH_VARIANTS + ("jax",)
 LOSS_RTOL = 1e-4          # first-step loss agreement required before timing
+BF16_LOSS_RTOL = 1e-2     # ... with bfloat16 products (autocast also keeps activations in bf16)
 TRAJ_RTOL = 1e-3          # later losses (after Adam updates): a warning only
 PAUSE_S = 0.3             # idle time before each framework's timed steps
 
@@ -297,7 +303,7 @@ def timed_loop(run: Run, step_fn, warmup: int, steps: int):
 
 class DlcRunner:
     def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int,
-                 sizes: dict | None = None):
+                 sizes: dict | None = None, precision: str = "f32"):
         from dlc.runtime.training.settings import Call
         from dlc.runtime.training.optim import make_optimizer
         t0 = time.perf_counter()
@@ -307,7 +313,7 @@ class DlcRunner:
         self.trainable = [p.name for p in self.train.params if p.trainable]
         self.opt = make_optimizer(Call("adam", [], {"lr": lr}))
         self.init, self.batch, self.lr, self.seed = init, batch, lr, seed
-        self.requested = engine_kind
+        self.requested, self.precision = engine_kind, precision
         self.run = Run("dlc")
         self.t = 0                  # the optimizer's step count
 
@@ -330,7 +336,7 @@ class DlcRunner:
         t0 = time.perf_counter()
         notes = []
         self.engine = make_engine(self.requested, self.train, self.ev, self.opt, self.trainable,
-                                  log=notes.append)
+                                  log=notes.append, precision=self.precision)
         loss = self.step()
         self.run.first_s = time.perf_counter() - t0
         self.run.losses.append(loss)
@@ -348,10 +354,11 @@ class DlcRunner:
 class TorchRunner:
     """PyTorch in one of its TORCH_VARIANTS: eager with the default Adam (foreach), eager
     with Adam(fused=True), or the loss compiled by torch.compile (default mode; Inductor's
-    C++ code needs a C compiler) with the default Adam. The compile happens in the first step."""
+    C++ code needs a C compiler) with the default Adam. The compile happens in the first step.
+    `precision` "bf16": the forward pass under torch.autocast with bfloat16."""
 
     def __init__(self, name: str, state: dict, batch: dict, lr: float, variant: str = "torch",
-                 sizes: dict | None = None):
+                 sizes: dict | None = None, precision: str = "f32"):
         """`state`: the model's starting state dict (numpy; torch_state of dlc's parameters)."""
         import torch
         self.torch, self.variant = torch, variant
@@ -360,12 +367,13 @@ class TorchRunner:
         self.model.load_state_dict(sd, strict=True)
         self.model.train()
         self.batch = {k: torch.from_numpy(v.astype(np.int64) if v.dtype.kind == "i" else v) for k, v in batch.items()}
-        self.lr = lr
+        self.lr, self.bf16 = lr, precision == "bf16"
         self.loss_fn = torch.compile(self._loss) if variant == "torch_compile" else self._loss
         self.run = Run(variant)
 
     def _loss(self, batch):
-        return self.torch.nn.functional.cross_entropy(self.model(batch), batch["y"])
+        with self.torch.autocast("cpu", dtype=self.torch.bfloat16, enabled=self.bf16):
+            return self.torch.nn.functional.cross_entropy(self.model(batch), batch["y"])
 
     def step(self) -> float:
         self.optim.zero_grad(set_to_none=True)
@@ -477,7 +485,7 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
     # the parameters: dlc's initializers, float64 -> float32, shared by every framework
     model = load_workload(name).build(training=True)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(model, args.seed).items()}
-    batch = make_batch(name, args.seed)
+    batch = make_batch(name, args.seed, args.batch)
     n_params = sum(int(np.prod(p.type.shape)) for p in model.params if p.trainable)
     res.flops = train_step_flops(model, batch)
     print(f"  {n_params:,} parameters; batch " + ", ".join(f"{k} {list(v.shape)}" for k, v in batch.items())
@@ -485,11 +493,12 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
 
     runners = {}
     if "dlc" in frameworks:
-        dlc = DlcRunner(name, init, batch, args.engine, args.lr, args.seed)
+        dlc = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, precision=args.precision)
         runners["dlc"] = dlc
     for variant in TORCH_VARIANTS:
         if variant in frameworks:
-            runners[variant] = TorchRunner(name, torch_state(name, init), batch, args.lr, variant)
+            runners[variant] = TorchRunner(name, torch_state(name, init), batch, args.lr, variant,
+                                           precision=args.precision)
     if "jax" in frameworks and not jax_reason:
         runners["jax"] = JaxRunner(name, init, batch, args.lr)
 
@@ -501,14 +510,15 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
         print(f"  {r.run.framework:<16} first step {r.run.first_s * 1e3:10.1f} ms   loss {r.run.losses[0]:.7f}{extra}",
               flush=True)
     ref_key = next((k for k in TORCH_VARIANTS if k in runners), None)
+    rtol = BF16_LOSS_RTOL if args.precision == "bf16" else LOSS_RTOL
     if ref_key:
         ref = runners[ref_key].run.losses[0]
         bad = [f"{runners[k].run.framework} {r.run.losses[0]:.7f}" for k, r in runners.items()
-               if k != ref_key and not rel(r.run.losses[0], ref) <= LOSS_RTOL]
+               if k != ref_key and not rel(r.run.losses[0], ref) <= rtol]
         if bad:
             res.ok = False
             res.check = "LOSS MISMATCH"
-            print(f"  ERROR: first-step loss differs from PyTorch's {ref:.7f} by more than {LOSS_RTOL:g} relative: "
+            print(f"  ERROR: first-step loss differs from PyTorch's {ref:.7f} by more than {rtol:g} relative: "
                   + "; ".join(bad) + f". {name} is not timed.", file=sys.stderr, flush=True)
             return res
         others = [rel(r.run.losses[0], ref) for k, r in runners.items() if k != ref_key]
@@ -639,6 +649,9 @@ def main(argv=None) -> int:
                     help="run N processes that each keep a core busy beside every framework (a busy neighbour)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                    help="of the products: bf16 is dlc's precision = \"bf16\" and torch.autocast (no JAX)")
+    ap.add_argument("--batch", type=int, help="examples per step (default: each workload's)")
     ap.add_argument("--json", metavar="PATH", help="also write every workload's numbers to PATH as JSON")
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps < 1 or args.warmup is not None and args.warmup < 0:
@@ -649,8 +662,8 @@ def main(argv=None) -> int:
     if not frameworks <= set(FRAMEWORKS):
         ap.error(f"--frameworks takes {', '.join(FRAMEWORKS)}, got {args.frameworks}")
 
-    jax_reason = ""
-    if "jax" in frameworks:
+    jax_reason = "not run with bf16 products" if args.precision == "bf16" else ""
+    if "jax" in frameworks and not jax_reason:
         try:
             import jax  # noqa: F401
         except ImportError as e:
@@ -666,7 +679,8 @@ def main(argv=None) -> int:
         tver = "not run"
     jax_on = "jax" in frameworks and not jax_reason
 
-    print(f"dlc train-step benchmark: Adam lr {args.lr}, float32, seed {args.seed}, engine {args.engine}"
+    print(f"dlc train-step benchmark: Adam lr {args.lr}, {args.precision} products, seed {args.seed}, "
+          f"engine {args.engine}"
           + (" (quick)" if args.quick else ""))
     import platform
     print(f"python {platform.python_version()}, numpy {np.__version__}, torch {tver} ({args.threads} threads), "

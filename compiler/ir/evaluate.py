@@ -15,22 +15,41 @@ from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, Graph
 from dlc.compiler.ir.primitives import PRIMITIVES
 
 
+def round_bf16(x: np.ndarray) -> np.ndarray:
+    """x rounded to bfloat16, to nearest even, and back to float32, as the native kernels
+    round their bf16 operands (compiler/native/gemm.py `bf16_bits`): a NaN stays a NaN."""
+    x = np.asarray(x, np.float32)
+    bits = x.view(np.uint32)
+    rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    bits = np.where(np.isnan(x), bits | np.uint32(0x400000), rounded) & np.uint32(0xFFFF0000)
+    return bits.astype(np.uint32).view(np.float32)
+
+
 class Eval:
     """The values an impl may read: the graph's inputs (`feeds`), its parameters, a body's
     arguments and the sizes of the symbolic dims; every float computed in `float_dtype`
     (None: in the dtype the graph gives it). `steps`: the indices of the enclosing scan
     steps. `replicas`: the replica mean of a data-parallel run
-    (runtime/engines/distributed.py), None in one process."""
+    (runtime/engines/distributed.py), None in one process. `precision`: of the operands of
+    matmuls and convolutions (`operands`), "f32" or "bf16"."""
 
     def __init__(self, feeds: dict | None = None, params: dict | None = None, sizes: dict | None = None,
-                 float_dtype: str | None = "f64", replicas=None):
+                 float_dtype: str | None = "f64", replicas=None, precision: str = "f32"):
         self.feeds, self.params, self.sizes, self.float_dtype = feeds or {}, params or {}, sizes or {}, float_dtype
         self.replicas = replicas
+        self.precision = precision
         self.args: list = []
         self.steps: tuple = ()
 
     def np_dtype(self, dtype: str):
         return DTYPES[self.float_dtype if self.float_dtype and dtype in FLOAT_DTYPES else dtype]
+
+    def operands(self, xs: list) -> list:
+        """The operands of a matmul or a convolution as it multiplies them: under "bf16"
+        rounded to bfloat16 (the products and their sums stay in the values' dtype)."""
+        if self.precision != "bf16":
+            return xs
+        return [round_bf16(x).astype(np.asarray(x).dtype) for x in xs]
 
     def size(self, d) -> int:
         return concrete(d, self.sizes)

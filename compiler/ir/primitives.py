@@ -609,7 +609,7 @@ def _matmul_flops(ins, outs, ta=False, tb=False):
 
 @primitive("matmul", "contraction", _matmul_type, _matmul_vjp, _matmul_flops, dtypes=FLOAT_DTYPES)
 def _matmul(ctx, xs, ta=False, tb=False):
-    a, b = xs
+    a, b = ctx.operands(xs)
     if ta:
         a = np.swapaxes(a, -1, -2)
     if tb:
@@ -706,7 +706,7 @@ def _conv_flops(ins, outs, **_):
 
 @primitive("conv2d", "window", _conv_type, _conv_vjp, _conv_flops)
 def _conv2d(ctx, xs, stride, padding, dilation, groups):
-    x, w = xs
+    x, w = ctx.operands(xs)
     v = _grouped(_windows(x, w.shape[2], w.shape[3], stride, padding, dilation), 1, groups)
     y = np.einsum("ngchwij,gocij->ngohw", v, _grouped(w, 0, groups), optimize=True)
     return [y.reshape(y.shape[:1] + (-1,) + y.shape[3:]).astype(x.dtype)]
@@ -736,7 +736,7 @@ def _conv_input_grad_vjp(n, g):
            lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]))
 def _conv2d_input_grad(ctx, xs, stride, padding, dilation, groups, input_hw):
     """Also the transposed convolution (conv_transpose) of xs[0] by the weights xs[1]."""
-    g, w = xs
+    g, w = ctx.operands(xs)
     shape = (g.shape[0], w.shape[1] * groups) + g.shape[2:]
     gg, wg = _grouped(g, 1, groups), _grouped(w, 0, groups)
 
@@ -764,7 +764,7 @@ def _conv_weight_grad_vjp(n, g):
 @primitive("conv2d_weight_grad", "window", _conv_weight_grad_type, _conv_weight_grad_vjp,
            lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]))
 def _conv2d_weight_grad(ctx, xs, stride, padding, dilation, groups, kernel):
-    x, g = xs
+    x, g = ctx.operands(xs)
     v = _grouped(_windows(x, kernel[0], kernel[1], stride, padding, dilation), 1, groups)
     dw = np.einsum("ngchwij,ngohw->gocij", v, _grouped(g, 1, groups), optimize=True)
     return [dw.reshape((-1,) + dw.shape[2:]).astype(x.dtype)]

@@ -26,6 +26,14 @@ over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost. Edge 
 use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators) and
 `AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it).
 
+The bf16 routines (`gemm_name(..., bf16=True)`: `dlc_bgemm_*`) take the same float32
+arrays and multiply them rounded to bfloat16, summing in float32 (a config's `operands`,
+OPERANDS): the packed panels are rounded in place once packed and the float32
+micro-kernel runs on them ("bf16-round", the conversion path), or on a host with
+AVX512_BF16 rows k and k+1 of each panel become interleaved bfloat16 pairs that the
+micro-kernel multiplies with vdpbf16ps, two products per lane ("bf16-pairs"; K slices
+start at even k). `bf16_config` picks the host's.
+
 An operand B that many products share (a recurrent weight, at every step of a scan) can
 be packed once by `add_pack` into K-long NR-wide panels; the `packed` routines take that
 copy as one more argument and skip packing B.
@@ -44,7 +52,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from llvmlite import ir
@@ -72,15 +80,24 @@ class GemmConfig:
     nc: int = 1024         # columns of op(B) packed at once (multiple of nr)
     max_threads: int = 16  # thread slots for pack buffers; more requested are clamped
     serial_below: int = 1 << 18  # M·N·K·batch under which no threads are forked
+    operands: str = "f32"  # what the micro-kernel multiplies: one of OPERANDS
 
     def __post_init__(self):
         if self.vw not in (4, 8, 16) or self.nr % self.vw or self.mc % self.mr or self.nc % self.nr:
             raise ValueError(f"inconsistent GEMM blocking {self}")
+        if self.operands not in OPERANDS or self.operands == "bf16-pairs" and self.vw != 16:
+            raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")
+
+    @property
+    def bf16(self) -> bool:
+        """Its operands are rounded to bfloat16 (its routines are the `bf16` ones)."""
+        return self.operands != "f32"
 
     @property
     def tag(self) -> str:
         """Names the module-level helpers shared by all routines of this blocking."""
-        return f"{self.mr}x{self.nr}v{self.vw}k{self.kc}m{self.mc}n{self.nc}t{self.max_threads}"
+        operands = self.operands if self.bf16 else ""
+        return f"{self.mr}x{self.nr}v{self.vw}k{self.kc}m{self.mc}n{self.nc}t{self.max_threads}{operands}"
 
     @property
     def b_offset(self) -> int:
@@ -92,6 +109,12 @@ class GemmConfig:
         """Floats in one thread's pack buffer (A block + B block)."""
         return self.b_offset + self.kc * self.nc
 
+
+# What the micro-kernel multiplies: "f32" floats (llvm.fma); "bf16-round" floats rounded to
+# bfloat16 while they are packed (llvm.fma: the conversion path, any machine);
+# "bf16-pairs" bfloat16 packed as pairs along K, two products per lane with vdpbf16ps
+# (AVX512_BF16).
+OPERANDS = ("f32", "bf16-round", "bf16-pairs")
 
 # rows of op(A) up to which a block multiplies without packing (_Gen.few_rows), and the
 # vectors of a C row it keeps in registers
@@ -117,13 +140,23 @@ def default_config(vector_width: int | None = None) -> GemmConfig:
     raise ValueError(f"no GEMM blocking for vector width {vector_width}")
 
 
-def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool, packed: bool = False) -> str:
-    return (f"dlc_sgemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}{'_acc' if accumulate else ''}"
-            f"{'_packed' if packed else ''}")
+def bf16_config() -> GemmConfig:
+    """The blocking of the bf16 routines, by the host's features: bfloat16 pairs and
+    vdpbf16ps where it has AVX512_BF16 (and the AVX-512 blocking is the default), else
+    the default blocking with its operands rounded while packing (`DLC_TARGET=avx512`
+    or `avx2` force that path on an AVX512_BF16 host)."""
+    cfg = default_config()
+    pairs = cfg.vw == 16 and jit.host_has("avx512bf16")
+    return replace(cfg, operands="bf16-pairs" if pairs else "bf16-round")
 
 
-def pack_name(trans_b: bool) -> str:
-    return f"dlc_sgemm_pack_{'t' if trans_b else 'n'}"
+def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool, packed: bool = False, bf16: bool = False) -> str:
+    return (f"dlc_{'b' if bf16 else 's'}gemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
+            f"{'_acc' if accumulate else ''}{'_packed' if packed else ''}")
+
+
+def pack_name(trans_b: bool, bf16: bool = False) -> str:
+    return f"dlc_{'b' if bf16 else 's'}gemm_pack_{'t' if trans_b else 'n'}"
 
 
 def gemm_type(packed: bool = False) -> ir.FunctionType:
@@ -243,6 +276,39 @@ def splat(b, s, vty):
                             ir.Constant(vty, ir.Undefined), lanes)
 
 
+class BFloatType(ir.Type):
+    """LLVM's bfloat, which llvmlite's IR builder lacks: the operand type of vdpbf16ps."""
+
+    def _to_string(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, BFloatType)
+
+    def __hash__(self):
+        return hash(BFloatType)
+
+
+def bf16_bits(b, x):
+    """The float (or float vector) x rounded to bfloat16, to nearest even, as int32 bits
+    whose upper half is the bfloat16 (the lower half is garbage); a NaN stays a NaN (quiet)."""
+    ity = ir.VectorType(i32, x.type.count) if isinstance(x.type, ir.VectorType) else i32
+    const = (lambda v: ir.Constant(ity, [v] * ity.count)) if ity is not i32 else (lambda v: ir.Constant(i32, v))
+    bits = b.bitcast(x, ity)
+    odd = b.and_(b.lshr(bits, const(16)), const(1))
+    rounded = b.add(bits, b.add(odd, const(0x7FFF)))
+    return b.select(b.fcmp_unordered("uno", x, x), b.or_(bits, const(0x400000)), rounded)
+
+
+def round_bf16(b, x):
+    """The float (or float vector) x rounded to bfloat16 and back: what a bf16 operand is."""
+    bits = bf16_bits(b, x)
+    high = 0xFFFF0000 - (1 << 32)        # as a signed int32
+    mask = ir.Constant(bits.type, [high] * bits.type.count) if isinstance(bits.type, ir.VectorType) \
+        else ir.Constant(i32, high)
+    return b.bitcast(b.and_(bits, mask), x.type)
+
+
 def masked(module, vty) -> tuple:
     """llvm.masked.load and llvm.masked.store of float vectors of type vty."""
     mty = ir.VectorType(i1, vty.count)
@@ -272,6 +338,12 @@ class _Gen:
 
     def ukernel(self):
         return self._shared("ukernel", self._build_ukernel)
+
+    def dot(self, b, acc, a, x):
+        """acc + the products of the bfloat16 pairs of a and x, summed by pairs (vdpbf16ps)."""
+        pty = ir.VectorType(BFloatType(), 2 * self.cfg.vw)
+        dp = declare(self.m, "llvm.x86.avx512bf16.dpbf16ps.512", self.vty, [self.vty, pty, pty])
+        return b.call(dp, [acc, b.bitcast(a, pty), b.bitcast(x, pty)])
 
     def _build_ukernel(self, name):
         cfg, vty = self.cfg, self.vty
@@ -306,21 +378,29 @@ class _Gen:
         for r in range(MR):
             for v in range(NV):
                 accs[r][v].add_incoming(zero, entry)
+        # k: a step of K, or with bfloat16 pairs a pair of them (a 32-bit pair per element)
+        pairs = cfg.operands == "bf16-pairs"
+        ety = i32 if pairs else f32
+        lty = ir.VectorType(ety, VW)
         bk = _gep(b, bp, b.mul(k, _c64(NR)))
-        bvec = [b.load(vec_ptr(b, _gep(b, bk, _c64(v * VW)), vty), align=4 * VW)
+        bvec = [b.load(b.bitcast(_gep(b, bk, _c64(v * VW)), lty.as_pointer()), align=4 * VW)
                 for v in range(NV)]
         ak = _gep(b, a, b.mul(k, _c64(MR)))
+        ak = b.bitcast(ak, ety.as_pointer()) if pairs else ak
         new = []
         for r in range(MR):
-            s = b.load(_gep(b, ak, _c64(r)), align=4)
-            a_r = splat(b, s, vty)
-            new.append([b.call(self.fma, [a_r, bvec[v], accs[r][v]]) for v in range(NV)])
+            a_r = splat(b, b.load(_gep(b, ak, _c64(r)), align=4), lty)
+            if pairs:
+                new.append([self.dot(b, accs[r][v], a_r, bvec[v]) for v in range(NV)])
+            else:
+                new.append([b.call(self.fma, [a_r, bvec[v], accs[r][v]]) for v in range(NV)])
         k1 = b.add(k, _c64(1))
         k.add_incoming(k1, loop)
         for r in range(MR):
             for v in range(NV):
                 accs[r][v].add_incoming(new[r][v], loop)
-        b.cbranch(b.icmp_signed("<", k1, kc), loop, tail)
+        steps = _ceil_div(b, kc, 2) if pairs else kc
+        b.cbranch(b.icmp_signed("<", k1, steps), loop, tail)
 
         # ---- store the tile
         b.position_at_end(tail)
@@ -460,8 +540,34 @@ class _Gen:
                     b.store(b.select(ok[p], x, zero), _gep(b, o, _c64(p)), align=4)
             b.branch(next_bb)
             b.position_at_end(next_bb)
+            if cfg.bf16:
+                self.to_bf16(b, out, kc, P)
         b.ret_void()
         return fn
+
+    def to_bf16(self, b, panel, kc, P):
+        """A packed panel (kc rows of P floats) made into the micro-kernel's bfloat16
+        operands, in place: each float rounded ("bf16-round"), or rows k and k+1 rounded
+        and interleaved into P 32-bit pairs ("bf16-pairs": a zero row after an odd last
+        row). Pair row q is written over the bytes of float row q, which rows 2q and 2q+1
+        (read first) are at or after."""
+        fty = ir.VectorType(f32, P)
+        row = lambda k: b.bitcast(_gep(b, panel, b.mul(k, _c64(P))), fty.as_pointer())
+        if self.cfg.operands == "bf16-round":
+            with _loop(b, 0, kc, name="bf") as k:
+                b.store(round_bf16(b, b.load(row(k), align=4)), row(k), align=4)
+            return
+        hty, pty = ir.VectorType(ir.IntType(16), P), ir.VectorType(ir.IntType(16), 2 * P)
+        interleave = ir.Constant(ir.VectorType(i32, 2 * P), [p // 2 + (p % 2) * P for p in range(2 * P)])
+        with _loop(b, 0, _ceil_div(b, kc, 2), name="bp") as q:
+            k0 = b.mul(q, _c64(2))
+            k1 = b.add(k0, _c64(1))
+            high = lambda x: b.trunc(b.lshr(bf16_bits(b, x), ir.Constant(ir.VectorType(i32, P), [16] * P)), hty)
+            first = high(b.load(row(k0), align=4))
+            second = b.select(b.icmp_signed("<", k1, kc), high(b.load(row(_min(b, k1, b.sub(kc, _c64(1)))), align=4)),
+                              ir.Constant(hty, None))
+            dst = b.bitcast(_gep(b, panel, b.mul(q, _c64(P))), pty.as_pointer())
+            b.store(b.shuffle_vector(first, second, interleave), dst, align=4)
 
     def buffers(self):
         """Global per-thread-slot pack buffer pointers (allocated on first use)."""
@@ -535,13 +641,17 @@ class _Gen:
         # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
         kslices = _ceil_div(b, K, cfg.kc)
         kstep = _ceil_div(b, K, kslices)
+        pairs = cfg.operands == "bf16-pairs"
+        if pairs:       # slices start at even k: a pair never straddles two
+            kstep = b.mul(_ceil_div(b, kstep, 2), _c64(2))
         with _loop(b, n0, n1, cfg.nc, name="jc") as jc:
             nc = _min(b, _c64(cfg.nc), b.sub(n1, jc))
             with _loop(b, 0, K, kstep, name="pc") as pc:
                 kc = _min(b, kstep, b.sub(K, pc))
                 # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
                 if packed:     # the K-long panels from column jc on, from row pc on
-                    bblock = _gep(b, Bk, b.add(b.mul(jc, K), b.mul(pc, _c64(cfg.nr))))
+                    rows = b.sdiv(pc, _c64(2)) if pairs else pc      # packed rows before row pc
+                    bblock = _gep(b, Bk, b.add(b.mul(jc, K), b.mul(rows, _c64(cfg.nr))))
                     bstride = K
                 else:
                     bsrc = _gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
@@ -572,9 +682,13 @@ class _Gen:
         vty, vw = self.vty, self.cfg.vw
         width = FEW_VECTORS * vw
         fma = declare(self.m, "llvm.fma.f32", f32, [f32] * 3)
+        operand = (lambda x: round_bf16(b, x)) if self.cfg.bf16 else (lambda x: x)
 
         def a_at(i, k):
-            return b.load(_gep(b, A, b.add(b.mul(k, lda), i) if trans_a else b.add(b.mul(i, lda), k)))
+            return operand(b.load(_gep(b, A, b.add(b.mul(k, lda), i) if trans_a else b.add(b.mul(i, lda), k))))
+
+        def b_at(ptr, **align):
+            return operand(b.load(ptr, **align))
 
         def vptr_at(base, j):
             return b.bitcast(_gep(b, base, j), vty.as_pointer())
@@ -592,7 +706,7 @@ class _Gen:
                     av = b.insert_element(ir.Constant(vty, ir.Undefined), a_at(i, k), i32(0))
                     av = b.shuffle_vector(av, ir.Constant(vty, ir.Undefined),
                                           ir.Constant(ir.VectorType(i32, vw), [0] * vw))
-                    new += [b.call(self.fma, [av, b.load(vptr_at(brow, _c64(v * vw)), align=4), acc[v]])
+                    new += [b.call(self.fma, [av, b_at(vptr_at(brow, _c64(v * vw)), align=4), acc[v]])
                             for v in range(FEW_VECTORS)]
                 for v in range(FEW_VECTORS):
                     b.store(acc[v], vptr_at(crow, b.add(j, _c64(v * vw))), align=4)
@@ -600,7 +714,7 @@ class _Gen:
                 c = _gep(b, crow, j)
                 start = b.load(c) if accumulate else ir.Constant(f32, 0.0)
                 with _carrying_loop(b, K, [start], name="fek") as (k, (total,), new):
-                    new.append(b.call(fma, [a_at(i, k), b.load(_gep(b, B, b.add(b.mul(k, ldb), j))), total]))
+                    new.append(b.call(fma, [a_at(i, k), b_at(_gep(b, B, b.add(b.mul(k, ldb), j))), total]))
                 b.store(total, c)
 
     def variant(self, name, trans_a, trans_b, accumulate, packed):
@@ -739,8 +853,9 @@ def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = Fals
     `packed`: the routine also takes op(B) packed (`add_pack`) and multiplies with that
     instead of packing B itself (it still reads B when only a row or two of A is given).
     The module must be compiled with libgomp loaded (`jit.load_library("gomp")`)."""
-    name = name or gemm_name(trans_a, trans_b, accumulate, packed)
-    return _Gen(module, config or default_config()).variant(name, trans_a, trans_b, accumulate, packed)
+    config = config or default_config()
+    name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16)
+    return _Gen(module, config).variant(name, trans_a, trans_b, accumulate, packed)
 
 
 def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | None = None) -> ir.Function:
@@ -750,7 +865,7 @@ def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | N
     `packed_floats(K, N)` floats. A loop-invariant operand (a recurrent weight inside a
     scan) is packed once before the loop instead of at every step."""
     gen = _Gen(module, config or default_config())
-    fn = ir.Function(module, PACK_TYPE, pack_name(trans_b))
+    fn = ir.Function(module, PACK_TYPE, pack_name(trans_b, gen.cfg.bf16))
     fn.attributes.add("nounwind")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     K, N, B, ldb, dst = fn.args
@@ -784,10 +899,10 @@ class GemmLibrary:
         for tb in (False, True) if packed else ():
             add_pack(self.module, trans_b=tb, config=self.config)
         self.compiled = jit.compile_module(self.module, libraries=("gomp",))
-        self._fns = {v + (pk,): self.compiled.function(gemm_name(*v, pk), ctypes.c_int32,
+        self._fns = {v + (pk,): self.compiled.function(gemm_name(*v, pk, self.config.bf16), ctypes.c_int32,
                                                        *_ARGTYPES + (ctypes.c_void_p,) * pk)
                      for v in variants for pk in kinds}
-        self._packs = {tb: self.compiled.function(pack_name(tb), None, *_PACK_ARGTYPES)
+        self._packs = {tb: self.compiled.function(pack_name(tb, self.config.bf16), None, *_PACK_ARGTYPES)
                        for tb in (False, True) if packed}
 
     def args(self, a, b, c, trans_a=False, trans_b=False, nthreads=1):

@@ -40,14 +40,19 @@ def _init() -> None:
 
 
 # DLC_TARGET=avx2 compiles for a generic AVX2 machine (x86-64-v3) even on an AVX-512
-# host, to test the AVX2 kernels, or to compare them on a host with double-pumped AVX-512
-TARGETS = ("host", "avx2")
+# host, to test the AVX2 kernels, or to compare them on a host with double-pumped AVX-512;
+# DLC_TARGET=avx512 for the host without its bfloat16 units (AVX512_BF16, AMX), to test
+# the bf16 GEMM's conversion path with the AVX-512 blocking.
+TARGETS = ("host", "avx2", "avx512")
+# the features each target takes away from the host's (LLVM's spelling, by prefix)
+REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10"),
+           "avx512": ("+avx512bf16", "+amx", "+avx10")}
 
 
 @functools.cache
 def host_cpu() -> tuple[str, str]:
     """(cpu name, feature string) of the target we compile for: the machine we run on,
-    less its AVX-512 (and AMX) features under DLC_TARGET=avx2."""
+    less the features DLC_TARGET removes (REMOVED)."""
     _init()
     target = os.environ.get("DLC_TARGET") or "host"
     if target not in TARGETS:
@@ -55,9 +60,10 @@ def host_cpu() -> tuple[str, str]:
         raise DlcError(f"DLC_TARGET must be one of {', '.join(TARGETS)}, not '{target}'")
     cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
     if target == "avx2":
-        wide = ("+avx512", "+amx", "+evex512", "+avx10")
         cpu = "x86-64-v3"
-        features = ",".join("-" + f[1:] if f.startswith(wide) else f for f in features.split(","))
+    removed = REMOVED[target]
+    if removed:
+        features = ",".join("-" + f[1:] if f.startswith(removed) else f for f in features.split(","))
     return cpu, features
 
 

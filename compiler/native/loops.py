@@ -12,7 +12,7 @@ import math
 from llvmlite import ir
 
 from dlc.compiler.native.builder import KernelBuilder
-from dlc.compiler.native.gemm import declare, default_config, masked, splat, vec_ptr
+from dlc.compiler.native.gemm import declare, default_config, masked, round_bf16, splat, vec_ptr
 from dlc.compiler.native.program import Affine, KernelProgram, Load
 from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
 
@@ -183,6 +183,11 @@ def scatter_add(kb: KernelBuilder, k, prog: KernelProgram):
     kb.loops(k.idx_shape, each)
 
 
+def operand(b, k, x):
+    """x as an operand of kernel k's products: rounded to bfloat16 where k's are (k.bf16)."""
+    return round_bf16(b, x) if k.bf16 else x
+
+
 def small_gemm(kb: KernelBuilder, k, first):
     """The parts `first` = (lo, hi) of the batch, each summed into its slice of k.partial.
     Each MR x NR tile of C is a set of vector accumulators over a part's examples and K:
@@ -224,10 +229,10 @@ def small_gemm(kb: KernelBuilder, k, first):
                 def step(idx, rows=rows, lanes=lanes, acc=acc, j0=j0):
                     n, kk = b.add(start, idx[0]), idx[1]
                     brow = b.add(b.add(b.mul(n, kb.dim(sb)), b.mul(kk, kb.dim(ldb))), kb.dim(boff + j0))
-                    bv = [vec(B, b.add(brow, ir.Constant(i64, v * VW)), w) for v, w in enumerate(lanes)]
+                    bv = [operand(b, k, vec(B, b.add(brow, ir.Constant(i64, v * VW)), w)) for v, w in enumerate(lanes)]
                     acol = b.add(b.add(b.mul(n, kb.dim(sa)), kk), kb.dim(aoff))
                     for r in rows:
-                        a = splat(b, b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))])), vty)
+                        a = splat(b, operand(b, k, b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))]))), vty)
                         for v in range(len(lanes)):
                             b.store(b.call(fma, [a, bv[v], b.load(acc[r, v])]), acc[r, v])
                 kb.loops((count, k.k), step)
@@ -291,7 +296,7 @@ class _ConvRows:
         b = self.kb.b
         # not `inbounds`: masked-off lanes may lie outside the buffer
         p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
-        return b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero])
+        return operand(b, self.k, b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero]))
 
     def x_row(self, n, c, h, wo0, j):
         """The nv vectors of x[n, c, h, wo0 - pw + j ...]."""
@@ -370,7 +375,7 @@ def conv(kb: KernelBuilder, k, first):
                     xs = rows.x_row(n, c, h, wo0, j)
                     for o in range(width):
                         at = kb.affine(weight(j), [b.add(o0, ir.Constant(i64, o)), c, i])
-                        wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
+                        wv = splat(b, operand(b, k, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w)), rows.vty)
                         for v in range(rows.nv):
                             rows.add(sums[o * rows.nv + v], wv, xs[v])
             taps = rows.tap_rows(ho)

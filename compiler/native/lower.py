@@ -7,7 +7,9 @@ becomes an `Op` node, which code generation emits with the primitive's scalar ru
 change coefficients, so they cost nothing. Elementwise ops build expression trees; which
 values are inlined into their readers' kernels and which are stored by a map kernel of
 their own is decided before, by the fusion pass (fusion.py). Reductions fuse their
-elementwise producers. Matmuls become GEMM calls.
+elementwise producers. Matmuls become GEMM calls. Lowered for `precision` "bf16", every
+matmul and convolution kernel rounds its operands to bfloat16 and sums in float32
+(docs/native.md, bfloat16 mixed precision).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvK
 SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
 SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
 GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
+PRECISIONS = ("f32", "bf16")    # of the operands of matmuls and convolutions
 
 
 class NotLowerable(DlcError):
@@ -69,8 +72,9 @@ class Lowering:
     kernels that compute what must be in memory, as the graph's fusion decided."""
 
     def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
-                 loop: tuple | None = None, fusion: Fusion | None = None):
+                 loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False):
         self.g = graph
+        self.bf16 = bf16              # matmul and convolution operands rounded to bfloat16
         self.fusion = fusion or Fusion(graph)
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []
@@ -206,7 +210,7 @@ class Lowering:
         key = (buffer, offset, ld, k, n, trans)
         if key not in outer.packs:
             out = self.p.buffer("f32", packed_floats(k, n), "temp")
-            self.emit(PackKernel(k, n, (buffer, offset, ld), trans, out.id, node=node), into=outer.kernels)
+            self.emit(PackKernel(k, n, (buffer, offset, ld), trans, out.id, self.bf16, node=node), into=outer.kernels)
             outer.packs[key] = out.id
         return outer.packs[key]
 
@@ -409,7 +413,7 @@ def _matmul(lw, n, ins, attrs, typ):
     batch = numel(typ.shape[:-2])
     packed = lw.packed_before_loop(lb, k, nn, tb, n) if lb[3] == 0 or batch == 1 else None
     c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
-    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, node=n))
+    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, lw.bf16, node=n))
     lw.set(n, out)
 
 
@@ -447,7 +451,7 @@ def _scan(lw, n, ins, attrs, typ):
         args.append(remap(lw.use(x), lambda a, axis=axis: Affine(
             a.offset + a.coeffs[axis] * t, a.coeffs[:axis] + a.coeffs[axis + 1:])))
     args += [lw.use(x) for x in ins[nc + len(xs_axes):]]
-    sub = Lowering(body, lw.p, args, lw.depth + 1, loop=(lw, first), fusion=lw.fusion.bodies[n])
+    sub = Lowering(body, lw.p, args, lw.depth + 1, loop=(lw, first), fusion=lw.fusion.bodies[n], bf16=lw.bf16)
     results = list(body.outputs.values())
     # each per-step output has a stacked buffer; a value the body computes into memory
     # is written at its place there (Lowering.place), any other is copied there at the end
@@ -532,7 +536,7 @@ def _conv2d(lw, n, ins, attrs, typ):
     if _direct(ckk, kw, attrs):
         xm = lw.materialize(x)
         lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (Ho, Wo), attrs["stride"][0],
-                           attrs["padding"], node=n))
+                           attrs["padding"], bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
@@ -540,7 +544,7 @@ def _conv2d(lw, n, ins, attrs, typ):
     # @ cols_g^T, cols_g the group's columns of cols (as N GEMMs of HoWo columns each, a first
     # layer's 6 x 784 products ran at a third the speed)
     lw.emit(GemmKernel(og, N * hw, cgkk, groups, (wm.buffer, wm.at.offset, cgkk, og * cgkk), (cols.id, 0, ckk, cgkk),
-                       (out.id, 0, N * hw, og * N * hw), False, True, node=n))
+                       (out.id, 0, N * hw, og * N * hw), False, True, bf16=lw.bf16, node=n))
     lw.set(n, Load(out.id, Affine(0, (hw, N * hw, Wo, 1)), typ.dtype))
 
 @register_lowering("conv2d_weight_grad", floats=("f32",))
@@ -553,7 +557,7 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         xm, gm = lw.materialize(x), lw.materialize(g)
         partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * ckk, "temp")
         lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (Ho, Wo), attrs["stride"][0], attrs["padding"],
-                           gm.buffer, partial.id, SMALL_GEMM_PARTS, node=n))
+                           gm.buffer, partial.id, SMALL_GEMM_PARTS, bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
@@ -563,7 +567,8 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         gm = lw.materialize(g)
         partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * ckk, "temp")
         lw.emit(SmallGemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw),
-                                (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), partial.id, SMALL_GEMM_PARTS, node=n))
+                                (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), partial.id, SMALL_GEMM_PARTS,
+                                bf16=lw.bf16, node=n))
     else:
         # g as [O, N*HoWo]: dW_g (Og x Cg*kh*kw) = g2_g @ cols_g (N*HoWo x Cg*kh*kw), one GEMM per group
         g2 = lw.p.buffer("f32", O * N * hw, "temp")
@@ -571,7 +576,7 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         lw.emit(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
                             remap(lw.use(g), swap), node=n))
         lw.emit(GemmKernel(og, cgkk, N * hw, groups, (g2.id, 0, N * hw, og * N * hw), (cols.id, 0, ckk, cgkk),
-                           (out.id, 0, cgkk, og * cgkk), False, False, node=n))
+                           (out.id, 0, cgkk, og * cgkk), False, False, bf16=lw.bf16, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("conv2d_input_grad", floats=("f32",))
@@ -602,14 +607,14 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     if _direct(ckk, kw, attrs) and st_h == 1:
         # g convolved with the filters flipped, their channels swapped: one pass, no columns
         lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
-                           transposed=True, node=n))
+                           transposed=True, bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.p.buffer("f32", N * ckk * hw, "temp")
     # the columns transposed, [N, C, kh, kw, Ho, Wo]: cols[n] (CKK x HoWo) = W^T (W is O x CKK) @ g[n]
     # (O x HoWo), so that col2im's innermost loop walks Wo, along the rows of both
     lw.emit(GemmKernel(ckk, hw, O, N, (wm.buffer, wm.at.offset, ckk, 0), (gm.buffer, gm.at.offset, hw, O * hw),
-                       (cols.id, 0, hw, ckk * hw), True, False, node=n))
+                       (cols.id, 0, hw, ckk * hw), True, False, bf16=lw.bf16, node=n))
     at = Affine(-ph * sh - pw * sw, (sn, sc, dh * sh, dw * sw, st_h * sh, st_w * sw))
     guards = ((Affine(-ph, (0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, dw, 0, st_w)), W))
     shape = (N, C, kh, kw, Ho, Wo)
@@ -756,5 +761,9 @@ def keep_in_registers(program: KernelProgram):
 
 
 @collector_paused()
-def lower(graph: Graph) -> KernelProgram:
-    return Lowering(graph).run()
+def lower(graph: Graph, precision: str = "f32") -> KernelProgram:
+    """The kernel program of `graph`, its matmuls and convolutions taking operands of
+    `precision` (PRECISIONS)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"no precision '{precision}' ({', '.join(PRECISIONS)})")
+    return Lowering(graph, bf16=precision == "bf16").run()

@@ -42,6 +42,11 @@ def source(k) -> str:
     return where(k.origin[0][1]) if k.origin else ""
 
 
+def bf16(k) -> str:
+    """' (bf16)' on the line of a kernel whose operands are rounded to bfloat16."""
+    return " (bf16)" if k.bf16 else ""
+
+
 def located(k) -> str:
     """What ends a kernel's line: '  @file:line' of the graph node it computes, if any."""
     return f"  @{source(k)}" if source(k) else ""

@@ -36,7 +36,7 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 import dlc
-from dlc.compiler.native.gemm import add_gemm, add_pack, default_config, gemm_name, pack_name
+from dlc.compiler.native.gemm import add_gemm, add_pack, bf16_config, default_config, gemm_name, pack_name
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native import jit
 
@@ -245,20 +245,25 @@ VARIANTS = [(ta, tb, pk) for ta in (False, True) for tb in (False, True) for pk 
 
 
 def gemm_symbols():
-    """Compile the GEMM routines once and tell LLVM where they are."""
+    """Compile the GEMM routines once, float32 and bf16 (compiler/native/gemm.py
+    `bf16_config`: the host's path), and tell LLVM where they are."""
     global _gemm_module
     if _gemm_module is None:
         jit.load_library("gomp")
+        configs = (default_config(), bf16_config())
 
         def build():
             module = ir.Module("dlc_gemm")
-            for ta, tb, pk in VARIANTS:
-                add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk)
-            for tb in (False, True):
-                add_pack(module, trans_b=tb)
+            for config in configs:
+                for ta, tb, pk in VARIANTS:
+                    add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config)
+                for tb in (False, True):
+                    add_pack(module, trans_b=tb, config=config)
             return module, []
-        _gemm_module, _ = compile_built(("dlc_gemm", default_config(), VARIANTS), build)
-        names = [gemm_name(ta, tb, False, pk) for ta, tb, pk in VARIANTS] + [pack_name(tb) for tb in (False, True)]
+        _gemm_module, _ = compile_built(("dlc_gemm", configs, VARIANTS), build)
+        names = [name for bf16 in (False, True)
+                 for name in [gemm_name(ta, tb, False, pk, bf16) for ta, tb, pk in VARIANTS]
+                 + [pack_name(tb, bf16) for tb in (False, True)]]
         for name in names:
             llvm.add_symbol(name, _gemm_module.address(name))
     return _gemm_module

@@ -119,14 +119,15 @@ class Executable:
     name, each given the buffer as an array to rewrite in place; one not given leaves the
     buffer as it is (replica_mean in one process: the identity). `check_numerics`: after each
     kernel, what it was the last to write is tested (NumericsCheck), and `run` raises
-    NonFiniteOutput at the first kernel whose values are not finite."""
+    NonFiniteOutput at the first kernel whose values are not finite. `precision`: of the
+    operands of its matmuls and convolutions (compiler/native/lower.py)."""
 
     def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
-                 hosts: dict | None = None, check_numerics=False):
+                 hosts: dict | None = None, check_numerics=False, precision: str = "f32"):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
-        self.program: KernelProgram = lower(optimize(graph))
+        self.program: KernelProgram = lower(optimize(graph), precision)
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         cache.gemm_symbols()
         if profile:
@@ -314,13 +315,16 @@ class NativeEngine:
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
-                 split=False, check_numerics=False):
+                 split=False, check_numerics=False, precision: str = "f32"):
         """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
         a data-parallel run (runtime/engines/distributed.py) can average the gradients between them.
         `check_numerics`: the train step tests each kernel's values and stops at the first one
         not finite, which the reference evaluation of the step traces to its origin
-        (runtime/engines/numerics.py)."""
+        (runtime/engines/numerics.py). `precision`: of the operands of every matmul and
+        convolution ("bf16": rounded to bfloat16, summed in float32); parameters, optimizer
+        state and the update stay float32."""
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
+        self.precision = precision
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
         self.train_exe = self._hvp = None
@@ -343,14 +347,15 @@ class NativeEngine:
                         "optimizer state": sum(a.nbytes for a in self.state.values())}
             update = self._update_program()
             self.train_exe = Executable(step, update=None if split else update, profile=profile, resident=resident,
-                                        hosts={"replica_mean": self._replica_mean}, check_numerics=check_numerics)
+                                        hosts={"replica_mean": self._replica_mean}, check_numerics=check_numerics,
+                                        precision=precision)
             self.update_call = UpdateCall(update, self.update_arrays) if split and update is not None else None
             self.fused_update = update is not None and not split
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
         if optimizer is None:      # an inference engine: fail now, not at the first batch, if it cannot compile
-            lower(eval_model.graph)
+            lower(eval_model.graph, precision)
 
     def _replica_mean(self, values: np.ndarray):
         """replica_mean's host call: `values` averaged over the ranks in place (the identity
@@ -367,7 +372,7 @@ class NativeEngine:
     @property
     def eval_exe(self) -> Executable:
         if self._eval is None:
-            self._eval = Executable(self.eval_model.graph)
+            self._eval = Executable(self.eval_model.graph, precision=self.precision)
         return self._eval
 
     @property
@@ -375,7 +380,7 @@ class NativeEngine:
         if self._predict is None:
             if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
                 raise DlcError("the model declares no outputs; add `output name = ...`")
-            self._predict = Executable(predict_graph(self.eval_model))
+            self._predict = Executable(predict_graph(self.eval_model), precision=self.precision)
         return self._predict
 
     # -- the optimizer --

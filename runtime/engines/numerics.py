@@ -99,10 +99,10 @@ class Watching(Eval):
             raise Found(Origin(graph, n, given, outputs, self.steps))
 
 
-def run(graph: Graph, feeds: dict, params: dict, replicas=None, allowed=None) -> dict:
+def run(graph: Graph, feeds: dict, params: dict, replicas=None, allowed=None, precision: str = "f32") -> dict:
     """interpreter.run, watched (Watching): raises the NonFinite of the first non-finite value."""
     try:
-        return interpreter.run(graph, feeds, params, replicas=replicas,
+        return interpreter.run(graph, feeds, params, replicas=replicas, precision=precision,
                                evaluator=lambda *args: Watching(*args, allowed=allowed))
     except Found as found:
         raise found.origin.error() from None

@@ -31,10 +31,11 @@ class ReferenceEngine:
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None,
-                 check_numerics=False):
+                 check_numerics=False, precision: str = "f32"):
         """`check_numerics`: every node of the train step is tested, and the first non-finite
-        value stops the step with its origin (runtime/engines/numerics.py)."""
-        self.check_numerics = check_numerics
+        value stops the step with its origin (runtime/engines/numerics.py). `precision`: of the
+        operands of matmuls and convolutions ("bf16": rounded, as the native kernels round them)."""
+        self.check_numerics, self.precision = check_numerics, precision
         self.step_graph = train_step(train_model.graph) if optimizer is not None else None
         self.train_graph, self._hvp_graph = train_model.graph, None
         self.eval_graph = eval_model.graph
@@ -104,8 +105,8 @@ class ReferenceEngine:
             budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
             self.checked.add(key)
         if self.check_numerics and graph is self.step_graph:
-            return numerics.run(graph, feeds, params, replicas=self.replicas)
-        return interpreter.run(graph, feeds, params, replicas=self.replicas)
+            return numerics.run(graph, feeds, params, replicas=self.replicas, precision=self.precision)
+        return interpreter.run(graph, feeds, params, replicas=self.replicas, precision=self.precision)
 
 
 def _scalars(out: dict) -> dict:

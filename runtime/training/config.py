@@ -12,6 +12,7 @@ from dlc.compiler.frontend import syntax as A
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.frontend.syntax import size_bytes
+from dlc.compiler.native.lower import PRECISIONS
 from dlc.runtime.data.augment import augment_options
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.optim import OPTIMIZERS, clip_limit, make_optimizer, make_schedule
@@ -39,6 +40,7 @@ class TrainConfig:
     sync_batchnorm: bool = False
     check_numerics: bool = False        # stop at a step's first non-finite value (runtime/engines/numerics.py)
     memory: object = None               # bytes training may take at most (runtime/engines/budget.py)
+    precision: str = "f32"              # of matmul and convolution operands (compiler/native/lower.py)
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
@@ -126,6 +128,11 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float)) or not 1 <= nbytes < math.inf:
             raise DlcError(f"memory must be a size such as 2GB or 512MB, got {show(cfg.memory)}", cfg.span("memory"))
         cfg.memory = int(nbytes)
+    if isinstance(cfg.precision, Symbol):        # precision = bf16, unquoted
+        cfg.precision = cfg.precision.name
+    if cfg.precision not in PRECISIONS:
+        raise DlcError(f"precision must be one of {', '.join(PRECISIONS)}, got {show(cfg.precision)}",
+                       cfg.span("precision"))
     if cfg.init_from is not None and not isinstance(cfg.init_from, str):
         raise DlcError("init_from takes a checkpoint path in quotes", cfg.span("init_from"))
     if make_optimizer(cfg.optimizer).full_batch and (cfg.l1 or cfg.l2 or cfg.clip is not None):

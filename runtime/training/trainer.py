@@ -218,7 +218,8 @@ class Trainer:
         # make_engine prints a fallback's warning on stderr)
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
                                        cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log,
-                                       split=self.world is not None, check_numerics=cfg.check_numerics)
+                                       split=self.world is not None, check_numerics=cfg.check_numerics,
+                                       precision=cfg.precision)
         interrupted = Interrupt()
         if self.world is not None:
             engine = distributed.DataParallel(engine, self.world, interrupted, stats)

@@ -15,7 +15,7 @@ class SmallGemmKernel(Kernel):
     packed (a first convolution's weight gradient: 6 x 25, K = 784 per example). The
     batch is cut into `parts` runs (threads take whole parts), each summed into its m x n
     slice of `partial`, and C is the sum of the slices in order: the same numbers
-    whatever the number of threads."""
+    whatever the number of threads. `bf16`: A and B rounded to bfloat16 as they are loaded."""
     m: int
     n: int
     k: object
@@ -25,13 +25,14 @@ class SmallGemmKernel(Kernel):
     c: tuple              # (buffer, offset, ld)
     partial: int          # buffer of parts * m * n
     parts: int
+    bf16: bool = False
 
     def flops(self, sizes: dict) -> int:
         return 2 * numel([concrete(d, sizes) for d in (self.m, self.n, self.k, self.batch)])
 
     def text(self) -> list:
         return [f"small_gemm sum over {self.batch} of [{self.m} x {self.k}] @ [{self.k} x {self.n}]: "
-                f"b{self.c[0]} = b{self.a[0]} @ b{self.b[0]}{render.located(self)}"]
+                f"b{self.c[0]} = b{self.a[0]} @ b{self.b[0]}{render.bf16(self)}{render.located(self)}"]
 
     def accesses(self) -> tuple:
         return {self.a[0], self.b[0]}, {self.c[0], self.partial}
