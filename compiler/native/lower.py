@@ -522,9 +522,10 @@ def _conv2d(lw, n, ins, attrs, typ):
     groups = attrs["groups"]
     N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, w.shape, typ.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    if groups > 1 and isinstance(cgkk, int) and cgkk <= GROUPED_TAPS:
+    if groups > 1 and isinstance(cgkk, int) and cgkk <= GROUPED_TAPS and not lw.bf16:
         # depthwise and small groups: a map over the outputs summing their taps (the loop
         # over Wo vectorizes), where a GEMM per group would multiply with a K of a few taps
+        # (in bf16 the GEMM below, which rounds its operands)
         total, *rest = _group_taps(lw, x, w, attrs)
         for v in rest:
             total = Op("add", (total, v), "f32")
@@ -589,6 +590,9 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     sn, sc, sh, sw = row_major(typ.shape)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     if groups > 1:
+        if lw.bf16:
+            raise NotLowerable("the native backend does not compile the input gradient of a grouped convolution in "
+                               "bf16 yet", lw.g.g.nodes[n]["span"])
         # each group's few filters: dx[n, g*Cg + c, window (i, j) of (ho, wo)] += dy[n, g*Og + o, ho, wo]
         # * w[g*Og + o, c, i, j] over [N, groups, Cg, Og, kh, kw, Ho, Wo], without columns
         cg = C // groups
