@@ -295,8 +295,8 @@ def test_nan_propagates_through_maximum_minimum_and_max_reductions(tmp_path):
     out = {}
     for b in ENGINES:
         model = DlcModel(str(path), backend=b)
-        model.params = {}
-        out[b] = model.predict({"x": x, "z": z})
+        # the engines themselves: the API refuses data that is not finite (as it refuses such files)
+        out[b] = model.engine.predict({}, {"x": x, "z": z})
     for name, ref in out["reference"].items():
         np.testing.assert_array_equal(out["native"][name], ref, err_msg=name)
     assert np.isnan(out["native"]["mx"][0, :2]).all() and np.isnan(out["native"]["rowmax"][:2]).all()

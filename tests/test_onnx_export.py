@@ -31,13 +31,18 @@ from dlc.runtime.training import checkpoint
 from dlc.runtime.engines import interpreter
 from dlc.runtime.training import gradcheck as gc
 from dlc.runtime.api import DlcModel
+from dlc.runtime.cli import main
 from dlc.runtime.engines.reference import predict_graph
 from numeric_helpers import ops_in
 from test_native_ops import (ACTIVATIONS, LAYERS, MODEL_INPUTS, PRIMS, SCAN_PARAMS, SCANS, SLOW_LAYERS, case_rng,
                              primitive_feeds)
 
-EXAMPLES = sorted((Path(__file__).parent.parent / "examples").glob("*.dl"))
-SIZES = [{"B": 2, "T": 3, "S": 4}, {"B": 3, "T": 5, "S": 2}]
+# vae's `samples` output draws random codes in evaluation, which export refuses by name
+# (test_an_evaluation_graph_that_draws_random_numbers_is_refused)
+DRAWS_IN_EVALUATION = {"vae"}
+EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").glob("*.dl")
+                  if p.stem not in DRAWS_IN_EVALUATION)
+SIZES = [{"B": 2, "T": 3, "S": 4, "K": 3}, {"B": 3, "T": 5, "S": 2, "K": 2}]
 RTOL = 1e-5
 
 
@@ -111,6 +116,14 @@ def check_example(path: Path, backend: str):
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_matches_the_reference_engine(path):
     check_example(path, "reference")
+
+
+def test_an_evaluation_graph_that_draws_random_numbers_is_refused(tmp_path, capsys):
+    example = Path(__file__).parent.parent / "examples" / "vae.dl"
+    assert main(["export", str(example), "-o", str(tmp_path / "vae.onnx")]) == 1
+    err = capsys.readouterr().err
+    assert "vae.dl:" in err and "error: random cannot be exported to ONNX" in err and "Traceback" not in err
+    assert not (tmp_path / "vae.onnx").exists()
 
 
 @pytest.mark.parametrize("path", [p for p in EXAMPLES if p.stem in ("xor_mlp", "simple_rnn")], ids=lambda p: p.stem)

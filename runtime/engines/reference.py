@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from dlc.compiler.ir.dims import symbols
 from dlc.compiler.passes.autodiff import copy_graph, hvp_graph, prune, train_step
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.engines import budget, interpreter, numerics
@@ -15,13 +16,18 @@ from dlc.runtime.training.optim import Optimizer
 
 
 def predict_graph(model: Model):
-    """The evaluation graph cut down to the model's outputs: needs no targets. Every input
-    stays, used or not: the arrays given for them bind the sizes of their dims, which an
-    output may use alone (`random_normal((B, 8))`)."""
+    """The evaluation graph cut down to the model's outputs: needs no targets, nor inputs the
+    outputs do not read, unless an output uses the size of one of their dims alone
+    (`random_normal((B, 8))`): such an input stays, for its array to bind the size."""
     g, _ = copy_graph(model.graph)
     g.outputs = {k: t for k, t in g.outputs.items() if k.startswith("output:")}
-    inputs = {i.name for i in model.inputs if not i.is_target}
-    return prune(g, keep=[n for n in g.nodes_with("input") if g.attrs(n)["name"] in inputs])
+    declared = {i.name: i for i in model.inputs if not i.is_target}
+    inputs = {g.attrs(n)["name"]: n for n in g.nodes_with("input") if g.attrs(n)["name"] in declared}
+    read, _ = copy_graph(g, keep_ids=True)
+    prune(read)
+    bound = set().union(*(symbols(declared[name].type.shape) for name, n in inputs.items() if n in read.g))
+    used = set().union(*(symbols(t.shape) for n in read.g.nodes for t in read.types(n)))
+    return prune(g, keep=[n for name, n in inputs.items() if symbols(declared[name].type.shape) & (used - bound)])
 
 
 class ReferenceEngine:
