@@ -1,6 +1,6 @@
 """The docs agree with the code: docs/architecture.md's module map names every module of
-the package, by its path or, in a row of its folder, by its file name; the tutorial runs as
-written."""
+the package, by its path or, in a row of its folder, by its file name; the tutorial and
+the cookbook run as written."""
 import contextlib
 import io
 import os
@@ -37,6 +37,31 @@ def named_modules() -> set:
     return named
 
 
+def run_page(name: str) -> dict:
+    """Runs docs/NAME's blocks in the current folder, in order: a block after "Save this as
+    `FILE`:" is written to FILE, `python` blocks run as one session, each `$ dlc ...` line of
+    a `console` block must succeed; a `dl` block that is not saved would go untested, so it
+    is an error. Returns each command's printed output by its name (the last one's)."""
+    text = (ROOT / "docs" / name).read_text(encoding="utf-8")
+    session, printed = {}, {}
+    for before, kind, body in re.findall(r"([^\n]*)\n\n```(\w*)\n(.*?)```", text, re.S):
+        saved = re.search(r"Save this as `([^`]+)`:$", before)
+        if saved:
+            Path(saved.group(1)).write_text(body)
+        elif kind == "python":
+            exec(compile(body, name, "exec"), session)
+        elif kind == "console":
+            for line in body.splitlines():
+                argv = shlex.split(line.removeprefix("$ dlc "))
+                out = io.StringIO()
+                with contextlib.redirect_stdout(out):
+                    assert main(argv) == 0, line
+                printed[argv[0]] = out.getvalue()
+        else:
+            assert kind != "dl", f"{name}: a dl block not saved to a file: {body[:60]}"
+    return printed
+
+
 def test_the_module_map_names_every_module():
     modules = {p.relative_to(ROOT).as_posix() for package in PACKAGES for p in (ROOT / package).rglob("*.py")
                if p.name != "__init__.py"}
@@ -51,22 +76,20 @@ def test_the_tutorial_runs_as_written(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
     monkeypatch.chdir(tmp_path)
-    text = (ROOT / "docs" / "tutorial.md").read_text(encoding="utf-8")
-    session, printed = {}, {}
-    for before, kind, body in re.findall(r"([^\n]*)\n\n```(\w*)\n(.*?)```", text, re.S):
-        saved = re.search(r"Save this as `([^`]+)`:$", before)
-        if saved:
-            Path(saved.group(1)).write_text(body)
-        elif kind == "python":
-            exec(compile(body, "tutorial.md", "exec"), session)
-        elif kind == "console":
-            for line in body.splitlines():
-                argv = shlex.split(line.removeprefix("$ dlc "))
-                out = io.StringIO()
-                with contextlib.redirect_stdout(out):
-                    assert main(argv) == 0, line
-                printed[argv[0]] = out.getvalue()
+    printed = run_page("tutorial.md")
     assert {"check", "train", "eval", "predict", "export"} <= set(printed)
     test_line = next(line for line in printed["train"].splitlines() if line.startswith("test: "))
     assert printed["eval"].strip() == test_line.removeprefix("test: ")
     assert os.path.getsize("predictions.csv") > 0
+
+
+def test_the_cookbook_runs_as_written(tmp_path, monkeypatch):
+    """docs/cookbook.md, as the tutorial: every recipe's files, commands and Python (whose
+    asserts check what the recipes claim: a resumed run ends as an uninterrupted one, frozen
+    weights do not move, padding changes no output, ONNX agrees)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    printed = run_page("cookbook.md")
+    assert {"check", "train", "export"} <= set(printed)
+    assert {"points.onnx", "points.safetensors", "runs/resumed/last.npz", "runs/focal/last.npz"} <= {
+        p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
