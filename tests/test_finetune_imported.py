@@ -1,0 +1,71 @@
+"""Fine-tuning an imported model, as docs/interop.md's "Fine-tuning a pre-trained model"
+writes it: the test reads that section's snippets and runs them in order (export a small
+Hugging Face BERT to ONNX, make the data, `dlc import`, add the head and the train block,
+`dlc train`, `dlc eval`), so the page and the path stay in step."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+from dlc.runtime.api import DlcModel  # noqa: E402
+from dlc.runtime.training import checkpoint  # noqa: E402
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "interop.md"
+
+
+def recipe() -> dict:
+    """The fenced blocks of the section, by language: {"python": [...], "": [...], "dl": [...]}."""
+    text = DOC.read_text()
+    section = text.split("### Fine-tuning a pre-trained model\n", 1)[1].split("\n### ", 1)[0]
+    blocks = {}
+    for lang, body in re.findall(r"^```(\w*)\n(.*?)^```$", section, re.S | re.M):
+        blocks.setdefault(lang, []).append(body)
+    return blocks
+
+
+def dlc(command: str, cwd: Path) -> str:
+    args = command.split()
+    assert args[0] == "dlc", command
+    run = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *args[1:]], capture_output=True, text=True,
+                         cwd=cwd)
+    assert run.returncode == 0, f"{command}\n{run.stdout}\n{run.stderr}"
+    return run.stdout + run.stderr
+
+
+def test_an_imported_encoder_is_frozen_while_its_new_head_trains(tmp_path, monkeypatch):
+    blocks = recipe()
+    export, data = blocks["python"]
+    head, train_block = blocks["dl"]
+    import_command, train_command, eval_command = blocks[""][0].splitlines()
+
+    monkeypatch.chdir(tmp_path)
+    for snippet in (export, data):
+        exec(compile(snippet, str(DOC), "exec"), {"__name__": "recipe"})
+    dlc(import_command, tmp_path)
+    encoder = (tmp_path / "encoder.dl").read_text().rstrip()
+    assert encoder.endswith("}") and "output hidden =" in encoder
+    (tmp_path / "classifier.dl").write_text(encoder[:-1] + head + "}\n\n" + train_block)
+
+    # the head as it starts (the same seed as the run below): a run of 0 epochs
+    start = DlcModel(str(tmp_path / "classifier.dl")).train(epochs=0, progress="none").params
+    head_names = [n for n in start if n.startswith("classifier.")]
+    encoder_names = [n for n in start if n not in head_names]
+    assert len(head_names) == 4 and len(encoder_names) == 38
+
+    log = dlc(train_command, tmp_path)
+    assert "init_from encoder.npz: 38 matched, 4 new" in log
+    (imported, _, _), (trained, _, _) = (checkpoint.load(tmp_path / f) for f in ("encoder.npz", "run/last.npz"))
+    for name in encoder_names:
+        assert np.array_equal(trained[name], imported[name]), f"{name} changed though frozen"
+    for name in head_names:
+        assert not np.array_equal(trained[name], start[name]), f"{name} did not train"
+
+    scores = dict(re.findall(r"(\w+) ([\d.]+)", dlc(eval_command, tmp_path).splitlines()[0]))
+    assert float(scores["accuracy"]) > 0.75, scores      # chance is 0.5
