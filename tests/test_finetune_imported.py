@@ -1,7 +1,8 @@
 """Fine-tuning an imported model, as docs/interop.md's "Fine-tuning a pre-trained model"
 writes it: the test reads that section's snippets and runs them in order (export a small
-Hugging Face BERT to ONNX, make the data, `dlc import`, add the head and the train block,
-`dlc train`, `dlc eval`), so the page and the path stay in step."""
+Hugging Face BERT to ONNX, make the data, `dlc import --def`, a file that imports it and
+adds a head, `dlc train`, `dlc eval`), so the page and the path stay in step; and
+`dlc import --def` computes what the imported model computes."""
 import re
 import subprocess
 import sys
@@ -14,8 +15,10 @@ pytest.importorskip("onnx")
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from dlc.compiler.onnx.importer import import_model, read_model  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.training import checkpoint  # noqa: E402
+from test_onnx_dynamic import export, sequences  # noqa: E402
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "interop.md"
 
@@ -41,23 +44,26 @@ def dlc(command: str, cwd: Path) -> str:
 
 def test_an_imported_encoder_is_frozen_while_its_new_head_trains(tmp_path, monkeypatch):
     blocks = recipe()
-    export, data = blocks["python"]
-    head, train_block = blocks["dl"]
+    export_snippet, data_snippet = blocks["python"]
+    classifier, = blocks["dl"]
     import_command, train_command, eval_command = blocks[""][0].splitlines()
 
     monkeypatch.chdir(tmp_path)
-    for snippet in (export, data):
+    for snippet in (export_snippet, data_snippet):
         exec(compile(snippet, str(DOC), "exec"), {"__name__": "recipe"})
     dlc(import_command, tmp_path)
-    encoder = (tmp_path / "encoder.dl").read_text().rstrip()
-    assert encoder.endswith("}") and "output hidden =" in encoder
-    (tmp_path / "classifier.dl").write_text(encoder[:-1] + head + "}\n\n" + train_block)
+    assert "def encoder(ids: i64[batch, length], attention_mask: i64[batch, length])" in (
+        tmp_path / "encoder.dl").read_text()
+    (tmp_path / "classifier.dl").write_text(classifier)
 
     # the head as it starts (the same seed as the run below): a run of 0 epochs
     start = DlcModel(str(tmp_path / "classifier.dl")).train(epochs=0, progress="none").params
-    head_names = [n for n in start if n.startswith("classifier.")]
+    head_names = [n for n in start if n.startswith("head.")]
     encoder_names = [n for n in start if n not in head_names]
     assert len(head_names) == 4 and len(encoder_names) == 38
+
+    summary = dlc("dlc summary classifier.dl", tmp_path)
+    assert re.search(r"Trainable parameters: +1,122\n", summary), summary     # the head's, as the page says
 
     log = dlc(train_command, tmp_path)
     assert "init_from encoder.npz: 38 matched, 4 new" in log
@@ -68,4 +74,23 @@ def test_an_imported_encoder_is_frozen_while_its_new_head_trains(tmp_path, monke
         assert not np.array_equal(trained[name], start[name]), f"{name} did not train"
 
     scores = dict(re.findall(r"(\w+) ([\d.]+)", dlc(eval_command, tmp_path).splitlines()[0]))
-    assert float(scores["accuracy"]) > 0.75, scores      # chance is 0.5
+    assert float(scores["accuracy"]) > 0.85, scores      # chance is 0.5
+
+
+def test_an_import_as_a_def_computes_what_the_imported_model_does(tmp_path):
+    """The def and the model that calls it, on a BERT-like model of two outputs: the same
+    outputs, from the same checkpoint."""
+    path = export(tmp_path, "bert", "torchscript")
+    feeds = sequences(3, 5, 1)
+    outputs = {}
+    for as_def in (False, True):
+        result = import_model(read_model(path), name="encoder", source=path.name, as_def=as_def)
+        program = tmp_path / f"encoder_{as_def}.dl"
+        program.write_text(result.text)
+        np.savez(program.with_suffix(".npz"), **result.weights)
+        model = DlcModel(str(program), backend="reference").load_weights(program.with_suffix(".npz"))
+        outputs[as_def] = model.predict(feeds)
+    assert "def encoder(ids: i64[batch, length], attention_mask: i64[batch, length])" in result.text
+    assert "hidden, pooled = encoder(ids, attention_mask, name = \"\")" in result.text
+    for name in ("hidden", "pooled"):
+        np.testing.assert_array_equal(outputs[True][name], outputs[False][name])
