@@ -435,7 +435,7 @@ def cmd_import(args):
     if out.suffix != ".dl":
         raise DlcError(f"-o takes the .dl file to write, got '{args.output}'")
     weights = Path(args.weights) if args.weights else out.with_suffix(".npz")
-    imported = import_model(read_model(args.file), name=out.stem, source=Path(args.file).name)
+    imported = import_model(read_model(args.file), name=out.stem, source=Path(args.file).name, as_def=args.as_def)
     try:
         model = load_text(imported.text, str(out)).build(None, training=False)
     except DlcError as e:       # a value of the ONNX model dlc's checks refuse (an attribute out of range)
@@ -678,6 +678,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("file", help="an .onnx file")
     c.add_argument("-o", "--output", required=True, metavar="OUT.dl", help="the .dl program to write")
     c.add_argument("--weights", metavar="PATH", help="the checkpoint to write (default: OUT.npz)")
+    c.add_argument("--def", dest="as_def", action="store_true",
+                   help="write the model as a def that another .dl file imports and calls, and a model that calls it")
     c.set_defaults(run=cmd_import)
     c = sub.add_parser("data", help="download public data sets (MNIST, CIFAR) into the data folder; list them")
     actions = c.add_subparsers(dest="action", metavar="ACTION", required=True, help="fetch or list")

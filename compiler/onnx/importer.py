@@ -87,16 +87,18 @@ class Imported:
     dtypes: dict = field(default_factory=dict)     # .dl output name -> ONNX numpy dtype
 
 
-def import_model(model, name: str | None = None, static: dict | None = None, source: str = "model") -> Imported:
+def import_model(model, name: str | None = None, static: dict | None = None, source: str = "model",
+                 as_def: bool = False) -> Imported:
     """The .dl program of an ONNX ModelProto. `static` gives values for graph inputs that
     the program needs as constants (shapes, axes, recurrent weights; see static_inputs).
     An op that ONNX defines as a function of other ops is imported as that function's body
-    when dlc has no rule for it, or when its rule refuses the node."""
+    when dlc has no rule for it, or when its rule refuses the node. `as_def`: the program is
+    a `def` that another file imports, and a model that calls it (see `_Importer.def_text`)."""
     check_model(model, source)
     model = expand_functions(model)
     for _ in range(MAX_EXPANSIONS):
         try:
-            return _Importer(model, name, static or {}, source).run()
+            return _Importer(model, name, static or {}, source, as_def).run()
         except Expand as e:
             expanded = expand_functions(model, {e.index})
             if expanded is model:       # no body for this node after all
@@ -275,9 +277,10 @@ def dims_tensor(a: np.ndarray, dtype: str) -> str:
 
 # ---- the importer ------------------------------------------------------------------------------------
 class _Importer:
-    def __init__(self, model, name, static: dict, source: str):
+    def __init__(self, model, name, static: dict, source: str, as_def: bool):
         self.onnx = onnx_package()
         self.source = source
+        self.as_def = as_def
         self.static = static
         self.opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
         self.model = self._prepared(model)
@@ -285,8 +288,10 @@ class _Importer:
         self.graph = graph
         self.names = Namer(keywords() | RESERVED_NAMES | stdlib_env().visible_names())
         self.name = Namer.clean(name or graph.name or "imported", "model")      # models have names of their own
-        if self.name in keywords() | RESERVED_NAMES:
-            self.name += "_model"
+        if self.name in keywords() | RESERVED_NAMES or as_def and self.name in self.names.used:
+            self.name += "_model"       # a def may not hide the library functions its body calls
+        if as_def:
+            self.names.used.add(self.name)
         self.values: dict[str, Value] = {}
         self.decls: list[str] = []         # param and state declarations
         self.body: list[str] = []          # bindings
@@ -596,7 +601,7 @@ class _Importer:
             self.output_names.setdefault(out.name, self.names(out.name, "y"))
         self._add_initializers()
         self.emit_nodes(self.graph.node)
-        outputs, dtypes, lines = {}, {}, []
+        outputs, dtypes, results = {}, {}, []      # results: (the .dl output name, its expression)
         for out in self.graph.output:
             v = self.values[out.name]
             if v.dtype is None:
@@ -610,11 +615,13 @@ class _Importer:
             name = self.output_names[out.name]
             if name in outputs.values():        # the same value listed twice
                 name = self.names(out.name, "y")
-            lines.append(f"output {name}" if expr == name else f"output {name} = {expr}")
+            results.append((name, expr))
             outputs[out.name] = name
             dtypes[name] = DTYPES[v.dtype]
+        lines = [f"output {name}" if expr == name else f"output {name} = {expr}" for name, expr in results]
         self._prune(lines)
-        return Imported(self.name, self.text(lines), self.weights, self.inputs, outputs, dtypes)
+        text = self.def_text(results) if self.as_def else self.text(lines)
+        return Imported(self.name, text, self.weights, self.inputs, outputs, dtypes)
 
     def _prune(self, outputs: list):
         """Drop the bindings and constants nothing reads (what a fused pattern left behind);
@@ -636,11 +643,28 @@ class _Importer:
 
     def text(self, outputs: list) -> str:
         """The program: the model's inputs, parameters and state, bindings and `outputs`."""
+        return "\n".join([self.comment(), *self.block(f"model {self.name}", self.header + self.decls + self.body
+                                                       + outputs), ""])
+
+    def def_text(self, results: list) -> str:
+        """The program as `def NAME(inputs) { ...; return outputs }`, which a model of another
+        file calls after `import`, and `model NAME`, which calls it. A call with `name = ""`
+        gives its parameters the names of the checkpoint, so `init_from` finds them."""
+        arguments = ", ".join(line.removeprefix("input ") for line in self.header)
+        names = [name for name, _ in results]
+        call = f"{', '.join(names)} = {self.name}({', '.join(self.inputs.values())}, name = \"\")"
+        return "\n".join([self.comment(),
+                          *self.block(f"def {self.name}({arguments})", self.decls + self.body
+                                      + ["return " + ", ".join(expr for _, expr in results)]), "",
+                          *self.block(f"model {self.name}", self.header + [call]
+                                      + [f"output {name}" for name in names]), ""])
+
+    def comment(self) -> str:
         producer = " ".join(p for p in (self.model.producer_name, self.model.producer_version) if p)
-        return "\n".join([f"# imported from {self.source} by dlc import (ONNX opset {self.opset}"
-                          + (f", produced by {producer})" if producer else ")"),
-                          f"model {self.name} {{",
-                          *("    " + line.replace("\n", "\n    ")
-                            for line in self.header + self.decls + self.body + outputs),
-                          "}", ""])
+        return (f"# imported from {self.source} by dlc import (ONNX opset {self.opset}"
+                + (f", produced by {producer})" if producer else ")"))
+
+    @staticmethod
+    def block(head: str, lines: list) -> list:
+        return [head + " {", *("    " + line.replace("\n", "\n    ") for line in lines), "}"]
 
