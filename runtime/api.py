@@ -50,7 +50,8 @@ class DlcModel:
         anything with __array__, a torch tensor), checked as a file's data is, and
         `validation` or `test` a fraction held out.
         `progress`: "auto" (a line redrawn on a terminal, tqdm's bar in a notebook, else a line
-        per epoch), "bar", "epochs", "none" or N (a line every N steps): runtime/training/progress.py.
+        per epoch), "bar", "epochs", "none" or N (a line every N steps): runtime/training/progress.py;
+        True and False are "auto" and "none".
         `tensorboard`: a folder for TensorBoard event files (runtime/training/tensorboard.py).
         `callbacks`: objects called as the run goes (runtime/training/callbacks.py)."""
         trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log, self.backend,

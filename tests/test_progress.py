@@ -325,3 +325,10 @@ def test_test_metrics_are_printed_once(tmp_path, capsys):
     lines = (captured.out + captured.err).splitlines()
     assert sum(line.startswith("test:") for line in lines) == 1
     assert any(line.startswith("test: loss") for line in captured.out.splitlines())
+
+
+def test_the_api_takes_false_for_no_progress_and_true_for_auto():
+    from dlc.runtime.training.progress import EpochLines, make_display
+    assert make_display(True, print).__class__ is make_display("auto", print).__class__
+    quiet = make_display(False, print)
+    assert quiet.__class__ is make_display("none", print).__class__ and not isinstance(quiet, EpochLines)

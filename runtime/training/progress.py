@@ -269,8 +269,11 @@ class Bar(Quiet):
 
 
 def make_display(progress, log):
-    """The display `progress` names (the module's docstring)."""
-    if isinstance(progress, int) and not isinstance(progress, bool):
+    """The display `progress` names (the module's docstring); True and False, as a Python
+    caller writes them, are "auto" and "none"."""
+    if isinstance(progress, bool):
+        progress = "auto" if progress else "none"
+    if isinstance(progress, int):
         if progress < 1:
             raise DlcError(f"progress: a line every {progress} steps; give a whole number of at least 1")
         return StepLines(log, progress)
