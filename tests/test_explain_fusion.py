@@ -132,3 +132,13 @@ def test_explain_fusion_and_emit_exclude_each_other(capsys):
     with pytest.raises(SystemExit):
         main(["compile", str(EXAMPLES[0]), "--emit", "fused", "--explain-fusion"])
     assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_boundary_inside_a_library_recurrence_names_the_users_call():
+    f = fusion_of(Path(__file__).parent.parent / "examples" / "char_lstm.dl")
+    inside = [(fu, b) for body in f.bodies.values() for fu, b in all_boundaries(body)]
+    assert inside
+    for fu, b in inside:
+        for v in (b.producer, b.consumer):
+            span = fu.graph.g.nodes[v]["span"]
+            assert span.in_stdlib() and span.caller is not None and span.caller.file.endswith("char_lstm.dl"), span

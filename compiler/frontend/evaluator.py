@@ -903,7 +903,7 @@ class Evaluator:
             self.fail("reverse must be true or false", e.span)
         outer = self.graph
         body = Graph(f"scan_body@{e.span.line}", parent=outer, budget=self.budget)
-        body.span = e.span
+        body.span = e.span.called_from(outer.span)     # a library scan's body remembers the user's call
         benv = env.child()
         carries = []
         for c in e.carries:
