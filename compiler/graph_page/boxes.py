@@ -42,7 +42,8 @@ def forward_boxes(model: Model) -> tuple:
                 continue            # no node of the forward graph in it (its nodes went to a scan's body)
             parent = stack[-1][1] if stack else ""
             box = _box(spans[first, end], parent)
-            box_id = _unique(box["name"] or (f"{parent}>" if parent else "") + box["def"], taken)
+            named = box["name"] and box["name"] not in taken      # else as a call in its parent: stage1.0>relu
+            box_id = _unique(box["name"] if named else (f"{parent}>" if parent else "") + box["def"], taken)
             boxes[box_id] = box
             stack.append((end, box_id))
         box_of[n] = stack[-1][1] if stack else ""
@@ -119,7 +120,7 @@ def _kernel(v: str, defn: str) -> str:
 
 
 def _unique(name: str, taken: set) -> str:
-    """name, or name:2, name:3, ... when taken (calls that share weights share a layer)."""
+    """name, or name:2, name:3, ... when taken (the second relu of a block)."""
     k, out = 1, name
     while out in taken:
         k += 1
