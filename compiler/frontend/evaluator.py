@@ -17,7 +17,7 @@ from dlc.compiler.frontend import syntax as A
 from dlc.compiler.ir.dims import Dim, is_dim, numel
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
-from dlc.compiler.frontend.model import Call, Model, ModelInput, ParamInfo, ParamScope
+from dlc.compiler.frontend.model import CallNodes, Model, ModelInput, ParamInfo, ParamScope
 from dlc.compiler.ir.primitives import PRIMITIVES, slice_length
 from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, Layer, LoopIndex,
                                          Partial, describe, literal, spelled, static_binary)
@@ -171,10 +171,10 @@ class Evaluator:
                 self.forward.g.nodes[n]["layer"] = layer
 
     def calls(self) -> list:
-        """Every def call and named model statement (model.Call), for the graph page."""
-        return [Call(first, end, scope.defn.name, scope.path, span, options)
+        """Every def call and named model statement (model.CallNodes), for the graph page."""
+        return [CallNodes(first, end, scope.defn.name, scope.path, span, options)
                 for first, end, scope, span, options in self.call_nodes] + \
-               [Call(first, end, "", name, span) for first, end, name, span in self.statement_nodes if name]
+               [CallNodes(first, end, "", name, span) for first, end, name, span in self.statement_nodes if name]
 
     def layer_types(self) -> dict:
         """Each layer name_layers sets -> what made it: the def whose call names its parameters

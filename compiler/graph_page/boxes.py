@@ -1,5 +1,5 @@
 """The boxes of the graph page: every call of a library or user def, and every named model
-statement, is one box holding the nodes made during it (model.Call), nested as the calls
+statement, is one box holding the nodes made during it (model.CallNodes), nested as the calls
 were made. A `relu` is one box over its constant, compare and select; a `batchnorm` one box
 over its fifty nodes. A box is labelled with the def called and its key options
 (`conv2d 16 3x3 s1`) and named after its layer (graph.layer_of: `stage1.0.conv1`).
@@ -10,7 +10,7 @@ under one box `∇` of all the gradients, as graph.layer_of groups them.
 from __future__ import annotations
 
 from dlc.compiler.ir.graph import GRADIENTS, Graph
-from dlc.compiler.frontend.model import Call, Model
+from dlc.compiler.frontend.model import CallNodes, Model
 
 # the options a box's label shows, after the def's name: the sizes bare, the others short
 SIZES = ("filters", "units", "vocab", "dim")
@@ -99,7 +99,7 @@ def _box(calls: list, parent: str) -> dict:
             "options": [f"{k} = {v}" for k, v in call.options], "parent": parent, "span": calls[-1].span}
 
 
-def label(call: Call) -> str:
+def label(call: CallNodes) -> str:
     """`conv2d 16 3x3 s1`, `dense 64 relu`, `dropout rate=0.5`, `batchnorm`."""
     parts = [call.defn]
     for k, v in call.options:

@@ -6,7 +6,7 @@
 
 const LINE = 15, PAD = 10, GAP_X = 16, GAP_Y = 26, HEAD = 24;
 const FONT = "12px ui-monospace, monospace", SMALL = "11px ui-monospace, monospace";   // as page.css
-const LEGIBLE = 0.55;     // the smallest zoom at which labels can be read: "expand all" stops there
+const LEGIBLE = 0.8;      // the smallest zoom at which labels can be read: "expand all" stops there
 const WRAP = 1400;        // the widest row of a layer, in pixels
 const SVG = "http://www.w3.org/2000/svg";
 const $ = (id) => document.getElementById(id);
@@ -59,8 +59,9 @@ function kernelsOf(id) {
   return D.kernelsOf.get(id) || [];
 }
 
-// how the edge u -> v between two nodes crosses the kernels: "boundary" (with the fusion's
-// reason), "fused" (u is computed in a kernel of v), or "" (an argument of the step, ...)
+// how the edge u -> v between two nodes crosses the kernels: "boundary" (with the fusion
+// pass's reason), "fused" (u is computed in a kernel of v), or "" (an argument of the step, ...);
+// an edge drawn between boxes is a boundary when one of the edges it stands for is
 function crossing(u, v) {
   const why = D.boundary.get(u + ">" + v);
   if (why) return {kind: "boundary", why};
@@ -162,7 +163,7 @@ function draw() {
   box = new Map();
   sizes = new Map();
   place("", 0, 0);
-  const parts = [], edges = [], seen = new Set();
+  const parts = [], edges = [];
   const matched = new Set(V.matches.map((key) => key[0] === "n" ? shown(Number(key.slice(1))) : key));
   const drawLayer = (layer) => {
     const b = box.get("l" + layer), l = V.layers[layer], open = V.open.has(layer);
@@ -187,26 +188,31 @@ function draw() {
                `<text class="type" x="${b.x + PAD}" y="${b.y + 2 * LINE + 1}">${esc(n.types)}</text></g>`);
   };
   for (const row of V.rows[""]) for (const c of row) drawChild(c);
-  const notes = [];      // the reasons at the boundaries of the selected node, drawn last
+  const drawn = new Map();     // "a>b" -> the edge between two things drawn: the nodes' edges it stands for
   for (const [u, v] of V.edges) {
     const a = shown(u), b = shown(v), key = a + ">" + b;
-    if (a === b || seen.has(key)) continue;
-    seen.add(key);
+    if (a === b) continue;
+    if (!drawn.has(key)) drawn.set(key, {a, b, whys: new Set(), fused: true});
+    const e = drawn.get(key), cross = crossing(u, v);
+    if (cross.why) e.whys.add(cross.why);
+    e.fused = e.fused && cross.kind === "fused";
+  }
+  const notes = [];      // the reasons at the boundaries of the selected node, drawn last
+  for (const {a, b, whys, fused} of drawn.values()) {
     const p = box.get(a), q = box.get(b);
     const x1 = p.x + p.w / 2, y1 = p.y + p.h, x2 = q.x + q.w / 2, y2 = q.y;
     const bend = Math.max(24, Math.abs(y2 - y1) / 2);
     const hot = V.selected !== null && (a === "n" + V.selected || b === "n" + V.selected);
-    const cross = a === "n" + u && b === "n" + v ? crossing(u, v) : {kind: "", why: ""};
-    const cls = ["edge", y2 < y1 ? "back" : "", hot ? "hot" : "", cross.kind].join(" ");
-    const tip = cross.why ? `<title>kernel boundary: ${esc(cross.why)}</title>` : "";
+    const why = [...whys].join("; ");
+    const cls = ["edge", y2 < y1 ? "back" : "", hot ? "hot" : "", why ? "boundary" : fused ? "fused" : ""].join(" ");
+    const tip = why ? `<title>kernel boundary: ${esc(why)}</title>` : "";
     edges.push(`<path class="${cls}" d="M${x1},${y1} C${x1},${y1 + bend} ${x2},${y2 - bend} ${x2},${y2}">${tip}</path>`);
-    if (cross.kind === "boundary") {     // a bar across the edge where it leaves its kernel
-      edges.push(`<path class="cut" d="M${x1 - 6},${y1 + 5} L${x1 + 6},${y1 + 5}">${tip}</path>`);
-      if (hot) {
-        const w = textWidth(cross.why, SMALL) + 8, mx = (x1 + x2) / 2 + 6, my = (y1 + y2) / 2;
-        notes.push(`<g class="why"><rect x="${mx}" y="${my - 9}" width="${w}" height="16"/>` +
-                   `<text x="${mx + 4}" y="${my + 3}">${esc(cross.why)}</text></g>`);
-      }
+    if (!why) continue;
+    edges.push(`<path class="cut" d="M${x1 - 6},${y1 + 5} L${x1 + 6},${y1 + 5}">${tip}</path>`);     // where it leaves its kernel
+    if (hot) {
+      const w = textWidth(why, SMALL) + 8, mx = (x1 + x2) / 2 + 6, my = (y1 + y2) / 2;
+      notes.push(`<g class="why"><rect x="${mx}" y="${my - 9}" width="${w}" height="16"/>` +
+                 `<text x="${mx + 4}" y="${my + 3}">${esc(why)}</text></g>`);
     }
   }
   $("scene").innerHTML = edges.join("") + parts.join("") + notes.join("");
