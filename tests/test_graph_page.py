@@ -188,7 +188,8 @@ def overflowing(page) -> list:
 def test_the_layer_view_of_a_resnet_in_a_browser(resnet_page):
     data = page_data(resnet_page.read_text())
     forward = data["views"][0]
-    reduction = next(n["id"] for n in forward["nodes"] if n["layer"] == "stage1.0.bn1" and n["op"] == "reduce_sum")
+    # the variance of stage1.0.bn1: a reduction with the sub and mul fused into its kernel
+    reduction = [n["id"] for n in forward["nodes"] if n["layer"] == "stage1.0.bn1" and n["op"] == "reduce_sum"][1]
     whys = [why for u, v, why in data["native"]["boundaries"] if reduction in (u, v)]
     assert "the result of a reduction" in whys
     with browser() as page:
@@ -214,6 +215,9 @@ def test_the_layer_view_of_a_resnet_in_a_browser(resnet_page):
         page.press("#search", "Enter")
         assert all(why in page.inner_text("#detail-boundaries") for why in whys)
         assert "the result of a reduction" in page.locator("#scene .why text").all_text_contents()
+        fused = {n for k in data["native"]["kernels"] if reduction in k["nodes"] for n in k["nodes"]} - {reduction}
+        assert fused and {int(n) for n in page.eval_on_selector_all(
+            "g.node.kin", "gs => gs.map(g => g.dataset.node)")} == fused      # its kernel's other nodes, outlined
 
         page.click('[data-view="train_step"]')      # the details follow the view
         assert "The train step: 2,135 nodes" in page.inner_text("#details")

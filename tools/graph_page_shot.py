@@ -51,9 +51,11 @@ def open_page(page, path: Path):
 
 
 # docs/images/ -> what each picture shows: the view, the boxes opened in turn, the node
-# clicked (%69: the convolution of stage1.0.conv1), or every box open
+# clicked (%69: the convolution of stage1.0.conv1; %83: the variance of its batchnorm), or
+# every box open
 SHOTS = {
     "graph_page.png": {"view": "forward", "open": ["stage1", "stage1.0", "stage1.0.conv1"], "select": 69},
+    "graph_page_kernels.png": {"view": "forward", "open": ["stage1", "stage1.0", "stage1.0.bn1"], "select": 83},
     "graph_page_expanded.png": {"view": "train_step", "expand": True},
 }
 

@@ -165,6 +165,8 @@ function draw() {
   place("", 0, 0);
   const parts = [], edges = [];
   const matched = new Set(V.matches.map((key) => key[0] === "n" ? shown(Number(key.slice(1))) : key));
+  const kin = new Set();      // the nodes fused into a kernel with the selected one
+  if (V.selected !== null) for (const k of kernelsOf(V.selected)) D.native.kernels[k].nodes.forEach((n) => kin.add(n));
   const drawLayer = (layer) => {
     const b = box.get("l" + layer), l = V.layers[layer], open = V.open.has(layer);
     const cls = ["layer", open ? "open" : "", layer.startsWith("∇") ? "gradients" : "",
@@ -181,7 +183,7 @@ function draw() {
   const drawChild = (c) => {
     if (typeof c !== "number") return drawLayer(c);
     const n = V.byId.get(c), b = box.get("n" + c);
-    const cls = ["node", n.kind, n.grad_of !== null ? "gradient" : "", V.selected === c ? "selected" : "",
+    const cls = ["node", n.kind, n.grad_of !== null ? "gradient" : "", V.selected === c ? "selected" : kin.has(c) ? "kin" : "",
                  matched.has("n" + c) ? "match" : ""].join(" ");
     parts.push(`<g class="${cls}" data-node="${c}"><rect x="${b.x}" y="${b.y}" width="${b.w}" height="${b.h}"/>`,
                `<text x="${b.x + PAD}" y="${b.y + LINE + 1}">${esc(nodeLabel(n))}</text>`,
@@ -261,7 +263,8 @@ function hint() {
     `A box is a call of a def (<code>conv2d 16 3x3 s1</code>) or a statement of the model; click one to open it, ` +
     `a node to see its op, shape, FLOPs, source line, native kernel and kernel boundaries. ` +
     `Edges: <span class="key fused">fused into one kernel</span>, ` +
-    `<span class="key boundary">a kernel boundary</span> (hover or select for the reason). ` +
+    `<span class="key boundary">a kernel boundary</span> (hover or select for the reason); ` +
+    `the nodes fused into the selected node's kernels are outlined blue. ` +
     `Drag to pan, scroll to zoom.</p>` +
     (D.native.error ? `<p class="error">The native backend cannot compile this model:\n${esc(D.native.error)}</p>` : "");
 }
