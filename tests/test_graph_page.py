@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from dlc.compiler.passes import autodiff
-from dlc.compiler.frontend.loader import load
+from dlc.compiler.frontend.loader import load, load_text
 from dlc.compiler.graph_page.boxes import box_tree, forward_boxes
 from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.lower import lower
@@ -85,6 +85,28 @@ def test_every_call_of_a_def_is_one_box_labelled_with_its_options():
         assert not tree[b][0] and {model.graph.op(n) for n in tree[b][1]} >= {"gt", "select"}
     convolutions = model.graph.nodes_with("conv2d")
     assert len(convolutions) == 15 and all(boxes[box_of[n]]["def"] == "conv2d" for n in convolutions)
+
+
+def test_a_user_def_is_a_box_with_its_options_spelled_as_in_the_program():
+    model = load_text("""
+def block(x, units: int, mode = "fast", sizes = (1, 2), act = relu) {
+    return dense(x, units, act)
+}
+model m {
+    input x: f32[B, 4]
+    target y: f32[B, 2]
+    h = block(x, 8, sizes = (1, 2, 3, 4, 5, 6, 7, 8, 9))
+    out = dense(h, 2)
+    loss mean((out - y) * (out - y))
+}
+""").build(None)
+    box_of, boxes = forward_boxes(model)
+    assert boxes["h"]["label"] == "block 8 relu" and boxes["h"]["def"] == "block"      # the statement is the call
+    assert boxes["h"]["options"] == ["units = 8", 'mode = "fast"', "sizes = (1, 2, 3, 4, 5, 6, 7, 8, ... 9 items)",
+                                     "act = relu"]
+    assert "h>dense" not in boxes       # block's body is one dense call over the same nodes: one box
+    assert boxes["h>relu"]["parent"] == "h" and boxes["out"]["label"] == "dense 2"
+    assert {model.graph.op(n) for n, b in box_of.items() if b == "h"} == {"param", "matmul", "add", "broadcast"}
 
 
 def test_the_page_draws_the_fusion_pass_boundaries(lenet_page):
