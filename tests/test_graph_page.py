@@ -174,6 +174,9 @@ def test_the_page_in_a_browser(lenet_page):
         page.click('[data-view="train_step"]')
         page.click('[data-layer="∇"] .box')
         assert page.locator('[data-layer="∇.c1"]').count() == 1
+        assert text("#detail-def") == "the gradients of the loss"
+        page.click('[data-layer="∇.c1"] .box')
+        assert text("#detail-title") == "∇ conv2d 6 5x5 s1 relu" and text("#detail-def") == "the gradients of conv2d"
         assert page.errors == []
 
 

@@ -8,7 +8,7 @@ const LINE = 15, PAD = 10, GAP_X = 16, GAP_Y = 26, HEAD = 24;
 const FONT = "12px ui-monospace, monospace", SMALL = "11px ui-monospace, monospace";   // as page.css
 const LEGIBLE = 0.8;      // the smallest zoom at which labels can be read: "expand all" stops there
 const WRAP = 1400;        // the widest row of a layer, in pixels
-const SVG = "http://www.w3.org/2000/svg";
+const GRADIENTS = "∇";    // the box of the gradients, ∇.B the gradients of box B (graph.GRADIENTS)
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 
@@ -169,7 +169,7 @@ function draw() {
   if (V.selected !== null) for (const k of kernelsOf(V.selected)) D.native.kernels[k].nodes.forEach((n) => kin.add(n));
   const drawLayer = (layer) => {
     const b = box.get("l" + layer), l = V.layers[layer], open = V.open.has(layer);
-    const cls = ["layer", open ? "open" : "", layer.startsWith("∇") ? "gradients" : "",
+    const cls = ["layer", open ? "open" : "", layer.startsWith(GRADIENTS) ? "gradients" : "",
                  matched.has("l" + layer) ? "match" : ""].join(" ");
     parts.push(`<g class="${cls}" data-layer="${esc(layer)}">`,
                `<rect class="box" x="${b.x}" y="${b.y}" width="${b.w}" height="${b.h}"/>`);
@@ -320,7 +320,9 @@ function link(id) {
 
 function layerDetails(layer) {
   const l = V.layers[layer];
-  const rows = [["def", l.def ? `<code>${esc(l.def)}</code>` : "a statement of the model"]];
+  const what = l.def ? `<code>${esc(l.def)}</code>` : "a statement of the model";
+  const rows = [["def", !layer.startsWith(GRADIENTS) ? what :
+    layer === GRADIENTS ? "the gradients of the loss" : `the gradients of ${what}`]];
   if (l.name) rows.push(["layer", `<code>${esc(l.name)}</code>`]);
   if (l.options.length) rows.push(["options", l.options.map((o) => `<code>${esc(o)}</code>`).join(", ")]);
   rows.push(["nodes", `${l.size}`]);
@@ -445,8 +447,10 @@ function wire() {
     camera.x += (before.x - after.x) * camera.k;
     camera.y += (before.y - after.y) * camera.k;
     const left = camera.x + after.x * camera.k, right = left + after.w * camera.k;
-    const width = canvas.getBoundingClientRect().width;
+    const top = camera.y + after.y * camera.k, bottom = top + after.h * camera.k;
+    const {width, height} = canvas.getBoundingClientRect();
     if (right > width - 20 && left > 20) camera.x -= Math.min(right - width + 20, left - 20);    // or moves into view
+    if (bottom > height - 20 && top > 20) camera.y -= Math.min(bottom - height + 20, top - 20);
     move();
   });
   $("details").addEventListener("click", (e) => {
