@@ -8,13 +8,16 @@ from pathlib import Path
 import pytest
 
 from dlc.compiler.passes import autodiff
-from dlc.compiler.frontend.loader import load
+from dlc.compiler.frontend.loader import load, load_text
+from dlc.compiler.graph_page.boxes import box_tree, forward_boxes
+from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.cli import main
 from dlc.tools.graph_page_shot import CHROMIUM, chromium_page, open_page
 
 LENET = str(Path(__file__).parent.parent / "examples" / "lenet5.dl")
+RESNET = str(Path(__file__).parent.parent / "examples" / "resnet.dl")
 
 
 def page_data(html: str) -> dict:
@@ -63,6 +66,57 @@ def test_the_page_maps_nodes_to_the_kernels_of_the_native_step(lenet_page):
         assert re.match(rf'define internal void @{k["function"]}\(', data["native"]["ir"][k["function"]])
 
 
+def test_every_call_of_a_def_is_one_box_labelled_with_its_options():
+    model = load(RESNET).build(None)
+    box_of, boxes = forward_boxes(model)
+    tree = box_tree(model.graph, box_of, boxes)
+    assert boxes["stage1.0"]["label"] == "residual_block 16 s1" and boxes["stage1.0"]["parent"] == "stage1"
+    assert boxes["stage2.0.conv1"]["label"] == "conv2d 32 3x3 s2" and boxes["stage2.0.proj"]["label"] == "conv2d 32 1x1 s2"
+    assert boxes["stage1.0.bn1"]["label"] == "batchnorm" and "eps = 1e-05" in boxes["stage1.0.bn1"]["options"]
+    assert boxes["logits>dense"]["label"] == "dense 10" and boxes["logits>dense"]["name"] == "logits"
+    assert boxes["logits>dense"]["parent"] == "logits"      # the statement, which also holds global_avg_pool
+    inner, nodes = tree["stage1.0"]      # conv2d, batchnorm, relu, conv2d, batchnorm, the add, relu
+    assert [boxes[b]["label"] for b in inner] == ["conv2d 16 3x3 s1", "batchnorm", "relu",
+                                                   "conv2d 16 3x3 s1", "batchnorm", "relu"]
+    assert [model.graph.op(n) for n in nodes] == ["add"]
+    relus = [b for b in tree if boxes[b]["def"] == "relu"]
+    assert len(relus) == 13        # the stem's and two in each of six blocks: each one box of primitives
+    for b in relus:
+        assert not tree[b][0] and {model.graph.op(n) for n in tree[b][1]} >= {"gt", "select"}
+    convolutions = model.graph.nodes_with("conv2d")
+    assert len(convolutions) == 15 and all(boxes[box_of[n]]["def"] == "conv2d" for n in convolutions)
+
+
+def test_a_user_def_is_a_box_with_its_options_spelled_as_in_the_program():
+    model = load_text("""
+def block(x, units: int, mode = "fast", sizes = (1, 2), act = relu) {
+    return dense(x, units, act)
+}
+model m {
+    input x: f32[B, 4]
+    target y: f32[B, 2]
+    h = block(x, 8, sizes = (1, 2, 3, 4, 5, 6, 7, 8, 9))
+    out = dense(h, 2)
+    loss mean((out - y) * (out - y))
+}
+""").build(None)
+    box_of, boxes = forward_boxes(model)
+    assert boxes["h"]["label"] == "block 8 relu" and boxes["h"]["def"] == "block"      # the statement is the call
+    assert boxes["h"]["options"] == ["units = 8", 'mode = "fast"', "sizes = (1, 2, 3, 4, 5, 6, 7, 8, ... 9 items)",
+                                     "act = relu"]
+    assert "h>dense" not in boxes       # block's body is one dense call over the same nodes: one box
+    assert boxes["h>relu"]["parent"] == "h" and boxes["out"]["label"] == "dense 2"
+    assert {model.graph.op(n) for n, b in box_of.items() if b == "h"} == {"param", "matmul", "add", "broadcast"}
+
+
+def test_the_page_draws_the_fusion_pass_boundaries(lenet_page):
+    data = page_data(lenet_page.read_text())
+    step = optimize(autodiff.train_step(load(LENET).build(None).graph))
+    expected = [[b.producer, b.consumer, b.why()] for b in Fusion(step).boundaries]
+    assert data["native"]["boundaries"] == expected and expected
+    assert {why for *_, why in expected} >= {"a GEMM operand must be in memory", "the result of a reduction"}
+
+
 def test_the_page_says_when_the_native_backend_cannot_compile(tmp_path):
     ortho = tmp_path / "ortho.dl"
     ortho.write_text("model m {\n    input x: f32[B, 4]\n    target y: f32[B, 4]\n"
@@ -104,7 +158,7 @@ def test_the_page_in_a_browser(lenet_page):
         page.click(f'[data-node="{conv}"]')
         assert text("#detail-title") == f"%{conv} conv2d"
         assert text("#detail-op").startswith("conv2d") and text("#detail-dtype") == "f32[B, 6, 28, 28]"
-        assert text("#detail-FLOPs") == "235,200·B" and text("#detail-layer") == "c1"
+        assert text("#detail-FLOPs") == "235,200·B" and text("#detail-layer") == "conv2d 6 5x5 s1 relu (c1)"
         assert text("#detail-place") == f"{LENET}:{call.line}:{call.col}"
         line = Path(LENET).read_text().splitlines()[call.line - 1]
         assert text("pre.source div.hit").split(None, 1) == [str(call.line), line.strip()]
@@ -120,4 +174,84 @@ def test_the_page_in_a_browser(lenet_page):
         page.click('[data-view="train_step"]')
         page.click('[data-layer="∇"] .box')
         assert page.locator('[data-layer="∇.c1"]').count() == 1
+        assert text("#detail-def") == "the gradients of the loss"
+        page.click('[data-layer="∇.c1"] .box')
+        assert text("#detail-title") == "∇ conv2d 6 5x5 s1 relu" and text("#detail-def") == "the gradients of conv2d"
+        assert page.errors == []
+
+
+@pytest.fixture(scope="module")
+def resnet_page(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("page") / "resnet.html"
+    assert main(["graph", RESNET, "--format", "html", "-o", str(path)]) == 0
+    return path
+
+
+def inside(page, outer: str) -> list:
+    """The texts of the boxes and nodes drawn inside the box `outer` (a selector)."""
+    return page.evaluate("""(outer) => {
+      const o = document.querySelector(outer).getBBox();
+      return [...document.querySelectorAll("g.node rect, g.layer rect.box")].filter((r) => {
+        const b = r.getBBox();
+        return r !== document.querySelector(outer) && b.x >= o.x && b.y >= o.y &&
+               b.x + b.width <= o.x + o.width && b.y + b.height <= o.y + o.height;
+      }).map((r) => r.parentElement.querySelector("text").textContent);
+    }""", outer)
+
+
+def overflowing(page) -> list:
+    """The labels drawn wider than their boxes."""
+    return page.evaluate("""() => [...document.querySelectorAll("g.node, g.layer")].flatMap((g) => {
+      const box = g.querySelector("rect").getBBox();
+      return [...g.querySelectorAll("text")].filter((t) => {
+        const b = t.getBBox();
+        return b.x < box.x || b.x + b.width > box.x + box.width;
+      }).map((t) => t.textContent);
+    })""")
+
+
+def test_the_layer_view_of_a_resnet_in_a_browser(resnet_page):
+    data = page_data(resnet_page.read_text())
+    forward = data["views"][0]
+    # the variance of stage1.0.bn1: a reduction with the sub and mul fused into its kernel
+    reduction = [n["id"] for n in forward["nodes"] if n["layer"] == "stage1.0.bn1" and n["op"] == "reduce_sum"][1]
+    whys = [why for u, v, why in data["native"]["boundaries"] if reduction in (u, v)]
+    assert "the result of a reduction" in whys
+    with browser() as page:
+        open_page(page, resnet_page)
+        page.click('[data-layer="stage1"] .box')
+        page.click('[data-layer="stage1.0"] .box')
+        block = inside(page, '[data-layer="stage1.0"] rect.box')      # Netron shows about 7 boxes
+        assert len(block) <= 10 and block.count("▸ relu") == 2 and block.count("▸ batchnorm") == 2
+        assert block.count("▸ conv2d 16 3x3 s1") == 2
+        assert page.inner_text("#detail-title") == "residual_block 16 s1"     # the box's details
+        assert overflowing(page) == []
+
+        for query, count in (("relu", 13), ("batchnorm", 15)):
+            page.fill("#search", query)
+            assert page.inner_text("#matches") == f"{count} matches"
+        page.press("#search", "Enter")
+        assert page.inner_text("#detail-title") == "batchnorm" and page.inner_text("#matches") == "1 of 15"
+        assert "match" in page.get_attribute('[data-layer="stem.1"]', "class")
+        page.fill("#search", "conv2d")        # the conv2d calls and the convolution nodes they made
+        assert page.inner_text("#matches") == "30 matches"
+
+        page.fill("#search", f"%{reduction}")      # a node at a kernel boundary: the fusion pass's reason
+        page.press("#search", "Enter")
+        assert all(why in page.inner_text("#detail-boundaries") for why in whys)
+        assert "the result of a reduction" in page.locator("#scene .why text").all_text_contents()
+        fused = {n for k in data["native"]["kernels"] if reduction in k["nodes"] for n in k["nodes"]} - {reduction}
+        assert fused and {int(n) for n in page.eval_on_selector_all(
+            "g.node.kin", "gs => gs.map(g => g.dataset.node)")} == fused      # its kernel's other nodes, outlined
+
+        page.click('[data-view="train_step"]')      # the details follow the view
+        assert "The train step: 2,135 nodes" in page.inner_text("#details")
+        page.click('[data-view="forward"]')
+        assert page.inner_text("#detail-title") == f"%{reduction} reduce_sum"
+
+        page.click('[data-view="train_step"]')
+        page.click("#expand")       # every box open: the top of the graph at a zoom that can be read
+        assert page.locator("g.layer.open").count() == len(data["views"][1]["layers"]) - 1      # but the whole graph
+        assert page.inner_text("#zoom").startswith("the top of the graph at 80%")
+        assert overflowing(page) == []
         assert page.errors == []

@@ -1,9 +1,9 @@
-"""The screenshot of `dlc graph --format html` in docs/cli.md, taken in headless Chromium.
+"""The screenshots of `dlc graph --format html` in docs/cli.md, taken in headless Chromium.
 
-    python -m dlc.tools.graph_page_shot                  # rewrites docs/images/graph_page.png
+    python -m dlc.tools.graph_page_shot          # rewrites docs/images/graph_page*.png
     python -m dlc.tools.graph_page_shot examples/lenet5.dl --out /tmp/page.png --open c1 --select 3
 
-It opens the page of a model (by default the ResNet's train step), opens some layers,
+It opens the page of a model (by default the ResNet), opens some boxes (or all of them),
 clicks a node and saves the window. The system's Chromium (Debian's `chromium` package)
 runs it through playwright's Python package, which tests/test_graph_page.py uses too
 (`chromium_page`); `playwright install`, which downloads a browser of its own, is not needed.
@@ -50,29 +50,51 @@ def open_page(page, path: Path):
     page.wait_for_selector("body[data-ready]")
 
 
+# docs/images/ -> what each picture shows: the view, the boxes opened in turn, the node
+# clicked (%69: the convolution of stage1.0.conv1; %83: the variance of its batchnorm), or
+# every box open
+SHOTS = {
+    "graph_page.png": {"view": "forward", "open": ["stage1", "stage1.0", "stage1.0.conv1"], "select": 69},
+    "graph_page_kernels.png": {"view": "forward", "open": ["stage1", "stage1.0", "stage1.0.bn1"], "select": 83},
+    "graph_page_expanded.png": {"view": "train_step", "expand": True},
+}
+
+
+def shoot(page, html: Path, out: Path, view: str, open=(), select=None, expand=False):
+    """Load the page, show `view`, open the boxes, click a node or expand all, save it."""
+    open_page(page, html)
+    page.click(f'[data-view="{view}"]')
+    for box in open:
+        page.click(f'[data-layer="{box}"] .box')
+    if select is not None:
+        page.click(f'[data-node="{select}"]')
+    if expand:
+        page.click("#expand")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(out))
+    if page.errors:
+        raise SystemExit(f"the page reported errors: {page.errors}")
+    print(f"wrote {out}")
+
+
 def main(argv=None):
     from dlc.compiler.graph_page import page as graph_page
     from dlc.compiler.frontend.loader import load
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("file", nargs="?", default=str(ROOT / "examples" / "resnet.dl"))
-    p.add_argument("--out", default=str(ROOT / "docs" / "images" / "graph_page.png"))
+    p.add_argument("--out", help="one picture here, of the options below (default: the pictures of the docs)")
     p.add_argument("--view", default="train_step", choices=["forward", "train_step"])
-    p.add_argument("--open", nargs="*", default=["stage1", "stage1.0", "stage1.0.conv1"],
-                   help="layers to open, in order")
-    p.add_argument("--select", type=int, default=69, help="the node to click (%%69: the first conv2d of stage1)")
+    p.add_argument("--open", nargs="*", default=[], help="boxes to open, in order")
+    p.add_argument("--select", type=int, help="the node to click")
+    p.add_argument("--expand", action="store_true", help="expand all")
     args = p.parse_args(argv)
+    shots = {Path(args.out): {"view": args.view, "open": args.open, "select": args.select, "expand": args.expand}} \
+        if args.out else {ROOT / "docs" / "images" / name: shot for name, shot in SHOTS.items()}
     with tempfile.TemporaryDirectory() as tmp, chromium_page() as page:
         html = Path(tmp) / "graph.html"
-        html.write_text(graph_page(load(os.path.relpath(args.file)).build(None), args.view))   # the path as typed
-        open_page(page, html)
-        for layer in args.open:
-            page.click(f'[data-layer="{layer}"] .box')
-        page.click(f'[data-node="{args.select}"]')
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=args.out)
-        if page.errors:
-            raise SystemExit(f"the page reported errors: {page.errors}")
-    print(f"wrote {args.out}")
+        html.write_text(graph_page(load(os.path.relpath(args.file)).build(None)))   # the path as typed
+        for out, shot in shots.items():
+            shoot(page, html, out, **shot)
 
 
 if __name__ == "__main__":

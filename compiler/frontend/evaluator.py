@@ -17,10 +17,10 @@ from dlc.compiler.frontend import syntax as A
 from dlc.compiler.ir.dims import Dim, is_dim, numel
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
-from dlc.compiler.frontend.model import Model, ModelInput, ParamInfo, ParamScope
+from dlc.compiler.frontend.model import CallNodes, Model, ModelInput, ParamInfo, ParamScope
 from dlc.compiler.ir.primitives import PRIMITIVES, slice_length
 from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, Layer, LoopIndex,
-                                         Partial, describe, literal, static_binary)
+                                         Partial, describe, literal, spelled, static_binary)
 
 INT_DTYPES = ("i32", "i64")
 
@@ -57,8 +57,8 @@ class Evaluator:
         self.rng_keys: dict = {}
         # which layer each forward node belongs to (named in build): the forward graph's nodes
         # [first, end) were made during a def call (innermost calls first) or a model statement
-        self.call_nodes: list = []         # (first, end, ParamScope of the call, call span)
-        self.statement_nodes: list = []    # (first, end, binding name of the model statement)
+        self.call_nodes: list = []         # (first, end, ParamScope of the call, call span, its options)
+        self.statement_nodes: list = []    # (first, end, binding name of the model statement, its span)
 
     # -- errors --------------------------------------------------------------------------------
     def fail(self, message: str, span: Span, notes=()):
@@ -152,35 +152,41 @@ class Evaluator:
                 self.fail(f"two parameters are both named '{p.name}'", p.span, [("the other one", seen[p.name])])
             seen[p.name] = p.span
         return Model(model.name, self.graph, self.init, self.inputs, params, self.training, train, model.span,
-                     self.bindings, self.layer_types())
+                     self.bindings, self.layer_types(), self.calls())
 
     def name_layers(self):
         """Set `layer` on the forward graph's nodes (graph.layer_of): the name prefix of the
         parameters of the innermost call that made the node and names parameters (stage1.0.conv1),
         else the binding of the model statement that made it. Inputs belong to no layer."""
         layers: dict = {}
-        for first, end, scope, _ in self.call_nodes:
+        for first, end, scope, *_ in self.call_nodes:
             path = scope.layer()
             for n in range(first, end) if path else ():
                 layers.setdefault(n, path)
-        for first, end, name in self.statement_nodes:
+        for first, end, name, _ in self.statement_nodes:
             for n in range(first, end) if name else ():
                 layers.setdefault(n, name)
         for n, layer in layers.items():
             if self.forward.op(n) != "input":
                 self.forward.g.nodes[n]["layer"] = layer
 
+    def calls(self) -> list:
+        """Every def call and named model statement (model.CallNodes), for the graph page."""
+        return [CallNodes(first, end, scope.defn.name, scope.path, span, options)
+                for first, end, scope, span, options in self.call_nodes] + \
+               [CallNodes(first, end, "", name, span) for first, end, name, span in self.statement_nodes if name]
+
     def layer_types(self) -> dict:
         """Each layer name_layers sets -> what made it: the def whose call names its parameters
         (the outermost, when a call and the one it makes share a name), or for a model
         statement's layer the defs its own calls called ("conv2d, batchnorm, relu")."""
         types: dict = {}
-        for _, _, scope, _ in self.call_nodes:         # innermost calls first: an outer one overwrites
+        for _, _, scope, *_ in self.call_nodes:         # innermost calls first: an outer one overwrites
             if scope.path:
                 types[scope.path] = scope.defn.name
-        for first, end, name in self.statement_nodes:
+        for first, end, name, _ in self.statement_nodes:
             if name and name not in types:
-                made = [scope.defn.name for f, e, scope, _ in self.call_nodes
+                made = [scope.defn.name for f, e, scope, *_ in self.call_nodes
                         if scope.parent is self.root_scope and first <= f and e <= end]
                 types[name] = ", ".join(dict.fromkeys(made))
         return types
@@ -197,7 +203,7 @@ class Evaluator:
                 result = self.statement(s, env, in_model, in_def, in_scan)
             if in_model:        # the binding name a statement sets, as the label of the calls in it
                 named = isinstance(s, (A.Assign, A.Loss, A.Metric, A.Output))
-                self.statement_nodes.append((first, self.forward._next, self.label if named else ""))
+                self.statement_nodes.append((first, self.forward._next, self.label if named else "", s.span))
             if result is not None:
                 return result
         return None
@@ -539,7 +545,7 @@ class Evaluator:
     def layers_since(self, calls: int) -> list:
         """The calls with parameters made right under the current one since call_nodes
         had `calls` entries: the layers of the statement's binding (`emb.W`)."""
-        made = [scope for _, _, scope, _ in self.call_nodes[calls:] if scope.parent is self.scope]
+        made = [scope for _, _, scope, *_ in self.call_nodes[calls:] if scope.parent is self.scope]
         return [scope for scope in dict.fromkeys(made) if scope.owns_params()]
 
     def attribute(self, e: A.Attribute, env: Env):
@@ -743,6 +749,8 @@ class Evaluator:
             elif isinstance(a.type, A.StaticType):
                 self.check_static(a.type.kind, value, decl.name, a.name, vspan)
             env.vars[a.name] = value
+        options = tuple((a.name, spelled(v)) for a, v in zip(decl.args, map(env.vars.get, names))
+                        if not isinstance(v, Tensor))
         saved_scope, saved_label = self.scope, self.label
         label = self.label if explicit is None else ".".join(p for p in (explicit, *map(str, self.repeat_index)) if p)
         self.scope = self.scope.child(label, explicit is not None, span, decl)
@@ -757,7 +765,7 @@ class Evaluator:
             raise
         finally:
             self.stack.pop()
-            self.call_nodes.append((first, self.forward._next, self.scope, span))
+            self.call_nodes.append((first, self.forward._next, self.scope, span, options))
             self.scope, self.label, self.repeat_index = saved_scope, saved_label, saved_repeat
         if result is None:
             self.fail(f"'{decl.name}' has no return", decl.span)
@@ -766,7 +774,7 @@ class Evaluator:
     def made_by(self, t: Tensor) -> str | None:
         """The def whose call in the user's program made a forward tensor (its node lies in
         the call's nodes and the call is where the tensor was made), for notes: "by dense"."""
-        for first, end, scope, call in self.call_nodes:        # innermost calls end first
+        for first, end, scope, call, _ in self.call_nodes:        # innermost calls end first
             if t.graph is self.forward and first <= t.node < end and call == t.made_at:
                 return scope.defn.name
         return None

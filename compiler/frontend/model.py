@@ -119,6 +119,21 @@ class DefCall:
     path: str
 
 
+@dataclass(frozen=True)
+class CallNodes:
+    """A call of a def, or a model statement (`defn` ""), and the forward graph's nodes
+    [first, end) made during it: the graph page draws each as a box. `layer`: the name
+    prefix of the call's own parameters or the statement's binding ("" for a call that
+    declares none); `options`: (argument, value in .dl spelling) of each argument that is
+    not a tensor, defaults included."""
+    first: int
+    end: int
+    defn: str
+    layer: str
+    span: Span
+    options: tuple = ()
+
+
 @dataclass
 class ParamInfo:
     name: str
@@ -149,6 +164,7 @@ class Model:
     span: Span
     bindings: list = field(default_factory=list)   # (name, type, span) of every model-level binding
     layer_types: dict = field(default_factory=dict)  # layer (graph.layer_of) -> the def(s) whose calls made it
+    calls: list = field(default_factory=list)        # every CallNodes, an inner one before the one around it
 
     def input_names(self):
         return [i.name for i in self.inputs]

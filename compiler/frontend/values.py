@@ -144,6 +144,29 @@ STATIC_OPS = {
 LITERALS = (A.Number, A.String, A.Bool, A.NoneValue)
 
 
+SPELLED_ITEMS = 8       # the items of a long tuple that `spelled` writes out
+
+
+def spelled(v) -> str:
+    """A static value as a program spells it: 3, 0.5, true, "same", (3, 3), relu, none;
+    a tensor (in a tuple) as its type."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return _num(v)
+    if isinstance(v, str):
+        return f'"{v}"'
+    if isinstance(v, tuple) and len(v) > SPELLED_ITEMS:
+        return "(" + ", ".join(map(spelled, v[:SPELLED_ITEMS])) + f", ... {len(v):,} items)"
+    if isinstance(v, tuple):
+        return "(" + ", ".join(map(spelled, v)) + ("," if len(v) == 1 else "") + ")"
+    if isinstance(v, FUNCTIONS):
+        return v.name
+    if isinstance(v, Tensor):
+        return str(v.type)
+    return "none" if v is None else str(v)
+
+
 def literal(e) -> int | float | str | bool | None:
     """The value of a literal (one of LITERALS); a float literal beyond the float range (the
     parser made it inf) is an error. (An integer literal too large is refused by the parser.)"""

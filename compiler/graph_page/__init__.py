@@ -1,8 +1,9 @@
 """`dlc graph --format html`: one self-contained page to explore a model's graphs.
 
-The page holds the forward graph and the train-step graph, each node grouped by layer
-(graph.layer_of) and laid out here (layout.py); the program's source; and the native
-kernels each node went into, with their LLVM IR (kernels.py). page.js only draws: no
+The page holds the forward graph and the train-step graph, each node in the box of the
+call that made it (boxes.py), laid out here (layout.py); the program's source; and the
+native kernels each node went into, with their LLVM IR and the fusion's boundaries
+(kernels.py). page.js only draws: no
 network, no library. The data travel gzipped in the page (the LLVM IR of a ResNet's train
 step alone is 2 MB of text) and the browser unpacks them (DecompressionStream).
 """
@@ -17,7 +18,8 @@ from importlib import resources
 
 from dlc.compiler.passes import autodiff
 from dlc.compiler.errors import Span, source_lines
-from dlc.compiler.ir.graph import PRIMITIVES, Graph, attrs_text, layer_label, layer_of, layer_tree, node_title
+from dlc.compiler.ir.graph import PRIMITIVES, Graph, attrs_text, node_title
+from dlc.compiler.graph_page.boxes import box_tree, forward_boxes, step_boxes
 from dlc.compiler.graph_page.kernels import native_kernels
 from dlc.compiler.graph_page.layout import rows
 from dlc.compiler.frontend.model import Model
@@ -27,14 +29,16 @@ from dlc.compiler.frontend.summary import count_text, node_flops
 def page(model: Model, first: str = "forward") -> str:
     """The HTML page of a model: its forward graph and, when it has a loss, the train step
     (of either mode, as `dlc graph --grad [--eval]`); `first`, the view shown on opening."""
-    graphs = {"forward": model.graph}
+    box_of, boxes = forward_boxes(model)
+    graphs = {"forward": (model.graph, box_of, boxes)}
     if "loss" in model.graph.outputs:
-        graphs["train_step"] = autodiff.train_step(model.graph)
-    compiled = graphs.get("train_step", model.graph)    # what the native engine compiles, as `dlc compile`
+        step = autodiff.train_step(model.graph)
+        graphs["train_step"] = (step, *step_boxes(step, box_of, boxes))
+    compiled = graphs.get("train_step", graphs["forward"])[0]    # what the native engine compiles, as `dlc compile`
     files = Files()
     data = {"model": model.name, "mode": "training" if model.training else "evaluation",
             "first": first,
-            "views": [view(name, g, compiled, files) for name, g in graphs.items()],
+            "views": [view(name, *g, compiled, files) for name, g in graphs.items()],
             "native": native_kernels(compiled), "sources": files.texts()}
     packed = base64.b64encode(gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0)).decode()
     asset = resources.files(__package__)
@@ -60,8 +64,8 @@ class Files:
         return [{"name": name, "text": "\n".join(source_lines(name) or [])} for name in self.names]
 
 
-def view(name: str, graph: Graph, compiled: Graph, files: Files) -> dict:
-    """One graph of the page: its nodes, its edges, its layers and their rows."""
+def view(name: str, graph: Graph, box_of: dict, boxes: dict, compiled: Graph, files: Files) -> dict:
+    """One graph of the page: its nodes, its edges, its boxes and their rows."""
     outputs: dict = {}
     for out, t in graph.outputs.items():
         outputs.setdefault(t.node, []).append(out)
@@ -70,21 +74,26 @@ def view(name: str, graph: Graph, compiled: Graph, files: Files) -> dict:
         d = graph.g.nodes[n]
         span = d["span"]
         nodes.append({
-            "id": n, "op": d["op"], "title": node_title(graph, n), "layer": layer_of(graph, n),
+            "id": n, "op": d["op"], "title": node_title(graph, n), "layer": box_of[n],
             "kind": PRIMITIVES[d["op"]].kind, "types": ", ".join(str(t) for t in d["types"]),
             "attrs": attrs_text(d["attrs"]), "flops": count_text(node_flops(graph, n)),
-            "span": files.place(span), "call": files.place(span.caller if span is not None else None),
+            **_places(span, files),
             "outputs": outputs.get(n, []), "grad_of": d.get("grad_of"),
             "compiled": n in compiled.g})
-    tree = layer_tree(graph)
+    tree = box_tree(graph, box_of, boxes)
     return {"name": name, "title": {"forward": "forward graph", "train_step": "train step"}[name],
             "nodes": nodes, "edges": sorted(set(graph.g.edges())),
-            "layers": {layer: {"label": layer_label(layer) if layer else graph.name,
-                               "size": _size(tree, layer)} for layer in tree},
-            "rows": rows(graph)}
+            "layers": {box: {**boxes[box], **_places(boxes[box]["span"], files), "size": _size(tree, box)}
+                       for box in tree},
+            "rows": rows(graph, tree, box_of, boxes)}
 
 
-def _size(tree: dict, layer: str) -> int:
-    """The nodes in a layer and the layers in it."""
-    layers, nodes = tree[layer]
-    return len(nodes) + sum(_size(tree, c) for c in layers)
+def _places(span: Span | None, files: Files) -> dict:
+    """The place of a span, and for one in the standard library the user's call that led there."""
+    return {"span": files.place(span), "call": files.place(span.caller if span is not None else None)}
+
+
+def _size(tree: dict, box: str) -> int:
+    """The nodes in a box and the boxes in it."""
+    inner, nodes = tree[box]
+    return len(nodes) + sum(_size(tree, c) for c in inner)

@@ -1,6 +1,7 @@
 """The native engine's side of the graph page: the kernels a graph compiles to, the graph
 nodes fused into each, and the optimized LLVM IR of each kernel's function — what
-`dlc compile --emit kernels` and `--emit llvm` print, cut along the kernels."""
+`dlc compile --emit kernels` and `--emit llvm` print, cut along the kernels — and the
+kernel boundaries with the fusion pass's reasons, the records `--explain-fusion` prints."""
 from __future__ import annotations
 
 import re
@@ -8,6 +9,7 @@ import re
 from dlc.compiler.ir.graph import Graph
 from dlc.compiler.native import jit
 from dlc.compiler.native.driver import build_module
+from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.lower import NotLowerable, lower
 from dlc.compiler.passes.optimize import optimize
 
@@ -15,12 +17,14 @@ DEFINE = re.compile(r'^define [^@]*@"?([^"(]+)"?\(')
 
 
 def native_kernels(graph: Graph) -> dict:
-    """{"kernels": [...], "ir": {function: text}} for the graph the engine compiles, each
-    kernel with its kind, its text, the graph nodes it computes (for a kernel inside a
-    scan, nodes of the scan's body: none listed) and its function; or {"error": why} when
-    the native backend cannot compile the graph."""
+    """{"kernels": [...], "ir": {function: text}, "boundaries": [...]} for the graph the
+    engine compiles, each kernel with its kind, its text, the graph nodes it computes (for
+    a kernel inside a scan, nodes of the scan's body: none listed) and its function; each
+    boundary of the graph's fusion (not of a scan's body) as [producer, consumer, why]; or
+    {"error": why} when the native backend cannot compile the graph."""
+    optimized = optimize(graph)
     try:
-        program = lower(optimize(graph))
+        program = lower(optimized)
     except NotLowerable as e:
         return {"error": e.render()}
     step = build_module(program)
@@ -37,6 +41,7 @@ def native_kernels(graph: Graph) -> dict:
     walk(program.kernels, 0)
     used = {k["function"] for k in kernels}
     return {"kernels": kernels,
+            "boundaries": [[b.producer, b.consumer, b.why()] for b in Fusion(optimized).boundaries],
             "ir": {name: "\n\n".join(text for f, text in ir.items() if f == name or f.startswith(name + "."))
                    for name in used}}
 

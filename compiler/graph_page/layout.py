@@ -1,59 +1,59 @@
-"""The layout of the graph page: inside every layer, its nodes and the layers in it
-("children") in rows, top to bottom, so that values flow downwards.
+"""The layout of the graph page: inside every box (boxes.py), its nodes and the boxes in
+it ("children") in rows, top to bottom, so that values flow downwards.
 
-Each layer is laid out on its own, its sub-layers as single boxes, so the page can draw
-any mix of collapsed and expanded layers by sizing the rows (page.js): a layered
+Each box is laid out on its own, the boxes in it as single boxes, so the page can draw
+any mix of collapsed and expanded boxes by sizing the rows (page.js): a layered
 (Sugiyama) layout in three steps — ranks by longest path, every child then moved down
 next to its first reader, then a few barycenter sweeps to order each row.
 """
 from __future__ import annotations
 
-from dlc.compiler.ir.graph import Graph, layer_of, layer_parent, layer_tree
+from dlc.compiler.ir.graph import Graph
 
 SWEEPS = 2      # down-and-up passes of the barycenter ordering
 
 
-def rows(graph: Graph) -> dict:
-    """layer -> its children in rows: a node is its id (int), a layer its name (str)."""
-    tree = layer_tree(graph)
+def rows(graph: Graph, tree: dict, box_of: dict, boxes: dict) -> dict:
+    """box -> its children in rows: a node is its id (int), a box its id (str). `tree`:
+    boxes.box_tree; `box_of`: node -> its box; `boxes`: box -> its record (its parent)."""
     place = {n: i for i, n in enumerate(graph.order())}
-    chains = {layer: _chain(layer) for layer in tree}
+    chains = {box: _chain(box, boxes) for box in tree}
     first = {}      # child -> the place of its first node in graph order, which breaks cycles
 
-    def visit(layer: str):
-        layers, nodes = tree[layer]
-        for c in layers:
+    def visit(box: str):
+        inner, nodes = tree[box]
+        for c in inner:
             visit(c)
         first.update((n, place[n]) for n in nodes)
-        first[layer] = min([place[n] for n in nodes] + [first[c] for c in layers], default=0)
+        first[box] = min([place[n] for n in nodes] + [first[c] for c in inner], default=0)
     visit("")
-    edges = {layer: set() for layer in tree}       # edges between the children of each layer
+    edges = {box: set() for box in tree}       # edges between the children of each box
     for u, v in graph.g.edges():
-        lu, lv = layer_of(graph, u), layer_of(graph, v)
+        lu, lv = box_of[u], box_of[v]
         common = next(c for c in chains[lu] if c in chains[lv])
         a, b = _child(common, u, chains[lu]), _child(common, v, chains[lv])
         if a != b:
             edges[common].add((a, b))
-    return {layer: _layered(layers + nodes, edges[layer], first) for layer, (layers, nodes) in tree.items()}
+    return {box: _layered(inner + nodes, edges[box], first) for box, (inner, nodes) in tree.items()}
 
 
-def _chain(layer: str) -> list:
-    """The layer and the layers above it, up to the whole graph ("")."""
-    chain = [layer]
+def _chain(box: str, boxes: dict) -> list:
+    """The box and the boxes above it, up to the whole graph ("")."""
+    chain = [box]
     while chain[-1]:
-        chain.append(layer_parent(chain[-1]))
+        chain.append(boxes[chain[-1]]["parent"])
     return chain
 
 
 def _child(common: str, n: int, chain: list):
-    """The child of layer `common` that holds node n (n itself, or a layer under common)."""
+    """The child of box `common` that holds node n (n itself, or a box under common)."""
     k = chain.index(common)
     return n if k == 0 else chain[k - 1]
 
 
 def _layered(children: list, edges: set, first: dict) -> list:
     """Rows of children: an edge that goes back in graph order (a cycle among collapsed
-    layers: the gradient flowing back into a layer) does not rank."""
+    boxes: the gradient flowing back into a box) does not rank."""
     children = sorted(children, key=lambda c: first[c])
     preds = {c: [] for c in children}
     succs = {c: [] for c in children}

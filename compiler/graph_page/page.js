@@ -1,10 +1,14 @@
 // dlc graph --format html: draws the graphs that compiler/graph_page/__init__.py laid out.
-// Each layer's children come in rows (layout.py); this file only sizes the rows for the
-// layers open at the moment, draws SVG, and handles pan, zoom, search and the details.
+// A "layer" here is a box of the page: a call of a def or a model statement (boxes.py).
+// Each box's children come in rows (layout.py); this file only sizes the rows for the
+// boxes open at the moment, draws SVG, and handles pan, zoom, search and the details.
 "use strict";
 
-const CHAR = 7.3, LINE = 15, PAD = 10, GAP_X = 16, GAP_Y = 26, HEAD = 24;
-const SVG = "http://www.w3.org/2000/svg";
+const LINE = 15, PAD = 10, GAP_X = 16, GAP_Y = 26, HEAD = 24;
+const FONT = "12px ui-monospace, monospace", SMALL = "11px ui-monospace, monospace";   // as page.css
+const LEGIBLE = 0.8;      // the smallest zoom at which labels can be read: "expand all" stops there
+const WRAP = 1400;        // the widest row of a layer, in pixels
+const GRADIENTS = "∇";    // the box of the gradients, ∇.B the gradients of box B (graph.GRADIENTS)
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
 
@@ -12,6 +16,13 @@ let D = null;          // the page's data
 let V = null;          // the view shown: one of D.views, with what is derived from it
 let box = new Map();   // "n12" or "lstage1.0" -> {x, y, w, h} of what is drawn
 const camera = {x: 20, y: 20, k: 1};
+const ruler = document.createElement("canvas").getContext("2d");
+
+// the width of a text as drawn in `font`, so that every label fits its box
+function textWidth(text, font = FONT) {
+  ruler.font = font;
+  return ruler.measureText(text).width;
+}
 
 async function unpack() {
   const text = $("data").textContent.trim();
@@ -29,24 +40,53 @@ function prepare(view) {
   view.chains = new Map();      // layer -> it and the layers above it, outermost first
   for (const layer of Object.keys(view.layers)) {
     const chain = [];
-    for (let l = layer; l; l = l.includes(".") ? l.slice(0, l.lastIndexOf(".")) : "") chain.unshift(l);
+    for (let l = layer; l; l = view.layers[l].parent) chain.unshift(l);
     view.chains.set(layer, chain);
   }
 }
 
+// node -> the kernels computing it; "u>v" -> why the fusion pass did not fuse u into v
+function prepareNative() {
+  D.kernelsOf = new Map();
+  (D.native.kernels || []).forEach((k, i) => k.nodes.forEach((n) => {
+    if (!D.kernelsOf.has(n)) D.kernelsOf.set(n, []);
+    D.kernelsOf.get(n).push(i);
+  }));
+  D.boundary = new Map((D.native.boundaries || []).map(([u, v, why]) => [u + ">" + v, why]));
+}
+
 function kernelsOf(id) {
-  return (D.native.kernels || []).map((k, i) => [k, i]).filter(([k]) => k.nodes.includes(id)).map(([, i]) => i);
+  return D.kernelsOf.get(id) || [];
+}
+
+// how the edge u -> v between two nodes crosses the kernels: "boundary" (with the fusion
+// pass's reason), "fused" (u is computed in a kernel of v), or "" (an argument of the step, ...);
+// an edge drawn between boxes is a boundary when one of the edges it stands for is
+function crossing(u, v) {
+  const why = D.boundary.get(u + ">" + v);
+  if (why) return {kind: "boundary", why};
+  const ks = kernelsOf(v);
+  return {kind: ks.length && kernelsOf(u).some((k) => ks.includes(k)) ? "fused" : "", why: ""};
 }
 
 // ---- sizes and places -------------------------------------------------------------------------
+function nodeLabel(n) {
+  return n.title + (n.outputs.length ? " ⇒ " + n.outputs.join(", ") : "");
+}
+
 function nodeSize(n) {
-  const text = Math.max(n.title.length + (n.outputs.length ? 2 + n.outputs.join(", ").length : 0), n.types.length);
-  return {w: Math.max(70, text * CHAR + 2 * PAD), h: 2 * LINE + 8};
+  return {w: Math.ceil(Math.max(70, textWidth(nodeLabel(n)), textWidth(n.types, SMALL)) + 2 * PAD), h: 2 * LINE + 8};
+}
+
+// a box's second line: its layer's name when the label does not say it, and its size
+function layerNote(layer) {
+  const l = V.layers[layer], count = `${l.size} node${l.size === 1 ? "" : "s"}`;
+  return l.name && l.name !== l.label ? `${l.name} · ${count}` : count;
 }
 
 function closedSize(layer) {
-  const l = V.layers[layer];
-  return {w: Math.max(90, Math.max(l.label.length, String(l.size).length + 6) * CHAR + 2 * PAD), h: 2 * LINE + 10};
+  const text = Math.max(textWidth("▸ " + V.layers[layer].label), textWidth(layerNote(layer), SMALL));
+  return {w: Math.ceil(Math.max(90, text) + 2 * PAD), h: 2 * LINE + 10};
 }
 
 let sizes = new Map();  // child -> its size, while one drawing lasts
@@ -59,14 +99,40 @@ function size(child) {
   return sizes.get(child);
 }
 
+// a layer's rows as drawn: a row wider than WRAP goes on in the lines below it (the
+// gradients of a hundred parameters side by side would make the page 11,000 px wide)
+function lines(layer) {
+  const out = [];
+  for (const row of V.rows[layer]) {
+    let line = [], width = 0;
+    for (const c of row) {
+      const w = size(c).w;
+      if (line.length && width + GAP_X + w > WRAP) {
+        out.push(line);
+        line = [];
+        width = 0;
+      }
+      width += (line.length ? GAP_X : 0) + w;
+      line.push(c);
+    }
+    out.push(line);
+  }
+  return out;
+}
+
+function headWidth(layer) {
+  const l = V.layers[layer];
+  return textWidth("▾ " + l.label + (l.name && l.name !== l.label ? "  " + l.name : "")) + 2 * PAD;
+}
+
 function openSize(layer) {
   let w = 0, h = layer ? HEAD + PAD : 0;
-  for (const row of V.rows[layer]) {
+  for (const row of lines(layer)) {
     const sizes = row.map(size);
     w = Math.max(w, sizes.reduce((s, b) => s + b.w, 0) + GAP_X * (row.length - 1));
     h += Math.max(...sizes.map((b) => b.h)) + GAP_Y;
   }
-  return {w: Math.max(w + 2 * PAD, closedSize(layer).w), h: h - GAP_Y + PAD};
+  return {w: Math.ceil(Math.max(w + 2 * PAD, closedSize(layer).w, headWidth(layer))), h: h - GAP_Y + PAD};
 }
 
 function place(child, x, y) {
@@ -74,7 +140,7 @@ function place(child, x, y) {
   box.set(typeof child === "number" ? "n" + child : "l" + child, {x, y, w: s.w, h: s.h});
   if (typeof child === "number" || !V.open.has(child)) return;
   let top = y + (child ? HEAD + PAD : 0);
-  for (const row of V.rows[child]) {
+  for (const row of lines(child)) {
     const sizes = row.map(size);
     const width = sizes.reduce((s, b) => s + b.w, 0) + GAP_X * (row.length - 1);
     let left = x + (s.w - width) / 2;
@@ -97,42 +163,61 @@ function draw() {
   box = new Map();
   sizes = new Map();
   place("", 0, 0);
-  const parts = [], edges = [], seen = new Set();
-  const matched = new Set(V.matches.map(shown));
+  const parts = [], edges = [];
+  const matched = new Set(V.matches.map((key) => key[0] === "n" ? shown(Number(key.slice(1))) : key));
+  const kin = new Set();      // the nodes fused into a kernel with the selected one
+  if (V.selected !== null) for (const k of kernelsOf(V.selected)) D.native.kernels[k].nodes.forEach((n) => kin.add(n));
   const drawLayer = (layer) => {
     const b = box.get("l" + layer), l = V.layers[layer], open = V.open.has(layer);
-    const cls = ["layer", open ? "open" : "", layer.startsWith("∇") ? "gradients" : "",
+    const cls = ["layer", open ? "open" : "", layer.startsWith(GRADIENTS) ? "gradients" : "",
                  matched.has("l" + layer) ? "match" : ""].join(" ");
     parts.push(`<g class="${cls}" data-layer="${esc(layer)}">`,
                `<rect class="box" x="${b.x}" y="${b.y}" width="${b.w}" height="${b.h}"/>`);
     if (open) parts.push(`<rect class="head" x="${b.x + 1}" y="${b.y + 1}" width="${b.w - 2}" height="${HEAD - 2}"/>`);
-    parts.push(`<text x="${b.x + PAD}" y="${b.y + LINE + 2}">${open ? "▾" : "▸"} ${esc(l.label)}</text>`);
-    if (!open) parts.push(`<text class="count" x="${b.x + PAD}" y="${b.y + 2 * LINE + 2}">${l.size} node${l.size === 1 ? "" : "s"}</text>`);
+    const title = `${open ? "▾" : "▸"} ${l.label}` + (open && l.name && l.name !== l.label ? `  ${l.name}` : "");
+    parts.push(`<text x="${b.x + PAD}" y="${b.y + LINE + 2}">${esc(title)}</text>`);
+    if (!open) parts.push(`<text class="count" x="${b.x + PAD}" y="${b.y + 2 * LINE + 2}">${esc(layerNote(layer))}</text>`);
     parts.push("</g>");
     if (open) for (const row of V.rows[layer]) for (const c of row) drawChild(c);
   };
   const drawChild = (c) => {
     if (typeof c !== "number") return drawLayer(c);
     const n = V.byId.get(c), b = box.get("n" + c);
-    const cls = ["node", n.kind, n.grad_of !== null ? "gradient" : "", V.selected === c ? "selected" : "",
+    const cls = ["node", n.kind, n.grad_of !== null ? "gradient" : "", V.selected === c ? "selected" : kin.has(c) ? "kin" : "",
                  matched.has("n" + c) ? "match" : ""].join(" ");
-    const outs = n.outputs.length ? " ⇒ " + n.outputs.join(", ") : "";
     parts.push(`<g class="${cls}" data-node="${c}"><rect x="${b.x}" y="${b.y}" width="${b.w}" height="${b.h}"/>`,
-               `<text x="${b.x + PAD}" y="${b.y + LINE + 1}">${esc(n.title + outs)}</text>`,
+               `<text x="${b.x + PAD}" y="${b.y + LINE + 1}">${esc(nodeLabel(n))}</text>`,
                `<text class="type" x="${b.x + PAD}" y="${b.y + 2 * LINE + 1}">${esc(n.types)}</text></g>`);
   };
   for (const row of V.rows[""]) for (const c of row) drawChild(c);
+  const drawn = new Map();     // "a>b" -> the edge between two things drawn: the nodes' edges it stands for
   for (const [u, v] of V.edges) {
     const a = shown(u), b = shown(v), key = a + ">" + b;
-    if (a === b || seen.has(key)) continue;
-    seen.add(key);
+    if (a === b) continue;
+    if (!drawn.has(key)) drawn.set(key, {a, b, whys: new Set(), fused: true});
+    const e = drawn.get(key), cross = crossing(u, v);
+    if (cross.why) e.whys.add(cross.why);
+    e.fused = e.fused && cross.kind === "fused";
+  }
+  const notes = [];      // the reasons at the boundaries of the selected node, drawn last
+  for (const {a, b, whys, fused} of drawn.values()) {
     const p = box.get(a), q = box.get(b);
     const x1 = p.x + p.w / 2, y1 = p.y + p.h, x2 = q.x + q.w / 2, y2 = q.y;
     const bend = Math.max(24, Math.abs(y2 - y1) / 2);
-    const hot = V.selected !== null && (a === "n" + V.selected || b === "n" + V.selected) ? " hot" : "";
-    edges.push(`<path class="edge${y2 < y1 ? " back" : ""}${hot}" d="M${x1},${y1} C${x1},${y1 + bend} ${x2},${y2 - bend} ${x2},${y2}"/>`);
+    const hot = V.selected !== null && (a === "n" + V.selected || b === "n" + V.selected);
+    const why = [...whys].join("; ");
+    const cls = ["edge", y2 < y1 ? "back" : "", hot ? "hot" : "", why ? "boundary" : fused ? "fused" : ""].join(" ");
+    const tip = why ? `<title>kernel boundary: ${esc(why)}</title>` : "";
+    edges.push(`<path class="${cls}" d="M${x1},${y1} C${x1},${y1 + bend} ${x2},${y2 - bend} ${x2},${y2}">${tip}</path>`);
+    if (!why) continue;
+    edges.push(`<path class="cut" d="M${x1 - 6},${y1 + 5} L${x1 + 6},${y1 + 5}">${tip}</path>`);     // where it leaves its kernel
+    if (hot) {
+      const w = textWidth(why, SMALL) + 8, mx = (x1 + x2) / 2 + 6, my = (y1 + y2) / 2;
+      notes.push(`<g class="why"><rect x="${mx}" y="${my - 9}" width="${w}" height="16"/>` +
+                 `<text x="${mx + 4}" y="${my + 3}">${esc(why)}</text></g>`);
+    }
   }
-  $("scene").innerHTML = edges.join("") + parts.join("");
+  $("scene").innerHTML = edges.join("") + parts.join("") + notes.join("");
   move();
 }
 
@@ -140,11 +225,16 @@ function move() {
   $("scene").setAttribute("transform", `translate(${camera.x},${camera.y}) scale(${camera.k})`);
 }
 
-function fit() {
+// the whole graph in the window, or, when that would make the labels too small to read
+// (`legible`), the top of it at the smallest zoom that can be read, with a note
+function fit(legible = false) {
   const b = box.get("l"), c = $("canvas").getBoundingClientRect();
-  camera.k = Math.min(1, (c.width - 40) / b.w, (c.height - 40) / b.h);
-  camera.x = (c.width - b.w * camera.k) / 2;
+  const whole = Math.min(1, (c.width - 40) / b.w, (c.height - 40) / b.h);
+  camera.k = legible ? Math.max(whole, LEGIBLE) : whole;
+  camera.x = (c.width - b.w * camera.k) / 2;     // the rows are centred: the top of the graph is in the middle
   camera.y = 20;
+  $("zoom").textContent = camera.k > whole ? `the top of the graph at ${Math.round(camera.k * 100)}%: ` +
+    `drag or scroll to see the rest, fit for all of it` : "";
   move();
 }
 
@@ -157,22 +247,41 @@ function centre(key) {
 }
 
 // ---- views, layers, search -----------------------------------------------------------------------
+// a view keeps its open boxes and its selection; the details show the view's selection
 function show(name) {
   V = D.views.find((v) => v.name === name);
   for (const b of $("views").children) b.classList.toggle("on", b.dataset.view === name);
   search();
   draw();
   fit();
+  if (V.selected !== null) details(V.byId.get(V.selected));
+  else hint();
 }
 
-function reveal(id) {
+function hint() {
+  $("details").innerHTML = `<p class="hint">The ${esc(V.title)}: ${V.nodes.length.toLocaleString("en")} nodes. ` +
+    `A box is a call of a def (<code>conv2d 16 3x3 s1</code>) or a statement of the model; click one to open it, ` +
+    `a node to see its op, shape, FLOPs, source line, native kernel and kernel boundaries. ` +
+    `Edges: <span class="key fused">fused into one kernel</span>, ` +
+    `<span class="key boundary">a kernel boundary</span> (hover or select for the reason); ` +
+    `the nodes fused into the selected node's kernels are outlined blue. ` +
+    `Drag to pan, scroll to zoom.</p>` +
+    (D.native.error ? `<p class="error">The native backend cannot compile this model:\n${esc(D.native.error)}</p>` : "");
+}
+
+function reveal(id) {     // open the boxes that hold node id
   for (const layer of V.chains.get(V.byId.get(id).layer)) V.open.add(layer);
 }
 
+// matches: the boxes whose def, options or name hold the text (relu, batchnorm, conv2d 16,
+// stage1.0), then the nodes whose op, name, output or number do (%69); "n12" or "lstage1.0"
 function search() {
   const q = $("search").value.trim().toLowerCase();
-  V.matches = !q ? [] : V.nodes.filter((n) => q.startsWith("%") ? n.title.startsWith(q + " ") :
-    (n.title + " " + n.layer + " " + n.outputs.join(" ")).toLowerCase().includes(q)).map((n) => n.id);
+  const boxes = !q || q.startsWith("%") ? [] : Object.entries(V.layers).filter(([id, l]) => id &&
+    (l.label + " " + l.name).toLowerCase().includes(q)).map(([id]) => "l" + id);
+  const nodes = !q ? [] : V.nodes.filter((n) => q.startsWith("%") ? n.title.startsWith(q + " ") :
+    (n.title + " " + n.outputs.join(" ")).toLowerCase().includes(q)).map((n) => "n" + n.id);
+  V.matches = boxes.concat(nodes);
   V.match = -1;
   $("matches").textContent = q ? `${V.matches.length} match${V.matches.length === 1 ? "" : "es"}` : "";
 }
@@ -180,8 +289,19 @@ function search() {
 function nextMatch() {
   if (!V.matches.length) return;
   V.match = (V.match + 1) % V.matches.length;
-  select(V.matches[V.match]);
+  const key = V.matches[V.match];
+  if (key[0] === "n") select(Number(key.slice(1)));
+  else selectLayer(key.slice(1));
   $("matches").textContent = `${V.match + 1} of ${V.matches.length}`;
+}
+
+// show a box, closed, with the boxes around it open, and its details
+function selectLayer(layer) {
+  for (const l of V.chains.get(V.layers[layer].parent)) V.open.add(l);
+  V.open.delete(layer);
+  draw();
+  centre("l" + layer);
+  layerDetails(layer);
 }
 
 function select(id) {
@@ -198,10 +318,39 @@ function link(id) {
   return n ? `<a data-goto="${id}">${esc(n.title)}</a>` : `%${id}`;
 }
 
+function layerDetails(layer) {
+  const l = V.layers[layer];
+  const what = l.def ? `<code>${esc(l.def)}</code>` : "a statement of the model";
+  const rows = [["def", !layer.startsWith(GRADIENTS) ? what :
+    layer === GRADIENTS ? "the gradients of the loss" : `the gradients of ${what}`]];
+  if (l.name) rows.push(["layer", `<code>${esc(l.name)}</code>`]);
+  if (l.options.length) rows.push(["options", l.options.map((o) => `<code>${esc(o)}</code>`).join(", ")]);
+  rows.push(["nodes", `${l.size}`]);
+  $("details").innerHTML = `<h2 id="detail-title">${esc(l.label)}</h2>` +
+    `<table>${rows.map(([k, v]) => `<tr><td>${k}</td><td id="detail-${k}">${v}</td></tr>`).join("")}</table>` +
+    (l.span ? `<h3>Source</h3>${source(l)}` : "");
+  scrollToHit();
+}
+
+function scrollToHit() {
+  const hit = $("details").querySelector("pre.source div.hit");
+  if (hit) hit.parentElement.scrollTop = hit.offsetTop - hit.parentElement.offsetTop - 100;
+}
+
+// the edges of node n that cross a kernel boundary, with the fusion pass's reasons
+function boundaries(n) {
+  const found = (D.native.boundaries || []).filter(([u, v]) => u === n.id || v === n.id);
+  if (!found.length) return `<p class="hint">None: every value it reads or hands on stays in its kernel.</p>`;
+  return `<table>${found.map(([u, v, why]) => `<tr><td>${u === n.id ? "to " + link(v) : "from " + link(u)}</td>` +
+    `<td class="why">${esc(why)}</td></tr>`).join("")}</table>`;
+}
+
 function details(n) {
   const rows = [["op", `<code>${esc(n.op)}</code> (${esc(n.kind)})`], ["dtype and shape", `<code>${esc(n.types)}</code>`]];
   if (n.attrs) rows.push(["attributes", `<code>${esc(n.attrs)}</code>`]);
-  rows.push(["FLOPs", `<code>${esc(n.flops)}</code>`], ["layer", esc(n.layer ? V.layers[n.layer].label : "(none)")]);
+  const l = V.layers[n.layer];
+  rows.push(["FLOPs", `<code>${esc(n.flops)}</code>`],
+            ["layer", n.layer ? esc(l.label + (l.name && l.name !== l.label ? ` (${l.name})` : "")) : "(none)"]);
   if (n.outputs.length) rows.push(["graph output", `<code>${esc(n.outputs.join(", "))}</code>`]);
   if (n.grad_of !== null) rows.push(["gradient of", link(n.grad_of)]);
   const ins = V.edges.filter(([, v]) => v === n.id).map(([u]) => link(u));
@@ -209,9 +358,9 @@ function details(n) {
   rows.push(["inputs", ins.join(", ") || "none"], ["used by", outs.join(", ") || "none"]);
   $("details").innerHTML = `<h2 id="detail-title">${esc(n.title)}</h2>` +
     `<table>${rows.map(([k, v]) => `<tr><td>${k}</td><td id="detail-${k.split(" ")[0]}">${v}</td></tr>`).join("")}</table>` +
-    `<h3>Source</h3>${source(n)}<h3>Native kernel</h3><div id="detail-kernel">${kernels(n)}</div>`;
-  const hit = $("details").querySelector("pre.source div.hit");
-  if (hit) hit.parentElement.scrollTop = hit.offsetTop - hit.parentElement.offsetTop - 100;
+    `<h3>Source</h3>${source(n)}<h3>Kernel boundaries</h3><div id="detail-boundaries">${boundaries(n)}</div>` +
+    `<h3>Native kernel</h3><div id="detail-kernel">${kernels(n)}</div>`;
+  scrollToHit();
 }
 
 function source(n) {
@@ -292,13 +441,16 @@ function wire() {
     } else {
       V.open.add(name);
     }
+    layerDetails(name);
     draw();
     const after = box.get("l" + name);     // the layer's corner stays where it was on the screen,
     camera.x += (before.x - after.x) * camera.k;
     camera.y += (before.y - after.y) * camera.k;
     const left = camera.x + after.x * camera.k, right = left + after.w * camera.k;
-    const width = canvas.getBoundingClientRect().width;
+    const top = camera.y + after.y * camera.k, bottom = top + after.h * camera.k;
+    const {width, height} = canvas.getBoundingClientRect();
     if (right > width - 20 && left > 20) camera.x -= Math.min(right - width + 20, left - 20);    // or moves into view
+    if (bottom > height - 20 && top > 20) camera.y -= Math.min(bottom - height + 20, top - 20);
     move();
   });
   $("details").addEventListener("click", (e) => {
@@ -307,22 +459,20 @@ function wire() {
   });
   $("search").addEventListener("input", () => { search(); draw(); });
   $("search").addEventListener("keydown", (e) => { if (e.key === "Enter") nextMatch(); });
-  $("expand").addEventListener("click", () => { Object.keys(V.layers).forEach((l) => V.open.add(l)); draw(); fit(); });
+  $("expand").addEventListener("click", () => { Object.keys(V.layers).forEach((l) => V.open.add(l)); draw(); fit(true); });
   $("collapse").addEventListener("click", () => { V.open = new Set([""]); draw(); fit(); });
-  $("fit").addEventListener("click", fit);
+  $("fit").addEventListener("click", () => fit());
 }
 
 async function main() {
   D = await unpack();
   D.views.forEach(prepare);
+  prepareNative();
   $("model").textContent = `${D.model} (${D.mode})`;
   $("views").innerHTML = D.views.map((v) => `<button data-view="${v.name}">${esc(v.title)}</button>`).join(" ");
   for (const b of $("views").children) b.addEventListener("click", () => show(b.dataset.view));
   wire();
   show(D.first);
-  $("details").innerHTML = `<p class="hint">Click a layer to open it, a node to see its op, shape, FLOPs, ` +
-    `source line and native kernel. Drag to pan, scroll to zoom.</p>` +
-    (D.native.error ? `<p class="error">The native backend cannot compile this model:\n${esc(D.native.error)}</p>` : "");
   document.body.dataset.ready = "true";
 }
 
