@@ -47,7 +47,7 @@ NETWORKS = {"10GbE": (1.1e9, 30e-6), "IB100": (11e9, 2e-6)}        # bandwidth (
 MODEL_RANKS = (2, 8, 64)
 
 
-def engine_for(name: str, split: bool, seed: int = 0):
+def engine_for(name: str, split: bool, seed: int = 0, buckets: int = 0):
     """(native engine, parameters, optimizer state, trainable names) of a workload, Adam."""
     from dlc.runtime.engines.backends import make_engine
     from dlc.runtime.training.settings import Call
@@ -59,7 +59,7 @@ def engine_for(name: str, split: bool, seed: int = 0):
     opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
     params = initial_parameters(train, seed)
     opt_state = opt.init({n: params[n] for n in trainable})
-    return make_engine("native", train, ev, opt, trainable, split=split), params, opt_state, trainable
+    return make_engine("native", train, ev, opt, trainable, split=split, buckets=buckets), params, opt_state, trainable
 
 
 def least_s(fn, repeats: int = 5, calls: int = 10) -> float:

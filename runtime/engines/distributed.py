@@ -212,17 +212,42 @@ class ReplicaMean:
         return self.world.sum(values, f"step {self.step} (replica_mean)")
 
 
+class BucketAllreduce:
+    """The gradients' allreduce of a step that hands them over in buckets (a native engine
+    built with `buckets`, compiler/native/buckets.py): each bucket, weighted by this rank's
+    share of the global batch, goes to a nonblocking allreduce as soon as the backward pass
+    has finished it, and `finish`, which the step calls before its update, waits for them all."""
+
+    def __init__(self, world: World):
+        self.world, self.share, self.step, self.pending = world, 1.0, 0, []
+
+    def start(self, gradients: np.ndarray):
+        gradients *= self.share
+        self.pending.append(self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, gradients, op=self.world.MPI.SUM))
+        for request in self.pending:        # MPI moves the earlier buckets' data on only when called
+            request.Test()
+
+    def finish(self):
+        for request in self.pending:
+            self.world.wait(request, f"step {self.step} (gradients)")
+        self.pending = []
+
+
 class DataParallel:
     """An `Engine` (runtime/engines/protocol.py) for the trainer whose steps run on this rank's
-    slice of the global batch: the split step of `engine`, the gradients averaged over the
-    ranks between its halves. `interrupted` (the trainer's Ctrl-C flag) is agreed on: true on
-    every rank after the step in which any rank had it. Evaluation and prediction are the
-    engine's own: mean_metrics shards the data set (`world`)."""
+    slice of the global batch, the gradients averaged over the ranks: while the native
+    engine's step runs, bucket by bucket (`BucketAllreduce`), when the engine was built with
+    buckets; else between the halves of its split step. `interrupted` (the trainer's Ctrl-C
+    flag) is agreed on: true on every rank after the step in which any rank had it.
+    Evaluation and prediction are the engine's own: mean_metrics shards the data set (`world`)."""
 
     def __init__(self, engine, world: World, interrupted, statistics: list):
         self.engine, self.world, self.interrupted, self.statistics = engine, world, interrupted, statistics
         self.steps = 0
         self.replicas = engine.replicas = ReplicaMean(world)     # used by a model built with sync_batchnorm
+        self.buckets = None
+        if getattr(engine, "bucket_ends", None):        # a native engine whose step hands over its gradients
+            self.buckets = engine.allreduce = BucketAllreduce(world)
         getattr(engine, "eval_exe", None)       # compiled now, not at the first evaluation (a collective)
         world.barrier("the start (compiling)", COMPILE_TIMEOUT_S)
 
@@ -240,13 +265,30 @@ class DataParallel:
 
     def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
                    key: np.ndarray) -> dict:
-        values, grads = self.gradients(params, opt_state, batch, key)
-        self.apply_update(params, opt_state, grads, lr, step)
+        if self.buckets is None:
+            values, grads = self.gradients(params, opt_state, batch, key)
+            self.apply_update(params, opt_state, grads, lr, step)
+            return values
+        part, weight, step, key = self._slice(batch, key)
+        self.buckets.share, self.buckets.step = float(weight), step
+        values = self._agreed(self.engine.train_step(params, opt_state, part, lr, step, key), weight, step, params)
+        self._updated(params, step)
         return values
 
     def gradients(self, params: dict, opt_state: dict, batch: dict, key: np.ndarray) -> tuple[dict, np.ndarray]:
         """The global batch's loss, metrics and gradients on every rank, from this rank's slice;
         its batch statistics averaged (docs/distributed.md)."""
+        w = self.world
+        part, weight, step, key = self._slice(batch, key)
+        values, grads = self.engine.gradients(params, opt_state, part, key)
+        grads *= weight
+        request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
+        values = self._agreed(values, weight, step, params)
+        w.wait(request, f"step {step} (gradients)")
+        return values, grads
+
+    def _slice(self, batch: dict, key: np.ndarray) -> tuple:
+        """(this rank's slice of the batch, its share of the batch, the step, its random key)."""
         w = self.world
         n = len(next(iter(batch.values())))
         lo, hi = w.shard(n)
@@ -255,25 +297,30 @@ class DataParallel:
         self.replicas.share, self.replicas.step = float(weight), step
         # dropout draws from (seed, step * K + rank): its own stream per rank and step
         key = np.array([seed, step * w.size + w.rank], np.int32)
-        values, grads = self.engine.gradients(params, opt_state, {k: v[lo:hi] for k, v in batch.items()}, key)
-        # the mean loss of the global batch is the slices' means weighted by their sizes
-        grads *= weight
+        return {k: v[lo:hi] for k, v in batch.items()}, weight, step, key
+
+    def _agreed(self, values: dict, weight: np.float32, step: int, params: dict) -> dict:
+        """The global batch's loss and metrics from this rank's (the mean loss of the global
+        batch is the slices' means weighted by their sizes), whether any rank was
+        interrupted, and the batch statistics averaged."""
+        w = self.world
         names = list(values)
         small = np.array([values[k] * float(weight) for k in names] + [float(self.interrupted.asked)], np.float64)
-        request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
         w.sum(small, f"step {step} (loss)")
-        w.wait(request, f"step {step} (gradients)")
         for name in self.statistics:        # batch statistics: each rank's, averaged
             stat = params[name]
             stat *= weight
             w.sum(stat, f"step {step} (batch statistics)")
         self.interrupted.agreed = bool(small[-1] > 0)     # the same on every rank, whenever Ctrl-C came
-        return dict(zip(names, small[:-1].tolist())), grads
+        return dict(zip(names, small[:-1].tolist()))
 
     def apply_update(self, params: dict, opt_state: dict, grads: np.ndarray, lr: float, step: int):
         """The engine's update from the averaged gradients: the same on every rank (DLC_CHECK_RANKS
         checks it)."""
         self.engine.apply_update(params, opt_state, grads, lr, step)
+        self._updated(params, step)
+
+    def _updated(self, params: dict, step: int):
         self.steps += 1
         if self.world.check_every and self.steps % self.world.check_every == 0:
             self.world.checksum(params, step)
