@@ -482,7 +482,8 @@ class NativeEngine:
         """A split engine's first half of a step: (the loss and metrics, the flat gradient of
         the trained parameters, which `apply_update` reads; the caller may change it in place)."""
         if self.fused_update:       # its step would apply the update too: not a first half
-            raise DlcError("gradients() needs an engine built with split=True: this one's step applies the update")
+            raise DlcError("gradients() needs an engine built with split=True and no buckets: this one's step "
+                           "applies the update")
         self._adopt(params, opt_state)
         return self._step(params, batch, key), self.grads
 
