@@ -90,7 +90,7 @@ class ReadyTimes:
     def start(self, bucket: np.ndarray):
         self.ready.append((time.perf_counter() - self.begun, bucket.nbytes))
 
-    def finish(self):
+    def finish(self, values: dict):
         self.end = time.perf_counter() - self.begun
 
 

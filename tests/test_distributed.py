@@ -417,7 +417,7 @@ def test_the_split_step_is_the_single_call(backend):
 
 class Recording:
     """A gradient allreduce (distributed.BucketAllreduce's interface) that keeps a copy of
-    each bucket it is handed and, in `finish`, zeroes the gradients."""
+    each bucket it is handed and, in `finish`, the step's values, and zeroes the gradients."""
 
     def __init__(self, grads: np.ndarray):
         self.grads, self.handed = grads, []
@@ -425,8 +425,8 @@ class Recording:
     def start(self, bucket: np.ndarray):
         self.handed.append(((bucket.ctypes.data - self.grads.ctypes.data) // 4, bucket.copy()))
 
-    def finish(self):
-        self.handed.append("finish")
+    def finish(self, values: dict):
+        self.handed.append(values)
         self.grads[:] = 0
 
 
@@ -434,8 +434,8 @@ class Recording:
 def test_each_bucket_is_handed_over_final_and_the_update_waits_for_finish(text):
     """A step built with buckets hands every gradient over once, in buckets that follow one
     another in the flat gradient array, each already holding its final values (those of the
-    split step's gradients); then `finish`; and the update reads what `finish` left (zero
-    gradients: Adam leaves the parameters as they were)."""
+    split step's gradients); then `finish`, with the step's loss and metrics; and the update
+    reads what `finish` left (zero gradients: Adam leaves the parameters as they were)."""
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.native import NativeEngine
     from dlc.runtime.training.settings import Call
@@ -463,9 +463,9 @@ def test_each_bucket_is_handed_over_final_and_the_update_waits_for_finish(text):
     bucketed.allreduce = recording = Recording(bucketed.grads)
     params = initial_parameters(train, 0)
     before = {n: np.array(params[n]) for n in trainable}
-    bucketed.train_step(params, opt.init({n: params[n] for n in trainable}), batch, 1e-2, 1, key)
+    values = bucketed.train_step(params, opt.init({n: params[n] for n in trainable}), batch, 1e-2, 1, key)
     *handed, last = recording.handed
-    assert last == "finish" and len(handed) == len(bucketed.train_exe.buckets)
+    assert last == values and "loss" in values and len(handed) == len(bucketed.train_exe.buckets)
     at = 0
     for (start, values), bucket in zip(handed, bucketed.train_exe.buckets):
         assert start == at

@@ -2,13 +2,16 @@
 
 Processes, transport and launch are MPI's, through mpi4py (the `mpi` extra). Each of the
 K processes (ranks) holds the whole model; the train block's `batch` is the global batch,
-and each rank runs the engine's step on its slice of it (`shard`). A step is the engine's
-split step (runtime/engines/native.py `gradients`, `apply_update`): the gradients of the slice,
-then one allreduce of the flat gradient array, weighted by the slice sizes so that the
-result is the gradient of the global batch's mean loss, then the fused optimizer update on
-every rank. The loss and metrics of the step, the batch statistics a step updates
-(batchnorm's running mean and variance, averaged) and a stop flag (Ctrl-C on any rank)
-travel in a second, small allreduce. Rank 0's parameters and optimizer state are
+and each rank runs the engine's step on its slice of it (`shard`). The gradients are
+averaged over the ranks, weighted by the slice sizes so that the result is the gradient of
+the global batch's mean loss, and every rank applies the same update. The native engine's
+step is one call that hands its gradients over in buckets as the backward pass finishes
+them (`BucketAllreduce`, compiler/native/buckets.py: their allreduce overlaps the rest of
+the pass) and runs the update once all are averaged; with `allreduce_bucket = 0`, and on the
+reference engine, it is the split step (`gradients`, `apply_update`) with one allreduce of
+the flat gradient array between its halves. The loss and metrics of the step, the batch
+statistics a step updates (batchnorm's running mean and variance, averaged) and a stop flag
+(Ctrl-C on any rank) travel in a second, small allreduce. Rank 0's parameters and optimizer state are
 broadcast before the first step, so the ranks start identical and stay so.
 With `sync_batchnorm = true` the train model holds replica_mean (batchnorm's statistics
 over the global batch): the engine calls `ReplicaMean`, an allreduce in the middle of the
@@ -212,14 +215,24 @@ class ReplicaMean:
         return self.world.sum(values, f"step {self.step} (replica_mean)")
 
 
+def weighted(values: dict, share: float, asked: bool) -> np.ndarray:
+    """What a rank adds to the allreduce of a step's loss and metrics: its values weighted by
+    its share of the global batch (the mean loss of the global batch is the slices' means
+    weighted by their sizes), then its stop flag."""
+    return np.array([v * share for v in values.values()] + [float(asked)], np.float64)
+
+
 class BucketAllreduce:
     """The gradients' allreduce of a step that hands them over in buckets (a native engine
     built with `buckets`, compiler/native/buckets.py): each bucket, weighted by this rank's
     share of the global batch, goes to a nonblocking allreduce as soon as the backward pass
-    has finished it, and `finish`, which the step calls before its update, waits for them all."""
+    has finished it, and `finish`, which the step calls before its update, waits for them
+    all, the step's loss and metrics (`totals`, `weighted`) reduced meanwhile: a step
+    waits for the other ranks once."""
 
     def __init__(self, world: World):
-        self.world, self.share, self.step, self.pending = world, 1.0, 0, []
+        self.world, self.share, self.step, self.asked = world, 1.0, 0, False
+        self.pending, self.totals = [], np.zeros(0)
 
     def start(self, gradients: np.ndarray):
         gradients *= self.share
@@ -227,7 +240,9 @@ class BucketAllreduce:
         for request in self.pending:        # MPI moves the earlier buckets' data on only when called
             request.Test()
 
-    def finish(self):
+    def finish(self, values: dict):
+        self.totals = weighted(values, self.share, self.asked)
+        self.pending.append(self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, self.totals, op=self.world.MPI.SUM))
         for request in self.pending:
             self.world.wait(request, f"step {self.step} (gradients)")
         self.pending = []
@@ -270,8 +285,10 @@ class DataParallel:
             self.apply_update(params, opt_state, grads, lr, step)
             return values
         part, weight, step, key = self._slice(batch, key)
-        self.buckets.share, self.buckets.step = float(weight), step
-        values = self._agreed(self.engine.train_step(params, opt_state, part, lr, step, key), weight, step, params)
+        b = self.buckets
+        b.share, b.step, b.asked = float(weight), step, self.interrupted.asked
+        values = self.engine.train_step(params, opt_state, part, lr, step, key)
+        values = self._agreed(values, b.totals, weight, step, params)
         self._updated(params, step)
         return values
 
@@ -283,9 +300,9 @@ class DataParallel:
         values, grads = self.engine.gradients(params, opt_state, part, key)
         grads *= weight
         request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
-        values = self._agreed(values, weight, step, params)
+        totals = w.sum(weighted(values, float(weight), self.interrupted.asked), f"step {step} (loss)")
         w.wait(request, f"step {step} (gradients)")
-        return values, grads
+        return self._agreed(values, totals, weight, step, params), grads
 
     def _slice(self, batch: dict, key: np.ndarray) -> tuple:
         """(this rank's slice of the batch, its share of the batch, the step, its random key)."""
@@ -299,20 +316,15 @@ class DataParallel:
         key = np.array([seed, step * w.size + w.rank], np.int32)
         return {k: v[lo:hi] for k, v in batch.items()}, weight, step, key
 
-    def _agreed(self, values: dict, weight: np.float32, step: int, params: dict) -> dict:
-        """The global batch's loss and metrics from this rank's (the mean loss of the global
-        batch is the slices' means weighted by their sizes), whether any rank was
-        interrupted, and the batch statistics averaged."""
-        w = self.world
-        names = list(values)
-        small = np.array([values[k] * float(weight) for k in names] + [float(self.interrupted.asked)], np.float64)
-        w.sum(small, f"step {step} (loss)")
+    def _agreed(self, values: dict, totals: np.ndarray, weight: np.float32, step: int, params: dict) -> dict:
+        """The global batch's loss and metrics (`totals`: `weighted` summed over the ranks),
+        whether any rank was interrupted, and the batch statistics averaged."""
         for name in self.statistics:        # batch statistics: each rank's, averaged
             stat = params[name]
             stat *= weight
-            w.sum(stat, f"step {step} (batch statistics)")
-        self.interrupted.agreed = bool(small[-1] > 0)     # the same on every rank, whenever Ctrl-C came
-        return dict(zip(names, small[:-1].tolist()))
+            self.world.sum(stat, f"step {step} (batch statistics)")
+        self.interrupted.agreed = bool(totals[-1] > 0)     # the same on every rank, whenever Ctrl-C came
+        return dict(zip(values, totals[:-1].tolist()))
 
     def apply_update(self, params: dict, opt_state: dict, grads: np.ndarray, lr: float, step: int):
         """The engine's update from the averaged gradients: the same on every rank (DLC_CHECK_RANKS

@@ -160,6 +160,7 @@ class Executable:
             raise DlcError(f"the compile cache in {cache.cache_dir()} holds a bad entry for {self.what}: "
                            "delete the directory")
         self.host_error = None
+        self.arrays: list = []              # the buffers of the call under way, or of the last
         self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.kind == "host"}
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
@@ -247,6 +248,7 @@ class Executable:
         for slot, a in enumerate(extra):
             table[self.extras + slot] = 0 if a is None else a.ctypes.data
         args = table[self.arguments]        # each kernel's argument slots
+        self.arrays = arrays                # what a host function may read during the call
         self.fault.value = 0
         if self.numerics is not None:
             self.numerics.arm(table, sizes)
@@ -388,9 +390,11 @@ class NativeEngine:
             self.allreduce.start(self.grads[start:self.bucket_ends[start]])
 
     def _gradients_reduced(self, _):
-        """The host call before the update: every bucket's allreduce is done."""
+        """The host call before the update: every bucket's allreduce is done. The step's loss
+        and metrics, computed by then, are handed over too: their allreduce can go with the
+        gradients'."""
         if self.allreduce is not None:
-            self.allreduce.finish()
+            self.allreduce.finish(self._values(self.train_exe.arrays))
 
     def train_memory(self) -> dict:
         """Bytes by part (runtime/engines/budget.py PARTS) that training holds at the batch shape it
@@ -504,14 +508,17 @@ class NativeEngine:
             arrays, _ = exe.run(feeds, self._fixed(exe, params, True), extra=extra)
         except NonFiniteOutput as e:
             raise self._nonfinite(e.kernels, feeds, params) from None
-        out = {}
         for name, bid in exe.program.outputs.items():
             if name.startswith("update:"):
                 target = params[name[7:]]
                 target[...] = arrays[bid][:target.size].reshape(target.shape)
-            elif not name.startswith("grad:"):
-                out[name] = arrays[bid][0]
-        return _scalars(out)
+        return self._values(arrays)
+
+    def _values(self, arrays: list) -> dict:
+        """The loss and metrics of a train step, from its buffers."""
+        outputs = self.train_exe.program.outputs
+        return _scalars({name: arrays[bid][0] for name, bid in outputs.items()
+                         if not name.startswith(("update:", "grad:"))})
 
     def hvp(self, params: dict, batch: dict, key: np.ndarray, v: np.ndarray) -> np.ndarray:
         """H v, flat over the trained parameters like v, H the Hessian of the batch's loss: the
