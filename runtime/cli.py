@@ -592,7 +592,7 @@ def parser() -> argparse.ArgumentParser:
                         "summed in float32; the parameters stay float32)")
     c.add_argument("--allreduce-bucket", dest="allreduce_bucket", metavar="SIZE",
                    help="on several processes (mpirun), the gradients are averaged in buckets of this size, each as "
-                        "soon as the backward pass has finished it (default 1MB; 0: all at once after it)")
+                        "soon as the backward pass has finished it (default 128KB; 0: all at once after it)")
     c.add_argument("--early-stop", dest="early_stop", metavar="SPEC", help='e.g. "patience(3, monitor = val_loss)"')
     c.add_argument("--freeze", action="append", metavar="PATTERN", help="parameters not to train (conv*, f5)")
     c.add_argument("--init-from", dest="init_from", metavar="CKPT", help="start from these weights, by name")

@@ -19,7 +19,9 @@ from dlc.runtime.training.optim import OPTIMIZERS, clip_limit, make_optimizer, m
 from dlc.runtime.training.settings import REQUIRED, Call, Symbol, as_call, number, setting_value, settings, show
 
 
-ALLREDUCE_BUCKET = 1 << 20     # a data-parallel run's buckets of gradients: 1 MB (PyTorch DDP's are 25 MB)
+# a data-parallel run's buckets of gradients: 128 KB, which parts the last layers of models of a few MB
+# from their first (LeNet-5's fully connected layers from its convolutions); PyTorch DDP's are 25 MB
+ALLREDUCE_BUCKET = 128 << 10
 
 
 @dataclass
