@@ -35,8 +35,9 @@ from dlc.runtime.engines.interpreter import bind_sizes
 from dlc.runtime.training import second_order
 from dlc.runtime.training.optim import Optimizer
 
-# a host function a HostCallKernel calls: (an f32 buffer, its element count); ctypes takes the GIL
-HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+# a host function a HostCallKernel calls: (the address of an f32 buffer, its element count); ctypes takes
+# the GIL. The address comes as an int: a pointer object and np.ctypeslib.as_array cost twice the time
+HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 # the driver's numerics check (compiler/native/driver.py CHECK): kernel number -> 0 if its values are finite
 NUMERICS_CHECK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
 # the module's counters of non-finite values (driver.NONFINITE): (address, n) -> how many
@@ -173,10 +174,10 @@ class Executable:
         once the native call returns."""
         function = hosts.get(name)
 
-        def call(data, n):
+        def call(address, n):
             try:
                 if function is not None:
-                    function(np.ctypeslib.as_array(data, (n,)))
+                    function(np.frombuffer((ctypes.c_float * n).from_address(address), np.float32))
             except BaseException as e:
                 self.host_error = self.host_error or e
         return HOST_CALL(call)
