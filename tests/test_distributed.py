@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlc.compiler.errors import DlcError
 from dlc.runtime.engines import distributed
 from dlc.runtime.training.trainer import batch_bounds
 
@@ -190,6 +191,26 @@ def test_sync_batchnorm_in_one_process_compiles_what_it_compiles_without(tmp_pat
         kernels.append(program(lower(optimize(train_step(trainer.train_model.graph)))))
     assert trainer.cfg.sync_batchnorm is False and "replica_mean" not in kernels[0]
     assert kernels[0] == kernels[1]
+
+
+@pytest.mark.parametrize("written, flag, expected", [("", None, 128 << 10), ("allreduce_bucket = 256KB", None, 256 << 10),
+                                                    ("allreduce_bucket = 1MB", "0", 0), ("", "64KB", 64 << 10)])
+def test_the_bucket_size_is_a_size_from_the_block_or_the_flag(tmp_path, written, flag, expected):
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training.config import make_config
+    path = model_file(tmp_path, MLP.replace("    epochs = 1\n", f"    epochs = 1\n    {written}\n"))
+    assert make_config(load(str(path)), None, {"allreduce_bucket": flag}).allreduce_bucket == expected
+
+
+@pytest.mark.parametrize("value", ["-1", '"lots"', "true"])
+def test_a_bucket_size_that_is_not_a_size_is_refused_at_its_line(tmp_path, value):
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training.config import make_config
+    path = model_file(tmp_path, MLP.replace("    epochs = 1\n", f"    epochs = 1\n    allreduce_bucket = {value}\n"))
+    line = path.read_text().splitlines().index(f"    allreduce_bucket = {value}") + 1
+    with pytest.raises(DlcError, match=r"allreduce_bucket must be a size such as 1MB or 256KB \(0: no buckets\)") as e:
+        make_config(load(str(path)), None, {})
+    assert e.value.span.line == line
 
 
 @pytest.mark.parametrize("backend", ["native", "reference"])
