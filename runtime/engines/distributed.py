@@ -9,10 +9,12 @@ step is one call that hands its gradients over in buckets as the backward pass f
 them (`BucketAllreduce`, compiler/native/buckets.py: their allreduce overlaps the rest of
 the pass) and runs the update once all are averaged; with `allreduce_bucket = 0`, and on the
 reference engine, it is the split step (`gradients`, `apply_update`) with one allreduce of
-the flat gradient array between its halves. The loss and metrics of the step, the batch
-statistics a step updates (batchnorm's running mean and variance, averaged) and a stop flag
-(Ctrl-C on any rank) travel in a second, small allreduce. Rank 0's parameters and optimizer state are
-broadcast before the first step, so the ranks start identical and stay so.
+the flat gradient array between its halves. The loss and metrics of the step and a stop
+flag (Ctrl-C on any rank) travel in a small allreduce while the ranks wait for the
+gradients', so that a step waits for the other ranks once; the batch statistics a step
+updates (batchnorm's running mean and variance) are averaged after it. Rank 0's parameters
+and optimizer state are broadcast before the first step, so the ranks start identical and
+stay so.
 With `sync_batchnorm = true` the train model holds replica_mean (batchnorm's statistics
 over the global batch): the engine calls `ReplicaMean`, an allreduce in the middle of the
 step, weighted like the gradients.

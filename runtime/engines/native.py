@@ -327,8 +327,8 @@ class NativeEngine:
         """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
         a data-parallel run (runtime/engines/distributed.py) can average the gradients between them;
         with `buckets` (bytes), one call again, which hands each bucket of gradients to
-        `allreduce` (set by the run: `start(gradients)`, `finish()`) as soon as the backward
-        pass has finished it, and runs the update once `finish` has returned
+        `allreduce` (set by the run: `start(gradients)`, then `finish(loss and metrics)`) as
+        soon as the backward pass has finished it, and runs the update once `finish` has returned
         (compiler/native/buckets.py): the allreduce overlaps the backward pass.
         `check_numerics`: the train step tests each kernel's values and stops at the first one
         not finite, which the reference evaluation of the step traces to its origin
