@@ -285,7 +285,7 @@ def cmd_train(args):
     from dlc.runtime.training.trainer import Trainer
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
-                                                         "early_stop", "memory", "precision")}
+                                                         "early_stop", "memory", "precision", "allreduce_bucket")}
     overrides["check_numerics"] = args.check_numerics or None       # the flag adds to the block, never clears it
     progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
@@ -590,6 +590,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--precision", metavar="P",
                    help="of the operands of matmuls and convolutions: f32, or bf16 (rounded to bfloat16, "
                         "summed in float32; the parameters stay float32)")
+    c.add_argument("--allreduce-bucket", dest="allreduce_bucket", metavar="SIZE",
+                   help="on several processes (mpirun), the gradients are averaged in buckets of this size, each as "
+                        "soon as the backward pass has finished it (default 128KB; 0: all at once after it)")
     c.add_argument("--early-stop", dest="early_stop", metavar="SPEC", help='e.g. "patience(3, monitor = val_loss)"')
     c.add_argument("--freeze", action="append", metavar="PATTERN", help="parameters not to train (conv*, f5)")
     c.add_argument("--init-from", dest="init_from", metavar="CKPT", help="start from these weights, by name")

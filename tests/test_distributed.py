@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dlc.compiler.errors import DlcError
 from dlc.runtime.engines import distributed
 from dlc.runtime.training.trainer import batch_bounds
 
@@ -192,6 +193,26 @@ def test_sync_batchnorm_in_one_process_compiles_what_it_compiles_without(tmp_pat
     assert kernels[0] == kernels[1]
 
 
+@pytest.mark.parametrize("written, flag, expected", [("", None, 128 << 10), ("allreduce_bucket = 256KB", None, 256 << 10),
+                                                    ("allreduce_bucket = 1MB", "0", 0), ("", "64KB", 64 << 10)])
+def test_the_bucket_size_is_a_size_from_the_block_or_the_flag(tmp_path, written, flag, expected):
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training.config import make_config
+    path = model_file(tmp_path, MLP.replace("    epochs = 1\n", f"    epochs = 1\n    {written}\n"))
+    assert make_config(load(str(path)), None, {"allreduce_bucket": flag}).allreduce_bucket == expected
+
+
+@pytest.mark.parametrize("value", ["-1", '"lots"', "true"])
+def test_a_bucket_size_that_is_not_a_size_is_refused_at_its_line(tmp_path, value):
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training.config import make_config
+    path = model_file(tmp_path, MLP.replace("    epochs = 1\n", f"    epochs = 1\n    allreduce_bucket = {value}\n"))
+    line = path.read_text().splitlines().index(f"    allreduce_bucket = {value}") + 1
+    with pytest.raises(DlcError, match=r"allreduce_bucket must be a size such as 1MB or 256KB \(0: no buckets\)") as e:
+        make_config(load(str(path)), None, {})
+    assert e.value.span.line == line
+
+
 @pytest.mark.parametrize("backend", ["native", "reference"])
 def test_replica_mean_calls_the_engines_replicas(backend):
     """A model built for 2 ranks, in one process with a stand-in for the other rank: both
@@ -237,12 +258,15 @@ def test_replica_mean_calls_the_engines_replicas(backend):
 
 # ---- two ranks -------------------------------------------------------------------------------------
 @needs_mpi
-@pytest.mark.parametrize("name, text", [("mlp", MLP), ("cnn", None), ("lstm", LSTM)])
-def test_two_ranks_train_as_one_process(tmp_path, name, text):
+@pytest.mark.parametrize("name, text, bucket", [("mlp", MLP, "1KB"), ("mlp", MLP, "0"), ("cnn", None, "1MB"),
+                                                ("lstm", LSTM, "1KB")])
+def test_two_ranks_train_as_one_process(tmp_path, name, text, bucket):
     """20+ steps on 2 ranks: the same losses, metrics and parameters as one process with the
-    same global batch (the digits CNN with its augmentation; the last batch is split unevenly)."""
+    same global batch (the digits CNN with its augmentation; the last batch is split unevenly),
+    the gradients averaged in buckets of 1 KB (a bucket per parameter or two), of 1 MB (one)
+    or after the backward pass, between two calls (0)."""
     path = model_file(tmp_path, text or digits_cnn_without_dropout())
-    extra = ["--epochs", "1", "--batch", "64"] if name == "cnn" else []
+    extra = (["--epochs", "1", "--batch", "64"] if name == "cnn" else []) + ["--allreduce-bucket", bucket]
     one = dlc_train([path, "--out", tmp_path / "one", *extra])
     two = dlc_train([path, "--out", tmp_path / "two", *extra], ranks=2)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
@@ -293,7 +317,8 @@ def test_sync_batchnorm_trains_as_one_process(tmp_path, backend):
     and parameters; per-rank statistics (the default) do not."""
     synced = model_file(tmp_path, SYNC_CNN)
     one = dlc_train([synced, "--backend", backend, "--out", tmp_path / "one"])
-    two = dlc_train([synced, "--backend", backend, "--out", tmp_path / "two"], ranks=2)
+    # buckets of 1 KB: their host calls come between those of replica_mean's allreduces
+    two = dlc_train([synced, "--backend", backend, "--out", tmp_path / "two", "--allreduce-bucket", "1KB"], ranks=2)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     assert _meta(tmp_path / "two" / "last.npz")["step"] >= 20
     assert_same_run(tmp_path / "one", tmp_path / "two")
@@ -409,6 +434,69 @@ def test_the_split_step_is_the_single_call(backend):
     assert losses == split_losses
     for name, value in single.items():
         np.testing.assert_array_equal(split_params[name], value, err_msg=name)
+
+
+class Recording:
+    """A gradient allreduce (distributed.BucketAllreduce's interface) that keeps a copy of
+    each bucket it is handed and, in `finish`, the step's values, and zeroes the gradients."""
+
+    def __init__(self, grads: np.ndarray):
+        self.grads, self.handed = grads, []
+
+    def start(self, bucket: np.ndarray):
+        self.handed.append(((bucket.ctypes.data - self.grads.ctypes.data) // 4, bucket.copy()))
+
+    def finish(self, values: dict):
+        self.handed.append(values)
+        self.grads[:] = 0
+
+
+@pytest.mark.parametrize("text", [BATCHNORM, LSTM], ids=["batchnorm", "lstm"])
+def test_each_bucket_is_handed_over_final_and_the_update_waits_for_finish(text):
+    """A step built with buckets hands every gradient over once, in buckets that follow one
+    another in the flat gradient array, each already holding its final values (those of the
+    split step's gradients); then `finish`, with the step's loss and metrics; and the update
+    reads what `finish` left (zero gradients: Adam leaves the parameters as they were)."""
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.training.settings import Call
+    from dlc.runtime.training.optim import make_optimizer
+    from dlc.runtime.training.trainer import initial_parameters
+    prog = load_text(text, "m.dl")
+    train, ev = prog.build(training=True), prog.build(training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    rng = np.random.default_rng(0)
+    if text == BATCHNORM:
+        batch = {"x": rng.standard_normal((16, 64), dtype=np.float32), "y": rng.integers(0, 10, 16).astype(np.int32)}
+    else:
+        batch = {"x": rng.standard_normal((16, 10, 1), dtype=np.float32),
+                 "y": rng.standard_normal((16, 1), dtype=np.float32)}
+    key = np.array([0, 1], np.int32)
+    opt = make_optimizer(Call("adam", [], {"lr": 1e-2}))
+    split = NativeEngine(train, ev, opt, trainable, split=True)
+    params = initial_parameters(train, 0)
+    _, expected = split.gradients(params, opt.init({n: params[n] for n in trainable}), batch, key)
+    expected = {n: expected[split.offsets[n]:split.offsets[n] + params[n].size].copy() for n in trainable}
+
+    bucketed = NativeEngine(train, ev, opt, trainable, split=True, buckets=1024)
+    assert len(bucketed.train_exe.buckets) > 1
+    assert sorted(n for bucket in bucketed.train_exe.buckets for n in bucket) == sorted(trainable)
+    bucketed.allreduce = recording = Recording(bucketed.grads)
+    params = initial_parameters(train, 0)
+    before = {n: np.array(params[n]) for n in trainable}
+    values = bucketed.train_step(params, opt.init({n: params[n] for n in trainable}), batch, 1e-2, 1, key)
+    *handed, last = recording.handed
+    assert last == values and "loss" in values and len(handed) == len(bucketed.train_exe.buckets)
+    at = 0
+    for (start, values), bucket in zip(handed, bucketed.train_exe.buckets):
+        assert start == at
+        for name in bucket:
+            got = values[bucketed.offsets[name] - start:][:params[name].size]
+            np.testing.assert_allclose(got, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
+        at += len(values)
+    assert at == bucketed.n_trained
+    for name in trainable:
+        np.testing.assert_array_equal(params[name], before[name], err_msg=name)
 
 
 @needs_mpi

@@ -81,13 +81,14 @@ class OneProcess:
         return Done()
 
 
-def setup(engine_class, split: bool):
-    """An engine of `engine_class` (the native one, `split` into gradients and update, or the
-    reference one) for MODEL, Adam, and the parameters and optimizer state it starts from."""
+def setup(engine_class, split: bool, buckets: int = 0):
+    """An engine of `engine_class` (the native one, `split` into gradients and update or, with
+    `buckets`, one call handing its gradients over in buckets; or the reference one) for
+    MODEL, Adam, and the parameters and optimizer state it starts from."""
     train, ev = (load_text(MODEL, "tiny.dl").build(training=training) for training in (True, False))
     trainable = [p.name for p in train.params if p.trainable]
     optimizer = make_optimizer(Call("adam", [], {"lr": 1e-2}))
-    engine = (NativeEngine(train, ev, optimizer, trainable, split=split) if engine_class is NativeEngine
+    engine = (NativeEngine(train, ev, optimizer, trainable, split=split, buckets=buckets) if engine_class is NativeEngine
               else ReferenceEngine(train, ev, optimizer, trainable))
     params = initial_parameters(train, 0)
     return engine, optimizer, trainable, params, optimizer.init({n: params[n] for n in trainable}), \
@@ -117,13 +118,16 @@ def test_each_engine_has_the_attributes(engine_class, monkeypatch):
         assert engine.world is None and engine.replicas is None
 
 
-@pytest.mark.parametrize("backend", [ReferenceEngine, NativeEngine], ids=lambda c: c.__name__)
-def test_a_data_parallel_engine_of_one_rank_is_its_engine(backend, monkeypatch):
+@pytest.mark.parametrize("backend, buckets", [(ReferenceEngine, 0), (NativeEngine, 0), (NativeEngine, 64)],
+                         ids=["reference", "native", "native-buckets"])
+def test_a_data_parallel_engine_of_one_rank_is_its_engine(backend, buckets, monkeypatch):
     rng = np.random.default_rng(0)
     batch = {"x": rng.standard_normal((8, 4), dtype=np.float32), "y": rng.integers(0, 3, 8).astype(np.int32)}
     runs = []
     for wrapped in (False, True):
-        engine, _, _, params, state, statistics = setup(backend, split=wrapped)
+        engine, _, _, params, state, statistics = setup(backend, split=wrapped, buckets=buckets if wrapped else 0)
+        if buckets and wrapped:
+            assert len(engine.train_exe.buckets) > 1
         if wrapped:
             engine = one_rank(engine, statistics, monkeypatch)
         losses = [engine.train_step(params, state, batch, 1e-2, step, np.array([0, step], np.int32))["loss"]

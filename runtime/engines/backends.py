@@ -16,19 +16,21 @@ from dlc.runtime.training.progress import span
 BACKENDS = ("auto", "native", "reference")
 
 
-def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, split=False, **kw) -> Engine:
+def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, split=False, buckets=0,
+                **kw) -> Engine:
     """The engine `backend` names. `auto` is the native engine, or, for a model using an
     operation the native backend does not compile, the reference engine after a warning
     naming that operation and its line; `native` never falls back (the error says why).
     `split`: a native engine whose steps are two calls, gradients and update (the reference
-    engine's always are)."""
+    engine's always are), or with `buckets` (bytes) one call that hands its gradients to the
+    host in buckets of that size (a data-parallel run, compiler/native/buckets.py)."""
     if backend not in BACKENDS:
         raise DlcError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
     if backend == "reference":
         return ReferenceEngine(train_model, eval_model, *args, **kw)
     try:
         started = time.perf_counter()
-        engine = NativeEngine(train_model, eval_model, *args, split=split, **kw)
+        engine = NativeEngine(train_model, eval_model, *args, split=split, buckets=buckets, **kw)
         if log and engine.train_exe is not None:
             log(built_message(engine.train_exe.compiled.cached, time.perf_counter() - started))
         return engine

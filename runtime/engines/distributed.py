@@ -2,14 +2,19 @@
 
 Processes, transport and launch are MPI's, through mpi4py (the `mpi` extra). Each of the
 K processes (ranks) holds the whole model; the train block's `batch` is the global batch,
-and each rank runs the engine's step on its slice of it (`shard`). A step is the engine's
-split step (runtime/engines/native.py `gradients`, `apply_update`): the gradients of the slice,
-then one allreduce of the flat gradient array, weighted by the slice sizes so that the
-result is the gradient of the global batch's mean loss, then the fused optimizer update on
-every rank. The loss and metrics of the step, the batch statistics a step updates
-(batchnorm's running mean and variance, averaged) and a stop flag (Ctrl-C on any rank)
-travel in a second, small allreduce. Rank 0's parameters and optimizer state are
-broadcast before the first step, so the ranks start identical and stay so.
+and each rank runs the engine's step on its slice of it (`shard`). The gradients are
+averaged over the ranks, weighted by the slice sizes so that the result is the gradient of
+the global batch's mean loss, and every rank applies the same update. The native engine's
+step is one call that hands its gradients over in buckets as the backward pass finishes
+them (`BucketAllreduce`, compiler/native/buckets.py: their allreduce overlaps the rest of
+the pass) and runs the update once all are averaged; with `allreduce_bucket = 0`, and on the
+reference engine, it is the split step (`gradients`, `apply_update`) with one allreduce of
+the flat gradient array between its halves. The loss and metrics of the step and a stop
+flag (Ctrl-C on any rank) travel in a small allreduce while the ranks wait for the
+gradients', so that a step waits for the other ranks once; the batch statistics a step
+updates (batchnorm's running mean and variance) are averaged after it. Rank 0's parameters
+and optimizer state are broadcast before the first step, so the ranks start identical and
+stay so.
 With `sync_batchnorm = true` the train model holds replica_mean (batchnorm's statistics
 over the global batch): the engine calls `ReplicaMean`, an allreduce in the middle of the
 step, weighted like the gradients.
@@ -212,17 +217,54 @@ class ReplicaMean:
         return self.world.sum(values, f"step {self.step} (replica_mean)")
 
 
+def weighted(values: dict, share: float, asked: bool) -> np.ndarray:
+    """What a rank adds to the allreduce of a step's loss and metrics: its values weighted by
+    its share of the global batch (the mean loss of the global batch is the slices' means
+    weighted by their sizes), then its stop flag."""
+    return np.array([v * share for v in values.values()] + [float(asked)], np.float64)
+
+
+class BucketAllreduce:
+    """The gradients' allreduce of a step that hands them over in buckets (a native engine
+    built with `buckets`, compiler/native/buckets.py): each bucket, weighted by this rank's
+    share of the global batch, goes to a nonblocking allreduce as soon as the backward pass
+    has finished it, and `finish`, which the step calls before its update, waits for them
+    all, the step's loss and metrics (`totals`, `weighted`) reduced meanwhile: a step
+    waits for the other ranks once."""
+
+    def __init__(self, world: World):
+        self.world, self.share, self.step, self.asked = world, 1.0, 0, False
+        self.pending, self.totals = [], np.zeros(0)
+
+    def start(self, gradients: np.ndarray):
+        gradients *= self.share
+        self.pending.append(self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, gradients, op=self.world.MPI.SUM))
+        for request in self.pending:        # MPI moves the earlier buckets' data on only when called
+            request.Test()
+
+    def finish(self, values: dict):
+        self.totals = weighted(values, self.share, self.asked)
+        self.pending.append(self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, self.totals, op=self.world.MPI.SUM))
+        for request in self.pending:
+            self.world.wait(request, f"step {self.step} (gradients)")
+        self.pending = []
+
+
 class DataParallel:
     """An `Engine` (runtime/engines/protocol.py) for the trainer whose steps run on this rank's
-    slice of the global batch: the split step of `engine`, the gradients averaged over the
-    ranks between its halves. `interrupted` (the trainer's Ctrl-C flag) is agreed on: true on
-    every rank after the step in which any rank had it. Evaluation and prediction are the
-    engine's own: mean_metrics shards the data set (`world`)."""
+    slice of the global batch, the gradients averaged over the ranks: while the native
+    engine's step runs, bucket by bucket (`BucketAllreduce`), when the engine was built with
+    buckets; else between the halves of its split step. `interrupted` (the trainer's Ctrl-C
+    flag) is agreed on: true on every rank after the step in which any rank had it.
+    Evaluation and prediction are the engine's own: mean_metrics shards the data set (`world`)."""
 
     def __init__(self, engine, world: World, interrupted, statistics: list):
         self.engine, self.world, self.interrupted, self.statistics = engine, world, interrupted, statistics
         self.steps = 0
         self.replicas = engine.replicas = ReplicaMean(world)     # used by a model built with sync_batchnorm
+        self.buckets = None
+        if getattr(engine, "bucket_ends", None):        # a native engine whose step hands over its gradients
+            self.buckets = engine.allreduce = BucketAllreduce(world)
         getattr(engine, "eval_exe", None)       # compiled now, not at the first evaluation (a collective)
         world.barrier("the start (compiling)", COMPILE_TIMEOUT_S)
 
@@ -240,13 +282,32 @@ class DataParallel:
 
     def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
                    key: np.ndarray) -> dict:
-        values, grads = self.gradients(params, opt_state, batch, key)
-        self.apply_update(params, opt_state, grads, lr, step)
+        if self.buckets is None:
+            values, grads = self.gradients(params, opt_state, batch, key)
+            self.apply_update(params, opt_state, grads, lr, step)
+            return values
+        part, weight, step, key = self._slice(batch, key)
+        b = self.buckets
+        b.share, b.step, b.asked = float(weight), step, self.interrupted.asked
+        values = self.engine.train_step(params, opt_state, part, lr, step, key)
+        values = self._agreed(values, b.totals, weight, step, params)
+        self._updated(params, step)
         return values
 
     def gradients(self, params: dict, opt_state: dict, batch: dict, key: np.ndarray) -> tuple[dict, np.ndarray]:
         """The global batch's loss, metrics and gradients on every rank, from this rank's slice;
         its batch statistics averaged (docs/distributed.md)."""
+        w = self.world
+        part, weight, step, key = self._slice(batch, key)
+        values, grads = self.engine.gradients(params, opt_state, part, key)
+        grads *= weight
+        request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
+        totals = w.sum(weighted(values, float(weight), self.interrupted.asked), f"step {step} (loss)")
+        w.wait(request, f"step {step} (gradients)")
+        return self._agreed(values, totals, weight, step, params), grads
+
+    def _slice(self, batch: dict, key: np.ndarray) -> tuple:
+        """(this rank's slice of the batch, its share of the batch, the step, its random key)."""
         w = self.world
         n = len(next(iter(batch.values())))
         lo, hi = w.shard(n)
@@ -255,25 +316,25 @@ class DataParallel:
         self.replicas.share, self.replicas.step = float(weight), step
         # dropout draws from (seed, step * K + rank): its own stream per rank and step
         key = np.array([seed, step * w.size + w.rank], np.int32)
-        values, grads = self.engine.gradients(params, opt_state, {k: v[lo:hi] for k, v in batch.items()}, key)
-        # the mean loss of the global batch is the slices' means weighted by their sizes
-        grads *= weight
-        names = list(values)
-        small = np.array([values[k] * float(weight) for k in names] + [float(self.interrupted.asked)], np.float64)
-        request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
-        w.sum(small, f"step {step} (loss)")
-        w.wait(request, f"step {step} (gradients)")
+        return {k: v[lo:hi] for k, v in batch.items()}, weight, step, key
+
+    def _agreed(self, values: dict, totals: np.ndarray, weight: np.float32, step: int, params: dict) -> dict:
+        """The global batch's loss and metrics (`totals`: `weighted` summed over the ranks),
+        whether any rank was interrupted, and the batch statistics averaged."""
         for name in self.statistics:        # batch statistics: each rank's, averaged
             stat = params[name]
             stat *= weight
-            w.sum(stat, f"step {step} (batch statistics)")
-        self.interrupted.agreed = bool(small[-1] > 0)     # the same on every rank, whenever Ctrl-C came
-        return dict(zip(names, small[:-1].tolist())), grads
+            self.world.sum(stat, f"step {step} (batch statistics)")
+        self.interrupted.agreed = bool(totals[-1] > 0)     # the same on every rank, whenever Ctrl-C came
+        return dict(zip(values, totals[:-1].tolist()))
 
     def apply_update(self, params: dict, opt_state: dict, grads: np.ndarray, lr: float, step: int):
         """The engine's update from the averaged gradients: the same on every rank (DLC_CHECK_RANKS
         checks it)."""
         self.engine.apply_update(params, opt_state, grads, lr, step)
+        self._updated(params, step)
+
+    def _updated(self, params: dict, step: int):
         self.steps += 1
         if self.world.check_every and self.steps % self.world.check_every == 0:
             self.world.checksum(params, step)

@@ -16,6 +16,7 @@ import ctypes
 import numpy as np
 
 from dlc.compiler.passes.autodiff import hvp_graph, train_step
+from dlc.compiler.native.buckets import BUCKET, REDUCED, gradient_buckets
 from dlc.compiler.native.builder import FAULT
 from dlc.compiler.native.driver import CHECK, NONFINITE, build_module
 from dlc.compiler.ir.dims import concrete, numel
@@ -34,8 +35,9 @@ from dlc.runtime.engines.interpreter import bind_sizes
 from dlc.runtime.training import second_order
 from dlc.runtime.training.optim import Optimizer
 
-# a host function a HostCallKernel calls: (an f32 buffer, its element count); ctypes takes the GIL
-HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.POINTER(ctypes.c_float), ctypes.c_int64)
+# a host function a HostCallKernel calls: (the address of an f32 buffer, its element count); ctypes takes
+# the GIL. The address comes as an int: a pointer object and np.ctypeslib.as_array cost twice the time
+HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
 # the driver's numerics check (compiler/native/driver.py CHECK): kernel number -> 0 if its values are finite
 NUMERICS_CHECK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
 # the module's counters of non-finite values (driver.NONFINITE): (address, n) -> how many
@@ -120,14 +122,18 @@ class Executable:
     buffer as it is (replica_mean in one process: the identity). `check_numerics`: after each
     kernel, what it was the last to write is tested (NumericsCheck), and `run` raises
     NonFiniteOutput at the first kernel whose values are not finite. `precision`: of the
-    operands of its matmuls and convolutions (compiler/native/lower.py)."""
+    operands of its matmuls and convolutions (compiler/native/lower.py). `buckets`: (the
+    bytes of a bucket, the parameters whose gradients the buckets hold): each bucket is handed
+    to the host as soon as the step has finished it (compiler/native/buckets.py;
+    `self.buckets` lists them)."""
 
     def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
-                 hosts: dict | None = None, check_numerics=False, precision: str = "f32"):
+                 hosts: dict | None = None, check_numerics=False, precision: str = "f32", buckets: tuple | None = None):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
         self.program: KernelProgram = lower(optimize(graph), precision)
+        self.buckets = gradient_buckets(self.program, *buckets) if buckets else []
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         cache.gemm_symbols()
         if profile:
@@ -155,6 +161,7 @@ class Executable:
             raise DlcError(f"the compile cache in {cache.cache_dir()} holds a bad entry for {self.what}: "
                            "delete the directory")
         self.host_error = None
+        self.arrays: list = []              # the buffers of the call under way, or of the last
         self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.kind == "host"}
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
@@ -167,10 +174,10 @@ class Executable:
         once the native call returns."""
         function = hosts.get(name)
 
-        def call(data, n):
+        def call(address, n):
             try:
                 if function is not None:
-                    function(np.ctypeslib.as_array(data, (n,)))
+                    function(np.frombuffer((ctypes.c_float * n).from_address(address), np.float32))
             except BaseException as e:
                 self.host_error = self.host_error or e
         return HOST_CALL(call)
@@ -242,6 +249,7 @@ class Executable:
         for slot, a in enumerate(extra):
             table[self.extras + slot] = 0 if a is None else a.ctypes.data
         args = table[self.arguments]        # each kernel's argument slots
+        self.arrays = arrays                # what a host function may read during the call
         self.fault.value = 0
         if self.numerics is not None:
             self.numerics.arm(table, sizes)
@@ -315,9 +323,13 @@ class NativeEngine:
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
-                 split=False, check_numerics=False, precision: str = "f32"):
+                 split=False, check_numerics=False, precision: str = "f32", buckets: int = 0):
         """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
-        a data-parallel run (runtime/engines/distributed.py) can average the gradients between them.
+        a data-parallel run (runtime/engines/distributed.py) can average the gradients between them;
+        with `buckets` (bytes), one call again, which hands each bucket of gradients to
+        `allreduce` (set by the run: `start(gradients)`, then `finish(loss and metrics)`) as
+        soon as the backward pass has finished it, and runs the update once `finish` has returned
+        (compiler/native/buckets.py): the allreduce overlaps the backward pass.
         `check_numerics`: the train step tests each kernel's values and stops at the first one
         not finite, which the reference evaluation of the step traces to its origin
         (runtime/engines/numerics.py). `precision`: of the operands of every matmul and
@@ -330,27 +342,35 @@ class NativeEngine:
         self.train_exe = self._hvp = None
         self.train_graph = train_model.graph
         self.replicas = None        # replica_mean of a data-parallel run (runtime/engines/distributed.py)
+        self.allreduce = None       # the gradient buckets' allreduce of a data-parallel run (same)
         if optimizer is not None:
             slots = len(optimizer.slots())
             budget.require_model(train_model, self.trainable, slots)      # before anything is allocated
             step = train_step(train_model.graph)
-            order = self.trainable + [p.name for p in train_model.params if p.name not in self.trainable]
-            self.offsets, total = {}, 0
-            for name in order:
-                self.offsets[name] = total
-                total += int(numel(self.params_info[name].type.shape))
-            self.n_trained = sum(int(numel(self.params_info[n].type.shape)) for n in self.trainable)
-            self.flat = np.zeros(max(total, 1), np.float32)
+            size = {p.name: int(numel(p.type.shape)) for p in train_model.params}
+            self.n_trained = sum(size[n] for n in self.trainable)
+            self.flat = np.zeros(max(sum(size.values()), 1), np.float32)
             self.grads = np.zeros(max(self.n_trained, 1), np.float32)
             self.state = {s: np.zeros(max(self.n_trained, 1), np.float32) for s in optimizer.slots()}
             resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
                         "optimizer state": sum(a.nbytes for a in self.state.values())}
             update = self._update_program()
-            self.train_exe = Executable(step, update=None if split else update, profile=profile, resident=resident,
-                                        hosts={"replica_mean": self._replica_mean}, check_numerics=check_numerics,
-                                        precision=precision)
-            self.update_call = UpdateCall(update, self.update_arrays) if split and update is not None else None
-            self.fused_update = update is not None and not split
+            self.fused_update = update is not None and (not split or buckets > 0)
+            self.train_exe = Executable(step, update=update if self.fused_update else None, profile=profile,
+                                        resident=resident, check_numerics=check_numerics, precision=precision,
+                                        hosts={"replica_mean": self._replica_mean, BUCKET: self._bucket_final,
+                                               REDUCED: self._gradients_reduced},
+                                        buckets=(buckets, self.trainable) if split and self.fused_update else None)
+            self.update_call = UpdateCall(update, self.update_arrays) if update is not None and not self.fused_update \
+                else None
+            # the flat arrays: the trained parameters (in bucket order, each bucket one range), then the others
+            order = [n for bucket in self.train_exe.buckets or [self.trainable] for n in bucket] + \
+                [n for n in size if n not in self.trainable]
+            self.offsets, at = {}, 0
+            for name in order:
+                self.offsets[name], at = at, at + size[name]
+            # the first offset of each bucket -> its end
+            self.bucket_ends = {self.offsets[b[0]]: self.offsets[b[-1]] + size[b[-1]] for b in self.train_exe.buckets}
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
@@ -362,6 +382,20 @@ class NativeEngine:
         in one process, where the graph has no replica_mean unless built for ranks)."""
         if self.replicas is not None:
             self.replicas(values)
+
+    def _bucket_final(self, first: np.ndarray):
+        """A bucket's host call (compiler/native/buckets.py): `first` is its first gradient,
+        within the flat gradient array, which holds the bucket from there on."""
+        if self.allreduce is not None:
+            start = (first.ctypes.data - self.grads.ctypes.data) // self.grads.itemsize
+            self.allreduce.start(self.grads[start:self.bucket_ends[start]])
+
+    def _gradients_reduced(self, _):
+        """The host call before the update: every bucket's allreduce is done. The step's loss
+        and metrics, computed by then, are handed over too: their allreduce can go with the
+        gradients'."""
+        if self.allreduce is not None:
+            self.allreduce.finish(self._values(self.train_exe.arrays))
 
     def train_memory(self) -> dict:
         """Bytes by part (runtime/engines/budget.py PARTS) that training holds at the batch shape it
@@ -453,7 +487,8 @@ class NativeEngine:
         """A split engine's first half of a step: (the loss and metrics, the flat gradient of
         the trained parameters, which `apply_update` reads; the caller may change it in place)."""
         if self.fused_update:       # its step would apply the update too: not a first half
-            raise DlcError("gradients() needs an engine built with split=True: this one's step applies the update")
+            raise DlcError("gradients() needs an engine built with split=True and no buckets: this one's step "
+                           "applies the update")
         self._adopt(params, opt_state)
         return self._step(params, batch, key), self.grads
 
@@ -474,14 +509,17 @@ class NativeEngine:
             arrays, _ = exe.run(feeds, self._fixed(exe, params, True), extra=extra)
         except NonFiniteOutput as e:
             raise self._nonfinite(e.kernels, feeds, params) from None
-        out = {}
         for name, bid in exe.program.outputs.items():
             if name.startswith("update:"):
                 target = params[name[7:]]
                 target[...] = arrays[bid][:target.size].reshape(target.shape)
-            elif not name.startswith("grad:"):
-                out[name] = arrays[bid][0]
-        return _scalars(out)
+        return self._values(arrays)
+
+    def _values(self, arrays: list) -> dict:
+        """The loss and metrics of a train step, from its buffers."""
+        outputs = self.train_exe.program.outputs
+        return _scalars({name: arrays[bid][0] for name, bid in outputs.items()
+                         if not name.startswith(("update:", "grad:"))})
 
     def hvp(self, params: dict, batch: dict, key: np.ndarray, v: np.ndarray) -> np.ndarray:
         """H v, flat over the trained parameters like v, H the Hessian of the batch's loss: the

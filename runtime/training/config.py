@@ -19,6 +19,11 @@ from dlc.runtime.training.optim import OPTIMIZERS, clip_limit, make_optimizer, m
 from dlc.runtime.training.settings import REQUIRED, Call, Symbol, as_call, number, setting_value, settings, show
 
 
+# a data-parallel run's buckets of gradients: 128 KB, which parts the last layers of models of a few MB
+# from their first (LeNet-5's fully connected layers from its convolutions); PyTorch DDP's are 25 MB
+ALLREDUCE_BUCKET = 128 << 10
+
+
 @dataclass
 class TrainConfig:
     data: object = None
@@ -41,6 +46,7 @@ class TrainConfig:
     check_numerics: bool = False        # stop at a step's first non-finite value (runtime/engines/numerics.py)
     memory: object = None               # bytes training may take at most (runtime/engines/budget.py)
     precision: str = "f32"              # of matmul and convolution operands (compiler/native/lower.py)
+    allreduce_bucket: object = ALLREDUCE_BUCKET     # bytes of a bucket of gradients (compiler/native/buckets.py)
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
@@ -124,10 +130,8 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         if not isinstance(getattr(cfg, name), bool):
             raise DlcError(f"{name} must be true or false, got {show(getattr(cfg, name))}", cfg.span(name))
     if cfg.memory is not None:
-        nbytes = size_bytes(cfg.memory) if isinstance(cfg.memory, str) else cfg.memory
-        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float)) or not 1 <= nbytes < math.inf:
-            raise DlcError(f"memory must be a size such as 2GB or 512MB, got {show(cfg.memory)}", cfg.span("memory"))
-        cfg.memory = int(nbytes)
+        cfg.memory = _size(cfg, "memory", 1, "2GB or 512MB")
+    cfg.allreduce_bucket = _size(cfg, "allreduce_bucket", 0, "1MB or 256KB (0: no buckets)")
     if isinstance(cfg.precision, Symbol):        # precision = bf16, unquoted
         cfg.precision = cfg.precision.name
     if cfg.precision not in PRECISIONS:
@@ -159,6 +163,15 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
                            cfg.span("batch"))
         metrics = metric_names(model)
     EarlyStop(cfg.early_stop, cfg.span("early_stop"), cfg.validation is not None, metrics)
+
+
+def _size(cfg: TrainConfig, name: str, least: int, examples: str) -> int:
+    """Setting `name` in bytes: a size literal (2GB), a string ("2G") or a number of bytes."""
+    value = getattr(cfg, name)
+    nbytes = size_bytes(value) if isinstance(value, str) else value
+    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, float)) or not least <= nbytes < math.inf:
+        raise DlcError(f"{name} must be a size such as {examples}, got {show(value)}", cfg.span(name))
+    return int(nbytes)
 
 
 def _is_number(v) -> bool:

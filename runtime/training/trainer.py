@@ -219,6 +219,7 @@ class Trainer:
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
                                        cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log,
                                        split=self.world is not None, check_numerics=cfg.check_numerics,
+                                       buckets=cfg.allreduce_bucket if self.world is not None else 0,
                                        precision=cfg.precision)
         interrupted = Interrupt()
         if self.world is not None:
