@@ -219,7 +219,10 @@ class Trainer:
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
                                        cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log,
                                        split=self.world is not None, check_numerics=cfg.check_numerics,
-                                       buckets=cfg.allreduce_bucket if self.world is not None else 0,
+                                       # a rank that stops at a non-finite value must not leave the
+                                       # others waiting in a bucket's allreduce: the split step then
+                                       buckets=cfg.allreduce_bucket if self.world is not None
+                                       and not cfg.check_numerics else 0,
                                        precision=cfg.precision)
         interrupted = Interrupt()
         if self.world is not None:
