@@ -1,0 +1,80 @@
+"""Rematerialized recurrences: a scan's `checkpoint = k` and a train block's `remat = k`
+keep every k-th carry and recompute the steps between in the backward pass. The
+gradients are those of the plain scan bit for bit (the same operations in the same
+order), on both engines, the native one compiled; only the memory changes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from numeric_helpers import build
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.loader import load_text
+from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.training.optim import make_optimizer
+from dlc.runtime.training.settings import Call
+
+B, D, H = 3, 3, 4
+LENGTHS = np.array([7, 2, 5], np.int32)
+
+
+def model_source(call: str, remat: int | None, given: str = "") -> str:
+    """A model running `call` on x: f32[B, T, D]; its loss sums the outputs times a random
+    input r; `remat` adds the train block's setting."""
+    lines = ["def bilstm(xs, units: int, lengths = none) = bidirectional(xs, lstm, units, lengths = lengths)",
+             "model m {", f"    input x: f32[B, T, {D}]", "    input L: i32[B]", "    input m: f32[B, T]",
+             f"    input r: f32[B, T, {2 * H}]", f"    y = {call.format(given=given)}",
+             "    loss sum(y * r[:, :, 0:y.shape[2]])", "}"]
+    if remat is not None:
+        lines += ["train m {", f"    remat = {remat}", "}"]
+    return "\n".join(lines)
+
+
+def gradients(source: str, backend: str, params: dict, feeds: dict):
+    """Loss and gradients of one engine (float32); `native` must compile the model."""
+    train, evaluation = build(source, training=True), build(source, training=False)
+    trainable = [p.name for p in train.params]
+    optimizer = make_optimizer(Call("sgd", [], {"lr": 0.1}))
+    engine = make_engine(backend, train, evaluation, optimizer, trainable, split=True)    # split: gradients alone
+    assert engine.name == backend
+    scalars, flat = engine.gradients(params, optimizer.init(params), feeds, np.array([0, 1], np.int32))
+    return scalars["loss"], flat
+
+
+def case_inputs(source: str, T: int):
+    model = build(source)
+    rng = np.random.default_rng(0)
+    params = {p.name: (rng.standard_normal(p.type.shape) * 0.7).astype(np.float32) for p in model.params}
+    lengths = np.minimum(LENGTHS, T).astype(np.int32)
+    feeds = {"x": rng.standard_normal((B, T, D)).astype(np.float32), "L": lengths,
+             "m": (np.arange(T)[None, :] < lengths[:, None]).astype(np.float32),
+             "r": rng.standard_normal((B, T, 2 * H)).astype(np.float32)}
+    return params, feeds
+
+
+CALLS = {
+    "rnn": "rnn(x, %d{given})" % H,
+    "lstm": "lstm(x, %d{given})" % H,
+    "gru": "gru(x, %d{given})" % H,
+    "bidirectional": "bidirectional(x, gru, %d{given})" % H,
+    "stacked": "stacked(x, bilstm, %d, 2{given})" % H,
+}
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("call, T, k, given", [
+    ("rnn", 7, 3, ""), ("lstm", 7, 3, ""), ("gru", 7, 3, ""),          # T not a multiple of k
+    ("lstm", 6, 1, ""), ("lstm", 6, 6, ""), ("gru", 5, 8, ""),         # k = 1, k = T, k > T
+    ("lstm", 8, 4, ""),                                                # no padding
+    ("bidirectional", 7, 2, ", lengths = L"), ("lstm", 7, 3, ", mask = m"),
+    ("stacked", 7, 3, ", lengths = L"),
+])
+def test_gradients_are_the_plain_scans_bits(call, T, k, given, backend):
+    plain = model_source(CALLS[call], None, given)
+    remat = model_source(CALLS[call], k, given)
+    params, feeds = case_inputs(plain, T)
+    loss, grads = gradients(plain, backend, params, feeds)
+    r_loss, r_grads = gradients(remat, backend, params, feeds)
+    assert r_loss == loss
+    assert np.array_equal(r_grads, grads), f"max difference {np.max(np.abs(r_grads - grads))}"
