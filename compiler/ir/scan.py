@@ -176,13 +176,18 @@ def _save_residuals(n, body: Graph, bwd: Graph, mapping: dict, n_invariant_args:
 def _checkpointed_vjp(n, cts):
     """The VJP of a scan with `checkpoint = k`: only every k-th carry is kept, and the
     backward pass recomputes the steps between. The forward scan becomes a scan over
-    ⌈T/k⌉ segments whose body is a scan of k steps (the sequences padded to a whole number
-    of segments; a padded step keeps the carries), and it stacks the carry entering each
+    ⌈T/k⌉ segments whose body is a scan of k steps, and it stacks the carry entering each
     segment. The backward scan runs over the segments the other way: its body recomputes
     the segment's k steps from that carry, saving their values as a plain scan does, and
     runs their reverse scan (_scan_vjp) from the cotangents and the invariants' sums the
     later segments left. Every step's VJP is the plain scan's, in the same order, on the
-    same values: the gradients are the same bits."""
+    same values: the gradients are the same bits.
+
+    When k does not divide T the sequences are padded to whole segments before the first
+    step the scan runs (at the start of the time axis, or at its end when `reverse`). The
+    padded steps run the body on zeros; the first real step takes the initial carries
+    instead of what they left (`_segment_body`), so their cotangents are zero and add
+    nothing, and the real steps' arithmetic is untouched."""
     attrs, graph = n.attrs, n.graph
     body, nc, k = attrs["body"], attrs["n_carry"], attrs["checkpoint"]
     length, rev, xs_axes, ys_axes = attrs["length"], attrs["reverse"], attrs["xs_axes"], attrs["ys_axes"]
@@ -192,24 +197,26 @@ def _checkpointed_vjp(n, cts):
         raise DlcError(f"checkpoint = {k} needs the scan's length to be a number or one symbol, not {length}", n.span)
     if "history" in attrs:
         raise DlcError("a checkpointed scan is differentiated once; its gradient can be differentiated again", n.span)
-    carries0, seqs, invs = n.inputs[:nc], n.inputs[nc:nc + nx_], n.inputs[nc + nx_:]
+    carries0, seqs, invs = n.inputs[:nc], n.inputs[nc:nc + nx_], list(n.inputs[nc + nx_:])
     for c in carries0:
         if not c.type.is_float:
             raise DlcError(f"cannot differentiate a scan with a {c.type} carry", n.span)
     padding = segments * k - length
-    split = lambda x, axis: _segmented(x, axis, segments, k, padding)
-    joined = lambda x, axis: _joined(x, axis, length)
+    front = 0 if padding == 0 or rev else padding      # the padded steps come first in the scan's order
+    split = lambda x, axis: _segmented(x, axis, segments, k, front, padding - front)
+    joined = lambda x, axis: _joined(x, axis, front, length)
     xr = [split(x, a) for x, a in zip(seqs, xs_axes)]
-    real = []       # whether each step is one of the scan's (not padding), [segments, k]
+    first = []      # whether each step is the first real one, [segments, k]
     if padding != 0:
         steps = graph.add1("iota", shape=(segments * k,), axis=0, dtype="i32")
-        size = graph.add1("dim_size", dim=length) if isinstance(length, Dim) else ops.constant(graph, length, "i32")
-        real = [ops.reshape(ops.compare("lt", steps, size), (segments, k))]
-    segment_axes = tuple(xs_axes) + (0,) * len(real)
+        at = _dim_value(graph, length - 1 if rev else padding)
+        first = [ops.reshape(ops.compare("eq", steps, at), (segments, k))]
+        invs += carries0            # the first real step reads the initial carries
+    segment_axes = tuple(xs_axes) + (0,) * len(first)
 
     def segment_forward(g: Graph, carries: list, xs: list, invariants: list) -> list:
         """The scan over one segment's k steps, in g."""
-        return g.add("scan", carries + xs + invariants, body=_segment_body(body, nc, nx_, bool(real), g),
+        return g.add("scan", carries + xs + invariants, body=_segment_body(body, nc, nx_, bool(first), g),
                      length=k, reverse=rev, n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes)
 
     # forward: the scan over segments, in place of n; it stacks the carry entering each
@@ -217,12 +224,12 @@ def _checkpointed_vjp(n, cts):
     outer.span = n.span
     with outer.at(n.span):
         c = [_new_arg(outer, t.type) for t in carries0]
-        x = [_new_arg(outer, _step_type(t, a)) for t, a in zip(xr + real, segment_axes)]
+        x = [_new_arg(outer, _step_type(t, a)) for t, a in zip(xr + first, segment_axes)]
         v = [_new_arg(outer, t.type) for t in invs]
         outs = segment_forward(outer, c, x, v)
     outer.outputs = {f"carry{i}": t for i, t in enumerate(outs[:nc])} | \
         {f"y{j}": t for j, t in enumerate(outs[nc:])}
-    fwd = graph.add("scan", list(carries0) + xr + real + list(invs), body=outer, length=segments, reverse=rev,
+    fwd = graph.add("scan", list(carries0) + xr + first + invs, body=outer, length=segments, reverse=rev,
                     n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes)
     graph.redirect(n.node, fwd[:nc] + [joined(y, a) for y, a in zip(fwd[nc:], ys_axes)])
     kept = _carry_history(graph.view(fwd[0].node))
@@ -238,7 +245,7 @@ def _checkpointed_vjp(n, cts):
         d_carry = [_new_arg(bwd, c.type) for c in carries0]
         d_acc = [_new_arg(bwd, invs[i].type) for i in float_invs]
         start = [_new_arg(bwd, c.type) for c in carries0]
-        x = [_new_arg(bwd, _step_type(t, a)) for t, a in zip(xr + real, segment_axes)]
+        x = [_new_arg(bwd, _step_type(t, a)) for t, a in zip(xr + first, segment_axes)]
         dy = [_new_arg(bwd, _step_type(t, ys_axes[j])) for t, j in zip(dys, live_ys)]
         v = [_new_arg(bwd, t.type) for t in invs]
         recomputed = segment_forward(bwd, start, x, v)
@@ -248,28 +255,32 @@ def _checkpointed_vjp(n, cts):
     bwd.outputs = {f"carry{i}": t for i, t in enumerate(grads[:nc] + [d_v[i] for i in float_invs])} | \
         {f"y{j}": d_x[i] for j, i in enumerate(float_seqs)}
     init = [d if d is not None else ops.zeros_like(c) for d, c in zip(cts[:nc], carries0)]
-    outs = graph.add("scan", init + [ops.zeros_like(invs[i]) for i in float_invs] + kept + xr + real + dys + list(invs),
+    outs = graph.add("scan", init + [ops.zeros_like(invs[i]) for i in float_invs] + kept + xr + first + dys + invs,
                      body=bwd, length=segments, reverse=not rev, n_carry=nc + len(float_invs),
                      xs_axes=(0,) * nc + segment_axes + tuple(ys_axes[j] for j in live_ys),
                      ys_axes=tuple(xs_axes[i] for i in float_seqs))
     d_invs = dict(zip(float_invs, outs[nc:nc + len(float_invs)]))
     d_seqs = {i: joined(d, xs_axes[i]) for i, d in zip(float_seqs, outs[nc + len(float_invs):])}
-    return outs[:nc] + [d_seqs.get(i) for i in range(nx_)] + [d_invs.get(i) for i in range(len(invs))]
+    n_inv = len(n.inputs) - nc - nx_
+    d_carries0 = outs[:nc] if not first else [d + d_invs[n_inv + i] for i, d in enumerate(outs[:nc])]
+    return d_carries0 + [d_seqs.get(i) for i in range(nx_)] + [d_invs.get(i) for i in range(n_inv)]
 
 
-def _segment_body(body: Graph, nc: int, nx_: int, masked: bool, parent: Graph) -> Graph:
-    """A copy of the body for a segment's scan; when `masked`, with one more sequence, a
-    bool per step: at a padded step (false) the carries pass through unchanged."""
+def _segment_body(body: Graph, nc: int, nx_: int, padded: bool, parent: Graph) -> Graph:
+    """A copy of the body for a segment's scan. When `padded`, it has one more sequence, a
+    bool per step, true at the first real step, and the initial carries as invariants
+    after the body's: that step starts from them, whatever the padded steps before left."""
     g = Graph(f"{body.name}_segment", parent=parent)
     g.span = body.span
     with g.at(body.span):
         args = [_new_arg(g, a.type) for a in body.args[:nc + nx_]]
-        real = _new_arg(g, TensorType("bool", ())) if masked else None
+        first = _new_arg(g, TensorType("bool", ())) if padded else None
         invs = [_new_arg(g, a.type) for a in body.args[nc + nx_:]]
-        _, mapping = copy_graph(body, g, args + invs)
-        outs = [mapping[t.key()] for t in body.outputs.values()]
-        carries = [ops.select(real, o, a) if masked else o for o, a in zip(outs[:nc], args)]
-    g.outputs = {f"carry{i}": t for i, t in enumerate(carries)} | {f"y{j}": t for j, t in enumerate(outs[nc:])}
+        carries = args[:nc]
+        if padded:
+            carries = [ops.select(first, _new_arg(g, c.type), c) for c in carries]
+        _, mapping = copy_graph(body, g, carries + args[nc:] + invs)
+    g.outputs = {name: mapping[t.key()] for name, t in body.outputs.items()}
     return g
 
 
@@ -279,23 +290,30 @@ def _new_arg(g: Graph, typ: TensorType) -> Tensor:
     return t
 
 
+def _dim_value(graph: Graph, d) -> Tensor:
+    """The value of a dim, an i32 scalar."""
+    return graph.add1("dim_size", dim=d) if isinstance(d, Dim) else ops.constant(graph, d, "i32")
+
+
 def _step_type(t: Tensor, axis: int) -> TensorType:
     """The type of one step of the sequence t (axis removed)."""
     return TensorType(t.dtype, t.shape[:axis] + t.shape[axis + 1:])
 
 
-def _segmented(x: Tensor, axis: int, segments, k: int, padding) -> Tensor:
-    """x's axis (the steps) padded with zeros at its end to segments·k and split into (segments, k)."""
-    rank = x.rank
-    x = ops.pad(x, (0,) * rank, tuple(padding if i == axis else 0 for i in range(rank)), (0,) * rank)
+def _segmented(x: Tensor, axis: int, segments, k: int, before, after) -> Tensor:
+    """x's axis (the steps) padded with zeros, `before` and `after` steps, to segments·k and
+    split into (segments, k)."""
+    ends = lambda n: tuple(n if i == axis else 0 for i in range(x.rank))
+    x = ops.pad(x, ends(before), ends(after), (0,) * x.rank)
     return ops.reshape(x, x.shape[:axis] + (segments, k) + x.shape[axis + 1:])
 
 
-def _joined(x: Tensor, axis: int, length) -> Tensor:
+def _joined(x: Tensor, axis: int, start, length) -> Tensor:
     """The inverse of _segmented: axes (segments, k) merged, the padding cut off."""
     x = ops.reshape(x, x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
-    stops = x.shape[:axis] + (length,) + x.shape[axis + 1:]
-    return ops.slice_(x, (0,) * x.rank, stops, (1,) * x.rank)
+    starts = tuple(start if i == axis else 0 for i in range(x.rank))
+    stops = x.shape[:axis] + (start + length,) + x.shape[axis + 1:]
+    return ops.slice_(x, starts, stops, (1,) * x.rank)
 
 
 @primitive("scan", "control", _scan_type, _scan_vjp, _scan_flops)
