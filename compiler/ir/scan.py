@@ -185,9 +185,9 @@ def _checkpointed_vjp(n, cts):
 
     When k does not divide T the sequences are padded to whole segments before the first
     step the scan runs (at the start of the time axis, or at its end when `reverse`). The
-    padded steps run the body on zeros; the first real step takes the initial carries
-    instead of what they left (`_segment_body`), so their cotangents are zero and add
-    nothing, and the real steps' arithmetic is untouched."""
+    padded steps run the body on zeros and give the initial carries as theirs
+    (`_segment_body`), so the first real step starts from them, the padded steps'
+    cotangents are zero and add nothing, and the real steps' arithmetic is untouched."""
     attrs, graph = n.attrs, n.graph
     body, nc, k = attrs["body"], attrs["n_carry"], attrs["checkpoint"]
     length, rev, xs_axes, ys_axes = attrs["length"], attrs["reverse"], attrs["xs_axes"], attrs["ys_axes"]
@@ -206,17 +206,18 @@ def _checkpointed_vjp(n, cts):
     split = lambda x, axis: _segmented(x, axis, segments, k, front, padding - front)
     joined = lambda x, axis: _joined(x, axis, front, length)
     xr = [split(x, a) for x, a in zip(seqs, xs_axes)]
-    first = []      # whether each step is the first real one, [segments, k]
+    padded = []     # whether each step is padding, [segments, k]
     if padding != 0:
         steps = graph.add1("iota", shape=(segments * k,), axis=0, dtype="i32")
-        at = _dim_value(graph, length - 1 if rev else padding)
-        first = [ops.reshape(ops.compare("eq", steps, at), (segments, k))]
-        invs += carries0            # the first real step reads the initial carries
-    segment_axes = tuple(xs_axes) + (0,) * len(first)
+        pad = ops.compare("ge", steps, _dim_value(graph, length)) if rev else \
+            ops.compare("lt", steps, _dim_value(graph, padding))
+        padded = [ops.reshape(pad, (segments, k))]
+        invs += carries0            # what the padded steps give as their carries
+    segment_axes = tuple(xs_axes) + (0,) * len(padded)
 
     def segment_forward(g: Graph, carries: list, xs: list, invariants: list) -> list:
         """The scan over one segment's k steps, in g."""
-        return g.add("scan", carries + xs + invariants, body=_segment_body(body, nc, nx_, bool(first), g),
+        return g.add("scan", carries + xs + invariants, body=_segment_body(body, nc, nx_, bool(padded), g),
                      length=k, reverse=rev, n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes)
 
     # forward: the scan over segments, in place of n; it stacks the carry entering each
@@ -224,12 +225,12 @@ def _checkpointed_vjp(n, cts):
     outer.span = n.span
     with outer.at(n.span):
         c = [_new_arg(outer, t.type) for t in carries0]
-        x = [_new_arg(outer, _step_type(t, a)) for t, a in zip(xr + first, segment_axes)]
+        x = [_new_arg(outer, _step_type(t, a)) for t, a in zip(xr + padded, segment_axes)]
         v = [_new_arg(outer, t.type) for t in invs]
         outs = segment_forward(outer, c, x, v)
     outer.outputs = {f"carry{i}": t for i, t in enumerate(outs[:nc])} | \
         {f"y{j}": t for j, t in enumerate(outs[nc:])}
-    fwd = graph.add("scan", list(carries0) + xr + first + invs, body=outer, length=segments, reverse=rev,
+    fwd = graph.add("scan", list(carries0) + xr + padded + invs, body=outer, length=segments, reverse=rev,
                     n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes)
     graph.redirect(n.node, fwd[:nc] + [joined(y, a) for y, a in zip(fwd[nc:], ys_axes)])
     kept = _carry_history(graph.view(fwd[0].node))
@@ -245,7 +246,7 @@ def _checkpointed_vjp(n, cts):
         d_carry = [_new_arg(bwd, c.type) for c in carries0]
         d_acc = [_new_arg(bwd, invs[i].type) for i in float_invs]
         start = [_new_arg(bwd, c.type) for c in carries0]
-        x = [_new_arg(bwd, _step_type(t, a)) for t, a in zip(xr + first, segment_axes)]
+        x = [_new_arg(bwd, _step_type(t, a)) for t, a in zip(xr + padded, segment_axes)]
         dy = [_new_arg(bwd, _step_type(t, ys_axes[j])) for t, j in zip(dys, live_ys)]
         v = [_new_arg(bwd, t.type) for t in invs]
         recomputed = segment_forward(bwd, start, x, v)
@@ -255,32 +256,34 @@ def _checkpointed_vjp(n, cts):
     bwd.outputs = {f"carry{i}": t for i, t in enumerate(grads[:nc] + [d_v[i] for i in float_invs])} | \
         {f"y{j}": d_x[i] for j, i in enumerate(float_seqs)}
     init = [d if d is not None else ops.zeros_like(c) for d, c in zip(cts[:nc], carries0)]
-    outs = graph.add("scan", init + [ops.zeros_like(invs[i]) for i in float_invs] + kept + xr + first + dys + invs,
+    outs = graph.add("scan", init + [ops.zeros_like(invs[i]) for i in float_invs] + kept + xr + padded + dys + invs,
                      body=bwd, length=segments, reverse=not rev, n_carry=nc + len(float_invs),
                      xs_axes=(0,) * nc + segment_axes + tuple(ys_axes[j] for j in live_ys),
                      ys_axes=tuple(xs_axes[i] for i in float_seqs))
     d_invs = dict(zip(float_invs, outs[nc:nc + len(float_invs)]))
     d_seqs = {i: joined(d, xs_axes[i]) for i, d in zip(float_seqs, outs[nc + len(float_invs):])}
     n_inv = len(n.inputs) - nc - nx_
-    d_carries0 = outs[:nc] if not first else [d + d_invs[n_inv + i] for i, d in enumerate(outs[:nc])]
+    d_carries0 = outs[:nc] if not padded else [d + d_invs[n_inv + i] for i, d in enumerate(outs[:nc])]
     return d_carries0 + [d_seqs.get(i) for i in range(nx_)] + [d_invs.get(i) for i in range(n_inv)]
 
 
 def _segment_body(body: Graph, nc: int, nx_: int, padded: bool, parent: Graph) -> Graph:
     """A copy of the body for a segment's scan. When `padded`, it has one more sequence, a
-    bool per step, true at the first real step, and the initial carries as invariants
-    after the body's: that step starts from them, whatever the padded steps before left."""
+    bool per step, true at a padded step, and the initial carries as invariants after the
+    body's: a padded step gives them as its carries, so the first real step starts from
+    them as it would have without the padding."""
     g = Graph(f"{body.name}_segment", parent=parent)
     g.span = body.span
     with g.at(body.span):
         args = [_new_arg(g, a.type) for a in body.args[:nc + nx_]]
-        first = _new_arg(g, TensorType("bool", ())) if padded else None
+        pad = _new_arg(g, TensorType("bool", ())) if padded else None
         invs = [_new_arg(g, a.type) for a in body.args[nc + nx_:]]
-        carries = args[:nc]
+        _, mapping = copy_graph(body, g, args + invs)
+        outs = {name: mapping[t.key()] for name, t in body.outputs.items()}
         if padded:
-            carries = [ops.select(first, _new_arg(g, c.type), c) for c in carries]
-        _, mapping = copy_graph(body, g, carries + args[nc:] + invs)
-    g.outputs = {name: mapping[t.key()] for name, t in body.outputs.items()}
+            for i, c in enumerate(args[:nc]):
+                outs[f"carry{i}"] = ops.select(pad, _new_arg(g, c.type), outs[f"carry{i}"])
+    g.outputs = outs
     return g
 
 
