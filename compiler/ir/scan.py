@@ -201,6 +201,7 @@ def _checkpointed_vjp(n, cts):
     for c in carries0:
         if not c.type.is_float:
             raise DlcError(f"cannot differentiate a scan with a {c.type} carry", n.span)
+    made = graph._next          # the forward's nodes from here on stay in n's layer (graph.layer_of)
     padding = segments * k - length
     front = 0 if padding == 0 or rev else padding      # the padded steps come first in the scan's order
     split = lambda x, axis: _segmented(x, axis, segments, k, front, padding - front)
@@ -234,6 +235,8 @@ def _checkpointed_vjp(n, cts):
                     n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes)
     graph.redirect(n.node, fwd[:nc] + [joined(y, a) for y, a in zip(fwd[nc:], ys_axes)])
     kept = _carry_history(graph.view(fwd[0].node))
+    for m in range(made, graph._next):
+        graph.g.nodes[m]["layer"] = graph.g.nodes[n.node].get("layer", "")
 
     # backward: over the segments the other way, each recomputed and run backwards
     float_invs = [i for i, t in enumerate(invs) if t.type.is_float]
