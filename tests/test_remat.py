@@ -99,3 +99,49 @@ def test_gru_with_lengths_natively_within_rounding(call):
         if backend == "reference":
             assert np.array_equal(r_grads, grads)
         np.testing.assert_allclose(r_grads, grads, rtol=1e-5, atol=1e-7)
+
+
+SCAN = """
+model m {{
+    input x: f32[B, 5, 3]
+    param W: f32[3, 4] = glorot_uniform
+    param U: f32[4, 4] = orthogonal
+    hs = scan t in 5 {options} carry h = zeros[B, 4] {{
+        h = tanh(x[:, t] @ W + h @ U) * 0.9 + h * 0.1
+        yield h
+    }}
+    loss sum(hs * hs) + sum(exp(hs[:, -1]))
+}}
+"""
+
+
+@pytest.mark.parametrize("backend", ["reference", "native"])
+@pytest.mark.parametrize("options", ["(checkpoint = 2)", "(reverse = true, checkpoint = 3)", "(checkpoint = 5)"])
+def test_a_scan_of_the_language_checkpointed(options, backend):
+    """`scan ... (checkpoint = k)` of a static length: the plain scan's gradients, the final
+    carry's (exp(hs[:, -1])) included: the same bits on the reference engine; natively
+    within rounding, as LLVM contracts this body's multiply-adds into FMAs differently in
+    the differently fused kernels (with contraction off they are the same bits)."""
+    plain = SCAN.format(options="(reverse = true)" if "reverse" in options else "")
+    rng = np.random.default_rng(1)
+    params = {p.name: (rng.standard_normal(p.type.shape) * 0.7).astype(np.float32) for p in build(plain).params}
+    feeds = {"x": rng.standard_normal((B, 5, D)).astype(np.float32)}
+    loss, grads = gradients(plain, backend, params, feeds)
+    r_loss, r_grads = gradients(SCAN.format(options=options), backend, params, feeds)
+    assert r_loss == loss
+    if backend == "reference":
+        assert np.array_equal(r_grads, grads)
+    np.testing.assert_allclose(r_grads, grads, rtol=1e-5, atol=1e-7)
+
+
+def test_the_backward_pass_keeps_every_kth_carry():
+    """The train-step graph of a checkpointed LSTM: no scan stacks a value per step of T;
+    the forward stacks ceil(T/k) carries, and the steps' values live only within a segment."""
+    from dlc.compiler.ir.dims import Dim
+    from dlc.compiler.passes.autodiff import train_step
+    graph = train_step(build(model_source(CALLS["lstm"], 4)).graph)
+    scans = [n for n in graph.g.nodes if graph.op(n) == "scan"]
+    assert [graph.attrs(n)["length"] for n in scans] == [Dim.sym("ceil(T/4)")] * 2
+    forward = next(n for n in scans if "history" in graph.attrs(n))
+    history = [graph.types(forward)[j] for j in graph.attrs(forward)["history"]]
+    assert [t.shape for t in history] == [(Dim.sym("ceil(T/4)"), Dim.sym("B"), H)] * 2      # h and c
