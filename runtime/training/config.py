@@ -41,7 +41,7 @@ class TrainConfig:
     check_numerics: bool = False        # stop at a step's first non-finite value (runtime/engines/numerics.py)
     memory: object = None               # bytes training may take at most (runtime/engines/budget.py)
     precision: str = "f32"              # of matmul and convolution operands (compiler/native/lower.py)
-    remat: object = None                # keep every k-th carry of the library's recurrences (checked and applied when the model is built: compiler/frontend/evaluator.py)
+    remat: object = None                # checkpointed recurrences (checked and applied by the evaluator)
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
