@@ -8,12 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numeric_helpers import build
-from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend.loader import load_text
-from dlc.runtime.engines.backends import make_engine
-from dlc.runtime.training.optim import make_optimizer
-from dlc.runtime.training.settings import Call
+from numeric_helpers import build, engine_gradients
 
 B, D, H = 3, 3, 4
 LENGTHS = np.array([7, 2, 5], np.int32)
@@ -32,13 +27,8 @@ def model_source(call: str, remat: int | None, given: str = "") -> str:
 
 
 def gradients(source: str, backend: str, params: dict, feeds: dict):
-    """Loss and gradients of one engine (float32); `native` must compile the model."""
-    train, evaluation = build(source, training=True), build(source, training=False)
-    trainable = [p.name for p in train.params]
-    optimizer = make_optimizer(Call("sgd", [], {"lr": 0.1}))
-    engine = make_engine(backend, train, evaluation, optimizer, trainable, split=True)    # split: gradients alone
-    assert engine.name == backend
-    scalars, flat = engine.gradients(params, optimizer.init(params), feeds, np.array([0, 1], np.int32))
+    """Loss and flat gradients of one engine (float32); `native` must compile the model."""
+    _, scalars, flat = engine_gradients(source, backend, params, feeds)
     return scalars["loss"], flat
 
 
