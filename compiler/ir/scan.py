@@ -181,7 +181,8 @@ def _checkpointed_vjp(n, cts):
     the segment's k steps from that carry, saving their values as a plain scan does, and
     runs their reverse scan (_scan_vjp) from the cotangents and the invariants' sums the
     later segments left. Every step's VJP is the plain scan's, in the same order, on the
-    same values: the gradients are the same bits.
+    same values: the gradients are the same bits (natively, up to where LLVM contracts a
+    multiply-add into an FMA: docs/native.md).
 
     When k does not divide T the sequences are padded to whole segments before the first
     step the scan runs (at the start of the time axis, or at its end when `reverse`). The
@@ -195,8 +196,6 @@ def _checkpointed_vjp(n, cts):
     segments = ceil_div(length, k)
     if segments is None:
         raise DlcError(f"checkpoint = {k} needs the scan's length to be a number or one symbol, not {length}", n.span)
-    if "history" in attrs:
-        raise DlcError("a checkpointed scan is differentiated once; its gradient can be differentiated again", n.span)
     carries0, seqs, invs = n.inputs[:nc], n.inputs[nc:nc + nx_], list(n.inputs[nc + nx_:])
     for c in carries0:
         if not c.type.is_float:
