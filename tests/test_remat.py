@@ -153,3 +153,14 @@ def test_the_remat_benchmark_runs_and_saves_memory():
     assert plain[6] == remat[6]                              # the loss
     assert float(remat[2]) < float(plain[2])                 # the activations
     assert float(remat[4]) == pytest.approx(float(remat[3]), rel=0.1)   # predicted vs accounted
+
+
+def test_remat_is_refused_as_an_override(tmp_path):
+    """The model is built from the train block's `remat`: as a keyword of train() it would
+    change nothing, so it is refused, saying where it goes."""
+    from dlc.compiler.errors import DlcError
+    from dlc.runtime.api import load
+    path = tmp_path / "m.dl"
+    path.write_text(model_source(CALLS["lstm"], None))
+    with pytest.raises(DlcError, match=r"remat is set in the train block.*write `remat = 4` there"):
+        load(str(path)).train(remat=4, data={"x": np.zeros((2, 5, D), np.float32)})

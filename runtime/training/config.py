@@ -74,6 +74,9 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
     decl = program.model_decl(model_name)
     cfg = TrainConfig()
     given = settings(program.trains.get(decl.name))
+    if overrides.get("remat") is not None:     # it shapes the model's graph, built before the overrides apply
+        raise DlcError("remat is set in the train block, where the model's recurrences are built from it; "
+                       f"write `remat = {overrides['remat']}` there")
     for k, v in overrides.items():
         if v is not None and k != "lr":
             if isinstance(v, str) and k in SPEC_SETTINGS:       # "split(0.2)", "digits()", "file.npz", "sgd"
