@@ -28,6 +28,21 @@ def build(source: str, training: bool = True, filename: str = "test.dl"):
         pytest.fail("dlc rejected the test model:\n" + e.render(), pytrace=False)
 
 
+def engine_gradients(source: str, backend: str, params: dict, feeds: dict) -> tuple:
+    """The engine `backend` built for `source` (`native` must compile it, never fall back)
+    and one batch's scalars and flat float32 gradients (SGD, split: the gradients alone)."""
+    from dlc.runtime.engines.backends import make_engine
+    from dlc.runtime.training.optim import make_optimizer
+    from dlc.runtime.training.settings import Call
+    train, evaluation = build(source, training=True), build(source, training=False)
+    optimizer = make_optimizer(Call("sgd", [], {"lr": 0.1}))
+    engine = make_engine(backend, train, evaluation, optimizer, [p.name for p in train.params], split=True)
+    assert engine.name == backend
+    params = {k: v.astype(np.float32) for k, v in params.items()}
+    scalars, flat = engine.gradients(params, optimizer.init(params), feeds, np.array([0, 1], np.int32))
+    return engine, scalars, flat
+
+
 def param_names(model) -> list:
     return [p.name for p in model.params]
 

@@ -784,6 +784,41 @@ BAD = [
             output hs
         }
         """, 3, 23, "unknown scan option 'backwards'"),
+    case("scan_checkpoint_not_positive", """
+        model m {
+            input xs: f32[B, T, 4]
+            hs = scan t in T (checkpoint = 0) carry h = zeros[B, 4] {
+                h = tanh(xs[:, t] + h)
+                yield h
+            }
+            output hs
+        }
+        """, 3, 36, "checkpoint must be an integer >= 1 (keep every k-th carry), got the int 0"),
+    case("train_remat_not_an_integer", """
+        model m {
+            input xs: f32[B, T, 4]
+            target y: f32[B, T, 8]
+            loss mse(lstm(xs, 8), y)
+        }
+        train m {
+            remat = 2.5
+        }
+        """, 7, 13, "remat must be an integer >= 1 (keep every k-th carry), got the float 2.5"),
+    case("scan_checkpoint_of_a_length_that_is_no_symbol", """
+        model m {
+            input xs: f32[B, T, 4]
+            target y: f32[B, 2 * T, 4]
+            param W: f32[4, 4] = glorot_uniform
+            ys = concat(xs, xs, axis = 1)
+            L = ys.shape[1]
+            hs = scan t in L (checkpoint = 4) carry h = zeros[B, 4] {
+                h = tanh(ys[:, t] @ W + h)
+                yield h
+            }
+            loss mse(hs, y)
+        }
+        """, 7, 10, "checkpoint = 4 needs the scan's length to be a number or one symbol, not 2*T",
+        "compile --emit grad"),
     case("scan_length_not_static", """
         model m {
             input x: f32[B, 4]

@@ -14,12 +14,9 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity tests skipped")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-from numeric_helpers import assert_close, build  # noqa: E402
+from numeric_helpers import assert_close, build, engine_gradients  # noqa: E402
 from dlc.compiler.errors import DlcError  # noqa: E402
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
-from dlc.runtime.engines.backends import make_engine  # noqa: E402
-from dlc.runtime.training.optim import make_optimizer  # noqa: E402
-from dlc.runtime.training.settings import Call  # noqa: E402
 
 B, T, D, H = 3, 5, 3, 4
 LENGTHS = np.array([5, 2, 3], np.int32)          # unsorted, one full and two padded
@@ -81,16 +78,10 @@ def run_torch(cell: str, params: dict, x: np.ndarray, feeds: dict, outputs: tupl
 
 def run_dlc(source: str, backend: str, params: dict, feeds: dict):
     """Outputs, loss and gradients of one engine (float32); `native` must compile the model."""
-    train, evaluation = build(source, training=True), build(source, training=False)
-    trainable = [p.name for p in train.params]
-    optimizer = make_optimizer(Call("sgd", [], {"lr": 0.1}))
-    engine = make_engine(backend, train, evaluation, optimizer, trainable, split=True)    # split: gradients alone
-    assert engine.name == backend
-    params = {k: v.astype(np.float32) for k, v in params.items()}
-    outputs = engine.predict(params, feeds)
-    scalars, flat = engine.gradients(params, optimizer.init(params), feeds, np.array([0, 1], np.int32))
+    engine, scalars, flat = engine_gradients(source, backend, params, feeds)
+    outputs = engine.predict({k: v.astype(np.float32) for k, v in params.items()}, feeds)
     grads, at = {}, 0
-    for name in trainable:
+    for name in [p.name for p in build(source).params]:
         size = params[name].size
         grads[name] = flat[at:at + size].reshape(params[name].shape)
         at += size

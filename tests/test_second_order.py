@@ -240,6 +240,17 @@ model m {
 }
 
 
+MODELS["checkpointed_lstm"] = """
+model m {
+    input x: f32[B, T, 2]
+    hs = lstm(x, 3)
+    loss sum(hs * hs)
+}
+train m {
+    remat = 2       # T = 3: a padded segment; the checkpointed scan's VJP differentiated again
+}"""
+
+
 def model_case(name: str):
     model = build(MODELS[name])
     sizes = gc.default_sizes(model, 3)

@@ -37,6 +37,7 @@ class Evaluator:
         self.training = training
         self.replicas = replicas        # ranks whose batch statistics are one (sync_batchnorm), else 1
         self.budget = NodeBudget()         # the nodes this build may still make, in all its graphs
+        self.remat = None                  # the train block's `remat = k`: checkpoint the library's recurrences
         self.forward = Graph("forward", budget=self.budget)
         self.graph = self.forward          # the graph nodes go into: the forward graph, a scan body, the init graph
         self.init = Graph("init", budget=self.budget)
@@ -133,6 +134,9 @@ class Evaluator:
     # -- models ----------------------------------------------------------------------------------
     def build(self, model: A.Model, train: A.Train | None) -> Model:
         env = self.globals.child()
+        for k in train.settings if train else ():
+            if k.name == "remat":
+                self.remat = checkpoint_every(self.expr(k.value, env), k.value.span, "remat")
         with self.graph.at(model.span):
             self.block(model.body, env, in_model=True)
         names: dict = {}
@@ -902,13 +906,17 @@ class Evaluator:
     def scan(self, e: A.Scan, env: Env):
         length = self.expr(e.length, env)
         length = self.static_int(length, e.length.span, "the length of a scan")
-        opts = {"reverse": False, "axis": 1}
+        opts = {"reverse": False, "axis": 1, "checkpoint": None}
         for k in e.options:
             if k.name not in opts:
-                self.fail(f"unknown scan option '{k.name}' (reverse, axis)", k.span)
+                self.fail(f"unknown scan option '{k.name}' (reverse, axis, checkpoint)", k.span)
             opts[k.name] = self.expr(k.value, env)
+            if k.name == "checkpoint":
+                opts[k.name] = checkpoint_every(opts[k.name], k.value.span, "checkpoint")
         if not isinstance(opts["reverse"], bool):
             self.fail("reverse must be true or false", e.span)
+        if opts["checkpoint"] is None and e.span.file == RECURRENT_LAYERS:
+            opts["checkpoint"] = self.remat         # the train block's `remat = k`
         outer = self.graph
         body = Graph(f"scan_body@{e.span.line}", parent=outer, budget=self.budget)
         body.span = e.span.called_from(outer.span)     # a library scan's body remembers the user's call
@@ -947,12 +955,23 @@ class Evaluator:
         operands = [init for _, init, _ in carries] + [self.local(r[1]) for r in seqs] + [self.local(t) for t in invs]
         with outer.at(e.span):
             outs = outer.add("scan", operands, body=body, length=length, reverse=opts["reverse"],
-                             n_carry=len(carries), xs_axes=tuple(r[2] for r in seqs), ys_axes=(axis,) * len(ys))
+                             n_carry=len(carries), xs_axes=tuple(r[2] for r in seqs), ys_axes=(axis,) * len(ys),
+                             **({"checkpoint": opts["checkpoint"]} if opts["checkpoint"] else {}))
         results = outs[len(carries):] if ys else outs[:len(carries)]
         return results[0] if len(results) == 1 else tuple(results)
 
 
 # ---- helpers ---------------------------------------------------------------------------------------------------------
+RECURRENT_LAYERS = STDLIB_PREFIX + "recurrent.dl"      # the scans a train block's `remat = k` checkpoints
+
+
+def checkpoint_every(v, span: Span, name: str) -> int:
+    """A scan's `checkpoint = k`, a train block's `remat = k`: keep every k-th carry, k >= 1."""
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise DlcError(f"{name} must be an integer >= 1 (keep every k-th carry), got {describe(v)}", span)
+    return v
+
+
 STATIC_KINDS = ("int", "float", "bool", "str", "fn", "dim", "tuple")
 
 

@@ -9,6 +9,7 @@ Symbols are rigid: a model must work for every size of B, so B never silently be
 """
 from __future__ import annotations
 
+import re
 from math import prod
 
 
@@ -106,7 +107,8 @@ class Dim:
         for m, c in self.terms.items():
             term: int | Dim = c
             for s in m:
-                term = term * env.get(s, Dim.sym(s))
+                v = env[s] if s in env else derived_size(s, env)
+                term = term * (Dim.sym(s) if v is None else v)
             out = out + term
         return out
 
@@ -181,6 +183,32 @@ def concrete(d, env: dict) -> int:
             raise KeyError(f"no size for {', '.join(sorted(v.symbols()))}")
         return v
     return d
+
+
+_CEIL = re.compile(r"ceil\((\w+)/(\d+)\)$")
+
+
+def ceil_div(d, k: int):
+    """⌈d / k⌉ as a dim: an int, an exact quotient, or for one symbol T the derived symbol
+    `ceil(T/k)`, whose size follows from T's (derived_size). None for any other dim."""
+    if not isinstance(d, Dim):
+        return -(-d // k)
+    exact = d // k
+    if exact is not None:
+        return exact
+    (name,) = d.symbols() if len(d.symbols()) == 1 else (None,)
+    return Dim.sym(f"ceil({name}/{k})") if name and d == Dim.sym(name) else None
+
+
+def derived_size(name: str, env: dict) -> int | None:
+    """The size of a derived symbol (`ceil(T/k)`) given its symbol's, else None."""
+    m = _CEIL.match(name)
+    return -(-env[m[1]] // int(m[2])) if m and m[1] in env else None
+
+
+def derive(sizes: dict, names) -> dict:
+    """`sizes` with the derived symbols among `names` added."""
+    return sizes | {s: v for s in names if s not in sizes and (v := derived_size(s, sizes)) is not None}
 
 
 def subs(d, env: dict):

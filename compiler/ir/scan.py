@@ -13,10 +13,11 @@ import numpy as np
 from dlc.compiler.ir import ops
 from dlc.compiler.passes.autodiff import backward, copy_graph, prune, reachable
 from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.dims import Dim, ceil_div
 from dlc.compiler.ir.graph import PRIMITIVES, Graph, Tensor, TensorType, primitive
 
 
-def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=()):
+def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None):
     """Operands: carries, sequences (sliced at t along xs_axes), then invariants.
     Results: final carries, then the body's per-step outputs stacked along ys_axes.
     `history` lists the results that stack the carry entering each step (autodiff
@@ -59,7 +60,11 @@ def _carry_history(n) -> list:
     return [Tensor(graph, n.node, j) for j in attrs["history"]]
 
 
-def _scan_vjp(n, cts):
+def _scan_vjp(n, cts, init_acc=None):
+    """The reverse scan. `init_acc`: the accumulators of the invariants' cotangents start
+    from these (a segment of a checkpointed scan continues the sums of the later ones)."""
+    if n.attrs.get("checkpoint"):
+        return _checkpointed_vjp(n, cts)
     attrs, graph = n.attrs, n.graph
     body, nc = attrs["body"], attrs["n_carry"]
     nx_ = len(attrs["xs_axes"])
@@ -109,7 +114,8 @@ def _scan_vjp(n, cts):
     prune(bwd)
 
     init_carry = [d if d is not None else ops.zeros_like(c) for d, c in zip(d_final, carries0)]
-    init_acc = [ops.zeros_like(invs[i]) for i in float_invs]
+    if init_acc is None:
+        init_acc = [ops.zeros_like(invs[i]) for i in float_invs]
     operands = init_carry + init_acc + history + list(seqs) + [d_ys[i] for i in live_ys] + saved + list(invs)
     xs_axes = (0,) * nc + tuple(attrs["xs_axes"]) + tuple(attrs["ys_axes"][i] for i in live_ys) + (0,) * len(saved)
     outs = graph.add("scan", operands, body=bwd, length=attrs["length"], reverse=not attrs["reverse"],
@@ -166,8 +172,157 @@ def _save_residuals(n, body: Graph, bwd: Graph, mapping: dict, n_invariant_args:
     return [Tensor(graph, n.node, first + i) for i in range(len(residuals))]
 
 
+# ---- checkpoint = k: rematerialization --------------------------------------------------------------
+def _checkpointed_vjp(n, cts):
+    """The VJP of a scan with `checkpoint = k`: only every k-th carry is kept, and the
+    backward pass recomputes the steps between. The forward scan becomes a scan over
+    ⌈T/k⌉ segments whose body is a scan of k steps, and it stacks the carry entering each
+    segment. The backward scan runs over the segments the other way: its body recomputes
+    the segment's k steps from that carry, saving their values as a plain scan does, and
+    runs their reverse scan (_scan_vjp) from the cotangents and the invariants' sums the
+    later segments left. Every step's VJP is the plain scan's, in the same order, on the
+    same values: the gradients are the same bits (natively, up to where LLVM contracts a
+    multiply-add into an FMA: docs/native.md).
+
+    When k does not divide T the sequences are padded to whole segments before the first
+    step the scan runs (at the start of the time axis, or at its end when `reverse`). The
+    padded steps run the body on zeros and give the initial carries as theirs
+    (`_segment_body`), so the first real step starts from them, the padded steps'
+    cotangents are zero and add nothing, and the real steps' arithmetic is untouched."""
+    attrs, graph = n.attrs, n.graph
+    body, nc, k = attrs["body"], attrs["n_carry"], attrs["checkpoint"]
+    length, rev, xs_axes, ys_axes = attrs["length"], attrs["reverse"], attrs["xs_axes"], attrs["ys_axes"]
+    nx_, ny = len(xs_axes), len(ys_axes)
+    segments = ceil_div(length, k)
+    if segments is None:
+        raise DlcError(f"checkpoint = {k} needs the scan's length to be a number or one symbol, not {length}", n.span)
+    carries0, seqs, invs = n.inputs[:nc], n.inputs[nc:nc + nx_], list(n.inputs[nc + nx_:])
+    for c in carries0:
+        if not c.type.is_float:
+            raise DlcError(f"cannot differentiate a scan with a {c.type} carry", n.span)
+    made = graph._next          # the forward's nodes from here on stay in n's layer (graph.layer_of)
+    padding = segments * k - length
+    front = 0 if padding == 0 or rev else padding      # the padded steps come first in the scan's order
+    split = lambda x, axis: _segmented(x, axis, segments, k, front, padding - front)
+    joined = lambda x, axis: _joined(x, axis, front, length)
+    xr = [split(x, a) for x, a in zip(seqs, xs_axes)]
+    padded = []     # whether each step is padding, [segments, k]
+    if padding != 0:
+        steps = graph.add1("iota", shape=(segments * k,), axis=0, dtype="i32")
+        pad = ops.compare("ge", steps, _dim_value(graph, length)) if rev else \
+            ops.compare("lt", steps, _dim_value(graph, padding))
+        padded = [ops.reshape(pad, (segments, k))]
+        invs += carries0            # what the padded steps give as their carries
+    segment_axes = tuple(xs_axes) + (0,) * len(padded)
+
+    def segment_forward(g: Graph, carries: list, xs: list, invariants: list) -> list:
+        """The scan over one segment's k steps, in g."""
+        return g.add("scan", carries + xs + invariants, body=_segment_body(body, nc, nx_, bool(padded), g),
+                     length=k, reverse=rev, n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes)
+
+    # forward: the scan over segments, in place of n; it stacks the carry entering each
+    outer = Graph(f"{body.name}_segments", parent=graph)
+    outer.span = n.span
+    with outer.at(n.span):
+        c = [_new_arg(outer, t.type) for t in carries0]
+        x = [_new_arg(outer, _step_type(t, a)) for t, a in zip(xr + padded, segment_axes)]
+        v = [_new_arg(outer, t.type) for t in invs]
+        outs = segment_forward(outer, c, x, v)
+    outer.outputs = {f"carry{i}": t for i, t in enumerate(outs[:nc])} | \
+        {f"y{j}": t for j, t in enumerate(outs[nc:])}
+    fwd = graph.add("scan", list(carries0) + xr + padded + invs, body=outer, length=segments, reverse=rev,
+                    n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes)
+    graph.redirect(n.node, fwd[:nc] + [joined(y, a) for y, a in zip(fwd[nc:], ys_axes)])
+    kept = _carry_history(graph.view(fwd[0].node))
+    for m in range(made, graph._next):
+        graph.g.nodes[m]["layer"] = graph.g.nodes[n.node].get("layer", "")
+
+    # backward: over the segments the other way, each recomputed and run backwards
+    float_invs = [i for i, t in enumerate(invs) if t.type.is_float]
+    float_seqs = [i for i, t in enumerate(seqs) if t.type.is_float]
+    live_ys = [j for j in range(ny) if cts[nc + j] is not None]
+    dys = [split(cts[nc + j], ys_axes[j]) for j in live_ys]
+    bwd = Graph(f"{body.name}_segments_vjp", parent=graph)
+    bwd.span = n.span
+    with bwd.at(n.span):
+        d_carry = [_new_arg(bwd, c.type) for c in carries0]
+        d_acc = [_new_arg(bwd, invs[i].type) for i in float_invs]
+        start = [_new_arg(bwd, c.type) for c in carries0]
+        x = [_new_arg(bwd, _step_type(t, a)) for t, a in zip(xr + padded, segment_axes)]
+        dy = [_new_arg(bwd, _step_type(t, ys_axes[j])) for t, j in zip(dys, live_ys)]
+        v = [_new_arg(bwd, t.type) for t in invs]
+        recomputed = segment_forward(bwd, start, x, v)
+        step_cts = d_carry + [dy[live_ys.index(j)] if j in live_ys else None for j in range(ny)]
+        grads = _scan_vjp(bwd.view(recomputed[0].node), step_cts, init_acc=d_acc)
+    d_x, d_v = grads[nc:nc + nx_], grads[nc + len(x):]
+    bwd.outputs = {f"carry{i}": t for i, t in enumerate(grads[:nc] + [d_v[i] for i in float_invs])} | \
+        {f"y{j}": d_x[i] for j, i in enumerate(float_seqs)}
+    init = [d if d is not None else ops.zeros_like(c) for d, c in zip(cts[:nc], carries0)]
+    outs = graph.add("scan", init + [ops.zeros_like(invs[i]) for i in float_invs] + kept + xr + padded + dys + invs,
+                     body=bwd, length=segments, reverse=not rev, n_carry=nc + len(float_invs),
+                     xs_axes=(0,) * nc + segment_axes + tuple(ys_axes[j] for j in live_ys),
+                     ys_axes=tuple(xs_axes[i] for i in float_seqs))
+    d_invs = dict(zip(float_invs, outs[nc:nc + len(float_invs)]))
+    d_seqs = {i: joined(d, xs_axes[i]) for i, d in zip(float_seqs, outs[nc + len(float_invs):])}
+    n_inv = len(n.inputs) - nc - nx_
+    d_carries0 = outs[:nc] if not padded else [d + d_invs[n_inv + i] for i, d in enumerate(outs[:nc])]
+    return d_carries0 + [d_seqs.get(i) for i in range(nx_)] + [d_invs.get(i) for i in range(n_inv)]
+
+
+def _segment_body(body: Graph, nc: int, nx_: int, padded: bool, parent: Graph) -> Graph:
+    """A copy of the body for a segment's scan. When `padded`, it has one more sequence, a
+    bool per step, true at a padded step, and the initial carries as invariants after the
+    body's: a padded step gives them as its carries, so the first real step starts from
+    them as it would have without the padding."""
+    g = Graph(f"{body.name}_segment", parent=parent)
+    g.span = body.span
+    with g.at(body.span):
+        args = [_new_arg(g, a.type) for a in body.args[:nc + nx_]]
+        pad = _new_arg(g, TensorType("bool", ())) if padded else None
+        invs = [_new_arg(g, a.type) for a in body.args[nc + nx_:]]
+        _, mapping = copy_graph(body, g, args + invs)
+        outs = {name: mapping[t.key()] for name, t in body.outputs.items()}
+        if padded:
+            for i, c in enumerate(args[:nc]):
+                outs[f"carry{i}"] = ops.select(pad, _new_arg(g, c.type), outs[f"carry{i}"])
+    g.outputs = outs
+    return g
+
+
+def _new_arg(g: Graph, typ: TensorType) -> Tensor:
+    t = g.add1("arg", type=typ, index=len(g.args))
+    g.args.append(t)
+    return t
+
+
+def _dim_value(graph: Graph, d) -> Tensor:
+    """The value of a dim, an i32 scalar."""
+    return graph.add1("dim_size", dim=d) if isinstance(d, Dim) else ops.constant(graph, d, "i32")
+
+
+def _step_type(t: Tensor, axis: int) -> TensorType:
+    """The type of one step of the sequence t (axis removed)."""
+    return TensorType(t.dtype, t.shape[:axis] + t.shape[axis + 1:])
+
+
+def _segmented(x: Tensor, axis: int, segments, k: int, before, after) -> Tensor:
+    """x's axis (the steps) padded with zeros, `before` and `after` steps, to segments·k and
+    split into (segments, k)."""
+    ends = lambda n: tuple(n if i == axis else 0 for i in range(x.rank))
+    x = ops.pad(x, ends(before), ends(after), (0,) * x.rank)
+    return ops.reshape(x, x.shape[:axis] + (segments, k) + x.shape[axis + 1:])
+
+
+def _joined(x: Tensor, axis: int, start, length) -> Tensor:
+    """The inverse of _segmented: axes (segments, k) merged, the padding cut off."""
+    x = ops.reshape(x, x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
+    starts = tuple(start if i == axis else 0 for i in range(x.rank))
+    stops = x.shape[:axis] + (start + length,) + x.shape[axis + 1:]
+    return ops.slice_(x, starts, stops, (1,) * x.rank)
+
+
 @primitive("scan", "control", _scan_type, _scan_vjp, _scan_flops)
-def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=()):
+def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None):
     carries = list(xs[:n_carry])
     seqs = xs[n_carry:n_carry + len(xs_axes)]
     invariants = xs[n_carry + len(xs_axes):]

@@ -40,8 +40,9 @@ def backward(graph: Graph, seeds: list, wrt: list) -> list:
             for x, ct in zip(view.inputs, in_cts):
                 if ct is not None and x.node in relevant and x.type.is_float:
                     _accumulate(cts, x, ct)
-        for m in range(first, graph._next):     # what differentiates n (graph.layer_of)
-            graph.g.nodes[m]["grad_of"] = n
+        for m in range(first, graph._next):     # what differentiates n (graph.layer_of); a node
+            if "layer" not in graph.g.nodes[m]:   # with a layer computes n's forward again (scan.py)
+                graph.g.nodes[m]["grad_of"] = n
     return [cts.get(t.key()) for t in wrt]
 
 

@@ -37,7 +37,8 @@ class _Stacked:
     value: Tensor           # in the body
     axis: int
     source: tuple | None    # ("y", result index) or ("seq", operand index) when already stacked
-    k: int = 0              # the contracted axis of the value (a matmul operand)
+    k: int = 0              # the contracted axis of the matmul operand
+    shape: tuple = ()       # the matmul operand's shape: the value's, or that of its reshape
 
 
 def _hoist_scan(graph: Graph, n: int):
@@ -100,6 +101,7 @@ def _accumulation(graph: Graph, n: int, i: int):
         # merging (steps, K) — or (K, steps) — is a free reshape
         k_axes = (0 if at["ta"] else 1, 1 if at["tb"] else 0)
         options = [[_stacked(graph, n, x, (k + after,), k) for x, k in zip((p, q), k_axes)] for after in (0, 1)]
+        options += _within_merged(graph, n, (p, q), k_axes)
         cost = lambda option: sum(0 if s.source else _size(s.value) for s in option)
         return new.node, ("matmul", at["ta"], at["tb"], length), min(options, key=cost)
     if op == "reduce_sum":
@@ -108,7 +110,31 @@ def _accumulation(graph: Graph, n: int, i: int):
     return None
 
 
-def _stacked(graph: Graph, n: int, x: Tensor, axes: tuple, k: int = 0) -> _Stacked:
+def _within_merged(graph: Graph, n: int, operands: tuple, k_axes: tuple) -> list:
+    """More ways to stack two matmul operands that are reshapes merging the same axes
+    into their contracted axis K (a segment's steps and the batch, in a checkpointed
+    scan's backward pass): stack what they reshape along one of those axes, so the steps
+    of all iterations fall in the order a scan over all of them would have put them."""
+    merged = [_merged_into(graph.attrs(n)["body"], x, k) for x, k in zip(operands, k_axes)]
+    if None in merged or merged[0][1] != merged[1][1]:
+        return []
+    factors = merged[0][1]
+    return [[_stacked(graph, n, y, (k + at,), k, x.shape) for (y, _), x, k in zip(merged, operands, k_axes)]
+            for at in range(1, len(factors))]
+
+
+def _merged_into(body: Graph, x: Tensor, k: int):
+    """(y, the sizes of y's axes merged into x's axis k) when x is a reshape of y that only merges them."""
+    if body.op(x.node) != "reshape":
+        return None
+    y = body.inputs(x.node)[0]
+    extra = y.rank - x.rank + 1
+    if extra < 2 or y.shape[:k] != x.shape[:k] or y.shape[k + extra:] != x.shape[k + 1:]:
+        return None
+    return y, y.shape[k:k + extra]
+
+
+def _stacked(graph: Graph, n: int, x: Tensor, axes: tuple, k: int = 0, shape: tuple | None = None) -> _Stacked:
     """x stacked along the first of `axes` that the scan already stacks it on (a result,
     or a sequence operand), else to be stacked along axes[0]."""
     attrs, body = graph.attrs(n), graph.attrs(n)["body"]
@@ -116,11 +142,11 @@ def _stacked(graph: Graph, n: int, x: Tensor, axes: tuple, k: int = 0) -> _Stack
     for axis in axes:
         for j, (t, ax) in enumerate(zip(list(body.outputs.values())[nc:], attrs["ys_axes"])):
             if t.key() == x.key() and ax == axis:
-                return _Stacked(x, axis, ("y", j), k)
+                return _Stacked(x, axis, ("y", j), k, shape or x.shape)
         for j, (a, ax) in enumerate(zip(body.args[nc:nc + n_seq], attrs["xs_axes"])):
             if a.key() == x.key() and ax == axis:
-                return _Stacked(x, axis, ("seq", nc + j), k)
-    return _Stacked(x, axes[0], None, k)
+                return _Stacked(x, axis, ("seq", nc + j), k, shape or x.shape)
+    return _Stacked(x, axes[0], None, k, shape or x.shape)
 
 
 def _after_loop(kind: tuple, operands: list, stacked: list) -> Tensor:
@@ -132,7 +158,7 @@ def _after_loop(kind: tuple, operands: list, stacked: list) -> Tensor:
     _, ta, tb, length = kind
     merged = []
     for s, x in zip(operands, stacked):
-        shape = list(s.value.shape)
+        shape = list(s.shape)
         shape[s.k] = shape[s.k] * length
         merged.append(ops.reshape(x, tuple(shape)))
     return ops.matmul_raw(merged[0], merged[1], ta, tb)

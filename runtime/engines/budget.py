@@ -21,7 +21,7 @@ from contextvars import ContextVar
 
 import numpy as np
 
-from dlc.compiler.ir.dims import Dim, concrete, numel
+from dlc.compiler.ir.dims import Dim, concrete, derive, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.summary import size_text
 from dlc.compiler.frontend.syntax import size_bytes
@@ -206,7 +206,7 @@ def training_memory(model, trainable: list, slots: int, sizes: dict) -> dict:
     fixed = set(program.params.values()) | {program.outputs[f"grad:{n}"] for n in trainable
                                             if f"grad:{n}" in program.outputs}
     live = intervals(program)
-    sizes = {s: 0 for s in program.symbols if s.startswith("$")} | sizes     # the steps of scans
+    sizes = derive({s: 0 for s in program.symbols if s.startswith("$")} | sizes, program.symbols)     # the steps of scans; ceil(T/k)
     kept = own_buffers(program, fixed) + [program.buffers[bid] for bid in _peak(program, live, sizes)]
     # a buffer belongs to the layer of the top-level kernel that first writes it (else reads it)
     made, read = {}, {}

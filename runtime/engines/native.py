@@ -19,7 +19,7 @@ from dlc.compiler.passes.autodiff import hvp_graph, train_step
 from dlc.compiler.native.buckets import BUCKET, REDUCED, gradient_buckets
 from dlc.compiler.native.builder import FAULT
 from dlc.compiler.native.driver import CHECK, NONFINITE, build_module
-from dlc.compiler.ir.dims import concrete, numel
+from dlc.compiler.ir.dims import concrete, derive, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir.graph import DTYPES
@@ -281,7 +281,7 @@ class Executable:
         key = tuple(np.shape(feeds[name]) if name in feeds else None for name in self.input_dtypes)
         sizes = self.bound.get(key)
         if sizes is None:
-            sizes = self.bound[key] = bind_sizes(self.graph, feeds)
+            sizes = self.bound[key] = derive(bind_sizes(self.graph, feeds), self.program.symbols)
         return sizes
 
     def _checked(self, bid: int, a: np.ndarray, sizes: dict) -> np.ndarray:

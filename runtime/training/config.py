@@ -47,6 +47,7 @@ class TrainConfig:
     memory: object = None               # bytes training may take at most (runtime/engines/budget.py)
     precision: str = "f32"              # of matmul and convolution operands (compiler/native/lower.py)
     allreduce_bucket: object = ALLREDUCE_BUCKET     # bytes of a bucket of gradients (compiler/native/buckets.py)
+    remat: object = None                # checkpointed recurrences (checked and applied by the evaluator)
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
@@ -79,6 +80,9 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
     decl = program.model_decl(model_name)
     cfg = TrainConfig()
     given = settings(program.trains.get(decl.name))
+    if overrides.get("remat") is not None:     # it shapes the model's graph, built before the overrides apply
+        raise DlcError("remat is set in the train block, where the model's recurrences are built from it; "
+                       f"write `remat = {overrides['remat']}` there")
     for k, v in overrides.items():
         if v is not None and k != "lr":
             if isinstance(v, str) and k in SPEC_SETTINGS:       # "split(0.2)", "digits()", "file.npz", "sgd"
