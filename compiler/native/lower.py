@@ -497,6 +497,12 @@ def _direct(ckk, kw, attrs) -> bool:
         attrs["groups"] == 1 and attrs["dilation"] == (1, 1)
 
 
+def _pointwise(kh, kw, attrs) -> bool:
+    """Whether a convolution is a matrix product as its input lies: 1 x 1, stride 1, no
+    padding, one group, so y[n] (O x H·W) = W (O x C) @ x[n] (C x H·W), without columns."""
+    return (kh, kw) == (1, 1) and attrs["stride"] == (1, 1) and attrs["padding"] == (0, 0) and attrs["groups"] == 1
+
+
 def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
     """The products of a grouped convolution's taps (c, i, j) over the iteration
     [N, groups, O / groups, Ho, Wo]: x's window at channel g * Cg + c times w[g * Og + o, c, i, j]."""
@@ -534,6 +540,14 @@ def _conv2d(lw, n, ins, attrs, typ):
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     wm = lw.materialize(w)
+    if _pointwise(kh, kw, attrs):
+        # the pointwise convolutions of depthwise-separable networks: a GEMM per example
+        # (a direct conv's few taps per output would leave most of these products' C unused)
+        xm = lw.materialize(x)
+        lw.emit(GemmKernel(O, hw, C, N, (wm.buffer, wm.at.offset, C, 0), (xm.buffer, xm.at.offset, hw, C * hw),
+                           (out.id, 0, hw, O * hw), False, False, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
     if _direct(ckk, kw, attrs):
         xm = lw.materialize(x)
         lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (Ho, Wo), attrs["stride"][0],
@@ -608,6 +622,12 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     gm, wm = lw.materialize(g), lw.materialize(w)
+    if _pointwise(kh, kw, attrs):
+        # dx[n] (C x H·W) = W^T (C x O) @ g[n] (O x H·W): the columns are dx itself
+        lw.emit(GemmKernel(C, hw, O, N, (wm.buffer, wm.at.offset, C, 0), (gm.buffer, gm.at.offset, hw, O * hw),
+                           (out.id, 0, hw, C * hw), True, False, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
     if _direct(ckk, kw, attrs) and st_h == 1:
         # g convolved with the filters flipped, their channels swapped: one pass, no columns
         lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
