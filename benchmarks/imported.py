@@ -4,7 +4,8 @@ download; tools/real_models.py) exported by torch.onnx.export (TorchScript expor
 against onnxruntime running the same ONNX file.
 
 onnxruntime runs at 2 threads (intra_op_num_threads), dlc at its default: every core
-other processes leave free, at most the machine's 2 (runtime/engines/cores.py). Their
+other processes leave free, at most the machine's 2 (runtime/engines/cores.py); with
+`--threads N`, both at N (DLC_NUM_THREADS). Their
 outputs must agree within 1e-5 (relative to the largest) before anything is timed; the
 calls are interleaved, dlc then onnxruntime, so that both see the same load from other
 processes, which `others` reports. Also the import's time and the native compile's, cold
@@ -13,6 +14,7 @@ object once the cache holds the code).
 
     python benchmarks/imported.py
     python benchmarks/imported.py --only mobilenet_v2 --batch 8 --json /tmp/imported.json
+    python benchmarks/imported.py --threads 1
 """
 from __future__ import annotations
 
@@ -86,13 +88,13 @@ def interleaved_ms(fns: dict) -> tuple[dict, float]:
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}, other.cores
 
 
-def run_model(name: str, batches, folder: Path) -> list:
+def run_model(name: str, batches, folder: Path, threads: int) -> list:
     import onnxruntime as ort
     onnx_path = folder / f"{name}.onnx"
     exported(name, onnx_path)
     program, weights, import_s = imported(onnx_path, folder)
     options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     rows = []
     for k, batch in enumerate(batches):
@@ -129,19 +131,31 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=MODELS, action="append", help="this model only (repeatable)")
     ap.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCHES})")
+    ap.add_argument("--threads", type=int, metavar="N",
+                    help=f"onnxruntime's and dlc's threads (default: onnxruntime {THREADS}, dlc its default)")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
+    threads = args.threads or THREADS
     import onnxruntime
     import torch
-    print(f"dlc native prediction of imported models against onnxruntime {onnxruntime.__version__}, "
-          f"{THREADS} threads each; median ms per call, interleaved")
+    from dlc.tools.real_models import torchvision_models
+    try:
+        torchvision_models()
+    except ImportError as e:
+        raise SystemExit(f"imported.py needs torchvision's model definitions ({e}): "
+                         "pip install --no-deps torchvision==0.28.0, as .ci/run does")
+    dlc_threads = args.threads or "dlc's default"
+    print(f"dlc native prediction of imported models ({dlc_threads} threads) against onnxruntime "
+          f"{onnxruntime.__version__} ({threads} threads); median ms per call, interleaved")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # a compile cache of its own, empty: the first compile of each model is cold
         os.environ["DLC_CACHE_DIR"] = str(Path(tmp) / "cache")
-        torch.set_num_threads(THREADS)
+        if args.threads:
+            os.environ["DLC_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(threads)
         for name in args.only or MODELS:
-            rows += run_model(name, args.batch or BATCHES, Path(tmp))
+            rows += run_model(name, args.batch or BATCHES, Path(tmp), threads)
     print("\nothers: cores used by other processes while timing (0 = quiet machine)\n")
     print(table(rows))
     if args.json:
