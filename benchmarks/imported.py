@@ -19,7 +19,6 @@ object once the cache holds the code).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -30,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import OtherLoad
+from machine import OtherLoad, print_results
 
 MODELS = ("mobilenet_v2", "efficientnet_b0")
 BATCHES = (8, 1)
@@ -156,11 +155,7 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
         for name in args.only or MODELS:
             rows += run_model(name, args.batch or BATCHES, Path(tmp), threads)
-    print("\nothers: cores used by other processes while timing (0 = quiet machine)\n")
-    print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    print_results(table(rows), rows, args.json)
     return 0
 
 
