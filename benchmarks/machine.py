@@ -1,12 +1,14 @@
 """How busy the machine is: the cores other processes use while a benchmark runs (the
-`others` column of every table), and a wait for a quiet moment. The machines are shared:
+`others` column of every table), a wait for a quiet moment, and the tables' printing. The machines are shared:
 a figure measured while others used a core is not comparable."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 from dlc.runtime.engines.cores import machine_busy_s
 
@@ -54,3 +56,12 @@ def cpu_hogs(n: int):
         for p in hogs:
             p.kill()
             p.wait()
+
+
+def print_results(table: str, rows: list, json_path: str | None):
+    """A benchmark's table under the `others` legend, and its rows as JSON at json_path."""
+    print("\nothers: cores used by other processes while timing (0 = quiet machine)\n")
+    print(table)
+    if json_path:
+        Path(json_path).write_text(json.dumps(rows, indent=1) + "\n")
+        print(f"wrote {json_path}")

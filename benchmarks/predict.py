@@ -14,7 +14,6 @@ dlc is timed through the public API, `DlcModel.predict`, as a user calls it.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import statistics
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import OtherLoad, wait_idle
+from machine import OtherLoad, print_results, wait_idle
 from train_step import DEFAULT_STEPS, THREADS, WORKLOAD_DIR, make_batch, torch_model, torch_state
 
 BATCHES = (1, 256)
@@ -147,11 +146,7 @@ def main(argv=None) -> int:
                 rows.append(run_point(name, batch, frameworks, args.seed))
                 print(f"  {name} batch {batch}: " + ", ".join(f"{k} {rows[-1][k]:.3f} ms" for k in frameworks),
                       flush=True)
-    print("\nothers: cores used by other processes while timing (0 = quiet machine)\n")
-    print(table(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    print_results(table(rows), rows, args.json)
     return 0
 
 

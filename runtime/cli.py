@@ -561,9 +561,11 @@ def parser() -> argparse.ArgumentParser:
                                      "which computes in float32 (default 1e-4)")
     c.set_defaults(run=cmd_gradcheck)
 
-    c = sub.add_parser("bench", help="time the native train step and every kernel in it")
+    c = sub.add_parser("bench", help="time the native train step (a model without a loss: its prediction) and "
+                                      "every kernel in it")
     _add_model_args(c)
-    c.add_argument("--batch", type=_positive, default=32, metavar="N", help="batch size (default 32)")
+    c.add_argument("--batch", type=_positive, default=32, metavar="N",
+                   help="batch size: B and every input's leading dim (default 32)")
     c.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of another symbolic dim (default 32)")
     c.add_argument("--steps", type=_positive, default=20, metavar="N", help="timed steps (default 20)")
     c.add_argument("--top", type=_positive, default=25, metavar="N", help="kernels shown, slowest first (default 25)")

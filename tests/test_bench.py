@@ -35,3 +35,16 @@ def test_a_scans_body_is_listed_under_it(capsys):
     rows = bench_rows(capsys, "simple_rnn.dl", "--batch", "4", "--top", "100")
     scans = [i for i, r in enumerate(rows) if r[1] == "scan"]
     assert scans and rows[scans[0] + 1][0] > rows[scans[0]][0]
+
+
+def test_a_model_without_a_loss_profiles_its_prediction(capsys, tmp_path):
+    """An imported classifier has no loss: bench times its prediction, --batch sizing its
+    input's leading dim (N here, not B)."""
+    path = tmp_path / "pointwise.dl"
+    path.write_text("model m {\n    input x: f32[N, 8, 6, 6]\n"
+                    "    output y = conv2d(conv2d(x, 8, 3, padding = 1, groups = 8), 16, 1)\n}\n")
+    assert main(["bench", str(path), "--batch", "3", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("native prediction of m: ") and "N=3" in out
+    rows = [ROW.match(line) for line in out.splitlines()]
+    assert {m.group(3) for m in rows if m} >= {"gemm"}       # the pointwise convolution is a GEMM

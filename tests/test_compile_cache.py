@@ -215,3 +215,17 @@ def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):
     second = Executable(train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph))
     assert cache.stats["compiles"] == before["compiles"] + 1, "LLVM ran again"
     assert second.compiled.cached and list(tmp_path.glob("*.o"))
+
+
+def test_a_program_built_again_in_one_process_is_not_built_again(tmp_path, monkeypatch):
+    """The step entry's key does not depend on which objects the program shares: a model
+    built a second time (its spans then shared) finds the entry without building its IR."""
+    from dlc.runtime.engines import native
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "clip.dl"          # an imported ReLU6: its constants' spans are shared the second time
+    path.write_text("model m {\n    input x: f32[N, 3, 8, 8]\n    a = conv2d(x, 4, 3, padding = 1)\n"
+                    "    output y = minimum(maximum(a, 0.0), 6.0)\n}\n")
+    model = lambda: load(str(path)).build(training=False).graph
+    native.Executable(model())
+    monkeypatch.setattr(native, "build_module", lambda *a, **k: pytest.fail("the module was built again"))
+    assert native.Executable(model()).compiled.cached

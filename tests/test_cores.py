@@ -84,3 +84,14 @@ def test_a_window_across_a_pause_starts_again_with_every_core(monkeypatch):
     assert free.now() == 2
     machine.run(cores.ADAPT_EVERY_S, own_cores=1, other_cores=1.0)      # now busy while dlc runs
     assert free.now() == 1
+
+
+def test_a_call_longer_than_a_window_adapts(monkeypatch):
+    """A native call that lasts longer than STALE_S (a large model's prediction) while
+    others keep a core busy is no pause: the next call runs on the core left."""
+    machine = FakeMachine(monkeypatch)
+    free = cores.FreeCores()
+    free.cores = free.team = 2
+    free.now()
+    machine.run(cores.STALE_S * 3, own_cores=0.5, other_cores=1.5)
+    assert free.now() == 1

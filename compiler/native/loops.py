@@ -299,15 +299,23 @@ class _ConvRows:
         return operand(b, self.k, b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero]))
 
     def x_row(self, n, c, h, wo0, j):
-        """The nv vectors of x[n, c, h, wo0 - pw + j ...]."""
+        """The nv vectors of x[n, c, h, (wo0 + l) * sw - pw + j] (lanes l); with stride 2
+        along W, the even lanes of two vectors of the row."""
         kb, b, k = self.kb, self.kb.b, self.k
         N, C, H, W = k.x_shape
+        sw = k.stride_w
         row_ok = b.and_(b.icmp_signed(">=", h, ir.Constant(i64, 0)), b.icmp_signed("<", h, kb.dim(H)))
         row = kb.affine(Affine(0, (C * H * W, H * W, W)), [n, c, h])
+        first = b.mul(wo0, ir.Constant(i64, sw))
         out = []
         for v in range(self.nv):
-            start = b.add(wo0, ir.Constant(i64, v * self.vw + j - k.padding[1]))
-            out.append(self.load(k.x, b.add(row, start), self.mask(start, W, row_ok)))
+            parts = []
+            for t in range(sw):
+                start = b.add(first, ir.Constant(i64, (v * sw + t) * self.vw + j - k.padding[1]))
+                parts.append(self.load(k.x, b.add(row, start), self.mask(start, W, row_ok)))
+            out.append(parts[0] if sw == 1 else
+                       b.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(i32, self.vw),
+                                                                       list(range(0, 2 * self.vw, 2)))))
         return out
 
     def out_at(self, n, o, ho, wo0, v):
@@ -351,21 +359,27 @@ class _ConvRows:
 
 
 def conv(kb: KernelBuilder, k, first):
-    """The outputs of examples `first` = (lo, hi): for each row chunk, a block of output
-    channels' sums in registers while the taps (c, i, j) stream by — a tap's x vectors
-    loaded once for the block, each weight broadcast once for the chunk."""
+    """The outputs of (example, group) pairs `first` = (lo, hi): for each row chunk, a block
+    of the group's output channels' sums in registers while the group's taps (c, i, j)
+    stream by — a tap's x vectors loaded once for the block, each weight broadcast once
+    for the chunk."""
     b, rows = kb.b, _ConvRows(kb, k)
     N, C, H, W = k.x_shape
     O, kh, kw = k.channels, *k.w_shape[2:]
-    # w[o, c, i, j], or w[c, o, kh-1-i, kw-1-j] (transposed), over (o, c, i)
-    weight = (lambda j: Affine((kh - 1) * kw + kw - 1 - j, (kh * kw, O * kh * kw, -kw))) if k.transposed else \
-        (lambda j: Affine(j, (C * kh * kw, kh * kw, kw)))
+    G = k.groups
+    ci, co = C // G, O // G         # input and output channels per group
+    # over (o, c, i, g), c and o counted over all groups: w[o, c - g*ci, i, j], or
+    # w[c, o - g*co, kh-1-i, kw-1-j] (transposed)
+    weight = (lambda j: Affine((kh - 1) * kw + kw - 1 - j, (kh * kw, co * kh * kw, -kw, -co * kh * kw))) \
+        if k.transposed else (lambda j: Affine(j, (ci * kh * kw, kh * kw, kw, -ci * kh * kw)))
 
     def chunk(idx):
-        n, ho, q = idx
+        ng, ho, q = idx
+        n, g = (ng, ir.Constant(i64, 0)) if G == 1 else (b.sdiv(ng, kb.dim(G)), b.srem(ng, kb.dim(G)))
         wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
 
-        def block(o0, width):
+        def block(o_first, width):
+            o0 = b.add(b.mul(g, ir.Constant(i64, co)), o_first)
             sums = rows.sums(width * rows.nv)
 
             def tap_row(ii, c):
@@ -374,32 +388,34 @@ def conv(kb: KernelBuilder, k, first):
                 for j in range(kw):
                     xs = rows.x_row(n, c, h, wo0, j)
                     for o in range(width):
-                        at = kb.affine(weight(j), [b.add(o0, ir.Constant(i64, o)), c, i])
+                        at = kb.affine(weight(j), [b.add(o0, ir.Constant(i64, o)), c, i, g])
                         wv = splat(b, operand(b, k, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w)), rows.vty)
                         for v in range(rows.nv):
                             rows.add(sums[o * rows.nv + v], wv, xs[v])
             taps = rows.tap_rows(ho)
-            kb.loops((C,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, c[0]), first=taps))
+            c_first = b.mul(g, ir.Constant(i64, ci))
+            kb.loops((ci,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, b.add(c_first, c[0])), first=taps))
             for o in range(width):
                 for v in range(rows.nv):
                     at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
                     p = vec_ptr(b, b.gep(kb.buffer(k.out, "f32"), [at]), rows.vty)
                     b.call(rows.mstore, [b.load(sums[o * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
-        rows.blocks(O, max(1, min(O, rows.registers // rows.nv)), block)
-    kb.loops((N, k.out_hw[0], rows.chunks()), chunk, first=first)
+        rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
+    kb.loops((N * G, k.out_hw[0], rows.chunks()), chunk, first=first)
 
 
 def conv_weight_grad(kb: KernelBuilder, k, first):
     """The parts `first` = (lo, hi) of the batch, each summed into its slice of k.partial:
-    for a block of output channels and a row of taps (c, i, every j), the sums over the
-    part's row chunks stay in vector registers, g's vectors loaded once per chunk for the
-    block; then each sum is added across its lanes. Column wo of a row goes to lane
-    wo mod SUM_LANES of a sum (in SUM_LANES / vw vectors), and the lanes are added in one
-    fixed order: the same bits at any vector width."""
+    for a block of a group's output channels and a row of the group's taps (c, i, every
+    j), the sums over the part's row chunks stay in vector registers, g's vectors loaded
+    once per chunk for the block; then each sum is added across its lanes. Column wo of a
+    row goes to lane wo mod SUM_LANES of a sum (in SUM_LANES / vw vectors), and the lanes
+    are added in one fixed order: the same bits at any vector width."""
     b, rows = kb.b, _ConvRows(kb, k, whole_lanes=True)
     N, C, H, W = k.x_shape
-    O, _, kh, kw = k.w_shape
-    taps = C * kh * kw
+    O, ci, kh, kw = k.w_shape
+    co = O // k.groups
+    taps = ci * kh * kw
     per = SUM_LANES // rows.vw          # vectors per sum
 
     def part(pidx):
@@ -408,34 +424,42 @@ def conv_weight_grad(kb: KernelBuilder, k, first):
         start = share(p)
         count = b.sub(share(b.add(p, ir.Constant(i64, 1))), start)
 
-        def block(o0, width):
-            def tap_row(ci):
-                c, i = ci
-                sums = rows.sums(width * kw * per)
+        def group(gidx):
+            g = gidx[0]
 
-                def chunk(idx):
-                    n, ho, q = b.add(start, idx[0]), idx[1], idx[2]
-                    wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
-                    gs = []
-                    for o in range(width):
-                        for v in range(rows.nv):
-                            at, inside = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
-                            gs.append(rows.load(k.g, at, inside))
-                    h = rows.tap_row(ho, i)
-                    for j in range(kw):
-                        xs = rows.x_row(n, c, h, wo0, j)
+            def block(o_first, width):
+                o0 = b.add(b.mul(g, ir.Constant(i64, co)), o_first)
+
+                def tap_row(ci_idx):
+                    cl, i = ci_idx
+                    c = b.add(b.mul(g, ir.Constant(i64, ci)), cl)
+                    sums = rows.sums(width * kw * per)
+
+                    def chunk(idx):
+                        n, ho, q = b.add(start, idx[0]), idx[1], idx[2]
+                        wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
+                        gs = []
                         for o in range(width):
                             for v in range(rows.nv):
-                                rows.add(sums[(o * kw + j) * per + v % per], gs[o * rows.nv + v], xs[v])
-                kb.loops((count, k.out_hw[0], rows.chunks()), chunk)
-                for o in range(width):
-                    for j in range(kw):
-                        first_vector = (o * kw + j) * per
-                        total = _add_lanes(b, [b.load(s) for s in sums[first_vector:first_vector + per]])
-                        at = kb.affine(Affine(j, (O * taps, taps, kh * kw, kw)), [p, b.add(o0, ir.Constant(i64, o)), c, i])
-                        kb.store(k.partial, "f32", at, total)
-            kb.loops((C, kh), tap_row)
-        rows.blocks(O, max(1, min(O, (rows.registers - rows.nv) // (kw * per + rows.nv))), block)
+                                at, inside = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                                gs.append(rows.load(k.g, at, inside))
+                        h = rows.tap_row(ho, i)
+                        for j in range(kw):
+                            xs = rows.x_row(n, c, h, wo0, j)
+                            for o in range(width):
+                                for v in range(rows.nv):
+                                    rows.add(sums[(o * kw + j) * per + v % per], gs[o * rows.nv + v], xs[v])
+                    kb.loops((count, k.out_hw[0], rows.chunks()), chunk)
+                    for o in range(width):
+                        for j in range(kw):
+                            first_vector = (o * kw + j) * per
+                            total = _add_lanes(b, [b.load(s) for s in sums[first_vector:first_vector + per]])
+                            at = kb.affine(Affine(j, (O * taps, taps, kh * kw, kw)),
+                                           [p, b.add(o0, ir.Constant(i64, o)), cl, i])
+                            kb.store(k.partial, "f32", at, total)
+                kb.loops((ci, kh), tap_row)
+            rows.blocks(co, max(1, min(co, (rows.registers - rows.nv) // (kw * per + rows.nv))), block)
+        kb.loops((k.groups,), group)
     kb.loops((k.parts,), part, first=first)
 
 

@@ -489,12 +489,19 @@ def _conv_dims(x: tuple, w: tuple, y: tuple, groups: int) -> tuple:
     return N, C, O, kh, kw, Ho, Wo, C * kh * kw, Ho * Wo, O // groups, C // groups * kh * kw
 
 
-def _direct(ckk, kw, attrs) -> bool:
-    """Whether a convolution is a ConvKernel: few taps (C*kh*kw), where im2col's buffer
-    and a GEMM with so short a K cost more than the products, a row of taps that fits in
-    registers, stride 1 along W (its rows are loaded as vectors), one group, no dilation."""
-    return isinstance(ckk, int) and ckk <= DIRECT_TAPS and kw <= 8 and attrs["stride"][1] == 1 and \
-        attrs["groups"] == 1 and attrs["dilation"] == (1, 1)
+def _direct(taps, kw, attrs) -> bool:
+    """Whether a convolution is a ConvKernel: few taps per output (C / groups · kh · kw),
+    where im2col's buffer and a GEMM with so short a K cost more than the products, a row
+    of taps that fits in registers, stride 1 or 2 along W (its rows are loaded as vectors,
+    every other lane of two with stride 2), no dilation."""
+    return isinstance(taps, int) and taps <= DIRECT_TAPS and kw <= 8 and attrs["stride"][1] in (1, 2) and \
+        attrs["dilation"] == (1, 1)
+
+
+def _pointwise(kh, kw, attrs) -> bool:
+    """Whether a convolution is a matrix product as its input lies: 1 x 1, stride 1, no
+    padding, one group, so y[n] (O x H·W) = W (O x C) @ x[n] (C x H·W), without columns."""
+    return (kh, kw) == (1, 1) and attrs["stride"] == (1, 1) and attrs["padding"] == (0, 0) and attrs["groups"] == 1
 
 
 def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
@@ -522,22 +529,31 @@ def _conv2d(lw, n, ins, attrs, typ):
     groups = attrs["groups"]
     N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, w.shape, typ.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    wm = lw.materialize(w)
+    if _pointwise(kh, kw, attrs):
+        # the pointwise convolutions of depthwise-separable networks: a GEMM per example
+        # (a direct conv's few taps per output would leave most of these products' C unused)
+        xm = lw.materialize(x)
+        lw.emit(GemmKernel(O, hw, C, N, (wm.buffer, wm.at.offset, C, 0), (xm.buffer, xm.at.offset, hw, C * hw),
+                           (out.id, 0, hw, O * hw), False, False, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if _direct(cgkk, kw, attrs):
+        # depthwise ones too (groups = C): each output channel's taps over its group's channels
+        xm = lw.materialize(x)
+        lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (Ho, Wo), attrs["stride"][0],
+                           attrs["padding"], bf16=lw.bf16, groups=groups, stride_w=attrs["stride"][1], node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
     if groups > 1 and isinstance(cgkk, int) and cgkk <= GROUPED_TAPS and not lw.bf16:
-        # depthwise and small groups: a map over the outputs summing their taps (the loop
-        # over Wo vectorizes), where a GEMM per group would multiply with a K of a few taps
-        # (in bf16 the GEMM below, which rounds its operands)
+        # depthwise and small groups strided along W or dilated: a map over the outputs
+        # summing their taps (the loop over Wo vectorizes), where a GEMM per group would
+        # multiply with a K of a few taps (in bf16 the GEMM below, which rounds its operands)
         total, *rest = _group_taps(lw, x, w, attrs)
         for v in rest:
             total = Op("add", (total, v), "f32")
         shape = (N, groups, og, Ho, Wo)
         lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), total, node=n))
-        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
-        return
-    wm = lw.materialize(w)
-    if _direct(ckk, kw, attrs):
-        xm = lw.materialize(x)
-        lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (Ho, Wo), attrs["stride"][0],
-                           attrs["padding"], bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
@@ -554,11 +570,12 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     groups = attrs["groups"]
     N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, typ.shape, g.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    if _direct(ckk, kw, attrs):
+    if _direct(cgkk, kw, attrs):
         xm, gm = lw.materialize(x), lw.materialize(g)
-        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * ckk, "temp")
+        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * cgkk, "temp")
         lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (Ho, Wo), attrs["stride"][0], attrs["padding"],
-                           gm.buffer, partial.id, SMALL_GEMM_PARTS, bf16=lw.bf16, node=n))
+                           gm.buffer, partial.id, SMALL_GEMM_PARTS, bf16=lw.bf16, groups=groups,
+                           stride_w=attrs["stride"][1], node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
@@ -589,6 +606,14 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     (st_h, st_w), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
     sn, sc, sh, sw = row_major(typ.shape)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    if groups > 1 and _direct(og * kh * kw, kw, attrs) and (st_h, st_w) == (1, 1):
+        # a stride-1 grouped convolution's input gradient is one too: g convolved with the
+        # filters flipped, each input channel summing over its group's outputs
+        gm, wm = lw.materialize(g), lw.materialize(w)
+        lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
+                           transposed=True, bf16=lw.bf16, groups=groups, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
     if groups > 1:
         if lw.bf16:
             raise NotLowerable("the native backend does not compile the input gradient of a grouped convolution in "
@@ -608,7 +633,13 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     gm, wm = lw.materialize(g), lw.materialize(w)
-    if _direct(ckk, kw, attrs) and st_h == 1:
+    if _pointwise(kh, kw, attrs):
+        # dx[n] (C x H·W) = W^T (C x O) @ g[n] (O x H·W): the columns are dx itself
+        lw.emit(GemmKernel(C, hw, O, N, (wm.buffer, wm.at.offset, C, 0), (gm.buffer, gm.at.offset, hw, O * hw),
+                           (out.id, 0, hw, C * hw), True, False, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if _direct(ckk, kw, attrs) and (st_h, st_w) == (1, 1):
         # g convolved with the filters flipped, their channels swapped: one pass, no columns
         lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
                            transposed=True, bf16=lw.bf16, node=n))

@@ -1,4 +1,5 @@
-"""`dlc bench`: the native train step's time, and the time and GFLOP/s of every kernel."""
+"""`dlc bench`: the native train step's time (a model without a loss: its prediction's), and the time
+and GFLOP/s of every kernel."""
 from __future__ import annotations
 
 import time
@@ -15,7 +16,12 @@ from dlc.runtime.training.optim import make_optimizer
 
 
 def bench(program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int) -> str:
-    train, evaluation = program.build(model_name, training=True), program.build(model_name, training=False)
+    """The train step's profile; a model without a loss (an imported classifier) has no
+    step to train, so its prediction's."""
+    evaluation = program.build(model_name, training=False)
+    if "loss" not in evaluation.graph.outputs:
+        return _predict_profile(evaluation, batch, dims, steps, top)
+    train = program.build(model_name, training=True)
     names = [p.name for p in train.params if p.trainable]
     opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
     t0 = time.perf_counter()
@@ -23,17 +29,46 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
     compile_s = time.perf_counter() - t0
     params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
     state = opt.init({n: params[n] for n in names})
-    sizes = {s: 32 for i in train.inputs for s in symbols(i.type.shape)} | {"B": batch} | dims
-    feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v
-             for k, v in sample_inputs(train, sizes).items()}
-    exe = engine.train_exe
-    for step in range(1, 3):                                     # warm up
-        engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))
+    sizes = _sizes(train, batch, dims)
+    feeds = _feeds(train, sizes)
+    run = lambda step: engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))
+    return _profile(f"native train step of {train.name}", engine.train_exe, run, sizes, steps, top, compile_s)
+
+
+def _predict_profile(model, batch: int, dims: dict, steps: int, top: int) -> str:
+    """The native prediction's profile: every output from random inputs."""
+    t0 = time.perf_counter()
+    engine = NativeEngine(model, model, profile=True)
+    exe = engine.predict_exe
+    compile_s = time.perf_counter() - t0
+    params = {k: v.astype(np.float32) for k, v in init_params(model).items()}
+    sizes = _sizes(model, batch, dims)
+    feeds = _feeds(model, sizes)
+    return _profile(f"native prediction of {model.name}", exe, lambda step: engine.predict(params, feeds),
+                    sizes, steps, top, compile_s)
+
+
+def _sizes(model, batch: int, dims: dict) -> dict:
+    """`batch` for B and every input's leading symbolic dim (an imported model's N), 32 for
+    the other dims, unless `dims` says."""
+    leading = {s for i in model.inputs for s in symbols(i.type.shape[:1])}
+    return {s: 32 for i in model.inputs for s in symbols(i.type.shape)} | dict.fromkeys(leading | {"B"}, batch) | dims
+
+
+def _feeds(model, sizes: dict) -> dict:
+    return {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in sample_inputs(model, sizes).items()}
+
+
+def _profile(what: str, exe, run, sizes: dict, steps: int, top: int, compile_s: float) -> str:
+    """`run(step)` twice to warm up, then `steps` times timed; every kernel of `exe` (a
+    profiling build) by its cycles."""
+    for step in range(1, 3):
+        run(step)
     exe.cycles()
     times = []
     for step in range(3, steps + 3):
         t = time.perf_counter()
-        engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))
+        run(step)
         times.append(time.perf_counter() - t)
     cycles = exe.cycles() / steps
     median = float(np.median(times))
@@ -46,7 +81,7 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
         parents.append(next((i for i in range(len(rows) - 2, -1, -1) if rows[i]["depth"] < depth), None))
         trips.append(trips[depth] * k.runs(sizes))
     step_cycles = sum(r["cycles"] for r in rows if r["depth"] == 0) or 1.0
-    lines = [f"native train step of {train.name}: median {median * 1e3:.3f} ms over {steps} steps "
+    lines = [f"{what}: median {median * 1e3:.3f} ms over {steps} steps "
              f"(sizes: {', '.join(f'{k}={v}' for k, v in sizes.items())}); compile {compile_s:.2f} s",
              _memory(exe),
              f"{'kernel':<24}{'source':<22}{'ms/step':>10}{'share':>8}{'GFLOP/s':>10}"]

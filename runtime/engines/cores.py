@@ -7,8 +7,9 @@ parallel region waits for it (the LSTM's step took 13× PyTorch's under one busy
 So every ADAPT_EVERY_S the machine's busy time is read from /proc/stat, this process's own
 CPU time taken out, and the team shrinks to the cores the others leave; it grows back
 when they go quiet. A window that spans a pause in dlc's calls (what others did then says
-little about now) starts again with every core. The reading costs ~20 µs; off Linux the
-team is every core.
+little about now) starts again with every core; a window longer than STALE_S in which this
+process kept computing is one long call (mobilenet_v2's prediction under load), not a
+pause, and adapts. The reading costs ~20 µs; off Linux the team is every core.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import time
 from dlc.compiler.errors import DlcError
 
 ADAPT_EVERY_S = 0.25
-STALE_S = 1.0           # a window longer than this spans a pause in the native calls
+STALE_S = 1.0           # a window longer than this spans a pause in the native calls...
+PAUSED_CORES = 0.1      # ... when this process used less than this many cores over it
 
 
 def threads() -> int:
@@ -56,7 +58,9 @@ class FreeCores:
         if self.cores == 1:
             return 1
         wall = time.monotonic()
-        if self._mark is None or wall - self._mark[0] > STALE_S:
+        paused = self._mark is not None and wall - self._mark[0] > STALE_S and \
+            time.process_time() - self._mark[2] < PAUSED_CORES * (wall - self._mark[0])
+        if self._mark is None or paused:
             # first call, or the first after a pause: what others did then (a compiler
             # running between two trainings) says little about now; start with every core
             self._mark, self.team = (wall, machine_busy_s(), time.process_time()), self.cores

@@ -337,6 +337,7 @@ class NativeEngine:
         state and the update stay float32."""
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.precision = precision
+        self.profiling = profile        # the train step's and the prediction's builds count cycles (`dlc bench`)
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
         self.train_exe = self._hvp = None
@@ -414,7 +415,7 @@ class NativeEngine:
         if self._predict is None:
             if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
                 raise DlcError("the model declares no outputs; add `output name = ...`")
-            self._predict = Executable(predict_graph(self.eval_model), precision=self.precision)
+            self._predict = Executable(predict_graph(self.eval_model), profile=self.profiling, precision=self.precision)
         return self._predict
 
     # -- the optimizer --

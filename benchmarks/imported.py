@@ -1,0 +1,163 @@
+"""Imported models: torchvision's mobilenet_v2 and efficientnet_b0 (random weights, no
+download; tools/real_models.py) exported by torch.onnx.export (TorchScript exporter, opset
+17, a dynamic batch) at 3 x 224 x 224, imported by `dlc import`, and predicted natively
+against onnxruntime running the same ONNX file.
+
+onnxruntime runs at 2 threads (intra_op_num_threads), dlc at its default: every core
+other processes leave free, at most the machine's 2 (runtime/engines/cores.py); with
+`--threads N`, both at N (DLC_NUM_THREADS). Their
+outputs must agree within 1e-5 (relative to the largest) before anything is timed; the
+calls are interleaved, dlc then onnxruntime, so that both see the same load from other
+processes, which `others` reports. Also the import's time and the native compile's, cold
+(an empty compile cache) and cached (the time to the first prediction of a new model
+object once the cache holds the code).
+
+    python benchmarks/imported.py
+    python benchmarks/imported.py --only mobilenet_v2 --batch 8 --json /tmp/imported.json
+    python benchmarks/imported.py --threads 1
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from machine import OtherLoad, print_results
+
+MODELS = ("mobilenet_v2", "efficientnet_b0")
+BATCHES = (8, 1)
+THREADS = 2
+IMAGE = (3, 224, 224)
+OUTPUT_RTOL = 1e-5
+ROUNDS = 10             # interleaved calls of each per point (at least)
+SECONDS = 6.0           # ... or until this long
+
+
+def exported(name: str, path: Path):
+    """The torchvision model with random weights (seed 0) exported at IMAGE with a dynamic batch;
+    tools/real_models.py exports its classifiers at 64 x 64, these are timed at ImageNet's size."""
+    import torch
+    from dlc.tools.real_models import MODELS as REAL
+    torch.manual_seed(0)
+    model = REAL[name].build().eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.zeros(1, *IMAGE),), str(path), input_names=["x"], output_names=["y"],
+                          opset_version=17, dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+
+
+def imported(onnx_path: Path, folder: Path) -> tuple:
+    """`dlc import` of the file: the .dl program, its weights, and the seconds it took."""
+    from dlc.runtime.cli import main
+    t0 = time.perf_counter()
+    out = folder / (onnx_path.stem + ".dl")
+    if main(["import", str(onnx_path), "-o", str(out)]) != 0:
+        raise SystemExit(f"dlc import {onnx_path} failed")
+    return out, out.with_suffix(".npz"), time.perf_counter() - t0
+
+
+def first_prediction_s(program: Path, weights: Path, feeds: dict):
+    """A new native model object and its first prediction: (the model, seconds)."""
+    from dlc.runtime.api import DlcModel
+    t0 = time.perf_counter()
+    model = DlcModel(str(program), backend="native").load_weights(str(weights))
+    model.predict(feeds, batch=len(feeds["x"]))
+    return model, time.perf_counter() - t0
+
+
+def interleaved_ms(fns: dict) -> tuple[dict, float]:
+    """Median milliseconds per call of each fn, called in turn, and the cores others used meanwhile."""
+    for fn in fns.values():
+        fn()
+    times = {k: [] for k in fns}
+    with OtherLoad() as other:
+        start = time.perf_counter()
+        while len(times[next(iter(fns))]) < ROUNDS or time.perf_counter() - start < SECONDS:
+            for k, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) * 1e3 for k, v in times.items()}, other.cores
+
+
+def run_model(name: str, batches, folder: Path, threads: int) -> list:
+    import onnxruntime as ort
+    onnx_path = folder / f"{name}.onnx"
+    exported(name, onnx_path)
+    program, weights, import_s = imported(onnx_path, folder)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    rows = []
+    for k, batch in enumerate(batches):
+        feeds = {"x": np.random.default_rng(batch).standard_normal((batch, *IMAGE)).astype(np.float32)}
+        if k == 0:
+            _, cold_s = first_prediction_s(program, weights, feeds)          # an empty cache: compiles
+        model, cached_s = first_prediction_s(program, weights, feeds)
+        got, want = model.predict(feeds, batch=batch)["y"], session.run(["y"], feeds)[0]
+        err = float(np.abs(got - want).max() / np.abs(want).max())
+        if got.shape != want.shape or err > OUTPUT_RTOL:
+            raise SystemExit(f"{name}, batch {batch}: dlc's outputs differ from onnxruntime's ({got.shape}, {err:.2e})")
+        ms, others = interleaved_ms({"dlc": lambda: model.predict(feeds, batch=batch),
+                                     "onnxruntime": lambda: session.run(["y"], feeds)})
+        rows.append({"model": name, "batch": batch, "dlc": ms["dlc"], "onnxruntime": ms["onnxruntime"],
+                     "error": err, "import_s": import_s, "compile_cold_s": cold_s, "compile_cached_s": cached_s,
+                     "others": others})
+        print(f"  {name} batch {batch}: dlc {ms['dlc']:.1f} ms, onnxruntime {ms['onnxruntime']:.1f} ms "
+              f"(others {others:.2f} cores)", flush=True)
+    return rows
+
+
+def table(rows: list) -> str:
+    head = ("| model | batch | dlc ms | onnxruntime ms | dlc/onnxruntime | max rel. error | import s | "
+            "compile s cold / cached | others |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['batch']} | {r['dlc']:.1f} | {r['onnxruntime']:.1f} | "
+                     f"{r['dlc'] / r['onnxruntime']:.2f} | {r['error']:.1e} | {r['import_s']:.1f} | "
+                     f"{r['compile_cold_s']:.1f} / {r['compile_cached_s']:.1f} | {r['others']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", choices=MODELS, action="append", help="this model only (repeatable)")
+    ap.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCHES})")
+    ap.add_argument("--threads", type=int, metavar="N",
+                    help=f"onnxruntime's and dlc's threads (default: onnxruntime {THREADS}, dlc its default)")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
+    args = ap.parse_args(argv)
+    threads = args.threads or THREADS
+    import onnxruntime
+    import torch
+    from dlc.tools.real_models import torchvision_models
+    try:
+        torchvision_models()
+    except ImportError as e:
+        raise SystemExit(f"imported.py needs torchvision's model definitions ({e}): "
+                         "pip install --no-deps torchvision==0.28.0, as .ci/run does")
+    dlc_threads = args.threads or "dlc's default"
+    print(f"dlc native prediction of imported models ({dlc_threads} threads) against onnxruntime "
+          f"{onnxruntime.__version__} ({threads} threads); median ms per call, interleaved")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        # a compile cache of its own, empty: the first compile of each model is cold
+        os.environ["DLC_CACHE_DIR"] = str(Path(tmp) / "cache")
+        if args.threads:
+            os.environ["DLC_NUM_THREADS"] = str(args.threads)
+        torch.set_num_threads(threads)
+        for name in args.only or MODELS:
+            rows += run_model(name, args.batch or BATCHES, Path(tmp), threads)
+    print_results(table(rows), rows, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Real models as ONNX files, built with random weights (no download) and exported by
+PyTorch's two exporters with a dynamic batch axis: the models of docs/onnx.md's table of
+real models (tests/test_onnx_real_models.py).
+
+    python -m dlc.tools.real_models resnet18 dynamo model.onnx
+    python -m dlc.tools.real_models --list
+
+`export(name, path, exporter)` writes the model `name` of MODELS exported by `exporter`
+("torchscript": opset 17 with dynamic_axes; "dynamo": opset 18 with dynamic_shapes) to
+`path`; `example(name, batch)` gives inputs to feed it. Needs torch, and torchvision
+(the classifiers) or transformers (BERT, GPT-2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+EXPORTERS = ("torchscript", "dynamo")
+VOCAB, POSITIONS, HIDDEN = 64, 32, 32       # the language models' sizes, small
+SEQUENCE = 7                                # the length of the sequences fed to them
+
+
+def torchvision_models():
+    """torchvision.models without torchvision's compiled ops: the wheel served for a CPU
+    torch may be a CUDA build whose extension does not load, and only its detection ops'
+    registrations need it, not the classifiers' definitions."""
+    if "torchvision" not in sys.modules:
+        for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
+            sys.modules.setdefault(name, types.ModuleType(name))
+    import torchvision.models
+    return torchvision.models
+
+
+def _classifier(name: str):
+    return lambda: getattr(torchvision_models(), name)(weights=None)
+
+
+def _recurrent(kind: str):
+    from torch import nn
+
+    class Recurrent(nn.Module):     # sequences (B, T, 16) -> the last step's features
+        def __init__(self):
+            super().__init__()
+            if kind == "lstm":
+                self.rnn = nn.LSTM(16, 24, num_layers=2, bidirectional=True, batch_first=True)
+            else:
+                self.rnn = nn.GRU(16, 24, batch_first=True)
+
+        def forward(self, x):
+            return self.rnn(x)[0][:, -1]
+    return Recurrent
+
+
+def _transformer_classifier():
+    from torch import nn
+
+    class Classifier(nn.Module):    # token ids (B, T) -> 5 class scores
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(VOCAB, HIDDEN)
+            layer = nn.TransformerEncoderLayer(HIDDEN, 4, 2 * HIDDEN, dropout=0.0, batch_first=True)
+            self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+            self.head = nn.Linear(HIDDEN, 5)
+
+        def forward(self, ids):
+            return self.head(self.encoder(self.embed(ids)).mean(1))
+    return Classifier()
+
+
+def _hugging_face(name: str):
+    import transformers
+    from torch import nn
+    if name == "bert":
+        model = transformers.BertModel(transformers.BertConfig(
+            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=2 * HIDDEN, max_position_embeddings=POSITIONS))
+    else:
+        model = transformers.GPT2Model(transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2,
+                                                               n_head=4, n_positions=POSITIONS))
+
+    class Hidden(nn.Module):        # ids and a mask -> the last hidden state
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, ids, attention_mask):
+            return self.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    return Hidden()
+
+
+def _images(batch, rng):
+    return {"x": rng.standard_normal((batch, 3, 64, 64)).astype(np.float32)}
+
+
+def _features(batch, rng):
+    return {"x": rng.standard_normal((batch, SEQUENCE, 16)).astype(np.float32)}
+
+
+def _ids(batch, rng):
+    return {"ids": rng.integers(1, VOCAB, (batch, SEQUENCE))}
+
+
+def _ids_and_mask(batch, rng):
+    mask = np.ones((batch, SEQUENCE), np.int64)
+    mask[0, SEQUENCE // 2:] = 0     # a padded sequence
+    return {"ids": rng.integers(1, VOCAB, (batch, SEQUENCE)), "attention_mask": mask}
+
+
+@dataclass(frozen=True)
+class RealModel:
+    build: Callable             # () -> the torch module, random weights
+    inputs: Callable            # (batch, rng) -> {input name: array}
+    needs: str                  # the package its definition comes from
+
+
+MODELS = {
+    **{name: RealModel(_classifier(name), _images, "torchvision")
+       for name in ("resnet18", "squeezenet1_1", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5")},
+    "lstm": RealModel(_recurrent("lstm"), _features, "torch"),
+    "gru": RealModel(_recurrent("gru"), _features, "torch"),
+    "transformer": RealModel(_transformer_classifier, _ids, "torch"),
+    "bert": RealModel(lambda: _hugging_face("bert"), _ids_and_mask, "transformers"),
+    "gpt2": RealModel(lambda: _hugging_face("gpt2"), _ids_and_mask, "transformers"),
+}
+
+
+def example(name: str, batch: int = 2, seed: int = 0) -> dict:
+    """Inputs for the model `name` with `batch` rows."""
+    return MODELS[name].inputs(batch, np.random.default_rng(seed))
+
+
+def export(name: str, path, exporter: str) -> None:
+    """The model `name` with random weights (seed 0), exported by `exporter` to `path` with
+    axis 0 of every input the symbolic dim "batch". Raises what the exporter raises."""
+    import torch
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    torch.manual_seed(0)
+    model = MODELS[name].build().eval()
+    feeds = example(name)
+    args = tuple(torch.from_numpy(a) for a in feeds.values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if exporter == "torchscript":
+            torch.onnx.export(model, args, str(path), input_names=list(feeds), output_names=["y"], opset_version=17,
+                              dynamic_axes={k: {0: "batch"} for k in feeds}, dynamo=False)
+        else:
+            batch = torch.export.Dim("batch")
+            torch.onnx.export(model, args, str(path), input_names=list(feeds), output_names=["y"], opset_version=18,
+                              dynamic_shapes={k: {0: batch} for k in feeds}, dynamo=True, verbose=False)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dlc.tools.real_models", description=__doc__.split("\n\n")[0])
+    p.add_argument("name", nargs="?", choices=list(MODELS))
+    p.add_argument("exporter", nargs="?", choices=EXPORTERS)
+    p.add_argument("path", nargs="?")
+    p.add_argument("--list", action="store_true", help="print the models' names")
+    args = p.parse_args(argv)
+    if args.list or not args.path:
+        print("\n".join(MODELS))
+        return 0
+    export(args.name, args.path, args.exporter)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
