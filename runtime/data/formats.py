@@ -73,6 +73,7 @@ def label_column(y: np.ndarray) -> np.ndarray:
     return y.astype(np.int32) if whole else y.astype(np.float32)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _NOT_NUMBERS = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "Python objects", "M": "dates",
                 "m": "time spans", "V": "records"}
 
@@ -92,15 +93,13 @@ def numbers(src: str, p, columns: dict, kind: str = "column") -> dict:
     Python, `kind` "array"), refusing a column that is not real numbers (`not_numbers`) and a
     float column with a NaN, an infinity or a value beyond float32 (what training computes in).
     Every reader of a file, and runtime/training/inputs.py for arrays, checks its columns here."""
-    limit = np.finfo(np.float32).max
     place = f"{src}: {p}:" if p is not None else f"{src}:"
     for name, a in columns.items():
         what = not_numbers(a)
         if what:
             raise DlcError(f"{place} {kind} '{name}' holds {what}, not numbers")
         if a.dtype.kind == "f":
-            with np.errstate(invalid="ignore"):
-                bad = ~(np.abs(a) <= limit)         # NaN compares false
+            bad = ~(np.abs(a) <= FLOAT32_MAX)       # NaN compares false (and warns of nothing)
             if bad.any():
                 where = tuple(int(i) for i in np.argwhere(bad)[0])
                 raise DlcError(f"{place} {kind} '{name}' holds a value that is not a finite float32 number "
