@@ -238,11 +238,10 @@ class Executable:
             lay.bind(bid, np.ascontiguousarray(feeds[name], self.input_dtypes[name]))
         for slot, a in enumerate(extra):
             lay.bind(self.extras + slot, a)
-        args = lay.table[self.arguments]        # each kernel's argument slots
         self.fault.value = 0
         if self.numerics is not None:
             self.numerics.arm(lay.table, sizes)
-        self.fn(args.ctypes.data, lay.dims, threads())
+        self.fn(lay.address, lay.dims, threads())
         if self.host_error is not None:
             error, self.host_error = self.host_error, None
             raise error
@@ -295,6 +294,12 @@ class Layout:
         self.wants = {b.id: (np.dtype(DTYPES[b.dtype]), int(concrete(b.size, sizes)), b.name or str(b.id))
                       for b in exe.program.buffers}
         self.held: dict = {}        # slot -> the array whose address it holds
+        # the driver's arguments: each kernel's slots of the table (driver.py), kept as the
+        # table changes, so that a call passes them as they are
+        self.arguments = exe.arguments
+        self.args = table[exe.arguments]
+        self.address = self.args.ctypes.data
+        self.places: dict = {}      # slot -> where the arguments hold it
         self.outputs = {}           # output name -> (element count, shape)
         for name in exe.program.outputs:
             shape = tuple(int(concrete(d, sizes)) for d in exe.graph.outputs[name].type.shape)
@@ -307,7 +312,12 @@ class Layout:
         if want is not None and (a.dtype != want[0] or not a.flags.c_contiguous or a.size < want[1]):
             raise TypeError(f"buffer {want[2]} needs {want[1]} contiguous {want[0]} elements, got {a.dtype} {a.shape}")
         if self.held.get(slot) is not a:
-            self.table[slot] = 0 if a is None else a.ctypes.data
+            address = 0 if a is None else a.ctypes.data
+            places = self.places.get(slot)
+            if places is None:
+                places = self.places[slot] = np.flatnonzero(self.arguments == slot)
+            self.table[slot] = address
+            self.args[places] = address
             self.held[slot] = a
         return a
 
