@@ -706,8 +706,9 @@ class _Gen:
                 brow = _gep(b, B, b.mul(k, ldb))
                 if vectors > 1:
                     ahead = _gep(b, B, b.mul(_min(b, b.add(k, _c64(FEW_AHEAD)), b.sub(K, _c64(1))), ldb))
-                    for v in range(0, vectors, 64 // (4 * vw)):
-                        b.call(prefetch, [b.bitcast(_gep(b, ahead, b.add(j, _c64(v * vw))), vptr), i32(0), i32(3), i32(1)])
+                    for v in range(0, vectors, 64 // (4 * vw)):      # a prefetch a cache line
+                        line = b.bitcast(_gep(b, ahead, b.add(j, _c64(v * vw))), vptr)
+                        b.call(prefetch, [line, i32(0), i32(3), i32(1)])
                 av = splat(b, a_at(i, k), vty)
                 new += [b.call(self.fma, [av, operand(load(vptr_at(brow, b.add(j, _c64(v * vw))))), acc[v]])
                         for v in range(vectors)]
@@ -730,7 +731,8 @@ class _Gen:
             b.cbranch(b.icmp_signed("<", vector_end, n1), tail, after)
             b.position_at_end(tail)
             lanes = ir.Constant(ir.VectorType(i64, vw), list(range(vw)))
-            run(i, crow, vector_end, 1, b.icmp_signed("<", lanes, splat(b, b.sub(n1, vector_end), ir.VectorType(i64, vw))))
+            left = splat(b, b.sub(n1, vector_end), ir.VectorType(i64, vw))
+            run(i, crow, vector_end, 1, b.icmp_signed("<", lanes, left))
             b.branch(after)
             b.position_at_end(after)
 

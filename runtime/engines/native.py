@@ -212,6 +212,7 @@ class Executable:
             table[self.checks:self.extras] = np.arange(1, self.extras - self.checks + 1)
             lay = self.layouts[key] = Layout(self, sizes, arrays, table)
         return lay
+
     def _fitting_plan(self, sizes: dict, fixed: dict) -> tuple:
         """The arena plan for these sizes, once the memory of a step is known to fit, and
         that memory by part: what the engine keeps (`resident`) and the step's activations."""
@@ -273,7 +274,6 @@ class Executable:
             sizes = self.bound[key] = {s: 0 for s in self.program.symbols if s.startswith("$")} | \
                 bind_sizes(self.graph, feeds)
         return sizes
-
 
 
 class Layout:

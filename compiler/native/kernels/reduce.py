@@ -56,7 +56,8 @@ class ReduceKernel(Kernel):
         if trail < len(self.shape):
             return kept[0]
         last = len(self.shape) - 1
-        return last if kept == [last] and isinstance(self.shape[last], int) and self.shape[last] > COLUMN_BLOCK else None
+        wide = isinstance(self.shape[last], int) and self.shape[last] > COLUMN_BLOCK
+        return last if kept == [last] and wide else None
 
 
 # columns of a team's share of a reduction split along its last axis: whole cache lines
