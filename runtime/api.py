@@ -101,18 +101,22 @@ class DlcModel:
             ds = array_data({self.eval_model.inputs[0].name: data}, "data")
         arrays = input_arrays(self.eval_model, ds, need_targets=False)
         n = len(next(iter(arrays.values())))
-        parts: dict = {}
-        for start in range(0, n, batch):
-            out = self.engine.predict(self.params, {k: v[start:start + batch] for k, v in arrays.items()})
-            for k, v in out.items():
-                parts.setdefault(k, []).append(v)
-        if not parts:
+        if 0 < n <= batch:      # one batch, neither sliced nor joined (Python's µs count at batch 1)
+            out = self.engine.predict(self.params, arrays)
+        else:
+            parts: dict = {}
+            for start in range(0, n, batch):
+                part = self.engine.predict(self.params, {k: v[start:start + batch] for k, v in arrays.items()})
+                for k, v in part.items():
+                    parts.setdefault(k, []).append(v)
+            for k, v in parts.items():
+                if len(v) > 1 and v[0].ndim == 0:
+                    raise DlcError(f"output {k} is one number per batch, not per example: predict all {n} examples "
+                                   f"as one batch (batch = {n})")
+            out = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
+        if not out:
             raise DlcError(f"model {self.name} declares no outputs; add `output name = ...`")
-        for k, v in parts.items():
-            if len(v) > 1 and v[0].ndim == 0:
-                raise DlcError(f"output {k} is one number per batch, not per example: predict all {n} examples "
-                               f"as one batch (batch = {n})")
-        return {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
+        return out
 
     def _read_inputs(self, data) -> Dataset:
         """A text file (encoded by the vocabulary), another file or a source such as digits()."""

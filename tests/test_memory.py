@@ -199,9 +199,9 @@ def poison_temporaries(monkeypatch):
     def poisoned(self, sizes, fixed):
         lay = layout(self, sizes, fixed)
         plan = self.plans[tuple(sizes[s] for s in self.program.symbols)]
-        ordered = sorted(plan.offsets, key=lambda b: lay[0][b].dtype.kind == "f")     # floats last
+        ordered = sorted(plan.offsets, key=lambda b: lay.arrays[b].dtype.kind == "f")     # floats last
         for b in ordered:
-            lay[0][b][...] = np.nan if lay[0][b].dtype.kind == "f" else 1
+            lay.arrays[b][...] = np.nan if lay.arrays[b].dtype.kind == "f" else 1
         return lay
     monkeypatch.setattr(Executable, "layout", poisoned)
 
@@ -235,7 +235,7 @@ def test_native_training_on_a_poisoned_arena_matches_the_reference(name, packing
     # the temporaries really are views of one arena, some of them sharing bytes
     exe = engine.train_exe
     (key, plan), = exe.plans.items()
-    arrays = exe.layouts[key][0]
+    arrays = exe.layouts[key].arrays
     base = arrays[next(iter(plan.offsets))].base
     assert all(arrays[b].base is base for b in plan.offsets)
     assert plan.arena < plan.temp_bytes

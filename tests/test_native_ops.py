@@ -410,10 +410,13 @@ PRIMS = {
     "reduce_max-all": reduce("reduce_max", (0, 1)),
     "reduce_max-02": reduce("reduce_max", (0, 2), (B, 13, D)),
     "reduce_max-ties": reduce("reduce_max", (1,), sample=rounded),
-    # reductions a team splits along their first kept axis (kernels.reduce_split)
+    # reductions a team splits along their first kept axis (ReduceKernel.split_axis)
     "reduce_sum-team-bias-grad": reduce("reduce_sum", (0, 2, 3), shape=(B, 5, 7, 9)),
     "reduce_sum-team-rows": reduce("reduce_sum", (1, 2), shape=(B, 4, 37)),
     "reduce_max-team-middle": reduce("reduce_max", (0, 2), shape=(B, 3, 13), sample=rounded),
+    # ... or along their last axis, the only kept one, in blocks of columns (the last one cut short)
+    "reduce_sum-team-columns": reduce("reduce_sum", (0,), shape=(B, 150)),
+    "reduce_max-team-columns": reduce("reduce_max", (0, 1), shape=(B, 3, 150), sample=rounded),
     "argmax-last": Prim({"x": f32(B, D)}, lambda g, t: g.add1("argmax", [t["x"]], axis=1), grad=False),
     "argmax-first": Prim({"x": f32(B, D)}, lambda g, t: g.add1("argmax", [t["x"]], axis=0), grad=False),
     "argmax-ties": Prim({"x": f32(B, D, sample=rounded)}, lambda g, t: g.add1("argmax", [t["x"]], axis=1), grad=False),

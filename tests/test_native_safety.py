@@ -238,6 +238,31 @@ def test_loading_other_weights_changes_what_evaluate_returns(tmp_path, backend):
     assert not np.allclose(model.predict({"x": x})["probs"], first)
 
 
+def test_every_call_checks_the_arrays_it_binds_and_reads_values_changed_in_place(tmp_path):
+    """A layout keeps the address of an array bound again (runtime/engines/native.py
+    `Layout`): values changed in place are read, and an array of the wrong dtype, too
+    short or not contiguous is refused before native code runs, after good calls too."""
+    model = DlcModel(str(write(tmp_path, "mlp.dl", MLP)), backend="native")
+    exe = model.engine.predict_exe
+    params = {p.name: np.random.default_rng(0).normal(size=p.type.shape).astype(np.float32)
+              for p in model.eval_model.params}
+    fixed = exe.given(params)
+    assert all(fixed[bid] is params[name] for name, bid in exe.program.params.items())     # no copies
+    feeds = {"x": np.load(_mlp_data(tmp_path))["x"][:5], "rng": np.zeros(2, np.int32)}
+    probs = lambda: exe.output("output:probs", *exe.run(feeds, fixed))
+    first = probs()
+    np.testing.assert_array_equal(probs(), first)
+    weight = next(a for a in fixed.values() if a.ndim == 2)
+    weight *= 2.0           # the same array, the same address: its new values
+    assert not np.allclose(probs(), first)
+    bid = next(b for b, a in fixed.items() if a is weight)
+    for bad in (weight.astype(np.float64), weight.ravel()[:-1], np.asfortranarray(weight)):
+        with pytest.raises(TypeError, match="needs"):
+            exe.run(feeds, {**fixed, bid: bad})
+    weight /= 2.0
+    np.testing.assert_array_equal(probs(), first)
+
+
 # ---- item 8: sizes too small for a window -----------------------------------------------------------------
 CONV = """model m {
     input  x: f32[B, 3, T]

@@ -119,7 +119,8 @@ OPERANDS = ("f32", "bf16-round", "bf16-pairs")
 # rows of op(A) up to which a block multiplies without packing (_Gen.few_rows), and the
 # vectors of a C row it keeps in registers
 FEW_ROWS = 2
-FEW_VECTORS = 4
+FEW_VECTORS = 8
+FEW_AHEAD = 8
 
 AVX2 = GemmConfig()
 AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
@@ -677,45 +678,63 @@ class _Gen:
     def few_rows(self, b, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, trans_a, accumulate):
         """C rows (+)= a sum over k of op(A)[i, k] · B row k, without packing: with a row or
         two of C (a batch of one at inference, a vector times a matrix), packing B would
-        copy all of it to use each element once or twice. FEW_VECTORS vectors of a C row
-        stay in registers while K streams B's rows; the last columns go one at a time."""
+        copy all of it to use each element once or twice. Runs of FEW_VECTORS vectors of a
+        C row stay in registers while K streams B's rows (that many independent FMA chains
+        keep both FMA units busy, and each row's run is contiguous, which the prefetcher
+        follows); then single vectors, and the last columns under a mask. Every element is
+        one chain of FMAs along k, whichever run holds it."""
         vty, vw = self.vty, self.cfg.vw
-        width = FEW_VECTORS * vw
-        fma = declare(self.m, "llvm.fma.f32", f32, [f32] * 3)
+        mload, mstore = masked(self.m, vty)
+        prefetch = declare(self.m, "llvm.prefetch.p0", ir.VoidType(), [vptr, i32, i32, i32])
         operand = (lambda x: round_bf16(b, x)) if self.cfg.bf16 else (lambda x: x)
 
         def a_at(i, k):
             return operand(b.load(_gep(b, A, b.add(b.mul(k, lda), i) if trans_a else b.add(b.mul(i, lda), k))))
 
-        def b_at(ptr, **align):
-            return operand(b.load(ptr, **align))
-
         def vptr_at(base, j):
-            return b.bitcast(_gep(b, base, j), vty.as_pointer())
+            # not `inbounds`: a masked vector's lanes past the end of a row may lie past the buffer
+            return b.bitcast(b.gep(base, [j]), vty.as_pointer())
+
+        def run(i, crow, j, vectors, mask=None):
+            """C[i, j : j + vectors·vw] (the lanes of `mask` only) over all of K."""
+            def load(ptr):
+                return b.call(mload, [ptr, i32(4), mask, ir.Constant(vty, None)]) if mask is not None \
+                    else b.load(ptr, align=4)
+            places = [vptr_at(crow, b.add(j, _c64(v * vw))) for v in range(vectors)]
+            acc0 = [load(p) for p in places] if accumulate else [ir.Constant(vty, None)] * vectors
+            with _carrying_loop(b, K, acc0, name="fk") as (k, acc, new):
+                brow = _gep(b, B, b.mul(k, ldb))
+                if vectors > 1:
+                    ahead = _gep(b, B, b.mul(_min(b, b.add(k, _c64(FEW_AHEAD)), b.sub(K, _c64(1))), ldb))
+                    for v in range(0, vectors, 64 // (4 * vw)):      # a prefetch a cache line
+                        line = b.bitcast(_gep(b, ahead, b.add(j, _c64(v * vw))), vptr)
+                        b.call(prefetch, [line, i32(0), i32(3), i32(1)])
+                av = splat(b, a_at(i, k), vty)
+                new += [b.call(self.fma, [av, operand(load(vptr_at(brow, b.add(j, _c64(v * vw))))), acc[v]])
+                        for v in range(vectors)]
+            for p, value in zip(places, acc):
+                if mask is not None:
+                    b.call(mstore, [value, p, i32(4), mask])
+                else:
+                    b.store(value, p, align=4)
 
         with _loop(b, m0, m1, name="fi") as i:
             crow = _gep(b, C, b.mul(i, ldc))
+            width = FEW_VECTORS * vw
             wide_end = b.sub(n1, b.srem(b.sub(n1, n0), _c64(width)))
             with _loop(b, n0, wide_end, width, name="fj") as j:
-                if accumulate:
-                    acc0 = [b.load(vptr_at(crow, b.add(j, _c64(v * vw))), align=4) for v in range(FEW_VECTORS)]
-                else:
-                    acc0 = [ir.Constant(vty, None)] * FEW_VECTORS
-                with _carrying_loop(b, K, acc0, name="fk") as (k, acc, new):
-                    brow = _gep(b, B, b.add(b.mul(k, ldb), j))
-                    av = b.insert_element(ir.Constant(vty, ir.Undefined), a_at(i, k), i32(0))
-                    av = b.shuffle_vector(av, ir.Constant(vty, ir.Undefined),
-                                          ir.Constant(ir.VectorType(i32, vw), [0] * vw))
-                    new += [b.call(self.fma, [av, b_at(vptr_at(brow, _c64(v * vw)), align=4), acc[v]])
-                            for v in range(FEW_VECTORS)]
-                for v in range(FEW_VECTORS):
-                    b.store(acc[v], vptr_at(crow, b.add(j, _c64(v * vw))), align=4)
-            with _loop(b, wide_end, n1, name="fe") as j:
-                c = _gep(b, crow, j)
-                start = b.load(c) if accumulate else ir.Constant(f32, 0.0)
-                with _carrying_loop(b, K, [start], name="fek") as (k, (total,), new):
-                    new.append(b.call(fma, [a_at(i, k), b_at(_gep(b, B, b.add(b.mul(k, ldb), j))), total]))
-                b.store(total, c)
+                run(i, crow, j, FEW_VECTORS)
+            vector_end = b.sub(n1, b.srem(b.sub(n1, wide_end), _c64(vw)))
+            with _loop(b, wide_end, vector_end, vw, name="fv") as j:
+                run(i, crow, j, 1)
+            tail, after = b.append_basic_block("few.tail"), b.append_basic_block("few.after")
+            b.cbranch(b.icmp_signed("<", vector_end, n1), tail, after)
+            b.position_at_end(tail)
+            lanes = ir.Constant(ir.VectorType(i64, vw), list(range(vw)))
+            left = splat(b, b.sub(n1, vector_end), ir.VectorType(i64, vw))
+            run(i, crow, vector_end, 1, b.icmp_signed("<", lanes, left))
+            b.branch(after)
+            b.position_at_end(after)
 
     def variant(self, name, trans_a, trans_b, accumulate, packed):
         cfg = self.cfg

@@ -12,6 +12,7 @@ import math
 from llvmlite import ir
 
 from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.kernels.reduce import COLUMN_BLOCK
 from dlc.compiler.native.gemm import declare, default_config, masked, round_bf16, splat, vec_ptr
 from dlc.compiler.native.program import Affine, KernelProgram, Load
 from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
@@ -73,14 +74,20 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
     else:       # the least value: of a bool (an unsigned i1) false, of an integer its most negative
         init = ir.Constant(t, 0 if k.op == "sum" or t.width == 1 else -(1 << (t.width - 1)))
 
+    trail = k.reduced_tail()
+    columns = first is not None and k.split_axis() == trail - 1 == len(k.shape) - 1
+    if columns:     # first: blocks of COLUMN_BLOCK columns, the last block cut at the last column
+        width = ir.Constant(i64, k.shape[-1])
+        ends = [b.mul(x, ir.Constant(i64, COLUMN_BLOCK)) for x in first]
+        first = tuple(b.select(b.icmp_signed("<", x, width), x, width) for x in ends)
     kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(_strides(kept))), idx), init),
              first=first)
     # the trailing reduced axes accumulate in a register; the rest into memory, the split
-    # axis (the first kept one: each thread's outputs are its own) outermost
-    trail = k.reduced_tail()
+    # axis (the first kept one: each thread's outputs are its own) outermost, or when split
+    # by columns, every row of the thread's columns in order
     tail = k.shape[trail:]
     order = list(range(trail))
-    if first is not None:
+    if first is not None and not columns:
         split = k.split_axis()
         order = [split] + [a for a in order if a != split]
     head = tuple(k.shape[a] for a in order)
@@ -109,7 +116,10 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
         at = kb.affine(out_at, hidx + [ir.Constant(i64, 0)] * len(tail))
         ptr = b.gep(kb.buffer(k.out, dtype), [at])
         b.store(combine(b.load(ptr), total), ptr)
-    kb.loops(head, outer, first=first)
+    if columns:
+        kb.loops(head[:-1], lambda rows: kb.loops(head[-1:], lambda j: outer(rows + j), first=first))
+    else:
+        kb.loops(head, outer, first=first)
 
 
 # A float sum over the trailing axes adds element i of the last axis into partial sum

@@ -35,6 +35,9 @@ from dlc.runtime.engines.interpreter import bind_sizes
 from dlc.runtime.training import second_order
 from dlc.runtime.training.optim import Optimizer
 
+# the random key of evaluation and prediction: always zeros (read only, as every input)
+NO_KEY = np.zeros(2, np.int32)
+NO_KEY.flags.writeable = False
 # a host function a HostCallKernel calls: (the address of an f32 buffer, its element count); ctypes takes
 # the GIL. The address comes as an int: a pointer object and np.ctypeslib.as_array cost twice the time
 HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
@@ -190,10 +193,10 @@ class Executable:
         counts[:] = 0
         return out
 
-    def layout(self, sizes: dict, fixed: dict):
+    def layout(self, sizes: dict, fixed: dict) -> "Layout":
         """Buffers and the pointer table for one set of dim sizes. `fixed` gives the
         arrays that live elsewhere (parameters, gradients, state): they may change from
-        call to call, so their slots are filled at every call (`run`), never kept."""
+        call to call, so their slots are bound at every call (`run`)."""
         key = tuple(sizes[s] for s in self.program.symbols)
         lay = self.layouts.get(key)
         if lay is None:
@@ -214,8 +217,7 @@ class Executable:
             for bid, function in self.hosts.items():
                 table[bid] = ctypes.cast(function, ctypes.c_void_p).value
             table[self.checks:self.extras] = np.arange(1, self.extras - self.checks + 1)
-            dims = (ctypes.c_int64 * max(1, len(key)))(*key)
-            lay = self.layouts[key] = (arrays, table, dims)
+            lay = self.layouts[key] = Layout(self, sizes, arrays, table)
         return lay
 
     def _fitting_plan(self, sizes: dict, fixed: dict) -> tuple:
@@ -233,27 +235,22 @@ class Executable:
         return p, resident | activations(sizes)
 
     def run(self, feeds: dict, fixed: dict, extra=()) -> tuple:
-        """Run on feeds; returns (every buffer, the sizes of the symbolic dims)."""
-        # "$t0", ...: the step indices of scans, written by the loops themselves
-        sizes = {s: 0 for s in self.program.symbols if s.startswith("$")} | self._sizes(feeds)
-        arrays, table, dims = self.layout(sizes, fixed)
-        arrays = list(arrays)
+        """Run on feeds; returns (every buffer, the sizes of the symbolic dims). `extra`:
+        the arrays of the slots after the checks (the update's buffers), in order."""
+        sizes = self._sizes(feeds)
+        lay = self.layout(sizes, fixed)
+        arrays = list(lay.arrays)
         for bid, a in fixed.items():
-            arrays[bid] = a
-            table[bid] = self._checked(bid, a, sizes).ctypes.data
-        keep = []
+            arrays[bid] = lay.bind(bid, a)
         for name, bid in self.program.inputs.items():
-            a = np.ascontiguousarray(feeds[name], self.input_dtypes[name])
-            keep.append(a)
-            table[bid] = a.ctypes.data
+            lay.bind(bid, np.ascontiguousarray(feeds[name], self.input_dtypes[name]))
         for slot, a in enumerate(extra):
-            table[self.extras + slot] = 0 if a is None else a.ctypes.data
-        args = table[self.arguments]        # each kernel's argument slots
+            lay.bind(self.extras + slot, a)
         self.arrays = arrays                # what a host function may read during the call
         self.fault.value = 0
         if self.numerics is not None:
-            self.numerics.arm(table, sizes)
-        self.fn(args.ctypes.data, dims, threads())
+            self.numerics.arm(lay.table, sizes)
+        self.fn(lay.address, lay.dims, threads())
         if self.host_error is not None:
             error, self.host_error = self.host_error, None
             raise error
@@ -272,25 +269,64 @@ class Executable:
 
     def output(self, name: str, arrays: list, sizes: dict) -> np.ndarray:
         """Output `name` of a run (its buffers and sizes), a copy in its evaluated shape."""
-        shape = tuple(concrete(d, sizes) for d in self.graph.outputs[name].type.shape)
-        return arrays[self.program.outputs[name]][:int(np.prod(shape, dtype=np.int64))].reshape(shape).copy()
+        count, shape = self.layout(sizes, {}).outputs[name]
+        return arrays[self.program.outputs[name]][:count].reshape(shape).copy()
 
     def _sizes(self, feeds: dict) -> dict:
         """bind_sizes, once per shape of the feeds (a prediction of one example is ~20 µs of
-        native code; walking the graph to bind its sizes took longer)."""
+        native code; walking the graph to bind its sizes took longer); "$t0", ...: the step
+        indices of scans, which the loops themselves write."""
         key = tuple(np.shape(feeds[name]) if name in feeds else None for name in self.input_dtypes)
         sizes = self.bound.get(key)
         if sizes is None:
-            sizes = self.bound[key] = derive(bind_sizes(self.graph, feeds), self.program.symbols)
+            sizes = self.bound[key] = {s: 0 for s in self.program.symbols if s.startswith("$")} | \
+                derive(bind_sizes(self.graph, feeds), self.program.symbols)
         return sizes
 
-    def _checked(self, bid: int, a: np.ndarray, sizes: dict) -> np.ndarray:
-        """The native code reads and writes `a` as this buffer: it must be exactly that
-        (the engine converts what users give it; this guards the boundary)."""
-        b = self.program.buffers[bid]
-        if a.dtype != DTYPES[b.dtype] or not a.flags.c_contiguous or a.size < concrete(b.size, sizes):
-            raise TypeError(f"buffer {b.name or bid} needs {concrete(b.size, sizes)} contiguous {b.dtype} "
-                            f"elements, got {a.dtype} {a.shape}")
+
+class Layout:
+    """An executable's buffers for one set of dim sizes and the pointer table of their
+    addresses, with what is computed once for those sizes: the element count each buffer
+    must have and each output's shape. The slots of arrays given at each call (parameters,
+    inputs, the update's arrays) are bound by `bind`, which checks every array and keeps
+    the one each slot points to: an array bound again (a parameter, from call to call)
+    keeps its address, which costs a microsecond to read (a prediction of one example
+    binds a dozen)."""
+
+    def __init__(self, exe: "Executable", sizes: dict, arrays: list, table: np.ndarray):
+        self.arrays, self.table = arrays, table
+        key = [sizes[s] for s in exe.program.symbols]
+        self.dims = (ctypes.c_int64 * max(1, len(key)))(*key)
+        # slot -> (dtype, element count, name) of the array it takes; the update's slots
+        # (after the checks) are the engine's own arrays, which it sized
+        self.wants = {b.id: (np.dtype(DTYPES[b.dtype]), int(concrete(b.size, sizes)), b.name or str(b.id))
+                      for b in exe.program.buffers}
+        self.held: dict = {}        # slot -> the array whose address it holds
+        # the driver's arguments: each kernel's slots of the table (driver.py), kept as the
+        # table changes, so that a call passes them as they are
+        self.arguments = exe.arguments
+        self.args = table[exe.arguments]
+        self.address = self.args.ctypes.data
+        self.places: dict = {}      # slot -> where the arguments hold it
+        self.outputs = {}           # output name -> (element count, shape)
+        for name in exe.program.outputs:
+            shape = tuple(int(concrete(d, sizes)) for d in exe.graph.outputs[name].type.shape)
+            self.outputs[name] = (int(np.prod(shape, dtype=np.int64)), shape)
+
+    def bind(self, slot: int, a: np.ndarray | None) -> np.ndarray | None:
+        """Point `slot` at `a`. The native code reads and writes `a` as that buffer: it must be
+        exactly that (the engine converts what users give it; this guards the boundary)."""
+        want = self.wants.get(slot)
+        if want is not None and (a.dtype != want[0] or not a.flags.c_contiguous or a.size < want[1]):
+            raise TypeError(f"buffer {want[2]} needs {want[1]} contiguous {want[0]} elements, got {a.dtype} {a.shape}")
+        if self.held.get(slot) is not a:
+            address = 0 if a is None else a.ctypes.data
+            places = self.places.get(slot)
+            if places is None:
+                places = self.places[slot] = np.flatnonzero(self.arguments == slot)
+            self.table[slot] = address
+            self.args[places] = address
+            self.held[slot] = a
         return a
 
 
@@ -548,11 +584,11 @@ class NativeEngine:
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         exe = self.eval_exe
-        arrays, _ = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
+        arrays, _ = exe.run({**batch, "rng": NO_KEY}, self._fixed(exe, params, False))
         return _scalars({name: arrays[bid][0] for name, bid in exe.program.outputs.items()
                          if name == "loss" or name.startswith("metric:")})
 
     def predict(self, params: dict, batch: dict) -> dict:
         exe = self.predict_exe
-        arrays, sizes = exe.run({**batch, "rng": np.zeros(2, np.int32)}, self._fixed(exe, params, False))
+        arrays, sizes = exe.run({**batch, "rng": NO_KEY}, self._fixed(exe, params, False))
         return {name[7:]: exe.output(name, arrays, sizes) for name in exe.program.outputs}

@@ -31,7 +31,8 @@ class ReduceKernel(Kernel):
             kb = f.serial()
             reduce(kb, self, f.prog)
             return kb
-        return f.team(lambda kb, first: reduce(kb, self, f.prog, first), self.shape[split], numel(self.shape))
+        extent = self.shape[split] if split < len(self.shape) - 1 else -(-self.shape[split] // COLUMN_BLOCK)
+        return f.team(lambda kb, first: reduce(kb, self, f.prog, first), extent, numel(self.shape))
 
     def reduced_tail(self) -> int:
         """Where the trailing run of reduced axes starts."""
@@ -41,10 +42,23 @@ class ReduceKernel(Kernel):
         return trail
 
     def split_axis(self) -> int | None:
-        """The axis a team splits a sum or max over: the first kept one, when the reduction
-        also has trailing reduced axes (summed in a register in the innermost loops, which
-        stay as they were: the same numbers on any team), as a convolution's bias gradient
-        [N, C, H, W] -> [C]. None: the reduction runs on one thread."""
+        """The axis a team splits a sum or max over, each output still summed in the same
+        order (the same numbers on any team): the first kept one, when the reduction also
+        has trailing reduced axes (summed in a register in the innermost loops), as a
+        convolution's bias gradient [N, C, H, W] -> [C]; or the last, in blocks of
+        COLUMN_BLOCK columns, when it is the only kept axis and of a static size, as a dense
+        layer's bias gradient [B, n] -> [n] (each thread walks every row of its columns).
+        None: the reduction runs on one thread."""
         trail = self.reduced_tail()
         kept = [a for a in range(trail) if a not in self.axes]
-        return kept[0] if self.op != "argmax" and kept and trail < len(self.shape) else None
+        if self.op == "argmax" or not kept:
+            return None
+        if trail < len(self.shape):
+            return kept[0]
+        last = len(self.shape) - 1
+        wide = isinstance(self.shape[last], int) and self.shape[last] > COLUMN_BLOCK
+        return last if kept == [last] and wide else None
+
+
+# columns of a team's share of a reduction split along its last axis: whole cache lines
+COLUMN_BLOCK = 64
