@@ -184,7 +184,8 @@ def _pickled(parts: tuple) -> bytes:
     pickler.fast = True
     try:
         pickler.dump(parts)
-    except ValueError:          # a cycle, which only the memo pickles: the plain bytes
+    except (ValueError, KeyError):   # a cycle, which only the memo pickles (the fast pickler raises
+        # either, by where the cycle closes): the plain bytes
         return pickle.dumps(parts, protocol=5)
     return out.getvalue()
 
