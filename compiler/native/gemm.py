@@ -328,30 +328,21 @@ def splat(b, s, vty):
                             ir.Constant(vty, ir.Undefined), lanes)
 
 
-class BFloatType(ir.Type):
-    """LLVM's bfloat, which llvmlite's IR builder lacks: the operand type of vdpbf16ps."""
+class LLVMType(ir.Type):
+    """An LLVM type that llvmlite's IR builder lacks, by its name: `bfloat` (the operands
+    of vdpbf16ps), `x86_amx` (the value of a tile register)."""
+
+    def __init__(self, name: str):
+        self.name = name
 
     def _to_string(self):
-        return "bfloat"
+        return self.name
 
     def __eq__(self, other):
-        return isinstance(other, BFloatType)
+        return isinstance(other, LLVMType) and other.name == self.name
 
     def __hash__(self):
-        return hash(BFloatType)
-
-
-class AmxType(ir.Type):
-    """LLVM's x86_amx, a tile register's value, which llvmlite's IR builder lacks."""
-
-    def _to_string(self):
-        return "x86_amx"
-
-    def __eq__(self, other):
-        return isinstance(other, AmxType)
-
-    def __hash__(self):
-        return hash(AmxType)
+        return hash((LLVMType, self.name))
 
 
 def _transpose_words(b, rows):
@@ -431,7 +422,7 @@ class _Gen:
 
     def dot(self, b, acc, a, x):
         """acc + the products of the bfloat16 pairs of a and x, summed by pairs (vdpbf16ps)."""
-        pty = ir.VectorType(BFloatType(), 2 * self.cfg.vw)
+        pty = ir.VectorType(LLVMType("bfloat"), 2 * self.cfg.vw)
         dp = declare(self.m, "llvm.x86.avx512bf16.dpbf16ps.512", self.vty, [self.vty, pty, pty])
         return b.call(dp, [acc, b.bitcast(a, pty), b.bitcast(x, pty)])
 
@@ -541,8 +532,16 @@ class _Gen:
 
     def pack(self, which: str, trans: bool):
         """Pack function for 'a' (MR-tall panels) or 'b' (NR-wide panels)."""
-        build = self._build_amx_pack if self.cfg.amx else self._build_pack
-        return self._shared(f"pack_{which}_{'t' if trans else 'n'}", lambda name: build(name, which, trans))
+        def build(name):
+            fn = _internal(self.m, name, ir.VoidType(), [i64, i64, fptr, i64, fptr],
+                           ["kc", "len", "src", "ld", "dst"])
+            fn.attributes.add("noinline")
+            fn.args[4].add_attribute("noalias")
+            # op(A) non-transposed is stored M×K (k contiguous); op(B) non-transposed is K×N.
+            contig_k = (which == "a") != trans
+            (self._build_amx_pack if self.cfg.amx else self._build_pack)(fn, which, contig_k)
+            return fn
+        return self._shared(f"pack_{which}_{'t' if trans else 'n'}", build)
 
     def panel_length(self, b, k):
         """Floats a panel holds per row of A or column of B for a K slice k deep: k, or on
@@ -551,7 +550,7 @@ class _Gen:
             return k
         return b.mul(_ceil_div(b, k, TILE_DEPTH), _c64(TILE_DEPTH // 2))
 
-    def _build_pack(self, name, which, trans):
+    def _build_pack(self, fn, which, contig_k):
         """pack(kc, len, src, ld, dst): panels of P (= MR or NR) along `len`, k-major.
 
         Element (p, k) of the block — p along the panel direction (rows of op(A) or
@@ -561,12 +560,6 @@ class _Gen:
         """
         cfg, vty = self.cfg, self.vty
         P = cfg.mr if which == "a" else cfg.nr
-        # op(A) non-transposed is stored M×K (k contiguous); op(B) non-transposed is K×N.
-        contig_k = (which == "a") != trans
-        fn = _internal(self.m, name, ir.VoidType(), [i64, i64, fptr, i64, fptr],
-                       ["kc", "len", "src", "ld", "dst"])
-        fn.attributes.add("noinline")
-        fn.args[4].add_attribute("noalias")
         kc, length, src, ld, dst = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         npanels = _ceil_div(b, length, P)
@@ -640,7 +633,6 @@ class _Gen:
             if cfg.bf16:
                 self.to_bf16(b, out, kc, P)
         b.ret_void()
-        return fn
 
     def to_bf16(self, b, panel, kc, P):
         """A packed panel (kc rows of P floats) made into the micro-kernel's bfloat16
@@ -672,7 +664,7 @@ class _Gen:
         """(tileloadd, tdpbf16ps, tilestored, tilezero): LLVM's shape-carrying forms, from
         which it writes the tile configuration (ldtilecfg) itself. Shapes are rows and bytes
         per row; strides are in bytes."""
-        i16, tile = ir.IntType(16), AmxType()
+        i16, tile = ir.IntType(16), LLVMType("x86_amx")
         return (declare(self.m, "llvm.x86.tileloadd64.internal", tile, [i16, i16, vptr, i64]),
                 declare(self.m, "llvm.x86.tdpbf16ps.internal", tile, [i16, i16, i16, tile, tile, tile]),
                 declare(self.m, "llvm.x86.tilestored64.internal", ir.VoidType(), [i16, i16, vptr, i64, tile]),
@@ -755,7 +747,7 @@ class _Gen:
         b.ret_void()
         return fn
 
-    def _build_amx_pack(self, name, which, trans):
+    def _build_amx_pack(self, fn, which, contig_k):
         """pack(kc, len, src, ld, dst) into the tiles' layouts, rounded to bfloat16: panels
         of 32 along `len` (rows of op(A), columns of op(B)), each a 32 x 32 block per tile
         of K (2 KB, the K slice rounded up to whole tiles), zero past `len` and kc. In a
@@ -765,11 +757,6 @@ class _Gen:
         the source's contiguous direction are read with masked loads, made bfloat16 pairs
         and, where the layout runs the other way, transposed 16 x 16 in registers."""
         P, W = self.cfg.mr, TILE_DEPTH // 2       # 32 rows or columns; 16 pairs per row
-        contig_k = (which == "a") != trans
-        fn = _internal(self.m, name, ir.VoidType(), [i64, i64, fptr, i64, fptr],
-                       ["kc", "len", "src", "ld", "dst"])
-        fn.attributes.add("noinline")
-        fn.args[4].add_attribute("noalias")
         kc, length, src, ld, dst = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         wty = ir.IntType(32).as_pointer()
@@ -815,7 +802,6 @@ class _Gen:
                 for r, v in enumerate(rows):
                     b.store(v, b.bitcast(_gep(b, out, _c64(r * v.type.count)), v.type.as_pointer()), align=4)
         b.ret_void()
-        return fn
 
     def buffers(self):
         """Global per-thread-slot pack buffer pointers (allocated on first use)."""
