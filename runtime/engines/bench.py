@@ -14,12 +14,14 @@ from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.training.optim import make_optimizer
 
 
-def bench(program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int) -> str:
+def bench(program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int,
+          precision: str = "f32") -> str:
+    """`precision`: of the products, as the train block's ("bf16": bfloat16 operands)."""
     train, evaluation = program.build(model_name, training=True), program.build(model_name, training=False)
     names = [p.name for p in train.params if p.trainable]
     opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
     t0 = time.perf_counter()
-    engine = NativeEngine(train, evaluation, opt, names, profile=True)
+    engine = NativeEngine(train, evaluation, opt, names, profile=True, precision=precision)
     compile_s = time.perf_counter() - t0
     params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
     state = opt.init({n: params[n] for n in names})
@@ -46,7 +48,7 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
         parents.append(next((i for i in range(len(rows) - 2, -1, -1) if rows[i]["depth"] < depth), None))
         trips.append(trips[depth] * k.runs(sizes))
     step_cycles = sum(r["cycles"] for r in rows if r["depth"] == 0) or 1.0
-    lines = [f"native train step of {train.name}: median {median * 1e3:.3f} ms over {steps} steps "
+    lines = [f"native train step of {train.name}{' (bf16 products)' * (precision == 'bf16')}: median {median * 1e3:.3f} ms over {steps} steps "
              f"(sizes: {', '.join(f'{k}={v}' for k, v in sizes.items())}); compile {compile_s:.2f} s",
              _memory(exe),
              f"{'kernel':<24}{'source':<22}{'ms/step':>10}{'share':>8}{'GFLOP/s':>10}"]
