@@ -32,7 +32,10 @@ OPERANDS): the packed panels are rounded in place once packed and the float32
 micro-kernel runs on them ("bf16-round", the conversion path), or on a host with
 AVX512_BF16 rows k and k+1 of each panel become interleaved bfloat16 pairs that the
 micro-kernel multiplies with vdpbf16ps, two products per lane ("bf16-pairs"; K slices
-start at even k). `bf16_config` picks the host's.
+start at even k), or on a host with AMX the panels are packed into the tiles' layouts
+and a 32 x 32 block of C is summed in four tiles by tdpbf16ps ("bf16-amx"; K slices of
+whole tiles of 32; Linux grants the tile state on request, `tiles_granted`).
+`bf16_config` picks the host's.
 
 An operand B that many products share (a recurrent weight, at every step of a scan) can
 be packed once by `add_pack` into K-long NR-wide panels; the `packed` routines take that
