@@ -4,6 +4,7 @@ with dlc's share of the machine's FMA peak (benchmarks/peak.py).
     python benchmarks/gemm.py                  # 1 and 2 threads (one subprocess each)
     python benchmarks/gemm.py --threads 2      # one thread count, in this process
     python benchmarks/gemm.py --wait-idle      # shared machine: time each shape when others are idle
+    python benchmarks/gemm.py --precision bf16 # bfloat16 products: dlc's bf16 paths vs torch's
 
 The BLAS thread count is fixed when numpy is imported, so each thread count runs in its
 own process with OPENBLAS_NUM_THREADS set first, and without OPENBLAS_CORETYPE and
@@ -17,6 +18,12 @@ Shapes are M×K×N for C[M,N] = op(A)[M,K] @ op(B)[K,N]; "Aᵀ·G" and "G·Bᵀ"
 forms of a dense layer X[M,K] @ W[K,N] (dW = Xᵀ·G, dX = G·Wᵀ), computed without
 materializing the transposes. `others` is the most cores other processes used while a
 shape was timed.
+
+With `--precision bf16` the peer is torch.matmul on bfloat16 tensors (oneDNN: the AMX
+tiles where the host has them; its result is bfloat16), and dlc's columns are its float32
+kernel and each bf16 path the host has (the conversion path, vdpbf16ps pairs, the AMX
+tiles: compiler/native/gemm.py `bf16_config`), each checked against the product of the
+operands rounded to bfloat16; dlc/best is the host's bf16 path over torch's.
 """
 from __future__ import annotations
 
@@ -25,6 +32,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 from machine import OtherLoad, wait_idle
 from peak import cached_or_measure
@@ -36,13 +44,14 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=0.05, help="timed seconds per round")
     ap.add_argument("--quick", action="store_true", help="square sizes only")
+    ap.add_argument("--precision", choices=("f32", "bf16"), default="f32", help="of the products")
     ap.add_argument("--wait-idle", action="store_true",
                     help="before each shape, wait (up to 10 min) until the CPUs are >= 90%% idle")
     args = ap.parse_args(argv)
     if args.threads is None:
         for t in (1, 2):
             cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(t),
-                   "--seconds", str(args.seconds), "--rounds", str(args.rounds)]
+                   "--seconds", str(args.seconds), "--rounds", str(args.rounds), "--precision", args.precision]
             cmd += ["--quick"] * args.quick + ["--wait-idle"] * args.wait_idle
             env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
             subprocess.run(cmd, check=True, env=env)
@@ -72,13 +81,21 @@ def _time_calls(fns, seconds, rounds):
 def run(args):
     import numpy as np
 
+    from dlc.compiler.ir.evaluate import round_bf16
     from dlc.compiler.native import gemm
     from dlc.compiler.native import jit
 
     variants = [(False, False, False), (True, False, False), (False, True, False)]
+    bf16 = args.precision == "bf16"
     configs = {"avx2": gemm.AVX2}
     if jit.host_has("avx512f"):
         configs["avx512"] = gemm.AVX512
+    if bf16:
+        configs = {"f32": gemm.default_config(), "round": replace(gemm.default_config(), operands="bf16-round")}
+        if jit.host_has("avx512bf16"):
+            configs["pairs"] = replace(gemm.AVX512, operands="bf16-pairs")
+        if gemm.bf16_config().amx:
+            configs["amx"] = gemm.AMX
     nt = args.threads
     libs, notes = {}, []
     for key, cfg in configs.items():
@@ -101,7 +118,7 @@ def run(args):
         torch = None
         print("(torch not installed: no torch.matmul column)")
     peak = cached_or_measure()["gflops"][nt]
-    default = next(k for k, cfg in configs.items() if cfg == gemm.default_config())
+    default = next(k for k, cfg in configs.items() if cfg == (gemm.bf16_config() if bf16 else gemm.default_config()))
     print(f"FMA peak on {nt} thread(s): {peak:.0f} GFLOP/s; dlc's default kernel here: {default}")
 
     rng = np.random.default_rng(0)
@@ -111,7 +128,9 @@ def run(args):
             cases += [(f"{m}x{k}x{n}", m, k, n, False, False),
                       (f"  Aᵀ·G {k}x{m}x{n}", k, m, n, True, False),
                       (f"  G·Bᵀ {m}x{n}x{k}", m, n, k, False, True)]
-    peers = ["numpy"] + ["torch"] * (torch is not None)
+    peers = ["torch bf16"] if bf16 else ["numpy"] + ["torch"] * (torch is not None)
+    if bf16 and torch is None:
+        raise SystemExit("--precision bf16 compares with torch, which is not installed")
     columns = peers + [f"dlc {key}" for key in libs] + ["dlc/best", "dlc %pk", "best %pk", "others"]
     print(f"{'shape (MxKxN)':<22}" + "".join(f"{c:>11}" for c in columns) + "   (GFLOP/s, median)")
     ratios = []
@@ -121,7 +140,12 @@ def run(args):
         av, bv = (a.T if ta else a), (b.T if tb else b)
         c_np = np.empty((M, N), np.float32)
         runs = [lambda av=av, bv=bv, c=c_np: np.matmul(av, bv, out=c)]
-        if torch is not None:
+        if bf16:
+            runs[0]()
+            rounded = np.matmul(round_bf16(av).astype(np.float64), round_bf16(bv).astype(np.float64))
+            ta_, tb_ = torch.from_numpy(av).bfloat16(), torch.from_numpy(bv).bfloat16()
+            runs = [lambda ta_=ta_, tb_=tb_: torch.matmul(ta_, tb_)]
+        elif torch is not None:
             ta_, tb_, tc = torch.from_numpy(av), torch.from_numpy(bv), torch.empty((M, N))
             runs.append(lambda ta_=ta_, tb_=tb_, tc=tc: torch.matmul(ta_, tb_, out=tc))
         for run_ in runs:
@@ -130,7 +154,8 @@ def run(args):
             c = np.empty((M, N), np.float32)
             runs.append(lib.bind(a, b, c, trans_a=ta, trans_b=tb, nthreads=nt))
             runs[-1]()
-            if not np.allclose(c, c_np, rtol=1e-3, atol=1e-3 * np.sqrt(K)):
+            want = rounded if lib.config.bf16 else c_np
+            if not np.allclose(c, want, rtol=1e-3, atol=1e-3 * np.sqrt(K)):
                 raise SystemExit(f"{label}: dlc ({key}) and numpy disagree")
         if args.wait_idle:
             wait_idle(600.0)

@@ -26,7 +26,9 @@ forward + backward FLOPs / median step time / the machine's FMA peak (benchmarks
 
 With `--precision bf16` dlc trains with bfloat16 products (docs/native.md, bfloat16 mixed
 precision) and PyTorch's forward runs under torch.autocast("cpu", dtype=torch.bfloat16);
-the first-step losses then agree to BF16_LOSS_RTOL, and JAX is not run.
+the first-step losses then agree to BF16_LOSS_RTOL, and JAX is not run. dlc's float32 step
+is timed in the same run (`dlc_f32`, not a peer), and `f32/bf16` is its median over dlc's
+bf16 median: what bf16 buys.
 """
 from __future__ import annotations
 
@@ -50,7 +52,8 @@ HERE = Path(__file__).resolve().parent
 WORKLOAD_DIR = HERE / "workloads"
 THREADS = 2               # torch.set_num_threads (PERFORMANCE.md: the machine has 2 cores)
 TORCH_VARIANTS = ("torch", "torch_fused", "torch_compile")    # eager; eager + Adam(fused=True); torch.compile
-FRAMEWORKS = ("dlc",) + TORCH_VARIANTS + ("jax",)
+FRAMEWORKS = ("dlc", "dlc_f32") + TORCH_VARIANTS + ("jax",)     # dlc_f32: with --precision bf16 only
+OWN = ("dlc", "dlc_f32")  # not peers
 LOSS_RTOL = 1e-4          # first-step loss agreement required before timing
 BF16_LOSS_RTOL = 1e-2     # ... with bfloat16 products (autocast also keeps activations in bf16)
 TRAJ_RTOL = 1e-3          # later losses (after Adam updates): a warning only
@@ -303,7 +306,7 @@ def timed_loop(run: Run, step_fn, warmup: int, steps: int):
 
 class DlcRunner:
     def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int,
-                 sizes: dict | None = None, precision: str = "f32"):
+                 sizes: dict | None = None, precision: str = "f32", label: str = "dlc"):
         from dlc.runtime.training.settings import Call
         from dlc.runtime.training.optim import make_optimizer
         t0 = time.perf_counter()
@@ -314,7 +317,7 @@ class DlcRunner:
         self.opt = make_optimizer(Call("adam", [], {"lr": lr}))
         self.init, self.batch, self.lr, self.seed = init, batch, lr, seed
         self.requested, self.precision = engine_kind, precision
-        self.run = Run("dlc")
+        self.run, self.label = Run(label), label
         self.t = 0                  # the optimizer's step count
 
     def _fresh(self):
@@ -345,7 +348,7 @@ class DlcRunner:
         if self.requested == "native" and fallback:
             self.run.note = fallback[0]
             print(f"  {self.run.note}")
-        self.run.framework = f"dlc ({self.kind})"
+        self.run.framework = f"{self.label} ({self.kind})"
 
     def timed(self, warmup: int, steps: int):
         timed_loop(self.run, self.step, warmup, steps)
@@ -459,12 +462,12 @@ class Result:
     flops: int = 0                  # one train step's forward + backward FLOPs (dlc's count of its gradient graph)
 
     def best_peer(self) -> str | None:
-        """The fastest framework other than dlc (lowest median), None when none was timed."""
-        timed = [k for k, r in self.runs.items() if k != "dlc" and r.times]
+        """The fastest framework other than dlc's (lowest median), None when none was timed."""
+        timed = [k for k, r in self.runs.items() if k not in OWN and r.times]
         return min(timed, key=lambda k: self.runs[k].median_ms, default=None)
 
     def ratio(self, peer: str | None) -> float:
-        """dlc's median / peer's median (below 1: dlc is faster)."""
+        """dlc's median / peer's median (below 1: dlc is faster); `peer` may be dlc_f32."""
         d, p = self.runs.get("dlc"), self.runs.get(peer)
         return d.median_ms / p.median_ms if d and p and d.times and p.times else float("nan")
 
@@ -495,6 +498,8 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
     if "dlc" in frameworks:
         dlc = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, precision=args.precision)
         runners["dlc"] = dlc
+        if args.precision == "bf16" and "dlc_f32" in frameworks:
+            runners["dlc_f32"] = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, label="dlc f32")
     for variant in TORCH_VARIANTS:
         if variant in frameworks:
             runners[variant] = TorchRunner(name, torch_state(name, init), batch, args.lr, variant,
@@ -579,6 +584,7 @@ def fmt(v: float, digits: int = 2) -> str:
 def table(results: list, keys: list, peak_gflops: float) -> str:
     """One row per workload; `keys` are the frameworks that ran (FRAMEWORKS order)."""
     cols = (["workload", "dlc engine"] + [f"{k} ms" for k in keys] + ["best peer", "dlc/torch", "dlc/best"]
+            + ["f32/bf16"] * ("dlc_f32" in keys)
             + [f"{k} first (s)" for k in keys]
             + ["MFLOP/step", "dlc % peak", "best % peak", "loss check", "others"])
     nan = float("nan")
@@ -588,6 +594,7 @@ def table(results: list, keys: list, peak_gflops: float) -> str:
         row = [r.name, d.framework[5:-1] if d else "-"]
         row += [fmt(r.runs[k].median_ms if k in r.runs else nan) for k in keys]
         row += [best or "-", fmt(r.ratio("torch")), fmt(r.ratio(best))]
+        row += [fmt(1 / r.ratio("dlc_f32"))] * ("dlc_f32" in keys)
         row += [fmt(r.runs[k].first_s if k in r.runs else nan, 3) for k in keys]
         row += [f"{r.flops / 1e6:,.1f}", fmt(100 * r.utilization("dlc", peak_gflops), 1),
                 fmt(100 * r.utilization(best, peak_gflops), 1), r.check, fmt(r.others)]

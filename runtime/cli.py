@@ -421,7 +421,7 @@ def cmd_export(args):
 def cmd_bench(args):
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.engines.bench import bench
-    print(bench(load(args.file), args.model, args.batch, _dims(args.dim), args.steps, args.top))
+    print(bench(load(args.file), args.model, args.batch, _dims(args.dim), args.steps, args.top, args.precision))
 
 
 def cmd_import(args):
@@ -569,6 +569,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of another symbolic dim (default 32)")
     c.add_argument("--steps", type=_positive, default=20, metavar="N", help="timed steps (default 20)")
     c.add_argument("--top", type=_positive, default=25, metavar="N", help="kernels shown, slowest first (default 25)")
+    c.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                   help="of the operands of matmuls and convolutions, as in dlc train (default f32)")
     _add_threads(c)
     c.set_defaults(run=cmd_bench)
 

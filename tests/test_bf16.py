@@ -29,12 +29,15 @@ import drift  # noqa: E402
 
 def gemm_paths() -> dict:
     """The bf16 GEMM paths this machine runs: the conversion path on every blocking it
-    has, and bfloat16 pairs (vdpbf16ps) where it has AVX512_BF16."""
+    has, bfloat16 pairs (vdpbf16ps) where it has AVX512_BF16, and the AMX tiles
+    (tdpbf16ps) where it has AMX-BF16."""
     paths = {"round-avx2": replace(gemm.AVX2, operands="bf16-round")}
     if jit.host_has("avx512f"):
         paths["round-avx512"] = replace(gemm.AVX512, operands="bf16-round")
     if jit.host_has("avx512bf16"):
         paths["pairs-avx512"] = replace(gemm.AVX512, operands="bf16-pairs")
+    if jit.host_has("amx-bf16") and jit.host_has("amx-tile") and gemm.tiles_granted():
+        paths["amx"] = gemm.AMX
     return paths
 
 
@@ -99,21 +102,83 @@ def test_gemm_operand_is_rounded_exactly(path):
     assert np.array_equal(gemm.GemmLibrary([(False, False, False)])(x, one), x)
 
 
-@pytest.mark.parametrize("target, operands", [("avx2", "bf16-round"), ("avx512", "bf16-round"),
-                                              ("host", "bf16-pairs")])
-def test_dlc_target_forces_each_path(target, operands, tmp_path):
-    """DLC_TARGET=avx512 takes AVX512_BF16 (and AMX) away, avx2 all of AVX-512: the bf16
-    routines take the conversion path; on the host they take the pairs where it has them."""
+@pytest.mark.parametrize("path", list(gemm_paths()))
+def test_gemm_stays_in_its_buffers(path):
+    """Operands and C inside NaN borders, shapes that end mid-tile, mid-pair and mid-panel:
+    the product equals the emulation (a NaN read from outside would show), nothing outside
+    C is written, and a packed B (NaN past it) fills at most what lowering allocates."""
+    lib = gemm.GemmLibrary([(False, False, False), (True, True, False)], config=gemm_paths()[path], packed=True)
+    rng = np.random.default_rng(3)
+
+    def framed(shape):
+        room = np.full((shape[0] + 2, shape[1] + 2), np.nan, np.float32)
+        room[1:-1, 1:-1] = rng.standard_normal(shape)
+        return room, room[1:-1, 1:-1]
+    for m, n, k in [(3, 1, 1), (33, 17, 15), (47, 50, 33), (31, 65, 64), (65, 33, 545)]:
+        for t in (False, True):
+            _, a = framed((k, m) if t else (m, k))
+            _, b = framed((n, k) if t else (k, n))
+            for packed in (False, True):
+                room, c = framed((m, n))
+                lib(a, b, c, trans_a=t, trans_b=t, packed=packed, nthreads=2)
+                op = lambda x: (x.T if t else x).astype(np.float64)
+                want = op(round_bf16(a)) @ op(round_bf16(b))
+                assert np.abs(c - want).max() <= 1e-5 * np.abs(want).max(), (m, n, k, t, packed)
+                c[...] = 0
+                assert np.isnan(room).sum() == room.size - m * n, (m, n, k, t, packed)
+            panels = lib._packed(lib.args(np.zeros((0, k), np.float32), b, np.zeros((0, n), np.float32), False, t), t)
+            assert np.isnan(panels[gemm.packed_floats(k, n, tiles=True):]).all()
+
+
+def test_amx_workers_need_no_request_of_their_own(tmp_path):
+    """The tile state is the process's: OpenMP workers that already ran a float32 product
+    before the request run the AMX product after it (no SIGILL)."""
+    if "amx" not in gemm_paths():
+        pytest.skip("the host has no AMX")
+    code = ("import numpy as np; from dlc.compiler.native import gemm; "
+            "x = np.ones((256, 256), np.float32); gemm.GemmLibrary([(False, False, False)])(x, x, nthreads=2); "
+            "print(gemm.GemmLibrary([(False, False, False)], config=gemm.AMX)(x, x, nthreads=2)[0, 0])")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DLC_CACHE_DIR=str(tmp_path)),
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["256.0"], out
+
+
+def test_refused_tile_state_falls_back_and_says_so_once(monkeypatch, capsys):
+    """Where Linux refuses the tile state, the bf16 routines take the vdpbf16ps pairs (the
+    conversion path without AVX512_BF16), and one line on stderr says so."""
+    if not (jit.host_has("amx-bf16") and jit.host_has("amx-tile")):
+        pytest.skip("the host has no AMX")
+    monkeypatch.setattr(gemm, "request_tiles", lambda: 22)
+    gemm.tiles_granted.cache_clear()
+    try:
+        assert [gemm.bf16_config().operands for _ in range(2)] == ["bf16-pairs"] * 2
+        with pytest.raises(RuntimeError, match="tile state"):
+            gemm.GemmLibrary([(False, False, False)], config=gemm.AMX)
+    finally:
+        gemm.tiles_granted.cache_clear()
+    assert capsys.readouterr().err.count("did not grant the AMX tile state (Invalid argument)") == 1
+
+
+PATHS = ("bf16-round", "bf16-pairs", "bf16-amx")      # each faster than the one before
+
+
+@pytest.mark.parametrize("target, best", [("avx2", "bf16-round"), ("avx512", "bf16-round"),
+                                          ("avx512bf16", "bf16-pairs"), ("host", "bf16-amx")])
+def test_dlc_target_forces_each_path(target, best, tmp_path):
+    """DLC_TARGET=avx512bf16 takes AMX away, avx512 also AVX512_BF16, avx2 all of
+    AVX-512: the bf16 routines take the best path the target leaves (at most `best`)."""
     if target != "avx2" and not jit.host_has("avx512f"):
         pytest.skip("the host has no AVX-512")
-    if target == "host" and not jit.host_has("avx512bf16"):
-        operands = "bf16-round"
     code = ("from dlc.compiler.native import gemm, jit; c = gemm.bf16_config(); "
-            "print(c.operands, c.vw, jit.host_has('avx512bf16'))")
+            "amx = jit.host_has('amx-bf16') and jit.host_has('amx-tile') and gemm.tiles_granted(); "
+            "print(c.operands, c.vw, jit.host_has('avx512bf16'), amx)")
     env = dict(os.environ, DLC_TARGET=target, DLC_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    got, vw, has = out.split()
-    assert got == operands and (vw == "8") == (target == "avx2") and (has == "True") == (operands == "bf16-pairs")
+    got, vw, pairs, amx = out.split()
+    assert got == ("bf16-amx" if amx == "True" else "bf16-pairs" if pairs == "True" else "bf16-round")
+    assert PATHS.index(got) <= PATHS.index(best) and (vw == "8") == (target == "avx2")
+    if target == "host" and "amx" in gemm_paths():
+        assert got == "bf16-amx"
 
 
 # ---- the engines ------------------------------------------------------------------------------------
@@ -148,14 +213,15 @@ def test_native_bf16_gradients_are_the_reference_emulation(name, within):
     assert abs(native_loss - loss) <= 1e-5 * abs(loss)
 
 
-@pytest.mark.parametrize("target", ["avx512", "avx2"])
-def test_forced_conversion_path_gives_the_reference_emulation(target, tmp_path):
-    """The native engine with DLC_TARGET forcing the conversion path (in a process of its
+@pytest.mark.parametrize("target, operands", [("avx512bf16", "bf16-pairs"), ("avx512", "bf16-round"),
+                                              ("avx2", "bf16-round")])
+def test_forced_path_gives_the_reference_emulation(target, operands, tmp_path):
+    """The native engine with DLC_TARGET forcing a path the host has (in a process of its
     own: the target is read once) gives the reference engine's bf16 gradients."""
-    if target == "avx512" and not jit.host_has("avx512f"):
-        pytest.skip("the host has no AVX-512")
+    if target != "avx2" and not jit.host_has("avx512f") or operands == "bf16-pairs" and not jit.host_has("avx512bf16"):
+        pytest.skip("the host has not this path")
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_bf16 as t; "
-            "from dlc.compiler.native import gemm; assert gemm.bf16_config().operands == 'bf16-round'; "
+            f"from dlc.compiler.native import gemm; assert gemm.bf16_config().operands == '{operands}'; "
             "np.save(sys.argv[2], t._gradients('mlp', 'native', 'bf16')[1])")
     subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy")],
                    env=dict(os.environ, DLC_TARGET=target), check=True, cwd=ROOT)

@@ -32,7 +32,10 @@ OPERANDS): the packed panels are rounded in place once packed and the float32
 micro-kernel runs on them ("bf16-round", the conversion path), or on a host with
 AVX512_BF16 rows k and k+1 of each panel become interleaved bfloat16 pairs that the
 micro-kernel multiplies with vdpbf16ps, two products per lane ("bf16-pairs"; K slices
-start at even k). `bf16_config` picks the host's.
+start at even k), or on a host with AMX the panels are packed into the tiles' layouts
+and a 32 x 32 block of C is summed in four tiles by tdpbf16ps ("bf16-amx"; K slices of
+whole tiles of 32; Linux grants the tile state on request, `tiles_granted`).
+`bf16_config` picks the host's.
 
 An operand B that many products share (a recurrent weight, at every step of a scan) can
 be packed once by `add_pack` into K-long NR-wide panels; the `packed` routines take that
@@ -51,7 +54,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
+import functools
 import os
+import platform
+import sys
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -87,11 +94,23 @@ class GemmConfig:
             raise ValueError(f"inconsistent GEMM blocking {self}")
         if self.operands not in OPERANDS or self.operands == "bf16-pairs" and self.vw != 16:
             raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")
+        if self.amx and (self.mr, self.nr, self.vw) != (2 * TILE_ROWS, 2 * TILE_ROWS, 16) or self.kc % self.k_step:
+            raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")
 
     @property
     def bf16(self) -> bool:
         """Its operands are rounded to bfloat16 (its routines are the `bf16` ones)."""
         return self.operands != "f32"
+
+    @property
+    def amx(self) -> bool:
+        """Its micro-kernel runs on the AMX tiles."""
+        return self.operands == "bf16-amx"
+
+    @property
+    def k_step(self) -> int:
+        """K slices start at multiples of this: a bfloat16 pair, or a tile's depth."""
+        return {"bf16-pairs": 2, "bf16-amx": TILE_DEPTH}.get(self.operands, 1)
 
     @property
     def tag(self) -> str:
@@ -113,8 +132,13 @@ class GemmConfig:
 # What the micro-kernel multiplies: "f32" floats (llvm.fma); "bf16-round" floats rounded to
 # bfloat16 while they are packed (llvm.fma: the conversion path, any machine);
 # "bf16-pairs" bfloat16 packed as pairs along K, two products per lane with vdpbf16ps
-# (AVX512_BF16).
-OPERANDS = ("f32", "bf16-round", "bf16-pairs")
+# (AVX512_BF16); "bf16-amx" bfloat16 in the AMX tiles' layouts, multiplied by tdpbf16ps.
+OPERANDS = ("f32", "bf16-round", "bf16-pairs", "bf16-amx")
+
+# An AMX tile: 16 rows of 64 bytes. tdpbf16ps multiplies a 16 x 32 bfloat16 tile of A by
+# a 32 x 16 one of B (16 rows of 16 pairs along K) into 16 x 16 floats of C.
+TILE_ROWS = 16
+TILE_DEPTH = 32
 
 # rows of op(A) up to which a block multiplies without packing (_Gen.few_rows), and the
 # vectors of a C row it keeps in registers
@@ -124,6 +148,8 @@ FEW_AHEAD = 8
 
 AVX2 = GemmConfig()
 AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
+# 32 x 32 of C in four tiles; a K slice of A's panel and of B's is 32 KB each (bfloat16)
+AMX = GemmConfig(mr=32, nr=32, vw=16, kc=512, mc=256, nc=1024, operands="bf16-amx")
 
 
 def default_config(vector_width: int | None = None) -> GemmConfig:
@@ -142,13 +168,39 @@ def default_config(vector_width: int | None = None) -> GemmConfig:
 
 
 def bf16_config() -> GemmConfig:
-    """The blocking of the bf16 routines, by the host's features: bfloat16 pairs and
-    vdpbf16ps where it has AVX512_BF16 (and the AVX-512 blocking is the default), else
-    the default blocking with its operands rounded while packing (`DLC_TARGET=avx512`
-    or `avx2` force that path on an AVX512_BF16 host)."""
+    """The blocking of the bf16 routines, by the host's features: the AMX tiles where it
+    has AMX-BF16 (and Linux grants the tile state), else bfloat16 pairs and vdpbf16ps
+    where it has AVX512_BF16 (and the AVX-512 blocking is the default), else the default
+    blocking with its operands rounded while packing. DLC_TARGET forces each path on a
+    host that has more (jit.REMOVED)."""
     cfg = default_config()
+    if cfg.vw == 16 and jit.host_has("amx-bf16") and jit.host_has("amx-tile") and tiles_granted():
+        return AMX
     pairs = cfg.vw == 16 and jit.host_has("avx512bf16")
     return replace(cfg, operands="bf16-pairs" if pairs else "bf16-round")
+
+
+@functools.cache
+def tiles_granted() -> bool:
+    """Whether Linux granted this process the AMX tile state (`request_tiles`); says once
+    on stderr when it refused, and the bf16 products then take AVX512_BF16 instead."""
+    error = request_tiles()
+    if error:
+        print(f"dlc: Linux did not grant the AMX tile state ({os.strerror(error)}); bf16 products "
+              "use AVX512_BF16 instead", file=sys.stderr)
+    return not error
+
+
+def request_tiles() -> int:
+    """Ask Linux for the AMX tile state: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+    (0, else an errno). Without it the first tile instruction is SIGILL. The permission is
+    the process's, for all its threads, present and future (the kernel's
+    Documentation/arch/x86/xstate.rst), so one request serves every OpenMP worker."""
+    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
+        return errno.ENOSYS
+    arch_prctl, req_xcomp_perm, xtiledata = 158, 0x1023, 18
+    status = ctypes.CDLL(None, use_errno=True).syscall(arch_prctl, req_xcomp_perm, xtiledata)
+    return ctypes.get_errno() if status else 0
 
 
 def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool, packed: bool = False, bf16: bool = False) -> str:
@@ -169,10 +221,13 @@ def gemm_type(packed: bool = False) -> ir.FunctionType:
 PACK_TYPE = ir.FunctionType(ir.VoidType(), [i64, i64, fptr, i64, fptr])
 
 
-def packed_floats(k, n, nr: int = 32):
+def packed_floats(k, n, nr: int = 32, tiles: bool = False):
     """Floats that op(B) (k x n) takes packed (`add_pack`) for panels nr wide; 32, the
-    widest of any blocking, is enough for every one. k and n may be dim polynomials."""
-    return k * (n + nr - 1) if not isinstance(n, int) else k * (-(-n // nr) * nr)
+    widest of any blocking, is enough for every one. `tiles`: room for the AMX panels too
+    (a bf16 program's), whose bfloat16 pairs (half a float each) fill whole tiles of 32
+    along K: 16 rows more. k and n may be dim polynomials."""
+    rows = k + 16 if tiles else k
+    return rows * (n + nr - 1) if not isinstance(n, int) else rows * (-(-n // nr) * nr)
 
 
 # --------------------------------------------------------------------------- IR helpers
@@ -277,17 +332,46 @@ def splat(b, s, vty):
                             ir.Constant(vty, ir.Undefined), lanes)
 
 
-class BFloatType(ir.Type):
-    """LLVM's bfloat, which llvmlite's IR builder lacks: the operand type of vdpbf16ps."""
+class LLVMType(ir.Type):
+    """An LLVM type that llvmlite's IR builder lacks, by its name: `bfloat` (the operands
+    of vdpbf16ps), `x86_amx` (the value of a tile register)."""
+
+    def __init__(self, name: str):
+        self.name = name
 
     def _to_string(self):
-        return "bfloat"
+        return self.name
 
     def __eq__(self, other):
-        return isinstance(other, BFloatType)
+        return isinstance(other, LLVMType) and other.name == self.name
 
     def __hash__(self):
-        return hash(BFloatType)
+        return hash((LLVMType, self.name))
+
+
+def _transpose_words(b, rows):
+    """The 32-bit words of `rows` transposed: 32 rows of 16 into 16 rows of 32, or back.
+    Each 16 x 16 half is transposed by swapping the off-diagonal blocks of 8, 4, 2 and 1."""
+    def transpose16(m):
+        m = list(m)
+        for s in (8, 4, 2, 1):
+            for i in range(16):
+                if i & s:
+                    continue
+                j = i + s
+                top = [c if not c & s else 16 + c - s for c in range(16)]
+                bottom = [c + s if not c & s else 16 + c for c in range(16)]
+                mask = lambda idx: ir.Constant(ir.VectorType(i32, 16), idx)
+                m[i], m[j] = (b.shuffle_vector(m[i], m[j], mask(top)), b.shuffle_vector(m[i], m[j], mask(bottom)))
+        return m
+
+    def part(v, lo):
+        return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 16), list(range(lo, lo + 16))))
+    if len(rows) == 32:         # rows of 16: two 16 x 16 halves side by side in the result
+        top, bottom = transpose16(rows[:16]), transpose16(rows[16:])
+        whole = ir.Constant(ir.VectorType(i32, 32), list(range(32)))
+        return [b.shuffle_vector(x, y, whole) for x, y in zip(top, bottom)]
+    return transpose16([part(v, 0) for v in rows]) + transpose16([part(v, 16) for v in rows])
 
 
 def bf16_bits(b, x):
@@ -338,11 +422,11 @@ class _Gen:
         return fn
 
     def ukernel(self):
-        return self._shared("ukernel", self._build_ukernel)
+        return self._shared("ukernel", self._build_amx_ukernel if self.cfg.amx else self._build_ukernel)
 
     def dot(self, b, acc, a, x):
         """acc + the products of the bfloat16 pairs of a and x, summed by pairs (vdpbf16ps)."""
-        pty = ir.VectorType(BFloatType(), 2 * self.cfg.vw)
+        pty = ir.VectorType(LLVMType("bfloat"), 2 * self.cfg.vw)
         dp = declare(self.m, "llvm.x86.avx512bf16.dpbf16ps.512", self.vty, [self.vty, pty, pty])
         return b.call(dp, [acc, b.bitcast(a, pty), b.bitcast(x, pty)])
 
@@ -452,10 +536,25 @@ class _Gen:
 
     def pack(self, which: str, trans: bool):
         """Pack function for 'a' (MR-tall panels) or 'b' (NR-wide panels)."""
-        return self._shared(f"pack_{which}_{'t' if trans else 'n'}",
-                            lambda name: self._build_pack(name, which, trans))
+        def build(name):
+            fn = _internal(self.m, name, ir.VoidType(), [i64, i64, fptr, i64, fptr],
+                           ["kc", "len", "src", "ld", "dst"])
+            fn.attributes.add("noinline")
+            fn.args[4].add_attribute("noalias")
+            # op(A) non-transposed is stored M×K (k contiguous); op(B) non-transposed is K×N.
+            contig_k = (which == "a") != trans
+            (self._build_amx_pack if self.cfg.amx else self._build_pack)(fn, which, contig_k)
+            return fn
+        return self._shared(f"pack_{which}_{'t' if trans else 'n'}", build)
 
-    def _build_pack(self, name, which, trans):
+    def panel_length(self, b, k):
+        """Floats a panel holds per row of A or column of B for a K slice k deep: k, or on
+        the AMX tiles k rounded up to whole tiles, in bfloat16 pairs."""
+        if not self.cfg.amx:
+            return k
+        return b.mul(_ceil_div(b, k, TILE_DEPTH), _c64(TILE_DEPTH // 2))
+
+    def _build_pack(self, fn, which, contig_k):
         """pack(kc, len, src, ld, dst): panels of P (= MR or NR) along `len`, k-major.
 
         Element (p, k) of the block — p along the panel direction (rows of op(A) or
@@ -465,12 +564,6 @@ class _Gen:
         """
         cfg, vty = self.cfg, self.vty
         P = cfg.mr if which == "a" else cfg.nr
-        # op(A) non-transposed is stored M×K (k contiguous); op(B) non-transposed is K×N.
-        contig_k = (which == "a") != trans
-        fn = _internal(self.m, name, ir.VoidType(), [i64, i64, fptr, i64, fptr],
-                       ["kc", "len", "src", "ld", "dst"])
-        fn.attributes.add("noinline")
-        fn.args[4].add_attribute("noalias")
         kc, length, src, ld, dst = fn.args
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         npanels = _ceil_div(b, length, P)
@@ -544,7 +637,6 @@ class _Gen:
             if cfg.bf16:
                 self.to_bf16(b, out, kc, P)
         b.ret_void()
-        return fn
 
     def to_bf16(self, b, panel, kc, P):
         """A packed panel (kc rows of P floats) made into the micro-kernel's bfloat16
@@ -569,6 +661,151 @@ class _Gen:
                               ir.Constant(hty, None))
             dst = b.bitcast(_gep(b, panel, b.mul(q, _c64(P))), pty.as_pointer())
             b.store(b.shuffle_vector(first, second, interleave), dst, align=4)
+
+    # ---- the AMX tiles ("bf16-amx")
+
+    def tile_ops(self):
+        """(tileloadd, tdpbf16ps, tilestored, tilezero): LLVM's shape-carrying forms, from
+        which it writes the tile configuration (ldtilecfg) itself. Shapes are rows and bytes
+        per row; strides are in bytes."""
+        i16, tile = ir.IntType(16), LLVMType("x86_amx")
+        return (declare(self.m, "llvm.x86.tileloadd64.internal", tile, [i16, i16, vptr, i64]),
+                declare(self.m, "llvm.x86.tdpbf16ps.internal", tile, [i16, i16, i16, tile, tile, tile]),
+                declare(self.m, "llvm.x86.tilestored64.internal", ir.VoidType(), [i16, i16, vptr, i64, tile]),
+                declare(self.m, "llvm.x86.tilezero.internal", tile, [i16, i16]))
+
+    def _build_amx_ukernel(self, name):
+        """The micro-kernel on the AMX tiles: a 32 x 32 block of C in four 16 x 16 float
+        tiles, summed over the K slice a tile (32) at a time by tdpbf16ps from two tiles of
+        the A panel (rows 0-15 and 16-31, 32 bfloat16 each) and two of the B panel
+        (columns 0-15 and 16-31, 16 pairs of rows). A whole block of C is loaded into the
+        tiles first (or they start at zero) and stored back from them; an edge block's
+        tiles start at zero, go to a block on the stack and are added (or written) to C's
+        rows r < mr, columns masked to j < nr."""
+        load, dot, store, zero_tile = self.tile_ops()
+        i16 = ir.IntType(16)
+        T = TILE_ROWS
+        row_bytes = i16(4 * T)          # 64: 16 floats, or 32 bfloat16 / 16 pairs
+        fn = _internal(self.m, name, ir.VoidType(), [i64, fptr, fptr, fptr, i64, i64, i64, i1],
+                       ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"])
+        fn.attributes.add("noinline")
+        kc, a, bp, c, ldc, mr, nr, load_c = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        block = b.alloca(ir.ArrayType(f32, 4 * T * T), name="block")
+        block.align = 64
+        block = b.bitcast(block, fptr)
+        a8, b8 = b.bitcast(a, vptr), b.bitcast(bp, vptr)
+        ktiles = _ceil_div(b, kc, TILE_DEPTH)
+        tile_bytes = 4 * T * T           # a 32 x 32 bfloat16 block of a panel: two tiles
+
+        def products(start):
+            """The four tiles of C from `start` on, plus the products of the K slice."""
+            with _carrying_loop(b, ktiles, start, name="kt") as (k, acc, new):
+                at = b.gep(a8, [b.mul(k, _c64(2 * tile_bytes))], inbounds=True)
+                bt = b.gep(b8, [b.mul(k, _c64(2 * tile_bytes))], inbounds=True)
+                a_tiles = [b.call(load, [i16(T), row_bytes, b.gep(at, [_c64(h * tile_bytes)], inbounds=True),
+                                         _c64(4 * T)]) for h in (0, 1)]
+                b_tiles = [b.call(load, [i16(T), row_bytes, b.gep(bt, [_c64(h * 4 * T)], inbounds=True),
+                                         _c64(8 * T)]) for h in (0, 1)]
+                new += [b.call(dot, [i16(T), row_bytes, row_bytes, acc[2 * i + j], a_tiles[i], b_tiles[j]])
+                        for i in (0, 1) for j in (0, 1)]
+            return acc
+
+        def corners(base, ld):      # the four 16 x 16 corners of a 32 x 32 block, row stride ld
+            return [b.bitcast(_gep(b, base, b.add(b.mul(_c64(i * T), ld), _c64(j * T))), vptr)
+                    for i in (0, 1) for j in (0, 1)]
+
+        def zeros():
+            return [b.call(zero_tile, [i16(T), row_bytes]) for _ in range(4)]
+
+        full_bb, edge_bb = fn.append_basic_block("full"), fn.append_basic_block("edge")
+        b.cbranch(b.and_(b.icmp_signed("==", mr, _c64(2 * T)), b.icmp_signed("==", nr, _c64(2 * T))), full_bb, edge_bb)
+        b.position_at_end(full_bb)
+        add_bb, set_bb = fn.append_basic_block("full.add"), fn.append_basic_block("full.set")
+        stride = b.mul(ldc, _c64(4))
+        b.cbranch(load_c, add_bb, set_bb)
+        for bb, add in ((add_bb, True), (set_bb, False)):
+            b.position_at_end(bb)
+            to = corners(c, ldc)
+            start = [b.call(load, [i16(T), row_bytes, p, stride]) for p in to] if add else zeros()
+            for p, tile in zip(to, products(start)):
+                b.call(store, [i16(T), row_bytes, p, stride, tile])
+            b.ret_void()
+
+        b.position_at_end(edge_bb)
+        for p, tile in zip(corners(block, _c64(2 * T)), products(zeros())):
+            b.call(store, [i16(T), row_bytes, p, _c64(8 * T), tile])
+        vty = self.vty
+        mload, mstore = masked(self.m, vty)
+        lanes = ir.VectorType(i64, T)
+        masks = [b.icmp_signed("<", ir.Constant(lanes, list(range(h * T, h * T + T))), splat(b, nr, lanes))
+                 for h in (0, 1)]
+        with _loop(b, 0, mr, name="r") as r:
+            row = _gep(b, c, b.mul(r, ldc))
+            for h in (0, 1):
+                sums = b.load(vec_ptr(b, _gep(b, block, b.add(b.mul(r, _c64(2 * T)), _c64(h * T))), vty), align=64)
+                # not `inbounds`: masked-off lanes may lie past the end of C
+                p = vec_ptr(b, b.gep(row, [_c64(h * T)]), vty)
+                old = b.call(mload, [p, i32(4), masks[h], ir.Constant(vty, None)])
+                b.call(mstore, [b.select(load_c, b.fadd(old, sums), sums), p, i32(4), masks[h]])
+        b.ret_void()
+        return fn
+
+    def _build_amx_pack(self, fn, which, contig_k):
+        """pack(kc, len, src, ld, dst) into the tiles' layouts, rounded to bfloat16: panels
+        of 32 along `len` (rows of op(A), columns of op(B)), each a 32 x 32 block per tile
+        of K (2 KB, the K slice rounded up to whole tiles), zero past `len` and kc. In a
+        block of A, row p holds its 32 bfloat16 along K (16 pairs); in a block of B, pair
+        row q holds rows 2q and 2q+1 of the 32 columns interleaved (the "VNNI" layout).
+        Element (p, k) is src[p*ld + k] when `contig_k`, else src[k*ld + p]; lines along
+        the source's contiguous direction are read with masked loads, made bfloat16 pairs
+        and, where the layout runs the other way, transposed 16 x 16 in registers."""
+        P, W = self.cfg.mr, TILE_DEPTH // 2       # 32 rows or columns; 16 pairs per row
+        kc, length, src, ld, dst = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        wty = ir.IntType(32).as_pointer()
+        words = b.bitcast(dst, wty)
+        ktiles = _ceil_div(b, kc, TILE_DEPTH)
+        fty, hty = ir.VectorType(f32, P), ir.VectorType(ir.IntType(16), P)
+        mload, _ = masked(self.m, fty)
+        lanes = ir.VectorType(i64, P)
+        lane = ir.Constant(lanes, list(range(P)))
+
+        def line(start, count, valid):
+            """bfloat16 of src[start:start + 32], zero from `count` on or when not `valid`."""
+            mask = b.and_(b.icmp_signed("<", lane, splat(b, count, lanes)),
+                          splat(b, valid, ir.VectorType(i1, P)))
+            x = b.call(mload, [vec_ptr(b, start, fty), i32(4), mask, ir.Constant(fty, None)])
+            return b.trunc(b.lshr(bf16_bits(b, x), ir.Constant(ir.VectorType(i32, P), [16] * P)), hty)
+
+        def words_of(halves, n):
+            return b.bitcast(halves, ir.VectorType(i32, n))
+
+        with _loop(b, 0, _ceil_div(b, length, P), name="q") as q:
+            p0 = b.mul(q, _c64(P))
+            panel = _gep(b, words, b.mul(q, b.mul(ktiles, _c64(P * W))))
+            with _loop(b, 0, ktiles, name="kt") as kt:
+                k0 = b.mul(kt, _c64(TILE_DEPTH))
+                out = _gep(b, panel, b.mul(kt, _c64(P * W)))
+                if contig_k:     # rows along K: 16 pairs of row p, p = 0..31
+                    left = b.sub(kc, k0)
+                    rows = [words_of(line(b.gep(src, [b.add(b.mul(b.add(p0, _c64(p)), ld), k0)]), left,
+                                          b.icmp_signed("<", b.add(p0, _c64(p)), length)), W)
+                            for p in range(P)]
+                else:            # rows along len: pair row j, rows k0 + 2j and k0 + 2j + 1 interleaved
+                    left = b.sub(length, p0)
+                    interleave = ir.Constant(ir.VectorType(i32, 2 * P), [i // 2 + (i % 2) * P for i in range(2 * P)])
+                    rows = []
+                    for j in range(W):
+                        k = [b.add(k0, _c64(2 * j + e)) for e in (0, 1)]
+                        pair = [line(b.gep(src, [b.add(b.mul(ke, ld), p0)]), left, b.icmp_signed("<", ke, kc))
+                                for ke in k]
+                        rows.append(words_of(b.shuffle_vector(pair[0], pair[1], interleave), P))
+                if (which == "a") != contig_k:
+                    rows = _transpose_words(b, rows)
+                for r, v in enumerate(rows):
+                    b.store(v, b.bitcast(_gep(b, out, _c64(r * v.type.count)), v.type.as_pointer()), align=4)
+        b.ret_void()
 
     def buffers(self):
         """Global per-thread-slot pack buffer pointers (allocated on first use)."""
@@ -642,9 +879,9 @@ class _Gen:
         # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
         kslices = _ceil_div(b, K, cfg.kc)
         kstep = _ceil_div(b, K, kslices)
-        pairs = cfg.operands == "bf16-pairs"
-        if pairs:       # slices start at even k: a pair never straddles two
-            kstep = b.mul(_ceil_div(b, kstep, 2), _c64(2))
+        pairs = cfg.k_step > 1
+        if pairs:       # slices start at even k (or whole tiles): a pair never straddles two
+            kstep = b.mul(_ceil_div(b, kstep, cfg.k_step), _c64(cfg.k_step))
         with _loop(b, n0, n1, cfg.nc, name="jc") as jc:
             nc = _min(b, _c64(cfg.nc), b.sub(n1, jc))
             with _loop(b, 0, K, kstep, name="pc") as pc:
@@ -652,12 +889,12 @@ class _Gen:
                 # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
                 if packed:     # the K-long panels from column jc on, from row pc on
                     rows = b.sdiv(pc, _c64(2)) if pairs else pc      # packed rows before row pc
-                    bblock = _gep(b, Bk, b.add(b.mul(jc, K), b.mul(rows, _c64(cfg.nr))))
-                    bstride = K
+                    bstride = self.panel_length(b, K)
+                    bblock = _gep(b, Bk, b.add(b.mul(jc, bstride), b.mul(rows, _c64(cfg.nr))))
                 else:
                     bsrc = _gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
                     b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
-                    bblock, bstride = Bp, kc
+                    bblock, bstride = Bp, self.panel_length(b, kc)
                 load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, _c64(0))
                 with _loop(b, m0, m1, cfg.mc, name="ic") as ic:
                     mc = _min(b, _c64(cfg.mc), b.sub(m1, ic))
@@ -669,7 +906,7 @@ class _Gen:
                         crow = _gep(b, C, b.add(jc, jr))
                         with _loop(b, 0, mc, cfg.mr, name="ir") as ir_:
                             mr = _min(b, _c64(cfg.mr), b.sub(mc, ir_))
-                            apanel = _gep(b, Ap, b.mul(ir_, kc))
+                            apanel = _gep(b, Ap, b.mul(ir_, self.panel_length(b, kc)))
                             ctile = _gep(b, crow, b.mul(b.add(ic, ir_), ldc))
                             b.call(uk, [kc, apanel, bpanel, ctile, ldc, mr, nr, load_c])
         b.ret_void()
@@ -907,6 +1144,8 @@ class GemmLibrary:
         """`packed`: also the routines of each variant that take op(B) packed, and the
         pack functions (call with packed=True)."""
         self.config = config or default_config()
+        if self.config.amx and not tiles_granted():
+            raise RuntimeError("the AMX routines need the tile state, which Linux did not grant")
         if variants is None:
             variants = [(ta, tb, acc) for ta in (False, True) for tb in (False, True)
                         for acc in (False, True)]
@@ -980,7 +1219,7 @@ class GemmLibrary:
         M, N, K, _, _, _, b, ldb, stride_b, *_ = args
         if stride_b:
             raise ValueError("a packed b must be one matrix")
-        room = np.full(packed_floats(K, N) + 64, np.nan, np.float32)
+        room = np.full(packed_floats(K, N, tiles=self.config.amx) + 64, np.nan, np.float32)
         out = room[(-room.ctypes.data % 64) // 4:]
         self._packs[trans_b](K, N, b, ldb, out.ctypes.data)
         return out

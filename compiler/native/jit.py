@@ -42,11 +42,12 @@ def _init() -> None:
 # DLC_TARGET=avx2 compiles for a generic AVX2 machine (x86-64-v3) even on an AVX-512
 # host, to test the AVX2 kernels, or to compare them on a host with double-pumped AVX-512;
 # DLC_TARGET=avx512 for the host without its bfloat16 units (AVX512_BF16, AMX), to test
-# the bf16 GEMM's conversion path with the AVX-512 blocking.
-TARGETS = ("host", "avx2", "avx512")
+# the bf16 GEMM's conversion path with the AVX-512 blocking; DLC_TARGET=avx512bf16 for the
+# host without AMX, to test the bf16 GEMM's vdpbf16ps path on an AMX host.
+TARGETS = ("host", "avx2", "avx512", "avx512bf16")
 # the features each target takes away from the host's (LLVM's spelling, by prefix)
 REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10"),
-           "avx512": ("+avx512bf16", "+amx", "+avx10")}
+           "avx512": ("+avx512bf16", "+amx", "+avx10"), "avx512bf16": ("+amx",)}
 
 
 @functools.cache

@@ -209,7 +209,7 @@ class Lowering:
             return hoisted
         key = (buffer, offset, ld, k, n, trans)
         if key not in outer.packs:
-            out = self.p.buffer("f32", packed_floats(k, n), "temp")
+            out = self.p.buffer("f32", packed_floats(k, n, tiles=self.bf16), "temp")
             self.emit(PackKernel(k, n, (buffer, offset, ld), trans, out.id, self.bf16, node=node), into=outer.kernels)
             outer.packs[key] = out.id
         return outer.packs[key]

@@ -15,36 +15,41 @@ from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.training.optim import make_optimizer
 
 
-def bench(program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int) -> str:
+BF16 = " (bf16 products)"
+
+
+def bench(program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int,
+          precision: str = "f32") -> str:
     """The train step's profile; a model without a loss (an imported classifier) has no
-    step to train, so its prediction's."""
+    step to train, so its prediction's. `precision`: of the products, as the train block's
+    ("bf16": bfloat16 operands)."""
     evaluation = program.build(model_name, training=False)
     if "loss" not in evaluation.graph.outputs:
-        return _predict_profile(evaluation, batch, dims, steps, top)
+        return _predict_profile(evaluation, batch, dims, steps, top, precision)
     train = program.build(model_name, training=True)
     names = [p.name for p in train.params if p.trainable]
     opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
     t0 = time.perf_counter()
-    engine = NativeEngine(train, evaluation, opt, names, profile=True)
+    engine = NativeEngine(train, evaluation, opt, names, profile=True, precision=precision)
     compile_s = time.perf_counter() - t0
     params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
     state = opt.init({n: params[n] for n in names})
     sizes = _sizes(train, batch, dims)
     feeds = _feeds(train, sizes)
     run = lambda step: engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))
-    return _profile(f"native train step of {train.name}", engine.train_exe, run, sizes, steps, top, compile_s)
+    return _profile(f"native train step of {train.name}{BF16 * (precision == 'bf16')}", engine.train_exe, run, sizes, steps, top, compile_s)
 
 
-def _predict_profile(model, batch: int, dims: dict, steps: int, top: int) -> str:
+def _predict_profile(model, batch: int, dims: dict, steps: int, top: int, precision: str) -> str:
     """The native prediction's profile: every output from random inputs."""
     t0 = time.perf_counter()
-    engine = NativeEngine(model, model, profile=True)
+    engine = NativeEngine(model, model, profile=True, precision=precision)
     exe = engine.predict_exe
     compile_s = time.perf_counter() - t0
     params = {k: v.astype(np.float32) for k, v in init_params(model).items()}
     sizes = _sizes(model, batch, dims)
     feeds = _feeds(model, sizes)
-    return _profile(f"native prediction of {model.name}", exe, lambda step: engine.predict(params, feeds),
+    return _profile(f"native prediction of {model.name}{BF16 * (precision == 'bf16')}", exe, lambda step: engine.predict(params, feeds),
                     sizes, steps, top, compile_s)
 
 
