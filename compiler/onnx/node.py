@@ -201,10 +201,11 @@ class Node:
         array = np.asarray(array)
         self.imp.weights[name] = np.array(array, np.float64 if array.dtype == np.float64 else np.float32, order="C")
 
-    def absorb(self, ops, j: int = 0):
-        """The node reading output j, when it is one of `ops`, the only reader, and output j
-        is not a graph output: it becomes part of this node's result (a bias, an activation)."""
-        name = self.results[j] if j < len(self.results) else ""
+    def absorb(self, ops, j: int = 0, after: str = ""):
+        """The node reading output j (or the value `after`), when it is one of `ops`, the only
+        reader, and that value is not a graph output: it becomes part of this node's result
+        (a bias, an activation)."""
+        name = after or (self.results[j] if j < len(self.results) else "")
         readers = self.imp.consumers.get(name, [])
         if not name or name in self.imp.graph_outputs or len(readers) != 1 or readers[0].op_type not in ops:
             return None
