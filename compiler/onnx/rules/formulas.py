@@ -18,9 +18,11 @@ from dlc.compiler.onnx.writing import flt, kw, weights_hint
 
 
 def _number(n: Node, name: str):
-    """The one number a known value holds, else None."""
+    """The one number a known value holds, else None (also for a dim, known only at binding)."""
     v = n.imp.values.get(name)
-    return float(v.const.reshape(-1)[0]) if v is not None and v.const is not None and v.const.size == 1 else None
+    if v is None or v.const is None or v.const.size != 1 or v.const.dtype == object:
+        return None
+    return float(v.const.reshape(-1)[0])
 
 
 def _is(n: Node, name: str, number: float) -> bool:
