@@ -13,9 +13,14 @@ from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.training.optim import make_optimizer
+from dlc.tools.real_models import without_torchvision_ops
 
 # compiled native code goes to a cache of this test session, not the user's
 os.environ.setdefault("DLC_CACHE_DIR", tempfile.mkdtemp(prefix="dlc-test-cache-"))
+
+# the torchvision that CI installs may be a CUDA build that does not load: the tests (and
+# transformers, which imports it) take its model definitions without its compiled ops
+without_torchvision_ops()
 
 
 # ---- programs and runs of dlc ------------------------------------------------------------------

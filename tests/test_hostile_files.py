@@ -64,6 +64,24 @@ def test_a_huge_range_stays_a_run_time_value(tmp_path, capsys):
     assert "arange(1000000000000)" in (tmp_path / "out.dl").read_text()
 
 
+
+@pytest.mark.parametrize("limit", ["product", "shape"])
+def test_a_huge_range_whose_limit_other_nodes_compute_stays_a_run_time_value(tmp_path, capsys, limit):
+    """The limit 10^12 made by a Mul of constants, or from the input's shape: neither ONNX's
+    shape inference (with data propagation) nor the folding computes the range."""
+    if limit == "product":
+        nodes = [h.make_node("Mul", ["m", "n"], ["b"])]
+        inits = [nh.from_array(np.array(10**6, np.int64), k) for k in ("m", "n")]
+    else:       # x: f32[2], so the limit is 2 * 5 * 10^11
+        nodes = [h.make_node("Shape", ["x"], ["s"]), h.make_node("ReduceSum", ["s", "axis"], ["two"], keepdims=0),
+                 h.make_node("Mul", ["two", "n"], ["b"])]
+        inits = [nh.from_array(np.array([0], np.int64), "axis"), nh.from_array(np.array(5 * 10**11, np.int64), "n")]
+    bounds = [nh.from_array(np.array(v, np.int64), name) for name, v in (("a", 0), ("d", 1))]
+    range_nodes, inits = _summed(h.make_node("Range", ["a", "b", "d"], ["c"]), bounds + inits)
+    path = _save(tmp_path / "m.onnx", nodes + range_nodes, inits)
+    assert main(_import(path, tmp_path)) == 0, capsys.readouterr().err
+    assert "arange(1000000000000)" in (tmp_path / "out.dl").read_text()
+
 def test_a_range_too_large_to_fold_and_not_counted_is_refused(tmp_path, capsys):
     bounds = [nh.from_array(np.array(v, np.float32), name) for name, v in (("a", 0), ("b", 1e12), ("d", 0.5))]
     path = _save(tmp_path / "m.onnx", *_summed(h.make_node("Range", ["a", "b", "d"], ["c"]), bounds))

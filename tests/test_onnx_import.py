@@ -195,6 +195,89 @@ def test_scan_is_a_scan(tmp_path, backend):
     assert "scan t in 5 (axis = 0, reverse = true) carry" in text and "x[:, t]" in text
 
 
+
+def same_as_onnx_reference(path, feeds, backend):
+    """The imported program gives what onnx's reference evaluator computes."""
+    from onnx.reference import ReferenceEvaluator
+    program, weights = dl_import(path)
+    got = DlcModel(str(program), backend=backend).load_weights(weights).predict(feeds)
+    model = onnx.load(path)
+    for name, want in zip([o.name for o in model.graph.output], ReferenceEvaluator(model).run(None, feeds)):
+        np.testing.assert_allclose(got[name], want, rtol=1e-5, atol=1e-6, err_msg=name)
+    return program.read_text()
+
+
+def loop_model(tmp_path, trips, cond_out="Identity"):
+    """Loop(trips): h = h * 0.5 + x + i (the iteration number) carried, h * 2 stacked."""
+    nodes = [h.make_node("Cast", ["i"], ["i_f"], to=F), h.make_node("Mul", ["h_in", "half"], ["halved"]),
+             h.make_node("Add", ["halved", "x"], ["plus_x"]), h.make_node("Add", ["plus_x", "i_f"], ["h_out"]),
+             h.make_node("Mul", ["h_out", "two"], ["y_t"])]
+    nodes.append(h.make_node("Identity", ["cond_in"], ["cond_out"]) if cond_out == "Identity" else
+                 h.make_node("Less", ["i", "three"], ["cond_out"]))
+    body = h.make_graph(nodes, "body", [h.make_tensor_value_info("i", TensorProto.INT64, []),
+                                        h.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                                        h.make_tensor_value_info("h_in", F, [2, 3])],
+                        [h.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+                         h.make_tensor_value_info("h_out", F, [2, 3]), h.make_tensor_value_info("y_t", F, [2, 3])],
+                        [numpy_helper.from_array(np.array(v, np.float32), k) for k, v in (("half", 0.5), ("two", 2.0))]
+                        + [numpy_helper.from_array(np.array(3, np.int64), "three")])
+    # the condition given as true: onnx's reference evaluator runs no iteration without one
+    return save(tmp_path, "loop", [h.make_node("Loop", ["trips", "keep", "h0"], ["h", "ys"], body=body)],
+                [h.make_tensor_value_info("x", F, [2, 3]), h.make_tensor_value_info("h0", F, [2, 3])],
+                [h.make_tensor_value_info("h", F, [2, 3]), h.make_tensor_value_info("ys", F, [None, 2, 3])],
+                [numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+                 numpy_helper.from_array(np.array(True), "keep")])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_loop_with_a_trip_count_is_a_scan(tmp_path, backend):
+    """A Loop of 4 iterations whose condition stays true: a scan of 4 steps, the iteration
+    number a counter carried beside the loop's values. (onnxruntime is the oracle: onnx's
+    reference evaluator concatenates a Loop's scan outputs, where the spec stacks them.)"""
+    feeds = {"x": RNG.standard_normal((2, 3)).astype(np.float32), "h0": RNG.standard_normal((2, 3)).astype(np.float32)}
+    text = same_as_onnxruntime(loop_model(tmp_path, 4), feeds, backend)
+    assert "scan t in 4 (axis = 0) carry" in text and '= cast(0, "i64")' in text
+
+
+def test_a_loop_that_stops_on_a_condition_is_refused_by_name(tmp_path):
+    path = loop_model(tmp_path, 10, cond_out="Less")
+    with pytest.raises(Unsupported, match=r"node '.*' \(Loop, opset 17\): dlc cannot import a Loop whose "
+                                          r"condition is computed in its body"):
+        import_model(read_model(path), source=path.name)
+
+
+def if_model(tmp_path, condition):
+    """If(condition): relu(x) * 2 or x - 1 (the branches read x from the graph)."""
+    then_branch = h.make_graph([h.make_node("Relu", ["x"], ["r"]), h.make_node("Mul", ["r", "two"], ["then_y"])],
+                               "then", [], [h.make_tensor_value_info("then_y", F, [2, 3])],
+                               [numpy_helper.from_array(np.array(2.0, np.float32), "two")])
+    else_branch = h.make_graph([h.make_node("Sub", ["x", "one"], ["else_y"])], "else", [],
+                               [h.make_tensor_value_info("else_y", F, [2, 3])],
+                               [numpy_helper.from_array(np.array(1.0, np.float32), "one")])
+    nodes = [h.make_node("If", ["cond"], ["y"], then_branch=then_branch, else_branch=else_branch)]
+    inputs = [h.make_tensor_value_info("x", F, [2, 3])]
+    if condition is None:       # computed at run time
+        nodes.insert(0, h.make_node("ReduceSum", ["x"], ["total"], keepdims=0))
+        nodes.insert(1, h.make_node("Greater", ["total", "zero"], ["cond"]))
+        constants = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
+    else:
+        constants = [numpy_helper.from_array(np.array(condition), "cond")]
+    return save(tmp_path, "branch", nodes, inputs, [h.make_tensor_value_info("y", F, [2, 3])], constants)
+
+
+@pytest.mark.parametrize("condition", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_if_with_a_condition_known_at_import_is_its_branch(tmp_path, backend, condition):
+    text = same_as_onnx_reference(if_model(tmp_path, condition), {"x": RNG.standard_normal((2, 3)).astype(np.float32)},
+                                  backend)
+    assert ("relu(x)" in text) == condition and "select" not in text
+
+
+def test_an_if_on_a_condition_computed_at_run_time_is_refused_by_name(tmp_path):
+    path = if_model(tmp_path, None)
+    with pytest.raises(Unsupported, match="an If whose condition is computed at run time"):
+        import_model(read_model(path), source=path.name)
+
 def sequence_length(x="x"):
     """The nodes of T, the size of axis 1 of x, as int64[1] ("T1") and as a scalar ("T")."""
     return [h.make_node("Shape", [x], ["shape"]),

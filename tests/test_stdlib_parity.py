@@ -148,6 +148,7 @@ ACTIVATIONS = {
     "silu(x)": F.silu,
     "softplus(x)": F.softplus,
     "hard_sigmoid(x)": F.hardsigmoid,
+    "relu6(x)": F.relu6,
     "step(x)": lambda x: (x >= 0).to(DT),
     "sign_step(x)": lambda x: torch.where(x >= 0, 1.0, -1.0).to(DT),
     "softmax(x)": lambda x: F.softmax(x, -1),

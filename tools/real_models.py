@@ -4,19 +4,22 @@ real models (tests/test_onnx_real_models.py).
 
     python -m dlc.tools.real_models resnet18 dynamo model.onnx
     python -m dlc.tools.real_models --list
+    python -m dlc.tools.real_models --table          # docs/onnx.md's table, measured now
 
 `export(name, path, exporter)` writes the model `name` of MODELS exported by `exporter`
 ("torchscript": opset 17 with dynamic_axes; "dynamo": opset 18 with dynamic_shapes) to
 `path`; `example(name, batch)` gives inputs to feed it. Needs torch, and torchvision
-(the classifiers) or transformers (BERT, GPT-2).
+(the classifiers) or transformers (BERT, GPT-2); `compare` and `--table` also onnxruntime.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import types
+import tempfile
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -26,13 +29,18 @@ VOCAB, POSITIONS, HIDDEN = 64, 32, 32       # the language models' sizes, small
 SEQUENCE = 7                                # the length of the sequences fed to them
 
 
-def torchvision_models():
-    """torchvision.models without torchvision's compiled ops: the wheel served for a CPU
-    torch may be a CUDA build whose extension does not load, and only its detection ops'
-    registrations need it, not the classifiers' definitions."""
+def without_torchvision_ops():
+    """Let torchvision import without its compiled ops: the wheel served for a CPU torch may
+    be a CUDA build whose extension does not load, and only the registrations of its
+    detection ops need it, not the classifiers' definitions (transformers imports
+    torchvision too, where it is installed)."""
     if "torchvision" not in sys.modules:
         for name in ("torchvision._meta_registrations", "torchvision._autograd_registrations"):
             sys.modules.setdefault(name, types.ModuleType(name))
+
+
+def torchvision_models():
+    without_torchvision_ops()
     import torchvision.models
     return torchvision.models
 
@@ -74,6 +82,7 @@ def _transformer_classifier():
 
 
 def _hugging_face(name: str):
+    without_torchvision_ops()
     import transformers
     from torch import nn
     if name == "bert":
@@ -130,9 +139,32 @@ MODELS = {
 }
 
 
+def missing(name: str) -> list:
+    """The packages the model `name` needs that are not installed (found without importing
+    them: torchvision must be imported through torchvision_models)."""
+    from importlib.util import find_spec
+    return [p for p in dict.fromkeys(("torch", MODELS[name].needs)) if find_spec(p) is None]
+
+
 def example(name: str, batch: int = 2, seed: int = 0) -> dict:
     """Inputs for the model `name` with `batch` rows."""
     return MODELS[name].inputs(batch, np.random.default_rng(seed))
+
+
+def _calibrate(model, feeds: dict) -> None:
+    """Batch norms' statistics from a batch of `feeds` and random affine parameters, so that
+    activations keep their scale through a deep network in evaluation (with torch's initial
+    statistics, mobilenet_v2's outputs are about 1e-9)."""
+    import torch
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.momentum = 1.0     # the running statistics become this batch's
+        torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
+        torch.nn.init.normal_(norm.bias, 0.0, 0.1)
+    with torch.no_grad():
+        model.train()(*(torch.from_numpy(a) for a in feeds.values()))
 
 
 def export(name: str, path, exporter: str) -> None:
@@ -142,7 +174,9 @@ def export(name: str, path, exporter: str) -> None:
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     torch.manual_seed(0)
-    model = MODELS[name].build().eval()
+    model = MODELS[name].build()
+    _calibrate(model, example(name, batch=8, seed=1))
+    model.eval()
     feeds = example(name)
     args = tuple(torch.from_numpy(a) for a in feeds.values())
     with warnings.catch_warnings():
@@ -156,13 +190,76 @@ def export(name: str, path, exporter: str) -> None:
                               dynamic_shapes={k: {0: batch} for k in feeds}, dynamo=True, verbose=False)
 
 
+# what the exporters themselves cannot export (so nothing to import)
+EXPORTER_FAILS = {("gpt2", "torchscript"): "the TorchScript exporter fails on GPT-2 (unordered_map::at)"}
+
+
+@dataclass
+class Comparison:
+    text: str                                       # the imported program
+    want: np.ndarray                                # onnxruntime's output
+    outputs: dict = field(default_factory=dict)     # engine -> dlc's output
+
+    def error(self, engine: str) -> float:
+        """The largest |dlc - onnxruntime| on `engine`."""
+        return float(np.abs(self.outputs[engine].astype(np.float64) - self.want).max())
+
+
+def compare(path, name: str, engines=("reference", "native"), batch: int = 3) -> Comparison:
+    """The ONNX model `name` at `path` imported by dlc and run on `engines` at `batch` (not
+    the export's batch), beside onnxruntime."""
+    import onnxruntime
+    from dlc.compiler.onnx.importer import import_model, read_model
+    from dlc.runtime.api import DlcModel
+    path = Path(path)
+    result = import_model(read_model(path), source=path.name)
+    program, weights = path.with_suffix(".dl"), path.with_suffix(".npz")
+    program.write_text(result.text)
+    np.savez(weights, **result.weights)
+    feeds = example(name, batch, seed=1)
+    want = onnxruntime.InferenceSession(str(path)).run(None, feeds)[0]
+    out = Comparison(result.text, want)
+    for engine in engines:
+        out.outputs[engine] = DlcModel(str(program), backend=engine).load_weights(weights).predict(
+            {result.inputs[k]: v for k, v in feeds.items()})[result.outputs["y"]]
+    return out
+
+
+def table(engines=("reference", "native")) -> str:
+    """docs/onnx.md's table of real models: each model by each exporter, imported and run."""
+    rows = ["| model | exporter | import | lines | " + " | ".join(f"max error, {e}" for e in engines) + " |",
+            "|---|---|---|---|" + "---|" * len(engines)]
+    with tempfile.TemporaryDirectory() as folder:
+        for name in MODELS:
+            for exporter in EXPORTERS:
+                if (name, exporter) in EXPORTER_FAILS:
+                    rows.append(f"| {name} | {exporter} | exporter fails | | " + " | " * (len(engines) - 1) + " |")
+                    continue
+                path = Path(folder) / f"{name}_{exporter}.onnx"
+                export(name, path, exporter)
+                try:
+                    c = compare(path, name, engines)
+                except Exception as e:      # the table says what fails, in one line
+                    rows.append(f"| {name} | {exporter} | **{str(e).splitlines()[0][:120]}** | |"
+                                + " |" * len(engines))
+                    continue
+                rows.append(f"| {name} | {exporter} | ok | {len(c.text.splitlines())} | "
+                            + " | ".join(f"{c.error(e):.1e}" for e in engines) + " |")
+                print(rows[-1], file=sys.stderr, flush=True)
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m dlc.tools.real_models", description=__doc__.split("\n\n")[0])
     p.add_argument("name", nargs="?", choices=list(MODELS))
     p.add_argument("exporter", nargs="?", choices=EXPORTERS)
     p.add_argument("path", nargs="?")
     p.add_argument("--list", action="store_true", help="print the models' names")
+    p.add_argument("--table", action="store_true", help="print docs/onnx.md's table of real models, measured now")
     args = p.parse_args(argv)
+    if args.table:
+        print(table())
+        return 0
     if args.list or not args.path:
         print("\n".join(MODELS))
         return 0

@@ -201,16 +201,18 @@ class Node:
         array = np.asarray(array)
         self.imp.weights[name] = np.array(array, np.float64 if array.dtype == np.float64 else np.float32, order="C")
 
-    def absorb(self, ops, j: int = 0):
-        """The node reading output j, when it is one of `ops`, the only reader, and output j
-        is not a graph output: it becomes part of this node's result (a bias, an activation)."""
-        name = self.results[j] if j < len(self.results) else ""
+    def absorb(self, ops, j: int = 0, after: str = "", pending=()):
+        """The node reading output j (or the value `after`), when it is one of `ops`, the only
+        reader, and that value is not a graph output: it becomes part of this node's result
+        (a bias, an activation). Its other inputs must be known, or among `pending` (values
+        of the pattern being absorbed)."""
+        name = after or (self.results[j] if j < len(self.results) else "")
         readers = self.imp.consumers.get(name, [])
         if not name or name in self.imp.graph_outputs or len(readers) != 1 or readers[0].op_type not in ops:
             return None
         reader = Node(self.imp, readers[0])
         if reader.proto.domain not in ("", "ai.onnx") or any(
-                i and i != name and i not in self.imp.values for i in reader.proto.input):
+                i and i != name and i not in self.imp.values and i not in pending for i in reader.proto.input):
             return None         # its other inputs are not known yet
         return reader
 

@@ -3,6 +3,8 @@
 compiler/onnx/node.py.
 
 - elementwise.py: the templates of the elementwise ops, and Div, Mod, Cast, Clip, ...
+- formulas.py: Erf, Tanh, Sigmoid, Clip and ReduceMean, which recognise the formulas of
+  GELU, SiLU, ReLU6 and layer norm around them
 - shapes.py: Reshape, Transpose, Concat, Split, Expand, Tile, Pad, ...
 - indexing.py: Slice, Gather, Scatter, OneHot, Trilu
 - constants.py: Constant, ConstantOfShape, Range, EyeLike, Shape, Size
@@ -12,9 +14,10 @@ compiler/onnx/node.py.
 - recurrent.py: LSTM, GRU, RNN
 - control.py: Scan
 
-Patterns written as library calls (dense, conv2d, batchnorm, layernorm, lstm, gru, rnn)
+Patterns written as library calls (dense, conv2d, batchnorm, layernorm, gelu, silu, relu6,
+lstm, gru, rnn)
 absorb the nodes that follow them (an Add of the bias, an activation).
 """
 from dlc.compiler.onnx.node import RULES  # noqa: F401  (complete once the families below have run)
-from dlc.compiler.onnx.rules import (constants, control, elementwise, indexing, layers,  # noqa: F401
-                                     normalization, recurrent, reductions, shapes)
+from dlc.compiler.onnx.rules import (constants, control, elementwise, formulas, indexing,  # noqa: F401
+                                     layers, normalization, recurrent, reductions, shapes)
