@@ -21,7 +21,7 @@ from dlc.compiler.ir.dims import Dim, numel, symbols
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.native.kernels import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
+from dlc.compiler.native.kernels import (AccumulateKernel, AttentionKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
                                          MapKernel, MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel,
                                          ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.fusion import Fusion
@@ -415,6 +415,27 @@ def _matmul(lw, n, ins, attrs, typ):
     c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
     lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, lw.bf16, node=n))
     lw.set(n, out)
+
+
+@register_lowering("attention", "attention_grad", floats=("f32",))
+def _attention(lw, n, ins, attrs, typ):
+    """One kernel over the (batch, head) matrices; the mask, an expression over the
+    scores' index, is computed where each score is (docs/native.md, "Attention")."""
+    grad = lw.g.op(n) == "attention_grad"
+    operands = ins[:6] if grad else ins[:3]
+    mask = ins[len(operands)] if len(ins) > len(operands) else None
+    q, k, v = ins[:3]
+    reads = tuple(lw.materialize(t).buffer for t in operands)
+    outs = lw.g.types(n)
+    writes = tuple(lw.p.buffer(t.dtype, numel(t.shape), "temp").id for t in outs)
+    batch = q.shape[:-2]
+    d, dv = q.shape[-1], v.shape[-1]
+    scratch = lw.p.buffer("f32", numel(batch) * AttentionKernel.scratch_floats(d, dv), "temp")
+    lw.emit(AttentionKernel(batch, q.shape[-2], k.shape[-2], d, dv, attrs["scale"],
+                            lw.use(mask) if mask is not None else None, reads, writes, scratch.id,
+                            mask is not None and mask.dtype == "bool", grad, node=n))
+    for j, (t, bid) in enumerate(zip(outs, writes)):
+        lw.set(n, contiguous(bid, t.shape, t.dtype), out=j)
 
 
 @register_lowering("replica_mean", floats=("f32",))
