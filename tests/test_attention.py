@@ -111,5 +111,20 @@ model m {{
 
 def test_memory_grows_linearly_with_the_sequence():
     small, large = arena(1024), arena(2048)
-    assert 1.8 < large / small < 2.2, f"activations {small} bytes at T = 1024, {large} at 2048"
+    assert 1.5 < large / small < 2.5, f"activations {small} bytes at T = 1024, {large} at 2048"
     assert large < 2048 * 2048 * 4, "a [T, T] float32 matrix would not fit in the activations"
+
+
+def test_training_gives_the_same_bits_on_any_thread_count_and_target(tmp_path):
+    """Three Adam steps of causal self-attention over three blocks of queries and keys,
+    under 1, 2 and 3 threads and AVX2 (tests/test_reproducibility.py's configurations)."""
+    from test_reproducibility import assert_bit_identical
+    (tmp_path / "att.dl").write_text("""
+model att {
+    input  tokens: i32[B, 150]
+    target y: i32[B]
+    h = transformer_encoder(embedding(tokens, 50, 32), 1, 2, 64, rate = 0.0, mask = causal_mask(150))
+    loss sparse_cross_entropy(dense(mean(h, 1), 5), y)
+}
+""")
+    assert_bit_identical([str(tmp_path / "att")], tmp_path)
