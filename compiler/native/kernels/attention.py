@@ -8,8 +8,8 @@ from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.native import render
 from dlc.compiler.native.program import Kernel, expr_reads
 
-BLOCK_Q = 64        # query rows a block of scores holds
-BLOCK_K = 64        # keys a block of scores holds
+BLOCK_Q = 128        # query rows a block of scores holds
+BLOCK_K = 128        # keys a block of scores holds
 
 
 @dataclass
