@@ -127,15 +127,15 @@ def stop_gradient(ev, x):
 
 
 @builtin()
-def attention(ev, q, k, v, mask=None, scale=None):
+def fused_attention(ev, q, k, v, mask=None, scale=None):
     """softmax(q kᵀ · scale, masked) @ v as one fused primitive (docs/language.md); the
     mask (bool or additive) broadcasts to the scores [..., Tq, Tk]; scale 1/sqrt(d) unless given."""
     q, k, v = (_tensor(ev, x, what) for x, what in ((q, "q"), (k, "k"), (v, "v")))
     if q.rank < 2:
-        _fail(ev, f"attention needs q of rank >= 2, got {q.type}")
+        _fail(ev, f"fused_attention needs q of rank >= 2, got {q.type}")
     if scale is None:
         if not isinstance(q.shape[-1], int):
-            _fail(ev, f"attention needs the feature size of q {q.type} known, or a scale")
+            _fail(ev, f"fused_attention needs the feature size of q {q.type} known, or a scale")
         scale = 1.0 / math.sqrt(q.shape[-1])
     if isinstance(scale, bool) or not isinstance(scale, (int, float)):
         _fail(ev, f"the scale must be a number, got {describe(scale)}")
