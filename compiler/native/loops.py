@@ -682,19 +682,42 @@ class _Attention:
         row = Load(self.k.scratch, Affine(at, (1,)), "f32")
         return _lane_sum(self.kb, row, f32, [], (count,), combine, init)
 
-    def add_into(self, bid: int, at: ir.Value, ld, rows, cols, src: ir.Value, ld_src):
-        """bid[at + r * ld + c] += scratch[src + r * ld_src + c] for r < rows, c < cols."""
+    def matrix(self, operand: tuple, where: list) -> tuple:
+        """(buffer, start, row stride) of one matrix of an operand (buffer, offset, batch
+        coefficients, row stride) at the batch index `where`: its rows may be strided (a
+        head's columns of [B, T, heads, d]), its elements along a row are contiguous."""
+        bid, offset, coeffs, ld = operand
+        return bid, self.kb.affine(Affine(offset, coeffs), where), self.kb.dim(ld)
+
+    def rows_of(self, at: ir.Value) -> tuple:
+        """A row of the scratch as a matrix."""
+        return self.k.scratch, at, self.c(1)
+
+    def element(self, m: tuple, row, col=None) -> ir.Value:
+        at = self.add(m[1], self.mul(row, m[2]))
+        return at if col is None else self.add(at, col)
+
+    def at(self, m: tuple, row) -> tuple:
+        """(buffer, offset, leading dim) of m from `row` on, as a GEMM operand."""
+        return m[0], self.element(m, row), m[2]
+
+    def add_into(self, m: tuple, row0, rows, cols):
+        """m[row0 + r, c] += the block product in the scratch, [rows x cols]."""
         b = self.b
 
         def each(idx):
             r, col = idx
-            dst = self.add(at, b.mul(r, ld), col)
-            self.store(bid, dst, b.fadd(self.load(bid, dst), self.load(self.k.scratch, self.add(src, self.mul(r, ld_src),
-                                                                                                      col))))
+            dst = self.element(m, self.add(row0, r), col)
+            src = self.add(self.product, self.mul(r, cols), col)
+            self.store(m[0], dst, b.fadd(self.load(m[0], dst), self.load(self.k.scratch, src)))
         self.rows((rows, cols), each)
 
-    def fill(self, bid: int, at: ir.Value, count: ir.Value, value: float):
-        self.rows((count,), lambda idx: self.store(bid, self.add(at, idx[0]), ir.Constant(f32, value)))
+    def fill(self, m: tuple, row0, rows, cols, value: float):
+        """m[row0 + r, c] = value ([rows x cols]; cols None: one value a row)."""
+        def each(idx):
+            at = self.element(m, self.add(row0, idx[0]), idx[1] if cols is not None else None)
+            self.store(m[0], at, ir.Constant(f32, value))
+        self.rows((rows,) if cols is None else (rows, cols), each)
 
 
 def attention(kb: KernelBuilder, k, first, library):
@@ -702,61 +725,57 @@ def attention(kb: KernelBuilder, k, first, library):
     running maximum (kept in lse) and sum of each row are updated block of keys by block
     of keys; o is divided by the sum and lse gets log(sum) at the end."""
     a, b = _Attention(kb, k, first, library), kb.b
-    q, key, v = k.reads
-    o, lse = k.writes
     bq, bk = k.block_q, k.block_k
     scratch = k.scratch
 
     def matrix(n, where):
-        q0, k0, v0 = a.mul(n, b.mul(a.tq, a.d)), a.mul(n, b.mul(a.tk, a.d)), a.mul(n, b.mul(a.tk, a.dv))
-        o0, l0 = a.mul(n, b.mul(a.tq, a.dv)), a.mul(n, a.tq)
+        q, key, v = (a.matrix(x, where) for x in k.reads)
+        o, lse = (a.matrix(x, where) for x in k.writes)
 
         def query_block(i0, mq):
-            a.fill(o, a.add(o0, b.mul(i0, a.dv)), b.mul(mq, a.dv), 0.0)
-            a.fill(lse, a.add(l0, i0), mq, -math.inf)
-            a.fill(scratch, a.row, mq, 0.0)
+            a.fill(o, i0, mq, a.dv, 0.0)
+            a.fill(lse, i0, mq, None, -math.inf)
+            a.fill(a.rows_of(a.row), 0, mq, None, 0.0)
 
             def key_block(j0, nk):
-                a.gemm(False, True, mq, nk, a.d, (q, a.add(q0, b.mul(i0, a.d)), a.d),
-                       (key, a.add(k0, b.mul(j0, a.d)), a.d), (scratch, a.scores, bk))
+                a.gemm(False, True, mq, nk, a.d, a.at(q, i0), a.at(key, j0), (scratch, a.scores, bk))
 
                 def row(idx):
                     r = idx[0]
                     at = a.add(a.scores, a.mul(r, bk))
                     a.rows((nk,), lambda c: a.store(scratch, a.add(at, c[0]), a.score(
                         a.load(scratch, a.add(at, c[0])), where + [a.add(i0, r), a.add(j0, c[0])])))
-                    last = a.load(lse, a.add(l0, i0, r))
+                    last = a.load(lse[0], a.element(lse, a.add(i0, r)))
                     top = kb.intrinsic("llvm.maximum", last, a.row_fold(
                         at, nk, lambda x, y: kb.intrinsic("llvm.maximum", x, y), -math.inf))
                     a.rows((nk,), lambda c: a.store(scratch, a.add(at, c[0]), exp(
                         kb, b.fsub(a.load(scratch, a.add(at, c[0])), top))))
                     total = a.row_fold(at, nk)
                     alpha = exp(kb, b.fsub(last, top))
-                    a.store(lse, a.add(l0, i0, r), top)
+                    a.store(lse[0], a.element(lse, a.add(i0, r)), top)
                     a.store(scratch, a.add(a.row2, r), alpha)
                     a.store(scratch, a.add(a.row, r), b.fadd(b.fmul(a.load(scratch, a.add(a.row, r)), alpha), total))
                 a.rows((mq,), row)
-                a.gemm(False, False, mq, a.dv, nk, (scratch, a.scores, bk), (v, a.add(v0, b.mul(j0, a.dv)), a.dv),
-                       (scratch, a.product, a.dv))
+                a.gemm(False, False, mq, a.dv, nk, (scratch, a.scores, bk), a.at(v, j0), (scratch, a.product, a.dv))
 
                 def rescale(idx):
                     r, c = idx
-                    at = a.add(o0, b.mul(a.add(i0, r), a.dv), c)
-                    a.store(o, at, b.fadd(b.fmul(a.load(o, at), a.load(scratch, a.add(a.row2, r))),
-                                          a.load(scratch, a.add(a.product, b.mul(r, a.dv), c))))
+                    at = a.element(o, a.add(i0, r), c)
+                    a.store(o[0], at, b.fadd(b.fmul(a.load(o[0], at), a.load(scratch, a.add(a.row2, r))),
+                                             a.load(scratch, a.add(a.product, b.mul(r, a.dv), c))))
                 a.rows((mq, a.dv), rescale)
             a.blocks(a.tk, bk, key_block)
 
             def finish(idx):
                 r, c = idx
-                at = a.add(o0, b.mul(a.add(i0, r), a.dv), c)
-                a.store(o, at, b.fdiv(a.load(o, at), a.load(scratch, a.add(a.row, r))))
+                at = a.element(o, a.add(i0, r), c)
+                a.store(o[0], at, b.fdiv(a.load(o[0], at), a.load(scratch, a.add(a.row, r))))
             a.rows((mq, a.dv), finish)
 
             def log_sum(idx):
-                at = a.add(l0, i0, idx[0])
+                at = a.element(lse, a.add(i0, idx[0]))
                 total = a.load(scratch, a.add(a.row, idx[0]))
-                a.store(lse, at, b.fadd(a.load(lse, at), kb.call("logf", f32, [total])))
+                a.store(lse[0], at, b.fadd(a.load(lse[0], at), kb.call("logf", f32, [total])))
             a.rows((mq,), log_sum)
         a.blocks(a.tq, bq, query_block)
     a.matrices(matrix, first)
@@ -768,41 +787,37 @@ def attention_grad(kb: KernelBuilder, k, first, library):
     dq and dk get their block products added in block order (no atomics: the same sums
     on any number of threads)."""
     a, b = _Attention(kb, k, first, library), kb.b
-    q, key, v, o, lse, do = k.reads
-    dq, dk, dv = k.writes
     bq, bk = k.block_q, k.block_k
     scratch = k.scratch
 
     def matrix(n, where):
-        q0, k0, v0 = a.mul(n, b.mul(a.tq, a.d)), a.mul(n, b.mul(a.tk, a.d)), a.mul(n, b.mul(a.tk, a.dv))
-        o0, l0 = a.mul(n, b.mul(a.tq, a.dv)), a.mul(n, a.tq)
-        a.fill(dk, k0, b.mul(a.tk, a.d), 0.0)
-        a.fill(dv, v0, b.mul(a.tk, a.dv), 0.0)
+        q, key, v, o, lse, do = (a.matrix(x, where) for x in k.reads)
+        dq, dk, dv = (a.matrix(x, where) for x in k.writes)
+        a.fill(dk, 0, a.tk, a.d, 0.0)
+        a.fill(dv, 0, a.tk, a.dv, 0.0)
 
         def query_block(i0, mq):
-            qi, oi = a.add(q0, b.mul(i0, a.d)), a.add(o0, b.mul(i0, a.dv))
-            a.fill(dq, qi, b.mul(mq, a.d), 0.0)
+            a.fill(dq, i0, mq, a.d, 0.0)
 
             def delta(idx):         # rowsum(do * o)
                 r = idx[0]
-                at = a.add(oi, b.mul(r, a.dv))
-                e = Op("mul", (Load(do, Affine(at, (1,)), "f32"), Load(o, Affine(at, (1,)), "f32")), "f32")
+                e = Op("mul", (Load(do[0], Affine(a.element(do, a.add(i0, r)), (1,)), "f32"),
+                               Load(o[0], Affine(a.element(o, a.add(i0, r)), (1,)), "f32")), "f32")
                 a.store(scratch, a.add(a.row, r), _lane_sum(kb, e, f32, [], (a.dv,)))
             a.rows((mq,), delta)
 
             def key_block(j0, nk):
-                kj, vj = a.add(k0, b.mul(j0, a.d)), a.add(v0, b.mul(j0, a.dv))
-                a.gemm(False, True, mq, nk, a.d, (q, qi, a.d), (key, kj, a.d), (scratch, a.scores, bk))
+                a.gemm(False, True, mq, nk, a.d, a.at(q, i0), a.at(key, j0), (scratch, a.scores, bk))
 
                 def probability(idx):
                     r, c = idx
                     at = a.add(a.scores, a.mul(r, bk), c)
                     s = a.score(a.load(scratch, at), where + [a.add(i0, r), a.add(j0, c)])
-                    a.store(scratch, at, exp(kb, b.fsub(s, a.load(lse, a.add(l0, i0, r)))))
+                    a.store(scratch, at, exp(kb, b.fsub(s, a.load(lse[0], a.element(lse, a.add(i0, r))))))
                 a.rows((mq, nk), probability)
-                a.gemm(True, False, nk, a.dv, mq, (scratch, a.scores, bk), (do, oi, a.dv), (scratch, a.product, a.dv))
-                a.add_into(dv, vj, a.dv, nk, a.dv, a.product, a.dv)
-                a.gemm(False, True, mq, nk, a.dv, (do, oi, a.dv), (v, vj, a.dv), (scratch, a.second, bk))
+                a.gemm(True, False, nk, a.dv, mq, (scratch, a.scores, bk), a.at(do, i0), (scratch, a.product, a.dv))
+                a.add_into(dv, j0, nk, a.dv)
+                a.gemm(False, True, mq, nk, a.dv, a.at(do, i0), a.at(v, j0), (scratch, a.second, bk))
 
                 def score_grad(idx):
                     r, c = idx
@@ -815,10 +830,10 @@ def attention_grad(kb: KernelBuilder, k, first, library):
                         ds = b.select(m, ds, ir.Constant(f32, 0.0))
                     a.store(scratch, at, ds)
                 a.rows((mq, nk), score_grad)
-                a.gemm(False, False, mq, a.d, nk, (scratch, a.second, bk), (key, kj, a.d), (scratch, a.product, a.d))
-                a.add_into(dq, qi, a.d, mq, a.d, a.product, a.d)
-                a.gemm(True, False, nk, a.d, mq, (scratch, a.second, bk), (q, qi, a.d), (scratch, a.product, a.d))
-                a.add_into(dk, kj, a.d, nk, a.d, a.product, a.d)
+                a.gemm(False, False, mq, a.d, nk, (scratch, a.second, bk), a.at(key, j0), (scratch, a.product, a.d))
+                a.add_into(dq, i0, mq, a.d)
+                a.gemm(True, False, nk, a.d, mq, (scratch, a.second, bk), a.at(q, i0), (scratch, a.product, a.d))
+                a.add_into(dk, j0, nk, a.d)
             a.blocks(a.tk, bk, key_block)
         a.blocks(a.tq, bq, query_block)
     a.matrices(matrix, first)

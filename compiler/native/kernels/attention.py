@@ -26,8 +26,8 @@ class AttentionKernel(Kernel):
     dv: object
     scale: float
     mask: object
-    reads: tuple          # buffers: q, k, v; with grad also o, lse, do
-    writes: tuple         # buffers: o, lse; with grad dq, dk, dv
+    reads: tuple          # q, k, v; with grad also o, lse, do: each (buffer, offset, batch coefficients, row stride)
+    writes: tuple         # o, lse; with grad dq, dk, dv: the same
     scratch: int
     mask_bool: bool = False     # a bool mask picks the score or MASKED; a float one is added
     grad: bool = False
@@ -45,18 +45,18 @@ class AttentionKernel(Kernel):
         return numel([concrete(x, sizes) for x in (*self.batch, self.tq, self.tk)]) * per_score
 
     def text(self) -> list:
-        q, k, v = (f"b{x}" for x in self.reads[:3])
+        q, k, v = (f"b{x[0]}" for x in self.reads[:3])
         mask = f", mask {render.expr(self.mask)}" if self.mask is not None else ""
         shape = f"{render.shape(self.batch)} x [{self.tq} x {self.tk}]"
-        outs = ", ".join(f"b{x}" for x in self.writes)
-        what = f"gradient of attention({q}, {k}, {v}) from b{self.reads[5]}" if self.grad else \
+        outs = ", ".join(f"b{x[0]}" for x in self.writes)
+        what = f"gradient of attention({q}, {k}, {v}) from b{self.reads[5][0]}" if self.grad else \
             f"attention({q}, {k}, {v})"
         return [f"attention{'_grad' if self.grad else ''} {shape}: {outs} = {what}{mask}, scale {self.scale:g}"
                 f"{render.located(self)}"]
 
     def accesses(self) -> tuple:
         mask = expr_reads(self.mask) if self.mask is not None else set()
-        return set(self.reads) | mask, set(self.writes) | {self.scratch}
+        return {x[0] for x in self.reads} | mask, {x[0] for x in self.writes} | {self.scratch}
 
     def emit(self, f):
         """The batch indices on a thread team, each on one thread; the block products are
