@@ -6,7 +6,7 @@ one size at a time, the other sizes at the workload's own:
 
     mlp          batch 16..512, width 128..2048 (784-W-W/2-10)
     lstm         batch 16..512, hidden width 128..2048, sequence 16..512
-    transformer  batch 16..512, d_model 128..1024 (4 heads, FFN 4d), sequence 16..512
+    transformer  batch 16..512, d_model 128..1024 (4 heads, FFN 4d), sequence 16..2048
 
 At each point both frameworks start from dlc's initial parameters (in torch's layout by
 runtime/interop/torch_layout.py) and train with Adam on one fixed batch; their first-step losses
@@ -55,7 +55,8 @@ SWEEPS = {
     "mlp": {"batch": doubling(16, 512), "width": doubling(128, 2048)},
     "lstm": {"batch": doubling(16, 512), "width": doubling(128, 2048), "seq": doubling(16, 512)},
     # d_model 2048 would take ~2.5 s a step (600 GFLOP) in each framework
-    "transformer": {"batch": doubling(16, 512), "width": doubling(128, 1024), "seq": doubling(16, 512)},
+    # sequence 2048: attention's [T, T] scores are 1 GiB a layer in a framework that stores them
+    "transformer": {"batch": doubling(16, 512), "width": doubling(128, 1024), "seq": doubling(16, 2048)},
 }
 AXES = ("batch", "width", "seq")
 CONSTANT = {"width": "WIDTH", "seq": "SEQ"}     # the workload constant an axis sets

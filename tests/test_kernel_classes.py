@@ -11,7 +11,7 @@ import pytest
 
 from dlc.compiler.native import jit, kernels
 from dlc.compiler.native.driver import build_module
-from dlc.compiler.native.kernels import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
+from dlc.compiler.native.kernels import (AccumulateKernel, AttentionKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
                                          MapKernel, MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel,
                                          ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.program import Affine, Kernel, KernelProgram, Load
@@ -55,6 +55,11 @@ def sample(kind) -> tuple:
         MaxPoolGradKernel: lambda: (MaxPoolGradKernel(0, 1, 2, (1, 1, 4, 4), (2, 2), (2, 2), (2, 2), (0, 0)),
                                     {0, 1}, {2}),
         HostCallKernel: lambda: (HostCallKernel(p.host("replica_mean").id, 3), {3}, {3}),
+        # a [1 x 4 x 2] self-attention under an additive mask b1 [4, 4], its scratch b5
+        AttentionKernel: lambda: (AttentionKernel((1,), 4, 4, 2, 2, 0.5, Load(1, Affine(0, (0, 4, 1)), "f32"),
+                                                  ((0, 0, (8,), 2),) * 3, ((2, 0, (8,), 2), (3, 0, (4,), 1)),
+                                                  p.buffer("f32", AttentionKernel.scratch_floats(2, 2), "temp").id),
+                                  {0, 1}, {2, 3, 5}),
         ScanKernel: lambda: (ScanKernel(3, False, "$t0", [copy]), set(), set()),    # its body touches b0, b3
     }
     assert kind in made, f"{kind.__name__}: no sample kernel here; add one with the buffers it touches"

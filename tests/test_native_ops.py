@@ -193,6 +193,19 @@ def cast(dtype_in, dtype_out, sample):
                 grad=False, ops=("cast",))
 
 
+def attention(mask: dict, tk=None, dv=5):
+    """q [B, 2, D, 4] against tk keys (D: self-attention); its gradient, attention_grad, too.
+    Not one key: dq is then zero in exact arithmetic (a softmax of one score), rounding noise."""
+    tk = tk or D
+
+    def build(g, t):
+        extra = [ops.broadcast_to(t["m"], (B, 2, D, tk))] if mask else []
+        return g.add("attention", [t["q"], t["k"], t["v"]] + extra, scale=0.7)[0]
+    return Prim({"q": f32(B, 2, D, 4), "k": f32(B, 2, tk, 4), "v": f32(B, 2, tk, dv), **mask}, build,
+                sizes=[{"B": 1, "D": 129}, {"B": 7, "D": 13}, {"B": 3, "D": 64}, {"B": 5, "D": 2}],
+                ranges={"B": (2, 24), "D": (2, 200)}, ops=("attention", "attention_grad"))
+
+
 def reduce(op, axes, shape=(B, D), sample=normal):
     return Prim({"x": f32(*shape, sample=sample)}, lambda g, t: g.add1(op, [t["x"]], axes=axes),
                 grad=op != "argmax", ops=(op,))
@@ -427,6 +440,11 @@ PRIMS = {
     "matmul-batched-tt": matmul(True, True, (3,)),
     "matmul-rank3-by-rank2": Prim({"a": f32(B, 5, D), "b": f32(D, 13)}, lambda g, t: ops.matmul(t["a"], t["b"]),
                                   ops=("matmul",)),
+    # fused attention: several blocks of queries and keys (D up to 200 > 64), one row, masks
+    "attention-self": attention({}),
+    "attention-cross": attention({}, tk=70, dv=3),
+    "attention-bool-mask": attention({"m": boolean(B, 1, 1, D)}),
+    "attention-float-mask": attention({"m": f32(B, 1, D, D, sample=lambda r, s: np.where(r.random(s) < 0.3, -1e9, 0.0))}),
     # windows
     "conv2d-3x2": conv((3, 2), (1, 1), (0, 0)),
     "conv2d-3x3-pad": conv((3, 3), (1, 1), (1, 1)),
@@ -667,7 +685,8 @@ LAYERS = {
     "multiplicative_attention": "c, w = multiplicative_attention(x[:, 0], x, \"general\")\n output y = c\n output w = w",
     "luong_attention": "c, w = luong_attention(dense(x, 13), x, \"dot\")\n output y = c\n output w = w",
     "self_attention": "output y = self_attention(dense(x, 4), 1)",
-    "scaled_dot_product": "q = dense(x, 4)\n output y = scaled_dot_product_attention(q, q, x, causal_mask(T))",
+    # v through a layer: with T = 1 (one key) the gradient through the scores is zero, only rounding noise
+    "scaled_dot_product": "q = dense(x, 4)\n output y = scaled_dot_product_attention(q, q, dense(x, 3), causal_mask(T))",
     "sinusoidal_encoding": "output y = dense(x, 4) * sinusoidal_encoding(T, 4)",
     "positional_embedding": "output y = positional_embedding(x, 16)",
     "feed_forward": "output y = feed_forward(x, 8)",

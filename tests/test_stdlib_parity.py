@@ -962,7 +962,7 @@ def test_every_layer_is_covered():
     helpers = {"conv_padding", "same_padding", "dilated",     # tested through conv2d and conv1d
                "interpolation", "zero_row",                    # through upsample2d and embedding
                "real_steps", "padded_out", "padded_cell",     # through the padded recurrences (test_packed_sequences.py)
-               "broadcasts_into", "masked_scores"}     # through every attention given a mask
+               "broadcasts_into", "masked_scores", "scores_mask"}     # through every attention given a mask
     defs = stdlib_defs("layers.dl") | stdlib_defs("recurrent.dl") | stdlib_defs("attention.dl")
     missing = defs - tested - helpers
     assert not missing, f"layers without a parity test: {sorted(missing)}"

@@ -127,6 +127,30 @@ def stop_gradient(ev, x):
 
 
 @builtin()
+def fused_attention(ev, q, k, v, mask=None, scale=None):
+    """softmax(q kᵀ · scale, masked) @ v as one fused primitive (docs/language.md); the
+    mask (bool or additive) broadcasts to the scores [..., Tq, Tk]; scale 1/sqrt(d) unless given."""
+    q, k, v = (_tensor(ev, x, what) for x, what in ((q, "q"), (k, "k"), (v, "v")))
+    if q.rank < 2:
+        _fail(ev, f"fused_attention needs q of rank >= 2, got {q.type}")
+    if scale is None:
+        if not isinstance(q.shape[-1], int):
+            _fail(ev, f"fused_attention needs the feature size of q {q.type} known, or a scale")
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
+        _fail(ev, f"the scale must be a number, got {describe(scale)}")
+    operands = [q, k, v]
+    if mask is not None:
+        mask = _tensor(ev, mask, "the mask")
+        scores = q.shape[:-1] + k.shape[-2:-1]
+        if len(mask.shape) > len(scores) or ops.broadcast_shapes(ev.graph, mask.shape, scores) != scores:
+            _fail(ev, f"the mask {mask.type} does not broadcast to the attention scores "
+                      f"{TensorType(q.dtype, scores)} without enlarging them")
+        operands.append(ops.broadcast_to(mask, scores))
+    return ev.graph.add("attention", operands, scale=float(scale))[0]
+
+
+@builtin()
 def replica_mean(ev, x):
     """The mean of x over the ranks whose batch statistics are synchronized
     (docs/distributed.md); x itself otherwise, so that nothing is added to the graph."""

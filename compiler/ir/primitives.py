@@ -16,7 +16,7 @@ import numpy as np
 
 from dlc.compiler.ir import ops
 from dlc.compiler.ir import scan  # noqa: F401  (registers scan)
-from dlc.compiler.ir.dims import numel
+from dlc.compiler.ir.dims import numel, shape_str
 from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, TensorType, primitive
 from dlc.compiler.ir.graph import PRIMITIVES  # noqa: F401  (complete once this module has run: import it from here)
 
@@ -615,6 +615,98 @@ def _matmul(ctx, xs, ta=False, tb=False):
     if tb:
         b = np.swapaxes(b, -1, -2)
     return [np.matmul(a, b)]
+
+
+# ---- fused attention ------------------------------------------------------------------------------
+# softmax(q kᵀ · scale, masked) @ v without the [Tq, Tk] scores ever being a value
+# (docs/native.md, "Attention"): q [..., Tq, d], k [..., Tk, d], v [..., Tk, dv] and an
+# optional mask of the scores' shape [..., Tq, Tk] (a broadcast view of a smaller one
+# costs nothing): bool (false: the score becomes MASKED) or float (added to the score).
+# `attention` gives o [..., Tq, dv] and the log-sum-exp of each row of scores, which its
+# gradient `attention_grad` reads to recompute the probabilities.
+MASKED = -1e9       # a masked score, as masked_scores in stdlib/attention.dl
+
+
+def _attention_operands(ctx, types, rest: int):
+    q, k, v = types[:3]
+    mask = types[3 + rest] if len(types) > 3 + rest else None
+    if q.rank < 2 or k.rank != q.rank or v.rank != q.rank:
+        ctx.fail(f"needs q, k, v of one rank >= 2, got {q}, {k} and {v}")
+    if len({q.dtype, k.dtype, v.dtype}) != 1 or q.dtype not in ctx.dtypes:
+        ctx.fail(f"needs float q, k, v of one dtype, got {q}, {k} and {v}")
+    if q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
+        ctx.fail(f"batch dims differ: {q}, {k} and {v}")
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+        ctx.fail(f"q {q} and k {k} need one feature size, k and v {v} one length")
+    scores = q.shape[:-1] + (k.shape[-2],)
+    if mask is not None and (mask.shape != scores or mask.dtype not in ("bool", q.dtype)):
+        ctx.fail(f"the mask {mask} must be bool or {q.dtype} of the scores' shape {shape_str(scores)}")
+    return q, k, v
+
+
+def _attention_type(ctx, types, scale):
+    q, k, v = _attention_operands(ctx, types, 0)
+    return [TensorType(q.dtype, q.shape[:-1] + v.shape[-1:]), TensorType(q.dtype, q.shape[:-1])]
+
+
+def _attention_vjp(n, g):
+    q, k, v = n.inputs[:3]
+    if g[1] is not None:
+        raise AssertionError("attention's log-sum-exp is read by its gradient only")
+    o, lse = n.outputs
+    grads = ops.graph_of(g[0]).add("attention_grad", [q, k, v, o, lse, g[0]] + n.inputs[3:], **n.attrs)
+    return grads + [None] * (len(n.inputs) - 3)         # the mask has no gradient
+
+
+def _attention_flops(ins, outs, **_):
+    """Two products: q kᵀ and p v."""
+    q, k, v = ins[:3]
+    return 2 * numel(q.shape[:-1]) * k.shape[-2] * (q.shape[-1] + v.shape[-1])
+
+
+def _attention_grad_flops(ins, outs, **_):
+    """Five products: q kᵀ again, pᵀ do, do vᵀ, ds k and dsᵀ q."""
+    q, k, v = ins[:3]
+    return 2 * numel(q.shape[:-1]) * k.shape[-2] * (3 * q.shape[-1] + 2 * v.shape[-1])
+
+
+def _scores(q, k, mask, scale):
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.asarray(scale, q.dtype)
+    if mask is None:
+        return s
+    return np.where(mask, s, np.asarray(MASKED, q.dtype)) if mask.dtype == np.bool_ else s + mask
+
+
+@primitive("attention", "opaque", _attention_type, _attention_vjp, _attention_flops, dtypes=FLOAT_DTYPES)
+def _attention(ctx, xs, scale):
+    q, k, v = xs[:3]
+    s = _scores(q, k, xs[3] if len(xs) > 3 else None, scale)
+    top = np.max(s, axis=-1, keepdims=True)
+    e = np.exp(s - top)
+    total = np.sum(e, axis=-1, keepdims=True)
+    return [np.matmul(e / total, v), (top + np.log(total))[..., 0]]
+
+
+def _attention_grad_type(ctx, types, scale):
+    q, k, v = _attention_operands(ctx, types, 3)
+    o, lse, do = types[3:6]
+    if o.shape != q.shape[:-1] + v.shape[-1:] or do.shape != o.shape or lse.shape != q.shape[:-1]:
+        ctx.fail(f"needs attention's outputs and the output's cotangent, got {o}, {lse} and {do}")
+    return [q, k, v]
+
+
+@primitive("attention_grad", "opaque", _attention_grad_type, None, _attention_grad_flops, dtypes=FLOAT_DTYPES)
+def _attention_grad(ctx, xs, scale):
+    """The probabilities p recomputed from the scores and the saved log-sum-exp; a masked
+    (bool) score is a constant, so its gradient is zero."""
+    q, k, v, o, lse, do = xs[:6]
+    mask = xs[6] if len(xs) > 6 else None
+    p = np.exp(_scores(q, k, mask, scale) - lse[..., None])
+    dp = np.matmul(do, np.swapaxes(v, -1, -2))
+    ds = p * (dp - np.sum(do * o, axis=-1, keepdims=True)) * np.asarray(scale, q.dtype)
+    if mask is not None and mask.dtype == np.bool_:
+        ds = np.where(mask, ds, 0)
+    return [np.matmul(ds, k), np.matmul(np.swapaxes(ds, -1, -2), q), np.matmul(np.swapaxes(p, -1, -2), do)]
 
 
 # ---- windows: convolution and pooling (NCHW, weights OIHW) -------------------------------------

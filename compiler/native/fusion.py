@@ -78,7 +78,12 @@ MEMORY_OPERANDS = {
     "gather": ((0,), Reason.MEMORY_OPERAND),        # the table
     "scatter_add": ((1,), Reason.MEMORY_OPERAND),   # the updates
     "random": ((0,), Reason.MEMORY_OPERAND),        # the key
+    "attention": ((0, 1, 2), Reason.GEMM_OPERAND),  # q, k, v; the mask is computed at each score
+    "attention_grad": ((0, 1, 2, 3, 4, 5), Reason.GEMM_OPERAND),
 }
+# the operand a reader computes afresh wherever it needs an element: an attention kernel's
+# mask (a causal mask's comparison of indices), which stored would be [Tq, Tk]
+RECOMPUTED_OPERAND = {"attention": 3, "attention_grad": 6}
 LEAVES = (Form.MEMORY, Form.FREE)
 
 
@@ -194,9 +199,16 @@ class Fusion:
             if why is not None and any(x.key() == t.key() and (where is None or i in where)
                                        for i, x in enumerate(self.graph.inputs(v))):
                 return why
-        if form is Form.CHEAP or len(readers) <= 1 or self._split(readers):
+        counted = [v for v in readers if not self._recomputes(v, t)]
+        if form is Form.CHEAP or len(counted) <= 1 or self._split(counted):
             return None
         return Reason.READERS
+
+    def _recomputes(self, reader: int, t: Tensor) -> bool:
+        """Whether `reader` takes t as the operand it computes afresh (RECOMPUTED_OPERAND)."""
+        i = RECOMPUTED_OPERAND.get(self.graph.op(reader))
+        inputs = self.graph.inputs(reader)
+        return i is not None and i < len(inputs) and inputs[i].key() == t.key()
 
     def _split(self, readers: list) -> bool:
         """Whether a value is read only by slices that do not overlap, as an LSTM's four gates

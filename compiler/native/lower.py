@@ -21,7 +21,7 @@ from dlc.compiler.ir.dims import Dim, numel, symbols
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.native.kernels import (AccumulateKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
+from dlc.compiler.native.kernels import (AccumulateKernel, AttentionKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
                                          MapKernel, MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel,
                                          ScatterAddKernel, SmallGemmKernel)
 from dlc.compiler.native.fusion import Fusion
@@ -415,6 +415,64 @@ def _matmul(lw, n, ins, attrs, typ):
     c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
     lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, lw.bf16, node=n))
     lw.set(n, out)
+
+
+@register_lowering("attention", "attention_grad", floats=("f32",))
+def _attention(lw, n, ins, attrs, typ):
+    """One kernel over the (batch, head) matrices, each read and written in place: a
+    head's columns of [B, T, heads, d] are strided rows, not a transposed copy. The
+    mask, an expression over the scores' index, is computed where each score is
+    (docs/native.md, "Attention")."""
+    grad = lw.g.op(n) == "attention_grad"
+    operands = ins[:6] if grad else ins[:3]
+    mask = ins[len(operands)] if len(ins) > len(operands) else None
+    q, k, v = ins[:3]
+    batch = q.shape[:-2]
+    d, dv = q.shape[-1], v.shape[-1]
+    writes = []
+    for j, t in enumerate(lw.g.types(n)):
+        buf = lw.p.buffer(t.dtype, numel(t.shape), "temp").id
+        load, operand = _rows_in_place(buf, t.shape) if t.rank == q.rank else _vector_rows(buf, t.shape)
+        lw.set(n, load, out=j)
+        writes.append(operand)
+    scratch = lw.p.buffer("f32", numel(batch) * AttentionKernel.scratch_floats(d, dv), "temp")
+    lw.emit(AttentionKernel(batch, q.shape[-2], k.shape[-2], d, dv, attrs["scale"],
+                            lw.use(mask) if mask is not None else None,
+                            tuple(_row_matrices(lw, t, t.rank < q.rank) for t in operands),
+                            tuple(writes), scratch.id, mask is not None and mask.dtype == "bool", grad, node=n))
+
+
+def _row_matrices(lw, t: Tensor, vector: bool) -> tuple:
+    """(buffer, offset, batch coefficients, row stride) of an attention operand [..., T, d]
+    whose rows are contiguous, in place when its view has them (q, k, v of a multi-head
+    layer: transposed heads), else copied out contiguously; of a `vector` (the lse
+    [..., T]), as matrices of one-element rows."""
+    e = lw.use(t)
+    if vector:
+        e = e if isinstance(e, Load) else lw.materialize(t)
+        return e.buffer, e.at.offset, e.at.coeffs[:-1], e.at.coeffs[-1]
+    if not (isinstance(e, Load) and e.at.coeffs[-1] == 1 and e.at.coeffs[-2] != 0):
+        e = lw.materialize(t)
+    return e.buffer, e.at.offset, e.at.coeffs[:-2], e.at.coeffs[-2]
+
+
+def _vector_rows(buf: int, shape) -> tuple:
+    """An lse [..., T], contiguous, as matrices of one-element rows."""
+    load = contiguous(buf, shape, "f32")
+    return load, (buf, 0, load.at.coeffs[:-1], 1)
+
+
+def _rows_in_place(buf: int, shape) -> tuple:
+    """An output [..., heads, T, d] stored [..., T, heads, d]: the layout its reader, the
+    layer's `reshape(transpose(o, 0, 2, 1, 3), B, T, D)`, takes without a copy. With one
+    batch dim it is contiguous."""
+    if len(shape) < 4:
+        load = contiguous(buf, shape, "f32")
+        return load, (buf, 0, load.at.coeffs[:-2], shape[-1])
+    *outer, heads, rows, d = shape
+    stored = row_major(tuple(outer) + (rows, heads, d))
+    coeffs = stored[:len(outer)] + (d, heads * d, 1)
+    return Load(buf, Affine(0, coeffs), "f32"), (buf, 0, coeffs[:-2], heads * d)
 
 
 @register_lowering("replica_mean", floats=("f32",))

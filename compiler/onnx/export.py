@@ -34,7 +34,7 @@ from dlc.compiler.errors import DlcError, Span, optional_package
 from dlc.compiler.ir.evaluate import Eval
 from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, ONNX_ELEM_TYPES, Graph, TensorType
 from dlc.compiler.frontend.model import Model
-from dlc.compiler.ir.primitives import PRIMITIVES
+from dlc.compiler.ir.primitives import MASKED, PRIMITIVES
 
 OPSET = 18
 INT64_MAX = np.iinfo(np.int64).max
@@ -48,6 +48,7 @@ NOT_EXPORTABLE = {
     "avgpool2d_grad": "a gradient: it occurs only in the gradient graph",
     "maxpool2d_gather": "a second derivative: it occurs only in a Hessian-vector product graph",
     "scatter_add": "the gradient of gather: it occurs only in the gradient graph",
+    "attention_grad": "a gradient: it occurs only in the gradient graph",
     "replica_mean": "data-parallel training only (sync_batchnorm): an evaluation graph never holds it",
 }
 
@@ -569,6 +570,22 @@ def _matmul(b, n, xs, ta=False, tb=False):
     swap = list(range(rank - 2)) + [rank - 1, rank - 2]
     a, c = (b.op("Transpose", [x], perm=swap) if t else x for x, t in zip(xs, (ta, tb)))
     return [b.op("MatMul", [a, c])]
+
+
+@export_rule("attention")
+def _attention(b, n, xs, scale):
+    """As the primitive's definition: the scores, masked, their softmax times v, and the
+    log-sum-exp of each row (ONNX runtimes have no fused attention at opset 18)."""
+    q, k, v = xs[:3]
+    dtype, rank = _dtype(b, n), b.graph.inputs(n)[0].rank
+    kt = b.op("Transpose", [k], perm=list(range(rank - 2)) + [rank - 1, rank - 2])
+    scores = b.op("Mul", [b.op("MatMul", [q, kt]), b.const(scale, dtype)])
+    if len(xs) > 3:
+        mask = b.graph.inputs(n)[3]
+        scores = b.op("Where", [xs[3], scores, b.const(MASKED, dtype)]) if mask.dtype == "bool" else \
+            b.op("Add", [scores, xs[3]])
+    o = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
+    return [o, b.op("ReduceLogSumExp", [scores, b.const([-1], "i64")], keepdims=0)]
 
 
 # ---- windows (NCHW) ------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ function is built (compiler/native/program.py's `Kernel` says what each rule doe
 A kind's loop nests are LLVM code, in compiler/native/loops.py or the GEMM library,
 imported by its `emit` alone: lowering imports the kinds without loading LLVM."""
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
+from dlc.compiler.native.kernels.attention import AttentionKernel
 from dlc.compiler.native.kernels.conv import ConvKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel, PackKernel
 from dlc.compiler.native.kernels.host_call import HostCallKernel
