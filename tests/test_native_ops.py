@@ -712,7 +712,7 @@ SLOW_LAYERS = {
 }
 
 ACTIVATIONS = ["identity", "relu", "leaky_relu", "elu", "selu", "gelu", "gelu_exact", "swish", "silu", "softplus",
-               "hard_sigmoid", "step", "sign_step", "sigmoid", "tanh", "softmax", "log_softmax"]
+               "hard_sigmoid", "relu6", "step", "sign_step", "sigmoid", "tanh", "softmax", "log_softmax"]
 
 SCALE = "param s: f32[129] = ones\n "
 LOSSES = {

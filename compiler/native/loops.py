@@ -12,13 +12,15 @@ import math
 from llvmlite import ir
 
 from dlc.compiler.native.builder import KernelBuilder
-from dlc.compiler.native.kernels.reduce import COLUMN_BLOCK
 from dlc.compiler.native.gemm import declare, default_config, masked, round_bf16, splat, vec_ptr
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.ir.primitives import MASKED
 from dlc.compiler.native.program import Affine, KernelProgram, Load, Op
 from dlc.compiler.native.scalar import exp
 from dlc.compiler.native.types import LL, f32, f64, i1, i32, i64
+
+# columns of a team's share of a reduction split along its last axis (kernels/reduce.py): whole cache lines
+COLUMN_BLOCK = 64
 
 
 def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):

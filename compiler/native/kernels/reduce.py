@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.native import render
+from dlc.compiler.native.loops import COLUMN_BLOCK
 from dlc.compiler.native.program import Kernel, expr_reads
 
 
@@ -59,6 +60,3 @@ class ReduceKernel(Kernel):
         wide = isinstance(self.shape[last], int) and self.shape[last] > COLUMN_BLOCK
         return last if kept == [last] and wide else None
 
-
-# columns of a team's share of a reduction split along its last axis: whole cache lines
-COLUMN_BLOCK = 64

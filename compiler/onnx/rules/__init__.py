@@ -19,5 +19,6 @@ lstm, gru, rnn)
 absorb the nodes that follow them (an Add of the bias, an activation).
 """
 from dlc.compiler.onnx.node import RULES  # noqa: F401  (complete once the families below have run)
-from dlc.compiler.onnx.rules import (constants, control, elementwise, formulas, indexing,  # noqa: F401
+from dlc.compiler.onnx.rules import (constants, control, elementwise, indexing,  # noqa: F401
                                      layers, normalization, recurrent, reductions, shapes)
+from dlc.compiler.onnx.rules import formulas  # noqa: F401,E402  (after the families: it goes before their rules)

@@ -3,16 +3,17 @@ nodes and imported as the library's calls: GELU from Erf (PyTorch's exact GELU b
 opset 20, as BERT exports it) and from Tanh (GPT-2's approximation), SiLU from Sigmoid
 (x * sigmoid(x)), ReLU6 from Clip(x, 0, 6), and layernorm from the ReduceMean of
 PyTorch's LayerNorm before opset 17. Each rule matches the formula around its node and
-absorbs the nodes after it; where the formula does not match, the node is the op it was."""
+absorbs the nodes after it; where the formula does not match (None), the rule its family's module
+registered for the op writes the node as the op it is: this package imports this module
+after the families (rules/__init__.py)."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
 
-from dlc.compiler.onnx.node import Node, RULES, Rule
-from dlc.compiler.onnx.rules.elementwise import _clip, _elementwise
-from dlc.compiler.onnx.rules.reductions import _reduce
+from dlc.compiler.onnx.node import Node, RULES
 from dlc.compiler.onnx.values import FLOAT
 from dlc.compiler.onnx.writing import flt, kw, weights_hint
 
@@ -85,7 +86,7 @@ def _erf(n: Node):
     x = _scaled(n, n.proto.input[0], 1 / math.sqrt(2))
     if x is not None and n.imp.values[x].dtype in FLOAT and _half_times(n, x):
         return f"gelu_exact({n.imp.operand(x)})"
-    return _elementwise(n)
+    return None
 
 
 def _tanh(n: Node):
@@ -97,7 +98,7 @@ def _tanh(n: Node):
             if _is_cube(n, _scaled(n, cube, 0.044715) or "", x) and n.imp.values[x].dtype in FLOAT \
                     and _half_times(n, x):
                 return f"gelu({n.imp.operand(x)})"
-    return _elementwise(n)
+    return None
 
 
 def _is_cube(n: Node, name: str, x: str) -> bool:
@@ -119,7 +120,7 @@ def _sigmoid(n: Node):
     if product is not None and _other(product, n.results[0]) == x and n.dtype(0) in FLOAT:
         n.take(product)
         return f"silu({n.x(0)})"
-    return _elementwise(n)
+    return None
 
 
 def _relu6(n: Node):
@@ -128,7 +129,7 @@ def _relu6(n: Node):
     high = n.attr("max") if "max" in n.attrs else _number(n, n.proto.input[2]) if n.has(2) else None
     if low == 0 and high == 6 and n.dtype(0) in FLOAT:
         return f"relu6({n.x(0)})"
-    return _clip(n)
+    return None
 
 
 def _layernorm(n: Node):
@@ -136,7 +137,7 @@ def _layernorm(n: Node):
     d / sqrt(mean(d ^ 2) + eps) * gamma + beta is layernorm(x, eps) (gamma and beta known)."""
     found = _layernorm_nodes(n)
     if found is None:
-        return _reduce(n)
+        return None
     nodes, eps, gamma, beta = found
     name = n.binding(weights_hint(nodes[-2], 1 if nodes[-2].proto.input[0] == nodes[-3].results[0] else 0))
     n.weight(f"{name}.gamma", gamma)
@@ -186,8 +187,12 @@ def _layernorm_nodes(n: Node):
     return [centre, Node(n.imp, square), variance, shifted, root, divide, scale, shift], eps, gamma, beta
 
 
-RULES["Erf"] = Rule(_erf)
-RULES["Tanh"] = Rule(_tanh)
-RULES["Sigmoid"] = Rule(_sigmoid)
-RULES["Clip"] = Rule(_relu6, attrs=RULES["Clip"].attrs)
-RULES["ReduceMean"] = Rule(_layernorm, static=RULES["ReduceMean"].static, attrs=RULES["ReduceMean"].attrs)
+def _before_the_plain_rule(op: str, formula):
+    """`formula` first; where it does not match, the rule the op had."""
+    plain = RULES[op]
+    RULES[op] = dataclasses.replace(plain, emit=lambda n: formula(n) or plain.emit(n))
+
+
+for op, formula in (("Erf", _erf), ("Tanh", _tanh), ("Sigmoid", _sigmoid), ("Clip", _relu6),
+                    ("ReduceMean", _layernorm)):
+    _before_the_plain_rule(op, formula)
