@@ -87,14 +87,25 @@ def interleaved_ms(fns: dict) -> tuple[dict, float]:
     return {k: statistics.median(v) * 1e3 for k, v in times.items()}, other.cores
 
 
-def run_model(name: str, batches, folder: Path, threads: int) -> list:
+def onnxruntime_session(path: Path, threads: int):
+    """onnxruntime on `threads` threads, its pool not spinning after a call: its spinning
+    threads take the cores from dlc, timed in turn with it in this process (mobilenet_v2 at
+    batch 1: dlc 6.3 ms alone, 11.4 interleaved with a spinning pool, 6.9 with one that
+    sleeps), while onnxruntime runs these models no slower for it (5.2 ms alone, 7.2
+    spinning). benchmarks/predict.py keeps the default: on its small models the spinning
+    pool is onnxruntime's speed (the MLP at batch 1: 0.03 ms spinning, 0.11 not)."""
     import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_model(name: str, batches, folder: Path, threads: int) -> list:
     onnx_path = folder / f"{name}.onnx"
     exported(name, onnx_path)
     program, weights, import_s = imported(onnx_path, folder)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    session = onnxruntime_session(onnx_path, threads)
     rows = []
     for k, batch in enumerate(batches):
         feeds = {"x": np.random.default_rng(batch).standard_normal((batch, *IMAGE)).astype(np.float32)}
