@@ -149,27 +149,34 @@ def test_every_example_compiles_and_trains_like_the_reference(path):
 def assert_same_gradients_step_by_step(program, sizes, steps: int = 5, lr: float = 0.01):
     """SGD steps on the reference engine; before each one, the native engine takes the same
     step from the same parameters: the losses agree to 1e-5 and each parameter's gradient
-    (its update / lr) to 1e-3 relative in the norm (measured: 1.2e-4 on resnet)."""
+    (its update / lr) to 1e-3 relative in the norm (measured: 1.1e-5 to 8e-5 on resnet), or
+    where a step sits on a kink (a ReLU input at 0 within rounding), to twice what the
+    reference's own gradient moves when the parameters move by 1e-7 relative: at resnet's
+    fourth step that moves a batchnorm beta's gradient by 0.24 %, and the native one by as much."""
     train, evaluation = program.build(training=True), program.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
     optimizer = make_optimizer(Call("sgd", [], {"lr": lr}))
     engines = [E(train, evaluation, optimizer, trainable) for E in (ReferenceEngine, NativeEngine)]
     params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    rng = np.random.default_rng(0)
     for step in range(1, steps + 1):
         feeds = sample_inputs(train, sizes, seed=step)
         feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
-        after, losses = [], []
-        for engine in engines:
-            p = {k: v.copy() for k, v in params.items()}
+        nudged = {k: (v * (1 + 1e-7 * rng.standard_normal(v.shape))).astype(np.float32) for k, v in params.items()}
+        after, moves, losses = [], [], []
+        for engine, start in zip(engines + engines[:1], [params, params, nudged]):
+            p = {k: v.copy() for k, v in start.items()}
             losses.append(engine.train_step(p, optimizer.init({n: p[n] for n in trainable}), feeds, lr, step,
                                             np.array([0, step], np.int32))["loss"])
             after.append(p)
+            moves.append({k: start[k] - p[k] for k in trainable})
         np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
         for name in trainable:
-            ref, nat = (params[name] - a[name] for a in after)
-            err = np.linalg.norm((nat - ref).ravel().astype(np.float64))
-            assert err <= 1e-3 * np.linalg.norm(ref.ravel().astype(np.float64)) + 1e-12, \
-                f"step {step}, {name}: relative error {err / np.linalg.norm(ref.ravel()):.3g}"
+            ref, nat, own = (m[name].ravel().astype(np.float64) for m in moves)
+            err, kink = np.linalg.norm(nat - ref), np.linalg.norm(own - ref)
+            assert err <= max(1e-3, 2 * kink / np.linalg.norm(ref)) * np.linalg.norm(ref) + 1e-12, \
+                f"step {step}, {name}: relative error {err / np.linalg.norm(ref):.3g} (the reference's own " \
+                f"{kink / np.linalg.norm(ref):.3g})"
         params = after[0]
 
 

@@ -17,11 +17,14 @@ from dlc.compiler.ir.dims import Dim, ceil_div
 from dlc.compiler.ir.graph import PRIMITIVES, Graph, Tensor, TensorType, primitive
 
 
-def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None):
+def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None,
+               segment_of=None):
     """Operands: carries, sequences (sliced at t along xs_axes), then invariants.
     Results: final carries, then the body's per-step outputs stacked along ys_axes.
     `history` lists the results that stack the carry entering each step (autodiff
-    adds them for the backward pass)."""
+    adds them for the backward pass). `segment_of = (k, front)`: the scan runs segment s
+    of the enclosing scan's (a checkpointed scan's, below): its step t is step
+    k·s + t − front of the scan it came from, which is the step its random draws see."""
     n_xs = len(xs_axes)
     for i, (t, a) in enumerate(zip(types[:n_carry], body.args[:n_carry])):
         if t.dtype != a.dtype or t.shape != a.shape:
@@ -120,7 +123,8 @@ def _scan_vjp(n, cts, init_acc=None):
     xs_axes = (0,) * nc + tuple(attrs["xs_axes"]) + tuple(attrs["ys_axes"][i] for i in live_ys) + (0,) * len(saved)
     outs = graph.add("scan", operands, body=bwd, length=attrs["length"], reverse=not attrs["reverse"],
                      n_carry=nc + len(float_invs), xs_axes=xs_axes,
-                     ys_axes=tuple(attrs["xs_axes"][i] for i in float_seqs))
+                     ys_axes=tuple(attrs["xs_axes"][i] for i in float_seqs),
+                     **{a: attrs[a] for a in ("segment_of",) if a in attrs})
     d_carries0 = outs[:nc]
     d_invs = dict(zip(float_invs, outs[nc:nc + len(float_invs)]))
     d_seqs = dict(zip(float_seqs, outs[nc + len(float_invs):]))
@@ -181,8 +185,7 @@ def _checkpointed_vjp(n, cts):
     the segment's k steps from that carry, saving their values as a plain scan does, and
     runs their reverse scan (_scan_vjp) from the cotangents and the invariants' sums the
     later segments left. Every step's VJP is the plain scan's, in the same order, on the
-    same values: the gradients are the same bits (natively, up to where LLVM contracts a
-    multiply-add into an FMA: docs/native.md).
+    same values, random draws included (`segment_of`): the gradients are the same bits.
 
     When k does not divide T the sequences are padded to whole segments before the first
     step the scan runs (at the start of the time axis, or at its end when `reverse`). The
@@ -218,7 +221,7 @@ def _checkpointed_vjp(n, cts):
     def segment_forward(g: Graph, carries: list, xs: list, invariants: list) -> list:
         """The scan over one segment's k steps, in g."""
         return g.add("scan", carries + xs + invariants, body=_segment_body(body, nc, nx_, bool(padded), g),
-                     length=k, reverse=rev, n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes)
+                     length=k, reverse=rev, n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes, segment_of=(k, front))
 
     # forward: the scan over segments, in place of n; it stacks the carry entering each
     outer = Graph(f"{body.name}_segments", parent=graph)
@@ -322,19 +325,25 @@ def _joined(x: Tensor, axis: int, start, length) -> Tensor:
 
 
 @primitive("scan", "control", _scan_type, _scan_vjp, _scan_flops)
-def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None):
+def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None,
+          segment_of=None):
     carries = list(xs[:n_carry])
     seqs = xs[n_carry:n_carry + len(xs_axes)]
     invariants = xs[n_carry + len(xs_axes):]
     steps = range(length - 1, -1, -1) if reverse else range(length)
     ys = None
+    enclosing = ctx.steps
     for t in steps:
         sliced = [np.take(s, t, axis=a) for s, a in zip(seqs, xs_axes)]
-        ctx.steps += (t,)
+        if segment_of:
+            k, front = segment_of
+            ctx.steps = enclosing[:-1] + (enclosing[-1] * k + t - front,)
+        else:
+            ctx.steps = enclosing + (t,)
         try:
             outs = ctx.run(body, carries + sliced + list(invariants))
         finally:
-            ctx.steps = ctx.steps[:-1]
+            ctx.steps = enclosing
         carries = outs[:n_carry]
         if ys is None:
             ys = [np.empty(y.shape[:a] + (length,) + y.shape[a:], y.dtype) for y, a in zip(outs[n_carry:], ys_axes)]

@@ -31,7 +31,6 @@ from dlc.compiler.native.fpmode import subnormals_flushed
 from dlc.compiler.native.parallel import parallel_loop
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.types import i8, i32, i64
-from dlc.compiler.native.update import exact_rounding
 
 CHECK = "dlc_check"     # i64 (*)(i64 kernel): 0 if what kernel wrote is finite (set by the engine)
 # i64 NAME(i8* values, i64 n): how many of the n values are NaN or Inf, which the engine's check calls
@@ -91,13 +90,13 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     functions: dict = {}    # kernel number -> the name of its function
     alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
 
-    def kernel(k, depth: int, prog: KernelProgram = prog, exact: bool = False) -> tuple:
+    def kernel(k, depth: int, prog: KernelProgram = prog) -> tuple:
         """(its function, the entries of `prog` behind its argument slots, its profile
         number) of kernel k of `prog`; the function is one built before when that one is
-        alike to the letter. `exact`: with exact_rounding (the optimizer update)."""
+        alike to the letter."""
         number = len(numbered)
         numbered.append((k, depth))
-        nested = [kernel(j, depth + 1, prog, exact) for j in k.nested()]
+        nested = [kernel(j, depth + 1, prog) for j in k.nested()]
         before = set(module.globals)
         fn = ir.Function(module, sig, f"kernel{number}")
         fn.linkage = "internal"
@@ -108,8 +107,6 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         kb.finish()
         made = [g for n, g in module.globals.items()
                 if n not in before and isinstance(g, ir.Function) and not g.is_declaration]
-        if exact:
-            exact_rounding(made)
         text = re.sub(rf'@"{re.escape(fn.name)}([."])', r'@"kernel\1', "\n".join(map(str, made)))
         if text in alike:
             for g in made:
@@ -130,7 +127,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     if profile is not None:
         table = ir.GlobalVariable(module, ir.ArrayType(i64, 1), "dlc_profile")    # resized below
     compiled = [kernel(k, 0) for k in prog.kernels]
-    updates = [kernel(k, 0, update, exact=True) for k in update.kernels] if update is not None else []
+    updates = [kernel(k, 0, update) for k in update.kernels] if update is not None else []
     if profile is not None:
         profile.extend(numbered)
         table.value_type = ir.ArrayType(i64, len(numbered))

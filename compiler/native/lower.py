@@ -72,13 +72,14 @@ class Lowering:
     kernels that compute what must be in memory, as the graph's fusion decided."""
 
     def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
-                 loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False):
+                 loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False, steps: tuple = ()):
         self.g = graph
         self.bf16 = bf16              # matmul and convolution operands rounded to bfloat16
         self.fusion = fusion or Fusion(graph)
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []
         self.args, self.depth = list(args), depth
+        self.steps = steps            # the step numbers random draws see, one Dim per enclosing scan (primitives._random)
         self.loop = loop              # of a scan's body: (the lowering the scan is in, the scan's first buffer)
         self.packs: dict = {}         # GEMM operands packed before a scan in this graph -> their buffer
         self.slots: dict = {}         # of a scan's body: tensor key -> its step's place in a stacked output
@@ -290,8 +291,7 @@ def _random(lw, n, ins, attrs, typ):
         raise NotLowerable(f"the native backend does not compile random {attrs['dist']} yet",
                            lw.g.g.nodes[n]["span"])
     key = lw.materialize(ins[0])
-    steps = tuple(f"$t{d}" for d in range(lw.depth))
-    lw.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype, steps,
+    lw.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype, lw.steps,
                      attrs["dist"]))
 
 
@@ -509,7 +509,13 @@ def _scan(lw, n, ins, attrs, typ):
         args.append(remap(lw.use(x), lambda a, axis=axis: Affine(
             a.offset + a.coeffs[axis] * t, a.coeffs[:axis] + a.coeffs[axis + 1:])))
     args += [lw.use(x) for x in ins[nc + len(xs_axes):]]
-    sub = Lowering(body, lw.p, args, lw.depth + 1, loop=(lw, first), fusion=lw.fusion.bodies[n], bf16=lw.bf16)
+    if attrs.get("segment_of"):     # a checkpointed scan's segment: its steps are the plain scan's (scan.py)
+        k, front = attrs["segment_of"]
+        steps = lw.steps[:-1] + (lw.steps[-1] * k + t - front,)
+    else:
+        steps = lw.steps + (t,)
+    sub = Lowering(body, lw.p, args, lw.depth + 1, loop=(lw, first), fusion=lw.fusion.bodies[n], bf16=lw.bf16,
+                   steps=steps)
     results = list(body.outputs.values())
     # each per-step output has a stacked buffer; a value the body computes into memory
     # is written at its place there (Lowering.place), any other is copied there at the end

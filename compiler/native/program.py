@@ -50,7 +50,7 @@ class Random:
     stream: int
     at: Affine
     dtype: str
-    steps: tuple = ()    # the step symbols of the enclosing scans, outermost first
+    steps: tuple = ()    # the step number of each enclosing scan (a Dim over their step symbols), outermost first
     dist: str = "uniform"
 
 

@@ -18,7 +18,7 @@ from llvmlite import ir
 
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.program import Op, Random
-from dlc.compiler.native.types import FAST, LL, dtype_class, f32, f64, i1, i32, i64, is_float
+from dlc.compiler.native.types import LL, dtype_class, f32, f64, i1, i32, i64, is_float
 
 EMIT: dict[tuple[str, str], Callable] = {}
 
@@ -79,10 +79,10 @@ emits("logical_not", "bool")(lambda kb, e, a: kb.b.xor(a[0], ir.Constant(i1, 1))
 
 
 # ---- float -------------------------------------------------------------------------------------------
-emits("add", "float")(lambda kb, e, a: kb.b.fadd(a[0], a[1], flags=FAST))
-emits("sub", "float")(lambda kb, e, a: kb.b.fsub(a[0], a[1], flags=FAST))
-emits("mul", "float")(lambda kb, e, a: kb.b.fmul(a[0], a[1], flags=FAST))
-emits("div", "float")(lambda kb, e, a: kb.b.fdiv(a[0], a[1], flags=FAST))
+emits("add", "float")(lambda kb, e, a: kb.b.fadd(a[0], a[1]))
+emits("sub", "float")(lambda kb, e, a: kb.b.fsub(a[0], a[1]))
+emits("mul", "float")(lambda kb, e, a: kb.b.fmul(a[0], a[1]))
+emits("div", "float")(lambda kb, e, a: kb.b.fdiv(a[0], a[1]))
 emits("neg", "float")(lambda kb, e, a: kb.b.fneg(a[0]))
 # NaN propagates, as in numpy
 emits("maximum minimum", "float")(lambda kb, e, a: kb.intrinsic(f"llvm.{e.name}", *a))
@@ -176,10 +176,12 @@ def _pow_integers(kb, e, a):
 
 # ---- the inline math, casts and the random generator ----------------------------------------------
 def poly(kb, x, coeffs):
-    """Horner: coeffs[0] * x^k + ... + coeffs[k]."""
-    b, acc = kb.b, ir.Constant(f32, coeffs[0])
+    """Horner: coeffs[0] * x^k + ... + coeffs[k], each step one fused multiply-add. The
+    FMAs are the rule's own: no float operation carries LLVM's `contract` flag, so a value
+    has the same bits whichever kernel computes it (docs/native.md, same bits)."""
+    acc = ir.Constant(f32, coeffs[0])
     for c in coeffs[1:]:
-        acc = b.fadd(b.fmul(acc, x, flags=FAST), ir.Constant(f32, c), flags=FAST)
+        acc = kb.intrinsic("llvm.fma", acc, x, ir.Constant(f32, c))
     return acc
 
 
@@ -252,7 +254,7 @@ def random(kb, e: Random, idx) -> ir.Value:
     step = b.load(b.gep(key, [ir.Constant(i64, 1)]))
     stream = ir.Constant(i32, e.stream)
     for t in e.steps:      # inside scans every step draws anew, as primitives._random
-        t = b.trunc(kb.sizes[t], i32)
+        t = b.trunc(kb.dim(t), i32)
         stream = mix(kb, b.add(b.add(b.mul(stream, ir.Constant(i32, 0x01000193)), t), ir.Constant(i32, 1)))
     i = b.trunc(kb.affine(e.at, idx), i32)
 

@@ -6,7 +6,6 @@ from llvmlite import ir
 i1, i8, i32, i64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
 f32, f64 = ir.FloatType(), ir.DoubleType()
 LL = {"f32": f32, "f64": f64, "i32": i32, "i64": i64, "bool": i1, "i8": i8}
-FAST = ("contract",)
 
 
 def is_float(t: ir.Type) -> bool:

@@ -11,9 +11,7 @@ metadata claims that memory which is the same does not alias. Values the loop co
 once and reads in several members (temporaries) stay in registers: they are inlined into
 their readers, which LLVM computes once.
 
-driver.py compiles these kernels after the step's, under the fault-flag check, with
-`exact_rounding`: torch rounds every float32 operation, so no multiply and add may fuse
-into one rounding unless the rule says so (ops.fma).
+driver.py compiles these kernels after the step's, under the fault-flag check.
 """
 from __future__ import annotations
 
@@ -79,11 +77,3 @@ def touched(prog: KernelProgram) -> set:
         out |= reads | writes
     return out
 
-
-def exact_rounding(functions: list):
-    """Drop the `contract` flag (types.FAST) from the float operations of these functions."""
-    for fn in functions:
-        for block in fn.blocks:
-            for ins in block.instructions:
-                if "contract" in getattr(ins, "flags", ()):
-                    ins.flags = [f for f in ins.flags if f != "contract"]
