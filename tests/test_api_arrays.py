@@ -177,3 +177,22 @@ def test_predict_takes_a_source_as_evaluate_does(tmp_path):
         m.predict("digitz()")
     with pytest.raises(DlcError, match=r"cannot tell the format of data file 'in\.bin'"):
         m.predict("in.bin")
+
+
+def test_predict_finds_an_index_inputs_bounds_once_and_checks_every_call(tmp_path, monkeypatch):
+    """The bounds of token ids (the embedding's rows) come from the graph once per model, not
+    at every call (a prediction of one example is µs), and every call is still checked."""
+    from dlc.runtime.training import inputs
+    path = tmp_path / "tokens.dl"
+    path.write_text("model tokens {\n    input ids: i32[B, 4]\n    h = embedding(ids, 10, 3)\n"
+                    "    output scores = sum(h, axis = 2)\n}\n")
+    m = DlcModel(str(path), backend="reference")
+    m.params = init_params(m.train_model, 0)
+    walks = []
+    monkeypatch.setattr(inputs, "index_bound", lambda *a: walks.append(a) or 10)
+    ids = np.arange(4, dtype=np.int32)[None, :]
+    for _ in range(3):
+        assert m.predict(ids)["scores"].shape == (1, 4)
+    assert len(walks) == 1
+    with pytest.raises(DlcError, match=r"ids has values from 8 to 11, but the model takes 0 to 9 there"):
+        m.predict(ids + 8)

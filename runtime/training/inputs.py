@@ -93,6 +93,16 @@ def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set
     return {i.name: fit_input(i, arrays[i.name], model) for i in wanted}
 
 
+def index_limits(model: Model, name: str) -> tuple:
+    """(index_bound, the ignored values as a list) of integer input `name`, found in the
+    graph once per model."""
+    key = ("index limits", name)
+    if key not in model.derived:
+        node = next(n for n in model.graph.nodes_with("input") if model.graph.attrs(n)["name"] == name)
+        model.derived[key] = index_bound(model.graph, node), sorted(ignored_values(model.graph, node))
+    return model.derived[key]
+
+
 def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     """An array for input `inp`: its shape checked, its dtype the input's, its values
     (for an index input) within what the model can look up. An example is reshaped only
@@ -117,9 +127,8 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise DlcError(f"{inp.name} is {typ} but the data has fractional values", inp.span)
-    node = next(n for n in model.graph.nodes_with("input") if model.graph.attrs(n)["name"] == inp.name)
-    bound = index_bound(model.graph, node)
-    looked_up = arr[~np.isin(arr, list(ignored_values(model.graph, node)))]       # an ignore index is no index
+    bound, ignored = index_limits(model, inp.name)
+    looked_up = arr[~np.isin(arr, ignored)] if ignored else arr      # an ignore index is no index
     if bound is not None and looked_up.size and (looked_up.min() < 0 or looked_up.max() >= bound):  # before the cast
         raise DlcError(f"{inp.name} has values from {looked_up.min():.0f} to {looked_up.max():.0f}, but the model "
                        f"takes 0 to {bound - 1} there", inp.span)
