@@ -3,10 +3,12 @@ machine has against the numpy emulation of the rounding, the two engines against
 other, the paths DLC_TARGET forces, training under bf16 against float32, and the float32
 program untouched."""
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+
 
 import numpy as np
 import pytest
@@ -269,13 +271,21 @@ model m {
 
 def test_float32_program_is_unchanged_and_bf16_only_flags_the_products():
     """Lowered for f32 (the default) the program has no bf16 kernel; lowered for bf16 it is
-    the same program, its GEMM, small GEMM and direct convolution kernels flagged."""
+    the same program, its GEMM and small GEMM kernels flagged, and the direct convolution's
+    operands rounded by a map before it (Lowering.rounded: its products stay float32)."""
     graph = optimize(train_step(load_text(MODEL).build("m", training=True).graph))
     f32, bf16 = render.program(lower(graph)), render.program(lower(graph, "bf16"))
-    assert f32 == render.program(lower(graph, "f32")) and "(bf16)" not in f32
+    assert f32 == render.program(lower(graph, "f32")) and "(bf16)" not in f32 and "round_bf16" not in f32
     flagged = [line for line in bf16.splitlines() if "(bf16)" in line]
-    assert {line.split()[0] for line in flagged} == {"gemm", "direct", "small_gemm"}
-    assert bf16.replace(" (bf16)", "") == f32
+    assert {line.split()[0] for line in flagged} == {"gemm", "small_gemm"}
+    rounding = {re.search(r": (b\d+)\[", line).group(1) for line in bf16.splitlines() if "round_bf16(" in line}
+    assert all(line.startswith("map ") for line in bf16.splitlines() if "round_bf16(" in line)
+    convs = [re.findall(r"b\d+", line.split(" = ")[1].split("@")[0]) for line in bf16.splitlines()
+             if line.startswith("direct conv")]
+    assert len(convs) == 2 and all(set(operands) <= rounding for operands in convs)     # forward, weight gradient
+    kinds = lambda text: [line.split()[0] for line in text.splitlines() if not line.startswith("#")
+                          and "round_bf16(" not in line]
+    assert kinds(bf16) == kinds(f32)
     with pytest.raises(ValueError, match="no precision 'f16'"):
         lower(graph, "f16")
 

@@ -314,7 +314,7 @@ class _ConvRows:
         b = self.kb.b
         # not `inbounds`: masked-off lanes may lie outside the buffer
         p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
-        return operand(b, self.k, b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero]))
+        return b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero])
 
     def x_row(self, n, c, h, wo0, j):
         """The nv vectors of x[n, c, h, (wo0 + l) * sw - pw + j] (lanes l); with stride 2
@@ -407,7 +407,7 @@ def conv(kb: KernelBuilder, k, first):
                     xs = rows.x_row(n, c, h, wo0, j)
                     for o in range(width):
                         at = kb.affine(weight(j), [b.add(o0, ir.Constant(i64, o)), c, i, g])
-                        wv = splat(b, operand(b, k, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w)), rows.vty)
+                        wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
                         for v in range(rows.nv):
                             rows.add(sums[o * rows.nv + v], wv, xs[v])
             taps = rows.tap_rows(ho)

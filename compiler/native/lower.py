@@ -85,6 +85,7 @@ class Lowering:
         self.slots: dict = {}         # of a scan's body: tensor key -> its step's place in a stacked output
         self.values: dict = {}        # tensor key -> expression over its own shape
         self.cols: dict = {}          # im2col buffers by (window expression, shape)
+        self.bf16_copies: dict = {}   # tensor key -> its copy rounded to bfloat16 (`rounded`)
 
     def emit(self, kernel, into: list | None = None):
         kernel.nodes, kernel.origin = self.fusion.group(kernel.node), self.fusion.origin(kernel.node)
@@ -132,6 +133,20 @@ class Lowering:
         load = contiguous(buf.id, t.shape, t.dtype)
         self.values[t.key()] = load
         return load
+
+    def rounded(self, t: Tensor, node: int) -> Load:
+        """t in memory as an operand of float32 products; for bf16 products, rounded to
+        bfloat16 by a map kernel first (once per tensor), so that a kernel multiplying in
+        float32 (the direct convolution) computes what bf16 products summed in float32
+        do, without rounding each operand at each of its taps."""
+        if not self.bf16:
+            return self.materialize(t)
+        if t.key() not in self.bf16_copies:
+            buf = self.p.buffer("f32", numel(t.shape), "temp")
+            self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), Op("round_bf16", (self.use(t),), "f32"),
+                                node=node))
+            self.bf16_copies[t.key()] = contiguous(buf.id, t.shape, "f32")
+        return self.bf16_copies[t.key()]
 
     def stored(self, t: Tensor) -> Load:
         """The value of t in memory, where a kernel wrote it or, written by a map kernel
@@ -604,9 +619,9 @@ def _conv2d(lw, n, ins, attrs, typ):
         return
     if _direct(cgkk, kw, attrs):
         # depthwise ones too (groups = C): each output channel's taps over its group's channels
-        xm = lw.materialize(x)
+        xm, wm = lw.rounded(x, n), lw.rounded(w, n)
         lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (Ho, Wo), attrs["stride"][0],
-                           attrs["padding"], bf16=lw.bf16, groups=groups, stride_w=attrs["stride"][1], node=n))
+                           attrs["padding"], groups=groups, stride_w=attrs["stride"][1], node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     if groups > 1 and isinstance(cgkk, int) and cgkk <= GROUPED_TAPS and not lw.bf16:
@@ -635,10 +650,10 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, typ.shape, g.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     if _direct(cgkk, kw, attrs):
-        xm, gm = lw.materialize(x), lw.materialize(g)
+        xm, gm = lw.rounded(x, n), lw.rounded(g, n)
         partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * cgkk, "temp")
         lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (Ho, Wo), attrs["stride"][0], attrs["padding"],
-                           gm.buffer, partial.id, SMALL_GEMM_PARTS, bf16=lw.bf16, groups=groups,
+                           gm.buffer, partial.id, SMALL_GEMM_PARTS, groups=groups,
                            stride_w=attrs["stride"][1], node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
@@ -673,9 +688,9 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     if groups > 1 and _direct(og * kh * kw, kw, attrs) and (st_h, st_w) == (1, 1):
         # a stride-1 grouped convolution's input gradient is one too: g convolved with the
         # filters flipped, each input channel summing over its group's outputs
-        gm, wm = lw.materialize(g), lw.materialize(w)
+        gm, wm = lw.rounded(g, n), lw.rounded(w, n)
         lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
-                           transposed=True, bf16=lw.bf16, groups=groups, node=n))
+                           transposed=True, groups=groups, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     if groups > 1:
@@ -705,8 +720,9 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         return
     if _direct(ckk, kw, attrs) and (st_h, st_w) == (1, 1):
         # g convolved with the filters flipped, their channels swapped: one pass, no columns
-        lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
-                           transposed=True, bf16=lw.bf16, node=n))
+        gr, wr = lw.rounded(g, n), lw.rounded(w, n)
+        lw.emit(ConvKernel(gr.buffer, wr.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
+                           transposed=True, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.p.buffer("f32", N * ckk * hw, "temp")

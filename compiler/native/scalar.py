@@ -17,6 +17,7 @@ from typing import Callable
 from llvmlite import ir
 
 from dlc.compiler.ir.primitives import PRIMITIVES
+from dlc.compiler.native.gemm import round_bf16
 from dlc.compiler.native.program import Op, Random
 from dlc.compiler.native.types import LL, dtype_class, f32, f64, i1, i32, i64, is_float
 
@@ -89,6 +90,8 @@ emits("maximum minimum", "float")(lambda kb, e, a: kb.intrinsic(f"llvm.{e.name}"
 emits("abs", "float")(lambda kb, e, a: kb.intrinsic("llvm.fabs", a[0]))
 emits("sqrt", "float")(lambda kb, e, a: kb.intrinsic("llvm.sqrt", a[0]))
 emits("fma", "float")(lambda kb, e, a: kb.intrinsic("llvm.fma", *a))
+# an operand of bfloat16 products, rounded to nearest even and kept as a float (Lowering.rounded)
+emits("round_bf16", "float")(lambda kb, e, a: round_bf16(kb.b, a[0]))
 
 
 @emits("sign", "float")

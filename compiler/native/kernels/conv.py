@@ -17,8 +17,8 @@ class ConvKernel(Kernel):
     gradient and padding k - 1 - p, the input gradient of a stride-1 convolution.
     With `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
     n, ho, wo of g[n, o, ho, wo] * x[...], the batch in `parts` runs summed apart into
-    `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel. `bf16`: both
-    operands rounded to bfloat16 as they are loaded."""
+    `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel. It multiplies in
+    float32; for bf16 products its operands are rounded before (Lowering.rounded)."""
     x: int
     w: int | None
     out: int
@@ -31,7 +31,6 @@ class ConvKernel(Kernel):
     partial: int | None = None
     parts: int = 1
     transposed: bool = False
-    bf16: bool = False
     groups: int = 1
     stride_w: int = 1
 
@@ -49,7 +48,7 @@ class ConvKernel(Kernel):
         what = f"b{self.x} * b{self.w}" if self.g is None else f"weight gradient of b{self.x} * w from b{self.g}"
         what += f" in {self.groups} groups" if self.groups > 1 else ""
         return [f"direct conv {render.shape(self.x_shape)} by {render.shape(self.w_shape)}: b{self.out} = {what}"
-                f"{render.bf16(self)}{render.located(self)}"]
+                f"{render.located(self)}"]
 
     def accesses(self) -> tuple:
         return ({self.x, self.w}, {self.out}) if self.g is None else ({self.x, self.g}, {self.out, self.partial})
