@@ -655,12 +655,28 @@ class _Gen:
         with _loop(b, 0, _ceil_div(b, kc, 2), name="bp") as q:
             k0 = b.mul(q, _c64(2))
             k1 = b.add(k0, _c64(1))
-            high = lambda x: b.trunc(b.lshr(bf16_bits(b, x), ir.Constant(ir.VectorType(i32, P), [16] * P)), hty)
-            first = high(b.load(row(k0), align=4))
-            second = b.select(b.icmp_signed("<", k1, kc), high(b.load(row(_min(b, k1, b.sub(kc, _c64(1)))), align=4)),
+            first = self.bf16_halves(b, b.load(row(k0), align=4))
+            second = b.select(b.icmp_signed("<", k1, kc),
+                              self.bf16_halves(b, b.load(row(_min(b, k1, b.sub(kc, _c64(1)))), align=4)),
                               ir.Constant(hty, None))
             dst = b.bitcast(_gep(b, panel, b.mul(q, _c64(P))), pty.as_pointer())
             b.store(b.shuffle_vector(first, second, interleave), dst, align=4)
+
+    def bf16_halves(self, b, x):
+        """The float vector x rounded to bfloat16 as bf16_bits does (to nearest even, a NaN
+        quiet), the 16-bit halves only: of 32 lanes, one vcvtne2ps2bf16 where the target has
+        AVX512_BF16 (the pairs' and the tiles' hosts), else nine integer operations a lane.
+        Subnormals need not agree: the products that read these operands (vdpbf16ps,
+        tdpbf16ps) take subnormal inputs as zero."""
+        n = x.type.count
+        if n != 32 or not jit.host_has("avx512bf16"):
+            return b.trunc(b.lshr(bf16_bits(b, x), ir.Constant(ir.VectorType(i32, n), [16] * n)),
+                           ir.VectorType(ir.IntType(16), n))
+        f16 = ir.VectorType(f32, 16)
+        cvt = declare(self.m, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", ir.VectorType(LLVMType("bfloat"), 32), [f16, f16])
+        half = lambda lo: b.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, 16), list(range(lo, lo + 16))))
+        # the second operand gives the lower 16 lanes
+        return b.bitcast(b.call(cvt, [half(16), half(0)]), ir.VectorType(ir.IntType(16), 32))
 
     # ---- the AMX tiles ("bf16-amx")
 
@@ -775,16 +791,16 @@ class _Gen:
             """bfloat16 of src[start:start + 32], zero from `count` on or when not `valid`."""
             mask = b.and_(b.icmp_signed("<", lane, splat(b, count, lanes)),
                           splat(b, valid, ir.VectorType(i1, P)))
-            x = b.call(mload, [vec_ptr(b, start, fty), i32(4), mask, ir.Constant(fty, None)])
-            return b.trunc(b.lshr(bf16_bits(b, x), ir.Constant(ir.VectorType(i32, P), [16] * P)), hty)
+            return self.bf16_halves(b, b.call(mload, [vec_ptr(b, start, fty), i32(4), mask, ir.Constant(fty, None)]))
 
         def words_of(halves, n):
             return b.bitcast(halves, ir.VectorType(i32, n))
 
-        with _loop(b, 0, _ceil_div(b, length, P), name="q") as q:
+        def block(q, kt):
+            """The 32 x 32 block of panel q at K tile kt."""
             p0 = b.mul(q, _c64(P))
             panel = _gep(b, words, b.mul(q, b.mul(ktiles, _c64(P * W))))
-            with _loop(b, 0, ktiles, name="kt") as kt:
+            if True:
                 k0 = b.mul(kt, _c64(TILE_DEPTH))
                 out = _gep(b, panel, b.mul(kt, _c64(P * W)))
                 if contig_k:     # rows along K: 16 pairs of row p, p = 0..31
@@ -805,6 +821,16 @@ class _Gen:
                     rows = _transpose_words(b, rows)
                 for r, v in enumerate(rows):
                     b.store(v, b.bitcast(_gep(b, out, _c64(r * v.type.count)), v.type.as_pointer()), align=4)
+
+        panels = _ceil_div(b, length, P)
+        if contig_k:
+            with _loop(b, 0, panels, name="q") as q:
+                with _loop(b, 0, ktiles, name="kt") as kt:
+                    block(q, kt)
+        else:
+            with _loop(b, 0, ktiles, name="kt") as kt:
+                with _loop(b, 0, panels, name="q") as q:
+                    block(q, kt)
         b.ret_void()
 
     def buffers(self):
