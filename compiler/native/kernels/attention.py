@@ -9,7 +9,7 @@ from dlc.compiler.native import render
 from dlc.compiler.native.program import Kernel, expr_reads
 
 BLOCK_Q = 128        # query rows a block of scores holds
-BLOCK_K = 128        # keys a block of scores holds
+BLOCK_K = 256        # keys a block of scores holds
 
 
 @dataclass
