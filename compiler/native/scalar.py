@@ -90,7 +90,9 @@ emits("maximum minimum", "float")(lambda kb, e, a: kb.intrinsic(f"llvm.{e.name}"
 emits("abs", "float")(lambda kb, e, a: kb.intrinsic("llvm.fabs", a[0]))
 emits("sqrt", "float")(lambda kb, e, a: kb.intrinsic("llvm.sqrt", a[0]))
 emits("fma", "float")(lambda kb, e, a: kb.intrinsic("llvm.fma", *a))
-# an operand of bfloat16 products, rounded to nearest even and kept as a float (Lowering.rounded)
+# the operations the lowering writes itself, which no graph has: an operand of bfloat16
+# products rounded to nearest even and kept as a float (Lowering.rounded)
+LOWERING_ONLY = ("round_bf16",)
 emits("round_bf16", "float")(lambda kb, e, a: round_bf16(kb.b, a[0]))
 
 
