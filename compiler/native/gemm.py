@@ -782,7 +782,7 @@ class _Gen:
         wty = ir.IntType(32).as_pointer()
         words = b.bitcast(dst, wty)
         ktiles = _ceil_div(b, kc, TILE_DEPTH)
-        fty, hty = ir.VectorType(f32, P), ir.VectorType(ir.IntType(16), P)
+        fty = ir.VectorType(f32, P)
         mload, _ = masked(self.m, fty)
         lanes = ir.VectorType(i64, P)
         lane = ir.Constant(lanes, list(range(P)))
@@ -800,28 +800,30 @@ class _Gen:
             """The 32 x 32 block of panel q at K tile kt."""
             p0 = b.mul(q, _c64(P))
             panel = _gep(b, words, b.mul(q, b.mul(ktiles, _c64(P * W))))
-            if True:
-                k0 = b.mul(kt, _c64(TILE_DEPTH))
-                out = _gep(b, panel, b.mul(kt, _c64(P * W)))
-                if contig_k:     # rows along K: 16 pairs of row p, p = 0..31
-                    left = b.sub(kc, k0)
-                    rows = [words_of(line(b.gep(src, [b.add(b.mul(b.add(p0, _c64(p)), ld), k0)]), left,
-                                          b.icmp_signed("<", b.add(p0, _c64(p)), length)), W)
-                            for p in range(P)]
-                else:            # rows along len: pair row j, rows k0 + 2j and k0 + 2j + 1 interleaved
-                    left = b.sub(length, p0)
-                    interleave = ir.Constant(ir.VectorType(i32, 2 * P), [i // 2 + (i % 2) * P for i in range(2 * P)])
-                    rows = []
-                    for j in range(W):
-                        k = [b.add(k0, _c64(2 * j + e)) for e in (0, 1)]
-                        pair = [line(b.gep(src, [b.add(b.mul(ke, ld), p0)]), left, b.icmp_signed("<", ke, kc))
-                                for ke in k]
-                        rows.append(words_of(b.shuffle_vector(pair[0], pair[1], interleave), P))
-                if (which == "a") != contig_k:
-                    rows = _transpose_words(b, rows)
-                for r, v in enumerate(rows):
-                    b.store(v, b.bitcast(_gep(b, out, _c64(r * v.type.count)), v.type.as_pointer()), align=4)
+            k0 = b.mul(kt, _c64(TILE_DEPTH))
+            out = _gep(b, panel, b.mul(kt, _c64(P * W)))
+            if contig_k:     # rows along K: 16 pairs of row p, p = 0..31
+                left = b.sub(kc, k0)
+                rows = [words_of(line(b.gep(src, [b.add(b.mul(b.add(p0, _c64(p)), ld), k0)]), left,
+                                      b.icmp_signed("<", b.add(p0, _c64(p)), length)), W)
+                        for p in range(P)]
+            else:            # rows along len: pair row j, rows k0 + 2j and k0 + 2j + 1 interleaved
+                left = b.sub(length, p0)
+                interleave = ir.Constant(ir.VectorType(i32, 2 * P), [i // 2 + (i % 2) * P for i in range(2 * P)])
+                rows = []
+                for j in range(W):
+                    k = [b.add(k0, _c64(2 * j + e)) for e in (0, 1)]
+                    pair = [line(b.gep(src, [b.add(b.mul(ke, ld), p0)]), left, b.icmp_signed("<", ke, kc))
+                            for ke in k]
+                    rows.append(words_of(b.shuffle_vector(pair[0], pair[1], interleave), P))
+            if (which == "a") != contig_k:
+                rows = _transpose_words(b, rows)
+            for r, v in enumerate(rows):
+                b.store(v, b.bitcast(_gep(b, out, _c64(r * v.type.count)), v.type.as_pointer()), align=4)
 
+        # a source stored along the panels (B, Aᵀ) is packed a K tile at a time across all
+        # of them, so that its rows are read in order; panel by panel, each row was read in
+        # 128-byte pieces 32 rows apart, which the prefetchers did not follow
         panels = _ceil_div(b, length, P)
         if contig_k:
             with _loop(b, 0, panels, name="q") as q:
