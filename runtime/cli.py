@@ -28,6 +28,8 @@ def _add_model_args(p: argparse.ArgumentParser, backend=False):
 def _add_threads(p: argparse.ArgumentParser):
     p.add_argument("--threads", type=_thread_count, metavar="N",
                    help="threads of the native code (default: $DLC_NUM_THREADS, else every core)")
+    p.add_argument("--no-budget", action="store_true",
+                   help="run calls estimated beyond the work budget ($DLC_WORK_BUDGET seconds, default 60 a call)")
 
 
 # ---- argument types: a value out of range is a usage error (status 2) -----------------------------
@@ -86,6 +88,8 @@ def _pass_list(text: str) -> tuple:
 
 def _threads(args):
     """--threads, else a valid $DLC_NUM_THREADS, for the native engine, which reads the variable."""
+    if args.no_budget:
+        os.environ["DLC_WORK_BUDGET"] = "none"
     if args.threads:
         os.environ["DLC_NUM_THREADS"] = str(args.threads)
     elif "DLC_NUM_THREADS" in os.environ:

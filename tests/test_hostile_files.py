@@ -197,3 +197,21 @@ def test_a_checkpoint_array_claiming_a_huge_shape_is_one_clear_error(tmp_path, c
         z.writestr(f"param:{name}.npy", raw)
     err = clear_error(["eval", model, "--weights", str(tmp_path / "huge.npz"), "--backend", "reference"], capsys)
     assert f"{tmp_path / 'huge.npz'} is not a readable checkpoint" in err
+
+
+# ---- run-time work -----------------------------------------------------------------------------------
+def test_a_huge_constant_summed_is_refused_by_the_work_budget_on_the_native_engine(tmp_path, capsys):
+    """The native engine fuses sum(full((10⁶, 10⁶))) into no memory at all: the memory budget
+    cannot see it, the work budget refuses its 10¹² additions at the sum's line."""
+    fill = nh.from_array(np.array([1.0], np.float32))
+    path = _save(tmp_path / "m.onnx", *_summed(h.make_node("ConstantOfShape", ["s"], ["c"], value=fill),
+                                                [nh.from_array(np.array([10**6, 10**6], np.int64), "s")]))
+    assert main(_import(path, tmp_path)) == 0
+    np.savez(tmp_path / "in.npz", x=np.ones(2, np.float32))
+    assert main(["predict", str(tmp_path / "out.dl"), "--weights", str(tmp_path / "out.npz"), "--backend", "native",
+                 "--data", str(tmp_path / "in.npz"), "--output", str(tmp_path / "p.npz")]) == 1
+    err = capsys.readouterr().err
+    first, line, caret = err.splitlines()       # the message, the source line, the caret under the sum
+    assert re.match(r".*out\.dl:\d+:\d+: error: a forward pass would take about .* min", first), err
+    assert "sum(" in line and "^" in caret and not EXCEPTION.search(err)
+    assert "reduce_sum of f32[1000000, 1000000]" in err and "--no-budget" in err

@@ -23,7 +23,7 @@ import numpy as np
 
 from dlc.compiler.ir.dims import Dim, concrete, derive, numel
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend.summary import size_text
+from dlc.compiler.frontend.summary import node_flops, size_text
 from dlc.compiler.frontend.syntax import size_bytes
 from dlc.compiler.ir.graph import GRADIENTS, layer_of
 from dlc.compiler.ir.primitives import PRIMITIVES
@@ -179,6 +179,78 @@ def interpreter_parts(graph, sizes: dict) -> dict:
         if op == "scan":
             parts["activations"] += sum(interpreter_parts(graph.attrs(n)["body"], sizes).values())
     return parts
+
+
+# ---- work before running ------------------------------------------------------------------------
+WORK_BUDGET_S = 60.0
+# Deliberately low rates, per thread, of what dlc's kernels reach on an AVX2 core (measured:
+# the packed GEMM 40-50 GFLOP/s, a fused map or reduction 6·10⁹ elements/s), so that the
+# estimate errs long: contractions (matmul, convolution, attention) and everything else.
+CONTRACTION_RATE = 20e9
+ELEMENT_RATE = 4e9
+CONTRACTIONS = ("contraction", "window", "opaque")
+
+
+def work_limit() -> float | None:
+    """DLC_WORK_BUDGET in seconds (WORK_BUDGET_S when unset); None when it is `none`."""
+    text = os.environ.get("DLC_WORK_BUDGET", "").strip().lower()
+    if not text:
+        return WORK_BUDGET_S
+    if text == "none":
+        return None
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise DlcError(f"DLC_WORK_BUDGET must be a number of seconds or 'none', got '{text}'")
+    return seconds
+
+
+def work_seconds(graph, sizes: dict, threads: int) -> list:
+    """(estimated seconds, node) of each node of `graph` that computes, at `sizes` on `threads`
+    threads; a scan's is its body's times its length."""
+    out = []
+    for n in graph.g.nodes:
+        op = graph.op(n)
+        if op == "scan":
+            attrs = graph.attrs(n)
+            body = sum(s for s, _ in work_seconds(attrs["body"], sizes, threads))
+            out.append((float(concrete(attrs["length"], sizes)) * body, n))
+            continue
+        count = node_flops(graph, n)
+        if count:
+            rate = CONTRACTION_RATE if PRIMITIVES[op].kind in CONTRACTIONS else ELEMENT_RATE
+            out.append((float(concrete(count, sizes)) / (rate * threads), n))
+    return out
+
+
+def require_work(what: str, graph, sizes: dict, threads: int):
+    """Refuse a call of `graph` at these sizes whose estimated time is beyond the work
+    budget, at the line of the node that takes most of it."""
+    cap = work_limit()
+    if cap is None:
+        return
+    parts = work_seconds(graph, sizes, threads)
+    total = sum(s for s, _ in parts)
+    if total <= cap:
+        return
+    seconds, node = max(parts, key=lambda p: p[0])
+    typ = graph.types(node)[0] if graph.op(node) != "scan" else None
+    heaviest = f"{graph.op(node)}" + (f" of {graph.inputs(node)[0].type}" if graph.inputs(node) and typ is not None else "")
+    raise DlcError(f"{what} would take about {duration_text(total)} at the rates dlc's kernels reach on "
+                   f"{threads} thread{'s' if threads > 1 else ''} ({duration_text(seconds)} of it in this "
+                   f"{heaviest}); the work budget is {duration_text(cap)} a call: set DLC_WORK_BUDGET "
+                   "(seconds, or none) or pass --no-budget to run it anyway",
+                   graph.g.nodes[node].get("span"))
+
+
+def duration_text(seconds: float) -> str:
+    """12.3 s, 4.5 min, 7.8 h, 1.2e+03 days."""
+    for unit, scale in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds:.3g} s"
 
 
 # ---- a step's activations --------------------------------------------------------------------------

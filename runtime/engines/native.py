@@ -232,6 +232,7 @@ class Executable:
 
         resident = self.resident or {"parameters": sum(a.nbytes for a in fixed.values())}
         budget.require_step(self.what, self.graph, sizes, resident, activations)
+        budget.require_work(self.what, self.graph, sizes, threads())
         return p, resident | activations(sizes)
 
     def run(self, feeds: dict, fixed: dict, extra=()) -> tuple:

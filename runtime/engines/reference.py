@@ -109,6 +109,7 @@ class ReferenceEngine:
             held = {"parameters": sum(np.asarray(p).nbytes for p in params.values()),
                     "optimizer state": sum(np.asarray(a).nbytes for a in state)}
             budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
+            budget.require_work(what, graph, sizes, threads=1)
             self.checked.add(key)
         if self.check_numerics and graph is self.step_graph:
             return numerics.run(graph, feeds, params, replicas=self.replicas, precision=self.precision)
