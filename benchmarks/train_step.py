@@ -274,6 +274,7 @@ class Run:
     times: list = field(default_factory=list)       # seconds per timed step
     losses: list = field(default_factory=list)      # every step's loss, from step 1
     note: str = ""
+    teams: list = field(default_factory=list)     # dlc's native thread team at each timed step
     others: float = float("nan")   # cores used by other processes during the timed steps
 
     @property
@@ -326,7 +327,9 @@ class DlcRunner:
         self.t = 0
 
     def step(self) -> float:
+        from dlc.runtime.engines.cores import threads
         self.t += 1
+        self.run.teams.append(threads())       # the team the call below runs on
         out = self.engine.train_step(self.params, self.opt_state, self.batch, self.lr, self.t,
                                      np.array([self.seed, self.t], np.int32))
         return float(out["loss"])
@@ -620,6 +623,7 @@ def as_json(results: list, peak: dict, threads: int, versions: dict) -> dict:
             "best_peer": best, "dlc_over_torch": r.ratio("torch"), "dlc_over_best": r.ratio(best),
             "frameworks": {k: {"name": run.framework, "median_ms": run.median_ms, "first_s": run.first_s,
                                "times_ms": [t * 1e3 for t in run.times], "others": run.others,
+                               "threads": run.teams[-len(run.times):] if run.teams else None,
                                "utilization": r.utilization(k, peak_gflops)}
                            for k, run in r.runs.items()},
         }

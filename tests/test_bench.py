@@ -48,3 +48,10 @@ def test_a_model_without_a_loss_profiles_its_prediction(capsys, tmp_path):
     assert out.startswith("native prediction of m: ") and "N=3" in out
     rows = [ROW.match(line) for line in out.splitlines()]
     assert {m.group(3) for m in rows if m} >= {"gemm"}       # the pointwise convolution is a GEMM
+
+
+def test_the_header_names_the_thread_team_the_steps_ran_on(capsys, monkeypatch):
+    for given, shown in (("1", "on 1 thread "), ("2", "on 2 threads ")):
+        monkeypatch.setenv("DLC_NUM_THREADS", given)
+        assert main(["bench", str(EXAMPLES / "xor_mlp.dl"), "--steps", "3"]) == 0
+        assert shown in capsys.readouterr().out.splitlines()[0]

@@ -11,6 +11,7 @@ from dlc.compiler.ir.dims import symbols
 from dlc.compiler.frontend.loader import Program
 from dlc.runtime.training.settings import Call
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
+from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.training.optim import make_optimizer
 
@@ -70,8 +71,9 @@ def _profile(what: str, exe, run, sizes: dict, steps: int, top: int, compile_s: 
     for step in range(1, 3):
         run(step)
     exe.cycles()
-    times = []
+    times, teams = [], []
     for step in range(3, steps + 3):
+        teams.append(threads())
         t = time.perf_counter()
         run(step)
         times.append(time.perf_counter() - t)
@@ -86,7 +88,7 @@ def _profile(what: str, exe, run, sizes: dict, steps: int, top: int, compile_s: 
         parents.append(next((i for i in range(len(rows) - 2, -1, -1) if rows[i]["depth"] < depth), None))
         trips.append(trips[depth] * k.runs(sizes))
     step_cycles = sum(r["cycles"] for r in rows if r["depth"] == 0) or 1.0
-    lines = [f"{what}: median {median * 1e3:.3f} ms over {steps} steps "
+    lines = [f"{what}: median {median * 1e3:.3f} ms over {steps} steps on {_teams(teams)} "
              f"(sizes: {', '.join(f'{k}={v}' for k, v in sizes.items())}); compile {compile_s:.2f} s",
              _memory(exe),
              f"{'kernel':<24}{'source':<22}{'ms/step':>10}{'share':>8}{'GFLOP/s':>10}"]
@@ -114,6 +116,14 @@ def _profile(what: str, exe, run, sizes: dict, steps: int, top: int, compile_s: 
     lines.append(f"(slowest first, {len(shown)} of {len(rows)} kernels; the shares are of the step's kernel time, "
                  f"whose median is the step's; a scan's share includes its body's, indented under it)")
     return "\n".join(lines)
+
+
+def _teams(teams: list) -> str:
+    """'2 threads', or '1-2 threads (the team shrank while others used a core)'."""
+    lo, hi = min(teams), max(teams)
+    if lo == hi:
+        return f"{lo} thread{'s' if lo > 1 else ''}"
+    return f"{lo}-{hi} threads (the team shrank while other processes competed for cores)"
 
 
 def _slowest(indices: list, rows: list, top: int) -> list:
