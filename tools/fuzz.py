@@ -240,14 +240,14 @@ def failure(e: BaseException) -> Outcome:
 
 def check_input(data: bytes, path: Path, seconds: float = 10.0) -> Outcome:
     """`dlc check` on data written to path, in this process: load, build for training
-    and evaluation, every train setting (runtime/cli.py cmd_check), and the rendering
+    and evaluation, every train setting (runtime/cli/commands/check.py), and the rendering
     of the error, all within `seconds`."""
-    from dlc.runtime.cli import cmd_check
+    from dlc.runtime.cli.commands import check
     path.write_bytes(data)
     try:
         with time_limit(seconds), contextlib.redirect_stdout(io.StringIO()):
             try:
-                cmd_check(argparse.Namespace(file=str(path), model=None))
+                check.run(argparse.Namespace(file=str(path), model=None))
             except DlcError as e:
                 return Outcome("error", "", e.render())
         return Outcome("ok")

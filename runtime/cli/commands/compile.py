@@ -1,0 +1,75 @@
+"""`dlc compile`: show a stage of compilation."""
+from __future__ import annotations
+
+import sys
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend import syntax
+from dlc.compiler.frontend.loader import load
+from dlc.compiler.native import jit
+from dlc.compiler.native import render
+from dlc.compiler.native.driver import build_module
+from dlc.compiler.native.fusion import Fusion
+from dlc.compiler.native.lower import NotLowerable, lower
+from dlc.compiler.passes import autodiff
+from dlc.compiler.passes import optimize as P
+from dlc.runtime.cli.arguments import model_arguments, pass_list
+from dlc.runtime.cli.shared import build, write, graph_for, render_graph
+
+HELP = 'show a stage of compilation'
+
+
+def arguments(p):
+    model_arguments(p)
+    stage = p.add_mutually_exclusive_group(required=True)
+    stage.add_argument("--emit", choices=["ast", "graph", "grad", "fused", "kernels", "llvm", "asm"],
+                       help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph; fused: "
+                            "the fusion's groups, the graph operations each kernel computes, with their source lines; "
+                            "kernels: the fused loop kernels of the train step, each with its source line; llvm: "
+                            "their optimized LLVM IR; asm: the host assembly")
+    stage.add_argument("--explain-fusion", action="store_true",
+                       help="at every kernel boundary of the train step (the forward graph without a loss), why the "
+                            "producer is not computed in its reader's kernel, with both source lines")
+    p.add_argument("--format", choices=["text", "dot", "json"], default="text", help="for graph and grad")
+    p.add_argument("-O", "--optimize", action="store_true",
+                   help="graph and grad: run the graph passes (" + ", ".join(P.PIPELINE) + ") first; the native "
+                        "stages always run them")
+    p.add_argument("--passes", type=pass_list, metavar="NAMES",
+                   help="run these passes, comma-separated, instead of the default pipeline (implies -O)")
+    p.add_argument("--dump-after", choices=[*P.PASSES, "all"], metavar="PASS",
+                   help="print the graph to stderr after PASS (" + ", ".join(P.PASSES) + " or all), in the "
+                        "first round and whenever it changes the graph (implies -O)")
+    p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
+
+
+def optimized(args, graph, native: bool):
+    """The graph after the passes asked for: -O, --passes or --dump-after for a graph,
+    the default pipeline (what the engine compiles) for the native stages."""
+    passes = args.passes or (P.PIPELINE if native or args.optimize or args.dump_after else ())
+    if args.dump_after not in (None, "all", *passes):
+        raise DlcError(f"--dump-after {args.dump_after}: that pass does not run (the passes: {', '.join(passes)})")
+    return P.optimize(graph, passes, dump=args.dump_after, dump_to=sys.stderr) if passes else graph
+
+
+def run(args):
+    if args.emit == "ast":
+        write(syntax.dump(load(args.file).module), args.output)
+    elif args.emit in ("graph", "grad"):
+        write(render_graph(optimized(args, graph_for(args, args.emit == "grad"), False), args.format), args.output)
+    else:       # the native stages, of the train step (or the forward graph without a loss)
+        model = build(args)
+        graph = optimized(args, autodiff.train_step(model.graph) if "loss" in model.graph.outputs else model.graph,
+                           True)
+        if args.emit == "fused" or args.explain_fusion:
+            fusion = Fusion(graph)
+            write(fusion.explanation() if args.explain_fusion else fusion.text(), args.output)
+            return
+        try:
+            program = lower(graph)
+        except NotLowerable as e:
+            raise DlcError(f"the native backend cannot compile {model.name} yet: {e}") from None
+        if args.emit == "kernels":
+            write(render.program(program), args.output)
+        else:
+            module = build_module(program).module
+            write(jit.optimized_ir(module) if args.emit == "llvm" else jit.assembly(module), args.output)

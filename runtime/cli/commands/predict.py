@@ -1,0 +1,48 @@
+"""`dlc predict`: run trained weights on inputs and write the outputs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dlc.compiler.errors import DlcError
+from dlc.runtime.data import png
+from dlc.runtime.cli.arguments import model_arguments, positive, WEIGHTS_HELP
+from dlc.runtime.cli.trained import weighted_model
+
+HELP = 'run trained weights on inputs and write the outputs'
+
+
+def arguments(p):
+    model_arguments(p, backend=True)
+    p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
+    p.add_argument("--data", "--input", dest="data", required=True, metavar="PATH",
+                   help='a file path: .npz (arrays by input name), .csv or .txt; or a source, e.g. "digits()" '
+                        "(--input is the older name)")
+    p.add_argument("--output", default="predictions.npz", metavar="PATH",
+                   help=".npz (default), .csv (one output) or .png (one output of images, drawn as a grid)")
+    p.add_argument("--batch", type=positive, default=256, metavar="N", help="batch size (default 256)")
+
+
+def run(args):
+    model = weighted_model(args)
+    outputs = model.predict(args.data, args.batch)
+    path = Path(args.output)
+    try:
+        if path.suffix == ".csv":
+            if len(outputs) != 1:
+                raise DlcError(f"a .csv holds one output; this model has {len(outputs)}: write a .npz")
+            value = next(iter(outputs.values()))
+            np.savetxt(path, value.reshape(len(value), -1), delimiter=",", fmt="%.6g")
+        elif path.suffix == ".png":
+            name = path.stem if len(outputs) > 1 else next(iter(outputs))
+            if name not in outputs:
+                raise DlcError(f"a .png holds one output: name the file after it ({', '.join(o + '.png' for o in outputs)})")
+            outputs = {name: outputs[name]}
+            png.write_png(path, png.grid(png.image_batch(name, outputs[name])))
+        else:
+            np.savez(path, **outputs)
+    except OSError as e:
+        raise DlcError(f"cannot write {path}: {e.strerror}") from None
+    shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
+    print(f"wrote {path}: {shapes}")

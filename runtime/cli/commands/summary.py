@@ -1,0 +1,55 @@
+"""`dlc summary`: the model's layers: types, output shapes, parameters and FLOPs; totals."""
+from __future__ import annotations
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend import summary as S
+from dlc.compiler.frontend.loader import load
+from dlc.compiler.ir.dims import symbols
+from dlc.runtime.engines import budget
+from dlc.runtime.training.config import frozen_names, make_config
+from dlc.runtime.training.optim import make_optimizer
+from dlc.runtime.cli.arguments import model_arguments, positive
+from dlc.runtime.cli.shared import dim_sizes
+
+HELP = "the model's layers: types, output shapes, parameters and FLOPs; totals"
+
+
+def arguments(p):
+    model_arguments(p)
+    p.add_argument("--depth", type=positive, metavar="N", help="show the layers N levels deep (default: all)")
+    p.add_argument("--batch", type=int, metavar="N",
+                   help="count FLOPs at batch N (default: the train block's batch; without one, a polynomial in it)")
+    p.add_argument("--dim", action="append", metavar="NAME=SIZE", help="count FLOPs at this size of a symbolic dim")
+    p.add_argument("--memory", action="store_true",
+                   help="the peak memory of training instead, by layer and in total: activations, parameters, "
+                        "gradients and optimizer state, as polynomials in the dims")
+    p.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
+    p.add_argument("--freeze", action="append", metavar="PATTERN",
+                   help="count these parameters as frozen instead of the train block's freeze, as "
+                        "`dlc train --freeze` trains")
+
+
+def run(args):
+    """--freeze replaces the train block's freeze, as in `dlc train`: the same settings (make_config)
+    and the same names (frozen_names), so the trainable count is what trains. FLOPs are counted at
+    --batch, else at the train block's batch, else left a polynomial in the batch; --memory's peak is
+    located at that batch (or the default one) and the other dims at 32 unless --dim gives them."""
+    program = load(args.file)
+    model = program.build(args.model, training=not args.eval)
+    cfg = make_config(program, model.name, {"freeze": args.freeze, "batch": args.batch}, require_data=False)
+    frozen = frozen_names(model, cfg.freeze, cfg.span("freeze"))
+    batch = budget.batch_symbol(model.graph)
+    given = ({batch: cfg.batch} if batch and "batch" in cfg.spans else {}) | dim_sizes(args.dim)
+    if not args.memory:
+        print(S.summary(model, frozen, args.depth, given))
+        return
+    if args.eval:
+        raise DlcError("--memory is the memory of training: leave out --eval")
+    model.require_loss("it does not train")
+    dims = sorted({s for i in model.inputs for s in symbols(i.type.shape)} - {batch})
+    sizes = ({batch: cfg.batch} if batch else {}) | {s: 32 for s in dims} | given
+    slots = len(make_optimizer(cfg.optimizer).slots())
+    trainable = [p.name for p in model.params if p.trainable and p.name not in frozen]
+    parts = budget.training_memory(model, trainable, slots, sizes)
+    print(S.memory_table(model, parts, sizes, args.depth,
+                         f"{cfg.optimizer.name}: {slots} value{'s' if slots != 1 else ''} per trained parameter"))

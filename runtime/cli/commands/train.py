@@ -1,0 +1,75 @@
+"""`dlc train`: train a model on its train block's data (flags override the block)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dlc.compiler.errors import plural
+from dlc.compiler.frontend.loader import load
+from dlc.runtime.training.progress import row_values
+from dlc.runtime.training.trainer import Trainer
+from dlc.runtime.cli.arguments import model_arguments, positive, checkpoint_path
+
+HELP = "train a model on its train block's data (flags override the block)"
+
+
+def arguments(p):
+    model_arguments(p, backend=True)
+    p.add_argument("--epochs", type=int, metavar="N", help="passes over the training data")
+    p.add_argument("--batch", type=int, metavar="N", help="batch size: 1 is stochastic, the data size is batch GD")
+    p.add_argument("--memory", metavar="SIZE", help="the most training may take, such as 2GB: a batch that needs "
+                                                    "more is refused before anything is allocated")
+    p.add_argument("--lr", type=float, metavar="X", help="learning rate")
+    p.add_argument("--optimizer", metavar="SPEC", help='replaces the train block\'s: a name (sgd, momentum, nesterov, rmsprop, '
+                                        'adam, adamw) with its defaults, or a spec, e.g. "sgd(lr = 0.1, momentum = 0.9)"')
+    p.add_argument("--seed", type=int, metavar="N",
+                   help="seed of everything random: initialization, shuffling, dropout, augmentation")
+    p.add_argument("--data", metavar="SPEC",
+                   help='a source, e.g. "digits()", "xor()" or a file path (.npz, .csv, IDX, .txt)')
+    p.add_argument("--validation", metavar="SPEC", help='e.g. "split(0.1)" or a data source')
+    p.add_argument("--test", metavar="SPEC", help='held-out test data, e.g. "split(0.2)"')
+    p.add_argument("--schedule", metavar="SPEC", help='e.g. "cosine(warmup = 1)", "step(every = 10, gamma = 0.5)"')
+    p.add_argument("--clip", metavar="SPEC", help='e.g. "global_norm(1.0)" or "value(0.5)"')
+    p.add_argument("--precision", metavar="P",
+                   help="of the operands of matmuls and convolutions: f32, or bf16 (rounded to bfloat16, "
+                        "summed in float32; the parameters stay float32)")
+    p.add_argument("--allreduce-bucket", dest="allreduce_bucket", metavar="SIZE",
+                   help="on several processes (mpirun), the gradients are averaged in buckets of this size, each as "
+                        "soon as the backward pass has finished it (default 128KB; 0: all at once after it)")
+    p.add_argument("--early-stop", dest="early_stop", metavar="SPEC", help='e.g. "patience(3, monitor = val_loss)"')
+    p.add_argument("--freeze", action="append", metavar="PATTERN", help="parameters not to train (conv*, f5)")
+    p.add_argument("--init-from", dest="init_from", metavar="CKPT", help="start from these weights, by name")
+    p.add_argument("--check-numerics", dest="check_numerics", action="store_true",
+                   help="test every kernel's values; stop at the first NaN or Inf and name the line and operation "
+                        "that made it")
+    p.add_argument("--out", metavar="DIR", help="checkpoints and history (default: runs/MODEL beside the file)")
+    p.add_argument("--resume", nargs="?", type=checkpoint_path, const="", default=False, metavar="CKPT",
+                   help="continue from DIR/last.npz or the given checkpoint")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help='write TensorBoard event files to DIR: lr every step, loss and metrics every epoch '
+                        '(needs tensorboardX: pip install "dlc[tensorboard]")')
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress and no line per epoch: the summary, warnings and errors only")
+    shown.add_argument("--log-every", dest="log_every", type=positive, metavar="N",
+                       help="a plain line every N steps instead of the redrawn progress line (for log files and CI)")
+
+
+def run(args):
+    overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
+                                                         "freeze", "data", "validation", "test", "schedule", "clip",
+                                                         "early_stop", "memory", "precision", "allreduce_bucket")}
+    overrides["check_numerics"] = args.check_numerics or None       # the flag adds to the block, never clears it
+    progress = "none" if args.quiet else args.log_every or "auto"
+    trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
+                      backend=args.backend, progress=progress, tensorboard=args.tensorboard)
+    result = trainer.run(resume=args.resume if args.resume != "" else True)
+    if result.stopped == "interrupted":
+        return 130
+    if not trainer.writes:      # another rank of a distributed run: rank 0 reports
+        return 0
+    stats = "  ".join(row_values(result.history[-1])) if result.history else ""
+    print(f"trained {trainer.name} for {plural(len(result.history), 'epoch')} ({result.stopped})" + (f": {stats}" if stats else ""))
+    if result.test:
+        print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
+    written = [str(result.out_dir / name) for name in result.written]
+    print(f"checkpoints: {', '.join(written)}" if written else "no checkpoint written (no epoch ran)")
