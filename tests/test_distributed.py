@@ -1,9 +1,7 @@
 """Data-parallel `dlc train` on MPI (runtime/engines/distributed.py): 2 ranks on this machine against
 one process. The tests that launch ranks need mpi4py and an mpirun (the `mpi` extra, which
 CI installs) and are skipped with the reason otherwise."""
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,15 +15,7 @@ from dlc.compiler.errors import DlcError
 from dlc.runtime.engines import distributed
 from dlc.runtime.training.trainer import batch_bounds
 
-EXAMPLES = Path(__file__).parent.parent / "examples"
-MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
-try:
-    import mpi4py  # noqa: F401
-    HAVE_MPI4PY = True
-except ImportError:
-    HAVE_MPI4PY = False
-needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIRUN),
-                               reason="needs mpi4py and mpirun: pip install \"dlc[mpi]\"")
+from helpers.distributed import MPIRUN, assert_same_run, checkpoint_arrays, checkpoint_meta, digits_cnn_without_dropout, env, needs_mpi
 
 # no dropout, so that 2 ranks and one process draw nothing differently (dropout masks are per rank)
 MLP = """model mlp {
@@ -97,17 +87,8 @@ train cnn {
 """
 
 
-def digits_cnn_without_dropout() -> str:
-    """The digits CNN (with its augmentation) minus its dropout."""
-    text = (EXAMPLES / "digits_cnn.dl").read_text().replace("dropout(flatten(s4), 0.25)", "flatten(s4)")
-    assert "dropout(" not in text
-    return text
 
 
-def env(**extra) -> dict:
-    # Open MPI refuses root without these; DLC_CHECK_RANKS compares the ranks' parameters every step
-    return {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-            "DLC_CHECK_RANKS": "1", "DLC_NUM_THREADS": "1", **extra}
 
 
 def dlc_train(args: list, ranks: int = 1, **extra) -> subprocess.CompletedProcess:
@@ -122,24 +103,8 @@ def model_file(tmp_path: Path, text: str, name: str = "model.dl") -> Path:
     return path
 
 
-def checkpoint_arrays(path: Path) -> dict:
-    with np.load(path) as f:
-        return {k: f[k].astype(np.float64) for k in f.files if k.startswith(("param:", "opt:"))}
 
 
-def assert_same_run(one: Path, two: Path, rtol=1e-5):
-    """Parameters, optimizer state and the history of two runs agree within rtol (relative
-    to each array's largest value)."""
-    a, b = checkpoint_arrays(one / "last.npz"), checkpoint_arrays(two / "last.npz")
-    assert a.keys() == b.keys()
-    for k in a:
-        assert np.abs(a[k] - b[k]).max() <= rtol * max(np.abs(a[k]).max(), 1e-30), k
-    ha, hb = (json.loads((d / "history.json").read_text()) for d in (one, two))
-    assert len(ha) == len(hb)
-    for ra, rb in zip(ha, hb):
-        for k, v in ra.items():
-            if k not in ("time",):
-                assert rb[k] == pytest.approx(v, rel=rtol, abs=1e-7), k
 
 
 # ---- without ranks ---------------------------------------------------------------------------------
@@ -270,16 +235,11 @@ def test_two_ranks_train_as_one_process(tmp_path, name, text, bucket):
     one = dlc_train([path, "--out", tmp_path / "one", *extra])
     two = dlc_train([path, "--out", tmp_path / "two", *extra], ranks=2)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
-    assert _meta(tmp_path / "two" / "last.npz")["step"] >= 20
+    assert checkpoint_meta(tmp_path / "two" / "last.npz")["step"] >= 20
     assert_same_run(tmp_path / "one", tmp_path / "two")
     # rank 0 alone reports: one result line, the test metrics reduced over both ranks
     assert two.stdout.count("trained ") == 1
     assert two.stdout.splitlines()[1] == one.stdout.splitlines()[1]        # "test: ..."
-
-
-def _meta(path: Path) -> dict:
-    from dlc.runtime.training import checkpoint
-    return checkpoint.load(path)[2]
 
 
 @needs_mpi
@@ -320,7 +280,7 @@ def test_sync_batchnorm_trains_as_one_process(tmp_path, backend):
     # buckets of 1 KB: their host calls come between those of replica_mean's allreduces
     two = dlc_train([synced, "--backend", backend, "--out", tmp_path / "two", "--allreduce-bucket", "1KB"], ranks=2)
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
-    assert _meta(tmp_path / "two" / "last.npz")["step"] >= 20
+    assert checkpoint_meta(tmp_path / "two" / "last.npz")["step"] >= 20
     assert_same_run(tmp_path / "one", tmp_path / "two")
     if backend == "native":     # the check can fail: without sync_batchnorm the runs differ
         per_rank = model_file(tmp_path, SYNC_CNN.replace("sync_batchnorm = true", "sync_batchnorm = false"), "b.dl")
@@ -394,7 +354,7 @@ def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path):
             os.killpg(run.pid, signal.SIGKILL)
     assert run.returncode == 130, stderr
     assert stderr.count("interrupted: saved") == 1
-    meta = _meta(out / "last.npz")
+    meta = checkpoint_meta(out / "last.npz")
     assert meta["epoch"] >= 1
     # it resumes, on one process
     r = dlc_train([path, "--epochs", meta["epoch"] + 1, "--out", out, "--resume"])

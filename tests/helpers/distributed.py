@@ -1,0 +1,58 @@
+"""Data-parallel runs in tests: the launcher, the environment of a run's ranks, the digits CNN
+without its dropout, and two runs compared."""
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+try:
+    import mpi4py  # noqa: F401
+    HAVE_MPI4PY = True
+except ImportError:
+    HAVE_MPI4PY = False
+needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIRUN),
+                               reason="needs mpi4py and mpirun: pip install \"dlc[mpi]\"")
+
+
+def digits_cnn_without_dropout() -> str:
+    """The digits CNN (with its augmentation) minus its dropout: 2 ranks and one process then
+    draw nothing differently (dropout masks are per rank)."""
+    text = (EXAMPLES / "digits_cnn.dl").read_text().replace("dropout(flatten(s4), 0.25)", "flatten(s4)")
+    assert "dropout(" not in text
+    return text
+
+
+def env(**extra) -> dict:
+    # Open MPI refuses root without these; DLC_CHECK_RANKS compares the ranks' parameters every step
+    return {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+            "DLC_CHECK_RANKS": "1", "DLC_NUM_THREADS": "1", **extra}
+
+
+def checkpoint_arrays(path: Path) -> dict:
+    with np.load(path) as f:
+        return {k: f[k].astype(np.float64) for k in f.files if k.startswith(("param:", "opt:"))}
+
+
+def assert_same_run(one: Path, two: Path, rtol=1e-5):
+    """Parameters, optimizer state and the history of two runs agree within rtol (relative
+    to each array's largest value)."""
+    a, b = checkpoint_arrays(one / "last.npz"), checkpoint_arrays(two / "last.npz")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.abs(a[k] - b[k]).max() <= rtol * max(np.abs(a[k]).max(), 1e-30), k
+    ha, hb = (json.loads((d / "history.json").read_text()) for d in (one, two))
+    assert len(ha) == len(hb)
+    for ra, rb in zip(ha, hb):
+        for k, v in ra.items():
+            if k not in ("time",):
+                assert rb[k] == pytest.approx(v, rel=rtol, abs=1e-7), k
+
+
+def checkpoint_meta(path: Path) -> dict:
+    from dlc.runtime.training import checkpoint
+    return checkpoint.load(path)[2]
