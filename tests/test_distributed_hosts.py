@@ -1,14 +1,19 @@
 """Data-parallel `dlc train` with each rank on a host of its own: Linux network namespaces joined
 by a bridge (dlc/tools/hosts.py), MPICH over TCP between them, never shared memory. Skipped with
 the reason on a machine that cannot make namespaces (not root, no iproute2, no MPICH)."""
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from dlc.runtime.engines import distributed
 from dlc.tools import hosts
 
-from helpers.distributed import assert_same_run, checkpoint_arrays, checkpoint_meta, digits_cnn_without_dropout, env
+from helpers.distributed import LONG, MLP, assert_same_run, checkpoint_arrays, checkpoint_meta, digits_cnn_without_dropout, env
 
 unavailable = hosts.available()
 needs_hosts = pytest.mark.skipif(unavailable is not None, reason=f"no hosts on this machine: {unavailable}")
@@ -42,3 +47,56 @@ def test_ranks_on_separate_hosts_train_the_digits_cnn_as_one_process(tmp_path, c
     steps = checkpoint_meta(last)["step"]
     assert sent >= count * steps * params * 4 * (count - 1) / count, (sent, steps, params)
 
+
+
+# ---- faults between hosts ------------------------------------------------------------------------------
+def _running(run: subprocess.Popen, out: Path):
+    """Once rank 0 has written an epoch: every rank is training."""
+    deadline = time.monotonic() + 120
+    while not (out / "history.json").exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.1)
+
+
+@needs_hosts
+@pytest.mark.parametrize("fault", ["cut", "stop"])
+def test_a_host_cut_off_or_stopped_ends_every_rank_naming_it_and_the_run_resumes(tmp_path, fault):
+    """Host 2's link goes down mid-run, or its host stops (SIGSTOP): every rank ends within the
+    deadline with a message naming rank 1, the checkpoint is whole, and training resumes from it
+    on the host left, as one process, to the run one process makes."""
+    path, out = tmp_path / "mlp.dl", tmp_path / "run"
+    path.write_text(LONG)
+    with hosts.Hosts(2) as network:
+        argv = network.mpiexec([sys.executable, "-m", "dlc.runtime.cli", "train", str(path), "--out", str(out)])
+        run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=env(DLC_MPI_TIMEOUT="3"), start_new_session=True)
+        try:
+            _running(run, out)
+            network.cut(2) if fault == "cut" else network.stop(2)
+            start = time.monotonic()
+            _, stderr = run.communicate(timeout=60)
+            took = time.monotonic() - start
+        finally:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait()
+    assert run.returncode != 0 and took < 3 + distributed.PROBE_S + 10, (took, stderr)
+    assert "no answer from rank 1 (on " in stderr and "unreachable, stopped or gone" in stderr, stderr
+    epochs = checkpoint_meta(out / "last.npz")["epoch"] + 1
+    resumed = train([path, "--epochs", epochs, "--out", out, "--resume"])
+    assert resumed.returncode == 0 and "resuming from" in resumed.stderr, resumed.stderr
+    whole = train([path, "--epochs", epochs, "--out", tmp_path / "whole"])
+    assert whole.returncode == 0, whole.stderr
+    assert_same_run(tmp_path / "whole", out)
+
+
+@pytest.mark.skipif(hosts.available(loss=True) is not None, reason=f"no lossy hosts: {hosts.available(loss=True)}")
+def test_ten_percent_packet_loss_slows_the_run_but_changes_nothing(tmp_path):
+    path = tmp_path / "mlp.dl"
+    path.write_text(MLP)
+    one = train([path, "--out", tmp_path / "one"])
+    with hosts.Hosts(2) as network:
+        network.loss(2, 10)
+        lossy = train([path, "--out", tmp_path / "lossy"], network.mpiexec([]))
+    assert one.returncode == 0 and lossy.returncode == 0, one.stderr + lossy.stderr
+    assert_same_run(tmp_path / "one", tmp_path / "lossy")

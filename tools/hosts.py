@@ -18,6 +18,7 @@ extra). `available()` gives the reason when this machine cannot make them.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 import signal
@@ -26,6 +27,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+_made = itertools.count()       # Hosts made by this process
 
 # what makes MPICH (ch4, OFI netmod) take TCP over eth0 between ranks on one kernel
 TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": "eth0"}
@@ -67,7 +70,7 @@ class Hosts:
 
     def __init__(self, count: int, rate: str | None = None):
         self.count, self.rate = count, rate
-        tag = os.getpid() % 100000
+        tag = os.getpid() % 10000 * 100 + next(_made) % 100     # a namespace lingers a moment once deleted
         self.prefix, self.bridge = f"dlc{tag}h", f"dlc{tag}br"      # interface names: at most 15 bytes
         self.subnet = f"10.{78 + tag // 250 % 100}.{tag % 250}"       # apart from other runs' hosts
         self.dir = Path(tempfile.mkdtemp(prefix="dlc-hosts-"))
@@ -113,6 +116,7 @@ class Hosts:
         for k in range(1, self.count + 1):
             for pid in self.pids(k):
                 _kill(pid, signal.SIGKILL)
+            _run("ip", "link", "del", self.link(k), check=False)       # both ends, at once
             _run("ip", "netns", "del", self.namespace(k), check=False)
         _run("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)

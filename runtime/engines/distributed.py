@@ -48,6 +48,9 @@ COMPILE_TIMEOUT_S = 900.0   # waiting at the start, while every rank compiles (o
 WRITE_TIMEOUT_S = 600.0     # waiting while rank 0 writes checkpoints
 PATIENT_S = 1.0             # poll a collective (yielding the core) for this long, then sleep between polls
 ABORT_GRACE_S = 0.5         # before MPI_Abort: the launcher forwards the message first (it can be lost otherwise)
+PROBE_S = 3.0               # after a timeout: how long the ranks that time out listen for each other
+PROBE_TAG = 0x646C63        # the probe's point-to-point messages, apart from any collective's
+NAME_BYTES = 64             # of a rank's host name, exchanged at the start
 
 
 def launched_ranks() -> int:
@@ -97,6 +100,7 @@ class World:
         self.rank, self.size = comm.rank, comm.size
         self.timeout = setting("DLC_MPI_TIMEOUT", TIMEOUT_S, float, "a number of seconds above 0")
         self.check_every = setting("DLC_CHECK_RANKS", 0, int, "a whole number of steps")   # 0: never
+        self.hosts: list = []         # each rank's host name, once exchanged (host_names)
         # the native threads of a rank: its share of the cores of its machine, unless set
         local = comm.Split_type(MPI.COMM_TYPE_SHARED).size
         os.environ.setdefault("DLC_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // local)))
@@ -108,12 +112,47 @@ class World:
         while not request.Test():
             waited = time.monotonic() - start
             if waited > (timeout or self.timeout):
-                self.abort(f"error: no answer from the other ranks for {waited:.0f} s at {what}: a rank died or hangs "
+                self.abort(f"error: no answer {self._silent(self.unanswered())}for {waited:.0f} s at {what} "
                            "(DLC_MPI_TIMEOUT sets the limit)")
             if waited < PATIENT_S:      # the other ranks are near: poll again, giving the core to any that shares it
                 os.sched_yield()
             else:                       # one is compiling, writing a checkpoint, or gone
                 time.sleep(1e-3)
+
+    def host_names(self):
+        """Every rank's host name, for the messages that name a rank (at the start, while
+        every rank compiles)."""
+        mine = np.zeros(NAME_BYTES, np.uint8)
+        name = self.MPI.Get_processor_name().encode()[:NAME_BYTES]
+        mine[:len(name)] = np.frombuffer(name, np.uint8)
+        every = np.zeros((self.size, NAME_BYTES), np.uint8)
+        self.wait(self.comm.Iallgather(mine, every), "the start (host names)", COMPILE_TIMEOUT_S)
+        self.hosts = [bytes(row).rstrip(b"\0").decode(errors="replace") for row in every]
+
+    def unanswered(self) -> list:
+        """After a collective timed out: the ranks that do not answer within PROBE_S. Each
+        rank that timed out (every live one, as they wait at the same collective) sends every
+        other a message and listens for theirs; a rank whose host is unreachable, stopped or
+        gone sends none."""
+        others = [r for r in range(self.size) if r != self.rank]
+        mine, theirs = np.array([self.rank], np.int64), {r: np.zeros(1, np.int64) for r in others}
+        for r in others:
+            self.comm.Isend(mine, dest=r, tag=PROBE_TAG)
+        pending = {r: self.comm.Irecv(theirs[r], source=r, tag=PROBE_TAG) for r in others}
+        deadline = time.monotonic() + PROBE_S
+        while pending and time.monotonic() < deadline:
+            pending = {r: q for r, q in pending.items() if not q.Test()}
+            time.sleep(1e-3)
+        return sorted(pending)
+
+    def _silent(self, ranks: list) -> str:
+        """'from rank 1 (on node2), which is unreachable, stopped or gone, ' or, when every
+        rank answered the probe, 'from the other ranks (one is slow or hangs) '."""
+        if not ranks:
+            return "from the other ranks (they answer, but one is slow or hangs) "
+        named = ", ".join(f"rank {r}" + (f" (on {self.hosts[r]})" if self.hosts else "") for r in ranks)
+        verb = "which is" if len(ranks) == 1 else "which are"
+        return f"from {named}, {verb} unreachable, stopped or gone, "
 
     def abort(self, message: str):
         """Say why on standard error, then end every rank (MPI_Abort)."""
@@ -150,6 +189,7 @@ class World:
 
     def broadcast_state(self, params: dict, opt_state: dict):
         """Rank 0's parameters and optimizer state on every rank: they start identical."""
+        self.host_names()
         self.broadcast(params, "the start (parameters)", COMPILE_TIMEOUT_S)
         for name in sorted(opt_state):
             self.broadcast(opt_state[name], "the start (optimizer state)")

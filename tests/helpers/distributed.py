@@ -19,6 +19,26 @@ needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIRUN),
                                reason="needs mpi4py and mpirun: pip install \"dlc[mpi]\"")
 
 
+# no dropout, so that 2 ranks and one process draw nothing differently (dropout masks are per rank)
+MLP = """model mlp {
+    input  x: f32[B, 64]
+    target y: i32[B]
+    logits = x |> dense(32, relu) |> dense(10)
+    loss   sparse_cross_entropy(logits, y) + 1e-4 * l2(params)
+    metric accuracy = accuracy(logits, y)
+}
+train mlp {
+    data = digits(image = false)
+    test = split(0.2)
+    validation = split(0.1)
+    batch = 64
+    optimizer = adam(lr = 3e-3)
+    epochs = 1
+}
+"""
+LONG = MLP.replace("epochs = 1", "epochs = 100000")      # runs until stopped
+
+
 def digits_cnn_without_dropout() -> str:
     """The digits CNN (with its augmentation) minus its dropout: 2 ranks and one process then
     draw nothing differently (dropout masks are per rank)."""
