@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,8 @@ from dlc.compiler.errors import DlcError
 from dlc.runtime.engines import distributed
 from dlc.runtime.training.trainer import batch_bounds
 
-from helpers.distributed import LONG, MLP, MPIRUN, assert_same_run, checkpoint_arrays, checkpoint_meta, digits_cnn_without_dropout, env, needs_mpi
+from helpers.distributed import (LONG, MLP, MPIRUN, assert_same_run, checkpoint_arrays, checkpoint_meta,
+                                 digits_cnn_without_dropout, ended, env, launch, needs_mpi, wait_training)
 
 LSTM = """model lstm_forecast {
     input  x: f32[B, T, 1]
@@ -282,18 +282,9 @@ def test_what_cannot_be_shared_is_refused(tmp_path):
     assert r.returncode == 1 and "the test data has 1 example(s), fewer than the 2 processes" in r.stderr
 
 
-def _launch(args: list, tmp_path: Path, **extra) -> subprocess.Popen:
-    return subprocess.Popen([MPIRUN, "-n", "2", sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(**extra),
-                            start_new_session=True)
-
-
 def _ranks(run: subprocess.Popen, out: Path) -> list:
     """The pids of the run's two ranks, once both are training (rank 0 wrote an epoch)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and not (out / "history.json").exists():
-        assert run.poll() is None, run.communicate()
-        time.sleep(0.1)
+    wait_training(run, out)
     pids = subprocess.run(["pgrep", "-f", "--", f"--out {out}"], capture_output=True, text=True).stdout.split()
     return [int(p) for p in pids if int(p) != run.pid]
 
@@ -308,18 +299,14 @@ def launched_rank(pid: int) -> int:
 @pytest.mark.parametrize("how", ["killed", "hangs"])
 def test_a_rank_that_dies_or_hangs_ends_the_run_with_an_error(tmp_path, how):
     out = tmp_path / "run"
-    run = _launch([model_file(tmp_path, LONG), "--out", out], tmp_path, DLC_MPI_TIMEOUT="2")
+    run = launch([MPIRUN, "-n", "2"], [model_file(tmp_path, LONG), "--out", out], DLC_MPI_TIMEOUT="2")
     try:
         ranks = _ranks(run, out)
         assert len(ranks) == 2, ranks
         os.kill(max(ranks), signal.SIGKILL if how == "killed" else signal.SIGSTOP)
         stopped = launched_rank(max(ranks))
-        start = time.monotonic()
-        stdout, stderr = run.communicate(timeout=30)
-        took = time.monotonic() - start
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
+        stdout, stderr, took = ended(run, 30)
     assert run.returncode != 0 and took < 10
     if how == "hangs":      # dlc's watchdog
         assert f"no answer from rank {stopped} (on " in stderr and "unreachable, stopped or gone, for 2 s" in stderr
@@ -331,7 +318,7 @@ def test_a_rank_that_dies_or_hangs_ends_the_run_with_an_error(tmp_path, how):
 def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path):
     out = tmp_path / "run"
     path = model_file(tmp_path, LONG)
-    run = _launch([path, "--out", out], tmp_path)
+    run = launch([MPIRUN, "-n", "2"], [path, "--out", out])
     try:
         assert len(_ranks(run, out)) == 2
         run.send_signal(signal.SIGINT)      # mpirun forwards it to the ranks

@@ -1,19 +1,16 @@
 """Data-parallel `dlc train` with each rank on a host of its own: Linux network namespaces joined
 by a bridge (dlc/tools/hosts.py), MPICH over TCP between them, never shared memory. Skipped with
 the reason on a machine that cannot make namespaces (not root, no iproute2, no MPICH)."""
-import os
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 
 from dlc.runtime.engines import distributed
 from dlc.tools import hosts
 
-from helpers.distributed import LONG, MLP, assert_same_run, checkpoint_arrays, checkpoint_meta, digits_cnn_without_dropout, env
+from helpers.distributed import (LONG, MLP, assert_same_run, checkpoint_arrays, checkpoint_meta,
+                                 digits_cnn_without_dropout, ended, env, launch, wait_training)
 
 unavailable = hosts.available()
 needs_hosts = pytest.mark.skipif(unavailable is not None, reason=f"no hosts on this machine: {unavailable}")
@@ -50,14 +47,6 @@ def test_ranks_on_separate_hosts_train_the_digits_cnn_as_one_process(tmp_path, c
 
 
 # ---- faults between hosts ------------------------------------------------------------------------------
-def _running(run: subprocess.Popen, out: Path):
-    """Once rank 0 has written an epoch: every rank is training."""
-    deadline = time.monotonic() + 120
-    while not (out / "history.json").exists():
-        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
-        time.sleep(0.1)
-
-
 @needs_hosts
 @pytest.mark.parametrize("fault", ["cut", "stop"])
 def test_a_host_cut_off_or_stopped_ends_every_rank_naming_it_and_the_run_resumes(tmp_path, fault):
@@ -67,19 +56,12 @@ def test_a_host_cut_off_or_stopped_ends_every_rank_naming_it_and_the_run_resumes
     path, out = tmp_path / "mlp.dl", tmp_path / "run"
     path.write_text(LONG)
     with hosts.Hosts(2) as network:
-        argv = network.mpiexec([sys.executable, "-m", "dlc.runtime.cli", "train", str(path), "--out", str(out)])
-        run = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=env(DLC_MPI_TIMEOUT="3"), start_new_session=True)
+        run = launch(network.mpiexec([]), [path, "--out", out], DLC_MPI_TIMEOUT="3")
         try:
-            _running(run, out)
+            wait_training(run, out)
             network.cut(2) if fault == "cut" else network.stop(2)
-            start = time.monotonic()
-            _, stderr = run.communicate(timeout=60)
-            took = time.monotonic() - start
         finally:
-            if run.poll() is None:
-                os.killpg(run.pid, signal.SIGKILL)
-                run.wait()
+            _, stderr, took = ended(run, 60)
     assert run.returncode != 0 and took < 3 + distributed.PROBE_S + 10, (took, stderr)
     assert "no answer from rank 1 (on " in stderr and "unreachable, stopped or gone" in stderr, stderr
     epochs = checkpoint_meta(out / "last.npz")["epoch"] + 1

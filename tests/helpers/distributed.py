@@ -3,6 +3,10 @@ without its dropout, and two runs compared."""
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +80,31 @@ def assert_same_run(one: Path, two: Path, rtol=1e-5):
 def checkpoint_meta(path: Path) -> dict:
     from dlc.runtime.training import checkpoint
     return checkpoint.load(path)[2]
+
+
+def launch(launcher: list, args: list, **extra) -> subprocess.Popen:
+    """`dlc train ARGS` as ranks `launcher` starts (`mpirun -n 2`, Hosts.mpiexec), in a session
+    of its own, its output piped."""
+    return subprocess.Popen([*launcher, sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(**extra),
+                            start_new_session=True)
+
+
+def wait_training(run: subprocess.Popen, out: Path):
+    """Until rank 0 has written an epoch to `out`: every rank is training."""
+    deadline = time.monotonic() + 120
+    while not (out / "history.json").exists():
+        assert run.poll() is None and time.monotonic() < deadline, run.communicate()
+        time.sleep(0.1)
+
+
+def ended(run: subprocess.Popen, timeout: float) -> tuple:
+    """(stdout, stderr, seconds) once a launched run ends; past `timeout` its session is killed."""
+    start = time.monotonic()
+    try:
+        stdout, stderr = run.communicate(timeout=timeout)
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+    return stdout, stderr, time.monotonic() - start
