@@ -19,6 +19,12 @@ at most on the machine as busy as it is, and `of 2 x 1` how much of it `buckets`
     python benchmarks/distributed.py                    # needs mpi4py and mpirun: pip install "dlc[mpi]"
     python benchmarks/distributed.py --only mlp --steps 200 --bucket 256KB --json /tmp/dist.json
     python benchmarks/distributed.py --model            # the scaling model at 8 and 64 ranks
+    python benchmarks/distributed.py --hosts            # 2 ranks on 2 hosts over TCP, links capped (root)
+
+`--hosts` runs the 2 ranks on two hosts made on this machine (dlc/tools/hosts.py: network
+namespaces, MPICH over TCP, never shared memory) under each link of LINKS: uncapped (the
+veth's own speed), 10 and 1 Gbit/s, and 100 Mbit/s (tbf at both ends of each link). The
+ranks still share this machine's cores; what changes is only the path of the gradients.
 
 `--model` needs no MPI: it times one rank's step (1 thread, the least of several timings):
 the compute C(b) of the batch per rank, the optimizer update U, and, in the step built with
@@ -51,6 +57,7 @@ WORKLOADS = ("mlp", "lenet", "transformer")
 DEFAULT_STEPS = {"mlp": 100, "lenet": 100, "transformer": 30}
 WARMUP = 5
 MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
+LINKS = (None, "10gbit", "1gbit", "100mbit")       # --hosts: each host's link, capped by tbf (None: uncapped)
 NETWORKS = {"10GbE": (1.1e9, 30e-6), "IB100": (11e9, 2e-6)}        # bandwidth (bytes/s), latency (s)
 MODEL_RANKS = (2, 8, 64)
 
@@ -188,12 +195,14 @@ def worker(name: str, batch: int, steps: int, bucket: int, seed: int = 0):
                               "loss": float(losses[label])}), flush=True)
 
 
-def launch(name: str, ranks: int, batch: int, steps: int, bucket: int, copies: int = 1) -> list:
-    """The rows of a run on `ranks` ranks (mpirun when more than one); `copies` independent
-    such runs at once."""
+def launch(name: str, ranks: int, batch: int, steps: int, bucket: int, copies: int = 1,
+           launcher: list | None = None) -> list:
+    """The rows of a run on `ranks` ranks (mpirun when more than one, or `launcher`: ranks on
+    hosts); `copies` independent such runs at once."""
     env = {**os.environ, "DLC_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
            "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
-    launcher = [MPIRUN, "-n", str(ranks)] if ranks > 1 else []
+    if launcher is None:
+        launcher = [MPIRUN, "-n", str(ranks)] if ranks > 1 else []
     cmd = launcher + [sys.executable, str(Path(__file__)), "--worker", name, "--batch", str(batch),
                       "--steps", str(steps), "--bucket", str(bucket)]
     runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -208,6 +217,32 @@ def launch(name: str, ranks: int, batch: int, steps: int, bucket: int, copies: i
     return rows
 
 
+def over_hosts(names, args, bucket: int) -> list:
+    """--hosts: 1 rank, then 2 ranks on two hosts under each of LINKS, buckets against after."""
+    from dlc.tools import hosts
+    reason = hosts.available()
+    if reason is not None:
+        raise SystemExit(f"--hosts: {reason}")
+    rows = []
+    print(f"{'workload':<12} {'link':>8} {'1 rank /s':>10} {'buckets /s':>10} {'speed-up':>8} {'after /s':>9} "
+          f"{'speed-up':>8} {'buckets/after':>13} {'MB sent/step':>12} {'others':>7}")
+    for name in names:
+        batch, steps = DEFAULT_BATCH[name] * args.batch_scale, args.steps or DEFAULT_STEPS[name]
+        [one] = launch(name, 1, batch, steps, bucket)
+        rows.append(one)
+        for link in LINKS:
+            with hosts.Hosts(2, rate=link) as network:
+                sent = network.sent_bytes()
+                two, after = launch(name, 2, batch, steps, bucket, launcher=network.mpiexec([]))
+                sent = network.sent_bytes() - sent
+            rows += [r | {"link": link or "uncapped"} for r in (two, after)]
+            per_step = sent / (2 * (WARMUP + steps)) / 1e6      # both runs, warm-up included
+            print(f"{name:<12} {link or 'uncapped':>8} {one['samples_s']:>10.0f} {two['samples_s']:>10.0f} "
+                  f"{two['samples_s'] / one['samples_s']:>7.2f}x {after['samples_s']:>9.0f} "
+                  f"{after['samples_s'] / one['samples_s']:>7.2f}x {two['samples_s'] / after['samples_s']:>12.2f}x "
+                  f"{per_step:>12.2f} {two['others']:>7.2f}", flush=True)
+    return rows
+
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -218,6 +253,7 @@ def main():
     ap.add_argument("--model", action="store_true", help="the scaling model at 8 and 64 ranks (no MPI needed)")
     ap.add_argument("--bucket", default=str(ALLREDUCE_BUCKET), help="bytes of a bucket of gradients, e.g. 256KB")
     ap.add_argument("--repeat", type=int, default=1, help="run the sequence N times; keep each figure's best")
+    ap.add_argument("--hosts", action="store_true", help="2 ranks on 2 hosts over TCP under each link of LINKS (root)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -230,6 +266,13 @@ def main():
         return scaling_model(args.only or WORKLOADS, bucket)
     if MPIRUN is None:
         raise SystemExit("needs mpirun (and mpi4py): pip install \"dlc[mpi]\"")
+    rows = over_hosts(args.only or WORKLOADS, args, bucket) if args.hosts else on_this_machine(args, bucket)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+def on_this_machine(args, bucket: int) -> list:
+    """1 rank, 2 ranks (buckets and after) and two single processes at once, on this machine."""
     rows = []
     # "2 x 1": two independent single processes at once, the most 2 ranks can reach while
     # others share the machine
@@ -251,8 +294,7 @@ def main():
               f"{two['samples_s'] / one['samples_s']:>7.2f}x {after['samples_s']:>9.0f} "
               f"{after['samples_s'] / one['samples_s']:>7.2f}x {both:>9.0f} {two['samples_s'] / both:>7.0%} "
               f"{two['allreduce_bytes'] / 1e6:>11.2f} MB {one['others']:>8.2f} {two['others']:>8.2f}", flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    return rows
 
 
 if __name__ == "__main__":
