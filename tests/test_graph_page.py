@@ -345,7 +345,10 @@ def test_the_page_as_first_opened(resnet_page, width, height):
         assert page.locator('g.bundle[data-into="lloss"] text').all_text_contents() == ["l2(params)"]
         assert overflowing(page) == []
 
-        page.click('[data-layer="stage2"] .box')       # its line in the source, wrapped rather than cut
+        scale = lambda: float(re.search(r"scale\(([\d.]+)\)", page.get_attribute("#scene", "transform")).group(1))
+        assert scale() > 1        # a few boxes: drawn larger than 100 %
+        page.click('[data-layer="stage2"] .box')       # opened at 100 %; its line in the source, wrapped rather than cut
+        assert scale() == 1
         assert page.locator("pre.source div.hit").count() == 1
         assert page.eval_on_selector("pre.source", "p => p.scrollWidth <= p.clientWidth")
 

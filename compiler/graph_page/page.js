@@ -528,9 +528,13 @@ function wire() {
     }
     layerDetails(name);
     draw();
-    const after = box.get("l" + name);     // the layer's corner stays where it was on the screen,
-    camera.x += (before.x - after.x) * camera.k;
-    camera.y += (before.y - after.y) * camera.k;
+    // the layer's corner stays where it was on the screen, at 100 % when it opens from the
+    // larger zoom that fit gives a few boxes,
+    const sx = camera.x + before.x * camera.k, sy = camera.y + before.y * camera.k;
+    if (V.open.has(name)) camera.k = Math.min(camera.k, 1);
+    const after = box.get("l" + name);
+    camera.x = sx - after.x * camera.k;
+    camera.y = sy - after.y * camera.k;
     const left = camera.x + after.x * camera.k, right = left + after.w * camera.k;
     const top = camera.y + after.y * camera.k, bottom = top + after.h * camera.k;
     const {width, height} = canvas.getBoundingClientRect();
