@@ -138,11 +138,11 @@ def test_a_model_without_a_loss_has_no_train_step(tmp_path, capsys):
     assert "has no loss" in capsys.readouterr().err
 
 
-def browser():
+def browser(width: int = 1500, height: int = 900):
     pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")
     if not Path(CHROMIUM).exists():
         pytest.skip(f"the browser test needs Chromium at {CHROMIUM} (apt-get install chromium)")
-    return chromium_page()
+    return chromium_page(width, height)
 
 
 def test_the_page_in_a_browser(lenet_page):
@@ -254,4 +254,119 @@ def test_the_layer_view_of_a_resnet_in_a_browser(resnet_page):
         assert page.locator("g.layer.open").count() == len(data["views"][1]["layers"]) - 1      # but the whole graph
         assert page.inner_text("#zoom").startswith("the top of the graph at 80%")
         assert overflowing(page) == []
+        assert page.errors == []
+
+
+def test_a_box_shows_the_shapes_of_the_values_leaving_it(resnet_page):
+    data = page_data(resnet_page.read_text())
+    forward, step = data["views"]
+    types = lambda view, box: [next(n["types"] for n in view["nodes"] if n["id"] == i)
+                               for i in view["layers"][box]["outputs"]]
+    assert types(forward, "stage1") == ["f32[B, 16, 32, 32]"] and types(forward, "stage2") == ["f32[B, 32, 16, 16]"]
+    assert types(forward, "stage1.0.bn1") == ["f32[B, 16, 32, 32]"]     # not its running statistics' updates
+    assert types(forward, "loss") == ["f32[]"] and types(forward, "logits") == ["f32[B, 10]"]
+    # in the train step the activations the gradients read again do not leave a forward box;
+    # the gradient of a conv2d leaves its box towards the box before it and as grad:W
+    assert types(step, "stage1") == ["f32[B, 16, 32, 32]"]
+    assert types(step, "∇.stage1.0.conv1") == ["f32[B, 16, 32, 32]", "f32[16, 16, 3, 3]"]
+    grads = [o for n in step["nodes"] for o in n["outputs"] if o.startswith("grad:")]
+    assert sorted(o for i in step["layers"]["∇"]["outputs"] for o in step_node(step, i)["outputs"]) == sorted(grads)
+
+
+def step_node(view: dict, node: int) -> dict:
+    return next(n for n in view["nodes"] if n["id"] == node)
+
+
+def test_the_seed_of_the_gradients_is_a_constant_in_the_gradients_box(resnet_page):
+    forward, step = page_data(resnet_page.read_text())["views"]
+    new = [n for n in step["nodes"] if n["id"] not in {m["id"] for m in forward["nodes"]} and n["grad_of"] is None]
+    assert len(new) == 1
+    seed = new[0]
+    assert seed["op"] == "constant" and seed["layer"] == "∇" and seed["value"] == "1" and "∂loss/∂loss" in seed["note"]
+    zeros = [n for n in forward["nodes"] if n["op"] == "constant" and n["layer"] == "stage1.0>relu"]
+    assert zeros and all(n["value"] == "0" and "note" not in n for n in zeros)     # the 0 a relu compares with and selects
+
+
+def rect_inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
+    return (inner["x"] >= outer["x"] - slack and inner["y"] >= outer["y"] - slack and
+            inner["x"] + inner["width"] <= outer["x"] + outer["width"] + slack and
+            inner["y"] + inner["height"] <= outer["y"] + outer["height"] + slack)
+
+
+def filled(page) -> float:
+    """How much of the drawing area the drawing fills, along its tighter side; the drawing
+    must lie inside it."""
+    scene, canvas = page.evaluate("""() => [document.getElementById("scene").getBoundingClientRect().toJSON(),
+                                            document.getElementById("canvas").getBoundingClientRect().toJSON()]""")
+    assert rect_inside(scene, canvas), (scene, canvas)
+    return max(scene["width"] / canvas["width"], scene["height"] / canvas["height"])
+
+
+@pytest.mark.parametrize("width,height", [(1400, 900), (1024, 700)])
+def test_the_page_as_first_opened(resnet_page, width, height):
+    """What a reader sees on opening the page (the screenshots of docs/cli.md): the graph
+    fitted to the window, a legend whose keys do not overlap, the whole search placeholder,
+    closed boxes with shapes, the regularizer's edges going into one labelled chip,
+    wrapped source lines, and the seed constant explained in the gradients' box."""
+    data = page_data(resnet_page.read_text())
+    seed = next(n["id"] for n in data["views"][1]["nodes"] if n.get("note"))
+    with browser(width, height) as page:
+        open_page(page, resnet_page)
+        assert filled(page) > 0.85
+
+        keys = page.evaluate("""() => [...document.querySelectorAll("#legend li")].map((li) => ({
+          item: li.getBoundingClientRect().toJSON(),
+          parts: [...li.children].map((c) => c.getBoundingClientRect().toJSON())}))""")
+        assert len(keys) == 4
+        for i, key in enumerate(keys):
+            assert all(rect_inside(part, key["item"]) for part in key["parts"])
+            for other in keys[i + 1:]:
+                assert key["item"]["y"] + key["item"]["height"] <= other["item"]["y"]     # one below the other
+
+        fits = page.evaluate("""() => {
+          const input = document.getElementById("search"), style = getComputedStyle(input);
+          const ruler = document.createElement("canvas").getContext("2d");
+          ruler.font = `${style.fontSize} ${style.fontFamily}`;
+          const room = input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+          const header = document.querySelector("header");
+          return {text: ruler.measureText(input.placeholder).width, room,
+                  right: input.getBoundingClientRect().right, header: header.scrollWidth - header.clientWidth};
+        }""")
+        assert fits["text"] <= fits["room"] and fits["right"] <= width and fits["header"] <= 0
+
+        notes = page.locator("g.layer:not(.open) text.count").all_text_contents()
+        assert len(notes) == 8 and all(re.search(r"\b[fi]32\[[^\]]*\]", t) for t in notes), notes
+
+        params = page.eval_on_selector_all('path.edge[data-edge$=">lloss"]',
+                                           "ps => ps.map(p => [p.dataset.edge, p.classList.contains('params')])")
+        from_stages = [bundled for edge, bundled in params if re.match(r"l(stem|stage\d)>", edge)]
+        assert len(from_stages) == 4 and all(from_stages)      # l2(params) reads the parameters of all four
+        assert not any(bundled for edge, bundled in params if edge.startswith(("n1>", "llogits>")))
+        assert page.locator('g.bundle[data-into="lloss"] text').all_text_contents() == ["l2(params)"]
+        assert overflowing(page) == []
+
+        scale = lambda: float(re.search(r"scale\(([\d.]+)\)", page.get_attribute("#scene", "transform")).group(1))
+        assert scale() > 1        # a few boxes: drawn larger than 100 %
+        page.click('[data-layer="stage2"] .box')       # opened at 100 %; its line in the source, wrapped rather than cut
+        assert scale() == 1
+        assert page.locator("pre.source div.hit").count() == 1
+        assert page.eval_on_selector("pre.source", "p => p.scrollWidth <= p.clientWidth")
+
+        page.click('[data-view="train_step"]')
+        assert filled(page) > 0.85
+        assert page.locator(f'[data-node="{seed}"]').count() == 0      # no stray constant at the top
+        page.click('[data-layer="∇"] .box')
+        label = page.locator(f'[data-node="{seed}"] text').all_text_contents()
+        assert label == [f"%{seed} constant 1", "f32[] · the seed of the gradients: ∂loss/∂loss = 1"]
+        page.click("#collapse")
+        assert filled(page) > 0.85
+
+        page.set_viewport_size({"width": width - 200, "height": height - 150})     # the window resized: fitted again
+        page.wait_for_function("() => true")
+        assert filled(page) > 0.85
+        page.mouse.move(200, 300)        # unless the reader moved the drawing
+        page.mouse.wheel(0, -600)
+        before = page.get_attribute("#scene", "transform")
+        page.set_viewport_size({"width": width, "height": height})
+        assert page.get_attribute("#scene", "transform") == before
         assert page.errors == []

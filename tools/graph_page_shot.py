@@ -3,8 +3,9 @@
     python -m dlc.tools.graph_page_shot          # rewrites docs/images/graph_page*.png
     python -m dlc.tools.graph_page_shot examples/lenet5.dl --out /tmp/page.png --open c1 --select 3
 
-It opens the page of a model (by default the ResNet), opens some boxes (or all of them),
-clicks a node and saves the window. The system's Chromium (Debian's `chromium` package)
+It opens the page of a model (by default the ResNet) in a window of a given size, opens
+some boxes (or all of them), clicks a node and saves the window; the first pictures are
+the page as first opened, in a large and a small window. The system's Chromium (Debian's `chromium` package)
 runs it through playwright's Python package, which tests/test_graph_page.py uses too
 (`chromium_page`); `playwright install`, which downloads a browser of its own, is not needed.
 """
@@ -50,18 +51,24 @@ def open_page(page, path: Path):
     page.wait_for_selector("body[data-ready]")
 
 
-# docs/images/ -> what each picture shows: the view, the boxes opened in turn, the node
-# clicked (%69: the convolution of stage1.0.conv1; %83: the variance of its batchnorm), or
-# every box open
+# docs/images/ -> what each picture shows: the window's size, the view, the boxes opened in
+# turn, the node clicked (%69: the convolution of stage1.0.conv1; %83: the variance of its
+# batchnorm), or every box open; and whether to fit it to the window then
+SIZE = (1500, 900)
 SHOTS = {
-    "graph_page.png": {"view": "forward", "open": ["stage1", "stage1.0", "stage1.0.conv1"], "select": 69},
-    "graph_page_kernels.png": {"view": "forward", "open": ["stage1", "stage1.0", "stage1.0.bn1"], "select": 83},
-    "graph_page_expanded.png": {"view": "train_step", "expand": True},
+    "graph_page_opened.png": {"size": (1400, 900), "view": "forward"},
+    "graph_page_opened_small.png": {"size": (1024, 700), "view": "forward"},
+    "graph_page_opened_step.png": {"size": (1400, 900), "view": "train_step", "open": ["∇"], "fit": True},
+    "graph_page.png": {"size": SIZE, "view": "forward", "open": ["stage1", "stage1.0", "stage1.0.conv1"], "select": 69},
+    "graph_page_kernels.png": {"size": SIZE, "view": "forward", "open": ["stage1", "stage1.0", "stage1.0.bn1"], "select": 83},
+    "graph_page_expanded.png": {"size": SIZE, "view": "train_step", "expand": True},
 }
 
 
-def shoot(page, html: Path, out: Path, view: str, open=(), select=None, expand=False):
-    """Load the page, show `view`, open the boxes, click a node or expand all, save it."""
+def shoot(page, html: Path, out: Path, size: tuple, view: str, open=(), select=None, expand=False, fit=False):
+    """Load the page in a window of `size`, show `view`, open the boxes, click a node or
+    expand all, fit, save it."""
+    page.set_viewport_size({"width": size[0], "height": size[1]})
     open_page(page, html)
     page.click(f'[data-view="{view}"]')
     for box in open:
@@ -70,6 +77,8 @@ def shoot(page, html: Path, out: Path, view: str, open=(), select=None, expand=F
         page.click(f'[data-node="{select}"]')
     if expand:
         page.click("#expand")
+    if fit:
+        page.click("#fit")
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out))
     if page.errors:
@@ -87,8 +96,10 @@ def main(argv=None):
     p.add_argument("--open", nargs="*", default=[], help="boxes to open, in order")
     p.add_argument("--select", type=int, help="the node to click")
     p.add_argument("--expand", action="store_true", help="expand all")
+    p.add_argument("--size", type=int, nargs=2, default=SIZE, metavar=("WIDTH", "HEIGHT"), help="the window's size")
     args = p.parse_args(argv)
-    shots = {Path(args.out): {"view": args.view, "open": args.open, "select": args.select, "expand": args.expand}} \
+    shots = {Path(args.out): {"size": tuple(args.size), "view": args.view, "open": args.open, "select": args.select,
+                              "expand": args.expand}} \
         if args.out else {ROOT / "docs" / "images" / name: shot for name, shot in SHOTS.items()}
     with tempfile.TemporaryDirectory() as tmp, chromium_page() as page:
         html = Path(tmp) / "graph.html"

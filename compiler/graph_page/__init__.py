@@ -18,8 +18,8 @@ from importlib import resources
 
 from dlc.compiler.passes import autodiff
 from dlc.compiler.errors import Span, source_lines
-from dlc.compiler.ir.graph import PRIMITIVES, Graph, attrs_text, node_title
-from dlc.compiler.graph_page.boxes import box_tree, forward_boxes, step_boxes
+from dlc.compiler.ir.graph import GRADIENTS, PRIMITIVES, Graph, attr_text, attrs_text, node_title
+from dlc.compiler.graph_page.boxes import box_outputs, box_tree, forward_boxes, step_boxes
 from dlc.compiler.graph_page.kernels import native_kernels
 from dlc.compiler.graph_page.layout import rows
 from dlc.compiler.frontend.model import Model
@@ -79,13 +79,24 @@ def view(name: str, graph: Graph, box_of: dict, boxes: dict, compiled: Graph, fi
             "attrs": attrs_text(d["attrs"]), "flops": count_text(node_flops(graph, n)),
             **_places(span, files),
             "outputs": outputs.get(n, []), "grad_of": d.get("grad_of"),
-            "compiled": n in compiled.g})
+            "compiled": n in compiled.g, **_constant(d, box_of[n])})
     tree = box_tree(graph, box_of, boxes)
+    leaving = box_outputs(graph, box_of, boxes)
     return {"name": name, "title": {"forward": "forward graph", "train_step": "train step"}[name],
             "nodes": nodes, "edges": sorted(set(graph.g.edges())),
-            "layers": {box: {**boxes[box], **_places(boxes[box]["span"], files), "size": _size(tree, box)}
+            "layers": {box: {**boxes[box], **_places(boxes[box]["span"], files), "size": _size(tree, box),
+                             "outputs": leaving.get(box, [])}
                        for box in tree},
             "rows": rows(graph, tree, box_of, boxes)}
+
+
+def _constant(d: dict, box: str) -> dict:
+    """A constant's value, which its label shows (`%5 constant 0`: the 0 a relu compares
+    with), and for the seed of the gradients, in the box ∇ (boxes.step_boxes), what it is."""
+    if d["op"] != "constant":
+        return {}
+    seed = {"note": "the seed of the gradients: ∂loss/∂loss = 1"} if box == GRADIENTS and "grad_of" not in d else {}
+    return {"value": attr_text(d["attrs"]["value"]), **seed}
 
 
 def _places(span: Span | None, files: Files) -> dict:

@@ -5,11 +5,12 @@ over its fifty nodes. A box is labelled with the def called and its key options
 (`conv2d 16 3x3 s1`) and named after its layer (graph.layer_of: `stage1.0.conv1`).
 
 In the train step the gradient of a node lies in the box `∇.B`, B being the node's box,
-under one box `∇` of all the gradients, as graph.layer_of groups them.
+under one box `∇` of all the gradients, as graph.layer_of groups them; the seed the
+gradients start from (the constant ∂loss/∂loss = 1) lies in `∇` itself.
 """
 from __future__ import annotations
 
-from dlc.compiler.ir.graph import GRADIENTS, Graph
+from dlc.compiler.ir.graph import GRADIENTS, PRIMITIVES, Graph
 from dlc.compiler.frontend.model import CallNodes, Model
 
 # the options a box's label shows, after the def's name: the sizes bare, the others short
@@ -53,15 +54,15 @@ def forward_boxes(model: Model) -> tuple:
 
 def step_boxes(step: Graph, box_of: dict, boxes: dict) -> tuple:
     """The boxes of the train step: the forward graph's, and for the gradients ∇ and ∇.B
-    for each box B a gradient lies in."""
+    for each box B a gradient lies in; a node of the step that is neither in the forward
+    graph nor a gradient, the seed, lies in ∇."""
     step_of, out = {}, dict(boxes)
     for n in step.g:
         d = step.g.nodes[n]
-        if "grad_of" not in d:
-            step_of[n] = box_of.get(n, "")
-            continue
-        box = box_of.get(d["grad_of"], "")
-        step_of[n] = _gradient(box, boxes, out)
+        if "grad_of" in d:
+            step_of[n] = _gradient(box_of.get(d["grad_of"], ""), boxes, out)
+        else:
+            step_of[n] = box_of[n] if n in box_of else _gradient("", boxes, out)
     return step_of, out
 
 
@@ -144,3 +145,39 @@ def box_tree(graph: Graph, box_of: dict, boxes: dict) -> dict:
         add(box_of[n])
         tree[box_of[n]][1].append(n)
     return tree
+
+
+def chain(box: str, boxes: dict) -> list:
+    """The box and the boxes above it, up to the whole graph ("")."""
+    out = [box]
+    while out[-1]:
+        out.append(boxes[out[-1]]["parent"])
+    return out
+
+
+def box_outputs(graph: Graph, box_of: dict, boxes: dict) -> dict:
+    """Box -> the nodes whose values leave it: what a closed box shows the shapes of. First
+    the values a node outside the box reads in the same part of the step (a forward value
+    read by the forward graph, a gradient by the gradients: not the activations the
+    gradients read again), then the graph outputs in it; an `update:` of a running
+    statistic counts only in a box that has no other output. Inputs, parameters and
+    constants are not outputs of the box they are drawn in. In graph order."""
+    chains = {box: chain(box, boxes) for box in set(box_of.values())}
+    read, named, updates = {}, {}, {}       # box -> its nodes of each kind
+    names: dict = {}
+    for out, t in graph.outputs.items():
+        names.setdefault(t.node, []).append(out)
+    for n in graph.order():
+        if PRIMITIVES[graph.op(n)].kind == "source":
+            continue
+        inside = chains[box_of[n]]
+        gradient = "grad_of" in graph.g.nodes[n]
+        left = {b for v in graph.g.successors(n) if ("grad_of" in graph.g.nodes[v]) == gradient
+                for b in inside if b not in chains[box_of[v]]}
+        for b in left:
+            read.setdefault(b, []).append(n)
+        if n in names:
+            kind = updates if all(o.startswith("update:") for o in names[n]) else named
+            for b in set(inside) - left:
+                kind.setdefault(b, []).append(n)
+    return {b: read.get(b, []) + named.get(b, []) or updates[b] for b in set(read) | set(named) | set(updates) if b}

@@ -8,6 +8,7 @@ next to its first reader, then a few barycenter sweeps to order each row.
 """
 from __future__ import annotations
 
+from dlc.compiler.graph_page.boxes import chain
 from dlc.compiler.ir.graph import Graph
 
 SWEEPS = 2      # down-and-up passes of the barycenter ordering
@@ -17,7 +18,7 @@ def rows(graph: Graph, tree: dict, box_of: dict, boxes: dict) -> dict:
     """box -> its children in rows: a node is its id (int), a box its id (str). `tree`:
     boxes.box_tree; `box_of`: node -> its box; `boxes`: box -> its record (its parent)."""
     place = {n: i for i, n in enumerate(graph.order())}
-    chains = {box: _chain(box, boxes) for box in tree}
+    chains = {box: chain(box, boxes) for box in tree}
     first = {}      # child -> the place of its first node in graph order, which breaks cycles
 
     def visit(box: str):
@@ -35,14 +36,6 @@ def rows(graph: Graph, tree: dict, box_of: dict, boxes: dict) -> dict:
         if a != b:
             edges[common].add((a, b))
     return {box: _layered(inner + nodes, edges[box], first) for box, (inner, nodes) in tree.items()}
-
-
-def _chain(box: str, boxes: dict) -> list:
-    """The box and the boxes above it, up to the whole graph ("")."""
-    chain = [box]
-    while chain[-1]:
-        chain.append(boxes[chain[-1]]["parent"])
-    return chain
 
 
 def _child(common: str, n: int, chain: list):

@@ -4,10 +4,11 @@
 // boxes open at the moment, draws SVG, and handles pan, zoom, search and the details.
 "use strict";
 
-const LINE = 15, PAD = 10, GAP_X = 16, GAP_Y = 26, HEAD = 24;
+const LINE = 15, PAD = 10, GAP_X = 16, GAP_Y = 26, HEAD = 24, CHIP = 15;
 const FONT = "12px ui-monospace, monospace", SMALL = "11px ui-monospace, monospace";   // as page.css
 const LEGIBLE = 0.8;      // the smallest zoom at which labels can be read: "expand all" stops there
 const WRAP = 1400;        // the widest row of a layer, in pixels
+const FILL = 1.75, MARGIN = 20;     // the largest zoom that fit draws at; the room it leaves at the edges
 const GRADIENTS = "∇";    // the box of the gradients, ∇.B the gradients of box B (graph.GRADIENTS)
 const $ = (id) => document.getElementById(id);
 const esc = (s) => String(s).replace(/[&<>"]/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c]));
@@ -16,6 +17,7 @@ let D = null;          // the page's data
 let V = null;          // the view shown: one of D.views, with what is derived from it
 let box = new Map();   // "n12" or "lstage1.0" -> {x, y, w, h} of what is drawn
 const camera = {x: 20, y: 20, k: 1};
+let fitted = false;    // the camera is where fit put it: a new size of the window fits again
 const ruler = document.createElement("canvas").getContext("2d");
 
 // the width of a text as drawn in `font`, so that every label fits its box
@@ -70,18 +72,33 @@ function crossing(u, v) {
 }
 
 // ---- sizes and places -------------------------------------------------------------------------
+// a node's first line: its number and op, a constant's value, the graph outputs it is
 function nodeLabel(n) {
-  return n.title + (n.outputs.length ? " ⇒ " + n.outputs.join(", ") : "");
+  return n.title + (n.value !== undefined ? " " + n.value : "") + (n.outputs.length ? " ⇒ " + n.outputs.join(", ") : "");
+}
+
+// its second line: its dtype and shape, and what a constant the compiler made is
+function nodeNote(n) {
+  return n.types + (n.note ? " · " + n.note : "");
 }
 
 function nodeSize(n) {
-  return {w: Math.ceil(Math.max(70, textWidth(nodeLabel(n)), textWidth(n.types, SMALL)) + 2 * PAD), h: 2 * LINE + 8};
+  return {w: Math.ceil(Math.max(70, textWidth(nodeLabel(n)), textWidth(nodeNote(n), SMALL)) + 2 * PAD), h: 2 * LINE + 8};
 }
 
-// a box's second line: its layer's name when the label does not say it, and its size
+// the shapes of the values leaving a box: `f32[B, 16, 32, 32]`, `2 × f32[64]`, `f32[10] +46 more`;
+// a box none leaves (a softmax the train step does not need) says its size
+function shapes(layer) {
+  const l = V.layers[layer], types = l.outputs.map((id) => V.byId.get(id).types);
+  if (!types.length) return `${l.size} node${l.size === 1 ? "" : "s"}`;
+  if (types.every((t) => t === types[0])) return (types.length > 1 ? `${types.length} × ` : "") + types[0];
+  return `${types[0]} +${types.length - 1} more`;
+}
+
+// a closed box's second line: its layer's name when the label does not say it, and its shapes
 function layerNote(layer) {
-  const l = V.layers[layer], count = `${l.size} node${l.size === 1 ? "" : "s"}`;
-  return l.name && l.name !== l.label ? `${l.name} · ${count}` : count;
+  const l = V.layers[layer];
+  return l.name && l.name !== l.label ? `${l.name} · ${shapes(layer)}` : shapes(layer);
 }
 
 function closedSize(layer) {
@@ -176,7 +193,11 @@ function draw() {
     if (open) parts.push(`<rect class="head" x="${b.x + 1}" y="${b.y + 1}" width="${b.w - 2}" height="${HEAD - 2}"/>`);
     const title = `${open ? "▾" : "▸"} ${l.label}` + (open && l.name && l.name !== l.label ? `  ${l.name}` : "");
     parts.push(`<text x="${b.x + PAD}" y="${b.y + LINE + 2}">${esc(title)}</text>`);
-    if (!open) parts.push(`<text class="count" x="${b.x + PAD}" y="${b.y + 2 * LINE + 2}">${esc(layerNote(layer))}</text>`);
+    if (!open) {
+      const all = l.outputs.map((id) => V.byId.get(id).types).join("\n");
+      parts.push(`<text class="count" x="${b.x + PAD}" y="${b.y + 2 * LINE + 2}">${esc(layerNote(layer))}</text>`,
+                 all ? `<title>${esc(all)}</title>` : "");
+    }
     parts.push("</g>");
     if (open) for (const row of V.rows[layer]) for (const c of row) drawChild(c);
   };
@@ -187,28 +208,33 @@ function draw() {
                  matched.has("n" + c) ? "match" : ""].join(" ");
     parts.push(`<g class="${cls}" data-node="${c}"><rect x="${b.x}" y="${b.y}" width="${b.w}" height="${b.h}"/>`,
                `<text x="${b.x + PAD}" y="${b.y + LINE + 1}">${esc(nodeLabel(n))}</text>`,
-               `<text class="type" x="${b.x + PAD}" y="${b.y + 2 * LINE + 1}">${esc(n.types)}</text></g>`);
+               `<text class="type" x="${b.x + PAD}" y="${b.y + 2 * LINE + 1}">${esc(nodeNote(n))}</text></g>`);
   };
   for (const row of V.rows[""]) for (const c of row) drawChild(c);
   const drawn = new Map();     // "a>b" -> the edge between two things drawn: the nodes' edges it stands for
   for (const [u, v] of V.edges) {
     const a = shown(u), b = shown(v), key = a + ">" + b;
     if (a === b) continue;
-    if (!drawn.has(key)) drawn.set(key, {a, b, whys: new Set(), fused: true});
+    if (!drawn.has(key)) drawn.set(key, {a, b, whys: new Set(), fused: true, params: true, readers: new Set()});
     const e = drawn.get(key), cross = crossing(u, v);
     if (cross.why) e.whys.add(cross.why);
     e.fused = e.fused && cross.kind === "fused";
+    e.params = e.params && V.byId.get(u).op === "param";
+    e.readers.add(V.byId.get(v).layer);
   }
+  const bundles = paramBundles(drawn.values());
   const notes = [];      // the reasons at the boundaries of the selected node, drawn last
-  for (const {a, b, whys, fused} of drawn.values()) {
-    const p = box.get(a), q = box.get(b);
-    const x1 = p.x + p.w / 2, y1 = p.y + p.h, x2 = q.x + q.w / 2, y2 = q.y;
+  for (const {a, b, whys, fused, params} of drawn.values()) {
+    const p = box.get(a), q = box.get(b), bundle = params && bundles.get(b);
+    const x1 = p.x + p.w * (bundle ? 0.25 : 0.5), y1 = p.y + p.h;      // a bundle's edges leave beside the others
+    const x2 = bundle ? bundle.x : q.x + q.w / 2, y2 = bundle ? bundle.y : q.y;
     const bend = Math.max(24, Math.abs(y2 - y1) / 2);
     const hot = V.selected !== null && (a === "n" + V.selected || b === "n" + V.selected);
     const why = [...whys].join("; ");
-    const cls = ["edge", y2 < y1 ? "back" : "", hot ? "hot" : "", why ? "boundary" : fused ? "fused" : ""].join(" ");
+    const cls = ["edge", y2 < y1 ? "back" : "", hot ? "hot" : "", why ? "boundary" : fused ? "fused" : "",
+                 bundle ? "params" : ""].join(" ");
     const tip = why ? `<title>kernel boundary: ${esc(why)}</title>` : "";
-    edges.push(`<path class="${cls}" d="M${x1},${y1} C${x1},${y1 + bend} ${x2},${y2 - bend} ${x2},${y2}">${tip}</path>`);
+    edges.push(`<path class="${cls}" data-edge="${esc(a + ">" + b)}" d="M${x1},${y1} C${x1},${y1 + bend} ${x2},${y2 - bend} ${x2},${y2}">${tip}</path>`);
     if (!why) continue;
     edges.push(`<path class="cut" d="M${x1 - 6},${y1 + 5} L${x1 + 6},${y1 + 5}">${tip}</path>`);     // where it leaves its kernel
     if (hot) {
@@ -217,25 +243,67 @@ function draw() {
                  `<text x="${mx + 4}" y="${my + 3}">${esc(why)}</text></g>`);
     }
   }
+  for (const [b, {x, y, text, w}] of bundles) {
+    edges.push(`<g class="bundle" data-into="${esc(b)}"><rect x="${x - w / 2}" y="${y}" width="${w}" height="${CHIP}"/>` +
+               `<text x="${x}" y="${y + CHIP - 4}">${esc(text)}</text></g>`);
+  }
   $("scene").innerHTML = edges.join("") + parts.join("") + notes.join("");
-  move();
+  transform();
 }
 
-function move() {
+// The edges into a closed box that carry only parameters, read inside it far from the
+// boxes they are drawn in (the ResNet's `l2(params)` reads every parameter of every
+// stage), end together at a chip above the box that names the call reading them.
+// box key -> the chip: its centre x, top y, text and width
+function paramBundles(edges) {
+  const readers = new Map();
+  for (const e of edges) {
+    if (!e.params || e.b[0] !== "l") continue;
+    if (!readers.has(e.b)) readers.set(e.b, []);
+    readers.get(e.b).push(...e.readers);
+  }
+  const out = new Map();
+  for (const [b, layers] of readers) {
+    const chains = layers.map((l) => V.chains.get(l));
+    let common = chains[0].filter((l, i) => chains.every((c) => c[i] === l)).pop();   // the reading box
+    const closed = b.slice(1), inside = common !== undefined && common !== closed && V.chains.get(common).includes(closed);
+    const text = inside ? callText(common) : "params";
+    const q = box.get(b), w = textWidth(text, SMALL) + 10;
+    out.set(b, {x: q.x + q.w / 2 - 12 - w / 2, y: q.y - CHIP - 2, text, w});
+  }
+  return out;
+}
+
+// a box as the program wrote its call, `l2(params)`, when that fits on a chip; else its label
+function callText(layer) {
+  const l = V.layers[layer], p = l.span, grad = layer.startsWith(GRADIENTS) ? GRADIENTS + " " : "";
+  const text = p && p[1] === p[3] ? D.sources[p[0]].text.split("\n")[p[1] - 1].slice(p[2] - 1, p[4] - 1) : "";
+  return text && text.length <= 32 ? grad + text : l.label;
+}
+
+function transform() {
   $("scene").setAttribute("transform", `translate(${camera.x},${camera.y}) scale(${camera.k})`);
 }
 
-// the whole graph in the window, or, when that would make the labels too small to read
-// (`legible`), the top of it at the smallest zoom that can be read, with a note
+function move() {     // the camera moved away from where fit put it
+  fitted = false;
+  transform();
+}
+
+// the whole graph filling the window (a few collapsed boxes drawn larger, up to FILL), or,
+// when that would make the labels too small to read (`legible`), the top of it at the
+// smallest zoom that can be read, with a note. The window's size changing fits again,
+// unless the drawing was moved since.
 function fit(legible = false) {
-  const b = box.get("l"), c = $("canvas").getBoundingClientRect();
-  const whole = Math.min(1, (c.width - 40) / b.w, (c.height - 40) / b.h);
+  const b = $("scene").getBBox(), c = $("canvas").getBoundingClientRect();     // the boxes, edges and chips
+  const whole = Math.min(FILL, (c.width - 2 * MARGIN) / b.width, (c.height - 2 * MARGIN) / b.height);
   camera.k = legible ? Math.max(whole, LEGIBLE) : whole;
-  camera.x = (c.width - b.w * camera.k) / 2;     // the rows are centred: the top of the graph is in the middle
-  camera.y = 20;
+  camera.x = (c.width - b.width * camera.k) / 2 - b.x * camera.k;     // the rows are centred: the top of the graph is in the middle
+  camera.y = Math.max(MARGIN, (c.height - b.height * camera.k) / 2) - b.y * camera.k;
   $("zoom").textContent = camera.k > whole ? `the top of the graph at ${Math.round(camera.k * 100)}%: ` +
     `drag or scroll to see the rest, fit for all of it` : "";
-  move();
+  transform();
+  fitted = true;
 }
 
 function centre(key) {
@@ -262,11 +330,23 @@ function hint() {
   $("details").innerHTML = `<p class="hint">The ${esc(V.title)}: ${V.nodes.length.toLocaleString("en")} nodes. ` +
     `A box is a call of a def (<code>conv2d 16 3x3 s1</code>) or a statement of the model; click one to open it, ` +
     `a node to see its op, shape, FLOPs, source line, native kernel and kernel boundaries. ` +
-    `Edges: <span class="key fused">fused into one kernel</span>, ` +
-    `<span class="key boundary">a kernel boundary</span> (hover or select for the reason); ` +
-    `the nodes fused into the selected node's kernels are outlined blue. ` +
-    `Drag to pan, scroll to zoom.</p>` +
+    `A closed box shows the shapes of the values leaving it; ` +
+    `the nodes fused into the selected node's kernels are outlined blue. Drag to pan, scroll to zoom.</p>` +
+    legend() +
     (D.native.error ? `<p class="error">The native backend cannot compile this model:\n${esc(D.native.error)}</p>` : "");
+}
+
+// what the edges mean, each key a line of its own, drawn as the graph draws it
+function legend() {
+  const line = (cls) => `<path class="edge ${cls}" d="M2,8 L38,8"/>`;
+  const keys = [
+    [line("fused"), "fused into one kernel"],
+    [line("boundary") + `<path class="cut" d="M14,4 L14,12"/>`, "a kernel boundary (hover or select it for the reason)"],
+    [line("back"), "drawn upwards: a value read by a box above (a gradient flowing back)"],
+    [line("params") + `<g class="bundle"><rect x="22" y="1" width="16" height="14"/></g>`,
+     "parameters read far from their layer, into a chip naming the call (<code>l2(params)</code>)"]];
+  return `<ul id="legend">${keys.map(([svg, text]) =>
+    `<li><svg class="swatch" width="40" height="16">${svg}</svg><span>${text}</span></li>`).join("")}</ul>`;
 }
 
 function reveal(id) {     // open the boxes that hold node id
@@ -326,6 +406,10 @@ function layerDetails(layer) {
   if (l.name) rows.push(["layer", `<code>${esc(l.name)}</code>`]);
   if (l.options.length) rows.push(["options", l.options.map((o) => `<code>${esc(o)}</code>`).join(", ")]);
   rows.push(["nodes", `${l.size}`]);
+  if (l.outputs.length) rows.push(["outputs", l.outputs.map((id) => {
+    const n = V.byId.get(id);
+    return `${link(id)} <code>${esc(n.types)}</code>` + (n.outputs.length ? ` ⇒ <code>${esc(n.outputs.join(", "))}</code>` : "");
+  }).join("<br>")]);
   $("details").innerHTML = `<h2 id="detail-title">${esc(l.label)}</h2>` +
     `<table>${rows.map(([k, v]) => `<tr><td>${k}</td><td id="detail-${k}">${v}</td></tr>`).join("")}</table>` +
     (l.span ? `<h3>Source</h3>${source(l)}` : "");
@@ -348,6 +432,7 @@ function boundaries(n) {
 function details(n) {
   const rows = [["op", `<code>${esc(n.op)}</code> (${esc(n.kind)})`], ["dtype and shape", `<code>${esc(n.types)}</code>`]];
   if (n.attrs) rows.push(["attributes", `<code>${esc(n.attrs)}</code>`]);
+  if (n.note) rows.push(["what", esc(n.note)]);
   const l = V.layers[n.layer];
   rows.push(["FLOPs", `<code>${esc(n.flops)}</code>`],
             ["layer", n.layer ? esc(l.label + (l.name && l.name !== l.label ? ` (${l.name})` : "")) : "(none)"]);
@@ -443,9 +528,13 @@ function wire() {
     }
     layerDetails(name);
     draw();
-    const after = box.get("l" + name);     // the layer's corner stays where it was on the screen,
-    camera.x += (before.x - after.x) * camera.k;
-    camera.y += (before.y - after.y) * camera.k;
+    // the layer's corner stays where it was on the screen, at 100 % when it opens from the
+    // larger zoom that fit gives a few boxes,
+    const sx = camera.x + before.x * camera.k, sy = camera.y + before.y * camera.k;
+    if (V.open.has(name)) camera.k = Math.min(camera.k, 1);
+    const after = box.get("l" + name);
+    camera.x = sx - after.x * camera.k;
+    camera.y = sy - after.y * camera.k;
     const left = camera.x + after.x * camera.k, right = left + after.w * camera.k;
     const top = camera.y + after.y * camera.k, bottom = top + after.h * camera.k;
     const {width, height} = canvas.getBoundingClientRect();
@@ -462,6 +551,14 @@ function wire() {
   $("expand").addEventListener("click", () => { Object.keys(V.layers).forEach((l) => V.open.add(l)); draw(); fit(true); });
   $("collapse").addEventListener("click", () => { V.open = new Set([""]); draw(); fit(); });
   $("fit").addEventListener("click", () => fit());
+  window.addEventListener("resize", () => { if (fitted) fit(); });
+}
+
+// the search box as wide as its placeholder says, so that none of it is cut
+function fitPlaceholder() {
+  const input = $("search"), style = getComputedStyle(input);
+  const text = textWidth(input.placeholder, `${style.fontSize} ${style.fontFamily}`);
+  input.style.width = `${Math.ceil(text + parseFloat(style.paddingLeft) + parseFloat(style.paddingRight) + 24)}px`;
 }
 
 async function main() {
@@ -472,6 +569,7 @@ async function main() {
   $("views").innerHTML = D.views.map((v) => `<button data-view="${v.name}">${esc(v.title)}</button>`).join(" ");
   for (const b of $("views").children) b.addEventListener("click", () => show(b.dataset.view));
   wire();
+  fitPlaceholder();
   show(D.first);
   document.body.dataset.ready = "true";
 }

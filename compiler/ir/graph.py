@@ -375,7 +375,8 @@ class _At:
 
 
 # ---- rendering (dlc graph) -------------------------------------------------------------
-def _attr_text(v) -> str:
+def attr_text(v) -> str:
+    """An attribute's value as `dlc graph` prints it: `1`, `(3, 3)`, `[0.5,2]`, `array[64]`."""
     if isinstance(v, Graph):
         return f"<body {v.name}>"
     if isinstance(v, np.ndarray):
@@ -383,7 +384,7 @@ def _attr_text(v) -> str:
             return f"{v.item():g}" if isinstance(v.item(), float) else str(v.item())
         return f"array{list(v.shape)}" if v.size > 4 else np.array2string(v, separator=",")
     if isinstance(v, tuple):
-        return "(" + ", ".join(_attr_text(x) for x in v) + ("," if len(v) == 1 else "") + ")"
+        return "(" + ", ".join(attr_text(x) for x in v) + ("," if len(v) == 1 else "") + ")"
     if isinstance(v, float):
         return f"{v:g}"
     return str(v)
@@ -391,7 +392,7 @@ def _attr_text(v) -> str:
 
 def attrs_text(attrs: dict) -> str:
     """`shape=(B, 1), ta=False`: a node's attributes but its body graph."""
-    return ", ".join(f"{k}={_attr_text(v)}" for k, v in attrs.items() if not isinstance(v, Graph))
+    return ", ".join(f"{k}={attr_text(v)}" for k, v in attrs.items() if not isinstance(v, Graph))
 
 
 def _ref(t: Tensor) -> str:
@@ -514,7 +515,7 @@ def _json(graph: Graph) -> dict:
         nodes.append({
             "id": n, "op": d["op"], "kind": PRIMITIVES[d["op"]].kind,
             "inputs": [[t.node, t.out] for t in graph.inputs(n)],
-            "attrs": {k: (_json(v) if isinstance(v, Graph) else _attr_text(v)) for k, v in d["attrs"].items()},
+            "attrs": {k: (_json(v) if isinstance(v, Graph) else attr_text(v)) for k, v in d["attrs"].items()},
             "types": [str(t) for t in d["types"]],
             "span": str(d["span"]) if d["span"] else None,
         })
