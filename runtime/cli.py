@@ -137,6 +137,11 @@ def cmd_check(args):
     print(S.signature(train))
 
 
+def cmd_fmt(args):
+    from dlc.compiler.frontend.format import format_files
+    return format_files(args.files, check=args.check)
+
+
 def cmd_summary(args):
     """--freeze replaces the train block's freeze, as in `dlc train`: the same settings (make_config)
     and the same names (frozen_names), so the trainable count is what trains. FLOPs are counted at
@@ -494,6 +499,12 @@ def parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="parse and shape-check a model; print its signature")
     _add_model_args(c)
     c.set_defaults(run=cmd_check)
+
+    c = sub.add_parser("fmt", help="rewrite .dl files in the canonical layout (--check: only show the diff)")
+    c.add_argument("files", nargs="+", metavar="FILE", help="a .dl file, or a folder of them")
+    c.add_argument("--check", action="store_true", help="change nothing; print a diff and exit 1 if a file "
+                                                         "is not formatted")
+    c.set_defaults(run=cmd_fmt)
 
     c = sub.add_parser("summary", help="the model's layers: types, output shapes, parameters and FLOPs; totals")
     _add_model_args(c)

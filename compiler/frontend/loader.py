@@ -92,25 +92,7 @@ def _load_into(env: Env, module: A.Module, path: Path | None, loading: list, def
 
 
 def _parse_file(path: Path) -> A.Module:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise _not_utf8(str(path), path.read_bytes()) from None
-    except OSError as e:
-        raise DlcError(f"cannot read {path}: {e.strerror}") from None
-    return A.parse(text, str(path))
-
-
-def _not_utf8(name: str, data: bytes) -> DlcError:
-    """The error at the first byte that is not UTF-8; its line is shown with the bad bytes replaced."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad = e.start
-    line, line_start = data.count(b"\n", 0, bad) + 1, data.rfind(b"\n", 0, bad) + 1
-    col = len(data[line_start:bad].decode("utf-8", "replace")) + 1
-    register_source(name, data.decode("utf-8", "replace"))
-    return DlcError(f"the file is not UTF-8 text (byte 0x{data[bad]:02x})", Span(name, line, col))
+    return A.parse(A.read_source(path), str(path))
 
 
 @functools.cache
