@@ -11,6 +11,7 @@ from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, register_source
 from dlc.compiler.frontend.evaluator import Evaluator, check_def
 from dlc.compiler.ir.graph import Tensor, collector_paused
 from dlc.compiler.frontend.model import Model
+from dlc.compiler.frontend.parse_cache import parsed_modules
 from dlc.compiler.frontend.values import Env, Func, describe
 
 
@@ -97,17 +98,18 @@ def _parse_file(path: Path) -> A.Module:
 
 @functools.cache
 def stdlib_env() -> Env:
-    """Builtins and the standard library, parsed once per process."""
+    """Builtins and the standard library, parsed once per process (and read from the
+    cache on disk when parsed before)."""
     env = Env()
     env.vars.update(BUILTINS)
     libenv = env.child()
     defined: dict = {}
-    for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".dl"):
-            name = STDLIB_PREFIX + f.name
-            text = f.read_text()
-            register_source(name, text)
-            _load_into(libenv, A.parse(text, name), None, [], defined, set())
+    files = [(STDLIB_PREFIX + f.name, f.read_text())
+             for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name)
+             if f.name.endswith(".dl")]
+    for (name, text), module in zip(files, parsed_modules(files, A.parse)):
+        register_source(name, text)
+        _load_into(libenv, module, None, [], defined, set())
     return libenv
 
 

@@ -12,6 +12,7 @@ from lark import Lark, Transformer, v_args, Token
 from lark.exceptions import UnexpectedInput, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
 from dlc.compiler.errors import DlcError, Span, register_source
+from dlc.compiler.frontend.parse_cache import lark_parser
 from dlc.compiler.ir.graph import DTYPES
 
 
@@ -481,7 +482,7 @@ class _ToAst(Transformer):
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     text = resources.files("dlc.grammar").joinpath("dl.lark").read_text()
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
+    return lark_parser(text, propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
 
 
 @lru_cache(maxsize=1)
