@@ -107,7 +107,7 @@ def stdlib_env() -> Env:
     files = [(STDLIB_PREFIX + f.name, f.read_text())
              for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name)
              if f.name.endswith(".dl")]
-    for (name, text), module in zip(files, parsed_modules(files, A.parse)):
+    for (name, text), module in zip(files, parsed_modules(files, A)):
         register_source(name, text)
         _load_into(libenv, module, None, [], defined, set())
     return libenv

@@ -88,28 +88,24 @@ def _int_keys(value):
 
 
 # ---- syntax trees ----------------------------------------------------------------------------------
-def parsed_modules(files: list[tuple[str, str]], parse) -> list:
-    """`parse(text, name)` of each (name, text), read from the cache when parsed before."""
-    from dlc.compiler.frontend import syntax
+def parsed_modules(files: list[tuple[str, str]], syntax) -> list:
+    """`syntax.parse(text, name)` of each (name, text), read from the cache when parsed
+    before. `syntax` is the AST's module (passed in: it imports this one)."""
+    classes = {name: cls for name, cls in vars(syntax).items()
+               if isinstance(cls, type) and issubclass(cls, syntax.Node)}
 
     def build():
-        return [parse(text, name) for name, text in files]
+        return [syntax.parse(text, name) for name, text in files]
 
-    code = Path(syntax.__file__).read_bytes()
-    key = digest(code, *(part for name, text in files for part in (name, text)))
     def decode(entry):
-        modules = [_decode(m, _node_classes()) for m in entry]
+        modules = [_decode(m, classes) for m in entry]
         if len(modules) != len(files) or not all(isinstance(m, syntax.Module) for m in modules):
             raise ValueError("not the syntax trees of these files")
         return modules
 
+    code = Path(syntax.__file__).read_bytes()
+    key = digest(code, *(part for name, text in files for part in (name, text)))
     return cached(f"syntax-{key}.json", build, lambda modules: [_encode(m) for m in modules], decode)
-
-
-def _node_classes() -> dict:
-    from dlc.compiler.frontend import syntax
-    return {name: cls for name, cls in vars(syntax).items()
-            if isinstance(cls, type) and issubclass(cls, syntax.Node)}
 
 
 def _encode(value):
