@@ -120,6 +120,22 @@ def test_the_canonical_layout():
         """)
 
 
+def test_else_of_an_if_statement_and_of_an_expression():
+    text = textwrap.dedent("""\
+        def f(x, c) {
+            if x > 1 {
+                return 1
+            }
+            else {
+                return if c
+                    then 1
+                    else 2
+            }
+        }
+        """)
+    assert format_text(text) == text
+
+
 def test_a_syntax_error_is_reported_not_formatted(tmp_path, capsys):
     path = tmp_path / "m.dl"
     path.write_text("model m {\n    input x: f32[B\n}\n")

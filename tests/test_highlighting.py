@@ -58,9 +58,13 @@ def test_dlc_core_does_not_import_the_lexer():
 
 
 def test_pygmentize_finds_the_lexer_of_the_installed_package(tmp_path):
-    """`pip install .` gives the entry point: the wheel pip builds, unpacked on the path."""
+    """`pip install .` gives the entry point: the wheel pip builds (from a copy, so that its
+    build folder is not left in the checkout), unpacked on the path."""
+    source = tmp_path / "dlc"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "node_modules", "build", "*.egg-info",
+                                                                "__pycache__", "runs", ".pytest_cache"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
+                    "-w", str(tmp_path), str(source)], check=True, capture_output=True)
     [wheel] = tmp_path.glob("dlc-*.whl")
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

@@ -135,7 +135,7 @@ def _lines(text: str) -> list[_Line]:
     for tok in parser.lex(text, dont_ignore=True):
         if tok.type == "COMMENT":
             line.comment = str(tok).rstrip()
-        elif tok.type in parser.ignore_tokens:
+        elif tok.type in parser.lexer_conf.ignore:
             for _ in range(str(tok).count("\n")):
                 if line.tokens or line.comment:
                     lines.append(line)
@@ -167,7 +167,7 @@ def _render(lines: list[_Line], syntax: _Syntax) -> str:
         elif str(first) in ("}", ")", "]") and stack:
             indent = stack[-1].close_indent
         elif (first.line, first.column) in syntax.statements or (first.line, first.column) in syntax.settings \
-                or str(first) == "else":
+                or str(first) == "else" and str(prev) == "}":      # an if statement's, not `a if c else b`
             indent = statement_indent = stack[-1].inner if stack else 0
         else:
             indent = stack[-1].inner if stack and stack[-1].char != "{" else statement_indent + INDENT
