@@ -13,7 +13,7 @@ import pytest
 from dlc.runtime.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("compiler", "runtime", "grammar", "tools")
+PACKAGES = ("compiler", "runtime", "grammar", "tools", "editors")
 
 
 def named_modules() -> set:

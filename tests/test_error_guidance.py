@@ -201,3 +201,17 @@ def test_training_a_model_without_a_loss_is_an_error_at_the_model_before_compili
     err = capsys.readouterr().err
     assert code == 1 and "compiling" not in err, err
     assert err.startswith(f"{path}:1:1: error: model m has no loss, so there is nothing to train"), err
+
+
+@pytest.mark.parametrize("fn", ["concat", "stack"])
+def test_a_numpy_style_axis_is_told_it_is_a_keyword(tmp_path, capsys, fn):
+    located = run(tmp_path, capsys, f"""
+        model m {{
+            input a: f32[B, 8]
+            input b: f32[B, 8]
+            h = {fn}(a, b, -1)
+            loss mean(h)
+        }}
+        """)
+    error_at(located, 4, 9, f"{fn} joins tensors, and -1 is a number: the axis is a keyword argument",
+             "did you mean 'axis = -1'?")

@@ -67,7 +67,7 @@ def tokenize(text: str) -> list[Tok]:
     tokens join back into the text. Raises lark's UnexpectedInput on text it cannot lex."""
     from dlc.compiler.frontend.syntax import _parser
     parser = _parser()
-    ignored = set(parser.ignore_tokens)
+    ignored = set(parser.lexer_conf.ignore)
     return [Tok(GAP if t.type in ignored else t.type, str(t), t.line) for t in parser.lex(text, dont_ignore=True)]
 
 

@@ -87,7 +87,7 @@ def shoot(page, html: Path, out: Path, size: tuple, view: str, open=(), select=N
 
 
 def main(argv=None):
-    from dlc.compiler.graph_page import page as graph_page
+    from dlc.compiler.graph_page.page import page as graph_page
     from dlc.compiler.frontend.loader import load
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("file", nargs="?", default=str(ROOT / "examples" / "resnet.dl"))

@@ -11,6 +11,7 @@ from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, register_source
 from dlc.compiler.frontend.evaluator import Evaluator, check_def
 from dlc.compiler.ir.graph import Tensor, collector_paused
 from dlc.compiler.frontend.model import Model
+from dlc.compiler.frontend.parse_cache import parsed_modules
 from dlc.compiler.frontend.values import Env, Func, describe
 
 
@@ -92,40 +93,23 @@ def _load_into(env: Env, module: A.Module, path: Path | None, loading: list, def
 
 
 def _parse_file(path: Path) -> A.Module:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise _not_utf8(str(path), path.read_bytes()) from None
-    except OSError as e:
-        raise DlcError(f"cannot read {path}: {e.strerror}") from None
-    return A.parse(text, str(path))
-
-
-def _not_utf8(name: str, data: bytes) -> DlcError:
-    """The error at the first byte that is not UTF-8; its line is shown with the bad bytes replaced."""
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        bad = e.start
-    line, line_start = data.count(b"\n", 0, bad) + 1, data.rfind(b"\n", 0, bad) + 1
-    col = len(data[line_start:bad].decode("utf-8", "replace")) + 1
-    register_source(name, data.decode("utf-8", "replace"))
-    return DlcError(f"the file is not UTF-8 text (byte 0x{data[bad]:02x})", Span(name, line, col))
+    return A.parse(A.read_source(path), str(path))
 
 
 @functools.cache
 def stdlib_env() -> Env:
-    """Builtins and the standard library, parsed once per process."""
+    """Builtins and the standard library, parsed once per process (and read from the
+    cache on disk when parsed before)."""
     env = Env()
     env.vars.update(BUILTINS)
     libenv = env.child()
     defined: dict = {}
-    for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name):
-        if f.name.endswith(".dl"):
-            name = STDLIB_PREFIX + f.name
-            text = f.read_text()
-            register_source(name, text)
-            _load_into(libenv, A.parse(text, name), None, [], defined, set())
+    files = [(STDLIB_PREFIX + f.name, f.read_text())
+             for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name)
+             if f.name.endswith(".dl")]
+    for (name, text), module in zip(files, parsed_modules(files, A)):
+        register_source(name, text)
+        _load_into(libenv, module, None, [], defined, set())
     return libenv
 
 

@@ -5,12 +5,14 @@ import math
 import re
 from dataclasses import dataclass, field, fields
 from importlib import resources
+from pathlib import Path
 from functools import lru_cache
 
 from lark import Lark, Transformer, v_args, Token
 from lark.exceptions import UnexpectedInput, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
 from dlc.compiler.errors import DlcError, Span, register_source
+from dlc.compiler.frontend.parse_cache import lark_parser
 from dlc.compiler.ir.graph import DTYPES
 
 
@@ -480,7 +482,7 @@ class _ToAst(Transformer):
 @lru_cache(maxsize=1)
 def _parser() -> Lark:
     text = resources.files("dlc.grammar").joinpath("dl.lark").read_text()
-    return Lark(text, parser="lalr", propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
+    return lark_parser(text, propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
 
 
 @lru_cache(maxsize=1)
@@ -533,6 +535,28 @@ def _describe(expected) -> str:
     if len(names) > 6:
         names = names[:6] + ["..."]
     return ", ".join(names)
+
+
+def read_source(path: Path) -> str:
+    """A .dl file's text; a file that cannot be read or is not UTF-8 is a located DlcError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise _not_utf8(str(path), path.read_bytes()) from None
+    except OSError as e:
+        raise DlcError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _not_utf8(name: str, data: bytes) -> DlcError:
+    """The error at the first byte that is not UTF-8; its line is shown with the bad bytes replaced."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        bad = e.start
+    line, line_start = data.count(b"\n", 0, bad) + 1, data.rfind(b"\n", 0, bad) + 1
+    col = len(data[line_start:bad].decode("utf-8", "replace")) + 1
+    register_source(name, data.decode("utf-8", "replace"))
+    return DlcError(f"the file is not UTF-8 text (byte 0x{data[bad]:02x})", Span(name, line, col))
 
 
 def parse(text: str, filename: str = "<input>", start: str = "start") -> Module:

@@ -11,3 +11,7 @@ the runtime.
   kernels' loop nests), parallel.py (libgomp regions), driver.py (the step module),
   update.py (the fused optimizer update), gemm.py (the GEMM library): LLVM IR;
 - jit.py: target detection and compilation; render.py: kernel programs as text."""
+
+# the precisions of the operands of matmuls and convolutions (lower.py's `precision`); here
+# so that checking a train block's `precision` does not import the backend
+PRECISIONS = ("f32", "bf16")

@@ -24,6 +24,7 @@ from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.kernels import (AccumulateKernel, AttentionKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
                                          MapKernel, MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel,
                                          ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native import PRECISIONS
 from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.memory import linearize
 from dlc.compiler.native.program import (Affine, Buffer, Const, Gather, Guarded, Index, KernelProgram, Load, Op, Random,
@@ -34,7 +35,6 @@ DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvK
 SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
 SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
 GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
-PRECISIONS = ("f32", "bf16")    # of the operands of matmuls and convolutions
 
 
 class NotLowerable(DlcError):

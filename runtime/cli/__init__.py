@@ -19,7 +19,7 @@ import dlc
 
 # The commands, in the order `dlc --help` lists them: commands/NAME.py each (NAME_.py for a
 # Python keyword). A new command is a module there and its name here.
-COMMANDS = ("check", "summary", "graph", "compile", "gradcheck", "bench", "train", "eval", "predict", "generate",
+COMMANDS = ("check", "fmt", "summary", "graph", "compile", "gradcheck", "bench", "train", "eval", "predict", "generate",
             "neighbours", "export", "import", "data", "completion")
 ALIASES = {"neighbors": "neighbours"}
 

@@ -40,6 +40,7 @@ import dlc
 from dlc.compiler.native.gemm import add_gemm, add_pack, bf16_config, default_config, gemm_name, pack_name
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native import jit
+from dlc.compiler.frontend.parse_cache import cache_dir
 
 stats = {"compiles": 0, "hits": 0, "rejected": 0}
 _gemm_module = None
@@ -47,10 +48,6 @@ _gemm_module = None
 MAGIC = b"dlc-obj\0"
 FORMAT = 1
 _HEADER = struct.Struct("<8sI32s32s")      # magic, format, key (hex), SHA-256 of the object
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("DLC_CACHE_DIR") or Path.home() / ".cache" / "dlc")
 
 
 def _key(text: str) -> str:

@@ -12,7 +12,7 @@ from dlc.compiler.frontend import syntax as A
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.frontend.syntax import size_bytes
-from dlc.compiler.native.lower import PRECISIONS
+from dlc.compiler.native import PRECISIONS
 from dlc.runtime.data.augment import augment_options
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.optim import OPTIMIZERS, clip_limit, make_optimizer, make_schedule

@@ -1,7 +1,7 @@
 """`dlc graph`: print the graph IR (or its gradient graph)."""
 from __future__ import annotations
 
-from dlc.compiler.graph_page import page
+from dlc.compiler.graph_page.page import page
 from dlc.runtime.cli.arguments import model_arguments
 from dlc.runtime.cli.shared import build, write, graph_for, render_graph
 

@@ -1,0 +1,134 @@
+"""What parsing makes, cached on disk so that a new process does not make it again: the
+grammar's LALR tables and the standard library's syntax trees.
+
+Each entry is a JSON file in dlc's cache directory named by the SHA-256 of everything it is
+made from (the grammar's text and Lark's version; the library's files and the code of the
+AST), so a change makes a new entry and never reads a stale one. JSON holds only data: an
+entry cannot run code, and one that does not load (truncated, edited, of an older layout)
+is ignored, rebuilt and written again. A cache directory that cannot be written only costs
+the time of building.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+FORMAT = 1      # of the entries' layout; part of every key
+
+
+def cache_dir() -> Path:
+    """dlc's cache directory: $DLC_CACHE_DIR, else ~/.cache/dlc (compiled code lives there too)."""
+    return Path(os.environ.get("DLC_CACHE_DIR") or Path.home() / ".cache" / "dlc")
+
+
+def digest(*parts: str | bytes) -> str:
+    h = hashlib.sha256(str(FORMAT).encode())
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:32]
+
+
+def cached(name: str, build, encode, decode):
+    """The value of entry `name`: decoded from its file, else built, encoded and written."""
+    path = cache_dir() / name
+    try:
+        return decode(json.loads(path.read_text(encoding="utf-8")))
+    except Exception:       # none yet, or a bad one (not JSON, of the wrong shape): rebuilt
+        pass
+    value = build()
+    _write(path, json.dumps(encode(value), separators=(",", ":")))
+    return value
+
+
+def _write(path: Path, text: str):
+    """Write atomically (a reader sees the old file or the new, never half of one)."""
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+# ---- the grammar's tables -------------------------------------------------------------------------
+def lark_parser(grammar: str, **options):
+    """Lark(grammar, parser="lalr", **options), its tables read from the cache when built before."""
+    import lark
+    from lark.grammar import Rule
+    from lark.lexer import TerminalDef
+
+    def build():
+        return lark.Lark(grammar, parser="lalr", **options)
+
+    def encode(parser):
+        return parser.memo_serialize([TerminalDef, Rule])
+
+    def decode(entry):
+        data, memo = _int_keys(entry)
+        return lark.Lark._load_from_dict(data, memo)
+
+    key = digest(grammar, lark.__version__, repr(sorted(options.items())))
+    return cached(f"grammar-{key}.json", build, encode, decode)
+
+
+def _int_keys(value):
+    """JSON's object keys are strings; Lark's tables number their states and memo with ints."""
+    if isinstance(value, dict):
+        return {int(k) if k.isdigit() else k: _int_keys(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_int_keys(v) for v in value]
+    return value
+
+
+# ---- syntax trees ----------------------------------------------------------------------------------
+def parsed_modules(files: list[tuple[str, str]], syntax) -> list:
+    """`syntax.parse(text, name)` of each (name, text), read from the cache when parsed
+    before. `syntax` is the AST's module (passed in: it imports this one)."""
+    classes = {name: cls for name, cls in vars(syntax).items()
+               if isinstance(cls, type) and issubclass(cls, syntax.Node)}
+
+    def build():
+        return [syntax.parse(text, name) for name, text in files]
+
+    def decode(entry):
+        modules = [_decode(m, classes) for m in entry]
+        if len(modules) != len(files) or not all(isinstance(m, syntax.Module) for m in modules):
+            raise ValueError("not the syntax trees of these files")
+        return modules
+
+    code = Path(syntax.__file__).read_bytes()
+    key = digest(code, *(part for name, text in files for part in (name, text)))
+    return cached(f"syntax-{key}.json", build, lambda modules: [_encode(m) for m in modules], decode)
+
+
+def _encode(value):
+    from dlc.compiler.errors import Span
+    if isinstance(value, Span):
+        return {"@span": [value.file, value.line, value.col, value.end_line, value.end_col]}
+    if dataclasses.is_dataclass(value):
+        return {"@node": type(value).__name__,
+                **{f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, list):
+        return [_encode(v) for v in value]
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    raise TypeError(f"cannot cache {type(value).__name__} in a syntax tree")
+
+
+def _decode(value, classes: dict):
+    from dlc.compiler.errors import Span
+    if isinstance(value, list):
+        return [_decode(v, classes) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "@span" in value:
+        return Span(*value["@span"])
+    fields = {k: _decode(v, classes) for k, v in value.items() if k != "@node"}
+    return classes[value["@node"]](**fields)       # only the AST's classes: a KeyError otherwise

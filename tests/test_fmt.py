@@ -1,0 +1,168 @@
+"""`dlc fmt` (compiler/frontend/format.py): the canonical layout is idempotent, keeps every
+comment, and the formatted program builds the same graphs, over the examples, the standard
+library and the front-end fuzz corpus; `--check` exits 1 with a diff."""
+from __future__ import annotations
+
+import re
+import textwrap
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+import dlc
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend.format import format_text
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.ir.graph import to_text
+from dlc.runtime.cli import main
+from dlc.tools.fuzz import Corpus
+
+ROOT = Path(dlc.__file__).resolve().parent
+EXAMPLES = sorted((ROOT / "examples").glob("*.dl"))
+STDLIB = sorted(Path(str(resources.files("dlc.compiler").joinpath("stdlib"))).glob("*.dl"))
+MUTANTS = 150           # inputs 0..MUTANTS-1 of the fuzz campaign's seed 0
+LOCATION = re.compile(r"  @.*$", re.MULTILINE)
+
+
+def comments(text: str) -> list[str]:
+    parser = A._parser()
+    return [str(t).rstrip() for t in parser.lex(text, dont_ignore=True) if t.type == "COMMENT"]
+
+
+def graphs(text: str, filename: str) -> list[str]:
+    """Every model's graphs (training and evaluation forward, initializer) as text without
+    source locations, and its parameters; a program that does not build gives its error."""
+    try:
+        program = load_text(text, filename)
+        built = []
+        for name in program.models:
+            for training in (True, False):
+                m = program.build(name, training=training)
+                built += [LOCATION.sub("", to_text(m.graph)), LOCATION.sub("", to_text(m.init)),
+                          repr([(p.name, str(p.type)) for p in m.params])]
+        return built
+    except DlcError as e:
+        return [e.message]
+
+
+def assert_canonical(text: str, filename: str):
+    formatted = format_text(text, filename)
+    assert format_text(formatted, filename) == formatted, "formatting twice changes the text"
+    assert comments(formatted) == comments(text)
+    assert A.parse(formatted, filename) == A.parse(text, filename)
+    return formatted
+
+
+@pytest.mark.parametrize("path", EXAMPLES + STDLIB, ids=lambda p: p.name)
+def test_examples_and_stdlib_are_idempotent_and_build_the_same_graphs(path):
+    text = path.read_text()
+    formatted = assert_canonical(text, str(path))
+    if path in EXAMPLES:
+        assert graphs(formatted, str(path)) == graphs(text, str(path))
+
+
+def test_fuzz_corpus_is_idempotent_and_builds_the_same_graphs():
+    corpus, parsed, built = Corpus.default(), 0, 0
+    for i in range(MUTANTS):
+        try:
+            text = corpus.mutant(0, i).decode("utf-8")
+            A.parse(text, "m.dl")
+        except (UnicodeDecodeError, DlcError):
+            continue
+        parsed += 1
+        formatted = assert_canonical(text, "m.dl")
+        before = graphs(text, "m.dl")
+        assert graphs(formatted, "m.dl") == before, f"mutant {i}"
+        built += not isinstance(before[0], str) or "\n" in before[0]
+    assert parsed > MUTANTS // 3 and built > MUTANTS // 10, (parsed, built)
+
+
+def test_the_canonical_layout():
+    messy = textwrap.dedent("""\
+        # a comment before the model
+
+
+        model   m{
+        input x:f32[B,4]   # the input
+              target y : f32 [ B ]
+        h=dense( x,8,act=relu )|>dropout(0.5)   # hidden
+        z = -h [ :, : 2] ^2+f(- 1) # short
+
+
+          loss mean( (z-y)^2 )
+        q = g(a,
+        b)
+        }
+        train m {
+            data = npz("d.npz")
+          validation=split(0.1)
+        }
+        """)
+    assert format_text(messy) == textwrap.dedent("""\
+        # a comment before the model
+
+        model m {
+            input  x: f32[B, 4]  # the input
+            target y: f32[B]
+            h = dense(x, 8, act = relu) |> dropout(0.5)  # hidden
+            z = -h[:, :2]^2 + f(-1)                      # short
+
+            loss   mean((z - y)^2)
+            q = g(a,
+                  b)
+        }
+        train m {
+            data       = npz("d.npz")
+            validation = split(0.1)
+        }
+        """)
+
+
+def test_else_of_an_if_statement_and_of_an_expression():
+    text = textwrap.dedent("""\
+        def f(x, c) {
+            if x > 1 {
+                return 1
+            }
+            else {
+                return if c
+                    then 1
+                    else 2
+            }
+        }
+        """)
+    assert format_text(text) == text
+
+
+def test_a_syntax_error_is_reported_not_formatted(tmp_path, capsys):
+    path = tmp_path / "m.dl"
+    path.write_text("model m {\n    input x: f32[B\n}\n")
+    assert main(["fmt", str(path)]) == 1
+    assert "m.dl:2:" in capsys.readouterr().err
+    assert path.read_text() == "model m {\n    input x: f32[B\n}\n"
+
+
+def test_check_exits_1_with_a_diff_and_fmt_rewrites(tmp_path, capsys):
+    path = tmp_path / "m.dl"
+    path.write_text("model m {\ninput x: f32[B]\n}\n")
+    assert main(["fmt", "--check", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert "-input x: f32[B]" in out and "+    input  x: f32[B]" in out
+    assert main(["fmt", str(path)]) == 0
+    assert path.read_text() == "model m {\n    input  x: f32[B]\n}\n"
+    assert main(["fmt", "--check", str(path)]) == 0
+
+
+def test_missing_and_not_utf8_files_are_errors(tmp_path, capsys):
+    assert main(["fmt", str(tmp_path / "none.dl")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    path = tmp_path / "bad.dl"
+    path.write_bytes(b"model m {\n  \xff\n}\n")
+    assert main(["fmt", str(path)]) == 1
+    assert "bad.dl:2:3: error: the file is not UTF-8" in capsys.readouterr().err
+
+
+def test_examples_and_stdlib_pass_fmt_check(capsys):
+    assert main(["fmt", "--check", str(ROOT / "examples"), *map(str, STDLIB)]) == 0, capsys.readouterr().out

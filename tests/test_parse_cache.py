@@ -1,0 +1,87 @@
+"""The front end's caches on disk (compiler/frontend/parse_cache.py): the grammar's tables
+and the standard library's syntax trees are written once, read by later processes, give the
+same parser and trees, and a bad entry is ignored and rebuilt."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+
+import dlc
+from dlc.compiler.frontend import parse_cache, syntax as A
+
+ROOT = Path(dlc.__file__).resolve().parent
+GRAMMAR = resources.files("dlc.grammar").joinpath("dl.lark").read_text()
+OPTIONS = dict(propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
+STDLIB = [(f.name, f.read_text()) for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(),
+                                                  key=lambda f: f.name) if f.name.endswith(".dl")]
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    return tmp_path
+
+
+def entries(cache: Path, prefix: str) -> list[Path]:
+    return sorted(cache.glob(prefix + "-*.json"))
+
+
+def test_the_cached_grammar_parses_as_the_built_one(cache):
+    built = parse_cache.lark_parser(GRAMMAR, **OPTIONS)
+    [entry] = entries(cache, "grammar")
+    read = parse_cache.lark_parser(GRAMMAR, **OPTIONS)
+    assert read is not built and entries(cache, "grammar") == [entry]
+    for path in sorted((ROOT / "examples").glob("*.dl")):
+        text = path.read_text()
+        assert read.parse(text, start="start") == built.parse(text, start="start"), path.name
+        assert [(t.type, str(t)) for t in read.lex(text, dont_ignore=True)] == \
+               [(t.type, str(t)) for t in built.lex(text, dont_ignore=True)]
+
+
+def test_the_cached_stdlib_trees_equal_the_parsed_ones(cache):
+    parsed = parse_cache.parsed_modules(STDLIB, A)
+    [entry] = entries(cache, "syntax")
+    entry.touch()
+    before = entry.stat().st_mtime_ns
+    read = parse_cache.parsed_modules(STDLIB, A)
+    assert read == parsed and entry.stat().st_mtime_ns == before       # read, not written again
+    # spans too (the AST's == leaves them out)
+    assert [m.items[-1].span for m in read] == [m.items[-1].span for m in parsed]
+    changed = [(STDLIB[0][0], STDLIB[0][1] + "\ndef extra(x) = x\n")] + STDLIB[1:]
+    assert parse_cache.parsed_modules(changed, A)[0].items[-1].name == "extra"
+    assert len(entries(cache, "syntax")) == 2
+
+
+@pytest.mark.parametrize("bad", [b"", b"{\"x\":", b"[[1, 2], {\"3\": 4}]", b"[]", b"\xff\xfe", b"null"])
+def test_a_bad_entry_is_ignored_and_rebuilt(cache, bad):
+    parsed = parse_cache.parsed_modules(STDLIB, A)
+    parser = parse_cache.lark_parser(GRAMMAR, **OPTIONS)
+    for entry in entries(cache, "syntax") + entries(cache, "grammar"):
+        entry.write_bytes(bad)
+    assert parse_cache.parsed_modules(STDLIB, A) == parsed
+    text = (ROOT / "examples" / "digits_cnn.dl").read_text()
+    assert parse_cache.lark_parser(GRAMMAR, **OPTIONS).parse(text, start="start") == parser.parse(text, start="start")
+    assert all(e.read_bytes() != bad for e in entries(cache, "syntax") + entries(cache, "grammar"))
+
+
+def test_check_with_a_corrupt_cache_and_an_unwritable_one(cache, tmp_path):
+    example = str(ROOT / "examples" / "digits_cnn.dl")
+    command = [sys.executable, "-m", "dlc.runtime.cli", "check", example]
+    env = dict(os.environ, DLC_CACHE_DIR=str(cache))
+    first = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert entries(cache, "grammar") and entries(cache, "syntax")
+    for entry in cache.glob("*.json"):
+        entry.write_text(entry.read_text()[:1000])
+    again = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert (again.returncode, again.stdout, again.stderr) == (0, first.stdout, "")
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    env["DLC_CACHE_DIR"] = str(blocked / "cache")
+    unwritable = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert (unwritable.returncode, unwritable.stdout, unwritable.stderr) == (0, first.stdout, "")
