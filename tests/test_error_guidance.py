@@ -201,3 +201,14 @@ def test_training_a_model_without_a_loss_is_an_error_at_the_model_before_compili
     err = capsys.readouterr().err
     assert code == 1 and "compiling" not in err, err
     assert err.startswith(f"{path}:1:1: error: model m has no loss, so there is nothing to train"), err
+
+
+def test_a_numpy_style_axis_is_told_to_give_it_by_name(tmp_path, capsys):
+    located = run(tmp_path, capsys, """
+        model m {
+            input a: f32[B, 8]
+            input b: f32[B, 8]
+            output y = concat(a, b, -1)
+        }
+        """)
+    error_at(located, 4, 29, "concat takes its tensors positionally and the axis by name", "did you mean 'axis = -1'?")
