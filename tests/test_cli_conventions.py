@@ -82,6 +82,13 @@ def test_completion_without_shtab_names_the_package(capsys, monkeypatch):
                                        "pip install \"dlc[completion]\"\n")
 
 
+
+def test_lsp_without_pygls_names_the_package(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pygls", None)
+    assert main(["lsp"]) == 1
+    assert capsys.readouterr().err == "error: dlc lsp needs the 'pygls' package: pip install \"dlc[lsp]\"\n"
+
+
 # ---- did you mean ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv, message", [
     (["train", XOR, "--optimiser", "adam"],

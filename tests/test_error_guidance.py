@@ -204,14 +204,13 @@ def test_training_a_model_without_a_loss_is_an_error_at_the_model_before_compili
 
 
 @pytest.mark.parametrize("fn", ["concat", "stack"])
-def test_a_numpy_style_axis_is_told_it_is_a_keyword(tmp_path, capsys, fn):
+def test_a_numpy_style_axis_is_told_to_give_it_by_name(tmp_path, capsys, fn):
     located = run(tmp_path, capsys, f"""
         model m {{
             input a: f32[B, 8]
             input b: f32[B, 8]
-            h = {fn}(a, b, -1)
-            loss mean(h)
+            output y = {fn}(a, b, -1)
         }}
         """)
-    error_at(located, 4, 9, f"{fn} joins tensors, and -1 is a number: the axis is a keyword argument",
-             "did you mean 'axis = -1'?")
+    error_at(located, 4, 23 + len(fn), f"{fn} takes its tensors positionally and the axis by name",
+             "did you mean 'axis = -1'?")     # at the -1

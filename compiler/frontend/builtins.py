@@ -316,22 +316,12 @@ def squeeze(ev, x, axis):
     return ops.reshape(x, x.shape[:axis] + x.shape[axis + 1:])
 
 
-def _axis_not_positional(ev, fn: str, xs: tuple):
-    """`concat(a, b, -1)` as in numpy: a number after the tensors was meant as the axis,
-    which is a keyword argument here."""
-    last = xs[-1] if len(xs) > 1 else None
-    if isinstance(last, int) and not isinstance(last, bool) and any(isinstance(x, Tensor) for x in xs[:-1]):
-        _fail(ev, f"{fn} joins tensors, and {last} is a number: the axis is a keyword argument; "
-                  f"did you mean 'axis = {last}'?")
-
-
 @builtin()
 def concat(ev, *xs, axis=-1):
     if len(xs) == 1 and isinstance(xs[0], tuple):
         xs = xs[0]
     if not xs:
         _fail(ev, "concat of nothing")
-    _axis_not_positional(ev, "concat", xs)
     ts = [_tensor(ev, x) for x in xs]
     for t in ts[1:]:
         if t.rank != ts[0].rank:
@@ -345,7 +335,6 @@ def stack(ev, *xs, axis=0):
         xs = xs[0]
     if not xs:
         _fail(ev, "stack of nothing")
-    _axis_not_positional(ev, "stack", xs)
     ts = [_tensor(ev, x) for x in xs]
     axis = _axis(ev, ts[0], axis, new=True)
     return ops.concat([ops.reshape(t, t.shape[:axis] + (1,) + t.shape[axis:]) for t in ts], axis)

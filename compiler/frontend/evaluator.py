@@ -32,11 +32,11 @@ MAX_ITEMS = 1_000_000
 
 # ---- the evaluator ---------------------------------------------------------------------------
 class Evaluator:
-    def __init__(self, globals_: Env, training: bool, replicas: int = 1):
+    def __init__(self, globals_: Env, training: bool, replicas: int = 1, seconds: float | None = None):
         self.globals = globals_
         self.training = training
         self.replicas = replicas        # ranks whose batch statistics are one (sync_batchnorm), else 1
-        self.budget = NodeBudget()         # the nodes this build may still make, in all its graphs
+        self.budget = NodeBudget(seconds)  # the nodes (and seconds) this build may still take, in all its graphs
         self.remat = None                  # the train block's `remat = k`: checkpoint the library's recurrences
         self.forward = Graph("forward", budget=self.budget)
         self.graph = self.forward          # the graph nodes go into: the forward graph, a scan body, the init graph
@@ -49,6 +49,7 @@ class Evaluator:
         self.state_of: dict = {}           # state param node -> name in scope
         self.inputs: list = []
         self.bindings: list = []
+        self.def_values: list = []         # (name, value as written, its span, the call's span) in the user's defs
         self.updates: dict = {}            # state param node -> its new value
         self.init_values: list = []        # initial value (in self.init) of each param node
         self.repeat_index: tuple = ()      # indices of the enclosing repeat loops
@@ -156,7 +157,7 @@ class Evaluator:
                 self.fail(f"two parameters are both named '{p.name}'", p.span, [("the other one", seen[p.name])])
             seen[p.name] = p.span
         return Model(model.name, self.graph, self.init, self.inputs, params, self.training, train, model.span,
-                     self.bindings, self.layer_types(), self.calls())
+                     self.bindings, self.layer_types(), self.calls(), self.def_values)
 
     def name_layers(self):
         """Set `layer` on the forward graph's nodes (graph.layer_of): the name prefix of the
@@ -292,6 +293,14 @@ class Evaluator:
             env.layers.pop(name, None)
             if in_model and isinstance(v, Tensor):
                 self.bindings.append((name, v.type, s.span))
+            elif not in_model and self.stack:
+                self.record_def_value(name, v, s.span, self.stack[-1][1])
+
+    def record_def_value(self, name: str, value, span: Span, call: Span):
+        """A binding or argument of a def in the user's files, as the call at `call` made it
+        (the language server's hover: a def's locals have a type per call)."""
+        if not span.in_stdlib():
+            self.def_values.append((name, str(value.type) if isinstance(value, Tensor) else spelled(value), span, call))
 
     def values(self, exprs, env):
         vals = [self.expr(e, env) for e in exprs]
@@ -705,6 +714,7 @@ class Evaluator:
         return Partial(func, kwargs, span)
 
     def call_builtin(self, func: Builtin, args, kwargs, span: Span):
+        axis_at_end(func, args)
         values = [v for v, _ in args]
         kw = {k: v for k, (v, _) in kwargs.items()}
         try:
@@ -753,6 +763,7 @@ class Evaluator:
             elif isinstance(a.type, A.StaticType):
                 self.check_static(a.type.kind, value, decl.name, a.name, vspan)
             env.vars[a.name] = value
+            self.record_def_value(a.name, value, a.span, span)
         options = tuple((a.name, spelled(v)) for a, v in zip(decl.args, map(env.vars.get, names))
                         if not isinstance(v, Tensor))
         saved_scope, saved_label = self.scope, self.label
@@ -1004,6 +1015,18 @@ def first_argument(func) -> str | None:
         if params and params[0].kind is params[0].POSITIONAL_OR_KEYWORD and params[0].default is params[0].empty:
             return params[0].name
     return None
+
+
+def axis_at_end(func: Builtin, args: list):
+    """numpy's `concat(a, b, -1)`: a builtin that takes its tensors positionally and an axis
+    by name (concat, stack) is given the axis as its last positional argument."""
+    params = _signature(func.fn).parameters
+    if "axis" not in params or not any(p.kind is p.VAR_POSITIONAL for p in params.values()) or len(args) < 2:
+        return
+    value, span = args[-1]
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise DlcError(f"{func.name} takes its tensors positionally and the axis by name; "
+                       f"did you mean 'axis = {span.text() or value}'?", span)
 
 
 def keyword_form(decl: A.Def, args: list) -> str:

@@ -49,11 +49,13 @@ class Program:
         return self.models[name]
 
     @collector_paused()
-    def build(self, name: str | None = None, training: bool = True, replicas: int = 1) -> Model:
+    def build(self, name: str | None = None, training: bool = True, replicas: int = 1,
+              seconds: float | None = None) -> Model:
         """`replicas`: the ranks of a data-parallel run whose batch statistics are computed
-        over the global batch (`sync_batchnorm = true`); 1 leaves replica_mean out."""
+        over the global batch (`sync_batchnorm = true`); 1 leaves replica_mean out. `seconds`:
+        a time budget (the language server's), past which the build stops with an error."""
         decl = self.model_decl(name)
-        ev = Evaluator(self.globals, training, replicas)
+        ev = Evaluator(self.globals, training, replicas, seconds)
         return ev.build(decl, self.trains.get(decl.name))
 
 
@@ -122,8 +124,13 @@ def load(path: str) -> Program:
 
 
 def load_text(text: str, filename: str = "<input>") -> Program:
+    return load_module(A.parse(text, filename), filename)
+
+
+def load_module(module: A.Module, filename: str) -> Program:
+    """A program of a module parsed already (the language server's, which indexes its names)."""
     path = Path(filename).resolve() if not filename.startswith("<") else None
-    return _program(A.parse(text, filename), path, filename)
+    return _program(module, path, filename)
 
 
 def _program(module: A.Module, path: Path | None, name: str) -> Program:

@@ -165,6 +165,7 @@ class Model:
     bindings: list = field(default_factory=list)   # (name, type, span) of every model-level binding
     layer_types: dict = field(default_factory=dict)  # layer (graph.layer_of) -> the def(s) whose calls made it
     calls: list = field(default_factory=list)        # every CallNodes, an inner one before the one around it
+    def_values: list = field(default_factory=list)   # (name, value as written, span, call's span) in the user's defs
     # what the runtime derives from the graph once rather than at every call (an index
     # input's bounds, runtime/training/inputs.py): a prediction of one example is µs
     derived: dict = field(default_factory=dict, repr=False, compare=False)

@@ -595,7 +595,7 @@ def _unexpected(text: str, filename: str, tok: Token | None, expected) -> DlcErr
     parser could have closed there, on an earlier line, is the mistake: the error is at it.
     A statement keyword followed by '=' (`loss = ...`) is told its statement's form."""
     where = "at the end of the file" if tok is None else f"before {tok.value!r} on line {tok.line}"
-    opened = _open_brackets(text, len(text) if tok is None else tok.start_pos)
+    opened = open_brackets(text, len(text) if tok is None else tok.start_pos)
     if opened:
         pos = opened[-1]
         closer, closer_token = _CLOSERS[text[pos]]
@@ -627,7 +627,7 @@ def _unexpected(text: str, filename: str, tok: Token | None, expected) -> DlcErr
     return DlcError(f"unexpected {tok.value!r}; expected {_describe(expected)}", _token_span(filename, tok))
 
 
-def _open_brackets(text: str, end: int) -> list[int]:
+def open_brackets(text: str, end: int) -> list[int]:
     """The offsets of the brackets still open at `end`, outermost first (in comments and
     strings nothing counts)."""
     stack, i = [], 0

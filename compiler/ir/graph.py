@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import heapq
 import json
+import time
 from collections.abc import MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -136,16 +137,24 @@ def collector_paused():
 
 
 class NodeBudget:
-    """The nodes the graphs of one model build may still make, shared by them all."""
+    """The nodes the graphs of one model build may still make, shared by them all; and, for
+    a build that must answer soon (the language server's), the seconds it may take."""
+    CLOCK_EVERY = 1024      # nodes between two looks at the clock
 
-    def __init__(self):
+    def __init__(self, seconds: float | None = None):
         self.left = MAX_NODES
+        self.seconds = seconds
+        self.deadline = None if seconds is None else time.monotonic() + seconds
 
     def spend(self, span: Span | None):
         if self.left <= 0:
             raise DlcError(f"the model needs more than {MAX_NODES:,} graph nodes, the most a model may have "
                            "(a repeat with too many steps?)", span)
         self.left -= 1
+        if self.deadline is not None and self.left % self.CLOCK_EVERY == 0 and time.monotonic() > self.deadline:
+            raise DlcError.at_user_line(f"stopped building the model after {self.seconds:g} s, the time budget of "
+                                        f"this build ({MAX_NODES - self.left:,} graph nodes made; a repeat with many "
+                                        "steps?); `dlc check` builds it whole", span)
 
 
 class Tensor:

@@ -21,7 +21,7 @@ from contextvars import ContextVar
 
 import numpy as np
 
-from dlc.compiler.ir.dims import Dim, concrete, derive, numel
+from dlc.compiler.ir.dims import Dim, concrete, derive, numel, symbols
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.summary import node_flops, size_text
 from dlc.compiler.frontend.syntax import size_bytes
@@ -266,6 +266,15 @@ def buffer_bytes(b, sizes: dict) -> int:
 
 
 # ---- the peak of training, before running (dlc summary --memory) -------------------------------------
+def memory_sizes(model, batch: int, given: dict) -> dict:
+    """The sizes the peak of training is located at: the batch symbol at `batch`, the other
+    dims of the inputs at 32, unless `given` sizes them (dlc summary --memory, the language
+    server's hover)."""
+    lead = batch_symbol(model.graph)
+    dims = sorted({s for i in model.inputs for s in symbols(i.type.shape)} - {lead})
+    return ({lead: batch} if lead else {}) | {s: 32 for s in dims} | given
+
+
 def training_memory(model, trainable: list, slots: int, sizes: dict) -> dict:
     """What the native engine holds to train `model`, at its peak, by layer (graph.layer_of; a
     gradient's with its forward layer, "" for none) and part (PARTS): the parameters, gradients

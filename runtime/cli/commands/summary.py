@@ -4,7 +4,6 @@ from __future__ import annotations
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import summary as S
 from dlc.compiler.frontend.loader import load
-from dlc.compiler.ir.dims import symbols
 from dlc.runtime.engines import budget
 from dlc.runtime.training.config import frozen_names, make_config
 from dlc.runtime.training.optim import make_optimizer
@@ -46,8 +45,7 @@ def run(args):
     if args.eval:
         raise DlcError("--memory is the memory of training: leave out --eval")
     model.require_loss("it does not train")
-    dims = sorted({s for i in model.inputs for s in symbols(i.type.shape)} - {batch})
-    sizes = ({batch: cfg.batch} if batch else {}) | {s: 32 for s in dims} | given
+    sizes = budget.memory_sizes(model, cfg.batch, given)
     slots = len(make_optimizer(cfg.optimizer).slots())
     trainable = [p.name for p in model.params if p.trainable and p.name not in frozen]
     parts = budget.training_memory(model, trainable, slots, sizes)

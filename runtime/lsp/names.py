@@ -1,0 +1,234 @@
+"""The names of a parsed document: where each is bound (a `Binding`) and where each is used,
+resolved by the scoping rules of the evaluator (a model's and a def's statements in order,
+a scan's own scope, the file's defs and consts, then the standard library). Definition,
+references, rename, document symbols and completion read it; it never evaluates anything."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, fields
+
+from dlc.compiler.errors import Span, source_lines
+from dlc.compiler.frontend import syntax as A
+
+
+@dataclass(eq=False)
+class Binding:
+    """A name bound in the document: `kind` is model, def, const, input, target, binding,
+    param, state, output, metric, argument, repeat, scan or dim; `container` the model or
+    def it is bound in ("" at the top level); `node` the AST node that binds it."""
+    name: str
+    span: Span
+    kind: str
+    container: str
+    node: object
+
+
+@dataclass
+class Scope:
+    """The names visible at the end of a model, def or scan body (`span`)."""
+    span: Span
+    names: dict
+
+
+@dataclass
+class Index:
+    bindings: list = field(default_factory=list)
+    uses: list = field(default_factory=list)       # (span of a Name, Binding or the name of a library function)
+    calls: list = field(default_factory=list)      # (span of the function's name, span of the call)
+    keywords: list = field(default_factory=list)   # (span of a keyword argument's name, function's name, keyword)
+    scopes: list = field(default_factory=list)
+    top: dict = field(default_factory=dict)        # the file's defs and consts
+
+    def at(self, line: int, col: int):
+        """What is at a place (1-based): a Binding (where it is bound or used) or a library name."""
+        for span, target in self.uses:
+            if contains(span, line, col):
+                return target
+        for b in self.bindings:
+            if contains(b.span, line, col):
+                return b
+        return None
+
+    def call_at(self, line: int, col: int) -> Span | None:
+        """The call whose function's name is at a place."""
+        return next((call for name, call in self.calls if contains(name, line, col)), None)
+
+    def keyword_at(self, line: int, col: int) -> tuple | None:
+        """(the function's name, the keyword) of the keyword argument named at a place."""
+        return next(((func, word) for span, func, word in self.keywords if contains(span, line, col)), None)
+
+    def references(self, b: Binding) -> list:
+        return [b.span] + [span for span, target in self.uses if target is b]
+
+    def visible(self, line: int, col: int) -> dict:
+        """The names bound before a place in the innermost model, def or scan around it."""
+        around = [s for s in self.scopes if contains(s.span, line, col)]
+        names = dict(self.top)
+        if around:
+            inner = min(around, key=lambda s: (s.span.end_line - s.span.line, s.span.end_col - s.span.col))
+            names.update({n: b for n, b in inner.names.items() if (b.span.line, b.span.col) < (line, col)})
+        return names
+
+
+def contains(span: Span, line: int, col: int) -> bool:
+    end_line = span.end_line or span.line
+    return (span.line, span.col) <= (line, col) and (line, col) < (end_line, span.end_col or span.col + 1) \
+        or (line, col) == (end_line, span.end_col)
+
+
+def name_span(span: Span, name: str) -> Span:
+    """The place of `name` as written first in the source from the start of `span`: the
+    name a statement binds (`h` in `h = dense(x, 4)`, `x` in `input x: ...`)."""
+    lines = source_lines(span.file) or []
+    pattern = re.compile(rf"(?<![\w]){re.escape(name)}(?![\w])")
+    for line in range(span.line, (span.end_line or span.line) + 1):
+        if not 0 < line <= len(lines):
+            break
+        m = pattern.search(lines[line - 1], span.col - 1 if line == span.line else 0)
+        if m:
+            return Span(span.file, line, m.start() + 1, line, m.end() + 1)
+    return Span(span.file, span.line, span.col, span.line, span.col + len(name))
+
+
+def index(module: A.Module) -> Index:
+    out = Index()
+    _Walker(out).module(module)
+    return out
+
+
+class _Walker:
+    def __init__(self, out: Index):
+        self.out = out
+
+    def bind(self, scope: dict, name: str, node, kind: str, container: str, span: Span | None = None) -> Binding:
+        b = Binding(name, span or name_span(node.span, name), kind, container, node)
+        self.out.bindings.append(b)
+        scope[name] = b
+        return b
+
+    def use(self, scope: dict, name: str, span: Span):
+        self.out.uses.append((span, scope.get(name, name)))
+
+    def module(self, m: A.Module):
+        top, models = self.out.top, {}
+        for item in m.items:
+            if isinstance(item, A.Def):
+                self.bind(top, item.name, item, "def", "")
+            elif isinstance(item, A.Const):
+                self.bind(top, item.name, item, "const", "")
+            elif isinstance(item, A.Model):
+                self.bind(models, item.name, item, "model", "")
+        for item in m.items:
+            if isinstance(item, A.Def):
+                self.define(item, top)
+            elif isinstance(item, A.Const):
+                self.expr(item.value, top)
+            elif isinstance(item, A.Model):
+                scope = dict(top)
+                self.block(item.body, scope, item.name)
+                self.out.scopes.append(Scope(item.span, scope))
+            elif isinstance(item, A.Train):
+                self.use(models, item.model, name_span(Span(item.span.file, item.span.line, item.span.col + 5),
+                                                       item.model))
+                for k in item.settings:
+                    self.expr(k.value, top)
+
+    def define(self, d: A.Def, outer: dict):
+        scope = dict(outer)
+        for a in d.args:
+            if a.default is not None:
+                self.expr(a.default, outer)
+            if isinstance(a.type, A.TensorType):
+                self.type(a.type, scope, d.name)
+            self.bind(scope, a.name, a, "argument", d.name)
+        self.block(d.body, scope, d.name)
+        self.out.scopes.append(Scope(d.span, scope))
+
+    def type(self, t: A.TensorType, scope: dict, container: str):
+        """A dim name not yet bound is bound by the type (an input's, an argument's)."""
+        for d in t.dims:
+            if isinstance(d, A.Name) and d.id not in scope:
+                self.bind(scope, d.id, d, "dim", container, d.span)
+            elif not isinstance(d, A.AnyDims):
+                self.expr(d, scope)
+
+    def block(self, stmts: list, scope: dict, container: str):
+        for s in stmts:
+            self.statement(s, scope, container)
+
+    def statement(self, s, scope: dict, container: str):
+        if isinstance(s, A.Assign):
+            self.expr(s.value, scope)
+            for t in s.targets:
+                self.bind(scope, t, s, "binding", container)
+        elif isinstance(s, A.ParamDecl):
+            self.type(s.type, scope, container)
+            if s.init is not None:
+                self.expr(s.init, scope)
+            self.bind(scope, s.name, s, "param" if s.trainable else "state", container)
+        elif isinstance(s, A.Update):
+            self.use(scope, s.name, name_span(Span(s.span.file, s.span.line, s.span.col + 6), s.name))
+            self.expr(s.value, scope)
+        elif isinstance(s, (A.Return, A.Yield)):
+            for v in s.values:
+                self.expr(v, scope)
+        elif isinstance(s, A.Repeat):
+            self.expr(s.start, scope)
+            self.expr(s.stop, scope)
+            self.bind(scope, s.var, s, "repeat", container, name_span(Span(s.span.file, s.span.line, s.span.col + 6), s.var))
+            self.block(s.body, scope, container)
+        elif isinstance(s, A.If):
+            self.expr(s.cond, scope)
+            self.block(s.then, scope, container)
+            self.block(s.other, scope, container)
+        elif isinstance(s, A.Def):
+            self.bind(scope, s.name, s, "def", container)
+            self.define(s, scope)
+        elif isinstance(s, A.Input):
+            self.type(s.type, scope, container)
+            self.bind(scope, s.name, s, "target" if s.is_target else "input", container)
+        elif isinstance(s, A.Output):
+            if s.value is None:
+                self.use(scope, s.name, name_span(s.span, s.name))
+            else:
+                self.expr(s.value, scope)
+                self.bind(scope, s.name, s, "output", container)
+        elif isinstance(s, A.Loss):
+            self.expr(s.value, scope)
+        elif isinstance(s, A.Metric):
+            self.expr(s.value, scope)
+            self.bind(scope, s.name, s, "metric", container)
+
+    def expr(self, e, scope: dict):
+        if isinstance(e, A.Name):
+            self.use(scope, e.id, e.span)
+        elif isinstance(e, A.Scan):
+            inner = dict(scope)
+            self.expr(e.length, scope)
+            for k in e.options:
+                self.expr(k.value, scope)
+            for k in e.carries:
+                self.expr(k.value, scope)
+                self.bind(inner, k.name, k, "scan", "")
+            self.bind(inner, e.var, e, "scan", "", name_span(Span(e.span.file, e.span.line, e.span.col + 4), e.var))
+            self.block(e.body, inner, "")
+            self.out.scopes.append(Scope(e.span, inner))
+        elif isinstance(e, (A.Call, A.Pipe)):
+            call = e.func if isinstance(e, A.Pipe) else e
+            func = call.func if isinstance(call, A.Call) else call
+            if isinstance(func, A.Name):
+                self.out.calls.append((func.span, call.span))
+                for k in call.args if isinstance(call, A.Call) else ():
+                    if isinstance(k, A.Keyword):
+                        at = Span(k.span.file, k.span.line, k.span.col, k.span.line, k.span.col + len(k.name))
+                        self.out.keywords.append((at, func.id, k.name))
+            self._children(e, scope)
+        elif isinstance(e, A.Node):
+            self._children(e, scope)
+
+    def _children(self, e, scope: dict):
+        for f in fields(e):
+            v = getattr(e, f.name)
+            for item in v if isinstance(v, list) else [v]:
+                if isinstance(item, A.Node):
+                    self.expr(item, scope)
