@@ -418,6 +418,15 @@ def cmd_export(args):
     print(f"wrote {args.output} ({fmt})")
 
 
+def cmd_build(args):
+    from dlc.runtime.deploy.build import build
+    built = build(args.file, Path(args.output), args.model, args.weights, args.target, args.embed_weights,
+                  toolchain=args.toolchain)
+    print(f"wrote {', '.join(str(f) for f in built.files)}")
+    print(f"target {built.target}, weights {'embedded' if built.embedded else 'read from a checkpoint at create'}, "
+          f"linked with {built.toolchain}")
+
+
 def cmd_bench(args):
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.engines.bench import bench
@@ -680,6 +689,19 @@ def parser() -> argparse.ArgumentParser:
                    help="default: from OUT's suffix. safetensors: dlc's names and layouts; torch: torch.nn's "
                         "(a .safetensors file)")
     c.set_defaults(run=cmd_export)
+
+    c = sub.add_parser("build", help="compile a model's prediction into a native library with a C API (.so, .a, .h)")
+    _add_model_args(c)
+    c.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write the library into")
+    c.add_argument("--weights", metavar="CKPT", help="the checkpoint to embed (with --embed-weights)")
+    c.add_argument("--embed-weights", dest="embed_weights", action="store_true",
+                   help="put the weights inside the library (default: NAME_create reads a checkpoint)")
+    c.add_argument("--target", choices=["host", "avx2", "avx512", "avx512bf16", "amx"], default="host",
+                   help="the x86 CPU to compile for (default: this machine's); the library refuses to run "
+                        "on a CPU without those features")
+    c.add_argument("--toolchain", choices=["auto", "cc", "zig"], default="auto",
+                   help='auto (default): the system cc, else zig cc (pip install "dlc[build]")')
+    c.set_defaults(run=cmd_build)
 
     c = sub.add_parser("import", help="an ONNX model as a .dl program and a checkpoint of its weights")
     c.add_argument("file", help="an .onnx file")
