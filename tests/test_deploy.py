@@ -152,6 +152,22 @@ def test_embedded_weights(built, tmp_path):
     assert c_predict(program, "-", x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
 
 
+def test_without_a_system_compiler_zig_cc_builds_and_links(built, tmp_path):
+    """--toolchain zig (the `ziglang` package, dlc[build]): the library and a program built
+    with zig cc alone give the same bits."""
+    pytest.importorskip("ziglang", reason="needs the ziglang package: pip install 'dlc[build]'")
+    _, ckpt = built("digits_cnn")
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--toolchain", "zig", "-o", tmp_path / "lib")
+    assert "linked with zig cc (ziglang" in r.stdout
+    lib = tmp_path / "lib"
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu", "-O2", f"-I{lib}", "-include",
+                    "digits_cnn.h", "-DMODEL=digits_cnn", str(MAIN), f"-L{lib}", "-ldigits_cnn", f"-Wl,-rpath,{lib}",
+                    "-o", str(tmp_path / "main")], check=True)
+    x = inputs("digits_cnn", 4)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    assert c_predict(tmp_path / "main", ckpt, x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
+
+
 def test_embedding_needs_weights(tmp_path):
     r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--embed-weights", "-o", tmp_path / "lib", check=False)
     assert r.returncode == 1 and "--embed-weights needs the weights" in r.stderr
