@@ -1,6 +1,6 @@
 /* The run-time part of a library `dlc build` writes (compiler/native/library.py): the
  * same for every model. library.py puts the model's tables before it (the DLC_* macros,
- * SYMBOLS, INPUTS, OUTPUTS, PARAMS, BUFFERS, CONSTRAINTS, FAULTS, ARGUMENTS, POLYS, the
+ * SYMBOLS, INPUTS, OUTPUTS, PARAMS, BUFFERS, LIVE, CONSTRAINTS, FAULTS, ARGUMENTS, POLYS, the
  * step function, its fault flag and the embedded data) and the public functions after it.
  * Everything here is static: two models linked into one program share nothing.
  *
@@ -43,6 +43,7 @@ struct DLC_INSTANCE {
     int64_t sizes[DLC_N_STEP_SYMBOLS + 1];
     int64_t counts[DLC_N_BUFFERS];       /* the element count of each buffer */
     unsigned char *arena;
+    int64_t arena_bytes;                 /* its size: temporaries (shared) and outputs */
     void *table[DLC_N_BUFFERS + DLC_N_FAULTS + 1];
     void *args[DLC_N_ARGUMENTS + 1];
 };
@@ -311,8 +312,9 @@ static int instance(struct DLC_INSTANCE **out, const char *path, const void *byt
     if (!out) return DLC_ERROR_ARGUMENT;
     struct DLC_INSTANCE *m = *out = calloc(1, sizeof *m);
     if (!m) { *out = &no_memory; return DLC_ERROR_MEMORY; }
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    m->threads = cores > 0 ? (int)cores : 1;
+    /* one thread unless told: libgomp's workers fall asleep between calls (GOMP_SPINCOUNT),
+     * and waking them cost a prediction of one example 0.1-40 ms on a busy machine */
+    m->threads = 1;
     m->status = check_cpu(m);
     if (!m->status) {
         if (bytes) m->status = load_checkpoint(m, bytes, n);
@@ -332,23 +334,61 @@ static void release(struct DLC_INSTANCE *m) {
     free(m);
 }
 
-/* the element count of every buffer and the arena's layout for the symbols' values */
+/* the lowest offset where `size` bytes overlap none of the n ranges [lo, hi), sorted by lo */
+static int64_t lowest_gap(const int64_t (*ranges)[2], int n, int64_t size) {
+    int64_t at = 0;
+    for (int i = 0; i < n && ranges[i][0] < at + size; i++)
+        if (ranges[i][1] > at) at = ranges[i][1];
+    return at;
+}
+
+/* The element count of every buffer and the arena for the symbols' values. Temporaries
+ * share memory as the engine's arena does (compiler/native/memory.py): two whose kernels'
+ * intervals (LIVE) are disjoint may overlap; each is placed, largest first, at the lowest
+ * offset clear of every placed one live at the same time. Outputs follow. */
 static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
     if (m->laid && !memcmp(m->values, values, sizeof(int64_t) * DLC_N_SYMBOLS)) return DLC_OK;
-    int64_t offsets[DLC_N_BUFFERS + 1], total = 0;
+    int64_t bytes[DLC_N_BUFFERS + 1], offsets[DLC_N_BUFFERS + 1], total = 0, outputs = 0;
+    int order[DLC_N_BUFFERS + 1], placed = 0, temps = 0;
     for (int b = 0; b < DLC_N_BUFFERS; b++) {
-        int64_t count, bytes;
+        int64_t count;
         if (poly_value(BUFFERS[b].size, values, &count) || count < 0 ||
-            __builtin_mul_overflow(count > 0 ? count : 1, (int64_t)BUFFERS[b].itemsize, &bytes) || bytes > MOST_BYTES)
+            __builtin_mul_overflow(count > 0 ? count : 1, (int64_t)BUFFERS[b].itemsize, &bytes[b]) ||
+            bytes[b] > MOST_BYTES)
             return fail(m, DLC_ERROR_MEMORY, "these input sizes need more memory than this library allocates");
         m->counts[b] = count;
-        offsets[b] = total;
-        if (BUFFERS[b].kind == KIND_TEMP || BUFFERS[b].kind == KIND_OUTPUT) {
-            total += (bytes + ALIGN - 1) / ALIGN * ALIGN;
-            if (total > MOST_BYTES)
-                return fail(m, DLC_ERROR_MEMORY, "these input sizes need more memory than this library allocates");
+        bytes[b] = (bytes[b] + ALIGN - 1) / ALIGN * ALIGN;
+        offsets[b] = 0;
+        if (BUFFERS[b].kind == KIND_TEMP && LIVE[b][0] >= 0) {     /* by size, largest first */
+            int k = temps++;
+            for (; k > 0 && bytes[order[k - 1]] < bytes[b]; k--) order[k] = order[k - 1];
+            order[k] = b;
         }
     }
+    int64_t (*ranges)[2] = malloc(sizeof *ranges * (size_t)(temps + 1));
+    if (!ranges) return fail(m, DLC_ERROR_MEMORY, "out of memory laying out the buffers");
+    for (int i = 0; i < temps; i++, placed++) {
+        int b = order[i], n = 0;
+        for (int j = 0; j < placed; j++) {                /* the placed ones live at the same time, by offset */
+            int c = order[j];
+            if (LIVE[c][0] > LIVE[b][1] || LIVE[c][1] < LIVE[b][0]) continue;
+            int k = n++;
+            for (; k > 0 && ranges[k - 1][0] > offsets[c]; k--) ranges[k][0] = ranges[k - 1][0], ranges[k][1] = ranges[k - 1][1];
+            ranges[k][0] = offsets[c], ranges[k][1] = offsets[c] + bytes[c];
+        }
+        offsets[b] = lowest_gap((const int64_t (*)[2])ranges, n, bytes[b]);
+        if (offsets[b] + bytes[b] > total) total = offsets[b] + bytes[b];
+    }
+    free(ranges);
+    if (total > MOST_BYTES)
+        return fail(m, DLC_ERROR_MEMORY, "these input sizes need more memory than this library allocates");
+    for (int b = 0; b < DLC_N_BUFFERS; b++)
+        if (BUFFERS[b].kind == KIND_OUTPUT) {
+            offsets[b] = total + outputs;
+            if (__builtin_add_overflow(outputs, bytes[b], &outputs) || total + outputs > MOST_BYTES)
+                return fail(m, DLC_ERROR_MEMORY, "these input sizes need more memory than this library allocates");
+        }
+    total += outputs;
     void *arena = NULL;
     if (posix_memalign(&arena, ALIGN, (size_t)(total ? total : ALIGN)))
         return fail(m, DLC_ERROR_MEMORY, "out of memory: these input sizes need %lld bytes", (long long)total);
@@ -362,6 +402,7 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
     for (int f = 0; f < DLC_N_FAULTS; f++) m->table[DLC_N_BUFFERS + f] = (void *)(intptr_t)(f + 1);
     for (int s = 0; s < DLC_N_STEP_SYMBOLS; s++) m->sizes[s] = values[s];
     memcpy(m->values, values, sizeof(int64_t) * DLC_N_SYMBOLS);
+    m->arena_bytes = total;
     m->laid = 1;
     return DLC_OK;
 }

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.compiler.ir.dims import Dim, shape_str
+from dlc.compiler.native.memory import intervals
 from dlc.compiler.native.program import KernelProgram
 
 C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t", "i64": "int64_t", "bool": "uint8_t"}
@@ -222,6 +223,9 @@ def c_source(lib: Library) -> str:
         data = param_index.get(b.id, 0) if b.kind == "param" else const_offsets.get(b.id, 0)
         buffers.append(f"{{{KINDS[b.kind]}, {ITEMSIZE[b.dtype]}, {polys(b.size)}, {data}}}")
     body.append(f"static const dlc_buffer BUFFERS[] = {{{', '.join(buffers) or '{0}'}}};")
+    live = intervals(p)      # the temporaries' kernel intervals, as the engine's arena takes them
+    body.append("static const int64_t LIVE[][2] = {" + ", ".join(
+        f"{{{live[b.id][0]}, {live[b.id][1]}}}" if b.id in live else "{-1, -1}" for b in p.buffers) + "};")
     body.append("static const dlc_constraint CONSTRAINTS[] = {" + ", ".join(
         f"{{{polys(d)}, {least}, {_c_string(at)}, {_c_string(op)}, {_c_string(str(d))}}}"
         for d, least, op, at in lib.constraints) + (" {0}" if not lib.constraints else "") + "};")
@@ -340,7 +344,7 @@ int {n}_create({n} **model, const char *checkpoint);
 /* The same from a checkpoint's bytes in memory. */
 int {n}_create_from_memory({n} **model, const void *checkpoint, size_t size);
 void {n}_destroy({n} *model);
-/* Threads of each predict (default: every online core). */
+/* Threads of each predict (default 1; docs/deploy.md says when more pay). */
 int {n}_set_threads({n} *model, int threads);
 /* What the last failed call of this instance said; "" after a success. */
 const char *{n}_error(const {n} *model);
