@@ -36,8 +36,10 @@ def build(model, folder: Path, embed: bool) -> Path:
     checkpoint.save(ckpt, model.params, {}, {})
     out = folder / ("embedded" if embed else "library")
     args = [sys.executable, "-m", "dlc.runtime.cli", "build", str(model.path), "-o", str(out)]
-    subprocess.run(args + (["--weights", str(ckpt), "--embed-weights"] if embed else []), check=True,
-                   capture_output=True)
+    r = subprocess.run(args + (["--weights", str(ckpt), "--embed-weights"] if embed else []), capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise SystemExit(f"dlc build {model.name} failed: {r.stderr}")
     return out
 
 
