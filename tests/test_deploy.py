@@ -319,6 +319,32 @@ def test_hostile_checkpoints_are_refused(built, tmp_path):
         status, model = api.create(data=good[:cut])
         assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
         api.f("destroy")(model)
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    tensors = (tmp_path / "w.safetensors").read_bytes()
+    for cut in range(0, len(tensors), max(1, len(tensors) // 300)):
+        status, model = api.create(data=tensors[:cut])
+        assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
+        api.f("destroy")(model)
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "--format", "torch", "-o", tmp_path / "t.safetensors")
+    status, model = api.create(tmp_path / "t.safetensors")       # torch.nn's names: not the model's
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and api.error(model) == "checkpoint: no parameter c1.W"
+    api.f("destroy")(model)
+
+
+def test_a_safetensors_file_read_at_run_time(built, tmp_path):
+    lib, ckpt = built("digits_cnn")
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    api = Api(lib, "digits_cnn")
+    x = inputs("digits_cnn", 6)
+    outputs = []
+    for path in (ckpt, tmp_path / "w.safetensors"):
+        status, model = api.create(path)
+        assert status == 0, api.error(model)
+        status, y, _ = api.predict(model, x, x.shape, 60)
+        assert status == 0
+        outputs.append(y[:60].tobytes())
+        api.f("destroy")(model)
+    assert outputs[0] == outputs[1]
 
 
 FUZZ = r"""
@@ -328,17 +354,20 @@ sys.path.insert(0, sys.argv[3])
 from test_deploy import Api, STATUS
 from pathlib import Path
 api = Api(Path(sys.argv[1]), "digits_cnn")
-good = Path(sys.argv[2]).read_bytes()
+files = [Path(sys.argv[2]).read_bytes(), Path(sys.argv[6]).read_bytes()]      # .npz and .safetensors
 rng = np.random.default_rng(int(sys.argv[4]))
 codes = set(STATUS.values())
 calls = 0
-status, model = api.create(data=good)
-assert status == 0
+for good in files:
+    status, model = api.create(data=good)
+    assert status == 0, api.error(model)
+    api.f("destroy")(model)
+status, model = api.create(data=files[0])
 room = np.zeros(64 * 64, np.float32)          # the most any valid shape below reads
 for i in range(int(sys.argv[5])):
     what = rng.integers(0, 3)
     if what == 0:       # a damaged checkpoint: bytes changed, cut or repeated
-        data = bytearray(good)
+        data = bytearray(files[rng.integers(0, 2)])
         for _ in range(rng.integers(1, 8)):
             data[rng.integers(0, len(data))] = rng.integers(0, 256)
         if rng.random() < 0.3:
@@ -371,10 +400,13 @@ print(calls)
 
 
 def test_fuzz_the_c_api(built, tmp_path):
-    """10^4 calls of random sizes, null pointers and damaged checkpoints, in a process of
+    """10^4 calls of random sizes, null pointers and damaged checkpoints (.npz and
+    .safetensors), in a process of
     their own: each returns a known status with a message, and nothing crashes."""
     lib, ckpt = built("digits_cnn")
-    r = subprocess.run([sys.executable, "-c", FUZZ, str(lib), str(ckpt), str(Path(__file__).parent), "1", "10500"],
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    r = subprocess.run([sys.executable, "-c", FUZZ, str(lib), str(ckpt), str(Path(__file__).parent), "1", "10500",
+                        str(tmp_path / "w.safetensors")],
                        capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert int(r.stdout) >= 10_000

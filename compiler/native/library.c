@@ -28,7 +28,7 @@ typedef struct { const char *name; int from; int64_t divisor; int step; } dlc_sy
 typedef struct { int symbol; int64_t poly; } dlc_dim;
 typedef struct { const char *name, *type; int itemsize, rank; const dlc_dim *dims; int buffer; } dlc_input;
 typedef struct { const char *name; int itemsize, rank; const int64_t *dims; int buffer; } dlc_output;
-typedef struct { const char *name, *descr; int itemsize, rank; const int64_t *shape; int64_t count, embedded; int buffer; } dlc_param;
+typedef struct { const char *name, *descr, *st; int itemsize, rank; const int64_t *shape; int64_t count, embedded; int buffer; } dlc_param;
 typedef struct { int kind, itemsize; int64_t size, data; } dlc_buffer;
 typedef struct { int64_t dim, least; const char *where, *op, *text; } dlc_constraint;
 typedef struct { const char *where, *what; int64_t count; } dlc_fault_site;
@@ -213,8 +213,7 @@ static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const unsigned c
     return DLC_OK;
 }
 
-static int load_checkpoint(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n) {
-    const unsigned char *found[DLC_N_PARAMS + 1] = {0};
+static int npz_arrays(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const unsigned char **found) {
     uint64_t eocd = 0, entries, cd_size, cd;
     int have = 0;
     for (uint64_t at = n >= 22 ? n - 22 : 0; n >= 22 && at + 65558 >= n; at--) {
@@ -272,10 +271,118 @@ static int load_checkpoint(struct DLC_INSTANCE *m, const unsigned char *z, uint6
             if (status) return status;
         }
     }
-    int64_t total = 0;
-    for (int i = 0; i < DLC_N_PARAMS; i++) {
+    for (int i = 0; i < DLC_N_PARAMS; i++)
         if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s (param:%s in the .npz)",
                                    PARAMS[i].name, PARAMS[i].name);
+    return DLC_OK;
+}
+
+/* ---- safetensors: 8 bytes of header length, a JSON header, the tensors' bytes ---------- */
+typedef struct { const char *at, *end; } json;
+
+static void blank(json *j) {
+    while (j->at < j->end && (*j->at == ' ' || *j->at == '\n' || *j->at == '\r' || *j->at == '\t')) j->at++;
+}
+
+static int take(json *j, char c) {
+    blank(j);
+    if (j->at < j->end && *j->at == c) { j->at++; return 1; }
+    return 0;
+}
+
+/* a string without escapes (dlc's names and dtypes have none) */
+static int text(json *j, const char **s, size_t *n) {
+    if (!take(j, '"')) return 0;
+    *s = j->at;
+    while (j->at < j->end && *j->at != '"') if (*j->at++ == '\\') return 0;
+    if (j->at >= j->end) return 0;
+    *n = (size_t)(j->at++ - *s);
+    return 1;
+}
+
+static int number(json *j, int64_t *v) {
+    blank(j);
+    *v = 0;
+    const char *start = j->at;
+    while (j->at < j->end && *j->at >= '0' && *j->at <= '9')
+        if (__builtin_mul_overflow(*v, 10, v) || __builtin_add_overflow(*v, *j->at++ - '0', v)) return 0;
+    return j->at > start;
+}
+
+static int same(const char *s, size_t n, const char *word) { return n == strlen(word) && !memcmp(s, word, n); }
+
+static int safetensors_arrays(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const unsigned char **found) {
+    uint64_t length = le(z, 8);
+    if (length > n - 8) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated (its safetensors header is cut)");
+    const unsigned char *data = z + 8 + length;
+    uint64_t size = n - 8 - length;
+    json j = {(const char *)z + 8, (const char *)z + 8 + length};
+    const char *key, *s;
+    size_t kn, sn;
+    if (!take(&j, '{')) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+    if (!take(&j, '}')) do {          /* each tensor (or __metadata__): a name and an object */
+        if (!text(&j, &key, &kn) || !take(&j, ':') || !take(&j, '{'))
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+        int meta = same(key, kn, "__metadata__"), p = -1;
+        for (int i = 0; i < DLC_N_PARAMS && !meta; i++) if (same(key, kn, PARAMS[i].name)) p = i;
+        const char *dtype = NULL;
+        size_t dn = 0;
+        int64_t shape[32], rank = 0, begin = -1, end = -1;
+        if (!take(&j, '}')) do {        /* its fields, up to its closing brace */
+            if (!text(&j, &s, &sn) || !take(&j, ':'))
+                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+            if (meta || same(s, sn, "dtype")) {
+                const char *v;
+                size_t vn;
+                if (!text(&j, &v, &vn)) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+                if (!meta) dtype = v, dn = vn;
+            } else if (same(s, sn, "shape") || same(s, sn, "data_offsets")) {
+                int64_t v[32];
+                int k = 0;
+                if (!take(&j, '[')) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+                if (!take(&j, ']')) {
+                    do {
+                        if (k == 32 || !number(&j, &v[k++]))
+                            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+                    } while (take(&j, ','));
+                    if (!take(&j, ']')) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+                }
+                if (same(s, sn, "shape")) memcpy(shape, v, sizeof(int64_t) * (size_t)(rank = k));
+                else if (k == 2) begin = v[0], end = v[1];
+            } else return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+        } while (take(&j, ',') || (!take(&j, '}') && (j.at = j.end)));      /* the end: the next name fails */
+        if (p < 0) continue;
+        const dlc_param *q = &PARAMS[p];
+        if (found[p]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is there twice", q->name);
+        if (!dtype || !same(dtype, dn, q->st))
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is %.*s, the model's is %s", q->name,
+                        dtype ? (int)(dn < 16 ? dn : 16) : 1, dtype ? dtype : "?", q->st);
+        int fits = rank == q->rank;
+        for (int i = 0; fits && i < rank; i++) fits = shape[i] == q->shape[i];
+        if (!fits) {
+            char got[256], want[256];
+            shape_text(got, sizeof got, shape, (int)rank);
+            shape_text(want, sizeof want, q->shape, q->rank);
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s has shape %s, the model's is %s", q->name, got, want);
+        }
+        if (begin < 0 || end < begin || (uint64_t)end > size || end - begin != q->count * q->itemsize)
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: the bytes of parameter %s are not in the file", q->name);
+        found[p] = data + begin;
+    } while (take(&j, ',') || (!take(&j, '}') && (j.at = j.end)));
+    for (int i = 0; i < DLC_N_PARAMS; i++)
+        if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s", PARAMS[i].name);
+    return DLC_OK;
+}
+
+/* the parameters from a checkpoint, .npz or .safetensors (told by their first bytes) */
+static int load_checkpoint(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n) {
+    const unsigned char *found[DLC_N_PARAMS + 1] = {0};
+    int status = n >= 4 && !memcmp(z, "PK", 2) ? npz_arrays(m, z, n, found)
+        : n >= 9 && z[8] == '{' ? safetensors_arrays(m, z, n, found)
+        : fail(m, DLC_ERROR_WEIGHTS, "checkpoint: neither a dlc checkpoint (.npz) nor a .safetensors file");
+    if (status) return status;
+    int64_t total = 0;
+    for (int i = 0; i < DLC_N_PARAMS; i++) {
         total += (PARAMS[i].count * PARAMS[i].itemsize + ALIGN - 1) / ALIGN * ALIGN;
     }
     void *block = NULL;

@@ -4,7 +4,7 @@ The kernels are the engine's own step module (driver.py), written out as an obje
 C source around it holds the model's tables (symbols, inputs, outputs, parameters,
 buffers as dim polynomials, the step's argument slots, the size constraints and index
 checks with their source lines), the run-time part every library shares (library.c:
-checkpoint reading, CPU check, the call) and the public functions, named after the model:
+checkpoint reading (.npz, .safetensors), CPU check, the call) and the public functions, named after the model:
 
     int NAME_create(NAME **model, const char *checkpoint);       NULL: the embedded weights
     int NAME_create_from_memory(NAME **model, const void *checkpoint, size_t size);
@@ -32,6 +32,7 @@ from dlc.compiler.native.program import KernelProgram
 
 C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t", "i64": "int64_t", "bool": "uint8_t"}
 NPY_DESCR = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i64": "<i8", "bool": "|b1"}
+SAFETENSORS_DTYPE = {"f32": "F32", "f64": "F64", "i32": "I32", "i64": "I64", "bool": "BOOL"}
 ITEMSIZE = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
 KINDS = {"temp": "KIND_TEMP", "input": "KIND_INPUT", "param": "KIND_PARAM", "output": "KIND_OUTPUT",
          "const": "KIND_CONST"}
@@ -214,7 +215,8 @@ def c_source(lib: Library) -> str:
         b = p.buffers[bid]
         shape = lib.param_shapes[name]
         body.append(f"static const int64_t SHAPE{k}[] = {{{', '.join(map(str, shape)) or '0'}}};")
-        params.append(f"{{{_c_string(name)}, {_c_string(NPY_DESCR[b.dtype])}, {ITEMSIZE[b.dtype]}, {len(shape)}, "
+        params.append(f"{{{_c_string(name)}, {_c_string(NPY_DESCR[b.dtype])}, {_c_string(SAFETENSORS_DTYPE[b.dtype])}, "
+                      f"{ITEMSIZE[b.dtype]}, {len(shape)}, "
                       f"SHAPE{k}, {int(np.prod(shape, dtype=np.int64))}, "
                       f"{weight_offsets[k] if weight_offsets else 0}, {bid}}}")
     body.append(f"static const dlc_param PARAMS[] = {{{', '.join(params) or '{0}'}}};")
