@@ -290,6 +290,10 @@ def test_an_index_out_of_range_is_an_error_at_the_line(built):
     assert status == STATUS["DLC_ERROR_INDEX"]
     assert api.error(model).endswith("error: gather: index out of range [0, 1000)")
     assert "transformer_classifier.dl:" in api.error(model)
+    x = np.zeros((1, 100), np.int32)        # longer than its 64 learned positions (P[0:T])
+    status, _, _ = api.predict(model, x, x.shape, 10)
+    assert status == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model).endswith("error: the inputs are too large for this slice: it needs T <= 64")
     api.f("destroy")(model)
 
 

@@ -30,7 +30,7 @@ typedef struct { const char *name, *type; int itemsize, rank; const dlc_dim *dim
 typedef struct { const char *name; int itemsize, rank; const int64_t *dims; int buffer; } dlc_output;
 typedef struct { const char *name, *descr, *st; int itemsize, rank; const int64_t *shape; int64_t count, embedded; int buffer; } dlc_param;
 typedef struct { int kind, itemsize; int64_t size, data; } dlc_buffer;
-typedef struct { int64_t dim, least; const char *where, *op, *text; } dlc_constraint;
+typedef struct { int64_t dim, least; const char *where, *op, *text, *word; } dlc_constraint;
 typedef struct { const char *where, *what; int64_t count; } dlc_fault_site;
 
 struct DLC_INSTANCE {
@@ -561,9 +561,8 @@ static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int6
             return fail(m, DLC_ERROR_SHAPE, "%s: error: the inputs are too large for this %s", CONSTRAINTS[c].where,
                         CONSTRAINTS[c].op);
         if (v < CONSTRAINTS[c].least)
-            return fail(m, DLC_ERROR_SHAPE, "%s: error: the inputs are too small for this %s: it needs %s >= %lld, "
-                        "but they give %lld", CONSTRAINTS[c].where, CONSTRAINTS[c].op, CONSTRAINTS[c].text,
-                        (long long)CONSTRAINTS[c].least, (long long)v);
+            return fail(m, DLC_ERROR_SHAPE, "%s: error: the inputs are too %s for this %s: it needs %s", CONSTRAINTS[c].where,
+                        CONSTRAINTS[c].word, CONSTRAINTS[c].op, CONSTRAINTS[c].text);
     }
     int status = lay_out(m, values);
     if (status) return status;

@@ -69,7 +69,7 @@ class Library:
     arguments: list
     inputs: list
     outputs: list
-    constraints: list           # (dim, least, op, "file:line:col")
+    constraints: list           # (dim, least, op, "file:line:col", "small" or "large", the need in words)
     faults: list                # (what, count, "file:line:col") by site
     step: str
     fault: str
@@ -229,8 +229,8 @@ def c_source(lib: Library) -> str:
     body.append("static const int64_t LIVE[][2] = {" + ", ".join(
         f"{{{live[b.id][0]}, {live[b.id][1]}}}" if b.id in live else "{-1, -1}" for b in p.buffers) + "};")
     body.append("static const dlc_constraint CONSTRAINTS[] = {" + ", ".join(
-        f"{{{polys(d)}, {least}, {_c_string(at)}, {_c_string(op)}, {_c_string(str(d))}}}"
-        for d, least, op, at in lib.constraints) + (" {0}" if not lib.constraints else "") + "};")
+        f"{{{polys(d)}, {least}, {_c_string(at)}, {_c_string(op)}, {_c_string(need)}, {_c_string(word)}}}"
+        for d, least, op, at, word, need in lib.constraints) + (" {0}" if not lib.constraints else "") + "};")
     body.append("static const dlc_fault_site FAULTS[] = {" + ", ".join(
         f"{{{_c_string(at)}, {_c_string(what)}, {polys(count)}}}" for what, count, at in lib.faults)
         + (" {0}" if not lib.faults else "") + "};")

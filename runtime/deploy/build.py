@@ -56,7 +56,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     eval_model = load(file).build(model, training=False)
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
-    from dlc.runtime.engines.interpreter import size_constraints
+    from dlc.runtime.engines.interpreter import size_constraints, size_need
     from dlc.runtime.engines.reference import predict_graph
     graph = predict_graph(eval_model)
     outputs = [Tensor(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items()
@@ -79,7 +79,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     built = build_module(program, "dlc_step")
     name = c_name(eval_model.name)
     lib = Library(name, program, built.arguments, inputs, outputs,
-                  [(d, least, op, where(span)) for d, least, op, span in size_constraints(graph)],
+                  [(d, least, op, where(span), *size_need(d, least)) for d, least, op, span in size_constraints(graph)],
                   [(what, count, where(span)) for what, count, span in program.faults],
                   step=f"{name}__dlc_step", fault=f"{name}__dlc_fault", target=target,
                   features=[f for f in CHECKED if f"+{f}" in features],
