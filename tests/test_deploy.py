@@ -180,6 +180,14 @@ def test_without_a_system_compiler_zig_cc_builds_and_links(built, tmp_path):
     assert c_predict(tmp_path / "main", ckpt, x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
 
 
+def test_build_refuses_weights_of_another_model(built, tmp_path):
+    _, ckpt = built("digits_cnn")
+    r = dlc("build", ROOT / "examples" / "xor_mlp.dl", "--weights", ckpt, "--embed-weights", "-o", tmp_path / "lib",
+            check=False)
+    assert r.returncode == 1 and "does not match the model: missing h.W [2, 4]" in r.stderr
+    assert not (tmp_path / "lib").exists()
+
+
 def test_embedding_needs_weights(tmp_path):
     r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--embed-weights", "-o", tmp_path / "lib", check=False)
     assert r.returncode == 1 and "--embed-weights needs the weights" in r.stderr
