@@ -90,17 +90,22 @@ static unsigned long long xcr0(void) {
     return ((unsigned long long)hi << 32) | lo;
 }
 
-static int cpu_has(const char *f) {
+/* the CPU's features by LLVM's names: cpuid's leaves read once (in a virtual machine each
+ * cpuid is a trap to the hypervisor, tens of microseconds) */
+typedef struct { const char *name; int has; } cpu_feature;
+
+static int cpu_features(cpu_feature *table) {
     unsigned int a1 = 0, b1 = 0, c1 = 0, d1 = 0, a7 = 0, b7 = 0, c7 = 0, d7 = 0, a71 = 0, b71 = 0, c71 = 0, d71 = 0;
     unsigned int ae = 0, be = 0, ce = 0, de = 0;
     __get_cpuid(1, &a1, &b1, &c1, &d1);
     __get_cpuid_count(7, 0, &a7, &b7, &c7, &d7);
     __get_cpuid_count(7, 1, &a71, &b71, &c71, &d71);
     __get_cpuid(0x80000001, &ae, &be, &ce, &de);
-    int os_avx = (c1 >> 27 & 1) && (xcr0() & 6) == 6;
-    int os_avx512 = os_avx && (xcr0() & 0xe0) == 0xe0;
-    int os_amx = os_avx && (xcr0() & 0x60000) == 0x60000;
-    struct { const char *name; int has; } table[] = {
+    unsigned long long x = c1 >> 27 & 1 ? xcr0() : 0;        /* xgetbv only where the OS enabled it */
+    int os_avx = (c1 >> 27 & 1) && (x & 6) == 6;
+    int os_avx512 = os_avx && (x & 0xe0) == 0xe0;
+    int os_amx = os_avx && (x & 0x60000) == 0x60000;
+    cpu_feature all[] = {
         {"sse3", c1 & 1}, {"ssse3", c1 >> 9 & 1}, {"fma", (c1 >> 12 & 1) && os_avx}, {"cx16", c1 >> 13 & 1},
         {"sse4.1", c1 >> 19 & 1}, {"sse4.2", c1 >> 20 & 1}, {"movbe", c1 >> 22 & 1}, {"popcnt", c1 >> 23 & 1},
         {"xsave", c1 >> 26 & 1}, {"avx", (c1 >> 28 & 1) && os_avx}, {"f16c", (c1 >> 29 & 1) && os_avx},
@@ -111,16 +116,20 @@ static int cpu_has(const char *f) {
         {"avx512bf16", (a71 >> 5 & 1) && os_avx512}, {"amx-bf16", (d7 >> 22 & 1) && os_amx},
         {"amx-tile", (d7 >> 24 & 1) && os_amx}, {"amx-int8", (d7 >> 25 & 1) && os_amx}, {"lzcnt", ce >> 5 & 1},
     };
-    for (size_t i = 0; i < sizeof table / sizeof *table; i++)
-        if (!strcmp(table[i].name, f)) return table[i].has;
-    return 0;
+    memcpy(table, all, sizeof all);
+    return (int)(sizeof all / sizeof *all);
 }
 
 static int check_cpu(struct DLC_INSTANCE *m) {
-    for (int i = 0; CPU_FEATURES[i]; i++)
-        if (!cpu_has(CPU_FEATURES[i]))
+    cpu_feature table[32];
+    int n = cpu_features(table);
+    for (int i = 0; CPU_FEATURES[i]; i++) {
+        int has = 0;
+        for (int k = 0; k < n; k++) has |= !strcmp(table[k].name, CPU_FEATURES[i]) && table[k].has;
+        if (!has)
             return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
                         "lacks %s: build it for this machine (--target host)", DLC_TARGET, DLC_TARGET, CPU_FEATURES[i]);
+    }
 #if DLC_USES_AMX
     /* Linux grants the AMX tile state on request; without it the first tile instruction is SIGILL */
     if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */))
@@ -136,21 +145,30 @@ static uint64_t le(const unsigned char *p, int n) {
     return v;
 }
 
-static uint32_t crc_table[256];
+/* CRC-32 eight bytes at a time (slicing-by-8): a checkpoint of 2 MB in about 2 ms */
+static uint32_t crc_table[8][256];
 
 static void fill_crc_table(void) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
+        crc_table[0][i] = c;
     }
+    for (int k = 1; k < 8; k++)
+        for (int i = 0; i < 256; i++)
+            crc_table[k][i] = (crc_table[k - 1][i] >> 8) ^ crc_table[0][crc_table[k - 1][i] & 0xFF];
 }
 
 static uint32_t crc32_of(const unsigned char *p, uint64_t n) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;
     pthread_once(&once, fill_crc_table);
     uint32_t c = 0xFFFFFFFFu;
-    for (uint64_t i = 0; i < n; i++) c = crc_table[(c ^ p[i]) & 0xFF] ^ (c >> 8);
+    for (; n >= 8; n -= 8, p += 8) {
+        uint32_t a = c ^ (uint32_t)le(p, 4), b = (uint32_t)le(p + 4, 4);
+        c = crc_table[7][a & 0xFF] ^ crc_table[6][a >> 8 & 0xFF] ^ crc_table[5][a >> 16 & 0xFF] ^ crc_table[4][a >> 24] ^
+            crc_table[3][b & 0xFF] ^ crc_table[2][b >> 8 & 0xFF] ^ crc_table[1][b >> 16 & 0xFF] ^ crc_table[0][b >> 24];
+    }
+    for (; n; n--) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
     return c ^ 0xFFFFFFFFu;
 }
 

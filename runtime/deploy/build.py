@@ -27,7 +27,7 @@ _V4 = _V3 + ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl"
 TARGETS = {"host": None, "avx2": ("x86-64-v3", _V3), "avx512": ("x86-64-v4", _V4),
            "avx512bf16": ("x86-64-v4", _V4 + ",+avx512bf16"),
            "amx": ("x86-64-v4", _V4 + ",+avx512bf16,+amx-tile,+amx-bf16,+amx-int8")}
-# the features a library checks at create (library.c cpu_has), those of its target among them
+# the features a library checks at create (library.c cpu_features), those of its target among them
 CHECKED = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cx16", "avx", "avx2", "bmi", "bmi2", "f16c", "fma",
            "lzcnt", "movbe", "xsave", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512vnni",
            "avx512bf16", "amx-tile", "amx-bf16", "amx-int8")
