@@ -433,6 +433,10 @@ def test_a_library_for_another_cpu_refuses_to_run(tmp_path, built):
         pytest.skip("this CPU has every feature of every target")
     _, ckpt = built("digits_cnn")
     dlc("build", ROOT / "examples" / "digits_cnn.dl", "--target", missing, "-o", tmp_path / "lib")
+    if missing == "avx512" and shutil.which("objdump"):      # compiled for it indeed: 512-bit registers
+        code = subprocess.run(["objdump", "-d", str(tmp_path / "lib" / "libdigits_cnn.so")], capture_output=True,
+                              text=True).stdout
+        assert "%zmm" in code
     api = Api(tmp_path / "lib", "digits_cnn")
     status, model = api.create(ckpt)
     assert status == STATUS["DLC_ERROR_CPU"]
