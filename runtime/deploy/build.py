@@ -79,7 +79,8 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     built = build_module(program, "dlc_step")
     name = c_name(eval_model.name)
     lib = Library(name, program, built.arguments, inputs, outputs,
-                  [(d, least, op, where(span), *size_need(d, least)) for d, least, op, span in size_constraints(graph)],
+                  [(d, least, op, where(span), *size_need(d, least)) for d, least, op, span in size_constraints(graph)
+                   if not any(s.startswith("$") for s in d.symbols())],      # with a scan step: nor does the engine check it
                   [(what, count, where(span)) for what, count, span in program.faults],
                   step=f"{name}__dlc_step", fault=f"{name}__dlc_fault", target=target,
                   features=[f for f in CHECKED if f"+{f}" in features],
