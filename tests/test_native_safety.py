@@ -469,3 +469,17 @@ def test_a_contraction_or_window_on_f64_is_refused_natively_and_runs_on_the_refe
     out = engine.predict({"w": w}, {"x": x})
     np.testing.assert_allclose(out["y"], x.astype(np.float64) @ w, rtol=1e-6)
     np.testing.assert_allclose(out["z"].reshape(3), x.max(axis=1), rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["native", "reference"])
+def test_a_sequence_longer_than_the_learned_positions_is_refused(backend):
+    """P[0:T] of 64 learned positions read past P at T = 100 (the native engine gave NaN from
+    whatever lay there): the stop of a slice must lie within its operand."""
+    from dlc.runtime.training.trainer import initial_parameters
+    root = Path(__file__).resolve().parents[1]
+    model = DlcModel(str(root / "examples" / "transformer_classifier.dl"), backend=backend)
+    model.params = initial_parameters(model.eval_model, 1)
+    with pytest.raises(DlcError) as e:
+        model.engine.predict(model.params, {"tokens": np.zeros((1, 100), np.int32)})
+    assert e.value.message == "the inputs are too large for this slice: it needs T <= 64, but T = 100"
+    assert model.engine.predict(model.params, {"tokens": np.zeros((1, 64), np.int32)})["probs"].shape == (1, 10)

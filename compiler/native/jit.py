@@ -50,16 +50,30 @@ REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10"),
            "avx512": ("+avx512bf16", "+amx", "+avx10"), "avx512bf16": ("+amx",)}
 
 
+# (cpu name, feature string) that replaces the host's: a library built for another machine
+# (`dlc build --target`, runtime/deploy/build.py), set by `compile_for`
+_other_machine: tuple | None = None
+
+
+def compile_for(cpu: str, features: str):
+    """Compile everything from now on in this process for `cpu` with `features` (LLVM's
+    spelling, "+avx2,+fma,...") instead of the host: code that may not run here."""
+    global _other_machine
+    _other_machine = (cpu, features)
+    host_cpu.cache_clear()
+    _shared_tm.cache_clear()
+
+
 @functools.cache
 def host_cpu() -> tuple[str, str]:
-    """(cpu name, feature string) of the target we compile for: the machine we run on,
-    less the features DLC_TARGET removes (REMOVED)."""
+    """(cpu name, feature string) of the target we compile for: the machine we run on
+    (or the one `compile_for` names), less the features DLC_TARGET removes (REMOVED)."""
     _init()
     target = os.environ.get("DLC_TARGET") or "host"
     if target not in TARGETS:
         from dlc.compiler.errors import DlcError
         raise DlcError(f"DLC_TARGET must be one of {', '.join(TARGETS)}, not '{target}'")
-    cpu, features = llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten()
+    cpu, features = _other_machine or (llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
     if target == "avx2":
         cpu = "x86-64-v3"
     removed = REMOVED[target]
@@ -79,12 +93,12 @@ def host_has(feature: str) -> bool:
     return f"+{feature}" in host_cpu()[1].split(",")
 
 
-def target_machine(opt: int = OPT_LEVEL, jit: bool = True) -> llvm.TargetMachine:
+def target_machine(opt: int = OPT_LEVEL, jit: bool = True, reloc: str = "default") -> llvm.TargetMachine:
     """A fresh TargetMachine for the host CPU with all its features."""
     _init()
     cpu, features = host_cpu()
     target = llvm.Target.from_default_triple()
-    return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc="default",
+    return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc=reloc,
                                         codemodel="jitdefault" if jit else "default", jit=jit)
 
 
@@ -164,6 +178,14 @@ def assembly(module, level: int = OPT_LEVEL) -> str:
     ref = optimize(parse(module), level)
     with _lock:
         return _shared_tm().emit_assembly(ref)
+
+
+def object_code(ref: llvm.ModuleRef, level: int = OPT_LEVEL) -> bytes:
+    """A relocatable, position-independent object of `ref` (parse() it first) after
+    optimization: the machine code the JIT would run, for a library to link."""
+    optimize(ref, level)
+    with _lock:
+        return target_machine(level, jit=False, reloc="pic").emit_object(ref)
 
 
 class CompiledModule:

@@ -20,7 +20,7 @@ import dlc
 # The commands, in the order `dlc --help` lists them: commands/NAME.py each (NAME_.py for a
 # Python keyword). A new command is a module there and its name here.
 COMMANDS = ("check", "fmt", "summary", "graph", "compile", "gradcheck", "bench", "train", "eval", "predict", "generate",
-            "neighbours", "export", "import", "data", "completion", "lsp")
+            "neighbours", "export", "build", "import", "data", "completion", "lsp")
 ALIASES = {"neighbors": "neighbours"}
 
 

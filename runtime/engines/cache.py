@@ -264,19 +264,22 @@ def gemm_symbols():
     if _gemm_module is None:
         jit.load_library("gomp")
         configs = (default_config(), bf16_config())
-
-        def build():
-            module = ir.Module("dlc_gemm")
-            for config in configs:
-                for ta, tb, pk in VARIANTS:
-                    add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config)
-                for tb in (False, True):
-                    add_pack(module, trans_b=tb, config=config)
-            return module, []
-        _gemm_module, _ = compile_built(("dlc_gemm", configs, VARIANTS), build)
+        _gemm_module, _ = compile_built(("dlc_gemm", configs, VARIANTS), lambda: (gemm_module(configs), []))
         names = [name for bf16 in (False, True)
                  for name in [gemm_name(ta, tb, False, pk, bf16) for ta, tb, pk in VARIANTS]
                  + [pack_name(tb, bf16) for tb in (False, True)]]
         for name in names:
             llvm.add_symbol(name, _gemm_module.address(name))
     return _gemm_module
+
+
+def gemm_module(configs: tuple) -> ir.Module:
+    """The GEMM routines of every variant for each config (gemm.py): one module, which the
+    JIT compiles once per process and a built library links (runtime/deploy/build.py)."""
+    module = ir.Module("dlc_gemm")
+    for config in configs:
+        for ta, tb, pk in VARIANTS:
+            add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config)
+        for tb in (False, True):
+            add_pack(module, trans_b=tb, config=config)
+    return module

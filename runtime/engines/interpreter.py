@@ -62,8 +62,19 @@ def check_sizes(graph: Graph, sizes: dict):
     for dim, least, op, span in size_constraints(graph):
         if dim.symbols() <= bound.keys() and concrete(dim, bound) < least:
             given = ", ".join(f"{s} = {bound[s]}" for s in sorted(dim.symbols()))
-            raise DlcError.at_user_line(f"the inputs are too small for this {op}: it needs {dim} >= {least}, "
-                                        f"but {given} gives {concrete(dim, bound)}", span)
+            word, need = size_need(dim, least)
+            gives = f" gives {concrete(dim, bound)}" if word == "small" else ""
+            raise DlcError.at_user_line(f"the inputs are too {word} for this {op}: it needs {need}, but {given}{gives}",
+                                        span)
+
+
+def size_need(dim, least: int) -> tuple:
+    """(what the inputs are when `dim >= least` fails: "small" or "large", the need in words):
+    a dim that larger sizes make smaller is a bound on them, 64 - T >= 0 is "T <= 64"."""
+    constant = dim.terms.get((), 0)
+    if all(c < 0 for m, c in dim.terms.items() if m):
+        return "large", f"{-(dim - constant)} <= {constant - least}"
+    return "small", f"{dim} >= {least}"
 
 
 def size_constraints(graph: Graph) -> list:
@@ -79,6 +90,9 @@ def size_constraints(graph: Graph) -> list:
                 nonempty = PRIMITIVES[op].nonempty_axes
                 if nonempty is not None:        # a maximum of nothing has no value
                     dims += [(g.inputs(n)[0].shape[a], 1) for a in nonempty(**g.attrs(n))]
+                if op == "slice":               # a stop the sizes give must lie within the operand (P[0:T] of a P[64])
+                    dims += [(d - stop, 0) for d, stop in zip(g.inputs(n)[0].shape, g.attrs(n)["stops"])
+                             if isinstance(stop, Dim)]
                 for d, least in dims:
                     if isinstance(d, Dim) and d.symbols() and (d, least) not in seen:
                         seen.add((d, least))

@@ -1,0 +1,129 @@
+"""Built libraries (`dlc build`, docs/deploy.md) on benchmarks/predict.py's four workloads:
+the library's size without and with its weights, dlopen and create time, and predict
+latency from C (deploy_timer.c, through the array API) at batch 1 and 256, against
+onnxruntime's Python API on dlc's ONNX export of the same model (onnxruntime's C API is
+not installed here). The C outputs must agree with onnxruntime's within 1e-4 before
+anything is timed. Both run on THREADS threads; the library's libgomp spins as long as
+dlc's own engine makes it (GOMP_SPINCOUNT, compiler/native/jit.py), or its sleeping
+workers would be timed.
+
+    python benchmarks/deploy.py
+    python benchmarks/deploy.py --only mlp --batch 1 --seconds 0.2 --json /tmp/deploy.json
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from dlc.compiler.native.jit import GOMP_SPINCOUNT_DEFAULT
+from machine import OtherLoad, print_results, wait_idle
+from predict import BATCHES, OUTPUT_RTOL, dlc_model, inputs_of, median_ms, onnx_session
+from train_step import DEFAULT_STEPS, THREADS
+
+HERE = Path(__file__).resolve().parent
+
+
+def build(model, folder: Path, embed: bool) -> Path:
+    """The workload's library, without or with its weights; returns its folder."""
+    from dlc.runtime.training import checkpoint
+    ckpt = folder / "weights.npz"
+    checkpoint.save(ckpt, model.params, {}, {})
+    out = folder / ("embedded" if embed else "library")
+    args = [sys.executable, "-m", "dlc.runtime.cli", "build", str(model.path), "-o", str(out)]
+    r = subprocess.run(args + (["--weights", str(ckpt), "--embed-weights"] if embed else []), capture_output=True,
+                       text=True)
+    if r.returncode:
+        raise SystemExit(f"dlc build {model.name} failed: {r.stderr}")
+    return out
+
+
+def timer(folder: Path) -> Path:
+    exe = folder / "deploy_timer"
+    if not exe.exists():
+        subprocess.run(["cc", "-O2", str(HERE / "deploy_timer.c"), "-ldl", "-o", str(exe)], check=True)
+    return exe
+
+
+def c_point(exe: Path, lib: Path, name: str, ckpt, feeds: dict, seconds: float, folder: Path) -> dict:
+    (x,) = feeds.values()
+    x.tofile(folder / "x.bin")
+    with OtherLoad() as other:
+        r = subprocess.run([str(exe), str(lib / f"lib{name}.so"), name, str(ckpt), str(folder / "x.bin"), str(seconds),
+                            str(THREADS), str(folder / "y.bin"), *map(str, x.shape)], capture_output=True, text=True,
+                           env={**os.environ, "GOMP_SPINCOUNT": GOMP_SPINCOUNT_DEFAULT})
+    if r.returncode:
+        raise SystemExit(f"{name}: {r.stderr}")
+    load_ms, create_ms, predict_ms, calls = r.stdout.split()
+    return {"load_ms": float(load_ms), "create_ms": float(create_ms), "c_ms": float(predict_ms),
+            "output": np.fromfile(folder / "y.bin", np.float32), "others": other.cores}
+
+
+def run_workload(name: str, batches, seconds: float, folder: Path, seed: int) -> list:
+    import onnxruntime  # noqa: F401  (fails early when missing)
+    work = folder / name
+    work.mkdir()
+    model = dlc_model(name, work, seed)
+    plain, embedded = build(model, work, False), build(model, work, True)
+    session = onnx_session(model, work)
+    exe = timer(folder)
+    rows = []
+    for batch in batches:
+        feeds = inputs_of(name, batch, seed)
+        c = c_point(exe, plain, model.name, work / "weights.npz", feeds, seconds, work)
+        ort_out = session.run(["scores"], feeds)[0]
+        err = np.abs(c["output"] - ort_out.ravel()).max() / max(np.abs(ort_out).max(), 1e-30)
+        if err > OUTPUT_RTOL:
+            raise SystemExit(f"{name}, batch {batch}: the library's outputs differ from onnxruntime's ({err:.2e})")
+        ort_ms, others = median_ms(lambda: session.run(["scores"], feeds))
+        rows.append({"workload": name, "batch": batch,
+                     "so_kb": (plain / f"lib{model.name}.so").stat().st_size / 1024,
+                     "so_weights_kb": (embedded / f"lib{model.name}.so").stat().st_size / 1024,
+                     "load_ms": c["load_ms"], "create_ms": c["create_ms"], "c_ms": c["c_ms"], "onnxruntime_ms": ort_ms,
+                     "others": max(c["others"], others)})
+    return rows
+
+
+def table(rows: list) -> str:
+    head = ("| workload | batch | .so KB | .so with weights KB | dlopen ms | create ms | C predict ms | "
+            "onnxruntime ms | C/onnxruntime | others |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['workload']} | {r['batch']} | {r['so_kb']:.0f} | {r['so_weights_kb']:.0f} | "
+                     f"{r['load_ms']:.2f} | {r['create_ms']:.2f} | {r['c_ms']:.3f} | {r['onnxruntime_ms']:.3f} | "
+                     f"{r['c_ms'] / r['onnxruntime_ms']:.2f} | {r['others']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", choices=tuple(DEFAULT_STEPS), action="append", help="this workload only (repeatable)")
+    ap.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCHES})")
+    ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per point (default 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
+                    help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
+    args = ap.parse_args(argv)
+    import onnxruntime
+    print(f"dlc-built libraries from C against onnxruntime {onnxruntime.__version__} (Python API), {THREADS} threads; "
+          "median ms per call")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or list(DEFAULT_STEPS):
+            if args.wait_idle:
+                wait_idle(args.wait_idle)
+            rows += run_workload(name, args.batch or BATCHES, args.seconds, Path(tmp), args.seed)
+            print(f"  {name}: " + ", ".join(f"batch {r['batch']} C {r['c_ms']:.3f} ms" for r in rows
+                                           if r["workload"] == name), flush=True)
+    print_results(table(rows), rows, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,621 @@
+/* The run-time part of a library `dlc build` writes (compiler/native/library.py): the
+ * same for every model. library.py puts the model's tables before it (the DLC_* macros,
+ * SYMBOLS, INPUTS, OUTPUTS, PARAMS, BUFFERS, LIVE, CONSTRAINTS, FAULTS, ARGUMENTS, POLYS, the
+ * step function, its fault flag and the embedded data) and the public functions after it.
+ * Everything here is static: two models linked into one program share nothing.
+ *
+ * Memory safety: every offset and size read from a checkpoint is checked against the
+ * bytes there are before it is used; every size computed from the caller's shapes is
+ * computed with overflow checks; the step runs only on buffers allocated here for the
+ * sizes the caller's shapes give, or on the caller's inputs of exactly those shapes. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#include <cpuid.h>
+
+#define ALIGN 64
+#define MOST_BYTES ((int64_t)1 << 46)        /* more memory than that is refused, not attempted */
+
+enum { KIND_TEMP, KIND_INPUT, KIND_PARAM, KIND_OUTPUT, KIND_CONST };
+
+typedef struct { const char *name; int from; int64_t divisor; int step; } dlc_symbol;
+typedef struct { int symbol; int64_t poly; } dlc_dim;
+typedef struct { const char *name, *type; int itemsize, rank; const dlc_dim *dims; int buffer; } dlc_input;
+typedef struct { const char *name; int itemsize, rank; const int64_t *dims; int buffer; } dlc_output;
+typedef struct { const char *name, *descr, *st; int itemsize, rank; const int64_t *shape; int64_t count, embedded; int buffer; } dlc_param;
+typedef struct { int kind, itemsize; int64_t size, data; } dlc_buffer;
+typedef struct { int64_t dim, least; const char *where, *op, *text, *word; } dlc_constraint;
+typedef struct { const char *where, *what; int64_t count; } dlc_fault_site;
+
+struct DLC_INSTANCE {
+    char message[1024];
+    int status, threads;                 /* status: that of a failed create, which every call returns */
+    unsigned char *weights;              /* the parameters, loaded from a checkpoint (NULL: embedded) */
+    void *params[DLC_N_PARAMS + 1];
+    int laid;                            /* the arena is laid out for `values` */
+    int64_t values[DLC_N_SYMBOLS + 1];
+    int64_t sizes[DLC_N_STEP_SYMBOLS + 1];
+    int64_t counts[DLC_N_BUFFERS];       /* the element count of each buffer */
+    unsigned char *arena;
+    int64_t arena_bytes;                 /* its size: temporaries (shared) and outputs */
+    void *table[DLC_N_BUFFERS + DLC_N_FAULTS + 1];
+    void *args[DLC_N_ARGUMENTS + 1];
+};
+
+/* a step reads and writes the module's fault flag, which every instance shares */
+static pthread_mutex_t step_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static int fail(struct DLC_INSTANCE *m, int status, const char *format, ...) {
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(m->message, sizeof m->message, format, ap);
+    va_end(ap);
+    return status;
+}
+
+/* ---- the model's tables (library.py) go here ---- */
+
+/* ---- dims: polynomials over the symbols, as POLYS holds them: n terms, each
+ * (coefficient, k, k symbol numbers) ---------------------------------------------------- */
+static int poly_value(int64_t at, const int64_t *values, int64_t *out) {
+    const int64_t *p = POLYS + at;
+    int64_t n = *p++, total = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t term = *p++, k = *p++;
+        for (int64_t j = 0; j < k; j++)
+            if (__builtin_mul_overflow(term, values[*p++], &term)) return -1;
+        if (__builtin_add_overflow(total, term, &total)) return -1;
+    }
+    *out = total;
+    return 0;
+}
+
+static void shape_text(char *out, size_t n, const int64_t *shape, int rank) {
+    size_t at = (size_t)snprintf(out, n, "[");
+    for (int i = 0; i < rank && at < n; i++)
+        at += (size_t)snprintf(out + at, n - at, i ? ", %lld" : "%lld", (long long)shape[i]);
+    if (at < n) snprintf(out + at, n - at, "]");
+}
+
+/* ---- the CPU: what the code was compiled for must be there (never SIGILL) --------------- */
+static unsigned long long xcr0(void) {
+    unsigned int lo, hi;
+    __asm__ volatile(".byte 0x0f, 0x01, 0xd0" : "=a"(lo), "=d"(hi) : "c"(0));   /* xgetbv */
+    return ((unsigned long long)hi << 32) | lo;
+}
+
+/* the CPU's features by LLVM's names: cpuid's leaves read once (in a virtual machine each
+ * cpuid is a trap to the hypervisor, tens of microseconds) */
+typedef struct { const char *name; int has; } cpu_feature;
+
+static int cpu_features(cpu_feature *table) {
+    unsigned int a1 = 0, b1 = 0, c1 = 0, d1 = 0, a7 = 0, b7 = 0, c7 = 0, d7 = 0, a71 = 0, b71 = 0, c71 = 0, d71 = 0;
+    unsigned int ae = 0, be = 0, ce = 0, de = 0;
+    __get_cpuid(1, &a1, &b1, &c1, &d1);
+    __get_cpuid_count(7, 0, &a7, &b7, &c7, &d7);
+    __get_cpuid_count(7, 1, &a71, &b71, &c71, &d71);
+    __get_cpuid(0x80000001, &ae, &be, &ce, &de);
+    unsigned long long x = c1 >> 27 & 1 ? xcr0() : 0;        /* xgetbv only where the OS enabled it */
+    int os_avx = (c1 >> 27 & 1) && (x & 6) == 6;
+    int os_avx512 = os_avx && (x & 0xe0) == 0xe0;
+    int os_amx = os_avx && (x & 0x60000) == 0x60000;
+    cpu_feature all[] = {
+        {"sse3", c1 & 1}, {"ssse3", c1 >> 9 & 1}, {"fma", (c1 >> 12 & 1) && os_avx}, {"cx16", c1 >> 13 & 1},
+        {"sse4.1", c1 >> 19 & 1}, {"sse4.2", c1 >> 20 & 1}, {"movbe", c1 >> 22 & 1}, {"popcnt", c1 >> 23 & 1},
+        {"xsave", c1 >> 26 & 1}, {"avx", (c1 >> 28 & 1) && os_avx}, {"f16c", (c1 >> 29 & 1) && os_avx},
+        {"bmi", b7 >> 3 & 1}, {"avx2", (b7 >> 5 & 1) && os_avx}, {"bmi2", b7 >> 8 & 1},
+        {"avx512f", (b7 >> 16 & 1) && os_avx512}, {"avx512dq", (b7 >> 17 & 1) && os_avx512},
+        {"avx512cd", (b7 >> 28 & 1) && os_avx512}, {"avx512bw", (b7 >> 30 & 1) && os_avx512},
+        {"avx512vl", (b7 >> 31 & 1) && os_avx512}, {"avx512vnni", (c7 >> 11 & 1) && os_avx512},
+        {"avx512bf16", (a71 >> 5 & 1) && os_avx512}, {"amx-bf16", (d7 >> 22 & 1) && os_amx},
+        {"amx-tile", (d7 >> 24 & 1) && os_amx}, {"amx-int8", (d7 >> 25 & 1) && os_amx}, {"lzcnt", ce >> 5 & 1},
+    };
+    memcpy(table, all, sizeof all);
+    return (int)(sizeof all / sizeof *all);
+}
+
+static int check_cpu(struct DLC_INSTANCE *m) {
+    cpu_feature table[32];
+    int n = cpu_features(table);
+    for (int i = 0; CPU_FEATURES[i]; i++) {
+        int has = 0;
+        for (int k = 0; k < n; k++) has |= !strcmp(table[k].name, CPU_FEATURES[i]) && table[k].has;
+        if (!has)
+            return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
+                        "lacks %s: build it for this machine (--target host)", DLC_TARGET, DLC_TARGET, CPU_FEATURES[i]);
+    }
+#if DLC_USES_AMX
+    /* Linux grants the AMX tile state on request; without it the first tile instruction is SIGILL */
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */))
+        return fail(m, DLC_ERROR_CPU, "Linux did not grant the AMX tile state: %s", strerror(errno));
+#endif
+    return DLC_OK;
+}
+
+/* ---- checkpoints: dlc's .npz (a zip of stored .npy files, param:NAME.npy) -------------- */
+static uint64_t le(const unsigned char *p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
+    return v;
+}
+
+/* CRC-32 eight bytes at a time (slicing-by-8): a checkpoint of 2 MB in about 2 ms */
+static uint32_t crc_table[8][256];
+
+static void fill_crc_table(void) {
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[0][i] = c;
+    }
+    for (int k = 1; k < 8; k++)
+        for (int i = 0; i < 256; i++)
+            crc_table[k][i] = (crc_table[k - 1][i] >> 8) ^ crc_table[0][crc_table[k - 1][i] & 0xFF];
+}
+
+static uint32_t crc32_of(const unsigned char *p, uint64_t n) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, fill_crc_table);
+    uint32_t c = 0xFFFFFFFFu;
+    for (; n >= 8; n -= 8, p += 8) {
+        uint32_t a = c ^ (uint32_t)le(p, 4), b = (uint32_t)le(p + 4, 4);
+        c = crc_table[7][a & 0xFF] ^ crc_table[6][a >> 8 & 0xFF] ^ crc_table[5][a >> 16 & 0xFF] ^ crc_table[4][a >> 24] ^
+            crc_table[3][b & 0xFF] ^ crc_table[2][b >> 8 & 0xFF] ^ crc_table[1][b >> 16 & 0xFF] ^ crc_table[0][b >> 24];
+    }
+    for (; n; n--) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+/* the value after `key` in a .npy header (a Python dict literal), or NULL */
+static const char *after_key(const char *header, const char *key) {
+    const char *at = strstr(header, key);
+    if (!at) return NULL;
+    at += strlen(key);
+    while (*at == ' ') at++;
+    return at;
+}
+
+/* check one .npy file against a parameter; its data's start in *data */
+static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const unsigned char *d, uint64_t n,
+                    const unsigned char **data) {
+    char header[4096];
+    if (n < 10 || memcmp(d, "\x93NUMPY", 6))
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is not a .npy array", p->name);
+    uint64_t start = d[6] == 1 ? 10 : 12, length = d[6] == 1 ? le(d + 8, 2) : n >= 12 ? le(d + 8, 4) : n;
+    if ((d[6] != 1 && d[6] != 2 && d[6] != 3) || length >= sizeof header || start + length > n)
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: the .npy header of parameter %s is damaged", p->name);
+    memcpy(header, d + start, length);
+    header[length] = 0;
+    const char *descr = after_key(header, "'descr':"), *order = after_key(header, "'fortran_order':");
+    const char *shape = after_key(header, "'shape':");
+    size_t dl = strlen(p->descr);
+    if (!descr || !order || !shape || *descr != '\'' || strncmp(order, "False", 5) || *shape != '(')
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: cannot read the .npy header of parameter %s", p->name);
+    if (strncmp(descr + 1, p->descr, dl) || descr[1 + dl] != '\'') {
+        const char *end = strchr(descr + 1, '\'');
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is %.*s, the model's is %s", p->name,
+                    end ? (int)(end - descr - 1) : 8, descr + 1, p->descr);
+    }
+    int64_t dims[32];
+    int rank = 0;
+    const char *s = shape + 1;
+    for (;;) {
+        while (*s == ' ' || *s == ',') s++;
+        if (*s == ')') break;
+        if (*s < '0' || *s > '9' || rank == 32)
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: cannot read the shape of parameter %s", p->name);
+        int64_t v = 0;
+        while (*s >= '0' && *s <= '9')
+            if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *s++ - '0', &v))
+                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s has a dim too large", p->name);
+        dims[rank++] = v;
+    }
+    int same = rank == p->rank;
+    for (int i = 0; same && i < rank; i++) same = dims[i] == p->shape[i];
+    if (!same) {
+        char got[256], want[256];
+        shape_text(got, sizeof got, dims, rank);
+        shape_text(want, sizeof want, p->shape, p->rank);
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s has shape %s, the model's is %s", p->name, got, want);
+    }
+    if (n - start - length != (uint64_t)p->count * (uint64_t)p->itemsize)
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s holds %llu bytes, its shape needs %llu", p->name,
+                    (unsigned long long)(n - start - length), (unsigned long long)p->count * (uint64_t)p->itemsize);
+    *data = d + start + length;
+    return DLC_OK;
+}
+
+static int npz_arrays(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const unsigned char **found) {
+    uint64_t eocd = 0, entries, cd_size, cd;
+    int have = 0;
+    for (uint64_t at = n >= 22 ? n - 22 : 0; n >= 22 && at + 65558 >= n; at--) {
+        if (le(z + at, 4) == 0x06054b50) { eocd = at; have = 1; break; }
+        if (!at) break;
+    }
+    if (!have) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: not a dlc checkpoint (.npz): no zip directory");
+    entries = le(z + eocd + 10, 2), cd_size = le(z + eocd + 12, 4), cd = le(z + eocd + 16, 4);
+    if (entries == 0xFFFF || cd_size == 0xFFFFFFFF || cd == 0xFFFFFFFF) {       /* zip64 */
+        if (eocd < 20 || le(z + eocd - 20, 4) != 0x07064b50)
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip64 directory");
+        uint64_t at = le(z + eocd - 12, 8);
+        if (at > n || n - at < 56 || le(z + at, 4) != 0x06064b50)
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip64 directory");
+        entries = le(z + at + 32, 8), cd_size = le(z + at + 40, 8), cd = le(z + at + 48, 8);
+    }
+    if (cd > n || cd_size > n - cd) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated (its directory is cut)");
+    uint64_t at = cd, end = cd + cd_size;
+    for (uint64_t e = 0; e < entries; e++) {
+        if (end - at < 46 || le(z + at, 4) != 0x02014b50)
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip directory");
+        uint64_t method = le(z + at + 10, 2), crc = le(z + at + 16, 4), csize = le(z + at + 20, 4);
+        uint64_t usize = le(z + at + 24, 4), nlen = le(z + at + 28, 2), elen = le(z + at + 30, 2);
+        uint64_t clen = le(z + at + 32, 2), local = le(z + at + 42, 4), flags = le(z + at + 8, 2);
+        if (end - at - 46 < nlen + elen + clen) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip directory");
+        const unsigned char *name = z + at + 46, *extra = name + nlen;
+        for (uint64_t x = 0; x + 4 <= elen;) {           /* zip64 sizes and offset */
+            uint64_t id = le(extra + x, 2), size = le(extra + x + 2, 2), y = x + 4;
+            if (size > elen - x - 4) break;
+            if (id == 1) {
+                if (usize == 0xFFFFFFFF && y + 8 <= x + 4 + size) usize = le(extra + y, 8), y += 8;
+                if (csize == 0xFFFFFFFF && y + 8 <= x + 4 + size) csize = le(extra + y, 8), y += 8;
+                if (local == 0xFFFFFFFF && y + 8 <= x + 4 + size) local = le(extra + y, 8);
+            }
+            x += 4 + size;
+        }
+        at += 46 + nlen + elen + clen;
+        for (int i = 0; i < DLC_N_PARAMS; i++) {
+            const dlc_param *p = &PARAMS[i];
+            size_t pl = strlen(p->name);
+            if (nlen != pl + 10 || memcmp(name, "param:", 6) || memcmp(name + 6, p->name, pl) || memcmp(name + 6 + pl, ".npy", 4))
+                continue;
+            if (found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is there twice", p->name);
+            if (method != 0 || flags & 1 || csize != usize)
+                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is compressed or encrypted; dlc writes "
+                            "it stored (np.savez)", p->name);
+            if (local > n || n - local < 30 || le(z + local, 4) != 0x04034b50)
+                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated or damaged at parameter %s", p->name);
+            uint64_t data = local + 30 + le(z + local + 26, 2) + le(z + local + 28, 2);
+            if (data > n || csize > n - data)
+                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated at parameter %s", p->name);
+            if (crc32_of(z + data, csize) != crc)
+                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is damaged (CRC mismatch)", p->name);
+            int status = read_npy(m, p, z + data, csize, &found[i]);
+            if (status) return status;
+        }
+    }
+    for (int i = 0; i < DLC_N_PARAMS; i++)
+        if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s (param:%s in the .npz)",
+                                   PARAMS[i].name, PARAMS[i].name);
+    return DLC_OK;
+}
+
+/* ---- safetensors: 8 bytes of header length, a JSON header, the tensors' bytes ---------- */
+typedef struct { const char *at, *end; } json;
+
+static void blank(json *j) {
+    while (j->at < j->end && (*j->at == ' ' || *j->at == '\n' || *j->at == '\r' || *j->at == '\t')) j->at++;
+}
+
+static int take(json *j, char c) {
+    blank(j);
+    if (j->at < j->end && *j->at == c) { j->at++; return 1; }
+    return 0;
+}
+
+/* a string without escapes (dlc's names and dtypes have none) */
+static int text(json *j, const char **s, size_t *n) {
+    if (!take(j, '"')) return 0;
+    *s = j->at;
+    while (j->at < j->end && *j->at != '"') if (*j->at++ == '\\') return 0;
+    if (j->at >= j->end) return 0;
+    *n = (size_t)(j->at++ - *s);
+    return 1;
+}
+
+static int number(json *j, int64_t *v) {
+    blank(j);
+    *v = 0;
+    const char *start = j->at;
+    while (j->at < j->end && *j->at >= '0' && *j->at <= '9')
+        if (__builtin_mul_overflow(*v, 10, v) || __builtin_add_overflow(*v, *j->at++ - '0', v)) return 0;
+    return j->at > start;
+}
+
+static int same(const char *s, size_t n, const char *word) { return n == strlen(word) && !memcmp(s, word, n); }
+
+static int safetensors_arrays(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const unsigned char **found) {
+    uint64_t length = le(z, 8);
+    if (length > n - 8) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated (its safetensors header is cut)");
+    const unsigned char *data = z + 8 + length;
+    uint64_t size = n - 8 - length;
+    json j = {(const char *)z + 8, (const char *)z + 8 + length};
+    const char *key, *s;
+    size_t kn, sn;
+    if (!take(&j, '{')) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+    if (!take(&j, '}')) do {          /* each tensor (or __metadata__): a name and an object */
+        if (!text(&j, &key, &kn) || !take(&j, ':') || !take(&j, '{'))
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+        int meta = same(key, kn, "__metadata__"), p = -1;
+        for (int i = 0; i < DLC_N_PARAMS && !meta; i++) if (same(key, kn, PARAMS[i].name)) p = i;
+        const char *dtype = NULL;
+        size_t dn = 0;
+        int64_t shape[32], rank = 0, begin = -1, end = -1;
+        if (!take(&j, '}')) do {        /* its fields, up to its closing brace */
+            if (!text(&j, &s, &sn) || !take(&j, ':'))
+                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+            if (meta || same(s, sn, "dtype")) {
+                const char *v;
+                size_t vn;
+                if (!text(&j, &v, &vn)) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+                if (!meta) dtype = v, dn = vn;
+            } else if (same(s, sn, "shape") || same(s, sn, "data_offsets")) {
+                int64_t v[32];
+                int k = 0;
+                if (!take(&j, '[')) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+                if (!take(&j, ']')) {
+                    do {
+                        if (k == 32 || !number(&j, &v[k++]))
+                            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+                    } while (take(&j, ','));
+                    if (!take(&j, ']')) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+                }
+                if (same(s, sn, "shape")) memcpy(shape, v, sizeof(int64_t) * (size_t)(rank = k));
+                else if (k == 2) begin = v[0], end = v[1];
+            } else return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
+        } while (take(&j, ',') || (!take(&j, '}') && (j.at = j.end)));      /* the end: the next name fails */
+        if (p < 0) continue;
+        const dlc_param *q = &PARAMS[p];
+        if (found[p]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is there twice", q->name);
+        if (!dtype || !same(dtype, dn, q->st))
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is %.*s, the model's is %s", q->name,
+                        dtype ? (int)(dn < 16 ? dn : 16) : 1, dtype ? dtype : "?", q->st);
+        int fits = rank == q->rank;
+        for (int i = 0; fits && i < rank; i++) fits = shape[i] == q->shape[i];
+        if (!fits) {
+            char got[256], want[256];
+            shape_text(got, sizeof got, shape, (int)rank);
+            shape_text(want, sizeof want, q->shape, q->rank);
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s has shape %s, the model's is %s", q->name, got, want);
+        }
+        if (begin < 0 || end < begin || (uint64_t)end > size || end - begin != q->count * q->itemsize)
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: the bytes of parameter %s are not in the file", q->name);
+        found[p] = data + begin;
+    } while (take(&j, ',') || (!take(&j, '}') && (j.at = j.end)));
+    for (int i = 0; i < DLC_N_PARAMS; i++)
+        if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s", PARAMS[i].name);
+    return DLC_OK;
+}
+
+/* the parameters from a checkpoint, .npz or .safetensors (told by their first bytes) */
+static int load_checkpoint(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n) {
+    const unsigned char *found[DLC_N_PARAMS + 1] = {0};
+    int status = n >= 4 && !memcmp(z, "PK", 2) ? npz_arrays(m, z, n, found)
+        : n >= 9 && z[8] == '{' ? safetensors_arrays(m, z, n, found)
+        : fail(m, DLC_ERROR_WEIGHTS, "checkpoint: neither a dlc checkpoint (.npz) nor a .safetensors file");
+    if (status) return status;
+    int64_t total = 0;
+    for (int i = 0; i < DLC_N_PARAMS; i++) {
+        total += (PARAMS[i].count * PARAMS[i].itemsize + ALIGN - 1) / ALIGN * ALIGN;
+    }
+    void *block = NULL;
+    if (total && posix_memalign(&block, ALIGN, (size_t)total))
+        return fail(m, DLC_ERROR_MEMORY, "out of memory for the parameters (%lld bytes)", (long long)total);
+    free(m->weights);
+    m->weights = block;
+    for (int i = 0, off = 0; i < DLC_N_PARAMS; i++) {
+        m->params[i] = m->weights + off;
+        memcpy(m->params[i], found[i], (size_t)(PARAMS[i].count * PARAMS[i].itemsize));
+        off += (int)((PARAMS[i].count * PARAMS[i].itemsize + ALIGN - 1) / ALIGN * ALIGN);
+    }
+    return DLC_OK;
+}
+
+static int load_file(struct DLC_INSTANCE *m, const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(m, DLC_ERROR_WEIGHTS, "cannot open the checkpoint %s: %s", path, strerror(errno));
+    long n = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
+    unsigned char *bytes = n >= 0 && n < MOST_BYTES ? malloc((size_t)n + 1) : NULL;
+    int status = !bytes ? fail(m, n < 0 ? DLC_ERROR_WEIGHTS : DLC_ERROR_MEMORY, "cannot read the checkpoint %s", path)
+        : fseek(f, 0, SEEK_SET) || fread(bytes, 1, (size_t)n, f) != (size_t)n
+        ? fail(m, DLC_ERROR_WEIGHTS, "cannot read the checkpoint %s: %s", path, strerror(errno))
+        : load_checkpoint(m, bytes, (uint64_t)n);
+    free(bytes);
+    fclose(f);
+    return status;
+}
+
+/* ---- instances ---------------------------------------------------------------------- */
+static struct DLC_INSTANCE no_memory = {"out of memory for a model instance", DLC_ERROR_MEMORY, 1};
+
+static int instance(struct DLC_INSTANCE **out, const char *path, const void *bytes, size_t n) {
+    if (!out) return DLC_ERROR_ARGUMENT;
+    struct DLC_INSTANCE *m = *out = calloc(1, sizeof *m);
+    if (!m) { *out = &no_memory; return DLC_ERROR_MEMORY; }
+    /* one thread unless told: libgomp's workers fall asleep between calls (GOMP_SPINCOUNT),
+     * and waking them cost a prediction of one example 0.1-40 ms on a busy machine */
+    m->threads = 1;
+    m->status = check_cpu(m);
+    if (!m->status) {
+        if (bytes) m->status = load_checkpoint(m, bytes, n);
+        else if (path) m->status = load_file(m, path);
+        else if (DLC_EMBEDDED)
+            for (int i = 0; i < DLC_N_PARAMS; i++) m->params[i] = (void *)(DLC_WEIGHTS + PARAMS[i].embedded);
+        else m->status = fail(m, DLC_ERROR_ARGUMENT, "this library has no weights inside (it was built without "
+                              "--embed-weights): give the path of a checkpoint");
+    }
+    return m->status;
+}
+
+static void release(struct DLC_INSTANCE *m) {
+    if (!m || m == &no_memory) return;
+    free(m->weights);
+    free(m->arena);
+    free(m);
+}
+
+/* the lowest offset where `size` bytes overlap none of the n ranges [lo, hi), sorted by lo */
+static int64_t lowest_gap(const int64_t (*ranges)[2], int n, int64_t size) {
+    int64_t at = 0;
+    for (int i = 0; i < n && ranges[i][0] < at + size; i++)
+        if (ranges[i][1] > at) at = ranges[i][1];
+    return at;
+}
+
+/* The element count of every buffer and the arena for the symbols' values. Temporaries
+ * share memory as the engine's arena does (compiler/native/memory.py): two whose kernels'
+ * intervals (LIVE) are disjoint may overlap; each is placed, largest first, at the lowest
+ * offset clear of every placed one live at the same time. Outputs follow. */
+static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
+    if (m->laid && !memcmp(m->values, values, sizeof(int64_t) * DLC_N_SYMBOLS)) return DLC_OK;
+    int64_t bytes[DLC_N_BUFFERS + 1], offsets[DLC_N_BUFFERS + 1], total = 0, outputs = 0;
+    int order[DLC_N_BUFFERS + 1], placed = 0, temps = 0;
+    for (int b = 0; b < DLC_N_BUFFERS; b++) {
+        int64_t count;
+        if (poly_value(BUFFERS[b].size, values, &count) || count < 0 ||
+            __builtin_mul_overflow(count > 0 ? count : 1, (int64_t)BUFFERS[b].itemsize, &bytes[b]) ||
+            bytes[b] > MOST_BYTES)
+            return fail(m, DLC_ERROR_MEMORY, "these input sizes need more memory than this library allocates");
+        m->counts[b] = count;
+        bytes[b] = (bytes[b] + ALIGN - 1) / ALIGN * ALIGN;
+        offsets[b] = 0;
+        if (BUFFERS[b].kind == KIND_TEMP && LIVE[b][0] >= 0) {     /* by size, largest first */
+            int k = temps++;
+            for (; k > 0 && bytes[order[k - 1]] < bytes[b]; k--) order[k] = order[k - 1];
+            order[k] = b;
+        }
+    }
+    int64_t (*ranges)[2] = malloc(sizeof *ranges * (size_t)(temps + 1));
+    if (!ranges) return fail(m, DLC_ERROR_MEMORY, "out of memory laying out the buffers");
+    for (int i = 0; i < temps; i++, placed++) {
+        int b = order[i], n = 0;
+        for (int j = 0; j < placed; j++) {                /* the placed ones live at the same time, by offset */
+            int c = order[j];
+            if (LIVE[c][0] > LIVE[b][1] || LIVE[c][1] < LIVE[b][0]) continue;
+            int k = n++;
+            for (; k > 0 && ranges[k - 1][0] > offsets[c]; k--) ranges[k][0] = ranges[k - 1][0], ranges[k][1] = ranges[k - 1][1];
+            ranges[k][0] = offsets[c], ranges[k][1] = offsets[c] + bytes[c];
+        }
+        offsets[b] = lowest_gap((const int64_t (*)[2])ranges, n, bytes[b]);
+        if (offsets[b] + bytes[b] > total) total = offsets[b] + bytes[b];
+    }
+    free(ranges);
+    if (total > MOST_BYTES)
+        return fail(m, DLC_ERROR_MEMORY, "these input sizes need more memory than this library allocates");
+    for (int b = 0; b < DLC_N_BUFFERS; b++)
+        if (BUFFERS[b].kind == KIND_OUTPUT) {
+            offsets[b] = total + outputs;
+            if (__builtin_add_overflow(outputs, bytes[b], &outputs) || total + outputs > MOST_BYTES)
+                return fail(m, DLC_ERROR_MEMORY, "these input sizes need more memory than this library allocates");
+        }
+    total += outputs;
+    void *arena = NULL;
+    if (posix_memalign(&arena, ALIGN, (size_t)(total ? total : ALIGN)))
+        return fail(m, DLC_ERROR_MEMORY, "out of memory: these input sizes need %lld bytes", (long long)total);
+    free(m->arena);
+    m->arena = arena;
+    for (int b = 0; b < DLC_N_BUFFERS; b++) {
+        if (BUFFERS[b].kind == KIND_TEMP || BUFFERS[b].kind == KIND_OUTPUT) m->table[b] = m->arena + offsets[b];
+        else if (BUFFERS[b].kind == KIND_CONST) m->table[b] = (void *)(DLC_CONSTS + BUFFERS[b].data);
+        else if (BUFFERS[b].kind == KIND_PARAM) m->table[b] = m->params[BUFFERS[b].data];
+    }
+    for (int f = 0; f < DLC_N_FAULTS; f++) m->table[DLC_N_BUFFERS + f] = (void *)(intptr_t)(f + 1);
+    for (int s = 0; s < DLC_N_STEP_SYMBOLS; s++) m->sizes[s] = values[s];
+    memcpy(m->values, values, sizeof(int64_t) * DLC_N_SYMBOLS);
+    m->arena_bytes = total;
+    m->laid = 1;
+    return DLC_OK;
+}
+
+static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
+                   void *const *outputs, const int64_t *capacities, int64_t *const *output_shapes) {
+    if (!m) return DLC_ERROR_ARGUMENT;
+    if (m->status) return m->status;
+    m->message[0] = 0;
+    if ((DLC_N_INPUTS && (!inputs || !shapes)) || (DLC_N_OUTPUTS && (!outputs || !capacities || !output_shapes)))
+        return fail(m, DLC_ERROR_ARGUMENT, "predict: an array of inputs, shapes or outputs is a null pointer");
+    int64_t values[DLC_N_SYMBOLS + 1] = {0};
+    int bound[DLC_N_SYMBOLS + 1] = {0};
+    char got[512];
+    for (int i = 0; i < DLC_N_INPUTS; i++) {
+        const dlc_input *in = &INPUTS[i];
+        if (!inputs[i] || !shapes[i])
+            return fail(m, DLC_ERROR_ARGUMENT, "input '%s' (%s): a null pointer", in->name, in->type);
+        for (int a = 0; a < in->rank; a++) {
+            int64_t d = shapes[i][a];
+            int s = in->dims[a].symbol;
+            shape_text(got, sizeof got, shapes[i], in->rank);
+            if (d < 1) return fail(m, DLC_ERROR_SHAPE, "input '%s' expects %s, got shape %s: every dim must be at least 1",
+                                   in->name, in->type, got);
+            if (s < 0) continue;
+            if (bound[s] && values[s] != d)
+                return fail(m, DLC_ERROR_SHAPE, "input '%s' expects %s with %s = %lld, got shape %s", in->name, in->type,
+                            SYMBOLS[s].name, (long long)values[s], got);
+            values[s] = d, bound[s] = 1;
+        }
+    }
+    for (int s = 0; s < DLC_N_SYMBOLS; s++)
+        if (SYMBOLS[s].from >= 0) values[s] = (values[SYMBOLS[s].from] + SYMBOLS[s].divisor - 1) / SYMBOLS[s].divisor;
+    for (int i = 0; i < DLC_N_INPUTS; i++) {
+        const dlc_input *in = &INPUTS[i];
+        int64_t count = 1, want;
+        for (int a = 0; a < in->rank; a++) {
+            if (in->dims[a].symbol < 0 && (poly_value(in->dims[a].poly, values, &want) || want != shapes[i][a])) {
+                shape_text(got, sizeof got, shapes[i], in->rank);
+                return fail(m, DLC_ERROR_SHAPE, "input '%s' expects %s, got shape %s", in->name, in->type, got);
+            }
+            if (__builtin_mul_overflow(count, shapes[i][a], &count) || count > MOST_BYTES)
+                return fail(m, DLC_ERROR_SHAPE, "input '%s' has too many elements", in->name);
+        }
+    }
+    for (int c = 0; c < DLC_N_CONSTRAINTS; c++) {
+        int64_t v;
+        if (poly_value(CONSTRAINTS[c].dim, values, &v))
+            return fail(m, DLC_ERROR_SHAPE, "%s: error: the inputs are too large for this %s", CONSTRAINTS[c].where,
+                        CONSTRAINTS[c].op);
+        if (v < CONSTRAINTS[c].least)
+            return fail(m, DLC_ERROR_SHAPE, "%s: error: the inputs are too %s for this %s: it needs %s", CONSTRAINTS[c].where,
+                        CONSTRAINTS[c].word, CONSTRAINTS[c].op, CONSTRAINTS[c].text);
+    }
+    int status = lay_out(m, values);
+    if (status) return status;
+    int64_t oshape[DLC_N_OUTPUTS + 1][16], ocount[DLC_N_OUTPUTS + 1];
+    for (int o = 0; o < DLC_N_OUTPUTS; o++) {
+        const dlc_output *out = &OUTPUTS[o];
+        ocount[o] = 1;
+        for (int a = 0; a < out->rank; a++) {
+            poly_value(out->dims[a], values, &oshape[o][a]);      /* a buffer's size: checked by lay_out */
+            ocount[o] *= oshape[o][a];
+        }
+        if (!outputs[o] || !output_shapes[o])
+            return fail(m, DLC_ERROR_ARGUMENT, "output '%s': a null pointer", out->name);
+        if (capacities[o] < ocount[o]) {
+            shape_text(got, sizeof got, oshape[o], out->rank);
+            return fail(m, DLC_ERROR_SHAPE, "output '%s' has shape %s, %lld elements; its buffer holds %lld", out->name,
+                        got, (long long)ocount[o], (long long)capacities[o]);
+        }
+    }
+    for (int i = 0; i < DLC_N_INPUTS; i++) m->table[INPUTS[i].buffer] = (void *)inputs[i];
+    for (int k = 0; k < DLC_N_ARGUMENTS; k++) m->args[k] = m->table[ARGUMENTS[k]];
+    pthread_mutex_lock(&step_lock);
+    DLC_FAULT = 0;
+    DLC_STEP(m->args, m->sizes, m->threads);
+    int64_t fault = DLC_FAULT;
+    pthread_mutex_unlock(&step_lock);
+    if (fault > 0 && fault <= DLC_N_FAULTS) {
+        int64_t count = 0;
+        poly_value(FAULTS[fault - 1].count, values, &count);
+        return fail(m, DLC_ERROR_INDEX, "%s: error: %s: index out of range [0, %lld)", FAULTS[fault - 1].where,
+                    FAULTS[fault - 1].what, (long long)count);
+    }
+    for (int o = 0; o < DLC_N_OUTPUTS; o++) {
+        memcpy(outputs[o], m->table[OUTPUTS[o].buffer], (size_t)(ocount[o] * OUTPUTS[o].itemsize));
+        memcpy(output_shapes[o], oshape[o], sizeof(int64_t) * (size_t)OUTPUTS[o].rank);
+    }
+    return DLC_OK;
+}

@@ -1,0 +1,30 @@
+"""`dlc build`: compile a model's prediction into a native library with a C API (.so, .a, .h)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from dlc.runtime.cli.arguments import model_arguments
+from dlc.runtime.deploy.build import build
+
+HELP = "compile a model's prediction into a native library with a C API (.so, .a, .h)"
+
+
+def arguments(p):
+    model_arguments(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write the library into")
+    p.add_argument("--weights", metavar="CKPT", help="the checkpoint to embed (with --embed-weights)")
+    p.add_argument("--embed-weights", dest="embed_weights", action="store_true",
+                   help="put the weights inside the library (default: NAME_create reads a checkpoint)")
+    p.add_argument("--target", choices=["host", "avx2", "avx512", "avx512bf16", "amx"], default="host",
+                   help="the x86 CPU to compile for (default: this machine's); the library refuses to run "
+                        "on a CPU without those features")
+    p.add_argument("--toolchain", choices=["auto", "cc", "zig"], default="auto",
+                   help='auto (default): the system cc, else zig cc (pip install "dlc[build]")')
+
+
+def run(args):
+    built = build(args.file, Path(args.output), args.model, args.weights, args.target, args.embed_weights,
+                  toolchain=args.toolchain)
+    print(f"wrote {', '.join(str(f) for f in built.files)}")
+    print(f"target {built.target}, weights {'embedded' if built.embedded else 'read from a checkpoint at create'}, "
+          f"linked with {built.toolchain}")

@@ -1,0 +1,178 @@
+"""`dlc build MODEL.dl -o DIR`: the model's prediction as a native library with a C API.
+
+The library is the native engine's own step module for the prediction graph (the module
+`dlc predict --backend native` runs), with the GEMM routines, written out as objects
+(jit.object_code) and linked with the C source compiler/native/library.py writes around
+them: the same IR compiled by the same LLVM for the same CPU, so the same bits. DIR gets
+libNAME.so, libNAME.a, NAME.h, NAME.pc and a README with the compile line.
+"""
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import dlc
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.loader import load
+from dlc.compiler.native import jit
+from dlc.compiler.native.library import (Library, Tensor, c_name, c_source, data_module, embedded_layout, header,
+                                         unbound_symbols, where)
+from dlc.compiler.native.memory import linearize
+from dlc.runtime.deploy.toolchain import find
+
+_V3 = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave"
+_V4 = _V3 + ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl"
+# --target: the CPU and features the code is compiled for (None: this machine's)
+TARGETS = {"host": None, "avx2": ("x86-64-v3", _V3), "avx512": ("x86-64-v4", _V4),
+           "avx512bf16": ("x86-64-v4", _V4 + ",+avx512bf16"),
+           "amx": ("x86-64-v4", _V4 + ",+avx512bf16,+amx-tile,+amx-bf16,+amx-int8")}
+# the features a library checks at create (library.c cpu_features), those of its target among them
+CHECKED = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cx16", "avx", "avx2", "bmi", "bmi2", "f16c", "fma",
+           "lzcnt", "movbe", "xsave", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512vnni",
+           "avx512bf16", "amx-tile", "amx-bf16", "amx-int8")
+
+
+@dataclass
+class Built:
+    """What `dlc build` wrote, and with what."""
+    name: str
+    files: list
+    toolchain: str
+    target: str
+    embedded: bool
+
+
+def build(file: str, out: Path, model: str | None = None, weights: str | None = None, target: str = "host",
+          embed: bool = False, precision: str = "f32", toolchain: str = "auto") -> Built:
+    if target not in TARGETS:
+        raise DlcError(f"--target must be one of {', '.join(TARGETS)}, not '{target}'")
+    if embed and not weights:
+        raise DlcError("--embed-weights needs the weights: give --weights CKPT")
+    tools = find(toolchain)             # before the compile: a missing toolchain is said at once
+    if TARGETS[target] is not None:
+        jit.compile_for(*TARGETS[target])
+    features = jit.host_cpu()[1].split(",")
+    eval_model = load(file).build(model, training=False)
+    from dlc.compiler.native.lower import lower
+    from dlc.compiler.passes.optimize import optimize
+    from dlc.runtime.engines.interpreter import size_constraints, size_need
+    from dlc.runtime.engines.reference import predict_graph
+    graph = predict_graph(eval_model)
+    outputs = [Tensor(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items()
+               if k.startswith("output:")]
+    if not outputs:
+        raise DlcError(f"model {eval_model.name} declares no outputs: add `output name = ...` to build a library")
+    program = lower(optimize(graph), precision)
+    _refuse_host_calls(program)
+    inputs = []
+    for n in graph.nodes_with("input"):
+        name, typ = graph.attrs(n)["name"], graph.types(n)[0]
+        if name in program.inputs:
+            inputs.append(Tensor(name, typ.dtype, tuple(typ.shape)))
+    params = {p.name: p for p in eval_model.params}
+    arrays = None
+    if weights:
+        from dlc.runtime.interop.weights import load as load_weights
+        arrays, _ = load_weights(weights, eval_model.params)
+    from dlc.compiler.native.driver import build_module
+    built = build_module(program, "dlc_step")
+    name = c_name(eval_model.name)
+    lib = Library(name, program, built.arguments, inputs, outputs,
+                  [(d, least, op, where(span), *size_need(d, least)) for d, least, op, span in size_constraints(graph)
+                   if not any(s.startswith("$") for s in d.symbols())],      # with a scan step: nor does the engine check it
+                  [(what, count, where(span)) for what, count, span in program.faults],
+                  step=f"{name}__dlc_step", fault=f"{name}__dlc_fault", target=target,
+                  features=[f for f in CHECKED if f"+{f}" in features],
+                  uses_amx="+amx-tile" in features,
+                  param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
+                  weights={k: arrays[k] for k in program.params} if embed else None)
+    missing = unbound_symbols(lib)
+    if missing:
+        raise DlcError(f"no input of {name} gives the size of {', '.join(missing)} by a dim of its own: a library "
+                       "binds each symbolic dim from an input's shape")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DlcError(f"cannot make the folder {out}: {e.strerror}") from None
+    with tempfile.TemporaryDirectory(prefix="dlc-build-") as tmp:
+        objects = _objects(lib, built.module, Path(tmp))
+        source = Path(tmp) / f"{name}.c"
+        source.write_text(c_source(lib))
+        (out / f"{name}.h").write_text(header(lib, dlc.__version__))
+        glue = Path(tmp) / f"{name}.o"
+        tools.compile(source, glue, out)
+        tools.shared([glue] + objects, out / f"lib{name}.so")
+        tools.archive([glue] + objects, out / f"lib{name}.a")
+    (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
+    (out / "README.md").write_text(_readme(lib, tools, out))
+    files = [out / f for f in (f"lib{name}.so", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
+    return Built(name, files, tools.name, target, embed)
+
+
+def _refuse_host_calls(program):
+    """A host call is a Python function inside the step (a data-parallel run's allreduce):
+    no library has one."""
+    for _, k, _ in linearize(program.kernels):
+        if k.kind == "HostCall":
+            op, span = k.origin[0] if k.origin else ("host call", None)
+            raise DlcError.at_user_line(f"`{op}` calls back into Python (a host call, as a data-parallel run's "
+                                        "allreduce): it cannot go in a library", span)
+
+
+def _objects(lib: Library, step_module, tmp: Path) -> list:
+    """The step, GEMM and data objects, their symbols named after the model (two models'
+    libraries link into one program) and hidden (the library exports its C API only)."""
+    from dlc.compiler.native.gemm import bf16_config, default_config
+    from dlc.runtime.engines.cache import gemm_module
+    refs = [jit.parse(step_module), jit.parse(gemm_module((default_config(), bf16_config())))]
+    defined = {g.name for r in refs for g in [*r.functions, *r.global_variables]
+               if not g.is_declaration and g.linkage.name == "external"}
+    for r in refs:
+        for g in [*r.functions, *r.global_variables]:
+            if g.name in defined:
+                g.name = f"{lib.name}__{g.name}"
+                if not g.is_declaration:
+                    g.visibility = "hidden"
+    _, _, weight_blob, const_blob = embedded_layout(lib)
+    refs.append(jit.parse(data_module(lib, weight_blob, const_blob)))
+    for g in refs[-1].global_variables:
+        g.visibility = "hidden"
+    paths = []
+    for k, r in enumerate(refs):
+        path = tmp / f"{lib.name}_{('step', 'gemm', 'data')[k]}.o"
+        path.write_bytes(jit.object_code(r, 0 if k == 2 else jit.OPT_LEVEL))
+        paths.append(path)
+    return paths
+
+
+def _pkg_config(lib: Library, tools) -> str:
+    return (f"prefix=${{pcfiledir}}\nlibdir=${{prefix}}\nincludedir=${{prefix}}\n\n"
+            f"Name: {lib.name}\nDescription: model {lib.name} compiled by dlc build ({lib.target})\n"
+            f"Version: {dlc.__version__}\nLibs: -L${{libdir}} -l{lib.name}\n"
+            f"Libs.private: {' '.join(tools.libs)}\nCflags: -I${{includedir}}\n")
+
+
+def _readme(lib: Library, tools, out: Path) -> str:
+    n = lib.name
+    weights = ("The weights are inside the library: `%s_create(&model, NULL)`." % n if lib.weights is not None else
+               f"Give `{n}_create` the path of a dlc checkpoint of the model (`dlc train` writes one).")
+    return f"""# {n}: a dlc library
+
+Built by dlc {dlc.__version__} (`dlc build`, target {lib.target}, {tools.name}). The API is in `{n}.h`;
+docs/deploy.md of dlc describes it. {weights}
+
+Compile and link a C program against the shared library:
+
+    cc -O2 main.c -I{out} -L{out} -l{n} -Wl,-rpath,{out} -o main
+
+or against the static one (which needs the OpenMP runtime and libm):
+
+    cc -O2 main.c -I{out} {out}/lib{n}.a {' '.join(tools.libs)} -o main
+
+or with pkg-config: `PKG_CONFIG_PATH={out} pkg-config --cflags --libs {n}`.
+
+At run time the library needs libc, libm, libpthread and libgomp (GCC's OpenMP runtime),
+nothing of Python, dlc or LLVM.
+"""

@@ -1,0 +1,70 @@
+"""The C toolchain `dlc build` compiles and links with: the system's `cc` ($CC), else the
+`ziglang` package's `zig cc` (pip install "dlc[build]"), a self-contained clang and lld."""
+from __future__ import annotations
+
+import ctypes.util
+import importlib.util
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from dlc.compiler.errors import DlcError
+
+
+@dataclass
+class Toolchain:
+    name: str           # what `dlc build` reports: "cc (/usr/bin/cc)", "zig cc (ziglang 0.13.0)"
+    cc: list
+    ar: list
+    libs: list          # what a program linking the static library adds: libgomp, libm, libpthread
+
+    def run(self, args: list, what: str):
+        try:
+            done = subprocess.run(args, capture_output=True, text=True)
+        except OSError as e:
+            raise DlcError(f"cannot run {shlex.join(args[:1])} to {what}: {e.strerror}") from None
+        if done.returncode:
+            raise DlcError(f"{what} failed ({self.name}):\n$ {shlex.join(args)}\n{done.stderr.strip()}")
+
+    def compile(self, source: Path, obj: Path, include: Path):
+        self.run(self.cc + ["-std=gnu11", "-O2", "-fPIC", "-fvisibility=hidden", f"-I{include}", "-c", str(source),
+                            "-o", str(obj)], f"compiling {source.name}")
+
+    def shared(self, objects: list, out: Path):
+        self.run(self.cc + ["-shared", "-o", str(out), *map(str, objects), f"-Wl,-soname,{out.name}",
+                            "-Wl,-z,noexecstack"] + self.libs, f"linking {out.name}")
+
+    def archive(self, objects: list, out: Path):
+        out.unlink(missing_ok=True)
+        self.run(self.ar + ["rcs", str(out), *map(str, objects)], f"archiving {out.name}")
+
+
+def find(choice: str = "auto") -> Toolchain:
+    """`choice`: auto (cc when there is one, else zig), cc or zig."""
+    libs = ["-lgomp", "-lm", "-lpthread"]
+    cc = os.environ.get("CC") or shutil.which("cc")
+    if choice in ("auto", "cc") and cc:
+        ar = os.environ.get("AR") or shutil.which("ar")
+        if ar is None:
+            raise DlcError("found cc but no `ar` to write the static library: install binutils")
+        return Toolchain(f"cc ({cc})", shlex.split(cc), [ar], libs)
+    if choice == "cc":
+        raise DlcError("no C compiler `cc` on this machine (nor $CC): install one, or use --toolchain zig "
+                       '(pip install "dlc[build]")')
+    if importlib.util.find_spec("ziglang") is None:
+        raise DlcError('no C compiler on this machine: install one (cc), or pip install "dlc[build]" for zig cc')
+    # zig brings clang, lld and a libc, not libgomp: the system's is linked by its path
+    gomp = ctypes.util.find_library("gomp")
+    path = next((p for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu")
+                 if gomp and (p := Path(d) / gomp).exists()), None)
+    if path is None:
+        raise DlcError("zig cc links the OpenMP runtime libgomp.so.1, which this machine does not have: "
+                       "install it (apt install libgomp1)")
+    zig = [sys.executable, "-m", "ziglang"]
+    from importlib.metadata import version
+    return Toolchain(f"zig cc (ziglang {version('ziglang')})", zig + ["cc", "-target", "x86_64-linux-gnu"],
+                     zig + ["ar"], [str(path), "-lm", "-lpthread"])

@@ -1,0 +1,462 @@
+"""`dlc build` (docs/deploy.md): libraries of the digits CNN, the char LSTM and the
+transformer classifier, called from C programs, from the static library, and from a
+Python without dlc through ctypes, against `dlc predict --backend native`'s numbers; the
+CPU check of another target; bad input through the C API."""
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlc.compiler.frontend.loader import load
+from dlc.runtime.api import DlcModel
+from dlc.runtime.training import checkpoint
+from dlc.runtime.training.trainer import initial_parameters
+
+ROOT = Path(__file__).resolve().parents[1]
+MAIN = ROOT / "tests" / "deploy" / "predict_main.c"
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
+
+# model -> (input dtype, the shape of a batch of `b`, the ids' range for an integer input)
+MODELS = {"digits_cnn": (np.float32, lambda b: (b, 1, 8, 8), None),
+          "char_lstm": (np.int32, lambda b: (b, 12), 96),
+          "transformer_classifier": (np.int32, lambda b: (b, 20), 1000)}
+STATUS = {"DLC_OK": 0, "DLC_ERROR_ARGUMENT": 1, "DLC_ERROR_SHAPE": 2, "DLC_ERROR_WEIGHTS": 3, "DLC_ERROR_CPU": 4,
+          "DLC_ERROR_MEMORY": 5, "DLC_ERROR_INDEX": 6}
+
+
+def dlc(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True)
+    assert not check or r.returncode == 0, r.stderr
+    return r
+
+
+def inputs(model: str, batch: int, seed: int = 0) -> np.ndarray:
+    dtype, shape, ids = MODELS[model]
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, ids, shape(batch)).astype(dtype) if ids else rng.standard_normal(shape(batch)).astype(dtype)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """model -> (library folder, checkpoint), built once for the module."""
+    cache = {}
+
+    def get(model: str):
+        if model not in cache:
+            tmp = tmp_path_factory.mktemp(model)
+            params = initial_parameters(load(ROOT / "examples" / f"{model}.dl").build(None, training=False), 7)
+            checkpoint.save(tmp / "weights.npz", params, {}, {})
+            dlc("build", ROOT / "examples" / f"{model}.dl", "-o", tmp / "lib")
+            cache[model] = (tmp / "lib", tmp / "weights.npz")
+        return cache[model]
+    return get
+
+
+def compile_main(lib: Path, name: str, out: Path, static=False) -> Path:
+    link = [str(lib / f"lib{name}.a"), "-lgomp", "-lm", "-lpthread"] if static else \
+        [f"-L{lib}", f"-l{name}", f"-Wl,-rpath,{lib}"]
+    subprocess.run(["cc", "-O2", f"-I{lib}", "-include", f"{name}.h", f"-DMODEL={name}", str(MAIN), *link, "-o",
+                    str(out)], check=True)
+    return out
+
+
+def c_predict(program: Path, ckpt, x: np.ndarray, out_rank: int, tmp: Path, threads=2) -> np.ndarray:
+    """The C program's prediction, run with an empty environment (no Python, no PYTHONPATH)."""
+    x.tofile(tmp / "x.bin")
+    r = subprocess.run(["env", "-i", str(program), str(ckpt), str(tmp / "x.bin"), str(tmp / "y.bin"), str(out_rank),
+                        str(threads), *map(str, x.shape)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return np.fromfile(tmp / "y.bin", np.float32)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_c_prediction_is_dlc_predict_bit_for_bit(built, model, tmp_path):
+    lib, ckpt = built(model)
+    program = compile_main(lib, model, tmp_path / "main")
+    engine = DlcModel(str(ROOT / "examples" / f"{model}.dl"), backend="native").load_weights(ckpt)
+    for batch in (1, 64):
+        x = inputs(model, batch, seed=batch)
+        want = next(iter(engine.predict({engine.eval_model.inputs[0].name: x}, batch).values()))
+        got = c_predict(program, ckpt, x, want.ndim, tmp_path)
+        assert got.tobytes() == np.ascontiguousarray(want, np.float32).tobytes(), (model, batch)
+
+
+def test_one_instance_per_thread(built, tmp_path):
+    """Eight threads, each with its own instance, predicting at once: every result is the
+    same bits, every call succeeds."""
+    lib, ckpt = built("digits_cnn")
+    program = tmp_path / "threads"
+    subprocess.run(["cc", "-O2", f"-I{lib}", "-include", "digits_cnn.h", "-DMODEL=digits_cnn",
+                    str(ROOT / "tests" / "deploy" / "threads_main.c"), f"-L{lib}", "-ldigits_cnn", f"-Wl,-rpath,{lib}",
+                    "-lpthread", "-o", str(program)], check=True)
+    r = subprocess.run([str(program), str(ckpt), "8", "50"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_library_needs_no_python_nor_llvm(built):
+    lib, _ = built("digits_cnn")
+    needed = subprocess.run(["ldd", str(lib / "libdigits_cnn.so")], capture_output=True, text=True).stdout
+    names = {line.split()[0] for line in needed.splitlines() if line.strip()}
+    assert names <= {"linux-vdso.so.1", "libgomp.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0",
+                     "/lib64/ld-linux-x86-64.so.2"}, names
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(lib / "libdigits_cnn.so")], capture_output=True,
+                              text=True).stdout.split()
+    assert sorted(s for s in exported if s.startswith("digits")) == [
+        f"digits_cnn_{f}" for f in ("create", "create_from_memory", "destroy", "error", "predict",
+                                    "predict_arrays", "set_threads")]
+
+
+def test_a_program_linked_against_the_static_library(built, tmp_path):
+    lib, ckpt = built("digits_cnn")
+    program = compile_main(lib, "digits_cnn", tmp_path / "main", static=True)
+    assert "libdigits_cnn" not in subprocess.run(["ldd", str(program)], capture_output=True, text=True).stdout
+    x = inputs("digits_cnn", 5)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    want = engine.predict({"x": x})["probs"]
+    assert c_predict(program, ckpt, x, 2, tmp_path, threads=1).tobytes() == want.tobytes()
+
+
+CTYPES_CALLER = r"""
+import ctypes, sys
+try:
+    import dlc
+    sys.exit("dlc is importable")
+except ImportError:
+    pass
+lib = ctypes.CDLL(sys.argv[1])
+model = ctypes.c_void_p()
+assert lib.digits_cnn_create(ctypes.byref(model), sys.argv[2].encode()) == 0
+lib.digits_cnn_error.restype = ctypes.c_char_p
+x = (ctypes.c_float * 64).from_buffer_copy(open(sys.argv[3], "rb").read())
+shape = (ctypes.c_int64 * 4)(1, 1, 8, 8)
+y, out_shape = (ctypes.c_float * 10)(), (ctypes.c_int64 * 2)()
+status = lib.digits_cnn_predict(model, x, shape, y, ctypes.c_int64(10), out_shape)
+assert status == 0, lib.digits_cnn_error(model)
+assert list(out_shape) == [1, 10]
+sys.stdout.write(bytes(y).hex())
+lib.digits_cnn_destroy(model)
+"""
+
+
+def test_a_python_caller_without_dlc(built, tmp_path):
+    """ctypes in a Python that cannot import dlc (isolated, no site-packages, no PYTHONPATH)."""
+    lib, ckpt = built("digits_cnn")
+    x = inputs("digits_cnn", 1)
+    x.tofile(tmp_path / "x.bin")
+    r = subprocess.run(["env", "-i", sys.executable, "-I", "-S", "-c", CTYPES_CALLER, str(lib / "libdigits_cnn.so"),
+                        str(ckpt), str(tmp_path / "x.bin")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    assert bytes.fromhex(r.stdout) == engine.predict({"x": x})["probs"].tobytes()
+
+
+def test_embedded_weights(built, tmp_path):
+    _, ckpt = built("digits_cnn")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "--embed-weights", "-o", tmp_path / "lib")
+    program = compile_main(tmp_path / "lib", "digits_cnn", tmp_path / "main")
+    x = inputs("digits_cnn", 3)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    assert c_predict(program, "-", x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
+
+
+def test_without_a_system_compiler_zig_cc_builds_and_links(built, tmp_path):
+    """--toolchain zig (the `ziglang` package, dlc[build]): the library and a program built
+    with zig cc alone give the same bits."""
+    pytest.importorskip("ziglang", reason="needs the ziglang package: pip install 'dlc[build]'")
+    _, ckpt = built("digits_cnn")
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--toolchain", "zig", "-o", tmp_path / "lib")
+    assert "linked with zig cc (ziglang" in r.stdout
+    lib = tmp_path / "lib"
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu", "-O2", f"-I{lib}", "-include",
+                    "digits_cnn.h", "-DMODEL=digits_cnn", str(MAIN), f"-L{lib}", "-ldigits_cnn", f"-Wl,-rpath,{lib}",
+                    "-o", str(tmp_path / "main")], check=True)
+    x = inputs("digits_cnn", 4)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    assert c_predict(tmp_path / "main", ckpt, x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
+
+
+def test_build_refuses_weights_of_another_model(built, tmp_path):
+    _, ckpt = built("digits_cnn")
+    r = dlc("build", ROOT / "examples" / "xor_mlp.dl", "--weights", ckpt, "--embed-weights", "-o", tmp_path / "lib",
+            check=False)
+    assert r.returncode == 1 and "does not match the model: missing h.W [2, 4]" in r.stderr
+    assert not (tmp_path / "lib").exists()
+
+
+def test_embedding_needs_weights(tmp_path):
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--embed-weights", "-o", tmp_path / "lib", check=False)
+    assert r.returncode == 1 and "--embed-weights needs the weights" in r.stderr
+
+
+# ---- the C API from ctypes: bad input -------------------------------------------------------------------
+class Api:
+    """A built library's C functions, typed, in this process."""
+
+    def __init__(self, lib: Path, name: str):
+        self.lib = ctypes.CDLL(str(lib / f"lib{name}.so"))
+        self.name = name
+        f = lambda fn: getattr(self.lib, f"{name}_{fn}")
+        f("error").restype = ctypes.c_char_p
+        f("create").argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p]
+        f("create_from_memory").argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_char_p, ctypes.c_size_t]
+        f("predict_arrays").argtypes = [ctypes.c_void_p] + [ctypes.c_void_p] * 5
+        for fn in ("destroy", "error", "set_threads"):
+            f(fn).argtypes = [ctypes.c_void_p] + ([ctypes.c_int] if fn == "set_threads" else [])
+        self.f = f
+
+    def create(self, path=None, data: bytes | None = None):
+        model = ctypes.c_void_p()
+        if data is not None:
+            status = self.f("create_from_memory")(ctypes.byref(model), data, len(data))
+        else:
+            status = self.f("create")(ctypes.byref(model), None if path is None else str(path).encode())
+        return status, model
+
+    def error(self, model) -> str:
+        return self.f("error")(model).decode()
+
+    def predict(self, model, x: np.ndarray | None, shape, capacity: int, out_rank: int = 2, nulls=()):
+        """(status, output, its shape); `nulls` names the pointers to pass as NULL."""
+        out = np.zeros(max(capacity, 1), np.float32)
+        out_shape = np.zeros(8, np.int64)
+        shape = np.asarray(shape, np.int64)
+        p = lambda a: ctypes.c_void_p(a.ctypes.data)
+        inputs = (ctypes.c_void_p * 1)(None if "x" in nulls or x is None else p(x))
+        shapes = (ctypes.c_void_p * 1)(None if "shape" in nulls else p(shape))
+        outputs = (ctypes.c_void_p * 1)(None if "y" in nulls else p(out))
+        caps = np.array([capacity], np.int64)
+        oshapes = (ctypes.c_void_p * 1)(p(out_shape))
+        status = self.f("predict_arrays")(model, None if "inputs" in nulls else ctypes.cast(inputs, ctypes.c_void_p),
+                                          ctypes.cast(shapes, ctypes.c_void_p), ctypes.cast(outputs, ctypes.c_void_p),
+                                          p(caps), ctypes.cast(oshapes, ctypes.c_void_p))
+        return status, out, out_shape[:out_rank]
+
+
+@pytest.fixture(scope="module")
+def digits(built):
+    lib, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    status, model = api.create(ckpt)
+    assert status == 0
+    yield api, model, ckpt
+    api.f("destroy")(model)
+
+
+def test_wrong_shapes_name_the_input_and_both_shapes(digits):
+    api, model, _ = digits
+    x = np.zeros((2, 1, 8, 9), np.float32)
+    status, _, _ = api.predict(model, x, x.shape, 100)
+    assert status == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "input 'x' expects f32[B, 1, 8, 8], got shape [2, 1, 8, 9]"
+    for shape in ([0, 1, 8, 8], [-3, 1, 8, 8]):
+        assert api.predict(model, x, shape, 100)[0] == STATUS["DLC_ERROR_SHAPE"]
+    status, _, _ = api.predict(model, np.zeros((2, 1, 8, 8), np.float32), [2, 1, 8, 8], 19)
+    assert status == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "output 'probs' has shape [2, 10], 20 elements; its buffer holds 19"
+    huge = [1 << 61, 1, 8, 8]       # elements overflow int64: refused before anything is read
+    assert api.predict(model, x, huge, 100)[0] == STATUS["DLC_ERROR_SHAPE"]
+    status, y, shape = api.predict(model, np.zeros((2, 1, 8, 8), np.float32), [2, 1, 8, 8], 20)
+    assert status == 0 and api.error(model) == "" and list(shape) == [2, 10]
+
+
+def test_null_pointers_are_errors(digits):
+    api, model, _ = digits
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    for nulls in (("x",), ("shape",), ("y",), ("inputs",)):
+        status, _, _ = api.predict(model, x, x.shape, 10, nulls=nulls)
+        assert status == STATUS["DLC_ERROR_ARGUMENT"], nulls
+        assert "null pointer" in api.error(model)
+    assert api.f("set_threads")(model, 0) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.f("set_threads")(None, 2) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.predict(None, x, x.shape, 10)[0] == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.error(None) == "no model instance (a null pointer)"
+
+
+def test_nan_inputs_give_the_engines_outputs(digits):
+    """NaN in, no crash: what dlc's native engine gives (the ReLUs take NaN to 0 here; dlc's
+    Python API refuses such data before the engine sees it)."""
+    api, model, ckpt = digits
+    x = np.full((3, 1, 8, 8), np.nan, np.float32)
+    x[1, 0, 2] = np.inf
+    status, y, _ = api.predict(model, x, x.shape, 30)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    assert status == 0 and y[:30].tobytes() == engine.engine.predict(engine.params, {"x": x})["probs"].tobytes()
+
+
+def test_an_index_out_of_range_is_an_error_at_the_line(built):
+    lib, ckpt = built("transformer_classifier")
+    api = Api(lib, "transformer_classifier")
+    status, model = api.create(ckpt)
+    assert status == 0
+    x = np.full((2, 10), 5000, np.int32)
+    status, _, _ = api.predict(model, x, x.shape, 20)
+    assert status == STATUS["DLC_ERROR_INDEX"]
+    assert api.error(model).endswith("error: gather: index out of range [0, 1000)")
+    assert "transformer_classifier.dl:" in api.error(model)
+    x = np.zeros((1, 100), np.int32)        # longer than its 64 learned positions (P[0:T])
+    status, _, _ = api.predict(model, x, x.shape, 10)
+    assert status == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model).endswith("error: the inputs are too large for this slice: it needs T <= 64")
+    api.f("destroy")(model)
+
+
+def test_hostile_checkpoints_are_refused(built, tmp_path):
+    lib, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    good = ckpt.read_bytes()
+    status, model = api.create(tmp_path / "missing.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and "cannot open the checkpoint" in api.error(model)
+    api.f("destroy")(model)
+    other = initial_parameters(load(ROOT / "examples" / "digits_mlp.dl").build(None, training=False), 1)
+    checkpoint.save(tmp_path / "other.npz", other, {}, {})
+    status, model = api.create(tmp_path / "other.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and "no parameter" in api.error(model)
+    api.f("destroy")(model)
+    params, _, _ = checkpoint.load(ckpt)
+    checkpoint.save(tmp_path / "f64.npz", {k: v.astype(np.float64) for k, v in params.items()}, {}, {})
+    status, model = api.create(tmp_path / "f64.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and "is <f8, the model's is <f4" in api.error(model)
+    api.f("destroy")(model)
+    wrong = dict(params, **{"c1.W": np.zeros((16, 1, 3, 2), np.float32)})
+    checkpoint.save(tmp_path / "shape.npz", wrong, {}, {})
+    status, model = api.create(tmp_path / "shape.npz")
+    assert api.error(model) == "checkpoint: parameter c1.W has shape [16, 1, 3, 2], the model's is [16, 1, 3, 3]"
+    api.f("destroy")(model)
+    for cut in range(0, len(good), max(1, len(good) // 300)):
+        status, model = api.create(data=good[:cut])
+        assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
+        api.f("destroy")(model)
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    tensors = (tmp_path / "w.safetensors").read_bytes()
+    for cut in range(0, len(tensors), max(1, len(tensors) // 300)):
+        status, model = api.create(data=tensors[:cut])
+        assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
+        api.f("destroy")(model)
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "--format", "torch", "-o", tmp_path / "t.safetensors")
+    status, model = api.create(tmp_path / "t.safetensors")       # torch.nn's names: not the model's
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and api.error(model) == "checkpoint: no parameter c1.W"
+    api.f("destroy")(model)
+
+
+def test_a_safetensors_file_read_at_run_time(built, tmp_path):
+    lib, ckpt = built("digits_cnn")
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    api = Api(lib, "digits_cnn")
+    x = inputs("digits_cnn", 6)
+    outputs = []
+    for path in (ckpt, tmp_path / "w.safetensors"):
+        status, model = api.create(path)
+        assert status == 0, api.error(model)
+        status, y, _ = api.predict(model, x, x.shape, 60)
+        assert status == 0
+        outputs.append(y[:60].tobytes())
+        api.f("destroy")(model)
+    assert outputs[0] == outputs[1]
+
+
+FUZZ = r"""
+import ctypes, sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from test_deploy import Api, STATUS
+from pathlib import Path
+api = Api(Path(sys.argv[1]), "digits_cnn")
+files = [Path(sys.argv[2]).read_bytes(), Path(sys.argv[6]).read_bytes()]      # .npz and .safetensors
+rng = np.random.default_rng(int(sys.argv[4]))
+codes = set(STATUS.values())
+calls = 0
+for good in files:
+    status, model = api.create(data=good)
+    assert status == 0, api.error(model)
+    api.f("destroy")(model)
+status, model = api.create(data=files[0])
+room = np.zeros(64 * 64, np.float32)          # the most any valid shape below reads
+for i in range(int(sys.argv[5])):
+    what = rng.integers(0, 3)
+    if what == 0:       # a damaged checkpoint: bytes changed, cut or repeated
+        data = bytearray(files[rng.integers(0, 2)])
+        for _ in range(rng.integers(1, 8)):
+            data[rng.integers(0, len(data))] = rng.integers(0, 256)
+        if rng.random() < 0.3:
+            data = data[:rng.integers(0, len(data))]
+        s, m = api.create(data=bytes(data))
+        assert s in codes, s
+        if s:
+            assert api.error(m), "a failure without a message"
+        api.f("destroy")(m)
+    else:               # a prediction of random sizes: valid shapes read at most `room`
+        rank_ok = rng.random() < 0.8
+        b = int(rng.integers(-2, 65))
+        shape = [b, 1, 8, 8] if rank_ok else list(rng.integers(-1, 10, 4))
+        if rng.random() < 0.1:
+            shape[rng.integers(0, 4)] = int(rng.integers(-2**62, 2**62))
+        count = int(np.prod(shape, dtype=object)) if all(d > 0 for d in shape) else 0
+        if count > room.size and all(d > 0 for d in shape) and shape[1:] == [1, 8, 8] and count < 2**46:
+            continue        # a valid shape that says more than the buffer holds: the caller's error, not tried
+        cap = int(rng.integers(-5, 700))
+        nulls = tuple(n for n in ("x", "shape", "y") if rng.random() < 0.05)
+        s, y, _ = api.predict(model, room, shape, cap, nulls=nulls)
+        assert s in codes, s
+        if s:
+            assert api.error(model)
+        calls += 1
+    calls += what == 0
+api.f("destroy")(model)
+print(calls)
+"""
+
+
+def test_fuzz_the_c_api(built, tmp_path):
+    """10^4 calls of random sizes, null pointers and damaged checkpoints (.npz and
+    .safetensors), in a process of
+    their own: each returns a known status with a message, and nothing crashes."""
+    lib, ckpt = built("digits_cnn")
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    r = subprocess.run([sys.executable, "-c", FUZZ, str(lib), str(ckpt), str(Path(__file__).parent), "1", "10500",
+                        str(tmp_path / "w.safetensors")],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert int(r.stdout) >= 10_000
+
+
+def test_a_library_for_another_cpu_refuses_to_run(tmp_path, built):
+    """Built for a target whose features this CPU lacks, create says so; never SIGILL."""
+    from dlc.compiler.native import jit
+    missing = next((t for t, f in (("avx512", "avx512f"), ("avx512bf16", "avx512bf16"), ("amx", "amx-tile"))
+                    if not jit.host_has(f)), None)
+    if missing is None:
+        pytest.skip("this CPU has every feature of every target")
+    _, ckpt = built("digits_cnn")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--target", missing, "-o", tmp_path / "lib")
+    if missing == "avx512" and shutil.which("objdump"):      # compiled for it indeed: 512-bit registers
+        code = subprocess.run(["objdump", "-d", str(tmp_path / "lib" / "libdigits_cnn.so")], capture_output=True,
+                              text=True).stdout
+        assert "%zmm" in code
+    api = Api(tmp_path / "lib", "digits_cnn")
+    status, model = api.create(ckpt)
+    assert status == STATUS["DLC_ERROR_CPU"]
+    assert f"built for {missing}" in api.error(model) and "this CPU lacks" in api.error(model)
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    assert api.predict(model, x, x.shape, 10)[0] == STATUS["DLC_ERROR_CPU"]
+    api.f("destroy")(model)
+
+
+def test_a_host_call_cannot_go_in_a_library():
+    """A kernel that calls back into Python (a data-parallel step's allreduce; a prediction
+    has none today) is refused, naming the operation and the line."""
+    from dlc.compiler.errors import DlcError, Span
+    from dlc.compiler.native.kernels import HostCallKernel
+    from dlc.compiler.native.program import KernelProgram
+    from dlc.runtime.deploy.build import _refuse_host_calls
+    p = KernelProgram()
+    buffer = p.buffer("f32", 3, "temp")
+    p.kernels.append(HostCallKernel(p.host("replica_mean").id, buffer.id, origin=(("replica_mean", Span("m.dl", 4, 9)),)))
+    with pytest.raises(DlcError) as e:
+        _refuse_host_calls(p)
+    assert e.value.render().startswith("m.dl:4:9: error: `replica_mean` calls back into Python")
+    assert "cannot go in a library" in e.value.message
