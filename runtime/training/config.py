@@ -3,7 +3,6 @@
 and every setting checked where it is written before any data is loaded or code compiled."""
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
 
@@ -15,6 +14,7 @@ from dlc.compiler.frontend.syntax import size_bytes
 from dlc.compiler.native.lower import PRECISIONS
 from dlc.runtime.data.augment import augment_options
 from dlc.runtime.training.early_stop import EarlyStop
+from dlc.runtime.training.groups import make_groups, param_matches, patterns_of
 from dlc.runtime.training.optim import OPTIMIZERS, clip_limit, make_optimizer, make_schedule
 from dlc.runtime.training.settings import REQUIRED, Call, Symbol, as_call, number, setting_value, settings, show
 
@@ -38,6 +38,7 @@ class TrainConfig:
     l2: float = 0.0
     early_stop: object = None
     freeze: list = field(default_factory=list)
+    param_groups: object = None         # group(...) calls: parameters with settings of their own (groups.py)
     init_from: object = None
     seed: int = 0
     shuffle: bool = True
@@ -159,7 +160,7 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
     augment_options(cfg.augment, cfg.span("augment"))
     metrics = None
     if model is not None:
-        frozen_names(model, cfg.freeze, cfg.span("freeze"))
+        trained_names(model, cfg)
         stats = batch_statistics(model)
         if cfg.batch == 1 and stats:
             raise DlcError(f"batch = 1: model {model.name} keeps batch statistics ({', '.join(stats)}), which a "
@@ -204,15 +205,17 @@ def batch_statistics(model: Model) -> list:
 def frozen_names(model: Model, patterns, span=None) -> set:
     """The parameters that `freeze` names: a name (f5 freezes f5.W and f5.b), a full
     parameter name, or a shell-style pattern ("conv*")."""
-    patterns = patterns if isinstance(patterns, list) else [patterns] if patterns else []
     frozen = set()
-    for p in patterns:
-        if not isinstance(p, (str, Symbol)):
-            raise DlcError(f"freeze takes names or patterns, got {p!r}", span)
-        pat = p.name if isinstance(p, Symbol) else p
-        hits = {q.name for q in model.params
-                if q.name == pat or q.name.startswith(pat + ".") or fnmatch.fnmatch(q.name, pat)}
+    for pat in patterns_of(patterns or None, "freeze", span):
+        hits = {q.name for q in model.params if param_matches(q.name, pat)}
         if not hits:
             raise DlcError(f"freeze: no parameter matches '{pat}'", span)
         frozen |= hits
     return frozen
+
+
+def trained_names(model: Model, cfg: TrainConfig) -> tuple:
+    """(the names of the parameters a run trains, its parameter groups over them), checked."""
+    frozen = frozen_names(model, cfg.freeze, cfg.span("freeze"))
+    trained = [q.name for q in model.params if q.trainable and q.name not in frozen]
+    return trained, make_groups(cfg.param_groups, model.params, trained, cfg.span("param_groups"))

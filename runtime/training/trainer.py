@@ -37,7 +37,7 @@ from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.interop import weights
 from dlc.runtime.training import checkpoint
 from dlc.runtime.training.callbacks import Callbacks, check
-from dlc.runtime.training.config import batch_statistics, frozen_names, make_config, metric_names
+from dlc.runtime.training.config import batch_statistics, make_config, metric_names, trained_names
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.history import History, save_history
@@ -131,8 +131,7 @@ class Trainer:
 
     # -- set-up --
     def trainable(self) -> list:
-        frozen = frozen_names(self.train_model, self.cfg.freeze, self.cfg.span("freeze"))
-        return [q.name for q in self.train_model.params if q.trainable and q.name not in frozen]
+        return trained_names(self.train_model, self.cfg)[0]
 
     def early_stop(self) -> "EarlyStop":
         return EarlyStop(self.cfg.early_stop, self.cfg.span("early_stop"), self.cfg.validation is not None,
@@ -169,8 +168,9 @@ class Trainer:
                 if arrays is not None:
                     self.world.check_data(name, len(next(iter(arrays.values()))), cfg.span(name))
         bounds = batch_bounds(n, cfg.batch, merge_single=bool(stats), ranks=self.world.size if self.world else 1)
-        trainable = self.trainable()
+        trainable, groups = trained_names(self.train_model, cfg)
         optimizer = make_optimizer(cfg.optimizer)
+        optimizer.set_groups(groups)
         if optimizer.full_batch and self.world is not None:
             raise DlcError(f"{optimizer.name} trains in one process: its line search is not shared between ranks",
                            cfg.span("optimizer"))
