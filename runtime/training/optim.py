@@ -316,36 +316,51 @@ def make_optimizer(spec) -> Optimizer:
 
 # ---- schedules ---------------------------------------------------------------------------------
 class Schedule:
-    """The learning rate at every step: a base schedule in epochs, after an optional
-    linear warmup from 0 over `warmup` epochs."""
+    """The learning rate at every step: a base schedule, after an optional linear warmup from
+    0 over `warmup` epochs or `warmup_steps` steps (capped at the base rate, however short).
+    The base schedules count in epochs of `steps_per_epoch` steps, or in steps with
+    `decay_steps`: the steps of one decay of `step` and `exponential`, the first period of
+    `warm_restarts`, the step at which `cosine` reaches min_lr. A run of `total` steps
+    (max_steps, else epochs x steps per epoch) is what `cosine` decays over by default."""
 
-    def __init__(self, call: Call, base_lr: float, steps_per_epoch: int, epochs: int):
+    def __init__(self, call: Call, base_lr: float, steps_per_epoch: int, epochs: int, total: int | None = None):
         options = SCHEDULES.get(call.name)
         if options is None:
             raise DlcError(f"unknown schedule '{call.name}'{did_you_mean(call.name, SCHEDULES)} "
                            f"(known: {', '.join(SCHEDULES)})", call.span)
-        args = call.bind(options | {"warmup": 0})
+        args = call.bind(options | {"warmup": 0, "warmup_steps": None, "decay_steps": None})
         self.kind = call.name
         self.opts = {k: _option(args, k, d) for k, d in options.items()}
-        self.warmup = _option(args, "warmup", 0)
-        self.base, self.per_epoch, self.epochs = base_lr, max(1, steps_per_epoch), epochs
+        self.per_epoch = max(1, steps_per_epoch)
+        if args["warmup_steps"] is not None and args["warmup"]:
+            raise DlcError(f"{call.name}: give warmup (epochs) or warmup_steps, not both", args.span("warmup_steps"))
+        self.warm = (args.check("warmup_steps", integer, low=0) if args["warmup_steps"] is not None
+                     else _option(args, "warmup", 0) * self.per_epoch)
+        self.decay_steps = None
+        if args["decay_steps"] is not None:
+            if call.name in ("constant", "linear_warmup"):
+                raise DlcError(f"{call.name} does not decay: decay_steps is for step, exponential, cosine and "
+                               "warm_restarts", args.span("decay_steps"))
+            self.decay_steps = args.check("decay_steps", integer, low=1)
+        self.base = base_lr
+        self.total = total if total is not None else epochs * self.per_epoch
 
     def __call__(self, step: int) -> float:
         """Learning rate for global step `step` (0-based)."""
-        warm = self.warmup * self.per_epoch
-        if step < warm:
-            return self.base * (step + 1) / warm
-        epoch = (step - warm) / self.per_epoch
-        total = max(self.epochs - self.warmup, 1e-9)
-        o, lr = self.opts, self.base
+        if step < self.warm:
+            return self.base * min(1.0, (step + 1) / self.warm)
+        o, lr, after = self.opts, self.base, step - self.warm
+        unit = self.decay_steps or self.per_epoch       # the steps of one `every`, period or exponential decay
         if self.kind == "step":
-            return lr * o["gamma"] ** math.floor(epoch / o["every"])
+            return lr * o["gamma"] ** math.floor(after / (unit if self.decay_steps else o["every"] * unit))
         if self.kind == "exponential":
-            return lr * o["gamma"] ** math.floor(epoch)
+            return lr * o["gamma"] ** math.floor(after / unit)
         if self.kind == "cosine":
-            return o["min_lr"] + 0.5 * (lr - o["min_lr"]) * (1 + math.cos(math.pi * min(epoch / total, 1.0)))
+            end = self.decay_steps if self.decay_steps is not None else self.total
+            progress = min(after / max(end - self.warm, 1e-9), 1.0) if after >= 0 else 0.0
+            return o["min_lr"] + 0.5 * (lr - o["min_lr"]) * (1 + math.cos(math.pi * progress))
         if self.kind == "warm_restarts":
-            period, t = o["period"], epoch
+            period, t = (self.decay_steps or o["period"] * unit), after
             while t >= period:
                 t -= period
                 period *= o["mult"]
@@ -363,11 +378,13 @@ SCHEDULES = {
 }
 
 
-def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int, span: Span | None = None) -> Schedule:
+def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int, span: Span | None = None,
+                  total: int | None = None) -> Schedule:
     """The schedule a `schedule` setting names (none: constant); `span`, where the setting
-    is written, locates the errors of a value that does not carry its own (a string, 0)."""
+    is written, locates the errors of a value that does not carry its own (a string, 0).
+    `total`: the run's steps when it is counted in steps (max_steps)."""
     call = as_call("constant" if spec is None else spec, "schedule", "cosine(warmup = 1)", span)
-    return Schedule(call, base_lr, steps_per_epoch, epochs)
+    return Schedule(call, base_lr, steps_per_epoch, epochs, total)
 
 
 # ---- clipping ------------------------------------------------------------------------------------
