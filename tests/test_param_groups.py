@@ -143,3 +143,16 @@ def test_betas_tuple_is_beta1_beta2():
         make_optimizer(Call("adam", [], {"lr": 1e-3, "betas": [0.9, 0.9], "beta1": 0.8}))
     with pytest.raises(DlcError, match="has no option 'betas'"):       # sgd has no betas
         make_optimizer(Call("sgd", [], {"lr": 1e-3, "betas": [0.9, 0.9]}))
+
+
+def test_summary_lists_the_groups(tmp_path, capsys):
+    from dlc.runtime.cli import main
+    path = write(tmp_path, MODEL, 'train grouped {\n    optimizer = adamw(lr = 1e-3, weight_decay = 0.1)\n'
+                                  '    param_groups = [group(ndim = 1, weight_decay = 0), group("E", lr_mult = 0.1)]\n'
+                                  '    freeze = ["g"]\n}')
+    assert main(["summary", path]) == 0
+    out = capsys.readouterr().out
+    assert "Parameter groups (adamw(lr = 0.001, weight_decay = 0.1)):" in out
+    assert "group(ndim = 1, weight_decay = 0): weight_decay 0; 1 tensor, 16 parameters: b\n" in out   # g is frozen
+    assert 'group("E", lr_mult = 0.1): lr x0.1; 1 tensor, 80 parameters: E\n' in out
+    assert "the rest: the optimizer's settings (weight_decay 0.1); 1 tensor, 128 parameters: W" in out

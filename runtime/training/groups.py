@@ -14,7 +14,7 @@ from __future__ import annotations
 import fnmatch
 from dataclasses import dataclass
 
-from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.errors import DlcError, Span, plural
 from dlc.compiler.ir.dims import numel
 from dlc.runtime.training.settings import Call, Symbol, as_call, integer, number, to_text
 
@@ -91,10 +91,10 @@ def describe(groups: list, optimizer: Call, trained: list, params: list) -> str:
     for g in groups:
         settings = (f"weight_decay {g.weight_decay:g}" if g.weight_decay is not None else "") + \
             (f"{', ' if g.weight_decay is not None else ''}lr x{g.lr_mult:g}" if g.lr_mult != 1.0 else "")
-        lines.append(f"  {g.text}: {settings}; {len(g.members)} tensors, {g.size:,} parameters: "
+        lines.append(f"  {g.text}: {settings}; {plural(len(g.members), 'tensor')}, {g.size:,} parameters: "
                      + _names(g.members))
     lines.append(f"  the rest: the optimizer's settings{f' (weight_decay {decay:g})' if decay is not None else ''}; "
-                 f"{len(rest)} tensors, {sum(sizes[n] for n in rest):,} parameters: " + _names(rest))
+                 f"{plural(len(rest), 'tensor')}, {sum(sizes[n] for n in rest):,} parameters: " + _names(rest))
     return "\n".join(lines)
 
 
