@@ -62,7 +62,7 @@ def test_a_callback_sees_every_event_with_its_logs(tmp_path):
     rec = Recorder()
     result = train(model(tmp_path), tmp_path, validation=0.25, callbacks=[rec])
     assert rec.events[0] == ("train_begin", {"epochs": 3, "batches": 5, "examples": 36, "initial_epoch": 0,
-                                             "initial_step": 0})
+                                             "initial_step": 0, "steps": 15})
     assert rec.events[-1] == ("train_end", {"stopped": "done", "epochs": 3})
     assert rec.of("epoch_begin") == [(e, {"batch": 0}) for e in range(3)]
     steps = rec.of("batch_end")

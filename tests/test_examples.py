@@ -12,7 +12,7 @@ from dlc.runtime.cli import main
 EXAMPLE_DIR = Path(__file__).parent.parent / "examples"
 EXAMPLES = sorted(EXAMPLE_DIR.glob("*.dl"))
 # the deep convolutional and attention examples take seconds per gradient check
-HEAVY = {"resnet", "vgg_cnn", "char_transformer", "transformer_seq2seq"}
+HEAVY = {"resnet", "vgg_cnn", "char_transformer", "char_gpt", "transformer_seq2seq"}
 
 
 def test_there_are_examples_of_every_family():
@@ -102,6 +102,13 @@ def test_example_reaches_the_result_its_header_states(name, metric, at_least, tm
 def test_milestone_classifier_reaches_its_stated_accuracy(name, metric, at_least, tmp_path, capsys):
     numbers = train(EXAMPLE_DIR / f"{name}.dl", tmp_path / "run", capsys, "--seed", "0")
     assert numbers[metric] >= at_least
+
+
+@pytest.mark.slow
+def test_char_gpt_reaches_the_validation_loss_its_header_states(tmp_path, capsys):
+    """600 steps by its own train block: random windows, the text's tail held out, decay groups."""
+    numbers = train(EXAMPLE_DIR / "char_gpt.dl", tmp_path / "run", capsys)
+    assert numbers["val_loss"] == pytest.approx(1.607, abs=2e-3)
 
 
 def test_autoencoder_beats_the_best_linear_code(tmp_path, capsys):

@@ -23,7 +23,7 @@ ROOT = Path(dlc.__file__).resolve().parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.dl"))
 STDLIB = sorted(Path(str(resources.files("dlc.compiler").joinpath("stdlib"))).glob("*.dl"))
 MUTANTS = 150           # inputs 0..MUTANTS-1 of the fuzz campaign's seed 0
-LOCATION = re.compile(r"  @.*$", re.MULTILINE)
+LOCATION = re.compile(r"  @.*$|(?<=scan_body)@\d+", re.MULTILINE)      # a node's place; a scan body's line
 
 
 def comments(text: str) -> list[str]:

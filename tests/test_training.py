@@ -405,10 +405,10 @@ def test_early_stop_mode_explicit_wins_over_the_name(tmp_path):
 @pytest.mark.parametrize("setting, phrase", [
     ("early_stop = patience(5, val_loss, min, true, 1)", "patience takes at most 4 arguments"),
     ("augment = images(1, false, 0.0, 2)", "images takes at most 3 arguments"),
-    ("test = split(0.2, 0.3)", "split takes at most 1 argument"),
+    ("test = split(0.2, false, 0.3)", "split takes at most 2 arguments"),
     ("test = split(0.2, fraction = 0.3)", "'fraction' is given twice"),
     ("clip = global_norm(1.0, 2.0)", "global_norm takes at most 1 argument"),
-    ("schedule = cosine(0.0, 1, 2)", "cosine takes at most 2 arguments"),
+    ("schedule = cosine(0.0, 1, none, 2, 5)", "cosine takes at most 4 arguments"),
     ("optimizer = sgd(0.1, 0.9, false, 0.0, 1)", "sgd takes at most 4 arguments"),
     ("early_stop = patience(3, monitr = val_loss)", "patience has no option 'monitr'"),
 ])

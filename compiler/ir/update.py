@@ -4,7 +4,11 @@ An optimizer's rule (runtime/training/optim.py) builds, with compiler/ir/ops.py,
 and state from an `Update`: the flat float32 parameter and gradient of every trained
 parameter, its state arrays, and the per-step scalars. The scalars arrive in double, as
 torch.optim computes them in Python floats, and are rounded to float where the rule uses
-them, as torch rounds them. `update_graph` adds the penalties and the clipping in front
+them, as torch rounds them. With parameter groups (each group its own learning rate and
+weight decay, runtime/training/groups.py) the graph also takes `group`, the group of every
+element, and a scalar per group (`lr@0`, `lr@1`, ...); a value that differs between groups
+is chosen per element with `select`, so each group computes exactly what torch's
+param_groups compute. `update_graph` adds the penalties and the clipping in front
 of the rule. The reference engine runs that graph with the interpreter; the native
 engine lowers it into its step (compiler/native/update.py): one definition, both engines.
 """
@@ -17,29 +21,48 @@ from dlc.compiler.ir.graph import DTYPES, Graph, Tensor, TensorType
 
 # the grad_norm output: the global norm of the gradient, penalties added, before clipping
 NORM = "grad_norm"
+GROUP = "group"         # the input holding each element's parameter group
 
 
 class Update:
     """The inputs of an update graph: `param` and `grad` (f32[n], or f64 for checks by
-    hand), `state[slot]` (alike), and `scalar(name)`, a per-step scalar (fed as f64 by name)."""
+    hand), `state[slot]` (alike), and `scalar(name)`, a per-step scalar (fed as f64 by name,
+    `name@g` for group g when there are `groups` > 1; then `group`, i32[n], too)."""
 
-    def __init__(self, n: int, slots: tuple, dtype: str = "f32"):
+    def __init__(self, n: int, slots: tuple, dtype: str = "f32", groups: int = 1):
         self.graph = Graph("update")
-        self.dtype = dtype
+        self.dtype, self.groups = dtype, groups
         vector = TensorType(dtype, (n,))
         self.param = self._input("param", vector)
         self.grad = self._input("grad", vector)
         self.state = {s: self._input(s, vector) for s in slots}
+        self.group = self._input(GROUP, TensorType("i32", (n,))) if groups > 1 else None
         self._scalars: dict = {}
 
     def _input(self, name: str, typ: TensorType) -> Tensor:
         return self.graph.add1("input", type=typ, name=name)
 
     def scalar(self, name: str) -> Tensor:
-        """A per-step scalar, rounded to the parameters' dtype."""
+        """A per-step scalar, rounded to the parameters' dtype (each element's group's)."""
         if name not in self._scalars:
-            self._scalars[name] = self._input(name, TensorType("f64", ()))
-        return ops.cast(self._scalars[name], self.dtype)
+            if self.group is None:
+                self._scalars[name] = ops.cast(self._input(name, TensorType("f64", ())), self.dtype)
+            else:
+                self._scalars[name] = self.per_group(
+                    [ops.cast(self._input(f"{name}@{g}", TensorType("f64", ())), self.dtype)
+                     for g in range(self.groups)])
+        return self._scalars[name]
+
+    def per_group(self, values: list):
+        """values[g] for the elements of group g: the value itself when every group has the
+        same number, else an f[n] chosen element by element."""
+        if all(not isinstance(v, Tensor) for v in values) and len(set(values)) == 1:
+            return values[0]
+        lift = lambda v: v if isinstance(v, Tensor) else ops.constant(self.graph, v, self.dtype)
+        out = lift(values[-1])
+        for g in range(len(values) - 2, -1, -1):
+            out = ops.select(ops.compare("eq", self.group, g), lift(values[g]), out)
+        return out
 
 
 def lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
@@ -49,12 +72,12 @@ def lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
 
 
 def update_graph(rule: Callable, slots: tuple, n: int, l1: float = 0.0, l2: float = 0.0,
-                 clip: tuple | None = None, norm: bool = False, dtype: str = "f32") -> Graph:
+                 clip: tuple | None = None, norm: bool = False, dtype: str = "f32", groups: int = 1) -> Graph:
     """The update of n flat parameters: penalties (l1 * sum|p| + l2 * sum p^2), clipping
     (`clip`: ("global_norm", max) or ("value", max)), then the rule, which gives the new
     parameter and {slot: new state} (outputs "param" and each slot). With `norm`, the
-    output grad_norm too."""
-    u = Update(n, slots, dtype)
+    output grad_norm too. `groups`: how many parameter groups the elements fall in."""
+    u = Update(n, slots, dtype, groups)
     g, p = u.grad, u.param
     if l1:
         g = g + l1 * ops.unary("sign", p)

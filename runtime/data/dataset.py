@@ -63,12 +63,25 @@ class Dataset:
         except IndexError as e:
             raise DlcError(f"take: {e}") from None
 
-    def split(self, fraction: float, seed: int = 0) -> tuple["Dataset", "Dataset"]:
-        """Shuffled (rest, held_out) with round(len * fraction) examples held out."""
+    def split(self, fraction: float, seed: int = 0, tail: bool = False, span=None) -> tuple["Dataset", "Dataset"]:
+        """Shuffled (rest, held_out) with round(len * fraction) examples held out; with `tail`,
+        the last ones, in order. The windows at every offset of a text (meta "windows": their
+        length, text(windows = "random")) split at a place of the text: the rest keeps the
+        windows that end before it, and the held-out part is its windows that do not overlap."""
         if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating, np.integer)) \
                 or not 0 <= fraction <= 1 or math.isnan(fraction):
             raise DlcError(f"split: the held-out fraction must be a number between 0 and 1, got {show(fraction)}")
         n = len(self)
         k = int(round(n * float(fraction)))
-        order = np.random.default_rng(seed).permutation(n)
-        return self.take(order[k:]), self.take(order[:k])
+        block = self.meta.get("windows")
+        if block and not tail:
+            raise DlcError("random windows overlap, so a shuffled split would hold out text the training windows "
+                           "read: use split(fraction, tail = true), which holds out the end of the text", span)
+        if not tail:
+            order = np.random.default_rng(seed).permutation(n)
+            return self.take(order[k:]), self.take(order[:k])
+        if not block:
+            return self.take(np.arange(n - k)), self.take(np.arange(n - k, n))
+        held = self.take(np.arange(n - k, n, block))
+        held.meta = {m: v for m, v in self.meta.items() if m != "windows"}      # fixed windows, read once each
+        return self.take(np.arange(max(n - k - block, 0))), held

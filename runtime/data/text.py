@@ -1,7 +1,9 @@
 """Text: characters and words as ids, and the sources of text data.
 
-    text(path, seq = 100, vocab = none, lines = false)   character ids: "x" windows, "y" next characters
-                                                     (lines: one line each, padded, and "lengths")
+    text(path, seq = 100, vocab = none, lines = false, windows = "fixed")   character ids: "x" windows,
+                                                     "y" next characters (lines: one line each, padded, and
+                                                     "lengths"; windows = "random": a window at every offset,
+                                                     drawn at random by the trainer)
     sentences(path, vocab, length = none, lower = true)   word ids of labelled sentences, "vocab" a word
                                                      vector file, and "lengths"
     skipgram(path, words = 1000, window = 2, negatives = 5)   word2vec's pairs and negative samples
@@ -21,7 +23,7 @@ from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.files import path_arg
 from dlc.runtime.data.formats import label_column, read_utf8
 from dlc.runtime.data.source import source
-from dlc.runtime.training.settings import REQUIRED, Args, flag, integer, number, show
+from dlc.runtime.training.settings import REQUIRED, Args, choice, flag, integer, number, show
 
 
 # ---- characters -----------------------------------------------------------------------------------
@@ -73,13 +75,19 @@ def decode(ids, vocab: str) -> str:
     return "".join(np.array(list(vocab), dtype=object)[a])
 
 
-@source(path=REQUIRED, seq=100, vocab=None, lines=False)
+@source(path=REQUIRED, seq=100, vocab=None, lines=False, windows="fixed")
 def text(base_dir, args: Args) -> Dataset:
     """Character windows of a text: "x" [N, seq] ids, "y" the same windows one character later.
-    With `lines`, one example per non-empty line instead (`line_examples`)."""
+    With `lines`, one example per non-empty line instead (`line_examples`). `windows`:
+    "fixed", the windows side by side; "random", the window at every offset (views of the
+    text, no copy), of which the trainer draws a batch at random every step (meta "windows")."""
     p = path_arg(args, "path", base_dir)
     seq = args.check("seq", integer, low=1)
     lines = args.check("lines", flag)
+    windows = args.check("windows", choice, options=("fixed", "random"))
+    if windows == "random" and lines:
+        raise DlcError("text: windows = \"random\" draws windows across lines; leave out lines = true",
+                       args.span("windows"))
     vocab = args["vocab"]
     if vocab is not None:
         vocab = _check_vocab(vocab, "text", args.span("vocab"))
@@ -98,6 +106,10 @@ def text(base_dir, args: Args) -> Dataset:
     if n < 1:
         raise DlcError(f"text: seq = {seq} is too long for {p}: it has {len(ids)} characters and one window"
                        f" needs seq + 1 = {seq + 1}")
+    if windows == "random":
+        view = np.lib.stride_tricks.sliding_window_view
+        return Dataset({"x": view(ids[:-1], seq), "y": view(ids[1:], seq)},
+                       {"vocab": vocab, "vocab_size": len(vocab), "windows": seq})
     x = ids[: n * seq].reshape(n, seq)
     y = ids[1: n * seq + 1].reshape(n, seq)
     return Dataset({"x": x, "y": y}, {"vocab": vocab, "vocab_size": len(vocab)})

@@ -23,6 +23,7 @@ from dlc.compiler.ir.dims import concrete, derive, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir.graph import DTYPES
+from dlc.compiler.ir.update import GROUP
 from dlc.compiler.native.lower import lower
 from dlc.compiler.native.memory import intervals, plan, views
 from dlc.compiler.native.program import KernelProgram
@@ -409,6 +410,9 @@ class NativeEngine:
                 self.offsets[name], at = at, at + size[name]
             # the first offset of each bucket -> its end
             self.bucket_ends = {self.offsets[b[0]]: self.offsets[b[-1]] + size[b[-1]] for b in self.train_exe.buckets}
+            group = optimizer.group_index(order[:len(self.trainable)], [size[n] for n in order[:len(self.trainable)]])
+            if group is not None:
+                self.group[...] = group
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
@@ -464,7 +468,8 @@ class NativeEngine:
         if not self.n_trained or self.optimizer.full_batch:     # L-BFGS, Newton: no update graph
             return None
         prog = lower_update(self.optimizer.graph(self.n_trained, self.l1, self.l2, self.clip))
-        arrays = {"param": self.flat, "grad": self.grads, **self.state}
+        self.group = np.zeros(self.n_trained, np.int32)     # each element's parameter group, set with the offsets
+        arrays = {"param": self.flat, "grad": self.grads, **self.state, GROUP: self.group}
         self.scalar_names = [name for name in prog.inputs if name not in arrays]
         self.scalars = np.zeros(len(self.scalar_names), np.float64)
         arrays.update({name: self.scalars[k:k + 1] for k, name in enumerate(self.scalar_names)})
@@ -481,7 +486,7 @@ class NativeEngine:
         return prog
 
     def _set_scalars(self, lr: float, step: int):
-        values = self.optimizer.scalars(lr, step)
+        values = self.optimizer.step_scalars(lr, step)
         self.scalars[:] = [values[name] for name in self.scalar_names]
 
     def _adopt(self, params: dict, opt_state: dict):

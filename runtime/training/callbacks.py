@@ -5,13 +5,15 @@ TensorBoard event log first, then the caller's in the order given, then early st
 the checkpoints:
 
     on_train_begin(logs)          logs: epochs, batches (a whole epoch's), examples, initial_epoch
-                                  (epochs done before a resume), initial_step
+                                  (epochs done before a resume), initial_step, steps (the run's last
+                                  step: max_steps, or epochs x batches)
     on_epoch_begin(epoch, logs)   epoch from 0; logs: batch (batches of it done before a resume)
     on_batch_end(step, logs)      step: the run's steps so far, from 1; logs: the epoch's running
                                   mean loss and metrics, and lr (progress.Step, which also says where
                                   the run is: epoch, batch, timing)
     on_epoch_end(epoch, logs)     epoch from 0; logs: the epoch's row of the history (epoch from 1,
-                                  loss, metrics, their val_ twins, lr, time)
+                                  loss, metrics, their val_ twins, lr, time); with eval_every, called
+                                  for each row by steps instead (its step too)
     on_train_end(logs)            logs: stopped ("done", "early stop", "stopped", "interrupted" or
                                   "error"), epochs (the epochs done); called however the run ends
 

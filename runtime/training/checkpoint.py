@@ -52,7 +52,7 @@ def save(path: Path, params: dict, opt_state: dict, meta: dict):
 
 class Checkpoints(Callback):
     """The checkpoints of a run in its folder `out`, as a callback (callbacks.py): last.npz
-    after every epoch, best.npz after one that improved early stopping's monitored value
+    after every epoch (or every row of a run by steps, at the place in the epoch `place` says), best.npz after one that improved early stopping's monitored value
     (`stop`, an EarlyStop, called before this), and last.npz at the place in an epoch where
     the run stopped inside it (`inside`, from the loop). `params`, `opt_state` and `history`
     are the run's own, which its steps and epochs update in place; `meta` what every
@@ -62,6 +62,7 @@ class Checkpoints(Callback):
         self.out, self.params, self.opt_state, self.history, self.stop = out, params, opt_state, history, stop
         self.meta, self.writes = meta, writes
         self.step = 0
+        self.place = None       # (epoch, batch) of a row by steps, which the loop sets before its on_epoch_end
         self.written: list = []         # "last.npz", "best.npz": what this run wrote
 
     def on_train_begin(self, logs: dict):
@@ -71,9 +72,11 @@ class Checkpoints(Callback):
         self.step = step
 
     def on_epoch_end(self, epoch: int, logs: dict):
-        self.save("last.npz", epoch + 1, 0)
+        epoch, batch = self.place or (epoch + 1, 0)
+        self.place = None
+        self.save("last.npz", epoch, batch)
         if self.stop.improved:
-            self.save("best.npz", epoch + 1, 0)
+            self.save("best.npz", epoch, batch)
 
     def inside(self, epoch: int, batch: int, partial: dict):
         """last.npz of a run stopped after `batch` of `epoch` (from 0), with the loss and metric

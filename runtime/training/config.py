@@ -3,7 +3,6 @@
 and every setting checked where it is written before any data is loaded or code compiled."""
 from __future__ import annotations
 
-import fnmatch
 import math
 from dataclasses import dataclass, field
 
@@ -15,8 +14,9 @@ from dlc.compiler.frontend.syntax import size_bytes
 from dlc.compiler.native import PRECISIONS
 from dlc.runtime.data.augment import augment_options
 from dlc.runtime.training.early_stop import EarlyStop
+from dlc.runtime.training.groups import make_groups, param_matches, patterns_of
 from dlc.runtime.training.optim import OPTIMIZERS, clip_limit, make_optimizer, make_schedule
-from dlc.runtime.training.settings import REQUIRED, Call, Symbol, as_call, number, setting_value, settings, show
+from dlc.runtime.training.settings import REQUIRED, Call, Symbol, as_call, flag, number, setting_value, settings, show
 
 
 # a data-parallel run's buckets of gradients: 128 KB, which parts the last layers of models of a few MB
@@ -31,6 +31,8 @@ class TrainConfig:
     test: object = None
     batch: int = 32
     epochs: int = 10
+    max_steps: object = None            # the run's length in steps instead of epochs; it may end inside an epoch
+    eval_every: object = None           # a history row, validation and checkpoints every N steps
     optimizer: object = field(default_factory=lambda: Call("adam", [], {"lr": 1e-3}))
     schedule: object = None
     clip: object = None
@@ -38,6 +40,7 @@ class TrainConfig:
     l2: float = 0.0
     early_stop: object = None
     freeze: list = field(default_factory=list)
+    param_groups: object = None         # group(...) calls: parameters with settings of their own (groups.py)
     init_from: object = None
     seed: int = 0
     shuffle: bool = True
@@ -95,6 +98,8 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
                            span)
         cfg.spans[name] = span
         setattr(cfg, name, value)
+    if overrides.get("epochs") is not None:        # --epochs: a run by epochs, whatever the block's max_steps
+        cfg.max_steps = None
     opt = as_call(cfg.optimizer, "optimizer", "adam(lr = 1e-3)", cfg.span("optimizer"))
     args, kwargs, spans = list(opt.args), dict(opt.kwargs), dict(opt.arg_spans)
     own_lr = opt.name in OPTIMIZERS and OPTIMIZERS[opt.name].options["lr"] is not REQUIRED    # lbfgs, newton: 1
@@ -118,7 +123,7 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
     """Check every setting where it is written, before any data is loaded or code compiled;
     `dlc check` and the Trainer (on either engine) both come here through make_config. Specs
     are checked by what builds them (make_optimizer, make_schedule, clip_limit, EarlyStop,
-    augment_options, split_fraction), so the checks and their use cannot disagree. A bare
+    augment_options, split_args), so the checks and their use cannot disagree. A bare
     clip limit and a bare validation fraction become global_norm(x) and split(x). With the
     train model, the settings that name its parameters or metrics are checked too."""
     for name, least, most in (("batch", 1, math.inf), ("epochs", 0, math.inf), ("seed", 0, SEED_MAX)):
@@ -146,6 +151,13 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
     if make_optimizer(cfg.optimizer).full_batch and (cfg.l1 or cfg.l2 or cfg.clip is not None):
         raise DlcError(f"{cfg.optimizer.name} takes no l1, l2 or clip: it has no update to apply them to; write a "
                        "penalty in the loss instead", cfg.span("l1" if cfg.l1 else "l2" if cfg.l2 else "clip"))
+    for name in ("max_steps", "eval_every"):
+        v = getattr(cfg, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise DlcError(f"{name} must be an integer >= 1 (steps), got {show(v)}", cfg.span(name))
+    if cfg.max_steps is not None and "epochs" in cfg.spans:
+        raise DlcError("give epochs or max_steps, not both: max_steps ends the run at that step, inside an epoch "
+                       "if need be", cfg.span("max_steps") or cfg.span("epochs"))
     make_schedule(cfg.schedule, 1.0, 1, max(cfg.epochs, 1), cfg.span("schedule"))
     if cfg.clip is not None:
         cfg.clip = Call("global_norm", [cfg.clip], span=cfg.span("clip")) if _is_number(cfg.clip) else \
@@ -155,11 +167,11 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         cfg.validation = Call("split", [cfg.validation], span=cfg.span("validation"))
     for name in ("test", "validation"):
         if is_split(getattr(cfg, name)):
-            split_fraction(getattr(cfg, name))
+            split_args(getattr(cfg, name))
     augment_options(cfg.augment, cfg.span("augment"))
     metrics = None
     if model is not None:
-        frozen_names(model, cfg.freeze, cfg.span("freeze"))
+        trained_names(model, cfg)
         stats = batch_statistics(model)
         if cfg.batch == 1 and stats:
             raise DlcError(f"batch = 1: model {model.name} keeps batch statistics ({', '.join(stats)}), which a "
@@ -167,6 +179,22 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
                            cfg.span("batch"))
         metrics = metric_names(model)
     EarlyStop(cfg.early_stop, cfg.span("early_stop"), cfg.validation is not None, metrics)
+
+
+def run_length(cfg: TrainConfig, per_epoch: int) -> tuple[int, int | None]:
+    """(the epochs a run goes through, its steps when counted in steps): max_steps runs
+    ceil(max_steps / per_epoch) epochs, the last one cut at max_steps."""
+    if cfg.max_steps is None:
+        return cfg.epochs, None
+    return -(-cfg.max_steps // max(per_epoch, 1)), cfg.max_steps
+
+
+def eval_period(cfg: TrainConfig) -> int | None:
+    """The steps between two rows of the history (validation, checkpoints): eval_every, else a
+    tenth of max_steps; none in a run by epochs without eval_every (a row per epoch)."""
+    if cfg.eval_every is not None:
+        return cfg.eval_every
+    return max(1, cfg.max_steps // 10) if cfg.max_steps is not None else None
 
 
 def _size(cfg: TrainConfig, name: str, least: int, examples: str) -> int:
@@ -186,9 +214,11 @@ def is_split(spec) -> bool:
     return isinstance(spec, Call) and spec.name == "split"
 
 
-def split_fraction(call: Call) -> float:
-    """The held-out fraction of split(fraction)."""
-    return call.bind({"fraction": REQUIRED}).check("fraction", number, positive=True, below=1)
+def split_args(call: Call) -> tuple[float, bool]:
+    """(fraction, tail) of split(fraction, tail = false): with `tail`, the last examples are held
+    out, in order (the end of a text), rather than a shuffled sample of them."""
+    args = call.bind({"fraction": REQUIRED, "tail": False})
+    return args.check("fraction", number, positive=True, below=1), args.check("tail", flag)
 
 
 def metric_names(model: Model) -> list:
@@ -204,15 +234,17 @@ def batch_statistics(model: Model) -> list:
 def frozen_names(model: Model, patterns, span=None) -> set:
     """The parameters that `freeze` names: a name (f5 freezes f5.W and f5.b), a full
     parameter name, or a shell-style pattern ("conv*")."""
-    patterns = patterns if isinstance(patterns, list) else [patterns] if patterns else []
     frozen = set()
-    for p in patterns:
-        if not isinstance(p, (str, Symbol)):
-            raise DlcError(f"freeze takes names or patterns, got {p!r}", span)
-        pat = p.name if isinstance(p, Symbol) else p
-        hits = {q.name for q in model.params
-                if q.name == pat or q.name.startswith(pat + ".") or fnmatch.fnmatch(q.name, pat)}
+    for pat in patterns_of(patterns or None, "freeze", span):
+        hits = {q.name for q in model.params if param_matches(q.name, pat)}
         if not hits:
             raise DlcError(f"freeze: no parameter matches '{pat}'", span)
         frozen |= hits
     return frozen
+
+
+def trained_names(model: Model, cfg: TrainConfig) -> tuple:
+    """(the names of the parameters a run trains, its parameter groups over them), checked."""
+    frozen = frozen_names(model, cfg.freeze, cfg.span("freeze"))
+    trained = [q.name for q in model.params if q.trainable and q.name not in frozen]
+    return trained, make_groups(cfg.param_groups, model.params, trained, cfg.span("param_groups"))

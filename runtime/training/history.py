@@ -1,5 +1,5 @@
-"""The history of a training run, a row per epoch (loss, metrics, their val_ twins, lr,
-time): `History` (a run's result), and in the run's folder history.json, history.csv and,
+"""The history of a training run, a row per epoch, or per `eval_every` steps with its step
+(loss, metrics, their val_ twins, lr, time): `History` (a run's result), and in the run's folder history.json, history.csv and,
 with matplotlib, history.png."""
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ import os
 from pathlib import Path
 
 from dlc.compiler.errors import did_you_mean
+
+# the columns of a row that say where and when it was taken, not what the run measured
+WHERE = ("step", "epoch", "time", "lr")
 
 
 class History(list):
@@ -61,19 +64,20 @@ def _plot(path: Path, history: list, keys: list):
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    metrics = [k for k in keys if k not in ("epoch", "lr", "time") and not k.startswith("val_")]
+    metrics = [k for k in keys if k not in WHERE and not k.startswith("val_")]
+    axis = "step" if "step" in keys else "epoch"        # a run by steps has a row every eval_every steps
     # a panel per metric (with its val_ twin), and one of the learning rate: the schedule beside its effect
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3), squeeze=False)
-    epochs = [r["epoch"] for r in history]
+    epochs = [r[axis] for r in history]
     for ax, m in zip(axes[0], metrics):
         ax.plot(epochs, [r.get(m) for r in history], label=m)
         if f"val_{m}" in keys:
             ax.plot(epochs, [r.get(f"val_{m}") for r in history], label=f"val_{m}")
-        ax.set_xlabel("epoch")
+        ax.set_xlabel(axis)
         ax.legend()
     lr = axes[0][-1]
-    lr.plot(epochs, [r.get("lr") for r in history], label="lr (the epoch's last step)")
-    lr.set_xlabel("epoch")
+    lr.plot(epochs, [r.get("lr") for r in history], label=f"lr (the {axis}'s last step)")
+    lr.set_xlabel(axis)
     lr.set_ylabel("lr")
     lr.legend()
     fig.tight_layout()

@@ -16,7 +16,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
-from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_fraction
+from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_args
 from dlc.runtime.training.gradcheck import ignored_values, index_bound
 from dlc.runtime.training.settings import Call, Symbol, from_json, show, to_json, to_text
 
@@ -167,7 +167,8 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
         spec = getattr(cfg, name)
         if is_split(spec):
             n = len(full)
-            full, sets[name] = full.split(split_fraction(spec), seed)
+            fraction, tail = split_args(spec)
+            full, sets[name] = full.split(fraction, seed, tail, cfg.span(name))
             empty[name] = f"{name} = {to_text(spec)} holds out no example of the {n}: use a larger fraction or more data"
         elif spec is not None:
             sets[name] = load_data(spec, base, name, cfg.span(name))
@@ -222,7 +223,9 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
 
     def held_out(which: str, spec) -> str:
         if is_split(spec):
-            return f"the {which} split ({split_fraction(spec) * 100:g}% of {trained_on}, seed {cfg.seed})"
+            fraction, tail = split_args(spec)
+            return (f"the {which} split (the last {fraction * 100:g}% of {trained_on})" if tail else
+                    f"the {which} split ({fraction * 100:g}% of {trained_on}, seed {cfg.seed})")
         return f"the {which} data {to_text(spec)}"
 
     if test is not None:

@@ -24,10 +24,10 @@ import numpy as np
 from dlc.compiler.ir import ops
 from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import DTYPES
-from dlc.compiler.ir.update import NORM, Update, lerp, update_graph
+from dlc.compiler.ir.update import GROUP, NORM, Update, lerp, update_graph
 from dlc.runtime.engines import interpreter
 from dlc.runtime.training import second_order
-from dlc.runtime.training.settings import REQUIRED, Call, as_call, choice, flag, integer, number
+from dlc.runtime.training.settings import REQUIRED, Call, as_call, choice, flag, integer, number, show
 
 # the allowed values of every numeric option of the optimizers, schedules and clipping
 LIMITS = {
@@ -40,6 +40,8 @@ LIMITS = {
     "damping": dict(low=0), "tolerance_grad": dict(low=0), "tolerance_change": dict(low=0),
 }
 COUNTS = ("history", "max_iter", "cg_steps")        # integer options, at least 1
+# torch.optim's options that take a tuple, and the options of ours they stand for
+TUPLES = {"betas": ("beta1", "beta2")}
 CHOICES = {"line_search": ("strong_wolfe", "none")}
 
 
@@ -57,27 +59,78 @@ def _option(args, name: str, default):
     return args.check(name, number, **LIMITS[name])
 
 
+def _untuple(call: Call, options: dict) -> Call:
+    """The call with torch's tuple spellings (`betas = (0.9, 0.99)`) written as our options (beta1, beta2)."""
+    kwargs, spans = dict(call.kwargs), dict(call.arg_spans)
+    for spelling, names in TUPLES.items():
+        if spelling not in kwargs or not set(names) <= set(options):
+            continue
+        value, span = kwargs.pop(spelling), spans.pop(spelling, call.span)
+        if not isinstance(value, list) or len(value) != len(names):
+            raise DlcError(f"{call.name}: '{spelling}' must be {len(names)} numbers in parentheses, "
+                           f"({', '.join(names)}), got {show(value)}", span)
+        for name, v in zip(names, value):
+            if name in kwargs:
+                raise DlcError(f"{call.name}: '{name}' is given twice (in '{spelling}' too)", span)
+            kwargs[name], spans[name] = v, span
+    return Call(call.name, call.args, kwargs, call.span, spans)
+
+
 class Optimizer:
     name = ""
     options: dict = {}            # option -> default; "lr" is required
     full_batch = False            # a step of its own (`step`) instead of an update graph
 
     def __init__(self, call: Call):
-        args = call.bind(self.options)
+        args = _untuple(call, self.options).bind(self.options)
         self.hyper = {opt: _option(args, opt, default) for opt, default in self.options.items()}
         if self.hyper.get("nesterov") and not self.hyper["momentum"]:
             raise DlcError(f"{call.name}: nesterov = true needs a momentum > 0", args.span("nesterov"))
         self._graphs: dict = {}
+        # the parameter groups (groups.py): the settings of each, the optimizer's own first
+        self.groups, self.lr_mults, self.group_of = [self.hyper], [1.0], {}
+
+    def set_groups(self, groups: list):
+        """Train the parameters of each Group (runtime/training/groups.py) with its settings."""
+        if groups and self.full_batch:
+            raise DlcError(f"{self.name} takes no param_groups: it has no per-parameter update")
+        for g in groups:
+            self.groups.append(self.hyper | ({} if g.weight_decay is None else {"weight_decay": g.weight_decay}))
+            self.lr_mults.append(g.lr_mult)
+            self.group_of.update({name: len(self.groups) - 1 for name in g.members})
+
+    def group_index(self, names: list, sizes: list) -> np.ndarray | None:
+        """The group of every element of the flat concatenation of `names` (None: one group)."""
+        if len(self.groups) == 1:
+            return None
+        return np.concatenate([np.full(size, self.group_of.get(n, 0), np.int32) for n, size in zip(names, sizes)])
+
+    def option(self, u: Update, name: str):
+        """An option as the rule reads it: a number, or per element when the groups differ in it."""
+        return u.per_group([h[name] for h in self.groups])
+
+    def step_scalars(self, lr: float, step: int) -> dict:
+        """The scalars every input of the update graph is fed: each group's, with its learning rate."""
+        if len(self.groups) == 1:
+            return self.scalars(lr, step, self.hyper)
+        return {f"{k}@{g}": v for g, (h, mult) in enumerate(zip(self.groups, self.lr_mults))
+                for k, v in self.scalars(lr * mult, step, h).items()}
 
     @property
     def lr(self) -> float:
         return self.hyper["lr"]
 
+    @property
+    def decays(self) -> bool:
+        """Whether some group has a weight decay."""
+        return any(h.get("weight_decay") for h in self.groups)
+
     def slots(self) -> tuple:
         return ()
 
-    def scalars(self, lr: float, step: int) -> dict:
-        """The per-step scalars the rule reads (Update.scalar), in Python floats."""
+    def scalars(self, lr: float, step: int, h: dict) -> dict:
+        """The per-step scalars the rule reads (Update.scalar), in Python floats, for a group
+        of options `h` and learning rate `lr`."""
         return {"lr": lr}
 
     def rule(self, u: Update) -> tuple:  # pragma: no cover - every optimizer defines it
@@ -87,9 +140,9 @@ class Optimizer:
     def graph(self, n: int, l1: float = 0.0, l2: float = 0.0, clip: Call | None = None, norm: bool = False,
               dtype: str = "f32"):
         """The update graph of n flat parameters (compiler/ir/update.py), built once."""
-        key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype)
+        key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype, tuple(map(str, self.groups)))
         if key not in self._graphs:
-            self._graphs[key] = update_graph(self.rule, self.slots(), n, l1, l2, key[3], norm, dtype)
+            self._graphs[key] = update_graph(self.rule, self.slots(), n, l1, l2, key[3], norm, dtype, len(self.groups))
         return self._graphs[key]
 
     def init(self, params: dict) -> dict:
@@ -106,7 +159,10 @@ class Optimizer:
         dtype = "f64" if any(np.asarray(params[n]).dtype == np.float64 for n in names) else "f32"
         flat = lambda arrays: np.concatenate([np.asarray(a, DTYPES[dtype]).ravel() for a in arrays])
         feeds = {"param": flat(params[n] for n in names), "grad": flat(grads[n] for n in names),
-                 **{s: flat(state[n][s] for n in names) for s in self.slots()}, **self.scalars(lr, step)}
+                 **{s: flat(state[n][s] for n in names) for s in self.slots()}, **self.step_scalars(lr, step)}
+        group = self.group_index(names, [np.size(grads[n]) for n in names])
+        if group is not None:
+            feeds[GROUP] = group
         out = interpreter.run(self.graph(feeds["param"].size, l1, l2, clip, True, dtype), feeds, {}, float_dtype=None)
         at = 0
         for n in names:
@@ -127,8 +183,8 @@ class SGD(Optimizer):
 
     def rule(self, u):
         h, g, new = self.hyper, u.grad, {}
-        if h["weight_decay"]:
-            g = ops.fma(u.param, h["weight_decay"], g)                  # grad.add(param, alpha=weight_decay)
+        if self.decays:
+            g = ops.fma(u.param, self.option(u, "weight_decay"), g)     # grad.add(param, alpha=weight_decay)
         if h["momentum"]:
             buf = new["momentum"] = u.state["momentum"] * h["momentum"] + g     # buf.mul_(momentum).add_(g)
             g = ops.fma(buf, h["momentum"], g) if h["nesterov"] else buf
@@ -154,8 +210,8 @@ class RMSprop(Optimizer):
 
     def rule(self, u):
         h, g, p = self.hyper, u.grad, u.param
-        if h["weight_decay"]:
-            g = ops.fma(p, h["weight_decay"], g)
+        if self.decays:
+            g = ops.fma(p, self.option(u, "weight_decay"), g)
         v = ops.fma((1 - h["alpha"]) * g, g, u.state["v"] * h["alpha"])    # v.mul_(alpha).addcmul_(g, g, 1 - alpha)
         avg = ops.unary("sqrt", v) + h["eps"]
         if h["momentum"]:                                               # buf.mul_(momentum).addcdiv_(g, avg)
@@ -172,17 +228,16 @@ class Adam(Optimizer):
     def slots(self):
         return ("m", "v")
 
-    def scalars(self, lr, step):
-        h = self.hyper
+    def scalars(self, lr, step, h):
         return {"lr": lr, "step_size": lr / (1 - h["beta1"] ** step), "bias2_sqrt": (1 - h["beta2"] ** step) ** 0.5,
                 "decay": 1 - lr * h["weight_decay"]}
 
     def rule(self, u):
         h, g, p = self.hyper, u.grad, u.param
-        if h["weight_decay"] and self.decoupled:
+        if self.decays and self.decoupled:
             p = p * u.scalar("decay")                                   # param.mul_(1 - lr * weight_decay)
-        elif h["weight_decay"]:
-            g = ops.fma(p, h["weight_decay"], g)
+        elif self.decays:
+            g = ops.fma(p, self.option(u, "weight_decay"), g)
         m = lerp(u.state["m"], g, 1 - h["beta1"])                       # m.lerp_(g, 1 - beta1)
         v = ops.fma((1 - h["beta2"]) * g, g, u.state["v"] * h["beta2"])     # v.mul_(beta2).addcmul_(g, g, 1 - beta2)
         den = ops.unary("sqrt", v) / u.scalar("bias2_sqrt") + h["eps"]
@@ -202,13 +257,13 @@ class Adagrad(Optimizer):
     def slots(self):
         return ("sum",)
 
-    def scalars(self, lr, step):
-        return {"lr": lr / (1 + (step - 1) * self.hyper["lr_decay"])}
+    def scalars(self, lr, step, h):
+        return {"lr": lr / (1 + (step - 1) * h["lr_decay"])}
 
     def rule(self, u):
         h, g, p = self.hyper, u.grad, u.param
-        if h["weight_decay"]:
-            g = ops.fma(p, h["weight_decay"], g)
+        if self.decays:
+            g = ops.fma(p, self.option(u, "weight_decay"), g)
         total = ops.fma(g, g, u.state["sum"])                           # sum.addcmul_(g, g, value=1)
         std = ops.unary("sqrt", total) + h["eps"]
         return p + -u.scalar("lr") * g / std, {"sum": total}            # param.addcdiv_(g, std, value=-clr)
@@ -261,36 +316,51 @@ def make_optimizer(spec) -> Optimizer:
 
 # ---- schedules ---------------------------------------------------------------------------------
 class Schedule:
-    """The learning rate at every step: a base schedule in epochs, after an optional
-    linear warmup from 0 over `warmup` epochs."""
+    """The learning rate at every step: a base schedule, after an optional linear warmup from
+    0 over `warmup` epochs or `warmup_steps` steps (capped at the base rate, however short).
+    The base schedules count in epochs of `steps_per_epoch` steps, or in steps with
+    `decay_steps`: the steps of one decay of `step` and `exponential`, the first period of
+    `warm_restarts`, the step at which `cosine` reaches min_lr. A run of `total` steps
+    (max_steps, else epochs x steps per epoch) is what `cosine` decays over by default."""
 
-    def __init__(self, call: Call, base_lr: float, steps_per_epoch: int, epochs: int):
+    def __init__(self, call: Call, base_lr: float, steps_per_epoch: int, epochs: int, total: int | None = None):
         options = SCHEDULES.get(call.name)
         if options is None:
             raise DlcError(f"unknown schedule '{call.name}'{did_you_mean(call.name, SCHEDULES)} "
                            f"(known: {', '.join(SCHEDULES)})", call.span)
-        args = call.bind(options | {"warmup": 0})
+        args = call.bind(options | {"warmup": 0, "warmup_steps": None, "decay_steps": None})
         self.kind = call.name
         self.opts = {k: _option(args, k, d) for k, d in options.items()}
-        self.warmup = _option(args, "warmup", 0)
-        self.base, self.per_epoch, self.epochs = base_lr, max(1, steps_per_epoch), epochs
+        self.per_epoch = max(1, steps_per_epoch)
+        if args["warmup_steps"] is not None and args["warmup"]:
+            raise DlcError(f"{call.name}: give warmup (epochs) or warmup_steps, not both", args.span("warmup_steps"))
+        self.warm = (args.check("warmup_steps", integer, low=0) if args["warmup_steps"] is not None
+                     else _option(args, "warmup", 0) * self.per_epoch)
+        self.decay_steps = None
+        if args["decay_steps"] is not None:
+            if call.name in ("constant", "linear_warmup"):
+                raise DlcError(f"{call.name} does not decay: decay_steps is for step, exponential, cosine and "
+                               "warm_restarts", args.span("decay_steps"))
+            self.decay_steps = args.check("decay_steps", integer, low=1)
+        self.base = base_lr
+        self.total = total if total is not None else epochs * self.per_epoch
 
     def __call__(self, step: int) -> float:
         """Learning rate for global step `step` (0-based)."""
-        warm = self.warmup * self.per_epoch
-        if step < warm:
-            return self.base * (step + 1) / warm
-        epoch = (step - warm) / self.per_epoch
-        total = max(self.epochs - self.warmup, 1e-9)
-        o, lr = self.opts, self.base
+        if step < self.warm:
+            return self.base * min(1.0, (step + 1) / self.warm)
+        o, lr, after = self.opts, self.base, step - self.warm
+        unit = self.decay_steps or self.per_epoch       # the steps of one `every`, period or exponential decay
         if self.kind == "step":
-            return lr * o["gamma"] ** math.floor(epoch / o["every"])
+            return lr * o["gamma"] ** math.floor(after / (unit if self.decay_steps else o["every"] * unit))
         if self.kind == "exponential":
-            return lr * o["gamma"] ** math.floor(epoch)
+            return lr * o["gamma"] ** math.floor(after / unit)
         if self.kind == "cosine":
-            return o["min_lr"] + 0.5 * (lr - o["min_lr"]) * (1 + math.cos(math.pi * min(epoch / total, 1.0)))
+            end = self.decay_steps if self.decay_steps is not None else self.total
+            progress = min(after / max(end - self.warm, 1e-9), 1.0) if after >= 0 else 0.0
+            return o["min_lr"] + 0.5 * (lr - o["min_lr"]) * (1 + math.cos(math.pi * progress))
         if self.kind == "warm_restarts":
-            period, t = o["period"], epoch
+            period, t = (self.decay_steps or o["period"] * unit), after
             while t >= period:
                 t -= period
                 period *= o["mult"]
@@ -308,11 +378,13 @@ SCHEDULES = {
 }
 
 
-def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int, span: Span | None = None) -> Schedule:
+def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int, span: Span | None = None,
+                  total: int | None = None) -> Schedule:
     """The schedule a `schedule` setting names (none: constant); `span`, where the setting
-    is written, locates the errors of a value that does not carry its own (a string, 0)."""
+    is written, locates the errors of a value that does not carry its own (a string, 0).
+    `total`: the run's steps when it is counted in steps (max_steps)."""
     call = as_call("constant" if spec is None else spec, "schedule", "cosine(warmup = 1)", span)
-    return Schedule(call, base_lr, steps_per_epoch, epochs)
+    return Schedule(call, base_lr, steps_per_epoch, epochs, total)
 
 
 # ---- clipping ------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 from dlc.compiler.errors import DlcError, did_you_mean, optional_package
 from dlc.runtime.training.callbacks import Callback
+from dlc.runtime.training.history import WHERE
 
 MODES = ("auto", "bar", "epochs", "none")
 REDRAW_S = 0.1             # the progress line is redrawn at most ten times a second
@@ -89,7 +90,7 @@ def values(means: dict) -> list:
 
 def row_values(row: dict) -> list:
     """The loss and metrics of an epoch's row of the history, validation ones too."""
-    return values({k: v for k, v in row.items() if k not in ("epoch", "time", "lr")})
+    return values({k: v for k, v in row.items() if k not in WHERE})
 
 
 def span(seconds: float) -> str:
@@ -118,18 +119,19 @@ def fitted(parts: list, width: int) -> list:
     return [text for _, text in parts]
 
 
-def epoch_parts(row: dict, epochs: int, batches: int) -> list:
-    """An epoch's line as (rank, text) parts (see fitted), left out in this order: ms/step,
-    the training metrics other than the loss, the validation ones other than val_loss, the
-    time; the epoch, loss and val_loss stay."""
+def epoch_parts(row: dict, epochs: int, batches: int, steps: int = 0) -> list:
+    """An epoch's line (or, in a run by steps, `step 200/2000`'s) as (rank, text) parts (see
+    fitted), left out in this order: ms/step, the training metrics other than the loss, the
+    validation ones other than val_loss, the time; the epoch, loss and val_loss stay."""
     metrics = [(1 if k in ("loss", "val_loss") else 3 if k.startswith("val_") else 4, f"{k} {v:.4f}")
-               for k, v in row.items() if k not in ("epoch", "time", "lr")]
-    return [(0, f"epoch {row['epoch']}/{epochs}"), *metrics, (2, span(row["time"])),
-            *([(5, f"{span(row['time'] / batches)}/step")] if batches else [])]
+               for k, v in row.items() if k not in WHERE]
+    head = f"step {row['step']}/{steps}" if "step" in row else f"epoch {row['epoch']}/{epochs}"
+    return [(0, head), *metrics, (2, span(row["time"])),
+            *([(5, f"{span(row['time'] / batches)}/step")] if batches and "step" not in row else [])]
 
 
-def epoch_line(row: dict, epochs: int, batches: int) -> str:
-    return "  ".join(text for _, text in epoch_parts(row, epochs, batches))
+def epoch_line(row: dict, epochs: int, batches: int, steps: int = 0) -> str:
+    return "  ".join(text for _, text in epoch_parts(row, epochs, batches, steps))
 
 
 def bar_width(width: int) -> int:
@@ -181,17 +183,17 @@ class EpochLines(Quiet):
 
     def __init__(self, log):
         self.log = log
-        self.epochs = 0
+        self.epochs = self.steps = 0
         self.batches = 0        # of the epoch this run did: its ms/step
 
     def on_train_begin(self, logs: dict):
-        self.epochs = logs["epochs"]
+        self.epochs, self.steps = logs["epochs"], logs.get("steps", 0)
 
     def on_batch_end(self, step: int, s: Step):
         self.batches = s.total
 
     def on_epoch_end(self, epoch: int, row: dict):
-        self.log(epoch_line(row, self.epochs, self.batches))
+        self.log(epoch_line(row, self.epochs, self.batches, self.steps))
 
 
 class StepLines(EpochLines):
@@ -232,7 +234,7 @@ class TerminalLine(EpochLines):
 
     def on_epoch_end(self, epoch: int, row: dict):
         width = terminal_width(sys.stderr) - 1
-        line = "  ".join(fitted(epoch_parts(row, self.epochs, self.batches), width))[:width]
+        line = "  ".join(fitted(epoch_parts(row, self.epochs, self.batches, self.steps), width))[:width]
         if self.width:      # over the progress line, to its end
             line = "\r" + line.ljust(self.width)
         self.log(line)

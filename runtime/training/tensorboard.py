@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dlc.compiler.errors import DlcError, optional_package
 from dlc.runtime.training.callbacks import Callback
+from dlc.runtime.training.history import WHERE
 
 
 class EventLog(Callback):
@@ -37,9 +38,12 @@ class EventLog(Callback):
 
     def on_epoch_end(self, epoch: int, row: dict):
         for name, value in row.items():
-            if name not in ("epoch", "time", "lr"):
+            if name not in WHERE:
                 run, name = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
-                self.writer(run).add_scalar(f"epoch/{name}", value, row["epoch"])
+                if "step" in row:       # a run by steps: a row every eval_every steps
+                    self.writer(run).add_scalar(f"step/{name}", value, row["step"])
+                else:
+                    self.writer(run).add_scalar(f"epoch/{name}", value, row["epoch"])
         for w in self.writers.values():     # a TensorBoard watching the run shows the epoch now
             w.flush()
 

@@ -37,7 +37,8 @@ from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.interop import weights
 from dlc.runtime.training import checkpoint
 from dlc.runtime.training.callbacks import Callbacks, check
-from dlc.runtime.training.config import batch_statistics, frozen_names, make_config, metric_names
+from dlc.runtime.training.config import (batch_statistics, eval_period, make_config, metric_names, run_length,
+                                         trained_names)
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.history import History, save_history
@@ -73,6 +74,12 @@ def mean_metrics(engine: Engine, params: dict, arrays: dict, batch: int) -> dict
         for name, v in engine.evaluate(params, {k: a[lo:hi] for k, a in arrays.items()}).items():
             totals[name] = totals.get(name, 0.0) + v * (hi - lo)
     return world.mean_metrics(totals, n) if world is not None else {name: v / n for name, v in totals.items()}
+
+
+def windows_drawn(n: int, size: int, seed: int, step: int) -> np.ndarray:
+    """The rows (window starts) of step `step`'s batch of random windows: a function of the seed
+    and the step alone, so a resumed run draws what the uninterrupted one would have."""
+    return np.random.default_rng([seed, step, 0x57]).integers(0, n, size)
 
 
 # ---- the start -----------------------------------------------------------------------------------------
@@ -131,8 +138,7 @@ class Trainer:
 
     # -- set-up --
     def trainable(self) -> list:
-        frozen = frozen_names(self.train_model, self.cfg.freeze, self.cfg.span("freeze"))
-        return [q.name for q in self.train_model.params if q.trainable and q.name not in frozen]
+        return trained_names(self.train_model, self.cfg)[0]
 
     def early_stop(self) -> "EarlyStop":
         return EarlyStop(self.cfg.early_stop, self.cfg.span("early_stop"), self.cfg.validation is not None,
@@ -168,13 +174,22 @@ class Trainer:
             for name, arrays in (("training", train), ("validation", val), ("test", test)):
                 if arrays is not None:
                     self.world.check_data(name, len(next(iter(arrays.values()))), cfg.span(name))
-        bounds = batch_bounds(n, cfg.batch, merge_single=bool(stats), ranks=self.world.size if self.world else 1)
-        trainable = self.trainable()
+        # text(windows = "random"): every step draws its batch of windows at random; an epoch is the steps
+        # that read as many characters as the text holds
+        sampled = self.meta.get("windows")
+        bounds = [(b * cfg.batch, (b + 1) * cfg.batch) for b in range(max(1, n // sampled // cfg.batch))] \
+            if sampled else batch_bounds(n, cfg.batch, merge_single=bool(stats),
+                                         ranks=self.world.size if self.world else 1)
+        epochs, max_steps = run_length(cfg, len(bounds))
+        period = eval_period(cfg)       # steps between the history's rows; none: a row per epoch
+        last_step = max_steps if max_steps is not None else epochs * len(bounds)
+        trainable, groups = trained_names(self.train_model, cfg)
         optimizer = make_optimizer(cfg.optimizer)
+        optimizer.set_groups(groups)
         if optimizer.full_batch and self.world is not None:
             raise DlcError(f"{optimizer.name} trains in one process: its line search is not shared between ranks",
                            cfg.span("optimizer"))
-        schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), cfg.epochs, cfg.span("schedule"))
+        schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), epochs, cfg.span("schedule"), max_steps)
         stop = self.early_stop()
         expected = {p.name: p.type.shape for p in self.train_model.params}
 
@@ -231,18 +246,20 @@ class Trainer:
             "model": self.name, "source_hash": self.source_hash, "seed": cfg.seed, "optimizer": cfg.optimizer.name,
             "meta": _jsonable(self.meta), "data": data_settings(cfg)}, self.writes)
         events = Callbacks([*self.callbacks, stop, checkpoints])
-        begin = {"epochs": cfg.epochs, "batches": len(bounds), "examples": n, "initial_epoch": epoch,
-                 "initial_step": step}
+        begin = {"epochs": epochs, "batches": len(bounds), "examples": n, "initial_epoch": epoch,
+                 "initial_step": step, "steps": last_step}
+        # a run resumed inside a row's steps continues the sums of its first batches, saved with the checkpoint
+        totals, seen = (dict(partial["totals"]), partial["seen"]) if partial else ({}, 0)
+        row_started = time.perf_counter()
         with interrupted, self.reporting(events, begin) as end:
-            while epoch < cfg.epochs:
+            while epoch < epochs and step < last_step:
                 events.call("on_epoch_begin", epoch, {"batch": skip})
                 order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
-                # an epoch resumed inside continues the sums of its first batches, saved with the checkpoint
-                totals, seen = (dict(partial["totals"]), partial["seen"]) if partial else ({}, 0)
-                partial, started, seen_before = None, time.perf_counter(), seen
+                started, seen_before = time.perf_counter(), seen
                 for b in range(skip, len(bounds)):
                     lo, hi = bounds[b]
-                    batch = self.augment({k: v[order[lo:hi]] for k, v in train.items()}, epoch, b)
+                    rows = windows_drawn(n, hi - lo, cfg.seed, step + 1) if sampled else order[lo:hi]
+                    batch = self.augment({k: v[rows] for k, v in train.items()}, epoch, b)
                     lr = schedule(step)
                     try:
                         values = engine.train_step(params, opt_state, batch, lr, step + 1,
@@ -271,22 +288,32 @@ class Trainer:
                         self.write_history(history)
                         end["stopped"] = asked.reason if asked else "interrupted"
                         return Result(history, params, self.out, {}, end["stopped"], checkpoints.written)
-                skip = 0
-                row = {"epoch": epoch + 1, "lr": schedule(step - 1), "time": round(time.perf_counter() - started, 3)}
-                row.update({k: v / max(seen, 1) for k, v in totals.items() if k != "grad_norm"})
-                if val is not None:
-                    row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, cfg.batch).items()})
-                history.append(row)
-                asked = events.call("on_epoch_end", epoch, row)       # the checkpoints written last
-                epoch += 1
-                end["epochs"] = epoch
-                self.write_history(history, plot=False)
-                if self.world is not None:
-                    self.world.await_writer()
-                if asked:
+                    if period is not None and (step % period == 0 or step == last_step):
+                        # a row by step: the place in the epoch is what its checkpoint records
+                        whole = b + 1 == len(bounds)
+                        checkpoints.place = (epoch + 1, 0) if whole else (epoch, b + 1)
+                        asked = self.end_row(events, engine, params, val, history, {"step": step, "epoch": epoch + 1},
+                                             schedule(step - 1), row_started, totals, seen, epoch)
+                        totals, seen, row_started = {}, 0, time.perf_counter()
+                        if asked or step == last_step:
+                            end["epochs"] = epoch + whole
+                            if asked:
+                                end["stopped"] = asked.reason
+                                self.say(str(asked))
+                            break
+                else:
+                    skip = 0
+                    if period is None:
+                        asked = self.end_row(events, engine, params, val, history, {"epoch": epoch + 1},
+                                             schedule(step - 1), started, totals, seen, epoch)
+                        totals, seen = {}, 0
+                    epoch += 1
+                    end["epochs"] = epoch
+                    if not asked:
+                        continue
                     end["stopped"] = asked.reason
                     self.say(str(asked))
-                    break
+                break
         # the best epoch of this run or of the one resumed; none yet after 0 epochs, whatever the folder holds
         if stop.restore_best and stop.best is not None and (self.out / "best.npz").exists() and self.writes:
             params = checkpoint.load(self.out / "best.npz")[0]
@@ -297,6 +324,22 @@ class Trainer:
             self.world.await_writer()
         result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
         return Result(history, params, self.out, result, end["stopped"], checkpoints.written)
+
+    def end_row(self, events: Callbacks, engine, params: dict, val, history: list, where: dict, lr: float,
+                started: float, totals: dict, seen: int, epoch: int):
+        """A row of the history (an epoch's, or the last `eval_every` steps' in a run by steps):
+        the mean loss and metrics of its steps, validation, then the callbacks' on_epoch_end (the
+        checkpoints written last); what asked to stop, if any."""
+        row = {**where, "lr": lr, "time": round(time.perf_counter() - started, 3)}
+        row.update({k: v / max(seen, 1) for k, v in totals.items() if k != "grad_norm"})
+        if val is not None:
+            row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, self.cfg.batch).items()})
+        history.append(row)
+        asked = events.call("on_epoch_end", epoch, row)
+        self.write_history(history, plot=False)
+        if self.world is not None:
+            self.world.await_writer()
+        return asked
 
     def stopped(self, step: int, epoch: int, b: int) -> str:
         """Where a run that went non-finite stopped, and the checkpoint it leaves."""

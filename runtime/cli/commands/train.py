@@ -68,7 +68,9 @@ def run(args):
     if not trainer.writes:      # another rank of a distributed run: rank 0 reports
         return 0
     stats = "  ".join(row_values(result.history[-1])) if result.history else ""
-    print(f"trained {trainer.name} for {plural(len(result.history), 'epoch')} ({result.stopped})" + (f": {stats}" if stats else ""))
+    last = result.history[-1] if result.history else {}
+    length = plural(last["step"], "step") if "step" in last else plural(len(result.history), "epoch")  # by steps
+    print(f"trained {trainer.name} for {length} ({result.stopped})" + (f": {stats}" if stats else ""))
     if result.test:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
     written = [str(result.out_dir / name) for name in result.written]
