@@ -27,6 +27,9 @@ from enum import Enum
 
 from dlc.compiler.ir.graph import Graph, Tensor
 from dlc.compiler.ir.primitives import PRIMITIVES
+from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
+from dlc.compiler.native.memory import linearize
+from dlc.compiler.native.program import KernelProgram, Load, buffer_of, leaves
 from dlc.compiler.native.render import where
 
 
@@ -354,3 +357,69 @@ def _places(span) -> list:
         return ["(no source place)"]
     return [f"{prefix + s.place():<27} {(s.source_line() or '').strip()}"
             for prefix, s in (("", span), ("called at ", span.caller)) if s is not None]
+
+
+# ---- horizontal fusion: map kernels over one space in one loop, after lowering ----------------------
+def _fusable(group: list, k: MapKernel) -> bool:
+    """Whether k can join the group's loop: every access to a buffer the group (with k)
+    writes is a plain load or store at one and the same index — or the buffer is
+    written only by the pieces of one concat (disjoint parts) and read by none."""
+    members = group + [k]
+    writers: dict = {}
+    for m in members:
+        writers.setdefault(m.out, []).append(m)
+    at: dict = {}
+    for m in members:
+        for x in leaves(m.expr):
+            buf = buffer_of(x)
+            if buf in writers and (not isinstance(x, Load) or at.setdefault(buf, x.at) != x.at):
+                return False
+    for buf, ms in writers.items():
+        one_concat = buf not in at and len({m.node for m in ms}) == 1 and ms[0].origin[:1] and \
+            ms[0].origin[0][0] == "concat"
+        if not one_concat and len({m.out_at for m in ms} | ({at[buf]} if buf in at else set())) > 1:
+            return False
+    return True
+
+
+def fuse_maps(kernels: list) -> list:
+    """Consecutive map kernels over the same iteration space become one loop (an RNN
+    step's gates, cell, saved values and carries: one pass instead of a dozen)."""
+    out, group = [], []
+
+    def close():
+        if len(group) > 1:
+            out.append(FusedMapKernel(group[0].shape, list(group), node=group[0].node,
+                                      nodes=tuple(dict.fromkeys(v for m in group for v in m.nodes)),
+                                      origin=tuple(dict.fromkeys(o for m in group for o in m.origin))))
+        else:
+            out.extend(group)
+        group.clear()
+    for k in kernels:
+        space = k.map_space()
+        if group and not (space is not None and space == group[0].shape and _fusable(group, k)):
+            close()
+        (group if space is not None else out).append(k)
+    close()
+    return out
+
+
+def keep_in_registers(program: KernelProgram):
+    """Mark the stores of fused maps that nothing reads: a temporary written by one member
+    and read by no other kernel — only by later members of its loop, which take the value
+    from a register (an LSTM step's cell and hidden state before their carry copies)."""
+    fused, readers, writers = [], {}, {}
+    for _, k, _ in linearize(program.kernels):
+        parts = k.members()
+        if len(parts) > 1:
+            fused.append(k)
+        for j, (reads, writes) in enumerate(parts):
+            for bid in reads:
+                readers.setdefault(bid, set()).add((id(k), j))
+            for bid in writes:
+                writers.setdefault(bid, set()).add((id(k), j))
+    for k in fused:
+        k.registers = frozenset(
+            m.out for j, m in enumerate(k.maps)
+            if program.buffers[m.out].kind == "temp" and writers[m.out] == {(id(k), j)}
+            and all(f == id(k) and i > j for f, i in readers.get(m.out, ())))
