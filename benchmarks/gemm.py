@@ -84,6 +84,7 @@ def run(args):
     from dlc.compiler.ir.evaluate import round_bf16
     from dlc.compiler.native import gemm
     from dlc.compiler.native import jit
+    from dlc.compiler.native.gemm_library import GemmLibrary
 
     variants = [(False, False, False), (True, False, False), (False, True, False)]
     bf16 = args.precision == "bf16"
@@ -100,9 +101,9 @@ def run(args):
     libs, notes = {}, []
     for key, cfg in configs.items():
         t0 = time.perf_counter()
-        one = gemm.GemmLibrary([variants[0]], config=cfg)
+        one = GemmLibrary([variants[0]], config=cfg)
         total = time.perf_counter() - t0
-        libs[key] = gemm.GemmLibrary(variants, config=cfg)
+        libs[key] = GemmLibrary(variants, config=cfg)
         notes.append(f"compile, {key} {cfg.mr}x{cfg.nr} kernel: one GEMM "
                      f"{one.compiled.compile_seconds * 1e3:.0f} ms "
               f"IR -> machine code ({total * 1e3:.0f} ms with IR generation); three variants in "

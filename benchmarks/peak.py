@@ -28,7 +28,7 @@ def _compile_fma_loop():
     """(native fn(i64 iterations) -> float, FLOPs per iteration)."""
     from llvmlite import ir
     from dlc.compiler.native import jit
-    from dlc.compiler.native.gemm import declare, splat
+    from dlc.compiler.native.intrinsics import declare, splat
 
     lanes = 16 if jit.host_has("avx512f") else 8
     f32, i64 = ir.FloatType(), ir.IntType(64)

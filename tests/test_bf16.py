@@ -17,6 +17,8 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.evaluate import round_bf16
 from dlc.compiler.native import gemm, jit, render
+from dlc.compiler.native.gemm_library import GemmLibrary
+from dlc.compiler.native.kernels.gemm import packed_floats
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
@@ -60,7 +62,7 @@ def test_gemm_rounds_as_the_emulation(path):
     tiles) equals the float64 product of the operands rounded by the emulation, to
     float32 sums; and differs from the product of the unrounded operands."""
     variants = [(ta, tb, False) for ta in (False, True) for tb in (False, True)]
-    lib = gemm.GemmLibrary(variants, config=gemm_paths()[path], packed=True)
+    lib = GemmLibrary(variants, config=gemm_paths()[path], packed=True)
     rng = np.random.default_rng(0)
     for m, n, k in [(1, 37, 5), (2, 40, 7), (7, 33, 17), (64, 100, 301), (130, 70, 513)]:
         for ta in (False, True):
@@ -81,7 +83,7 @@ def test_gemm_rounds_as_the_emulation(path):
 @pytest.mark.parametrize("path", list(gemm_paths()))
 def test_batched_gemm_rounds_as_the_emulation(path):
     """A batch of products, B broadcast or not (attention's, a sequence's steps)."""
-    lib = gemm.GemmLibrary([(False, True, False), (True, False, False)], config=gemm_paths()[path])
+    lib = GemmLibrary([(False, True, False), (True, False, False)], config=gemm_paths()[path])
     rng = np.random.default_rng(1)
     a = rng.standard_normal((4, 33, 19)).astype(np.float32)
     for b, ta, tb in [(rng.standard_normal((4, 21, 19)), False, True), (rng.standard_normal((1, 33, 21)), True, False)]:
@@ -99,9 +101,9 @@ def test_gemm_operand_is_rounded_exactly(path):
     x = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 3.4e38, 1e-30, 12345.678, -0.1, 7.0],
                  np.float32).reshape(-1, 1)
     one = np.ones((1, 1), np.float32)
-    got = gemm.GemmLibrary([(False, False, False)], config=gemm_paths()[path])(x, one)
+    got = GemmLibrary([(False, False, False)], config=gemm_paths()[path])(x, one)
     assert np.array_equal(got, round_bf16(x))
-    assert np.array_equal(gemm.GemmLibrary([(False, False, False)])(x, one), x)
+    assert np.array_equal(GemmLibrary([(False, False, False)])(x, one), x)
 
 
 @pytest.mark.parametrize("path", list(gemm_paths()))
@@ -109,7 +111,7 @@ def test_gemm_stays_in_its_buffers(path):
     """Operands and C inside NaN borders, shapes that end mid-tile, mid-pair and mid-panel:
     the product equals the emulation (a NaN read from outside would show), nothing outside
     C is written, and a packed B (NaN past it) fills at most what lowering allocates."""
-    lib = gemm.GemmLibrary([(False, False, False), (True, True, False)], config=gemm_paths()[path], packed=True)
+    lib = GemmLibrary([(False, False, False), (True, True, False)], config=gemm_paths()[path], packed=True)
     rng = np.random.default_rng(3)
 
     def framed(shape):
@@ -129,7 +131,7 @@ def test_gemm_stays_in_its_buffers(path):
                 c[...] = 0
                 assert np.isnan(room).sum() == room.size - m * n, (m, n, k, t, packed)
             panels = lib._packed(lib.args(np.zeros((0, k), np.float32), b, np.zeros((0, n), np.float32), False, t), t)
-            assert np.isnan(panels[gemm.packed_floats(k, n, tiles=True):]).all()
+            assert np.isnan(panels[packed_floats(k, n, tiles=True):]).all()
 
 
 def test_amx_workers_need_no_request_of_their_own(tmp_path):
@@ -138,8 +140,8 @@ def test_amx_workers_need_no_request_of_their_own(tmp_path):
     if "amx" not in gemm_paths():
         pytest.skip("the host has no AMX")
     code = ("import numpy as np; from dlc.compiler.native import gemm; "
-            "x = np.ones((256, 256), np.float32); gemm.GemmLibrary([(False, False, False)])(x, x, nthreads=2); "
-            "print(gemm.GemmLibrary([(False, False, False)], config=gemm.AMX)(x, x, nthreads=2)[0, 0])")
+            "from dlc.compiler.native.gemm_library import GemmLibrary; x = np.ones((256, 256), np.float32); GemmLibrary([(False, False, False)])(x, x, nthreads=2); "
+            "print(GemmLibrary([(False, False, False)], config=gemm.AMX)(x, x, nthreads=2)[0, 0])")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DLC_CACHE_DIR=str(tmp_path)),
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.split() == ["256.0"], out
@@ -155,7 +157,7 @@ def test_refused_tile_state_falls_back_and_says_so_once(monkeypatch, capsys):
     try:
         assert [gemm.bf16_config().operands for _ in range(2)] == ["bf16-pairs"] * 2
         with pytest.raises(RuntimeError, match="tile state"):
-            gemm.GemmLibrary([(False, False, False)], config=gemm.AMX)
+            GemmLibrary([(False, False, False)], config=gemm.AMX)
     finally:
         gemm.tiles_granted.cache_clear()
     assert capsys.readouterr().err.count("did not grant the AMX tile state (Invalid argument)") == 1

@@ -1,6 +1,7 @@
-"""Horizontal fusion of map kernels (compiler/native/lower.py: fuse_maps) fuses only what is legal."""
-from dlc.compiler.native.lower import fuse_maps
-from dlc.compiler.native.kernels import FusedMapKernel, MapKernel, ScanKernel
+"""Horizontal fusion of map kernels (compiler/native/fusion.py: fuse_maps) fuses only what is legal."""
+from dlc.compiler.native.fusion import fuse_maps
+from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
+from dlc.compiler.native.kernels.scan import ScanKernel
 from dlc.compiler.native.program import Affine, Load, Op
 
 SHAPE = (4, 8)

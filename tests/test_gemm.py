@@ -14,6 +14,8 @@ from llvmlite import ir
 
 from dlc.compiler.native import gemm
 from dlc.compiler.native import jit
+from dlc.compiler.native.gemm_library import GemmLibrary
+from dlc.compiler.native.kernels.gemm import packed_floats
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
@@ -30,7 +32,7 @@ if jit.host_has("avx512f"):
 
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def lib(request):
-    return gemm.GemmLibrary(ALL, config=CONFIGS[request.param], packed=True)
+    return GemmLibrary(ALL, config=CONFIGS[request.param], packed=True)
 
 
 def _operands(rng, M, N, K, ta, tb, batch=None):
@@ -102,8 +104,8 @@ def test_packing_stays_in_its_buffer(lib, K, N, tb):
     b[...] = rng.standard_normal(b.shape, dtype=np.float32)
     args = lib.args(np.zeros((0, K), np.float32), b, np.zeros((0, N), np.float32), False, tb)
     packed = lib._packed(args, tb)
-    used = gemm.packed_floats(K, N, lib.config.nr)
-    assert used <= gemm.packed_floats(K, N)
+    used = packed_floats(K, N, lib.config.nr)
+    assert used <= packed_floats(K, N)
     assert not np.isnan(packed[:used]).any() and np.isnan(packed[used:]).all()
     a = rng.standard_normal((9, K), dtype=np.float32)
     _check(lib(a, b, trans_b=tb, packed=True), _reference(a, b, False, tb), a, b, False, tb)

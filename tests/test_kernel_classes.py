@@ -1,19 +1,29 @@
 """Each kind of kernel is one class that gives every rule the backend asks of a kernel
-(compiler/native/program.py: Kernel), in its own module of compiler/native/kernels/;
-the code that renders, plans and compiles kernels never asks a kernel for its kind."""
+(compiler/native/program.py: Kernel), in its own package of compiler/native/kernels/
+(the class and its lowering rules; its loops in the package's loops.py); the code that
+renders, plans and compiles kernels never asks a kernel for its kind."""
 import ast
 import importlib
 import inspect
 import pkgutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from dlc.compiler.native import jit, kernels
+from dlc.compiler.native import jit, kernels, rules
 from dlc.compiler.native.driver import build_module
-from dlc.compiler.native.kernels import (AccumulateKernel, AttentionKernel, ConvKernel, FusedMapKernel, GemmKernel, HostCallKernel,
-                                         MapKernel, MaxPoolGradKernel, PackKernel, ReduceKernel, ScanKernel,
-                                         ScatterAddKernel, SmallGemmKernel)
+from dlc.compiler.native.kernels.accumulate import AccumulateKernel
+from dlc.compiler.native.kernels.attention import AttentionKernel
+from dlc.compiler.native.kernels.conv import ConvKernel
+from dlc.compiler.native.kernels.gemm import GemmKernel, PackKernel
+from dlc.compiler.native.kernels.host_call import HostCallKernel
+from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
+from dlc.compiler.native.kernels.maxpool_grad import MaxPoolGradKernel
+from dlc.compiler.native.kernels.reduce import ReduceKernel
+from dlc.compiler.native.kernels.scan import ScanKernel
+from dlc.compiler.native.kernels.scatter_add import ScatterAddKernel
+from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
 from dlc.compiler.native.program import Affine, Kernel, KernelProgram, Load
 
 NATIVE = Path(kernels.__file__).parent.parent
@@ -21,7 +31,7 @@ ROWS = Affine(0, (8, 1))        # element (i, j) of a [4, 8] buffer
 
 
 def kinds() -> list:
-    """Every Kernel subclass defined in a module of compiler/native/kernels/."""
+    """Every Kernel subclass defined in a package of compiler/native/kernels/."""
     found = []
     for info in pkgutil.iter_modules(kernels.__path__):
         module = importlib.import_module(f"{kernels.__name__}.{info.name}")
@@ -68,9 +78,11 @@ def sample(kind) -> tuple:
     return p, k, reads, writes
 
 
-def test_the_package_gives_every_kind_and_only_kinds_have_rules():
-    exported = {c for c in vars(kernels).values() if inspect.isclass(c) and issubclass(c, Kernel)}
-    assert set(kinds()) == exported, "a kind of kernel the package does not import (kernels/__init__.py)"
+def test_every_kind_is_a_package_that_the_rules_load():
+    rules.load()
+    for info in pkgutil.iter_modules(kernels.__path__):
+        assert info.ispkg, f"kernels/{info.name}.py: a kind is a package (its class and rules, and its loops.py)"
+        assert f"{kernels.__name__}.{info.name}" in sys.modules, f"rules.load() does not import kernels/{info.name}"
     assert len({c.__name__ for c in kinds()}) == len(kinds()), "two kinds of one name: the graph page tells kinds by name"
 
 
@@ -106,7 +118,8 @@ def test_each_rule_of_each_kind_works(kind):
 
 def test_the_backend_never_asks_a_kernel_for_its_kind():
     names = {c.__name__ for c in kinds()}
-    files = [NATIVE / f for f in ("driver.py", "memory.py", "render.py", "parallel.py", "loops.py")]
+    files = [NATIVE / f for f in ("driver.py", "memory.py", "render.py", "parallel.py", "shared_loops.py")]
+    files += sorted((NATIVE / "kernels").glob("*/loops.py"))
     files.append(NATIVE.parent / "graph_page" / "kernels.py")
     found = [f"{path.name}:{node.lineno} names {node.id}" for path in files for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Name) and node.id in names]

@@ -10,7 +10,8 @@ from dlc.compiler.native import memory
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.native.lower import lower
-from dlc.compiler.native.kernels import FusedMapKernel, MapKernel, ScanKernel
+from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
+from dlc.compiler.native.kernels.scan import ScanKernel
 from dlc.compiler.native.program import Affine, Gather, Guarded, KernelProgram, Load, Op, Random
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.training.settings import Call

@@ -6,7 +6,7 @@ import pytest
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir.graph import DTYPES, Graph, TensorType
-from dlc.compiler.native.lower import lowering_rule
+from dlc.compiler.native.rules import lowering_rule
 from dlc.compiler.native.scalar import EMIT, LOWERING_ONLY
 from dlc.compiler.ir.primitives import PRIMITIVES
 
@@ -20,7 +20,7 @@ def scalar_primitives() -> list:
 
 @pytest.mark.parametrize("name", sorted(PRIMITIVES))
 def test_every_primitive_has_a_lowering_rule(name):
-    assert lowering_rule(name) is not None, f"{name}: no native lowering rule (compiler/native/lower.py)"
+    assert lowering_rule(name) is not None, f"{name}: no native lowering rule (compiler/native/rules/)"
 
 
 @pytest.mark.parametrize("prim", scalar_primitives(), ids=lambda p: p.name)

@@ -61,7 +61,7 @@ class Primitive:
     `builtin` or `operator` is how .dl writes it and `onnx` the ONNX op that computes it:
     the builtins, the evaluator's operators and ONNX export and import read their names
     here. The native backend keeps its lowering and scalar rules in tables of its own,
-    keyed by the primitive's name (compiler/native/lower.py, compiler/native/scalar.py), so
+    keyed by the primitive's name (compiler/native/rules/, compiler/native/scalar.py), so
     that building the records never loads LLVM."""
     name: str
     kind: str
@@ -81,6 +81,18 @@ class Primitive:
     operator: str | None = None  # the .dl operator that emits it: +, ==, not
     onnx: str | None = None    # the ONNX op that computes it from the same operands, without attributes
     nonempty_axes: Callable | None = None  # (**attrs) -> the axes of its operand that must not be empty
+    # what fusion (compiler/native/fusion.py) knows of its native kernel:
+    memory_operands: tuple | None = ()  # the operands the kernel reads from memory: positions, None: all
+    memory_reason: str = "memory"       # why: "gemm" (GEMM calls read them), "window" (read through windows)
+    recomputed_operand: int | None = None   # the operand computed afresh wherever an element is needed
+    pieces: str | None = None   # its result written in pieces: "disjoint" (concat) or "overlapping" (pad)
+    argument: bool = False      # a scan body's argument: the value its scan passes in, in that value's form
+    holds_value: bool = False   # its value is an attribute (a constant): free as a scalar, else in memory
+    part: Callable | None = None    # (output shape, **attrs) -> (first, last) per axis: the part of its operand it is
+    # what gradient checks (runtime/training/gradcheck.py) know of integer inputs:
+    index_count: Callable | None = None     # (operand types) -> the values its integer operand may take
+    indices: bool = False       # its values are the indices along an axis (`axis`): iota
+    equality: bool = False      # it tests its operands for equality (==, !=)
 
 
 PRIMITIVES: dict[str, Primitive] = {}

@@ -42,7 +42,7 @@ def _param(ctx, xs, name, **_):
     return [ctx.param(name)]
 
 
-@primitive("arg", "source", _given_type, given=True, cheap=True)
+@primitive("arg", "source", _given_type, given=True, cheap=True, argument=True)
 def _arg(ctx, xs, index, **_):
     return [ctx.arg(index)]
 
@@ -51,7 +51,7 @@ def _constant_type(ctx, types, value, dtype):
     return [TensorType(dtype, tuple(np.shape(value)))]
 
 
-@primitive("constant", "source", _constant_type, cheap=True)
+@primitive("constant", "source", _constant_type, cheap=True, holds_value=True)
 def _constant(ctx, xs, value, dtype):
     return [np.asarray(value, ctx.np_dtype(dtype))]
 
@@ -70,7 +70,7 @@ def _iota_type(ctx, types, shape, axis, dtype):
     return [TensorType(dtype, tuple(shape))]
 
 
-@primitive("iota", "source", _iota_type, cheap=True)
+@primitive("iota", "source", _iota_type, cheap=True, indices=True)
 def _iota(ctx, xs, shape, axis, dtype):
     r = np.arange(shape[axis], dtype=ctx.np_dtype(dtype))
     r = r.reshape([-1 if i == axis else 1 for i in range(len(shape))])
@@ -118,7 +118,7 @@ def _orthogonal(ctx, xs, shape, stream):
     return q.reshape(shape)
 
 
-@primitive("random", "source", _random_type)
+@primitive("random", "source", _random_type, memory_operands=(0,))     # the key
 def _random(ctx, xs, shape, dist, stream, dtype="f32"):
     """Inside a scan the stream also depends on the step, so every step draws anew."""
     for t in ctx.steps:
@@ -261,7 +261,7 @@ def _compare_type(ctx, types, **_):
 
 def _comparison(name, fn, operator, onnx=None, commutative=False):
     _binary(name, fn, lambda n, g: [None, None], _compare_type, tuple(DTYPES), commutative=commutative,
-            operator=operator, onnx=onnx)
+            operator=operator, onnx=onnx, equality=operator in ("==", "!="))
 
 
 _comparison("lt", np.less, "<", "Less")
@@ -364,7 +364,7 @@ def _reshape_type(ctx, types, shape):
 
 
 @primitive("reshape", "injective", _reshape_type, lambda n, g: [ops.reshape(g[0], n.inputs[0].shape)],
-           view=True, cheap=True)
+           view=True, cheap=True, memory_operands=(0,))       # re-indexes contiguous data
 def _reshape(ctx, xs, shape):
     return [xs[0].reshape(shape)]
 
@@ -391,6 +391,11 @@ def slice_length(start, stop, step):
     return (stop - start + step - 1) // step if step > 1 else stop - start
 
 
+def _slice_part(shape, starts, steps, **_) -> tuple:
+    """(first, last) index of its operand along each axis (the fusion's disjoint slices)."""
+    return tuple((lo, lo + (d - 1) * st) for lo, st, d in zip(starts, steps, shape))
+
+
 def _slice_type(ctx, types, starts, stops, steps):
     x = types[0]
     if not (len(starts) == len(stops) == len(steps) == x.rank):
@@ -415,7 +420,7 @@ def _slice_vjp(n, g):
     return [ops.pad(g[0], tuple(lo), tuple(hi), tuple(interior))]
 
 
-@primitive("slice", "injective", _slice_type, _slice_vjp, view=True, cheap=True)
+@primitive("slice", "injective", _slice_type, _slice_vjp, view=True, cheap=True, part=_slice_part)
 def _slice(ctx, xs, starts, stops, steps):
     for axis, (b, d) in enumerate(zip(stops, xs[0].shape)):
         if b > d:
@@ -435,7 +440,7 @@ def _pad_vjp(n, g):
     return [ops.slice_(g[0], n.attrs["lo"], stops, tuple(i + 1 for i in n.attrs["interior"]))]
 
 
-@primitive("pad", "injective", _pad_type, _pad_vjp)
+@primitive("pad", "injective", _pad_type, _pad_vjp, pieces="overlapping")      # zeros, then the interior
 def _pad(ctx, xs, lo, hi, interior):
     x = xs[0]
     shape = [a + d + (d - 1) * i + b for d, a, b, i in zip(x.shape, lo, hi, interior)]
@@ -473,7 +478,7 @@ def _concat_vjp(n, g):
     return grads
 
 
-@primitive("concat", "injective", _concat_type, _concat_vjp)
+@primitive("concat", "injective", _concat_type, _concat_vjp, pieces="disjoint")
 def _concat(ctx, xs, axis):
     return [np.concatenate(xs, axis=axis)]
 
@@ -492,7 +497,8 @@ def _gather_vjp(n, g):
     return [ops.graph_of(g[0]).add1("scatter_add", [idx, g[0]], shape=table.shape), None]
 
 
-@primitive("gather", "injective", _gather_type, _gather_vjp)
+@primitive("gather", "injective", _gather_type, _gather_vjp, memory_operands=(0,),     # the table
+           index_count=lambda types: types[0].shape[0])      # the table's rows
 def _gather(ctx, xs):
     table, idx = xs
     if idx.size and (idx.min() < 0 or idx.max() >= table.shape[0]):
@@ -509,7 +515,7 @@ def _scatter_add_vjp(n, g):
     return [None, ops.graph_of(g[0]).add1("gather", [g[0], n.inputs[0]])]
 
 
-@primitive("scatter_add", "opaque", _scatter_add_type, _scatter_add_vjp)
+@primitive("scatter_add", "opaque", _scatter_add_type, _scatter_add_vjp, memory_operands=(1,))    # the updates
 def _scatter_add(ctx, xs, shape):
     idx, upd = xs
     out = np.zeros(shape, upd.dtype)
@@ -607,7 +613,8 @@ def _matmul_flops(ins, outs, ta=False, tb=False):
     return 2 * numel(outs[0].shape) * k
 
 
-@primitive("matmul", "contraction", _matmul_type, _matmul_vjp, _matmul_flops, dtypes=FLOAT_DTYPES)
+@primitive("matmul", "contraction", _matmul_type, _matmul_vjp, _matmul_flops, dtypes=FLOAT_DTYPES,
+           memory_operands=None, memory_reason="gemm")
 def _matmul(ctx, xs, ta=False, tb=False):
     a, b = ctx.operands(xs)
     if ta:
@@ -677,7 +684,8 @@ def _scores(q, k, mask, scale):
     return np.where(mask, s, np.asarray(MASKED, q.dtype)) if mask.dtype == np.bool_ else s + mask
 
 
-@primitive("attention", "opaque", _attention_type, _attention_vjp, _attention_flops, dtypes=FLOAT_DTYPES)
+@primitive("attention", "opaque", _attention_type, _attention_vjp, _attention_flops, dtypes=FLOAT_DTYPES,
+           memory_operands=(0, 1, 2), memory_reason="gemm", recomputed_operand=3)
 def _attention(ctx, xs, scale):
     q, k, v = xs[:3]
     s = _scores(q, k, xs[3] if len(xs) > 3 else None, scale)
@@ -695,7 +703,8 @@ def _attention_grad_type(ctx, types, scale):
     return [q, k, v]
 
 
-@primitive("attention_grad", "opaque", _attention_grad_type, None, _attention_grad_flops, dtypes=FLOAT_DTYPES)
+@primitive("attention_grad", "opaque", _attention_grad_type, None, _attention_grad_flops, dtypes=FLOAT_DTYPES,
+           memory_operands=(0, 1, 2, 3, 4, 5), memory_reason="gemm", recomputed_operand=6)
 def _attention_grad(ctx, xs, scale):
     """The probabilities p recomputed from the scores and the saved log-sum-exp; a masked
     (bool) score is a constant, so its gradient is zero."""
@@ -796,7 +805,7 @@ def _conv_flops(ins, outs, **_):
     return 2 * numel(outs[0].shape) * w[1] * w[2] * w[3]
 
 
-@primitive("conv2d", "window", _conv_type, _conv_vjp, _conv_flops)
+@primitive("conv2d", "window", _conv_type, _conv_vjp, _conv_flops, memory_operands=None, memory_reason="window")
 def _conv2d(ctx, xs, stride, padding, dilation, groups):
     x, w = ctx.operands(xs)
     v = _grouped(_windows(x, w.shape[2], w.shape[3], stride, padding, dilation), 1, groups)
@@ -825,7 +834,7 @@ def _conv_input_grad_vjp(n, g):
 
 
 @primitive("conv2d_input_grad", "window", _conv_input_grad_type, _conv_input_grad_vjp,
-           lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]))
+           lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]), memory_operands=None, memory_reason="window")
 def _conv2d_input_grad(ctx, xs, stride, padding, dilation, groups, input_hw):
     """Also the transposed convolution (conv_transpose) of xs[0] by the weights xs[1]."""
     g, w = ctx.operands(xs)
@@ -854,7 +863,7 @@ def _conv_weight_grad_vjp(n, g):
 
 
 @primitive("conv2d_weight_grad", "window", _conv_weight_grad_type, _conv_weight_grad_vjp,
-           lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]))
+           lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]), memory_operands=None, memory_reason="window")
 def _conv2d_weight_grad(ctx, xs, stride, padding, dilation, groups, kernel):
     x, g = ctx.operands(xs)
     v = _grouped(_windows(x, kernel[0], kernel[1], stride, padding, dilation), 1, groups)
@@ -877,7 +886,7 @@ def _maxpool_vjp(n, g):
     return [graph.add1("maxpool2d_grad", [n.inputs[0], g[0]], **n.attrs)]
 
 
-@primitive("maxpool2d", "window", _pool_type, _maxpool_vjp, _pool_flops)
+@primitive("maxpool2d", "window", _pool_type, _maxpool_vjp, _pool_flops, memory_operands=None, memory_reason="window")
 def _maxpool2d(ctx, xs, kernel, stride, padding):
     x = xs[0]
     if any(padding):
@@ -911,7 +920,7 @@ def _maxpool_grad_vjp(n, g):
     return [None, ops.graph_of(g[0]).add1("maxpool2d_gather", [x, g[0]], **n.attrs)]
 
 
-@primitive("maxpool2d_grad", "window", _pool_grad_type, _maxpool_grad_vjp, _pool_flops)
+@primitive("maxpool2d_grad", "window", _pool_grad_type, _maxpool_grad_vjp, _pool_flops, memory_operands=None, memory_reason="window")
 def _maxpool2d_grad(ctx, xs, kernel, stride, padding):
     """Each output's gradient goes to the first maximum of its window."""
     x, g = xs
@@ -932,7 +941,7 @@ def _maxpool_gather_vjp(n, g):
     return [None, ops.graph_of(g[0]).add1("maxpool2d_grad", [n.inputs[0], g[0]], **n.attrs)]
 
 
-@primitive("maxpool2d_gather", "window", _maxpool_gather_type, _maxpool_gather_vjp, _pool_flops)
+@primitive("maxpool2d_gather", "window", _maxpool_gather_type, _maxpool_gather_vjp, _pool_flops, memory_operands=None, memory_reason="window")
 def _maxpool2d_gather(ctx, xs, kernel, stride, padding):
     """y at the first maximum of each window of x: the transpose of maxpool2d_grad, which
     its second derivative needs."""
@@ -946,7 +955,7 @@ def _avgpool_vjp(n, g):
     return [graph.add1("avgpool2d_grad", [g[0]], input_hw=tuple(n.inputs[0].shape[2:]), **n.attrs)]
 
 
-@primitive("avgpool2d", "window", _pool_type, _avgpool_vjp, _pool_flops)
+@primitive("avgpool2d", "window", _pool_type, _avgpool_vjp, _pool_flops, memory_operands=None, memory_reason="window")
 def _avgpool2d(ctx, xs, kernel, stride, padding):
     """Average over the window, padding counted as zeros (PyTorch's count_include_pad)."""
     v = _windows(xs[0], kernel[0], kernel[1], stride, padding)
@@ -963,7 +972,7 @@ def _avgpool_grad_vjp(n, g):
     return [ops.graph_of(g[0]).add1("avgpool2d", [g[0]], **attrs)]
 
 
-@primitive("avgpool2d_grad", "window", _avgpool_grad_type, _avgpool_grad_vjp,
+@primitive("avgpool2d_grad", "window", _avgpool_grad_type, _avgpool_grad_vjp,     # accumulates its operand's expression
            lambda ins, outs, kernel, **_: numel(ins[0].shape) * kernel[0] * kernel[1])
 def _avgpool2d_grad(ctx, xs, kernel, stride, padding, input_hw):
     g = xs[0]

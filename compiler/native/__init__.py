@@ -2,14 +2,18 @@
 the runtime.
 
 - program.py: the kernel program (buffers, the expressions kernels compute, `Kernel`);
-- kernels/: the kinds of kernel, a module each: the class and its rules (text, buffers
-  touched, how its function is built);
-- lower.py: the lowering rule of every primitive, graph -> kernel program, and the
-  horizontal fusion of map kernels; memory.py: the arena of its temporaries;
+- fusion.py: which nodes each kernel computes, from the primitives' records, and the
+  horizontal fusion of map kernels;
+- kernels/: the kinds of kernel, a package each: the class and its rules (text, buffers
+  touched, how its function is built) and the lowering rules of the primitives that
+  become it, and its loop nests (loops.py, LLVM IR);
+- lower.py: graph -> kernel program, each node's rule in order (rules/: the registry,
+  and the rules of the families without a kernel of their own); memory.py: the arena;
 - scalar.py: the scalar rule of every elementwise primitive, by dtype class (EMIT);
-- builder.py (KernelBuilder: values, loops, accesses, alias scopes), loops.py (the
-  kernels' loop nests), parallel.py (libgomp regions), driver.py (the step module),
-  update.py (the fused optimizer update), gemm.py (the GEMM library): LLVM IR;
+- builder.py (KernelBuilder: values, loops, accesses, alias scopes), shared_loops.py
+  (loop pieces several kinds share), intrinsics.py, parallel.py (libgomp regions),
+  driver.py (the step module), update.py (the fused optimizer update), gemm.py (the
+  GEMM library; gemm_library.py: it callable from Python): LLVM IR;
 - jit.py: target detection and compilation; render.py: kernel programs as text."""
 
 # the precisions of the operands of matmuls and convolutions (lower.py's `precision`); here

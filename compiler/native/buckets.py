@@ -12,7 +12,7 @@ The engine lays the gradients out in bucket order, so that each bucket is one co
 range of its flat gradient array, which the host finds from the bucket's first buffer."""
 from __future__ import annotations
 
-from dlc.compiler.native.kernels import HostCallKernel
+from dlc.compiler.native.kernels.host_call import HostCallKernel
 from dlc.compiler.native.program import KernelProgram
 
 BUCKET = "gradient_bucket"          # host function: a bucket is final (its first gradient's buffer)

@@ -1,7 +1,9 @@
 """Fusion: which graph nodes the native lowering computes in one kernel, decided before
 lowering from each primitive's record (compiler/ir/graph.py `Primitive`): its pattern
-kind and its `view`, `cheap` and `recompute` properties, as TVM's fuse_ops groups by
-pattern kind.
+kind, its `view`, `cheap` and `recompute` properties, and what its native kernel does
+with its operands (`memory_operands`, `memory_reason`, `recomputed_operand`, `pieces`,
+`part`), as TVM's fuse_ops groups by pattern kind. The pass names no primitive: a new
+rule is a field of the records (docs/architecture.md, "A fusion rule").
 
 A value reaches its readers in one of four forms (`Form`): in memory (a load), free (a
 scalar constant, an iota, a symbolic size), one cheap operation on those, or an
@@ -18,6 +20,9 @@ graph rewrites every engine runs): its rules are facts about the native kernels 
 call and the window kernels read their operands from memory, a reshape needs contiguous
 data, a reduction or a GEMM writes its result — and only the lowering (lower.py) and
 `dlc compile --emit fused` read it.
+
+Horizontal fusion (`fuse_maps`, `keep_in_registers`, at the end of this module) runs after
+lowering, on the kernels: consecutive maps over one iteration space become one loop.
 """
 from __future__ import annotations
 
@@ -27,6 +32,9 @@ from enum import Enum
 
 from dlc.compiler.ir.graph import Graph, Tensor
 from dlc.compiler.ir.primitives import PRIMITIVES
+from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
+from dlc.compiler.native.memory import linearize
+from dlc.compiler.native.program import KernelProgram, Load, buffer_of, leaves
 from dlc.compiler.native.render import where
 
 
@@ -68,28 +76,16 @@ class Boundary:
 # the kinds whose kernels write their result to memory, and the reason that gives each reader
 WRITTEN = {"reduction": Reason.REDUCTION, "contraction": Reason.KERNEL, "window": Reason.KERNEL,
            "opaque": Reason.KERNEL, "control": Reason.SCAN}
-WRITTEN_PIECES = frozenset({"concat", "pad"})     # injective, but written piece by piece
-# the operands a kernel reads from memory (positions; None: all), by the reader's kind ...
-MEMORY_OPERANDS_OF_KIND = {"contraction": (None, Reason.GEMM_OPERAND), "window": (None, Reason.WINDOW_OPERAND)}
-# ... and the primitives that differ from their kind
-MEMORY_OPERANDS = {
-    "avgpool2d_grad": ((), None),                   # accumulates its operand's expression
-    "reshape": ((0,), Reason.MEMORY_OPERAND),       # re-indexes contiguous data
-    "gather": ((0,), Reason.MEMORY_OPERAND),        # the table
-    "scatter_add": ((1,), Reason.MEMORY_OPERAND),   # the updates
-    "random": ((0,), Reason.MEMORY_OPERAND),        # the key
-    "attention": ((0, 1, 2), Reason.GEMM_OPERAND),  # q, k, v; the mask is computed at each score
-    "attention_grad": ((0, 1, 2, 3, 4, 5), Reason.GEMM_OPERAND),
-}
-# the operand a reader computes afresh wherever it needs an element: an attention kernel's
-# mask (a causal mask's comparison of indices), which stored would be [Tq, Tk]
-RECOMPUTED_OPERAND = {"attention": 3, "attention_grad": 6}
+# why a reader's kernel reads an operand from memory, by its record's `memory_reason`
+OPERAND_REASONS = {"gemm": Reason.GEMM_OPERAND, "window": Reason.WINDOW_OPERAND, "memory": Reason.MEMORY_OPERAND}
 LEAVES = (Form.MEMORY, Form.FREE)
 
 
 def memory_operands(op: str) -> tuple:
-    """(the positions of the operands op's kernel reads from memory, None for all; why)."""
-    return MEMORY_OPERANDS.get(op) or MEMORY_OPERANDS_OF_KIND.get(PRIMITIVES[op].kind, ((), None))
+    """(the positions of the operands op's kernel reads from memory, None for all; why),
+    from its record (compiler/ir/graph.py `Primitive`)."""
+    prim = PRIMITIVES[op]
+    return prim.memory_operands, OPERAND_REASONS[prim.memory_reason] if prim.memory_operands != () else None
 
 
 def disjoint(boxes: list) -> bool:
@@ -145,7 +141,7 @@ class Fusion:
             form = self._form(n, taken, args)
             for t in graph.outputs_of(n):
                 self._decide(t, form, output)
-            if graph.op(n) == "scan":
+            if PRIMITIVES[graph.op(n)].kind == "control":
                 nc = graph.attrs(n)["n_carry"]          # carries are copied into buffers of the loop
                 self.bodies[n] = Fusion(graph.attrs(n)["body"], [Form.MEMORY] * nc + taken[nc:])
 
@@ -160,11 +156,11 @@ class Fusion:
         """The form of node n's values, from those it takes its operands in."""
         op = self.graph.op(n)
         prim = PRIMITIVES[op]
-        if op == "arg":
+        if prim.argument:
             return args[self.graph.attrs(n)["index"]]
-        if prim.kind in WRITTEN or op in WRITTEN_PIECES or prim.given:
+        if prim.kind in WRITTEN or prim.pieces or prim.given:
             return Form.MEMORY
-        if op == "constant":
+        if prim.holds_value:
             return Form.FREE if getattr(self.graph.attrs(n)["value"], "ndim", 0) == 0 else Form.MEMORY
         if prim.kind == "source" and prim.cheap:
             return Form.FREE
@@ -205,8 +201,9 @@ class Fusion:
         return Reason.READERS
 
     def _recomputes(self, reader: int, t: Tensor) -> bool:
-        """Whether `reader` takes t as the operand it computes afresh (RECOMPUTED_OPERAND)."""
-        i = RECOMPUTED_OPERAND.get(self.graph.op(reader))
+        """Whether `reader` takes t as the operand it computes afresh (its record's
+        `recomputed_operand`)."""
+        i = PRIMITIVES[self.graph.op(reader)].recomputed_operand
         inputs = self.graph.inputs(reader)
         return i is not None and i < len(inputs) and inputs[i].key() == t.key()
 
@@ -216,11 +213,10 @@ class Fusion:
         never goes through memory."""
         boxes = []
         for v in readers:
-            if self.graph.op(v) != "slice":
+            part = PRIMITIVES[self.graph.op(v)].part
+            if part is None:
                 return False
-            a = self.graph.attrs(v)
-            boxes.append(tuple((lo, lo + (d - 1) * st)
-                               for lo, st, d in zip(a["starts"], a["steps"], self.graph.types(v)[0].shape)))
+            boxes.append(part(self.graph.types(v)[0].shape, **self.graph.attrs(v)))
         return disjoint(boxes)
 
     # ---- what the lowering and `--emit fused` read ----
@@ -234,7 +230,7 @@ class Fusion:
         g = self.graph
         if n in self.groups or n not in g.g.nodes:
             return self.groups.get(n, ())
-        seen, todo = {n}, [n] if g.op(n) != "scan" else []
+        seen, todo = {n}, [n] if PRIMITIVES[g.op(n)].kind != "control" else []
         while todo:
             v = todo.pop()
             where, _ = memory_operands(g.op(v))
@@ -257,7 +253,7 @@ class Fusion:
         """The nodes that have kernels of their own, in graph order: those whose kind writes
         memory, the stored values and the graph outputs (but inputs, parameters, arguments)."""
         g = self.graph
-        own = {n for n in g.g.nodes if PRIMITIVES[g.op(n)].kind in WRITTEN or g.op(n) in WRITTEN_PIECES}
+        own = {n for n in g.g.nodes if PRIMITIVES[g.op(n)].kind in WRITTEN or PRIMITIVES[g.op(n)].pieces}
         own |= {key[0] for key in self.stored} | {key[0] for key in self.outputs if not PRIMITIVES[g.op(key[0])].given}
         return [n for n in g.order() if n in own]
 
@@ -266,7 +262,7 @@ class Fusion:
         kernels after it, one deeper."""
         for n in self.roots():
             yield depth, self, n
-            if self.graph.op(n) == "scan":
+            if PRIMITIVES[self.graph.op(n)].kind == "control":
                 yield from self.bodies[n].kernels(depth + 1)
 
     def text(self) -> str:
@@ -274,7 +270,7 @@ class Fusion:
         lines, number = [], iter(range(1 << 30))
         for depth, f, n in self.kernels():
             pad, g = "  " * depth, f.graph
-            if g.op(n) == "scan":
+            if PRIMITIVES[g.op(n)].kind == "control":
                 lines.append(pad + _scan_title(g, n))
                 continue
             origin = f.origin(n)
@@ -295,7 +291,7 @@ class Fusion:
         titles, labels, number = {}, {}, iter(range(1 << 30))
         for depth, f, n in self.kernels():
             g = f.graph
-            if g.op(n) == "scan":
+            if PRIMITIVES[g.op(n)].kind == "control":
                 titles[f, n], labels[f, n] = (depth, _scan_title(g, n)), f"the scan @{where(g.g.nodes[n]['span'])}"
             else:
                 k = next(number)
@@ -309,7 +305,7 @@ class Fusion:
         lines = []
         for (f, n), (depth, title) in titles.items():
             pad, g = "  " * depth, f.graph
-            if under[f, n] or g.op(n) == "scan":
+            if under[f, n] or PRIMITIVES[g.op(n)].kind == "control":
                 lines.append(pad + title)
             for b, others in under[f, n]:
                 also = f" (also read in {', '.join(others)})" if others else ""
@@ -354,3 +350,69 @@ def _places(span) -> list:
         return ["(no source place)"]
     return [f"{prefix + s.place():<27} {(s.source_line() or '').strip()}"
             for prefix, s in (("", span), ("called at ", span.caller)) if s is not None]
+
+
+# ---- horizontal fusion: map kernels over one space in one loop, after lowering ----------------------
+def _fusable(group: list, k: MapKernel) -> bool:
+    """Whether k can join the group's loop: every access to a buffer the group (with k)
+    writes is a plain load or store at one and the same index — or the buffer is
+    written only by the pieces of one concat (disjoint parts) and read by none."""
+    members = group + [k]
+    writers: dict = {}
+    for m in members:
+        writers.setdefault(m.out, []).append(m)
+    at: dict = {}
+    for m in members:
+        for x in leaves(m.expr):
+            buf = buffer_of(x)
+            if buf in writers and (not isinstance(x, Load) or at.setdefault(buf, x.at) != x.at):
+                return False
+    for buf, ms in writers.items():
+        one_concat = buf not in at and len({m.node for m in ms}) == 1 and ms[0].origin[:1] and \
+            PRIMITIVES[ms[0].origin[0][0]].pieces == "disjoint"
+        if not one_concat and len({m.out_at for m in ms} | ({at[buf]} if buf in at else set())) > 1:
+            return False
+    return True
+
+
+def fuse_maps(kernels: list) -> list:
+    """Consecutive map kernels over the same iteration space become one loop (an RNN
+    step's gates, cell, saved values and carries: one pass instead of a dozen)."""
+    out, group = [], []
+
+    def close():
+        if len(group) > 1:
+            out.append(FusedMapKernel(group[0].shape, list(group), node=group[0].node,
+                                      nodes=tuple(dict.fromkeys(v for m in group for v in m.nodes)),
+                                      origin=tuple(dict.fromkeys(o for m in group for o in m.origin))))
+        else:
+            out.extend(group)
+        group.clear()
+    for k in kernels:
+        space = k.map_space()
+        if group and not (space is not None and space == group[0].shape and _fusable(group, k)):
+            close()
+        (group if space is not None else out).append(k)
+    close()
+    return out
+
+
+def keep_in_registers(program: KernelProgram):
+    """Mark the stores of fused maps that nothing reads: a temporary written by one member
+    and read by no other kernel — only by later members of its loop, which take the value
+    from a register (an LSTM step's cell and hidden state before their carry copies)."""
+    fused, readers, writers = [], {}, {}
+    for _, k, _ in linearize(program.kernels):
+        parts = k.members()
+        if len(parts) > 1:
+            fused.append(k)
+        for j, (reads, writes) in enumerate(parts):
+            for bid in reads:
+                readers.setdefault(bid, set()).add((id(k), j))
+            for bid in writes:
+                writers.setdefault(bid, set()).add((id(k), j))
+    for k in fused:
+        k.registers = frozenset(
+            m.out for j, m in enumerate(k.maps)
+            if program.buffers[m.out].kind == "temp" and writers[m.out] == {(id(k), j)}
+            and all(f == id(k) and i > j for f, i in readers.get(m.out, ())))

@@ -7,7 +7,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.builder import KernelBuilder
 from dlc.compiler.native.fpmode import current_mode, in_mode
-from dlc.compiler.native.gemm import declare
+from dlc.compiler.native.intrinsics import declare
 from dlc.compiler.native.types import i8, i32, i64
 
 

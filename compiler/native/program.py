@@ -168,7 +168,7 @@ class Kernel(ABC):
         """Build its function with f (driver.KernelFunction): a builder that runs on the
         calling thread (`f.serial()`) or one whose loop nest a thread team splits
         (`f.team(...)`). Returns that builder, which the driver finishes. The loop nests
-        themselves are LLVM code (loops.py, gemm.py), imported inside `emit`, so that
+        themselves are LLVM code (kernels/<kind>/loops.py, gemm.py), imported inside `emit`, so that
         lowering a graph never loads LLVM."""
 
     def nested(self) -> list:
@@ -183,7 +183,7 @@ class Kernel(ABC):
 
     def map_space(self) -> tuple | None:
         """The iteration space it can share with the maps next to it in one loop
-        (lower.fuse_maps): a map's shape; None for every other kernel."""
+        (fusion.fuse_maps): a map's shape; None for every other kernel."""
         return None
 
     def members(self) -> list:

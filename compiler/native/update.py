@@ -16,7 +16,7 @@ driver.py compiles these kernels after the step's, under the fault-flag check.
 from __future__ import annotations
 
 from dlc.compiler.ir.graph import Graph
-from dlc.compiler.native.kernels import FusedMapKernel, MapKernel
+from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.lower import lower
 from dlc.compiler.native.memory import linearize
 from dlc.compiler.native.program import Affine, KernelProgram, Load, Op, buffer_of, leaves

@@ -4,7 +4,7 @@
 running statistics) and its parameter arrays into an `onnx.ModelProto`: the graph inputs
 are the model's non-target inputs, the graph outputs its `output` declarations, the
 parameters initializers under their dlc names. Each primitive has an export rule in
-`EXPORT_RULES`, keyed by its name (as compiler/native/lower.py keys its lowerings): one of
+`EXPORT_RULES`, keyed by its name (as compiler/native/rules/ keys its lowerings): one of
 its own, or the ONNX op its record names (`onnx`) on the same operands; the primitives that
 never occur in an inference graph are in `NOT_EXPORTABLE` with the reason.
 

@@ -11,6 +11,7 @@ import numpy as np
 from dlc.compiler.passes.autodiff import hvp_graph, train_step
 from dlc.compiler.ir.dims import concrete, symbols
 from dlc.compiler.ir.graph import Graph
+from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime.engines import interpreter
@@ -29,20 +30,18 @@ class ParamCheck:
 
 def index_bound(graph: Graph, node: int) -> int | None:
     """The number of valid values of an integer input: the rows of the table it
-    gathers from, or the classes of the one_hot it feeds."""
+    gathers from, or the classes of the one_hot it feeds (compared with an iota)."""
     bounds = []
     for n in nx.descendants(graph.g, node):
-        op = graph.op(n)
-        if op == "gather":
-            bounds.append(graph.inputs(n)[0].shape[0])
-        elif op == "eq":
+        prim = PRIMITIVES[graph.op(n)]
+        if prim.index_count is not None:
+            bounds.append(prim.index_count([x.type for x in graph.inputs(n)]))
+        elif prim.equality:
             for x in graph.inputs(n):
-                if graph.op(x.node) == "iota":
-                    bounds.append(x.shape[graph.attrs(x.node)["axis"]])
-                elif graph.op(x.node) == "broadcast" and graph.op(graph.inputs(x.node)[0].node) == "iota":
-                    iota = graph.inputs(x.node)[0]
+                iota = _under_broadcast(graph, x)
+                if PRIMITIVES[graph.op(iota.node)].indices:
                     bounds.append(iota.shape[graph.attrs(iota.node)["axis"]])
-        elif op == "scan":
+        elif prim.kind == "control":
             body = graph.attrs(n)["body"]
             for a in body.args:
                 b = index_bound(body, a.node)
@@ -52,15 +51,20 @@ def index_bound(graph: Graph, node: int) -> int | None:
     return min(concrete) if concrete else None
 
 
+def _under_broadcast(graph: Graph, t):
+    """t, or the operand of the broadcast that makes t."""
+    return graph.inputs(t.node)[0] if PRIMITIVES[graph.op(t.node)].kind == "broadcast" else t
+
+
 def ignored_values(graph: Graph, node: int) -> set:
     """The constants an integer input is compared with (`labels != ignore` in a loss): values
     the model tells apart itself, which the data may hold outside index_bound's range."""
     values = set()
     for n in graph.g.successors(node):
-        if graph.op(n) in ("eq", "ne"):
+        if PRIMITIVES[graph.op(n)].equality:
             for x in graph.inputs(n):
-                src = graph.inputs(x.node)[0].node if graph.op(x.node) == "broadcast" else x.node
-                if graph.op(src) == "constant" and np.ndim(graph.attrs(src)["value"]) == 0:
+                src = _under_broadcast(graph, x).node
+                if PRIMITIVES[graph.op(src)].holds_value and np.ndim(graph.attrs(src)["value"]) == 0:
                     values.add(int(graph.attrs(src)["value"]))
     return values
 

@@ -1,16 +1,13 @@
-"""The kinds of kernel a kernel program is made of, one module each: its class (the
-fields lowering fills in) and its rules — its text, the buffers it touches, how its
-function is built (compiler/native/program.py's `Kernel` says what each rule does).
-A kind's loop nests are LLVM code, in compiler/native/loops.py or the GEMM library,
-imported by its `emit` alone: lowering imports the kinds without loading LLVM."""
-from dlc.compiler.native.kernels.accumulate import AccumulateKernel
-from dlc.compiler.native.kernels.attention import AttentionKernel
-from dlc.compiler.native.kernels.conv import ConvKernel
-from dlc.compiler.native.kernels.gemm import GemmKernel, PackKernel
-from dlc.compiler.native.kernels.host_call import HostCallKernel
-from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
-from dlc.compiler.native.kernels.maxpool_grad import MaxPoolGradKernel
-from dlc.compiler.native.kernels.reduce import ReduceKernel
-from dlc.compiler.native.kernels.scan import ScanKernel
-from dlc.compiler.native.kernels.scatter_add import ScatterAddKernel
-from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
+"""The kinds of kernel a kernel program is made of, a package each (tinygrad's renderers,
+JAX's rules next to their primitive): its `__init__.py` holds the class (the fields
+lowering fills in, and its rules — its text, the buffers it touches, how its function is
+built; compiler/native/program.py's `Kernel` says what each does) and the lowering rules
+of the primitives that become it (`@register_lowering`, compiler/native/rules/); its
+`loops.py`, the loop nests in LLVM IR, which only the class's `emit` imports: lowering a
+graph never loads LLVM (tests/test_native_llvm_free.py). A kind that only calls a library
+(gemm) has no `loops.py`.
+
+This package imports none of its kinds: `rules.load()` imports every one, so a new kind is
+a new package here and nothing else. A kind's `loops.py` may not import its own
+`__init__.py` (that would be an import cycle); what its loops need of the kernel they read
+from the kernel itself."""

@@ -1,12 +1,15 @@
 """The kernels that call dlc's GEMM library (compiler/native/gemm.py): a batch of matrix
-products, and the packing of an operand that stays the same over a scan's steps."""
+products, and the packing of an operand that stays the same over a scan's steps; the
+lowering rule of matmul, and the size of a packed operand. Their code is a call of the
+library, made by `emit`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlc.compiler.ir.dims import concrete, numel
+from dlc.compiler.ir.dims import concrete, numel, symbols
 from dlc.compiler.native import render
 from dlc.compiler.native.program import Kernel
+from dlc.compiler.native.rules import register_lowering
 
 
 @dataclass
@@ -43,7 +46,7 @@ class GemmKernel(Kernel):
 
     def emit(self, f):
         """A call of the library's GEMM, which runs its own thread team."""
-        from dlc.compiler.native.gemm import gemm_name, gemm_type
+        from dlc.compiler.native.gemm import gemm_name, gemm_type     # LLVM: imported by code generation alone
         kb = f.serial()
         packed = self.packed is not None
         args = [kb.dim(self.m), kb.dim(self.n), kb.dim(self.k)]
@@ -81,3 +84,51 @@ class PackKernel(Kernel):
                   [kb.dim(self.k), kb.dim(self.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld),
                    kb.buffer(self.out, "f32")])
         return kb
+
+
+
+def packed_floats(k, n, nr: int = 32, tiles: bool = False):
+    """Floats that op(B) (k x n) takes packed (gemm.add_pack) for panels nr wide; 32, the
+    widest of any blocking, is enough for every one. `tiles`: room for the AMX panels too
+    (a bf16 program's), whose bfloat16 pairs (half a float each) fill whole tiles of 32
+    along K: 16 rows more. k and n may be dim polynomials."""
+    rows = k + 16 if tiles else k
+    return rows * (n + nr - 1) if not isinstance(n, int) else rows * (-(-n // nr) * nr)
+
+
+def packed_before_loop(lw, operand: tuple, k, n, trans: bool, node: int) -> int | None:
+    """The buffer holding a GEMM operand (of `Lowering.matrix`) packed once before the scan
+    lowering `lw`'s graph is the body of, when the operand is the same at every step — made
+    before the loop, at an offset without the step (a recurrent weight) — else None. It is
+    packed before the outermost scan it is the same in, once for all its GEMMs."""
+    if lw.loop is None:
+        return None
+    outer, first = lw.loop
+    buffer, offset, ld = operand[:3]
+    if buffer >= first or f"$t{lw.depth - 1}" in symbols([offset]):
+        return None
+    hoisted = packed_before_loop(outer, operand, k, n, trans, node)
+    if hoisted is not None:
+        return hoisted
+    key = (buffer, offset, ld, k, n, trans)
+    if key not in outer.packs:
+        out = lw.p.buffer("f32", packed_floats(k, n, tiles=lw.bf16), "temp")
+        lw.emit(PackKernel(k, n, (buffer, offset, ld), trans, out.id, lw.bf16, node=node), into=outer.kernels)
+        outer.packs[key] = out.id
+    return outer.packs[key]
+
+
+# ---- lowering rules ------------------------------------------------------------------------------
+@register_lowering("matmul", floats=("f32",))
+def _matmul(lw, n, ins, attrs, typ):
+    a, b = ins
+    la, lb = lw.matrix(a), lw.matrix(b)
+    ta, tb = attrs["ta"] != la[4], attrs["tb"] != lb[4]
+    out = lw.place(lw.g.outputs_of(n)[0], rows=True)
+    m, nn = typ.shape[-2], typ.shape[-1]
+    k = a.shape[-2] if attrs["ta"] else a.shape[-1]
+    batch = numel(typ.shape[:-2])
+    packed = packed_before_loop(lw, lb, k, nn, tb, n) if lb[3] == 0 or batch == 1 else None
+    c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
+    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, lw.bf16, node=n))
+    lw.set(n, out)

@@ -1,12 +1,16 @@
-"""Reductions: sum, max or argmax over some axes of an expression."""
+"""Reductions: sum, max or argmax over some axes of an expression; the lowering rules of
+reduce_sum, reduce_max and argmax. The loop nests are in loops.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.native import render
-from dlc.compiler.native.loops import COLUMN_BLOCK
-from dlc.compiler.native.program import Kernel, expr_reads
+from dlc.compiler.native.program import Kernel, contiguous, expr_reads
+from dlc.compiler.native.rules import register_lowering
+
+# columns of a team's share of a reduction split along its last axis: whole cache lines
+COLUMN_BLOCK = 64
 
 
 @dataclass
@@ -18,6 +22,8 @@ class ReduceKernel(Kernel):
     out: int
     expr: object
 
+    column_block = COLUMN_BLOCK     # the columns of a team's share split along the last axis (loops.py)
+
     def text(self) -> list:
         return [f"reduce {self.op} over axes {list(self.axes)} of {render.shape(self.shape)}: b{self.out} <- "
                 f"{render.expr(self.expr)}{render.located(self)}"]
@@ -26,7 +32,7 @@ class ReduceKernel(Kernel):
         return expr_reads(self.expr), {self.out}
 
     def emit(self, f):
-        from dlc.compiler.native.loops import reduce
+        from dlc.compiler.native.kernels.reduce.loops import reduce
         split = self.split_axis()
         if split is None:
             kb = f.serial()
@@ -60,3 +66,18 @@ class ReduceKernel(Kernel):
         wide = isinstance(self.shape[last], int) and self.shape[last] > COLUMN_BLOCK
         return last if kept == [last] and wide else None
 
+
+# ---- lowering rules ------------------------------------------------------------------------------
+@register_lowering("reduce_sum", "reduce_max")
+def _reduce(lw, n, ins, attrs, typ):
+    x = ins[0]
+    buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
+    lw.emit(ReduceKernel(x.shape, attrs["axes"], lw.g.op(n)[7:], buf.id, lw.use(x), node=n))
+    lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+
+@register_lowering("argmax")
+def _argmax(lw, n, ins, attrs, typ):
+    x = ins[0]
+    buf = lw.p.buffer("i32", numel(typ.shape), "temp")
+    lw.emit(ReduceKernel(x.shape, (attrs["axis"],), "argmax", buf.id, lw.use(x), node=n))
+    lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))

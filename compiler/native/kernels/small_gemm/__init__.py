@@ -1,4 +1,5 @@
-"""The small GEMM: a small C summed over a long batch of products, nothing packed."""
+"""The small GEMM: a small C summed over a long batch of products, nothing packed (the
+convolution rules choose it, kernels/conv). The loop is in loops.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,7 +40,8 @@ class SmallGemmKernel(Kernel):
 
     def emit(self, f):
         """The parts on a thread team, then their sum on the calling thread."""
-        from dlc.compiler.native.loops import small_gemm, sum_parts
+        from dlc.compiler.native.kernels.small_gemm.loops import small_gemm
+        from dlc.compiler.native.shared_loops import sum_parts
         kb = f.team(lambda kb, first: small_gemm(kb, self, first), self.parts, self.m * self.n * self.k * self.batch)
         sum_parts(kb, self.partial, self.parts, self.m, self.n, self.c)
         return kb

@@ -1,12 +1,14 @@
 """Map kernels: out[i] = expr(i) over an iteration space, alone (MapKernel) or several
-sharing one loop (FusedMapKernel)."""
+sharing one loop (FusedMapKernel); the lowering rules of concat and pad, whose results
+maps write in pieces. The loop is in loops.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.native import render
-from dlc.compiler.native.program import Affine, Kernel, Op, expr_reads
+from dlc.compiler.native.program import Affine, Const, Kernel, Op, contiguous, expr_reads, row_major
+from dlc.compiler.native.rules import register_lowering
 
 
 @dataclass
@@ -42,7 +44,7 @@ class MapKernel(Kernel):
 class FusedMapKernel(Kernel):
     """Map kernels over one iteration space run as one loop: every iteration does each
     member's store in order. Legal when the members touch a buffer that one of them
-    writes only at the index being written (see fuse_maps). `registers`: buffers of
+    writes only at the index being written (see fusion.fuse_maps). `registers`: buffers of
     members whose value only later members read, in a register: they are not stored."""
     shape: tuple
     maps: list
@@ -70,7 +72,7 @@ class FusedMapKernel(Kernel):
 def _emit_loop(k: MapKernel | FusedMapKernel, f):
     """The loop of a map or a fused map, split along its outermost axis on a thread team
     (on one thread when it has no axis)."""
-    from dlc.compiler.native.loops import map_loop
+    from dlc.compiler.native.kernels.map.loops import map_loop
     if not k.shape:
         kb = f.serial()
         map_loop(kb, k, f.prog)
@@ -82,3 +84,26 @@ def _operations(k: MapKernel | FusedMapKernel) -> int:
     """Operations per element of a map (one for a copy): its work, with the element count."""
     count = lambda e: 1 + sum(count(a) for a in e.args) if isinstance(e, Op) else 0
     return sum(1 + count(m.expr) for m in k.maps)
+
+
+# ---- lowering rules ------------------------------------------------------------------------------
+@register_lowering("concat")
+def _concat(lw, n, ins, attrs, typ):
+    out = lw.place(lw.g.outputs_of(n)[0])
+    strides = out.at.coeffs
+    start = 0
+    for x in ins:
+        at = Affine(out.at.offset + start * strides[attrs["axis"]], strides)
+        lw.emit(MapKernel(x.shape, out.buffer, at, lw.use(x), node=n))
+        start = start + x.shape[attrs["axis"]]
+    lw.set(n, out)
+
+@register_lowering("pad")
+def _pad(lw, n, ins, attrs, typ):
+    buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
+    strides = row_major(typ.shape)
+    lw.emit(MapKernel(typ.shape, buf.id, Affine(0, strides), Const(0, typ.dtype), node=n))
+    offset = sum((lo * s for lo, s in zip(attrs["lo"], strides)), 0)
+    inner = tuple(s * (i + 1) for s, i in zip(strides, attrs["interior"]))
+    lw.emit(MapKernel(ins[0].shape, buf.id, Affine(offset, inner), lw.use(ins[0]), node=n))
+    lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))

@@ -1,0 +1,135 @@
+"""The GEMM routines compiled on their own and callable from Python with numpy arrays:
+what the tests and the GEMM benchmark call (the kernels call the routines from the step
+module, runtime/engines/cache.py `gemm_symbols`)."""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+from llvmlite import ir
+
+from dlc.compiler.native import jit
+from dlc.compiler.native.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name, tiles_granted
+from dlc.compiler.native.kernels.gemm import packed_floats
+
+_ARGTYPES = (ctypes.c_int64,) * 3 + (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64) * 3 \
+    + (ctypes.c_int64, ctypes.c_int64)
+_PACK_ARGTYPES = (ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
+
+
+class GemmLibrary:
+    """Compiled GEMM routines callable from Python with numpy arrays (tests, benchmarks)."""
+
+    def __init__(self, variants=None, config: GemmConfig | None = None, packed: bool = False):
+        """`packed`: also the routines of each variant that take op(B) packed, and the
+        pack functions (call with packed=True)."""
+        self.config = config or default_config()
+        if self.config.amx and not tiles_granted():
+            raise RuntimeError("the AMX routines need the tile state, which Linux did not grant")
+        if variants is None:
+            variants = [(ta, tb, acc) for ta in (False, True) for tb in (False, True)
+                        for acc in (False, True)]
+        self.module = ir.Module(name="dlc_gemm")
+        kinds = (False, True) if packed else (False,)
+        for ta, tb, acc in variants:
+            for pk in kinds:
+                add_gemm(self.module, trans_a=ta, trans_b=tb, accumulate=acc, packed=pk, config=self.config)
+        for tb in (False, True) if packed else ():
+            add_pack(self.module, trans_b=tb, config=self.config)
+        self.compiled = jit.compile_module(self.module, libraries=("gomp",))
+        self._fns = {v + (pk,): self.compiled.function(gemm_name(*v, pk, self.config.bf16), ctypes.c_int32,
+                                                       *_ARGTYPES + (ctypes.c_void_p,) * pk)
+                     for v in variants for pk in kinds}
+        self._packs = {tb: self.compiled.function(pack_name(tb, self.config.bf16), None, *_PACK_ARGTYPES)
+                       for tb in (False, True) if packed}
+
+    def args(self, a, b, c, trans_a=False, trans_b=False, nthreads=1):
+        """Validated native arguments for C (+)= op(a) @ op(b); a, b, c: float32 numpy
+        arrays of 2 or 3 dims (3 = batched; a 2-D operand is broadcast over the batch),
+        unit stride in the last dim. Raises ValueError instead of calling native code
+        with anything that does not fit."""
+        mats = []
+        for nm, x in (("a", a), ("b", b), ("c", c)):
+            if not isinstance(x, np.ndarray) or x.dtype != np.float32:
+                raise ValueError(f"{nm} must be a float32 numpy array")
+            if x.ndim not in (2, 3):
+                raise ValueError(f"{nm} must have 2 or 3 dims, not {x.ndim}")
+            if x.size == 0:     # nothing is read or written through it
+                mats.append((x.shape[-2:], max(x.shape[-1], 1), 0, x.shape[0] if x.ndim == 3 else None))
+                continue
+            if any(n > 1 and (s < 0 or s % 4) for n, s in zip(x.shape, x.strides)) \
+                    or (x.shape[-1] > 1 and x.strides[-1] != 4):
+                raise ValueError(f"{nm} must be row-major with a unit last stride")
+            ld = x.strides[-2] // 4 if x.shape[-2] > 1 else x.shape[-1]
+            if ld < x.shape[-1]:
+                raise ValueError(f"{nm}: rows overlap")
+            bs = x.strides[0] // 4 if x.ndim == 3 and x.shape[0] > 1 else 0
+            mats.append((x.shape[-2:], max(ld, 1), bs, x.shape[0] if x.ndim == 3 else None))
+        (ar, ac), lda, sa, ba = mats[0]
+        (br, bc), ldb, sb, bb = mats[1]
+        (M, N), ldc, sc, bc_ = mats[2]
+        if not c.flags.writeable:
+            raise ValueError("c is read-only")
+        if np.may_share_memory(c, a) or np.may_share_memory(c, b):
+            raise ValueError("c must not overlap a or b")
+        M_a, K = (ac, ar) if trans_a else (ar, ac)
+        K_b, N_b = (bc, br) if trans_b else (br, bc)
+        if (M_a, N_b) != (M, N) or K != K_b:
+            raise ValueError(f"shapes do not match: op(a) {M_a}x{K}, op(b) {K_b}x{N_b}, c {M}x{N}")
+        batch = bc_ if bc_ is not None else 1
+        for nm, bx in (("a", ba), ("b", bb)):
+            if bx is not None and bx != batch and bx != 1:
+                raise ValueError(f"batch of {nm} ({bx}) does not match c ({batch})")
+        if bc_ is None and (ba or 1) * (bb or 1) != 1:
+            raise ValueError("batched operands need a 3-D c")
+        if batch > 1 and sc == 0:
+            raise ValueError("c's batch dim must not be broadcast")
+        if sc and (sc < M * ldc if M > 0 else False):
+            raise ValueError("c's matrices overlap")
+        return (M, N, K, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb,
+                c.ctypes.data, ldc, sc, batch, int(nthreads))
+
+    def function(self, trans_a=False, trans_b=False, accumulate=False, packed=False):
+        return self._fns[(trans_a, trans_b, accumulate, packed)]
+
+    def _packed(self, args, trans_b) -> np.ndarray:
+        """op(B) of the validated arguments `args` (of `args()`) packed for the `packed`
+        routines (add_pack), 64-byte aligned as the micro-kernel loads it, with NaN past
+        what the packing writes."""
+        M, N, K, _, _, _, b, ldb, stride_b, *_ = args
+        if stride_b:
+            raise ValueError("a packed b must be one matrix")
+        room = np.full(packed_floats(K, N, tiles=self.config.amx) + 64, np.nan, np.float32)
+        out = room[(-room.ctypes.data % 64) // 4:]
+        self._packs[trans_b](K, N, b, ldb, out.ctypes.data)
+        return out
+
+    def __call__(self, a, b, c=None, *, trans_a=False, trans_b=False, accumulate=False,
+                 nthreads=1, packed=False):
+        """c (+)= op(a) @ op(b); allocates c (zeros when accumulating) if it is None.
+        `packed`: b (one matrix) is packed first, and the product takes the packed copy."""
+        if c is None:
+            M = a.shape[-1] if trans_a else a.shape[-2]
+            N = b.shape[-2] if trans_b else b.shape[-1]
+            lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+            c = np.zeros(lead + (M, N), np.float32)
+        status = self.bind(a, b, c, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate,
+                           nthreads=nthreads, packed=packed)()
+        if status != 0:
+            raise MemoryError("GEMM pack buffers could not be allocated")
+        return c
+
+    def bind(self, a, b, c, *, trans_a=False, trans_b=False, accumulate=False, nthreads=1,
+             packed=False):
+        """A zero-argument callable running one product with pointers resolved once
+        (keeps a, b, c alive; `packed`: b is packed here, once), returning its status."""
+        fn = self.function(trans_a, trans_b, accumulate, packed)
+        args = self.args(a, b, c, trans_a, trans_b, nthreads)
+        packed_b = self._packed(args, trans_b) if packed else None
+        if packed:
+            args += (packed_b.ctypes.data,)
+        keep = (a, b, c, packed_b)
+
+        def run(fn=fn, args=args, keep=keep):
+            return fn(*args)
+        return run

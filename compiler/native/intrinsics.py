@@ -1,0 +1,55 @@
+"""LLVM IR helpers that the GEMM generator (gemm.py), the kernels' loops
+(kernels/<kind>/loops.py), the scalar rules and the step module share: declaring an
+intrinsic or external function once, a scalar splat over a vector, a vector pointer,
+masked vector loads and stores, and rounding to bfloat16."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from dlc.compiler.native.types import i1, i32
+
+
+def declare(module, name, ret, args):
+    fn = module.globals.get(name)
+    if fn is None:
+        fn = ir.Function(module, ir.FunctionType(ret, args), name)
+    return fn
+
+
+def splat(b, s, vty):
+    """The scalar s in every lane of a vector of type vty."""
+    lanes = ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count)
+    return b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), s, i32(0)),
+                            ir.Constant(vty, ir.Undefined), lanes)
+
+
+def vec_ptr(b, ptr, vty):
+    return b.bitcast(ptr, vty.as_pointer())
+
+
+def bf16_bits(b, x):
+    """The float (or float vector) x rounded to bfloat16, to nearest even, as int32 bits
+    whose upper half is the bfloat16 (the lower half is garbage); a NaN stays a NaN (quiet)."""
+    ity = ir.VectorType(i32, x.type.count) if isinstance(x.type, ir.VectorType) else i32
+    const = (lambda v: ir.Constant(ity, [v] * ity.count)) if ity is not i32 else (lambda v: ir.Constant(i32, v))
+    bits = b.bitcast(x, ity)
+    odd = b.and_(b.lshr(bits, const(16)), const(1))
+    rounded = b.add(bits, b.add(odd, const(0x7FFF)))
+    return b.select(b.fcmp_unordered("uno", x, x), b.or_(bits, const(0x400000)), rounded)
+
+
+def round_bf16(b, x):
+    """The float (or float vector) x rounded to bfloat16 and back: what a bf16 operand is."""
+    bits = bf16_bits(b, x)
+    high = 0xFFFF0000 - (1 << 32)        # as a signed int32
+    mask = ir.Constant(bits.type, [high] * bits.type.count) if isinstance(bits.type, ir.VectorType) \
+        else ir.Constant(i32, high)
+    return b.bitcast(b.and_(bits, mask), x.type)
+
+
+def masked(module, vty) -> tuple:
+    """llvm.masked.load and llvm.masked.store of float vectors of type vty."""
+    mty = ir.VectorType(i1, vty.count)
+    vw = vty.count
+    return (declare(module, f"llvm.masked.load.v{vw}f32.p0", vty, [vty.as_pointer(), i32, mty, vty]),
+            declare(module, f"llvm.masked.store.v{vw}f32.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]))

@@ -1,0 +1,19 @@
+"""The loop of an accumulation (kernels/accumulate), in LLVM IR."""
+from __future__ import annotations
+
+from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.shared_loops import zero_examples
+
+
+def accumulate(kb: KernelBuilder, k, first):
+    """The examples `first` = (lo, hi)."""
+    b = kb.b
+    zero_examples(kb, k.out, k.shape[0], k.at.coeffs[0], first)
+
+    def each(idx):
+        # a branch, not a clamped address: LLVM vectorizes the conditional update (masked)
+        with b.if_then(kb.inside(k.guards, idx)):
+            at = kb.affine(k.at, idx)
+            old = kb.disjoint(b.load(b.gep(kb.buffer(k.out, "f32"), [at])), k.out)
+            kb.store(k.out, "f32", at, b.fadd(old, kb.expr(k.expr, idx)))
+    kb.loops(k.shape, each, first=first)

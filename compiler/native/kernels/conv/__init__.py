@@ -1,0 +1,254 @@
+"""The direct convolution, for few taps (no im2col buffer), and the lowering rules of
+conv2d and its two gradients, which choose between it, im2col and a GEMM, the small GEMM
+and accumulation (col2im). The loops are in loops.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlc.compiler.ir.dims import concrete, numel
+from dlc.compiler.ir.graph import Tensor
+from dlc.compiler.native import render
+from dlc.compiler.native.kernels.accumulate import AccumulateKernel
+from dlc.compiler.native.kernels.gemm import GemmKernel
+from dlc.compiler.native.kernels.map import MapKernel
+from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
+from dlc.compiler.native.program import Affine, Kernel, Load, Op, contiguous, remap, row_major
+from dlc.compiler.native.rules import NotLowerable, register_lowering
+
+SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
+DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
+SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
+GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
+
+
+@dataclass
+class ConvKernel(Kernel):
+    """A direct convolution, for few taps (C*kh*kw): no im2col buffer. x [N, C, H, W]
+    (0 outside), w [O, C, kh, kw], stride 1 or 2 along W. Without `g`:
+    out [N, O, Ho, Wo] = sum over c, i, j of w[o, c, i, j] * x[n, c, ho*sh + i - ph, wo*sw + j - pw];
+    `transposed`: w is [C, O, kh, kw] and read w[c, o, kh-1-i, kw-1-j] — with x the output
+    gradient and padding k - 1 - p, the input gradient of a stride-1 convolution.
+    With `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
+    n, ho, wo of g[n, o, ho, wo] * x[...], the batch in `parts` runs summed apart into
+    `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel. It multiplies in
+    float32; for bf16 products its operands are rounded before (Lowering.rounded)."""
+    x: int
+    w: int | None
+    out: int
+    x_shape: tuple        # N, C, H, W
+    w_shape: tuple        # O, C, kh, kw
+    out_hw: tuple
+    stride_h: int
+    padding: tuple
+    g: int | None = None
+    partial: int | None = None
+    parts: int = 1
+    transposed: bool = False
+    groups: int = 1
+    stride_w: int = 1
+
+    @property
+    def channels(self):
+        """The output's channels (O)."""
+        return self.w_shape[1] * self.groups if self.transposed else self.w_shape[0]
+
+    def flops(self, sizes: dict) -> int:
+        """Every output, input gradient or weight gradient element sums over the taps of
+        the others: one multiply-add per weight and output position."""
+        return 2 * numel(self.w_shape) * numel([concrete(self.x_shape[0], sizes), *self.out_hw])
+
+    def text(self) -> list:
+        what = f"b{self.x} * b{self.w}" if self.g is None else f"weight gradient of b{self.x} * w from b{self.g}"
+        what += f" in {self.groups} groups" if self.groups > 1 else ""
+        return [f"direct conv {render.shape(self.x_shape)} by {render.shape(self.w_shape)}: b{self.out} = {what}"
+                f"{render.located(self)}"]
+
+    def accesses(self) -> tuple:
+        return ({self.x, self.w}, {self.out}) if self.g is None else ({self.x, self.g}, {self.out, self.partial})
+
+    def emit(self, f):
+        """The examples times the groups on a thread team; the weight gradient's parts on
+        a team, then their sum on the calling thread."""
+        from dlc.compiler.native.kernels.conv.loops import conv, conv_weight_grad
+        from dlc.compiler.native.shared_loops import sum_parts
+        work = numel(self.w_shape) * numel(self.x_shape[:1] + self.out_hw)
+        if self.g is None:
+            return f.team(lambda kb, first: conv(kb, self, first), self.x_shape[0] * self.groups, work)
+        kb = f.team(lambda kb, first: conv_weight_grad(kb, self, first), self.parts, work)
+        taps = numel(self.w_shape[1:])
+        sum_parts(kb, self.partial, self.parts, self.w_shape[0], taps, (self.out, 0, taps))
+        return kb
+
+
+# ---- lowering rules ------------------------------------------------------------------------------
+def _conv_dims(x: tuple, w: tuple, y: tuple, groups: int) -> tuple:
+    """(N, C, O, kh, kw, Ho, Wo, C·kh·kw, Ho·Wo, Og, Cg·kh·kw) of x [N, C, H, W] convolved with
+    w [O, C / groups, kh, kw] into y [N, O, Ho, Wo]: the GEMM shapes of a convolution and its
+    gradients, a GEMM per group of Og = O / groups filters and Cg = C / groups channels."""
+    (N, C), (O, _, kh, kw), (Ho, Wo) = x[:2], w, y[2:]
+    return N, C, O, kh, kw, Ho, Wo, C * kh * kw, Ho * Wo, O // groups, C // groups * kh * kw
+
+def _direct(taps, kw, attrs) -> bool:
+    """Whether a convolution is a ConvKernel: few taps per output (C / groups · kh · kw),
+    where im2col's buffer and a GEMM with so short a K cost more than the products, a row
+    of taps that fits in registers, stride 1 or 2 along W (its rows are loaded as vectors,
+    every other lane of two with stride 2), no dilation."""
+    return isinstance(taps, int) and taps <= DIRECT_TAPS and kw <= 8 and attrs["stride"][1] in (1, 2) and \
+        attrs["dilation"] == (1, 1)
+
+def _pointwise(kh, kw, attrs) -> bool:
+    """Whether a convolution is a matrix product as its input lies: 1 x 1, stride 1, no
+    padding, one group, so y[n] (O x H·W) = W (O x C) @ x[n] (C x H·W), without columns."""
+    return (kh, kw) == (1, 1) and attrs["stride"] == (1, 1) and attrs["padding"] == (0, 0) and attrs["groups"] == 1
+
+def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
+    """The products of a grouped convolution's taps (c, i, j) over the iteration
+    [N, groups, O / groups, Ho, Wo]: x's window at channel g * Cg + c times w[g * Og + o, c, i, j]."""
+    groups, (_, cg, kh, kw) = attrs["groups"], w.shape
+    og = w.shape[0] // groups
+    windows = lw.windows(x, attrs["stride"], attrs["padding"], order="nchwij", dilation=attrs["dilation"])
+    wm = lw.materialize(w)
+    products = []
+    for c in range(cg):
+        for i in range(kh):
+            for j in range(kw):
+                xa = remap(windows, lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[4] * i + a.coeffs[5] * j,
+                                                     (a.coeffs[0], a.coeffs[1] * cg, 0, a.coeffs[2], a.coeffs[3])))
+                wa = remap(wm, lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[2] * i + a.coeffs[3] * j,
+                                                (0, a.coeffs[0] * og, a.coeffs[0], 0, 0)))
+                products.append(Op("mul", (xa, wa), "f32"))
+    return products
+
+@register_lowering("conv2d", floats=("f32",))
+def _conv2d(lw, n, ins, attrs, typ):
+    x, w = ins
+    groups = attrs["groups"]
+    N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, w.shape, typ.shape, groups)
+    out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    wm = lw.materialize(w)
+    if _pointwise(kh, kw, attrs):
+        # the pointwise convolutions of depthwise-separable networks: a GEMM per example
+        # (a direct conv's few taps per output would leave most of these products' C unused)
+        xm = lw.materialize(x)
+        lw.emit(GemmKernel(O, hw, C, N, (wm.buffer, wm.at.offset, C, 0), (xm.buffer, xm.at.offset, hw, C * hw),
+                           (out.id, 0, hw, O * hw), False, False, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if _direct(cgkk, kw, attrs):
+        # depthwise ones too (groups = C): each output channel's taps over its group's channels
+        xm, wm = lw.rounded(x, n), lw.rounded(w, n)
+        lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (Ho, Wo), attrs["stride"][0],
+                           attrs["padding"], groups=groups, stride_w=attrs["stride"][1], node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if groups > 1 and isinstance(cgkk, int) and cgkk <= GROUPED_TAPS and not lw.bf16:
+        # depthwise and small groups strided along W or dilated: a map over the outputs
+        # summing their taps (the loop over Wo vectorizes), where a GEMM per group would
+        # multiply with a K of a few taps (in bf16 the GEMM below, which rounds its operands)
+        total, *rest = _group_taps(lw, x, w, attrs)
+        for v in rest:
+            total = Op("add", (total, v), "f32")
+        shape = (N, groups, og, Ho, Wo)
+        lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), total, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
+    # one GEMM over the batch per group, y stored [O, N, Ho, Wo]: y_g (Og x N*HoWo) = W_g (Og x Cg*kh*kw)
+    # @ cols_g^T, cols_g the group's columns of cols (as N GEMMs of HoWo columns each, a first
+    # layer's 6 x 784 products ran at a third the speed)
+    lw.emit(GemmKernel(og, N * hw, cgkk, groups, (wm.buffer, wm.at.offset, cgkk, og * cgkk), (cols.id, 0, ckk, cgkk),
+                       (out.id, 0, N * hw, og * N * hw), False, True, bf16=lw.bf16, node=n))
+    lw.set(n, Load(out.id, Affine(0, (hw, N * hw, Wo, 1)), typ.dtype))
+
+@register_lowering("conv2d_weight_grad", floats=("f32",))
+def _conv2d_weight_grad(lw, n, ins, attrs, typ):
+    x, g = ins
+    groups = attrs["groups"]
+    N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, typ.shape, g.shape, groups)
+    out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    if _direct(cgkk, kw, attrs):
+        xm, gm = lw.rounded(x, n), lw.rounded(g, n)
+        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * cgkk, "temp")
+        lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (Ho, Wo), attrs["stride"][0], attrs["padding"],
+                           gm.buffer, partial.id, SMALL_GEMM_PARTS, groups=groups,
+                           stride_w=attrs["stride"][1], node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
+    if groups == 1 and isinstance(O * ckk, int) and O * ckk <= SMALL_FILTER:
+        # few, small filters (a first layer): dW stays in registers while every
+        # example's g[n] (O x HoWo) @ cols[n] (HoWo x CKK) streams by
+        gm = lw.materialize(g)
+        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * ckk, "temp")
+        lw.emit(SmallGemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw),
+                                (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), partial.id, SMALL_GEMM_PARTS,
+                                bf16=lw.bf16, node=n))
+    else:
+        # g as [O, N*HoWo]: dW_g (Og x Cg*kh*kw) = g2_g @ cols_g (N*HoWo x Cg*kh*kw), one GEMM per group
+        g2 = lw.p.buffer("f32", O * N * hw, "temp")
+        swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
+        lw.emit(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
+                            remap(lw.use(g), swap), node=n))
+        lw.emit(GemmKernel(og, cgkk, N * hw, groups, (g2.id, 0, N * hw, og * N * hw), (cols.id, 0, ckk, cgkk),
+                           (out.id, 0, cgkk, og * cgkk), False, False, bf16=lw.bf16, node=n))
+    lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+
+@register_lowering("conv2d_input_grad", floats=("f32",))
+def _conv2d_input_grad(lw, n, ins, attrs, typ):
+    g, w = ins
+    groups = attrs["groups"]
+    N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(typ.shape, w.shape, g.shape, groups)
+    H, W = typ.shape[2:]
+    (st_h, st_w), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
+    sn, sc, sh, sw = row_major(typ.shape)
+    out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    if groups > 1 and _direct(og * kh * kw, kw, attrs) and (st_h, st_w) == (1, 1):
+        # a stride-1 grouped convolution's input gradient is one too: g convolved with the
+        # filters flipped, each input channel summing over its group's outputs
+        gm, wm = lw.rounded(g, n), lw.rounded(w, n)
+        lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
+                           transposed=True, groups=groups, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if groups > 1:
+        if lw.bf16:
+            raise NotLowerable("the native backend does not compile the input gradient of a grouped convolution in "
+                               "bf16 yet", lw.g.g.nodes[n]["span"])
+        # each group's few filters: dx[n, g*Cg + c, window (i, j) of (ho, wo)] += dy[n, g*Og + o, ho, wo]
+        # * w[g*Og + o, c, i, j] over [N, groups, Cg, Og, kh, kw, Ho, Wo], without columns
+        cg = C // groups
+        dy = remap(lw.use(g), lambda a: Affine(a.offset, (a.coeffs[0], a.coeffs[1] * og, 0, a.coeffs[1], 0, 0,
+                                                          a.coeffs[2], a.coeffs[3])))
+        wm = lw.materialize(w)
+        wt = remap(wm, lambda a: Affine(a.offset, (0, a.coeffs[0] * og, a.coeffs[1], a.coeffs[0], a.coeffs[2],
+                                                   a.coeffs[3], 0, 0)))
+        at = Affine(-ph * sh - pw * sw, (sn, cg * sc, sc, 0, dh * sh, dw * sw, st_h * sh, st_w * sw))
+        guards = ((Affine(-ph, (0, 0, 0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, 0, 0, dw, 0, st_w)), W))
+        lw.emit(AccumulateKernel((N, groups, cg, og, kh, kw, Ho, Wo), out.id, at, guards,
+                                 Op("mul", (dy, wt), "f32"), node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    gm, wm = lw.materialize(g), lw.materialize(w)
+    if _pointwise(kh, kw, attrs):
+        # dx[n] (C x H·W) = W^T (C x O) @ g[n] (O x H·W): the columns are dx itself
+        lw.emit(GemmKernel(C, hw, O, N, (wm.buffer, wm.at.offset, C, 0), (gm.buffer, gm.at.offset, hw, O * hw),
+                           (out.id, 0, hw, C * hw), True, False, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if _direct(ckk, kw, attrs) and (st_h, st_w) == (1, 1):
+        # g convolved with the filters flipped, their channels swapped: one pass, no columns
+        gr, wr = lw.rounded(g, n), lw.rounded(w, n)
+        lw.emit(ConvKernel(gr.buffer, wr.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
+                           transposed=True, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    cols = lw.p.buffer("f32", N * ckk * hw, "temp")
+    # the columns transposed, [N, C, kh, kw, Ho, Wo]: cols[n] (CKK x HoWo) = W^T (W is O x CKK) @ g[n]
+    # (O x HoWo), so that col2im's innermost loop walks Wo, along the rows of both
+    lw.emit(GemmKernel(ckk, hw, O, N, (wm.buffer, wm.at.offset, ckk, 0), (gm.buffer, gm.at.offset, hw, O * hw),
+                       (cols.id, 0, hw, ckk * hw), True, False, bf16=lw.bf16, node=n))
+    at = Affine(-ph * sh - pw * sw, (sn, sc, dh * sh, dw * sw, st_h * sh, st_w * sw))
+    guards = ((Affine(-ph, (0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, dw, 0, st_w)), W))
+    shape = (N, C, kh, kw, Ho, Wo)
+    lw.emit(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), node=n))
+    lw.set(n, contiguous(out.id, typ.shape, typ.dtype))

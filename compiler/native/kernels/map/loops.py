@@ -1,0 +1,19 @@
+"""The loop of a map or a fused map (kernels/map), in LLVM IR: each iteration stores every
+member's value, in order. `first` = (lo, hi) limits the outermost loop to a thread's share."""
+from __future__ import annotations
+
+from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.program import KernelProgram
+
+
+def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
+    """A map's loop (MapKernel or FusedMapKernel): each iteration stores every member's
+    value, in order; a member kept in a register is only read by the later ones."""
+    def body(idx):
+        for m in k.maps:
+            v = kb.expr(m.expr, idx)
+            if m.out not in k.registers:
+                kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v)
+            kb.stored[m.out, m.out_at] = v     # later members read it from the register
+        kb.stored.clear()
+    kb.loops(k.shape, body, first=first)

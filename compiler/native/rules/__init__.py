@@ -1,0 +1,60 @@
+"""The lowering rules' registry: each primitive's rule, registered by name
+(`register_lowering`), as JAX registers its rules beside each primitive. A rule is
+rule(lowering, node, operands, attrs, type of output 0) -> None and sets the node's values
+(compiler/native/lower.py `Lowering`). The rules live with the kernel kind they emit
+(compiler/native/kernels/<kind>/__init__.py) or, when they emit no kernel of their own,
+in this package by family: `sources.py` (inputs, parameters, constants, iota, sizes,
+random draws), `views.py` (elementwise ops and views: expressions, no kernel),
+`pooling.py` (pooling as maps or reductions). `load` imports them all."""
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from typing import Callable
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.primitives import PRIMITIVES
+
+
+class NotLowerable(DlcError):
+    """The native backend does not compile this primitive yet (located at its node)."""
+
+
+# primitive name -> its rule
+LOWERINGS: dict[str, Callable] = {}
+# pattern kind -> the rule of a primitive of that kind without one of its own (elementwise: an Op node)
+KIND_RULES: dict[str, Callable] = {}
+# the float dtypes a rule computes in, where it is not every dtype the type rule accepts
+LOWERED_FLOATS: dict[str, tuple] = {}
+
+
+def register_lowering(*names: str, floats: tuple | None = None, kind: str | None = None):
+    """Decorator: the lowering rule of the primitives `names`, or of every primitive of
+    pattern `kind` that has none; `floats`, the only float dtypes it computes in (the GEMM
+    and the window kernels: f32)."""
+    def register(rule):
+        for name in names:
+            LOWERINGS[name] = rule
+            if floats is not None:
+                LOWERED_FLOATS[name] = floats
+        if kind is not None:
+            KIND_RULES[kind] = rule
+        return rule
+    return register
+
+
+@functools.cache
+def load():
+    """Import every rule: the families of this package and the kinds of kernels/."""
+    from dlc.compiler.native import kernels, rules
+    for package, kinds in ((rules, False), (kernels, True)):
+        for module in pkgutil.iter_modules(package.__path__):
+            if module.ispkg == kinds:
+                importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def lowering_rule(name: str) -> Callable | None:
+    """A primitive's lowering rule: its own, else its pattern kind's."""
+    load()
+    return LOWERINGS.get(name) or KIND_RULES.get(PRIMITIVES[name].kind)

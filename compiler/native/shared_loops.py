@@ -1,0 +1,97 @@
+"""Loop pieces that the loops of several kernel kinds share, in LLVM IR: row-major strides,
+sums in SUM_LANES partial sums added pairwise (reductions, attention, the direct
+convolution's weight gradient), a bf16 operand, the sum of a weight gradient's parts
+(the small GEMM, the direct convolution), an example's output zeroed (accumulation, the
+max-pool gradient)."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.intrinsics import round_bf16
+from dlc.compiler.native.program import Affine, Load
+from dlc.compiler.native.types import f32, i32, i64
+
+
+def strides(shape) -> list:
+    acc, out = 1, []
+    for d in reversed(shape):
+        out.append(acc)
+        acc = acc * d
+    return list(reversed(out))
+
+
+# A float sum over the trailing axes adds element i of the last axis into partial sum
+# i mod SUM_LANES, then adds the partial sums pairwise. The order is the program's, not
+# the vector width's (fast-math reassociation let LLVM pick it by target: AVX2 and
+# AVX-512 gave different bits), and the independent partial sums still vectorize.
+SUM_LANES = 16
+
+
+def add_lanes(b: ir.IRBuilder, vectors: list) -> ir.Value:
+    """The SUM_LANES lanes of `vectors` (lane l of the whole at vector l // vw) added
+    pairwise, as lane_sum adds its partial sums."""
+    return pairwise(b, [b.extract_element(v, ir.Constant(i32, lane)) for v in vectors for lane in range(v.type.count)])
+
+
+def pairwise(b: ir.IRBuilder, values: list, combine=None) -> ir.Value:
+    """values[0..L) (L a power of two) added (or combined) as halves: v[j] + v[j + L/2], then again."""
+    combine = combine or b.fadd
+    while len(values) > 1:
+        half = len(values) // 2
+        values = [combine(values[j], values[j + half]) for j in range(half)]
+    return values[0]
+
+
+def lane_sum(kb: KernelBuilder, expr, t, prefix: list, tail: tuple, combine=None, init=0.0) -> ir.Value:
+    """The sum of expr over the `tail` axes at the leading indices `prefix`, in SUM_LANES
+    partial sums (docs/native.md, "The same bits on any machine"); or their fold by
+    `combine` from `init` (a maximum from -inf)."""
+    b = kb.b
+    combine = combine or b.fadd
+    sums = [kb.alloca(t) for _ in range(SUM_LANES)]
+    for s in sums:
+        b.store(ir.Constant(t, init), s)
+    n = kb.dim(tail[-1])
+    whole = b.sdiv(n, ir.Constant(i64, SUM_LANES))
+
+    def add(j: int, i: ir.Value, row: list):
+        b.store(combine(b.load(sums[j]), kb.expr(expr, prefix + row + [i])), sums[j])
+
+    def row(ridx):
+        def chunk(cidx):
+            base = b.mul(cidx[0], ir.Constant(i64, SUM_LANES))
+            for j in range(SUM_LANES):
+                add(j, b.add(base, ir.Constant(i64, j)), ridx)
+        kb.loops(tail[-1:], chunk, first=(ir.Constant(i64, 0), whole))
+        done = b.mul(whole, ir.Constant(i64, SUM_LANES))
+        for j in range(SUM_LANES - 1):          # the last n mod SUM_LANES elements
+            i = b.add(done, ir.Constant(i64, j))
+            with b.if_then(b.icmp_signed("<", i, n)):
+                add(j, i, ridx)
+    kb.loops(tail[:-1], row)
+    return pairwise(b, [b.load(s) for s in sums], combine)
+
+
+def operand(b, k, x):
+    """x as an operand of kernel k's products: rounded to bfloat16 where k's are (k.bf16)."""
+    return round_bf16(b, x) if k.bf16 else x
+
+
+def sum_parts(kb: KernelBuilder, partial: int, parts: int, m: int, n: int, c: tuple):
+    """C (m x n at c = (buffer, offset, ld)) = the sum of the parts' m x n slices of
+    `partial`, in order."""
+    (cb, coff, ldc) = c
+
+    def each(idx):
+        total = kb.expr(Load(partial, Affine(0, (n, 1)), "f32"), idx)
+        for p in range(1, parts):
+            total = kb.b.fadd(total, kb.expr(Load(partial, Affine(p * m * n, (n, 1)), "f32"), idx))
+        kb.store(cb, "f32", kb.affine(Affine(coff, (ldc, 1)), idx), total)
+    kb.loops((m, n), each)
+
+
+def zero_examples(kb: KernelBuilder, bid: int, examples, size, first):
+    """Zero the examples `first` = (lo, hi) of f32 buffer bid, `size` elements each."""
+    kb.loops((examples, size), lambda idx: kb.store(bid, "f32", kb.affine(Affine(0, (size, 1)), idx),
+                                                    ir.Constant(f32, 0.0)), first=first)
