@@ -146,15 +146,12 @@ def cmd_summary(args):
     from dlc.compiler.frontend import summary as S
     from dlc.compiler.frontend.loader import load
     from dlc.compiler.ir.dims import symbols
+    from dlc.runtime.api import summary_settings
     from dlc.runtime.engines import budget
-    from dlc.runtime.training.config import frozen_names, make_config
     from dlc.runtime.training.optim import make_optimizer
     program = load(args.file)
     model = program.build(args.model, training=not args.eval)
-    cfg = make_config(program, model.name, {"freeze": args.freeze, "batch": args.batch}, require_data=False)
-    frozen = frozen_names(model, cfg.freeze, cfg.span("freeze"))
-    batch = budget.batch_symbol(model.graph)
-    given = ({batch: cfg.batch} if batch and "batch" in cfg.spans else {}) | _dims(args.dim)
+    cfg, frozen, batch, given = summary_settings(program, model, args.freeze, args.batch, _dims(args.dim))
     if not args.memory:
         print(S.summary(model, frozen, args.depth, given))
         return
@@ -281,7 +278,7 @@ def _weights(args):
 def cmd_train(args):
     from dlc.compiler.errors import plural
     from dlc.compiler.frontend.loader import load
-    from dlc.runtime.training.progress import row_values
+    from dlc.runtime.training.progress import row_values, terminal_width, wrap_items
     from dlc.runtime.training.trainer import Trainer
     overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
                                                          "freeze", "data", "validation", "test", "schedule", "clip",
@@ -290,13 +287,15 @@ def cmd_train(args):
     progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
                       backend=args.backend, progress=progress, tensorboard=args.tensorboard)
-    result = trainer.run(resume=args.resume if args.resume != "" else True)
+    result = trainer.run(resume=args.resume if args.resume != "" else True, overwrite=args.overwrite)
     if result.stopped == "interrupted":
         return 130
     if not trainer.writes:      # another rank of a distributed run: rank 0 reports
         return 0
-    stats = "  ".join(row_values(result.history[-1])) if result.history else ""
-    print(f"trained {trainer.name} for {plural(len(result.history), 'epoch')} ({result.stopped})" + (f": {stats}" if stats else ""))
+    head = f"trained {trainer.name} for {plural(len(result.history), 'epoch')} ({result.stopped})"
+    stats = row_values(result.history[-1]) if result.history else []
+    items = [f"{head}: {stats[0]}", *stats[1:]] if stats else [head]
+    print(wrap_items(items, terminal_width(sys.stdout) if sys.stdout.isatty() else None))
     if result.test:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
     written = [str(result.out_dir / name) for name in result.written]
@@ -318,8 +317,11 @@ def cmd_predict(args):
         if path.suffix == ".csv":
             if len(outputs) != 1:
                 raise DlcError(f"a .csv holds one output; this model has {len(outputs)}: write a .npz")
-            value = next(iter(outputs.values()))
-            np.savetxt(path, value.reshape(len(value), -1), delimiter=",", fmt="%.6g")
+            name, value = next(iter(outputs.items()))
+            table = value.reshape(len(value), -1)
+            # a header of the output's name, a column each: probs_0, probs_1, ... (one column: probs)
+            header = ",".join([name] if table.shape[1] == 1 else [f"{name}_{i}" for i in range(table.shape[1])])
+            np.savetxt(path, table, delimiter=",", fmt="%.6g", header=header, comments="")
         elif path.suffix == ".png":
             from dlc.runtime.data import png
             name = path.stem if len(outputs) > 1 else next(iter(outputs))
@@ -606,6 +608,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", metavar="DIR", help="checkpoints and history (default: runs/MODEL beside the file)")
     c.add_argument("--resume", nargs="?", type=_checkpoint, const="", default=False, metavar="CKPT",
                    help="continue from DIR/last.npz or the given checkpoint")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoints of another run in the --out folder (without it, a new run refuses "
+                        "that folder)")
     c.add_argument("--tensorboard", metavar="DIR",
                    help='write TensorBoard event files to DIR: lr every step, loss and metrics every epoch '
                         '(needs tensorboardX: pip install "dlc[tensorboard]")')

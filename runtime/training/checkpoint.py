@@ -50,6 +50,27 @@ def save(path: Path, params: dict, opt_state: dict, meta: dict):
         raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}") from None
 
 
+RUN_FILES = ("last.npz", "best.npz", "history.json", "history.csv", "history.png")
+
+
+def claim_folder(out: Path, overwrite: bool):
+    """A new run's folder: one holding another run's checkpoints is refused, so that a short
+    trial run never silently replaces a better model, unless `overwrite`, which deletes that
+    run's files first (a shorter new run leaves none of them behind). Continuing the run is
+    `resume`, which does not come here."""
+    held = [name for name in ("last.npz", "best.npz") if (out / name).exists()]
+    if not held:
+        return
+    if not overwrite:
+        raise DlcError(f"{out} holds the checkpoints of another run ({', '.join(held)}): continue that run with "
+                       "--resume, replace it with --overwrite, or write this one elsewhere with --out DIR")
+    for name in RUN_FILES:
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise DlcError(f"cannot replace {out / name}: {e.strerror}") from None
+
+
 class Checkpoints(Callback):
     """The checkpoints of a run in its folder `out`, as a callback (callbacks.py): last.npz
     after every epoch, best.npz after one that improved early stopping's monitored value

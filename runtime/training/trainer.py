@@ -148,15 +148,20 @@ class Trainer:
         return params
 
     # -- run --
-    def run(self, resume=False, engine=None) -> Result:
+    def run(self, resume=False, engine=None, overwrite: bool = False) -> Result:
+        """Train from the start, or from a checkpoint with `resume` (True: the folder's last.npz;
+        or a path). A new run refuses a folder holding another run's checkpoints unless
+        `overwrite` (checkpoint.claim_folder)."""
         with budget.capped(self.cfg.memory, self.cfg.span("memory")):
             if self.world is None:
-                return self._run(resume, engine)
+                return self._run(resume, engine, overwrite)
             with self.world.failing_together():
-                return self._run(resume, engine)
+                return self._run(resume, engine, overwrite)
 
-    def _run(self, resume, engine) -> Result:
+    def _run(self, resume, engine, overwrite) -> Result:
         cfg, begun = self.cfg, time.time()
+        if not resume and self.writes:
+            checkpoint.claim_folder(self.out, overwrite)
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
         n = len(next(iter(train.values())))
         stats = batch_statistics(self.train_model)
