@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.training import checkpoint
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.training.config import frozen_names, make_config, parse_setting
@@ -77,7 +78,8 @@ class DlcModel:
         return Text(summary(model, frozen, depth, sizes))
 
     # -- training --
-    def train(self, out: str | Path | None = None, resume: bool | str | Path = False, log=None,
+    def train(self, out: str | Path | None = None, resume: bool | str | Path = False,
+              log: Callable[[str], None] | None = None,
               progress: str | int | bool = "auto", tensorboard: str | Path | None = None,
               callbacks: Iterable = (), overwrite: bool = False, **overrides: Any) -> Result:
         """Train with the file's train block; keyword arguments override its settings: `data`,
@@ -151,14 +153,14 @@ class DlcModel:
             raise DlcError(f"model {self.name} has no weights: train it or load a checkpoint first")
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         """The engine (native or reference, by `backend`) that runs the model, made on first use."""
         if self._engine is None:
             self._engine = make_engine(self.backend, self.train_model, self.eval_model)
         return self._engine
 
     # -- use --
-    def evaluate(self, data: Any = None, batch: int = 256, log=None) -> dict:
+    def evaluate(self, data: Any = None, batch: int = 256, log: Callable[[str], None] | None = None) -> dict:
         """Loss and metrics (evaluation mode) on `data` (a source such as "digits()", a
         path, or a dict of arrays by input and target name), by default on data the weights
         were not trained on: the test, else the validation data of the settings the

@@ -160,8 +160,6 @@ class Trainer:
 
     def _run(self, resume, engine, overwrite) -> Result:
         cfg, begun = self.cfg, time.time()
-        if not resume and self.writes:
-            checkpoint.claim_folder(self.out, overwrite)
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
         n = len(next(iter(train.values())))
         stats = batch_statistics(self.train_model)
@@ -212,6 +210,8 @@ class Trainer:
         if self.world is not None:
             self.world.broadcast_state(params, opt_state)
 
+        if not resume and self.writes:      # once the data and settings are known good: a failed run replaces nothing
+            checkpoint.claim_folder(self.out, overwrite)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
