@@ -38,7 +38,7 @@ from dlc.runtime.training.inputs import (array_data, data_settings, evaluation_d
                                          is_arrays, load_data)
 from dlc.runtime.training.trainer import Result, Trainer, mean_metrics, to_stderr
 
-EXPORT_FORMATS = {".onnx": "onnx", ".safetensors": "dlc"}       # by suffix; layout="torch" for torch.nn's
+EXPORT_FORMATS = {".onnx": "onnx", ".safetensors": "safetensors"}     # what model.export writes, by suffix
 
 
 class DlcModel:
