@@ -53,17 +53,19 @@ def save(path: Path, params: dict, opt_state: dict, meta: dict):
 RUN_FILES = ("last.npz", "best.npz", "history.json", "history.csv", "history.png")
 
 
-def claim_folder(out: Path, overwrite: bool):
-    """A new run's folder: one holding another run's checkpoints is refused, so that a short
-    trial run never silently replaces a better model, unless `overwrite`, which deletes that
-    run's files first (a shorter new run leaves none of them behind). Continuing the run is
+def refuse_another_run(out: Path, overwrite: bool):
+    """A new run's folder may not hold another run's checkpoints, so that a short trial run
+    never silently replaces a better model, unless `overwrite` (clear_run then deletes that
+    run's files, once the new run has everything it needs to start). Continuing the run is
     `resume`, which does not come here."""
     held = [name for name in ("last.npz", "best.npz") if (out / name).exists()]
-    if not held:
-        return
-    if not overwrite:
+    if held and not overwrite:
         raise DlcError(f"{out} holds the checkpoints of another run ({', '.join(held)}): continue that run with "
                        "--resume, replace it with --overwrite, or write this one elsewhere with --out DIR")
+
+
+def clear_run(out: Path):
+    """Delete the files of the run `out` held (--overwrite): a shorter new run leaves none of them behind."""
     for name in RUN_FILES:
         try:
             (out / name).unlink(missing_ok=True)

@@ -160,6 +160,9 @@ class Trainer:
 
     def _run(self, resume, engine, overwrite) -> Result:
         cfg, begun = self.cfg, time.time()
+        fresh = not resume and self.writes      # a new run: a folder of another run's is refused before any work
+        if fresh:
+            checkpoint.refuse_another_run(self.out, overwrite)
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
         n = len(next(iter(train.values())))
         stats = batch_statistics(self.train_model)
@@ -210,8 +213,6 @@ class Trainer:
         if self.world is not None:
             self.world.broadcast_state(params, opt_state)
 
-        if not resume and self.writes:      # once the data and settings are known good: a failed run replaces nothing
-            checkpoint.claim_folder(self.out, overwrite)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -229,6 +230,8 @@ class Trainer:
                                        buckets=cfg.allreduce_bucket if self.world is not None
                                        and not cfg.check_numerics else 0,
                                        precision=cfg.precision)
+        if fresh and overwrite:     # once the data, the settings and the engine are good: a failed run replaces nothing
+            checkpoint.clear_run(self.out)
         interrupted = Interrupt()
         if self.world is not None:
             engine = distributed.DataParallel(engine, self.world, interrupted, stats)
