@@ -1,6 +1,8 @@
-"""The Python API, mirroring the command line:
+"""The Python API, mirroring the command line (docs/api.md lists every public name):
 
-    model = dlc.load("examples/lenet5.dl")
+    model = dlc.load("examples/lenet5.dl")         # or dlc.load(path, weights="best.npz")
+    model                                          # its name, inputs, outputs, parameter count
+    model.summary()                                # dlc summary
     result = model.train(epochs=5)                 # dlc train
     model.train(data={"x": X, "y": Y}, validation=0.1, callbacks=[...])   # on arrays
     result.history["val_loss"]                     # a column of the history
@@ -8,10 +10,13 @@
     model.predict({"x": images})                   # dlc predict
     model.generate("In the beginning", 200)        # dlc generate
     model.generate("In the beginning", 200, beam=4)
+    model.save("m.npz")                            # a dlc checkpoint: dlc.load(path, weights="m.npz")
+    model.export("m.onnx")                         # dlc export (.onnx, .safetensors)
 """
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -25,60 +30,136 @@ from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.engines.protocol import Engine
+from dlc.runtime.training import checkpoint
+from dlc.runtime.training.callbacks import Callback, StopTraining
+from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.training.config import parse_setting
 from dlc.runtime.training.inputs import (array_data, data_settings, evaluation_data, fit_input, input_arrays,
                                          is_arrays, load_data)
-from dlc.runtime.training.trainer import Trainer, mean_metrics, to_stderr
+from dlc.runtime.training.trainer import Result, Trainer, mean_metrics, to_stderr
+
+EXPORT_FORMATS = {".onnx": "onnx", ".safetensors": "safetensors"}     # what model.export writes, by suffix
 
 
 class DlcModel:
-    def __init__(self, path: str, model: str | None = None, backend: str = "auto"):
-        self.path, self.backend = path, backend
-        self.program = load_program(path)
+    """A model of a .dl file, built for training and for evaluation, with its weights once
+    trained or loaded (`params`, by parameter name). `stop_training`: set it to True from a
+    callback (`self.model.stop_training = True`) to stop the run, as raising StopTraining
+    does."""
+
+    def __init__(self, path: str | Path, model: str | None = None, backend: str = "auto"):
+        self.path, self.backend = str(path), backend
+        self.program = load_program(str(path))
         self.train_model = self.program.build(model, training=True)
         self.eval_model = self.program.build(model, training=False)
         self.name = self.eval_model.name
         self.params: dict | None = None
         self.meta: dict = {}
+        self.stop_training = False
         self._engine = None
 
+    def __repr__(self) -> str:
+        inputs = ", ".join(f"{i.name}: {i.type}" for i in self.eval_model.inputs if not i.is_target)
+        outputs = ", ".join(f"{k.removeprefix('output:')}: {t.type}" for k, t in self.eval_model.graph.outputs.items()
+                            if k.startswith("output:"))
+        count = sum(int(np.prod(p.type.shape)) for p in self.eval_model.params)
+        weights = "trained or loaded weights" if self.params is not None else "no weights yet"
+        return (f"<dlc model {self.name} from {self.path}: inputs {inputs or 'none'} -> outputs {outputs or 'none'}; "
+                f"{count:,} parameters, {weights}>")
+
+    def summary(self, depth: int | None = None, batch: int | None = None, freeze: list | None = None,
+                training: bool = True) -> "Text":
+        """The table `dlc summary` prints (layers, output shapes, parameters, FLOPs), as text
+        that a notebook or the interpreter shows as the table; print() it in a script.
+        `depth`, `batch`, `freeze` and `training` (False: `--eval`) are dlc summary's options."""
+        model = self.train_model if training else self.eval_model
+        return Text(summary_text(model, summary_settings(self.program, model, freeze, batch, {}), depth))
+
     # -- training --
-    def train(self, out: str | None = None, resume=False, log=None, progress="auto", tensorboard=None,
-              callbacks=(), **overrides):
+    def train(self, out: str | Path | None = None, resume: bool | str | Path = False,
+              log: Callable[[str], None] | None = None,
+              progress: str | int | bool = "auto", tensorboard: str | Path | None = None,
+              callbacks: Iterable = (), overwrite: bool = False, **overrides: Any) -> Result:
         """Train with the file's train block; keyword arguments override its settings: `data`,
         `validation` and `test` may be dicts of arrays by input and target name (numpy's or
         anything with __array__, a torch tensor), checked as a file's data is, and
         `validation` or `test` a fraction held out.
+        `out`: the run's folder (default: runs/MODEL beside the file); a new run refuses a
+        folder holding another run's checkpoints unless `overwrite` (`resume` continues that
+        run: True for its last.npz, or a checkpoint's path).
         `progress`: "auto" (a line redrawn on a terminal, tqdm's bar in a notebook, else a line
         per epoch), "bar", "epochs", "none" or N (a line every N steps): runtime/training/progress.py;
         True and False are "auto" and "none".
         `tensorboard`: a folder for TensorBoard event files (runtime/training/tensorboard.py).
-        `callbacks`: objects called as the run goes (runtime/training/callbacks.py)."""
+        `callbacks`: objects called as the run goes (runtime/training/callbacks.py); a
+        dlc.Callback's `model` is this model. Returns the run's Result (history, params,
+        stopped, test scores)."""
+        callbacks = list(callbacks)
+        for c in callbacks:
+            if isinstance(c, Callback):
+                c.model = self
         trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log, self.backend,
-                          progress, tensorboard, callbacks)
-        result = trainer.run(resume=resume)
+                          progress, tensorboard, [*callbacks, StopTrainingFlag(self)])
+        result = trainer.run(resume=resume, overwrite=overwrite)
         self.params = result.params
         self.meta = {"meta": getattr(trainer, "meta", {}), "data": data_settings(trainer.cfg)}
         return result
 
     # -- weights --
-    def load_weights(self, path) -> "DlcModel":
+    def load_weights(self, path: str | Path) -> "DlcModel":
         """A checkpoint (.npz) or a .safetensors file, in dlc's or torch.nn's names and layouts."""
         self.params, self.meta = weights.load(path, self.eval_model.params)
         return self
+
+    def save(self, path: str | Path) -> Path:
+        """Write the weights as a dlc checkpoint (.npz: every parameter and state array by name,
+        and the facts of the data they were trained on: vocabulary, data settings), which
+        `dlc.load(FILE.dl, weights=path)`, `load_weights` and `dlc eval --weights` read. The
+        model itself is its .dl file. Returns the path."""
+        self._require_weights()
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise DlcError(f"save writes a dlc checkpoint, a .npz file, not '{path.name}': "
+                           "model.export(path) writes .onnx and .safetensors")
+        meta = {"model": self.name, "source_hash": checkpoint.source_hash(Path(self.path).read_text()),
+                **{k: v for k, v in self.meta.items() if k in ("meta", "data") and v is not None}}
+        checkpoint.save(path, self.params, {}, meta)
+        return path
+
+    def export(self, path: str | Path, layout: str = "dlc") -> Path:
+        """Write the model for another tool, as `dlc export` does, by the suffix: .onnx (the
+        evaluation graph with its weights, for onnxruntime; needs the onnx package) or
+        .safetensors (the weights, in dlc's names and layouts, or with layout="torch" in
+        torch.nn's). Returns the path."""
+        self._require_weights()
+        path = Path(path)
+        fmt = EXPORT_FORMATS.get(path.suffix)
+        if fmt is None:
+            raise DlcError(f"cannot tell the format of '{path.name}': name it .onnx or .safetensors")
+        if layout not in ("dlc", "torch"):
+            raise DlcError(f"layout is 'dlc' or 'torch', not '{layout}'")
+        if fmt == "onnx":
+            from dlc.compiler.onnx.export import save_onnx
+            save_onnx(self.eval_model, self.params, path)
+        else:
+            weights.save(path, self.params, self.eval_model, checkpoint.source_hash(Path(self.path).read_text()),
+                         layout)
+        return path
 
     def _require_weights(self):
         if self.params is None:
             raise DlcError(f"model {self.name} has no weights: train it or load a checkpoint first")
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
+        """The engine (native or reference, by `backend`) that runs the model, made on first use."""
         if self._engine is None:
             self._engine = make_engine(self.backend, self.train_model, self.eval_model)
         return self._engine
 
     # -- use --
-    def evaluate(self, data=None, batch: int = 256, log=None) -> dict:
+    def evaluate(self, data: Any = None, batch: int = 256, log: Callable[[str], None] | None = None) -> dict:
         """Loss and metrics (evaluation mode) on `data` (a source such as "digits()", a
         path, or a dict of arrays by input and target name), by default on data the weights
         were not trained on: the test, else the validation data of the settings the
@@ -88,7 +169,7 @@ class DlcModel:
         arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
         return mean_metrics(self.engine, self.params, arrays, batch)
 
-    def predict(self, data, batch: int = 256) -> dict:
+    def predict(self, data: Any, batch: int = 256) -> dict:
         """Outputs for `data`: a dict of arrays by input name (an unknown name is refused), an
         array (the first input; numpy's or anything with __array__), a source such as
         "digits()", or a path to an npz / csv / text file (inputs.input_arrays binds it)."""
@@ -128,6 +209,7 @@ class DlcModel:
         return load_data(parse_setting(data, "data") if isinstance(data, str) else data, Path.cwd(), "data")
 
     def vocab(self) -> str:
+        """The characters of the text the weights were trained on, an id each."""
         vocab = self.meta.get("meta", {}).get("vocab")
         if vocab is None:
             raise DlcError("this checkpoint has no vocabulary: it was not trained on text")
@@ -155,9 +237,9 @@ class DlcModel:
                 seq = np.concatenate([seq, nxt[:, None]], axis=1)
         return out
 
-    def generate(self, prompt, length: int, temperature: float | None = None, seed: int = 0, *,
+    def generate(self, prompt: str | Iterable[int], length: int, temperature: float | None = None, seed: int = 0, *,
                  beam: int | None = None, top_k: int | None = None, top_p: float | None = None,
-                 length_penalty: float | None = None):
+                 length_penalty: float | None = None) -> str | list:
         """Continue a character model's `prompt` (text) by `length` characters, or decode an
         encoder-decoder's source (`prompt`: token ids) into at most `length` tokens, up to
         EOS: greedily (the default), by sampling (a temperature above 0, top_k or top_p;
@@ -281,5 +363,42 @@ def _context_limit(model) -> int:
     return 0
 
 
-def load(path: str, model: str | None = None, backend: str = "auto") -> DlcModel:
-    return DlcModel(path, model, backend)
+class Text(str):
+    """Text that the interpreter and a notebook show as it is (a table), not as a quoted string."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+    def _repr_pretty_(self, printer, cycle: bool):
+        printer.text(str(self))
+
+
+class StopTrainingFlag(Callback):
+    """Keras' habit: a callback sets `model.stop_training = True`, and the run stops after
+    that batch or epoch, as if it had raised StopTraining (called after the caller's callbacks)."""
+
+    def __init__(self, model: DlcModel):
+        self.flagged = model
+
+    def on_train_begin(self, logs: dict):
+        self.flagged.stop_training = False
+
+    def on_batch_end(self, step: int, logs):
+        self.stop_if_set()
+
+    def on_epoch_end(self, epoch: int, logs: dict):
+        self.stop_if_set()
+
+    def stop_if_set(self):
+        if self.flagged.stop_training:
+            raise StopTraining("model.stop_training was set")
+
+
+def load(path: str | Path, model: str | None = None, weights: str | Path | None = None,
+         backend: str = "auto") -> DlcModel:
+    """The model `model` (default: the file's first) of the .dl file at `path`, with the
+    weights of a checkpoint (.npz, as model.save writes and training does) or a
+    .safetensors file when `weights` is given. `backend`: "auto" (native where it can
+    run the model), "native" or "reference"."""
+    m = DlcModel(path, model, backend)
+    return m.load_weights(weights) if weights is not None else m

@@ -116,7 +116,7 @@ def test_zero_epochs_names_no_checkpoint_it_did_not_write(tmp_path, capsys):
     run.mkdir()
     old = {k: v + 1 for k, v in init_params(load(path).build(None, training=True)).items()}
     checkpoint.save(run / "best.npz", old, {}, {})       # a previous run's
-    result = Trainer(load(path), None, {"epochs": 0}, run, log=lambda m: None, backend="reference").run()
+    result = Trainer(load(path), None, {"epochs": 0}, run, log=lambda m: None, backend="reference").run(overwrite=True)
     assert not np.array_equal(result.params["h.W"], old["h.W"].astype(np.float32))
     assert main(["train", path, "--epochs", "0", "--out", str(run), "--backend", "reference"]) == 0
     out = capsys.readouterr().out

@@ -210,8 +210,9 @@ def test_a_bare_file_name_is_a_data_path(tmp_path, capsys):
     np.savez(tmp_path / "train.npz", x=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
              y=np.array([[0], [1], [1], [0]], np.float32))
     for name in ("train.npz", "./train.npz"):
-        assert main(["train", path, "--data", name, "--out", str(tmp_path / "run"), "--backend", "reference"]) == 0
-    err = failure(["train", path, "--data", "nothere.npz", "--out", str(tmp_path / "run")], capsys)
+        assert main(["train", path, "--data", name, "--out", str(tmp_path / "run"), "--backend", "reference",
+                     "--overwrite"]) == 0
+    err = failure(["train", path, "--data", "nothere.npz", "--out", str(tmp_path / "run"), "--overwrite"], capsys)
     assert f"data file not found: {tmp_path / 'nothere.npz'}" in err
     assert main(["eval", path, "--weights", str(tmp_path / "run" / "last.npz"), "--data", "train.npz",
                  "--backend", "reference"]) == 0

@@ -12,6 +12,8 @@ import pytest
 
 from dlc.runtime.cli import main
 
+import doc_blocks
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("compiler", "runtime", "grammar", "tools", "editors")
 
@@ -38,28 +40,14 @@ def named_modules() -> set:
 
 
 def run_page(name: str) -> dict:
-    """Runs docs/NAME's blocks in the current folder, in order: a block after "Save this as
-    `FILE`:" is written to FILE, `python` blocks run as one session, each `$ dlc ...` line of
-    a `console` block must succeed; a `dl` block that is not saved would go untested, so it
-    is an error. Returns each command's printed output by its name (the last one's)."""
-    text = (ROOT / "docs" / name).read_text(encoding="utf-8")
-    session, printed = {}, {}
-    for before, kind, body in re.findall(r"([^\n]*)\n\n```(\w*)\n(.*?)```", text, re.S):
-        saved = re.search(r"Save this as `([^`]+)`:$", before)
-        if saved:
-            Path(saved.group(1)).write_text(body)
-        elif kind == "python":
-            exec(compile(body, name, "exec"), session)
-        elif kind == "console":
-            for line in body.splitlines():
-                argv = shlex.split(line.removeprefix("$ dlc "))
-                out = io.StringIO()
-                with contextlib.redirect_stdout(out):
-                    assert main(argv) == 0, line
-                printed[argv[0]] = out.getvalue()
-        else:
-            assert kind != "dl", f"{name}: a dl block not saved to a file: {body[:60]}"
-    return printed
+    """docs/NAME run as written (doc_blocks.run_page), each `$ dlc ...` line by main() here,
+    which must succeed."""
+    def run_dlc(argv: list) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(argv) == 0, shlex.join(argv)
+        return out.getvalue()
+    return doc_blocks.run_page((ROOT / "docs" / name).read_text(encoding="utf-8"), name, run_dlc)
 
 
 def test_the_module_map_names_every_module():

@@ -73,7 +73,7 @@ def test_a_batch_that_does_not_fit_the_memory_limit_is_refused_with_the_numbers(
     # the batch named fits, the next one does not
     model.train(out=str(tmp_path / "run"), log=quiet, batch=fits)
     with pytest.raises(DlcError, match=f"for batch {fits + 1} "):
-        wide_model(tmp_path, backend).train(out=str(tmp_path / "run"), log=quiet, batch=fits + 1)
+        wide_model(tmp_path, backend).train(out=str(tmp_path / "run"), log=quiet, batch=fits + 1, overwrite=True)
 
 
 @pytest.mark.parametrize("backend", ENGINES)
@@ -174,7 +174,8 @@ def test_memory_in_the_train_block_refuses_a_batch_that_does_not_fit_naming_the_
     trained = DlcModel(str(tmp_path / "wide.dl"), backend=backend)
     trained.train(out=str(tmp_path / "run"), log=quiet, batch=fits)
     with pytest.raises(DlcError, match=f"for batch {fits + 1} "):
-        DlcModel(str(tmp_path / "wide.dl"), backend=backend).train(out=str(tmp_path / "run"), log=quiet, batch=fits + 1)
+        DlcModel(str(tmp_path / "wide.dl"), backend=backend).train(out=str(tmp_path / "run"), log=quiet,
+                                                                   batch=fits + 1, overwrite=True)
     # outside the run the setting holds no more: the trained model predicts a larger batch
     assert trained.predict(np.zeros((256, 100), np.float32), batch=256)["scores"].shape == (256, 10)
 

@@ -16,26 +16,27 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import onnx
-import onnxruntime as ort
 import pytest
 
-from dlc.compiler.ir.dims import Dim, symbols
-from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.ir.graph import Graph, Tensor, TensorType
-from dlc.compiler.frontend.loader import load_text
-from dlc.compiler.frontend.model import Model, ModelInput
-from dlc.compiler.onnx.export import EXPORT_RULES, NOT_EXPORTABLE, save_onnx, to_onnx
-from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.runtime.training import checkpoint
-from dlc.runtime.engines import interpreter
-from dlc.runtime.training import gradcheck as gc
-from dlc.runtime.api import DlcModel
-from dlc.runtime.cli import main
-from dlc.runtime.engines.reference import predict_graph
-from numeric_helpers import ops_in
-from test_native_ops import (ACTIVATIONS, LAYERS, MODEL_INPUTS, PRIMS, SCAN_PARAMS, SCANS, SLOW_LAYERS, case_rng,
-                             primitive_feeds)
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from dlc.compiler.ir.dims import Dim, symbols  # noqa: E402
+from dlc.compiler.errors import DlcError, Span  # noqa: E402
+from dlc.compiler.ir.graph import Graph, Tensor, TensorType  # noqa: E402
+from dlc.compiler.frontend.loader import load_text  # noqa: E402
+from dlc.compiler.frontend.model import Model, ModelInput  # noqa: E402
+from dlc.compiler.onnx.export import EXPORT_RULES, NOT_EXPORTABLE, save_onnx, to_onnx  # noqa: E402
+from dlc.compiler.ir.primitives import PRIMITIVES  # noqa: E402
+from dlc.runtime.training import checkpoint  # noqa: E402
+from dlc.runtime.engines import interpreter  # noqa: E402
+from dlc.runtime.training import gradcheck as gc  # noqa: E402
+from dlc.runtime.api import DlcModel  # noqa: E402
+from dlc.runtime.cli import main  # noqa: E402
+from dlc.runtime.engines.reference import predict_graph  # noqa: E402
+from numeric_helpers import ops_in  # noqa: E402
+from test_native_ops import (ACTIVATIONS, LAYERS, MODEL_INPUTS, PRIMS, SCAN_PARAMS, SCANS,  # noqa: E402
+                             SLOW_LAYERS, case_rng, primitive_feeds)
 
 # vae's `samples` output draws random codes in evaluation, which export refuses by name
 # (test_an_evaluation_graph_that_draws_random_numbers_is_refused)

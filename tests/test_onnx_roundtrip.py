@@ -5,15 +5,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import onnx
 import pytest
 
-from dlc.compiler.frontend.loader import load_text
-from dlc.compiler.onnx.importer import import_model
-from dlc.runtime.training import checkpoint
-from dlc.runtime.api import DlcModel
-from dlc.runtime.cli import main
-from test_onnx_export import EXAMPLES, SIZES, assert_close, exported, float32_feeds, initial_params, run_onnx
+onnx = pytest.importorskip("onnx")
+
+from dlc.compiler.frontend.loader import load_text  # noqa: E402
+from dlc.compiler.onnx.importer import import_model  # noqa: E402
+from dlc.runtime.training import checkpoint  # noqa: E402
+from dlc.runtime.api import DlcModel  # noqa: E402
+from dlc.runtime.cli import main  # noqa: E402
+from test_onnx_export import (EXAMPLES, SIZES, assert_close, exported, float32_feeds,  # noqa: E402
+                              initial_params, run_onnx)
 
 
 def reimported(proto: onnx.ModelProto, folder: Path) -> DlcModel:

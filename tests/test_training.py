@@ -124,7 +124,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     out = tmp_path / "run"
     assert main(["train", str(EXAMPLES / "digits_mlp.dl"), "--epochs", "1", "--out", str(out)]) == 0
     before = (out / "last.npz").read_bytes()
-    code = main(["train", str(EXAMPLES / "digits_mlp.dl"), "--epochs", "2", "--out", str(out),
+    code = main(["train", str(EXAMPLES / "digits_mlp.dl"), "--epochs", "2", "--out", str(out), "--resume",
                  "--optimizer", "sgd", "--lr", "1e30"])
     err = capsys.readouterr().err
     assert code == 1 and "the loss became" in err and "at step" in err and "Traceback" not in err
@@ -493,7 +493,7 @@ def test_eval_without_a_test_split_scores_validation_else_says_it_scores_trainin
     assert "training data" in err and "note:" in err, err
 
     assert main(["train", str(path), "--backend", "reference", "--out", str(out), "--validation", "split(0.3)",
-                 "--seed", "2"]) == 0
+                 "--seed", "2", "--overwrite"]) == 0
     capsys.readouterr()
     assert main(["eval", str(path), "--backend", "reference", "--weights", str(out / "last.npz")]) == 0
     err = capsys.readouterr().err

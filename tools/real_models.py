@@ -62,7 +62,7 @@ def _recurrent(kind: str):
 
         def forward(self, x):
             return self.rnn(x)[0][:, -1]
-    return Recurrent
+    return Recurrent()
 
 
 def _transformer_classifier():
@@ -131,8 +131,8 @@ class RealModel:
 MODELS = {
     **{name: RealModel(_classifier(name), _images, "torchvision")
        for name in ("resnet18", "squeezenet1_1", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5")},
-    "lstm": RealModel(_recurrent("lstm"), _features, "torch"),
-    "gru": RealModel(_recurrent("gru"), _features, "torch"),
+    "lstm": RealModel(lambda: _recurrent("lstm"), _features, "torch"),
+    "gru": RealModel(lambda: _recurrent("gru"), _features, "torch"),
     "transformer": RealModel(_transformer_classifier, _ids, "torch"),
     "bert": RealModel(lambda: _hugging_face("bert"), _ids_and_mask, "transformers"),
     "gpt2": RealModel(lambda: _hugging_face("gpt2"), _ids_and_mask, "transformers"),

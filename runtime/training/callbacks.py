@@ -17,7 +17,8 @@ the checkpoints:
     on_train_end(logs)            logs: stopped ("done", "early stop", "stopped", "interrupted" or
                                   "error"), epochs (the epochs done); called however the run ends
 
-A callback stops the run by raising `StopTraining(message)`: from on_epoch_end, after that
+A callback stops the run by raising `StopTraining(message)` (or, as in Keras, by setting
+`self.model.stop_training = True`, which the Python API turns into one): from on_epoch_end, after that
 epoch (its checkpoints written, as early stopping does); from on_batch_end, after that step
 (last.npz written with the epoch's place, as Ctrl-C does: `resume` continues it). The other
 callbacks still see the event that stopped it. Any other exception fails the run.
@@ -35,7 +36,11 @@ STOPPING = ("on_batch_end", "on_epoch_end")        # the hooks that may raise St
 
 
 class Callback:
-    """A callback that does nothing: a base for one that overrides some of the hooks."""
+    """A callback that does nothing: a base for one that overrides some of the hooks. In a run
+    of `model.train(callbacks=[...])` its `model` is that model (dlc.runtime.api.DlcModel),
+    and setting `self.model.stop_training = True` stops the run as raising StopTraining does."""
+
+    model = None
 
     def on_train_begin(self, logs: dict):
         pass

@@ -50,6 +50,29 @@ def save(path: Path, params: dict, opt_state: dict, meta: dict):
         raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}") from None
 
 
+RUN_FILES = ("last.npz", "best.npz", "history.json", "history.csv", "history.png")
+
+
+def refuse_another_run(out: Path, overwrite: bool):
+    """A new run's folder may not hold another run's checkpoints, so that a short trial run
+    never silently replaces a better model, unless `overwrite` (clear_run then deletes that
+    run's files, once the new run has everything it needs to start). Continuing the run is
+    `resume`, which does not come here."""
+    held = [name for name in ("last.npz", "best.npz") if (out / name).exists()]
+    if held and not overwrite:
+        raise DlcError(f"{out} holds the checkpoints of another run ({', '.join(held)}): continue that run with "
+                       "--resume, replace it with --overwrite, or write this one elsewhere with --out DIR")
+
+
+def clear_run(out: Path):
+    """Delete the files of the run `out` held (--overwrite): a shorter new run leaves none of them behind."""
+    for name in RUN_FILES:
+        try:
+            (out / name).unlink(missing_ok=True)
+        except OSError as e:
+            raise DlcError(f"cannot replace {out / name}: {e.strerror}") from None
+
+
 class Checkpoints(Callback):
     """The checkpoints of a run in its folder `out`, as a callback (callbacks.py): last.npz
     after every epoch (or every row of a run by steps, at the place in the epoch `place` says), best.npz after one that improved early stopping's monitored value

@@ -58,16 +58,19 @@ def save_history(out: Path, history: list, log, plot: bool = True):
 
 
 def _plot(path: Path, history: list, keys: list):
+    """The curves as a PNG, drawn on a Figure of its own with the Agg canvas: pyplot and the
+    caller's backend (a notebook's inline one) are never touched."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
     except ImportError:
         return
     metrics = [k for k in keys if k not in WHERE and not k.startswith("val_")]
     axis = "step" if "step" in keys else "epoch"        # a run by steps has a row every eval_every steps
     # a panel per metric (with its val_ twin), and one of the learning rate: the schedule beside its effect
-    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3), squeeze=False)
+    fig = Figure(figsize=(4 * (len(metrics) + 1), 3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(metrics) + 1, squeeze=False)
     epochs = [r[axis] for r in history]
     for ax, m in zip(axes[0], metrics):
         ax.plot(epochs, [r.get(m) for r in history], label=m)
@@ -82,4 +85,3 @@ def _plot(path: Path, history: list, keys: list):
     lr.legend()
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)

@@ -116,7 +116,7 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
         if flat and all(isinstance(w, int) for w in want) and int(np.prod(have)) == int(np.prod(want)):
             arr = arr.reshape((arr.shape[0],) + tuple(want))
         else:
-            raise DlcError(_misfit(inp, have), inp.span)
+            raise DlcError(_misfit(inp, arr.shape), inp.span)
     what = not_numbers(arr)
     if what:
         raise DlcError(f"the data for {inp.name} holds {what}, not numbers", inp.span)
@@ -138,11 +138,16 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     return arr.astype(np.int32)
 
 
-def _misfit(inp, have: tuple) -> str:
-    """Why examples of shape `have` do not fit input `inp`, with the NCHW layout of images."""
+def _misfit(inp, shape: tuple) -> str:
+    """Why data of shape `shape` (examples of shape[1:]) does not fit input `inp`: one example
+    without its batch axis, or a layout, with the NCHW layout of images."""
     typ = inp.type
     want = list(typ.shape[1:])
     what = "target" if inp.is_target else "input"
+    if len(shape) == len(want) and all(not isinstance(w, int) or w == s for w, s in zip(want, shape)):
+        return (f"the data for {inp.name} has shape {list(shape)}: one example of {what} {inp.name}: {typ} without "
+                f"the batch axis; add a batch axis: {inp.name}[None]")
+    have = shape[1:]
     msg = (f"the data for {inp.name} has examples of shape {list(have)}, which does not fit {what} "
            f"{inp.name}: {typ} (examples of shape {want})")
     if min(len(have), len(want)) <= 1:

@@ -168,6 +168,19 @@ def terminal_width(stream) -> int:
     return shutil.get_terminal_size((80, 24)).columns
 
 
+def wrap_items(items: list, width: int | None) -> str:
+    """`items` joined by two spaces, on lines of at most `width` columns broken between items,
+    never inside one (`val_loss 0.1302` stays whole), the next lines indented; one line
+    without a width (output to a file or pipe, read by programs)."""
+    lines = [items[0]] if items else [""]
+    for item in items[1:]:
+        if width is not None and len(lines[-1]) + 2 + len(item) > width:
+            lines.append("    " + item)
+        else:
+            lines[-1] += "  " + item
+    return "\n".join(lines)
+
+
 class Quiet(Callback):
     """No display (`-q`): the run's summary is all that is printed."""
 

@@ -154,15 +154,21 @@ class Trainer:
         return params
 
     # -- run --
-    def run(self, resume=False, engine=None) -> Result:
+    def run(self, resume=False, engine=None, overwrite: bool = False) -> Result:
+        """Train from the start, or from a checkpoint with `resume` (True: the folder's last.npz;
+        or a path). A new run refuses a folder holding another run's checkpoints unless
+        `overwrite` (checkpoint.claim_folder)."""
         with budget.capped(self.cfg.memory, self.cfg.span("memory")):
             if self.world is None:
-                return self._run(resume, engine)
+                return self._run(resume, engine, overwrite)
             with self.world.failing_together():
-                return self._run(resume, engine)
+                return self._run(resume, engine, overwrite)
 
-    def _run(self, resume, engine) -> Result:
+    def _run(self, resume, engine, overwrite) -> Result:
         cfg, begun = self.cfg, time.time()
+        fresh = not resume and self.writes      # a new run: a folder of another run's is refused before any work
+        if fresh:
+            checkpoint.refuse_another_run(self.out, overwrite)
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
         n = len(next(iter(train.values())))
         stats = batch_statistics(self.train_model)
@@ -239,6 +245,8 @@ class Trainer:
                                        buckets=cfg.allreduce_bucket if self.world is not None
                                        and not cfg.check_numerics else 0,
                                        precision=cfg.precision)
+        if fresh and overwrite:     # once the data, the settings and the engine are good: a failed run replaces nothing
+            checkpoint.clear_run(self.out)
         interrupted = Interrupt()
         if self.world is not None:
             engine = distributed.DataParallel(engine, self.world, interrupted, stats)

@@ -32,8 +32,11 @@ def run(args):
         if path.suffix == ".csv":
             if len(outputs) != 1:
                 raise DlcError(f"a .csv holds one output; this model has {len(outputs)}: write a .npz")
-            value = next(iter(outputs.values()))
-            np.savetxt(path, value.reshape(len(value), -1), delimiter=",", fmt="%.6g")
+            name, value = next(iter(outputs.items()))
+            table = value.reshape(len(value), -1)
+            # a header of the output's name, a column each: probs_0, probs_1, ... (one column: probs)
+            header = ",".join([name] if table.shape[1] == 1 else [f"{name}_{i}" for i in range(table.shape[1])])
+            np.savetxt(path, table, delimiter=",", fmt="%.6g", header=header, comments="")
         elif path.suffix == ".png":
             name = path.stem if len(outputs) > 1 else next(iter(outputs))
             if name not in outputs:

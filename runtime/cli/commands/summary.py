@@ -5,8 +5,7 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import summary as S
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.engines import budget
-from dlc.runtime.training.config import make_config, trained_names
-from dlc.runtime.training.groups import describe
+from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.training.optim import make_optimizer
 from dlc.runtime.cli.arguments import model_arguments, positive
 from dlc.runtime.cli.shared import dim_sizes
@@ -30,28 +29,21 @@ def arguments(p):
 
 
 def run(args):
-    """--freeze replaces the train block's freeze, as in `dlc train`: the same settings (make_config)
-    and the same names (trained_names), so the trainable count is what trains. FLOPs are counted at
-    --batch, else at the train block's batch, else left a polynomial in the batch; --memory's peak is
-    located at that batch (or the default one) and the other dims at 32 unless --dim gives them."""
+    """FLOPs are counted at --batch, else at the train block's batch, else left a polynomial in
+    the batch; --memory's peak is located at that batch (or the default one) and the other dims
+    at 32 unless --dim gives them."""
     program = load(args.file)
     model = program.build(args.model, training=not args.eval)
-    cfg = make_config(program, model.name, {"freeze": args.freeze, "batch": args.batch}, require_data=False)
-    trained, groups = trained_names(model, cfg)
-    frozen = {p.name for p in model.params if p.trainable and p.name not in trained}
-    batch = budget.batch_symbol(model.graph)
-    given = ({batch: cfg.batch} if batch and "batch" in cfg.spans else {}) | dim_sizes(args.dim)
+    settings = summary_settings(program, model, args.freeze, args.batch, dim_sizes(args.dim))
     if not args.memory:
-        print(S.summary(model, frozen, args.depth, given))
-        if groups:
-            print(describe(groups, cfg.optimizer, trained, model.params))
+        print(summary_text(model, settings, args.depth))
         return
     if args.eval:
         raise DlcError("--memory is the memory of training: leave out --eval")
     model.require_loss("it does not train")
-    sizes = budget.memory_sizes(model, cfg.batch, given)
+    cfg = settings.cfg
+    sizes = budget.memory_sizes(model, cfg.batch, settings.sizes)
     slots = len(make_optimizer(cfg.optimizer).slots())
-    trainable = [p.name for p in model.params if p.trainable and p.name not in frozen]
-    parts = budget.training_memory(model, trainable, slots, sizes)
+    parts = budget.training_memory(model, settings.trained, slots, sizes)
     print(S.memory_table(model, parts, sizes, args.depth,
                          f"{cfg.optimizer.name}: {slots} value{'s' if slots != 1 else ''} per trained parameter"))

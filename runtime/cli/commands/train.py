@@ -1,11 +1,12 @@
 """`dlc train`: train a model on its train block's data (flags override the block)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from dlc.compiler.errors import plural
 from dlc.compiler.frontend.loader import load
-from dlc.runtime.training.progress import row_values
+from dlc.runtime.training.progress import row_values, terminal_width, wrap_items
 from dlc.runtime.training.trainer import Trainer
 from dlc.runtime.cli.arguments import model_arguments, positive, checkpoint_path
 
@@ -44,6 +45,9 @@ def arguments(p):
     p.add_argument("--out", metavar="DIR", help="checkpoints and history (default: runs/MODEL beside the file)")
     p.add_argument("--resume", nargs="?", type=checkpoint_path, const="", default=False, metavar="CKPT",
                    help="continue from DIR/last.npz or the given checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the checkpoints of another run in the --out folder (without it, a new run refuses "
+                        "that folder)")
     p.add_argument("--tensorboard", metavar="DIR",
                    help='write TensorBoard event files to DIR: lr every step, loss and metrics every epoch '
                         '(needs tensorboardX: pip install "dlc[tensorboard]")')
@@ -62,15 +66,17 @@ def run(args):
     progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
                       backend=args.backend, progress=progress, tensorboard=args.tensorboard)
-    result = trainer.run(resume=args.resume if args.resume != "" else True)
+    result = trainer.run(resume=args.resume if args.resume != "" else True, overwrite=args.overwrite)
     if result.stopped == "interrupted":
         return 130
     if not trainer.writes:      # another rank of a distributed run: rank 0 reports
         return 0
-    stats = "  ".join(row_values(result.history[-1])) if result.history else ""
     last = result.history[-1] if result.history else {}
     length = plural(last["step"], "step") if "step" in last else plural(len(result.history), "epoch")  # by steps
-    print(f"trained {trainer.name} for {length} ({result.stopped})" + (f": {stats}" if stats else ""))
+    head = f"trained {trainer.name} for {length} ({result.stopped})"
+    stats = row_values(last) if last else []
+    items = [f"{head}: {stats[0]}", *stats[1:]] if stats else [head]
+    print(wrap_items(items, terminal_width(sys.stdout) if sys.stdout.isatty() else None))
     if result.test:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
     written = [str(result.out_dir / name) for name in result.written]
