@@ -121,7 +121,7 @@ def test_a_mistyped_command_is_a_usage_error_with_a_did_you_mean(capsys, argv, m
     ("--optimizer", "adma(lr = 0.1)", "--optimizer:1:1: error: unknown optimizer 'adma'; did you mean 'adam'?",
      "    adma(lr = 0.1)\n    ^^^^^^^^^^^^^^"),
     ("--schedule", "cosine(warmpu = 1)",
-     "--schedule:1:17: error: cosine has no option 'warmpu'; did you mean 'warmup'? (it takes: min_lr, warmup)",
+     "--schedule:1:17: error: cosine has no option 'warmpu'; did you mean 'warmup'? (it takes: min_lr, warmup, warmup_steps, decay_steps)",
      "    cosine(warmpu = 1)\n                    ^"),
     ("--data", "digit()", "--data:1:1: error: unknown data source 'digit'; did you mean 'digits'?", "    digit()\n    ^^^"),
 ])

@@ -450,7 +450,7 @@ def test_a_host_call_cannot_go_in_a_library():
     """A kernel that calls back into Python (a data-parallel step's allreduce; a prediction
     has none today) is refused, naming the operation and the line."""
     from dlc.compiler.errors import DlcError, Span
-    from dlc.compiler.native.kernels import HostCallKernel
+    from dlc.compiler.native.kernels.host_call import HostCallKernel
     from dlc.compiler.native.program import KernelProgram
     from dlc.runtime.deploy.build import _refuse_host_calls
     p = KernelProgram()

@@ -303,8 +303,8 @@ def test_a_rank_that_dies_or_hangs_ends_the_run_with_an_error(tmp_path, how):
     try:
         ranks = _ranks(run, out)
         assert len(ranks) == 2, ranks
-        os.kill(max(ranks), signal.SIGKILL if how == "killed" else signal.SIGSTOP)
         stopped = launched_rank(max(ranks))
+        os.kill(max(ranks), signal.SIGKILL if how == "killed" else signal.SIGSTOP)
     finally:
         stdout, stderr, took = ended(run, 30)
     assert run.returncode != 0 and took < 10

@@ -85,3 +85,19 @@ def test_check_with_a_corrupt_cache_and_an_unwritable_one(cache, tmp_path):
     env["DLC_CACHE_DIR"] = str(blocked / "cache")
     unwritable = subprocess.run(command, env=env, capture_output=True, text=True)
     assert (unwritable.returncode, unwritable.stdout, unwritable.stderr) == (0, first.stdout, "")
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775, 0o757])
+def test_a_folder_or_entry_others_can_write_is_neither_read_nor_written(cache, mode):
+    """Tables anyone could have written are not trusted, as the compile cache trusts no
+    such folder: the parser is built as if there were no cache, and nothing is written."""
+    cache.chmod(mode)
+    parser = parse_cache.lark_parser(GRAMMAR, **OPTIONS)
+    assert list(cache.iterdir()) == []
+    assert parser.parse("model m { input x: f32[B] output y = x }", start="start")
+    cache.chmod(0o700)
+    parse_cache.lark_parser(GRAMMAR, **OPTIONS)
+    (entry,) = entries(cache, "grammar")
+    entry.chmod(0o666)              # good tables, but anyone's: rebuilt and replaced, not read
+    assert parse_cache.lark_parser(GRAMMAR, **OPTIONS).parse("model m { input x: f32[B] output y = x }", start="start")
+    assert not entry.stat().st_mode & 0o077, "an entry others can write was read rather than replaced"

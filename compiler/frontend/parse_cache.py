@@ -34,21 +34,39 @@ def digest(*parts: str | bytes) -> str:
 
 
 def cached(name: str, build, encode, decode):
-    """The value of entry `name`: decoded from its file, else built, encoded and written."""
-    path = cache_dir() / name
+    """The value of entry `name`: decoded from its file, else built, encoded and written. A
+    directory or file that is not this user's alone is neither read nor written: its tables
+    could be anyone's (the compile cache refuses such a directory with a message)."""
+    folder = cache_dir()
     try:
-        return decode(json.loads(path.read_text(encoding="utf-8")))
-    except Exception:       # none yet, or a bad one (not JSON, of the wrong shape): rebuilt
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError:
+        pass
+    if not _private(folder):
+        return build()
+    path = folder / name
+    try:
+        if _private(path):
+            return decode(json.loads(path.read_text(encoding="utf-8")))
+    except Exception:       # a bad one (not JSON, of the wrong shape): rebuilt
         pass
     value = build()
     _write(path, json.dumps(encode(value), separators=(",", ":")))
     return value
 
 
+def _private(path: Path) -> bool:
+    """`path` is this user's, and nobody else can write to it."""
+    try:
+        st = path.stat()
+    except OSError:
+        return False
+    return st.st_uid == os.geteuid() and not st.st_mode & 0o022
+
+
 def _write(path: Path, text: str):
     """Write atomically (a reader sees the old file or the new, never half of one)."""
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

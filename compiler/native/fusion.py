@@ -204,8 +204,10 @@ class Fusion:
         """Whether `reader` takes t as the operand it computes afresh (its record's
         `recomputed_operand`)."""
         i = PRIMITIVES[self.graph.op(reader)].recomputed_operand
+        if i is None:       # most readers: their operands are not asked for (a concat of 2,000 has 2,000)
+            return False
         inputs = self.graph.inputs(reader)
-        return i is not None and i < len(inputs) and inputs[i].key() == t.key()
+        return i < len(inputs) and inputs[i].key() == t.key()
 
     def _split(self, readers: list) -> bool:
         """Whether a value is read only by slices that do not overlap, as an LSTM's four gates

@@ -73,23 +73,19 @@ class FreeCores:
         self.team = self.cores
         self._mark = None
 
-    @staticmethod
-    def _reading() -> tuple:
-        """(wall, machine busy, own CPU, own wait) now."""
-        return time.monotonic(), machine_busy_s(), time.process_time(), own_wait_s()
-
     def now(self) -> int:
         if self.cores == 1:
             return 1
-        now = self._reading()
-        wall, _, own, _ = now
+        wall, own = time.monotonic(), time.process_time()
         paused = self._mark is not None and wall - self._mark[0] > STALE_S and \
             own - self._mark[2] < PAUSED_CORES * (wall - self._mark[0])
         if self._mark is None or paused:
             # first call, or the first after a pause: what others did then (a compiler
             # running between two trainings) says little about now; start with every core
-            self._mark, self.team = now, self.cores
+            self._mark, self.team = (wall, machine_busy_s(), own, own_wait_s()), self.cores
         elif wall - self._mark[0] >= ADAPT_EVERY_S:
+            # the files are read once a window, not at every call
+            now = (wall, machine_busy_s(), own, own_wait_s())
             (start, busy, own0, wait0), self._mark = self._mark, now
             if busy is not None and now[1] is not None:
                 ran = own - own0
