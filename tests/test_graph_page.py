@@ -295,7 +295,15 @@ def rect_inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
 
 def filled(page) -> float:
     """How much of the drawing area the drawing fills, along its tighter side; the drawing
-    must lie inside it."""
+    must lie inside it. The page fits the drawing again when the drawing area changes size
+    while it lays out (a loaded machine may still be laying out): wait up to 5 s for that."""
+    try:
+        page.wait_for_function("""() => { const s = document.getElementById("scene").getBoundingClientRect(),
+                                                c = document.getElementById("canvas").getBoundingClientRect();
+                                          return s.bottom <= c.bottom + 0.5 && s.right <= c.right + 0.5; }""",
+                               timeout=5000)
+    except Exception:       # measured below, where the assertion says what it found
+        pass
     scene, canvas = page.evaluate("""() => [document.getElementById("scene").getBoundingClientRect().toJSON(),
                                             document.getElementById("canvas").getBoundingClientRect().toJSON()]""")
     assert rect_inside(scene, canvas), (scene, canvas)
