@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -197,23 +198,44 @@ class Outcome:
         return self.kind not in ("ok", "error")
 
 
+WATCH_EVERY_S = 0.02        # how often the watchdog of time_limit reads the CPU clock
+
+
 class Hang(BaseException):
     """The time budget of one input ran out (a BaseException: dlc's own handlers must not eat it)."""
 
 
 @contextlib.contextmanager
 def time_limit(seconds: float):
-    """Raise Hang after `seconds` of this process's CPU time: on a shared machine the
-    clock on the wall measures the neighbours too (a worker that waits without using
-    the CPU is caught by its parent's limit on the wall, Worker.run)."""
+    """Raise Hang (in the main thread, which calls this) after `seconds` of its own CPU
+    time: not the clock on the wall, which measures the neighbours too (a worker that waits
+    without using the CPU is caught by its parent's limit on the wall, Worker.run), nor the
+    process's CPU time, which other threads of the process (a test suite's) use up too. A
+    watchdog thread reads the main thread's CPU clock and signals it."""
     def alarm(signum, frame):
         raise Hang()
+    main = threading.get_ident()
+    clock = time.pthread_getcpuclockid(main)
+    deadline = time.clock_gettime(clock) + seconds
+    done, lock = threading.Event(), threading.Lock()
+
+    def watch():
+        while not done.wait(WATCH_EVERY_S):
+            if time.clock_gettime(clock) > deadline:
+                with lock:          # never once the main thread has left: SIGPROF would end it
+                    if not done.is_set():
+                        signal.pthread_kill(main, signal.SIGPROF)
+                return
+
     previous = signal.signal(signal.SIGPROF, alarm)
-    signal.setitimer(signal.ITIMER_PROF, seconds)
+    watchdog = threading.Thread(target=watch, daemon=True)
+    watchdog.start()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_PROF, 0)
+        with lock:
+            done.set()
+        watchdog.join()
         signal.signal(signal.SIGPROF, previous)
 
 
