@@ -295,8 +295,8 @@ def rect_inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
 
 def filled(page) -> float:
     """How much of the drawing area the drawing fills, along its tighter side; the drawing
-    must lie inside it. The page fits the drawing again when the drawing area changes size
-    while it lays out (a loaded machine may still be laying out): wait up to 5 s for that."""
+    must lie inside it. The page fits the drawing again whenever the drawing area changes
+    size, also while the page is still laid out on a loaded machine: up to 5 s for that."""
     try:
         page.wait_for_function("""() => { const s = document.getElementById("scene").getBoundingClientRect(),
                                                 c = document.getElementById("canvas").getBoundingClientRect();

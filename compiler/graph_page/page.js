@@ -551,7 +551,8 @@ function wire() {
   $("expand").addEventListener("click", () => { Object.keys(V.layers).forEach((l) => V.open.add(l)); draw(); fit(true); });
   $("collapse").addEventListener("click", () => { V.open = new Set([""]); draw(); fit(); });
   $("fit").addEventListener("click", () => fit());
-  window.addEventListener("resize", () => { if (fitted) fit(); });
+  // the drawing area's own size, not the window's: it also changes while the page lays out
+  new ResizeObserver(() => { if (fitted) fit(); }).observe(document.getElementById("canvas"));
 }
 
 // the search box as wide as its placeholder says, so that none of it is cut
