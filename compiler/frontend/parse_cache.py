@@ -56,11 +56,15 @@ def cached(name: str, build, encode, decode):
 
 
 def _private(path: Path) -> bool:
-    """`path` is this user's, and nobody else can write to it."""
     try:
-        st = path.stat()
+        return private(path.stat())
     except OSError:
         return False
+
+
+def private(st: os.stat_result) -> bool:
+    """A file or folder this user owns and nobody else can write to: the only kind dlc's
+    caches read (anyone else could have written anything there)."""
     return st.st_uid == os.geteuid() and not st.st_mode & 0o022
 
 

@@ -236,8 +236,8 @@ def require_work(what: str, graph, sizes: dict, threads: int):
     if total <= cap:
         return
     seconds, node = max(parts, key=lambda p: p[0])
-    typ = graph.types(node)[0] if graph.op(node) != "scan" else None
-    heaviest = f"{graph.op(node)}" + (f" of {graph.inputs(node)[0].type}" if graph.inputs(node) and typ is not None else "")
+    operands = graph.inputs(node)
+    heaviest = graph.op(node) + (f" of {operands[0].type}" if operands and graph.op(node) != "scan" else "")
     raise DlcError(f"{what} would take about {duration_text(total)} at the rates dlc's kernels reach on "
                    f"{threads} thread{'s' if threads > 1 else ''} ({duration_text(seconds)} of it in this "
                    f"{heaviest}); the work budget is {duration_text(cap)} a call: set DLC_WORK_BUDGET "

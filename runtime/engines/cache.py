@@ -40,7 +40,7 @@ import dlc
 from dlc.compiler.native.gemm import add_gemm, add_pack, bf16_config, default_config, gemm_name, pack_name
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native import jit
-from dlc.compiler.frontend.parse_cache import cache_dir
+from dlc.compiler.frontend.parse_cache import cache_dir, private
 
 stats = {"compiles": 0, "hits": 0, "rejected": 0}
 _gemm_module = None
@@ -230,8 +230,7 @@ def _read(dirfd: int, filename: str, key: str) -> bytes | None:
     with open(fd, "rb") as f:
         st = os.fstat(fd)
         # a file others can write to could hold anything, with a valid header
-        mine = st.st_uid == os.geteuid() and not st.st_mode & 0o022
-        obj = _unpack(key, f.read()) if mine else None
+        obj = _unpack(key, f.read()) if private(st) else None
     if obj is None:
         stats["rejected"] += 1
     return obj
