@@ -148,3 +148,11 @@ def test_a_mistyped_setting_or_argument_in_the_file_is_located(tmp_path, capsys,
     assert main(["check", str(path)]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"{path}:{message}") and caret in err, err
+
+
+def test_python_dash_m_dlc_is_the_dlc_command(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "dlc", "check", "missing.dl"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "missing.dl" in out.stderr and "Traceback" not in out.stderr
+    out = subprocess.run([sys.executable, "-m", "dlc", "--version"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("dlc ")

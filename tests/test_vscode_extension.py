@@ -4,9 +4,10 @@ the extension's npm devDependencies: `npm ci --prefix editors/vscode`."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
+import struct
 import subprocess
+import sys
 import zipfile
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 import dlc
 from dlc.compiler.frontend import syntax as A
+from dlc.tools.editor_shot import scopes
 
 ROOT = Path(dlc.__file__).resolve().parent
 VSCODE = ROOT / "editors" / "vscode"
@@ -48,20 +50,6 @@ def test_a_wrong_expectation_fails(tmp_path):
     assert out.returncode != 0 and "missing required scopes: keyword.x" in out.stdout
 
 
-def scopes(snap: str) -> dict:
-    """(line, col) -> the scopes there, from a vscode-tmgrammar-snap snapshot (1-based lines)."""
-    found, line = {}, 0
-    for row in snap.splitlines():
-        if row.startswith(">"):
-            line += 1
-            continue
-        m = re.match(r"#( *)(\^+) (.*)$", row)
-        if m:
-            for col in range(len(m[1]) + 1, len(m[1]) + 1 + len(m[2])):
-                found[(line, col)] = m[3].split()
-    return found
-
-
 def test_every_example_and_stdlib_file_is_colored_as_dlc_lexes_it(tmp_path):
     for f in FILES:
         shutil.copy(f, tmp_path / f.name)
@@ -92,3 +80,13 @@ def test_vsce_packages_the_extension(tmp_path):
     assert any(n.startswith("extension/node_modules/vscode-languageclient/") for n in names)
     manifest = json.loads(zipfile.ZipFile(vsix).read("extension/package.json"))
     assert manifest["contributes"]["grammars"][0]["scopeName"] == "source.dl"
+
+
+def test_the_editor_picture_is_drawn_from_the_grammar_and_the_server(tmp_path):
+    pytest.importorskip("playwright.sync_api", reason="the picture needs playwright")
+    out = tmp_path / "editor.png"
+    main = subprocess.run([sys.executable, "-m", "dlc.tools.editor_shot", "--out", str(out), "--size", "900", "500"],
+                          capture_output=True, text=True, timeout=300)
+    assert main.returncode == 0, main.stderr
+    png = out.read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (900, 500)
