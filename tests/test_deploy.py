@@ -460,3 +460,62 @@ def test_a_host_call_cannot_go_in_a_library():
         _refuse_host_calls(p)
     assert e.value.render().startswith("m.dl:4:9: error: `replica_mean` calls back into Python")
     assert "cannot go in a library" in e.value.message
+
+
+# ---- --train: a C training loop against dlc train --------------------------------------------------------------
+def trainer_batches(seed: int, epochs: int) -> tuple:
+    """The batches `dlc train --backend native` feeds its engine, in order (a run in this
+    process, the engine's train_step recorded), and the steps per epoch."""
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.training.trainer import Trainer
+    fed, step = [], NativeEngine.train_step
+
+    def recorded(self, params, opt_state, batch, lr, number, key):
+        fed.append({k: v.copy() for k, v in batch.items()})
+        assert list(key) == [seed, number]      # the library's key of step `number`
+        return step(self, params, opt_state, batch, lr, number, key)
+    NativeEngine.train_step = recorded
+    try:
+        Trainer(load(ROOT / "examples" / "digits_cnn.dl"), None, {"epochs": epochs, "seed": seed}, None,
+                backend="native", progress="none").run(overwrite=True)
+    finally:
+        NativeEngine.train_step = step
+    return fed, len(fed) // epochs
+
+
+def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
+    seed, epochs = 3, 3
+    dl = ROOT / "examples" / "digits_cnn.dl"
+    dlc("build", dl, "--train", "--seed", seed, "-o", tmp_path / "lib")
+    model = load(dl).build(None, training=True)
+    checkpoint.save(tmp_path / "init.npz", initial_parameters(model, seed), {}, {})
+    fed, per_epoch = trainer_batches(seed, epochs)
+    with open(tmp_path / "batches.bin", "wb") as f:
+        for batch in fed:
+            np.array([len(batch["y"])], np.int64).tofile(f)
+            np.ascontiguousarray(batch["x"], np.float32).tofile(f)
+            np.ascontiguousarray(batch["y"], np.int32).tofile(f)
+    lib = tmp_path / "lib"
+    subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), f"-L{lib}",
+                    "-ldigits_cnn", f"-Wl,-rpath,{lib}", "-o", str(tmp_path / "train")], check=True)
+    r = subprocess.run(["env", "-i", str(tmp_path / "train"), str(tmp_path / "init.npz"), str(tmp_path / "batches.bin"),
+                        str(per_epoch), str(per_epoch * epochs), str(tmp_path / "c.npz"), str(tmp_path / "params.bin")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{len(fed)} steps")
+    dlc("train", dl, "--backend", "native", "--epochs", epochs, "--seed", seed, "--out", tmp_path / "run", "-q")
+    want, want_opt, _ = checkpoint.load(tmp_path / "run" / "last.npz")
+    got, got_opt, meta = checkpoint.load(tmp_path / "c.npz")
+    assert meta["step"] == len(fed) and meta["model"] == "digits_cnn" and meta["seed"] == seed
+    flat = np.fromfile(tmp_path / "params.bin", np.float32)
+    at = 0
+    for name in ["c1.W", "c1.b", "c3.W", "c3.b", "f5.W", "f5.b", "logits.W", "logits.b"]:
+        assert got[name].tobytes() == want[name].tobytes(), name
+        assert flat[at:at + want[name].size].tobytes() == want[name].tobytes(), name     # get_parameter's
+        at += want[name].size
+        for slot in ("m", "v"):
+            assert got_opt[name][slot].tobytes() == want_opt[name][slot].tobytes(), (name, slot)
+    assert not np.array_equal(want["c1.W"], checkpoint.load(tmp_path / "init.npz")[0]["c1.W"])    # it trained
+    scored = dlc("eval", dl, "--weights", tmp_path / "c.npz").stdout
+    assert scored == dlc("eval", dl, "--weights", tmp_path / "run" / "last.npz").stdout
+    assert "accuracy" in scored

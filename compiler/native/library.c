@@ -44,8 +44,12 @@ struct DLC_INSTANCE {
     int64_t counts[DLC_N_BUFFERS];       /* the element count of each buffer */
     unsigned char *arena;
     int64_t arena_bytes;                 /* its size: temporaries (shared) and outputs */
-    void *table[DLC_N_BUFFERS + DLC_N_FAULTS + 1];
+    void *table[DLC_N_BUFFERS + DLC_N_FAULTS + DLC_N_UPDATE_BUFFERS + 1];   /* driver.py's pointer table */
     void *args[DLC_N_ARGUMENTS + 1];
+    void *trainer;                       /* a --train library's: the train step's instance (library_train.c) */
+#if DLC_N_UPDATE_BUFFERS
+    DLC_TRAINING_STATE                   /* library_train.c: the flat arrays, the step count, the schedule */
+#endif
 };
 
 /* a step reads and writes the module's fault flag, which every instance shares */
@@ -452,8 +456,18 @@ static int instance(struct DLC_INSTANCE **out, const char *path, const void *byt
     return m->status;
 }
 
+#if DLC_N_UPDATE_BUFFERS
+static void release_training(struct DLC_INSTANCE *m);
+#endif
+
 static void release(struct DLC_INSTANCE *m) {
     if (!m || m == &no_memory) return;
+#if DLC_N_UPDATE_BUFFERS
+    release_training(m);
+#endif
+#ifdef DLC_TRAINER_DESTROY
+    DLC_TRAINER_DESTROY(m->trainer);
+#endif
     free(m->weights);
     free(m->arena);
     free(m);
@@ -532,14 +546,10 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
     return DLC_OK;
 }
 
-static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
-                   void *const *outputs, const int64_t *capacities, int64_t *const *output_shapes) {
-    if (!m) return DLC_ERROR_ARGUMENT;
-    if (m->status) return m->status;
-    m->message[0] = 0;
-    if ((DLC_N_INPUTS && (!inputs || !shapes)) || (DLC_N_OUTPUTS && (!outputs || !capacities || !output_shapes)))
-        return fail(m, DLC_ERROR_ARGUMENT, "predict: an array of inputs, shapes or outputs is a null pointer");
-    int64_t values[DLC_N_SYMBOLS + 1] = {0};
+/* Bind the symbols' values from the inputs' shapes, checking every input and the size
+ * constraints; then lay the buffers out for them. */
+static int bind_inputs(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
+                       int64_t *values) {
     int bound[DLC_N_SYMBOLS + 1] = {0};
     char got[512];
     for (int i = 0; i < DLC_N_INPUTS; i++) {
@@ -584,6 +594,39 @@ static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int6
     }
     int status = lay_out(m, values);
     if (status) return status;
+    for (int i = 0; i < DLC_N_INPUTS; i++) m->table[INPUTS[i].buffer] = (void *)inputs[i];
+    return DLC_OK;
+}
+
+/* Run the step on the pointer table as it is; an index check that failed names its line. */
+static int run_step(struct DLC_INSTANCE *m, const int64_t *values) {
+    for (int k = 0; k < DLC_N_ARGUMENTS; k++) m->args[k] = m->table[ARGUMENTS[k]];
+    pthread_mutex_lock(&step_lock);
+    DLC_FAULT = 0;
+    DLC_STEP(m->args, m->sizes, m->threads);
+    int64_t fault = DLC_FAULT;
+    pthread_mutex_unlock(&step_lock);
+    if (fault > 0 && fault <= DLC_N_FAULTS) {
+        int64_t count = 0;
+        poly_value(FAULTS[fault - 1].count, values, &count);
+        return fail(m, DLC_ERROR_INDEX, "%s: error: %s: index out of range [0, %lld)", FAULTS[fault - 1].where,
+                    FAULTS[fault - 1].what, (long long)count);
+    }
+    return DLC_OK;
+}
+
+#if !DLC_N_UPDATE_BUFFERS     /* the train step's unit of a --train library does not predict */
+static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
+                   void *const *outputs, const int64_t *capacities, int64_t *const *output_shapes) {
+    if (!m) return DLC_ERROR_ARGUMENT;
+    if (m->status) return m->status;
+    m->message[0] = 0;
+    if ((DLC_N_INPUTS && (!inputs || !shapes)) || (DLC_N_OUTPUTS && (!outputs || !capacities || !output_shapes)))
+        return fail(m, DLC_ERROR_ARGUMENT, "predict: an array of inputs, shapes or outputs is a null pointer");
+    int64_t values[DLC_N_SYMBOLS + 1] = {0};
+    char got[512];
+    int status = bind_inputs(m, inputs, shapes, values);
+    if (status) return status;
     int64_t oshape[DLC_N_OUTPUTS + 1][16], ocount[DLC_N_OUTPUTS + 1];
     for (int o = 0; o < DLC_N_OUTPUTS; o++) {
         const dlc_output *out = &OUTPUTS[o];
@@ -600,22 +643,12 @@ static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int6
                         got, (long long)ocount[o], (long long)capacities[o]);
         }
     }
-    for (int i = 0; i < DLC_N_INPUTS; i++) m->table[INPUTS[i].buffer] = (void *)inputs[i];
-    for (int k = 0; k < DLC_N_ARGUMENTS; k++) m->args[k] = m->table[ARGUMENTS[k]];
-    pthread_mutex_lock(&step_lock);
-    DLC_FAULT = 0;
-    DLC_STEP(m->args, m->sizes, m->threads);
-    int64_t fault = DLC_FAULT;
-    pthread_mutex_unlock(&step_lock);
-    if (fault > 0 && fault <= DLC_N_FAULTS) {
-        int64_t count = 0;
-        poly_value(FAULTS[fault - 1].count, values, &count);
-        return fail(m, DLC_ERROR_INDEX, "%s: error: %s: index out of range [0, %lld)", FAULTS[fault - 1].where,
-                    FAULTS[fault - 1].what, (long long)count);
-    }
+    status = run_step(m, values);
+    if (status) return status;
     for (int o = 0; o < DLC_N_OUTPUTS; o++) {
         memcpy(outputs[o], m->table[OUTPUTS[o].buffer], (size_t)(ocount[o] * OUTPUTS[o].itemsize));
         memcpy(output_shapes[o], oshape[o], sizeof(int64_t) * (size_t)OUTPUTS[o].rank);
     }
     return DLC_OK;
 }
+#endif
