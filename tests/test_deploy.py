@@ -86,15 +86,17 @@ def test_c_prediction_is_dlc_predict_bit_for_bit(built, model, tmp_path):
         assert got.tobytes() == np.ascontiguousarray(want, np.float32).tobytes(), (model, batch)
 
 
-def test_one_instance_per_thread(built, tmp_path):
-    """Eight threads, each with its own instance, predicting at once: every result is the
-    same bits, every call succeeds."""
+@pytest.mark.parametrize("threads", [2, 8])
+def test_one_instance_per_thread(built, tmp_path, threads):
+    """Threads, each with its own instance and batch, predicting at once (no lock between
+    instances): every result is the bits of the same prediction made alone, every call
+    succeeds."""
     lib, ckpt = built("digits_cnn")
     program = tmp_path / "threads"
     subprocess.run(["cc", "-O2", f"-I{lib}", "-include", "digits_cnn.h", "-DMODEL=digits_cnn",
                     str(ROOT / "tests" / "deploy" / "threads_main.c"), f"-L{lib}", "-ldigits_cnn", f"-Wl,-rpath,{lib}",
                     "-lpthread", "-o", str(program)], check=True)
-    r = subprocess.run([str(program), str(ckpt), "8", "50"], capture_output=True, text=True)
+    r = subprocess.run(["env", "-i", str(program), str(ckpt), str(threads), "50"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 

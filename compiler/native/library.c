@@ -40,7 +40,7 @@ struct DLC_INSTANCE {
     void *params[DLC_N_PARAMS + 1];
     int laid;                            /* the arena is laid out for `values` */
     int64_t values[DLC_N_SYMBOLS + 1];
-    int64_t sizes[DLC_N_STEP_SYMBOLS + 1];
+    int64_t sizes[DLC_N_STEP_SYMBOLS + 2];   /* the fault flag (driver.py: sizes[-1] of the step), then the sizes */
     int64_t counts[DLC_N_BUFFERS];       /* the element count of each buffer */
     unsigned char *arena;
     int64_t arena_bytes;                 /* its size: temporaries (shared) and outputs */
@@ -51,9 +51,6 @@ struct DLC_INSTANCE {
     DLC_TRAINING_STATE                   /* library_train.c: the flat arrays, the step count, the schedule */
 #endif
 };
-
-/* a step reads and writes the module's fault flag, which every instance shares */
-static pthread_mutex_t step_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int fail(struct DLC_INSTANCE *m, int status, const char *format, ...) {
     va_list ap;
@@ -539,7 +536,7 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
         else if (BUFFERS[b].kind == KIND_PARAM) m->table[b] = m->params[BUFFERS[b].data];
     }
     for (int f = 0; f < DLC_N_FAULTS; f++) m->table[DLC_N_BUFFERS + f] = (void *)(intptr_t)(f + 1);
-    for (int s = 0; s < DLC_N_STEP_SYMBOLS; s++) m->sizes[s] = values[s];
+    for (int s = 0; s < DLC_N_STEP_SYMBOLS; s++) m->sizes[1 + s] = values[s];
     memcpy(m->values, values, sizeof(int64_t) * DLC_N_SYMBOLS);
     m->arena_bytes = total;
     m->laid = 1;
@@ -601,11 +598,9 @@ static int bind_inputs(struct DLC_INSTANCE *m, const void *const *inputs, const 
 /* Run the step on the pointer table as it is; an index check that failed names its line. */
 static int run_step(struct DLC_INSTANCE *m, const int64_t *values) {
     for (int k = 0; k < DLC_N_ARGUMENTS; k++) m->args[k] = m->table[ARGUMENTS[k]];
-    pthread_mutex_lock(&step_lock);
-    DLC_FAULT = 0;
-    DLC_STEP(m->args, m->sizes, m->threads);
-    int64_t fault = DLC_FAULT;
-    pthread_mutex_unlock(&step_lock);
+    m->sizes[0] = 0;            /* the instance's own fault flag: instances run their steps at once */
+    DLC_STEP(m->args, m->sizes + 1, m->threads);
+    int64_t fault = m->sizes[0];
     if (fault > 0 && fault <= DLC_N_FAULTS) {
         int64_t count = 0;
         poly_value(FAULTS[fault - 1].count, values, &count);

@@ -60,8 +60,8 @@ class Tensor:
 
 @dataclass
 class Library:
-    """What the C source is made from. `step`, `fault`: the names of the step function
-    and its fault flag in the objects; `weights`: the parameters' arrays to embed (None:
+    """What the C source is made from. `step`: the name of the step function in the
+    objects; `weights`: the parameters' arrays to embed (None:
     read from a checkpoint at create); `features`: the CPU features (LLVM's names) the
     code needs, which create checks."""
     name: str
@@ -72,7 +72,6 @@ class Library:
     constraints: list           # (dim, least, op, "file:line:col", "small" or "large", the need in words)
     faults: list                # (what, count, "file:line:col") by site
     step: str
-    fault: str
     target: str
     features: list
     uses_amx: bool = False
@@ -214,11 +213,10 @@ def c_source(lib: Library) -> str:
            f"#define DLC_N_CONSTRAINTS {len(lib.constraints)}",
            f"#define DLC_EMBEDDED {int(lib.weights is not None)}", f"#define DLC_USES_AMX {int(lib.uses_amx)}",
            f"#define DLC_TARGET {_c_string(lib.target)}",
-           f"#define DLC_STEP {lib.step}", f"#define DLC_FAULT {lib.fault}",
+           f"#define DLC_STEP {lib.step}",
            f"#define DLC_WEIGHTS {n}__weights", f"#define DLC_CONSTS {n}__consts",
            "#include <stdint.h>",
            f"extern void {lib.step}(void **arguments, const int64_t *sizes, int64_t threads);",
-           f"extern volatile int64_t {lib.fault};",
            f"extern const unsigned char {n}__weights[], {n}__consts[];"]
     rows = []
     for s in lib.symbols:

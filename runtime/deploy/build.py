@@ -85,7 +85,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     built = build_module(program, "dlc_step")
     name = c_name(eval_model.name)
     lib = Library(name, program, built.arguments, inputs, outputs, *_checks(graph, program),
-                  step=f"{name}__dlc_step", fault=f"{name}__dlc_fault", target=target,
+                  step=f"{name}__dlc_step", target=target,
                   features=[f for f in CHECKED if f"+{f}" in features],
                   uses_amx="+amx-tile" in features,
                   param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
@@ -137,7 +137,7 @@ def _trainer(lib: Library, file: str, model: str | None, weights: str | None, ov
         arrays, _ = load_weights(weights, load(file).build(model, training=True).params)
     name = f"{lib.name}__trainer"
     unit = Library(name, program, built.arguments, [t for t in inputs if t.name in program.inputs], [],
-                   *_checks(graph, program), step=f"{name}__dlc_step", fault=f"{name}__dlc_fault", target=lib.target, features=lib.features,
+                   *_checks(graph, program), step=f"{name}__dlc_step", target=lib.target, features=lib.features,
                    uses_amx=lib.uses_amx, param_shapes=shapes, weights=arrays, param_order=order, training=training)
     unit.module, unit.header_name = built.module, lib.name
     return unit
@@ -166,9 +166,10 @@ def _objects(name: str, units: list, tmp: Path) -> list:
     data objects, their symbols named after the unit (two models' libraries link into one
     program, and a --train library's two step modules into one library) and hidden (the
     library exports its C API only)."""
-    from dlc.compiler.native.gemm import bf16_config, default_config
+    from dlc.compiler.native.gemm import bf16_config, default_config, thread_local_buffers
     from dlc.runtime.engines.cache import gemm_module
-    gemm = jit.parse(gemm_module((default_config(), bf16_config())))
+    # instances on different threads run at once: each thread packs into its own buffers
+    gemm = jit.parse(thread_local_buffers(str(gemm_module((default_config(), bf16_config())))))
     shared = {g.name for g in [*gemm.functions, *gemm.global_variables]
               if not g.is_declaration and g.linkage.name == "external"}
     refs = [(gemm, "gemm")]
