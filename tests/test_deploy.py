@@ -521,3 +521,58 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
     scored = dlc("eval", dl, "--weights", tmp_path / "c.npz").stdout
     assert scored == dlc("eval", dl, "--weights", tmp_path / "run" / "last.npz").stdout
     assert "accuracy" in scored
+
+
+def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(built, tmp_path):
+    """set/get parameters by name with shape checks, train_step's shapes and buffers,
+    set_schedule, save: each bad call is a status and a message and changes nothing; what
+    set_parameter writes, predict uses (one copy of the parameters)."""
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
+    _, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    c = ctypes
+    f = api.f
+    f("set_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_void_p, c.c_int]
+    f("get_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]
+    f("train_step").argtypes = [c.c_void_p] + [c.c_void_p] * 5 + [c.c_int64]
+    f("set_schedule").argtypes = [c.c_void_p, c.c_int64, c.c_int64]
+    f("save").argtypes = [c.c_void_p, c.c_char_p]
+    status, model = api.create(ckpt)
+    assert status == 0, api.error(model)
+    p = lambda a: c.c_void_p(a.ctypes.data)
+    w = np.full((16, 1, 3, 3), 0.5, np.float32)
+
+    def get(name, capacity=10000):
+        out, shape, rank = np.zeros(capacity, np.float32), np.zeros(8, np.int64), np.zeros(1, np.int32)
+        status = f("get_parameter")(model, name.encode(), p(out), capacity, p(shape), p(rank))
+        return status, out, tuple(shape[:rank[0]])
+
+    before = get("c1.W")[1].copy()
+    assert f("set_parameter")(model, b"nope", p(w), p(np.array([16, 1, 3, 3], np.int64)), 4) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.error(model) == "set_parameter: the model has no parameter 'nope'"
+    assert f("set_parameter")(model, b"c1.W", p(w), p(np.array([16, 1, 3, 2], np.int64)), 4) == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "set_parameter: c1.W has shape [16, 1, 3, 3], got [16, 1, 3, 2]"
+    assert f("set_parameter")(model, None, p(w), None, 0) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert get("c1.W", 143)[0] == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "get_parameter: c1.W has 144 elements; the buffer holds 143"
+    assert get("c1.W")[1].tobytes() == before.tobytes()     # nothing changed
+    x, y, values = inputs("digits_cnn", 2), np.zeros(3, np.int32), np.zeros(2, np.float64)
+    step = lambda xs, ys, capacity=2: f("train_step")(model, p(x), p(np.array(xs, np.int64)), p(y),
+                                                      p(np.array(ys, np.int64)), p(values), capacity)
+    assert step([2, 1, 8, 8], [3]) == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "input 'y' expects i32[B] with B = 2, got shape [3]"
+    assert step([2, 1, 8, 8], [2], capacity=1) == STATUS["DLC_ERROR_SHAPE"]
+    assert f("set_schedule")(model, 0, 5) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert get("c1.W")[1].tobytes() == before.tobytes()     # no failed step updated anything
+    assert f("save")(model, str(tmp_path / "no" / "such" / "folder.npz").encode()) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.error(model).startswith("save: cannot write") and "No such file or directory" in api.error(model)
+    assert step([2, 1, 8, 8], [2]) == 0 and np.isfinite(values).all() and get("c1.W")[1].tobytes() != before.tobytes()
+    # predict reads the parameters train_step and set_parameter write
+    probs = lambda: api.predict(model, x, x.shape, 20)[1]
+    b = np.zeros(10, np.float32)
+    b[7] = 100.0
+    assert f("set_parameter")(model, b"logits.b", p(b), p(np.array([10], np.int64)), 1) == 0
+    assert get("logits.b")[1][:10].tobytes() == b.tobytes() and get("logits.b")[2] == (10,)
+    assert probs().reshape(2, 10).argmax(1).tolist() == [7, 7]
+    api.f("destroy")(model)
