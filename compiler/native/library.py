@@ -4,7 +4,9 @@ The kernels are the engine's own step module (driver.py), written out as an obje
 C source around it holds the model's tables (symbols, inputs, outputs, parameters,
 buffers as dim polynomials, the step's argument slots, the size constraints and index
 checks with their source lines), the run-time part every library shares (library.c:
-checkpoint reading (.npz, .safetensors), CPU check, the call) and the public functions, named after the model:
+checkpoint reading (.npz, .safetensors), CPU check, the call) and the public functions, named after the model
+(a --train library adds a second unit, the train step's: library_train.c and its tables, and
+the train functions of its header, `_train_header`):
 
     int NAME_create(NAME **model, const char *checkpoint);       NULL: the embedded weights
     int NAME_create_from_memory(NAME **model, const void *checkpoint, size_t size);
@@ -579,8 +581,8 @@ def header(lib: Library, version: str) -> str:
 {outputs}
  *
  * Every function returns a status code; after a failure, {n}_error(model) says what was
- * wrong. An instance is used by one thread at a time; instances are independent (the
- * library serializes their native steps, each of which uses {n}_set_threads threads). */
+ * wrong. An instance is used by one thread at a time; instances are independent and run
+ * at once on their threads, each call on {n}_set_threads threads. */
 #ifndef {guard}
 #define {guard}
 #include <stddef.h>

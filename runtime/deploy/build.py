@@ -212,10 +212,12 @@ def _readme(lib: Library, tools, out: Path) -> str:
     n = lib.name
     weights = ("The weights are inside the library: `%s_create(&model, NULL)`." % n if lib.weights is not None else
                f"Give `{n}_create` the path of a dlc checkpoint of the model (`dlc train` writes one).")
+    trains = (f" It trains too (`--train`): `{n}_train_step`, `{n}_get_parameter`, `{n}_set_parameter`, `{n}_save` "
+              "(docs/deploy.md, Training from C)." if lib.trainer is not None else "")
     return f"""# {n}: a dlc library
 
 Built by dlc {dlc.__version__} (`dlc build`, target {lib.target}, {tools.name}). The API is in `{n}.h`;
-docs/deploy.md of dlc describes it. {weights}
+docs/deploy.md of dlc describes it. {weights}{trains}
 
 Compile and link a C program against the shared library:
 
