@@ -10,20 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "timer.h"
 #include "onnxruntime_c_api.h"
 
 static const OrtApi *ort;
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static int by_value(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static void check(OrtStatus *status, const char *what) {
     if (!status) return;
