@@ -4,6 +4,7 @@ Python without dlc through ctypes, against `dlc predict --backend native`'s numb
 CPU check of another target; bad input through the C API."""
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -465,9 +466,9 @@ def test_a_host_call_cannot_go_in_a_library():
 
 
 # ---- --train: a C training loop against dlc train --------------------------------------------------------------
-def trainer_batches(seed: int, epochs: int) -> tuple:
+def trainer_batches(model: str, seed: int, epochs: int, out: Path) -> tuple:
     """The batches `dlc train --backend native` feeds its engine, in order (a run in this
-    process, the engine's train_step recorded), and the steps per epoch."""
+    process, its checkpoints in `out`, the engine's train_step recorded), and the steps per epoch."""
     from dlc.runtime.engines.native import NativeEngine
     from dlc.runtime.training.trainer import Trainer
     fed, step = [], NativeEngine.train_step
@@ -478,7 +479,7 @@ def trainer_batches(seed: int, epochs: int) -> tuple:
         return step(self, params, opt_state, batch, lr, number, key)
     NativeEngine.train_step = recorded
     try:
-        Trainer(load(ROOT / "examples" / "digits_cnn.dl"), None, {"epochs": epochs, "seed": seed}, None,
+        Trainer(load(ROOT / "examples" / f"{model}.dl"), None, {"epochs": epochs, "seed": seed}, out,
                 backend="native", progress="none").run(overwrite=True)
     finally:
         NativeEngine.train_step = step
@@ -491,7 +492,7 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
     dlc("build", dl, "--train", "--seed", seed, "-o", tmp_path / "lib")
     model = load(dl).build(None, training=True)
     checkpoint.save(tmp_path / "init.npz", initial_parameters(model, seed), {}, {})
-    fed, per_epoch = trainer_batches(seed, epochs)
+    fed, per_epoch = trainer_batches("digits_cnn", seed, epochs, tmp_path / "recorded")
     with open(tmp_path / "batches.bin", "wb") as f:
         for batch in fed:
             np.array([len(batch["y"])], np.int64).tofile(f)
@@ -576,3 +577,43 @@ def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(
     assert get("logits.b")[1][:10].tobytes() == b.tobytes() and get("logits.b")[2] == (10,)
     assert probs().reshape(2, 10).argmax(1).tolist() == [7, 7]
     api.f("destroy")(model)
+
+
+@pytest.mark.parametrize("model", ["char_lstm", "transformer_classifier"])
+def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
+    """One epoch of the char LSTM (Adam, gradient clipping: the update's norm) and of the
+    transformer classifier (AdamW's decay, a cosine schedule after a warmup of an epoch,
+    gathers' index checks) through the library's train_step, called by ctypes with the
+    batches dlc train feeds its engine: the parameters and optimizer state are its bits."""
+    seed, dl = 5, ROOT / "examples" / f"{model}.dl"
+    lib = tmp_path / "lib"
+    dlc("build", dl, "--train", "--seed", seed, "--epochs", 1, "-o", lib)
+    checkpoint.save(tmp_path / "init.npz", initial_parameters(load(dl).build(None, training=True), seed), {}, {})
+    fed = trainer_batches(model, seed, 1, tmp_path / "recorded")[0]
+    # train_step's inputs in the header's order: `const T *name, const int64_t name_shape[rank]`
+    proto = (lib / f"{model}.h").read_text().split(f"int {model}_train_step(")[1].split(");")[0]
+    names = re.findall(r"const int64_t (\w+)_shape\[", proto)
+    api = Api(lib, model)
+    train_step = api.f("train_step")
+    train_step.argtypes = [ctypes.c_void_p] * (1 + 2 * len(names) + 1) + [ctypes.c_int64]
+    status, instance = api.create(tmp_path / "init.npz")
+    assert status == 0, api.error(instance)
+    values = np.zeros(8, np.float64)
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    for batch in fed:
+        arrays = [np.ascontiguousarray(batch[n]) for n in names]
+        shapes = [np.array(a.shape, np.int64) for a in arrays]
+        assert train_step(instance, *[q for a, s in zip(arrays, shapes) for q in (p(a), p(s))], p(values), 8) == 0, \
+            api.error(instance)
+    api.f("save").argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    assert api.f("save")(instance, str(tmp_path / "c.npz").encode()) == 0, api.error(instance)
+    api.f("destroy")(instance)
+    dlc("train", dl, "--backend", "native", "--epochs", 1, "--seed", seed, "--out", tmp_path / "run", "-q")
+    want, want_opt, _ = checkpoint.load(tmp_path / "run" / "last.npz")
+    got, got_opt, _ = checkpoint.load(tmp_path / "c.npz")
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].tobytes() == want[name].tobytes(), name
+    for name in want_opt:
+        for slot in want_opt[name]:
+            assert got_opt[name][slot].tobytes() == want_opt[name][slot].tobytes(), (name, slot)
