@@ -617,3 +617,79 @@ def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
     for name in want_opt:
         for slot in want_opt[name]:
             assert got_opt[name][slot].tobytes() == want_opt[name][slot].tobytes(), (name, slot)
+
+
+FUZZ_TRAIN = r"""
+import ctypes, sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from test_deploy import Api, STATUS
+c = ctypes
+api = Api(__import__("pathlib").Path(sys.argv[1]), "digits_cnn")
+f = api.f
+f("set_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_void_p, c.c_int]
+f("get_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]
+f("train_step").argtypes = [c.c_void_p] * 6 + [c.c_int64]
+f("set_schedule").argtypes = [c.c_void_p, c.c_int64, c.c_int64]
+codes, rng = set(STATUS.values()), np.random.default_rng(int(sys.argv[4]))
+status, model = api.create(sys.argv[2])
+assert status == 0, api.error(model)
+p = lambda a: None if a is None else c.c_void_p(a.ctypes.data)
+x, y, data = rng.standard_normal(64 * 64).astype(np.float32), rng.integers(0, 10, 64).astype(np.int32), \
+    rng.standard_normal(128 * 64).astype(np.float32) * 0.01
+names = [b"c1.W", b"c1.b", b"c3.W", b"f5.W", b"logits.b", b"nope", b"", b"c1.W.x"]
+shapes = {b"c1.W": [16, 1, 3, 3], b"c1.b": [16], b"c3.W": [32, 16, 3, 3], b"f5.W": [128, 64], b"logits.b": [10]}
+calls = 0
+for i in range(int(sys.argv[5])):
+    what = rng.integers(0, 4)
+    if what == 0:       # train_step of random shapes: a valid one reads at most the buffers
+        b, b2 = int(rng.integers(-2, 65)), int(rng.integers(-2, 65)) if rng.random() < 0.3 else None
+        xs = [b, 1, 8, 8] if rng.random() < 0.8 else list(rng.integers(-1, 10, 4))
+        ys = [b if b2 is None else b2]
+        if rng.random() < 0.1:
+            xs[rng.integers(0, 4)] = int(rng.integers(-2**62, 2**62))
+        if xs[1:] == [1, 8, 8] and 64 < xs[0] < 2**40 and ys[0] == xs[0]:
+            continue        # a valid shape larger than the buffers: the caller's error, not tried
+        values = np.zeros(4)
+        s = f("train_step")(model, None if rng.random() < 0.05 else p(x), p(np.array(xs, np.int64)),
+                            None if rng.random() < 0.05 else p(y), p(np.array(ys, np.int64)),
+                            None if rng.random() < 0.1 else p(values), int(rng.integers(-3, 4)))
+    elif what == 1:     # set_parameter: names, shapes and ranks of every kind
+        name = names[rng.integers(0, len(names))]
+        shape = shapes.get(name, [3])
+        if rng.random() < 0.5:
+            shape = list(rng.integers(-3, 200, rng.integers(0, 6)))
+        valid = name in shapes and shape == shapes[name]
+        rank = len(shape) if rng.random() < 0.9 else int(rng.integers(-3, 8))
+        if rank > len(shape) or (valid and rank != len(shape)):
+            rank = len(shape)
+        s = f("set_parameter")(model, None if rng.random() < 0.05 else name, p(data),
+                               p(np.array(shape or [0], np.int64)), rank)
+    elif what == 2:     # get_parameter with a capacity too small or enough
+        out, shape, rank = np.zeros(128 * 64, np.float32), np.zeros(8, np.int64), np.zeros(1, np.int32)
+        s = f("get_parameter")(model, names[rng.integers(0, len(names))], p(out), int(rng.integers(-5, 128 * 64 + 1)),
+                               p(shape), p(rank))
+    else:
+        s = f("set_schedule")(model, int(rng.integers(-5, 100)), int(rng.integers(-5, 10**6)))
+    assert s in codes, s
+    if s:
+        assert api.error(model), "a failure without a message"
+    calls += 1
+values = np.zeros(2)
+assert f("train_step")(model, p(x), p(np.array([8, 1, 8, 8], np.int64)), p(y), p(np.array([8], np.int64)),
+                       p(values), 2) == 0, api.error(model)
+f("destroy")(model)
+print(calls)
+"""
+
+
+def test_fuzz_the_train_api(built, tmp_path):
+    """10^4 calls of train_step, set/get_parameter and set_schedule with random shapes,
+    ranks, names, capacities and null pointers, in a process of their own: each returns a
+    known status with a message, nothing crashes, and the instance still trains."""
+    _, ckpt = built("digits_cnn")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", tmp_path / "lib")
+    r = subprocess.run([sys.executable, "-c", FUZZ_TRAIN, str(tmp_path / "lib"), str(ckpt), str(Path(__file__).parent),
+                        "2", "10500"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert int(r.stdout) >= 10_000
