@@ -506,6 +506,13 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{len(fed)} steps")
+    # the same loop linked against the static library
+    subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), str(lib / "libdigits_cnn.a"),
+                    "-lgomp", "-lm", "-lpthread", "-o", str(tmp_path / "train_static")], check=True)
+    r = subprocess.run(["env", "-i", str(tmp_path / "train_static"), str(tmp_path / "init.npz"),
+                        str(tmp_path / "batches.bin"), str(per_epoch), str(per_epoch * epochs), str(tmp_path / "s.npz"),
+                        str(tmp_path / "params_static.bin")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     dlc("train", dl, "--backend", "native", "--epochs", epochs, "--seed", seed, "--out", tmp_path / "run", "-q")
     want, want_opt, _ = checkpoint.load(tmp_path / "run" / "last.npz")
     got, got_opt, meta = checkpoint.load(tmp_path / "c.npz")
@@ -519,6 +526,7 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
         for slot in ("m", "v"):
             assert got_opt[name][slot].tobytes() == want_opt[name][slot].tobytes(), (name, slot)
     assert not np.array_equal(want["c1.W"], checkpoint.load(tmp_path / "init.npz")[0]["c1.W"])    # it trained
+    assert (tmp_path / "params_static.bin").read_bytes() == (tmp_path / "params.bin").read_bytes()
     scored = dlc("eval", dl, "--weights", tmp_path / "c.npz").stdout
     assert scored == dlc("eval", dl, "--weights", tmp_path / "run" / "last.npz").stdout
     assert "accuracy" in scored
