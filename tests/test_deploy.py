@@ -493,20 +493,23 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
     model = load(dl).build(None, training=True)
     checkpoint.save(tmp_path / "init.npz", initial_parameters(model, seed), {}, {})
     fed, per_epoch = trainer_batches("digits_cnn", seed, epochs, tmp_path / "recorded")
-    with open(tmp_path / "batches.bin", "wb") as f:
-        for batch in fed:
-            np.array([len(batch["y"])], np.int64).tofile(f)
-            np.ascontiguousarray(batch["x"], np.float32).tofile(f)
-            np.ascontiguousarray(batch["y"], np.int32).tofile(f)
+    for name, batches in (("batches", fed), ("first", fed[:per_epoch]), ("rest", fed[per_epoch:])):
+        with open(tmp_path / f"{name}.bin", "wb") as f:
+            for batch in batches:
+                np.array([len(batch["y"])], np.int64).tofile(f)
+                np.ascontiguousarray(batch["x"], np.float32).tofile(f)
+                np.ascontiguousarray(batch["y"], np.int32).tofile(f)
     lib = tmp_path / "lib"
     subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), f"-L{lib}",
                     "-ldigits_cnn", f"-Wl,-rpath,{lib}", "-o", str(tmp_path / "train")], check=True)
-    r = subprocess.run(["env", "-i", str(tmp_path / "train"), str(tmp_path / "init.npz"), str(tmp_path / "batches.bin"),
-                        str(per_epoch), str(per_epoch * epochs), str(tmp_path / "c.npz"), str(tmp_path / "params.bin")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"{len(fed)} steps")
-    # the same loop linked against the static library
+    # the first epoch, saved; the others continue from that checkpoint (its optimizer state and step count)
+    for start, batches, end in (("init", "first", "epoch1"), ("epoch1", "rest", "c")):
+        r = subprocess.run(["env", "-i", str(tmp_path / "train"), str(tmp_path / f"{start}.npz"),
+                            str(tmp_path / f"{batches}.bin"), str(per_epoch), str(per_epoch * epochs),
+                            str(tmp_path / f"{end}.npz"), str(tmp_path / "params.bin")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{len(fed) - per_epoch} steps")
+    # the whole loop at once, linked against the static library
     subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), str(lib / "libdigits_cnn.a"),
                     "-lgomp", "-lm", "-lpthread", "-o", str(tmp_path / "train_static")], check=True)
     r = subprocess.run(["env", "-i", str(tmp_path / "train_static"), str(tmp_path / "init.npz"),

@@ -109,7 +109,8 @@ class Training:
     in `scalar_names` order by `functions`, C source of schedule_lr and step_scalars); the
     parameter group of the trained elements as (offset, count, group) runs; the seed of the
     random key; the checkpoint metadata's JSON without its closing brace; the train block's
-    steps per epoch and total steps, the schedule's units until set_schedule changes them."""
+    steps per epoch and total steps, the schedule's units until set_schedule changes them;
+    the optimizer's name (a checkpoint of another optimizer's run gives no state)."""
     update: KernelProgram
     trained: int
     slots: list
@@ -119,6 +120,7 @@ class Training:
     meta: str
     functions: str
     schedule: tuple
+    optimizer: str                      # its name, as checkpoints record it
 
 
 def c_name(text: str) -> str:
@@ -295,7 +297,7 @@ def _training_defines(lib: Library) -> list:
             f"#define DLC_N_GROUPS {len(t.groups)}", f"#define DLC_N_VALUES {len(train_values(lib))}",
             f"#define DLC_N_STATS {len(_stats(lib))}", f"#define DLC_N_GRADS {len(_grads(lib))}",
             f"#define DLC_RNG_BUFFER {rng}", f"#define DLC_SEED {t.seed}", f"#define DLC_PER_EPOCH {t.schedule[0]}",
-            f"#define DLC_TOTAL {t.schedule[1]}", f"#define DLC_META {_c_string(t.meta)}",
+            f"#define DLC_TOTAL {t.schedule[1]}", f"#define DLC_OPTIMIZER {_c_string(t.optimizer)}", f"#define DLC_META {_c_string(t.meta)}",
             "#define DLC_TRAINING_STATE float *flat, *grads, *state[DLC_N_SLOTS + 1]; int32_t *group, key[2]; "
             "double scalars[DLC_N_SCALARS + 1]; void *update[DLC_N_UPDATE_BUFFERS + 1]; "
             "int64_t steps, per_epoch, total; int32_t seed;"]
@@ -457,7 +459,7 @@ def trainer_api(lib: Library) -> str:
     struct {n} *t;
     int status = instance(&t, checkpoint, bytes, size);
     *trainer = t;
-    return status ? status : (t->status = setup_training(t));
+    return status ? status : (t->status = start_training(t, checkpoint, bytes, size));
 }}
 {h} void {n}_destroy(void *trainer) {{ release(trainer); }}
 {h} const char *{n}_error(void *trainer) {{ return ((struct {n} *)trainer)->message; }}

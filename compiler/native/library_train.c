@@ -57,6 +57,70 @@ static int setup_training(struct DLC_INSTANCE *m) {
     return DLC_OK;
 }
 
+/* where `text` is in [at, end), or NULL */
+static const unsigned char *find(const unsigned char *at, const unsigned char *end, const char *text) {
+    size_t k = strlen(text);
+    for (; (uint64_t)(end - at) >= k; at++)
+        if (!memcmp(at, text, k)) return at;
+    return NULL;
+}
+
+/* the count after `key` in the JSON text [at, end), or -1 */
+static int64_t json_count(const unsigned char *at, const unsigned char *end, const char *key) {
+    const unsigned char *d = find(at, end, key);
+    int64_t v = 0;
+    if (!d || (d += strlen(key)) == end || *d < '0' || *d > '9') return -1;
+    for (; d < end && *d >= '0' && *d <= '9'; d++)
+        if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *d - '0', &v)) return -1;
+    return v;
+}
+
+/* What a dlc checkpoint holds of a run besides the parameters, to continue it: the
+ * optimizer state of every trained parameter (all or none: none, a fresh run's zeros) and
+ * the step count of its metadata, unless the run's optimizer is another (whose state means
+ * nothing here, as dlc train --resume says). */
+static int load_training_state(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n) {
+    if (n < 4 || memcmp(z, "PK", 2)) return DLC_OK;          /* a .safetensors file: parameters only */
+    uint64_t at, end, entries;
+    int status = zip_directory(m, z, n, &at, &end, &entries);
+    const unsigned char *meta = NULL;
+    zip_entry e = {0};
+    for (uint64_t k = 0; !status && k < entries && !meta; k++)
+        if (!(status = zip_next(m, z, &at, end, &e)) && member_is(&e, "", "meta", NULL))
+            status = zip_data(m, z, n, &e, "the metadata", &meta);
+    if (status) return status;
+    if (meta && find(meta, meta + e.csize, "\"optimizer\": \"") &&
+        !find(meta, meta + e.csize, "\"optimizer\": \"" DLC_OPTIMIZER "\""))
+        return DLC_OK;
+    int have = 0;
+    for (int s = 0; s < DLC_N_SLOTS; s++) {
+        const unsigned char *found[DLC_N_PARAMS + 1] = {0};
+        if ((status = npz_arrays(m, z, n, found, SLOTS[s], DLC_N_TRAINED_PARAMS))) return status;
+        for (int i = 0; i < DLC_N_TRAINED_PARAMS; i++) {
+            if (found[i]) memcpy(m->state[s] + FLAT_AT[i], found[i], (size_t)(PARAMS[i].count * 4));
+            have += found[i] != NULL;
+        }
+    }
+    if (have && have != DLC_N_SLOTS * DLC_N_TRAINED_PARAMS)
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: it holds the optimizer state of some trained parameters, not "
+                    "of all (opt:NAME:SLOT arrays)");
+    int64_t step = meta ? json_count(meta, meta + e.csize, "\"step\": ") : -1;
+    m->steps = step > 0 ? step : 0;
+    return DLC_OK;
+}
+
+/* setup_training, then the run a checkpoint continues (load_training_state) */
+static int start_training(struct DLC_INSTANCE *m, const char *path, const void *bytes, size_t size) {
+    int status = setup_training(m);
+    if (status || (!path && !bytes)) return status;
+    unsigned char *read = NULL;
+    uint64_t n = size;
+    if (path && (status = read_whole(m, path, &read, &n))) { free(read); return status; }
+    status = load_training_state(m, path ? read : bytes, n);
+    free(read);
+    return status;
+}
+
 static int param_named(const char *name) {
     for (int i = 0; name && i < DLC_N_PARAMS; i++)
         if (!strcmp(PARAMS[i].name, name)) return i;

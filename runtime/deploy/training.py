@@ -127,7 +127,7 @@ def train_parts(file: str, model: str | None, overrides: dict):
     functions = schedule_lr(cfg.schedule, optimizer.lr) + "\n" + step_scalars(optimizer, scalar_names)
     total = max_steps if max_steps is not None else epochs * len(bounds)
     training = Training(update, len(trainable), slots, scalar_names, runs, cfg.seed, meta[:-1], functions,
-                        (len(bounds), total))
+                        (len(bounds), total), cfg.optimizer.name)
     graph = train_step(tm.graph)
     inputs = [Tensor(graph.attrs(v)["name"], graph.types(v)[0].dtype, tuple(graph.types(v)[0].shape))
               for v in graph.nodes_with("input") if graph.attrs(v)["name"] != "rng"]
