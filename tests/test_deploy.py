@@ -588,6 +588,54 @@ def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(
     assert get("logits.b")[1][:10].tobytes() == b.tobytes() and get("logits.b")[2] == (10,)
     assert probs().reshape(2, 10).argmax(1).tolist() == [7, 7]
     api.f("destroy")(model)
+    # a checkpoint with the optimizer state of one trained parameter and not the others
+    params = checkpoint.load(ckpt)[0]
+    checkpoint.save(tmp_path / "partial.npz", params, {"c1.W": {"m": params["c1.W"], "v": params["c1.W"]}},
+                    {"optimizer": "adam"})
+    status, model = api.create(tmp_path / "partial.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"]
+    assert api.error(model) == ("checkpoint: it holds the optimizer state of some trained parameters, not of all "
+                                "(opt:NAME:SLOT arrays)")
+    api.f("destroy")(model)
+
+
+def test_two_threads_train_two_instances_at_once(built, tmp_path):
+    """Two instances trained at once on two threads (ctypes lets go of the GIL in a call),
+    each on batches of its own: each ends with the parameters of the same steps taken alone."""
+    import threading
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
+    _, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    c = ctypes
+    api.f("train_step").argtypes = [c.c_void_p] * 6 + [c.c_int64]
+    api.f("get_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]
+    p = lambda a: c.c_void_p(a.ctypes.data)
+    batches = [[(inputs("digits_cnn", 64, seed=10 * k + j), np.arange(64, dtype=np.int32) % 10) for j in range(20)]
+               for k in range(2)]
+
+    def train(k: int, out: dict):
+        status, model = api.create(ckpt)
+        assert status == 0
+        for x, y in batches[k]:
+            assert api.f("train_step")(model, p(x), p(np.array(x.shape, np.int64)), p(y),
+                                       p(np.array(y.shape, np.int64)), None, 0) == 0
+        w = np.zeros(128 * 64, np.float32)
+        assert api.f("get_parameter")(model, b"f5.W", p(w), w.size, None, None) == 0
+        out[k] = w
+        api.f("destroy")(model)
+
+    alone, together = {}, {}
+    for k in range(2):
+        train(k, alone)
+    threads = [threading.Thread(target=train, args=(k, together)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert alone[0].tobytes() != alone[1].tobytes()
+    for k in range(2):
+        assert together[k].tobytes() == alone[k].tobytes(), k
 
 
 @pytest.mark.parametrize("model", ["char_lstm", "transformer_classifier"])
