@@ -196,6 +196,11 @@ def test_embedding_needs_weights(tmp_path):
     assert r.returncode == 1 and "--embed-weights needs the weights" in r.stderr
 
 
+def test_train_settings_need_train(tmp_path):
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--seed", 3, "-o", tmp_path / "lib", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "error: --seed is a setting of the train step: it goes with --train"
+
+
 # ---- the C API from ctypes: bad input -------------------------------------------------------------------
 class Api:
     """A built library's C functions, typed, in this process."""

@@ -83,7 +83,7 @@ class Library:
     param_order: list | None = None     # the PARAMS table's names (None: the program's parameters)
     training: "Training | None" = None  # the train step's translation unit of a --train library
     trainer: "Library | None" = None    # a --train library's predict unit: the train step's unit
-    module: object = None               # the unit's step module (driver.StepModule.module)
+    module: object = None               # its step module (driver.StepModule.module), which build.py sets
     header_name: str = ""               # the header it includes (default: its own name's)
 
     @property

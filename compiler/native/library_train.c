@@ -136,9 +136,6 @@ static int train_step(struct DLC_INSTANCE *m, const void *const *inputs, const i
     if (DLC_N_VALUES && values && capacity < DLC_N_VALUES)
         return fail(m, DLC_ERROR_SHAPE, "train_step: the values are %d (the loss and metrics); their buffer holds %lld",
                     DLC_N_VALUES, (long long)capacity);
-    if (m->per_epoch < 1)
-        return fail(m, DLC_ERROR_ARGUMENT, "train_step: the learning-rate schedule counts in epochs: call "
-                    "set_schedule(model, steps per epoch, total steps) first");
     int64_t sizes[DLC_N_SYMBOLS + 1] = {0};
     int status = bind_inputs(m, inputs, shapes, sizes);
     if (status) return status;

@@ -4,7 +4,9 @@ The library is the native engine's own step module for the prediction graph (the
 `dlc predict --backend native` runs), with the GEMM routines, written out as objects
 (jit.object_code) and linked with the C source compiler/native/library.py writes around
 them: the same IR compiled by the same LLVM for the same CPU, so the same bits. DIR gets
-libNAME.so, libNAME.a, NAME.h, NAME.pc and a README with the compile line.
+libNAME.so, libNAME.a, NAME.h, NAME.pc and a README with the compile line. With --train a
+second unit holds the train block's step (`_trainer`, runtime/deploy/training.py), and the
+library trains too.
 """
 from __future__ import annotations
 
@@ -90,11 +92,12 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
                   uses_amx="+amx-tile" in features,
                   param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
                   weights={k: arrays[k] for k in program.params} if embed else None)
-    units = [(lib, built.module)]
+    lib.module = built.module
+    units = [lib]
     if train:
         lib.trainer = _trainer(lib, file, model, weights if embed else None, overrides)
-        units.append((lib.trainer, lib.trainer.module))
-    for unit, _ in units:
+        units.append(lib.trainer)
+    for unit in units:
         missing = unbound_symbols(unit)
         if missing:
             raise DlcError(f"no input of {name} gives the size of {', '.join(missing)} by a dim of its own: a "
@@ -107,7 +110,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     with tempfile.TemporaryDirectory(prefix="dlc-build-") as tmp:
         objects = _objects(lib.name, units, Path(tmp))
         (out / f"{name}.h").write_text(header(lib, dlc.__version__))
-        for unit, _ in units:
+        for unit in units:
             source = Path(tmp) / f"{unit.name}.c"
             source.write_text(c_source(unit))
             objects.insert(0, Path(tmp) / f"{unit.name}.o")
@@ -162,7 +165,7 @@ def _refuse_host_calls(program):
 
 
 def _objects(name: str, units: list, tmp: Path) -> list:
-    """The step objects of the units ((Library, step module) each), the GEMM object and the
+    """The step objects of the units (Library each, with its step module), the GEMM object and the
     data objects, their symbols named after the unit (two models' libraries link into one
     program, and a --train library's two step modules into one library) and hidden (the
     library exports its C API only)."""
@@ -173,8 +176,8 @@ def _objects(name: str, units: list, tmp: Path) -> list:
     shared = {g.name for g in [*gemm.functions, *gemm.global_variables]
               if not g.is_declaration and g.linkage.name == "external"}
     refs = [(gemm, "gemm")]
-    for unit, module in units:
-        ref = jit.parse(module)
+    for unit in units:
+        ref = jit.parse(unit.module)
         for g in [*ref.functions, *ref.global_variables]:
             if g.name in shared:
                 g.name = f"{name}__{g.name}"
@@ -187,7 +190,7 @@ def _objects(name: str, units: list, tmp: Path) -> list:
             g.name = f"{name}__{g.name}"
             g.visibility = "hidden"
     data = []
-    for unit, _ in units:
+    for unit in units:
         _, _, weight_blob, const_blob = embedded_layout(unit)
         ref = jit.parse(data_module(unit, weight_blob, const_blob))
         for g in ref.global_variables:

@@ -11,7 +11,7 @@ import json
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.library import Tensor, Training
-from dlc.runtime.training.optim import Adagrad, Adam, Optimizer, Schedule, make_optimizer, make_schedule
+from dlc.runtime.training.optim import Adagrad, Adam, Optimizer, make_optimizer, make_schedule
 
 
 def _c(v) -> str:
@@ -108,8 +108,7 @@ def train_parts(file: str, model: str | None, overrides: dict):
     n = len(next(iter(train.values())))
     bounds = batch_bounds(n, cfg.batch, merge_single=bool(batch_statistics(tm)))
     epochs, max_steps = run_length(cfg, len(bounds))
-    schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), epochs, cfg.span("schedule"), max_steps)
-    assert isinstance(schedule, Schedule)
+    make_schedule(cfg.schedule, optimizer.lr, len(bounds), epochs, cfg.span("schedule"), max_steps)  # checked at its line
     size = {p.name: int(numel(p.type.shape)) for p in tm.params}
     order = trainable + [p.name for p in tm.params if p.name not in trainable]
     n_trained = sum(size[k] for k in trainable)
