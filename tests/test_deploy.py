@@ -1,7 +1,9 @@
 """`dlc build` (docs/deploy.md): libraries of the digits CNN, the char LSTM and the
 transformer classifier, called from C programs, from the static library, and from a
 Python without dlc through ctypes, against `dlc predict --backend native`'s numbers; the
-CPU check of another target; bad input through the C API."""
+CPU check of another target; bad input through the C API; threads on instances of their
+own; `--train` libraries trained from C and ctypes against `dlc train --backend native`,
+their checkpoints in `dlc eval`, and their train API's bad input."""
 import ctypes
 import os
 import re
