@@ -103,17 +103,25 @@ def test_one_instance_per_thread(built, tmp_path, threads):
     assert r.returncode == 0, r.stderr
 
 
+# what a library may need at run time: libc, libm, libpthread, libgomp
+RUN_TIME = {"linux-vdso.so.1", "libgomp.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0",
+            "/lib64/ld-linux-x86-64.so.2"}
+PREDICT_API = ("create", "create_from_memory", "destroy", "error", "predict", "predict_arrays", "set_threads")
+
+
+def needs_and_exports(so: Path) -> tuple:
+    """(the libraries `so` needs, the symbols it exports of digits_cnn)."""
+    needed = subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True).stdout.split()
+    return {line.split()[0] for line in needed.splitlines() if line.strip()}, \
+        sorted(s for s in exported if s.startswith("digits"))
+
+
 def test_the_library_needs_no_python_nor_llvm(built):
     lib, _ = built("digits_cnn")
-    needed = subprocess.run(["ldd", str(lib / "libdigits_cnn.so")], capture_output=True, text=True).stdout
-    names = {line.split()[0] for line in needed.splitlines() if line.strip()}
-    assert names <= {"linux-vdso.so.1", "libgomp.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0",
-                     "/lib64/ld-linux-x86-64.so.2"}, names
-    exported = subprocess.run(["nm", "-D", "--defined-only", str(lib / "libdigits_cnn.so")], capture_output=True,
-                              text=True).stdout.split()
-    assert sorted(s for s in exported if s.startswith("digits")) == [
-        f"digits_cnn_{f}" for f in ("create", "create_from_memory", "destroy", "error", "predict",
-                                    "predict_arrays", "set_threads")]
+    needs, exports = needs_and_exports(lib / "libdigits_cnn.so")
+    assert needs <= RUN_TIME, needs
+    assert exports == [f"digits_cnn_{f}" for f in PREDICT_API]
 
 
 def test_a_program_linked_against_the_static_library(built, tmp_path):
@@ -497,6 +505,10 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
     seed, epochs = 3, 3
     dl = ROOT / "examples" / "digits_cnn.dl"
     dlc("build", dl, "--train", "--seed", seed, "-o", tmp_path / "lib")
+    needs, exports = needs_and_exports(tmp_path / "lib" / "libdigits_cnn.so")
+    assert needs <= RUN_TIME, needs
+    assert exports == sorted(f"digits_cnn_{f}" for f in PREDICT_API + (
+        "get_parameter", "save", "set_parameter", "set_schedule", "train_step"))
     model = load(dl).build(None, training=True)
     checkpoint.save(tmp_path / "init.npz", initial_parameters(model, seed), {}, {})
     fed, per_epoch = trainer_batches("digits_cnn", seed, epochs, tmp_path / "recorded")
