@@ -771,3 +771,35 @@ def test_fuzz_the_train_api(built, tmp_path):
                         "2", "10500"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert int(r.stdout) >= 10_000
+
+
+def test_a_train_library_with_its_weights_inside(built, tmp_path):
+    """--train --embed-weights: create(NULL) starts from the embedded weights, which a step
+    then changes in the instance (the library's stay as they are: a second instance starts
+    from them again)."""
+    _, ckpt = built("digits_cnn")
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "--weights", ckpt, "--embed-weights", "-o", lib)
+    api = Api(lib, "digits_cnn")
+    c = ctypes
+    api.f("train_step").argtypes = [c.c_void_p] * 6 + [c.c_int64]
+    api.f("get_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]
+    p = lambda a: c.c_void_p(a.ctypes.data)
+    want = checkpoint.load(ckpt)[0]["f5.W"]
+
+    def f5(model) -> np.ndarray:
+        w = np.zeros(want.size, np.float32)
+        assert api.f("get_parameter")(model, b"f5.W", p(w), w.size, None, None) == 0
+        return w.reshape(want.shape)
+
+    status, first = api.create()
+    assert status == 0, api.error(first)
+    assert f5(first).tobytes() == want.tobytes()
+    x, y = inputs("digits_cnn", 8), np.arange(8, dtype=np.int32)
+    assert api.f("train_step")(first, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([8], np.int64)),
+                               None, 0) == 0, api.error(first)
+    assert f5(first).tobytes() != want.tobytes()
+    status, second = api.create()
+    assert status == 0 and f5(second).tobytes() == want.tobytes()
+    for model in (first, second):
+        api.f("destroy")(model)
