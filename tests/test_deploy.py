@@ -226,7 +226,14 @@ class Api:
         for fn in ("destroy", "error", "set_threads"):
             f(fn).argtypes = [ctypes.c_void_p] + ([ctypes.c_int] if fn == "set_threads" else [])
         self.f = f
-
+        self.train_inputs = []
+        if hasattr(self.lib, f"{name}_train_step"):         # a --train library
+            c = ctypes
+            # train_step's inputs in the header's order: `const T *name, const int64_t name_shape[rank]`
+            proto = (lib / f"{name}.h").read_text().split(f"int {name}_train_step(")[1].split(");")[0]
+            self.train_inputs = re.findall(r"const int64_t (\w+)_shape\[", proto)
+            f("train_step").argtypes = [c.c_void_p] * (2 + 2 * len(self.train_inputs)) + [c.c_int64]
+                                
     def create(self, path=None, data: bytes | None = None):
         model = ctypes.c_void_p()
         if data is not None:
@@ -564,11 +571,6 @@ def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(
     api = Api(lib, "digits_cnn")
     c = ctypes
     f = api.f
-    f("set_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_void_p, c.c_int]
-    f("get_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]
-    f("train_step").argtypes = [c.c_void_p] + [c.c_void_p] * 5 + [c.c_int64]
-    f("set_schedule").argtypes = [c.c_void_p, c.c_int64, c.c_int64]
-    f("save").argtypes = [c.c_void_p, c.c_char_p]
     status, model = api.create(ckpt)
     assert status == 0, api.error(model)
     p = lambda a: c.c_void_p(a.ctypes.data)
@@ -627,8 +629,6 @@ def test_two_threads_train_two_instances_at_once(built, tmp_path):
     _, ckpt = built("digits_cnn")
     api = Api(lib, "digits_cnn")
     c = ctypes
-    api.f("train_step").argtypes = [c.c_void_p] * 6 + [c.c_int64]
-    api.f("get_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]
     p = lambda a: c.c_void_p(a.ctypes.data)
     batches = [[(inputs("digits_cnn", 64, seed=10 * k + j), np.arange(64, dtype=np.int32) % 10) for j in range(20)]
                for k in range(2)]
@@ -668,12 +668,8 @@ def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
     dlc("build", dl, "--train", "--seed", seed, "--epochs", 1, "-o", lib)
     checkpoint.save(tmp_path / "init.npz", initial_parameters(load(dl).build(None, training=True), seed), {}, {})
     fed = trainer_batches(model, seed, 1, tmp_path / "recorded")[0]
-    # train_step's inputs in the header's order: `const T *name, const int64_t name_shape[rank]`
-    proto = (lib / f"{model}.h").read_text().split(f"int {model}_train_step(")[1].split(");")[0]
-    names = re.findall(r"const int64_t (\w+)_shape\[", proto)
     api = Api(lib, model)
-    train_step = api.f("train_step")
-    train_step.argtypes = [ctypes.c_void_p] * (1 + 2 * len(names) + 1) + [ctypes.c_int64]
+    names, train_step = api.train_inputs, api.f("train_step")
     status, instance = api.create(tmp_path / "init.npz")
     assert status == 0, api.error(instance)
     values = np.zeros(8, np.float64)
@@ -683,7 +679,6 @@ def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
         shapes = [np.array(a.shape, np.int64) for a in arrays]
         assert train_step(instance, *[q for a, s in zip(arrays, shapes) for q in (p(a), p(s))], p(values), 8) == 0, \
             api.error(instance)
-    api.f("save").argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     assert api.f("save")(instance, str(tmp_path / "c.npz").encode()) == 0, api.error(instance)
     api.f("destroy")(instance)
     dlc("train", dl, "--backend", "native", "--epochs", 1, "--seed", seed, "--out", tmp_path / "run", "-q")
@@ -705,10 +700,6 @@ from test_deploy import Api, STATUS
 c = ctypes
 api = Api(__import__("pathlib").Path(sys.argv[1]), "digits_cnn")
 f = api.f
-f("set_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_void_p, c.c_int]
-f("get_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]
-f("train_step").argtypes = [c.c_void_p] * 6 + [c.c_int64]
-f("set_schedule").argtypes = [c.c_void_p, c.c_int64, c.c_int64]
 codes, rng = set(STATUS.values()), np.random.default_rng(int(sys.argv[4]))
 status, model = api.create(sys.argv[2])
 assert status == 0, api.error(model)
@@ -782,8 +773,6 @@ def test_a_train_library_with_its_weights_inside(built, tmp_path):
     dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "--weights", ckpt, "--embed-weights", "-o", lib)
     api = Api(lib, "digits_cnn")
     c = ctypes
-    api.f("train_step").argtypes = [c.c_void_p] * 6 + [c.c_int64]
-    api.f("get_parameter").argtypes = [c.c_void_p, c.c_char_p, c.c_void_p, c.c_int64, c.c_void_p, c.c_void_p]
     p = lambda a: c.c_void_p(a.ctypes.data)
     want = checkpoint.load(ckpt)[0]["f5.W"]
 
