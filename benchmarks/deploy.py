@@ -1,14 +1,17 @@
 """Built libraries (`dlc build`, docs/deploy.md) on benchmarks/predict.py's four workloads:
 the library's size without and with its weights, dlopen and create time, and predict
 latency from C (deploy_timer.c, through the array API) at batch 1 and 256, against
-onnxruntime's Python API on dlc's ONNX export of the same model (onnxruntime's C API is
-not installed here). The C outputs must agree with onnxruntime's within 1e-4 before
-anything is timed. Both run on THREADS threads; the library's libgomp spins as long as
+onnxruntime on dlc's ONNX export of the same model: from C too (onnxruntime_timer.c, on
+the C library pip's wheel ships in onnxruntime/capi/) when `--onnxruntime-include` gives
+the folder of an onnxruntime release's `onnxruntime_c_api.h` (pip's wheel has no header),
+else through its Python API; the table says which. The C outputs must agree with
+onnxruntime's within 1e-4 before anything is timed. Both run on THREADS threads; the library's libgomp spins as long as
 dlc's own engine makes it (GOMP_SPINCOUNT, compiler/native/jit.py), or its sleeping
 workers would be timed.
 
     python benchmarks/deploy.py
     python benchmarks/deploy.py --only mlp --batch 1 --seconds 0.2 --json /tmp/deploy.json
+    python benchmarks/deploy.py --onnxruntime-include onnxruntime-linux-x64-1.32.0/include
 """
 from __future__ import annotations
 
@@ -64,7 +67,41 @@ def c_point(exe: Path, lib: Path, name: str, ckpt, feeds: dict, seconds: float, 
             "output": np.fromfile(folder / "y.bin", np.float32), "others": other.cores}
 
 
-def run_workload(name: str, batches, seconds: float, folder: Path, seed: int) -> list:
+def onnxruntime_timer(folder: Path, include: Path) -> Path:
+    """onnxruntime_timer.c linked with the onnxruntime library of pip's wheel."""
+    import onnxruntime
+    capi = Path(onnxruntime.__file__).parent / "capi"
+    libs = sorted(capi.glob("libonnxruntime.so*"))
+    if not libs:
+        raise SystemExit(f"no libonnxruntime.so in {capi}")
+    if not (include / "onnxruntime_c_api.h").exists():
+        raise SystemExit(f"no onnxruntime_c_api.h in {include}: give the include folder of an onnxruntime release")
+    exe = folder / "onnxruntime_timer"
+    if not exe.exists():
+        # the wheel's file is libonnxruntime.so.1.32.0, its soname libonnxruntime.so.1: a link of that name here
+        soname = folder / ("libonnxruntime.so." + libs[-1].name.split(".so.")[1].split(".")[0])
+        soname.symlink_to(libs[-1])
+        subprocess.run(["cc", "-O2", str(HERE / "onnxruntime_timer.c"), f"-I{include}", str(soname),
+                        f"-Wl,-rpath,{folder}", "-o", str(exe)], check=True)
+    return exe
+
+
+def onnxruntime_c_point(exe: Path, onnx: Path, input_name: str, feeds: dict, seconds: float, folder: Path) -> tuple:
+    """(median ms of a Run from C, the cores others used meanwhile, the output)."""
+    (x,) = feeds.values()
+    x.tofile(folder / "x_ort.bin")
+    dtype = {"float32": "f32", "int32": "i32", "int64": "i64"}[x.dtype.name]
+    with OtherLoad() as other:
+        r = subprocess.run([str(exe), str(onnx), str(folder / "x_ort.bin"), str(seconds), str(THREADS),
+                            str(folder / "y_ort.bin"), input_name, "scores", dtype, *map(str, x.shape)],
+                           capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"onnxruntime from C: {r.stderr}")
+    _, ms, _ = r.stdout.split()
+    return float(ms), other.cores, np.fromfile(folder / "y_ort.bin", np.float32)
+
+
+def run_workload(name: str, batches, seconds: float, folder: Path, seed: int, include: Path | None) -> list:
     import onnxruntime  # noqa: F401  (fails early when missing)
     work = folder / name
     work.mkdir()
@@ -72,26 +109,33 @@ def run_workload(name: str, batches, seconds: float, folder: Path, seed: int) ->
     plain, embedded = build(model, work, False), build(model, work, True)
     session = onnx_session(model, work)
     exe = timer(folder)
+    ort_exe = onnxruntime_timer(folder, include) if include else None
     rows = []
     for batch in batches:
         feeds = inputs_of(name, batch, seed)
         c = c_point(exe, plain, model.name, work / "weights.npz", feeds, seconds, work)
-        ort_out = session.run(["scores"], feeds)[0]
+        if ort_exe is not None:
+            ort_ms, others, ort_out = onnxruntime_c_point(ort_exe, work / f"{model.name}.onnx",
+                                                          session.get_inputs()[0].name, feeds, seconds, work)
+        else:
+            ort_out = session.run(["scores"], feeds)[0]
         err = np.abs(c["output"] - ort_out.ravel()).max() / max(np.abs(ort_out).max(), 1e-30)
         if err > OUTPUT_RTOL:
             raise SystemExit(f"{name}, batch {batch}: the library's outputs differ from onnxruntime's ({err:.2e})")
-        ort_ms, others = median_ms(lambda: session.run(["scores"], feeds))
+        if ort_exe is None:
+            ort_ms, others = median_ms(lambda: session.run(["scores"], feeds))
         rows.append({"workload": name, "batch": batch,
                      "so_kb": (plain / f"lib{model.name}.so").stat().st_size / 1024,
                      "so_weights_kb": (embedded / f"lib{model.name}.so").stat().st_size / 1024,
                      "load_ms": c["load_ms"], "create_ms": c["create_ms"], "c_ms": c["c_ms"], "onnxruntime_ms": ort_ms,
-                     "others": max(c["others"], others)})
+                     "onnxruntime_api": "C" if ort_exe is not None else "Python", "others": max(c["others"], others)})
     return rows
 
 
 def table(rows: list) -> str:
+    api = rows[0]["onnxruntime_api"] if rows else "C"
     head = ("| workload | batch | .so KB | .so with weights KB | dlopen ms | create ms | C predict ms | "
-            "onnxruntime ms | C/onnxruntime | others |")
+            f"onnxruntime ms ({api} API) | C/onnxruntime | others |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['batch']} | {r['so_kb']:.0f} | {r['so_weights_kb']:.0f} | "
@@ -109,16 +153,19 @@ def main(argv=None) -> int:
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
+    ap.add_argument("--onnxruntime-include", dest="include", type=Path, metavar="DIR",
+                    help="the include folder of an onnxruntime release (onnxruntime_c_api.h): onnxruntime is timed "
+                         "from C too (default: through its Python API)")
     args = ap.parse_args(argv)
     import onnxruntime
-    print(f"dlc-built libraries from C against onnxruntime {onnxruntime.__version__} (Python API), {THREADS} threads; "
-          "median ms per call")
+    print(f"dlc-built libraries from C against onnxruntime {onnxruntime.__version__} "
+          f"({'C' if args.include else 'Python'} API), {THREADS} threads; median ms per call")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(DEFAULT_STEPS):
             if args.wait_idle:
                 wait_idle(args.wait_idle)
-            rows += run_workload(name, args.batch or BATCHES, args.seconds, Path(tmp), args.seed)
+            rows += run_workload(name, args.batch or BATCHES, args.seconds, Path(tmp), args.seed, args.include)
             print(f"  {name}: " + ", ".join(f"batch {r['batch']} C {r['c_ms']:.3f} ms" for r in rows
                                            if r["workload"] == name), flush=True)
     print_results(table(rows), rows, args.json)

@@ -8,23 +8,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include "timer.h"
 
 typedef int (*create_fn)(void **, const char *);
 typedef int (*threads_fn)(void *, int);
 typedef const char *(*error_fn)(const void *);
 typedef int (*predict_fn)(void *, const void *const *, const int64_t *const *, void *const *, const int64_t *,
                           int64_t *const *);
-
-static double now_ms(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
-}
-
-static int by_value(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static void *symbol(void *lib, const char *name, const char *fn) {
     char full[256];

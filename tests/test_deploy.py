@@ -1,9 +1,12 @@
 """`dlc build` (docs/deploy.md): libraries of the digits CNN, the char LSTM and the
 transformer classifier, called from C programs, from the static library, and from a
 Python without dlc through ctypes, against `dlc predict --backend native`'s numbers; the
-CPU check of another target; bad input through the C API."""
+CPU check of another target; bad input through the C API; threads on instances of their
+own; `--train` libraries trained from C and ctypes against `dlc train --backend native`,
+their checkpoints in `dlc eval`, and their train API's bad input."""
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -86,29 +89,39 @@ def test_c_prediction_is_dlc_predict_bit_for_bit(built, model, tmp_path):
         assert got.tobytes() == np.ascontiguousarray(want, np.float32).tobytes(), (model, batch)
 
 
-def test_one_instance_per_thread(built, tmp_path):
-    """Eight threads, each with its own instance, predicting at once: every result is the
-    same bits, every call succeeds."""
+@pytest.mark.parametrize("threads", [2, 8])
+def test_one_instance_per_thread(built, tmp_path, threads):
+    """Threads, each with its own instance and batch, predicting at once (no lock between
+    instances): every result is the bits of the same prediction made alone, every call
+    succeeds."""
     lib, ckpt = built("digits_cnn")
     program = tmp_path / "threads"
     subprocess.run(["cc", "-O2", f"-I{lib}", "-include", "digits_cnn.h", "-DMODEL=digits_cnn",
                     str(ROOT / "tests" / "deploy" / "threads_main.c"), f"-L{lib}", "-ldigits_cnn", f"-Wl,-rpath,{lib}",
                     "-lpthread", "-o", str(program)], check=True)
-    r = subprocess.run([str(program), str(ckpt), "8", "50"], capture_output=True, text=True)
+    r = subprocess.run(["env", "-i", str(program), str(ckpt), str(threads), "50"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# what a library may need at run time: libc, libm, libpthread, libgomp
+RUN_TIME = {"linux-vdso.so.1", "libgomp.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0",
+            "/lib64/ld-linux-x86-64.so.2"}
+PREDICT_API = ("create", "create_from_memory", "destroy", "error", "predict", "predict_arrays", "set_threads")
+
+
+def needs_and_exports(so: Path) -> tuple:
+    """(the libraries `so` needs, the symbols it exports of digits_cnn)."""
+    needed = subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True).stdout.split()
+    return {line.split()[0] for line in needed.splitlines() if line.strip()}, \
+        sorted(s for s in exported if s.startswith("digits"))
 
 
 def test_the_library_needs_no_python_nor_llvm(built):
     lib, _ = built("digits_cnn")
-    needed = subprocess.run(["ldd", str(lib / "libdigits_cnn.so")], capture_output=True, text=True).stdout
-    names = {line.split()[0] for line in needed.splitlines() if line.strip()}
-    assert names <= {"linux-vdso.so.1", "libgomp.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0",
-                     "/lib64/ld-linux-x86-64.so.2"}, names
-    exported = subprocess.run(["nm", "-D", "--defined-only", str(lib / "libdigits_cnn.so")], capture_output=True,
-                              text=True).stdout.split()
-    assert sorted(s for s in exported if s.startswith("digits")) == [
-        f"digits_cnn_{f}" for f in ("create", "create_from_memory", "destroy", "error", "predict",
-                                    "predict_arrays", "set_threads")]
+    needs, exports = needs_and_exports(lib / "libdigits_cnn.so")
+    assert needs <= RUN_TIME, needs
+    assert exports == [f"digits_cnn_{f}" for f in PREDICT_API]
 
 
 def test_a_program_linked_against_the_static_library(built, tmp_path):
@@ -193,6 +206,11 @@ def test_embedding_needs_weights(tmp_path):
     assert r.returncode == 1 and "--embed-weights needs the weights" in r.stderr
 
 
+def test_train_settings_need_train(tmp_path):
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--seed", 3, "-o", tmp_path / "lib", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "error: --seed is a setting of the train step: it goes with --train"
+
+
 # ---- the C API from ctypes: bad input -------------------------------------------------------------------
 class Api:
     """A built library's C functions, typed, in this process."""
@@ -208,7 +226,14 @@ class Api:
         for fn in ("destroy", "error", "set_threads"):
             f(fn).argtypes = [ctypes.c_void_p] + ([ctypes.c_int] if fn == "set_threads" else [])
         self.f = f
-
+        self.train_inputs = []
+        if hasattr(self.lib, f"{name}_train_step"):         # a --train library
+            c = ctypes
+            # train_step's inputs in the header's order: `const T *name, const int64_t name_shape[rank]`
+            proto = (lib / f"{name}.h").read_text().split(f"int {name}_train_step(")[1].split(");")[0]
+            self.train_inputs = re.findall(r"const int64_t (\w+)_shape\[", proto)
+            f("train_step").argtypes = [c.c_void_p] * (2 + 2 * len(self.train_inputs)) + [c.c_int64]
+                                
     def create(self, path=None, data: bytes | None = None):
         model = ctypes.c_void_p()
         if data is not None:
@@ -460,3 +485,310 @@ def test_a_host_call_cannot_go_in_a_library():
         _refuse_host_calls(p)
     assert e.value.render().startswith("m.dl:4:9: error: `replica_mean` calls back into Python")
     assert "cannot go in a library" in e.value.message
+
+
+# ---- --train: a C training loop against dlc train --------------------------------------------------------------
+def trainer_batches(model: str, seed: int, epochs: int, out: Path) -> tuple:
+    """The batches `dlc train --backend native` feeds its engine, in order (a run in this
+    process, its checkpoints in `out`, the engine's train_step recorded), and the steps per epoch."""
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.training.trainer import Trainer
+    fed, step = [], NativeEngine.train_step
+
+    def recorded(self, params, opt_state, batch, lr, number, key):
+        fed.append({k: v.copy() for k, v in batch.items()})
+        assert list(key) == [seed, number]      # the library's key of step `number`
+        return step(self, params, opt_state, batch, lr, number, key)
+    NativeEngine.train_step = recorded
+    try:
+        Trainer(load(ROOT / "examples" / f"{model}.dl"), None, {"epochs": epochs, "seed": seed}, out,
+                backend="native", progress="none").run(overwrite=True)
+    finally:
+        NativeEngine.train_step = step
+    return fed, len(fed) // epochs
+
+
+def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
+    seed, epochs = 3, 3
+    dl = ROOT / "examples" / "digits_cnn.dl"
+    dlc("build", dl, "--train", "--seed", seed, "-o", tmp_path / "lib")
+    needs, exports = needs_and_exports(tmp_path / "lib" / "libdigits_cnn.so")
+    assert needs <= RUN_TIME, needs
+    assert exports == sorted(f"digits_cnn_{f}" for f in PREDICT_API + (
+        "get_parameter", "save", "set_parameter", "set_schedule", "train_step"))
+    model = load(dl).build(None, training=True)
+    checkpoint.save(tmp_path / "init.npz", initial_parameters(model, seed), {}, {})
+    fed, per_epoch = trainer_batches("digits_cnn", seed, epochs, tmp_path / "recorded")
+    for name, batches in (("batches", fed), ("first", fed[:per_epoch]), ("rest", fed[per_epoch:])):
+        with open(tmp_path / f"{name}.bin", "wb") as f:
+            for batch in batches:
+                np.array([len(batch["y"])], np.int64).tofile(f)
+                np.ascontiguousarray(batch["x"], np.float32).tofile(f)
+                np.ascontiguousarray(batch["y"], np.int32).tofile(f)
+    lib = tmp_path / "lib"
+    subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), f"-L{lib}",
+                    "-ldigits_cnn", f"-Wl,-rpath,{lib}", "-o", str(tmp_path / "train")], check=True)
+    # the first epoch, saved; the others continue from that checkpoint (its optimizer state and step count)
+    for start, batches, end in (("init", "first", "epoch1"), ("epoch1", "rest", "c")):
+        r = subprocess.run(["env", "-i", str(tmp_path / "train"), str(tmp_path / f"{start}.npz"),
+                            str(tmp_path / f"{batches}.bin"), str(per_epoch), str(per_epoch * epochs),
+                            str(tmp_path / f"{end}.npz"), str(tmp_path / "params.bin")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{len(fed) - per_epoch} steps")
+    # the whole loop at once, linked against the static library
+    subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), str(lib / "libdigits_cnn.a"),
+                    "-lgomp", "-lm", "-lpthread", "-o", str(tmp_path / "train_static")], check=True)
+    r = subprocess.run(["env", "-i", str(tmp_path / "train_static"), str(tmp_path / "init.npz"),
+                        str(tmp_path / "batches.bin"), str(per_epoch), str(per_epoch * epochs), str(tmp_path / "s.npz"),
+                        str(tmp_path / "params_static.bin")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    dlc("train", dl, "--backend", "native", "--epochs", epochs, "--seed", seed, "--out", tmp_path / "run", "-q")
+    want, want_opt, _ = checkpoint.load(tmp_path / "run" / "last.npz")
+    got, got_opt, meta = checkpoint.load(tmp_path / "c.npz")
+    assert meta["step"] == len(fed) and meta["model"] == "digits_cnn" and meta["seed"] == seed
+    flat = np.fromfile(tmp_path / "params.bin", np.float32)
+    at = 0
+    for name in ["c1.W", "c1.b", "c3.W", "c3.b", "f5.W", "f5.b", "logits.W", "logits.b"]:
+        assert got[name].tobytes() == want[name].tobytes(), name
+        assert flat[at:at + want[name].size].tobytes() == want[name].tobytes(), name     # get_parameter's
+        at += want[name].size
+        for slot in ("m", "v"):
+            assert got_opt[name][slot].tobytes() == want_opt[name][slot].tobytes(), (name, slot)
+    assert not np.array_equal(want["c1.W"], checkpoint.load(tmp_path / "init.npz")[0]["c1.W"])    # it trained
+    assert (tmp_path / "params_static.bin").read_bytes() == (tmp_path / "params.bin").read_bytes()
+    scored = dlc("eval", dl, "--weights", tmp_path / "c.npz").stdout
+    assert scored == dlc("eval", dl, "--weights", tmp_path / "run" / "last.npz").stdout
+    assert "accuracy" in scored
+
+
+def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(built, tmp_path):
+    """set/get parameters by name with shape checks, train_step's shapes and buffers,
+    set_schedule, save: each bad call is a status and a message and changes nothing; what
+    set_parameter writes, predict uses (one copy of the parameters)."""
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
+    _, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    c = ctypes
+    f = api.f
+    status, model = api.create(ckpt)
+    assert status == 0, api.error(model)
+    p = lambda a: c.c_void_p(a.ctypes.data)
+    w = np.full((16, 1, 3, 3), 0.5, np.float32)
+
+    def get(name, capacity=10000):
+        out, shape, rank = np.zeros(capacity, np.float32), np.zeros(8, np.int64), np.zeros(1, np.int32)
+        status = f("get_parameter")(model, name.encode(), p(out), capacity, p(shape), p(rank))
+        return status, out, tuple(shape[:rank[0]])
+
+    before = get("c1.W")[1].copy()
+    assert f("set_parameter")(model, b"nope", p(w), p(np.array([16, 1, 3, 3], np.int64)), 4) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.error(model) == "set_parameter: the model has no parameter 'nope'"
+    assert f("set_parameter")(model, b"c1.W", p(w), p(np.array([16, 1, 3, 2], np.int64)), 4) == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "set_parameter: c1.W has shape [16, 1, 3, 3], got [16, 1, 3, 2]"
+    assert f("set_parameter")(model, None, p(w), None, 0) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert get("c1.W", 143)[0] == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "get_parameter: c1.W has 144 elements; the buffer holds 143"
+    assert get("c1.W")[1].tobytes() == before.tobytes()     # nothing changed
+    x, y, values = inputs("digits_cnn", 2), np.zeros(3, np.int32), np.zeros(2, np.float64)
+    step = lambda xs, ys, capacity=2: f("train_step")(model, p(x), p(np.array(xs, np.int64)), p(y),
+                                                      p(np.array(ys, np.int64)), p(values), capacity)
+    assert step([2, 1, 8, 8], [3]) == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "input 'y' expects i32[B] with B = 2, got shape [3]"
+    assert step([2, 1, 8, 8], [2], capacity=1) == STATUS["DLC_ERROR_SHAPE"]
+    assert f("set_schedule")(model, 0, 5) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert get("c1.W")[1].tobytes() == before.tobytes()     # no failed step updated anything
+    assert f("save")(model, str(tmp_path / "no" / "such" / "folder.npz").encode()) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.error(model).startswith("save: cannot write") and "No such file or directory" in api.error(model)
+    assert step([2, 1, 8, 8], [2]) == 0 and np.isfinite(values).all() and get("c1.W")[1].tobytes() != before.tobytes()
+    # predict reads the parameters train_step and set_parameter write
+    probs = lambda: api.predict(model, x, x.shape, 20)[1]
+    b = np.zeros(10, np.float32)
+    b[7] = 100.0
+    assert f("set_parameter")(model, b"logits.b", p(b), p(np.array([10], np.int64)), 1) == 0
+    assert get("logits.b")[1][:10].tobytes() == b.tobytes() and get("logits.b")[2] == (10,)
+    assert probs().reshape(2, 10).argmax(1).tolist() == [7, 7]
+    api.f("destroy")(model)
+    # a checkpoint with the optimizer state of one trained parameter and not the others
+    params = checkpoint.load(ckpt)[0]
+    checkpoint.save(tmp_path / "partial.npz", params, {"c1.W": {"m": params["c1.W"], "v": params["c1.W"]}},
+                    {"optimizer": "adam"})
+    status, model = api.create(tmp_path / "partial.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"]
+    assert api.error(model) == ("checkpoint: it holds the optimizer state of some trained parameters, not of all "
+                                "(opt:NAME:SLOT arrays)")
+    api.f("destroy")(model)
+
+
+def test_two_threads_train_two_instances_at_once(built, tmp_path):
+    """Two instances trained at once on two threads (ctypes lets go of the GIL in a call),
+    each on batches of its own: each ends with the parameters of the same steps taken alone."""
+    import threading
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
+    _, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    c = ctypes
+    p = lambda a: c.c_void_p(a.ctypes.data)
+    batches = [[(inputs("digits_cnn", 64, seed=10 * k + j), np.arange(64, dtype=np.int32) % 10) for j in range(20)]
+               for k in range(2)]
+
+    def train(k: int, out: dict):
+        status, model = api.create(ckpt)
+        assert status == 0
+        for x, y in batches[k]:
+            assert api.f("train_step")(model, p(x), p(np.array(x.shape, np.int64)), p(y),
+                                       p(np.array(y.shape, np.int64)), None, 0) == 0
+        w = np.zeros(128 * 64, np.float32)
+        assert api.f("get_parameter")(model, b"f5.W", p(w), w.size, None, None) == 0
+        out[k] = w
+        api.f("destroy")(model)
+
+    alone, together = {}, {}
+    for k in range(2):
+        train(k, alone)
+    threads = [threading.Thread(target=train, args=(k, together)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert alone[0].tobytes() != alone[1].tobytes()
+    for k in range(2):
+        assert together[k].tobytes() == alone[k].tobytes(), k
+
+
+@pytest.mark.parametrize("model", ["char_lstm", "transformer_classifier"])
+def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
+    """One epoch of the char LSTM (Adam, gradient clipping: the update's norm) and of the
+    transformer classifier (AdamW's decay, a cosine schedule after a warmup of an epoch,
+    gathers' index checks) through the library's train_step, called by ctypes with the
+    batches dlc train feeds its engine: the parameters and optimizer state are its bits."""
+    seed, dl = 5, ROOT / "examples" / f"{model}.dl"
+    lib = tmp_path / "lib"
+    dlc("build", dl, "--train", "--seed", seed, "--epochs", 1, "-o", lib)
+    checkpoint.save(tmp_path / "init.npz", initial_parameters(load(dl).build(None, training=True), seed), {}, {})
+    fed = trainer_batches(model, seed, 1, tmp_path / "recorded")[0]
+    api = Api(lib, model)
+    names, train_step = api.train_inputs, api.f("train_step")
+    status, instance = api.create(tmp_path / "init.npz")
+    assert status == 0, api.error(instance)
+    values = np.zeros(8, np.float64)
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    for batch in fed:
+        arrays = [np.ascontiguousarray(batch[n]) for n in names]
+        shapes = [np.array(a.shape, np.int64) for a in arrays]
+        assert train_step(instance, *[q for a, s in zip(arrays, shapes) for q in (p(a), p(s))], p(values), 8) == 0, \
+            api.error(instance)
+    assert api.f("save")(instance, str(tmp_path / "c.npz").encode()) == 0, api.error(instance)
+    api.f("destroy")(instance)
+    dlc("train", dl, "--backend", "native", "--epochs", 1, "--seed", seed, "--out", tmp_path / "run", "-q")
+    want, want_opt, _ = checkpoint.load(tmp_path / "run" / "last.npz")
+    got, got_opt, _ = checkpoint.load(tmp_path / "c.npz")
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].tobytes() == want[name].tobytes(), name
+    for name in want_opt:
+        for slot in want_opt[name]:
+            assert got_opt[name][slot].tobytes() == want_opt[name][slot].tobytes(), (name, slot)
+
+
+FUZZ_TRAIN = r"""
+import ctypes, sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from test_deploy import Api, STATUS
+c = ctypes
+api = Api(__import__("pathlib").Path(sys.argv[1]), "digits_cnn")
+f = api.f
+codes, rng = set(STATUS.values()), np.random.default_rng(int(sys.argv[4]))
+status, model = api.create(sys.argv[2])
+assert status == 0, api.error(model)
+p = lambda a: None if a is None else c.c_void_p(a.ctypes.data)
+x, y, data = rng.standard_normal(64 * 64).astype(np.float32), rng.integers(0, 10, 64).astype(np.int32), \
+    rng.standard_normal(128 * 64).astype(np.float32) * 0.01
+names = [b"c1.W", b"c1.b", b"c3.W", b"f5.W", b"logits.b", b"nope", b"", b"c1.W.x"]
+shapes = {b"c1.W": [16, 1, 3, 3], b"c1.b": [16], b"c3.W": [32, 16, 3, 3], b"f5.W": [128, 64], b"logits.b": [10]}
+calls = 0
+for i in range(int(sys.argv[5])):
+    what = rng.integers(0, 4)
+    if what == 0:       # train_step of random shapes: a valid one reads at most the buffers
+        b, b2 = int(rng.integers(-2, 65)), int(rng.integers(-2, 65)) if rng.random() < 0.3 else None
+        xs = [b, 1, 8, 8] if rng.random() < 0.8 else list(rng.integers(-1, 10, 4))
+        ys = [b if b2 is None else b2]
+        if rng.random() < 0.1:
+            xs[rng.integers(0, 4)] = int(rng.integers(-2**62, 2**62))
+        if xs[1:] == [1, 8, 8] and 64 < xs[0] < 2**40 and ys[0] == xs[0]:
+            continue        # a valid shape larger than the buffers: the caller's error, not tried
+        values = np.zeros(4)
+        s = f("train_step")(model, None if rng.random() < 0.05 else p(x), p(np.array(xs, np.int64)),
+                            None if rng.random() < 0.05 else p(y), p(np.array(ys, np.int64)),
+                            None if rng.random() < 0.1 else p(values), int(rng.integers(-3, 4)))
+    elif what == 1:     # set_parameter: names, shapes and ranks of every kind
+        name = names[rng.integers(0, len(names))]
+        shape = shapes.get(name, [3])
+        if rng.random() < 0.5:
+            shape = list(rng.integers(-3, 200, rng.integers(0, 6)))
+        valid = name in shapes and shape == shapes[name]
+        rank = len(shape) if rng.random() < 0.9 else int(rng.integers(-3, 8))
+        if rank > len(shape) or (valid and rank != len(shape)):
+            rank = len(shape)
+        s = f("set_parameter")(model, None if rng.random() < 0.05 else name, p(data),
+                               p(np.array(shape or [0], np.int64)), rank)
+    elif what == 2:     # get_parameter with a capacity too small or enough
+        out, shape, rank = np.zeros(128 * 64, np.float32), np.zeros(8, np.int64), np.zeros(1, np.int32)
+        s = f("get_parameter")(model, names[rng.integers(0, len(names))], p(out), int(rng.integers(-5, 128 * 64 + 1)),
+                               p(shape), p(rank))
+    else:
+        s = f("set_schedule")(model, int(rng.integers(-5, 100)), int(rng.integers(-5, 10**6)))
+    assert s in codes, s
+    if s:
+        assert api.error(model), "a failure without a message"
+    calls += 1
+values = np.zeros(2)
+assert f("train_step")(model, p(x), p(np.array([8, 1, 8, 8], np.int64)), p(y), p(np.array([8], np.int64)),
+                       p(values), 2) == 0, api.error(model)
+f("destroy")(model)
+print(calls)
+"""
+
+
+def test_fuzz_the_train_api(built, tmp_path):
+    """10^4 calls of train_step, set/get_parameter and set_schedule with random shapes,
+    ranks, names, capacities and null pointers, in a process of their own: each returns a
+    known status with a message, nothing crashes, and the instance still trains."""
+    _, ckpt = built("digits_cnn")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", tmp_path / "lib")
+    r = subprocess.run([sys.executable, "-c", FUZZ_TRAIN, str(tmp_path / "lib"), str(ckpt), str(Path(__file__).parent),
+                        "2", "10500"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert int(r.stdout) >= 10_000
+
+
+def test_a_train_library_with_its_weights_inside(built, tmp_path):
+    """--train --embed-weights: create(NULL) starts from the embedded weights, which a step
+    then changes in the instance (the library's stay as they are: a second instance starts
+    from them again)."""
+    _, ckpt = built("digits_cnn")
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "--weights", ckpt, "--embed-weights", "-o", lib)
+    api = Api(lib, "digits_cnn")
+    c = ctypes
+    p = lambda a: c.c_void_p(a.ctypes.data)
+    want = checkpoint.load(ckpt)[0]["f5.W"]
+
+    def f5(model) -> np.ndarray:
+        w = np.zeros(want.size, np.float32)
+        assert api.f("get_parameter")(model, b"f5.W", p(w), w.size, None, None) == 0
+        return w.reshape(want.shape)
+
+    status, first = api.create()
+    assert status == 0, api.error(first)
+    assert f5(first).tobytes() == want.tobytes()
+    x, y = inputs("digits_cnn", 8), np.arange(8, dtype=np.int32)
+    assert api.f("train_step")(first, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([8], np.int64)),
+                               None, 0) == 0, api.error(first)
+    assert f5(first).tobytes() != want.tobytes()
+    status, second = api.create()
+    assert status == 0 and f5(second).tobytes() == want.tobytes()
+    for model in (first, second):
+        api.f("destroy")(model)

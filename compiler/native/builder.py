@@ -23,14 +23,14 @@ from dlc.compiler.native.types import LL, i1, i8, i32, i64, is_float
 
 
 _SCOPES: "weakref.WeakKeyDictionary[ir.Module, dict]" = weakref.WeakKeyDictionary()
-FAULT = "dlc_fault"     # i64: 0, or the site + 1 of a failed run-time check (KernelProgram.faults)
+# The fault flag, i64: 0, or the site + 1 of a failed run-time check (KernelProgram.faults). It
+# is the i64 just before the sizes array, sizes[-1]: each caller's own (an engine's layout, a
+# library's instance), so that calls on different sizes arrays may run at once.
+FAULT_SLOT = -1
 
 
-def fault_flag(module: ir.Module) -> ir.GlobalVariable:
-    if FAULT not in module.globals:
-        flag = ir.GlobalVariable(module, i64, FAULT)
-        flag.initializer = ir.Constant(i64, 0)
-    return module.get_global(FAULT)
+def fault_flag(b: ir.IRBuilder, sizes: ir.Value) -> ir.Value:
+    return b.gep(sizes, [ir.Constant(i64, FAULT_SLOT)])
 
 
 def _alias_scopes(module: ir.Module) -> dict:
@@ -201,13 +201,13 @@ class KernelBuilder:
         return b.and_(b.fcmp_unordered(">", v, best), b.fcmp_ordered("ord", best, best))
 
     def finish(self):
-        """Annotate the accesses, report a fault to the module's `dlc_fault`, return."""
+        """Annotate the accesses, report a fault to the fault flag (sizes[-1]), return."""
         self.annotate()
         b = self.b
         if self.fault is not None:
             seen = b.load(self.fault)
             with b.if_then(b.icmp_unsigned("!=", seen, ir.Constant(i64, 0))):
-                b.store_atomic(seen, fault_flag(self.m), "monotonic", 8)
+                b.store_atomic(seen, fault_flag(b, self.fn.args[1]), "monotonic", 8)
         b.ret_void()
 
     def call(self, name, ret, args):

@@ -9,7 +9,8 @@ from its own argument slots, and `arguments` is the concatenation of every kerne
 slots (`StepModule.arguments` names the table entry behind each). So kernels that differ
 only in the buffers they touch, as the layers of a deep network do, are one function,
 compiled once. `sizes` holds the value of every symbolic dim (in `KernelProgram.symbols`
-order). Math functions call the C library (expf, tanhf, ...) where scalar.py does not
+order); sizes[-1], the i64 before them, is the fault flag (builder.FAULT_SLOT), which the
+caller clears before a call and reads after. Math functions call the C library (expf, tanhf, ...) where scalar.py does not
 inline them.
 
 A module built to check numerics (`dlc train --check-numerics`) calls the host function
@@ -83,7 +84,6 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     its cycles to the global array `dlc_profile`, indexed like that list. With `check`, the
     driver calls `dlc_check` after each of prog's kernels (module docstring)."""
     module = ir.Module(name)
-    flag = fault_flag(module)       # the engine clears it before a call and reads it after
     sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
     driver = ir.Function(module, sig, name)
     numbered: list = []
@@ -145,6 +145,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     if update is not None:      # not after a failed check: the parameters stay as they were
         first = len(prog.buffers) + len(prog.faults)
         arguments += [first + e for _, refs, _ in updates for e in refs]
+        flag = fault_flag(b, driver.args[1])
         with b.if_then(b.icmp_unsigned("==", b.load_atomic(flag, "monotonic", 8), ir.Constant(i64, 0))):
             calls(b, updates, [b.gep(driver.args[0], [ir.Constant(i64, at)]), driver.args[1], driver.args[2]])
     b.ret_void()

@@ -48,7 +48,8 @@ packs into its own buffers, so no barriers are needed. Below `serial_below`
 kernel's team), it runs serially on the calling thread. Pack buffers are allocated once
 per module and thread slot (the caller's OpenMP thread number): calls from one OpenMP
 team are safe, but two host threads outside OpenMP must not call into one compiled
-module at the same time.
+module at the same time, unless its tables of pack buffers are thread-local
+(`thread_local_buffers`, as in a library `dlc build` writes).
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ import errno
 import functools
 import os
 import platform
+import re
 import sys
 from dataclasses import dataclass, replace
 
@@ -1104,3 +1106,11 @@ def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | N
     b.call(gen.pack("b", trans_b), [K, N, B, ldb, dst])
     b.ret_void()
     return fn
+
+
+def thread_local_buffers(ir_text: str) -> str:
+    """A GEMM module's IR with its tables of pack buffers (`buffers`) thread-local: every
+    thread (a host thread, each OpenMP worker) packs into buffers of its own, kept until
+    the process ends, so that host threads may call the module at once. llvmlite's IR
+    builder has no thread_local: hence the text."""
+    return re.sub(r'(@"[^"]*\.bufs" = internal )global', r"\1thread_local global", ir_text)

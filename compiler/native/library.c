@@ -40,16 +40,17 @@ struct DLC_INSTANCE {
     void *params[DLC_N_PARAMS + 1];
     int laid;                            /* the arena is laid out for `values` */
     int64_t values[DLC_N_SYMBOLS + 1];
-    int64_t sizes[DLC_N_STEP_SYMBOLS + 1];
+    int64_t sizes[DLC_N_STEP_SYMBOLS + 2];   /* the fault flag (driver.py: sizes[-1] of the step), then the sizes */
     int64_t counts[DLC_N_BUFFERS];       /* the element count of each buffer */
     unsigned char *arena;
     int64_t arena_bytes;                 /* its size: temporaries (shared) and outputs */
-    void *table[DLC_N_BUFFERS + DLC_N_FAULTS + 1];
+    void *table[DLC_N_BUFFERS + DLC_N_FAULTS + DLC_N_UPDATE_BUFFERS + 1];   /* driver.py's pointer table */
     void *args[DLC_N_ARGUMENTS + 1];
+    void *trainer;                       /* a --train library's: the train step's instance (library_train.c) */
+#if DLC_N_UPDATE_BUFFERS
+    DLC_TRAINING_STATE                   /* library_train.c: the flat arrays, the step count, the schedule */
+#endif
 };
-
-/* a step reads and writes the module's fault flag, which every instance shares */
-static pthread_mutex_t step_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static int fail(struct DLC_INSTANCE *m, int status, const char *format, ...) {
     va_list ap;
@@ -181,25 +182,26 @@ static const char *after_key(const char *header, const char *key) {
     return at;
 }
 
-/* check one .npy file against a parameter; its data's start in *data */
-static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const unsigned char *d, uint64_t n,
+/* check one .npy file against a parameter (its dtype and shape); its data's start in *data.
+ * `label` names it in messages: "parameter c1.W", "optimizer state c1.W:m" */
+static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const char *label, const unsigned char *d, uint64_t n,
                     const unsigned char **data) {
     char header[4096];
     if (n < 10 || memcmp(d, "\x93NUMPY", 6))
-        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is not a .npy array", p->name);
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is not a .npy array", label);
     uint64_t start = d[6] == 1 ? 10 : 12, length = d[6] == 1 ? le(d + 8, 2) : n >= 12 ? le(d + 8, 4) : n;
     if ((d[6] != 1 && d[6] != 2 && d[6] != 3) || length >= sizeof header || start + length > n)
-        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: the .npy header of parameter %s is damaged", p->name);
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: the .npy header of %s is damaged", label);
     memcpy(header, d + start, length);
     header[length] = 0;
     const char *descr = after_key(header, "'descr':"), *order = after_key(header, "'fortran_order':");
     const char *shape = after_key(header, "'shape':");
     size_t dl = strlen(p->descr);
     if (!descr || !order || !shape || *descr != '\'' || strncmp(order, "False", 5) || *shape != '(')
-        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: cannot read the .npy header of parameter %s", p->name);
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: cannot read the .npy header of %s", label);
     if (strncmp(descr + 1, p->descr, dl) || descr[1 + dl] != '\'') {
         const char *end = strchr(descr + 1, '\'');
-        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is %.*s, the model's is %s", p->name,
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is %.*s, the model's is %s", label,
                     end ? (int)(end - descr - 1) : 8, descr + 1, p->descr);
     }
     int64_t dims[32];
@@ -209,11 +211,11 @@ static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const unsigned c
         while (*s == ' ' || *s == ',') s++;
         if (*s == ')') break;
         if (*s < '0' || *s > '9' || rank == 32)
-            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: cannot read the shape of parameter %s", p->name);
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: cannot read the shape of %s", label);
         int64_t v = 0;
         while (*s >= '0' && *s <= '9')
             if (__builtin_mul_overflow(v, 10, &v) || __builtin_add_overflow(v, *s++ - '0', &v))
-                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s has a dim too large", p->name);
+                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s has a dim too large", label);
         dims[rank++] = v;
     }
     int same = rank == p->rank;
@@ -222,77 +224,114 @@ static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const unsigned c
         char got[256], want[256];
         shape_text(got, sizeof got, dims, rank);
         shape_text(want, sizeof want, p->shape, p->rank);
-        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s has shape %s, the model's is %s", p->name, got, want);
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s has shape %s, the model's is %s", label, got, want);
     }
     if (n - start - length != (uint64_t)p->count * (uint64_t)p->itemsize)
-        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s holds %llu bytes, its shape needs %llu", p->name,
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s holds %llu bytes, its shape needs %llu", label,
                     (unsigned long long)(n - start - length), (unsigned long long)p->count * (uint64_t)p->itemsize);
     *data = d + start + length;
     return DLC_OK;
 }
 
-static int npz_arrays(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const unsigned char **found) {
-    uint64_t eocd = 0, entries, cd_size, cd;
+/* a member of a zip's central directory */
+typedef struct { const unsigned char *name; uint64_t nlen, method, flags, crc, csize, usize, local; } zip_entry;
+
+/* the central directory of a zip: its first entry's offset in *at, its end in *end */
+static int zip_directory(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, uint64_t *at, uint64_t *end,
+                         uint64_t *entries) {
+    uint64_t eocd = 0, cd_size, cd;
     int have = 0;
-    for (uint64_t at = n >= 22 ? n - 22 : 0; n >= 22 && at + 65558 >= n; at--) {
-        if (le(z + at, 4) == 0x06054b50) { eocd = at; have = 1; break; }
-        if (!at) break;
+    for (uint64_t a = n >= 22 ? n - 22 : 0; n >= 22 && a + 65558 >= n; a--) {
+        if (le(z + a, 4) == 0x06054b50) { eocd = a; have = 1; break; }
+        if (!a) break;
     }
     if (!have) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: not a dlc checkpoint (.npz): no zip directory");
-    entries = le(z + eocd + 10, 2), cd_size = le(z + eocd + 12, 4), cd = le(z + eocd + 16, 4);
-    if (entries == 0xFFFF || cd_size == 0xFFFFFFFF || cd == 0xFFFFFFFF) {       /* zip64 */
+    *entries = le(z + eocd + 10, 2), cd_size = le(z + eocd + 12, 4), cd = le(z + eocd + 16, 4);
+    if (*entries == 0xFFFF || cd_size == 0xFFFFFFFF || cd == 0xFFFFFFFF) {       /* zip64 */
         if (eocd < 20 || le(z + eocd - 20, 4) != 0x07064b50)
             return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip64 directory");
-        uint64_t at = le(z + eocd - 12, 8);
-        if (at > n || n - at < 56 || le(z + at, 4) != 0x06064b50)
+        uint64_t a = le(z + eocd - 12, 8);
+        if (a > n || n - a < 56 || le(z + a, 4) != 0x06064b50)
             return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip64 directory");
-        entries = le(z + at + 32, 8), cd_size = le(z + at + 40, 8), cd = le(z + at + 48, 8);
+        *entries = le(z + a + 32, 8), cd_size = le(z + a + 40, 8), cd = le(z + a + 48, 8);
     }
     if (cd > n || cd_size > n - cd) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated (its directory is cut)");
-    uint64_t at = cd, end = cd + cd_size;
-    for (uint64_t e = 0; e < entries; e++) {
-        if (end - at < 46 || le(z + at, 4) != 0x02014b50)
-            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip directory");
-        uint64_t method = le(z + at + 10, 2), crc = le(z + at + 16, 4), csize = le(z + at + 20, 4);
-        uint64_t usize = le(z + at + 24, 4), nlen = le(z + at + 28, 2), elen = le(z + at + 30, 2);
-        uint64_t clen = le(z + at + 32, 2), local = le(z + at + 42, 4), flags = le(z + at + 8, 2);
-        if (end - at - 46 < nlen + elen + clen) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip directory");
-        const unsigned char *name = z + at + 46, *extra = name + nlen;
-        for (uint64_t x = 0; x + 4 <= elen;) {           /* zip64 sizes and offset */
-            uint64_t id = le(extra + x, 2), size = le(extra + x + 2, 2), y = x + 4;
-            if (size > elen - x - 4) break;
-            if (id == 1) {
-                if (usize == 0xFFFFFFFF && y + 8 <= x + 4 + size) usize = le(extra + y, 8), y += 8;
-                if (csize == 0xFFFFFFFF && y + 8 <= x + 4 + size) csize = le(extra + y, 8), y += 8;
-                if (local == 0xFFFFFFFF && y + 8 <= x + 4 + size) local = le(extra + y, 8);
-            }
-            x += 4 + size;
+    *at = cd, *end = cd + cd_size;
+    return DLC_OK;
+}
+
+/* the directory entry at *at (moved past it) */
+static int zip_next(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t *at, uint64_t end, zip_entry *e) {
+    if (end - *at < 46 || le(z + *at, 4) != 0x02014b50)
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip directory");
+    const unsigned char *d = z + *at;
+    e->method = le(d + 10, 2), e->crc = le(d + 16, 4), e->csize = le(d + 20, 4), e->usize = le(d + 24, 4);
+    e->nlen = le(d + 28, 2), e->local = le(d + 42, 4), e->flags = le(d + 8, 2);
+    uint64_t elen = le(d + 30, 2), clen = le(d + 32, 2);
+    if (end - *at - 46 < e->nlen + elen + clen) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip directory");
+    e->name = d + 46;
+    const unsigned char *extra = e->name + e->nlen;
+    for (uint64_t x = 0; x + 4 <= elen;) {           /* zip64 sizes and offset */
+        uint64_t id = le(extra + x, 2), size = le(extra + x + 2, 2), y = x + 4;
+        if (size > elen - x - 4) break;
+        if (id == 1) {
+            if (e->usize == 0xFFFFFFFF && y + 8 <= x + 4 + size) e->usize = le(extra + y, 8), y += 8;
+            if (e->csize == 0xFFFFFFFF && y + 8 <= x + 4 + size) e->csize = le(extra + y, 8), y += 8;
+            if (e->local == 0xFFFFFFFF && y + 8 <= x + 4 + size) e->local = le(extra + y, 8);
         }
-        at += 46 + nlen + elen + clen;
-        for (int i = 0; i < DLC_N_PARAMS; i++) {
+        x += 4 + size;
+    }
+    *at += 46 + e->nlen + elen + clen;
+    return DLC_OK;
+}
+
+/* the bytes of a stored member, checked (its place in the file, its CRC); `label` names it */
+static int zip_data(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const zip_entry *e, const char *label,
+                    const unsigned char **data) {
+    if (e->method != 0 || e->flags & 1 || e->csize != e->usize)
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is compressed or encrypted; dlc writes it stored (np.savez)",
+                    label);
+    if (e->local > n || n - e->local < 30 || le(z + e->local, 4) != 0x04034b50)
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated or damaged at %s", label);
+    uint64_t at = e->local + 30 + le(z + e->local + 26, 2) + le(z + e->local + 28, 2);
+    if (at > n || e->csize > n - at) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated at %s", label);
+    if (crc32_of(z + at, e->csize) != e->crc) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is damaged (CRC mismatch)", label);
+    *data = z + at;
+    return DLC_OK;
+}
+
+/* whether a member's name is PREFIX NAME [":" SLOT] ".npy" */
+static int member_is(const zip_entry *e, const char *prefix, const char *name, const char *slot) {
+    size_t a = strlen(prefix), b = strlen(name), c = slot ? strlen(slot) + 1 : 0;
+    const unsigned char *s = e->name;
+    return e->nlen == a + b + c + 4 && !memcmp(s, prefix, a) && !memcmp(s + a, name, b) &&
+           (!slot || (s[a + b] == ':' && !memcmp(s + a + b + 1, slot, c - 1))) && !memcmp(s + a + b + c, ".npy", 4);
+}
+
+/* The arrays of the first `count` parameters: "param:NAME.npy", each required; or, with a
+ * `slot`, their optimizer state "opt:NAME:SLOT.npy", those there. */
+static int npz_arrays(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const unsigned char **found,
+                      const char *slot, int count) {
+    uint64_t at, end, entries;
+    int status = zip_directory(m, z, n, &at, &end, &entries);
+    for (uint64_t k = 0; !status && k < entries; k++) {
+        zip_entry e;
+        if ((status = zip_next(m, z, &at, end, &e))) break;
+        for (int i = 0; !status && i < count; i++) {
             const dlc_param *p = &PARAMS[i];
-            size_t pl = strlen(p->name);
-            if (nlen != pl + 10 || memcmp(name, "param:", 6) || memcmp(name + 6, p->name, pl) || memcmp(name + 6 + pl, ".npy", 4))
-                continue;
-            if (found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is there twice", p->name);
-            if (method != 0 || flags & 1 || csize != usize)
-                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is compressed or encrypted; dlc writes "
-                            "it stored (np.savez)", p->name);
-            if (local > n || n - local < 30 || le(z + local, 4) != 0x04034b50)
-                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated or damaged at parameter %s", p->name);
-            uint64_t data = local + 30 + le(z + local + 26, 2) + le(z + local + 28, 2);
-            if (data > n || csize > n - data)
-                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated at parameter %s", p->name);
-            if (crc32_of(z + data, csize) != crc)
-                return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is damaged (CRC mismatch)", p->name);
-            int status = read_npy(m, p, z + data, csize, &found[i]);
-            if (status) return status;
+            if (!member_is(&e, slot ? "opt:" : "param:", p->name, slot)) continue;
+            char label[512];
+            snprintf(label, sizeof label, slot ? "optimizer state %s:%s" : "parameter %s", p->name, slot);
+            const unsigned char *data;
+            if (found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is there twice", label);
+            if (!(status = zip_data(m, z, n, &e, label, &data)))
+                status = read_npy(m, p, label, data, e.csize, &found[i]);
         }
     }
-    for (int i = 0; i < DLC_N_PARAMS; i++)
+    for (int i = 0; !status && !slot && i < count; i++)
         if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s (param:%s in the .npz)",
                                    PARAMS[i].name, PARAMS[i].name);
-    return DLC_OK;
+    return status;
 }
 
 /* ---- safetensors: 8 bytes of header length, a JSON header, the tensors' bytes ---------- */
@@ -395,7 +434,7 @@ static int safetensors_arrays(struct DLC_INSTANCE *m, const unsigned char *z, ui
 /* the parameters from a checkpoint, .npz or .safetensors (told by their first bytes) */
 static int load_checkpoint(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n) {
     const unsigned char *found[DLC_N_PARAMS + 1] = {0};
-    int status = n >= 4 && !memcmp(z, "PK", 2) ? npz_arrays(m, z, n, found)
+    int status = n >= 4 && !memcmp(z, "PK", 2) ? npz_arrays(m, z, n, found, NULL, DLC_N_PARAMS)
         : n >= 9 && z[8] == '{' ? safetensors_arrays(m, z, n, found)
         : fail(m, DLC_ERROR_WEIGHTS, "checkpoint: neither a dlc checkpoint (.npz) nor a .safetensors file");
     if (status) return status;
@@ -416,17 +455,26 @@ static int load_checkpoint(struct DLC_INSTANCE *m, const unsigned char *z, uint6
     return DLC_OK;
 }
 
-static int load_file(struct DLC_INSTANCE *m, const char *path) {
+/* a checkpoint file's bytes in *bytes (the caller frees them), its size in *n */
+static int read_whole(struct DLC_INSTANCE *m, const char *path, unsigned char **bytes, uint64_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f) return fail(m, DLC_ERROR_WEIGHTS, "cannot open the checkpoint %s: %s", path, strerror(errno));
-    long n = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
-    unsigned char *bytes = n >= 0 && n < MOST_BYTES ? malloc((size_t)n + 1) : NULL;
-    int status = !bytes ? fail(m, n < 0 ? DLC_ERROR_WEIGHTS : DLC_ERROR_MEMORY, "cannot read the checkpoint %s", path)
-        : fseek(f, 0, SEEK_SET) || fread(bytes, 1, (size_t)n, f) != (size_t)n
-        ? fail(m, DLC_ERROR_WEIGHTS, "cannot read the checkpoint %s: %s", path, strerror(errno))
-        : load_checkpoint(m, bytes, (uint64_t)n);
-    free(bytes);
+    long size = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
+    *bytes = size >= 0 && size < MOST_BYTES ? malloc((size_t)size + 1) : NULL;
+    int status = !*bytes ? fail(m, size < 0 ? DLC_ERROR_WEIGHTS : DLC_ERROR_MEMORY, "cannot read the checkpoint %s", path)
+        : fseek(f, 0, SEEK_SET) || fread(*bytes, 1, (size_t)size, f) != (size_t)size
+        ? fail(m, DLC_ERROR_WEIGHTS, "cannot read the checkpoint %s: %s", path, strerror(errno)) : DLC_OK;
     fclose(f);
+    *n = (uint64_t)size;
+    return status;
+}
+
+static int load_file(struct DLC_INSTANCE *m, const char *path) {
+    unsigned char *bytes;
+    uint64_t n;
+    int status = read_whole(m, path, &bytes, &n);
+    if (!status) status = load_checkpoint(m, bytes, n);
+    free(bytes);
     return status;
 }
 
@@ -452,8 +500,18 @@ static int instance(struct DLC_INSTANCE **out, const char *path, const void *byt
     return m->status;
 }
 
+#if DLC_N_UPDATE_BUFFERS
+static void release_training(struct DLC_INSTANCE *m);
+#endif
+
 static void release(struct DLC_INSTANCE *m) {
     if (!m || m == &no_memory) return;
+#if DLC_N_UPDATE_BUFFERS
+    release_training(m);
+#endif
+#ifdef DLC_TRAINER_DESTROY
+    DLC_TRAINER_DESTROY(m->trainer);
+#endif
     free(m->weights);
     free(m->arena);
     free(m);
@@ -525,21 +583,17 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
         else if (BUFFERS[b].kind == KIND_PARAM) m->table[b] = m->params[BUFFERS[b].data];
     }
     for (int f = 0; f < DLC_N_FAULTS; f++) m->table[DLC_N_BUFFERS + f] = (void *)(intptr_t)(f + 1);
-    for (int s = 0; s < DLC_N_STEP_SYMBOLS; s++) m->sizes[s] = values[s];
+    for (int s = 0; s < DLC_N_STEP_SYMBOLS; s++) m->sizes[1 + s] = values[s];
     memcpy(m->values, values, sizeof(int64_t) * DLC_N_SYMBOLS);
     m->arena_bytes = total;
     m->laid = 1;
     return DLC_OK;
 }
 
-static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
-                   void *const *outputs, const int64_t *capacities, int64_t *const *output_shapes) {
-    if (!m) return DLC_ERROR_ARGUMENT;
-    if (m->status) return m->status;
-    m->message[0] = 0;
-    if ((DLC_N_INPUTS && (!inputs || !shapes)) || (DLC_N_OUTPUTS && (!outputs || !capacities || !output_shapes)))
-        return fail(m, DLC_ERROR_ARGUMENT, "predict: an array of inputs, shapes or outputs is a null pointer");
-    int64_t values[DLC_N_SYMBOLS + 1] = {0};
+/* Bind the symbols' values from the inputs' shapes, checking every input and the size
+ * constraints; then lay the buffers out for them. */
+static int bind_inputs(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
+                       int64_t *values) {
     int bound[DLC_N_SYMBOLS + 1] = {0};
     char got[512];
     for (int i = 0; i < DLC_N_INPUTS; i++) {
@@ -584,6 +638,37 @@ static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int6
     }
     int status = lay_out(m, values);
     if (status) return status;
+    for (int i = 0; i < DLC_N_INPUTS; i++) m->table[INPUTS[i].buffer] = (void *)inputs[i];
+    return DLC_OK;
+}
+
+/* Run the step on the pointer table as it is; an index check that failed names its line. */
+static int run_step(struct DLC_INSTANCE *m, const int64_t *values) {
+    for (int k = 0; k < DLC_N_ARGUMENTS; k++) m->args[k] = m->table[ARGUMENTS[k]];
+    m->sizes[0] = 0;            /* the instance's own fault flag: instances run their steps at once */
+    DLC_STEP(m->args, m->sizes + 1, m->threads);
+    int64_t fault = m->sizes[0];
+    if (fault > 0 && fault <= DLC_N_FAULTS) {
+        int64_t count = 0;
+        poly_value(FAULTS[fault - 1].count, values, &count);
+        return fail(m, DLC_ERROR_INDEX, "%s: error: %s: index out of range [0, %lld)", FAULTS[fault - 1].where,
+                    FAULTS[fault - 1].what, (long long)count);
+    }
+    return DLC_OK;
+}
+
+#if !DLC_N_UPDATE_BUFFERS     /* the train step's unit of a --train library does not predict */
+static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
+                   void *const *outputs, const int64_t *capacities, int64_t *const *output_shapes) {
+    if (!m) return DLC_ERROR_ARGUMENT;
+    if (m->status) return m->status;
+    m->message[0] = 0;
+    if ((DLC_N_INPUTS && (!inputs || !shapes)) || (DLC_N_OUTPUTS && (!outputs || !capacities || !output_shapes)))
+        return fail(m, DLC_ERROR_ARGUMENT, "predict: an array of inputs, shapes or outputs is a null pointer");
+    int64_t values[DLC_N_SYMBOLS + 1] = {0};
+    char got[512];
+    int status = bind_inputs(m, inputs, shapes, values);
+    if (status) return status;
     int64_t oshape[DLC_N_OUTPUTS + 1][16], ocount[DLC_N_OUTPUTS + 1];
     for (int o = 0; o < DLC_N_OUTPUTS; o++) {
         const dlc_output *out = &OUTPUTS[o];
@@ -600,22 +685,12 @@ static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int6
                         got, (long long)ocount[o], (long long)capacities[o]);
         }
     }
-    for (int i = 0; i < DLC_N_INPUTS; i++) m->table[INPUTS[i].buffer] = (void *)inputs[i];
-    for (int k = 0; k < DLC_N_ARGUMENTS; k++) m->args[k] = m->table[ARGUMENTS[k]];
-    pthread_mutex_lock(&step_lock);
-    DLC_FAULT = 0;
-    DLC_STEP(m->args, m->sizes, m->threads);
-    int64_t fault = DLC_FAULT;
-    pthread_mutex_unlock(&step_lock);
-    if (fault > 0 && fault <= DLC_N_FAULTS) {
-        int64_t count = 0;
-        poly_value(FAULTS[fault - 1].count, values, &count);
-        return fail(m, DLC_ERROR_INDEX, "%s: error: %s: index out of range [0, %lld)", FAULTS[fault - 1].where,
-                    FAULTS[fault - 1].what, (long long)count);
-    }
+    status = run_step(m, values);
+    if (status) return status;
     for (int o = 0; o < DLC_N_OUTPUTS; o++) {
         memcpy(outputs[o], m->table[OUTPUTS[o].buffer], (size_t)(ocount[o] * OUTPUTS[o].itemsize));
         memcpy(output_shapes[o], oshape[o], sizeof(int64_t) * (size_t)OUTPUTS[o].rank);
     }
     return DLC_OK;
 }
+#endif

@@ -4,7 +4,9 @@ The kernels are the engine's own step module (driver.py), written out as an obje
 C source around it holds the model's tables (symbols, inputs, outputs, parameters,
 buffers as dim polynomials, the step's argument slots, the size constraints and index
 checks with their source lines), the run-time part every library shares (library.c:
-checkpoint reading (.npz, .safetensors), CPU check, the call) and the public functions, named after the model:
+checkpoint reading (.npz, .safetensors), CPU check, the call) and the public functions, named after the model
+(a --train library adds a second unit, the train step's: library_train.c and its tables, and
+the train functions of its header, `_train_header`):
 
     int NAME_create(NAME **model, const char *checkpoint);       NULL: the embedded weights
     int NAME_create_from_memory(NAME **model, const void *checkpoint, size_t size);
@@ -60,8 +62,8 @@ class Tensor:
 
 @dataclass
 class Library:
-    """What the C source is made from. `step`, `fault`: the names of the step function
-    and its fault flag in the objects; `weights`: the parameters' arrays to embed (None:
+    """What the C source is made from. `step`: the name of the step function in the
+    objects; `weights`: the parameters' arrays to embed (None:
     read from a checkpoint at create); `features`: the CPU features (LLVM's names) the
     code needs, which create checks."""
     name: str
@@ -72,13 +74,21 @@ class Library:
     constraints: list           # (dim, least, op, "file:line:col", "small" or "large", the need in words)
     faults: list                # (what, count, "file:line:col") by site
     step: str
-    fault: str
     target: str
     features: list
     uses_amx: bool = False
     param_shapes: dict = field(default_factory=dict)     # parameter name -> shape
     weights: dict | None = None
     symbols: list = field(default_factory=list)
+    param_order: list | None = None     # the PARAMS table's names (None: the program's parameters)
+    training: "Training | None" = None  # the train step's translation unit of a --train library
+    trainer: "Library | None" = None    # a --train library's predict unit: the train step's unit
+    module: object = None               # its step module (driver.StepModule.module), which build.py sets
+    header_name: str = ""               # the header it includes (default: its own name's)
+
+    @property
+    def param_names(self) -> list:
+        return self.param_order if self.param_order is not None else list(self.program.params)
 
     def __post_init__(self):
         # the step's sizes array first (program.symbols), then the other symbols of the shapes
@@ -88,6 +98,29 @@ class Library:
             for s in sorted(d.symbols()) if isinstance(d, Dim) else ():
                 if s not in self.symbols:
                     self.symbols.append(s)
+
+
+@dataclass
+class Training:
+    """What the train step's unit of a --train library adds (library_train.c): the
+    optimizer's update program (update.lower_update), whose buffers follow the step's in the
+    pointer table; the flat arrays' layout (the parameters in `Library.param_order`, the
+    first `trained` of them trained); the optimizer's state slots and per-step scalars (fed
+    in `scalar_names` order by `functions`, C source of schedule_lr and step_scalars); the
+    parameter group of the trained elements as (offset, count, group) runs; the seed of the
+    random key; the checkpoint metadata's JSON without its closing brace; the train block's
+    steps per epoch and total steps, the schedule's units until set_schedule changes them;
+    the optimizer's name (a checkpoint of another optimizer's run gives no state)."""
+    update: KernelProgram
+    trained: int
+    slots: list
+    scalar_names: list
+    groups: list
+    seed: int
+    meta: str
+    functions: str
+    schedule: tuple
+    optimizer: str                      # its name, as checkpoints record it
 
 
 def c_name(text: str) -> str:
@@ -148,7 +181,7 @@ def embedded_layout(lib: Library) -> tuple:
     p = lib.program
     consts = [b for b in p.buffers if b.kind == "const"]
     const_offsets, const_blob = blob([b.data.astype(DTYPES_NP[b.dtype]) for b in consts])
-    weights = [lib.weights[name] for name in p.params] if lib.weights is not None else []
+    weights = [lib.weights[name] for name in lib.param_names] if lib.weights is not None else []
     weight_offsets, weight_blob = blob(weights)
     return (weight_offsets, dict(zip((b.id for b in consts), const_offsets)), weight_blob, const_blob)
 
@@ -173,21 +206,21 @@ def c_source(lib: Library) -> str:
     p, n = lib.program, lib.name
     polys = _Polys(lib.symbols)
     weight_offsets, const_offsets, _, _ = embedded_layout(lib)
-    param_index = {bid: k for k, bid in enumerate(p.params.values())}
+    names = lib.param_names
+    param_index = {p.params[name]: k for k, name in enumerate(names) if name in p.params}
     out = [f"/* generated by dlc build: the library of model {n} (docs/deploy.md) */",
-           f'#include "{n}.h"', f"#define DLC_INSTANCE {n}",
+           f'#include "{lib.header_name or n}.h"', f"#define DLC_INSTANCE {n}",
            f"#define DLC_N_SYMBOLS {len(lib.symbols)}", f"#define DLC_N_STEP_SYMBOLS {len(p.symbols)}",
            f"#define DLC_N_INPUTS {len(lib.inputs)}", f"#define DLC_N_OUTPUTS {len(lib.outputs)}",
-           f"#define DLC_N_PARAMS {len(p.params)}", f"#define DLC_N_BUFFERS {len(p.buffers)}",
+           f"#define DLC_N_PARAMS {len(names)}", f"#define DLC_N_BUFFERS {len(p.buffers)}",
            f"#define DLC_N_FAULTS {len(p.faults)}", f"#define DLC_N_ARGUMENTS {len(lib.arguments)}",
            f"#define DLC_N_CONSTRAINTS {len(lib.constraints)}",
            f"#define DLC_EMBEDDED {int(lib.weights is not None)}", f"#define DLC_USES_AMX {int(lib.uses_amx)}",
            f"#define DLC_TARGET {_c_string(lib.target)}",
-           f"#define DLC_STEP {lib.step}", f"#define DLC_FAULT {lib.fault}",
+           f"#define DLC_STEP {lib.step}",
            f"#define DLC_WEIGHTS {n}__weights", f"#define DLC_CONSTS {n}__consts",
            "#include <stdint.h>",
            f"extern void {lib.step}(void **arguments, const int64_t *sizes, int64_t threads);",
-           f"extern volatile int64_t {lib.fault};",
            f"extern const unsigned char {n}__weights[], {n}__consts[];"]
     rows = []
     for s in lib.symbols:
@@ -211,12 +244,14 @@ def c_source(lib: Library) -> str:
         f"{{{_c_string(t.name)}, {ITEMSIZE[t.dtype]}, {len(t.shape)}, OUTPUT{k}, {p.outputs['output:' + t.name]}}}"
         for k, t in enumerate(lib.outputs)) + (" {0}" if not lib.outputs else "") + "};")
     params = []
-    for k, (name, bid) in enumerate(p.params.items()):
-        b = p.buffers[bid]
+    for k, name in enumerate(names):
+        bid = p.params.get(name, -1)
+        b = p.buffers[bid] if bid >= 0 else None
+        dtype = b.dtype if b is not None else "f32"
         shape = lib.param_shapes[name]
         body.append(f"static const int64_t SHAPE{k}[] = {{{', '.join(map(str, shape)) or '0'}}};")
-        params.append(f"{{{_c_string(name)}, {_c_string(NPY_DESCR[b.dtype])}, {_c_string(SAFETENSORS_DTYPE[b.dtype])}, "
-                      f"{ITEMSIZE[b.dtype]}, {len(shape)}, "
+        params.append(f"{{{_c_string(name)}, {_c_string(NPY_DESCR[dtype])}, {_c_string(SAFETENSORS_DTYPE[dtype])}, "
+                      f"{ITEMSIZE[dtype]}, {len(shape)}, "
                       f"SHAPE{k}, {int(np.prod(shape, dtype=np.int64))}, "
                       f"{weight_offsets[k] if weight_offsets else 0}, {bid}}}")
     body.append(f"static const dlc_param PARAMS[] = {{{', '.join(params) or '{0}'}}};")
@@ -240,7 +275,100 @@ def c_source(lib: Library) -> str:
     # POLYS is filled as the tables above ask for polynomials: it goes before them
     tables = [f"static const int64_t POLYS[] = {{{', '.join(map(str, polys.values)) or '0'}}};"] + body
     types, functions = Path(__file__).with_name("library.c").read_text().split(TABLES)
-    return "\n".join(out + [types] + tables + [functions, api(lib)]) + "\n"
+    if lib.training is None:
+        out.append("#define DLC_N_UPDATE_BUFFERS 0")
+        if lib.trainer is not None:
+            out.append(f"#define DLC_TRAINER_DESTROY {lib.trainer.name}_destroy")
+            out.append(f"void {lib.trainer.name}_destroy(void *trainer);")
+        return "\n".join(out + [types] + tables + [functions, api(lib)]) + "\n"
+    out += _training_defines(lib)
+    tables += _training_tables(lib) + [lib.training.functions]
+    train = Path(__file__).with_name("library_train.c").read_text()
+    return "\n".join(out + [types] + tables + [functions, train, trainer_api(lib)]) + "\n"
+
+
+def _training_defines(lib: Library) -> list:
+    t, p = lib.training, lib.program
+    rng = p.inputs.get("rng", -1)
+    return [f"#define DLC_N_UPDATE_BUFFERS {len(t.update.buffers)}", f"#define DLC_N_TRAINED_PARAMS {t.trained}",
+            f"#define DLC_N_FLAT {sum(_count(lib.param_shapes[n]) for n in lib.param_names)}",
+            f"#define DLC_N_TRAINED {sum(_count(lib.param_shapes[n]) for n in lib.param_names[:t.trained])}",
+            f"#define DLC_N_SLOTS {len(t.slots)}", f"#define DLC_N_SCALARS {len(t.scalar_names)}",
+            f"#define DLC_N_GROUPS {len(t.groups)}", f"#define DLC_N_VALUES {len(train_values(lib))}",
+            f"#define DLC_N_STATS {len(_stats(lib))}", f"#define DLC_N_GRADS {len(_grads(lib))}",
+            f"#define DLC_RNG_BUFFER {rng}", f"#define DLC_SEED {t.seed}", f"#define DLC_PER_EPOCH {t.schedule[0]}",
+            f"#define DLC_TOTAL {t.schedule[1]}", f"#define DLC_OPTIMIZER {_c_string(t.optimizer)}", f"#define DLC_META {_c_string(t.meta)}",
+            "#define DLC_TRAINING_STATE float *flat, *grads, *state[DLC_N_SLOTS + 1]; int32_t *group, key[2]; "
+            "double scalars[DLC_N_SCALARS + 1]; void *update[DLC_N_UPDATE_BUFFERS + 1]; "
+            "int64_t steps, per_epoch, total; int32_t seed;"]
+
+
+def _count(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
+
+
+def train_values(lib: Library) -> list:
+    """The loss and metrics a train step gives: (name, buffer)."""
+    return [(name, bid) for name, bid in lib.program.outputs.items() if not name.startswith(("update:", "grad:"))]
+
+
+def _stats(lib: Library) -> list:
+    """(parameter number, buffer) of each batch statistic the step updates."""
+    return [(lib.param_names.index(name[7:]), bid) for name, bid in lib.program.outputs.items()
+            if name.startswith("update:")]
+
+
+def _grads(lib: Library) -> list:
+    return [(lib.param_names.index(name[5:]), bid) for name, bid in lib.program.outputs.items()
+            if name.startswith("grad:")]
+
+
+# the update's buffers by role (library_train.c)
+UPDATE_ROLES = ("UPDATE_UNUSED", "UPDATE_PARAM", "UPDATE_GRAD", "UPDATE_SLOT", "UPDATE_GROUP", "UPDATE_SCALAR",
+                "UPDATE_CONST", "UPDATE_TEMP")
+
+
+def _training_tables(lib: Library) -> list:
+    from dlc.compiler.ir.update import GROUP
+    from dlc.compiler.native.update import touched
+    t = lib.training
+    at, offsets = 0, []
+    for name in lib.param_names:
+        offsets.append(at)
+        at += _count(lib.param_shapes[name])
+    body = ["#include <math.h>", f"enum {{ {', '.join(UPDATE_ROLES)} }};",
+            "typedef struct { int role, index; int64_t bytes; const void *data; } dlc_update;",
+            "typedef struct { int64_t at, count; int32_t group; } dlc_group;",
+            "typedef struct { const char *name; int buffer; } dlc_value;",
+            "typedef struct { int param, buffer; } dlc_param_buffer;",
+            f"static const int64_t FLAT_AT[] = {{{', '.join(map(str, offsets)) or '0'}}};",
+            f"static const char *const SLOTS[] = {{{', '.join(map(_c_string, t.slots)) or '0'}}};"]
+    used, rows = touched(t.update), []
+    for b in t.update.buffers:
+        if b.id not in used:
+            rows.append("{UPDATE_UNUSED, 0, 0, 0}")
+        elif b.kind == "input" and b.name in ("param", "grad", GROUP):
+            rows.append(f"{{{({'param': 'UPDATE_PARAM', 'grad': 'UPDATE_GRAD', GROUP: 'UPDATE_GROUP'})[b.name]}, 0, 0, 0}}")
+        elif b.kind == "input" and b.name in t.slots:
+            rows.append(f"{{UPDATE_SLOT, {t.slots.index(b.name)}, 0, 0}}")
+        elif b.kind == "input":
+            rows.append(f"{{UPDATE_SCALAR, {t.scalar_names.index(b.name)}, 0, 0}}")
+        elif b.kind == "const":
+            data = np.ascontiguousarray(b.data.astype(DTYPES_NP[b.dtype])).tobytes()
+            body.append(f"static const unsigned char UCONST{b.id}[] __attribute__((aligned({ALIGN}))) = "
+                        f"{{{', '.join(map(str, data)) or '0'}}};")
+            rows.append(f"{{UPDATE_CONST, 0, 0, UCONST{b.id}}}")
+        else:       # what the update computes on the way: the gradient's norm
+            rows.append(f"{{UPDATE_TEMP, 0, {max(1, int(b.size)) * ITEMSIZE[b.dtype]}, 0}}")
+    body.append(f"static const dlc_update UPDATE[] = {{{', '.join(rows)}}};")
+    body.append("static const dlc_group GROUPS[] = {" + ", ".join(f"{{{a}, {c}, {g}}}" for a, c, g in t.groups)
+                + (" {0}" if not t.groups else "") + "};")
+    body.append("static const dlc_value VALUES[] = {" + ", ".join(
+        f"{{{_c_string(n)}, {bid}}}" for n, bid in train_values(lib)) + (" {0}" if not train_values(lib) else "") + "};")
+    for table, rows in (("STATS", _stats(lib)), ("GRADS", _grads(lib))):
+        body.append(f"static const dlc_param_buffer {table}[] = {{" + ", ".join(f"{{{k}, {bid}}}" for k, bid in rows)
+                    + (" {0}" if not rows else "") + "};")
+    return body
 
 
 TABLES = "/* ---- the model's tables (library.py) go here ---- */\n"
@@ -269,17 +397,21 @@ def api(lib: Library) -> str:
     outs = ", ".join(f"{_arg(t.name)}" for t in lib.outputs) or "0"
     caps = ", ".join(f"{_arg(t.name)}_capacity" for t in lib.outputs) or "0"
     oshapes = ", ".join(f"{_arg(t.name)}_shape" for t in lib.outputs) or "0"
-    return f"""
-{v} int {n}_create({n} **model, const char *checkpoint) {{ return instance(model, checkpoint, NULL, 0); }}
+    create = "instance(model, checkpoint, NULL, 0)", "instance(model, NULL, checkpoint, size)"
+    if lib.trainer is not None:
+        create = "attach(model, checkpoint, NULL, 0)", "attach(model, NULL, checkpoint, size)"
+    return (train_forwarding(lib) if lib.trainer is not None else "") + f"""
+{v} int {n}_create({n} **model, const char *checkpoint) {{ return {create[0]}; }}
 {v} int {n}_create_from_memory({n} **model, const void *checkpoint, size_t size) {{
     if (!checkpoint) {{ if (model) *model = NULL; return DLC_ERROR_ARGUMENT; }}
-    return instance(model, NULL, checkpoint, size);
+    return {create[1]};
 }}
 {v} void {n}_destroy({n} *model) {{ release(model); }}
 {v} int {n}_set_threads({n} *model, int threads) {{
     if (!model) return DLC_ERROR_ARGUMENT;
     if (threads < 1) return fail(model, DLC_ERROR_ARGUMENT, "set_threads: %d threads; give at least 1", threads);
     model->threads = threads;
+    {f"{lib.trainer.name}_set_threads(model->trainer, threads);" if lib.trainer is not None else ""}
     return DLC_OK;
 }}
 {v} const char *{n}_error(const {n} *model) {{ return model ? model->message : "no model instance (a null pointer)"; }}
@@ -295,6 +427,139 @@ def api(lib: Library) -> str:
     int64_t *output_shapes[] = {{{oshapes}}};
     return predict(model, inputs, shapes, outputs, capacities, output_shapes);
 }}
+"""
+
+
+def _train_params(lib: Library) -> list:
+    """train_step's parameters: each input of the train step (the model's inputs and
+    targets), then where the loss and metrics go."""
+    return [f"const {C_TYPES[t.dtype]} *{_arg(t.name)}, const int64_t {_arg(t.name)}_shape[{max(1, len(t.shape))}]"
+            for t in lib.inputs] + ["double *values", "int64_t values_capacity"]
+
+
+# the train step unit's functions, hidden, which the predict unit's public ones call:
+# (name, return type, parameters after the instance, the call's arguments)
+TRAINER_FUNCTIONS = [
+    ("set_schedule", "int", "int64_t steps_per_epoch, int64_t total_steps", "set_schedule(t, steps_per_epoch, total_steps)"),
+    ("get_parameter", "int", "const char *name, float *data, int64_t capacity, int64_t *shape, int *rank",
+     "get_parameter(t, name, data, capacity, shape, rank)"),
+    ("set_parameter", "int", "const char *name, const float *data, const int64_t *shape, int rank",
+     "set_parameter(t, name, data, shape, rank)"),
+    ("save", "int", "const char *path", "save(t, path)"),
+]
+
+
+def trainer_api(lib: Library) -> str:
+    """The train step unit's functions (hidden: only the predict unit calls them)."""
+    n, h = lib.name, '__attribute__((visibility("hidden")))'
+    ins = ", ".join(f"{_arg(t.name)}" for t in lib.inputs) or "0"
+    shapes = ", ".join(f"{_arg(t.name)}_shape" for t in lib.inputs) or "0"
+    out = [f"""
+{h} int {n}_create(void **trainer, const char *checkpoint, const void *bytes, size_t size) {{
+    struct {n} *t;
+    int status = instance(&t, checkpoint, bytes, size);
+    *trainer = t;
+    return status ? status : (t->status = start_training(t, checkpoint, bytes, size));
+}}
+{h} void {n}_destroy(void *trainer) {{ release(trainer); }}
+{h} const char *{n}_error(void *trainer) {{ return ((struct {n} *)trainer)->message; }}
+{h} void {n}_set_threads(void *trainer, int threads) {{ ((struct {n} *)trainer)->threads = threads; }}
+{h} void *{n}_parameter(void *trainer, const char *name) {{
+    int i = param_named(name);
+    return i < 0 ? NULL : ((struct {n} *)trainer)->params[i];
+}}
+{h} int {n}_train_step(void *trainer, {", ".join(_train_params(lib))}) {{
+    const void *inputs[] = {{{ins}}};
+    const int64_t *shapes[] = {{{shapes}}};
+    return train_step(trainer, inputs, shapes, values, values_capacity);
+}}"""]
+    for name, ret, params, call in TRAINER_FUNCTIONS:
+        out.append(f"{h} {ret} {n}_{name}(void *trainer, {params}) {{ struct {n} *t = trainer; return {call}; }}")
+    return "\n".join(out) + "\n"
+
+
+def _names(params: str) -> str:
+    return ", ".join(re.findall(r"(\w+)(?:\[[^]]*\])?(?:,|$)", params))
+
+
+def train_forwarding(lib: Library) -> str:
+    """A --train library's public train functions, in the predict unit, on its instance's
+    trainer; and `attach`, the create that makes both instances (their parameters shared)."""
+    n, t, v = lib.name, lib.trainer.name, '__attribute__((visibility("default")))'
+    train = lib.trainer
+    decls = [f"int {t}_create(void **trainer, const char *checkpoint, const void *bytes, size_t size);",
+             f"const char *{t}_error(void *trainer);", f"void {t}_set_threads(void *trainer, int threads);",
+             f"void *{t}_parameter(void *trainer, const char *name);",
+             f"int {t}_train_step(void *trainer, {', '.join(_train_params(train))});"]
+    decls += [f"{ret} {t}_{name}(void *trainer, {params});" for name, ret, params, _ in TRAINER_FUNCTIONS]
+    calls = [("train_step", ", ".join(_train_params(train)))] + [(name, params) for name, _, params, _ in TRAINER_FUNCTIONS]
+    functions = []
+    for name, params in calls:
+        functions.append(f"""{v} int {n}_{name}({n} *model, {params}) {{
+    if (!model) return DLC_ERROR_ARGUMENT;
+    if (model->status) return model->status;
+    int status = {t}_{name}(model->trainer, {_names(params)});
+    if (status) fail(model, status, "%s", {t}_error(model->trainer));
+    else model->message[0] = 0;
+    return status;
+}}""")
+    return "\n".join(decls) + f"""
+/* both instances; the prediction's parameters are the train step's (one copy, which training updates) */
+static int attach({n} **model, const char *checkpoint, const void *bytes, size_t size) {{
+    int status = instance(model, checkpoint, bytes, size);
+    if (status) return status;
+    struct {n} *m = *model;
+    status = {t}_create(&m->trainer, checkpoint, bytes, size);
+    if (status) {{
+        fail(m, status, "%s", m->trainer ? {t}_error(m->trainer) : "out of memory for the train step");
+        return m->status = status;
+    }}
+    for (int i = 0; i < DLC_N_PARAMS; i++) {{
+        void *shared = {t}_parameter(m->trainer, PARAMS[i].name);
+        if (!shared) return m->status = fail(m, DLC_ERROR_WEIGHTS, "parameter %s is not the train step's", PARAMS[i].name);
+        m->params[i] = shared;
+    }}
+    free(m->weights);
+    m->weights = NULL;
+    m->laid = 0;
+    return DLC_OK;
+}}
+""" + "\n".join(functions) + "\n"
+
+
+def _train_header(lib: Library) -> str:
+    """The train functions of a --train library's header (docs/deploy.md)."""
+    if lib.trainer is None:
+        return ""
+    n, t = lib.name, lib.trainer
+    values = train_values(t)
+    names = "\n".join(f"#define {n.upper()}_VALUE_{c_name(name.replace('metric:', '')).upper()} {k}"
+                       for k, (name, _) in enumerate(values))
+    inputs = ", ".join(f"{x.name}: {x.type}" for x in t.inputs)
+    params = "\n".join(f" *   {name}: f32{list(t.param_shapes[name])}" for name in t.param_names)
+    rank = max([len(t.param_shapes[name]) for name in t.param_names] + [1])
+    return f"""
+/* ---- training (dlc build --train) ----
+ * parameters (every one f32; the first {t.training.trained} trained):
+{params} */
+#define {n.upper()}_TRAIN_VALUES {len(values)}      /* what train_step writes to values: */
+{names}
+#define {n.upper()}_PARAMETER_MAX_RANK {rank}
+/* The learning-rate schedule's units: the steps of an epoch and of the whole run (the
+ * schedule of the train block; every train_step needs them). */
+int {n}_set_schedule({n} *model, int64_t steps_per_epoch, int64_t total_steps);
+/* One step of the train block's optimizer on a batch ({inputs}): forward, backward, the
+ * update at the schedule's learning rate; the loss and metrics go to values (NULL: not
+ * wanted). The instance counts its steps; step k's random key is (seed, k), as dlc train's. */
+int {n}_train_step({n} *model, {(","  + chr(10) + "        ").join(_train_params(t))});
+/* A parameter's values (capacity: how many floats data holds); its shape and rank go where
+ * shape ({n.upper()}_PARAMETER_MAX_RANK dims) and rank point, unless NULL. */
+int {n}_get_parameter({n} *model, const char *name, float *data, int64_t capacity, int64_t *shape, int *rank);
+/* Set a parameter; its shape must be the model's. */
+int {n}_set_parameter({n} *model, const char *name, const float *data, const int64_t *shape, int rank);
+/* Write a checkpoint `dlc eval` and `dlc predict` read (the .npz of dlc train: parameters,
+ * optimizer state, metadata). */
+int {n}_save({n} *model, const char *path);
 """
 
 
@@ -318,8 +583,8 @@ def header(lib: Library, version: str) -> str:
 {outputs}
  *
  * Every function returns a status code; after a failure, {n}_error(model) says what was
- * wrong. An instance is used by one thread at a time; instances are independent (the
- * library serializes their native steps, each of which uses {n}_set_threads threads). */
+ * wrong. An instance is used by one thread at a time; instances are independent and run
+ * at once on their threads, each call on {n}_set_threads threads. */
 #ifndef {guard}
 #define {guard}
 #include <stddef.h>
@@ -356,7 +621,7 @@ int {n}_predict({n} *model, {(","  + chr(10) + "        ").join(_predict_params(
 /* The same with arrays, in the order above. */
 int {n}_predict_arrays({n} *model, const void *const inputs[], const int64_t *const shapes[],
                        void *const outputs[], const int64_t capacities[], int64_t *const output_shapes[]);
-
+{_train_header(lib)}
 #ifdef __cplusplus
 }}
 #endif

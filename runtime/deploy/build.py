@@ -4,7 +4,9 @@ The library is the native engine's own step module for the prediction graph (the
 `dlc predict --backend native` runs), with the GEMM routines, written out as objects
 (jit.object_code) and linked with the C source compiler/native/library.py writes around
 them: the same IR compiled by the same LLVM for the same CPU, so the same bits. DIR gets
-libNAME.so, libNAME.a, NAME.h, NAME.pc and a README with the compile line.
+libNAME.so, libNAME.a, NAME.h, NAME.pc and a README with the compile line. With --train a
+second unit holds the train block's step (`_trainer`, runtime/deploy/training.py), and the
+library trains too.
 """
 from __future__ import annotations
 
@@ -41,10 +43,17 @@ class Built:
     toolchain: str
     target: str
     embedded: bool
+    train: bool = False
 
 
 def build(file: str, out: Path, model: str | None = None, weights: str | None = None, target: str = "host",
-          embed: bool = False, precision: str = "f32", toolchain: str = "auto") -> Built:
+          embed: bool = False, precision: str = "f32", toolchain: str = "auto", train: bool = False,
+          overrides: dict | None = None) -> Built:
+    """`train`: the library trains too (the train block's step, runtime/deploy/training.py),
+    with `overrides` of the train block's settings (seed, epochs), as dlc train's flags."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if overrides and not train:
+        raise DlcError(f"--{next(iter(overrides))} is a setting of the train step: it goes with --train")
     if target not in TARGETS:
         raise DlcError(f"--target must be one of {', '.join(TARGETS)}, not '{target}'")
     if embed and not weights:
@@ -56,7 +65,6 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     eval_model = load(file).build(model, training=False)
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
-    from dlc.runtime.engines.interpreter import size_constraints, size_need
     from dlc.runtime.engines.reference import predict_graph
     graph = predict_graph(eval_model)
     outputs = [Tensor(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items()
@@ -78,37 +86,72 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     from dlc.compiler.native.driver import build_module
     built = build_module(program, "dlc_step")
     name = c_name(eval_model.name)
-    lib = Library(name, program, built.arguments, inputs, outputs,
-                  [(d, least, op, where(span), *size_need(d, least)) for d, least, op, span in size_constraints(graph)
-                   if not any(s.startswith("$") for s in d.symbols())],      # with a scan step: nor does the engine check it
-                  [(what, count, where(span)) for what, count, span in program.faults],
-                  step=f"{name}__dlc_step", fault=f"{name}__dlc_fault", target=target,
+    lib = Library(name, program, built.arguments, inputs, outputs, *_checks(graph, program),
+                  step=f"{name}__dlc_step", target=target,
                   features=[f for f in CHECKED if f"+{f}" in features],
                   uses_amx="+amx-tile" in features,
                   param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
                   weights={k: arrays[k] for k in program.params} if embed else None)
-    missing = unbound_symbols(lib)
-    if missing:
-        raise DlcError(f"no input of {name} gives the size of {', '.join(missing)} by a dim of its own: a library "
-                       "binds each symbolic dim from an input's shape")
+    lib.module = built.module
+    units = [lib]
+    if train:
+        lib.trainer = _trainer(lib, file, model, weights if embed else None, overrides)
+        units.append(lib.trainer)
+    for unit in units:
+        missing = unbound_symbols(unit)
+        if missing:
+            raise DlcError(f"no input of {name} gives the size of {', '.join(missing)} by a dim of its own: a "
+                           "library binds each symbolic dim from an input's shape")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DlcError(f"cannot make the folder {out}: {e.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="dlc-build-") as tmp:
-        objects = _objects(lib, built.module, Path(tmp))
-        source = Path(tmp) / f"{name}.c"
-        source.write_text(c_source(lib))
+        objects = _objects(lib.name, units, Path(tmp))
         (out / f"{name}.h").write_text(header(lib, dlc.__version__))
-        glue = Path(tmp) / f"{name}.o"
-        tools.compile(source, glue, out)
-        tools.shared([glue] + objects, out / f"lib{name}.so")
-        tools.archive([glue] + objects, out / f"lib{name}.a")
+        for unit in units:
+            source = Path(tmp) / f"{unit.name}.c"
+            source.write_text(c_source(unit))
+            objects.insert(0, Path(tmp) / f"{unit.name}.o")
+            tools.compile(source, objects[0], out)
+        tools.shared(objects, out / f"lib{name}.so")
+        tools.archive(objects, out / f"lib{name}.a")
     (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
     (out / "README.md").write_text(_readme(lib, tools, out))
     files = [out / f for f in (f"lib{name}.so", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
-    return Built(name, files, tools.name, target, embed)
+    return Built(name, files, tools.name, target, embed, train)
+
+
+def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict) -> Library:
+    """The train step's unit of a --train library (runtime/deploy/training.py); `weights`: to embed."""
+    from dlc.compiler.native.driver import build_module
+    from dlc.compiler.native.lower import lower
+    from dlc.compiler.passes.optimize import optimize
+    from dlc.runtime.deploy.training import train_parts
+    graph, precision, training, order, shapes, inputs = train_parts(file, model, overrides)
+    program = lower(optimize(graph), precision)
+    _refuse_host_calls(program)
+    built = build_module(program, "dlc_step", update=training.update)
+    arrays = None
+    if weights:
+        from dlc.compiler.frontend.loader import load
+        from dlc.runtime.interop.weights import load as load_weights
+        arrays, _ = load_weights(weights, load(file).build(model, training=True).params)
+    name = f"{lib.name}__trainer"
+    unit = Library(name, program, built.arguments, [t for t in inputs if t.name in program.inputs], [],
+                   *_checks(graph, program), step=f"{name}__dlc_step", target=lib.target, features=lib.features,
+                   uses_amx=lib.uses_amx, param_shapes=shapes, weights=arrays, param_order=order, training=training)
+    unit.module, unit.header_name = built.module, lib.name
+    return unit
+
+
+def _checks(graph, program) -> tuple:
+    """(the size constraints, the index checks) of a library's step, with their lines."""
+    from dlc.runtime.engines.interpreter import size_constraints, size_need
+    return ([(d, least, op, where(span), *size_need(d, least)) for d, least, op, span in size_constraints(graph)
+             if not any(s.startswith("$") for s in d.symbols())],      # with a scan step: nor does the engine check it
+            [(what, count, where(span)) for what, count, span in program.faults])
 
 
 def _refuse_host_calls(program):
@@ -121,28 +164,42 @@ def _refuse_host_calls(program):
                                         "allreduce): it cannot go in a library", span)
 
 
-def _objects(lib: Library, step_module, tmp: Path) -> list:
-    """The step, GEMM and data objects, their symbols named after the model (two models'
-    libraries link into one program) and hidden (the library exports its C API only)."""
-    from dlc.compiler.native.gemm import bf16_config, default_config
+def _objects(name: str, units: list, tmp: Path) -> list:
+    """The step objects of the units (Library each, with its step module), the GEMM object and the
+    data objects, their symbols named after the unit (two models' libraries link into one
+    program, and a --train library's two step modules into one library) and hidden (the
+    library exports its C API only)."""
+    from dlc.compiler.native.gemm import bf16_config, default_config, thread_local_buffers
     from dlc.runtime.engines.cache import gemm_module
-    refs = [jit.parse(step_module), jit.parse(gemm_module((default_config(), bf16_config())))]
-    defined = {g.name for r in refs for g in [*r.functions, *r.global_variables]
-               if not g.is_declaration and g.linkage.name == "external"}
-    for r in refs:
-        for g in [*r.functions, *r.global_variables]:
-            if g.name in defined:
-                g.name = f"{lib.name}__{g.name}"
-                if not g.is_declaration:
-                    g.visibility = "hidden"
-    _, _, weight_blob, const_blob = embedded_layout(lib)
-    refs.append(jit.parse(data_module(lib, weight_blob, const_blob)))
-    for g in refs[-1].global_variables:
-        g.visibility = "hidden"
+    # instances on different threads run at once: each thread packs into its own buffers
+    gemm = jit.parse(thread_local_buffers(str(gemm_module((default_config(), bf16_config())))))
+    shared = {g.name for g in [*gemm.functions, *gemm.global_variables]
+              if not g.is_declaration and g.linkage.name == "external"}
+    refs = [(gemm, "gemm")]
+    for unit in units:
+        ref = jit.parse(unit.module)
+        for g in [*ref.functions, *ref.global_variables]:
+            if g.name in shared:
+                g.name = f"{name}__{g.name}"
+            elif not g.is_declaration and g.linkage.name == "external":
+                g.name = f"{unit.name}__{g.name}"
+                g.visibility = "hidden"
+        refs.append((ref, f"{unit.name}_step"))
+    for g in [*gemm.functions, *gemm.global_variables]:
+        if g.name in shared:
+            g.name = f"{name}__{g.name}"
+            g.visibility = "hidden"
+    data = []
+    for unit in units:
+        _, _, weight_blob, const_blob = embedded_layout(unit)
+        ref = jit.parse(data_module(unit, weight_blob, const_blob))
+        for g in ref.global_variables:
+            g.visibility = "hidden"
+        data.append((ref, f"{unit.name}_data"))
     paths = []
-    for k, r in enumerate(refs):
-        path = tmp / f"{lib.name}_{('step', 'gemm', 'data')[k]}.o"
-        path.write_bytes(jit.object_code(r, 0 if k == 2 else jit.OPT_LEVEL))
+    for r, what in refs + data:
+        path = tmp / f"{what}.o"
+        path.write_bytes(jit.object_code(r, 0 if what.endswith("_data") else jit.OPT_LEVEL))
         paths.append(path)
     return paths
 
@@ -158,10 +215,12 @@ def _readme(lib: Library, tools, out: Path) -> str:
     n = lib.name
     weights = ("The weights are inside the library: `%s_create(&model, NULL)`." % n if lib.weights is not None else
                f"Give `{n}_create` the path of a dlc checkpoint of the model (`dlc train` writes one).")
+    trains = (f" It trains too (`--train`): `{n}_train_step`, `{n}_get_parameter`, `{n}_set_parameter`, `{n}_save` "
+              "(docs/deploy.md, Training from C)." if lib.trainer is not None else "")
     return f"""# {n}: a dlc library
 
 Built by dlc {dlc.__version__} (`dlc build`, target {lib.target}, {tools.name}). The API is in `{n}.h`;
-docs/deploy.md of dlc describes it. {weights}
+docs/deploy.md of dlc describes it. {weights}{trains}
 
 Compile and link a C program against the shared library:
 

@@ -31,7 +31,7 @@ class Toolchain:
             raise DlcError(f"{what} failed ({self.name}):\n$ {shlex.join(args)}\n{done.stderr.strip()}")
 
     def compile(self, source: Path, obj: Path, include: Path):
-        self.run(self.cc + ["-std=gnu11", "-O2", "-fPIC", "-fvisibility=hidden", f"-I{include}", "-c", str(source),
+        self.run(self.cc + ["-std=gnu11", "-O2", "-ffp-contract=off", "-fPIC", "-fvisibility=hidden", f"-I{include}", "-c", str(source),
                             "-o", str(obj)], f"compiling {source.name}")
 
     def shared(self, objects: list, out: Path):

@@ -17,7 +17,6 @@ import numpy as np
 
 from dlc.compiler.passes.autodiff import hvp_graph, train_step
 from dlc.compiler.native.buckets import BUCKET, REDUCED, gradient_buckets
-from dlc.compiler.native.builder import FAULT
 from dlc.compiler.native.driver import CHECK, NONFINITE, build_module
 from dlc.compiler.ir.dims import concrete, derive, numel
 from dlc.compiler.errors import DlcError
@@ -66,8 +65,9 @@ class NumericsCheck:
     inputs before the call. At the first one the driver stops, and the fault flag keeps the
     optimizer's update from running."""
 
-    def __init__(self, program: KernelProgram, compiled, fault: ctypes.c_int64):
-        self.program, self.fault = program, fault
+    def __init__(self, program: KernelProgram, compiled):
+        self.program = program
+        self.fault = None           # the fault flag of the call under way (its layout's)
         last = {bid: i for i, k in enumerate(program.kernels) for bid in self._writes(k)}
         self.watched: dict = {}     # kernel number -> the buffers it is the last to write
         for bid, i in last.items():
@@ -86,9 +86,10 @@ class NumericsCheck:
     def _writes(self, k) -> set:
         return set(k.accesses()[1]).union(*map(self._writes, k.nested()))
 
-    def arm(self, table: np.ndarray, sizes: dict):
-        """Before a call: its pointer table and dim sizes. NonFiniteOutput, written by no
-        kernel, if a parameter or an input is not finite."""
+    def arm(self, table: np.ndarray, sizes: dict, fault: ctypes.c_int64):
+        """Before a call: its pointer table, dim sizes and fault flag. NonFiniteOutput,
+        written by no kernel, if a parameter or an input is not finite."""
+        self.fault = fault
         key = tuple(sizes[s] for s in self.program.symbols)
         if key not in self.counts:
             self.counts[key] = {bid: int(concrete(self.program.buffers[bid].size, sizes))
@@ -151,7 +152,6 @@ class Executable:
             self.compiled, arguments = cache.compile_built(parts, build)
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
             self.compiled.address("dlc_step"))
-        self.fault = ctypes.c_int64.from_address(self.compiled.engine.get_global_value_address(FAULT))
         self.layouts: dict = {}
         self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
@@ -170,7 +170,7 @@ class Executable:
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
         # tests what each kernel writes (NumericsCheck); the module's driver calls it
-        self.numerics = NumericsCheck(self.program, self.compiled, self.fault) if check_numerics else None
+        self.numerics = NumericsCheck(self.program, self.compiled) if check_numerics else None
 
     def _host(self, name: str, hosts: dict):
         """The C function of host function `name`. An exception cannot cross a ctypes
@@ -249,17 +249,17 @@ class Executable:
         for slot, a in enumerate(extra):
             lay.bind(self.extras + slot, a)
         self.arrays = arrays                # what a host function may read during the call
-        self.fault.value = 0
+        lay.fault.value = 0
         if self.numerics is not None:
-            self.numerics.arm(lay.table, sizes)
-        self.fn(lay.address, lay.dims, threads())
+            self.numerics.arm(lay.table, sizes, lay.fault)
+        self.fn(lay.address, lay.sizes, threads())
         if self.host_error is not None:
             error, self.host_error = self.host_error, None
             raise error
         if self.numerics is not None:
             self.numerics.report()
-        if self.fault.value:
-            what, count, span = self.program.faults[self.fault.value - 1]
+        if lay.fault.value:
+            what, count, span = self.program.faults[lay.fault.value - 1]
             raise DlcError.at_user_line(f"{what}: index out of range [0, {concrete(count, sizes)})", span)
         return arrays, sizes
 
@@ -298,7 +298,10 @@ class Layout:
     def __init__(self, exe: "Executable", sizes: dict, arrays: list, table: np.ndarray):
         self.arrays, self.table = arrays, table
         key = [sizes[s] for s in exe.program.symbols]
-        self.dims = (ctypes.c_int64 * max(1, len(key)))(*key)
+        # the fault flag, then the sizes (compiler/native/driver.py): the step is given the sizes' address
+        self.dims = (ctypes.c_int64 * (1 + len(key)))(0, *key)
+        self.fault = ctypes.c_int64.from_buffer(self.dims)
+        self.sizes = ctypes.addressof(self.dims) + ctypes.sizeof(ctypes.c_int64)
         # slot -> (dtype, element count, name) of the array it takes; the update's slots
         # (after the checks) are the engine's own arrays, which it sized
         self.wants = {b.id: (np.dtype(DTYPES[b.dtype]), int(concrete(b.size, sizes)), b.name or str(b.id))
@@ -348,10 +351,10 @@ class UpdateCall:
             self.compiled.address("dlc_update"))
         table = np.array([0 if a is None else a.ctypes.data for a in arrays], np.uint64)
         self.args = table[np.array(arguments, np.intp)]
-        self.dims = (ctypes.c_int64 * 1)(0)
+        self.dims = (ctypes.c_int64 * 1)(0)        # the fault flag, no sizes: an empty program has no checks
 
     def __call__(self):
-        self.fn(self.args.ctypes.data, self.dims, threads())
+        self.fn(self.args.ctypes.data, ctypes.addressof(self.dims) + ctypes.sizeof(ctypes.c_int64), threads())
 
 
 class NativeEngine:

@@ -153,6 +153,12 @@ class Trainer:
             self.say(f"init_from {path}: {report}")
         return params
 
+    def checkpoint_meta(self) -> dict:
+        """What every checkpoint of the run records besides its place in it (`meta`: the
+        data's facts, which prepare_data gives)."""
+        return {"model": self.name, "source_hash": self.source_hash, "seed": self.cfg.seed,
+                "optimizer": self.cfg.optimizer.name, "meta": _jsonable(self.meta), "data": data_settings(self.cfg)}
+
     # -- run --
     def run(self, resume=False, engine=None, overwrite: bool = False) -> Result:
         """Train from the start, or from a checkpoint with `resume` (True: the folder's last.npz;
@@ -250,9 +256,8 @@ class Trainer:
         interrupted = Interrupt()
         if self.world is not None:
             engine = distributed.DataParallel(engine, self.world, interrupted, stats)
-        checkpoints = checkpoint.Checkpoints(self.out, params, opt_state, history, stop, {
-            "model": self.name, "source_hash": self.source_hash, "seed": cfg.seed, "optimizer": cfg.optimizer.name,
-            "meta": _jsonable(self.meta), "data": data_settings(cfg)}, self.writes)
+        checkpoints = checkpoint.Checkpoints(self.out, params, opt_state, history, stop, self.checkpoint_meta(),
+                                             self.writes)
         events = Callbacks([*self.callbacks, stop, checkpoints])
         begin = {"epochs": epochs, "batches": len(bounds), "examples": n, "initial_epoch": epoch,
                  "initial_step": step, "steps": last_step}

@@ -1,5 +1,7 @@
-/* A C program of tests/test_deploy.py: THREADS threads, each with an instance of its own,
- * predict the same batch ROUNDS times at once; every result must be the first one's bits.
+/* A C program of tests/test_deploy.py: THREADS threads, each with an instance of its own
+ * and a batch of its own, predict ROUNDS times at once; every result must be the bits of
+ * that batch's prediction made before, one thread alone. Different batches, so that two
+ * threads sharing anything they write (a fault flag, GEMM pack buffers) would differ.
  * usage: threads_main CHECKPOINT THREADS ROUNDS (the digits CNN: -DMODEL=digits_cnn) */
 #include <pthread.h>
 #include <stdio.h>
@@ -7,20 +9,23 @@
 #include <string.h>
 #define CAT(a, b) a##b
 #define FN(m, f) CAT(m, f)
-#define BATCH 8
+#define BATCH 64
+#define MOST 64
 
 static const char *checkpoint;
 static int rounds;
-static float x[BATCH * 64], first[BATCH * 10];
+static float x[MOST][BATCH * 64], first[MOST][BATCH * 10];
+static int failed[MOST];
 
-static void *work(void *failed) {
+static void *work(void *arg) {
+    int k = (int)(intptr_t)arg;
     MODEL *model;
     float y[BATCH * 10];
     int64_t shape[4] = {BATCH, 1, 8, 8}, out_shape[2];
-    if (FN(MODEL, _create)(&model, checkpoint)) { *(int *)failed = 1; return NULL; }
+    if (FN(MODEL, _create)(&model, checkpoint)) { failed[k] = 1; return NULL; }
     for (int r = 0; r < rounds; r++)
-        if (FN(MODEL, _predict)(model, x, shape, y, BATCH * 10, out_shape) || memcmp(y, first, sizeof y))
-            *(int *)failed = 1;
+        if (FN(MODEL, _predict)(model, x[k], shape, y, BATCH * 10, out_shape) || memcmp(y, first[k], sizeof y))
+            failed[k] = 1;
     FN(MODEL, _destroy)(model);
     return NULL;
 }
@@ -30,17 +35,19 @@ int main(int argc, char **argv) {
     checkpoint = argv[1];
     int threads = atoi(argv[2]);
     rounds = atoi(argv[3]);
-    for (int i = 0; i < BATCH * 64; i++) x[i] = (float)((i * 7919) % 101) / 50.0f - 1.0f;
+    if (threads < 1 || threads > MOST) return 2;
     MODEL *model;
     int64_t shape[4] = {BATCH, 1, 8, 8}, out_shape[2];
-    if (FN(MODEL, _create)(&model, checkpoint) || FN(MODEL, _predict)(model, x, shape, first, BATCH * 10, out_shape))
-        return 1;
+    if (FN(MODEL, _create)(&model, checkpoint)) return 1;
+    for (int k = 0; k < threads; k++) {         /* one after the other: the reference */
+        for (int i = 0; i < BATCH * 64; i++) x[k][i] = (float)(((i + 131 * k) * 7919) % 101) / 50.0f - 1.0f;
+        if (FN(MODEL, _predict)(model, x[k], shape, first[k], BATCH * 10, out_shape)) return 1;
+    }
     FN(MODEL, _destroy)(model);
-    pthread_t t[64];
-    int failed[64] = {0};
-    for (int i = 0; i < threads; i++) pthread_create(&t[i], NULL, work, &failed[i]);
-    for (int i = 0; i < threads; i++) pthread_join(t[i], NULL);
-    for (int i = 0; i < threads; i++)
-        if (failed[i]) { fprintf(stderr, "thread %d: a result differs or a call failed\n", i); return 1; }
+    pthread_t t[MOST];
+    for (int k = 0; k < threads; k++) pthread_create(&t[k], NULL, work, (void *)(intptr_t)k);
+    for (int k = 0; k < threads; k++) pthread_join(t[k], NULL);
+    for (int k = 0; k < threads; k++)
+        if (failed[k]) { fprintf(stderr, "thread %d: a result differs or a call failed\n", k); return 1; }
     return 0;
 }

@@ -6,7 +6,7 @@ from pathlib import Path
 from dlc.runtime.cli.arguments import model_arguments
 from dlc.runtime.deploy.build import build
 
-HELP = "compile a model's prediction into a native library with a C API (.so, .a, .h)"
+HELP = "compile a model's prediction (and with --train its train step) into a native library with a C API (.so, .a, .h)"
 
 
 def arguments(p):
@@ -18,13 +18,21 @@ def arguments(p):
     p.add_argument("--target", choices=["host", "avx2", "avx512", "avx512bf16", "amx"], default="host",
                    help="the x86 CPU to compile for (default: this machine's); the library refuses to run "
                         "on a CPU without those features")
+    p.add_argument("--train", action="store_true",
+                   help="the library trains too: train_step (the train block's optimizer and schedule), "
+                        "get/set parameters, save a checkpoint")
+    p.add_argument("--seed", type=int, metavar="N", help="with --train: the run's seed, as dlc train --seed (the "
+                   "random key of each step, the data split the checkpoints record)")
+    p.add_argument("--epochs", type=int, metavar="N", help="with --train: the run's epochs, as dlc train --epochs "
+                   "(the schedule's length until set_schedule says otherwise)")
     p.add_argument("--toolchain", choices=["auto", "cc", "zig"], default="auto",
                    help='auto (default): the system cc, else zig cc (pip install "dlc[build]")')
 
 
 def run(args):
     built = build(args.file, Path(args.output), args.model, args.weights, args.target, args.embed_weights,
-                  toolchain=args.toolchain)
+                  toolchain=args.toolchain, train=args.train,
+                  overrides={"seed": args.seed, "epochs": args.epochs})
     print(f"wrote {', '.join(str(f) for f in built.files)}")
     print(f"target {built.target}, weights {'embedded' if built.embedded else 'read from a checkpoint at create'}, "
-          f"linked with {built.toolchain}")
+          f"{'predicts and trains' if built.train else 'predicts'}, linked with {built.toolchain}")
