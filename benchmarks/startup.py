@@ -1,7 +1,7 @@
 """Start-up of a CLI call, phase by phase: what `dlc check FILE` pays before and after it
 reads the user's file (dlc issues 36 and 37).
 
-    python -m dlc.benchmarks.startup [FILE] [--runs N]
+    python benchmarks/startup.py [FILE] [--runs N]
 
 Each run is a fresh process. Cold: an empty dlc cache directory (DLC_CACHE_DIR), so the
 grammar's tables and the parsed standard library are built and written; warm: the same
