@@ -2,7 +2,9 @@
 tests of the command line, checkpoints, data and progress check; the native engine trained
 against the reference engine. Test files import the helpers by name (`from conftest import
 write`); the float64 gradient oracle is numeric_helpers.py."""
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -15,8 +17,10 @@ from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.training.optim import make_optimizer
 from dlc.tools.real_models import without_torchvision_ops
 
-# compiled native code goes to a cache of this test session, not the user's
-os.environ.setdefault("DLC_CACHE_DIR", tempfile.mkdtemp(prefix="dlc-test-cache-"))
+# compiled native code goes to a cache of this test session, not the user's; removed at its end
+if "DLC_CACHE_DIR" not in os.environ:
+    os.environ["DLC_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlc-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DLC_CACHE_DIR"], ignore_errors=True)
 
 # the torchvision that CI installs may be a CUDA build that does not load: the tests (and
 # transformers, which imports it) take its model definitions without its compiled ops
