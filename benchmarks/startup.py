@@ -1,7 +1,9 @@
 """Start-up of a CLI call, phase by phase: what `dlc check FILE` pays before and after it
-reads the user's file (dlc issues 36 and 37).
+reads the user's file, and with --train what `dlc train FILE` pays up to the end of its
+first step (dlc issues 36 and 37).
 
     python benchmarks/startup.py [FILE] [--runs N]
+    python benchmarks/startup.py --train [FILE ...] [--runs N]
 
 Each run is a fresh process. Cold: an empty dlc cache directory (DLC_CACHE_DIR), so the
 grammar's tables and the parsed standard library are built and written; warm: the same
@@ -16,12 +18,25 @@ directory again, so both are read. The phases, in the child process:
 
 The median of --runs runs is shown, in milliseconds: the wall time, and the CPU time of
 the phases (on a busy machine the wall time waits for a core; the CPU time does not).
+
+With --train, each file is trained through the Python API (`dlc.load(FILE).train()`, what
+`dlc train` runs) in a fresh process, stopped after its first step. Cold: an empty compile
+cache but dlc's GEMM kernels built (they are compiled once per machine and dlc version,
+first, and copied into each cold run's cache: docs/native.md, Cache); warm: the same cache
+again. The phases:
+
+  import      `import dlc` and the trainer's modules
+  load        the file loaded: grammar, standard library, the user's file, both modes built
+  compile     the data read and the native train step built and compiled (or read)
+  first step  the first step's batch and its call
+  process     the interpreter's start to the end of the first step, as the parent saw it
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,6 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("import", "grammar", "stdlib", "user file", "check")
+TRAIN_PHASES = ("import", "load", "compile", "first step")
 
 
 def phases(path: str) -> dict:
@@ -60,6 +76,36 @@ def phases(path: str) -> dict:
     return times
 
 
+def train_phases(path: str, out: str) -> dict:
+    """The phases of `dlc train` up to the end of its first step, in this (fresh) process."""
+    times, t = {}, (time.perf_counter(), time.process_time())
+
+    def lap(name):
+        nonlocal t
+        now = (time.perf_counter(), time.process_time())
+        times[name], times[name + " cpu"], t = now[0] - t[0], now[1] - t[1], now
+
+    import dlc
+    from dlc.runtime.training import trainer  # noqa: F401  (the modules `dlc train` imports)
+    from dlc.runtime.engines import native  # noqa: F401
+    lap("import")
+    model = dlc.load(path, backend="native")      # both modes built
+    lap("load")
+
+    class FirstStep(dlc.Callback):
+        def on_train_begin(self, logs):
+            lap("compile")
+
+        def on_batch_end(self, step, logs):
+            if step == 1:
+                lap("first step")
+                times["at"] = time.time()
+                self.model.stop_training = True
+
+    model.train(out=out, progress="none", overwrite=True, callbacks=[FirstStep()])
+    return times
+
+
 def run(path: str, cache: str, command: bool) -> dict:
     env = dict(os.environ, DLC_CACHE_DIR=cache)
     if command:
@@ -72,12 +118,56 @@ def run(path: str, cache: str, command: bool) -> dict:
     return json.loads(out)
 
 
+def run_train(path: str, cache: str, out: str) -> dict:
+    env = dict(os.environ, DLC_CACHE_DIR=cache)
+    t = time.time()
+    result = subprocess.run([sys.executable, __file__, "--train-child", path, out], env=env, check=True,
+                            capture_output=True, text=True).stdout
+    times = json.loads(result.splitlines()[-1])
+    times["process"] = times.pop("at") - t         # to the end of the first step (the run goes on after it)
+    return times
+
+
+def main_train(files: list, runs: int):
+    with tempfile.TemporaryDirectory() as root:
+        kernels = Path(root) / "kernels"
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", "from dlc.runtime.engines.cache import gemm_symbols; gemm_symbols()"],
+                       env=dict(os.environ, DLC_CACHE_DIR=str(kernels)), check=True, stderr=subprocess.DEVNULL)
+        print(f"dlc's GEMM kernels compiled in {time.perf_counter() - t:.2f} s (once per machine; in every cold "
+              f"run's cache below)\n")
+        print(f"dlc train FILE, to the end of its first step: median of {runs} fresh processes, ms")
+        print(f"{'file':<28} {'':<5} " + " ".join(f"{p:>10}" for p in TRAIN_PHASES + ("process",)) + f" {'CPU':>7}")
+        for path in files:
+            results = {"cold": [], "warm": []}
+            for i in range(runs):
+                cache = Path(root) / f"cache-{Path(path).stem}-{i}"
+                shutil.copytree(kernels, cache)
+                results["cold"].append(run_train(path, str(cache), str(Path(root) / "run")))
+                results["warm"].append(run_train(path, str(cache), str(Path(root) / "run")))
+            for kind, rs in results.items():
+                cells = [f"{1000 * statistics.median(r[p] for r in rs):>10.0f}" for p in TRAIN_PHASES + ("process",)]
+                cpu = statistics.median(sum(r[p + " cpu"] for p in TRAIN_PHASES) for r in rs)
+                print(f"{Path(path).name:<28} {kind:<5} " + " ".join(cells) + f" {1000 * cpu:>7.0f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("file", nargs="?", default=str(ROOT / "examples" / "digits_cnn.dl"))
+    p.add_argument("file", nargs="*", default=[str(ROOT / "examples" / "digits_cnn.dl")])
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--train", action="store_true", help="the phases of dlc train FILE ... to its first step")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--train-child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.train_child:
+        print(json.dumps(train_phases(*args.file)))
+        return
+    if args.train:
+        main_train(args.file, args.runs)
+        return
+    if len(args.file) != 1:
+        p.error("dlc check's start-up takes one file")
+    args.file = args.file[0]
     if args.child:
         print(json.dumps(phases(args.file)))
         return

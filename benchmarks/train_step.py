@@ -664,6 +664,9 @@ def main(argv=None) -> int:
                     help="of the products: bf16 is dlc's precision = \"bf16\" and torch.autocast (no JAX)")
     ap.add_argument("--batch", type=int, help="examples per step (default: each workload's)")
     ap.add_argument("--json", metavar="PATH", help="also write every workload's numbers to PATH as JSON")
+    ap.add_argument("--cold", action="store_true",
+                    help="dlc's first steps with an empty compile cache (a new DLC_CACHE_DIR) but its GEMM kernels "
+                         "built: they are compiled first, once, and timed apart")
     args = ap.parse_args(argv)
     if args.steps is not None and args.steps < 1 or args.warmup is not None and args.warmup < 0:
         ap.error("--steps must be at least 1 and --warmup at least 0")
@@ -704,6 +707,16 @@ def main(argv=None) -> int:
     print("FMA peak (benchmarks/peak.py): " + ", ".join(f"{g:.0f} GFLOP/s on {n} thread{'s' * (n > 1)}"
                                                         for n, g in peak["gflops"].items()))
 
+    if args.cold:
+        import tempfile
+        os.environ["DLC_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlc-cold-")
+    if frameworks & set(OWN) and args.engine == "native":
+        # compiled once per machine and dlc version (docs/native.md, Cache): not any model's first step
+        from dlc.runtime.engines import cache
+        t0 = time.perf_counter()
+        cache.gemm_symbols()
+        print(f"dlc's GEMM kernels: {time.perf_counter() - t0:.2f} s "
+              f"({'compiled' if cache.stats['compiles'] else 'read from the cache'}; not in the first steps)")
     if args.load:
         print(f"under load: {args.load} process(es) keep a core busy beside every framework")
     results = []

@@ -14,8 +14,10 @@ step and GEMM modules are also found by what they are built from, before they ar
 compiler source, names the object entry and holds the step's argument slots. It is
 verified like an object, and the slots are checked against the pointer table they index.
 
-The GEMM routines are one module compiled once per process (and cached like any other);
-kernel modules only declare them, and their addresses are given to LLVM as symbols.
+A module is compiled in parts on every core (compiler/native/parallel_compile.py), and its
+entry holds the parts' objects. The GEMM routines are one module, compiled once per machine
+and dlc version (then read from the cache); kernel modules only declare them, and their
+addresses are given to LLVM as symbols.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import pickle
 import re
 import secrets
 import struct
+import sys
 import time
 from pathlib import Path
 
@@ -39,14 +42,14 @@ from llvmlite import ir
 import dlc
 from dlc.compiler.native.gemm import add_gemm, add_pack, bf16_config, default_config, gemm_name, pack_name
 from dlc.compiler.errors import DlcError
-from dlc.compiler.native import jit
+from dlc.compiler.native import jit, parallel_compile
 from dlc.compiler.frontend.parse_cache import cache_dir, private
 
 stats = {"compiles": 0, "hits": 0, "rejected": 0}
 _gemm_module = None
 
 MAGIC = b"dlc-obj\0"
-FORMAT = 1
+FORMAT = 2          # 2: an object entry holds a module's parts
 _HEADER = struct.Struct("<8sI32s32s")      # magic, format, key (hex), SHA-256 of the object
 
 
@@ -88,20 +91,44 @@ class Loaded:
 
 def compile_cached(module: ir.Module) -> Loaded:
     """Machine code for a module, from the cache or from LLVM (then stored)."""
-    text = str(module)
+    text, pieces = parallel_compile.module_text(module)
     key = _key(text)
     t0 = time.perf_counter()
     with _open_dir() as dirfd:
-        obj = None if dirfd is None else _read(dirfd, f"{key}.o", key)
-        if obj is not None:
-            loaded = _loaded(obj, _functions(module), t0, key)
+        objects = None if dirfd is None else _objects(_read(dirfd, f"{key}.o", key))
+        if objects is not None:
+            loaded = _loaded(objects, _functions(module), t0, key)
             if loaded is not None:
                 return loaded
-        obj = jit.target_machine().emit_object(jit.optimize(jit.parse(text)))
+        objects = parallel_compile.compile_objects(module, text, pieces)
         stats["compiles"] += 1
         if dirfd is not None:
-            _store(dirfd, f"{key}.o", key, obj)
-    return Loaded(_load(obj), time.perf_counter() - t0, False, key)
+            _store(dirfd, f"{key}.o", key, _bundle(objects))
+    return Loaded(_load(objects), time.perf_counter() - t0, False, key)
+
+
+# An object entry holds the objects of a module's parts (compiler/native/parallel_compile.py):
+# their count, each one's length, then the objects.
+_COUNT, _LENGTH = struct.Struct("<I"), struct.Struct("<Q")
+
+
+def _bundle(objects: list) -> bytes:
+    return b"".join([_COUNT.pack(len(objects))] + [_LENGTH.pack(len(o)) for o in objects] + objects)
+
+
+def _objects(payload: bytes | None) -> list | None:
+    """The objects of an entry's payload, or None when it does not hold whole objects."""
+    if payload is None or len(payload) < _COUNT.size:
+        return None
+    (count,) = _COUNT.unpack_from(payload)
+    start = _COUNT.size + count * _LENGTH.size
+    if count == 0 or start > len(payload):
+        return None
+    lengths = [_LENGTH.unpack_from(payload, _COUNT.size + i * _LENGTH.size)[0] for i in range(count)]
+    if start + sum(lengths) != len(payload):
+        return None
+    ends = [start + sum(lengths[:i + 1]) for i in range(count)]
+    return [payload[end - n:end] for end, n in zip(ends, lengths)]
 
 
 def compile_built(parts: tuple, build) -> tuple[Loaded, list]:
@@ -117,8 +144,8 @@ def compile_built(parts: tuple, build) -> tuple[Loaded, list]:
         entry = None if dirfd is None else _read(dirfd, f"{key}.step", key)
         doc = None if entry is None else _step_entry(entry)
         if doc is not None:
-            obj = _read(dirfd, f"{doc['object']}.o", doc["object"])
-            loaded = None if obj is None else _loaded(obj, doc["functions"], t0, doc["object"])
+            objects = _objects(_read(dirfd, f"{doc['object']}.o", doc["object"]))
+            loaded = None if objects is None else _loaded(objects, doc["functions"], t0, doc["object"])
             if loaded is not None:
                 return loaded, doc["extra"]
     module, extra = build()
@@ -147,8 +174,8 @@ def _functions(module: ir.Module) -> list:
     return [f.name for f in module.functions if not f.is_declaration and f.linkage in ("", "external")]
 
 
-def _loaded(obj: bytes, functions: list, t0: float, key: str) -> Loaded | None:
-    engine = _load(obj)
+def _loaded(objects: list, functions: list, t0: float, key: str) -> Loaded | None:
+    engine = _load(objects)
     if all(engine.get_function_address(name) for name in functions):
         stats["hits"] += 1
         return Loaded(engine, time.perf_counter() - t0, True, key)
@@ -187,9 +214,10 @@ def _pickled(parts: tuple) -> bytes:
     return out.getvalue()
 
 
-def _load(obj: bytes):
+def _load(objects: list):
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), jit.target_machine())
-    engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    for obj in objects:
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
     engine.finalize_object()
     return engine
 
@@ -257,13 +285,21 @@ VARIANTS = [(ta, tb, pk) for ta in (False, True) for tb in (False, True) for pk 
 
 
 def gemm_symbols():
-    """Compile the GEMM routines once, float32 and bf16 (compiler/native/gemm.py
-    `bf16_config`: the host's path), and tell LLVM where they are."""
+    """Load the GEMM routines, float32 and bf16 (compiler/native/gemm.py `bf16_config`: the
+    host's path), compiled once per machine and dlc version and then read from the cache,
+    and tell LLVM where they are."""
     global _gemm_module
     if _gemm_module is None:
         jit.load_library("gomp")
         configs = (default_config(), bf16_config())
-        _gemm_module, _ = compile_built(("dlc_gemm", configs, VARIANTS), lambda: (gemm_module(configs), []))
+
+        def build():
+            # the one compile every program waits for, once: say so, as a download would
+            print(f"dlc: compiling its GEMM kernels for this CPU ({jit.host_cpu()[0]}), once: later programs "
+                  f"load them from the cache in {cache_dir()}", file=sys.stderr, flush=True)
+            return gemm_module(configs), []
+
+        _gemm_module, _ = compile_built(("dlc_gemm", configs, VARIANTS), build)
         names = [name for bf16 in (False, True)
                  for name in [gemm_name(ta, tb, False, pk, bf16) for ta, tb, pk in VARIANTS]
                  + [pack_name(tb, bf16) for tb in (False, True)]]

@@ -1,0 +1,195 @@
+"""Compiling one LLVM module on every core.
+
+LLVM compiles a module on one thread, and llvmlite runs every call into LLVM under one
+lock, so a process compiles one thing at a time. A train step's module is mostly
+independent kernels, and each is a `noinline` function called through the step's table:
+no optimisation crosses one. So the module is cut there into parts of about equal size,
+part 0 is compiled in this process and each other part in a child process
+(`python -m dlc.compiler.native.parallel_compile`, which reads the part's IR and writes its
+object), at the same time; the JIT links the objects when it loads them
+(runtime/engines/cache.py). Each function's machine code is what it would be in the whole
+module: the same bits on any number of parts.
+
+A part is the module's text less the functions of the other parts, which it declares
+instead where it calls them; a function called from another part loses `internal` so the
+objects can link. Everything a function reaches but through a `noinline` call (its
+helpers, the globals it uses, a function that shares one with it) stays in its part.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+
+from llvmlite import ir
+
+from dlc.compiler.native import jit
+
+# Below this much IR text a module compiles in about the time a child process takes to
+# start (50 ms): it is compiled whole, here.
+MIN_SPLIT_CHARS = 200_000
+_REFERENCE = re.compile(r'@"([^"]+)"|@([-a-zA-Z$._][-a-zA-Z$._0-9]*)')
+
+
+def jobs() -> int:
+    """How many processes compile a module: $DLC_COMPILE_JOBS, else the cores this
+    process may run on."""
+    value = os.environ.get("DLC_COMPILE_JOBS")
+    if value:
+        from dlc.compiler.errors import DlcError
+        if not value.isdigit() or int(value) < 1:
+            raise DlcError(f"DLC_COMPILE_JOBS must be a whole number of processes, at least 1, not '{value}'")
+        return int(value)
+    return len(os.sched_getaffinity(0))
+
+
+def module_text(module: ir.Module) -> tuple[str, dict]:
+    """The module's IR text (what `str(module)` gives) and each global's own text, by name,
+    printed once for both."""
+    pieces = {g.name: str(g) for g in module.globals.values()}
+    return _assemble(module, list(pieces.values())), pieces
+
+
+def _assemble(module: ir.Module, body: list) -> str:
+    header = [f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
+              f'target datalayout = "{module.data_layout}"', '']
+    types = [t.get_declaration() for t in module.get_identified_types().values()]
+    return "\n".join(header + types + body + module._get_metadata_lines())
+
+
+def split(module: ir.Module, pieces: dict, parts: int) -> list[str]:
+    """The IR text of each part of `module` (at most `parts`, fewer when it has fewer units
+    to share out), given each global's text (`module_text`)."""
+    values = module.globals
+    defined = [name for name, g in values.items() if not _is_declaration(g)]
+    unit = {name: name for name in defined}
+
+    def root(name):
+        while unit[name] != name:
+            unit[name] = unit[unit[name]]
+            name = unit[name]
+        return name
+
+    references = {name: _references(pieces[name], name, unit) for name in defined}
+    for name in defined:
+        for other in references[name]:
+            if not _noinline(values[other]):
+                unit[root(name)] = root(other)
+    sizes: dict = {}
+    for name in defined:
+        sizes[root(name)] = sizes.get(root(name), 0) + len(pieces[name])
+    # largest unit first, each into the lightest part
+    loads = [0] * min(parts, len(sizes))
+    part_of_unit = {}
+    for r in sorted(sizes, key=lambda r: (-sizes[r], r)):
+        p = loads.index(min(loads))
+        part_of_unit[r] = p
+        loads[p] += sizes[r]
+    part = {name: part_of_unit[root(name)] for name in defined}
+    called_across = {other for name in defined for other in references[name] if part[other] != part[name]}
+
+    texts = []
+    for p in range(len(loads)):
+        body = []
+        for name, g in values.items():
+            text = pieces[name]
+            if name not in part:                        # a declaration: every part has it
+                body.append(text)
+            elif part[name] == p:
+                body.append(_external(text) if name in called_across else text)
+            elif any(part[user] == p and name in references[user] for user in defined):
+                body.append(_declaration(text))
+        texts.append(_assemble(module, body))
+    return texts
+
+
+def _is_declaration(g) -> bool:
+    return isinstance(g, ir.Function) and not g.blocks
+
+
+def _noinline(g) -> bool:
+    return isinstance(g, ir.Function) and "noinline" in g.attributes
+
+
+def _references(text: str, name: str, defined: dict) -> set:
+    found = {a or b for a, b in _REFERENCE.findall(text)}
+    return {other for other in found if other in defined and other != name}
+
+
+def _first_line(text: str) -> tuple[str, str]:
+    line, _, rest = text.partition("\n")
+    return line, rest
+
+
+def _external(text: str) -> str:
+    """A function definition with its `internal`/`private` linkage taken off."""
+    line, rest = _first_line(text)
+    return re.sub(r"^define (internal |private )", "define ", line) + "\n" + rest
+
+
+def _declaration(text: str) -> str:
+    """The declaration of a defined function, from its definition's first line."""
+    line, _ = _first_line(text)
+    return re.sub(r"^define (internal |private )?", "declare ", line.rstrip(" {"))
+
+
+def compile_objects(module: ir.Module, text: str, pieces: dict) -> list[bytes]:
+    """The machine code of `module` (its text and pieces from `module_text`): one object, or
+    one per part, compiled at once in this process and `jobs() - 1` children."""
+    n = jobs()
+    parts = split(module, pieces, n) if n > 1 and len(text) >= MIN_SPLIT_CHARS else [text]
+    children = [_Child(part) for part in parts[1:]]
+    objects = [_compile(parts[0])]
+    return objects + [child.result() for child in children]
+
+
+def _compile(text: str) -> bytes:
+    return jit.target_machine().emit_object(jit.optimize(jit.parse(text)))
+
+
+class _Child:
+    """A part compiled in a child process. If the child cannot start or fails, the part is
+    compiled here instead: the same code either way."""
+
+    def __init__(self, text: str):
+        self.text, self.out = text, None
+        cpu, features = jit.host_cpu()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", __name__, cpu, features], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError:
+            self.proc = None
+            return
+        # the pipes are fed and drained beside this process's own compile
+        self.thread = threading.Thread(target=self._talk, daemon=True)
+        self.thread.start()
+
+    def _talk(self):
+        try:
+            out, _ = self.proc.communicate(self.text.encode())
+            if self.proc.returncode == 0 and out:
+                self.out = out
+        except OSError:
+            pass
+
+    def result(self) -> bytes:
+        if self.proc is not None:
+            self.thread.join()
+        return self.out if self.out is not None else _compile(self.text)
+
+
+def main(argv: list) -> int:
+    """The child: compile the IR on stdin for the CPU the parent named (it must be the one
+    this process compiles for) and write the object to stdout."""
+    cpu, features = argv
+    if jit.host_cpu() != (cpu, features):
+        print("parallel_compile: this process would compile for another CPU than its parent", file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(_compile(sys.stdin.buffer.read().decode()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
