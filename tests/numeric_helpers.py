@@ -172,7 +172,7 @@ def check_graph_gradient(g: Graph, out, arrays: dict, feeds: dict | None = None,
 def ops_in(g: Graph) -> set:
     """Every op in the graph and in its nested scan bodies."""
     found = set()
-    for n in g.g.nodes:
+    for n in g.nx.nodes:
         found.add(g.op(n))
         for v in g.attrs(n).values():
             if isinstance(v, Graph):

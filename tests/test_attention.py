@@ -71,7 +71,7 @@ def test_both_engines_match_torch(mask):
     truth = torch_truth(mask, params, feeds)
     reference = gradients(model, feeds, params) | {"output:y": forward(model, feeds, params)["output:y"]}
     graph = step_graph(model)
-    assert "attention" in {graph.op(n) for n in graph.g.nodes}
+    assert "attention" in {graph.op(n) for n in graph.nx.nodes}
     # step_graph adds sum(y * r_y) to the loss, to keep y: zero here
     native = run_native(Executable(graph), feeds | {"r_y": np.zeros((2, 3, T, 8))},
                         {k: v.astype(np.float32) for k, v in params.items()})

@@ -65,7 +65,7 @@ def test_every_boundary_of_every_example_has_a_reason_and_both_source_lines(path
         assert [line.split()[0] for line in block if line.split()[0] in ("from", "into")] == ["from", "into"]
         assert all(place.match(line) or line.lstrip().startswith("called at ") and re.search(r"\.dl:\d+ +\S", line)
                    for line in block), block
-    spans = [fu.graph.g.nodes[v]["span"] for fu, b in records for v in (b.producer, b.consumer)]
+    spans = [fu.graph.nx.nodes[v]["span"] for fu, b in records for v in (b.producer, b.consumer)]
     assert None not in spans
     assert text.count("called at ") == sum(s.caller is not None for s in spans)   # the user's call of every stdlib line
 
@@ -140,5 +140,5 @@ def test_a_boundary_inside_a_library_recurrence_names_the_users_call():
     assert inside
     for fu, b in inside:
         for v in (b.producer, b.consumer):
-            span = fu.graph.g.nodes[v]["span"]
+            span = fu.graph.nx.nodes[v]["span"]
             assert span.in_stdlib() and span.caller is not None and span.caller.file.endswith("char_lstm.dl"), span

@@ -179,7 +179,7 @@ def test_scan_bodies_have_their_own_fusion_with_their_results_as_boundaries():
     assert {b.reason for b in f.boundaries if b.producer in scans} == {Reason.SCAN}
     program = lower(g)        # the lowering's kernels are the groups: each kernel's nodes, its root's group
     assert all(k.nodes == f.group(k.node) for k in program.kernels
-               if k.node in g.g.nodes and not hasattr(k, "maps"))     # a fused map's: its members' together
+               if k.node in g.nx.nodes and not hasattr(k, "maps"))     # a fused map's: its members' together
 
 
 def test_emit_fused_shows_the_groups(capsys):

@@ -35,7 +35,7 @@ model m {
 }
 """).build(None)
     g = model.graph
-    layers = {n: G.layer_of(g, n) for n in g.g}
+    layers = {n: G.layer_of(g, n) for n in g.nx}
     by_op = lambda op: {layers[n] for n in g.nodes_with(op)}
     assert by_op("matmul") == {"h.0", "h.1", "out"}
     assert by_op("random") == {"h"}          # dropout names no parameters: the binding's layer
@@ -47,9 +47,9 @@ model m {
 def test_gradient_nodes_belong_to_the_gradient_of_their_layer():
     model = built("lenet5.dl")
     step = autodiff.train_step(model.graph)
-    for n in model.graph.g:     # node n of the forward graph is node n of the train step
-        assert n not in step.g or step.op(n) == model.graph.op(n)
-    grads = [n for n in step.g if "grad_of" in step.g.nodes[n]]
+    for n in model.graph.nx:     # node n of the forward graph is node n of the train step
+        assert n not in step.nx or step.op(n) == model.graph.op(n)
+    grads = [n for n in step.nx if "grad_of" in step.nx.nodes[n]]
     assert grads and all(G.layer_of(step, n).startswith(G.GRADIENTS) for n in grads)
     weight_grad = step.outputs["grad:c3.W"].node
     assert G.layer_of(step, weight_grad) == "∇.c3"
@@ -81,7 +81,7 @@ def test_dot_clusters_every_parameter_in_its_layer(grad, tmp_path, capsys):
     assert main(["graph", resnet, "--format", "dot"] + (["--grad"] if grad else [])) == 0
     cluster_of, parent, labels = parse_dot(capsys.readouterr().out)
     model = built("resnet.dl")
-    assert len(cluster_of) == len(autodiff.train_step(model.graph).g if grad else model.graph.g)
+    assert len(cluster_of) == len(autodiff.train_step(model.graph).nx if grad else model.graph.nx)
     for p in model.params:      # every parameter is declared in its layer's cluster, nested as its name
         layer = p.name.rpartition(".")[0]
         (n,) = [n for n, (_, label) in cluster_of.items() if label.startswith(f"%{n} param {p.name}\\n")]

@@ -40,8 +40,8 @@ def test_the_page_holds_both_graphs_laid_out_by_layer(lenet_page):
     model = load(LENET).build(None)
     assert data["first"] == "forward" and [v["name"] for v in data["views"]] == ["forward", "train_step"]
     forward, step = data["views"]
-    assert len(forward["nodes"]) == len(model.graph.g)
-    assert len(step["nodes"]) == len(autodiff.train_step(model.graph).g)
+    assert len(forward["nodes"]) == len(model.graph.nx)
+    assert len(step["nodes"]) == len(autodiff.train_step(model.graph).nx)
     for view in data["views"]:      # every node and layer is in the rows of the layer holding it, once
         placed = [c for layer in view["rows"].values() for row in layer for c in row]
         assert sorted(placed, key=str) == sorted([n["id"] for n in view["nodes"]] +
@@ -149,7 +149,7 @@ def browser(width: int = 1500, height: int = 900):
 def test_the_page_in_a_browser(lenet_page):
     model = load(LENET).build(None)
     conv = model.graph.nodes_with("conv2d")[0]
-    call = model.graph.g.nodes[conv]["span"].caller
+    call = model.graph.nx.nodes[conv]["span"].caller
     f5_w = next(n for n in model.graph.params() if model.graph.attrs(n)["name"] == "f5.W")
     with browser() as page:
         open_page(page, lenet_page)

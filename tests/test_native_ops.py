@@ -930,7 +930,7 @@ def test_every_primitive_is_covered_on_every_dtype_its_type_rule_accepts():
     covered = set()
     for name in PRIMS:
         graph = primitive_graph(name)
-        covered |= {(graph.op(n), operand_dtype(graph, n)) for n in graph.g.nodes if graph.inputs(n)}
+        covered |= {(graph.op(n), operand_dtype(graph, n)) for n in graph.nx.nodes if graph.inputs(n)}
     wanted = {(p.name, d) for p in PRIMITIVES.values() if p.kind == "elementwise" or p.name in REDUCTIONS
               for d in p.dtypes if d in TESTED_DTYPES and (p.name, d) != ("reduce_sum", "bool")}
     # reduce_sum never sees a bool: `sum` and `mean` count trues in i32 (compiler/frontend/builtins.py)

@@ -226,7 +226,7 @@ def primitive_model(name: str) -> Model:
     t = {n: g.add1("input", type=TensorType(dtype, shape), name=n) for n, (dtype, shape, _) in case.inputs.items()}
     built = case.build(g, t)
     outputs = {"y": built} if isinstance(built, Tensor) else dict(built)
-    for s in sorted(set().union(*(symbols(typ.shape) for n in g.g.nodes for typ in g.types(n)))
+    for s in sorted(set().union(*(symbols(typ.shape) for n in g.nx.nodes for typ in g.types(n)))
                     - set().union(*(symbols(x.shape) for x in t.values()))):
         t[f"{s}_axis"] = g.add1("input", type=TensorType("f32", (Dim.sym(s),)), name=f"{s}_axis")
     return graph_model(g, t, outputs)

@@ -31,7 +31,7 @@ B = Dim.sym("B")
 
 def counts(graph: Graph) -> Counter:
     """Ops of the graph and of every scan body in it."""
-    return Counter(g.op(n) for g in nested_graphs(graph) for n in g.g.nodes)
+    return Counter(g.op(n) for g in nested_graphs(graph) for n in g.nx.nodes)
 
 
 def step_of(path) -> tuple:
@@ -181,9 +181,9 @@ def test_lstm_gate_gradients_are_one_concat_in_the_backward_scan():
     assert counts(body)["pad"] == 0 and counts(body)["concat"] == 1
     concat, = body.nodes_with("concat")
     # the concat took the place (number and source line) of the sum it replaces
-    assert before.op(concat) == "add" and body.g.nodes[concat]["span"] == before.g.nodes[concat]["span"]
+    assert before.op(concat) == "add" and body.nx.nodes[concat]["span"] == before.nx.nodes[concat]["span"]
     gates = "i, f, g, o = split(xw[:, t] + h @ Wh + bh, 4)"      # the first such line: lstm's
-    assert body.g.nodes[concat]["span"].line == stdlib_line("recurrent.dl", gates)
+    assert body.nx.nodes[concat]["span"].line == stdlib_line("recurrent.dl", gates)
 
 
 # ---- common subexpressions and dead code ---------------------------------------------------------------------

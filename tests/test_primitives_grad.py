@@ -670,7 +670,7 @@ def test_replica_mean_gradient_with_emulated_replicas():
     gradients are one process's on the 8 examples, and the gradient matches central
     differences of the weighted loss (replica_mean's VJP, unequal shares included)."""
     synced, alone = load_text(SYNC_BN, "m.dl").build(training=True, replicas=2), build(SYNC_BN)
-    assert sum(synced.graph.op(n) == "replica_mean" for n in synced.graph.g.nodes) == 3     # mean, variance, count
+    assert sum(synced.graph.op(n) == "replica_mean" for n in synced.graph.nx.nodes) == 3     # mean, variance, count
     assert "replica_mean" not in ops_in(alone.graph)
     r = rng(11)
     params = {p.name: r.standard_normal(p.type.shape) if p.trainable else np.ones(p.type.shape) for p in alone.params}

@@ -147,7 +147,7 @@ def test_the_backward_pass_keeps_every_kth_carry():
     from dlc.compiler.ir.dims import Dim
     from dlc.compiler.passes.autodiff import train_step
     graph = train_step(build(model_source(CALLS["lstm"], 4)).graph)
-    scans = [n for n in graph.g.nodes if graph.op(n) == "scan"]
+    scans = [n for n in graph.nx.nodes if graph.op(n) == "scan"]
     assert [graph.attrs(n)["length"] for n in scans] == [Dim.sym("ceil(T/4)")] * 2
     forward = next(n for n in scans if "history" in graph.attrs(n))
     history = [graph.types(forward)[j] for j in graph.attrs(forward)["history"]]

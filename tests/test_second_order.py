@@ -288,7 +288,7 @@ def test_hvp_of_small_models_on_both_engines(name):
     for p in trainable:
         assert np.abs(out[f"hvp:{p}"]).max() > 1e-6, f"hvp:{p} is zero"
     if name.endswith("scan"):       # the gradient's reverse scan, differentiated into another
-        assert sum(graph.op(n) == "scan" for n in graph.g.nodes) >= 3
+        assert sum(graph.op(n) == "scan" for n in graph.nx.nodes) >= 3
 
 
 def test_hvp_check_catches_a_wrong_second_derivative(monkeypatch):

@@ -90,7 +90,7 @@ class Evaluator:
         with graph.at(graph.span):
             arg = graph.add1("arg", type=typ, index=len(graph.args))
         graph.args.append(arg)
-        graph.g.nodes[arg.node]["role"] = role
+        graph.nx.nodes[arg.node]["role"] = role
         return arg
 
     def rng_key(self) -> Tensor:
@@ -173,7 +173,7 @@ class Evaluator:
                 layers.setdefault(n, name)
         for n, layer in layers.items():
             if self.forward.op(n) != "input":
-                self.forward.g.nodes[n]["layer"] = layer
+                self.forward.nx.nodes[n]["layer"] = layer
 
     def calls(self) -> list:
         """Every def call and named model statement (model.CallNodes), for the graph page."""
@@ -958,11 +958,11 @@ class Evaluator:
                 self.fail(f"cannot stack {y.type} along axis {axis}", e.span)
         # order body arguments: carries, sequences, invariants
         roles = {"carry": 0, "sequence": 1, "invariant": 2}
-        body.set_args(sorted(body.args, key=lambda a: roles[body.g.nodes[a.node]["role"][0]]))
+        body.set_args(sorted(body.args, key=lambda a: roles[body.nx.nodes[a.node]["role"][0]]))
         body.outputs = {f"carry{i}": t for i, t in enumerate(finals)}
         body.outputs.update({f"y{i}": t for i, t in enumerate(ys)})
-        seqs = [body.g.nodes[a.node]["role"] for a in body.args if body.g.nodes[a.node]["role"][0] == "sequence"]
-        invs = [body.g.nodes[a.node]["role"][1] for a in body.args if body.g.nodes[a.node]["role"][0] == "invariant"]
+        seqs = [body.nx.nodes[a.node]["role"] for a in body.args if body.nx.nodes[a.node]["role"][0] == "sequence"]
+        invs = [body.nx.nodes[a.node]["role"][1] for a in body.args if body.nx.nodes[a.node]["role"][0] == "invariant"]
         operands = [init for _, init, _ in carries] + [self.local(r[1]) for r in seqs] + [self.local(t) for t in invs]
         with outer.at(e.span):
             outs = outer.add("scan", operands, body=body, length=length, reverse=opts["reverse"],

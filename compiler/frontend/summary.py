@@ -15,7 +15,7 @@ from dlc.compiler.native.memory import ITEMSIZE
 def flops(graph: Graph):
     """Floating-point operations of one run of the graph, as a polynomial in its dims."""
     total = 0
-    for n in graph.g.nodes:
+    for n in graph.nx.nodes:
         total = total + node_flops(graph, n)
     return total
 
@@ -85,7 +85,7 @@ def layer_outputs(graph: Graph) -> dict:
     shown = {(t.node, t.out) for key, t in graph.outputs.items() if not key.startswith("update:")}
     found: dict = {}
     for n in graph.order():
-        leaving = [(out, layer_of(graph, v)) for _, v, out in graph.g.out_edges(n, data="out")]
+        leaving = [(out, layer_of(graph, v)) for _, v, out in graph.nx.out_edges(n, data="out")]
         leaving += [(j, None) for j in range(len(graph.types(n))) if (n, j) in shown]
         for out, reader in leaving:
             layer = layer_of(graph, n)
@@ -115,7 +115,7 @@ def layer_rows(model: Model, sizes: dict, frozen=(), depth: int | None = None) -
     given stay symbols)."""
     graph = model.graph
     tree = layer_tree(graph)
-    per_node = {n: node_flops(graph, n) for n in graph.g.nodes}
+    per_node = {n: node_flops(graph, n) for n in graph.nx.nodes}
     outputs = layer_outputs(graph)
 
     def layer_flops(layer: str):

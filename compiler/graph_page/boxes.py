@@ -29,7 +29,7 @@ def forward_boxes(model: Model) -> tuple:
     box_of, stack = {}, []                 # stack: (end, box id) of the boxes open at a node
     taken = set(boxes)
     order = sorted(spans, key=lambda r: (r[0], -r[1]))
-    nodes = sorted(n for n in g.g if g.op(n) != "input")
+    nodes = sorted(n for n in g.nx if g.op(n) != "input")
     i = 0
     for n in nodes:
         while stack and stack[-1][0] <= n:
@@ -48,7 +48,7 @@ def forward_boxes(model: Model) -> tuple:
             boxes[box_id] = box
             stack.append((end, box_id))
         box_of[n] = stack[-1][1] if stack else ""
-    box_of.update((n, "") for n in g.g if g.op(n) == "input")
+    box_of.update((n, "") for n in g.nx if g.op(n) == "input")
     return box_of, boxes
 
 
@@ -57,8 +57,8 @@ def step_boxes(step: Graph, box_of: dict, boxes: dict) -> tuple:
     for each box B a gradient lies in; a node of the step that is neither in the forward
     graph nor a gradient, the seed, lies in ∇."""
     step_of, out = {}, dict(boxes)
-    for n in step.g:
-        d = step.g.nodes[n]
+    for n in step.nx:
+        d = step.nx.nodes[n]
         if "grad_of" in d:
             step_of[n] = _gradient(box_of.get(d["grad_of"], ""), boxes, out)
         else:
@@ -171,8 +171,8 @@ def box_outputs(graph: Graph, box_of: dict, boxes: dict) -> dict:
         if PRIMITIVES[graph.op(n)].kind == "source":
             continue
         inside = chains[box_of[n]]
-        gradient = "grad_of" in graph.g.nodes[n]
-        left = {b for v in graph.g.successors(n) if ("grad_of" in graph.g.nodes[v]) == gradient
+        gradient = "grad_of" in graph.nx.nodes[n]
+        left = {b for v in graph.nx.successors(n) if ("grad_of" in graph.nx.nodes[v]) == gradient
                 for b in inside if b not in chains[box_of[v]]}
         for b in left:
             read.setdefault(b, []).append(n)

@@ -29,7 +29,7 @@ def rows(graph: Graph, tree: dict, box_of: dict, boxes: dict) -> dict:
         first[box] = min([place[n] for n in nodes] + [first[c] for c in inner], default=0)
     visit("")
     edges = {box: set() for box in tree}       # edges between the children of each box
-    for u, v in graph.g.edges():
+    for u, v in graph.nx.edges():
         lu, lv = box_of[u], box_of[v]
         common = next(c for c in chains[lu] if c in chains[lv])
         a, b = _child(common, u, chains[lu]), _child(common, v, chains[lv])

@@ -64,7 +64,7 @@ def view(name: str, graph: Graph, box_of: dict, boxes: dict, compiled: Graph, fi
         outputs.setdefault(t.node, []).append(out)
     nodes = []
     for n in graph.order():
-        d = graph.g.nodes[n]
+        d = graph.nx.nodes[n]
         span = d["span"]
         nodes.append({
             "id": n, "op": d["op"], "title": node_title(graph, n), "layer": box_of[n],
@@ -72,11 +72,11 @@ def view(name: str, graph: Graph, box_of: dict, boxes: dict, compiled: Graph, fi
             "attrs": attrs_text(d["attrs"]), "flops": count_text(node_flops(graph, n)),
             **_places(span, files),
             "outputs": outputs.get(n, []), "grad_of": d.get("grad_of"),
-            "compiled": n in compiled.g, **_constant(d, box_of[n])})
+            "compiled": n in compiled.nx, **_constant(d, box_of[n])})
     tree = box_tree(graph, box_of, boxes)
     leaving = box_outputs(graph, box_of, boxes)
     return {"name": name, "title": {"forward": "forward graph", "train_step": "train step"}[name],
-            "nodes": nodes, "edges": sorted(set(graph.g.edges())),
+            "nodes": nodes, "edges": sorted(set(graph.nx.edges())),
             "layers": {box: {**boxes[box], **_places(boxes[box]["span"], files), "size": _size(tree, box),
                              "outputs": leaving.get(box, [])}
                        for box in tree},

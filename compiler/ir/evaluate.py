@@ -84,7 +84,7 @@ class Eval:
             except DlcError as e:       # a check of the values (an index out of range): at the node's line
                 if e.span is not None:
                     raise
-                raise DlcError.at_user_line(e.message, graph.g.nodes[n]["span"]) from None
+                raise DlcError.at_user_line(e.message, graph.nx.nodes[n]["span"]) from None
             for j, (out, dtype) in enumerate(zip(outs, dtypes)):
                 values[(n, j)] = np.asarray(out, self.np_dtype(dtype))
             self.computed(graph, n, inputs, values)
@@ -105,12 +105,12 @@ class Eval:
 def plan(graph: Graph) -> list:
     """The graph in execution order, computed once per graph (graphs do not change
     after they are built; the node and edge counts guard against it)."""
-    key = (graph.g.number_of_nodes(), graph.g.number_of_edges())
+    key = (graph.nx.number_of_nodes(), graph.nx.number_of_edges())
     cached = graph.__dict__.get("_plan")
     if cached is None or cached[0] != key:
         steps = []
         for n in graph.order():
-            data = graph.g.nodes[n]
+            data = graph.nx.nodes[n]
             steps.append((n, PRIMITIVES[data["op"]].impl, [t.key() for t in graph.inputs(n)], data["attrs"],
                           [t.dtype for t in data["types"]]))
         cached = graph.__dict__["_plan"] = (key, steps)

@@ -125,7 +125,7 @@ def nested_graphs(graph: "Graph") -> list:
     """The graph and every graph in its nodes' attributes (the bodies of its scans, and
     theirs), outermost first."""
     out = [graph]
-    for n in sorted(graph.g.nodes):
+    for n in sorted(graph.nx.nodes):
         for v in graph.attrs(n).values():
             if isinstance(v, Graph):
                 out += nested_graphs(v)
@@ -178,7 +178,7 @@ class Tensor:
 
     @property
     def type(self) -> TensorType:
-        return self.graph.g.nodes[self.node]["types"][self.out]
+        return self.graph.nx.nodes[self.node]["types"][self.out]
 
     @property
     def shape(self) -> tuple:
@@ -194,7 +194,7 @@ class Tensor:
 
     @property
     def span(self) -> Span | None:
-        return self.graph.g.nodes[self.node]["span"]
+        return self.graph.nx.nodes[self.node]["span"]
 
     @property
     def made_at(self) -> Span | None:
@@ -270,7 +270,8 @@ class Graph:
     def __init__(self, name: str = "main", parent: "Graph | None" = None, budget: NodeBudget | None = None):
         self.name = name
         self.budget = budget                   # a model build's graphs share one; derived graphs have none
-        self.g = nx.MultiDiGraph()
+        # the nodes (op, attrs, types, span) and the edges (key: operand index, out: output read)
+        self.nx = nx.MultiDiGraph()
         self.parent = parent
         self.span: Span | None = None
         self.outputs = Outputs()
@@ -308,9 +309,9 @@ class Graph:
             self.budget.spend(self.span)
         n = self._next
         self._next += 1
-        self.g.add_node(n, op=op, attrs=attrs, types=list(types), span=self.span)
+        self.nx.add_node(n, op=op, attrs=attrs, types=list(types), span=self.span)
         for i, t in enumerate(inputs):
-            self.g.add_edge(t.node, n, key=i, out=t.out)
+            self.nx.add_edge(t.node, n, key=i, out=t.out)
         return [Tensor(self, n, j) for j in range(len(types))]
 
     def add1(self, op: str, inputs: list[Tensor] = (), **attrs) -> Tensor:
@@ -318,35 +319,35 @@ class Graph:
 
     # queries ------------------------------------------------------------------------------
     def op(self, n: int) -> str:
-        return self.g.nodes[n]["op"]
+        return self.nx.nodes[n]["op"]
 
     def attrs(self, n: int) -> dict:
-        return self.g.nodes[n]["attrs"]
+        return self.nx.nodes[n]["attrs"]
 
     def types(self, n: int) -> list:
-        return self.g.nodes[n]["types"]
+        return self.nx.nodes[n]["types"]
 
     def inputs(self, n: int) -> list[Tensor]:
-        edges = sorted((k, u, data["out"]) for u, keys in self.g.pred[n].items() for k, data in keys.items())
+        edges = sorted((k, u, data["out"]) for u, keys in self.nx.pred[n].items() for k, data in keys.items())
         return [Tensor(self, u, out) for _, u, out in edges]
 
     def outputs_of(self, n: int) -> list[Tensor]:
         return [Tensor(self, n, j) for j in range(len(self.types(n)))]
 
     def view(self, n: int) -> NodeView:
-        return NodeView(self, n, self.attrs(n), self.inputs(n), self.outputs_of(n), self.g.nodes[n]["span"])
+        return NodeView(self, n, self.attrs(n), self.inputs(n), self.outputs_of(n), self.nx.nodes[n]["span"])
 
     def order(self) -> list[int]:
         """Nodes in a topological order that keeps creation order where it can: the smallest
         ready node first (networkx's lexicographical sort, without its overhead per edge)."""
-        waiting = {n: sum(map(len, pred.values())) for n, pred in self.g.pred.items()}     # edges not yet met
+        waiting = {n: sum(map(len, pred.values())) for n, pred in self.nx.pred.items()}     # edges not yet met
         ready = [n for n, k in waiting.items() if not k]
         heapq.heapify(ready)
         out = []
         while ready:
             n = heapq.heappop(ready)
             out.append(n)
-            for v, keys in self.g.succ[n].items():
+            for v, keys in self.nx.succ[n].items():
                 waiting[v] -= len(keys)
                 if not waiting[v]:
                     heapq.heappush(ready, v)
@@ -360,20 +361,20 @@ class Graph:
 
     def uses(self, t: Tensor) -> int:
         """Readers of t, a graph output counting as one."""
-        readers = sum(1 for _, _, out in self.g.out_edges(t.node, data="out") if out == t.out)
+        readers = sum(1 for _, _, out in self.nx.out_edges(t.node, data="out") if out == t.out)
         return readers + len(self.outputs.readers(t.key()))
 
     def redirect(self, n: int, targets: list):
         """Every reader of output j of node n (an edge or a graph output) reads targets[j]."""
-        for _, v, k, out in list(self.g.out_edges(n, keys=True, data="out")):
-            self.g.remove_edge(n, v, key=k)
-            self.g.add_edge(targets[out].node, v, key=k, out=targets[out].out)
+        for _, v, k, out in list(self.nx.out_edges(n, keys=True, data="out")):
+            self.nx.remove_edge(n, v, key=k)
+            self.nx.add_edge(targets[out].node, v, key=k, out=targets[out].out)
         for j, target in enumerate(targets):
             for name in list(self.outputs.readers((n, j))):
                 self.outputs[name] = target
 
     def nodes_with(self, op: str) -> list[int]:
-        return [n for n in sorted(self.g.nodes) if self.op(n) == op]
+        return [n for n in sorted(self.nx.nodes) if self.op(n) == op]
 
     def params(self) -> list[int]:
         return self.nodes_with("param")
@@ -427,7 +428,7 @@ def _where(span: Span) -> str:
 def to_text(graph: Graph, indent: str = "") -> str:
     lines = []
     for n in graph.order():
-        d = graph.g.nodes[n]
+        d = graph.nx.nodes[n]
         types = ", ".join(str(t) for t in d["types"])
         args = ", ".join(_ref(t) for t in graph.inputs(n))
         attrs = attrs_text(d["attrs"])
@@ -452,10 +453,10 @@ def layer_of(graph: Graph, n: int) -> str:
     name prefix of the parameters of the call that made it, or its model statement's binding
     (set by the evaluator); in the train-step graph, the gradient of a node belongs to
     ∇.LAYER, LAYER being that node's."""
-    d = graph.g.nodes[n]
+    d = graph.nx.nodes[n]
     if "grad_of" not in d:
         return d.get("layer", "")
-    forward = graph.g.nodes[d["grad_of"]] if d["grad_of"] in graph.g else {}
+    forward = graph.nx.nodes[d["grad_of"]] if d["grad_of"] in graph.nx else {}
     return ".".join(p for p in (GRADIENTS, forward.get("layer", "")) if p)
 
 
@@ -473,7 +474,7 @@ def layer_parent(layer: str) -> str:
 
 def node_title(graph: Graph, n: int) -> str:
     """`%12 conv2d`, with the name of an input or parameter: `%3 param stage1.0.conv1.W`."""
-    d = graph.g.nodes[n]
+    d = graph.nx.nodes[n]
     name = d["attrs"].get("name") if PRIMITIVES[d["op"]].given else None
     return f"%{n} {d['op']}" + (f" {name}" if isinstance(name, str) else "")
 
@@ -516,7 +517,7 @@ def to_dot(graph: Graph) -> str:
             cluster(child, indent + "  ")
             lines.append(f"{indent}}}")
     cluster("", "  ")
-    for u, v, k, out in graph.g.edges(keys=True, data="out"):
+    for u, v, k, out in graph.nx.edges(keys=True, data="out"):
         lines.append(f'  n{u} -> n{v} [label="{out}:{k}"];')
     for name, t in graph.outputs.items():
         lines.append(f'  "out:{name}" [shape=ellipse];')
@@ -532,7 +533,7 @@ def to_json(graph: Graph) -> str:
 def _json(graph: Graph) -> dict:
     nodes = []
     for n in graph.order():
-        d = graph.g.nodes[n]
+        d = graph.nx.nodes[n]
         nodes.append({
             "id": n, "op": d["op"], "kind": PRIMITIVES[d["op"]].kind,
             "inputs": [[t.node, t.out] for t in graph.inputs(n)],

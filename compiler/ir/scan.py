@@ -146,7 +146,7 @@ def _save_residuals(n, body: Graph, bwd: Graph, mapping: dict, n_invariant_args:
     for key, body_key in copies.items():
         if body_key[0] not in varying or PRIMITIVES[body.op(body_key[0])].cheap:
             continue
-        users = [(v, k) for _, v, k, out in bwd.g.out_edges(key[0], keys=True, data="out")
+        users = [(v, k) for _, v, k, out in bwd.nx.out_edges(key[0], keys=True, data="out")
                  if out == key[1] and v not in copy_nodes]
         if users or any(t.key() == key for t in bwd.outputs.values()):
             residuals.append((key, body_key, users))
@@ -169,8 +169,8 @@ def _save_residuals(n, body: Graph, bwd: Graph, mapping: dict, n_invariant_args:
             a = bwd.add1("arg", type=t.type, index=len(bwd.args))
         bwd.args.append(a)
         for v, k in users:
-            bwd.g.remove_edge(key[0], v, key=k)
-            bwd.g.add_edge(a.node, v, key=k, out=0)
+            bwd.nx.remove_edge(key[0], v, key=k)
+            bwd.nx.add_edge(a.node, v, key=k, out=0)
         bwd.outputs = {name: (a if o.key() == key else o) for name, o in bwd.outputs.items()}
     bwd.set_args(bwd.args + invariant_args)
     return [Tensor(graph, n.node, first + i) for i in range(len(residuals))]
@@ -238,7 +238,7 @@ def _checkpointed_vjp(n, cts):
     graph.redirect(n.node, fwd[:nc] + [joined(y, a) for y, a in zip(fwd[nc:], ys_axes)])
     kept = _carry_history(graph.view(fwd[0].node))
     for m in range(made, graph._next):
-        graph.g.nodes[m]["layer"] = graph.g.nodes[n.node].get("layer", "")
+        graph.nx.nodes[m]["layer"] = graph.nx.nodes[n.node].get("layer", "")
 
     # backward: over the segments the other way, each recomputed and run backwards
     float_invs = [i for i, t in enumerate(invs) if t.type.is_float]

@@ -132,7 +132,7 @@ class Fusion:
         self.groups: dict = {}          # node -> its group, once asked for
         self.origins: dict = {}         # node -> (op, source place) of each node of its group, once asked for
         self.computed_in: dict = {}     # node -> the roots of the kernels computing it, once asked for
-        for u, v, out in graph.g.edges(data="out"):
+        for u, v, out in graph.nx.edges(data="out"):
             self.readers.setdefault((u, out), []).append(v)
         self.outputs = {t.key() for t in graph.outputs.values()}
         output = Reason.OUTPUT if args is None else Reason.STEP
@@ -230,7 +230,7 @@ class Fusion:
         free views — n first, then in graph order. Kept once made: every piece of a
         concat is a kernel of the concat's node."""
         g = self.graph
-        if n in self.groups or n not in g.g.nodes:
+        if n in self.groups or n not in g.nx.nodes:
             return self.groups.get(n, ())
         seen, todo = {n}, [n] if PRIMITIVES[g.op(n)].kind != "control" else []
         while todo:
@@ -248,14 +248,14 @@ class Fusion:
     def origin(self, n: int) -> tuple:
         """(op, source place) of each node of n's group."""
         if n not in self.origins:
-            self.origins[n] = tuple((self.graph.op(v), self.graph.g.nodes[v]["span"]) for v in self.group(n))
+            self.origins[n] = tuple((self.graph.op(v), self.graph.nx.nodes[v]["span"]) for v in self.group(n))
         return self.origins[n]
 
     def roots(self) -> list:
         """The nodes that have kernels of their own, in graph order: those whose kind writes
         memory, the stored values and the graph outputs (but inputs, parameters, arguments)."""
         g = self.graph
-        own = {n for n in g.g.nodes if PRIMITIVES[g.op(n)].kind in WRITTEN or PRIMITIVES[g.op(n)].pieces}
+        own = {n for n in g.nx.nodes if PRIMITIVES[g.op(n)].kind in WRITTEN or PRIMITIVES[g.op(n)].pieces}
         own |= {key[0] for key in self.stored} | {key[0] for key in self.outputs if not PRIMITIVES[g.op(key[0])].given}
         return [n for n in g.order() if n in own]
 
@@ -294,7 +294,7 @@ class Fusion:
         for depth, f, n in self.kernels():
             g = f.graph
             if PRIMITIVES[g.op(n)].kind == "control":
-                titles[f, n], labels[f, n] = (depth, _scan_title(g, n)), f"the scan @{where(g.g.nodes[n]['span'])}"
+                titles[f, n], labels[f, n] = (depth, _scan_title(g, n)), f"the scan @{where(g.nx.nodes[n]['span'])}"
             else:
                 k = next(number)
                 titles[f, n], labels[f, n] = (depth, _group_title(g, n, k)), f"group {k}"
@@ -313,7 +313,7 @@ class Fusion:
                 also = f" (also read in {', '.join(others)})" if others else ""
                 lines.append(f"{pad}    {g.op(b.producer)} -> {g.op(b.consumer)}: {b.why()}{also}")
                 for role, v in (("from", b.producer), ("into", b.consumer)):
-                    for k, place in enumerate(_places(g.g.nodes[v]["span"])):
+                    for k, place in enumerate(_places(g.nx.nodes[v]["span"])):
                         lines.append(f"{pad}        {role if k == 0 else '':<6}{g.op(v) if k == 0 else '':<16}{place}")
         reasons = Counter(b.reason.value for f in fusions for b in f.boundaries)
         kernels, total = next(number), sum(reasons.values())       # the groups were numbered from 0
@@ -331,14 +331,14 @@ class Fusion:
                 for m in self.group(n):
                     self.computed_in.setdefault(m, []).append(n)
         if v not in self.computed_in:
-            readers = {r for w in self.graph.g.successors(v) for r in self.computing(w)}
+            readers = {r for w in self.graph.nx.successors(v) for r in self.computing(w)}
             self.computed_in[v] = [n for n in self.roots() if n in readers]
         return self.computed_in[v]
 
 
 def _scan_title(g: Graph, n: int) -> str:
     a = g.attrs(n)
-    return f"scan in {a['length']}{' reversed' if a['reverse'] else ''}  @{where(g.g.nodes[n]['span'])}"
+    return f"scan in {a['length']}{' reversed' if a['reverse'] else ''}  @{where(g.nx.nodes[n]['span'])}"
 
 
 def _group_title(g: Graph, n: int, number: int) -> str:

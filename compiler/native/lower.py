@@ -34,7 +34,7 @@ class Lowering:
 
     def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
                  loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False, steps: tuple = ()):
-        self.g = graph
+        self.graph = graph
         self.bf16 = bf16              # matmul and convolution operands rounded to bfloat16
         self.fusion = fusion or Fusion(graph)
         self.p = program or KernelProgram()
@@ -53,10 +53,10 @@ class Lowering:
         (self.kernels if into is None else into).append(kernel)
 
     def run(self) -> KernelProgram:
-        for n in self.g.order():
+        for n in self.graph.order():
             self.node(n)
         taken = set()
-        for name, t in self.g.outputs.items():
+        for name, t in self.graph.outputs.items():
             load = self.materialize(t, kind="output")
             if load.buffer in taken:        # two outputs of one value: each gets its own buffer
                 buf = self.p.buffer(t.dtype, numel(t.shape), "output")
@@ -82,7 +82,7 @@ class Lowering:
         output gets a buffer of its own unless a kernel already wrote it."""
         e = self.expr(t)
         assert isinstance(e, (Load, Const, Index, Size)) or t.key() in self.fusion.stored, \
-            f"the fusion inlines %{t.node} ({self.g.op(t.node)}) into its readers, yet it is stored"
+            f"the fusion inlines %{t.node} ({self.graph.op(t.node)}) into its readers, yet it is stored"
         if isinstance(e, Load) and e.at == Affine(0, row_major(t.shape)):
             b = self.p.buffers[e.buffer]
             if kind == "temp" or b.kind in ("temp", "output"):
@@ -140,17 +140,17 @@ class Lowering:
         self.values[(n, out)] = e
 
     def node(self, n: int):
-        op = self.g.op(n)
+        op = self.graph.op(n)
         rule = lowering_rule(op)
         if rule is None:
-            raise NotLowerable(f"the native backend does not compile {op} yet", self.g.g.nodes[n]["span"])
-        ins = self.g.inputs(n)
+            raise NotLowerable(f"the native backend does not compile {op} yet", self.graph.nx.nodes[n]["span"])
+        ins = self.graph.inputs(n)
         floats = LOWERED_FLOATS.get(op)
         unsupported = floats and {t.dtype for t in ins} & set(FLOAT_DTYPES) - set(floats)
         if unsupported:
             raise NotLowerable(f"the native backend computes {op} in {', '.join(floats)} only, not "
-                               f"{', '.join(sorted(unsupported))} yet", self.g.g.nodes[n]["span"])
-        rule(self, n, ins, self.g.attrs(n), self.g.types(n)[0])
+                               f"{', '.join(sorted(unsupported))} yet", self.graph.nx.nodes[n]["span"])
+        rule(self, n, ins, self.graph.attrs(n), self.graph.types(n)[0])
 
     def use(self, t: Tensor):
         """The expression for an operand: in memory where the fusion stores it, else

@@ -259,7 +259,7 @@ class _Builder:
         for n in self.graph.order():
             if n not in live:
                 continue
-            data = self.graph.g.nodes[n]
+            data = self.graph.nx.nodes[n]
             op, self.span, self.node, self.made = data["op"], data["span"], n, 0
             xs = [self.names[t.key()] for t in self.graph.inputs(n)]
             if n in elided:
@@ -289,7 +289,7 @@ class _Builder:
             name = self.names[t.key()]
             want = names[i] if names is not None else None
             if name not in made or name in used or (want is not None and name != want):
-                self.span = self.graph.g.nodes[t.node]["span"]
+                self.span = self.graph.nx.nodes[t.node]["span"]
                 name = self.op("Identity", [name], name_hint=want or f"%out{i}")
             used.add(name)
             out.append(name)
@@ -315,7 +315,7 @@ def _free_broadcasts(graph: Graph, live: set) -> set:
     for n in live:
         if graph.op(n) != "broadcast" or graph.outputs.readers((n, 0)):
             continue
-        readers = set(graph.g.successors(n)) & live
+        readers = set(graph.nx.successors(n)) & live
         if readers and all(PRIMITIVES[graph.op(r)].kind == "elementwise" and any(
                 graph.op(x.node) != "broadcast" and x.shape == graph.types(r)[0].shape for x in graph.inputs(r))
                 for r in readers):

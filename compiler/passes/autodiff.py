@@ -41,18 +41,18 @@ def backward(graph: Graph, seeds: list, wrt: list) -> list:
                 if ct is not None and x.node in relevant and x.type.is_float:
                     _accumulate(cts, x, ct)
         for m in range(first, graph._next):     # what differentiates n (graph.layer_of); a node
-            if "layer" not in graph.g.nodes[m]:   # with a layer computes n's forward again (scan.py)
-                graph.g.nodes[m]["grad_of"] = n
+            if "layer" not in graph.nx.nodes[m]:   # with a layer computes n's forward again (scan.py)
+                graph.nx.nodes[m]["grad_of"] = n
     return [cts.get(t.key()) for t in wrt]
 
 
 def _not_differentiable(graph: Graph, n: int) -> DlcError:
     """The error for node n, whose primitive has no VJP, at the user's line: a node a VJP
     rule made is refused as the second derivative of the op that rule differentiates."""
-    data = graph.g.nodes[n]
+    data = graph.nx.nodes[n]
     if "grad_of" not in data:
         return DlcError.at_user_line(f"cannot differentiate through {data['op']}", data["span"])
-    of = graph.op(data["grad_of"]) if data["grad_of"] in graph.g else data["op"]
+    of = graph.op(data["grad_of"]) if data["grad_of"] in graph.nx else data["op"]
     span = data["span"] and (data["span"].caller or data["span"])
     line = f" (line {span.line})" if span else ""
     return DlcError.at_user_line(f"the second derivative of {of}{line} is not available: {data['op']}, "
@@ -77,7 +77,7 @@ def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None, k
         dst._next = src._next       # nodes added to the copy get numbers the original never used
     mapping: dict = {}
     for n in src.order():
-        data = src.g.nodes[n]
+        data = src.nx.nodes[n]
         if data["op"] == "arg" and args is not None:
             mapping[(n, 0)] = args[data["attrs"]["index"]]
             continue
@@ -85,16 +85,16 @@ def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None, k
                  for k, v in data["attrs"].items()}
         new = n if keep_ids else dst._next
         dst._next = max(dst._next, new + 1)
-        dst.g.add_node(new, **{**data, "attrs": attrs, "types": list(data["types"])})
+        dst.nx.add_node(new, **{**data, "attrs": attrs, "types": list(data["types"])})
         for i, x in enumerate(src.inputs(n)):
             m = mapping[x.key()]
-            dst.g.add_edge(m.node, new, key=i, out=m.out)
+            dst.nx.add_edge(m.node, new, key=i, out=m.out)
         for j in range(len(data["types"])):
             mapping[(n, j)] = Tensor(dst, new, j)
     if not keep_ids:    # a gradient node names the node it differentiates by its number in dst
-        for n, of in src.g.nodes(data="grad_of"):
+        for n, of in src.nx.nodes(data="grad_of"):
             if of is not None:
-                dst.g.nodes[mapping[(n, 0)].node]["grad_of"] = mapping[(of, 0)].node if (of, 0) in mapping else None
+                dst.nx.nodes[mapping[(n, 0)].node]["grad_of"] = mapping[(of, 0)].node if (of, 0) in mapping else None
     if args is None:
         dst.args = [mapping[a.key()] for a in src.args]
         dst.outputs = {k: mapping[t.key()] for k, t in src.outputs.items()}
@@ -104,7 +104,7 @@ def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None, k
 def reachable(graph: Graph, nodes: list, upstream: bool) -> set:
     """`nodes` and every node they depend on (upstream) or that depends on them: one walk
     for all of them, where a union of per-node ancestors grows as nodes x graph size."""
-    step = graph.g.predecessors if upstream else graph.g.successors
+    step = graph.nx.predecessors if upstream else graph.nx.successors
     seen, todo = set(nodes), list(nodes)
     while todo:
         for m in step(todo.pop()):
@@ -118,8 +118,8 @@ def prune(graph: Graph, keep=()) -> Graph:
     """Remove nodes no output (and no node of `keep`) depends on; arguments stay: they are
     positional."""
     live = reachable(graph, [t.node for t in graph.outputs.values()] + list(keep), upstream=True)
-    dead = [n for n in graph.g.nodes if n not in live and graph.op(n) != "arg"]
-    graph.g.remove_nodes_from(dead)
+    dead = [n for n in graph.nx.nodes if n not in live and graph.op(n) != "arg"]
+    graph.nx.remove_nodes_from(dead)
     return graph
 
 
@@ -134,12 +134,12 @@ def train_step(forward: Graph) -> Graph:
     g.outputs = {k: t for k, t in g.outputs.items() if not k.startswith("output:")}
     params = [Tensor(g, n) for n in g.params() if g.attrs(n)["trainable"]]
     loss = g.outputs["loss"]
-    with g.at(forward.g.nodes[loss.node]["span"]):
+    with g.at(forward.nx.nodes[loss.node]["span"]):
         seed = ops.full(g, (), 1.0, loss.dtype)
     grads = backward(g, [(loss, seed)], params)
     for p, grad in zip(params, grads):
         if grad is None:
-            with g.at(g.g.nodes[p.node]["span"]):
+            with g.at(g.nx.nodes[p.node]["span"]):
                 grad = ops.zeros_like(p)
         g.outputs[f"grad:{g.attrs(p.node)['name']}"] = grad
     return prune(g)
@@ -163,20 +163,20 @@ def hvp_graph(forward: Graph) -> Graph:
     directional = []
     for n in trainable:
         name = forward.attrs(n)["name"]
-        with g.at(forward.g.nodes[n]["span"]):
+        with g.at(forward.nx.nodes[n]["span"]):
             v = g.add1("input", type=forward.types(n)[0], name=f"v:{name}")
             directional.append(ops.sum_(g.outputs[f"grad:{name}"] * v))
-    with g.at(forward.g.nodes[forward.outputs["loss"].node]["span"]):
+    with g.at(forward.nx.nodes[forward.outputs["loss"].node]["span"]):
         total = directional[0]
         for d in directional[1:]:
             total = total + d
         seed = ops.full(g, (), 1.0, total.dtype)
-    params = [Tensor(g, n) for n in trainable if n in g.g]      # a parameter the loss does not read was pruned
+    params = [Tensor(g, n) for n in trainable if n in g.nx]      # a parameter the loss does not read was pruned
     hvps = dict(zip([p.node for p in params], backward(g, [(total, seed)], params)))
     for n in trainable:
         hvp = hvps.get(n)
         if hvp is None:
-            with g.at(forward.g.nodes[n]["span"]):
+            with g.at(forward.nx.nodes[n]["span"]):
                 hvp = ops.full(g, forward.types(n)[0].shape, 0, forward.types(n)[0].dtype)
         g.outputs[f"hvp:{forward.attrs(n)['name']}"] = hvp
     return prune(g)

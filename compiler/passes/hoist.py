@@ -65,9 +65,9 @@ def _hoist_scan(graph: Graph, n: int):
     dropped_args = [body.args[i] for i in found]
     body.outputs = {f"carry{j}": results[i][1] for j, i in enumerate(keep)} | dict(results[nc:])
     body.set_args([a for a in body.args if a not in dropped_args])
-    body.g.remove_nodes_from([a.node for a in dropped_args] + [add for add, _, _ in found.values()])
+    body.nx.remove_nodes_from([a.node for a in dropped_args] + [add for add, _, _ in found.values()])
     prune(body)
-    with graph.at(graph.g.nodes[n]["span"]):
+    with graph.at(graph.nx.nodes[n]["span"]):
         new = graph.add("scan", [x for i, x in enumerate(ins) if i not in found],
                         **{**attrs, "n_carry": len(keep), "ys_axes": tuple(ys_axes),
                            **({"history": tuple(j - len(found) for j in attrs["history"])}
@@ -79,7 +79,7 @@ def _hoist_scan(graph: Graph, n: int):
                        for s in operands]
             replace[outs[i].key()] = ins[i] + _after_loop(kind, operands, stacked)
     graph.redirect(n, [replace[t.key()] for t in outs])
-    graph.g.remove_node(n)
+    graph.nx.remove_node(n)
 
 
 def _accumulation(graph: Graph, n: int, i: int):

@@ -40,7 +40,7 @@ def _rewrite(graph: Graph, n: int, rule) -> bool:
     New nodes get n's source place; a new node that is the result takes n's place and
     number, an existing one takes over n's readers."""
     start = graph._next
-    saved, graph.span = graph.span, graph.g.nodes[n]["span"]
+    saved, graph.span = graph.span, graph.nx.nodes[n]["span"]
     try:
         t = rule(graph, n)
     finally:
@@ -49,15 +49,15 @@ def _rewrite(graph: Graph, n: int, rule) -> bool:
         return False
     assert t.type == graph.types(n)[0], f"{graph.op(n)} rewritten to {t.type}"
     if t.node >= start:
-        data = graph.g.nodes[t.node]
-        graph.g.nodes[n].update(op=data["op"], attrs=data["attrs"], types=data["types"])
-        graph.g.remove_edges_from(list(graph.g.in_edges(n, keys=True)))
-        for u, _, k, out in graph.g.in_edges(t.node, keys=True, data="out"):
-            graph.g.add_edge(u, n, key=k, out=out)
-        graph.g.remove_node(t.node)
+        data = graph.nx.nodes[t.node]
+        graph.nx.nodes[n].update(op=data["op"], attrs=data["attrs"], types=data["types"])
+        graph.nx.remove_edges_from(list(graph.nx.in_edges(n, keys=True)))
+        for u, _, k, out in graph.nx.in_edges(t.node, keys=True, data="out"):
+            graph.nx.add_edge(u, n, key=k, out=out)
+        graph.nx.remove_node(t.node)
     else:
         graph.redirect(n, [t])
-        graph.g.remove_node(n)
+        graph.nx.remove_node(n)
     return True
 
 
@@ -316,7 +316,7 @@ def _disjoint_sum(g: Graph, n: int):
     """pad(a) + pad(b) + ... where the pieces sit side by side along one axis, without
     overlapping, is concat(a, zeros, b, ...) (padded at the ends): every element is one
     piece's value plus zeros. With at most one other term the sum keeps its values."""
-    readers = [v for _, v in g.g.out_edges(n)]
+    readers = [v for _, v in g.nx.out_edges(n)]
     if len(readers) == 1 and g.op(readers[0]) == "add" and g.uses(Tensor(g, n)) == 1:
         return None                 # n is inside a larger sum; the rule runs at its root
     terms = _sum_terms(g, n)
@@ -357,7 +357,7 @@ def simplify(graph: Graph) -> Graph:
     """Algebraic simplification; a rewritten node is tried again until no rule applies."""
     for g in nested_graphs(graph):
         for n in g.order():
-            while n in g.g and g.op(n) in _SIMPLIFY and _rewrite(g, n, _SIMPLIFY[g.op(n)]):
+            while n in g.nx and g.op(n) in _SIMPLIFY and _rewrite(g, n, _SIMPLIFY[g.op(n)]):
                 pass
     return graph
 
@@ -396,7 +396,7 @@ def cse(graph: Graph) -> Graph:
             if first == n:
                 continue
             g.redirect(n, g.outputs_of(first))
-            g.g.remove_node(n)
+            g.nx.remove_node(n)
     return graph
 
 
@@ -406,7 +406,7 @@ def dce(graph: Graph) -> Graph:
     nothing reads and the non-carry arguments their body does not use."""
     prune(graph)
     for n in reversed(graph.order()):       # readers first: a scan sees which results are read
-        if n in graph.g and graph.op(n) == "scan" and _shrink_scan(graph, n):
+        if n in graph.nx and graph.op(n) == "scan" and _shrink_scan(graph, n):
             prune(graph)
     return graph
 
@@ -416,35 +416,35 @@ def _shrink_scan(graph: Graph, n: int) -> bool:
     True when operands went (their producers may be dead now)."""
     attrs, body = graph.attrs(n), graph.attrs(n)["body"]
     nc = attrs["n_carry"]
-    read = {out for _, _, out in graph.g.out_edges(n, data="out")} | {t.out for t in graph.outputs.values()
+    read = {out for _, _, out in graph.nx.out_edges(n, data="out")} | {t.out for t in graph.outputs.values()
                                                                      if t.node == n}
     names = list(body.outputs)
     keep = [j for j in range(len(names)) if j < nc or j in read]
     if len(keep) < len(names):
         new_index = {j: i for i, j in enumerate(keep)}
         body.outputs = {names[j]: body.outputs[names[j]] for j in keep}
-        graph.g.nodes[n]["types"] = [graph.types(n)[j] for j in keep]
+        graph.nx.nodes[n]["types"] = [graph.types(n)[j] for j in keep]
         attrs["ys_axes"] = tuple(attrs["ys_axes"][j - nc] for j in keep[nc:])
         history = tuple(new_index[j] for j in attrs.pop("history", ()) if j in new_index)
         if history:
             attrs["history"] = history
-        for _, _, edge in graph.g.out_edges(n, data=True):
+        for _, _, edge in graph.nx.out_edges(n, data=True):
             edge["out"] = new_index[edge["out"]]
         graph.outputs = {name: Tensor(graph, n, new_index[t.out]) if t.node == n else t
                          for name, t in graph.outputs.items()}
     dce(body)
     returned = {t.key() for t in body.outputs.values()}
     unused = [i for i, a in enumerate(body.args)
-              if i >= nc and body.g.out_degree(a.node) == 0 and a.key() not in returned]
+              if i >= nc and body.nx.out_degree(a.node) == 0 and a.key() not in returned]
     if not unused:
         return False
-    body.g.remove_nodes_from([body.args[i].node for i in unused])
+    body.nx.remove_nodes_from([body.args[i].node for i in unused])
     body.set_args([a for i, a in enumerate(body.args) if i not in unused])
     attrs["xs_axes"] = tuple(ax for i, ax in enumerate(attrs["xs_axes"]) if nc + i not in unused)
     operands = [t for i, t in enumerate(graph.inputs(n)) if i not in unused]
-    graph.g.remove_edges_from(list(graph.g.in_edges(n, keys=True)))
+    graph.nx.remove_edges_from(list(graph.nx.in_edges(n, keys=True)))
     for k, t in enumerate(operands):
-        graph.g.add_edge(t.node, n, key=k, out=t.out)
+        graph.nx.add_edge(t.node, n, key=k, out=t.out)
     return True
 
 
@@ -455,8 +455,8 @@ PIPELINE = ("fold", "simplify", "cse", "dce", "hoist")
 
 def _fingerprint(graph: Graph) -> tuple:
     """Changes whenever a pass changed the graph: its nodes, edges and outputs."""
-    return tuple((sorted((n, d["op"], len(d["types"])) for n, d in g.g.nodes(data=True)),
-                  sorted(g.g.edges(keys=True, data="out")), tuple((k, t.key()) for k, t in g.outputs.items()))
+    return tuple((sorted((n, d["op"], len(d["types"])) for n, d in g.nx.nodes(data=True)),
+                  sorted(g.nx.edges(keys=True, data="out")), tuple((k, t.key()) for k, t in g.outputs.items()))
                  for g in nested_graphs(graph))
 
 

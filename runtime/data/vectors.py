@@ -179,7 +179,7 @@ def init_feeds(init: Graph, base: pathlib.Path) -> dict:
         name = init.attrs(n)["name"]
         if not name.startswith(WORD_VECTORS_INPUT):
             continue
-        span = init.g.nodes[n]["span"]
+        span = init.nx.nodes[n]["span"]
         path = pathlib.Path(os.path.expanduser(name[len(WORD_VECTORS_INPUT):]))
         try:
             wv = read(path if path.is_absolute() else base / path)

@@ -170,7 +170,7 @@ def interpreter_parts(graph, sizes: dict) -> dict:
     it computes (of a scan's body, one step's), the gradients it outputs among them."""
     grads = {t.key() for name, t in graph.outputs.items() if name.startswith("grad:")}
     parts = {"gradients": 0, "activations": 0}
-    for n in graph.g.nodes:
+    for n in graph.nx.nodes:
         op = graph.op(n)
         if PRIMITIVES[op].given:         # the caller's arrays
             continue
@@ -211,7 +211,7 @@ def work_seconds(graph, sizes: dict, threads: int) -> list:
     """(estimated seconds, node) of each node of `graph` that computes, at `sizes` on `threads`
     threads; a scan's is its body's times its length."""
     out = []
-    for n in graph.g.nodes:
+    for n in graph.nx.nodes:
         op = graph.op(n)
         if op == "scan":
             attrs = graph.attrs(n)
@@ -242,7 +242,7 @@ def require_work(what: str, graph, sizes: dict, threads: int):
                    f"{threads} thread{'s' if threads > 1 else ''} ({duration_text(seconds)} of it in this "
                    f"{heaviest}); the work budget is {duration_text(cap)} a call: set DLC_WORK_BUDGET "
                    "(seconds, or none) or pass --no-budget to run it anyway",
-                   graph.g.nodes[node].get("span"))
+                   graph.nx.nodes[node].get("span"))
 
 
 def duration_text(seconds: float) -> str:
@@ -301,7 +301,7 @@ def training_memory(model, trainable: list, slots: int, sizes: dict) -> dict:
 
     def layer(bid) -> str:
         kernel = made.get(bid, read.get(bid)) if program.buffers[bid].kind != "input" else None
-        name = layer_of(graph, kernel.node) if kernel is not None and kernel.node in graph.g else ""
+        name = layer_of(graph, kernel.node) if kernel is not None and kernel.node in graph.nx else ""
         return "" if name == GRADIENTS else name.removeprefix(GRADIENTS + ".")
 
     layers: dict = {}

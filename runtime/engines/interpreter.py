@@ -41,7 +41,7 @@ def bind_sizes(graph: Graph, feeds: dict) -> dict:
 def _input_specs(graph: Graph) -> list:
     """(name, type, span, the symbol each dim is or None) of the graph's inputs, computed once
     per graph (guarded as `plan` is): a prediction of one example must not walk the graph."""
-    key = (graph.g.number_of_nodes(), graph.g.number_of_edges())
+    key = (graph.nx.number_of_nodes(), graph.nx.number_of_edges())
     cached = graph.__dict__.get("_input_specs")
     if cached is None or cached[0] != key:
         specs = []
@@ -49,7 +49,7 @@ def _input_specs(graph: Graph) -> list:
             typ = graph.types(n)[0]
             symbols = [next(iter(d.symbols())) if isinstance(d, Dim) and len(d.symbols()) == 1
                        and d == Dim.sym(next(iter(d.symbols()))) else None for d in typ.shape]
-            specs.append((graph.attrs(n)["name"], typ, graph.g.nodes[n]["span"], symbols))
+            specs.append((graph.attrs(n)["name"], typ, graph.nx.nodes[n]["span"], symbols))
         cached = graph.__dict__["_input_specs"] = (key, specs)
     return cached[1]
 
@@ -85,7 +85,7 @@ def size_constraints(graph: Graph) -> list:
         cached, seen = [], set()
         for g in nested_graphs(graph):
             for n in g.order():
-                op, span = g.op(n), g.g.nodes[n]["span"]
+                op, span = g.op(n), g.nx.nodes[n]["span"]
                 dims = [(d, 0) for t in g.types(n) for d in t.shape]
                 nonempty = PRIMITIVES[op].nonempty_axes
                 if nonempty is not None:        # a maximum of nothing has no value
@@ -123,12 +123,12 @@ def _cast_all(graph: Graph, op: str, arrays: dict, float_dtype: str) -> dict:
     for n in graph.nodes_with(op):
         name, typ = graph.attrs(n)["name"], graph.types(n)[0]
         if name not in arrays:
-            raise DlcError(f"no value given for {op} '{name}' ({typ})", graph.g.nodes[n]["span"])
+            raise DlcError(f"no value given for {op} '{name}' ({typ})", graph.nx.nodes[n]["span"])
         arr = np.asarray(arrays[name])
         if typ.is_float:
             arr = arr.astype(DTYPES[float_dtype or typ.dtype], copy=False)
         elif not np.issubdtype(arr.dtype, np.integer) and typ.dtype != "bool":
-            raise DlcError(f"{op} '{name}' expects {typ}, got {arr.dtype} values", graph.g.nodes[n]["span"])
+            raise DlcError(f"{op} '{name}' expects {typ}, got {arr.dtype} values", graph.nx.nodes[n]["span"])
         else:
             arr = arr.astype(DTYPES[typ.dtype], copy=False)
         out[name] = arr

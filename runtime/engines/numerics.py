@@ -41,7 +41,7 @@ class Origin:
     steps: tuple
 
     def error(self) -> NonFinite:
-        g, data = self.graph, self.graph.g.nodes[self.node]
+        g, data = self.graph, self.graph.nx.nodes[self.node]
         kinds = [kind for kind, test in (("nan", np.isnan), ("inf", np.isposinf), ("-inf", np.isneginf))
                  if any(test(v).any() for v in self.outputs)]
         bad = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
@@ -51,7 +51,7 @@ class Origin:
             return NonFinite.at_user_line(f"the {kind} '{data['attrs']['name']}' holds {bad}", span)
         line = (span.caller or span).line if span is not None else "?"
         of = data.get("grad_of")
-        if of is not None and of in g.g:
+        if of is not None and of in g.nx:
             what, stage = f"the gradient of line {line}'s `{g.op(of)}` (its `{op}`)", "backward"
         else:
             what, stage = f"line {line}'s `{op}`", "forward"
@@ -116,7 +116,7 @@ def locate(graph: Graph, feeds: dict, params: dict, nodes: set) -> NonFinite | N
     a parameter that holds one is named too. None when that evaluation stays finite
     there. Only those nodes may be named: elsewhere a value may be non-finite on purpose
     and masked before memory (`select(x > 0, log(x), 0)`), which the kernels never store."""
-    bodies = {id(body) for n in nodes if n in graph.g and graph.op(n) == "scan"
+    bodies = {id(body) for n in nodes if n in graph.nx and graph.op(n) == "scan"
               for body in nested_graphs(graph.attrs(n)["body"])}
 
     def allowed(g: Graph, n: int) -> bool:

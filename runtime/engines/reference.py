@@ -25,8 +25,8 @@ def predict_graph(model: Model):
     inputs = {g.attrs(n)["name"]: n for n in g.nodes_with("input") if g.attrs(n)["name"] in declared}
     read, _ = copy_graph(g, keep_ids=True)
     prune(read)
-    bound = set().union(*(symbols(declared[name].type.shape) for name, n in inputs.items() if n in read.g))
-    used = set().union(*(symbols(t.shape) for n in read.g.nodes for t in read.types(n)))
+    bound = set().union(*(symbols(declared[name].type.shape) for name, n in inputs.items() if n in read.nx))
+    used = set().union(*(symbols(t.shape) for n in read.nx.nodes for t in read.types(n)))
     return prune(g, keep=[n for name, n in inputs.items() if symbols(declared[name].type.shape) & (used - bound)])
 
 

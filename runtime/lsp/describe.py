@@ -171,7 +171,7 @@ def call_text(call: Span, container: str, a: Analysis) -> str | None:
     else:
         lines.append("parameters: none")
     graph = model.graph
-    flops = sum((node_flops(graph, n) for n in range(c.first, c.end) if n in graph.g), 0)
+    flops = sum((node_flops(graph, n) for n in range(c.first, c.end) if n in graph.nx), 0)
     batch = batch_symbol(graph)
     lines.append(f"forward FLOPs per example: {count_text(subs(flops, {batch: 1}) if batch else flops)}")
     if c.layer:

@@ -32,7 +32,7 @@ def index_bound(graph: Graph, node: int) -> int | None:
     """The number of valid values of an integer input: the rows of the table it
     gathers from, or the classes of the one_hot it feeds (compared with an iota)."""
     bounds = []
-    for n in nx.descendants(graph.g, node):
+    for n in nx.descendants(graph.nx, node):
         prim = PRIMITIVES[graph.op(n)]
         if prim.index_count is not None:
             bounds.append(prim.index_count([x.type for x in graph.inputs(n)]))
@@ -60,7 +60,7 @@ def ignored_values(graph: Graph, node: int) -> set:
     """The constants an integer input is compared with (`labels != ignore` in a loss): values
     the model tells apart itself, which the data may hold outside index_bound's range."""
     values = set()
-    for n in graph.g.successors(node):
+    for n in graph.nx.successors(node):
         if PRIMITIVES[graph.op(n)].equality:
             for x in graph.inputs(n):
                 src = _under_broadcast(graph, x).node

@@ -17,7 +17,7 @@ def _arg(lw, n, ins, attrs, typ):
 
 @register_lowering("input", "param")
 def _given(lw, n, ins, attrs, typ):
-    op = lw.g.op(n)
+    op = lw.graph.op(n)
     buf = lw.p.buffer(typ.dtype, numel(typ.shape), op, attrs["name"])
     (lw.p.inputs if op == "input" else lw.p.params)[attrs["name"]] = buf.id
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
@@ -48,7 +48,7 @@ def _dim_size(lw, n, ins, attrs, typ):
 def _random(lw, n, ins, attrs, typ):
     if attrs["dist"] not in ("uniform", "normal"):
         raise NotLowerable(f"the native backend does not compile random {attrs['dist']} yet",
-                           lw.g.g.nodes[n]["span"])
+                           lw.graph.nx.nodes[n]["span"])
     key = lw.materialize(ins[0])
     lw.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype, lw.steps,
                      attrs["dist"]))

@@ -10,7 +10,7 @@ from dlc.compiler.native.rules import register_lowering
 
 @register_lowering(kind="elementwise")
 def _elementwise(lw, n, ins, attrs, typ):
-    lw.set(n, Op(lw.g.op(n), tuple(lw.use(x) for x in ins), typ.dtype))
+    lw.set(n, Op(lw.graph.op(n), tuple(lw.use(x) for x in ins), typ.dtype))
 
 
 @register_lowering("stop_gradient")
@@ -61,6 +61,6 @@ def _gather(lw, n, ins, attrs, typ):
     k = idx.rank
     row_coeffs = (0,) * k + row_major(table.shape)[1:]
     idx_e = remap(lw.use(idx), lambda a: Affine(a.offset, a.coeffs + (0,) * (typ.rank - k)))
-    site = lw.p.fault("gather", table.shape[0], lw.g.g.nodes[n]["span"])
+    site = lw.p.fault("gather", table.shape[0], lw.graph.nx.nodes[n]["span"])
     lw.set(n, Gather(t.buffer, idx_e, Affine(0, row_coeffs), row_major(table.shape)[0], typ.dtype,
                      table.shape[0], site))

@@ -78,14 +78,14 @@ def _attention(lw, n, ins, attrs, typ):
     head's columns of [B, T, heads, d] are strided rows, not a transposed copy. The
     mask, an expression over the scores' index, is computed where each score is
     (docs/native.md, "Attention")."""
-    grad = lw.g.op(n) == "attention_grad"
+    grad = lw.graph.op(n) == "attention_grad"
     operands = ins[:6] if grad else ins[:3]
     mask = ins[len(operands)] if len(ins) > len(operands) else None
     q, k, v = ins[:3]
     batch = q.shape[:-2]
     d, dv = q.shape[-1], v.shape[-1]
     writes = []
-    for j, t in enumerate(lw.g.types(n)):
+    for j, t in enumerate(lw.graph.types(n)):
         buf = lw.p.buffer(t.dtype, numel(t.shape), "temp").id
         load, operand = _rows_in_place(buf, t.shape) if t.rank == q.rank else _vector_rows(buf, t.shape)
         lw.set(n, load, out=j)

@@ -213,7 +213,7 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     if groups > 1:
         if lw.bf16:
             raise NotLowerable("the native backend does not compile the input gradient of a grouped convolution in "
-                               "bf16 yet", lw.g.g.nodes[n]["span"])
+                               "bf16 yet", lw.graph.nx.nodes[n]["span"])
         # each group's few filters: dx[n, g*Cg + c, window (i, j) of (ho, wo)] += dy[n, g*Og + o, ho, wo]
         # * w[g*Og + o, c, i, j] over [N, groups, Cg, Og, kh, kw, Ho, Wo], without columns
         cg = C // groups

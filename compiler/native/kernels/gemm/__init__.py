@@ -124,7 +124,7 @@ def _matmul(lw, n, ins, attrs, typ):
     a, b = ins
     la, lb = lw.matrix(a), lw.matrix(b)
     ta, tb = attrs["ta"] != la[4], attrs["tb"] != lb[4]
-    out = lw.place(lw.g.outputs_of(n)[0], rows=True)
+    out = lw.place(lw.graph.outputs_of(n)[0], rows=True)
     m, nn = typ.shape[-2], typ.shape[-1]
     k = a.shape[-2] if attrs["ta"] else a.shape[-1]
     batch = numel(typ.shape[:-2])

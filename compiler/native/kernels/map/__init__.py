@@ -89,7 +89,7 @@ def _operations(k: MapKernel | FusedMapKernel) -> int:
 # ---- lowering rules ------------------------------------------------------------------------------
 @register_lowering("concat")
 def _concat(lw, n, ins, attrs, typ):
-    out = lw.place(lw.g.outputs_of(n)[0])
+    out = lw.place(lw.graph.outputs_of(n)[0])
     strides = out.at.coeffs
     start = 0
     for x in ins:

@@ -72,7 +72,7 @@ class ReduceKernel(Kernel):
 def _reduce(lw, n, ins, attrs, typ):
     x = ins[0]
     buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
-    lw.emit(ReduceKernel(x.shape, attrs["axes"], lw.g.op(n)[7:], buf.id, lw.use(x), node=n))
+    lw.emit(ReduceKernel(x.shape, attrs["axes"], lw.graph.op(n)[7:], buf.id, lw.use(x), node=n))
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
 
 @register_lowering("argmax")

@@ -54,7 +54,7 @@ def _scan(lw, n, ins, attrs, typ):
     t = Dim.sym(var)
     extra = {var} | (length.symbols() if isinstance(length, Dim) else set())
     lw.p.symbols = sorted(set(lw.p.symbols) | extra)
-    outs = lw.g.outputs_of(n)
+    outs = lw.graph.outputs_of(n)
     first = len(lw.p.buffers)       # buffers from here on may change from step to step
     # carries live in `current` buffers, set from their initial values before the loop
     current = []

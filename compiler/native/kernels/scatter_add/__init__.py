@@ -43,7 +43,7 @@ def _scatter_add(lw, n, ins, attrs, typ):
     idx, upd = ins
     u = lw.materialize(upd)
     buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
-    site = lw.p.fault("gather", typ.shape[0], lw.g.g.nodes[n]["span"])
+    site = lw.p.fault("gather", typ.shape[0], lw.graph.nx.nodes[n]["span"])
     lw.emit(ScatterAddKernel(idx.shape, numel(typ.shape[1:]), buf.id, lw.use(idx), u.buffer,
                              typ.shape[0], site, node=n))
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
