@@ -45,8 +45,8 @@ def measure(layers: int, profile: bool = False) -> dict:
     from dlc.compiler.ir.dims import numel
     from dlc.compiler.native.lower import lower
     from dlc.compiler.native.update import lower_update
-    from dlc.runtime.training.settings import Call
-    from dlc.runtime.training.optim import make_optimizer
+    from dlc.compiler.frontend.settings import Call
+    from dlc.runtime.engines.optim import make_optimizer
     from dlc.compiler.native.memory import intervals, plan
     from dlc.compiler.passes.optimize import optimize
     from dlc.runtime.engines import cache

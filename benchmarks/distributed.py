@@ -65,8 +65,8 @@ MODEL_RANKS = (2, 8, 64)
 def engine_for(name: str, split: bool, seed: int = 0, buckets: int = 0):
     """(native engine, parameters, optimizer state, trainable names) of a workload, Adam."""
     from dlc.runtime.engines.backends import make_engine
-    from dlc.runtime.training.settings import Call
-    from dlc.runtime.training.optim import make_optimizer
+    from dlc.compiler.frontend.settings import Call
+    from dlc.runtime.engines.optim import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
     prog = load_workload(name)
     train, ev = prog.build(training=True), prog.build(training=False)

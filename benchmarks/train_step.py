@@ -308,8 +308,8 @@ def timed_loop(run: Run, step_fn, warmup: int, steps: int):
 class DlcRunner:
     def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int,
                  sizes: dict | None = None, precision: str = "f32", label: str = "dlc"):
-        from dlc.runtime.training.settings import Call
-        from dlc.runtime.training.optim import make_optimizer
+        from dlc.compiler.frontend.settings import Call
+        from dlc.runtime.engines.optim import make_optimizer
         t0 = time.perf_counter()
         prog = load_workload(name, sizes)
         self.train, self.ev = prog.build(training=True), prog.build(training=False)
@@ -445,9 +445,8 @@ def train_step_flops(model, batch: dict) -> int:
     gradient), at the batch's sizes. The optimizer update (~10 FLOPs per parameter) is left out."""
     from dlc.compiler.passes.autodiff import train_step
     from dlc.compiler.ir.dims import subs
-    from dlc.compiler.frontend.summary import flops
     from dlc.runtime.engines.interpreter import bind_sizes
-    return int(subs(flops(train_step(model.graph)), bind_sizes(model.graph, batch)))
+    return int(subs(train_step(model.graph).flops(), bind_sizes(model.graph, batch)))
 
 
 # ---- one workload -----------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dlc.runtime.cli import main
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
-from dlc.runtime.training.optim import make_optimizer
+from dlc.runtime.engines.optim import make_optimizer
 from dlc.tools.real_models import without_torchvision_ops
 
 # compiled native code goes to a cache of this test session, not the user's; removed at its end

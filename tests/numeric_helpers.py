@@ -32,8 +32,8 @@ def engine_gradients(source: str, backend: str, params: dict, feeds: dict) -> tu
     """The engine `backend` built for `source` (`native` must compile it, never fall back)
     and one batch's scalars and flat float32 gradients (SGD, split: the gradients alone)."""
     from dlc.runtime.engines.backends import make_engine
-    from dlc.runtime.training.optim import make_optimizer
-    from dlc.runtime.training.settings import Call
+    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.compiler.frontend.settings import Call
     train, evaluation = build(source, training=True), build(source, training=False)
     optimizer = make_optimizer(Call("sgd", [], {"lr": 0.1}))
     engine = make_engine(backend, train, evaluation, optimizer, [p.name for p in train.params], split=True)

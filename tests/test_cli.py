@@ -15,7 +15,7 @@ import pytest
 
 import dlc
 from dlc.runtime.cli import main
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 from dlc.compiler.errors import DlcError
 from dlc.runtime.api import DlcModel
 from dlc.runtime.training.trainer import Trainer, make_config

@@ -20,8 +20,8 @@ from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.training.optim import make_optimizer
-from dlc.runtime.training.settings import Call
+from dlc.runtime.engines.optim import make_optimizer
+from dlc.compiler.frontend.settings import Call
 
 
 # ---- native compile time: linear in the number of layers ----------------------------------------------

@@ -26,7 +26,7 @@ import pytest
 from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.data import download as fetch, registry as D
 from dlc.runtime.cli import main
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -17,7 +17,7 @@ from dlc.runtime.data import files, images, registry as D
 from dlc.runtime.data.augment import augment
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.text import decode, encode
-from dlc.runtime.training.settings import Call, Symbol
+from dlc.compiler.frontend.settings import Call, Symbol
 from dlc.runtime.api import DlcModel
 from dlc.runtime.training.gradcheck import init_params
 

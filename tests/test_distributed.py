@@ -169,8 +169,8 @@ def test_replica_mean_calls_the_engines_replicas(backend):
     from dlc.compiler.errors import DlcError
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.backends import make_engine
-    from dlc.runtime.training.settings import Call
-    from dlc.runtime.training.optim import make_optimizer
+    from dlc.compiler.frontend.settings import Call
+    from dlc.runtime.engines.optim import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
     prog = load_text(SYNC_CNN, "cnn.dl")
     train, ev = prog.build(training=True, replicas=2), prog.build(training=False)
@@ -340,8 +340,8 @@ def test_the_split_step_is_the_single_call(backend):
     """gradients + apply_update (a distributed step's two halves) update exactly as train_step."""
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.backends import make_engine
-    from dlc.runtime.training.settings import Call
-    from dlc.runtime.training.optim import make_optimizer
+    from dlc.compiler.frontend.settings import Call
+    from dlc.runtime.engines.optim import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
     prog = load_text(BATCHNORM, "bn.dl")
     train, ev = prog.build(training=True), prog.build(training=False)
@@ -393,8 +393,8 @@ def test_each_bucket_is_handed_over_final_and_the_update_waits_for_finish(text):
     reads what `finish` left (zero gradients: Adam leaves the parameters as they were)."""
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.native import NativeEngine
-    from dlc.runtime.training.settings import Call
-    from dlc.runtime.training.optim import make_optimizer
+    from dlc.compiler.frontend.settings import Call
+    from dlc.runtime.engines.optim import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
     prog = load_text(text, "m.dl")
     train, ev = prog.build(training=True), prog.build(training=False)

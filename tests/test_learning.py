@@ -7,7 +7,7 @@ import pytest
 
 import dlc
 from dlc.runtime.data import registry as data
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 
 pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).parent.parent / "examples"

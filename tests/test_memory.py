@@ -14,11 +14,11 @@ from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.kernels.scan import ScanKernel
 from dlc.compiler.native.program import Affine, Gather, Guarded, KernelProgram, Load, Op, Random
 from dlc.compiler.passes.optimize import optimize
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.native import Executable, NativeEngine
-from dlc.runtime.training.optim import make_optimizer
+from dlc.runtime.engines.optim import make_optimizer
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 SIZES = {"B": 4, "T": 5, "S": 6}

@@ -15,8 +15,8 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.api import DlcModel
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.training.optim import make_optimizer
-from dlc.runtime.training.settings import Call
+from dlc.runtime.engines.optim import make_optimizer
+from dlc.compiler.frontend.settings import Call
 
 
 ENGINES = ["reference", "native"]

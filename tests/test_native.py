@@ -11,11 +11,11 @@ from dlc.compiler.native import render
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines import interpreter
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.training.optim import make_optimizer
+from dlc.runtime.engines.optim import make_optimizer
 
 from conftest import assert_same_training, five_steps
 

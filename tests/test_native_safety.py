@@ -18,8 +18,8 @@ import pytest
 from dlc.compiler.errors import DlcError
 from dlc.runtime.training import gradcheck as gc
 from dlc.runtime.api import DlcModel
-from dlc.runtime.training.optim import make_optimizer
-from dlc.runtime.training.settings import Call
+from dlc.runtime.engines.optim import make_optimizer
+from dlc.compiler.frontend.settings import Call
 
 ENGINES = ["native", "reference"]
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from dlc.compiler.errors import DlcError
-from dlc.runtime.training.settings import Call
-from dlc.runtime.training.optim import make_optimizer, make_schedule
+from dlc.compiler.frontend.settings import Call
+from dlc.runtime.engines.optim import make_optimizer, make_schedule
 
 C = np.array([1.0, 3.0])
 W0 = np.array([1.0, -2.0])

@@ -11,7 +11,7 @@ from dlc.compiler.frontend.loader import load
 from dlc.compiler.native import jit, parallel_compile
 from dlc.runtime.engines import cache
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 
 from conftest import five_steps
 

@@ -12,8 +12,8 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.training.groups import make_groups
-from dlc.runtime.training.optim import make_optimizer
-from dlc.runtime.training.settings import Call
+from dlc.runtime.engines.optim import make_optimizer
+from dlc.compiler.frontend.settings import Call
 
 STEPS = 20
 SHAPES = {"W": (8, 16), "b": (16,), "g": (16,), "E": (5, 16)}

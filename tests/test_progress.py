@@ -167,7 +167,7 @@ def test_progress_flags_are_checked_as_usage(tmp_path, capsys, flags, message):
 
 # ---- the formatting --------------------------------------------------------------------------------------------
 def test_times_are_as_precise_as_their_size_asks():
-    from dlc.runtime.training.progress import span
+    from dlc.runtime.terminal import span
     assert [span(t) for t in (0.0004, 0.008, 0.0123, 0.0996, 0.43, 4.2, 12.34, 62, 3725)] == \
         ["0.4 ms", "8 ms", "12 ms", "0.10 s", "0.43 s", "4.20 s", "12.3 s", "1:02", "1h02m"]
 

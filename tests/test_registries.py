@@ -9,8 +9,8 @@ import pytest
 
 from dlc.runtime.data import files, images, registry, synthetic, text
 from dlc.runtime.data.dataset import Dataset
-from dlc.runtime.training import optim
-from dlc.runtime.training.optim import OPTIMIZERS, Optimizer
+from dlc.runtime.engines import optim
+from dlc.runtime.engines.optim import OPTIMIZERS, Optimizer
 
 TRAINING_MD = (Path(__file__).resolve().parents[1] / "docs" / "training.md").read_text()
 

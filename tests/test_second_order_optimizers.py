@@ -1,5 +1,5 @@
-"""The second-order optimizers (runtime/training/optim.py `LBFGS`, `Newton`;
-runtime/training/second_order.py): L-BFGS visits torch.optim.LBFGS's iterates, in float64 by
+"""The second-order optimizers (runtime/engines/optim.py `LBFGS`, `Newton`;
+runtime/engines/second_order.py): L-BFGS visits torch.optim.LBFGS's iterates, in float64 by
 the algorithm alone and in float32 on both engines; a trial step whose loss is not finite
 is shrunk where torch's run ends in NaN; Newton's method solves the logistic regression of
 examples/logistic_newton.dl in at most 10 steps on both engines."""
@@ -15,9 +15,9 @@ from dlc.compiler.passes.autodiff import train_step
 from dlc.runtime.api import load
 from dlc.runtime.engines import interpreter
 from dlc.runtime.engines.backends import make_engine
-from dlc.runtime.training import second_order
-from dlc.runtime.training.optim import make_optimizer
-from dlc.runtime.training.settings import Call
+from dlc.runtime.engines import second_order
+from dlc.runtime.engines.optim import make_optimizer
+from dlc.compiler.frontend.settings import Call
 
 from numeric_helpers import build
 

@@ -6,7 +6,7 @@ import pytest
 from dlc.compiler.ir.dims import Dim
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.gradcheck import gradcheck, init_params, sample_inputs
 
 from numeric_helpers import build, forward, gradients, param_names, trainable_count

@@ -13,8 +13,8 @@ from dlc.compiler.frontend.loader import load
 from dlc.runtime.data.registry import load as load_data
 from dlc.runtime.training import checkpoint
 from dlc.runtime.training.callbacks import Callback, StopTraining
-from dlc.runtime.training.optim import make_schedule
-from dlc.runtime.training.settings import Call
+from dlc.runtime.engines.optim import make_schedule
+from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.trainer import Trainer, windows_drawn
 
 GENESIS = Path(__file__).parent.parent / "examples" / "data" / "genesis.txt"

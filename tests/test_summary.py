@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load, load_text
-from dlc.compiler.frontend.summary import count_text, flops, size_text
+from dlc.compiler.frontend.summary import count_text, size_text
 from dlc.compiler.ir.dims import Dim, subs
 from dlc.runtime.cli import main
 
@@ -66,7 +66,7 @@ def test_every_parameter_is_a_row_under_its_layer_with_its_type_and_trainability
 
 def test_flops_are_counted_at_the_train_blocks_batch_or_the_one_given(capsys):
     model = load(EXAMPLES / "lenet5.dl").build(None, training=True)
-    polynomial = flops(model.graph)
+    polynomial = model.graph.flops()
     assert isinstance(polynomial, Dim) and polynomial.symbols() == {"B"}
     text = summary_of(capsys, EXAMPLES / "lenet5.dl")                   # train lenet5 { batch = 64 }
     assert f"Forward FLOPs:            {subs(polynomial, {'B': 64}):,} at B = 64" in text
@@ -141,8 +141,8 @@ def test_the_peak_memory_is_within_10_percent_of_a_real_native_run(example, run_
     """The polynomial, its peak located with every dim 32, evaluated at other sizes, against what the native engine allocates to train at those sizes."""
     from dlc.runtime.engines import budget
     from dlc.runtime.engines.native import NativeEngine
-    from dlc.runtime.training.optim import make_optimizer
-    from dlc.runtime.training.settings import Call
+    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.compiler.frontend.settings import Call
     program = load(EXAMPLES / f"{example}.dl") if remat is None else with_remat(example, remat)
     train, evaluation = program.build(None, training=True), program.build(None, training=False)
     trainable = [p.name for p in train.params if p.trainable]

@@ -18,7 +18,7 @@ from dlc.runtime.cli import main
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.api import DlcModel
 from dlc.runtime.training.trainer import Trainer, batch_bounds
-from dlc.runtime.training.optim import clip_limit, make_optimizer, make_schedule
+from dlc.runtime.engines.optim import clip_limit, make_optimizer, make_schedule
 from dlc.runtime.engines import interpreter
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.passes.autodiff import train_step
@@ -161,7 +161,7 @@ def test_transfer_learning_with_frozen_convolutions(tmp_path, capsys):
 
 
 def _digits_call():
-    from dlc.runtime.training.settings import Call
+    from dlc.compiler.frontend.settings import Call
     return Call("digits")
 
 

@@ -1,6 +1,6 @@
 """The optimizer update on the same gradients, step after step: the native engine's
 compiled update graph (compiler/native/update.py) keeps exactly the parameters and state
-of the reference (the same graph, runtime/training/optim.py, run by the interpreter), and those
+of the reference (the same graph, runtime/engines/optim.py, run by the interpreter), and those
 are exactly torch.optim's once the interpreter takes torch's float32 sqrt, which is not
 correctly rounded (up to 0.55 ulp; 0.7% of results are 1 ulp from IEEE sqrt): the same
 operations, in the same order, rounded alike.
@@ -12,9 +12,9 @@ import pytest
 
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.training.optim import make_optimizer
+from dlc.runtime.engines.optim import make_optimizer
 
 N, STEPS = 1037, 6
 W0 = np.random.default_rng(3).standard_normal(N).astype(np.float32)
@@ -101,7 +101,7 @@ def assert_same_steps(ours, theirs, what):
 
 @pytest.mark.parametrize("name, opts, cls, torch_opts", CASES, ids=IDS)
 def test_native_update_is_the_reference_rule(name, opts, cls, torch_opts):
-    assert_same_steps(native_steps(name, opts), reference_steps(name, opts), "native vs runtime/training/optim.py")
+    assert_same_steps(native_steps(name, opts), reference_steps(name, opts), "native vs runtime/engines/optim.py")
 
 
 @pytest.mark.parametrize("name, opts, cls, torch_opts", CASES, ids=IDS)
@@ -112,4 +112,4 @@ def test_reference_update_is_torch_rule(name, opts, cls, torch_opts, monkeypatch
                         lambda ctx, xs: [torch.from_numpy(np.array(xs[0])).sqrt().numpy()])
     slots = make_optimizer(Call(name, [], opts)).slots()
     assert_same_steps(reference_steps(name, opts), torch_steps(torch, cls, torch_opts, opts["lr"], slots),
-                      "runtime/training/optim.py (torch's sqrt) vs torch.optim")
+                      "runtime/engines/optim.py (torch's sqrt) vs torch.optim")

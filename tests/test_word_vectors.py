@@ -19,7 +19,7 @@ from dlc.runtime.data import registry as D, vectors as V
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.text import words
 from dlc.runtime.cli import main
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -359,11 +359,11 @@ def compare_engines(text: str, sizes: dict = MODEL_SIZES, lr: float = 0.1):
     parameter's update to 1e-3 of its norm (a float32 gradient summed in another order)
     plus 1e-6 of the largest update."""
     from dlc.compiler.frontend.loader import load_text
-    from dlc.runtime.training.settings import Call
+    from dlc.compiler.frontend.settings import Call
     from dlc.runtime.engines.reference import ReferenceEngine
     from dlc.runtime.training.gradcheck import init_params, sample_inputs
     from dlc.runtime.engines.native import NativeEngine
-    from dlc.runtime.training.optim import make_optimizer
+    from dlc.runtime.engines.optim import make_optimizer
     program = load_text(text, "model.dl")
     train, evaluation = program.build(training=True), program.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]

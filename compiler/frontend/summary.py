@@ -7,25 +7,8 @@ A layer's parameters and FLOPs include those of the layers in it."""
 from __future__ import annotations
 
 from dlc.compiler.ir.dims import Dim, numel, subs
-from dlc.compiler.ir.graph import PRIMITIVES, Graph, layer_of, layer_parent, layer_tree
+from dlc.compiler.ir.graph import ITEMSIZE, Graph, layer_of, layer_parent, layer_tree
 from dlc.compiler.frontend.model import Model
-from dlc.compiler.native.memory import ITEMSIZE
-
-
-def flops(graph: Graph):
-    """Floating-point operations of one run of the graph, as a polynomial in its dims."""
-    total = 0
-    for n in graph.nx.nodes:
-        total = total + node_flops(graph, n)
-    return total
-
-
-def node_flops(graph: Graph, n: int):
-    """Floating-point operations of node n (0 for an op that counts none)."""
-    prim = PRIMITIVES[graph.op(n)]
-    if prim.flops is None:
-        return 0
-    return prim.flops([t.type for t in graph.inputs(n)], graph.types(n), **graph.attrs(n))
 
 
 def count_text(d) -> str:
@@ -115,7 +98,7 @@ def layer_rows(model: Model, sizes: dict, frozen=(), depth: int | None = None) -
     given stay symbols)."""
     graph = model.graph
     tree = layer_tree(graph)
-    per_node = {n: node_flops(graph, n) for n in graph.nx.nodes}
+    per_node = {n: graph.node_flops(n) for n in graph.nx.nodes}
     outputs = layer_outputs(graph)
 
     def layer_flops(layer: str):
@@ -190,5 +173,5 @@ def summary(model: Model, frozen=(), depth: int | None = None, sizes: dict | Non
     out.append(f"Total parameters:         {total:,} ({size_text(nbytes)})")
     out.append(f"Trainable parameters:     {trainable:,}")
     out.append(f"Non-trainable parameters: {total - trainable:,}")
-    out.append(f"Forward FLOPs:            {count_text(subs(flops(model.graph), sizes))}" + (f" at {at}" if at else ""))
+    out.append(f"Forward FLOPs:            {count_text(subs(model.graph.flops(), sizes))}" + (f" at {at}" if at else ""))
     return "\n".join(out)

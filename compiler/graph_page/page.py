@@ -16,7 +16,7 @@ from dlc.compiler.graph_page.boxes import box_outputs, box_tree, forward_boxes, 
 from dlc.compiler.graph_page.kernels import native_kernels
 from dlc.compiler.graph_page.layout import rows
 from dlc.compiler.frontend.model import Model
-from dlc.compiler.frontend.summary import count_text, node_flops
+from dlc.compiler.frontend.summary import count_text
 
 
 def page(model: Model, first: str = "forward") -> str:
@@ -69,7 +69,7 @@ def view(name: str, graph: Graph, box_of: dict, boxes: dict, compiled: Graph, fi
         nodes.append({
             "id": n, "op": d["op"], "title": node_title(graph, n), "layer": box_of[n],
             "kind": PRIMITIVES[d["op"]].kind, "types": ", ".join(str(t) for t in d["types"]),
-            "attrs": attrs_text(d["attrs"]), "flops": count_text(node_flops(graph, n)),
+            "attrs": attrs_text(d["attrs"]), "flops": count_text(graph.node_flops(n)),
             **_places(span, files),
             "outputs": outputs.get(n, []), "grad_of": d.get("grad_of"),
             "compiled": n in compiled.nx, **_constant(d, box_of[n])})

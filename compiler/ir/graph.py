@@ -32,6 +32,7 @@ _DTYPES = {"f32": (np.float32, 1), "f64": (np.float64, 11), "i32": (np.int32, 6)
 DTYPES = {name: numpy for name, (numpy, _) in _DTYPES.items()}
 ONNX_ELEM_TYPES = {name: elem_type for name, (_, elem_type) in _DTYPES.items()}
 FLOAT_DTYPES = ("f32", "f64")
+ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in DTYPES.items()}     # bytes an element
 
 
 @dataclass(frozen=True)
@@ -318,6 +319,17 @@ class Graph:
         return self.add(op, inputs, **attrs)[0]
 
     # queries ------------------------------------------------------------------------------
+    def flops(self):
+        """Floating-point operations of one run of the graph, as a polynomial in its dims."""
+        return sum((self.node_flops(n) for n in self.nx.nodes), 0)
+
+    def node_flops(self, n: int):
+        """Floating-point operations of node n, by its primitive's rule (0 for one that counts none)."""
+        prim = PRIMITIVES[self.op(n)]
+        if prim.flops is None:
+            return 0
+        return prim.flops([t.type for t in self.inputs(n)], self.types(n), **self.attrs(n))
+
     def op(self, n: int) -> str:
         return self.nx.nodes[n]["op"]
 

@@ -4,8 +4,8 @@ Each primitive is one record (graph.Primitive): its fusion pattern kind, its typ
 (`infer`), its numpy reference semantics (`impl`, run by runtime/engines/interpreter.py), its VJP
 rule, its FLOPs and its properties, side by side. Layers, losses and composite functions
 are written in the .dl standard library on top of these; ops.py holds the broadcasting
-helpers the rules use. `scan` has a module of its own (scan.py): its VJP differentiates
-its body. The native backend registers its lowering and scalar rules by name
+helpers the rules use. `scan` has a module of its own (scan.py); its VJP, which
+differentiates its body, is added by compiler/passes/scan_vjp.py. The native backend registers its lowering and scalar rules by name
 (compiler/native/), and a test checks that every record has them.
 """
 from __future__ import annotations

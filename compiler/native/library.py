@@ -29,13 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from dlc.compiler.ir.dims import Dim, shape_str
+from dlc.compiler.ir.graph import ITEMSIZE
 from dlc.compiler.native.memory import intervals
 from dlc.compiler.native.program import KernelProgram
 
 C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t", "i64": "int64_t", "bool": "uint8_t"}
 NPY_DESCR = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i64": "<i8", "bool": "|b1"}
 SAFETENSORS_DTYPE = {"f32": "F32", "f64": "F64", "i32": "I32", "i64": "I64", "bool": "BOOL"}
-ITEMSIZE = {"f32": 4, "f64": 8, "i32": 4, "i64": 8, "bool": 1}
 KINDS = {"temp": "KIND_TEMP", "input": "KIND_INPUT", "param": "KIND_PARAM", "output": "KIND_OUTPUT",
          "const": "KIND_CONST"}
 # the status codes, the same in every library

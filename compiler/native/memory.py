@@ -39,12 +39,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlc.compiler.ir.dims import concrete
-from dlc.compiler.ir.graph import DTYPES
+from dlc.compiler.ir.graph import DTYPES, ITEMSIZE
 from dlc.compiler.native.program import KernelProgram
 
 ALIGN = 64
 PAGE = 4096           # buffers start at different offsets modulo this (see _first_fit)
-ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in DTYPES.items()}
 
 
 # ---- positions --------------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlc.compiler.errors import DlcError
-from dlc.runtime.training.settings import as_call, flag, integer, number
+from dlc.compiler.frontend.settings import as_call, flag, integer, number
 
 
 def augment_options(spec, span=None) -> dict | None:

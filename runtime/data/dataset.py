@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from dlc.compiler.errors import DlcError
-from dlc.runtime.training.settings import show
+from dlc.compiler.frontend.settings import show
 
 
 @dataclass(repr=False)

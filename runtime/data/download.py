@@ -49,7 +49,7 @@ import numpy as np
 import dlc
 from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.runtime.data.formats import read_idx
-from dlc.runtime.training.progress import REDRAW_S, duration, terminal_width
+from dlc.runtime.terminal import REDRAW_S, duration, terminal_width
 
 __all__ = ["KNOWN", "Known", "Remote", "SPLITS", "known", "data_dir", "converted", "fetch", "listing", "hint",
            "progress_line"]

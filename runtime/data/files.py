@@ -21,7 +21,7 @@ from dlc.runtime.data.download import hint
 from dlc.runtime.data.formats import float32, label_column, numbers, parse_csv, read_idx, read_npz, read_utf8, \
     table_dataset
 from dlc.runtime.data.source import source
-from dlc.runtime.training.settings import REQUIRED, Args, choice, integer, number, show
+from dlc.compiler.frontend.settings import REQUIRED, Args, choice, integer, number, show
 
 
 # ---- where a file argument points -------------------------------------------------------------------

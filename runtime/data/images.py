@@ -16,7 +16,7 @@ from dlc.runtime.data import download
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import float32, label_column, parse_csv, read_npz, table_dataset
 from dlc.runtime.data.source import source
-from dlc.runtime.training.settings import Args, choice, flag, number
+from dlc.compiler.frontend.settings import Args, choice, flag, number
 
 
 # ---- digits ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ A setting such as
     data = reverse(min_len = 8, max_len = 12, symbols = 11, n = 20000)
     data = "data/points.csv"
 
-is evaluated by runtime/training/settings.py into a `Call` (or a plain string, a file name)
+is evaluated by compiler/frontend/settings.py into a `Call` (or a plain string, a file name)
 and turned into a `Dataset` (runtime/data/dataset.py) here by `load`: a call by the source
 of its name in `SOURCES`, a file name by its extension (.npz, .csv / .csv.gz, .txt, IDX:
 .idx*, *-ubyte[.gz]).
@@ -30,7 +30,7 @@ import pathlib
 from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.runtime.data import files, images, synthetic, text
 from dlc.runtime.data.dataset import Dataset
-from dlc.runtime.training.settings import Call, Symbol, show
+from dlc.compiler.frontend.settings import Call, Symbol, show
 
 SOURCES: dict = {source.__name__: source for source in (
     files.npz, files.csv, files.idx,

@@ -13,7 +13,7 @@ import functools
 import pathlib
 
 from dlc.runtime.data.dataset import Dataset
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 
 
 def source(**params):

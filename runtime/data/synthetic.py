@@ -17,7 +17,7 @@ import numpy as np
 from dlc.compiler.errors import DlcError
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.source import source
-from dlc.runtime.training.settings import Args, choice, integer, number
+from dlc.compiler.frontend.settings import Args, choice, integer, number
 
 
 @source(repeat=1)

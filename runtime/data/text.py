@@ -23,7 +23,7 @@ from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.files import path_arg
 from dlc.runtime.data.formats import label_column, read_utf8
 from dlc.runtime.data.source import source
-from dlc.runtime.training.settings import REQUIRED, Args, choice, flag, integer, number, show
+from dlc.compiler.frontend.settings import REQUIRED, Args, choice, flag, integer, number, show
 
 
 # ---- characters -----------------------------------------------------------------------------------

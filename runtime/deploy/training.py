@@ -1,7 +1,7 @@
 """The train step of a `dlc build --train` library: the train block's step as the native
 engine runs it (runtime/engines/native.py: the train step graph lowered, its driver ending
 with the optimizer's update over the flat arrays), and the C of what the trainer computes
-in Python floats at each step (runtime/training/optim.py): the learning rate of the
+in Python floats at each step (runtime/engines/optim.py): the learning rate of the
 schedule and the optimizer's per-step scalars, written to do the same double operations in
 the same order (the library compiles them without contraction), so the same bits.
 """
@@ -11,7 +11,7 @@ import json
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.library import Tensor, Training
-from dlc.runtime.training.optim import Adagrad, Adam, Optimizer, make_optimizer, make_schedule
+from dlc.runtime.engines.optim import Adagrad, Adam, Optimizer, make_optimizer, make_schedule
 
 
 def _c(v) -> str:

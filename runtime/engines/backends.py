@@ -11,7 +11,7 @@ from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.engines.reference import ReferenceEngine
-from dlc.runtime.training.progress import span
+from dlc.runtime.terminal import span
 
 BACKENDS = ("auto", "native", "reference")
 

@@ -23,12 +23,13 @@ import numpy as np
 
 from dlc.compiler.ir.dims import Dim, concrete, derive, numel, symbols
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend.summary import node_flops, size_text
+from dlc.compiler.frontend.summary import size_text
 from dlc.compiler.frontend.syntax import size_bytes
 from dlc.compiler.ir.graph import GRADIENTS, layer_of
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.lower import lower
-from dlc.compiler.native.memory import ITEMSIZE, intervals, linearize
+from dlc.compiler.ir.graph import ITEMSIZE
+from dlc.compiler.native.memory import intervals, linearize
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
 
@@ -218,7 +219,7 @@ def work_seconds(graph, sizes: dict, threads: int) -> list:
             body = sum(s for s, _ in work_seconds(attrs["body"], sizes, threads))
             out.append((float(concrete(attrs["length"], sizes)) * body, n))
             continue
-        count = node_flops(graph, n)
+        count = graph.node_flops(n)
         if count:
             rate = CONTRACTION_RATE if PRIMITIVES[op].kind in CONTRACTIONS else ELEMENT_RATE
             out.append((float(concrete(count, sizes)) / (rate * threads), n))

@@ -32,8 +32,8 @@ from dlc.runtime.engines import budget, cache, numerics
 from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.reference import _scalars, predict_graph
 from dlc.runtime.engines.interpreter import bind_sizes
-from dlc.runtime.training import second_order
-from dlc.runtime.training.optim import Optimizer
+from dlc.runtime.engines import second_order
+from dlc.runtime.engines.optim import Optimizer
 
 # the random key of evaluation and prediction: always zeros (read only, as every input)
 NO_KEY = np.zeros(2, np.int32)

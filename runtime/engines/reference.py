@@ -1,5 +1,5 @@
 """The reference engine: it runs the graphs with the numpy interpreter, the optimizer's
-update graph too (runtime/training/optim.py). The native engine (runtime/engines/native.py)
+update graph too (runtime/engines/optim.py). The native engine (runtime/engines/native.py)
 has the same members (runtime/engines/protocol.py `Engine`) and runs each step in one
 native call. This module also holds what both engines share: the prediction graph and the
 scalars a step reports. runtime/engines/backends.py picks the engine for a run."""
@@ -11,8 +11,8 @@ from dlc.compiler.ir.dims import symbols
 from dlc.compiler.passes.autodiff import copy_graph, hvp_graph, prune, train_step
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.engines import budget, interpreter, numerics
-from dlc.runtime.training import second_order
-from dlc.runtime.training.optim import Optimizer
+from dlc.runtime.engines import second_order
+from dlc.runtime.engines.optim import Optimizer
 
 
 def predict_graph(model: Model):

@@ -64,7 +64,7 @@ class Analysis:
 
     def _activations(self, name: str):
         from dlc.runtime.engines import budget
-        from dlc.runtime.training.optim import make_optimizer
+        from dlc.runtime.engines.optim import make_optimizer
         model, cfg = self.models[name], self.configs.get(name)
         try:
             model.require_loss("it does not train")

@@ -9,7 +9,7 @@ from dlc.compiler.errors import DlcError, Span, source_lines
 from dlc.compiler.frontend import syntax as A
 from dlc.compiler.frontend.evaluator import ann_str
 from dlc.compiler.frontend.loader import stdlib_env
-from dlc.compiler.frontend.summary import count_text, in_layer, node_flops, size_text
+from dlc.compiler.frontend.summary import count_text, in_layer, size_text
 from dlc.compiler.frontend.values import Builtin, Func, spelled
 from dlc.compiler.ir.dims import numel, subs
 from dlc.runtime.lsp.analysis import Analysis
@@ -171,7 +171,7 @@ def call_text(call: Span, container: str, a: Analysis) -> str | None:
     else:
         lines.append("parameters: none")
     graph = model.graph
-    flops = sum((node_flops(graph, n) for n in range(c.first, c.end) if n in graph.nx), 0)
+    flops = sum((graph.node_flops(n) for n in range(c.first, c.end) if n in graph.nx), 0)
     batch = batch_symbol(graph)
     lines.append(f"forward FLOPs per example: {count_text(subs(flops, {batch: 1}) if batch else flops)}")
     if c.layer:

@@ -475,7 +475,7 @@ def train_items(setting: str | None) -> list:
     data sources), each with its options."""
     from dlc.runtime.data.registry import SOURCES
     from dlc.runtime.training.config import TrainConfig
-    from dlc.runtime.training.optim import OPTIMIZERS, SCHEDULES
+    from dlc.runtime.engines.optim import OPTIMIZERS, SCHEDULES
     value = T.CompletionItemKind.Value
     choices = {
         "optimizer": [(name, f"{name}({', '.join(f'{k} = {v!r}' for k, v in cls.options.items())})", "optimizer")

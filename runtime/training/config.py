@@ -1,5 +1,5 @@
 """The configuration of a training run: the settings of the model's `train` block
-(runtime/training/settings.py evaluates them) with the command line's flags applied,
+(compiler/frontend/settings.py evaluates them) with the command line's flags applied,
 and every setting checked where it is written before any data is loaded or code compiled."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from dlc.compiler.native import PRECISIONS
 from dlc.runtime.data.augment import augment_options
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.groups import make_groups, param_matches, patterns_of
-from dlc.runtime.training.optim import OPTIMIZERS, clip_limit, make_optimizer, make_schedule
-from dlc.runtime.training.settings import REQUIRED, Call, Symbol, as_call, flag, number, setting_value, settings, show
+from dlc.runtime.engines.optim import OPTIMIZERS, clip_limit, make_optimizer, make_schedule
+from dlc.compiler.frontend.settings import REQUIRED, Call, Symbol, as_call, flag, number, setting_value, settings, show
 
 
 # a data-parallel run's buckets of gradients: 128 KB, which parts the last layers of models of a few MB

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dlc.compiler.errors import DlcError, plural
 from dlc.runtime.training.callbacks import Callback, StopTraining
-from dlc.runtime.training.settings import Symbol, as_call, choice, flag, integer, show
+from dlc.compiler.frontend.settings import Symbol, as_call, choice, flag, integer, show
 
 
 class EarlyStop(Callback):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from dlc.compiler.errors import DlcError, Span, plural
 from dlc.compiler.ir.dims import numel
-from dlc.runtime.training.settings import Call, Symbol, as_call, integer, number, to_text
+from dlc.compiler.frontend.settings import Call, Symbol, as_call, integer, number, to_text
 
 GROUP_OPTIONS = {"params": None, "ndim": None, "weight_decay": None, "lr_mult": 1.0}
 

@@ -18,7 +18,7 @@ from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
 from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_args
 from dlc.runtime.training.gradcheck import ignored_values, index_bound
-from dlc.runtime.training.settings import Call, Symbol, from_json, show, to_json, to_text
+from dlc.compiler.frontend.settings import Call, Symbol, from_json, show, to_json, to_text
 
 
 def load_data(spec, base: Path, what: str, span=None) -> Dataset:

@@ -15,8 +15,6 @@ Only TerminalLine writes carriage returns, and only to a terminal. A display is 
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import sys
 import time
 from collections.abc import Mapping
@@ -25,9 +23,9 @@ from dataclasses import dataclass
 from dlc.compiler.errors import DlcError, did_you_mean, optional_package
 from dlc.runtime.training.callbacks import Callback
 from dlc.runtime.training.history import WHERE
+from dlc.runtime.terminal import REDRAW_S, duration, span, terminal_width
 
 MODES = ("auto", "bar", "epochs", "none")
-REDRAW_S = 0.1             # the progress line is redrawn at most ten times a second
 
 
 @dataclass
@@ -93,21 +91,6 @@ def row_values(row: dict) -> list:
     return values({k: v for k, v in row.items() if k not in WHERE})
 
 
-def span(seconds: float) -> str:
-    """A time as precise as its size asks: `8 ms`, `0.43 s`, `12.3 s`, `1:02`, `1h02m`."""
-    if seconds < 0.0995:
-        ms = seconds * 1e3
-        return f"{ms:.2g} ms" if ms < 9.95 else f"{ms:.0f} ms"
-    if seconds < 9.995:
-        return f"{seconds:.2f} s"
-    return f"{seconds:.1f} s" if seconds < 59.95 else duration(seconds)
-
-
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
-
-
 def fitted(parts: list, width: int) -> list:
     """The texts of `parts`, (rank, text) pairs in the order shown, without the highest ranks
     (the least useful; the later of equal ranks first) until they fit `width` columns joined by
@@ -153,19 +136,6 @@ def progress_line(s: Step, now: float, width: int) -> str:
             (2, f"epoch eta {duration(s.eta_epoch(now))}"), (5, f"run eta {duration(s.eta_run(now))}"),
             (7, f"lr {s.lr:.3g}"), (8, s.rate(now))]
     return "  ".join(fitted([(0, head), *metrics, *tail], width))[:width]
-
-
-def terminal_width(stream) -> int:
-    """The columns of the terminal `stream` writes to: $COLUMNS, else the terminal's own
-    width (shutil asks stdout's, which may be a file while stderr is the terminal), else 80."""
-    if "COLUMNS" not in os.environ:
-        try:
-            columns = os.get_terminal_size(stream.fileno()).columns
-            if columns > 0:
-                return columns
-        except (AttributeError, OSError, ValueError):
-            pass
-    return shutil.get_terminal_size((80, 24)).columns
 
 
 def wrap_items(items: list, width: int | None) -> str:

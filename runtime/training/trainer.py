@@ -44,7 +44,7 @@ from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.history import History, save_history
 from dlc.runtime.training.inputs import data_settings, prepare_data
 from dlc.runtime.training.interrupt import Interrupt
-from dlc.runtime.training.optim import make_optimizer, make_schedule
+from dlc.runtime.engines.optim import make_optimizer, make_schedule
 from dlc.runtime.training.progress import Step, make_display
 from dlc.runtime.training.tensorboard import EventLog
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dlc.compiler.frontend.loader import load
-from dlc.runtime.engines.bench import bench
+from dlc.runtime.training.bench import bench
 from dlc.runtime.cli.arguments import model_arguments, thread_arguments, positive
 from dlc.runtime.cli.shared import dim_sizes
 

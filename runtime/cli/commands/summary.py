@@ -6,7 +6,7 @@ from dlc.compiler.frontend import summary as S
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.engines import budget
 from dlc.runtime.training.summarize import summary_settings, summary_text
-from dlc.runtime.training.optim import make_optimizer
+from dlc.runtime.engines.optim import make_optimizer
 from dlc.runtime.cli.arguments import model_arguments, positive
 from dlc.runtime.cli.shared import dim_sizes
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from dlc.compiler.errors import plural
 from dlc.compiler.frontend.loader import load
-from dlc.runtime.training.progress import row_values, terminal_width, wrap_items
+from dlc.runtime.terminal import terminal_width
+from dlc.runtime.training.progress import row_values, wrap_items
 from dlc.runtime.training.trainer import Trainer
 from dlc.runtime.cli.arguments import model_arguments, positive, checkpoint_path
 

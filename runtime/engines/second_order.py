@@ -1,4 +1,4 @@
-"""The algorithms of the second-order optimizers (runtime/training/optim.py `LBFGS`, `Newton`).
+"""The algorithms of the second-order optimizers (runtime/engines/optim.py `LBFGS`, `Newton`).
 
 A first-order optimizer's update is a graph compiled into the train step; a step of these
 is a loop in Python around the loss of one batch as a function of the flat trained

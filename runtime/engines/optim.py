@@ -12,7 +12,7 @@ interpreter (`Optimizer.update`), the native engine compiles it into its step
 parameter ("m", "v", "momentum"), which checkpoints save.
 
 The second-order optimizers (`LBFGS`, `Newton`) are `full_batch`: they have no update graph;
-a step of theirs runs many evaluations of the batch's loss (runtime/training/second_order.py),
+a step of theirs runs many evaluations of the batch's loss (runtime/engines/second_order.py),
 and the engines hand them the step (`step`).
 """
 from __future__ import annotations
@@ -26,8 +26,8 @@ from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.ir.update import GROUP, NORM, Update, lerp, update_graph
 from dlc.runtime.engines import interpreter
-from dlc.runtime.training import second_order
-from dlc.runtime.training.settings import REQUIRED, Call, as_call, choice, flag, integer, number, show
+from dlc.runtime.engines import second_order
+from dlc.compiler.frontend.settings import REQUIRED, Call, as_call, choice, flag, integer, number, show
 
 # the allowed values of every numeric option of the optimizers, schedules and clipping
 LIMITS = {

@@ -9,11 +9,11 @@ import numpy as np
 from dlc.compiler.native import render
 from dlc.compiler.ir.dims import symbols
 from dlc.compiler.frontend.loader import Program
-from dlc.runtime.training.settings import Call
+from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.training.optim import make_optimizer
+from dlc.runtime.engines.optim import make_optimizer
 
 
 BF16 = " (bf16 products)"
