@@ -280,11 +280,13 @@ def test_on_an_80_column_tmux_pane_the_progress_is_one_line_that_never_wraps(tmp
     """`dlc train examples/digits_mlp.dl`, then `examples/digits_cnn.dl`, on a tmux pane of 80 x 24 (their
     standard error: the summaries print paths), its screen captured while they run and at the end:
     `capture-pane -J` joins a wrapped line, so a line wider than the pane would show as one longer than 80
-    columns."""
+    columns. The runs compile into an empty cache: an epoch of the digits takes a few milliseconds, and the
+    line drawn at its last batch stays on the screen while the evaluation's code compiles, long enough to
+    be captured (with the code cached, only by chance)."""
     cnn = Path(DIGITS_MLP).parent / "digits_cnn.dl"
     script = tmp_path / "run.sh"      # a short command to type: a long one would wrap on the pane itself
     script.write_text(f"unset COLUMNS LINES\nexport PYTHONPATH='{os.environ.get('PYTHONPATH', '')}' "
-                      f"DLC_CACHE_DIR='{os.environ['DLC_CACHE_DIR']}'\n"
+                      f"DLC_CACHE_DIR='{tmp_path / 'cache'}'\n"
                       f"'{sys.executable}' -m dlc.runtime.cli train '{DIGITS_MLP}' --epochs 2 --out '{tmp_path / 'mlp'}' >/dev/null\n"
                       f"'{sys.executable}' -m dlc.runtime.cli train '{cnn}' --epochs 2 --out '{tmp_path / 'run'}' >/dev/null\n"
                       "echo dlc-status-$?\n")

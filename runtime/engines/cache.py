@@ -295,8 +295,9 @@ def gemm_symbols():
 
         def build():
             # the one compile every program waits for, once: say so, as a download would
-            print(f"dlc: compiling its GEMM kernels for this CPU ({jit.host_cpu()[0]}), once: later programs "
-                  f"load them from the cache in {cache_dir()}", file=sys.stderr, flush=True)
+            # (one line on an 80-column terminal: the cache's folder is in docs/native.md)
+            print(f"dlc: compiling its GEMM kernels for this CPU ({jit.host_cpu()[0]}), once per machine",
+                  file=sys.stderr, flush=True)
             return gemm_module(configs), []
 
         _gemm_module, _ = compile_built(("dlc_gemm", configs, VARIANTS), build)
