@@ -67,21 +67,21 @@ def colour(names: list) -> str:
 
 async def server_answers(path: Path, hover: tuple) -> tuple:
     """The inlay hints of the whole file and the hover at (line, col), 0-based, from `dlc lsp`."""
-    from lsprotocol import types as T
+    from lsprotocol import types as lsp_types
     from pygls.lsp.client import LanguageClient
     client = LanguageClient("dlc-editor-shot", "1")
-    client.feature(T.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)(lambda params: None)   # not drawn
+    client.feature(lsp_types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)(lambda params: None)   # not drawn
     await client.start_io(sys.executable, "-m", "dlc", "lsp")
     try:
-        await client.initialize_async(T.InitializeParams(capabilities=T.ClientCapabilities(),
+        await client.initialize_async(lsp_types.InitializeParams(capabilities=lsp_types.ClientCapabilities(),
                                                          initialization_options={"inlayHints": True}))
-        client.initialized(T.InitializedParams())
+        client.initialized(lsp_types.InitializedParams())
         text, uri = path.read_text(), path.resolve().as_uri()
-        client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(uri, "dl", 1, text)))
-        document = T.TextDocumentIdentifier(uri)
-        hints = await client.text_document_inlay_hint_async(T.InlayHintParams(
-            document, T.Range(T.Position(0, 0), T.Position(text.count("\n") + 1, 0))))
-        answer = await client.text_document_hover_async(T.HoverParams(document, T.Position(*hover)))
+        client.text_document_did_open(lsp_types.DidOpenTextDocumentParams(lsp_types.TextDocumentItem(uri, "dl", 1, text)))
+        document = lsp_types.TextDocumentIdentifier(uri)
+        hints = await client.text_document_inlay_hint_async(lsp_types.InlayHintParams(
+            document, lsp_types.Range(lsp_types.Position(0, 0), lsp_types.Position(text.count("\n") + 1, 0))))
+        answer = await client.text_document_hover_async(lsp_types.HoverParams(document, lsp_types.Position(*hover)))
         await client.shutdown_async(None)
         client.exit(None)
     finally:

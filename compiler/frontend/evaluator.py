@@ -13,7 +13,7 @@ import inspect
 import numpy as np
 
 from dlc.compiler.ir import ops
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 from dlc.compiler.ir.dims import Dim, is_dim, numel
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
@@ -133,7 +133,7 @@ class Evaluator:
         return v
 
     # -- models ----------------------------------------------------------------------------------
-    def build(self, model: A.Model, train: A.Train | None) -> Model:
+    def build(self, model: syntax.Model, train: syntax.Train | None) -> Model:
         env = self.globals.child()
         for k in train.settings if train else ():
             if k.name == "remat":
@@ -200,45 +200,45 @@ class Evaluator:
     def block(self, stmts: list, env: Env, in_model=False, in_def=False, in_scan=False):
         """Run statements; returns the values of a trailing `return` or `yield`."""
         for s in stmts[:-1]:
-            if isinstance(s, (A.Return, A.Yield)):
+            if isinstance(s, (syntax.Return, syntax.Yield)):
                 self.fail(f"nothing may follow a {type(s).__name__.lower()}", s.span)
         for s in stmts:
             first = self.forward._next
             with self.graph.at(s.span):
                 result = self.statement(s, env, in_model, in_def, in_scan)
             if in_model:        # the binding name a statement sets, as the label of the calls in it
-                named = isinstance(s, (A.Assign, A.Loss, A.Metric, A.Output))
+                named = isinstance(s, (syntax.Assign, syntax.Loss, syntax.Metric, syntax.Output))
                 self.statement_nodes.append((first, self.forward._next, self.label if named else "", s.span))
             if result is not None:
                 return result
         return None
 
     def statement(self, s, env: Env, in_model, in_def, in_scan):
-        if isinstance(s, A.Assign):
+        if isinstance(s, syntax.Assign):
             self.label = self.label_for(s.targets[0])
             calls = len(self.call_nodes)
             value = self.expr(s.value, env)
             self.bind_targets(s, value, env, in_model)
             env.layers[s.targets[0]] = self.layers_since(calls)     # for s.targets[0].W
-        elif isinstance(s, A.ParamDecl):
+        elif isinstance(s, syntax.ParamDecl):
             if in_scan:
                 self.fail("declare parameters outside the scan; the body can use them", s.span)
             if s.name in env.vars:
                 self.fail(f"'{s.name}' is already defined in this scope", s.span)
             env.vars[s.name] = self.declare_param(s, env)
-        elif isinstance(s, A.Update):
+        elif isinstance(s, syntax.Update):
             self.update_state(s, env)
-        elif isinstance(s, A.Return):
+        elif isinstance(s, syntax.Return):
             if not in_def:
                 self.fail("return is only allowed at the end of a def", s.span)
             self.label = ""
             return self.values(s.values, env)
-        elif isinstance(s, A.Yield):
+        elif isinstance(s, syntax.Yield):
             if not in_scan:
                 self.fail("yield is only allowed at the end of a scan body", s.span)
             self.label = ""
             return ("yield", [self.tensor(self.expr(v, env), v.span, "yield") for v in s.values])
-        elif isinstance(s, A.Repeat):
+        elif isinstance(s, syntax.Repeat):
             start = self.static_int(self.expr(s.start, env), s.start.span, "the start of repeat")
             stop = self.static_int(self.expr(s.stop, env), s.stop.span, "the end of repeat")
             if not isinstance(start, int) or not isinstance(stop, int):
@@ -255,18 +255,18 @@ class Evaluator:
                     self.block(s.body, env, in_model, in_def, in_scan)
                 finally:
                     self.repeat_index = self.repeat_index[:-1]
-        elif isinstance(s, A.If):
+        elif isinstance(s, syntax.If):
             cond = self.expr(s.cond, env)
             if not isinstance(cond, bool):
                 self.fail(f"if needs a static condition (true or false), got {describe(cond)}; "
                           "for tensors use select(cond, a, b)", s.cond.span)
             return self.block(s.then if cond else s.other, env, in_model, in_def, in_scan)
-        elif isinstance(s, A.Def):
+        elif isinstance(s, syntax.Def):
             if s.name in env.vars:
                 self.fail(f"'{s.name}' is defined twice", s.span)
             check_def(s)
             env.vars[s.name] = Func(s, env)
-        elif isinstance(s, (A.Input, A.Output, A.Loss, A.Metric)):
+        elif isinstance(s, (syntax.Input, syntax.Output, syntax.Loss, syntax.Metric)):
             if not in_model:
                 self.fail(f"{type(s).__name__.lower()} is only allowed in a model block", s.span)
             self.model_statement(s, env)
@@ -277,7 +277,7 @@ class Evaluator:
     def label_for(self, name: str) -> str:
         return ".".join([name] + [str(i) for i in self.repeat_index])
 
-    def bind_targets(self, s: A.Assign, value, env: Env, in_model):
+    def bind_targets(self, s: syntax.Assign, value, env: Env, in_model):
         if len(s.targets) == 1:
             values = [value]
         else:
@@ -309,7 +309,7 @@ class Evaluator:
     # -- model statements --------------------------------------------------------------------------
     def model_statement(self, s, env: Env):
         g = self.graph
-        if isinstance(s, A.Input):
+        if isinstance(s, syntax.Input):
             if s.name in env.vars:
                 self.fail(f"'{s.name}' is defined twice", s.span)
             typ = self.tensor_type(s.type, env, new_symbols=True)
@@ -317,7 +317,7 @@ class Evaluator:
             env.vars[s.name] = t
             self.inputs.append(ModelInput(s.name, typ, s.span, s.is_target))
             return
-        if isinstance(s, A.Loss):
+        if isinstance(s, syntax.Loss):
             if "loss" in g.outputs:
                 self.fail("a model has one loss; add the terms together", s.span)
             self.label = "loss"
@@ -329,27 +329,27 @@ class Evaluator:
                 self.fail(f"the loss must be a float, got {loss.type}", s.value.span)
             g.outputs["loss"] = loss
             return
-        key = ("metric:" if isinstance(s, A.Metric) else "output:") + s.name
+        key = ("metric:" if isinstance(s, syntax.Metric) else "output:") + s.name
         if key in g.outputs:
             self.fail(f"'{s.name}' is defined twice", s.span)
         self.label = s.name
         calls = len(self.call_nodes)
-        if isinstance(s, A.Output) and s.value is None:
+        if isinstance(s, syntax.Output) and s.value is None:
             value = self.lookup(s.name, env, s.span)
         else:
             value = self.expr(s.value, env)
         t = self.tensor(value, s.span, s.name)
-        if isinstance(s, A.Metric):
+        if isinstance(s, syntax.Metric):
             if t.rank != 0:
                 self.fail(f"a metric must be a scalar, got {t.type}; reduce it with mean(...)", s.value.span)
             t = ops.cast(t, "f32")
         g.outputs[key] = t
-        if isinstance(s, A.Output) and s.value is not None:
+        if isinstance(s, syntax.Output) and s.value is not None:
             env.vars[s.name] = t
             env.layers[s.name] = self.layers_since(calls)
 
     # -- parameters ------------------------------------------------------------------------------------
-    def declare_param(self, s: A.ParamDecl, env: Env) -> Tensor:
+    def declare_param(self, s: syntax.ParamDecl, env: Env) -> Tensor:
         typ = self.tensor_type(s.type, env)
         for d in typ.shape:
             if not isinstance(d, int):
@@ -377,7 +377,7 @@ class Evaluator:
         self.init_values.append(self.initial_value(s, typ, env))
         return self.local(t)
 
-    def initial_value(self, s: A.ParamDecl, typ: TensorType, env: Env) -> Tensor:
+    def initial_value(self, s: syntax.ParamDecl, typ: TensorType, env: Env) -> Tensor:
         """Evaluate the initializer into the init graph."""
         saved, self.graph = self.graph, self.init
         try:
@@ -400,7 +400,7 @@ class Evaluator:
         finally:
             self.graph = saved
 
-    def update_state(self, s: A.Update, env: Env):
+    def update_state(self, s: syntax.Update, env: Env):
         if self.graph.parent is not None:
             self.fail("state cannot be updated inside a scan", s.span)
         try:
@@ -418,14 +418,14 @@ class Evaluator:
         self.updates[target.node] = root.add1("stop_gradient", [value])
 
     # -- types -------------------------------------------------------------------------------------------
-    def tensor_type(self, t: A.TensorType, env: Env, new_symbols=False) -> TensorType:
+    def tensor_type(self, t: syntax.TensorType, env: Env, new_symbols=False) -> TensorType:
         """With new_symbols (an input's type), a dim name without a value in scope becomes a
         symbolic dim, bound in env so the model can use it: causal_mask(T)."""
         dims = []
         for d in t.dims:
-            if isinstance(d, A.AnyDims):
+            if isinstance(d, syntax.AnyDims):
                 self.fail("'...' is only allowed in argument types", d.span)
-            if isinstance(d, A.Name) and new_symbols and not env.defines(d.id):
+            if isinstance(d, syntax.Name) and new_symbols and not env.defines(d.id):
                 v = env.vars[d.id] = Dim.sym(d.id)
             else:
                 v = self.expr(d, env)
@@ -439,7 +439,7 @@ class Evaluator:
             self.fail(f"dimension sizes must be positive, got {v}", span)
         return v
 
-    def match_type(self, ann: A.TensorType, value, env: Env, func: str, arg: str, span: Span):
+    def match_type(self, ann: syntax.TensorType, value, env: Env, func: str, arg: str, span: Span):
         """Check an argument against its annotation, binding the annotation's dim names."""
         if not isinstance(value, Tensor):
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not ann.dims:
@@ -453,18 +453,18 @@ class Evaluator:
             kind = {"f32": "a float", "f64": "a float", "i32": "an integer", "i64": "an integer"}.get(want, "a bool")
             self.fail(f"{func}: argument '{arg}' must be {kind} tensor {ann_str(ann)}, got {value.type}", span,
                       origin(value))
-        has_rest = any(isinstance(d, A.AnyDims) for d in ann.dims)   # at most one: checked at the def
-        fixed = [d for d in ann.dims if not isinstance(d, A.AnyDims)]
+        has_rest = any(isinstance(d, syntax.AnyDims) for d in ann.dims)   # at most one: checked at the def
+        fixed = [d for d in ann.dims if not isinstance(d, syntax.AnyDims)]
         if (value.rank < len(fixed)) if has_rest else (value.rank != len(fixed)):
             self.fail(f"{func}: argument '{arg}' must have rank {'at least ' if has_rest else ''}{len(fixed)} "
                       f"{ann_str(ann)}, got {value.type}", span, origin(value))
-        split = next((i for i, d in enumerate(ann.dims) if isinstance(d, A.AnyDims)), len(ann.dims))
+        split = next((i for i, d in enumerate(ann.dims) if isinstance(d, syntax.AnyDims)), len(ann.dims))
         after = len(ann.dims) - split - 1 if has_rest else 0
         pairs = list(zip(ann.dims[:split], value.shape[:split]))
         if has_rest and after:
             pairs += list(zip(ann.dims[split + 1:], value.shape[value.rank - after:]))
         for d, actual in pairs:
-            if isinstance(d, A.Name) and not env.defines(d.id):
+            if isinstance(d, syntax.Name) and not env.defines(d.id):
                 env.vars[d.id] = actual
                 env.vars.setdefault("__dim_sites__", {})[d.id] = span
                 continue
@@ -487,11 +487,11 @@ class Evaluator:
     def _expr(self, e, env: Env):
         if isinstance(e, LITERALS):
             return literal(e)
-        if isinstance(e, A.Name):
+        if isinstance(e, syntax.Name):
             return self.local(self.lookup(e.id, env, e.span))
-        if isinstance(e, A.Tuple):
+        if isinstance(e, syntax.Tuple):
             return tuple(self.expr(x, env) for x in e.items)
-        if isinstance(e, A.Unary):
+        if isinstance(e, syntax.Unary):
             v = self.expr(e.operand, env)
             if e.op == "not":
                 if isinstance(v, bool):
@@ -502,35 +502,35 @@ class Evaluator:
             if isinstance(v, (int, float, Dim)) and not isinstance(v, bool):
                 return -v
             self.fail(f"cannot negate {describe(v)}", e.span)
-        if isinstance(e, A.Binary):
+        if isinstance(e, syntax.Binary):
             return self.binary(e, env)
-        if isinstance(e, A.Ternary):
+        if isinstance(e, syntax.Ternary):
             cond = self.expr(e.cond, env)
             if not isinstance(cond, bool):
                 self.fail(f"`if c then a else b` needs a static condition, got {describe(cond)}; "
                           "for tensors use select(c, a, b)", e.cond.span)
             return self.expr(e.then if cond else e.other, env)
-        if isinstance(e, A.Call):
+        if isinstance(e, syntax.Call):
             func = self.expr(e.func, env)
             args, kwargs = self.arguments(e.args, env)
             first = first_argument(func)
             if not args and kwargs and first is not None and first not in kwargs:
                 return self.partial(func, kwargs, e.span)
             return self.call(func, args, kwargs, e.span, e.func)
-        if isinstance(e, A.Pipe):
+        if isinstance(e, syntax.Pipe):
             value = self.expr(e.value, env)
-            if isinstance(e.func, A.Call):
+            if isinstance(e.func, syntax.Call):
                 func = self.expr(e.func.func, env)
                 args, kwargs = self.arguments(e.func.args, env)
                 return self.call(func, [(value, e.value.span)] + args, kwargs, e.func.span, e.func.func)
             return self.call(self.expr(e.func, env), [(value, e.value.span)], {}, e.func.span, e.func)
-        if isinstance(e, A.Index):
+        if isinstance(e, syntax.Index):
             return self.index(e, env)
-        if isinstance(e, A.Attribute):
+        if isinstance(e, syntax.Attribute):
             return self.attribute(e, env)
-        if isinstance(e, A.Scan):
+        if isinstance(e, syntax.Scan):
             return self.scan(e, env)
-        if isinstance(e, A.Slice):
+        if isinstance(e, syntax.Slice):
             self.fail("a slice is only allowed inside [ ]", e.span)
         self.fail(f"unexpected {type(e).__name__}", e.span)  # pragma: no cover
 
@@ -561,7 +561,7 @@ class Evaluator:
         made = [scope for _, _, scope, *_ in self.call_nodes[calls:] if scope.parent is self.scope]
         return [scope for scope in dict.fromkeys(made) if scope.owns_params()]
 
-    def attribute(self, e: A.Attribute, env: Env):
+    def attribute(self, e: syntax.Attribute, env: Env):
         v = self.expr(e.value, env)
         if e.name == "shape" and isinstance(v, Tensor):
             return v.shape
@@ -572,7 +572,7 @@ class Evaluator:
         what = e.value.span.text() or "this"
         if isinstance(v, Layer):
             scope = v.scope
-        elif isinstance(v, Tensor) and isinstance(e.value, A.Name) and env.layers_of(e.value.id):
+        elif isinstance(v, Tensor) and isinstance(e.value, syntax.Name) and env.layers_of(e.value.id):
             scopes = env.layers_of(e.value.id)
             if len(scopes) > 1:
                 self.fail(f"'{what}' is made by {len(scopes)} calls with parameters; bind the one whose "
@@ -595,7 +595,7 @@ class Evaluator:
     # each binary operator's primitive (// is div on integers)
     _TENSOR_OPS = {p.operator: p.name for p in PRIMITIVES.values() if p.operator is not None and p.arity == 2}
 
-    def binary(self, e: A.Binary, env: Env):
+    def binary(self, e: syntax.Binary, env: Env):
         a = self.expr(e.left, env)
         if e.op in ("and", "or") and isinstance(a, bool):
             if (e.op == "and" and not a) or (e.op == "or" and a):
@@ -671,7 +671,7 @@ class Evaluator:
     def arguments(self, items, env: Env):
         args, kwargs = [], {}
         for a in items:
-            if isinstance(a, A.Keyword):
+            if isinstance(a, syntax.Keyword):
                 if a.name in kwargs:
                     self.fail(f"argument '{a.name}' given twice", a.span)
                 kwargs[a.name] = (self.expr(a.value, env), a.value.span)
@@ -694,7 +694,7 @@ class Evaluator:
             except DlcError as e:
                 e.notes.append((f"{func.name} is partially applied here", func.span))
                 raise
-        name = func_expr.id if isinstance(func_expr, A.Name) else None
+        name = func_expr.id if isinstance(func_expr, syntax.Name) else None
         message = f"{repr(name) if name else 'this'} is {describe(func)}, not a function"
         if isinstance(func, str) and self.globals.defines(func):        # act = "relu"
             message += f"; a function is passed by its name, without quotes: {f'{name} = ' if name else ''}{func}"
@@ -753,14 +753,14 @@ class Evaluator:
             else:
                 self.fail(f"{decl.name}: missing argument '{a.name}'", span,
                           [(f"'{decl.name}' is defined here", decl.span)])
-            if isinstance(a.type, A.TensorType):
+            if isinstance(a.type, syntax.TensorType):
                 try:
                     value = self.match_type(a.type, value, env, decl.name, a.name, vspan)
                 except DlcError as e:
                     if a is not decl.args[0] or not args or isinstance(value, Tensor):
                         raise
                     raise DlcError(e.message + keyword_form(decl, args), e.span, e.notes) from None
-            elif isinstance(a.type, A.StaticType):
+            elif isinstance(a.type, syntax.StaticType):
                 self.check_static(a.type.kind, value, decl.name, a.name, vspan)
             env.vars[a.name] = value
             self.record_def_value(a.name, value, a.span, span)
@@ -794,7 +794,7 @@ class Evaluator:
                 return scope.defn.name
         return None
 
-    def check_keywords(self, decl: A.Def, kwargs: dict):
+    def check_keywords(self, decl: syntax.Def, kwargs: dict):
         """Every keyword names an argument of decl (or is `name`, when decl has no argument so called)."""
         names = [a.name for a in decl.args]
         for k, (_, kspan) in kwargs.items():
@@ -802,7 +802,7 @@ class Evaluator:
                 self.fail(f"{decl.name} has no argument named '{k}'{did_you_mean(k, names)}",
                           kspan, [(f"'{decl.name}' is defined here", decl.span)])
 
-    def repoint(self, e: DlcError, decl: A.Def, call_span: Span):
+    def repoint(self, e: DlcError, decl: syntax.Def, call_span: Span):
         """An error inside the standard library is reported at the user's call."""
         if e.span is not None and e.span.file.startswith(STDLIB_PREFIX) and \
                 not call_span.file.startswith(STDLIB_PREFIX):
@@ -821,9 +821,9 @@ class Evaluator:
             self.fail(f"{func}: argument '{arg}' must be {kind}, got {describe(value)}", span)
 
     # -- indexing ---------------------------------------------------------------------------------------------------
-    def index(self, e: A.Index, env: Env):
-        subs = [s if isinstance(s, (A.Slice, A.AnyDims)) else self.expr(s, env) for s in e.subscripts]
-        if any(isinstance(s, LoopIndex) for s in subs) and isinstance(e.value, A.Name):
+    def index(self, e: syntax.Index, env: Env):
+        subs = [s if isinstance(s, (syntax.Slice, syntax.AnyDims)) else self.expr(s, env) for s in e.subscripts]
+        if any(isinstance(s, LoopIndex) for s in subs) and isinstance(e.value, syntax.Name):
             value = self.lookup(e.value.id, env, e.value.span)   # a sequence: sliced, not captured whole
         else:
             value = self.expr(e.value, env)
@@ -842,8 +842,8 @@ class Evaluator:
             self.fail(f"cannot index {describe(value)}", e.span)
         return self.index_tensor(value, subs, e, env)
 
-    def index_tensor(self, x: Tensor, subs, e: A.Index, env: Env):
-        n_ellipsis = sum(isinstance(s, A.AnyDims) for s in subs)
+    def index_tensor(self, x: Tensor, subs, e: syntax.Index, env: Env):
+        n_ellipsis = sum(isinstance(s, syntax.AnyDims) for s in subs)
         if n_ellipsis > 1:
             self.fail("at most one '...' in an index", e.span)
         explicit = len(subs) - n_ellipsis
@@ -851,12 +851,12 @@ class Evaluator:
             self.fail(f"too many indices ({explicit}) for {x.type}", e.span)
         full = []
         for s in subs:
-            if isinstance(s, A.AnyDims):
+            if isinstance(s, syntax.AnyDims):
                 full += [None] * (x.rank - explicit)
             else:
                 full.append(s)
         full += [None] * (x.rank - len(full))
-        full = [None if isinstance(s, A.Slice) and s.start is s.stop is s.step is None else s for s in full]
+        full = [None if isinstance(s, syntax.Slice) and s.start is s.stop is s.step is None else s for s in full]
         loop = [(i, s) for i, s in enumerate(full) if isinstance(s, LoopIndex)]
         if loop:
             return self.sequence_step(x, full, loop, e)
@@ -864,7 +864,7 @@ class Evaluator:
         for axis, (s, d) in enumerate(zip(full, x.shape)):
             if s is None:
                 starts.append(0), stops.append(d), steps.append(1)
-            elif isinstance(s, A.Slice):
+            elif isinstance(s, syntax.Slice):
                 a, b, st = (self.expr(p, env) if p is not None else None for p in (s.start, s.stop, s.step))
                 st = 1 if st is None else st
                 if not isinstance(st, int) or st <= 0:
@@ -898,7 +898,7 @@ class Evaluator:
             self.fail(f"an index must be an integer, got {describe(i)}", span)
         return i
 
-    def sequence_step(self, x: Tensor, full, loop, e: A.Index):
+    def sequence_step(self, x: Tensor, full, loop, e: syntax.Index):
         if len(loop) > 1 or any(s is not None for i, s in enumerate(full) if i != loop[0][0]):
             self.fail("index a sequence with the step variable alone, as in xs[:, t]", e.span)
         axis, t = loop[0]
@@ -914,7 +914,7 @@ class Evaluator:
         return self.sequences[key]
 
     # -- scan --------------------------------------------------------------------------------------------------------
-    def scan(self, e: A.Scan, env: Env):
+    def scan(self, e: syntax.Scan, env: Env):
         length = self.expr(e.length, env)
         length = self.static_int(length, e.length.span, "the length of a scan")
         opts = {"reverse": False, "axis": 1, "checkpoint": None}
@@ -986,18 +986,18 @@ def checkpoint_every(v, span: Span, name: str) -> int:
 STATIC_KINDS = ("int", "float", "bool", "str", "fn", "dim", "tuple")
 
 
-def check_def(decl: A.Def):
+def check_def(decl: syntax.Def):
     """What can be checked of a def before it is called."""
     seen = set()
     for a in decl.args:
         if a.name in seen:
             raise DlcError(f"argument '{a.name}' appears twice in {decl.name}", a.span)
         seen.add(a.name)
-        if isinstance(a.type, A.StaticType) and a.type.kind not in STATIC_KINDS:
+        if isinstance(a.type, syntax.StaticType) and a.type.kind not in STATIC_KINDS:
             raise DlcError(f"unknown argument kind '{a.type.kind}' (use {', '.join(STATIC_KINDS)} or a tensor type "
                            "such as f32[B, n])", a.type.span)
-        if isinstance(a.type, A.TensorType):
-            rest = [d for d in a.type.dims if isinstance(d, A.AnyDims)]
+        if isinstance(a.type, syntax.TensorType):
+            rest = [d for d in a.type.dims if isinstance(d, syntax.AnyDims)]
             if len(rest) > 1:
                 raise DlcError("at most one '...' in a type", rest[1].span)
 
@@ -1029,7 +1029,7 @@ def axis_at_end(func: Builtin, args: list):
                        f"did you mean 'axis = {span.text() or value}'?", span)
 
 
-def keyword_form(decl: A.Def, args: list) -> str:
+def keyword_form(decl: syntax.Def, args: list) -> str:
     """For a call whose first positional argument is not the tensor decl's first argument
     wants (`dense(64, relu)` where a function is meant): the partial application it may mean."""
     names = [a.name for a in decl.args[1:]]
@@ -1052,21 +1052,21 @@ def fans(shape) -> tuple:
     return shape[1] * receptive, shape[0] * receptive
 
 
-def ann_str(t: A.TensorType) -> str:
+def ann_str(t: syntax.TensorType) -> str:
     return f"{t.dtype}[{', '.join(expr_text(d) for d in t.dims)}]"
 
 
 def expr_text(e) -> str:
     """Source-like text of a dim expression: n, 4 * units, T - 1."""
-    if isinstance(e, A.AnyDims):
+    if isinstance(e, syntax.AnyDims):
         return "..."
-    if isinstance(e, A.Name):
+    if isinstance(e, syntax.Name):
         return e.id
-    if isinstance(e, A.Number):
+    if isinstance(e, syntax.Number):
         return str(e.value)
-    if isinstance(e, A.Binary):
+    if isinstance(e, syntax.Binary):
         return f"{expr_text(e.left)} {e.op} {expr_text(e.right)}"
-    if isinstance(e, A.Unary):
+    if isinstance(e, syntax.Unary):
         return f"{e.op}{expr_text(e.operand)}"
     return "?"
 

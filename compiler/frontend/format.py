@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 
 INDENT = 4
 COMMENT_GAP = 2         # spaces between the longest line of a run and its aligned comments
@@ -28,7 +28,7 @@ _TIGHT = {".", "..", "^"}       # no space on either side
 # the words after which an expression starts: `return (a, b)`, not a call `return(a, b)`
 _BEFORE_EXPRESSION = {"return", "yield", "loss", "if", "then", "else", "and", "or", "not", "in"}
 # a model's declarations line up: `input  x`, `target y`, `loss   l`, `metric m = ...`
-_DECLARATIONS = (A.Input, A.ParamDecl, A.Loss, A.Metric, A.Output)
+_DECLARATIONS = (syntax.Input, syntax.ParamDecl, syntax.Loss, syntax.Metric, syntax.Output)
 DECLARATION_WIDTH = 6
 
 
@@ -41,7 +41,7 @@ class _Line:
 
 
 @dataclass
-class _Syntax:
+class _Positions:
     """What the AST says about token positions (line, col)."""
     statements: set = field(default_factory=set)
     settings: dict = field(default_factory=dict)    # a train block's settings: the block's line
@@ -52,11 +52,11 @@ class _Syntax:
 
 def format_text(text: str, filename: str = "<input>") -> str:
     """`text` in the canonical layout. A syntax error is raised as the DlcError `dlc check` gives."""
-    module = A.parse(text, filename)
-    syntax = _Syntax()
-    _collect(module, syntax)
-    out = _render(_lines(text), syntax)
-    if A.parse(out, filename + " (formatted)") != module:
+    module = syntax.parse(text, filename)
+    positions = _Positions()
+    _collect(module, positions)
+    out = _render(_lines(text), positions)
+    if syntax.parse(out, filename + " (formatted)") != module:
         raise DlcError("dlc fmt would change what this file means, so it is left as it is "
                        "(a bug of dlc fmt: please report it with the file)", Span(filename, 1, 1))
     return out
@@ -68,7 +68,7 @@ def format_files(paths: list[str], check: bool = False, out=None) -> int:
     1 when `check` finds a file to change, else 0."""
     out, unformatted = out or sys.stdout, 0
     for path in _dl_files(paths):
-        text = A.read_source(path)
+        text = syntax.read_source(path)
         formatted = format_text(text, str(path))
         if formatted == text:
             continue
@@ -101,36 +101,36 @@ def _dl_files(paths: list[str]) -> list[Path]:
     return files
 
 
-def _collect(node, syntax: _Syntax):
+def _collect(node, positions: _Positions):
     for f in fields(node):
         value = getattr(node, f.name)
         items = value if isinstance(value, list) else [value]
         for item in items:
-            if not isinstance(item, A.Node):
+            if not isinstance(item, syntax.Node):
                 continue
             at = (item.span.line, item.span.col)
             if f.name in _STATEMENT_LISTS and not _is_expression_body(node, item):
-                if isinstance(node, A.Train):
-                    syntax.settings[at] = node.span.line
+                if isinstance(node, syntax.Train):
+                    positions.settings[at] = node.span.line
                 else:
-                    syntax.statements.add(at)
-                if isinstance(node, A.Model) and isinstance(item, _DECLARATIONS):
-                    syntax.declarations.add(at)
-            if isinstance(item, A.Unary) and item.op == "-":
-                syntax.unary.add(at)
-            if isinstance(item, A.Call):
-                syntax.callees.add((item.func.span.end_line, item.func.span.end_col))
-            _collect(item, syntax)
+                    positions.statements.add(at)
+                if isinstance(node, syntax.Model) and isinstance(item, _DECLARATIONS):
+                    positions.declarations.add(at)
+            if isinstance(item, syntax.Unary) and item.op == "-":
+                positions.unary.add(at)
+            if isinstance(item, syntax.Call):
+                positions.callees.add((item.func.span.end_line, item.func.span.end_col))
+            _collect(item, positions)
 
 
 def _is_expression_body(node, item) -> bool:
     """The Return the parser makes of `def f(x) = expr`: its place is the expression's."""
-    return isinstance(node, A.Def) and isinstance(item, A.Return) and item.span == item.values[0].span
+    return isinstance(node, syntax.Def) and isinstance(item, syntax.Return) and item.span == item.values[0].span
 
 
 def _lines(text: str) -> list[_Line]:
     """The source cut into lines of tokens by the grammar's own lexer."""
-    parser = A._parser()
+    parser = syntax._parser()
     lines, line = [], _Line()
     for tok in parser.lex(text, dont_ignore=True):
         if tok.type == "COMMENT":
@@ -156,7 +156,7 @@ class _Open:
     inner: int              # the indent of a line inside: a block's statements, or a continuation
 
 
-def _render(lines: list[_Line], syntax: _Syntax) -> str:
+def _render(lines: list[_Line], positions: _Positions) -> str:
     out: list[tuple[str, str, int | None]] = []   # (indent + code, comment, train block of a setting)
     stack: list[_Open] = []
     statement_indent, prev, before_prev = 0, None, []
@@ -166,7 +166,7 @@ def _render(lines: list[_Line], syntax: _Syntax) -> str:
             indent = stack[-1].inner if stack else 0
         elif str(first) in ("}", ")", "]") and stack:
             indent = stack[-1].close_indent
-        elif (first.line, first.column) in syntax.statements or (first.line, first.column) in syntax.settings \
+        elif (first.line, first.column) in positions.statements or (first.line, first.column) in positions.settings \
                 or str(first) == "else" and str(prev) == "}":      # an if statement's, not `a if c else b`
             indent = statement_indent = stack[-1].inner if stack else 0
         else:
@@ -174,10 +174,10 @@ def _render(lines: list[_Line], syntax: _Syntax) -> str:
         code = " " * indent
         for i, tok in enumerate(line.tokens):
             text = str(tok)
-            if i and _space(prev, tok, before_prev, stack, syntax):
+            if i and _space(prev, tok, before_prev, stack, positions):
                 code += " "
             code += text.ljust(DECLARATION_WIDTH) if i == 0 and len(line.tokens) > 1 and \
-                (tok.line, tok.column) in syntax.declarations else text
+                (tok.line, tok.column) in positions.declarations else text
             if text in _OPENERS:
                 last = i == len(line.tokens) - 1
                 if text == "{":
@@ -193,17 +193,17 @@ def _render(lines: list[_Line], syntax: _Syntax) -> str:
         after_open = out and out[-1][0].endswith("{") and not out[-1][1]
         if line.blanks_before and out and not after_open and not (first is not None and str(first) == "}"):
             out.append(("", "", None))
-        setting = syntax.settings.get((first.line, first.column)) if first is not None else None
+        setting = positions.settings.get((first.line, first.column)) if first is not None else None
         out.append((code, line.comment, setting))
     return _align(out)
 
 
-def _space(prev, tok, before_prev: list, stack: list[_Open], syntax: _Syntax) -> bool:
+def _space(prev, tok, before_prev: list, stack: list[_Open], positions: _Positions) -> bool:
     """Whether a space goes between two tokens of a line."""
     p, t = str(prev), str(tok)
     if p in ("(", "[") or t in (")", "]", ","):
         return False
-    if p in _TIGHT or t in _TIGHT or (prev.line, prev.column) in syntax.unary:
+    if p in _TIGHT or t in _TIGHT or (prev.line, prev.column) in positions.unary:
         return False
     if t == "}":
         return p != "{"
@@ -217,7 +217,7 @@ def _space(prev, tok, before_prev: list, stack: list[_Open], syntax: _Syntax) ->
         scan_options = len(before_prev) == 3 and str(before_prev[0]) == "scan" and str(before_prev[2]) == "in"
         if not p.isidentifier() or scan_options:
             return True
-        return p in _BEFORE_EXPRESSION and (prev.end_line, prev.end_column) not in syntax.callees \
+        return p in _BEFORE_EXPRESSION and (prev.end_line, prev.end_column) not in positions.callees \
             and not (before_prev and str(before_prev[-1]) == "def")
     if t == "[":
         return not (p in (")", "]") or p.startswith('"') or

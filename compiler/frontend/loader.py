@@ -5,7 +5,7 @@ import functools
 from importlib import resources
 from pathlib import Path
 
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.builtins import BUILTINS
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, register_source
 from dlc.compiler.frontend.evaluator import Evaluator, check_def
@@ -18,17 +18,17 @@ from dlc.compiler.frontend.values import Env, Func, describe
 class Program:
     """A parsed .dl file with its imports, the standard library and builtins in scope."""
 
-    def __init__(self, module: A.Module, globals_: Env, path: str):
+    def __init__(self, module: syntax.Module, globals_: Env, path: str):
         self.module, self.globals, self.path = module, globals_, path
         self.models, self.trains = {}, {}
         for item in module.items:
-            if isinstance(item, A.Model):
+            if isinstance(item, syntax.Model):
                 if item.name in self.models:
                     raise DlcError(f"model '{item.name}' is defined twice", item.span,
                                    [("first definition", self.models[item.name].span)])
                 self.models[item.name] = item
         for item in module.items:
-            if isinstance(item, A.Train):
+            if isinstance(item, syntax.Train):
                 if item.model not in self.models:
                     raise DlcError(f"train block for '{item.model}', but there is no model of that name", item.span)
                 if item.model in self.trains:
@@ -39,7 +39,7 @@ class Program:
                         raise DlcError(f"setting '{k.name}' is given twice", k.span)
                 self.trains[item.model] = item
 
-    def model_decl(self, name: str | None = None) -> A.Model:
+    def model_decl(self, name: str | None = None) -> syntax.Model:
         if not self.models:
             raise DlcError(f"{self.path} defines no model", Span(self.path, 1, 1))
         if name is None:
@@ -59,12 +59,12 @@ class Program:
         return ev.build(decl, self.trains.get(decl.name))
 
 
-def _load_into(env: Env, module: A.Module, path: Path | None, loading: list, defined: dict, loaded: set):
+def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list, defined: dict, loaded: set):
     """Define a module's defs and consts in env, its imports first. `loading` is the
     chain of files being imported (a cycle is an error); `loaded` the files done (a
     file imported twice, as in a diamond, is read once)."""
     for item in module.items:
-        if isinstance(item, A.Import):
+        if isinstance(item, syntax.Import):
             if path is None:
                 raise DlcError("import is not allowed here", item.span)
             target = (path.parent / item.path).resolve()
@@ -78,12 +78,12 @@ def _load_into(env: Env, module: A.Module, path: Path | None, loading: list, def
             _load_into(env, _parse_file(target), target, loading, defined, loaded)
             loading.pop()
             loaded.add(target)
-        elif isinstance(item, (A.Def, A.Const)):
+        elif isinstance(item, (syntax.Def, syntax.Const)):
             if item.name in defined:
                 raise DlcError(f"'{item.name}' is defined twice", item.span,
                                [("first definition", defined[item.name])])
             defined[item.name] = item.span
-            if isinstance(item, A.Def):
+            if isinstance(item, syntax.Def):
                 check_def(item)
                 env.vars[item.name] = Func(item, env)
             else:
@@ -94,8 +94,8 @@ def _load_into(env: Env, module: A.Module, path: Path | None, loading: list, def
                 env.vars[item.name] = value
 
 
-def _parse_file(path: Path) -> A.Module:
-    return A.parse(A.read_source(path), str(path))
+def _parse_file(path: Path) -> syntax.Module:
+    return syntax.parse(syntax.read_source(path), str(path))
 
 
 @functools.cache
@@ -109,7 +109,7 @@ def stdlib_env() -> Env:
     files = [(STDLIB_PREFIX + f.name, f.read_text())
              for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name)
              if f.name.endswith(".dl")]
-    for (name, text), module in zip(files, parsed_modules(files, A)):
+    for (name, text), module in zip(files, parsed_modules(files, syntax)):
         register_source(name, text)
         _load_into(libenv, module, None, [], defined, set())
     return libenv
@@ -124,16 +124,16 @@ def load(path: str) -> Program:
 
 
 def load_text(text: str, filename: str = "<input>") -> Program:
-    return load_module(A.parse(text, filename), filename)
+    return load_module(syntax.parse(text, filename), filename)
 
 
-def load_module(module: A.Module, filename: str) -> Program:
+def load_module(module: syntax.Module, filename: str) -> Program:
     """A program of a module parsed already (the language server's, which indexes its names)."""
     path = Path(filename).resolve() if not filename.startswith("<") else None
     return _program(module, path, filename)
 
 
-def _program(module: A.Module, path: Path | None, name: str) -> Program:
+def _program(module: syntax.Module, path: Path | None, name: str) -> Program:
     env = stdlib_env().child()
     _load_into(env, module, path, [path] if path else [], {}, set())
     return Program(module, env, name)

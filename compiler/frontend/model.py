@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.ir.graph import Graph, TensorType
 
@@ -14,7 +14,7 @@ class ParamScope:
     so every parameter under it is the first call's (shared weights)."""
 
     def __init__(self, label: str, parent: "ParamScope | None", first_call: Span | None = None,
-                 replay: bool = False, defn: A.Def | None = None):
+                 replay: bool = False, defn: syntax.Def | None = None):
         self.label, self.parent = label, parent
         self.defn = defn                      # the def whose call opened this node (None at the root)
         self.path = ""                        # the prefix of its parameters' names, once they are assigned
@@ -26,7 +26,7 @@ class ParamScope:
         self.first_call = first_call          # the call that made an explicit name's node
         self.replay = replay                  # walked by a later call of a shared name
 
-    def child(self, label: str, explicit: bool, call: Span, defn: A.Def) -> "ParamScope":
+    def child(self, label: str, explicit: bool, call: Span, defn: syntax.Def) -> "ParamScope":
         """The node of a call made in this one. The k-th call with a label in one visit
         gets the k-th child with that label, so a replay finds the first call's nodes."""
         if explicit:
@@ -160,7 +160,7 @@ class Model:
     inputs: list
     params: list
     training: bool
-    train: A.Train | None
+    train: syntax.Train | None
     span: Span
     bindings: list = field(default_factory=list)   # (name, type, span) of every model-level binding
     layer_types: dict = field(default_factory=dict)  # layer (graph.layer_of) -> the def(s) whose calls made it

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.frontend.values import LITERALS, literal, static_binary
 
@@ -186,22 +186,22 @@ def setting_value(node) -> object:
     """The static value of a setting's expression."""
     if isinstance(node, LITERALS):
         return literal(node)
-    if isinstance(node, A.Name):
+    if isinstance(node, syntax.Name):
         return Symbol(node.id, node.span)
-    if isinstance(node, A.Tuple):
+    if isinstance(node, syntax.Tuple):
         return [setting_value(x) for x in node.items]
-    if isinstance(node, A.Unary) and node.op == "-":
+    if isinstance(node, syntax.Unary) and node.op == "-":
         v = setting_value(node.operand)
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             return -v
-    if isinstance(node, A.Binary) and node.op in ("+", "-", "*", "/", "^"):
+    if isinstance(node, syntax.Binary) and node.op in ("+", "-", "*", "/", "^"):
         a, b = setting_value(node.left), setting_value(node.right)
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
             return static_binary(node.op, a, b, node.span)
-    if isinstance(node, A.Call) and isinstance(node.func, A.Name):
+    if isinstance(node, syntax.Call) and isinstance(node.func, syntax.Name):
         call = Call(node.func.id, span=node.span)
         for a in node.args:
-            if isinstance(a, A.Keyword):
+            if isinstance(a, syntax.Keyword):
                 call.kwargs[a.name] = setting_value(a.value)
                 call.arg_spans[a.name] = a.value.span
             else:
@@ -212,7 +212,7 @@ def setting_value(node) -> object:
                    node.span)
 
 
-def settings(train: A.Train | None) -> dict:
+def settings(train: syntax.Train | None) -> dict:
     """name -> (value, span) for every setting of a train block."""
     if train is None:
         return {}

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 from dlc.compiler.ir.dims import Dim
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.ir.graph import Graph, Tensor
@@ -18,7 +18,7 @@ from dlc.compiler.frontend.syntax import in_range
 @dataclass
 class Func:
     """A `def`, closed over the scope it was defined in."""
-    decl: A.Def
+    decl: syntax.Def
     env: "Env"
 
     @property
@@ -141,7 +141,7 @@ STATIC_OPS = {
 }
 
 
-LITERALS = (A.Number, A.String, A.Bool, A.NoneValue)
+LITERALS = (syntax.Number, syntax.String, syntax.Bool, syntax.NoneValue)
 
 
 SPELLED_ITEMS = 8       # the items of a long tuple that `spelled` writes out
@@ -170,9 +170,9 @@ def spelled(v) -> str:
 def literal(e) -> int | float | str | bool | None:
     """The value of a literal (one of LITERALS); a float literal beyond the float range (the
     parser made it inf) is an error. (An integer literal too large is refused by the parser.)"""
-    if isinstance(e, A.NoneValue):
+    if isinstance(e, syntax.NoneValue):
         return None
-    if isinstance(e, A.Number) and not in_range(e.value):
+    if isinstance(e, syntax.Number) and not in_range(e.value):
         raise DlcError("the number is too large for a float (at most about 1.8e308)", e.span)
     return e.value
 

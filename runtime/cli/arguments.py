@@ -91,9 +91,9 @@ def checkpoint_path(text: str) -> str:
 
 
 def pass_list(text: str) -> tuple:
-    from dlc.compiler.passes import optimize as P
+    from dlc.compiler.passes import optimize as graph_passes
     names = tuple(name.strip() for name in text.split(","))
     for name in names:
-        if name not in P.PASSES:
-            raise argparse.ArgumentTypeError(f"no graph pass '{name}'; the passes are {', '.join(P.PASSES)}")
+        if name not in graph_passes.PASSES:
+            raise argparse.ArgumentTypeError(f"no graph pass '{name}'; the passes are {', '.join(graph_passes.PASSES)}")
     return names

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
-from dlc.compiler.ir import graph as G
+from dlc.compiler.ir import graph as ir_graph
 from dlc.compiler.passes import autodiff
 
 
@@ -44,4 +44,4 @@ def graph_for(args, grad: bool):
 
 
 def render_graph(g, fmt: str) -> str:
-    return {"text": G.to_text, "dot": G.to_dot, "json": G.to_json}[fmt](g)
+    return {"text": ir_graph.to_text, "dot": ir_graph.to_dot, "json": ir_graph.to_json}[fmt](g)

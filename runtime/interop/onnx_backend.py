@@ -110,13 +110,13 @@ class DlcBackend(Backend):
     @classmethod
     def run_node(cls, node, inputs, device: str = "CPU", outputs_info=None, **kwargs):
         """One node as a model of its own: its inputs typed by the arrays given."""
-        from onnx import ValueInfoProto, helper as h, shape_inference
+        from onnx import ValueInfoProto, helper, shape_inference
         inputs = [np.asarray(a) for a in inputs]
-        typed = [h.make_tensor_value_info(name, h.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+        typed = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
                  for name, a in zip(node.input, inputs)]
         opset = kwargs.pop("opset_version", None)
-        model = h.make_model(h.make_graph([node], "node", typed, [ValueInfoProto(name=o) for o in node.output if o]),
-                             **({"opset_imports": [h.make_opsetid("", opset)]} if opset else {}))
+        model = helper.make_model(helper.make_graph([node], "node", typed, [ValueInfoProto(name=o) for o in node.output if o]),
+                             **({"opset_imports": [helper.make_opsetid("", opset)]} if opset else {}))
         return cls.run_model(shape_inference.infer_shapes(model), inputs, device, **kwargs)     # types the outputs
 
     @classmethod

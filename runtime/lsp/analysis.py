@@ -12,7 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.loader import load_module
 from dlc.runtime.lsp.names import Index, index
 
@@ -39,7 +39,7 @@ def in_stdlib_dir(path: str) -> bool:
 class Analysis:
     text: str
     path: str
-    module: A.Module | None = None
+    module: syntax.Module | None = None
     names: Index = field(default_factory=Index)
     program: object = None                          # the loaded Program
     models: dict = field(default_factory=dict)      # name -> Model built for training
@@ -100,7 +100,7 @@ def _analyze(a: Analysis, seconds: float):
                         f"{MAX_CHARS:,} (`dlc check` checks it whole)", Span(a.path, 1, 1)))
         return
     try:
-        a.module = A.parse(a.text, a.path)
+        a.module = syntax.parse(a.text, a.path)
     except DlcError as e:
         a.fail(e)
         return

@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 
 from dlc.compiler.errors import DlcError, Span, source_lines
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.evaluator import ann_str
 from dlc.compiler.frontend.loader import stdlib_env
 from dlc.compiler.frontend.summary import count_text, in_layer, size_text
@@ -73,8 +73,8 @@ def function_text(func) -> str:
     return text + (f"\n\n{doc(func)}" if doc(func) else "")
 
 
-def _annotation(arg: A.ArgDecl) -> str:
-    if isinstance(arg.type, A.TensorType):
+def _annotation(arg: syntax.ArgDecl) -> str:
+    if isinstance(arg.type, syntax.TensorType):
         return f": {ann_str(arg.type)}"
     return f": {arg.type.kind}" if arg.type is not None else ""
 

@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from dlc.compiler.errors import Span, source_lines
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 
 
 @dataclass(eq=False)
@@ -90,7 +90,7 @@ def name_span(span: Span, name: str) -> Span:
     return Span(span.file, span.line, span.col, span.line, span.col + len(name))
 
 
-def index(module: A.Module) -> Index:
+def index(module: syntax.Module) -> Index:
     out = Index()
     _Walker(out).module(module)
     return out
@@ -109,47 +109,47 @@ class _Walker:
     def use(self, scope: dict, name: str, span: Span):
         self.out.uses.append((span, scope.get(name, name)))
 
-    def module(self, m: A.Module):
+    def module(self, m: syntax.Module):
         top, models = self.out.top, {}
         for item in m.items:
-            if isinstance(item, A.Def):
+            if isinstance(item, syntax.Def):
                 self.bind(top, item.name, item, "def", "")
-            elif isinstance(item, A.Const):
+            elif isinstance(item, syntax.Const):
                 self.bind(top, item.name, item, "const", "")
-            elif isinstance(item, A.Model):
+            elif isinstance(item, syntax.Model):
                 self.bind(models, item.name, item, "model", "")
         for item in m.items:
-            if isinstance(item, A.Def):
+            if isinstance(item, syntax.Def):
                 self.define(item, top)
-            elif isinstance(item, A.Const):
+            elif isinstance(item, syntax.Const):
                 self.expr(item.value, top)
-            elif isinstance(item, A.Model):
+            elif isinstance(item, syntax.Model):
                 scope = dict(top)
                 self.block(item.body, scope, item.name)
                 self.out.scopes.append(Scope(item.span, scope))
-            elif isinstance(item, A.Train):
+            elif isinstance(item, syntax.Train):
                 self.use(models, item.model, name_span(Span(item.span.file, item.span.line, item.span.col + 5),
                                                        item.model))
                 for k in item.settings:
                     self.expr(k.value, top)
 
-    def define(self, d: A.Def, outer: dict):
+    def define(self, d: syntax.Def, outer: dict):
         scope = dict(outer)
         for a in d.args:
             if a.default is not None:
                 self.expr(a.default, outer)
-            if isinstance(a.type, A.TensorType):
+            if isinstance(a.type, syntax.TensorType):
                 self.type(a.type, scope, d.name)
             self.bind(scope, a.name, a, "argument", d.name)
         self.block(d.body, scope, d.name)
         self.out.scopes.append(Scope(d.span, scope))
 
-    def type(self, t: A.TensorType, scope: dict, container: str):
+    def type(self, t: syntax.TensorType, scope: dict, container: str):
         """A dim name not yet bound is bound by the type (an input's, an argument's)."""
         for d in t.dims:
-            if isinstance(d, A.Name) and d.id not in scope:
+            if isinstance(d, syntax.Name) and d.id not in scope:
                 self.bind(scope, d.id, d, "dim", container, d.span)
-            elif not isinstance(d, A.AnyDims):
+            elif not isinstance(d, syntax.AnyDims):
                 self.expr(d, scope)
 
     def block(self, stmts: list, scope: dict, container: str):
@@ -157,52 +157,52 @@ class _Walker:
             self.statement(s, scope, container)
 
     def statement(self, s, scope: dict, container: str):
-        if isinstance(s, A.Assign):
+        if isinstance(s, syntax.Assign):
             self.expr(s.value, scope)
             for t in s.targets:
                 self.bind(scope, t, s, "binding", container)
-        elif isinstance(s, A.ParamDecl):
+        elif isinstance(s, syntax.ParamDecl):
             self.type(s.type, scope, container)
             if s.init is not None:
                 self.expr(s.init, scope)
             self.bind(scope, s.name, s, "param" if s.trainable else "state", container)
-        elif isinstance(s, A.Update):
+        elif isinstance(s, syntax.Update):
             self.use(scope, s.name, name_span(Span(s.span.file, s.span.line, s.span.col + 6), s.name))
             self.expr(s.value, scope)
-        elif isinstance(s, (A.Return, A.Yield)):
+        elif isinstance(s, (syntax.Return, syntax.Yield)):
             for v in s.values:
                 self.expr(v, scope)
-        elif isinstance(s, A.Repeat):
+        elif isinstance(s, syntax.Repeat):
             self.expr(s.start, scope)
             self.expr(s.stop, scope)
             self.bind(scope, s.var, s, "repeat", container, name_span(Span(s.span.file, s.span.line, s.span.col + 6), s.var))
             self.block(s.body, scope, container)
-        elif isinstance(s, A.If):
+        elif isinstance(s, syntax.If):
             self.expr(s.cond, scope)
             self.block(s.then, scope, container)
             self.block(s.other, scope, container)
-        elif isinstance(s, A.Def):
+        elif isinstance(s, syntax.Def):
             self.bind(scope, s.name, s, "def", container)
             self.define(s, scope)
-        elif isinstance(s, A.Input):
+        elif isinstance(s, syntax.Input):
             self.type(s.type, scope, container)
             self.bind(scope, s.name, s, "target" if s.is_target else "input", container)
-        elif isinstance(s, A.Output):
+        elif isinstance(s, syntax.Output):
             if s.value is None:
                 self.use(scope, s.name, name_span(s.span, s.name))
             else:
                 self.expr(s.value, scope)
                 self.bind(scope, s.name, s, "output", container)
-        elif isinstance(s, A.Loss):
+        elif isinstance(s, syntax.Loss):
             self.expr(s.value, scope)
-        elif isinstance(s, A.Metric):
+        elif isinstance(s, syntax.Metric):
             self.expr(s.value, scope)
             self.bind(scope, s.name, s, "metric", container)
 
     def expr(self, e, scope: dict):
-        if isinstance(e, A.Name):
+        if isinstance(e, syntax.Name):
             self.use(scope, e.id, e.span)
-        elif isinstance(e, A.Scan):
+        elif isinstance(e, syntax.Scan):
             inner = dict(scope)
             self.expr(e.length, scope)
             for k in e.options:
@@ -213,22 +213,22 @@ class _Walker:
             self.bind(inner, e.var, e, "scan", "", name_span(Span(e.span.file, e.span.line, e.span.col + 4), e.var))
             self.block(e.body, inner, "")
             self.out.scopes.append(Scope(e.span, inner))
-        elif isinstance(e, (A.Call, A.Pipe)):
-            call = e.func if isinstance(e, A.Pipe) else e
-            func = call.func if isinstance(call, A.Call) else call
-            if isinstance(func, A.Name):
+        elif isinstance(e, (syntax.Call, syntax.Pipe)):
+            call = e.func if isinstance(e, syntax.Pipe) else e
+            func = call.func if isinstance(call, syntax.Call) else call
+            if isinstance(func, syntax.Name):
                 self.out.calls.append((func.span, call.span))
-                for k in call.args if isinstance(call, A.Call) else ():
-                    if isinstance(k, A.Keyword):
+                for k in call.args if isinstance(call, syntax.Call) else ():
+                    if isinstance(k, syntax.Keyword):
                         at = Span(k.span.file, k.span.line, k.span.col, k.span.line, k.span.col + len(k.name))
                         self.out.keywords.append((at, func.id, k.name))
             self._children(e, scope)
-        elif isinstance(e, A.Node):
+        elif isinstance(e, syntax.Node):
             self._children(e, scope)
 
     def _children(self, e, scope: dict):
         for f in fields(e):
             v = getattr(e, f.name)
             for item in v if isinstance(v, list) else [v]:
-                if isinstance(item, A.Node):
+                if isinstance(item, syntax.Node):
                     self.expr(item, scope)

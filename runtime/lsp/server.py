@@ -11,18 +11,18 @@ import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 
-from lsprotocol import types as T
+from lsprotocol import types as lsp_types
 from pygls.exceptions import JsonRpcException
 from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
 
 import dlc
 from dlc.compiler.errors import DlcError, Span
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.format import format_text
 from dlc.compiler.frontend.loader import stdlib_env
 from dlc.compiler.frontend.values import Builtin, Func
-from dlc.runtime.lsp import describe as D
+from dlc.runtime.lsp import describe
 from dlc.runtime.lsp.analysis import BUILD_SECONDS, Analysis, analyze, file_of
 from dlc.runtime.lsp.names import Binding, contains, name_span
 
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 class DlcLanguageServer(LanguageServer):
     def __init__(self):
-        super().__init__("dlc", dlc.__version__, text_document_sync_kind=T.TextDocumentSyncKind.Incremental)
+        super().__init__("dlc", dlc.__version__, text_document_sync_kind=lsp_types.TextDocumentSyncKind.Incremental)
         self.analyses: dict = {}        # uri -> its latest Analysis
         self.parsed: dict = {}          # uri -> its latest Analysis that parsed: the names while one is typed
         self.pending: dict = {}         # uri -> the task analyzing its latest text
@@ -65,7 +65,7 @@ class DlcLanguageServer(LanguageServer):
             self.analyses[uri] = a
             if a.module is not None:
                 self.parsed[uri] = a
-            self.text_document_publish_diagnostics(T.PublishDiagnosticsParams(
+            self.text_document_publish_diagnostics(lsp_types.PublishDiagnosticsParams(
                 uri=uri, version=version, diagnostics=[diagnostic(e, a.path) for e in a.errors]))
         finally:
             analyzed.set()
@@ -106,7 +106,7 @@ def guarded(handler):
         except Exception as e:
             log.exception("%s", handler.__name__)
             raise JsonRpcException(f"dlc: {type(e).__name__}: {e} (a bug in dlc; the server's log has the traceback)",
-                                   code=T.LSPErrorCodes.RequestFailed) from None
+                                   code=lsp_types.LSPErrorCodes.RequestFailed) from None
     return run
 
 
@@ -115,11 +115,11 @@ def uri_of(span: Span) -> str:
     return from_fs_path(str(file_of(span)))
 
 
-def to_range(span: Span) -> T.Range:
+def to_range(span: Span) -> lsp_types.Range:
     line, col = max(span.line - 1, 0), max(span.col - 1, 0)
     if (span.end_line, span.end_col) > (span.line, span.col):
-        return T.Range(T.Position(line, col), T.Position(span.end_line - 1, span.end_col - 1))
-    return T.Range(T.Position(line, col), T.Position(line, col + 1))
+        return lsp_types.Range(lsp_types.Position(line, col), lsp_types.Position(span.end_line - 1, span.end_col - 1))
+    return lsp_types.Range(lsp_types.Position(line, col), lsp_types.Position(line, col + 1))
 
 
 def place(params) -> tuple:
@@ -127,12 +127,12 @@ def place(params) -> tuple:
     return params.position.line + 1, params.position.character + 1
 
 
-def location(span: Span) -> T.Location:
-    return T.Location(uri=uri_of(span), range=to_range(span))
+def location(span: Span) -> lsp_types.Location:
+    return lsp_types.Location(uri=uri_of(span), range=to_range(span))
 
 
 # ---- diagnostics and quick fixes ----------------------------------------------------------------------
-def diagnostic(e: DlcError, path: str) -> T.Diagnostic:
+def diagnostic(e: DlcError, path: str) -> lsp_types.Diagnostic:
     """An error as `dlc check` shows it: at its place, its notes as related information (an
     error in another file, an import's, at the top with that file's place in the message)."""
     span = e.span
@@ -140,17 +140,17 @@ def diagnostic(e: DlcError, path: str) -> T.Diagnostic:
         span = span.caller      # in the standard library: at the user's call that led there
     here = span is not None and span.file == path
     message = e.message if here or span is None else f"{span}: {e.message}"
-    related = [T.DiagnosticRelatedInformation(location=location(note_span), message=note)
+    related = [lsp_types.DiagnosticRelatedInformation(location=location(note_span), message=note)
                for note, note_span in e.notes if note_span is not None and note_span.line > 0]
     if span is not e.span:
-        related.append(T.DiagnosticRelatedInformation(location=location(e.span), message="in the standard library here"))
+        related.append(lsp_types.DiagnosticRelatedInformation(location=location(e.span), message="in the standard library here"))
     message += "".join(f"\nnote: {note}" for note, note_span in e.notes if note_span is None)
-    return T.Diagnostic(range=to_range(span) if here else T.Range(T.Position(0, 0), T.Position(0, 1)),
-                        message=message, severity=T.DiagnosticSeverity.Error, source="dlc",
+    return lsp_types.Diagnostic(range=to_range(span) if here else lsp_types.Range(lsp_types.Position(0, 0), lsp_types.Position(0, 1)),
+                        message=message, severity=lsp_types.DiagnosticSeverity.Error, source="dlc",
                         related_information=related or None)
 
 
-def quick_fix(uri: str, lines: list, d: T.Diagnostic) -> T.CodeAction | None:
+def quick_fix(uri: str, lines: list, d: lsp_types.Diagnostic) -> lsp_types.CodeAction | None:
     """The fix of a did-you-mean: the mistyped name (quoted before it) replaced by the
     suggestion where it is written last up to the range's end on its line (a keyword
     argument's error is at its value), or, with no quoted name there, the range (`-1` ->
@@ -166,53 +166,53 @@ def quick_fix(uri: str, lines: list, d: T.Diagnostic) -> T.CodeAction | None:
     for wrong in re.findall(r"'([^']+)'", d.message[:m.start()]):
         found = list(re.finditer(rf"(?<!\w){re.escape(wrong)}(?!\w)", before))
         if found:
-            edit = T.Range(T.Position(r.start.line, found[-1].start()), T.Position(r.start.line, found[-1].end()))
+            edit = lsp_types.Range(lsp_types.Position(r.start.line, found[-1].start()), lsp_types.Position(r.start.line, found[-1].end()))
             break
-    return T.CodeAction(title=f"Change to '{m[1]}'", kind=T.CodeActionKind.QuickFix, diagnostics=[d],
+    return lsp_types.CodeAction(title=f"Change to '{m[1]}'", kind=lsp_types.CodeActionKind.QuickFix, diagnostics=[d],
                         is_preferred=True,
-                        edit=T.WorkspaceEdit(changes={uri: [T.TextEdit(range=edit, new_text=m[1])]}))
+                        edit=lsp_types.WorkspaceEdit(changes={uri: [lsp_types.TextEdit(range=edit, new_text=m[1])]}))
 
 
 # ---- documents -----------------------------------------------------------------------------------
-@server.feature(T.INITIALIZE)
-def initialize(ls: DlcLanguageServer, params: T.InitializeParams):
+@server.feature(lsp_types.INITIALIZE)
+def initialize(ls: DlcLanguageServer, params: lsp_types.InitializeParams):
     options = params.initialization_options or {}
     if isinstance(options, dict) and isinstance(options.get("inlayHints"), bool):
         ls.inlay_hints = options["inlayHints"]
 
 
-@server.feature(T.WORKSPACE_DID_CHANGE_CONFIGURATION)
-def did_change_configuration(ls: DlcLanguageServer, params: T.DidChangeConfigurationParams):
+@server.feature(lsp_types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+def did_change_configuration(ls: DlcLanguageServer, params: lsp_types.DidChangeConfigurationParams):
     settings = params.settings.get("dlc", params.settings) if isinstance(params.settings, dict) else {}
     if isinstance(settings, dict) and isinstance(settings.get("inlayHints"), bool):
         ls.inlay_hints = settings["inlayHints"]
 
 
-@server.feature(T.TEXT_DOCUMENT_DID_OPEN)
-def did_open(ls: DlcLanguageServer, params: T.DidOpenTextDocumentParams):
+@server.feature(lsp_types.TEXT_DOCUMENT_DID_OPEN)
+def did_open(ls: DlcLanguageServer, params: lsp_types.DidOpenTextDocumentParams):
     ls.schedule(params.text_document.uri, 0)
 
 
-@server.feature(T.TEXT_DOCUMENT_DID_CHANGE)
-def did_change(ls: DlcLanguageServer, params: T.DidChangeTextDocumentParams):
+@server.feature(lsp_types.TEXT_DOCUMENT_DID_CHANGE)
+def did_change(ls: DlcLanguageServer, params: lsp_types.DidChangeTextDocumentParams):
     ls.schedule(params.text_document.uri, DEBOUNCE_SECONDS)
 
 
-@server.feature(T.TEXT_DOCUMENT_DID_CLOSE)
-def did_close(ls: DlcLanguageServer, params: T.DidCloseTextDocumentParams):
+@server.feature(lsp_types.TEXT_DOCUMENT_DID_CLOSE)
+def did_close(ls: DlcLanguageServer, params: lsp_types.DidCloseTextDocumentParams):
     uri = params.text_document.uri
     if uri in ls.pending:
         ls.pending.pop(uri).cancel()
     ls.analyzed.pop(uri, None)
     ls.analyses.pop(uri, None)
     ls.parsed.pop(uri, None)
-    ls.text_document_publish_diagnostics(T.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
+    ls.text_document_publish_diagnostics(lsp_types.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
 
 
-@server.feature(T.TEXT_DOCUMENT_CODE_ACTION,
-                T.CodeActionOptions(code_action_kinds=[T.CodeActionKind.QuickFix]))
+@server.feature(lsp_types.TEXT_DOCUMENT_CODE_ACTION,
+                lsp_types.CodeActionOptions(code_action_kinds=[lsp_types.CodeActionKind.QuickFix]))
 @guarded
-def code_action(ls: DlcLanguageServer, params: T.CodeActionParams):
+def code_action(ls: DlcLanguageServer, params: lsp_types.CodeActionParams):
     lines = ls.workspace.get_text_document(params.text_document.uri).lines
     lines = [line.rstrip("\r\n") for line in lines]
     fixes = [quick_fix(params.text_document.uri, lines, d) for d in params.context.diagnostics if d.source == "dlc"]
@@ -222,14 +222,14 @@ def code_action(ls: DlcLanguageServer, params: T.CodeActionParams):
 # ---- what a name is -----------------------------------------------------------------------------------
 def model_at(a: Analysis, line: int) -> str:
     for item in a.module.items if a.module else ():
-        if isinstance(item, A.Model) and item.span.line <= line <= item.span.end_line:
+        if isinstance(item, syntax.Model) and item.span.line <= line <= item.span.end_line:
             return item.name
     return ""
 
 
-@server.feature(T.TEXT_DOCUMENT_HOVER)
+@server.feature(lsp_types.TEXT_DOCUMENT_HOVER)
 @guarded
-async def hover(ls: DlcLanguageServer, params: T.HoverParams):
+async def hover(ls: DlcLanguageServer, params: lsp_types.HoverParams):
     a = await ls.current(params.text_document.uri)
     if a is None:
         return None
@@ -238,48 +238,48 @@ async def hover(ls: DlcLanguageServer, params: T.HoverParams):
     parts = []
     if call is not None:
         await ls.memory(a, model_at(a, line))
-        layer = D.call_text(call, model_at(a, line), a)
+        layer = describe.call_text(call, model_at(a, line), a)
         if layer:
             parts.append(layer)
     if isinstance(target, Binding):
-        parts.append(D.binding_text(target, a))
+        parts.append(describe.binding_text(target, a))
     elif isinstance(target, str):
-        func = D.function_of(target, a)
+        func = describe.function_of(target, a)
         if func is not None:
-            parts.append(D.function_text(func))
+            parts.append(describe.function_text(func))
     keyword = a.names.keyword_at(line, col)
-    func = D.function_of(keyword[0], a) if keyword else None
-    if func is not None and keyword[1] in dict(D.parameters(func)):
-        parts.append(f"```dl\n{dict(D.parameters(func))[keyword[1]]}\n```\nargument of `{D.signature(func)}`")
+    func = describe.function_of(keyword[0], a) if keyword else None
+    if func is not None and keyword[1] in dict(describe.parameters(func)):
+        parts.append(f"```dl\n{dict(describe.parameters(func))[keyword[1]]}\n```\nargument of `{describe.signature(func)}`")
     if not parts:
         return None
-    return T.Hover(contents=T.MarkupContent(kind=T.MarkupKind.Markdown, value="\n\n---\n\n".join(parts)))
+    return lsp_types.Hover(contents=lsp_types.MarkupContent(kind=lsp_types.MarkupKind.Markdown, value="\n\n---\n\n".join(parts)))
 
 
-@server.feature(T.TEXT_DOCUMENT_INLAY_HINT)
+@server.feature(lsp_types.TEXT_DOCUMENT_INLAY_HINT)
 @guarded
-async def inlay_hint(ls: DlcLanguageServer, params: T.InlayHintParams):
+async def inlay_hint(ls: DlcLanguageServer, params: lsp_types.InlayHintParams):
     a = await ls.current(params.text_document.uri)
     if a is None or not ls.inlay_hints or a.module is None:
         return []
     first, last = params.range.start.line + 1, params.range.end.line + 1
     hints = []
     for item in a.module.items:
-        model = a.models.get(item.name) if isinstance(item, A.Model) else None
-        if model is None and not isinstance(item, A.Def):
+        model = a.models.get(item.name) if isinstance(item, syntax.Model) else None
+        if model is None and not isinstance(item, syntax.Def):
             continue
         for s in _statements(item.body):
             typ = _statement_type(s, model) if model is not None else _def_statement_type(s, a)
             end = s.span.end_line or s.span.line
             if typ and first <= end <= last:
-                hints.append(T.InlayHint(position=T.Position(end - 1, s.span.end_col - 1), label=f": {typ}",
-                                         kind=T.InlayHintKind.Type, padding_left=True))
+                hints.append(lsp_types.InlayHint(position=lsp_types.Position(end - 1, s.span.end_col - 1), label=f": {typ}",
+                                         kind=lsp_types.InlayHintKind.Type, padding_left=True))
     return hints
 
 
 def _def_statement_type(s, a: Analysis) -> str | None:
     """The type a def's binding has in every call of it (None when the calls differ)."""
-    if not isinstance(s, A.Assign) or len(s.targets) != 1:
+    if not isinstance(s, syntax.Assign) or len(s.targets) != 1:
         return None
     made = {value for model in a.models.values() for name, value, span, _ in model.def_values if span == s.span}
     return made.pop() if len(made) == 1 else None
@@ -287,9 +287,9 @@ def _def_statement_type(s, a: Analysis) -> str | None:
 
 def _statements(body: list):
     for s in body:
-        if isinstance(s, A.Repeat):
+        if isinstance(s, syntax.Repeat):
             yield from _statements(s.body)
-        elif isinstance(s, A.If):
+        elif isinstance(s, syntax.If):
             yield from _statements(s.then + s.other)
         else:
             yield s
@@ -298,7 +298,7 @@ def _statements(body: list):
 def _statement_type(s, model) -> str | None:
     """The type of what a model statement makes, as its training build made it."""
     outputs = model.graph.outputs
-    if isinstance(s, A.Assign):
+    if isinstance(s, syntax.Assign):
         types = {}
         for name, typ, span in model.bindings:
             if span == s.span:
@@ -307,8 +307,8 @@ def _statement_type(s, model) -> str | None:
             return None
         shown = [str(t) for t in types.values()]
         return shown[0] if len(s.targets) == 1 else "(" + ", ".join(shown) + ")"
-    key = {A.Output: "output:", A.Metric: "metric:", A.Loss: "loss"}.get(type(s))
-    if key is None or (isinstance(s, A.Output) and s.value is None):
+    key = {syntax.Output: "output:", syntax.Metric: "metric:", syntax.Loss: "loss"}.get(type(s))
+    if key is None or (isinstance(s, syntax.Output) and s.value is None):
         return None
     t = outputs.get(key if key == "loss" else key + s.name)
     return str(t.type) if t is not None else None
@@ -322,25 +322,25 @@ async def name_at(ls: DlcLanguageServer, params) -> tuple:
     return a, (a.names.at(*place(params)) if a is not None else None)
 
 
-@server.feature(T.TEXT_DOCUMENT_DEFINITION)
+@server.feature(lsp_types.TEXT_DOCUMENT_DEFINITION)
 @guarded
-async def definition(ls: DlcLanguageServer, params: T.DefinitionParams):
+async def definition(ls: DlcLanguageServer, params: lsp_types.DefinitionParams):
     a, target = await name_at(ls, params)
     if isinstance(target, Binding):
         return location(target.span)
-    func = D.function_of(target, a) if isinstance(target, str) else None
+    func = describe.function_of(target, a) if isinstance(target, str) else None
     if isinstance(func, Func):
         return location(name_span(func.decl.span, func.name))
     keyword = a.names.keyword_at(*place(params)) if a is not None else None
-    func = D.function_of(keyword[0], a) if keyword else None
+    func = describe.function_of(keyword[0], a) if keyword else None
     if isinstance(func, Func):
         return next((location(name_span(arg.span, arg.name)) for arg in func.decl.args if arg.name == keyword[1]), None)
     return None
 
 
-@server.feature(T.TEXT_DOCUMENT_REFERENCES)
+@server.feature(lsp_types.TEXT_DOCUMENT_REFERENCES)
 @guarded
-async def references(ls: DlcLanguageServer, params: T.ReferenceParams):
+async def references(ls: DlcLanguageServer, params: lsp_types.ReferenceParams):
     a, target = await name_at(ls, params)
     if not isinstance(target, Binding):
         return None
@@ -350,9 +350,9 @@ async def references(ls: DlcLanguageServer, params: T.ReferenceParams):
     return [location(s) for s in spans]
 
 
-@server.feature(T.TEXT_DOCUMENT_PREPARE_RENAME)
+@server.feature(lsp_types.TEXT_DOCUMENT_PREPARE_RENAME)
 @guarded
-async def prepare_rename(ls: DlcLanguageServer, params: T.PrepareRenameParams):
+async def prepare_rename(ls: DlcLanguageServer, params: lsp_types.PrepareRenameParams):
     a, target = await name_at(ls, params)
     return to_range(_occurrence(a, target, *place(params))) if isinstance(target, Binding) else None
 
@@ -361,48 +361,48 @@ def _occurrence(a: Analysis, b: Binding, line: int, col: int) -> Span:
     return next(s for s in a.names.references(b) if contains(s, line, col))
 
 
-@server.feature(T.TEXT_DOCUMENT_RENAME)
+@server.feature(lsp_types.TEXT_DOCUMENT_RENAME)
 @guarded
-async def rename(ls: DlcLanguageServer, params: T.RenameParams):
+async def rename(ls: DlcLanguageServer, params: lsp_types.RenameParams):
     a, target = await name_at(ls, params)
     if not isinstance(target, Binding):
-        raise JsonRpcException("only a name bound in this file can be renamed", code=T.LSPErrorCodes.RequestFailed)
+        raise JsonRpcException("only a name bound in this file can be renamed", code=lsp_types.LSPErrorCodes.RequestFailed)
     new = params.new_name
-    if not IDENTIFIER.fullmatch(new) or new in A.reserved_words():
-        raise JsonRpcException(f"'{new}' is not a name the language allows", code=T.ErrorCodes.InvalidParams)
-    return T.WorkspaceEdit(changes={params.text_document.uri: [
-        T.TextEdit(range=to_range(s), new_text=new) for s in a.names.references(target)]})
+    if not IDENTIFIER.fullmatch(new) or new in syntax.reserved_words():
+        raise JsonRpcException(f"'{new}' is not a name the language allows", code=lsp_types.ErrorCodes.InvalidParams)
+    return lsp_types.WorkspaceEdit(changes={params.text_document.uri: [
+        lsp_types.TextEdit(range=to_range(s), new_text=new) for s in a.names.references(target)]})
 
 
-@server.feature(T.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
+@server.feature(lsp_types.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
 @guarded
-async def document_symbol(ls: DlcLanguageServer, params: T.DocumentSymbolParams):
+async def document_symbol(ls: DlcLanguageServer, params: lsp_types.DocumentSymbolParams):
     a = await ls.current(params.text_document.uri)
     if a is None or a.module is None:
         return []
     symbols = []
-    kinds = {"input": T.SymbolKind.Variable, "target": T.SymbolKind.Variable, "binding": T.SymbolKind.Variable,
-             "output": T.SymbolKind.Property, "metric": T.SymbolKind.Property, "param": T.SymbolKind.Field,
-             "state": T.SymbolKind.Field}
+    kinds = {"input": lsp_types.SymbolKind.Variable, "target": lsp_types.SymbolKind.Variable, "binding": lsp_types.SymbolKind.Variable,
+             "output": lsp_types.SymbolKind.Property, "metric": lsp_types.SymbolKind.Property, "param": lsp_types.SymbolKind.Field,
+             "state": lsp_types.SymbolKind.Field}
     for item in a.module.items:
-        if isinstance(item, A.Model):
-            children = [T.DocumentSymbol(name=b.name, kind=kinds[b.kind], range=to_range(b.node.span),
+        if isinstance(item, syntax.Model):
+            children = [lsp_types.DocumentSymbol(name=b.name, kind=kinds[b.kind], range=to_range(b.node.span),
                                          selection_range=to_range(b.span), detail=b.kind)
                         for b in a.names.bindings if b.container == item.name and b.kind in kinds]
-            symbols.append(_symbol(item, item.name, T.SymbolKind.Class, "model", children))
-        elif isinstance(item, A.Def):
-            symbols.append(_symbol(item, item.name, T.SymbolKind.Function, "def"))
-        elif isinstance(item, A.Const):
-            symbols.append(_symbol(item, item.name, T.SymbolKind.Constant, "const"))
-        elif isinstance(item, A.Train):
-            settings = [T.DocumentSymbol(name=k.name, kind=T.SymbolKind.Property, range=to_range(k.span),
+            symbols.append(_symbol(item, item.name, lsp_types.SymbolKind.Class, "model", children))
+        elif isinstance(item, syntax.Def):
+            symbols.append(_symbol(item, item.name, lsp_types.SymbolKind.Function, "def"))
+        elif isinstance(item, syntax.Const):
+            symbols.append(_symbol(item, item.name, lsp_types.SymbolKind.Constant, "const"))
+        elif isinstance(item, syntax.Train):
+            settings = [lsp_types.DocumentSymbol(name=k.name, kind=lsp_types.SymbolKind.Property, range=to_range(k.span),
                                          selection_range=to_range(name_span(k.span, k.name))) for k in item.settings]
-            symbols.append(_symbol(item, f"train {item.model}", T.SymbolKind.Namespace, "train", settings, item.model))
+            symbols.append(_symbol(item, f"train {item.model}", lsp_types.SymbolKind.Namespace, "train", settings, item.model))
     return symbols
 
 
-def _symbol(item, name: str, kind, detail: str, children=None, word: str | None = None) -> T.DocumentSymbol:
-    return T.DocumentSymbol(name=name, kind=kind, detail=detail, range=to_range(item.span),
+def _symbol(item, name: str, kind, detail: str, children=None, word: str | None = None) -> lsp_types.DocumentSymbol:
+    return lsp_types.DocumentSymbol(name=name, kind=kind, detail=detail, range=to_range(item.span),
                             selection_range=to_range(name_span(item.span, word or name)), children=children)
 
 
@@ -415,7 +415,7 @@ def call_before(text: str, offset: int):
     """The call being written at `offset`: (the function's name, the argument's index, the
     keyword it names or None), or None outside the parentheses of a call. In a pipe's call
     (`x |> dense(`) the piped value is the first argument."""
-    opened = [p for p in A.open_brackets(text, offset) if text[p] == "("]
+    opened = [p for p in syntax.open_brackets(text, offset) if text[p] == "("]
     if not opened:
         return None
     start = opened[-1]
@@ -439,22 +439,22 @@ def call_before(text: str, offset: int):
     return name[2], index, keyword[1] if keyword else None
 
 
-@server.feature(T.TEXT_DOCUMENT_SIGNATURE_HELP, T.SignatureHelpOptions(trigger_characters=["(", ","]))
+@server.feature(lsp_types.TEXT_DOCUMENT_SIGNATURE_HELP, lsp_types.SignatureHelpOptions(trigger_characters=["(", ","]))
 @guarded
-async def signature_help(ls: DlcLanguageServer, params: T.SignatureHelpParams):
+async def signature_help(ls: DlcLanguageServer, params: lsp_types.SignatureHelpParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
     call = call_before(doc.source, _offset(doc.lines, params.position.line, params.position.character))
     a = ls.parsed.get(params.text_document.uri)
-    func = (D.function_of(call[0], a) if a is not None else D.library_function(call[0])) if call else None
+    func = (describe.function_of(call[0], a) if a is not None else describe.library_function(call[0])) if call else None
     if func is None:
         return None
     _, index, keyword = call
-    args = D.parameters(func)
+    args = describe.parameters(func)
     names = [n for n, _ in args]
     active = names.index(keyword) if keyword in names else min(index, max(len(args) - 1, 0))
-    return T.SignatureHelp(signatures=[T.SignatureInformation(
-        label=D.signature(func), documentation=D.doc(func) or None,
-        parameters=[T.ParameterInformation(label=text) for _, text in args])],
+    return lsp_types.SignatureHelp(signatures=[lsp_types.SignatureInformation(
+        label=describe.signature(func), documentation=describe.doc(func) or None,
+        parameters=[lsp_types.ParameterInformation(label=text) for _, text in args])],
         active_signature=0, active_parameter=active)
 
 
@@ -465,8 +465,8 @@ def library_items() -> tuple:
     for name in sorted(env.visible_names()):
         func = env.lookup(name)
         if isinstance(func, (Func, Builtin)):
-            items.append(T.CompletionItem(label=name, kind=T.CompletionItemKind.Function, detail=D.signature(func),
-                                          documentation=D.doc(func) or None))
+            items.append(lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Function, detail=describe.signature(func),
+                                          documentation=describe.doc(func) or None))
     return tuple(items)
 
 
@@ -476,7 +476,7 @@ def train_items(setting: str | None) -> list:
     from dlc.runtime.data.registry import SOURCES
     from dlc.runtime.training.config import TrainConfig
     from dlc.runtime.engines.optim import OPTIMIZERS, SCHEDULES
-    value = T.CompletionItemKind.Value
+    value = lsp_types.CompletionItemKind.Value
     choices = {
         "optimizer": [(name, f"{name}({', '.join(f'{k} = {v!r}' for k, v in cls.options.items())})", "optimizer")
                       for name, cls in OPTIMIZERS.items()],
@@ -486,19 +486,19 @@ def train_items(setting: str | None) -> list:
     }
     choices["validation"] = choices["test"] = choices["data"]
     if setting in choices:
-        return [T.CompletionItem(label=n, kind=value, detail=d, documentation=doc) for n, d, doc in choices[setting]]
-    return [T.CompletionItem(label=k, kind=T.CompletionItemKind.Property, insert_text=f"{k} = ")
+        return [lsp_types.CompletionItem(label=n, kind=value, detail=d, documentation=doc) for n, d, doc in choices[setting]]
+    return [lsp_types.CompletionItem(label=k, kind=lsp_types.CompletionItemKind.Property, insert_text=f"{k} = ")
             for k in TrainConfig.__dataclass_fields__ if k != "spans"]
 
 
 def train_block_at(text: str, offset: int) -> bool:
     return any(re.match(r"\s*train\b", text[:p].rsplit("\n", 1)[-1].rsplit("}", 1)[-1])
-               for p in A.open_brackets(text, offset) if text[p] == "{")
+               for p in syntax.open_brackets(text, offset) if text[p] == "{")
 
 
-@server.feature(T.TEXT_DOCUMENT_COMPLETION, T.CompletionOptions(trigger_characters=["(", ",", "="]))
+@server.feature(lsp_types.TEXT_DOCUMENT_COMPLETION, lsp_types.CompletionOptions(trigger_characters=["(", ",", "="]))
 @guarded
-def completion(ls: DlcLanguageServer, params: T.CompletionParams):
+def completion(ls: DlcLanguageServer, params: lsp_types.CompletionParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
     text, offset = doc.source, _offset(doc.lines, params.position.line, params.position.character)
     if train_block_at(text, offset):
@@ -507,29 +507,29 @@ def completion(ls: DlcLanguageServer, params: T.CompletionParams):
     a = ls.parsed.get(params.text_document.uri)
     items = []
     call = call_before(text, offset)
-    func = (D.function_of(call[0], a) if a is not None else D.library_function(call[0])) if call else None
+    func = (describe.function_of(call[0], a) if a is not None else describe.library_function(call[0])) if call else None
     if func is not None:
-        items += [T.CompletionItem(label=f"{name} =", kind=T.CompletionItemKind.Field, detail=arg,
-                                   insert_text=f"{name} = ", sort_text=f"0{name}") for name, arg in D.parameters(func)]
+        items += [lsp_types.CompletionItem(label=f"{name} =", kind=lsp_types.CompletionItemKind.Field, detail=arg,
+                                   insert_text=f"{name} = ", sort_text=f"0{name}") for name, arg in describe.parameters(func)]
     if a is not None:
         for name, b in a.names.visible(*place(params)).items():
-            items.append(T.CompletionItem(label=name, kind=T.CompletionItemKind.Variable, detail=b.kind))
+            items.append(lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Variable, detail=b.kind))
     return items + list(library_items())
 
 
 # ---- formatting ------------------------------------------------------------------------------------
-@server.feature(T.TEXT_DOCUMENT_FORMATTING)
+@server.feature(lsp_types.TEXT_DOCUMENT_FORMATTING)
 @guarded
-def formatting(ls: DlcLanguageServer, params: T.DocumentFormattingParams):
+def formatting(ls: DlcLanguageServer, params: lsp_types.DocumentFormattingParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
     try:
         formatted = format_text(doc.source)
     except DlcError as e:
-        raise JsonRpcException(e.render(), code=T.LSPErrorCodes.RequestFailed) from None
+        raise JsonRpcException(e.render(), code=lsp_types.LSPErrorCodes.RequestFailed) from None
     if formatted == doc.source:
         return []
-    end = T.Position(len(doc.lines), 0)
-    return [T.TextEdit(range=T.Range(T.Position(0, 0), end), new_text=formatted)]
+    end = lsp_types.Position(len(doc.lines), 0)
+    return [lsp_types.TextEdit(range=lsp_types.Range(lsp_types.Position(0, 0), end), new_text=formatted)]
 
 
 def _without_traceback(record: logging.LogRecord) -> bool:

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 
 from dlc.compiler.errors import DlcError, Span, did_you_mean
-from dlc.compiler.frontend import syntax as A
+from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.frontend.syntax import size_bytes
@@ -66,13 +66,13 @@ def parse_setting(text: str, name: str):
     Text that is not a setting, a call aside, is a string: a file name such as train.npz or
     data/x.csv (which parse as expressions but have no value)."""
     try:
-        value = A.parse(text, f"--{name}", start="expr")
+        value = syntax.parse(text, f"--{name}", start="expr")
     except DlcError:
         return text
     try:
         return setting_value(value)
     except DlcError:
-        if isinstance(value, A.Call):       # a call's error is about its arguments
+        if isinstance(value, syntax.Call):       # a call's error is about its arguments
             raise
         return text
 

@@ -1,7 +1,7 @@
 """`dlc check`: parse and shape-check a model; print its signature."""
 from __future__ import annotations
 
-from dlc.compiler.frontend import summary as S
+from dlc.compiler.frontend import summary as summaries
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.training.config import make_config
 from dlc.runtime.cli.arguments import model_arguments
@@ -19,4 +19,4 @@ def run(args):
     program.build(args.model, training=False)
     make_config(program, train.name, {}, require_data=False, model=train)     # every setting, without loading data
     print(f"{args.file}: ok")
-    print(S.signature(train))
+    print(summaries.signature(train))

@@ -12,7 +12,7 @@ from dlc.compiler.native.driver import build_module
 from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.lower import NotLowerable, lower
 from dlc.compiler.passes import autodiff
-from dlc.compiler.passes import optimize as P
+from dlc.compiler.passes import optimize as graph_passes
 from dlc.runtime.cli.arguments import model_arguments, pass_list
 from dlc.runtime.cli.shared import build, write, graph_for, render_graph
 
@@ -32,12 +32,12 @@ def arguments(p):
                             "producer is not computed in its reader's kernel, with both source lines")
     p.add_argument("--format", choices=["text", "dot", "json"], default="text", help="for graph and grad")
     p.add_argument("-O", "--optimize", action="store_true",
-                   help="graph and grad: run the graph passes (" + ", ".join(P.PIPELINE) + ") first; the native "
+                   help="graph and grad: run the graph passes (" + ", ".join(graph_passes.PIPELINE) + ") first; the native "
                         "stages always run them")
     p.add_argument("--passes", type=pass_list, metavar="NAMES",
                    help="run these passes, comma-separated, instead of the default pipeline (implies -O)")
-    p.add_argument("--dump-after", choices=[*P.PASSES, "all"], metavar="PASS",
-                   help="print the graph to stderr after PASS (" + ", ".join(P.PASSES) + " or all), in the "
+    p.add_argument("--dump-after", choices=[*graph_passes.PASSES, "all"], metavar="PASS",
+                   help="print the graph to stderr after PASS (" + ", ".join(graph_passes.PASSES) + " or all), in the "
                         "first round and whenever it changes the graph (implies -O)")
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
 
@@ -45,10 +45,10 @@ def arguments(p):
 def optimized(args, graph, native: bool):
     """The graph after the passes asked for: -O, --passes or --dump-after for a graph,
     the default pipeline (what the engine compiles) for the native stages."""
-    passes = args.passes or (P.PIPELINE if native or args.optimize or args.dump_after else ())
+    passes = args.passes or (graph_passes.PIPELINE if native or args.optimize or args.dump_after else ())
     if args.dump_after not in (None, "all", *passes):
         raise DlcError(f"--dump-after {args.dump_after}: that pass does not run (the passes: {', '.join(passes)})")
-    return P.optimize(graph, passes, dump=args.dump_after, dump_to=sys.stderr) if passes else graph
+    return graph_passes.optimize(graph, passes, dump=args.dump_after, dump_to=sys.stderr) if passes else graph
 
 
 def run(args):

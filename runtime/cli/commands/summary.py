@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend import summary as S
+from dlc.compiler.frontend import summary as summaries
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.engines import budget
 from dlc.runtime.training.summarize import summary_settings, summary_text
@@ -45,5 +45,5 @@ def run(args):
     sizes = budget.memory_sizes(model, cfg.batch, settings.sizes)
     slots = len(make_optimizer(cfg.optimizer).slots())
     parts = budget.training_memory(model, settings.trained, slots, sizes)
-    print(S.memory_table(model, parts, sizes, args.depth,
+    print(summaries.memory_table(model, parts, sizes, args.depth,
                          f"{cfg.optimizer.name}: {slots} value{'s' if slots != 1 else ''} per trained parameter"))
