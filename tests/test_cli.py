@@ -65,7 +65,7 @@ def test_gradient_graph_of_a_recurrence_has_a_reverse_scan(capsys):
 def test_emit_ast(capsys):
     assert main(["compile", LENET, "--emit", "ast"]) == 0
     out = capsys.readouterr().out
-    assert "Model(name='lenet5')" in out and "Pipe" not in out and "Call()" in out
+    assert "ModelBlock(name='lenet5')" in out and "Pipe" not in out and "CallExpr()" in out
 
 
 def test_real_command_runs_without_traceback(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from dlc.tools import fuzz
-from dlc.tools.fuzz import EXTREME_NUMBERS, Corpus, Outcome, Worker, check_input, minimize
+from dlc.tools.fuzz import EXTREME_NUMBERS, Corpus, FuzzOutcome, Worker, check_input, minimize
 
 MUTANTS = 1500          # inputs 0..MUTANTS-1 of seed 0, about 20 ms each
 BUDGET = 5.0            # seconds of CPU per input: a front end that takes longer hangs
@@ -200,7 +200,7 @@ while header := sys.stdin.buffer.readline():
 
 def test_a_worker_reports_a_crash_and_a_hang_in_native_code():
     worker = Worker(0.2, [sys.executable, "-c", FAKE_WORKER], grace=0.5)
-    assert worker.run("check", b"fine") == Outcome("ok")
+    assert worker.run("check", b"fine") == FuzzOutcome("ok")
     assert worker.run("check", b"hang").kind == "hang" and worker.proc.returncode is not None
     worker = Worker(0.2, [sys.executable, "-c", FAKE_WORKER], grace=0.5)
     crash = worker.run("check", b"crash")

@@ -188,7 +188,7 @@ MUTATIONS = (delete, duplicate, swap, replace_number, replace_name, replace_same
 
 # ---- one input through the front end ---------------------------------------------------------------
 @dataclass
-class Outcome:
+class FuzzOutcome:
     kind: str               # ok, error (a DlcError), internal, hang, crash; for models also mismatch
     key: str = ""           # the failure's identity: what and where
     detail: str = ""        # the message, the traceback
@@ -250,17 +250,17 @@ def place(frames) -> str:
     return f"{os.path.relpath(file, PACKAGE_ROOT) if ours else file}:{line} ({function})"
 
 
-def failure(e: BaseException) -> Outcome:
+def failure(e: BaseException) -> FuzzOutcome:
     frames = traceback.extract_tb(e.__traceback__)
     where = place((f.filename, f.lineno, f.name) for f in frames)
     if isinstance(e, Hang):
         # where the alarm lands varies from input to input: one key for every hang in Python
-        return Outcome("hang", "hang", f"stopped in {where}\n" + "".join(traceback.format_list(frames[-8:])))
-    return Outcome("internal", f"{type(e).__name__} at {where}",
+        return FuzzOutcome("hang", "hang", f"stopped in {where}\n" + "".join(traceback.format_list(frames[-8:])))
+    return FuzzOutcome("internal", f"{type(e).__name__} at {where}",
                    "".join(traceback.format_exception(type(e), e, e.__traceback__)))
 
 
-def check_input(data: bytes, path: Path, seconds: float = 10.0) -> Outcome:
+def check_input(data: bytes, path: Path, seconds: float = 10.0) -> FuzzOutcome:
     """`dlc check` on data written to path, in this process: load, build for training
     and evaluation, every train setting (runtime/cli/commands/check.py), and the rendering
     of the error, all within `seconds`."""
@@ -271,8 +271,8 @@ def check_input(data: bytes, path: Path, seconds: float = 10.0) -> Outcome:
             try:
                 check.run(argparse.Namespace(file=str(path), model=None))
             except DlcError as e:
-                return Outcome("error", "", e.render())
-        return Outcome("ok")
+                return FuzzOutcome("error", "", e.render())
+        return FuzzOutcome("ok")
     except (Exception, Hang) as e:
         return failure(e)
 
@@ -399,16 +399,16 @@ def compare_engines(text: str, sizes: dict = MODEL_SIZES, lr: float = 0.1):
             raise Mismatch(f"output {k}: largest difference {np.abs(nat_pred[k] - ref_pred[k]).max():.3g}")
 
 
-def check_model(text: str, seconds: float = 60.0) -> Outcome:
-    """compare_engines as an Outcome. A generated model is valid, so a DlcError is a failure too."""
+def check_model(text: str, seconds: float = 60.0) -> FuzzOutcome:
+    """compare_engines as a FuzzOutcome. A generated model is valid, so a DlcError is a failure too."""
     try:
         with time_limit(seconds):
             compare_engines(text)
-        return Outcome("ok")
+        return FuzzOutcome("ok")
     except Mismatch as e:
-        return Outcome("mismatch", f"mismatch in {str(e).split(':')[0]}", str(e))
+        return FuzzOutcome("mismatch", f"mismatch in {str(e).split(':')[0]}", str(e))
     except DlcError as e:
-        return Outcome("refused", f"DlcError: {e.message[:60]}", e.render())
+        return FuzzOutcome("refused", f"DlcError: {e.message[:60]}", e.render())
     except (Exception, Hang) as e:
         return failure(e)
 
@@ -416,7 +416,7 @@ def check_model(text: str, seconds: float = 60.0) -> Outcome:
 # ---- worker subprocesses ------------------------------------------------------------------------
 def worker_main(seconds: float, workdir: Path):
     """Answer jobs from stdin ("check N" or "model N", then N bytes) with one JSON
-    Outcome per line on the original stdout; anything dlc prints goes to stderr."""
+    FuzzOutcome per line on the original stdout; anything dlc prints goes to stderr."""
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
     faulthandler.enable()       # a crash leaves its Python stack on stderr
@@ -445,7 +445,7 @@ class Worker:
                                                  "--timeout", str(seconds)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env)
 
-    def run(self, kind: str, data: bytes) -> Outcome:
+    def run(self, kind: str, data: bytes) -> FuzzOutcome:
         try:
             self.proc.stdin.write(f"{kind} {len(data)}\n".encode() + data)
             self.proc.stdin.flush()
@@ -454,18 +454,18 @@ class Worker:
         ready, _, _ = select.select([self.proc.stdout], [], [], self.limits[kind])
         if not ready:
             self.close()
-            return Outcome("hang", "hang in native code (no answer to the alarm)")
+            return FuzzOutcome("hang", "hang in native code (no answer to the alarm)")
         line = self.proc.stdout.readline()
-        return Outcome(**json.loads(line)) if line else self.died()
+        return FuzzOutcome(**json.loads(line)) if line else self.died()
 
-    def died(self) -> Outcome:
+    def died(self) -> FuzzOutcome:
         code = self.proc.wait()
         self.stderr.seek(0)
         log = self.stderr.read().decode(errors="replace")
         frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', log)     # faulthandler's, innermost first
         what = signal.Signals(-code).name if code < 0 else f"exit status {code}"
         self.close()
-        return Outcome("crash", f"{what} in {place(reversed(frames))}", log[-4000:])
+        return FuzzOutcome("crash", f"{what} in {place(reversed(frames))}", log[-4000:])
 
     def close(self):
         if self.proc.poll() is None:
@@ -532,8 +532,8 @@ def minimize(data: bytes, fails, budget: int = 2000) -> bytes:
 
 # ---- the campaign -------------------------------------------------------------------------------
 @dataclass
-class Found:
-    outcome: Outcome        # the first input's
+class Failure:
+    outcome: FuzzOutcome        # the first input's
     data: bytes
     indices: list = field(default_factory=list)     # the first few inputs that failed so
     count: int = 0
@@ -545,7 +545,7 @@ class Campaign:
     seconds: float
     batch: int
     counts: dict = field(default_factory=dict)
-    found: dict = field(default_factory=dict)       # key -> Found
+    found: dict = field(default_factory=dict)       # key -> Failure
 
     def run(self, kind: str, inputs, label: str):
         """Every input in a worker, a fresh worker per batch and after a crash or hang."""
@@ -563,7 +563,7 @@ class Campaign:
             if out.failed:
                 if out.key not in self.found:
                     print(f"{label}: input {index}: {out.key}", file=sys.stderr, flush=True)
-                found = self.found.setdefault(out.key, Found(out, data))
+                found = self.found.setdefault(out.key, Failure(out, data))
                 found.count += 1
                 if len(found.indices) < 10:
                     found.indices.append(index)

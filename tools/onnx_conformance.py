@@ -37,7 +37,7 @@ BEGIN, END = "<!-- conformance table: begin -->", "<!-- conformance table: end -
 
 
 @dataclass
-class Outcome:
+class NodeTestOutcome:
     status: str             # "pass", "fail" or "not supported"
     reason: str = ""        # why not supported: op, dtype, attribute, shape, input, opset (with the message)
     message: str = ""
@@ -84,7 +84,7 @@ def _compare(case, expected, got):
     Runner.assert_similar_outputs(_arrays(expected), list(got), case.rtol, case.atol)
 
 
-def run_case(case, engine: str) -> Outcome:
+def run_case(case, engine: str) -> NodeTestOutcome:
     from dlc.compiler.onnx.importer import Unsupported
     from dlc.runtime.interop.onnx_backend import DlcBackend
     try:
@@ -92,13 +92,13 @@ def run_case(case, engine: str) -> Outcome:
         for inputs, expected in case.data_sets:
             _compare(case, expected, rep.run(_arrays(inputs)))
     except Unsupported as e:
-        return Outcome("not supported", e.kind, e.message)
+        return NodeTestOutcome("not supported", e.kind, e.message)
     except AssertionError as e:
-        return Outcome("fail", message=str(e).strip())
+        return NodeTestOutcome("fail", message=str(e).strip())
     except (DlcError, Exception) as e:      # noqa: B014  (every other error is a failure of dlc)
         text = e.render() if isinstance(e, DlcError) else f"{type(e).__name__}: {e}"
-        return Outcome("fail", message=text)
-    return Outcome("pass")
+        return NodeTestOutcome("fail", message=text)
+    return NodeTestOutcome("pass")
 
 
 # ---- batches: many cases, one program -------------------------------------------------------------
@@ -135,7 +135,7 @@ def run_batched(cases: list, engine: str, size: int = 40) -> dict:
         try:        # what dlc does not import stays out of the batches (importing is cheap)
             import_model(c.model)
         except Unsupported as e:
-            out[c.name] = Outcome("not supported", e.kind, e.message)
+            out[c.name] = NodeTestOutcome("not supported", e.kind, e.message)
             continue
         except Exception:      # noqa: BLE001  (its own run says what)
             alone.append(c)
@@ -152,7 +152,7 @@ def run_batched(cases: list, engine: str, size: int = 40) -> dict:
                     n = len(c.model.graph.output)
                     _compare(c, c.data_sets[0][1], got[k:k + n])
                     k += n
-                    out[c.name] = Outcome("pass")
+                    out[c.name] = NodeTestOutcome("pass")
             except (Unsupported, AssertionError, DlcError, Exception):     # noqa: B014  (charge it case by case)
                 alone += [c for c in chunk if c.name not in out]
     for c in alone:

@@ -133,7 +133,7 @@ class Evaluator:
         return v
 
     # -- models ----------------------------------------------------------------------------------
-    def build(self, model: syntax.Model, train: syntax.Train | None) -> Model:
+    def build(self, model: syntax.ModelBlock, train: syntax.Train | None) -> Model:
         env = self.globals.child()
         for k in train.settings if train else ():
             if k.name == "remat":
@@ -226,7 +226,7 @@ class Evaluator:
             if s.name in env.vars:
                 self.fail(f"'{s.name}' is already defined in this scope", s.span)
             env.vars[s.name] = self.declare_param(s, env)
-        elif isinstance(s, syntax.Update):
+        elif isinstance(s, syntax.StateUpdate):
             self.update_state(s, env)
         elif isinstance(s, syntax.Return):
             if not in_def:
@@ -400,7 +400,7 @@ class Evaluator:
         finally:
             self.graph = saved
 
-    def update_state(self, s: syntax.Update, env: Env):
+    def update_state(self, s: syntax.StateUpdate, env: Env):
         if self.graph.parent is not None:
             self.fail("state cannot be updated inside a scan", s.span)
         try:
@@ -418,7 +418,7 @@ class Evaluator:
         self.updates[target.node] = root.add1("stop_gradient", [value])
 
     # -- types -------------------------------------------------------------------------------------------
-    def tensor_type(self, t: syntax.TensorType, env: Env, new_symbols=False) -> TensorType:
+    def tensor_type(self, t: syntax.TensorTypeExpr, env: Env, new_symbols=False) -> TensorType:
         """With new_symbols (an input's type), a dim name without a value in scope becomes a
         symbolic dim, bound in env so the model can use it: causal_mask(T)."""
         dims = []
@@ -439,7 +439,7 @@ class Evaluator:
             self.fail(f"dimension sizes must be positive, got {v}", span)
         return v
 
-    def match_type(self, ann: syntax.TensorType, value, env: Env, func: str, arg: str, span: Span):
+    def match_type(self, ann: syntax.TensorTypeExpr, value, env: Env, func: str, arg: str, span: Span):
         """Check an argument against its annotation, binding the annotation's dim names."""
         if not isinstance(value, Tensor):
             if isinstance(value, (int, float)) and not isinstance(value, bool) and not ann.dims:
@@ -510,7 +510,7 @@ class Evaluator:
                 self.fail(f"`if c then a else b` needs a static condition, got {describe(cond)}; "
                           "for tensors use select(c, a, b)", e.cond.span)
             return self.expr(e.then if cond else e.other, env)
-        if isinstance(e, syntax.Call):
+        if isinstance(e, syntax.CallExpr):
             func = self.expr(e.func, env)
             args, kwargs = self.arguments(e.args, env)
             first = first_argument(func)
@@ -519,12 +519,12 @@ class Evaluator:
             return self.call(func, args, kwargs, e.span, e.func)
         if isinstance(e, syntax.Pipe):
             value = self.expr(e.value, env)
-            if isinstance(e.func, syntax.Call):
+            if isinstance(e.func, syntax.CallExpr):
                 func = self.expr(e.func.func, env)
                 args, kwargs = self.arguments(e.func.args, env)
                 return self.call(func, [(value, e.value.span)] + args, kwargs, e.func.span, e.func.func)
             return self.call(self.expr(e.func, env), [(value, e.value.span)], {}, e.func.span, e.func)
-        if isinstance(e, syntax.Index):
+        if isinstance(e, syntax.IndexExpr):
             return self.index(e, env)
         if isinstance(e, syntax.Attribute):
             return self.attribute(e, env)
@@ -753,7 +753,7 @@ class Evaluator:
             else:
                 self.fail(f"{decl.name}: missing argument '{a.name}'", span,
                           [(f"'{decl.name}' is defined here", decl.span)])
-            if isinstance(a.type, syntax.TensorType):
+            if isinstance(a.type, syntax.TensorTypeExpr):
                 try:
                     value = self.match_type(a.type, value, env, decl.name, a.name, vspan)
                 except DlcError as e:
@@ -821,7 +821,7 @@ class Evaluator:
             self.fail(f"{func}: argument '{arg}' must be {kind}, got {describe(value)}", span)
 
     # -- indexing ---------------------------------------------------------------------------------------------------
-    def index(self, e: syntax.Index, env: Env):
+    def index(self, e: syntax.IndexExpr, env: Env):
         subs = [s if isinstance(s, (syntax.Slice, syntax.AnyDims)) else self.expr(s, env) for s in e.subscripts]
         if any(isinstance(s, LoopIndex) for s in subs) and isinstance(e.value, syntax.Name):
             value = self.lookup(e.value.id, env, e.value.span)   # a sequence: sliced, not captured whole
@@ -842,7 +842,7 @@ class Evaluator:
             self.fail(f"cannot index {describe(value)}", e.span)
         return self.index_tensor(value, subs, e, env)
 
-    def index_tensor(self, x: Tensor, subs, e: syntax.Index, env: Env):
+    def index_tensor(self, x: Tensor, subs, e: syntax.IndexExpr, env: Env):
         n_ellipsis = sum(isinstance(s, syntax.AnyDims) for s in subs)
         if n_ellipsis > 1:
             self.fail("at most one '...' in an index", e.span)
@@ -898,7 +898,7 @@ class Evaluator:
             self.fail(f"an index must be an integer, got {describe(i)}", span)
         return i
 
-    def sequence_step(self, x: Tensor, full, loop, e: syntax.Index):
+    def sequence_step(self, x: Tensor, full, loop, e: syntax.IndexExpr):
         if len(loop) > 1 or any(s is not None for i, s in enumerate(full) if i != loop[0][0]):
             self.fail("index a sequence with the step variable alone, as in xs[:, t]", e.span)
         axis, t = loop[0]
@@ -996,7 +996,7 @@ def check_def(decl: syntax.Def):
         if isinstance(a.type, syntax.StaticType) and a.type.kind not in STATIC_KINDS:
             raise DlcError(f"unknown argument kind '{a.type.kind}' (use {', '.join(STATIC_KINDS)} or a tensor type "
                            "such as f32[B, n])", a.type.span)
-        if isinstance(a.type, syntax.TensorType):
+        if isinstance(a.type, syntax.TensorTypeExpr):
             rest = [d for d in a.type.dims if isinstance(d, syntax.AnyDims)]
             if len(rest) > 1:
                 raise DlcError("at most one '...' in a type", rest[1].span)
@@ -1052,7 +1052,7 @@ def fans(shape) -> tuple:
     return shape[1] * receptive, shape[0] * receptive
 
 
-def ann_str(t: syntax.TensorType) -> str:
+def ann_str(t: syntax.TensorTypeExpr) -> str:
     return f"{t.dtype}[{', '.join(expr_text(d) for d in t.dims)}]"
 
 

@@ -106,7 +106,7 @@ def _collect(node, positions: _Positions):
         value = getattr(node, f.name)
         items = value if isinstance(value, list) else [value]
         for item in items:
-            if not isinstance(item, syntax.Node):
+            if not isinstance(item, syntax.SyntaxNode):
                 continue
             at = (item.span.line, item.span.col)
             if f.name in _STATEMENT_LISTS and not _is_expression_body(node, item):
@@ -114,11 +114,11 @@ def _collect(node, positions: _Positions):
                     positions.settings[at] = node.span.line
                 else:
                     positions.statements.add(at)
-                if isinstance(node, syntax.Model) and isinstance(item, _DECLARATIONS):
+                if isinstance(node, syntax.ModelBlock) and isinstance(item, _DECLARATIONS):
                     positions.declarations.add(at)
             if isinstance(item, syntax.Unary) and item.op == "-":
                 positions.unary.add(at)
-            if isinstance(item, syntax.Call):
+            if isinstance(item, syntax.CallExpr):
                 positions.callees.add((item.func.span.end_line, item.func.span.end_col))
             _collect(item, positions)
 

@@ -22,7 +22,7 @@ class Program:
         self.module, self.globals, self.path = module, globals_, path
         self.models, self.trains = {}, {}
         for item in module.items:
-            if isinstance(item, syntax.Model):
+            if isinstance(item, syntax.ModelBlock):
                 if item.name in self.models:
                     raise DlcError(f"model '{item.name}' is defined twice", item.span,
                                    [("first definition", self.models[item.name].span)])
@@ -39,7 +39,7 @@ class Program:
                         raise DlcError(f"setting '{k.name}' is given twice", k.span)
                 self.trains[item.model] = item
 
-    def model_decl(self, name: str | None = None) -> syntax.Model:
+    def model_decl(self, name: str | None = None) -> syntax.ModelBlock:
         if not self.models:
             raise DlcError(f"{self.path} defines no model", Span(self.path, 1, 1))
         if name is None:
@@ -78,7 +78,7 @@ def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list
             _load_into(env, _parse_file(target), target, loading, defined, loaded)
             loading.pop()
             loaded.add(target)
-        elif isinstance(item, (syntax.Def, syntax.Const)):
+        elif isinstance(item, (syntax.Def, syntax.ConstDecl)):
             if item.name in defined:
                 raise DlcError(f"'{item.name}' is defined twice", item.span,
                                [("first definition", defined[item.name])])

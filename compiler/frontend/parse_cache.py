@@ -114,7 +114,7 @@ def parsed_modules(files: list[tuple[str, str]], syntax) -> list:
     """`syntax.parse(text, name)` of each (name, text), read from the cache when parsed
     before. `syntax` is the AST's module (passed in: it imports this one)."""
     classes = {name: cls for name, cls in vars(syntax).items()
-               if isinstance(cls, type) and issubclass(cls, syntax.Node)}
+               if isinstance(cls, type) and issubclass(cls, syntax.SyntaxNode)}
 
     def build():
         return [syntax.parse(text, name) for name, text in files]

@@ -198,7 +198,7 @@ def setting_value(node) -> object:
         a, b = setting_value(node.left), setting_value(node.right)
         if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (a, b)):
             return static_binary(node.op, a, b, node.span)
-    if isinstance(node, syntax.Call) and isinstance(node.func, syntax.Name):
+    if isinstance(node, syntax.CallExpr) and isinstance(node.func, syntax.Name):
         call = Call(node.func.id, span=node.span)
         for a in node.args:
             if isinstance(a, syntax.Keyword):

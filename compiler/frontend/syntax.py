@@ -17,105 +17,105 @@ from dlc.compiler.ir.graph import DTYPES
 
 
 @dataclass
-class Node:
+class SyntaxNode:
     span: Span = field(repr=False, compare=False)
 
 
 # ---- expressions -------------------------------------------------------------
 @dataclass
-class Number(Node):
+class Number(SyntaxNode):
     value: int | float
 
 
 @dataclass
-class String(Node):
+class String(SyntaxNode):
     value: str
 
 
 @dataclass
-class Bool(Node):
+class Bool(SyntaxNode):
     value: bool
 
 
 @dataclass
-class NoneValue(Node):
+class NoneValue(SyntaxNode):
     """`none`: an absent optional argument (a mask, an initial state)."""
 
 
 @dataclass
-class Name(Node):
+class Name(SyntaxNode):
     id: str
 
 
 @dataclass
-class Tuple(Node):
+class Tuple(SyntaxNode):
     items: list
 
 
 @dataclass
-class Unary(Node):
+class Unary(SyntaxNode):
     op: str            # '-', 'not'
-    operand: Node
+    operand: SyntaxNode
 
 
 @dataclass
-class Binary(Node):
+class Binary(SyntaxNode):
     op: str            # + - * / % @ ^ == != < <= > >= and or
-    left: Node
-    right: Node
+    left: SyntaxNode
+    right: SyntaxNode
 
 
 @dataclass
-class Ternary(Node):
-    then: Node
-    cond: Node
-    other: Node
+class Ternary(SyntaxNode):
+    then: SyntaxNode
+    cond: SyntaxNode
+    other: SyntaxNode
 
 
 @dataclass
-class Keyword(Node):
+class Keyword(SyntaxNode):
     name: str
-    value: Node
+    value: SyntaxNode
 
 
 @dataclass
-class Call(Node):
-    func: Node
-    args: list          # Node | Keyword
+class CallExpr(SyntaxNode):
+    func: SyntaxNode
+    args: list          # SyntaxNode | Keyword
 
 
 @dataclass
-class Pipe(Node):
-    value: Node
-    func: Node          # a Call (value becomes its first argument) or a function
+class Pipe(SyntaxNode):
+    value: SyntaxNode
+    func: SyntaxNode          # a CallExpr (value becomes its first argument) or a function
 
 
 @dataclass
-class Slice(Node):
-    start: Node | None
-    stop: Node | None
-    step: Node | None
+class Slice(SyntaxNode):
+    start: SyntaxNode | None
+    stop: SyntaxNode | None
+    step: SyntaxNode | None
 
 
 @dataclass
-class AnyDims(Node):
+class AnyDims(SyntaxNode):
     """`...` in a type or a subscript."""
 
 
 @dataclass
-class Index(Node):
-    value: Node
-    subscripts: list    # Node | Slice | AnyDims
+class IndexExpr(SyntaxNode):
+    value: SyntaxNode
+    subscripts: list    # SyntaxNode | Slice | AnyDims
 
 
 @dataclass
-class Attribute(Node):
-    value: Node
+class Attribute(SyntaxNode):
+    value: SyntaxNode
     name: str
 
 
 @dataclass
-class Scan(Node):
+class Scan(SyntaxNode):
     var: str
     length: Name | Number
     options: list       # Keyword
@@ -125,126 +125,126 @@ class Scan(Node):
 
 # ---- types -------------------------------------------------------------------
 @dataclass
-class TensorType(Node):
+class TensorTypeExpr(SyntaxNode):
     dtype: str
-    dims: list          # Node | AnyDims
+    dims: list          # SyntaxNode | AnyDims
 
 
 @dataclass
-class StaticType(Node):
+class StaticType(SyntaxNode):
     kind: str           # int, float, bool, str, fn, ...
 
 
 # ---- statements ----------------------------------------------------------------
 @dataclass
-class Assign(Node):
+class Assign(SyntaxNode):
     targets: list[str]
-    value: Node
+    value: SyntaxNode
 
 
 @dataclass
-class ParamDecl(Node):
+class ParamDecl(SyntaxNode):
     name: str
-    type: TensorType
-    init: Node | None
+    type: TensorTypeExpr
+    init: SyntaxNode | None
     trainable: bool     # `param` is trainable, `state` is a buffer
 
 
 @dataclass
-class Update(Node):
+class StateUpdate(SyntaxNode):
     name: str
-    value: Node
+    value: SyntaxNode
 
 
 @dataclass
-class Return(Node):
+class Return(SyntaxNode):
     values: list
 
 
 @dataclass
-class Yield(Node):
+class Yield(SyntaxNode):
     values: list
 
 
 @dataclass
-class Repeat(Node):
+class Repeat(SyntaxNode):
     var: str
-    start: Node
-    stop: Node
+    start: SyntaxNode
+    stop: SyntaxNode
     body: list
 
 
 @dataclass
-class If(Node):
-    cond: Node
+class If(SyntaxNode):
+    cond: SyntaxNode
     then: list
     other: list
 
 
 @dataclass
-class ArgDecl(Node):
+class ArgDecl(SyntaxNode):
     name: str
-    type: TensorType | StaticType | None
-    default: Node | None
+    type: TensorTypeExpr | StaticType | None
+    default: SyntaxNode | None
 
 
 @dataclass
-class Def(Node):
+class Def(SyntaxNode):
     name: str
     args: list[ArgDecl]
     body: list          # statements; an expression-form def is one Return
 
 
 @dataclass
-class Input(Node):
+class Input(SyntaxNode):
     name: str
-    type: TensorType
+    type: TensorTypeExpr
     is_target: bool
 
 
 @dataclass
-class Output(Node):
+class Output(SyntaxNode):
     name: str
-    value: Node | None
+    value: SyntaxNode | None
 
 
 @dataclass
-class Loss(Node):
-    value: Node
+class Loss(SyntaxNode):
+    value: SyntaxNode
 
 
 @dataclass
-class Metric(Node):
+class Metric(SyntaxNode):
     name: str
-    value: Node
+    value: SyntaxNode
 
 
 # ---- top level ----------------------------------------------------------------
 @dataclass
-class Import(Node):
+class Import(SyntaxNode):
     path: str
 
 
 @dataclass
-class Const(Node):
+class ConstDecl(SyntaxNode):
     name: str
-    value: Node
+    value: SyntaxNode
 
 
 @dataclass
-class Model(Node):
+class ModelBlock(SyntaxNode):
     name: str
     body: list
 
 
 @dataclass
-class Train(Node):
+class Train(SyntaxNode):
     model: str
     settings: list      # Keyword
 
 
 @dataclass
-class Module(Node):
+class Module(SyntaxNode):
     items: list
 
 
@@ -299,10 +299,10 @@ class _ToAst(Transformer):
         return Import(self._s(meta), c[0][1:-1])
 
     def const_stmt(self, meta, c):
-        return Const(self._s(meta), self._name(c[0]), c[1])
+        return ConstDecl(self._s(meta), self._name(c[0]), c[1])
 
     def model_def(self, meta, c):
-        return Model(self._s(meta), str(c[0]), c[1])
+        return ModelBlock(self._s(meta), str(c[0]), c[1])
 
     def train_def(self, meta, c):
         return Train(self._s(meta), str(c[0]), c[1:])
@@ -339,7 +339,7 @@ class _ToAst(Transformer):
         return ParamDecl(self._s(meta), self._name(c[0]), c[1], c[2], False)
 
     def update_stmt(self, meta, c):
-        return Update(self._s(meta), str(c[0]), c[1])
+        return StateUpdate(self._s(meta), str(c[0]), c[1])
 
     def return_stmt(self, meta, c):
         return Return(self._s(meta), c)
@@ -373,7 +373,7 @@ class _ToAst(Transformer):
 
     # types
     def tensor_type(self, meta, c):
-        return TensorType(self._s(meta), str(c[0]), [d for d in c[1:] if d is not None])
+        return TensorTypeExpr(self._s(meta), str(c[0]), [d for d in c[1:] if d is not None])
 
     def dim(self, meta, c):
         return c[0]
@@ -407,7 +407,7 @@ class _ToAst(Transformer):
         return Binary(self._s(meta), "^", c[0], c[1])
 
     def call(self, meta, c):
-        return Call(self._s(meta), c[0], [a for a in c[1:] if a is not None])
+        return CallExpr(self._s(meta), c[0], [a for a in c[1:] if a is not None])
 
     def arg(self, meta, c):
         return c[0]
@@ -416,7 +416,7 @@ class _ToAst(Transformer):
         return Keyword(self._s(meta), str(c[0]), c[1])
 
     def index(self, meta, c):
-        return Index(self._s(meta), c[0], c[1:])
+        return IndexExpr(self._s(meta), c[0], c[1:])
 
     def subscript(self, meta, c):
         return c[0]
@@ -661,14 +661,14 @@ def dump(node, indent: int = 0) -> str:
     pad = "  " * indent
     if isinstance(node, list):
         return "\n".join(dump(n, indent) for n in node)
-    if not isinstance(node, Node):
+    if not isinstance(node, SyntaxNode):
         return pad + repr(node)
     scalars, children = [], []
     for f in fields(node):
         if f.name == "span":
             continue
         v = getattr(node, f.name)
-        if isinstance(v, Node) or (isinstance(v, list) and any(isinstance(x, Node) for x in v)):
+        if isinstance(v, SyntaxNode) or (isinstance(v, list) and any(isinstance(x, SyntaxNode) for x in v)):
             children.append((f.name, v))
         elif v is not None and v != []:
             scalars.append(f"{f.name}={v!r}")

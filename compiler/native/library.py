@@ -49,7 +49,7 @@ ALIGN = 64
 
 
 @dataclass
-class Tensor:
+class ModelIO:
     """An input or output of the model: its name, dtype and shape (dims)."""
     name: str
     dtype: str

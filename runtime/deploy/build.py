@@ -18,7 +18,7 @@ import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.native import jit
-from dlc.compiler.native.library import (Library, Tensor, c_name, c_source, data_module, embedded_layout, header,
+from dlc.compiler.native.library import (Library, ModelIO, c_name, c_source, data_module, embedded_layout, header,
                                          unbound_symbols, where)
 from dlc.compiler.native.memory import linearize
 from dlc.runtime.deploy.toolchain import find
@@ -67,7 +67,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     from dlc.compiler.passes.optimize import optimize
     from dlc.runtime.engines.reference import predict_graph
     graph = predict_graph(eval_model)
-    outputs = [Tensor(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items()
+    outputs = [ModelIO(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items()
                if k.startswith("output:")]
     if not outputs:
         raise DlcError(f"model {eval_model.name} declares no outputs: add `output name = ...` to build a library")
@@ -77,7 +77,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     for n in graph.nodes_with("input"):
         name, typ = graph.attrs(n)["name"], graph.types(n)[0]
         if name in program.inputs:
-            inputs.append(Tensor(name, typ.dtype, tuple(typ.shape)))
+            inputs.append(ModelIO(name, typ.dtype, tuple(typ.shape)))
     params = {p.name: p for p in eval_model.params}
     arrays = None
     if weights:

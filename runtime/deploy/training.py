@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.native.library import Tensor, Training
+from dlc.compiler.native.library import ModelIO, Training
 from dlc.runtime.engines.optim import Adagrad, Adam, Optimizer, make_optimizer, make_schedule
 
 
@@ -128,7 +128,7 @@ def train_parts(file: str, model: str | None, overrides: dict):
     training = Training(update, len(trainable), slots, scalar_names, runs, cfg.seed, meta[:-1], functions,
                         (len(bounds), total), cfg.optimizer.name)
     graph = train_step(tm.graph)
-    inputs = [Tensor(graph.attrs(v)["name"], graph.types(v)[0].dtype, tuple(graph.types(v)[0].shape))
+    inputs = [ModelIO(graph.attrs(v)["name"], graph.types(v)[0].dtype, tuple(graph.types(v)[0].shape))
               for v in graph.nodes_with("input") if graph.attrs(v)["name"] != "rng"]
     shapes = {p.name: tuple(int(d) for d in p.type.shape) for p in tm.params}
     return graph, cfg.precision, training, order, shapes, inputs

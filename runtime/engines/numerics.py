@@ -66,7 +66,7 @@ class Origin:
                                       span)
 
 
-class Found(Exception):
+class OriginFound(Exception):
     """Stops the evaluation at the origin."""
 
     def __init__(self, origin: Origin):
@@ -83,7 +83,7 @@ def finite(a: np.ndarray) -> bool:
 
 
 class Watching(Eval):
-    """An evaluation that stops (`Found`) at the first node whose values are not finite
+    """An evaluation that stops (`OriginFound`) at the first node whose values are not finite
     while its inputs are, among those `allowed(graph, node)` names (None: any)."""
 
     def __init__(self, *args, allowed=None):
@@ -96,7 +96,7 @@ class Watching(Eval):
             return
         given = _floats(values[k] for k in inputs)
         if all(map(finite, given)) and (self.allowed is None or self.allowed(graph, n)):
-            raise Found(Origin(graph, n, given, outputs, self.steps))
+            raise OriginFound(Origin(graph, n, given, outputs, self.steps))
 
 
 def run(graph: Graph, feeds: dict, params: dict, replicas=None, allowed=None, precision: str = "f32") -> dict:
@@ -104,7 +104,7 @@ def run(graph: Graph, feeds: dict, params: dict, replicas=None, allowed=None, pr
     try:
         return interpreter.run(graph, feeds, params, replicas=replicas, precision=precision,
                                evaluator=lambda *args: Watching(*args, allowed=allowed))
-    except Found as found:
+    except OriginFound as found:
         raise found.origin.error() from None
 
 

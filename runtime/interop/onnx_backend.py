@@ -27,7 +27,7 @@ from onnx.backend.base import Backend, BackendRep, namedtupledict  # noqa: E402
 ENGINES = ("reference", "native")
 
 
-class Program:
+class ImportedProgram:
     """One imported model, built for evaluation and ready to run on an engine."""
 
     def __init__(self, model, engine: str, static: dict):
@@ -72,10 +72,10 @@ class DlcBackendRep(BackendRep):
         if not self.static:         # import now, so that what dlc cannot import fails in prepare
             self.program({})
 
-    def program(self, static: dict) -> Program:
+    def program(self, static: dict) -> ImportedProgram:
         key = tuple((k, v.dtype.str, v.shape, v.tobytes()) for k, v in sorted(static.items()))
         if key not in self.programs:
-            self.programs[key] = Program(self.model, self.engine, static)
+            self.programs[key] = ImportedProgram(self.model, self.engine, static)
         return self.programs[key]
 
     def run(self, inputs, **kwargs):

@@ -14,7 +14,7 @@ from pathlib import Path
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.loader import load_module
-from dlc.runtime.lsp.names import Index, index
+from dlc.runtime.lsp.names import NameIndex, index
 
 MAX_CHARS = 1_000_000       # a file longer is not analyzed (a 5 MB line parses for seconds)
 BUILD_SECONDS = 2.0         # the builds of one analysis, all models and both modes together
@@ -40,7 +40,7 @@ class Analysis:
     text: str
     path: str
     module: syntax.Module | None = None
-    names: Index = field(default_factory=Index)
+    names: NameIndex = field(default_factory=NameIndex)
     program: object = None                          # the loaded Program
     models: dict = field(default_factory=dict)      # name -> Model built for training
     configs: dict = field(default_factory=dict)     # name -> its TrainConfig

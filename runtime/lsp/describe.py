@@ -74,7 +74,7 @@ def function_text(func) -> str:
 
 
 def _annotation(arg: syntax.ArgDecl) -> str:
-    if isinstance(arg.type, syntax.TensorType):
+    if isinstance(arg.type, syntax.TensorTypeExpr):
         return f": {ann_str(arg.type)}"
     return f": {arg.type.kind}" if arg.type is not None else ""
 

@@ -31,7 +31,7 @@ class Scope:
 
 
 @dataclass
-class Index:
+class NameIndex:
     bindings: list = field(default_factory=list)
     uses: list = field(default_factory=list)       # (span of a Name, Binding or the name of a library function)
     calls: list = field(default_factory=list)      # (span of the function's name, span of the call)
@@ -90,14 +90,14 @@ def name_span(span: Span, name: str) -> Span:
     return Span(span.file, span.line, span.col, span.line, span.col + len(name))
 
 
-def index(module: syntax.Module) -> Index:
-    out = Index()
+def index(module: syntax.Module) -> NameIndex:
+    out = NameIndex()
     _Walker(out).module(module)
     return out
 
 
 class _Walker:
-    def __init__(self, out: Index):
+    def __init__(self, out: NameIndex):
         self.out = out
 
     def bind(self, scope: dict, name: str, node, kind: str, container: str, span: Span | None = None) -> Binding:
@@ -114,16 +114,16 @@ class _Walker:
         for item in m.items:
             if isinstance(item, syntax.Def):
                 self.bind(top, item.name, item, "def", "")
-            elif isinstance(item, syntax.Const):
+            elif isinstance(item, syntax.ConstDecl):
                 self.bind(top, item.name, item, "const", "")
-            elif isinstance(item, syntax.Model):
+            elif isinstance(item, syntax.ModelBlock):
                 self.bind(models, item.name, item, "model", "")
         for item in m.items:
             if isinstance(item, syntax.Def):
                 self.define(item, top)
-            elif isinstance(item, syntax.Const):
+            elif isinstance(item, syntax.ConstDecl):
                 self.expr(item.value, top)
-            elif isinstance(item, syntax.Model):
+            elif isinstance(item, syntax.ModelBlock):
                 scope = dict(top)
                 self.block(item.body, scope, item.name)
                 self.out.scopes.append(Scope(item.span, scope))
@@ -138,13 +138,13 @@ class _Walker:
         for a in d.args:
             if a.default is not None:
                 self.expr(a.default, outer)
-            if isinstance(a.type, syntax.TensorType):
+            if isinstance(a.type, syntax.TensorTypeExpr):
                 self.type(a.type, scope, d.name)
             self.bind(scope, a.name, a, "argument", d.name)
         self.block(d.body, scope, d.name)
         self.out.scopes.append(Scope(d.span, scope))
 
-    def type(self, t: syntax.TensorType, scope: dict, container: str):
+    def type(self, t: syntax.TensorTypeExpr, scope: dict, container: str):
         """A dim name not yet bound is bound by the type (an input's, an argument's)."""
         for d in t.dims:
             if isinstance(d, syntax.Name) and d.id not in scope:
@@ -166,7 +166,7 @@ class _Walker:
             if s.init is not None:
                 self.expr(s.init, scope)
             self.bind(scope, s.name, s, "param" if s.trainable else "state", container)
-        elif isinstance(s, syntax.Update):
+        elif isinstance(s, syntax.StateUpdate):
             self.use(scope, s.name, name_span(Span(s.span.file, s.span.line, s.span.col + 6), s.name))
             self.expr(s.value, scope)
         elif isinstance(s, (syntax.Return, syntax.Yield)):
@@ -213,22 +213,22 @@ class _Walker:
             self.bind(inner, e.var, e, "scan", "", name_span(Span(e.span.file, e.span.line, e.span.col + 4), e.var))
             self.block(e.body, inner, "")
             self.out.scopes.append(Scope(e.span, inner))
-        elif isinstance(e, (syntax.Call, syntax.Pipe)):
+        elif isinstance(e, (syntax.CallExpr, syntax.Pipe)):
             call = e.func if isinstance(e, syntax.Pipe) else e
-            func = call.func if isinstance(call, syntax.Call) else call
+            func = call.func if isinstance(call, syntax.CallExpr) else call
             if isinstance(func, syntax.Name):
                 self.out.calls.append((func.span, call.span))
-                for k in call.args if isinstance(call, syntax.Call) else ():
+                for k in call.args if isinstance(call, syntax.CallExpr) else ():
                     if isinstance(k, syntax.Keyword):
                         at = Span(k.span.file, k.span.line, k.span.col, k.span.line, k.span.col + len(k.name))
                         self.out.keywords.append((at, func.id, k.name))
             self._children(e, scope)
-        elif isinstance(e, syntax.Node):
+        elif isinstance(e, syntax.SyntaxNode):
             self._children(e, scope)
 
     def _children(self, e, scope: dict):
         for f in fields(e):
             v = getattr(e, f.name)
             for item in v if isinstance(v, list) else [v]:
-                if isinstance(item, syntax.Node):
+                if isinstance(item, syntax.SyntaxNode):
                     self.expr(item, scope)

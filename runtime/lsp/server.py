@@ -222,7 +222,7 @@ def code_action(ls: DlcLanguageServer, params: lsp_types.CodeActionParams):
 # ---- what a name is -----------------------------------------------------------------------------------
 def model_at(a: Analysis, line: int) -> str:
     for item in a.module.items if a.module else ():
-        if isinstance(item, syntax.Model) and item.span.line <= line <= item.span.end_line:
+        if isinstance(item, syntax.ModelBlock) and item.span.line <= line <= item.span.end_line:
             return item.name
     return ""
 
@@ -265,7 +265,7 @@ async def inlay_hint(ls: DlcLanguageServer, params: lsp_types.InlayHintParams):
     first, last = params.range.start.line + 1, params.range.end.line + 1
     hints = []
     for item in a.module.items:
-        model = a.models.get(item.name) if isinstance(item, syntax.Model) else None
+        model = a.models.get(item.name) if isinstance(item, syntax.ModelBlock) else None
         if model is None and not isinstance(item, syntax.Def):
             continue
         for s in _statements(item.body):
@@ -385,14 +385,14 @@ async def document_symbol(ls: DlcLanguageServer, params: lsp_types.DocumentSymbo
              "output": lsp_types.SymbolKind.Property, "metric": lsp_types.SymbolKind.Property, "param": lsp_types.SymbolKind.Field,
              "state": lsp_types.SymbolKind.Field}
     for item in a.module.items:
-        if isinstance(item, syntax.Model):
+        if isinstance(item, syntax.ModelBlock):
             children = [lsp_types.DocumentSymbol(name=b.name, kind=kinds[b.kind], range=to_range(b.node.span),
                                          selection_range=to_range(b.span), detail=b.kind)
                         for b in a.names.bindings if b.container == item.name and b.kind in kinds]
             symbols.append(_symbol(item, item.name, lsp_types.SymbolKind.Class, "model", children))
         elif isinstance(item, syntax.Def):
             symbols.append(_symbol(item, item.name, lsp_types.SymbolKind.Function, "def"))
-        elif isinstance(item, syntax.Const):
+        elif isinstance(item, syntax.ConstDecl):
             symbols.append(_symbol(item, item.name, lsp_types.SymbolKind.Constant, "const"))
         elif isinstance(item, syntax.Train):
             settings = [lsp_types.DocumentSymbol(name=k.name, kind=lsp_types.SymbolKind.Property, range=to_range(k.span),

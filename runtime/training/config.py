@@ -72,7 +72,7 @@ def parse_setting(text: str, name: str):
     try:
         return setting_value(value)
     except DlcError:
-        if isinstance(value, syntax.Call):       # a call's error is about its arguments
+        if isinstance(value, syntax.CallExpr):       # a call's error is about its arguments
             raise
         return text
 
