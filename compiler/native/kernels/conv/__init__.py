@@ -81,12 +81,43 @@ class ConvKernel(Kernel):
 
 
 # ---- lowering rules ------------------------------------------------------------------------------
-def _conv_dims(x: tuple, w: tuple, y: tuple, groups: int) -> tuple:
-    """(N, C, O, kh, kw, Ho, Wo, C·kh·kw, Ho·Wo, Og, Cg·kh·kw) of x [N, C, H, W] convolved with
-    w [O, C / groups, kh, kw] into y [N, O, Ho, Wo]: the GEMM shapes of a convolution and its
-    gradients, a GEMM per group of Og = O / groups filters and Cg = C / groups channels."""
-    (N, C), (O, _, kh, kw), (Ho, Wo) = x[:2], w, y[2:]
-    return N, C, O, kh, kw, Ho, Wo, C * kh * kw, Ho * Wo, O // groups, C // groups * kh * kw
+@dataclass(frozen=True)
+class ConvShape:
+    """The sizes of x [N, C, H, W] convolved with w [O, C / groups, kh, kw] into y [N, O, Ho, Wo],
+    and the GEMM shapes of a convolution and its gradients: a GEMM per group of
+    O / groups filters and C / groups channels."""
+    N: object
+    C: object
+    O: object
+    kh: int
+    kw: int
+    Ho: object
+    Wo: object
+    groups: int
+
+    @staticmethod
+    def of(x: tuple, w: tuple, y: tuple, groups: int) -> "ConvShape":
+        (N, C), (O, _, kh, kw), (Ho, Wo) = x[:2], w, y[2:]
+        return ConvShape(N, C, O, kh, kw, Ho, Wo, groups)
+
+    @property
+    def taps(self):
+        """C·kh·kw: an output's products, the K of the convolution's GEMM."""
+        return self.C * self.kh * self.kw
+
+    @property
+    def pixels(self):
+        """Ho·Wo: the outputs of one example and filter."""
+        return self.Ho * self.Wo
+
+    @property
+    def group_filters(self):
+        return self.O // self.groups
+
+    @property
+    def group_taps(self):
+        """C / groups · kh · kw: an output's products within its group."""
+        return self.C // self.groups * self.kh * self.kw
 
 def _direct(taps, kw, attrs) -> bool:
     """Whether a convolution is a ConvKernel: few taps per output (C / groups · kh · kw),
@@ -123,73 +154,77 @@ def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
 def _conv2d(lw, n, ins, attrs, typ):
     x, w = ins
     groups = attrs["groups"]
-    N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, w.shape, typ.shape, groups)
+    s = ConvShape.of(x.shape, w.shape, typ.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
-    if _pointwise(kh, kw, attrs):
+    if _pointwise(s.kh, s.kw, attrs):
         # the pointwise convolutions of depthwise-separable networks: a GEMM per example
         # (a direct conv's few taps per output would leave most of these products' C unused)
         xm = lw.materialize(x)
-        lw.emit(GemmKernel(O, hw, C, N, (wm.buffer, wm.at.offset, C, 0), (xm.buffer, xm.at.offset, hw, C * hw),
-                           (out.id, 0, hw, O * hw), False, False, bf16=lw.bf16, node=n))
+        lw.emit(GemmKernel(s.O, s.pixels, s.C, s.N, (wm.buffer, wm.at.offset, s.C, 0),
+                           (xm.buffer, xm.at.offset, s.pixels, s.C * s.pixels), (out.id, 0, s.pixels, s.O * s.pixels),
+                           False, False, bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if _direct(cgkk, kw, attrs):
+    if _direct(s.group_taps, s.kw, attrs):
         # depthwise ones too (groups = C): each output channel's taps over its group's channels
         xm, wm = lw.rounded(x, n), lw.rounded(w, n)
-        lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (Ho, Wo), attrs["stride"][0],
+        lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (s.Ho, s.Wo), attrs["stride"][0],
                            attrs["padding"], groups=groups, stride_w=attrs["stride"][1], node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if groups > 1 and isinstance(cgkk, int) and cgkk <= GROUPED_TAPS and not lw.bf16:
+    if groups > 1 and isinstance(s.group_taps, int) and s.group_taps <= GROUPED_TAPS and not lw.bf16:
         # depthwise and small groups strided along W or dilated: a map over the outputs
         # summing their taps (the loop over Wo vectorizes), where a GEMM per group would
         # multiply with a K of a few taps (in bf16 the GEMM below, which rounds its operands)
         total, *rest = _group_taps(lw, x, w, attrs)
         for v in rest:
             total = Op("add", (total, v), "f32")
-        shape = (N, groups, og, Ho, Wo)
+        shape = (s.N, groups, s.group_filters, s.Ho, s.Wo)
         lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), total, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
+    cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
     # one GEMM over the batch per group, y stored [O, N, Ho, Wo]: y_g (Og x N*HoWo) = W_g (Og x Cg*kh*kw)
     # @ cols_g^T, cols_g the group's columns of cols (as N GEMMs of HoWo columns each, a first
     # layer's 6 x 784 products ran at a third the speed)
-    lw.emit(GemmKernel(og, N * hw, cgkk, groups, (wm.buffer, wm.at.offset, cgkk, og * cgkk), (cols.id, 0, ckk, cgkk),
-                       (out.id, 0, N * hw, og * N * hw), False, True, bf16=lw.bf16, node=n))
-    lw.set(n, Load(out.id, Affine(0, (hw, N * hw, Wo, 1)), typ.dtype))
+    og, cgkk, columns = s.group_filters, s.group_taps, s.N * s.pixels
+    lw.emit(GemmKernel(og, columns, cgkk, groups, (wm.buffer, wm.at.offset, cgkk, og * cgkk),
+                       (cols.id, 0, s.taps, cgkk),
+                       (out.id, 0, columns, og * columns), False, True, bf16=lw.bf16, node=n))
+    lw.set(n, Load(out.id, Affine(0, (s.pixels, s.N * s.pixels, s.Wo, 1)), typ.dtype))
 
 @register_lowering("conv2d_weight_grad", floats=("f32",))
 def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     x, g = ins
     groups = attrs["groups"]
-    N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(x.shape, typ.shape, g.shape, groups)
+    s = ConvShape.of(x.shape, typ.shape, g.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    if _direct(cgkk, kw, attrs):
+    if _direct(s.group_taps, s.kw, attrs):
         xm, gm = lw.rounded(x, n), lw.rounded(g, n)
-        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * cgkk, "temp")
-        lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (Ho, Wo), attrs["stride"][0], attrs["padding"],
+        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * s.O * s.group_taps, "temp")
+        lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (s.Ho, s.Wo), attrs["stride"][0], attrs["padding"],
                            gm.buffer, partial.id, SMALL_GEMM_PARTS, groups=groups,
                            stride_w=attrs["stride"][1], node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    cols = lw.im2col(x, (Ho, Wo, C, kh, kw), attrs, n)
-    if groups == 1 and isinstance(O * ckk, int) and O * ckk <= SMALL_FILTER:
+    cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
+    if groups == 1 and isinstance(s.O * s.taps, int) and s.O * s.taps <= SMALL_FILTER:
         # few, small filters (a first layer): dW stays in registers while every
         # example's g[n] (O x HoWo) @ cols[n] (HoWo x CKK) streams by
         gm = lw.materialize(g)
-        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * O * ckk, "temp")
-        lw.emit(SmallGemmKernel(O, ckk, hw, N, (gm.buffer, gm.at.offset, hw, O * hw),
-                                (cols.id, 0, ckk, hw * ckk), (out.id, 0, ckk), partial.id, SMALL_GEMM_PARTS,
+        partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * s.O * s.taps, "temp")
+        lw.emit(SmallGemmKernel(s.O, s.taps, s.pixels, s.N, (gm.buffer, gm.at.offset, s.pixels, s.O * s.pixels),
+                                (cols.id, 0, s.taps, s.pixels * s.taps), (out.id, 0, s.taps), partial.id, SMALL_GEMM_PARTS,
                                 bf16=lw.bf16, node=n))
     else:
         # g as [O, N*HoWo]: dW_g (Og x Cg*kh*kw) = g2_g @ cols_g (N*HoWo x Cg*kh*kw), one GEMM per group
-        g2 = lw.p.buffer("f32", O * N * hw, "temp")
+        g2 = lw.p.buffer("f32", s.O * s.N * s.pixels, "temp")
         swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
-        lw.emit(MapKernel((O, N, Ho, Wo), g2.id, Affine(0, row_major((O, N, Ho, Wo))),
+        lw.emit(MapKernel((s.O, s.N, s.Ho, s.Wo), g2.id, Affine(0, row_major((s.O, s.N, s.Ho, s.Wo))),
                             remap(lw.use(g), swap), node=n))
-        lw.emit(GemmKernel(og, cgkk, N * hw, groups, (g2.id, 0, N * hw, og * N * hw), (cols.id, 0, ckk, cgkk),
+        og, cgkk, rows = s.group_filters, s.group_taps, s.N * s.pixels
+        lw.emit(GemmKernel(og, cgkk, rows, groups, (g2.id, 0, rows, og * rows), (cols.id, 0, s.taps, cgkk),
                            (out.id, 0, cgkk, og * cgkk), False, False, bf16=lw.bf16, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
@@ -197,16 +232,16 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
 def _conv2d_input_grad(lw, n, ins, attrs, typ):
     g, w = ins
     groups = attrs["groups"]
-    N, C, O, kh, kw, Ho, Wo, ckk, hw, og, cgkk = _conv_dims(typ.shape, w.shape, g.shape, groups)
+    s = ConvShape.of(typ.shape, w.shape, g.shape, groups)
     H, W = typ.shape[2:]
     (st_h, st_w), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
     sn, sc, sh, sw = row_major(typ.shape)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    if groups > 1 and _direct(og * kh * kw, kw, attrs) and (st_h, st_w) == (1, 1):
+    if groups > 1 and _direct(s.group_filters * s.kh * s.kw, s.kw, attrs) and (st_h, st_w) == (1, 1):
         # a stride-1 grouped convolution's input gradient is one too: g convolved with the
         # filters flipped, each input channel summing over its group's outputs
         gm, wm = lw.rounded(g, n), lw.rounded(w, n)
-        lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
+        lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (s.kh - 1 - ph, s.kw - 1 - pw),
                            transposed=True, groups=groups, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
@@ -216,39 +251,41 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
                                "bf16 yet", lw.graph.nx.nodes[n]["span"])
         # each group's few filters: dx[n, g*Cg + c, window (i, j) of (ho, wo)] += dy[n, g*Og + o, ho, wo]
         # * w[g*Og + o, c, i, j] over [N, groups, Cg, Og, kh, kw, Ho, Wo], without columns
-        cg = C // groups
-        dy = remap(lw.use(g), lambda a: Affine(a.offset, (a.coeffs[0], a.coeffs[1] * og, 0, a.coeffs[1], 0, 0,
+        cg = s.C // groups
+        dy = remap(lw.use(g), lambda a: Affine(a.offset, (a.coeffs[0], a.coeffs[1] * s.group_filters, 0, a.coeffs[1], 0, 0,
                                                           a.coeffs[2], a.coeffs[3])))
         wm = lw.materialize(w)
-        wt = remap(wm, lambda a: Affine(a.offset, (0, a.coeffs[0] * og, a.coeffs[1], a.coeffs[0], a.coeffs[2],
+        wt = remap(wm, lambda a: Affine(a.offset, (0, a.coeffs[0] * s.group_filters, a.coeffs[1], a.coeffs[0], a.coeffs[2],
                                                    a.coeffs[3], 0, 0)))
         at = Affine(-ph * sh - pw * sw, (sn, cg * sc, sc, 0, dh * sh, dw * sw, st_h * sh, st_w * sw))
         guards = ((Affine(-ph, (0, 0, 0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, 0, 0, dw, 0, st_w)), W))
-        lw.emit(AccumulateKernel((N, groups, cg, og, kh, kw, Ho, Wo), out.id, at, guards,
+        lw.emit(AccumulateKernel((s.N, groups, cg, s.group_filters, s.kh, s.kw, s.Ho, s.Wo), out.id, at, guards,
                                  Op("mul", (dy, wt), "f32"), node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     gm, wm = lw.materialize(g), lw.materialize(w)
-    if _pointwise(kh, kw, attrs):
+    if _pointwise(s.kh, s.kw, attrs):
         # dx[n] (C x H·W) = W^T (C x O) @ g[n] (O x H·W): the columns are dx itself
-        lw.emit(GemmKernel(C, hw, O, N, (wm.buffer, wm.at.offset, C, 0), (gm.buffer, gm.at.offset, hw, O * hw),
-                           (out.id, 0, hw, C * hw), True, False, bf16=lw.bf16, node=n))
+        lw.emit(GemmKernel(s.C, s.pixels, s.O, s.N, (wm.buffer, wm.at.offset, s.C, 0),
+                           (gm.buffer, gm.at.offset, s.pixels, s.O * s.pixels), (out.id, 0, s.pixels, s.C * s.pixels),
+                           True, False, bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if _direct(ckk, kw, attrs) and (st_h, st_w) == (1, 1):
+    if _direct(s.taps, s.kw, attrs) and (st_h, st_w) == (1, 1):
         # g convolved with the filters flipped, their channels swapped: one pass, no columns
         gr, wr = lw.rounded(g, n), lw.rounded(w, n)
-        lw.emit(ConvKernel(gr.buffer, wr.buffer, out.id, g.shape, w.shape, (H, W), 1, (kh - 1 - ph, kw - 1 - pw),
+        lw.emit(ConvKernel(gr.buffer, wr.buffer, out.id, g.shape, w.shape, (H, W), 1, (s.kh - 1 - ph, s.kw - 1 - pw),
                            transposed=True, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    cols = lw.p.buffer("f32", N * ckk * hw, "temp")
+    cols = lw.p.buffer("f32", s.N * s.taps * s.pixels, "temp")
     # the columns transposed, [N, C, kh, kw, Ho, Wo]: cols[n] (CKK x HoWo) = W^T (W is O x CKK) @ g[n]
     # (O x HoWo), so that col2im's innermost loop walks Wo, along the rows of both
-    lw.emit(GemmKernel(ckk, hw, O, N, (wm.buffer, wm.at.offset, ckk, 0), (gm.buffer, gm.at.offset, hw, O * hw),
-                       (cols.id, 0, hw, ckk * hw), True, False, bf16=lw.bf16, node=n))
+    lw.emit(GemmKernel(s.taps, s.pixels, s.O, s.N, (wm.buffer, wm.at.offset, s.taps, 0),
+                       (gm.buffer, gm.at.offset, s.pixels, s.O * s.pixels), (cols.id, 0, s.pixels, s.taps * s.pixels),
+                       True, False, bf16=lw.bf16, node=n))
     at = Affine(-ph * sh - pw * sw, (sn, sc, dh * sh, dw * sw, st_h * sh, st_w * sw))
     guards = ((Affine(-ph, (0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, dw, 0, st_w)), W))
-    shape = (N, C, kh, kw, Ho, Wo)
+    shape = (s.N, s.C, s.kh, s.kw, s.Ho, s.Wo)
     lw.emit(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
