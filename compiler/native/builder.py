@@ -134,37 +134,48 @@ class KernelBuilder:
 
     # -- expressions --
     def expr(self, e, idx) -> ir.Value:
+        """The value of expression `e` at index `idx` (each kind asks for one of the methods below)."""
+        return e.emit(self, idx)
+
+    def const(self, e: Const) -> ir.Value:
+        t = LL[e.dtype]
+        return ir.Constant(t, float(e.value) if is_float(t) else int(e.value))
+
+    def size(self, e: Size) -> ir.Value:
+        return self.b.trunc(self.dim(e.dim), i32)
+
+    def load(self, e: Load, idx) -> ir.Value:
         b = self.b
-        if isinstance(e, Const):
-            t = LL[e.dtype]
-            return ir.Constant(t, float(e.value) if is_float(t) else int(e.value))
-        if isinstance(e, Size):
-            return b.trunc(self.dim(e.dim), i32)
-        if isinstance(e, Load):
-            if (e.buffer, e.at) in self.stored:
-                return self.stored[e.buffer, e.at]
-            ptr = b.gep(self.buffer(e.buffer, e.dtype if e.dtype != "bool" else "i8"), [self.affine(e.at, idx)])
-            v = self.disjoint(b.load(ptr), e.buffer)
-            return b.trunc(v, i1) if e.dtype == "bool" else v
-        if isinstance(e, Index):
-            v = self.affine(e.at, idx)
-            return b.sitofp(v, LL[e.dtype]) if e.dtype in ("f32", "f64") else b.trunc(v, LL[e.dtype])
-        if isinstance(e, Random):
-            return random(self, e, idx)
-        if isinstance(e, Gather):
-            row = b.sext(self.expr(e.idx, idx), i64)
-            ok = self.in_range(row, e.count, e.site)
-            at = b.select(ok, b.add(b.mul(row, self.dim(e.stride)), self.affine(e.rows, idx)), ir.Constant(i64, 0))
-            v = self.disjoint(b.load(b.gep(self.buffer(e.table, e.dtype), [at])), e.table)
-            return b.select(ok, v, ir.Constant(v.type, None))
-        if isinstance(e, Guarded):
-            ok = self.inside(e.guards, idx)
-            at = self.b.select(ok, self.affine(e.load.at, idx), ir.Constant(i64, 0))
-            v = self.disjoint(b.load(b.gep(self.buffer(e.load.buffer, e.load.dtype), [at])), e.load.buffer)
-            return b.select(ok, v, ir.Constant(v.type, e.fill))
-        if isinstance(e, Op):
-            return emit(self, e, [self.expr(a, idx) for a in e.args])
-        raise TypeError(e)
+        if (e.buffer, e.at) in self.stored:
+            return self.stored[e.buffer, e.at]
+        ptr = b.gep(self.buffer(e.buffer, e.dtype if e.dtype != "bool" else "i8"), [self.affine(e.at, idx)])
+        v = self.disjoint(b.load(ptr), e.buffer)
+        return b.trunc(v, i1) if e.dtype == "bool" else v
+
+    def index(self, e: Index, idx) -> ir.Value:
+        v = self.affine(e.at, idx)
+        return self.b.sitofp(v, LL[e.dtype]) if e.dtype in ("f32", "f64") else self.b.trunc(v, LL[e.dtype])
+
+    def random(self, e: Random, idx) -> ir.Value:
+        return random(self, e, idx)
+
+    def gather(self, e: Gather, idx) -> ir.Value:
+        b = self.b
+        row = b.sext(self.expr(e.idx, idx), i64)
+        ok = self.in_range(row, e.count, e.site)
+        at = b.select(ok, b.add(b.mul(row, self.dim(e.stride)), self.affine(e.rows, idx)), ir.Constant(i64, 0))
+        v = self.disjoint(b.load(b.gep(self.buffer(e.table, e.dtype), [at])), e.table)
+        return b.select(ok, v, ir.Constant(v.type, None))
+
+    def guarded(self, e: Guarded, idx) -> ir.Value:
+        b = self.b
+        ok = self.inside(e.guards, idx)
+        at = b.select(ok, self.affine(e.load.at, idx), ir.Constant(i64, 0))
+        v = self.disjoint(b.load(b.gep(self.buffer(e.load.buffer, e.load.dtype), [at])), e.load.buffer)
+        return b.select(ok, v, ir.Constant(v.type, e.fill))
+
+    def op(self, e: Op, idx) -> ir.Value:
+        return emit(self, e, [self.expr(a, idx) for a in e.args])
 
     def inside(self, guards, idx) -> ir.Value:
         """Whether every guarded index is within [0, size)."""

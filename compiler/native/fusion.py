@@ -34,7 +34,7 @@ from dlc.compiler.ir.graph import Graph, Tensor
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.memory import linearize
-from dlc.compiler.native.program import KernelProgram, Load, buffer_of, leaves
+from dlc.compiler.native.program import KernelProgram, Load
 from dlc.compiler.native.render import where
 
 
@@ -365,8 +365,8 @@ def _fusable(group: list, k: MapKernel) -> bool:
         writers.setdefault(m.out, []).append(m)
     at: dict = {}
     for m in members:
-        for x in leaves(m.expr):
-            buf = buffer_of(x)
+        for x in m.expr.leaves():
+            buf = x.read_buffer
             if buf in writers and (not isinstance(x, Load) or at.setdefault(buf, x.at) != x.at):
                 return False
     for buf, ms in writers.items():

@@ -27,23 +27,75 @@ class Affine:
     def remap(self, offset_shift, coeffs):
         return Affine(self.offset + offset_shift, tuple(coeffs))
 
+    def text(self) -> str:
+        terms = [f"{c}*i{r}" if c != 1 else f"i{r}" for r, c in enumerate(self.coeffs)
+                 if not (isinstance(c, int) and c == 0)]
+        if not (isinstance(self.offset, int) and self.offset == 0):
+            terms.insert(0, str(self.offset))
+        return " + ".join(terms) or "0"
+
+
+class Expr:
+    """An expression of a kernel's loop body. Each kind says how an index change maps it
+    (`remap`, given an Affine -> Affine function for its affine leaves), which memory reads
+    it holds (`leaves`; a leaf's `read_buffer`), its text (`dlc compile --emit kernels`) and
+    its LLVM code, which it asks of the kernel builder (compiler/native/builder.py: the
+    expression kinds' methods there), so this module never loads LLVM."""
+
+    def remap(self, shift_fn) -> "Expr":
+        return self
+
+    def leaves(self):
+        return iter(())
+
+    def text(self) -> str:
+        raise NotImplementedError
+
+    def emit(self, kb, idx):
+        raise NotImplementedError
+
 
 @dataclass(frozen=True)
-class Load:
+class Load(Expr):
     buffer: int
     at: Affine
     dtype: str
 
+    def remap(self, shift_fn):
+        return Load(self.buffer, shift_fn(self.at), self.dtype)
+
+    def leaves(self):
+        yield self
+
+    @property
+    def read_buffer(self) -> int:
+        return self.buffer
+
+    def text(self):
+        return f"b{self.buffer}[{self.at.text()}]"
+
+    def emit(self, kb, idx):
+        return kb.load(self, idx)
+
 
 @dataclass(frozen=True)
-class Index:
+class Index(Expr):
     """The value of an affine function of the index (iota)."""
     at: Affine
     dtype: str
 
+    def remap(self, shift_fn):
+        return Index(shift_fn(self.at), self.dtype)
+
+    def text(self):
+        return f"({self.at.text()})"
+
+    def emit(self, kb, idx):
+        return kb.index(self, idx)
+
 
 @dataclass(frozen=True)
-class Random:
+class Random(Expr):
     """A draw of the counter-based generator at linear index `at`: uniform in (0, 1), or
     normal (Box-Muller on a second stream), as primitives._random."""
     key: int             # buffer holding (seed, step)
@@ -53,29 +105,71 @@ class Random:
     steps: tuple = ()    # the step number of each enclosing scan (a Dim over their step symbols), outermost first
     dist: str = "uniform"
 
+    def remap(self, shift_fn):
+        return Random(self.key, self.stream, shift_fn(self.at), self.dtype, self.steps, self.dist)
+
+    def leaves(self):
+        yield self
+
+    @property
+    def read_buffer(self) -> int:
+        return self.key
+
+    def text(self):
+        return f"uniform(b{self.key}, stream {self.stream}, {self.at.text()})"
+
+    def emit(self, kb, idx):
+        return kb.random(self, idx)
+
 
 @dataclass(frozen=True)
-class Const:
+class Const(Expr):
     value: float
     dtype: str
 
+    def text(self):
+        return f"{self.value:g}" if isinstance(self.value, float) else str(self.value)
+
+    def emit(self, kb, idx):
+        return kb.const(self)
+
 
 @dataclass(frozen=True)
-class Size:
+class Size(Expr):
     """A runtime dim as an i32 scalar."""
     dim: object
     dtype: str = "i32"
 
+    def text(self):
+        return str(self.dim)
+
+    def emit(self, kb, idx):
+        return kb.size(self)
+
 
 @dataclass(frozen=True)
-class Op:
+class Op(Expr):
     name: str
     args: tuple
     dtype: str
 
+    def remap(self, shift_fn):
+        return Op(self.name, tuple(a.remap(shift_fn) for a in self.args), self.dtype)
+
+    def leaves(self):
+        for a in self.args:
+            yield from a.leaves()
+
+    def text(self):
+        name = f"cast_{self.dtype}" if self.name == "cast" else self.name
+        return f"{name}({', '.join(a.text() for a in self.args)})"
+
+    def emit(self, kb, idx):
+        return kb.op(self, idx)
+
 
 @dataclass(frozen=True)
-class Gather:
+class Gather(Expr):
     """table[idx, rest]: rows picked by an integer expression; `rows` is the table's
     affine over the iteration's trailing (row) dims, `stride` the row stride. An index
     outside [0, count) reads 0 and reports fault `site` (KernelProgram.faults)."""
@@ -87,32 +181,48 @@ class Gather:
     count: object        # rows of the table
     site: int
 
+    def remap(self, shift_fn):
+        return Gather(self.table, self.idx.remap(shift_fn), shift_fn(self.rows), self.stride, self.dtype, self.count,
+                      self.site)
+
+    def leaves(self):
+        yield self
+        yield from self.idx.leaves()
+
+    @property
+    def read_buffer(self) -> int:
+        return self.table
+
+    def text(self):
+        return f"b{self.table}[{self.idx.text()} * {self.stride} + {self.rows.text()}]"
+
+    def emit(self, kb, idx):
+        return kb.gather(self, idx)
+
 
 @dataclass(frozen=True)
-class Guarded:
+class Guarded(Expr):
     """A load that reads `fill` where an index falls outside the input (padding):
     each guard is (affine row index, size) and must satisfy 0 <= index < size."""
     load: Load
     guards: tuple
     fill: float
 
+    def remap(self, shift_fn):
+        return Guarded(self.load.remap(shift_fn), tuple((shift_fn(a), n) for a, n in self.guards), self.fill)
 
-def remap(e, shift_fn):
-    """Apply an index change to every affine leaf of an expression. shift_fn maps an
-    Affine to a new Affine."""
-    if isinstance(e, Load):
-        return Load(e.buffer, shift_fn(e.at), e.dtype)
-    if isinstance(e, Index):
-        return Index(shift_fn(e.at), e.dtype)
-    if isinstance(e, Random):
-        return Random(e.key, e.stream, shift_fn(e.at), e.dtype, e.steps, e.dist)
-    if isinstance(e, Gather):
-        return Gather(e.table, remap(e.idx, shift_fn), shift_fn(e.rows), e.stride, e.dtype, e.count, e.site)
-    if isinstance(e, Guarded):
-        return Guarded(remap(e.load, shift_fn), tuple((shift_fn(a), n) for a, n in e.guards), e.fill)
-    if isinstance(e, Op):
-        return Op(e.name, tuple(remap(a, shift_fn) for a in e.args), e.dtype)
-    return e
+    def leaves(self):
+        yield self
+
+    @property
+    def read_buffer(self) -> int:
+        return self.load.buffer
+
+    def text(self):
+        return f"guarded({self.load.text()}, else {self.fill:g})"
+
+    def emit(self, kb, idx):
+        return kb.guarded(self, idx)
 
 
 # ---- buffers and kernels ------------------------------------------------------------------------
@@ -243,26 +353,6 @@ def contiguous(buffer: int, shape, dtype) -> Load:
 
 
 # ---- reading expressions ----------------------------------------------------------------------
-def leaves(e):
-    """The memory reads of an expression: Load, Gather, Guarded and Random leaves."""
-    if isinstance(e, (Load, Random)):
-        yield e
-    elif isinstance(e, Gather):
-        yield e
-        yield from leaves(e.idx)
-    elif isinstance(e, Guarded):
-        yield e
-    elif isinstance(e, Op):
-        for a in e.args:
-            yield from leaves(a)
-
-
 def expr_reads(e) -> set:
     """The buffers an expression loads from."""
-    return {buffer_of(leaf) for leaf in leaves(e)}
-
-
-def buffer_of(leaf) -> int:
-    """The buffer a memory-reading leaf reads."""
-    return leaf.table if isinstance(leaf, Gather) else leaf.key if isinstance(leaf, Random) else \
-        leaf.load.buffer if isinstance(leaf, Guarded) else leaf.buffer
+    return {leaf.read_buffer for leaf in e.leaves()}

@@ -19,7 +19,7 @@ from dlc.compiler.ir.graph import Graph
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.lower import lower
 from dlc.compiler.native.memory import linearize
-from dlc.compiler.native.program import Affine, KernelProgram, Load, Op, buffer_of, leaves
+from dlc.compiler.native.program import Affine, KernelProgram, Load, Op
 
 ELEMENT = Affine(0, (1,))       # index i of a flat array
 
@@ -48,11 +48,11 @@ def in_place(prog: KernelProgram):
     for j, m in enumerate(kept):
         old = into[m.out]
         for later in kept[j + 1:]:
-            assert all(buffer_of(x) != old for x in leaves(later.expr)), \
+            assert all(x.read_buffer != old for x in later.expr.leaves()), \
                 f"the update reads the old {prog.buffers[old].name} after storing its new value"
     for m in kept:
-        for x in leaves(m.expr):
-            assert isinstance(x, Load) and (x.at == ELEMENT or buffer_of(x) not in into.values() | into.keys()), \
+        for x in m.expr.leaves():
+            assert isinstance(x, Load) and (x.at == ELEMENT or x.read_buffer not in into.values() | into.keys()), \
                 "the update's loop reads a flat array at index i only"
     for m in kept:
         m.expr = _rewrite(m.expr, lambda x: Load(into[x.buffer], x.at, x.dtype) if x.buffer in into else x)

@@ -7,7 +7,7 @@ import numpy as np
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.kernels.reduce import ReduceKernel
-from dlc.compiler.native.program import Affine, Const, Op, contiguous, remap, row_major
+from dlc.compiler.native.program import Affine, Const, Op, contiguous, row_major
 from dlc.compiler.native.rules import register_lowering
 
 SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
@@ -47,7 +47,7 @@ def _pool(lw, n, ins, attrs, typ, op):
 
 def _taps(windows, kh, kw) -> list:
     """The window's kh * kw taps, each an expression over the outputs [N, C, Ho, Wo]."""
-    return [remap(windows, lambda a, i=i, j=j: Affine(a.offset + a.coeffs[4] * i + a.coeffs[5] * j, a.coeffs[:4]))
+    return [windows.remap(lambda a, i=i, j=j: Affine(a.offset + a.coeffs[4] * i + a.coeffs[5] * j, a.coeffs[:4]))
             for i in range(kh) for j in range(kw)]
 
 

@@ -4,7 +4,7 @@ elementwise op is an `Op` node, which code generation emits with its scalar rule
 coefficients; a gather reads rows of its table at an index expression."""
 from __future__ import annotations
 
-from dlc.compiler.native.program import Affine, Gather, Load, Op, remap, row_major
+from dlc.compiler.native.program import Affine, Gather, Load, Op, row_major
 from dlc.compiler.native.rules import register_lowering
 
 
@@ -28,19 +28,19 @@ def _broadcast(lw, n, ins, attrs, typ):
         coeffs = [0] * lead + [c if x.shape[i] != 1 or shape[lead + i] == 1 else 0
                                for i, c in enumerate(a.coeffs)]
         return Affine(a.offset, tuple(coeffs))
-    lw.set(n, remap(lw.use(x), bcast))
+    lw.set(n, lw.use(x).remap(bcast))
 
 
 @register_lowering("transpose")
 def _transpose(lw, n, ins, attrs, typ):
     perm = attrs["perm"]
-    lw.set(n, remap(lw.use(ins[0]), lambda a: Affine(a.offset, tuple(a.coeffs[p] for p in perm))))
+    lw.set(n, lw.use(ins[0]).remap(lambda a: Affine(a.offset, tuple(a.coeffs[p] for p in perm))))
 
 
 @register_lowering("slice")
 def _slice(lw, n, ins, attrs, typ):
     starts, steps = attrs["starts"], attrs["steps"]
-    lw.set(n, remap(lw.use(ins[0]), lambda a: Affine(
+    lw.set(n, lw.use(ins[0]).remap(lambda a: Affine(
         a.offset + sum((c * s for c, s in zip(a.coeffs, starts)), 0),
         tuple(c * st for c, st in zip(a.coeffs, steps)))))
 
@@ -60,7 +60,7 @@ def _gather(lw, n, ins, attrs, typ):
     t = lw.materialize(table)
     k = idx.rank
     row_coeffs = (0,) * k + row_major(table.shape)[1:]
-    idx_e = remap(lw.use(idx), lambda a: Affine(a.offset, a.coeffs + (0,) * (typ.rank - k)))
+    idx_e = lw.use(idx).remap(lambda a: Affine(a.offset, a.coeffs + (0,) * (typ.rank - k)))
     site = lw.p.fault("gather", table.shape[0], lw.graph.nx.nodes[n]["span"])
     lw.set(n, Gather(t.buffer, idx_e, Affine(0, row_coeffs), row_major(table.shape)[0], typ.dtype,
                      table.shape[0], site))

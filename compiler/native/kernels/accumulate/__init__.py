@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.native import render
-from dlc.compiler.native.program import Affine, Const, Kernel, Op, contiguous, expr_reads, remap, row_major
+from dlc.compiler.native.program import Affine, Const, Kernel, Op, contiguous, expr_reads, row_major
 from dlc.compiler.native.rules import register_lowering
 
 
@@ -22,8 +22,8 @@ class AccumulateKernel(Kernel):
     expr: object
 
     def text(self) -> list:
-        return [f"accumulate {render.shape(self.shape)}: b{self.out}[{render.affine(self.at)}] += "
-                f"{render.expr(self.expr)}{render.located(self)}"]
+        return [f"accumulate {render.shape(self.shape)}: b{self.out}[{self.at.text()}] += "
+                f"{self.expr.text()}{render.located(self)}"]
 
     def accesses(self) -> tuple:
         return expr_reads(self.expr), {self.out}
@@ -44,7 +44,7 @@ def _avgpool2d_grad(lw, n, ins, attrs, typ):
     sn, sc, sh, sw = row_major(typ.shape)
     at = Affine(-ph * sh - pw * sw, (sn, sc, st_h * sh, st_w * sw, sh, sw))
     guards = ((Affine(-ph, (0, 0, st_h, 0, 1, 0)), H), (Affine(-pw, (0, 0, 0, st_w, 0, 1)), W))
-    share = remap(lw.use(g), lambda a: Affine(a.offset, a.coeffs + (0, 0)))
+    share = lw.use(g).remap(lambda a: Affine(a.offset, a.coeffs + (0, 0)))
     share = Op("mul", (share, Const(1.0 / (kh * kw), "f32")), "f32")
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     lw.emit(AccumulateKernel((N, C, Ho, Wo, kh, kw), out.id, at, guards, share, node=n))

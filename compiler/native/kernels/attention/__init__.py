@@ -50,7 +50,7 @@ class AttentionKernel(Kernel):
 
     def text(self) -> list:
         q, k, v = (f"b{x[0]}" for x in self.reads[:3])
-        mask = f", mask {render.expr(self.mask)}" if self.mask is not None else ""
+        mask = f", mask {self.mask.text()}" if self.mask is not None else ""
         shape = f"{render.shape(self.batch)} x [{self.tq} x {self.tk}]"
         outs = ", ".join(f"b{x[0]}" for x in self.writes)
         what = f"gradient of attention({q}, {k}, {v}) from b{self.reads[5][0]}" if self.grad else \

@@ -12,7 +12,7 @@ from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.program import Affine, Kernel, Load, Op, contiguous, remap, row_major
+from dlc.compiler.native.program import Affine, Kernel, Load, Op, contiguous, row_major
 from dlc.compiler.native.rules import NotLowerable, register_lowering
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
@@ -143,9 +143,9 @@ def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
     for c in range(cg):
         for i in range(kh):
             for j in range(kw):
-                xa = remap(windows, lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[4] * i + a.coeffs[5] * j,
+                xa = windows.remap(lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[4] * i + a.coeffs[5] * j,
                                                      (a.coeffs[0], a.coeffs[1] * cg, 0, a.coeffs[2], a.coeffs[3])))
-                wa = remap(wm, lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[2] * i + a.coeffs[3] * j,
+                wa = wm.remap(lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[2] * i + a.coeffs[3] * j,
                                                 (0, a.coeffs[0] * og, a.coeffs[0], 0, 0)))
                 products.append(Op("mul", (xa, wa), "f32"))
     return products
@@ -222,7 +222,7 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         g2 = lw.p.buffer("f32", s.O * s.N * s.pixels, "temp")
         swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
         lw.emit(MapKernel((s.O, s.N, s.Ho, s.Wo), g2.id, Affine(0, row_major((s.O, s.N, s.Ho, s.Wo))),
-                            remap(lw.use(g), swap), node=n))
+                            lw.use(g).remap(swap), node=n))
         og, cgkk, rows = s.group_filters, s.group_taps, s.N * s.pixels
         lw.emit(GemmKernel(og, cgkk, rows, groups, (g2.id, 0, rows, og * rows), (cols.id, 0, s.taps, cgkk),
                            (out.id, 0, cgkk, og * cgkk), False, False, bf16=lw.bf16, node=n))
@@ -252,10 +252,10 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         # each group's few filters: dx[n, g*Cg + c, window (i, j) of (ho, wo)] += dy[n, g*Og + o, ho, wo]
         # * w[g*Og + o, c, i, j] over [N, groups, Cg, Og, kh, kw, Ho, Wo], without columns
         cg = s.C // groups
-        dy = remap(lw.use(g), lambda a: Affine(a.offset, (a.coeffs[0], a.coeffs[1] * s.group_filters, 0, a.coeffs[1], 0, 0,
+        dy = lw.use(g).remap(lambda a: Affine(a.offset, (a.coeffs[0], a.coeffs[1] * s.group_filters, 0, a.coeffs[1], 0, 0,
                                                           a.coeffs[2], a.coeffs[3])))
         wm = lw.materialize(w)
-        wt = remap(wm, lambda a: Affine(a.offset, (0, a.coeffs[0] * s.group_filters, a.coeffs[1], a.coeffs[0], a.coeffs[2],
+        wt = wm.remap(lambda a: Affine(a.offset, (0, a.coeffs[0] * s.group_filters, a.coeffs[1], a.coeffs[0], a.coeffs[2],
                                                    a.coeffs[3], 0, 0)))
         at = Affine(-ph * sh - pw * sw, (sn, cg * sc, sc, 0, dh * sh, dw * sw, st_h * sh, st_w * sw))
         guards = ((Affine(-ph, (0, 0, 0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, 0, 0, dw, 0, st_w)), W))

@@ -30,8 +30,8 @@ class MapKernel(Kernel):
         return self.shape or None       # a scalar map is not worth a shared loop
 
     def text(self) -> list:
-        return [f"map {render.shape(self.shape)}: b{self.out}[{render.affine(self.out_at)}] = "
-                f"{render.expr(self.expr)}{render.located(self)}"]
+        return [f"map {render.shape(self.shape)}: b{self.out}[{self.out_at.text()}] = "
+                f"{self.expr.text()}{render.located(self)}"]
 
     def accesses(self) -> tuple:
         return expr_reads(self.expr), {self.out}

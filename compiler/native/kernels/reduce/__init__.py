@@ -26,7 +26,7 @@ class ReduceKernel(Kernel):
 
     def text(self) -> list:
         return [f"reduce {self.op} over axes {list(self.axes)} of {render.shape(self.shape)}: b{self.out} <- "
-                f"{render.expr(self.expr)}{render.located(self)}"]
+                f"{self.expr.text()}{render.located(self)}"]
 
     def accesses(self) -> tuple:
         return expr_reads(self.expr), {self.out}

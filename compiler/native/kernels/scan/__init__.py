@@ -8,7 +8,7 @@ from dlc.compiler.ir.dims import Dim, concrete, numel
 from dlc.compiler.native import render
 from dlc.compiler.native.fusion import fuse_maps
 from dlc.compiler.native.kernels.map import MapKernel
-from dlc.compiler.native.program import Affine, Kernel, Load, contiguous, remap, row_major
+from dlc.compiler.native.program import Affine, Kernel, Load, contiguous, row_major
 from dlc.compiler.native.rules import register_lowering
 
 
@@ -67,7 +67,7 @@ def _scan(lw, n, ins, attrs, typ):
         # step t of a sequence is a slice of its expression: a view of a buffer, or
         # (used only here) computed inside the loop, step by step — `xs @ W + b`
         # never goes through memory with its bias added
-        args.append(remap(lw.use(x), lambda a, axis=axis: Affine(
+        args.append(lw.use(x).remap(lambda a, axis=axis: Affine(
             a.offset + a.coeffs[axis] * t, a.coeffs[:axis] + a.coeffs[axis + 1:])))
     args += [lw.use(x) for x in ins[nc + len(xs_axes):]]
     if attrs.get("segment_of"):     # a checkpointed scan's segment: its steps are the plain scan's (scan.py)

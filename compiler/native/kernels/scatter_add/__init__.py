@@ -23,7 +23,7 @@ class ScatterAddKernel(Kernel):
     site: int
 
     def text(self) -> list:
-        return [f"scatter_add {render.shape(self.idx_shape)}: b{self.out}[{render.expr(self.idx)}] += b{self.upd}"
+        return [f"scatter_add {render.shape(self.idx_shape)}: b{self.out}[{self.idx.text()}] += b{self.upd}"
                 f"{render.located(self)}"]
 
     def accesses(self) -> tuple:
