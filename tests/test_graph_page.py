@@ -62,7 +62,7 @@ def test_the_page_maps_nodes_to_the_kernels_of_the_native_step(lenet_page):
     top = [k for k in kernels if k["depth"] == 0]
     assert [k["nodes"] for k in top] == [list(k.nodes) for k in program.kernels]
     conv = next(n["id"] for n in data["views"][0]["nodes"] if n["op"] == "conv2d")
-    assert {k["kind"] for k in top if conv in k["nodes"]} == {"Conv"}     # a direct convolution (few taps)
+    assert {k["class"] for k in top if conv in k["nodes"]} == {"Conv"}     # a direct convolution (few taps)
     for k in kernels:
         assert re.match(rf'define internal void @{k["function"]}\(', data["native"]["ir"][k["function"]])
 

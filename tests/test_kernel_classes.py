@@ -110,7 +110,7 @@ def test_each_rule_of_each_kind_works(kind):
     lines = k.text()
     assert lines and all(isinstance(line, str) and "\n" not in line for line in lines)
     assert k.accesses() == (reads, writes)
-    assert k.kind == kind.__name__.removesuffix("Kernel")
+    assert k.class_name == kind.__name__.removesuffix("Kernel")
     step = build_module(p)
     jit.parse(step.module)      # the function its emit rule built is valid LLVM IR
     assert step.functions[0] == "kernel0" and len(step.functions) == 1 + len(k.nested())

@@ -140,7 +140,7 @@ def expected_intervals(program: KernelProgram) -> dict:
     """Liveness by its definition: kernels numbered in execution order (a scan, then its
     body); a temporary lives from the first to the last kernel touching it, and one
     touched inside a loop lives over the whole outermost loop."""
-    temps = {b.id for b in program.buffers if b.kind == "temp"}
+    temps = {b.id for b in program.buffers if b.role == "temp"}
     live: dict = {}
     position = 0
 
@@ -172,7 +172,7 @@ def test_no_two_live_buffers_share_memory(name, packing, monkeypatch):
     live = memory.intervals(p)
     assert live == expected_intervals(p)
     plan = memory.plan(p, sizes_of(p), live)
-    temps = {b.id for b in p.buffers if b.kind == "temp"}
+    temps = {b.id for b in p.buffers if b.role == "temp"}
     assert set(plan.offsets) == temps                # inputs, params, consts, outputs never shared
     scans = sum(isinstance(k, ScanKernel) for k in p.kernels)
     if name in ("char_lstm", "seq2seq_luong", "bilstm_tagger"):

@@ -30,7 +30,7 @@ from dlc.compiler.ir import ops
 from dlc.compiler.passes.autodiff import backward, train_step
 from dlc.compiler.ir.dims import Dim, concrete
 from dlc.compiler.frontend.loader import load_text
-from dlc.compiler.ir.graph import Graph, Tensor, TensorType
+from dlc.compiler.ir.graph import Graph, Pattern, Tensor, TensorType
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native import parallel
 from dlc.compiler.native.lower import NotLowerable
@@ -931,7 +931,7 @@ def test_every_primitive_is_covered_on_every_dtype_its_type_rule_accepts():
     for name in PRIMS:
         graph = primitive_graph(name)
         covered |= {(graph.op(n), operand_dtype(graph, n)) for n in graph.nx.nodes if graph.inputs(n)}
-    wanted = {(p.name, d) for p in PRIMITIVES.values() if p.kind == "elementwise" or p.name in REDUCTIONS
+    wanted = {(p.name, d) for p in PRIMITIVES.values() if p.pattern is Pattern.ELEMENTWISE or p.name in REDUCTIONS
               for d in p.dtypes if d in TESTED_DTYPES and (p.name, d) != ("reduce_sum", "bool")}
     # reduce_sum never sees a bool: `sum` and `mean` count trues in i32 (compiler/frontend/builtins.py)
     missing = wanted - covered

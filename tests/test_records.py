@@ -5,7 +5,7 @@ cycles.)"""
 import pytest
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.ir.graph import DTYPES, Graph, TensorType
+from dlc.compiler.ir.graph import DTYPES, Graph, Pattern, TensorType
 from dlc.compiler.native.rules import lowering_rule
 from dlc.compiler.native.scalar import EMIT, LOWERING_ONLY
 from dlc.compiler.ir.primitives import PRIMITIVES
@@ -15,7 +15,7 @@ CLASS = {"f32": "float", "f64": "float", "i32": "int", "i64": "int", "bool": "bo
 
 def scalar_primitives() -> list:
     """The elementwise primitives that become Op nodes (stop_gradient is a free view)."""
-    return [p for p in PRIMITIVES.values() if p.kind == "elementwise" and not p.view]
+    return [p for p in PRIMITIVES.values() if p.pattern is Pattern.ELEMENTWISE and not p.view]
 
 
 @pytest.mark.parametrize("name", sorted(PRIMITIVES))

@@ -10,7 +10,7 @@ gradients start from (the constant ∂loss/∂loss = 1) lies in `∇` itself.
 """
 from __future__ import annotations
 
-from dlc.compiler.ir.graph import GRADIENTS, PRIMITIVES, Graph
+from dlc.compiler.ir.graph import GRADIENTS, PRIMITIVES, Graph, Pattern
 from dlc.compiler.frontend.model import CallNodes, Model
 
 # the options a box's label shows, after the def's name: the sizes bare, the others short
@@ -168,7 +168,7 @@ def box_outputs(graph: Graph, box_of: dict, boxes: dict) -> dict:
     for out, t in graph.outputs.items():
         names.setdefault(t.node, []).append(out)
     for n in graph.order():
-        if PRIMITIVES[graph.op(n)].kind == "source":
+        if PRIMITIVES[graph.op(n)].pattern is Pattern.SOURCE:
             continue
         inside = chains[box_of[n]]
         gradient = "grad_of" in graph.nx.nodes[n]

@@ -35,7 +35,7 @@ def native_kernels(graph: Graph) -> dict:
         for k in ks:
             name = step.functions[len(kernels)]
             kernels.append({
-                "kind": k.kind, "depth": depth, "text": "\n".join(k.text()),
+                "class": k.class_name, "depth": depth, "text": "\n".join(k.text()),
                 "nodes": list(k.nodes) if depth == 0 else [], "function": name, "gemm": k.calls_gemm})
             walk(k.nested(), depth + 1)
     walk(program.kernels, 0)

@@ -204,7 +204,7 @@ function draw() {
   const drawChild = (c) => {
     if (typeof c !== "number") return drawLayer(c);
     const n = V.byId.get(c), b = box.get("n" + c);
-    const cls = ["node", n.kind, n.grad_of !== null ? "gradient" : "", V.selected === c ? "selected" : kin.has(c) ? "kin" : "",
+    const cls = ["node", n.pattern, n.grad_of !== null ? "gradient" : "", V.selected === c ? "selected" : kin.has(c) ? "kin" : "",
                  matched.has("n" + c) ? "match" : ""].join(" ");
     parts.push(`<g class="${cls}" data-node="${c}"><rect x="${b.x}" y="${b.y}" width="${b.w}" height="${b.h}"/>`,
                `<text x="${b.x + PAD}" y="${b.y + LINE + 1}">${esc(nodeLabel(n))}</text>`,
@@ -430,7 +430,7 @@ function boundaries(n) {
 }
 
 function details(n) {
-  const rows = [["op", `<code>${esc(n.op)}</code> (${esc(n.kind)})`], ["dtype and shape", `<code>${esc(n.types)}</code>`]];
+  const rows = [["op", `<code>${esc(n.op)}</code> (${esc(n.pattern)})`], ["dtype and shape", `<code>${esc(n.types)}</code>`]];
   if (n.attrs) rows.push(["attributes", `<code>${esc(n.attrs)}</code>`]);
   if (n.note) rows.push(["what", esc(n.note)]);
   const l = V.layers[n.layer];
@@ -466,17 +466,17 @@ function kernels(n) {
   if (D.native.error) return `<p class="error">The native backend cannot compile this model:\n${esc(D.native.error)}</p>`;
   const found = kernelsOf(n.id);
   if (!found.length) {
-    if (n.kind === "source") return `<p class="hint">An argument of the native step (a buffer): no kernel computes it.</p>`;
+    if (n.pattern === "source") return `<p class="hint">An argument of the native step (a buffer): no kernel computes it.</p>`;
     if (!n.compiled) return `<p class="hint">The train step does not compute this node (only an output needs it).</p>`;
     return `<p class="hint">No kernel of its own: the graph passes folded it, merged it into an equal node or removed it.</p>`;
   }
   return found.map((i) => {
     const k = D.native.kernels[i];
-    let html = `<p><b>kernel ${i}</b>: ${esc(k.kind)}, function <code>@${esc(k.function)}</code></p>` +
+    let html = `<p><b>kernel ${i}</b>: ${esc(k.class)}, function <code>@${esc(k.function)}</code></p>` +
       `<pre class="kernel">${esc(k.text)}</pre><p>graph nodes fused into it: ${k.nodes.map(link).join(", ")}</p>` + ir(k);
     // a scan's body kernels follow it, deeper: the loop calls their functions
     for (let j = i + 1; j < D.native.kernels.length && D.native.kernels[j].depth > k.depth; j++) {
-      html += `<p>kernel ${j}, in the scan's body: ${esc(D.native.kernels[j].kind)}</p>` + ir(D.native.kernels[j]);
+      html += `<p>kernel ${j}, in the scan's body: ${esc(D.native.kernels[j].class)}</p>` + ir(D.native.kernels[j]);
     }
     return html;
   }).join("");

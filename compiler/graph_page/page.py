@@ -68,7 +68,7 @@ def view(name: str, graph: Graph, box_of: dict, boxes: dict, compiled: Graph, fi
         span = d["span"]
         nodes.append({
             "id": n, "op": d["op"], "title": node_title(graph, n), "layer": box_of[n],
-            "kind": PRIMITIVES[d["op"]].kind, "types": ", ".join(str(t) for t in d["types"]),
+            "pattern": PRIMITIVES[d["op"]].pattern.value, "types": ", ".join(str(t) for t in d["types"]),
             "attrs": attrs_text(d["attrs"]), "flops": count_text(graph.node_flops(n)),
             **_places(span, files),
             "outputs": outputs.get(n, []), "grad_of": d.get("grad_of"),

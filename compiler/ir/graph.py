@@ -14,6 +14,7 @@ import time
 from collections.abc import MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable
 
 import networkx as nx
@@ -52,12 +53,26 @@ class TensorType:
         return f"{self.dtype}{shape_str(self.shape)}"
 
 
+class Pattern(Enum):
+    """A primitive's fusion pattern (as TVM's OpPatternKind): what its kernel is, for
+    fusion (compiler/native/fusion.py) and for the lowering of a primitive without a rule
+    of its own (compiler/native/rules/)."""
+    SOURCE = "source"              # an input, parameter, constant, draw: no operand
+    ELEMENTWISE = "elementwise"    # each result element from the same element of each operand
+    BROADCAST = "broadcast"        # an operand repeated along new axes
+    INJECTIVE = "injective"        # each result element one element of the operand: views, slices, gathers
+    REDUCTION = "reduction"        # sums or maxima along axes
+    CONTRACTION = "contraction"    # matrix products
+    WINDOW = "window"              # convolutions and pools: sums over windows
+    OPAQUE = "opaque"              # a kernel of its own that nothing fuses into
+    CONTROL = "control"            # a loop over a body graph (scan)
+
+
 @dataclass
 class Primitive:
     """One primitive op, the one record of everything the compiler knows about it.
 
-    kind is its fusion pattern: source, elementwise, broadcast, injective, reduction,
-    contraction, window, opaque or control. `dtypes` are the dtypes of the values its
+    `pattern` is its fusion pattern (Pattern). `dtypes` are the dtypes of the values its
     operands may hold (a condition or an index aside), which its type rule accepts.
     `builtin` or `operator` is how .dl writes it and `onnx` the ONNX op that computes it:
     the builtins, the evaluator's operators and ONNX export and import read their names
@@ -65,7 +80,7 @@ class Primitive:
     keyed by the primitive's name (compiler/native/rules/, compiler/native/scalar.py), so
     that building the records never loads LLVM."""
     name: str
-    kind: str
+    pattern: Pattern
     infer: Callable            # (ctx: Infer, types, **attrs) -> list[TensorType]
     impl: Callable             # (ctx: evaluate.Eval, arrays, **attrs) -> list[np.ndarray]
     vjp: Callable | None = None  # (node: NodeView, cotangents) -> list[Tensor | None]
@@ -99,10 +114,10 @@ class Primitive:
 PRIMITIVES: dict[str, Primitive] = {}
 
 
-def primitive(name: str, kind: str, infer, vjp=None, flops=None, **properties):
+def primitive(name: str, pattern: Pattern, infer, vjp=None, flops=None, **properties):
     """Decorator: register the primitive whose numpy reference it decorates."""
     def register(impl):
-        PRIMITIVES[name] = Primitive(name, kind, infer, impl, vjp, flops, **properties)
+        PRIMITIVES[name] = Primitive(name, pattern, infer, impl, vjp, flops, **properties)
         return impl
     return register
 
@@ -547,7 +562,7 @@ def _json(graph: Graph) -> dict:
     for n in graph.order():
         d = graph.nx.nodes[n]
         nodes.append({
-            "id": n, "op": d["op"], "kind": PRIMITIVES[d["op"]].kind,
+            "id": n, "op": d["op"], "pattern": PRIMITIVES[d["op"]].pattern.value,
             "inputs": [[t.node, t.out] for t in graph.inputs(n)],
             "attrs": {k: (_json(v) if isinstance(v, Graph) else attr_text(v)) for k, v in d["attrs"].items()},
             "types": [str(t) for t in d["types"]],

@@ -17,7 +17,7 @@ import numpy as np
 from dlc.compiler.ir import ops
 from dlc.compiler.ir import scan  # noqa: F401  (registers scan)
 from dlc.compiler.ir.dims import numel, shape_str
-from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, TensorType, primitive
+from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, Pattern, TensorType, primitive
 from dlc.compiler.ir.graph import PRIMITIVES  # noqa: F401  (complete once this module has run: import it from here)
 
 NUMERIC = ("f32", "f64", "i32", "i64")
@@ -32,17 +32,17 @@ def _given_type(ctx, types, type, **_):
     return [type]
 
 
-@primitive("input", "source", _given_type, given=True)
+@primitive("input", Pattern.SOURCE, _given_type, given=True)
 def _input(ctx, xs, name, **_):
     return [ctx.feed(name)]
 
 
-@primitive("param", "source", _given_type, given=True)
+@primitive("param", Pattern.SOURCE, _given_type, given=True)
 def _param(ctx, xs, name, **_):
     return [ctx.param(name)]
 
 
-@primitive("arg", "source", _given_type, given=True, cheap=True, argument=True)
+@primitive("arg", Pattern.SOURCE, _given_type, given=True, cheap=True, argument=True)
 def _arg(ctx, xs, index, **_):
     return [ctx.arg(index)]
 
@@ -51,7 +51,7 @@ def _constant_type(ctx, types, value, dtype):
     return [TensorType(dtype, tuple(np.shape(value)))]
 
 
-@primitive("constant", "source", _constant_type, cheap=True, holds_value=True)
+@primitive("constant", Pattern.SOURCE, _constant_type, cheap=True, holds_value=True)
 def _constant(ctx, xs, value, dtype):
     return [np.asarray(value, ctx.np_dtype(dtype))]
 
@@ -60,7 +60,7 @@ def _dim_size_type(ctx, types, dim):
     return [TensorType("i32", ())]
 
 
-@primitive("dim_size", "source", _dim_size_type, cheap=True)
+@primitive("dim_size", Pattern.SOURCE, _dim_size_type, cheap=True)
 def _dim_size(ctx, xs, dim):
     """The runtime value of a symbolic dim (mean over B needs 1/B)."""
     return [np.asarray(dim, np.int32)]
@@ -70,7 +70,7 @@ def _iota_type(ctx, types, shape, axis, dtype):
     return [TensorType(dtype, tuple(shape))]
 
 
-@primitive("iota", "source", _iota_type, cheap=True, indices=True)
+@primitive("iota", Pattern.SOURCE, _iota_type, cheap=True, indices=True)
 def _iota(ctx, xs, shape, axis, dtype):
     r = np.arange(shape[axis], dtype=ctx.np_dtype(dtype))
     r = r.reshape([-1 if i == axis else 1 for i in range(len(shape))])
@@ -118,7 +118,7 @@ def _orthogonal(ctx, xs, shape, stream):
     return q.reshape(shape)
 
 
-@primitive("random", "source", _random_type, memory_operands=(0,))     # the key
+@primitive("random", Pattern.SOURCE, _random_type, memory_operands=(0,))     # the key
 def _random(ctx, xs, shape, dist, stream, dtype="f32"):
     """Inside a scan the stream also depends on the step, so every step draws anew."""
     for t in ctx.steps:
@@ -155,7 +155,7 @@ def _unary_type(ctx, types, **_):
 
 def _unary(name, fn, vjp, **properties):
     """A float function of one operand."""
-    primitive(name, "elementwise", _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, arity=1, **properties)(
+    primitive(name, Pattern.ELEMENTWISE, _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, arity=1, **properties)(
         lambda ctx, xs, _fn=fn: [_fn(xs[0]).astype(xs[0].dtype, copy=False)])
 
 
@@ -212,7 +212,7 @@ def _minmax_vjp(cmp):
 
 
 def _binary(name, fn, vjp, infer=_arith_type, dtypes=NUMERIC, **properties):
-    primitive(name, "elementwise", infer, vjp, _elementwise_flops, dtypes=dtypes, arity=2, **properties)(
+    primitive(name, Pattern.ELEMENTWISE, infer, vjp, _elementwise_flops, dtypes=dtypes, arity=2, **properties)(
         lambda ctx, xs, _fn=fn: [np.asarray(_fn(*xs))])
 
 
@@ -244,7 +244,7 @@ def _fma_type(ctx, types, **_):
     return [t]
 
 
-@primitive("fma", "elementwise", _fma_type, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0], g[0]],
+@primitive("fma", Pattern.ELEMENTWISE, _fma_type, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0], g[0]],
            lambda ins, outs, **_: 2 * numel(outs[0].shape), dtypes=FLOAT_DTYPES, arity=3)
 def _fma(ctx, xs):
     """a * b + c rounded once (torch's fused kernels: lerp, addcmul, add with alpha). The
@@ -283,7 +283,7 @@ _binary("logical_and", np.logical_and, lambda n, g: [None, None], _logical_type,
         operator="and", onnx="And")
 _binary("logical_or", np.logical_or, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True,
         operator="or", onnx="Or")
-primitive("logical_not", "elementwise", _logical_type, lambda n, g: [None], dtypes=("bool",), arity=1,
+primitive("logical_not", Pattern.ELEMENTWISE, _logical_type, lambda n, g: [None], dtypes=("bool",), arity=1,
           operator="not", onnx="Not")(lambda ctx, xs: [np.logical_not(xs[0])])
 
 
@@ -303,7 +303,7 @@ def _select_vjp(n, g):
     return [None, ops.select(c, g[0], zero), ops.select(c, zero, g[0])]
 
 
-@primitive("select", "elementwise", _select_type, _select_vjp, _elementwise_flops, arity=3, builtin="select",
+@primitive("select", Pattern.ELEMENTWISE, _select_type, _select_vjp, _elementwise_flops, arity=3, builtin="select",
            onnx="Where")
 def _select(ctx, xs):
     return [np.where(xs[0], xs[1], xs[2])]
@@ -318,7 +318,7 @@ def _cast_vjp(n, g):
     return [ops.cast(g[0], src.dtype) if src.type.is_float else None]
 
 
-@primitive("cast", "elementwise", _cast_type, _cast_vjp, arity=1, recompute=True)
+@primitive("cast", Pattern.ELEMENTWISE, _cast_type, _cast_vjp, arity=1, recompute=True)
 def _cast(ctx, xs, dtype):
     return [xs[0].astype(ctx.np_dtype(dtype))]
 
@@ -327,7 +327,7 @@ def _identity_type(ctx, types):
     return [types[0]]
 
 
-@primitive("stop_gradient", "elementwise", _identity_type, lambda n, g: [None], view=True, cheap=True, arity=1)
+@primitive("stop_gradient", Pattern.ELEMENTWISE, _identity_type, lambda n, g: [None], view=True, cheap=True, arity=1)
 def _stop_gradient(ctx, xs):
     return [xs[0]]
 
@@ -351,7 +351,7 @@ def _broadcast_vjp(n, g):
     return [ops.reshape(ops.reduce("reduce_sum", g[0], axes), x.shape)]
 
 
-@primitive("broadcast", "broadcast", _broadcast_type, _broadcast_vjp, view=True, cheap=True)
+@primitive("broadcast", Pattern.BROADCAST, _broadcast_type, _broadcast_vjp, view=True, cheap=True)
 def _broadcast(ctx, xs, shape):
     return [np.broadcast_to(xs[0], shape).copy()]
 
@@ -363,7 +363,7 @@ def _reshape_type(ctx, types, shape):
     return [TensorType(x.dtype, tuple(shape))]
 
 
-@primitive("reshape", "injective", _reshape_type, lambda n, g: [ops.reshape(g[0], n.inputs[0].shape)],
+@primitive("reshape", Pattern.INJECTIVE, _reshape_type, lambda n, g: [ops.reshape(g[0], n.inputs[0].shape)],
            view=True, cheap=True, memory_operands=(0,))       # re-indexes contiguous data
 def _reshape(ctx, xs, shape):
     return [xs[0].reshape(shape)]
@@ -381,7 +381,7 @@ def _transpose_vjp(n, g):
     return [ops.transpose(g[0], inverse)]
 
 
-@primitive("transpose", "injective", _transpose_type, _transpose_vjp, view=True, cheap=True)
+@primitive("transpose", Pattern.INJECTIVE, _transpose_type, _transpose_vjp, view=True, cheap=True)
 def _transpose(ctx, xs, perm):
     return [np.ascontiguousarray(np.transpose(xs[0], perm))]
 
@@ -420,7 +420,7 @@ def _slice_vjp(n, g):
     return [ops.pad(g[0], tuple(lo), tuple(hi), tuple(interior))]
 
 
-@primitive("slice", "injective", _slice_type, _slice_vjp, view=True, cheap=True, part=_slice_part)
+@primitive("slice", Pattern.INJECTIVE, _slice_type, _slice_vjp, view=True, cheap=True, part=_slice_part)
 def _slice(ctx, xs, starts, stops, steps):
     for axis, (b, d) in enumerate(zip(stops, xs[0].shape)):
         if b > d:
@@ -440,7 +440,7 @@ def _pad_vjp(n, g):
     return [ops.slice_(g[0], n.attrs["lo"], stops, tuple(i + 1 for i in n.attrs["interior"]))]
 
 
-@primitive("pad", "injective", _pad_type, _pad_vjp, pieces="overlapping")      # zeros, then the interior
+@primitive("pad", Pattern.INJECTIVE, _pad_type, _pad_vjp, pieces="overlapping")      # zeros, then the interior
 def _pad(ctx, xs, lo, hi, interior):
     x = xs[0]
     shape = [a + d + (d - 1) * i + b for d, a, b, i in zip(x.shape, lo, hi, interior)]
@@ -478,7 +478,7 @@ def _concat_vjp(n, g):
     return grads
 
 
-@primitive("concat", "injective", _concat_type, _concat_vjp, pieces="disjoint")
+@primitive("concat", Pattern.INJECTIVE, _concat_type, _concat_vjp, pieces="disjoint")
 def _concat(ctx, xs, axis):
     return [np.concatenate(xs, axis=axis)]
 
@@ -497,7 +497,7 @@ def _gather_vjp(n, g):
     return [ops.graph_of(g[0]).add1("scatter_add", [idx, g[0]], shape=table.shape), None]
 
 
-@primitive("gather", "injective", _gather_type, _gather_vjp, memory_operands=(0,),     # the table
+@primitive("gather", Pattern.INJECTIVE, _gather_type, _gather_vjp, memory_operands=(0,),     # the table
            index_count=lambda types: types[0].shape[0])      # the table's rows
 def _gather(ctx, xs):
     table, idx = xs
@@ -515,7 +515,7 @@ def _scatter_add_vjp(n, g):
     return [None, ops.graph_of(g[0]).add1("gather", [g[0], n.inputs[0]])]
 
 
-@primitive("scatter_add", "opaque", _scatter_add_type, _scatter_add_vjp, memory_operands=(1,))    # the updates
+@primitive("scatter_add", Pattern.OPAQUE, _scatter_add_type, _scatter_add_vjp, memory_operands=(1,))    # the updates
 def _scatter_add(ctx, xs, shape):
     idx, upd = xs
     out = np.zeros(shape, upd.dtype)
@@ -530,7 +530,7 @@ def _replica_mean_vjp(n, g):
     return [ops.graph_of(g[0]).add1("replica_mean", [g[0]])]
 
 
-@primitive("replica_mean", "opaque", _unary_type, _replica_mean_vjp, _elementwise_flops, dtypes=FLOAT_DTYPES)
+@primitive("replica_mean", Pattern.OPAQUE, _unary_type, _replica_mean_vjp, _elementwise_flops, dtypes=FLOAT_DTYPES)
 def _replica_mean(ctx, xs):
     """The mean of x over the ranks of a data-parallel run, each weighted by its share of
     the global batch (`ctx.replicas`, runtime/engines/distributed.py); x itself in one process."""
@@ -562,9 +562,9 @@ def _reduce_max_vjp(n, g):
     return [_expand_back(n, g[0]) * hit / count]
 
 
-primitive("reduce_sum", "reduction", _reduce_type, lambda n, g: [_expand_back(n, g[0])],
+primitive("reduce_sum", Pattern.REDUCTION, _reduce_type, lambda n, g: [_expand_back(n, g[0])],
           lambda ins, outs, **_: numel(ins[0].shape))(lambda ctx, xs, axes: [np.asarray(np.sum(xs[0], axis=axes))])
-primitive("reduce_max", "reduction", _reduce_type, _reduce_max_vjp, lambda ins, outs, **_: numel(ins[0].shape),
+primitive("reduce_max", Pattern.REDUCTION, _reduce_type, _reduce_max_vjp, lambda ins, outs, **_: numel(ins[0].shape),
           nonempty_axes=lambda axes: axes)(lambda ctx, xs, axes: [np.asarray(np.max(xs[0], axis=axes))])
 
 
@@ -573,7 +573,7 @@ def _argmax_type(ctx, types, axis):
     return [TensorType("i32", tuple(d for i, d in enumerate(x.shape) if i != axis))]
 
 
-@primitive("argmax", "reduction", _argmax_type, lambda n, g: [None], nonempty_axes=lambda axis: (axis,))
+@primitive("argmax", Pattern.REDUCTION, _argmax_type, lambda n, g: [None], nonempty_axes=lambda axis: (axis,))
 def _argmax(ctx, xs, axis):
     return [np.asarray(np.argmax(xs[0], axis=axis), np.int32)]
 
@@ -613,7 +613,7 @@ def _matmul_flops(ins, outs, ta=False, tb=False):
     return 2 * numel(outs[0].shape) * k
 
 
-@primitive("matmul", "contraction", _matmul_type, _matmul_vjp, _matmul_flops, dtypes=FLOAT_DTYPES,
+@primitive("matmul", Pattern.CONTRACTION, _matmul_type, _matmul_vjp, _matmul_flops, dtypes=FLOAT_DTYPES,
            memory_operands=None, memory_reason="gemm")
 def _matmul(ctx, xs, ta=False, tb=False):
     a, b = ctx.operands(xs)
@@ -684,7 +684,7 @@ def _scores(q, k, mask, scale):
     return np.where(mask, s, np.asarray(MASKED, q.dtype)) if mask.dtype == np.bool_ else s + mask
 
 
-@primitive("attention", "opaque", _attention_type, _attention_vjp, _attention_flops, dtypes=FLOAT_DTYPES,
+@primitive("attention", Pattern.OPAQUE, _attention_type, _attention_vjp, _attention_flops, dtypes=FLOAT_DTYPES,
            memory_operands=(0, 1, 2), memory_reason="gemm", recomputed_operand=3)
 def _attention(ctx, xs, scale):
     q, k, v = xs[:3]
@@ -703,7 +703,7 @@ def _attention_grad_type(ctx, types, scale):
     return [q, k, v]
 
 
-@primitive("attention_grad", "opaque", _attention_grad_type, None, _attention_grad_flops, dtypes=FLOAT_DTYPES,
+@primitive("attention_grad", Pattern.OPAQUE, _attention_grad_type, None, _attention_grad_flops, dtypes=FLOAT_DTYPES,
            memory_operands=(0, 1, 2, 3, 4, 5), memory_reason="gemm", recomputed_operand=6)
 def _attention_grad(ctx, xs, scale):
     """The probabilities p recomputed from the scores and the saved log-sum-exp; a masked
@@ -805,7 +805,7 @@ def _conv_flops(ins, outs, **_):
     return 2 * numel(outs[0].shape) * w[1] * w[2] * w[3]
 
 
-@primitive("conv2d", "window", _conv_type, _conv_vjp, _conv_flops, memory_operands=None, memory_reason="window")
+@primitive("conv2d", Pattern.WINDOW, _conv_type, _conv_vjp, _conv_flops, memory_operands=None, memory_reason="window")
 def _conv2d(ctx, xs, stride, padding, dilation, groups):
     x, w = ctx.operands(xs)
     v = _grouped(_windows(x, w.shape[2], w.shape[3], stride, padding, dilation), 1, groups)
@@ -833,7 +833,7 @@ def _conv_input_grad_vjp(n, g):
             graph.add1("conv2d_weight_grad", [g[0], dy], kernel=tuple(w.shape[2:]), **_conv_attrs(n))]
 
 
-@primitive("conv2d_input_grad", "window", _conv_input_grad_type, _conv_input_grad_vjp,
+@primitive("conv2d_input_grad", Pattern.WINDOW, _conv_input_grad_type, _conv_input_grad_vjp,
            lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]), memory_operands=None, memory_reason="window")
 def _conv2d_input_grad(ctx, xs, stride, padding, dilation, groups, input_hw):
     """Also the transposed convolution (conv_transpose) of xs[0] by the weights xs[1]."""
@@ -862,7 +862,7 @@ def _conv_weight_grad_vjp(n, g):
             graph.add1("conv2d", [x, g[0]], **_conv_attrs(n))]
 
 
-@primitive("conv2d_weight_grad", "window", _conv_weight_grad_type, _conv_weight_grad_vjp,
+@primitive("conv2d_weight_grad", Pattern.WINDOW, _conv_weight_grad_type, _conv_weight_grad_vjp,
            lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]), memory_operands=None, memory_reason="window")
 def _conv2d_weight_grad(ctx, xs, stride, padding, dilation, groups, kernel):
     x, g = ctx.operands(xs)
@@ -886,7 +886,7 @@ def _maxpool_vjp(n, g):
     return [graph.add1("maxpool2d_grad", [n.inputs[0], g[0]], **n.attrs)]
 
 
-@primitive("maxpool2d", "window", _pool_type, _maxpool_vjp, _pool_flops, memory_operands=None, memory_reason="window")
+@primitive("maxpool2d", Pattern.WINDOW, _pool_type, _maxpool_vjp, _pool_flops, memory_operands=None, memory_reason="window")
 def _maxpool2d(ctx, xs, kernel, stride, padding):
     x = xs[0]
     if any(padding):
@@ -920,7 +920,7 @@ def _maxpool_grad_vjp(n, g):
     return [None, ops.graph_of(g[0]).add1("maxpool2d_gather", [x, g[0]], **n.attrs)]
 
 
-@primitive("maxpool2d_grad", "window", _pool_grad_type, _maxpool_grad_vjp, _pool_flops, memory_operands=None, memory_reason="window")
+@primitive("maxpool2d_grad", Pattern.WINDOW, _pool_grad_type, _maxpool_grad_vjp, _pool_flops, memory_operands=None, memory_reason="window")
 def _maxpool2d_grad(ctx, xs, kernel, stride, padding):
     """Each output's gradient goes to the first maximum of its window."""
     x, g = xs
@@ -941,7 +941,7 @@ def _maxpool_gather_vjp(n, g):
     return [None, ops.graph_of(g[0]).add1("maxpool2d_grad", [n.inputs[0], g[0]], **n.attrs)]
 
 
-@primitive("maxpool2d_gather", "window", _maxpool_gather_type, _maxpool_gather_vjp, _pool_flops, memory_operands=None, memory_reason="window")
+@primitive("maxpool2d_gather", Pattern.WINDOW, _maxpool_gather_type, _maxpool_gather_vjp, _pool_flops, memory_operands=None, memory_reason="window")
 def _maxpool2d_gather(ctx, xs, kernel, stride, padding):
     """y at the first maximum of each window of x: the transpose of maxpool2d_grad, which
     its second derivative needs."""
@@ -955,7 +955,7 @@ def _avgpool_vjp(n, g):
     return [graph.add1("avgpool2d_grad", [g[0]], input_hw=tuple(n.inputs[0].shape[2:]), **n.attrs)]
 
 
-@primitive("avgpool2d", "window", _pool_type, _avgpool_vjp, _pool_flops, memory_operands=None, memory_reason="window")
+@primitive("avgpool2d", Pattern.WINDOW, _pool_type, _avgpool_vjp, _pool_flops, memory_operands=None, memory_reason="window")
 def _avgpool2d(ctx, xs, kernel, stride, padding):
     """Average over the window, padding counted as zeros (PyTorch's count_include_pad)."""
     v = _windows(xs[0], kernel[0], kernel[1], stride, padding)
@@ -972,7 +972,7 @@ def _avgpool_grad_vjp(n, g):
     return [ops.graph_of(g[0]).add1("avgpool2d", [g[0]], **attrs)]
 
 
-@primitive("avgpool2d_grad", "window", _avgpool_grad_type, _avgpool_grad_vjp,     # accumulates its operand's expression
+@primitive("avgpool2d_grad", Pattern.WINDOW, _avgpool_grad_type, _avgpool_grad_vjp,     # accumulates its operand's expression
            lambda ins, outs, kernel, **_: numel(ins[0].shape) * kernel[0] * kernel[1])
 def _avgpool2d_grad(ctx, xs, kernel, stride, padding, input_hw):
     g = xs[0]

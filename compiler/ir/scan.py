@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.compiler.ir.graph import TensorType, primitive
+from dlc.compiler.ir.graph import Pattern, TensorType, primitive
 
 
 def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None,
@@ -39,7 +39,7 @@ def _scan_flops(ins, outs, body, length, **_):
     return length * body.flops()
 
 
-@primitive("scan", "control", _scan_type, flops=_scan_flops)    # its VJP: compiler/passes/scan_vjp.py
+@primitive("scan", Pattern.CONTROL, _scan_type, flops=_scan_flops)    # its VJP: compiler/passes/scan_vjp.py
 def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None,
           segment_of=None):
     carries = list(xs[:n_carry])

@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from enum import Enum
 
-from dlc.compiler.ir.graph import Graph, Tensor
+from dlc.compiler.ir.graph import Graph, Pattern, Tensor
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.memory import linearize
@@ -74,8 +74,8 @@ class Boundary:
 
 
 # the kinds whose kernels write their result to memory, and the reason that gives each reader
-WRITTEN = {"reduction": Reason.REDUCTION, "contraction": Reason.KERNEL, "window": Reason.KERNEL,
-           "opaque": Reason.KERNEL, "control": Reason.SCAN}
+WRITTEN = {Pattern.REDUCTION: Reason.REDUCTION, Pattern.CONTRACTION: Reason.KERNEL, Pattern.WINDOW: Reason.KERNEL,
+           Pattern.OPAQUE: Reason.KERNEL, Pattern.CONTROL: Reason.SCAN}
 # why a reader's kernel reads an operand from memory, by its record's `memory_reason`
 OPERAND_REASONS = {"gemm": Reason.GEMM_OPERAND, "window": Reason.WINDOW_OPERAND, "memory": Reason.MEMORY_OPERAND}
 LEAVES = (Form.MEMORY, Form.FREE)
@@ -141,7 +141,7 @@ class Fusion:
             form = self._form(n, taken, args)
             for t in graph.outputs_of(n):
                 self._decide(t, form, output)
-            if PRIMITIVES[graph.op(n)].kind == "control":
+            if PRIMITIVES[graph.op(n)].pattern is Pattern.CONTROL:
                 nc = graph.attrs(n)["n_carry"]          # carries are copied into buffers of the loop
                 self.bodies[n] = Fusion(graph.attrs(n)["body"], [Form.MEMORY] * nc + taken[nc:])
 
@@ -158,11 +158,11 @@ class Fusion:
         prim = PRIMITIVES[op]
         if prim.argument:
             return args[self.graph.attrs(n)["index"]]
-        if prim.kind in WRITTEN or prim.pieces or prim.given:
+        if prim.pattern in WRITTEN or prim.pieces or prim.given:
             return Form.MEMORY
         if prim.holds_value:
             return Form.FREE if getattr(self.graph.attrs(n)["value"], "ndim", 0) == 0 else Form.MEMORY
-        if prim.kind == "source" and prim.cheap:
+        if prim.pattern is Pattern.SOURCE and prim.cheap:
             return Form.FREE
         if prim.view:
             return operands[0]
@@ -175,10 +175,10 @@ class Fusion:
         key, readers = t.key(), self.readers.get(t.key(), [])
         self.forms[key] = form
         prim = PRIMITIVES[self.graph.op(t.node)]
-        if form is Form.FREE or form is Form.MEMORY and (prim.view or prim.kind == "source"):
+        if form is Form.FREE or form is Form.MEMORY and (prim.view or prim.pattern is Pattern.SOURCE):
             return
         if form is Form.MEMORY:
-            reason = WRITTEN.get(prim.kind, Reason.KERNEL)
+            reason = WRITTEN.get(prim.pattern, Reason.KERNEL)
         else:
             reason = self._why_stored(t, form, readers, output)
             if reason is None:
@@ -232,7 +232,7 @@ class Fusion:
         g = self.graph
         if n in self.groups or n not in g.nx.nodes:
             return self.groups.get(n, ())
-        seen, todo = {n}, [n] if PRIMITIVES[g.op(n)].kind != "control" else []
+        seen, todo = {n}, [n] if PRIMITIVES[g.op(n)].pattern is not Pattern.CONTROL else []
         while todo:
             v = todo.pop()
             where, _ = memory_operands(g.op(v))
@@ -255,7 +255,7 @@ class Fusion:
         """The nodes that have kernels of their own, in graph order: those whose kind writes
         memory, the stored values and the graph outputs (but inputs, parameters, arguments)."""
         g = self.graph
-        own = {n for n in g.nx.nodes if PRIMITIVES[g.op(n)].kind in WRITTEN or PRIMITIVES[g.op(n)].pieces}
+        own = {n for n in g.nx.nodes if PRIMITIVES[g.op(n)].pattern in WRITTEN or PRIMITIVES[g.op(n)].pieces}
         own |= {key[0] for key in self.stored} | {key[0] for key in self.outputs if not PRIMITIVES[g.op(key[0])].given}
         return [n for n in g.order() if n in own]
 
@@ -264,7 +264,7 @@ class Fusion:
         kernels after it, one deeper."""
         for n in self.roots():
             yield depth, self, n
-            if PRIMITIVES[self.graph.op(n)].kind == "control":
+            if PRIMITIVES[self.graph.op(n)].pattern is Pattern.CONTROL:
                 yield from self.bodies[n].kernels(depth + 1)
 
     def text(self) -> str:
@@ -272,7 +272,7 @@ class Fusion:
         lines, number = [], iter(range(1 << 30))
         for depth, f, n in self.kernels():
             pad, g = "  " * depth, f.graph
-            if PRIMITIVES[g.op(n)].kind == "control":
+            if PRIMITIVES[g.op(n)].pattern is Pattern.CONTROL:
                 lines.append(pad + _scan_title(g, n))
                 continue
             origin = f.origin(n)
@@ -293,7 +293,7 @@ class Fusion:
         titles, labels, number = {}, {}, iter(range(1 << 30))
         for depth, f, n in self.kernels():
             g = f.graph
-            if PRIMITIVES[g.op(n)].kind == "control":
+            if PRIMITIVES[g.op(n)].pattern is Pattern.CONTROL:
                 titles[f, n], labels[f, n] = (depth, _scan_title(g, n)), f"the scan @{where(g.nx.nodes[n]['span'])}"
             else:
                 k = next(number)
@@ -307,7 +307,7 @@ class Fusion:
         lines = []
         for (f, n), (depth, title) in titles.items():
             pad, g = "  " * depth, f.graph
-            if under[f, n] or PRIMITIVES[g.op(n)].kind == "control":
+            if under[f, n] or PRIMITIVES[g.op(n)].pattern is Pattern.CONTROL:
                 lines.append(pad + title)
             for b, others in under[f, n]:
                 also = f" (also read in {', '.join(others)})" if others else ""
@@ -342,7 +342,7 @@ def _scan_title(g: Graph, n: int) -> str:
 
 
 def _group_title(g: Graph, n: int, number: int) -> str:
-    return f"group {number}: {g.op(n)} ({PRIMITIVES[g.op(n)].kind})"
+    return f"group {number}: {g.op(n)} ({PRIMITIVES[g.op(n)].pattern.value})"
 
 
 def _places(span) -> list:
@@ -416,5 +416,5 @@ def keep_in_registers(program: KernelProgram):
     for k in fused:
         k.registers = frozenset(
             m.out for j, m in enumerate(k.maps)
-            if program.buffers[m.out].kind == "temp" and writers[m.out] == {(id(k), j)}
+            if program.buffers[m.out].role == "temp" and writers[m.out] == {(id(k), j)}
             and all(f == id(k) and i > j for f, i in readers.get(m.out, ())))

@@ -36,7 +36,7 @@ from dlc.compiler.native.program import KernelProgram
 C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t", "i64": "int64_t", "bool": "uint8_t"}
 NPY_DESCR = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i64": "<i8", "bool": "|b1"}
 SAFETENSORS_DTYPE = {"f32": "F32", "f64": "F64", "i32": "I32", "i64": "I64", "bool": "BOOL"}
-KINDS = {"temp": "KIND_TEMP", "input": "KIND_INPUT", "param": "KIND_PARAM", "output": "KIND_OUTPUT",
+ROLES = {"temp": "KIND_TEMP", "input": "KIND_INPUT", "param": "KIND_PARAM", "output": "KIND_OUTPUT",
          "const": "KIND_CONST"}
 # the status codes, the same in every library
 STATUS = [("DLC_OK", "success"), ("DLC_ERROR_ARGUMENT", "a null pointer or a bad argument"),
@@ -179,7 +179,7 @@ def embedded_layout(lib: Library) -> tuple:
             at += len(data) + pad
         return offsets, b"".join(parts) or bytes(ALIGN)
     p = lib.program
-    consts = [b for b in p.buffers if b.kind == "const"]
+    consts = [b for b in p.buffers if b.role == "const"]
     const_offsets, const_blob = blob([b.data.astype(DTYPES_NP[b.dtype]) for b in consts])
     weights = [lib.weights[name] for name in lib.param_names] if lib.weights is not None else []
     weight_offsets, weight_blob = blob(weights)
@@ -257,8 +257,8 @@ def c_source(lib: Library) -> str:
     body.append(f"static const dlc_param PARAMS[] = {{{', '.join(params) or '{0}'}}};")
     buffers = []
     for b in p.buffers:
-        data = param_index.get(b.id, 0) if b.kind == "param" else const_offsets.get(b.id, 0)
-        buffers.append(f"{{{KINDS[b.kind]}, {ITEMSIZE[b.dtype]}, {polys(b.size)}, {data}}}")
+        data = param_index.get(b.id, 0) if b.role == "param" else const_offsets.get(b.id, 0)
+        buffers.append(f"{{{ROLES[b.role]}, {ITEMSIZE[b.dtype]}, {polys(b.size)}, {data}}}")
     body.append(f"static const dlc_buffer BUFFERS[] = {{{', '.join(buffers) or '{0}'}}};")
     live = intervals(p)      # the temporaries' kernel intervals, as the engine's arena takes them
     body.append("static const int64_t LIVE[][2] = {" + ", ".join(
@@ -347,13 +347,13 @@ def _training_tables(lib: Library) -> list:
     for b in t.update.buffers:
         if b.id not in used:
             rows.append("{UPDATE_UNUSED, 0, 0, 0}")
-        elif b.kind == "input" and b.name in ("param", "grad", GROUP):
+        elif b.role == "input" and b.name in ("param", "grad", GROUP):
             rows.append(f"{{{({'param': 'UPDATE_PARAM', 'grad': 'UPDATE_GRAD', GROUP: 'UPDATE_GROUP'})[b.name]}, 0, 0, 0}}")
-        elif b.kind == "input" and b.name in t.slots:
+        elif b.role == "input" and b.name in t.slots:
             rows.append(f"{{UPDATE_SLOT, {t.slots.index(b.name)}, 0, 0}}")
-        elif b.kind == "input":
+        elif b.role == "input":
             rows.append(f"{{UPDATE_SCALAR, {t.scalar_names.index(b.name)}, 0, 0}}")
-        elif b.kind == "const":
+        elif b.role == "const":
             data = np.ascontiguousarray(b.data.astype(DTYPES_NP[b.dtype])).tobytes()
             body.append(f"static const unsigned char UCONST{b.id}[] __attribute__((aligned({ALIGN}))) = "
                         f"{{{', '.join(map(str, data)) or '0'}}};")

@@ -57,7 +57,7 @@ class Lowering:
             self.node(n)
         taken = set()
         for name, t in self.graph.outputs.items():
-            load = self.materialize(t, kind="output")
+            load = self.materialize(t, role="output")
             if load.buffer in taken:        # two outputs of one value: each gets its own buffer
                 buf = self.p.buffer(t.dtype, numel(t.shape), "output")
                 self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), load, node=t.node))
@@ -77,7 +77,7 @@ class Lowering:
     def expr(self, t: Tensor):
         return self.values[t.key()]
 
-    def materialize(self, t: Tensor, kind="temp") -> Load:
+    def materialize(self, t: Tensor, role="temp") -> Load:
         """The value of t in memory, contiguous (a map kernel writes it if needed). An
         output gets a buffer of its own unless a kernel already wrote it."""
         e = self.expr(t)
@@ -85,11 +85,11 @@ class Lowering:
             f"the fusion inlines %{t.node} ({self.graph.op(t.node)}) into its readers, yet it is stored"
         if isinstance(e, Load) and e.at == Affine(0, row_major(t.shape)):
             b = self.p.buffers[e.buffer]
-            if kind == "temp" or b.kind in ("temp", "output"):
-                if kind == "output":
-                    b.kind = "output"
+            if role == "temp" or b.role in ("temp", "output"):
+                if role == "output":
+                    b.role = "output"
                 return e
-        buf = self.p.buffer(t.dtype, numel(t.shape), kind)
+        buf = self.p.buffer(t.dtype, numel(t.shape), role)
         self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), e, node=t.node))
         load = contiguous(buf.id, t.shape, t.dtype)
         self.values[t.key()] = load

@@ -70,7 +70,7 @@ def linearize(kernels: list) -> list:
 def intervals(program: KernelProgram) -> dict:
     """buffer id -> (first, last) position, inclusive, for every temporary a kernel
     touches (a temporary no kernel touches is absent)."""
-    temps = {b.id for b in program.buffers if b.kind == "temp"}
+    temps = {b.id for b in program.buffers if b.role == "temp"}
     live: dict = {}
     for _, k, (lo, hi) in linearize(program.kernels):
         reads, writes = k.accesses()
@@ -195,7 +195,7 @@ def plan(program: KernelProgram, sizes: dict, live: dict | None = None, exclude=
     `intervals(program)` when already computed, `exclude` buffer ids kept out."""
     live = intervals(program) if live is None else live
     nbytes = {b.id: max(1, int(concrete(b.size, sizes))) * ITEMSIZE[b.dtype]
-              for b in program.buffers if b.kind == "temp" and b.id not in exclude}
+              for b in program.buffers if b.role == "temp" and b.id not in exclude}
     offsets, arena = pack(nbytes, live)
     return Plan(offsets, nbytes, arena)
 

@@ -35,14 +35,14 @@ class Affine:
         return " + ".join(terms) or "0"
 
 
-class Expr:
+class KernelExpr:
     """An expression of a kernel's loop body. Each kind says how an index change maps it
     (`remap`, given an Affine -> Affine function for its affine leaves), which memory reads
     it holds (`leaves`; a leaf's `read_buffer`), its text (`dlc compile --emit kernels`) and
     its LLVM code, which it asks of the kernel builder (compiler/native/builder.py: the
     expression kinds' methods there), so this module never loads LLVM."""
 
-    def remap(self, shift_fn) -> "Expr":
+    def remap(self, shift_fn) -> "KernelExpr":
         return self
 
     def leaves(self):
@@ -56,7 +56,7 @@ class Expr:
 
 
 @dataclass(frozen=True)
-class Load(Expr):
+class Load(KernelExpr):
     buffer: int
     at: Affine
     dtype: str
@@ -79,7 +79,7 @@ class Load(Expr):
 
 
 @dataclass(frozen=True)
-class Index(Expr):
+class Index(KernelExpr):
     """The value of an affine function of the index (iota)."""
     at: Affine
     dtype: str
@@ -95,7 +95,7 @@ class Index(Expr):
 
 
 @dataclass(frozen=True)
-class Random(Expr):
+class Random(KernelExpr):
     """A draw of the counter-based generator at linear index `at`: uniform in (0, 1), or
     normal (Box-Muller on a second stream), as primitives._random."""
     key: int             # buffer holding (seed, step)
@@ -123,7 +123,7 @@ class Random(Expr):
 
 
 @dataclass(frozen=True)
-class Const(Expr):
+class Const(KernelExpr):
     value: float
     dtype: str
 
@@ -135,7 +135,7 @@ class Const(Expr):
 
 
 @dataclass(frozen=True)
-class Size(Expr):
+class Size(KernelExpr):
     """A runtime dim as an i32 scalar."""
     dim: object
     dtype: str = "i32"
@@ -148,7 +148,7 @@ class Size(Expr):
 
 
 @dataclass(frozen=True)
-class Op(Expr):
+class Op(KernelExpr):
     name: str
     args: tuple
     dtype: str
@@ -169,7 +169,7 @@ class Op(Expr):
 
 
 @dataclass(frozen=True)
-class Gather(Expr):
+class Gather(KernelExpr):
     """table[idx, rest]: rows picked by an integer expression; `rows` is the table's
     affine over the iteration's trailing (row) dims, `stride` the row stride. An index
     outside [0, count) reads 0 and reports fault `site` (KernelProgram.faults)."""
@@ -201,7 +201,7 @@ class Gather(Expr):
 
 
 @dataclass(frozen=True)
-class Guarded(Expr):
+class Guarded(KernelExpr):
     """A load that reads `fill` where an index falls outside the input (padding):
     each guard is (affine row index, size) and must satisfy 0 <= index < size."""
     load: Load
@@ -231,7 +231,7 @@ class Buffer:
     id: int
     dtype: str
     size: object          # elements, a dim polynomial
-    kind: str             # input, param, temp, output, const, host (a host function: HostCallKernel)
+    role: str             # input, param, temp, output, const, host (a host function: HostCallKernel)
     name: str = ""
     data: np.ndarray | None = None
 
@@ -253,14 +253,14 @@ class Kernel(ABC):
     calls_gemm = False      # its function calls dlc's GEMM library (the graph page says so)
 
     @property
-    def kind(self) -> str:
+    def class_name(self) -> str:
         """What the graph page calls it: its class's name without "Kernel"."""
         return type(self).__name__.removesuffix("Kernel")
 
     @property
     def family(self) -> str:
-        """What `dlc compile --emit fused` calls it: its kind in lower case."""
-        return self.kind.lower()
+        """What `dlc compile --emit fused` calls it: its class name in lower case."""
+        return self.class_name.lower()
 
     @abstractmethod
     def text(self) -> list:
@@ -323,14 +323,14 @@ class KernelProgram:
     symbols: list = field(default_factory=list)     # symbolic dim names, in the order of the sizes array
     faults: list = field(default_factory=list)      # (what, count, span) of each index check, by site
 
-    def buffer(self, dtype, size, kind, name="", data=None) -> Buffer:
-        b = Buffer(len(self.buffers), dtype, size, kind, name, data)
+    def buffer(self, dtype, size, role, name="", data=None) -> Buffer:
+        b = Buffer(len(self.buffers), dtype, size, role, name, data)
         self.buffers.append(b)
         return b
 
     def host(self, name: str) -> Buffer:
         """The entry of the host function `name` (one per program, however many calls)."""
-        found = [b for b in self.buffers if b.kind == "host" and b.name == name]
+        found = [b for b in self.buffers if b.role == "host" and b.name == name]
         return found[0] if found else self.buffer("f32", 0, "host", name)
 
     def fault(self, what: str, count, span) -> int:

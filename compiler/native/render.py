@@ -32,8 +32,8 @@ def where(span) -> str:
 def program(p: KernelProgram) -> str:
     lines = [f"# {len(p.buffers)} buffers, symbols {', '.join(p.symbols) or 'none'}"]
     for b in p.buffers:
-        if b.kind != "temp":
-            lines.append(f"# b{b.id}: {b.kind} {b.name} {b.dtype}[{b.size}]".replace("  ", " "))
+        if b.role != "temp":
+            lines.append(f"# b{b.id}: {b.role} {b.name} {b.dtype}[{b.size}]".replace("  ", " "))
     for k in p.kernels:
         lines += k.text()
     return "\n".join(lines)

@@ -32,7 +32,7 @@ from dlc.compiler.passes.autodiff import reachable
 from dlc.compiler.ir.dims import Dim
 from dlc.compiler.errors import DlcError, Span, optional_package
 from dlc.compiler.ir.evaluate import Eval
-from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, ONNX_ELEM_TYPES, Graph, TensorType
+from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, ONNX_ELEM_TYPES, Graph, Pattern, TensorType
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir.primitives import MASKED, PRIMITIVES
 
@@ -316,7 +316,7 @@ def _free_broadcasts(graph: Graph, live: set) -> set:
         if graph.op(n) != "broadcast" or graph.outputs.readers((n, 0)):
             continue
         readers = set(graph.nx.successors(n)) & live
-        if readers and all(PRIMITIVES[graph.op(r)].kind == "elementwise" and any(
+        if readers and all(PRIMITIVES[graph.op(r)].pattern is Pattern.ELEMENTWISE and any(
                 graph.op(x.node) != "broadcast" and x.shape == graph.types(r)[0].shape for x in graph.inputs(r))
                 for r in readers):
             free.add(n)

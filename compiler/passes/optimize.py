@@ -27,7 +27,7 @@ from dlc.compiler.ir.dims import numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.passes.hoist import hoist_accumulators
 from dlc.compiler.ir.evaluate import Eval
-from dlc.compiler.ir.graph import Graph, Tensor, collector_paused, nested_graphs, to_text
+from dlc.compiler.ir.graph import Graph, Pattern, Tensor, collector_paused, nested_graphs, to_text
 from dlc.compiler.ir.primitives import PRIMITIVES
 
 FOLD_LIMIT = 4096       # elements of the largest constant tensor folding writes into the code
@@ -132,7 +132,7 @@ def _fold_node(graph: Graph, n: int):
     op, ins, typ = graph.op(n), graph.inputs(n), graph.types(n)[0]
     scalars = [_scalar(graph, x) for x in ins]
     prim = PRIMITIVES[op]
-    if all(s is not None for s in scalars) and (prim.view or prim.kind == "elementwise"):
+    if all(s is not None for s in scalars) and (prim.view or prim.pattern is Pattern.ELEMENTWISE):
         # uniform operands give a uniform result, whatever the (symbolic) shape
         if prim.view:
             return ops.full(graph, typ.shape, scalars[0], typ.dtype)
@@ -154,7 +154,7 @@ def fold(graph: Graph) -> Graph:
     """Constant folding. Sources (`random` among them) are left alone."""
     for g in nested_graphs(graph):
         for n in g.order():
-            if PRIMITIVES[g.op(n)].kind not in ("source", "control") and not _splat(g, n):   # sources, loops
+            if PRIMITIVES[g.op(n)].pattern not in (Pattern.SOURCE, Pattern.CONTROL) and not _splat(g, n):   # sources, loops
                 _rewrite(g, n, _fold_node)
     return graph
 

@@ -158,7 +158,7 @@ def _refuse_host_calls(program):
     """A host call is a Python function inside the step (a data-parallel run's allreduce):
     no library has one."""
     for _, k, _ in linearize(program.kernels):
-        if k.kind == "HostCall":
+        if k.class_name == "HostCall":
             op, span = k.origin[0] if k.origin else ("host call", None)
             raise DlcError.at_user_line(f"`{op}` calls back into Python (a host call, as a data-parallel run's "
                                         "allreduce): it cannot go in a library", span)

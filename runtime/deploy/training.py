@@ -51,7 +51,7 @@ def schedule_lr(spec, base_lr: float) -> str:
     # a warmup in epochs scales with the steps per epoch, one in steps does not
     per_epoch_warm = one.warm if one.warm != two.warm else 0
     fixed_warm = one.warm if one.warm == two.warm else 0
-    o, kind = one.opts, one.kind
+    o, name = one.opts, one.name
     unit = _c(one.decay_steps) if one.decay_steps else "per_epoch"
     body = {
         "step": f"return lr * pow({_c(o.get('gamma', 0))}, floor(after / "
@@ -64,7 +64,7 @@ def schedule_lr(spec, base_lr: float) -> str:
         "warm_restarts": f"""double period = {unit if one.decay_steps else _c(o.get('period', 0)) + ' * per_epoch'}, t = after;
     while (t >= period) {{ t -= period; period *= {_c(o.get('mult', 1))}; }}
     return {_c(o.get('min_lr', 0))} + 0.5 * (lr - {_c(o.get('min_lr', 0))}) * (1.0 + cos({_c(3.141592653589793)} * t / period));""",
-    }.get(kind, "return lr;")
+    }.get(name, "return lr;")
     return f"""static double schedule_lr(int64_t step, double per_epoch, double total) {{
     (void)per_epoch, (void)total;
     double warm = {_c(fixed_warm)} + {_c(per_epoch_warm)} * per_epoch, lr = {_c(base_lr)};

@@ -25,7 +25,7 @@ from dlc.compiler.ir.dims import Dim, concrete, derive, numel, symbols
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.summary import size_text
 from dlc.compiler.frontend.syntax import size_bytes
-from dlc.compiler.ir.graph import GRADIENTS, layer_of
+from dlc.compiler.ir.graph import GRADIENTS, Pattern, layer_of
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.lower import lower
 from dlc.compiler.ir.graph import ITEMSIZE
@@ -189,7 +189,7 @@ WORK_BUDGET_S = 60.0
 # estimate errs long: contractions (matmul, convolution, attention) and everything else.
 CONTRACTION_RATE = 20e9
 ELEMENT_RATE = 4e9
-CONTRACTIONS = ("contraction", "window", "opaque")
+CONTRACTIONS = (Pattern.CONTRACTION, Pattern.WINDOW, Pattern.OPAQUE)
 
 
 def work_limit() -> float | None:
@@ -221,7 +221,7 @@ def work_seconds(graph, sizes: dict, threads: int) -> list:
             continue
         count = graph.node_flops(n)
         if count:
-            rate = CONTRACTION_RATE if PRIMITIVES[op].kind in CONTRACTIONS else ELEMENT_RATE
+            rate = CONTRACTION_RATE if PRIMITIVES[op].pattern in CONTRACTIONS else ELEMENT_RATE
             out.append((float(concrete(count, sizes)) / (rate * threads), n))
     return out
 
@@ -259,7 +259,7 @@ def own_buffers(program, fixed) -> list:
     """The buffers a layout of a kernel program allocates besides its arena: neither
     temporaries nor the engine's own arrays (`fixed`, buffer ids: parameters, gradients):
     inputs, outputs, constants."""
-    return [b for b in program.buffers if b.kind != "temp" and b.id not in fixed]
+    return [b for b in program.buffers if b.role != "temp" and b.id not in fixed]
 
 
 def buffer_bytes(b, sizes: dict) -> int:
@@ -301,7 +301,7 @@ def training_memory(model, trainable: list, slots: int, sizes: dict) -> dict:
             read.setdefault(bid, steps[top][1])
 
     def layer(bid) -> str:
-        kernel = made.get(bid, read.get(bid)) if program.buffers[bid].kind != "input" else None
+        kernel = made.get(bid, read.get(bid)) if program.buffers[bid].role != "input" else None
         name = layer_of(graph, kernel.node) if kernel is not None and kernel.node in graph.nx else ""
         return "" if name == GRADIENTS else name.removeprefix(GRADIENTS + ".")
 
@@ -319,7 +319,7 @@ def training_memory(model, trainable: list, slots: int, sizes: dict) -> dict:
 def _peak(program, live: dict, sizes: dict) -> list:
     """The temporaries live at the position (memory.linearize) where the most of their bytes
     are, at `sizes`."""
-    temps = [b.id for b in program.buffers if b.kind == "temp" and b.id in live]
+    temps = [b.id for b in program.buffers if b.role == "temp" and b.id in live]
     if not temps:
         return []
     first, last = (np.array([live[bid][i] for bid in temps]) for i in (0, 1))

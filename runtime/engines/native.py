@@ -71,10 +71,10 @@ class NumericsCheck:
         last = {bid: i for i, k in enumerate(program.kernels) for bid in self._writes(k)}
         self.watched: dict = {}     # kernel number -> the buffers it is the last to write
         for bid, i in last.items():
-            if program.buffers[bid].kind in ("temp", "output") and program.buffers[bid].dtype in NONFINITE:
+            if program.buffers[bid].role in ("temp", "output") and program.buffers[bid].dtype in NONFINITE:
                 self.watched.setdefault(i, []).append(bid)
         # the parameters and inputs, tested before the call (after an update that overflowed)
-        self.given = [b.id for b in program.buffers if b.kind in ("param", "input") and b.dtype in NONFINITE]
+        self.given = [b.id for b in program.buffers if b.role in ("param", "input") and b.dtype in NONFINITE]
         self.counts: dict = {}      # the element count of each watched buffer, per set of sizes
         self.running: tuple = ()    # (the pointer table, the counts) of the call under way
         self.found = None           # the kernels that wrote the first non-finite value
@@ -166,7 +166,7 @@ class Executable:
                            "delete the directory")
         self.host_error = None
         self.arrays: list = []              # the buffers of the call under way, or of the last
-        self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.kind == "host"}
+        self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.role == "host"}
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
         # tests what each kernel writes (NumericsCheck); the module's driver calls it
@@ -205,9 +205,9 @@ class Executable:
             temps = views(self.plans[key], self.program)
             arrays = []
             for b in self.program.buffers:
-                if b.id in fixed or b.kind == "host":
+                if b.id in fixed or b.role == "host":
                     arrays.append(None)
-                elif b.kind == "const":
+                elif b.role == "const":
                     arrays.append(np.ascontiguousarray(b.data))
                 elif b.id in temps:
                     arrays.append(temps[b.id])
@@ -480,9 +480,9 @@ class NativeEngine:
         for b in prog.buffers:
             if b.id not in used:
                 self.update_arrays.append(None)
-            elif b.kind == "input":
+            elif b.role == "input":
                 self.update_arrays.append(arrays[b.name])
-            elif b.kind == "const":
+            elif b.role == "const":
                 self.update_arrays.append(np.ascontiguousarray(b.data))
             else:       # what the update computes on the way: the gradient's norm
                 self.update_arrays.append(np.zeros(max(1, int(b.size)), DTYPES[b.dtype]))
@@ -585,7 +585,7 @@ class NativeEngine:
         found = numerics.locate(self.train_exe.graph, feeds, params, {v for k in kernels for v in k.nodes})
         if found is not None:
             return found
-        op, span = kernels[-1].origin[0] if kernels[-1].origin else (kernels[-1].kind, None)
+        op, span = kernels[-1].origin[0] if kernels[-1].origin else (kernels[-1].class_name, None)
         line = (span.caller or span).line if span is not None else "?"
         return numerics.NonFinite.at_user_line(
             f"the kernel of line {line}'s `{op}` wrote a value that is not finite, yet the reference evaluation of "

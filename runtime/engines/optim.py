@@ -329,7 +329,7 @@ class Schedule:
             raise DlcError(f"unknown schedule '{call.name}'{did_you_mean(call.name, SCHEDULES)} "
                            f"(known: {', '.join(SCHEDULES)})", call.span)
         args = call.bind(options | {"warmup": 0, "warmup_steps": None, "decay_steps": None})
-        self.kind = call.name
+        self.name = call.name
         self.opts = {k: _option(args, k, d) for k, d in options.items()}
         self.per_epoch = max(1, steps_per_epoch)
         if args["warmup_steps"] is not None and args["warmup"]:
@@ -351,15 +351,15 @@ class Schedule:
             return self.base * min(1.0, (step + 1) / self.warm)
         o, lr, after = self.opts, self.base, step - self.warm
         unit = self.decay_steps or self.per_epoch       # the steps of one `every`, period or exponential decay
-        if self.kind == "step":
+        if self.name == "step":
             return lr * o["gamma"] ** math.floor(after / (unit if self.decay_steps else o["every"] * unit))
-        if self.kind == "exponential":
+        if self.name == "exponential":
             return lr * o["gamma"] ** math.floor(after / unit)
-        if self.kind == "cosine":
+        if self.name == "cosine":
             end = self.decay_steps if self.decay_steps is not None else self.total
             progress = min(after / max(end - self.warm, 1e-9), 1.0) if after >= 0 else 0.0
             return o["min_lr"] + 0.5 * (lr - o["min_lr"]) * (1 + math.cos(math.pi * progress))
-        if self.kind == "warm_restarts":
+        if self.name == "warm_restarts":
             period, t = (self.decay_steps or o["period"] * unit), after
             while t >= period:
                 t -= period

@@ -10,7 +10,7 @@ import numpy as np
 
 from dlc.compiler.passes.autodiff import hvp_graph, train_step
 from dlc.compiler.ir.dims import concrete, symbols
-from dlc.compiler.ir.graph import Graph
+from dlc.compiler.ir.graph import Graph, Pattern
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.native.lower import NotLowerable
@@ -41,7 +41,7 @@ def index_bound(graph: Graph, node: int) -> int | None:
                 iota = _under_broadcast(graph, x)
                 if PRIMITIVES[graph.op(iota.node)].indices:
                     bounds.append(iota.shape[graph.attrs(iota.node)["axis"]])
-        elif prim.kind == "control":
+        elif prim.pattern is Pattern.CONTROL:
             body = graph.attrs(n)["body"]
             for a in body.args:
                 b = index_bound(body, a.node)
@@ -53,7 +53,7 @@ def index_bound(graph: Graph, node: int) -> int | None:
 
 def _under_broadcast(graph: Graph, t):
     """t, or the operand of the broadcast that makes t."""
-    return graph.inputs(t.node)[0] if PRIMITIVES[graph.op(t.node)].kind == "broadcast" else t
+    return graph.inputs(t.node)[0] if PRIMITIVES[graph.op(t.node)].pattern is Pattern.BROADCAST else t
 
 
 def ignored_values(graph: Graph, node: int) -> set:

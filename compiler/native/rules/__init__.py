@@ -14,6 +14,7 @@ import pkgutil
 from typing import Callable
 
 from dlc.compiler.errors import DlcError
+from dlc.compiler.ir.graph import Pattern
 from dlc.compiler.ir.primitives import PRIMITIVES
 
 
@@ -23,23 +24,23 @@ class NotLowerable(DlcError):
 
 # primitive name -> its rule
 LOWERINGS: dict[str, Callable] = {}
-# pattern kind -> the rule of a primitive of that kind without one of its own (elementwise: an Op node)
-KIND_RULES: dict[str, Callable] = {}
+# fusion pattern -> the rule of a primitive of that pattern without one of its own (elementwise: an Op node)
+PATTERN_RULES: dict[Pattern, Callable] = {}
 # the float dtypes a rule computes in, where it is not every dtype the type rule accepts
 LOWERED_FLOATS: dict[str, tuple] = {}
 
 
-def register_lowering(*names: str, floats: tuple | None = None, kind: str | None = None):
+def register_lowering(*names: str, floats: tuple | None = None, pattern: Pattern | None = None):
     """Decorator: the lowering rule of the primitives `names`, or of every primitive of
-    pattern `kind` that has none; `floats`, the only float dtypes it computes in (the GEMM
+    `pattern` that has none; `floats`, the only float dtypes it computes in (the GEMM
     and the window kernels: f32)."""
     def register(rule):
         for name in names:
             LOWERINGS[name] = rule
             if floats is not None:
                 LOWERED_FLOATS[name] = floats
-        if kind is not None:
-            KIND_RULES[kind] = rule
+        if pattern is not None:
+            PATTERN_RULES[pattern] = rule
         return rule
     return register
 
@@ -55,6 +56,6 @@ def load():
 
 
 def lowering_rule(name: str) -> Callable | None:
-    """A primitive's lowering rule: its own, else its pattern kind's."""
+    """A primitive's lowering rule: its own, else its fusion pattern's."""
     load()
-    return LOWERINGS.get(name) or KIND_RULES.get(PRIMITIVES[name].kind)
+    return LOWERINGS.get(name) or PATTERN_RULES.get(PRIMITIVES[name].pattern)

@@ -4,11 +4,12 @@ elementwise op is an `Op` node, which code generation emits with its scalar rule
 coefficients; a gather reads rows of its table at an index expression."""
 from __future__ import annotations
 
+from dlc.compiler.ir.graph import Pattern
 from dlc.compiler.native.program import Affine, Gather, Load, Op, row_major
 from dlc.compiler.native.rules import register_lowering
 
 
-@register_lowering(kind="elementwise")
+@register_lowering(pattern=Pattern.ELEMENTWISE)
 def _elementwise(lw, n, ins, attrs, typ):
     lw.set(n, Op(lw.graph.op(n), tuple(lw.use(x) for x in ins), typ.dtype))
 
