@@ -14,12 +14,14 @@ import numpy as np
 
 from dlc.compiler.ir import ops
 from dlc.compiler.frontend import syntax
-from dlc.compiler.ir.dims import Dim, is_dim, numel
+from dlc.compiler.ir.dims import Dim, is_dim
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
+from dlc.compiler.frontend.indexing import Indexing, fans
+from dlc.compiler.frontend.scans import Scans, checkpoint_every
 from dlc.compiler.frontend.model import CallNodes, Model, ModelInput, ParamInfo, ParamScope
-from dlc.compiler.ir.primitives import PRIMITIVES, slice_length
-from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, Layer, LoopIndex,
+from dlc.compiler.ir.primitives import PRIMITIVES
+from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, Layer,
                                          Partial, describe, literal, spelled, static_binary)
 
 INT_DTYPES = ("i32", "i64")
@@ -31,7 +33,7 @@ MAX_ITEMS = 1_000_000
 
 
 # ---- the evaluator ---------------------------------------------------------------------------
-class Evaluator:
+class Evaluator(Indexing, Scans):
     def __init__(self, globals_: Env, training: bool, replicas: int = 1, seconds: float | None = None):
         self.globals = globals_
         self.training = training
@@ -596,72 +598,88 @@ class Evaluator:
     _TENSOR_OPS = {p.operator: p.name for p in PRIMITIVES.values() if p.operator is not None and p.arity == 2}
 
     def binary(self, e: syntax.Binary, env: Env):
+        """`a op b`, by what its operands are: `and`/`or` (short-circuit on bools), `@`,
+        tensors (with numbers), tuples, dims, and the static numbers and strings."""
         a = self.expr(e.left, env)
         if e.op in ("and", "or") and isinstance(a, bool):
             if (e.op == "and" and not a) or (e.op == "or" and a):
                 return a
             b = self.expr(e.right, env)
-            if isinstance(b, bool):
-                return b
-            return self.bool_tensor(b, e.right.span)
+            return b if isinstance(b, bool) else self.bool_tensor(b, e.right.span)
         b = self.expr(e.right, env)
         if e.op in ("==", "!=") and (a is None or b is None):
             return (a is b) == (e.op == "==")
         if e.op in ("and", "or"):
-            x, y = self.bool_tensor(a, e.left.span), self.bool_tensor(b, e.right.span)
-            shape = ops.broadcast_shapes(self.graph, x.shape, y.shape)
-            return self.graph.add1(self._TENSOR_OPS[e.op], [ops.broadcast_to(x, shape), ops.broadcast_to(y, shape)])
+            return self.logical_tensors(e, a, b)
         if e.op == "@":
             if not isinstance(a, Tensor) or not isinstance(b, Tensor):
                 self.fail(f"@ needs two tensors, got {describe(a)} and {describe(b)}", e.span)
             return ops.matmul(a, b)
         if isinstance(a, Tensor) or isinstance(b, Tensor):
-            for v, side in ((a, e.left), (b, e.right)):
-                if not isinstance(v, (Tensor, int, float, Dim)) and \
-                        not (isinstance(v, tuple) and _array_literal(v) is not None):
-                    self.fail(f"cannot use {describe(v)} in arithmetic with a tensor", side.span)
-            a = a if isinstance(a, (Tensor, int, float)) and not isinstance(a, bool) else self.tensor(a, e.left.span)
-            b = b if isinstance(b, (Tensor, int, float)) and not isinstance(b, bool) else self.tensor(b, e.right.span)
-            if e.op == "^" and isinstance(a, Tensor) and isinstance(b, (int, float)) and b in (1, 2, 3, 4):
-                out = a                      # small integer powers multiply: exact and cheap to differentiate
-                for _ in range(int(b) - 1):
-                    out = ops.mul(out, a)
-                return out
-            if e.op == "/" and isinstance(a, Tensor) and not a.type.is_float:
-                a = ops.cast(a, "f32")
-            if e.op == "//" and any(isinstance(v, Tensor) and v.type.is_float for v in (a, b)):
-                self.fail("// is integer division; use / for floats", e.span)
-            return ops.binary(self._TENSOR_OPS["/" if e.op == "//" else e.op], a, b)
+            return self.tensor_arithmetic(e, a, b)
         if e.op in ("==", "!=") and (isinstance(a, (tuple, Dim)) or isinstance(b, (tuple, Dim))):
             return STATIC_OPS[e.op](a, b)
         if isinstance(a, tuple) or isinstance(b, tuple):
-            if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
-                self.check_items("tuple", len(a) + len(b), e.span)
-                return a + b
-            if e.op == "*" and isinstance(a, tuple) and isinstance(b, int) and not isinstance(b, bool):
-                self.check_items("tuple", len(a) * b, e.span)
-                return a * b
-            self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
+            return self.tuple_arithmetic(e, a, b)
         if not _static_operand(a) or not _static_operand(b):
             self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
         if isinstance(a, Dim) or isinstance(b, Dim):
-            if not (is_dim(a) and is_dim(b)) or e.op not in ("+", "-", "*", "/", "//"):
-                hint = "; dims are integers: float(d) is a dim's value as a tensor" \
-                    if isinstance(a, float) or isinstance(b, float) else ""
-                self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}{hint}", e.span)
-            if e.op in ("+", "-", "*"):
-                return STATIC_OPS[e.op](a, b)
-            if b == 0:
-                self.fail("division by zero", e.span)
-            q = a // b if isinstance(a, Dim) else None
-            if q is None:
-                self.fail(f"cannot apply {e.op} to the symbolic dims {a} and {b}", e.span)
-            return q
+            return self.dim_arithmetic(e, a, b)
         if isinstance(a, str) != isinstance(b, str) and e.op not in ("==", "!="):
             self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
         if isinstance(a, str) and e.op == "+":
             self.check_items("string", len(a) + len(b), e.span)
         return static_binary(e.op, a, b, e.span)
+
+    def logical_tensors(self, e: syntax.Binary, a, b) -> Tensor:
+        """`and`/`or` of two values of which one at least is a tensor: elementwise."""
+        x, y = self.bool_tensor(a, e.left.span), self.bool_tensor(b, e.right.span)
+        shape = ops.broadcast_shapes(self.graph, x.shape, y.shape)
+        return self.graph.add1(self._TENSOR_OPS[e.op], [ops.broadcast_to(x, shape), ops.broadcast_to(y, shape)])
+
+    def tensor_arithmetic(self, e: syntax.Binary, a, b) -> Tensor:
+        """A tensor with a tensor, number, dim or array literal: an elementwise primitive."""
+        for v, side in ((a, e.left), (b, e.right)):
+            if not isinstance(v, (Tensor, int, float, Dim)) and \
+                    not (isinstance(v, tuple) and _array_literal(v) is not None):
+                self.fail(f"cannot use {describe(v)} in arithmetic with a tensor", side.span)
+        a = a if isinstance(a, (Tensor, int, float)) and not isinstance(a, bool) else self.tensor(a, e.left.span)
+        b = b if isinstance(b, (Tensor, int, float)) and not isinstance(b, bool) else self.tensor(b, e.right.span)
+        if e.op == "^" and isinstance(a, Tensor) and isinstance(b, (int, float)) and b in (1, 2, 3, 4):
+            out = a                      # small integer powers multiply: exact and cheap to differentiate
+            for _ in range(int(b) - 1):
+                out = ops.mul(out, a)
+            return out
+        if e.op == "/" and isinstance(a, Tensor) and not a.type.is_float:
+            a = ops.cast(a, "f32")
+        if e.op == "//" and any(isinstance(v, Tensor) and v.type.is_float for v in (a, b)):
+            self.fail("// is integer division; use / for floats", e.span)
+        return ops.binary(self._TENSOR_OPS["/" if e.op == "//" else e.op], a, b)
+
+    def tuple_arithmetic(self, e: syntax.Binary, a, b) -> tuple:
+        """Tuples joined (`+`) or repeated (`* n`)."""
+        if e.op == "+" and isinstance(a, tuple) and isinstance(b, tuple):
+            self.check_items("tuple", len(a) + len(b), e.span)
+            return a + b
+        if e.op == "*" and isinstance(a, tuple) and isinstance(b, int) and not isinstance(b, bool):
+            self.check_items("tuple", len(a) * b, e.span)
+            return a * b
+        self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}", e.span)
+
+    def dim_arithmetic(self, e: syntax.Binary, a, b):
+        """Dims with dims or integers: +, -, * and a division that leaves no remainder."""
+        if not (is_dim(a) and is_dim(b)) or e.op not in ("+", "-", "*", "/", "//"):
+            hint = "; dims are integers: float(d) is a dim's value as a tensor" \
+                if isinstance(a, float) or isinstance(b, float) else ""
+            self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}{hint}", e.span)
+        if e.op in ("+", "-", "*"):
+            return STATIC_OPS[e.op](a, b)
+        if b == 0:
+            self.fail("division by zero", e.span)
+        q = a // b if isinstance(a, Dim) else None
+        if q is None:
+            self.fail(f"cannot apply {e.op} to the symbolic dims {a} and {b}", e.span)
+        return q
 
     def check_items(self, kind: str, items: int, span: Span):
         """Before a static tuple or string is made: it holds at most MAX_ITEMS items."""
@@ -820,169 +838,7 @@ class Evaluator:
         if not ok(value):
             self.fail(f"{func}: argument '{arg}' must be {kind}, got {describe(value)}", span)
 
-    # -- indexing ---------------------------------------------------------------------------------------------------
-    def index(self, e: syntax.IndexExpr, env: Env):
-        subs = [s if isinstance(s, (syntax.Slice, syntax.AnyDims)) else self.expr(s, env) for s in e.subscripts]
-        if any(isinstance(s, LoopIndex) for s in subs) and isinstance(e.value, syntax.Name):
-            value = self.lookup(e.value.id, env, e.value.span)   # a sequence: sliced, not captured whole
-        else:
-            value = self.expr(e.value, env)
-        if isinstance(value, FUNCTIONS):      # zeros[B, units]: an initializer applied to a shape
-            shape = tuple(self.dim_value(s, e.span) for s in subs)
-            fan_in, fan_out = fans(shape)
-            return self.call(value, [(shape, e.span), (fan_in, e.span), (fan_out, e.span)], {}, e.span)
-        if isinstance(value, tuple):
-            if len(subs) != 1 or not isinstance(subs[0], int):
-                self.fail("a tuple is indexed by one integer", e.span)
-            try:
-                return value[subs[0]]
-            except IndexError:
-                self.fail(f"index {subs[0]} is out of range for a tuple of {len(value)}", e.span)
-        if not isinstance(value, Tensor):
-            self.fail(f"cannot index {describe(value)}", e.span)
-        return self.index_tensor(value, subs, e, env)
-
-    def index_tensor(self, x: Tensor, subs, e: syntax.IndexExpr, env: Env):
-        n_ellipsis = sum(isinstance(s, syntax.AnyDims) for s in subs)
-        if n_ellipsis > 1:
-            self.fail("at most one '...' in an index", e.span)
-        explicit = len(subs) - n_ellipsis
-        if explicit > x.rank:
-            self.fail(f"too many indices ({explicit}) for {x.type}", e.span)
-        full = []
-        for s in subs:
-            if isinstance(s, syntax.AnyDims):
-                full += [None] * (x.rank - explicit)
-            else:
-                full.append(s)
-        full += [None] * (x.rank - len(full))
-        full = [None if isinstance(s, syntax.Slice) and s.start is s.stop is s.step is None else s for s in full]
-        loop = [(i, s) for i, s in enumerate(full) if isinstance(s, LoopIndex)]
-        if loop:
-            return self.sequence_step(x, full, loop, e)
-        starts, stops, steps, drop = [], [], [], []
-        for axis, (s, d) in enumerate(zip(full, x.shape)):
-            if s is None:
-                starts.append(0), stops.append(d), steps.append(1)
-            elif isinstance(s, syntax.Slice):
-                a, b, st = (self.expr(p, env) if p is not None else None for p in (s.start, s.stop, s.step))
-                st = 1 if st is None else st
-                if not isinstance(st, int) or st <= 0:
-                    self.fail("slice steps must be positive integers", s.span)
-                a = 0 if a is None else self.norm_index(a, d, s.span)
-                b = d if b is None else self.norm_index(b, d, s.span)
-                length = slice_length(a, b, st)
-                if isinstance(length, int) and length <= 0:
-                    self.fail(f"the index selects nothing from {x.type}", e.span)
-                starts.append(a), stops.append(b), steps.append(st)
-            elif isinstance(s, (int, Dim)) and not isinstance(s, bool):
-                i = self.norm_index(s, d, e.span)
-                if isinstance(i, int) and isinstance(d, int) and i >= d:
-                    self.fail(f"index {s} is out of range for a dim of size {d}", e.span)
-                starts.append(i), stops.append(i + 1), steps.append(1)
-                drop.append(axis)
-            else:
-                self.fail(f"a tensor index must be an integer, a slice or '...', got {describe(s)}; "
-                          "use gather(table, indices) to index with a tensor", e.span)
-        out = ops.slice_(x, starts, stops, steps)
-        if drop:
-            out = ops.reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in drop))
-        return out
-
-    def norm_index(self, i, size, span):
-        if isinstance(i, int) and i < 0:
-            i = size + i
-        if isinstance(i, int) and isinstance(size, int) and not 0 <= i <= size:
-            self.fail(f"index {i} is out of range for a dim of size {size}", span)
-        if not isinstance(i, (int, Dim)) or isinstance(i, bool):
-            self.fail(f"an index must be an integer, got {describe(i)}", span)
-        return i
-
-    def sequence_step(self, x: Tensor, full, loop, e: syntax.IndexExpr):
-        if len(loop) > 1 or any(s is not None for i, s in enumerate(full) if i != loop[0][0]):
-            self.fail("index a sequence with the step variable alone, as in xs[:, t]", e.span)
-        axis, t = loop[0]
-        if t.body is not self.graph:
-            self.fail(f"'{t.name}' belongs to another scan", e.span)
-        if x.graph is self.graph:
-            self.fail(f"only a sequence from outside the scan can be indexed with '{t.name}'", e.value.span)
-        source = self.capture(x, self.graph.parent)
-        key = (id(self.graph), source.key(), axis)
-        if key not in self.sequences:
-            shape = source.shape[:axis] + source.shape[axis + 1:]
-            self.sequences[key] = self.new_arg(self.graph, TensorType(source.dtype, shape), ("sequence", source, axis))
-        return self.sequences[key]
-
-    # -- scan --------------------------------------------------------------------------------------------------------
-    def scan(self, e: syntax.Scan, env: Env):
-        length = self.expr(e.length, env)
-        length = self.static_int(length, e.length.span, "the length of a scan")
-        opts = {"reverse": False, "axis": 1, "checkpoint": None}
-        for k in e.options:
-            if k.name not in opts:
-                self.fail(f"unknown scan option '{k.name}' (reverse, axis, checkpoint)", k.span)
-            opts[k.name] = self.expr(k.value, env)
-            if k.name == "checkpoint":
-                opts[k.name] = checkpoint_every(opts[k.name], k.value.span, "checkpoint")
-        if not isinstance(opts["reverse"], bool):
-            self.fail("reverse must be true or false", e.span)
-        if opts["checkpoint"] is None and e.span.file == RECURRENT_LAYERS:
-            opts["checkpoint"] = self.remat         # the train block's `remat = k`
-        outer = self.graph
-        body = Graph(f"scan_body@{e.span.line}", parent=outer, budget=self.budget)
-        body.span = e.span.called_from(outer.span)     # a library scan's body remembers the user's call
-        benv = env.child()
-        carries = []
-        for c in e.carries:
-            init = self.tensor(self.expr(c.value, env), c.value.span, f"carry {c.name}")
-            carries.append((c.name, init, c.span))
-            benv.vars[c.name] = self.new_arg(body, init.type, ("carry",))
-        benv.vars[e.var] = LoopIndex(body, e.var)
-        self.graph = body
-        try:
-            result = self.block(e.body, benv, in_scan=True, in_def=False)
-            ys = result[1] if result else []
-            finals = []
-            for name, init, span in carries:
-                final = self.local(benv.vars[name])
-                if not isinstance(final, Tensor):
-                    self.fail(f"carry '{name}' must stay a tensor", span)
-                if final.type != init.type:
-                    self.fail(f"carry '{name}' starts as {init.type} but the body makes it {final.type}", span)
-                finals.append(final)
-        finally:
-            self.graph = outer
-        axis = opts["axis"]
-        for y in ys:
-            if not isinstance(axis, int) or not 0 <= axis <= y.rank:
-                self.fail(f"cannot stack {y.type} along axis {axis}", e.span)
-        # order body arguments: carries, sequences, invariants
-        roles = {"carry": 0, "sequence": 1, "invariant": 2}
-        body.set_args(sorted(body.args, key=lambda a: roles[body.nx.nodes[a.node]["role"][0]]))
-        body.outputs = {f"carry{i}": t for i, t in enumerate(finals)}
-        body.outputs.update({f"y{i}": t for i, t in enumerate(ys)})
-        seqs = [body.nx.nodes[a.node]["role"] for a in body.args if body.nx.nodes[a.node]["role"][0] == "sequence"]
-        invs = [body.nx.nodes[a.node]["role"][1] for a in body.args if body.nx.nodes[a.node]["role"][0] == "invariant"]
-        operands = [init for _, init, _ in carries] + [self.local(r[1]) for r in seqs] + [self.local(t) for t in invs]
-        with outer.at(e.span):
-            outs = outer.add("scan", operands, body=body, length=length, reverse=opts["reverse"],
-                             n_carry=len(carries), xs_axes=tuple(r[2] for r in seqs), ys_axes=(axis,) * len(ys),
-                             **({"checkpoint": opts["checkpoint"]} if opts["checkpoint"] else {}))
-        results = outs[len(carries):] if ys else outs[:len(carries)]
-        return results[0] if len(results) == 1 else tuple(results)
-
-
 # ---- helpers ---------------------------------------------------------------------------------------------------------
-RECURRENT_LAYERS = STDLIB_PREFIX + "recurrent.dl"      # the scans a train block's `remat = k` checkpoints
-
-
-def checkpoint_every(v, span: Span, name: str) -> int:
-    """A scan's `checkpoint = k`, a train block's `remat = k`: keep every k-th carry, k >= 1."""
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise DlcError(f"{name} must be an integer >= 1 (keep every k-th carry), got {describe(v)}", span)
-    return v
-
-
 STATIC_KINDS = ("int", "float", "bool", "str", "fn", "dim", "tuple")
 
 
@@ -1038,18 +894,6 @@ def keyword_form(decl: syntax.Def, args: list) -> str:
     given = ", ".join(f"{name} = {span.text() or '...'}" for name, (_, span) in zip(names, args))
     return f"; to pass {decl.name} as a function with its first argument left out, give the others by name: " \
            f"{decl.name}({given})"
-
-
-def fans(shape) -> tuple:
-    """fan_in, fan_out of a weight: dense [in, out]; conv [out, in, *kernel]."""
-    if len(shape) == 0:
-        return 1, 1
-    if len(shape) == 1:
-        return shape[0], shape[0]
-    if len(shape) == 2:
-        return shape[0], shape[1]
-    receptive = numel(shape[2:])
-    return shape[1] * receptive, shape[0] * receptive
 
 
 def ann_str(t: syntax.TensorTypeExpr) -> str:
