@@ -510,13 +510,21 @@ class Evaluator(Indexing, Scans):
 
     # -- expressions -----------------------------------------------------------------------------------------
     def expr(self, e, env: Env):
+        # A literal, and a name of a value of this graph, make no node, so they enter no place
+        # (Graph.at): half of all expressions; entering for them took some 6% of a build.
+        if isinstance(e, LITERALS):
+            return literal(e)
+        if isinstance(e, syntax.Name) and e.id != "params":
+            value = self.lookup(e.id, env, e.span)
+            if not isinstance(value, (Tensor, tuple)) or isinstance(value, Tensor) and value.graph is self.graph:
+                return value
+            with self.graph.at(e.span):     # made usable here: captured into a scan body
+                return self.local(value)
         with self.graph.at(e.span):
             return self._expr(e, env)
 
     def _expr(self, e, env: Env):
-        if isinstance(e, LITERALS):
-            return literal(e)
-        if isinstance(e, syntax.Name):
+        if isinstance(e, syntax.Name):      # `params`, the trainable parameters, usable here
             return self.local(self.lookup(e.id, env, e.span))
         if isinstance(e, syntax.Tuple):
             return tuple(self.expr(x, env) for x in e.items)
