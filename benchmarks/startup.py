@@ -13,7 +13,7 @@ directory again, so both are read. The phases, in the child process:
   grammar    the Lark parser (its tables built, or read from the cache)
   stdlib     the standard library parsed (or read) and defined
   user file  the user's file parsed and loaded
-  check      what `dlc check` does then: both modes built, the train block checked
+  check      what `dlc check` does then: the model checked (Program.check), the train block too
   process    the whole `dlc check FILE` command in a new interpreter, as a shell runs it
 
 The median of --runs runs is shown, in milliseconds: the wall time, and the CPU time of
@@ -69,8 +69,7 @@ def phases(path: str) -> dict:
     lap("stdlib")
     program = loader.load(path)
     lap("user file")
-    train = program.build(None, training=True)
-    program.build(None, training=False)
+    train = program.check(None)
     make_config(program, train.name, {}, require_data=False, model=train)
     lap("check")
     return times

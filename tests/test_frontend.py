@@ -208,6 +208,106 @@ model m {
     np.testing.assert_allclose(w @ w.T, np.eye(8), atol=1e-10)
 
 
+def test_a_shared_name_replays_its_calls_whatever_its_initializers_call():
+    """An initializer's calls make no layer: the second call of `enc` finds `scale`'s
+    parameter although `W`'s initializer was called, under the same label, only in the first."""
+    m = build("""
+def scale(x: f32[B, D]) {
+    param s: f32[D] = ones
+    return x * s
+}
+def block(x: f32[B, D]) {
+    y = x
+    param W: f32[D, D] = glorot_uniform
+    y = scale(y @ W)
+    return y
+}
+model m {
+    input x: f32[B, 4]
+    h = block(x, name = "enc")
+    h2 = block(h, name = "enc")
+    loss mean(h2)
+}""")
+    assert names(m) == ["enc.W", "enc.y.s"]
+
+
+def test_an_initializer_cannot_declare_a_parameter():
+    with pytest.raises(DlcError, match="an initializer cannot declare a parameter \\('q'\\)") as e:
+        build("""
+def weird(shape, fan_in = 0, fan_out = 0) {
+    param q: f32[2] = zeros
+    return full(shape, 1.0)
+}
+model m {
+    input x: f32[B, 4]
+    param W: f32[4, 4] = weird
+    loss mean(x @ W)
+}""")
+    assert e.value.span.line == 3
+
+
+CHECKED = """
+def rows(shape, fan_in = 0, fan_out = 0) = full((3, 4), 1.0)
+model m {
+    input x: f32[B, 3]
+    param W: f32[3, 4] = rows
+    param U: f32[3, 4] = rows
+    h = dropout(dense(x @ W + x @ U, 4), 0.5)
+    loss mean(h)
+}"""
+
+
+def test_a_check_draws_no_initial_values_and_changes_none_drawn_after_it():
+    program = load_text(CHECKED, "t.dl")
+    before = init_params(program.build(training=True))
+    checked = program.check()
+    assert checked.init is None and names(checked) == ["W", "U", "h.W", "h.b"]
+    after = init_params(program.build(training=True))
+    assert list(after) == list(before) and all(np.array_equal(before[k], after[k]) for k in before)
+    random = [m.init.attrs(n)["stream"] for m in [program.build(training=True)] for n in m.init.nodes_with("random")]
+    assert random == [1]        # h.W's glorot_uniform: one stream, the first
+
+
+def test_a_check_calls_each_initializer_for_each_parameter_type():
+    """The same initializer fails for one parameter type only: the check still finds it."""
+    with pytest.raises(DlcError, match=r"the initializer made f32\[3, 4\], the parameter is f32\[4, 4\]") as e:
+        load_text(CHECKED.replace("param U: f32[3, 4] = rows", "param U: f32[4, 4] = rows")
+                  .replace("x @ U", "x @ W"), "t.dl").check()
+    assert e.value.span.line == 6
+
+
+def test_a_check_counts_the_nodes_of_the_initializer_calls_it_leaves_out(monkeypatch):
+    from dlc.compiler.ir import graph
+    src = "model m {\n    input x: f32[B, 3]\n    loss mean(dense(dense(dense(x, 3), 3), 3))\n}"
+    m = load_text(src, "t.dl").build(training=True)
+    made = m.graph._next + m.init._next
+    monkeypatch.setattr(graph, "MAX_NODES", made)
+    load_text(src, "t.dl").check()
+    monkeypatch.setattr(graph, "MAX_NODES", made - 1)
+    for build_it in (lambda p: p.build(training=True), lambda p: p.check()):
+        with pytest.raises(DlcError, match="needs more than"):
+            build_it(load_text(src, "t.dl"))
+
+
+def test_a_check_builds_for_evaluation_only_a_model_that_reads_training(monkeypatch):
+    from dlc.compiler.frontend.evaluator import Evaluator
+    modes = []
+    real = Evaluator.build
+
+    def counted(ev, *args):
+        modes.append(ev.training)
+        return real(ev, *args)
+    monkeypatch.setattr(Evaluator, "build", counted)
+    load_text("model m {\n    input x: f32[B, 3]\n    loss mean(dense(x, 2))\n}", "t.dl").check()
+    assert modes == [True]
+    modes.clear()
+    load_text(CHECKED, "t.dl").check()          # dropout reads `training`
+    assert modes == [True, False]
+    with pytest.raises(DlcError, match="unknown name 'nosuch'"):
+        load_text("model m {\n    input x: f32[B, 3]\n    if training { y = x } else { y = nosuch(x) }\n"
+                  "    loss mean(y)\n}", "t.dl").check()
+
+
 def test_import_of_another_file(tmp_path):
     (tmp_path / "blocks.dl").write_text("def twice(x) = dense(dense(x, 4, relu), 4)\n")
     (tmp_path / "main.dl").write_text('import "blocks.dl"\nmodel m { input x: f32[B, 3]  y = twice(x)  loss mean(y) }\n')

@@ -371,8 +371,9 @@ async def test_formatting_is_dlc_fmts_layout(client, tmp_path):
 
 # ---- a server that never dies ------------------------------------------------------------------
 async def test_a_huge_repeat_is_cut_off_by_the_time_budget_and_says_so(client, tmp_path):
+    # each step also makes a long static tuple, so that the 2 s pass long before the node limit
     program = ("model m {\n    input x: f32[B, 4]\n    h = x\n    repeat i in 0..100000 {\n        h = dense(h, 4)\n"
-               "    }\n    output y = h\n}\n")
+               "        t = range(100000)\n    }\n    output y = h\n}\n")
     uri, got = await open_doc(client, tmp_path / "huge.dl", program)
     assert len(got) == 1 and "stopped building the model after" in got[0].message, got
     assert "time budget" in got[0].message and got[0].range.start.line == 4       # at the user's dense(...)

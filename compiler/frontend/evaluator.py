@@ -34,9 +34,18 @@ MAX_ITEMS = 1_000_000
 
 # ---- the evaluator ---------------------------------------------------------------------------
 class Evaluator(Indexing, Scans):
-    def __init__(self, globals_: Env, training: bool, replicas: int = 1, seconds: float | None = None):
+    def __init__(self, globals_: Env, training: bool, replicas: int = 1, seconds: float | None = None,
+                 initial_values: bool = True):
         self.globals = globals_
         self.training = training
+        self.reads_training = False        # whether the model looked `training` up: else both modes build the same
+        # False for a check (`dlc check`, the language server), which never reads initial values:
+        # each initializer is called once per parameter type, for its errors (the nodes of the
+        # calls left out still count to the limit), and the model gets no init graph. Those
+        # calls took a quarter of the time of building a transformer.
+        self.initial_values = initial_values
+        # (id of an initializer, parameter type) -> (it, kept so that its id stays its own; the nodes its call made)
+        self.initializers_called: dict = {}
         self.replicas = replicas        # ranks whose batch statistics are one (sync_batchnorm), else 1
         self.budget = NodeBudget(seconds)  # the nodes (and seconds) this build may still take, in all its graphs
         self.remat = None                  # the train block's `remat = k`: checkpoint the library's recurrences
@@ -152,13 +161,15 @@ class Evaluator(Indexing, Scans):
         for node, value in self.updates.items():
             self.graph.outputs[f"update:{names[node]}"] = value
         self.name_layers()
-        self.init.outputs = {names[node]: value for (node, *_), value in zip(self.param_nodes, self.init_values)}
+        if self.initial_values:
+            self.init.outputs = {names[node]: value for (node, *_), value in zip(self.param_nodes, self.init_values)}
         seen = {}
         for p in params:
             if p.name in seen:
                 self.fail(f"two parameters are both named '{p.name}'", p.span, [("the other one", seen[p.name])])
             seen[p.name] = p.span
-        return Model(model.name, self.graph, self.init, self.inputs, params, self.training, train, model.span,
+        init = self.init if self.initial_values else None
+        return Model(model.name, self.graph, init, self.inputs, params, self.training, train, model.span,
                      self.bindings, self.layer_types(), self.calls(), self.def_values)
 
     def name_layers(self):
@@ -361,6 +372,9 @@ class Evaluator(Indexing, Scans):
         root = self.graph
         while root.parent is not None:
             root = root.parent
+        if root is self.init:
+            self.fail(f"an initializer cannot declare a parameter ('{s.name}'); it makes one value from the "
+                      "shape it is given", s.span)
         if self.scope.replay:                 # a later call of a shared name reuses the first call's weights
             shared = self.scope.shared_call()
             first = [(f"the first call named '{shared.label}'", shared.first_call)]
@@ -379,12 +393,21 @@ class Evaluator(Indexing, Scans):
         self.init_values.append(self.initial_value(s, typ, env))
         return self.local(t)
 
-    def initial_value(self, s: syntax.ParamDecl, typ: TensorType, env: Env) -> Tensor:
-        """Evaluate the initializer into the init graph."""
-        saved, self.graph = self.graph, self.init
+    def initial_value(self, s: syntax.ParamDecl, typ: TensorType, env: Env) -> Tensor | None:
+        """Evaluate the initializer into the init graph (None for a check that called it already
+        for this type). Its calls are no layer: they join neither the model's parameter scopes,
+        where they would shift the calls a shared name replays, nor its calls."""
+        outer, scope, calls = self.graph, self.scope, self.call_nodes
+        self.graph, self.scope, self.call_nodes = self.init, ParamScope("", None), []
         try:
-            with self.init.at(saved.span), self.init.at(s.span):      # under the user's call, as in the model
+            with self.init.at(outer.span), self.init.at(s.span):      # under the user's call, as in the model
                 init = self.expr(s.init, env) if s.init is not None else self.globals.lookup("zeros")
+                called = self.initializers_called.get((id(init), typ))
+                if called is not None:
+                    for _ in range(called[1]):       # the nodes a call would make count as made
+                        self.budget.spend(self.init.span)
+                    return None
+                first, keyed = self.init._next, id(self.init) in self.rng_keys
                 if isinstance(init, FUNCTIONS):
                     fan_in, fan_out = fans(typ.shape)
                     value = self.call(init, [(typ.shape, s.span), (fan_in, s.span), (fan_out, s.span)], {}, s.span)
@@ -398,9 +421,13 @@ class Evaluator(Indexing, Scans):
                     value = ops.broadcast_to(value, typ.shape) if value.rank == 0 else value
                 if value.shape != typ.shape:
                     self.fail(f"the initializer made {value.type}, the parameter is {typ}", s.span)
-                return ops.cast(value, typ.dtype)
+                value = ops.cast(value, typ.dtype)
+                if not self.initial_values:       # the random key, made once, not counted again
+                    made = self.init._next - first - (not keyed and id(self.init) in self.rng_keys)
+                    self.initializers_called[id(init), typ] = (init, made)
+                return value
         finally:
-            self.graph = saved
+            self.graph, self.scope, self.call_nodes = outer, scope, calls
 
     def update_state(self, s: syntax.StateUpdate, env: Env):
         if self.graph.parent is not None:
@@ -483,13 +510,21 @@ class Evaluator(Indexing, Scans):
 
     # -- expressions -----------------------------------------------------------------------------------------
     def expr(self, e, env: Env):
+        # A literal, and a name of a value of this graph, make no node, so they enter no place
+        # (Graph.at): half of all expressions; entering for them took some 6% of a build.
+        if isinstance(e, LITERALS):
+            return literal(e)
+        if isinstance(e, syntax.Name) and e.id != "params":
+            value = self.lookup(e.id, env, e.span)
+            if not isinstance(value, (Tensor, tuple)) or isinstance(value, Tensor) and value.graph is self.graph:
+                return value
+            with self.graph.at(e.span):     # made usable here: captured into a scan body
+                return self.local(value)
         with self.graph.at(e.span):
             return self._expr(e, env)
 
     def _expr(self, e, env: Env):
-        if isinstance(e, LITERALS):
-            return literal(e)
-        if isinstance(e, syntax.Name):
+        if isinstance(e, syntax.Name):      # `params`, the trainable parameters, usable here
             return self.local(self.lookup(e.id, env, e.span))
         if isinstance(e, syntax.Tuple):
             return tuple(self.expr(x, env) for x in e.items)
@@ -540,6 +575,7 @@ class Evaluator(Indexing, Scans):
         if name == "training":
             if self.training is None:
                 self.fail("'training' is only known inside a model (a const is the same in both modes)", span)
+            self.reads_training = True
             return self.training
         if name == "params":
             return tuple(self.param_tensor(node) for node, _, _, trainable, _ in self.param_nodes if trainable)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -57,6 +58,22 @@ class Program:
         decl = self.model_decl(name)
         ev = Evaluator(self.globals, training, replicas, seconds)
         return ev.build(decl, self.trains.get(decl.name))
+
+    @collector_paused()
+    def check(self, name: str | None = None, seconds: float | None = None) -> Model:
+        """Build a model as `dlc check` and the language server do, for its errors and
+        types: for training, then for evaluation unless it never looks `training` up (the
+        builds would be the same), both without initial values (Evaluator). The training
+        build is returned. `seconds`: both builds' time budget, as in build."""
+        decl = self.model_decl(name)
+        train = self.trains.get(decl.name)
+        deadline = None if seconds is None else time.monotonic() + seconds
+        ev = Evaluator(self.globals, True, seconds=seconds, initial_values=False)
+        model = ev.build(decl, train)
+        if ev.reads_training:
+            left = None if deadline is None else max(deadline - time.monotonic(), 0.01)
+            Evaluator(self.globals, False, seconds=left, initial_values=False).build(decl, train)
+        return model
 
 
 def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list, defined: dict, loaded: set):

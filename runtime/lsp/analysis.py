@@ -115,9 +115,7 @@ def _analyze(a: Analysis, seconds: float):
     deadline = time.monotonic() + seconds
     for name in a.program.models:
         try:
-            model = a.program.build(name, training=True, seconds=max(deadline - time.monotonic(), 0.01))
-            a.models[name] = model
-            a.program.build(name, training=False, seconds=max(deadline - time.monotonic(), 0.01))
+            model = a.models[name] = a.program.check(name, seconds=max(deadline - time.monotonic(), 0.01))
             a.configs[name] = make_config(a.program, name, {}, require_data=False, model=model)
         except DlcError as e:
             a.fail(e)

@@ -15,8 +15,7 @@ def arguments(p):
 
 def run(args):
     program = load(args.file)
-    train = program.build(args.model, training=True)
-    program.build(args.model, training=False)
+    train = program.check(args.model)
     make_config(program, train.name, {}, require_data=False, model=train)     # every setting, without loading data
     print(f"{args.file}: ok")
     print(summaries.signature(train))
