@@ -330,6 +330,31 @@ def test_an_index_out_of_range_is_an_error_at_the_line(built):
     api.f("destroy")(model)
 
 
+def test_the_crc32_of_both_paths_is_zlibs(tmp_path):
+    """create checks every checkpoint member's CRC-32: by carry-less multiplication where
+    the CPU has it (folded 64 bytes at a time, then the tables for a tail) and by the
+    tables alone, and in pieces (a .npy header, then the data read into its array). Each
+    must be zlib's, at every start (alignment) and many lengths."""
+    import zlib
+    data = np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    (tmp_path / "data").write_bytes(data)
+    exe = tmp_path / "crc32_main"
+    subprocess.run(["cc", "-O2", f"-I{ROOT / 'compiler' / 'native'}", str(ROOT / "tests" / "deploy" / "crc32_main.c"),
+                    "-pthread", "-o", str(exe)], check=True)
+    lines = subprocess.run([str(exe), str(tmp_path / "data")], capture_output=True, text=True, check=True).stdout.split("\n")
+    rows = [line.split() for line in lines if line]
+    clmul = 0
+    for start, length, tables, folded, split in rows:
+        want = f"{zlib.crc32(data[int(start):int(start) + int(length)]):08x}"
+        assert tables == want and split == want, (start, length)
+        if folded != "-":
+            assert folded == want, (start, length)
+            clmul += 1
+    assert len(rows) > 16 * 300
+    flags = Path("/proc/cpuinfo").read_text()
+    assert (clmul > 0) == (" pclmulqdq" in flags and " sse4_1" in flags), "the folding path runs where the CPU has it"
+
+
 def test_hostile_checkpoints_are_refused(built, tmp_path):
     lib, ckpt = built("digits_cnn")
     api = Api(lib, "digits_cnn")
@@ -356,6 +381,25 @@ def test_hostile_checkpoints_are_refused(built, tmp_path):
         status, model = api.create(data=good[:cut])
         assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
         api.f("destroy")(model)
+    for cut in range(0, len(good), max(1, len(good) // 60)):        # a file is read piece by piece: the same
+        (tmp_path / "cut.npz").write_bytes(good[:cut])
+        status, model = api.create(tmp_path / "cut.npz")
+        assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
+        api.f("destroy")(model)
+    import zipfile
+    with zipfile.ZipFile(ckpt) as z:
+        member = z.getinfo("param:c1.W.npy")
+    damaged = bytearray(good)        # a bit of c1.W's data flipped: read into its array, then its CRC checked
+    local = member.header_offset            # its local header: 30 bytes, the name, the extra field, then the .npy
+    damaged[local + 30 + int.from_bytes(good[local + 26:local + 28], "little")
+            + int.from_bytes(good[local + 28:local + 30], "little") + 128 + 10] ^= 1
+    (tmp_path / "damaged.npz").write_bytes(damaged)
+    status, model = api.create(tmp_path / "damaged.npz")
+    assert api.error(model) == "checkpoint: parameter c1.W is damaged (CRC mismatch)"
+    api.f("destroy")(model)
+    status, model = api.create(tmp_path)
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and "cannot read the checkpoint" in api.error(model)
+    api.f("destroy")(model)
     dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
     tensors = (tmp_path / "w.safetensors").read_bytes()
     for cut in range(0, len(tensors), max(1, len(tensors) // 300)):

@@ -5,16 +5,18 @@
  * Everything here is static: two models linked into one program share nothing.
  *
  * Memory safety: every offset and size read from a checkpoint is checked against the
- * bytes there are before it is used; every size computed from the caller's shapes is
+ * bytes there are before it is used (and every read against the file's size: source_read); every size computed from the caller's shapes is
  * computed with overflow checks; the step runs only on buffers allocated here for the
  * sizes the caller's shapes give, or on the caller's inputs of exactly those shapes. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 #include <cpuid.h>
@@ -146,31 +148,43 @@ static uint64_t le(const unsigned char *p, int n) {
     return v;
 }
 
-/* CRC-32 eight bytes at a time (slicing-by-8): a checkpoint of 2 MB in about 2 ms */
-static uint32_t crc_table[8][256];
+/* A checkpoint's bytes: the caller's (NAME_create_from_memory) or a file's, read piece by
+ * piece: the parameters straight into their arrays, no copy of the whole file. A file is
+ * never mapped: one cut short while it is read is an error here, not SIGBUS. */
+typedef struct { const unsigned char *bytes; int fd; uint64_t n; } source;
 
-static void fill_crc_table(void) {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[0][i] = c;
+/* bytes [at, at + len) of the checkpoint into dest: refused past its end */
+static int source_read(struct DLC_INSTANCE *m, const source *s, uint64_t at, uint64_t len, void *dest) {
+    if (at > s->n || len > s->n - at) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated (a read past its end)");
+    if (s->bytes) {
+        if (len) memcpy(dest, s->bytes + at, (size_t)len);
+        return DLC_OK;
     }
-    for (int k = 1; k < 8; k++)
-        for (int i = 0; i < 256; i++)
-            crc_table[k][i] = (crc_table[k - 1][i] >> 8) ^ crc_table[0][crc_table[k - 1][i] & 0xFF];
+    for (uint64_t done = 0; done < len;) {
+        ssize_t r = pread(s->fd, (unsigned char *)dest + done, (size_t)(len - done), (off_t)(at + done));
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: cannot read it: %s", r ? strerror(errno) : "cut short");
+        done += (uint64_t)r;
+    }
+    return DLC_OK;
 }
 
-static uint32_t crc32_of(const unsigned char *p, uint64_t n) {
-    static pthread_once_t once = PTHREAD_ONCE_INIT;
-    pthread_once(&once, fill_crc_table);
-    uint32_t c = 0xFFFFFFFFu;
-    for (; n >= 8; n -= 8, p += 8) {
-        uint32_t a = c ^ (uint32_t)le(p, 4), b = (uint32_t)le(p + 4, 4);
-        c = crc_table[7][a & 0xFF] ^ crc_table[6][a >> 8 & 0xFF] ^ crc_table[5][a >> 16 & 0xFF] ^ crc_table[4][a >> 24] ^
-            crc_table[3][b & 0xFF] ^ crc_table[2][b >> 8 & 0xFF] ^ crc_table[1][b >> 16 & 0xFF] ^ crc_table[0][b >> 24];
+static int source_open(struct DLC_INSTANCE *m, const char *path, source *s) {
+    struct stat st;
+    s->bytes = NULL;
+    s->fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (s->fd < 0) return fail(m, DLC_ERROR_WEIGHTS, "cannot open the checkpoint %s: %s", path, strerror(errno));
+    if (fstat(s->fd, &st) || !S_ISREG(st.st_mode) || st.st_size >= MOST_BYTES) {
+        close(s->fd);
+        s->fd = -1;
+        return fail(m, DLC_ERROR_WEIGHTS, "cannot read the checkpoint %s: not a file of a size this library reads", path);
     }
-    for (; n; n--) c = crc_table[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
-    return c ^ 0xFFFFFFFFu;
+    s->n = (uint64_t)st.st_size;
+    return DLC_OK;
+}
+
+static void source_close(source *s) {
+    if (!s->bytes && s->fd >= 0) close(s->fd);
 }
 
 /* the value after `key` in a .npy header (a Python dict literal), or NULL */
@@ -182,10 +196,12 @@ static const char *after_key(const char *header, const char *key) {
     return at;
 }
 
-/* check one .npy file against a parameter (its dtype and shape); its data's start in *data.
- * `label` names it in messages: "parameter c1.W", "optimizer state c1.W:m" */
+/* check one .npy file of n bytes, its first ones in d (NPY_HEAD of them, or all), against a
+ * parameter (its dtype and shape); where its data starts in *data. `label` names it in
+ * messages: "parameter c1.W", "optimizer state c1.W:m" */
+#define NPY_HEAD (12 + 4096)
 static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const char *label, const unsigned char *d, uint64_t n,
-                    const unsigned char **data) {
+                    uint64_t *data) {
     char header[4096];
     if (n < 10 || memcmp(d, "\x93NUMPY", 6))
         return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is not a .npy array", label);
@@ -229,35 +245,43 @@ static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const char *labe
     if (n - start - length != (uint64_t)p->count * (uint64_t)p->itemsize)
         return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s holds %llu bytes, its shape needs %llu", label,
                     (unsigned long long)(n - start - length), (unsigned long long)p->count * (uint64_t)p->itemsize);
-    *data = d + start + length;
+    *data = start + length;
     return DLC_OK;
 }
 
 /* a member of a zip's central directory */
 typedef struct { const unsigned char *name; uint64_t nlen, method, flags, crc, csize, usize, local; } zip_entry;
 
-/* the central directory of a zip: its first entry's offset in *at, its end in *end */
-static int zip_directory(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, uint64_t *at, uint64_t *end,
+/* The central directory of a zip, read into *dir (the caller frees it; *end bytes), and
+ * its entry count. The end record is in the last 64 KiB (a comment is at most that). */
+static int zip_directory(struct DLC_INSTANCE *m, const source *src, unsigned char **dir, uint64_t *end,
                          uint64_t *entries) {
-    uint64_t eocd = 0, cd_size, cd;
-    int have = 0;
-    for (uint64_t a = n >= 22 ? n - 22 : 0; n >= 22 && a + 65558 >= n; a--) {
-        if (le(z + a, 4) == 0x06054b50) { eocd = a; have = 1; break; }
+    uint64_t n = src->n, k = n < 65558 ? n : 65558, eocd = 0, cd_size, cd;
+    unsigned char *tail = malloc((size_t)k + 1), record[56];
+    *dir = NULL;
+    if (!tail) return fail(m, DLC_ERROR_MEMORY, "out of memory reading the checkpoint");
+    int status = source_read(m, src, n - k, k, tail), have = 0;
+    for (uint64_t a = k >= 22 ? k - 22 : 0; !status && k >= 22; a--) {
+        if (le(tail + a, 4) == 0x06054b50) { eocd = a; have = 1; break; }
         if (!a) break;
     }
-    if (!have) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: not a dlc checkpoint (.npz): no zip directory");
-    *entries = le(z + eocd + 10, 2), cd_size = le(z + eocd + 12, 4), cd = le(z + eocd + 16, 4);
-    if (*entries == 0xFFFF || cd_size == 0xFFFFFFFF || cd == 0xFFFFFFFF) {       /* zip64 */
-        if (eocd < 20 || le(z + eocd - 20, 4) != 0x07064b50)
+    if (!status && !have) status = fail(m, DLC_ERROR_WEIGHTS, "checkpoint: not a dlc checkpoint (.npz): no zip directory");
+    if (status) { free(tail); return status; }
+    *entries = le(tail + eocd + 10, 2), cd_size = le(tail + eocd + 12, 4), cd = le(tail + eocd + 16, 4);
+    eocd += n - k;                                       /* its place in the file */
+    free(tail);
+    if (*entries == 0xFFFF || cd_size == 0xFFFFFFFF || cd == 0xFFFFFFFF) {       /* zip64: a locator, a record */
+        if (eocd < 20 || source_read(m, src, eocd - 20, 20, record) || le(record, 4) != 0x07064b50)
             return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip64 directory");
-        uint64_t a = le(z + eocd - 12, 8);
-        if (a > n || n - a < 56 || le(z + a, 4) != 0x06064b50)
+        uint64_t a = le(record + 8, 8);
+        if (a > n || n - a < 56 || source_read(m, src, a, 56, record) || le(record, 4) != 0x06064b50)
             return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: damaged zip64 directory");
-        *entries = le(z + a + 32, 8), cd_size = le(z + a + 40, 8), cd = le(z + a + 48, 8);
+        *entries = le(record + 32, 8), cd_size = le(record + 40, 8), cd = le(record + 48, 8);
     }
     if (cd > n || cd_size > n - cd) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated (its directory is cut)");
-    *at = cd, *end = cd + cd_size;
-    return DLC_OK;
+    if (!(*dir = malloc((size_t)cd_size + 1))) return fail(m, DLC_ERROR_MEMORY, "out of memory reading the checkpoint");
+    *end = cd_size;
+    return source_read(m, src, cd, cd_size, *dir);
 }
 
 /* the directory entry at *at (moved past it) */
@@ -285,19 +309,38 @@ static int zip_next(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t *at
     return DLC_OK;
 }
 
-/* the bytes of a stored member, checked (its place in the file, its CRC); `label` names it */
-static int zip_data(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const zip_entry *e, const char *label,
-                    const unsigned char **data) {
+/* where the bytes of a stored member start in the file, checked to lie in it; `label` names it */
+static int zip_member(struct DLC_INSTANCE *m, const source *src, const zip_entry *e, const char *label, uint64_t *at) {
+    unsigned char local[30];
     if (e->method != 0 || e->flags & 1 || e->csize != e->usize)
         return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is compressed or encrypted; dlc writes it stored (np.savez)",
                     label);
-    if (e->local > n || n - e->local < 30 || le(z + e->local, 4) != 0x04034b50)
+    if (e->local > src->n || src->n - e->local < 30 || source_read(m, src, e->local, 30, local) ||
+        le(local, 4) != 0x04034b50)
         return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated or damaged at %s", label);
-    uint64_t at = e->local + 30 + le(z + e->local + 26, 2) + le(z + e->local + 28, 2);
-    if (at > n || e->csize > n - at) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated at %s", label);
-    if (crc32_of(z + at, e->csize) != e->crc) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is damaged (CRC mismatch)", label);
-    *data = z + at;
+    *at = e->local + 30 + le(local + 26, 2) + le(local + 28, 2);
+    if (*at > src->n || e->csize > src->n - *at) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated at %s", label);
     return DLC_OK;
+}
+
+/* a member's CRC, of its first k bytes `head` and the rest `tail`, against its directory's */
+static int zip_crc(struct DLC_INSTANCE *m, const zip_entry *e, const char *label, const void *head, uint64_t k,
+                   const void *tail) {
+    if (crc32_of(crc32_of(0, head, k), tail, e->csize - k) != e->crc)
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is damaged (CRC mismatch)", label);
+    return DLC_OK;
+}
+
+/* a stored .npy member holding parameter p: checked, its data read into dest */
+static int npy_member(struct DLC_INSTANCE *m, const source *src, const zip_entry *e, const dlc_param *p,
+                      const char *label, void *dest) {
+    unsigned char head[NPY_HEAD];
+    uint64_t at, data;
+    int status = zip_member(m, src, e, label, &at);
+    if (!status) status = source_read(m, src, at, e->csize < NPY_HEAD ? e->csize : NPY_HEAD, head);
+    if (!status) status = read_npy(m, p, label, head, e->csize, &data);
+    if (!status) status = source_read(m, src, at + data, e->csize - data, dest);
+    return status ? status : zip_crc(m, e, label, head, data, dest);
 }
 
 /* whether a member's name is PREFIX NAME [":" SLOT] ".npy" */
@@ -308,26 +351,27 @@ static int member_is(const zip_entry *e, const char *prefix, const char *name, c
            (!slot || (s[a + b] == ':' && !memcmp(s + a + b + 1, slot, c - 1))) && !memcmp(s + a + b + c, ".npy", 4);
 }
 
-/* The arrays of the first `count` parameters: "param:NAME.npy", each required; or, with a
- * `slot`, their optimizer state "opt:NAME:SLOT.npy", those there. */
-static int npz_arrays(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const unsigned char **found,
-                      const char *slot, int count) {
-    uint64_t at, end, entries;
-    int status = zip_directory(m, z, n, &at, &end, &entries);
+/* The arrays of the first `count` parameters, "param:NAME.npy", each required; or, with a
+ * `slot`, their optimizer state "opt:NAME:SLOT.npy", those there: read into dests[i],
+ * found[i] set for each read. */
+static int npz_arrays(struct DLC_INSTANCE *m, const source *src, void *const *dests, int *found, const char *slot,
+                      int count) {
+    uint64_t at = 0, end, entries;
+    unsigned char *dir;
+    int status = zip_directory(m, src, &dir, &end, &entries);
     for (uint64_t k = 0; !status && k < entries; k++) {
         zip_entry e;
-        if ((status = zip_next(m, z, &at, end, &e))) break;
+        if ((status = zip_next(m, dir, &at, end, &e))) break;
         for (int i = 0; !status && i < count; i++) {
             const dlc_param *p = &PARAMS[i];
             if (!member_is(&e, slot ? "opt:" : "param:", p->name, slot)) continue;
             char label[512];
             snprintf(label, sizeof label, slot ? "optimizer state %s:%s" : "parameter %s", p->name, slot);
-            const unsigned char *data;
-            if (found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is there twice", label);
-            if (!(status = zip_data(m, z, n, &e, label, &data)))
-                status = read_npy(m, p, label, data, e.csize, &found[i]);
+            if (found[i]) status = fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is there twice", label);
+            else if (!(status = npy_member(m, src, &e, p, label, dests[i]))) found[i] = 1;
         }
     }
+    free(dir);
     for (int i = 0; !status && !slot && i < count; i++)
         if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s (param:%s in the .npz)",
                                    PARAMS[i].name, PARAMS[i].name);
@@ -368,12 +412,13 @@ static int number(json *j, int64_t *v) {
 
 static int same(const char *s, size_t n, const char *word) { return n == strlen(word) && !memcmp(s, word, n); }
 
-static int safetensors_arrays(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n, const unsigned char **found) {
-    uint64_t length = le(z, 8);
-    if (length > n - 8) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated (its safetensors header is cut)");
-    const unsigned char *data = z + 8 + length;
-    uint64_t size = n - 8 - length;
-    json j = {(const char *)z + 8, (const char *)z + 8 + length};
+/* the header of a .safetensors file, `length` bytes at `at`: each parameter's dtype, shape
+ * and place checked, its bytes read into dests */
+static int safetensors_header(struct DLC_INSTANCE *m, const source *src, const char *at, uint64_t length,
+                              void *const *dests) {
+    uint64_t size = src->n - 8 - length;
+    int found[DLC_N_PARAMS + 1] = {0};
+    json j = {at, at + length};
     const char *key, *s;
     size_t kn, sn;
     if (!take(&j, '{')) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
@@ -424,57 +469,60 @@ static int safetensors_arrays(struct DLC_INSTANCE *m, const unsigned char *z, ui
         }
         if (begin < 0 || end < begin || (uint64_t)end > size || end - begin != q->count * q->itemsize)
             return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: the bytes of parameter %s are not in the file", q->name);
-        found[p] = data + begin;
+        int status = source_read(m, src, 8 + length + (uint64_t)begin, (uint64_t)(end - begin), dests[p]);
+        if (status) return status;
+        found[p] = 1;
     } while (take(&j, ',') || (!take(&j, '}') && (j.at = j.end)));
     for (int i = 0; i < DLC_N_PARAMS; i++)
         if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s", PARAMS[i].name);
     return DLC_OK;
 }
 
-/* the parameters from a checkpoint, .npz or .safetensors (told by their first bytes) */
-static int load_checkpoint(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n) {
-    const unsigned char *found[DLC_N_PARAMS + 1] = {0};
-    int status = n >= 4 && !memcmp(z, "PK", 2) ? npz_arrays(m, z, n, found, NULL, DLC_N_PARAMS)
-        : n >= 9 && z[8] == '{' ? safetensors_arrays(m, z, n, found)
-        : fail(m, DLC_ERROR_WEIGHTS, "checkpoint: neither a dlc checkpoint (.npz) nor a .safetensors file");
-    if (status) return status;
-    int64_t total = 0;
-    for (int i = 0; i < DLC_N_PARAMS; i++) {
-        total += (PARAMS[i].count * PARAMS[i].itemsize + ALIGN - 1) / ALIGN * ALIGN;
-    }
-    void *block = NULL;
-    if (total && posix_memalign(&block, ALIGN, (size_t)total))
-        return fail(m, DLC_ERROR_MEMORY, "out of memory for the parameters (%lld bytes)", (long long)total);
-    free(m->weights);
-    m->weights = block;
-    for (int i = 0, off = 0; i < DLC_N_PARAMS; i++) {
-        m->params[i] = m->weights + off;
-        memcpy(m->params[i], found[i], (size_t)(PARAMS[i].count * PARAMS[i].itemsize));
-        off += (int)((PARAMS[i].count * PARAMS[i].itemsize + ALIGN - 1) / ALIGN * ALIGN);
-    }
-    return DLC_OK;
-}
-
-/* a checkpoint file's bytes in *bytes (the caller frees them), its size in *n */
-static int read_whole(struct DLC_INSTANCE *m, const char *path, unsigned char **bytes, uint64_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(m, DLC_ERROR_WEIGHTS, "cannot open the checkpoint %s: %s", path, strerror(errno));
-    long size = fseek(f, 0, SEEK_END) ? -1 : ftell(f);
-    *bytes = size >= 0 && size < MOST_BYTES ? malloc((size_t)size + 1) : NULL;
-    int status = !*bytes ? fail(m, size < 0 ? DLC_ERROR_WEIGHTS : DLC_ERROR_MEMORY, "cannot read the checkpoint %s", path)
-        : fseek(f, 0, SEEK_SET) || fread(*bytes, 1, (size_t)size, f) != (size_t)size
-        ? fail(m, DLC_ERROR_WEIGHTS, "cannot read the checkpoint %s: %s", path, strerror(errno)) : DLC_OK;
-    fclose(f);
-    *n = (uint64_t)size;
+/* the parameters of a .safetensors file (`first`: its first 8 bytes) into dests */
+static int safetensors_arrays(struct DLC_INSTANCE *m, const source *src, const unsigned char *first, void *const *dests) {
+    uint64_t length = le(first, 8);
+    if (length > src->n - 8) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: truncated (its safetensors header is cut)");
+    char *header = malloc((size_t)length + 1);
+    if (!header) return fail(m, DLC_ERROR_MEMORY, "out of memory reading the checkpoint");
+    int status = source_read(m, src, 8, length, header);
+    if (!status) status = safetensors_header(m, src, header, length, dests);
+    free(header);
     return status;
 }
 
-static int load_file(struct DLC_INSTANCE *m, const char *path) {
-    unsigned char *bytes;
-    uint64_t n;
-    int status = read_whole(m, path, &bytes, &n);
-    if (!status) status = load_checkpoint(m, bytes, n);
-    free(bytes);
+/* The parameters from a checkpoint, .npz or .safetensors (told by their first bytes), read
+ * into one new block; the instance's are replaced only when all were read. */
+static int load_checkpoint(struct DLC_INSTANCE *m, const source *src) {
+    unsigned char first[9];
+    int64_t total = 0;
+    for (int i = 0; i < DLC_N_PARAMS; i++) total += (PARAMS[i].count * PARAMS[i].itemsize + ALIGN - 1) / ALIGN * ALIGN;
+    unsigned char *block = NULL;
+    if (total && posix_memalign((void **)&block, ALIGN, (size_t)total))
+        return fail(m, DLC_ERROR_MEMORY, "out of memory for the parameters (%lld bytes)", (long long)total);
+    void *dests[DLC_N_PARAMS + 1];
+    for (int i = 0, off = 0; i < DLC_N_PARAMS; i++) {
+        dests[i] = block + off;
+        off += (int)((PARAMS[i].count * PARAMS[i].itemsize + ALIGN - 1) / ALIGN * ALIGN);
+    }
+    int found[DLC_N_PARAMS + 1] = {0}, status = source_read(m, src, 0, src->n < 9 ? src->n : 9, first);
+    if (!status)
+        status = src->n >= 4 && !memcmp(first, "PK", 2) ? npz_arrays(m, src, dests, found, NULL, DLC_N_PARAMS)
+            : src->n >= 9 && first[8] == '{' ? safetensors_arrays(m, src, first, dests)
+            : fail(m, DLC_ERROR_WEIGHTS, "checkpoint: neither a dlc checkpoint (.npz) nor a .safetensors file");
+    if (status) { free(block); return status; }
+    free(m->weights);
+    m->weights = block;
+    for (int i = 0; i < DLC_N_PARAMS; i++) m->params[i] = dests[i];
+    return DLC_OK;
+}
+
+/* the parameters from the caller's bytes or from a file */
+static int load_source(struct DLC_INSTANCE *m, const char *path, const void *bytes, size_t n,
+                       int (*load)(struct DLC_INSTANCE *, const source *)) {
+    source src = {bytes, -1, n};
+    int status = bytes ? DLC_OK : source_open(m, path, &src);
+    if (!status) status = load(m, &src);
+    source_close(&src);
     return status;
 }
 
@@ -490,8 +538,7 @@ static int instance(struct DLC_INSTANCE **out, const char *path, const void *byt
     m->threads = 1;
     m->status = check_cpu(m);
     if (!m->status) {
-        if (bytes) m->status = load_checkpoint(m, bytes, n);
-        else if (path) m->status = load_file(m, path);
+        if (bytes || path) m->status = load_source(m, path, bytes, n, load_checkpoint);
         else if (DLC_EMBEDDED)
             for (int i = 0; i < DLC_N_PARAMS; i++) m->params[i] = (void *)(DLC_WEIGHTS + PARAMS[i].embedded);
         else m->status = fail(m, DLC_ERROR_ARGUMENT, "this library has no weights inside (it was built without "
@@ -603,13 +650,14 @@ static int bind_inputs(struct DLC_INSTANCE *m, const void *const *inputs, const 
         for (int a = 0; a < in->rank; a++) {
             int64_t d = shapes[i][a];
             int s = in->dims[a].symbol;
-            shape_text(got, sizeof got, shapes[i], in->rank);
-            if (d < 1) return fail(m, DLC_ERROR_SHAPE, "input '%s' expects %s, got shape %s: every dim must be at least 1",
-                                   in->name, in->type, got);
-            if (s < 0) continue;
-            if (bound[s] && values[s] != d)
+            if (d < 1 || (s >= 0 && bound[s] && values[s] != d)) {      /* the message's text only for a message */
+                shape_text(got, sizeof got, shapes[i], in->rank);
+                if (d < 1) return fail(m, DLC_ERROR_SHAPE, "input '%s' expects %s, got shape %s: every dim must be at "
+                                       "least 1", in->name, in->type, got);
                 return fail(m, DLC_ERROR_SHAPE, "input '%s' expects %s with %s = %lld, got shape %s", in->name, in->type,
                             SYMBOLS[s].name, (long long)values[s], got);
+            }
+            if (s < 0) continue;
             values[s] = d, bound[s] = 1;
         }
     }

@@ -3,7 +3,7 @@
 The kernels are the engine's own step module (driver.py), written out as an object; the
 C source around it holds the model's tables (symbols, inputs, outputs, parameters,
 buffers as dim polynomials, the step's argument slots, the size constraints and index
-checks with their source lines), the run-time part every library shares (library.c:
+checks with their source lines), the run-time part every library shares (library_crc32.c, library.c:
 checkpoint reading (.npz, .safetensors), CPU check, the call) and the public functions, named after the model
 (a --train library adds a second unit, the train step's: library_train.c and its tables, and
 the train functions of its header, `_train_header`):
@@ -202,7 +202,7 @@ def data_module(lib: Library, weight_blob: bytes, const_blob: bytes):
 
 
 def c_source(lib: Library) -> str:
-    """The C source of the library: tables, library.c, the public functions."""
+    """The C source of the library: tables, library_crc32.c and library.c, the public functions."""
     p, n = lib.program, lib.name
     polys = _Polys(lib.symbols)
     weight_offsets, const_offsets, _, _ = embedded_layout(lib)
@@ -274,7 +274,9 @@ def c_source(lib: Library) -> str:
     body.append(f"static const char *const CPU_FEATURES[] = {{{features + ', ' if features else ''}NULL}};")
     # POLYS is filled as the tables above ask for polynomials: it goes before them
     tables = [f"static const int64_t POLYS[] = {{{', '.join(map(str, polys.values)) or '0'}}};"] + body
+    crc = Path(__file__).with_name("library_crc32.c").read_text()
     types, functions = Path(__file__).with_name("library.c").read_text().split(TABLES)
+    types = crc + types
     if lib.training is None:
         out.append("#define DLC_N_UPDATE_BUFFERS 0")
         if lib.trainer is not None:

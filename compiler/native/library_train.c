@@ -79,46 +79,49 @@ static int64_t json_count(const unsigned char *at, const unsigned char *end, con
  * optimizer state of every trained parameter (all or none: none, a fresh run's zeros) and
  * the step count of its metadata, unless the run's optimizer is another (whose state means
  * nothing here, as dlc train --resume says). */
-static int load_training_state(struct DLC_INSTANCE *m, const unsigned char *z, uint64_t n) {
-    if (n < 4 || memcmp(z, "PK", 2)) return DLC_OK;          /* a .safetensors file: parameters only */
-    uint64_t at, end, entries;
-    int status = zip_directory(m, z, n, &at, &end, &entries);
-    const unsigned char *meta = NULL;
+static int load_training_state(struct DLC_INSTANCE *m, const source *src) {
+    unsigned char first[2];
+    if (src->n < 4 || source_read(m, src, 0, 2, first) || memcmp(first, "PK", 2))
+        return DLC_OK;                                    /* a .safetensors file: parameters only */
+    uint64_t at = 0, end, entries, data;
+    unsigned char *dir, *meta = NULL;
+    int status = zip_directory(m, src, &dir, &end, &entries);
     zip_entry e = {0};
     for (uint64_t k = 0; !status && k < entries && !meta; k++)
-        if (!(status = zip_next(m, z, &at, end, &e)) && member_is(&e, "", "meta", NULL))
-            status = zip_data(m, z, n, &e, "the metadata", &meta);
-    if (status) return status;
-    if (meta && find(meta, meta + e.csize, "\"optimizer\": \"") &&
-        !find(meta, meta + e.csize, "\"optimizer\": \"" DLC_OPTIMIZER "\""))
-        return DLC_OK;
-    int have = 0;
-    for (int s = 0; s < DLC_N_SLOTS; s++) {
-        const unsigned char *found[DLC_N_PARAMS + 1] = {0};
-        if ((status = npz_arrays(m, z, n, found, SLOTS[s], DLC_N_TRAINED_PARAMS))) return status;
-        for (int i = 0; i < DLC_N_TRAINED_PARAMS; i++) {
-            if (found[i]) memcpy(m->state[s] + FLAT_AT[i], found[i], (size_t)(PARAMS[i].count * 4));
-            have += found[i] != NULL;
+        if (!(status = zip_next(m, dir, &at, end, &e)) && member_is(&e, "", "meta", NULL) &&
+            !(status = zip_member(m, src, &e, "the metadata", &data))) {
+            if (!(meta = malloc((size_t)e.csize + 1))) status = fail(m, DLC_ERROR_MEMORY, "out of memory reading the checkpoint");
+            else if (!(status = source_read(m, src, data, e.csize, meta)))
+                status = zip_crc(m, &e, "the metadata", meta, e.csize, NULL);
         }
+    free(dir);
+    if (!status && meta && find(meta, meta + e.csize, "\"optimizer\": \"") &&
+        !find(meta, meta + e.csize, "\"optimizer\": \"" DLC_OPTIMIZER "\"")) {
+        free(meta);
+        return DLC_OK;
     }
-    if (have && have != DLC_N_SLOTS * DLC_N_TRAINED_PARAMS)
-        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: it holds the optimizer state of some trained parameters, not "
-                    "of all (opt:NAME:SLOT arrays)");
-    int64_t step = meta ? json_count(meta, meta + e.csize, "\"step\": ") : -1;
-    m->steps = step > 0 ? step : 0;
-    return DLC_OK;
+    int have = 0;
+    for (int s = 0; !status && s < DLC_N_SLOTS; s++) {
+        void *dests[DLC_N_PARAMS + 1];
+        int found[DLC_N_PARAMS + 1] = {0};
+        for (int i = 0; i < DLC_N_TRAINED_PARAMS; i++) dests[i] = m->state[s] + FLAT_AT[i];
+        status = npz_arrays(m, src, dests, found, SLOTS[s], DLC_N_TRAINED_PARAMS);
+        for (int i = 0; i < DLC_N_TRAINED_PARAMS; i++) have += found[i];
+    }
+    if (!status && have && have != DLC_N_SLOTS * DLC_N_TRAINED_PARAMS)
+        status = fail(m, DLC_ERROR_WEIGHTS, "checkpoint: it holds the optimizer state of some trained parameters, not "
+                      "of all (opt:NAME:SLOT arrays)");
+    int64_t step = meta && !status ? json_count(meta, meta + e.csize, "\"step\": ") : -1;
+    free(meta);
+    if (!status) m->steps = step > 0 ? step : 0;
+    return status;
 }
 
 /* setup_training, then the run a checkpoint continues (load_training_state) */
 static int start_training(struct DLC_INSTANCE *m, const char *path, const void *bytes, size_t size) {
     int status = setup_training(m);
     if (status || (!path && !bytes)) return status;
-    unsigned char *read = NULL;
-    uint64_t n = size;
-    if (path && (status = read_whole(m, path, &read, &n))) { free(read); return status; }
-    status = load_training_state(m, path ? read : bytes, n);
-    free(read);
-    return status;
+    return load_source(m, path, bytes, size, load_training_state);
 }
 
 static int param_named(const char *name) {
@@ -244,7 +247,7 @@ static void member(growing *z, growing *dir, const char *name, const char *descr
     put(&npy, header, (uint64_t)(total - 10));
     put(&npy, data, bytes);
     if (npy.failed || npy.size > 0xFFFFFFFFu || z->size > 0xFFFFFFFFu) { z->failed = 1; free(npy.bytes); return; }
-    uint32_t crc = crc32_of(npy.bytes, npy.size);
+    uint32_t crc = crc32_of(0, npy.bytes, npy.size);
     uint64_t local = z->size, nlen = strlen(name);
     put_le(z, 0x04034b50, 4), put_le(z, 20, 2), put_le(z, 0, 2), put_le(z, 0, 2), put_le(z, 0, 2), put_le(z, 0x21, 2);
     put_le(z, crc, 4), put_le(z, npy.size, 4), put_le(z, npy.size, 4), put_le(z, nlen, 2), put_le(z, 0, 2);
