@@ -17,7 +17,8 @@ directory again, so both are read. The phases, in the child process:
   process    the whole `dlc check FILE` command in a new interpreter, as a shell runs it
 
 The median of --runs runs is shown, in milliseconds: the wall time, and the CPU time of
-the phases (on a busy machine the wall time waits for a core; the CPU time does not).
+the phases (on a busy machine the wall time waits for a core; the CPU time does not), and
+`others`: the cores other processes used meanwhile (0 = a quiet machine).
 
 With --train, each file is trained through the Python API (`dlc.load(FILE).train()`, what
 `dlc train` runs) in a fresh process, stopped after its first step. Cold: an empty compile
@@ -43,6 +44,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import OtherLoad
 
 ROOT = Path(__file__).resolve().parent.parent
 PHASES = ("import", "grammar", "stdlib", "user file", "check")
@@ -136,18 +139,20 @@ def main_train(files: list, runs: int):
         print(f"dlc's GEMM kernels compiled in {time.perf_counter() - t:.2f} s (once per machine; in every cold "
               f"run's cache below)\n")
         print(f"dlc train FILE, to the end of its first step: median of {runs} fresh processes, ms")
-        print(f"{'file':<28} {'':<5} " + " ".join(f"{p:>10}" for p in TRAIN_PHASES + ("process",)) + f" {'CPU':>7}")
+        print(f"{'file':<28} {'':<5} " + " ".join(f"{p:>10}" for p in TRAIN_PHASES + ("process",)) + f" {'CPU':>7}"
+              f" {'others':>7}")
         for path in files:
             results = {"cold": [], "warm": []}
-            for i in range(runs):
-                cache = Path(root) / f"cache-{Path(path).stem}-{i}"
-                shutil.copytree(kernels, cache)
-                results["cold"].append(run_train(path, str(cache), str(Path(root) / "run")))
-                results["warm"].append(run_train(path, str(cache), str(Path(root) / "run")))
+            with OtherLoad() as other:
+                for i in range(runs):
+                    cache = Path(root) / f"cache-{Path(path).stem}-{i}"
+                    shutil.copytree(kernels, cache)
+                    results["cold"].append(run_train(path, str(cache), str(Path(root) / "run")))
+                    results["warm"].append(run_train(path, str(cache), str(Path(root) / "run")))
             for kind, rs in results.items():
                 cells = [f"{1000 * statistics.median(r[p] for r in rs):>10.0f}" for p in TRAIN_PHASES + ("process",)]
                 cpu = statistics.median(sum(r[p + " cpu"] for p in TRAIN_PHASES) for r in rs)
-                print(f"{Path(path).name:<28} {kind:<5} " + " ".join(cells) + f" {1000 * cpu:>7.0f}")
+                print(f"{Path(path).name:<28} {kind:<5} " + " ".join(cells) + f" {1000 * cpu:>7.0f} {other.cores:>7.2f}")
 
 
 def main(argv=None):
@@ -171,14 +176,15 @@ def main(argv=None):
         print(json.dumps(phases(args.file)))
         return
     results = {"cold": [], "warm": []}
-    for _ in range(args.runs):
-        for command in (False, True):
-            with tempfile.TemporaryDirectory() as cache:
-                cold = run(args.file, cache, command)
-                warm = run(args.file, cache, command)
-            results["cold"].append(cold)
-            results["warm"].append(warm)
-    print(f"dlc check {args.file}: median of {args.runs} fresh processes, ms")
+    with OtherLoad() as other:
+        for _ in range(args.runs):
+            for command in (False, True):
+                with tempfile.TemporaryDirectory() as cache:
+                    cold = run(args.file, cache, command)
+                    warm = run(args.file, cache, command)
+                results["cold"].append(cold)
+                results["warm"].append(warm)
+    print(f"dlc check {args.file}: median of {args.runs} fresh processes, ms (others {other.cores:.2f} cores)")
     print(f"{'phase':<10} {'cold':>8} {'warm':>8} {'cold cpu':>9} {'warm cpu':>9}")
     for phase in PHASES + ("total", "process"):
         cells = []

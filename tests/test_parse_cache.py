@@ -101,3 +101,33 @@ def test_a_folder_or_entry_others_can_write_is_neither_read_nor_written(cache, m
     entry.chmod(0o666)              # good tables, but anyone's: rebuilt and replaced, not read
     assert parse_cache.lark_parser(GRAMMAR, **OPTIONS).parse("model m { input x: f32[B] output y = x }", start="start")
     assert not entry.stat().st_mode & 0o077, "an entry others can write was read rather than replaced"
+
+
+@pytest.fixture
+def shipped(tmp_path, monkeypatch):
+    folder = tmp_path / "shipped"
+    folder.mkdir()
+    monkeypatch.setattr(parse_cache, "shipped_dir", lambda: folder)
+    return folder
+
+
+def test_a_shipped_entry_is_read_by_its_key_only(cache, shipped):
+    """What an install ships (setup.py) is read before the user's cache, without writing
+    there; a grammar or library it was not made from builds into the user's cache; a bad
+    one is built as if not shipped."""
+    parsed, parser = parse_cache.parsed_modules(STDLIB, A), parse_cache.lark_parser(GRAMMAR, **OPTIONS)
+    for entry in cache.glob("*.json"):
+        entry.rename(shipped / entry.name)
+    assert parse_cache.parsed_modules(STDLIB, A) == parsed
+    text = (ROOT / "examples" / "digits_cnn.dl").read_text()
+    assert parse_cache.lark_parser(GRAMMAR, **OPTIONS).parse(text, start="start") == parser.parse(text, start="start")
+    assert list(cache.glob("*.json")) == [], "a shipped entry was built again"
+    changed = [(STDLIB[0][0], STDLIB[0][1] + "\ndef extra(x) = x\n")] + STDLIB[1:]
+    assert parse_cache.parsed_modules(changed, A)[0].items[-1].name == "extra"
+    parse_cache.lark_parser(GRAMMAR + "\n// edited\n", **OPTIONS)
+    assert len(entries(cache, "syntax")) == len(entries(cache, "grammar")) == 1
+    for entry in shipped.glob("*.json"):
+        entry.write_text("[")
+    assert parse_cache.parsed_modules(STDLIB, A) == parsed
+    parse_cache.lark_parser(GRAMMAR, **OPTIONS)
+    assert len(entries(cache, "syntax")) == len(entries(cache, "grammar")) == 2

@@ -7,6 +7,12 @@ AST), so a change makes a new entry and never reads a stale one. JSON holds only
 entry cannot run code, and one that does not load (truncated, edited, of an older layout)
 is ignored, rebuilt and written again. A cache directory that cannot be written only costs
 the time of building.
+
+An install ships the entries of its own grammar and standard library: building the wheel
+(setup.py's build_py) makes them once and puts them in the package's grammar folder, where
+`cached` looks first, so that a fresh install's first `dlc check` reads its tables instead of
+building them (about 210 ms on a Zen 5). They are found by the same key, so an edited grammar
+or library, or another Lark, never reads them: it builds into the user's cache as before.
 """
 from __future__ import annotations
 
@@ -15,6 +21,7 @@ import hashlib
 import json
 import os
 import tempfile
+from importlib import resources
 from pathlib import Path
 
 FORMAT = 1      # of the entries' layout; part of every key
@@ -33,10 +40,23 @@ def digest(*parts: str | bytes) -> str:
     return h.hexdigest()[:32]
 
 
+def shipped_dir() -> Path:
+    """The entries an install shipped (made when its wheel was built; none in a source tree)."""
+    return Path(str(resources.files("dlc.grammar")))
+
+
 def cached(name: str, build, encode, decode):
-    """The value of entry `name`: decoded from its file, else built, encoded and written. A
-    directory or file that is not this user's alone is neither read nor written: its tables
-    could be anyone's (the compile cache refuses such a directory with a message)."""
+    """The value of entry `name`: decoded from the shipped entry or the user's, else built,
+    encoded and written to the user's cache. A directory or file of the user's cache that is
+    not this user's alone is neither read nor written: its tables could be anyone's (the
+    compile cache refuses such a directory with a message). A shipped entry is read wherever
+    it is: who can write the installed package can change its code as well."""
+    shipped = shipped_dir() / name
+    if shipped.is_file():
+        try:
+            return decode(json.loads(shipped.read_text(encoding="utf-8")))
+        except Exception:   # a bad one: built as if not shipped
+            pass
     folder = cache_dir()
     try:
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)

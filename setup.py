@@ -1,0 +1,43 @@
+"""The build step pyproject.toml cannot say: the wheel carries the parse cache's entries of
+its grammar and standard library (compiler/frontend/parse_cache.py), made here once, so that
+a fresh install's first `dlc check` reads them instead of building them."""
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+# what a cold process makes: the grammar's tables (syntax._parser) and the library's trees
+MAKE_ENTRIES = "from dlc.compiler.frontend import loader, syntax; syntax._parser(); loader.stdlib_env()"
+
+
+class BuildPyWithParseCache(build_py):
+    """build_py, then the built package parses its grammar and standard library once in a
+    fresh cache directory, and the two entries that makes go into its grammar folder (where
+    parse_cache.cached looks first). The build fails if they are not made."""
+
+    def find_package_modules(self, package, package_dir):
+        """The package's modules, not this file (the repository's root is the package `dlc`)."""
+        return [m for m in super().find_package_modules(package, package_dir) if m[:2] != ("dlc", "setup")]
+
+    def run(self):
+        super().run()
+        if self.editable_mode:      # an editable install reads the source tree: no built package to add to
+            return
+        with tempfile.TemporaryDirectory() as cache:
+            path = os.pathsep.join(filter(None, [self.build_lib, os.environ.get("PYTHONPATH")]))   # pip's build env too
+            env = dict(os.environ, PYTHONPATH=path, DLC_CACHE_DIR=cache, PYTHONDONTWRITEBYTECODE="1")
+            subprocess.run([sys.executable, "-c", MAKE_ENTRIES], env=env, check=True)
+            made = sorted(Path(cache).glob("*.json"))
+            if [p.name.split("-")[0] for p in made] != ["grammar", "syntax"]:
+                raise RuntimeError(f"parsing the grammar and the standard library made {[p.name for p in made]}, "
+                                   f"not one grammar and one syntax entry")
+            for entry in made:
+                shutil.copyfile(entry, Path(self.build_lib, "dlc", "grammar", entry.name))
+
+
+setup(cmdclass={"build_py": BuildPyWithParseCache})
