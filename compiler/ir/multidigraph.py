@@ -6,9 +6,9 @@ It stands in for networkx's class because `import networkx` loads all of network
 algorithms, readers and writers, and a scan of the installed packages' entry points for its
 backends) and no submodule can be imported without that: some 130 ms of a 640 ms `dlc check`
 on a Zen 3, and a fifth of `dlc train`'s imports. The IR used only the container. Building a
-graph with it is also quicker (no view objects, no cache to clear on each change). The one
-algorithm dlc ran on it, networkx.descendants (the integer inputs' bounds, when training
-starts), is `descendants` here; tests/test_multidigraph.py checks all of it against networkx."""
+graph with it is also quicker (no view objects, no cache to clear on each change). networkx
+itself stays a dependency, for the algorithms (gradcheck's descendants); `to_networkx` makes
+one of its graphs from this."""
 from __future__ import annotations
 
 
@@ -100,16 +100,13 @@ class MultiDiGraph:
     def in_edges(self, n, keys: bool = False, data=False):
         return [(u, n, *_extra(k, d, keys, data)) for u, kd in self.pred[n].items() for k, d in kd.items()]
 
-    def descendants(self, n) -> set:
-        """The nodes reachable from n (n not included), as networkx.descendants."""
-        seen, todo = set(), [n]
-        while todo:
-            for v in self.succ[todo.pop()]:
-                if v not in seen:
-                    seen.add(v)
-                    todo.append(v)
-        seen.discard(n)
-        return seen
+    def to_networkx(self):
+        """A networkx MultiDiGraph of the same nodes and edges, for its algorithms."""
+        import networkx as nx
+        g = nx.MultiDiGraph()
+        g.add_nodes_from(self.nodes(data=True))
+        g.add_edges_from(self.edges(keys=True, data=True))
+        return g
 
 
 def _extra(key, data: dict, keys: bool, which) -> tuple:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import networkx as nx
 import numpy as np
 
 from dlc.compiler.passes.autodiff import hvp_graph, train_step
@@ -31,7 +32,7 @@ def index_bound(graph: Graph, node: int) -> int | None:
     """The number of valid values of an integer input: the rows of the table it
     gathers from, or the classes of the one_hot it feeds (compared with an iota)."""
     bounds = []
-    for n in graph.nx.descendants(node):
+    for n in nx.descendants(graph.nx.to_networkx(), node):
         prim = PRIMITIVES[graph.op(n)]
         if prim.index_count is not None:
             bounds.append(prim.index_count([x.type for x in graph.inputs(n)]))
