@@ -1,4 +1,4 @@
-"""The graph IR: a multigraph of primitive ops (compiler/ir/multidigraph.py: networkx's MultiDiGraph layout).
+"""The graph IR: a networkx MultiDiGraph of primitive ops.
 
 Every node has an `op`, static `attrs`, a list of output `types` (TensorType) and the
 source `span` it came from. An edge u -> v with key i and attribute `out=j` says that
@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable
 
+import networkx as nx
 import numpy as np
 
 from dlc.compiler.ir.dims import shape_str, numel
-from dlc.compiler.ir.multidigraph import MultiDiGraph
 from dlc.compiler.errors import DlcError, Span
 
 # the most nodes one model build may make, in all its graphs (docs/language.md, section 7):
@@ -287,7 +287,7 @@ class Graph:
         self.name = name
         self.budget = budget                   # a model build's graphs share one; derived graphs have none
         # the nodes (op, attrs, types, span) and the edges (key: operand index, out: output read)
-        self.nx = MultiDiGraph()
+        self.nx = nx.MultiDiGraph()
         self.parent = parent
         self.span: Span | None = None
         self.outputs = Outputs()

@@ -32,7 +32,7 @@ def index_bound(graph: Graph, node: int) -> int | None:
     """The number of valid values of an integer input: the rows of the table it
     gathers from, or the classes of the one_hot it feeds (compared with an iota)."""
     bounds = []
-    for n in nx.descendants(graph.nx.to_networkx(), node):
+    for n in nx.descendants(graph.nx, node):
         prim = PRIMITIVES[graph.op(n)]
         if prim.index_count is not None:
             bounds.append(prim.index_count([x.type for x in graph.inputs(n)]))
