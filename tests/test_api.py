@@ -19,7 +19,7 @@ from dlc.runtime import api
 from dlc.runtime.cli import main
 from dlc.runtime.training.trainer import Result
 
-from conftest import CLASSIFIER, XOR, write
+from helpers.programs import CLASSIFIER, XOR, write
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS_CNN = str(ROOT / "examples" / "digits_cnn.dl")

@@ -11,7 +11,7 @@ from dlc.runtime.cli import main
 from dlc.runtime.training import checkpoint
 from dlc.runtime.training.gradcheck import init_params
 
-from conftest import CLASSIFIER, write
+from helpers.programs import CLASSIFIER, write
 
 TRAIN = "train clf { batch = 8 epochs = 2 optimizer = sgd(lr = 0.1) }"
 CLF = CLASSIFIER.replace("metric accuracy = accuracy(logits, y)",

@@ -10,8 +10,8 @@ import pytest
 
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.engines.native import Executable
-from numeric_helpers import assert_close, build, check_graph_gradient, forward, gradients, graph_with_params
-from test_native_ops import run_native, step_graph
+from helpers.numeric import assert_close, build, check_graph_gradient, forward, gradients, graph_with_params
+from helpers.native_cases import run_native, step_graph
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: attention parity skipped")
 F = torch.nn.functional
@@ -117,8 +117,8 @@ def test_memory_grows_linearly_with_the_sequence():
 
 def test_training_gives_the_same_bits_on_any_thread_count_and_target(tmp_path):
     """Three Adam steps of causal self-attention over three blocks of queries and keys,
-    under 1, 2 and 3 threads and AVX2 (tests/test_reproducibility.py's configurations)."""
-    from test_reproducibility import assert_bit_identical
+    under 1, 2 and 3 threads and AVX2 (the configurations of tests/helpers/same_bits.py)."""
+    from helpers.same_bits import assert_bit_identical
     (tmp_path / "att.dl").write_text("""
 model att {
     input  tokens: i32[B, 150]

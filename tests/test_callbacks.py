@@ -12,7 +12,7 @@ from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.progress import EpochLines, Step
 from dlc.runtime.training.tensorboard import EventLog
 
-from conftest import CLASSIFIER, write
+from helpers.programs import CLASSIFIER, write
 
 # 48 examples of 3 classes; batch 8: 6 batches an epoch
 TRAIN = "train clf { batch = 8 epochs = 3 optimizer = sgd(lr = 0.1) }"

@@ -20,7 +20,8 @@ from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.engines.optim import make_optimizer
 from dlc.compiler.frontend.settings import Call
 
-from conftest import failure, write
+from helpers.cli import failure
+from helpers.programs import write
 
 ENGINES = [NativeEngine, ReferenceEngine]
 

@@ -16,7 +16,8 @@ from dlc.runtime.training import checkpoint
 from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.trainer import Trainer
 
-from conftest import XOR, failure, usage_error, write
+from helpers.cli import failure, usage_error
+from helpers.programs import XOR, write
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

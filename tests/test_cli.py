@@ -23,7 +23,8 @@ from dlc.runtime.training import checkpoint
 from dlc.runtime.training.gradcheck import init_params
 from dlc.compiler.frontend.loader import load
 
-from conftest import XOR, failure, usage_error, write
+from helpers.cli import failure, usage_error
+from helpers.programs import XOR, write
 
 LENET = str(Path(__file__).parent.parent / "examples" / "lenet5.dl")
 LSTM = str(Path(__file__).parent.parent / "examples" / "char_lstm.dl")

@@ -1,8 +1,8 @@
 """The convolution family: dilation and groups of conv1d / conv2d (depthwise is groups = C),
 conv1d_transpose and conv2d_transpose, maxpool1d, avgpool1d, global_max_pool, upsample2d
 and embedding's padding_idx. Each against torch.nn in float64 (forward and every
-gradient, through test_stdlib_parity's harness), its parameter count against torch's,
-compiled natively (against the reference engine, gradients included) and exported to
+gradient, through the harness of tests/helpers/torch_parity.py), its parameter count against
+torch's, compiled natively (against the reference engine, gradients included) and exported to
 ONNX and imported back; and a depthwise-separable torch model exported by torch.onnx
 imports with one grouped convolution per Conv."""
 from __future__ import annotations
@@ -22,11 +22,10 @@ from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402
 from dlc.runtime.engines.native import Executable  # noqa: E402
 from dlc.runtime.training import checkpoint, gradcheck as gc  # noqa: E402
-from numeric_helpers import build, trainable_count  # noqa: E402
-from test_native_ops import compare, model_feeds, run_reference, step_graph  # noqa: E402
-from test_onnx_export import assert_close, exported, float32_feeds, initial_params, run_onnx  # noqa: E402
-from test_onnx_roundtrip import reimported  # noqa: E402
-from test_stdlib_parity import DT, call, parity  # noqa: E402
+from helpers.numeric import build, trainable_count  # noqa: E402
+from helpers.native_cases import compare, model_feeds, run_reference, step_graph  # noqa: E402
+from helpers.onnx_runs import assert_close, exported, float32_feeds, initial_params, reimported, run_onnx  # noqa: E402
+from helpers.torch_parity import DT, call, parity  # noqa: E402
 
 
 # ---- torch parity: (input shape, dlc body, torch module, torch call's extra) ------------------------------------

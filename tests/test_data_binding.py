@@ -13,7 +13,7 @@ from dlc.runtime.cli import main
 from dlc.runtime.training import checkpoint
 from dlc.runtime.training.gradcheck import init_params
 
-from conftest import ENC_DEC   # a small encoder-decoder, shared
+from helpers.programs import ENC_DEC   # a small encoder-decoder, shared
 
 # The 8x8 digits are [1, 8, 8] examples (NCHW); this model declares them channels-last.
 CHANNELS_LAST = """

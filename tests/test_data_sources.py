@@ -21,7 +21,8 @@ from dlc.compiler.frontend.settings import Call, Symbol
 from dlc.runtime.api import DlcModel
 from dlc.runtime.training.gradcheck import init_params
 
-from conftest import CLASSIFIER, XOR, failure, write
+from helpers.cli import failure
+from helpers.programs import CLASSIFIER, XOR, write
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

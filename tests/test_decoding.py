@@ -17,7 +17,7 @@ from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
 from dlc.runtime.training.gradcheck import init_params
 
-from conftest import ENC_DEC   # a small encoder-decoder, shared
+from helpers.programs import ENC_DEC   # a small encoder-decoder, shared
 
 EOS = 2
 

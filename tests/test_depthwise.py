@@ -13,8 +13,8 @@ F = torch.nn.functional
 
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
 from dlc.runtime.engines.native import Executable  # noqa: E402
-from test_native_ops import run_native, step_graph  # noqa: E402
-from test_reproducibility import assert_bit_identical  # noqa: E402
+from helpers.native_cases import run_native, step_graph  # noqa: E402
+from helpers.same_bits import assert_bit_identical  # noqa: E402
 
 # (channels, multiplier, kernel, stride, padding, dilation, H, W)
 CASES = {

@@ -12,7 +12,7 @@ import pytest
 
 from dlc.runtime.cli import main
 
-import doc_blocks
+from helpers import doc_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("compiler", "runtime", "grammar", "tools", "editors")

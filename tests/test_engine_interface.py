@@ -22,7 +22,7 @@ from dlc.runtime.engines.optim import make_optimizer
 from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.trainer import initial_parameters
 
-from conftest import XOR
+from helpers.programs import XOR
 
 ENGINES = (ReferenceEngine, NativeEngine, DataParallel)
 METHODS = sorted(name for name, member in vars(Engine).items() if inspect.isfunction(member)

@@ -11,7 +11,7 @@ import pytest
 
 from dlc.runtime.cli import main
 
-from conftest import XOR, write
+from helpers.programs import XOR, write
 
 onnx = pytest.importorskip("onnx")
 from onnx import TensorProto as T, helper as h, numpy_helper as nh  # noqa: E402

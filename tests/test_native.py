@@ -17,7 +17,7 @@ from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.optim import make_optimizer
 
-from conftest import assert_same_training, five_steps
+from helpers.engine_parity import assert_same_training, five_steps
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

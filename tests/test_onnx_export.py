@@ -1,7 +1,7 @@
 """ONNX export (compiler/onnx/export.py): onnxruntime runs the exported file and gives
 dlc's predictions.
 
-Every example, every standard-library layer (the model cases of tests/test_native_ops.py,
+Every example, every standard-library layer (the model cases of tests/helpers/native_cases.py,
 plus the padding kinds and directions they leave out) and every primitive case of that
 file (forward only) is exported once, passes `onnx.checker` with the full check, and is
 run by onnxruntime at two sizes of its symbolic dims (batch and sequence lengths): one
@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
-ort = pytest.importorskip("onnxruntime")
 
 from dlc.compiler.ir.dims import Dim, symbols  # noqa: E402
 from dlc.compiler.errors import DlcError, Span  # noqa: E402
@@ -30,64 +29,13 @@ from dlc.compiler.onnx.export import EXPORT_RULES, NOT_EXPORTABLE, save_onnx, to
 from dlc.compiler.ir.primitives import PRIMITIVES  # noqa: E402
 from dlc.runtime.training import checkpoint  # noqa: E402
 from dlc.runtime.engines import interpreter  # noqa: E402
-from dlc.runtime.training import gradcheck as gc  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402
 from dlc.runtime.engines.reference import predict_graph  # noqa: E402
-from numeric_helpers import ops_in  # noqa: E402
-from test_native_ops import (ACTIVATIONS, LAYERS, MODEL_INPUTS, PRIMS, SCAN_PARAMS, SCANS,  # noqa: E402
-                             SLOW_LAYERS, case_rng, primitive_feeds)
-
-# vae's `samples` output draws random codes in evaluation, which export refuses by name
-# (test_an_evaluation_graph_that_draws_random_numbers_is_refused)
-DRAWS_IN_EVALUATION = {"vae"}
-EXAMPLES = sorted(p for p in (Path(__file__).parent.parent / "examples").glob("*.dl")
-                  if p.stem not in DRAWS_IN_EVALUATION)
-SIZES = [{"B": 2, "T": 3, "S": 4, "K": 3}, {"B": 3, "T": 5, "S": 2, "K": 2}]
-RTOL = 1e-5
-
-
-# ---- running and comparing ---------------------------------------------------------------------------------
-def exported(model: Model, params: dict) -> onnx.ModelProto:
-    proto = to_onnx(model, params)
-    onnx.checker.check_model(proto, full_check=True)
-    return proto
-
-
-def run_onnx(proto: onnx.ModelProto, feeds: dict) -> dict:
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    outs = session.run(None, {k: feeds[k] for k in names})
-    return dict(zip([o.name for o in session.get_outputs()], outs))
-
-
-def assert_close(got, ref, what: str):
-    """max |got - ref| <= 1e-5 max |ref| (+ a tiny floor); integers and bools equal."""
-    got, ref = np.asarray(got), np.asarray(ref)
-    assert got.shape == ref.shape, f"{what}: onnxruntime gives shape {got.shape}, dlc {ref.shape}"
-    if not np.issubdtype(ref.dtype, np.floating):
-        assert np.array_equal(got, ref), f"{what}: {int((got != ref).sum())} of {ref.size} entries differ"
-        return
-    g, r = got.astype(np.float64), ref.astype(np.float64)
-    finite = np.isfinite(r)
-    assert np.array_equal(np.isnan(g), np.isnan(r)) and np.array_equal(g[~finite & ~np.isnan(r)],
-                                                                       r[~finite & ~np.isnan(r)]), \
-        f"{what}: non-finite values differ"
-    if finite.any():
-        err, scale = np.abs(g[finite] - r[finite]).max(), np.abs(r[finite]).max()
-        assert err <= RTOL * scale + 1e-30, f"{what}: max |diff| {err:.3g} is {err / scale:.3g} of max |ref| {scale:.3g}"
-
-
-def float32_feeds(model: Model, sizes: dict, seed: int = 0) -> dict:
-    """Random values for the model's non-target inputs (ids within the tables they index)."""
-    feeds = gc.sample_inputs(model, sizes, seed)
-    return {i.name: feeds[i.name].astype(np.float32) if i.type.is_float else feeds[i.name]
-            for i in model.inputs if not i.is_target}
-
-
-def initial_params(train_model: Model, eval_model: Model, seed: int = 0) -> dict:
-    """The parameters the model's initializers give, as a checkpoint would hold them."""
-    return checkpoint.conform("the initializers", gc.init_params(train_model, seed), eval_model.params)
+from helpers.numeric import ops_in  # noqa: E402
+from helpers.native_cases import (ACTIVATIONS, LAYERS, MODEL_INPUTS, PRIMS, SCAN_PARAMS, SCANS,  # noqa: E402
+                                  SLOW_LAYERS, case_rng, primitive_feeds)
+from helpers.onnx_runs import EXAMPLES, SIZES, assert_close, exported, float32_feeds, initial_params, run_onnx  # noqa: E402
 
 
 # ---- the records ---------------------------------------------------------------------------------------------
@@ -139,7 +87,7 @@ def test_every_example_matches_the_native_engine(path):
 
 
 # ---- the standard library ------------------------------------------------------------------------------------
-# what the cases of test_native_ops.py leave out: the other padding kinds and directions
+# what the cases of tests/helpers/native_cases.py leave out: the other padding kinds and directions
 MORE_LAYERS = {
     "conv2d_valid": "output y = conv2d(img, 4, 3)",
     "conv2d_same_even": "output y = conv2d(img, 3, 2, padding = \"same\")",

@@ -3,29 +3,16 @@ program with a checkpoint (`dlc import`), and leaves again, and all three give t
 predictions (docs/interop.md). The CLI does the same with files."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
 onnx = pytest.importorskip("onnx")
 
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
-from dlc.compiler.onnx.importer import import_model  # noqa: E402
-from dlc.runtime.training import checkpoint  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402
-from test_onnx_export import (EXAMPLES, SIZES, assert_close, exported, float32_feeds,  # noqa: E402
-                              initial_params, run_onnx)
-
-
-def reimported(proto: onnx.ModelProto, folder: Path) -> DlcModel:
-    """The imported program as a DlcModel with the imported weights, on the reference engine."""
-    imported = import_model(proto)
-    path = folder / "imported.dl"
-    path.write_text(imported.text)
-    model = DlcModel(str(path), backend="reference")
-    model.params = checkpoint.conform(path, imported.weights, model.eval_model.params)
-    return model
+from helpers.onnx_runs import (EXAMPLES, SIZES, assert_close, exported, float32_feeds,  # noqa: E402
+                               initial_params, reimported, run_onnx)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)

@@ -14,7 +14,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity tests skipped")
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence  # noqa: E402
 
-from numeric_helpers import assert_close, build, engine_gradients  # noqa: E402
+from helpers.numeric import assert_close, build, engine_gradients  # noqa: E402
 from dlc.compiler.errors import DlcError  # noqa: E402
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
 

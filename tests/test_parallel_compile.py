@@ -13,7 +13,7 @@ from dlc.runtime.engines import cache
 from dlc.runtime.engines.native import NativeEngine
 from dlc.compiler.frontend.settings import Call
 
-from conftest import five_steps
+from helpers.engine_parity import five_steps
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

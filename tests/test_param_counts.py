@@ -10,7 +10,7 @@ import pytest
 
 from dlc.compiler.ir.dims import numel
 
-from numeric_helpers import build, state_count, trainable_count
+from helpers.numeric import build, state_count, trainable_count
 
 
 def layer_model(input_decl: str, call: str) -> str:

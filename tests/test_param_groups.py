@@ -7,7 +7,7 @@ parameter's gradient is exactly that input: dlc and torch see the same gradients
 import numpy as np
 import pytest
 
-from conftest import write
+from helpers.programs import write
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.engines.native import NativeEngine

@@ -9,7 +9,7 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.training.gradcheck import init_params
 
-from numeric_helpers import build, forward, param_names
+from helpers.numeric import build, forward, param_names
 
 X = np.random.default_rng(0).standard_normal((5, 16))
 

@@ -21,7 +21,7 @@ from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.training import gradcheck as gc
 from dlc.runtime.engines import interpreter
 
-from numeric_helpers import (F64, build, check_graph_gradient, forward, gradients, graph_with_params, numeric_grad,
+from helpers.numeric import (F64, build, check_graph_gradient, forward, gradients, graph_with_params, numeric_grad,
                              ops_in, rel_error, weighted_sum_loss)
 
 

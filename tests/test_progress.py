@@ -16,7 +16,7 @@ import dlc
 from dlc.compiler.errors import DlcError
 from dlc.runtime.cli import main
 
-from conftest import XOR, write
+from helpers.programs import XOR, write
 
 DIGITS_MLP = str(Path(__file__).parent.parent / "examples" / "digits_mlp.dl")     # 41 batches an epoch
 PROGRESS = re.compile(r"\d+/\d+ \[[# ]{8,30}\] \d+/\d+")      # the progress line: 1/2 [####    ] 20/41

@@ -68,6 +68,6 @@ def test_every_command_block_runs_in_a_fresh_venv(tmp_path):
     run("pip install -q torch==2.13.0", checkout, env)
     empty = tmp_path / "tutorial"
     empty.mkdir()
-    printed = run(f"python {checkout / 'tests' / 'doc_blocks.py'} {checkout / 'docs' / 'tutorial.md'}", empty, env)
+    printed = run(f"python {checkout / 'tests' / 'helpers' / 'doc_blocks.py'} {checkout / 'docs' / 'tutorial.md'}", empty, env)
     assert "'export'" in printed and "'predict'" in printed
     assert (empty / "predictions.csv").read_text().startswith("probs_0,probs_1,probs_2\n")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from numeric_helpers import build, engine_gradients
+from helpers.numeric import build, engine_gradients
 
 B, D, H = 3, 3, 4
 LENGTHS = np.array([7, 2, 5], np.int32)

@@ -4,7 +4,7 @@ products (autodiff.hvp_graph) agree with finite differences of the gradient.
 Per primitive, the VJP itself is differentiated: a graph computes the VJP of the op at x
 for a cotangent parameter `ct` (autodiff.backward), and the gradient of sum(VJP * R) with
 respect to x and ct is compared with central differences in float64
-(numeric_helpers.check_graph_gradient), as tests/test_primitives_grad.py does for the
+(helpers/numeric.py: check_graph_gradient), as tests/test_primitives_grad.py does for the
 op. Small models' HVPs are checked on both engines (gradcheck.hvp_check), one against
 torch.autograd, and `dlc gradcheck --hessian` runs on the examples.
 """
@@ -23,7 +23,7 @@ from dlc.runtime.cli import main
 from dlc.runtime.engines import interpreter
 from dlc.runtime.training import gradcheck as gc
 
-from numeric_helpers import F64, build, check_graph_gradient, graph_with_params, ops_in, weighted_sum_loss
+from helpers.numeric import F64, build, check_graph_gradient, graph_with_params, ops_in, weighted_sum_loss
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

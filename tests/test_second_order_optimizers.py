@@ -19,7 +19,7 @@ from dlc.runtime.engines import second_order
 from dlc.runtime.engines.optim import make_optimizer
 from dlc.compiler.frontend.settings import Call
 
-from numeric_helpers import build
+from helpers.numeric import build
 
 torch = pytest.importorskip("torch", reason="torch is not installed")
 

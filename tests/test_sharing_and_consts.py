@@ -9,8 +9,8 @@ from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.gradcheck import gradcheck, init_params, sample_inputs
 
-from numeric_helpers import build, forward, gradients, param_names, trainable_count
-from conftest import assert_same_training
+from helpers.numeric import build, forward, gradients, param_names, trainable_count
+from helpers.engine_parity import assert_same_training
 
 # a two-layer encoder, 10 -> 30 -> 10: 330 + 310 = 640 parameters
 ENCODERS = {

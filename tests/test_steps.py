@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write
+from helpers.programs import write
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.data.registry import load as load_data

@@ -12,7 +12,7 @@ from dlc.compiler.passes.autodiff import train_step
 from dlc.runtime.engines.native import Executable
 from dlc.runtime.training.gradcheck import gradcheck, init_params, sample_inputs
 
-from numeric_helpers import build, forward, gradients, param_names, trainable_count
+from helpers.numeric import build, forward, gradients, param_names, trainable_count
 
 V, D = 11, 6
 

@@ -12,7 +12,8 @@ from dlc.compiler.errors import DlcError
 from dlc.runtime.cli import main
 from dlc.runtime.training.progress import wrap_items
 
-from conftest import XOR, failure, write
+from helpers.cli import failure
+from helpers.programs import XOR, write
 
 
 def test_a_new_run_refuses_a_folder_holding_another_run_s_checkpoints(tmp_path, capsys):

@@ -23,7 +23,7 @@ from dlc.runtime.engines import interpreter
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.passes.autodiff import train_step
 
-from conftest import CLASSIFIER
+from helpers.programs import CLASSIFIER
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
