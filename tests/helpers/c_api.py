@@ -1,5 +1,5 @@
 """The C API of a library `dlc build` made, through ctypes: its status codes and a thin wrapper
-of its calls, and the models' inputs. The fuzz scripts of tests/test_deploy.py import it in a
+of its calls, and the models' inputs. The fuzz scripts of tests/deploy/test_build.py import it in a
 process of their own, with tests/ on sys.path."""
 import ctypes
 import re

@@ -1,5 +1,5 @@
-"""Running a page of the docs as written, shared by tests/test_docs.py (in the test's own
-process) and tests/test_readme_commands.py (as a script, `python doc_blocks.py PAGE`, in a
+"""Running a page of the docs as written, shared by tests/project/test_docs.py (in the test's own
+process) and tests/project/test_readme_commands.py (as a script, `python doc_blocks.py PAGE`, in a
 fresh virtual environment with the `dlc` command installed). Needs nothing but the
 standard library and dlc."""
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The native backend's cases and their runs on both engines: every primitive (PRIMS) and every
 layer, activation, loss and scan of the standard library as .dl source, their feeds on several
 shapes, and the comparison of the native engine's values with the reference interpreter's. The
-op-by-op tests (tests/test_native_ops.py) run them all; the ONNX and convolution tests reuse them."""
+op-by-op tests (tests/native/test_ops.py) run them all; the ONNX and convolution tests reuse them."""
 from __future__ import annotations
 
 import zlib
@@ -388,7 +388,7 @@ PRIMS = {
                             ops=("gather", "scatter_add")),
     "scatter_add": Prim({"idx": i32(B, 2, sample=integers(0, 13)), "upd": f32(B, 2, D)}, gather_scatter,
                         ops=("scatter_add", "gather")),
-    # one process: the identity, through the host call (tests/test_distributed.py: ranks)
+    # one process: the identity, through the host call (tests/training/test_distributed.py: ranks)
     "replica_mean": Prim({"x": f32(B, D)}, lambda g, t: g.add1("replica_mean", [g.add1("exp", [t["x"]])])),
     # reductions
     "reduce_sum-last": reduce("reduce_sum", (1,)),
@@ -509,7 +509,7 @@ PRIMS.update({
 })
 
 # cases of the native engine only: onnxruntime's MaxPool skips NaN where numpy's max
-# propagates it (tests/test_onnx_export.py exports PRIMS)
+# propagates it (tests/onnx/test_export.py exports PRIMS)
 NATIVE_PRIMS = PRIMS | {
     "maxpool2d-k22-nan": pool("max", (2, 2), (2, 2), (0, 0), sample=with_nans),
 }
