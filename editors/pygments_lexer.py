@@ -3,7 +3,7 @@ that `pygmentize -l dl` and Markdown and Sphinx renderers color ```dl blocks.
 
 It imports only Pygments (dlc's optional extra `dlc[highlight]`), never dlc's compiler:
 Pygments loads every registered lexer's module when it looks one up. Its word lists are
-the grammar's (tests/test_highlighting.py holds them to grammar/dl.lark)."""
+the grammar's (tests/editors/test_highlighting.py holds them to grammar/dl.lark)."""
 from pygments.lexer import RegexLexer, bygroups, words
 from pygments.token import Comment, Keyword, Name, Number, Operator, Punctuation, String, Text, Whitespace
 

@@ -5,7 +5,7 @@
     python -m dlc.tools.fuzz --show 1234           # print input 1234 of the campaign
 
 Input i of seed s is a pure function of (s, i, the corpus), so a failure found here or
-in tests/test_fuzz.py (which uses the same mutator) is reproduced by its index. Every
+in tests/frontend/test_fuzz.py (which uses the same mutator) is reproduced by its index. Every
 input must end in success or a DlcError; anything else is a failure, keyed by exception
 type and place, and minimized (delta debugging on top-level items, lines, then tokens)
 into a folder.

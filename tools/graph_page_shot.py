@@ -6,7 +6,7 @@
 It opens the page of a model (by default the ResNet) in a window of a given size, opens
 some boxes (or all of them), clicks a node and saves the window; the first pictures are
 the page as first opened, in a large and a small window. The system's Chromium (Debian's `chromium` package)
-runs it through playwright's Python package, which tests/test_graph_page.py uses too
+runs it through playwright's Python package, which tests/cli/test_graph_page.py uses too
 (`chromium_page`); `playwright install`, which downloads a browser of its own, is not needed.
 """
 from __future__ import annotations

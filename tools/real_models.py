@@ -1,6 +1,6 @@
 """Real models as ONNX files, built with random weights (no download) and exported by
 PyTorch's two exporters with a dynamic batch axis: the models of docs/onnx.md's table of
-real models (tests/test_onnx_real_models.py).
+real models (tests/onnx/test_real_models.py).
 
     python -m dlc.tools.real_models resnet18 dynamo model.onnx
     python -m dlc.tools.real_models --list

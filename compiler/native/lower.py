@@ -12,7 +12,7 @@ which also joins map kernels over one space into one loop afterwards (horizontal
 Lowered for `precision` "bf16", every matmul and convolution kernel rounds its operands to
 bfloat16 and sums in float32 (docs/native.md, bfloat16 mixed precision). Lowering never
 loads LLVM: the kinds' loop code is imported by code generation alone
-(tests/test_native_llvm_free.py).
+(tests/native/test_llvm_free.py).
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ over the whole length), reductions initialize their output, GEMMs write C (C = 0
 K = 0), small GEMMs and weight gradients write every part's slice of their partial sums,
 max-pool gradients of tiling windows write every element, and scatter-add, accumulate
 and the other max-pool gradients zero their output first.
-(tests/test_memory.py trains examples with every temporary filled with NaN before
+(tests/native/test_memory.py trains examples with every temporary filled with NaN before
 each step.) In-place reuse of a map's dying input is not done: docs/native.md says why.
 """
 from __future__ import annotations

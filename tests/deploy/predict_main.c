@@ -1,4 +1,4 @@
-/* A C program of tests/test_deploy.py: one prediction through a built library's array API.
+/* A C program of tests/deploy/test_build.py: one prediction through a built library's array API.
  * usage: predict_main CHECKPOINT|- INPUT.bin OUTPUT.bin OUTPUT_RANK THREADS DIM...
  * (the model's name is MODEL, given with -DMODEL=name -include name.h) */
 #include <stdio.h>

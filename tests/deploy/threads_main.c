@@ -1,4 +1,4 @@
-/* A C program of tests/test_deploy.py: THREADS threads, each with an instance of its own
+/* A C program of tests/deploy/test_build.py: THREADS threads, each with an instance of its own
  * and a batch of its own, predict ROUNDS times at once; every result must be the bits of
  * that batch's prediction made before, one thread alone. Different batches, so that two
  * threads sharing anything they write (a fault flag, GEMM pack buffers) would differ.

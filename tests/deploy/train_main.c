@@ -1,4 +1,4 @@
-/* A C program of tests/test_deploy.py: a training loop of the digits CNN through a
+/* A C program of tests/deploy/test_build.py: a training loop of the digits CNN through a
  * `dlc build --train` library. It reads the batches in the order the test wrote them (each
  * an int64 batch size b, b x 64 floats of x, b int32 of y), sets the schedule's units, runs
  * train_step on each, saves a checkpoint, and writes every parameter as get_parameter gives

@@ -4,7 +4,7 @@ lowering fills in, and its rules — its text, the buffers it touches, how its f
 built; compiler/native/program.py's `Kernel` says what each does) and the lowering rules
 of the primitives that become it (`@register_lowering`, compiler/native/rules/); its
 `loops.py`, the loop nests in LLVM IR, which only the class's `emit` imports: lowering a
-graph never loads LLVM (tests/test_native_llvm_free.py). A kind that only calls a library
+graph never loads LLVM (tests/native/test_llvm_free.py). A kind that only calls a library
 (gemm) has no `loops.py`.
 
 This package imports none of its kinds: `rules.load()` imports every one, so a new kind is

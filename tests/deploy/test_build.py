@@ -1,0 +1,777 @@
+"""`dlc build` (docs/deploy.md): libraries of the digits CNN, the char LSTM and the
+transformer classifier, called from C programs, from the static library, and from a
+Python without dlc through ctypes, against `dlc predict --backend native`'s numbers; the
+CPU check of another target; bad input through the C API; threads on instances of their
+own; `--train` libraries trained from C and ctypes against `dlc train --backend native`,
+their checkpoints in `dlc eval`, and their train API's bad input."""
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlc.compiler.frontend.loader import load
+from dlc.runtime.api import DlcModel
+from dlc.runtime.training import checkpoint
+from dlc.runtime.training.trainer import initial_parameters
+from helpers.c_api import MODELS, STATUS, Api, inputs
+
+ROOT = Path(__file__).resolve().parents[2]
+MAIN = ROOT / "tests" / "deploy" / "predict_main.c"
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
+
+
+def dlc(*args, check=True):
+    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True)
+    assert not check or r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """model -> (library folder, checkpoint), built once for the module."""
+    cache = {}
+
+    def get(model: str):
+        if model not in cache:
+            tmp = tmp_path_factory.mktemp(model)
+            params = initial_parameters(load(ROOT / "examples" / f"{model}.dl").build(None, training=False), 7)
+            checkpoint.save(tmp / "weights.npz", params, {}, {})
+            dlc("build", ROOT / "examples" / f"{model}.dl", "-o", tmp / "lib")
+            cache[model] = (tmp / "lib", tmp / "weights.npz")
+        return cache[model]
+    return get
+
+
+def compile_main(lib: Path, name: str, out: Path, static=False) -> Path:
+    link = [str(lib / f"lib{name}.a"), "-lgomp", "-lm", "-lpthread"] if static else \
+        [f"-L{lib}", f"-l{name}", f"-Wl,-rpath,{lib}"]
+    subprocess.run(["cc", "-O2", f"-I{lib}", "-include", f"{name}.h", f"-DMODEL={name}", str(MAIN), *link, "-o",
+                    str(out)], check=True)
+    return out
+
+
+def c_predict(program: Path, ckpt, x: np.ndarray, out_rank: int, tmp: Path, threads=2) -> np.ndarray:
+    """The C program's prediction, run with an empty environment (no Python, no PYTHONPATH)."""
+    x.tofile(tmp / "x.bin")
+    r = subprocess.run(["env", "-i", str(program), str(ckpt), str(tmp / "x.bin"), str(tmp / "y.bin"), str(out_rank),
+                        str(threads), *map(str, x.shape)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return np.fromfile(tmp / "y.bin", np.float32)
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_c_prediction_is_dlc_predict_bit_for_bit(built, model, tmp_path):
+    lib, ckpt = built(model)
+    program = compile_main(lib, model, tmp_path / "main")
+    engine = DlcModel(str(ROOT / "examples" / f"{model}.dl"), backend="native").load_weights(ckpt)
+    for batch in (1, 64):
+        x = inputs(model, batch, seed=batch)
+        want = next(iter(engine.predict({engine.eval_model.inputs[0].name: x}, batch).values()))
+        got = c_predict(program, ckpt, x, want.ndim, tmp_path)
+        assert got.tobytes() == np.ascontiguousarray(want, np.float32).tobytes(), (model, batch)
+
+
+@pytest.mark.parametrize("threads", [2, 8])
+def test_one_instance_per_thread(built, tmp_path, threads):
+    """Threads, each with its own instance and batch, predicting at once (no lock between
+    instances): every result is the bits of the same prediction made alone, every call
+    succeeds."""
+    lib, ckpt = built("digits_cnn")
+    program = tmp_path / "threads"
+    subprocess.run(["cc", "-O2", f"-I{lib}", "-include", "digits_cnn.h", "-DMODEL=digits_cnn",
+                    str(ROOT / "tests" / "deploy" / "threads_main.c"), f"-L{lib}", "-ldigits_cnn", f"-Wl,-rpath,{lib}",
+                    "-lpthread", "-o", str(program)], check=True)
+    r = subprocess.run(["env", "-i", str(program), str(ckpt), str(threads), "50"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+
+
+# what a library may need at run time: libc, libm, libpthread, libgomp
+RUN_TIME = {"linux-vdso.so.1", "libgomp.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0",
+            "/lib64/ld-linux-x86-64.so.2"}
+PREDICT_API = ("create", "create_from_memory", "destroy", "error", "predict", "predict_arrays", "set_threads")
+
+
+def needs_and_exports(so: Path) -> tuple:
+    """(the libraries `so` needs, the symbols it exports of digits_cnn)."""
+    needed = subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True).stdout.split()
+    return {line.split()[0] for line in needed.splitlines() if line.strip()}, \
+        sorted(s for s in exported if s.startswith("digits"))
+
+
+def test_the_library_needs_no_python_nor_llvm(built):
+    lib, _ = built("digits_cnn")
+    needs, exports = needs_and_exports(lib / "libdigits_cnn.so")
+    assert needs <= RUN_TIME, needs
+    assert exports == [f"digits_cnn_{f}" for f in PREDICT_API]
+
+
+def test_a_program_linked_against_the_static_library(built, tmp_path):
+    lib, ckpt = built("digits_cnn")
+    program = compile_main(lib, "digits_cnn", tmp_path / "main", static=True)
+    assert "libdigits_cnn" not in subprocess.run(["ldd", str(program)], capture_output=True, text=True).stdout
+    x = inputs("digits_cnn", 5)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    want = engine.predict({"x": x})["probs"]
+    assert c_predict(program, ckpt, x, 2, tmp_path, threads=1).tobytes() == want.tobytes()
+
+
+CTYPES_CALLER = r"""
+import ctypes, sys
+try:
+    import dlc
+    sys.exit("dlc is importable")
+except ImportError:
+    pass
+lib = ctypes.CDLL(sys.argv[1])
+model = ctypes.c_void_p()
+assert lib.digits_cnn_create(ctypes.byref(model), sys.argv[2].encode()) == 0
+lib.digits_cnn_error.restype = ctypes.c_char_p
+x = (ctypes.c_float * 64).from_buffer_copy(open(sys.argv[3], "rb").read())
+shape = (ctypes.c_int64 * 4)(1, 1, 8, 8)
+y, out_shape = (ctypes.c_float * 10)(), (ctypes.c_int64 * 2)()
+status = lib.digits_cnn_predict(model, x, shape, y, ctypes.c_int64(10), out_shape)
+assert status == 0, lib.digits_cnn_error(model)
+assert list(out_shape) == [1, 10]
+sys.stdout.write(bytes(y).hex())
+lib.digits_cnn_destroy(model)
+"""
+
+
+def test_a_python_caller_without_dlc(built, tmp_path):
+    """ctypes in a Python that cannot import dlc (isolated, no site-packages, no PYTHONPATH)."""
+    lib, ckpt = built("digits_cnn")
+    x = inputs("digits_cnn", 1)
+    x.tofile(tmp_path / "x.bin")
+    r = subprocess.run(["env", "-i", sys.executable, "-I", "-S", "-c", CTYPES_CALLER, str(lib / "libdigits_cnn.so"),
+                        str(ckpt), str(tmp_path / "x.bin")], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    assert bytes.fromhex(r.stdout) == engine.predict({"x": x})["probs"].tobytes()
+
+
+def test_embedded_weights(built, tmp_path):
+    _, ckpt = built("digits_cnn")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "--embed-weights", "-o", tmp_path / "lib")
+    program = compile_main(tmp_path / "lib", "digits_cnn", tmp_path / "main")
+    x = inputs("digits_cnn", 3)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    assert c_predict(program, "-", x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
+
+
+def test_without_a_system_compiler_zig_cc_builds_and_links(built, tmp_path):
+    """--toolchain zig (the `ziglang` package, dlc[build]): the library and a program built
+    with zig cc alone give the same bits."""
+    pytest.importorskip("ziglang", reason="needs the ziglang package: pip install 'dlc[build]'")
+    _, ckpt = built("digits_cnn")
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--toolchain", "zig", "-o", tmp_path / "lib")
+    assert "linked with zig cc (ziglang" in r.stdout
+    lib = tmp_path / "lib"
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu", "-O2", f"-I{lib}", "-include",
+                    "digits_cnn.h", "-DMODEL=digits_cnn", str(MAIN), f"-L{lib}", "-ldigits_cnn", f"-Wl,-rpath,{lib}",
+                    "-o", str(tmp_path / "main")], check=True)
+    x = inputs("digits_cnn", 4)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    assert c_predict(tmp_path / "main", ckpt, x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
+
+
+def test_build_refuses_weights_of_another_model(built, tmp_path):
+    _, ckpt = built("digits_cnn")
+    r = dlc("build", ROOT / "examples" / "xor_mlp.dl", "--weights", ckpt, "--embed-weights", "-o", tmp_path / "lib",
+            check=False)
+    assert r.returncode == 1 and "does not match the model: missing h.W [2, 4]" in r.stderr
+    assert not (tmp_path / "lib").exists()
+
+
+def test_embedding_needs_weights(tmp_path):
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--embed-weights", "-o", tmp_path / "lib", check=False)
+    assert r.returncode == 1 and "--embed-weights needs the weights" in r.stderr
+
+
+def test_train_settings_need_train(tmp_path):
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--seed", 3, "-o", tmp_path / "lib", check=False)
+    assert r.returncode == 1 and r.stderr.strip() == "error: --seed is a setting of the train step: it goes with --train"
+
+
+# ---- the C API from ctypes: bad input -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def digits(built):
+    lib, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    status, model = api.create(ckpt)
+    assert status == 0
+    yield api, model, ckpt
+    api.f("destroy")(model)
+
+
+def test_wrong_shapes_name_the_input_and_both_shapes(digits):
+    api, model, _ = digits
+    x = np.zeros((2, 1, 8, 9), np.float32)
+    status, _, _ = api.predict(model, x, x.shape, 100)
+    assert status == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "input 'x' expects f32[B, 1, 8, 8], got shape [2, 1, 8, 9]"
+    for shape in ([0, 1, 8, 8], [-3, 1, 8, 8]):
+        assert api.predict(model, x, shape, 100)[0] == STATUS["DLC_ERROR_SHAPE"]
+    status, _, _ = api.predict(model, np.zeros((2, 1, 8, 8), np.float32), [2, 1, 8, 8], 19)
+    assert status == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "output 'probs' has shape [2, 10], 20 elements; its buffer holds 19"
+    huge = [1 << 61, 1, 8, 8]       # elements overflow int64: refused before anything is read
+    assert api.predict(model, x, huge, 100)[0] == STATUS["DLC_ERROR_SHAPE"]
+    status, y, shape = api.predict(model, np.zeros((2, 1, 8, 8), np.float32), [2, 1, 8, 8], 20)
+    assert status == 0 and api.error(model) == "" and list(shape) == [2, 10]
+
+
+def test_null_pointers_are_errors(digits):
+    api, model, _ = digits
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    for nulls in (("x",), ("shape",), ("y",), ("inputs",)):
+        status, _, _ = api.predict(model, x, x.shape, 10, nulls=nulls)
+        assert status == STATUS["DLC_ERROR_ARGUMENT"], nulls
+        assert "null pointer" in api.error(model)
+    assert api.f("set_threads")(model, 0) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.f("set_threads")(None, 2) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.predict(None, x, x.shape, 10)[0] == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.error(None) == "no model instance (a null pointer)"
+
+
+def test_nan_inputs_give_the_engines_outputs(digits):
+    """NaN in, no crash: what dlc's native engine gives (the ReLUs take NaN to 0 here; dlc's
+    Python API refuses such data before the engine sees it)."""
+    api, model, ckpt = digits
+    x = np.full((3, 1, 8, 8), np.nan, np.float32)
+    x[1, 0, 2] = np.inf
+    status, y, _ = api.predict(model, x, x.shape, 30)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    assert status == 0 and y[:30].tobytes() == engine.engine.predict(engine.params, {"x": x})["probs"].tobytes()
+
+
+def test_an_index_out_of_range_is_an_error_at_the_line(built):
+    lib, ckpt = built("transformer_classifier")
+    api = Api(lib, "transformer_classifier")
+    status, model = api.create(ckpt)
+    assert status == 0
+    x = np.full((2, 10), 5000, np.int32)
+    status, _, _ = api.predict(model, x, x.shape, 20)
+    assert status == STATUS["DLC_ERROR_INDEX"]
+    assert api.error(model).endswith("error: gather: index out of range [0, 1000)")
+    assert "transformer_classifier.dl:" in api.error(model)
+    x = np.zeros((1, 100), np.int32)        # longer than its 64 learned positions (P[0:T])
+    status, _, _ = api.predict(model, x, x.shape, 10)
+    assert status == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model).endswith("error: the inputs are too large for this slice: it needs T <= 64")
+    api.f("destroy")(model)
+
+
+def test_the_crc32_of_both_paths_is_zlibs(tmp_path):
+    """create checks every checkpoint member's CRC-32: by carry-less multiplication where
+    the CPU has it (folded 64 bytes at a time, then the tables for a tail) and by the
+    tables alone, and in pieces (a .npy header, then the data read into its array). Each
+    must be zlib's, at every start (alignment) and many lengths."""
+    import zlib
+    data = np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    (tmp_path / "data").write_bytes(data)
+    exe = tmp_path / "crc32_main"
+    subprocess.run(["cc", "-O2", f"-I{ROOT / 'compiler' / 'native'}", str(ROOT / "tests" / "deploy" / "crc32_main.c"),
+                    "-pthread", "-o", str(exe)], check=True)
+    lines = subprocess.run([str(exe), str(tmp_path / "data")], capture_output=True, text=True, check=True).stdout.split("\n")
+    rows = [line.split() for line in lines if line]
+    clmul = 0
+    for start, length, tables, folded, split in rows:
+        want = f"{zlib.crc32(data[int(start):int(start) + int(length)]):08x}"
+        assert tables == want and split == want, (start, length)
+        if folded != "-":
+            assert folded == want, (start, length)
+            clmul += 1
+    assert len(rows) > 16 * 300
+    flags = Path("/proc/cpuinfo").read_text()
+    assert (clmul > 0) == (" pclmulqdq" in flags and " sse4_1" in flags), "the folding path runs where the CPU has it"
+
+
+def test_hostile_checkpoints_are_refused(built, tmp_path):
+    lib, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    good = ckpt.read_bytes()
+    status, model = api.create(tmp_path / "missing.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and "cannot open the checkpoint" in api.error(model)
+    api.f("destroy")(model)
+    other = initial_parameters(load(ROOT / "examples" / "digits_mlp.dl").build(None, training=False), 1)
+    checkpoint.save(tmp_path / "other.npz", other, {}, {})
+    status, model = api.create(tmp_path / "other.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and "no parameter" in api.error(model)
+    api.f("destroy")(model)
+    params, _, _ = checkpoint.load(ckpt)
+    checkpoint.save(tmp_path / "f64.npz", {k: v.astype(np.float64) for k, v in params.items()}, {}, {})
+    status, model = api.create(tmp_path / "f64.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and "is <f8, the model's is <f4" in api.error(model)
+    api.f("destroy")(model)
+    wrong = dict(params, **{"c1.W": np.zeros((16, 1, 3, 2), np.float32)})
+    checkpoint.save(tmp_path / "shape.npz", wrong, {}, {})
+    status, model = api.create(tmp_path / "shape.npz")
+    assert api.error(model) == "checkpoint: parameter c1.W has shape [16, 1, 3, 2], the model's is [16, 1, 3, 3]"
+    api.f("destroy")(model)
+    for cut in range(0, len(good), max(1, len(good) // 300)):
+        status, model = api.create(data=good[:cut])
+        assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
+        api.f("destroy")(model)
+    for cut in range(0, len(good), max(1, len(good) // 60)):        # a file is read piece by piece: the same
+        (tmp_path / "cut.npz").write_bytes(good[:cut])
+        status, model = api.create(tmp_path / "cut.npz")
+        assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
+        api.f("destroy")(model)
+    import zipfile
+    with zipfile.ZipFile(ckpt) as z:
+        member = z.getinfo("param:c1.W.npy")
+    damaged = bytearray(good)        # a bit of c1.W's data flipped: read into its array, then its CRC checked
+    local = member.header_offset            # its local header: 30 bytes, the name, the extra field, then the .npy
+    damaged[local + 30 + int.from_bytes(good[local + 26:local + 28], "little")
+            + int.from_bytes(good[local + 28:local + 30], "little") + 128 + 10] ^= 1
+    (tmp_path / "damaged.npz").write_bytes(damaged)
+    status, model = api.create(tmp_path / "damaged.npz")
+    assert api.error(model) == "checkpoint: parameter c1.W is damaged (CRC mismatch)"
+    api.f("destroy")(model)
+    status, model = api.create(tmp_path)
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and "cannot read the checkpoint" in api.error(model)
+    api.f("destroy")(model)
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    tensors = (tmp_path / "w.safetensors").read_bytes()
+    for cut in range(0, len(tensors), max(1, len(tensors) // 300)):
+        status, model = api.create(data=tensors[:cut])
+        assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
+        api.f("destroy")(model)
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "--format", "torch", "-o", tmp_path / "t.safetensors")
+    status, model = api.create(tmp_path / "t.safetensors")       # torch.nn's names: not the model's
+    assert status == STATUS["DLC_ERROR_WEIGHTS"] and api.error(model) == "checkpoint: no parameter c1.W"
+    api.f("destroy")(model)
+
+
+def test_a_safetensors_file_read_at_run_time(built, tmp_path):
+    lib, ckpt = built("digits_cnn")
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    api = Api(lib, "digits_cnn")
+    x = inputs("digits_cnn", 6)
+    outputs = []
+    for path in (ckpt, tmp_path / "w.safetensors"):
+        status, model = api.create(path)
+        assert status == 0, api.error(model)
+        status, y, _ = api.predict(model, x, x.shape, 60)
+        assert status == 0
+        outputs.append(y[:60].tobytes())
+        api.f("destroy")(model)
+    assert outputs[0] == outputs[1]
+
+
+FUZZ = r"""
+import ctypes, sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from helpers.c_api import Api, STATUS
+from pathlib import Path
+api = Api(Path(sys.argv[1]), "digits_cnn")
+files = [Path(sys.argv[2]).read_bytes(), Path(sys.argv[6]).read_bytes()]      # .npz and .safetensors
+rng = np.random.default_rng(int(sys.argv[4]))
+codes = set(STATUS.values())
+calls = 0
+for good in files:
+    status, model = api.create(data=good)
+    assert status == 0, api.error(model)
+    api.f("destroy")(model)
+status, model = api.create(data=files[0])
+room = np.zeros(64 * 64, np.float32)          # the most any valid shape below reads
+for i in range(int(sys.argv[5])):
+    what = rng.integers(0, 3)
+    if what == 0:       # a damaged checkpoint: bytes changed, cut or repeated
+        data = bytearray(files[rng.integers(0, 2)])
+        for _ in range(rng.integers(1, 8)):
+            data[rng.integers(0, len(data))] = rng.integers(0, 256)
+        if rng.random() < 0.3:
+            data = data[:rng.integers(0, len(data))]
+        s, m = api.create(data=bytes(data))
+        assert s in codes, s
+        if s:
+            assert api.error(m), "a failure without a message"
+        api.f("destroy")(m)
+    else:               # a prediction of random sizes: valid shapes read at most `room`
+        rank_ok = rng.random() < 0.8
+        b = int(rng.integers(-2, 65))
+        shape = [b, 1, 8, 8] if rank_ok else list(rng.integers(-1, 10, 4))
+        if rng.random() < 0.1:
+            shape[rng.integers(0, 4)] = int(rng.integers(-2**62, 2**62))
+        count = int(np.prod(shape, dtype=object)) if all(d > 0 for d in shape) else 0
+        if count > room.size and all(d > 0 for d in shape) and shape[1:] == [1, 8, 8] and count < 2**46:
+            continue        # a valid shape that says more than the buffer holds: the caller's error, not tried
+        cap = int(rng.integers(-5, 700))
+        nulls = tuple(n for n in ("x", "shape", "y") if rng.random() < 0.05)
+        s, y, _ = api.predict(model, room, shape, cap, nulls=nulls)
+        assert s in codes, s
+        if s:
+            assert api.error(model)
+        calls += 1
+    calls += what == 0
+api.f("destroy")(model)
+print(calls)
+"""
+
+
+def test_fuzz_the_c_api(built, tmp_path):
+    """10^4 calls of random sizes, null pointers and damaged checkpoints (.npz and
+    .safetensors), in a process of
+    their own: each returns a known status with a message, and nothing crashes."""
+    lib, ckpt = built("digits_cnn")
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    r = subprocess.run([sys.executable, "-c", FUZZ, str(lib), str(ckpt), str(Path(__file__).parents[1]), "1", "10500",
+                        str(tmp_path / "w.safetensors")],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert int(r.stdout) >= 10_000
+
+
+def test_a_library_for_another_cpu_refuses_to_run(tmp_path, built):
+    """Built for a target whose features this CPU lacks, create says so; never SIGILL."""
+    from dlc.compiler.native import jit
+    missing = next((t for t, f in (("avx512", "avx512f"), ("avx512bf16", "avx512bf16"), ("amx", "amx-tile"))
+                    if not jit.host_has(f)), None)
+    if missing is None:
+        pytest.skip("this CPU has every feature of every target")
+    _, ckpt = built("digits_cnn")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--target", missing, "-o", tmp_path / "lib")
+    if missing == "avx512" and shutil.which("objdump"):      # compiled for it indeed: 512-bit registers
+        code = subprocess.run(["objdump", "-d", str(tmp_path / "lib" / "libdigits_cnn.so")], capture_output=True,
+                              text=True).stdout
+        assert "%zmm" in code
+    api = Api(tmp_path / "lib", "digits_cnn")
+    status, model = api.create(ckpt)
+    assert status == STATUS["DLC_ERROR_CPU"]
+    assert f"built for {missing}" in api.error(model) and "this CPU lacks" in api.error(model)
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    assert api.predict(model, x, x.shape, 10)[0] == STATUS["DLC_ERROR_CPU"]
+    api.f("destroy")(model)
+
+
+def test_a_host_call_cannot_go_in_a_library():
+    """A kernel that calls back into Python (a data-parallel step's allreduce; a prediction
+    has none today) is refused, naming the operation and the line."""
+    from dlc.compiler.errors import DlcError, Span
+    from dlc.compiler.native.kernels.host_call import HostCallKernel
+    from dlc.compiler.native.program import KernelProgram
+    from dlc.runtime.deploy.build import _refuse_host_calls
+    p = KernelProgram()
+    buffer = p.buffer("f32", 3, "temp")
+    p.kernels.append(HostCallKernel(p.host("replica_mean").id, buffer.id, origin=(("replica_mean", Span("m.dl", 4, 9)),)))
+    with pytest.raises(DlcError) as e:
+        _refuse_host_calls(p)
+    assert e.value.render().startswith("m.dl:4:9: error: `replica_mean` calls back into Python")
+    assert "cannot go in a library" in e.value.message
+
+
+# ---- --train: a C training loop against dlc train --------------------------------------------------------------
+def trainer_batches(model: str, seed: int, epochs: int, out: Path) -> tuple:
+    """The batches `dlc train --backend native` feeds its engine, in order (a run in this
+    process, its checkpoints in `out`, the engine's train_step recorded), and the steps per epoch."""
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.training.trainer import Trainer
+    fed, step = [], NativeEngine.train_step
+
+    def recorded(self, params, opt_state, batch, lr, number, key):
+        fed.append({k: v.copy() for k, v in batch.items()})
+        assert list(key) == [seed, number]      # the library's key of step `number`
+        return step(self, params, opt_state, batch, lr, number, key)
+    NativeEngine.train_step = recorded
+    try:
+        Trainer(load(ROOT / "examples" / f"{model}.dl"), None, {"epochs": epochs, "seed": seed}, out,
+                backend="native", progress="none").run(overwrite=True)
+    finally:
+        NativeEngine.train_step = step
+    return fed, len(fed) // epochs
+
+
+def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
+    seed, epochs = 3, 3
+    dl = ROOT / "examples" / "digits_cnn.dl"
+    dlc("build", dl, "--train", "--seed", seed, "-o", tmp_path / "lib")
+    needs, exports = needs_and_exports(tmp_path / "lib" / "libdigits_cnn.so")
+    assert needs <= RUN_TIME, needs
+    assert exports == sorted(f"digits_cnn_{f}" for f in PREDICT_API + (
+        "get_parameter", "save", "set_parameter", "set_schedule", "train_step"))
+    model = load(dl).build(None, training=True)
+    checkpoint.save(tmp_path / "init.npz", initial_parameters(model, seed), {}, {})
+    fed, per_epoch = trainer_batches("digits_cnn", seed, epochs, tmp_path / "recorded")
+    for name, batches in (("batches", fed), ("first", fed[:per_epoch]), ("rest", fed[per_epoch:])):
+        with open(tmp_path / f"{name}.bin", "wb") as f:
+            for batch in batches:
+                np.array([len(batch["y"])], np.int64).tofile(f)
+                np.ascontiguousarray(batch["x"], np.float32).tofile(f)
+                np.ascontiguousarray(batch["y"], np.int32).tofile(f)
+    lib = tmp_path / "lib"
+    subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), f"-L{lib}",
+                    "-ldigits_cnn", f"-Wl,-rpath,{lib}", "-o", str(tmp_path / "train")], check=True)
+    # the first epoch, saved; the others continue from that checkpoint (its optimizer state and step count)
+    for start, batches, end in (("init", "first", "epoch1"), ("epoch1", "rest", "c")):
+        r = subprocess.run(["env", "-i", str(tmp_path / "train"), str(tmp_path / f"{start}.npz"),
+                            str(tmp_path / f"{batches}.bin"), str(per_epoch), str(per_epoch * epochs),
+                            str(tmp_path / f"{end}.npz"), str(tmp_path / "params.bin")], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{len(fed) - per_epoch} steps")
+    # the whole loop at once, linked against the static library
+    subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), str(lib / "libdigits_cnn.a"),
+                    "-lgomp", "-lm", "-lpthread", "-o", str(tmp_path / "train_static")], check=True)
+    r = subprocess.run(["env", "-i", str(tmp_path / "train_static"), str(tmp_path / "init.npz"),
+                        str(tmp_path / "batches.bin"), str(per_epoch), str(per_epoch * epochs), str(tmp_path / "s.npz"),
+                        str(tmp_path / "params_static.bin")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    dlc("train", dl, "--backend", "native", "--epochs", epochs, "--seed", seed, "--out", tmp_path / "run", "-q")
+    want, want_opt, _ = checkpoint.load(tmp_path / "run" / "last.npz")
+    got, got_opt, meta = checkpoint.load(tmp_path / "c.npz")
+    assert meta["step"] == len(fed) and meta["model"] == "digits_cnn" and meta["seed"] == seed
+    flat = np.fromfile(tmp_path / "params.bin", np.float32)
+    at = 0
+    for name in ["c1.W", "c1.b", "c3.W", "c3.b", "f5.W", "f5.b", "logits.W", "logits.b"]:
+        assert got[name].tobytes() == want[name].tobytes(), name
+        assert flat[at:at + want[name].size].tobytes() == want[name].tobytes(), name     # get_parameter's
+        at += want[name].size
+        for slot in ("m", "v"):
+            assert got_opt[name][slot].tobytes() == want_opt[name][slot].tobytes(), (name, slot)
+    assert not np.array_equal(want["c1.W"], checkpoint.load(tmp_path / "init.npz")[0]["c1.W"])    # it trained
+    assert (tmp_path / "params_static.bin").read_bytes() == (tmp_path / "params.bin").read_bytes()
+    scored = dlc("eval", dl, "--weights", tmp_path / "c.npz").stdout
+    assert scored == dlc("eval", dl, "--weights", tmp_path / "run" / "last.npz").stdout
+    assert "accuracy" in scored
+
+
+def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(built, tmp_path):
+    """set/get parameters by name with shape checks, train_step's shapes and buffers,
+    set_schedule, save: each bad call is a status and a message and changes nothing; what
+    set_parameter writes, predict uses (one copy of the parameters)."""
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
+    _, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    c = ctypes
+    f = api.f
+    status, model = api.create(ckpt)
+    assert status == 0, api.error(model)
+    p = lambda a: c.c_void_p(a.ctypes.data)
+    w = np.full((16, 1, 3, 3), 0.5, np.float32)
+
+    def get(name, capacity=10000):
+        out, shape, rank = np.zeros(capacity, np.float32), np.zeros(8, np.int64), np.zeros(1, np.int32)
+        status = f("get_parameter")(model, name.encode(), p(out), capacity, p(shape), p(rank))
+        return status, out, tuple(shape[:rank[0]])
+
+    before = get("c1.W")[1].copy()
+    assert f("set_parameter")(model, b"nope", p(w), p(np.array([16, 1, 3, 3], np.int64)), 4) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.error(model) == "set_parameter: the model has no parameter 'nope'"
+    assert f("set_parameter")(model, b"c1.W", p(w), p(np.array([16, 1, 3, 2], np.int64)), 4) == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "set_parameter: c1.W has shape [16, 1, 3, 3], got [16, 1, 3, 2]"
+    assert f("set_parameter")(model, None, p(w), None, 0) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert get("c1.W", 143)[0] == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "get_parameter: c1.W has 144 elements; the buffer holds 143"
+    assert get("c1.W")[1].tobytes() == before.tobytes()     # nothing changed
+    x, y, values = inputs("digits_cnn", 2), np.zeros(3, np.int32), np.zeros(2, np.float64)
+    step = lambda xs, ys, capacity=2: f("train_step")(model, p(x), p(np.array(xs, np.int64)), p(y),
+                                                      p(np.array(ys, np.int64)), p(values), capacity)
+    assert step([2, 1, 8, 8], [3]) == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "input 'y' expects i32[B] with B = 2, got shape [3]"
+    assert step([2, 1, 8, 8], [2], capacity=1) == STATUS["DLC_ERROR_SHAPE"]
+    assert f("set_schedule")(model, 0, 5) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert get("c1.W")[1].tobytes() == before.tobytes()     # no failed step updated anything
+    assert f("save")(model, str(tmp_path / "no" / "such" / "folder.npz").encode()) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert api.error(model).startswith("save: cannot write") and "No such file or directory" in api.error(model)
+    assert step([2, 1, 8, 8], [2]) == 0 and np.isfinite(values).all() and get("c1.W")[1].tobytes() != before.tobytes()
+    # predict reads the parameters train_step and set_parameter write
+    probs = lambda: api.predict(model, x, x.shape, 20)[1]
+    b = np.zeros(10, np.float32)
+    b[7] = 100.0
+    assert f("set_parameter")(model, b"logits.b", p(b), p(np.array([10], np.int64)), 1) == 0
+    assert get("logits.b")[1][:10].tobytes() == b.tobytes() and get("logits.b")[2] == (10,)
+    assert probs().reshape(2, 10).argmax(1).tolist() == [7, 7]
+    api.f("destroy")(model)
+    # a checkpoint with the optimizer state of one trained parameter and not the others
+    params = checkpoint.load(ckpt)[0]
+    checkpoint.save(tmp_path / "partial.npz", params, {"c1.W": {"m": params["c1.W"], "v": params["c1.W"]}},
+                    {"optimizer": "adam"})
+    status, model = api.create(tmp_path / "partial.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"]
+    assert api.error(model) == ("checkpoint: it holds the optimizer state of some trained parameters, not of all "
+                                "(opt:NAME:SLOT arrays)")
+    api.f("destroy")(model)
+
+
+def test_two_threads_train_two_instances_at_once(built, tmp_path):
+    """Two instances trained at once on two threads (ctypes lets go of the GIL in a call),
+    each on batches of its own: each ends with the parameters of the same steps taken alone."""
+    import threading
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
+    _, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    c = ctypes
+    p = lambda a: c.c_void_p(a.ctypes.data)
+    batches = [[(inputs("digits_cnn", 64, seed=10 * k + j), np.arange(64, dtype=np.int32) % 10) for j in range(20)]
+               for k in range(2)]
+
+    def train(k: int, out: dict):
+        status, model = api.create(ckpt)
+        assert status == 0
+        for x, y in batches[k]:
+            assert api.f("train_step")(model, p(x), p(np.array(x.shape, np.int64)), p(y),
+                                       p(np.array(y.shape, np.int64)), None, 0) == 0
+        w = np.zeros(128 * 64, np.float32)
+        assert api.f("get_parameter")(model, b"f5.W", p(w), w.size, None, None) == 0
+        out[k] = w
+        api.f("destroy")(model)
+
+    alone, together = {}, {}
+    for k in range(2):
+        train(k, alone)
+    threads = [threading.Thread(target=train, args=(k, together)) for k in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert alone[0].tobytes() != alone[1].tobytes()
+    for k in range(2):
+        assert together[k].tobytes() == alone[k].tobytes(), k
+
+
+@pytest.mark.parametrize("model", ["char_lstm", "transformer_classifier"])
+def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
+    """One epoch of the char LSTM (Adam, gradient clipping: the update's norm) and of the
+    transformer classifier (AdamW's decay, a cosine schedule after a warmup of an epoch,
+    gathers' index checks) through the library's train_step, called by ctypes with the
+    batches dlc train feeds its engine: the parameters and optimizer state are its bits."""
+    seed, dl = 5, ROOT / "examples" / f"{model}.dl"
+    lib = tmp_path / "lib"
+    dlc("build", dl, "--train", "--seed", seed, "--epochs", 1, "-o", lib)
+    checkpoint.save(tmp_path / "init.npz", initial_parameters(load(dl).build(None, training=True), seed), {}, {})
+    fed = trainer_batches(model, seed, 1, tmp_path / "recorded")[0]
+    api = Api(lib, model)
+    names, train_step = api.train_inputs, api.f("train_step")
+    status, instance = api.create(tmp_path / "init.npz")
+    assert status == 0, api.error(instance)
+    values = np.zeros(8, np.float64)
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    for batch in fed:
+        arrays = [np.ascontiguousarray(batch[n]) for n in names]
+        shapes = [np.array(a.shape, np.int64) for a in arrays]
+        assert train_step(instance, *[q for a, s in zip(arrays, shapes) for q in (p(a), p(s))], p(values), 8) == 0, \
+            api.error(instance)
+    assert api.f("save")(instance, str(tmp_path / "c.npz").encode()) == 0, api.error(instance)
+    api.f("destroy")(instance)
+    dlc("train", dl, "--backend", "native", "--epochs", 1, "--seed", seed, "--out", tmp_path / "run", "-q")
+    want, want_opt, _ = checkpoint.load(tmp_path / "run" / "last.npz")
+    got, got_opt, _ = checkpoint.load(tmp_path / "c.npz")
+    assert set(got) == set(want)
+    for name in want:
+        assert got[name].tobytes() == want[name].tobytes(), name
+    for name in want_opt:
+        for slot in want_opt[name]:
+            assert got_opt[name][slot].tobytes() == want_opt[name][slot].tobytes(), (name, slot)
+
+
+FUZZ_TRAIN = r"""
+import ctypes, sys
+import numpy as np
+sys.path.insert(0, sys.argv[3])
+from helpers.c_api import Api, STATUS
+c = ctypes
+api = Api(__import__("pathlib").Path(sys.argv[1]), "digits_cnn")
+f = api.f
+codes, rng = set(STATUS.values()), np.random.default_rng(int(sys.argv[4]))
+status, model = api.create(sys.argv[2])
+assert status == 0, api.error(model)
+p = lambda a: None if a is None else c.c_void_p(a.ctypes.data)
+x, y, data = rng.standard_normal(64 * 64).astype(np.float32), rng.integers(0, 10, 64).astype(np.int32), \
+    rng.standard_normal(128 * 64).astype(np.float32) * 0.01
+names = [b"c1.W", b"c1.b", b"c3.W", b"f5.W", b"logits.b", b"nope", b"", b"c1.W.x"]
+shapes = {b"c1.W": [16, 1, 3, 3], b"c1.b": [16], b"c3.W": [32, 16, 3, 3], b"f5.W": [128, 64], b"logits.b": [10]}
+calls = 0
+for i in range(int(sys.argv[5])):
+    what = rng.integers(0, 4)
+    if what == 0:       # train_step of random shapes: a valid one reads at most the buffers
+        b, b2 = int(rng.integers(-2, 65)), int(rng.integers(-2, 65)) if rng.random() < 0.3 else None
+        xs = [b, 1, 8, 8] if rng.random() < 0.8 else list(rng.integers(-1, 10, 4))
+        ys = [b if b2 is None else b2]
+        if rng.random() < 0.1:
+            xs[rng.integers(0, 4)] = int(rng.integers(-2**62, 2**62))
+        if xs[1:] == [1, 8, 8] and 64 < xs[0] < 2**40 and ys[0] == xs[0]:
+            continue        # a valid shape larger than the buffers: the caller's error, not tried
+        values = np.zeros(4)
+        s = f("train_step")(model, None if rng.random() < 0.05 else p(x), p(np.array(xs, np.int64)),
+                            None if rng.random() < 0.05 else p(y), p(np.array(ys, np.int64)),
+                            None if rng.random() < 0.1 else p(values), int(rng.integers(-3, 4)))
+    elif what == 1:     # set_parameter: names, shapes and ranks of every kind
+        name = names[rng.integers(0, len(names))]
+        shape = shapes.get(name, [3])
+        if rng.random() < 0.5:
+            shape = list(rng.integers(-3, 200, rng.integers(0, 6)))
+        valid = name in shapes and shape == shapes[name]
+        rank = len(shape) if rng.random() < 0.9 else int(rng.integers(-3, 8))
+        if rank > len(shape) or (valid and rank != len(shape)):
+            rank = len(shape)
+        s = f("set_parameter")(model, None if rng.random() < 0.05 else name, p(data),
+                               p(np.array(shape or [0], np.int64)), rank)
+    elif what == 2:     # get_parameter with a capacity too small or enough
+        out, shape, rank = np.zeros(128 * 64, np.float32), np.zeros(8, np.int64), np.zeros(1, np.int32)
+        s = f("get_parameter")(model, names[rng.integers(0, len(names))], p(out), int(rng.integers(-5, 128 * 64 + 1)),
+                               p(shape), p(rank))
+    else:
+        s = f("set_schedule")(model, int(rng.integers(-5, 100)), int(rng.integers(-5, 10**6)))
+    assert s in codes, s
+    if s:
+        assert api.error(model), "a failure without a message"
+    calls += 1
+values = np.zeros(2)
+assert f("train_step")(model, p(x), p(np.array([8, 1, 8, 8], np.int64)), p(y), p(np.array([8], np.int64)),
+                       p(values), 2) == 0, api.error(model)
+f("destroy")(model)
+print(calls)
+"""
+
+
+def test_fuzz_the_train_api(built, tmp_path):
+    """10^4 calls of train_step, set/get_parameter and set_schedule with random shapes,
+    ranks, names, capacities and null pointers, in a process of their own: each returns a
+    known status with a message, nothing crashes, and the instance still trains."""
+    _, ckpt = built("digits_cnn")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", tmp_path / "lib")
+    r = subprocess.run([sys.executable, "-c", FUZZ_TRAIN, str(tmp_path / "lib"), str(ckpt), str(Path(__file__).parents[1]),
+                        "2", "10500"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert int(r.stdout) >= 10_000
+
+
+def test_a_train_library_with_its_weights_inside(built, tmp_path):
+    """--train --embed-weights: create(NULL) starts from the embedded weights, which a step
+    then changes in the instance (the library's stay as they are: a second instance starts
+    from them again)."""
+    _, ckpt = built("digits_cnn")
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "--weights", ckpt, "--embed-weights", "-o", lib)
+    api = Api(lib, "digits_cnn")
+    c = ctypes
+    p = lambda a: c.c_void_p(a.ctypes.data)
+    want = checkpoint.load(ckpt)[0]["f5.W"]
+
+    def f5(model) -> np.ndarray:
+        w = np.zeros(want.size, np.float32)
+        assert api.f("get_parameter")(model, b"f5.W", p(w), w.size, None, None) == 0
+        return w.reshape(want.shape)
+
+    status, first = api.create()
+    assert status == 0, api.error(first)
+    assert f5(first).tobytes() == want.tobytes()
+    x, y = inputs("digits_cnn", 8), np.arange(8, dtype=np.int32)
+    assert api.f("train_step")(first, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([8], np.int64)),
+                               None, 0) == 0, api.error(first)
+    assert f5(first).tobytes() != want.tobytes()
+    status, second = api.create()
+    assert status == 0 and f5(second).tobytes() == want.tobytes()
+    for model in (first, second):
+        api.f("destroy")(model)

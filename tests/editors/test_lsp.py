@@ -1,0 +1,450 @@
+"""The language server, `dlc lsp` (docs/editors.md): driven over stdio by a real LSP client
+(pytest-lsp) on the examples, a feature a test: diagnostics that are `dlc check`'s errors
+(the error-guidance table's programs), quick fixes, hover, inlay hints, definition,
+references, rename, symbols, signature help, completion, formatting, the time budget, and
+edits replayed from the front-end fuzz corpus after which the server still answers."""
+from __future__ import annotations
+
+import ast
+import asyncio
+import importlib.util
+import random
+import re
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("pygls", reason="dlc lsp needs the lsp extra: pip install \"dlc[lsp]\"")
+pytest_lsp = pytest.importorskip("pytest_lsp", reason="the tests drive the server with pytest-lsp")
+from lsprotocol import types as T  # noqa: E402
+from pygls.exceptions import JsonRpcException  # noqa: E402
+from pytest_lsp import ClientServerConfig, LanguageClient  # noqa: E402
+
+from dlc.runtime.cli import main  # noqa: E402
+
+TESTS = Path(__file__).parents[1]
+EXAMPLES = TESTS.parent / "examples"
+LOCATED = re.compile(r"^(?P<file>[^\s:]+):(?P<line>\d+):(?P<col>\d+): (?P<kind>error|note): (?P<msg>.*)$")
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+SERVER = [sys.executable, "-c", "from dlc.runtime.cli import main; main(['lsp'])"]
+
+
+@pytest_lsp.fixture(scope="module", config=ClientServerConfig(server_command=SERVER))
+async def client(lsp_client: LanguageClient):
+    await lsp_client.initialize_session(T.InitializeParams(
+        capabilities=T.ClientCapabilities(), initialization_options={"inlayHints": True}))
+    yield
+    await lsp_client.shutdown_session()
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+VERSIONS: dict = {}
+
+
+async def publish(client: LanguageClient, uri: str) -> list:
+    """The diagnostics of the document's latest version, once the server publishes them (each
+    edit below waits for its own, and the server publishes none for a version already
+    replaced, so the first to arrive is the latest's)."""
+    for _ in range(1500):
+        if uri in client.diagnostics:
+            return list(client.diagnostics[uri])
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"no diagnostics for version {VERSIONS[uri]} of {uri}")
+
+
+async def open_doc(client: LanguageClient, path: Path, text: str | None = None) -> tuple[str, list]:
+    uri = path.resolve().as_uri()
+    text = path.read_text() if text is None else text
+    if uri in VERSIONS:
+        return uri, await edit(client, uri, text)
+    VERSIONS[uri] = 1
+    client.diagnostics.pop(uri, None)
+    client.text_document_did_open(T.DidOpenTextDocumentParams(
+        T.TextDocumentItem(uri=uri, language_id="dl", version=1, text=text)))
+    return uri, await publish(client, uri)
+
+
+async def edit(client: LanguageClient, uri: str, text: str) -> list:
+    VERSIONS[uri] += 1
+    client.diagnostics.pop(uri, None)
+    client.text_document_did_change(T.DidChangeTextDocumentParams(
+        T.VersionedTextDocumentIdentifier(uri=uri, version=VERSIONS[uri]),
+        [T.TextDocumentContentChangeWholeDocument(text=text)]))
+    return await publish(client, uri)
+
+
+def position_of(text: str, needle: str, nth: int = 0, offset: int = 0) -> T.Position:
+    """The position of the nth occurrence of needle (plus offset characters)."""
+    at = -1
+    for _ in range(nth + 1):
+        at = text.index(needle, at + 1)
+    at += offset
+    line = text.count("\n", 0, at)
+    return T.Position(line, at - (text.rfind("\n", 0, at) + 1))
+
+
+async def hover_text(client, uri, pos) -> str:
+    h = await client.text_document_hover_async(T.HoverParams(T.TextDocumentIdentifier(uri), pos))
+    return h.contents.value if h else ""
+
+
+# ---- diagnostics are dlc check's errors --------------------------------------------------------------
+def guidance_programs() -> list:
+    """The programs of tests/frontend/test_error_guidance.py's table: each `run(tmp_path, capsys, PROGRAM)`."""
+    tree = ast.parse((TESTS / "frontend" / "test_error_guidance.py").read_text())
+    return [textwrap.dedent(node.args[2].value).lstrip("\n") for node in ast.walk(tree)
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "run" and len(node.args) == 3
+            and isinstance(node.args[2], ast.Constant)]
+
+
+def check_output(path: Path, capsys) -> list:
+    """`dlc check`'s located lines: (line, col, kind, message), the error first."""
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    return [(int(m["line"]), int(m["col"]), m["kind"], m["msg"]) for m in map(LOCATED.match, err.splitlines())
+            if m and Path(m["file"]).name == path.name]
+
+
+async def test_the_error_guidance_table_is_all_here():
+    assert len(guidance_programs()) >= 12
+
+
+@pytest.mark.parametrize("k", range(len(guidance_programs())))
+async def test_the_error_guidance_messages_arrive_where_dlc_check_puts_them(client, tmp_path, capsys, k):
+    path = tmp_path / f"guidance{k}.dl"
+    path.write_text(guidance_programs()[k])
+    expected = check_output(path, capsys)
+    uri, got = await open_doc(client, path)
+    assert len(got) == 1, got
+    d = got[0]
+    line, col, _, message = expected[0]
+    assert (d.range.start.line + 1, d.range.start.character + 1, d.message) == (line, col, message)
+    notes = {(n.location.range.start.line + 1, n.location.range.start.character + 1, n.message)
+             for n in d.related_information or () if n.location.uri == uri}
+    assert notes == {(l, c, m) for l, c, kind, m in expected[1:] if kind == "note"}
+
+
+async def test_every_example_has_no_diagnostic(client):
+    for path in sorted(EXAMPLES.glob("*.dl")):
+        _, got = await open_doc(client, path)
+        assert got == [], (path.name, got)
+
+
+async def test_an_incremental_edit_is_analyzed_as_the_text_it_makes(client, tmp_path):
+    program = "model m {\n    input x: f32[B, 4]\n    output y = dense(x, 3)\n}\n"
+    uri, got = await open_doc(client, tmp_path / "incremental.dl", program)
+    assert got == []
+    VERSIONS[uri] += 1
+    client.diagnostics.pop(uri, None)
+    start = position_of(program, "dense")
+    client.text_document_did_change(T.DidChangeTextDocumentParams(
+        T.VersionedTextDocumentIdentifier(uri=uri, version=VERSIONS[uri]),
+        [T.TextDocumentContentChangePartial(range=T.Range(start, T.Position(start.line, start.character + 5)),
+                                            text="dnese")]))
+    (d,) = await publish(client, uri)
+    assert d.message == "unknown name 'dnese'; did you mean 'dense'?" and d.range.start == start
+
+
+# ---- quick fixes ---------------------------------------------------------------------------------------
+FIXES = [
+    ("model m {\n    input x: f32[B, 4]\n    output y = dnese(x, 3)\n}\n", "dense(x, 3)"),
+    ("model m {\n    input x: f32[B, 4]\n    output y = dense(x, 3, activation = relu)\n}\n", "act = relu"),
+    ("model m {\n    input a: f32[B, 4]\n    input b: f32[B, 4]\n    output y = concat(a, b, -1)\n}\n",
+     "concat(a, b, axis = -1)"),
+    ("model m {\n    input x: f32[B, 4]\n    target t: f32[B, 3]\n    loss mean((dense(x, 3) - t) ^ 2)\n}\n"
+     "train m {\n    epoch = 3\n}\n", "epochs = 3"),
+    ("model m {\n    input x: f32[B, 4]\n    target t: f32[B, 3]\n    loss mean((dense(x, 3) - t) ^ 2)\n}\n"
+     "train m {\n    optimizer = adma(lr = 0.1)\n}\n", "optimizer = adam(lr = 0.1)"),
+]
+
+
+@pytest.mark.parametrize("program, fixed", FIXES)
+async def test_a_did_you_mean_has_a_quick_fix_that_makes_the_program_check(client, tmp_path, program, fixed):
+    path = tmp_path / f"fix{FIXES.index((program, fixed))}.dl"
+    uri, got = await open_doc(client, path, program)
+    assert len(got) == 1 and "did you mean" in got[0].message, got
+    actions = await client.text_document_code_action_async(T.CodeActionParams(
+        T.TextDocumentIdentifier(uri), got[0].range, T.CodeActionContext(diagnostics=got)))
+    assert len(actions) == 1 and actions[0].kind == T.CodeActionKind.QuickFix
+    (change,) = actions[0].edit.changes[uri]
+    lines = program.split("\n")
+    r = change.range
+    line = lines[r.start.line]
+    lines[r.start.line] = line[:r.start.character] + change.new_text + line[r.end.character:]
+    new = "\n".join(lines)
+    assert fixed in new
+    assert await edit(client, uri, new) == []
+
+
+# ---- hover -----------------------------------------------------------------------------------------
+async def test_hover_on_a_name_shows_its_type_with_named_dims(client):
+    path = EXAMPLES / "mnist_mlp.dl"
+    uri, _ = await open_doc(client, path)
+    text = path.read_text()
+    assert "logits: f32[B, 10]" in await hover_text(client, uri, position_of(text, "logits", 1))
+    assert "x: f32[B, 784]" in await hover_text(client, uri, position_of(text, "x |>"))
+    assert "the batch: 128" in await hover_text(client, uri, position_of(text, "B,"))
+
+
+def summary_memory_row(path: Path, layer: str, capsys) -> int:
+    """The activations of a layer in `dlc summary --memory`, at the train block's batch."""
+    assert main(["summary", "--memory", str(path)]) == 0
+    out = capsys.readouterr().out
+    at = dict(re.findall(r"(\w+) = (\d+)", out.splitlines()[0].split("located at")[1]))
+    row = next(line for line in out.splitlines() if line.split() and line.split()[0] == layer)
+    poly = re.split(r"\s{2,}", row.strip())[1]
+    total = 0
+    for term in poly.split(" + "):
+        coef, *syms = term.split("·")
+        total += int(coef.replace(",", "")) * eval("*".join([str(int(at[s])) for s in syms]) or "1")
+    return total
+
+
+async def test_hover_on_a_layer_call_shows_its_parameters_flops_and_memory(client, capsys):
+    from dlc.compiler.frontend.summary import size_text
+    path = EXAMPLES / "mnist_mlp.dl"
+    uri, _ = await open_doc(client, path)
+    text = await hover_text(client, uri, position_of(path.read_text(), "dense(512", offset=2))
+    assert "**h.0**: a call of `dense`" in text
+    assert "401,920 in 2 tensors" in text and "`h.0.W: f32[784, 512]`" in text and "`h.0.b: f32[512]`" in text
+    assert "forward FLOPs per example: 804,352" in text       # 2·784·512 + 512 (bias) + 512 (relu)
+    assert f"activation memory of training: {size_text(summary_memory_row(path, 'h.0', capsys))} at B = 128" in text
+    assert "dense(x: f32[..., n], units: int" in text          # and the function's signature
+
+
+async def test_hover_on_a_library_function_shows_its_signature_and_doc(client):
+    path = EXAMPLES / "mnist_mlp.dl"
+    uri, _ = await open_doc(client, path)
+    text = await hover_text(client, uri, position_of(path.read_text(), "dropout(0.2)", offset=1))
+    assert "dropout(x, rate: float = 0.5)" in text and "inverted dropout" in text and "layers.dl" in text
+    text = await hover_text(client, uri, position_of(path.read_text(), "softmax"))
+    assert "softmax(" in text
+
+
+async def test_hover_and_definition_of_a_keyword_argument(client):
+    path = EXAMPLES / "inception_cnn.dl"
+    uri, _ = await open_doc(client, path)
+    at = position_of(path.read_text(), "act = relu")
+    assert "act = identity" in await hover_text(client, uri, at)
+    loc = await client.text_document_definition_async(T.DefinitionParams(T.TextDocumentIdentifier(uri), at))
+    assert loc.uri.endswith("/compiler/stdlib/layers.dl")
+    lines = Path(loc.uri.removeprefix("file://")).read_text().splitlines()
+    assert lines[loc.range.start.line][loc.range.start.character:].startswith("act = identity")
+    heading = next(line for line in reversed(lines[:loc.range.start.line + 1]) if line.startswith("def "))
+    assert heading.startswith("def conv2d(")
+
+
+async def test_hover_in_a_def_shows_each_calls_type(client):
+    path = EXAMPLES / "inception_cnn.dl"
+    uri, _ = await open_doc(client, path)
+    text = await hover_text(client, uri, position_of(path.read_text(), "b1 ="))
+    assert "b1: f32[B, 16, 8, 8]  # line 21" in text and "b1: f32[B, 24, 4, 4]  # line 23" in text
+    text = await hover_text(client, uri, position_of(path.read_text(), "c1: int"))
+    assert "c1: 16  # line 21" in text and "c1: 24  # line 23" in text
+
+
+# ---- inlay hints -------------------------------------------------------------------------------------
+async def test_inlay_hints_show_each_statements_shape_and_a_setting_turns_them_off(client, tmp_path):
+    path = EXAMPLES / "mnist_mlp.dl"
+    uri, _ = await open_doc(client, path)
+    text = path.read_text()
+    whole = T.Range(T.Position(0, 0), T.Position(len(text.splitlines()), 0))
+    hints = await client.text_document_inlay_hint_async(T.InlayHintParams(T.TextDocumentIdentifier(uri), whole))
+    by_line = {h.position.line: h.label for h in hints}
+    assert by_line[position_of(text, "logits =").line] == ": f32[B, 10]"
+    assert by_line[position_of(text, "h = x").line] == ": f32[B, 256]"
+    assert by_line[position_of(text, "loss ").line] == ": f32[]"
+    hint = next(h for h in hints if h.label == ": f32[B, 10]")
+    assert hint.position.character == len(text.splitlines()[hint.position.line].rstrip())
+    program = "def block(x) {\n    h = dense(x, 8)\n    return h\n}\nmodel m {\n    input x: f32[B, 4]\n" \
+              "    output y = block(x)\n}\n"
+    uri2, _ = await open_doc(client, tmp_path / "hints.dl", program)
+    hints2 = await client.text_document_inlay_hint_async(T.InlayHintParams(T.TextDocumentIdentifier(uri2), whole))
+    assert [(h.position.line, h.label) for h in hints2] == [(1, ": f32[B, 8]"), (6, ": f32[B, 8]")]
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams({"dlc": {"inlayHints": False}}))
+    assert not await client.text_document_inlay_hint_async(T.InlayHintParams(T.TextDocumentIdentifier(uri), whole))
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams({"dlc": {"inlayHints": True}}))
+    assert await client.text_document_inlay_hint_async(T.InlayHintParams(T.TextDocumentIdentifier(uri), whole))
+
+
+# ---- definition, references, rename, symbols ------------------------------------------------------------
+async def test_definition_of_a_local_name_and_of_a_stdlib_layer(client):
+    path = EXAMPLES / "mnist_mlp.dl"
+    uri, _ = await open_doc(client, path)
+    text = path.read_text()
+    loc = await client.text_document_definition_async(T.DefinitionParams(
+        T.TextDocumentIdentifier(uri), position_of(text, "logits, y")))
+    assert loc.uri == uri and loc.range.start == position_of(text, "logits =")
+    loc = await client.text_document_definition_async(T.DefinitionParams(
+        T.TextDocumentIdentifier(uri), position_of(text, "dense(512")))
+    assert loc.uri.endswith("/compiler/stdlib/layers.dl")
+    lines = Path(loc.uri.removeprefix("file://")).read_text().splitlines()
+    assert lines[loc.range.start.line][loc.range.start.character:].startswith("dense(x")
+
+
+async def test_references_and_rename_of_a_local_name(client):
+    path = EXAMPLES / "mnist_mlp.dl"
+    uri, _ = await open_doc(client, path)
+    text = path.read_text()
+    refs = await client.text_document_references_async(T.ReferenceParams(
+        text_document=T.TextDocumentIdentifier(uri), position=position_of(text, "logits ="),
+        context=T.ReferenceContext(include_declaration=True)))
+    assert len(refs) == len(re.findall(r"\blogits\b", text))
+    edit_ = await client.text_document_rename_async(T.RenameParams(
+        T.TextDocumentIdentifier(uri), position_of(text, "logits, y"), "scores"))
+    edits = edit_.changes[uri]
+    assert len(edits) == len(refs) and all(e.new_text == "scores" for e in edits)
+    with pytest.raises(JsonRpcException, match="not a name"):
+        await client.text_document_rename_async(T.RenameParams(
+            T.TextDocumentIdentifier(uri), position_of(text, "logits, y"), "scan"))
+    assert await client.text_document_prepare_rename_async(T.PrepareRenameParams(
+        T.TextDocumentIdentifier(uri), position_of(text, "dense(512"))) is None
+
+
+async def test_document_symbols_are_the_models_defs_and_train_blocks(client, tmp_path):
+    program = ("const width = 8\ndef block(x) = dense(x, width, relu)\nmodel m {\n    input x: f32[B, 4]\n"
+               "    h = block(x)\n    output y = dense(h, 2)\n}\ntrain m {\n    epochs = 2\n}\n")
+    uri, _ = await open_doc(client, tmp_path / "symbols.dl", program)
+    symbols = await client.text_document_document_symbol_async(T.DocumentSymbolParams(T.TextDocumentIdentifier(uri)))
+    assert [(s.name, s.kind) for s in symbols] == [
+        ("width", T.SymbolKind.Constant), ("block", T.SymbolKind.Function), ("m", T.SymbolKind.Class),
+        ("train m", T.SymbolKind.Namespace)]
+    assert [c.name for c in symbols[2].children] == ["x", "h", "y"]
+    assert [c.name for c in symbols[3].children] == ["epochs"]
+
+
+# ---- while writing ---------------------------------------------------------------------------------
+PARTIAL = "model m {\n    input x: f32[B, 4]\n    h = dense(x, 12, \n}\n"
+
+
+async def test_signature_help_names_the_argument_being_written(client, tmp_path):
+    uri, _ = await open_doc(client, tmp_path / "sig.dl", PARTIAL)
+    help_ = await client.text_document_signature_help_async(T.SignatureHelpParams(
+        T.TextDocumentIdentifier(uri), position_of(PARTIAL, "12, ", offset=4)))
+    sig = help_.signatures[0]
+    assert sig.label.startswith("dense(x: f32[..., n], units: int, act = identity")
+    assert sig.parameters[help_.active_parameter].label == "act = identity"
+    piped = "model m {\n    input x: f32[B, 4]\n    h = x |> dense(12, init = \n}\n"
+    uri, _ = await open_doc(client, tmp_path / "sig.dl", piped)
+    for needle, offset, expected in (("dense(", 6, "units: int"), ("init = ", 7, "init = glorot_uniform")):
+        help_ = await client.text_document_signature_help_async(T.SignatureHelpParams(
+            T.TextDocumentIdentifier(uri), position_of(piped, needle, offset=offset)))
+        assert help_.signatures[0].parameters[help_.active_parameter].label == expected
+
+
+async def test_completion_of_names_functions_keywords_and_train_settings(client, tmp_path):
+    good = "model m {\n    input x: f32[B, 4]\n    h = dense(x, 12)\n    output y = h\n}\n"
+    uri, _ = await open_doc(client, tmp_path / "complete.dl", good)
+    await edit(client, uri, PARTIAL)        # the last good analysis gives the names in scope
+    items = await client.text_document_completion_async(T.CompletionParams(
+        T.TextDocumentIdentifier(uri), position_of(PARTIAL, "12, ", offset=4)))
+    labels = {i.label: i for i in items}
+    assert "act =" in labels and "init =" in labels
+    assert "x" in labels and labels["dense"].detail.startswith("dense(x: f32[..., n]")
+    assert labels["softmax"].kind == T.CompletionItemKind.Function
+    train = "model m {\n    input x: f32[B, 4]\n    output y = x\n}\ntrain m {\n    optimizer = \n    data = \n    \n}\n"
+    await edit(client, uri, train)
+    for needle, offset, expected in (("optimizer = ", 12, "adamw"), ("data = ", 7, "spirals"),
+                                     ("    \n}", 4, "epochs")):
+        items = await client.text_document_completion_async(T.CompletionParams(
+            T.TextDocumentIdentifier(uri), position_of(train, needle, offset=offset)))
+        assert expected in {i.label for i in items}, needle
+
+
+async def test_formatting_is_dlc_fmts_layout(client, tmp_path):
+    """A file laid out carelessly gets one edit: dlc fmt's text; a formatted one gets none."""
+    from dlc.compiler.frontend.format import format_text
+    tidy = (EXAMPLES / "xor_mlp.dl").read_text()
+    messy = tidy.replace("    ", "  ").replace(" = ", "=")
+    assert messy != tidy
+    options = T.FormattingOptions(4, True)
+    uri, _ = await open_doc(client, tmp_path / "messy.dl", messy)
+    edits = await client.text_document_formatting_async(T.DocumentFormattingParams(T.TextDocumentIdentifier(uri), options))
+    assert len(edits) == 1 and edits[0].new_text == format_text(messy) == tidy
+    uri, _ = await open_doc(client, EXAMPLES / "xor_mlp.dl")
+    assert not await client.text_document_formatting_async(T.DocumentFormattingParams(T.TextDocumentIdentifier(uri), options))
+
+
+# ---- a server that never dies ------------------------------------------------------------------
+async def test_a_huge_repeat_is_cut_off_by_the_time_budget_and_says_so(client, tmp_path):
+    # each step also makes a long static tuple, so that the 2 s pass long before the node limit
+    program = ("model m {\n    input x: f32[B, 4]\n    h = x\n    repeat i in 0..100000 {\n        h = dense(h, 4)\n"
+               "        t = range(100000)\n    }\n    output y = h\n}\n")
+    uri, got = await open_doc(client, tmp_path / "huge.dl", program)
+    assert len(got) == 1 and "stopped building the model after" in got[0].message, got
+    assert "time budget" in got[0].message and got[0].range.start.line == 4       # at the user's dense(...)
+    assert "not known: model m does not build" in await hover_text(client, uri, position_of(program, "h = x"))
+    symbols = await client.text_document_document_symbol_async(T.DocumentSymbolParams(T.TextDocumentIdentifier(uri)))
+    assert symbols[0].name == "m"
+
+
+def mutated_edits(rng: random.Random, count: int) -> list:
+    """Whole texts as an editor would send them while a user types: mutants of the fuzz
+    corpus, then random insertions, deletions and truncations of them, text decoded from
+    invalid UTF-8, and a 5 MB line."""
+    from dlc.tools.fuzz import Corpus
+    corpus = Corpus.default()
+    texts = []
+    for i in range(count):
+        text = corpus.mutant(0, i).decode("utf-8", "surrogateescape")
+        kind = i % 4
+        at = rng.randrange(len(text) + 1)
+        if kind == 1:
+            text = text[:at] + rng.choice(["(", "}", "{", "dense(", "repeat", "\n", "..", "= =", "@"]) + text[at:]
+        elif kind == 2:
+            text = text[:at] + text[at + rng.randrange(1, 40):]
+        elif kind == 3:
+            text = text[:at]
+        texts.append(text)
+    texts.append(b"model m {\n    input x: f32[B, \xff\xfe 4]\n}\n".decode("utf-8", "surrogateescape"))
+    texts.append("model m {\n    input x: f32[B, 4]\n    output y = x # " + "x" * (5 << 20) + "\n}\n")
+    return texts
+
+
+async def test_edits_from_the_fuzz_corpus_never_kill_the_server(client, tmp_path):
+    path = EXAMPLES / "mnist_mlp.dl"
+    uri, _ = await open_doc(client, tmp_path / "fuzzed.dl", path.read_text())
+    for text in mutated_edits(random.Random(0), 60):
+        got = await edit(client, uri, text)
+        problems = [(d.message, d.range.start.line, d.range.start.character) for d in got]
+        assert len(set(problems)) == len(problems), got        # one diagnostic per problem
+        assert not any("bug in dlc" in d.message for d in got), got
+    assert "characters; the language server analyzes files of at most" in got[0].message
+    await edit(client, uri, path.read_text())
+    assert "logits: f32[B, 10]" in await hover_text(client, uri, position_of(path.read_text(), "logits", 1))
+
+
+async def test_bytes_that_are_not_utf8_or_json_on_the_wire_leave_the_server_answering():
+    """A client that sends a message whose body is not UTF-8, or not JSON: the server says so
+    (window/showMessage), with no traceback, and answers the next request."""
+    import json
+    import subprocess
+    server = subprocess.Popen(SERVER, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def send(body: bytes):
+        server.stdin.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        server.stdin.flush()
+
+    def receive() -> dict:
+        header = b""
+        while not header.endswith(b"\r\n\r\n"):
+            header += server.stdout.read(1)
+        return json.loads(server.stdout.read(int(header.split(b"Content-Length: ")[1].split(b"\r\n")[0])))
+
+    send(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}).encode())
+    assert receive()["result"]["serverInfo"]["name"] == "dlc"
+    send(b'{"jsonrpc":"2.0","method":"textDocument/didOpen","params":{"textDocument":{"uri":"file:///x.dl",'
+         b'"languageId":"dl","version":1,"text":"model m {\xff\xfe }"}}}')
+    send(b'{"jsonrpc":"2.0","id":7,"method":"textDocument/hover","params": not json')
+    send(json.dumps({"jsonrpc": "2.0", "id": 2, "method": "shutdown"}).encode())
+    said = []
+    while (message := receive()).get("id") != 2:
+        said.append(message["params"]["message"])
+    send(json.dumps({"jsonrpc": "2.0", "method": "exit"}).encode())
+    assert server.wait(30) == 0
+    assert any("can't decode byte 0xff" in m for m in said) and any("Expecting value" in m for m in said), said
+    assert "Traceback" not in server.stderr.read().decode()

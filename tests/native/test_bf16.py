@@ -1,0 +1,320 @@
+"""bfloat16 mixed precision (`precision = "bf16"`, docs/native.md): every GEMM path the
+machine has against the numpy emulation of the rounding, the two engines against each
+other, the paths DLC_TARGET forces, training under bf16 against float32, and the float32
+program untouched."""
+import os
+import re
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+
+import numpy as np
+import pytest
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.ir.evaluate import round_bf16
+from dlc.compiler.native import gemm, jit, render
+from dlc.compiler.native.gemm_library import GemmLibrary
+from dlc.compiler.native.kernels.gemm import packed_floats
+from dlc.compiler.native.lower import lower
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.passes.optimize import optimize
+from dlc.runtime.cli import main
+from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.training.config import make_config
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import drift  # noqa: E402
+
+
+def gemm_paths() -> dict:
+    """The bf16 GEMM paths this machine runs: the conversion path on every blocking it
+    has, bfloat16 pairs (vdpbf16ps) where it has AVX512_BF16, and the AMX tiles
+    (tdpbf16ps) where it has AMX-BF16."""
+    paths = {"round-avx2": replace(gemm.AVX2, operands="bf16-round")}
+    if jit.host_has("avx512f"):
+        paths["round-avx512"] = replace(gemm.AVX512, operands="bf16-round")
+    if jit.host_has("avx512bf16"):
+        paths["pairs-avx512"] = replace(gemm.AVX512, operands="bf16-pairs")
+    if jit.host_has("amx-bf16") and jit.host_has("amx-tile") and gemm.tiles_granted():
+        paths["amx"] = gemm.AMX
+    return paths
+
+
+def test_rounding_is_to_nearest_even():
+    one = np.float32(1.0)
+    ulp = np.float32(2.0 ** -7)         # bfloat16's spacing at 1
+    x = np.array([one + ulp / 2, one + ulp * 1.5, one + ulp / 2 + 2.0 ** -20, -(one + ulp / 2),
+                  np.inf, -np.inf, np.float32(3.4e38), np.nan], np.float32)
+    got = round_bf16(x)
+    assert list(got[:4]) == [one, one + 2 * ulp, one + ulp, -one]     # ties to even, else nearest
+    assert list(got[4:6]) == [np.inf, -np.inf] and got[6] == np.inf    # past bfloat16's largest: inf
+    assert np.isnan(got[7])
+
+
+@pytest.mark.parametrize("path", list(gemm_paths()))
+def test_gemm_rounds_as_the_emulation(path):
+    """Every variant (transposes, packed B, a row or two without packing, odd K, edge
+    tiles) equals the float64 product of the operands rounded by the emulation, to
+    float32 sums; and differs from the product of the unrounded operands."""
+    variants = [(ta, tb, False) for ta in (False, True) for tb in (False, True)]
+    lib = GemmLibrary(variants, config=gemm_paths()[path], packed=True)
+    rng = np.random.default_rng(0)
+    for m, n, k in [(1, 37, 5), (2, 40, 7), (7, 33, 17), (64, 100, 301), (130, 70, 513)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                for packed in (False, True):
+                    a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+                    b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+                    op = lambda x, t: (x.T if t else x).astype(np.float64)
+                    want = op(round_bf16(a), ta) @ op(round_bf16(b), tb)
+                    exact = op(a, ta) @ op(b, tb)
+                    got = lib(a, b, trans_a=ta, trans_b=tb, packed=packed, nthreads=2)
+                    scale = np.abs(want).max()
+                    assert np.abs(got - want).max() <= 1e-5 * scale, (m, n, k, ta, tb, packed)
+                    if k > 16:
+                        assert np.abs(got - exact).max() > 1e-4 * scale, (m, n, k, ta, tb, packed)
+
+
+@pytest.mark.parametrize("path", list(gemm_paths()))
+def test_batched_gemm_rounds_as_the_emulation(path):
+    """A batch of products, B broadcast or not (attention's, a sequence's steps)."""
+    lib = GemmLibrary([(False, True, False), (True, False, False)], config=gemm_paths()[path])
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((4, 33, 19)).astype(np.float32)
+    for b, ta, tb in [(rng.standard_normal((4, 21, 19)), False, True), (rng.standard_normal((1, 33, 21)), True, False)]:
+        b = b.astype(np.float32)
+        got = lib(a, b, trans_a=ta, trans_b=tb, nthreads=2)
+        op = lambda x, t: np.swapaxes(x, -1, -2) if t else x
+        want = op(round_bf16(a), ta).astype(np.float64) @ op(round_bf16(b), tb).astype(np.float64)
+        assert np.abs(got - want).max() <= 1e-5 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("path", list(gemm_paths()))
+def test_gemm_operand_is_rounded_exactly(path):
+    """x @ [[1]]: the rounded operand itself (no sums), ties and the largest values
+    included; the f32 routines leave it as it is."""
+    x = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 3.4e38, 1e-30, 12345.678, -0.1, 7.0],
+                 np.float32).reshape(-1, 1)
+    one = np.ones((1, 1), np.float32)
+    got = GemmLibrary([(False, False, False)], config=gemm_paths()[path])(x, one)
+    assert np.array_equal(got, round_bf16(x))
+    assert np.array_equal(GemmLibrary([(False, False, False)])(x, one), x)
+
+
+@pytest.mark.parametrize("path", list(gemm_paths()))
+def test_gemm_stays_in_its_buffers(path):
+    """Operands and C inside NaN borders, shapes that end mid-tile, mid-pair and mid-panel:
+    the product equals the emulation (a NaN read from outside would show), nothing outside
+    C is written, and a packed B (NaN past it) fills at most what lowering allocates."""
+    lib = GemmLibrary([(False, False, False), (True, True, False)], config=gemm_paths()[path], packed=True)
+    rng = np.random.default_rng(3)
+
+    def framed(shape):
+        room = np.full((shape[0] + 2, shape[1] + 2), np.nan, np.float32)
+        room[1:-1, 1:-1] = rng.standard_normal(shape)
+        return room, room[1:-1, 1:-1]
+    for m, n, k in [(3, 1, 1), (33, 17, 15), (47, 50, 33), (31, 65, 64), (65, 33, 545)]:
+        for t in (False, True):
+            _, a = framed((k, m) if t else (m, k))
+            _, b = framed((n, k) if t else (k, n))
+            for packed in (False, True):
+                room, c = framed((m, n))
+                lib(a, b, c, trans_a=t, trans_b=t, packed=packed, nthreads=2)
+                op = lambda x: (x.T if t else x).astype(np.float64)
+                want = op(round_bf16(a)) @ op(round_bf16(b))
+                assert np.abs(c - want).max() <= 1e-5 * np.abs(want).max(), (m, n, k, t, packed)
+                c[...] = 0
+                assert np.isnan(room).sum() == room.size - m * n, (m, n, k, t, packed)
+            panels = lib._packed(lib.args(np.zeros((0, k), np.float32), b, np.zeros((0, n), np.float32), False, t), t)
+            assert np.isnan(panels[packed_floats(k, n, tiles=True):]).all()
+
+
+def test_amx_workers_need_no_request_of_their_own(tmp_path):
+    """The tile state is the process's: OpenMP workers that already ran a float32 product
+    before the request run the AMX product after it (no SIGILL)."""
+    if "amx" not in gemm_paths():
+        pytest.skip("the host has no AMX")
+    code = ("import numpy as np; from dlc.compiler.native import gemm; "
+            "from dlc.compiler.native.gemm_library import GemmLibrary; x = np.ones((256, 256), np.float32); GemmLibrary([(False, False, False)])(x, x, nthreads=2); "
+            "print(GemmLibrary([(False, False, False)], config=gemm.AMX)(x, x, nthreads=2)[0, 0])")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DLC_CACHE_DIR=str(tmp_path)),
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split() == ["256.0"], out
+
+
+def test_refused_tile_state_falls_back_and_says_so_once(monkeypatch, capsys):
+    """Where Linux refuses the tile state, the bf16 routines take the vdpbf16ps pairs (the
+    conversion path without AVX512_BF16), and one line on stderr says so."""
+    if not (jit.host_has("amx-bf16") and jit.host_has("amx-tile")):
+        pytest.skip("the host has no AMX")
+    monkeypatch.setattr(gemm, "request_tiles", lambda: 22)
+    gemm.tiles_granted.cache_clear()
+    try:
+        assert [gemm.bf16_config().operands for _ in range(2)] == ["bf16-pairs"] * 2
+        with pytest.raises(RuntimeError, match="tile state"):
+            GemmLibrary([(False, False, False)], config=gemm.AMX)
+    finally:
+        gemm.tiles_granted.cache_clear()
+    assert capsys.readouterr().err.count("did not grant the AMX tile state (Invalid argument)") == 1
+
+
+PATHS = ("bf16-round", "bf16-pairs", "bf16-amx")      # each faster than the one before
+
+
+@pytest.mark.parametrize("target, best", [("avx2", "bf16-round"), ("avx512", "bf16-round"),
+                                          ("avx512bf16", "bf16-pairs"), ("host", "bf16-amx")])
+def test_dlc_target_forces_each_path(target, best, tmp_path):
+    """DLC_TARGET=avx512bf16 takes AMX away, avx512 also AVX512_BF16, avx2 all of
+    AVX-512: the bf16 routines take the best path the target leaves (at most `best`)."""
+    if target != "avx2" and not jit.host_has("avx512f"):
+        pytest.skip("the host has no AVX-512")
+    code = ("from dlc.compiler.native import gemm, jit; c = gemm.bf16_config(); "
+            "amx = jit.host_has('amx-bf16') and jit.host_has('amx-tile') and gemm.tiles_granted(); "
+            "print(c.operands, c.vw, jit.host_has('avx512bf16'), amx)")
+    env = dict(os.environ, DLC_TARGET=target, DLC_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    got, vw, pairs, amx = out.split()
+    assert got == ("bf16-amx" if amx == "True" else "bf16-pairs" if pairs == "True" else "bf16-round")
+    assert PATHS.index(got) <= PATHS.index(best) and (vw == "8") == (target == "avx2")
+    if target == "host" and "amx" in gemm_paths():
+        assert got == "bf16-amx"
+
+
+# ---- the engines ------------------------------------------------------------------------------------
+def _gradients(name: str, engine: str, precision: str) -> tuple:
+    """(loss, flat gradients) of one step of a workload (benchmarks/workloads) from its
+    initial parameters."""
+    train, ev, init, batches = drift.setup(name, seed=2, batch=8, steps=1)
+    trainable = [p.name for p in train.params if p.trainable]
+    eng = make_engine(engine, train, ev, drift._optimizer("sgd", 1.0), trainable, split=True, precision=precision)
+    params = {k: v.copy() for k, v in init.items()}
+    out, grads = eng.gradients(params, eng.optimizer.init({n: params[n] for n in trainable}), batches[0],
+                               np.array([0, 1], np.int32))
+    return out["loss"], np.array(grads, copy=True)
+
+
+@pytest.mark.parametrize("name, within", [("mlp", 1e-4), ("lenet", 1e-4), ("lstm", 0.1)])
+def test_native_bf16_gradients_are_the_reference_emulation(name, within):
+    """The native engine under bf16 (GEMMs, direct convolutions, small GEMMs; the LSTM's
+    recurrent weight packed once before its loop) gives the reference engine's bf16
+    gradients, `within` a fraction of how far bf16 moves them from float32 (2-7 %). The
+    MLP and LeNet agree to ~1e-7 relative: their first products read the same operands on
+    both engines. Elsewhere the engines' float32 values differ in the last bits (exp and
+    tanh, sums), and rounding to bfloat16 makes a difference of an ulp of float32 one of
+    bfloat16 (2^16 times larger) where it crosses a rounding boundary: the LSTM's agree
+    to ~5e-5 (its float32 gradients to 3e-7), 1.4 % of bf16's own change."""
+    _, g32 = _gradients(name, "reference", "f32")
+    loss, ref = _gradients(name, "reference", "bf16")
+    native_loss, native = _gradients(name, "native", "bf16")
+    norm = np.linalg.norm
+    assert norm(g32 - ref) >= 1e-3 * norm(ref)
+    assert norm(native - ref) <= within * norm(g32 - ref)
+    assert abs(native_loss - loss) <= 1e-5 * abs(loss)
+
+
+@pytest.mark.parametrize("target, operands", [("avx512bf16", "bf16-pairs"), ("avx512", "bf16-round"),
+                                              ("avx2", "bf16-round")])
+def test_forced_path_gives_the_reference_emulation(target, operands, tmp_path):
+    """The native engine with DLC_TARGET forcing a path the host has (in a process of its
+    own: the target is read once) gives the reference engine's bf16 gradients."""
+    if target != "avx2" and not jit.host_has("avx512f") or operands == "bf16-pairs" and not jit.host_has("avx512bf16"):
+        pytest.skip("the host has not this path")
+    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_bf16 as t; "
+            f"from dlc.compiler.native import gemm; assert gemm.bf16_config().operands == '{operands}'; "
+            "np.save(sys.argv[2], t._gradients('mlp', 'native', 'bf16')[1])")
+    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy")],
+                   env=dict(os.environ, DLC_TARGET=target), check=True, cwd=ROOT)
+    _, ref = _gradients("mlp", "reference", "bf16")
+    native = np.load(tmp_path / "g.npy")
+    assert np.linalg.norm(native - ref) <= 1e-6 * np.linalg.norm(ref)
+
+
+def _losses(name: str, precision: str, steps: int = 100) -> np.ndarray:
+    train, ev, init, batches = drift.setup(name, seed=2, batch=64, steps=steps)
+    trainable = [p.name for p in train.params if p.trainable]
+    eng = make_engine("native", train, ev, drift._optimizer("adam", 1e-3), trainable, precision=precision)
+    params = {k: v.copy() for k, v in init.items()}
+    state = eng.optimizer.init({n: params[n] for n in trainable})
+    return np.array([eng.train_step(params, state, batch, 1e-3, t, np.array([0, t], np.int32))["loss"]
+                     for t, batch in enumerate(batches, 1)])
+
+
+@pytest.mark.parametrize("name", ["mlp", "lenet"])
+def test_bf16_training_stays_with_float32(name, monkeypatch):
+    """100 Adam steps under bf16 keep the loss within 1e-2 relative of float32's, taken over
+    each ten steps (one batch's loss jitters: measured, the MLP's steps come within 0.9 % on
+    the AMX path and 1.1 % on the conversion path, its ten-step means within 0.2 and 0.3 %),
+    and every step within 2e-2."""
+    monkeypatch.setenv("DLC_NUM_THREADS", "1")
+    f32, bf16 = _losses(name, "f32"), _losses(name, "bf16")
+    apart = np.abs(bf16 - f32) / np.abs(f32)
+    tens = np.abs(bf16.reshape(-1, 10).mean(1) - f32.reshape(-1, 10).mean(1)) / np.abs(f32.reshape(-1, 10).mean(1))
+    assert tens.max() < 1e-2, f"{name}: {tens.max():.1e} apart over steps {10 * tens.argmax() + 1}-{10 * tens.argmax() + 10}"
+    assert apart.max() < 2e-2, f"{name}: {apart.max():.1e} apart at step {apart.argmax() + 1}"
+    assert apart.max() > 0          # bf16 did round
+
+
+MODEL = """
+model m {
+    input x: f32[B, 1, 12, 12]
+    target y: i32[B]
+    c = conv2d(x, 16, 3, act = relu)        # 9 taps: direct
+    big = conv2d(c, 8, 5, act = relu)       # 400 taps: im2col and a GEMM, its weight gradient a small GEMM
+    h = dense(flatten(big), 16, relu)
+    loss sparse_cross_entropy(dense(h, 10), y)
+}
+"""
+
+
+def test_float32_program_is_unchanged_and_bf16_only_flags_the_products():
+    """Lowered for f32 (the default) the program has no bf16 kernel; lowered for bf16 it is
+    the same program, its GEMM and small GEMM kernels flagged, and the direct convolution's
+    operands rounded by a map before it (Lowering.rounded: its products stay float32)."""
+    graph = optimize(train_step(load_text(MODEL).build("m", training=True).graph))
+    f32, bf16 = render.program(lower(graph)), render.program(lower(graph, "bf16"))
+    assert f32 == render.program(lower(graph, "f32")) and "(bf16)" not in f32 and "round_bf16" not in f32
+    flagged = [line for line in bf16.splitlines() if "(bf16)" in line]
+    assert {line.split()[0] for line in flagged} == {"gemm", "small_gemm"}
+    rounding = {re.search(r": (b\d+)\[", line).group(1) for line in bf16.splitlines() if "round_bf16(" in line}
+    assert all(line.startswith("map ") for line in bf16.splitlines() if "round_bf16(" in line)
+    convs = [re.findall(r"b\d+", line.split(" = ")[1].split("@")[0]) for line in bf16.splitlines()
+             if line.startswith("direct conv")]
+    assert len(convs) == 2 and all(set(operands) <= rounding for operands in convs)     # forward, weight gradient
+    kinds = lambda text: [line.split()[0] for line in text.splitlines() if not line.startswith("#")
+                          and "round_bf16(" not in line]
+    assert kinds(bf16) == kinds(f32)
+    with pytest.raises(ValueError, match="no precision 'f16'"):
+        lower(graph, "f16")
+
+
+# ---- the setting ------------------------------------------------------------------------------------
+def _config(train: str, **overrides):
+    program = load_text(MODEL + f"train m {{ data = xor() {train} }}")
+    return make_config(program, "m", overrides)
+
+
+def test_precision_setting_and_flag():
+    assert _config("").precision == "f32"
+    assert _config('precision = "bf16"').precision == "bf16"
+    assert _config("precision = bf16").precision == "bf16"
+    assert _config('precision = "bf16"', precision="f32").precision == "f32"
+    with pytest.raises(DlcError, match="precision must be one of f32, bf16, got 'fp8'"):
+        _config('precision = "fp8"')
+
+
+@pytest.mark.slow
+def test_digits_cnn_trains_under_bf16_as_in_float32(tmp_path, capsys):
+    """The digits CNN under bf16 from the command line. Its test accuracy (360 examples)
+    moves with the seed in float32 too: 0.9805 with seed 0, 0.9554-0.9666 with seeds 1-3;
+    under bf16 0.9694 with seed 0 (349 of 360, one short of 0.97), 0.9471-0.9666 with 1-3."""
+    assert main(["train", str(ROOT / "examples" / "digits_cnn.dl"), "--precision", "bf16",
+                 "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    test_line = next(line for line in out.splitlines() if line.startswith("test:"))
+    accuracy = float(test_line.split("accuracy")[1].split()[0])
+    assert accuracy >= 0.965, out

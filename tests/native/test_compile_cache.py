@@ -1,0 +1,233 @@
+"""The compile cache (runtime/engines/cache.py): a second compile of a model is a hit, and a bad
+entry is never run: it is recompiled and replaced.
+
+The runs that load a corrupted entry are subprocesses, so a crash in native code fails the
+test instead of the test run.
+"""
+import ctypes
+import json
+import os
+import random
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from dlc.compiler.errors import DlcError
+from dlc.runtime.engines import cache
+from dlc.compiler.frontend.loader import load
+
+XOR = Path(__file__).parents[2] / "examples" / "xor_mlp.dl"
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def train(cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DLC_CACHE_DIR=str(cache_dir))
+    return subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "train", str(XOR), "--epochs", "1",
+                           "--out", str(out), "--overwrite"], env=env, capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A cache filled by one run of xor_mlp (the GEMM library and the train step), with
+    that run's output and checkpoint directory."""
+    root = tmp_path_factory.mktemp("cache")
+    first = train(root / "cache", root / "run")
+    assert first.returncode == 0, first.stderr
+    return root / "cache", first.stdout, root / "run"
+
+
+def flip(data: bytes) -> bytes:
+    i = len(data) // 2
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+
+
+# each gets (this entry's bytes, another entry's bytes) and returns what is written in its place
+CORRUPTIONS = {
+    "truncated": lambda data, other: data[:len(data) // 2],
+    "empty": lambda data, other: b"",
+    "random bytes": lambda data, other: random.Random(0).randbytes(len(data)),
+    "another module's entry": lambda data, other: other,
+    "flipped byte": lambda data, other: flip(data),
+}
+
+
+@pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS)
+def test_a_bad_entry_is_recompiled_and_replaced(trained, tmp_path, corrupt):
+    good_dir, output, run = trained
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(good_dir, cache_dir)
+    # the objects of the GEMM and of the step, and the entries naming them (cache.compile_built);
+    # the parser's tables and the standard library's trees beside them are tests/frontend/test_parse_cache.py's
+    compiled = lambda: {p.name: p.read_bytes() for p in cache_dir.iterdir() if p.suffix != ".json"}
+    good = compiled()
+    assert sorted(Path(n).suffix for n in good) == [".o", ".o", ".step", ".step"]
+    names = sorted(good)
+    for name, other in zip(names, names[1:] + names[:1]):
+        (cache_dir / name).write_bytes(corrupt(good[name], good[other]))
+    again = train(cache_dir, run)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout == output
+    now = compiled()
+    assert now == good, "the bad entries were not replaced by the same objects (or a temporary file was left)"
+
+
+def constant_function(name: str, value: int) -> ir.Module:
+    module = ir.Module(name)
+    fn = ir.Function(module, ir.FunctionType(ir.IntType(32), []), name)
+    ir.IRBuilder(fn.append_basic_block()).ret(ir.Constant(ir.IntType(32), value))
+    return module
+
+
+def call(loaded, name: str) -> int:
+    return ctypes.CFUNCTYPE(ctypes.c_int32)(loaded.address(name))()
+
+
+def test_an_entry_without_the_modules_functions_is_recompiled(tmp_path, monkeypatch):
+    # b's object under a's key with a valid header: only the check of a's symbols can tell
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    a, b = constant_function("dlc_test_a", 7), constant_function("dlc_test_b", 8)
+    cache.compile_cached(b)
+    [entry] = tmp_path.glob("*.o")
+    key = cache._key(str(a))
+    (tmp_path / f"{key}.o").write_bytes(cache._pack(key, cache._unpack(entry.stem, entry.read_bytes())))
+    before = dict(cache.stats)
+    loaded = cache.compile_cached(a)
+    assert not loaded.cached and cache.stats["compiles"] == before["compiles"] + 1
+    assert cache.stats["rejected"] == before["rejected"] + 1
+    assert call(loaded, "dlc_test_a") == 7
+    assert cache.compile_cached(a).cached, "the bad entry was not replaced"
+
+
+def test_an_entry_others_can_write_to_is_recompiled(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    module = constant_function("dlc_test_g", 3)
+    cache.compile_cached(module)
+    [entry] = tmp_path.glob("*.o")
+    entry.chmod(0o666)      # its bytes are intact, but anyone could have written them
+    loaded = cache.compile_cached(module)
+    assert not loaded.cached and call(loaded, "dlc_test_g") == 3
+    assert stat.S_IMODE(entry.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o707, 0o1777])
+def test_a_cache_dir_others_can_write_is_refused(tmp_path, mode):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(mode)
+    r = train(shared, tmp_path / "run")
+    assert r.returncode == 1, r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == (f"error: other users can write to the compile cache {shared}, and code in it runs as you: "
+                    f"run 'chmod go-w {shared}', or set DLC_CACHE_DIR to a directory of your own"), r.stderr
+    assert list(shared.iterdir()) == []
+
+
+def test_a_cache_dir_of_another_user_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(os, "geteuid", lambda: tmp_path.stat().st_uid + 1)
+    with pytest.raises(DlcError, match=f"the compile cache {tmp_path} belongs to another user"):
+        cache.compile_cached(constant_function("dlc_test_c", 1))
+
+
+def test_a_missing_cache_dir_is_created_private(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "a" / "b"))
+    cache.compile_cached(constant_function("dlc_test_d", 1))
+    assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+    assert cache.compile_cached(constant_function("dlc_test_d", 1)).cached
+
+
+def test_an_unusable_cache_dir_compiles_every_time(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "file" / "cache"))    # cannot be created
+    compiles = cache.stats["compiles"]
+    for _ in range(2):
+        assert call(cache.compile_cached(constant_function("dlc_test_e", 5)), "dlc_test_e") == 5
+    assert cache.stats["compiles"] == compiles + 2
+
+
+def test_an_entry_is_written_durably(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    synced = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(stat.S_ISDIR(os.fstat(fd).st_mode)), fsync(fd)))
+    cache.compile_cached(constant_function("dlc_test_f", 1))
+    assert synced == [False, True], "the entry, then the directory holding its new name, are flushed to disk"
+    assert [p.suffix for p in tmp_path.iterdir()] == [".o"]
+
+
+def test_a_warm_start_loads_the_module_without_building_it(tmp_path, monkeypatch):
+    """compile_built keys a module by what it is built from: the second time, `build` is not
+    called; other parts, or a step entry whose object is gone, build again."""
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    built = []
+
+    def build(value):
+        def make():
+            built.append(value)
+            return constant_function(f"dlc_test_built{value}", value), [value, 1]
+        return make
+
+    loaded, extra = cache.compile_built(("parts", 1), build(1))
+    assert call(loaded, "dlc_test_built1") == 1 and extra == [1, 1] and built == [1]
+    loaded, extra = cache.compile_built(("parts", 1), build(1))
+    assert loaded.cached and call(loaded, "dlc_test_built1") == 1 and extra == [1, 1] and built == [1]
+    cache.compile_built(("parts", 2), build(2))
+    assert built == [1, 2]
+    for obj in tmp_path.glob("*.o"):
+        obj.unlink()
+    loaded, extra = cache.compile_built(("parts", 1), build(1))
+    assert call(loaded, "dlc_test_built1") == 1 and built == [1, 2, 1]
+
+
+def test_a_step_entry_with_argument_slots_outside_the_table_is_refused(tmp_path, monkeypatch):
+    """The argument slots index the engine's pointer table: a step entry (written by this user,
+    with a valid header: only a bug or a hand could make it) whose slots lie outside the table
+    is an error, never a read outside it."""
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.runtime.engines.native import NativeEngine
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    src = "model m {\n input x: f32[B, 3]\n y = dense(x, 2)\n output y = y\n}\n"
+    model = load_text(src, "m.dl").build(None, training=False)
+    params = {p.name: np.zeros([int(d) for d in p.type.shape], np.float32) for p in model.params}
+    NativeEngine(model, model).predict(params, {"x": np.ones((2, 3), np.float32)})
+    [step] = [p for p in tmp_path.glob("*.step") if json.loads(cache._unpack(p.stem, p.read_bytes()))["extra"]]
+    doc = json.loads(cache._unpack(step.stem, step.read_bytes()))
+    doc["extra"] = [10 ** 6] * len(doc["extra"])
+    step.write_bytes(cache._pack(step.stem, json.dumps(doc).encode()))
+    with pytest.raises(DlcError, match="holds a bad entry for a forward pass: delete the directory"):
+        NativeEngine(model, model).predict(params, {"x": np.ones((2, 3), np.float32)})
+
+
+def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):
+    from dlc.runtime.engines import cache
+    from dlc.runtime.engines.native import Executable
+    from dlc.compiler.passes.autodiff import train_step
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    graph = train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph)
+    cache.gemm_symbols()        # the GEMM library, compiled once per process, is not this model's compile
+    before = dict(cache.stats)
+    first = Executable(graph)
+    assert cache.stats["compiles"] == before["compiles"] + 1 and not first.compiled.cached
+    second = Executable(train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph))
+    assert cache.stats["compiles"] == before["compiles"] + 1, "LLVM ran again"
+    assert second.compiled.cached and list(tmp_path.glob("*.o"))
+
+
+def test_a_program_built_again_in_one_process_is_not_built_again(tmp_path, monkeypatch):
+    """The step entry's key does not depend on which objects the program shares: a model
+    built a second time (its spans then shared) finds the entry without building its IR."""
+    from dlc.runtime.engines import native
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    path = tmp_path / "clip.dl"          # an imported ReLU6: its constants' spans are shared the second time
+    path.write_text("model m {\n    input x: f32[N, 3, 8, 8]\n    a = conv2d(x, 4, 3, padding = 1)\n"
+                    "    output y = minimum(maximum(a, 0.0), 6.0)\n}\n")
+    model = lambda: load(str(path)).build(training=False).graph
+    native.Executable(model())
+    monkeypatch.setattr(native, "build_module", lambda *a, **k: pytest.fail("the module was built again"))
+    assert native.Executable(model()).compiled.cached

@@ -1,0 +1,126 @@
+"""Native compile time grows linearly with a model's depth: kernels are functions of their own
+that the driver calls, kernels alike are compiled once, the Python stages and the packing of the
+arena are linear, and benchmarks/compile_scaling.py runs."""
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.native import jit, memory
+from dlc.compiler.native.driver import build_module
+from dlc.compiler.native.lower import lower
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.passes.optimize import optimize
+from dlc.runtime.engines.native import NativeEngine
+from dlc.runtime.engines.optim import make_optimizer
+from dlc.compiler.frontend.settings import Call
+
+
+# ---- native compile time: linear in the number of layers ----------------------------------------------
+def mlp(layers: int) -> str:
+    body = "\n".join(f"    h{i} = dense(h{i - 1}, 16, relu)" for i in range(1, layers))
+    return (f"model deep {{\n    input x: f32[B, 16]\n    target y: i32[B]\n    h0 = x\n{body}\n"
+            f"    loss sparse_cross_entropy(dense(h{layers - 1}, 4), y)\n}}\n")
+
+
+def _compiled(layers: int):
+    program = lower(optimize(train_step(load_text(mlp(layers)).build(None, training=True).graph)))
+    return program, jit.optimized_ir(build_module(program, "dlc_step").module)
+
+
+def test_kernels_are_not_inlined_into_the_driver():
+    # inlined, every kernel of a model lands in one function that grows with the model,
+    # and LLVM's O3 on it grows with the square of its size (300 dense layers: 89 s, not 8)
+    program, text = _compiled(4)
+    driver = text[text.index('@dlc_step('):]
+    driver = driver[:driver.index("\n}")]
+    defined = set(re.findall(r'^define [^@]*@"?(kernel\d+)"?\(', text, re.M))
+    called = re.findall(r'call [^@]*@"?(kernel\d+)"?\(', driver)
+    assert len(called) == len(program.kernels) and set(called) == defined
+
+
+def test_kernels_alike_are_compiled_once():
+    # the middle layers of a deep MLP differ only in their buffers: one function each
+    # for their forward and backward kernels, however deep the model
+    functions = lambda text: len(re.findall(r'^define [^@]*@"?kernel\d+"?\(', text, re.M))
+    (small, shallow), (large, deep) = _compiled(4), _compiled(12)
+    assert len(large.kernels) > len(small.kernels) and functions(deep) == functions(shallow)
+
+
+@pytest.mark.parametrize("optimizer", [Call("adam", [], {"lr": 1e-2}), Call("sgd", [], {"lr": 0.1})])
+def test_a_deep_model_of_shared_kernels_trains_as_the_reference(optimizer):
+    from dlc.runtime.engines.reference import ReferenceEngine
+    from dlc.runtime.training.gradcheck import init_params, sample_inputs
+    model = load_text(mlp(8))
+    train, evaluation = model.build(None, training=True), model.build(None, training=False)
+    names = [p.name for p in train.params]
+    results = []
+    for engine_class in (ReferenceEngine, NativeEngine):
+        opt = make_optimizer(optimizer)
+        engine = engine_class(train, evaluation, opt, names)
+        params = {k: v.astype(np.float32) for k, v in init_params(train, seed=3).items()}
+        state = opt.init(dict(params))
+        for step in (1, 2, 3):
+            feeds = sample_inputs(train, {"B": 5}, seed=step)
+            feeds["x"] = feeds["x"].astype(np.float32)
+            engine.train_step(params, state, feeds, 0.01, step, np.array([0, step], np.int32))
+        results.append(params)
+    for name in names:
+        np.testing.assert_allclose(results[1][name], results[0][name], rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+def _front_and_middle_seconds(layers: int) -> float:
+    """CPU seconds of the Python stages before codegen: autodiff, graph passes, lowering,
+    liveness and the arena plan (the front end parses the source before the clock starts).
+    Without the cycle collector, whose full collections walk the whole heap however the
+    compiler's own work grows."""
+    model = load_text(mlp(layers)).build(None, training=True)
+    best = float("inf")
+    for _ in range(2):
+        gc.collect()
+        gc.disable()
+        try:
+            start = time.process_time()
+            program = lower(optimize(train_step(model.graph)))
+            memory.plan(program, {s: 32 for s in program.symbols})
+            best = min(best, time.process_time() - start)
+        finally:
+            gc.enable()
+    return best
+
+
+def test_the_python_compile_stages_grow_linearly_with_depth():
+    small, large = _front_and_middle_seconds(40), _front_and_middle_seconds(320)
+    # 8x the layers: 9x here; with a union of ancestors per output (prune, backward), 25x
+    assert large / small < 15, (small, large)
+
+
+def test_packing_time_grows_linearly_with_the_buffers_live_at_once():
+    # every buffer live at once (as every activation of a deep model is at its loss)
+    def seconds(n: int) -> float:
+        live = {b: (0, 1) for b in range(n)}
+        nbytes = {b: 256 + 64 * (b % 7) for b in range(n)}
+        start = time.process_time()
+        memory.pack(nbytes, live)
+        return time.process_time() - start
+    small, large = min(seconds(300) for _ in range(3)), seconds(3000)
+    # 10x the buffers: 23x here (numpy's comparisons with every placed one show at 3000);
+    # one Python comparison per placed buffer: 96x
+    assert large / small < 50, (small, large)
+
+
+def test_the_compile_scaling_benchmark_runs(tmp_path):
+    # it drives the compiler's stages one by one, so it breaks when an interface moves
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "compile_scaling.py"
+    out = subprocess.run([sys.executable, str(script), "--one", "3"], capture_output=True, text=True,
+                         env=dict(os.environ, DLC_CACHE_DIR=str(tmp_path)), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1])["kernels"] > 0

@@ -1,0 +1,279 @@
+"""The generated SGEMM (compiler/native/gemm.py) against numpy, in float32.
+
+Covers the 4 transpose combinations, C = AB and C += AB, batched products (with a
+broadcast operand), odd sizes and edge tiles, K slices and M/N blocks (a small-blocking
+config makes every loop level run several times on small matrices), serial and 2-thread
+runs, and the argument checks that keep bad arrays away from native code.
+"""
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+from llvmlite import ir
+
+from dlc.compiler.native import gemm
+from dlc.compiler.native import jit
+from dlc.compiler.native.gemm_library import GemmLibrary
+from dlc.compiler.native.kernels.gemm import packed_floats
+
+ROOT = Path(__file__).resolve().parents[2]
+ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
+
+CONFIGS = {
+    "avx2": gemm.AVX2,
+    # tiny blocks: several K slices, M blocks and N blocks even for small matrices; forks
+    # threads for any size
+    "tiny": gemm.GemmConfig(mr=6, nr=16, vw=8, kc=16, mc=12, nc=32, serial_below=0),
+}
+if jit.host_has("avx512f"):
+    CONFIGS["avx512"] = gemm.AVX512
+
+
+@pytest.fixture(scope="module", params=list(CONFIGS))
+def lib(request):
+    return GemmLibrary(ALL, config=CONFIGS[request.param], packed=True)
+
+
+def _operands(rng, M, N, K, ta, tb, batch=None):
+    lead = () if batch is None else (batch,)
+    a = rng.standard_normal(lead + ((K, M) if ta else (M, K)), dtype=np.float32)
+    b = rng.standard_normal(lead + ((N, K) if tb else (K, N)), dtype=np.float32)
+    return a, b
+
+
+def _reference(a, b, ta, tb):
+    a64 = np.swapaxes(a, -1, -2) if ta else a
+    b64 = np.swapaxes(b, -1, -2) if tb else b
+    return np.matmul(a64.astype(np.float64), b64.astype(np.float64))
+
+
+def _check(c, ref, a, b, ta, tb):
+    # relative 1e-4, measured against the size of the terms being summed
+    scale = _reference(np.abs(a), np.abs(b), ta, tb)
+    err = np.abs(c.astype(np.float64) - ref)
+    assert np.all(err <= 1e-4 * np.maximum(scale, 1e-30)), f"max error {err.max()}"
+
+
+SIZES = [(1, 1, 1), (5, 17, 3), (129, 7, 13), (7, 13, 129), (13, 129, 7), (1, 7, 13),
+         (13, 1, 7), (7, 13, 1), (16, 16, 16), (6, 32, 5), (150, 40, 300), (37, 1030, 9),
+         (128, 512, 784),
+         # one or two rows: multiplied without packing, whole vectors of C then single columns
+         (1, 784, 512), (2, 37, 200), (2, 5, 64)]
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("ta,tb,acc", ALL)
+@pytest.mark.parametrize("M,N,K", SIZES)
+def test_matches_numpy(lib, M, N, K, ta, tb, acc, nthreads):
+    rng = np.random.default_rng(M * 10007 + N * 101 + K)
+    a, b = _operands(rng, M, N, K, ta, tb)
+    c0 = rng.standard_normal((M, N), dtype=np.float32)
+    c = c0.copy() if acc else np.full((M, N), np.nan, np.float32)
+    out = lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
+    assert out is c
+    ref = _reference(a, b, ta, tb) + (c0 if acc else 0)
+    _check(c, ref, a, b, ta, tb)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("ta,tb,acc", ALL)
+@pytest.mark.parametrize("M,N,K", SIZES + [(32, 1024, 256), (32, 256, 1024), (3, 33, 65)])
+def test_packed_b_matches_numpy(lib, M, N, K, ta, tb, acc, nthreads):
+    """op(B) packed once (a scan's recurrent weight): the same products, also with one or
+    two rows (which read B itself) and with N past the last whole panel."""
+    rng = np.random.default_rng(M * 10007 + N * 101 + K + 1)
+    a, b = _operands(rng, M, N, K, ta, tb)
+    c0 = rng.standard_normal((M, N), dtype=np.float32)
+    c = c0.copy() if acc else np.full((M, N), np.nan, np.float32)
+    lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads, packed=True)
+    _check(c, _reference(a, b, ta, tb) + (c0 if acc else 0), a, b, ta, tb)
+    plain = c0.copy() if acc else np.empty((M, N), np.float32)
+    lib(a, b, plain, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
+    np.testing.assert_array_equal(c, plain)     # the same panels, the same summation order
+
+
+@pytest.mark.parametrize("tb", [False, True])
+@pytest.mark.parametrize("K,N", [(1, 1), (7, 31), (13, 32), (5, 33), (300, 65)])
+def test_packing_stays_in_its_buffer(lib, K, N, tb):
+    """The pack writes packed_floats(K, N) floats at most — what lowering allocates — and
+    reads only op(B): NaN around B would show in the product."""
+    rng = np.random.default_rng(K + N)
+    room = np.full((N + 2, K + 2) if tb else (K + 2, N + 2), np.nan, np.float32)
+    b = room[1:-1, 1:-1]
+    b[...] = rng.standard_normal(b.shape, dtype=np.float32)
+    args = lib.args(np.zeros((0, K), np.float32), b, np.zeros((0, N), np.float32), False, tb)
+    packed = lib._packed(args, tb)
+    used = packed_floats(K, N, lib.config.nr)
+    assert used <= packed_floats(K, N)
+    assert not np.isnan(packed[:used]).any() and np.isnan(packed[used:]).all()
+    a = rng.standard_normal((9, K), dtype=np.float32)
+    _check(lib(a, b, trans_b=tb, packed=True), _reference(a, b, False, tb), a, b, False, tb)
+
+
+@pytest.mark.parametrize("M,N,K", [(128, 784, 512), (784, 512, 128), (256, 256, 256)])
+def test_large_two_threads_and_serial_agree(lib, M, N, K):
+    rng = np.random.default_rng(1)
+    a, b = _operands(rng, M, N, K, False, False)
+    c1 = lib(a, b, nthreads=1)
+    c2 = lib(a, b, nthreads=2)
+    c3 = lib(a, b, nthreads=64)          # clamped to the thread slots / team size
+    _check(c2, _reference(a, b, False, False), a, b, False, False)
+    np.testing.assert_array_equal(c1, c2)  # same blocking, same summation order
+    np.testing.assert_array_equal(c1, c3)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 9])
+@pytest.mark.parametrize("ta,tb,acc", [(False, False, False), (False, True, False),
+                                       (True, False, True), (True, True, True)])
+def test_batched(lib, batch, ta, tb, acc, nthreads):
+    rng = np.random.default_rng(batch)
+    M, N, K = 7, 19, 13
+    a, b = _operands(rng, M, N, K, ta, tb, batch)
+    c0 = rng.standard_normal((batch, M, N), dtype=np.float32)
+    c = c0.copy() if acc else np.empty((batch, M, N), np.float32)
+    lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
+    _check(c, _reference(a, b, ta, tb) + (c0 if acc else 0), a, b, ta, tb)
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_batched_broadcast_and_strided_views(lib, nthreads):
+    rng = np.random.default_rng(5)
+    big_a = rng.standard_normal((6, 40, 50), dtype=np.float32)
+    a = big_a[::2, 3:30, 5:38]                 # (3, 27, 33): lda = 50, batch stride 4000
+    w = rng.standard_normal((33, 21), dtype=np.float32)   # shared over the batch
+    big_c = np.zeros((3, 27, 64), np.float32)
+    c = big_c[:, :, 10:31]
+    lib(a, w, c, nthreads=nthreads)
+    _check(c, _reference(a, w, False, False), a, w, False, False)
+    assert not big_c[:, :, :10].any() and not big_c[:, :, 31:].any()
+
+
+def test_attention_shapes(lib):
+    rng = np.random.default_rng(7)
+    q = rng.standard_normal((64, 64, 32), dtype=np.float32)   # (batch·heads, T, d)
+    k = rng.standard_normal((64, 64, 32), dtype=np.float32)
+    s = lib(q, k, trans_b=True, nthreads=2)                    # Q·Kᵀ
+    _check(s, _reference(q, k, False, True), q, k, False, True)
+    o = lib(s, k, nthreads=2)                                  # S·V
+    _check(o, _reference(s, k, False, False), s, k, False, False)
+
+
+@pytest.mark.parametrize("acc", [False, True])
+def test_empty_k(lib, acc):
+    a = np.zeros((5, 0), np.float32)
+    b = np.zeros((0, 7), np.float32)
+    c = np.full((5, 7), 3.0, np.float32)
+    lib(a, b, c, accumulate=acc, nthreads=2)
+    np.testing.assert_array_equal(c, np.full((5, 7), 3.0 if acc else 0.0, np.float32))
+
+
+def test_empty_m_n(lib):
+    c = lib(np.zeros((0, 4), np.float32), np.ones((4, 3), np.float32))
+    assert c.shape == (0, 3)
+    c = lib(np.zeros((3, 4), np.float32), np.ones((4, 0), np.float32))
+    assert c.shape == (3, 0)
+
+
+def test_bind_reuses_pointers(lib):
+    rng = np.random.default_rng(3)
+    a, b = _operands(rng, 33, 45, 21, False, False)
+    c = np.empty((33, 45), np.float32)
+    run = lib.bind(a, b, c, nthreads=2)
+    for _ in range(3):
+        assert run() == 0
+    _check(c, _reference(a, b, False, False), a, b, False, False)
+
+
+def test_bad_arguments_raise_before_native_code(lib):
+    a = np.ones((4, 5), np.float32)
+    b = np.ones((5, 6), np.float32)
+    c = np.empty((4, 6), np.float32)
+    with pytest.raises(ValueError, match="float32"):
+        lib(a.astype(np.float64), b, c)
+    with pytest.raises(ValueError, match="do not match"):
+        lib(a, b, np.empty((4, 7), np.float32))
+    with pytest.raises(ValueError, match="do not match"):
+        lib(a, b, c, trans_a=True)
+    with pytest.raises(ValueError, match="unit last stride"):
+        lib(np.ones((4, 10), np.float32)[:, ::2], b, c)
+    with pytest.raises(ValueError, match="dims"):
+        lib(np.ones(5, np.float32), b, c)
+    with pytest.raises(ValueError, match="overlap"):
+        sq = np.ones((5, 5), np.float32)
+        lib(sq, sq, sq)
+    with pytest.raises(ValueError, match="batch"):
+        lib(np.ones((2, 4, 5), np.float32), np.ones((3, 5, 6), np.float32),
+            np.empty((3, 4, 6), np.float32))
+    with pytest.raises(ValueError, match="read-only"):
+        ro = np.empty((4, 6), np.float32)
+        ro.flags.writeable = False
+        lib(a, b, ro)
+    with pytest.raises(ValueError, match="float32"):
+        lib([[1.0]], b, c)
+
+
+def test_ir_and_asm_text():
+    m = ir.Module()
+    gemm.add_gemm(m, "my_gemm", trans_b=True, config=gemm.AVX2)
+    text = jit.optimized_ir(m)
+    assert "define i32 @my_gemm(" in text and "GOMP_parallel" in text
+    asm = jit.assembly(m)
+    assert "vfmadd" in asm
+
+
+def test_called_from_inside_a_parallel_region():
+    """A fused kernel's team calls the GEMM on each thread: no nested team, and every
+    thread packs into its own buffer slot (a shared slot would corrupt the results)."""
+    m = ir.Module()
+    g = gemm.add_gemm(m, "inner_gemm", config=gemm.AVX2)
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    f32p, vp = ir.FloatType().as_pointer(), ir.IntType(8).as_pointer()
+    args_t = ir.LiteralStructType([f32p, f32p, f32p, i64])
+    # worker(data): thread t computes C[t] = A[t] @ B[t] (n×n each)
+    worker = ir.Function(m, ir.FunctionType(ir.VoidType(), [vp]), "team_worker")
+    b = ir.IRBuilder(worker.append_basic_block())
+    p = b.bitcast(worker.args[0], args_t.as_pointer())
+    A, B, C, n = [b.load(b.gep(p, [i32(0), i32(k)])) for k in range(4)]
+    tid = b.sext(b.call(m.globals["omp_get_thread_num"], []), i64)
+    off = b.mul(tid, b.mul(n, n))
+    b.call(g, [n, n, n, b.gep(A, [off]), n, i64(0), b.gep(B, [off]), n, i64(0),
+               b.gep(C, [off]), n, i64(0), i64(1), i64(2)])
+    b.ret_void()
+    drive = ir.Function(m, ir.FunctionType(ir.VoidType(), [f32p, f32p, f32p, i64]), "drive")
+    b = ir.IRBuilder(drive.append_basic_block())
+    s = b.alloca(args_t)
+    for k, v in enumerate(drive.args):
+        b.store(v, b.gep(s, [i32(0), i32(k)]))
+    b.call(m.globals["GOMP_parallel"], [worker, b.bitcast(s, vp), i32(2), i32(0)])
+    b.ret_void()
+    lib = jit.compile_module(m, libraries=("gomp",))
+    fn = lib.function("drive", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+    n = 200
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((2, n, n), dtype=np.float32)
+    bb = rng.standard_normal((2, n, n), dtype=np.float32)
+    c = np.zeros((2, n, n), np.float32)
+    for _ in range(3):
+        fn(a.ctypes.data, bb.ctypes.data, c.ctypes.data, n)
+        _check(c, _reference(a, bb, False, False), a, bb, False, False)
+
+
+def test_forced_avx2_target_emits_no_avx512(tmp_path):
+    """DLC_TARGET=avx2 compiles every kernel, the GEMM's included, for a generic AVX2 machine:
+    no zmm register in the assembly, and the 6x16 AVX2 blocking; an unknown target is refused."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, DLC_TARGET="avx2", DLC_CACHE_DIR=str(tmp_path))
+    code = ("from dlc.compiler.native import jit, gemm; print(jit.host_cpu()[0], gemm.default_config().vw)")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["x86-64-v3", "8"]
+    asm = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
+                         env=env, capture_output=True, text=True, cwd=ROOT)
+    assert asm.returncode == 0, asm.stderr
+    assert "ymm" in asm.stdout and "zmm" not in asm.stdout
+    bad = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
+                         env=dict(env, DLC_TARGET="avx9"), capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 1 and "DLC_TARGET must be one of host, avx2, avx512, avx512bf16, not 'avx9'" in bad.stderr

@@ -1,0 +1,83 @@
+"""The docs agree with the code: docs/architecture.md's module map names every module of
+the package, by its path or, in a row of its folder, by its file name; the tutorial and
+the cookbook run as written."""
+import contextlib
+import io
+import os
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from dlc.runtime.cli import main
+
+from helpers import doc_blocks
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("compiler", "runtime", "grammar", "tools", "editors")
+
+
+def named_modules() -> set:
+    """The module paths the map's rows name: `a/b/c.py`; `c.py` after `a/b/x.py` in the same
+    cell; and `c.py` in the role of a folder's row (`a/b/`)."""
+    named = set()
+    for line in (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").splitlines():
+        m = re.match(r"\| (`[^|]*`[^|]*) \| (.*) \|$", line)
+        if not m:
+            continue
+        folder = None
+        for name in re.findall(r"`([^`]+)`", m.group(1)):
+            if name.endswith("/"):
+                folder = name.rstrip("/")
+                named |= {f"{folder}/{n}" for n in re.findall(r"`([a-z_]+\.py)`", m.group(2))}
+            elif "/" in name:
+                folder = name.rsplit("/", 1)[0]
+                named.add(name)
+            elif folder:
+                named.add(f"{folder}/{name}")
+    return named
+
+
+def run_page(name: str) -> dict:
+    """docs/NAME run as written (doc_blocks.run_page), each `$ dlc ...` line by main() here,
+    which must succeed."""
+    def run_dlc(argv: list) -> str:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            assert main(argv) == 0, shlex.join(argv)
+        return out.getvalue()
+    return doc_blocks.run_page((ROOT / "docs" / name).read_text(encoding="utf-8"), name, run_dlc)
+
+
+def test_the_module_map_names_every_module():
+    modules = {p.relative_to(ROOT).as_posix() for package in PACKAGES for p in (ROOT / package).rglob("*.py")
+               if p.name != "__init__.py"}
+    missing = sorted(modules - named_modules())
+    assert not missing, f"docs/architecture.md's module map does not name: {', '.join(missing)}"
+
+
+def test_the_tutorial_runs_as_written(tmp_path, monkeypatch):
+    """docs/tutorial.md, block by block in an empty folder: the files it says to save, its
+    `$ dlc ...` commands (each must succeed) and its Python (one session); `dlc eval` of the
+    checkpoint prints the test line `dlc train` printed."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    printed = run_page("tutorial.md")
+    assert {"check", "train", "eval", "predict", "export"} <= set(printed)
+    test_line = next(line for line in printed["train"].splitlines() if line.startswith("test: "))
+    assert printed["eval"].strip() == test_line.removeprefix("test: ")
+    assert os.path.getsize("predictions.csv") > 0
+
+
+def test_the_cookbook_runs_as_written(tmp_path, monkeypatch):
+    """docs/cookbook.md, as the tutorial: every recipe's files, commands and Python (whose
+    asserts check what the recipes claim: a resumed run ends as an uninterrupted one, frozen
+    weights do not move, padding changes no output, ONNX agrees)."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.chdir(tmp_path)
+    printed = run_page("cookbook.md")
+    assert {"check", "train", "export"} <= set(printed)
+    assert {"points.onnx", "points.safetensors", "runs/resumed/last.npz", "runs/focal/last.npz"} <= {
+        p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
