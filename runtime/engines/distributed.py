@@ -15,6 +15,11 @@ gradients', so that a step waits for the other ranks once; the batch statistics 
 updates (batchnorm's running mean and variance) are averaged after it. Rank 0's parameters
 and optimizer state are broadcast before the first step, so the ranks start identical and
 stay so.
+With `shard_optimizer = true` (ZeRO-1) each rank's engine holds the optimizer state of
+a contiguous share of the flat parameters (`optimizer_shards`) and updates that share only:
+the split step's allreduce becomes a reduce-scatter of the gradients, and the parameters
+are all-gathered after the update; a checkpoint gathers the state on rank 0
+(`DataParallel.whole_state`), so it is one file as without sharding.
 With `sync_batchnorm = true` the train model holds replica_mean (batchnorm's statistics
 over the global batch): the engine calls `ReplicaMean`, an allreduce in the middle of the
 step, weighted like the gradients.
@@ -210,11 +215,12 @@ class World:
         for name in sorted(opt_state):
             self.broadcast(opt_state[name], "the start (optimizer state)")
 
-    def reduce_scatter(self, array: np.ndarray, shards: list, received: np.ndarray):
-        """Start summing `array` over the ranks, this rank receiving the sum of its share
-        (`shards`: each rank's (start, stop)) in `received`; the request to wait for."""
+    def reduce_scatter(self, array: np.ndarray, shards: list):
+        """Start summing `array` over the ranks, in place: this rank's share of the sum
+        (`shards`: each rank's (start, stop)) is left at the start of `array` (MPI's
+        convention), the rest of it undefined; the request to wait for."""
         counts = [hi - lo for lo, hi in shards]
-        return self.comm.Ireduce_scatter(array, received, counts, op=self.MPI.SUM)
+        return self.comm.Ireduce_scatter(self.MPI.IN_PLACE, array, counts, op=self.MPI.SUM)
 
     def allgather(self, array: np.ndarray, shards: list, what: str):
         """Each rank's share (`shards`) of `array` on every rank, in place."""
@@ -340,9 +346,6 @@ class DataParallel:
             self.buckets = engine.allreduce = BucketAllreduce(world)
         # shard_optimizer: each rank updates its share of the parameters (the engine's `shard`)
         self.shards = engine.shards if getattr(engine, "sharded", False) else None
-        if self.shards:
-            lo, hi = engine.shard
-            self.received = np.zeros(hi - lo, np.float32)       # this rank's share of the summed gradients
         getattr(engine, "eval_exe", None)       # compiled now, not at the first evaluation (a collective)
         world.barrier("the start (compiling)", COMPILE_TIMEOUT_S)
 
@@ -379,15 +382,12 @@ class DataParallel:
         part, weight, step, key = self._slice(batch, key)
         values, grads = self.engine.gradients(params, opt_state, part, key)
         grads *= weight
-        if self.shards:     # only this rank's share is summed: its update reads no other
-            request = w.reduce_scatter(grads[:self.engine.n_trained], self.shards, self.received)
+        if self.shards:     # only this rank's share is summed: its update reads no other, from the start of grads
+            request = w.reduce_scatter(grads[:self.engine.n_trained], self.shards)
         else:
             request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
         totals = w.sum(weighted(values, float(weight), self.interrupted.asked), f"step {step} (loss)")
         w.wait(request, f"step {step} (gradients)")
-        if self.shards:
-            lo, hi = self.engine.shard
-            grads[lo:hi] = self.received
         return self._agreed(values, totals, weight, step, params), grads
 
     def _slice(self, batch: dict, key: np.ndarray) -> tuple:

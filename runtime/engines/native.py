@@ -380,7 +380,9 @@ class NativeEngine:
         state and the update stay float32. `shard`: (this rank, the ranks) of a run with
         `shard_optimizer = true`: the engine's update (always its own call) runs on this
         rank's share of the flat trained parameters (`shards`, contiguous ranges of them),
-        and it holds that share's optimizer state only (runtime/engines/distributed.py)."""
+        reading the share's gradient from the start of the gradient array (where MPI's
+        in-place reduce-scatter leaves it), and it holds that share's optimizer state only
+        (runtime/engines/distributed.py)."""
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.precision = precision
         self.profiling = profile        # the train step's and the prediction's builds count cycles (`dlc bench`)
@@ -481,7 +483,8 @@ class NativeEngine:
             return None
         prog = lower_update(self.optimizer.graph(hi - lo, self.l1, self.l2, self.clip))
         self.group = np.zeros(hi - lo, np.int32)     # each element's parameter group, set with the offsets
-        arrays = {"param": self.flat[lo:hi], "grad": self.grads[lo:hi], **self.state, GROUP: self.group}
+        # a share's gradient is read from the start of the gradient array, where an in-place reduce-scatter leaves it
+        arrays = {"param": self.flat[lo:hi], "grad": self.grads[:hi - lo], **self.state, GROUP: self.group}
         self.scalar_names = [name for name in prog.inputs if name not in arrays]
         self.scalars = np.zeros(len(self.scalar_names), np.float64)
         arrays.update({name: self.scalars[k:k + 1] for k, name in enumerate(self.scalar_names)})
@@ -517,7 +520,8 @@ class NativeEngine:
             off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
             first, last = max(off, lo), min(off + size, hi)     # this rank's share of the parameter
             for slot, flat in self.state.items():
-                flat[first - lo:last - lo] = opt_state[name][slot].ravel()[first - off:last - off]
+                if first < last:
+                    flat[first - lo:last - lo] = opt_state[name][slot].ravel()[first - off:last - off]
                 if self.sharded:
                     continue
                 opt_state[name][slot] = flat[off:off + size].reshape(self.params_info[name].type.shape)
