@@ -44,6 +44,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from dlc.compiler.errors import DlcError, optional_package
+from dlc.compiler.ir.dims import numel
 
 # the variables that give the number of processes a launcher started: MPICH's and Intel
 # MPI's Hydra (PMI), Open MPI, PMIx, Slurm's srun (set for a job step only, unlike SLURM_NTASKS)
@@ -431,7 +432,7 @@ class DataParallel:
                 continue
             for name in e.trainable:
                 shape = e.params_info[name].type.shape
-                whole.setdefault(name, {})[slot] = flat[e.offsets[name]:][:int(np.prod(shape))].reshape(shape)
+                whole.setdefault(name, {})[slot] = flat[e.offsets[name]:][:int(numel(shape))].reshape(shape)
         return whole
 
     def _updated(self, params: dict, step: int):

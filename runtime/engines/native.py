@@ -522,9 +522,8 @@ class NativeEngine:
             for slot, flat in self.state.items():
                 if first < last:
                     flat[first - lo:last - lo] = opt_state[name][slot].ravel()[first - off:last - off]
-                if self.sharded:
-                    continue
-                opt_state[name][slot] = flat[off:off + size].reshape(self.params_info[name].type.shape)
+                if not self.sharded:        # the run's state becomes a view of the engine's
+                    opt_state[name][slot] = flat[off:off + size].reshape(self.params_info[name].type.shape)
         if self.sharded:    # the whole state is given up: a checkpoint gathers the shares (DataParallel.whole_state)
             opt_state.clear()
         self.adopted = (id(params), id(opt_state))
