@@ -87,6 +87,10 @@ def model_file(tmp_path: Path, text: str, name: str = "model.dl") -> Path:
     return path
 
 
+def sharded(text: str, optimizer: str = "adam(lr = 3e-3)") -> str:
+    return text.replace("optimizer = adam(lr = 3e-3)", f"optimizer = {optimizer}\n    shard_optimizer = true")
+
+
 
 
 
@@ -316,9 +320,11 @@ def test_a_rank_that_dies_or_hangs_ends_the_run_with_an_error(tmp_path, how):
 
 
 @needs_mpi
-def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path):
+@pytest.mark.parametrize("shard", [False, True], ids=["unsharded", "sharded"])
+def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path, shard):
+    """Sharded, the checkpoint of the stop gathers the optimizer state: the whole of it."""
     out = tmp_path / "run"
-    path = model_file(tmp_path, LONG)
+    path = model_file(tmp_path, sharded(LONG) if shard else LONG)
     run = launch([MPIRUN, "-n", "2"], [path, "--out", out])
     try:
         assert len(_ranks(run, out)) == 2
@@ -331,6 +337,10 @@ def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path):
     assert stderr.count("interrupted: saved") == 1
     meta = checkpoint_meta(out / "last.npz")
     assert meta["epoch"] >= 1
+    saved = checkpoint_arrays(out / "last.npz")
+    assert {k for k in saved if k.startswith("opt:")} == {f"opt:{k[6:]}:{slot}" for k in saved if k.startswith("param:")
+                                                         for slot in ("m", "v")}
+    assert all(np.any(v) for k, v in saved.items() if k.startswith("opt:"))
     # it resumes, on one process
     r = dlc_train([path, "--epochs", meta["epoch"] + 1, "--out", out, "--resume"])
     assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr
@@ -458,10 +468,6 @@ except DlcError as e:
 
 
 # ---- sharded optimizer state (shard_optimizer = true) ------------------------------------------------
-def sharded(text: str, optimizer: str = "adam(lr = 3e-3)") -> str:
-    return text.replace("optimizer = adam(lr = 3e-3)", f"optimizer = {optimizer}\n    shard_optimizer = true")
-
-
 @pytest.mark.parametrize("optimizer", ["adamw(lr = 3e-3, weight_decay = 0.1)", "sgd(lr = 0.05, momentum = 0.9)"])
 def test_each_shard_updates_its_range_only_as_the_whole_update_does(optimizer):
     """Each rank's engine of 2 and of 3, in one process, the allgather done by hand: a rank's
