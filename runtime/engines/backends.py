@@ -17,25 +17,30 @@ BACKENDS = ("auto", "native", "reference")
 
 
 def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, split=False, buckets=0,
-                **kw) -> Engine:
+                shard=None, **kw) -> Engine:
     """The engine `backend` names. `auto` is the native engine, or, for a model using an
     operation the native backend does not compile, the reference engine after a warning
     naming that operation and its line; `native` never falls back (the error says why).
     `split`: a native engine whose steps are two calls, gradients and update (the reference
     engine's always are), or with `buckets` (bytes) one call that hands its gradients to the
-    host in buckets of that size (a data-parallel run, compiler/native/buckets.py)."""
+    host in buckets of that size (a data-parallel run, compiler/native/buckets.py); with
+    `shard` (rank, ranks), a native engine that updates its rank's share of the parameters
+    (`shard_optimizer`), or none: the reference engine cannot."""
     if backend not in BACKENDS:
         raise DlcError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
     if backend == "reference":
         return ReferenceEngine(train_model, eval_model, *args, **kw)
     try:
         started = time.perf_counter()
-        engine = NativeEngine(train_model, eval_model, *args, split=split, buckets=buckets, **kw)
+        engine = NativeEngine(train_model, eval_model, *args, split=split, buckets=buckets, shard=shard, **kw)
         if log and engine.train_exe is not None:
             log(built_message(engine.train_exe.compiled.cached, time.perf_counter() - started))
         return engine
     except NotLowerable as e:
         if backend == "native":
+            raise
+        if shard is not None:
+            e.message += "; shard_optimizer = true needs the native engine"
             raise
         e.message += "; running on the slow reference engine instead (--backend native refuses)"
         (log or _warn)(e.render("warning"))

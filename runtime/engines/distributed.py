@@ -15,6 +15,11 @@ gradients', so that a step waits for the other ranks once; the batch statistics 
 updates (batchnorm's running mean and variance) are averaged after it. Rank 0's parameters
 and optimizer state are broadcast before the first step, so the ranks start identical and
 stay so.
+With `shard_optimizer = true` (ZeRO-1) each rank's engine holds the optimizer state of
+a contiguous share of the flat parameters (`optimizer_shards`) and updates that share only:
+the split step's allreduce becomes a reduce-scatter of the gradients, and the parameters
+are all-gathered after the update; a checkpoint gathers the state on rank 0
+(`DataParallel.whole_state`), so it is one file as without sharding.
 With `sync_batchnorm = true` the train model holds replica_mean (batchnorm's statistics
 over the global batch): the engine calls `ReplicaMean`, an allreduce in the middle of the
 step, weighted like the gradients.
@@ -39,6 +44,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from dlc.compiler.errors import DlcError, optional_package
+from dlc.compiler.ir.dims import numel
 
 # the variables that give the number of processes a launcher started: MPICH's and Intel
 # MPI's Hydra (PMI), Open MPI, PMIx, Slurm's srun (set for a job step only, unlike SLURM_NTASKS)
@@ -51,6 +57,7 @@ ABORT_GRACE_S = 0.5         # before MPI_Abort: the launcher forwards the messag
 PROBE_S = 3.0               # after a timeout: how long the ranks that time out listen for each other
 PROBE_TAG = 0x646C63        # the probe's point-to-point messages, apart from any collective's
 NAME_BYTES = 64             # of a rank's host name, exchanged at the start
+SHARD_UNIT = 16             # float32s of a cache line: the optimizer shards start on one
 
 
 def launched_ranks() -> int:
@@ -75,6 +82,20 @@ def world() -> World | None:
                        f"the one of mpi4py's MPI ({MPI.Get_library_version().splitlines()[0].strip()}); use the "
                        "mpirun (or mpiexec) installed with it")
     return World(MPI, comm)
+
+
+def shares(n: int, k: int, unit: int = 1) -> list:
+    """(start, stop) of each of k contiguous shares of n items, whole units of `unit` items
+    each (the last one may end short at n), their numbers of units differing by one at most."""
+    size, extra = divmod(-(-n // unit), k)
+    starts = [min(n, unit * (r * size + min(r, extra))) for r in range(k + 1)]
+    return list(zip(starts, starts[1:]))
+
+
+def optimizer_shards(n: int, k: int) -> list:
+    """The ranges of the flat trained parameters whose update and optimizer state each of k
+    ranks holds with `shard_optimizer = true`: each starts on a cache line (16 floats)."""
+    return shares(n, k, SHARD_UNIT)
 
 
 def setting(name: str, default, kind, what: str):
@@ -160,6 +181,7 @@ class World:
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)
         self.comm.Abort(1)
+        os._exit(1)     # MPICH's MPI_Abort can return while the launcher ends the ranks: nothing more may run
 
     @contextmanager
     def failing_together(self):
@@ -194,6 +216,26 @@ class World:
         for name in sorted(opt_state):
             self.broadcast(opt_state[name], "the start (optimizer state)")
 
+    def reduce_scatter(self, array: np.ndarray, shards: list):
+        """Start summing `array` over the ranks, in place: this rank's share of the sum
+        (`shards`: each rank's (start, stop)) is left at the start of `array` (MPI's
+        convention), the rest of it undefined; the request to wait for."""
+        counts = [hi - lo for lo, hi in shards]
+        return self.comm.Ireduce_scatter(self.MPI.IN_PLACE, array, counts, op=self.MPI.SUM)
+
+    def allgather(self, array: np.ndarray, shards: list, what: str):
+        """Each rank's share (`shards`) of `array` on every rank, in place."""
+        spec = [array, [hi - lo for lo, hi in shards], [lo for lo, _ in shards], self.MPI.FLOAT]
+        self.wait(self.comm.Iallgatherv(self.MPI.IN_PLACE, spec), what)
+
+    def gather(self, share: np.ndarray, shards: list, what: str) -> np.ndarray | None:
+        """Every rank's share (`shards`) in one array on rank 0 (None on the others)."""
+        whole = np.zeros(shards[-1][1], share.dtype) if self.rank == 0 else None
+        spec = [whole, [hi - lo for lo, hi in shards], [lo for lo, _ in shards], self.MPI.FLOAT] \
+            if self.rank == 0 else None
+        self.wait(self.comm.Igatherv(share, spec, root=0), what, WRITE_TIMEOUT_S)
+        return whole
+
     def barrier(self, what: str, timeout: float | None = None):
         self.wait(self.comm.Ibarrier(), what, timeout)
 
@@ -205,9 +247,7 @@ class World:
     # -- data --
     def shard(self, n: int) -> tuple[int, int]:
         """(start, stop) of this rank's slice of n examples: sizes differ by one at most."""
-        size, extra = divmod(n, self.size)
-        start = self.rank * size + min(self.rank, extra)
-        return start, start + size + (self.rank < extra)
+        return shares(n, self.size)[self.rank]
 
     def check_batch(self, batch: int, least: int, span=None):
         """The global batch splits into equal slices of at least `least` examples (two for a
@@ -305,6 +345,8 @@ class DataParallel:
         self.buckets = None
         if getattr(engine, "bucket_ends", None):        # a native engine whose step hands over its gradients
             self.buckets = engine.allreduce = BucketAllreduce(world)
+        # shard_optimizer: each rank updates its share of the parameters (the engine's `shard`)
+        self.shards = engine.shards if getattr(engine, "sharded", False) else None
         getattr(engine, "eval_exe", None)       # compiled now, not at the first evaluation (a collective)
         world.barrier("the start (compiling)", COMPILE_TIMEOUT_S)
 
@@ -341,7 +383,10 @@ class DataParallel:
         part, weight, step, key = self._slice(batch, key)
         values, grads = self.engine.gradients(params, opt_state, part, key)
         grads *= weight
-        request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
+        if self.shards:     # only this rank's share is summed: its update reads no other, from the start of grads
+            request = w.reduce_scatter(grads[:self.engine.n_trained], self.shards)
+        else:
+            request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
         totals = w.sum(weighted(values, float(weight), self.interrupted.asked), f"step {step} (loss)")
         w.wait(request, f"step {step} (gradients)")
         return self._agreed(values, totals, weight, step, params), grads
@@ -372,7 +417,23 @@ class DataParallel:
         """The engine's update from the averaged gradients: the same on every rank (DLC_CHECK_RANKS
         checks it)."""
         self.engine.apply_update(params, opt_state, grads, lr, step)
+        if self.shards:     # each rank updated its share: every rank gets every share
+            self.world.allgather(self.engine.flat[:self.engine.n_trained], self.shards, f"step {step} (parameters)")
         self._updated(params, step)
+
+    def whole_state(self) -> dict:
+        """The optimizer state of every trained parameter, {name: {slot: array}}, on rank 0
+        of a run with `shard_optimizer = true`, each rank's share gathered for a checkpoint
+        ({} on the other ranks; every rank calls it)."""
+        e, whole = self.engine, {}
+        for slot, share in e.state.items():       # the optimizer's slots, in the same order on every rank
+            flat = self.world.gather(share[:e.shard[1] - e.shard[0]], self.shards, f"a checkpoint ({slot})")
+            if flat is None:
+                continue
+            for name in e.trainable:
+                shape = e.params_info[name].type.shape
+                whole.setdefault(name, {})[slot] = flat[e.offsets[name]:][:int(numel(shape))].reshape(shape)
+        return whole
 
     def _updated(self, params: dict, step: int):
         self.steps += 1

@@ -30,6 +30,7 @@ from dlc.compiler.native.update import lower_update, touched
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines import budget, cache, numerics
 from dlc.runtime.engines.cores import threads
+from dlc.runtime.engines.distributed import optimizer_shards
 from dlc.runtime.engines.reference import _scalars, predict_graph
 from dlc.runtime.engines.interpreter import bind_sizes
 from dlc.runtime.engines import second_order
@@ -364,7 +365,8 @@ class NativeEngine:
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
-                 split=False, check_numerics=False, precision: str = "f32", buckets: int = 0):
+                 split=False, check_numerics=False, precision: str = "f32", buckets: int = 0,
+                 shard: tuple | None = None):
         """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
         a data-parallel run (runtime/engines/distributed.py) can average the gradients between them;
         with `buckets` (bytes), one call again, which hands each bucket of gradients to
@@ -375,7 +377,12 @@ class NativeEngine:
         not finite, which the reference evaluation of the step traces to its origin
         (runtime/engines/numerics.py). `precision`: of the operands of every matmul and
         convolution ("bf16": rounded to bfloat16, summed in float32); parameters, optimizer
-        state and the update stay float32."""
+        state and the update stay float32. `shard`: (this rank, the ranks) of a run with
+        `shard_optimizer = true`: the engine's update (always its own call) runs on this
+        rank's share of the flat trained parameters (`shards`, contiguous ranges of them),
+        reading the share's gradient from the start of the gradient array (where MPI's
+        in-place reduce-scatter leaves it), and it holds that share's optimizer state only
+        (runtime/engines/distributed.py)."""
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.precision = precision
         self.profiling = profile        # the train step's and the prediction's builds count cycles (`dlc bench`)
@@ -391,13 +398,16 @@ class NativeEngine:
             step = train_step(train_model.graph)
             size = {p.name: int(numel(p.type.shape)) for p in train_model.params}
             self.n_trained = sum(size[n] for n in self.trainable)
+            self.shards = optimizer_shards(self.n_trained, shard[1]) if shard else [(0, self.n_trained)]
+            self.shard = self.shards[shard[0]] if shard else self.shards[0]
+            self.sharded = shard is not None
             self.flat = np.zeros(max(sum(size.values()), 1), np.float32)
             self.grads = np.zeros(max(self.n_trained, 1), np.float32)
-            self.state = {s: np.zeros(max(self.n_trained, 1), np.float32) for s in optimizer.slots()}
+            self.state = {s: np.zeros(max(self.shard[1] - self.shard[0], 1), np.float32) for s in optimizer.slots()}
             resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
                         "optimizer state": sum(a.nbytes for a in self.state.values())}
             update = self._update_program()
-            self.fused_update = update is not None and (not split or buckets > 0)
+            self.fused_update = update is not None and not shard and (not split or buckets > 0)
             self.train_exe = Executable(step, update=update if self.fused_update else None, profile=profile,
                                         resident=resident, check_numerics=check_numerics, precision=precision,
                                         hosts={"replica_mean": self._replica_mean, BUCKET: self._bucket_final,
@@ -415,7 +425,7 @@ class NativeEngine:
             self.bucket_ends = {self.offsets[b[0]]: self.offsets[b[-1]] + size[b[-1]] for b in self.train_exe.buckets}
             group = optimizer.group_index(order[:len(self.trainable)], [size[n] for n in order[:len(self.trainable)]])
             if group is not None:
-                self.group[...] = group
+                self.group[...] = group[self.shard[0]:self.shard[1]]
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
@@ -468,11 +478,13 @@ class NativeEngine:
         place; the arrays behind its buffers (`update_arrays`) and its per-step scalars,
         one f64 each in `scalars` (fed by `_set_scalars`). None without trained parameters."""
         self.update_arrays, self.scalars, self.scalar_names = [], np.zeros(0), []
-        if not self.n_trained or self.optimizer.full_batch:     # L-BFGS, Newton: no update graph
+        lo, hi = self.shard
+        if lo == hi or self.optimizer.full_batch:     # nothing to update here; L-BFGS, Newton: no update graph
             return None
-        prog = lower_update(self.optimizer.graph(self.n_trained, self.l1, self.l2, self.clip))
-        self.group = np.zeros(self.n_trained, np.int32)     # each element's parameter group, set with the offsets
-        arrays = {"param": self.flat, "grad": self.grads, **self.state, GROUP: self.group}
+        prog = lower_update(self.optimizer.graph(hi - lo, self.l1, self.l2, self.clip))
+        self.group = np.zeros(hi - lo, np.int32)     # each element's parameter group, set with the offsets
+        # a share's gradient is read from the start of the gradient array, where an in-place reduce-scatter leaves it
+        arrays = {"param": self.flat[lo:hi], "grad": self.grads[:hi - lo], **self.state, GROUP: self.group}
         self.scalar_names = [name for name in prog.inputs if name not in arrays]
         self.scalars = np.zeros(len(self.scalar_names), np.float64)
         arrays.update({name: self.scalars[k:k + 1] for k, name in enumerate(self.scalar_names)})
@@ -503,12 +515,17 @@ class NativeEngine:
             view = self.flat[off:off + size].reshape(params[name].shape)
             view[...] = params[name]
             params[name] = view
-        for name in self.trainable:
+        lo, hi = self.shard
+        for name in (n for n in self.trainable if n in opt_state):     # a sharded engine's, once: then cleared
             off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
+            first, last = max(off, lo), min(off + size, hi)     # this rank's share of the parameter
             for slot, flat in self.state.items():
-                view = flat[off:off + size].reshape(self.params_info[name].type.shape)
-                view[...] = opt_state[name][slot]
-                opt_state[name][slot] = view
+                if first < last:
+                    flat[first - lo:last - lo] = opt_state[name][slot].ravel()[first - off:last - off]
+                if not self.sharded:        # the run's state becomes a view of the engine's
+                    opt_state[name][slot] = flat[off:off + size].reshape(self.params_info[name].type.shape)
+        if self.sharded:    # the whole state is given up: a checkpoint gathers the shares (DataParallel.whole_state)
+            opt_state.clear()
         self.adopted = (id(params), id(opt_state))
 
     def _fixed(self, exe: Executable, params: dict, grads: bool) -> dict:

@@ -79,11 +79,15 @@ class Checkpoints(Callback):
     (`stop`, an EarlyStop, called before this), and last.npz at the place in an epoch where
     the run stopped inside it (`inside`, from the loop). `params`, `opt_state` and `history`
     are the run's own, which its steps and epochs update in place; `meta` what every
-    checkpoint of the run records. Only a process that `writes` (rank 0) writes."""
+    checkpoint of the run records. Only a process that `writes` (rank 0) writes; with
+    `whole_state` (a run with `shard_optimizer = true`, where each rank holds a share of the
+    optimizer state), every rank calls it before a checkpoint and rank 0 writes what it
+    returns instead of `opt_state`."""
 
-    def __init__(self, out: Path, params: dict, opt_state: dict, history: list, stop, meta: dict, writes: bool):
+    def __init__(self, out: Path, params: dict, opt_state: dict, history: list, stop, meta: dict, writes: bool,
+                 whole_state=None):
         self.out, self.params, self.opt_state, self.history, self.stop = out, params, opt_state, history, stop
-        self.meta, self.writes = meta, writes
+        self.meta, self.writes, self.whole_state = meta, writes, whole_state
         self.step = 0
         self.place = None       # (epoch, batch) of a row by steps, which the loop sets before its on_epoch_end
         self.written: list = []         # "last.npz", "best.npz": what this run wrote
@@ -107,11 +111,12 @@ class Checkpoints(Callback):
         self.save("last.npz", epoch, batch, partial)
 
     def save(self, name: str, epoch: int, batch: int, partial: dict | None = None):
+        opt_state = self.whole_state() if self.whole_state else self.opt_state      # a collective: every rank
         if not self.writes:
             return
         if name not in self.written:
             self.written.append(name)
-        save(self.out / name, self.params, self.opt_state, {
+        save(self.out / name, self.params, opt_state, {
             **self.meta, "epoch": epoch, "step": self.step, "batch": batch, "partial": partial,
             "history": self.history, "early_stop": self.stop.state()})
 

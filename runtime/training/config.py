@@ -46,6 +46,7 @@ class TrainConfig:
     shuffle: bool = True
     augment: object = None
     sync_batchnorm: bool = False
+    shard_optimizer: bool = False       # each of K ranks updates and holds 1/K of the optimizer state (ZeRO-1)
     check_numerics: bool = False        # stop at a step's first non-finite value (runtime/engines/numerics.py)
     memory: object = None               # bytes training may take at most (runtime/engines/budget.py)
     precision: str = "f32"              # of matmul and convolution operands (compiler/native/lower.py)
@@ -135,7 +136,7 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v < math.inf:
             raise DlcError(f"{name} must be a number >= 0, got {show(v)}", cfg.span(name))
-    for name in ("shuffle", "sync_batchnorm", "check_numerics"):
+    for name in ("shuffle", "sync_batchnorm", "shard_optimizer", "check_numerics"):
         if not isinstance(getattr(cfg, name), bool):
             raise DlcError(f"{name} must be true or false, got {show(getattr(cfg, name))}", cfg.span(name))
     if cfg.memory is not None:
@@ -163,6 +164,8 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         cfg.clip = Call("global_norm", [cfg.clip], span=cfg.span("clip")) if _is_number(cfg.clip) else \
             as_call(cfg.clip, "clip", "global_norm(1.0)", cfg.span("clip"))
         clip_limit(cfg.clip)
+    if cfg.shard_optimizer:
+        check_shardable(cfg)
     if _is_number(cfg.validation):
         cfg.validation = Call("split", [cfg.validation], span=cfg.span("validation"))
     for name in ("test", "validation"):
@@ -179,6 +182,18 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
                            cfg.span("batch"))
         metrics = metric_names(model)
     EarlyStop(cfg.early_stop, cfg.span("early_stop"), cfg.validation is not None, metrics)
+
+
+def check_shardable(cfg: TrainConfig):
+    """shard_optimizer = true: each rank updates its share of the flat parameters on its own,
+    so the update must be elementwise."""
+    span = cfg.span("shard_optimizer")
+    if make_optimizer(cfg.optimizer).full_batch:
+        raise DlcError(f"shard_optimizer = true cannot shard {cfg.optimizer.name}: its state and step are over "
+                       "all the parameters at once (a line search, a Hessian), not each parameter's own", span)
+    if cfg.clip is not None and cfg.clip.name == "global_norm":
+        raise DlcError("shard_optimizer = true cannot clip by global_norm: no rank holds the whole gradient "
+                       "whose norm it takes; clip = value(max) clips each element", span)
 
 
 def run_length(cfg: TrainConfig, per_epoch: int) -> tuple[int, int | None]:

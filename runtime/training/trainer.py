@@ -201,6 +201,11 @@ class Trainer:
         if optimizer.full_batch and self.world is not None:
             raise DlcError(f"{optimizer.name} trains in one process: its line search is not shared between ranks",
                            cfg.span("optimizer"))
+        if cfg.shard_optimizer and self.backend == "reference":
+            raise DlcError("shard_optimizer = true needs the native engine: the reference engine updates every "
+                           "parameter in one interpreted step", cfg.span("shard_optimizer"))
+        if cfg.shard_optimizer and self.world is None:
+            self.say("note: shard_optimizer = true in one process: it holds the whole optimizer state")
         schedule = make_schedule(cfg.schedule, optimizer.lr, len(bounds), epochs, cfg.span("schedule"), max_steps)
         stop = self.early_stop()
         expected = {p.name: p.type.shape for p in self.train_model.params}
@@ -231,6 +236,7 @@ class Trainer:
         # optimizer state from the checkpoint where it has one, fresh for the rest
         opt_state = checkpoint.optimizer_state(path, saved_opt,
                                                optimizer.init({name: params[name] for name in trainable}))
+        saved_opt = None        # not kept for the run: a rank with shard_optimizer keeps its share only
         if self.world is not None:
             self.world.broadcast_state(params, opt_state)
 
@@ -243,6 +249,7 @@ class Trainer:
             checkpoint.remove_stale_temporaries(self.out / name, begun)
         # compiled once everything else is known to be right; a quiet run does not announce it (without a log,
         # make_engine prints a fallback's warning on stderr)
+        shard = (self.world.rank, self.world.size) if cfg.shard_optimizer and self.world is not None else None
         engine = engine or make_engine(self.backend, self.train_model, self.eval_model, optimizer, trainable,
                                        cfg.l1, cfg.l2, cfg.clip, log=None if self.quiet else self.log,
                                        split=self.world is not None, check_numerics=cfg.check_numerics,
@@ -250,14 +257,14 @@ class Trainer:
                                        # others waiting in a bucket's allreduce: the split step then
                                        buckets=cfg.allreduce_bucket if self.world is not None
                                        and not cfg.check_numerics else 0,
-                                       precision=cfg.precision)
+                                       precision=cfg.precision, shard=shard)
         if fresh and overwrite:     # once the data, the settings and the engine are good: a failed run replaces nothing
             checkpoint.clear_run(self.out)
         interrupted = Interrupt()
         if self.world is not None:
             engine = distributed.DataParallel(engine, self.world, interrupted, stats)
         checkpoints = checkpoint.Checkpoints(self.out, params, opt_state, history, stop, self.checkpoint_meta(),
-                                             self.writes)
+                                             self.writes, engine.whole_state if shard else None)
         events = Callbacks([*self.callbacks, stop, checkpoints])
         begin = {"epochs": epochs, "batches": len(bounds), "examples": n, "initial_epoch": epoch,
                  "initial_step": step, "steps": last_step}

@@ -187,3 +187,42 @@ def test_summary_memory_needs_a_model_that_trains(tmp_path, capsys):
     assert "has no loss, so it does not train" in capsys.readouterr().err
     assert main(["summary", str(EXAMPLES / "lenet5.dl"), "--memory", "--eval"]) == 1
     assert "--memory is the memory of training: leave out --eval" in capsys.readouterr().err
+
+
+SHARDED = """model mlp {
+    input  x: f32[B, 64]
+    target y: i32[B]
+    logits = x |> dense(100, relu) |> dense(10)
+    loss   sparse_cross_entropy(logits, y)
+}
+train mlp {
+    data = digits(image = false)
+    batch = 64
+    optimizer = adam(lr = 1e-3)
+    shard_optimizer = true
+}
+"""
+
+
+def test_summary_memory_gives_each_ranks_share_of_the_optimizer_state(tmp_path, capsys):
+    """--ranks K: the state a sharded run's rank holds is what the engine of its first rank
+    (the largest share) allocates; without shard_optimizer, all of it; and only with --memory."""
+    from dlc.compiler.frontend.settings import Call
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.engines.optim import make_optimizer
+    path = tmp_path / "mlp.dl"
+    path.write_text(SHARDED)
+    model = load(str(path))
+    train, ev = model.build(training=True), model.build(training=False)
+    engine = NativeEngine(train, ev, make_optimizer(Call("adam", [], {"lr": 1e-3})),
+                          [p.name for p in train.params], split=True, shard=(0, 3))
+    held = sum(a.nbytes for a in engine.state.values())
+    assert 0 < held < engine.n_trained * 8 / 2        # a third of Adam's 2 values a parameter, and a little
+    text = summary_of(capsys, path, "--memory", "--ranks", "3")
+    assert f"Per rank:         {size_text(held)} of optimizer state on each of 3 (shard_optimizer = true: at most " \
+           f"{held // 8:,} of the {engine.n_trained:,}" in text
+    path.write_text(SHARDED.replace("    shard_optimizer = true\n", ""))
+    assert "the whole optimizer state on each of 3 (shard_optimizer = false)" in \
+        summary_of(capsys, path, "--memory", "--ranks", "3")
+    assert main(["summary", str(path), "--ranks", "3"]) == 1
+    assert "--ranks counts the optimizer state of each rank: use it with --memory" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 one process. The tests that launch ranks need mpi4py and an mpirun (the `mpi` extra, which
 CI installs) and are skipped with the reason otherwise."""
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,10 @@ def model_file(tmp_path: Path, text: str, name: str = "model.dl") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def sharded(text: str, optimizer: str = "adam(lr = 3e-3)") -> str:
+    return text.replace("optimizer = adam(lr = 3e-3)", f"optimizer = {optimizer}\n    shard_optimizer = true")
 
 
 
@@ -315,9 +320,11 @@ def test_a_rank_that_dies_or_hangs_ends_the_run_with_an_error(tmp_path, how):
 
 
 @needs_mpi
-def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path):
+@pytest.mark.parametrize("shard", [False, True], ids=["unsharded", "sharded"])
+def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path, shard):
+    """Sharded, the checkpoint of the stop gathers the optimizer state: the whole of it."""
     out = tmp_path / "run"
-    path = model_file(tmp_path, LONG)
+    path = model_file(tmp_path, sharded(LONG) if shard else LONG)
     run = launch([MPIRUN, "-n", "2"], [path, "--out", out])
     try:
         assert len(_ranks(run, out)) == 2
@@ -330,6 +337,10 @@ def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path):
     assert stderr.count("interrupted: saved") == 1
     meta = checkpoint_meta(out / "last.npz")
     assert meta["epoch"] >= 1
+    saved = checkpoint_arrays(out / "last.npz")
+    assert {k for k in saved if k.startswith("opt:")} == {f"opt:{k[6:]}:{slot}" for k in saved if k.startswith("param:")
+                                                         for slot in ("m", "v")}
+    assert all(np.any(v) for k, v in saved.items() if k.startswith("opt:"))
     # it resumes, on one process
     r = dlc_train([path, "--epochs", meta["epoch"] + 1, "--out", out, "--resume"])
     assert r.returncode == 0 and "resuming from" in r.stderr, r.stderr
@@ -454,3 +465,122 @@ except DlcError as e:
     assert r.returncode == 0, r.stderr
     lines = sorted(r.stdout.splitlines())
     assert len(lines) == 2 and all("after step 2 the ranks' parameters differ" in line for line in lines)
+
+
+# ---- sharded optimizer state (shard_optimizer = true) ------------------------------------------------
+@pytest.mark.parametrize("optimizer", ["adamw(lr = 3e-3, weight_decay = 0.1)", "sgd(lr = 0.05, momentum = 0.9)"])
+def test_each_shard_updates_its_range_only_as_the_whole_update_does(optimizer):
+    """Each rank's engine of 2 and of 3, in one process, the allgather done by hand: a rank's
+    engine holds the optimizer state of its share only (contiguous shares that start on a
+    cache line and cover the parameters), its update reads the share's gradient at the start
+    of the gradient array and writes that share of the parameters and nothing else, and
+    two steps give the unsharded update's parameters bit for bit."""
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.training.config import make_config
+    from dlc.runtime.training.trainer import initial_parameters
+    # 1746 parameters: the second and third of 3 ranks' shares (592 and 578) start after whole parameters
+    text = sharded(MLP, optimizer).replace("dense(32, relu)", "dense(8, relu) |> dense(64, relu)")
+    prog = load_text(text, "m.dl")
+    train, ev = prog.build(training=True), prog.build(training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    rng = np.random.default_rng(0)
+    batch = {"x": rng.standard_normal((16, 64), dtype=np.float32), "y": rng.integers(0, 10, 16).astype(np.int32)}
+    key = np.array([0, 1], np.int32)
+    opt = make_optimizer(make_config(prog, None, {}).optimizer)
+    for ranks in (1, 2, 3):
+        engines = [NativeEngine(train, ev, opt, trainable, split=True, shard=(r, ranks) if ranks > 1 else None)
+                   for r in range(ranks)]
+        runs = [(p := initial_parameters(train, 0), opt.init({n: p[n] for n in trainable})) for _ in engines]
+        n = engines[0].n_trained
+        for step in (1, 2):     # the second step reads the state the first left
+            for engine, (params, state) in zip(engines, runs):
+                _, grads = engine.gradients(params, state, batch, key)
+                lo, hi = engine.shard
+                grads[:hi - lo] = grads[lo:hi].copy()       # where the reduce-scatter leaves the share
+                before = engine.flat[:n].copy()
+                engine.apply_update(params, state, grads, 0.05, step)
+                assert not np.array_equal(engine.flat[lo:hi], before[lo:hi])
+                before[lo:hi] = engine.flat[lo:hi]
+                np.testing.assert_array_equal(engine.flat[:n], before)
+            for engine in engines:      # the allgather
+                for other in engines:
+                    other.flat[slice(*engine.shard)] = engine.flat[slice(*engine.shard)]
+        if ranks == 1:
+            expected = engines[0].flat[:n].copy()
+            continue
+        bounds = [e.shard[0] for e in engines] + [n]
+        assert [e.shard for e in engines] == list(zip(bounds, bounds[1:])) and bounds[0] == 0
+        for engine in engines:
+            lo, hi = engine.shard
+            assert lo % 16 == 0 and engine.state and all(a.size == hi - lo for a in engine.state.values())
+            np.testing.assert_array_equal(engine.flat[:n], expected)
+
+
+@needs_mpi
+@pytest.mark.parametrize("optimizer", ["adam(lr = 3e-3)", "sgd(lr = 0.05, momentum = 0.9)"])
+def test_two_ranks_sharded_train_as_unsharded(tmp_path, optimizer):
+    """2 ranks with shard_optimizer = true (the gradients reduce-scattered, each rank updating
+    its half, the parameters all-gathered): the parameters, the optimizer state in the
+    checkpoint (gathered on rank 0) and the history are those of 2 ranks unsharded, bit for
+    bit (a sum of two numbers does not depend on its order), and one process's within the
+    tolerance of the other tests."""
+    path = model_file(tmp_path, sharded(MLP, optimizer))
+    unsharded = model_file(tmp_path, MLP.replace("adam(lr = 3e-3)", optimizer), "unsharded.dl")
+    one = dlc_train([unsharded, "--out", tmp_path / "one"])
+    plain = dlc_train([unsharded, "--out", tmp_path / "plain", "--allreduce-bucket", "0"], ranks=2)
+    two = dlc_train([path, "--out", tmp_path / "two"], ranks=2)
+    assert one.returncode == 0 and plain.returncode == 0 and two.returncode == 0, one.stderr + plain.stderr + two.stderr
+    assert checkpoint_meta(tmp_path / "two" / "last.npz")["step"] >= 20
+    a, b = checkpoint_arrays(tmp_path / "plain" / "last.npz"), checkpoint_arrays(tmp_path / "two" / "last.npz")
+    assert a.keys() == b.keys() and any(k.startswith("opt:") for k in a)
+    for k in a:
+        np.testing.assert_array_equal(b[k], a[k], err_msg=k)
+    assert checkpoint_meta(tmp_path / "two" / "last.npz")["history"] == \
+        [{**row, "time": row2["time"]} for row, row2 in zip(checkpoint_meta(tmp_path / "plain" / "last.npz")["history"],
+                                                             checkpoint_meta(tmp_path / "two" / "last.npz")["history"])]
+    assert_same_run(tmp_path / "one", tmp_path / "two")
+    assert two.stdout.splitlines()[1] == one.stdout.splitlines()[1]        # "test: ..."
+
+
+@needs_mpi
+def test_resume_between_sharded_and_unsharded(tmp_path):
+    """Epoch 1 on 2 ranks sharded, the second on one process, the third on 2 ranks sharded:
+    each resumes from the single checkpoint the one before wrote (the whole optimizer state),
+    and the run ends where one process's 3 epochs end."""
+    path = model_file(tmp_path, sharded(MLP))
+    whole = dlc_train([path, "--epochs", "3", "--out", tmp_path / "whole"])
+    assert whole.returncode == 0, whole.stderr
+    assert "note: shard_optimizer = true in one process: it holds the whole optimizer state" in whole.stderr
+    parts = tmp_path / "parts"
+    for epochs, ranks in ((1, 2), (2, 1), (3, 2)):
+        r = dlc_train([path, "--epochs", epochs, "--out", parts] + (["--resume"] if epochs > 1 else []), ranks)
+        assert r.returncode == 0, r.stderr
+    assert "resuming from" in r.stderr
+    assert_same_run(tmp_path / "whole", parts)
+
+
+@pytest.mark.parametrize("optimizer, change, message", [
+    ("lbfgs()", "", "shard_optimizer = true cannot shard lbfgs: its state and step are over all the parameters"),
+    ("newton()", "", "shard_optimizer = true cannot shard newton: its state and step are over all the parameters"),
+    ("adam(lr = 3e-3)", "clip = 1.0", "shard_optimizer = true cannot clip by global_norm: no rank holds the whole"),
+    ("adam(lr = 3e-3)", "shard_optimizer = 1", "shard_optimizer must be true or false, got 1")])
+def test_what_cannot_shard_is_refused_at_the_setting(tmp_path, optimizer, change, message):
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.training.config import make_config
+    setting = change if change.startswith("shard_optimizer") else "shard_optimizer = true"
+    text = sharded(MLP, optimizer).replace("shard_optimizer = true", setting + (f"\n    {change}" if change and
+                                                                                change != setting else ""))
+    path = model_file(tmp_path, text)
+    with pytest.raises(DlcError, match=re.escape(message)) as e:
+        make_config(load(str(path)), None, {})
+    assert e.value.span.line == path.read_text().splitlines().index(f"    {setting}") + 1
+
+
+def test_the_reference_engine_refuses_to_shard(tmp_path):
+    path = model_file(tmp_path, sharded(MLP))
+    r = dlc_train([path, "--backend", "reference", "--out", tmp_path / "out"])
+    line = path.read_text().splitlines().index("    shard_optimizer = true") + 1
+    assert r.returncode == 1 and f"model.dl:{line}:5: error: shard_optimizer = true needs the native engine" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "out" / "last.npz").exists()

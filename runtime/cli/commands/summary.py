@@ -4,7 +4,9 @@ from __future__ import annotations
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import summary as summaries
 from dlc.compiler.frontend.loader import load
+from dlc.compiler.ir.dims import numel
 from dlc.runtime.engines import budget
+from dlc.runtime.engines.distributed import optimizer_shards
 from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.engines.optim import make_optimizer
 from dlc.runtime.cli.arguments import model_arguments, positive
@@ -22,6 +24,9 @@ def arguments(p):
     p.add_argument("--memory", action="store_true",
                    help="the peak memory of training instead, by layer and in total: activations, parameters, "
                         "gradients and optimizer state, as polynomials in the dims")
+    p.add_argument("--ranks", type=positive, metavar="K",
+                   help="with --memory: also the optimizer state each of K ranks holds (with the train block's "
+                        "shard_optimizer = true, its share; else all of it)")
     p.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
     p.add_argument("--freeze", action="append", metavar="PATTERN",
                    help="count these parameters as frozen instead of the train block's freeze, as "
@@ -35,6 +40,8 @@ def run(args):
     program = load(args.file)
     model = program.build(args.model, training=not args.eval)
     settings = summary_settings(program, model, args.freeze, args.batch, dim_sizes(args.dim))
+    if args.ranks and not args.memory:
+        raise DlcError("--ranks counts the optimizer state of each rank: use it with --memory")
     if not args.memory:
         print(summary_text(model, settings, args.depth))
         return
@@ -47,3 +54,16 @@ def run(args):
     parts = budget.training_memory(model, settings.trained, slots, sizes)
     print(summaries.memory_table(model, parts, sizes, args.depth,
                          f"{cfg.optimizer.name}: {slots} value{'s' if slots != 1 else ''} per trained parameter"))
+    if args.ranks:
+        print(rank_state(model, settings.trained, slots, cfg.shard_optimizer, args.ranks))
+
+
+def rank_state(model, trained: list, slots: int, sharded: bool, ranks: int) -> str:
+    """The optimizer state one of `ranks` ranks holds: its largest share's (optimizer_shards)
+    with `shard_optimizer = true`, else the whole state."""
+    if not sharded:
+        return f"Per rank:         the whole optimizer state on each of {ranks} (shard_optimizer = false)"
+    n = sum(int(numel(p.type.shape)) for p in model.params if p.name in set(trained))
+    share = max(hi - lo for lo, hi in optimizer_shards(n, ranks))
+    return (f"Per rank:         {summaries.size_text(4 * slots * share)} of optimizer state on each of {ranks} "
+            f"(shard_optimizer = true: at most {share:,} of the {n:,} trained parameters' state)")
