@@ -8,7 +8,7 @@ framework with nanoGPT's recipe on the characters of examples/data/genesis.txt.
 Both: no biases (nanoGPT's bias = False), no dropout, exact GELU, the output projection
 tied to the token table, weights normal(0.02) and c_proj normal(0.02 / sqrt(2 layers));
 AdamW lr 1e-3, betas (0.9, 0.99), weight decay 0.1 on the 2-D tensors only, a linear
-warmup of iters / 20 steps into a cosine decay to 1e-4 at the last step, gradient clipping
+warmup of iters / 20 steps (nanoGPT's get_lr) into a cosine decay to 1e-4 at the last step, gradient clipping
 at norm 1.0, batches of random windows; the validation loss is the mean over the last
 10 % of the text read once in windows side by side (dlc's split(0.1, tail = true)).
 
@@ -19,7 +19,8 @@ DLC_NUM_THREADS), with dlc's native engine. Reported per configuration and frame
               least 2 iterations), data and update included
   first (s)   from the child's start to the end of its first iteration: dlc with an empty
               compile cache (its GEMM kernels compiled too), PyTorch from the interpreter's start
-  RSS (MB)    the child's peak resident memory (getrusage of the child)
+  RSS (MB)    the child's peak resident memory (its VmHWM: getrusage of a child would start
+              from the parent's size at the fork)
   params      the parameter count (asserted equal: the models are the same)
   loss0       the first iteration's training loss (both near ln(vocab) = 4.09)
   val loss    after --iters iterations
@@ -191,6 +192,16 @@ def torch_state(dlc_params: dict) -> dict:
 
 
 # ---- the children: one framework's run ----------------------------------------------------------------
+def peak_rss_mb() -> float:
+    """This process's peak resident memory: VmHWM, which belongs to its own address space.
+    (getrusage's ru_maxrss, of the process or of a waited child, starts from the parent's
+    resident size at the fork: a child of a 700 MB parent would read at least 700 MB.)"""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise OSError("no VmHWM in /proc/self/status: the peak RSS is measured on Linux only")
+
+
 class Timing:
     """Iteration end times and losses; `others` over the iterations after the warm-up."""
 
@@ -198,10 +209,12 @@ class Timing:
         self.iters, self.warm = iters, max(2, iters // 10)
         self.ends, self.losses, self.others = [], [], float("nan")
         self.load = OtherLoad()
-        self.marks = {"imports": time.time()}       # the start-up's phases: when each ended
+        self.marks, self.peaks = {}, {}       # the start-up's phases: when each ended, the peak RSS then (MB)
+        self.mark("imports")
 
     def mark(self, phase: str):
         self.marks[phase] = time.time()
+        self.peaks[phase] = peak_rss_mb()
 
     def iteration_done(self, loss: float):
         self.ends.append(time.perf_counter())
@@ -216,7 +229,8 @@ class Timing:
 
     def result(self, **more) -> dict:
         times = [b - a for a, b in zip(self.ends[self.warm - 1:], self.ends[self.warm:])]
-        return {"marks": self.marks, "ms": [1e3 * t for t in times], "losses": self.losses,
+        return {"marks": self.marks, "rss_mb_after": self.peaks, "rss_mb": peak_rss_mb(),
+                "ms": [1e3 * t for t in times], "losses": self.losses,
                 "others": self.others, **more}
 
 
@@ -242,7 +256,9 @@ def run_dlc(config: str, iters: int, seed: int, workdir: str) -> dict:
     result = model.train(out=Path(workdir) / "run", progress="none", overwrite=True, callbacks=[Iterations()],
                          data=f'text("{CORPUS}", seq = {cfg["BLOCK"]}, windows = "random")', batch=cfg["batch"],
                          max_steps=iters, eval_every=iters, seed=seed,
-                         schedule=f"cosine(warmup_steps = {warmup_iters(iters)}, decay_steps = {iters}, "
+                         # dlc's warmup rises as lr (t + 1) / warmup_steps, nanoGPT's as lr (t + 1) / (warmup + 1):
+                         # one step more makes them the same; the cosine then starts one step later
+                         schedule=f"cosine(warmup_steps = {warmup_iters(iters) + 1}, decay_steps = {iters}, "
                                   f"min_lr = {MIN_LR})")
     params = sum(int(np.prod(p.type.shape)) for p in model.train_model.params if p.trainable)
     return timing.result(val_loss=result.history["val_loss"][-1], params=params)
@@ -310,7 +326,7 @@ CHILDREN = {"dlc": run_dlc, "torch": run_torch, "check": same_function}
 def child(kind: str, config: str, iters: int, seed: int, workdir: str, cache: str | None = None) -> dict:
     """CHILDREN[kind] in a fresh process, with an empty dlc cache of its own (compiled code,
     parsed grammar and standard library) unless `cache` names one:
-    its result, with its peak RSS, and for a run the time from the start to its first
+    its result, and for a run the time from the start to its first
     iteration's end and the median of its iteration times."""
     env = dict(os.environ, DLC_NUM_THREADS=str(THREADS),
                DLC_CACHE_DIR=cache or str(Path(workdir) / f"cache-{config}-{kind}"))
@@ -318,11 +334,9 @@ def child(kind: str, config: str, iters: int, seed: int, workdir: str, cache: st
     p = subprocess.Popen([sys.executable, __file__, "--child", kind, config, str(iters), str(seed), workdir],
                          env=env, stdout=subprocess.PIPE, text=True)
     out = p.stdout.read()
-    _, status, usage = os.wait4(p.pid, 0)
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{kind} on {config} failed (exit {os.waitstatus_to_exitcode(status)})")
+    if p.wait() != 0:
+        raise SystemExit(f"{kind} on {config} failed (exit {p.returncode})")
     r = json.loads(out.splitlines()[-1])
-    r["rss_mb"] = usage.ru_maxrss / 1024                    # Linux: KiB
     if "marks" in r:          # the phases of the start-up, in seconds
         marks = r.pop("marks")
         ends = [start, *marks.values()]
@@ -347,7 +361,8 @@ def run_config(config: str, iters: int, seed: int, workdir: str, cache: str | No
     for framework in FRAMEWORKS:
         runs[framework] = child(framework, config, iters, seed, workdir, cache)
         r = runs[framework]
-        phases = ", ".join(f"{phase} {t:.1f}" for phase, t in r["phases_s"].items())
+        phases = ", ".join(f"{phase} {t:.1f} s (RSS {r['rss_mb_after'][phase]:.0f} MB)"
+                           for phase, t in r["phases_s"].items())
         print(f"  {framework}: {r['ms_per_iter']:.1f} ms/iter, first iteration at {r['first_s']:.1f} s ({phases}), "
               f"peak RSS {r['rss_mb']:.0f} MB, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}, "
               f"val loss {r['val_loss']:.4f} (others {r['others']:.2f} cores)", flush=True)

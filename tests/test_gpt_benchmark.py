@@ -32,3 +32,5 @@ def test_the_gpt_benchmark_runs_its_tiny_configuration(tmp_path):
         assert len(r["losses"]) == 6 and abs(r["losses"][0] - math.log(60)) < 0.1
         assert len(r["ms"]) == 4 and all(t > 0 for t in r["ms"])
         assert r["first_s"] > 0 and r["rss_mb"] > 0 and math.isfinite(r["val_loss"])
+        assert all(t > 0 for t in r["phases_s"].values()) and max(r["rss_mb_after"].values()) <= r["rss_mb"]
+    assert list(runs["dlc"]["phases_s"]) == ["imports", "load", "compile", "first step"]
