@@ -21,6 +21,7 @@ DLC_NUM_THREADS), with dlc's native engine. Reported per configuration and frame
               compile cache (its GEMM kernels compiled too), PyTorch from the interpreter's start
   RSS (MB)    the child's peak resident memory (its VmHWM: getrusage of a child would start
               from the parent's size at the fork)
+  (printed)   the start-up's phases, each with the peak RSS at its end
   params      the parameter count (asserted equal: the models are the same)
   loss0       the first iteration's training loss (both near ln(vocab) = 4.09)
   val loss    after --iters iterations
