@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("torch", reason="PyTorch is not installed")
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "gpt.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpt.py"
 
 
 def test_the_gpt_benchmark_runs_its_tiny_configuration(tmp_path):
