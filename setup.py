@@ -28,6 +28,9 @@ class BuildPyWithParseCache(build_py):
         super().run()
         if self.editable_mode:      # an editable install reads the source tree: no built package to add to
             return
+        grammar = Path(self.build_lib, "dlc", "grammar")
+        for stale in [*grammar.glob("grammar-*.json"), *grammar.glob("syntax-*.json")]:
+            stale.unlink()      # an earlier build's (pip reuses build/): read first, they would leave nothing to make
         with tempfile.TemporaryDirectory() as cache:
             path = os.pathsep.join(filter(None, [self.build_lib, os.environ.get("PYTHONPATH")]))   # pip's build env too
             env = dict(os.environ, PYTHONPATH=path, DLC_CACHE_DIR=cache, PYTHONDONTWRITEBYTECODE="1")
@@ -37,7 +40,7 @@ class BuildPyWithParseCache(build_py):
                 raise RuntimeError(f"parsing the grammar and the standard library made {[p.name for p in made]}, "
                                    f"not one grammar and one syntax entry")
             for entry in made:
-                shutil.copyfile(entry, Path(self.build_lib, "dlc", "grammar", entry.name))
+                shutil.copyfile(entry, grammar / entry.name)
 
 
 setup(cmdclass={"build_py": BuildPyWithParseCache})
