@@ -92,6 +92,11 @@ def shares(n: int, k: int, unit: int = 1) -> list:
     return list(zip(starts, starts[1:]))
 
 
+def _counts(shards: list) -> list:
+    """How many values each rank's share (start, stop) holds."""
+    return [hi - lo for lo, hi in shards]
+
+
 def optimizer_shards(n: int, k: int) -> list:
     """The ranges of the flat trained parameters whose update and optimizer state each of k
     ranks holds with `shard_optimizer = true`: each starts on a cache line (16 floats)."""
@@ -220,21 +225,22 @@ class World:
         """Start summing `array` over the ranks, in place: this rank's share of the sum
         (`shards`: each rank's (start, stop)) is left at the start of `array` (MPI's
         convention), the rest of it undefined; the request to wait for."""
-        counts = [hi - lo for lo, hi in shards]
-        return self.comm.Ireduce_scatter(self.MPI.IN_PLACE, array, counts, op=self.MPI.SUM)
+        return self.comm.Ireduce_scatter(self.MPI.IN_PLACE, array, _counts(shards), op=self.MPI.SUM)
 
     def allgather(self, array: np.ndarray, shards: list, what: str):
         """Each rank's share (`shards`) of `array` on every rank, in place."""
-        spec = [array, [hi - lo for lo, hi in shards], [lo for lo, _ in shards], self.MPI.FLOAT]
-        self.wait(self.comm.Iallgatherv(self.MPI.IN_PLACE, spec), what)
+        self.wait(self.comm.Iallgatherv(self.MPI.IN_PLACE, self._layout(array, shards)), what)
 
     def gather(self, share: np.ndarray, shards: list, what: str) -> np.ndarray | None:
         """Every rank's share (`shards`) in one array on rank 0 (None on the others)."""
         whole = np.zeros(shards[-1][1], share.dtype) if self.rank == 0 else None
-        spec = [whole, [hi - lo for lo, hi in shards], [lo for lo, _ in shards], self.MPI.FLOAT] \
-            if self.rank == 0 else None
+        spec = self._layout(whole, shards) if self.rank == 0 else None
         self.wait(self.comm.Igatherv(share, spec, root=0), what, WRITE_TIMEOUT_S)
         return whole
+
+    def _layout(self, array: np.ndarray, shards: list) -> list:
+        """MPI's buffer of a vector collective: `array` holding each rank's share (`shards`)."""
+        return [array, _counts(shards), [lo for lo, _ in shards], self.MPI.FLOAT]
 
     def barrier(self, what: str, timeout: float | None = None):
         self.wait(self.comm.Ibarrier(), what, timeout)

@@ -63,7 +63,8 @@ def rank_state(model, trained: list, slots: int, sharded: bool, ranks: int) -> s
     with `shard_optimizer = true`, else the whole state."""
     if not sharded:
         return f"Per rank:         the whole optimizer state on each of {ranks} (shard_optimizer = false)"
-    n = sum(int(numel(p.type.shape)) for p in model.params if p.name in set(trained))
+    trained = set(trained)
+    n = sum(int(numel(p.type.shape)) for p in model.params if p.name in trained)
     share = max(hi - lo for lo, hi in optimizer_shards(n, ranks))
     return (f"Per rank:         {summaries.size_text(4 * slots * share)} of optimizer state on each of {ranks} "
             f"(shard_optimizer = true: at most {share:,} of the {n:,} trained parameters' state)")
