@@ -49,7 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import OtherLoad, print_results
+from machine import OtherLoad, print_results, status_kb
 from train_step import json_safe, markdown, workload_source
 
 HERE = Path(__file__).resolve().parent
@@ -194,13 +194,8 @@ def torch_state(dlc_params: dict) -> dict:
 
 # ---- the children: one framework's run ----------------------------------------------------------------
 def peak_rss_mb() -> float:
-    """This process's peak resident memory: VmHWM, which belongs to its own address space.
-    (getrusage's ru_maxrss, of the process or of a waited child, starts from the parent's
-    resident size at the fork: a child of a 700 MB parent would read at least 700 MB.)"""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise OSError("no VmHWM in /proc/self/status: the peak RSS is measured on Linux only")
+    """This process's peak resident memory (VmHWM), MB."""
+    return status_kb("VmHWM") / 1024
 
 
 class Timing:

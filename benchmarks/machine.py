@@ -25,6 +25,16 @@ def own_cpu_s(pids=()) -> float:
     return t.user + t.system + t.children_user + t.children_system + running
 
 
+def status_kb(field: str) -> int:
+    """A field of this process's /proc/self/status in kB: VmRSS, or VmHWM, its peak resident
+    memory, which belongs to its own address space (getrusage's ru_maxrss, of a process or
+    of a waited child, starts from the parent's resident size at the fork)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise OSError(f"/proc/self/status has no {field}: memory is measured on Linux only")
+
+
 class OtherLoad:
     """Cores used by other processes while a block runs: the machine's busy time minus this
     process's CPU time, its finished children's (a C timer the block ran) and that of the

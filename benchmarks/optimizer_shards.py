@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from machine import status_kb
+
 WARMUP = 5
 MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
 ENV = {**os.environ, "DLC_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -51,14 +53,6 @@ train wide {
 # without (the step a sharded run takes too: its reduce-scatter waits for the backward pass)
 RUNS = (("1 process", 1, False, None), ("2 ranks buckets", 2, False, None), ("2 ranks after", 2, False, 0),
         ("2 ranks sharded", 2, True, None))
-
-
-def status_kb(field: str) -> int:
-    """A field of /proc/self/status in kB (VmRSS, VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise SystemExit(f"/proc/self/status has no {field}")
 
 
 def worker(model: str, out: str, steps: int, shard: bool, bucket: int | None):
