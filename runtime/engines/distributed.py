@@ -235,7 +235,7 @@ class World:
         """Every rank's share (`shards`) in one array on rank 0 (None on the others)."""
         whole = np.zeros(shards[-1][1], share.dtype) if self.rank == 0 else None
         spec = self._layout(whole, shards) if self.rank == 0 else None
-        self.wait(self.comm.Igatherv(share, spec, root=0), what, WRITE_TIMEOUT_S)
+        self.wait(self.comm.Igatherv(share, spec, root=0), what, self._writer_deadline())
         return whole
 
     def _layout(self, array: np.ndarray, shards: list) -> list:
@@ -248,7 +248,13 @@ class World:
     def await_writer(self):
         """Wait while rank 0 writes checkpoints and history: a large checkpoint may take
         longer than a step's deadline."""
-        self.barrier("rank 0 writing its checkpoints", WRITE_TIMEOUT_S)
+        self.barrier("rank 0 writing its checkpoints", self._writer_deadline())
+
+    def _writer_deadline(self) -> float:
+        """The deadline of a collective the ranks meet at while rank 0 writes: the others wait for
+        the write, but rank 0 comes last, to ranks already waiting, so a rank that stopped meanwhile
+        is noticed within the usual deadline."""
+        return self.timeout if self.rank == 0 else WRITE_TIMEOUT_S
 
     # -- data --
     def shard(self, n: int) -> tuple[int, int]:

@@ -320,6 +320,28 @@ def test_a_rank_that_dies_or_hangs_ends_the_run_with_an_error(tmp_path, how):
 
 
 @needs_mpi
+def test_a_rank_that_stops_while_rank_0_writes_is_noticed_within_the_deadline(tmp_path):
+    """The others wait for rank 0's write up to WRITE_TIMEOUT_S, but rank 0 comes to that
+    barrier last: a rank stopped meanwhile is named within DLC_MPI_TIMEOUT, not 600 s."""
+    script = tmp_path / "write.py"
+    script.write_text("""
+import os, signal, sys, time
+from dlc.runtime.engines import distributed
+world = distributed.world()
+world.host_names()
+if world.rank == 1:
+    os.kill(os.getpid(), signal.SIGSTOP)      # its host stops while rank 0 writes
+time.sleep(1)                                  # rank 0's write
+world.await_writer()
+""")
+    run = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, str(script)], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, env=env(DLC_MPI_TIMEOUT="2"), start_new_session=True)
+    _, stderr, took = ended(run, 60)
+    assert run.returncode != 0 and took < 2 + distributed.PROBE_S + 10, (took, stderr)
+    assert "no answer from rank 1 (on " in stderr and "at rank 0 writing its checkpoints" in stderr, stderr
+
+
+@needs_mpi
 @pytest.mark.parametrize("shard", [False, True], ids=["unsharded", "sharded"])
 def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path, shard):
     """Sharded, the checkpoint of the stop gathers the optimizer state: the whole of it."""
