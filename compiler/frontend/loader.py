@@ -19,8 +19,9 @@ from dlc.compiler.frontend.values import Env, Func, describe
 class Program:
     """A parsed .dl file with its imports, the standard library and builtins in scope."""
 
-    def __init__(self, module: syntax.Module, globals_: Env, path: str):
+    def __init__(self, module: syntax.Module, globals_: Env, path: str, imported: dict):
         self.module, self.globals, self.path = module, globals_, path
+        self.imported = imported        # the path of each file imported -> the text read
         self.models, self.trains = {}, {}
         for item in module.items:
             if isinstance(item, syntax.ModelBlock):
@@ -76,10 +77,10 @@ class Program:
         return model
 
 
-def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list, defined: dict, loaded: set):
+def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list, defined: dict, loaded: dict):
     """Define a module's defs and consts in env, its imports first. `loading` is the
-    chain of files being imported (a cycle is an error); `loaded` the files done (a
-    file imported twice, as in a diamond, is read once)."""
+    chain of files being imported (a cycle is an error); `loaded` the files done, each
+    with the text read (a file imported twice, as in a diamond, is read once)."""
     for item in module.items:
         if isinstance(item, syntax.Import):
             if path is None:
@@ -92,9 +93,10 @@ def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list
             if not target.is_file():
                 raise DlcError(f"cannot import {item.path}: no such file", item.span)
             loading.append(target)
-            _load_into(env, _parse_file(target), target, loading, defined, loaded)
+            text = syntax.read_source(target)
+            _load_into(env, syntax.parse(text, str(target)), target, loading, defined, loaded)
             loading.pop()
-            loaded.add(target)
+            loaded[target] = text
         elif isinstance(item, (syntax.Def, syntax.ConstDecl)):
             if item.name in defined:
                 raise DlcError(f"'{item.name}' is defined twice", item.span,
@@ -128,7 +130,7 @@ def stdlib_env() -> Env:
              if f.name.endswith(".dl")]
     for (name, text), module in zip(files, parsed_modules(files, syntax)):
         register_source(name, text)
-        _load_into(libenv, module, None, [], defined, set())
+        _load_into(libenv, module, None, [], defined, {})
     return libenv
 
 
@@ -151,6 +153,6 @@ def load_module(module: syntax.Module, filename: str) -> Program:
 
 
 def _program(module: syntax.Module, path: Path | None, name: str) -> Program:
-    env = stdlib_env().child()
-    _load_into(env, module, path, [path] if path else [], {}, set())
-    return Program(module, env, name)
+    env, imported = stdlib_env().child(), {}
+    _load_into(env, module, path, [path] if path else [], {}, imported)
+    return Program(module, env, name, imported)

@@ -36,16 +36,29 @@ def in_stdlib_dir(path: str) -> bool:
 
 
 @dataclass
+class Build:
+    """One model's build in an analysis, reused by the next analysis that gives it the same
+    inputs (`key`, build_key): its training build, its train block's settings, its errors, and
+    the peak memory of training once computed (memory.py)."""
+    key: tuple
+    model: object = None            # the Model built for training, or None
+    config: object = None           # its TrainConfig, or None
+    errors: list = field(default_factory=list)
+    memory: object = None           # (training_memory's parts, the sizes) or a DlcError, once known
+    job: object = None              # the Future computing memory (memory.py), once started
+
+
+@dataclass
 class Analysis:
     text: str
     path: str
     module: syntax.Module | None = None
     names: NameIndex = field(default_factory=NameIndex)
     program: object = None                          # the loaded Program
+    builds: dict = field(default_factory=dict)      # name -> its Build
     models: dict = field(default_factory=dict)      # name -> Model built for training
     configs: dict = field(default_factory=dict)     # name -> its TrainConfig
     errors: list = field(default_factory=list)      # DlcError, one per problem
-    memory: dict = field(default_factory=dict)      # name -> (training_memory's parts, the sizes) or a DlcError
 
     def fail(self, error: DlcError):
         if not any(e.message == error.message and e.span == error.span for e in self.errors):
@@ -54,36 +67,14 @@ class Analysis:
     def model_of(self, container: str):
         return self.models.get(container)
 
-    def activations(self, name: str):
-        """The peak of training by layer (`dlc summary --memory`'s numbers) at the train block's
-        batch, computed once into `memory`; a DlcError when it cannot be (no loss, a layer the
-        native backend does not lower)."""
-        if name not in self.memory:
-            self.memory[name] = self._activations(name)
-        return self.memory[name]
 
-    def _activations(self, name: str):
-        from dlc.runtime.engines import budget
-        from dlc.runtime.engines.optim import make_optimizer
-        model, cfg = self.models[name], self.configs.get(name)
-        try:
-            model.require_loss("it does not train")
-            if cfg is None:
-                raise DlcError("its train block has an error")
-            sizes = budget.memory_sizes(model, cfg.batch, {})
-            slots = len(make_optimizer(cfg.optimizer).slots())
-            trainable = [p.name for p in model.params if p.trainable]
-            return budget.training_memory(model, trainable, slots, sizes), sizes
-        except DlcError as e:
-            return e
-
-
-def analyze(text: str, path: str, seconds: float = BUILD_SECONDS) -> Analysis:
+def analyze(text: str, path: str, seconds: float = BUILD_SECONDS, previous: Analysis | None = None) -> Analysis:
     """Never raises: an error of dlc's own (a bug) becomes a diagnostic too, and its
-    traceback goes to the server's log."""
+    traceback goes to the server's log. A model whose build the previous analysis of the
+    document made from the same inputs (build_key) is not built again."""
     a = Analysis(text, path)
     try:
-        _analyze(a, seconds)
+        _analyze(a, seconds, previous.builds if previous is not None else {})
     except RecursionError:
         a.fail(DlcError("the program nests too deeply to analyze", Span(path, 1, 1)))
     except Exception as e:  # a bug in dlc, not in the user's program: shown, never lost
@@ -93,7 +84,28 @@ def analyze(text: str, path: str, seconds: float = BUILD_SECONDS) -> Analysis:
     return a
 
 
-def _analyze(a: Analysis, seconds: float):
+def build_key(a: Analysis, name: str) -> tuple:
+    """What building model `name` reads, each part where it is written: the text of the file's
+    defs, consts and imports, of the model's block and of its train block, each with the line
+    and column it starts at (so every place inside is the same too), and the text of every
+    file imported. Two analyses whose keys are equal build the model alike, with the same
+    errors at the same places; other models and train blocks, and comments between items,
+    are not read."""
+    program = a.program
+    starts = [0]
+    for line in a.text.split("\n"):
+        starts.append(starts[-1] + len(line) + 1)
+
+    def source(span: Span) -> str:
+        return a.text[starts[span.line - 1] + span.col - 1:starts[span.end_line - 1] + span.end_col - 1]
+
+    read = [item for item in a.module.items if not isinstance(item, (syntax.ModelBlock, syntax.Train))
+            or item is program.models[name] or item is program.trains.get(name)]
+    return (a.path, tuple((item.span.line, item.span.col, source(item.span)) for item in read),
+            tuple(sorted((str(p), text) for p, text in program.imported.items())))
+
+
+def _analyze(a: Analysis, seconds: float, previous: dict):
     from dlc.runtime.training.config import make_config
     if len(a.text) > MAX_CHARS:
         a.fail(DlcError(f"the file has {len(a.text):,} characters; the language server analyzes files of at most "
@@ -114,8 +126,21 @@ def _analyze(a: Analysis, seconds: float):
         return
     deadline = time.monotonic() + seconds
     for name in a.program.models:
-        try:
-            model = a.models[name] = a.program.check(name, seconds=max(deadline - time.monotonic(), 0.01))
-            a.configs[name] = make_config(a.program, name, {}, require_data=False, model=model)
-        except DlcError as e:
+        key = build_key(a, name)
+        build = previous.get(name)
+        if build is None or build.key != key:
+            build = Build(key)
+            try:
+                build.model = a.program.check(name, seconds=max(deadline - time.monotonic(), 0.01))
+                build.config = make_config(a.program, name, {}, require_data=False, model=build.model)
+            except DlcError as e:
+                build.errors.append(e)
+            if time.monotonic() >= deadline:
+                build.key = None        # cut off by the time budget: built again after the next edit
+        a.builds[name] = build
+        if build.model is not None:
+            a.models[name] = build.model
+        if build.config is not None:
+            a.configs[name] = build.config
+        for e in build.errors:
             a.fail(e)

@@ -180,7 +180,8 @@ def call_text(call: Span, container: str, a: Analysis) -> str | None:
 
 
 def _activation_line(layer: str, name: str, a: Analysis) -> str:
-    memory = a.memory.get(name)
+    build = a.builds.get(name)
+    memory = build.memory if build is not None else None
     if memory is None:
         return "activation memory of training: being computed (hover again)"
     if isinstance(memory, DlcError):

@@ -25,6 +25,7 @@ from dlc.compiler.frontend.loader import stdlib_env
 from dlc.compiler.frontend.values import Builtin, Func
 from dlc.runtime.lsp import describe
 from dlc.runtime.lsp.analysis import BUILD_SECONDS, Analysis, analyze, file_of
+from dlc.runtime.lsp.memory import PeakWorker, peak_blocker
 from dlc.runtime.lsp.names import Binding, contains, name_span
 
 DEBOUNCE_SECONDS = 0.05
@@ -43,10 +44,12 @@ class DlcLanguageServer(LanguageServer):
         self.pending: dict = {}         # uri -> the task analyzing its latest text
         self.analyzed: dict = {}        # uri -> the event set when that task's analysis is published
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="dlc-analysis")
-        # the peak memory of training a layer's hover shows (seconds for a large model): on
-        # its own thread, asked for by the hover, so that it never delays an edit's analysis
-        self.memory_worker = ThreadPoolExecutor(1, thread_name_prefix="dlc-memory")
         self.inlay_hints = True
+
+    @functools.cached_property
+    def peak_worker(self) -> PeakWorker:
+        """The process computing the peaks of training (serve() starts it before the first request)."""
+        return PeakWorker()
 
     def schedule(self, uri: str, delay: float):
         """Analyze the document's text after `delay` s unless another edit comes first."""
@@ -60,9 +63,11 @@ class DlcLanguageServer(LanguageServer):
             await asyncio.sleep(delay)
             doc = self.workspace.get_text_document(uri)
             text, version, path = doc.source, doc.version, to_fs_path(uri) or uri
-            a = await asyncio.get_running_loop().run_in_executor(self.worker, analyze, text, path)
+            a = await asyncio.get_running_loop().run_in_executor(self.worker, analyze, text, path,
+                                                                 BUILD_SECONDS, self.analyses.get(uri))
             if uri not in self.workspace.text_documents or self.workspace.get_text_document(uri).version != version:
                 return      # an edit or a close came meanwhile: its own analysis is published
+            self.compute_peaks(a, self.analyses.get(uri))
             self.analyses[uri] = a
             if a.module is not None:
                 self.parsed[uri] = a
@@ -72,14 +77,29 @@ class DlcLanguageServer(LanguageServer):
             analyzed.set()
         gc.collect()        # the replaced analysis, after the new one is out (serve: the collector is ours)
 
+    def compute_peaks(self, a: Analysis, replaced: Analysis | None):
+        """Start computing the peak memory of training each model `a` built anew (memory.py),
+        and drop the jobs not started of the builds of the analysis it replaces that it does
+        not reuse."""
+        kept = {id(build) for build in a.builds.values()}
+        drop_peaks([build for build in replaced.builds.values() if id(build) not in kept] if replaced else [])
+        for name, build in a.builds.items():
+            if build.model is None or build.memory is not None or build.job is not None:
+                continue
+            build.memory = peak_blocker(build.model, build.config)
+            if build.memory is None:
+                build.job = self.peak_worker.submit(a.text, a.path, name)
+                build.job.add_done_callback(functools.partial(_keep_peak, build))
+
     async def memory(self, a: Analysis, model: str):
-        """Compute the peak memory of training `model` (Analysis.activations), waiting for it
-        up to MEMORY_WAIT_SECONDS; later hovers find it when it takes longer."""
-        if model in a.models and model not in a.memory:
-            job = asyncio.get_running_loop().run_in_executor(self.memory_worker, a.activations, model)
+        """Wait for the peak memory of training `model` up to MEMORY_WAIT_SECONDS; later
+        hovers find it when it takes longer."""
+        build = a.builds.get(model)
+        if build is not None and build.memory is None and build.job is not None and not build.job.cancelled():
+            self.peak_worker.hurry(build.job)
             try:
-                await asyncio.wait_for(asyncio.shield(job), MEMORY_WAIT_SECONDS)
-            except asyncio.TimeoutError:
+                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(build.job)), MEMORY_WAIT_SECONDS)
+            except Exception:       # its own error is kept by _keep_peak; a timeout: being computed
                 pass
 
     async def current(self, uri: str) -> Analysis | None:
@@ -91,6 +111,25 @@ class DlcLanguageServer(LanguageServer):
             except asyncio.TimeoutError:
                 pass
         return self.analyses.get(uri)
+
+
+def drop_peaks(builds: list):
+    """Cancel the peaks of builds no analysis shows any more, those not started."""
+    for build in builds:
+        if build.job is not None:
+            build.job.cancel()
+
+
+def _keep_peak(build, job):
+    """The peak a job computed, kept on its build (on the worker's thread, before a hover's wait ends)."""
+    if job.cancelled():
+        return
+    try:
+        build.memory = job.result()
+    except Exception as e:      # the worker process died or dlc failed: the hover says so
+        log.error("computing the peak memory of training: %s: %s", type(e).__name__, e)
+        build.memory = DlcError(f"the process computing it failed ({type(e).__name__}: {e}); "
+                                "the server's log has more")
 
 
 server = DlcLanguageServer()
@@ -206,7 +245,8 @@ def did_close(ls: DlcLanguageServer, params: lsp_types.DidCloseTextDocumentParam
     if uri in ls.pending:
         ls.pending.pop(uri).cancel()
     ls.analyzed.pop(uri, None)
-    ls.analyses.pop(uri, None)
+    closed = ls.analyses.pop(uri, None)
+    drop_peaks(list(closed.builds.values()) if closed is not None else [])
     ls.parsed.pop(uri, None)
     ls.text_document_publish_diagnostics(lsp_types.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
 
@@ -550,6 +590,7 @@ def serve():
         handler.addFilter(_without_traceback)
     stdlib_env()        # parsed once, before the first request
     syntax._parser()
+    server.peak_worker
     # Garbage is collected when an analysis has been published (DlcLanguageServer._analyze),
     # not by the interpreter in the middle of the next: the collections it started while a
     # model was analyzed added some 15% to the mean analysis and doubled the slowest (busy

@@ -216,6 +216,65 @@ async def test_hover_on_a_layer_call_shows_its_parameters_flops_and_memory(clien
     assert "dense(x: f32[..., n], units: int" in text          # and the function's signature
 
 
+REUSED = ("model b {\n    input x: f32[B, 4]\n    output y = dense(x, 3)\n}\n"
+          "const H = 16\nconst W = 8\n"
+          "def block(x) {\n    return dense(x, H, relu)\n}\n"
+          "model a {\n    input x: f32[B, 4]\n    target t: f32[B, 8]\n    h = block(x)\n"
+          "    loss mean((dense(h, W) - t) ^ 2)\n}\n"
+          "train a {\n    batch = 32\n}\n")     # model a last: dlc check's and dlc summary's
+
+
+async def test_a_build_is_reused_only_while_what_it_reads_is_unchanged(tmp_path):
+    """A comment, another model or its train block leave a model's build to the next
+    analysis; an edit of a def, a const, the model, its train block or an imported file, or
+    one that moves it, makes it built again."""
+    from dlc.runtime.lsp.analysis import analyze
+    path = str(tmp_path / "reuse.dl")
+    first = analyze(REUSED, path)
+    assert first.errors == [] and set(first.builds) == {"a", "b"}
+
+    def reused(text: str) -> set:
+        return {name for name, build in analyze(text, path, previous=first).builds.items()
+                if build is first.builds.get(name)}
+
+    assert reused(REUSED + "# a comment\n") == {"a", "b"}
+    assert reused(REUSED.replace("dense(x, 3)", "dense(x, 5)")) == {"a"}
+    assert reused(REUSED + "train b {\n    batch = 8\n}\n") == {"a"}
+    assert reused(REUSED.replace("batch = 32", "batch = 64")) == {"b"}
+    assert reused(REUSED.replace("H = 16", "H = 17")) == set()
+    assert reused(REUSED.replace("relu", "tanh")) == set()
+    assert reused("\n" + REUSED) == set()        # every place moved
+    lib = tmp_path / "lib.dl"
+    lib.write_text("const K = 2\n")
+    imports = analyze('import "lib.dl"\n' + REUSED, path)
+    assert analyze('import "lib.dl"\n' + REUSED, path, previous=imports).builds["b"] is imports.builds["b"]
+    lib.write_text("const K = 3\n")
+    assert analyze('import "lib.dl"\n' + REUSED, path, previous=imports).builds["b"] is not imports.builds["b"]
+
+
+async def test_an_edit_upstream_changes_the_types_diagnostics_and_memory_downstream(client, tmp_path, capsys):
+    from dlc.compiler.frontend.summary import size_text
+    path = tmp_path / "upstream.dl"
+    uri, got = await open_doc(client, path, REUSED)
+    assert got == []
+    at = position_of(REUSED, "h = block")
+    assert "h: f32[B, 16]" in await hover_text(client, uri, at)
+    for width in (24, 40):      # the const the def reads, above the model; each hover waits for its peak
+        text = REUSED.replace("H = 16", f"H = {width}")
+        assert await edit(client, uri, text) == []
+        assert f"h: f32[B, {width}]" in await hover_text(client, uri, at)
+        path.write_text(text)
+        hover = await hover_text(client, uri, position_of(text, "block(x)\n    loss"))
+        assert f"activation memory of training: {size_text(summary_memory_row(path, 'h', capsys))} at B = 32" in hover
+    text = REUSED.replace("W = 8", "W = 9")         # the loss's dense no longer fits the target
+    path.write_text(text)
+    (d,) = await edit(client, uri, text)
+    line, col, _, message = check_output(path, capsys)[0]
+    assert (d.range.start.line + 1, d.range.start.character + 1, d.message) == (line, col, message)
+    assert "do not broadcast" in message
+    assert await edit(client, uri, REUSED) == []
+
+
 async def test_hover_on_a_library_function_shows_its_signature_and_doc(client):
     path = EXAMPLES / "mnist_mlp.dl"
     uri, _ = await open_doc(client, path)
