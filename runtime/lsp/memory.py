@@ -55,8 +55,10 @@ def _peak_of(text: str, path: str, name: str):
 
 def _start_worker():
     """The worker's standard output is the client's channel: what it prints goes to standard
-    error. The standard library and the passes are loaded before the first job."""
+    error. It runs at the lowest priority: where no core is free, the analysis of the next
+    edit goes first. The standard library and the passes are loaded before the first job."""
     os.dup2(2, 1)
+    os.nice(19)
     from dlc.compiler.frontend.loader import stdlib_env
     from dlc.compiler.native import lower  # noqa: F401
     from dlc.runtime.engines import budget  # noqa: F401

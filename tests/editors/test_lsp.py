@@ -275,6 +275,30 @@ async def test_an_edit_upstream_changes_the_types_diagnostics_and_memory_downstr
     assert await edit(client, uri, REUSED) == []
 
 
+async def test_the_peak_worker_runs_the_latest_job_first_and_drops_the_cancelled():
+    """The worker process's peaks are the ones computed in the server's own process; the job
+    asked last (or hurried by a hover) runs next, a cancelled one never."""
+    from concurrent.futures import wait
+    from dlc.runtime.lsp.analysis import analyze
+    from dlc.runtime.lsp.memory import PeakWorker, training_peak
+    worker, done = PeakWorker(), []
+    texts = {name: (EXAMPLES / f"{name}.dl").read_text() for name in ("mnist_mlp", "xor_mlp", "digits_mlp", "vae")}
+
+    def submit(name: str):
+        job = worker.submit(texts[name], str(EXAMPLES / f"{name}.dl"), name)
+        job.add_done_callback(lambda _: done.append(name))
+        return job
+
+    jobs = {name: submit(name) for name in texts}       # mnist_mlp starts at once
+    jobs["xor_mlp"].cancel()
+    worker.hurry(jobs["digits_mlp"])
+    wait([jobs[name] for name in ("mnist_mlp", "digits_mlp", "vae")], timeout=120)
+    assert done == ["xor_mlp", "mnist_mlp", "digits_mlp", "vae"] and jobs["xor_mlp"].cancelled()
+    for name in ("mnist_mlp", "digits_mlp", "vae"):
+        a = analyze(texts[name], str(EXAMPLES / f"{name}.dl"))
+        assert jobs[name].result() == training_peak(a.models[name], a.configs[name])
+
+
 async def test_hover_on_a_library_function_shows_its_signature_and_doc(client):
     path = EXAMPLES / "mnist_mlp.dl"
     uri, _ = await open_doc(client, path)
