@@ -12,11 +12,18 @@ a program edit's diagnostics, while the server computes that peak in its worker 
 
     python benchmarks/lsp.py                         # every example, 5 edits each
     python benchmarks/lsp.py --edits 2 --examples xor_mlp mnist_mlp    # a smoke run
+    python benchmarks/lsp.py --cpu                   # the server's work alone, in this process
+
+`--cpu` times, in this process and without a client, the CPU time (of the thread: a busy
+machine's other processes slow it little) of the analysis after each kind of edit, the
+server's work between the debounce and the diagnostics, and of computing the peak memory of
+training, the worker's work.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import statistics
 import sys
 import time
@@ -50,6 +57,12 @@ class Client(LanguageClient):
         return time.perf_counter() - start
 
 
+def edits_of(text: str, edits: int) -> list:
+    """(kind, text) of each edit, in order: comment lines added at the end, then consts."""
+    return [("comment", text + f"# edit {k}\n") for k in range(edits)] + \
+           [("program", text + f"const EDIT_{k} = {k}\n") for k in range(edits)]
+
+
 async def measure(path: Path, client: Client, edits: int) -> dict:
     from dlc.runtime.lsp.names import index
     from dlc.compiler.frontend.syntax import ModelBlock, parse
@@ -65,8 +78,9 @@ async def measure(path: Path, client: Client, edits: int) -> dict:
             T.DidChangeTextDocumentParams(T.VersionedTextDocumentIdentifier(uri=uri, version=version),
                                           [T.TextDocumentContentChangeWholeDocument(text=changed)])))
 
-    comment = [await edit(text + f"# edit {k}\n") for k in range(edits)]
-    program = [await edit(text + f"const EDIT_{k} = {k}\n") for k in range(edits)]
+    timed = {"comment": [], "program": []}
+    for kind, changed in edits_of(text, edits):
+        timed[kind].append(await edit(changed))
     module = parse(text, str(path))
     names, blocks = index(module), [item.span for item in module.items if isinstance(item, ModelBlock)]
     layer_calls = [name for name, _ in names.calls if any(b.line <= name.line <= b.end_line for b in blocks)]
@@ -82,7 +96,43 @@ async def measure(path: Path, client: Client, edits: int) -> dict:
     first = [await hover(name) for name in layer_calls[:1]]
     hovers = [await hover(span) for span in [b.span for b in names.bindings] + [name for name, _ in names.calls]]
     client.text_document_did_close(T.DidCloseTextDocumentParams(T.TextDocumentIdentifier(uri)))
-    return {"comment": comment, "program": program, "hover": hovers, "memory": first}
+    return timed | {"hover": hovers, "memory": first}
+
+
+def server_pids(pid: int) -> list:
+    """The server and the processes it started (its peak worker), whose CPU is the benchmark's own."""
+    pids = [pid]
+    for parent in pids:
+        for children in Path(f"/proc/{parent}/task").glob("*/children"):
+            pids += [int(child) for child in children.read_text().split()]
+    return pids
+
+
+def cpu(names: list, edits: int):
+    from dlc.compiler.frontend import syntax
+    from dlc.runtime.lsp.analysis import analyze
+    from dlc.runtime.lsp.memory import load_compiler, training_peak
+    load_compiler(), syntax._parser()      # as the server and its worker before the first edit
+    gc.collect(), gc.freeze(), gc.disable()     # and collecting between analyses, as the server does
+    print(f"{'example':<24} {'analysis CPU ms, comment edit':>30} {'analysis CPU ms, program edit':>30} "
+          f"{'peak CPU ms':>12} {'others':>7}")
+    for name in names:
+        path = str(EXAMPLES / f"{name}.dl")
+        text = Path(path).read_text()
+        with OtherLoad() as other:
+            a, times = analyze(text, path), {"comment": [], "program": [], "peak": []}
+            for kind, changed in edits_of(text, edits):     # as the client's, each after the one before
+                start = time.thread_time()
+                a = analyze(changed, path, previous=a)
+                times[kind].append(time.thread_time() - start)
+                gc.collect()
+            for model in a.models:
+                start = time.thread_time()
+                training_peak(a.models[model], a.configs.get(model))
+                times["peak"].append(time.thread_time() - start)
+        print(f"{name:<24} {ms(times['comment']):>30} {ms(times['program']):>30} {ms(times['peak']):>12} "
+              f"{other.cores:>7.2f}", flush=True)
+    print("\nms: median / max; others: cores used by other processes while timing (0 = quiet machine)")
 
 
 def ms(values: list) -> str:
@@ -99,7 +149,7 @@ async def run(names: list, edits: int):
     print(f"{'example':<24} {'diagnostics ms, comment edit':>29} {'diagnostics ms, program edit':>29} "
           f"{'hover ms':>10} {'first layer hover ms':>21} {'others':>7}")
     for name in names:
-        with OtherLoad(pids=[client._server.pid]) as other:    # the server's CPU is the benchmark's own
+        with OtherLoad(pids=server_pids(client._server.pid)) as other:    # the server's CPU is the benchmark's own
             result = await measure(EXAMPLES / f"{name}.dl", client, edits)
         print(f"{name:<24} {ms(result['comment']):>29} {ms(result['program']):>29} {ms(result['hover']):>10} "
               f"{ms(result['memory']):>21} {other.cores:>7.2f}", flush=True)
@@ -113,9 +163,13 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--edits", type=int, default=5, help="edits timed per example")
     p.add_argument("--examples", nargs="*", help="example names (default: all of examples/)")
+    p.add_argument("--cpu", action="store_true", help="the CPU time of the server's analyses and peaks, in this process")
     args = p.parse_args()
     names = args.examples or sorted(f.stem for f in EXAMPLES.glob("*.dl"))
-    asyncio.run(run(names, args.edits))
+    if args.cpu:
+        cpu(names, args.edits)
+    else:
+        asyncio.run(run(names, args.edits))
 
 
 if __name__ == "__main__":

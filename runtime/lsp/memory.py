@@ -59,6 +59,12 @@ def _start_worker():
     edit goes first. The standard library and the passes are loaded before the first job."""
     os.dup2(2, 1)
     os.nice(19)
+    load_compiler()
+
+
+def load_compiler():
+    """What computing a peak uses, loaded before the first: the standard library, the passes
+    and the lowering."""
     from dlc.compiler.frontend.loader import stdlib_env
     from dlc.compiler.native import lower  # noqa: F401
     from dlc.runtime.engines import budget  # noqa: F401
