@@ -81,7 +81,10 @@ async def server_answers(path: Path, hover: tuple) -> tuple:
         document = lsp_types.TextDocumentIdentifier(uri)
         hints = await client.text_document_inlay_hint_async(lsp_types.InlayHintParams(
             document, lsp_types.Range(lsp_types.Position(0, 0), lsp_types.Position(text.count("\n") + 1, 0))))
-        answer = await client.text_document_hover_async(lsp_types.HoverParams(document, lsp_types.Position(*hover)))
+        for _ in range(10):     # a layer's peak memory is computed in the server's worker: waited for 2 s a hover
+            answer = await client.text_document_hover_async(lsp_types.HoverParams(document, lsp_types.Position(*hover)))
+            if answer is None or "being computed" not in answer.contents.value:
+                break
         await client.shutdown_async(None)
         client.exit(None)
     finally:
