@@ -1,8 +1,8 @@
 """The peak memory of training a layer call's hover shows (`dlc summary --memory`'s numbers):
-the train step's graph built, optimized and lowered, some 0.1–0.6 s for a large model. The
-server computes it ahead, after an analysis is published, in a worker process of its own,
-so that it runs beside the next edit's analysis instead of taking its interpreter's time;
-a build that the next analysis reuses keeps it (analysis.Build)."""
+the train step's graph built, optimized and lowered, 0.1–0.4 s of CPU for the largest
+examples. The server computes it ahead, after an analysis is published, in a worker process
+of its own, so that it runs beside the next edit's analysis instead of taking its
+interpreter's time; a build that the next analysis reuses keeps it (analysis.Build)."""
 from __future__ import annotations
 
 import functools
@@ -98,7 +98,7 @@ class PeakWorker:
 
     def hurry(self, job: Future):
         with self.lock:
-            for i, (waiting, args) in enumerate(self.waiting):
+            for i, (waiting, _) in enumerate(self.waiting):
                 if waiting is job:
                     self.waiting.append(self.waiting.pop(i))
                     break

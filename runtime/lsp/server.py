@@ -67,12 +67,12 @@ class DlcLanguageServer(LanguageServer):
                                                                  BUILD_SECONDS, self.analyses.get(uri))
             if uri not in self.workspace.text_documents or self.workspace.get_text_document(uri).version != version:
                 return      # an edit or a close came meanwhile: its own analysis is published
-            self.compute_peaks(a, self.analyses.get(uri))
-            self.analyses[uri] = a
+            replaced, self.analyses[uri] = self.analyses.get(uri), a
             if a.module is not None:
                 self.parsed[uri] = a
             self.text_document_publish_diagnostics(lsp_types.PublishDiagnosticsParams(
                 uri=uri, version=version, diagnostics=[diagnostic(e, a.path) for e in a.errors]))
+            self.compute_peaks(a, replaced)
         finally:
             analyzed.set()
         gc.collect()        # the replaced analysis, after the new one is out (serve: the collector is ours)
@@ -84,7 +84,7 @@ class DlcLanguageServer(LanguageServer):
         kept = {id(build) for build in a.builds.values()}
         drop_peaks([build for build in replaced.builds.values() if id(build) not in kept] if replaced else [])
         for name, build in a.builds.items():
-            if build.model is None or build.memory is not None or build.job is not None:
+            if build.model is None or build.memory is not None or (build.job is not None and not build.job.cancelled()):
                 continue
             build.memory = peak_blocker(build.model, build.config)
             if build.memory is None:
