@@ -78,16 +78,22 @@ class PeakWorker:
     again for the next job."""
 
     def __init__(self):
-        self.pool = self._start()
+        self._start()
         self.waiting: list = []         # (the job's Future, its arguments), the next to run last
         self.running = False
         self.lock = threading.Lock()
 
-    @staticmethod
-    def _start() -> ProcessPoolExecutor:
-        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
-        pool.submit(int)        # start the process now, not at the first job
-        return pool
+    def _start(self):
+        before = multiprocessing.active_children()
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
+        self.pool.submit(int)       # start the process now, not at the first job
+        self.processes = [p for p in multiprocessing.active_children() if p not in before]
+
+    def stop(self):
+        """End the worker now, the job under way too (the server is exiting: not waited for)."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in self.processes:
+            process.terminate()
 
     def submit(self, text: str, path: str, name: str) -> Future:
         job = Future()
@@ -116,7 +122,7 @@ class PeakWorker:
             try:
                 ran = self.pool.submit(_peak_of, *args)
             except BrokenProcessPool:
-                self.pool = self._start()
+                self._start()
                 ran = self.pool.submit(_peak_of, *args)
             self.running = True
         ran.add_done_callback(functools.partial(self._done, job))

@@ -600,4 +600,7 @@ def serve():
     gc.collect()
     gc.freeze()
     gc.disable()
-    server.start_io()
+    try:
+        server.start_io()
+    finally:
+        server.peak_worker.stop()       # else the interpreter's exit waits for its job

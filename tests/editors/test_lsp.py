@@ -531,3 +531,31 @@ async def test_bytes_that_are_not_utf8_or_json_on_the_wire_leave_the_server_answ
     assert server.wait(30) == 0
     assert any("can't decode byte 0xff" in m for m in said) and any("Expecting value" in m for m in said), said
     assert "Traceback" not in server.stderr.read().decode()
+
+
+async def test_the_server_exits_at_once_and_its_worker_with_it(tmp_path):
+    """exit does not wait for the peak the worker is computing (here some 2-3 s of CPU, the
+    model built again and its train step lowered): the worker is ended with the server."""
+    import time
+    from pygls.lsp.client import LanguageClient as Client
+    deep = ("model deep {\n    input x: f32[B, 32]\n    target t: f32[B, 32]\n    h = x\n"
+            "    repeat i in 0..600 {\n        h = dense(h, 32, relu)\n    }\n    loss mean((h - t) ^ 2)\n}\n")
+    client, published = Client("dlc-test", "1"), []
+    client.feature(T.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)(lambda params: published.append(params))
+    await client.start_io(*SERVER)
+    await client.initialize_async(T.InitializeParams(capabilities=T.ClientCapabilities()))
+    uri = (tmp_path / "deep.dl").as_uri()
+    client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(uri, "dl", 1, deep)))
+    await client.text_document_document_symbol_async(T.DocumentSymbolParams(T.TextDocumentIdentifier(uri)))
+    assert [list(p.diagnostics) for p in published] == [[]]     # built: its peak is under way in the worker
+    server = client._server.pid
+    children = [int(pid) for task in Path(f"/proc/{server}/task").glob("*/children") for pid in task.read_text().split()]
+    (worker,) = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    start = time.monotonic()
+    await client.shutdown_async(None)
+    client.exit(None)
+    await asyncio.wait_for(client._server.wait(), 30)
+    took = time.monotonic() - start
+    await client.stop()
+    assert client._server.returncode == 0 and took < 1.5, took
+    assert not Path(f"/proc/{worker}").exists() or Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z"
