@@ -67,7 +67,7 @@ from llvmlite import ir
 
 from dlc.compiler.native import jit
 from dlc.compiler.native.fpmode import current_mode, in_mode
-from dlc.compiler.native.intrinsics import bf16_bits, declare, masked, round_bf16, splat, vec_ptr
+from dlc.compiler.native.intrinsics import LLVMType, bf16_bits, declare, dot_bf16_pairs, masked, round_bf16, splat, vec_ptr
 from dlc.compiler.native.types import f32, i1, i8, i32, i64
 
 fptr = f32.as_pointer()
@@ -307,23 +307,6 @@ def _internal(module, name, ret, args, arg_names):
 
 
 
-class LLVMType(ir.Type):
-    """An LLVM type that llvmlite's IR builder lacks, by its name: `bfloat` (the operands
-    of vdpbf16ps), `x86_amx` (the value of a tile register)."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def _to_string(self):
-        return self.name
-
-    def __eq__(self, other):
-        return isinstance(other, LLVMType) and other.name == self.name
-
-    def __hash__(self):
-        return hash((LLVMType, self.name))
-
-
 def _transpose_words(b, rows):
     """The 32-bit words of `rows` transposed: 32 rows of 16 into 16 rows of 32, or back.
     Each 16 x 16 half is transposed by swapping the off-diagonal blocks of 8, 4, 2 and 1."""
@@ -374,12 +357,6 @@ class _Gen:
     def ukernel(self):
         return self._shared("ukernel", self._build_amx_ukernel if self.cfg.amx else self._build_ukernel)
 
-    def dot(self, b, acc, a, x):
-        """acc + the products of the bfloat16 pairs of a and x, summed by pairs (vdpbf16ps)."""
-        pty = ir.VectorType(LLVMType("bfloat"), 2 * self.cfg.vw)
-        dp = declare(self.m, "llvm.x86.avx512bf16.dpbf16ps.512", self.vty, [self.vty, pty, pty])
-        return b.call(dp, [acc, b.bitcast(a, pty), b.bitcast(x, pty)])
-
     def _build_ukernel(self, name):
         cfg, vty = self.cfg, self.vty
         MR, NR, VW = cfg.mr, cfg.nr, cfg.vw
@@ -426,7 +403,7 @@ class _Gen:
         for r in range(MR):
             a_r = splat(b, b.load(_gep(b, ak, _c64(r)), align=4), lty)
             if pairs:
-                new.append([self.dot(b, accs[r][v], a_r, bvec[v]) for v in range(NV)])
+                new.append([dot_bf16_pairs(self.m, b, accs[r][v], a_r, bvec[v]) for v in range(NV)])
             else:
                 new.append([b.call(self.fma, [a_r, bvec[v], accs[r][v]]) for v in range(NV)])
         k1 = b.add(k, _c64(1))
