@@ -156,32 +156,40 @@ def conv(kb: KernelBuilder, k, first):
     weight = (lambda j: Affine((kh - 1) * kw + kw - 1 - j, (kh * kw, co * kh * kw, -kw, -co * kh * kw))) \
         if k.transposed else (lambda j: Affine(j, (ci * kh * kw, kh * kw, kw, -ci * kh * kw)))
 
+    # output rows per chunk: two for a convolution by pairs of rows narrower than two
+    # vectors, so that each weight pair broadcast feeds two vdpbf16ps
+    Ho = k.out_hw[0]
+    R = 2 if k.pairs and rows.nv == 1 and isinstance(Ho, int) and Ho > 1 else 1
+
     def chunk(idx):
-        ng, ho, q = idx
+        ng, hq, q = idx
         n, g = (ng, ir.Constant(i64, 0)) if G == 1 else (b.sdiv(ng, kb.dim(G)), b.srem(ng, kb.dim(G)))
         wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
+        hos = [b.add(b.mul(hq, ir.Constant(i64, R)), ir.Constant(i64, r)) for r in range(R)]
 
-        def tap_pairs(o0, c, i, h, width, sums):
-            """Taps (c, i, 2 jp) and (c, i, 2 jp + 1) at once, from the pairs (one group)."""
+        def tap_pairs(o0, c, i, width, sums):
+            """Taps (c, i, 2 jp) and (c, i, 2 jp + 1) of the chunk's rows at once, from the
+            pairs (one group). A row whose tap row i lies outside x reads zeros."""
             kwp = -(-kw // 2)
             for jp in range(kwp):
-                xs = rows.pair_row(n, c, h, wo0, jp)
+                xs = [rows.pair_row(n, c, rows.tap_row(ho, i), wo0, jp) for ho in hos]
                 for o in range(width):
                     at = kb.affine(Affine(jp, (C * kh * kwp, kh * kwp, kwp)), [b.add(o0, ir.Constant(i64, o)), c, i])
                     wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
-                    for v in range(rows.nv):
-                        rows.add_pairs(sums[o * rows.nv + v], wv, xs[v])
+                    for r in range(R):
+                        for v in range(rows.nv):
+                            rows.add_pairs(sums[(r * width + o) * rows.nv + v], wv, xs[r][v])
 
         def block(o_first, width):
             o0 = b.add(b.mul(g, ir.Constant(i64, co)), o_first)
-            sums = rows.sums(width * rows.nv)
+            sums = rows.sums(R * width * rows.nv)
 
             def tap_row(ii, c):
                 i = ii[0]
-                h = rows.tap_row(ho, i)
                 if k.pairs:
-                    tap_pairs(o0, c, i, h, width, sums)
+                    tap_pairs(o0, c, i, width, sums)
                     return
+                h = rows.tap_row(hos[0], i)
                 for j in range(kw):
                     xs = rows.x_row(n, c, h, wo0, j)
                     for o in range(width):
@@ -189,16 +197,24 @@ def conv(kb: KernelBuilder, k, first):
                         wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
                         for v in range(rows.nv):
                             rows.add(sums[o * rows.nv + v], wv, xs[v])
-            taps = rows.tap_rows(ho)
+            # the tap rows that read a row of x for some row of the chunk
+            taps = (rows.tap_rows(hos[-1])[0], rows.tap_rows(hos[0])[1])
             c_first = b.mul(g, ir.Constant(i64, ci))
             kb.loops((ci,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, b.add(c_first, c[0])), first=taps))
-            for o in range(width):
-                for v in range(rows.nv):
-                    at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
-                    p = vec_ptr(b, b.gep(kb.buffer(k.out, "f32"), [at]), rows.vty)
-                    b.call(rows.mstore, [b.load(sums[o * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
-        rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
-    kb.loops((N * G, k.out_hw[0], rows.chunks()), chunk, first=first)
+            for r, ho in enumerate(hos):
+                for o in range(width):
+                    for v in range(rows.nv):
+                        at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                        if r:       # the second row of an odd Ho's last chunk is not there
+                            lanes = b.and_(lanes, splat(b, b.icmp_signed("<", ho, ir.Constant(i64, Ho)),
+                                                        ir.VectorType(i1, rows.vw)))
+                        p = vec_ptr(b, b.gep(kb.buffer(k.out, "f32"), [at]), rows.vty)
+                        b.call(rows.mstore, [b.load(sums[(r * width + o) * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
+        size = max(1, min(co, rows.registers // (R * rows.nv)))
+        if R > 1:       # blocks of even sizes (16 as 8 and 8, not 14 and 2)
+            size = -(-co // -(-co // size))
+        rows.blocks(co, size, block)
+    kb.loops((N * G, -(-Ho // R) if R > 1 else Ho, rows.chunks()), chunk, first=first)
 
 
 def conv_weight_grad(kb: KernelBuilder, k, first):
