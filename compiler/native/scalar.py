@@ -92,7 +92,8 @@ emits("sqrt", "float")(lambda kb, e, a: kb.intrinsic("llvm.sqrt", a[0]))
 emits("fma", "float")(lambda kb, e, a: kb.intrinsic("llvm.fma", *a))
 # the operations the lowering writes itself, which no graph has: an operand of bfloat16
 # products rounded to nearest even and kept as a float (Lowering.rounded), and two of them
-# as one 32-bit pair in a float's bits (Lowering.bf16_pairs)
+# as one 32-bit pair in a float's bits (the direct convolution's weights, kernels/conv
+# `_weight_pairs`)
 LOWERING_ONLY = ("round_bf16", "bf16_pair")
 emits("round_bf16", "float")(lambda kb, e, a: round_bf16(kb.b, a[0]))
 emits("bf16_pair", "float")(lambda kb, e, a: bf16_pair(kb.b, a[0], a[1]))
