@@ -67,7 +67,7 @@ from llvmlite import ir
 
 from dlc.compiler.native import jit
 from dlc.compiler.native.fpmode import current_mode, in_mode
-from dlc.compiler.native.intrinsics import bf16_bits, declare, masked, round_bf16, splat, vec_ptr
+from dlc.compiler.native.intrinsics import LLVMType, bf16_bits, declare, dot_bf16_pairs, masked, round_bf16, splat, vec_ptr
 from dlc.compiler.native.types import f32, i1, i8, i32, i64
 
 fptr = f32.as_pointer()
@@ -307,23 +307,6 @@ def _internal(module, name, ret, args, arg_names):
 
 
 
-class LLVMType(ir.Type):
-    """An LLVM type that llvmlite's IR builder lacks, by its name: `bfloat` (the operands
-    of vdpbf16ps), `x86_amx` (the value of a tile register)."""
-
-    def __init__(self, name: str):
-        self.name = name
-
-    def _to_string(self):
-        return self.name
-
-    def __eq__(self, other):
-        return isinstance(other, LLVMType) and other.name == self.name
-
-    def __hash__(self):
-        return hash((LLVMType, self.name))
-
-
 def _transpose_words(b, rows):
     """The 32-bit words of `rows` transposed: 32 rows of 16 into 16 rows of 32, or back.
     Each 16 x 16 half is transposed by swapping the off-diagonal blocks of 8, 4, 2 and 1."""
@@ -374,12 +357,6 @@ class _Gen:
     def ukernel(self):
         return self._shared("ukernel", self._build_amx_ukernel if self.cfg.amx else self._build_ukernel)
 
-    def dot(self, b, acc, a, x):
-        """acc + the products of the bfloat16 pairs of a and x, summed by pairs (vdpbf16ps)."""
-        pty = ir.VectorType(LLVMType("bfloat"), 2 * self.cfg.vw)
-        dp = declare(self.m, "llvm.x86.avx512bf16.dpbf16ps.512", self.vty, [self.vty, pty, pty])
-        return b.call(dp, [acc, b.bitcast(a, pty), b.bitcast(x, pty)])
-
     def _build_ukernel(self, name):
         cfg, vty = self.cfg, self.vty
         MR, NR, VW = cfg.mr, cfg.nr, cfg.vw
@@ -426,7 +403,7 @@ class _Gen:
         for r in range(MR):
             a_r = splat(b, b.load(_gep(b, ak, _c64(r)), align=4), lty)
             if pairs:
-                new.append([self.dot(b, accs[r][v], a_r, bvec[v]) for v in range(NV)])
+                new.append([dot_bf16_pairs(self.m, b, accs[r][v], a_r, bvec[v]) for v in range(NV)])
             else:
                 new.append([b.call(self.fma, [a_r, bvec[v], accs[r][v]]) for v in range(NV)])
         k1 = b.add(k, _c64(1))
@@ -600,33 +577,41 @@ class _Gen:
             with _loop(b, 0, kc, name="bf") as k:
                 b.store(round_bf16(b, b.load(row(k), align=4)), row(k), align=4)
             return
-        hty, pty = ir.VectorType(ir.IntType(16), P), ir.VectorType(ir.IntType(16), 2 * P)
+        # rows k and k+1 side by side, rounded together (one conversion of 2P lanes), then
+        # their halves interleaved into pairs
+        pty = ir.VectorType(ir.IntType(16), 2 * P)
+        side_by_side = ir.Constant(ir.VectorType(i32, 2 * P), list(range(2 * P)))
         interleave = ir.Constant(ir.VectorType(i32, 2 * P), [p // 2 + (p % 2) * P for p in range(2 * P)])
         with _loop(b, 0, _ceil_div(b, kc, 2), name="bp") as q:
             k0 = b.mul(q, _c64(2))
             k1 = b.add(k0, _c64(1))
-            first = self.bf16_halves(b, b.load(row(k0), align=4))
-            second = b.select(b.icmp_signed("<", k1, kc),
-                              self.bf16_halves(b, b.load(row(_min(b, k1, b.sub(kc, _c64(1)))), align=4)),
-                              ir.Constant(hty, None))
+            second = b.select(b.icmp_signed("<", k1, kc), b.load(row(_min(b, k1, b.sub(kc, _c64(1)))), align=4),
+                              ir.Constant(fty, None))
+            halves = self.bf16_halves(b, b.shuffle_vector(b.load(row(k0), align=4), second, side_by_side))
             dst = b.bitcast(_gep(b, panel, b.mul(q, _c64(P))), pty.as_pointer())
-            b.store(b.shuffle_vector(first, second, interleave), dst, align=4)
+            b.store(b.shuffle_vector(halves, halves, interleave), dst, align=4)
 
     def bf16_halves(self, b, x):
         """The float vector x rounded to bfloat16 as bf16_bits does (to nearest even, a NaN
-        quiet), the 16-bit halves only: of 32 lanes, one vcvtne2ps2bf16 where the target has
-        AVX512_BF16 (the pairs' and the tiles' hosts), else nine integer operations a lane.
-        Subnormals need not agree: the products that read these operands (vdpbf16ps,
-        tdpbf16ps) take subnormal inputs as zero."""
+        quiet), the 16-bit halves only: where the target has AVX512_BF16 (the pairs' and the
+        tiles' hosts) a vcvtneps2bf16 for 16 lanes, one vcvtne2ps2bf16 per 32 of 32 or 64,
+        else nine integer operations a lane. Subnormals need not agree: the products that read these
+        operands (vdpbf16ps, tdpbf16ps) take subnormal inputs as zero."""
         n = x.type.count
-        if n != 32 or not jit.host_has("avx512bf16"):
-            return b.trunc(b.lshr(bf16_bits(b, x), ir.Constant(ir.VectorType(i32, n), [16] * n)),
-                           ir.VectorType(ir.IntType(16), n))
-        f16 = ir.VectorType(f32, 16)
-        cvt = declare(self.m, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", ir.VectorType(LLVMType("bfloat"), 32), [f16, f16])
-        half = lambda lo: b.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, 16), list(range(lo, lo + 16))))
+        f16, bf = ir.VectorType(f32, 16), lambda lanes: ir.VectorType(LLVMType("bfloat"), lanes)
+        halves = lambda lanes: ir.VectorType(ir.IntType(16), lanes)
+        part = lambda lo: b.shuffle_vector(x, x, ir.Constant(ir.VectorType(i32, 16), list(range(lo, lo + 16))))
+        if not jit.host_has("avx512bf16") or n not in (16, 32, 64):
+            return b.trunc(b.lshr(bf16_bits(b, x), ir.Constant(ir.VectorType(i32, n), [16] * n)), halves(n))
+        if n == 16:
+            cvt = declare(self.m, "llvm.x86.avx512bf16.cvtneps2bf16.512", bf(16), [f16])
+            return b.bitcast(b.call(cvt, [x]), halves(16))
+        cvt = declare(self.m, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", bf(32), [f16, f16])
         # the second operand gives the lower 16 lanes
-        return b.bitcast(b.call(cvt, [half(16), half(0)]), ir.VectorType(ir.IntType(16), 32))
+        pieces = [b.bitcast(b.call(cvt, [part(lo + 16), part(lo)]), halves(32)) for lo in range(0, n, 32)]
+        if n == 32:
+            return pieces[0]
+        return b.shuffle_vector(*pieces, ir.Constant(ir.VectorType(i32, 64), list(range(64))))
 
     # ---- the AMX tiles ("bf16-amx")
 

@@ -273,23 +273,85 @@ model m {
 
 def test_float32_program_is_unchanged_and_bf16_only_flags_the_products():
     """Lowered for f32 (the default) the program has no bf16 kernel; lowered for bf16 it is
-    the same program, its GEMM and small GEMM kernels flagged, and the direct convolution's
-    operands rounded by a map before it (Lowering.rounded: its products stay float32)."""
+    the same program, its GEMM and small GEMM kernels flagged, the direct convolution's
+    operands rounded by a map before it (Lowering.rounded) and its weights, where it
+    multiplies by pairs of taps, made bfloat16 pairs by a map (`_weight_pairs`)."""
     graph = optimize(train_step(load_text(MODEL).build("m", training=True).graph))
     f32, bf16 = render.program(lower(graph)), render.program(lower(graph, "bf16"))
-    assert f32 == render.program(lower(graph, "f32")) and "(bf16)" not in f32 and "round_bf16" not in f32
+    assert f32 == render.program(lower(graph, "f32")) and "(bf16" not in f32 and "round_bf16" not in f32 \
+        and "bf16_pair" not in f32
     flagged = [line for line in bf16.splitlines() if "(bf16)" in line]
     assert {line.split()[0] for line in flagged} == {"gemm", "small_gemm"}
-    rounding = {re.search(r": (b\d+)\[", line).group(1) for line in bf16.splitlines() if "round_bf16(" in line}
-    assert all(line.startswith("map ") for line in bf16.splitlines() if "round_bf16(" in line)
-    convs = [re.findall(r"b\d+", line.split(" = ")[1].split("@")[0]) for line in bf16.splitlines()
-             if line.startswith("direct conv")]
-    assert len(convs) == 2 and all(set(operands) <= rounding for operands in convs)     # forward, weight gradient
+    made = lambda op: {re.search(r": (b\d+)\[", line).group(1) for line in bf16.splitlines() if f"{op}(" in line}
+    assert all(line.startswith("map ") for line in bf16.splitlines() if "round_bf16(" in line or "bf16_pair(" in line)
+    convs = [(re.findall(r"b\d+", line.split(" = ")[1].split("@")[0]), "(bf16 pairs)" in line)
+             for line in bf16.splitlines() if line.startswith("direct conv")]
+    assert len(convs) == 2      # forward (by pairs: one group, stride 1), weight gradient
+    forward, weight_grad = convs
+    assert forward[1] and forward[0][0] in made("round_bf16") and forward[0][1] in made("bf16_pair")
+    assert not weight_grad[1] and set(weight_grad[0]) <= made("round_bf16")
     kinds = lambda text: [line.split()[0] for line in text.splitlines() if not line.startswith("#")
-                          and "round_bf16(" not in line]
+                          and "round_bf16(" not in line and "bf16_pair(" not in line]
     assert kinds(bf16) == kinds(f32)
     with pytest.raises(ValueError, match="no precision 'f16'"):
         lower(graph, "f16")
+
+
+# an even and an odd kernel width, padding, an input gradient by a direct convolution too
+PAIRS_MODEL = """
+model m {
+    input x: f32[B, 2, 11, 13]
+    target y: i32[B]
+    a = conv2d(x, 8, 3, padding = 1, act = relu)
+    c = conv2d(a, 6, 4, act = relu)
+    loss sparse_cross_entropy(dense(flatten(c), 10), y)
+}
+"""
+
+
+def _pairs_model_gradients(engine: str) -> np.ndarray:
+    """The flat bf16 gradients of one step of PAIRS_MODEL from its initial parameters."""
+    from dlc.runtime.training.gradcheck import init_params, sample_inputs
+    program = load_text(PAIRS_MODEL)
+    train, ev = program.build("m", training=True), program.build("m", training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    eng = make_engine(engine, train, ev, drift._optimizer("sgd", 1.0), trainable, split=True, precision="bf16")
+    params = {k: v.astype(np.float32) for k, v in init_params(train, 1).items()}
+    batch = {k: v.astype(np.float32) if v.dtype == np.float64 else v
+             for k, v in sample_inputs(train, {"B": 5}, 3).items() if k != "rng"}
+    _, grads = eng.gradients(params, eng.optimizer.init({n: params[n] for n in trainable}), batch,
+                             np.array([0, 1], np.int32))
+    return np.array(grads, copy=True)
+
+
+@pytest.mark.parametrize("target", ["host", "avx512", "avx2"])
+def test_direct_convolution_by_pairs_is_the_reference_emulation(target, tmp_path):
+    """The direct convolutions that multiply by pairs of taps (the forward ones and a
+    stride-1 input gradient; kernel widths 3 and 4, padded and not) give the reference
+    engine's bf16 gradients: by vdpbf16ps on a host with AVX512_BF16, in float32 under
+    DLC_TARGET=avx512 and avx2 (in a process of its own: the target is read once)."""
+    if target != "avx2" and not jit.host_has("avx512f"):
+        pytest.skip("the host has not this path")
+    program = render.program(lower(optimize(train_step(load_text(PAIRS_MODEL).build("m", training=True).graph)),
+                                   "bf16"))
+    assert len([line for line in program.splitlines() if line.startswith("direct conv") and "(bf16 pairs)" in line]) == 3
+    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_bf16 as t; "
+            "np.save(sys.argv[2], t._pairs_model_gradients('native'))")
+    env = dict(os.environ, **({} if target == "host" else {"DLC_TARGET": target}))
+    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy")],
+                   env=env, check=True, cwd=ROOT)
+    native, ref = np.load(tmp_path / "g.npy"), _pairs_model_gradients("reference")
+    assert np.linalg.norm(native - ref) <= 1e-6 * np.linalg.norm(ref)
+
+
+def test_direct_convolution_by_pairs_gives_the_same_bits_on_any_thread_count(monkeypatch):
+    """Each output of a direct convolution is summed by one thread in one order, pairs or
+    not: 1, 2 and 3 threads give the same bits."""
+    runs = []
+    for n in ("1", "2", "3"):
+        monkeypatch.setenv("DLC_NUM_THREADS", n)
+        runs.append(_pairs_model_gradients("native"))
+    assert all(np.array_equal(runs[0], other) for other in runs[1:])
 
 
 # ---- the setting ------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.program import Affine, Kernel, Load, Op, contiguous, row_major
+from dlc.compiler.native.program import Affine, Guarded, Kernel, Load, Op, contiguous, row_major
 from dlc.compiler.native.rules import NotLowerable, register_lowering
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
@@ -31,7 +31,12 @@ class ConvKernel(Kernel):
     With `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
     n, ho, wo of g[n, o, ho, wo] * x[...], the batch in `parts` runs summed apart into
     `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel. It multiplies in
-    float32; for bf16 products its operands are rounded before (Lowering.rounded)."""
+    float32; for bf16 products its operands are rounded before (Lowering.rounded). With
+    `pairs` (bf16, one group, stride 1 along W, no `g`), w holds the rounded weights as
+    bfloat16 pairs of neighbouring taps along W (`_weight_pairs`), and where the target
+    has AVX512_BF16 the kernel multiplies two taps at a time by vdpbf16ps, x's two
+    shifted rows made pairs as they are loaded; elsewhere it takes the pairs apart and
+    multiplies in float32."""
     x: int
     w: int | None
     out: int
@@ -46,6 +51,7 @@ class ConvKernel(Kernel):
     transposed: bool = False
     groups: int = 1
     stride_w: int = 1
+    pairs: bool = False
 
     @property
     def channels(self):
@@ -60,6 +66,7 @@ class ConvKernel(Kernel):
     def text(self) -> list:
         what = f"b{self.x} * b{self.w}" if self.g is None else f"weight gradient of b{self.x} * w from b{self.g}"
         what += f" in {self.groups} groups" if self.groups > 1 else ""
+        what += " (bf16 pairs)" if self.pairs else ""
         return [f"direct conv {render.shape(self.x_shape)} by {render.shape(self.w_shape)}: b{self.out} = {what}"
                 f"{render.located(self)}"]
 
@@ -127,6 +134,29 @@ def _direct(taps, kw, attrs) -> bool:
     return isinstance(taps, int) and taps <= DIRECT_TAPS and kw <= 8 and attrs["stride"][1] in (1, 2) and \
         attrs["dilation"] == (1, 1)
 
+def _paired(lw, groups: int, stride_w: int) -> bool:
+    """Whether a bf16 direct convolution multiplies by pairs of taps along W (ConvKernel
+    `pairs`): one group and stride 1 along W. The others (grouped, strided, and every
+    weight gradient) multiply operands rounded in float32."""
+    return lw.bf16 and groups == 1 and stride_w == 1
+
+def _weight_pairs(lw, w: Tensor, transposed: bool, n) -> Load:
+    """The weights as the direct convolution reads them, tap j of (o, c, i) — w[o, c, i, j],
+    or w[c, o, kh-1-i, kw-1-j] when `transposed` — rounded to bfloat16 in pairs of taps:
+    [O, C, kh, ceil(kw / 2)], element jp the pair (tap 2 jp, tap 2 jp + 1 or 0)."""
+    wm = lw.materialize(w)
+    A, B, kh, kw = w.shape
+    s0, s1, s2, s3 = row_major(w.shape)
+    shape = (B, A, kh, -(-kw // 2)) if transposed else (A, B, kh, -(-kw // 2))
+
+    def tap(e):         # tap 2 jp + e over (o, c, i, jp)
+        at = Affine((kh - 1) * s2 + (kw - 1 - e) * s3, (s1, s0, -s2, -2 * s3)) if transposed \
+            else Affine(e * s3, (s0, s1, s2, 2 * s3))
+        return Guarded(Load(wm.buffer, at, w.dtype), ((Affine(e, (0, 0, 0, 2)), kw),), 0.0)
+    out = lw.p.buffer("f32", numel(shape), "temp")
+    lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), Op("bf16_pair", (tap(0), tap(1)), "f32"), node=n))
+    return contiguous(out.id, shape, "f32")
+
 def _pointwise(kh, kw, attrs) -> bool:
     """Whether a convolution is a matrix product as its input lies: 1 x 1, stride 1, no
     padding, one group, so y[n] (O x H·W) = W (O x C) @ x[n] (C x H·W), without columns."""
@@ -168,9 +198,10 @@ def _conv2d(lw, n, ins, attrs, typ):
         return
     if _direct(s.group_taps, s.kw, attrs):
         # depthwise ones too (groups = C): each output channel's taps over its group's channels
-        xm, wm = lw.rounded(x, n), lw.rounded(w, n)
+        pairs = _paired(lw, groups, attrs["stride"][1])
+        xm, wm = lw.rounded(x, n), _weight_pairs(lw, w, False, n) if pairs else lw.rounded(w, n)
         lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (s.Ho, s.Wo), attrs["stride"][0],
-                           attrs["padding"], groups=groups, stride_w=attrs["stride"][1], node=n))
+                           attrs["padding"], groups=groups, stride_w=attrs["stride"][1], pairs=pairs, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     if groups > 1 and isinstance(s.group_taps, int) and s.group_taps <= GROUPED_TAPS and not lw.bf16:
@@ -273,9 +304,10 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         return
     if _direct(s.taps, s.kw, attrs) and (st_h, st_w) == (1, 1):
         # g convolved with the filters flipped, their channels swapped: one pass, no columns
-        gr, wr = lw.rounded(g, n), lw.rounded(w, n)
+        pairs = _paired(lw, 1, 1)
+        gr, wr = lw.rounded(g, n), _weight_pairs(lw, w, True, n) if pairs else lw.rounded(w, n)
         lw.emit(ConvKernel(gr.buffer, wr.buffer, out.id, g.shape, w.shape, (H, W), 1, (s.kh - 1 - ph, s.kw - 1 - pw),
-                           transposed=True, node=n))
+                           transposed=True, pairs=pairs, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.p.buffer("f32", s.N * s.taps * s.pixels, "temp")
