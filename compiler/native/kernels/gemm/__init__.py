@@ -1,7 +1,7 @@
 """The kernels that call dlc's GEMM library (compiler/native/gemm.py): a batch of matrix
-products, and the packing of an operand that stays the same over a scan's steps; the
-lowering rule of matmul, and the size of a packed operand. Their code is a call of the
-library, made by `emit`."""
+products, the packing of an operand that stays the same over a scan's steps, and that of a
+prediction's weights, kept packed between calls; the lowering rule of matmul, and the size
+of a packed operand. Their code is a call of the library, made by `emit`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,12 +77,44 @@ class PackKernel(Kernel):
         return {self.b[0]}, {self.out}
 
     def emit(self, f):
-        from dlc.compiler.native.gemm import PACK_TYPE, pack_name
         kb = f.serial()
+        self.call(f, kb)
+        return kb
+
+    def call(self, f, kb):
+        """The library's call that packs it, at kb's place."""
+        from dlc.compiler.native.gemm import PACK_TYPE, pack_name
         bid, off, ld = self.b
         kb.b.call(f.library(pack_name(self.trans_b, self.bf16), PACK_TYPE),
                   [kb.dim(self.k), kb.dim(self.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld),
                    kb.buffer(self.out, "f32")])
+
+
+@dataclass
+class WeightPacksKernel(Kernel):
+    """The weights (parameters) of a prediction that its GEMMs take as B, each packed
+    (`packs`, PackKernels into buffers of role "packed", which live as long as the
+    instance) when the flag `ready` (one i32, role "packed") is 0, which it then sets to 1:
+    the program's first kernel, so that the weights are packed once, not at every call.
+    Whoever changes a weight clears the flag (runtime/engines/native.py, library.c)."""
+    packs: list
+    ready: int
+
+    def text(self) -> list:
+        return [f"weight packs, unless b{self.ready}:{render.located(self)}"] + \
+            ["  " + line for p in self.packs for line in p.text()]
+
+    def accesses(self) -> tuple:
+        return {self.ready} | {p.b[0] for p in self.packs}, {self.ready} | {p.out for p in self.packs}
+
+    def emit(self, f):
+        from llvmlite import ir      # LLVM: imported by code generation alone
+        kb = f.serial()
+        flag = kb.buffer(self.ready, "i32")
+        with kb.b.if_then(kb.b.icmp_signed("==", kb.b.load(flag), ir.Constant(ir.IntType(32), 0))):
+            for p in self.packs:
+                p.call(f, kb)
+            kb.b.store(ir.Constant(ir.IntType(32), 1), flag)
         return kb
 
 
@@ -118,6 +150,32 @@ def packed_before_loop(lw, operand: tuple, k, n, trans: bool, node: int) -> int 
     return outer.packs[key]
 
 
+def packed_weight(lw, operand: tuple, k, n, trans: bool, node: int) -> int | None:
+    """The buffer holding a GEMM operand packed once while it stays the same, when it is a
+    weight (a parameter) of a program lowered with `pack_weights` (a prediction's): the
+    program's WeightPacksKernel packs it before everything else, once for all its GEMMs
+    and calls until a weight changes. Else None."""
+    root = lw
+    while root.loop is not None:
+        root = root.loop[0]
+    buffer, offset, ld = operand[:3]
+    if not root.pack_weights or lw.p.buffers[buffer].role != "param" or symbols([k, n, offset, ld]):
+        return None
+    packs = root.weight_packs
+    if packs is None:
+        ready = lw.p.buffer("i32", 1, "packed", "weights packed")
+        packs = root.weight_packs = WeightPacksKernel([], ready.id)     # of no node: the whole program's
+        root.kernels.insert(0, packs)
+        lw.p.weights_ready = ready.id
+    key = (buffer, offset, ld, k, n, trans)
+    found = [p.out for p in packs.packs if (p.b + (p.k, p.n, p.trans_b)) == key]
+    if found:
+        return found[0]
+    out = lw.p.buffer("f32", packed_floats(k, n, tiles=lw.bf16), "packed", f"{lw.p.buffers[buffer].name} packed")
+    packs.packs.append(PackKernel(k, n, (buffer, offset, ld), trans, out.id, lw.bf16, node=node))
+    return out.id
+
+
 # ---- lowering rules ------------------------------------------------------------------------------
 @register_lowering("matmul", floats=("f32",))
 def _matmul(lw, n, ins, attrs, typ):
@@ -128,7 +186,10 @@ def _matmul(lw, n, ins, attrs, typ):
     m, nn = typ.shape[-2], typ.shape[-1]
     k = a.shape[-2] if attrs["ta"] else a.shape[-1]
     batch = numel(typ.shape[:-2])
-    packed = packed_before_loop(lw, lb, k, nn, tb, n) if lb[3] == 0 or batch == 1 else None
+    packed = None
+    if lb[3] == 0 or batch == 1:
+        packed = packed_weight(lw, lb, k, nn, tb, n)
+        packed = packed_before_loop(lw, lb, k, nn, tb, n) if packed is None else packed
     c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
     lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, lw.bf16, node=n))
     lw.set(n, out)
