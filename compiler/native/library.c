@@ -567,10 +567,11 @@ static void release(struct DLC_INSTANCE *m) {
     free(m);
 }
 
-/* A weight changed: the step's first kernel packs the weights again (kernels/gemm WeightPacksKernel). */
+/* A weight changed: the step's first kernel packs the weights again (kernels/gemm WeightPacksKernel),
+ * each as a product needs it: their flags cleared. */
 static void weights_changed(struct DLC_INSTANCE *m) {
 #if DLC_WEIGHTS_READY >= 0
-    if (m && m->packs) *(int32_t *)m->table[DLC_WEIGHTS_READY] = 0;
+    if (m && m->packs) memset(m->table[DLC_WEIGHTS_READY], 0, (size_t)m->counts[DLC_WEIGHTS_READY] * sizeof(int32_t));
 #else
     (void)m;
 #endif
@@ -643,6 +644,8 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
             return fail(m, DLC_ERROR_MEMORY, "out of memory: the packed weights need %lld bytes", (long long)packed);
         memset(packs, 0, (size_t)packed);
         m->packs = packs;
+        for (int b = 0; b < DLC_N_BUFFERS; b++)     /* their places, fixed from now on (weights_changed) */
+            if (BUFFERS[b].kind == KIND_PACKED) m->table[b] = m->packs + offsets[b];
     }
     void *arena = NULL;
     if (posix_memalign(&arena, ALIGN, (size_t)(total ? total : ALIGN)))
@@ -653,7 +656,6 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
         if (BUFFERS[b].kind == KIND_TEMP || BUFFERS[b].kind == KIND_OUTPUT) m->table[b] = m->arena + offsets[b];
         else if (BUFFERS[b].kind == KIND_CONST) m->table[b] = (void *)(DLC_CONSTS + BUFFERS[b].data);
         else if (BUFFERS[b].kind == KIND_PARAM) m->table[b] = m->params[BUFFERS[b].data];
-        else if (BUFFERS[b].kind == KIND_PACKED) m->table[b] = m->packs + offsets[b];
     }
     for (int f = 0; f < DLC_N_FAULTS; f++) m->table[DLC_N_BUFFERS + f] = (void *)(intptr_t)(f + 1);
     for (int s = 0; s < DLC_N_STEP_SYMBOLS; s++) m->sizes[1 + s] = values[s];

@@ -129,8 +129,8 @@ class Executable:
     kernel, what it was the last to write is tested (NumericsCheck), and `run` raises
     NonFiniteOutput at the first kernel whose values are not finite. `precision`: of the
     operands of its matmuls and convolutions (compiler/native/lower.py). `pack_weights` (a
-prediction's): its first kernel packs the GEMMs' weights, at every call, since the
-parameters it is given may have changed in place (lower.py). `buckets`: (the
+prediction's): its first kernel packs the weights its GEMMs of this call read packed, at
+every call, since the parameters it is given may have changed in place (lower.py). `buckets`: (the
     bytes of a bucket, the parameters whose gradients the buckets hold): each bucket is handed
     to the host as soon as the step has finished it (compiler/native/buckets.py;
     `self.buckets` lists them)."""
@@ -157,6 +157,7 @@ parameters it is given may have changed in place (lower.py). `buckets`: (the
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
             self.compiled.address("dlc_step"))
         self.layouts: dict = {}
+        self.packed: dict = {}                      # the packed weights (kernels/gemm), by buffer
         self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
         self.memory: dict = {}                      # bytes by part (runtime/engines/budget.py) per set of sizes
@@ -213,6 +214,10 @@ parameters it is given may have changed in place (lower.py). `buckets`: (the
                     arrays.append(None)
                 elif b.role == "const":
                     arrays.append(np.ascontiguousarray(b.data))
+                elif b.role == "packed":        # of every layout: their sizes are the weights'
+                    if b.id not in self.packed:
+                        self.packed[b.id] = aligned_zeros(int(concrete(b.size, sizes)), DTYPES[b.dtype])
+                    arrays.append(self.packed[b.id])
                 elif b.id in temps:
                     arrays.append(temps[b.id])
                 else:
@@ -254,7 +259,7 @@ parameters it is given may have changed in place (lower.py). `buckets`: (the
             lay.bind(self.extras + slot, a)
         self.arrays = arrays                # what a host function may read during the call
         if self.program.weights_ready is not None:
-            arrays[self.program.weights_ready][0] = 0       # the weights given may be new: packed again
+            arrays[self.program.weights_ready][:] = 0       # the weights given may be new: packed again
         lay.fault.value = 0
         if self.numerics is not None:
             self.numerics.arm(lay.table, sizes, lay.fault)

@@ -56,8 +56,8 @@ def sample(kind) -> tuple:
         ReduceKernel: lambda: (ReduceKernel((4, 8), (1,), "sum", 2, x), {0}, {2}),
         GemmKernel: lambda: (GemmKernel(4, 4, 4, 1, (0, 0, 4, 0), (1, 0, 4, 0), (2, 0, 4, 0), False, True), {0, 1}, {2}),
         PackKernel: lambda: (PackKernel(4, 4, (1, 0, 4), False, 3), {1}, {3}),
-        # b1 packed into b3 unless the flag b5 (i32) is set
-        WeightPacksKernel: lambda: (WeightPacksKernel([PackKernel(4, 4, (1, 0, 4), False, 3)],
+        # b1 packed into b3 for a GEMM of 4 rows, unless its flag in b5 (i32) is set
+        WeightPacksKernel: lambda: (WeightPacksKernel([PackKernel(4, 4, (1, 0, 4), False, 3)], [[4]],
                                                       p.buffer("i32", 1, "packed").id), {1, 5}, {3, 5}),
         SmallGemmKernel: lambda: (SmallGemmKernel(2, 3, 4, 2, (0, 0, 4, 8), (1, 0, 3, 12), (2, 0, 3), 3, 2),
                                   {0, 1}, {2, 3}),

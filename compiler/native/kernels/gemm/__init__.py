@@ -92,16 +92,20 @@ class PackKernel(Kernel):
 
 @dataclass
 class WeightPacksKernel(Kernel):
-    """The weights (parameters) of a prediction that its GEMMs take as B, each packed
-    (`packs`, PackKernels into buffers of role "packed", which live as long as the
-    instance) when the flag `ready` (one i32, role "packed") is 0, which it then sets to 1:
-    the program's first kernel, so that the weights are packed once, not at every call.
-    Whoever changes a weight clears the flag (runtime/engines/native.py, library.c)."""
+    """The weights (parameters) of a prediction that its GEMMs take as B, packed into
+    buffers of role "packed", which live as long as their owner (`packs`: PackKernels):
+    the program's first kernel. Weight i is packed when its flag, `ready[i]` (an i32 array,
+    role "packed"), is 0 and a GEMM of this call will read the packed copy — one with more
+    than gemm.FEW_ROWS rows of `rows[i]` (the row counts of its GEMMs), or one taking it
+    transposed — and its flag is then set: so a weight is packed once, not at every call,
+    and not at all while only one-row products (which read B itself) take it. Whoever
+    changes a weight clears the flags (runtime/engines/native.py, library.c)."""
     packs: list
+    rows: list
     ready: int
 
     def text(self) -> list:
-        return [f"weight packs, unless b{self.ready}:{render.located(self)}"] + \
+        return [f"weight packs, each unless its flag in b{self.ready}:{render.located(self)}"] + \
             ["  " + line for p in self.packs for line in p.text()]
 
     def accesses(self) -> tuple:
@@ -109,14 +113,18 @@ class WeightPacksKernel(Kernel):
 
     def emit(self, f):
         from llvmlite import ir      # LLVM: imported by code generation alone
+        from dlc.compiler.native.gemm import FEW_ROWS
         kb = f.serial()
-        flag = kb.buffer(self.ready, "i32")
-        with kb.b.if_then(kb.b.icmp_signed("==", kb.b.load(flag), ir.Constant(ir.IntType(32), 0))):
-            for p in self.packs:
+        i32 = ir.IntType(32)
+        for i, (p, rows) in enumerate(zip(self.packs, self.rows)):
+            flag = kb.b.gep(kb.buffer(self.ready, "i32"), [ir.Constant(i32, i)])
+            read = ir.Constant(ir.IntType(1), 1) if p.trans_b else kb.b.icmp_signed(">", kb.dim(rows[0]), kb.dim(FEW_ROWS))
+            for m in rows[1:]:
+                read = kb.b.or_(read, kb.b.icmp_signed(">", kb.dim(m), kb.dim(FEW_ROWS)))
+            with kb.b.if_then(kb.b.and_(read, kb.b.icmp_signed("==", kb.b.load(flag), ir.Constant(i32, 0)))):
                 p.call(f, kb)
-            kb.b.store(ir.Constant(ir.IntType(32), 1), flag)
+                kb.b.store(ir.Constant(i32, 1), flag)
         return kb
-
 
 
 def packed_floats(k, n, nr: int = 32, tiles: bool = False):
@@ -150,11 +158,11 @@ def packed_before_loop(lw, operand: tuple, k, n, trans: bool, node: int) -> int 
     return outer.packs[key]
 
 
-def packed_weight(lw, operand: tuple, k, n, trans: bool, node: int) -> int | None:
-    """The buffer holding a GEMM operand packed once while it stays the same, when it is a
-    weight (a parameter) of a program lowered with `pack_weights` (a prediction's): the
-    program's WeightPacksKernel packs it before everything else, once for all its GEMMs
-    and calls until a weight changes. Else None."""
+def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> int | None:
+    """The buffer holding a GEMM operand (of m rows of A) packed once while it stays the
+    same, when it is a weight (a parameter) of a program lowered with `pack_weights` (a
+    prediction's): the program's WeightPacksKernel packs it before everything else, for all
+    its GEMMs and calls until a weight changes. Else None."""
     root = lw
     while root.loop is not None:
         root = root.loop[0]
@@ -163,16 +171,19 @@ def packed_weight(lw, operand: tuple, k, n, trans: bool, node: int) -> int | Non
         return None
     packs = root.weight_packs
     if packs is None:
-        ready = lw.p.buffer("i32", 1, "packed", "weights packed")
-        packs = root.weight_packs = WeightPacksKernel([], ready.id)     # of no node: the whole program's
+        ready = lw.p.buffer("i32", 0, "packed", "weights packed")
+        packs = root.weight_packs = WeightPacksKernel([], [], ready.id)     # of no node: the whole program's
         root.kernels.insert(0, packs)
         lw.p.weights_ready = ready.id
     key = (buffer, offset, ld, k, n, trans)
-    found = [p.out for p in packs.packs if (p.b + (p.k, p.n, p.trans_b)) == key]
-    if found:
-        return found[0]
+    for p, rows in zip(packs.packs, packs.rows):
+        if p.b + (p.k, p.n, p.trans_b) == key:
+            rows.append(m)
+            return p.out
     out = lw.p.buffer("f32", packed_floats(k, n, tiles=lw.bf16), "packed", f"{lw.p.buffers[buffer].name} packed")
     packs.packs.append(PackKernel(k, n, (buffer, offset, ld), trans, out.id, lw.bf16, node=node))
+    packs.rows.append([m])
+    lw.p.buffers[packs.ready].size = len(packs.packs)
     return out.id
 
 
@@ -188,7 +199,7 @@ def _matmul(lw, n, ins, attrs, typ):
     batch = numel(typ.shape[:-2])
     packed = None
     if lb[3] == 0 or batch == 1:
-        packed = packed_weight(lw, lb, k, nn, tb, n)
+        packed = packed_weight(lw, lb, k, nn, m, tb, n)
         packed = packed_before_loop(lw, lb, k, nn, tb, n) if packed is None else packed
     c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
     lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, lw.bf16, node=n))
