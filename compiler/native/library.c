@@ -24,7 +24,7 @@
 #define ALIGN 64
 #define MOST_BYTES ((int64_t)1 << 46)        /* more memory than that is refused, not attempted */
 
-enum { KIND_TEMP, KIND_INPUT, KIND_PARAM, KIND_OUTPUT, KIND_CONST };
+enum { KIND_TEMP, KIND_INPUT, KIND_PARAM, KIND_OUTPUT, KIND_CONST, KIND_PACKED };
 
 typedef struct { const char *name; int from; int64_t divisor; int step; } dlc_symbol;
 typedef struct { int symbol; int64_t poly; } dlc_dim;
@@ -46,6 +46,8 @@ struct DLC_INSTANCE {
     int64_t counts[DLC_N_BUFFERS];       /* the element count of each buffer */
     unsigned char *arena;
     int64_t arena_bytes;                 /* its size: temporaries (shared) and outputs */
+    unsigned char *packs;                /* the weights packed for the GEMMs and their flag (KIND_PACKED): their
+                                          * sizes are the weights', so they are made once, zeroed (not packed) */
     void *table[DLC_N_BUFFERS + DLC_N_FAULTS + DLC_N_UPDATE_BUFFERS + 1];   /* driver.py's pointer table */
     void *args[DLC_N_ARGUMENTS + 1];
     void *trainer;                       /* a --train library's: the train step's instance (library_train.c) */
@@ -561,7 +563,18 @@ static void release(struct DLC_INSTANCE *m) {
 #endif
     free(m->weights);
     free(m->arena);
+    free(m->packs);
     free(m);
+}
+
+/* A weight changed: the step's first kernel packs the weights again (kernels/gemm WeightPacksKernel),
+ * each as a product needs it: their flags cleared. */
+static void weights_changed(struct DLC_INSTANCE *m) {
+#if DLC_WEIGHTS_READY >= 0
+    if (m && m->packs) memset(m->table[DLC_WEIGHTS_READY], 0, (size_t)m->counts[DLC_WEIGHTS_READY] * sizeof(int32_t));
+#else
+    (void)m;
+#endif
 }
 
 /* the lowest offset where `size` bytes overlap none of the n ranges [lo, hi), sorted by lo */
@@ -575,10 +588,11 @@ static int64_t lowest_gap(const int64_t (*ranges)[2], int n, int64_t size) {
 /* The element count of every buffer and the arena for the symbols' values. Temporaries
  * share memory as the engine's arena does (compiler/native/memory.py): two whose kernels'
  * intervals (LIVE) are disjoint may overlap; each is placed, largest first, at the lowest
- * offset clear of every placed one live at the same time. Outputs follow. */
+ * offset clear of every placed one live at the same time. Outputs follow. The packed
+ * weights have a block of their own, made at the first call and kept. */
 static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
     if (m->laid && !memcmp(m->values, values, sizeof(int64_t) * DLC_N_SYMBOLS)) return DLC_OK;
-    int64_t bytes[DLC_N_BUFFERS + 1], offsets[DLC_N_BUFFERS + 1], total = 0, outputs = 0;
+    int64_t bytes[DLC_N_BUFFERS + 1], offsets[DLC_N_BUFFERS + 1], total = 0, outputs = 0, packed = 0;
     int order[DLC_N_BUFFERS + 1], placed = 0, temps = 0;
     for (int b = 0; b < DLC_N_BUFFERS; b++) {
         int64_t count;
@@ -589,6 +603,11 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
         m->counts[b] = count;
         bytes[b] = (bytes[b] + ALIGN - 1) / ALIGN * ALIGN;
         offsets[b] = 0;
+        if (BUFFERS[b].kind == KIND_PACKED) {
+            offsets[b] = packed;
+            if (__builtin_add_overflow(packed, bytes[b], &packed) || packed > MOST_BYTES)
+                return fail(m, DLC_ERROR_MEMORY, "the packed weights need more memory than this library allocates");
+        }
         if (BUFFERS[b].kind == KIND_TEMP && LIVE[b][0] >= 0) {     /* by size, largest first */
             int k = temps++;
             for (; k > 0 && bytes[order[k - 1]] < bytes[b]; k--) order[k] = order[k - 1];
@@ -619,6 +638,15 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
                 return fail(m, DLC_ERROR_MEMORY, "these input sizes need more memory than this library allocates");
         }
     total += outputs;
+    if (packed && !m->packs) {          /* zeroed: the flag says the weights are not packed yet */
+        void *packs = NULL;
+        if (posix_memalign(&packs, ALIGN, (size_t)packed))
+            return fail(m, DLC_ERROR_MEMORY, "out of memory: the packed weights need %lld bytes", (long long)packed);
+        memset(packs, 0, (size_t)packed);
+        m->packs = packs;
+        for (int b = 0; b < DLC_N_BUFFERS; b++)     /* their places, fixed from now on (weights_changed) */
+            if (BUFFERS[b].kind == KIND_PACKED) m->table[b] = m->packs + offsets[b];
+    }
     void *arena = NULL;
     if (posix_memalign(&arena, ALIGN, (size_t)(total ? total : ALIGN)))
         return fail(m, DLC_ERROR_MEMORY, "out of memory: these input sizes need %lld bytes", (long long)total);

@@ -37,7 +37,7 @@ C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t", "i64": "int64_t", 
 NPY_DESCR = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i64": "<i8", "bool": "|b1"}
 SAFETENSORS_DTYPE = {"f32": "F32", "f64": "F64", "i32": "I32", "i64": "I64", "bool": "BOOL"}
 ROLES = {"temp": "KIND_TEMP", "input": "KIND_INPUT", "param": "KIND_PARAM", "output": "KIND_OUTPUT",
-         "const": "KIND_CONST"}
+         "const": "KIND_CONST", "packed": "KIND_PACKED"}
 # the status codes, the same in every library
 STATUS = [("DLC_OK", "success"), ("DLC_ERROR_ARGUMENT", "a null pointer or a bad argument"),
           ("DLC_ERROR_SHAPE", "an input or output of the wrong shape or size"),
@@ -214,6 +214,7 @@ def c_source(lib: Library) -> str:
            f"#define DLC_N_INPUTS {len(lib.inputs)}", f"#define DLC_N_OUTPUTS {len(lib.outputs)}",
            f"#define DLC_N_PARAMS {len(names)}", f"#define DLC_N_BUFFERS {len(p.buffers)}",
            f"#define DLC_N_FAULTS {len(p.faults)}", f"#define DLC_N_ARGUMENTS {len(lib.arguments)}",
+           f"#define DLC_WEIGHTS_READY {-1 if p.weights_ready is None else p.weights_ready}",
            f"#define DLC_N_CONSTRAINTS {len(lib.constraints)}",
            f"#define DLC_EMBEDDED {int(lib.weights is not None)}", f"#define DLC_USES_AMX {int(lib.uses_amx)}",
            f"#define DLC_TARGET {_c_string(lib.target)}",
@@ -501,6 +502,7 @@ def train_forwarding(lib: Library) -> str:
     if (!model) return DLC_ERROR_ARGUMENT;
     if (model->status) return model->status;
     int status = {t}_{name}(model->trainer, {_names(params)});
+    weights_changed(model);     /* the weights are shared: any call may have changed them */
     if (status) fail(model, status, "%s", {t}_error(model->trainer));
     else model->message[0] = 0;
     return status;
@@ -521,6 +523,7 @@ static int attach({n} **model, const char *checkpoint, const void *bytes, size_t
         if (!shared) return m->status = fail(m, DLC_ERROR_WEIGHTS, "parameter %s is not the train step's", PARAMS[i].name);
         m->params[i] = shared;
     }}
+    weights_changed(m);
     free(m->weights);
     m->weights = NULL;
     m->laid = 0;

@@ -33,9 +33,12 @@ class Lowering:
     kernels that compute what must be in memory, as the graph's fusion decided."""
 
     def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
-                 loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False, steps: tuple = ()):
+                 loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False, steps: tuple = (),
+                 pack_weights: bool = False):
         self.graph = graph
         self.bf16 = bf16              # matmul and convolution operands rounded to bfloat16
+        self.pack_weights = pack_weights    # GEMMs' weights packed once (kernels/gemm: packed_weight)
+        self.weight_packs = None      # its WeightPacksKernel, once a GEMM takes a weight
         self.fusion = fusion or Fusion(graph)
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []
@@ -211,10 +214,12 @@ class Lowering:
 
 
 @collector_paused()
-def lower(graph: Graph, precision: str = "f32") -> KernelProgram:
+def lower(graph: Graph, precision: str = "f32", pack_weights: bool = False) -> KernelProgram:
     """The kernel program of `graph`, its matmuls and convolutions taking operands of
-    `precision` (PRECISIONS)."""
+    `precision` (PRECISIONS). `pack_weights` (a prediction, whose weights change only
+    between calls): its GEMMs' weights are packed by its first kernel, which packs only
+    when they changed (kernels/gemm: WeightPacksKernel)."""
     if precision not in PRECISIONS:
         raise ValueError(f"no precision '{precision}' ({', '.join(PRECISIONS)})")
     load()
-    return Lowering(graph, bf16=precision == "bf16").run()
+    return Lowering(graph, bf16=precision == "bf16", pack_weights=pack_weights).run()

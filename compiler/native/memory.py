@@ -200,10 +200,17 @@ def plan(program: KernelProgram, sizes: dict, live: dict | None = None, exclude=
     return Plan(offsets, nbytes, arena)
 
 
+def aligned_zeros(count: int, dtype) -> np.ndarray:
+    """count zeros of dtype from a 64-byte boundary, where the GEMM's micro-kernel loads
+    its packed operands with aligned vector loads."""
+    nbytes = count * np.dtype(dtype).itemsize
+    raw = np.zeros(nbytes + ALIGN, np.uint8)
+    skip = -raw.ctypes.data % ALIGN
+    return raw[skip:skip + nbytes].view(dtype)
+
+
 def views(p: Plan, program: KernelProgram) -> dict:
     """Each temporary's typed view of one 64-byte aligned arena."""
-    raw = np.zeros(p.arena + ALIGN, np.uint8)
-    skip = -raw.ctypes.data % ALIGN
-    arena = raw[skip:skip + p.arena]
+    arena = aligned_zeros(p.arena, np.uint8)
     return {bid: arena[off:off + p.nbytes[bid]].view(DTYPES[program.buffers[bid].dtype])
             for bid, off in p.offsets.items()}

@@ -231,7 +231,8 @@ class Buffer:
     id: int
     dtype: str
     size: object          # elements, a dim polynomial
-    role: str             # input, param, temp, output, const, host (a host function: HostCallKernel)
+    role: str             # input, param, temp, output, const, host (a host function: HostCallKernel),
+                          # packed (weights packed once, and their flag: kernels/gemm WeightPacksKernel)
     name: str = ""
     data: np.ndarray | None = None
 
@@ -322,6 +323,7 @@ class KernelProgram:
     params: dict = field(default_factory=dict)      # param name -> buffer id
     symbols: list = field(default_factory=list)     # symbolic dim names, in the order of the sizes array
     faults: list = field(default_factory=list)      # (what, count, span) of each index check, by site
+    weights_ready: int | None = None    # the flag of the packed weights, which a change of a weight clears
 
     def buffer(self, dtype, size, role, name="", data=None) -> Buffer:
         b = Buffer(len(self.buffers), dtype, size, role, name, data)

@@ -24,7 +24,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.ir.update import GROUP
 from dlc.compiler.native.lower import lower
-from dlc.compiler.native.memory import intervals, plan, views
+from dlc.compiler.native.memory import aligned_zeros, intervals, plan, views
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.update import lower_update, touched
 from dlc.compiler.passes.optimize import optimize
@@ -128,17 +128,20 @@ class Executable:
     buffer as it is (replica_mean in one process: the identity). `check_numerics`: after each
     kernel, what it was the last to write is tested (NumericsCheck), and `run` raises
     NonFiniteOutput at the first kernel whose values are not finite. `precision`: of the
-    operands of its matmuls and convolutions (compiler/native/lower.py). `buckets`: (the
+    operands of its matmuls and convolutions (compiler/native/lower.py). `pack_weights` (a
+prediction's): its first kernel packs the weights its GEMMs of this call read packed, at
+every call, since the parameters it is given may have changed in place (lower.py). `buckets`: (the
     bytes of a bucket, the parameters whose gradients the buckets hold): each bucket is handed
     to the host as soon as the step has finished it (compiler/native/buckets.py;
     `self.buckets` lists them)."""
 
     def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
-                 hosts: dict | None = None, check_numerics=False, precision: str = "f32", buckets: tuple | None = None):
+                 hosts: dict | None = None, check_numerics=False, precision: str = "f32", buckets: tuple | None = None,
+                 pack_weights=False):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
-        self.program: KernelProgram = lower(optimize(graph), precision)
+        self.program: KernelProgram = lower(optimize(graph), precision, pack_weights)
         self.buckets = gradient_buckets(self.program, *buckets) if buckets else []
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         cache.gemm_symbols()
@@ -154,6 +157,7 @@ class Executable:
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
             self.compiled.address("dlc_step"))
         self.layouts: dict = {}
+        self.packed: dict = {}                      # the packed weights (kernels/gemm), by buffer
         self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
         self.memory: dict = {}                      # bytes by part (runtime/engines/budget.py) per set of sizes
@@ -210,10 +214,14 @@ class Executable:
                     arrays.append(None)
                 elif b.role == "const":
                     arrays.append(np.ascontiguousarray(b.data))
+                elif b.role == "packed":        # of every layout: their sizes are the weights'
+                    if b.id not in self.packed:
+                        self.packed[b.id] = aligned_zeros(int(concrete(b.size, sizes)), DTYPES[b.dtype])
+                    arrays.append(self.packed[b.id])
                 elif b.id in temps:
                     arrays.append(temps[b.id])
                 else:
-                    arrays.append(np.zeros(max(1, int(concrete(b.size, sizes))), DTYPES[b.dtype]))
+                    arrays.append(aligned_zeros(max(1, int(concrete(b.size, sizes))), DTYPES[b.dtype]))
             table = np.zeros(self.entries, np.uint64)
             table[:self.checks] = [0 if a is None else a.ctypes.data for a in arrays]
             for bid, function in self.hosts.items():
@@ -250,6 +258,8 @@ class Executable:
         for slot, a in enumerate(extra):
             lay.bind(self.extras + slot, a)
         self.arrays = arrays                # what a host function may read during the call
+        if self.program.weights_ready is not None:
+            arrays[self.program.weights_ready][:] = 0       # the weights given may be new: packed again
         lay.fault.value = 0
         if self.numerics is not None:
             self.numerics.arm(lay.table, sizes, lay.fault)
@@ -469,7 +479,8 @@ class NativeEngine:
         if self._predict is None:
             if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
                 raise DlcError("the model declares no outputs; add `output name = ...`")
-            self._predict = Executable(predict_graph(self.eval_model), profile=self.profiling, precision=self.precision)
+            self._predict = Executable(predict_graph(self.eval_model), profile=self.profiling, precision=self.precision,
+                                       pack_weights=True)
         return self._predict
 
     # -- the optimizer --

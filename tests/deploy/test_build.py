@@ -603,6 +603,49 @@ def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(
     api.f("destroy")(model)
 
 
+def test_a_changed_weight_is_packed_again(built, tmp_path):
+    """predict's GEMMs multiply with the weights packed once (docs/deploy.md, "Weights
+    packed once"): after set_parameter and after train_step, the library predicts what the
+    engine predicts on the new weights, bit for bit, not from the packed copy of the old
+    ones. A GEMM of one or two rows reads its weight unpacked: batch 1 packs nothing, batch
+    8 packs the dense layers' weights."""
+    lib = tmp_path / "lib"
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
+    _, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    status, model = api.create(ckpt)
+    assert status == 0, api.error(model)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    x = inputs("digits_cnn", 8)
+
+    def same_as_engine(x=x):
+        status, got, _ = api.predict(model, x, x.shape, 80)
+        assert status == 0, api.error(model)
+        want = engine.predict({"x": x})["probs"]
+        assert got[:want.size].tobytes() == want.tobytes()
+        return want
+
+    same_as_engine(x[:1])
+    first = same_as_engine()            # packs the weights
+    for name in ("f5.W", "logits.W"):   # the dense layers' GEMMs take them as B
+        w = np.random.default_rng(len(name)).normal(0, 0.3, engine.params[name].shape).astype(np.float32)
+        shape = np.array(w.shape, np.int64)
+        assert api.f("set_parameter")(model, name.encode(), p(w), p(shape), w.ndim) == 0, api.error(model)
+        engine.params[name][...] = w    # in place: the engine packs again at every call
+    assert not np.array_equal(same_as_engine(), first)
+    y, values = np.zeros(8, np.int32), np.zeros(2, np.float64)
+    step = api.f("train_step")(model, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([8], np.int64)),
+                               p(values), 2)
+    assert step == 0, api.error(model)
+    for name, value in engine.params.items():
+        out, shape, rank = np.zeros(value.size, np.float32), np.zeros(8, np.int64), np.zeros(1, np.int32)
+        assert api.f("get_parameter")(model, name.encode(), p(out), value.size, p(shape), p(rank)) == 0
+        value[...] = out.reshape(value.shape)
+    same_as_engine()
+    api.f("destroy")(model)
+
+
 def test_two_threads_train_two_instances_at_once(built, tmp_path):
     """Two instances trained at once on two threads (ctypes lets go of the GIL in a call),
     each on batches of its own: each ends with the parameters of the same steps taken alone."""

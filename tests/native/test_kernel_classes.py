@@ -16,7 +16,7 @@ from dlc.compiler.native.driver import build_module
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.attention import AttentionKernel
 from dlc.compiler.native.kernels.conv import ConvKernel
-from dlc.compiler.native.kernels.gemm import GemmKernel, PackKernel
+from dlc.compiler.native.kernels.gemm import GemmKernel, PackKernel, WeightPacksKernel
 from dlc.compiler.native.kernels.host_call import HostCallKernel
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.kernels.maxpool_grad import MaxPoolGradKernel
@@ -56,6 +56,9 @@ def sample(kind) -> tuple:
         ReduceKernel: lambda: (ReduceKernel((4, 8), (1,), "sum", 2, x), {0}, {2}),
         GemmKernel: lambda: (GemmKernel(4, 4, 4, 1, (0, 0, 4, 0), (1, 0, 4, 0), (2, 0, 4, 0), False, True), {0, 1}, {2}),
         PackKernel: lambda: (PackKernel(4, 4, (1, 0, 4), False, 3), {1}, {3}),
+        # b1 packed into b3 for a GEMM of 4 rows, unless its flag in b5 (i32) is set
+        WeightPacksKernel: lambda: (WeightPacksKernel([PackKernel(4, 4, (1, 0, 4), False, 3)], [[4]],
+                                                      p.buffer("i32", 1, "packed").id), {1, 5}, {3, 5}),
         SmallGemmKernel: lambda: (SmallGemmKernel(2, 3, 4, 2, (0, 0, 4, 8), (1, 0, 3, 12), (2, 0, 3), 3, 2),
                                   {0, 1}, {2, 3}),
         ConvKernel: lambda: (ConvKernel(0, 1, 2, (1, 1, 6, 6), (1, 1, 3, 3), (4, 4), 1, (0, 0)), {0, 1}, {2}),

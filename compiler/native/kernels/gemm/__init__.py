@@ -1,7 +1,7 @@
 """The kernels that call dlc's GEMM library (compiler/native/gemm.py): a batch of matrix
-products, and the packing of an operand that stays the same over a scan's steps; the
-lowering rule of matmul, and the size of a packed operand. Their code is a call of the
-library, made by `emit`."""
+products, the packing of an operand that stays the same over a scan's steps, and that of a
+prediction's weights, kept packed between calls; the lowering rule of matmul, and the size
+of a packed operand. Their code is a call of the library, made by `emit`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -77,14 +77,54 @@ class PackKernel(Kernel):
         return {self.b[0]}, {self.out}
 
     def emit(self, f):
-        from dlc.compiler.native.gemm import PACK_TYPE, pack_name
         kb = f.serial()
+        self.call(f, kb)
+        return kb
+
+    def call(self, f, kb):
+        """The library's call that packs it, at kb's place."""
+        from dlc.compiler.native.gemm import PACK_TYPE, pack_name
         bid, off, ld = self.b
         kb.b.call(f.library(pack_name(self.trans_b, self.bf16), PACK_TYPE),
                   [kb.dim(self.k), kb.dim(self.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld),
                    kb.buffer(self.out, "f32")])
-        return kb
 
+
+@dataclass
+class WeightPacksKernel(Kernel):
+    """The weights (parameters) of a prediction that its GEMMs take as B, packed into
+    buffers of role "packed", which live as long as their owner (`packs`: PackKernels):
+    the program's first kernel. Weight i is packed when its flag, `ready[i]` (an i32 array,
+    role "packed"), is 0 and a GEMM of this call will read the packed copy — one with more
+    than gemm.FEW_ROWS rows of `rows[i]` (the row counts of its GEMMs), or one taking it
+    transposed — and its flag is then set: so a weight is packed once, not at every call,
+    and not at all while only one-row products (which read B itself) take it. Whoever
+    changes a weight clears the flags (runtime/engines/native.py, library.c)."""
+    packs: list
+    rows: list
+    ready: int
+
+    def text(self) -> list:
+        return [f"weight packs, each unless its flag in b{self.ready}:{render.located(self)}"] + \
+            ["  " + line for p in self.packs for line in p.text()]
+
+    def accesses(self) -> tuple:
+        return {self.ready} | {p.b[0] for p in self.packs}, {self.ready} | {p.out for p in self.packs}
+
+    def emit(self, f):
+        from llvmlite import ir      # LLVM: imported by code generation alone
+        from dlc.compiler.native.gemm import FEW_ROWS
+        kb = f.serial()
+        i32 = ir.IntType(32)
+        for i, (p, rows) in enumerate(zip(self.packs, self.rows)):
+            flag = kb.b.gep(kb.buffer(self.ready, "i32"), [ir.Constant(i32, i)])
+            read = ir.Constant(ir.IntType(1), 1) if p.trans_b else kb.b.icmp_signed(">", kb.dim(rows[0]), kb.dim(FEW_ROWS))
+            for m in rows[1:]:
+                read = kb.b.or_(read, kb.b.icmp_signed(">", kb.dim(m), kb.dim(FEW_ROWS)))
+            with kb.b.if_then(kb.b.and_(read, kb.b.icmp_signed("==", kb.b.load(flag), ir.Constant(i32, 0)))):
+                p.call(f, kb)
+                kb.b.store(ir.Constant(i32, 1), flag)
+        return kb
 
 
 def packed_floats(k, n, nr: int = 32, tiles: bool = False):
@@ -118,6 +158,35 @@ def packed_before_loop(lw, operand: tuple, k, n, trans: bool, node: int) -> int 
     return outer.packs[key]
 
 
+def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> int | None:
+    """The buffer holding a GEMM operand (of m rows of A) packed once while it stays the
+    same, when it is a weight (a parameter) of a program lowered with `pack_weights` (a
+    prediction's): the program's WeightPacksKernel packs it before everything else, for all
+    its GEMMs and calls until a weight changes. Else None."""
+    root = lw
+    while root.loop is not None:
+        root = root.loop[0]
+    buffer, offset, ld = operand[:3]
+    if not root.pack_weights or lw.p.buffers[buffer].role != "param" or symbols([k, n, offset, ld]):
+        return None
+    packs = root.weight_packs
+    if packs is None:
+        ready = lw.p.buffer("i32", 0, "packed", "weights packed")
+        packs = root.weight_packs = WeightPacksKernel([], [], ready.id)     # of no node: the whole program's
+        root.kernels.insert(0, packs)
+        lw.p.weights_ready = ready.id
+    key = (buffer, offset, ld, k, n, trans)
+    for p, rows in zip(packs.packs, packs.rows):
+        if p.b + (p.k, p.n, p.trans_b) == key:
+            rows.append(m)
+            return p.out
+    out = lw.p.buffer("f32", packed_floats(k, n, tiles=lw.bf16), "packed", f"{lw.p.buffers[buffer].name} packed")
+    packs.packs.append(PackKernel(k, n, (buffer, offset, ld), trans, out.id, lw.bf16, node=node))
+    packs.rows.append([m])
+    lw.p.buffers[packs.ready].size = len(packs.packs)
+    return out.id
+
+
 # ---- lowering rules ------------------------------------------------------------------------------
 @register_lowering("matmul", floats=("f32",))
 def _matmul(lw, n, ins, attrs, typ):
@@ -128,7 +197,10 @@ def _matmul(lw, n, ins, attrs, typ):
     m, nn = typ.shape[-2], typ.shape[-1]
     k = a.shape[-2] if attrs["ta"] else a.shape[-1]
     batch = numel(typ.shape[:-2])
-    packed = packed_before_loop(lw, lb, k, nn, tb, n) if lb[3] == 0 or batch == 1 else None
+    packed = None
+    if lb[3] == 0 or batch == 1:
+        packed = packed_weight(lw, lb, k, nn, m, tb, n)
+        packed = packed_before_loop(lw, lb, k, nn, tb, n) if packed is None else packed
     c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
     lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, lw.bf16, node=n))
     lw.set(n, out)
