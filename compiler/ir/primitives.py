@@ -83,14 +83,14 @@ def _random_type(ctx, types, shape, dist, stream, dtype="f32"):
     return [TensorType(dtype, tuple(shape))]
 
 
-def counter_bits(key, stream: int, n: int) -> np.ndarray:
+def counter_bits(key, stream: int, n: int, start: int = 0) -> np.ndarray:
     """Counter-based random bits: element i of stream s under key (seed, step) is a
     pure function of (seed, step, s, i), so any order of evaluation, any backend and
-    any restart give the same numbers."""
+    any restart give the same numbers. Elements start .. start + n - 1."""
     seed, step = (int(k) & 0xFFFFFFFF for k in np.asarray(key).ravel())
     with np.errstate(over="ignore"):
         k = _mix(np.uint32(seed) ^ _mix(np.uint32((stream * 0x9E3779B9) & 0xFFFFFFFF) + _mix(np.uint32(step))))
-        i = np.arange(n, dtype=np.uint32)
+        i = np.arange(start, start + n, dtype=np.uint32)
         return _mix(_mix(i ^ k) + k)
 
 
@@ -123,17 +123,27 @@ def _random(ctx, xs, shape, dist, stream, dtype="f32"):
     """Inside a scan the stream also depends on the step, so every step draws anew."""
     for t in ctx.steps:
         stream = int(_mix(np.uint32((stream * 0x01000193 + t + 1) & 0xFFFFFFFF)))
-    n = int(numel(shape))
     dt = ctx.np_dtype(dtype)
-    u = ((counter_bits(xs[0], stream, n) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
-    if dist == "uniform":
-        return [u.astype(dt).reshape(shape)]
     if dist == "orthogonal":
         return [_orthogonal(ctx, xs, shape, stream).astype(dt)]
+    n = int(numel(shape))
+    out = np.empty(n, dt)
+    for start in range(0, n, DRAW_CHUNK):
+        out[start:start + DRAW_CHUNK] = _draws(xs[0], stream, dist, start, min(DRAW_CHUNK, n - start))
+    return [out.reshape(shape)]
+
+
+DRAW_CHUNK = 1 << 16        # draws computed at a time: their float64 temporaries stay in the cache
+
+
+def _draws(key, stream: int, dist: str, start: int, n: int) -> np.ndarray:
+    """Elements start .. start + n - 1 of a uniform or normal draw, in float64."""
+    u = ((counter_bits(key, stream, n, start) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
+    if dist == "uniform":
+        return u
     # normal: Box-Muller on two independent streams
-    u2 = ((counter_bits(xs[0], stream + 0x5BD1E995, n) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
-    z = np.sqrt(-2.0 * np.log(u)) * np.cos(2.0 * np.pi * u2)
-    return [z.astype(dt).reshape(shape)]
+    u2 = ((counter_bits(key, stream + 0x5BD1E995, n, start) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
+    return np.sqrt(-2.0 * np.log(u)) * np.cos(2.0 * np.pi * u2)
 
 
 # ---- elementwise ------------------------------------------------------------------------

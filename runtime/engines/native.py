@@ -423,9 +423,11 @@ class NativeEngine:
                 self.offsets[name], at = at, at + size[name]
             # the first offset of each bucket -> its end
             self.bucket_ends = {self.offsets[b[0]]: self.offsets[b[-1]] + size[b[-1]] for b in self.train_exe.buckets}
-            group = optimizer.group_index(order[:len(self.trainable)], [size[n] for n in order[:len(self.trainable)]])
-            if group is not None:
-                self.group[...] = group[self.shard[0]:self.shard[1]]
+            if len(optimizer.groups) > 1:       # each element's parameter group, written range by range
+                for name in self.trainable:
+                    first, last = self._share(name)
+                    if first < last:
+                        self.group[first:last] = optimizer.group_number(name)
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
@@ -515,18 +517,26 @@ class NativeEngine:
             view = self.flat[off:off + size].reshape(params[name].shape)
             view[...] = params[name]
             params[name] = view
-        lo, hi = self.shard
+        lo = self.shard[0]
         for name in (n for n in self.trainable if n in opt_state):     # a sharded engine's, once: then cleared
             off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
-            first, last = max(off, lo), min(off + size, hi)     # this rank's share of the parameter
+            first, last = self._share(name)
             for slot, flat in self.state.items():
                 if first < last:
-                    flat[first - lo:last - lo] = opt_state[name][slot].ravel()[first - off:last - off]
+                    flat[first:last] = opt_state[name][slot].ravel()[first + lo - off:last + lo - off]
                 if not self.sharded:        # the run's state becomes a view of the engine's
                     opt_state[name][slot] = flat[off:off + size].reshape(self.params_info[name].type.shape)
         if self.sharded:    # the whole state is given up: a checkpoint gathers the shares (DataParallel.whole_state)
             opt_state.clear()
         self.adopted = (id(params), id(opt_state))
+        budget.release_freed()      # the arrays they were given in, unless the caller keeps them
+
+    def _share(self, name: str) -> tuple:
+        """(first, last): where trained parameter `name`'s part in this rank's share lies in the
+        share's arrays (the optimizer state, the groups); first >= last when it has none."""
+        lo, hi = self.shard
+        off = self.offsets[name]
+        return max(off, lo) - lo, min(off + int(numel(self.params_info[name].type.shape)), hi) - lo
 
     def _fixed(self, exe: Executable, params: dict, grads: bool) -> dict:
         fixed = exe.given(params)
