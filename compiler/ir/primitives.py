@@ -90,19 +90,22 @@ def counter_bits(key, stream: int, n: int, start: int = 0) -> np.ndarray:
     seed, step = (int(k) & 0xFFFFFFFF for k in np.asarray(key).ravel())
     with np.errstate(over="ignore"):
         k = _mix(np.uint32(seed) ^ _mix(np.uint32((stream * 0x9E3779B9) & 0xFFFFFFFF) + _mix(np.uint32(step))))
-        i = np.arange(start, start + n, dtype=np.uint32)
-        return _mix(_mix(i ^ k) + k)
+        x = np.arange(start, start + n, dtype=np.uint32)
+        x ^= k
+        x = _mix(x)
+        x += k
+        return _mix(x)
 
 
 def _mix(x):
-    """lowbias32: a 32-bit integer hash with good avalanche."""
+    """lowbias32: a 32-bit integer hash with good avalanche; a uint32 array is mixed in place."""
     x = np.asarray(x, np.uint32)
     with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint32(16))
-        x = x * np.uint32(0x7FEB352D)
-        x = x ^ (x >> np.uint32(15))
-        x = x * np.uint32(0x846CA68B)
-        x = x ^ (x >> np.uint32(16))
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
     return x
 
 
@@ -138,12 +141,27 @@ DRAW_CHUNK = 1 << 16        # draws computed at a time: their float64 temporarie
 
 def _draws(key, stream: int, dist: str, start: int, n: int) -> np.ndarray:
     """Elements start .. start + n - 1 of a uniform or normal draw, in float64."""
-    u = ((counter_bits(key, stream, n, start) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
+    u = _unit(counter_bits(key, stream, n, start))
     if dist == "uniform":
         return u
-    # normal: Box-Muller on two independent streams
-    u2 = ((counter_bits(key, stream + 0x5BD1E995, n, start) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
-    return np.sqrt(-2.0 * np.log(u)) * np.cos(2.0 * np.pi * u2)
+    # normal: Box-Muller on two independent streams, sqrt(-2 log u) cos(2 pi u2), in place
+    u2 = _unit(counter_bits(key, stream + 0x5BD1E995, n, start))
+    np.log(u, out=u)
+    u *= -2.0
+    np.sqrt(u, out=u)
+    u2 *= 2.0 * np.pi
+    np.cos(u2, out=u2)
+    u *= u2
+    return u
+
+
+def _unit(bits: np.ndarray) -> np.ndarray:
+    """Uniform in (0, 1) from the top 24 of 32 random bits (which it overwrites), in float64."""
+    bits >>= np.uint32(8)
+    u = bits.astype(np.float64)
+    u += 0.5
+    u *= 2.0 ** -24
+    return u
 
 
 # ---- elementwise ------------------------------------------------------------------------
