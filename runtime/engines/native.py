@@ -406,7 +406,14 @@ class NativeEngine:
             self.state = {s: np.zeros(max(self.shard[1] - self.shard[0], 1), np.float32) for s in optimizer.slots()}
             resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
                         "optimizer state": sum(a.nbytes for a in self.state.values())}
-            update = self._update_program()
+            # the trained parameters group by group, so that each parameter group is one range of the flat
+            # arrays, whose update tells an element's group from its index; a bucketed step orders them by bucket
+            bucketed = split and buckets > 0 and not shard
+            trained = self.trainable if bucketed else sorted(self.trainable, key=optimizer.group_number)
+            starts = None if bucketed or len(optimizer.groups) == 1 else tuple(
+                sum(size[n] for n in trained if optimizer.group_number(n) < g) - self.shard[0]
+                for g in range(1, len(optimizer.groups)))
+            update = self._update_program(starts)
             self.fused_update = update is not None and not shard and (not split or buckets > 0)
             self.train_exe = Executable(step, update=update if self.fused_update else None, profile=profile,
                                         resident=resident, check_numerics=check_numerics, precision=precision,
@@ -416,14 +423,14 @@ class NativeEngine:
             self.update_call = UpdateCall(update, self.update_arrays) if update is not None and not self.fused_update \
                 else None
             # the flat arrays: the trained parameters (in bucket order, each bucket one range), then the others
-            order = [n for bucket in self.train_exe.buckets or [self.trainable] for n in bucket] + \
+            order = [n for bucket in self.train_exe.buckets or [trained] for n in bucket] + \
                 [n for n in size if n not in self.trainable]
             self.offsets, at = {}, 0
             for name in order:
                 self.offsets[name], at = at, at + size[name]
             # the first offset of each bucket -> its end
             self.bucket_ends = {self.offsets[b[0]]: self.offsets[b[-1]] + size[b[-1]] for b in self.train_exe.buckets}
-            if len(optimizer.groups) > 1:       # each element's parameter group, written range by range
+            if self.group is not None:       # each element's parameter group, written range by range
                 for name in self.trainable:
                     first, last = self._share(name)
                     if first < last:
@@ -475,18 +482,22 @@ class NativeEngine:
         return self._predict
 
     # -- the optimizer --
-    def _update_program(self) -> KernelProgram | None:
+    def _update_program(self, starts: tuple | None) -> KernelProgram | None:
         """The optimizer's update graph over the flat arrays, lowered to update them in
         place; the arrays behind its buffers (`update_arrays`) and its per-step scalars,
-        one f64 each in `scalars` (fed by `_set_scalars`). None without trained parameters."""
+        one f64 each in `scalars` (fed by `_set_scalars`). None without trained parameters.
+        `starts`: where parameter groups 1, 2, ... begin in this rank's share, when they lie
+        one after another; else, with groups, each element's group is an array (`group`)."""
         self.update_arrays, self.scalars, self.scalar_names = [], np.zeros(0), []
         lo, hi = self.shard
+        self.group = None
         if lo == hi or self.optimizer.full_batch:     # nothing to update here; L-BFGS, Newton: no update graph
             return None
-        prog = lower_update(self.optimizer.graph(hi - lo, self.l1, self.l2, self.clip))
-        self.group = np.zeros(hi - lo, np.int32)     # each element's parameter group, set with the offsets
+        prog = lower_update(self.optimizer.graph(hi - lo, self.l1, self.l2, self.clip, starts=starts))
         # a share's gradient is read from the start of the gradient array, where an in-place reduce-scatter leaves it
-        arrays = {"param": self.flat[lo:hi], "grad": self.grads[:hi - lo], **self.state, GROUP: self.group}
+        arrays = {"param": self.flat[lo:hi], "grad": self.grads[:hi - lo], **self.state}
+        if GROUP in prog.inputs:
+            self.group = arrays[GROUP] = np.zeros(hi - lo, np.int32)    # set with the offsets
         self.scalar_names = [name for name in prog.inputs if name not in arrays]
         self.scalars = np.zeros(len(self.scalar_names), np.float64)
         arrays.update({name: self.scalars[k:k + 1] for k, name in enumerate(self.scalar_names)})

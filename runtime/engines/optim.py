@@ -142,11 +142,13 @@ class Optimizer:
         raise NotImplementedError
 
     def graph(self, n: int, l1: float = 0.0, l2: float = 0.0, clip: Call | None = None, norm: bool = False,
-              dtype: str = "f32"):
-        """The update graph of n flat parameters (compiler/ir/update.py), built once."""
-        key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype, tuple(map(str, self.groups)))
+              dtype: str = "f32", starts: tuple | None = None):
+        """The update graph of n flat parameters (compiler/ir/update.py), built once; `starts`:
+        where groups 1, 2, ... begin when the flat arrays hold them one after another."""
+        key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype, tuple(map(str, self.groups)), starts)
         if key not in self._graphs:
-            self._graphs[key] = update_graph(self.rule, self.slots(), n, l1, l2, key[3], norm, dtype, len(self.groups))
+            self._graphs[key] = update_graph(self.rule, self.slots(), n, l1, l2, key[3], norm, dtype, len(self.groups),
+                                             starts)
         return self._graphs[key]
 
     def init(self, params: dict) -> dict:
