@@ -107,9 +107,10 @@ class Eval:
 
 def plan(graph: Graph) -> list:
     """The graph in execution order, computed once per graph (graphs do not change
-    after they are built; the node and edge counts guard against it): each node with the
-    values that are not outputs and that no later node reads (`dead`, dropped after it)."""
-    key = (graph.nx.number_of_nodes(), graph.nx.number_of_edges())
+    after they are built; the node and edge counts and the outputs guard against it): each
+    node with the values that are not outputs and that no later node reads (`dead`,
+    dropped after it)."""
+    key = (graph.nx.number_of_nodes(), graph.nx.number_of_edges(), tuple(t.key() for t in graph.outputs.values()))
     cached = graph.__dict__.get("_plan")
     if cached is None or cached[0] != key:
         order = graph.order()

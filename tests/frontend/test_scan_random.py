@@ -7,6 +7,7 @@ import numpy as np
 
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.evaluate import Eval
+from dlc.compiler.ir.graph import Tensor
 from dlc.compiler.ir.primitives import DRAW_CHUNK, PRIMITIVES, _draws
 from dlc.runtime.engines import interpreter
 from dlc.runtime.engines.native import Executable
@@ -59,3 +60,7 @@ def test_the_initializers_keep_the_parameters_and_drop_their_draws():
     values = Eval(feeds={"rng": np.array([0, 0], np.int32)}, float_dtype="f32").values(model.init)
     assert set(values) == {t.key() for t in model.init.outputs.values()}
     assert {name.split(".")[-1] for name in model.init.outputs} == {"W", "b"}
+    draw = next(iter(model.init.nodes_with("random")))
+    model.init.outputs["draw"] = Tensor(model.init, draw, 0)
+    again = Eval(feeds={"rng": np.array([0, 0], np.int32)}, float_dtype="f32").values(model.init)
+    assert (draw, 0) in again           # an output added after a run is kept: the plan follows the outputs
