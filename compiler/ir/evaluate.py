@@ -76,9 +76,10 @@ class Eval:
         return [values[t.key()] for t in graph.outputs.values()]
 
     def values(self, graph: Graph) -> dict:
-        """Every value of the graph, by (node, output)."""
+        """The graph's outputs by (node, output): every other value is dropped after its last
+        reader (GPT-2's initializers held each draw beside its scaled parameter: 340 MB more)."""
         values: dict = {}
-        for n, impl, inputs, attrs, dtypes in plan(graph):
+        for n, impl, inputs, attrs, dtypes, dead in plan(graph):
             try:
                 outs = impl(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
             except DlcError as e:       # a check of the values (an index out of range): at the node's line
@@ -88,6 +89,8 @@ class Eval:
             for j, (out, dtype) in enumerate(zip(outs, dtypes)):
                 values[(n, j)] = np.asarray(out, self.np_dtype(dtype))
             self.computed(graph, n, inputs, values)
+            for k in dead:
+                del values[k]
         return values
 
     def computed(self, graph: Graph, n: int, inputs: list, values: dict):
@@ -104,14 +107,25 @@ class Eval:
 
 def plan(graph: Graph) -> list:
     """The graph in execution order, computed once per graph (graphs do not change
-    after they are built; the node and edge counts guard against it)."""
-    key = (graph.nx.number_of_nodes(), graph.nx.number_of_edges())
+    after they are built; the node and edge counts and the outputs guard against it): each
+    node with the values that are not outputs and that no later node reads (`dead`,
+    dropped after it)."""
+    key = (graph.nx.number_of_nodes(), graph.nx.number_of_edges(), tuple(t.key() for t in graph.outputs.values()))
     cached = graph.__dict__.get("_plan")
     if cached is None or cached[0] != key:
+        order = graph.order()
+        reads = [[t.key() for t in graph.inputs(n)] for n in order]
+        last = {}
+        for step, keys in enumerate(reads):
+            last.update((k, step) for k in keys)
+        for t in graph.outputs.values():
+            last.pop(t.key(), None)
+        dead = [[] for _ in order]
+        for k, step in last.items():
+            dead[step].append(k)
         steps = []
-        for n in graph.order():
+        for n, inputs, gone in zip(order, reads, dead):
             data = graph.nx.nodes[n]
-            steps.append((n, PRIMITIVES[data["op"]].impl, [t.key() for t in graph.inputs(n)], data["attrs"],
-                          [t.dtype for t in data["types"]]))
+            steps.append((n, PRIMITIVES[data["op"]].impl, inputs, data["attrs"], [t.dtype for t in data["types"]], gone))
         cached = graph.__dict__["_plan"] = (key, steps)
     return cached[1]

@@ -83,26 +83,29 @@ def _random_type(ctx, types, shape, dist, stream, dtype="f32"):
     return [TensorType(dtype, tuple(shape))]
 
 
-def counter_bits(key, stream: int, n: int) -> np.ndarray:
+def counter_bits(key, stream: int, n: int, start: int = 0) -> np.ndarray:
     """Counter-based random bits: element i of stream s under key (seed, step) is a
     pure function of (seed, step, s, i), so any order of evaluation, any backend and
-    any restart give the same numbers."""
+    any restart give the same numbers. Elements start .. start + n - 1."""
     seed, step = (int(k) & 0xFFFFFFFF for k in np.asarray(key).ravel())
     with np.errstate(over="ignore"):
         k = _mix(np.uint32(seed) ^ _mix(np.uint32((stream * 0x9E3779B9) & 0xFFFFFFFF) + _mix(np.uint32(step))))
-        i = np.arange(n, dtype=np.uint32)
-        return _mix(_mix(i ^ k) + k)
+        x = np.arange(start, start + n, dtype=np.uint32)
+        x ^= k
+        x = _mix(x)
+        x += k
+        return _mix(x)
 
 
 def _mix(x):
-    """lowbias32: a 32-bit integer hash with good avalanche."""
+    """lowbias32: a 32-bit integer hash with good avalanche; a uint32 array is mixed in place."""
     x = np.asarray(x, np.uint32)
     with np.errstate(over="ignore"):
-        x = x ^ (x >> np.uint32(16))
-        x = x * np.uint32(0x7FEB352D)
-        x = x ^ (x >> np.uint32(15))
-        x = x * np.uint32(0x846CA68B)
-        x = x ^ (x >> np.uint32(16))
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
     return x
 
 
@@ -123,17 +126,42 @@ def _random(ctx, xs, shape, dist, stream, dtype="f32"):
     """Inside a scan the stream also depends on the step, so every step draws anew."""
     for t in ctx.steps:
         stream = int(_mix(np.uint32((stream * 0x01000193 + t + 1) & 0xFFFFFFFF)))
-    n = int(numel(shape))
     dt = ctx.np_dtype(dtype)
-    u = ((counter_bits(xs[0], stream, n) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
-    if dist == "uniform":
-        return [u.astype(dt).reshape(shape)]
     if dist == "orthogonal":
         return [_orthogonal(ctx, xs, shape, stream).astype(dt)]
-    # normal: Box-Muller on two independent streams
-    u2 = ((counter_bits(xs[0], stream + 0x5BD1E995, n) >> np.uint32(8)).astype(np.float64) + 0.5) * 2.0 ** -24
-    z = np.sqrt(-2.0 * np.log(u)) * np.cos(2.0 * np.pi * u2)
-    return [z.astype(dt).reshape(shape)]
+    n = int(numel(shape))
+    out = np.empty(n, dt)
+    for start in range(0, n, DRAW_CHUNK):
+        out[start:start + DRAW_CHUNK] = _draws(xs[0], stream, dist, start, min(DRAW_CHUNK, n - start))
+    return [out.reshape(shape)]
+
+
+DRAW_CHUNK = 1 << 16        # draws computed at a time: their float64 temporaries stay in the cache
+
+
+def _draws(key, stream: int, dist: str, start: int, n: int) -> np.ndarray:
+    """Elements start .. start + n - 1 of a uniform or normal draw, in float64."""
+    u = _unit(counter_bits(key, stream, n, start))
+    if dist == "uniform":
+        return u
+    # normal: Box-Muller on two independent streams, sqrt(-2 log u) cos(2 pi u2), in place
+    u2 = _unit(counter_bits(key, stream + 0x5BD1E995, n, start))
+    np.log(u, out=u)
+    u *= -2.0
+    np.sqrt(u, out=u)
+    u2 *= 2.0 * np.pi
+    np.cos(u2, out=u2)
+    u *= u2
+    return u
+
+
+def _unit(bits: np.ndarray) -> np.ndarray:
+    """Uniform in (0, 1) from the top 24 of 32 random bits (which it overwrites), in float64."""
+    bits >>= np.uint32(8)
+    u = bits.astype(np.float64)
+    u += 0.5
+    u *= 2.0 ** -24
+    return u
 
 
 # ---- elementwise ------------------------------------------------------------------------

@@ -98,6 +98,7 @@ def train_parts(file: str, model: str | None, overrides: dict):
         raise DlcError(f"model {tm.name} trains no parameter: there is no train step to build", cfg.span("freeze"))
     optimizer = make_optimizer(cfg.optimizer)
     optimizer.set_groups(groups)
+    trainable = sorted(trainable, key=optimizer.group_number)       # group by group, as the native engine's
     if optimizer.full_batch:
         raise DlcError(f"{optimizer.name} is not a step of one batch (its line search calls the step again): "
                        "dlc build --train takes a first-order optimizer", cfg.span("optimizer"))

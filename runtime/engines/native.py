@@ -416,7 +416,14 @@ class NativeEngine:
             self.state = {s: np.zeros(max(self.shard[1] - self.shard[0], 1), np.float32) for s in optimizer.slots()}
             resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
                         "optimizer state": sum(a.nbytes for a in self.state.values())}
-            update = self._update_program()
+            # the trained parameters group by group, so that each parameter group is one range of the flat
+            # arrays, whose update tells an element's group from its index; a bucketed step orders them by bucket
+            bucketed = split and buckets > 0 and not shard
+            trained = self.trainable if bucketed else sorted(self.trainable, key=optimizer.group_number)
+            starts = None if bucketed or len(optimizer.groups) == 1 else tuple(
+                sum(size[n] for n in trained if optimizer.group_number(n) < g) - self.shard[0]
+                for g in range(1, len(optimizer.groups)))
+            update = self._update_program(starts)
             self.fused_update = update is not None and not shard and (not split or buckets > 0)
             self.train_exe = Executable(step, update=update if self.fused_update else None, profile=profile,
                                         resident=resident, check_numerics=check_numerics, precision=precision,
@@ -426,16 +433,18 @@ class NativeEngine:
             self.update_call = UpdateCall(update, self.update_arrays) if update is not None and not self.fused_update \
                 else None
             # the flat arrays: the trained parameters (in bucket order, each bucket one range), then the others
-            order = [n for bucket in self.train_exe.buckets or [self.trainable] for n in bucket] + \
+            order = [n for bucket in self.train_exe.buckets or [trained] for n in bucket] + \
                 [n for n in size if n not in self.trainable]
             self.offsets, at = {}, 0
             for name in order:
                 self.offsets[name], at = at, at + size[name]
             # the first offset of each bucket -> its end
             self.bucket_ends = {self.offsets[b[0]]: self.offsets[b[-1]] + size[b[-1]] for b in self.train_exe.buckets}
-            group = optimizer.group_index(order[:len(self.trainable)], [size[n] for n in order[:len(self.trainable)]])
-            if group is not None:
-                self.group[...] = group[self.shard[0]:self.shard[1]]
+            if self.group is not None:       # each element's parameter group, written range by range
+                for name in self.trainable:
+                    first, last = self._share(name)
+                    if first < last:
+                        self.group[first:last] = optimizer.group_number(name)
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
@@ -484,18 +493,22 @@ class NativeEngine:
         return self._predict
 
     # -- the optimizer --
-    def _update_program(self) -> KernelProgram | None:
+    def _update_program(self, starts: tuple | None) -> KernelProgram | None:
         """The optimizer's update graph over the flat arrays, lowered to update them in
         place; the arrays behind its buffers (`update_arrays`) and its per-step scalars,
-        one f64 each in `scalars` (fed by `_set_scalars`). None without trained parameters."""
+        one f64 each in `scalars` (fed by `_set_scalars`). None without trained parameters.
+        `starts`: where parameter groups 1, 2, ... begin in this rank's share, when they lie
+        one after another; else, with groups, each element's group is an array (`group`)."""
         self.update_arrays, self.scalars, self.scalar_names = [], np.zeros(0), []
         lo, hi = self.shard
+        self.group = None
         if lo == hi or self.optimizer.full_batch:     # nothing to update here; L-BFGS, Newton: no update graph
             return None
-        prog = lower_update(self.optimizer.graph(hi - lo, self.l1, self.l2, self.clip))
-        self.group = np.zeros(hi - lo, np.int32)     # each element's parameter group, set with the offsets
+        prog = lower_update(self.optimizer.graph(hi - lo, self.l1, self.l2, self.clip, starts=starts))
         # a share's gradient is read from the start of the gradient array, where an in-place reduce-scatter leaves it
-        arrays = {"param": self.flat[lo:hi], "grad": self.grads[:hi - lo], **self.state, GROUP: self.group}
+        arrays = {"param": self.flat[lo:hi], "grad": self.grads[:hi - lo], **self.state}
+        if GROUP in prog.inputs:
+            self.group = arrays[GROUP] = np.zeros(hi - lo, np.int32)    # set with the offsets
         self.scalar_names = [name for name in prog.inputs if name not in arrays]
         self.scalars = np.zeros(len(self.scalar_names), np.float64)
         arrays.update({name: self.scalars[k:k + 1] for k, name in enumerate(self.scalar_names)})
@@ -526,18 +539,26 @@ class NativeEngine:
             view = self.flat[off:off + size].reshape(params[name].shape)
             view[...] = params[name]
             params[name] = view
-        lo, hi = self.shard
+        lo = self.shard[0]
         for name in (n for n in self.trainable if n in opt_state):     # a sharded engine's, once: then cleared
             off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
-            first, last = max(off, lo), min(off + size, hi)     # this rank's share of the parameter
+            first, last = self._share(name)
             for slot, flat in self.state.items():
                 if first < last:
-                    flat[first - lo:last - lo] = opt_state[name][slot].ravel()[first - off:last - off]
+                    flat[first:last] = opt_state[name][slot].ravel()[first + lo - off:last + lo - off]
                 if not self.sharded:        # the run's state becomes a view of the engine's
                     opt_state[name][slot] = flat[off:off + size].reshape(self.params_info[name].type.shape)
         if self.sharded:    # the whole state is given up: a checkpoint gathers the shares (DataParallel.whole_state)
             opt_state.clear()
         self.adopted = (id(params), id(opt_state))
+        budget.release_freed()      # the arrays they were given in, unless the caller keeps them
+
+    def _share(self, name: str) -> tuple:
+        """(first, last): where trained parameter `name`'s part in this rank's share lies in the
+        share's arrays (the optimizer state, the groups); first >= last when it has none."""
+        lo, hi = self.shard
+        off = self.offsets[name]
+        return max(off, lo) - lo, min(off + int(numel(self.params_info[name].type.shape)), hi) - lo
 
     def _fixed(self, exe: Executable, params: dict, grads: bool) -> dict:
         fixed = exe.given(params)

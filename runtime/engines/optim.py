@@ -103,7 +103,11 @@ class Optimizer:
         """The group of every element of the flat concatenation of `names` (None: one group)."""
         if len(self.groups) == 1:
             return None
-        return np.concatenate([np.full(size, self.group_of.get(n, 0), np.int32) for n, size in zip(names, sizes)])
+        return np.repeat(np.array([self.group_number(n) for n in names], np.int32), sizes)
+
+    def group_number(self, name: str) -> int:
+        """The parameter group of parameter `name` (0: the optimizer's own settings)."""
+        return self.group_of.get(name, 0)
 
     def option(self, u: Update, name: str):
         """An option as the rule reads it: a number, or per element when the groups differ in it."""
@@ -138,15 +142,30 @@ class Optimizer:
         raise NotImplementedError
 
     def graph(self, n: int, l1: float = 0.0, l2: float = 0.0, clip: Call | None = None, norm: bool = False,
-              dtype: str = "f32"):
-        """The update graph of n flat parameters (compiler/ir/update.py), built once."""
-        key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype, tuple(map(str, self.groups)))
+              dtype: str = "f32", starts: tuple | None = None):
+        """The update graph of n flat parameters (compiler/ir/update.py), built once; `starts`:
+        where groups 1, 2, ... begin when the flat arrays hold them one after another."""
+        key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype, tuple(map(str, self.groups)), starts)
         if key not in self._graphs:
-            self._graphs[key] = update_graph(self.rule, self.slots(), n, l1, l2, key[3], norm, dtype, len(self.groups))
+            self._graphs[key] = update_graph(self.rule, self.slots(), n, l1, l2, key[3], norm, dtype, len(self.groups),
+                                             starts)
         return self._graphs[key]
 
     def init(self, params: dict) -> dict:
-        return {name: {s: np.zeros_like(p) for s in self.slots()} for name, p in params.items()}
+        """Zeros: the state of each slot is one allocation per dtype, of which every
+        parameter's is a view, so it takes no memory until it is written (the native
+        engine copies it into its own arrays: GPT-2's two Adam slots, 680 MB, were
+        written twice)."""
+        arrays = {name: np.asarray(p) for name, p in params.items()}
+        state: dict = {name: {} for name in params}
+        for slot in self.slots():
+            for dtype in {a.dtype for a in arrays.values()}:
+                names = [n for n, a in arrays.items() if a.dtype == dtype]
+                flat, at = np.zeros(sum(arrays[n].size for n in names), dtype), 0
+                for n in names:
+                    state[n][slot] = flat[at:at + arrays[n].size].reshape(arrays[n].shape)
+                    at += arrays[n].size
+        return state
 
     def update(self, params: dict, grads: dict, state: dict, lr: float, step: int, l1: float = 0.0,
                l2: float = 0.0, clip: Call | None = None) -> float:

@@ -135,7 +135,7 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     info = np.iinfo(np.int32)
     if arr.size and (arr.min() < info.min or arr.max() > info.max):
         raise DlcError(f"{inp.name} has values beyond the 32-bit integers of {typ}", inp.span)
-    return arr.astype(np.int32)
+    return arr.astype(np.int32, copy=False)      # a text's windows stay views of it (Dataset.rows)
 
 
 def _misfit(inp, shape: tuple) -> str:

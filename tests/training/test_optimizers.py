@@ -140,3 +140,15 @@ def test_bad_schedule():
     with pytest.raises(DlcError) as e:
         make_schedule(Call("cosine_decay"), 0.1, 10, 5)
     assert "unknown schedule 'cosine_decay'" in e.value.message
+
+
+def test_the_initial_state_is_zeros_in_one_allocation_per_slot_and_dtype():
+    params = {"w": np.ones((3, 4), np.float32), "b": np.ones(4, np.float32), "s": np.ones((), np.float64)}
+    state = make_optimizer(Call("adam", [], {"lr": 1e-3})).init(params)
+    for slot in ("m", "v"):
+        assert all(state[n][slot].shape == p.shape and state[n][slot].dtype == p.dtype and not state[n][slot].any()
+                   for n, p in params.items())
+        assert np.shares_memory(state["w"][slot], state["b"][slot].base)      # views of one array
+        state["w"][slot][...] = 1.0                   # yet each parameter's own
+        assert not state["b"][slot].any() and not state["s"][slot].any()
+    assert not np.shares_memory(state["w"]["m"].base, state["w"]["v"].base)

@@ -53,12 +53,13 @@ def grouped_optimizer(program, groups, opts):
     return opt, model
 
 
-def dlc_steps(engine_name, groups, opts, lrs):
+def dlc_steps(engine_name, groups, opts, lrs, **native):
     program = load_text(MODEL)
     opt, model = grouped_optimizer(program, groups, opts)
     params = start()
     state = opt.init(params)
-    engine = NativeEngine(model, program.build(training=False), opt, list(SHAPES)) if engine_name == "native" else None
+    engine = NativeEngine(model, program.build(training=False), opt, list(SHAPES), **native) \
+        if engine_name == "native" else None
     for t, (g, lr) in enumerate(zip(gradients(), lrs), 1):
         if engine is None:
             opt.update(params, {k: g[k].copy() for k in SHAPES}, state, lr, t)
@@ -100,6 +101,22 @@ def test_native_grouped_update_is_the_reference():
     opts = {"lr": 1e-2, "weight_decay": 0.1}
     lrs = [1e-2] * STEPS
     ours, ref = dlc_steps("native", [NO_DECAY, SLOW_E], opts, lrs), dlc_steps("reference", [NO_DECAY, SLOW_E], opts, lrs)
+    for k in SHAPES:
+        np.testing.assert_array_equal(ours[k], ref[k], err_msg=k)
+
+
+@pytest.mark.parametrize("native", [{}, {"split": True, "buckets": 256}], ids=["one call", "bucketed"])
+def test_groups_out_of_the_parameters_order_update_as_the_reference(native):
+    # W's group comes last: the engine orders the flat arrays group by group and tells an element's group
+    # from its index (no group array); a bucketed step keeps the buckets' order and an array of the groups
+    groups = [NO_DECAY, Call("group", ["W"], {"lr_mult": 0.1})]
+    opts, lrs = {"lr": 1e-2, "weight_decay": 0.1}, [1e-2] * STEPS
+    program = load_text(MODEL)
+    opt, model = grouped_optimizer(program, groups, opts)
+    engine = NativeEngine(model, program.build(training=False), opt, list(SHAPES), **native)
+    assert (engine.group is None) == (not native)
+    assert engine.offsets["W"] > engine.offsets["E"] or native
+    ours, ref = dlc_steps("native", groups, opts, lrs, **native), dlc_steps("reference", groups, opts, lrs)
     for k in SHAPES:
         np.testing.assert_array_equal(ours[k], ref[k], err_msg=k)
 

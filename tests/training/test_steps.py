@@ -15,6 +15,7 @@ from dlc.runtime.training import checkpoint
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.engines.optim import make_schedule
 from dlc.compiler.frontend.settings import Call
+from dlc.runtime.training.inputs import prepare_data
 from dlc.runtime.training.trainer import Trainer, windows_drawn
 
 GENESIS = Path(__file__).parents[2] / "examples" / "data" / "genesis.txt"
@@ -177,11 +178,19 @@ def test_a_tail_split_holds_out_the_end_of_the_text_without_overlap(tmp_path):
     assert len(rest) == first_held - 8          # the last training window's target ends before the tail
     assert len(held) == len(range(first_held, n, 8)) and "windows" not in held.meta
     np.testing.assert_array_equal(held.columns["x"][1], ds.columns["x"][first_held + 8])
+    # both parts stay views of the text: a copy of GPT-2's windows (256 characters each) was 400 MB
+    assert all(np.shares_memory(part.columns[c], ds.columns[c]) for part in (rest, held) for c in ("x", "y"))
     with pytest.raises(DlcError, match="random windows overlap"):
         ds.split(0.1)
     plain = text_data(tmp_path, seq=8)
     rest, held = plain.split(0.25, tail=True)
     np.testing.assert_array_equal(held.columns["x"], plain.columns["x"][len(rest):])
+
+
+def test_the_windows_a_run_trains_and_validates_on_stay_views_of_the_text(tmp_path):
+    trainer = Trainer(load(write(tmp_path, CHARS, chars_train(2))), None, {}, tmp_path / "out", log=lambda m: None)
+    train, val, _, _ = prepare_data(trainer.cfg, trainer.base, trainer.train_model)
+    assert all(a.dtype == np.int32 and not a.flags.owndata for a in (*train.values(), *val.values()))
 
 
 def test_the_draws_are_a_function_of_seed_and_step():
