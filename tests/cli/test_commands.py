@@ -237,8 +237,11 @@ def test_ctrl_c_during_start_up_exits_130(delay):
     takes ~40 s), counted from before the entry point's import (a few milliseconds: the test
     above), as the `dlc` script does it."""
     code = "import sys; print('go', file=sys.stderr, flush=True); from dlc.runtime.cli import main; sys.exit(main())"
+    # Ctrl-C's default action, as in a terminal: a shell's background job (CI started with `&`)
+    # would pass on SIGINT ignored, and Python then never raises KeyboardInterrupt
     p = subprocess.Popen([sys.executable, "-c", code, "compile", "--emit", "asm", str(EXAMPLES / "resnet.dl")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert p.stderr.readline() == "go\n"
     time.sleep(delay)
     p.send_signal(signal.SIGINT)
