@@ -129,8 +129,8 @@ class Executable:
     kernel, what it was the last to write is tested (NumericsCheck), and `run` raises
     NonFiniteOutput at the first kernel whose values are not finite. `precision`: of the
     operands of its matmuls and convolutions (compiler/native/lower.py). `pack_weights` (a
-prediction's): its first kernel packs the weights its GEMMs of this call read packed, at
-every call, since the parameters it is given may have changed in place (lower.py). `buckets`: (the
+    prediction's): its first kernel packs the weights its GEMMs of this call read packed, at
+    every call, since the parameters it is given may have changed in place (lower.py). `buckets`: (the
     bytes of a bucket, the parameters whose gradients the buckets hold): each bucket is handed
     to the host as soon as the step has finished it (compiler/native/buckets.py;
     `self.buckets` lists them)."""
