@@ -46,15 +46,15 @@ def shipped_dir() -> Path:
 
 
 def cached(name: str, build, encode, decode):
-    """The value of entry `name`: decoded from the shipped entry or the user's, else built,
-    encoded and written to the user's cache. A directory or file of the user's cache that is
+    """The value of entry `name`: decoded from the shipped entry's or the user's JSON text
+    (`decode(text)`), else built, encoded and written to the user's cache. A directory or file of the user's cache that is
     not this user's alone is neither read nor written: its tables could be anyone's (the
     compile cache refuses such a directory with a message). A shipped entry is read wherever
     it is: who can write the installed package can change its code as well."""
     shipped = shipped_dir() / name
     if shipped.is_file():
         try:
-            return decode(json.loads(shipped.read_text(encoding="utf-8")))
+            return decode(shipped.read_text(encoding="utf-8"))
         except Exception:   # a bad one: built as if not shipped
             pass
     folder = cache_dir()
@@ -67,7 +67,7 @@ def cached(name: str, build, encode, decode):
     path = folder / name
     try:
         if _private(path):
-            return decode(json.loads(path.read_text(encoding="utf-8")))
+            return decode(path.read_text(encoding="utf-8"))
     except Exception:       # a bad one (not JSON, of the wrong shape): rebuilt
         pass
     value = build()
@@ -112,21 +112,18 @@ def lark_parser(grammar: str, **options):
     def encode(parser):
         return parser.memo_serialize([TerminalDef, Rule])
 
-    def decode(entry):
-        data, memo = _int_keys(entry)
+    def decode(text):
+        data, memo = json.loads(text, object_pairs_hook=_int_keys)
         return lark.Lark._load_from_dict(data, memo)
 
     key = digest(grammar, lark.__version__, repr(sorted(options.items())))
     return cached(f"grammar-{key}.json", build, encode, decode)
 
 
-def _int_keys(value):
-    """JSON's object keys are strings; Lark's tables number their states and memo with ints."""
-    if isinstance(value, dict):
-        return {int(k) if k.isdigit() else k: _int_keys(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_int_keys(v) for v in value]
-    return value
+def _int_keys(pairs: list) -> dict:
+    """An object of the JSON text as it is parsed: JSON's keys are strings, and Lark's tables
+    number their states and memo with ints."""
+    return {int(k) if k.isdigit() else k: v for k, v in pairs}
 
 
 # ---- syntax trees ----------------------------------------------------------------------------------
@@ -139,9 +136,10 @@ def parsed_modules(files: list[tuple[str, str]], syntax) -> list:
     def build():
         return [syntax.parse(text, name) for name, text in files]
 
-    def decode(entry):
-        modules = [_decode(m, classes) for m in entry]
-        if len(modules) != len(files) or not all(isinstance(m, syntax.Module) for m in modules):
+    def decode(text):
+        modules = json.loads(text, object_hook=lambda value: _decode(value, classes))
+        if not isinstance(modules, list) or len(modules) != len(files) or \
+                not all(isinstance(m, syntax.Module) for m in modules):
             raise ValueError("not the syntax trees of these files")
         return modules
 
@@ -164,13 +162,10 @@ def _encode(value):
     raise TypeError(f"cannot cache {type(value).__name__} in a syntax tree")
 
 
-def _decode(value, classes: dict):
+def _decode(value: dict, classes: dict):
+    """An object of the JSON text as it is parsed (its members already decoded): a Span or
+    a node of the AST."""
     from dlc.compiler.errors import Span
-    if isinstance(value, list):
-        return [_decode(v, classes) for v in value]
-    if not isinstance(value, dict):
-        return value
     if "@span" in value:
         return Span(*value["@span"])
-    fields = {k: _decode(v, classes) for k, v in value.items() if k != "@node"}
-    return classes[value["@node"]](**fields)       # only the AST's classes: a KeyError otherwise
+    return classes[value.pop("@node")](**value)       # only the AST's classes: a KeyError otherwise
