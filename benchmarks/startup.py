@@ -9,7 +9,9 @@ Each run is a fresh process. Cold: an empty dlc cache directory (DLC_CACHE_DIR),
 grammar's tables and the parsed standard library are built and written; warm: the same
 directory again, so both are read. The phases, in the child process:
 
-  import     `import dlc.runtime.cli`, its argument parser, and the modules `check` uses
+  import     `import dlc.runtime.cli` and its arguments parsed as `dlc check`'s: the modules
+             `check` uses, imported as it imports them (numpy's BLAS on one thread, the
+             garbage collector paused, then what was imported frozen: runtime/cli)
   grammar    the Lark parser (its tables built, or read from the cache)
   stdlib     the standard library parsed (or read) and defined
   user file  the user's file parsed and loaded
@@ -35,6 +37,7 @@ again. The phases:
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -62,7 +65,7 @@ def phases(path: str) -> dict:
         times[name], times[name + " cpu"], t = now[0] - t[0], now[1] - t[1], now
 
     from dlc.runtime import cli
-    cli.parser()
+    cli._imported(["check", path])      # as `dlc check` parses its arguments: its command's module imported
     from dlc.compiler.frontend import loader, syntax
     from dlc.runtime.training.config import make_config
     lap("import")
@@ -75,7 +78,22 @@ def phases(path: str) -> dict:
     train = program.check(None)
     make_config(program, train.name, {}, require_data=False, model=train)
     lap("check")
+    times["from source"] = len(compiled_from_source())
     return times
+
+
+def compiled_from_source() -> list:
+    """dlc's modules imported in this process without their bytecode (none in __pycache__, or
+    older than the source): compiled from source in each process, as where
+    PYTHONDONTWRITEBYTECODE is set and nothing compiled them (an install compiles them once)."""
+    names = []
+    for name, module in list(sys.modules.items()):
+        source = getattr(module, "__file__", None)
+        if name.split(".")[0] == "dlc" and source and source.endswith(".py"):
+            cached = Path(importlib.util.cache_from_source(source))
+            if not cached.exists() or cached.stat().st_mtime < Path(source).stat().st_mtime:
+                names.append(name)
+    return names
 
 
 def train_phases(path: str, out: str) -> dict:
@@ -185,6 +203,11 @@ def main(argv=None):
                 results["cold"].append(cold)
                 results["warm"].append(warm)
     print(f"dlc check {args.file}: median of {args.runs} fresh processes, ms (others {other.cores:.2f} cores)")
+    from_source = max(r.get("from source", 0) for r in results["warm"])
+    if from_source:
+        print(f"note: {from_source} of dlc's modules have no bytecode here (PYTHONDONTWRITEBYTECODE?) and were compiled "
+              f"from source in every process: the import phase is longer than an install's "
+              f"(`python -m compileall` on dlc's folder writes it)")
     print(f"{'phase':<10} {'cold':>8} {'warm':>8} {'cold cpu':>9} {'warm cpu':>9}")
     for phase in PHASES + ("total", "process"):
         cells = []

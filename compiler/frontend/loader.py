@@ -118,6 +118,7 @@ def _parse_file(path: Path) -> syntax.Module:
 
 
 @functools.cache
+@collector_paused()       # what it makes lasts as long as the process
 def stdlib_env() -> Env:
     """Builtins and the standard library, parsed once per process (and read from the
     cache on disk when parsed before)."""

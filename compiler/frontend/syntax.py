@@ -13,7 +13,7 @@ from lark.exceptions import UnexpectedInput, UnexpectedCharacters, UnexpectedEOF
 
 from dlc.compiler.errors import DlcError, Span, register_source
 from dlc.compiler.frontend.parse_cache import lark_parser
-from dlc.compiler.ir.graph import DTYPES
+from dlc.compiler.ir.graph import DTYPES, collector_paused
 
 
 @dataclass
@@ -480,6 +480,7 @@ class _ToAst(Transformer):
 
 
 @lru_cache(maxsize=1)
+@collector_paused()       # its tables last as long as the process
 def _parser() -> Lark:
     text = resources.files("dlc.grammar").joinpath("dl.lark").read_text()
     return lark_parser(text, propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])

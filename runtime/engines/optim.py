@@ -25,8 +25,6 @@ from dlc.compiler.ir import ops
 from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.ir.update import GROUP, NORM, Update, lerp, update_graph
-from dlc.runtime.engines import interpreter
-from dlc.runtime.engines import second_order
 from dlc.compiler.frontend.settings import REQUIRED, Call, as_call, choice, flag, integer, number, show
 
 # the allowed values of every numeric option of the optimizers, schedules and clipping
@@ -182,6 +180,7 @@ class Optimizer:
         group = self.group_index(names, [np.size(grads[n]) for n in names])
         if group is not None:
             feeds[GROUP] = group
+        from dlc.runtime.engines import interpreter     # what runs a step, not what checks a setting (dlc check)
         out = interpreter.run(self.graph(feeds["param"].size, l1, l2, clip, True, dtype), feeds, {}, float_dtype=None)
         at = 0
         for n in names:
@@ -299,10 +298,12 @@ class LBFGS(Optimizer):
 
     def __init__(self, call: Call):
         super().__init__(call)
+        from dlc.runtime.engines import second_order     # the algorithms run a step: not imported to check a setting
         self.memory = second_order.LbfgsMemory()
 
     def step(self, engine, params: dict, opt_state: dict, batch: dict, lr: float, key) -> dict:
         """Up to `max_iter` iterations on `batch`, in place; the loss and metrics before them."""
+        from dlc.runtime.engines import second_order
         objective = second_order.Objective(engine, params, opt_state, batch, key)
         second_order.lbfgs(objective, self.memory, **(self.hyper | {"lr": lr}))
         return objective.first
@@ -317,6 +318,7 @@ class Newton(Optimizer):
 
     def step(self, engine, params: dict, opt_state: dict, batch: dict, lr: float, key) -> dict:
         """One Newton step on `batch`, in place; the loss and metrics before it."""
+        from dlc.runtime.engines import second_order
         objective = second_order.Objective(engine, params, opt_state, batch, key)
         second_order.newton(objective, **(self.hyper | {"lr": lr}))
         return objective.first
