@@ -6,11 +6,18 @@ A loop of independent vector FMAs (`llvm.fma` on 16-float vectors where the host
 AVX-512, else 8-float), JIT-compiled with dlc's own llvmlite layer, keeps ACCUMULATORS
 chains in flight so that FMA latency is hidden and the FMA ports are the bound. One FMA
 is 2 FLOPs per lane. Two threads are two Python threads calling the same native function
-(ctypes releases the GIL). Each thread count is timed REPEATS times and the best is kept:
-a peak is what the machine can do, and other processes only ever take from it.
+(ctypes releases the GIL). Each thread count is timed in rounds of REPEATS calls and a
+round's best is kept: a peak is what the machine can do, and other processes only ever take
+from it. So each round runs under machine.OtherLoad, and only a round in which other
+processes used less than QUIET cores counts as the peak; on a busy machine the rounds go on
+for up to WINDOW_S seconds a thread count. Without a quiet round the least busy one is
+given, said to be uncertain with the cores others used, and never cached: a peak measured
+beside a neighbour (146 GFLOP/s on 2 threads where the machine does 231) made every
+"% of peak" of a run too high by half.
 
-`train_step.py` reads the result (FLOP utilization column) from peak.json in dlc's cache
-directory (DLC_CACHE_DIR, default ~/.cache/dlc), measuring it first when missing.
+`train_step.py` and `gemm.py` read the result (their % of peak) from peak.json in dlc's cache
+directory (DLC_CACHE_DIR, default ~/.cache/dlc), measuring it first when missing, and print
+`describe`'s line, which says when the peak is uncertain.
 """
 from __future__ import annotations
 
@@ -19,9 +26,13 @@ import json
 import threading
 import time
 
+from machine import OtherLoad
+
 ACCUMULATORS = 12        # independent chains: > FMA latency (4) × ports (2), within 16 (AVX2) / 32 registers
 ITERATIONS = 20_000_000  # loop trips per call: ~30 ms on one core (AVX-512)
 REPEATS = 5
+QUIET = 0.25             # the most cores other processes may use during a round that measures the peak
+WINDOW_S = 30.0          # how long each thread count's rounds may wait for a quiet one
 
 
 def _compile_fma_loop():
@@ -65,22 +76,54 @@ def _compile_fma_loop():
     return native, ACCUMULATORS * lanes * 2, lanes
 
 
-def measure(threads=(1, 2), iterations: int = ITERATIONS, repeats: int = REPEATS) -> dict:
-    """{'lanes': vector width, 'gflops': {threads: best GFLOP/s of all threads together}}."""
+def measure(threads=(1, 2), iterations: int = ITERATIONS, repeats: int = REPEATS, window_s: float = WINDOW_S) -> dict:
+    """{'lanes': vector width, 'gflops': {threads: best GFLOP/s of all threads together},
+    'others': {threads: cores other processes used during the round kept}}: for each thread
+    count, rounds of `repeats` calls until one is quiet (others < QUIET) or `window_s` has
+    passed; the quiet round, else the least busy."""
     fn, flops_per_iter, lanes = _compile_fma_loop()
     fn(1000)                          # page in the code
-    best = {}
+    gflops, others = {}, {}
     for n in threads:
-        for _ in range(repeats):
-            workers = [threading.Thread(target=fn, args=(iterations,)) for _ in range(n)]
-            t0 = time.perf_counter()
-            for w in workers:
-                w.start()
-            for w in workers:
-                w.join()
-            gflops = n * iterations * flops_per_iter / (time.perf_counter() - t0) / 1e9
-            best[n] = max(best.get(n, 0.0), gflops)
-    return {"lanes": lanes, "gflops": best}
+        start = time.perf_counter()
+        while True:
+            with OtherLoad() as load:
+                best = max(_timed(fn, n, iterations) for _ in range(repeats)) * flops_per_iter
+            if n not in others or load.cores < others[n]:
+                gflops[n], others[n] = best, load.cores
+            if not load.cores >= QUIET or time.perf_counter() - start >= window_s:    # quiet, or nan: cannot tell
+                break
+    return {"lanes": lanes, "gflops": gflops, "others": others}
+
+
+def _timed(fn, threads: int, iterations: int) -> float:
+    """Giga-iterations a second of `threads` threads each calling fn(iterations) at once."""
+    workers = [threading.Thread(target=fn, args=(iterations,)) for _ in range(threads)]
+    t0 = time.perf_counter()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return threads * iterations / (time.perf_counter() - t0) / 1e9
+
+
+def quiet(result: dict) -> bool:
+    """Whether every thread count's peak was measured with other processes under QUIET cores
+    (nan, a machine whose load cannot be read, is not quiet)."""
+    return all(cores < QUIET for cores in result["others"].values())
+
+
+def describe(result: dict) -> str:
+    """The peak in one line, and, when it was not measured on a quiet machine, that it is
+    uncertain (too low: every % of it too high) and by how busy the machine was."""
+    line = "FMA peak (benchmarks/peak.py): " + ", ".join(
+        f"{g:.0f} GFLOP/s on {n} thread{'s' * (n > 1)}" for n, g in result["gflops"].items())
+    busy = {n: cores for n, cores in result["others"].items() if not cores < QUIET}
+    if busy:
+        line += (" -- UNCERTAIN, not cached: no quiet round in " + ", ".join(
+            f"{n} thread{'s' * (n > 1)} (others used {cores:.2f} cores)" for n, cores in busy.items())
+            + "; the peak may be too low and each % of it too high")
+    return line
 
 
 def _cache_path():
@@ -93,19 +136,26 @@ def _host() -> str:
     return jit.host_cpu()[0]
 
 
-def save(result: dict) -> None:
+def save(result: dict) -> bool:
+    """Cache a quiet measurement (and say so); a busy one is not written."""
+    if not quiet(result):
+        return False
     path = _cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"host": _host(), "lanes": result["lanes"],
-                                "gflops": {str(k): v for k, v in result["gflops"].items()}}))
+                                **{key: {str(k): v for k, v in result[key].items()} for key in ("gflops", "others")}}))
+    return True
 
 
 def cached_or_measure() -> dict:
-    """The cached peak of this host (peak.json), else a fresh measurement (~1 s), saved."""
+    """The cached peak of this host (peak.json), else a fresh measurement (~1 s on a quiet
+    machine, up to WINDOW_S a thread count on a busy one), saved if it was quiet. An entry
+    without the load it was measured at (written before that was checked) is measured again."""
     try:
         data = json.loads(_cache_path().read_text())
         if data["host"] == _host():
-            return {"lanes": data["lanes"], "gflops": {int(k): v for k, v in data["gflops"].items()}}
+            return {"lanes": data["lanes"], **{key: {int(k): v for k, v in data[key].items()}
+                                               for key in ("gflops", "others")}}
     except (OSError, ValueError, KeyError):
         pass
     result = measure()
@@ -115,12 +165,17 @@ def cached_or_measure() -> dict:
 
 def main() -> int:
     result = measure()
-    save(result)
-    print(f"FMA peak, float32, {result['lanes']}-float vectors ({_host()}), best of {REPEATS}:")
+    saved = save(result)
+    print(f"FMA peak, float32, {result['lanes']}-float vectors ({_host()}), best of {REPEATS} in the first round "
+          f"in which other processes used under {QUIET} cores (rounds for up to {WINDOW_S:.0f} s):")
     for n, g in result["gflops"].items():
-        print(f"  {n} thread{'s' if n > 1 else ' '}  {g:8.1f} GFLOP/s")
-    print(f"(saved to {_cache_path()})")
-    return 0
+        print(f"  {n} thread{'s' if n > 1 else ' '}  {g:8.1f} GFLOP/s   others {result['others'][n]:.2f} cores")
+    if saved:
+        print(f"(saved to {_cache_path()})")
+    else:
+        print(describe(result))
+        print(f"(not saved to {_cache_path()}: run it again on a quiet machine)")
+    return 0 if saved else 1
 
 
 if __name__ == "__main__":

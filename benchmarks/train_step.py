@@ -627,7 +627,8 @@ def as_json(results: list, peak: dict, threads: int, versions: dict) -> dict:
                            for k, run in r.runs.items()},
         }
     return json_safe({"versions": versions, "threads": threads,
-                  "peak_gflops": {str(n): g for n, g in peak["gflops"].items()}, "workloads": workloads})
+                  "peak_gflops": {str(n): g for n, g in peak["gflops"].items()},
+                  "peak_others": {str(n): cores for n, cores in peak["others"].items()}, "workloads": workloads})
 
 
 def json_safe(o):
@@ -700,11 +701,10 @@ def main(argv=None) -> int:
           + (f"jax {__import__('jax').__version__}" if jax_on else f"jax skipped: {jax_reason or 'not requested'}")
           + f", {os.cpu_count()} cpus")
 
-    from peak import cached_or_measure
+    from peak import cached_or_measure, describe, quiet
     peak = cached_or_measure()
     peak_threads = min(args.threads, max(peak["gflops"]))
-    print("FMA peak (benchmarks/peak.py): " + ", ".join(f"{g:.0f} GFLOP/s on {n} thread{'s' * (n > 1)}"
-                                                        for n, g in peak["gflops"].items()))
+    print(describe(peak))
 
     if args.cold:
         import tempfile
@@ -730,6 +730,8 @@ def main(argv=None) -> int:
           f"FLOPs / median step time / the {peak_threads}-thread FMA peak; others: cores used by other processes "
           "while timing (0 = quiet machine)\n")
     print(table(results, keys, peak["gflops"][peak_threads]))
+    if not quiet(peak):
+        print(f"note: % peak divides by an uncertain peak, measured beside other processes: {describe(peak)}")
     notes = sorted({r.runs["dlc"].note for r in results if "dlc" in r.runs and r.runs["dlc"].note})
     for n in notes:
         print(f"note: {n}")
