@@ -47,10 +47,11 @@ def shipped_dir() -> Path:
 
 def cached(name: str, build, encode, decode):
     """The value of entry `name`: decoded from the shipped entry's or the user's JSON text
-    (`decode(text)`), else built, encoded and written to the user's cache. A directory or file of the user's cache that is
-    not this user's alone is neither read nor written: its tables could be anyone's (the
-    compile cache refuses such a directory with a message). A shipped entry is read wherever
-    it is: who can write the installed package can change its code as well."""
+    (`decode(text)`), else built, encoded and written to the user's cache. A directory or
+    file of the user's cache that is not this user's alone is neither read nor written: its
+    tables could be anyone's (the compile cache refuses such a directory with a message). A
+    shipped entry is read wherever it is: who can write the installed package can change its
+    code as well."""
     shipped = shipped_dir() / name
     if shipped.is_file():
         try:

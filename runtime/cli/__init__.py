@@ -23,9 +23,9 @@ import dlc
 COMMANDS = ("check", "fmt", "summary", "graph", "compile", "gradcheck", "bench", "train", "eval", "predict", "generate",
             "neighbours", "export", "build", "import", "data", "completion", "lsp")
 ALIASES = {"neighbors": "neighbours"}
-# the commands that never run a model's arithmetic: numpy's BLAS (OpenBLAS) starts them on one
-# thread, as its pool of threads that spin as they start costs 20-40 ms of CPU (measured on
-# `dlc check`, benchmarks/README.md, Start-up); OPENBLAS_NUM_THREADS set by the user stands
+# the commands that never run a model's arithmetic: they start numpy's BLAS (OpenBLAS) on one
+# thread, as its pool of threads, which spin as they start, cost 20-40 ms of CPU (measured on
+# `dlc check`, benchmarks/README.md, Start-up); an OPENBLAS_NUM_THREADS the user set stands
 FRONT_END_COMMANDS = ("check", "fmt", "summary", "completion")
 
 
@@ -78,7 +78,7 @@ def _imported(argv) -> argparse.Namespace:
     to the end of the process (modules, classes, functions, tables), among which the cyclic
     garbage collector finds nothing: it is paused meanwhile, and what a process's start
     imported is then frozen out of every later collection (else the first one would pass over
-    all of it). Both together took `dlc check` from 450 to 310 ms of CPU (benchmarks/README.md,
+    all of it). Both together took `dlc check` from 456 to 328 ms of CPU (benchmarks/README.md,
     Start-up). A call that imports nothing (a later one in a process: a test's) freezes
     nothing, nor the garbage it may find."""
     enabled, modules = gc.isenabled(), len(sys.modules)
