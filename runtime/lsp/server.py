@@ -1,6 +1,6 @@
-"""`dlc lsp`: the language server over stdio (pygls, lsprotocol). Each edit is analyzed after
-a short quiet time (DEBOUNCE_SECONDS) in one worker thread, so requests keep being answered
-from the last analysis meanwhile; a handler's unexpected error is answered as an error
+"""`dlc lsp`: the language server over stdio (pygls, lsprotocol). Each edit is analyzed in one
+worker thread, so requests keep being answered from the last analysis meanwhile: at once
+after a pause in typing, after a short quiet time (DEBOUNCE_SECONDS) within a burst of edits; a handler's unexpected error is answered as an error
 response and logged, never raised out of the server (docs/editors.md)."""
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import gc
 import inspect
 import logging
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from lsprotocol import types as lsp_types
@@ -28,8 +29,11 @@ from dlc.runtime.lsp.analysis import BUILD_SECONDS, Analysis, analyze, file_of
 from dlc.runtime.lsp.memory import PeakWorker, peak_blocker
 from dlc.runtime.lsp.names import Binding, contains, name_span
 
+# An edit that comes within DEBOUNCE_SECONDS of the one before is part of a burst (a key held,
+# a macro): it is analyzed after that long without another. An edit after a pause, as each
+# keystroke of a typist is, is analyzed at once: a fixed delay would add itself to every
+# edit's diagnostics (neovim's client reduces its own debounce after idle for that reason).
 DEBOUNCE_SECONDS = 0.05
-MEMORY_WAIT_SECONDS = BUILD_SECONDS     # how long a layer call's hover waits for the peak memory of training
 DID_YOU_MEAN = re.compile(r"did you mean '([^']+)'\?")
 IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 
@@ -43,6 +47,7 @@ class DlcLanguageServer(LanguageServer):
         self.parsed: dict = {}          # uri -> its latest Analysis that parsed: the names while one is typed
         self.pending: dict = {}         # uri -> the task analyzing its latest text
         self.analyzed: dict = {}        # uri -> the event set when that task's analysis is published
+        self.edited: dict = {}          # uri -> time.monotonic() of its latest edit
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="dlc-analysis")
         self.inlay_hints = True
 
@@ -50,6 +55,12 @@ class DlcLanguageServer(LanguageServer):
     def peak_worker(self) -> PeakWorker:
         """The process computing the peaks of training (serve() starts it before the first request)."""
         return PeakWorker()
+
+    def edit(self, uri: str):
+        """Analyze the document's text after an edit: at once, or after DEBOUNCE_SECONDS within a burst."""
+        now, before = time.monotonic(), self.edited.get(uri)
+        self.edited[uri] = now
+        self.schedule(uri, DEBOUNCE_SECONDS if before is not None and now - before < DEBOUNCE_SECONDS else 0)
 
     def schedule(self, uri: str, delay: float):
         """Analyze the document's text after `delay` s unless another edit comes first."""
@@ -91,16 +102,12 @@ class DlcLanguageServer(LanguageServer):
                 build.job = self.peak_worker.submit(a.text, a.path, name)
                 build.job.add_done_callback(functools.partial(_keep_peak, build))
 
-    async def memory(self, a: Analysis, model: str):
-        """Wait for the peak memory of training `model` up to MEMORY_WAIT_SECONDS; later
-        hovers find it when it takes longer."""
+    def hurry_peak(self, a: Analysis, model: str):
+        """Compute the peak memory of training `model` next, if it is not known yet: a hover
+        shows it once known, and never waits for it."""
         build = a.builds.get(model)
         if build is not None and build.memory is None and build.job is not None and not build.job.cancelled():
             self.peak_worker.hurry(build.job)
-            try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(build.job)), MEMORY_WAIT_SECONDS)
-            except Exception:       # its own error is kept by _keep_peak; a timeout: being computed
-                pass
 
     async def current(self, uri: str) -> Analysis | None:
         """The latest analysis, after the one under way (if any) finishes."""
@@ -236,7 +243,7 @@ def did_open(ls: DlcLanguageServer, params: lsp_types.DidOpenTextDocumentParams)
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: DlcLanguageServer, params: lsp_types.DidChangeTextDocumentParams):
-    ls.schedule(params.text_document.uri, DEBOUNCE_SECONDS)
+    ls.edit(params.text_document.uri)
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_CLOSE)
@@ -245,6 +252,7 @@ def did_close(ls: DlcLanguageServer, params: lsp_types.DidCloseTextDocumentParam
     if uri in ls.pending:
         ls.pending.pop(uri).cancel()
     ls.analyzed.pop(uri, None)
+    ls.edited.pop(uri, None)
     closed = ls.analyses.pop(uri, None)
     drop_peaks(list(closed.builds.values()) if closed is not None else [])
     ls.parsed.pop(uri, None)
@@ -279,7 +287,7 @@ async def hover(ls: DlcLanguageServer, params: lsp_types.HoverParams):
     target, call = a.names.at(line, col), a.names.call_at(line, col)
     parts = []
     if call is not None:
-        await ls.memory(a, model_at(a, line))
+        ls.hurry_peak(a, model_at(a, line))
         layer = describe.call_text(call, model_at(a, line), a)
         if layer:
             parts.append(layer)

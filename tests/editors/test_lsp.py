@@ -92,6 +92,17 @@ async def hover_text(client, uri, pos) -> str:
     return h.contents.value if h else ""
 
 
+async def hover_once_known(client, uri, pos) -> str:
+    """The hover on a layer call once the peak memory of training is known: a hover never
+    waits for it, it says it is being computed until then."""
+    for _ in range(600):
+        text = await hover_text(client, uri, pos)
+        if "being computed" not in text:
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError("the peak memory of training was not computed in 60 s")
+
+
 # ---- diagnostics are dlc check's errors --------------------------------------------------------------
 def guidance_programs() -> list:
     """The programs of tests/frontend/test_error_guidance.py's table: each `run(tmp_path, capsys, PROGRAM)`."""
@@ -208,7 +219,7 @@ async def test_hover_on_a_layer_call_shows_its_parameters_flops_and_memory(clien
     from dlc.compiler.frontend.summary import size_text
     path = EXAMPLES / "mnist_mlp.dl"
     uri, _ = await open_doc(client, path)
-    text = await hover_text(client, uri, position_of(path.read_text(), "dense(512", offset=2))
+    text = await hover_once_known(client, uri, position_of(path.read_text(), "dense(512", offset=2))
     assert "**h.0**: a call of `dense`" in text
     assert "401,920 in 2 tensors" in text and "`h.0.W: f32[784, 512]`" in text and "`h.0.b: f32[512]`" in text
     assert "forward FLOPs per example: 804,352" in text       # 2·784·512 + 512 (bias) + 512 (relu)
@@ -238,12 +249,20 @@ async def test_a_build_is_reused_only_while_what_it_reads_is_unchanged(tmp_path)
                 if build is first.builds.get(name)}
 
     assert reused(REUSED + "# a comment\n") == {"a", "b"}
+    assert reused(REUSED + "const UNREAD = 1\ndef unread(x) {\n    return x\n}\n") == {"a", "b"}
     assert reused(REUSED.replace("dense(x, 3)", "dense(x, 5)")) == {"a"}
     assert reused(REUSED + "train b {\n    batch = 8\n}\n") == {"a"}
     assert reused(REUSED.replace("batch = 32", "batch = 64")) == {"b"}
-    assert reused(REUSED.replace("H = 16", "H = 17")) == set()
-    assert reused(REUSED.replace("relu", "tanh")) == set()
+    assert reused(REUSED.replace("H = 16", "H = 17")) == {"b"}      # read by block, which a calls
+    assert reused(REUSED.replace("relu", "tanh")) == {"b"}
+    assert reused(REUSED.replace("const W = 8", "const W = H")) == {"b"}    # a reads W, W now H
+    assert reused(REUSED + "def dense(x, n) {\n    return x\n}\n") == set()   # shadows the library's
+    assert reused(REUSED + "def zeros(s) {\n    return s\n}\n") == set()      # a state's default initial value
     assert reused("\n" + REUSED) == set()        # every place moved
+    broken = analyze(REUSED.replace("dense(x, 3)", "dens(x, 3)"), path)
+    assert [build.errors != [] for build in broken.builds.values()] == [True, False]
+    again = analyze(REUSED.replace("dense(x, 3)", "dens(x, 3)") + "const UNREAD = 1\n", path, previous=broken)
+    assert again.builds["b"] is not broken.builds["b"] and again.builds["a"] is broken.builds["a"]   # a did-you-mean reads every name
     lib = tmp_path / "lib.dl"
     lib.write_text("const K = 2\n")
     imports = analyze('import "lib.dl"\n' + REUSED, path)
@@ -259,12 +278,12 @@ async def test_an_edit_upstream_changes_the_types_diagnostics_and_memory_downstr
     assert got == []
     at = position_of(REUSED, "h = block")
     assert "h: f32[B, 16]" in await hover_text(client, uri, at)
-    for width in (24, 40):      # the const the def reads, above the model; each hover waits for its peak
+    for width in (24, 40):      # the const the def reads, above the model; the hover once its peak is known
         text = REUSED.replace("H = 16", f"H = {width}")
         assert await edit(client, uri, text) == []
         assert f"h: f32[B, {width}]" in await hover_text(client, uri, at)
         path.write_text(text)
-        hover = await hover_text(client, uri, position_of(text, "block(x)\n    loss"))
+        hover = await hover_once_known(client, uri, position_of(text, "block(x)\n    loss"))
         assert f"activation memory of training: {size_text(summary_memory_row(path, 'h', capsys))} at B = 32" in hover
     text = REUSED.replace("W = 8", "W = 9")         # the loss's dense no longer fits the target
     path.write_text(text)
@@ -273,6 +292,36 @@ async def test_an_edit_upstream_changes_the_types_diagnostics_and_memory_downstr
     assert (d.range.start.line + 1, d.range.start.character + 1, d.message) == (line, col, message)
     assert "do not broadcast" in message
     assert await edit(client, uri, REUSED) == []
+
+
+async def test_a_layer_hover_right_after_an_edit_does_not_wait_for_the_peak(client, capsys):
+    """Right after an edit that builds transformer_seq2seq again, its peak memory of training
+    takes the worker some 0.5 s of CPU: the hover answers before, with the layer's parameters
+    and FLOPs and the peak said to be being computed; later, the peak `dlc summary --memory` gives."""
+    from dlc.compiler.frontend.summary import size_text
+    path = EXAMPLES / "transformer_seq2seq.dl"
+    uri, _ = await open_doc(client, path)
+    text = path.read_text() + "const EDITED = 1\n"      # every model reads the consts: built again
+    assert await edit(client, uri, text) == []
+    at = position_of(text, "transformer_encoder(", offset=2)
+    first = await hover_text(client, uri, at)
+    assert "activation memory of training: being computed (hover again)" in first
+    assert "parameters: " in first and "forward FLOPs per example: " in first
+    layer = re.search(r"\*\*([\w.]+)\*\*: a call of", first)[1]
+    known = await hover_once_known(client, uri, at)
+    assert f"activation memory of training: {size_text(summary_memory_row(path, layer, capsys))} at " in known
+
+
+async def test_an_edit_after_a_pause_is_analyzed_at_once_and_a_burst_after_its_last_edit():
+    from dlc.runtime.lsp.server import DEBOUNCE_SECONDS, DlcLanguageServer
+    ls, delays = DlcLanguageServer(), []
+    ls.schedule = lambda uri, delay: delays.append(delay)
+    ls.edit("file:///a.dl")
+    ls.edit("file:///a.dl")         # within the burst
+    ls.edit("file:///b.dl")         # another document's first
+    await asyncio.sleep(DEBOUNCE_SECONDS)
+    ls.edit("file:///a.dl")         # after a pause
+    assert delays == [0, DEBOUNCE_SECONDS, 0, 0]
 
 
 async def test_the_peak_worker_runs_the_latest_job_first_and_drops_the_cancelled():
