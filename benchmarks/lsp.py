@@ -8,11 +8,10 @@ of the example (the server parses the file again and reuses the models' builds, 
 did not change); a line `const EDIT_k = k` added at its end, a program edit no model reads
 (reused too); and a model edit, a statement `edit_k = k` added at the end of every model
 block (all are built again, for training and for evaluation). Each edit comes after the
-one before has its diagnostics, as a typist's after a pause: the server analyzes it at
-once (its debounce holds back only an edit within 50 ms of the one before). A hover is
-timed on a settled document whose peak memory is known; the first hover on a layer call
-is timed right after a model edit's diagnostics, while the server computes that peak in
-its worker process (the hover does not wait for it).
+one before has its diagnostics; the server analyzes each at once (it has no debounce). A
+hover is timed on a settled document whose peak memory is known; the first hover on a
+layer call is timed right after a model edit's diagnostics, while the server computes that
+peak in its worker process (the hover does not wait for it).
 
     python benchmarks/lsp.py                         # every example, 5 edits each
     python benchmarks/lsp.py --edits 2 --examples xor_mlp mnist_mlp    # a smoke run

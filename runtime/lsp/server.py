@@ -1,7 +1,8 @@
-"""`dlc lsp`: the language server over stdio (pygls, lsprotocol). Each edit is analyzed in one
-worker thread, so requests keep being answered from the last analysis meanwhile: at once
-after a pause in typing, after a short quiet time (DEBOUNCE_SECONDS) within a burst of edits; a handler's unexpected error is answered as an error
-response and logged, never raised out of the server (docs/editors.md)."""
+"""`dlc lsp`: the language server over stdio (pygls, lsprotocol). Each edit is analyzed at once
+in one worker thread, so requests keep being answered from the last analysis meanwhile; the
+edits that come while an analysis runs are analyzed after it, the latest alone (schedule).
+A handler's unexpected error is answered as an error response and logged, never raised out
+of the server (docs/editors.md)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,6 @@ import gc
 import inspect
 import logging
 import re
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 from lsprotocol import types as lsp_types
@@ -29,11 +29,6 @@ from dlc.runtime.lsp.analysis import BUILD_SECONDS, Analysis, analyze, file_of
 from dlc.runtime.lsp.memory import PeakWorker, peak_blocker
 from dlc.runtime.lsp.names import Binding, contains, name_span
 
-# An edit that comes within DEBOUNCE_SECONDS of the one before is part of a burst (a key held,
-# a macro): it is analyzed after that long without another. An edit after a pause, as each
-# keystroke of a typist is, is analyzed at once: a fixed delay would add itself to every
-# edit's diagnostics (neovim's client reduces its own debounce after idle for that reason).
-DEBOUNCE_SECONDS = 0.05
 DID_YOU_MEAN = re.compile(r"did you mean '([^']+)'\?")
 IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 
@@ -47,7 +42,6 @@ class DlcLanguageServer(LanguageServer):
         self.parsed: dict = {}          # uri -> its latest Analysis that parsed: the names while one is typed
         self.pending: dict = {}         # uri -> the task analyzing its latest text
         self.analyzed: dict = {}        # uri -> the event set when that task's analysis is published
-        self.edited: dict = {}          # uri -> time.monotonic() of its latest edit
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="dlc-analysis")
         self.inlay_hints = True
 
@@ -56,22 +50,22 @@ class DlcLanguageServer(LanguageServer):
         """The process computing the peaks of training (serve() starts it before the first request)."""
         return PeakWorker()
 
-    def edit(self, uri: str):
-        """Analyze the document's text after an edit: at once, or after DEBOUNCE_SECONDS within a burst."""
-        now, before = time.monotonic(), self.edited.get(uri)
-        self.edited[uri] = now
-        self.schedule(uri, DEBOUNCE_SECONDS if before is not None and now - before < DEBOUNCE_SECONDS else 0)
-
-    def schedule(self, uri: str, delay: float):
-        """Analyze the document's text after `delay` s unless another edit comes first."""
+    def schedule(self, uri: str):
+        """Analyze the document's text now, or once the analysis under way is done, unless
+        another edit comes first. No debounce: a delay before every analysis would add itself
+        to every edit's diagnostics, and would save none of a typist's analyses, whose
+        keystrokes come further apart than it. A burst of edits (a key held down, a macro)
+        costs the analysis under way and one of its latest text: an analysis waiting for the
+        worker thread is dropped when the next edit comes (its task cancelled, the thread's
+        job not started with it)."""
         if uri in self.pending:
             self.pending[uri].cancel()
         self.analyzed[uri] = asyncio.Event()
-        self.pending[uri] = asyncio.get_running_loop().create_task(self._analyze(uri, delay, self.analyzed[uri]))
+        self.pending[uri] = asyncio.get_running_loop().create_task(self._analyze(uri, self.analyzed[uri]))
 
-    async def _analyze(self, uri: str, delay: float, analyzed: asyncio.Event):
+    async def _analyze(self, uri: str, analyzed: asyncio.Event):
         try:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(0)      # the edits read with this one replace it before it starts
             doc = self.workspace.get_text_document(uri)
             text, version, path = doc.source, doc.version, to_fs_path(uri) or uri
             a = await asyncio.get_running_loop().run_in_executor(self.worker, analyze, text, path,
@@ -238,12 +232,12 @@ def did_change_configuration(ls: DlcLanguageServer, params: lsp_types.DidChangeC
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: DlcLanguageServer, params: lsp_types.DidOpenTextDocumentParams):
-    ls.schedule(params.text_document.uri, 0)
+    ls.schedule(params.text_document.uri)
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: DlcLanguageServer, params: lsp_types.DidChangeTextDocumentParams):
-    ls.edit(params.text_document.uri)
+    ls.schedule(params.text_document.uri)
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_CLOSE)
@@ -252,7 +246,6 @@ def did_close(ls: DlcLanguageServer, params: lsp_types.DidCloseTextDocumentParam
     if uri in ls.pending:
         ls.pending.pop(uri).cancel()
     ls.analyzed.pop(uri, None)
-    ls.edited.pop(uri, None)
     closed = ls.analyses.pop(uri, None)
     drop_peaks(list(closed.builds.values()) if closed is not None else [])
     ls.parsed.pop(uri, None)

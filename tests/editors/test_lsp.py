@@ -312,16 +312,29 @@ async def test_a_layer_hover_right_after_an_edit_does_not_wait_for_the_peak(clie
     assert f"activation memory of training: {size_text(summary_memory_row(path, layer, capsys))} at " in known
 
 
-async def test_an_edit_after_a_pause_is_analyzed_at_once_and_a_burst_after_its_last_edit():
-    from dlc.runtime.lsp.server import DEBOUNCE_SECONDS, DlcLanguageServer
-    ls, delays = DlcLanguageServer(), []
-    ls.schedule = lambda uri, delay: delays.append(delay)
-    ls.edit("file:///a.dl")
-    ls.edit("file:///a.dl")         # within the burst
-    ls.edit("file:///b.dl")         # another document's first
-    await asyncio.sleep(DEBOUNCE_SECONDS)
-    ls.edit("file:///a.dl")         # after a pause
-    assert delays == [0, DEBOUNCE_SECONDS, 0, 0]
+async def test_a_burst_of_edits_is_analyzed_once_after_the_analysis_under_way(monkeypatch):
+    """Each edit is analyzed at once, but one thread analyzes: the edits that come while an
+    analysis runs are analyzed after it, the latest alone, and only its diagnostics published."""
+    import time
+    from pygls.workspace import Workspace
+    from dlc.runtime.lsp import server as S
+    ls, analyzed, published = S.DlcLanguageServer(), [], []
+    ls.protocol._workspace = Workspace(None)
+
+    def analyze(text, path, seconds, previous):
+        analyzed.append(text)
+        time.sleep(0.3)
+        return S.Analysis(text, path)
+
+    monkeypatch.setattr(S, "analyze", analyze)
+    ls.text_document_publish_diagnostics = lambda params: published.append(params.version)
+    uri = "file:///burst.dl"
+    for version in range(1, 6):
+        ls.workspace.put_text_document(T.TextDocumentItem(uri, "dl", version, f"# version {version}\n"))
+        ls.schedule(uri)
+        await asyncio.sleep(0.05)       # the first is being analyzed; the next ones wait
+    await ls.analyzed[uri].wait()
+    assert analyzed == ["# version 1\n", "# version 5\n"] and published == [5]
 
 
 async def test_the_peak_worker_runs_the_latest_job_first_and_drops_the_cancelled():
