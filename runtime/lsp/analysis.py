@@ -39,8 +39,9 @@ def in_stdlib_dir(path: str) -> bool:
 @dataclass
 class Build:
     """One model's build in an analysis, reused by the next analysis that gives it the same
-    inputs (`key`, build_key, None for one cut off by the time budget): its training build, its train block's settings, its errors, and
-    the peak memory of training once computed (memory.py)."""
+    inputs (`key`, build_key; None for one cut off by the time budget): its training build,
+    its train block's settings, its errors, and the peak memory of training once computed
+    (memory.py)."""
     key: tuple | None = None
     model: object = None            # the Model built for training, or None
     config: object = None           # its TrainConfig, or None
@@ -120,7 +121,8 @@ def read_items(module: syntax.Module, model: syntax.ModelBlock, train: syntax.Tr
     train block, the imports, and each def, const and model named by a word of an item
     read, or looked up implicitly (IMPLICIT_NAMES). Every word counts (keywords, attributes,
     strings too): more items than the build reads, never fewer."""
-    named = {item.name: item for item in module.items if isinstance(item, (syntax.Def, syntax.ConstDecl, syntax.ModelBlock))}
+    named = {item.name: item for item in module.items
+             if isinstance(item, (syntax.Def, syntax.ConstDecl, syntax.ModelBlock))}
     read = {id(item) for item in module.items if isinstance(item, syntax.Import)}
     todo, seen = [model] + ([train] if train is not None else []), set(IMPLICIT_NAMES)
     for word in IMPLICIT_NAMES:
