@@ -591,6 +591,7 @@ def serve():
         handler.addFilter(_without_traceback)
     stdlib_env()        # parsed once, before the first request
     syntax._parser()
+    from dlc.runtime.engines import budget  # noqa: F401  (a layer call's hover reads it: 0.1 s to import)
     server.peak_worker
     # Garbage is collected when an analysis has been published (DlcLanguageServer._analyze),
     # not by the interpreter in the middle of the next: the collections it started while a
