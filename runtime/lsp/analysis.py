@@ -5,9 +5,10 @@ error kept with its place and notes; the built models, for hover and inlay hints
 analysis together take at most BUILD_SECONDS (the evaluator's time budget), each saying so."""
 from __future__ import annotations
 
+import functools
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -38,9 +39,10 @@ def in_stdlib_dir(path: str) -> bool:
 @dataclass
 class Build:
     """One model's build in an analysis, reused by the next analysis that gives it the same
-    inputs (`key`, build_key): its training build, its train block's settings, its errors, and
-    the peak memory of training once computed (memory.py)."""
-    key: tuple
+    inputs (`key`, build_key; None for one cut off by the time budget): its training build,
+    its train block's settings, its errors, and the peak memory of training once computed
+    (memory.py)."""
+    key: tuple | None = None
     model: object = None            # the Model built for training, or None
     config: object = None           # its TrainConfig, or None
     errors: list = field(default_factory=list)
@@ -84,13 +86,19 @@ def analyze(text: str, path: str, seconds: float = BUILD_SECONDS, previous: Anal
     return a
 
 
-def build_key(a: Analysis, name: str) -> tuple:
-    """What building model `name` reads, each part where it is written: the text of the file's
-    defs, consts and imports, of the model's block and of its train block, each with the line
-    and column it starts at (so every place inside is the same too), and the text of every
-    file imported. Two analyses whose keys are equal build the model alike, with the same
-    errors at the same places; other models and train blocks, and comments between items,
-    are not read."""
+# looked up by the evaluator without being written: a state's initial value by default
+IMPLICIT_NAMES = ("zeros",)
+
+
+def build_key(a: Analysis, name: str, whole: bool = False) -> tuple:
+    """What building model `name` reads, each part where it is written: the text of the
+    model's block, of its train block, of each def, const and model of the file any of
+    these names (read_items), and of the imports, each with the line and column it starts at
+    (so every place inside is the same too), and the text of every file imported. Two
+    analyses whose keys are equal build the model alike, with the same errors at the same
+    places; comments between items, and items no name it reads names, are not read.
+    `whole`: every def, const and import of the file instead, for a build with errors: an
+    unknown name's did-you-mean reads every name defined."""
     program = a.program
     starts = [0]
     for line in a.text.split("\n"):
@@ -99,10 +107,54 @@ def build_key(a: Analysis, name: str) -> tuple:
     def source(span: Span) -> str:
         return a.text[starts[span.line - 1] + span.col - 1:starts[span.end_line - 1] + span.end_col - 1]
 
-    read = [item for item in a.module.items if not isinstance(item, (syntax.ModelBlock, syntax.Train))
-            or item is program.models[name] or item is program.trains.get(name)]
+    if whole:
+        read = [item for item in a.module.items if not isinstance(item, (syntax.ModelBlock, syntax.Train))
+                or item is program.models[name] or item is program.trains.get(name)]
+    else:
+        read = read_items(a.module, program.models[name], program.trains.get(name))
     return (a.path, tuple((item.span.line, item.span.col, source(item.span)) for item in read),
             tuple(sorted((str(p), text) for p, text in program.imported.items())))
+
+
+def read_items(module: syntax.Module, model: syntax.ModelBlock, train: syntax.Train | None) -> list:
+    """The items of the file a model's build can read, in the file's order: its block, its
+    train block, the imports, and each def, const and model named by a word of an item
+    read, or looked up implicitly (IMPLICIT_NAMES). Every word counts (keywords, attributes,
+    strings too): more items than the build reads, never fewer."""
+    named = {item.name: item for item in module.items
+             if isinstance(item, (syntax.Def, syntax.ConstDecl, syntax.ModelBlock))}
+    read = {id(item) for item in module.items if isinstance(item, syntax.Import)}
+    todo, seen = [model] + ([train] if train is not None else []), set(IMPLICIT_NAMES)
+    for word in IMPLICIT_NAMES:
+        if word in named:
+            todo.append(named[word])
+    while todo:
+        item = todo.pop()
+        read.add(id(item))
+        for word in _words(item):
+            if word not in seen:
+                seen.add(word)
+                if word in named and id(named[word]) not in read:
+                    todo.append(named[word])
+    return [item for item in module.items if id(item) in read]
+
+
+def _words(node):
+    """Every string in a syntax tree: its names, keywords, attributes, string literals."""
+    stack = [node]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            yield v
+        elif isinstance(v, (list, tuple)):
+            stack.extend(v)
+        elif isinstance(v, syntax.SyntaxNode):
+            stack.extend(getattr(v, f) for f in _fields(type(v)))
+
+
+@functools.cache
+def _fields(cls) -> tuple:
+    return tuple(f.name for f in fields(cls) if f.name != "span")
 
 
 def _analyze(a: Analysis, seconds: float, previous: dict):
@@ -126,17 +178,16 @@ def _analyze(a: Analysis, seconds: float, previous: dict):
         return
     deadline = time.monotonic() + seconds
     for name in a.program.models:
-        key = build_key(a, name)
         build = previous.get(name)
-        if build is None or build.key != key:
-            build = Build(key)
+        if build is None or build.key != build_key(a, name, whole=bool(build.errors)):
+            build = Build()
             try:
                 build.model = a.program.check(name, seconds=max(deadline - time.monotonic(), 0.01))
                 build.config = make_config(a.program, name, {}, require_data=False, model=build.model)
             except DlcError as e:
                 build.errors.append(e)
-            if time.monotonic() >= deadline:
-                build.key = None        # cut off by the time budget: built again after the next edit
+            if time.monotonic() < deadline:     # else cut off by the time budget: built again after the next edit
+                build.key = build_key(a, name, whole=bool(build.errors))
         a.builds[name] = build
         if build.model is not None:
             a.models[name] = build.model

@@ -1,7 +1,8 @@
-"""`dlc lsp`: the language server over stdio (pygls, lsprotocol). Each edit is analyzed after
-a short quiet time (DEBOUNCE_SECONDS) in one worker thread, so requests keep being answered
-from the last analysis meanwhile; a handler's unexpected error is answered as an error
-response and logged, never raised out of the server (docs/editors.md)."""
+"""`dlc lsp`: the language server over stdio (pygls, lsprotocol). Each edit is analyzed at once
+in one worker thread, so requests keep being answered from the last analysis meanwhile; the
+edits that come while an analysis runs are analyzed after it, the latest alone (schedule).
+A handler's unexpected error is answered as an error response and logged, never raised out
+of the server (docs/editors.md)."""
 from __future__ import annotations
 
 import asyncio
@@ -28,8 +29,6 @@ from dlc.runtime.lsp.analysis import BUILD_SECONDS, Analysis, analyze, file_of
 from dlc.runtime.lsp.memory import PeakWorker, peak_blocker
 from dlc.runtime.lsp.names import Binding, contains, name_span
 
-DEBOUNCE_SECONDS = 0.05
-MEMORY_WAIT_SECONDS = BUILD_SECONDS     # how long a layer call's hover waits for the peak memory of training
 DID_YOU_MEAN = re.compile(r"did you mean '([^']+)'\?")
 IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
 
@@ -51,16 +50,22 @@ class DlcLanguageServer(LanguageServer):
         """The process computing the peaks of training (serve() starts it before the first request)."""
         return PeakWorker()
 
-    def schedule(self, uri: str, delay: float):
-        """Analyze the document's text after `delay` s unless another edit comes first."""
+    def schedule(self, uri: str):
+        """Analyze the document's text now, or once the analysis under way is done, unless
+        another edit comes first. No debounce: a delay before every analysis would add itself
+        to every edit's diagnostics, and would save none of a typist's analyses, whose
+        keystrokes come further apart than it. A burst of edits (a key held down, a macro)
+        costs the analysis under way and one of its latest text: an analysis waiting for the
+        worker thread is dropped when the next edit comes (its task cancelled, the thread's
+        job not started with it)."""
         if uri in self.pending:
             self.pending[uri].cancel()
         self.analyzed[uri] = asyncio.Event()
-        self.pending[uri] = asyncio.get_running_loop().create_task(self._analyze(uri, delay, self.analyzed[uri]))
+        self.pending[uri] = asyncio.get_running_loop().create_task(self._analyze(uri, self.analyzed[uri]))
 
-    async def _analyze(self, uri: str, delay: float, analyzed: asyncio.Event):
+    async def _analyze(self, uri: str, analyzed: asyncio.Event):
         try:
-            await asyncio.sleep(delay)
+            await asyncio.sleep(0)      # the edits read with this one replace it before it starts
             doc = self.workspace.get_text_document(uri)
             text, version, path = doc.source, doc.version, to_fs_path(uri) or uri
             a = await asyncio.get_running_loop().run_in_executor(self.worker, analyze, text, path,
@@ -91,16 +96,12 @@ class DlcLanguageServer(LanguageServer):
                 build.job = self.peak_worker.submit(a.text, a.path, name)
                 build.job.add_done_callback(functools.partial(_keep_peak, build))
 
-    async def memory(self, a: Analysis, model: str):
-        """Wait for the peak memory of training `model` up to MEMORY_WAIT_SECONDS; later
-        hovers find it when it takes longer."""
+    def hurry_peak(self, a: Analysis, model: str):
+        """Compute the peak memory of training `model` next, if it is not known yet: a hover
+        shows it once known, and never waits for it."""
         build = a.builds.get(model)
         if build is not None and build.memory is None and build.job is not None and not build.job.cancelled():
             self.peak_worker.hurry(build.job)
-            try:
-                await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(build.job)), MEMORY_WAIT_SECONDS)
-            except Exception:       # its own error is kept by _keep_peak; a timeout: being computed
-                pass
 
     async def current(self, uri: str) -> Analysis | None:
         """The latest analysis, after the one under way (if any) finishes."""
@@ -231,12 +232,12 @@ def did_change_configuration(ls: DlcLanguageServer, params: lsp_types.DidChangeC
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: DlcLanguageServer, params: lsp_types.DidOpenTextDocumentParams):
-    ls.schedule(params.text_document.uri, 0)
+    ls.schedule(params.text_document.uri)
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_CHANGE)
 def did_change(ls: DlcLanguageServer, params: lsp_types.DidChangeTextDocumentParams):
-    ls.schedule(params.text_document.uri, DEBOUNCE_SECONDS)
+    ls.schedule(params.text_document.uri)
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_CLOSE)
@@ -279,7 +280,7 @@ async def hover(ls: DlcLanguageServer, params: lsp_types.HoverParams):
     target, call = a.names.at(line, col), a.names.call_at(line, col)
     parts = []
     if call is not None:
-        await ls.memory(a, model_at(a, line))
+        ls.hurry_peak(a, model_at(a, line))
         layer = describe.call_text(call, model_at(a, line), a)
         if layer:
             parts.append(layer)
@@ -590,6 +591,7 @@ def serve():
         handler.addFilter(_without_traceback)
     stdlib_env()        # parsed once, before the first request
     syntax._parser()
+    from dlc.runtime.engines import budget  # noqa: F401  (a layer call's hover reads it: 0.1 s to import)
     server.peak_worker
     # Garbage is collected when an analysis has been published (DlcLanguageServer._analyze),
     # not by the interpreter in the middle of the next: the collections it started while a

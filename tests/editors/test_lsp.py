@@ -92,6 +92,17 @@ async def hover_text(client, uri, pos) -> str:
     return h.contents.value if h else ""
 
 
+async def hover_once_known(client, uri, pos) -> str:
+    """The hover on a layer call once the peak memory of training is known: a hover never
+    waits for it, it says it is being computed until then."""
+    for _ in range(600):
+        text = await hover_text(client, uri, pos)
+        if "being computed" not in text:
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError("the peak memory of training was not computed in 60 s")
+
+
 # ---- diagnostics are dlc check's errors --------------------------------------------------------------
 def guidance_programs() -> list:
     """The programs of tests/frontend/test_error_guidance.py's table: each `run(tmp_path, capsys, PROGRAM)`."""
@@ -208,7 +219,7 @@ async def test_hover_on_a_layer_call_shows_its_parameters_flops_and_memory(clien
     from dlc.compiler.frontend.summary import size_text
     path = EXAMPLES / "mnist_mlp.dl"
     uri, _ = await open_doc(client, path)
-    text = await hover_text(client, uri, position_of(path.read_text(), "dense(512", offset=2))
+    text = await hover_once_known(client, uri, position_of(path.read_text(), "dense(512", offset=2))
     assert "**h.0**: a call of `dense`" in text
     assert "401,920 in 2 tensors" in text and "`h.0.W: f32[784, 512]`" in text and "`h.0.b: f32[512]`" in text
     assert "forward FLOPs per example: 804,352" in text       # 2·784·512 + 512 (bias) + 512 (relu)
@@ -238,18 +249,65 @@ async def test_a_build_is_reused_only_while_what_it_reads_is_unchanged(tmp_path)
                 if build is first.builds.get(name)}
 
     assert reused(REUSED + "# a comment\n") == {"a", "b"}
+    assert reused(REUSED + "const UNREAD = 1\ndef unread(x) {\n    return x\n}\n") == {"a", "b"}
     assert reused(REUSED.replace("dense(x, 3)", "dense(x, 5)")) == {"a"}
     assert reused(REUSED + "train b {\n    batch = 8\n}\n") == {"a"}
     assert reused(REUSED.replace("batch = 32", "batch = 64")) == {"b"}
-    assert reused(REUSED.replace("H = 16", "H = 17")) == set()
-    assert reused(REUSED.replace("relu", "tanh")) == set()
+    assert reused(REUSED.replace("H = 16", "H = 17")) == {"b"}      # read by block, which a calls
+    assert reused(REUSED.replace("relu", "tanh")) == {"b"}
+    assert reused(REUSED.replace("const W = 8", "const W = H")) == {"b"}    # a reads W, W now H
+    assert reused(REUSED + "def dense(x, n) {\n    return x\n}\n") == set()   # shadows the library's
+    assert reused(REUSED + "def zeros(s) {\n    return s\n}\n") == set()      # a state's default initial value
     assert reused("\n" + REUSED) == set()        # every place moved
+    broken = analyze(REUSED.replace("dense(x, 3)", "dens(x, 3)"), path)
+    assert [build.errors != [] for build in broken.builds.values()] == [True, False]
+    again = analyze(REUSED.replace("dense(x, 3)", "dens(x, 3)") + "const UNREAD = 1\n", path, previous=broken)
+    assert again.builds["b"] is not broken.builds["b"] and again.builds["a"] is broken.builds["a"]   # a did-you-mean reads every name
     lib = tmp_path / "lib.dl"
     lib.write_text("const K = 2\n")
     imports = analyze('import "lib.dl"\n' + REUSED, path)
     assert analyze('import "lib.dl"\n' + REUSED, path, previous=imports).builds["b"] is imports.builds["b"]
     lib.write_text("const K = 3\n")
     assert analyze('import "lib.dl"\n' + REUSED, path, previous=imports).builds["b"] is not imports.builds["b"]
+
+
+@pytest.mark.parametrize("name", ["REUSED", "seq2seq_luong", "inception_cnn"])
+async def test_an_analysis_that_reuses_builds_says_what_one_that_builds_all_says(tmp_path, name):
+    """Random edits of a file (a line deleted or repeated, a number changed, a const or a
+    def that shadows a library function inserted), each analyzed given the analysis of the
+    text before (the file itself between two edits): each has the errors (messages, places,
+    notes) and the types of an analysis from scratch."""
+    from dlc.runtime.lsp.analysis import analyze
+    rng = random.Random(name)
+    original = REUSED if name == "REUSED" else (EXAMPLES / f"{name}.dl").read_text()
+    path = str(tmp_path / "edited.dl")
+
+    def edited() -> str:
+        lines = original.split("\n")
+        at, kind = rng.randrange(len(lines)), rng.randrange(5)
+        if kind == 0:
+            del lines[at]
+        elif kind == 1:
+            lines.insert(at, lines[at])
+        elif kind == 2:
+            lines[at] = re.sub(r"\d+", lambda m: str(int(m[0]) + 1), lines[at], count=1)
+        else:
+            lines.insert(at if kind == 3 else len(lines), rng.choice(
+                ["const EDITED = 3", "def relu(x) {\n    return x\n}", "def dense(x, n) {\n    return x\n}"]))
+        return "\n".join(lines)
+
+    def said(a) -> tuple:
+        return ([(e.message, e.span, e.notes) for e in a.errors],
+                {n: [(b, str(t), at) for b, t, at in m.bindings] for n, m in a.models.items()})
+
+    before, reused = analyze(original, path), 0
+    for k in range(40):
+        text = edited() if k % 2 == 0 else original
+        now = analyze(text, path, previous=before)
+        assert said(now) == said(analyze(text, path)), text
+        reused += sum(build is before.builds.get(n) for n, build in now.builds.items())
+        before = now
+    assert reused > 0       # some edits left a model's inputs alone: its build was reused
 
 
 async def test_an_edit_upstream_changes_the_types_diagnostics_and_memory_downstream(client, tmp_path, capsys):
@@ -259,12 +317,12 @@ async def test_an_edit_upstream_changes_the_types_diagnostics_and_memory_downstr
     assert got == []
     at = position_of(REUSED, "h = block")
     assert "h: f32[B, 16]" in await hover_text(client, uri, at)
-    for width in (24, 40):      # the const the def reads, above the model; each hover waits for its peak
+    for width in (24, 40):      # the const the def reads, above the model; the hover once its peak is known
         text = REUSED.replace("H = 16", f"H = {width}")
         assert await edit(client, uri, text) == []
         assert f"h: f32[B, {width}]" in await hover_text(client, uri, at)
         path.write_text(text)
-        hover = await hover_text(client, uri, position_of(text, "block(x)\n    loss"))
+        hover = await hover_once_known(client, uri, position_of(text, "block(x)\n    loss"))
         assert f"activation memory of training: {size_text(summary_memory_row(path, 'h', capsys))} at B = 32" in hover
     text = REUSED.replace("W = 8", "W = 9")         # the loss's dense no longer fits the target
     path.write_text(text)
@@ -273,6 +331,49 @@ async def test_an_edit_upstream_changes_the_types_diagnostics_and_memory_downstr
     assert (d.range.start.line + 1, d.range.start.character + 1, d.message) == (line, col, message)
     assert "do not broadcast" in message
     assert await edit(client, uri, REUSED) == []
+
+
+async def test_a_layer_hover_right_after_an_edit_does_not_wait_for_the_peak(client, capsys):
+    """Right after an edit that builds transformer_seq2seq again, its peak memory of training
+    takes the worker some 0.5 s of CPU: the hover answers before, with the layer's parameters
+    and FLOPs and the peak said to be being computed; later, the peak `dlc summary --memory` gives."""
+    from dlc.compiler.frontend.summary import size_text
+    path = EXAMPLES / "transformer_seq2seq.dl"
+    uri, _ = await open_doc(client, path)
+    text = path.read_text().replace("    output probs", "    edited = 1\n    output probs")    # built again
+    assert await edit(client, uri, text) == []
+    at = position_of(text, "transformer_encoder(", offset=2)
+    first = await hover_text(client, uri, at)
+    assert "activation memory of training: being computed (hover again)" in first
+    assert "parameters: " in first and "forward FLOPs per example: " in first
+    layer = re.search(r"\*\*([\w.]+)\*\*: a call of", first)[1]
+    known = await hover_once_known(client, uri, at)
+    assert f"activation memory of training: {size_text(summary_memory_row(path, layer, capsys))} at " in known
+
+
+async def test_a_burst_of_edits_is_analyzed_once_after_the_analysis_under_way(monkeypatch):
+    """Each edit is analyzed at once, but one thread analyzes: the edits that come while an
+    analysis runs are analyzed after it, the latest alone, and only its diagnostics published."""
+    import time
+    from pygls.workspace import Workspace
+    from dlc.runtime.lsp import server as S
+    ls, analyzed, published = S.DlcLanguageServer(), [], []
+    ls.protocol._workspace = Workspace(None)
+
+    def analyze(text, path, seconds, previous):
+        analyzed.append(text)
+        time.sleep(0.3)
+        return S.Analysis(text, path)
+
+    monkeypatch.setattr(S, "analyze", analyze)
+    ls.text_document_publish_diagnostics = lambda params: published.append(params.version)
+    uri = "file:///burst.dl"
+    for version in range(1, 6):
+        ls.workspace.put_text_document(T.TextDocumentItem(uri, "dl", version, f"# version {version}\n"))
+        ls.schedule(uri)
+        await asyncio.sleep(0.05)       # the first is being analyzed; the next ones wait
+    await ls.analyzed[uri].wait()
+    assert analyzed == ["# version 1\n", "# version 5\n"] and published == [5]
 
 
 async def test_the_peak_worker_runs_the_latest_job_first_and_drops_the_cancelled():
