@@ -9,8 +9,8 @@ and 2-D parameters for the groups) built once and trained for two epochs (the ru
 max_steps: 12 steps) through ctypes with the batches the trainer feeds its engine: the
 first half, saved, then the rest from that checkpoint in a new instance; the parameters,
 the optimizer state and the checkpoint's step, epoch and batch are the trainer's. A case
-spends most of its time in the build: 6.6 s of CPU, half of it the GEMM object (measured
-once, on a busy machine)."""
+spends most of its time in the build: 6.6 s of CPU cold, half of it the GEMM object, which
+the compile cache gives the builds after the first (measured once, on a busy machine)."""
 import shutil
 
 import numpy as np
