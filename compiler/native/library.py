@@ -322,8 +322,13 @@ def _stats(lib: Library) -> list:
 
 
 def _grads(lib: Library) -> list:
-    return [(lib.param_names.index(name[5:]), bid) for name, bid in lib.program.outputs.items()
-            if name.startswith("grad:")]
+    """(parameter number, buffer) of each trained parameter's gradient, which the step writes
+    into the flat gradient array. The train step graph has a gradient of every trainable
+    parameter, a frozen one's too: that one stays in the arena (the gradient array holds
+    the trained parameters alone; as the engine's)."""
+    numbers = [(lib.param_names.index(name[5:]), bid) for name, bid in lib.program.outputs.items()
+               if name.startswith("grad:")]
+    return [(k, bid) for k, bid in numbers if k < lib.training.trained]
 
 
 # the update's buffers by role (library_train.c)

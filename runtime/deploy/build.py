@@ -170,7 +170,7 @@ def _objects(name: str, units: list, tmp: Path) -> list:
     program, and a --train library's two step modules into one library) and hidden (the
     library exports its C API only)."""
     from dlc.compiler.native.gemm import bf16_config, default_config, thread_local_buffers
-    from dlc.runtime.engines.cache import gemm_module
+    from dlc.runtime.engines.cache import gemm_module, object_cached
     # instances on different threads run at once: each thread packs into its own buffers
     gemm = jit.parse(thread_local_buffers(str(gemm_module((default_config(), bf16_config())))))
     shared = {g.name for g in [*gemm.functions, *gemm.global_variables]
@@ -199,7 +199,8 @@ def _objects(name: str, units: list, tmp: Path) -> list:
     paths = []
     for r, what in refs + data:
         path = tmp / f"{what}.o"
-        path.write_bytes(jit.object_code(r, 0 if what.endswith("_data") else jit.OPT_LEVEL))
+        # the code from the compile cache when a build made it before; the data (weights) never cached
+        path.write_bytes(jit.object_code(r, 0) if what.endswith("_data") else object_cached(r, jit.OPT_LEVEL))
         paths.append(path)
     return paths
 

@@ -88,7 +88,7 @@ def train_parts(file: str, model: str | None, overrides: dict):
     from dlc.compiler.ir.dims import numel
     from dlc.runtime.training.config import batch_statistics, run_length, trained_names
     from dlc.runtime.training.inputs import prepare_data
-    from dlc.runtime.training.trainer import Trainer, batch_bounds
+    from dlc.runtime.training.trainer import Trainer, epoch_bounds
     from dlc.runtime.training.checkpoint import FORMAT
     import dlc
     trainer = Trainer(load(file), model, overrides, None, progress="none")
@@ -107,7 +107,7 @@ def train_parts(file: str, model: str | None, overrides: dict):
         raise DlcError(f"dlc build --train keeps parameters in f32; {not_f32[0]} is not", cfg.span("precision"))
     train, _, _, trainer.meta = prepare_data(cfg, trainer.base, tm)
     n = len(next(iter(train.values())))
-    bounds = batch_bounds(n, cfg.batch, merge_single=bool(batch_statistics(tm)))
+    bounds = epoch_bounds(n, cfg.batch, trainer.meta, bool(batch_statistics(tm)))
     epochs, max_steps = run_length(cfg, len(bounds))
     make_schedule(cfg.schedule, optimizer.lr, len(bounds), epochs, cfg.span("schedule"), max_steps)  # checked at its line
     size = {p.name: int(numel(p.type.shape)) for p in tm.params}

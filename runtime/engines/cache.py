@@ -107,6 +107,25 @@ def compile_cached(module: ir.Module) -> Loaded:
     return Loaded(_load(objects), time.perf_counter() - t0, False, key)
 
 
+def object_cached(ref: llvm.ModuleRef, level: int) -> bytes:
+    """jit.object_code of a parsed module, from the cache or from LLVM (then stored): the
+    objects `dlc build` links into a library (its GEMM routines, the same for every library
+    of a name and target, and its step modules). Keyed by the module's text and `level`,
+    as every entry by the target CPU and the versions; verified as every entry, and not
+    loaded here (the linker takes it)."""
+    key = _key(f"object at O{level}\n{ref}")
+    with _open_dir() as dirfd:
+        obj = None if dirfd is None else _read(dirfd, f"{key}.lib.o", key)
+        if obj is not None:
+            stats["hits"] += 1
+            return obj
+        obj = jit.object_code(ref, level)
+        stats["compiles"] += 1
+        if dirfd is not None:
+            _store(dirfd, f"{key}.lib.o", key, obj)
+    return obj
+
+
 # An object entry holds the objects of a module's parts (compiler/native/parallel_compile.py):
 # their count, each one's length, then the objects.
 _COUNT, _LENGTH = struct.Struct("<I"), struct.Struct("<Q")

@@ -61,6 +61,16 @@ def batch_bounds(n: int, size: int, merge_single: bool = False, ranks: int = 1) 
     return bounds
 
 
+def epoch_bounds(n: int, size: int, meta: dict, merge_single: bool, ranks: int = 1) -> list:
+    """The batches of an epoch over n training examples (batch_bounds), but for
+    text(windows = "random") (meta "windows"), whose every step draws its batch of windows
+    at random: there an epoch is the steps that read as many characters as the text holds."""
+    sampled = meta.get("windows")
+    if sampled:
+        return [(b * size, (b + 1) * size) for b in range(max(1, n // sampled // size))]
+    return batch_bounds(n, size, merge_single, ranks)
+
+
 def mean_metrics(engine: Engine, params: dict, arrays: dict, batch: int) -> dict:
     """Loss and metrics over a data set, weighted by batch size. A data-parallel engine's
     ranks each score their share of the examples, and the sums are reduced."""
@@ -186,12 +196,8 @@ class Trainer:
             for name, arrays in (("training", train), ("validation", val), ("test", test)):
                 if arrays is not None:
                     self.world.check_data(name, len(next(iter(arrays.values()))), cfg.span(name))
-        # text(windows = "random"): every step draws its batch of windows at random; an epoch is the steps
-        # that read as many characters as the text holds
-        sampled = self.meta.get("windows")
-        bounds = [(b * cfg.batch, (b + 1) * cfg.batch) for b in range(max(1, n // sampled // cfg.batch))] \
-            if sampled else batch_bounds(n, cfg.batch, merge_single=bool(stats),
-                                         ranks=self.world.size if self.world else 1)
+        bounds = epoch_bounds(n, cfg.batch, self.meta, bool(stats), self.world.size if self.world else 1)
+        sampled = self.meta.get("windows")      # text(windows = "random"): every step draws its batch
         epochs, max_steps = run_length(cfg, len(bounds))
         period = eval_period(cfg)       # steps between the history's rows; none: a row per epoch
         last_step = max_steps if max_steps is not None else epochs * len(bounds)

@@ -18,7 +18,7 @@ from dlc.compiler.frontend.loader import load
 from dlc.runtime.api import DlcModel
 from dlc.runtime.training import checkpoint
 from dlc.runtime.training.trainer import initial_parameters
-from helpers.c_api import MODELS, STATUS, Api, inputs
+from helpers.c_api import MODELS, STATUS, Api, inputs, train_steps, trainer_batches
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "tests" / "deploy" / "predict_main.c"
@@ -178,6 +178,20 @@ def test_without_a_system_compiler_zig_cc_builds_and_links(built, tmp_path):
     x = inputs("digits_cnn", 4)
     engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
     assert c_predict(tmp_path / "main", ckpt, x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
+
+
+def test_a_second_build_takes_its_code_from_the_compile_cache(tmp_path):
+    """The objects a build compiles (the GEMM routines, the prediction's and the train
+    step's modules) go to the compile cache: a second build of the model runs no LLVM, and
+    its library is the first's, byte for byte."""
+    from dlc.runtime.deploy.build import build
+    from dlc.runtime.engines import cache
+    dl = ROOT / "examples" / "xor_mlp.dl"
+    build(str(dl), tmp_path / "first", train=True)
+    before = dict(cache.stats)
+    build(str(dl), tmp_path / "second", train=True)
+    assert (cache.stats["compiles"], cache.stats["hits"]) == (before["compiles"], before["hits"] + 3)
+    assert (tmp_path / "first" / "libxor_mlp.so").read_bytes() == (tmp_path / "second" / "libxor_mlp.so").read_bytes()
 
 
 def test_build_refuses_weights_of_another_model(built, tmp_path):
@@ -471,26 +485,6 @@ def test_a_host_call_cannot_go_in_a_library():
 
 
 # ---- --train: a C training loop against dlc train --------------------------------------------------------------
-def trainer_batches(model: str, seed: int, epochs: int, out: Path) -> tuple:
-    """The batches `dlc train --backend native` feeds its engine, in order (a run in this
-    process, its checkpoints in `out`, the engine's train_step recorded), and the steps per epoch."""
-    from dlc.runtime.engines.native import NativeEngine
-    from dlc.runtime.training.trainer import Trainer
-    fed, step = [], NativeEngine.train_step
-
-    def recorded(self, params, opt_state, batch, lr, number, key):
-        fed.append({k: v.copy() for k, v in batch.items()})
-        assert list(key) == [seed, number]      # the library's key of step `number`
-        return step(self, params, opt_state, batch, lr, number, key)
-    NativeEngine.train_step = recorded
-    try:
-        Trainer(load(ROOT / "examples" / f"{model}.dl"), None, {"epochs": epochs, "seed": seed}, out,
-                backend="native", progress="none").run(overwrite=True)
-    finally:
-        NativeEngine.train_step = step
-    return fed, len(fed) // epochs
-
-
 def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
     seed, epochs = 3, 3
     dl = ROOT / "examples" / "digits_cnn.dl"
@@ -501,7 +495,8 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
         "get_parameter", "save", "set_parameter", "set_schedule", "train_step"))
     model = load(dl).build(None, training=True)
     checkpoint.save(tmp_path / "init.npz", initial_parameters(model, seed), {}, {})
-    fed, per_epoch = trainer_batches("digits_cnn", seed, epochs, tmp_path / "recorded")
+    fed = trainer_batches(dl, {"epochs": epochs, "seed": seed}, tmp_path / "recorded")
+    per_epoch = len(fed) // epochs
     for name, batches in (("batches", fed), ("first", fed[:per_epoch]), ("rest", fed[per_epoch:])):
         with open(tmp_path / f"{name}.bin", "wb") as f:
             for batch in batches:
@@ -693,18 +688,11 @@ def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
     lib = tmp_path / "lib"
     dlc("build", dl, "--train", "--seed", seed, "--epochs", 1, "-o", lib)
     checkpoint.save(tmp_path / "init.npz", initial_parameters(load(dl).build(None, training=True), seed), {}, {})
-    fed = trainer_batches(model, seed, 1, tmp_path / "recorded")[0]
+    fed = trainer_batches(dl, {"epochs": 1, "seed": seed}, tmp_path / "recorded")
     api = Api(lib, model)
-    names, train_step = api.train_inputs, api.f("train_step")
     status, instance = api.create(tmp_path / "init.npz")
     assert status == 0, api.error(instance)
-    values = np.zeros(8, np.float64)
-    p = lambda a: ctypes.c_void_p(a.ctypes.data)
-    for batch in fed:
-        arrays = [np.ascontiguousarray(batch[n]) for n in names]
-        shapes = [np.array(a.shape, np.int64) for a in arrays]
-        assert train_step(instance, *[q for a, s in zip(arrays, shapes) for q in (p(a), p(s))], p(values), 8) == 0, \
-            api.error(instance)
+    train_steps(api, instance, fed)
     assert api.f("save")(instance, str(tmp_path / "c.npz").encode()) == 0, api.error(instance)
     api.f("destroy")(instance)
     dlc("train", dl, "--backend", "native", "--epochs", 1, "--seed", seed, "--out", tmp_path / "run", "-q")

@@ -1,6 +1,7 @@
 """The C API of a library `dlc build` made, through ctypes: its status codes and a thin wrapper
-of its calls, and the models' inputs. The fuzz scripts of tests/deploy/test_build.py import it in a
-process of their own, with tests/ on sys.path."""
+of its calls, and the models' inputs; for a --train library, the batches `dlc train` feeds its
+engine and a loop of train_step over them. The fuzz scripts of tests/deploy/test_build.py import
+it in a process of their own, with tests/ on sys.path."""
 import ctypes
 import re
 from pathlib import Path
@@ -70,3 +71,36 @@ class Api:
                                           ctypes.cast(shapes, ctypes.c_void_p), ctypes.cast(outputs, ctypes.c_void_p),
                                           p(caps), ctypes.cast(oshapes, ctypes.c_void_p))
         return status, out, out_shape[:out_rank]
+
+
+def trainer_batches(dl: Path, overrides: dict, out: Path) -> list:
+    """The batches `dlc train --backend native` feeds its engine, in order: a run of the model
+    in `dl` in this process with the flags' `overrides` (its checkpoints in `out`), the
+    engine's train_step recorded; each step's random key is the library's, (seed, step)."""
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.engines.native import NativeEngine
+    from dlc.runtime.training.trainer import Trainer
+    fed, step = [], NativeEngine.train_step
+
+    def recorded(self, params, opt_state, batch, lr, number, key):
+        fed.append({k: v.copy() for k, v in batch.items()})
+        assert list(key) == [overrides.get("seed", 0), number]
+        return step(self, params, opt_state, batch, lr, number, key)
+    NativeEngine.train_step = recorded
+    try:
+        Trainer(load(dl), None, overrides, out, backend="native", progress="none").run(overwrite=True)
+    finally:
+        NativeEngine.train_step = step
+    return fed
+
+
+def train_steps(api: Api, instance, batches: list):
+    """Each batch through the library's train_step (its inputs by name, in the header's order)."""
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    values = np.zeros(8, np.float64)
+    for batch in batches:
+        arrays = [np.ascontiguousarray(batch[n]) for n in api.train_inputs]
+        shapes = [np.array(a.shape, np.int64) for a in arrays]
+        status = api.f("train_step")(instance, *[q for a, s in zip(arrays, shapes) for q in (p(a), p(s))],
+                                     p(values), values.size)
+        assert status == 0, api.error(instance)
