@@ -111,7 +111,8 @@ def test_packing_stays_in_its_buffer(lib, K, N, tb):
     _check(lib(a, b, trans_b=tb, packed=True), _reference(a, b, False, tb), a, b, False, tb)
 
 
-@pytest.mark.parametrize("M,N,K", [(128, 784, 512), (784, 512, 128), (256, 256, 256)])
+@pytest.mark.parametrize("M,N,K", [(128, 784, 512), (784, 512, 128), (256, 256, 256),
+                                   (1, 784, 512), (2, 512, 784)])  # one or two rows: unpacked, split over N
 def test_large_two_threads_and_serial_agree(lib, M, N, K):
     rng = np.random.default_rng(1)
     a, b = _operands(rng, M, N, K, False, False)
