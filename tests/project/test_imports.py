@@ -9,6 +9,7 @@ the root, would otherwise be in a cycle with it.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import networkx as nx
@@ -61,6 +62,7 @@ def imported_modules(name: str, path: Path, modules: set) -> set:
     return {t for t in out if not (name == t or name.startswith(t + "."))}
 
 
+@functools.cache      # the tests only read it: the package's sources are parsed once
 def import_graph() -> nx.DiGraph:
     files = module_files()
     graph = nx.DiGraph()
