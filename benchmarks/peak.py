@@ -33,6 +33,8 @@ ITERATIONS = 20_000_000  # loop trips per call: ~30 ms on one core (AVX-512)
 REPEATS = 5
 QUIET = 0.25             # the most cores other processes may use during a round that measures the peak
 WINDOW_S = 30.0          # how long each thread count's rounds may wait for a quiet one
+ROUND_S = 0.2            # the shortest round: /proc/stat counts the machine's busy time in 10 ms ticks,
+                         # so a shorter round's load reads as quiet or busy by chance
 
 
 def _compile_fma_loop():
@@ -79,7 +81,7 @@ def _compile_fma_loop():
 def measure(threads=(1, 2), iterations: int = ITERATIONS, repeats: int = REPEATS, window_s: float = WINDOW_S) -> dict:
     """{'lanes': vector width, 'gflops': {threads: best GFLOP/s of all threads together},
     'others': {threads: cores other processes used during the round kept}}: for each thread
-    count, rounds of `repeats` calls until one is quiet (others < QUIET) or `window_s` has
+    count, rounds of `repeats` calls (and at least ROUND_S) until one is quiet (others < QUIET) or `window_s` has
     passed; the quiet round, else the least busy."""
     fn, flops_per_iter, lanes = _compile_fma_loop()
     fn(1000)                          # page in the code
@@ -88,7 +90,10 @@ def measure(threads=(1, 2), iterations: int = ITERATIONS, repeats: int = REPEATS
         start = time.perf_counter()
         while True:
             with OtherLoad() as load:
-                best = max(_timed(fn, n, iterations) for _ in range(repeats)) * flops_per_iter
+                round_start, rates = time.perf_counter(), []
+                while len(rates) < repeats or time.perf_counter() - round_start < ROUND_S:
+                    rates.append(_timed(fn, n, iterations))
+                best = max(rates) * flops_per_iter
             if n not in others or load.cores < others[n]:
                 gflops[n], others[n] = best, load.cores
             if not load.cores >= QUIET or time.perf_counter() - start >= window_s:    # quiet, or nan: cannot tell
