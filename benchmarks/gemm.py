@@ -35,7 +35,7 @@ import time
 from dataclasses import replace
 
 from machine import OtherLoad, wait_idle
-from peak import cached_or_measure, describe, quiet
+from peak import cached_or_measure, describe, uncertain_note
 
 
 def main(argv=None):
@@ -172,8 +172,8 @@ def run(args):
                   f"{other.cores:.2f}"]
         print(f"{label:<22}" + "".join(f"{c:>11}" for c in cells), flush=True)
     print(f"geometric mean of time dlc ({default}) / best peer: {float(np.exp(np.mean(np.log(ratios)))):.2f}")
-    if not quiet(measured):
-        print(f"note: % peak divides by an uncertain peak, measured beside other processes: {describe(measured)}")
+    if note := uncertain_note(measured):
+        print(note)
 
 
 if __name__ == "__main__":

@@ -81,8 +81,8 @@ def _compile_fma_loop():
 def measure(threads=(1, 2), iterations: int = ITERATIONS, repeats: int = REPEATS, window_s: float = WINDOW_S) -> dict:
     """{'lanes': vector width, 'gflops': {threads: best GFLOP/s of all threads together},
     'others': {threads: cores other processes used during the round kept}}: for each thread
-    count, rounds of `repeats` calls (and at least ROUND_S) until one is quiet (others < QUIET) or `window_s` has
-    passed; the quiet round, else the least busy."""
+    count, rounds of `repeats` calls (and at least ROUND_S) until one is quiet (others <
+    QUIET) or `window_s` has passed; the quiet round, else the least busy."""
     fn, flops_per_iter, lanes = _compile_fma_loop()
     fn(1000)                          # page in the code
     gflops, others = {}, {}
@@ -129,6 +129,13 @@ def describe(result: dict) -> str:
             f"{n} thread{'s' * (n > 1)} (others used {cores:.2f} cores)" for n, cores in busy.items())
             + "; the peak may be too low and each % of it too high")
     return line
+
+
+def uncertain_note(result: dict) -> str | None:
+    """The note a table of "% peak" prints under it when its peak is uncertain, else None."""
+    if quiet(result):
+        return None
+    return f"note: % peak divides by an uncertain peak, measured beside other processes: {describe(result)}"
 
 
 def _cache_path():

@@ -701,7 +701,7 @@ def main(argv=None) -> int:
           + (f"jax {__import__('jax').__version__}" if jax_on else f"jax skipped: {jax_reason or 'not requested'}")
           + f", {os.cpu_count()} cpus")
 
-    from peak import cached_or_measure, describe, quiet
+    from peak import cached_or_measure, describe, uncertain_note
     peak = cached_or_measure()
     peak_threads = min(args.threads, max(peak["gflops"]))
     print(describe(peak))
@@ -730,8 +730,8 @@ def main(argv=None) -> int:
           f"FLOPs / median step time / the {peak_threads}-thread FMA peak; others: cores used by other processes "
           "while timing (0 = quiet machine)\n")
     print(table(results, keys, peak["gflops"][peak_threads]))
-    if not quiet(peak):
-        print(f"note: % peak divides by an uncertain peak, measured beside other processes: {describe(peak)}")
+    if note := uncertain_note(peak):
+        print(note)
     notes = sorted({r.runs["dlc"].note for r in results if "dlc" in r.runs and r.runs["dlc"].note})
     for n in notes:
         print(f"note: {n}")
