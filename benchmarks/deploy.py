@@ -1,6 +1,7 @@
 """Built libraries (`dlc build`, docs/deploy.md) on benchmarks/predict.py's four workloads:
-the library's size without and with its weights, dlopen and create time, and predict
-latency from C (deploy_timer.c, through the array API) at batch 1 and 256, against
+the library's size without and with its weights, dlopen and create time, the first predict
+(which packs the weights too) and predict latency from C (deploy_timer.c, through the array
+API) at batch 1 and 256, against
 onnxruntime on dlc's ONNX export of the same model: from C too (onnxruntime_timer.c, on
 the C library pip's wheel ships in onnxruntime/capi/) when `--onnxruntime-include` gives
 the folder of an onnxruntime release's `onnxruntime_c_api.h` (pip's wheel has no header),
@@ -62,8 +63,9 @@ def c_point(exe: Path, lib: Path, name: str, ckpt, feeds: dict, seconds: float, 
                            env={**os.environ, "GOMP_SPINCOUNT": GOMP_SPINCOUNT_DEFAULT})
     if r.returncode:
         raise SystemExit(f"{name}: {r.stderr}")
-    load_ms, create_ms, predict_ms, calls = r.stdout.split()
-    return {"load_ms": float(load_ms), "create_ms": float(create_ms), "c_ms": float(predict_ms),
+    load_ms, create_ms, first_ms, predict_ms, calls = r.stdout.split()
+    return {"load_ms": float(load_ms), "create_ms": float(create_ms), "first_ms": float(first_ms),
+            "c_ms": float(predict_ms),
             "output": np.fromfile(folder / "y.bin", np.float32), "others": other.cores}
 
 
@@ -127,19 +129,21 @@ def run_workload(name: str, batches, seconds: float, folder: Path, seed: int, in
         rows.append({"workload": name, "batch": batch,
                      "so_kb": (plain / f"lib{model.name}.so").stat().st_size / 1024,
                      "so_weights_kb": (embedded / f"lib{model.name}.so").stat().st_size / 1024,
-                     "load_ms": c["load_ms"], "create_ms": c["create_ms"], "c_ms": c["c_ms"], "onnxruntime_ms": ort_ms,
+                     "load_ms": c["load_ms"], "create_ms": c["create_ms"], "first_ms": c["first_ms"], "c_ms": c["c_ms"],
+                     "onnxruntime_ms": ort_ms,
                      "onnxruntime_api": "C" if ort_exe is not None else "Python", "others": max(c["others"], others)})
     return rows
 
 
 def table(rows: list) -> str:
     api = rows[0]["onnxruntime_api"] if rows else "C"
-    head = ("| workload | batch | .so KB | .so with weights KB | dlopen ms | create ms | C predict ms | "
+    head = ("| workload | batch | .so KB | .so with weights KB | dlopen ms | create ms | first predict ms | C predict ms | "
             f"onnxruntime ms ({api} API) | C/onnxruntime | others |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['batch']} | {r['so_kb']:.0f} | {r['so_weights_kb']:.0f} | "
-                     f"{r['load_ms']:.2f} | {r['create_ms']:.2f} | {r['c_ms']:.3f} | {r['onnxruntime_ms']:.3f} | "
+                     f"{r['load_ms']:.2f} | {r['create_ms']:.2f} | {r['first_ms']:.3f} | {r['c_ms']:.3f} | "
+                     f"{r['onnxruntime_ms']:.3f} | "
                      f"{r['c_ms'] / r['onnxruntime_ms']:.2f} | {r['others']:.2f} |")
     return "\n".join(lines)
 

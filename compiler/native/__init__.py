@@ -19,3 +19,9 @@ the runtime.
 # the precisions of the operands of matmuls and convolutions (lower.py's `precision`); here
 # so that checking a train block's `precision` does not import the backend
 PRECISIONS = ("f32", "bf16")
+
+# how a prediction's weights are packed for its GEMMs (lower.py's `pack_weights`; kernels/gemm:
+# WeightPacksKernel): "each call", where the weights may have changed before any call (the
+# JIT is handed the parameter arrays), only for the products that pack B anyway; "once",
+# where only a setter changes them (a built library), for every product, the one-row ones too
+PACK_WEIGHTS = ("each call", "once")

@@ -37,9 +37,12 @@ and a 32 x 32 block of C is summed in four tiles by tdpbf16ps ("bf16-amx"; K sli
 whole tiles of 32; Linux grants the tile state on request, `tiles_granted`).
 `bf16_config` picks the host's.
 
-An operand B that many products share (a recurrent weight, at every step of a scan) can
-be packed once by `add_pack` into K-long NR-wide panels; the `packed` routines take that
-copy as one more argument and skip packing B.
+An operand B that many products share (a recurrent weight, at every step of a scan; a
+built library's weights) can be packed once by `add_pack` into K-long NR-wide panels; the
+`packed` routines take that copy as one more argument (or null: not packed) and skip
+packing B. With a row or two of A the float32 ones not transposing B read the panels
+too, each contiguous over K, where the routines without it read B's rows
+(`_Gen.few_rows`).
 
 Threads: work is split with libgomp's GOMP_parallel — over the batch when there are
 enough matrices, else over N when M ≤ N, else over M, in whole tiles — and each thread
@@ -830,12 +833,27 @@ class _Gen:
         b.ret_void()
 
         b.position_at_end(main)
+        few_rows = b.icmp_signed("<=", b.sub(m1, m0), _c64(FEW_ROWS))
+        if packed and not trans_b and not cfg.bf16:
+            # op(B) packed (given, not null) and the columns from a panel's start: the
+            # one-row product streams its panels (a null Bk: the caller's pack is not made).
+            # Not for Bᵀ: its one-row products are tiled, whose sums over K slices and C
+            # are added otherwise (a pack must change no bit)
+            from_panels = b.and_(b.icmp_unsigned("!=", Bk, ir.Constant(fptr, None)),
+                                 b.icmp_signed("==", b.srem(n0, _c64(cfg.nr)), _c64(0)))
+            few_packed = fn.append_basic_block("few_rows_packed")
+            other = fn.append_basic_block("not_few_packed")
+            b.cbranch(b.and_(few_rows, from_panels), few_packed, other)
+            b.position_at_end(few_packed)
+            self.few_rows(b, m0, m1, n0, n1, K, A, lda, C, ldc, trans_a, accumulate, self._packed_b(Bk, K))
+            b.ret_void()
+            b.position_at_end(other)
         if not trans_b:
             tiled = fn.append_basic_block("tiled")
             few = fn.append_basic_block("few_rows")
-            b.cbranch(b.icmp_signed("<=", b.sub(m1, m0), _c64(FEW_ROWS)), few, tiled)
+            b.cbranch(few_rows, few, tiled)
             b.position_at_end(few)
-            self.few_rows(b, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, trans_a, accumulate)
+            self.few_rows(b, m0, m1, n0, n1, K, A, lda, C, ldc, trans_a, accumulate, self._stored_b(B, ldb))
             b.ret_void()
             b.position_at_end(tiled)
         # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
@@ -849,14 +867,29 @@ class _Gen:
             with _loop(b, 0, K, kstep, name="pc") as pc:
                 kc = _min(b, kstep, b.sub(K, pc))
                 # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
-                if packed:     # the K-long panels from column jc on, from row pc on
-                    rows = b.sdiv(pc, _c64(2)) if pairs else pc      # packed rows before row pc
-                    bstride = self.panel_length(b, K)
-                    bblock = _gep(b, Bk, b.add(b.mul(jc, bstride), b.mul(rows, _c64(cfg.nr))))
-                else:
+                def pack_here():
                     bsrc = _gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
                     b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
-                    bblock, bstride = Bp, self.panel_length(b, kc)
+                    return Bp, self.panel_length(b, kc)
+
+                if packed:     # the K-long panels from column jc on, from row pc on; a null Bk: packed here
+                    given, own, joined = (fn.append_basic_block(n) for n in ("b_given", "b_own", "b_joined"))
+                    b.cbranch(b.icmp_unsigned("!=", Bk, ir.Constant(fptr, None)), given, own)
+                    b.position_at_end(given)
+                    rows = b.sdiv(pc, _c64(2)) if pairs else pc      # packed rows before row pc
+                    stride_given = self.panel_length(b, K)
+                    block_given = _gep(b, Bk, b.add(b.mul(jc, stride_given), b.mul(rows, _c64(cfg.nr))))
+                    b.branch(joined)
+                    b.position_at_end(own)
+                    block_own, stride_own = pack_here()
+                    b.branch(joined)
+                    b.position_at_end(joined)
+                    bblock, bstride = b.phi(fptr), b.phi(i64)
+                    for phi, pair in ((bblock, (block_given, block_own)), (bstride, (stride_given, stride_own))):
+                        phi.add_incoming(pair[0], given)
+                        phi.add_incoming(pair[1], own)
+                else:
+                    bblock, bstride = pack_here()
                 load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, _c64(0))
                 with _loop(b, m0, m1, cfg.mc, name="ic") as ic:
                     mc = _min(b, _c64(cfg.mc), b.sub(m1, ic))
@@ -874,16 +907,19 @@ class _Gen:
         b.ret_void()
         return fn
 
-    def few_rows(self, b, m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, trans_a, accumulate):
-        """C rows (+)= a sum over k of op(A)[i, k] · B row k, without packing: with a row or
-        two of C (a batch of one at inference, a vector times a matrix), packing B would
-        copy all of it to use each element once or twice. Runs of FEW_VECTORS vectors of a
-        C row stay in registers while K streams B's rows (that many independent FMA chains
-        keep both FMA units busy, and each row's run is contiguous, which the hardware
-        prefetcher follows: dropping a software prefetch of each line 8 rows ahead took
-        6 % off a built library's batch-1 prediction of the MLP and 30 % off the LSTM's on
-        a Zen 4, docs/deploy.md); then single vectors, and the last columns under a mask.
-        Every element is one chain of FMAs along k, whichever run holds it."""
+    def few_rows(self, b, m0, m1, n0, n1, K, A, lda, C, ldc, trans_a, accumulate, column_at):
+        """C rows (+)= a sum over k of op(A)[i, k] · row k of op(B), without packing: with a
+        row or two of C (a batch of one at inference, a vector times a matrix), packing B
+        would copy all of it to use each element once or twice. Runs of FEW_VECTORS vectors
+        of a C row stay in registers while K streams B's rows (that many independent FMA
+        chains keep both FMA units busy); then runs of `column_at.unit` vectors, and the last
+        columns under a mask. `column_at` says where B's vectors are: `_stored_b` (B as
+        given: each run's part of a row is contiguous, which the hardware prefetcher
+        follows; dropping a software prefetch of each line 8 rows ahead took 6 % off a built
+        library's batch-1 prediction of the MLP and 30 % off the LSTM's on a Zen 4,
+        docs/deploy.md) or `_packed_b` (B packed into panels, each one contiguous over all
+        of K). Every element is one chain of FMAs along k, whichever run holds it and
+        wherever B is read from: the same bits."""
         vty, vw = self.vty, self.cfg.vw
         mload, mstore = masked(self.m, vty)
         operand = (lambda x: round_bf16(b, x)) if self.cfg.bf16 else (lambda x: x)
@@ -891,45 +927,68 @@ class _Gen:
         def a_at(i, k):
             return operand(b.load(_gep(b, A, b.add(b.mul(k, lda), i) if trans_a else b.add(b.mul(i, lda), k))))
 
-        def vptr_at(base, j):
-            # not `inbounds`: a masked vector's lanes past the end of a row may lie past the buffer
-            return b.bitcast(b.gep(base, [j]), vty.as_pointer())
+        def run(i, crow, j, vectors, left=None):
+            """C[i, j : j + vectors·vw] over all of K; `left`: only its first `left` columns."""
+            lanes = ir.Constant(ir.VectorType(i64, vw), list(range(vw)))
+            masks = [None] * vectors if left is None else \
+                [b.icmp_signed("<", lanes, splat(b, b.sub(left, _c64(v * vw)), ir.VectorType(i64, vw)))
+                 for v in range(vectors)]
 
-        def run(i, crow, j, vectors, mask=None):
-            """C[i, j : j + vectors·vw] (the lanes of `mask` only) over all of K."""
-            def load(ptr):
+            def load(ptr, mask):
                 return b.call(mload, [ptr, i32(4), mask, ir.Constant(vty, None)]) if mask is not None \
                     else b.load(ptr, align=4)
-            places = [vptr_at(crow, b.add(j, _c64(v * vw))) for v in range(vectors)]
-            acc0 = [load(p) for p in places] if accumulate else [ir.Constant(vty, None)] * vectors
+            # not `inbounds`: a masked vector's lanes past the end of a row may lie past the buffer
+            places = [b.bitcast(b.gep(crow, [b.add(j, _c64(v * vw))]), vty.as_pointer()) for v in range(vectors)]
+            acc0 = [load(p, m) for p, m in zip(places, masks)] if accumulate else [ir.Constant(vty, None)] * vectors
             with _carrying_loop(b, K, acc0, name="fk") as (k, acc, new):
-                brow = _gep(b, B, b.mul(k, ldb))
                 av = splat(b, a_at(i, k), vty)
-                new += [b.call(self.fma, [av, operand(load(vptr_at(brow, b.add(j, _c64(v * vw))))), acc[v]])
+                new += [b.call(self.fma, [av, operand(load(column_at(b, k, j, v), masks[v])), acc[v]])
                         for v in range(vectors)]
-            for p, value in zip(places, acc):
-                if mask is not None:
-                    b.call(mstore, [value, p, i32(4), mask])
+            for p, m, value in zip(places, masks, acc):
+                if m is not None:
+                    b.call(mstore, [value, p, i32(4), m])
                 else:
                     b.store(value, p, align=4)
 
+        unit = column_at.unit
         with _loop(b, m0, m1, name="fi") as i:
             crow = _gep(b, C, b.mul(i, ldc))
             width = FEW_VECTORS * vw
             wide_end = b.sub(n1, b.srem(b.sub(n1, n0), _c64(width)))
             with _loop(b, n0, wide_end, width, name="fj") as j:
                 run(i, crow, j, FEW_VECTORS)
-            vector_end = b.sub(n1, b.srem(b.sub(n1, wide_end), _c64(vw)))
-            with _loop(b, wide_end, vector_end, vw, name="fv") as j:
-                run(i, crow, j, 1)
+            unit_end = b.sub(n1, b.srem(b.sub(n1, wide_end), _c64(unit * vw)))
+            with _loop(b, wide_end, unit_end, unit * vw, name="fv") as j:
+                run(i, crow, j, unit)
             tail, after = b.append_basic_block("few.tail"), b.append_basic_block("few.after")
-            b.cbranch(b.icmp_signed("<", vector_end, n1), tail, after)
+            b.cbranch(b.icmp_signed("<", unit_end, n1), tail, after)
             b.position_at_end(tail)
-            lanes = ir.Constant(ir.VectorType(i64, vw), list(range(vw)))
-            left = splat(b, b.sub(n1, vector_end), ir.VectorType(i64, vw))
-            run(i, crow, vector_end, 1, b.icmp_signed("<", lanes, left))
+            run(i, crow, unit_end, unit, b.sub(n1, unit_end))
             b.branch(after)
             b.position_at_end(after)
+
+    def _stored_b(self, B, ldb):
+        """Where few_rows reads vector v of a run from column j on, at row k: B itself
+        (not transposed), row k from column j + v·vw; runs of single vectors."""
+        def column_at(b, k, j, v):
+            return b.bitcast(b.gep(B, [b.add(b.mul(k, ldb), b.add(j, _c64(v * self.cfg.vw)))]), self.vty.as_pointer())
+        column_at.unit = 1
+        return column_at
+
+    def _packed_b(self, Bk, K):
+        """Where few_rows reads vector v of a run from column j on, at row k, in op(B) packed
+        by add_pack: column c is in the panel at Bk + (c - c % NR)·K, at k·NR + c % NR. Runs
+        start at whole panels (j a multiple of NR) and are whole panels long, so each run
+        streams its panels, each contiguous over K, and the last one's columns past N, read
+        under the mask, are the pack's zeros."""
+        nr, vw = self.cfg.nr, self.cfg.vw
+
+        def column_at(b, k, j, v):
+            panel, lane = divmod(v * vw, nr)
+            start = b.add(b.mul(b.add(j, _c64(panel * nr)), K), b.add(b.mul(k, _c64(nr)), _c64(lane)))
+            return b.bitcast(_gep(b, Bk, start), self.vty.as_pointer())
+        column_at.unit = nr // vw
+        return column_at
 
     def variant(self, name, trans_a, trans_b, accumulate, packed):
         cfg = self.cfg
@@ -1064,8 +1123,9 @@ def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = Fals
              config: GemmConfig | None = None) -> ir.Function:
     """Add the GEMM routine `name` (see the module docstring for its C signature) and its
     internal helpers to `module`; helpers are shared by all routines of one config.
-    `packed`: the routine also takes op(B) packed (`add_pack`) and multiplies with that
-    instead of packing B itself (it still reads B when only a row or two of A is given).
+    `packed`: the routine also takes op(B) packed (`add_pack`), or null, and multiplies with
+    that instead of packing B itself (the bf16 ones read B when only a row or two of A is
+    given: their packs are rounded, or pairs, or tiles; a null pack: B is packed here).
     The module must be compiled with libgomp loaded (`jit.load_library("gomp")`)."""
     config = config or default_config()
     name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
-from dlc.compiler.native import PRECISIONS
+from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, fuse_maps, keep_in_registers
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Op, Size,
@@ -34,10 +34,10 @@ class Lowering:
 
     def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
                  loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False, steps: tuple = (),
-                 pack_weights: bool = False):
+                 pack_weights: str | None = None):
         self.graph = graph
         self.bf16 = bf16              # matmul and convolution operands rounded to bfloat16
-        self.pack_weights = pack_weights    # GEMMs' weights packed once (kernels/gemm: packed_weight)
+        self.pack_weights = pack_weights    # GEMMs' weights packed: PACK_WEIGHTS (kernels/gemm: packed_weight)
         self.weight_packs = None      # its WeightPacksKernel, once a GEMM takes a weight
         self.fusion = fusion or Fusion(graph)
         self.p = program or KernelProgram()
@@ -214,12 +214,14 @@ class Lowering:
 
 
 @collector_paused()
-def lower(graph: Graph, precision: str = "f32", pack_weights: bool = False) -> KernelProgram:
+def lower(graph: Graph, precision: str = "f32", pack_weights: str | None = None) -> KernelProgram:
     """The kernel program of `graph`, its matmuls and convolutions taking operands of
     `precision` (PRECISIONS). `pack_weights` (a prediction, whose weights change only
-    between calls): its GEMMs' weights are packed by its first kernel, which packs only
-    when they changed (kernels/gemm: WeightPacksKernel)."""
+    between calls; PACK_WEIGHTS): its GEMMs' weights are packed by its first kernel, which
+    packs only when they changed (kernels/gemm: WeightPacksKernel)."""
     if precision not in PRECISIONS:
         raise ValueError(f"no precision '{precision}' ({', '.join(PRECISIONS)})")
+    if pack_weights not in (None, *PACK_WEIGHTS):
+        raise ValueError(f"no way of packing weights '{pack_weights}' ({', '.join(PACK_WEIGHTS)})")
     load()
     return Lowering(graph, bf16=precision == "bf16", pack_weights=pack_weights).run()

@@ -71,7 +71,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
                if k.startswith("output:")]
     if not outputs:
         raise DlcError(f"model {eval_model.name} declares no outputs: add `output name = ...` to build a library")
-    program = lower(optimize(graph), precision, pack_weights=True)      # as the engine's predict_exe
+    program = lower(optimize(graph), precision, pack_weights="once")     # kept packed until a weight is set
     _refuse_host_calls(program)
     inputs = []
     for n in graph.nodes_with("input"):

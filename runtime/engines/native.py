@@ -137,7 +137,7 @@ class Executable:
 
     def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
                  hosts: dict | None = None, check_numerics=False, precision: str = "f32", buckets: tuple | None = None,
-                 pack_weights=False):
+                 pack_weights: str | None = None):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
@@ -489,7 +489,7 @@ class NativeEngine:
             if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
                 raise DlcError("the model declares no outputs; add `output name = ...`")
             self._predict = Executable(predict_graph(self.eval_model), profile=self.profiling, precision=self.precision,
-                                       pack_weights=True)
+                                       pack_weights="each call")
         return self._predict
 
     # -- the optimizer --

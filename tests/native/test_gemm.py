@@ -80,8 +80,9 @@ def test_matches_numpy(lib, M, N, K, ta, tb, acc, nthreads):
 @pytest.mark.parametrize("ta,tb,acc", ALL)
 @pytest.mark.parametrize("M,N,K", SIZES + [(32, 1024, 256), (32, 256, 1024), (3, 33, 65)])
 def test_packed_b_matches_numpy(lib, M, N, K, ta, tb, acc, nthreads):
-    """op(B) packed once (a scan's recurrent weight): the same products, also with one or
-    two rows (which read B itself) and with N past the last whole panel."""
+    """op(B) packed once (a scan's recurrent weight, a library's weight): the same bits as
+    packing inside the product, also with one or two rows (which stream the panels where B
+    is not transposed) and with N past the last whole panel."""
     rng = np.random.default_rng(M * 10007 + N * 101 + K + 1)
     a, b = _operands(rng, M, N, K, ta, tb)
     c0 = rng.standard_normal((M, N), dtype=np.float32)

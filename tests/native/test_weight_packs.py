@@ -1,14 +1,16 @@
 """A prediction's weights packed once (kernels/gemm: WeightPacksKernel, docs/native.md):
 a change of layout only — the same bits as the program that packs B inside every GEMM,
-in float32 and bfloat16, at batches whose products read the packed copy and whose
-products of one row do not; and a prediction after a weight changed in place is that of
-the new weight."""
+in float32 and bfloat16, packed for the JIT ("each call": products of one row read B)
+and as a built library packs them ("once": they stream the packed panels too), at batches
+of one and more; and a prediction after a weight changed in place is that of the new
+weight."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load
+from dlc.compiler.native import PACK_WEIGHTS
 from dlc.runtime.engines.native import NO_KEY, Executable
 from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.training.trainer import initial_parameters
@@ -22,13 +24,14 @@ def predictions(exe: Executable, feeds: dict, params: dict) -> bytes:
     return b"".join(exe.output(name, arrays, sizes).tobytes() for name in sorted(exe.program.outputs))
 
 
+@pytest.mark.parametrize("mode", PACK_WEIGHTS)
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
 @pytest.mark.parametrize("model", ["char_lstm", "transformer_classifier"])
-def test_weights_packed_once_change_no_bit(model, precision):
+def test_weights_packed_once_change_no_bit(model, precision, mode):
     eval_model = load(EXAMPLES / f"{model}.dl").build(None, training=False)
     params = initial_parameters(eval_model, 3)
     packing, plain = (Executable(predict_graph(eval_model), precision=precision, pack_weights=pack)
-                      for pack in (True, False))
+                      for pack in (mode, None))
     assert packing.program.weights_ready is not None and plain.program.weights_ready is None
     feeds = lambda batch: {eval_model.inputs[0].name: inputs(model, batch, seed=batch), "rng": NO_KEY}
     for batch in (1, 5, 1):

@@ -16,8 +16,10 @@ from dlc.compiler.native.rules import register_lowering
 class GemmKernel(Kernel):
     """C[b] = op(A[b]) @ op(B[b]); A, B given by buffer, offset, leading dim, batch stride.
     `packed`: a buffer holding op(B) (one matrix) packed by a PackKernel, which the GEMM
-    multiplies with instead of packing B itself. `bf16`: A and B rounded to bfloat16, the
-    sums in float32 (the library's bf16 routines)."""
+    multiplies with instead of packing B itself; `ready`: (buffer, index) of the flag that
+    says it is packed (a prediction's weight, WeightPacksKernel), without which the GEMM is
+    given no pack and reads B. `bf16`: A and B rounded to bfloat16, the sums in float32
+    (the library's bf16 routines)."""
     m: object
     n: object
     k: object
@@ -28,6 +30,7 @@ class GemmKernel(Kernel):
     trans_a: bool
     trans_b: bool
     packed: int | None = None
+    ready: tuple | None = None
     bf16: bool = False
 
     calls_gemm = True
@@ -46,13 +49,22 @@ class GemmKernel(Kernel):
 
     def emit(self, f):
         """A call of the library's GEMM, which runs its own thread team."""
-        from dlc.compiler.native.gemm import gemm_name, gemm_type     # LLVM: imported by code generation alone
+        from llvmlite import ir      # LLVM: imported by code generation alone
+        from dlc.compiler.native.gemm import gemm_name, gemm_type
         kb = f.serial()
         packed = self.packed is not None
         args = [kb.dim(self.m), kb.dim(self.n), kb.dim(self.k)]
         for bid, off, ld, stride in (self.a, self.b, self.c):
             args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
-        args += [kb.dim(self.batch), kb.fn.args[2]] + ([kb.buffer(self.packed, "f32")] if packed else [])
+        args += [kb.dim(self.batch), kb.fn.args[2]]
+        if packed:
+            pack = kb.buffer(self.packed, "f32")
+            if self.ready is not None:
+                flags, i = self.ready
+                made = kb.b.load(kb.b.gep(kb.buffer(flags, "i32"), [ir.Constant(ir.IntType(32), i)]))
+                pack = kb.b.select(kb.b.icmp_signed("!=", made, ir.Constant(ir.IntType(32), 0)), pack,
+                                   ir.Constant(pack.type, None))
+            args.append(pack)
         kb.b.call(f.library(gemm_name(self.trans_a, self.trans_b, False, packed, self.bf16), gemm_type(packed)), args)
         return kb
 
@@ -95,17 +107,22 @@ class WeightPacksKernel(Kernel):
     """The weights (parameters) of a prediction that its GEMMs take as B, packed into
     buffers of role "packed", which live as long as their owner (`packs`: PackKernels):
     the program's first kernel. Weight i is packed when its flag, `ready[i]` (an i32 array,
-    role "packed"), is 0 and a GEMM of this call will read the packed copy — one with more
-    than gemm.FEW_ROWS rows of `rows[i]` (the row counts of its GEMMs), or one taking it
-    transposed — and its flag is then set: so a weight is packed once, not at every call,
-    and not at all while only one-row products (which read B itself) take it. Whoever
-    changes a weight clears the flags (runtime/engines/native.py, library.c)."""
+    role "packed"), is 0 and a GEMM of this call will read the packed copy, and its flag is
+    then set: so a weight is packed once, not at every call. Whoever changes a weight clears
+    the flags (runtime/engines/native.py at every call, library.c when one is set). The
+    GEMMs that read the copy: those with more than gemm.FEW_ROWS rows of `rows[i]` (the row
+    counts of its GEMMs) or taking it transposed; and with `one_row` (packs kept between
+    calls: a built library's) the one-row products too, which then stream its panels
+    instead of B's rows. Without it, a weight that only one-row products take is not
+    packed, and they read B (its flag stays clear: GemmKernel.ready)."""
     packs: list
     rows: list
     ready: int
+    one_row: bool = False
 
     def text(self) -> list:
-        return [f"weight packs, each unless its flag in b{self.ready}:{render.located(self)}"] + \
+        also = ", for one-row products too" if self.one_row else ""
+        return [f"weight packs, each unless its flag in b{self.ready}{also}:{render.located(self)}"] + \
             ["  " + line for p in self.packs for line in p.text()]
 
     def accesses(self) -> tuple:
@@ -118,7 +135,8 @@ class WeightPacksKernel(Kernel):
         i32 = ir.IntType(32)
         for i, (p, rows) in enumerate(zip(self.packs, self.rows)):
             flag = kb.b.gep(kb.buffer(self.ready, "i32"), [ir.Constant(i32, i)])
-            read = ir.Constant(ir.IntType(1), 1) if p.trans_b else kb.b.icmp_signed(">", kb.dim(rows[0]), kb.dim(FEW_ROWS))
+            read = ir.Constant(ir.IntType(1), 1) if p.trans_b or self.one_row \
+                else kb.b.icmp_signed(">", kb.dim(rows[0]), kb.dim(FEW_ROWS))
             for m in rows[1:]:
                 read = kb.b.or_(read, kb.b.icmp_signed(">", kb.dim(m), kb.dim(FEW_ROWS)))
             with kb.b.if_then(kb.b.and_(read, kb.b.icmp_signed("==", kb.b.load(flag), ir.Constant(i32, 0)))):
@@ -158,11 +176,11 @@ def packed_before_loop(lw, operand: tuple, k, n, trans: bool, node: int) -> int 
     return outer.packs[key]
 
 
-def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> int | None:
+def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> tuple | None:
     """The buffer holding a GEMM operand (of m rows of A) packed once while it stays the
-    same, when it is a weight (a parameter) of a program lowered with `pack_weights` (a
-    prediction's): the program's WeightPacksKernel packs it before everything else, for all
-    its GEMMs and calls until a weight changes. Else None."""
+    same, and (buffer, index) of its flag, when it is a weight (a parameter) of a program
+    lowered with `pack_weights` (a prediction's): the program's WeightPacksKernel packs it
+    before everything else, for all its GEMMs and calls until a weight changes. Else None."""
     root = lw
     while root.loop is not None:
         root = root.loop[0]
@@ -172,19 +190,22 @@ def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> int | 
     packs = root.weight_packs
     if packs is None:
         ready = lw.p.buffer("i32", 0, "packed", "weights packed")
-        packs = root.weight_packs = WeightPacksKernel([], [], ready.id)     # of no node: the whole program's
+        # of no node: the whole program's; packs kept between calls serve one-row products
+        # too, but for bf16 products (few_rows reads B: their packs are rounded, or pairs)
+        one_row = root.pack_weights == "once" and not lw.bf16
+        packs = root.weight_packs = WeightPacksKernel([], [], ready.id, one_row)
         root.kernels.insert(0, packs)
         lw.p.weights_ready = ready.id
     key = (buffer, offset, ld, k, n, trans)
-    for p, rows in zip(packs.packs, packs.rows):
+    for i, (p, rows) in enumerate(zip(packs.packs, packs.rows)):
         if p.b + (p.k, p.n, p.trans_b) == key:
             rows.append(m)
-            return p.out
+            return p.out, (packs.ready, i)
     out = lw.p.buffer("f32", packed_floats(k, n, tiles=lw.bf16), "packed", f"{lw.p.buffers[buffer].name} packed")
     packs.packs.append(PackKernel(k, n, (buffer, offset, ld), trans, out.id, lw.bf16, node=node))
     packs.rows.append([m])
     lw.p.buffers[packs.ready].size = len(packs.packs)
-    return out.id
+    return out.id, (packs.ready, len(packs.packs) - 1)
 
 
 # ---- lowering rules ------------------------------------------------------------------------------
@@ -197,10 +218,10 @@ def _matmul(lw, n, ins, attrs, typ):
     m, nn = typ.shape[-2], typ.shape[-1]
     k = a.shape[-2] if attrs["ta"] else a.shape[-1]
     batch = numel(typ.shape[:-2])
-    packed = None
+    packed = ready = None
     if lb[3] == 0 or batch == 1:
-        packed = packed_weight(lw, lb, k, nn, m, tb, n)
-        packed = packed_before_loop(lw, lb, k, nn, tb, n) if packed is None else packed
+        weight = packed_weight(lw, lb, k, nn, m, tb, n)
+        packed, ready = weight if weight is not None else (packed_before_loop(lw, lb, k, nn, tb, n), None)
     c = (out.buffer, out.at.offset, out.at.coeffs[-2] if typ.rank >= 2 else nn, m * nn)
-    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, lw.bf16, node=n))
+    lw.emit(GemmKernel(m, nn, k, batch, la[:4], lb[:4], c, ta, tb, packed, ready, lw.bf16, node=n))
     lw.set(n, out)
