@@ -50,10 +50,13 @@ ALIGN = 64
 
 @dataclass
 class ModelIO:
-    """An input or output of the model: its name, dtype and shape (dims)."""
+    """An input or output of the model: its name, dtype and shape (dims); for an integer
+    input of the train step, `limits`: dlc train's (the values it takes below, the values
+    it ignores: runtime/training/inputs.index_limits)."""
     name: str
     dtype: str
     shape: tuple
+    limits: tuple = (None, [])
 
     @property
     def type(self) -> str:
@@ -349,6 +352,7 @@ def _training_tables(lib: Library) -> list:
             "typedef struct { int64_t at, count; int32_t group; } dlc_group;",
             "typedef struct { const char *name; int buffer; } dlc_value;",
             "typedef struct { int param, buffer; } dlc_param_buffer;",
+            "typedef struct { int64_t bound; int ignored; const int64_t *values; } dlc_limit;",
             f"static const int64_t FLAT_AT[] = {{{', '.join(map(str, offsets)) or '0'}}};",
             f"static const char *const SLOTS[] = {{{', '.join(map(_c_string, t.slots)) or '0'}}};"]
     used, rows = touched(t.update), []
@@ -369,6 +373,11 @@ def _training_tables(lib: Library) -> list:
         else:       # what the update computes on the way: the gradient's norm
             rows.append(f"{{UPDATE_TEMP, 0, {max(1, int(b.size)) * ITEMSIZE[b.dtype]}, 0}}")
     body.append(f"static const dlc_update UPDATE[] = {{{', '.join(rows)}}};")
+    for k, x in enumerate(lib.inputs):
+        body.append(f"static const int64_t IGNORED{k}[] = {{{', '.join(map(str, x.limits[1])) or '0'}}};")
+    body.append("static const dlc_limit LIMITS[] = {" + ", ".join(
+        f"{{{-1 if x.limits[0] is None else x.limits[0]}, {len(x.limits[1])}, IGNORED{k}}}"
+        for k, x in enumerate(lib.inputs)) + (" {0}" if not lib.inputs else "") + "};")
     body.append("static const dlc_group GROUPS[] = {" + ", ".join(f"{{{a}, {c}, {g}}}" for a, c, g in t.groups)
                 + (" {0}" if not t.groups else "") + "};")
     body.append("static const dlc_value VALUES[] = {" + ", ".join(
@@ -411,14 +420,16 @@ def api(lib: Library) -> str:
     return (train_forwarding(lib) if lib.trainer is not None else "") + f"""
 {v} int {n}_create({n} **model, const char *checkpoint) {{ return {create[0]}; }}
 {v} int {n}_create_from_memory({n} **model, const void *checkpoint, size_t size) {{
-    if (!checkpoint) {{ if (model) *model = NULL; return DLC_ERROR_ARGUMENT; }}
-    return {create[1]};
+    return checkpoint ? {create[1]} : refused(model, "create_from_memory: the checkpoint is a null pointer");
 }}
 {v} void {n}_destroy({n} *model) {{ release(model); }}
 {v} int {n}_set_threads({n} *model, int threads) {{
     if (!model) return DLC_ERROR_ARGUMENT;
-    if (threads < 1) return fail(model, DLC_ERROR_ARGUMENT, "set_threads: %d threads; give at least 1", threads);
+    if (model->status) return model->status;        /* a failed create's message stays */
+    if (threads < 1 || threads > MOST_THREADS)
+        return fail(model, DLC_ERROR_ARGUMENT, "set_threads: %d threads; give 1 to %d", threads, MOST_THREADS);
     model->threads = threads;
+    model->message[0] = 0;
     {f"{lib.trainer.name}_set_threads(model->trainer, threads);" if lib.trainer is not None else ""}
     return DLC_OK;
 }}
