@@ -44,7 +44,7 @@ STATUS = [("DLC_OK", "success"), ("DLC_ERROR_ARGUMENT", "a null pointer or a bad
           ("DLC_ERROR_WEIGHTS", "a checkpoint that cannot be read or does not fit the model"),
           ("DLC_ERROR_CPU", "this CPU lacks a feature the library was built for"),
           ("DLC_ERROR_MEMORY", "out of memory"),
-          ("DLC_ERROR_INDEX", "an index input out of range (a gather's row)")]
+          ("DLC_ERROR_INDEX", "an index input out of range (a gather's row, a class)")]
 ALIGN = 64
 
 
@@ -594,7 +594,7 @@ def header(lib: Library, version: str) -> str:
                       + [f"#define {n.upper()}_OUTPUT_{c_name(t.name).upper()}_RANK {len(t.shape)}"
                          for t in lib.outputs])
     embedded = ("its weights are inside: give NULL (or a checkpoint's path to use that instead)"
-                if lib.weights is not None else "give the path of a dlc checkpoint (.npz) of the model")
+                if lib.weights is not None else "give the path of a dlc checkpoint (.npz) or .safetensors file of the model")
     return f"""/* {n}.h: the C API of model {n}, built by dlc {version} (`dlc build`) for the
  * {lib.target} target. docs/deploy.md says what it guarantees.
  *
@@ -629,10 +629,10 @@ typedef struct {n} {n};
 /* A model instance in *model. checkpoint: {embedded}. On failure *model is an instance
  * that holds the message ({n}_error) and fails every call: destroy it. */
 int {n}_create({n} **model, const char *checkpoint);
-/* The same from a checkpoint's bytes in memory. */
+/* The same from a checkpoint's bytes in memory (copied: the caller keeps them). */
 int {n}_create_from_memory({n} **model, const void *checkpoint, size_t size);
 void {n}_destroy({n} *model);
-/* Threads of each predict (default 1; docs/deploy.md says when more pay). */
+/* Threads of each later call: 1 to 1024 (default 1; docs/deploy.md says when more pay). */
 int {n}_set_threads({n} *model, int threads);
 /* What the last failed call of this instance said; "" after a success. */
 const char *{n}_error(const {n} *model);

@@ -76,6 +76,34 @@ def test_c_prediction_is_dlc_predict_bit_for_bit(built, model, tmp_path):
         assert got.tobytes() == np.ascontiguousarray(want, np.float32).tobytes(), (model, batch)
 
 
+def test_the_pages_build_and_programs_as_written(built, tmp_path):
+    """docs/deploy.md's `dlc build` and what it says, its C and C++ programs compiled with
+    its own lines (shared, static; c++), and their runs."""
+    import re
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"```(\w*)\n(.*?)```", page, re.S)
+    said = next(b for _, b in blocks if b.startswith("$ dlc train examples/digits_cnn.dl")).splitlines()
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    shutil.copy(built("digits_cnn")[1], tmp_path / "runs" / "digits" / "best.npz")
+    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *said[1][2:].split()[1:]], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert re.sub(r"\(/[^)]*\)", "(CC)", r.stdout).splitlines() == [re.sub(r"\(/[^)]*\)", "(CC)", line)
+                                                                      for line in said[2:]]
+    (tmp_path / "main.c").write_text(next(b for k, b in blocks if k == "c" and "int main(void)" in b))
+    cpp = next(b for k, b in blocks if k == "cpp")
+    (tmp_path / "main.cpp").write_text(cpp + "#include <cstdio>\nint main() {\n    Model m(\"runs/digits/best.npz\");\n"
+                                       "    std::printf(\"%g\\n\", m.predict(std::vector<float>(64 * 3), 3)[0]);\n}\n")
+    lines = [b.splitlines() for k, b in blocks if not k and b.startswith("cc -O2 main.c")][0]
+    lines += [b.strip() for k, b in blocks if not k and b.startswith("c++ -O2 main.cpp")]
+    assert len(lines) == 3
+    for line in lines:
+        subprocess.run(line.split("#")[0], shell=True, cwd=tmp_path, check=True)
+        run = subprocess.run(["./main"], capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 0 and run.stdout.strip(), (line, run.stderr)
+
+
 @pytest.mark.parametrize("threads", [2, 8])
 def test_one_instance_per_thread(built, tmp_path, threads):
     """Threads, each with its own instance and batch, predicting at once (no lock between
