@@ -23,6 +23,7 @@
 
 #define ALIGN 64
 #define MOST_BYTES ((int64_t)1 << 46)        /* more memory than that is refused, not attempted */
+#define MOST_THREADS 1024                    /* a larger team is refused: libgomp's start of one can overflow the stack */
 
 enum { KIND_TEMP, KIND_INPUT, KIND_PARAM, KIND_OUTPUT, KIND_CONST, KIND_PACKED };
 
@@ -131,9 +132,11 @@ static int check_cpu(struct DLC_INSTANCE *m) {
     for (int i = 0; CPU_FEATURES[i]; i++) {
         int has = 0;
         for (int k = 0; k < n; k++) has |= !strcmp(table[k].name, CPU_FEATURES[i]) && table[k].has;
-        if (!has)
+        if (!has)       /* a host library met another CPU: --target host is not the cure */
             return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
-                        "lacks %s: build it for this machine (--target host)", DLC_TARGET, DLC_TARGET, CPU_FEATURES[i]);
+                        "lacks %s: build it %s", DLC_TARGET, DLC_TARGET, CPU_FEATURES[i],
+                        strcmp(DLC_TARGET, "host") ? "for this machine (--target host)"
+                        : "on this machine, or for a target this CPU has (--target avx2)");
     }
 #if DLC_USES_AMX
     /* Linux grants the AMX tile state on request; without it the first tile instruction is SIGILL */
@@ -531,13 +534,27 @@ static int load_source(struct DLC_INSTANCE *m, const char *path, const void *byt
 /* ---- instances ---------------------------------------------------------------------- */
 static struct DLC_INSTANCE no_memory = {"out of memory for a model instance", DLC_ERROR_MEMORY, 1};
 
-static int instance(struct DLC_INSTANCE **out, const char *path, const void *bytes, size_t n) {
-    if (!out) return DLC_ERROR_ARGUMENT;
+/* a new instance in *out; NULL when memory ran out (*out is then the static one that says so) */
+static struct DLC_INSTANCE *new_instance(struct DLC_INSTANCE **out) {
     struct DLC_INSTANCE *m = *out = calloc(1, sizeof *m);
-    if (!m) { *out = &no_memory; return DLC_ERROR_MEMORY; }
+    if (!m) { *out = &no_memory; return NULL; }
     /* one thread unless told: libgomp's workers fall asleep between calls (GOMP_SPINCOUNT),
      * and waking them cost a prediction of one example 0.1-40 ms on a busy machine */
     m->threads = 1;
+    return m;
+}
+
+/* a create refused before anything is read: still an instance, which holds why */
+static int refused(struct DLC_INSTANCE **out, const char *why) {
+    if (!out) return DLC_ERROR_ARGUMENT;
+    struct DLC_INSTANCE *m = new_instance(out);
+    return m ? (m->status = fail(m, DLC_ERROR_ARGUMENT, "%s", why)) : DLC_ERROR_MEMORY;
+}
+
+static int instance(struct DLC_INSTANCE **out, const char *path, const void *bytes, size_t n) {
+    if (!out) return DLC_ERROR_ARGUMENT;
+    struct DLC_INSTANCE *m = new_instance(out);
+    if (!m) return DLC_ERROR_MEMORY;
     m->status = check_cpu(m);
     if (!m->status) {
         if (bytes || path) m->status = load_source(m, path, bytes, n, load_checkpoint);

@@ -44,16 +44,19 @@ STATUS = [("DLC_OK", "success"), ("DLC_ERROR_ARGUMENT", "a null pointer or a bad
           ("DLC_ERROR_WEIGHTS", "a checkpoint that cannot be read or does not fit the model"),
           ("DLC_ERROR_CPU", "this CPU lacks a feature the library was built for"),
           ("DLC_ERROR_MEMORY", "out of memory"),
-          ("DLC_ERROR_INDEX", "an index input out of range (a gather's row)")]
+          ("DLC_ERROR_INDEX", "an index input out of range (a gather's row, a class)")]
 ALIGN = 64
 
 
 @dataclass
 class ModelIO:
-    """An input or output of the model: its name, dtype and shape (dims)."""
+    """An input or output of the model: its name, dtype and shape (dims); for an integer
+    input of the train step, `limits`: dlc train's (the values it takes below, the values
+    it ignores: runtime/training/inputs.index_limits)."""
     name: str
     dtype: str
     shape: tuple
+    limits: tuple = (None, [])
 
     @property
     def type(self) -> str:
@@ -349,6 +352,7 @@ def _training_tables(lib: Library) -> list:
             "typedef struct { int64_t at, count; int32_t group; } dlc_group;",
             "typedef struct { const char *name; int buffer; } dlc_value;",
             "typedef struct { int param, buffer; } dlc_param_buffer;",
+            "typedef struct { int64_t bound; int ignored; const int64_t *values; } dlc_limit;",
             f"static const int64_t FLAT_AT[] = {{{', '.join(map(str, offsets)) or '0'}}};",
             f"static const char *const SLOTS[] = {{{', '.join(map(_c_string, t.slots)) or '0'}}};"]
     used, rows = touched(t.update), []
@@ -369,6 +373,11 @@ def _training_tables(lib: Library) -> list:
         else:       # what the update computes on the way: the gradient's norm
             rows.append(f"{{UPDATE_TEMP, 0, {max(1, int(b.size)) * ITEMSIZE[b.dtype]}, 0}}")
     body.append(f"static const dlc_update UPDATE[] = {{{', '.join(rows)}}};")
+    for k, x in enumerate(lib.inputs):
+        body.append(f"static const int64_t IGNORED{k}[] = {{{', '.join(map(str, x.limits[1])) or '0'}}};")
+    body.append("static const dlc_limit LIMITS[] = {" + ", ".join(
+        f"{{{-1 if x.limits[0] is None else x.limits[0]}, {len(x.limits[1])}, IGNORED{k}}}"
+        for k, x in enumerate(lib.inputs)) + (" {0}" if not lib.inputs else "") + "};")
     body.append("static const dlc_group GROUPS[] = {" + ", ".join(f"{{{a}, {c}, {g}}}" for a, c, g in t.groups)
                 + (" {0}" if not t.groups else "") + "};")
     body.append("static const dlc_value VALUES[] = {" + ", ".join(
@@ -411,14 +420,16 @@ def api(lib: Library) -> str:
     return (train_forwarding(lib) if lib.trainer is not None else "") + f"""
 {v} int {n}_create({n} **model, const char *checkpoint) {{ return {create[0]}; }}
 {v} int {n}_create_from_memory({n} **model, const void *checkpoint, size_t size) {{
-    if (!checkpoint) {{ if (model) *model = NULL; return DLC_ERROR_ARGUMENT; }}
-    return {create[1]};
+    return checkpoint ? {create[1]} : refused(model, "create_from_memory: the checkpoint is a null pointer");
 }}
 {v} void {n}_destroy({n} *model) {{ release(model); }}
 {v} int {n}_set_threads({n} *model, int threads) {{
     if (!model) return DLC_ERROR_ARGUMENT;
-    if (threads < 1) return fail(model, DLC_ERROR_ARGUMENT, "set_threads: %d threads; give at least 1", threads);
+    if (model->status) return model->status;        /* a failed create's message stays */
+    if (threads < 1 || threads > MOST_THREADS)
+        return fail(model, DLC_ERROR_ARGUMENT, "set_threads: %d threads; give 1 to %d", threads, MOST_THREADS);
     model->threads = threads;
+    model->message[0] = 0;
     {f"{lib.trainer.name}_set_threads(model->trainer, threads);" if lib.trainer is not None else ""}
     return DLC_OK;
 }}
@@ -583,7 +594,7 @@ def header(lib: Library, version: str) -> str:
                       + [f"#define {n.upper()}_OUTPUT_{c_name(t.name).upper()}_RANK {len(t.shape)}"
                          for t in lib.outputs])
     embedded = ("its weights are inside: give NULL (or a checkpoint's path to use that instead)"
-                if lib.weights is not None else "give the path of a dlc checkpoint (.npz) of the model")
+                if lib.weights is not None else "give the path of a dlc checkpoint (.npz) or .safetensors file of the model")
     return f"""/* {n}.h: the C API of model {n}, built by dlc {version} (`dlc build`) for the
  * {lib.target} target. docs/deploy.md says what it guarantees.
  *
@@ -618,10 +629,10 @@ typedef struct {n} {n};
 /* A model instance in *model. checkpoint: {embedded}. On failure *model is an instance
  * that holds the message ({n}_error) and fails every call: destroy it. */
 int {n}_create({n} **model, const char *checkpoint);
-/* The same from a checkpoint's bytes in memory. */
+/* The same from a checkpoint's bytes in memory (copied: the caller keeps them). */
 int {n}_create_from_memory({n} **model, const void *checkpoint, size_t size);
 void {n}_destroy({n} *model);
-/* Threads of each predict (default 1; docs/deploy.md says when more pay). */
+/* Threads of each later call: 1 to 1024 (default 1; docs/deploy.md says when more pay). */
 int {n}_set_threads({n} *model, int threads);
 /* What the last failed call of this instance said; "" after a success. */
 const char *{n}_error(const {n} *model);

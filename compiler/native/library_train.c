@@ -130,6 +130,26 @@ static int param_named(const char *name) {
     return -1;
 }
 
+/* Every integer input within what the model takes (LIMITS), as dlc train checks its data: a
+ * class beyond a loss's would be no class, silently, not an error (only a gather checks its
+ * index). The shapes are bind_inputs's, checked. */
+static int check_limits(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes) {
+    for (int i = 0; i < DLC_N_INPUTS; i++) {
+        const dlc_limit *l = &LIMITS[i];
+        int64_t count = 1;
+        for (int a = 0; l->bound >= 0 && a < INPUTS[i].rank; a++) count *= shapes[i][a];
+        for (int64_t k = 0; l->bound >= 0 && k < count; k++) {
+            int64_t v = INPUTS[i].itemsize == 8 ? ((const int64_t *)inputs[i])[k] : ((const int32_t *)inputs[i])[k];
+            int ignored = 0;
+            for (int j = 0; j < l->ignored; j++) ignored |= v == l->values[j];
+            if ((v < 0 || v >= l->bound) && !ignored)
+                return fail(m, DLC_ERROR_INDEX, "input '%s' holds %lld (element %lld), but the model takes 0 to %lld "
+                            "there", INPUTS[i].name, (long long)v, (long long)k, (long long)(l->bound - 1));
+        }
+    }
+    return DLC_OK;
+}
+
 static int train_step(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
                       double *values, int64_t capacity) {
     if (m->status) return m->status;
@@ -141,6 +161,7 @@ static int train_step(struct DLC_INSTANCE *m, const void *const *inputs, const i
                     DLC_N_VALUES, (long long)capacity);
     int64_t sizes[DLC_N_SYMBOLS + 1] = {0};
     int status = bind_inputs(m, inputs, shapes, sizes);
+    if (!status) status = check_limits(m, inputs, shapes);
     if (status) return status;
     for (int g = 0; g < DLC_N_GRADS; g++) m->table[GRADS[g].buffer] = m->grads + FLAT_AT[GRADS[g].param];
 #if DLC_RNG_BUFFER >= 0

@@ -76,6 +76,34 @@ def test_c_prediction_is_dlc_predict_bit_for_bit(built, model, tmp_path):
         assert got.tobytes() == np.ascontiguousarray(want, np.float32).tobytes(), (model, batch)
 
 
+def test_the_pages_build_and_programs_as_written(built, tmp_path):
+    """docs/deploy.md's `dlc build` and what it says, its C and C++ programs compiled with
+    its own lines (shared, static; c++), and their runs."""
+    import re
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"```(\w*)\n(.*?)```", page, re.S)
+    said = next(b for _, b in blocks if b.startswith("$ dlc train examples/digits_cnn.dl")).splitlines()
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    (tmp_path / "runs" / "digits").mkdir(parents=True)
+    shutil.copy(built("digits_cnn")[1], tmp_path / "runs" / "digits" / "best.npz")
+    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *said[1][2:].split()[1:]], capture_output=True,
+                       text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert re.sub(r"\(/[^)]*\)", "(CC)", r.stdout).splitlines() == [re.sub(r"\(/[^)]*\)", "(CC)", line)
+                                                                      for line in said[2:]]
+    (tmp_path / "main.c").write_text(next(b for k, b in blocks if k == "c" and "int main(void)" in b))
+    cpp = next(b for k, b in blocks if k == "cpp")
+    (tmp_path / "main.cpp").write_text(cpp + "#include <cstdio>\nint main() {\n    Model m(\"runs/digits/best.npz\");\n"
+                                       "    std::printf(\"%g\\n\", m.predict(std::vector<float>(64 * 3), 3)[0]);\n}\n")
+    lines = [b.splitlines() for k, b in blocks if not k and b.startswith("cc -O2 main.c")][0]
+    lines += [b.strip() for k, b in blocks if not k and b.startswith("c++ -O2 main.cpp")]
+    assert len(lines) == 3
+    for line in lines:
+        subprocess.run(line.split("#")[0], shell=True, cwd=tmp_path, check=True)
+        run = subprocess.run(["./main"], capture_output=True, text=True, cwd=tmp_path)
+        assert run.returncode == 0 and run.stdout.strip(), (line, run.stderr)
+
+
 @pytest.mark.parametrize("threads", [2, 8])
 def test_one_instance_per_thread(built, tmp_path, threads):
     """Threads, each with its own instance and batch, predicting at once (no lock between
@@ -253,6 +281,49 @@ def test_null_pointers_are_errors(digits):
     assert api.f("set_threads")(None, 2) == STATUS["DLC_ERROR_ARGUMENT"]
     assert api.predict(None, x, x.shape, 10)[0] == STATUS["DLC_ERROR_ARGUMENT"]
     assert api.error(None) == "no model instance (a null pointer)"
+
+
+@pytest.fixture(scope="module")
+def digits_train(built, tmp_path_factory):
+    """(the Api of a --train library of the digits CNN, a checkpoint), built once for the module."""
+    lib = tmp_path_factory.mktemp("digits_train")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
+    return Api(lib, "digits_cnn"), built("digits_cnn")[1]
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_a_failed_create_fails_every_call_with_its_message(digits, digits_train, tmp_path, train):
+    """A failed create's instance keeps its status and message through every call,
+    set_threads too (which a --train library's made a null pointer's write of)."""
+    api = digits_train[0] if train else digits[0]
+    status, model = api.create(tmp_path / "missing.npz")
+    assert status == STATUS["DLC_ERROR_WEIGHTS"]
+    said = api.error(model)
+    for threads in (2, 0):
+        assert api.f("set_threads")(model, threads) == STATUS["DLC_ERROR_WEIGHTS"]
+        assert api.error(model) == said
+    x = np.zeros((1, 1, 8, 8), np.float32)
+    assert api.predict(model, x, x.shape, 10)[0] == STATUS["DLC_ERROR_WEIGHTS"] and api.error(model) == said
+    api.f("destroy")(model)
+
+
+def test_create_from_memory_of_a_null_pointer_gives_an_instance_that_says_so(digits):
+    api = digits[0]
+    model = ctypes.c_void_p()
+    assert api.f("create_from_memory")(ctypes.byref(model), None, 10) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert model.value and api.error(model) == "create_from_memory: the checkpoint is a null pointer"
+    api.f("destroy")(model)
+
+
+def test_set_threads_takes_1_to_1024_and_a_success_clears_the_message(digits):
+    """More threads than libgomp can start a team of overflowed its stack (SIGSEGV at the
+    next predict); a success says "" as every other call's."""
+    api, model, _ = digits
+    for threads in (0, 1025, 10**6):
+        assert api.f("set_threads")(model, threads) == STATUS["DLC_ERROR_ARGUMENT"]
+        assert api.error(model) == f"set_threads: {threads} threads; give 1 to 1024"
+    assert api.f("set_threads")(model, 1024) == 0 and api.error(model) == ""
+    assert api.f("set_threads")(model, 1) == 0
 
 
 def test_nan_inputs_give_the_engines_outputs(digits):
@@ -595,6 +666,28 @@ def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(
     assert status == STATUS["DLC_ERROR_WEIGHTS"]
     assert api.error(model) == ("checkpoint: it holds the optimizer state of some trained parameters, not of all "
                                 "(opt:NAME:SLOT arrays)")
+    api.f("destroy")(model)
+
+
+def test_a_class_out_of_range_fails_the_step(digits_train):
+    """A target outside [0, classes) is refused as dlc train refuses such data, not counted
+    as no class: DLC_ERROR_INDEX, and the step changes nothing."""
+    api, ckpt = digits_train
+    status, model = api.create(ckpt)
+    assert status == 0, api.error(model)
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    x, values = inputs("digits_cnn", 3), np.zeros(2, np.float64)
+    w = np.zeros(144, np.float32)
+    assert api.f("get_parameter")(model, b"c1.W", p(w), w.size, None, None) == 0
+    for bad in (10, -1):
+        y = np.array([1, bad, 2], np.int32)
+        status = api.f("train_step")(model, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([3], np.int64)),
+                                     p(values), 2)
+        assert status == STATUS["DLC_ERROR_INDEX"]
+        assert api.error(model) == f"input 'y' holds {bad} (element 1), but the model takes 0 to 9 there"
+    after = np.zeros(144, np.float32)
+    assert api.f("get_parameter")(model, b"c1.W", p(after), after.size, None, None) == 0
+    assert after.tobytes() == w.tobytes()
     api.f("destroy")(model)
 
 
