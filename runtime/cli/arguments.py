@@ -7,6 +7,8 @@ import argparse
 import math
 import os
 
+from dlc.runtime.engines.cores import MOST_THREADS
+
 WEIGHTS_HELP = "a checkpoint (.npz) or .safetensors file, in dlc's or torch.nn's names"
 
 
@@ -57,7 +59,7 @@ def whole(least: int, most: int | None = None, what: str = ""):
     return parse
 
 
-thread_count = whole(1, what=" of threads")
+thread_count = whole(1, MOST_THREADS, what=" of threads")
 positive = whole(1)
 
 

@@ -27,6 +27,7 @@ ADAPT_EVERY_S = 0.25
 STALE_S = 1.0           # a window longer than this spans a pause in the native calls...
 PAUSED_CORES = 0.1      # ... when this process used less than this many cores over it
 CONTENDED = 0.1         # waiting for a core this share of the time it ran: others compete
+MOST_THREADS = 1024     # a larger team is refused: libgomp's start of one overflows the stack (library.c too)
 
 
 def threads() -> int:
@@ -34,8 +35,8 @@ def threads() -> int:
     text = os.environ.get("DLC_NUM_THREADS", "").strip()
     if not text:
         return _free_cores.now()
-    if not text.isdigit() or int(text) < 1:
-        raise DlcError(f"DLC_NUM_THREADS needs a whole number of threads, at least 1; got '{text}'")
+    if not text.isdigit() or not 1 <= int(text) <= MOST_THREADS:
+        raise DlcError(f"DLC_NUM_THREADS needs a whole number of threads, from 1 to {MOST_THREADS}; got '{text}'")
     return int(text)
 
 

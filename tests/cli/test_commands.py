@@ -132,12 +132,18 @@ def test_a_seed_beyond_the_32_bit_random_key_is_refused(tmp_path, capsys):
     assert "b.dl:" in err and "seed must be" in err
 
 
-@pytest.mark.parametrize("value", ["abc", "0", "-1", ""])
+@pytest.mark.parametrize("value", ["abc", "0", "-1", "", "1025"])
 def test_dlc_num_threads_must_be_a_thread_count(tmp_path, capsys, monkeypatch, value):
     monkeypatch.setenv("DLC_NUM_THREADS", value)
     err = usage_error(["train", write(tmp_path, XOR), "--out", str(tmp_path / "run")], capsys)
-    assert f"DLC_NUM_THREADS: needs a whole number of threads, at least 1; got '{value}'" in err
+    assert f"DLC_NUM_THREADS: needs a whole number of threads, from 1 to 1024; got '{value}'" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_team_beyond_1024_threads_is_a_usage_error_not_a_crash(tmp_path, capsys):
+    """libgomp's start of a team of 10^6 threads overflowed the stack (SIGSEGV)."""
+    line = usage_error(["predict", write(tmp_path, XOR), "--threads", "1000000"], capsys)
+    assert "argument --threads" in line and "from 1 to 1024; got '1000000'" in line
 
 
 def test_dlc_num_threads_is_not_read_when_threads_is_given(tmp_path, capsys, monkeypatch):
