@@ -566,7 +566,7 @@ def completion(ls: DlcLanguageServer, params: lsp_types.CompletionParams):
 def formatting(ls: DlcLanguageServer, params: lsp_types.DocumentFormattingParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
     try:
-        formatted = format_text(doc.source)
+        formatted = format_text(syntax.universal_newlines(doc.source), to_fs_path(doc.uri) or doc.uri)
     except DlcError as e:
         raise JsonRpcException(e.render(), code=lsp_types.LSPErrorCodes.RequestFailed) from None
     if formatted == doc.source:

@@ -553,6 +553,30 @@ async def test_formatting_is_dlc_fmts_layout(client, tmp_path):
     assert not await client.text_document_formatting_async(T.DocumentFormattingParams(T.TextDocumentIdentifier(uri), options))
 
 
+async def test_formatting_a_document_that_does_not_parse_fails_with_dlc_checks_error(client, tmp_path):
+    path = tmp_path / "unparsed.dl"
+    uri, (d,) = await open_doc(client, path, "model m {\n    input x: f32[B, 4\n}\n")
+    with pytest.raises(JsonRpcException) as failed:
+        await client.text_document_formatting_async(T.DocumentFormattingParams(
+            T.TextDocumentIdentifier(uri), T.FormattingOptions(4, True)))
+    assert f"{path}:2:17: error: {d.message}" in str(failed.value)
+
+
+@pytest.mark.parametrize("end", ["\r\n", "\r"])
+async def test_lines_ending_in_cr_lf_or_cr_are_analyzed_as_dlc_check_reads_the_file(client, tmp_path, end):
+    # the LSP counts \r\n and \r as line ends, as Python's text mode does (dlc check, dlc fmt)
+    text = (EXAMPLES / "xor_mlp.dl").read_text().replace("\n", end)
+    uri, got = await open_doc(client, tmp_path / "line_ends.dl", text)
+    assert got == []
+    lines = text.split(end)
+    assert "h: f32[B, 4]" in await hover_text(client, uri, position_of("\n".join(lines), "h = dense"))
+    symbols = await client.text_document_document_symbol_async(T.DocumentSymbolParams(T.TextDocumentIdentifier(uri)))
+    assert [s.name for s in symbols] == ["xor_mlp", "train xor_mlp"]
+    broken = text.replace("dense(x, 4, tanh)", "dense(x, 4, tanh")
+    (d,) = await edit(client, uri, broken)
+    assert d.range.start.line == 5, d
+
+
 # ---- a server that never dies ------------------------------------------------------------------
 async def test_a_huge_repeat_is_cut_off_by_the_time_budget_and_says_so(client, tmp_path):
     # each step also makes a long static tuple, so that the 2 s pass long before the node limit
