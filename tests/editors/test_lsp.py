@@ -539,6 +539,47 @@ async def test_completion_of_names_functions_keywords_and_train_settings(client,
         assert expected in {i.label for i in items}, needle
 
 
+async def test_train_values_complete_with_their_options_as_a_dl_file_writes_them(client, tmp_path):
+    train = ("model m {\n    input x: f32[B, 4]\n    output y = x\n}\ntrain m {\n    optimizer = \n    schedule = \n"
+             "    data = \n    validation = \n    test = \n}\n")
+    uri, _ = await open_doc(client, tmp_path / "train_values.dl", train)
+
+    async def details(needle):
+        items = await client.text_document_completion_async(T.CompletionParams(
+            T.TextDocumentIdentifier(uri), position_of(train, needle, offset=len(needle))))
+        return {i.label: i.detail for i in items}
+    optimizers = await details("optimizer = ")
+    assert optimizers["adam"] == "adam(lr, beta1 = 0.9, beta2 = 0.999, eps = 1e-08, weight_decay = 0)"
+    assert optimizers["lbfgs"].startswith('lbfgs(lr = 1, history = 10, max_iter = 20, line_search = "strong_wolfe"')
+    assert (await details("schedule = "))["cosine"] == "cosine(min_lr = 0, warmup = 0, warmup_steps = none, decay_steps = none)"
+    sources = await details("data = ")
+    assert sources["text"] == 'text(path, seq = 100, vocab = none, lines = false, windows = "fixed")'
+    assert "split" not in sources
+    for held_out in ("validation = ", "test = "):
+        assert (await details(held_out)) == {"split": "split(fraction, tail = false)"} | sources
+
+
+async def test_in_a_train_blocks_call_its_options_complete_and_its_signature_helps(client, tmp_path):
+    train = "model m {\n    input x: f32[B, 4]\n    output y = x\n}\ntrain m {\n    optimizer = adam(lr = 0.1, \n}\n"
+    uri, _ = await open_doc(client, tmp_path / "train_call.dl", train)
+    at = position_of(train, "0.1, ", offset=5)
+    items = await client.text_document_completion_async(T.CompletionParams(T.TextDocumentIdentifier(uri), at))
+    assert [i.label for i in items] == ["lr =", "beta1 =", "beta2 =", "eps =", "weight_decay ="]
+    help_ = await client.text_document_signature_help_async(T.SignatureHelpParams(T.TextDocumentIdentifier(uri), at))
+    assert help_.signatures[0].label == "adam(lr, beta1 = 0.9, beta2 = 0.999, eps = 1e-08, weight_decay = 0)"
+    assert help_.signatures[0].parameters[help_.active_parameter].label == "beta1 = 0.9"
+
+
+async def test_a_builtins_arguments_are_written_as_in_a_dl_file(client, tmp_path):
+    program = "model m {\n    input a: f32[B, 4]\n    output y = concat(a, a, axis = -1)\n}\n"
+    uri, _ = await open_doc(client, tmp_path / "builtin.dl", program)
+    assert await hover_text(client, uri, position_of(program, "axis")) == \
+        "```dl\naxis = -1\n```\nargument of `concat(*xs, axis = -1)`"
+    help_ = await client.text_document_signature_help_async(T.SignatureHelpParams(
+        T.TextDocumentIdentifier(uri), position_of(program, "axis")))
+    assert help_.signatures[0].label == "concat(*xs, axis = -1)"
+
+
 async def test_formatting_is_dlc_fmts_layout(client, tmp_path):
     """A file laid out carelessly gets one edit: dlc fmt's text; a formatted one gets none."""
     from dlc.compiler.frontend.format import format_text
