@@ -400,6 +400,59 @@ async def test_the_peak_worker_runs_the_latest_job_first_and_drops_the_cancelled
         assert jobs[name].result() == training_peak(a.models[name], a.configs[name])
 
 
+async def test_hover_texts_are_docs_editors_md_texts(client, tmp_path):
+    """docs/editors.md "What a hover says", word for word."""
+    path = EXAMPLES / "digits_cnn.dl"
+    text = path.read_text()
+    uri, _ = await open_doc(client, path)
+    for needle, nth, expected in [
+            ("digits_cnn", 1, "model digits_cnn: 8 parameter tensors, 13,706 parameters"),
+            ("c1 =", 0, "```dl\nc1: f32[B, 16, 8, 8]\n```\nbinding of model digits_cnn"),
+            ("B, 1", 0, "```dl\nB: a dim of the inputs, the batch: 32 in the train block\n```\ndim of model digits_cnn"),
+            ("act =", 0, "```dl\nact = identity\n```\nargument of `conv2d(x: f32[N, C, height, width], filters: int, "
+                         'kernel = 3, stride = 1, padding = "valid", act = identity, init = glorot_uniform, bias: bool = true, '
+                         "dilation = 1, groups: int = 1)`"),
+            ("batch ", 0, ""), ("32\n", 0, "")]:
+        assert await hover_text(client, uri, position_of(text, needle, nth)) == expected, needle
+    conv = await hover_once_known(client, uri, position_of(text, "conv2d"))
+    assert conv.startswith("**c1**: a call of `conv2d`\n\nparameters: 160 in 2 tensors: `c1.W: f32[16, 1, 3, 3]`, "
+                           "`c1.b: f32[16]`\n\nforward FLOPs per example: 21,504\n\nactivation memory of training: "
+                           "160.0 KiB at B = 32 (as `dlc summary --memory`)\n\n---\n\n```dl\nconv2d(")
+    assert "```\nstandard library, layers.dl:53\n\n" in conv
+    softmax = await hover_text(client, uri, position_of(text, "softmax"))
+    assert softmax.startswith("**(no parameters)**: a call of `softmax`\n\nparameters: none\n\n"
+                              "forward FLOPs per example: 50\n\n---\n\n```dl\nsoftmax(x, axis = -1)\n```\n"
+                              "standard library, activations.dl:26\n\n")
+    path = EXAMPLES / "inception_cnn.dl"
+    text = path.read_text()
+    uri, _ = await open_doc(client, path)
+    assert await hover_text(client, uri, position_of(text, "b1 =")) == \
+        "binding of inception, by call:\n```dl\nb1: f32[B, 16, 8, 8]  # line 21\nb1: f32[B, 24, 4, 4]  # line 23\n```"
+    assert (await hover_text(client, uri, position_of(text, "inception(x"))).startswith(
+        "```dl\ninception(x, c1: int, c3_reduce: int, c3: int, c5_reduce: int, c5: int, pool: int)\n```\n"
+        "defined at line 9\n\none Inception block")
+    assert (await hover_text(client, uri, position_of(text, "concat(b1"))).startswith(
+        "```dl\nconcat(*xs, axis = -1)\n```\nbuiltin")
+    assert await hover_text(client, uri, position_of((EXAMPLES / "char_gpt.dl").read_text(), "VOCAB")) == ""
+    uri, _ = await open_doc(client, EXAMPLES / "char_gpt.dl")
+    assert await hover_text(client, uri, position_of((EXAMPLES / "char_gpt.dl").read_text(), "VOCAB", 1)) == \
+        "```dl\nconst VOCAB = 60\n```"
+    uncalled = "def f(x, k: int) {\n    h = x * k\n    return h\n}\nmodel m {\n    input x: f32[B, 4]\n    output y = x\n}\n"
+    uri, _ = await open_doc(client, tmp_path / "uncalled.dl", uncalled)
+    assert await hover_text(client, uri, position_of(uncalled, "k:")) == \
+        "```dl\nk: int\n```\nargument of f (its type is each call's)"
+    assert await hover_text(client, uri, position_of(uncalled, "h =")) == "binding `h` in f (its type is each call's)"
+
+
+async def test_the_size_budget_says_what_docs_editors_md_says(client, tmp_path):
+    text = (EXAMPLES / "xor_mlp.dl").read_text() + "# " + "x" * 1_000_000 + "\n"
+    uri, (d,) = await open_doc(client, tmp_path / "huge.dl", text)
+    assert (d.range.start.line, d.range.start.character) == (0, 0)
+    assert d.message == (f"the file has {len(text):,} characters; the language server analyzes files of at most "
+                         "1,000,000 (`dlc check` checks it whole)")
+    assert await edit(client, uri, "def f(x) = x\n") == []      # defines no model: no diagnostic
+
+
 async def test_hover_on_a_library_function_shows_its_signature_and_doc(client):
     path = EXAMPLES / "mnist_mlp.dl"
     uri, _ = await open_doc(client, path)
