@@ -64,12 +64,18 @@ def format_text(text: str, filename: str = "<input>") -> str:
 
 def format_files(paths: list[str], check: bool = False, out=None) -> int:
     """`dlc fmt`: rewrite each file (a folder: its .dl files) in the canonical layout; with
-    `check`, change nothing and print a unified diff of each file that is not. The exit status:
-    1 when `check` finds a file to change, else 0."""
-    out, unformatted = out or sys.stdout, 0
+    `check`, change nothing and print a unified diff of each file that is not. A file that
+    does not parse is reported on standard error and left alone, and the others are still
+    formatted. The exit status: 1 when a file does not parse or `check` finds one to change, else 0."""
+    out, unformatted, failed = out or sys.stdout, 0, 0
     for path in _dl_files(paths):
-        text = syntax.read_source(path)
-        formatted = format_text(text, str(path))
+        try:
+            text = syntax.read_source(path)
+            formatted = format_text(text, str(path))
+        except DlcError as e:
+            print(e.render(), file=sys.stderr)
+            failed += 1
+            continue
         if formatted == text:
             continue
         unformatted += 1
@@ -85,7 +91,7 @@ def format_files(paths: list[str], check: bool = False, out=None) -> int:
     if check and unformatted:
         print(f"{unformatted} file{'s' if unformatted > 1 else ''} would be formatted (run `dlc fmt` on "
               f"{'them' if unformatted > 1 else 'it'})", file=out)
-    return 1 if check and unformatted else 0
+    return 1 if failed or (check and unformatted) else 0
 
 
 def _dl_files(paths: list[str]) -> list[Path]:

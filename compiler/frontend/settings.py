@@ -154,6 +154,12 @@ def to_text(v) -> str:
     return f"{v:g}" if isinstance(v, float) else str(v)
 
 
+def parameter_texts(params: dict) -> list:
+    """Each parameter of a spec (`params` as Call.bind takes them) as a .dl call writes it:
+    `beta1 = 0.9`, or `lr` alone when it must be given."""
+    return [k if v is REQUIRED else f"{k} = {to_text(v)}" for k, v in params.items()]
+
+
 def show(v) -> str:
     """A value in an error message: strings quoted as Python does, the rest as written."""
     return repr(v) if isinstance(v, str) else to_text(v)

@@ -548,6 +548,13 @@ def read_source(path: Path) -> str:
         raise DlcError(f"cannot read {path}: {e.strerror}") from None
 
 
+def universal_newlines(text: str) -> str:
+    """The text with its `\r\n` and `\r` line ends as `\n`, as read_source reads a file (Python's
+    text mode): an editor's text, whose lines may end in any of the three (the LSP counts each
+    as one line end), then parses as the file would."""
+    return re.sub(r"\r\n?", "\n", text)
+
+
 def _not_utf8(name: str, data: bytes) -> DlcError:
     """The error at the first byte that is not UTF-8; its line is shown with the bad bytes replaced."""
     try:

@@ -26,5 +26,6 @@ def source(**params):
             return read(base_dir, Call(fn.__name__, list(args), kwargs))
 
         from_python.read = read
+        from_python.params = params     # its signature in a .dl file (the language server's completion)
         return from_python
     return make

@@ -349,7 +349,7 @@ class Schedule:
         if options is None:
             raise DlcError(f"unknown schedule '{call.name}'{did_you_mean(call.name, SCHEDULES)} "
                            f"(known: {', '.join(SCHEDULES)})", call.span)
-        args = call.bind(options | {"warmup": 0, "warmup_steps": None, "decay_steps": None})
+        args = call.bind(options | WARMUP)
         self.name = call.name
         self.opts = {k: _option(args, k, d) for k, d in options.items()}
         self.per_epoch = max(1, steps_per_epoch)
@@ -389,6 +389,7 @@ class Schedule:
         return lr       # constant, linear_warmup
 
 
+WARMUP = {"warmup": 0, "warmup_steps": None, "decay_steps": None}     # options of every schedule
 SCHEDULES = {
     "constant": {},
     "linear_warmup": {},

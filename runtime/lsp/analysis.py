@@ -74,7 +74,7 @@ def analyze(text: str, path: str, seconds: float = BUILD_SECONDS, previous: Anal
     """Never raises: an error of dlc's own (a bug) becomes a diagnostic too, and its
     traceback goes to the server's log. A model whose build the previous analysis of the
     document made from the same inputs (build_key) is not built again."""
-    a = Analysis(text, path)
+    a = Analysis(syntax.universal_newlines(text), path)
     try:
         _analyze(a, seconds, previous.builds if previous is not None else {})
     except RecursionError:

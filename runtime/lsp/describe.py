@@ -9,6 +9,7 @@ from dlc.compiler.errors import DlcError, Span, source_lines
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.evaluator import ann_str
 from dlc.compiler.frontend.loader import stdlib_env
+from dlc.compiler.frontend.settings import to_text
 from dlc.compiler.frontend.summary import count_text, in_layer, size_text
 from dlc.compiler.frontend.values import Builtin, Func, spelled
 from dlc.compiler.ir.dims import numel, subs
@@ -43,7 +44,15 @@ def parameters(func) -> list:
         return [(arg.name, arg.name + _annotation(arg) + (f" = {_source(arg.default)}" if arg.default else ""))
                 for arg in func.decl.args]
     params = list(inspect.signature(func.fn).parameters.values())[1:]      # after the evaluator
-    return [(p.name, str(p)) for p in params]
+    return [(p.name, _builtin_parameter(p)) for p in params]
+
+
+def _builtin_parameter(p: inspect.Parameter) -> str:
+    """A builtin's parameter as a .dl file (and language.md) writes it: `*xs`, `axis = -1`,
+    `dtype = "f32"`, not as Python does (`axis=-1`, `dtype='f32'`)."""
+    if p.kind is p.VAR_POSITIONAL:
+        return f"*{p.name}"
+    return p.name if p.default is p.empty else f"{p.name} = {to_text(p.default)}"
 
 
 def signature(func) -> str:

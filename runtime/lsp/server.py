@@ -23,6 +23,7 @@ from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.format import format_text
 from dlc.compiler.frontend.loader import stdlib_env
+from dlc.compiler.frontend.settings import parameter_texts
 from dlc.compiler.frontend.values import Builtin, Func
 from dlc.runtime.lsp import describe
 from dlc.runtime.lsp.analysis import BUILD_SECONDS, Analysis, analyze, file_of
@@ -482,21 +483,41 @@ def call_before(text: str, offset: int):
     return name[2], index, keyword[1] if keyword else None
 
 
+def called_at(ls: DlcLanguageServer, uri: str, text: str, offset: int) -> tuple:
+    """The call being written at `offset` (call_before) and what it calls: (name, parameters
+    as describe.parameters gives them, signature, doc), a function of the document or the
+    library, or in a train block an optimizer, schedule or data source; None for neither."""
+    call = call_before(text, offset)
+    if call is None:
+        return None, None
+    if train_block_at(text, offset):
+        spec = train_functions().get(call[0])
+        if spec is None:
+            return call, None
+        params, doc = spec
+        args = list(zip(params, parameter_texts(params)))
+        return call, (args, f"{call[0]}({', '.join(t for _, t in args)})", doc)
+    a = ls.parsed.get(uri)
+    func = describe.function_of(call[0], a) if a is not None else describe.library_function(call[0])
+    if func is None:
+        return call, None
+    return call, (describe.parameters(func), describe.signature(func), describe.doc(func))
+
+
 @server.feature(lsp_types.TEXT_DOCUMENT_SIGNATURE_HELP, lsp_types.SignatureHelpOptions(trigger_characters=["(", ","]))
 @guarded
 async def signature_help(ls: DlcLanguageServer, params: lsp_types.SignatureHelpParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
-    call = call_before(doc.source, _offset(doc.lines, params.position.line, params.position.character))
-    a = ls.parsed.get(params.text_document.uri)
-    func = (describe.function_of(call[0], a) if a is not None else describe.library_function(call[0])) if call else None
-    if func is None:
+    offset = _offset(doc.lines, params.position.line, params.position.character)
+    call, called = called_at(ls, params.text_document.uri, doc.source, offset)
+    if called is None:
         return None
     _, index, keyword = call
-    args = describe.parameters(func)
+    args, label, documentation = called
     names = [n for n, _ in args]
     active = names.index(keyword) if keyword in names else min(index, max(len(args) - 1, 0))
     return lsp_types.SignatureHelp(signatures=[lsp_types.SignatureInformation(
-        label=describe.signature(func), documentation=describe.doc(func) or None,
+        label=label, documentation=documentation or None,
         parameters=[lsp_types.ParameterInformation(label=text) for _, text in args])],
         active_signature=0, active_parameter=active)
 
@@ -513,23 +534,36 @@ def library_items() -> tuple:
     return tuple(items)
 
 
+@functools.cache
+def train_choices() -> dict:
+    """The calls a train setting takes, by setting: name -> (its parameters as Call.bind
+    takes them, its doc): the optimizers, the schedules (each with the warmup options all
+    take), the data sources, and for validation and test split too."""
+    from dlc.runtime.data.registry import SOURCES
+    from dlc.runtime.engines.optim import OPTIMIZERS, SCHEDULES, WARMUP
+    from dlc.runtime.training.config import SPLIT
+    data = {name: (fn.params, inspect.getdoc(fn)) for name, fn in SOURCES.items()}
+    held_out = {"split": (SPLIT, "a fraction of the examples of `data` held out (with `tail`, its last ones, in order)")}
+    return {"optimizer": {name: (cls.options, "optimizer") for name, cls in OPTIMIZERS.items()},
+            "schedule": {name: (opts | WARMUP, "schedule") for name, opts in SCHEDULES.items()},
+            "data": data, "validation": held_out | data, "test": held_out | data}
+
+
+@functools.cache
+def train_functions() -> dict:
+    """Every call of train_choices by its name."""
+    return {name: spec for choices in train_choices().values() for name, spec in choices.items()}
+
+
 def train_items(setting: str | None) -> list:
     """What a train block takes: its settings, or the values of one (optimizers, schedules,
     data sources), each with its options."""
-    from dlc.runtime.data.registry import SOURCES
     from dlc.runtime.training.config import TrainConfig
-    from dlc.runtime.engines.optim import OPTIMIZERS, SCHEDULES
-    value = lsp_types.CompletionItemKind.Value
-    choices = {
-        "optimizer": [(name, f"{name}({', '.join(f'{k} = {v!r}' for k, v in cls.options.items())})", "optimizer")
-                      for name, cls in OPTIMIZERS.items()],
-        "schedule": [(name, f"{name}({', '.join(f'{k} = {v!r}' for k, v in opts.items())})", "schedule")
-                     for name, opts in SCHEDULES.items()],
-        "data": [(name, f"{name}{inspect.signature(fn)}", inspect.getdoc(fn)) for name, fn in SOURCES.items()],
-    }
-    choices["validation"] = choices["test"] = choices["data"]
+    choices = train_choices()
     if setting in choices:
-        return [lsp_types.CompletionItem(label=n, kind=value, detail=d, documentation=doc) for n, d, doc in choices[setting]]
+        return [lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Value,
+                                         detail=f"{name}({', '.join(parameter_texts(params))})", documentation=doc)
+                for name, (params, doc) in choices[setting].items()]
     return [lsp_types.CompletionItem(label=k, kind=lsp_types.CompletionItemKind.Property, insert_text=f"{k} = ")
             for k in TrainConfig.__dataclass_fields__ if k != "spans"]
 
@@ -544,16 +578,15 @@ def train_block_at(text: str, offset: int) -> bool:
 def completion(ls: DlcLanguageServer, params: lsp_types.CompletionParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
     text, offset = doc.source, _offset(doc.lines, params.position.line, params.position.character)
+    _, called = called_at(ls, params.text_document.uri, text, offset)
+    items = [lsp_types.CompletionItem(label=f"{name} =", kind=lsp_types.CompletionItemKind.Field, detail=arg,
+                                      insert_text=f"{name} = ", sort_text=f"0{name}") for name, arg in called[0]] if called else []
     if train_block_at(text, offset):
+        if called:      # an optimizer's, schedule's or data source's options, not the settings
+            return items
         setting = re.search(r"(\w+)\s*=\s*\w*$", text[:offset].rsplit("\n", 1)[-1])
         return train_items(setting[1] if setting else None)
     a = ls.parsed.get(params.text_document.uri)
-    items = []
-    call = call_before(text, offset)
-    func = (describe.function_of(call[0], a) if a is not None else describe.library_function(call[0])) if call else None
-    if func is not None:
-        items += [lsp_types.CompletionItem(label=f"{name} =", kind=lsp_types.CompletionItemKind.Field, detail=arg,
-                                   insert_text=f"{name} = ", sort_text=f"0{name}") for name, arg in describe.parameters(func)]
     if a is not None:
         for name, b in a.names.visible(*place(params)).items():
             items.append(lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Variable, detail=b.kind))
@@ -566,7 +599,7 @@ def completion(ls: DlcLanguageServer, params: lsp_types.CompletionParams):
 def formatting(ls: DlcLanguageServer, params: lsp_types.DocumentFormattingParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
     try:
-        formatted = format_text(doc.source)
+        formatted = format_text(syntax.universal_newlines(doc.source), to_fs_path(doc.uri) or doc.uri)
     except DlcError as e:
         raise JsonRpcException(e.render(), code=lsp_types.LSPErrorCodes.RequestFailed) from None
     if formatted == doc.source:

@@ -225,6 +225,9 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+SPLIT = {"fraction": REQUIRED, "tail": False}       # split(fraction, tail = false)
+
+
 def is_split(spec) -> bool:
     return isinstance(spec, Call) and spec.name == "split"
 
@@ -232,7 +235,7 @@ def is_split(spec) -> bool:
 def split_args(call: Call) -> tuple[float, bool]:
     """(fraction, tail) of split(fraction, tail = false): with `tail`, the last examples are held
     out, in order (the end of a text), rather than a shuffled sample of them."""
-    args = call.bind({"fraction": REQUIRED, "tail": False})
+    args = call.bind(SPLIT)
     return args.check("fraction", number, positive=True, below=1), args.check("tail", flag)
 
 

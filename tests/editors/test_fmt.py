@@ -144,6 +144,19 @@ def test_a_syntax_error_is_reported_not_formatted(tmp_path, capsys):
     assert path.read_text() == "model m {\n    input x: f32[B\n}\n"
 
 
+def test_a_file_that_does_not_parse_leaves_the_others_formatted(tmp_path, capsys):
+    # docs/cli.md: each file is rewritten; one with a syntax error is reported and left alone
+    (tmp_path / "a.dl").write_text("model m {\n    input x: f32[B\n}\n")
+    (tmp_path / "b.dl").write_text("model m {\ninput x: f32[B]\n}\n")
+    assert main(["fmt", "--check", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()
+    assert "a.dl:2:" in err and "+    input  x: f32[B]" in out
+    assert main(["fmt", str(tmp_path)]) == 1
+    assert "a.dl:2:" in capsys.readouterr().err
+    assert (tmp_path / "b.dl").read_text() == "model m {\n    input  x: f32[B]\n}\n"
+    assert (tmp_path / "a.dl").read_text() == "model m {\n    input x: f32[B\n}\n"
+
+
 def test_check_exits_1_with_a_diff_and_fmt_rewrites(tmp_path, capsys):
     path = tmp_path / "m.dl"
     path.write_text("model m {\ninput x: f32[B]\n}\n")

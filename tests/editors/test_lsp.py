@@ -400,6 +400,59 @@ async def test_the_peak_worker_runs_the_latest_job_first_and_drops_the_cancelled
         assert jobs[name].result() == training_peak(a.models[name], a.configs[name])
 
 
+async def test_hover_texts_are_docs_editors_md_texts(client, tmp_path):
+    """docs/editors.md "What a hover says", word for word."""
+    path = EXAMPLES / "digits_cnn.dl"
+    text = path.read_text()
+    uri, _ = await open_doc(client, path)
+    for needle, nth, expected in [
+            ("digits_cnn", 1, "model digits_cnn: 8 parameter tensors, 13,706 parameters"),
+            ("c1 =", 0, "```dl\nc1: f32[B, 16, 8, 8]\n```\nbinding of model digits_cnn"),
+            ("B, 1", 0, "```dl\nB: a dim of the inputs, the batch: 32 in the train block\n```\ndim of model digits_cnn"),
+            ("act =", 0, "```dl\nact = identity\n```\nargument of `conv2d(x: f32[N, C, height, width], filters: int, "
+                         'kernel = 3, stride = 1, padding = "valid", act = identity, init = glorot_uniform, bias: bool = true, '
+                         "dilation = 1, groups: int = 1)`"),
+            ("batch ", 0, ""), ("32\n", 0, "")]:
+        assert await hover_text(client, uri, position_of(text, needle, nth)) == expected, needle
+    conv = await hover_once_known(client, uri, position_of(text, "conv2d"))
+    assert conv.startswith("**c1**: a call of `conv2d`\n\nparameters: 160 in 2 tensors: `c1.W: f32[16, 1, 3, 3]`, "
+                           "`c1.b: f32[16]`\n\nforward FLOPs per example: 21,504\n\nactivation memory of training: "
+                           "160.0 KiB at B = 32 (as `dlc summary --memory`)\n\n---\n\n```dl\nconv2d(")
+    assert "```\nstandard library, layers.dl:53\n\n" in conv
+    softmax = await hover_text(client, uri, position_of(text, "softmax"))
+    assert softmax.startswith("**(no parameters)**: a call of `softmax`\n\nparameters: none\n\n"
+                              "forward FLOPs per example: 50\n\n---\n\n```dl\nsoftmax(x, axis = -1)\n```\n"
+                              "standard library, activations.dl:26\n\n")
+    path = EXAMPLES / "inception_cnn.dl"
+    text = path.read_text()
+    uri, _ = await open_doc(client, path)
+    assert await hover_text(client, uri, position_of(text, "b1 =")) == \
+        "binding of inception, by call:\n```dl\nb1: f32[B, 16, 8, 8]  # line 21\nb1: f32[B, 24, 4, 4]  # line 23\n```"
+    assert (await hover_text(client, uri, position_of(text, "inception(x"))).startswith(
+        "```dl\ninception(x, c1: int, c3_reduce: int, c3: int, c5_reduce: int, c5: int, pool: int)\n```\n"
+        "defined at line 9\n\none Inception block")
+    assert (await hover_text(client, uri, position_of(text, "concat(b1"))).startswith(
+        "```dl\nconcat(*xs, axis = -1)\n```\nbuiltin")
+    assert await hover_text(client, uri, position_of((EXAMPLES / "char_gpt.dl").read_text(), "VOCAB")) == ""
+    uri, _ = await open_doc(client, EXAMPLES / "char_gpt.dl")
+    assert await hover_text(client, uri, position_of((EXAMPLES / "char_gpt.dl").read_text(), "VOCAB", 1)) == \
+        "```dl\nconst VOCAB = 60\n```"
+    uncalled = "def f(x, k: int) {\n    h = x * k\n    return h\n}\nmodel m {\n    input x: f32[B, 4]\n    output y = x\n}\n"
+    uri, _ = await open_doc(client, tmp_path / "uncalled.dl", uncalled)
+    assert await hover_text(client, uri, position_of(uncalled, "k:")) == \
+        "```dl\nk: int\n```\nargument of f (its type is each call's)"
+    assert await hover_text(client, uri, position_of(uncalled, "h =")) == "binding `h` in f (its type is each call's)"
+
+
+async def test_the_size_budget_says_what_docs_editors_md_says(client, tmp_path):
+    text = (EXAMPLES / "xor_mlp.dl").read_text() + "# " + "x" * 1_000_000 + "\n"
+    uri, (d,) = await open_doc(client, tmp_path / "huge.dl", text)
+    assert (d.range.start.line, d.range.start.character) == (0, 0)
+    assert d.message == (f"the file has {len(text):,} characters; the language server analyzes files of at most "
+                         "1,000,000 (`dlc check` checks it whole)")
+    assert await edit(client, uri, "def f(x) = x\n") == []      # defines no model: no diagnostic
+
+
 async def test_hover_on_a_library_function_shows_its_signature_and_doc(client):
     path = EXAMPLES / "mnist_mlp.dl"
     uri, _ = await open_doc(client, path)
@@ -539,6 +592,47 @@ async def test_completion_of_names_functions_keywords_and_train_settings(client,
         assert expected in {i.label for i in items}, needle
 
 
+async def test_train_values_complete_with_their_options_as_a_dl_file_writes_them(client, tmp_path):
+    train = ("model m {\n    input x: f32[B, 4]\n    output y = x\n}\ntrain m {\n    optimizer = \n    schedule = \n"
+             "    data = \n    validation = \n    test = \n}\n")
+    uri, _ = await open_doc(client, tmp_path / "train_values.dl", train)
+
+    async def details(needle):
+        items = await client.text_document_completion_async(T.CompletionParams(
+            T.TextDocumentIdentifier(uri), position_of(train, needle, offset=len(needle))))
+        return {i.label: i.detail for i in items}
+    optimizers = await details("optimizer = ")
+    assert optimizers["adam"] == "adam(lr, beta1 = 0.9, beta2 = 0.999, eps = 1e-08, weight_decay = 0)"
+    assert optimizers["lbfgs"].startswith('lbfgs(lr = 1, history = 10, max_iter = 20, line_search = "strong_wolfe"')
+    assert (await details("schedule = "))["cosine"] == "cosine(min_lr = 0, warmup = 0, warmup_steps = none, decay_steps = none)"
+    sources = await details("data = ")
+    assert sources["text"] == 'text(path, seq = 100, vocab = none, lines = false, windows = "fixed")'
+    assert "split" not in sources
+    for held_out in ("validation = ", "test = "):
+        assert (await details(held_out)) == {"split": "split(fraction, tail = false)"} | sources
+
+
+async def test_in_a_train_blocks_call_its_options_complete_and_its_signature_helps(client, tmp_path):
+    train = "model m {\n    input x: f32[B, 4]\n    output y = x\n}\ntrain m {\n    optimizer = adam(lr = 0.1, \n}\n"
+    uri, _ = await open_doc(client, tmp_path / "train_call.dl", train)
+    at = position_of(train, "0.1, ", offset=5)
+    items = await client.text_document_completion_async(T.CompletionParams(T.TextDocumentIdentifier(uri), at))
+    assert [i.label for i in items] == ["lr =", "beta1 =", "beta2 =", "eps =", "weight_decay ="]
+    help_ = await client.text_document_signature_help_async(T.SignatureHelpParams(T.TextDocumentIdentifier(uri), at))
+    assert help_.signatures[0].label == "adam(lr, beta1 = 0.9, beta2 = 0.999, eps = 1e-08, weight_decay = 0)"
+    assert help_.signatures[0].parameters[help_.active_parameter].label == "beta1 = 0.9"
+
+
+async def test_a_builtins_arguments_are_written_as_in_a_dl_file(client, tmp_path):
+    program = "model m {\n    input a: f32[B, 4]\n    output y = concat(a, a, axis = -1)\n}\n"
+    uri, _ = await open_doc(client, tmp_path / "builtin.dl", program)
+    assert await hover_text(client, uri, position_of(program, "axis")) == \
+        "```dl\naxis = -1\n```\nargument of `concat(*xs, axis = -1)`"
+    help_ = await client.text_document_signature_help_async(T.SignatureHelpParams(
+        T.TextDocumentIdentifier(uri), position_of(program, "axis")))
+    assert help_.signatures[0].label == "concat(*xs, axis = -1)"
+
+
 async def test_formatting_is_dlc_fmts_layout(client, tmp_path):
     """A file laid out carelessly gets one edit: dlc fmt's text; a formatted one gets none."""
     from dlc.compiler.frontend.format import format_text
@@ -551,6 +645,30 @@ async def test_formatting_is_dlc_fmts_layout(client, tmp_path):
     assert len(edits) == 1 and edits[0].new_text == format_text(messy) == tidy
     uri, _ = await open_doc(client, EXAMPLES / "xor_mlp.dl")
     assert not await client.text_document_formatting_async(T.DocumentFormattingParams(T.TextDocumentIdentifier(uri), options))
+
+
+async def test_formatting_a_document_that_does_not_parse_fails_with_dlc_checks_error(client, tmp_path):
+    path = tmp_path / "unparsed.dl"
+    uri, (d,) = await open_doc(client, path, "model m {\n    input x: f32[B, 4\n}\n")
+    with pytest.raises(JsonRpcException) as failed:
+        await client.text_document_formatting_async(T.DocumentFormattingParams(
+            T.TextDocumentIdentifier(uri), T.FormattingOptions(4, True)))
+    assert f"{path}:2:17: error: {d.message}" in str(failed.value)
+
+
+@pytest.mark.parametrize("end", ["\r\n", "\r"])
+async def test_lines_ending_in_cr_lf_or_cr_are_analyzed_as_dlc_check_reads_the_file(client, tmp_path, end):
+    # the LSP counts \r\n and \r as line ends, as Python's text mode does (dlc check, dlc fmt)
+    text = (EXAMPLES / "xor_mlp.dl").read_text().replace("\n", end)
+    uri, got = await open_doc(client, tmp_path / "line_ends.dl", text)
+    assert got == []
+    lines = text.split(end)
+    assert "h: f32[B, 4]" in await hover_text(client, uri, position_of("\n".join(lines), "h = dense"))
+    symbols = await client.text_document_document_symbol_async(T.DocumentSymbolParams(T.TextDocumentIdentifier(uri)))
+    assert [s.name for s in symbols] == ["xor_mlp", "train xor_mlp"]
+    broken = text.replace("dense(x, 4, tanh)", "dense(x, 4, tanh")
+    (d,) = await edit(client, uri, broken)
+    assert d.range.start.line == 5, d
 
 
 # ---- a server that never dies ------------------------------------------------------------------
