@@ -91,7 +91,9 @@ class GemmConfig:
     operands: str = "f32"  # what the micro-kernel multiplies: one of OPERANDS
 
     def __post_init__(self):
-        if self.vw not in (4, 8, 16) or self.nr % self.vw or self.mc % self.mr or self.nc % self.nr:
+        # runs of FEW_VECTORS vectors start at whole panels too (_Gen._packed_b)
+        if self.vw not in (4, 8, 16) or self.nr % self.vw or self.mc % self.mr or self.nc % self.nr \
+                or FEW_VECTORS * self.vw % self.nr:
             raise ValueError(f"inconsistent GEMM blocking {self}")
         if self.operands not in OPERANDS or self.operands == "bf16-pairs" and self.vw != 16:
             raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")

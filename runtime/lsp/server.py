@@ -484,9 +484,10 @@ def call_before(text: str, offset: int):
 
 
 def called_at(ls: DlcLanguageServer, uri: str, text: str, offset: int) -> tuple:
-    """The call being written at `offset` (call_before) and what it calls: (name, parameters
-    as describe.parameters gives them, signature, doc), a function of the document or the
-    library, or in a train block an optimizer, schedule or data source; None for neither."""
+    """(the call being written at `offset`, as call_before gives it; what it calls: its
+    parameters as describe.parameters gives them, its signature and its doc), the callee a
+    function of the document or the library, or in a train block an optimizer, schedule or
+    data source; None for what is not a call, or calls none of these."""
     call = call_before(text, offset)
     if call is None:
         return None, None

@@ -135,10 +135,11 @@ class WeightPacksKernel(Kernel):
         i32 = ir.IntType(32)
         for i, (p, rows) in enumerate(zip(self.packs, self.rows)):
             flag = kb.b.gep(kb.buffer(self.ready, "i32"), [ir.Constant(i32, i)])
-            read = ir.Constant(ir.IntType(1), 1) if p.trans_b or self.one_row \
-                else kb.b.icmp_signed(">", kb.dim(rows[0]), kb.dim(FEW_ROWS))
-            for m in rows[1:]:
-                read = kb.b.or_(read, kb.b.icmp_signed(">", kb.dim(m), kb.dim(FEW_ROWS)))
+            read = ir.Constant(ir.IntType(1), 1)
+            if not (p.trans_b or self.one_row):
+                read = kb.b.icmp_signed(">", kb.dim(rows[0]), kb.dim(FEW_ROWS))
+                for m in rows[1:]:
+                    read = kb.b.or_(read, kb.b.icmp_signed(">", kb.dim(m), kb.dim(FEW_ROWS)))
             with kb.b.if_then(kb.b.and_(read, kb.b.icmp_signed("==", kb.b.load(flag), ir.Constant(i32, 0)))):
                 p.call(f, kb)
                 kb.b.store(ir.Constant(i32, 1), flag)
