@@ -25,3 +25,7 @@ PRECISIONS = ("f32", "bf16")
 # JIT is handed the parameter arrays), only for the products that pack B anyway; "once",
 # where only a setter changes them (a built library), for every product, the one-row ones too
 PACK_WEIGHTS = ("each call", "once")
+
+# the most threads native code is run on (the engine's --threads and DLC_NUM_THREADS, a built
+# library's set_threads): libgomp's start of a larger team can overflow its stack
+MOST_THREADS = 1024

@@ -23,7 +23,6 @@
 
 #define ALIGN 64
 #define MOST_BYTES ((int64_t)1 << 46)        /* more memory than that is refused, not attempted */
-#define MOST_THREADS 1024                    /* a larger team is refused: libgomp's start of one can overflow the stack */
 
 enum { KIND_TEMP, KIND_INPUT, KIND_PARAM, KIND_OUTPUT, KIND_CONST, KIND_PACKED };
 

@@ -30,6 +30,7 @@ import numpy as np
 
 from dlc.compiler.ir.dims import Dim, shape_str
 from dlc.compiler.ir.graph import ITEMSIZE
+from dlc.compiler.native import MOST_THREADS
 from dlc.compiler.native.memory import intervals
 from dlc.compiler.native.program import KernelProgram
 
@@ -426,8 +427,8 @@ def api(lib: Library) -> str:
 {v} int {n}_set_threads({n} *model, int threads) {{
     if (!model) return DLC_ERROR_ARGUMENT;
     if (model->status) return model->status;        /* a failed create's message stays */
-    if (threads < 1 || threads > MOST_THREADS)
-        return fail(model, DLC_ERROR_ARGUMENT, "set_threads: %d threads; give 1 to %d", threads, MOST_THREADS);
+    if (threads < 1 || threads > {MOST_THREADS})
+        return fail(model, DLC_ERROR_ARGUMENT, "set_threads: %d threads; give 1 to {MOST_THREADS}", threads);
     model->threads = threads;
     model->message[0] = 0;
     {f"{lib.trainer.name}_set_threads(model->trainer, threads);" if lib.trainer is not None else ""}
@@ -632,7 +633,7 @@ int {n}_create({n} **model, const char *checkpoint);
 /* The same from a checkpoint's bytes in memory (copied: the caller keeps them). */
 int {n}_create_from_memory({n} **model, const void *checkpoint, size_t size);
 void {n}_destroy({n} *model);
-/* Threads of each later call: 1 to 1024 (default 1; docs/deploy.md says when more pay). */
+/* Threads of each later call: 1 to {MOST_THREADS} (default 1; docs/deploy.md says when more pay). */
 int {n}_set_threads({n} *model, int threads);
 /* What the last failed call of this instance said; "" after a success. */
 const char *{n}_error(const {n} *model);

@@ -7,7 +7,7 @@ import argparse
 import math
 import os
 
-from dlc.runtime.engines.cores import MOST_THREADS
+from dlc.compiler.native import MOST_THREADS
 
 WEIGHTS_HELP = "a checkpoint (.npz) or .safetensors file, in dlc's or torch.nn's names"
 

@@ -22,12 +22,12 @@ import os
 import time
 
 from dlc.compiler.errors import DlcError
+from dlc.compiler.native import MOST_THREADS
 
 ADAPT_EVERY_S = 0.25
 STALE_S = 1.0           # a window longer than this spans a pause in the native calls...
 PAUSED_CORES = 0.1      # ... when this process used less than this many cores over it
 CONTENDED = 0.1         # waiting for a core this share of the time it ran: others compete
-MOST_THREADS = 1024     # a larger team is refused: libgomp's start of one overflows the stack (library.c too)
 
 
 def threads() -> int:
