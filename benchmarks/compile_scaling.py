@@ -6,7 +6,7 @@ the train step's compile is timed phase by phase:
 
     passes   compiler/passes/optimize.py optimize (the train-step graph built by autodiff before)
     lower    compiler/native/lower.py lower
-    codegen  compiler/native/driver.py build_module (llvmlite IR builder)
+    codegen  compiler/native/codegen/driver.py build_module (llvmlite IR builder)
     llvm     runtime/engines/cache.py compile_cached: IR text, parse, O3, machine code, load
     memory   compiler/native/memory.py intervals + plan at batch 32
 
@@ -40,7 +40,7 @@ def measure(layers: int, profile: bool = False) -> dict:
     import resource
 
     from dlc.compiler.passes.autodiff import train_step
-    from dlc.compiler.native.driver import build_module
+    from dlc.compiler.native.codegen.driver import build_module
     from dlc.compiler.frontend.loader import load_text
     from dlc.compiler.ir.dims import numel
     from dlc.compiler.native.lower import lower

@@ -7,7 +7,7 @@ the C library pip's wheel ships in onnxruntime/capi/) when `--onnxruntime-includ
 the folder of an onnxruntime release's `onnxruntime_c_api.h` (pip's wheel has no header),
 else through its Python API; the table says which. The C outputs must agree with
 onnxruntime's within 1e-4 before anything is timed. Both run on THREADS threads; the library's libgomp spins as long as
-dlc's own engine makes it (GOMP_SPINCOUNT, compiler/native/jit.py), or its sleeping
+dlc's own engine makes it (GOMP_SPINCOUNT, compiler/native/codegen/jit.py), or its sleeping
 workers would be timed.
 
     python benchmarks/deploy.py
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.native.jit import GOMP_SPINCOUNT_DEFAULT
+from dlc.compiler.native.codegen.jit import GOMP_SPINCOUNT_DEFAULT
 from machine import OtherLoad, print_results, wait_idle
 from predict import BATCHES, OUTPUT_RTOL, dlc_model, inputs_of, median_ms, onnx_session
 from train_step import DEFAULT_STEPS, THREADS

@@ -51,7 +51,7 @@ def setup(name: str, seed: int = 0, batch: int = 64, steps: int = 100, fixed: bo
 
 def use_libm():
     """exp and tanh in native code as calls of expf / tanhf, not the inline polynomials."""
-    from dlc.compiler.native import scalar
+    from dlc.compiler.native.codegen import scalar
     scalar.exp = lambda kb, x: kb.call("expf", scalar.f32, [x])
     scalar.tanh = lambda kb, x: kb.call("tanhf", scalar.f32, [x])
 

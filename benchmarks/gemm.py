@@ -22,7 +22,7 @@ shape was timed.
 With `--precision bf16` the peer is torch.matmul on bfloat16 tensors (oneDNN: the AMX
 tiles where the host has them; its result is bfloat16), and dlc's columns are its float32
 kernel and each bf16 path the host has (the conversion path, vdpbf16ps pairs, the AMX
-tiles: compiler/native/gemm.py `bf16_config`), each checked against the product of the
+tiles: compiler/native/codegen/gemm.py `bf16_config`), each checked against the product of the
 operands rounded to bfloat16; dlc/best is the host's bf16 path over torch's.
 """
 from __future__ import annotations
@@ -82,9 +82,9 @@ def run(args):
     import numpy as np
 
     from dlc.compiler.ir.evaluate import round_bf16
-    from dlc.compiler.native import gemm
-    from dlc.compiler.native import jit
-    from dlc.compiler.native.gemm_library import GemmLibrary
+    from dlc.compiler.native.codegen import gemm
+    from dlc.compiler.native.codegen import jit
+    from gemm_library import GemmLibrary
 
     variants = [(False, False, False), (True, False, False), (False, True, False)]
     bf16 = args.precision == "bf16"

@@ -40,8 +40,8 @@ ROUND_S = 0.2            # the shortest round: /proc/stat counts the machine's b
 def _compile_fma_loop():
     """(native fn(i64 iterations) -> float, FLOPs per iteration)."""
     from llvmlite import ir
-    from dlc.compiler.native import jit
-    from dlc.compiler.native.intrinsics import declare, splat
+    from dlc.compiler.native.codegen import jit
+    from dlc.compiler.native.codegen.intrinsics import declare, splat
 
     lanes = 16 if jit.host_has("avx512f") else 8
     f32, i64 = ir.FloatType(), ir.IntType(64)
@@ -144,7 +144,7 @@ def _cache_path():
 
 
 def _host() -> str:
-    from dlc.compiler.native import jit
+    from dlc.compiler.native.codegen import jit
     return jit.host_cpu()[0]
 
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import re
 
 from dlc.compiler.ir.graph import Graph
-from dlc.compiler.native import jit
-from dlc.compiler.native.driver import build_module
+from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen.driver import build_module
 from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.lower import NotLowerable, lower
 from dlc.compiler.passes.optimize import optimize

@@ -77,7 +77,7 @@ class Primitive:
     `builtin` or `operator` is how .dl writes it and `onnx` the ONNX op that computes it:
     the builtins, the evaluator's operators and ONNX export and import read their names
     here. The native backend keeps its lowering and scalar rules in tables of its own,
-    keyed by the primitive's name (compiler/native/rules/, compiler/native/scalar.py), so
+    keyed by the primitive's name (compiler/native/rules/, compiler/native/codegen/scalar.py), so
     that building the records never loads LLVM."""
     name: str
     pattern: Pattern

@@ -9,12 +9,10 @@ the runtime.
   become it, and its loop nests (loops.py, LLVM IR);
 - lower.py: graph -> kernel program, each node's rule in order (rules/: the registry,
   and the rules of the families without a kernel of their own); memory.py: the arena;
-- scalar.py: the scalar rule of every elementwise primitive, by dtype class (EMIT);
-- builder.py (KernelBuilder: values, loops, accesses, alias scopes), shared_loops.py
-  (loop pieces several kinds share), intrinsics.py, parallel.py (libgomp regions),
-  driver.py (the step module), update.py (the fused optimizer update), gemm.py (the
-  GEMM library; gemm_library.py: it callable from Python): LLVM IR;
-- jit.py: target detection and compilation; render.py: kernel programs as text."""
+  update.py: the fused optimizer update's program; render.py: kernel programs as text;
+- codegen/: LLVM IR and machine code (the kernel builder, the scalar rules, the step
+  module, the GEMM routines, the JIT), the only floor that imports llvmlite with the
+  kinds' loops.py."""
 
 # the precisions of the operands of matmuls and convolutions (lower.py's `precision`); here
 # so that checking a train block's `precision` does not import the backend

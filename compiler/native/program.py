@@ -5,8 +5,8 @@ compiler/native/kernels/.
 Values are expressions over an iteration index. Leaves are affine in the index: a load
 from a buffer at offset + sum(coeff[r] * i[r]), the index itself (iota), or counter-based
 random bits at a linear index; `Op` applies a primitive's scalar rule to its operands
-(compiler/native/scalar.py). lower.py builds a program from a graph, memory.py plans its
-temporaries, driver.py compiles it.
+(compiler/native/codegen/scalar.py). lower.py builds a program from a graph, memory.py plans its
+temporaries, codegen/driver.py compiles it.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class KernelExpr:
     """An expression of a kernel's loop body. Each kind says how an index change maps it
     (`remap`, given an Affine -> Affine function for its affine leaves), which memory reads
     it holds (`leaves`; a leaf's `read_buffer`), its text (`dlc compile --emit kernels`) and
-    its LLVM code, which it asks of the kernel builder (compiler/native/builder.py: the
+    its LLVM code, which it asks of the kernel builder (compiler/native/codegen/builder.py: the
     expression kinds' methods there), so this module never loads LLVM."""
 
     def remap(self, shift_fn) -> "KernelExpr":
@@ -279,7 +279,7 @@ class Kernel(ABC):
         """Build its function with f (driver.KernelFunction): a builder that runs on the
         calling thread (`f.serial()`) or one whose loop nest a thread team splits
         (`f.team(...)`). Returns that builder, which the driver finishes. The loop nests
-        themselves are LLVM code (kernels/<kind>/loops.py, gemm.py), imported inside `emit`, so that
+        themselves are LLVM code (kernels/<kind>/loops.py, codegen/gemm.py), imported inside `emit`, so that
         lowering a graph never loads LLVM."""
 
     def nested(self) -> list:

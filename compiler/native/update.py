@@ -11,7 +11,7 @@ metadata claims that memory which is the same does not alias. Values the loop co
 once and reads in several members (temporaries) stay in registers: they are inlined into
 their readers, which LLVM computes once.
 
-driver.py compiles these kernels after the step's, under the fault-flag check.
+codegen/driver.py compiles these kernels after the step's, under the fault-flag check.
 """
 from __future__ import annotations
 

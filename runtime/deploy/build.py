@@ -2,7 +2,7 @@
 
 The library is the native engine's own step module for the prediction graph (the module
 `dlc predict --backend native` runs), with the GEMM routines, written out as objects
-(jit.object_code) and linked with the C source compiler/native/library.py writes around
+(jit.object_code) and linked with the C source runtime/deploy/library.py writes around
 them: the same IR compiled by the same LLVM for the same CPU, so the same bits. DIR gets
 libNAME.so, libNAME.a, NAME.h, NAME.pc and a README with the compile line. With --train a
 second unit holds the train block's step (`_trainer`, runtime/deploy/training.py), and the
@@ -17,8 +17,8 @@ from pathlib import Path
 import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
-from dlc.compiler.native import jit
-from dlc.compiler.native.library import (Library, ModelIO, c_name, c_source, data_module, embedded_layout, header,
+from dlc.compiler.native.codegen import jit
+from dlc.runtime.deploy.library import (Library, ModelIO, c_name, c_source, data_module, embedded_layout, header,
                                          unbound_symbols, where)
 from dlc.compiler.native.memory import linearize
 from dlc.runtime.deploy.toolchain import find
@@ -83,7 +83,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     if weights:
         from dlc.runtime.interop.weights import load as load_weights
         arrays, _ = load_weights(weights, eval_model.params)
-    from dlc.compiler.native.driver import build_module
+    from dlc.compiler.native.codegen.driver import build_module
     built = build_module(program, "dlc_step")
     name = c_name(eval_model.name)
     lib = Library(name, program, built.arguments, inputs, outputs, *_checks(graph, program),
@@ -125,7 +125,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
 
 def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict) -> Library:
     """The train step's unit of a --train library (runtime/deploy/training.py); `weights`: to embed."""
-    from dlc.compiler.native.driver import build_module
+    from dlc.compiler.native.codegen.driver import build_module
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
     from dlc.runtime.deploy.training import train_parts
@@ -169,7 +169,7 @@ def _objects(name: str, units: list, tmp: Path) -> list:
     data objects, their symbols named after the unit (two models' libraries link into one
     program, and a --train library's two step modules into one library) and hidden (the
     library exports its C API only)."""
-    from dlc.compiler.native.gemm import bf16_config, default_config, thread_local_buffers
+    from dlc.compiler.native.codegen.gemm import bf16_config, default_config, thread_local_buffers
     from dlc.runtime.engines.cache import gemm_module, object_cached
     # instances on different threads run at once: each thread packs into its own buffers
     gemm = jit.parse(thread_local_buffers(str(gemm_module((default_config(), bf16_config())))))

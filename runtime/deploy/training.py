@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.native.library import ModelIO, Training
+from dlc.runtime.deploy.library import ModelIO, Training
 from dlc.runtime.engines.optim import Adagrad, Adam, Optimizer, make_optimizer, make_schedule
 
 

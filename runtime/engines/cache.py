@@ -14,7 +14,7 @@ step and GEMM modules are also found by what they are built from, before they ar
 compiler source, names the object entry and holds the step's argument slots. It is
 verified like an object, and the slots are checked against the pointer table they index.
 
-A module is compiled in parts on every core (compiler/native/parallel_compile.py), and its
+A module is compiled in parts on every core (compiler/native/codegen/parallel_compile.py), and its
 entry holds the parts' objects. The GEMM routines are one module, compiled once per machine
 and dlc version (then read from the cache); kernel modules only declare them, and their
 addresses are given to LLVM as symbols.
@@ -40,9 +40,9 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 import dlc
-from dlc.compiler.native.gemm import add_gemm, add_pack, bf16_config, default_config, gemm_name, pack_name
+from dlc.compiler.native.codegen.gemm import add_gemm, add_pack, bf16_config, default_config, gemm_name, pack_name
 from dlc.compiler.errors import DlcError
-from dlc.compiler.native import jit, parallel_compile
+from dlc.compiler.native.codegen import jit, parallel_compile
 from dlc.compiler.frontend.parse_cache import cache_dir, private
 
 stats = {"compiles": 0, "hits": 0, "rejected": 0}
@@ -126,7 +126,7 @@ def object_cached(ref: llvm.ModuleRef, level: int) -> bytes:
     return obj
 
 
-# An object entry holds the objects of a module's parts (compiler/native/parallel_compile.py):
+# An object entry holds the objects of a module's parts (compiler/native/codegen/parallel_compile.py):
 # their count, each one's length, then the objects.
 _COUNT, _LENGTH = struct.Struct("<I"), struct.Struct("<Q")
 
@@ -304,7 +304,7 @@ VARIANTS = [(ta, tb, pk) for ta in (False, True) for tb in (False, True) for pk 
 
 
 def gemm_symbols():
-    """Load the GEMM routines, float32 and bf16 (compiler/native/gemm.py `bf16_config`: the
+    """Load the GEMM routines, float32 and bf16 (compiler/native/codegen/gemm.py `bf16_config`: the
     host's path), compiled once per machine and dlc version and then read from the cache,
     and tell LLVM where they are."""
     global _gemm_module

@@ -1,7 +1,7 @@
 """The native engine: each step is one call of LLVM-compiled code.
 
 A graph is lowered to kernels (compiler/native/lower.py), compiled with llvmlite into one
-module whose driver runs them all (compiler/native/driver.py), and called through a
+module whose driver runs them all (compiler/native/codegen/driver.py), and called through a
 pointer table built once per batch shape. The train step's driver ends with the
 optimizer's update graph, compiled (compiler/native/update.py): every trained parameter
 lives in one flat array, its gradient and each of its state slots in others, so the
@@ -17,7 +17,7 @@ import numpy as np
 
 from dlc.compiler.passes.autodiff import hvp_graph, train_step
 from dlc.compiler.native.buckets import BUCKET, REDUCED, gradient_buckets
-from dlc.compiler.native.driver import CHECK, NONFINITE, build_module
+from dlc.compiler.native.codegen.driver import CHECK, NONFINITE, build_module
 from dlc.compiler.ir.dims import concrete, derive, numel
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.model import Model
@@ -42,7 +42,7 @@ NO_KEY.flags.writeable = False
 # a host function a HostCallKernel calls: (the address of an f32 buffer, its element count); ctypes takes
 # the GIL. The address comes as an int: a pointer object and np.ctypeslib.as_array cost twice the time
 HOST_CALL = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64)
-# the driver's numerics check (compiler/native/driver.py CHECK): kernel number -> 0 if its values are finite
+# the driver's numerics check (compiler/native/codegen/driver.py CHECK): kernel number -> 0 if its values are finite
 NUMERICS_CHECK = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_int64)
 # the module's counters of non-finite values (driver.NONFINITE): (address, n) -> how many
 NONFINITE_COUNT = ctypes.CFUNCTYPE(ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64)
@@ -59,7 +59,7 @@ class NonFiniteOutput(Exception):
 
 
 class NumericsCheck:
-    """What the driver of a module built with `check` (compiler/native/driver.py) calls after
+    """What the driver of a module built with `check` (compiler/native/codegen/driver.py) calls after
     each kernel: the NaN and Inf values in each float buffer the kernel is the last to write
     (`watched`; a scan writes what its body's kernels write, and a concat's buffer is tested
     once, after its last piece), counted by the module's own loop; the parameters and
@@ -161,7 +161,7 @@ class Executable:
         self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
         self.plans: dict = {}                       # its layout per set of sizes
         self.memory: dict = {}                      # bytes by part (runtime/engines/budget.py) per set of sizes
-        # the pointer table (compiler/native/driver.py): buffers, checks, the update's buffers
+        # the pointer table (compiler/native/codegen/driver.py): buffers, checks, the update's buffers
         self.checks = len(self.program.buffers)
         self.extras = self.checks + len(self.program.faults)
         self.entries = self.extras + (len(update.buffers) if update is not None else 0)
@@ -309,7 +309,7 @@ class Layout:
     def __init__(self, exe: "Executable", sizes: dict, arrays: list, table: np.ndarray):
         self.arrays, self.table = arrays, table
         key = [sizes[s] for s in exe.program.symbols]
-        # the fault flag, then the sizes (compiler/native/driver.py): the step is given the sizes' address
+        # the fault flag, then the sizes (compiler/native/codegen/driver.py): the step is given the sizes' address
         self.dims = (ctypes.c_int64 * (1 + len(key)))(0, *key)
         self.fault = ctypes.c_int64.from_buffer(self.dims)
         self.sizes = ctypes.addressof(self.dims) + ctypes.sizeof(ctypes.c_int64)

@@ -1,4 +1,4 @@
-/* tests/test_deploy.py's check of a library's CRC-32 (compiler/native/library_crc32.c):
+/* tests/test_deploy.py's check of a library's CRC-32 (runtime/deploy/library_crc32.c):
  * usage: crc32_main DATA; for every start 0..15 and many lengths in the file, prints
  * "start length tables clmul split", each the CRC of DATA[start, start + length): by the
  * tables alone, by folding (the tables for a tail; "-" where the CPU lacks it or the length

@@ -363,7 +363,7 @@ def test_the_crc32_of_both_paths_is_zlibs(tmp_path):
     data = np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes()
     (tmp_path / "data").write_bytes(data)
     exe = tmp_path / "crc32_main"
-    subprocess.run(["cc", "-O2", f"-I{ROOT / 'compiler' / 'native'}", str(ROOT / "tests" / "deploy" / "crc32_main.c"),
+    subprocess.run(["cc", "-O2", f"-I{ROOT / 'runtime' / 'deploy'}", str(ROOT / "tests" / "deploy" / "crc32_main.c"),
                     "-pthread", "-o", str(exe)], check=True)
     lines = subprocess.run([str(exe), str(tmp_path / "data")], capture_output=True, text=True, check=True).stdout.split("\n")
     rows = [line.split() for line in lines if line]
@@ -519,7 +519,7 @@ def test_fuzz_the_c_api(built, tmp_path):
 
 def test_a_library_for_another_cpu_refuses_to_run(tmp_path, built):
     """Built for a target whose features this CPU lacks, create says so; never SIGILL."""
-    from dlc.compiler.native import jit
+    from dlc.compiler.native.codegen import jit
     missing = next((t for t, f in (("avx512", "avx512f"), ("avx512bf16", "avx512bf16"), ("amx", "amx-tile"))
                     if not jit.host_has(f)), None)
     if missing is None:

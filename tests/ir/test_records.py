@@ -7,7 +7,7 @@ import pytest
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir.graph import DTYPES, Graph, Pattern, TensorType
 from dlc.compiler.native.rules import lowering_rule
-from dlc.compiler.native.scalar import EMIT, LOWERING_ONLY
+from dlc.compiler.native.codegen.scalar import EMIT, LOWERING_ONLY
 from dlc.compiler.ir.primitives import PRIMITIVES
 
 CLASS = {"f32": "float", "f64": "float", "i32": "int", "i64": "int", "bool": "bool"}
@@ -26,7 +26,7 @@ def test_every_primitive_has_a_lowering_rule(name):
 @pytest.mark.parametrize("prim", scalar_primitives(), ids=lambda p: p.name)
 def test_every_elementwise_primitive_has_a_scalar_rule_per_dtype_class(prim):
     missing = {CLASS[d] for d in prim.dtypes} - {cls for name, cls in EMIT if name == prim.name}
-    assert not missing, f"{prim.name}: no scalar rule on {sorted(missing)} (compiler/native/scalar.py)"
+    assert not missing, f"{prim.name}: no scalar rule on {sorted(missing)} (compiler/native/codegen/scalar.py)"
 
 
 def test_no_scalar_rule_for_a_dtype_class_the_type_rules_refuse():

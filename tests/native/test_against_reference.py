@@ -242,7 +242,7 @@ def test_bench_reports_kernels(capsys):
 
 
 def test_the_step_flushes_subnormals_on_every_thread_and_gives_numpy_back_ieee(monkeypatch):
-    """Native kernels run with flush-to-zero (compiler/native/fpmode.py): a product that is
+    """Native kernels run with flush-to-zero (compiler/native/codegen/fpmode.py): a product that is
     subnormal is 0 on the native engine, on both threads of a team (a map large enough to
     be split) and in a GEMM; numpy, in the same thread afterwards, keeps subnormals."""
     monkeypatch.setenv("DLC_NUM_THREADS", "2")

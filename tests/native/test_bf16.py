@@ -16,8 +16,8 @@ import pytest
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.evaluate import round_bf16
-from dlc.compiler.native import gemm, jit, render
-from dlc.compiler.native.gemm_library import GemmLibrary
+from dlc.compiler.native import render
+from dlc.compiler.native.codegen import gemm, jit
 from dlc.compiler.native.kernels.gemm import packed_floats
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
@@ -29,6 +29,7 @@ from dlc.runtime.training.config import make_config
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import drift  # noqa: E402
+from gemm_library import GemmLibrary  # noqa: E402
 
 
 def gemm_paths() -> dict:
@@ -139,8 +140,8 @@ def test_amx_workers_need_no_request_of_their_own(tmp_path):
     before the request run the AMX product after it (no SIGILL)."""
     if "amx" not in gemm_paths():
         pytest.skip("the host has no AMX")
-    code = ("import numpy as np; from dlc.compiler.native import gemm; "
-            "from dlc.compiler.native.gemm_library import GemmLibrary; x = np.ones((256, 256), np.float32); GemmLibrary([(False, False, False)])(x, x, nthreads=2); "
+    code = ("import numpy as np; from dlc.compiler.native.codegen import gemm; "
+            f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from gemm_library import GemmLibrary; x = np.ones((256, 256), np.float32); GemmLibrary([(False, False, False)])(x, x, nthreads=2); "
             "print(GemmLibrary([(False, False, False)], config=gemm.AMX)(x, x, nthreads=2)[0, 0])")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DLC_CACHE_DIR=str(tmp_path)),
                          capture_output=True, text=True)
@@ -173,7 +174,7 @@ def test_dlc_target_forces_each_path(target, best, tmp_path):
     AVX-512: the bf16 routines take the best path the target leaves (at most `best`)."""
     if target != "avx2" and not jit.host_has("avx512f"):
         pytest.skip("the host has no AVX-512")
-    code = ("from dlc.compiler.native import gemm, jit; c = gemm.bf16_config(); "
+    code = ("from dlc.compiler.native.codegen import gemm, jit; c = gemm.bf16_config(); "
             "amx = jit.host_has('amx-bf16') and jit.host_has('amx-tile') and gemm.tiles_granted(); "
             "print(c.operands, c.vw, jit.host_has('avx512bf16'), amx)")
     env = dict(os.environ, DLC_TARGET=target, DLC_CACHE_DIR=str(tmp_path))
@@ -225,7 +226,7 @@ def test_forced_path_gives_the_reference_emulation(target, operands, tmp_path):
     if target != "avx2" and not jit.host_has("avx512f") or operands == "bf16-pairs" and not jit.host_has("avx512bf16"):
         pytest.skip("the host has not this path")
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_bf16 as t; "
-            f"from dlc.compiler.native import gemm; assert gemm.bf16_config().operands == '{operands}'; "
+            f"from dlc.compiler.native.codegen import gemm; assert gemm.bf16_config().operands == '{operands}'; "
             "np.save(sys.argv[2], t._gradients('mlp', 'native', 'bf16')[1])")
     subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy")],
                    env=dict(os.environ, DLC_TARGET=target), check=True, cwd=ROOT)

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load_text
-from dlc.compiler.native import jit, memory
-from dlc.compiler.native.driver import build_module
+from dlc.compiler.native import memory
+from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen.driver import build_module
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize

@@ -1,4 +1,4 @@
-"""The generated SGEMM (compiler/native/gemm.py) against numpy, in float32.
+"""The generated SGEMM (compiler/native/codegen/gemm.py) against numpy, in float32.
 
 Covers the 4 transpose combinations, C = AB and C += AB, batched products (with a
 broadcast operand), odd sizes and edge tiles, K slices and M/N blocks (a small-blocking
@@ -6,18 +6,19 @@ config makes every loop level run several times on small matrices), serial and 2
 runs, and the argument checks that keep bad arrays away from native code.
 """
 import ctypes
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from llvmlite import ir
 
-from dlc.compiler.native import gemm
-from dlc.compiler.native import jit
-from dlc.compiler.native.gemm_library import GemmLibrary
+from dlc.compiler.native.codegen import gemm, jit
 from dlc.compiler.native.kernels.gemm import packed_floats
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from gemm_library import GemmLibrary  # noqa: E402   (benchmarks/gemm.py's too)
 ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
 
 CONFIGS = {
@@ -269,7 +270,7 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
     import subprocess
     import sys
     env = dict(os.environ, DLC_TARGET="avx2", DLC_CACHE_DIR=str(tmp_path))
-    code = ("from dlc.compiler.native import jit, gemm; print(jit.host_cpu()[0], gemm.default_config().vw)")
+    code = ("from dlc.compiler.native.codegen import jit, gemm; print(jit.host_cpu()[0], gemm.default_config().vw)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["x86-64-v3", "8"]
     asm = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],

@@ -44,5 +44,5 @@ def test_code_generation_does_import_llvmlite():
     code = ("import sys; from dlc.compiler.frontend.loader import load_text; from dlc.compiler.native.lower import lower; "
             "m = load_text('model m {\\n input x: f32[B, 4]\\n output y = exp(x) * 2\\n}', 'm.dl').build(training=False); "
             "p = lower(m.graph); assert 'llvmlite' not in sys.modules; "
-            "from dlc.compiler.native.driver import build_module; build_module(p); assert 'llvmlite' in sys.modules")
+            "from dlc.compiler.native.codegen.driver import build_module; build_module(p); assert 'llvmlite' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)

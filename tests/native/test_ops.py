@@ -28,7 +28,7 @@ from dlc.compiler.passes.autodiff import backward
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.graph import Graph, Pattern, Tensor, TensorType
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.native import parallel
+from dlc.compiler.native.codegen import parallel
 from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime.training import gradcheck as gc
 from dlc.runtime.engines.native import Executable

@@ -1,4 +1,4 @@
-"""Compiling one module on every core (compiler/native/parallel_compile.py): the parts of a
+"""Compiling one module on every core (compiler/native/codegen/parallel_compile.py): the parts of a
 split module hold each of its functions once, link, and train to the same bits as the
 whole module compiled in one process."""
 from pathlib import Path
@@ -8,7 +8,7 @@ import pytest
 from llvmlite import ir
 
 from dlc.compiler.frontend.loader import load
-from dlc.compiler.native import jit, parallel_compile
+from dlc.compiler.native.codegen import jit, parallel_compile
 from dlc.runtime.engines import cache
 from dlc.runtime.engines.native import NativeEngine
 from dlc.compiler.frontend.settings import Call

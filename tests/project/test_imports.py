@@ -78,7 +78,7 @@ def test_the_import_graph_covers_the_package():
     assert "dlc.compiler.native.lower" in graph
     assert ("dlc.runtime.training.inputs", "dlc.runtime.data.registry") in graph.edges      # absolute
     assert ("dlc.compiler.passes.optimize", "dlc.compiler.ir.graph") in graph.edges    # relative
-    assert ("dlc.compiler.native.jit", "dlc.compiler.errors") in graph.edges    # inside a function
+    assert ("dlc.compiler.native.codegen.jit", "dlc.compiler.errors") in graph.edges    # inside a function
 
 
 def test_no_import_cycles():
@@ -135,6 +135,6 @@ def test_packages_import_in_one_direction():
 
 
 def test_a_wrong_edge_is_found():
-    planted = [("dlc.compiler.ir.graph", "dlc.compiler.native.jit"), ("dlc.runtime.engines.native",
+    planted = [("dlc.compiler.ir.graph", "dlc.compiler.native.codegen.jit"), ("dlc.runtime.engines.native",
                                                                        "dlc.runtime.training.trainer")]
     assert edges_against_the_layers(list(import_graph().edges) + planted) == sorted(planted)

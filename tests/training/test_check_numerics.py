@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load_text
-from dlc.compiler.native.driver import CHECK, NONFINITE, build_module
+from dlc.compiler.native.codegen.driver import CHECK, NONFINITE, build_module
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.render import program as render
 from dlc.runtime.engines import cache

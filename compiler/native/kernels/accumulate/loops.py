@@ -1,8 +1,8 @@
 """The loop of an accumulation (kernels/accumulate), in LLVM IR."""
 from __future__ import annotations
 
-from dlc.compiler.native.builder import KernelBuilder
-from dlc.compiler.native.shared_loops import zero_examples
+from dlc.compiler.native.codegen.builder import KernelBuilder
+from dlc.compiler.native.codegen.shared_loops import zero_examples
 
 
 def accumulate(kb: KernelBuilder, k, first):

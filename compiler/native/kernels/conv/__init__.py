@@ -77,7 +77,7 @@ class ConvKernel(Kernel):
         """The examples times the groups on a thread team; the weight gradient's parts on
         a team, then their sum on the calling thread."""
         from dlc.compiler.native.kernels.conv.loops import conv, conv_weight_grad
-        from dlc.compiler.native.shared_loops import sum_parts
+        from dlc.compiler.native.codegen.shared_loops import sum_parts
         work = numel(self.w_shape) * numel(self.x_shape[:1] + self.out_hw)
         if self.g is None:
             return f.team(lambda kb, first: conv(kb, self, first), self.x_shape[0] * self.groups, work)

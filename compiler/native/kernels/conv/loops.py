@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native import jit
-from dlc.compiler.native.builder import KernelBuilder
-from dlc.compiler.native.gemm import default_config
-from dlc.compiler.native.intrinsics import declare, dot_bf16_pairs, masked, pair_halves, splat, vec_ptr
+from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen.builder import KernelBuilder
+from dlc.compiler.native.codegen.gemm import default_config
+from dlc.compiler.native.codegen.intrinsics import declare, dot_bf16_pairs, masked, pair_halves, splat, vec_ptr
 from dlc.compiler.native.program import Affine
-from dlc.compiler.native.shared_loops import SUM_LANES, add_lanes
-from dlc.compiler.native.types import f32, i1, i32, i64
+from dlc.compiler.native.codegen.shared_loops import SUM_LANES, add_lanes
+from dlc.compiler.native.codegen.types import f32, i1, i32, i64
 
 
 class _ConvRows:

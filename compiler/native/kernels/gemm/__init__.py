@@ -1,7 +1,7 @@
-"""The kernels that call dlc's GEMM library (compiler/native/gemm.py): a batch of matrix
+"""The kernels that call dlc's GEMM library (compiler/native/codegen/gemm.py): a batch of matrix
 products, the packing of an operand that stays the same over a scan's steps, and that of a
 prediction's weights, kept packed between calls; the lowering rule of matmul, and the size
-of a packed operand. Their code is a call of the library, made by `emit`."""
+of a packed operand. Their code is a call of the library (loops.py), made by `emit`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -49,23 +49,9 @@ class GemmKernel(Kernel):
 
     def emit(self, f):
         """A call of the library's GEMM, which runs its own thread team."""
-        from llvmlite import ir      # LLVM: imported by code generation alone
-        from dlc.compiler.native.gemm import gemm_name, gemm_type
+        from dlc.compiler.native.kernels.gemm.loops import gemm_call
         kb = f.serial()
-        packed = self.packed is not None
-        args = [kb.dim(self.m), kb.dim(self.n), kb.dim(self.k)]
-        for bid, off, ld, stride in (self.a, self.b, self.c):
-            args += [kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld), kb.dim(stride)]
-        args += [kb.dim(self.batch), kb.fn.args[2]]
-        if packed:
-            pack = kb.buffer(self.packed, "f32")
-            if self.ready is not None:
-                flags, i = self.ready
-                made = kb.b.load(kb.b.gep(kb.buffer(flags, "i32"), [ir.Constant(ir.IntType(32), i)]))
-                pack = kb.b.select(kb.b.icmp_signed("!=", made, ir.Constant(ir.IntType(32), 0)), pack,
-                                   ir.Constant(pack.type, None))
-            args.append(pack)
-        kb.b.call(f.library(gemm_name(self.trans_a, self.trans_b, False, packed, self.bf16), gemm_type(packed)), args)
+        gemm_call(kb, f, self)
         return kb
 
 
@@ -95,11 +81,8 @@ class PackKernel(Kernel):
 
     def call(self, f, kb):
         """The library's call that packs it, at kb's place."""
-        from dlc.compiler.native.gemm import PACK_TYPE, pack_name
-        bid, off, ld = self.b
-        kb.b.call(f.library(pack_name(self.trans_b, self.bf16), PACK_TYPE),
-                  [kb.dim(self.k), kb.dim(self.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld),
-                   kb.buffer(self.out, "f32")])
+        from dlc.compiler.native.kernels.gemm.loops import pack_call
+        pack_call(kb, f, self)
 
 
 @dataclass
@@ -129,20 +112,9 @@ class WeightPacksKernel(Kernel):
         return {self.ready} | {p.b[0] for p in self.packs}, {self.ready} | {p.out for p in self.packs}
 
     def emit(self, f):
-        from llvmlite import ir      # LLVM: imported by code generation alone
-        from dlc.compiler.native.gemm import FEW_ROWS
+        from dlc.compiler.native.kernels.gemm.loops import weight_packs
         kb = f.serial()
-        i32 = ir.IntType(32)
-        for i, (p, rows) in enumerate(zip(self.packs, self.rows)):
-            flag = kb.b.gep(kb.buffer(self.ready, "i32"), [ir.Constant(i32, i)])
-            read = ir.Constant(ir.IntType(1), 1)
-            if not (p.trans_b or self.one_row):
-                read = kb.b.icmp_signed(">", kb.dim(rows[0]), kb.dim(FEW_ROWS))
-                for m in rows[1:]:
-                    read = kb.b.or_(read, kb.b.icmp_signed(">", kb.dim(m), kb.dim(FEW_ROWS)))
-            with kb.b.if_then(kb.b.and_(read, kb.b.icmp_signed("==", kb.b.load(flag), ir.Constant(i32, 0)))):
-                p.call(f, kb)
-                kb.b.store(ir.Constant(i32, 1), flag)
+        weight_packs(kb, f, self)
         return kb
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.program import KernelProgram
-from dlc.compiler.native.types import f32, i64
+from dlc.compiler.native.codegen.types import f32, i64
 
 
 def host_call(kb: KernelBuilder, k, prog: KernelProgram):

@@ -2,7 +2,7 @@
 member's value, in order. `first` = (lo, hi) limits the outermost loop to a thread's share."""
 from __future__ import annotations
 
-from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.program import KernelProgram
 
 

@@ -5,12 +5,12 @@ import math
 
 from llvmlite import ir
 
-from dlc.compiler.native.builder import KernelBuilder
-from dlc.compiler.native.gemm import default_config
-from dlc.compiler.native.intrinsics import masked, splat, vec_ptr
+from dlc.compiler.native.codegen.builder import KernelBuilder
+from dlc.compiler.native.codegen.gemm import default_config
+from dlc.compiler.native.codegen.intrinsics import masked, splat, vec_ptr
 from dlc.compiler.native.program import Affine, Load
-from dlc.compiler.native.shared_loops import zero_examples
-from dlc.compiler.native.types import f32, i32, i64
+from dlc.compiler.native.codegen.shared_loops import zero_examples
+from dlc.compiler.native.codegen.types import f32, i32, i64
 
 
 def maxpool_grad(kb: KernelBuilder, k, first):

@@ -5,10 +5,10 @@ import math
 
 from llvmlite import ir
 
-from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.program import Affine, KernelProgram
-from dlc.compiler.native.shared_loops import lane_sum, strides
-from dlc.compiler.native.types import LL, f32, f64, i32, i64
+from dlc.compiler.native.codegen.shared_loops import lane_sum, strides
+from dlc.compiler.native.codegen.types import LL, f32, f64, i32, i64
 
 
 def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):

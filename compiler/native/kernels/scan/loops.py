@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.program import KernelProgram
-from dlc.compiler.native.types import i64
+from dlc.compiler.native.codegen.types import i64
 
 
 def scan_loop(kb: KernelBuilder, k, prog: KernelProgram, run_body):

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.builder import KernelBuilder
+from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.program import Affine, KernelProgram
-from dlc.compiler.native.shared_loops import strides
-from dlc.compiler.native.types import LL, i64
+from dlc.compiler.native.codegen.shared_loops import strides
+from dlc.compiler.native.codegen.types import LL, i64
 
 
 def scatter_add(kb: KernelBuilder, k, prog: KernelProgram):

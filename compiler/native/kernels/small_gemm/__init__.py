@@ -41,7 +41,7 @@ class SmallGemmKernel(Kernel):
     def emit(self, f):
         """The parts on a thread team, then their sum on the calling thread."""
         from dlc.compiler.native.kernels.small_gemm.loops import small_gemm
-        from dlc.compiler.native.shared_loops import sum_parts
+        from dlc.compiler.native.codegen.shared_loops import sum_parts
         kb = f.team(lambda kb, first: small_gemm(kb, self, first), self.parts, self.m * self.n * self.k * self.batch)
         sum_parts(kb, self.partial, self.parts, self.m, self.n, self.c)
         return kb

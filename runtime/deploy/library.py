@@ -1,6 +1,6 @@
 """The C side of a library `dlc build` writes: its header, its C source and its data.
 
-The kernels are the engine's own step module (driver.py), written out as an object; the
+The kernels are the engine's own step module (compiler/native/codegen/driver.py), written out as an object; the
 C source around it holds the model's tables (symbols, inputs, outputs, parameters,
 buffers as dim polynomials, the step's argument slots, the size constraints and index
 checks with their source lines), the run-time part every library shares (library_crc32.c, library.c:

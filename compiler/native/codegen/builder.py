@@ -14,10 +14,10 @@ import weakref
 
 from llvmlite import ir
 
-from dlc.compiler.native.intrinsics import declare
+from dlc.compiler.native.codegen.intrinsics import declare
 from dlc.compiler.native.program import Affine, Const, Gather, Guarded, Index, KernelProgram, Load, Op, Random, Size
-from dlc.compiler.native.scalar import emit, random
-from dlc.compiler.native.types import LL, i1, i8, i32, i64, is_float
+from dlc.compiler.native.codegen.scalar import emit, random
+from dlc.compiler.native.codegen.types import LL, i1, i8, i32, i64, is_float
 
 
 

@@ -1,4 +1,4 @@
-/* The training part of a `dlc build --train` library (compiler/native/library.py): the
+/* The training part of a `dlc build --train` library (runtime/deploy/library.py): the
  * run-time of the train step's translation unit, after library.c. Its tables come from
  * library.py (FLAT_AT, SLOTS, UPDATE, GROUPS, VALUES, STATS, GRADS and the DLC_* macros)
  * and runtime/deploy/training.py (schedule_lr, step_scalars: the learning-rate schedule and

@@ -68,10 +68,10 @@ from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
-from dlc.compiler.native import jit
-from dlc.compiler.native.fpmode import current_mode, in_mode
-from dlc.compiler.native.intrinsics import LLVMType, bf16_bits, declare, dot_bf16_pairs, masked, round_bf16, splat, vec_ptr
-from dlc.compiler.native.types import f32, i1, i8, i32, i64
+from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
+from dlc.compiler.native.codegen.intrinsics import LLVMType, bf16_bits, declare, dot_bf16_pairs, masked, round_bf16, splat, vec_ptr
+from dlc.compiler.native.codegen.types import f32, i1, i8, i32, i64
 
 fptr = f32.as_pointer()
 vptr = i8.as_pointer()

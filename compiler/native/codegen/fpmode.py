@@ -14,7 +14,7 @@ import contextlib
 
 from llvmlite import ir
 
-from dlc.compiler.native.types import i8, i32
+from dlc.compiler.native.codegen.types import i8, i32
 
 FLUSH = 0x8040          # MXCSR: FTZ (bit 15) | DAZ (bit 6)
 

@@ -1,5 +1,5 @@
 /* CRC-32 (zip's: the reflected polynomial 0xEDB88320) of a library `dlc build` writes
- * (compiler/native/library.py puts it before library.c): checking a checkpoint's members is
+ * (runtime/deploy/library.py puts it before library.c): checking a checkpoint's members is
  * most of `create`'s time. On a CPU with carry-less multiplication (PCLMULQDQ and SSE4.1,
  * chosen at run time by cpuid) 64 bytes are folded at a time, about 15x faster than the
  * tables; the tables (slicing-by-8) do the rest and every byte on a CPU without it. Both

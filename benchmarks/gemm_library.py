@@ -8,8 +8,8 @@ import ctypes
 import numpy as np
 from llvmlite import ir
 
-from dlc.compiler.native import jit
-from dlc.compiler.native.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name, tiles_granted
+from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name, tiles_granted
 from dlc.compiler.native.kernels.gemm import packed_floats
 
 _ARGTYPES = (ctypes.c_int64,) * 3 + (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64) * 3 \

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.builder import KernelBuilder
-from dlc.compiler.native.fpmode import current_mode, in_mode
-from dlc.compiler.native.intrinsics import declare
-from dlc.compiler.native.types import i8, i32, i64
+from dlc.compiler.native.codegen.builder import KernelBuilder
+from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
+from dlc.compiler.native.codegen.intrinsics import declare
+from dlc.compiler.native.codegen.types import i8, i32, i64
 
 
 PARALLEL_BELOW = 1 << 15   # elements x operations: less is not worth waking a second thread

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.builder import KernelBuilder
-from dlc.compiler.native.intrinsics import round_bf16
+from dlc.compiler.native.codegen.builder import KernelBuilder
+from dlc.compiler.native.codegen.intrinsics import round_bf16
 from dlc.compiler.native.program import Affine, Load
-from dlc.compiler.native.types import f32, i32, i64
+from dlc.compiler.native.codegen.types import f32, i32, i64
 
 
 def strides(shape) -> list:

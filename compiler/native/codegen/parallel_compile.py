@@ -5,7 +5,7 @@ lock, so a process compiles one thing at a time. A train step's module is mostly
 independent kernels, and each is a `noinline` function called through the step's table:
 no optimisation crosses one. So the module is cut there into parts of about equal size,
 part 0 is compiled in this process and each other part in a child process
-(`python -m dlc.compiler.native.parallel_compile`, which reads the part's IR and writes its
+(`python -m dlc.compiler.native.codegen.parallel_compile`, which reads the part's IR and writes its
 object), at the same time; the JIT links the objects when it loads them
 (runtime/engines/cache.py). Each function's machine code is what it would be in the whole
 module: the same bits on any number of parts.
@@ -25,7 +25,7 @@ import threading
 
 from llvmlite import ir
 
-from dlc.compiler.native import jit
+from dlc.compiler.native.codegen import jit
 
 # Below this much IR text a module compiles in about the time a child process takes to
 # start (50 ms): it is compiled whole, here.

@@ -1,7 +1,7 @@
 """A small JIT layer over llvmlite: host target, O3 with the new pass manager, MCJIT.
 
     from llvmlite import ir
-    from dlc.compiler.native import jit
+    from dlc.compiler.native.codegen import jit
 
     mod = ir.Module()                       # ... fill it with an IR builder ...
     lib = jit.compile_module(mod)           # optimize at O3, compile for the host

@@ -17,9 +17,9 @@ from typing import Callable
 from llvmlite import ir
 
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.native.intrinsics import bf16_pair, round_bf16
+from dlc.compiler.native.codegen.intrinsics import bf16_pair, round_bf16
 from dlc.compiler.native.program import Op, Random
-from dlc.compiler.native.types import LL, dtype_class, f32, f64, i1, i32, i64, is_float
+from dlc.compiler.native.codegen.types import LL, dtype_class, f32, f64, i1, i32, i64, is_float
 
 EMIT: dict[tuple[str, str], Callable] = {}
 

@@ -1,4 +1,4 @@
-/* The run-time part of a library `dlc build` writes (compiler/native/library.py): the
+/* The run-time part of a library `dlc build` writes (runtime/deploy/library.py): the
  * same for every model. library.py puts the model's tables before it (the DLC_* macros,
  * SYMBOLS, INPUTS, OUTPUTS, PARAMS, BUFFERS, LIVE, CONSTRAINTS, FAULTS, ARGUMENTS, POLYS, the
  * step function, its fault flag and the embedded data) and the public functions after it.

@@ -27,11 +27,11 @@ from typing import Callable
 
 from llvmlite import ir
 
-from dlc.compiler.native.builder import Arguments, KernelBuilder, fault_flag
-from dlc.compiler.native.fpmode import subnormals_flushed
-from dlc.compiler.native.parallel import parallel_loop
+from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder, fault_flag
+from dlc.compiler.native.codegen.fpmode import subnormals_flushed
+from dlc.compiler.native.codegen.parallel import parallel_loop
 from dlc.compiler.native.program import KernelProgram
-from dlc.compiler.native.types import i8, i32, i64
+from dlc.compiler.native.codegen.types import i8, i32, i64
 
 CHECK = "dlc_check"     # i64 (*)(i64 kernel): 0 if what kernel wrote is finite (set by the engine)
 # i64 NAME(i8* values, i64 n): how many of the n values are NaN or Inf, which the engine's check calls

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.types import i1, i32
+from dlc.compiler.native.codegen.types import i1, i32
 
 
 def declare(module, name, ret, args):

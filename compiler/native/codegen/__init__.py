@@ -1,0 +1,13 @@
+"""The LLVM floor of the native backend: a kernel program (compiler/native/program.py) into
+LLVM IR and machine code. The only modules of the compiler that import llvmlite, with each
+kernel kind's loops.py (tests/project/test_llvm_floor.py).
+
+- builder.py: KernelBuilder (values, loops, accesses, alias scopes); scalar.py: the scalar
+  rule of every elementwise primitive, by dtype class (EMIT); shared_loops.py: the loop
+  pieces several kinds share; intrinsics.py, types.py: intrinsic declarations, vector
+  helpers, LLVM types; parallel.py: libgomp regions; fpmode.py: the floating-point mode
+  kernels run in;
+- driver.py: the step module, each kernel's function and the driver that calls them;
+- gemm.py: the packed GEMM routines the GEMM kernels call;
+- jit.py: the host target and compilation; parallel_compile.py: a module compiled in parts
+  on every core."""
