@@ -1,6 +1,8 @@
-"""The build step pyproject.toml cannot say: the wheel carries the parse cache's entries of
-its grammar and standard library (compiler/frontend/parse_cache.py), made here once, so that
-a fresh install's first `dlc check` reads them instead of building them."""
+"""What pyproject.toml cannot say: the package list, found by setuptools under the
+repository's root, which is the package `dlc` (its subpackages are named dlc.<folder>); and
+a build step: the wheel carries the parse cache's entries of its grammar and standard library
+(compiler/frontend/parse_cache.py), made here once, so that a fresh install's first
+`dlc check` reads them instead of building them."""
 import os
 import shutil
 import subprocess
@@ -8,8 +10,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
+
+# Every folder with an __init__.py under the root, but those of the project around the package
+# (tests/helpers/ is the tests'), a folder of data files too (compiler/stdlib/): setuptools
+# installs only the packages it is given, in a wheel and a strict editable install alike.
+PACKAGES = ["dlc", *(f"dlc.{p}" for p in find_packages(Path(__file__).parent, exclude=("tests", "tests.*")))]
 
 # what a cold process makes: the grammar's tables (syntax._parser) and the library's trees
 MAKE_ENTRIES = "from dlc.compiler.frontend import loader, syntax; syntax._parser(); loader.stdlib_env()"
@@ -43,4 +50,5 @@ class BuildPyWithParseCache(build_py):
                 shutil.copyfile(entry, grammar / entry.name)
 
 
-setup(cmdclass={"build_py": BuildPyWithParseCache})
+if __name__ == "__main__":      # as setuptools runs it; tests/project/test_packaging.py reads PACKAGES
+    setup(packages=PACKAGES, cmdclass={"build_py": BuildPyWithParseCache})

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 
 def build(model, folder: Path, embed: bool) -> Path:
     """The workload's library, without or with its weights; returns its folder."""
-    from dlc.runtime.training import checkpoint
+    from dlc.runtime.interop import checkpoint
     ckpt = folder / "weights.npz"
     checkpoint.save(ckpt, model.params, {}, {})
     out = folder / ("embedded" if embed else "library")

@@ -31,7 +31,7 @@ from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.protocol import Engine
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.training.config import parse_setting

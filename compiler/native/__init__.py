@@ -1,18 +1,21 @@
 """The native backend. It takes an optimized graph and gives machine code; it never imports
-the runtime.
+the runtime. Its floors, lowest first (tests/project/test_imports.py, LAYERS):
 
-- program.py: the kernel program (buffers, the expressions kernels compute, `Kernel`);
-- fusion.py: which nodes each kernel computes, from the primitives' records, and the
-  horizontal fusion of map kernels;
-- kernels/: the kinds of kernel, a package each: the class and its rules (text, buffers
-  touched, how its function is built) and the lowering rules of the primitives that
-  become it, and its loop nests (loops.py, LLVM IR);
-- lower.py: graph -> kernel program, each node's rule in order (rules/: the registry,
-  and the rules of the families without a kernel of their own); memory.py: the arena;
-  update.py: the fused optimizer update's program; render.py: kernel programs as text;
+- program/: the kernel program (buffers, the expressions kernels compute, `Kernel`), its
+  text (render.py) and the lowering rules' registry (registry.py);
 - codegen/: LLVM IR and machine code (the kernel builder, the scalar rules, the step
-  module, the GEMM routines, the JIT), the only floor that imports llvmlite with the
-  kinds' loops.py."""
+  module, the GEMM routines, the JIT), which with the kinds' loops.py alone imports llvmlite;
+- kernels/: the kinds of kernel, a package each: the class and its rules (text, buffers
+  touched, how its function is built), the lowering rules of the primitives that become
+  it, and its loop nests (loops.py, on codegen/);
+- rules/: the rules of the families without a kernel of their own, and every rule found;
+- here, the planning: fusion.py (which nodes each kernel computes, and the horizontal
+  fusion of map kernels), lower.py (graph -> kernel program, each node's rule in order),
+  memory.py (the arena), update.py (the fused optimizer update's program), buckets.py (a
+  data-parallel step's gradient buckets).
+
+This module imports nothing: it is run by every import of the backend, and holds the
+constants the runtime checks settings against without loading it."""
 
 # the precisions of the operands of matmuls and convolutions (lower.py's `precision`); here
 # so that checking a train block's `precision` does not import the backend

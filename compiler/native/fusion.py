@@ -35,7 +35,7 @@ from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.memory import linearize
 from dlc.compiler.native.program import KernelProgram, Load
-from dlc.compiler.native.render import where
+from dlc.compiler.native.program.render import where
 
 
 class Form(Enum):

@@ -23,7 +23,8 @@ from dlc.compiler.native.fusion import Fusion, fuse_maps, keep_in_registers
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Op, Size,
                                          contiguous, row_major)
-from dlc.compiler.native.rules import LOWERED_FLOATS, NotLowerable, load, lowering_rule
+from dlc.compiler.native.program.registry import LOWERED_FLOATS, NotLowerable
+from dlc.compiler.native.rules import load, lowering_rule
 
 
 
@@ -132,6 +133,12 @@ class Lowering:
         if slot is not None and (not rows or t.rank == 2 and slot.at.coeffs[1] == 1):
             return slot
         return contiguous(self.p.buffer(t.dtype, numel(t.shape), "temp").id, t.shape, t.dtype)
+
+    @staticmethod
+    def fuse_maps(kernels: list) -> list:
+        """The horizontal fusion of a list of kernels (fusion.fuse_maps), for a rule that
+        makes one of its own: a scan's body (kernels/ is below fusion.py)."""
+        return fuse_maps(kernels)
 
     def nested(self, body: Graph, args: list, first: int, fusion: Fusion, steps: tuple) -> "Lowering":
         """The lowering of a scan's body (kernels/scan), into this program: `first`, the

@@ -89,7 +89,7 @@ def train_parts(file: str, model: str | None, overrides: dict):
     from dlc.runtime.training.config import batch_statistics, run_length, trained_names
     from dlc.runtime.training.inputs import index_limits, prepare_data
     from dlc.runtime.training.trainer import Trainer, epoch_bounds
-    from dlc.runtime.training.checkpoint import FORMAT
+    from dlc.runtime.interop.checkpoint import FORMAT
     import dlc
     trainer = Trainer(load(file), model, overrides, None, progress="none")
     cfg, tm = trainer.cfg, trainer.train_model

@@ -32,7 +32,7 @@ class ImportedProgram:
 
     def __init__(self, model, engine: str, static: dict):
         from dlc.compiler.frontend.loader import load_text
-        from dlc.runtime.training.checkpoint import conform
+        from dlc.runtime.interop.checkpoint import conform
         self.imported = import_model(model, static=static, source=f"{model.graph.name or 'model'}.onnx")
         built = load_text(self.imported.text, f"<{self.imported.name}.dl>").build(None, training=False)
         try:

@@ -16,7 +16,7 @@ import numpy as np
 
 import dlc
 from dlc.compiler.errors import DlcError, optional_package
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.interop.torch_layout import TorchLayout
 
 SUFFIX = ".safetensors"

@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from dlc.compiler.native import render
+from dlc.compiler.native.program import render
 from dlc.compiler.ir.dims import symbols
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.settings import Call

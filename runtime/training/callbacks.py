@@ -24,12 +24,15 @@ epoch (its checkpoints written, as early stopping does); from on_batch_end, afte
 callbacks still see the event that stopped it. Any other exception fails the run.
 
 What a run shows (progress.py's displays), its TensorBoard events (tensorboard.py), early
-stopping (early_stop.py) and its checkpoints (checkpoint.py's Checkpoints) are callbacks of
-this interface.
+stopping (early_stop.py) and its checkpoints (`Checkpoints`, below: the files of
+runtime/interop/checkpoint.py) are callbacks of this interface.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from dlc.compiler.errors import DlcError
+from dlc.runtime.interop.checkpoint import save
 
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 STOPPING = ("on_batch_end", "on_epoch_end")        # the hooks that may raise StopTraining
@@ -100,3 +103,51 @@ class Callbacks:
                     e.args = (f"stopped by {type(c).__name__}" + (f": {e}" if str(e) else ""),)
                 stop = stop or e
         return stop
+
+
+class Checkpoints(Callback):
+    """The checkpoints of a run in its folder `out` (runtime/interop/checkpoint.py): last.npz
+    after every epoch (or every row of a run by steps, at the place in the epoch `place` says), best.npz after one that improved early stopping's monitored value
+    (`stop`, an EarlyStop, called before this), and last.npz at the place in an epoch where
+    the run stopped inside it (`inside`, from the loop). `params`, `opt_state` and `history`
+    are the run's own, which its steps and epochs update in place; `meta` what every
+    checkpoint of the run records. Only a process that `writes` (rank 0) writes; with
+    `whole_state` (a run with `shard_optimizer = true`, where each rank holds a share of the
+    optimizer state), every rank calls it before a checkpoint and rank 0 writes what it
+    returns instead of `opt_state`."""
+
+    def __init__(self, out: Path, params: dict, opt_state: dict, history: list, stop, meta: dict, writes: bool,
+                 whole_state=None):
+        self.out, self.params, self.opt_state, self.history, self.stop = out, params, opt_state, history, stop
+        self.meta, self.writes, self.whole_state = meta, writes, whole_state
+        self.step = 0
+        self.place = None       # (epoch, batch) of a row by steps, which the loop sets before its on_epoch_end
+        self.written: list = []         # "last.npz", "best.npz": what this run wrote
+
+    def on_train_begin(self, logs: dict):
+        self.step = logs["initial_step"]
+
+    def on_batch_end(self, step: int, logs):
+        self.step = step
+
+    def on_epoch_end(self, epoch: int, logs: dict):
+        epoch, batch = self.place or (epoch + 1, 0)
+        self.place = None
+        self.save("last.npz", epoch, batch)
+        if self.stop.improved:
+            self.save("best.npz", epoch, batch)
+
+    def inside(self, epoch: int, batch: int, partial: dict):
+        """last.npz of a run stopped after `batch` of `epoch` (from 0), with the loss and metric
+        sums of its batches so far (`partial`), which a resumed run continues."""
+        self.save("last.npz", epoch, batch, partial)
+
+    def save(self, name: str, epoch: int, batch: int, partial: dict | None = None):
+        opt_state = self.whole_state() if self.whole_state else self.opt_state      # a collective: every rank
+        if not self.writes:
+            return
+        if name not in self.written:
+            self.written.append(name)
+        save(self.out / name, self.params, opt_state, {
+            **self.meta, "epoch": epoch, "step": self.step, "batch": batch, "partial": partial,
+            "history": self.history, "early_stop": self.stop.state()})

@@ -34,9 +34,8 @@ from dlc.runtime.engines import budget, distributed
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.numerics import NonFinite
 from dlc.runtime.engines.protocol import Engine
-from dlc.runtime.interop import weights
-from dlc.runtime.training import checkpoint
-from dlc.runtime.training.callbacks import Callbacks, check
+from dlc.runtime.interop import checkpoint, weights
+from dlc.runtime.training.callbacks import Callbacks, Checkpoints, check
 from dlc.runtime.training.config import (batch_statistics, eval_period, make_config, metric_names, run_length,
                                          trained_names)
 from dlc.runtime.training.early_stop import EarlyStop
@@ -269,7 +268,7 @@ class Trainer:
         interrupted = Interrupt()
         if self.world is not None:
             engine = distributed.DataParallel(engine, self.world, interrupted, stats)
-        checkpoints = checkpoint.Checkpoints(self.out, params, opt_state, history, stop, self.checkpoint_meta(),
+        checkpoints = Checkpoints(self.out, params, opt_state, history, stop, self.checkpoint_meta(),
                                              self.writes, engine.whole_state if shard else None)
         events = Callbacks([*self.callbacks, stop, checkpoints])
         begin = {"epochs": epochs, "batches": len(bounds), "examples": n, "initial_epoch": epoch,

@@ -19,7 +19,7 @@ from dlc.compiler.frontend.settings import Call
 from dlc.compiler.errors import DlcError
 from dlc.runtime.api import DlcModel
 from dlc.runtime.training.trainer import Trainer, make_config
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.gradcheck import init_params
 from dlc.compiler.frontend.loader import load
 

@@ -10,7 +10,7 @@ import pytest
 from dlc.compiler.errors import DlcError
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.gradcheck import init_params
 
 from helpers.programs import ENC_DEC   # a small encoder-decoder, shared

@@ -16,7 +16,7 @@ import pytest
 
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.api import DlcModel
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.trainer import initial_parameters
 from helpers.c_api import MODELS, STATUS, Api, inputs, train_steps, trainer_batches
 

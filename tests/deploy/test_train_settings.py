@@ -20,7 +20,7 @@ from helpers.c_api import Api, train_steps, trainer_batches
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.deploy.build import build
 from dlc.runtime.engines.optim import OPTIMIZERS, SCHEDULES
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.trainer import initial_parameters
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")

@@ -78,7 +78,7 @@ def assert_same_run(one: Path, two: Path, rtol=1e-5):
 
 
 def checkpoint_meta(path: Path) -> dict:
-    from dlc.runtime.training import checkpoint
+    from dlc.runtime.interop import checkpoint
     return checkpoint.load(path)[2]
 
 

@@ -15,7 +15,7 @@ from dlc.compiler.frontend.model import Model  # noqa: E402
 from dlc.compiler.onnx.export import to_onnx  # noqa: E402
 from dlc.compiler.onnx.importer import import_model  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
-from dlc.runtime.training import checkpoint  # noqa: E402
+from dlc.runtime.interop import checkpoint  # noqa: E402
 from dlc.runtime.training import gradcheck as gc  # noqa: E402
 
 

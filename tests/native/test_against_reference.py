@@ -7,7 +7,7 @@ import pytest
 
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.frontend.loader import load, load_text
-from dlc.compiler.native import render
+from dlc.compiler.native.program import render
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines import interpreter

@@ -16,7 +16,7 @@ import pytest
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.evaluate import round_bf16
-from dlc.compiler.native import render
+from dlc.compiler.native.program import render
 from dlc.compiler.native.codegen import gemm, jit
 from dlc.compiler.native.kernels.gemm import packed_floats
 from dlc.compiler.native.lower import lower

@@ -27,7 +27,7 @@ from dlc.compiler.frontend.loader import load_text  # noqa: E402
 from dlc.compiler.frontend.model import Model, ModelInput  # noqa: E402
 from dlc.compiler.onnx.export import EXPORT_RULES, NOT_EXPORTABLE, save_onnx, to_onnx  # noqa: E402
 from dlc.compiler.ir.primitives import PRIMITIVES  # noqa: E402
-from dlc.runtime.training import checkpoint  # noqa: E402
+from dlc.runtime.interop import checkpoint  # noqa: E402
 from dlc.runtime.engines import interpreter  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 
 from dlc.compiler.onnx.importer import import_model, read_model  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
-from dlc.runtime.training import checkpoint  # noqa: E402
+from dlc.runtime.interop import checkpoint  # noqa: E402
 from helpers.torch_exports import export, sequences  # noqa: E402
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "interop.md"

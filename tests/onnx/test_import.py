@@ -14,7 +14,7 @@ from onnx import TensorProto, helper as h, numpy_helper  # noqa: E402
 from dlc.compiler.errors import DlcError  # noqa: E402
 from dlc.compiler.frontend.loader import load  # noqa: E402
 from dlc.compiler.onnx.importer import Unsupported, import_model, read_model  # noqa: E402
-from dlc.runtime.training import checkpoint  # noqa: E402
+from dlc.runtime.interop import checkpoint  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402
 

@@ -19,7 +19,7 @@ import pytest
 import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load, load_text
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.interop import weights
 from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main

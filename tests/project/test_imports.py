@@ -1,5 +1,7 @@
 """The package's modules import one another without cycles, and its packages in one
-direction: LAYERS, lowest first, each importing only the ones before it.
+direction: LAYERS, lowest first, each importing only the ones before it, and the packages of
+one layer none of one another; so the packages (the folders, and the modules that LAYERS
+names alone) import one another without cycles too.
 
 An import inside a function counts as one at the top: it runs later, but the two modules
 still need each other. The one exception is the package's root: `dlc.load` is the entry
@@ -92,18 +94,27 @@ def test_no_import_cycles():
 # (engines, with the optimizers they run), the data it reads, training, and the front doors
 # (cli, api, lsp, deploy) last.
 LAYERS = (
-    ("dlc.compiler.errors", "dlc.grammar"),
+    ("dlc.compiler.errors", "dlc.grammar", "dlc.compiler.stdlib"),     # stdlib: .dl files the front end reads
     ("dlc.compiler.ir",),
     ("dlc.compiler.passes",),
     ("dlc.compiler.frontend",),
+    # the native backend's floors: the kernel program (with its text and the lowering
+    # registry), LLVM code generation, the kinds of kernel, the rule families, and at the
+    # top of compiler/native/ the planning (fusion, lowering, memory)
+    ("dlc.compiler.native.program",),
+    ("dlc.compiler.native.codegen",),
+    ("dlc.compiler.native.kernels",),
+    ("dlc.compiler.native.rules",),
     ("dlc.compiler.native",),
     ("dlc.compiler.onnx",),
     ("dlc.compiler.graph_page",),
     ("dlc.runtime.terminal",),
     ("dlc.runtime.engines",),
     ("dlc.runtime.data",),
-    # a run reads and writes weights files (interop.weights), which are checkpoints' kin
-    ("dlc.runtime.training", "dlc.runtime.interop"),
+    # weights files in and out (dlc's checkpoints, safetensors, torch layouts): a run reads
+    # and writes them
+    ("dlc.runtime.interop",),
+    ("dlc.runtime.training",),
     ("dlc.runtime.decoding",),
     ("dlc.runtime.api", "dlc.runtime.deploy", "dlc.runtime.lsp"),
     ("dlc.runtime.cli",),
@@ -111,22 +122,49 @@ LAYERS = (
 )
 
 
+def package(module: str) -> str | None:
+    """The package of LAYERS a module is in: the longest name that is the module's or one of
+    its packages' (dlc.compiler.native.codegen.jit is in dlc.compiler.native.codegen, not
+    in dlc.compiler.native); None for a package that only holds packages of several layers
+    (CONTAINERS)."""
+    names = [p for packages in LAYERS for p in packages if module == p or module.startswith(p + ".")]
+    return max(names, key=len) if names and module not in CONTAINERS else None
+
+
 def layer(module: str) -> int | None:
-    """The index of the module's layer; None for the packages that hold layers (dlc,
-    dlc.compiler, dlc.runtime), which every module's import runs first."""
-    for i, packages in enumerate(LAYERS):
-        if any(module == p or module.startswith(p + ".") for p in packages):
-            return i
-    return None
+    """The index of the module's layer; None for the CONTAINERS."""
+    p = package(module)
+    return next(i for i, packages in enumerate(LAYERS) if p in packages) if p else None
+
+
+# Packages whose own module every import of a module inside runs first, and which import
+# nothing of dlc: dlc.compiler.native's holds constants that the runtime reads without the
+# backend (PRECISIONS, ...). test_containers_import_nothing holds them to it.
+CONTAINERS = ("dlc", "dlc.compiler", "dlc.runtime", "dlc.compiler.native")
 
 
 def edges_against_the_layers(edges) -> list:
-    return sorted((a, b) for a, b in edges if None not in (layer(a), layer(b)) and layer(b) > layer(a))
+    """Imports of a later layer, and between two packages of one layer."""
+    return sorted((a, b) for a, b in edges if None not in (layer(a), layer(b))
+                  and (layer(b) > layer(a) or layer(b) == layer(a) and package(a) != package(b)))
+
+
+def package_cycles(edges) -> list:
+    """The cycles of the graph of packages (each module's package of LAYERS)."""
+    packages = nx.DiGraph((package(a), package(b)) for a, b in edges
+                          if None not in (package(a), package(b)) and package(a) != package(b))
+    return sorted(nx.simple_cycles(packages), key=len)
 
 
 def test_every_module_is_in_a_layer():
-    outside = [m for m in import_graph() if layer(m) is None and m not in ("dlc", "dlc.compiler", "dlc.runtime")]
+    outside = [m for m in import_graph() if layer(m) is None and m not in CONTAINERS]
     assert not outside, f"modules in no layer of LAYERS: {outside}"
+
+
+def test_containers_import_nothing():
+    graph = import_graph()
+    found = [(c, b) for c in CONTAINERS if c != "dlc" for b in graph.successors(c)]
+    assert not found, f"a package of CONTAINERS imports: {found}"
 
 
 def test_packages_import_in_one_direction():
@@ -134,7 +172,20 @@ def test_packages_import_in_one_direction():
     assert not found, "imports against the layer order (LAYERS):\n" + "\n".join(f"{a} -> {b}" for a, b in found)
 
 
+def test_no_package_cycles():
+    cycles = package_cycles(import_graph().edges)
+    assert not cycles, "package cycles:\n" + "\n".join(" -> ".join(c + [c[0]]) for c in cycles[:20])
+
+
 def test_a_wrong_edge_is_found():
-    planted = [("dlc.compiler.ir.graph", "dlc.compiler.native.codegen.jit"), ("dlc.runtime.engines.native",
-                                                                       "dlc.runtime.training.trainer")]
+    planted = [("dlc.compiler.ir.graph", "dlc.compiler.native.codegen.jit"),
+               ("dlc.runtime.engines.native", "dlc.runtime.training.trainer"),
+               ("dlc.compiler.native.program.registry", "dlc.compiler.native.rules"),     # a floor below
+               ("dlc.runtime.api", "dlc.runtime.lsp.server")]          # within a layer
     assert edges_against_the_layers(list(import_graph().edges) + planted) == sorted(planted)
+
+
+def test_a_planted_package_cycle_is_found():
+    planted = [("dlc.compiler.native.kernels.map", "dlc.compiler.native.rules")]       # rules/pooling.py imports map
+    assert ["dlc.compiler.native.kernels", "dlc.compiler.native.rules"] in \
+        [sorted(c) for c in package_cycles(list(import_graph().edges) + planted)]

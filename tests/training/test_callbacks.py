@@ -6,8 +6,8 @@ import pytest
 
 from dlc.compiler.errors import DlcError
 from dlc.runtime.api import DlcModel
-from dlc.runtime.training import checkpoint
-from dlc.runtime.training.callbacks import Callback, StopTraining
+from dlc.runtime.interop import checkpoint
+from dlc.runtime.training.callbacks import Callback, Checkpoints, StopTraining
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.progress import EpochLines, Step
 from dlc.runtime.training.tensorboard import EventLog
@@ -194,7 +194,7 @@ def test_early_stopping_is_a_callback_that_stops_the_run(tmp_path):
 def test_checkpoints_are_a_callback_that_writes_last_and_best(tmp_path):
     stop = EarlyStop(None, None, has_validation=False)
     params, history = {"w": np.zeros(2, np.float32)}, []
-    writer = checkpoint.Checkpoints(tmp_path, params, {}, history, stop, {"model": "m"}, writes=True)
+    writer = Checkpoints(tmp_path, params, {}, history, stop, {"model": "m"}, writes=True)
     assert isinstance(writer, Callback)
     writer.on_train_begin({"initial_step": 0})
     for epoch, loss in enumerate([0.5, 0.7]):
@@ -209,7 +209,7 @@ def test_checkpoints_are_a_callback_that_writes_last_and_best(tmp_path):
     assert (meta["epoch"], meta["step"], meta["batch"], meta["model"]) == (2, 2, 0, "m")
     assert best_meta["history"] == history[:1] and meta["early_stop"] == {"best": 0.5, "bad": 1}
     assert writer.written == ["last.npz", "best.npz"]
-    checkpoint.Checkpoints(tmp_path / "other", params, {}, history, stop, {}, writes=False).on_epoch_end(2, {})
+    Checkpoints(tmp_path / "other", params, {}, history, stop, {}, writes=False).on_epoch_end(2, {})
     assert not (tmp_path / "other").exists()       # a process that does not write (rank 1 and after)
 
 

@@ -11,7 +11,7 @@ import pytest
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.native.codegen.driver import CHECK, NONFINITE, build_module
 from dlc.compiler.native.program import KernelProgram
-from dlc.compiler.native.render import program as render
+from dlc.compiler.native.program.render import program as render
 from dlc.runtime.engines import cache
 from dlc.runtime.engines.native import NONFINITE_COUNT, NativeEngine
 from dlc.runtime.engines.numerics import NonFinite

@@ -1,4 +1,4 @@
-"""Checkpoints (runtime/training/checkpoint.py) and the run folder: damaged metadata is one clear
+"""Checkpoints (runtime/interop/checkpoint.py) and the run folder: damaged metadata is one clear
 error, a checkpoint of another model names the mismatches, --resume takes a checkpoint (of any
 optimizer, at a position inside its epoch) and never the model file, --out is a folder, and a run
 names only the checkpoints it wrote and removes stale temporary ones."""
@@ -12,7 +12,7 @@ import pytest
 
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.cli import main
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.trainer import Trainer
 

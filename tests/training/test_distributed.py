@@ -134,7 +134,7 @@ def test_sync_batchnorm_in_one_process_compiles_what_it_compiles_without(tmp_pat
     kernel program is the one without the setting."""
     from dlc.compiler.frontend.loader import load
     from dlc.compiler.native.lower import lower
-    from dlc.compiler.native.render import program
+    from dlc.compiler.native.program.render import program
     from dlc.compiler.passes.optimize import optimize
     from dlc.compiler.passes.autodiff import train_step
     from dlc.runtime.training.trainer import Trainer

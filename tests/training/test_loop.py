@@ -13,7 +13,7 @@ import pytest
 
 import dlc
 from dlc.compiler.errors import DlcError
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.cli import main
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.api import DlcModel

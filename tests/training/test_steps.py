@@ -11,7 +11,7 @@ from helpers.programs import write
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.data.registry import load as load_data
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.engines.optim import make_schedule
 from dlc.compiler.frontend.settings import Call

@@ -1,4 +1,4 @@
-"""The LLVM floor of the native backend: a kernel program (compiler/native/program.py) into
+"""The LLVM floor of the native backend: a kernel program (compiler/native/program/__init__.py) into
 LLVM IR and machine code. The only modules of the compiler that import llvmlite, with each
 kernel kind's loops.py (tests/project/test_llvm_floor.py).
 

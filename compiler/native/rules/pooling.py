@@ -8,7 +8,7 @@ from dlc.compiler.ir.dims import numel
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.program import Affine, Const, Op, contiguous, row_major
-from dlc.compiler.native.rules import register_lowering
+from dlc.compiler.native.program.registry import register_lowering
 
 SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
 

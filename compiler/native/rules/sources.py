@@ -7,7 +7,7 @@ import numpy as np
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.native.program import Affine, Const, Index, Random, Size, contiguous, row_major
-from dlc.compiler.native.rules import NotLowerable, register_lowering
+from dlc.compiler.native.program.registry import NotLowerable, register_lowering
 
 
 @register_lowering("arg")

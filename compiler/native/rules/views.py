@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dlc.compiler.ir.graph import Pattern
 from dlc.compiler.native.program import Affine, Gather, Load, Op, row_major
-from dlc.compiler.native.rules import register_lowering
+from dlc.compiler.native.program.registry import register_lowering
 
 
 @register_lowering(pattern=Pattern.ELEMENTWISE)

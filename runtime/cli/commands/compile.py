@@ -7,7 +7,7 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.native.codegen import jit
-from dlc.compiler.native import render
+from dlc.compiler.native.program import render
 from dlc.compiler.native.codegen.driver import build_module
 from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.lower import NotLowerable, lower

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.interop import weights
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.config import make_config
 from dlc.runtime.training.trainer import initial_parameters
 from dlc.runtime.cli.arguments import model_arguments

@@ -6,7 +6,7 @@ from pathlib import Path
 from dlc.compiler.errors import DlcError, plural
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.onnx.importer import import_model, read_model
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.cli.shared import write
 
 HELP = 'an ONNX model as a .dl program and a checkpoint of its weights'

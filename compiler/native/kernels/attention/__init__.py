@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
-from dlc.compiler.native import render
-from dlc.compiler.native.program import Affine, Kernel, Load, contiguous, expr_reads, row_major
-from dlc.compiler.native.rules import register_lowering
+from dlc.compiler.native.program import Affine, Kernel, Load, contiguous, expr_reads, render, row_major
+from dlc.compiler.native.program.registry import register_lowering
 
 
 BLOCK_Q = 128        # query rows a block of scores holds

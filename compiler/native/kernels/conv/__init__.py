@@ -7,13 +7,12 @@ from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
-from dlc.compiler.native import render
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.program import Affine, Guarded, Kernel, Load, Op, contiguous, row_major
-from dlc.compiler.native.rules import NotLowerable, register_lowering
+from dlc.compiler.native.program import Affine, Guarded, Kernel, Load, Op, contiguous, render, row_major
+from dlc.compiler.native.program.registry import NotLowerable, register_lowering
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
 DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM

@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import concrete, numel, symbols
-from dlc.compiler.native import render
-from dlc.compiler.native.program import Kernel
-from dlc.compiler.native.rules import register_lowering
+from dlc.compiler.native.program import Kernel, render
+from dlc.compiler.native.program.registry import register_lowering
 
 
 @dataclass

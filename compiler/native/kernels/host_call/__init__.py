@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import numel
-from dlc.compiler.native import render
 from dlc.compiler.native.kernels.map import MapKernel
-from dlc.compiler.native.program import Affine, Kernel, contiguous, row_major
-from dlc.compiler.native.rules import register_lowering
+from dlc.compiler.native.program import Affine, Kernel, contiguous, render, row_major
+from dlc.compiler.native.program.registry import register_lowering
 
 
 @dataclass

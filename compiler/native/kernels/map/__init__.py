@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import numel
-from dlc.compiler.native import render
-from dlc.compiler.native.program import Affine, Const, Kernel, Op, contiguous, expr_reads, row_major
-from dlc.compiler.native.rules import register_lowering
+from dlc.compiler.native.program import Affine, Const, Kernel, Op, contiguous, expr_reads, render, row_major
+from dlc.compiler.native.program.registry import register_lowering
 
 
 @dataclass

@@ -5,9 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import numel
-from dlc.compiler.native import render
-from dlc.compiler.native.program import Kernel, contiguous, expr_reads
-from dlc.compiler.native.rules import register_lowering
+from dlc.compiler.native.program import Kernel, contiguous, expr_reads, render
+from dlc.compiler.native.program.registry import register_lowering
 
 # columns of a team's share of a reduction split along its last axis: whole cache lines
 COLUMN_BLOCK = 64

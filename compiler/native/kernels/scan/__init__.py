@@ -5,11 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import Dim, concrete, numel
-from dlc.compiler.native import render
-from dlc.compiler.native.fusion import fuse_maps
 from dlc.compiler.native.kernels.map import MapKernel
-from dlc.compiler.native.program import Affine, Kernel, Load, contiguous, row_major
-from dlc.compiler.native.rules import register_lowering
+from dlc.compiler.native.program import Affine, Kernel, Load, contiguous, render, row_major
+from dlc.compiler.native.program.registry import register_lowering
 
 
 @dataclass
@@ -99,6 +97,6 @@ def _scan(lw, n, ins, attrs, typ):
             lw.emit(MapKernel(y.shape, place.buffer, place.at, sub.expr(y), node=n), into=sub.kernels)
     for cur, new, y in zip(current, fresh, results[:nc]):
         lw.emit(MapKernel(y.shape, cur.buffer, cur.at, new, node=n), into=sub.kernels)
-    lw.emit(ScanKernel(length, attrs["reverse"], var, fuse_maps(sub.kernels), node=n))
+    lw.emit(ScanKernel(length, attrs["reverse"], var, lw.fuse_maps(sub.kernels), node=n))
     for j, value in enumerate(current + stacked):
         lw.set(n, value, j)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import concrete, numel
-from dlc.compiler.native import render
-from dlc.compiler.native.program import Kernel
+from dlc.compiler.native.program import Kernel, render
 
 
 @dataclass

@@ -3,7 +3,8 @@
 Arrays are stored as `param:<name>` and `opt:<name>:<slot>`; everything else (epoch,
 step, RNG position, history, vocabulary, a hash of the model source, the dlc version)
 is one JSON document stored as the uint8 array `meta`. Nothing in the file can run
-code when it is read. A training run writes its checkpoints with `Checkpoints`, a callback.
+code when it is read. A training run writes its checkpoints with `Checkpoints`, a callback
+(runtime/training/callbacks.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import numpy as np
 import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir.graph import DTYPES
-from dlc.runtime.training.callbacks import Callback
 
 FORMAT = "dlc-checkpoint-1"
 
@@ -71,54 +71,6 @@ def clear_run(out: Path):
             (out / name).unlink(missing_ok=True)
         except OSError as e:
             raise DlcError(f"cannot replace {out / name}: {e.strerror}") from None
-
-
-class Checkpoints(Callback):
-    """The checkpoints of a run in its folder `out`, as a callback (callbacks.py): last.npz
-    after every epoch (or every row of a run by steps, at the place in the epoch `place` says), best.npz after one that improved early stopping's monitored value
-    (`stop`, an EarlyStop, called before this), and last.npz at the place in an epoch where
-    the run stopped inside it (`inside`, from the loop). `params`, `opt_state` and `history`
-    are the run's own, which its steps and epochs update in place; `meta` what every
-    checkpoint of the run records. Only a process that `writes` (rank 0) writes; with
-    `whole_state` (a run with `shard_optimizer = true`, where each rank holds a share of the
-    optimizer state), every rank calls it before a checkpoint and rank 0 writes what it
-    returns instead of `opt_state`."""
-
-    def __init__(self, out: Path, params: dict, opt_state: dict, history: list, stop, meta: dict, writes: bool,
-                 whole_state=None):
-        self.out, self.params, self.opt_state, self.history, self.stop = out, params, opt_state, history, stop
-        self.meta, self.writes, self.whole_state = meta, writes, whole_state
-        self.step = 0
-        self.place = None       # (epoch, batch) of a row by steps, which the loop sets before its on_epoch_end
-        self.written: list = []         # "last.npz", "best.npz": what this run wrote
-
-    def on_train_begin(self, logs: dict):
-        self.step = logs["initial_step"]
-
-    def on_batch_end(self, step: int, logs):
-        self.step = step
-
-    def on_epoch_end(self, epoch: int, logs: dict):
-        epoch, batch = self.place or (epoch + 1, 0)
-        self.place = None
-        self.save("last.npz", epoch, batch)
-        if self.stop.improved:
-            self.save("best.npz", epoch, batch)
-
-    def inside(self, epoch: int, batch: int, partial: dict):
-        """last.npz of a run stopped after `batch` of `epoch` (from 0), with the loss and metric
-        sums of its batches so far (`partial`), which a resumed run continues."""
-        self.save("last.npz", epoch, batch, partial)
-
-    def save(self, name: str, epoch: int, batch: int, partial: dict | None = None):
-        opt_state = self.whole_state() if self.whole_state else self.opt_state      # a collective: every rank
-        if not self.writes:
-            return
-        if name not in self.written:
-            self.written.append(name)
-        save(self.out / name, self.params, opt_state, {
-            **self.meta, "epoch": epoch, "step": self.step, "batch": batch, "partial": partial,
-            "history": self.history, "early_stop": self.stop.state()})
 
 
 def _temporary_prefix(path: Path) -> str:
