@@ -664,6 +664,19 @@ def _end_span(filename: str, text: str) -> Span:
     return Span(filename, len(lines), len(lines[-1]) + 1)
 
 
+def walk(tree):
+    """Every syntax node of a tree (a node or a list of them), each before its children, in
+    the order they are written."""
+    stack = [tree]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(reversed(v))
+        elif isinstance(v, SyntaxNode):
+            yield v
+            stack.extend(reversed([getattr(v, f.name) for f in fields(v) if f.name != "span"]))
+
+
 def dump(node, indent: int = 0) -> str:
     """An indented, readable rendering of the AST (`dlc compile --emit ast`)."""
     pad = "  " * indent
