@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import re
 from dataclasses import dataclass, field
 
 _SOURCES: dict[str, list[str]] = {}
@@ -63,6 +64,20 @@ class Span:
         if line is None or self.end_line != self.line:
             return None
         return line[self.col - 1:self.end_col - 1]
+
+
+def name_span(span: Span, name: str) -> Span:
+    """The place of `name` as written first in the source from the start of `span`: the
+    name a statement binds (`h` in `h = dense(x, 4)`, `x` in `input x: ...`)."""
+    lines = source_lines(span.file) or []
+    pattern = re.compile(rf"(?<![\w]){re.escape(name)}(?![\w])")
+    for line in range(span.line, (span.end_line or span.line) + 1):
+        if not 0 < line <= len(lines):
+            break
+        m = pattern.search(lines[line - 1], span.col - 1 if line == span.line else 0)
+        if m:
+            return Span(span.file, line, m.start() + 1, line, m.end() + 1)
+    return Span(span.file, span.line, span.col, span.line, span.col + len(name))
 
 
 @functools.lru_cache(maxsize=1 << 16)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.builtins import BUILTINS
-from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, register_source
+from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, name_span, register_source
 from dlc.compiler.frontend.evaluator import Evaluator, check_def
 from dlc.compiler.ir.graph import Tensor, collector_paused
 from dlc.compiler.frontend.model import Model
@@ -19,9 +19,10 @@ from dlc.compiler.frontend.values import Env, Func, describe
 class Program:
     """A parsed .dl file with its imports, the standard library and builtins in scope."""
 
-    def __init__(self, module: syntax.Module, globals_: Env, path: str, imported: dict):
+    def __init__(self, module: syntax.Module, globals_: Env, path: str, imported: dict, warnings: list):
         self.module, self.globals, self.path = module, globals_, path
         self.imported = imported        # the path of each file imported -> the text read
+        self.warnings = warnings        # DlcErrors that do not stop a build (hides_builtin)
         self.models, self.trains = {}, {}
         for item in module.items:
             if isinstance(item, syntax.ModelBlock):
@@ -77,10 +78,13 @@ class Program:
         return model
 
 
-def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list, defined: dict, loaded: dict):
+def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list, defined: dict, loaded: dict,
+               warnings: list):
     """Define a module's defs and consts in env, its imports first. `loading` is the
     chain of files being imported (a cycle is an error); `loaded` the files done, each
-    with the text read (a file imported twice, as in a diamond, is read once)."""
+    with the text read (a file imported twice, as in a diamond, is read once); `warnings`
+    gets those of each file (hides_builtin)."""
+    warnings += hides_builtin(module)
     for item in module.items:
         if isinstance(item, syntax.Import):
             if path is None:
@@ -94,7 +98,7 @@ def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list
                 raise DlcError(f"cannot import {item.path}: no such file", item.span)
             loading.append(target)
             text = syntax.read_source(target)
-            _load_into(env, syntax.parse(text, str(target)), target, loading, defined, loaded)
+            _load_into(env, syntax.parse(text, str(target)), target, loading, defined, loaded, warnings)
             loading.pop()
             loaded[target] = text
         elif isinstance(item, (syntax.Def, syntax.ConstDecl)):
@@ -111,6 +115,16 @@ def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list
                     raise DlcError(f"a const must be a static value (a number, string, bool or tuple), "
                                    f"not {describe(value)}", item.value.span)
                 env.vars[item.name] = value
+
+
+def hides_builtin(module: syntax.Module) -> list[DlcError]:
+    """A warning at each def and const named as a builtin: it hides the builtin wherever it
+    is seen (library functions keep the builtin), which is rarely meant and easily missed,
+    as when a builtin is added under the name of a def already written."""
+    return [DlcError(f"{'def' if isinstance(node, syntax.Def) else 'const'} '{node.name}' hides the builtin "
+                     f"'{node.name}' wherever it is visible; rename it to keep both", name_span(node.span, node.name))
+            for node in syntax.walk(module)
+            if isinstance(node, (syntax.Def, syntax.ConstDecl)) and node.name in BUILTINS]
 
 
 def _parse_file(path: Path) -> syntax.Module:
@@ -131,7 +145,7 @@ def stdlib_env() -> Env:
              if f.name.endswith(".dl")]
     for (name, text), module in zip(files, parsed_modules(files, syntax)):
         register_source(name, text)
-        _load_into(libenv, module, None, [], defined, {})
+        _load_into(libenv, module, None, [], defined, {}, [])     # none: tests/frontend/test_shadowing.py
     return libenv
 
 
@@ -154,6 +168,6 @@ def load_module(module: syntax.Module, filename: str) -> Program:
 
 
 def _program(module: syntax.Module, path: Path | None, name: str) -> Program:
-    env, imported = stdlib_env().child(), {}
-    _load_into(env, module, path, [path] if path else [], {}, imported)
-    return Program(module, env, name, imported)
+    env, imported, warnings = stdlib_env().child(), {}, []
+    _load_into(env, module, path, [path] if path else [], {}, imported, warnings)
+    return Program(module, env, name, imported, warnings)

@@ -2,8 +2,9 @@
 grammar's LALR tables and the standard library's syntax trees.
 
 Each entry is a JSON file in dlc's cache directory named by the SHA-256 of everything it is
-made from (the grammar's text and Lark's version; the library's files and the code of the
-AST), so a change makes a new entry and never reads a stale one. JSON holds only data: an
+made from (the grammar's text and Lark's version; for the library's trees, its files, the
+code of the AST and its transformer, the grammar and Lark's version too), so a change makes a
+new entry and never reads a stale one. JSON holds only data: an
 entry cannot run code, and one that does not load (truncated, edited, of an older layout)
 is ignored, rebuilt and written again. A cache directory that cannot be written only costs
 the time of building.
@@ -101,6 +102,11 @@ def _write(path: Path, text: str):
 
 
 # ---- the grammar's tables -------------------------------------------------------------------------
+def grammar_text() -> str:
+    """grammar/dl.lark, the language's grammar."""
+    return resources.files("dlc.grammar").joinpath("dl.lark").read_text()
+
+
 def lark_parser(grammar: str, **options):
     """Lark(grammar, parser="lalr", **options), its tables read from the cache when built before."""
     import lark
@@ -144,8 +150,9 @@ def parsed_modules(files: list[tuple[str, str]], syntax) -> list:
             raise ValueError("not the syntax trees of these files")
         return modules
 
-    code = Path(syntax.__file__).read_bytes()
-    key = digest(code, *(part for name, text in files for part in (name, text)))
+    import lark
+    code = Path(syntax.__file__).read_bytes()       # the AST and the transformer that builds it
+    key = digest(code, grammar_text(), lark.__version__, *(part for name, text in files for part in (name, text)))
     return cached(f"syntax-{key}.json", build, lambda modules: [_encode(m) for m in modules], decode)
 
 

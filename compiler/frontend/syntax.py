@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field, fields
-from importlib import resources
 from pathlib import Path
 from functools import lru_cache
 
@@ -12,7 +11,7 @@ from lark import Lark, Transformer, v_args, Token
 from lark.exceptions import UnexpectedInput, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
 from dlc.compiler.errors import DlcError, Span, register_source
-from dlc.compiler.frontend.parse_cache import lark_parser
+from dlc.compiler.frontend.parse_cache import grammar_text, lark_parser
 from dlc.compiler.ir.graph import DTYPES, collector_paused
 
 
@@ -276,214 +275,127 @@ def _token_span(filename: str, tok: Token) -> Span:
     return Span(filename, tok.line, tok.column, tok.end_line, tok.end_column)
 
 
-@v_args(meta=True)
+def _node(cls, *given, defines: bool = False, listed_from: int | None = None, **named):
+    """The method of a rule (or alias) whose node is `cls(span, *given, *children, **named)`,
+    each token child as its text. `listed_from`: the children from there on as one list (a
+    block's statements, a call's arguments); `defines`: the first child is the name the node
+    defines, which may not be a reserved word."""
+    def build(self, meta, *children):
+        if defines:
+            children = (self._defined(children[0]), *children[1:])
+        children = [str(c) if isinstance(c, Token) else c for c in children]
+        if listed_from is not None:
+            children[listed_from:] = [children[listed_from:]]
+        return cls(_span(self.file, meta), *given, *children, **named)
+    return build
+
+
+@v_args(meta=True, inline=True)
 class _ToAst(Transformer):
+    """grammar/dl.lark's tree to the AST, by Lark's conventions: a method per rule or alias,
+    given the node's meta (its span) and its children as arguments (an absent `[...]` of the
+    grammar as None), most of them declared by `_node`; a method per terminal that becomes a
+    value (NUMBER, SIZE, STRING). Single children pass through by the grammar's `?`."""
+
     def __init__(self, filename: str):
         super().__init__()
         self.file = filename
 
-    def _s(self, meta):
-        return _span(self.file, meta)
+    def __default__(self, data, children, meta):
+        raise AssertionError(f"grammar/dl.lark's '{data}' has no method in _ToAst")
 
-    def _name(self, tok) -> str:
+    def _defined(self, tok: Token) -> str:
         """A name being defined: keywords cannot be redefined."""
         if str(tok) in reserved_words():
             raise DlcError(f"'{tok}' is a reserved word and cannot be used as a name", _token_span(self.file, tok))
         return str(tok)
 
-    # top level
-    def start(self, meta, items):
-        return Module(self._s(meta), items)
-
-    def import_stmt(self, meta, c):
-        return Import(self._s(meta), c[0][1:-1])
-
-    def const_stmt(self, meta, c):
-        return ConstDecl(self._s(meta), self._name(c[0]), c[1])
-
-    def model_def(self, meta, c):
-        return ModelBlock(self._s(meta), str(c[0]), c[1])
-
-    def train_def(self, meta, c):
-        return Train(self._s(meta), str(c[0]), c[1:])
-
-    def setting(self, meta, c):
-        return Keyword(self._s(meta), str(c[0]), c[1])
-
-    keyword = setting
-
-    def def_stmt(self, meta, c):
-        name, *args, body = c
-        args = [a for a in args if a is not None]
-        if not isinstance(body, list):
-            body = [Return(body.span, [body])]
-        return Def(self._s(meta), self._name(name), args, body)
-
-    def arg_decl(self, meta, c):
-        name, typ, default = c
-        if isinstance(typ, Token):
-            typ = StaticType(_token_span(self.file, typ), str(typ))
-        return ArgDecl(self._s(meta), self._name(name), typ, default)
-
-    def block(self, meta, stmts):
-        return list(stmts)
-
-    # statements
-    def assign(self, meta, c):
-        return Assign(self._s(meta), [self._name(t) for t in c[:-1]], c[-1])
-
-    def param_stmt(self, meta, c):
-        return ParamDecl(self._s(meta), self._name(c[0]), c[1], c[2], True)
-
-    def state_stmt(self, meta, c):
-        return ParamDecl(self._s(meta), self._name(c[0]), c[1], c[2], False)
-
-    def update_stmt(self, meta, c):
-        return StateUpdate(self._s(meta), str(c[0]), c[1])
-
-    def return_stmt(self, meta, c):
-        return Return(self._s(meta), c)
-
-    def yield_stmt(self, meta, c):
-        return Yield(self._s(meta), c)
-
-    def repeat_stmt(self, meta, c):
-        return Repeat(self._s(meta), self._name(c[0]), c[1], c[2], c[3])
-
-    def if_stmt(self, meta, c):
-        cond, then, other = c
-        if isinstance(other, If):
-            other = [other]
-        return If(self._s(meta), cond, then, other or [])
-
-    def input_stmt(self, meta, c):
-        return Input(self._s(meta), self._name(c[0]), c[1], False)
-
-    def target_stmt(self, meta, c):
-        return Input(self._s(meta), self._name(c[0]), c[1], True)
-
-    def output_stmt(self, meta, c):
-        return Output(self._s(meta), self._name(c[0]), c[1])
-
-    def loss_stmt(self, meta, c):
-        return Loss(self._s(meta), c[0])
-
-    def metric_stmt(self, meta, c):
-        return Metric(self._s(meta), self._name(c[0]), c[1])
-
-    # types
-    def tensor_type(self, meta, c):
-        return TensorTypeExpr(self._s(meta), str(c[0]), [d for d in c[1:] if d is not None])
-
-    def dim(self, meta, c):
-        return c[0]
-
-    def any_dims(self, meta, c):
-        return AnyDims(self._s(meta))
-
-    # expressions
-    def ternary(self, meta, c):
-        return Ternary(self._s(meta), c[1], c[0], c[2])
-
-    def pipe(self, meta, c):
-        return Pipe(self._s(meta), c[0], c[1])
-
-    def logical_or(self, meta, c):
-        return Binary(self._s(meta), "or", c[0], c[1])
-
-    def logical_and(self, meta, c):
-        return Binary(self._s(meta), "and", c[0], c[1])
-
-    def logical_not(self, meta, c):
-        return Unary(self._s(meta), "not", c[0])
-
-    def binary(self, meta, c):
-        return Binary(self._s(meta), str(c[1]), c[0], c[2])
-
-    def negate(self, meta, c):
-        return Unary(self._s(meta), "-", c[0])
-
-    def power(self, meta, c):
-        return Binary(self._s(meta), "^", c[0], c[1])
-
-    def call(self, meta, c):
-        return CallExpr(self._s(meta), c[0], [a for a in c[1:] if a is not None])
-
-    def arg(self, meta, c):
-        return c[0]
-
-    def keyword_arg(self, meta, c):
-        return Keyword(self._s(meta), str(c[0]), c[1])
-
-    def index(self, meta, c):
-        return IndexExpr(self._s(meta), c[0], c[1:])
-
-    def subscript(self, meta, c):
-        return c[0]
-
-    def slice(self, meta, c):
-        return Slice(self._s(meta), *c)
-
-    def attribute(self, meta, c):
-        return Attribute(self._s(meta), c[0], str(c[1]))
-
-    def number(self, meta, c):
-        return Number(self._s(meta), self._number(c[0]))
-
-    def _number(self, tok: Token) -> int | float:
+    # terminals
+    def NUMBER(self, tok: Token) -> int | float:
         """A literal's value; a float too large is inf here and refused when evaluated, an
         integer too large is refused now (its digits may not even convert)."""
-        text = str(tok)
-        if any(ch in text for ch in ".eE"):
-            return float(text)
-        digits = text.lstrip("0")
+        if any(ch in tok for ch in ".eE"):
+            return float(tok)
+        digits = tok.lstrip("0")
         if len(digits) > len(str(INT_MAX)) or int(digits or "0") > INT_MAX:
-            shown = text if len(text) <= 20 else f"{text[:20]}... ({len(text)} digits)"
+            shown = tok if len(tok) <= 20 else f"{tok[:20]}... ({len(tok)} digits)"
             raise DlcError(f"the integer {shown} is too large (integers are at most 2^63 - 1)",
                            _token_span(self.file, tok))
-        return int(text)
+        return int(tok)
 
-    def size(self, meta, c):
-        return Number(self._s(meta), size_bytes(str(c[0])))
+    def SIZE(self, tok: Token) -> int:
+        return size_bytes(tok)
 
-    def string(self, meta, c):
-        return String(self._s(meta), str(c[0])[1:-1])
+    def STRING(self, tok: Token) -> str:
+        return str(tok)[1:-1]
 
-    def name(self, meta, c):
-        return Name(self._s(meta), str(c[0]))
+    # top level
+    start = _node(Module, listed_from=0)
+    import_stmt, model_def = _node(Import), _node(ModelBlock)
+    const_stmt = _node(ConstDecl, defines=True)
+    train_def = _node(Train, listed_from=1)
+    setting = keyword = keyword_arg = _node(Keyword)
 
-    def true(self, meta, c):
-        return Bool(self._s(meta), True)
+    def def_stmt(self, meta, name, *args_and_body):
+        *args, body = args_and_body
+        if not isinstance(body, list):      # the expression form
+            body = [Return(body.span, [body])]
+        return Def(_span(self.file, meta), self._defined(name), args, body)
 
-    def false(self, meta, c):
-        return Bool(self._s(meta), False)
+    arg_decl = _node(ArgDecl, defines=True)
+    static_type = _node(StaticType)
 
-    def none(self, meta, c):
-        return NoneValue(self._s(meta))
+    def block(self, meta, *statements):
+        return list(statements)
 
-    def tuple(self, meta, c):
-        return Tuple(self._s(meta), [x for x in c if x is not None])
+    scan_options = carries = block
 
-    def scan(self, meta, c):
-        var, length, options, carries, body = c
-        return Scan(self._s(meta), self._name(var), length, options or [], carries or [], body)
+    # statements
+    def assign(self, meta, *targets_and_value):
+        *targets, value = targets_and_value
+        return Assign(_span(self.file, meta), [self._defined(t) for t in targets], value)
 
-    def scan_length(self, meta, c):
-        tok = c[0]
-        span = _token_span(self.file, tok)
-        return Name(span, str(tok)) if tok.type == "NAME" else Number(span, self._number(tok))
+    param_stmt = _node(ParamDecl, defines=True, trainable=True)
+    state_stmt = _node(ParamDecl, defines=True, trainable=False)
+    update_stmt = _node(StateUpdate)
+    return_stmt, yield_stmt = _node(Return, listed_from=0), _node(Yield, listed_from=0)
+    repeat_stmt = _node(Repeat, defines=True)
 
-    def scan_options(self, meta, c):
-        return [x for x in c if x is not None]
+    def if_stmt(self, meta, cond, then, other):
+        return If(_span(self.file, meta), cond, then, [other] if isinstance(other, If) else other or [])
 
-    carries = scan_options
+    input_stmt = _node(Input, defines=True, is_target=False)
+    target_stmt = _node(Input, defines=True, is_target=True)
+    output_stmt, metric_stmt = _node(Output, defines=True), _node(Metric, defines=True)
+    loss_stmt = _node(Loss)
+
+    # types
+    tensor_type = _node(TensorTypeExpr, listed_from=1)
+    any_dims = _node(AnyDims)
+
+    # expressions
+    def ternary(self, meta, cond, then, other):
+        return Ternary(_span(self.file, meta), then, cond, other)
+
+    def binary(self, meta, left, op, right):
+        return Binary(_span(self.file, meta), str(op), left, right)
+
+    logical_or, logical_and, power = _node(Binary, "or"), _node(Binary, "and"), _node(Binary, "^")
+    logical_not, negate = _node(Unary, "not"), _node(Unary, "-")
+    pipe, attribute, slice = _node(Pipe), _node(Attribute), _node(Slice)
+    call, index = _node(CallExpr, listed_from=1), _node(IndexExpr, listed_from=1)
+    number = size = _node(Number)
+    string, name, tuple = _node(String), _node(Name), _node(Tuple, listed_from=0)
+    true, false, none = _node(Bool, True), _node(Bool, False), _node(NoneValue)
+
+    def scan(self, meta, var, length, options, carries, body):
+        return Scan(_span(self.file, meta), self._defined(var), length, options or [], carries or [], body)
 
 
 @lru_cache(maxsize=1)
 @collector_paused()       # its tables last as long as the process
 def _parser() -> Lark:
-    text = resources.files("dlc.grammar").joinpath("dl.lark").read_text()
-    return lark_parser(text, propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
+    return lark_parser(grammar_text(), propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
 
 
 @lru_cache(maxsize=1)
@@ -662,6 +574,19 @@ def _line_col(text: str, pos: int) -> tuple[int, int]:
 def _end_span(filename: str, text: str) -> Span:
     lines = text.splitlines() or [""]
     return Span(filename, len(lines), len(lines[-1]) + 1)
+
+
+def walk(tree):
+    """Every syntax node of a tree (a node or a list of them), each before its children, in
+    the order they are written."""
+    stack = [tree]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(reversed(v))
+        elif isinstance(v, SyntaxNode):
+            yield v
+            stack.extend(reversed([getattr(v, f.name) for f in fields(v) if f.name != "span"]))
 
 
 def dump(node, indent: int = 0) -> str:

@@ -61,6 +61,7 @@ class Analysis:
     models: dict = field(default_factory=dict)      # name -> Model built for training
     configs: dict = field(default_factory=dict)     # name -> its TrainConfig
     errors: list = field(default_factory=list)      # DlcError, one per problem
+    warnings: list = field(default_factory=list)    # DlcError, the program's warnings (Program.warnings)
 
     def fail(self, error: DlcError):
         if not any(e.message == error.message and e.span == error.span for e in self.errors):
@@ -176,6 +177,7 @@ def _analyze(a: Analysis, seconds: float, previous: dict):
     except DlcError as e:
         a.fail(e)
         return
+    a.warnings = a.program.warnings
     deadline = time.monotonic() + seconds
     for name in a.program.models:
         build = previous.get(name)

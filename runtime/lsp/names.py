@@ -4,10 +4,9 @@ a scan's own scope, the file's defs and consts, then the standard library). Defi
 references, rename, document symbols and completion read it; it never evaluates anything."""
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 
-from dlc.compiler.errors import Span, source_lines
+from dlc.compiler.errors import Span, name_span
 from dlc.compiler.frontend import syntax
 
 
@@ -74,20 +73,6 @@ def contains(span: Span, line: int, col: int) -> bool:
     end_line = span.end_line or span.line
     return (span.line, span.col) <= (line, col) and (line, col) < (end_line, span.end_col or span.col + 1) \
         or (line, col) == (end_line, span.end_col)
-
-
-def name_span(span: Span, name: str) -> Span:
-    """The place of `name` as written first in the source from the start of `span`: the
-    name a statement binds (`h` in `h = dense(x, 4)`, `x` in `input x: ...`)."""
-    lines = source_lines(span.file) or []
-    pattern = re.compile(rf"(?<![\w]){re.escape(name)}(?![\w])")
-    for line in range(span.line, (span.end_line or span.line) + 1):
-        if not 0 < line <= len(lines):
-            break
-        m = pattern.search(lines[line - 1], span.col - 1 if line == span.line else 0)
-        if m:
-            return Span(span.file, line, m.start() + 1, line, m.end() + 1)
-    return Span(span.file, span.line, span.col, span.line, span.col + len(name))
 
 
 def index(module: syntax.Module) -> NameIndex:

@@ -19,7 +19,7 @@ from pygls.lsp.server import LanguageServer
 from pygls.uris import from_fs_path, to_fs_path
 
 import dlc
-from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.errors import DlcError, Span, name_span
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.format import format_text
 from dlc.compiler.frontend.loader import stdlib_env
@@ -28,7 +28,7 @@ from dlc.compiler.frontend.values import Builtin, Func
 from dlc.runtime.lsp import describe
 from dlc.runtime.lsp.analysis import BUILD_SECONDS, Analysis, analyze, file_of
 from dlc.runtime.lsp.memory import PeakWorker, peak_blocker
-from dlc.runtime.lsp.names import Binding, contains, name_span
+from dlc.runtime.lsp.names import Binding, contains
 
 DID_YOU_MEAN = re.compile(r"did you mean '([^']+)'\?")
 IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
@@ -77,7 +77,8 @@ class DlcLanguageServer(LanguageServer):
             if a.module is not None:
                 self.parsed[uri] = a
             self.text_document_publish_diagnostics(lsp_types.PublishDiagnosticsParams(
-                uri=uri, version=version, diagnostics=[diagnostic(e, a.path) for e in a.errors]))
+                uri=uri, version=version, diagnostics=[diagnostic(e, a.path) for e in a.errors] +
+                [diagnostic(w, a.path, lsp_types.DiagnosticSeverity.Warning) for w in a.warnings]))
             self.compute_peaks(a, replaced)
         finally:
             analyzed.set()
@@ -175,9 +176,11 @@ def location(span: Span) -> lsp_types.Location:
 
 
 # ---- diagnostics and quick fixes ----------------------------------------------------------------------
-def diagnostic(e: DlcError, path: str) -> lsp_types.Diagnostic:
-    """An error as `dlc check` shows it: at its place, its notes as related information (an
-    error in another file, an import's, at the top with that file's place in the message)."""
+def diagnostic(e: DlcError, path: str,
+               severity: lsp_types.DiagnosticSeverity = lsp_types.DiagnosticSeverity.Error) -> lsp_types.Diagnostic:
+    """An error (or a warning) as `dlc check` shows it: at its place, its notes as related
+    information (an error in another file, an import's, at the top with that file's place in
+    the message)."""
     span = e.span
     if span is not None and span.file != path and span.caller is not None and span.caller.file == path:
         span = span.caller      # in the standard library: at the user's call that led there
@@ -189,7 +192,7 @@ def diagnostic(e: DlcError, path: str) -> lsp_types.Diagnostic:
         related.append(lsp_types.DiagnosticRelatedInformation(location=location(e.span), message="in the standard library here"))
     message += "".join(f"\nnote: {note}" for note, note_span in e.notes if note_span is None)
     return lsp_types.Diagnostic(range=to_range(span) if here else lsp_types.Range(lsp_types.Position(0, 0), lsp_types.Position(0, 1)),
-                        message=message, severity=lsp_types.DiagnosticSeverity.Error, source="dlc",
+                        message=message, severity=severity, source="dlc",
                         related_information=related or None)
 
 

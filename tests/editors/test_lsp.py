@@ -145,6 +145,18 @@ async def test_every_example_has_no_diagnostic(client):
         assert got == [], (path.name, got)
 
 
+async def test_a_def_that_hides_a_builtin_is_a_warning_where_dlc_check_puts_it(client, tmp_path, capsys):
+    path = tmp_path / "shadows.dl"
+    path.write_text("model m {\n    input x: f32[B, 4]\n    def exp(v) = v\n    output y = exp(x)\n}\n")
+    assert main(["check", str(path)]) == 0
+    (line,) = [x for x in capsys.readouterr().err.splitlines() if ": warning: " in x]
+    _, got = await open_doc(client, path)
+    (d,) = got
+    assert d.severity == T.DiagnosticSeverity.Warning
+    assert (d.range.start.line + 1, d.range.start.character + 1, d.range.end.character + 1) == (3, 9, 12)
+    assert line == f"{path}:3:9: warning: {d.message}"
+
+
 async def test_an_incremental_edit_is_analyzed_as_the_text_it_makes(client, tmp_path):
     program = "model m {\n    input x: f32[B, 4]\n    output y = dense(x, 3)\n}\n"
     uri, got = await open_doc(client, tmp_path / "incremental.dl", program)

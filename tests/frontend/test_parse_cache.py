@@ -57,6 +57,20 @@ def test_the_cached_stdlib_trees_equal_the_parsed_ones(cache):
     assert len(entries(cache, "syntax")) == 2
 
 
+def test_the_stdlib_trees_are_made_again_for_another_transformer_or_grammar(cache, monkeypatch, tmp_path):
+    """The trees are the transformer's (in syntax.py) of the grammar's parse: an entry made
+    before either changed is not read."""
+    parse_cache.parsed_modules(STDLIB, A)
+    edited = tmp_path / "syntax.py"
+    edited.write_text(Path(A.__file__).read_text() + "\n# edited\n")
+    monkeypatch.setattr(A, "__file__", str(edited))
+    parse_cache.parsed_modules(STDLIB, A)
+    assert len(entries(cache, "syntax")) == 2
+    monkeypatch.setattr(parse_cache, "grammar_text", lambda: GRAMMAR + "\n// edited\n")
+    parse_cache.parsed_modules(STDLIB, A)
+    assert len(entries(cache, "syntax")) == 3
+
+
 @pytest.mark.parametrize("bad", [b"", b"{\"x\":", b"[[1, 2], {\"3\": 4}]", b"[]", b"\xff\xfe", b"null"])
 def test_a_bad_entry_is_ignored_and_rebuilt(cache, bad):
     parsed = parse_cache.parsed_modules(STDLIB, A)

@@ -1,5 +1,7 @@
-"""`dlc check`: parse and shape-check a model; print its signature."""
+"""`dlc check`: parse and shape-check a model; print its signature (its warnings on stderr)."""
 from __future__ import annotations
+
+import sys
 
 from dlc.compiler.frontend import summary as summaries
 from dlc.compiler.frontend.loader import load
@@ -15,6 +17,8 @@ def arguments(p):
 
 def run(args):
     program = load(args.file)
+    for warning in program.warnings:
+        print(warning.render("warning"), file=sys.stderr)
     train = program.check(args.model)
     make_config(program, train.name, {}, require_data=False, model=train)     # every setting, without loading data
     print(f"{args.file}: ok")
