@@ -239,6 +239,7 @@ class Trainer:
                 saved_opt = {}
             self.say(f"resuming from {path}: epoch {epoch + 1}, "
                      + (f"after batch {skip} of {len(bounds)}" if skip else "from its start"))
+            self.warn_past_schedule(schedule, step, last_step)
         # optimizer state from the checkpoint where it has one, fresh for the rest
         opt_state = checkpoint.optimizer_state(path, saved_opt,
                                                optimizer.init({name: params[name] for name in trainable}))
@@ -385,6 +386,17 @@ class Trainer:
     def writes(self) -> bool:
         """Whether this process writes checkpoints and history: rank 0 of a distributed run does."""
         return self.world is None or self.world.rank == 0
+
+    def warn_past_schedule(self, schedule, step: int, last_step: int):
+        """A run resumed at or past the step where its schedule ends trains every step left at
+        the schedule's final rate (min_lr: often 0, a run that changes nothing)."""
+        end = schedule.end()
+        if end is None or step < end[0] or step >= last_step:
+            return
+        at, final = end
+        self.log(DlcError(f"resuming at step {step}, where the {schedule.name} schedule has ended (at step {at}): "
+                          f"the {last_step - step} step(s) left all train at its final rate {final:g}; a longer "
+                          "decay_steps decays over them", self.cfg.span("schedule")).render("warning"))
 
     def say(self, message: str):
         """What the run is doing (resuming, init_from, early stop): not with progress "none"."""
