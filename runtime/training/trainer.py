@@ -283,6 +283,7 @@ class Trainer:
                 events.call("on_epoch_begin", epoch, {"batch": skip})
                 order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
                 started, seen_before = time.perf_counter(), seen
+                epoch_steps = min(len(bounds) - skip, last_step - step)     # max_steps may end the run inside it
                 for b in range(skip, len(bounds)):
                     lo, hi = bounds[b]
                     rows = windows_drawn(n, hi - lo, cfg.seed, step + 1) if sampled else order[lo:hi]
@@ -304,8 +305,8 @@ class Trainer:
                     for name, v in values.items():
                         totals[name] = totals.get(name, 0.0) + v * (hi - lo)
                     asked = events.call("on_batch_end", step, Step(
-                        step=step, epoch=epoch, epochs=cfg.epochs, done=b + 1 - skip, total=len(bounds) - skip,
-                        per_epoch=len(bounds), totals=totals, seen=seen, fresh=seen - seen_before, started=started,
+                        step=step, steps=last_step, epoch=epoch, epochs=epochs, first=skip, done=b + 1 - skip,
+                        total=epoch_steps, per_epoch=len(bounds), totals=totals, seen=seen, fresh=seen - seen_before, started=started,
                         lr=lr))
                     if interrupted.requested or asked:
                         checkpoints.inside(epoch, b + 1, {"totals": totals, "seen": seen})
