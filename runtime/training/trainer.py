@@ -32,7 +32,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.augment import augment, augment_options
 from dlc.runtime.engines import budget, distributed
 from dlc.runtime.engines.backends import make_engine
-from dlc.runtime.engines.numerics import NonFinite
+from dlc.runtime.engines.numerics import PRODUCT_LIMIT, NonFinite, beyond_products
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.interop import weights
 from dlc.runtime.training import checkpoint
@@ -141,6 +141,7 @@ class Trainer:
         if self.world is not None and self.world.rank:      # rank 0 reports and writes the files
             self.log, progress, tensorboard = (lambda msg: None), "none", None
         self.quiet = progress == "none"
+        self.warned_overflow = False
         self.display = make_display(progress, self.log)
         self.callbacks = check([self.display, *([EventLog(tensorboard)] if tensorboard else []), *callbacks])
         self.source_hash = checkpoint.source_hash(Path(program.path).read_text()) \
@@ -364,6 +365,7 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, self.cfg.batch).items()})
         history.append(row)
         asked = events.call("on_epoch_end", epoch, row)
+        self.warn_overflow(params)
         self.write_history(history, plot=False)
         if self.world is not None:
             self.world.await_writer()
@@ -387,6 +389,22 @@ class Trainer:
     def writes(self) -> bool:
         """Whether this process writes checkpoints and history: rank 0 of a distributed run does."""
         return self.world is None or self.world.rank == 0
+
+    def warn_overflow(self, params: dict):
+        """Once a run, when parameters have grown past what a float32 product of two of them
+        holds: the run has diverged, and the engines' results part from there (docs/training.md)."""
+        big = beyond_products(params)
+        if not big or self.warned_overflow or not self.writes:
+            return
+        self.warned_overflow = True
+        named = ", ".join(f"{name} ({value:.2g})" for name, value in sorted(big.items(), key=lambda kv: -kv[1])[:4])
+        more = f" and {len(big) - 4} more" if len(big) > 4 else ""
+        self.log(DlcError(
+            f"the run has diverged: parameters {named}{more} are beyond {PRODUCT_LIMIT:.2g}, where a product of two "
+            "such values overflows float32. From here the engines differ: a sum of products that overflows both ways "
+            "is NaN on the reference engine and ±inf on the native one, whose fused multiply-adds do not round a "
+            "product before adding it. Lower the learning rate, or clip the gradients (clip = 1.0)",
+            self.cfg.span("optimizer")).render("warning"))
 
     def warn_past_schedule(self, schedule, step: int, last_step: int):
         """A run resumed at or past the step where its schedule ends trains every step left at
