@@ -115,14 +115,15 @@ def test_the_readme_s_set_up_is_its_two_commands_and_a_line_on_ci():
 
 
 def test_the_docs_describe_dlc_and_keep_their_measurements_dated_in_the_benchmarks():
-    """docs/performance.md says what dlc's speed depends on, without a dated measurement (those are
-    benchmarks/README.md's "Measurement log"); no page names a page the repository lacks, nor the
+    """docs/performance.md says what dlc's speed depends on and docs/native.md the backend's design
+    and limits, without a dated measurement (those are benchmarks/README.md's "Measurement log",
+    under headings that date them); no page names a page the repository lacks, nor the
     people or processes that shared a machine with a measurement."""
-    performance = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
-    assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", performance)
+    for name in ("performance.md", "native.md"):
+        assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", (ROOT / "docs" / name).read_text(encoding="utf-8")), name
     log = section((ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8"), "Measurement log")
-    entries = re.findall(r"^- \*\*(.*?)\*\*", log, re.M)
-    assert entries and all(re.match(r"20\d\d-\d\d-\d\d, ", e) for e in entries), entries
+    entries = re.findall(r"^### (.*)", log, re.M)
+    assert len(entries) >= 2 and all(re.match(r"20\d\d-\d\d-\d\d", e) for e in entries), entries
     for page in PAGES:
         text = page.read_text(encoding="utf-8")
         names = set(re.findall(r"`([\w./-]+\.md)`", text)) | set(re.findall(r"\]\(([\w./-]+\.md)(?:#[\w-]*)?\)", text))
