@@ -247,7 +247,8 @@ function draw() {
     edges.push(`<g class="bundle" data-into="${esc(b)}"><rect x="${x - w / 2}" y="${y}" width="${w}" height="${CHIP}"/>` +
                `<text x="${x}" y="${y + CHIP - 4}">${esc(text)}</text></g>`);
   }
-  $("scene").innerHTML = edges.join("") + parts.join("") + notes.join("");
+  // the edges over the boxes: an edge that passes a box it does not join is never hidden behind it
+  $("scene").innerHTML = parts.join("") + edges.join("") + notes.join("");
   transform();
 }
 

@@ -44,8 +44,6 @@ def load(spec, base_dir, span: Span | None = None) -> Dataset:
     """The data set of a `data = ...` setting: a source call or a file name (relative to `base_dir`).
     `span` (the setting's place) locates errors about a plain file name, which has no span of its own."""
     base_dir = pathlib.Path(base_dir)
-    if isinstance(spec, Symbol) and spec.name in SOURCES:
-        spec = Call(spec.name, [], {}, spec.span)
     if isinstance(spec, (str, os.PathLike)):
         try:
             return _load_path(os.fspath(spec), base_dir)
@@ -53,6 +51,29 @@ def load(spec, base_dir, span: Span | None = None) -> Dataset:
             if e.span is None:
                 e.span = span
             raise
+    source, call = _source_call(spec, span)
+    try:
+        return source.read(base_dir, call)
+    except DlcError as e:
+        if e.span is None:
+            e.span = call.span or span
+        raise
+
+
+def check(spec, span: Span | None = None):
+    """Check a data setting that names a source, without reading any data: the source's name
+    (an unknown one with the nearest known names) and its arguments' names. A file name, or
+    arrays given in Python, are checked when they are read."""
+    if isinstance(spec, (Symbol, Call)):
+        source, call = _source_call(spec, span)
+        call.bind(source.params)
+
+
+def _source_call(spec, span: Span | None):
+    """(the source, its call) of a setting that is not a file name: a bare source name is its
+    call without arguments."""
+    if isinstance(spec, Symbol) and spec.name in SOURCES:
+        spec = Call(spec.name, [], {}, spec.span)
     if not isinstance(spec, Call):
         span = getattr(spec, "span", None) or span
         raise DlcError(f"data must be a file name such as \"train.npz\" or a source such as digits(), got "
@@ -61,14 +82,9 @@ def load(spec, base_dir, span: Span | None = None) -> Dataset:
     if source is None:
         hint = (" (split(...) belongs in `validation = split(0.1)`)" if spec.name == "split"
                 else did_you_mean(spec.name, SOURCES))
-        raise DlcError(f"unknown data source '{spec.name}'{hint}; known sources: {_known()}, "
-                       f"or a file name such as \"train.npz\"", spec.span or span)
-    try:
-        return source.read(base_dir, spec)
-    except DlcError as e:
-        if e.span is None:
-            e.span = spec.span or span
-        raise
+        raise DlcError(f"unknown data source '{spec.name}'{hint} (known: {_known()}; or a file name "
+                       f"such as \"train.npz\")", spec.span or span)
+    return source, spec
 
 
 def _known() -> str:

@@ -24,6 +24,22 @@ from dlc.compiler.ir.graph import Graph, nested_graphs
 from dlc.runtime.engines import interpreter
 
 
+# the largest magnitude whose square float32 holds: a product of two values beyond it overflows
+PRODUCT_LIMIT = float(np.sqrt(np.finfo(np.float32).max))
+
+
+def beyond_products(params: dict) -> dict:
+    """The largest magnitude of each float parameter beyond PRODUCT_LIMIT, by name: the
+    parameters of a run that has diverged (a NaN has no magnitude and is left to the loss's check)."""
+    out = {}
+    for name, v in params.items():
+        if v.dtype.kind == "f" and v.size:
+            largest = max(abs(float(v.max())), abs(float(v.min())))
+            if largest > PRODUCT_LIMIT:
+                out[name] = largest
+    return out
+
+
 class NonFinite(DlcError):
     """A step's first non-finite value, at the line of the operation that made it; the
     trainer adds the step and the batch."""

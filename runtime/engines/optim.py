@@ -366,6 +366,15 @@ class Schedule:
         self.base = base_lr
         self.total = total if total is not None else epochs * self.per_epoch
 
+    def end(self) -> tuple[int, float] | None:
+        """(the step from which the rate no longer changes, that final rate) of a schedule that
+        decays to an end: cosine, at decay_steps or the run's end. None for those that decay
+        for ever (step, exponential), cycle (warm_restarts) or do not decay."""
+        if self.name != "cosine":
+            return None
+        end = self.decay_steps if self.decay_steps is not None else self.total
+        return max(end, self.warm), self.opts["min_lr"]
+
     def __call__(self, step: int) -> float:
         """Learning rate for global step `step` (0-based)."""
         if step < self.warm:

@@ -12,6 +12,7 @@ from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.frontend.syntax import size_bytes
 from dlc.compiler.native import PRECISIONS
+from dlc.runtime.data import registry as data_sources
 from dlc.runtime.data.augment import augment_options
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.groups import make_groups, param_matches, patterns_of
@@ -168,9 +169,11 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         check_shardable(cfg)
     if _is_number(cfg.validation):
         cfg.validation = Call("split", [cfg.validation], span=cfg.span("validation"))
-    for name in ("test", "validation"):
-        if is_split(getattr(cfg, name)):
+    for name in ("data", "test", "validation"):
+        if is_split(getattr(cfg, name)) and name != "data":
             split_args(getattr(cfg, name))
+        else:
+            data_sources.check(getattr(cfg, name), cfg.span(name))
     augment_options(cfg.augment, cfg.span("augment"))
     metrics = None
     if model is not None:

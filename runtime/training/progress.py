@@ -33,10 +33,13 @@ class Step(Mapping):
     """Where a run is after a step: the `logs` of a callback's on_batch_end, a mapping of the
     epoch's running mean loss and metrics and lr, whose attributes say the rest."""
     step: int               # steps of the run, those before a resume included
+    steps: int              # the step the run ends at: max_steps, or its epochs' batches
     epoch: int              # from 0
-    epochs: int
+    epochs: int             # the epochs the run goes through (in a run by steps, the last cut at max_steps)
+    first: int              # batches of this epoch done before this run (resumed inside it)
     done: int               # batches of this epoch this run has done
-    total: int              # batches of this epoch this run does (fewer than per_epoch when resumed inside it)
+    total: int              # batches of this epoch this run does (fewer than per_epoch after a resume inside it,
+                            # or in the epoch max_steps ends)
     per_epoch: int          # batches of a whole epoch
     totals: dict            # the epoch's sums of the loss and metrics, weighted by batch size
     seen: int               # the epoch's examples so far
@@ -47,7 +50,7 @@ class Step(Mapping):
     @property
     def batch(self) -> int:
         """The batch just done, from 1, of the whole epoch."""
-        return self.per_epoch - self.total + self.done
+        return self.first + self.done
 
     def means(self) -> dict:
         return {k: v / max(self.seen, 1) for k, v in self.totals.items() if k != "grad_norm"}
@@ -70,7 +73,7 @@ class Step(Mapping):
 
     def eta_run(self, now: float) -> float:
         """Seconds left in the whole run, at this epoch's pace."""
-        return self.eta_epoch(now) + (self.epochs - self.epoch - 1) * self.per_epoch * self.per_batch(now)
+        return (self.steps - self.step) * self.per_batch(now)
 
     def per_batch(self, now: float) -> float:
         """Seconds a batch of this epoch has taken so far."""

@@ -32,7 +32,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.augment import augment, augment_options
 from dlc.runtime.engines import budget, distributed
 from dlc.runtime.engines.backends import make_engine
-from dlc.runtime.engines.numerics import NonFinite
+from dlc.runtime.engines.numerics import PRODUCT_LIMIT, NonFinite, beyond_products
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.interop import checkpoint, weights
 from dlc.runtime.training.callbacks import Callbacks, Checkpoints, check
@@ -140,6 +140,7 @@ class Trainer:
         if self.world is not None and self.world.rank:      # rank 0 reports and writes the files
             self.log, progress, tensorboard = (lambda msg: None), "none", None
         self.quiet = progress == "none"
+        self.warned_overflow = False
         self.display = make_display(progress, self.log)
         self.callbacks = check([self.display, *([EventLog(tensorboard)] if tensorboard else []), *callbacks])
         self.source_hash = checkpoint.source_hash(Path(program.path).read_text()) \
@@ -238,6 +239,7 @@ class Trainer:
                 saved_opt = {}
             self.say(f"resuming from {path}: epoch {epoch + 1}, "
                      + (f"after batch {skip} of {len(bounds)}" if skip else "from its start"))
+            self.warn_past_schedule(schedule, step, last_step)
         # optimizer state from the checkpoint where it has one, fresh for the rest
         opt_state = checkpoint.optimizer_state(path, saved_opt,
                                                optimizer.init({name: params[name] for name in trainable}))
@@ -281,6 +283,7 @@ class Trainer:
                 events.call("on_epoch_begin", epoch, {"batch": skip})
                 order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
                 started, seen_before = time.perf_counter(), seen
+                epoch_steps = min(len(bounds) - skip, last_step - step)     # max_steps may end the run inside it
                 for b in range(skip, len(bounds)):
                     lo, hi = bounds[b]
                     rows = windows_drawn(n, hi - lo, cfg.seed, step + 1) if sampled else order[lo:hi]
@@ -302,8 +305,8 @@ class Trainer:
                     for name, v in values.items():
                         totals[name] = totals.get(name, 0.0) + v * (hi - lo)
                     asked = events.call("on_batch_end", step, Step(
-                        step=step, epoch=epoch, epochs=cfg.epochs, done=b + 1 - skip, total=len(bounds) - skip,
-                        per_epoch=len(bounds), totals=totals, seen=seen, fresh=seen - seen_before, started=started,
+                        step=step, steps=last_step, epoch=epoch, epochs=epochs, first=skip, done=b + 1 - skip,
+                        total=epoch_steps, per_epoch=len(bounds), totals=totals, seen=seen, fresh=seen - seen_before, started=started,
                         lr=lr))
                     if interrupted.requested or asked:
                         checkpoints.inside(epoch, b + 1, {"totals": totals, "seen": seen})
@@ -361,6 +364,7 @@ class Trainer:
             row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, self.cfg.batch).items()})
         history.append(row)
         asked = events.call("on_epoch_end", epoch, row)
+        self.warn_overflow(params)
         self.write_history(history, plot=False)
         if self.world is not None:
             self.world.await_writer()
@@ -384,6 +388,33 @@ class Trainer:
     def writes(self) -> bool:
         """Whether this process writes checkpoints and history: rank 0 of a distributed run does."""
         return self.world is None or self.world.rank == 0
+
+    def warn_overflow(self, params: dict):
+        """Once a run, when parameters have grown past what a float32 product of two of them
+        holds: the run has diverged, and the engines' results part from there (docs/training.md)."""
+        big = beyond_products(params)
+        if not big or self.warned_overflow or not self.writes:
+            return
+        self.warned_overflow = True
+        named = ", ".join(f"{name} ({value:.2g})" for name, value in sorted(big.items(), key=lambda kv: -kv[1])[:4])
+        more = f" and {len(big) - 4} more" if len(big) > 4 else ""
+        self.log(DlcError(
+            f"the run has diverged: parameters {named}{more} are beyond {PRODUCT_LIMIT:.2g}, where a product of two "
+            "such values overflows float32. From here the engines differ: a sum of products that overflows both ways "
+            "is NaN on the reference engine and ±inf on the native one, whose fused multiply-adds do not round a "
+            "product before adding it. Lower the learning rate, or clip the gradients (clip = 1.0)",
+            self.cfg.span("optimizer")).render("warning"))
+
+    def warn_past_schedule(self, schedule, step: int, last_step: int):
+        """A run resumed at or past the step where its schedule ends trains every step left at
+        the schedule's final rate (min_lr: often 0, a run that changes nothing)."""
+        end = schedule.end()
+        if end is None or step < end[0] or step >= last_step:
+            return
+        at, final = end
+        self.log(DlcError(f"resuming at step {step}, where the {schedule.name} schedule has ended (at step {at}): "
+                          f"the {last_step - step} step(s) left all train at its final rate {final:g}; a longer "
+                          "decay_steps decays over them", self.cfg.span("schedule")).render("warning"))
 
     def say(self, message: str):
         """What the run is doing (resuming, init_from, early stop): not with progress "none"."""

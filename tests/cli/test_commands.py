@@ -109,6 +109,9 @@ def test_a_mistyped_name_gets_a_did_you_mean(tmp_path, capsys, typo, message):
     path.write_text(src)
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 1
     assert message in capsys.readouterr().err
+    assert main(["check", str(path)]) == 1      # found without reading data, where it is written
+    line = next(i for i, text in enumerate(src.splitlines(), 1) if typo in text)
+    assert f"{path}:{line}:" in capsys.readouterr().err.split(f": error: {message}")[0]
 
 
 CHARS = """

@@ -379,3 +379,49 @@ def test_the_page_as_first_opened(resnet_page, width, height):
         page.set_viewport_size({"width": width, "height": height})
         assert page.get_attribute("#scene", "transform") == before
         assert page.errors == []
+
+
+def hidden_edges(page) -> list:
+    """The edges that pass a box they do not join drawn over them, as [edge, box label]:
+    points along each edge, tested against every node and closed box it runs through."""
+    return page.evaluate("""() => {
+      const boxes = [...document.querySelectorAll("#scene g.node, #scene g.layer:not(.open)")].map((g) => ({
+        g, key: g.dataset.node !== undefined ? "n" + g.dataset.node : "l" + g.dataset.layer,
+        r: g.querySelector("rect").getBBox(), label: g.querySelector("text").textContent}));
+      const out = [];
+      for (const p of document.querySelectorAll("#scene path.edge")) {
+        const ends = p.dataset.edge.split(">"), len = p.getTotalLength();
+        for (const {g, key, r, label} of boxes) {
+          if (ends.includes(key) || !(g.compareDocumentPosition(p) & Node.DOCUMENT_POSITION_PRECEDING)) continue;
+          for (let i = 1; i < 100; i++) {
+            const {x, y} = p.getPointAtLength(len * i / 100);
+            if (x > r.x + 1 && x < r.x + r.width - 1 && y > r.y + 1 && y < r.y + r.height - 1) {
+              out.push([p.dataset.edge, label]);
+              break;
+            }
+          }
+        }
+      }
+      return out;
+    }""")
+
+
+@pytest.mark.parametrize("example", ["mnist_mlp", "resnet"])
+def test_no_edge_is_hidden_behind_a_box_it_passes(tmp_path, example):
+    """mnist_mlp's and the ResNet's parameter edges into the l2(params) chip pass the `input y` box
+    (and the ResNet's the stages between), as every edge into the gradients' box passes the boxes
+    above it: each is drawn over what it passes, in both views, closed and all open."""
+    path = tmp_path / f"{example}.html"
+    assert main(["graph", str(Path(LENET).parent / f"{example}.dl"), "--format", "html", "-o", str(path)]) == 0
+    with browser() as page:
+        open_page(page, path)
+        passing = page.evaluate("""() => [...document.querySelectorAll("#scene path.edge.params")].map((p) =>
+          p.dataset.edge)""")
+        assert passing, "the parameter edges this test is about"
+        for view in ("forward", "train_step"):
+            page.click(f'[data-view="{view}"]')
+            assert hidden_edges(page) == []
+            page.click("#expand")
+            assert hidden_edges(page) == []
+            page.click("#collapse")
+        assert page.errors == []

@@ -182,6 +182,8 @@ FIXES = [
      "train m {\n    epoch = 3\n}\n", "epochs = 3"),
     ("model m {\n    input x: f32[B, 4]\n    target t: f32[B, 3]\n    loss mean((dense(x, 3) - t) ^ 2)\n}\n"
      "train m {\n    optimizer = adma(lr = 0.1)\n}\n", "optimizer = adam(lr = 0.1)"),
+    ("model m {\n    input x: f32[B, 64]\n    target t: i32[B]\n    loss sparse_cross_entropy(dense(x, 10), t)\n}\n"
+     "train m {\n    data = digit(image = false)\n}\n", "data = digits(image = false)"),
 ]
 
 

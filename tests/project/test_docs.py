@@ -1,6 +1,8 @@
 """The docs agree with the code: docs/architecture.md's module map names every module of
-the package, by its path or, in a row of its folder, by its file name; the tutorial and
-the cookbook run as written."""
+the package, by its path or, in a row of its folder, by its file name; the README maps the
+repository's folders and links every page of docs/; the docs describe dlc and the machines
+it runs on, with the dated measurements in benchmarks/README.md; the tutorial and the
+cookbook run as written."""
 import contextlib
 import io
 import os
@@ -81,3 +83,50 @@ def test_the_cookbook_runs_as_written(tmp_path, monkeypatch):
     assert {"check", "train", "export"} <= set(printed)
     assert {"points.onnx", "points.safetensors", "runs/resumed/last.npz", "runs/focal/last.npz"} <= {
         p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md"]
+
+
+def section(text: str, title: str) -> str:
+    m = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.S | re.M)
+    assert m, f"no section ## {title}"
+    return m.group(1)
+
+
+def test_the_readme_maps_the_folders_and_links_every_page_of_the_docs():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    layout = section(readme, "Layout")
+    assert "](docs/architecture.md)" in layout
+    named = re.findall(r"`([a-z_]+/(?:[a-z_]+/)*)`", layout)
+    assert named and all((ROOT / name).is_dir() for name in named), named
+    tops = {name.split("/")[0] for name in named}
+    assert {*PACKAGES, "examples", "benchmarks", "tests"} <= tops, tops
+    docs = section(readme, "Documentation")
+    assert [p.name for p in sorted((ROOT / "docs").glob("*.md")) if f"](docs/{p.name})" not in docs] == []
+
+
+def test_the_readme_s_set_up_is_its_two_commands_and_a_line_on_ci():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    setup = readme[readme.index("<!-- ci: test-setup -->"):readme.index("Then look inside and use the result:")]
+    prose = re.sub(r"<!-- ci: [\w-]+ -->\n```sh\n.*?```\n", "", setup, flags=re.S).strip()
+    assert prose.count("\n") <= 1 and "CI (`.ci/run`)" in prose and "](#tests)" in prose, prose
+    assert "\n## Tests\n" in readme
+
+
+def test_the_docs_describe_dlc_and_keep_their_measurements_dated_in_the_benchmarks():
+    """docs/performance.md says what dlc's speed depends on and docs/native.md the backend's design
+    and limits, without a dated measurement (those are benchmarks/README.md's "Measurement log",
+    under headings that date them); no page names a page the repository lacks, nor the
+    people or processes that shared a machine with a measurement."""
+    for name in ("performance.md", "native.md"):
+        assert not re.findall(r"\b20\d\d-\d\d-\d\d\b", (ROOT / "docs" / name).read_text(encoding="utf-8")), name
+    log = section((ROOT / "benchmarks" / "README.md").read_text(encoding="utf-8"), "Measurement log")
+    entries = re.findall(r"^### (.*)", log, re.M)
+    assert len(entries) >= 2 and all(re.match(r"20\d\d-\d\d-\d\d", e) for e in entries), entries
+    for page in PAGES:
+        text = page.read_text(encoding="utf-8")
+        names = set(re.findall(r"`([\w./-]+\.md)`", text)) | set(re.findall(r"\]\(([\w./-]+\.md)(?:#[\w-]*)?\)", text))
+        missing = [n for n in names if not (ROOT / n).exists() and not (page.parent / n).exists()]
+        assert missing == [], (page, missing)
+        assert not re.findall(r"other (?:helpers|agents)|this project's machine", text), page

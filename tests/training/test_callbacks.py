@@ -218,7 +218,7 @@ def test_the_displays_and_the_event_log_are_callbacks():
     lines = []
     display = EpochLines(lines.append)
     display.on_train_begin({"epochs": 2})
-    step = Step(step=4, epoch=0, epochs=2, done=4, total=4, per_epoch=4, totals={"loss": 8.0, "grad_norm": 1.0},
+    step = Step(step=4, steps=8, epoch=0, epochs=2, first=0, done=4, total=4, per_epoch=4, totals={"loss": 8.0, "grad_norm": 1.0},
                 seen=16, fresh=16, started=0.0, lr=0.01)
     assert dict(step) == {"loss": 0.5, "lr": 0.01}       # a step is the logs of on_batch_end
     display.on_batch_end(4, step)

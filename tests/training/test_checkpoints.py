@@ -146,3 +146,23 @@ def test_mismatched_checkpoint_names_the_mismatches(tmp_path, capsys):
     code = main(["eval", str(EXAMPLES / "digits_mlp.dl"), "--weights", str(tmp_path / "x" / "best.npz")])
     err = capsys.readouterr().err
     assert code == 1 and "does not match the model" in err and "missing h.0.W" in err and "unexpected h.W" in err
+
+
+@pytest.mark.parametrize("decay_steps, warned", [(3, True), (6, False)])
+def test_resume_past_the_end_of_the_schedule_warns(tmp_path, capsys, decay_steps, warned):
+    """cosine(decay_steps = 3) has ended at the step 4 the first epoch stops at: the epoch left trains at
+    min_lr = 0, which changes no parameter; one that has not ended by then says nothing."""
+    path = write(tmp_path, XOR, "train xor { data = xor(repeat = 4) batch = 4 epochs = 2 optimizer = sgd(lr = 0.5) "
+                                f"schedule = cosine(decay_steps = {decay_steps}) }}")
+    run = tmp_path / "run"
+    assert main(["train", path, "--epochs", "1", "--out", str(run), "--backend", "reference"]) == 0
+    before = dict(np.load(run / "last.npz"))
+    capsys.readouterr()
+    assert main(["train", path, "--resume", "--out", str(run), "--backend", "reference"]) == 0
+    err = capsys.readouterr().err
+    after = dict(np.load(run / "last.npz"))
+    line = Path(path).read_text().count("\n")         # the train block's, the file's last
+    warning = f"{path}:{line}:" in err and "warning: resuming at step 4, where the cosine schedule has ended (at step 3): " \
+        "the 4 step(s) left all train at its final rate 0" in err
+    assert warning == warned, err
+    assert all(np.array_equal(before[k], after[k]) for k in before if not k.startswith(("meta", "opt:"))) == warned

@@ -131,6 +131,47 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert (out / "last.npz").read_bytes() == before
 
 
+DIVERGING = """model m {{
+    input x: f32[B, 8]
+    target y: f32[B, 1]
+    p = {p}
+    loss binary_cross_entropy(p, y)
+}}
+train m {{ data = "d.npz" batch = 16 epochs = 3 optimizer = sgd(lr = 0.1) }}
+"""
+OVERFLOW = "warning: the run has diverged: parameters "
+
+
+def _diverging(tmp_path, capsys, p: str, backend: str, lr: str) -> tuple[int, str]:
+    x = np.random.default_rng(0).normal(size=(64, 8)).astype(np.float32) * 3
+    np.savez(tmp_path / "d.npz", x=x, y=(x[:, :1] > 0).astype(np.float32))
+    (tmp_path / "m.dl").write_text(DIVERGING.format(p=p))
+    code = main(["train", str(tmp_path / "m.dl"), "--lr", lr, "--backend", backend, "--out", str(tmp_path / backend)])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("lr", ["1e30", "0.1"])
+@pytest.mark.parametrize("backend", ["reference", "native"])
+def test_a_diverged_run_warns_once_its_parameters_overflow_a_float32_product(tmp_path, capsys, backend, lr):
+    """dense -> sigmoid at lr 1e30: weights near 1e30, beyond 1.8e19 = sqrt(float32's largest), with a
+    finite loss on either engine (the same: no product of two weights is taken)."""
+    code, err = _diverging(tmp_path, capsys, "dense(x, 1, sigmoid)", backend, lr)
+    assert code == 0 and err.count(OVERFLOW) == (lr == "1e30"), err
+    if lr == "1e30":
+        assert f"{tmp_path / 'm.dl'}:7:" in err and "p.W (" in err and "beyond 1.8e+19" in err
+
+
+def test_where_products_of_weights_overflow_the_engines_part_as_the_warning_says(tmp_path, capsys):
+    """A hidden layer multiplies weights by weights: the reference engine's float32 sums of
+    ±inf products are NaN and it stops at step 2; the native engine's fused multiply-adds give
+    ±inf, a finite loss through sigmoid and the loss's eps, and it warns."""
+    p = "dense(dense(x, 8, relu), 1, sigmoid)"
+    code, err = _diverging(tmp_path, capsys, p, "reference", "1e30")
+    assert code == 1 and "the loss became nan at step 2" in err
+    code, err = _diverging(tmp_path, capsys, p, "native", "1e30")
+    assert code == 0 and err.count(OVERFLOW) == 1 and "NaN on the reference engine and ±inf on the native" in err
+
+
 def test_transfer_learning_with_frozen_convolutions(tmp_path, capsys):
     from dlc.runtime.data import registry as data
     digits = data.load(data.Call("digits") if hasattr(data, "Call") else _digits_call(), Path("."))

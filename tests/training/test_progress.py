@@ -155,6 +155,28 @@ def test_log_every_prints_a_plain_line_every_n_steps(tmp_path, capsys):
     assert sum(line.startswith("epoch ") for line in err.splitlines()) == 2
 
 
+def test_a_run_by_steps_counts_its_epochs_batches_and_eta_from_max_steps(tmp_path, capsys):
+    """max_steps = 12 over epochs of 8 batches (the block's default epochs are 10): two epochs, the
+    second cut at its 4th batch; the run's eta is the steps left to max_steps at the epoch's pace."""
+    path = write(tmp_path, XOR, "train xor { data = xor(repeat = 8) batch = 4 max_steps = 12 "
+                                "optimizer = sgd(lr = 0.5) }")
+    steps = []
+
+    class Record(dlc.Callback):
+        def on_batch_end(self, step, logs):
+            now = time.perf_counter()
+            steps.append((logs.step, logs.epochs, logs.batch, logs.total, logs.eta_run(now),
+                          (12 - logs.step) * logs.per_batch(now)))
+
+    dlc.load(path, backend="reference").train(out=str(tmp_path / "api"), log=lambda m: None, callbacks=[Record()])
+    assert [s[:4] for s in steps] == [(n, 2, (n - 1) % 8 + 1, 8 if n <= 8 else 4) for n in range(1, 13)]
+    assert all(eta == pytest.approx(left, rel=0.01) for *_, eta, left in steps)
+    assert main(["train", path, "--log-every", "3", "--backend", "reference", "--out", str(tmp_path / "run")]) == 0
+    lines = [line.split("  ")[:3] for line in capsys.readouterr().err.splitlines()
+             if re.match(r"step \d+  ", line)]        # not the history's rows, `step 3/12  loss ...`
+    assert lines == [[f"step {n}", f"epoch {(n - 1) // 8 + 1}/2", f"batch {(n - 1) % 8 + 1}/8"] for n in (3, 6, 9, 12)]
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--log-every", "0"], "argument --log-every: needs a whole number, at least 1; got '0'"),
     (["-q", "--log-every", "5"], "argument --log-every: not allowed with argument -q/--quiet"),
@@ -174,7 +196,8 @@ def test_times_are_as_precise_as_their_size_asks():
 
 def _step(**kw):
     from dlc.runtime.training.progress import Step
-    return Step(**{"step": 20, "epoch": 1, "epochs": 5, "done": 20, "total": 40, "per_epoch": 40,
+    return Step(**{"step": 60, "steps": 200, "epoch": 1, "epochs": 5, "first": 0, "done": 20, "total": 40,
+                   "per_epoch": 40,
                    "totals": {"loss": 8.0, "accuracy": 16.0}, "seen": 20, "fresh": 20, "started": 0.0, "lr": 1e-3,
                    **kw})
 
