@@ -11,7 +11,7 @@ library trains too.
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dlc
@@ -21,6 +21,7 @@ from dlc.compiler.native import jit
 from dlc.compiler.native.library import (Library, ModelIO, c_name, c_source, data_module, embedded_layout, header,
                                          unbound_symbols, where)
 from dlc.compiler.native.memory import linearize
+from dlc.runtime.deploy.description import input_limits, training_data
 from dlc.runtime.deploy.toolchain import find
 
 _V3 = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave"
@@ -44,13 +45,16 @@ class Built:
     target: str
     embedded: bool
     train: bool = False
+    transform: bool = False
 
 
 def build(file: str, out: Path, model: str | None = None, weights: str | None = None, target: str = "host",
           embed: bool = False, precision: str = "f32", toolchain: str = "auto", train: bool = False,
-          overrides: dict | None = None) -> Built:
+          overrides: dict | None = None, transform: bool = False) -> Built:
     """`train`: the library trains too (the train block's step, runtime/deploy/training.py),
-    with `overrides` of the train block's settings (seed, epochs), as dlc train's flags."""
+    with `overrides` of the train block's settings (seed, epochs), as dlc train's flags.
+    `transform`: predict (and train_step) multiply each input by the training data's scale
+    (runtime/deploy/description.py) themselves."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if overrides and not train:
         raise DlcError(f"--{next(iter(overrides))} is a setting of the train step: it goes with --train")
@@ -62,7 +66,12 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     if TARGETS[target] is not None:
         jit.compile_for(*TARGETS[target])
     features = jit.host_cpu()[1].split(",")
-    eval_model = load(file).build(model, training=False)
+    program_file = load(file)
+    eval_model = program_file.build(model, training=False)
+    data, scales = training_data(program_file, eval_model)
+    if transform and not scales:
+        raise DlcError(f"--transform: the training data of {eval_model.name} ({data or 'no train block data source'}) "
+                       "scales no input: there is no transform to compile in")
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
     from dlc.runtime.engines.reference import predict_graph
@@ -77,7 +86,8 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     for n in graph.nodes_with("input"):
         name, typ = graph.attrs(n)["name"], graph.types(n)[0]
         if name in program.inputs:
-            inputs.append(ModelIO(name, typ.dtype, tuple(typ.shape)))
+            inputs.append(ModelIO(name, typ.dtype, tuple(typ.shape), input_limits(eval_model, name, typ.dtype),
+                                  scales.get(name, 1.0)))
     params = {p.name: p for p in eval_model.params}
     arrays = None
     if weights:
@@ -91,11 +101,12 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
                   features=[f for f in CHECKED if f"+{f}" in features],
                   uses_amx="+amx-tile" in features,
                   param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
-                  weights={k: arrays[k] for k in program.params} if embed else None)
+                  weights={k: arrays[k] for k in program.params} if embed else None,
+                  known=[p for p in params if p not in program.params], data=data, transform=transform)
     lib.module = built.module
     units = [lib]
     if train:
-        lib.trainer = _trainer(lib, file, model, weights if embed else None, overrides)
+        lib.trainer = _trainer(lib, file, model, weights if embed else None, overrides, scales)
         units.append(lib.trainer)
     for unit in units:
         missing = unbound_symbols(unit)
@@ -120,11 +131,13 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
     (out / "README.md").write_text(_readme(lib, tools, out))
     files = [out / f for f in (f"lib{name}.so", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
-    return Built(name, files, tools.name, target, embed, train)
+    return Built(name, files, tools.name, target, embed, train, transform)
 
 
-def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict) -> Library:
-    """The train step's unit of a --train library (runtime/deploy/training.py); `weights`: to embed."""
+def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict,
+             scales: dict) -> Library:
+    """The train step's unit of a --train library (runtime/deploy/training.py); `weights`: to
+    embed; `scales`: the inputs' (multiplied in with --transform, as predict's)."""
     from dlc.compiler.native.driver import build_module
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
@@ -139,9 +152,11 @@ def _trainer(lib: Library, file: str, model: str | None, weights: str | None, ov
         from dlc.runtime.interop.weights import load as load_weights
         arrays, _ = load_weights(weights, load(file).build(model, training=True).params)
     name = f"{lib.name}__trainer"
-    unit = Library(name, program, built.arguments, [t for t in inputs if t.name in program.inputs], [],
+    kept = [replace(t, scale=scales.get(t.name, 1.0)) for t in inputs if t.name in program.inputs]
+    unit = Library(name, program, built.arguments, kept, [],
                    *_checks(graph, program), step=f"{name}__dlc_step", target=lib.target, features=lib.features,
-                   uses_amx=lib.uses_amx, param_shapes=shapes, weights=arrays, param_order=order, training=training)
+                   uses_amx=lib.uses_amx, param_shapes=shapes, weights=arrays, param_order=order, training=training,
+                   data=lib.data, transform=lib.transform)
     unit.module, unit.header_name = built.module, lib.name
     return unit
 
