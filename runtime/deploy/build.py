@@ -10,6 +10,7 @@ library trains too.
 """
 from __future__ import annotations
 
+import shlex
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -228,7 +229,7 @@ def _pkg_config(lib: Library, tools) -> str:
 
 
 def _readme(lib: Library, tools, out: Path) -> str:
-    n = lib.name
+    n, folder = lib.name, shlex.quote(str(out.resolve()))
     weights = ("The weights are inside the library: `%s_create(&model, NULL)`." % n if lib.weights is not None else
                f"Give `{n}_create` the path of a dlc checkpoint of the model (`dlc train` writes one).")
     trains = (f" It trains too (`--train`): `{n}_train_step`, `{n}_get_parameter`, `{n}_set_parameter`, `{n}_save` "
@@ -238,15 +239,20 @@ def _readme(lib: Library, tools, out: Path) -> str:
 Built by dlc {dlc.__version__} (`dlc build`, target {lib.target}, {tools.name}). The API is in `{n}.h`;
 docs/deploy.md of dlc describes it. {weights}{trains}
 
-Compile and link a C program against the shared library:
+Compile and link a C program against the shared library (the run-time search path is
+this folder's absolute path, so the program finds the library from any working folder;
+with `-Wl,-rpath,'$ORIGIN/PATH'`, PATH the library's folder relative to the program's,
+the two can move together):
 
-    cc -O2 main.c -I{out} -L{out} -l{n} -Wl,-rpath,{out} -o main
+    cc -O2 main.c -I{folder} -L{folder} -l{n} -Wl,-rpath,{folder} -o main
 
 or against the static one (which needs the OpenMP runtime and libm):
 
-    cc -O2 main.c -I{out} {out}/lib{n}.a {' '.join(tools.libs)} -o main
+    cc -O2 main.c -I{folder} {folder}/lib{n}.a {' '.join(tools.libs)} -o main
 
-or with pkg-config: `PKG_CONFIG_PATH={out} pkg-config --cflags --libs {n}`.
+or with pkg-config: `PKG_CONFIG_PATH={folder} pkg-config --cflags --libs {n}`.
+
+What the inputs mean (the training data and its scale) is in `{n}.h` and `{n}_describe()`.
 
 At run time the library needs libc, libm, libpthread and libgomp (GCC's OpenMP runtime),
 nothing of Python, dlc or LLVM.
