@@ -1,6 +1,6 @@
 /* The run-time part of a library `dlc build` writes (compiler/native/library.py): the
  * same for every model. library.py puts the model's tables before it (the DLC_* macros,
- * SYMBOLS, INPUTS, OUTPUTS, PARAMS, BUFFERS, LIVE, CONSTRAINTS, FAULTS, ARGUMENTS, POLYS, the
+ * SYMBOLS, INPUTS, OUTPUTS, PARAMS, KNOWN, LIMITS, SCALES, BUFFERS, LIVE, CONSTRAINTS, FAULTS, ARGUMENTS, POLYS, the
  * step function, its fault flag and the embedded data) and the public functions after it.
  * Everything here is static: two models linked into one program share nothing.
  *
@@ -52,7 +52,7 @@ struct DLC_INSTANCE {
     void *table[DLC_N_BUFFERS + DLC_N_FAULTS + DLC_N_UPDATE_BUFFERS + 1];   /* driver.py's pointer table */
     void *args[DLC_N_ARGUMENTS + 1];
     void *trainer;                       /* a --train library's: the train step's instance (library_train.c) */
-    float *scaled[DLC_N_INPUTS + 1];     /* with the transform inside (DLC_TRANSFORM): each input times its scale */
+    void *scaled[DLC_N_INPUTS + 1];      /* with the transform inside (DLC_TRANSFORM): each input times its scale */
     int64_t scaled_count[DLC_N_INPUTS + 1];
 #if DLC_N_UPDATE_BUFFERS
     DLC_TRAINING_STATE                   /* library_train.c: the flat arrays, the step count, the schedule */
@@ -366,14 +366,18 @@ static int known_elsewhere(const unsigned char *name, size_t n) {
     return 0;
 }
 
-/* A checkpoint's array that is no parameter of the model: refused, as dlc predict refuses it */
-static int unexpected(struct DLC_INSTANCE *m, const unsigned char *name, size_t n) {
-    char shown[128];
+/* The first array of a checkpoint that is no parameter of the model, kept to be refused
+ * once every parameter was found (a missing one is said first, as dlc predict says it) */
+#define EXTRA_SHOWN 128
+static void note_extra(char *extra, const unsigned char *name, size_t n) {
+    if (*extra) return;
     size_t k = 0;
-    for (; k < n && k < sizeof shown - 1; k++) shown[k] = name[k] >= ' ' && name[k] < 127 ? (char)name[k] : '?';
-    shown[k] = 0;
-    return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: does not match the model: unexpected extra %s%s", shown,
-                n > k ? "..." : "");
+    for (; k < n && k < EXTRA_SHOWN - 4; k++) extra[k] = name[k] >= ' ' && name[k] < 127 ? (char)name[k] : '?';
+    strcpy(extra + k, n > k ? "..." : "");
+}
+
+static int refuse_extra(struct DLC_INSTANCE *m, const char *extra) {
+    return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: does not match the model: unexpected extra %s", extra);
 }
 
 /* whether a zip member is one dlc's checkpoint may hold besides the parameters this unit
@@ -394,6 +398,7 @@ static int npz_arrays(struct DLC_INSTANCE *m, const source *src, void *const *de
                       int count) {
     uint64_t at = 0, end, entries;
     unsigned char *dir;
+    char extra[EXTRA_SHOWN] = "";
     int status = zip_directory(m, src, &dir, &end, &entries);
     for (uint64_t k = 0; !status && k < entries; k++) {
         zip_entry e;
@@ -409,13 +414,13 @@ static int npz_arrays(struct DLC_INSTANCE *m, const source *src, void *const *de
             else if (!(status = npy_member(m, src, &e, p, label, dests[i]))) found[i] = 1;
         }
         if (!status && !slot && !matched && !member_allowed(&e))
-            status = unexpected(m, e.name, (size_t)(e.nlen >= 4 && !memcmp(e.name + e.nlen - 4, ".npy", 4) ? e.nlen - 4 : e.nlen));
+            note_extra(extra, e.name, (size_t)(e.nlen >= 4 && !memcmp(e.name + e.nlen - 4, ".npy", 4) ? e.nlen - 4 : e.nlen));
     }
     free(dir);
     for (int i = 0; !status && !slot && i < count; i++)
         if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s (param:%s in the .npz)",
                                    PARAMS[i].name, PARAMS[i].name);
-    return status;
+    return status || !*extra ? status : refuse_extra(m, extra);
 }
 
 /* ---- safetensors: 8 bytes of header length, a JSON header, the tensors' bytes ---------- */
@@ -458,6 +463,7 @@ static int safetensors_header(struct DLC_INSTANCE *m, const source *src, const c
                               void *const *dests) {
     uint64_t size = src->n - 8 - length;
     int found[DLC_N_PARAMS + 1] = {0};
+    char extra[EXTRA_SHOWN] = "";
     json j = {at, at + length};
     const char *key, *s;
     size_t kn, sn;
@@ -494,7 +500,7 @@ static int safetensors_header(struct DLC_INSTANCE *m, const source *src, const c
             } else return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
         } while (take(&j, ',') || (!take(&j, '}') && (j.at = j.end)));      /* the end: the next name fails */
         if (p < 0 && !meta && !known_elsewhere((const unsigned char *)key, kn))
-            return unexpected(m, (const unsigned char *)key, kn);
+            note_extra(extra, (const unsigned char *)key, kn);
         if (p < 0) continue;
         const dlc_param *q = &PARAMS[p];
         if (found[p]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is there twice", q->name);
@@ -517,7 +523,7 @@ static int safetensors_header(struct DLC_INSTANCE *m, const source *src, const c
     } while (take(&j, ',') || (!take(&j, '}') && (j.at = j.end)));
     for (int i = 0; i < DLC_N_PARAMS; i++)
         if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s", PARAMS[i].name);
-    return DLC_OK;
+    return *extra ? refuse_extra(m, extra) : DLC_OK;
 }
 
 /* the parameters of a .safetensors file (`first`: its first 8 bytes) into dests */
@@ -794,20 +800,28 @@ static int check_limits(struct DLC_INSTANCE *m, const void *const *inputs, const
 }
 
 /* An input as the step takes it: with the transform inside (dlc build --transform), the
- * caller's values times the training data's scale (SCALES), in float as the data sources
- * scale 8-bit images, into the instance's own copy; else the caller's array itself. */
+ * caller's values times the training data's scale (SCALES: a float input's), in the
+ * input's type as the data sources scale 8-bit images, into the instance's own copy; else
+ * the caller's array itself. */
 static int step_input(struct DLC_INSTANCE *m, int i, const void *input, const int64_t *const *shapes) {
 #if DLC_TRANSFORM
     if (SCALES[i] != 1.0) {
         int64_t count = input_count(i, shapes);
         if (count > m->scaled_count[i]) {
-            float *bigger = malloc((size_t)count * sizeof(float));
+            void *bigger = malloc((size_t)count * (size_t)INPUTS[i].itemsize);
             if (!bigger) return fail(m, DLC_ERROR_MEMORY, "out of memory for input '%s' scaled", INPUTS[i].name);
             free(m->scaled[i]);
             m->scaled[i] = bigger, m->scaled_count[i] = count;
         }
-        const float *raw = input, scale = (float)SCALES[i];
-        for (int64_t k = 0; k < count; k++) m->scaled[i][k] = raw[k] * scale;
+        if (INPUTS[i].itemsize == 8) {
+            const double *raw = input;
+            double *out = m->scaled[i];
+            for (int64_t k = 0; k < count; k++) out[k] = raw[k] * SCALES[i];
+        } else {
+            const float *raw = input, scale = (float)SCALES[i];
+            float *out = m->scaled[i];
+            for (int64_t k = 0; k < count; k++) out[k] = raw[k] * scale;
+        }
         input = m->scaled[i];
     }
 #else

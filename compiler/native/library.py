@@ -611,8 +611,7 @@ def header(lib: Library, version: str) -> str:
     status = "\n".join(f"    {code} = {k},{' ' * (20 - len(code))}/* {what} */" for k, (code, what) in enumerate(STATUS))
     inputs = "\n".join(f" *   {t.name}: {t.type}" for t in lib.inputs)
     outputs = "\n".join(f" *   {t.name}: {t.type}" for t in lib.outputs)
-    constants = "\n".join([line for t in lib.inputs for line in _io_constants(lib, t, "INPUT")]
-                          + [line for t in lib.outputs for line in _io_constants(lib, t, "OUTPUT")])
+    constants = "\n".join(header_constants(lib))
     embedded = ("its weights are inside: give NULL (or a checkpoint's path to use that instead)"
                 if lib.weights is not None else "give the path of a dlc checkpoint (.npz) or .safetensors file of the model")
     return f"""/* {n}.h: the C API of model {n}, built by dlc {version} (`dlc build`) for the
@@ -622,7 +621,7 @@ def header(lib: Library, version: str) -> str:
 {inputs}
  * outputs:
 {outputs}
- * {_data_comment(lib)}
+ * {data_comment(lib)}
  *
  * Every function returns a status code; after a failure, {n}_error(model) says what was
  * wrong. An instance is used by one thread at a time; instances are independent and run
@@ -646,7 +645,6 @@ typedef struct {n} {n};
 #define {n.upper()}_INPUTS {len(lib.inputs)}
 #define {n.upper()}_OUTPUTS {len(lib.outputs)}
 {constants}
-#define {n.upper()}_TRANSFORM {int(lib.transform)}   /* 1: predict multiplies each input by its _SCALE itself (--transform) */
 
 /* A model instance in *model. checkpoint: {embedded}. On failure *model is an instance
  * that holds the message ({n}_error) and fails every call: destroy it. */
@@ -677,6 +675,15 @@ const char *{n}_describe(void);
 """
 
 
+def header_constants(lib: Library) -> list:
+    """The header's lines of constants of every input and output (_io_constants), and
+    whether predict scales the inputs itself: docs/deploy.md shows them."""
+    return ([line for t in lib.inputs for line in _io_constants(lib, t, "INPUT")]
+            + [line for t in lib.outputs for line in _io_constants(lib, t, "OUTPUT")]
+            + [f"#define {lib.name.upper()}_TRANSFORM {int(lib.transform)}   /* 1: predict multiplies each input by "
+               "its _SCALE itself (--transform) */"])
+
+
 def _io_constants(lib: Library, t: ModelIO, kind: str) -> list:
     """An input's or output's constants in the header: its rank, its dims (-1 for a dim
     bound at each call), each fixed dim alone; an input's scale (float) or its ids' bound
@@ -696,7 +703,7 @@ def _io_constants(lib: Library, t: ModelIO, kind: str) -> list:
     return lines
 
 
-def _data_comment(lib: Library) -> str:
+def data_comment(lib: Library) -> str:
     """The header's words on the training data and its transform."""
     if lib.data is None:
         return "trained on: not said (the model's file has no train block with a data source)"

@@ -19,10 +19,10 @@ import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.native import jit
-from dlc.compiler.native.library import (Library, ModelIO, c_name, c_source, data_module, embedded_layout, header,
+from dlc.compiler.native.library import (Library, c_name, c_source, data_module, embedded_layout, header,
                                          unbound_symbols, where)
 from dlc.compiler.native.memory import linearize
-from dlc.runtime.deploy.description import input_limits, training_data
+from dlc.runtime.deploy.description import interface
 from dlc.runtime.deploy.toolchain import find
 
 _V3 = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave"
@@ -67,28 +67,16 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     if TARGETS[target] is not None:
         jit.compile_for(*TARGETS[target])
     features = jit.host_cpu()[1].split(",")
-    program_file = load(file)
-    eval_model = program_file.build(model, training=False)
-    data, scales = training_data(program_file, eval_model)
-    if transform and not scales:
-        raise DlcError(f"--transform: the training data of {eval_model.name} ({data or 'no train block data source'}) "
-                       "scales no input: there is no transform to compile in")
+    face = interface(load(file), model)
+    eval_model, graph = face.model, face.graph
+    if transform and not any(t.scale != 1.0 for t in face.inputs):
+        raise DlcError(f"--transform: the training data of {eval_model.name} ({face.data or 'no train block data source'})"
+                       " scales no input: there is no transform to compile in")
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
-    from dlc.runtime.engines.reference import predict_graph
-    graph = predict_graph(eval_model)
-    outputs = [ModelIO(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items()
-               if k.startswith("output:")]
-    if not outputs:
-        raise DlcError(f"model {eval_model.name} declares no outputs: add `output name = ...` to build a library")
     program = lower(optimize(graph), precision, pack_weights="once")     # kept packed until a weight is set
     _refuse_host_calls(program)
-    inputs = []
-    for n in graph.nodes_with("input"):
-        name, typ = graph.attrs(n)["name"], graph.types(n)[0]
-        if name in program.inputs:
-            inputs.append(ModelIO(name, typ.dtype, tuple(typ.shape), input_limits(eval_model, name, typ.dtype),
-                                  scales.get(name, 1.0)))
+    inputs, outputs = [t for t in face.inputs if t.name in program.inputs], face.outputs
     params = {p.name: p for p in eval_model.params}
     arrays = None
     if weights:
@@ -103,11 +91,12 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
                   uses_amx="+amx-tile" in features,
                   param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
                   weights={k: arrays[k] for k in program.params} if embed else None,
-                  known=[p for p in params if p not in program.params], data=data, transform=transform)
+                  known=[p for p in params if p not in program.params], data=face.data, transform=transform)
     lib.module = built.module
     units = [lib]
     if train:
-        lib.trainer = _trainer(lib, file, model, weights if embed else None, overrides, scales)
+        lib.trainer = _trainer(lib, file, model, weights if embed else None, overrides,
+                               {t.name: t.scale for t in face.inputs})
         units.append(lib.trainer)
     for unit in units:
         missing = unbound_symbols(unit)

@@ -7,7 +7,41 @@ scale into predict.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.settings import Call, to_text
+from dlc.compiler.native.library import ModelIO
+
+
+@dataclass
+class Interface:
+    """A model's prediction as a library takes and gives it: the model built for
+    prediction, its prediction graph, every input and output of the graph (ModelIO, with
+    each input's ids and scale) and the training data's text (training_data)."""
+    model: object
+    graph: object
+    inputs: list
+    outputs: list
+    data: str | None
+
+
+def interface(program, model_name: str | None) -> Interface:
+    """The Interface of model `model_name` (None: the last) of a loaded .dl file."""
+    from dlc.runtime.engines.reference import predict_graph
+    model = program.build(model_name, training=False)
+    data, scales = training_data(program, model)
+    graph = predict_graph(model)
+    outputs = [ModelIO(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items()
+               if k.startswith("output:")]
+    if not outputs:
+        raise DlcError(f"model {model.name} declares no outputs: add `output name = ...` to build a library")
+    inputs = []
+    for n in graph.nodes_with("input"):
+        name, typ = graph.attrs(n)["name"], graph.types(n)[0]
+        scale = scales.get(name, 1.0) if typ.dtype in ("f32", "f64") else 1.0     # ids are not scaled
+        inputs.append(ModelIO(name, typ.dtype, tuple(typ.shape), input_limits(model, name, typ.dtype), scale))
+    return Interface(model, graph, inputs, outputs, data)
 
 
 def training_data(program, model) -> tuple:

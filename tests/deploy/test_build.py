@@ -140,7 +140,8 @@ def test_one_instance_per_thread(built, tmp_path, threads):
 # what a library may need at run time: libc, libm, libpthread, libgomp
 RUN_TIME = {"linux-vdso.so.1", "libgomp.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0",
             "/lib64/ld-linux-x86-64.so.2"}
-PREDICT_API = ("create", "create_from_memory", "destroy", "error", "predict", "predict_arrays", "set_threads")
+PREDICT_API = ("create", "create_from_memory", "describe", "destroy", "error", "output_shapes", "predict",
+               "predict_arrays", "set_threads")
 
 
 def needs_and_exports(so: Path) -> tuple:
