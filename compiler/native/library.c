@@ -84,6 +84,15 @@ static int poly_value(int64_t at, const int64_t *values, int64_t *out) {
     return 0;
 }
 
+/* text of a file's n bytes at s for a message: at most size - 1 characters, each byte
+ * outside printable ASCII a '?', "..." when cut (a message is text, whatever the file) */
+static void file_text(char *out, size_t size, const void *s, size_t n) {
+    const unsigned char *c = s;
+    size_t k = 0;
+    for (; k < n && k < size - 4; k++) out[k] = c[k] >= ' ' && c[k] < 127 ? (char)c[k] : '?';
+    strcpy(out + k, n > k ? "..." : "");
+}
+
 static void shape_text(char *out, size_t n, const int64_t *shape, int rank) {
     size_t at = (size_t)snprintf(out, n, "[");
     for (int i = 0; i < rank && at < n; i++)
@@ -224,8 +233,9 @@ static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const char *labe
         return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: cannot read the .npy header of %s", label);
     if (strncmp(descr + 1, p->descr, dl) || descr[1 + dl] != '\'') {
         const char *end = strchr(descr + 1, '\'');
-        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is %.*s, the model's is %s", label,
-                    end ? (int)(end - descr - 1) : 8, descr + 1, p->descr);
+        char got[32];
+        file_text(got, sizeof got, descr + 1, end ? (size_t)(end - descr - 1) : strnlen(descr + 1, 8));
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is %s, the model's is %s", label, got, p->descr);
     }
     int64_t dims[32];
     int rank = 0;
@@ -370,10 +380,7 @@ static int known_elsewhere(const unsigned char *name, size_t n) {
  * once every parameter was found (a missing one is said first, as dlc predict says it) */
 #define EXTRA_SHOWN 128
 static void note_extra(char *extra, const unsigned char *name, size_t n) {
-    if (*extra) return;
-    size_t k = 0;
-    for (; k < n && k < EXTRA_SHOWN - 4; k++) extra[k] = name[k] >= ' ' && name[k] < 127 ? (char)name[k] : '?';
-    strcpy(extra + k, n > k ? "..." : "");
+    if (!*extra) file_text(extra, EXTRA_SHOWN, name, n);
 }
 
 static int refuse_extra(struct DLC_INSTANCE *m, const char *extra) {
@@ -504,9 +511,11 @@ static int safetensors_header(struct DLC_INSTANCE *m, const source *src, const c
         if (p < 0) continue;
         const dlc_param *q = &PARAMS[p];
         if (found[p]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is there twice", q->name);
-        if (!dtype || !same(dtype, dn, q->st))
-            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is %.*s, the model's is %s", q->name,
-                        dtype ? (int)(dn < 16 ? dn : 16) : 1, dtype ? dtype : "?", q->st);
+        if (!dtype || !same(dtype, dn, q->st)) {
+            char got[32];
+            file_text(got, sizeof got, dtype ? dtype : "?", dtype ? dn : 1);
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is %s, the model's is %s", q->name, got, q->st);
+        }
         int fits = rank == q->rank;
         for (int i = 0; fits && i < rank; i++) fits = shape[i] == q->shape[i];
         if (!fits) {

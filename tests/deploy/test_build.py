@@ -488,9 +488,26 @@ for good in files:
     api.f("destroy")(model)
 status, model = api.create(data=files[0])
 room = np.zeros(64 * 64, np.float32)          # the most any valid shape below reads
+p = lambda a: ctypes.c_void_p(a.ctypes.data)
+pointers = lambda *arrays: ctypes.cast((ctypes.c_void_p * 1)(*arrays), ctypes.c_void_p)
 for i in range(int(sys.argv[5])):
-    what = rng.integers(0, 3)
-    if what == 0:       # a damaged checkpoint: bytes changed, cut or repeated
+    what = rng.integers(0, 4)
+    if what == 3:       # output_shapes of random shapes; an array or an entry null at times
+        shape = np.array([rng.integers(-2, 70), *([1, 8, 8] if rng.random() < 0.8 else rng.integers(-1, 10, 3))],
+                         np.int64)
+        if rng.random() < 0.1:
+            shape[rng.integers(0, 4)] = rng.integers(-2**62, 2**62)
+        out, count = np.full(2, -1, np.int64), np.full(1, -1, np.int64)
+        shapes = None if rng.random() < 0.05 else pointers(None if rng.random() < 0.05 else p(shape))
+        outs = None if rng.random() < 0.05 else pointers(None if rng.random() < 0.05 else p(out))
+        s = api.f("output_shapes")(model, shapes, outs, None if rng.random() < 0.2 else p(count))
+        assert s in codes, s
+        if s == 0:
+            assert out.tolist() == [shape[0], 10] and count[0] in (-1, shape[0] * 10), (shape, out, count)
+        else:
+            assert api.error(model) and out.tolist() == [-1, -1] and count[0] == -1
+        calls += 1
+    elif what == 0:     # a damaged checkpoint: bytes changed, cut or repeated
         data = bytearray(files[rng.integers(0, 2)])
         for _ in range(rng.integers(1, 8)):
             data[rng.integers(0, len(data))] = rng.integers(0, 256)
