@@ -1065,3 +1065,23 @@ def test_the_transform_compiled_in_takes_the_data_as_its_source_reads_it(built, 
     api.f("destroy")(model)
     r = dlc("build", ROOT / "examples" / "xor_mlp.dl", "--transform", "-o", tmp_path / "xor", check=False)
     assert r.returncode == 1 and "scales no input: there is no transform to compile in" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_the_pages_program_runs_clean_under_valgrind_with_an_avx2_library(built, tmp_path):
+    """docs/deploy.md: under valgrind, a library built with --target avx2 (which valgrind
+    runs on any x86-64-v3 machine, AVX-512 ones too): no invalid read or write, no use of
+    an uninitialized value, and the outputs of the run without valgrind."""
+    import re
+    _, ckpt = built("digits_cnn")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--target", "avx2", "-o", tmp_path / "lib")
+    blocks = re.findall(r"```(\w*)\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
+    (tmp_path / "main.c").write_text(next(b for k, b in blocks if k == "c" and "int main(" in b))
+    subprocess.run(["cc", "-O2", "main.c", "-Ilib", "-Llib", "-ldigits_cnn", "-Wl,-rpath,$ORIGIN/lib", "-o", "main"],
+                   cwd=tmp_path, check=True)
+    lines = "".join(" ".join(str(int(v)) for v in image.ravel()) + "\n" for image in digits_as_read(3))
+    plain = subprocess.run(["./main", str(ckpt)], input=lines, capture_output=True, text=True, cwd=tmp_path)
+    checked = subprocess.run(["valgrind", "--error-exitcode=9", "-q", "./main", str(ckpt)], input=lines,
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert plain.returncode == 0 and checked.returncode == 0, checked.stderr
+    assert checked.stdout == plain.stdout and len(plain.stdout.splitlines()) == 3
