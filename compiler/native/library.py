@@ -319,7 +319,8 @@ def _training_defines(lib: Library) -> list:
             f"#define DLC_N_SLOTS {len(t.slots)}", f"#define DLC_N_SCALARS {len(t.scalar_names)}",
             f"#define DLC_N_GROUPS {len(t.groups)}", f"#define DLC_N_VALUES {len(train_values(lib))}",
             f"#define DLC_N_STATS {len(_stats(lib))}", f"#define DLC_N_GRADS {len(_grads(lib))}",
-            f"#define DLC_PARAMETER_MAX_RANK {parameter_max_rank(lib)}", f"#define DLC_RNG_BUFFER {rng}", f"#define DLC_SEED {t.seed}", f"#define DLC_PER_EPOCH {t.schedule[0]}",
+            f"#define DLC_PARAMETER_MAX_RANK {parameter_max_rank(lib)}",
+            f"#define DLC_RNG_BUFFER {rng}", f"#define DLC_SEED {t.seed}", f"#define DLC_PER_EPOCH {t.schedule[0]}",
             f"#define DLC_TOTAL {t.schedule[1]}", f"#define DLC_OPTIMIZER {_c_string(t.optimizer)}", f"#define DLC_META {_c_string(t.meta)}",
             "#define DLC_TRAINING_STATE float *flat, *grads, *state[DLC_N_SLOTS + 1]; int32_t *group, key[2]; "
             "double scalars[DLC_N_SCALARS + 1]; void *update[DLC_N_UPDATE_BUFFERS + 1]; "

@@ -3,6 +3,7 @@ the package, by its path or, in a row of its folder, by its file name; the tutor
 the cookbook run as written."""
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -89,16 +90,18 @@ def test_the_deploy_page_shows_the_header_and_the_flags_dlc_build_has():
     build --help`, with what --weights does without --embed-weights."""
     from types import SimpleNamespace
     from dlc.compiler.frontend.loader import load
-    from dlc.compiler.native.library import data_comment, header_constants
+    from dlc.compiler.native.library import data_comment, description, header_constants
     from dlc.runtime.deploy.description import interface
     page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     block = next(b for b in re.findall(r"```c\n(.*?)```", page, re.S) if "typedef struct digits_cnn" in b)
     face = interface(load(ROOT / "examples" / "digits_cnn.dl"), None)
     lib = SimpleNamespace(name="digits_cnn", inputs=[t for t in face.inputs if t.name == "x"], outputs=face.outputs,
-                          transform=False, data=face.data)
+                          transform=False, data=face.data, target="host", weights=None, trainer=None)
     shown = [line for line in block.splitlines() if re.match(r"#define DIGITS_CNN_(INPUT_|OUTPUT_|TRANSFORM)", line)]
     assert shown == header_constants(lib)
     assert " * " + data_comment(lib) in block
+    described = next(line for line in page.splitlines() if line.startswith('{"model": "digits_cnn"'))
+    assert json.loads(described) == json.loads(description(lib))
     out = io.StringIO()
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         main(["build", "--help"])
