@@ -10,17 +10,19 @@ library trains too.
 """
 from __future__ import annotations
 
+import shlex
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.native.codegen import jit
-from dlc.runtime.deploy.library import (Library, ModelIO, c_name, c_source, data_module, embedded_layout, header,
+from dlc.runtime.deploy.library import (Library, c_name, c_source, data_module, embedded_layout, header,
                                          unbound_symbols, where)
 from dlc.compiler.native.memory import linearize
+from dlc.runtime.deploy.description import interface
 from dlc.runtime.deploy.toolchain import find
 
 _V3 = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave"
@@ -44,13 +46,16 @@ class Built:
     target: str
     embedded: bool
     train: bool = False
+    transform: bool = False
 
 
 def build(file: str, out: Path, model: str | None = None, weights: str | None = None, target: str = "host",
           embed: bool = False, precision: str = "f32", toolchain: str = "auto", train: bool = False,
-          overrides: dict | None = None) -> Built:
+          overrides: dict | None = None, transform: bool = False) -> Built:
     """`train`: the library trains too (the train block's step, runtime/deploy/training.py),
-    with `overrides` of the train block's settings (seed, epochs), as dlc train's flags."""
+    with `overrides` of the train block's settings (seed, epochs), as dlc train's flags.
+    `transform`: predict (and train_step) multiply each input by the training data's scale
+    (runtime/deploy/description.py) themselves."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if overrides and not train:
         raise DlcError(f"--{next(iter(overrides))} is a setting of the train step: it goes with --train")
@@ -62,22 +67,16 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     if TARGETS[target] is not None:
         jit.compile_for(*TARGETS[target])
     features = jit.host_cpu()[1].split(",")
-    eval_model = load(file).build(model, training=False)
+    face = interface(load(file), model)
+    eval_model, graph = face.model, face.graph
+    if transform and not any(t.scale != 1.0 for t in face.inputs):
+        raise DlcError(f"--transform: the training data of {eval_model.name} ({face.data or 'no train block data source'})"
+                       " scales no input: there is no transform to compile in")
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
-    from dlc.runtime.engines.reference import predict_graph
-    graph = predict_graph(eval_model)
-    outputs = [ModelIO(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items()
-               if k.startswith("output:")]
-    if not outputs:
-        raise DlcError(f"model {eval_model.name} declares no outputs: add `output name = ...` to build a library")
     program = lower(optimize(graph), precision, pack_weights="once")     # kept packed until a weight is set
     _refuse_host_calls(program)
-    inputs = []
-    for n in graph.nodes_with("input"):
-        name, typ = graph.attrs(n)["name"], graph.types(n)[0]
-        if name in program.inputs:
-            inputs.append(ModelIO(name, typ.dtype, tuple(typ.shape)))
+    inputs, outputs = [t for t in face.inputs if t.name in program.inputs], face.outputs
     params = {p.name: p for p in eval_model.params}
     arrays = None
     if weights:
@@ -91,11 +90,13 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
                   features=[f for f in CHECKED if f"+{f}" in features],
                   uses_amx="+amx-tile" in features,
                   param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
-                  weights={k: arrays[k] for k in program.params} if embed else None)
+                  weights={k: arrays[k] for k in program.params} if embed else None,
+                  known=[p for p in params if p not in program.params], data=face.data, transform=transform)
     lib.module = built.module
     units = [lib]
     if train:
-        lib.trainer = _trainer(lib, file, model, weights if embed else None, overrides)
+        lib.trainer = _trainer(lib, file, model, weights if embed else None, overrides,
+                               {t.name: t.scale for t in face.inputs})
         units.append(lib.trainer)
     for unit in units:
         missing = unbound_symbols(unit)
@@ -120,11 +121,13 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
     (out / "README.md").write_text(_readme(lib, tools, out))
     files = [out / f for f in (f"lib{name}.so", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
-    return Built(name, files, tools.name, target, embed, train)
+    return Built(name, files, tools.name, target, embed, train, transform)
 
 
-def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict) -> Library:
-    """The train step's unit of a --train library (runtime/deploy/training.py); `weights`: to embed."""
+def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict,
+             scales: dict) -> Library:
+    """The train step's unit of a --train library (runtime/deploy/training.py); `weights`: to
+    embed; `scales`: the inputs' (multiplied in with --transform, as predict's)."""
     from dlc.compiler.native.codegen.driver import build_module
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
@@ -139,9 +142,11 @@ def _trainer(lib: Library, file: str, model: str | None, weights: str | None, ov
         from dlc.runtime.interop.weights import load as load_weights
         arrays, _ = load_weights(weights, load(file).build(model, training=True).params)
     name = f"{lib.name}__trainer"
-    unit = Library(name, program, built.arguments, [t for t in inputs if t.name in program.inputs], [],
+    kept = [replace(t, scale=scales.get(t.name, 1.0)) for t in inputs if t.name in program.inputs]
+    unit = Library(name, program, built.arguments, kept, [],
                    *_checks(graph, program), step=f"{name}__dlc_step", target=lib.target, features=lib.features,
-                   uses_amx=lib.uses_amx, param_shapes=shapes, weights=arrays, param_order=order, training=training)
+                   uses_amx=lib.uses_amx, param_shapes=shapes, weights=arrays, param_order=order, training=training,
+                   data=lib.data, transform=lib.transform)
     unit.module, unit.header_name = built.module, lib.name
     return unit
 
@@ -213,7 +218,7 @@ def _pkg_config(lib: Library, tools) -> str:
 
 
 def _readme(lib: Library, tools, out: Path) -> str:
-    n = lib.name
+    n, folder = lib.name, shlex.quote(str(out.resolve()))
     weights = ("The weights are inside the library: `%s_create(&model, NULL)`." % n if lib.weights is not None else
                f"Give `{n}_create` the path of a dlc checkpoint of the model (`dlc train` writes one).")
     trains = (f" It trains too (`--train`): `{n}_train_step`, `{n}_get_parameter`, `{n}_set_parameter`, `{n}_save` "
@@ -223,15 +228,20 @@ def _readme(lib: Library, tools, out: Path) -> str:
 Built by dlc {dlc.__version__} (`dlc build`, target {lib.target}, {tools.name}). The API is in `{n}.h`;
 docs/deploy.md of dlc describes it. {weights}{trains}
 
-Compile and link a C program against the shared library:
+Compile and link a C program against the shared library (the run-time search path is
+this folder's absolute path, so the program finds the library from any working folder;
+with `-Wl,-rpath,'$ORIGIN/PATH'`, PATH the library's folder relative to the program's,
+the two can move together):
 
-    cc -O2 main.c -I{out} -L{out} -l{n} -Wl,-rpath,{out} -o main
+    cc -O2 main.c -I{folder} -L{folder} -l{n} -Wl,-rpath,{folder} -o main
 
 or against the static one (which needs the OpenMP runtime and libm):
 
-    cc -O2 main.c -I{out} {out}/lib{n}.a {' '.join(tools.libs)} -o main
+    cc -O2 main.c -I{folder} {folder}/lib{n}.a {' '.join(tools.libs)} -o main
 
-or with pkg-config: `PKG_CONFIG_PATH={out} pkg-config --cflags --libs {n}`.
+or with pkg-config: `PKG_CONFIG_PATH={folder} pkg-config --cflags --libs {n}`.
+
+What the inputs mean (the training data and its scale) is in `{n}.h` and `{n}_describe()`.
 
 At run time the library needs libc, libm, libpthread and libgomp (GCC's OpenMP runtime),
 nothing of Python, dlc or LLVM.

@@ -1,6 +1,6 @@
 /* The run-time part of a library `dlc build` writes (runtime/deploy/library.py): the
  * same for every model. library.py puts the model's tables before it (the DLC_* macros,
- * SYMBOLS, INPUTS, OUTPUTS, PARAMS, BUFFERS, LIVE, CONSTRAINTS, FAULTS, ARGUMENTS, POLYS, the
+ * SYMBOLS, INPUTS, OUTPUTS, PARAMS, KNOWN, LIMITS, SCALES, BUFFERS, LIVE, CONSTRAINTS, FAULTS, ARGUMENTS, POLYS, the
  * step function, its fault flag and the embedded data) and the public functions after it.
  * Everything here is static: two models linked into one program share nothing.
  *
@@ -34,6 +34,7 @@ typedef struct { const char *name, *descr, *st; int itemsize, rank; const int64_
 typedef struct { int kind, itemsize; int64_t size, data; } dlc_buffer;
 typedef struct { int64_t dim, least; const char *where, *op, *text, *word; } dlc_constraint;
 typedef struct { const char *where, *what; int64_t count; } dlc_fault_site;
+typedef struct { int64_t bound; int ignored; const int64_t *values; } dlc_limit;
 
 struct DLC_INSTANCE {
     char message[1024];
@@ -51,6 +52,8 @@ struct DLC_INSTANCE {
     void *table[DLC_N_BUFFERS + DLC_N_FAULTS + DLC_N_UPDATE_BUFFERS + 1];   /* driver.py's pointer table */
     void *args[DLC_N_ARGUMENTS + 1];
     void *trainer;                       /* a --train library's: the train step's instance (library_train.c) */
+    void *scaled[DLC_N_INPUTS + 1];      /* with the transform inside (DLC_TRANSFORM): each input times its scale */
+    int64_t scaled_count[DLC_N_INPUTS + 1];
 #if DLC_N_UPDATE_BUFFERS
     DLC_TRAINING_STATE                   /* library_train.c: the flat arrays, the step count, the schedule */
 #endif
@@ -79,6 +82,15 @@ static int poly_value(int64_t at, const int64_t *values, int64_t *out) {
     }
     *out = total;
     return 0;
+}
+
+/* text of a file's n bytes at s for a message: at most size - 1 characters, each byte
+ * outside printable ASCII a '?', "..." when cut (a message is text, whatever the file) */
+static void file_text(char *out, size_t size, const void *s, size_t n) {
+    const unsigned char *c = s;
+    size_t k = 0;
+    for (; k < n && k < size - 4; k++) out[k] = c[k] >= ' ' && c[k] < 127 ? (char)c[k] : '?';
+    strcpy(out + k, n > k ? "..." : "");
 }
 
 static void shape_text(char *out, size_t n, const int64_t *shape, int rank) {
@@ -221,8 +233,9 @@ static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const char *labe
         return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: cannot read the .npy header of %s", label);
     if (strncmp(descr + 1, p->descr, dl) || descr[1 + dl] != '\'') {
         const char *end = strchr(descr + 1, '\'');
-        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is %.*s, the model's is %s", label,
-                    end ? (int)(end - descr - 1) : 8, descr + 1, p->descr);
+        char got[32];
+        file_text(got, sizeof got, descr + 1, end ? (size_t)(end - descr - 1) : strnlen(descr + 1, 8));
+        return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is %s, the model's is %s", label, got, p->descr);
     }
     int64_t dims[32];
     int rank = 0;
@@ -355,31 +368,66 @@ static int member_is(const zip_entry *e, const char *prefix, const char *name, c
            (!slot || (s[a + b] == ':' && !memcmp(s + a + b + 1, slot, c - 1))) && !memcmp(s + a + b + c, ".npy", 4);
 }
 
-/* The arrays of the first `count` parameters, "param:NAME.npy", each required; or, with a
- * `slot`, their optimizer state "opt:NAME:SLOT.npy", those there: read into dests[i],
- * found[i] set for each read. */
+/* whether a checkpoint's array `name` (n bytes) is one the model has but this unit does
+ * not read (KNOWN: a parameter no kernel of this step takes) */
+static int known_elsewhere(const unsigned char *name, size_t n) {
+    for (int i = 0; KNOWN[i]; i++)
+        if (n == strlen(KNOWN[i]) && !memcmp(name, KNOWN[i], n)) return 1;
+    return 0;
+}
+
+/* The first array of a checkpoint that is no parameter of the model, kept to be refused
+ * once every parameter was found (a missing one is said first, as dlc predict says it) */
+#define EXTRA_SHOWN 128
+static void note_extra(char *extra, const unsigned char *name, size_t n) {
+    if (!*extra) file_text(extra, EXTRA_SHOWN, name, n);
+}
+
+static int refuse_extra(struct DLC_INSTANCE *m, const char *extra) {
+    return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: does not match the model: unexpected extra %s", extra);
+}
+
+/* whether a zip member is one dlc's checkpoint may hold besides the parameters this unit
+ * reads: "meta.npy", an optimizer state "opt:...", a parameter of the model this unit
+ * does not read ("param:NAME.npy", NAME in KNOWN) */
+static int member_allowed(const zip_entry *e) {
+    const unsigned char *s = e->name;
+    if (e->nlen == 8 && !memcmp(s, "meta.npy", 8)) return 1;
+    if (e->nlen >= 4 && !memcmp(s, "opt:", 4)) return 1;
+    return e->nlen > 10 && !memcmp(s, "param:", 6) && !memcmp(s + e->nlen - 4, ".npy", 4) &&
+           known_elsewhere(s + 6, (size_t)(e->nlen - 10));
+}
+
+/* The arrays of the first `count` parameters, "param:NAME.npy", each required, and no
+ * other array (member_allowed); or, with a `slot`, their optimizer state
+ * "opt:NAME:SLOT.npy", those there: read into dests[i], found[i] set for each read. */
 static int npz_arrays(struct DLC_INSTANCE *m, const source *src, void *const *dests, int *found, const char *slot,
                       int count) {
     uint64_t at = 0, end, entries;
     unsigned char *dir;
+    char extra[EXTRA_SHOWN] = "";
     int status = zip_directory(m, src, &dir, &end, &entries);
     for (uint64_t k = 0; !status && k < entries; k++) {
         zip_entry e;
         if ((status = zip_next(m, dir, &at, end, &e))) break;
+        int matched = 0;
         for (int i = 0; !status && i < count; i++) {
             const dlc_param *p = &PARAMS[i];
             if (!member_is(&e, slot ? "opt:" : "param:", p->name, slot)) continue;
+            matched = 1;
             char label[512];
             snprintf(label, sizeof label, slot ? "optimizer state %s:%s" : "parameter %s", p->name, slot);
             if (found[i]) status = fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s is there twice", label);
             else if (!(status = npy_member(m, src, &e, p, label, dests[i]))) found[i] = 1;
         }
+        if (!status && !slot && !matched && !member_allowed(&e))
+            note_extra(extra, e.name, (size_t)(e.nlen >= 4 && !memcmp(e.name + e.nlen - 4, ".npy", 4) ? e.nlen - 4 : e.nlen));
     }
     free(dir);
     for (int i = 0; !status && !slot && i < count; i++)
         if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s (param:%s in the .npz)",
                                    PARAMS[i].name, PARAMS[i].name);
-    return status;
+    return status || !*extra ? status : refuse_extra(m, extra);
 }
 
 /* ---- safetensors: 8 bytes of header length, a JSON header, the tensors' bytes ---------- */
@@ -422,6 +470,7 @@ static int safetensors_header(struct DLC_INSTANCE *m, const source *src, const c
                               void *const *dests) {
     uint64_t size = src->n - 8 - length;
     int found[DLC_N_PARAMS + 1] = {0};
+    char extra[EXTRA_SHOWN] = "";
     json j = {at, at + length};
     const char *key, *s;
     size_t kn, sn;
@@ -457,12 +506,16 @@ static int safetensors_header(struct DLC_INSTANCE *m, const source *src, const c
                 else if (k == 2) begin = v[0], end = v[1];
             } else return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: a damaged safetensors header");
         } while (take(&j, ',') || (!take(&j, '}') && (j.at = j.end)));      /* the end: the next name fails */
+        if (p < 0 && !meta && !known_elsewhere((const unsigned char *)key, kn))
+            note_extra(extra, (const unsigned char *)key, kn);
         if (p < 0) continue;
         const dlc_param *q = &PARAMS[p];
         if (found[p]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is there twice", q->name);
-        if (!dtype || !same(dtype, dn, q->st))
-            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is %.*s, the model's is %s", q->name,
-                        dtype ? (int)(dn < 16 ? dn : 16) : 1, dtype ? dtype : "?", q->st);
+        if (!dtype || !same(dtype, dn, q->st)) {
+            char got[32];
+            file_text(got, sizeof got, dtype ? dtype : "?", dtype ? dn : 1);
+            return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is %s, the model's is %s", q->name, got, q->st);
+        }
         int fits = rank == q->rank;
         for (int i = 0; fits && i < rank; i++) fits = shape[i] == q->shape[i];
         if (!fits) {
@@ -479,7 +532,7 @@ static int safetensors_header(struct DLC_INSTANCE *m, const source *src, const c
     } while (take(&j, ',') || (!take(&j, '}') && (j.at = j.end)));
     for (int i = 0; i < DLC_N_PARAMS; i++)
         if (!found[i]) return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: no parameter %s", PARAMS[i].name);
-    return DLC_OK;
+    return *extra ? refuse_extra(m, extra) : DLC_OK;
 }
 
 /* the parameters of a .safetensors file (`first`: its first 8 bytes) into dests */
@@ -580,6 +633,7 @@ static void release(struct DLC_INSTANCE *m) {
     free(m->weights);
     free(m->arena);
     free(m->packs);
+    for (int i = 0; i < DLC_N_INPUTS; i++) free(m->scaled[i]);
     free(m);
 }
 
@@ -681,16 +735,14 @@ static int lay_out(struct DLC_INSTANCE *m, const int64_t *values) {
     return DLC_OK;
 }
 
-/* Bind the symbols' values from the inputs' shapes, checking every input and the size
- * constraints; then lay the buffers out for them. */
-static int bind_inputs(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
-                       int64_t *values) {
+/* Bind the symbols' values from the inputs' shapes, checking every shape (never reading
+ * more than an input's rank of dims) and the size constraints. */
+static int bind_shapes(struct DLC_INSTANCE *m, const int64_t *const *shapes, int64_t *values) {
     int bound[DLC_N_SYMBOLS + 1] = {0};
     char got[512];
     for (int i = 0; i < DLC_N_INPUTS; i++) {
         const dlc_input *in = &INPUTS[i];
-        if (!inputs[i] || !shapes[i])
-            return fail(m, DLC_ERROR_ARGUMENT, "input '%s' (%s): a null pointer", in->name, in->type);
+        if (!shapes[i]) return fail(m, DLC_ERROR_ARGUMENT, "input '%s' (%s): a null pointer", in->name, in->type);
         for (int a = 0; a < in->rank; a++) {
             int64_t d = shapes[i][a];
             int s = in->dims[a].symbol;
@@ -728,9 +780,88 @@ static int bind_inputs(struct DLC_INSTANCE *m, const void *const *inputs, const 
             return fail(m, DLC_ERROR_SHAPE, "%s: error: the inputs are too %s for this %s: it needs %s", CONSTRAINTS[c].where,
                         CONSTRAINTS[c].word, CONSTRAINTS[c].op, CONSTRAINTS[c].text);
     }
-    int status = lay_out(m, values);
-    if (status) return status;
-    for (int i = 0; i < DLC_N_INPUTS; i++) m->table[INPUTS[i].buffer] = (void *)inputs[i];
+    return DLC_OK;
+}
+
+static int64_t input_count(int i, const int64_t *const *shapes) {
+    int64_t count = 1;
+    for (int a = 0; a < INPUTS[i].rank; a++) count *= shapes[i][a];       /* bound by bind_shapes */
+    return count;
+}
+
+/* Every integer input within what the model takes (LIMITS), as dlc predict and dlc train
+ * check their data: an id beyond a one_hot's classes or a loss's would be no class,
+ * silently, not an error (a gather checks its own index). The shapes are bind_shapes's. */
+static int check_limits(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes) {
+    for (int i = 0; i < DLC_N_INPUTS; i++) {
+        const dlc_limit *l = &LIMITS[i];
+        int64_t count = l->bound >= 0 ? input_count(i, shapes) : 0;
+        for (int64_t k = 0; k < count; k++) {
+            int64_t v = INPUTS[i].itemsize == 8 ? ((const int64_t *)inputs[i])[k] : ((const int32_t *)inputs[i])[k];
+            int ignored = 0;
+            for (int j = 0; j < l->ignored; j++) ignored |= v == l->values[j];
+            if ((v < 0 || v >= l->bound) && !ignored)
+                return fail(m, DLC_ERROR_INDEX, "input '%s' holds %lld (element %lld), but the model takes 0 to %lld "
+                            "there", INPUTS[i].name, (long long)v, (long long)k, (long long)(l->bound - 1));
+        }
+    }
+    return DLC_OK;
+}
+
+/* An input as the step takes it: with the transform inside (dlc build --transform), the
+ * caller's values times the training data's scale (SCALES: a float input's), in the
+ * input's type as the data sources scale 8-bit images, into the instance's own copy; else
+ * the caller's array itself. */
+static int step_input(struct DLC_INSTANCE *m, int i, const void *input, const int64_t *const *shapes) {
+#if DLC_TRANSFORM
+    if (SCALES[i] != 1.0) {
+        int64_t count = input_count(i, shapes);
+        if (count > m->scaled_count[i]) {
+            void *bigger = malloc((size_t)count * (size_t)INPUTS[i].itemsize);
+            if (!bigger) return fail(m, DLC_ERROR_MEMORY, "out of memory for input '%s' scaled", INPUTS[i].name);
+            free(m->scaled[i]);
+            m->scaled[i] = bigger, m->scaled_count[i] = count;
+        }
+        if (INPUTS[i].itemsize == 8) {
+            const double *raw = input;
+            double *out = m->scaled[i];
+            for (int64_t k = 0; k < count; k++) out[k] = raw[k] * SCALES[i];
+        } else {
+            const float *raw = input, scale = (float)SCALES[i];
+            float *out = m->scaled[i];
+            for (int64_t k = 0; k < count; k++) out[k] = raw[k] * scale;
+        }
+        input = m->scaled[i];
+    }
+#else
+    (void)shapes;
+#endif
+    m->table[INPUTS[i].buffer] = (void *)input;
+    return DLC_OK;
+}
+
+/* The inputs bound (bind_shapes), their ids checked (check_limits), the buffers laid out
+ * for their sizes and the inputs in the pointer table. */
+static int bind_inputs(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
+                       int64_t *values) {
+    for (int i = 0; i < DLC_N_INPUTS; i++)
+        if (!inputs[i]) return fail(m, DLC_ERROR_ARGUMENT, "input '%s' (%s): a null pointer", INPUTS[i].name, INPUTS[i].type);
+    int status = bind_shapes(m, shapes, values);
+    if (!status) status = check_limits(m, inputs, shapes);
+    if (!status) status = lay_out(m, values);
+    for (int i = 0; !status && i < DLC_N_INPUTS; i++) status = step_input(m, i, inputs[i], shapes);
+    return status;
+}
+
+/* Output o's shape (its rank of dims) and element count for the bound symbols' values */
+static int output_shape(struct DLC_INSTANCE *m, int o, const int64_t *values, int64_t *shape, int64_t *count) {
+    const dlc_output *out = &OUTPUTS[o];
+    *count = 1;
+    for (int a = 0; a < out->rank; a++)
+        if (poly_value(out->dims[a], values, &shape[a]) || __builtin_mul_overflow(*count, shape[a], count) ||
+            *count > MOST_BYTES)
+            return fail(m, DLC_ERROR_MEMORY, "output '%s' would have more elements than this library allocates",
+                        out->name);
     return DLC_OK;
 }
 
@@ -764,11 +895,7 @@ static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int6
     int64_t oshape[DLC_N_OUTPUTS + 1][16], ocount[DLC_N_OUTPUTS + 1];
     for (int o = 0; o < DLC_N_OUTPUTS; o++) {
         const dlc_output *out = &OUTPUTS[o];
-        ocount[o] = 1;
-        for (int a = 0; a < out->rank; a++) {
-            poly_value(out->dims[a], values, &oshape[o][a]);      /* a buffer's size: checked by lay_out */
-            ocount[o] *= oshape[o][a];
-        }
+        if ((status = output_shape(m, o, values, oshape[o], &ocount[o]))) return status;
         if (!outputs[o] || !output_shapes[o])
             return fail(m, DLC_ERROR_ARGUMENT, "output '%s': a null pointer", out->name);
         if (capacities[o] < ocount[o]) {
@@ -782,6 +909,29 @@ static int predict(struct DLC_INSTANCE *m, const void *const *inputs, const int6
     for (int o = 0; o < DLC_N_OUTPUTS; o++) {
         memcpy(outputs[o], m->table[OUTPUTS[o].buffer], (size_t)(ocount[o] * OUTPUTS[o].itemsize));
         memcpy(output_shapes[o], oshape[o], sizeof(int64_t) * (size_t)OUTPUTS[o].rank);
+    }
+    return DLC_OK;
+}
+
+/* The outputs' shapes and element counts for inputs of these shapes: nothing is run, no
+ * memory is allocated; written only on success (counts: unless NULL). */
+static int outputs_for(struct DLC_INSTANCE *m, const int64_t *const *shapes, int64_t *const *output_shapes,
+                       int64_t *counts) {
+    if (!m) return DLC_ERROR_ARGUMENT;
+    if (m->status) return m->status;
+    m->message[0] = 0;
+    if ((DLC_N_INPUTS && !shapes) || (DLC_N_OUTPUTS && !output_shapes))
+        return fail(m, DLC_ERROR_ARGUMENT, "output_shapes: an array of shapes is a null pointer");
+    int64_t values[DLC_N_SYMBOLS + 1] = {0}, oshape[DLC_N_OUTPUTS + 1][16], ocount[DLC_N_OUTPUTS + 1];
+    int status = bind_shapes(m, shapes, values);
+    for (int o = 0; !status && o < DLC_N_OUTPUTS; o++) {
+        if (!output_shapes[o]) return fail(m, DLC_ERROR_ARGUMENT, "output '%s': a null pointer", OUTPUTS[o].name);
+        status = output_shape(m, o, values, oshape[o], &ocount[o]);
+    }
+    if (status) return status;
+    for (int o = 0; o < DLC_N_OUTPUTS; o++) {
+        memcpy(output_shapes[o], oshape[o], sizeof(int64_t) * (size_t)OUTPUTS[o].rank);
+        if (counts) counts[o] = ocount[o];
     }
     return DLC_OK;
 }

@@ -17,11 +17,15 @@ the train functions of its header, `_train_header`):
                      <each output: T *y, int64_t y_capacity, int64_t y_shape[rank]>);
     int NAME_predict_arrays(NAME *model, const void *const inputs[], const int64_t *const shapes[],
                             void *const outputs[], const int64_t capacities[], int64_t *const output_shapes[]);
+    int NAME_output_shapes(NAME *model, const int64_t *const shapes[], int64_t *const output_shapes[],
+                           int64_t counts[]);
+    const char *NAME_describe(void);                              the inputs, outputs and data, as JSON
 
 docs/deploy.md is the user's side of it.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,12 +56,14 @@ ALIGN = 64
 @dataclass
 class ModelIO:
     """An input or output of the model: its name, dtype and shape (dims); for an integer
-    input of the train step, `limits`: dlc train's (the values it takes below, the values
-    it ignores: runtime/training/inputs.index_limits)."""
+    input, `limits`: dlc predict's and dlc train's (the values it takes below, the values
+    it ignores: runtime/training/inputs.index_limits); for an input, `scale`: what the
+    training data's values were multiplied by (runtime/deploy/description.py)."""
     name: str
     dtype: str
     shape: tuple
     limits: tuple = (None, [])
+    scale: float = 1.0
 
     @property
     def type(self) -> str:
@@ -89,6 +95,9 @@ class Library:
     trainer: "Library | None" = None    # a --train library's predict unit: the train step's unit
     module: object = None               # its step module (driver.StepModule.module), which build.py sets
     header_name: str = ""               # the header it includes (default: its own name's)
+    known: list = field(default_factory=list)  # the model's parameters a checkpoint holds that this unit does not read
+    data: str | None = None             # the train block's data, every argument written (description.py)
+    transform: bool = False             # predict multiplies each input by its scale (dlc build --transform)
 
     @property
     def param_names(self) -> list:
@@ -221,7 +230,7 @@ def c_source(lib: Library) -> str:
            f"#define DLC_WEIGHTS_READY {-1 if p.weights_ready is None else p.weights_ready}",
            f"#define DLC_N_CONSTRAINTS {len(lib.constraints)}",
            f"#define DLC_EMBEDDED {int(lib.weights is not None)}", f"#define DLC_USES_AMX {int(lib.uses_amx)}",
-           f"#define DLC_TARGET {_c_string(lib.target)}",
+           f"#define DLC_TARGET {_c_string(lib.target)}", f"#define DLC_TRANSFORM {int(lib.transform)}",
            f"#define DLC_STEP {lib.step}",
            f"#define DLC_WEIGHTS {n}__weights", f"#define DLC_CONSTS {n}__consts",
            "#include <stdint.h>",
@@ -260,6 +269,13 @@ def c_source(lib: Library) -> str:
                       f"SHAPE{k}, {int(np.prod(shape, dtype=np.int64))}, "
                       f"{weight_offsets[k] if weight_offsets else 0}, {bid}}}")
     body.append(f"static const dlc_param PARAMS[] = {{{', '.join(params) or '{0}'}}};")
+    body.append(f"static const char *const KNOWN[] = {{{''.join(_c_string(k) + ', ' for k in lib.known)}NULL}};")
+    for k, x in enumerate(lib.inputs):
+        body.append(f"static const int64_t IGNORED{k}[] = {{{', '.join(map(str, x.limits[1])) or '0'}}};")
+    body.append("static const dlc_limit LIMITS[] = {" + ", ".join(
+        f"{{{-1 if x.limits[0] is None else x.limits[0]}, {len(x.limits[1])}, IGNORED{k}}}"
+        for k, x in enumerate(lib.inputs)) + (" {0}" if not lib.inputs else "") + "};")
+    body.append(f"static const double SCALES[] = {{{', '.join(float(x.scale).hex() for x in lib.inputs) or '0'}}};")
     buffers = []
     for b in p.buffers:
         data = param_index.get(b.id, 0) if b.role == "param" else const_offsets.get(b.id, 0)
@@ -303,11 +319,17 @@ def _training_defines(lib: Library) -> list:
             f"#define DLC_N_SLOTS {len(t.slots)}", f"#define DLC_N_SCALARS {len(t.scalar_names)}",
             f"#define DLC_N_GROUPS {len(t.groups)}", f"#define DLC_N_VALUES {len(train_values(lib))}",
             f"#define DLC_N_STATS {len(_stats(lib))}", f"#define DLC_N_GRADS {len(_grads(lib))}",
+            f"#define DLC_PARAMETER_MAX_RANK {parameter_max_rank(lib)}",
             f"#define DLC_RNG_BUFFER {rng}", f"#define DLC_SEED {t.seed}", f"#define DLC_PER_EPOCH {t.schedule[0]}",
             f"#define DLC_TOTAL {t.schedule[1]}", f"#define DLC_OPTIMIZER {_c_string(t.optimizer)}", f"#define DLC_META {_c_string(t.meta)}",
             "#define DLC_TRAINING_STATE float *flat, *grads, *state[DLC_N_SLOTS + 1]; int32_t *group, key[2]; "
             "double scalars[DLC_N_SCALARS + 1]; void *update[DLC_N_UPDATE_BUFFERS + 1]; "
             "int64_t steps, per_epoch, total; int32_t seed;"]
+
+
+def parameter_max_rank(lib: Library) -> int:
+    """The largest rank of a parameter (at least 1): set_parameter reads no more dims."""
+    return max([len(lib.param_shapes[name]) for name in lib.param_names] + [1])
 
 
 def _count(shape) -> int:
@@ -353,7 +375,6 @@ def _training_tables(lib: Library) -> list:
             "typedef struct { int64_t at, count; int32_t group; } dlc_group;",
             "typedef struct { const char *name; int buffer; } dlc_value;",
             "typedef struct { int param, buffer; } dlc_param_buffer;",
-            "typedef struct { int64_t bound; int ignored; const int64_t *values; } dlc_limit;",
             f"static const int64_t FLAT_AT[] = {{{', '.join(map(str, offsets)) or '0'}}};",
             f"static const char *const SLOTS[] = {{{', '.join(map(_c_string, t.slots)) or '0'}}};"]
     used, rows = touched(t.update), []
@@ -374,11 +395,6 @@ def _training_tables(lib: Library) -> list:
         else:       # what the update computes on the way: the gradient's norm
             rows.append(f"{{UPDATE_TEMP, 0, {max(1, int(b.size)) * ITEMSIZE[b.dtype]}, 0}}")
     body.append(f"static const dlc_update UPDATE[] = {{{', '.join(rows)}}};")
-    for k, x in enumerate(lib.inputs):
-        body.append(f"static const int64_t IGNORED{k}[] = {{{', '.join(map(str, x.limits[1])) or '0'}}};")
-    body.append("static const dlc_limit LIMITS[] = {" + ", ".join(
-        f"{{{-1 if x.limits[0] is None else x.limits[0]}, {len(x.limits[1])}, IGNORED{k}}}"
-        for k, x in enumerate(lib.inputs)) + (" {0}" if not lib.inputs else "") + "};")
     body.append("static const dlc_group GROUPS[] = {" + ", ".join(f"{{{a}, {c}, {g}}}" for a, c, g in t.groups)
                 + (" {0}" if not t.groups else "") + "};")
     body.append("static const dlc_value VALUES[] = {" + ", ".join(
@@ -439,6 +455,11 @@ def api(lib: Library) -> str:
         void *const outputs[], const int64_t capacities[], int64_t *const output_shapes[]) {{
     return predict(model, inputs, shapes, outputs, capacities, output_shapes);
 }}
+{v} int {n}_output_shapes({n} *model, const int64_t *const shapes[], int64_t *const output_shapes[],
+        int64_t counts[]) {{
+    return outputs_for(model, shapes, output_shapes, counts);
+}}
+{v} const char *{n}_describe(void) {{ return {_c_string(description(lib))}; }}
 {v} int {n}_predict({n} *model, {", ".join(_predict_params(lib))}) {{
     const void *inputs[] = {{{ins}}};
     const int64_t *shapes[] = {{{shapes}}};
@@ -559,7 +580,7 @@ def _train_header(lib: Library) -> str:
                        for k, (name, _) in enumerate(values))
     inputs = ", ".join(f"{x.name}: {x.type}" for x in t.inputs)
     params = "\n".join(f" *   {name}: f32{list(t.param_shapes[name])}" for name in t.param_names)
-    rank = max([len(t.param_shapes[name]) for name in t.param_names] + [1])
+    rank = parameter_max_rank(t)
     return f"""
 /* ---- training (dlc build --train) ----
  * parameters (every one f32; the first {t.training.trained} trained):
@@ -591,9 +612,7 @@ def header(lib: Library, version: str) -> str:
     status = "\n".join(f"    {code} = {k},{' ' * (20 - len(code))}/* {what} */" for k, (code, what) in enumerate(STATUS))
     inputs = "\n".join(f" *   {t.name}: {t.type}" for t in lib.inputs)
     outputs = "\n".join(f" *   {t.name}: {t.type}" for t in lib.outputs)
-    ranks = "\n".join([f"#define {n.upper()}_INPUT_{c_name(t.name).upper()}_RANK {len(t.shape)}" for t in lib.inputs]
-                      + [f"#define {n.upper()}_OUTPUT_{c_name(t.name).upper()}_RANK {len(t.shape)}"
-                         for t in lib.outputs])
+    constants = "\n".join(header_constants(lib))
     embedded = ("its weights are inside: give NULL (or a checkpoint's path to use that instead)"
                 if lib.weights is not None else "give the path of a dlc checkpoint (.npz) or .safetensors file of the model")
     return f"""/* {n}.h: the C API of model {n}, built by dlc {version} (`dlc build`) for the
@@ -603,6 +622,7 @@ def header(lib: Library, version: str) -> str:
 {inputs}
  * outputs:
 {outputs}
+ * {data_comment(lib)}
  *
  * Every function returns a status code; after a failure, {n}_error(model) says what was
  * wrong. An instance is used by one thread at a time; instances are independent and run
@@ -625,7 +645,7 @@ enum {{
 typedef struct {n} {n};
 #define {n.upper()}_INPUTS {len(lib.inputs)}
 #define {n.upper()}_OUTPUTS {len(lib.outputs)}
-{ranks}
+{constants}
 
 /* A model instance in *model. checkpoint: {embedded}. On failure *model is an instance
  * that holds the message ({n}_error) and fails every call: destroy it. */
@@ -643,9 +663,70 @@ int {n}_predict({n} *model, {(","  + chr(10) + "        ").join(_predict_params(
 /* The same with arrays, in the order above. */
 int {n}_predict_arrays({n} *model, const void *const inputs[], const int64_t *const shapes[],
                        void *const outputs[], const int64_t capacities[], int64_t *const output_shapes[]);
+/* The shape each output would have for inputs of these shapes (arrays in the order above),
+ * and its element count in counts (unless NULL): nothing is run. */
+int {n}_output_shapes({n} *model, const int64_t *const shapes[], int64_t *const output_shapes[], int64_t counts[]);
+/* The inputs, outputs and training data described above, as one JSON object (static text). */
+const char *{n}_describe(void);
 {_train_header(lib)}
 #ifdef __cplusplus
 }}
 #endif
 #endif
 """
+
+
+def header_constants(lib: Library) -> list:
+    """The header's lines of constants of every input and output (_io_constants), and
+    whether predict scales the inputs itself: docs/deploy.md shows them."""
+    return ([line for t in lib.inputs for line in _io_constants(lib, t, "INPUT")]
+            + [line for t in lib.outputs for line in _io_constants(lib, t, "OUTPUT")]
+            + [f"#define {lib.name.upper()}_TRANSFORM {int(lib.transform)}   /* 1: predict multiplies each input by "
+               "its _SCALE itself (--transform) */"])
+
+
+def _io_constants(lib: Library, t: ModelIO, kind: str) -> list:
+    """An input's or output's constants in the header: its rank, its dims (-1 for a dim
+    bound at each call), each fixed dim alone; an input's scale (float) or its ids' bound
+    (integer, when the model limits them)."""
+    prefix = f"{lib.name.upper()}_{kind}_{c_name(t.name).upper()}"
+    fixed = [isinstance(d, int) for d in t.shape]
+    symbolic = ", ".join(f"dim {k}: {d}" for k, d in enumerate(t.shape) if not fixed[k])
+    lines = [f"#define {prefix}_RANK {len(t.shape)}",
+             f"#define {prefix}_DIMS {{{', '.join(str(d) if f else '-1' for d, f in zip(t.shape, fixed))}}}"
+             + (f"   /* -1: given at each call ({symbolic}) */" if symbolic else "")]
+    lines += [f"#define {prefix}_DIM_{k} {d}" for k, d in enumerate(t.shape) if fixed[k]]
+    if kind == "INPUT" and t.dtype in ("f32", "f64"):
+        lines.append(f"#define {prefix}_SCALE {float(t.scale)!r}   /* the training data's {t.name}: its values times this */")
+    if kind == "INPUT" and t.limits[0] is not None:
+        lines.append(f"#define {prefix}_IDS {t.limits[0]}   /* its values: 0 to {t.limits[0] - 1}"
+                     + (f", or {', '.join(map(str, t.limits[1]))} (ignored)" if t.limits[1] else "") + " */")
+    return lines
+
+
+def data_comment(lib: Library) -> str:
+    """The header's words on the training data and its transform."""
+    if lib.data is None:
+        return "trained on: not said (the model's file has no train block with a data source)"
+    scaled = [t for t in lib.inputs if t.scale != 1.0]
+    what = "; ".join(f"its {t.name} is the source's values times {float(t.scale)!r}" for t in scaled)
+    feed = ("predict multiplies by that itself (built with --transform): give the source's values"
+            if lib.transform else "give predict the values so scaled (or build with --transform)")
+    return f"trained on: {lib.data}" + (f"\n *   {what}: {feed}" if scaled else " (no scale)")
+
+
+def description(lib: Library) -> str:
+    """NAME_describe's JSON: the inputs and outputs (name, dtype, shape: a number or the dim's
+    text), each input's scale and ids, the training data and whether predict applies the
+    scale itself."""
+    def io(t: ModelIO, kind: str) -> dict:
+        d = {"name": t.name, "dtype": t.dtype, "shape": [d if isinstance(d, int) else str(d) for d in t.shape]}
+        if kind == "input":
+            d["scale"] = float(t.scale)
+            d["ids"] = None if t.limits[0] is None else {"below": t.limits[0], "ignored": list(t.limits[1])}
+        return d
+    return json.dumps({"model": lib.name, "target": lib.target,
+                       "weights": "embedded" if lib.weights is not None else "checkpoint",
+                       "trains": lib.trainer is not None, "data": lib.data, "transform": lib.transform,
+                       "inputs": [io(t, "input") for t in lib.inputs],
+                       "outputs": [io(t, "output") for t in lib.outputs]})

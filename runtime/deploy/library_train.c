@@ -130,26 +130,6 @@ static int param_named(const char *name) {
     return -1;
 }
 
-/* Every integer input within what the model takes (LIMITS), as dlc train checks its data: a
- * class beyond a loss's would be no class, silently, not an error (only a gather checks its
- * index). The shapes are bind_inputs's, checked. */
-static int check_limits(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes) {
-    for (int i = 0; i < DLC_N_INPUTS; i++) {
-        const dlc_limit *l = &LIMITS[i];
-        int64_t count = 1;
-        for (int a = 0; l->bound >= 0 && a < INPUTS[i].rank; a++) count *= shapes[i][a];
-        for (int64_t k = 0; l->bound >= 0 && k < count; k++) {
-            int64_t v = INPUTS[i].itemsize == 8 ? ((const int64_t *)inputs[i])[k] : ((const int32_t *)inputs[i])[k];
-            int ignored = 0;
-            for (int j = 0; j < l->ignored; j++) ignored |= v == l->values[j];
-            if ((v < 0 || v >= l->bound) && !ignored)
-                return fail(m, DLC_ERROR_INDEX, "input '%s' holds %lld (element %lld), but the model takes 0 to %lld "
-                            "there", INPUTS[i].name, (long long)v, (long long)k, (long long)(l->bound - 1));
-        }
-    }
-    return DLC_OK;
-}
-
 static int train_step(struct DLC_INSTANCE *m, const void *const *inputs, const int64_t *const *shapes,
                       double *values, int64_t capacity) {
     if (m->status) return m->status;
@@ -161,7 +141,6 @@ static int train_step(struct DLC_INSTANCE *m, const void *const *inputs, const i
                     DLC_N_VALUES, (long long)capacity);
     int64_t sizes[DLC_N_SYMBOLS + 1] = {0};
     int status = bind_inputs(m, inputs, shapes, sizes);
-    if (!status) status = check_limits(m, inputs, shapes);
     if (status) return status;
     for (int g = 0; g < DLC_N_GRADS; g++) m->table[GRADS[g].buffer] = m->grads + FLAT_AT[GRADS[g].param];
 #if DLC_RNG_BUFFER >= 0
@@ -214,12 +193,15 @@ static int set_parameter(struct DLC_INSTANCE *m, const char *name, const float *
     int status = check_parameter(m, "set_parameter", name, data);
     if (status) return status;
     const dlc_param *p = &PARAMS[param_named(name)];
+    if (rank < 0 || rank > DLC_PARAMETER_MAX_RANK)         /* before a dim is read: shape holds at most that many */
+        return fail(m, DLC_ERROR_SHAPE, "set_parameter: rank %d; %s has rank %d (give 0 to %d)", rank, name, p->rank,
+                    DLC_PARAMETER_MAX_RANK);
     if (!shape && rank) return fail(m, DLC_ERROR_ARGUMENT, "set_parameter: a null shape");
     int same = rank == p->rank;
     for (int a = 0; same && a < rank; a++) same = shape[a] == p->shape[a];
     if (!same) {
         char got[256], want[256];
-        shape_text(got, sizeof got, shape, rank < 0 ? 0 : rank < 16 ? rank : 16);
+        shape_text(got, sizeof got, shape, rank);
         shape_text(want, sizeof want, p->shape, p->rank);
         return fail(m, DLC_ERROR_SHAPE, "set_parameter: %s has shape %s, got %s", name, want, got);
     }

@@ -87,7 +87,8 @@ def train_parts(file: str, model: str | None, overrides: dict):
     from dlc.compiler.passes.autodiff import train_step
     from dlc.compiler.ir.dims import numel
     from dlc.runtime.training.config import batch_statistics, run_length, trained_names
-    from dlc.runtime.training.inputs import index_limits, prepare_data
+    from dlc.runtime.deploy.description import input_limits
+    from dlc.runtime.training.inputs import prepare_data
     from dlc.runtime.training.trainer import Trainer, epoch_bounds
     from dlc.runtime.interop.checkpoint import FORMAT
     import dlc
@@ -133,7 +134,6 @@ def train_parts(file: str, model: str | None, overrides: dict):
     for v in graph.nodes_with("input"):
         name, typ = graph.attrs(v)["name"], graph.types(v)[0]
         if name != "rng":       # an integer input's limits: dlc train's, which train_step checks too
-            limits = index_limits(tm, name) if typ.dtype in ("i32", "i64") else (None, [])
-            inputs.append(ModelIO(name, typ.dtype, tuple(typ.shape), limits))
+            inputs.append(ModelIO(name, typ.dtype, tuple(typ.shape), input_limits(tm, name, typ.dtype)))
     shapes = {p.name: tuple(int(d) for d in p.type.shape) for p in tm.params}
     return graph, cfg.precision, training, order, shapes, inputs

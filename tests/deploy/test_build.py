@@ -76,9 +76,17 @@ def test_c_prediction_is_dlc_predict_bit_for_bit(built, model, tmp_path):
         assert got.tobytes() == np.ascontiguousarray(want, np.float32).tobytes(), (model, batch)
 
 
+def digits_as_read(count: int) -> np.ndarray:
+    """The first `count` images of the digits data set as it holds them (pixels 0 to 16)."""
+    from dlc.runtime.data.images import digits
+    return digits(ROOT, scale=1).columns["x"][:count]
+
+
 def test_the_pages_build_and_programs_as_written(built, tmp_path):
     """docs/deploy.md's `dlc build` and what it says, its C and C++ programs compiled with
-    its own lines (shared, static; c++), and their runs."""
+    its own lines (shared, static; c++), and their runs from another folder: the C
+    program, written from the page alone (the header's constants, output_shapes, the
+    training data's scale), prints what dlc predict gives for the same digits, bit for bit."""
     import re
     page = (ROOT / "docs" / "deploy.md").read_text()
     blocks = re.findall(r"```(\w*)\n(.*?)```", page, re.S)
@@ -91,17 +99,28 @@ def test_the_pages_build_and_programs_as_written(built, tmp_path):
     assert r.returncode == 0, r.stderr
     assert re.sub(r"\(/[^)]*\)", "(CC)", r.stdout).splitlines() == [re.sub(r"\(/[^)]*\)", "(CC)", line)
                                                                       for line in said[2:]]
-    (tmp_path / "main.c").write_text(next(b for k, b in blocks if k == "c" and "int main(void)" in b))
+    (tmp_path / "main.c").write_text(next(b for k, b in blocks if k == "c" and "int main(" in b))
+    raw = digits_as_read(5)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(built("digits_cnn")[1])
+    want = engine.predict({"x": raw * np.float32(1 / 16)}, 5)["probs"]
+    lines_in = "".join(" ".join(str(int(v)) for v in image.ravel()) + "\n" for image in raw)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     cpp = next(b for k, b in blocks if k == "cpp")
-    (tmp_path / "main.cpp").write_text(cpp + "#include <cstdio>\nint main() {\n    Model m(\"runs/digits/best.npz\");\n"
+    (tmp_path / "main.cpp").write_text(cpp + "#include <cstdio>\nint main(int, char **argv) {\n    Model m(argv[1]);\n"
                                        "    std::printf(\"%g\\n\", m.predict(std::vector<float>(64 * 3), 3)[0]);\n}\n")
     lines = [b.splitlines() for k, b in blocks if not k and b.startswith("cc -O2 main.c")][0]
     lines += [b.strip() for k, b in blocks if not k and b.startswith("c++ -O2 main.cpp")]
     assert len(lines) == 3
     for line in lines:
         subprocess.run(line.split("#")[0], shell=True, cwd=tmp_path, check=True)
-        run = subprocess.run(["./main"], capture_output=True, text=True, cwd=tmp_path)
+        c = line.startswith("cc")
+        run = subprocess.run(["../main", "../runs/digits/best.npz"], capture_output=True, text=True, cwd=elsewhere,
+                             input=lines_in if c else None)
         assert run.returncode == 0 and run.stdout.strip(), (line, run.stderr)
+        if c:
+            got = np.array([[float(v) for v in row.split()] for row in run.stdout.splitlines()], np.float32)
+            assert got.tobytes() == np.ascontiguousarray(want, np.float32).tobytes(), line
 
 
 @pytest.mark.parametrize("threads", [2, 8])
@@ -121,7 +140,8 @@ def test_one_instance_per_thread(built, tmp_path, threads):
 # what a library may need at run time: libc, libm, libpthread, libgomp
 RUN_TIME = {"linux-vdso.so.1", "libgomp.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0",
             "/lib64/ld-linux-x86-64.so.2"}
-PREDICT_API = ("create", "create_from_memory", "destroy", "error", "predict", "predict_arrays", "set_threads")
+PREDICT_API = ("create", "create_from_memory", "describe", "destroy", "error", "output_shapes", "predict",
+               "predict_arrays", "set_threads")
 
 
 def needs_and_exports(so: Path) -> tuple:
@@ -345,8 +365,7 @@ def test_an_index_out_of_range_is_an_error_at_the_line(built):
     x = np.full((2, 10), 5000, np.int32)
     status, _, _ = api.predict(model, x, x.shape, 20)
     assert status == STATUS["DLC_ERROR_INDEX"]
-    assert api.error(model).endswith("error: gather: index out of range [0, 1000)")
-    assert "transformer_classifier.dl:" in api.error(model)
+    assert api.error(model) == "input 'tokens' holds 5000 (element 0), but the model takes 0 to 999 there"
     x = np.zeros((1, 100), np.int32)        # longer than its 64 learned positions (P[0:T])
     status, _, _ = api.predict(model, x, x.shape, 10)
     assert status == STATUS["DLC_ERROR_SHAPE"]
@@ -469,9 +488,26 @@ for good in files:
     api.f("destroy")(model)
 status, model = api.create(data=files[0])
 room = np.zeros(64 * 64, np.float32)          # the most any valid shape below reads
+p = lambda a: ctypes.c_void_p(a.ctypes.data)
+pointers = lambda *arrays: ctypes.cast((ctypes.c_void_p * 1)(*arrays), ctypes.c_void_p)
 for i in range(int(sys.argv[5])):
-    what = rng.integers(0, 3)
-    if what == 0:       # a damaged checkpoint: bytes changed, cut or repeated
+    what = rng.integers(0, 4)
+    if what == 3:       # output_shapes of random shapes; an array or an entry null at times
+        shape = np.array([rng.integers(-2, 70), *([1, 8, 8] if rng.random() < 0.8 else rng.integers(-1, 10, 3))],
+                         np.int64)
+        if rng.random() < 0.1:
+            shape[rng.integers(0, 4)] = rng.integers(-2**62, 2**62)
+        out, count = np.full(2, -1, np.int64), np.full(1, -1, np.int64)
+        shapes = None if rng.random() < 0.05 else pointers(None if rng.random() < 0.05 else p(shape))
+        outs = None if rng.random() < 0.05 else pointers(None if rng.random() < 0.05 else p(out))
+        s = api.f("output_shapes")(model, shapes, outs, None if rng.random() < 0.2 else p(count))
+        assert s in codes, s
+        if s == 0:
+            assert out.tolist() == [shape[0], 10] and count[0] in (-1, shape[0] * 10), (shape, out, count)
+        else:
+            assert api.error(model) and out.tolist() == [-1, -1] and count[0] == -1
+        calls += 1
+    elif what == 0:     # a damaged checkpoint: bytes changed, cut or repeated
         data = bytearray(files[rng.integers(0, 2)])
         for _ in range(rng.integers(1, 8)):
             data[rng.integers(0, len(data))] = rng.integers(0, 256)
@@ -636,6 +672,9 @@ def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(
     assert f("set_parameter")(model, b"c1.W", p(w), p(np.array([16, 1, 3, 2], np.int64)), 4) == STATUS["DLC_ERROR_SHAPE"]
     assert api.error(model) == "set_parameter: c1.W has shape [16, 1, 3, 3], got [16, 1, 3, 2]"
     assert f("set_parameter")(model, None, p(w), None, 0) == STATUS["DLC_ERROR_ARGUMENT"]
+    for rank in (5, -1, 1 << 30):      # refused before a dim is read: the shape holds at most the largest rank
+        assert f("set_parameter")(model, b"c1.W", p(w), p(np.array([16], np.int64)), rank) == STATUS["DLC_ERROR_SHAPE"]
+        assert api.error(model) == f"set_parameter: rank {rank}; c1.W has rank 4 (give 0 to 4)"
     assert get("c1.W", 143)[0] == STATUS["DLC_ERROR_SHAPE"]
     assert api.error(model) == "get_parameter: c1.W has 144 elements; the buffer holds 143"
     assert get("c1.W")[1].tobytes() == before.tobytes()     # nothing changed
@@ -899,3 +938,150 @@ def test_a_train_library_with_its_weights_inside(built, tmp_path):
     assert status == 0 and f5(second).tobytes() == want.tobytes()
     for model in (first, second):
         api.f("destroy")(model)
+
+
+# ---- what a library says about its inputs and outputs; what it refuses -------------------------------
+
+
+def test_a_checkpoint_with_an_extra_array_is_refused(built, tmp_path):
+    """An array that is no parameter of the model, in an .npz (param:NAME or a plain name) or
+    a .safetensors file, is refused at create as dlc predict refuses it; a checkpoint's
+    metadata and optimizer state are not extras."""
+    lib, ckpt = built("digits_cnn")
+    api = Api(lib, "digits_cnn")
+    params = checkpoint.load(ckpt)[0]
+    checkpoint.save(tmp_path / "extra.npz", {**params, "bogus": np.zeros(3, np.float32)}, {}, {})
+    np.savez(tmp_path / "plain.npz", **{f"param:{k}": v for k, v in params.items()}, bogus=np.zeros(2, np.float32))
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
+    from safetensors.numpy import load_file, save_file
+    save_file({**load_file(tmp_path / "w.safetensors"), "bogus": np.zeros(2, np.float32)},
+              str(tmp_path / "extra.safetensors"))
+    for path, name in (("extra.npz", "param:bogus"), ("plain.npz", "bogus"), ("extra.safetensors", "bogus")):
+        status, model = api.create(tmp_path / path)
+        assert status == STATUS["DLC_ERROR_WEIGHTS"], path
+        assert api.error(model) == f"checkpoint: does not match the model: unexpected extra {name}", path
+        api.f("destroy")(model)
+        r = dlc("predict", ROOT / "examples" / "digits_cnn.dl", "--weights", tmp_path / path, "--input",
+                "digits()", check=False)
+        assert r.returncode == 1 and "does not match the model: unexpected" in r.stderr, path
+    checkpoint.save(tmp_path / "state.npz", params, {"c1.W": {"m": params["c1.W"]}}, {"epoch": 1})
+    status, model = api.create(tmp_path / "state.npz")
+    assert status == 0, api.error(model)
+    api.f("destroy")(model)
+
+
+def test_the_header_and_describe_say_every_input_and_output(built):
+    """The header's constants (dims, fixed dims, scale, ids) and NAME_describe's JSON say what
+    the .dl file says: the shapes, the training data with its scale, an integer input's ids."""
+    import json
+    lib, _ = built("digits_cnn")
+    header = (lib / "digits_cnn.h").read_text()
+    for line in ("#define DIGITS_CNN_INPUT_X_DIMS {-1, 1, 8, 8}", "#define DIGITS_CNN_INPUT_X_DIM_3 8",
+                 "#define DIGITS_CNN_INPUT_X_SCALE 0.0625", "#define DIGITS_CNN_OUTPUT_PROBS_DIMS {-1, 10}",
+                 "#define DIGITS_CNN_OUTPUT_PROBS_DIM_1 10", "#define DIGITS_CNN_TRANSFORM 0",
+                 " * trained on: digits(scale = 0.0625, image = true)"):
+        assert line in header, line
+    assert "DIGITS_CNN_OUTPUT_PROBS_DIM_0" not in header        # B: given at each call
+    api = Api(lib, "digits_cnn")
+    api.f("describe").restype = ctypes.c_char_p
+    assert json.loads(api.f("describe")()) == {
+        "model": "digits_cnn", "target": "host", "weights": "checkpoint", "trains": False,
+        "data": "digits(scale = 0.0625, image = true)", "transform": False,
+        "inputs": [{"name": "x", "dtype": "f32", "shape": ["B", 1, 8, 8], "scale": 0.0625, "ids": None}],
+        "outputs": [{"name": "probs", "dtype": "f32", "shape": ["B", 10]}]}
+    lstm, _ = built("char_lstm")
+    assert "#define CHAR_LSTM_INPUT_X_IDS 96   /* its values: 0 to 95 */" in (lstm / "char_lstm.h").read_text()
+
+
+def test_output_shapes_sizes_every_output_before_the_call(digits):
+    """NAME_output_shapes: each output's shape and count for inputs of given shapes, the
+    shapes checked as predict checks them, null pointers refused, nothing written after a
+    failure."""
+    api, model, _ = digits
+    f = api.f("output_shapes")
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    array = lambda *arrays: ctypes.cast((ctypes.c_void_p * len(arrays))(*[p(a) for a in arrays]), ctypes.c_void_p)
+    shape, out, count = np.array([3, 1, 8, 8], np.int64), np.full(2, -7, np.int64), np.full(1, -7, np.int64)
+    assert f(model, array(shape), array(out), p(count)) == 0 and api.error(model) == ""
+    assert out.tolist() == [3, 10] and count.tolist() == [30]
+    assert f(model, array(np.array([4, 1, 8, 8], np.int64)), array(out), None) == 0 and out.tolist() == [4, 10]
+    bad = np.array([3, 1, 8, 9], np.int64)
+    assert f(model, array(bad), array(out), p(count)) == STATUS["DLC_ERROR_SHAPE"]
+    assert api.error(model) == "input 'x' expects f32[B, 1, 8, 8], got shape [3, 1, 8, 9]"
+    assert out.tolist() == [4, 10] and count.tolist() == [30]
+    huge = np.array([1 << 60, 1, 8, 8], np.int64)
+    assert f(model, array(huge), array(out), p(count)) == STATUS["DLC_ERROR_SHAPE"]
+    for args in ((None, array(out)), (array(shape), None),
+                 (ctypes.cast((ctypes.c_void_p * 1)(None), ctypes.c_void_p), array(out)),
+                 (array(shape), ctypes.cast((ctypes.c_void_p * 1)(None), ctypes.c_void_p))):
+        assert f(model, *args, p(count)) == STATUS["DLC_ERROR_ARGUMENT"]
+        assert "null pointer" in api.error(model)
+    assert f(None, array(shape), array(out), p(count)) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert out.tolist() == [4, 10] and count.tolist() == [30]
+
+
+def test_an_integer_input_that_feeds_one_hot_is_range_checked(tmp_path):
+    """An id beyond a one_hot's classes would be no class (a row of zeros): predict refuses
+    it as dlc predict does, DLC_ERROR_INDEX, and writes nothing."""
+    dl = tmp_path / "hot.dl"
+    dl.write_text("model hot {\n    input t: i32[B]\n    output p = dense(one_hot(t, 5), 3)\n}\n")
+    params = initial_parameters(load(dl).build(None, training=False), 3)
+    checkpoint.save(tmp_path / "w.npz", params, {}, {})
+    dlc("build", dl, "-o", tmp_path / "lib")
+    assert "#define HOT_INPUT_T_IDS 5" in (tmp_path / "lib" / "hot.h").read_text()
+    api = Api(tmp_path / "lib", "hot")
+    status, model = api.create(tmp_path / "w.npz")
+    assert status == 0, api.error(model)
+    t = np.array([1, 5], np.int32)
+    status, y, _ = api.predict(model, t, t.shape, 6)
+    assert status == STATUS["DLC_ERROR_INDEX"] and not y.any()
+    assert api.error(model) == "input 't' holds 5 (element 1), but the model takes 0 to 4 there"
+    t = np.array([1, 4], np.int32)
+    status, y, _ = api.predict(model, t, t.shape, 6)
+    assert status == 0
+    want = DlcModel(str(dl), backend="native").load_weights(tmp_path / "w.npz").predict({"t": t}, 2)["p"]
+    assert y[:6].tobytes() == np.ascontiguousarray(want, np.float32).tobytes()
+    api.f("destroy")(model)
+
+
+def test_the_transform_compiled_in_takes_the_data_as_its_source_reads_it(built, tmp_path):
+    """--transform: predict multiplies x by the training data's scale itself, so the digits
+    as the data set holds them (0 to 16) give dlc predict's outputs on the scaled data, bit
+    for bit. A model whose data scales nothing is refused."""
+    _, ckpt = built("digits_cnn")
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--transform", "-o", tmp_path / "lib")
+    assert "scales its inputs itself" in r.stdout
+    assert "#define DIGITS_CNN_TRANSFORM 1" in (tmp_path / "lib" / "digits_cnn.h").read_text()
+    api = Api(tmp_path / "lib", "digits_cnn")
+    status, model = api.create(ckpt)
+    assert status == 0, api.error(model)
+    raw = np.ascontiguousarray(digits_as_read(7), np.float32)
+    status, y, _ = api.predict(model, raw, raw.shape, 70)
+    assert status == 0, api.error(model)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
+    want = engine.predict({"x": raw * np.float32(1 / 16)}, 7)["probs"]
+    assert y[:70].tobytes() == np.ascontiguousarray(want, np.float32).tobytes()
+    assert raw.max() == 16.0        # the caller's array is not scaled in place
+    api.f("destroy")(model)
+    r = dlc("build", ROOT / "examples" / "xor_mlp.dl", "--transform", "-o", tmp_path / "xor", check=False)
+    assert r.returncode == 1 and "scales no input: there is no transform to compile in" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+def test_the_pages_program_runs_clean_under_valgrind_with_an_avx2_library(built, tmp_path):
+    """docs/deploy.md: under valgrind, a library built with --target avx2 (which valgrind
+    runs on any x86-64-v3 machine, AVX-512 ones too): no invalid read or write, no use of
+    an uninitialized value, and the outputs of the run without valgrind."""
+    import re
+    _, ckpt = built("digits_cnn")
+    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--target", "avx2", "-o", tmp_path / "lib")
+    blocks = re.findall(r"```(\w*)\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
+    (tmp_path / "main.c").write_text(next(b for k, b in blocks if k == "c" and "int main(" in b))
+    subprocess.run(["cc", "-O2", "main.c", "-Ilib", "-Llib", "-ldigits_cnn", "-Wl,-rpath,$ORIGIN/lib", "-o", "main"],
+                   cwd=tmp_path, check=True)
+    lines = "".join(" ".join(str(int(v)) for v in image.ravel()) + "\n" for image in digits_as_read(3))
+    plain = subprocess.run(["./main", str(ckpt)], input=lines, capture_output=True, text=True, cwd=tmp_path)
+    checked = subprocess.run(["valgrind", "--error-exitcode=9", "-q", "./main", str(ckpt)], input=lines,
+                             capture_output=True, text=True, cwd=tmp_path)
+    assert plain.returncode == 0 and checked.returncode == 0, checked.stderr
+    assert checked.stdout == plain.stdout and len(plain.stdout.splitlines()) == 3

@@ -5,6 +5,7 @@ it runs on, with the dated measurements in benchmarks/README.md; the tutorial an
 cookbook run as written."""
 import contextlib
 import io
+import json
 import os
 import re
 import shlex
@@ -130,3 +131,32 @@ def test_the_docs_describe_dlc_and_keep_their_measurements_dated_in_the_benchmar
         missing = [n for n in names if not (ROOT / n).exists() and not (page.parent / n).exists()]
         assert missing == [], (page, missing)
         assert not re.findall(r"other (?:helpers|agents)|this project's machine", text), page
+
+
+def test_the_deploy_page_shows_the_header_and_the_flags_dlc_build_has():
+    """docs/deploy.md's header of the digits CNN has the lines of constants and of the
+    training data that library.py writes for it, and its flag table every option of `dlc
+    build --help`, with what --weights does without --embed-weights."""
+    from types import SimpleNamespace
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.deploy.library import data_comment, description, header_constants
+    from dlc.runtime.deploy.description import interface
+    page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
+    block = next(b for b in re.findall(r"```c\n(.*?)```", page, re.S) if "typedef struct digits_cnn" in b)
+    face = interface(load(ROOT / "examples" / "digits_cnn.dl"), None)
+    lib = SimpleNamespace(name="digits_cnn", inputs=[t for t in face.inputs if t.name == "x"], outputs=face.outputs,
+                          transform=False, data=face.data, target="host", weights=None, trainer=None)
+    shown = [line for line in block.splitlines() if re.match(r"#define DIGITS_CNN_(INPUT_|OUTPUT_|TRANSFORM)", line)]
+    assert shown == header_constants(lib)
+    assert " * " + data_comment(lib) in block
+    described = next(line for line in page.splitlines() if line.startswith('{"model": "digits_cnn"'))
+    assert json.loads(described) == json.loads(description(lib))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        main(["build", "--help"])
+    helped = " ".join(out.getvalue().split())
+    for flag in sorted(set(re.findall(r"(--[a-z][a-z-]+)", helped)) - {"--help", "--output"}):
+        assert f"| `{flag}" in page or f", `{flag}" in page, flag
+    assert "without it, only checked against the model" in helped
+    row = next(line for line in page.splitlines() if line.startswith("| `--weights CKPT`"))
+    assert "without, they are only checked against the model" in row

@@ -12,7 +12,9 @@ HELP = "compile a model's prediction (and with --train its train step) into a na
 def arguments(p):
     model_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write the library into")
-    p.add_argument("--weights", metavar="CKPT", help="the checkpoint to embed (with --embed-weights)")
+    p.add_argument("--weights", metavar="CKPT", help="the checkpoint (or .safetensors file) to embed with "
+                   "--embed-weights; without it, only checked against the model (a mismatch is refused now, not at "
+                   "create)")
     p.add_argument("--embed-weights", dest="embed_weights", action="store_true",
                    help="put the weights inside the library (default: NAME_create reads a checkpoint)")
     p.add_argument("--target", choices=["host", "avx2", "avx512", "avx512bf16", "amx"], default="host",
@@ -25,6 +27,9 @@ def arguments(p):
                    "random key of each step, the data split the checkpoints record)")
     p.add_argument("--epochs", type=int, metavar="N", help="with --train: the run's epochs, as dlc train --epochs "
                    "(the schedule's length until set_schedule says otherwise)")
+    p.add_argument("--transform", action="store_true",
+                   help="predict takes the data as its source reads it and multiplies each input by the training "
+                        "data's scale itself (digits(): the pixels 0-16; NAME_INPUT_X_SCALE in the header)")
     p.add_argument("--toolchain", choices=["auto", "cc", "zig"], default="auto",
                    help='auto (default): the system cc, else zig cc (pip install "dlc[build]")')
 
@@ -32,7 +37,8 @@ def arguments(p):
 def run(args):
     built = build(args.file, Path(args.output), args.model, args.weights, args.target, args.embed_weights,
                   toolchain=args.toolchain, train=args.train,
-                  overrides={"seed": args.seed, "epochs": args.epochs})
+                  overrides={"seed": args.seed, "epochs": args.epochs}, transform=args.transform)
     print(f"wrote {', '.join(str(f) for f in built.files)}")
     print(f"target {built.target}, weights {'embedded' if built.embedded else 'read from a checkpoint at create'}, "
-          f"{'predicts and trains' if built.train else 'predicts'}, linked with {built.toolchain}")
+          f"{'predicts and trains' if built.train else 'predicts'}"
+          f"{', scales its inputs itself' if built.transform else ''}, linked with {built.toolchain}")
