@@ -306,8 +306,8 @@ class Trainer:
                         totals[name] = totals.get(name, 0.0) + v * (hi - lo)
                     asked = events.call("on_batch_end", step, Step(
                         step=step, steps=last_step, epoch=epoch, epochs=epochs, first=skip, done=b + 1 - skip,
-                        total=epoch_steps, per_epoch=len(bounds), totals=totals, seen=seen, fresh=seen - seen_before, started=started,
-                        lr=lr))
+                        total=epoch_steps, per_epoch=len(bounds), totals=totals, seen=seen, fresh=seen - seen_before,
+                        started=started, lr=lr))
                     if interrupted.requested or asked:
                         checkpoints.inside(epoch, b + 1, {"totals": totals, "seen": seen})
                         self.display.close()
@@ -393,7 +393,7 @@ class Trainer:
         """Once a run, when parameters have grown past what a float32 product of two of them
         holds: the run has diverged, and the engines' results part from there (docs/training.md)."""
         big = beyond_products(params)
-        if not big or self.warned_overflow or not self.writes:
+        if not big or self.warned_overflow:
             return
         self.warned_overflow = True
         named = ", ".join(f"{name} ({value:.2g})" for name, value in sorted(big.items(), key=lambda kv: -kv[1])[:4])

@@ -162,7 +162,7 @@ def test_resume_past_the_end_of_the_schedule_warns(tmp_path, capsys, decay_steps
     err = capsys.readouterr().err
     after = dict(np.load(run / "last.npz"))
     line = Path(path).read_text().count("\n")         # the train block's, the file's last
-    warning = f"{path}:{line}:" in err and "warning: resuming at step 4, where the cosine schedule has ended (at step 3): " \
-        "the 4 step(s) left all train at its final rate 0" in err
+    warning = f"{path}:{line}:" in err and ("warning: resuming at step 4, where the cosine schedule has ended "
+                                            "(at step 3): the 4 step(s) left all train at its final rate 0") in err
     assert warning == warned, err
     assert all(np.array_equal(before[k], after[k]) for k in before if not k.startswith(("meta", "opt:"))) == warned
