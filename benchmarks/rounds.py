@@ -152,9 +152,15 @@ def timed_row(fns: dict, row: dict, label: str, rounds: int = ROUNDS, seconds: f
     """`row` (a table's row, JSON) with each function's median ms per call, timed in rounds
     (`calls`), the ratio of `reference` over each other as "dlc/x" (Ratio's fields) and the
     others of each round; a note printed when a ratio spreads wide."""
-    measured = calls(fns, rounds, seconds)
-    ratios = {f"{reference}/{k}": measured.ratio(reference, k) for k in fns if k != reference}
-    row.update({k: measured.median_s(k) * 1e3 for k in fns})
+    return reported(calls(fns, rounds, seconds), row, label, [(reference, k) for k in fns if k != reference])
+
+
+def reported(measured: Rounds, row: dict, label: str, pairs) -> dict:
+    """`row` (a table's row, JSON) with each framework's median ms per step, the ratio of each
+    pair (a, b) of `pairs` as "a/b" (Ratio's fields) and the others of each round; a note
+    printed when a ratio spreads wide."""
+    ratios = {f"{a}/{b}": measured.ratio(a, b) for a, b in pairs}
+    row.update({k: measured.median_s(k) * 1e3 for k in measured.names})
     row.update({k: vars(r) for k, r in ratios.items()})
     row["others"] = measured.others
     if note := wide_note(label, ratios):

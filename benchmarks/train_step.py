@@ -304,11 +304,12 @@ def timed_loop(run: Run, step_fn, warmup: int, steps: int):
 
 class DlcRunner:
     def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int,
-                 sizes: dict | None = None, precision: str = "f32", label: str = "dlc"):
+                 sizes: dict | None = None, precision: str = "f32", label: str = "dlc", program=None):
+        """`program`: the dlc program to train (a loader Program) instead of the workload's."""
         from dlc.compiler.frontend.settings import Call
         from dlc.runtime.engines.optim import make_optimizer
         t0 = time.perf_counter()
-        prog = load_workload(name, sizes)
+        prog = program or load_workload(name, sizes)
         self.train, self.ev = prog.build(training=True), prog.build(training=False)
         self.build_s = time.perf_counter() - t0
         self.trainable = [p.name for p in self.train.params if p.trainable]
@@ -361,11 +362,12 @@ class TorchRunner:
     `precision` "bf16": the forward pass under torch.autocast with bfloat16."""
 
     def __init__(self, name: str, state: dict, batch: dict, lr: float, variant: str = "torch",
-                 sizes: dict | None = None, precision: str = "f32"):
-        """`state`: the model's starting state dict (numpy; torch_state of dlc's parameters)."""
+                 sizes: dict | None = None, precision: str = "f32", model=None):
+        """`state`: the model's starting state dict (numpy; torch_state of dlc's parameters);
+        `model`: a torch.nn model taking the batch dict, instead of the workload's."""
         import torch
         self.torch, self.variant = torch, variant
-        self.model = torch_model(name, torch, sizes)
+        self.model = model or torch_model(name, torch, sizes)
         sd = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}
         self.model.load_state_dict(sd, strict=True)
         self.model.train()
