@@ -6,7 +6,9 @@ logits` added, at batch 1 (latency) and batch 256 (throughput). Every framework 
 from the same parameters (dlc's initializers; torch through runtime/interop/torch_layout.py), and
 their outputs must agree within 1e-4 before anything is timed. Each framework runs at 2
 threads (torch.set_num_threads; onnxruntime's intra_op_num_threads; dlc's default).
-dlc is timed through the public API, `DlcModel.predict`, as a user calls it.
+dlc is timed through the public API, `DlcModel.predict`, as a user calls it. The three are
+timed in rounds (benchmarks/rounds.py), in turn, the order rotated every round; a ratio is
+the median over rounds of each round's, with its p25-p75.
 
     python benchmarks/predict.py
     python benchmarks/predict.py --only lstm --batch 1 --json /tmp/predict.json

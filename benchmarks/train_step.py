@@ -13,13 +13,16 @@ update) on one fixed batch, float32, 2 threads:
 The dlc models are benchmarks/workloads/<name>.dl. Every framework starts from the same
 parameters (dlc's initializers, copied into torch / JAX in their layouts) and trains on
 the same batch; the first-step losses must agree within 1e-4 relative before anything is
-timed. Reported: median step time of each framework, dlc / PyTorch eager and dlc / the best
-peer, the first-step (compile) time of each, and FLOP utilization: the train step's
+timed. The frameworks are then timed in rounds, a few steps of each in turn, the order
+rotated every round (benchmarks/rounds.py). Reported: each framework's median step (the
+median over rounds of each round's), dlc / PyTorch eager and dlc / the best peer (the
+median over rounds of each round's ratio, with its p25-p75), the others of each round, the
+first-step (compile) time of each, and FLOP utilization: the train step's
 forward + backward FLOPs / median step time / the machine's FMA peak (benchmarks/peak.py).
 
     python benchmarks/train_step.py                      # native engine (falls back to reference)
     python benchmarks/train_step.py --engine reference --quick
-    python benchmarks/train_step.py --only lstm --steps 30
+    python benchmarks/train_step.py --only lstm --rounds 10 --steps 3
     python benchmarks/train_step.py --frameworks dlc,torch_fused --json /tmp/bench.json
     python benchmarks/train_step.py --load 1              # beside a process that keeps one core busy
     python benchmarks/train_step.py --precision bf16 --only mlp --batch 512
