@@ -1,6 +1,7 @@
 """The convolutions' GEMMs (compiler/native/kernels/conv): every GEMM of a convolution,
-forward and both gradients, runs over the whole batch — never one GEMM per example — and
-the gradients it gives are the reference engine's."""
+forward and both gradients, runs over the whole batch — never one GEMM per example — but
+the forward product of a pointwise convolution of many pixels per example, and the
+gradients it gives are the reference engine's."""
 import numpy as np
 import pytest
 
@@ -45,6 +46,23 @@ def test_every_convolution_gemm_is_over_the_whole_batch():
     assert not per_example, per_example
     # each one's rows, columns or sums run over every example: a multiple of the batch size B
     assert all("B" in str(k.n) or "B" in str(k.m) or "B" in str(k.k) for k in gemms), [k.text()[0] for k in gemms]
+
+
+def test_a_pointwise_convolution_of_many_pixels_multiplies_each_example_as_it_lies():
+    """Their forward products: one GEMM per example (H·W = 64 columns of 96 and 16 filters),
+    where one over the batch would first copy x channels first; the second's input gradient
+    over the batch (the weight gradients, of 64 and 96 taps, are direct convolutions)."""
+    prog = load_text("""
+model wide {
+    input  x: f32[B, 64, 8, 8]
+    target y: f32[B, 16, 8, 8]
+    h = conv2d(x, 96, 1) |> relu
+    loss   mse(conv2d(h, 16, 1), y)
+}
+""", "wide.dl")
+    program = lower(optimize(train_step(prog.build(training=True).graph)))
+    gemms = [k for k in program.kernels if isinstance(k, GemmKernel)]
+    assert sorted(str(k.batch) for k in gemms) == ["1", "B", "B"], [k.text() for k in gemms]
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -157,6 +157,14 @@ def _weight_pairs(lw, w: Tensor, transposed: bool, n) -> Load:
     lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), Op("bf16_pair", (tap(0), tap(1)), "f32"), node=n))
     return contiguous(out.id, shape, "f32")
 
+def _few_pixels(pixels, filters) -> bool:
+    """Whether a pointwise convolution is one GEMM over the batch, x copied channels first
+    (read and written: 2·C·HW floats an example), rather than one GEMM per example as x lies,
+    which reads all of W (O·C) for each example's HW columns: where that is the more, O ≥ 2·HW
+    (the last stages' few pixels). Its gradients are over the batch whatever the pixels: the
+    weight gradient's columns are a copy anyway, and the input gradient shares its copy of g."""
+    return isinstance(pixels, int) and 2 * pixels <= filters
+
 def _pointwise(kh, kw, attrs) -> bool:
     """Whether a convolution is a matrix product as its input lies: 1 x 1, stride 1, no
     padding, one group, so y[n] (O x H·W) = W (O x C) @ x[n] (C x H·W), without columns."""
@@ -189,12 +197,22 @@ def _conv2d(lw, n, ins, attrs, typ):
     wm = lw.materialize(w)
     if _pointwise(s.kh, s.kw, attrs):
         # the pointwise convolutions of depthwise-separable networks (a direct conv's few taps
-        # per output would leave most of these products' C unused): one GEMM over the batch,
-        # y stored [O, N, H, W]: y (O x N*HW) = W (O x C) @ x as C x N*HW (channels first)
-        xt, columns = lw.channels_first(x, n), s.N * s.pixels
-        lw.emit(GemmKernel(s.O, columns, s.C, 1, (wm.buffer, wm.at.offset, s.C, 0), (xt.buffer, xt.at.offset, columns, 0),
-                           (out.id, 0, columns, 0), False, False, bf16=lw.bf16, node=n))
-        lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, s.Wo, 1)), typ.dtype))
+        # per output would leave most of these products' C unused)
+        if _few_pixels(s.pixels, s.O):
+            # one GEMM over the batch, y stored [O, N, H, W]: y (O x N*HW) = W (O x C) @ x as
+            # C x N*HW (channels first)
+            xt, columns = lw.channels_first(x, n), s.N * s.pixels
+            lw.emit(GemmKernel(s.O, columns, s.C, 1, (wm.buffer, wm.at.offset, s.C, 0),
+                               (xt.buffer, xt.at.offset, columns, 0), (out.id, 0, columns, 0), False, False,
+                               bf16=lw.bf16, node=n))
+            lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, s.Wo, 1)), typ.dtype))
+            return
+        # many pixels: y[n] (O x HW) = W @ x[n] (C x HW) as x lies, each product wide enough
+        xm = lw.materialize(x)
+        lw.emit(GemmKernel(s.O, s.pixels, s.C, s.N, (wm.buffer, wm.at.offset, s.C, 0),
+                           (xm.buffer, xm.at.offset, s.pixels, s.C * s.pixels), (out.id, 0, s.pixels, s.O * s.pixels),
+                           False, False, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     if _direct(s.group_taps, s.kw, attrs):
         # depthwise ones too (groups = C): each output channel's taps over its group's channels
