@@ -6,7 +6,10 @@ onnxruntime on dlc's ONNX export of the same model: from C too (onnxruntime_time
 the C library pip's wheel ships in onnxruntime/capi/) when `--onnxruntime-include` gives
 the folder of an onnxruntime release's `onnxruntime_c_api.h` (pip's wheel has no header),
 else through its Python API; the table says which. The C outputs must agree with
-onnxruntime's within 1e-4 before anything is timed. Both run on THREADS threads; the library's libgomp spins as long as
+onnxruntime's within 1e-4 before anything is timed. The two are timed in rounds
+(benchmarks/rounds.py), in turn: in each, the C timer runs for a share of `--seconds` and gives
+its median call (the C library's `load`, `create` and first predict are those of the first
+run, before the rounds). Both run on THREADS threads; the library's libgomp spins as long as
 dlc's own engine makes it (GOMP_SPINCOUNT, compiler/native/codegen/jit.py), or its sleeping
 workers would be timed.
 
@@ -26,8 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from dlc.compiler.native.codegen.jit import GOMP_SPINCOUNT_DEFAULT
-from machine import OtherLoad, print_results, wait_idle
-from predict import BATCHES, OUTPUT_RTOL, dlc_model, inputs_of, median_ms, onnx_session
+from machine import print_results, wait_idle
+from predict import BATCHES, OUTPUT_RTOL, dlc_model, inputs_of, onnx_session
+from rounds import ROUNDS, interleave, others_cell, ratio_cell, timed, wide_note
 from train_step import DEFAULT_STEPS, THREADS
 
 HERE = Path(__file__).resolve().parent
@@ -57,16 +61,14 @@ def timer(folder: Path) -> Path:
 def c_point(exe: Path, lib: Path, name: str, ckpt, feeds: dict, seconds: float, folder: Path) -> dict:
     (x,) = feeds.values()
     x.tofile(folder / "x.bin")
-    with OtherLoad() as other:
-        r = subprocess.run([str(exe), str(lib / f"lib{name}.so"), name, str(ckpt), str(folder / "x.bin"), str(seconds),
-                            str(THREADS), str(folder / "y.bin"), *map(str, x.shape)], capture_output=True, text=True,
-                           env={**os.environ, "GOMP_SPINCOUNT": GOMP_SPINCOUNT_DEFAULT})
+    r = subprocess.run([str(exe), str(lib / f"lib{name}.so"), name, str(ckpt), str(folder / "x.bin"), str(seconds),
+                        str(THREADS), str(folder / "y.bin"), *map(str, x.shape)], capture_output=True, text=True,
+                       env={**os.environ, "GOMP_SPINCOUNT": GOMP_SPINCOUNT_DEFAULT})
     if r.returncode:
         raise SystemExit(f"{name}: {r.stderr}")
     load_ms, create_ms, first_ms, predict_ms, calls = r.stdout.split()
     return {"load_ms": float(load_ms), "create_ms": float(create_ms), "first_ms": float(first_ms),
-            "c_ms": float(predict_ms),
-            "output": np.fromfile(folder / "y.bin", np.float32), "others": other.cores}
+            "c_ms": float(predict_ms), "output": np.fromfile(folder / "y.bin", np.float32)}
 
 
 def onnxruntime_timer(folder: Path, include: Path) -> Path:
@@ -89,21 +91,27 @@ def onnxruntime_timer(folder: Path, include: Path) -> Path:
 
 
 def onnxruntime_c_point(exe: Path, onnx: Path, input_name: str, feeds: dict, seconds: float, folder: Path) -> tuple:
-    """(median ms of a Run from C, the cores others used meanwhile, the output)."""
+    """(median ms of a Run from C, the output)."""
     (x,) = feeds.values()
     x.tofile(folder / "x_ort.bin")
     dtype = {"float32": "f32", "int32": "i32", "int64": "i64"}[x.dtype.name]
-    with OtherLoad() as other:
-        r = subprocess.run([str(exe), str(onnx), str(folder / "x_ort.bin"), str(seconds), str(THREADS),
-                            str(folder / "y_ort.bin"), input_name, "scores", dtype, *map(str, x.shape)],
-                           capture_output=True, text=True)
+    r = subprocess.run([str(exe), str(onnx), str(folder / "x_ort.bin"), str(seconds), str(THREADS),
+                        str(folder / "y_ort.bin"), input_name, "scores", dtype, *map(str, x.shape)],
+                       capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"onnxruntime from C: {r.stderr}")
     _, ms, _ = r.stdout.split()
-    return float(ms), other.cores, np.fromfile(folder / "y_ort.bin", np.float32)
+    return float(ms), np.fromfile(folder / "y_ort.bin", np.float32)
 
 
-def run_workload(name: str, batches, seconds: float, folder: Path, seed: int, include: Path | None) -> list:
+def process_slot(run):
+    """A rounds slot from a C timer's run (a function of no arguments giving its median ms):
+    one run a round, whatever the steps, its median as the round's step."""
+    return lambda n: ([run() / 1e3], [None])
+
+
+def run_workload(name: str, batches, seconds: float, folder: Path, seed: int, include: Path | None,
+                 rounds: int) -> list:
     import onnxruntime  # noqa: F401  (fails early when missing)
     work = folder / name
     work.mkdir()
@@ -115,36 +123,45 @@ def run_workload(name: str, batches, seconds: float, folder: Path, seed: int, in
     rows = []
     for batch in batches:
         feeds = inputs_of(name, batch, seed)
-        c = c_point(exe, plain, model.name, work / "weights.npz", feeds, seconds, work)
+        share = seconds / rounds
+        c = c_point(exe, plain, model.name, work / "weights.npz", feeds, share, work)
         if ort_exe is not None:
-            ort_ms, others, ort_out = onnxruntime_c_point(ort_exe, work / f"{model.name}.onnx",
-                                                          session.get_inputs()[0].name, feeds, seconds, work)
+            def ort_run(feeds=feeds):
+                return onnxruntime_c_point(ort_exe, work / f"{model.name}.onnx", session.get_inputs()[0].name, feeds,
+                                           share, work)
+            ort_out = ort_run()[1]
+            ort_slot = process_slot(lambda: ort_run()[0])
         else:
             ort_out = session.run(["scores"], feeds)[0]
+            ort_slot = timed(lambda: session.run(["scores"], feeds))
         err = np.abs(c["output"] - ort_out.ravel()).max() / max(np.abs(ort_out).max(), 1e-30)
         if err > OUTPUT_RTOL:
             raise SystemExit(f"{name}, batch {batch}: the library's outputs differ from onnxruntime's ({err:.2e})")
-        if ort_exe is None:
-            ort_ms, others = median_ms(lambda: session.run(["scores"], feeds))
+        c_slot = process_slot(lambda: c_point(exe, plain, model.name, work / "weights.npz", feeds, share, work)["c_ms"])
+        # the Python API's calls fill about the C timer's share of a round
+        measured = interleave({"c": c_slot, "onnxruntime": ort_slot}, rounds, warmup=1, seconds=2 * share)
+        ratio = measured.ratio("c", "onnxruntime")
+        if note := wide_note(f"{name} batch {batch}", {"C/onnxruntime": ratio}):
+            print(note, flush=True)
         rows.append({"workload": name, "batch": batch,
                      "so_kb": (plain / f"lib{model.name}.so").stat().st_size / 1024,
                      "so_weights_kb": (embedded / f"lib{model.name}.so").stat().st_size / 1024,
-                     "load_ms": c["load_ms"], "create_ms": c["create_ms"], "first_ms": c["first_ms"], "c_ms": c["c_ms"],
-                     "onnxruntime_ms": ort_ms,
-                     "onnxruntime_api": "C" if ort_exe is not None else "Python", "others": max(c["others"], others)})
+                     "load_ms": c["load_ms"], "create_ms": c["create_ms"], "first_ms": c["first_ms"],
+                     "c_ms": measured.median_s("c") * 1e3, "onnxruntime_ms": measured.median_s("onnxruntime") * 1e3,
+                     "C/onnxruntime": vars(ratio),
+                     "onnxruntime_api": "C" if ort_exe is not None else "Python", "others": measured.others})
     return rows
 
 
 def table(rows: list) -> str:
     api = rows[0]["onnxruntime_api"] if rows else "C"
     head = ("| workload | batch | .so KB | .so with weights KB | dlopen ms | create ms | first predict ms | C predict ms | "
-            f"onnxruntime ms ({api} API) | C/onnxruntime | others |")
+            f"onnxruntime ms ({api} API) | C/onnxruntime (p25-p75) | others of each round |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['batch']} | {r['so_kb']:.0f} | {r['so_weights_kb']:.0f} | "
                      f"{r['load_ms']:.2f} | {r['create_ms']:.2f} | {r['first_ms']:.3f} | {r['c_ms']:.3f} | "
-                     f"{r['onnxruntime_ms']:.3f} | "
-                     f"{r['c_ms'] / r['onnxruntime_ms']:.2f} | {r['others']:.2f} |")
+                     f"{r['onnxruntime_ms']:.3f} | {ratio_cell(r['C/onnxruntime'])} | {others_cell(r['others'])} |")
     return "\n".join(lines)
 
 
@@ -152,7 +169,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=tuple(DEFAULT_STEPS), action="append", help="this workload only (repeatable)")
     ap.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCHES})")
-    ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds per point (default 1)")
+    ap.add_argument("--seconds", type=float, default=1.0, help="timed seconds of each at a point, over its rounds "
+                    "(default 1)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of both in turn (default {ROUNDS})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
@@ -163,13 +182,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     import onnxruntime
     print(f"dlc-built libraries from C against onnxruntime {onnxruntime.__version__} "
-          f"({'C' if args.include else 'Python'} API), {THREADS} threads; median ms per call")
+          f"({'C' if args.include else 'Python'} API), {THREADS} threads; median ms per call over {args.rounds} rounds, "
+          "the two in turn; C/onnxruntime: the median over rounds of each round's ratio")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(DEFAULT_STEPS):
             if args.wait_idle:
                 wait_idle(args.wait_idle)
-            rows += run_workload(name, args.batch or BATCHES, args.seconds, Path(tmp), args.seed, args.include)
+            rows += run_workload(name, args.batch or BATCHES, args.seconds, Path(tmp), args.seed, args.include,
+                                 args.rounds)
             print(f"  {name}: " + ", ".join(f"batch {r['batch']} C {r['c_ms']:.3f} ms" for r in rows
                                            if r["workload"] == name), flush=True)
     print_results(table(rows), rows, args.json)

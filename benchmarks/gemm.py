@@ -11,13 +11,14 @@ own process with OPENBLAS_NUM_THREADS set first, and without OPENBLAS_CORETYPE a
 OPENBLAS_L2_SIZE: some machines set them, which forces OpenBLAS onto a slower kernel than
 the one it picks for the host. dlc is timed with the AVX2 kernel (6×16 on 8-float vectors)
 and, where the host has AVX-512, with the 8×32 kernel on 16-float vectors (the default
-there). Each library is timed in rounds, in turn: sleep 0.35 s (so the other library's idle
-threads stop spinning: dlc's libgomp workers spin ~0.25 s, OpenBLAS's ~0.1 s), warm up for
-20 ms, then time single calls for --seconds; the table shows the median over all rounds.
+there). The libraries are timed in rounds (benchmarks/rounds.py), in turn, the order rotated
+each round: sleep 0.35 s (so the other library's idle threads stop spinning: dlc's libgomp
+workers spin ~0.25 s, OpenBLAS's ~0.1 s), then single calls for about --seconds; the table
+shows each library's median over rounds of its median call, and dlc/best the median over
+rounds of each round's time ratio with its p25-p75.
 Shapes are M×K×N for C[M,N] = op(A)[M,K] @ op(B)[K,N]; "Aᵀ·G" and "G·Bᵀ" are the backward
 forms of a dense layer X[M,K] @ W[K,N] (dW = Xᵀ·G, dX = G·Wᵀ), computed without
-materializing the transposes. `others` is the most cores other processes used while a
-shape was timed.
+materializing the transposes. `others` are the cores other processes used in each round.
 
 With `--precision bf16` the peer is torch.matmul on bfloat16 tensors (oneDNN: the AMX
 tiles where the host has them; its result is bfloat16), and dlc's columns are its float32
@@ -34,15 +35,16 @@ import sys
 import time
 from dataclasses import replace
 
-from machine import OtherLoad, wait_idle
+from machine import wait_idle
 from peak import cached_or_measure, describe, uncertain_note
+from rounds import ROUNDS, interleave, timed, wide_note
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=None, help="thread count (default: 1 and 2)")
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--seconds", type=float, default=0.05, help="timed seconds per round")
+    ap.add_argument("--rounds", type=int, default=ROUNDS)
+    ap.add_argument("--seconds", type=float, default=0.05, help="timed seconds of each library per round")
     ap.add_argument("--quick", action="store_true", help="square sizes only")
     ap.add_argument("--precision", choices=("f32", "bf16"), default="f32", help="of the products")
     ap.add_argument("--wait-idle", action="store_true",
@@ -58,24 +60,6 @@ def main(argv=None):
         return
     os.environ["OPENBLAS_NUM_THREADS"] = str(args.threads)
     run(args)
-
-
-def _time_calls(fns, seconds, rounds):
-    """Per-call times of each function; rounds alternate between the functions so that
-    a burst of load on a shared machine hits all of them alike."""
-    times = [[] for _ in fns]
-    for _ in range(rounds):
-        for fn, ts in zip(fns, times):
-            time.sleep(0.35)
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < 0.02:
-                fn()
-            t0 = time.perf_counter()
-            while time.perf_counter() - t0 < seconds:
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-    return times
 
 
 def run(args):
@@ -133,8 +117,9 @@ def run(args):
     peers = ["torch bf16"] if bf16 else ["numpy"] + ["torch"] * (torch is not None)
     if bf16 and torch is None:
         raise SystemExit("--precision bf16 compares with torch, which is not installed")
-    columns = peers + [f"dlc {key}" for key in libs] + ["dlc/best", "dlc %pk", "best %pk", "others"]
-    print(f"{'shape (MxKxN)':<22}" + "".join(f"{c:>11}" for c in columns) + "   (GFLOP/s, median)")
+    columns = peers + [f"dlc {key}" for key in libs] + ["dlc/best", "dlc %pk", "best %pk"]
+    print(f"{'shape (MxKxN)':<22}" + "".join(f"{c:>11}" for c in columns[:-3]) + f"{columns[-3]:>22}"
+          + "".join(f"{c:>11}" for c in columns[-2:]) + "   others (GFLOP/s, medians over rounds)")
     ratios = []
     for label, M, K, N, ta, tb in cases:
         a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
@@ -162,15 +147,20 @@ def run(args):
         if args.wait_idle:
             wait_idle(600.0)
         flop = 2.0 * M * N * K
-        with OtherLoad() as other:
-            times = _time_calls(runs, args.seconds, args.rounds)
-        gflops = dict(zip(peers + list(libs), (flop / np.median(ts) / 1e9 for ts in times)))
-        best_peer = max(gflops[p] for p in peers)
-        ratios.append(best_peer / gflops[default])       # time ratio dlc / best peer
-        cells = [f"{gflops[k]:.1f}" for k in peers + list(libs)]
-        cells += [f"{ratios[-1]:.2f}", f"{100 * gflops[default] / peak:.0f}%", f"{100 * best_peer / peak:.0f}%",
-                  f"{other.cores:.2f}"]
-        print(f"{label:<22}" + "".join(f"{c:>11}" for c in cells), flush=True)
+        keys = peers + list(libs)
+        # three calls of each to warm up, then calls filling about --seconds of each a round
+        timing = interleave({k: timed(fn) for k, fn in zip(keys, runs)}, args.rounds, warmup=3,
+                              seconds=args.seconds * len(keys), pause_s=0.35)
+        gflops = {k: flop / timing.median_s(k) / 1e9 for k in keys}
+        best = max(peers, key=lambda p: gflops[p])
+        ratio = timing.ratio(default, best)            # time ratio dlc / best peer
+        ratios.append(ratio.median)
+        cells = [f"{gflops[k]:.1f}" for k in keys]
+        print(f"{label:<22}" + "".join(f"{c:>11}" for c in cells) + f"{str(ratio):>22}"
+              + f"{100 * gflops[default] / peak:>10.0f}%{100 * gflops[best] / peak:>10.0f}%   "
+              + timing.others_text(), flush=True)
+        if note := wide_note(label.strip(), {f"dlc/{best}": ratio}):
+            print(note, flush=True)
     print(f"geometric mean of time dlc ({default}) / best peer: {float(np.exp(np.mean(np.log(ratios)))):.2f}")
     if note := uncertain_note(measured):
         print(note)

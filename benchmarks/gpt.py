@@ -13,19 +13,23 @@ at norm 1.0, batches of random windows; the validation loss is the mean over the
 10 % of the text read once in windows side by side (dlc's split(0.1, tail = true)).
 
 Each framework runs in a child process of its own, on 2 threads (torch.set_num_threads,
-DLC_NUM_THREADS), with dlc's native engine. Reported per configuration and framework:
+DLC_NUM_THREADS), with dlc's native engine, in rounds (benchmarks/rounds.py): a run of each,
+in turn, the order rotated each round (`--rounds`, default 3). Reported per configuration
+and framework:
 
-  ms/iter     the median time of an iteration after the warm-up (a tenth of the run, at
-              least 2 iterations), data and update included
-  first (s)   from the child's start to the end of its first iteration: dlc with an empty
-              compile cache (its GEMM kernels compiled too), PyTorch from the interpreter's start
-  RSS (MB)    the child's peak resident memory (its VmHWM: getrusage of a child would start
-              from the parent's size at the fork)
+  ms/iter     the median over rounds of a run's median iteration after its warm-up (a
+              tenth of the run, at least 2 iterations), data and update included
+  dlc/torch   the median over rounds of each round's ratio, with its p25-p75
+  first (s)   of the first round's run, from the child's start to the end of its first
+              iteration: dlc with an empty compile cache (its GEMM kernels compiled too;
+              the later rounds' runs find the code cached), PyTorch from the interpreter's start
+  RSS (MB)    the first round's child's peak resident memory (its VmHWM: getrusage of a
+              child would start from the parent's size at the fork)
   (printed)   the start-up's phases, each with the peak RSS at its end
   params      the parameter count (asserted equal: the models are the same)
   loss0       the first iteration's training loss (both near ln(vocab) = 4.09)
   val loss    after --iters iterations
-  others      cores other processes used during the timed iterations (0 = quiet machine)
+  others      cores other processes used in each round (0 = quiet machine)
 
 Before any run the two models are checked to be the same function: dlc's initial parameters
 copied into the torch model give the same loss on one window (1e-4 relative).
@@ -40,7 +44,6 @@ import argparse
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,7 +52,8 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import OtherLoad, print_results, status_kb
+from machine import print_results, status_kb
+from rounds import interleave, others_cell, ratio_cell, wide_note
 from train_step import json_safe, markdown, workload_source
 
 HERE = Path(__file__).resolve().parent
@@ -199,12 +203,11 @@ def peak_rss_mb() -> float:
 
 
 class Timing:
-    """Iteration end times and losses; `others` over the iterations after the warm-up."""
+    """Iteration end times and losses."""
 
     def __init__(self, iters: int):
         self.iters, self.warm = iters, max(2, iters // 10)
-        self.ends, self.losses, self.others = [], [], float("nan")
-        self.load = OtherLoad()
+        self.ends, self.losses = [], []
         self.marks, self.peaks = {}, {}       # the start-up's phases: when each ended, the peak RSS then (MB)
         self.mark("imports")
 
@@ -217,17 +220,11 @@ class Timing:
         self.losses.append(loss)
         if len(self.ends) == 1:
             self.mark("first step")
-        if len(self.ends) == self.warm:
-            self.load.__enter__()
-        if len(self.ends) == self.iters and self.iters > self.warm:
-            self.load.__exit__(None, None, None)
-            self.others = self.load.cores
 
     def result(self, **more) -> dict:
         times = [b - a for a, b in zip(self.ends[self.warm - 1:], self.ends[self.warm:])]
         return {"marks": self.marks, "rss_mb_after": self.peaks, "rss_mb": peak_rss_mb(),
-                "ms": [1e3 * t for t in times], "losses": self.losses,
-                "others": self.others, **more}
+                "ms": [1e3 * t for t in times], "losses": self.losses, **more}
 
 
 def run_dlc(config: str, iters: int, seed: int, workdir: str) -> dict:
@@ -338,11 +335,18 @@ def child(kind: str, config: str, iters: int, seed: int, workdir: str, cache: st
         ends = [start, *marks.values()]
         r["phases_s"] = {phase: b - a for phase, a, b in zip(marks, ends, ends[1:])}
         r["first_s"] = ends[-1] - start
-        r["ms_per_iter"] = statistics.median(r["ms"]) if r["ms"] else float("nan")
     return r
 
 
-def run_config(config: str, iters: int, seed: int, workdir: str, cache: str | None) -> dict:
+def child_slot(kind: str, config: str, iters: int, seed: int, workdir: str, cache: str | None):
+    """A rounds slot: one run of the child `kind`, its timed iterations the round's steps."""
+    def slot(n: int):
+        r = child(kind, config, iters, seed, workdir, cache)
+        return [t / 1e3 for t in r["ms"]], [r]
+    return slot
+
+
+def run_config(config: str, iters: int, seed: int, workdir: str, cache: str | None, rounds: int) -> dict:
     cfg = CONFIGS[config]
     data = corpus(cfg["BLOCK"])
     np.savez(Path(workdir) / f"{config}.npz", vocab=data[0], n_train=data[1], ids=data[2], val_x=data[3], val_y=data[4])
@@ -353,15 +357,21 @@ def run_config(config: str, iters: int, seed: int, workdir: str, cache: str | No
           f"{check['dlc']:.7f} in dlc, {check['torch']:.7f} in the torch model ({rel:.1e} apart)", flush=True)
     if not rel < CHECK_RTOL:
         raise SystemExit(f"the dlc and torch models differ: initial losses {rel:.1e} apart (> {CHECK_RTOL})")
+    measured = interleave({f: child_slot(f, config, iters, seed, workdir, cache) for f in FRAMEWORKS}, rounds, 1)
     runs = {}
     for framework in FRAMEWORKS:
-        runs[framework] = child(framework, config, iters, seed, workdir, cache)
-        r = runs[framework]
+        runs[framework] = r = measured.outputs[framework][0]           # the first round's run: a cold start
+        r["ms_per_iter"] = measured.median_s(framework) * 1e3
+        r["ms_per_iter_of_each_round"] = [t * 1e3 for t in measured.per_round(framework)]
         phases = ", ".join(f"{phase} {t:.1f} s (RSS {r['rss_mb_after'][phase]:.0f} MB)"
                            for phase, t in r["phases_s"].items())
         print(f"  {framework}: {r['ms_per_iter']:.1f} ms/iter, first iteration at {r['first_s']:.1f} s ({phases}), "
               f"peak RSS {r['rss_mb']:.0f} MB, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}, "
-              f"val loss {r['val_loss']:.4f} (others {r['others']:.2f} cores)", flush=True)
+              f"val loss {r['val_loss']:.4f}", flush=True)
+    ratio = measured.ratio("dlc", "torch")
+    print(f"  dlc/torch {ratio} over {rounds} rounds; others of each round {measured.others_text()}", flush=True)
+    if note := wide_note(config, {"dlc/torch": ratio}):
+        print(note, flush=True)
     counts = {f: r["params"] for f, r in runs.items()}
     assert len(set(counts.values())) == 1, f"parameter counts differ: {counts}"
     for f, r in runs.items():
@@ -369,7 +379,8 @@ def run_config(config: str, iters: int, seed: int, workdir: str, cache: str | No
         # ln(vocab) on one batch (the models are checked to be the same function before the runs)
         assert abs(r["losses"][0] - math.log(data[0])) < FIRST_LOSS_ATOL, \
             f"{f}'s first loss {r['losses'][0]} is not near ln(vocab)"
-    return {"config": config, "sizes": cfg, "iters": iters, "check": rel, "runs": runs}
+    return {"config": config, "sizes": cfg, "iters": iters, "check": rel, "runs": runs, "dlc/torch": vars(ratio),
+            "others": measured.others}
 
 
 def table(results: list) -> str:
@@ -377,11 +388,12 @@ def table(results: list) -> str:
             "val loss", "others"]
     rows = []
     for res in results:
-        ratio = res["runs"]["dlc"]["ms_per_iter"] / res["runs"]["torch"]["ms_per_iter"]
+        ratio = ratio_cell(res["dlc/torch"])
         for f, r in res["runs"].items():
             rows.append([res["config"], str(res["iters"]), f, f"{r['ms_per_iter']:.1f}",
-                         f"{ratio:.2f}" if f == "dlc" else "", f"{r['first_s']:.1f}", f"{r['rss_mb']:.0f}",
-                         f"{r['params']:,}", f"{r['losses'][0]:.3f}", f"{r['val_loss']:.4f}", f"{r['others']:.2f}"])
+                         ratio if f == "dlc" else "", f"{r['first_s']:.1f}", f"{r['rss_mb']:.0f}",
+                         f"{r['params']:,}", f"{r['losses'][0]:.3f}", f"{r['val_loss']:.4f}",
+                         others_cell(res["others"]) if f == "dlc" else ""])
     return markdown(cols, rows)
 
 
@@ -392,6 +404,7 @@ def main(argv=None) -> int:
                     help="run only this configuration (repeatable; default cpu and gpt2; tiny: a 1-layer smoke test)")
     ap.add_argument("--iters", type=int, help=f"iterations (default {DEFAULT_ITERS}; nanoGPT's CPU recipe: 2000)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=3, help="runs of each framework, in turn (default 3)")
     ap.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON")
     ap.add_argument("--cache", metavar="DIR", help="the dlc cache every child uses (default: an empty one each, a cold "
                     "start; with DIR the first iteration is as cold as DIR is empty)")
@@ -408,7 +421,8 @@ def main(argv=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="dlc-gpt-") as workdir:
         for config in args.only or ("cpu", "gpt2"):
-            results.append(run_config(config, args.iters or DEFAULT_ITERS[config], args.seed, workdir, args.cache))
+            results.append(run_config(config, args.iters or DEFAULT_ITERS[config], args.seed, workdir, args.cache,
+                                      args.rounds))
     print_results(table(results), json_safe({"threads": THREADS, "torch": results[0]["runs"]["torch"]["version"],
                                                     "results": results}),
                   args.json)

@@ -7,8 +7,8 @@ onnxruntime runs at 2 threads (intra_op_num_threads), dlc at its default: every 
 other processes leave free, at most the machine's 2 (runtime/engines/cores.py); with
 `--threads N`, both at N (DLC_NUM_THREADS). Their
 outputs must agree within 1e-5 (relative to the largest) before anything is timed; the
-calls are interleaved, dlc then onnxruntime, so that both see the same load from other
-processes, which `others` reports. Also the import's time and the native compile's, cold
+calls are timed in rounds (benchmarks/rounds.py), dlc and onnxruntime in turn, so that both
+see the same load from other processes, which `others` reports for each round. Also the import's time and the native compile's, cold
 (an empty compile cache) and cached (the time to the first prediction of a new model
 object once the cache holds the code).
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -29,15 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import OtherLoad, print_results
+from machine import print_results
+from rounds import ROUNDS, others_cell, ratio_cell, timed_row
 
 MODELS = ("mobilenet_v2", "efficientnet_b0")
 BATCHES = (8, 1)
 THREADS = 2
 IMAGE = (3, 224, 224)
 OUTPUT_RTOL = 1e-5
-ROUNDS = 10             # interleaved calls of each per point (at least)
-SECONDS = 6.0           # ... or until this long
+SECONDS = 1.0           # timed seconds of a round of both, at a point
 
 
 def exported(name: str, path: Path):
@@ -72,21 +71,6 @@ def first_prediction_s(program: Path, weights: Path, feeds: dict):
     return model, time.perf_counter() - t0
 
 
-def interleaved_ms(fns: dict) -> tuple[dict, float]:
-    """Median milliseconds per call of each fn, called in turn, and the cores others used meanwhile."""
-    for fn in fns.values():
-        fn()
-    times = {k: [] for k in fns}
-    with OtherLoad() as other:
-        start = time.perf_counter()
-        while len(times[next(iter(fns))]) < ROUNDS or time.perf_counter() - start < SECONDS:
-            for k, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) * 1e3 for k, v in times.items()}, other.cores
-
-
 def onnxruntime_session(path: Path, threads: int):
     """onnxruntime on `threads` threads, its pool not spinning after a call: its spinning
     threads take the cores from dlc, timed in turn with it in this process (mobilenet_v2 at
@@ -101,7 +85,7 @@ def onnxruntime_session(path: Path, threads: int):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def run_model(name: str, batches, folder: Path, threads: int) -> list:
+def run_model(name: str, batches, folder: Path, threads: int, rounds: int) -> list:
     onnx_path = folder / f"{name}.onnx"
     exported(name, onnx_path)
     program, weights, import_s = imported(onnx_path, folder)
@@ -116,24 +100,25 @@ def run_model(name: str, batches, folder: Path, threads: int) -> list:
         err = float(np.abs(got - want).max() / np.abs(want).max())
         if got.shape != want.shape or err > OUTPUT_RTOL:
             raise SystemExit(f"{name}, batch {batch}: dlc's outputs differ from onnxruntime's ({got.shape}, {err:.2e})")
-        ms, others = interleaved_ms({"dlc": lambda: model.predict(feeds, batch=batch),
-                                     "onnxruntime": lambda: session.run(["y"], feeds)})
-        rows.append({"model": name, "batch": batch, "dlc": ms["dlc"], "onnxruntime": ms["onnxruntime"],
-                     "error": err, "import_s": import_s, "compile_cold_s": cold_s, "compile_cached_s": cached_s,
-                     "others": others})
-        print(f"  {name} batch {batch}: dlc {ms['dlc']:.1f} ms, onnxruntime {ms['onnxruntime']:.1f} ms "
-              f"(others {others:.2f} cores)", flush=True)
+        row = timed_row({"dlc": lambda: model.predict(feeds, batch=batch),
+                         "onnxruntime": lambda: session.run(["y"], feeds)},
+                        {"model": name, "batch": batch, "error": err, "import_s": import_s, "compile_cold_s": cold_s,
+                         "compile_cached_s": cached_s}, f"{name} batch {batch}", rounds, SECONDS)
+        rows.append(row)
+        print(f"  {name} batch {batch}: dlc {row['dlc']:.1f} ms, onnxruntime {row['onnxruntime']:.1f} ms, "
+              f"dlc/onnxruntime {ratio_cell(row['dlc/onnxruntime'])} (others {others_cell(row['others'])})",
+              flush=True)
     return rows
 
 
 def table(rows: list) -> str:
-    head = ("| model | batch | dlc ms | onnxruntime ms | dlc/onnxruntime | max rel. error | import s | "
-            "compile s cold / cached | others |")
+    head = ("| model | batch | dlc ms | onnxruntime ms | dlc/onnxruntime (p25-p75) | max rel. error | import s | "
+            "compile s cold / cached | others of each round |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['model']} | {r['batch']} | {r['dlc']:.1f} | {r['onnxruntime']:.1f} | "
-                     f"{r['dlc'] / r['onnxruntime']:.2f} | {r['error']:.1e} | {r['import_s']:.1f} | "
-                     f"{r['compile_cold_s']:.1f} / {r['compile_cached_s']:.1f} | {r['others']:.2f} |")
+                     f"{ratio_cell(r['dlc/onnxruntime'])} | {r['error']:.1e} | {r['import_s']:.1f} | "
+                     f"{r['compile_cold_s']:.1f} / {r['compile_cached_s']:.1f} | {others_cell(r['others'])} |")
     return "\n".join(lines)
 
 
@@ -143,6 +128,7 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCHES})")
     ap.add_argument("--threads", type=int, metavar="N",
                     help=f"onnxruntime's and dlc's threads (default: onnxruntime {THREADS}, dlc its default)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of both in turn (default {ROUNDS})")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
     threads = args.threads or THREADS
@@ -156,7 +142,8 @@ def main(argv=None) -> int:
                          "pip install --no-deps torchvision==0.28.0, as .ci/run does")
     dlc_threads = args.threads or "dlc's default"
     print(f"dlc native prediction of imported models ({dlc_threads} threads) against onnxruntime "
-          f"{onnxruntime.__version__} ({threads} threads); median ms per call, interleaved")
+          f"{onnxruntime.__version__} ({threads} threads); median ms per call over {args.rounds} rounds of about "
+          f"{SECONDS} s, the two in turn; dlc/onnxruntime: the median over rounds of each round's ratio")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # a compile cache of its own, empty: the first compile of each model is cold
@@ -165,7 +152,7 @@ def main(argv=None) -> int:
             os.environ["DLC_NUM_THREADS"] = str(args.threads)
         torch.set_num_threads(threads)
         for name in args.only or MODELS:
-            rows += run_model(name, args.batch or BATCHES, Path(tmp), threads)
+            rows += run_model(name, args.batch or BATCHES, Path(tmp), threads, args.rounds)
     print_results(table(rows), rows, args.json)
     return 0
 

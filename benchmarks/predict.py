@@ -6,7 +6,9 @@ logits` added, at batch 1 (latency) and batch 256 (throughput). Every framework 
 from the same parameters (dlc's initializers; torch through runtime/interop/torch_layout.py), and
 their outputs must agree within 1e-4 before anything is timed. Each framework runs at 2
 threads (torch.set_num_threads; onnxruntime's intra_op_num_threads; dlc's default).
-dlc is timed through the public API, `DlcModel.predict`, as a user calls it.
+dlc is timed through the public API, `DlcModel.predict`, as a user calls it. The three are
+timed in rounds (benchmarks/rounds.py), in turn, the order rotated every round; a ratio is
+the median over rounds of each round's, with its p25-p75.
 
     python benchmarks/predict.py
     python benchmarks/predict.py --only lstm --batch 1 --json /tmp/predict.json
@@ -15,21 +17,19 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from machine import OtherLoad, print_results, wait_idle
+from machine import print_results, wait_idle
+from rounds import ROUNDS, others_cell, ratio_cell, timed_row
 from train_step import DEFAULT_STEPS, THREADS, WORKLOAD_DIR, make_batch, torch_model, torch_state
 
 BATCHES = (1, 256)
 OUTPUT_RTOL = 1e-4
-SECONDS = 1.0           # timed seconds per framework and point (at least MIN_CALLS calls)
-MIN_CALLS = 5
+SECONDS = 0.6           # timed seconds of a round of every framework, at a point
 
 
 def inputs_of(name: str, batch: int, seed: int) -> dict:
@@ -62,21 +62,7 @@ def onnx_session(model, folder: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def median_ms(fn) -> tuple[float, float]:
-    """Median milliseconds per call of fn over about SECONDS, and the cores others used meanwhile."""
-    for _ in range(3):
-        fn()
-    times = []
-    with OtherLoad() as other:
-        start = time.perf_counter()
-        while len(times) < MIN_CALLS or time.perf_counter() - start < SECONDS:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3, other.cores
-
-
-def run_point(name: str, batch: int, frameworks: dict, seed: int) -> dict:
+def run_point(name: str, batch: int, frameworks: dict, seed: int, rounds: int = ROUNDS) -> dict:
     feeds = inputs_of(name, batch, seed)
     outputs = {k: np.asarray(fn(feeds)) for k, fn in frameworks.items()}
     ref = outputs["dlc"]
@@ -84,11 +70,8 @@ def run_point(name: str, batch: int, frameworks: dict, seed: int) -> dict:
         err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30)
         if out.shape != ref.shape or err > OUTPUT_RTOL:
             raise SystemExit(f"{name}, batch {batch}: {k}'s outputs differ from dlc's ({out.shape}, {err:.2e})")
-    row = {"workload": name, "batch": batch, "others": 0.0}
-    for k, fn in frameworks.items():
-        row[k], others = median_ms(lambda fn=fn: fn(feeds))
-        row["others"] = max(row["others"], others)
-    return row
+    return timed_row({k: (lambda fn=fn: fn(feeds)) for k, fn in frameworks.items()},
+                     {"workload": name, "batch": batch}, f"{name} batch {batch}", rounds, SECONDS)
 
 
 def frameworks_for(name: str, folder: Path, seed: int) -> dict:
@@ -114,11 +97,12 @@ def frameworks_for(name: str, folder: Path, seed: int) -> dict:
 
 
 def table(rows: list) -> str:
-    head = "| workload | batch | dlc ms | onnxruntime ms | torch ms | dlc/onnxruntime | dlc/torch | others |"
+    head = ("| workload | batch | dlc ms | onnxruntime ms | torch ms | dlc/onnxruntime (p25-p75) | dlc/torch (p25-p75) "
+            "| others of each round |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['workload']} | {r['batch']} | {r['dlc']:.3f} | {r['onnxruntime']:.3f} | {r['torch']:.3f} | "
-                     f"{r['dlc'] / r['onnxruntime']:.2f} | {r['dlc'] / r['torch']:.2f} | {r['others']:.2f} |")
+                     f"{ratio_cell(r['dlc/onnxruntime'])} | {ratio_cell(r['dlc/torch'])} | {others_cell(r['others'])} |")
     return "\n".join(lines)
 
 
@@ -127,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", choices=tuple(DEFAULT_STEPS), action="append", help="this workload only (repeatable)")
     ap.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCHES})")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of every framework in turn (default {ROUNDS})")
     ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
                     help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
@@ -135,7 +120,8 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(THREADS)
     print(f"dlc prediction against onnxruntime {onnxruntime.__version__} and torch {torch.__version__} eager, "
-          f"{THREADS} threads; median ms per call")
+          f"{THREADS} threads; median ms per call over {args.rounds} rounds of about {SECONDS} s, the frameworks "
+          "in turn; ratios: the median over rounds of each round's ratio")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(DEFAULT_STEPS):
@@ -143,7 +129,7 @@ def main(argv=None) -> int:
                 wait_idle(args.wait_idle)
             frameworks = frameworks_for(name, Path(tmp), args.seed)
             for batch in args.batch or BATCHES:
-                rows.append(run_point(name, batch, frameworks, args.seed))
+                rows.append(run_point(name, batch, frameworks, args.seed, args.rounds))
                 print(f"  {name} batch {batch}: " + ", ".join(f"{k} {rows[-1][k]:.3f} ms" for k in frameworks),
                       flush=True)
     print_results(table(rows), rows, args.json)

@@ -13,13 +13,16 @@ update) on one fixed batch, float32, 2 threads:
 The dlc models are benchmarks/workloads/<name>.dl. Every framework starts from the same
 parameters (dlc's initializers, copied into torch / JAX in their layouts) and trains on
 the same batch; the first-step losses must agree within 1e-4 relative before anything is
-timed. Reported: median step time of each framework, dlc / PyTorch eager and dlc / the best
-peer, the first-step (compile) time of each, and FLOP utilization: the train step's
+timed. The frameworks are then timed in rounds, a few steps of each in turn, the order
+rotated every round (benchmarks/rounds.py). Reported: each framework's median step (the
+median over rounds of each round's), dlc / PyTorch eager and dlc / the best peer (the
+median over rounds of each round's ratio, with its p25-p75), the others of each round, the
+first-step (compile) time of each, and FLOP utilization: the train step's
 forward + backward FLOPs / median step time / the machine's FMA peak (benchmarks/peak.py).
 
     python benchmarks/train_step.py                      # native engine (falls back to reference)
     python benchmarks/train_step.py --engine reference --quick
-    python benchmarks/train_step.py --only lstm --steps 30
+    python benchmarks/train_step.py --only lstm --rounds 10 --steps 3
     python benchmarks/train_step.py --frameworks dlc,torch_fused --json /tmp/bench.json
     python benchmarks/train_step.py --load 1              # beside a process that keeps one core busy
     python benchmarks/train_step.py --precision bf16 --only mlp --batch 512
@@ -34,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import json
 import os
 import re
@@ -46,7 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from machine import OtherLoad, cpu_hogs, wait_idle
+from machine import cpu_hogs, wait_idle
+from rounds import Ratio, interleave, timed, wide_note
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD_DIR = HERE / "workloads"
@@ -59,10 +62,11 @@ BF16_LOSS_RTOL = 1e-2     # ... with bfloat16 products (autocast also keeps acti
 TRAJ_RTOL = 1e-3          # later losses (after Adam updates): a warning only
 PAUSE_S = 0.3             # idle time before each framework's timed steps
 
-# timed steps by default: (fast engine, numpy reference engine)
-DEFAULT_STEPS = {"mlp": (20, 5), "lenet": (20, 5), "lstm": (10, 3), "transformer": (10, 3)}
+# timed steps per round by default: (fast engine, numpy reference engine)
+DEFAULT_STEPS = {"mlp": (4, 1), "lenet": (4, 1), "lstm": (2, 1), "transformer": (2, 1)}
 DEFAULT_WARMUP = (3, 1)
-QUICK = {"steps": 3, "warmup": 1, "reference_steps": 1, "reference_warmup": 0}
+DEFAULT_ROUNDS = (5, 3)
+QUICK = {"steps": 1, "warmup": 1, "rounds": 3, "reference_steps": 1, "reference_warmup": 0, "reference_rounds": 1}
 
 
 # ---- workloads: sources, batches and the torch models ----------------------------------------------------
@@ -271,47 +275,44 @@ def jax_loss_fn(name: str, jax):
 class Run:
     framework: str
     first_s: float = float("nan")
-    times: list = field(default_factory=list)       # seconds per timed step
+    times: list = field(default_factory=list)       # seconds per timed step, round after round
+    round_s: list = field(default_factory=list)     # the median step of each round
     losses: list = field(default_factory=list)      # every step's loss, from step 1
     note: str = ""
     teams: list = field(default_factory=list)     # dlc's native thread team at each timed step
-    others: float = float("nan")   # cores used by other processes during the timed steps
+    others: float = float("nan")   # the most cores other processes used in a round of the timed steps
 
     @property
     def median_ms(self) -> float:
-        return statistics.median(self.times) * 1e3 if self.times else float("nan")
+        """The median over rounds of each round's median step."""
+        return statistics.median(self.round_s) * 1e3 if self.round_s else float("nan")
 
     def spread(self) -> str:
-        if len(self.times) < 4:
+        if len(self.round_s) < 2:
             return f"n={len(self.times)}"
-        q = statistics.quantiles(self.times, n=4)
-        return f"p25-p75 {q[0] * 1e3:.2f}-{q[2] * 1e3:.2f} ms, n={len(self.times)}"
+        q = statistics.quantiles(self.round_s, n=4, method="inclusive")
+        return f"rounds' p25-p75 {q[0] * 1e3:.2f}-{q[2] * 1e3:.2f} ms, {len(self.round_s)} rounds, n={len(self.times)}"
+
+    def take(self, measured, key: str):
+        """This framework's share of a run in rounds (rounds.Rounds)."""
+        self.times, self.round_s = measured.steps(key), measured.per_round(key)
+        self.losses += measured.outputs[key]
+        self.others = measured.most_others
 
 
 def timed_loop(run: Run, step_fn, warmup: int, steps: int):
-    for _ in range(warmup):
-        run.losses.append(step_fn())
-    gc.collect()
-    gc.disable()
-    try:
-        with OtherLoad() as other:
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                loss = step_fn()
-                run.times.append(time.perf_counter() - t0)
-                run.losses.append(loss)
-    finally:
-        gc.enable()
-    run.others = other.cores
+    """One framework alone: its steps as one round."""
+    run.take(interleave({"one": timed(step_fn)}, rounds=1, steps=steps, warmup=warmup), "one")
 
 
 class DlcRunner:
     def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int,
-                 sizes: dict | None = None, precision: str = "f32", label: str = "dlc"):
+                 sizes: dict | None = None, precision: str = "f32", label: str = "dlc", program=None):
+        """`program`: the dlc program to train (a loader Program) instead of the workload's."""
         from dlc.compiler.frontend.settings import Call
         from dlc.runtime.engines.optim import make_optimizer
         t0 = time.perf_counter()
-        prog = load_workload(name, sizes)
+        prog = program or load_workload(name, sizes)
         self.train, self.ev = prog.build(training=True), prog.build(training=False)
         self.build_s = time.perf_counter() - t0
         self.trainable = [p.name for p in self.train.params if p.trainable]
@@ -364,11 +365,12 @@ class TorchRunner:
     `precision` "bf16": the forward pass under torch.autocast with bfloat16."""
 
     def __init__(self, name: str, state: dict, batch: dict, lr: float, variant: str = "torch",
-                 sizes: dict | None = None, precision: str = "f32"):
-        """`state`: the model's starting state dict (numpy; torch_state of dlc's parameters)."""
+                 sizes: dict | None = None, precision: str = "f32", model=None):
+        """`state`: the model's starting state dict (numpy; torch_state of dlc's parameters);
+        `model`: a torch.nn model taking the batch dict, instead of the workload's."""
         import torch
         self.torch, self.variant = torch, variant
-        self.model = torch_model(name, torch, sizes)
+        self.model = model or torch_model(name, torch, sizes)
         sd = {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in state.items()}
         self.model.load_state_dict(sd, strict=True)
         self.model.train()
@@ -460,18 +462,21 @@ class Result:
     runs: dict = field(default_factory=dict)      # framework key -> Run
     check: str = ""
     ok: bool = True
-    others: float = float("nan")    # the most cores other processes used during one framework's timed steps
+    others: float = float("nan")    # the most cores other processes used in one round
     flops: int = 0                  # one train step's forward + backward FLOPs (dlc's count of its gradient graph)
+    rounds: object = None           # the timed rounds (rounds.Rounds)
 
     def best_peer(self) -> str | None:
         """The fastest framework other than dlc's (lowest median), None when none was timed."""
         timed = [k for k, r in self.runs.items() if k not in OWN and r.times]
         return min(timed, key=lambda k: self.runs[k].median_ms, default=None)
 
-    def ratio(self, peer: str | None) -> float:
-        """dlc's median / peer's median (below 1: dlc is faster); `peer` may be dlc_f32."""
-        d, p = self.runs.get("dlc"), self.runs.get(peer)
-        return d.median_ms / p.median_ms if d and p and d.times and p.times else float("nan")
+    def ratio(self, peer: str | None) -> Ratio:
+        """dlc's time over peer's, the median over rounds of each round's ratio (below 1: dlc is
+        faster); `peer` may be dlc_f32."""
+        if self.rounds is None or peer not in self.rounds.names or "dlc" not in self.rounds.names:
+            return Ratio(*(float("nan"),) * 3, 0)
+        return self.rounds.ratio("dlc", peer)
 
     def utilization(self, key: str | None, peak_gflops: float) -> float:
         """Train-step FLOPs / median step time / the machine's peak, as a fraction."""
@@ -533,14 +538,17 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
     else:
         res.check = "-"
 
+    steps, warmup, rounds = counts(name, args, fast=not (dlc and dlc.kind == "reference"))
+    # PAUSE_S lets the previous framework's spinning worker threads go to sleep
+    res.rounds = interleave({k: timed(r.step) for k, r in runners.items()}, rounds, steps, warmup, pause_s=PAUSE_S)
     for key, r in runners.items():
-        fast = not (key == "dlc" and dlc.kind == "reference")
-        steps, warmup = counts(name, args, fast)
-        time.sleep(PAUSE_S)       # let the previous framework's spinning worker threads go to sleep
-        r.timed(warmup, steps)
-        print(f"  {r.run.framework:<16} median {r.run.median_ms:10.2f} ms   ({r.run.spread()}, warm-up {warmup}; "
-              f"other processes used {r.run.others:.2f} cores)", flush=True)
-    res.others = max((r.others for r in res.runs.values() if r.times and r.others == r.others), default=float("nan"))
+        r.run.take(res.rounds, key)
+        print(f"  {r.run.framework:<16} median {r.run.median_ms:10.2f} ms   ({r.run.spread()}, warm-up {warmup})",
+              flush=True)
+    res.others = res.rounds.most_others
+    print(f"  others of each round: {res.rounds.others_text()}")
+    if note := wide_note(name, {f"dlc/{k}": res.ratio(k) for k in runners if k != "dlc"}):
+        print(note, flush=True)
     if res.others > 0.25:
         print(f"  warning: other processes used up to {res.others:.2f} of {os.cpu_count()} cores while {name} was "
               "timed: multi-threaded step times suffer most", file=sys.stderr, flush=True)
@@ -565,17 +573,16 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
 
 
 def counts(name: str, args, fast: bool) -> tuple:
-    """(timed steps, warm-up steps) for a workload on a fast or reference engine."""
+    """(timed steps per round, warm-up steps, rounds) for a workload on a fast or reference engine."""
     if args.quick:
-        steps, warmup = (QUICK["steps"], QUICK["warmup"]) if fast else (QUICK["reference_steps"], QUICK["reference_warmup"])
+        pre = "" if fast else "reference_"
+        steps, warmup, rounds = QUICK[pre + "steps"], QUICK[pre + "warmup"], QUICK[pre + "rounds"]
     else:
         steps = DEFAULT_STEPS[name][0 if fast else 1]
         warmup = DEFAULT_WARMUP[0 if fast else 1]
-    if args.steps is not None:
-        steps = args.steps
-    if args.warmup is not None:
-        warmup = args.warmup
-    return steps, warmup
+        rounds = DEFAULT_ROUNDS[0 if fast else 1]
+    return (steps if args.steps is None else args.steps, warmup if args.warmup is None else args.warmup,
+            rounds if args.rounds is None else args.rounds)
 
 
 # ---- the table --------------------------------------------------------------------------------------------
@@ -595,11 +602,12 @@ def table(results: list, keys: list, peak_gflops: float) -> str:
         d, best = r.runs.get("dlc"), r.best_peer()
         row = [r.name, d.framework[5:-1] if d else "-"]
         row += [fmt(r.runs[k].median_ms if k in r.runs else nan) for k in keys]
-        row += [best or "-", fmt(r.ratio("torch")), fmt(r.ratio(best))]
-        row += [fmt(1 / r.ratio("dlc_f32"))] * ("dlc_f32" in keys)
+        row += [best or "-", str(r.ratio("torch")), str(r.ratio(best))]
+        row += [fmt(1 / r.ratio("dlc_f32").median)] * ("dlc_f32" in keys)
         row += [fmt(r.runs[k].first_s if k in r.runs else nan, 3) for k in keys]
         row += [f"{r.flops / 1e6:,.1f}", fmt(100 * r.utilization("dlc", peak_gflops), 1),
-                fmt(100 * r.utilization(best, peak_gflops), 1), r.check, fmt(r.others)]
+                fmt(100 * r.utilization(best, peak_gflops), 1), r.check,
+                r.rounds.others_text() if r.rounds else "-"]
         rows.append(row)
     return markdown(cols, rows)
 
@@ -619,9 +627,11 @@ def as_json(results: list, peak: dict, threads: int, versions: dict) -> dict:
         best = r.best_peer()
         workloads[r.name] = {
             "ok": r.ok, "check": r.check, "others": r.others, "flops_per_step": r.flops,
-            "best_peer": best, "dlc_over_torch": r.ratio("torch"), "dlc_over_best": r.ratio(best),
+            "others_per_round": r.rounds.others if r.rounds else [],
+            "best_peer": best, "dlc_over_torch": vars(r.ratio("torch")), "dlc_over_best": vars(r.ratio(best)),
             "frameworks": {k: {"name": run.framework, "median_ms": run.median_ms, "first_s": run.first_s,
                                "times_ms": [t * 1e3 for t in run.times], "others": run.others,
+                               "round_median_ms": [t * 1e3 for t in run.round_s],
                                "threads": run.teams[-len(run.times):] if run.teams else None,
                                "utilization": r.utilization(k, peak_gflops)}
                            for k, run in r.runs.items()},
@@ -647,10 +657,13 @@ def main(argv=None) -> int:
                     help="dlc engine (default native; falls back to reference with a note)")
     ap.add_argument("--only", choices=tuple(DEFAULT_STEPS), action="append",
                     help="run only this workload (repeatable)")
-    ap.add_argument("--steps", type=int, help="timed steps per framework (default: 20 for mlp/lenet, 10 for "
-                    "lstm/transformer; 5 and 3 on the reference engine)")
+    ap.add_argument("--steps", type=int, help="timed steps per framework and round (default: 4 for mlp/lenet, 2 "
+                    "for lstm/transformer; 1 on the reference engine)")
+    ap.add_argument("--rounds", type=int, help="rounds of every framework in turn (default 5; 3 on the reference "
+                    "engine)")
     ap.add_argument("--warmup", type=int, help="untimed steps after the first (default 3; 1 on the reference engine)")
-    ap.add_argument("--quick", action="store_true", help="a fast smoke run: 3 timed steps (1 on the reference engine)")
+    ap.add_argument("--quick", action="store_true", help="a fast smoke run: 3 rounds of 1 step (1 round on the "
+                    "reference engine)")
     ap.add_argument("--frameworks", default=",".join(FRAMEWORKS),
                     help=f"comma-separated subset of {','.join(FRAMEWORKS)} (default all)")
     ap.add_argument("--threads", type=int, default=THREADS, help=f"torch threads (default {THREADS})")
@@ -668,8 +681,9 @@ def main(argv=None) -> int:
                     help="dlc's first steps with an empty compile cache (a new DLC_CACHE_DIR) but its GEMM kernels "
                          "built: they are compiled first, once, and timed apart")
     args = ap.parse_args(argv)
-    if args.steps is not None and args.steps < 1 or args.warmup is not None and args.warmup < 0:
-        ap.error("--steps must be at least 1 and --warmup at least 0")
+    if (args.steps is not None and args.steps < 1 or args.rounds is not None and args.rounds < 1
+            or args.warmup is not None and args.warmup < 0):
+        ap.error("--steps and --rounds must be at least 1 and --warmup at least 0")
     if args.load < 0 or args.load and args.wait_idle:
         ap.error("--load takes a count of at least 0, and cannot be combined with --wait-idle")
     frameworks = {f.strip() for f in args.frameworks.split(",") if f.strip()}
@@ -724,11 +738,12 @@ def main(argv=None) -> int:
             results.append(run_workload(name, args, frameworks, jax_reason))
 
     keys = [k for k in FRAMEWORKS if any(k in r.runs for r in results)]
-    print("\nmedian train-step time (ms); best peer: the fastest other framework; dlc/torch, dlc/best: ratios of "
-          "medians (below 1: dlc is faster); first-step (compile) time (s), not in the medians; MFLOP/step: forward + "
+    print("\nmedian train-step time (ms, the median over rounds of each round's median); best peer: the fastest "
+          "other framework; dlc/torch, dlc/best: the median over rounds of each round's ratio, its p25-p75 in "
+          "brackets, 'wide' past ±15 % (below 1: dlc is faster); first-step (compile) time (s), not in the medians; MFLOP/step: forward + "
           f"backward FLOPs of one step (dlc's count of the gradient graph, without the Adam update); % peak: those "
           f"FLOPs / median step time / the {peak_threads}-thread FMA peak; others: cores used by other processes "
-          "while timing (0 = quiet machine)\n")
+          "in each round (0 = quiet machine)\n")
     print(table(results, keys, peak["gflops"][peak_threads]))
     if note := uncertain_note(peak):
         print(note)

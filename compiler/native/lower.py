@@ -51,6 +51,7 @@ class Lowering:
         self.values: dict = {}        # tensor key -> expression over its own shape
         self.cols: dict = {}          # im2col buffers by (window expression, shape)
         self.bf16_copies: dict = {}   # tensor key -> its copy rounded to bfloat16 (`rounded`)
+        self.channel_copies: dict = {}  # tensor key -> its copy channels first (`channels_first`)
 
     def emit(self, kernel, into: list | None = None):
         kernel.nodes, kernel.origin = self.fusion.group(kernel.node), self.fusion.origin(kernel.node)
@@ -123,6 +124,21 @@ class Lowering:
         self.emit(MapKernel(t.shape, load.buffer, load.at, e, node=t.node))
         self.values[t.key()] = load
         return load
+
+    def channels_first(self, t: Tensor, node: int) -> Load:
+        """t [N, C, ...] in memory as [C, N, ...], contiguous: a GEMM over the whole batch
+        takes it as one C x N·(...) matrix. Read where it lies so (a convolution's output,
+        kernels/conv), else copied by a map kernel, once per tensor (a convolution's two
+        gradients share the copy of the output gradient)."""
+        shape = (t.shape[1], t.shape[0], *t.shape[2:])
+        e = self.use(t)
+        if isinstance(e, Load) and first_two_swapped(e.at).coeffs == row_major(shape):
+            return Load(e.buffer, first_two_swapped(e.at), e.dtype)
+        if t.key() not in self.channel_copies:
+            buf = self.p.buffer(t.dtype, numel(t.shape), "temp")
+            self.emit(MapKernel(shape, buf.id, Affine(0, row_major(shape)), e.remap(first_two_swapped), node=node))
+            self.channel_copies[t.key()] = contiguous(buf.id, shape, t.dtype)
+        return self.channel_copies[t.key()]
 
     def place(self, t: Tensor, rows: bool = False) -> Load:
         """Where a kernel writes the value t: at its step's place in a scan's stacked
@@ -218,6 +234,11 @@ class Lowering:
             self.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), e, node=n))
             self.cols[e, shape] = cols
         return self.cols[e, shape]
+
+
+def first_two_swapped(a: Affine) -> Affine:
+    """An index map over [A, B, ...] as one over [B, A, ...]."""
+    return Affine(a.offset, (a.coeffs[1], a.coeffs[0], *a.coeffs[2:]))
 
 
 @collector_paused()

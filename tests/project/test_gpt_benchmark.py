@@ -1,7 +1,7 @@
 """benchmarks/gpt.py on its 1-layer `tiny` configuration, a few iterations: the two models
 are the same function (checked by the script before it runs them), have the same number of
-parameters, start near ln(vocab) and get a row each with finite figures (no timing is
-asserted: the machine is shared)."""
+parameters, start near ln(vocab) and get a row each with finite figures, from runs in
+rounds (no timing is asserted: the machine is shared)."""
 import json
 import math
 import os
@@ -17,7 +17,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpt.py"
 
 def test_the_gpt_benchmark_runs_its_tiny_configuration(tmp_path):
     # the session's cache (conftest.py): dlc's GEMM kernels compiled once, not in every cold child
-    out = subprocess.run([sys.executable, str(SCRIPT), "--only", "tiny", "--iters", "6", "--json",
+    out = subprocess.run([sys.executable, str(SCRIPT), "--only", "tiny", "--iters", "6", "--rounds", "2", "--json",
                           str(tmp_path / "g.json"), "--cache", os.environ["DLC_CACHE_DIR"]],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
@@ -33,4 +33,6 @@ def test_the_gpt_benchmark_runs_its_tiny_configuration(tmp_path):
         assert len(r["ms"]) == 4 and all(t > 0 for t in r["ms"])
         assert r["first_s"] > 0 and r["rss_mb"] > 0 and math.isfinite(r["val_loss"])
         assert all(t > 0 for t in r["phases_s"].values()) and max(r["rss_mb_after"].values()) <= r["rss_mb"]
+    assert all(len(r["ms_per_iter_of_each_round"]) == 2 for r in runs.values())
+    assert len(result["others"]) == 2 and result["dlc/torch"]["rounds"] == 2
     assert list(runs["dlc"]["phases_s"]) == ["imports", "load", "compile", "first step"]

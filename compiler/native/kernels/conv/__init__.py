@@ -156,6 +156,14 @@ def _weight_pairs(lw, w: Tensor, transposed: bool, n) -> Load:
     lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), Op("bf16_pair", (tap(0), tap(1)), "f32"), node=n))
     return contiguous(out.id, shape, "f32")
 
+def _few_pixels(pixels, filters) -> bool:
+    """Whether a pointwise convolution is one GEMM over the batch, x copied channels first
+    (read and written: 2·C·HW floats an example), rather than one GEMM per example as x lies,
+    which reads all of W (O·C) for each example's HW columns: where that is the more, O ≥ 2·HW
+    (the last stages' few pixels). Its gradients are over the batch whatever the pixels: the
+    weight gradient's columns are a copy anyway, and the input gradient shares its copy of g."""
+    return isinstance(pixels, int) and 2 * pixels <= filters
+
 def _pointwise(kh, kw, attrs) -> bool:
     """Whether a convolution is a matrix product as its input lies: 1 x 1, stride 1, no
     padding, one group, so y[n] (O x H·W) = W (O x C) @ x[n] (C x H·W), without columns."""
@@ -187,8 +195,18 @@ def _conv2d(lw, n, ins, attrs, typ):
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
     if _pointwise(s.kh, s.kw, attrs):
-        # the pointwise convolutions of depthwise-separable networks: a GEMM per example
-        # (a direct conv's few taps per output would leave most of these products' C unused)
+        # the pointwise convolutions of depthwise-separable networks (a direct conv's few taps
+        # per output would leave most of these products' C unused)
+        if _few_pixels(s.pixels, s.O):
+            # one GEMM over the batch, y stored [O, N, H, W]: y (O x N*HW) = W (O x C) @ x as
+            # C x N*HW (channels first)
+            xt, columns = lw.channels_first(x, n), s.N * s.pixels
+            lw.emit(GemmKernel(s.O, columns, s.C, 1, (wm.buffer, wm.at.offset, s.C, 0),
+                               (xt.buffer, xt.at.offset, columns, 0), (out.id, 0, columns, 0), False, False,
+                               bf16=lw.bf16, node=n))
+            lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, s.Wo, 1)), typ.dtype))
+            return
+        # many pixels: y[n] (O x HW) = W @ x[n] (C x HW) as x lies, each product wide enough
         xm = lw.materialize(x)
         lw.emit(GemmKernel(s.O, s.pixels, s.C, s.N, (wm.buffer, wm.at.offset, s.C, 0),
                            (xm.buffer, xm.at.offset, s.pixels, s.C * s.pixels), (out.id, 0, s.pixels, s.O * s.pixels),
@@ -248,13 +266,11 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
                                 (cols.id, 0, s.taps, s.pixels * s.taps), (out.id, 0, s.taps), partial.id, SMALL_GEMM_PARTS,
                                 bf16=lw.bf16, node=n))
     else:
-        # g as [O, N*HoWo]: dW_g (Og x Cg*kh*kw) = g2_g @ cols_g (N*HoWo x Cg*kh*kw), one GEMM per group
-        g2 = lw.p.buffer("f32", s.O * s.N * s.pixels, "temp")
-        swap = lambda a: Affine(a.offset, (a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3]))
-        lw.emit(MapKernel((s.O, s.N, s.Ho, s.Wo), g2.id, Affine(0, row_major((s.O, s.N, s.Ho, s.Wo))),
-                            lw.use(g).remap(swap), node=n))
+        # g as [O, N*HoWo] (channels first): dW_g (Og x Cg*kh*kw) = g_g @ cols_g (N*HoWo x Cg*kh*kw),
+        # one GEMM over the batch per group
+        gt = lw.channels_first(g, n)
         og, cgkk, rows = s.group_filters, s.group_taps, s.N * s.pixels
-        lw.emit(GemmKernel(og, cgkk, rows, groups, (g2.id, 0, rows, og * rows), (cols.id, 0, s.taps, cgkk),
+        lw.emit(GemmKernel(og, cgkk, rows, groups, (gt.buffer, gt.at.offset, rows, og * rows), (cols.id, 0, s.taps, cgkk),
                            (out.id, 0, cgkk, og * cgkk), False, False, bf16=lw.bf16, node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
@@ -293,13 +309,14 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
                                  Op("mul", (dy, wt), "f32"), node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    gm, wm = lw.materialize(g), lw.materialize(w)
+    wm = lw.materialize(w)
+    columns = s.N * s.pixels
     if _pointwise(s.kh, s.kw, attrs):
-        # dx[n] (C x H·W) = W^T (C x O) @ g[n] (O x H·W): the columns are dx itself
-        lw.emit(GemmKernel(s.C, s.pixels, s.O, s.N, (wm.buffer, wm.at.offset, s.C, 0),
-                           (gm.buffer, gm.at.offset, s.pixels, s.O * s.pixels), (out.id, 0, s.pixels, s.C * s.pixels),
-                           True, False, bf16=lw.bf16, node=n))
-        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        # the columns are dx itself, stored [C, N, H, W]: dx (C x N*HW) = W^T (C x O) @ g as O x N*HW
+        gt = lw.channels_first(g, n)
+        lw.emit(GemmKernel(s.C, columns, s.O, 1, (wm.buffer, wm.at.offset, s.C, 0), (gt.buffer, gt.at.offset, columns, 0),
+                           (out.id, 0, columns, 0), True, False, bf16=lw.bf16, node=n))
+        lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, W, 1)), typ.dtype))
         return
     if _direct(s.taps, s.kw, attrs) and (st_h, st_w) == (1, 1):
         # g convolved with the filters flipped, their channels swapped: one pass, no columns
@@ -310,13 +327,17 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.p.buffer("f32", s.N * s.taps * s.pixels, "temp")
-    # the columns transposed, [N, C, kh, kw, Ho, Wo]: cols[n] (CKK x HoWo) = W^T (W is O x CKK) @ g[n]
-    # (O x HoWo), so that col2im's innermost loop walks Wo, along the rows of both
-    lw.emit(GemmKernel(s.taps, s.pixels, s.O, s.N, (wm.buffer, wm.at.offset, s.taps, 0),
-                       (gm.buffer, gm.at.offset, s.pixels, s.O * s.pixels), (cols.id, 0, s.pixels, s.taps * s.pixels),
-                       True, False, bf16=lw.bf16, node=n))
+    # the columns transposed, [C, kh, kw, N, Ho, Wo], in one GEMM over the batch: cols (CKK x N*HoWo)
+    # = W^T (W is O x CKK) @ g as O x N*HoWo (channels first; a GEMM per example multiplied the whole
+    # of W by a few columns each, at a small stage's 2 x 2 pixels), so that col2im's innermost loop
+    # walks Wo, along the rows of both
+    gt = lw.channels_first(g, n)
+    lw.emit(GemmKernel(s.taps, columns, s.O, 1, (wm.buffer, wm.at.offset, s.taps, 0), (gt.buffer, gt.at.offset, columns, 0),
+                       (cols.id, 0, columns, 0), True, False, bf16=lw.bf16, node=n))
     at = Affine(-ph * sh - pw * sw, (sn, sc, dh * sh, dw * sw, st_h * sh, st_w * sw))
     guards = ((Affine(-ph, (0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, dw, 0, st_w)), W))
     shape = (s.N, s.C, s.kh, s.kw, s.Ho, s.Wo)
-    lw.emit(AccumulateKernel(shape, out.id, at, guards, contiguous(cols.id, shape, "f32"), node=n))
+    per_channel = s.kh * s.kw * columns             # cols' stride along C
+    lw.emit(AccumulateKernel(shape, out.id, at, guards,
+                             Load(cols.id, Affine(0, (s.pixels, per_channel, s.kw * columns, columns, s.Wo, 1)), "f32"), node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
