@@ -209,7 +209,7 @@ static int set_parameter(struct DLC_INSTANCE *m, const char *name, const float *
     return DLC_OK;
 }
 
-/* ---- saving: the .npz dlc writes (runtime/training/checkpoint.py), stored, with its JSON metadata */
+/* ---- saving: the .npz dlc writes (runtime/interop/checkpoint.py), stored, with its JSON metadata */
 typedef struct { unsigned char *bytes; uint64_t size, capacity; int failed; } growing;
 
 static void put(growing *g, const void *data, uint64_t n) {

@@ -243,7 +243,7 @@ class KernelBuilder:
         """Tell LLVM that accesses to different buffers never overlap (scoped noalias, one
         scope per buffer), so loops touching many buffers vectorize without runtime
         overlap checks. True: distinct buffers are distinct arrays, or arena slots whose
-        live ranges, both covering this kernel, are disjoint (compiler/memory.py)."""
+        live ranges, both covering this kernel, are disjoint (compiler/native/memory.py)."""
         scopes = _alias_scopes(self.m)
         # named by argument slot, not buffer, so that kernels alike are alike to the letter
         used = sorted({self.args.slot(bid) for _, bid in self.accesses})
