@@ -12,7 +12,9 @@ give the same AST, or the file is left alone.
 """
 from __future__ import annotations
 
+import codecs
 import difflib
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -62,6 +64,16 @@ def format_text(text: str, filename: str = "<input>") -> str:
     return out
 
 
+def format_source(text: str, filename: str = "<input>") -> str:
+    """`text` as a file or an editor holds it (its lines ending in `\n`, `\r\n` or `\r`, a byte
+    order mark maybe first) in the canonical layout, its lines ending as its first line does
+    (as ruff's formatter keeps them), its byte order mark kept."""
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    line_end = re.search(r"\r\n?|\n", text)
+    formatted = format_text(syntax.universal_newlines(text[len(bom):]), filename)
+    return bom + (formatted.replace("\n", line_end[0]) if line_end else formatted)
+
+
 def format_files(paths: list[str], check: bool = False, out=None) -> int:
     """`dlc fmt`: rewrite each file (a folder: its .dl files) in the canonical layout; with
     `check`, change nothing and print a unified diff of each file that is not. A file that
@@ -70,8 +82,8 @@ def format_files(paths: list[str], check: bool = False, out=None) -> int:
     out, unformatted, failed = out or sys.stdout, 0, 0
     for path in _dl_files(paths):
         try:
-            text = syntax.read_source(path)
-            formatted = format_text(text, str(path))
+            text = syntax.read_source(path, newline="")
+            formatted = format_source(text, str(path))
         except DlcError as e:
             print(e.render(), file=sys.stderr)
             failed += 1
@@ -84,7 +96,10 @@ def format_files(paths: list[str], check: bool = False, out=None) -> int:
                                                 f"{path} (as written)", f"{path} (formatted)"))
         else:
             try:
-                path.write_text(formatted, encoding="utf-8")
+                with open(path, "rb") as f:
+                    bom = f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8       # read_source drops it
+                with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
+                    f.write(formatted)
             except OSError as e:
                 raise DlcError(f"cannot write {path}: {e.strerror}") from None
             print(f"formatted {path}", file=out)

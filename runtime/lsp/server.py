@@ -21,19 +21,29 @@ from pygls.uris import from_fs_path, to_fs_path
 import dlc
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend import syntax
-from dlc.compiler.frontend.format import format_text
+from dlc.compiler.frontend.format import format_source
 from dlc.compiler.frontend.loader import stdlib_env
 from dlc.compiler.frontend.settings import parameter_texts
 from dlc.compiler.frontend.values import Builtin, Func
 from dlc.runtime.lsp import describe
 from dlc.runtime.lsp.analysis import BUILD_SECONDS, Analysis, analyze, file_of
 from dlc.runtime.lsp.memory import PeakWorker, peak_blocker
-from dlc.runtime.lsp.names import Binding, contains, name_span
+from dlc.runtime.lsp.names import Binding, contains, name_span, rename_conflict
 
 DID_YOU_MEAN = re.compile(r"did you mean '([^']+)'\?")
 IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+PIPED = re.compile(r"\|>\s*\w*$")      # a pipe's function being written: `x |> ` or `x |> den`
 
 log = logging.getLogger(__name__)
+
+
+class Refused(JsonRpcException):
+    """A request the server declines, with the reason (a rename that would change what a name
+    refers to, a document that does not parse): an error response to the client, and no
+    error of the server's, so not in its log."""
+
+    def __init__(self, message: str, code=lsp_types.LSPErrorCodes.RequestFailed):
+        super().__init__(message, code=code)
 
 
 class DlcLanguageServer(LanguageServer):
@@ -410,10 +420,13 @@ def _occurrence(a: Analysis, b: Binding, line: int, col: int) -> Span:
 async def rename(ls: DlcLanguageServer, params: lsp_types.RenameParams):
     a, target = await name_at(ls, params)
     if not isinstance(target, Binding):
-        raise JsonRpcException("only a name bound in this file can be renamed", code=lsp_types.LSPErrorCodes.RequestFailed)
+        raise Refused("only a name bound in this file can be renamed")
     new = params.new_name
     if not IDENTIFIER.fullmatch(new) or new in syntax.reserved_words():
-        raise JsonRpcException(f"'{new}' is not a name the language allows", code=lsp_types.ErrorCodes.InvalidParams)
+        raise Refused(f"'{new}' is not a name the language allows", code=lsp_types.ErrorCodes.InvalidParams)
+    conflict = rename_conflict(a.text, a.path, a.names, target, new)
+    if conflict is not None:
+        raise Refused(conflict)
     return lsp_types.WorkspaceEdit(changes={params.text_document.uri: [
         lsp_types.TextEdit(range=to_range(s), new_text=new) for s in a.names.references(target)]})
 
@@ -588,10 +601,13 @@ def completion(ls: DlcLanguageServer, params: lsp_types.CompletionParams):
         setting = re.search(r"(\w+)\s*=\s*\w*$", text[:offset].rsplit("\n", 1)[-1])
         return train_items(setting[1] if setting else None)
     a = ls.parsed.get(params.text_document.uri)
-    if a is not None:
-        for name, b in a.names.visible(*place(params)).items():
-            items.append(lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Variable, detail=b.kind))
-    return items + list(library_items())
+    visible = a.names.visible(*place(params)) if a is not None else {}
+    piped = PIPED.search(text[max(offset - 200, 0):offset]) is not None      # only a function fits
+    for name, b in visible.items():
+        if not piped or b.kind == "def":
+            items.append(lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Function if b.kind == "def"
+                                                  else lsp_types.CompletionItemKind.Variable, detail=b.kind))
+    return items + [item for item in library_items() if item.label not in visible]     # a name of the file hides it
 
 
 # ---- formatting ------------------------------------------------------------------------------------
@@ -600,9 +616,9 @@ def completion(ls: DlcLanguageServer, params: lsp_types.CompletionParams):
 def formatting(ls: DlcLanguageServer, params: lsp_types.DocumentFormattingParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
     try:
-        formatted = format_text(syntax.universal_newlines(doc.source), to_fs_path(doc.uri) or doc.uri)
+        formatted = format_source(doc.source, to_fs_path(doc.uri) or doc.uri)
     except DlcError as e:
-        raise JsonRpcException(e.render(), code=lsp_types.LSPErrorCodes.RequestFailed) from None
+        raise Refused(e.render()) from None
     if formatted == doc.source:
         return []
     end = lsp_types.Position(len(doc.lines), 0)
@@ -611,7 +627,10 @@ def formatting(ls: DlcLanguageServer, params: lsp_types.DocumentFormattingParams
 
 def _without_traceback(record: logging.LogRecord) -> bool:
     """A message the client sent that is not UTF-8 or not JSON is logged by pygls as its
-    error's message (pygls tells the client too), not as a traceback of its reader's."""
+    error's message (pygls tells the client too), not as a traceback of its reader's. A
+    request refused (Refused) is answered, and not logged."""
+    if record.exc_info and isinstance(record.exc_info[1], Refused):
+        return False
     if record.name.startswith("pygls") and record.exc_info and record.exc_info[1] is not None:
         record.msg = f"{record.msg}: {record.exc_info[1]}"
         record.exc_info = None

@@ -179,3 +179,28 @@ def test_missing_and_not_utf8_files_are_errors(tmp_path, capsys):
 
 def test_examples_and_stdlib_pass_fmt_check(capsys):
     assert main(["fmt", "--check", str(ROOT / "examples"), *map(str, STDLIB)]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line_end", ["\r\n", "\r", "\n"])
+def test_fmt_keeps_the_line_ends_of_the_file(tmp_path, line_end):
+    path = tmp_path / "m.dl"
+    path.write_bytes("model m {\ninput x: f32[B]\n}\n".replace("\n", line_end).encode())
+    assert main(["fmt", str(path)]) == 0
+    assert path.read_bytes() == "model m {\n    input  x: f32[B]\n}\n".replace("\n", line_end).encode()
+    assert main(["fmt", "--check", str(path)]) == 0
+
+
+def test_fmt_makes_the_line_ends_those_of_the_first_line(tmp_path):
+    path = tmp_path / "m.dl"
+    path.write_bytes(b"model m {\r\n    input  x: f32[B]\n}\r\n")
+    assert main(["fmt", "--check", str(path)]) == 1
+    assert main(["fmt", str(path)]) == 0
+    assert path.read_bytes() == b"model m {\r\n    input  x: f32[B]\r\n}\r\n"
+
+
+def test_a_byte_order_mark_is_accepted_and_kept(tmp_path, capsys):
+    path = tmp_path / "m.dl"
+    path.write_bytes(b"\xef\xbb\xbfmodel m {\r\ninput x: f32[B, 4]\r\noutput y = dense(x, 2)\r\n}\r\n")
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    assert main(["fmt", str(path)]) == 0
+    assert path.read_bytes() == b"\xef\xbb\xbfmodel m {\r\n    input  x: f32[B, 4]\r\n    output y = dense(x, 2)\r\n}\r\n"

@@ -17,6 +17,7 @@ import pytest
 import dlc
 from dlc.compiler.frontend import syntax as A
 from dlc.tools.editor_shot import scopes
+from helpers.browser import require_chromium
 
 ROOT = Path(dlc.__file__).resolve().parent
 VSCODE = ROOT / "editors" / "vscode"
@@ -83,10 +84,17 @@ def test_vsce_packages_the_extension(tmp_path):
 
 
 def test_the_editor_picture_is_drawn_from_the_grammar_and_the_server(tmp_path):
-    pytest.importorskip("playwright.sync_api", reason="the picture needs playwright")
+    require_chromium("the editor picture")
     out = tmp_path / "editor.png"
     main = subprocess.run([sys.executable, "-m", "dlc.tools.editor_shot", "--out", str(out), "--size", "900", "500"],
                           capture_output=True, text=True, timeout=300)
     assert main.returncode == 0, main.stderr
     png = out.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (900, 500)
+
+
+def test_the_editor_picture_without_chromium_skips_naming_it(monkeypatch, tmp_path):
+    import helpers.browser
+    monkeypatch.setattr(helpers.browser, "CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(pytest.skip.Exception, match=r"needs Chromium at .*\(apt-get install chromium\)"):
+        test_the_editor_picture_is_drawn_from_the_grammar_and_the_server(tmp_path)
