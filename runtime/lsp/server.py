@@ -32,6 +32,7 @@ from dlc.runtime.lsp.names import Binding, contains, name_span, rename_conflict
 
 DID_YOU_MEAN = re.compile(r"did you mean '([^']+)'\?")
 IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+SECTION = "dlc"         # the client's settings section of the server's settings
 PIPED = re.compile(r"\|>\s*\w*$")      # a pipe's function being written: `x |> ` or `x |> den`
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,30 @@ class DlcLanguageServer(LanguageServer):
         self.analyzed: dict = {}        # uri -> the event set when that task's analysis is published
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="dlc-analysis")
         self.inlay_hints = True
+
+    def apply_settings(self, settings):
+        """The settings of the section `dlc` a client gave (those it does not give keep their
+        value); the client is asked to show its inlay hints again when they change."""
+        if not isinstance(settings, dict) or not isinstance(settings.get("inlayHints"), bool) \
+                or settings["inlayHints"] == self.inlay_hints:
+            return
+        self.inlay_hints = settings["inlayHints"]
+        workspace = self.client_capabilities.workspace if self.client_capabilities else None
+        if workspace and workspace.inlay_hint and workspace.inlay_hint.refresh_support:
+            self.workspace_inlay_hint_refresh(None)
+
+    async def pull_settings(self):
+        """Ask a client that can be asked (workspace/configuration) for the section `dlc`."""
+        workspace = self.client_capabilities.workspace if self.client_capabilities else None
+        if not (workspace and workspace.configuration):
+            return
+        try:
+            answer = await self.workspace_configuration_async(lsp_types.ConfigurationParams(
+                items=[lsp_types.ConfigurationItem(section=SECTION)]))
+        except JsonRpcException as e:       # a client that says it answers and does not: its settings stay
+            log.warning("the client did not give its settings (workspace/configuration): %s", e)
+            return
+        self.apply_settings(answer[0] if answer else None)
 
     @functools.cached_property
     def peak_worker(self) -> PeakWorker:
@@ -227,18 +252,25 @@ def quick_fix(uri: str, lines: list, d: lsp_types.Diagnostic) -> lsp_types.CodeA
 
 
 # ---- documents -----------------------------------------------------------------------------------
+# ---- settings (docs/editors.md "Settings"): given at the start, pushed by the client, pulled from it ----
 @server.feature(lsp_types.INITIALIZE)
 def initialize(ls: DlcLanguageServer, params: lsp_types.InitializeParams):
-    options = params.initialization_options or {}
-    if isinstance(options, dict) and isinstance(options.get("inlayHints"), bool):
-        ls.inlay_hints = options["inlayHints"]
+    ls.apply_settings(params.initialization_options)
+
+
+@server.feature(lsp_types.INITIALIZED)
+async def initialized(ls: DlcLanguageServer, params: lsp_types.InitializedParams):
+    await ls.pull_settings()
 
 
 @server.feature(lsp_types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-def did_change_configuration(ls: DlcLanguageServer, params: lsp_types.DidChangeConfigurationParams):
-    settings = params.settings.get("dlc", params.settings) if isinstance(params.settings, dict) else {}
-    if isinstance(settings, dict) and isinstance(settings.get("inlayHints"), bool):
-        ls.inlay_hints = settings["inlayHints"]
+async def did_change_configuration(ls: DlcLanguageServer, params: lsp_types.DidChangeConfigurationParams):
+    """The settings the client sends (`{"dlc": {...}}`, or `{...}` alone), then, from a client
+    that answers workspace/configuration (VS Code sends `null` or all its sections here), its
+    section `dlc`."""
+    settings = params.settings
+    ls.apply_settings(settings.get(SECTION, settings) if isinstance(settings, dict) else None)
+    await ls.pull_settings()
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_OPEN)

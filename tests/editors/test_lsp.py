@@ -722,6 +722,15 @@ async def test_lines_ending_in_cr_lf_or_cr_are_analyzed_as_dlc_check_reads_the_f
     assert d.range.start.line == 5, d
 
 
+async def test_a_byte_order_mark_is_accepted_and_columns_stay_the_editors(client, tmp_path):
+    text = "\ufeff" + (EXAMPLES / "xor_mlp.dl").read_text()
+    uri, got = await open_doc(client, tmp_path / "bom.dl", text)
+    assert got == []
+    assert "h: f32[B, 4]" in await hover_text(client, uri, position_of(text, "h = dense"))
+    (d,) = await edit(client, uri, "\ufeffmodel m ( {\n}\n")
+    assert (d.range.start.line, d.range.start.character) == (0, 9), d     # the BOM is the editor's column 0
+
+
 # ---- a server that never dies ------------------------------------------------------------------
 async def test_a_huge_repeat_is_cut_off_by_the_time_budget_and_says_so(client, tmp_path):
     # each step also makes a long static tuple, so that the 2 s pass long before the node limit
@@ -803,19 +812,61 @@ async def test_bytes_that_are_not_utf8_or_json_on_the_wire_leave_the_server_answ
     assert "Traceback" not in server.stderr.read().decode()
 
 
+async def started_client(capabilities: T.ClientCapabilities, features: dict | None = None) -> tuple:
+    """A client of a server of its own, initialized (with `features`: method -> handler), and
+    the diagnostics the server publishes to it, as they come."""
+    from pygls.lsp.client import LanguageClient as Client
+    client, published = Client("dlc-test", "1"), []
+    client.feature(T.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)(lambda params: published.append(params))
+    for method, handler in (features or {}).items():
+        client.feature(method)(handler)
+    await client.start_io(*SERVER)
+    await client.initialize_async(T.InitializeParams(capabilities=capabilities))
+    client.initialized(T.InitializedParams())
+    return client, published
+
+
+async def test_a_client_that_answers_workspace_configuration_is_asked_for_its_section_dlc(tmp_path):
+    """docs/editors.md "Settings": at the start and at each workspace/didChangeConfiguration
+    (here with no settings, as VS Code sends it), the server asks for the section `dlc`, and
+    asks the client to show its inlay hints again when they change."""
+    settings, asked, refreshed = {"inlayHints": False}, [], []
+
+    def configuration(params):
+        asked.append([item.section for item in params.items])
+        return [dict(settings)]
+    client, published = await started_client(
+        T.ClientCapabilities(workspace=T.WorkspaceClientCapabilities(
+            configuration=True, inlay_hint=T.InlayHintWorkspaceClientCapabilities(refresh_support=True))),
+        {T.WORKSPACE_CONFIGURATION: configuration, T.WORKSPACE_INLAY_HINT_REFRESH: lambda params: refreshed.append(1)})
+    text = (EXAMPLES / "mnist_mlp.dl").read_text()
+    uri = (tmp_path / "mnist_mlp.dl").as_uri()
+    client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(uri, "dl", 1, text)))
+    whole = T.InlayHintParams(T.TextDocumentIdentifier(uri), T.Range(T.Position(0, 0), T.Position(len(text.splitlines()), 0)))
+    assert not await client.text_document_inlay_hint_async(whole) and asked == [["dlc"]] and refreshed == [1]
+    settings["inlayHints"] = True
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings=None))
+    for _ in range(500):
+        if len(refreshed) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert asked == [["dlc"], ["dlc"]] and refreshed == [1, 1]
+    assert ": f32[B, 10]" in [h.label for h in await client.text_document_inlay_hint_async(whole)]
+    await client.shutdown_async(None)
+    client.exit(None)
+    await asyncio.wait_for(client._server.wait(), 30)
+    await client.stop()
+
+
 async def test_the_server_exits_at_once_and_its_worker_with_it(tmp_path):
     """exit does not wait for the peak the worker is computing (here some 2-3 s of CPU, the
     model built again and its train step lowered): the worker is ended with the server, and
     its end is no error. A refused rename is an error response, not an error of the server's:
     the server's log (standard error) is empty."""
     import time
-    from pygls.lsp.client import LanguageClient as Client
     deep = ("model deep {\n    input x: f32[B, 32]\n    target t: f32[B, 32]\n    h = x\n"
             "    repeat i in 0..600 {\n        h = dense(h, 32, relu)\n    }\n    loss mean((h - t) ^ 2)\n}\n")
-    client, published = Client("dlc-test", "1"), []
-    client.feature(T.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)(lambda params: published.append(params))
-    await client.start_io(*SERVER)
-    await client.initialize_async(T.InitializeParams(capabilities=T.ClientCapabilities()))
+    client, published = await started_client(T.ClientCapabilities())
     uri = (tmp_path / "deep.dl").as_uri()
     client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(uri, "dl", 1, deep)))
     await client.text_document_document_symbol_async(T.DocumentSymbolParams(T.TextDocumentIdentifier(uri)))

@@ -4,6 +4,7 @@ the extension's npm devDependencies: `npm ci --prefix editors/vscode`."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -71,6 +72,15 @@ def test_every_example_and_stdlib_file_is_colored_as_dlc_lexes_it(tmp_path):
                 assert "variable." in got or "entity.name" in got, (f.name, tok.line, str(tok), got)
 
 
+def test_the_extensions_settings_reach_the_server(tmp_path):
+    """test/settings.test.js: extension.js's client options with vscode-languageclient's
+    configuration features over a real `dlc lsp` (docs/editors.md, "VS Code")."""
+    pytest.importorskip("pygls", reason="the server needs the lsp extra: pip install \"dlc[lsp]\"")
+    server = [sys.executable, "-c", "from dlc.runtime.cli import main; main(['lsp'])"]
+    out = run("node", "--test", "test/", env=os.environ | {"DLC_LSP_COMMAND": json.dumps(server)})
+    assert out.returncode == 0 and "# pass 1" in out.stdout, out.stdout + out.stderr
+
+
 def test_vsce_packages_the_extension(tmp_path):
     vsix = tmp_path / "dlc-dl.vsix"
     out = run(str(BIN / "vsce"), "package", "--skip-license", "--allow-missing-repository", "--out", str(vsix))
@@ -78,9 +88,11 @@ def test_vsce_packages_the_extension(tmp_path):
     names = zipfile.ZipFile(vsix).namelist()
     for part in ("extension.js", "language-configuration.json", "syntaxes/dl.tmLanguage.json", "package.json"):
         assert f"extension/{part}" in names
+    assert not [n for n in names if n.startswith("extension/test/")]
     assert any(n.startswith("extension/node_modules/vscode-languageclient/") for n in names)
     manifest = json.loads(zipfile.ZipFile(vsix).read("extension/package.json"))
     assert manifest["contributes"]["grammars"][0]["scopeName"] == "source.dl"
+    assert manifest["contributes"]["configuration"]["properties"]["dlc.inlayHints"]["default"] is True
 
 
 def test_the_editor_picture_is_drawn_from_the_grammar_and_the_server(tmp_path):
