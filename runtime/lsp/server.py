@@ -57,20 +57,25 @@ class DlcLanguageServer(LanguageServer):
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="dlc-analysis")
         self.inlay_hints = True
 
-    def apply_settings(self, settings):
-        """The settings of the section `dlc` a client gave (those it does not give keep their
-        value); the client is asked to show its inlay hints again when they change."""
+    def apply_settings(self, settings) -> bool:
+        """Take the settings of the section `dlc` a client gave (those it does not give keep
+        their value); whether one changed."""
         if not isinstance(settings, dict) or not isinstance(settings.get("inlayHints"), bool) \
                 or settings["inlayHints"] == self.inlay_hints:
-            return
+            return False
         self.inlay_hints = settings["inlayHints"]
-        workspace = self.client_capabilities.workspace if self.client_capabilities else None
-        if workspace and workspace.inlay_hint and workspace.inlay_hint.refresh_support:
+        return True
+
+    def changed_settings(self, settings):
+        """Settings given after the start: a client that can is asked to show its inlay hints
+        again when they changed."""
+        workspace = self.client_capabilities.workspace
+        if self.apply_settings(settings) and workspace and workspace.inlay_hint and workspace.inlay_hint.refresh_support:
             self.workspace_inlay_hint_refresh(None)
 
     async def pull_settings(self):
         """Ask a client that can be asked (workspace/configuration) for the section `dlc`."""
-        workspace = self.client_capabilities.workspace if self.client_capabilities else None
+        workspace = self.client_capabilities.workspace
         if not (workspace and workspace.configuration):
             return
         try:
@@ -79,7 +84,7 @@ class DlcLanguageServer(LanguageServer):
         except JsonRpcException as e:       # a client that says it answers and does not: its settings stay
             log.warning("the client did not give its settings (workspace/configuration): %s", e)
             return
-        self.apply_settings(answer[0] if answer else None)
+        self.changed_settings(answer[0] if answer else None)
 
     @functools.cached_property
     def peak_worker(self) -> PeakWorker:
@@ -251,11 +256,10 @@ def quick_fix(uri: str, lines: list, d: lsp_types.Diagnostic) -> lsp_types.CodeA
                         edit=lsp_types.WorkspaceEdit(changes={uri: [lsp_types.TextEdit(range=edit, new_text=m[1])]}))
 
 
-# ---- documents -----------------------------------------------------------------------------------
 # ---- settings (docs/editors.md "Settings"): given at the start, pushed by the client, pulled from it ----
 @server.feature(lsp_types.INITIALIZE)
 def initialize(ls: DlcLanguageServer, params: lsp_types.InitializeParams):
-    ls.apply_settings(params.initialization_options)
+    ls.apply_settings(params.initialization_options)        # no request to the client before the answer
 
 
 @server.feature(lsp_types.INITIALIZED)
@@ -269,10 +273,11 @@ async def did_change_configuration(ls: DlcLanguageServer, params: lsp_types.DidC
     that answers workspace/configuration (VS Code sends `null` or all its sections here), its
     section `dlc`."""
     settings = params.settings
-    ls.apply_settings(settings.get(SECTION, settings) if isinstance(settings, dict) else None)
+    ls.changed_settings(settings.get(SECTION, settings) if isinstance(settings, dict) else None)
     await ls.pull_settings()
 
 
+# ---- documents -----------------------------------------------------------------------------------
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: DlcLanguageServer, params: lsp_types.DidOpenTextDocumentParams):
     ls.schedule(params.text_document.uri)
