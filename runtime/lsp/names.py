@@ -264,6 +264,9 @@ def rename_conflict(text: str, path: str, names: NameIndex, b: Binding, new: str
     except Exception:       # noqa: BLE001 - a rename that makes the file not parse changes everything
         return f"the file would not parse with '{new}' here"
     bound_after = {(s.span.line, s.span.col): s for s in after.bindings}
+    named_after = {}        # what a name written at a place refers to after the rename, as NameIndex.at says
+    for span, target in after.uses + [(s.span, s) for s in after.bindings]:
+        named_after.setdefault((span.line, span.col), target)
 
     def meaning(target, renamed_at: tuple | None = None) -> str:
         if not isinstance(target, Binding):
@@ -274,7 +277,7 @@ def rename_conflict(text: str, path: str, names: NameIndex, b: Binding, new: str
         return f"the {target.kind} `{target.name}` of line {at[0]}"
 
     for span, target in [(s.span, s) for s in names.bindings] + names.uses:
-        now = after.at(*moved(span))
+        now = named_after.get(moved(span))
         expected = bound_after.get(moved(target.span)) if isinstance(target, Binding) else target
         if now is not expected and now != expected:
             written = new if target is b else target if isinstance(target, str) else target.name
