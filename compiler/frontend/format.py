@@ -12,7 +12,9 @@ give the same AST, or the file is left alone.
 """
 from __future__ import annotations
 
+import codecs
 import difflib
+import re
 import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,6 +23,7 @@ from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend import syntax
 
 INDENT = 4
+LINE_WIDTH = 120        # a longer line is broken (_wrap_at), its trailing comment aside
 COMMENT_GAP = 2         # spaces between the longest line of a run and its aligned comments
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _STATEMENT_LISTS = ("items", "body", "then", "other", "settings")
@@ -50,19 +53,30 @@ class _Positions:
     callees: set = field(default_factory=set)       # names called: `f` in `f(x)`
 
 
-def format_text(text: str, filename: str = "<input>") -> str:
-    """`text` in the canonical layout. A syntax error is raised as the DlcError `dlc check` gives."""
+def format_text(text: str, filename: str = "<input>", width: int = LINE_WIDTH) -> str:
+    """`text` in the canonical layout, its lines broken at `width` characters where they can
+    be. A syntax error is raised as the DlcError `dlc check` gives."""
     module = syntax.parse(text, filename)
     positions = _Positions()
     _collect(module, positions)
-    out = _render(_lines(text), positions)
+    out = _render(_lines(text), positions, width)
     if syntax.parse(out, filename + " (formatted)") != module:
         raise DlcError("dlc fmt would change what this file means, so it is left as it is "
                        "(a bug of dlc fmt: please report it with the file)", Span(filename, 1, 1))
     return out
 
 
-def format_files(paths: list[str], check: bool = False, out=None) -> int:
+def format_source(text: str, filename: str = "<input>", width: int = LINE_WIDTH) -> str:
+    """`text` as a file or an editor holds it (its lines ending in `\n`, `\r\n` or `\r`, a byte
+    order mark maybe first) in the canonical layout, its lines ending as its first line does
+    (as ruff's formatter keeps them), its byte order mark kept."""
+    bom = "\ufeff" if text.startswith("\ufeff") else ""
+    line_end = re.search(r"\r\n?|\n", text)
+    formatted = format_text(syntax.universal_newlines(text[len(bom):]), filename, width)
+    return bom + (formatted.replace("\n", line_end[0]) if line_end else formatted)
+
+
+def format_files(paths: list[str], check: bool = False, out=None, width: int = LINE_WIDTH) -> int:
     """`dlc fmt`: rewrite each file (a folder: its .dl files) in the canonical layout; with
     `check`, change nothing and print a unified diff of each file that is not. A file that
     does not parse is reported on standard error and left alone, and the others are still
@@ -70,8 +84,8 @@ def format_files(paths: list[str], check: bool = False, out=None) -> int:
     out, unformatted, failed = out or sys.stdout, 0, 0
     for path in _dl_files(paths):
         try:
-            text = syntax.read_source(path)
-            formatted = format_text(text, str(path))
+            text = syntax.read_source(path, newline="")
+            formatted = format_source(text, str(path), width)
         except DlcError as e:
             print(e.render(), file=sys.stderr)
             failed += 1
@@ -84,7 +98,10 @@ def format_files(paths: list[str], check: bool = False, out=None) -> int:
                                                 f"{path} (as written)", f"{path} (formatted)"))
         else:
             try:
-                path.write_text(formatted, encoding="utf-8")
+                with open(path, "rb") as f:
+                    bom = f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8       # read_source drops it
+                with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
+                    f.write(formatted)
             except OSError as e:
                 raise DlcError(f"cannot write {path}: {e.strerror}") from None
             print(f"formatted {path}", file=out)
@@ -162,11 +179,16 @@ class _Open:
     inner: int              # the indent of a line inside: a block's statements, or a continuation
 
 
-def _render(lines: list[_Line], positions: _Positions) -> str:
+def _render(lines: list[_Line], positions: _Positions, width: int = LINE_WIDTH) -> str:
     out: list[tuple[str, str, int | None]] = []   # (indent + code, comment, train block of a setting)
     stack: list[_Open] = []
     statement_indent, prev, before_prev = 0, None, []
-    for line in lines:
+    lines = list(lines)
+    k = 0
+    while k < len(lines):
+        line = lines[k]
+        k += 1
+        state = ([_Open(o.char, o.close_indent, o.inner) for o in stack], statement_indent, prev, list(before_prev))
         first = line.tokens[0] if line.tokens else None
         if first is None:
             indent = stack[-1].inner if stack else 0
@@ -177,11 +199,12 @@ def _render(lines: list[_Line], positions: _Positions) -> str:
             indent = statement_indent = stack[-1].inner if stack else 0
         else:
             indent = stack[-1].inner if stack and stack[-1].char != "{" else statement_indent + INDENT
-        code = " " * indent
+        code, ends, depths = " " * indent, [], []
         for i, tok in enumerate(line.tokens):
             text = str(tok)
             if i and _space(prev, tok, before_prev, stack, positions):
                 code += " "
+            depths.append((len(stack) - len(state[0]), stack[-1].char if stack else ""))
             code += text.ljust(DECLARATION_WIDTH) if i == 0 and len(line.tokens) > 1 and \
                 (tok.line, tok.column) in positions.declarations else text
             if text in _OPENERS:
@@ -196,12 +219,42 @@ def _render(lines: list[_Line], positions: _Positions) -> str:
                     statement_indent = closed.close_indent
             before_prev = (before_prev + [prev])[-3:]
             prev = tok
+            ends.append(len(code))
+        cut = _wrap_at(line.tokens, ends, depths, width) if len(code) > width else None
+        if cut is not None:     # rendered again as two lines, the second a continuation (wrapped again if need be)
+            lines[k - 1:k] = [_Line(line.tokens[:cut], "", line.blanks_before), _Line(line.tokens[cut:], line.comment)]
+            k -= 1
+            stack, statement_indent, prev, before_prev = state
+            continue
         after_open = out and out[-1][0].endswith("{") and not out[-1][1]
         if line.blanks_before and out and not after_open and not (first is not None and str(first) == "}"):
             out.append(("", "", None))
         setting = positions.settings.get((first.line, first.column)) if first is not None else None
         out.append((code, line.comment, setting))
     return _align(out)
+
+
+def _wrap_at(tokens: list, ends: list, depths: list, width: int) -> int | None:
+    """Where a line longer than `width` is broken (the index of the token that starts the
+    next line), or None where it cannot be; `ends`: where each token ends in the line,
+    `depths`: before each, the brackets the line has opened and not closed, and the innermost
+    open bracket. A line is broken after a `,` or an opening `(` or `[` (one not
+    closed at once), or before a `|>` outside brackets; the fewest brackets open first (the
+    outermost call's arguments before an inner call's), and of those the last after which
+    the line fits, else the first."""
+    candidates = []         # (brackets opened on the line and open there, index)
+    for i in range(1, len(tokens)):
+        before, here, (opened, inner) = str(tokens[i - 1]), str(tokens[i]), depths[i]
+        if here == "|>" and not opened:
+            candidates.append((0, i))
+        elif inner in ("(", "[") and (before == "," or before in "([" and here not in ")]"):
+            candidates.append((opened, i))
+    if not candidates:
+        return None
+    fewest = min(depth for depth, _ in candidates)
+    cuts = [i for depth, i in candidates if depth == fewest]
+    fitting = [i for i in cuts if ends[i - 1] <= width]
+    return fitting[-1] if fitting else cuts[0]
 
 
 def _space(prev, tok, before_prev: list, stack: list[_Open], positions: _Positions) -> bool:

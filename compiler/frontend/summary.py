@@ -6,6 +6,7 @@ The layers are the graph's own (graph.layer_tree: what the graph page and `dlc g
 A layer's parameters and FLOPs include those of the layers in it."""
 from __future__ import annotations
 
+from dlc.compiler.errors import plural
 from dlc.compiler.ir.dims import Dim, numel, subs
 from dlc.compiler.ir.graph import ITEMSIZE, Graph, layer_of, layer_parent, layer_tree
 from dlc.compiler.frontend.model import Model
@@ -43,7 +44,7 @@ def signature(model: Model) -> str:
         lines.append(f"  loss    {model.graph.outputs['loss'].type}")
     trainable = sum(numel(p.type.shape) for p in model.params if p.trainable)
     total = sum(numel(p.type.shape) for p in model.params)
-    lines.append(f"  parameters: {total:,} in {len(model.params)} tensors ({trainable:,} trainable)")
+    lines.append(f"  parameters: {total:,} in {plural(len(model.params), 'tensor')} ({trainable:,} trainable)")
     return "\n".join(lines)
 
 

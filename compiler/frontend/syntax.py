@@ -450,10 +450,13 @@ def _describe(expected) -> str:
     return ", ".join(names)
 
 
-def read_source(path: Path) -> str:
-    """A .dl file's text; a file that cannot be read or is not UTF-8 is a located DlcError."""
+def read_source(path: Path, newline: str | None = None) -> str:
+    """A .dl file's text, without the byte order mark an editor may have written first (it
+    is no character of the program), its line ends as `\n` (`newline=""`: as written); a
+    file that cannot be read or is not UTF-8 is a located DlcError."""
     try:
-        return path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8-sig", newline=newline) as f:
+            return f.read()
     except UnicodeDecodeError:
         raise _not_utf8(str(path), path.read_bytes()) from None
     except OSError as e:
@@ -463,8 +466,9 @@ def read_source(path: Path) -> str:
 def universal_newlines(text: str) -> str:
     """The text with its `\r\n` and `\r` line ends as `\n`, as read_source reads a file (Python's
     text mode): an editor's text, whose lines may end in any of the three (the LSP counts each
-    as one line end), then parses as the file would."""
-    return re.sub(r"\r\n?", "\n", text)
+    as one line end), then parses as the file would. A byte order mark first, which read_source
+    drops, is a space here: the editor counts it in the first line's columns."""
+    return re.sub(r"\r\n?", "\n", text.replace("\ufeff", " ", 1) if text.startswith("\ufeff") else text)
 
 
 def _not_utf8(name: str, data: bytes) -> DlcError:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 
-from dlc.compiler.errors import DlcError, Span, source_lines
+from dlc.compiler.errors import DlcError, Span, plural, source_lines
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.evaluator import ann_str
 from dlc.compiler.frontend.loader import stdlib_env
@@ -147,7 +147,7 @@ def binding_text(b: Binding, a: Analysis) -> str:
             return f"const {b.name}"
     if b.kind == "model":
         model = a.models.get(b.name)
-        return f"model {b.name}" + (f": {len(model.params)} parameter tensors, "
+        return f"model {b.name}" + (f": {plural(len(model.params), 'parameter tensor')}, "
                                     f"{sum(numel(p.type.shape) for p in model.params):,} parameters" if model else "")
     typ = binding_type(b, a)
     if typ is not None:
@@ -175,7 +175,7 @@ def call_text(call: Span, container: str, a: Analysis) -> str | None:
     params = [p for p in model.params if c.layer and in_layer(p.name, c.layer)]
     lines = [f"**{c.layer or '(no parameters)'}**: a call of `{c.defn}`"]
     if params:
-        lines.append(f"parameters: {sum(numel(p.type.shape) for p in params):,} in {len(params)} tensors: "
+        lines.append(f"parameters: {sum(numel(p.type.shape) for p in params):,} in {plural(len(params), 'tensor')}: "
                      + ", ".join(f"`{p.name}: {p.type}`" for p in params))
     else:
         lines.append("parameters: none")

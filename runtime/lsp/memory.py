@@ -81,6 +81,7 @@ class PeakWorker:
         self._start()
         self.waiting: list = []         # (the job's Future, its arguments), the next to run last
         self.running = False
+        self.stopped = False            # the server is exiting: no job is started, nor its end told
         self.lock = threading.Lock()
 
     def _start(self):
@@ -90,7 +91,10 @@ class PeakWorker:
         self.processes = [p for p in multiprocessing.active_children() if p not in before]
 
     def stop(self):
-        """End the worker now, the job under way too (the server is exiting: not waited for)."""
+        """End the worker now, the job under way too (the server is exiting: not waited for,
+        and its end, the pool broken by it, is no error)."""
+        with self.lock:
+            self.stopped = True
         self.pool.shutdown(wait=False, cancel_futures=True)
         for process in self.processes:
             process.terminate()
@@ -111,7 +115,7 @@ class PeakWorker:
 
     def _next(self):
         with self.lock:
-            if self.running:
+            if self.running or self.stopped:
                 return
             while self.waiting:
                 job, args = self.waiting.pop()
@@ -130,6 +134,8 @@ class PeakWorker:
     def _done(self, job: Future, ran: Future):
         with self.lock:
             self.running = False
+            if self.stopped:
+                return
         try:
             job.set_result(ran.result())
         except Exception as e:      # the worker died, or dlc failed in it: the job's error

@@ -217,3 +217,78 @@ class _Walker:
             for item in v if isinstance(v, list) else [v]:
                 if isinstance(item, syntax.SyntaxNode):
                     self.expr(item, scope)
+
+
+# ---- renaming ------------------------------------------------------------------------------------------
+def renamed(text: str, spans: list, new: str) -> str:
+    """The text with each span (of one line) replaced by `new`."""
+    lines = text.split("\n")
+    for s in sorted(spans, key=lambda s: (s.line, s.col), reverse=True):
+        line = lines[s.line - 1]
+        lines[s.line - 1] = line[:s.col - 1] + new + line[s.end_col - 1:]
+    return "\n".join(lines)
+
+
+def rename_conflict(text: str, path: str, names: NameIndex, b: Binding, new: str) -> str | None:
+    """Why renaming `b` to `new` would change what a name of the file refers to (a use of
+    `new` that a renamed binding would capture, a use of `b` that another `new` would, a dim
+    a type would no longer bind), or None when every name refers to what it did. The renamed
+    text is indexed again and each name compared, at its place after the rename."""
+    twice = next((other for other in names.bindings if other.name == new and _defined_twice(b, other)), None)
+    if twice is not None:
+        return f"`{new}` is defined already: the {twice.kind} `{new}` of line {twice.span.line}"
+    spans = names.references(b)
+    shift = len(new) - len(b.name)
+
+    def moved(span: Span) -> tuple:
+        before = sum(1 for s in spans if s.line == span.line and s.col < span.col)
+        return span.line, span.col + before * shift
+
+    try:
+        after = index(syntax.parse(renamed(text, spans, new), f"{path} (renamed)"))
+    except Exception:       # noqa: BLE001 - a rename that makes the file not parse changes everything
+        return f"the file would not parse with '{new}' here"
+    bound_after = {(s.span.line, s.span.col): s for s in after.bindings}
+    named_after = {}        # what a name written at a place refers to after the rename, as NameIndex.at says
+    for span, target in after.uses + [(s.span, s) for s in after.bindings]:
+        named_after.setdefault((span.line, span.col), target)
+
+    def meaning(target, renamed_at: tuple | None = None) -> str:
+        if not isinstance(target, Binding):
+            return f"`{target}` of the standard library" if target in _library_names() else f"`{target}`, not defined"
+        at = (target.span.line, target.span.col)
+        if target is b or at == renamed_at:
+            return f"the {target.kind} `{b.name}` renamed, of line {at[0]}"
+        return f"the {target.kind} `{target.name}` of line {at[0]}"
+
+    for span, target in [(s.span, s) for s in names.bindings] + names.uses:
+        now = named_after.get(moved(span))
+        expected = bound_after.get(moved(target.span)) if isinstance(target, Binding) else target
+        if now is not expected and now != expected:
+            written = new if target is b else target if isinstance(target, str) else target.name
+            was = f"binds a new {target.kind}" if isinstance(target, Binding) and target.span == span else f"refers to {meaning(target)}"
+            return (f"renaming `{b.name}` to `{new}` would change what `{written}` at line {span.line}, column "
+                    f"{span.col} means: it {was}, and would refer to {meaning(now, moved(b.span))}")
+    return None
+
+
+# the kinds of names bound in one scope that the evaluator says are defined twice, by kind
+_ONCE = {"def": {"def", "const"}, "const": {"def", "const"}, "model": {"model"}, "output": {"output", "metric"},
+         "metric": {"output", "metric"}}
+_DECLARED = {"input", "target", "param", "state", "def"}
+
+
+def _defined_twice(b: Binding, other: Binding) -> bool:
+    """Whether `b` under the name of `other`, bound in the same model, def or file, would be
+    defined twice (a file's defs and consts, its models, a model's inputs, params and defs
+    against all its names, its outputs and metrics)."""
+    if b.container != other.container:
+        return False
+    if not b.container:
+        return other.kind in _ONCE.get(b.kind, ())
+    return b.kind in _DECLARED or other.kind in _DECLARED or other.kind in _ONCE.get(b.kind, ())
+
+
+def _library_names() -> set:
+    from dlc.compiler.frontend.loader import stdlib_env
+    return set(stdlib_env().visible_names())

@@ -21,19 +21,30 @@ from pygls.uris import from_fs_path, to_fs_path
 import dlc
 from dlc.compiler.errors import DlcError, Span, name_span
 from dlc.compiler.frontend import syntax
-from dlc.compiler.frontend.format import format_text
+from dlc.compiler.frontend.format import format_source
 from dlc.compiler.frontend.loader import stdlib_env
 from dlc.compiler.frontend.settings import parameter_texts
 from dlc.compiler.frontend.values import Builtin, Func
 from dlc.runtime.lsp import describe
 from dlc.runtime.lsp.analysis import BUILD_SECONDS, Analysis, analyze, file_of
 from dlc.runtime.lsp.memory import PeakWorker, peak_blocker
-from dlc.runtime.lsp.names import Binding, contains
+from dlc.runtime.lsp.names import Binding, contains, rename_conflict
 
 DID_YOU_MEAN = re.compile(r"did you mean '([^']+)'\?")
 IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+SECTION = "dlc"         # the client's settings section of the server's settings
+PIPED = re.compile(r"\|>\s*\w*$")      # a pipe's function being written: `x |> ` or `x |> den`
 
 log = logging.getLogger(__name__)
+
+
+class Refused(JsonRpcException):
+    """A request the server declines, with the reason (a rename that would change what a name
+    refers to, a document that does not parse): an error response to the client, and no
+    error of the server's, so not in its log."""
+
+    def __init__(self, message: str, code=lsp_types.LSPErrorCodes.RequestFailed):
+        super().__init__(message, code=code)
 
 
 class DlcLanguageServer(LanguageServer):
@@ -45,6 +56,35 @@ class DlcLanguageServer(LanguageServer):
         self.analyzed: dict = {}        # uri -> the event set when that task's analysis is published
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="dlc-analysis")
         self.inlay_hints = True
+
+    def apply_settings(self, settings) -> bool:
+        """Take the settings of the section `dlc` a client gave (those it does not give keep
+        their value); whether one changed."""
+        if not isinstance(settings, dict) or not isinstance(settings.get("inlayHints"), bool) \
+                or settings["inlayHints"] == self.inlay_hints:
+            return False
+        self.inlay_hints = settings["inlayHints"]
+        return True
+
+    def changed_settings(self, settings):
+        """Settings given after the start: a client that can is asked to show its inlay hints
+        again when they changed."""
+        workspace = self.client_capabilities.workspace
+        if self.apply_settings(settings) and workspace and workspace.inlay_hint and workspace.inlay_hint.refresh_support:
+            self.workspace_inlay_hint_refresh(None)
+
+    async def pull_settings(self):
+        """Ask a client that can be asked (workspace/configuration) for the section `dlc`."""
+        workspace = self.client_capabilities.workspace
+        if not (workspace and workspace.configuration):
+            return
+        try:
+            answer = await self.workspace_configuration_async(lsp_types.ConfigurationParams(
+                items=[lsp_types.ConfigurationItem(section=SECTION)]))
+        except JsonRpcException as e:       # a client that says it answers and does not: its settings stay
+            log.warning("the client did not give its settings (workspace/configuration): %s", e)
+            return
+        self.changed_settings(answer[0] if answer else None)
 
     @functools.cached_property
     def peak_worker(self) -> PeakWorker:
@@ -219,21 +259,28 @@ def quick_fix(uri: str, lines: list, d: lsp_types.Diagnostic) -> lsp_types.CodeA
                         edit=lsp_types.WorkspaceEdit(changes={uri: [lsp_types.TextEdit(range=edit, new_text=m[1])]}))
 
 
-# ---- documents -----------------------------------------------------------------------------------
+# ---- settings (docs/editors.md "Settings"): given at the start, pushed by the client, pulled from it ----
 @server.feature(lsp_types.INITIALIZE)
 def initialize(ls: DlcLanguageServer, params: lsp_types.InitializeParams):
-    options = params.initialization_options or {}
-    if isinstance(options, dict) and isinstance(options.get("inlayHints"), bool):
-        ls.inlay_hints = options["inlayHints"]
+    ls.apply_settings(params.initialization_options)        # no request to the client before the answer
+
+
+@server.feature(lsp_types.INITIALIZED)
+async def initialized(ls: DlcLanguageServer, params: lsp_types.InitializedParams):
+    await ls.pull_settings()
 
 
 @server.feature(lsp_types.WORKSPACE_DID_CHANGE_CONFIGURATION)
-def did_change_configuration(ls: DlcLanguageServer, params: lsp_types.DidChangeConfigurationParams):
-    settings = params.settings.get("dlc", params.settings) if isinstance(params.settings, dict) else {}
-    if isinstance(settings, dict) and isinstance(settings.get("inlayHints"), bool):
-        ls.inlay_hints = settings["inlayHints"]
+async def did_change_configuration(ls: DlcLanguageServer, params: lsp_types.DidChangeConfigurationParams):
+    """The settings the client sends (`{"dlc": {...}}`, or `{...}` alone), then, from a client
+    that answers workspace/configuration (VS Code sends `null` or all its sections here), its
+    section `dlc`."""
+    settings = params.settings
+    ls.changed_settings(settings.get(SECTION, settings) if isinstance(settings, dict) else None)
+    await ls.pull_settings()
 
 
+# ---- documents -----------------------------------------------------------------------------------
 @server.feature(lsp_types.TEXT_DOCUMENT_DID_OPEN)
 def did_open(ls: DlcLanguageServer, params: lsp_types.DidOpenTextDocumentParams):
     ls.schedule(params.text_document.uri)
@@ -413,10 +460,13 @@ def _occurrence(a: Analysis, b: Binding, line: int, col: int) -> Span:
 async def rename(ls: DlcLanguageServer, params: lsp_types.RenameParams):
     a, target = await name_at(ls, params)
     if not isinstance(target, Binding):
-        raise JsonRpcException("only a name bound in this file can be renamed", code=lsp_types.LSPErrorCodes.RequestFailed)
+        raise Refused("only a name bound in this file can be renamed")
     new = params.new_name
     if not IDENTIFIER.fullmatch(new) or new in syntax.reserved_words():
-        raise JsonRpcException(f"'{new}' is not a name the language allows", code=lsp_types.ErrorCodes.InvalidParams)
+        raise Refused(f"'{new}' is not a name the language allows", code=lsp_types.ErrorCodes.InvalidParams)
+    conflict = rename_conflict(a.text, a.path, a.names, target, new)
+    if conflict is not None:
+        raise Refused(conflict)
     return lsp_types.WorkspaceEdit(changes={params.text_document.uri: [
         lsp_types.TextEdit(range=to_range(s), new_text=new) for s in a.names.references(target)]})
 
@@ -591,10 +641,13 @@ def completion(ls: DlcLanguageServer, params: lsp_types.CompletionParams):
         setting = re.search(r"(\w+)\s*=\s*\w*$", text[:offset].rsplit("\n", 1)[-1])
         return train_items(setting[1] if setting else None)
     a = ls.parsed.get(params.text_document.uri)
-    if a is not None:
-        for name, b in a.names.visible(*place(params)).items():
-            items.append(lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Variable, detail=b.kind))
-    return items + list(library_items())
+    visible = a.names.visible(*place(params)) if a is not None else {}
+    piped = PIPED.search(text[max(offset - 200, 0):offset]) is not None      # only a function fits
+    for name, b in visible.items():
+        if not piped or b.kind == "def":
+            items.append(lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Function if b.kind == "def"
+                                                  else lsp_types.CompletionItemKind.Variable, detail=b.kind))
+    return items + [item for item in library_items() if item.label not in visible]     # a name of the file hides it
 
 
 # ---- formatting ------------------------------------------------------------------------------------
@@ -603,9 +656,9 @@ def completion(ls: DlcLanguageServer, params: lsp_types.CompletionParams):
 def formatting(ls: DlcLanguageServer, params: lsp_types.DocumentFormattingParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
     try:
-        formatted = format_text(syntax.universal_newlines(doc.source), to_fs_path(doc.uri) or doc.uri)
+        formatted = format_source(doc.source, to_fs_path(doc.uri) or doc.uri)
     except DlcError as e:
-        raise JsonRpcException(e.render(), code=lsp_types.LSPErrorCodes.RequestFailed) from None
+        raise Refused(e.render()) from None
     if formatted == doc.source:
         return []
     end = lsp_types.Position(len(doc.lines), 0)
@@ -614,7 +667,10 @@ def formatting(ls: DlcLanguageServer, params: lsp_types.DocumentFormattingParams
 
 def _without_traceback(record: logging.LogRecord) -> bool:
     """A message the client sent that is not UTF-8 or not JSON is logged by pygls as its
-    error's message (pygls tells the client too), not as a traceback of its reader's."""
+    error's message (pygls tells the client too), not as a traceback of its reader's. A
+    request refused (Refused) is answered, and not logged."""
+    if record.exc_info and isinstance(record.exc_info[1], Refused):
+        return False
     if record.name.startswith("pygls") and record.exc_info and record.exc_info[1] is not None:
         record.msg = f"{record.msg}: {record.exc_info[1]}"
         record.exc_info = None

@@ -15,7 +15,8 @@ from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.cli import main
-from dlc.tools.graph_page_shot import CHROMIUM, chromium_page, open_page
+from dlc.tools.graph_page_shot import open_page
+from helpers.browser import browser
 
 LENET = str(Path(__file__).parents[2] / "examples" / "lenet5.dl")
 RESNET = str(Path(__file__).parents[2] / "examples" / "resnet.dl")
@@ -137,13 +138,6 @@ def test_a_model_without_a_loss_has_no_train_step(tmp_path, capsys):
     assert [v["name"] for v in data["views"]] == ["forward"] and data["native"]["kernels"]
     assert main(["graph", str(plain), "--format", "html", "--grad", "-o", str(out)]) == 1
     assert "has no loss" in capsys.readouterr().err
-
-
-def browser(width: int = 1500, height: int = 900):
-    pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"the browser test needs Chromium at {CHROMIUM} (apt-get install chromium)")
-    return chromium_page(width, height)
 
 
 def test_the_page_in_a_browser(lenet_page):

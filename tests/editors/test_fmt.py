@@ -13,7 +13,7 @@ import pytest
 import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import syntax as A
-from dlc.compiler.frontend.format import format_text
+from dlc.compiler.frontend.format import LINE_WIDTH, format_text
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.graph import to_text
 from dlc.runtime.cli import main
@@ -179,3 +179,80 @@ def test_missing_and_not_utf8_files_are_errors(tmp_path, capsys):
 
 def test_examples_and_stdlib_pass_fmt_check(capsys):
     assert main(["fmt", "--check", str(ROOT / "examples"), *map(str, STDLIB)]) == 0, capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line_end", ["\r\n", "\r", "\n"])
+def test_fmt_keeps_the_line_ends_of_the_file(tmp_path, line_end):
+    path = tmp_path / "m.dl"
+    path.write_bytes("model m {\ninput x: f32[B]\n}\n".replace("\n", line_end).encode())
+    assert main(["fmt", str(path)]) == 0
+    assert path.read_bytes() == "model m {\n    input  x: f32[B]\n}\n".replace("\n", line_end).encode()
+    assert main(["fmt", "--check", str(path)]) == 0
+
+
+def test_fmt_makes_the_line_ends_those_of_the_first_line(tmp_path):
+    path = tmp_path / "m.dl"
+    path.write_bytes(b"model m {\r\n    input  x: f32[B]\n}\r\n")
+    assert main(["fmt", "--check", str(path)]) == 1
+    assert main(["fmt", str(path)]) == 0
+    assert path.read_bytes() == b"model m {\r\n    input  x: f32[B]\r\n}\r\n"
+
+
+def test_a_byte_order_mark_is_accepted_and_kept(tmp_path, capsys):
+    path = tmp_path / "m.dl"
+    path.write_bytes(b"\xef\xbb\xbfmodel m {\r\ninput x: f32[B, 4]\r\noutput y = dense(x, 2)\r\n}\r\n")
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    assert main(["fmt", str(path)]) == 0
+    assert path.read_bytes() == b"\xef\xbb\xbfmodel m {\r\n    input  x: f32[B, 4]\r\n    output y = dense(x, 2)\r\n}\r\n"
+
+
+LONG = textwrap.dedent("""\
+    model m {
+        input x: f32[B, 64]
+        h = x |> dense(256, act = relu, init = glorot_uniform) |> dropout(0.1) |> dense(256, act = relu, init = glorot_uniform) |> dropout(0.1) |> dense(10)  # a comment
+        z = concat(dense(x, 128, act = relu, init = glorot_uniform), dense(x, 128, act = tanh, init = glorot_uniform), dense(x, 128, act = sigmoid), axis = -1)
+        output y = h
+    }
+    """)
+
+
+def test_a_long_line_is_broken_at_its_pipes_and_its_outermost_calls_commas():
+    assert max(map(len, LONG.splitlines())) > 150
+    assert format_text(LONG) == textwrap.dedent("""\
+        model m {
+            input  x: f32[B, 64]
+            h = x |> dense(256, act = relu, init = glorot_uniform) |> dropout(0.1)
+                |> dense(256, act = relu, init = glorot_uniform) |> dropout(0.1) |> dense(10)  # a comment
+            z = concat(dense(x, 128, act = relu, init = glorot_uniform), dense(x, 128, act = tanh, init = glorot_uniform),
+                       dense(x, 128, act = sigmoid), axis = -1)
+            output y = h
+        }
+        """)
+    assert all(len(line) <= LINE_WIDTH for line in format_text(LONG).splitlines())
+    # where the arguments under the call do not fit, the line is broken after its bracket
+    assert format_text(LONG, width=60).splitlines()[6:10] == [
+        "    z = concat(",
+        "        dense(x, 128, act = relu, init = glorot_uniform),",
+        "        dense(x, 128, act = tanh, init = glorot_uniform),",
+        "        dense(x, 128, act = sigmoid), axis = -1)"]
+
+
+@pytest.mark.parametrize("width", [30, 60, 90])
+@pytest.mark.parametrize("path", EXAMPLES + STDLIB, ids=lambda p: p.name)
+def test_every_example_wrapped_narrow_is_idempotent_and_parses_the_same(path, width):
+    text = path.read_text()
+    formatted = format_text(text, str(path), width)
+    assert format_text(formatted, str(path), width) == formatted, "formatting twice changes the text"
+    assert A.parse(formatted, str(path)) == A.parse(text, str(path))
+    assert comments(formatted) == comments(text)
+    lines = formatted.count("\n")
+    assert lines >= format_text(text, str(path)).count("\n")
+
+
+def test_fmt_line_width_is_an_option(tmp_path, capsys):
+    path = tmp_path / "m.dl"
+    path.write_text(LONG)
+    assert main(["fmt", "--line-width", "60", str(path)]) == 0
+    assert path.read_text() == format_text(LONG, width=60) and max(map(len, path.read_text().splitlines())) < 90
+    assert main(["fmt", "--check", "--line-width", "60", str(path)]) == 0
+    assert main(["fmt", "--check", str(path)]) == 0      # a narrower layout is kept: lines are never joined

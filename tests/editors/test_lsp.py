@@ -451,6 +451,8 @@ async def test_hover_texts_are_docs_editors_md_texts(client, tmp_path):
     uri, _ = await open_doc(client, EXAMPLES / "char_gpt.dl")
     assert await hover_text(client, uri, position_of((EXAMPLES / "char_gpt.dl").read_text(), "VOCAB", 1)) == \
         "```dl\nconst VOCAB = 60\n```"
+    assert "parameters: 3,840 in 1 tensor: `logits.W: f32[64, 60]`\n\n" in \
+        await hover_text(client, uri, position_of((EXAMPLES / "char_gpt.dl").read_text(), "dense(h"))
     uncalled = "def f(x, k: int) {\n    h = x * k\n    return h\n}\nmodel m {\n    input x: f32[B, 4]\n    output y = x\n}\n"
     uri, _ = await open_doc(client, tmp_path / "uncalled.dl", uncalled)
     assert await hover_text(client, uri, position_of(uncalled, "k:")) == \
@@ -556,6 +558,37 @@ async def test_references_and_rename_of_a_local_name(client):
         T.TextDocumentIdentifier(uri), position_of(text, "dense(512"))) is None
 
 
+@pytest.mark.parametrize("name, new, reason", [
+    ("h = ", "VOCAB", "would change what `VOCAB` at line 14, column 23 means: it refers to the const `VOCAB` of line 5, "
+                      "and would refer to the binding `h` renamed, of line 12"),
+    ("h = ", "dense", "would change what `dense` at line 14, column 14 means: it refers to `dense` of the standard library"),
+    ("tokens = ", "CONTEXT", "would change what `CONTEXT` at line 12"),
+    ("B, T", "T", "would change what `T` at line 9, column 22 means: it binds a new dim"),
+    ("VOCAB = ", "CONTEXT", "`CONTEXT` is defined already: the const `CONTEXT` of line 6"),
+    ("x: ", "y", "`y` is defined already: the target `y` of line 10"),
+])
+async def test_a_rename_that_changes_what_a_name_refers_to_is_refused(client, tmp_path, name, new, reason):
+    text = (EXAMPLES / "char_gpt.dl").read_text()
+    uri, _ = await open_doc(client, tmp_path / "char_gpt.dl", text)
+    with pytest.raises(JsonRpcException, match=re.escape(reason)):
+        await client.text_document_rename_async(T.RenameParams(T.TextDocumentIdentifier(uri), position_of(text, name), new))
+
+
+@pytest.mark.parametrize("name, new", [("h = ", "hidden"), ("logits = ", "h"), ("VOCAB = ", "V"), ("B, T", "N")])
+async def test_a_rename_that_keeps_every_names_meaning_makes_a_program_that_checks(client, tmp_path, name, new, capsys):
+    text = (EXAMPLES / "char_gpt.dl").read_text()
+    path = tmp_path / "char_gpt.dl"
+    uri, _ = await open_doc(client, path, text)
+    done = await client.text_document_rename_async(T.RenameParams(T.TextDocumentIdentifier(uri), position_of(text, name), new))
+    lines = text.split("\n")
+    for e in sorted(done.changes[uri], key=lambda e: (e.range.start.line, e.range.start.character), reverse=True):
+        line = lines[e.range.start.line]
+        lines[e.range.start.line] = line[:e.range.start.character] + e.new_text + line[e.range.end.character:]
+    path.write_text("\n".join(lines))
+    assert main(["check", str(path)]) == 0, capsys.readouterr().err
+    assert "\n".join(lines) != text
+
+
 async def test_document_symbols_are_the_models_defs_and_train_blocks(client, tmp_path):
     program = ("const width = 8\ndef block(x) = dense(x, width, relu)\nmodel m {\n    input x: f32[B, 4]\n"
                "    h = block(x)\n    output y = dense(h, 2)\n}\ntrain m {\n    epochs = 2\n}\n")
@@ -604,6 +637,24 @@ async def test_completion_of_names_functions_keywords_and_train_settings(client,
         items = await client.text_document_completion_async(T.CompletionParams(
             T.TextDocumentIdentifier(uri), position_of(train, needle, offset=offset)))
         assert expected in {i.label for i in items}, needle
+
+
+async def test_completion_after_a_pipe_lists_only_functions_and_each_name_once(client, tmp_path):
+    text = (EXAMPLES / "char_gpt.dl").read_text()
+    piped = text.replace("    output next =", "    z = logits |> \n    output next =")
+    uri, _ = await open_doc(client, tmp_path / "pipe.dl", text)
+    await edit(client, uri, piped)
+    items = await client.text_document_completion_async(T.CompletionParams(
+        T.TextDocumentIdentifier(uri), position_of(piped, "|> ", offset=3)))
+    labels = [i.label for i in items]
+    assert "dense" in labels and "softmax" in labels and "layernorm" in labels
+    assert not {"x", "h", "tokens", "B", "T", "VOCAB", "logits", "accuracy"} & set(labels), labels
+    assert all(i.kind == T.CompletionItemKind.Function for i in items)
+    items = await client.text_document_completion_async(T.CompletionParams(
+        T.TextDocumentIdentifier(uri), position_of(piped, "output next =", offset=13)))
+    labels = [i.label for i in items]
+    assert len(labels) == len(set(labels)) and {"x", "h", "VOCAB", "accuracy", "dense"} <= set(labels)
+    assert next(i for i in items if i.label == "accuracy").detail == "metric"
 
 
 async def test_train_values_complete_with_their_options_as_a_dl_file_writes_them(client, tmp_path):
@@ -683,6 +734,15 @@ async def test_lines_ending_in_cr_lf_or_cr_are_analyzed_as_dlc_check_reads_the_f
     broken = text.replace("dense(x, 4, tanh)", "dense(x, 4, tanh")
     (d,) = await edit(client, uri, broken)
     assert d.range.start.line == 5, d
+
+
+async def test_a_byte_order_mark_is_accepted_and_columns_stay_the_editors(client, tmp_path):
+    text = "\ufeff" + (EXAMPLES / "xor_mlp.dl").read_text()
+    uri, got = await open_doc(client, tmp_path / "bom.dl", text)
+    assert got == []
+    assert "h: f32[B, 4]" in await hover_text(client, uri, position_of(text, "h = dense"))
+    (d,) = await edit(client, uri, "\ufeffmodel m ( {\n}\n")
+    assert (d.range.start.line, d.range.start.character) == (0, 9), d     # the BOM is the editor's column 0
 
 
 # ---- a server that never dies ------------------------------------------------------------------
@@ -766,21 +826,68 @@ async def test_bytes_that_are_not_utf8_or_json_on_the_wire_leave_the_server_answ
     assert "Traceback" not in server.stderr.read().decode()
 
 
-async def test_the_server_exits_at_once_and_its_worker_with_it(tmp_path):
-    """exit does not wait for the peak the worker is computing (here some 2-3 s of CPU, the
-    model built again and its train step lowered): the worker is ended with the server."""
-    import time
+async def started_client(capabilities: T.ClientCapabilities, features: dict | None = None) -> tuple:
+    """A client of a server of its own, initialized (with `features`: method -> handler), and
+    the diagnostics the server publishes to it, as they come."""
     from pygls.lsp.client import LanguageClient as Client
-    deep = ("model deep {\n    input x: f32[B, 32]\n    target t: f32[B, 32]\n    h = x\n"
-            "    repeat i in 0..600 {\n        h = dense(h, 32, relu)\n    }\n    loss mean((h - t) ^ 2)\n}\n")
     client, published = Client("dlc-test", "1"), []
     client.feature(T.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)(lambda params: published.append(params))
+    for method, handler in (features or {}).items():
+        client.feature(method)(handler)
     await client.start_io(*SERVER)
-    await client.initialize_async(T.InitializeParams(capabilities=T.ClientCapabilities()))
+    await client.initialize_async(T.InitializeParams(capabilities=capabilities))
+    client.initialized(T.InitializedParams())
+    return client, published
+
+
+async def test_a_client_that_answers_workspace_configuration_is_asked_for_its_section_dlc(tmp_path):
+    """docs/editors.md "Settings": at the start and at each workspace/didChangeConfiguration
+    (here with no settings, as VS Code sends it), the server asks for the section `dlc`, and
+    asks the client to show its inlay hints again when they change."""
+    settings, asked, refreshed = {"inlayHints": False}, [], []
+
+    def configuration(params):
+        asked.append([item.section for item in params.items])
+        return [dict(settings)]
+    client, published = await started_client(
+        T.ClientCapabilities(workspace=T.WorkspaceClientCapabilities(
+            configuration=True, inlay_hint=T.InlayHintWorkspaceClientCapabilities(refresh_support=True))),
+        {T.WORKSPACE_CONFIGURATION: configuration, T.WORKSPACE_INLAY_HINT_REFRESH: lambda params: refreshed.append(1)})
+    text = (EXAMPLES / "mnist_mlp.dl").read_text()
+    uri = (tmp_path / "mnist_mlp.dl").as_uri()
+    client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(uri, "dl", 1, text)))
+    whole = T.InlayHintParams(T.TextDocumentIdentifier(uri), T.Range(T.Position(0, 0), T.Position(len(text.splitlines()), 0)))
+    assert not await client.text_document_inlay_hint_async(whole) and asked == [["dlc"]] and refreshed == [1]
+    settings["inlayHints"] = True
+    client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings=None))
+    for _ in range(500):
+        if len(refreshed) == 2:
+            break
+        await asyncio.sleep(0.02)
+    assert asked == [["dlc"], ["dlc"]] and refreshed == [1, 1]
+    assert ": f32[B, 10]" in [h.label for h in await client.text_document_inlay_hint_async(whole)]
+    await client.shutdown_async(None)
+    client.exit(None)
+    await asyncio.wait_for(client._server.wait(), 30)
+    await client.stop()
+
+
+async def test_the_server_exits_at_once_and_its_worker_with_it(tmp_path):
+    """exit does not wait for the peak the worker is computing (here some 2-3 s of CPU, the
+    model built again and its train step lowered): the worker is ended with the server, and
+    its end is no error. A refused rename is an error response, not an error of the server's:
+    the server's log (standard error) is empty."""
+    import time
+    deep = ("model deep {\n    input x: f32[B, 32]\n    target t: f32[B, 32]\n    h = x\n"
+            "    repeat i in 0..600 {\n        h = dense(h, 32, relu)\n    }\n    loss mean((h - t) ^ 2)\n}\n")
+    client, published = await started_client(T.ClientCapabilities())
     uri = (tmp_path / "deep.dl").as_uri()
     client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(uri, "dl", 1, deep)))
     await client.text_document_document_symbol_async(T.DocumentSymbolParams(T.TextDocumentIdentifier(uri)))
     assert [list(p.diagnostics) for p in published] == [[]]     # built: its peak is under way in the worker
+    with pytest.raises(JsonRpcException, match="would change what `relu` at line 6"):
+        await client.text_document_rename_async(T.RenameParams(T.TextDocumentIdentifier(uri),
+                                                               position_of(deep, "h = x"), "relu"))
     server = client._server.pid
     children = [int(pid) for task in Path(f"/proc/{server}/task").glob("*/children") for pid in task.read_text().split()]
     (worker,) = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
@@ -791,4 +898,6 @@ async def test_the_server_exits_at_once_and_its_worker_with_it(tmp_path):
     took = time.monotonic() - start
     await client.stop()
     assert client._server.returncode == 0 and took < 1.5, took
+    log = (await client._server.stderr.read()).decode()
+    assert log == "", log
     assert not Path(f"/proc/{worker}").exists() or Path(f"/proc/{worker}/stat").read_text().split()[2] == "Z"

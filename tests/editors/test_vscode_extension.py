@@ -4,6 +4,7 @@ the extension's npm devDependencies: `npm ci --prefix editors/vscode`."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import struct
 import subprocess
@@ -17,6 +18,7 @@ import pytest
 import dlc
 from dlc.compiler.frontend import syntax as A
 from dlc.tools.editor_shot import scopes
+from helpers.browser import require_chromium
 
 ROOT = Path(dlc.__file__).resolve().parent
 VSCODE = ROOT / "editors" / "vscode"
@@ -70,6 +72,15 @@ def test_every_example_and_stdlib_file_is_colored_as_dlc_lexes_it(tmp_path):
                 assert "variable." in got or "entity.name" in got, (f.name, tok.line, str(tok), got)
 
 
+def test_the_extensions_settings_reach_the_server(tmp_path):
+    """test/settings.test.js: extension.js's client options with vscode-languageclient's
+    configuration features over a real `dlc lsp` (docs/editors.md, "VS Code")."""
+    pytest.importorskip("pygls", reason="the server needs the lsp extra: pip install \"dlc[lsp]\"")
+    server = [sys.executable, "-c", "from dlc.runtime.cli import main; main(['lsp'])"]
+    out = run("node", "--test", "test/", env=os.environ | {"DLC_LSP_COMMAND": json.dumps(server)})
+    assert out.returncode == 0 and "# pass 1" in out.stdout, out.stdout + out.stderr
+
+
 def test_vsce_packages_the_extension(tmp_path):
     vsix = tmp_path / "dlc-dl.vsix"
     out = run(str(BIN / "vsce"), "package", "--skip-license", "--allow-missing-repository", "--out", str(vsix))
@@ -77,16 +88,25 @@ def test_vsce_packages_the_extension(tmp_path):
     names = zipfile.ZipFile(vsix).namelist()
     for part in ("extension.js", "language-configuration.json", "syntaxes/dl.tmLanguage.json", "package.json"):
         assert f"extension/{part}" in names
+    assert not [n for n in names if n.startswith("extension/test/")]
     assert any(n.startswith("extension/node_modules/vscode-languageclient/") for n in names)
     manifest = json.loads(zipfile.ZipFile(vsix).read("extension/package.json"))
     assert manifest["contributes"]["grammars"][0]["scopeName"] == "source.dl"
+    assert manifest["contributes"]["configuration"]["properties"]["dlc.inlayHints"]["default"] is True
 
 
 def test_the_editor_picture_is_drawn_from_the_grammar_and_the_server(tmp_path):
-    pytest.importorskip("playwright.sync_api", reason="the picture needs playwright")
+    require_chromium("the editor picture")
     out = tmp_path / "editor.png"
     main = subprocess.run([sys.executable, "-m", "dlc.tools.editor_shot", "--out", str(out), "--size", "900", "500"],
                           capture_output=True, text=True, timeout=300)
     assert main.returncode == 0, main.stderr
     png = out.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (900, 500)
+
+
+def test_the_editor_picture_without_chromium_skips_naming_it(monkeypatch, tmp_path):
+    import helpers.browser
+    monkeypatch.setattr(helpers.browser, "CHROMIUM", str(tmp_path / "no-chromium"))
+    with pytest.raises(pytest.skip.Exception, match=r"needs Chromium at .*\(apt-get install chromium\)"):
+        test_the_editor_picture_is_drawn_from_the_grammar_and_the_server(tmp_path)
