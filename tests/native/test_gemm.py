@@ -262,6 +262,7 @@ def test_called_from_inside_a_parallel_region():
         _check(c, _reference(a, bb, False, False), a, bb, False, False)
 
 
+@pytest.mark.sets_target
 def test_forced_avx2_target_emits_no_avx512(tmp_path):
     """DLC_TARGET=avx2 compiles every kernel, the GEMM's included, for a generic AVX2 machine:
     no zmm register in the assembly, and the 6x16 AVX2 blocking; an unknown target is refused."""
