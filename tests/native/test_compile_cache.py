@@ -57,6 +57,7 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.xdist_group("test_compile_cache")      # on one pytest-xdist worker: `trained` once
 @pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS)
 def test_a_bad_entry_is_recompiled_and_replaced(trained, tmp_path, corrupt):
     good_dir, output, run = trained
