@@ -14,14 +14,22 @@ from dlc.tools.real_models import without_torchvision_ops
 def pytest_cmdline_main(config):
     # pytest-xdist (the test extra), when installed and not told otherwise (-n N, -p no:xdist):
     # a worker per core, tests distributed one by one but those of an xdist_group on one worker.
-    # Before xdist's own hook, which reads these; without xdist the tests run in this process. Not
-    # in a worker, whose hook runs too (with numprocesses None): it would start workers of its own
+    # Before xdist's own hook, which reads these; without xdist the tests run in this process. A
+    # worker's hook runs too, with numprocesses None: it would start workers of its own. A worker
+    # parses the command line again, which does not say loadgroup: it is told (below)
     if "PYTEST_XDIST_WORKER" in os.environ:
+        config.option.loadgroup = config.workerinput.get("loadgroup", config.option.loadgroup)
         return
     if getattr(config.option, "numprocesses", 0) is None:
         config.option.numprocesses = "auto"
     if getattr(config.option, "dist", None) == "no":
         config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    # xdist's hook, before a worker starts: whether it names its tests by their xdist_group
+    node.workerinput["loadgroup"] = node.config.getvalue("dist") == "loadgroup"
 
 
 def pytest_configure(config):
