@@ -1,17 +1,71 @@
 """The test session's set-up (pytest hooks; helpers that several test files share are modules of
 tests/helpers/, docs/architecture.md "Where the tests live")."""
+import fcntl
 import os
 import shutil
 import tempfile
 
+import pytest
+
 from dlc.tools.real_models import without_torchvision_ops
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    # pytest-xdist (the test extra), when installed and not told otherwise (-n N, -p no:xdist):
+    # a worker per core, tests distributed one by one but those of an xdist_group on one worker.
+    # Before xdist's own hook, which reads these; without xdist the tests run in this process. A
+    # worker's hook runs too, with numprocesses None: it would start workers of its own. A worker
+    # parses the command line again, which does not say loadgroup: it is told (below)
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        config.option.loadgroup = config.workerinput.get("loadgroup", config.option.loadgroup)
+        return
+    if getattr(config.option, "numprocesses", 0) is None:
+        config.option.numprocesses = "auto"
+    if getattr(config.option, "dist", None) == "no":
+        config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    # xdist's hook, before a worker starts: whether it names its tests by their xdist_group
+    node.workerinput["loadgroup"] = node.config.getvalue("dist") == "loadgroup"
+
+
 def pytest_configure(config):
-    # compiled native code goes to a cache of this test session, not the user's; removed at its end
+    # compiled native code goes to a cache of this test session, not the user's; removed at its end.
+    # pytest-xdist's workers start after this and inherit it: the cache replaces an entry by a
+    # rename, so they share it safely (runtime/engines/cache.py)
     if "DLC_CACHE_DIR" not in os.environ:
         os.environ["DLC_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlc-test-cache-")
         config.add_cleanup(lambda: shutil.rmtree(os.environ["DLC_CACHE_DIR"], ignore_errors=True))
+    # the locks by which a test marked `alone` waits for the other workers' tests (below)
+    if "DLC_TEST_LOCKS" not in os.environ:
+        locks = os.environ["DLC_TEST_LOCKS"] = tempfile.mkdtemp(prefix="dlc-test-locks-")
+        config.add_cleanup(lambda: shutil.rmtree(locks, ignore_errors=True))
     # the torchvision that CI installs may be a CUDA build that does not load: the tests (and
     # transformers, which imports it) take its model definitions without its compiled ops
     without_torchvision_ops()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """Under pytest-xdist, a test marked `alone` (one that measures how busy the machine is)
+    runs, set-up to teardown, while the other workers wait between their tests; the others
+    run side by side. A readers-writer lock of two flocks: every test passes the turnstile,
+    which an `alone` test holds while it waits for the room and runs, so it is not starved."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return (yield)
+    folder = os.environ["DLC_TEST_LOCKS"]
+    turnstile = os.open(os.path.join(folder, "turnstile"), os.O_RDWR | os.O_CREAT, 0o600)
+    room = os.open(os.path.join(folder, "room"), os.O_RDWR | os.O_CREAT, 0o600)
+    alone = item.get_closest_marker("alone") is not None
+    try:
+        fcntl.flock(turnstile, fcntl.LOCK_EX)
+        fcntl.flock(room, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(turnstile, fcntl.LOCK_UN)
+        return (yield)
+    finally:
+        os.close(room)          # closing a descriptor releases its lock
+        os.close(turnstile)

@@ -22,7 +22,9 @@ from helpers.c_api import MODELS, STATUS, Api, inputs, train_steps, trainer_batc
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "tests" / "deploy" / "predict_main.c"
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
+# one pytest-xdist worker runs the file: the libraries `built` makes once serve all its tests
+pytestmark = [pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)"),
+              pytest.mark.xdist_group("test_build")]
 
 
 def dlc(*args, check=True):

@@ -234,6 +234,7 @@ def _optimize_seconds(layers: int) -> float:
     return best
 
 
+@pytest.mark.slow      # at 40 and 320 layers: test_compile_scaling.py's test of the Python compile stages
 def test_graph_passes_are_linear_in_depth():
     # 4x the layers: linear is 4x; a scan of every output (two per layer) at every rewrite
     # and every use count made it 20x
@@ -241,6 +242,7 @@ def test_graph_passes_are_linear_in_depth():
     assert large / small < 9, (small, large)
 
 
+@pytest.mark.slow      # at 40 and 320 layers: test_compile_scaling.py's test of the Python compile stages
 def test_gradient_graph_is_linear_in_depth():
     """The train step of a 3,000-layer MLP (33,000 forward nodes): with one graph walk per
     parameter (quadratic) this took minutes."""

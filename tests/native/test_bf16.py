@@ -167,6 +167,7 @@ def test_refused_tile_state_falls_back_and_says_so_once(monkeypatch, capsys):
 PATHS = ("bf16-round", "bf16-pairs", "bf16-amx")      # each faster than the one before
 
 
+@pytest.mark.sets_target
 @pytest.mark.parametrize("target, best", [("avx2", "bf16-round"), ("avx512", "bf16-round"),
                                           ("avx512bf16", "bf16-pairs"), ("host", "bf16-amx")])
 def test_dlc_target_forces_each_path(target, best, tmp_path):
@@ -218,6 +219,7 @@ def test_native_bf16_gradients_are_the_reference_emulation(name, within):
     assert abs(native_loss - loss) <= 1e-5 * abs(loss)
 
 
+@pytest.mark.sets_target
 @pytest.mark.parametrize("target, operands", [("avx512bf16", "bf16-pairs"), ("avx512", "bf16-round"),
                                               ("avx2", "bf16-round")])
 def test_forced_path_gives_the_reference_emulation(target, operands, tmp_path):
@@ -325,7 +327,7 @@ def _pairs_model_gradients(engine: str) -> np.ndarray:
     return np.array(grads, copy=True)
 
 
-@pytest.mark.parametrize("target", ["host", "avx512", "avx2"])
+@pytest.mark.parametrize("target", ["host"] + [pytest.param(t, marks=pytest.mark.sets_target) for t in ("avx512", "avx2")])
 def test_direct_convolution_by_pairs_is_the_reference_emulation(target, tmp_path):
     """The direct convolutions that multiply by pairs of taps (the forward ones and a
     stride-1 input gradient; kernel widths 3 and 4, padded and not) give the reference

@@ -27,9 +27,10 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 def train(cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
+    # into an empty cache, the GEMM routines too: minutes on a core another test keeps busy
     env = dict(os.environ, DLC_CACHE_DIR=str(cache_dir))
     return subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "train", str(XOR), "--epochs", "1",
-                           "--out", str(out), "--overwrite"], env=env, capture_output=True, text=True, timeout=120)
+                           "--out", str(out), "--overwrite"], env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,7 @@ CORRUPTIONS = {
 }
 
 
+@pytest.mark.xdist_group("test_compile_cache")      # on one pytest-xdist worker: `trained` once
 @pytest.mark.parametrize("corrupt", CORRUPTIONS.values(), ids=CORRUPTIONS)
 def test_a_bad_entry_is_recompiled_and_replaced(trained, tmp_path, corrupt):
     good_dir, output, run = trained

@@ -99,6 +99,7 @@ def others_now(seconds: float = 0.5) -> float:
     return max(0.0, cores.machine_busy_s() - busy - (time.process_time() - own)) / (time.monotonic() - wall)
 
 
+@pytest.mark.alone      # it needs a quiet machine
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/stat and schedstat")
 def test_a_neighbour_spinning_for_a_second_leaves_the_full_team_within_a_second():
     """A quiet machine, a neighbouring process whose threads spin for one second: once it

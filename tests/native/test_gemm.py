@@ -19,6 +19,8 @@ from dlc.compiler.native.kernels.gemm import packed_floats
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gemm_library import GemmLibrary  # noqa: E402   (benchmarks/gemm.py's too)
+# one pytest-xdist worker runs the file: each config's routines (`lib`) are compiled once
+pytestmark = pytest.mark.xdist_group("test_gemm")
 ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
 
 CONFIGS = {
@@ -65,34 +67,22 @@ SIZES = [(1, 1, 1), (5, 17, 3), (129, 7, 13), (7, 13, 129), (13, 129, 7), (1, 7,
 
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("ta,tb,acc", ALL)
-@pytest.mark.parametrize("M,N,K", SIZES)
-def test_matches_numpy(lib, M, N, K, ta, tb, acc, nthreads):
+@pytest.mark.parametrize("M,N,K", SIZES + [(32, 1024, 256), (32, 256, 1024), (3, 33, 65)])
+def test_matches_numpy_and_packed_b_gives_the_same_bits(lib, M, N, K, ta, tb, acc, nthreads):
+    """C = op(A)·op(B) (+ C) against numpy, C not read unless accumulated (NaN in it); and
+    with op(B) packed once (a scan's recurrent weight, a library's weight): the same bits as
+    packing inside the product, also with one or two rows (which stream the panels where B
+    is not transposed) and with N past the last whole panel."""
     rng = np.random.default_rng(M * 10007 + N * 101 + K)
     a, b = _operands(rng, M, N, K, ta, tb)
     c0 = rng.standard_normal((M, N), dtype=np.float32)
     c = c0.copy() if acc else np.full((M, N), np.nan, np.float32)
     out = lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
     assert out is c
-    ref = _reference(a, b, ta, tb) + (c0 if acc else 0)
-    _check(c, ref, a, b, ta, tb)
-
-
-@pytest.mark.parametrize("nthreads", [1, 2])
-@pytest.mark.parametrize("ta,tb,acc", ALL)
-@pytest.mark.parametrize("M,N,K", SIZES + [(32, 1024, 256), (32, 256, 1024), (3, 33, 65)])
-def test_packed_b_matches_numpy(lib, M, N, K, ta, tb, acc, nthreads):
-    """op(B) packed once (a scan's recurrent weight, a library's weight): the same bits as
-    packing inside the product, also with one or two rows (which stream the panels where B
-    is not transposed) and with N past the last whole panel."""
-    rng = np.random.default_rng(M * 10007 + N * 101 + K + 1)
-    a, b = _operands(rng, M, N, K, ta, tb)
-    c0 = rng.standard_normal((M, N), dtype=np.float32)
-    c = c0.copy() if acc else np.full((M, N), np.nan, np.float32)
-    lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads, packed=True)
     _check(c, _reference(a, b, ta, tb) + (c0 if acc else 0), a, b, ta, tb)
-    plain = c0.copy() if acc else np.empty((M, N), np.float32)
-    lib(a, b, plain, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
-    np.testing.assert_array_equal(c, plain)     # the same panels, the same summation order
+    packed = c0.copy() if acc else np.full((M, N), np.nan, np.float32)
+    lib(a, b, packed, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads, packed=True)
+    np.testing.assert_array_equal(packed, c)     # the same panels, the same summation order
 
 
 @pytest.mark.parametrize("tb", [False, True])
@@ -263,6 +253,7 @@ def test_called_from_inside_a_parallel_region():
         _check(c, _reference(a, bb, False, False), a, bb, False, False)
 
 
+@pytest.mark.sets_target
 def test_forced_avx2_target_emits_no_avx512(tmp_path):
     """DLC_TARGET=avx2 compiles every kernel, the GEMM's included, for a generic AVX2 machine:
     no zmm register in the assembly, and the 6x16 AVX2 blocking; an unknown target is refused."""

@@ -72,12 +72,13 @@ TEAMS = [name for name in NATIVE_PRIMS if name.startswith(("conv2d", "maxpool2d"
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("name", TEAMS)
-def test_team_kernels_on_one_and_two_threads(name, threads, monkeypatch, tmp_path):
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xdist_group(f"team-{n}")) for n in TEAMS])
+def test_team_kernels_on_one_and_two_threads(name, threads, monkeypatch, tmp_path_factory):
     """The convolution, pooling and reduction kernels split the batch (or its parts, or
-    a kept axis) over a team: here every one of them, however small (compiled afresh)."""
+    a kept axis) over a team: here every one of them, however small (compiled afresh, into
+    a cache of the case's own, which the other thread count reads: on one xdist worker)."""
     monkeypatch.setenv("DLC_NUM_THREADS", str(threads))
-    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path_factory.getbasetemp() / f"team-{name}"))
     monkeypatch.setattr(parallel, "PARALLEL_BELOW", 1)
     graph = primitive_graph(name)
     compare(graph, primitive_feeds(name, graph), label=f"{name} on {threads} threads")

@@ -11,6 +11,8 @@ from dlc.compiler.onnx.rules import RULES  # noqa: E402
 from dlc.tools.onnx_conformance import DOC, ENGINES, is_float32, node_cases, run_batched, table  # noqa: E402
 
 REASONS = {"op", "dtype", "attribute", "shape", "input", "opset", "native"}
+# one pytest-xdist worker runs the file: the table's test reads the outcomes the others computed
+pytestmark = pytest.mark.xdist_group("test_conformance")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,8 @@ def train(args: list, launch: list = (), **extra) -> subprocess.CompletedProcess
 
 
 @needs_hosts
-@pytest.mark.parametrize("count, bucket", [(2, "64KB"), (4, "0")])
+# 4 hosts: the 2 hosts' path with more ranks (each bucket size on 2 ranks: test_distributed.py)
+@pytest.mark.parametrize("count, bucket", [(2, "64KB"), pytest.param(4, "0", marks=pytest.mark.slow)])
 def test_ranks_on_separate_hosts_train_the_digits_cnn_as_one_process(tmp_path, count, bucket):
     """2 and 4 hosts, each rank's gradients crossing the network in buckets during the
     backward pass (or all at once after it): the run of one process with the same global
