@@ -100,6 +100,17 @@ static void shape_text(char *out, size_t n, const int64_t *shape, int rank) {
     if (at < n) snprintf(out + at, n - at, "]");
 }
 
+/* 1 when `shape` (rank dims) is p's own; else 0, with both written out for the message */
+static int shape_is(const dlc_param *p, const int64_t *shape, int rank, char got[256], char want[256]) {
+    int same = rank == p->rank;
+    for (int i = 0; same && i < rank; i++) same = shape[i] == p->shape[i];
+    if (!same) {
+        shape_text(got, 256, shape, rank);
+        shape_text(want, 256, p->shape, p->rank);
+    }
+    return same;
+}
+
 /* ---- the CPU: what the code was compiled for must be there (never SIGILL) --------------- */
 static unsigned long long xcr0(void) {
     unsigned int lo, hi;
@@ -251,14 +262,9 @@ static int read_npy(struct DLC_INSTANCE *m, const dlc_param *p, const char *labe
                 return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s has a dim too large", label);
         dims[rank++] = v;
     }
-    int same = rank == p->rank;
-    for (int i = 0; same && i < rank; i++) same = dims[i] == p->shape[i];
-    if (!same) {
-        char got[256], want[256];
-        shape_text(got, sizeof got, dims, rank);
-        shape_text(want, sizeof want, p->shape, p->rank);
+    char got[256], want[256];
+    if (!shape_is(p, dims, rank, got, want))
         return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s has shape %s, the model's is %s", label, got, want);
-    }
     if (n - start - length != (uint64_t)p->count * (uint64_t)p->itemsize)
         return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: %s holds %llu bytes, its shape needs %llu", label,
                     (unsigned long long)(n - start - length), (unsigned long long)p->count * (uint64_t)p->itemsize);
@@ -516,14 +522,9 @@ static int safetensors_header(struct DLC_INSTANCE *m, const source *src, const c
             file_text(got, sizeof got, dtype ? dtype : "?", dtype ? dn : 1);
             return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s is %s, the model's is %s", q->name, got, q->st);
         }
-        int fits = rank == q->rank;
-        for (int i = 0; fits && i < rank; i++) fits = shape[i] == q->shape[i];
-        if (!fits) {
-            char got[256], want[256];
-            shape_text(got, sizeof got, shape, (int)rank);
-            shape_text(want, sizeof want, q->shape, q->rank);
+        char got[256], want[256];
+        if (!shape_is(q, shape, (int)rank, got, want))
             return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: parameter %s has shape %s, the model's is %s", q->name, got, want);
-        }
         if (begin < 0 || end < begin || (uint64_t)end > size || end - begin != q->count * q->itemsize)
             return fail(m, DLC_ERROR_WEIGHTS, "checkpoint: the bytes of parameter %s are not in the file", q->name);
         int status = source_read(m, src, 8 + length + (uint64_t)begin, (uint64_t)(end - begin), dests[p]);

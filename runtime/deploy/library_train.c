@@ -197,14 +197,9 @@ static int set_parameter(struct DLC_INSTANCE *m, const char *name, const float *
         return fail(m, DLC_ERROR_SHAPE, "set_parameter: rank %d; %s has rank %d (give 0 to %d)", rank, name, p->rank,
                     DLC_PARAMETER_MAX_RANK);
     if (!shape && rank) return fail(m, DLC_ERROR_ARGUMENT, "set_parameter: a null shape");
-    int same = rank == p->rank;
-    for (int a = 0; same && a < rank; a++) same = shape[a] == p->shape[a];
-    if (!same) {
-        char got[256], want[256];
-        shape_text(got, sizeof got, shape, rank);
-        shape_text(want, sizeof want, p->shape, p->rank);
+    char got[256], want[256];
+    if (!shape_is(p, shape, rank, got, want))
         return fail(m, DLC_ERROR_SHAPE, "set_parameter: %s has shape %s, got %s", name, want, got);
-    }
     memcpy(m->params[param_named(name)], data, (size_t)(p->count * 4));
     return DLC_OK;
 }
