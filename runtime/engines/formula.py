@@ -4,12 +4,13 @@ An optimizer's per-step scalars (Adam's bias corrections, Adagrad's decayed rate
 schedule's learning rate are functions of the step, which the engines compute in Python at
 every step and a `dlc build --train` library computes in C (runtime/deploy/training.py).
 Each is written once, as Python over `Formula`s: called with variables (`variable`), the
-definition gives its tree, which `evaluate` computes in Python and `c_statements` prints as
-C. Both take the same operations in the same order, in IEEE double (int64_t for integers,
-converted as C converts them), so they give the same bits: the library compiles without
-contraction (runtime/deploy/toolchain.py), and pow, cos and floor are the C library's on
-both sides. Arithmetic on plain numbers is Python's, done while the tree is built: a
-constant of the tree, which C gets as its exact literal.
+definition gives its tree, which `python_function` and `c_statements` print as Python and
+as C: the same statements, a temporary per node, which take the same operations in the same
+order in IEEE double (int64_t for integers, converted to double explicitly as C would), so
+they give the same bits: the library compiles without contraction
+(runtime/deploy/toolchain.py), and pow, cos and floor are the C library's on both sides
+(Python's math module calls them). Arithmetic on plain numbers is Python's, done while the
+tree is built: a constant of the tree, which C gets as its exact literal.
 
 A definition branches on a formula with `select` (only the branch taken is computed, on
 both sides), takes `minimum`, `maximum`, `floor`, `cos` and `**`, and repeats with `loop`.
@@ -110,13 +111,19 @@ def _divide(a: float, b: float) -> float:
     return a / b
 
 
-# op -> (its value in Python from its arguments' values, its C expression from theirs)
-FUNCTIONS: dict = {
-    "/": (_divide, "(double){0} / (double){1}"),
-    "**": (_pow, "pow({0}, {1})"),
-    "floor": (lambda x: float(math.floor(x)) if math.isfinite(x) else x, "floor({0})"),
-    "cos": (lambda x: math.cos(x) if math.isfinite(x) else math.nan, "cos({0})"),
-}
+def _floor(x: float) -> float:
+    """C's floor (Python's gives an int and refuses infinities)."""
+    return float(math.floor(x)) if math.isfinite(x) else x
+
+
+def _cos(x: float) -> float:
+    """C's cos (Python's refuses infinities)."""
+    return math.cos(x) if math.isfinite(x) else math.nan
+
+
+# op -> (its value in Python from double arguments, its C expression)
+FUNCTIONS: dict = {"/": (_divide, "{0} / {1}"), "**": (_pow, "pow({0}, {1})"), "floor": (_floor, "floor({0})"),
+                   "cos": (_cos, "cos({0})")}
 
 
 def _call(op: str, x):
@@ -145,88 +152,109 @@ def loop(condition: Callable, body: Callable, *start) -> tuple:
     return tuple(Formula("part", (node,), DOUBLE, k) for k in range(len(start)))
 
 
-# ---- evaluation in Python --------------------------------------------------------------------------
-class _Evaluation:
-    """Values of formulas for given variables, each node computed once."""
+# ---- Python and C ------------------------------------------------------------------------------------
+class _C:
+    """How the printer writes C."""
+    indent, end = "    ", "}"
 
-    def __init__(self, values: dict, known: dict | None = None):
-        self.values, self.known = values, dict(known or {})
+    @staticmethod
+    def literal(x) -> str:
+        if isinstance(x, int):
+            return str(x) if x >= 0 else f"({x})"
+        if math.isnan(x):
+            return "NAN"
+        if math.isinf(x):
+            return "INFINITY" if x > 0 else "(-INFINITY)"
+        return x.hex() if math.copysign(1.0, x) > 0 else f"({x.hex()})"
 
-    def __call__(self, f: Formula):
-        if id(f) not in self.known:
-            self.known[id(f)] = self._compute(f)
-        return self.known[id(f)]
+    @staticmethod
+    def to_double(expr: str) -> str:
+        return f"(double){expr}"
 
-    def _compute(self, f: Formula):
-        op, args = f.op, f.args
-        if op == "const":
-            return f.data
-        if op in ("var", "state"):
-            value = self.values[f.data if op == "var" else f]
-            return int(value) if f.type == INT else float(value)
-        if op == "select":
-            value = self(args[1]) if self(args[0]) else self(args[2])
-            return value if f.type == INT else float(value)
-        if op == "loop":
-            state_vars, condition, body = f.data
-            state = [float(self(x)) for x in args]
-            while True:
-                inner = _Evaluation(self.values | dict(zip(state_vars, state)), self.known)
-                if not inner(condition):
-                    return state
-                state = [float(inner(x)) for x in body]
-        if op == "part":
-            return self(args[0])[f.data]
-        if op == "neg":
-            return -self(args[0])
-        xs = [self(a) for a in args]
-        if op in FUNCTIONS:
-            return FUNCTIONS[op][0](*map(float, xs))
-        if f.type != INT and not all(a.type == INT for a in args):    # C's usual conversions
-            xs = [float(x) for x in xs]
-        return {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b, "<": lambda a, b: a < b,
-                "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}[op](*xs)
+    @staticmethod
+    def declare(type: str, name: str, expr: str | None) -> str:
+        return f"{type} {name}" + (f" = {expr};" if expr is not None else ";")
 
+    @staticmethod
+    def assign(name: str, expr: str) -> str:
+        return f"{name} = {expr};"
 
-def evaluate(formulas: dict, values: dict) -> dict:
-    """The value of each formula (or plain number) of `formulas` with the variables' `values`,
-    in Python floats (ints for an integer formula), as its C computes it."""
-    run = _Evaluation(values)
-    return {k: run(f) if isinstance(f, Formula) else f for k, f in formulas.items()}
+    @staticmethod
+    def call(op: str, xs: list) -> str:
+        return FUNCTIONS[op][1].format(*xs)
+
+    @staticmethod
+    def when(condition: str) -> str:
+        return f"if ({condition}) {{"
+
+    otherwise, forever = "} else {", "for (;;) {"
+
+    @staticmethod
+    def stop_unless(condition: str) -> str:
+        return f"if (!({condition})) break;"
 
 
-# ---- C -------------------------------------------------------------------------------------------
-def _literal(x) -> str:
-    if isinstance(x, int):
-        return str(x) if x >= 0 else f"({x})"
-    if math.isnan(x):
-        return "NAN"
-    if math.isinf(x):
-        return "INFINITY" if x > 0 else "(-INFINITY)"
-    return x.hex() if math.copysign(1.0, x) > 0 else f"({x.hex()})"
+class _Python(_C):
+    """How the printer writes Python: the same statements, with C's conversions and functions."""
+    end, otherwise, forever = None, "else:", "while True:"
+
+    @staticmethod
+    def literal(x) -> str:
+        return repr(x)      # repr round-trips every float; inf and nan are names of the namespace
+
+    @staticmethod
+    def to_double(expr: str) -> str:
+        return f"float({expr})"
+
+    @staticmethod
+    def declare(type: str, name: str, expr: str | None) -> str | None:
+        return None if expr is None else f"{name} = {expr}"
+
+    @staticmethod
+    def assign(name: str, expr: str) -> str:
+        return f"{name} = {expr}"
+
+    @staticmethod
+    def call(op: str, xs: list) -> str:
+        return f"{FUNCTIONS[op][0].__name__}({', '.join(xs)})"
+
+    @staticmethod
+    def when(condition: str) -> str:
+        return f"if {condition}:"
+
+    @staticmethod
+    def stop_unless(condition: str) -> str:
+        return f"if not {condition}: break"
 
 
 class _Printer:
-    """C statements computing formulas: a temporary per node, in a scope per branch."""
+    """Statements that compute formulas, in C or in Python, alike: a temporary per node, in a
+    scope per branch; an integer converted to double explicitly wherever a double is made of it."""
 
-    def __init__(self):
-        self.lines: list = []
-        self.count = 0
+    def __init__(self, language):
+        self.language, self.lines, self.count = language, [], 0
+
+    def line(self, depth: int, text: str | None):
+        if text is not None:
+            self.lines.append(self.language.indent * depth + text)
 
     def temporary(self, type: str, depth: int, expr: str | None = None) -> str:
         self.count += 1
         name = f"v{self.count}"
-        self.lines.append("    " * depth + f"{type} {name}" + (f" = {expr};" if expr is not None else ";"))
+        self.line(depth, self.language.declare(type, name, expr))
         return name
 
-    def line(self, depth: int, text: str):
-        self.lines.append("    " * depth + text)
+    def double(self, f, names: dict, depth: int) -> str:
+        """f's value as a double."""
+        expr = self(f, names, depth)
+        return self.language.to_double(expr) if f.type != DOUBLE else expr
 
     def __call__(self, f: Formula, names: dict, depth: int) -> str:
-        """A C expression of f's value (a literal, a variable or a temporary); `names`: the
+        """An expression of f's value (a literal, a variable or a temporary); `names`: the
         temporaries of the nodes already computed in this scope."""
+        lang = self.language
         if f.op == "const":
-            return _literal(f.data)
+            return lang.literal(f.data)
         if f.op == "var":
             return f.data
         if id(f) in names:
@@ -235,36 +263,56 @@ class _Printer:
         if f.op == "select":
             condition = self(args[0], names, depth)
             out = self.temporary(f.type, depth)
-            for head, branch in ((f"if ({condition}) {{", args[1]), ("} else {", args[2])):
+            for head, branch in ((lang.when(condition), args[1]), (lang.otherwise, args[2])):
                 self.line(depth, head)
-                self.line(depth + 1, f"{out} = {self(branch, dict(names), depth + 1)};")
-            self.line(depth, "}")
+                value = self.double(branch, dict(names), depth + 1) if f.type == DOUBLE else self(branch, dict(names),
+                                                                                                  depth + 1)
+                self.line(depth + 1, lang.assign(out, value))
+            self.line(depth, lang.end)
         elif f.op == "loop":
             state_vars, condition, body = f.data
-            out = [self.temporary(DOUBLE, depth, self(x, names, depth)) for x in args]
+            out = [self.temporary(DOUBLE, depth, self.double(x, names, depth)) for x in args]
             inner = names | {id(s): name for s, name in zip(state_vars, out)}
-            self.line(depth, "for (;;) {")
-            self.line(depth + 1, f"if (!({self(condition, inner, depth + 1)})) break;")
-            new = [self.temporary(DOUBLE, depth + 1, self(x, inner, depth + 1)) for x in body]
-            self.line(depth + 1, " ".join(f"{name} = {value};" for name, value in zip(out, new)))
-            self.line(depth, "}")
+            self.line(depth, lang.forever)
+            self.line(depth + 1, lang.stop_unless(self(condition, inner, depth + 1)))
+            new = [self.temporary(DOUBLE, depth + 1, self.double(x, inner, depth + 1)) for x in body]
+            for name, value in zip(out, new):
+                self.line(depth + 1, lang.assign(name, value))
+            self.line(depth, lang.end)
         elif f.op == "part":
             out = self(args[0], names, depth)[f.data]
+        elif f.op == "neg":
+            out = self.temporary(f.type, depth, f"-{self(args[0], names, depth)}")
         else:
-            xs = [self(a, names, depth) for a in args]
-            expr = (FUNCTIONS[f.op][1].format(*xs) if f.op in FUNCTIONS else f"-{xs[0]}" if f.op == "neg"
-                    else f"{xs[0]} {f.op} {xs[1]}")
-            out = self.temporary(f.type, depth, expr)
+            mixed = f.type == DOUBLE or any(a.type == DOUBLE for a in args)     # C's usual conversions
+            xs = [self.double(a, names, depth) if mixed else self(a, names, depth) for a in args]
+            out = self.temporary(f.type, depth, lang.call(f.op, xs) if f.op in FUNCTIONS else f"{xs[0]} {f.op} {xs[1]}")
         names[id(f)] = out
         return out
+
+
+def _statements(language, assignments: list, depth: int) -> list:
+    printer, names = _Printer(language), {}
+    for target, f in assignments:
+        value = printer(f, names, depth) if isinstance(f, Formula) else language.literal(f)
+        printer.line(depth, language.assign(target, value))
+    return printer.lines
 
 
 def c_statements(assignments: list, depth: int = 1) -> list:
     """Lines of C that compute each (target, formula or number) of `assignments` and store it
     in its target (`out[0]`, a variable the caller declares), indented `depth` levels; the
     formulas' variables are C variables of their names."""
-    printer, names = _Printer(), {}
-    for target, f in assignments:
-        value = printer(f, names, depth) if isinstance(f, Formula) else _literal(f)
-        printer.line(depth, f"{target} = {value};")
-    return printer.lines
+    return _statements(_C, assignments, depth)
+
+
+def python_function(formulas: dict, variables: list) -> Callable[..., dict]:
+    """A function of the `variables` (by their names) that returns the value of each formula
+    (or plain number) of `formulas` by its key, computed by the same statements as its C."""
+    head = [f"def formulas({', '.join(v.data for v in variables)}):"]
+    head += [f"    {v.data} = {'int' if v.type == INT else 'float'}({v.data})" for v in variables]
+    body = _statements(_Python, [(f"out[{k!r}]", f) for k, f in formulas.items()], 1)
+    source = "\n".join(head + ["    out = {}"] + body + ["    return out"])
+    namespace = {f.__name__: f for f, _ in FUNCTIONS.values()} | {"inf": math.inf, "nan": math.nan}
+    exec(compile(source, "<formulas>", "exec"), namespace)
+    return namespace["formulas"]

@@ -32,7 +32,8 @@ from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.ir.update import GROUP, NORM, Update, lerp, update_graph
 from dlc.compiler.frontend.settings import REQUIRED, Call, as_call, choice, flag, integer, number, show
-from dlc.runtime.engines.formula import INT, Formula, cos, evaluate, floor, loop, maximum, minimum, select, variable
+from dlc.runtime.engines.formula import (INT, Formula, cos, floor, loop, maximum, minimum, python_function, select,
+                                         variable)
 
 # the allowed values of every numeric option of the optimizers, schedules and clipping
 LIMITS = {
@@ -101,6 +102,7 @@ class Optimizer:
             raise DlcError(f"{call.name}: nesterov = true needs a momentum > 0", args.span("nesterov"))
         self._graphs: dict = {}
         self._formulas: dict | None = None
+        self._scalars = None            # the formulas as a Python function
         # the parameter groups (groups.py): the settings of each, the optimizer's own first
         self.groups, self.lr_mults, self.group_of = [self.hyper], [1.0], {}
 
@@ -112,7 +114,7 @@ class Optimizer:
             self.groups.append(self.hyper | ({} if g.weight_decay is None else {"weight_decay": g.weight_decay}))
             self.lr_mults.append(g.lr_mult)
             self.group_of.update({name: len(self.groups) - 1 for name in g.members})
-        self._formulas = None
+        self._formulas = self._scalars = None
 
     def group_index(self, names: list, sizes: list) -> np.ndarray | None:
         """The group of every element of the flat concatenation of `names` (None: one group)."""
@@ -130,7 +132,9 @@ class Optimizer:
 
     def step_scalars(self, lr: float, step: int) -> dict:
         """The scalars every input of the update graph is fed, in Python floats."""
-        return evaluate(self.step_formulas(), {LR.data: lr, STEP.data: step})
+        if self._scalars is None:
+            self._scalars = python_function(self.step_formulas(), [LR, STEP])
+        return self._scalars(lr, step)
 
     def step_formulas(self) -> dict:
         """The scalars every input of the update graph is fed, as formulas of LR and STEP
@@ -482,11 +486,11 @@ class Schedule:
         self.total = total if total is not None else epochs * self.per_epoch
         t = After(base_lr, STEP0 - warm, warm, TOTAL if decay_steps is None else decay_steps, decay_steps)
         self.formula = select(STEP0 < warm, base_lr * minimum(1.0, (STEP0 + 1) / warm), _RATES[self.name](self.opts, t))
+        self._rate = python_function({"lr": self.formula}, [STEP0, PER_EPOCH, TOTAL])
 
     def __call__(self, step: int) -> float:
         """Learning rate for global step `step` (0-based)."""
-        return evaluate({"lr": self.formula}, {STEP0.data: step, PER_EPOCH.data: self.per_epoch,
-                                               TOTAL.data: self.total})["lr"]
+        return self._rate(step, self.per_epoch, self.total)["lr"]
 
 
 WARMUP = {"warmup": 0, "warmup_steps": None, "decay_steps": None}     # options of every schedule
