@@ -3,7 +3,8 @@ compiled update graph (compiler/native/update.py) keeps exactly the parameters a
 of the reference (the same graph, runtime/engines/optim.py, run by the interpreter), and those
 are exactly torch.optim's once the interpreter takes torch's float32 sqrt, which is not
 correctly rounded (up to 0.55 ulp; 0.7% of results are 1 ulp from IEEE sqrt): the same
-operations, in the same order, rounded alike.
+operations, in the same order, rounded alike. An optimizer torch.optim lacks (Lion) is held
+to the reference alone.
 
 The model's loss is sum(w * g), so the gradient of w is exactly the input g: all three
 see the same gradients. 1037 entries: whole vectors and a remainder."""
