@@ -27,7 +27,8 @@ def schedule_lr(spec, base_lr: float) -> str:
     """C of Schedule.__call__(step): its steps per epoch and total steps given at run time."""
     lines = c_statements([("rate", make_schedule(spec, base_lr, 1, 1).formula)])
     return ("static double schedule_lr(int64_t step, double per_epoch, double total) {\n"
-            "    (void)step, (void)per_epoch, (void)total;\n    double rate;\n" + "\n".join(lines) + "\n    return rate;\n}")
+            "    (void)step, (void)per_epoch, (void)total;\n    double rate;\n"
+            + "\n".join(lines) + "\n    return rate;\n}")
 
 
 def train_parts(file: str, model: str | None, overrides: dict):

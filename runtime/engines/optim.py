@@ -187,8 +187,8 @@ class Optimizer:
         where groups 1, 2, ... begin when the flat arrays hold them one after another."""
         key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype, tuple(map(str, self.groups)), starts)
         if key not in self._graphs:
-            self._graphs[key] = update_graph(self._decayed_rule, self.slots(), n, l1, l2, key[3], norm, dtype, len(self.groups),
-                                             starts)
+            self._graphs[key] = update_graph(self._decayed_rule, self.slots(), n, l1, l2, key[3], norm, dtype,
+                                             len(self.groups), starts)
         return self._graphs[key]
 
     def init(self, params: dict) -> dict:
@@ -391,7 +391,7 @@ def make_optimizer(spec) -> Optimizer:
 # the variables of a schedule's formula: the step (from 0), the steps of an epoch and of the run
 STEP0, PER_EPOCH, TOTAL = variable("step", INT), variable("per_epoch"), variable("total")
 SCHEDULES: dict = {}        # name -> its options (defaults)
-_RATES: dict = {}           # name -> its rate after the warmup (`schedule`)
+_RATES: dict = {}           # name -> (its rate after the warmup, whether it decays: takes decay_steps)
 
 
 @dataclass
@@ -409,17 +409,18 @@ class After:
         return self.decay_steps if self.decay_steps is not None else epochs * PER_EPOCH
 
 
-def schedule(name: str, **options):
+def schedule(name: str, decays: bool = True, **options):
     """Registers a schedule: `rate(o, t)`, its learning rate after the warmup from its options
-    `o` and `t` (After); the steps of a setting without decay_steps count in epochs."""
+    `o` and `t` (After); the steps of a setting without decay_steps count in epochs. One that
+    does not `decays` refuses decay_steps."""
     def register(rate):
-        SCHEDULES[name], _RATES[name] = options, rate
+        SCHEDULES[name], _RATES[name] = options, (rate, decays)
         return rate
     return register
 
 
-@schedule("linear_warmup")           # (decorators apply from the bottom: constant is the first)
-@schedule("constant")
+@schedule("linear_warmup", decays=False)         # (decorators apply from the bottom: constant is the first)
+@schedule("constant", decays=False)
 def _base_rate(o, t):
     """The base rate: linear_warmup is constant after its warmup."""
     return t.lr
@@ -478,14 +479,15 @@ class Schedule:
                 else _option(args, "warmup", 0) * PER_EPOCH)
         decay_steps = None
         if args["decay_steps"] is not None:
-            if call.name in ("constant", "linear_warmup"):
-                raise DlcError(f"{call.name} does not decay: decay_steps is for step, exponential, cosine and "
-                               "warm_restarts", args.span("decay_steps"))
+            if not _RATES[call.name][1]:
+                decaying = [n for n, (_, decays) in _RATES.items() if decays]
+                raise DlcError(f"{call.name} does not decay: decay_steps is for {', '.join(decaying[:-1])} and "
+                               f"{decaying[-1]}", args.span("decay_steps"))
             decay_steps = args.check("decay_steps", integer, low=1)
         self.base = base_lr
         self.total = total if total is not None else epochs * self.per_epoch
         t = After(base_lr, STEP0 - warm, warm, TOTAL if decay_steps is None else decay_steps, decay_steps)
-        self.formula = select(STEP0 < warm, base_lr * minimum(1.0, (STEP0 + 1) / warm), _RATES[self.name](self.opts, t))
+        self.formula = select(STEP0 < warm, base_lr * minimum(1.0, (STEP0 + 1) / warm), _RATES[self.name][0](self.opts, t))
         self._rate = python_function({"lr": self.formula}, [STEP0, PER_EPOCH, TOTAL])
 
     def __call__(self, step: int) -> float:

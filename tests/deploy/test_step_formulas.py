@@ -73,7 +73,8 @@ def test_optimizer_scalars_in_c_are_python_bit_for_bit(tmp_path):
     first_order = [name for name, cls in OPTIMIZERS.items() if not cls.full_batch]
     optimizers = {name: optimizer_with_groups(name) for name in first_order}
     lib = shared_library(tmp_path, "\n".join(
-        step_scalars(opt, list(opt.step_formulas())).replace("static void step_scalars(", f"{EXPORT} void scalars_{name}(")
+        step_scalars(opt, list(opt.step_formulas())).replace("static void step_scalars(",
+                                                             f"{EXPORT} void scalars_{name}(")
         for name, opt in optimizers.items()))
     for name, opt in optimizers.items():
         f = getattr(lib, f"scalars_{name}")

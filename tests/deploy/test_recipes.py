@@ -1,9 +1,10 @@
-"""A new optimizer added as docs/architecture.md says ("How to add ... An optimizer"): one class,
-defined in this file only and registered for the test, with a per-step scalar no built-in
-optimizer has (a warmup chosen by `select`, a rate over the step's square root, a bias
-correction), a decoupled weight decay and parameter groups, trains bit for bit alike on the
-reference engine, the native engine and a `dlc build --train` library; and the recipe names
-the files that takes and no other.
+"""docs/architecture.md's recipes for a new optimizer and a new schedule ("How to add ..."),
+walked: an optimizer, one class defined in this file only and registered for the test, with
+per-step scalars no built-in optimizer has (a warmup chosen by `select`, a rate over the
+step's square root, a bias correction), a decoupled weight decay and parameter groups, and
+a schedule, one function defined here too (an inverse square root), train bit for bit alike
+on the reference engine, the native engine and a `dlc build --train` library; and each
+recipe names the file of code it changes, and not the build.
 
 The model's loss is sum(w * g) + sum(u * k) over batches of one row, so its gradients are
 exactly the batch's g and k on every engine (a model's gradients otherwise differ between the
@@ -20,7 +21,8 @@ from dlc.compiler.frontend.loader import load
 from dlc.compiler.frontend.settings import REQUIRED
 from dlc.compiler.ir import ops
 from dlc.runtime.deploy.build import build
-from dlc.runtime.engines.formula import select
+from dlc.runtime.engines import optim
+from dlc.runtime.engines.formula import maximum, select
 from dlc.runtime.engines.optim import OPTIMIZERS, Optimizer
 from dlc.runtime.training import checkpoint
 from dlc.runtime.training.trainer import Trainer, initial_parameters
@@ -47,6 +49,11 @@ class WarmSignum(Optimizer):
         return ops.fma(ops.unary("sign", m / u.scalar("correction")), -u.scalar("rate"), u.param), {"momentum": m}
 
 
+def inverse_sqrt(o, t):
+    """lr over the square root of 1 + the epochs since the warmup, never below min_lr."""
+    return maximum(t.lr / (1 + t.after / t.span(1)) ** 0.5, o["min_lr"])
+
+
 MODEL = """
 model sums {
     input g: f32[B, 40]
@@ -62,29 +69,35 @@ train sums {
     epochs = 2
     optimizer = warm_signum(lr = 0.05, momentum = 0.8, weight_decay = 0.1)
     param_groups = [group("u", weight_decay = 0.3, lr_mult = 0.5)]
-    schedule = cosine(warmup_steps = 2, min_lr = 0.001)
+    schedule = inverse_sqrt(warmup_steps = 2, min_lr = 0.01)
 }
 """
 
 
-def recipe() -> str:
+def recipe(what: str) -> str:
     text = (ROOT / "docs" / "architecture.md").read_text()
-    return text.split("**An optimizer.**", 1)[1].split("\n\n", 1)[0]
+    return text.split(f"**{what}.**", 1)[1].split("\n\n", 1)[0]
 
 
-def test_the_recipe_changes_one_file_of_code():
-    """What an optimizer touches: optim.py, its doc row, its test cases; not the build."""
-    named = re.findall(r"`((?:runtime|compiler|tests|docs)/[\w/.]+)`", recipe())
+@pytest.mark.parametrize("what, tests", [
+    ("An optimizer", {"docs/training.md", "tests/native/test_update_rule.py", "tests/deploy/test_train_settings.py"}),
+    ("A schedule", {"docs/training.md", "tests/deploy/test_step_formulas.py", "tests/deploy/test_train_settings.py"})])
+def test_a_recipe_changes_one_file_of_code(what, tests):
+    """What a new optimizer or schedule touches: optim.py, the docs, its test cases; not the build."""
+    named = re.findall(r"`((?:runtime|compiler|tests|docs)/[\w/.]+)`", recipe(what))
     assert all((ROOT / path).exists() for path in named), named
-    assert named[0] == "runtime/engines/optim.py"        # "One class in ..."; the others are read, not changed
-    assert {"docs/training.md", "tests/native/test_update_rule.py", "tests/deploy/test_train_settings.py",
-            "tests/deploy/test_new_optimizer.py"} <= set(named)
-    assert "runtime/deploy" not in recipe()
+    assert named[0] == "runtime/engines/optim.py"        # "One class (function) in ..."; the others are read
+    assert tests | {"tests/deploy/test_recipes.py"} <= set(named)
+    assert "runtime/deploy" not in recipe(what)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
-def test_an_optimizer_defined_here_trains_alike_on_both_engines_and_a_built_library(tmp_path, monkeypatch):
+def test_an_optimizer_and_schedule_defined_here_train_alike_on_both_engines_and_a_built_library(tmp_path,
+                                                                                                monkeypatch):
     monkeypatch.setitem(OPTIMIZERS, WarmSignum.name, WarmSignum)
+    for registry in ("SCHEDULES", "_RATES"):       # the schedule registered until the test ends
+        monkeypatch.setattr(optim, registry, dict(getattr(optim, registry)))
+    optim.schedule("inverse_sqrt", min_lr=0.0)(inverse_sqrt)
     rng = np.random.default_rng(5)
     np.savez(tmp_path / "sums.npz", g=rng.standard_normal((5, 40)).astype(np.float32),
              k=rng.standard_normal((5, 4, 5)).astype(np.float32))
