@@ -112,8 +112,8 @@ def _divide(a: float, b: float) -> float:
 
 
 def _floor(x: float) -> float:
-    """C's floor (Python's gives an int and refuses infinities)."""
-    return float(math.floor(x)) if math.isfinite(x) else x
+    """C's floor (Python's gives an int, so no -0.0, and refuses infinities)."""
+    return float(math.floor(x)) if math.isfinite(x) and x != 0 else x
 
 
 def _cos(x: float) -> float:

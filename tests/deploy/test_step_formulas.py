@@ -91,20 +91,42 @@ def test_optimizer_scalars_in_c_are_python_bit_for_bit(tmp_path):
     assert {"lr@1", "lr@2", "decay@1", "decay@2"} <= set(optimizers["adamw"].step_formulas())
 
 
+X, N = variable("x"), variable("n", INT)
+# formulas at the edges of IEEE arithmetic and of the C library
+EDGES = {"quotient": 1 / X, "zero_over_zero": 0 / X, "floor": formula.floor(-X), "cos": formula.cos(1 / X),
+         "pole": X ** -1.0, "odd_pole": (-X) ** -3.0, "fraction_of_negative": (X - 1) ** 0.5,
+         "overflow": 10.0 ** (N * 1000), "negative_overflow": (-10.0) ** (N * 1001), "underflow": 10.0 ** (N * -400),
+         "ints": N * 3 - 1, "mixed": N / 2, "compare_mixed": select(N < X, 1.5, N),
+         # a branch not taken is not computed: its loop would never end
+         "lazy": select(N > 5, loop(lambda a: a > -1, lambda a: (a + 1,), N)[0], 5)}     # n is at most 3 here
+
+
 def test_python_computes_as_c():
-    """Division by zero, pow's poles and overflows, loops and lazy branches: C's results."""
-    x, n = variable("x"), variable("n", INT)
-    f = python_function({"quotient": 1 / x, "zero_over_zero": 0 / x, "pole": x ** -1.0, "overflow": 10.0 ** (n * 1000),
-                         "odd_pole": select(n < 0, x, (-x) ** -3.0), "ints": n * 3 - 1, "mixed": n / 2,
-                         # a branch not taken is not computed: its loop would never end
-                         "lazy": select(x > 1, loop(lambda a: a > -1, lambda a: (a + 1,), x)[0], 5)}, [x, n])
-    got = f(0.0, 1)
+    """Division by zero, pow's poles, overflows and domain errors, floor(-0.0), cos(inf),
+    integers, and lazy branches: C's results in Python."""
+    got = python_function(EDGES, [X, N])(0.0, 1)
+    assert math.copysign(1, got["floor"]) == -1 and math.isnan(got["cos"])       # floor(-0.0), cos(inf)
     assert got["quotient"] == math.inf and math.isnan(got["zero_over_zero"]) and got["pole"] == math.inf
-    assert got["overflow"] == math.inf and got["odd_pole"] == -math.inf
+    assert got["odd_pole"] == -math.inf and math.isnan(got["fraction_of_negative"])
+    assert got["overflow"] == math.inf and got["negative_overflow"] == -math.inf and got["underflow"] == 0
     assert got["ints"] == 2 and isinstance(got["ints"], int) and got["mixed"] == 0.5 and got["lazy"] == 5.0
     # the restarts' loop: the position in the current period and the period
-    t, period = loop(lambda t, p: t >= p, lambda t, p: (t - p, p * 2), x, 3)
-    assert python_function({"t": t, "p": period}, [x])(10.0) == {"t": 1.0, "p": 12.0}    # 10 - 3 - 6 = 1
+    t, period = loop(lambda t, p: t >= p, lambda t, p: (t - p, p * 2), X, 3)
+    assert python_function({"t": t, "p": period}, [X])(10.0) == {"t": 1.0, "p": 12.0}    # 10 - 3 - 6 = 1
+
+
+@needs_cc
+@pytest.mark.parametrize("x, n", [(0.0, 1), (-0.0, 1), (0.5, 0), (-2.5, 3), (math.inf, -1), (math.nan, 2)])
+def test_the_edges_in_c_are_python_bit_for_bit(tmp_path, x, n):
+    names = list(EDGES)
+    body = "\n".join(c_statements([(f"out[{k}]", EDGES[name]) for k, name in enumerate(names)]))
+    lib = shared_library(tmp_path, f"{EXPORT} void edges(double x, int64_t n, double *out) {{\n{body}\n}}")
+    out = (ctypes.c_double * len(names))()
+    lib.edges.argtypes = [ctypes.c_double, ctypes.c_int64, ctypes.c_void_p]
+    lib.edges(x, n, out)
+    want = python_function(EDGES, [X, N])(x, n)
+    same = lambda a, b: (math.isnan(a) and math.isnan(b)) or float(a).hex() == b.hex()
+    assert [k for j, k in enumerate(names) if not same(want[k], out[j])] == []
 
 
 def test_a_formula_is_not_a_python_number():
