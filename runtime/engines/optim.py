@@ -166,7 +166,7 @@ class Optimizer:
     def scalars(self, lr: Formula, step: Formula, h: dict) -> dict:
         """The per-step scalars the rule reads (Update.scalar) as formulas of the learning
         rate `lr` and the step `step` (from 1), for a group of options `h`, computed as torch
-        computes them in Python floats (and the `decay` of a decoupled weight decay)."""
+        computes them in Python floats (a decoupled weight decay's `decay` is Optimizer's)."""
         return {"lr": lr}
 
     def rule(self, u: Update) -> tuple:  # pragma: no cover - every optimizer defines it
