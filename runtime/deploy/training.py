@@ -1,9 +1,9 @@
 """The train step of a `dlc build --train` library: the train block's step as the native
 engine runs it (runtime/engines/native.py: the train step graph lowered, its driver ending
 with the optimizer's update over the flat arrays), and the C of what the trainer computes
-in Python floats at each step (runtime/engines/optim.py): the learning rate of the
-schedule and the optimizer's per-step scalars, written to do the same double operations in
-the same order (the library compiles them without contraction), so the same bits.
+in Python floats at each step: the learning rate of the schedule and the optimizer's
+per-step scalars, printed from the formulas the engines evaluate (runtime/engines/optim.py,
+runtime/engines/formula.py), so the same bits.
 """
 from __future__ import annotations
 
@@ -11,71 +11,24 @@ import json
 
 from dlc.compiler.errors import DlcError
 from dlc.runtime.deploy.library import ModelIO, Training
-from dlc.runtime.engines.optim import Adagrad, Adam, Optimizer, make_optimizer, make_schedule
-
-
-def _c(v) -> str:
-    """A number as a C double literal, exactly."""
-    return float(v).hex()
-
-
-def _scalar_exprs(optimizer: Optimizer, h: dict, lr: str) -> dict:
-    """C expressions of Optimizer.scalars(lr, step, h), `step` the step number (from 1)."""
-    scalars = type(optimizer).scalars
-    if scalars is Optimizer.scalars:
-        return {"lr": lr}
-    if scalars is Adam.scalars:
-        return {"lr": lr, "step_size": f"{lr} / (1.0 - pow({_c(h['beta1'])}, (double)step))",
-                "bias2_sqrt": f"pow(1.0 - pow({_c(h['beta2'])}, (double)step), 0.5)",
-                "decay": f"1.0 - {lr} * {_c(h['weight_decay'])}"}
-    if scalars is Adagrad.scalars:
-        return {"lr": f"{lr} / (1.0 + (double)(step - 1) * {_c(h['lr_decay'])})"}
-    raise DlcError(f"dlc build --train does not know the per-step scalars of {optimizer.name} yet")
+from dlc.runtime.engines.formula import c_statements
+from dlc.runtime.engines.optim import Optimizer, make_optimizer, make_schedule
 
 
 def step_scalars(optimizer: Optimizer, names: list) -> str:
     """C of Optimizer.step_scalars: out[k] is the scalar names[k] at learning rate lr."""
-    if len(optimizer.groups) == 1:
-        exprs = _scalar_exprs(optimizer, optimizer.hyper, "lr")
-    else:
-        exprs = {f"{k}@{g}": e for g, (h, mult) in enumerate(zip(optimizer.groups, optimizer.lr_mults))
-                 for k, e in _scalar_exprs(optimizer, h, f"(lr * {_c(mult)})").items()}
-    lines = [f"    out[{k}] = {exprs[name]};" for k, name in enumerate(names)]
+    formulas = optimizer.step_formulas()
+    lines = c_statements([(f"out[{k}]", formulas[name]) for k, name in enumerate(names)])
     return ("static void step_scalars(double lr, int64_t step, double *out) {\n    (void)lr, (void)step, (void)out;\n"
             + "\n".join(lines) + "\n}")
 
 
 def schedule_lr(spec, base_lr: float) -> str:
     """C of Schedule.__call__(step): its steps per epoch and total steps given at run time."""
-    one, two = make_schedule(spec, base_lr, 1, 1), make_schedule(spec, base_lr, 2, 1)
-    # a warmup in epochs scales with the steps per epoch, one in steps does not
-    per_epoch_warm = one.warm if one.warm != two.warm else 0
-    fixed_warm = one.warm if one.warm == two.warm else 0
-    o, name = one.opts, one.name
-    unit = _c(one.decay_steps) if one.decay_steps else "per_epoch"
-    body = {
-        "step": f"return lr * pow({_c(o.get('gamma', 0))}, floor(after / "
-                f"({unit if one.decay_steps else _c(o.get('every', 0)) + ' * per_epoch'})));",
-        "exponential": f"return lr * pow({_c(o.get('gamma', 0))}, floor(after / {unit}));",
-        "cosine": f"""double end = {_c(one.decay_steps) if one.decay_steps is not None else 'total'}, span = end - warm;
-    if (1e-9 > span) span = 1e-9;
-    double q = after / span, progress = after >= 0 ? (1.0 < q ? 1.0 : q) : 0.0;
-    return {_c(o.get('min_lr', 0))} + 0.5 * (lr - {_c(o.get('min_lr', 0))}) * (1.0 + cos({_c(3.141592653589793)} * progress));""",
-        "warm_restarts": f"""double period = {unit if one.decay_steps else _c(o.get('period', 0)) + ' * per_epoch'}, t = after;
-    while (t >= period) {{ t -= period; period *= {_c(o.get('mult', 1))}; }}
-    return {_c(o.get('min_lr', 0))} + 0.5 * (lr - {_c(o.get('min_lr', 0))}) * (1.0 + cos({_c(3.141592653589793)} * t / period));""",
-    }.get(name, "return lr;")
-    return f"""static double schedule_lr(int64_t step, double per_epoch, double total) {{
-    (void)per_epoch, (void)total;
-    double warm = {_c(fixed_warm)} + {_c(per_epoch_warm)} * per_epoch, lr = {_c(base_lr)};
-    if ((double)step < warm) {{
-        double r = (double)(step + 1) / warm;
-        return lr * (r < 1.0 ? r : 1.0);
-    }}
-    double after = (double)step - warm;
-    (void)after;
-    {body}
-}}"""
+    lines = c_statements([("rate", make_schedule(spec, base_lr, 1, 1).formula)])
+    return ("static double schedule_lr(int64_t step, double per_epoch, double total) {\n"
+            "    (void)step, (void)per_epoch, (void)total;\n    double rate;\n"
+            + "\n".join(lines) + "\n    return rate;\n}")
 
 
 def train_parts(file: str, model: str | None, overrides: dict):

@@ -1,8 +1,11 @@
 """Optimizers, learning-rate schedules and the clipping setting.
 
 Each optimizer is one class: its options, its state slots, the scalars of a step as
-torch.optim computes them in Python floats (`scalars`), and `rule`, which builds its
-update as a graph over the flat parameter, gradient and state arrays (compiler/ir/update.py).
+torch.optim computes them in Python floats (`scalars`, written as formulas of the learning
+rate and the step: runtime/engines/formula.py, which a `dlc build --train` library prints
+as C), and `rule`, which builds its update as a graph over the flat parameter, gradient
+and state arrays (compiler/ir/update.py), after the weight decay that every optimizer
+takes from `Optimizer`: coupled (added to the gradient) or, with `decoupled`, AdamW's.
 The rules follow PyTorch's (torch.optim, single-tensor CPU path) down to the rounding:
 the same float32 operations in the same order, and one rounding (ops.fma) where torch's
 vectorized kernels fuse a multiply and an add; so a model trained here and there from
@@ -14,10 +17,13 @@ parameter ("m", "v", "momentum"), which checkpoints save.
 The second-order optimizers (`LBFGS`, `Newton`) are `full_batch`: they have no update graph;
 a step of theirs runs many evaluations of the batch's loss (runtime/engines/second_order.py),
 and the engines hand them the step (`step`).
+
+A schedule is one function of the steps after its warmup (`@schedule`), a formula too.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -26,6 +32,8 @@ from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.ir.update import GROUP, NORM, Update, lerp, update_graph
 from dlc.compiler.frontend.settings import REQUIRED, Call, as_call, choice, flag, integer, number, show
+from dlc.runtime.engines.formula import (INT, Formula, cos, floor, loop, maximum, minimum, python_function, select,
+                                         variable)
 
 # the allowed values of every numeric option of the optimizers, schedules and clipping
 LIMITS = {
@@ -74,10 +82,18 @@ def _untuple(call: Call, options: dict) -> Call:
     return Call(call.name, call.args, kwargs, call.span, spans)
 
 
+# the variables of the per-step scalars: the learning rate and the step's number (from 1)
+LR, STEP = variable("lr"), variable("step", INT)
+
+
 class Optimizer:
     name = ""
     options: dict = {}            # option -> default; "lr" is required
     full_batch = False            # a step of its own (`step`) instead of an update graph
+    default_lr = 1e-2             # the learning rate of a setting without one (not a required option's)
+    # the weight decay shrinks the parameter (param *= 1 - lr * weight_decay, AdamW's) before
+    # the rule, instead of adding weight_decay * param to the gradient (torch's L2 form)
+    decoupled = False
 
     def __init__(self, call: Call):
         args = _untuple(call, self.options).bind(self.options)
@@ -85,6 +101,8 @@ class Optimizer:
         if self.hyper.get("nesterov") and not self.hyper["momentum"]:
             raise DlcError(f"{call.name}: nesterov = true needs a momentum > 0", args.span("nesterov"))
         self._graphs: dict = {}
+        self._formulas: dict | None = None
+        self._scalars = None            # the formulas as a Python function
         # the parameter groups (groups.py): the settings of each, the optimizer's own first
         self.groups, self.lr_mults, self.group_of = [self.hyper], [1.0], {}
 
@@ -96,6 +114,7 @@ class Optimizer:
             self.groups.append(self.hyper | ({} if g.weight_decay is None else {"weight_decay": g.weight_decay}))
             self.lr_mults.append(g.lr_mult)
             self.group_of.update({name: len(self.groups) - 1 for name in g.members})
+        self._formulas = self._scalars = None
 
     def group_index(self, names: list, sizes: list) -> np.ndarray | None:
         """The group of every element of the flat concatenation of `names` (None: one group)."""
@@ -112,11 +131,25 @@ class Optimizer:
         return u.per_group([h[name] for h in self.groups])
 
     def step_scalars(self, lr: float, step: int) -> dict:
-        """The scalars every input of the update graph is fed: each group's, with its learning rate."""
-        if len(self.groups) == 1:
-            return self.scalars(lr, step, self.hyper)
-        return {f"{k}@{g}": v for g, (h, mult) in enumerate(zip(self.groups, self.lr_mults))
-                for k, v in self.scalars(lr * mult, step, h).items()}
+        """The scalars every input of the update graph is fed, in Python floats."""
+        if self._scalars is None:
+            self._scalars = python_function(self.step_formulas(), [LR, STEP])
+        return self._scalars(lr, step)
+
+    def step_formulas(self) -> dict:
+        """The scalars every input of the update graph is fed, as formulas of LR and STEP
+        (runtime/engines/formula.py): each group's, with its learning rate."""
+        if self._formulas is None:
+            if len(self.groups) == 1:
+                self._formulas = self._group_scalars(LR, self.hyper)
+            else:
+                self._formulas = {f"{k}@{g}": v for g, (h, mult) in enumerate(zip(self.groups, self.lr_mults))
+                                  for k, v in self._group_scalars(LR * mult, h).items()}
+        return self._formulas
+
+    def _group_scalars(self, lr: Formula, h: dict) -> dict:
+        decay = {"decay": 1 - lr * h["weight_decay"]} if self.decoupled and "weight_decay" in h else {}
+        return self.scalars(lr, STEP, h) | decay
 
     @property
     def lr(self) -> float:
@@ -130,14 +163,23 @@ class Optimizer:
     def slots(self) -> tuple:
         return ()
 
-    def scalars(self, lr: float, step: int, h: dict) -> dict:
-        """The per-step scalars the rule reads (Update.scalar), in Python floats, for a group
-        of options `h` and learning rate `lr`."""
+    def scalars(self, lr: Formula, step: Formula, h: dict) -> dict:
+        """The per-step scalars the rule reads (Update.scalar) as formulas of the learning
+        rate `lr` and the step `step` (from 1), for a group of options `h`, computed as torch
+        computes them in Python floats (a decoupled weight decay's `decay` is Optimizer's)."""
         return {"lr": lr}
 
     def rule(self, u: Update) -> tuple:  # pragma: no cover - every optimizer defines it
-        """(new parameter, {slot: new state}) from u's flat arrays."""
+        """(new parameter, {slot: new state}) from u's flat arrays, the weight decay applied."""
         raise NotImplementedError
+
+    def _decayed_rule(self, u: Update) -> tuple:
+        """The rule after the weight decay, the one place it is written."""
+        if self.decays and self.decoupled:
+            u.param = u.param * u.scalar("decay")                       # param.mul_(1 - lr * weight_decay)
+        elif self.decays:
+            u.grad = ops.fma(u.param, self.option(u, "weight_decay"), u.grad)   # grad.add(param, alpha=weight_decay)
+        return self.rule(u)
 
     def graph(self, n: int, l1: float = 0.0, l2: float = 0.0, clip: Call | None = None, norm: bool = False,
               dtype: str = "f32", starts: tuple | None = None):
@@ -145,8 +187,8 @@ class Optimizer:
         where groups 1, 2, ... begin when the flat arrays hold them one after another."""
         key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype, tuple(map(str, self.groups)), starts)
         if key not in self._graphs:
-            self._graphs[key] = update_graph(self.rule, self.slots(), n, l1, l2, key[3], norm, dtype, len(self.groups),
-                                             starts)
+            self._graphs[key] = update_graph(self._decayed_rule, self.slots(), n, l1, l2, key[3], norm, dtype,
+                                             len(self.groups), starts)
         return self._graphs[key]
 
     def init(self, params: dict) -> dict:
@@ -201,8 +243,6 @@ class SGD(Optimizer):
 
     def rule(self, u):
         h, g, new = self.hyper, u.grad, {}
-        if self.decays:
-            g = ops.fma(u.param, self.option(u, "weight_decay"), g)     # grad.add(param, alpha=weight_decay)
         if h["momentum"]:
             buf = new["momentum"] = u.state["momentum"] * h["momentum"] + g     # buf.mul_(momentum).add_(g)
             g = ops.fma(buf, h["momentum"], g) if h["nesterov"] else buf
@@ -221,6 +261,7 @@ class Nesterov(SGD):
 
 class RMSprop(Optimizer):
     name = "rmsprop"
+    default_lr = 1e-3
     options = {"lr": REQUIRED, "alpha": 0.99, "eps": 1e-8, "momentum": 0.0, "weight_decay": 0.0}
 
     def slots(self):
@@ -228,8 +269,6 @@ class RMSprop(Optimizer):
 
     def rule(self, u):
         h, g, p = self.hyper, u.grad, u.param
-        if self.decays:
-            g = ops.fma(p, self.option(u, "weight_decay"), g)
         v = ops.fma((1 - h["alpha"]) * g, g, u.state["v"] * h["alpha"])    # v.mul_(alpha).addcmul_(g, g, 1 - alpha)
         avg = ops.unary("sqrt", v) + h["eps"]
         if h["momentum"]:                                               # buf.mul_(momentum).addcdiv_(g, avg)
@@ -240,22 +279,17 @@ class RMSprop(Optimizer):
 
 class Adam(Optimizer):
     name = "adam"
+    default_lr = 1e-3
     options = {"lr": REQUIRED, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0}
-    decoupled = False
 
     def slots(self):
         return ("m", "v")
 
     def scalars(self, lr, step, h):
-        return {"lr": lr, "step_size": lr / (1 - h["beta1"] ** step), "bias2_sqrt": (1 - h["beta2"] ** step) ** 0.5,
-                "decay": 1 - lr * h["weight_decay"]}
+        return {"lr": lr, "step_size": lr / (1 - h["beta1"] ** step), "bias2_sqrt": (1 - h["beta2"] ** step) ** 0.5}
 
     def rule(self, u):
         h, g, p = self.hyper, u.grad, u.param
-        if self.decays and self.decoupled:
-            p = p * u.scalar("decay")                                   # param.mul_(1 - lr * weight_decay)
-        elif self.decays:
-            g = ops.fma(p, self.option(u, "weight_decay"), g)
         m = lerp(u.state["m"], g, 1 - h["beta1"])                       # m.lerp_(g, 1 - beta1)
         v = ops.fma((1 - h["beta2"]) * g, g, u.state["v"] * h["beta2"])     # v.mul_(beta2).addcmul_(g, g, 1 - beta2)
         den = ops.unary("sqrt", v) / u.scalar("bias2_sqrt") + h["eps"]
@@ -280,11 +314,29 @@ class Adagrad(Optimizer):
 
     def rule(self, u):
         h, g, p = self.hyper, u.grad, u.param
-        if self.decays:
-            g = ops.fma(p, self.option(u, "weight_decay"), g)
         total = ops.fma(g, g, u.state["sum"])                           # sum.addcmul_(g, g, value=1)
         std = ops.unary("sqrt", total) + h["eps"]
         return p + -u.scalar("lr") * g / std, {"sum": total}            # param.addcdiv_(g, std, value=-clr)
+
+
+class Lion(Optimizer):
+    """Lion ("Symbolic Discovery of Optimization Algorithms", Chen et al. 2023) as
+    lion-pytorch computes it: the step is lr times the sign of the momentum moved towards
+    the gradient by 1 - beta1; then the momentum moves towards the gradient by 1 - beta2.
+    Its steps are larger than Adam's for the same rate: it takes a smaller one."""
+    name = "lion"
+    options = {"lr": REQUIRED, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.0}
+    decoupled = True
+    default_lr = 1e-4
+
+    def slots(self):
+        return ("m",)
+
+    def rule(self, u):
+        h, g, m = self.hyper, u.grad, u.state["m"]
+        update = ops.unary("sign", ops.fma(g, 1 - h["beta1"], m * h["beta1"]))   # m * beta1 + (1 - beta1) * g
+        m = ops.fma(g, 1 - h["beta2"], m * h["beta2"])                  # m.mul_(beta2).add_(g, alpha=1 - beta2)
+        return ops.fma(update, -u.scalar("lr"), u.param), {"m": m}      # param.add_(update.sign_(), alpha=-lr)
 
 
 class LBFGS(Optimizer):
@@ -324,7 +376,7 @@ class Newton(Optimizer):
         return objective.first
 
 
-OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, AdamW, Adagrad, LBFGS, Newton)}
+OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, AdamW, Adagrad, Lion, LBFGS, Newton)}
 
 
 def make_optimizer(spec) -> Optimizer:
@@ -336,13 +388,80 @@ def make_optimizer(spec) -> Optimizer:
 
 
 # ---- schedules ---------------------------------------------------------------------------------
+# the variables of a schedule's formula: the step (from 0), the steps of an epoch and of the run
+STEP0, PER_EPOCH, TOTAL = variable("step", INT), variable("per_epoch"), variable("total")
+SCHEDULES: dict = {}        # name -> its options (defaults)
+_RATES: dict = {}           # name -> (its rate after the warmup, whether it decays: takes decay_steps)
+
+
+@dataclass
+class After:
+    """What a schedule's rate after the warmup is a formula of: the base rate `lr`, the
+    steps `after` the warmup, the warmup's steps `warm`, `end` (decay_steps, else the run's
+    total) and `span(epochs)`, the steps of that many epochs (decay_steps when given)."""
+    lr: float
+    after: Formula
+    warm: object
+    end: object
+    decay_steps: int | None
+
+    def span(self, epochs):
+        return self.decay_steps if self.decay_steps is not None else epochs * PER_EPOCH
+
+
+def schedule(name: str, decays: bool = True, **options):
+    """Registers a schedule: `rate(o, t)`, its learning rate after the warmup from its options
+    `o` and `t` (After); the steps of a setting without decay_steps count in epochs. One that
+    does not `decays` refuses decay_steps."""
+    def register(rate):
+        SCHEDULES[name], _RATES[name] = options, (rate, decays)
+        return rate
+    return register
+
+
+@schedule("linear_warmup", decays=False)         # (decorators apply from the bottom: constant is the first)
+@schedule("constant", decays=False)
+def _base_rate(o, t):
+    """The base rate: linear_warmup is constant after its warmup."""
+    return t.lr
+
+
+@schedule("step", every=10, gamma=0.1)
+def _step_decay(o, t):
+    """gamma times smaller every `every` epochs."""
+    return t.lr * o["gamma"] ** floor(t.after / t.span(o["every"]))
+
+
+@schedule("exponential", gamma=0.95)
+def _exponential(o, t):
+    """gamma times smaller every epoch."""
+    return t.lr * o["gamma"] ** floor(t.after / t.span(1))
+
+
+@schedule("cosine", min_lr=0.0)
+def _cosine(o, t):
+    """Half a cosine from lr down to min_lr at `end`, then min_lr."""
+    progress = minimum(t.after / maximum(t.end - t.warm, 1e-9), 1.0)
+    return o["min_lr"] + 0.5 * (t.lr - o["min_lr"]) * (1 + cos(math.pi * progress))
+
+
+@schedule("warm_restarts", period=10, mult=1, min_lr=0.0)
+def _warm_restarts(o, t):
+    """A cosine from lr to min_lr over `period` epochs, restarted, each period `mult` times the last."""
+    into, period = loop(lambda into, period: into >= period, lambda into, period: (into - period, period * o["mult"]),
+                        t.after, t.span(o["period"]))
+    return o["min_lr"] + 0.5 * (t.lr - o["min_lr"]) * (1 + cos(math.pi * into / period))
+
+
 class Schedule:
     """The learning rate at every step: a base schedule, after an optional linear warmup from
     0 over `warmup` epochs or `warmup_steps` steps (capped at the base rate, however short).
     The base schedules count in epochs of `steps_per_epoch` steps, or in steps with
     `decay_steps`: the steps of one decay of `step` and `exponential`, the first period of
     `warm_restarts`, the step at which `cosine` reaches min_lr. A run of `total` steps
-    (max_steps, else epochs x steps per epoch) is what `cosine` decays over by default."""
+    (max_steps, else epochs x steps per epoch) is what `cosine` decays over by default.
+    The rate is one formula (`formula`) of the step, the steps per epoch and the total, which
+    a `dlc build --train` library computes in C with the numbers it is given."""
 
     def __init__(self, call: Call, base_lr: float, steps_per_epoch: int, epochs: int, total: int | None = None):
         options = SCHEDULES.get(call.name)
@@ -355,16 +474,21 @@ class Schedule:
         self.per_epoch = max(1, steps_per_epoch)
         if args["warmup_steps"] is not None and args["warmup"]:
             raise DlcError(f"{call.name}: give warmup (epochs) or warmup_steps, not both", args.span("warmup_steps"))
-        self.warm = (args.check("warmup_steps", integer, low=0) if args["warmup_steps"] is not None
-                     else _option(args, "warmup", 0) * self.per_epoch)
-        self.decay_steps = None
+        # the warmup's steps, a formula of the steps per epoch when counted in epochs
+        warm = (args.check("warmup_steps", integer, low=0) if args["warmup_steps"] is not None
+                else _option(args, "warmup", 0) * PER_EPOCH)
+        decay_steps = None
         if args["decay_steps"] is not None:
-            if call.name in ("constant", "linear_warmup"):
-                raise DlcError(f"{call.name} does not decay: decay_steps is for step, exponential, cosine and "
-                               "warm_restarts", args.span("decay_steps"))
-            self.decay_steps = args.check("decay_steps", integer, low=1)
+            if not _RATES[call.name][1]:
+                decaying = [n for n, (_, decays) in _RATES.items() if decays]
+                raise DlcError(f"{call.name} does not decay: decay_steps is for {', '.join(decaying[:-1])} and "
+                               f"{decaying[-1]}", args.span("decay_steps"))
+            decay_steps = args.check("decay_steps", integer, low=1)
         self.base = base_lr
         self.total = total if total is not None else epochs * self.per_epoch
+        t = After(base_lr, STEP0 - warm, warm, TOTAL if decay_steps is None else decay_steps, decay_steps)
+        self.formula = select(STEP0 < warm, base_lr * minimum(1.0, (STEP0 + 1) / warm), _RATES[self.name][0](self.opts, t))
+        self._rate = python_function({"lr": self.formula}, [STEP0, PER_EPOCH, TOTAL])
 
     def end(self) -> tuple[int, float] | None:
         """(the step from which the rate no longer changes, that final rate) of a schedule that
@@ -377,36 +501,10 @@ class Schedule:
 
     def __call__(self, step: int) -> float:
         """Learning rate for global step `step` (0-based)."""
-        if step < self.warm:
-            return self.base * min(1.0, (step + 1) / self.warm)
-        o, lr, after = self.opts, self.base, step - self.warm
-        unit = self.decay_steps or self.per_epoch       # the steps of one `every`, period or exponential decay
-        if self.name == "step":
-            return lr * o["gamma"] ** math.floor(after / (unit if self.decay_steps else o["every"] * unit))
-        if self.name == "exponential":
-            return lr * o["gamma"] ** math.floor(after / unit)
-        if self.name == "cosine":
-            end = self.decay_steps if self.decay_steps is not None else self.total
-            progress = min(after / max(end - self.warm, 1e-9), 1.0) if after >= 0 else 0.0
-            return o["min_lr"] + 0.5 * (lr - o["min_lr"]) * (1 + math.cos(math.pi * progress))
-        if self.name == "warm_restarts":
-            period, t = (self.decay_steps or o["period"] * unit), after
-            while t >= period:
-                t -= period
-                period *= o["mult"]
-            return o["min_lr"] + 0.5 * (lr - o["min_lr"]) * (1 + math.cos(math.pi * t / period))
-        return lr       # constant, linear_warmup
+        return self._rate(step, self.per_epoch, self.total)["lr"]
 
 
 WARMUP = {"warmup": 0, "warmup_steps": None, "decay_steps": None}     # options of every schedule
-SCHEDULES = {
-    "constant": {},
-    "linear_warmup": {},
-    "step": {"every": 10, "gamma": 0.1},
-    "exponential": {"gamma": 0.95},
-    "cosine": {"min_lr": 0.0},
-    "warm_restarts": {"period": 10, "mult": 1, "min_lr": 0.0},
-}
 
 
 def make_schedule(spec, base_lr: float, steps_per_epoch: int, epochs: int, span: Span | None = None,

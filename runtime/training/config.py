@@ -112,7 +112,7 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
             kwargs["lr"] = overrides["lr"]
         spans = {k: v for k, v in spans.items() if k not in (0, "lr")}     # not written in the file
     elif not args and "lr" not in kwargs and not own_lr:
-        kwargs["lr"] = 1e-3 if opt.name in ("adam", "adamw", "rmsprop") else 1e-2
+        kwargs["lr"] = OPTIMIZERS[opt.name].default_lr if opt.name in OPTIMIZERS else 1e-2
     cfg.optimizer = Call(opt.name, args, kwargs, opt.span, spans)
     check_settings(cfg, model)
     if cfg.data is None and require_data:

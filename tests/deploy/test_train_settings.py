@@ -56,6 +56,8 @@ CASES = {
     "adamw-cosine-decay-steps-clip": "optimizer = adamw(lr = 0.01, betas = (0.8, 0.99), weight_decay = 0.1) "
                                      "schedule = cosine(warmup_steps = 2, decay_steps = 5, min_lr = 0.001) clip = 1.0",
     "adagrad-constant": "optimizer = adagrad(lr = 0.1, lr_decay = 0.1, weight_decay = 0.01)",
+    "lion-warm-restarts-decay-steps": "optimizer = lion(lr = 0.003, betas = (0.8, 0.95), weight_decay = 0.1) "
+                                      "schedule = warm_restarts(decay_steps = 2, mult = 1.5, warmup_steps = 1)",
 }
 
 

@@ -83,6 +83,19 @@ def test_adam_and_adamw():
     np.testing.assert_allclose(run("adam", steps=1, lr=0.1), W0 - 0.1 * np.sign(W0), rtol=1e-6)
 
 
+def test_lion():
+    """lion-pytorch's update: decoupled decay, the sign of beta1's interpolation, then the momentum by beta2."""
+    w, m = W0.copy(), np.zeros(2)
+    for _ in range(3):
+        g = w * C
+        w = w * (1 - 0.1 * 0.2)
+        w = w - 0.1 * np.sign(0.8 * m + 0.2 * g)
+        m = 0.9 * m + 0.1 * g
+    np.testing.assert_allclose(run("lion", lr=0.1, beta1=0.8, beta2=0.9, weight_decay=0.2), w, rtol=1e-12)
+    # every step moves every weight by lr (without decay): W0 - 3 lr sign(W0) while the signs hold
+    np.testing.assert_allclose(run("lion", lr=0.1), W0 - 0.3 * np.sign(W0), rtol=1e-12)
+
+
 def lr_at(spec, step, base=0.1, per_epoch=10, epochs=20):
     return make_schedule(spec, base, per_epoch, epochs)(step)
 

@@ -21,8 +21,9 @@ def arguments(p):
     p.add_argument("--memory", metavar="SIZE", help="the most training may take, such as 2GB: a batch that needs "
                                                     "more is refused before anything is allocated")
     p.add_argument("--lr", type=float, metavar="X", help="learning rate")
-    p.add_argument("--optimizer", metavar="SPEC", help='replaces the train block\'s: a name (sgd, momentum, nesterov, rmsprop, '
-                                        'adam, adamw) with its defaults, or a spec, e.g. "sgd(lr = 0.1, momentum = 0.9)"')
+    p.add_argument("--optimizer", metavar="SPEC",
+                   help='replaces the train block\'s: a name (sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad, '
+                        'lion) with its defaults, or a spec, e.g. "sgd(lr = 0.1, momentum = 0.9)"')
     p.add_argument("--seed", type=int, metavar="N",
                    help="seed of everything random: initialization, shuffling, dropout, augmentation")
     p.add_argument("--data", metavar="SPEC",
