@@ -28,6 +28,7 @@ ROOT = Path(dlc.__file__).resolve().parent
 PACKAGES = ("compiler", "runtime", "grammar", "tools")   # the folders of the package's subpackages
 
 
+@functools.cache      # read, never changed
 def module_files() -> dict:
     """Every module of the package, by dotted name (a package by its __init__)."""
     files = {"dlc": ROOT / "__init__.py"}
