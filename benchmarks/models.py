@@ -114,7 +114,7 @@ def imported_program(model, torch, folder: Path, name: str):
     and a program that calls it and adds the loss: (the loader Program, its weights)."""
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.cli import main
-    from dlc.runtime.training import checkpoint
+    from dlc.runtime.interop import checkpoint
     onnx_path = folder / f"{name}.onnx"
     model.eval()
     with warnings.catch_warnings():

@@ -6,7 +6,7 @@ Conv [+ Add] [+ Relu] -> `conv2d`, LSTM -> `lstm`, ...) those calls, whose param
 the initializers' values, transposed and reordered into dlc's layouts, in a checkpoint.
 Values known when importing (initializers, Constant nodes, shapes and what is computed
 from them) are folded here, since .dl needs shapes and axes to be static. The rule of each
-op type is in compiler/onnx/rules/ (through the rule API, node.py); this module reads the
+op type is in compiler/onnx/rules/ (through the rule API, rule_api/node.py); this module reads the
 model, names things, folds constants and writes the program.
 """
 from __future__ import annotations
@@ -22,10 +22,10 @@ from dlc.compiler.frontend.loader import load_text, stdlib_env
 from dlc.compiler.frontend.syntax import keywords
 from dlc.compiler.ir.dims import Dim
 from dlc.compiler.ir.graph import DTYPES, ONNX_ELEM_TYPES
-from dlc.compiler.onnx.folding import too_large_to_propagate
-from dlc.compiler.onnx.node import Expand, Node, Unsupported
+from dlc.compiler.onnx.rule_api.folding import too_large_to_propagate
+from dlc.compiler.onnx.rule_api.node import Expand, Node, Unsupported
 from dlc.compiler.onnx.rules import RULES
-from dlc.compiler.onnx.values import (DL_DTYPES, FLOAT, SMALL, Value, dtype_of, literal, onnx_package, shape_tuple,
+from dlc.compiler.onnx.rule_api.values import (DL_DTYPES, FLOAT, SMALL, Value, dtype_of, literal, onnx_package, shape_tuple,
                                       too_large, tuple_literal, type_name)
 
 # opset 7 brought numpy broadcasting to the arithmetic ops; 28 is the newest the rules know

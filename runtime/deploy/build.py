@@ -19,7 +19,8 @@ import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.native.codegen import jit
-from dlc.runtime.deploy.library import (Library, c_name, c_source, data_module, embedded_layout, header,
+from dlc.compiler.native.codegen.data import data_module
+from dlc.runtime.deploy.library import (ALIGN, Library, c_name, c_source, embedded_data, header,
                                          unbound_symbols, where)
 from dlc.compiler.native.memory import linearize
 from dlc.runtime.deploy.description import interface
@@ -174,8 +175,8 @@ def _objects(name: str, units: list, tmp: Path) -> list:
     data objects, their symbols named after the unit (two models' libraries link into one
     program, and a --train library's two step modules into one library) and hidden (the
     library exports its C API only)."""
-    from dlc.compiler.native.codegen.gemm import bf16_config, default_config, thread_local_buffers
-    from dlc.runtime.engines.cache import gemm_module, object_cached
+    from dlc.compiler.native.codegen.gemm import bf16_config, default_config, gemm_module, thread_local_buffers
+    from dlc.runtime.engines.cache import object_cached
     # instances on different threads run at once: each thread packs into its own buffers
     gemm = jit.parse(thread_local_buffers(str(gemm_module((default_config(), bf16_config())))))
     shared = {g.name for g in [*gemm.functions, *gemm.global_variables]
@@ -196,8 +197,7 @@ def _objects(name: str, units: list, tmp: Path) -> list:
             g.visibility = "hidden"
     data = []
     for unit in units:
-        _, _, weight_blob, const_blob = embedded_layout(unit)
-        ref = jit.parse(data_module(unit, weight_blob, const_blob))
+        ref = jit.parse(data_module(f"{unit.name}_data", embedded_data(unit), ALIGN))
         for g in ref.global_variables:
             g.visibility = "hidden"
         data.append((ref, f"{unit.name}_data"))

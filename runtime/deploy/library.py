@@ -202,16 +202,11 @@ def embedded_layout(lib: Library) -> tuple:
 DTYPES_NP = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 
 
-def data_module(lib: Library, weight_blob: bytes, const_blob: bytes):
-    """An LLVM module holding the embedded weights and constants (read only, 64-byte aligned)."""
-    from llvmlite import ir
-    module = ir.Module(f"{lib.name}_data")
-    for symbol, data in ((f"{lib.name}__weights", weight_blob), (f"{lib.name}__consts", const_blob)):
-        g = ir.GlobalVariable(module, ir.ArrayType(ir.IntType(8), len(data)), symbol)
-        g.initializer = ir.Constant(g.value_type, bytearray(data))
-        g.global_constant = True
-        g.align = ALIGN
-    return module
+def embedded_data(lib: Library) -> dict:
+    """The symbols of the embedded weights and constants (DLC_WEIGHTS, DLC_CONSTS of the C
+    source) and their bytes, for the library's data module (compiler/native/codegen/data.py)."""
+    _, _, weight_blob, const_blob = embedded_layout(lib)
+    return {f"{lib.name}__weights": weight_blob, f"{lib.name}__consts": const_blob}
 
 
 def c_source(lib: Library) -> str:

@@ -35,12 +35,8 @@ import sys
 import time
 from pathlib import Path
 
-import llvmlite
-import llvmlite.binding as llvm
-from llvmlite import ir
-
 import dlc
-from dlc.compiler.native.codegen.gemm import add_gemm, add_pack, bf16_config, default_config, gemm_name, pack_name
+from dlc.compiler.native.codegen.gemm import VARIANTS, bf16_config, default_config, gemm_module, gemm_name, pack_name
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import jit, parallel_compile
 from dlc.compiler.frontend.parse_cache import cache_dir, private
@@ -56,7 +52,7 @@ _HEADER = struct.Struct("<8sI32s32s")      # magic, format, key (hex), SHA-256 o
 def _key(text: str) -> str:
     cpu, features = jit.host_cpu()
     h = hashlib.sha256()
-    for part in (text, cpu, features, dlc.__version__, llvmlite.__version__):
+    for part in (text, cpu, features, dlc.__version__, jit.LLVMLITE_VERSION):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
@@ -89,25 +85,25 @@ class Loaded:
         return addr
 
 
-def compile_cached(module: ir.Module) -> Loaded:
-    """Machine code for a module, from the cache or from LLVM (then stored)."""
+def compile_cached(module) -> Loaded:
+    """Machine code for an IR-builder module, from the cache or from LLVM (then stored)."""
     text, pieces = parallel_compile.module_text(module)
     key = _key(text)
     t0 = time.perf_counter()
     with _open_dir() as dirfd:
         objects = None if dirfd is None else _objects(_read(dirfd, f"{key}.o", key))
         if objects is not None:
-            loaded = _loaded(objects, _functions(module), t0, key)
+            loaded = _loaded(objects, jit.exported_functions(module), t0, key)
             if loaded is not None:
                 return loaded
         objects = parallel_compile.compile_objects(module, text, pieces)
         stats["compiles"] += 1
         if dirfd is not None:
             _store(dirfd, f"{key}.o", key, _bundle(objects))
-    return Loaded(_load(objects), time.perf_counter() - t0, False, key)
+    return Loaded(jit.load_objects(objects), time.perf_counter() - t0, False, key)
 
 
-def object_cached(ref: llvm.ModuleRef, level: int) -> bytes:
+def object_cached(ref, level: int) -> bytes:
     """jit.object_code of a parsed module, from the cache or from LLVM (then stored): the
     objects `dlc build` links into a library (its GEMM routines, the same for every library
     of a name and target, and its step modules). Keyed by the module's text and `level`,
@@ -171,7 +167,7 @@ def compile_built(parts: tuple, build) -> tuple[Loaded, list]:
     loaded = compile_cached(module)
     with _open_dir() as dirfd:
         if dirfd is not None:
-            doc = {"object": loaded.key, "functions": _functions(module), "extra": extra}
+            doc = {"object": loaded.key, "functions": jit.exported_functions(module), "extra": extra}
             _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
     return loaded, extra
 
@@ -188,13 +184,8 @@ def _step_entry(entry: bytes) -> dict | None:
     return None
 
 
-def _functions(module: ir.Module) -> list:
-    """The functions a module defines for the outside: a loaded object must have them all."""
-    return [f.name for f in module.functions if not f.is_declaration and f.linkage in ("", "external")]
-
-
 def _loaded(objects: list, functions: list, t0: float, key: str) -> Loaded | None:
-    engine = _load(objects)
+    engine = jit.load_objects(objects)
     if all(engine.get_function_address(name) for name in functions):
         stats["hits"] += 1
         return Loaded(engine, time.perf_counter() - t0, True, key)
@@ -231,14 +222,6 @@ def _pickled(parts: tuple) -> bytes:
         # either, by where the cycle closes): the plain bytes
         return pickle.dumps(parts, protocol=5)
     return out.getvalue()
-
-
-def _load(objects: list):
-    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), jit.target_machine())
-    for obj in objects:
-        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
-    engine.finalize_object()
-    return engine
 
 
 @contextlib.contextmanager
@@ -299,10 +282,6 @@ def _store(dirfd: int, filename: str, key: str, obj: bytes):
             os.unlink(tmp, dir_fd=dirfd)
 
 
-# (trans_a, trans_b, packed): the routines the kernels call; and the pack functions
-VARIANTS = [(ta, tb, pk) for ta in (False, True) for tb in (False, True) for pk in (False, True)]
-
-
 def gemm_symbols():
     """Load the GEMM routines, float32 and bf16 (compiler/native/codegen/gemm.py `bf16_config`: the
     host's path), compiled once per machine and dlc version and then read from the cache,
@@ -324,17 +303,5 @@ def gemm_symbols():
                  for name in [gemm_name(ta, tb, False, pk, bf16) for ta, tb, pk in VARIANTS]
                  + [pack_name(tb, bf16) for tb in (False, True)]]
         for name in names:
-            llvm.add_symbol(name, _gemm_module.address(name))
+            jit.add_symbol(name, _gemm_module.address(name))
     return _gemm_module
-
-
-def gemm_module(configs: tuple) -> ir.Module:
-    """The GEMM routines of every variant for each config (gemm.py): one module, which the
-    JIT compiles once per process and a built library links (runtime/deploy/build.py)."""
-    module = ir.Module("dlc_gemm")
-    for config in configs:
-        for ta, tb, pk in VARIANTS:
-            add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config)
-        for tb in (False, True):
-            add_pack(module, trans_b=tb, config=config)
-    return module

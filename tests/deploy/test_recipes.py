@@ -24,7 +24,7 @@ from dlc.runtime.deploy.build import build
 from dlc.runtime.engines import optim
 from dlc.runtime.engines.formula import maximum, select
 from dlc.runtime.engines.optim import OPTIMIZERS, Optimizer
-from dlc.runtime.training import checkpoint
+from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.trainer import Trainer, initial_parameters
 
 ROOT = Path(__file__).resolve().parents[2]

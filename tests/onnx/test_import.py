@@ -437,7 +437,7 @@ def test_a_node_whose_values_a_rule_cannot_read_is_refused_where_it_is(tmp_path,
     """A rule that meets values it does not handle (a TypeError, say, from symbolic dims in
     an input it reads as numbers) refuses the node with its name, op and opset: never an
     internal error."""
-    from dlc.compiler.onnx.node import Rule
+    from dlc.compiler.onnx.rule_api.node import Rule
     from dlc.compiler.onnx.rules import RULES
 
     def confused(node):

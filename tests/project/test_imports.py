@@ -1,7 +1,13 @@
 """The package's modules import one another without cycles, and its packages in one
 direction: LAYERS, lowest first, each importing only the ones before it, and the packages of
-one layer none of one another; so the packages (the folders, and the modules that LAYERS
-names alone) import one another without cycles too.
+one layer none of one another; so the packages import one another without cycles too.
+
+The folders too, each as it is on disk (a subfolder is a node apart from its parent), with
+one exception: a module that LAYERS names alone, as the top-level modules of runtime/
+(terminal.py low, api.py high), is a node of its own, not its folder's. A folder stands for
+the modules in it (its __init__.py included), less those; an import of a module in a
+subfolder runs the __init__.py of the folders above it first, which counts, but for the
+CONTAINERS', which import nothing and so close no cycle.
 
 An import inside a function counts as one at the top: it runs later, but the two modules
 still need each other. The one exception is the package's root: `dlc.load` is the entry
@@ -22,6 +28,7 @@ ROOT = Path(dlc.__file__).resolve().parent
 PACKAGES = ("compiler", "runtime", "grammar", "tools")   # the folders of the package's subpackages
 
 
+@functools.cache      # read, never changed
 def module_files() -> dict:
     """Every module of the package, by dotted name (a package by its __init__)."""
     files = {"dlc": ROOT / "__init__.py"}
@@ -106,6 +113,10 @@ LAYERS = (
     ("dlc.compiler.native.kernels",),
     ("dlc.compiler.native.rules",),
     ("dlc.compiler.native",),
+    # ONNX: what a rule is written with (the rule API, values, folding, writing), the rules,
+    # and at the top of compiler/onnx/ the importer, which the rules fill, and export
+    ("dlc.compiler.onnx.rule_api",),
+    ("dlc.compiler.onnx.rules",),
     ("dlc.compiler.onnx",),
     ("dlc.compiler.graph_page",),
     ("dlc.runtime.terminal",),
@@ -140,7 +151,7 @@ def layer(module: str) -> int | None:
 # Packages whose own module every import of a module inside runs first, and which import
 # nothing of dlc: dlc.compiler.native's holds constants that the runtime reads without the
 # backend (PRECISIONS, ...). test_containers_import_nothing holds them to it.
-CONTAINERS = ("dlc", "dlc.compiler", "dlc.runtime", "dlc.compiler.native")
+CONTAINERS = ("dlc", "dlc.compiler", "dlc.runtime", "dlc.compiler.native", "dlc.compiler.onnx")
 
 
 def edges_against_the_layers(edges) -> list:
@@ -154,6 +165,21 @@ def package_cycles(edges) -> list:
     packages = nx.DiGraph((package(a), package(b)) for a, b in edges
                           if None not in (package(a), package(b)) and package(a) != package(b))
     return sorted(nx.simple_cycles(packages), key=len)
+
+
+def folder(module: str) -> str:
+    """The node of a module in the graph of folders: the folder it is in (a package's
+    __init__ is in the package's own folder), or for a module that LAYERS names alone, itself."""
+    is_package = module_files()[module].name == "__init__.py"
+    named_alone = any(module in packages for packages in LAYERS)
+    return module if is_package or named_alone else module.rpartition(".")[0]
+
+
+def folder_cycles(edges) -> list:
+    """The cycles of the graph of folders (see the module's docstring); an import of a
+    CONTAINERS module, which imports nothing, is no edge."""
+    folders = nx.DiGraph((folder(a), folder(b)) for a, b in edges if b not in CONTAINERS and folder(a) != folder(b))
+    return sorted(nx.simple_cycles(folders), key=len)
 
 
 def test_every_module_is_in_a_layer():
@@ -177,6 +203,14 @@ def test_no_package_cycles():
     assert not cycles, "package cycles:\n" + "\n".join(" -> ".join(c + [c[0]]) for c in cycles[:20])
 
 
+def test_no_folder_cycles():
+    graph = import_graph()
+    assert {folder("dlc.runtime.api"), folder("dlc.runtime.terminal")} == {"dlc.runtime.api", "dlc.runtime.terminal"}
+    assert folder("dlc.compiler.onnx.importer") == folder("dlc.compiler.onnx") == "dlc.compiler.onnx"
+    cycles = folder_cycles(graph.edges)
+    assert not cycles, "folder cycles:\n" + "\n".join(" -> ".join(c + [c[0]]) for c in cycles[:20])
+
+
 def test_a_wrong_edge_is_found():
     planted = [("dlc.compiler.ir.graph", "dlc.compiler.native.codegen.jit"),
                ("dlc.runtime.engines.native", "dlc.runtime.training.trainer"),
@@ -189,3 +223,12 @@ def test_a_planted_package_cycle_is_found():
     planted = [("dlc.compiler.native.kernels.map", "dlc.compiler.native.rules")]       # rules/pooling.py imports map
     assert ["dlc.compiler.native.kernels", "dlc.compiler.native.rules"] in \
         [sorted(c) for c in package_cycles(list(import_graph().edges) + planted)]
+
+
+def test_a_planted_folder_cycle_is_found():
+    edges = list(import_graph().edges)
+    planted = [("dlc.compiler.onnx.rule_api.node", "dlc.compiler.onnx.importer"),     # the registry reads the importer
+               ("dlc.runtime.terminal", "dlc.runtime.api")]
+    cycles = [sorted(c) for c in folder_cycles(edges + planted)]
+    assert ["dlc.compiler.onnx", "dlc.compiler.onnx.rule_api"] in cycles
+    assert any({"dlc.runtime.api", "dlc.runtime.terminal"} <= set(c) for c in cycles)     # through engines/

@@ -1156,3 +1156,20 @@ def thread_local_buffers(ir_text: str) -> str:
     the process ends, so that host threads may call the module at once. llvmlite's IR
     builder has no thread_local: hence the text."""
     return re.sub(r'(@"[^"]*\.bufs" = internal )global', r"\1thread_local global", ir_text)
+
+
+# (trans_a, trans_b, packed): the routines the kernels call; and the pack functions
+VARIANTS = [(ta, tb, pk) for ta in (False, True) for tb in (False, True) for pk in (False, True)]
+
+
+def gemm_module(configs: tuple) -> ir.Module:
+    """The GEMM routines of every variant for each config: one module, which the JIT
+    compiles once per process (runtime/engines/cache.py) and a built library links
+    (runtime/deploy/build.py)."""
+    module = ir.Module("dlc_gemm")
+    for config in configs:
+        for ta, tb, pk in VARIANTS:
+            add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config)
+        for tb in (False, True):
+            add_pack(module, trans_b=tb, config=config)
+    return module

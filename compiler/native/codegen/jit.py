@@ -22,10 +22,12 @@ import os
 import threading
 import time
 
+import llvmlite
 import llvmlite.binding as llvm
 from llvmlite import ir
 
 OPT_LEVEL = 3
+LLVMLITE_VERSION = llvmlite.__version__     # machine code cached on disk is keyed by it
 # llvmlite releases the GIL inside LLVM, whose global context and our shared
 # TargetMachine are not thread-safe: one compilation at a time.
 _lock = threading.RLock()
@@ -224,3 +226,25 @@ def compile_module(module, level: int = OPT_LEVEL, libraries=()) -> CompiledModu
         engine.finalize_object()
         engine.run_static_constructors()
     return CompiledModule(ref, engine, time.perf_counter() - t0)
+
+
+def load_objects(objects: list) -> llvm.ExecutionEngine:
+    """An MCJIT engine holding machine code compiled before (object files, in order);
+    the caller keeps it alive while its functions are used."""
+    _init()
+    engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine())
+    for obj in objects:
+        engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
+    engine.finalize_object()
+    return engine
+
+
+def exported_functions(module: ir.Module) -> list:
+    """The functions a module defines for the outside: its compiled object must have them all."""
+    return [f.name for f in module.functions if not f.is_declaration and f.linkage in ("", "external")]
+
+
+def add_symbol(name: str, address: int):
+    """Tell LLVM where `name` is, for the modules compiled after (the GEMM routines the
+    kernels only declare)."""
+    llvm.add_symbol(name, address)

@@ -1,6 +1,6 @@
 """The rule of each ONNX op type, by family; importing this package registers them all, so
 `RULES` here is the complete registry. The rule API (`Node`, `rule`) is
-compiler/onnx/node.py.
+compiler/onnx/rule_api/node.py.
 
 - elementwise.py: the templates of the elementwise ops, and Div, Mod, Cast, Clip, ...
 - formulas.py: Erf, Tanh, Sigmoid, Clip and ReduceMean, which recognise the formulas of
@@ -18,7 +18,7 @@ Patterns written as library calls (dense, conv2d, batchnorm, layernorm, gelu, si
 lstm, gru, rnn)
 absorb the nodes that follow them (an Add of the bias, an activation).
 """
-from dlc.compiler.onnx.node import RULES  # noqa: F401  (complete once the families below have run)
+from dlc.compiler.onnx.rule_api.node import RULES  # noqa: F401  (complete once the families below have run)
 from dlc.compiler.onnx.rules import (constants, control, elementwise, indexing,  # noqa: F401
                                      layers, normalization, recurrent, reductions, shapes)
 from dlc.compiler.onnx.rules import formulas  # noqa: F401,E402  (after the families: it goes before their rules)

@@ -7,10 +7,10 @@ from math import prod
 import numpy as np
 
 from dlc.compiler.ir.dims import Dim, exact_div
-from dlc.compiler.onnx.folding import foldable, range_count
-from dlc.compiler.onnx.node import Expr, Node, rule
-from dlc.compiler.onnx.values import dtype_of, literal, shape_tuple
-from dlc.compiler.onnx.writing import dims_args
+from dlc.compiler.onnx.rule_api.folding import foldable, range_count
+from dlc.compiler.onnx.rule_api.node import Expr, Node, rule
+from dlc.compiler.onnx.rule_api.values import dtype_of, literal, shape_tuple
+from dlc.compiler.onnx.rule_api.writing import dims_args
 
 
 @rule("Shape", attrs=("start", "end"), shape_only=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from dlc.compiler.ir.dims import Dim
-from dlc.compiler.onnx.node import Multi, Node, rule
-from dlc.compiler.onnx.values import DL_DTYPES, FLOAT, Value
+from dlc.compiler.onnx.rule_api.node import Multi, Node, rule
+from dlc.compiler.onnx.rule_api.values import DL_DTYPES, FLOAT, Value
 
 
 @rule("Scan", attrs=("body", "num_scan_inputs", "scan_input_axes", "scan_input_directions", "scan_output_axes",

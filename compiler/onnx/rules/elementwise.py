@@ -4,9 +4,9 @@ Cast, Clip, the variadic Max, Min, Sum and Mean, ...)."""
 from __future__ import annotations
 
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.onnx.node import Node, RULES, Rule, rule
-from dlc.compiler.onnx.values import DL_DTYPES, FLOAT, INT, LARGEST, NUMBER, type_name
-from dlc.compiler.onnx.writing import flt
+from dlc.compiler.onnx.rule_api.node import Node, RULES, Rule, rule
+from dlc.compiler.onnx.rule_api.values import DL_DTYPES, FLOAT, INT, LARGEST, NUMBER, type_name
+from dlc.compiler.onnx.rule_api.writing import flt
 
 
 def _spelled(prim) -> str:

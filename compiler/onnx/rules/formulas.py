@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from dlc.compiler.onnx.node import Node, RULES
-from dlc.compiler.onnx.values import FLOAT
-from dlc.compiler.onnx.writing import flt, kw, weights_hint
+from dlc.compiler.onnx.rule_api.node import Node, RULES
+from dlc.compiler.onnx.rule_api.values import FLOAT
+from dlc.compiler.onnx.rule_api.writing import flt, kw, weights_hint
 
 
 def _number(n: Node, name: str):

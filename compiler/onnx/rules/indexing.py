@@ -6,10 +6,10 @@ from math import prod
 
 import numpy as np
 
-from dlc.compiler.onnx.folding import has_dims
-from dlc.compiler.onnx.node import Node, rule
-from dlc.compiler.onnx.values import FLOAT, INT, LARGEST, NUMBER
-from dlc.compiler.onnx.writing import dims_args, matches, reshaped, scan_along, take
+from dlc.compiler.onnx.rule_api.folding import has_dims
+from dlc.compiler.onnx.rule_api.node import Node, rule
+from dlc.compiler.onnx.rule_api.values import FLOAT, INT, LARGEST, NUMBER
+from dlc.compiler.onnx.rule_api.writing import dims_args, matches, reshaped, scan_along, take
 
 
 def _from_end(bound, size):

@@ -9,9 +9,9 @@ from math import prod
 import numpy as np
 
 from dlc.compiler.ir.graph import DTYPES
-from dlc.compiler.onnx.node import Node, rule
-from dlc.compiler.onnx.values import FLOAT, LARGEST, shape_tuple
-from dlc.compiler.onnx.writing import ACTIVATIONS, axes_text, flt, kw, reshaped, take, weights_hint
+from dlc.compiler.onnx.rule_api.node import Node, rule
+from dlc.compiler.onnx.rule_api.values import FLOAT, LARGEST, shape_tuple
+from dlc.compiler.onnx.rule_api.writing import ACTIVATIONS, axes_text, flt, kw, reshaped, take, weights_hint
 
 
 def _activation(n: Node) -> str:

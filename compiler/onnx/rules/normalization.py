@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.compiler.onnx.node import Node, rule
-from dlc.compiler.onnx.values import shape_tuple
-from dlc.compiler.onnx.writing import axes_text, flt, kw, reshaped, slice_text, weights_hint
+from dlc.compiler.onnx.rule_api.node import Node, rule
+from dlc.compiler.onnx.rule_api.values import shape_tuple
+from dlc.compiler.onnx.rule_api.writing import axes_text, flt, kw, reshaped, slice_text, weights_hint
 
 
 def _per_channel(n: Node, i: int, rank: int, axis: int = 1) -> str:

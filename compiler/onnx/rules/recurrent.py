@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from dlc.compiler.onnx.node import Expr, Node, rule
-from dlc.compiler.onnx.values import Value
-from dlc.compiler.onnx.writing import ACTIVATIONS, module_name, transposed
+from dlc.compiler.onnx.rule_api.node import Expr, Node, rule
+from dlc.compiler.onnx.rule_api.values import Value
+from dlc.compiler.onnx.rule_api.writing import ACTIVATIONS, module_name, transposed
 
 
 # ONNX's gate blocks, in the order of dlc's layers (lstm: i, f, g, o; gru: r, z, n)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from math import prod
 
-from dlc.compiler.onnx.node import Node, rule
-from dlc.compiler.onnx.values import FLOAT, INT, LARGEST, NUMBER, SMALL, Value
-from dlc.compiler.onnx.writing import axes_text, dims_args, reshaped, scan_along
+from dlc.compiler.onnx.rule_api.node import Node, rule
+from dlc.compiler.onnx.rule_api.values import FLOAT, INT, LARGEST, NUMBER, SMALL, Value
+from dlc.compiler.onnx.rule_api.writing import axes_text, dims_args, reshaped, scan_along
 
 
 REDUCTIONS = {

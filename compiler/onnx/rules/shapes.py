@@ -9,9 +9,9 @@ import numpy as np
 
 from dlc.compiler.ir.dims import exact_div
 from dlc.compiler.ir.graph import DTYPES
-from dlc.compiler.onnx.node import Expr, Multi, Node, rule
-from dlc.compiler.onnx.values import literal, shape_tuple
-from dlc.compiler.onnx.writing import dims_args, reshaped, slice_text, transposed
+from dlc.compiler.onnx.rule_api.node import Expr, Multi, Node, rule
+from dlc.compiler.onnx.rule_api.values import literal, shape_tuple
+from dlc.compiler.onnx.rule_api.writing import dims_args, reshaped, slice_text, transposed
 
 
 @rule("Reshape", static=(1,), attrs=("allowzero", "shape"))

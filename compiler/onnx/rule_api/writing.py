@@ -8,8 +8,8 @@ import re
 import numpy as np
 
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.onnx.node import Expr, Node
-from dlc.compiler.onnx.values import Value, literal, shape_tuple
+from dlc.compiler.onnx.rule_api.node import Expr, Node
+from dlc.compiler.onnx.rule_api.values import Value, literal, shape_tuple
 
 def flt(v) -> str:
     """A float attribute as a .dl literal."""

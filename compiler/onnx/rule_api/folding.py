@@ -9,7 +9,7 @@ from math import ceil, isfinite, prod
 import numpy as np
 
 from dlc.compiler.ir.dims import Dim, exact_div, sign
-from dlc.compiler.onnx.values import INT
+from dlc.compiler.onnx.rule_api.values import INT
 
 
 # the most entries a value computed when importing may have (512 MiB of f64): a folded value

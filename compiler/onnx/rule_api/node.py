@@ -17,8 +17,8 @@ from typing import Callable
 import numpy as np
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.onnx.folding import fold_symbolic, has_dims, too_large_to_fold
-from dlc.compiler.onnx.values import FLOAT, Value, dtype_of, too_large, type_name
+from dlc.compiler.onnx.rule_api.folding import fold_symbolic, has_dims, too_large_to_fold
+from dlc.compiler.onnx.rule_api.values import FLOAT, Value, dtype_of, too_large, type_name
 
 
 class Unsupported(DlcError):
