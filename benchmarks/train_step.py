@@ -20,7 +20,7 @@ median over rounds of each round's ratio, with its p25-p75), the others of each 
 first-step (compile) time of each, and FLOP utilization: the train step's
 forward + backward FLOPs / median step time / the machine's FMA peak (benchmarks/peak.py).
 
-    python benchmarks/train_step.py                      # native engine (falls back to reference)
+    python benchmarks/train_step.py                      # native engine
     python benchmarks/train_step.py --engine reference --quick
     python benchmarks/train_step.py --only lstm --rounds 10 --steps 3
     python benchmarks/train_step.py --frameworks dlc,torch_fused --json /tmp/bench.json
@@ -278,7 +278,6 @@ class Run:
     times: list = field(default_factory=list)       # seconds per timed step, round after round
     round_s: list = field(default_factory=list)     # the median step of each round
     losses: list = field(default_factory=list)      # every step's loss, from step 1
-    note: str = ""
     teams: list = field(default_factory=list)     # dlc's native thread team at each timed step
     others: float = float("nan")   # the most cores other processes used in a round of the timed steps
 
@@ -336,22 +335,17 @@ class DlcRunner:
         return float(out["loss"])
 
     def first(self):
-        """Engine construction + first step (dlc's make_engine falls back from native to
-        reference, with a note, for a model it cannot compile)."""
+        """Engine construction + first step (the native engine never falls back: a model it
+        cannot compile stops with dlc's located error)."""
         from dlc.runtime.engines.backends import make_engine
         self._fresh()
         t0 = time.perf_counter()
-        notes = []
         self.engine = make_engine(self.requested, self.train, self.ev, self.opt, self.trainable,
-                                  log=notes.append, precision=self.precision)
+                                  precision=self.precision)
         loss = self.step()
         self.run.first_s = time.perf_counter() - t0
         self.run.losses.append(loss)
         self.kind = self.engine.name
-        fallback = [n for n in notes if "reference engine" in n]
-        if self.requested == "native" and fallback:
-            self.run.note = fallback[0]
-            print(f"  {self.run.note}")
         self.run.framework = f"{self.label} ({self.kind})"
 
     def timed(self, warmup: int, steps: int):
@@ -654,7 +648,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--engine", choices=("native", "reference"), default="native",
-                    help="dlc engine (default native; falls back to reference with a note)")
+                    help="dlc engine (default native, which never falls back: a model it cannot compile stops with its located error)")
     ap.add_argument("--only", choices=tuple(DEFAULT_STEPS), action="append",
                     help="run only this workload (repeatable)")
     ap.add_argument("--steps", type=int, help="timed steps per framework and round (default: 4 for mlp/lenet, 2 "
@@ -747,9 +741,6 @@ def main(argv=None) -> int:
     print(table(results, keys, peak["gflops"][peak_threads]))
     if note := uncertain_note(peak):
         print(note)
-    notes = sorted({r.runs["dlc"].note for r in results if "dlc" in r.runs and r.runs["dlc"].note})
-    for n in notes:
-        print(f"note: {n}")
     if jax_reason:
         print(f"note: JAX column skipped: {jax_reason}")
     if args.json:
