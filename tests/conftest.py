@@ -16,8 +16,9 @@ def pytest_cmdline_main(config):
     # a worker per core, tests distributed one by one but those of an xdist_group on one worker.
     # Before xdist's own hook, which reads these; without xdist the tests run in this process. A
     # worker's hook runs too, with numprocesses None: it would start workers of its own. A worker
-    # parses the command line again, which does not say loadgroup: it is told (below)
-    if "PYTEST_XDIST_WORKER" in os.environ:
+    # parses the command line again, which does not say loadgroup: it is told (below). A worker
+    # is known by its workerinput, not by the environment, which a pytest it starts inherits
+    if hasattr(config, "workerinput"):
         config.option.loadgroup = config.workerinput.get("loadgroup", config.option.loadgroup)
         return
     if getattr(config.option, "numprocesses", 0) is None:
@@ -54,7 +55,7 @@ def pytest_runtest_protocol(item, nextitem):
     runs, set-up to teardown, while the other workers wait between their tests; the others
     run side by side. A readers-writer lock of two flocks: every test passes the turnstile,
     which an `alone` test holds while it waits for the room and runs, so it is not starved."""
-    if "PYTEST_XDIST_WORKER" not in os.environ:
+    if not hasattr(item.config, "workerinput"):
         return (yield)
     folder = os.environ["DLC_TEST_LOCKS"]
     turnstile = os.open(os.path.join(folder, "turnstile"), os.O_RDWR | os.O_CREAT, 0o600)

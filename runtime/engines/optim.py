@@ -486,6 +486,9 @@ class Schedule:
             decay_steps = args.check("decay_steps", integer, low=1)
         self.base = base_lr
         self.total = total if total is not None else epochs * self.per_epoch
+        # the numbers end() reports: the warmup in steps of this run, and decay_steps
+        self.warm = args["warmup_steps"] if args["warmup_steps"] is not None else _option(args, "warmup", 0) * self.per_epoch
+        self.decay_steps = decay_steps
         t = After(base_lr, STEP0 - warm, warm, TOTAL if decay_steps is None else decay_steps, decay_steps)
         self.formula = select(STEP0 < warm, base_lr * minimum(1.0, (STEP0 + 1) / warm), _RATES[self.name][0](self.opts, t))
         self._rate = python_function({"lr": self.formula}, [STEP0, PER_EPOCH, TOTAL])

@@ -67,6 +67,8 @@ def copy_tree(to: Path) -> Path:
 
 
 def run(tree: Path, *args) -> subprocess.CompletedProcess:
+    """`python *args` in the copy; a pytest there runs in its one process (-n 0), beside this one's
+    workers rather than starting its own."""
     env = dict(os.environ, PYTHONPATH=str(tree.parent), PYTHONDONTWRITEBYTECODE="1")
     return subprocess.run([sys.executable, *args], cwd=tree, env=env, capture_output=True, text=True)
 
@@ -80,7 +82,7 @@ def test_a_new_kind_of_kernel_is_its_package_and_a_line_of_the_module_map(tmp_pa
     found = run(tree, "-c", "from dlc.compiler.native.rules import lowering_rule; "
                             "print(lowering_rule('recipe_primitive').__module__)")
     assert found.stdout.split() == ["dlc.compiler.native.kernels.recipe"], found.stderr
-    checks = run(tree, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CHECKS)
+    checks = run(tree, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *CHECKS)
     failed = sorted(line.split()[1] for line in checks.stdout.splitlines() if line.startswith("FAILED"))
     assert failed == ["tests/project/test_docs.py::test_the_module_map_names_every_module"], checks.stdout[-3000:]
     assert "compiler/native/kernels/recipe/loops.py" in checks.stdout
@@ -90,5 +92,5 @@ def test_a_new_kind_of_kernel_is_its_package_and_a_line_of_the_module_map(tmp_pa
     text = architecture.read_text(encoding="utf-8")
     assert text.count(row) == 1
     architecture.write_text(text.replace(row, row + "`compiler/native/kernels/recipe/loops.py`, "), encoding="utf-8")
-    checks = run(tree, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CHECKS)
+    checks = run(tree, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *CHECKS)
     assert checks.returncode == 0, checks.stdout[-3000:]
