@@ -392,8 +392,10 @@ class Trainer:
     def warn_overflow(self, params: dict):
         """Once a run, when parameters have grown past what a float32 product of two of them
         holds: the run has diverged, and the engines' results part from there (docs/training.md)."""
+        if self.warned_overflow:        # once a run: no scan of the parameters after that
+            return
         big = beyond_products(params)
-        if not big or self.warned_overflow:
+        if not big:
             return
         self.warned_overflow = True
         named = ", ".join(f"{name} ({value:.2g})" for name, value in sorted(big.items(), key=lambda kv: -kv[1])[:4])
