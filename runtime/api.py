@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from dlc.compiler.errors import DlcError, did_you_mean
+from dlc.compiler.frontend.settings import to_text
 from dlc.compiler.frontend.loader import load as load_program
 from dlc.runtime import decoding
 from dlc.runtime.data.dataset import Dataset
@@ -30,13 +31,15 @@ from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.engines.int8 import Int8Engine, calibrate_arrays
 from dlc.runtime.engines.protocol import Engine
-from dlc.runtime.interop import checkpoint
+from dlc.runtime.engines.reference import predict_graph
+from dlc.runtime.interop import checkpoint, quantized
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.training.summarize import summary_settings, summary_text
-from dlc.runtime.training.config import parse_setting
+from dlc.runtime.training.config import make_config, parse_setting
 from dlc.runtime.training.inputs import (array_data, data_settings, evaluation_data, fit_input, input_arrays,
-                                         is_arrays, load_data)
+                                         is_arrays, load_data, prepare_data)
 from dlc.runtime.training.trainer import Result, Trainer, mean_metrics, to_stderr
 
 EXPORT_FORMATS = {".onnx": "onnx", ".safetensors": "safetensors"}     # what model.export writes, by suffix
@@ -56,8 +59,12 @@ class DlcModel:
         self.name = self.eval_model.name
         self.params: dict | None = None
         self.meta: dict = {}
+        self.quantization: dict | None = None      # QuantizedProduct by product name (quantize, or an int8 checkpoint)
+        self.quantized: dict = {}                  # how it was calibrated
+        self._weights_path: Path | None = None
         self.stop_training = False
         self._engine = None
+        self._int8_engine = None
 
     def __repr__(self) -> str:
         inputs = ", ".join(f"{i.name}: {i.type}" for i in self.eval_model.inputs if not i.is_target)
@@ -110,13 +117,16 @@ class DlcModel:
     def load_weights(self, path: str | Path) -> "DlcModel":
         """A checkpoint (.npz) or a .safetensors file, in dlc's or torch.nn's names and layouts."""
         self.params, self.meta = weights.load(path, self.eval_model.params)
+        self.quantization, self.quantized, self._int8_engine = None, {}, None
+        self._weights_path = Path(path)
         return self
 
     def save(self, path: str | Path) -> Path:
         """Write the weights as a dlc checkpoint (.npz: every parameter and state array by name,
         and the facts of the data they were trained on: vocabulary, data settings), which
         `dlc.load(FILE.dl, weights=path)`, `load_weights` and `dlc eval --weights` read. The
-        model itself is its .dl file. Returns the path."""
+        model itself is its .dl file. With a quantization (`quantize`), it holds that too: a
+        quantized checkpoint (docs/quantization.md). Returns the path."""
         self._require_weights()
         path = Path(path)
         if path.suffix != ".npz":
@@ -124,7 +134,11 @@ class DlcModel:
                            "model.export(path) writes .onnx and .safetensors")
         meta = {"model": self.name, "source_hash": checkpoint.source_hash(Path(self.path).read_text()),
                 **{k: v for k, v in self.meta.items() if k in ("meta", "data") and v is not None}}
-        checkpoint.save(path, self.params, {}, meta)
+        more = {}
+        if self.quantization is not None:
+            meta["quantization"] = quantized.describe(self.quantization, self.quantized)
+            more = quantized.arrays(self.quantization)
+        checkpoint.save(path, self.params, {}, meta, more)
         return path
 
     def export(self, path: str | Path, layout: str = "dlc") -> Path:
@@ -158,22 +172,78 @@ class DlcModel:
             self._engine = make_engine(self.backend, self.train_model, self.eval_model)
         return self._engine
 
+    # -- int8 --
+    def quantize(self, calibrate: int = 32, observer: str = "minmax", percentile: float = 99.99, data: Any = None,
+                 batch: int | None = None) -> "DlcModel":
+        """Quantize the products to int8 (docs/quantization.md), calibrated in float32 on the
+        first `calibrate` batches (of `batch`, default the train block's) of the train block's
+        training data, in order, or of `data` (a source, a path, or a dict of arrays by input
+        name). `observer`: "minmax" or "percentile" (the `percentile`-th). Then
+        predict(..., int8=True), evaluate(int8=True) and save() use it. Returns the model."""
+        self._require_weights()
+        if not isinstance(calibrate, int) or calibrate < 1:
+            raise DlcError(f"calibrate is a number of batches, at least 1, not {calibrate!r}")
+        arrays, size, said = self._calibration_data(data)
+        targets = all(i.name in arrays for i in self.eval_model.inputs)
+        graph = self.eval_model.graph if targets else predict_graph(self.eval_model)
+        self.quantization, self.quantized = calibrate_arrays(graph, self.params, arrays, calibrate, batch or size,
+                                                             observer, percentile, said)
+        self._int8_engine = None
+        return self
+
+    def _calibration_data(self, data) -> tuple[dict, int, str]:
+        """(arrays by input name, the train block's batch, what they are in words)."""
+        cfg = make_config(self.program, self.name, {}, require_data=data is None)
+        if data is None:
+            train, _, _, _ = prepare_data(cfg, Path(self.path).parent, self.eval_model)
+            return train, cfg.batch, to_text(cfg.data)
+        if is_arrays(data):
+            return input_arrays(self.eval_model, array_data(data, "data"), need_targets=False), cfg.batch, "arrays"
+        spec = parse_setting(data, "data") if isinstance(data, str) else data
+        ds = load_data(spec, Path.cwd(), "data")
+        return input_arrays(self.eval_model, ds, need_targets=False), cfg.batch, to_text(spec)
+
+    def engine_for(self, int8: bool) -> Engine:
+        """The engine that runs the model in float32 (`engine`), or with int8 the reference
+        engine with the integer products of its quantization (docs/quantization.md, "Engines")."""
+        if not int8:
+            return self.engine
+        if self._int8_engine is None:
+            if self.backend == "native":
+                raise DlcError("int8 runs on the reference engine: the native engine has no integer kernels yet "
+                               "(--backend auto or reference)")
+            if self.quantization is None:
+                if self._weights_path is None or "quantization" not in self.meta:
+                    raise DlcError(f"model {self.name} has no int8 quantization: quantize it (`dlc quantize`, "
+                                   "model.quantize()) or load a quantized checkpoint")
+                self.quantization, self.quantized = quantized.load(self._weights_path, self.eval_model,
+                                                                   Path(self.path).read_text())
+            if self.backend == "auto":
+                to_stderr("note: int8 runs on the reference engine (the native engine has no integer kernels yet)")
+            self._int8_engine = Int8Engine(self.train_model, self.eval_model, self.quantization)
+        return self._int8_engine
+
     # -- use --
-    def evaluate(self, data: Any = None, batch: int = 256, log: Callable[[str], None] | None = None) -> dict:
+    def evaluate(self, data: Any = None, batch: int = 256, log: Callable[[str], None] | None = None,
+                 int8: bool = False) -> dict:
         """Loss and metrics (evaluation mode) on `data` (a source such as "digits()", a
         path, or a dict of arrays by input and target name), by default on data the weights
         were not trained on: the test, else the validation data of the settings the
         checkpoint was trained with (the train block's for plain weights;
-        inputs.evaluation_data). `log` (default: stderr) is told which."""
+        inputs.evaluation_data). `log` (default: stderr) is told which. `int8`: with the
+        integer products of the quantization (`quantize`, or a quantized checkpoint)."""
         self._require_weights()
+        engine = self.engine_for(int8)
         arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
-        return mean_metrics(self.engine, self.params, arrays, batch)
+        return mean_metrics(engine, self.params, arrays, batch)
 
-    def predict(self, data: Any, batch: int = 256) -> dict:
+    def predict(self, data: Any, batch: int = 256, int8: bool = False) -> dict:
         """Outputs for `data`: a dict of arrays by input name (an unknown name is refused), an
         array (the first input; numpy's or anything with __array__), a source such as
-        "digits()", or a path to an npz / csv / text file (inputs.input_arrays binds it)."""
+        "digits()", or a path to an npz / csv / text file (inputs.input_arrays binds it).
+        `int8`: with the integer products of the quantization, as `evaluate`."""
         self._require_weights()
+        engine = self.engine_for(int8)
         if isinstance(data, (str, Path)):
             ds = self._read_inputs(data)
         elif is_arrays(data):
@@ -183,11 +253,11 @@ class DlcModel:
         arrays = input_arrays(self.eval_model, ds, need_targets=False)
         n = len(next(iter(arrays.values())))
         if 0 < n <= batch:      # one batch, neither sliced nor joined (Python's µs count at batch 1)
-            out = self.engine.predict(self.params, arrays)
+            out = engine.predict(self.params, arrays)
         else:
             parts: dict = {}
             for start in range(0, n, batch):
-                part = self.engine.predict(self.params, {k: v[start:start + batch] for k, v in arrays.items()})
+                part = engine.predict(self.params, {k: v[start:start + batch] for k, v in arrays.items()})
                 for k, v in part.items():
                     parts.setdefault(k, []).append(v)
             for k, v in parts.items():

@@ -176,3 +176,22 @@ def summary(model: Model, frozen=(), depth: int | None = None, sizes: dict | Non
     out.append(f"Non-trainable parameters: {total - trainable:,}")
     out.append(f"Forward FLOPs:            {count_text(subs(model.graph.flops(), sizes))}" + (f" at {at}" if at else ""))
     return "\n".join(out)
+
+
+def int8_table(model: Model) -> str:
+    """`dlc summary --int8`: each matmul and convolution of the evaluation graph at its line,
+    integer or float32 and why (compiler/passes/int8.py)."""
+    from dlc.compiler.passes.int8 import products, scanned_products
+    found = products(model.graph)
+    rows = [[(p.span.caller or p.span).short() if p.span else "?", p.op, p.weight or "-",
+             "int8" if p.integer else "float32", p.reason] for p in found]
+    lines = table(["Line", "Product", "Weights", "Runs in", "Why not int8"], rows, left=5) if rows else []
+    integer = sum(p.integer for p in found)
+    lines.append(f"{integer} of {len(found)} products in int8; the rest of the graph runs in float32")
+    inside = scanned_products(model.graph)
+    if inside:
+        lines.append(f"float32 too: {plural(inside, 'product')} inside scans (recurrences)")
+    fused = len(model.graph.nodes_with("attention"))
+    if fused:
+        lines.append(f"float32 too: the products of {plural(fused, 'fused attention')} (softmax(q kᵀ) v)")
+    return "\n".join(lines)

@@ -81,7 +81,7 @@ class Eval:
         values: dict = {}
         for n, impl, inputs, attrs, dtypes, dead in plan(graph):
             try:
-                outs = impl(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
+                outs = self.impl_of(graph, n, impl)(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
             except DlcError as e:       # a check of the values (an index out of range): at the node's line
                 if e.span is not None:
                     raise
@@ -92,6 +92,11 @@ class Eval:
             for k in dead:
                 del values[k]
         return values
+
+    def impl_of(self, graph: Graph, n: int, impl):
+        """The numpy code that computes node n: its primitive's `impl`, unless a subclass
+        computes the node otherwise (runtime/engines/int8.py: a product in integers)."""
+        return impl
 
     def computed(self, graph: Graph, n: int, inputs: list, values: dict):
         """Called once node n's values are in `values`, with the keys of its inputs; a

@@ -21,7 +21,7 @@ import dlc
 # The commands, in the order `dlc --help` lists them: commands/NAME.py each (NAME_.py for a
 # Python keyword). A new command is a module there and its name here.
 COMMANDS = ("check", "fmt", "summary", "graph", "compile", "gradcheck", "bench", "train", "eval", "predict", "generate",
-            "neighbours", "export", "build", "import", "data", "completion", "lsp")
+            "neighbours", "quantize", "export", "build", "import", "data", "completion", "lsp")
 ALIASES = {"neighbors": "neighbours"}
 # the commands that never run a model's arithmetic: they start numpy's BLAS (OpenBLAS) on one
 # thread, as its pool of threads, which spin as they start, cost 20-40 ms of CPU (measured on

@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from dlc.compiler.ir.dims import symbols
+from dlc.compiler.ir.evaluate import Eval
 from dlc.compiler.passes.autodiff import copy_graph, hvp_graph, prune, train_step
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.engines import budget, interpreter, numerics
@@ -34,6 +35,7 @@ class ReferenceEngine:
     """An `Engine` (runtime/engines/protocol.py) on the numpy interpreter."""
     name = "reference"
     world = None                        # one process: a data-parallel run wraps the engine (DataParallel)
+    evaluator = Eval                    # what computes each node (runtime/engines/int8.py: the int8 products)
 
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None,
@@ -113,7 +115,8 @@ class ReferenceEngine:
             self.checked.add(key)
         if self.check_numerics and graph is self.step_graph:
             return numerics.run(graph, feeds, params, replicas=self.replicas, precision=self.precision)
-        return interpreter.run(graph, feeds, params, replicas=self.replicas, precision=self.precision)
+        return interpreter.run(graph, feeds, params, replicas=self.replicas, precision=self.precision,
+                               evaluator=self.evaluator)
 
 
 def _scalars(out: dict) -> dict:

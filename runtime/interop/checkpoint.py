@@ -29,10 +29,11 @@ def source_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def save(path: Path, params: dict, opt_state: dict, meta: dict):
-    """Write to a temporary file in the same folder, then rename over `path`."""
+def save(path: Path, params: dict, opt_state: dict, meta: dict, more: dict | None = None):
+    """Write to a temporary file in the same folder, then rename over `path`. `more`: arrays
+    stored under their own keys (a quantized checkpoint's `int8:` arrays, runtime/interop/quantized.py)."""
     path = Path(path)
-    arrays = {f"param:{k}": np.asarray(v) for k, v in params.items()}
+    arrays = {f"param:{k}": np.asarray(v) for k, v in params.items()} | dict(more or {})
     for name, slots in opt_state.items():
         for slot, v in slots.items():
             arrays[f"opt:{name}:{slot}"] = np.asarray(v)
@@ -50,7 +51,7 @@ def save(path: Path, params: dict, opt_state: dict, meta: dict):
         raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}") from None
 
 
-RUN_FILES = ("last.npz", "best.npz", "history.json", "history.csv", "history.png")
+RUN_FILES = ("last.npz", "best.npz", "int8.npz", "history.json", "history.csv", "history.png")
 
 
 def refuse_another_run(out: Path, overwrite: bool):
@@ -91,7 +92,25 @@ def remove_stale_temporaries(path: Path, before: float):
 
 
 def load(path) -> tuple[dict, dict, dict]:
-    """(params, optimizer state, meta) of a checkpoint; a damaged file is a clear error."""
+    """(params, optimizer state, meta) of a checkpoint; a damaged file is a clear error. The
+    `int8:` arrays of a quantized checkpoint are left to runtime/interop/quantized.py."""
+    arrays, meta = read(path)
+    params, opt = {}, {}
+    for key, value in arrays.items():
+        kind, _, rest = key.partition(":")
+        if kind == "param":
+            params[rest] = value
+        elif kind == "opt":
+            name, _, slot = rest.rpartition(":")
+            opt.setdefault(name, {})[slot] = value
+        elif kind != "int8":   # a plain npz of weights: names are the keys
+            params[key] = value
+    check_arrays(path, {**params, **{f"{name}:{slot}": v for name, slots in opt.items() for slot, v in slots.items()}})
+    return params, opt, meta
+
+
+def read(path) -> tuple[dict, dict]:
+    """(every array by its key, meta) of a checkpoint; a damaged file is a clear error."""
     path = Path(path)
     if not path.is_file():
         raise DlcError(f"no checkpoint at {path}")
@@ -117,18 +136,7 @@ def load(path) -> tuple[dict, dict, dict]:
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged (not JSON)") from None
         check_meta(path, meta)
-    params, opt = {}, {}
-    for key, value in arrays.items():
-        kind, _, rest = key.partition(":")
-        if kind == "param":
-            params[rest] = value
-        elif kind == "opt":
-            name, _, slot = rest.rpartition(":")
-            opt.setdefault(name, {})[slot] = value
-        else:   # a plain npz of weights: names are the keys
-            params[key] = value
-    check_arrays(path, {**params, **{f"{name}:{slot}": v for name, slots in opt.items() for slot, v in slots.items()}})
-    return params, opt, meta
+    return arrays, meta
 
 
 def check_arrays(path, arrays: dict):
@@ -173,7 +181,7 @@ def _text(v) -> bool:
 
 
 META_SCHEMA = {
-    "format": _text, "dlc_version": _text, "model": _text, "source_hash": _text, "optimizer": _text,
+    "format": _text, "dlc_version": _text, "quantization": lambda v: isinstance(v, dict), "model": _text, "source_hash": _text, "optimizer": _text,
     "epoch": _count, "step": _count, "batch": _count, "seed": _count,
     "history": lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
     # the loss and metric sums of the batches of an epoch stopped inside it

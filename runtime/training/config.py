@@ -14,6 +14,7 @@ from dlc.compiler.frontend.syntax import size_bytes
 from dlc.compiler.native import PRECISIONS
 from dlc.runtime.data import registry as data_sources
 from dlc.runtime.data.augment import augment_options
+from dlc.runtime.engines.int8 import quantize_options
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.groups import make_groups, param_matches, patterns_of
 from dlc.runtime.engines.optim import OPTIMIZERS, clip_limit, make_optimizer, make_schedule
@@ -53,6 +54,7 @@ class TrainConfig:
     precision: str = "f32"              # of matmul and convolution operands (compiler/native/lower.py)
     allreduce_bucket: object = ALLREDUCE_BUCKET     # bytes of a bucket of gradients (compiler/native/buckets.py)
     remat: object = None                # checkpointed recurrences (checked and applied by the evaluator)
+    quantize: object = None             # int8(...): the run's weights quantized at its end (docs/quantization.md)
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
@@ -175,6 +177,7 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         else:
             data_sources.check(getattr(cfg, name), cfg.span(name))
     augment_options(cfg.augment, cfg.span("augment"))
+    quantize_options(cfg.quantize, cfg.span("quantize"))
     metrics = None
     if model is not None:
         trained_names(model, cfg)

@@ -29,12 +29,14 @@ import numpy as np
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
+from dlc.compiler.frontend.settings import to_text
 from dlc.runtime.data.augment import augment, augment_options
 from dlc.runtime.engines import budget, distributed
 from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.engines.int8 import calibrate_arrays, quantize_options
 from dlc.runtime.engines.numerics import PRODUCT_LIMIT, NonFinite, beyond_products
 from dlc.runtime.engines.protocol import Engine
-from dlc.runtime.interop import checkpoint, weights
+from dlc.runtime.interop import checkpoint, quantized, weights
 from dlc.runtime.training.callbacks import Callbacks, Checkpoints, check
 from dlc.runtime.training.config import (batch_statistics, eval_period, make_config, metric_names, run_length,
                                          trained_names)
@@ -351,7 +353,19 @@ class Trainer:
         if self.world is not None:
             self.world.await_writer()
         result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
+        if cfg.quantize is not None and self.writes and checkpoints.written:
+            self.write_int8(params, train)
+            checkpoints.written.append("int8.npz")
         return Result(history, params, self.out, result, end["stopped"], checkpoints.written)
+
+    def write_int8(self, params: dict, train: dict):
+        """`quantize = int8(...)`: the run's final weights quantized, calibrated on its training
+        data, as the quantized checkpoint DIR/int8.npz (docs/quantization.md)."""
+        options = quantize_options(self.cfg.quantize, self.cfg.span("quantize"))
+        quantization, settings = calibrate_arrays(self.eval_model.graph, params, train, batch=self.cfg.batch,
+                                                  data=to_text(self.cfg.data), **options)
+        meta = self.checkpoint_meta() | {"quantization": quantized.describe(quantization, settings)}
+        checkpoint.save(self.out / "int8.npz", params, {}, meta, quantized.arrays(quantization))
 
     def end_row(self, events: Callbacks, engine, params: dict, val, history: list, where: dict, lr: float,
                 started: float, totals: dict, seen: int, epoch: int):

@@ -22,11 +22,13 @@ def arguments(p):
     p.add_argument("--output", default="predictions.npz", metavar="PATH",
                    help=".npz (default), .csv (one output) or .png (one output of images, drawn as a grid)")
     p.add_argument("--batch", type=positive, default=256, metavar="N", help="batch size (default 256)")
+    p.add_argument("--int8", action="store_true",
+                   help="with the integer products of a quantized checkpoint (dlc quantize; docs/quantization.md)")
 
 
 def run(args):
     model = weighted_model(args)
-    outputs = model.predict(args.data, args.batch)
+    outputs = model.predict(args.data, args.batch, int8=args.int8)
     path = Path(args.output)
     try:
         if path.suffix == ".csv":

@@ -28,6 +28,9 @@ def arguments(p):
                    help="with --memory: also the optimizer state each of K ranks holds (with the train block's "
                         "shard_optimizer = true, its share; else all of it)")
     p.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
+    p.add_argument("--int8", action="store_true",
+                   help="which products (matmuls, convolutions) dlc quantize makes integer, and why the others are "
+                        "not (docs/quantization.md)")
     p.add_argument("--freeze", action="append", metavar="PATTERN",
                    help="count these parameters as frozen instead of the train block's freeze, as "
                         "`dlc train --freeze` trains")
@@ -38,6 +41,9 @@ def run(args):
     the batch; --memory's peak is located at that batch (or the default one) and the other dims
     at 32 unless --dim gives them."""
     program = load(args.file)
+    if args.int8:
+        print(summaries.int8_table(program.build(args.model, training=False)))
+        return
     model = program.build(args.model, training=not args.eval)
     settings = summary_settings(program, model, args.freeze, args.batch, dim_sizes(args.dim))
     if args.ranks and not args.memory:

@@ -1,0 +1,99 @@
+"""Which products of a graph run in int8, and why each other one stays float32: the rules of
+docs/quantization.md ("Which products are integer"). A product is named by its weights'
+parameter; the calibration, the quantized checkpoint, the engines and `dlc summary --int8`
+all read this one list."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlc.compiler.errors import Span
+from dlc.compiler.ir.graph import Graph, nested_graphs
+from dlc.compiler.ir.int8 import LONGEST_SUM
+
+PRODUCTS = ("matmul", "conv2d")
+
+
+@dataclass
+class Product:
+    """A matmul or conv2d of the graph: node `node` reads its activation at operand 0 and its
+    weights (operand 1) from the parameter `weight`, whose output channels lie along
+    `channel_axis` of the parameter, as `weight_shape` (the parameter's, or conv1d's reshape
+    of it); `reason` is why it stays float32 ("" when integer)."""
+    node: int
+    op: str
+    weight: str | None
+    channel_axis: int
+    weight_shape: tuple
+    terms: int
+    span: Span | None
+    reason: str = ""
+
+    @property
+    def integer(self) -> bool:
+        return not self.reason
+
+
+def products(graph: Graph, whole: Graph | None = None) -> list[Product]:
+    """Every matmul and conv2d of the graph's top level, in graph order, integer or not.
+    Weights are shared as they are in `whole` (the model's evaluation graph, of which `graph`
+    may be a part: the prediction graph), so both choose the same products."""
+    found = [_product(graph, n) for n in graph.order() if graph.op(n) in PRODUCTS]
+    readers: dict = {}
+    for p in found if whole is None else products(whole):
+        if p.weight is not None:
+            readers[p.weight] = readers.get(p.weight, 0) + 1
+    for p in found:
+        if not p.reason and readers[p.weight] > 1:
+            p.reason = f"its weights {p.weight} are shared by {readers[p.weight]} products"
+    return found
+
+
+def integer_products(graph: Graph, whole: Graph | None = None) -> dict:
+    """The integer products by name."""
+    return {p.weight: p for p in products(graph, whole) if p.integer}
+
+
+def scanned_products(graph: Graph) -> int:
+    """How many matmuls and convolutions lie inside scans (recurrences): they stay float32."""
+    return sum(1 for g in nested_graphs(graph)[1:] for n in g.nx.nodes if g.op(n) in PRODUCTS)
+
+
+def _product(graph: Graph, n: int) -> Product:
+    op, attrs, span = graph.op(n), graph.attrs(n), graph.nx.nodes[n]["span"]
+    x, w = graph.inputs(n)
+    source, axis = _weights(graph, w, op, attrs)
+    p = Product(n, op, None, 0, tuple(w.shape), 0, span)
+    if source is None:
+        p.reason = "its weights are not a parameter (two activations are multiplied)"
+        return p
+    p.weight, p.channel_axis = graph.attrs(source)["name"], axis
+    shape = w.shape
+    if not all(isinstance(d, int) for d in shape):
+        p.reason = "its weights' shape is not fixed"
+    elif w.dtype != "f32" or x.dtype != "f32":
+        p.reason = f"it multiplies {x.dtype} by {w.dtype} (int8 takes f32 models)"
+    elif op == "matmul" and w.rank != 2:
+        p.reason = "a batched matmul"
+    else:
+        p.terms = (shape[1] if attrs["tb"] else shape[0]) if op == "matmul" else shape[1] * shape[2] * shape[3]
+        if op == "matmul" and attrs["ta"]:
+            p.reason = "its activation operand is transposed"
+        elif p.terms > LONGEST_SUM:
+            p.reason = f"its {p.terms} terms could overflow int32 sums (at most {LONGEST_SUM})"
+    return p
+
+
+def _weights(graph: Graph, w, op: str, attrs: dict) -> tuple:
+    """(the parameter node the weights are, the parameter's output-channel axis), or (None, 0):
+    a matmul's right operand itself; a convolution's weights or their reshape that keeps the
+    output channels first (conv1d's)."""
+    node = w.node
+    if op == "conv2d" and graph.op(node) == "reshape":
+        (inner,) = graph.inputs(node)
+        if inner.shape[:1] == w.shape[:1]:
+            node = inner.node
+    if graph.op(node) != "param":
+        return None, 0
+    if op == "matmul":
+        return node, 0 if attrs["tb"] else 1
+    return node, 0
