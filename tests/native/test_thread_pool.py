@@ -106,13 +106,16 @@ print(before, most, "gomp" in maps or "libomp" in maps)
 """
 
 
-def test_the_jit_maps_no_openmp_runtime_and_keeps_one_pool_over_many_engines():
+@pytest.mark.parametrize("spin, cycles", [(None, 12), ("0", 3)], ids=["default spin", "DLC_SPIN=0"])
+def test_the_jit_maps_no_openmp_runtime_and_keeps_one_pool_over_many_engines(spin, cycles):
     """Engines made and dropped, each predicting on 3 threads: the same bits as one thread,
     the pool's two workers started once (no more threads however many engines), no OpenMP
     library in the process's memory, and the process exits at once after (a worker still
-    spinning is stopped and joined)."""
+    spinning is stopped and joined). With DLC_SPIN=0 every job wakes sleeping workers."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", POOL_USER, str(ROOT / "examples" / "digits_cnn.dl"), "12"],
+    env.pop("DLC_SPIN", None)
+    env.update({"DLC_SPIN": spin} if spin else {})
+    r = subprocess.run([sys.executable, "-c", POOL_USER, str(ROOT / "examples" / "digits_cnn.dl"), str(cycles)],
                        env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     before, most, openmp = r.stdout.split()
