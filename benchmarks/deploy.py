@@ -9,9 +9,8 @@ else through its Python API; the table says which. The C outputs must agree with
 onnxruntime's within 1e-4 before anything is timed. The two are timed in rounds
 (benchmarks/rounds.py), in turn: in each, the C timer runs for a share of `--seconds` and gives
 its median call (the C library's `load`, `create` and first predict are those of the first
-run, before the rounds). Both run on THREADS threads; the library's libgomp spins as long as
-dlc's own engine makes it (GOMP_SPINCOUNT, compiler/native/codegen/jit.py), or its sleeping
-workers would be timed.
+run, before the rounds). Both run on THREADS threads; the library's thread pool keeps its
+workers awake between the timer's back-to-back calls (DLC_SPIN, docs/native.md).
 
     python benchmarks/deploy.py
     python benchmarks/deploy.py --only mlp --batch 1 --seconds 0.2 --json /tmp/deploy.json
@@ -28,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 
-from dlc.compiler.native.codegen.jit import GOMP_SPINCOUNT_DEFAULT
 from machine import print_results, wait_idle
 from predict import BATCHES, OUTPUT_RTOL, dlc_model, inputs_of, onnx_session
 from rounds import ROUNDS, interleave, others_cell, ratio_cell, timed, wide_note
@@ -62,8 +60,7 @@ def c_point(exe: Path, lib: Path, name: str, ckpt, feeds: dict, seconds: float, 
     (x,) = feeds.values()
     x.tofile(folder / "x.bin")
     r = subprocess.run([str(exe), str(lib / f"lib{name}.so"), name, str(ckpt), str(folder / "x.bin"), str(seconds),
-                        str(THREADS), str(folder / "y.bin"), *map(str, x.shape)], capture_output=True, text=True,
-                       env={**os.environ, "GOMP_SPINCOUNT": GOMP_SPINCOUNT_DEFAULT})
+                        str(THREADS), str(folder / "y.bin"), *map(str, x.shape)], capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{name}: {r.stderr}")
     load_ms, create_ms, first_ms, predict_ms, calls = r.stdout.split()

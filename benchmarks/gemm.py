@@ -12,8 +12,8 @@ OPENBLAS_L2_SIZE: some machines set them, which forces OpenBLAS onto a slower ke
 the one it picks for the host. dlc is timed with the AVX2 kernel (6×16 on 8-float vectors)
 and, where the host has AVX-512, with the 8×32 kernel on 16-float vectors (the default
 there). The libraries are timed in rounds (benchmarks/rounds.py), in turn, the order rotated
-each round: sleep 0.35 s (so the other library's idle threads stop spinning: dlc's libgomp
-workers spin ~0.25 s, OpenBLAS's ~0.1 s), then single calls for about --seconds; the table
+each round: sleep 0.35 s (so the other library's idle threads stop spinning: dlc's pool
+workers spin under a millisecond (DLC_SPIN), OpenBLAS's ~0.1 s), then single calls for about --seconds; the table
 shows each library's median over rounds of its median call, and dlc/best the median over
 rounds of each round's time ratio with its p25-p75.
 Shapes are M×K×N for C[M,N] = op(A)[M,K] @ op(B)[K,N]; "Aᵀ·G" and "G·Bᵀ" are the backward
@@ -92,8 +92,8 @@ def run(args):
                      f"{one.compiled.compile_seconds * 1e3:.0f} ms "
               f"IR -> machine code ({total * 1e3:.0f} ms with IR generation); three variants in "
               f"one module {libs[key].compiled.compile_seconds * 1e3:.0f} ms")
-    wait = {k: os.environ.get(k) for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY") if os.environ.get(k)}
-    print(f"\n== {nt} thread(s) ({jit.host_cpu()[0]}; {wait or 'libgomp defaults'})")
+    spin = os.environ.get("DLC_SPIN")
+    print(f"\n== {nt} thread(s) ({jit.host_cpu()[0]}; {f'DLC_SPIN={spin}' if spin else 'the pool spin default'})")
     print("\n".join(notes))
 
     try:

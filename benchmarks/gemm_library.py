@@ -11,6 +11,7 @@ from llvmlite import ir
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name, tiles_granted
 from dlc.compiler.native.kernels.gemm import packed_floats
+from dlc.runtime.engines import cache
 
 _ARGTYPES = (ctypes.c_int64,) * 3 + (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64) * 3 \
     + (ctypes.c_int64, ctypes.c_int64)
@@ -36,7 +37,8 @@ class GemmLibrary:
                 add_gemm(self.module, trans_a=ta, trans_b=tb, accumulate=acc, packed=pk, config=self.config)
         for tb in (False, True) if packed else ():
             add_pack(self.module, trans_b=tb, config=self.config)
-        self.compiled = jit.compile_module(self.module, libraries=("gomp",))
+        cache.pool_symbols()        # the routines hand their work to dlc's thread pool
+        self.compiled = jit.compile_module(self.module)
         self._fns = {v + (pk,): self.compiled.function(gemm_name(*v, pk, self.config.bf16), ctypes.c_int32,
                                                        *_ARGTYPES + (ctypes.c_void_p,) * pk)
                      for v in variants for pk in kinds}

@@ -28,5 +28,5 @@ PRECISIONS = ("f32", "bf16")
 PACK_WEIGHTS = ("each call", "once")
 
 # the most threads native code is run on (the engine's --threads and DLC_NUM_THREADS, a built
-# library's set_threads): libgomp's start of a larger team can overflow its stack
+# library's set_threads): the thread pool's table of workers (codegen/threadpool.py) holds one fewer
 MOST_THREADS = 1024

@@ -171,17 +171,19 @@ def _refuse_host_calls(program):
 
 
 def _objects(name: str, units: list, tmp: Path) -> list:
-    """The step objects of the units (Library each, with its step module), the GEMM object and the
-    data objects, their symbols named after the unit (two models' libraries link into one
-    program, and a --train library's two step modules into one library) and hidden (the
-    library exports its C API only)."""
+    """The step objects of the units (Library each, with its step module), the GEMM and thread
+    pool objects and the data objects, their symbols named after the unit (two models'
+    libraries link into one program, and a --train library's two step modules into one
+    library) and hidden (the library exports its C API only)."""
     from dlc.compiler.native.codegen.gemm import bf16_config, default_config, gemm_module, thread_local_buffers
+    from dlc.compiler.native.codegen.threadpool import pool_module
     from dlc.runtime.engines.cache import object_cached
     # instances on different threads run at once: each thread packs into its own buffers
     gemm = jit.parse(thread_local_buffers(str(gemm_module((default_config(), bf16_config())))))
-    shared = {g.name for g in [*gemm.functions, *gemm.global_variables]
+    pool = jit.parse(pool_module())
+    refs = [(gemm, "gemm"), (pool, "pool")]     # one of each per library, named after it
+    shared = {g.name for r, _ in refs for g in [*r.functions, *r.global_variables]
               if not g.is_declaration and g.linkage.name == "external"}
-    refs = [(gemm, "gemm")]
     for unit in units:
         ref = jit.parse(unit.module)
         for g in [*ref.functions, *ref.global_variables]:
@@ -191,10 +193,11 @@ def _objects(name: str, units: list, tmp: Path) -> list:
                 g.name = f"{unit.name}__{g.name}"
                 g.visibility = "hidden"
         refs.append((ref, f"{unit.name}_step"))
-    for g in [*gemm.functions, *gemm.global_variables]:
-        if g.name in shared:
-            g.name = f"{name}__{g.name}"
-            g.visibility = "hidden"
+    for ref, _ in refs[:2]:
+        for g in [*ref.functions, *ref.global_variables]:
+            if g.name in shared:
+                g.name = f"{name}__{g.name}"
+                g.visibility = "hidden"
     data = []
     for unit in units:
         ref = jit.parse(data_module(f"{unit.name}_data", embedded_data(unit), ALIGN))
@@ -235,7 +238,7 @@ the two can move together):
 
     cc -O2 main.c -I{folder} -L{folder} -l{n} -Wl,-rpath,{folder} -o main
 
-or against the static one (which needs the OpenMP runtime and libm):
+or against the static one (which needs libm and libpthread):
 
     cc -O2 main.c -I{folder} {folder}/lib{n}.a {' '.join(tools.libs)} -o main
 
@@ -243,6 +246,6 @@ or with pkg-config: `PKG_CONFIG_PATH={folder} pkg-config --cflags --libs {n}`.
 
 What the inputs mean (the training data and its scale) is in `{n}.h` and `{n}_describe()`.
 
-At run time the library needs libc, libm, libpthread and libgomp (GCC's OpenMP runtime),
+At run time the library needs libc, libm and libpthread,
 nothing of Python, dlc or LLVM.
 """

@@ -584,6 +584,13 @@ static int load_source(struct DLC_INSTANCE *m, const char *path, const void *byt
     return status;
 }
 
+/* ---- the thread pool (compiler/native/codegen/threadpool.py): one per library -------- */
+#if !DLC_N_UPDATE_BUFFERS
+/* its workers are ended and joined when the library is unloaded (dlclose) or the program
+ * exits, so that none is left running code that is being unmapped */
+__attribute__((destructor)) static void stop_pool(void) { DLC_POOL_STOP(); }
+#endif
+
 /* ---- instances ---------------------------------------------------------------------- */
 static struct DLC_INSTANCE no_memory = {"out of memory for a model instance", DLC_ERROR_MEMORY, 1};
 
@@ -591,8 +598,8 @@ static struct DLC_INSTANCE no_memory = {"out of memory for a model instance", DL
 static struct DLC_INSTANCE *new_instance(struct DLC_INSTANCE **out) {
     struct DLC_INSTANCE *m = *out = calloc(1, sizeof *m);
     if (!m) { *out = &no_memory; return NULL; }
-    /* one thread unless told: libgomp's workers fall asleep between calls (GOMP_SPINCOUNT),
-     * and waking them cost a prediction of one example 0.1-40 ms on a busy machine */
+    /* one thread unless told: the pool's workers fall asleep between calls far apart
+     * (DLC_SPIN), and a prediction of one example does not pay for waking them */
     m->threads = 1;
     return m;
 }

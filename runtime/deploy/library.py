@@ -35,6 +35,7 @@ import numpy as np
 from dlc.compiler.ir.dims import Dim, shape_str
 from dlc.compiler.ir.graph import ITEMSIZE
 from dlc.compiler.native import MOST_THREADS
+from dlc.compiler.native.codegen import threadpool
 from dlc.compiler.native.memory import intervals
 from dlc.compiler.native.program import KernelProgram
 
@@ -295,6 +296,8 @@ def c_source(lib: Library) -> str:
     types = crc + types
     if lib.training is None:
         out.append("#define DLC_N_UPDATE_BUFFERS 0")
+        out.append(f"void {n}__{threadpool.STOP}(void);")
+        out.append(f"#define DLC_POOL_STOP {n}__{threadpool.STOP}")
         if lib.trainer is not None:
             out.append(f"#define DLC_TRAINER_DESTROY {lib.trainer.name}_destroy")
             out.append(f"void {lib.trainer.name}_destroy(void *trainer);")

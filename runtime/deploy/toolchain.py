@@ -2,7 +2,6 @@
 `ziglang` package's `zig cc` (pip install "dlc[build]"), a self-contained clang and lld."""
 from __future__ import annotations
 
-import ctypes.util
 import importlib.util
 import os
 import shlex
@@ -20,7 +19,7 @@ class Toolchain:
     name: str           # what `dlc build` reports: "cc (/usr/bin/cc)", "zig cc (ziglang 0.13.0)"
     cc: list
     ar: list
-    libs: list          # what a program linking the static library adds: libgomp, libm, libpthread
+    libs: list          # what a program linking the static library adds: libm, libpthread
 
     def run(self, args: list, what: str):
         try:
@@ -45,7 +44,7 @@ class Toolchain:
 
 def find(choice: str = "auto") -> Toolchain:
     """`choice`: auto (cc when there is one, else zig), cc or zig."""
-    libs = ["-lgomp", "-lm", "-lpthread"]
+    libs = ["-lm", "-lpthread"]
     cc = os.environ.get("CC") or shutil.which("cc")
     if choice in ("auto", "cc") and cc:
         ar = os.environ.get("AR") or shutil.which("ar")
@@ -57,14 +56,7 @@ def find(choice: str = "auto") -> Toolchain:
                        '(pip install "dlc[build]")')
     if importlib.util.find_spec("ziglang") is None:
         raise DlcError('no C compiler on this machine: install one (cc), or pip install "dlc[build]" for zig cc')
-    # zig brings clang, lld and a libc, not libgomp: the system's is linked by its path
-    gomp = ctypes.util.find_library("gomp")
-    path = next((p for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu")
-                 if gomp and (p := Path(d) / gomp).exists()), None)
-    if path is None:
-        raise DlcError("zig cc links the OpenMP runtime libgomp.so.1, which this machine does not have: "
-                       "install it (apt install libgomp1)")
     zig = [sys.executable, "-m", "ziglang"]
     from importlib.metadata import version
     return Toolchain(f"zig cc (ziglang {version('ziglang')})", zig + ["cc", "-target", "x86_64-linux-gnu"],
-                     zig + ["ar"], [str(path), "-lm", "-lpthread"])
+                     zig + ["ar"], libs)

@@ -21,7 +21,9 @@ addresses are given to LLVM as symbols.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
+import ctypes
 import functools
 import hashlib
 import io
@@ -38,11 +40,12 @@ from pathlib import Path
 import dlc
 from dlc.compiler.native.codegen.gemm import VARIANTS, bf16_config, default_config, gemm_module, gemm_name, pack_name
 from dlc.compiler.errors import DlcError
-from dlc.compiler.native.codegen import jit, parallel_compile
+from dlc.compiler.native.codegen import jit, parallel_compile, threadpool
 from dlc.compiler.frontend.parse_cache import cache_dir, private
 
 stats = {"compiles": 0, "hits": 0, "rejected": 0}
 _gemm_module = None
+_pool_module = None
 
 MAGIC = b"dlc-obj\0"
 FORMAT = 2          # 2: an object entry holds a module's parts
@@ -282,13 +285,26 @@ def _store(dirfd: int, filename: str, key: str, obj: bytes):
             os.unlink(tmp, dir_fd=dirfd)
 
 
+def pool_symbols():
+    """Load the thread pool (compiler/native/codegen/threadpool.py), compiled once per machine
+    and dlc version, and tell LLVM where its entry points are. Its workers are ended and
+    joined when Python exits, before the JIT's code is unmapped."""
+    global _pool_module
+    if _pool_module is None:
+        _pool_module, _ = compile_built(("dlc_pool",), lambda: (threadpool.pool_module(), []))
+        for name in (threadpool.RUN, threadpool.STOP):
+            jit.add_symbol(name, _pool_module.address(name))
+        atexit.register(ctypes.CFUNCTYPE(None)(_pool_module.address(threadpool.STOP)))
+    return _pool_module
+
+
 def gemm_symbols():
     """Load the GEMM routines, float32 and bf16 (compiler/native/codegen/gemm.py `bf16_config`: the
     host's path), compiled once per machine and dlc version and then read from the cache,
     and tell LLVM where they are."""
     global _gemm_module
     if _gemm_module is None:
-        jit.load_library("gomp")
+        pool_symbols()
         configs = (default_config(), bf16_config())
 
         def build():

@@ -144,7 +144,7 @@ def test_dlc_num_threads_must_be_a_thread_count(tmp_path, capsys, monkeypatch, v
 
 
 def test_a_team_beyond_1024_threads_is_a_usage_error_not_a_crash(tmp_path, capsys):
-    """libgomp's start of a team of 10^6 threads overflowed the stack (SIGSEGV)."""
+    """The thread pool holds at most 1024 threads: a million is refused before anything runs."""
     line = usage_error(["predict", write(tmp_path, XOR), "--threads", "1000000"], capsys)
     assert "argument --threads" in line and "from 1 to 1024; got '1000000'" in line
 

@@ -1,5 +1,5 @@
 """Training to the same bits on any thread count and target: a few native Adam steps of
-examples in each configuration (1, 2, 3 threads; the host's target and DLC_TARGET=avx2), each
+examples in each configuration (1, 2, 3, 7 threads; the host's target and DLC_TARGET=avx2), each
 in its own process, since the target is chosen once per process."""
 import json
 import os
@@ -11,7 +11,7 @@ import numpy as np
 
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-CONFIGS = [("host", 1), ("host", 2), ("host", 3), ("avx2", 2)]
+CONFIGS = [("host", 1), ("host", 2), ("host", 3), ("host", 7), ("avx2", 2)]
 
 STEPS = """
 import sys, numpy as np

@@ -117,7 +117,7 @@ def test_memory_grows_linearly_with_the_sequence():
 
 def test_training_gives_the_same_bits_on_any_thread_count_and_target(tmp_path):
     """Three Adam steps of causal self-attention over three blocks of queries and keys,
-    under 1, 2 and 3 threads and AVX2 (the configurations of tests/helpers/same_bits.py)."""
+    under 1, 2, 3 and 7 threads and AVX2 (the configurations of tests/helpers/same_bits.py)."""
     from helpers.same_bits import assert_bit_identical
     (tmp_path / "att.dl").write_text("""
 model att {

@@ -136,7 +136,7 @@ def test_gemm_stays_in_its_buffers(path):
 
 
 def test_amx_workers_need_no_request_of_their_own(tmp_path):
-    """The tile state is the process's: OpenMP workers that already ran a float32 product
+    """The tile state is the process's: pool workers that already ran a float32 product
     before the request run the AMX product after it (no SIGILL)."""
     if "amx" not in gemm_paths():
         pytest.skip("the host has no AMX")

@@ -35,7 +35,7 @@ def train(cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A cache filled by one run of xor_mlp (the GEMM library and the train step), with
+    """A cache filled by one run of xor_mlp (the thread pool, the GEMM library and the train step), with
     that run's output and checkpoint directory."""
     root = tmp_path_factory.mktemp("cache")
     first = train(root / "cache", root / "run")
@@ -64,11 +64,11 @@ def test_a_bad_entry_is_recompiled_and_replaced(trained, tmp_path, corrupt):
     good_dir, output, run = trained
     cache_dir = tmp_path / "cache"
     shutil.copytree(good_dir, cache_dir)
-    # the objects of the GEMM and of the step, and the entries naming them (cache.compile_built);
+    # the objects of the thread pool, the GEMM and the step, and the entries naming them (cache.compile_built);
     # the parser's tables and the standard library's trees beside them are tests/frontend/test_parse_cache.py's
     compiled = lambda: {p.name: p.read_bytes() for p in cache_dir.iterdir() if p.suffix != ".json"}
     good = compiled()
-    assert sorted(Path(n).suffix for n in good) == [".o", ".o", ".step", ".step"]
+    assert sorted(Path(n).suffix for n in good) == [".o"] * 3 + [".step"] * 3
     names = sorted(good)
     for name, other in zip(names, names[1:] + names[:1]):
         (cache_dir / name).write_bytes(corrupt(good[name], good[other]))

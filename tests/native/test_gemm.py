@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
-from dlc.compiler.native.codegen import gemm, jit
+from dlc.compiler.native.codegen import gemm, jit, threadpool
+from dlc.runtime.engines import cache
 from dlc.compiler.native.kernels.gemm import packed_floats
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -211,26 +212,25 @@ def test_ir_and_asm_text():
     m = ir.Module()
     gemm.add_gemm(m, "my_gemm", trans_b=True, config=gemm.AVX2)
     text = jit.optimized_ir(m)
-    assert "define i32 @my_gemm(" in text and "GOMP_parallel" in text
+    assert "define i32 @my_gemm(" in text and "@dlc_pool_run(" in text
     asm = jit.assembly(m)
     assert "vfmadd" in asm
 
 
 def test_called_from_inside_a_parallel_region():
-    """A fused kernel's team calls the GEMM on each thread: no nested team, and every
-    thread packs into its own buffer slot (a shared slot would corrupt the results)."""
+    """A fused kernel's chunks call the GEMM on each thread of the pool: no nested job, and
+    every thread packs into its own buffer slot (a shared slot would corrupt the results)."""
     m = ir.Module()
     g = gemm.add_gemm(m, "inner_gemm", config=gemm.AVX2)
     i32, i64 = ir.IntType(32), ir.IntType(64)
     f32p, vp = ir.FloatType().as_pointer(), ir.IntType(8).as_pointer()
     args_t = ir.LiteralStructType([f32p, f32p, f32p, i64])
-    # worker(data): thread t computes C[t] = A[t] @ B[t] (n×n each)
-    worker = ir.Function(m, ir.FunctionType(ir.VoidType(), [vp]), "team_worker")
+    # task(data, chunk, chunks, slot): chunk t computes C[t] = A[t] @ B[t] (n×n each)
+    worker = ir.Function(m, threadpool.TASK, "team_worker")
     b = ir.IRBuilder(worker.append_basic_block())
     p = b.bitcast(worker.args[0], args_t.as_pointer())
     A, B, C, n = [b.load(b.gep(p, [i32(0), i32(k)])) for k in range(4)]
-    tid = b.sext(b.call(m.globals["omp_get_thread_num"], []), i64)
-    off = b.mul(tid, b.mul(n, n))
+    off = b.mul(worker.args[1], b.mul(n, n))
     b.call(g, [n, n, n, b.gep(A, [off]), n, i64(0), b.gep(B, [off]), n, i64(0),
                b.gep(C, [off]), n, i64(0), i64(1), i64(2)])
     b.ret_void()
@@ -239,9 +239,10 @@ def test_called_from_inside_a_parallel_region():
     s = b.alloca(args_t)
     for k, v in enumerate(drive.args):
         b.store(v, b.gep(s, [i32(0), i32(k)]))
-    b.call(m.globals["GOMP_parallel"], [worker, b.bitcast(s, vp), i32(2), i32(0)])
+    b.call(threadpool.declare_run(m), [worker, b.bitcast(s, vp), i64(2), i64(1)])
     b.ret_void()
-    lib = jit.compile_module(m, libraries=("gomp",))
+    cache.pool_symbols()
+    lib = jit.compile_module(m)
     fn = lib.function("drive", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
     n = 200
     rng = np.random.default_rng(11)

@@ -1,5 +1,5 @@
 """The same bits on any machine (docs/native.md): a few native Adam steps of an example
-give bit-identical parameters on 1, 2 and 3 threads and under DLC_TARGET=avx2 and the
+give bit-identical parameters on 1, 2, 3 and 7 threads and under DLC_TARGET=avx2 and the
 host's own target (AVX-512 where the machine has it). Each configuration runs in its own
 process, since the target is chosen once per process."""
 import pytest

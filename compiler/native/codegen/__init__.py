@@ -5,7 +5,8 @@ kernel kind's loops.py (tests/project/test_llvm_floor.py).
 - builder.py: KernelBuilder (values, loops, accesses, alias scopes); scalar.py: the scalar
   rule of every elementwise primitive, by dtype class (EMIT); shared_loops.py: the loop
   pieces several kinds share; intrinsics.py, types.py: intrinsic declarations, vector
-  helpers, LLVM types; parallel.py: libgomp regions; fpmode.py: the floating-point mode
+  helpers, LLVM types; parallel.py: parallel regions; threadpool.py: the thread pool
+  they and the GEMM hand work to; fpmode.py: the floating-point mode
   kernels run in;
 - driver.py: the step module, each kernel's function and the driver that calls them;
 - gemm.py: the packed GEMM routines the GEMM kernels call;

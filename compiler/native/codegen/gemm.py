@@ -44,15 +44,15 @@ packing B. With a row or two of A the float32 ones not transposing B read the pa
 too, each contiguous over K, where the routines without it read B's rows
 (`_Gen.few_rows`).
 
-Threads: work is split with libgomp's GOMP_parallel — over the batch when there are
-enough matrices, else over N when M ≤ N, else over M, in whole tiles — and each thread
-packs into its own buffers, so no barriers are needed. Below `serial_below`
-(M·N·K·batch), for nthreads ≤ 1, or when called from inside a parallel region (a fused
-kernel's team), it runs serially on the calling thread. Pack buffers are allocated once
-per module and thread slot (the caller's OpenMP thread number): calls from one OpenMP
-team are safe, but two host threads outside OpenMP must not call into one compiled
-module at the same time, unless its tables of pack buffers are thread-local
-(`thread_local_buffers`, as in a library `dlc build` writes).
+Threads: the work is handed to dlc's thread pool (threadpool.py) in CHUNKS_PER_THREAD
+chunks per thread — over the batch when there are enough matrices, else over N when
+M ≤ N, else over M, in whole tiles — and each thread packs into its own buffers, so no
+barriers are needed. Below `serial_below` (M·N·K·batch), for nthreads ≤ 1, or when
+called from a pool's task (a fused kernel's chunk), it runs serially on the calling
+thread. Pack buffers are allocated once per module and thread slot (the running thread's
+slot in the pool): the threads of one job are safe, but two host threads must not call
+into one compiled module at the same time, unless its tables of pack buffers are
+thread-local (`thread_local_buffers`, as in a library `dlc build` writes).
 """
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
+from dlc.compiler.native.codegen.threadpool import TASK, declare_run
 from dlc.compiler.native.codegen.intrinsics import LLVMType, bf16_bits, declare, dot_bf16_pairs, masked, round_bf16, splat, vec_ptr
 from dlc.compiler.native.codegen.types import f32, i1, i8, i32, i64
 
@@ -197,7 +198,7 @@ def request_tiles() -> int:
     """Ask Linux for the AMX tile state: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
     (0, else an errno). Without it the first tile instruction is SIGILL. The permission is
     the process's, for all its threads, present and future (the kernel's
-    Documentation/arch/x86/xstate.rst), so one request serves every OpenMP worker."""
+    Documentation/arch/x86/xstate.rst), so one request serves every worker of the pool."""
     if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
         return errno.ENOSYS
     arch_prctl, req_xcomp_perm, xtiledata = 158, 0x1023, 18
@@ -1001,10 +1002,10 @@ class _Gen:
         block = self.block(name, trans_a, trans_b, accumulate, packed)
         get_buffer = self.get_buffer()
 
-        # body(args, tid, nth): this thread's share of the whole batch
+        # body(args, chunk, chunks, slot): a chunk's share of the whole batch
         body = _internal(self.m, f"{name}.body", ir.VoidType(),
-                         [args_ty.as_pointer(), i64, i64, i64], ["args", "tid", "nth", "slot"])
-        argp, tid, nth, slot = body.args
+                         [args_ty.as_pointer(), i64, i64, i64], ["args", "chunk", "chunks", "slot"])
+        argp, chunk, chunks, slot = body.args
         b = ir.IRBuilder(body.append_basic_block("entry"))
         f = [b.load(b.gep(argp, [i32(0), i32(k)], inbounds=True)) for k in range(13)]
         M, N, K, A, lda, sa, B, ldb, sb, C, ldc, sc, batch = f
@@ -1020,13 +1021,13 @@ class _Gen:
         Bp = _gep(b, buf, _c64(cfg.b_offset))
         Bk = b.load(b.gep(argp, [i32(0), i32(15)], inbounds=True))
 
-        def share(total):   # [total*tid/nth, total*(tid+1)/nth)
-            return (b.sdiv(b.mul(total, tid), nth),
-                    b.sdiv(b.mul(total, b.add(tid, _c64(1))), nth))
+        def share(total):   # [total*chunk/chunks, total*(chunk+1)/chunks)
+            return (b.sdiv(b.mul(total, chunk), chunks),
+                    b.sdiv(b.mul(total, b.add(chunk, _c64(1))), chunks))
 
-        many = b.and_(b.icmp_signed(">", nth, _c64(1)), b.icmp_signed(">=", batch, nth))
-        even = b.or_(b.icmp_signed("==", b.srem(batch, nth), _c64(0)),
-                     b.icmp_signed(">=", batch, b.mul(nth, _c64(4))))
+        many = b.and_(b.icmp_signed(">", chunks, _c64(1)), b.icmp_signed(">=", batch, chunks))
+        even = b.or_(b.icmp_signed("==", b.srem(batch, chunks), _c64(0)),
+                     b.icmp_signed(">=", batch, b.mul(chunks, _c64(4))))
         by_batch = b.and_(many, even)
         bb0, bb1 = share(batch)
         split_n = b.icmp_signed("<=", M, N)
@@ -1058,20 +1059,16 @@ class _Gen:
         b.position_at_end(done)
         b.ret_void()
 
-        # worker(data): the function GOMP_parallel runs on every thread of the team
-        omp_tid = declare(self.m, "omp_get_thread_num", i32, [])
-        omp_nth = declare(self.m, "omp_get_num_threads", i32, [])
-        worker = _internal(self.m, f"{name}.worker", ir.VoidType(), [vptr], ["data"])
+        # worker(data, chunk, chunks, slot): the pool's task, a chunk of the work in the caller's mode
+        worker = _internal(self.m, f"{name}.worker", ir.VoidType(), list(TASK.args), ["data", "chunk", "chunks", "slot"])
         b = ir.IRBuilder(worker.append_basic_block("entry"))
-        wtid = b.sext(b.call(omp_tid, []), i64)
         argp = b.bitcast(worker.args[0], args_ty.as_pointer())
+        slot = b.srem(worker.args[3], _c64(cfg.max_threads))
         with in_mode(self.m, b, b.load(b.gep(argp, [i32(0), i32(14)], inbounds=True))):
-            b.call(body, [argp, wtid, b.sext(b.call(omp_nth, []), i64), wtid])
+            b.call(body, [argp, worker.args[1], worker.args[2], slot])
         b.ret_void()
 
         # the public entry point
-        gomp = declare(self.m, "GOMP_parallel", ir.VoidType(),
-                        [ir.FunctionType(ir.VoidType(), [vptr]).as_pointer(), vptr, i32, i32])
         fn = ir.Function(self.m, gemm_type(packed), name)
         fn.attributes.add("nounwind")
         names = ["M", "N", "K", "A", "lda", "stride_a", "B", "ldb", "stride_b",
@@ -1096,26 +1093,10 @@ class _Gen:
         b.store(fn.args[14] if packed else ir.Constant(fptr, None), b.gep(args, [i32(0), i32(15)], inbounds=True))
         nt = _min(b, _max(b, nthreads, _c64(1)), _c64(cfg.max_threads))
         work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
-        # Called from inside a parallel region (a fused kernel's team), run serially on
-        # the calling thread's own pack buffer slot instead of nesting a team.
-        level = b.call(declare(self.m, "omp_get_level", i32, []), [])
-        outer = b.icmp_signed(">", level, i32(0))
-        parallel = b.and_(b.and_(b.icmp_signed(">", nt, _c64(1)),
-                                 b.icmp_signed(">=", work, _c64(cfg.serial_below))),
-                          b.not_(outer))
-        par_bb = fn.append_basic_block("parallel")
-        ser_bb = fn.append_basic_block("serial")
-        end_bb = fn.append_basic_block("end")
-        b.cbranch(parallel, par_bb, ser_bb)
-        b.position_at_end(par_bb)
-        b.call(gomp, [worker, b.bitcast(args, vptr), b.trunc(nt, i32), i32(0)])
-        b.branch(end_bb)
-        b.position_at_end(ser_bb)
-        own = b.sext(b.call(omp_tid, []), i64)     # 0 outside a parallel region
-        own = b.srem(own, _c64(cfg.max_threads))
-        b.call(body, [args, _c64(0), _c64(1), own])
-        b.branch(end_bb)
-        b.position_at_end(end_bb)
+        # below serial_below on the calling thread; called from a pool's task (a fused
+        # kernel's chunk), the pool runs it on that thread, in its own pack buffers' slot
+        nt = b.select(b.icmp_signed(">=", work, _c64(cfg.serial_below)), nt, _c64(1))
+        b.call(declare_run(self.m), [worker, b.bitcast(args, vptr), nt, _c64(CHUNKS_PER_THREAD)])
         b.ret(b.load(b.gep(args, [i32(0), i32(13)], inbounds=True)))
         return fn
 
@@ -1128,7 +1109,8 @@ def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = Fals
     `packed`: the routine also takes op(B) packed (`add_pack`), or null, and multiplies with
     that instead of packing B itself (the bf16 ones read B when only a row or two of A is
     given: their packs are rounded, or pairs, or tiles; a null pack: B is packed here).
-    The module must be compiled with libgomp loaded (`jit.load_library("gomp")`)."""
+    The module must be compiled after the thread pool's symbols are known
+    (runtime/engines/cache.py `pool_symbols`)."""
     config = config or default_config()
     name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16)
     return _Gen(module, config).variant(name, trans_a, trans_b, accumulate, packed)
@@ -1152,13 +1134,17 @@ def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | N
 
 def thread_local_buffers(ir_text: str) -> str:
     """A GEMM module's IR with its tables of pack buffers (`buffers`) thread-local: every
-    thread (a host thread, each OpenMP worker) packs into buffers of its own, kept until
+    thread (a host thread, each worker of the pool) packs into buffers of its own, kept until
     the process ends, so that host threads may call the module at once. llvmlite's IR
     builder has no thread_local: hence the text."""
     return re.sub(r'(@"[^"]*\.bufs" = internal )global', r"\1thread_local global", ir_text)
 
 
 # (trans_a, trans_b, packed): the routines the kernels call; and the pack functions
+# chunks of a product per thread of the pool: an idle thread takes a stalled one's, each
+# chunk packing the part of A (or of B) it reads
+CHUNKS_PER_THREAD = 2
+
 VARIANTS = [(ta, tb, pk) for ta in (False, True) for tb in (False, True) for pk in (False, True)]
 
 

@@ -16,7 +16,6 @@ its engine alive; function addresses stay valid as long as that object lives.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import os
 import threading
@@ -110,41 +109,6 @@ def _shared_tm() -> llvm.TargetMachine:
     return target_machine(jit=False)
 
 
-def load_library(name: str) -> str:
-    """Make a shared library's symbols visible to JIT-compiled code (e.g. 'gomp')."""
-    path = _load_library(name)
-    if path is None:
-        raise OSError(f"shared library '{name}' not found on this machine")
-    return path
-
-
-_pinned: list = []
-
-# libgomp workers spin GOMP_SPINCOUNT times (~25 ns each on this machine) after a
-# parallel region, then sleep on a futex. With libgomp's default (300k, ~8 ms) they fall
-# asleep between training steps, and the next fork then cost 0.1-8 ms here (the woken
-# worker can land on the master's CPU while the master spins at the join barrier),
-# against ~0.5 µs for a warm fork/join. 10M spins (~0.25 s, like Intel OpenMP's 200 ms
-# KMP_BLOCKTIME) keep them warm across steps, at the price of one core busy for 0.25 s
-# after the last parallel call. Set before libgomp loads; a GOMP_SPINCOUNT or
-# OMP_WAIT_POLICY of the user's wins.
-GOMP_SPINCOUNT_DEFAULT = "10000000"
-
-
-@functools.cache
-def _load_library(name: str) -> str | None:
-    if name == "gomp" and not ({"GOMP_SPINCOUNT", "OMP_WAIT_POLICY"} & set(os.environ)):
-        os.environ["GOMP_SPINCOUNT"] = GOMP_SPINCOUNT_DEFAULT
-    path = ctypes.util.find_library(name)
-    if path is not None:
-        llvm.load_library_permanently(path)
-        # LLVM dlcloses its handles when the process exits; a libgomp worker still
-        # spinning in the library at that moment would then crash (SIGSEGV at exit).
-        # A ctypes handle is never closed, so it keeps the library mapped.
-        _pinned.append(ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL))
-    return path
-
-
 def parse(module: ir.Module | str | llvm.ModuleRef) -> llvm.ModuleRef:
     """A new, verified LLVM module for the host target from an IR-builder module, IR
     text, or (copied) an existing ModuleRef."""
@@ -215,10 +179,8 @@ class CompiledModule:
         return fn
 
 
-def compile_module(module, level: int = OPT_LEVEL, libraries=()) -> CompiledModule:
+def compile_module(module, level: int = OPT_LEVEL) -> CompiledModule:
     """Optimize `module` at O`level` and compile it for the host with MCJIT."""
-    for lib in libraries:
-        load_library(lib)
     t0 = time.perf_counter()
     ref = optimize(parse(module), level)
     with _lock:
