@@ -374,7 +374,7 @@ def main(argv=None) -> int:
                     help=f"examples per prediction (repeatable; default {' and '.join(map(str, PREDICT_BATCHES))})")
     ap.add_argument("--bert", choices=tuple(BERT), default="small",
                     help="bert_encoder's size: base (12 x 768, sequence 128) or small (default: 4 x 256, 64)")
-    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the four in turn (default {ROUNDS})")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the frameworks in turn (default {ROUNDS})")
     ap.add_argument("--steps", type=int, default=2, help="timed steps of each per round (default 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each before the rounds (default 1)")
     ap.add_argument("--seed", type=int, default=0)
