@@ -1,5 +1,8 @@
-"""Standard models trained against PyTorch eager: torchvision's resnet18 and mobilenet_v2
-(10 classes, 64 x 64 images, batch 32), one Adam step at a time, in two forms on dlc's side.
+"""Standard models against PyTorch and onnxruntime: torchvision's resnet18 and mobilenet_v2
+(10 classes, 64 x 64 images) trained (batch 32) and predicted (batch 1 and 8), and a
+transformer encoder of BERT-base's shape trained.
+
+Training, one Adam step at a time, the CNNs in two forms on dlc's side:
 
     dlc          the model written in .dl with the standard library
                  (benchmarks/workloads/resnet18.dl, mobilenet_v2.dl)
@@ -21,13 +24,41 @@ is timed. The four are timed in rounds (benchmarks/rounds.py); reported: each on
 step, dlc/torch and dlc_import/torch_eval (the median over rounds of each round's ratio,
 with its p25-p75) and the others of each round.
 
+    bert_encoder benchmarks/workloads/bert_encoder.dl (12 layers, 768 wide, 12 heads,
+                 sequence 128 with `--bert base`; by default `--bert small`: 4 layers, 256
+                 wide, 4 heads, sequence 64, so that a run takes minutes), batch 8, against
+                 torch's nn.TransformerEncoder (pre-norm, GELU tanh) with dlc's initial
+                 parameters (runtime/interop/torch_layout.py); `dlc` and `torch` only
+
+After the timed rounds, dlc's step once more in a profiling build: each kernel kind's share
+of the step's kernel time, its ms, GFLOP/s and % of one thread team's FMA peak
+(benchmarks/peak.py) where it multiplies (the kinds of `dlc bench`; a GEMM with its
+epilogue counts as a gemm).
+
+Prediction (the CNNs, `--side predict`), the imported model of the training's dlc_import
+(`dlc import` without `--def`: a model with its output), at each `--predict-batch`:
+
+    dlc_jit            the native engine's prediction in this process (DlcModel.predict)
+    dlc_library        its library (`dlc build`) called from C (deploy_timer.c, as
+                       benchmarks/deploy.py: each round one run of the timer, its median call)
+    ort_spin           onnxruntime on the same ONNX file, its thread pool spinning between
+                       calls (its default)
+    ort_sleep          the same with session.intra_op.allow_spinning 0
+    torch_eval         torchvision's model, eager, evaluation mode, under torch.no_grad
+
+Their outputs must agree with onnxruntime's within 1e-4 of the largest before anything is
+timed; all five are timed in rounds, each after a pause (spinning pools sleep).
+
     python benchmarks/models.py
     python benchmarks/models.py --only resnet18 --rounds 3 --steps 1 --json /tmp/models.json
+    python benchmarks/models.py --only mobilenet_v2 --side predict --predict-batch 1
+    python benchmarks/models.py --only bert_encoder --bert base --batch 8
 """
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -35,15 +66,25 @@ from pathlib import Path
 
 import numpy as np
 
+from deploy import c_point, process_slot, timer
+from imported import first_prediction_s, imported
 from machine import print_results
 from rounds import ROUNDS, interleave, others_cell, ratio_cell, reported, timed
-from train_step import (LOSS_RTOL, PAUSE_S, THREADS, DlcRunner, TorchRunner, json_safe, load_workload,
-                        markdown, rel)
+from train_step import (DEFAULT_BATCH, LOSS_RTOL, PAUSE_S, THREADS, DlcRunner, TorchRunner, json_safe, load_workload,
+                        make_batch, markdown, rel, torch_state as workload_torch_state)
 
-MODELS = ("resnet18", "mobilenet_v2")
+CNNS = ("resnet18", "mobilenet_v2")
+MODELS = CNNS + ("bert_encoder",)
 BATCH, IMAGE, CLASSES = 32, 64, 10          # the .dl files' IMAGE and CLASSES
 FRAMEWORKS = ("dlc", "torch", "dlc_import", "torch_eval")
 PAIRS = (("dlc", "torch"), ("dlc_import", "torch_eval"))
+BERT = {"base": {}, "small": {"LAYERS": 4, "WIDTH": 256, "HEADS": 4, "SEQ": 64}}   # over bert_encoder.dl's constants
+PREDICT_BATCHES = (1, 8)
+PREDICTORS = ("dlc_jit", "dlc_library", "ort_spin", "ort_sleep", "torch_eval")
+PREDICT_PAIRS = (("dlc_jit", "ort_sleep"), ("dlc_jit", "ort_spin"), ("dlc_library", "ort_sleep"),
+                 ("dlc_jit", "torch_eval"))
+OUTPUT_RTOL = 1e-4
+PREDICT_SECONDS = 0.3       # of each predictor in a round
 
 
 def torchvision_model(name: str, torch):
@@ -109,12 +150,8 @@ def calibrate(model, torch, batch: dict):
         m.momentum = 0.1
 
 
-def imported_program(model, torch, folder: Path, name: str):
-    """The torch model in evaluation mode exported to ONNX, imported by `dlc import --def`,
-    and a program that calls it and adds the loss: (the loader Program, its weights)."""
-    from dlc.compiler.frontend.loader import load
-    from dlc.runtime.cli import main
-    from dlc.runtime.interop import checkpoint
+def exported(model, torch, folder: Path, name: str) -> Path:
+    """The torch model in evaluation mode exported to ONNX (a dynamic batch)."""
     onnx_path = folder / f"{name}.onnx"
     model.eval()
     with warnings.catch_warnings():
@@ -122,6 +159,16 @@ def imported_program(model, torch, folder: Path, name: str):
         torch.onnx.export(model.net, (torch.zeros(1, 3, IMAGE, IMAGE),), str(onnx_path), input_names=["x"],
                           output_names=["y"], opset_version=17, dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
                           dynamo=False)
+    return onnx_path
+
+
+def imported_program(model, torch, folder: Path, name: str):
+    """The torch model in evaluation mode exported to ONNX, imported by `dlc import --def`,
+    and a program that calls it and adds the loss: (the loader Program, its weights)."""
+    from dlc.compiler.frontend.loader import load
+    from dlc.runtime.cli import main
+    from dlc.runtime.interop import checkpoint
+    onnx_path = exported(model, torch, folder, name)
     imported = folder / f"{name}_imported.dl"
     if main(["import", str(onnx_path), "-o", str(imported), "--def"]) != 0:
         raise SystemExit(f"dlc import of {name} failed")
@@ -133,22 +180,111 @@ def imported_program(model, torch, folder: Path, name: str):
     return load(str(program)), {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
 
 
-def run_model(name: str, args, folder: Path) -> dict:
-    import torch
+def twin_of(name: str, args, torch, batch: dict):
+    """torchvision's model with dlc's initial parameters, its batch norms calibrated on the
+    batch: (the model, dlc's parameters, the model's state)."""
     from dlc.runtime.training.gradcheck import init_params
-    print(f"\n== {name} ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
     train = load_workload(name).build(training=True)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(train, args.seed).items()}
     trainable = [p.name for p in train.params if p.trainable]
-    rng = np.random.default_rng([args.seed, 1])
-    batch = {"x": rng.standard_normal((args.batch, 3, IMAGE, IMAGE), dtype=np.float32),
-             "y": rng.integers(0, CLASSES, args.batch).astype(np.int32)}
-    tbatch = {"x": torch.from_numpy(batch["x"])}
-
     twin = torchvision_model(name, torch)
     twin.load_state_dict({k: torch.from_numpy(v) for k, v in torch_state(twin, trainable, init).items()})
-    calibrate(twin, torch, tbatch)
-    state = {k: v.detach().numpy().copy() for k, v in twin.state_dict().items()}
+    calibrate(twin, torch, {"x": torch.from_numpy(batch["x"])})
+    return twin, init, {k: v.detach().numpy().copy() for k, v in twin.state_dict().items()}
+
+
+def image_batch(args, batch: int) -> dict:
+    rng = np.random.default_rng([args.seed, 1])
+    return {"x": rng.standard_normal((batch, 3, IMAGE, IMAGE), dtype=np.float32),
+            "y": rng.integers(0, CLASSES, batch).astype(np.int32)}
+
+
+def kernel_shares(runner: DlcRunner, batch: int, steps: int = 3) -> list:
+    """Each kernel kind's share of dlc's native train step, in a profiling build of the
+    runner's model: (kind, share, ms, GFLOP/s or None), largest share first; ms is the
+    share of the profiled steps' median."""
+    import time
+    from dlc.runtime.engines.native import NativeEngine
+    engine = NativeEngine(runner.train, runner.ev, runner.opt, runner.trainable, profile=True)
+    params = {k: v.copy() for k, v in runner.init.items()}
+    state = runner.opt.init({n: params[n] for n in runner.trainable})
+
+    def step(t):
+        engine.train_step(params, state, runner.batch, runner.lr, t, np.array([runner.seed, t], np.int32))
+    for t in (1, 2):
+        step(t)
+    exe = engine.train_exe
+    exe.cycles()
+    took = []
+    for t in range(3, steps + 3):
+        t0 = time.perf_counter()
+        step(t)
+        took.append(time.perf_counter() - t0)
+    cycles, median = exe.cycles() / steps, float(np.median(took))
+    sizes = {"B": batch}
+    kinds: dict = {}
+    for (k, depth), c in zip(exe.profile, cycles):
+        if depth == 0:          # a scan's cycles hold its body's (these models have none)
+            flops = k.flops(sizes)
+            cell = kinds.setdefault(k.family, [0.0, 0])
+            cell[0] += c
+            cell[1] += flops or 0
+    total = sum(c for c, _ in kinds.values()) or 1.0
+    rows = [(kind, c / total, c / total * median * 1e3, f / (c / total * median) / 1e9 if f and c else None)
+            for kind, (c, f) in kinds.items()]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def shares_text(name: str, shares: list, peak_gflops: float | None) -> str:
+    lines = [f"  {name}: dlc's train step by kernel kind (a profiling build; % of peak: of {peak_gflops:.0f} GFLOP/s)"
+             if peak_gflops else f"  {name}: dlc's train step by kernel kind (a profiling build)"]
+    for kind, share, ms, gflops in shares:
+        rate = "" if gflops is None else f"{gflops:8.1f} GFLOP/s" + (
+            f" {100 * gflops / peak_gflops:5.1f} % of peak" if peak_gflops else "")
+        lines.append(f"    {kind:<14}{100 * share:6.1f} %{ms:10.2f} ms  {rate}")
+    return "\n".join(lines)
+
+
+def run_bert(args) -> dict:
+    import torch
+    from dlc.runtime.training.gradcheck import init_params
+    sizes = BERT[args.bert]
+    name, batch_size = "bert_encoder", args.batch or DEFAULT_BATCH["bert_encoder"]
+    print(f"\n== {name} ({args.bert}: {sizes or 'as bert_encoder.dl'}) ==  "
+          f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
+    train = load_workload(name, sizes).build(training=True)
+    init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(train, args.seed).items()}
+    batch = make_batch(name, args.seed, batch_size, sizes)
+    runners = {"dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes),
+               "torch": TorchRunner(name, workload_torch_state(name, init, sizes), batch, args.lr, "torch", sizes=sizes)}
+    return trained(name, runners, args, {"model": f"{name} ({args.bert})", "batch": batch_size}, (("dlc", "torch"),))
+
+
+def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
+    """The runners' first steps (their losses checked pair by pair), then their steps in
+    rounds, then dlc's kernel kinds' shares: the row."""
+    for key, r in runners.items():
+        r.first()
+        print(f"  {r.run.framework:<20} first step {r.run.first_s * 1e3:10.1f} ms   loss {r.run.losses[0]:.7f}",
+              flush=True)
+    for a, b in pairs:
+        d = rel(runners[a].run.losses[0], runners[b].run.losses[0])
+        row[f"{a} check"] = d
+        if not d <= LOSS_RTOL:
+            raise SystemExit(f"{name}: {a}'s first-step loss differs from {b}'s by {d:.1e} relative")
+    measured = interleave({k: timed(r.step) for k, r in runners.items()}, args.rounds, args.steps, args.warmup,
+                          pause_s=PAUSE_S)
+    row = reported(measured, row, name, pairs)
+    row["shares"] = kernel_shares(runners["dlc"], row["batch"])
+    print(shares_text(name, row["shares"], args.peak), flush=True)
+    return row
+
+
+def run_model(name: str, args, folder: Path) -> dict:
+    import torch
+    print(f"\n== {name} ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
+    batch = image_batch(args, args.batch or BATCH)
+    twin, init, state = twin_of(name, args, torch, batch)
     program, weights = imported_program(twin, torch, folder, name)
 
     runners = {
@@ -159,49 +295,113 @@ def run_model(name: str, args, folder: Path) -> dict:
         "torch_eval": TorchRunner(name, state, batch, args.lr, "torch_eval",
                                   model=frozen(torchvision_model(name, torch), torch)),
     }
-    for key, r in runners.items():
-        r.first()
-        print(f"  {r.run.framework:<20} first step {r.run.first_s * 1e3:10.1f} ms   loss {r.run.losses[0]:.7f}",
-              flush=True)
-    row = {"model": name, "batch": args.batch}
-    for a, b in PAIRS:
-        d = rel(runners[a].run.losses[0], runners[b].run.losses[0])
-        row[f"{a} check"] = d
-        if not d <= LOSS_RTOL:
-            raise SystemExit(f"{name}: {a}'s first-step loss differs from {b}'s by {d:.1e} relative")
-    measured = interleave({k: timed(r.step) for k, r in runners.items()}, args.rounds, args.steps, args.warmup,
-                          pause_s=PAUSE_S)
-    return reported(measured, row, name, PAIRS)
+    return trained(name, runners, args, {"model": name, "batch": args.batch or BATCH}, PAIRS)
 
 
-def table(rows: list) -> str:
-    cols = ["model", "batch"] + [f"{k} ms" for k in FRAMEWORKS] + [f"{a}/{b}" for a, b in PAIRS] + ["others"]
-    body = [[r["model"], str(r["batch"])] + [f"{r[k]:.1f}" for k in FRAMEWORKS]
-            + [ratio_cell(r[f"{a}/{b}"]) for a, b in PAIRS] + [others_cell(r["others"])] for r in rows]
+def predicted(name: str, args, folder: Path) -> list:
+    """The imported model's prediction by dlc's JIT and built library, onnxruntime spinning
+    and not, and torch: a row per batch size."""
+    import onnxruntime as ort
+    import torch
+    from dlc.runtime.interop import checkpoint
+    print(f"\n== {name}: prediction ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
+    twin, _, _ = twin_of(name, args, torch, image_batch(args, BATCH))
+    onnx_path = exported(twin, torch, folder, f"{name}_predict")
+    program, weights, _ = imported(onnx_path, folder)
+    model, _ = first_prediction_s(program, weights, {"x": image_batch(args, 1)["x"]})
+    npz = folder / f"{name}_weights.npz"
+    checkpoint.save(npz, model.params, {}, {})
+    library = folder / f"{name}_library"
+    built = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "build", str(program), "-o", str(library)],
+                           capture_output=True, text=True)
+    if built.returncode:
+        raise SystemExit(f"dlc build of {name} failed: {built.stderr}")
+    exe = timer(folder)
+
+    def session(spin: bool):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    spinning, sleeping = session(True), session(False)
+    twin.eval()
+    rows = []
+    for batch in args.predict_batch:
+        x = image_batch(args, batch)["x"]
+        feeds, tx = {"x": x}, torch.from_numpy(x)
+        want = sleeping.run(["y"], feeds)[0]
+
+        def library_ms():
+            return c_point(exe, library, model.name, npz, feeds, PREDICT_SECONDS, folder)
+        outputs = {"dlc_jit": model.predict(feeds, batch=batch)["y"], "dlc_library": library_ms()["output"],
+                   "torch_eval": twin.net(tx).detach().numpy()}
+        for k, got in outputs.items():
+            err = float(np.abs(got.ravel() - want.ravel()).max() / np.abs(want).max())
+            if got.size != want.size or err > OUTPUT_RTOL:
+                raise SystemExit(f"{name}, batch {batch}: {k}'s outputs differ from onnxruntime's ({err:.2e})")
+
+        def torch_eval():
+            with torch.no_grad():
+                return twin.net(tx)
+        slots = {"dlc_jit": timed(lambda: model.predict(feeds, batch=batch)),
+                 "dlc_library": process_slot(lambda: library_ms()["c_ms"]),
+                 "ort_spin": timed(lambda: spinning.run(["y"], feeds)),
+                 "ort_sleep": timed(lambda: sleeping.run(["y"], feeds)),
+                 "torch_eval": timed(torch_eval)}
+        measured = interleave(slots, args.rounds, warmup=1, seconds=PREDICT_SECONDS, pause_s=PAUSE_S)
+        row = reported(measured, {"model": name, "batch": batch}, f"{name} prediction batch {batch}", PREDICT_PAIRS)
+        rows.append(row)
+        print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.2f} ms" for k in PREDICTORS)), flush=True)
+    return rows
+
+
+def table(rows: list, frameworks, pairs) -> str:
+    cols = ["model", "batch"] + [f"{k} ms" for k in frameworks] + [f"{a}/{b}" for a, b in pairs] + ["others"]
+    body = [[r["model"], str(r["batch"])] + [f"{r[k]:.1f}" if k in r else "-" for k in frameworks]
+            + [ratio_cell(r[f"{a}/{b}"]) if f"{a}/{b}" in r else "-" for a, b in pairs] + [others_cell(r["others"])]
+            for r in rows]
     return markdown(cols, body)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=MODELS, action="append", help="this model only (repeatable)")
-    ap.add_argument("--batch", type=int, default=BATCH, help=f"examples per step (default {BATCH})")
-    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the four in turn (default {ROUNDS})")
+    ap.add_argument("--side", choices=("train", "predict"), action="append",
+                    help="training or prediction only (default both; prediction: the CNNs)")
+    ap.add_argument("--batch", type=int, help=f"examples per training step (default {BATCH}; bert_encoder "
+                    f"{DEFAULT_BATCH['bert_encoder']})")
+    ap.add_argument("--predict-batch", type=int, action="append",
+                    help=f"examples per prediction (repeatable; default {' and '.join(map(str, PREDICT_BATCHES))})")
+    ap.add_argument("--bert", choices=tuple(BERT), default="small",
+                    help="bert_encoder's size: base (12 x 768, sequence 128) or small (default: 4 x 256, 64)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the frameworks in turn (default {ROUNDS})")
     ap.add_argument("--steps", type=int, default=2, help="timed steps of each per round (default 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each before the rounds (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
+    args.predict_batch = args.predict_batch or list(PREDICT_BATCHES)
+    sides = args.side or ["train", "predict"]
     import torch
+    from peak import cached_or_measure, describe
     torch.set_num_threads(THREADS)
-    print(f"standard models trained against torch {torch.__version__} eager, {THREADS} threads, Adam lr {args.lr}, "
-          f"batch {args.batch} of 3 x {IMAGE} x {IMAGE}; median ms per step over {args.rounds} rounds of {args.steps} "
-          "steps, the four in turn")
-    rows = []
+    peak = cached_or_measure()
+    args.peak = peak["gflops"].get(THREADS) or peak["gflops"].get(str(THREADS))
+    print(f"standard models against torch {torch.__version__} eager, {THREADS} threads, Adam lr {args.lr}, "
+          f"3 x {IMAGE} x {IMAGE} images; median ms per step over {args.rounds} rounds of {args.steps} "
+          f"steps, the frameworks in turn; {describe(peak)}")
+    rows, predictions = [], []
     with tempfile.TemporaryDirectory(prefix="dlc-models-") as tmp:
         for name in args.only or MODELS:
-            rows.append(run_model(name, args, Path(tmp)))
-    print_results(table(rows), json_safe(rows), args.json)
+            if "train" in sides:
+                rows.append(run_bert(args) if name == "bert_encoder" else run_model(name, args, Path(tmp)))
+            if "predict" in sides and name in CNNS:
+                predictions += predicted(name, args, Path(tmp))
+    text = "\n\n".join(t for t in (
+        table(rows, FRAMEWORKS, PAIRS) if rows else "",
+        table(predictions, PREDICTORS, PREDICT_PAIRS) if predictions else "") if t)
+    print_results(text, json_safe({"train": rows, "predict": predictions}), args.json)
     return 0
 
 

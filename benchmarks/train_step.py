@@ -70,7 +70,7 @@ QUICK = {"steps": 1, "warmup": 1, "rounds": 3, "reference_steps": 1, "reference_
 
 
 # ---- workloads: sources, batches and the torch models ----------------------------------------------------
-DEFAULT_BATCH = {"mlp": 128, "lenet": 64, "lstm": 32, "transformer": 16}
+DEFAULT_BATCH = {"mlp": 128, "lenet": 64, "lstm": 32, "transformer": 16, "bert_encoder": 8}
 CONST = re.compile(r"^const (\w+) = (\d+)\b", re.MULTILINE)
 
 
@@ -109,7 +109,7 @@ def make_batch(name: str, seed: int, batch: int | None = None, sizes: dict | Non
     if name == "lstm":
         return {"x": rng.standard_normal((B, S["SEQ"], 64), dtype=np.float32),
                 "y": rng.integers(0, 10, B).astype(np.int32)}
-    if name == "transformer":
+    if name in ("transformer", "bert_encoder"):
         return {"tokens": rng.integers(0, 1000, (B, S["SEQ"])).astype(np.int32),
                 "y": rng.integers(0, 10, B).astype(np.int32)}
     raise KeyError(name)
@@ -181,6 +181,23 @@ def torch_model(name: str, torch, sizes: dict | None = None):
                     h = layer(h)
                 return self.logits(h.mean(1))
         return Transformer()
+
+    if name == "bert_encoder":
+        class Encoder(nn.Module):
+            def __init__(self):
+                super().__init__()
+                d = S["WIDTH"]
+                self.emb = nn.Embedding(1000, d)
+                self.pos = nn.Embedding(S["SEQ"], d)      # learned positions
+                block = nn.TransformerEncoderLayer(d, S["HEADS"], 4 * d, dropout=0.0, batch_first=True,
+                                                   activation=nn.GELU(approximate="tanh"), norm_first=True)
+                self.enc = nn.TransformerEncoder(block, S["LAYERS"], norm=nn.LayerNorm(d), enable_nested_tensor=False)
+                self.logits = nn.Linear(d, 10)
+
+            def forward(self, b):
+                tokens = b["tokens"]
+                return self.logits(self.enc(self.emb(tokens) + self.pos.weight[:tokens.shape[1]]).mean(1))
+        return Encoder()
     raise KeyError(name)
 
 

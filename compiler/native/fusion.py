@@ -418,3 +418,38 @@ def keep_in_registers(program: KernelProgram):
             m.out for j, m in enumerate(k.maps)
             if program.buffers[m.out].role == "temp" and writers[m.out] == {(id(k), j)}
             and all(f == id(k) and i > j for f, i in readers.get(m.out, ())))
+
+
+def epilogues(program: KernelProgram):
+    """A map that alone reads what a GEMM wrote runs in the GEMM's store (its epilogue:
+    Kernel.with_epilogue), on each part of C while it is in cache: a convolution's bias,
+    batchnorm's affine, residual add and activation, a dense layer's bias and activation.
+    The GEMM moves to the map's place, so nothing between may write what the GEMM reads;
+    C must be a temporary that no other kernel touches (a scan's body keeps its kernels)."""
+    kernels = program.kernels
+    reads, writes = [set() for _ in kernels], [set() for _ in kernels]   # of each top-level kernel, nested ones included
+    top = -1
+    for pos, k, span in linearize(kernels):
+        top += pos == span[0]
+        r, w = k.accesses()
+        reads[top] |= r
+        writes[top] |= w
+    touched: dict = {}      # buffer -> the top-level kernels that read or write it
+    for i in range(len(kernels)):
+        for bid in reads[i] | writes[i]:
+            touched.setdefault(bid, set()).add(i)
+    fused: dict = {}        # position -> its kernel now (None: moved into a later one)
+    for i, k in enumerate(kernels):
+        if len(writes[i]) != 1:
+            continue
+        (c,) = writes[i]
+        readers = touched[c] - {i}
+        if program.buffers[c].role != "temp" or len(readers) != 1:
+            continue
+        (j,) = readers
+        if j < i or j in fused or writes[j] & reads[i] or any(writes[p] & reads[i] for p in range(i + 1, j)):
+            continue
+        both = k.with_epilogue(kernels[j])
+        if both is not None:
+            fused[i], fused[j] = None, both
+    program.kernels[:] = [fused.get(i, k) for i, k in enumerate(kernels) if fused.get(i, k) is not None]

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
-from dlc.compiler.native.fusion import Fusion, fuse_maps, keep_in_registers
+from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, keep_in_registers
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Op, Size,
                                          contiguous, row_major)
@@ -71,6 +71,7 @@ class Lowering:
             self.p.outputs[name] = load.buffer
         self.p.kernels[:] = fuse_maps(self.p.kernels)
         keep_in_registers(self.p)
+        epilogues(self.p)
         syms = set(self.p.symbols)
         for b in self.p.buffers:
             if isinstance(b.size, Dim):

@@ -316,7 +316,7 @@ def gemm_symbols():
 
         _gemm_module, _ = compile_built(("dlc_gemm", configs, VARIANTS), build)
         names = [name for bf16 in (False, True)
-                 for name in [gemm_name(ta, tb, False, pk, bf16) for ta, tb, pk in VARIANTS]
+                 for name in [gemm_name(ta, tb, False, pk, bf16, ep) for ta, tb, pk, ep in VARIANTS]
                  + [pack_name(tb, bf16) for tb in (False, True)]]
         for name in names:
             jit.add_symbol(name, _gemm_module.address(name))

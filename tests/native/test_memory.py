@@ -129,6 +129,8 @@ def touched(k) -> set:
             found.add(value[0])
         elif f.name in ("expr", "idx"):
             walk(value)
+        elif f.name == "epilogue" and value is not None:      # a GEMM's: the map it runs in its store
+            found |= touched(value)
     return found
 
 

@@ -12,6 +12,11 @@ in float32, with runtime sizes, leading dimensions and batch strides. Its C sign
                  float *C, int64_t ldc, int64_t stride_c,
                  int64_t batch, int64_t nthreads);
 
+The `_epi` routines take three more arguments, an epilogue (EPILOGUE_TYPE) and two
+pointers they pass it: the routine calls it on each part of C once that part holds its
+final sums — an MC x NC block after its last K slice, while the block is in cache — so
+that a kernel computes what is made of C there (kernels/gemm: a bias, an activation).
+
 All matrices are row-major: element (i, j) of a stored matrix X is X[i*ldx + j]; with
 `trans_a`, A is stored K×M (op(A) = Aᵀ), with `trans_b`, B is stored N×K. A batch stride
 of 0 broadcasts one matrix over the batch. It returns 0, or 1 if a pack buffer could not
@@ -206,19 +211,30 @@ def request_tiles() -> int:
     return ctypes.get_errno() if status else 0
 
 
-def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool, packed: bool = False, bf16: bool = False) -> str:
+def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool, packed: bool = False, bf16: bool = False,
+              epilogue: bool = False) -> str:
     return (f"dlc_{'b' if bf16 else 's'}gemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
-            f"{'_acc' if accumulate else ''}{'_packed' if packed else ''}")
+            f"{'_acc' if accumulate else ''}{'_packed' if packed else ''}{'_epi' if epilogue else ''}")
 
 
 def pack_name(trans_b: bool, bf16: bool = False) -> str:
     return f"dlc_{'b' if bf16 else 's'}gemm_pack_{'t' if trans_b else 'n'}"
 
 
-def gemm_type(packed: bool = False) -> ir.FunctionType:
+def gemm_type(packed: bool = False, epilogue: bool = False) -> ir.FunctionType:
     """The C signature of a GEMM routine (module docstring); a `packed` one takes op(B)
-    packed by `add_pack` as one more pointer."""
-    return ir.FunctionType(i32, [i64] * 3 + [fptr, i64, i64] * 3 + [i64, i64] + [fptr] * packed)
+    packed by `add_pack` as one more pointer; an `epilogue` one then its epilogue
+    (EPILOGUE_TYPE) and the two pointers the routine passes it."""
+    return ir.FunctionType(i32, [i64] * 3 + [fptr, i64, i64] * 3 + [i64, i64] + [fptr] * packed
+                           + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue)
+
+
+# The epilogue of an `epilogue` routine: epilogue(slots, sizes, b, r0, r1, c0, c1) is called
+# once the block C[b][r0:r1, c0:c1] holds its final sums (each element once, from the thread
+# that computed it), to compute what is made of them in place (a step module's kernel:
+# kernels/gemm); slots and sizes are the routine's last two arguments, passed on.
+SLOTS, SIZES = i8.as_pointer().as_pointer(), i64.as_pointer()
+EPILOGUE_TYPE = ir.FunctionType(ir.VoidType(), [SLOTS, SIZES] + [i64] * 5)
 
 
 PACK_TYPE = ir.FunctionType(ir.VoidType(), [i64, i64, fptr, i64, fptr])
@@ -810,15 +826,25 @@ class _Gen:
 
     # ---- one variant ----
 
-    def block(self, name, trans_a, trans_b, accumulate, packed):
+    def block(self, name, trans_a, trans_b, accumulate, packed, epilogue=False):
         """C[m0:m1, n0:n1] (+)= op(A)[m0:m1, :] @ op(B)[:, n0:n1] for one matrix. `packed`:
-        op(B) is also given packed (`Bk`, laid out by `add_pack`), so it is not packed here."""
+        op(B) is also given packed (`Bk`, laid out by `add_pack`), so it is not packed here.
+        `epilogue`: it is called on each part of the block as soon as the part is final —
+        an MC x NC block after its last K slice, while the block is in cache (by rows: a
+        part of NR columns, its rows a page apart at many pixels, missed the L1 cache on
+        every row and made MobileNetV2's batch-8 prediction slower, not faster)."""
         cfg = self.cfg
         fn = _internal(self.m, f"{name}.block", ir.VoidType(),
-                       [i64] * 5 + [fptr, i64, fptr, i64, fptr, i64, fptr, fptr, fptr],
+                       [i64] * 5 + [fptr, i64, fptr, i64, fptr, i64, fptr, fptr, fptr]
+                       + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES, i64] * epilogue,
                        ["m0", "m1", "n0", "n1", "K", "A", "lda", "B", "ldb", "C", "ldc",
-                        "Ap", "Bp", "Bk"])
-        m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, Ap, Bp, Bk = fn.args
+                        "Ap", "Bp", "Bk"] + ["epilogue", "slots", "sizes", "bi"] * epilogue)
+        m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, Ap, Bp, Bk = fn.args[:14]
+
+        def finished(b, r0, r1, c0, c1):
+            if epilogue:
+                epi, slots, sizes, bi = fn.args[14:]
+                b.call(epi, [slots, sizes, bi, r0, r1, c0, c1])
         uk = self.ukernel()
         pack_a = self.pack("a", trans_a)
         pack_b = self.pack("b", trans_b)
@@ -833,6 +859,7 @@ class _Gen:
                 row = _gep(b, C, b.mul(i, ldc))
                 with _loop(b, n0, n1, name="zj") as j:
                     b.store(ir.Constant(f32, 0.0), _gep(b, row, j))
+        finished(b, m0, m1, n0, n1)
         b.ret_void()
 
         b.position_at_end(main)
@@ -849,6 +876,7 @@ class _Gen:
             b.cbranch(b.and_(few_rows, from_panels), few_packed, other)
             b.position_at_end(few_packed)
             self.few_rows(b, m0, m1, n0, n1, K, A, lda, C, ldc, trans_a, accumulate, self._packed_b(Bk, K))
+            finished(b, m0, m1, n0, n1)
             b.ret_void()
             b.position_at_end(other)
         if not trans_b:
@@ -857,6 +885,7 @@ class _Gen:
             b.cbranch(few_rows, few, tiled)
             b.position_at_end(few)
             self.few_rows(b, m0, m1, n0, n1, K, A, lda, C, ldc, trans_a, accumulate, self._stored_b(B, ldb))
+            finished(b, m0, m1, n0, n1)
             b.ret_void()
             b.position_at_end(tiled)
         # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
@@ -907,6 +936,14 @@ class _Gen:
                             apanel = _gep(b, Ap, b.mul(ir_, self.panel_length(b, kc)))
                             ctile = _gep(b, crow, b.mul(b.add(ic, ir_), ldc))
                             b.call(uk, [kc, apanel, bpanel, ctile, ldc, mr, nr, load_c])
+                    if epilogue:    # after the last K slice, the block is final
+                        last = fn.append_basic_block("last_slice")
+                        after = fn.append_basic_block("not_last")
+                        b.cbranch(b.icmp_signed(">=", b.add(pc, kc), K), last, after)
+                        b.position_at_end(last)
+                        finished(b, ic, b.add(ic, mc), jc, b.add(jc, nc))
+                        b.branch(after)
+                        b.position_at_end(after)
         b.ret_void()
         return fn
 
@@ -993,13 +1030,15 @@ class _Gen:
         column_at.unit = nr // vw
         return column_at
 
-    def variant(self, name, trans_a, trans_b, accumulate, packed):
+    def variant(self, name, trans_a, trans_b, accumulate, packed, epilogue=False):
         cfg = self.cfg
+        assert not (accumulate and epilogue), "an epilogue computes from the final sums"
         # the 13 arguments, the status, the caller's floating-point mode (fpmode.py), the
-        # packed op(B) (null unless `packed`)
+        # packed op(B) (null unless `packed`), the epilogue and its two pointers (`epilogue`)
         args_ty = ir.LiteralStructType([i64, i64, i64, fptr, i64, i64, fptr, i64, i64,
-                                        fptr, i64, i64, i64, i32, i32, fptr])
-        block = self.block(name, trans_a, trans_b, accumulate, packed)
+                                        fptr, i64, i64, i64, i32, i32, fptr]
+                                       + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue)
+        block = self.block(name, trans_a, trans_b, accumulate, packed, epilogue)
         get_buffer = self.get_buffer()
 
         # body(args, chunk, chunks, slot): a chunk's share of the whole batch
@@ -1020,6 +1059,7 @@ class _Gen:
         Ap = buf
         Bp = _gep(b, buf, _c64(cfg.b_offset))
         Bk = b.load(b.gep(argp, [i32(0), i32(15)], inbounds=True))
+        finish = [b.load(b.gep(argp, [i32(0), i32(k)], inbounds=True)) for k in range(16, 19)] if epilogue else []
 
         def share(total):   # [total*chunk/chunks, total*(chunk+1)/chunks)
             return (b.sdiv(b.mul(total, chunk), chunks),
@@ -1054,7 +1094,7 @@ class _Gen:
             b.call(block, [m_lo, m_hi, n_lo, n_hi, K,
                            _gep(b, A, b.mul(bi, sa)), lda,
                            _gep(b, B, b.mul(bi, sb)), ldb,
-                           _gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp, Bk])
+                           _gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp, Bk] + (finish + [bi] if epilogue else []))
         b.branch(done)
         b.position_at_end(done)
         b.ret_void()
@@ -1069,10 +1109,10 @@ class _Gen:
         b.ret_void()
 
         # the public entry point
-        fn = ir.Function(self.m, gemm_type(packed), name)
+        fn = ir.Function(self.m, gemm_type(packed, epilogue), name)
         fn.attributes.add("nounwind")
         names = ["M", "N", "K", "A", "lda", "stride_a", "B", "ldb", "stride_b",
-                 "C", "ldc", "stride_c", "batch", "nthreads", "packed"]
+                 "C", "ldc", "stride_c", "batch", "nthreads"] + ["packed"] * packed + ["epilogue", "slots", "sizes"]
         for a, n in zip(fn.args, names):
             a.name = n
         M, N, K, *_, batch, nthreads = fn.args[:14]
@@ -1091,6 +1131,8 @@ class _Gen:
         b.store(i32(0), b.gep(args, [i32(0), i32(13)], inbounds=True))
         b.store(current_mode(self.m, b), b.gep(args, [i32(0), i32(14)], inbounds=True))
         b.store(fn.args[14] if packed else ir.Constant(fptr, None), b.gep(args, [i32(0), i32(15)], inbounds=True))
+        for k, v in enumerate(fn.args[14 + packed:] if epilogue else ()):
+            b.store(v, b.gep(args, [i32(0), i32(16 + k)], inbounds=True))
         nt = _min(b, _max(b, nthreads, _c64(1)), _c64(cfg.max_threads))
         work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
         # below serial_below on the calling thread; called from a pool's task (a fused
@@ -1103,17 +1145,18 @@ class _Gen:
 
 def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = False,
              trans_b: bool = False, accumulate: bool = False, packed: bool = False,
-             config: GemmConfig | None = None) -> ir.Function:
+             config: GemmConfig | None = None, epilogue: bool = False) -> ir.Function:
     """Add the GEMM routine `name` (see the module docstring for its C signature) and its
     internal helpers to `module`; helpers are shared by all routines of one config.
     `packed`: the routine also takes op(B) packed (`add_pack`), or null, and multiplies with
     that instead of packing B itself (the bf16 ones read B when only a row or two of A is
     given: their packs are rounded, or pairs, or tiles; a null pack: B is packed here).
+    `epilogue`: it also takes an epilogue (EPILOGUE_TYPE) to call on each part of C once final.
     The module must be compiled after the thread pool's symbols are known
     (runtime/engines/cache.py `pool_symbols`)."""
     config = config or default_config()
-    name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16)
-    return _Gen(module, config).variant(name, trans_a, trans_b, accumulate, packed)
+    name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16, epilogue)
+    return _Gen(module, config).variant(name, trans_a, trans_b, accumulate, packed, epilogue)
 
 
 def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | None = None) -> ir.Function:
@@ -1140,12 +1183,13 @@ def thread_local_buffers(ir_text: str) -> str:
     return re.sub(r'(@"[^"]*\.bufs" = internal )global', r"\1thread_local global", ir_text)
 
 
-# (trans_a, trans_b, packed): the routines the kernels call; and the pack functions
 # chunks of a product per thread of the pool: an idle thread takes a stalled one's, each
 # chunk packing the part of A (or of B) it reads
 CHUNKS_PER_THREAD = 2
 
-VARIANTS = [(ta, tb, pk) for ta in (False, True) for tb in (False, True) for pk in (False, True)]
+# (trans_a, trans_b, packed, epilogue): the routines the kernels call; and the pack functions
+VARIANTS = [(ta, tb, pk, ep) for ta in (False, True) for tb in (False, True) for pk in (False, True)
+            for ep in (False, True)]
 
 
 def gemm_module(configs: tuple) -> ir.Module:
@@ -1154,8 +1198,8 @@ def gemm_module(configs: tuple) -> ir.Module:
     (runtime/deploy/build.py)."""
     module = ir.Module("dlc_gemm")
     for config in configs:
-        for ta, tb, pk in VARIANTS:
-            add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config)
+        for ta, tb, pk, ep in VARIANTS:
+            add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config, epilogue=ep)
         for tb in (False, True):
             add_pack(module, trans_b=tb, config=config)
     return module

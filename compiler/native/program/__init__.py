@@ -297,6 +297,12 @@ class Kernel(ABC):
         (fusion.fuse_maps): a map's shape; None for every other kernel."""
         return None
 
+    def with_epilogue(self, m) -> "Kernel | None":
+        """This kernel also computing the map (or fused map) m, the only other reader of
+        what it writes, from each part of its result as soon as that is final
+        (fusion.epilogues); None where it cannot (every kernel but a GEMM)."""
+        return None
+
     def members(self) -> list:
         """The (reads, writes) of each store its loop makes in turn: one, but for a fused
         map, whose later members may take an earlier one's value from a register."""

@@ -4,10 +4,11 @@ prediction's weights, kept packed between calls; the lowering rule of matmul, an
 of a packed operand. Their code is a call of the library (loops.py), made by `emit`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import concrete, numel, symbols
-from dlc.compiler.native.program import Kernel, render
+from dlc.compiler.native.kernels.map import merged
+from dlc.compiler.native.program import Affine, Kernel, Load, render
 from dlc.compiler.native.program.registry import register_lowering
 
 
@@ -18,7 +19,10 @@ class GemmKernel(Kernel):
     multiplies with instead of packing B itself; `ready`: (buffer, index) of the flag that
     says it is packed (a prediction's weight, WeightPacksKernel), without which the GEMM is
     given no pack and reads B. `bf16`: A and B rounded to bfloat16, the sums in float32
-    (the library's bf16 routines)."""
+    (the library's bf16 routines). `epilogue`: the map (or fused map) that reads C, run by
+    the GEMM on each part of C as soon as that part is final, while it is in cache, instead
+    of in a pass of its own (fusion.gemm_epilogues); its space is C's: [M, N] (C[i, j]),
+    [n, M, P] with C one matrix of n·P columns (C[i, n·P + p]), or [batch, M, N] (C[b][i, j])."""
     m: object
     n: object
     k: object
@@ -31,6 +35,7 @@ class GemmKernel(Kernel):
     packed: int | None = None
     ready: tuple | None = None
     bf16: bool = False
+    epilogue: object = None
 
     calls_gemm = True
 
@@ -41,17 +46,43 @@ class GemmKernel(Kernel):
         packed = f" (packed in b{self.packed})" if self.packed is not None else ""
         return [f"gemm {self.batch} x [{self.m} x {self.k}] @ [{self.k} x {self.n}]: b{self.c[0]} = "
                 f"{'T' if self.trans_a else ''}b{self.a[0]} @ {'T' if self.trans_b else ''}b{self.b[0]}{packed}"
-                f"{render.bf16(self)}{render.located(self)}"]
+                f"{render.bf16(self)}{', then in its store:' if self.epilogue else ''}{render.located(self)}"] + \
+            ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 
     def accesses(self) -> tuple:
-        return {self.a[0], self.b[0]} | ({self.packed} if self.packed is not None else set()), {self.c[0]}
+        reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
+        return {self.a[0], self.b[0]} | ({self.packed} if self.packed is not None else set()) | reads, \
+            {self.c[0]} | writes
+
+    def with_epilogue(self, m) -> "GemmKernel | None":
+        """This GEMM computing the map m in its store, where m reads C at one index that
+        walks C once over m's space (C's shapes in the class's docstring, an image's rows
+        and columns merged into one run of pixels); else None."""
+        buf, offset, ld, stride = self.c
+        if self.epilogue is not None or not hasattr(m, "maps") or any(x.out == buf for x in m.maps):
+            return None
+        while m is not None and len(m.shape) > 3:
+            m = merged(m, len(m.shape) - 2)
+        reads = {x for x in (m.maps if m is not None else ()) for x in x.expr.leaves() if x.read_buffer == buf}
+        if len(reads) != 1 or not isinstance(next(iter(reads)), Load):
+            return None
+        at = next(iter(reads)).at
+        if len(m.shape) == 2:
+            fits = self.batch == 1 and m.shape == (self.m, self.n) and at == Affine(offset, (ld, 1))
+        elif self.batch == 1:
+            pixels = m.shape[2]
+            fits = m.shape[1] == self.m and m.shape[0] * pixels == self.n and at == Affine(offset, (pixels, ld, 1))
+        else:
+            fits = m.shape == (self.batch, self.m, self.n) and at == Affine(offset, (stride, ld, 1))
+        if not fits:
+            return None
+        return replace(self, epilogue=m, node=m.node, nodes=tuple(dict.fromkeys(self.nodes + m.nodes)),
+                       origin=tuple(dict.fromkeys(self.origin + m.origin)))
 
     def emit(self, f):
         """A call of the library's GEMM, which runs its own thread team."""
-        from dlc.compiler.native.kernels.gemm.loops import gemm_call
-        kb = f.serial()
-        gemm_call(kb, f, self)
-        return kb
+        from dlc.compiler.native.kernels.gemm.loops import gemm_kernel
+        return gemm_kernel(f, self)
 
 
 @dataclass

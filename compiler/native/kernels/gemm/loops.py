@@ -4,15 +4,70 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.codegen.builder import KernelBuilder
-from dlc.compiler.native.codegen.gemm import FEW_ROWS, PACK_TYPE, gemm_name, gemm_type, pack_name
+from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder
+from dlc.compiler.native.codegen.gemm import EPILOGUE_TYPE, FEW_ROWS, PACK_TYPE, gemm_name, gemm_type, pack_name
+from dlc.compiler.native.kernels.map.loops import map_body
 
 i32 = ir.IntType(32)
 
 
-def gemm_call(kb: KernelBuilder, f, k):
+def gemm_kernel(f, k) -> KernelBuilder:
+    """A GemmKernel's function: a call of the library's GEMM (with its epilogue's function,
+    which shares the kernel's argument slots)."""
+    epilogue = None
+    args = Arguments()
+    if k.epilogue is not None:
+        epilogue = ir.Function(f.module, EPILOGUE_TYPE, f.fn.name + ".epilogue")
+        epilogue.linkage = "internal"
+        ekb = KernelBuilder(f.module, f.prog, epilogue, args)
+        epilogue_loop(ekb, k, epilogue.args[2:])
+        ekb.finish()
+    kb = KernelBuilder(f.module, f.prog, f.fn, args)
+    gemm_call(kb, f, k, epilogue)
+    return kb
+
+
+def epilogue_loop(kb: KernelBuilder, k, part):
+    """The epilogue's map over the part (b, r0, r1, c0, c1) of C: the map's own loop body
+    (map_body) at the indices of its space that C[b][r0:r1, c0:c1] holds. In [n, M, P],
+    with C one matrix of n·P columns, a row's columns are a run of p for each example
+    they reach, contiguous as the map's own innermost loop."""
+    b, prog = kb.b, kb.p
+    bi, r0, r1, c0, c1 = part
+    space = k.epilogue.shape
+
+    def over(lo, hi, body):     # body(i) for i in [lo, hi)
+        kb.loops((b.sub(hi, lo),), lambda idx: body(b.add(lo, idx[0])))
+
+    def row(i):
+        if len(space) == 2:         # [M, N]: C[i, j]
+            over(c0, c1, lambda j: map_body(kb, k.epilogue, prog, [i, j]))
+        elif k.batch != 1:          # [batch, M, N]: C[b][i, j]
+            over(c0, c1, lambda j: map_body(kb, k.epilogue, prog, [bi, i, j]))
+        else:                       # [n, M, P]: C[i, n·P + p]
+            pixels, one = kb.dim(space[2]), ir.Constant(ir.IntType(64), 1)
+
+            def example(n):
+                start = b.mul(n, pixels)
+                lo = b.sub(_max(b, c0, start), start)
+                hi = b.sub(_min(b, c1, b.add(start, pixels)), start)
+                over(lo, hi, lambda p: map_body(kb, k.epilogue, prog, [n, i, p]))
+            over(b.sdiv(c0, pixels), b.add(b.sdiv(b.sub(c1, one), pixels), one), example)
+    over(r0, r1, row)
+
+
+def _min(b, x, y):
+    return b.select(b.icmp_signed("<", x, y), x, y)
+
+
+def _max(b, x, y):
+    return b.select(b.icmp_signed(">", x, y), x, y)
+
+
+def gemm_call(kb: KernelBuilder, f, k, epilogue=None):
     """A GemmKernel's call of the library's GEMM, which runs its own thread team; with a
-    pack whose flag is clear, a null pack: the GEMM reads B."""
+    pack whose flag is clear, a null pack: the GEMM reads B; with its `epilogue`'s function,
+    the kernel's argument slots and sizes for it."""
     packed = k.packed is not None
     args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
     for bid, off, ld, stride in (k.a, k.b, k.c):
@@ -25,7 +80,10 @@ def gemm_call(kb: KernelBuilder, f, k):
             made = kb.b.load(kb.b.gep(kb.buffer(flags, "i32"), [ir.Constant(i32, i)]))
             pack = kb.b.select(kb.b.icmp_signed("!=", made, ir.Constant(i32, 0)), pack, ir.Constant(pack.type, None))
         args.append(pack)
-    kb.b.call(f.library(gemm_name(k.trans_a, k.trans_b, False, packed, k.bf16), gemm_type(packed)), args)
+    if epilogue is not None:
+        args += [epilogue, kb.fn.args[0], kb.fn.args[1]]
+    kb.b.call(f.library(gemm_name(k.trans_a, k.trans_b, False, packed, k.bf16, epilogue is not None),
+                        gemm_type(packed, epilogue is not None)), args)
 
 
 def pack_call(kb: KernelBuilder, f, k):

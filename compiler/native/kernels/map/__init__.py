@@ -68,6 +68,31 @@ class FusedMapKernel(Kernel):
         return _emit_loop(self, f)
 
 
+def merged(k: MapKernel | FusedMapKernel, axis: int) -> MapKernel | FusedMapKernel | None:
+    """k over its space with axes `axis` and `axis + 1` as one, (i, j) -> i·n + j (n the
+    latter's extent), where every affine index of it allows (the coefficient of `axis`
+    n times that of the next: an image's rows and columns as one run of pixels); else None."""
+    extent = k.shape[axis + 1]
+
+    class Apart(Exception):
+        pass
+
+    def one(a: Affine) -> Affine:
+        c = a.coeffs
+        if c[axis] != c[axis + 1] * extent:
+            raise Apart
+        return Affine(a.offset, c[:axis] + c[axis + 1:])
+    shape = k.shape[:axis] + (k.shape[axis] * extent,) + k.shape[axis + 2:]
+    try:
+        maps = [MapKernel(shape, m.out, one(m.out_at), m.expr.remap(one), node=m.node, nodes=m.nodes, origin=m.origin)
+                for m in k.maps]
+    except Apart:
+        return None
+    if isinstance(k, MapKernel):
+        return maps[0]
+    return FusedMapKernel(shape, maps, k.registers, node=k.node, nodes=k.nodes, origin=k.origin)
+
+
 def _emit_loop(k: MapKernel | FusedMapKernel, f):
     """The loop of a map or a fused map, split along its outermost axis on a thread team
     (on one thread when it has no axis)."""

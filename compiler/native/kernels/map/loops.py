@@ -9,11 +9,14 @@ from dlc.compiler.native.program import KernelProgram
 def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
     """A map's loop (MapKernel or FusedMapKernel): each iteration stores every member's
     value, in order; a member kept in a register is only read by the later ones."""
-    def body(idx):
-        for m in k.maps:
-            v = kb.expr(m.expr, idx)
-            if m.out not in k.registers:
-                kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v)
-            kb.stored[m.out, m.out_at] = v     # later members read it from the register
-        kb.stored.clear()
-    kb.loops(k.shape, body, first=first)
+    kb.loops(k.shape, lambda idx: map_body(kb, k, prog, idx), first=first)
+
+
+def map_body(kb: KernelBuilder, k, prog: KernelProgram, idx: list):
+    """One iteration of a map's loop, at index `idx` (a GEMM's epilogue runs it too)."""
+    for m in k.maps:
+        v = kb.expr(m.expr, idx)
+        if m.out not in k.registers:
+            kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v)
+        kb.stored[m.out, m.out_at] = v     # later members read it from the register
+    kb.stored.clear()

@@ -1,0 +1,105 @@
+"""The GEMM's epilogue (fusion.epilogues, kernels/gemm): the map that alone reads a GEMM's
+result — a convolution's or dense layer's bias, batchnorm's affine, a residual add, the
+activation, in training the activation's mask too — runs in the GEMM's store. It is
+taken where it should be, and every value it computes has the bits of the same map run as
+a pass of its own, on any number of threads, in training and in prediction."""
+import numpy as np
+import pytest
+
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.native import lower as lowering
+from dlc.compiler.native.kernels.gemm import GemmKernel
+from dlc.compiler.passes.autodiff import train_step
+from dlc.runtime.engines.native import Executable
+from dlc.runtime.engines.reference import predict_graph
+from dlc.runtime.training.gradcheck import init_params
+from tests.helpers.native_cases import compare, run_native
+
+# an im2col convolution with its bias and relu; a residual add of x and of a second
+# branch (one map reading two GEMMs' results, whose backward pass sums two input gradients);
+# a pointwise convolution of few pixels (one GEMM over the batch, relu6) and one of many (a
+# GEMM per example, batched); batchnorm; a dense layer with its bias and relu
+SOURCE = """
+model epilogues {
+    input  x: f32[B, 32, 6, 6]
+    target y: i32[B]
+    a = conv2d(x, 32, 3, padding = 1) |> relu
+    b = conv2d(a, 32, 3, padding = 1) + conv2d(a, 32, 1) + x |> relu
+    c = conv2d(b, 96, 1) |> relu6
+    d = conv2d(c, 32, 1) |> batchnorm |> relu
+    e = conv2d(d, 40, 3, stride = 2, padding = 1, bias = false) |> relu
+    h = dense(flatten(e), 12, relu)
+    logits = dense(h, 5)
+    output logits
+    loss   sparse_cross_entropy(logits, y)
+}
+"""
+
+
+def model(training: bool):
+    return load_text(SOURCE, "epilogues.dl").build(training=training)
+
+
+def graphs():
+    return {"train": train_step(model(True).graph), "predict": predict_graph(model(False))}
+
+
+def unfused(monkeypatch):
+    """Lowering without the epilogues: each map a pass of its own after its GEMM."""
+    monkeypatch.setattr(lowering, "epilogues", lambda program: None)
+
+
+def run(graph, batch: int) -> dict:
+    exe = Executable(graph)
+    params = {k: np.asarray(v, np.float32) for k, v in init_params(model(True), 0).items()}
+    rng = np.random.default_rng(batch)
+    feeds = {"x": rng.standard_normal((batch, 32, 6, 6)).astype(np.float32),
+             "y": rng.integers(0, 5, batch).astype(np.int32)}
+    return run_native(exe, {k: v for k, v in feeds.items() if k in exe.program.inputs}, params)
+
+
+@pytest.mark.parametrize("kind", ["train", "predict"])
+def test_the_maps_after_gemms_run_in_their_store(kind, monkeypatch):
+    fused = Executable(graphs()[kind]).program
+    texts = [k.text() for k in fused.kernels if isinstance(k, GemmKernel) and k.epilogue is not None]
+    # the forward products of the five convolutions and two dense layers, each with its map
+    # (in training, the backward products whose result the relu's mask reads too)
+    assert len(texts) >= 6, [k.text()[0] for k in fused.kernels if isinstance(k, GemmKernel)]
+    assert all("then in its store:" in t[0] and t[1].lstrip().startswith(("map", "fused map")) for t in texts), texts
+    unfused(monkeypatch)
+    apart = Executable(graphs()[kind]).program
+    assert len(apart.kernels) == len(fused.kernels) + len(texts)
+    assert not any(isinstance(k, GemmKernel) and k.epilogue is not None for k in apart.kernels)
+
+
+def test_a_residual_add_and_batchnorm_inference_are_in_the_store():
+    lines = "\n".join(line for k in Executable(graphs()["predict"]).program.kernels for line in k.text())
+    assert "then in its store:" in lines
+    # the residual's x (b0, the input) is read in the store of the second convolution's GEMM
+    stores = [k for k in Executable(graphs()["predict"]).program.kernels
+              if isinstance(k, GemmKernel) and k.epilogue is not None]
+    inputs = Executable(graphs()["predict"]).program.inputs
+    assert any(inputs["x"] in k.accesses()[0] for k in stores[1:2]), [k.text() for k in stores]
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize("kind", ["train", "predict"])
+def test_the_store_computes_the_bits_of_the_maps_apart(kind, batch, threads, monkeypatch):
+    monkeypatch.setenv("DLC_NUM_THREADS", threads)
+    fused = run(graphs()[kind], batch)
+    with monkeypatch.context() as m:
+        unfused(m)
+        apart = run(graphs()[kind], batch)
+    assert fused.keys() == apart.keys()
+    differ = [k for k in fused if not np.array_equal(fused[k], apart[k])]
+    assert not differ, differ
+
+
+def test_the_fused_step_is_the_reference_engines():
+    train = model(True)
+    params = {k: np.asarray(v, np.float32) for k, v in init_params(train, 0).items()}
+    rng = np.random.default_rng(7)
+    feed_sets = [({"B": b}, {"x": rng.standard_normal((b, 32, 6, 6)).astype(np.float32),
+                             "y": rng.integers(0, 5, b).astype(np.int32)}) for b in (1, 4)]
+    compare(graphs()["train"], feed_sets, params, "epilogues")
