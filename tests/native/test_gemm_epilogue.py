@@ -103,3 +103,12 @@ def test_the_fused_step_is_the_reference_engines():
     feed_sets = [({"B": b}, {"x": rng.standard_normal((b, 32, 6, 6)).astype(np.float32),
                              "y": rng.integers(0, 5, b).astype(np.int32)}) for b in (1, 4)]
     compare(graphs()["train"], feed_sets, params, "epilogues")
+
+
+def test_a_map_over_a_vector_keeps_its_own_pass():
+    """logistic_newton's products of a matrix and a vector: maps of rank 1 after GEMMs."""
+    from dlc.compiler.frontend.loader import load
+    from tests.helpers.same_bits import EXAMPLES
+    model = load(str(EXAMPLES / "logistic_newton.dl")).build(training=True)
+    program = Executable(train_step(model.graph)).program
+    assert all(k.epilogue is None or len(k.epilogue.shape) >= 2 for k in program.kernels if isinstance(k, GemmKernel))

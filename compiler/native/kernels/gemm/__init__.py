@@ -67,7 +67,9 @@ class GemmKernel(Kernel):
         if len(reads) != 1 or not isinstance(next(iter(reads)), Load):
             return None
         at = next(iter(reads)).at
-        if len(m.shape) == 2:
+        if len(m.shape) < 2:        # a vector (a matrix-vector product's): its own pass
+            fits = False
+        elif len(m.shape) == 2:
             fits = self.batch == 1 and m.shape == (self.m, self.n) and at == Affine(offset, (ld, 1))
         elif self.batch == 1:
             pixels = m.shape[2]
