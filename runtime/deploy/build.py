@@ -28,14 +28,18 @@ from dlc.runtime.deploy.toolchain import find
 
 _V3 = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave"
 _V4 = _V3 + ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl"
-# --target: the CPU and features the code is compiled for (None: this machine's)
-TARGETS = {"host": None, "avx2": ("x86-64-v3", _V3), "avx512": ("x86-64-v4", _V4),
-           "avx512bf16": ("x86-64-v4", _V4 + ",+avx512bf16"),
-           "amx": ("x86-64-v4", _V4 + ",+avx512bf16,+amx-tile,+amx-bf16,+amx-int8")}
-# the features a library checks at create (library.c cpu_features), those of its target among them
+_X86, _ARM = "x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"
+# --target: the triple, CPU and features the code is compiled for (None: this machine's)
+TARGETS = {"host": None, "avx2": (_X86, "x86-64-v3", _V3), "avx512": (_X86, "x86-64-v4", _V4),
+           "avx512bf16": (_X86, "x86-64-v4", _V4 + ",+avx512bf16"),
+           "amx": (_X86, "x86-64-v4", _V4 + ",+avx512bf16,+amx-tile,+amx-bf16,+amx-int8"),
+           "aarch64": (_ARM, *jit.AARCH64_BASELINE)}
+# the features a library checks at create (library.c cpu_features: cpuid on x86-64, the
+# kernel's HWCAP on AArch64), those of its target among them
 CHECKED = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cx16", "avx", "avx2", "bmi", "bmi2", "f16c", "fma",
            "lzcnt", "movbe", "xsave", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512vnni",
-           "avx512bf16", "amx-tile", "amx-bf16", "amx-int8")
+           "avx512bf16", "amx-tile", "amx-bf16", "amx-int8",
+           "fp-armv8", "neon", "crc", "lse", "rdm", "fullfp16", "dotprod", "i8mm", "bf16")
 
 
 @dataclass
@@ -64,7 +68,8 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
         raise DlcError(f"--target must be one of {', '.join(TARGETS)}, not '{target}'")
     if embed and not weights:
         raise DlcError("--embed-weights needs the weights: give --weights CKPT")
-    tools = find(toolchain)             # before the compile: a missing toolchain is said at once
+    # before the compile: a missing toolchain is said at once
+    tools = find(toolchain, TARGETS[target][0].split("-")[0] if TARGETS[target] else "")
     if TARGETS[target] is not None:
         jit.compile_for(*TARGETS[target])
     features = jit.host_cpu()[1].split(",")

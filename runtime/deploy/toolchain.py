@@ -43,28 +43,46 @@ class Toolchain:
         self.run(self.ar + ["rcs", str(out), *map(str, objects)], f"archiving {out.name}")
 
 
-def find(choice: str = "auto") -> Toolchain:
-    """`choice`: auto (cc when there is one, else zig), cc or zig."""
-    libs = ["-lgomp", "-lm", "-lpthread"]
+def find(choice: str = "auto", arch: str = "") -> Toolchain:
+    """`choice`: auto (cc when there is one, else zig), cc or zig; `arch`: the architecture
+    the library is for ("x86_64", "aarch64"; default this machine's), for which zig cc
+    cross-compiles."""
+    import platform
+    here = platform.machine()
+    arch = arch or here
     cc = os.environ.get("CC") or shutil.which("cc")
-    if choice in ("auto", "cc") and cc:
+    if choice in ("auto", "cc") and cc and arch == here:
         ar = os.environ.get("AR") or shutil.which("ar")
         if ar is None:
             raise DlcError("found cc but no `ar` to write the static library: install binutils")
-        return Toolchain(f"cc ({cc})", shlex.split(cc), [ar], libs)
+        return Toolchain(f"cc ({cc})", shlex.split(cc), [ar], ["-lgomp", "-lm", "-lpthread"])
     if choice == "cc":
-        raise DlcError("no C compiler `cc` on this machine (nor $CC): install one, or use --toolchain zig "
-                       '(pip install "dlc[build]")')
+        raise DlcError(f"no C compiler `cc` on this machine (nor $CC): install one, or use --toolchain zig "
+                       '(pip install "dlc[build]")' if arch == here else
+                       f"cc compiles for this machine ({here}), not {arch}: use --toolchain zig, which "
+                       "cross-compiles")
     if importlib.util.find_spec("ziglang") is None:
-        raise DlcError('no C compiler on this machine: install one (cc), or pip install "dlc[build]" for zig cc')
-    # zig brings clang, lld and a libc, not libgomp: the system's is linked by its path
-    gomp = ctypes.util.find_library("gomp")
-    path = next((p for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu")
-                 if gomp and (p := Path(d) / gomp).exists()), None)
-    if path is None:
-        raise DlcError("zig cc links the OpenMP runtime libgomp.so.1, which this machine does not have: "
-                       "install it (apt install libgomp1)")
+        raise DlcError('no C compiler on this machine: install one (cc), or pip install "dlc[build]" for zig cc'
+                       if arch == here else f'building for {arch} takes zig cc: pip install "dlc[build]"')
     zig = [sys.executable, "-m", "ziglang"]
     from importlib.metadata import version
-    return Toolchain(f"zig cc (ziglang {version('ziglang')})", zig + ["cc", "-target", "x86_64-linux-gnu"],
-                     zig + ["ar"], [str(path), "-lm", "-lpthread"])
+    return Toolchain(f"zig cc (ziglang {version('ziglang')})", zig + ["cc", "-target", f"{arch}-linux-gnu"],
+                     zig + ["ar"], [str(openmp_runtime(arch, arch == here)), "-lm", "-lpthread"])
+
+
+# where GCC's OpenMP run-time libgomp.so.1 of each architecture is: this machine's own, and
+# on Debian the cross packages' (apt install libgomp1-arm64-cross)
+OPENMP_DIRS = {"x86_64": ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/lib/x86_64-linux-gnu"),
+               "aarch64": ("/usr/lib/aarch64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/aarch64-linux-gnu/lib")}
+
+
+def openmp_runtime(arch: str, native: bool) -> Path:
+    """libgomp.so.1 for `arch`, which zig cc links by its path (zig brings clang, lld and a
+    libc, not libgomp); `native`: `arch` is this machine's."""
+    gomp = ctypes.util.find_library("gomp") if native else "libgomp.so.1"
+    dirs = OPENMP_DIRS.get(arch, ()) if native else OPENMP_DIRS.get(arch, ())[-1:]
+    path = next((p for d in dirs if gomp and (p := Path(d) / gomp).exists()), None)
+    if path is None:
+        raise DlcError(f"zig cc links the OpenMP runtime libgomp.so.1 for {arch}, which this machine does not have: "
+                       "install it (apt install " + ("libgomp1)" if native else "libgomp1-arm64-cross)"))
+    return path

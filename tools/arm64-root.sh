@@ -1,0 +1,51 @@
+#!/bin/sh
+# dlc's JIT on 64-bit ARM, tested here: an arm64 Debian root made by debootstrap --foreign and
+# finished under qemu-user-static, a venv in it with dlc's run-time packages (the wheels of
+# the versions this machine's Python has), dlc's tree copied in, and the native tests whose
+# assertions are on what compiled code computes run inside it (docs/native.md, Platforms).
+#
+#     tools/arm64-root.sh ROOT [TEST...]     # as root; default TESTS below
+#
+# Needs root (debootstrap, chroot, binfmt_misc), the Debian packages debootstrap,
+# qemu-user-static and binfmt-support, and the network (Debian's mirror, PyPI). The root is
+# made once (ROOT/.dlc-ready marks it done) and reused; dlc's tree is copied again each run.
+# The kernel runs the root's arm64 programs through qemu-aarch64-static once binfmt_misc
+# knows it (update-binfmts --enable qemu-aarch64: a setting of the whole machine).
+set -eu
+root=${1:?usage: tools/arm64-root.sh ROOT [TEST...]}
+shift
+here=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-python3}
+tests=${*:-"tests/native/test_gemm.py tests/native/test_safety.py tests/native/test_update_rule.py"}
+mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+[ -d /proc/sys/fs/binfmt_misc ] && [ -e /proc/sys/fs/binfmt_misc/register ] \
+    || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ] || update-binfmts --enable qemu-aarch64
+
+# the versions of dlc's run-time packages and of the test runner this machine's Python has
+pins=$("$python" -c 'import importlib.metadata as m
+print(" ".join(f"{p}=={m.version(p)}" for p in ("numpy", "llvmlite", "lark", "networkx", "pytest", "hypothesis")))')
+
+if [ ! -e "$root/.dlc-ready" ]; then
+    start=$(date +%s)
+    debootstrap --foreign --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates,file \
+        bookworm "$root" "$mirror"
+    cp /usr/bin/qemu-aarch64-static "$root/usr/bin/"
+    chroot "$root" /debootstrap/debootstrap --second-stage
+    cp /etc/resolv.conf "$root/etc/resolv.conf"
+    chroot "$root" python3 -m venv /venv
+    chroot "$root" /venv/bin/pip install -q $pins
+    touch "$root/.dlc-ready"
+    echo "== the arm64 root took $(( $(date +%s) - start )) s to make"
+fi
+
+rm -rf "$root/opt/dlc.pkg"
+mkdir -p "$root/opt/dlc.pkg/dlc"
+tar -C "$here" --exclude=.git -cf - . | tar -C "$root/opt/dlc.pkg/dlc" -xf -
+mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
+trap 'umount "$root/proc"' EXIT
+echo "== $(chroot "$root" uname -m): $tests"
+chroot "$root" env -i HOME=/root PATH=/venv/bin:/usr/bin:/bin PYTHONPATH=/opt/dlc.pkg DLC_CACHE_DIR=/tmp/dlc-cache \
+    sh -c "cd /opt/dlc.pkg/dlc && python -c 'import platform, dlc; from dlc.compiler.native.codegen import jit
+print(platform.machine(), jit.host_cpu()[0], jit.LOADER)' && python -m pytest -q -n 0 -p no:cacheprovider $tests"
