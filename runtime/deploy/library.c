@@ -17,10 +17,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
+#if defined(__linux__)
+#include <sys/syscall.h>                 /* arch_prctl: the AMX tile state */
+#endif
 #include <unistd.h>
 #if defined(__x86_64__)
 #include <cpuid.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
 #elif defined(__aarch64__)
 #include <sys/auxv.h>
 #endif
@@ -148,6 +152,27 @@ static int cpu_features(cpu_feature *table) {
         {"avx512vl", (b7 >> 31 & 1) && os_avx512}, {"avx512vnni", (c7 >> 11 & 1) && os_avx512},
         {"avx512bf16", (a71 >> 5 & 1) && os_avx512}, {"amx-bf16", (d7 >> 22 & 1) && os_amx},
         {"amx-tile", (d7 >> 24 & 1) && os_amx}, {"amx-int8", (d7 >> 25 & 1) && os_amx}, {"lzcnt", ce >> 5 & 1},
+    };
+    memcpy(table, all, sizeof all);
+    return (int)(sizeof all / sizeof *all);
+}
+#elif defined(__aarch64__) && defined(__APPLE__)
+typedef struct { const char *name; int has; } cpu_feature;
+
+static int sysctl_flag(const char *name) {
+    int value = 0;
+    size_t size = sizeof value;
+    return !sysctlbyname(name, &value, &size, NULL, 0) && value;
+}
+
+/* the CPU's features by LLVM's names, as macOS reports them (sysctl's hw.optional.*) */
+static int cpu_features(cpu_feature *table) {
+    cpu_feature all[] = {
+        {"fp-armv8", sysctl_flag("hw.optional.floatingpoint")}, {"neon", sysctl_flag("hw.optional.neon")},
+        {"crc", sysctl_flag("hw.optional.armv8_crc32")}, {"lse", sysctl_flag("hw.optional.arm.FEAT_LSE")},
+        {"fullfp16", sysctl_flag("hw.optional.arm.FEAT_FP16")}, {"rdm", sysctl_flag("hw.optional.arm.FEAT_RDM")},
+        {"dotprod", sysctl_flag("hw.optional.arm.FEAT_DotProd")}, {"i8mm", sysctl_flag("hw.optional.arm.FEAT_I8MM")},
+        {"bf16", sysctl_flag("hw.optional.arm.FEAT_BF16")},
     };
     memcpy(table, all, sizeof all);
     return (int)(sizeof all / sizeof *all);

@@ -12,7 +12,11 @@
 #elif defined(__aarch64__)
 #include <arm_acle.h>
 #include <string.h>
+#if defined(__APPLE__)
+#include <sys/sysctl.h>
+#else
 #include <sys/auxv.h>
+#endif
 #endif
 #include <pthread.h>
 #include <stdint.h>
@@ -32,6 +36,10 @@ static void crc_setup(void) {
 #if defined(__x86_64__)
     unsigned int a = 0, b = 0, c = 0, d = 0;
     crc_has_fast = __get_cpuid(1, &a, &b, &c, &d) && (c >> 1 & 1) && (c >> 19 & 1);    /* pclmulqdq, sse4.1 */
+#elif defined(__aarch64__) && defined(__APPLE__)
+    int crc = 0;
+    size_t size = sizeof crc;
+    crc_has_fast = !sysctlbyname("hw.optional.armv8_crc32", &crc, &size, NULL, 0) && crc;
 #elif defined(__aarch64__)
     crc_has_fast = getauxval(AT_HWCAP) >> 7 & 1;                                       /* HWCAP_CRC32 */
 #endif
