@@ -4,7 +4,7 @@
 # the versions this machine's Python has), dlc's tree copied in, and the native tests whose
 # assertions are on what compiled code computes run inside it (docs/native.md, Platforms).
 #
-#     tools/arm64-root.sh ROOT [TEST...]     # as root; default TESTS below
+#     tools/arm64-root.sh ROOT [PYTEST ARGUMENT...]     # as root; the default tests below
 #
 # Needs root (debootstrap, chroot, binfmt_misc), the Debian packages debootstrap,
 # qemu-user-static and binfmt-support, and the network (Debian's mirror, PyPI). The root is
@@ -12,11 +12,14 @@
 # The kernel runs the root's arm64 programs through qemu-aarch64-static once binfmt_misc
 # knows it (update-binfmts --enable qemu-aarch64: a setting of the whole machine).
 set -eu
-root=${1:?usage: tools/arm64-root.sh ROOT [TEST...]}
+root=${1:?usage: tools/arm64-root.sh ROOT [PYTEST ARGUMENT...]}
 shift
+# by default: the GEMM on one thread and two, the NEON blocking against numpy, and subnormals
+# flushed on every thread of a team (FPCR) with IEEE's given back to numpy
+[ $# -gt 0 ] || set -- tests/native/test_gemm.py tests/native/test_against_reference.py \
+    -k "large_two_threads or neon or flushes_subnormals"
 here=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
-tests=${*:-"tests/native/test_gemm.py tests/native/test_safety.py tests/native/test_update_rule.py"}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
 [ -d /proc/sys/fs/binfmt_misc ] && [ -e /proc/sys/fs/binfmt_misc/register ] \
@@ -45,7 +48,12 @@ mkdir -p "$root/opt/dlc.pkg/dlc"
 tar -C "$here" --exclude=.git -cf - . | tar -C "$root/opt/dlc.pkg/dlc" -xf -
 mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
 trap 'umount "$root/proc"' EXIT
-echo "== $(chroot "$root" uname -m): $tests"
-chroot "$root" env -i HOME=/root PATH=/venv/bin:/usr/bin:/bin PYTHONPATH=/opt/dlc.pkg DLC_CACHE_DIR=/tmp/dlc-cache \
-    sh -c "cd /opt/dlc.pkg/dlc && python -c 'import platform, dlc; from dlc.compiler.native.codegen import jit
-print(platform.machine(), jit.host_cpu()[0], jit.LOADER)' && python -m pytest -q -n 0 -p no:cacheprovider $tests"
+inside() {
+    chroot "$root" /usr/bin/env -i -C /opt/dlc.pkg/dlc HOME=/root PATH=/venv/bin:/usr/bin:/bin \
+        PYTHONPATH=/opt/dlc.pkg DLC_CACHE_DIR=/tmp/dlc-cache "$@"
+}
+inside python -c 'import platform; from dlc.compiler.native.codegen import jit
+print(platform.machine(), jit.host_cpu()[0], jit.LOADER)'
+start=$(date +%s)
+inside python -m pytest -q -n 0 -p no:cacheprovider "$@"
+echo "== the tests took $(( $(date +%s) - start )) s"
