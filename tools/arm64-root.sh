@@ -1,8 +1,9 @@
 #!/bin/sh
 # dlc's JIT on 64-bit ARM, tested here: an arm64 Debian root made by debootstrap --foreign and
-# finished under qemu-user-static, a venv in it with dlc's run-time packages (the wheels of
-# the versions this machine's Python has), dlc's tree copied in, and the native tests whose
-# assertions are on what compiled code computes run inside it (docs/native.md, Platforms).
+# finished under qemu-user-static (with libgomp1, until dlc has a thread pool of its own), a
+# venv in it with dlc's run-time packages (the wheels of the versions this machine's Python
+# has), dlc's tree copied in, and native tests whose assertions are on what compiled code
+# computes run inside it (docs/native.md, Platforms).
 #
 #     tools/arm64-root.sh ROOT [PYTEST ARGUMENT...]     # as root; the default tests below
 #
@@ -30,15 +31,18 @@ mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 pins=$("$python" -c 'import importlib.metadata as m
 print(" ".join(f"{p}=={m.version(p)}" for p in ("numpy", "llvmlite", "lark", "networkx", "pytest", "hypothesis")))')
 
-if [ ! -e "$root/.dlc-ready" ]; then
+if [ ! -e "$root/.dlc-ready" ]; then      # each step once, also when a run before stopped midway
     start=$(date +%s)
-    debootstrap --foreign --arch=arm64 --variant=minbase --include=python3,python3-venv,ca-certificates,file \
-        bookworm "$root" "$mirror"
+    [ -e "$root/etc/os-release" ] || debootstrap --foreign --arch=arm64 --variant=minbase \
+        --include=python3,python3-venv,ca-certificates,libgomp1 bookworm "$root" "$mirror"
     cp /usr/bin/qemu-aarch64-static "$root/usr/bin/"
-    chroot "$root" /debootstrap/debootstrap --second-stage
+    [ ! -d "$root/debootstrap" ] || chroot "$root" /debootstrap/debootstrap --second-stage
+    # this machine's name servers and the certificates it trusts (a proxy's own, where PyPI is reached through one)
     cp /etc/resolv.conf "$root/etc/resolv.conf"
-    chroot "$root" python3 -m venv /venv
-    chroot "$root" /venv/bin/pip install -q $pins
+    cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/ca-certificates.crt"
+    [ -x "$root/venv/bin/python" ] || chroot "$root" python3 -m venv /venv
+    chroot "$root" /usr/bin/env -i PATH=/usr/bin:/bin /venv/bin/pip install -q \
+        --cert /etc/ssl/certs/ca-certificates.crt $pins
     touch "$root/.dlc-ready"
     echo "== the arm64 root took $(( $(date +%s) - start )) s to make"
 fi
@@ -55,5 +59,5 @@ inside() {
 inside python -c 'import platform; from dlc.compiler.native.codegen import jit
 print(platform.machine(), jit.host_cpu()[0], jit.LOADER)'
 start=$(date +%s)
-inside python -m pytest -q -n 0 -p no:cacheprovider "$@"
+inside python -m pytest -q -p no:cacheprovider "$@"
 echo "== the tests took $(( $(date +%s) - start )) s"
