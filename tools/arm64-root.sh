@@ -7,7 +7,8 @@
 #
 #     tools/arm64-root.sh ROOT [PYTEST ARGUMENT...]     # as root; the default tests below
 #
-# Needs root (debootstrap, chroot, binfmt_misc), the Debian packages debootstrap,
+# PYTHON: the Python whose package versions the root's venv takes (default python3). Needs
+# root (debootstrap, chroot, binfmt_misc), the Debian packages debootstrap,
 # qemu-user-static and binfmt-support, and the network (Debian's mirror, PyPI). The root is
 # made once (ROOT/.dlc-ready marks it done) and reused; dlc's tree is copied again each run.
 # The kernel runs the root's arm64 programs through qemu-aarch64-static once binfmt_misc

@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ pytestmark = [pytest.mark.slow,
 
 def test_the_native_tests_pass_in_an_arm64_root():
     root = Path(os.environ.get("DLC_ARM64_ROOT") or cache_dir() / "arm64-root")
-    r = subprocess.run(["sh", str(ROOT / "tools" / "arm64-root.sh"), str(root)],
-                       capture_output=True, text=True, timeout=4 * 3600)
+    r = subprocess.run(["sh", str(ROOT / "tools" / "arm64-root.sh"), str(root)], capture_output=True, text=True,
+                       env=dict(os.environ, PYTHON=sys.executable), timeout=4 * 3600)    # its packages' versions
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert re.search(r"^aarch64 \S+ orc$", r.stdout, re.M), r.stdout[-2000:]
     summary = re.search(r"^(\d+) passed.* in [\d.]+s", r.stdout, re.M)      # pytest -q's last line
