@@ -72,7 +72,7 @@ def run(args):
 
     variants = [(False, False, False), (True, False, False), (False, True, False)]
     bf16 = args.precision == "bf16"
-    configs = {"avx2": gemm.AVX2}
+    configs = {"neon": gemm.NEON} if jit.target_arch() == "aarch64" else {"avx2": gemm.AVX2}
     if jit.host_has("avx512f"):
         configs["avx512"] = gemm.AVX512
     if bf16:

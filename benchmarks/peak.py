@@ -2,8 +2,8 @@
 
     python benchmarks/peak.py            # measure, print, and update the cached result
 
-A loop of independent vector FMAs (`llvm.fma` on 16-float vectors where the host has
-AVX-512, else 8-float), JIT-compiled with dlc's own llvmlite layer, keeps ACCUMULATORS
+A loop of independent vector FMAs (`llvm.fma` on the GEMM's vectors: 16 floats where the
+host has AVX-512, 8 with AVX2, 4 on AArch64's NEON), JIT-compiled with dlc's own llvmlite layer, keeps ACCUMULATORS
 chains in flight so that FMA latency is hidden and the FMA ports are the bound. One FMA
 is 2 FLOPs per lane. Two threads are two Python threads calling the same native function
 (ctypes releases the GIL). Each thread count is timed in rounds of REPEATS calls and a
@@ -40,10 +40,10 @@ ROUND_S = 0.2            # the shortest round: /proc/stat counts the machine's b
 def _compile_fma_loop():
     """(native fn(i64 iterations) -> float, FLOPs per iteration)."""
     from llvmlite import ir
-    from dlc.compiler.native.codegen import jit
+    from dlc.compiler.native.codegen import gemm, jit
     from dlc.compiler.native.codegen.intrinsics import declare, splat
 
-    lanes = 16 if jit.host_has("avx512f") else 8
+    lanes = gemm.default_config().vw       # 16 with AVX-512, 8 with AVX2, 4 with NEON
     f32, i64 = ir.FloatType(), ir.IntType(64)
     vty = ir.VectorType(f32, lanes)
     module = ir.Module("peak")

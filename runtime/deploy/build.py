@@ -4,7 +4,7 @@ The library is the native engine's own step module for the prediction graph (the
 `dlc predict --backend native` runs), with the GEMM routines, written out as objects
 (jit.object_code) and linked with the C source runtime/deploy/library.py writes around
 them: the same IR compiled by the same LLVM for the same CPU, so the same bits. DIR gets
-libNAME.so, libNAME.a, NAME.h, NAME.pc and a README with the compile line. With --train a
+libNAME.so (libNAME.dylib for macOS), libNAME.a, NAME.h, NAME.pc and a README with the compile line. With --train a
 second unit holds the train block's step (`_trainer`, runtime/deploy/training.py), and the
 library trains too.
 """
@@ -28,14 +28,19 @@ from dlc.runtime.deploy.toolchain import find
 
 _V3 = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave"
 _V4 = _V3 + ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl"
-# --target: the CPU and features the code is compiled for (None: this machine's)
-TARGETS = {"host": None, "avx2": ("x86-64-v3", _V3), "avx512": ("x86-64-v4", _V4),
-           "avx512bf16": ("x86-64-v4", _V4 + ",+avx512bf16"),
-           "amx": ("x86-64-v4", _V4 + ",+avx512bf16,+amx-tile,+amx-bf16,+amx-int8")}
-# the features a library checks at create (library.c cpu_features), those of its target among them
+_X86, _ARM = "x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"
+# --target: the triple, CPU and features the code is compiled for (None: this machine's)
+TARGETS = {"host": None, "avx2": (_X86, "x86-64-v3", _V3), "avx512": (_X86, "x86-64-v4", _V4),
+           "avx512bf16": (_X86, "x86-64-v4", _V4 + ",+avx512bf16"),
+           "amx": (_X86, "x86-64-v4", _V4 + ",+avx512bf16,+amx-tile,+amx-bf16,+amx-int8"),
+           "aarch64": (_ARM, *jit.AARCH64_BASELINE),
+           "macos-arm64": ("arm64-apple-macosx11.0.0", "apple-m1", jit.AARCH64_BASELINE[1])}
+# the features a library checks at create (library.c cpu_features: cpuid on x86-64, the
+# kernel's HWCAP on AArch64), those of its target among them
 CHECKED = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cx16", "avx", "avx2", "bmi", "bmi2", "f16c", "fma",
            "lzcnt", "movbe", "xsave", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512vnni",
-           "avx512bf16", "amx-tile", "amx-bf16", "amx-int8")
+           "avx512bf16", "amx-tile", "amx-bf16", "amx-int8",
+           "fp-armv8", "neon", "crc", "lse", "rdm", "fullfp16", "dotprod", "i8mm", "bf16")
 
 
 @dataclass
@@ -64,7 +69,8 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
         raise DlcError(f"--target must be one of {', '.join(TARGETS)}, not '{target}'")
     if embed and not weights:
         raise DlcError("--embed-weights needs the weights: give --weights CKPT")
-    tools = find(toolchain)             # before the compile: a missing toolchain is said at once
+    # before the compile: a missing toolchain is said at once
+    tools = find(toolchain, TARGETS[target][0] if TARGETS[target] else "")
     if TARGETS[target] is not None:
         jit.compile_for(*TARGETS[target])
     features = jit.host_cpu()[1].split(",")
@@ -117,11 +123,11 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
             source.write_text(c_source(unit))
             objects.insert(0, Path(tmp) / f"{unit.name}.o")
             tools.compile(source, objects[0], out)
-        tools.shared(objects, out / f"lib{name}.so")
+        tools.shared(objects, out / f"lib{name}{tools.suffix}")
         tools.archive(objects, out / f"lib{name}.a")
     (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
     (out / "README.md").write_text(_readme(lib, tools, out))
-    files = [out / f for f in (f"lib{name}.so", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
+    files = [out / f for f in (f"lib{name}{tools.suffix}", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
     return Built(name, files, tools.name, target, embed, train, transform)
 
 

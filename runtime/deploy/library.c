@@ -17,9 +17,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
+#if defined(__linux__)
+#include <sys/syscall.h>                 /* arch_prctl: the AMX tile state */
+#endif
 #include <unistd.h>
+#if defined(__x86_64__)
 #include <cpuid.h>
+#elif defined(__aarch64__) && defined(__APPLE__)
+#include <sys/sysctl.h>
+#elif defined(__aarch64__)
+#include <sys/auxv.h>
+#endif
 
 #define ALIGN 64
 #define MOST_BYTES ((int64_t)1 << 46)        /* more memory than that is refused, not attempted */
@@ -112,6 +120,7 @@ static int shape_is(const dlc_param *p, const int64_t *shape, int rank, char got
 }
 
 /* ---- the CPU: what the code was compiled for must be there (never SIGILL) --------------- */
+#if defined(__x86_64__)
 static unsigned long long xcr0(void) {
     unsigned int lo, hi;
     __asm__ volatile(".byte 0x0f, 0x01, 0xd0" : "=a"(lo), "=d"(hi) : "c"(0));   /* xgetbv */
@@ -147,6 +156,50 @@ static int cpu_features(cpu_feature *table) {
     memcpy(table, all, sizeof all);
     return (int)(sizeof all / sizeof *all);
 }
+#elif defined(__aarch64__) && defined(__APPLE__)
+typedef struct { const char *name; int has; } cpu_feature;
+
+static int sysctl_flag(const char *name) {
+    int value = 0;
+    size_t size = sizeof value;
+    return !sysctlbyname(name, &value, &size, NULL, 0) && value;
+}
+
+/* the CPU's features by LLVM's names, as macOS reports them (sysctl's hw.optional.*) */
+static int cpu_features(cpu_feature *table) {
+    cpu_feature all[] = {
+        {"fp-armv8", sysctl_flag("hw.optional.floatingpoint")}, {"neon", sysctl_flag("hw.optional.neon")},
+        {"crc", sysctl_flag("hw.optional.armv8_crc32")}, {"lse", sysctl_flag("hw.optional.arm.FEAT_LSE")},
+        {"fullfp16", sysctl_flag("hw.optional.arm.FEAT_FP16")}, {"rdm", sysctl_flag("hw.optional.arm.FEAT_RDM")},
+        {"dotprod", sysctl_flag("hw.optional.arm.FEAT_DotProd")}, {"i8mm", sysctl_flag("hw.optional.arm.FEAT_I8MM")},
+        {"bf16", sysctl_flag("hw.optional.arm.FEAT_BF16")},
+    };
+    memcpy(table, all, sizeof all);
+    return (int)(sizeof all / sizeof *all);
+}
+#elif defined(__aarch64__)
+typedef struct { const char *name; int has; } cpu_feature;
+
+/* the CPU's features by LLVM's names, as Linux reports them (getauxval's HWCAP words: the
+ * kernel's Documentation/arch/arm64/elf_hwcaps.rst); AArch64 user code cannot read the ID
+ * registers without the kernel trapping them */
+static int cpu_features(cpu_feature *table) {
+    unsigned long h = getauxval(AT_HWCAP), h2 = getauxval(AT_HWCAP2);
+    cpu_feature all[] = {
+        {"fp-armv8", h & 1}, {"neon", h >> 1 & 1}, {"crc", h >> 7 & 1}, {"lse", h >> 8 & 1},
+        {"fullfp16", (h >> 9 & 1) && (h >> 10 & 1)}, {"rdm", h >> 12 & 1}, {"dotprod", h >> 20 & 1},
+        {"i8mm", h2 >> 13 & 1}, {"bf16", h2 >> 14 & 1},
+    };
+    memcpy(table, all, sizeof all);
+    return (int)(sizeof all / sizeof *all);
+}
+#endif
+
+#if defined(__aarch64__)
+#define BASELINE "aarch64"
+#else
+#define BASELINE "avx2"
+#endif
 
 static int check_cpu(struct DLC_INSTANCE *m) {
     cpu_feature table[32];
@@ -158,7 +211,7 @@ static int check_cpu(struct DLC_INSTANCE *m) {
             return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
                         "lacks %s: build it %s", DLC_TARGET, DLC_TARGET, CPU_FEATURES[i],
                         strcmp(DLC_TARGET, "host") ? "for this machine (--target host)"
-                        : "on this machine, or for a target this CPU has (--target avx2)");
+                        : "on this machine, or for a target this CPU has (--target " BASELINE ")");
     }
 #if DLC_USES_AMX
     /* Linux grants the AMX tile state on request; without it the first tile instruction is SIGILL */

@@ -1,4 +1,4 @@
-"""Compiled objects cached on disk, keyed by a hash of the LLVM IR, the host CPU and the
+"""Compiled objects cached on disk, keyed by a hash of the LLVM IR, the target (triple, CPU) and the
 dlc and llvmlite versions: the second compile of the same model loads machine code
 instead of running LLVM.
 
@@ -55,7 +55,7 @@ _HEADER = struct.Struct("<8sI32s32s")      # magic, format, key (hex), SHA-256 o
 def _key(text: str) -> str:
     cpu, features = jit.host_cpu()
     h = hashlib.sha256()
-    for part in (text, cpu, features, dlc.__version__, jit.LLVMLITE_VERSION):
+    for part in (text, jit.target_triple(), cpu, features, dlc.__version__, jit.LLVMLITE_VERSION):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]

@@ -233,3 +233,48 @@ def test_a_program_built_again_in_one_process_is_not_built_again(tmp_path, monke
     native.Executable(model())
     monkeypatch.setattr(native, "build_module", lambda *a, **k: pytest.fail("the module was built again"))
     assert native.Executable(model()).compiled.cached
+
+
+def test_entries_are_keyed_by_the_architecture():
+    """The same IR compiled for another architecture (`dlc build --target aarch64`) is another
+    entry: an object is keyed by the triple, the CPU and its features."""
+    from dlc.compiler.native.codegen import jit
+    text = str(constant_function("dlc_test_k", 1))
+    here = cache._key(text)
+    jit.compile_for("aarch64-unknown-linux-gnu", *jit.AARCH64_BASELINE)
+    try:
+        arm = cache._key(text)
+    finally:
+        jit._other_machine = None
+        jit.host_cpu.cache_clear()
+        jit._shared_tm.cache_clear()
+    assert cache._key(text) == here != arm
+
+
+ORC_PREDICTION = """
+import sys
+import numpy as np
+from dlc.compiler.native.codegen import jit
+jit.LOADER = "orc"
+from dlc.runtime.api import DlcModel
+model = DlcModel(sys.argv[1], backend="native").load_weights(sys.argv[2])
+x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+sys.stdout.write(model.predict({"x": x})["probs"].tobytes().hex())
+"""
+
+
+def test_orcs_lljit_runs_what_mcjit_runs(tmp_path):
+    """ORC's LLJIT, the loader on AArch64 (where MCJIT's relocations break, numba#8567), loads
+    the compile cache's objects (the GEMM routines, a model's step) as MCJIT does: a prediction
+    through it is MCJIT's, bit for bit."""
+    from dlc.runtime.api import DlcModel
+    from dlc.runtime.interop import checkpoint
+    from dlc.runtime.training.trainer import initial_parameters
+    dl = EXAMPLES / "digits_cnn.dl"
+    checkpoint.save(tmp_path / "w.npz", initial_parameters(load(str(dl)).build(None, training=False), 3), {}, {})
+    r = subprocess.run([sys.executable, "-c", ORC_PREDICTION, str(dl), str(tmp_path / "w.npz")], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    want = DlcModel(str(dl), backend="native").load_weights(tmp_path / "w.npz").predict({"x": x})["probs"]
+    assert bytes.fromhex(r.stdout) == want.tobytes()

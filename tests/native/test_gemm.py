@@ -271,4 +271,27 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
     assert "ymm" in asm.stdout and "zmm" not in asm.stdout
     bad = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
                          env=dict(env, DLC_TARGET="avx9"), capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 1 and "DLC_TARGET must be one of host, avx2, avx512, avx512bf16, not 'avx9'" in bad.stderr
+    assert bad.returncode == 1 and "DLC_TARGET must be one of host, avx2, avx512, avx512bf16, aarch64, not 'avx9'" \
+        in bad.stderr
+    arm = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
+                         env=dict(env, DLC_TARGET="aarch64"), capture_output=True, text=True, cwd=ROOT)
+    assert arm.returncode == 1 and arm.stderr.strip() == ("error: DLC_TARGET=aarch64 is a target of aarch64 machines, "
+                                                          "and this one is x86_64: `dlc build --target aarch64` builds "
+                                                          "a library for one")
+
+
+def test_the_neon_blocking_gives_the_x86_blockings_bits():
+    """AArch64's blocking (12x8 on 4-float vectors, run here on SSE registers) sums every output
+    over K in the order the x86 ones do, in K slices of 256: the same bits, transposed or not,
+    packed or not, one row or many, on one thread or two (docs/native.md, Platforms)."""
+    rng = np.random.default_rng(5)
+    neon, here = (GemmLibrary(ALL, config=c, packed=True) for c in (gemm.NEON, gemm.default_config()))
+    for M, N, K in [(1, 784, 512), (2, 37, 200), (13, 129, 7), (150, 40, 300), (37, 1030, 600), (128, 512, 784)]:
+        for ta, tb, acc in ALL:
+            a, b = _operands(rng, M, N, K, ta, tb)
+            c = rng.standard_normal((M, N), dtype=np.float32)
+            for packed, nthreads in ((False, 1), (True, 2)):
+                args = dict(trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads, packed=packed)
+                got = neon(a, b, c.copy(), **args)
+                assert got.tobytes() == here(a, b, c.copy(), **args).tobytes(), (M, N, K, ta, tb, acc, packed)
+            _check(got - (c if acc else 0), _reference(a, b, ta, tb), a, b, ta, tb)

@@ -28,8 +28,10 @@ out), op(B) is packed into NR-wide panels (k-major, zero-padded), then for each 
 row block op(A) is packed into MR-tall panels (panels along K are transposed 8×8 in
 registers), and a micro-kernel keeps an MR×NR tile of C in MR·NR/VW vector accumulators
 over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost. Edge tiles
-use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators) and
-`AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it).
+use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators),
+`AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it) and
+`NEON` (12×8 on <4 x float>, 24 accumulators; AArch64's). The blocking decides which
+thread computes an output, never the order of its sum: K slices are 256 deep in each.
 
 The bf16 routines (`gemm_name(..., bf16=True)`: `dlc_bgemm_*`) take the same float32
 arrays and multiply them rounded to bfloat16, summing in float32 (a config's `operands`,
@@ -156,13 +158,21 @@ FEW_VECTORS = 8
 
 AVX2 = GemmConfig()
 AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
+# AArch64's 32 128-bit registers: 24 accumulators (12 rows of two vectors), the two B
+# vectors and three of A, whose lanes each FMA takes (fmla by element)
+NEON = GemmConfig(mr=12, nr=8, vw=4, kc=256, mc=144, nc=1024)
 # 32 x 32 of C in four tiles; a K slice of A's panel and of B's is 32 KB each (bfloat16)
 AMX = GemmConfig(mr=32, nr=32, vw=16, kc=512, mc=256, nc=1024, operands="bf16-amx")
 
 
 def default_config(vector_width: int | None = None) -> GemmConfig:
-    """`AVX2` (vector_width 8) or `AVX512` (16). When None: AVX512 where the host has
-    AVX-512F, unless the environment variable DLC_GEMM_VW=8 asks for AVX2."""
+    """`NEON` on AArch64 (vector_width 4); on x86-64 `AVX2` (8) or `AVX512` (16). When
+    None: the target's, AVX512 where the host has AVX-512F, unless the environment variable
+    DLC_GEMM_VW=8 asks for AVX2."""
+    if jit.target_arch() == "aarch64":
+        if vector_width not in (None, 4):
+            raise ValueError(f"no GEMM blocking for vector width {vector_width} on AArch64")
+        return NEON
     if vector_width is None:
         env = os.environ.get("DLC_GEMM_VW", "")
         vector_width = 8 if env == "8" or not jit.host_has("avx512f") else 16

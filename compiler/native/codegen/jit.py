@@ -1,4 +1,5 @@
-"""A small JIT layer over llvmlite: host target, O3 with the new pass manager, MCJIT.
+"""A small JIT layer over llvmlite: host target, O3 with the new pass manager, MCJIT (ORC's
+LLJIT on AArch64).
 
     from llvmlite import ir
     from dlc.compiler.native.codegen import jit
@@ -18,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import platform
 import threading
 import time
 
@@ -34,35 +36,57 @@ _lock = threading.RLock()
 
 @functools.cache
 def _init() -> None:
-    # LLVM core initialises itself in llvmlite >= 0.45; only the host backend is needed.
+    # LLVM core initialises itself in llvmlite >= 0.45; the host backend, and the others
+    # for a library built for another architecture (compile_for)
     llvm.initialize_native_target()
     llvm.initialize_native_asmprinter()
     llvm.initialize_native_asmparser()
+    llvm.initialize_all_targets()
+    llvm.initialize_all_asmprinters()
 
 
 # DLC_TARGET=avx2 compiles for a generic AVX2 machine (x86-64-v3) even on an AVX-512
 # host, to test the AVX2 kernels, or to compare them on a host with double-pumped AVX-512;
 # DLC_TARGET=avx512 for the host without its bfloat16 units (AVX512_BF16, AMX), to test
 # the bf16 GEMM's conversion path with the AVX-512 blocking; DLC_TARGET=avx512bf16 for the
-# host without AMX, to test the bf16 GEMM's vdpbf16ps path on an AMX host.
-TARGETS = ("host", "avx2", "avx512", "avx512bf16")
+# host without AMX, to test the bf16 GEMM's vdpbf16ps path on an AMX host. On a 64-bit ARM
+# host, DLC_TARGET=aarch64 compiles for the ARMv8.2-A baseline (NEON) without the host's
+# later features. Each target is of one architecture (ARCH).
+TARGETS = ("host", "avx2", "avx512", "avx512bf16", "aarch64")
+ARCH = {"avx2": "x86_64", "avx512": "x86_64", "avx512bf16": "x86_64", "aarch64": "aarch64"}
 # the features each target takes away from the host's (LLVM's spelling, by prefix)
 REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10"),
            "avx512": ("+avx512bf16", "+amx", "+avx10"), "avx512bf16": ("+amx",)}
+# (cpu, features) of the ARMv8.2-A baseline: NEON, with v8.1's CRC32, atomics (LSE) and
+# rounding doubling multiplies (RDM); what DLC_TARGET=aarch64 and `dlc build --target
+# aarch64` compile for
+AARCH64_BASELINE = ("generic", "+v8.2a,+neon,+fp-armv8,+crc,+lse,+rdm")
 
 
-# (cpu name, feature string) that replaces the host's: a library built for another machine
-# (`dlc build --target`, runtime/deploy/build.py), set by `compile_for`
+# (triple, cpu name, feature string) that replaces the host's: a library built for another
+# machine (`dlc build --target`, runtime/deploy/build.py), set by `compile_for`
 _other_machine: tuple | None = None
 
 
-def compile_for(cpu: str, features: str):
-    """Compile everything from now on in this process for `cpu` with `features` (LLVM's
-    spelling, "+avx2,+fma,...") instead of the host: code that may not run here."""
+def compile_for(triple: str, cpu: str, features: str):
+    """Compile everything from now on in this process for `triple` (LLVM's:
+    "x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu") and `cpu` with `features`
+    (LLVM's spelling, "+avx2,+fma,...") instead of the host: code that may not run here."""
     global _other_machine
-    _other_machine = (cpu, features)
+    _other_machine = (triple, cpu, features)
     host_cpu.cache_clear()
     _shared_tm.cache_clear()
+
+
+def target_triple() -> str:
+    """The LLVM triple the code is compiled for: this process's, or the one `compile_for` names."""
+    return _other_machine[0] if _other_machine else llvm.get_process_triple()
+
+
+def target_arch() -> str:
+    """The architecture the code is compiled for: "x86_64" or "aarch64"."""
+    arch = target_triple().split("-")[0]
+    return "aarch64" if arch in ("aarch64", "arm64") else arch
 
 
 @functools.cache
@@ -74,10 +98,18 @@ def host_cpu() -> tuple[str, str]:
     if target not in TARGETS:
         from dlc.compiler.errors import DlcError
         raise DlcError(f"DLC_TARGET must be one of {', '.join(TARGETS)}, not '{target}'")
-    cpu, features = _other_machine or (llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
-    if target == "avx2":
+    arch, ours = target_arch(), ARCH.get(target, target_arch()) == target_arch()
+    if not (ours or _other_machine):
+        from dlc.compiler.errors import DlcError
+        raise DlcError(f"DLC_TARGET={target} is a target of {ARCH[target]} machines, and this one is "
+                       f"{arch}: `dlc build --target {target}` builds a library for one")
+    cpu, features = _other_machine[1:] if _other_machine else \
+        (llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+    if target == "avx2" and ours:
         cpu = "x86-64-v3"
-    removed = REMOVED[target]
+    elif target == "aarch64" and not _other_machine:
+        cpu, features = AARCH64_BASELINE
+    removed = REMOVED.get(target, ()) if ours else ()
     if removed:
         features = ",".join("-" + f[1:] if f.startswith(removed) else f for f in features.split(","))
     if "+avx512f" in features.split(","):
@@ -95,10 +127,10 @@ def host_has(feature: str) -> bool:
 
 
 def target_machine(opt: int = OPT_LEVEL, jit: bool = True, reloc: str = "default") -> llvm.TargetMachine:
-    """A fresh TargetMachine for the host CPU with all its features."""
+    """A fresh TargetMachine for the target CPU (host_cpu) with all its features."""
     _init()
     cpu, features = host_cpu()
-    target = llvm.Target.from_default_triple()
+    target = llvm.Target.from_triple(target_triple())
     return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc=reloc,
                                         codemodel="jitdefault" if jit else "default", jit=jit)
 
@@ -179,21 +211,32 @@ class CompiledModule:
         return fn
 
 
+# How machine code is loaded: MCJIT, or ORC's LLJIT where MCJIT's relocations break
+# (AArch64: numba#8567, jumps and GOT entries out of range once code and data are far apart)
+LOADER = "orc" if platform.machine() in ("aarch64", "arm64") else "mcjit"
+
+
 def compile_module(module, level: int = OPT_LEVEL) -> CompiledModule:
-    """Optimize `module` at O`level` and compile it for the host with MCJIT."""
+    """Optimize `module` at O`level` and compile it for the host with MCJIT (ORC's LLJIT where
+    LOADER says)."""
     t0 = time.perf_counter()
     ref = optimize(parse(module), level)
     with _lock:
-        engine = llvm.create_mcjit_compiler(ref, target_machine(level))
-        engine.finalize_object()
-        engine.run_static_constructors()
+        if LOADER == "orc":
+            engine = OrcEngine([target_machine(level, jit=False, reloc="pic").emit_object(ref)])
+        else:
+            engine = llvm.create_mcjit_compiler(ref, target_machine(level))
+            engine.finalize_object()
+            engine.run_static_constructors()
     return CompiledModule(ref, engine, time.perf_counter() - t0)
 
 
-def load_objects(objects: list) -> llvm.ExecutionEngine:
-    """An MCJIT engine holding machine code compiled before (object files, in order);
-    the caller keeps it alive while its functions are used."""
+def load_objects(objects: list):
+    """An engine holding machine code compiled before (object files, in order), MCJIT's or
+    ORC's (LOADER); the caller keeps it alive while its functions are used."""
     _init()
+    if LOADER == "orc":
+        return OrcEngine(objects)
     engine = llvm.create_mcjit_compiler(llvm.parse_assembly(""), target_machine())
     for obj in objects:
         engine.add_object_file(llvm.ObjectFileRef.from_data(obj))
@@ -201,12 +244,45 @@ def load_objects(objects: list) -> llvm.ExecutionEngine:
     return engine
 
 
+class OrcEngine:
+    """Objects linked by ORC's LLJIT into one library of their own, which sees this process's
+    symbols (libc, libm, pthreads) and those add_symbol named; its functions' addresses as MCJIT's
+    engine gives them (get_function_address: 0 when there is none). Code stays loaded while
+    this object lives."""
+
+    _count = 0
+
+    def __init__(self, objects: list):
+        OrcEngine._count += 1
+        self.name = f"dlc{OrcEngine._count}"
+        self.lljit = llvm.create_lljit_compiler(target_machine(jit=False, reloc="pic"), use_jit_link=True)
+        builder = llvm.JITLibraryBuilder().add_current_process()
+        for obj in objects:
+            builder.add_object_img(obj)
+        for name, address in _symbols.items():
+            builder.import_symbol(name, address)
+        self.trackers = [builder.link(self.lljit, self.name)]
+
+    def get_function_address(self, name: str) -> int:
+        try:
+            tracker = self.lljit.lookup(self.name, name)
+        except RuntimeError:
+            return 0
+        self.trackers.append(tracker)
+        return tracker[name]
+
+
 def exported_functions(module: ir.Module) -> list:
     """The functions a module defines for the outside: its compiled object must have them all."""
     return [f.name for f in module.functions if not f.is_declaration and f.linkage in ("", "external")]
+
+
+# the symbols add_symbol named (ORC's libraries import them one by one)
+_symbols: dict = {}
 
 
 def add_symbol(name: str, address: int):
     """Tell LLVM where `name` is, for the modules compiled after (the GEMM routines the
     kernels only declare)."""
     llvm.add_symbol(name, address)
+    _symbols[name] = address

@@ -17,9 +17,11 @@ def arguments(p):
                    "create)")
     p.add_argument("--embed-weights", dest="embed_weights", action="store_true",
                    help="put the weights inside the library (default: NAME_create reads a checkpoint)")
-    p.add_argument("--target", choices=["host", "avx2", "avx512", "avx512bf16", "amx"], default="host",
-                   help="the x86 CPU to compile for (default: this machine's); the library refuses to run "
-                        "on a CPU without those features")
+    p.add_argument("--target", choices=["host", "avx2", "avx512", "avx512bf16", "amx", "aarch64", "macos-arm64"],
+                   default="host",
+                   help="the CPU to compile for (default: this machine's): an x86-64 level, aarch64 (Linux, ARMv8.2-A, "
+                        "NEON) or macos-arm64 (a .dylib, never run); the other machines' linked by zig cc; the library "
+                        "refuses to run on a CPU without those features")
     p.add_argument("--train", action="store_true",
                    help="the library trains too: train_step (the train block's optimizer and schedule), "
                         "get/set parameters, save a checkpoint")

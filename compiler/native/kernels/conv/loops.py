@@ -16,13 +16,13 @@ class _ConvRows:
     """What the direct convolution kernels (ConvKernel) share: a row chunk of `nv`
     vectors of outputs starts at column wo0; x's row h shifted by tap column j is loaded
     masked — lanes outside the row, and every lane of a row outside x, read nothing and
-    are 0; sums are kept in `registers` vector registers (of 32 with AVX-512, 16 with AVX2,
-    a few left for the operands)."""
+    are 0; sums are kept in `registers` vector registers (of 32 with AVX-512 and NEON, 16
+    with AVX2, a few left for the operands)."""
 
     def __init__(self, kb: KernelBuilder, k, whole_lanes: bool = False):
         self.kb, self.k = kb, k
         self.vw = default_config().vw
-        self.registers = 28 if self.vw == 16 else 13
+        self.registers = 13 if self.vw == 8 else 28
         self.vty = ir.VectorType(f32, self.vw)
         self.ity = ir.VectorType(i64, self.vw)
         self.mload, self.mstore = masked(kb.m, self.vty)
@@ -31,7 +31,7 @@ class _ConvRows:
         self.lanes = ir.Constant(self.ity, list(range(self.vw)))
         Wo = k.out_hw[1]
         vectors = -(-Wo // self.vw) if isinstance(Wo, int) else 2
-        self.nv = max(1, min(vectors, 4 if self.vw == 16 else 2))
+        self.nv = max(1, min(vectors, 2 if self.vw == 8 else 4))     # a row chunk of 16 or 64 columns
         if whole_lanes:         # a chunk covers whole sets of SUM_LANES columns (conv_weight_grad)
             self.nv = -(-self.nv * self.vw // SUM_LANES) * SUM_LANES // self.vw
         self.chunk = self.nv * self.vw

@@ -1,0 +1,208 @@
+"""`dlc build --target aarch64` (docs/deploy.md, Platforms): the libraries of the digits CNN, the
+char LSTM and the transformer classifier cross-built with zig cc and run under qemu-aarch64
+(Debian's qemu-user, with the AArch64 C library of libc6-arm64-cross): their predictions are the x86-64 JIT's bit for bit at batch 1 and 64;
+a script of hostile calls and checkpoints gets the same answers, word for word, from the
+x86-64 library and the AArch64 one; a CPU without the ARMv8.2-A baseline is refused at create;
+the CRC-32 of the CRC32 instructions is zlib's; `--target macos-arm64` gives a Mach-O dylib (never run)."""
+import shutil
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlc.compiler.frontend.loader import load
+from dlc.runtime.api import DlcModel
+from dlc.runtime.interop import checkpoint
+from dlc.runtime.training.trainer import initial_parameters
+from helpers.c_api import MODELS, inputs
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = ROOT / "tests" / "deploy"
+QEMU = shutil.which("qemu-aarch64")
+SYSROOT = Path("/usr/aarch64-linux-gnu")        # the AArch64 glibc of Debian's cross package
+pytestmark = [pytest.mark.skipif(QEMU is None, reason="needs qemu-aarch64 (apt install qemu-user)"),
+              pytest.mark.skipif(not (SYSROOT / "lib" / "libc.so.6").exists(),
+                                 reason="needs apt install libc6-arm64-cross"),
+              pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)"),
+              pytest.mark.xdist_group("test_aarch64")]
+pytest.importorskip("ziglang", reason="needs the ziglang package: pip install 'dlc[build]'")
+
+
+def dlc(*args):
+    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return r
+
+
+def run(program: Path, script: str, cpu: str | None = None) -> list:
+    """The answers of a calls_main program to `script`: an AArch64 one under qemu (`cpu`: the
+    CPU it emulates, default all of qemu's features), an x86-64 one here."""
+    arm = "aarch64" in subprocess.run(["file", "-L", str(program)], capture_output=True, text=True).stdout
+    command = [QEMU, "-L", str(SYSROOT), *(["-cpu", cpu] if cpu else []), str(program)] if arm else [str(program)]
+    r = subprocess.run(command, input=script, capture_output=True, text=True, env={})
+    assert r.returncode == 0, r.stderr
+    return r.stdout.splitlines()
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """(model, arch) -> (the calls_main program linked against the model's library for arch, a
+    checkpoint); one build of each, shared by the module's tests."""
+    cache, checkpoints = {}, {}
+
+    def get(model: str, arch: str = "aarch64"):
+        if model not in checkpoints:
+            path = tmp_path_factory.mktemp(f"{model}-weights") / "weights.npz"
+            checkpoint.save(path, initial_parameters(load(ROOT / "examples" / f"{model}.dl").build(None, training=False),
+                                                     7), {}, {})
+            checkpoints[model] = path
+        if (model, arch) not in cache:
+            lib = tmp_path_factory.mktemp(f"{model}-{arch}")
+            dlc("build", ROOT / "examples" / f"{model}.dl", "-o", lib, "--target", "aarch64" if arch == "aarch64" else "host")
+            cc = [sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu"] if arch == "aarch64" else ["cc"]
+            subprocess.run([*cc, "-O2", f"-I{lib}", "-include", f"{model}.h", f"-DMODEL={model}", str(HERE / "calls_main.c"),
+                            f"-L{lib}", f"-l{model}", f"-Wl,-rpath,{lib}", "-o", str(lib / "calls")], check=True)
+            cache[model, arch] = lib / "calls"
+        return cache[model, arch], checkpoints[model]
+    return get
+
+
+def predict_line(x: np.ndarray, tmp: Path, name: str, capacity: int, nulls: str = "-", shape=None) -> str:
+    x.tofile(tmp / f"{name}.in")
+    shape = x.shape if shape is None else shape
+    return f"predict {tmp / name}.in {tmp / name}.out {capacity} {nulls} {len(shape)} {' '.join(map(str, shape))}"
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_predictions_under_qemu_are_the_x86_jit_bit_for_bit(built, model, tmp_path):
+    program, ckpt = built(model)
+    engine = DlcModel(str(ROOT / "examples" / f"{model}.dl"), backend="native").load_weights(ckpt)
+    name = engine.eval_model.inputs[0].name
+    wants, lines = {}, [f"create {ckpt}", "threads 2"]
+    for batch in (1, 64):
+        x = inputs(model, batch, seed=batch)
+        wants[batch] = np.ascontiguousarray(next(iter(engine.predict({name: x}, batch).values())), np.float32)
+        lines.append(predict_line(x, tmp_path, f"b{batch}", wants[batch].size))
+    answers = run(program, "\n".join(lines + ["destroy"]) + "\n")
+    assert answers[:2] == ["0 ", "0 "], answers
+    for batch, answer in zip(wants, answers[2:]):
+        assert answer.startswith("0  ["), answer
+        got = np.fromfile(tmp_path / f"b{batch}.out", np.float32)
+        assert got.tobytes() == wants[batch].tobytes(), (model, batch, np.abs(got - wants[batch].ravel()).max())
+
+
+def hostile_digits_script(ckpt: Path, tmp: Path) -> str:
+    """test_build.py's bad calls and hostile checkpoints of the digits CNN as one script: missing,
+    another model's, float64, a wrong shape, cut (in memory and as files), a flipped bit, a folder,
+    safetensors cut and in torch's names; then wrong shapes, null pointers, thread counts, NaN."""
+    params, _, _ = checkpoint.load(ckpt)
+    other = initial_parameters(load(ROOT / "examples" / "digits_mlp.dl").build(None, training=False), 1)
+    checkpoint.save(tmp / "other.npz", other, {}, {})
+    checkpoint.save(tmp / "f64.npz", {k: v.astype(np.float64) for k, v in params.items()}, {}, {})
+    checkpoint.save(tmp / "shape.npz", dict(params, **{"c1.W": np.zeros((16, 1, 3, 2), np.float32)}), {}, {})
+    good = ckpt.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 1
+    (tmp / "damaged.npz").write_bytes(damaged)
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp / "w.safetensors")
+    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "--format", "torch", "-o", tmp / "t.safetensors")
+    tensors = (tmp / "w.safetensors").read_bytes()
+    lines = [f"create {tmp / f}" for f in ("missing.npz", "other.npz", "f64.npz", "shape.npz", "damaged.npz",
+                                           "t.safetensors", "")]
+    lines += [f"memory {ckpt} {cut}" for cut in range(0, len(good), max(1, len(good) // 40))]
+    lines += [f"memory {tmp / 'w.safetensors'} {cut}" for cut in range(0, len(tensors), max(1, len(tensors) // 40))]
+    lines += ["memory - 10"]
+    for cut in range(0, len(good), max(1, len(good) // 10)):
+        (tmp / f"cut{cut}.npz").write_bytes(good[:cut])
+        lines.append(f"create {tmp / f'cut{cut}.npz'}")
+    lines += [f"create {ckpt}", "threads 0", "threads 1025", "threads 1024", "threads 2"]
+    x = np.zeros((2, 1, 8, 9), np.float32)
+    lines += [predict_line(x, tmp, "wide", 100),
+              predict_line(x, tmp, "zero", 100, shape=(0, 1, 8, 8)),
+              predict_line(x, tmp, "negative", 100, shape=(-3, 1, 8, 8)),
+              predict_line(x, tmp, "huge", 100, shape=(1 << 61, 1, 8, 8)),
+              predict_line(np.zeros((2, 1, 8, 8), np.float32), tmp, "small", 19)]
+    lines += [predict_line(np.zeros((1, 1, 8, 8), np.float32), tmp, f"null{n}", 10, nulls=n) for n in "xsyi"]
+    nan = np.full((3, 1, 8, 8), np.nan, np.float32)
+    nan[1, 0, 2] = np.inf
+    return "\n".join(lines + [predict_line(nan, tmp, "nan", 30), "destroy"]) + "\n"
+
+
+def test_hostile_calls_and_checkpoints_get_the_x86_answers(built, tmp_path):
+    """The same script of bad calls and hostile checkpoints, through the x86-64 library here and
+    the AArch64 one under qemu: every status and message alike, word for word, and what the
+    x86-64 tests say they are (test_build.py); the NaN batch's outputs the same bits."""
+    script = hostile_digits_script(built("digits_cnn")[1], tmp_path)
+    arm = run(built("digits_cnn")[0], script)
+    (tmp_path / "nan.x86").write_bytes((tmp_path / "nan.out").read_bytes())
+    x86 = run(built("digits_cnn", "x86_64")[0], script)
+    assert arm == x86
+    assert (tmp_path / "nan.out").read_bytes() == (tmp_path / "nan.x86").read_bytes()
+    statuses = [int(a.split()[0]) for a in arm]
+    assert statuses[:7] == [3] * 7 and "cannot open the checkpoint" in arm[0] and "no parameter" in arm[1]
+    assert "is <f8, the model's is <f4" in arm[2]
+    assert arm[3] == "3 checkpoint: parameter c1.W has shape [16, 1, 3, 2], the model's is [16, 1, 3, 3]"
+    assert arm[5] == "3 checkpoint: no parameter c1.W" and "cannot read the checkpoint" in arm[6]
+    create = arm.index("0 ")
+    assert sorted(set(statuses[7:create])) == [1, 3] and statuses[7:create].count(1) == 1   # cuts refused; a null
+    assert "1 create_from_memory: the checkpoint is a null pointer" in arm[7:create]
+    assert statuses[create + 1:create + 5] == [1, 1, 0, 0]
+    assert arm[create + 1] == "1 set_threads: 0 threads; give 1 to 1024"
+    assert arm[create + 5].startswith("2 input 'x' expects f32[B, 1, 8, 8], got shape [2, 1, 8, 9]")
+    assert statuses[create + 5:create + 10] == [2] * 5 and statuses[create + 10:create + 14] == [1] * 4
+    assert arm[create + 14] == "0  [3 10 0]"
+
+
+def test_an_index_out_of_range_is_refused_as_on_x86(built, tmp_path):
+    tokens = np.full((2, 10), 5000, np.int32)
+    script = "\n".join([f"create {built('transformer_classifier')[1]}", predict_line(tokens, tmp_path, "ids", 20),
+                        predict_line(np.zeros((1, 100), np.int32), tmp_path, "long", 10), "destroy"]) + "\n"
+    answers = run(built("transformer_classifier")[0], script)
+    assert answers[1] == "6 input 'tokens' holds 5000 (element 0), but the model takes 0 to 999 there [0 0 0]"
+    assert answers[2].startswith("2 ") and "it needs T <= 64" in answers[2]
+
+
+def test_a_cpu_without_the_baseline_is_refused_at_create(built):
+    """A Cortex-A53 (ARMv8.0-A: no LSE atomics) meets a library built for ARMv8.2-A: create
+    says which feature it lacks, and every call after returns that status; never SIGILL."""
+    program, ckpt = built("digits_cnn")
+    answers = run(program, f"create {ckpt}\nthreads 2\n", cpu="cortex-a53")
+    assert answers[0].startswith("4 this library was built for aarch64 (dlc build --target aarch64), and this "
+                                 "CPU lacks lse"), answers
+    assert answers[1] == answers[0]
+
+
+def test_the_crc32_instructions_give_zlibs_crc(tmp_path):
+    """A checkpoint's members are checked by the CRC32 instructions on AArch64 (HWCAP_CRC32):
+    zlib's value at every start and many lengths, as the tables'."""
+    data = np.random.default_rng(3).integers(0, 256, 3000, dtype=np.uint8).tobytes()
+    (tmp_path / "data").write_bytes(data)
+    exe = tmp_path / "crc32_main"
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu", "-O2",
+                    f"-I{ROOT / 'runtime' / 'deploy'}", str(HERE / "crc32_main.c"), "-o", str(exe)], check=True)
+    r = subprocess.run([QEMU, "-L", str(SYSROOT), str(exe), str(tmp_path / "data")], capture_output=True, text=True,
+                       check=True)
+    rows = [line.split() for line in r.stdout.splitlines()]
+    fast = 0
+    for start, length, tables, folded, split in rows:
+        want = f"{zlib.crc32(data[int(start):int(start) + int(length)]):08x}"
+        assert tables == want and split == want and folded in (want, "-"), (start, length)
+        fast += folded == want
+    assert fast == sum(int(length) >= 64 for _, length, *_ in rows) > 1000
+
+
+def test_a_macos_dylib_is_cross_built(tmp_path):
+    """`--target macos-arm64`: a Mach-O dylib for arm64 (LLVM's Mach-O objects, zig cc's macOS
+    target), exporting the C API. Nothing here runs it: docs/native.md says what stands between
+    it and a Mac."""
+    lib = tmp_path / "lib"
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "-o", lib, "--target", "macos-arm64")
+    assert "target macos-arm64" in r.stdout and "zig cc" in r.stdout
+    head = (lib / "libdigits_cnn.dylib").read_bytes()[:16]
+    magic, cpu, _, filetype = (int.from_bytes(head[i:i + 4], "little") for i in range(0, 16, 4))
+    assert (magic, cpu, filetype) == (0xFEEDFACF, 0x0100000C, 6)       # Mach-O 64-bit, arm64, MH_DYLIB
+    for function in ("create", "predict_arrays", "destroy", "error"):
+        assert f"_digits_cnn_{function}\0".encode() in (lib / "libdigits_cnn.dylib").read_bytes()
