@@ -32,6 +32,7 @@ from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.int8 import Int8Engine, calibrate_arrays
+from dlc.runtime.engines.native_int8 import NativeInt8Engine
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.interop import checkpoint, quantized
@@ -209,9 +210,6 @@ class DlcModel:
         if not int8:
             return self.engine
         if self._int8_engine is None:
-            if self.backend == "native":
-                raise DlcError("int8 runs on the reference engine: the native engine has no integer kernels yet "
-                               "(--backend auto or reference)")
             if self.quantization is None:
                 if self._weights_path is None or "quantization" not in self.meta:
                     raise DlcError(f"model {self.name} has no int8 quantization: quantize it (`dlc quantize`, "
@@ -219,8 +217,10 @@ class DlcModel:
                 self.quantization, self.quantized = quantized.load(self._weights_path, self.eval_model,
                                                                    Path(self.path).read_text())
             if self.backend == "auto":
-                to_stderr("note: int8 runs on the reference engine (the native engine has no integer kernels yet)")
-            self._int8_engine = Int8Engine(self.train_model, self.eval_model, self.quantization)
+                to_stderr("note: int8 runs its integer products in native code, the rest of the graph on the "
+                          "reference engine")
+            engine = Int8Engine if self.backend == "reference" else NativeInt8Engine
+            self._int8_engine = engine(self.train_model, self.eval_model, self.quantization)
         return self._int8_engine
 
     # -- use --

@@ -80,11 +80,30 @@ def test_summary_int8_lists_the_integer_products(capsys):
     assert "4 of 4 products in int8" in out and "logits.W" in out
 
 
-def test_int8_needs_a_quantization_and_the_reference_engine(trained, capsys):
+def test_int8_needs_a_quantization(trained, capsys):
     assert "has no int8 quantization" in failure(["eval", DIGITS, "--weights", str(trained / "best.npz"), "--int8"],
                                                  capsys)
-    assert "no integer kernels" in failure(["eval", DIGITS, "--weights", str(trained / "q.npz"), "--int8",
-                                            "--backend", "native"], capsys)
+
+
+def test_native_int8_equals_the_reference_on_any_thread_count_and_target(trained, tmp_path, capsys, monkeypatch):
+    """`--backend native` (its products in the native kernel) against `--backend reference`,
+    bit for bit: the digits CNN's probabilities over the whole set, and `dlc eval`'s line."""
+    def predict(name, backend):
+        path = tmp_path / f"{name}.npz"
+        assert main(["predict", DIGITS, "--weights", str(trained / "q.npz"), "--data", "digits()", "--int8",
+                     "--backend", backend, "--output", str(path)]) == 0
+        return np.load(path)["probs"]
+
+    want = predict("reference", "reference")
+    for threads, target in (("1", "host"), ("2", "host"), ("3", "host"), ("2", "avx2")):
+        monkeypatch.setenv("DLC_NUM_THREADS", threads)
+        monkeypatch.setenv("DLC_TARGET", target)
+        got = predict(f"native{threads}{target}", "native")
+        assert np.array_equal(got.view(np.int32), want.view(np.int32)), (threads, target)
+    capsys.readouterr()
+    evals = [main(["eval", DIGITS, "--weights", str(trained / "q.npz"), "--int8", "--backend", b]) == 0
+             and capsys.readouterr().out.splitlines()[-1] for b in ("reference", "native")]
+    assert evals[0] == evals[1] and "accuracy" in evals[0]
 
 
 def _hostile(trained, tmp_path, key, value):
