@@ -40,10 +40,12 @@ def pytest_configure(config):
     if "DLC_CACHE_DIR" not in os.environ:
         os.environ["DLC_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlc-test-cache-")
         config.add_cleanup(lambda: shutil.rmtree(os.environ["DLC_CACHE_DIR"], ignore_errors=True))
-    # the locks by which a test marked `alone` waits for the other workers' tests (below)
-    if "DLC_TEST_LOCKS" not in os.environ:
-        locks = os.environ["DLC_TEST_LOCKS"] = tempfile.mkdtemp(prefix="dlc-test-locks-")
-        config.add_cleanup(lambda: shutil.rmtree(locks, ignore_errors=True))
+    # the locks by which a test marked `alone` waits for the other workers' tests (below), and
+    # the results that the session makes once for all workers (tests/helpers/session_once.py)
+    for variable, prefix in (("DLC_TEST_LOCKS", "dlc-test-locks-"), ("DLC_TEST_SHARED", "dlc-test-shared-")):
+        if variable not in os.environ:
+            folder = os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
+            config.add_cleanup(lambda folder=folder: shutil.rmtree(folder, ignore_errors=True))
     # the torchvision that CI installs may be a CUDA build that does not load: the tests (and
     # transformers, which imports it) take its model definitions without its compiled ops
     without_torchvision_ops()

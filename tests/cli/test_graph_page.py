@@ -17,6 +17,7 @@ from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.cli import main
 from dlc.tools.graph_page_shot import open_page
 from helpers.browser import browser
+from helpers.session_once import session_folder
 
 LENET = str(Path(__file__).parents[2] / "examples" / "lenet5.dl")
 RESNET = str(Path(__file__).parents[2] / "examples" / "resnet.dl")
@@ -175,11 +176,14 @@ def test_the_page_in_a_browser(lenet_page):
         assert page.errors == []
 
 
-@pytest.fixture(scope="module")
-def resnet_page(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("page") / "resnet.html"
-    assert main(["graph", RESNET, "--format", "html", "-o", str(path)]) == 0
-    return path
+def make_resnet_page(folder: Path):
+    assert main(["graph", RESNET, "--format", "html", "-o", str(folder / "resnet.html")]) == 0
+
+
+@pytest.fixture(scope="session")
+def resnet_page() -> Path:
+    """The ResNet's page (half a minute of native compile), made once for the test session."""
+    return session_folder("graph-page-resnet", make_resnet_page) / "resnet.html"
 
 
 def inside(page, outer: str) -> list:
@@ -401,12 +405,15 @@ def hidden_edges(page) -> list:
 
 
 @pytest.mark.parametrize("example", ["mnist_mlp", "resnet"])
-def test_no_edge_is_hidden_behind_a_box_it_passes(tmp_path, example):
+def test_no_edge_is_hidden_behind_a_box_it_passes(tmp_path, example, request):
     """mnist_mlp's and the ResNet's parameter edges into the l2(params) chip pass the `input y` box
     (and the ResNet's the stages between), as every edge into the gradients' box passes the boxes
     above it: each is drawn over what it passes, in both views, closed and all open."""
-    path = tmp_path / f"{example}.html"
-    assert main(["graph", str(Path(LENET).parent / f"{example}.dl"), "--format", "html", "-o", str(path)]) == 0
+    if example == "resnet":
+        path = request.getfixturevalue("resnet_page")
+    else:
+        path = tmp_path / f"{example}.html"
+        assert main(["graph", str(Path(LENET).parent / f"{example}.dl"), "--format", "html", "-o", str(path)]) == 0
     with browser() as page:
         open_page(page, path)
         passing = page.evaluate("""() => [...document.querySelectorAll("#scene path.edge.params")].map((p) =>

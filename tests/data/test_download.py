@@ -435,8 +435,10 @@ def test_the_progress_line_fits(width):
 
 
 # ---- the examples train on what was fetched ------------------------------------------------------
-@pytest.mark.parametrize("example, name", [("mnist_mlp", "mnist"), ("lenet5", "mnist"), ("vgg_cnn", "cifar10"),
-                                           ("resnet", "cifar10")])
+@pytest.mark.parametrize("example, name", [
+    ("mnist_mlp", "mnist"), ("vgg_cnn", "cifar10"),
+    # the same fetched files read by deeper models, each a native compile of half a minute
+    pytest.param("lenet5", "mnist", marks=pytest.mark.slow), pytest.param("resnet", "cifar10", marks=pytest.mark.slow)])
 def test_examples_train_as_written_after_a_fetch(example, name, cache, server, monkeypatch, capsys, tmp_path):
     files, _ = fake_mnist(train=40, test=10) if name == "mnist" else fake_cifar(name, per_batch=8)
     publish(monkeypatch, name, files)

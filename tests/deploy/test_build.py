@@ -20,12 +20,11 @@ from dlc.runtime.api import DlcModel
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.trainer import initial_parameters
 from helpers.c_api import MODELS, STATUS, Api, inputs, train_steps, trainer_batches
+from helpers.session_once import session_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 MAIN = ROOT / "tests" / "deploy" / "predict_main.c"
-# one pytest-xdist worker runs the file: the libraries `built` makes once serve all its tests
-pytestmark = [pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)"),
-              pytest.mark.xdist_group("test_build")]
+pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
 
 
 def dlc(*args, check=True):
@@ -34,19 +33,20 @@ def dlc(*args, check=True):
     return r
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """model -> (library folder, checkpoint), built once for the module."""
-    cache = {}
+def build_example(model: str, folder: Path):
+    """A library of the example and a checkpoint of its initial parameters (seed 7) in `folder`."""
+    params = initial_parameters(load(ROOT / "examples" / f"{model}.dl").build(None, training=False), 7)
+    checkpoint.save(folder / "weights.npz", params, {}, {})
+    dlc("build", ROOT / "examples" / f"{model}.dl", "-o", folder / "lib")
 
+
+@pytest.fixture(scope="session")
+def built():
+    """model -> (library folder, checkpoint), built once for the test session, whichever
+    pytest-xdist worker asks first; the tests only read them."""
     def get(model: str):
-        if model not in cache:
-            tmp = tmp_path_factory.mktemp(model)
-            params = initial_parameters(load(ROOT / "examples" / f"{model}.dl").build(None, training=False), 7)
-            checkpoint.save(tmp / "weights.npz", params, {}, {})
-            dlc("build", ROOT / "examples" / f"{model}.dl", "-o", tmp / "lib")
-            cache[model] = (tmp / "lib", tmp / "weights.npz")
-        return cache[model]
+        folder = session_folder(f"build-{model}", lambda folder: build_example(model, folder))
+        return folder / "lib", folder / "weights.npz"
     return get
 
 
@@ -359,10 +359,10 @@ def test_null_pointers_are_errors(digits):
 
 
 @pytest.fixture(scope="module")
-def digits_train(built, tmp_path_factory):
-    """(the Api of a --train library of the digits CNN, a checkpoint), built once for the module."""
-    lib = tmp_path_factory.mktemp("digits_train")
-    dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
+def digits_train(built):
+    """(the Api of a --train library of the digits CNN, a checkpoint), built once for the session."""
+    lib = session_folder("build-digits_cnn-train",
+                         lambda folder: dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", folder))
     return Api(lib, "digits_cnn"), built("digits_cnn")[1]
 
 
