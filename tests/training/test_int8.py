@@ -11,7 +11,7 @@ from dlc.runtime.cli import main
 from dlc.runtime.interop import checkpoint
 from tests.helpers.cli import failure
 
-EXAMPLES = Path(dlc.__file__).parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DIGITS = str(EXAMPLES / "digits_cnn.dl")
 
 
