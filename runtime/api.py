@@ -142,11 +142,12 @@ class DlcModel:
         checkpoint.save(path, self.params, {}, meta, more)
         return path
 
-    def export(self, path: str | Path, layout: str = "dlc") -> Path:
+    def export(self, path: str | Path, layout: str = "dlc", int8: bool = False) -> Path:
         """Write the model for another tool, as `dlc export` does, by the suffix: .onnx (the
         evaluation graph with its weights, for onnxruntime; needs the onnx package) or
         .safetensors (the weights, in dlc's names and layouts, or with layout="torch" in
-        torch.nn's). Returns the path."""
+        torch.nn's). `int8`: the integer products of the quantization (as `predict`'s) in
+        ONNX's QDQ form, .onnx only (docs/quantization.md, "Export"). Returns the path."""
         self._require_weights()
         path = Path(path)
         fmt = EXPORT_FORMATS.get(path.suffix)
@@ -154,9 +155,11 @@ class DlcModel:
             raise DlcError(f"cannot tell the format of '{path.name}': name it .onnx or .safetensors")
         if layout not in ("dlc", "torch"):
             raise DlcError(f"layout is 'dlc' or 'torch', not '{layout}'")
+        if int8 and fmt != "onnx":
+            raise DlcError(f"int8=True exports a quantized model as .onnx, not as {fmt}")
         if fmt == "onnx":
             from dlc.compiler.onnx.export import save_onnx
-            save_onnx(self.eval_model, self.params, path)
+            save_onnx(self.eval_model, self.params, path, quantization=self._read_quantization() if int8 else None)
         else:
             weights.save(path, self.params, self.eval_model, checkpoint.source_hash(Path(self.path).read_text()),
                          layout)
@@ -210,18 +213,23 @@ class DlcModel:
         if not int8:
             return self.engine
         if self._int8_engine is None:
-            if self.quantization is None:
-                if self._weights_path is None or "quantization" not in self.meta:
-                    raise DlcError(f"model {self.name} has no int8 quantization: quantize it (`dlc quantize`, "
-                                   "model.quantize()) or load a quantized checkpoint")
-                self.quantization, self.quantized = quantized.load(self._weights_path, self.eval_model,
-                                                                   Path(self.path).read_text())
+            self._read_quantization()
             if self.backend == "auto":
                 to_stderr("note: int8 runs its integer products in native code, the rest of the graph on the "
                           "reference engine")
             engine = Int8Engine if self.backend == "reference" else NativeInt8Engine
             self._int8_engine = engine(self.train_model, self.eval_model, self.quantization)
         return self._int8_engine
+
+    def _read_quantization(self) -> dict:
+        """The quantization: `quantize`'s, else the one of the quantized checkpoint the weights came from."""
+        if self.quantization is None:
+            if self._weights_path is None or "quantization" not in self.meta:
+                raise DlcError(f"model {self.name} has no int8 quantization: quantize it (`dlc quantize`, "
+                               "model.quantize()) or load a quantized checkpoint")
+            self.quantization, self.quantized = quantized.load(self._weights_path, self.eval_model,
+                                                               Path(self.path).read_text())
+        return self.quantization
 
     # -- use --
     def evaluate(self, data: Any = None, batch: int = 256, log: Callable[[str], None] | None = None,

@@ -28,13 +28,14 @@ from typing import Callable
 import numpy as np
 
 import dlc
-from dlc.compiler.passes.autodiff import reachable
 from dlc.compiler.ir.dims import Dim
 from dlc.compiler.errors import DlcError, Span, optional_package
 from dlc.compiler.ir.evaluate import Eval
 from dlc.compiler.ir.graph import DTYPES, FLOAT_DTYPES, ONNX_ELEM_TYPES, Graph, Pattern, TensorType
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir.primitives import MASKED, PRIMITIVES
+from dlc.compiler.onnx import qdq
+from dlc.compiler.passes.int8 import integer_products
 
 OPSET = 18
 INT64_MAX = np.iinfo(np.int64).max
@@ -65,17 +66,19 @@ def export_rule(*names: str):
     return register
 
 
-def to_onnx(model: Model, params: dict, source_name: str | None = None):
+def to_onnx(model: Model, params: dict, source_name: str | None = None, quantization: dict | None = None):
     """The ONNX model of `model`'s outputs (an evaluation-mode Model) with the parameter and
     state arrays `params` (by dlc name, as a checkpoint holds them) as initializers.
-    `source_name` (default: the model's file) goes into the model's doc_string."""
+    `source_name` (default: the model's file) goes into the model's doc_string. With a
+    `quantization` (QuantizedProduct by product name, compiler/ir/int8.py), its integer
+    products are exported in QDQ form (compiler/onnx/qdq.py)."""
     onnx = optional_package("onnx", "onnx", "ONNX export")
     if model.training:
         raise DlcError(f"export the evaluation-mode model: build {model.name} with training=False", model.span)
     outputs = {k[len("output:"):]: t for k, t in model.graph.outputs.items() if k.startswith("output:")}
     if not outputs:
         raise DlcError(f"model {model.name} declares no outputs to export; add `output name = ...`", model.span)
-    export = _Export(onnx, model, params)
+    export = _Export(onnx, model, params, quantization or {})
     main = export.main
     for name, t in outputs.items():
         if name in export.taken_names:
@@ -96,9 +99,9 @@ def to_onnx(model: Model, params: dict, source_name: str | None = None):
     return proto
 
 
-def save_onnx(model: Model, params: dict, path, source_name: str | None = None):
-    """Write `to_onnx(model, params)` to `path`."""
-    proto = to_onnx(model, params, source_name)
+def save_onnx(model: Model, params: dict, path, source_name: str | None = None, quantization: dict | None = None):
+    """Write `to_onnx(model, params, source_name, quantization)` to `path`."""
+    proto = to_onnx(model, params, source_name, quantization)
     try:
         with open(path, "wb") as f:
             f.write(proto.SerializeToString())
@@ -118,8 +121,11 @@ class _Export:
     dims and the shape vectors made from them (all in the main graph, which every scan
     body can read), and constants."""
 
-    def __init__(self, onnx, model: Model, params: dict):
+    def __init__(self, onnx, model: Model, params: dict, quantization: dict):
         self.onnx, self.model, self.params = onnx, model, params
+        # the integer products of the quantization, by node of the model's graph (never in a scan's body)
+        self.integer = {p.node: (p, quantization[p.weight]) for p in integer_products(model.graph).values()
+                        if p.weight in quantization}
         self.initializers: dict = {}
         self.cache: dict = {}               # key -> value name in the main graph
         self.graph_inputs = []
@@ -149,6 +155,11 @@ class _Export:
             if value.shape != tuple(typ.shape) or value.dtype.kind not in "biuf":
                 raise DlcError(f"parameter {name} is {typ}, the value given is {value.dtype}{list(value.shape)}", span)
             self.initializers[name] = self.onnx.numpy_helper.from_array(value.astype(DTYPES[typ.dtype]), name)
+        return name
+
+    def constant_initializer(self, name: str, value: np.ndarray) -> str:
+        """An initializer that is not a parameter (an int8 product's weights and scales)."""
+        self.initializers.setdefault(name, self.onnx.numpy_helper.from_array(np.asarray(value), name))
         return name
 
     def cached(self, key, make: Callable) -> str:
@@ -254,14 +265,15 @@ class _Builder:
         return self.export.const(value, dtype)
 
     def run(self, results: list):
-        live = reachable(self.graph, [t.node for t in results], upstream=True)
+        integer = self.export.integer if self.graph is self.export.model.graph else {}
+        live = _live(self.graph, [t.node for t in results], integer)
         elided = _free_broadcasts(self.graph, live)
         for n in self.graph.order():
             if n not in live:
                 continue
             data = self.graph.nx.nodes[n]
             op, self.span, self.node, self.made = data["op"], data["span"], n, 0
-            xs = [self.names[t.key()] for t in self.graph.inputs(n)]
+            xs = [self.names[t.key()] for t in _operands(self.graph, n, integer)]
             if n in elided:
                 self.names[(n, 0)] = xs[0]
                 continue
@@ -270,7 +282,10 @@ class _Builder:
                 reason = NOT_EXPORTABLE.get(op, "it has no export rule")
                 raise DlcError.at_user_line(f"{op} cannot be exported to ONNX: {reason}", self.span)
             first = len(self.nodes)
-            outs = rule(self, n, xs, **data["attrs"])
+            if n in integer:
+                outs = qdq.integer_product(self, *integer[n], xs[0], rule, **data["attrs"])
+            else:
+                outs = rule(self, n, xs, **data["attrs"])
             for j, name in enumerate(outs):
                 want = self.wanted.get((n, j))
                 made_here = any(name in node.output for node in self.nodes[first:])
@@ -294,6 +309,25 @@ class _Builder:
             used.add(name)
             out.append(name)
         return out
+
+
+def _operands(graph: Graph, n: int, integer: dict) -> list:
+    """The operands node `n` reads: an integer product reads its weights from their int8
+    initializer (compiler/onnx/qdq.py), not from the float32 parameter."""
+    operands = graph.inputs(n)
+    return operands[:1] if n in integer else operands
+
+
+def _live(graph: Graph, results: list, integer: dict) -> set:
+    """`results` and the nodes whose values they read: no float32 parameter (nor its reshape)
+    that only integer products read is exported."""
+    seen, todo = set(results), list(results)
+    while todo:
+        for t in _operands(graph, todo.pop(), integer):
+            if t.node not in seen:
+                seen.add(t.node)
+                todo.append(t.node)
+    return seen
 
 
 def _rename(nodes: list, old: str, new: str):

@@ -29,8 +29,8 @@ RTOL = 1e-5
 
 
 # ---- running and comparing ---------------------------------------------------------------------------------
-def exported(model: Model, params: dict) -> onnx.ModelProto:
-    proto = to_onnx(model, params)
+def exported(model: Model, params: dict, quantization: dict | None = None) -> onnx.ModelProto:
+    proto = to_onnx(model, params, quantization=quantization)
     onnx.checker.check_model(proto, full_check=True)
     return proto
 

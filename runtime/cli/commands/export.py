@@ -6,7 +6,7 @@ from pathlib import Path
 
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.interop import weights
-from dlc.runtime.interop import checkpoint
+from dlc.runtime.interop import checkpoint, quantized
 from dlc.runtime.training.config import make_config
 from dlc.runtime.training.trainer import initial_parameters
 from dlc.runtime.cli.arguments import model_arguments
@@ -25,6 +25,9 @@ def arguments(p):
     p.add_argument("--format", choices=["onnx", "safetensors", "torch"],
                    help="default: from OUT's suffix. safetensors: dlc's names and layouts; torch: torch.nn's "
                         "(a .safetensors file)")
+    p.add_argument("--int8", action="store_true",
+                   help="the integer products of a quantized checkpoint (--weights, from dlc quantize) in ONNX's "
+                        "QDQ form (docs/quantization.md)")
 
 
 EXPORT_SUFFIXES = {".onnx": "onnx", ".safetensors": "safetensors"}
@@ -48,6 +51,11 @@ def export_format(args) -> str:
 
 def run(args):
     fmt = export_format(args)
+    if args.int8 and fmt != "onnx":
+        args.command_parser.error(f"--int8 exports a quantized model as .onnx, not as {fmt}: the weights of a "
+                                  "quantized checkpoint are its file itself")
+    if args.int8 and not args.weights:
+        args.command_parser.error("--int8 needs --weights Q.npz, a quantized checkpoint (dlc quantize)")
     program = load(args.file)
     model = program.build(args.model, training=False)
     if args.weights:
@@ -58,7 +66,8 @@ def run(args):
         print(f"note: no --weights: exporting the initial parameters of {model.name} (seed {seed})", file=sys.stderr)
     if fmt == "onnx":
         from dlc.compiler.onnx.export import save_onnx     # onnx is an optional extra
-        save_onnx(model, params, args.output)
+        quantization = quantized.load(args.weights, model, Path(args.file).read_text())[0] if args.int8 else None
+        save_onnx(model, params, args.output, quantization=quantization)
     else:
         layout = "torch" if fmt == "torch" else "dlc"
         kept = weights.save(args.output, params, model, checkpoint.source_hash(Path(args.file).read_text()), layout)
