@@ -1,0 +1,310 @@
+"""int8 prediction: dlc's quantization (docs/quantization.md) against onnxruntime's
+`quantize_static`, both calibrated on the same batches, each against float32.
+
+The models:
+
+    digits_cnn              examples/digits_cnn.dl, trained here (--epochs, default 12) or
+                            --weights digits_cnn=CKPT; its test split
+    transformer_classifier  examples/transformer_classifier.dl, trained here (default 3 epochs)
+                            or --weights; its validation split (it has no test split)
+    mobilenet_v2, resnet18  torchvision's, random weights and batch norms' statistics of a
+                            random batch (dlc.tools.real_models), exported by torch.onnx.export
+                            (TorchScript, opset 17) at 3 x 64 x 64 and imported by `dlc import`;
+                            random images as data; error only, not timed
+
+Each is quantized by dlc (`model.quantize`, min-max) on the first --calibrate batches of its
+training data (the train block's batch; the imported ones: random images, batches of 8), and
+by onnxruntime's `quantize_static` (QDQ, per channel, u8 activations, s8 weights, min-max)
+of dlc's float32 ONNX export on the same batches. Before anything is timed, onnxruntime's
+float32 must agree with dlc's within 1e-4 of the largest output. The column `qdq quanta` is
+the largest difference between onnxruntime running dlc's own QDQ export (`dlc export
+--int8`) and dlc's int8, in quanta of the output (docs/quantization.md, "Export"; a note
+says when it is above one).
+
+The error, of each int8 against dlc's float32, on the model's first output over the
+evaluation data: top-1 agreement (argmax over the last axis), SQNR in dB (10 log10 of
+Σ float32² over Σ (int8 - float32)²), and the accuracy against the labels where the data has
+them.
+
+The time, digits_cnn and transformer_classifier at batch 1 and 256 (--batch), in rounds
+(benchmarks/rounds.py), each after a pause:
+
+    dlc_f32       the native engine (DlcModel.predict)
+    dlc_int8      the native engine with --int8 (DlcModel.predict(int8=True))
+    dlc_int8_lib  the library of `dlc build --int8`, called from C (deploy_timer.c, as
+                  benchmarks/deploy.py): a column only where this dlc's `dlc build` has --int8,
+                  for models of one f32 input
+    ort_f32       onnxruntime on dlc's float32 export
+    ort_int8      onnxruntime on quantize_static's model
+
+onnxruntime runs on THREADS threads, its pool not spinning (benchmarks/imported.py), dlc on
+its default.
+
+    python benchmarks/int8.py
+    python benchmarks/int8.py --only digits_cnn --epochs 2 --batch 1 --rounds 2 --json /tmp/int8.json
+    python benchmarks/int8.py --only digits_cnn --weights digits_cnn=runs/digits/best.npz
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from deploy import c_point, process_slot, timer
+from imported import imported, onnxruntime_session
+from machine import print_results
+from rounds import ROUNDS, interleave, others_cell, ratio_cell, reported, timed
+from train_step import THREADS, json_safe, markdown
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+TRAINED = {"digits_cnn": 12, "transformer_classifier": 3}     # model -> default epochs
+IMPORTED = ("mobilenet_v2", "resnet18")
+MODELS = (*TRAINED, *IMPORTED)
+BATCHES = (1, 256)
+CALIBRATE = 8                   # calibration batches
+IMPORTED_BATCH = 8              # the imported models' calibration batch
+IMPORTED_EXAMPLES = 64          # ... and their evaluation images
+OUTPUT_RTOL = 1e-4
+SECONDS = 1.0                   # a round's seconds of each
+PAUSE_S = 0.05                  # before each slot: the previous one's threads go to sleep
+TIMED = ("dlc_f32", "dlc_int8", "dlc_int8_lib", "ort_f32", "ort_int8")
+PAIRS = (("dlc_int8", "dlc_f32"), ("dlc_int8", "ort_int8"), ("dlc_int8_lib", "ort_int8"), ("ort_int8", "ort_f32"))
+INT8 = ("dlc_int8", "ort_int8")
+
+
+@dataclass
+class Subject:
+    """A model to measure: its DlcModel with float32 weights, the calibration batches (input
+    name -> array, the inputs only), the evaluation inputs and their labels (or None)."""
+    name: str
+    model: object
+    calibration: list
+    inputs: dict
+    labels: np.ndarray | None
+
+
+def trained(name: str, epochs: int, weights: str | None, folder: Path) -> Subject:
+    """An example trained `epochs` epochs (or its --weights), its calibration batches and its
+    evaluation data."""
+    from dlc.runtime.api import DlcModel
+    from dlc.runtime.cli import main
+    from dlc.runtime.training.inputs import evaluation_data
+    path = EXAMPLES / f"{name}.dl"
+    if weights is None:
+        weights = folder / name / "best.npz"
+        print(f"training {name} for {epochs} epochs", flush=True)
+        if main(["train", str(path), "--out", str(weights.parent), "--epochs", str(epochs), "-q"]) != 0:
+            raise SystemExit(f"dlc train {path} failed")
+    model = DlcModel(str(path), backend="native").load_weights(weights)
+    train, batch, _ = model._calibration_data(None)
+    names = [i.name for i in model.eval_model.inputs if not i.is_target]
+    calibration = [{k: train[k][s:s + batch] for k in names} for s in range(0, CALIBRATE * batch, batch)]
+    held_out = evaluation_data(model.program, model.eval_model, None, model.meta.get("data"), lambda _: None)
+    targets = [i.name for i in model.eval_model.inputs if i.is_target]
+    return Subject(name, model, calibration, {k: held_out[k] for k in names},
+                   held_out[targets[0]] if len(targets) == 1 else None)
+
+
+def torchvision(name: str, folder: Path) -> Subject:
+    """torchvision's model with random weights, exported and imported; random images."""
+    from dlc.runtime.api import DlcModel
+    from dlc.tools import real_models
+    onnx_path = folder / f"{name}.onnx"
+    real_models.export(name, onnx_path, "torchscript")
+    program, weights, _ = imported(onnx_path, folder)
+    model = DlcModel(str(program), backend="native").load_weights(weights)
+    calibration = [real_models.example(name, IMPORTED_BATCH, seed=100 + k) for k in range(CALIBRATE)]
+    return Subject(name, model, calibration, real_models.example(name, IMPORTED_EXAMPLES, seed=1), None)
+
+
+def quantized(s: Subject, folder: Path) -> dict:
+    """dlc's quantization and onnxruntime's of the same float32 model on the same batches:
+    the paths of the ONNX files (float32, dlc's QDQ export, quantize_static's) and of dlc's
+    quantized checkpoint."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+    from dlc.compiler.onnx.export import save_onnx
+    model = s.model
+    joined = {k: np.concatenate([b[k] for b in s.calibration]) for k in s.calibration[0]}
+    model.quantize(calibrate=len(s.calibration), data=joined, batch=len(next(iter(s.calibration[0].values()))))
+    paths = {"f32": folder / f"{s.name}.f32.onnx", "qdq": folder / f"{s.name}.qdq.onnx",
+             "ort_int8": folder / f"{s.name}.ort_int8.onnx", "checkpoint": folder / f"{s.name}.int8.npz"}
+    save_onnx(model.eval_model, model.params, paths["f32"])
+    save_onnx(model.eval_model, model.params, paths["qdq"], quantization=model.quantization)
+    model.save(paths["checkpoint"])
+
+    class Batches(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(s.calibration)
+
+        def get_next(self):
+            return next(self.batches, None)
+    quantize_static(str(paths["f32"]), str(paths["ort_int8"]), Batches(), quant_format=QuantFormat.QDQ,
+                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return paths
+
+
+def predict_all(predict, inputs: dict, batch: int = 256) -> np.ndarray:
+    """`predict(feeds)`'s first output over every example, `batch` at a time."""
+    n = len(next(iter(inputs.values())))
+    return np.concatenate([predict({k: v[s:s + batch] for k, v in inputs.items()}) for s in range(0, n, batch)])
+
+
+def sqnr_db(got: np.ndarray, want: np.ndarray) -> float:
+    noise = ((got.astype(np.float64) - want) ** 2).sum()
+    return float("inf") if noise == 0 else float(10 * np.log10((want.astype(np.float64) ** 2).sum() / noise))
+
+
+def errors(s: Subject, predictors: dict, paths: dict) -> dict:
+    """The error row: each int8 against dlc's float32 (agreement, SQNR, accuracy), after the
+    checks that onnxruntime's float32 is dlc's and its run of dlc's QDQ export dlc's int8."""
+    from dlc.compiler.ir.int8 import activation_params
+    out = {k: predict_all(fn, s.inputs) for k, fn in predictors.items()}
+    want = out["dlc_f32"].astype(np.float64)
+    err = np.abs(out["ort_f32"] - want).max() / max(np.abs(want).max(), 1e-30)
+    if out["ort_f32"].shape != want.shape or err > OUTPUT_RTOL:
+        raise SystemExit(f"{s.name}: onnxruntime's float32 differs from dlc's ({err:.2e} of the largest)")
+    quantum = activation_params(out["dlc_int8"].min(), out["dlc_int8"].max())[0]
+    quanta = float(np.abs(out["qdq"] - out["dlc_int8"]).max() / quantum)
+    if quanta > 1:
+        print(f"  note: {s.name}: onnxruntime running dlc's QDQ export differs from dlc's int8 by {quanta:.3g} quanta "
+              "(float32 roundings moved products' inputs across rounding boundaries)", flush=True)
+    row = {"model": s.name, "examples": len(want), "qdq_quanta": quanta, "f32_error": float(err)}
+    top = want.argmax(-1)
+    for k in INT8:
+        row[f"{k}_agreement"] = float((out[k].argmax(-1) == top).mean())
+        row[f"{k}_sqnr_db"] = sqnr_db(out[k], want)
+    if s.labels is not None:
+        for k in ("dlc_f32", *INT8):
+            row[f"{k}_accuracy"] = float((out[k].argmax(-1) == s.labels).mean())
+    return row
+
+
+def library_predictor(s: Subject, paths: dict, seconds: float, folder: Path):
+    """(a function of the feeds giving the C timer's result, or None): `dlc build --int8` of the
+    quantized checkpoint when this dlc has it and the model takes one f32 input."""
+    inputs = [i for i in s.model.eval_model.inputs if not i.is_target]
+    if len(inputs) != 1 or inputs[0].type.dtype != "f32":
+        return None
+    out = folder / f"{s.name}_int8_library"
+    built = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "build", str(s.model.path), "--int8",
+                            "--weights", str(paths["checkpoint"]), "-o", str(out)], capture_output=True, text=True)
+    if built.returncode:
+        raise SystemExit(f"dlc build --int8 of {s.name} failed: {built.stderr}")
+    exe = timer(folder)
+    return lambda feeds: c_point(exe, out, s.model.name, paths["checkpoint"], feeds, seconds, folder)
+
+
+def build_has_int8() -> bool:
+    """Whether this dlc's `dlc build` takes --int8."""
+    from dlc.runtime.cli.commands import build
+    parser = argparse.ArgumentParser()
+    build.arguments(parser)
+    return "--int8" not in parser.parse_known_args(["m.dl", "-o", "out", "--int8"])[1]
+
+
+def measure(s: Subject, batches, rounds: int, seconds: float, folder: Path, library: bool) -> tuple[dict, list]:
+    """(the error row, the time rows at each batch size) of a subject."""
+    paths = quantized(s, folder)
+    model = s.model
+    sessions = {k: onnxruntime_session(paths[k], THREADS) for k in ("f32", "qdq", "ort_int8")}
+    first = sessions["f32"].get_outputs()[0].name       # the model's first output, as predict's first
+
+    def ort(kind):
+        return lambda feeds: sessions[kind].run([first], feeds)[0]
+
+    def dlc(int8: bool):
+        return lambda feeds: next(iter(model.predict(feeds, batch=len(next(iter(feeds.values()))), int8=int8).values()))
+    predictors = {"dlc_f32": dlc(False), "dlc_int8": dlc(True), "ort_f32": ort("f32"), "ort_int8": ort("ort_int8"),
+                  "qdq": ort("qdq")}
+    error_row = errors(s, predictors, paths)
+    print("  {}: agreement dlc {:.4f} ort {:.4f}, SQNR dlc {:.1f} dB ort {:.1f} dB, qdq within {:.2g} quanta".format(
+        s.name, error_row["dlc_int8_agreement"], error_row["ort_int8_agreement"], error_row["dlc_int8_sqnr_db"],
+        error_row["ort_int8_sqnr_db"], error_row["qdq_quanta"]), flush=True)
+    if s.name in IMPORTED:
+        return error_row, []
+    lib = library_predictor(s, paths, seconds, folder) if library else None
+    rows = []
+    for batch in batches:
+        feeds = {k: np.resize(v, (batch,) + v.shape[1:]) for k, v in s.inputs.items()}
+        slots = {k: timed(lambda fn=fn: fn(feeds)) for k, fn in predictors.items() if k in TIMED}
+        if lib is not None:
+            got = lib(feeds)["output"].reshape(-1)
+            want = predictors["dlc_int8"](feeds).reshape(-1)
+            if not np.array_equal(got, want):
+                raise SystemExit(f"{s.name}, batch {batch}: dlc build --int8's outputs are not the JIT's bits")
+            slots["dlc_int8_lib"] = process_slot(lambda: lib(feeds)["c_ms"])
+        measured = interleave(slots, rounds, warmup=1, seconds=seconds, pause_s=PAUSE_S)
+        pairs = [(a, b) for a, b in PAIRS if a in slots and b in slots]
+        row = reported(measured, {"model": s.name, "batch": batch}, f"{s.name} batch {batch}", pairs)
+        rows.append(row)
+        print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.2f} ms" for k in TIMED if k in row)),
+              flush=True)
+    return error_row, rows
+
+
+def time_table(rows: list) -> str:
+    cols = ["model", "batch"] + [f"{k} ms" for k in TIMED] + [f"{a}/{b}" for a, b in PAIRS] + ["others"]
+    body = [[r["model"], str(r["batch"])] + [f"{r[k]:.2f}" if k in r else "-" for k in TIMED]
+            + [ratio_cell(r[f"{a}/{b}"]) if f"{a}/{b}" in r else "-" for a, b in PAIRS] + [others_cell(r["others"])]
+            for r in rows]
+    return markdown(cols, body)
+
+
+def error_table(rows: list) -> str:
+    def cell(r, key, fmt):
+        return format(r[key], fmt) if key in r else "-"
+    cols = ["model", "examples", "agreement dlc / ort", "SQNR dB dlc / ort", "accuracy f32 / dlc / ort",
+            "qdq quanta"]
+    body = [[r["model"], str(r["examples"]),
+             f"{cell(r, 'dlc_int8_agreement', '.4f')} / {cell(r, 'ort_int8_agreement', '.4f')}",
+             f"{cell(r, 'dlc_int8_sqnr_db', '.1f')} / {cell(r, 'ort_int8_sqnr_db', '.1f')}",
+             " / ".join(cell(r, f"{k}_accuracy", ".4f") for k in ("dlc_f32", *INT8)), f"{r['qdq_quanta']:.2g}"]
+            for r in rows]
+    return markdown(cols, body)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--only", choices=MODELS, action="append", help="this model only (repeatable)")
+    ap.add_argument("--batch", type=int, action="append", help=f"timed batch sizes (default {BATCHES})")
+    ap.add_argument("--epochs", type=int, help="training epochs of the examples (default: digits_cnn 12, "
+                                               "transformer_classifier 3)")
+    ap.add_argument("--weights", action="append", default=[], metavar="MODEL=CKPT",
+                    help="trained weights of an example instead of training it (repeatable)")
+    ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the predictors in turn (default {ROUNDS})")
+    ap.add_argument("--seconds", type=float, default=SECONDS, help=f"a round's seconds of each (default {SECONDS})")
+    ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
+    args = ap.parse_args(argv)
+    weights = dict(w.split("=", 1) for w in args.weights)
+    unknown = set(weights) - set(TRAINED)
+    if unknown:
+        ap.error(f"--weights names the examples {', '.join(TRAINED)}, not {', '.join(sorted(unknown))}")
+    import onnxruntime
+    library = build_has_int8()
+    print(f"int8 prediction: dlc against onnxruntime {onnxruntime.__version__} quantize_static ({THREADS} threads); "
+          f"calibration on {CALIBRATE} batches; dlc build --int8: {'timed' if library else 'not in this dlc'}; "
+          f"median ms per call over {args.rounds} rounds of about {args.seconds} s of each, in turn", flush=True)
+    error_rows, time_rows = [], []
+    with tempfile.TemporaryDirectory(prefix="dlc-int8-") as tmp:
+        for name in args.only or MODELS:
+            folder = Path(tmp) / name
+            folder.mkdir()
+            s = (trained(name, args.epochs or TRAINED[name], weights.get(name), folder) if name in TRAINED
+                 else torchvision(name, folder))
+            error_row, rows = measure(s, args.batch or BATCHES, args.rounds, args.seconds, folder, library)
+            error_rows.append(error_row)
+            time_rows += rows
+    text = "\n\n".join(t for t in (error_table(error_rows), time_table(time_rows) if time_rows else "") if t)
+    print_results(text, json_safe({"error": error_rows, "time": time_rows}), args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
