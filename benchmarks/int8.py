@@ -103,7 +103,8 @@ def trained(name: str, epochs: int, weights: str | None, folder: Path) -> Subjec
     model = DlcModel(str(path), backend="native").load_weights(weights)
     train, batch, _ = model._calibration_data(None)
     names = [i.name for i in model.eval_model.inputs if not i.is_target]
-    calibration = [{k: train[k][s:s + batch] for k in names} for s in range(0, CALIBRATE * batch, batch)]
+    taken = min(len(train[names[0]]), CALIBRATE * batch)      # as model.quantize takes them
+    calibration = [{k: train[k][s:s + batch] for k in names} for s in range(0, taken, batch)]
     held_out = evaluation_data(model.program, model.eval_model, None, model.meta.get("data"), lambda _: None)
     targets = [i.name for i in model.eval_model.inputs if i.is_target]
     return Subject(name, model, calibration, {k: held_out[k] for k in names},
@@ -162,8 +163,9 @@ def sqnr_db(got: np.ndarray, want: np.ndarray) -> float:
 
 
 def errors(s: Subject, predictors: dict, paths: dict) -> dict:
-    """The error row: each int8 against dlc's float32 (agreement, SQNR, accuracy), after the
-    checks that onnxruntime's float32 is dlc's and its run of dlc's QDQ export dlc's int8."""
+    """The error row: each int8 against dlc's float32 (agreement, SQNR, accuracy) once
+    onnxruntime's float32 is found to be dlc's, and how far onnxruntime's run of dlc's QDQ
+    export is from dlc's int8, in quanta of the output."""
     from dlc.compiler.ir.int8 import activation_params
     out = {k: predict_all(fn, s.inputs) for k, fn in predictors.items()}
     want = out["dlc_f32"].astype(np.float64)

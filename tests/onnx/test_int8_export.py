@@ -96,6 +96,22 @@ def test_transformer_classifier_within_one_quantum():
     check_within_one_quantum(model, feeds)
 
 
+def test_weights_another_node_reads_keep_their_float32_copy_for_it(tmp_path):
+    path = tmp_path / "m.dl"
+    path.write_text("""
+model m {
+    input x: f32[B, 12]
+    param W: f32[12, 5] = glorot_uniform
+    output y = x @ W
+    output n = sum(W * W)
+}
+""")
+    feeds = {"x": np.random.default_rng(3).normal(size=(16, 12)).astype(np.float32)}
+    model = quantized_model(path, feeds)
+    proto = check_within_one_quantum(model, feeds)
+    assert {"W", "int8:W:weight"} <= {i.name for i in proto.graph.initializer}
+
+
 @pytest.fixture(scope="module")
 def quantized_checkpoint(tmp_path_factory):
     folder = tmp_path_factory.mktemp("digits")
