@@ -10,9 +10,9 @@ with the weights stored in int8 (no float32 copy, unless another node reads them
 scales and zero points as initializers named as the quantized checkpoint names them. The
 bias, the activation and the rest of the graph stay the float32 export's. QuantizeLinear
 is dlc's quantization of an input (x / s_x in float32, rounded to even, saturated), and a
-runtime may fuse the pattern into integer kernels (onnxruntime's QGemm, MatMulIntegerToFloat);
-one that does not computes the product in float32 from the dequantized operands, which
-differs from dlc's f32(acc) · M[o] by float32 roundings only.
+runtime may fuse the pattern into an integer kernel (onnxruntime makes a Gemm or MatMul a
+QGemm); one that does not computes the product in float32 from the dequantized operands,
+which differs from dlc's f32(acc) · M[o] by float32 roundings only.
 """
 from __future__ import annotations
 
