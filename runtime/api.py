@@ -32,7 +32,7 @@ from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.int8 import Int8Engine, calibrate_arrays
-from dlc.runtime.engines.native_int8 import NativeInt8Engine
+from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.interop import checkpoint, quantized
@@ -216,11 +216,10 @@ class DlcModel:
                                    "model.quantize()) or load a quantized checkpoint")
                 self.quantization, self.quantized = quantized.load(self._weights_path, self.eval_model,
                                                                    Path(self.path).read_text())
-            if self.backend == "auto":
-                to_stderr("note: int8 runs its integer products in native code, the rest of the graph on the "
-                          "reference engine")
-            engine = Int8Engine if self.backend == "reference" else NativeInt8Engine
-            self._int8_engine = engine(self.train_model, self.eval_model, self.quantization)
+            if self.backend == "reference":
+                self._int8_engine = Int8Engine(self.train_model, self.eval_model, self.quantization)
+            else:
+                self._int8_engine = NativeEngine(self.train_model, self.eval_model, int8=self.quantization)
         return self._int8_engine
 
     # -- use --

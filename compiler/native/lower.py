@@ -20,11 +20,13 @@ from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, keep_in_registers
+from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Op, Size,
                                          contiguous, row_major)
 from dlc.compiler.native.program.registry import LOWERED_FLOATS, NotLowerable
 from dlc.compiler.native.rules import load, lowering_rule
+from dlc.compiler.passes.int8 import products
 
 
 
@@ -35,12 +37,13 @@ class Lowering:
 
     def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
                  loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False, steps: tuple = (),
-                 pack_weights: str | None = None):
+                 pack_weights: str | None = None, int8: dict | None = None):
         self.graph = graph
+        self.int8 = int8 or {}        # node -> Int8Weights of the integer products (kernels/int8)
         self.bf16 = bf16              # matmul and convolution operands rounded to bfloat16
         self.pack_weights = pack_weights    # GEMMs' weights packed: PACK_WEIGHTS (kernels/gemm: packed_weight)
         self.weight_packs = None      # its WeightPacksKernel, once a GEMM takes a weight
-        self.fusion = fusion or Fusion(graph)
+        self.fusion = fusion or Fusion(graph, quantized=frozenset(self.int8))
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []
         self.args, self.depth = list(args), depth
@@ -168,7 +171,7 @@ class Lowering:
 
     def node(self, n: int):
         op = self.graph.op(n)
-        rule = lowering_rule(op)
+        rule = lowering_rule(op, int8=n in self.int8)
         if rule is None:
             raise NotLowerable(f"the native backend does not compile {op} yet", self.graph.nx.nodes[n]["span"])
         ins = self.graph.inputs(n)
@@ -203,10 +206,11 @@ class Lowering:
         raise AssertionError("a contiguous operand is always a matrix")
 
     # -- windows, as convolution and pooling read them ----------------------------------------
-    def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij", dilation=(1, 1)):
+    def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij", dilation=(1, 1), source: Load | None = None):
         """x read through its windows over the iteration [N, Ho, Wo, C, kh, kw] ("nhwcij",
-        the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij"); the taps `dilation` apart."""
-        src = self.materialize(x)
+        the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij"); the taps `dilation` apart.
+        `source`: a contiguous copy of x to read instead (an int8 product's u8 one)."""
+        src = source or self.materialize(x)
         h, w = x.shape[2:]
         sn, sc, sh, sw = row_major(x.shape)
         (st_h, st_w), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -219,7 +223,7 @@ class Lowering:
             row = (0, 0, st_h, 0, dh, 0)
             col = (0, 0, 0, st_w, 0, dw)
         offset = -ph * sh - pw * sw + src.at.offset
-        load = Load(src.buffer, Affine(offset, coeffs), x.dtype)
+        load = Load(src.buffer, Affine(offset, coeffs), src.dtype)
         if not (ph or pw):
             return load
         guards = ((Affine(-ph, row), h), (Affine(-pw, col), w))
@@ -242,15 +246,26 @@ def first_two_swapped(a: Affine) -> Affine:
     return Affine(a.offset, (a.coeffs[1], a.coeffs[0], *a.coeffs[2:]))
 
 
+def integer_weights(graph: Graph, quantization: dict) -> dict:
+    """node -> Int8Weights of each integer product of `graph` (compiler/passes/int8.py) that
+    `quantization` (QuantizedProduct by product name) quantizes."""
+    return {p.node: Int8Weights.of(p, quantization[p.weight], graph.attrs(p.node).get("groups", 1))
+            for p in products(graph) if p.integer and p.weight in quantization}
+
+
 @collector_paused()
-def lower(graph: Graph, precision: str = "f32", pack_weights: str | None = None) -> KernelProgram:
+def lower(graph: Graph, precision: str = "f32", pack_weights: str | None = None,
+          int8: dict | None = None) -> KernelProgram:
     """The kernel program of `graph`, its matmuls and convolutions taking operands of
     `precision` (PRECISIONS). `pack_weights` (a prediction, whose weights change only
     between calls; PACK_WEIGHTS): its GEMMs' weights are packed by its first kernel, which
-    packs only when they changed (kernels/gemm: WeightPacksKernel)."""
+    packs only when they changed (kernels/gemm: WeightPacksKernel). `int8`: the
+    quantization (QuantizedProduct by product name, docs/quantization.md) whose integer
+    products become int8 kernels (kernels/int8), the rest of the graph float32."""
     if precision not in PRECISIONS:
         raise ValueError(f"no precision '{precision}' ({', '.join(PRECISIONS)})")
     if pack_weights not in (None, *PACK_WEIGHTS):
         raise ValueError(f"no way of packing weights '{pack_weights}' ({', '.join(PACK_WEIGHTS)})")
     load()
-    return Lowering(graph, bf16=precision == "bf16", pack_weights=pack_weights).run()
+    return Lowering(graph, bf16=precision == "bf16", pack_weights=pack_weights,
+                    int8=integer_weights(graph, int8) if int8 else None).run()
