@@ -99,6 +99,7 @@ class Library:
     known: list = field(default_factory=list)  # the model's parameters a checkpoint holds that this unit does not read
     data: str | None = None             # the train block's data, every argument written (description.py)
     transform: bool = False             # predict multiplies each input by its scale (dlc build --transform)
+    int8: bool = False                  # its integer products compiled in with every weight (dlc build --int8)
 
     @property
     def param_names(self) -> list:
@@ -223,6 +224,7 @@ def c_source(lib: Library) -> str:
            f"#define DLC_WEIGHTS_READY {-1 if p.weights_ready is None else p.weights_ready}",
            f"#define DLC_N_CONSTRAINTS {len(lib.constraints)}",
            f"#define DLC_EMBEDDED {int(lib.weights is not None)}", f"#define DLC_USES_AMX {int(lib.uses_amx)}",
+           f"#define DLC_INT8 {int(lib.int8)}",
            f"#define DLC_TARGET {_c_string(lib.target)}", f"#define DLC_TRANSFORM {int(lib.transform)}",
            f"#define DLC_STEP {lib.step}",
            f"#define DLC_WEIGHTS {n}__weights", f"#define DLC_CONSTS {n}__consts",
