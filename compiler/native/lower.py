@@ -20,7 +20,7 @@ from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, keep_in_registers
-from dlc.compiler.native.kernels.int8 import Int8Weights
+from dlc.compiler.native.kernels.int8 import Int8Weights, in_place
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Op, Size,
                                          contiguous, row_major)
@@ -249,8 +249,13 @@ def first_two_swapped(a: Affine) -> Affine:
 def integer_weights(graph: Graph, quantization: dict) -> dict:
     """node -> Int8Weights of each integer product of `graph` (compiler/passes/int8.py) that
     `quantization` (QuantizedProduct by product name) quantizes."""
-    return {p.node: Int8Weights.of(p, quantization[p.weight], graph.attrs(p.node).get("groups", 1))
-            for p in products(graph) if p.integer and p.weight in quantization}
+    out = {}
+    for p in products(graph):
+        if p.integer and p.weight in quantization:
+            groups = graph.attrs(p.node).get("groups", 1)
+            taps_first = p.op == "conv2d" and in_place(graph.inputs(p.node)[0].shape[1], groups)   # kernels/int8
+            out[p.node] = Int8Weights.of(p, quantization[p.weight], groups, taps_first)
+    return out
 
 
 @collector_paused()

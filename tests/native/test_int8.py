@@ -29,12 +29,14 @@ TARGETS = {"host": ((), None, None), "avxvnni": (("avxvnni",), "vpdpbusd", "ymm"
 PROGRAM = """
 model m {
     input x: f32[B, 4, 9, 9]
-    a = conv2d(x, 6, 3, padding = 1, stride = 2, act = relu)
-    g = conv2d(a, 6, 3, padding = "same", groups = 3)
-    d = conv2d(g, 6, 3, groups = 6)
+    a = conv2d(x, 8, 3, padding = 1, stride = 2, act = relu)    # windows in place: 4 channels
+    g = conv2d(a, 8, 3, padding = "same", groups = 2)           # in place, 4 channels a group
+    d = conv2d(g, 8, 3, groups = 8)                              # depthwise: im2col
+    f = conv2d(g, 4, 3, groups = 4, stride = 2, padding = 1)    # 2 channels a group: im2col
     e = conv2d(x, 5, 3, dilation = 2, padding = 2)
     h = dense(flatten(maxpool2d(d, 2)), 24, relu)
     output y = dense(h, 5)
+    output u = f
     output v = relu(e)
     output z = dense(x, 3)
 }
@@ -75,7 +77,7 @@ def quantized():
     params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
     x = rng.normal(size=(3, 4, 9, 9)).astype(np.float32)
     quantization = calibrate(model.graph, params, [{"x": x}])
-    assert len([p for p in products(model.graph) if p.integer]) == 7
+    assert len([p for p in products(model.graph) if p.integer]) == 8
     x[0, 0, 0, :3] = [np.nan, np.inf, -1e30]           # the input seen later holds what saturates
     x = np.concatenate([x, 3 * x])
     return model, params, quantization, {"x": x}, Int8Engine(model, model, quantization).predict(params, {"x": x})
@@ -126,12 +128,13 @@ def test_each_integer_products_input_is_quantized_where_it_is_made(quantized):
     model, _, quantization, _, _ = quantized
     prog = _program(model, quantization)
     kernels = [k for k in prog.kernels if isinstance(k, Int8Kernel)]
-    assert len(kernels) == 7
+    assert len(kernels) == 8 and sum(k.window is not None for k in kernels) == 3
     quantizing = [m for k in prog.kernels for m in getattr(k.epilogue if isinstance(k, Int8Kernel) else k, "maps", [])
                   if "quantize_u8" in m.expr.text()]
-    # a's relu (in the first convolution's store), g's bias (in the grouped one's), maxpool(d) and h's relu
-    assert sum(1 for k in kernels if k.epilogue is not None and "quantize_u8" in k.epilogue.text()[0]) == 3
-    assert all(prog.buffers[m.out].dtype == "i8" for m in quantizing) and len(quantizing) == 7
+    # x for a, e and z; a, g twice (read by two products), maxpool(d), h
+    assert all(prog.buffers[m.out].dtype == "i8" for m in quantizing) and len(quantizing) == 8
+    # a's relu and h's in their products' stores: quantized there, never stored in float32
+    assert sum(1 for k in kernels if k.epilogue is not None and "quantize_u8" in k.epilogue.text()[0]) == 2
 
 
 @pytest.mark.parametrize("weight, k", [(-127, int8.LONGEST_SUM), (-128, (2 ** 31 - 1) // (255 * 128)),

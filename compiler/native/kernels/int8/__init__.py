@@ -31,7 +31,9 @@ class Int8Weights:
     channels and `k` terms: `packed` the s8 weights [groups, ceil(k / 4), padded channels, 4]
     (term 4t + j of channel o at [g, t, o, j]; zeros past k and past the channels), `offsets`
     z_x · Σ_k q_w [groups, padded channels] (int32, exact: K ≤ LONGEST_SUM), `multipliers`
-    M[o] [groups, padded channels]; the input's scale and zero point."""
+    M[o] [groups, padded channels]; the input's scale and zero point; `taps_first`: a
+    convolution's terms in the order (i, j, c), its windows read in place (`in_place`),
+    else (c, i, j)."""
     packed: np.ndarray
     offsets: np.ndarray
     multipliers: np.ndarray
@@ -40,13 +42,18 @@ class Int8Weights:
     groups: int
     channels: int
     k: int
+    taps_first: bool = False
 
     @classmethod
-    def of(cls, p: Product, q: int8.QuantizedProduct, groups: int) -> "Int8Weights":
-        """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups."""
+    def of(cls, p: Product, q: int8.QuantizedProduct, groups: int, taps_first: bool = False) -> "Int8Weights":
+        """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups; a
+        convolution's terms in the order (c, i, j), or (i, j, c) `taps_first` (its windows
+        read in place, channels last: Int8Kernel.window)."""
         w = q.weight.reshape(p.weight_shape)
         if p.op == "matmul":        # [K, N] (or [N, K] with tb): channel rows of K terms
             w = w if p.channel_axis == 0 else w.T
+        elif taps_first:
+            w = w.transpose(0, 2, 3, 1)
         rows = w.reshape(w.shape[0], -1)
         total, k = rows.shape
         channels = total // groups
@@ -60,7 +67,7 @@ class Int8Weights:
         multipliers = np.zeros((groups, padded), np.float32)
         multipliers[:, :channels] = q.multipliers().reshape(groups, channels)
         return cls(packed, offsets, multipliers, np.float32(q.input_scale), int(q.input_zero_point), groups,
-                   channels, k)
+                   channels, k, taps_first)
 
     @property
     def padded(self) -> int:
@@ -75,7 +82,10 @@ class Int8Kernel(Kernel):
     its arrays in the const buffers w, offsets, multipliers). `epilogue`: the map that alone
     reads c, run on each block of rows once they are final: over [rows, channels] as c lies
     (a matmul's), or over [N, O, Ho, Wo] with c's rows the positions (n, ho, wo) (a
-    convolution's, `pixels` = (Ho, Wo))."""
+    convolution's, `pixels` = (Ho, Wo)). `window`: a convolution's rows read in place, its
+    windows of a [N, H, W, C] u8 tensor a (channels last), terms (i, j, c) four channels
+    at a time (C / groups a multiple of 4), z_x outside: (H, W, C, kh, kw, stride,
+    padding, dilation)."""
     rows: object
     weights: Int8Weights
     a: tuple
@@ -85,6 +95,7 @@ class Int8Kernel(Kernel):
     c: tuple
     pixels: tuple | None = None
     epilogue: object = None
+    window: tuple | None = None
 
     def flops(self, sizes: dict) -> int:
         g = self.weights
@@ -93,7 +104,8 @@ class Int8Kernel(Kernel):
     def text(self) -> list:
         g = self.weights
         groups = f" in {g.groups} groups" if g.groups > 1 else ""
-        return [f"int8 [{self.rows} x {g.k}] @ [{g.k} x {g.channels}]{groups}: b{self.c[0]} = u8 b{self.a[0]} @ "
+        rows = " windows" if self.window else ""
+        return [f"int8 [{self.rows} x {g.k}] @ [{g.k} x {g.channels}]{groups}: b{self.c[0]} = u8 b{self.a[0]}{rows} @ "
                 f"s8 b{self.w}, z_x {g.zero}{', then in its store:' if self.epilogue else ''}{render.located(self)}"] + \
             ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 
@@ -137,13 +149,18 @@ def _consts(lw, w: Int8Weights) -> tuple:
                  for dtype, a in (("i8", w.packed), ("i32", w.offsets), ("f32", w.multipliers)))
 
 
-def _quantized(lw, x, w: Int8Weights) -> Load:
-    """x quantized to u8 in memory, contiguous, by the map that computes x (int8.quantize:
-    clip(rint(x / s_x) + z_x, 0, 255), NaN as 0.0)."""
+def _quantized(lw, x, w: Int8Weights, channels_last: bool = False) -> Load:
+    """x quantized to u8 in memory, contiguous (an image [N, C, H, W] `channels_last`:
+    [N, H, W, C]), by the map that computes x (int8.quantize: clip(rint(x / s_x) + z_x, 0,
+    255), NaN as 0.0)."""
     buf = lw.p.buffer("i8", numel(x.shape), "temp")
     e = Op("quantize_u8", (lw.use(x), Const(float(w.scale), "f32"), Const(float(w.zero), "f32")), "i8")
-    lw.emit(MapKernel(x.shape, buf.id, Affine(0, row_major(x.shape)), e, node=x.node))
-    return contiguous(buf.id, x.shape, "i8")
+    at = Affine(0, row_major(x.shape))
+    if channels_last:
+        _, c, h, w = x.shape
+        at = Affine(0, (h * w * c, 1, w * c, c))
+    lw.emit(MapKernel(x.shape, buf.id, at, e, node=x.node))
+    return Load(buf.id, at, "i8")
 
 
 @register_lowering("matmul", int8=True)
@@ -156,20 +173,32 @@ def _int8_matmul(lw, n, ins, attrs, typ):
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
+def in_place(channels, groups: int) -> bool:
+    """Whether a convolution's int8 kernel reads its windows in place (Int8Kernel.window):
+    when each step's four terms are four channels of one tap, C / groups a multiple of 4."""
+    return isinstance(channels, int) and (channels // groups) % TERMS == 0
+
+
 @register_lowering("conv2d", int8=True)
 def _int8_conv2d(lw, n, ins, attrs, typ):
-    """The rows: x's windows [N, Ho, Wo, C, kh, kw] of its u8 copy, z_x outside it; the
-    output [N·Ho·Wo, O] (channels last), read as y [N, O, Ho, Wo]."""
+    """The rows: x's windows of its u8 copy, z_x outside it, read in place from the copy
+    channels last (`in_place`) or copied out as [N, Ho, Wo, C, kh, kw] (im2col); the output
+    [N·Ho·Wo, O] (channels last), read as y [N, O, Ho, Wo]."""
     x, w = ins[0], lw.int8[n]
-    q = _quantized(lw, x, w)
-    (N, C), (ho, wo) = x.shape[:2], typ.shape[2:]
+    (N, C, H, W), (ho, wo) = x.shape, typ.shape[2:]
     kh, kw = lw.graph.inputs(n)[1].shape[2:]
-    shape = (N, ho, wo, C, kh, kw)
-    windows = lw.windows(x, attrs["stride"], attrs["padding"], fill=w.zero, dilation=attrs["dilation"], source=q)
-    cols = lw.p.buffer("i8", numel(shape), "temp")
-    lw.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), windows, node=n))
     channels = w.groups * w.channels
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    lw.emit(Int8Kernel(N * ho * wo, w, (cols.id, 0, C * kh * kw), *_consts(lw, w), (out.id, 0, channels), (ho, wo),
-                       node=n))
+    if w.taps_first:
+        q = _quantized(lw, x, w, channels_last=True)
+        window = (H, W, C, kh, kw, attrs["stride"], attrs["padding"], attrs["dilation"])
+        a = (q.buffer, 0, C)
+    else:
+        q = _quantized(lw, x, w)
+        shape = (N, ho, wo, C, kh, kw)
+        windows = lw.windows(x, attrs["stride"], attrs["padding"], fill=w.zero, dilation=attrs["dilation"], source=q)
+        cols = lw.p.buffer("i8", numel(shape), "temp")
+        lw.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), windows, node=n))
+        window, a = None, (cols.id, 0, C * kh * kw)
+    lw.emit(Int8Kernel(N * ho * wo, w, a, *_consts(lw, w), (out.id, 0, channels), (ho, wo), window=window, node=n))
     lw.set(n, Load(out.id, Affine(0, (ho * wo * channels, 1, wo * channels, channels)), typ.dtype))

@@ -135,11 +135,56 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
             word = b.or_(word, b.shl(byte, ir.Constant(i32, 8 * j)))
         return splat(b, word, vty)
 
-    zero = ir.Constant(vty, [0] * width)
-    with _carrying_loop(b, _c(whole), [zero] * (count * vectors), "t") as (t, accs, nxt):
-        nxt.extend(step(t, accs, loaded))
-    accs = accs if steps == whole else step(_c(whole), accs, gathered)
+    zero = [ir.Constant(vty, [0] * width)] * (count * vectors)
+    if k.window is not None:
+        accs = _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width)
+    else:
+        with _carrying_loop(b, _c(whole), zero, "t") as (t, accs, nxt):
+            nxt.extend(step(t, accs, loaded))
+        accs = accs if steps == whole else step(_c(whole), accs, gathered)
     _store(kb, k, r, count, group, start, vectors, width, accs)
+
+
+def _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width):
+    """The sums of rows r .. r + count - 1 of a convolution reading its windows in place
+    (Int8Kernel.window): row (n, ho, wo), tap (i, j) at (ho · sh − ph + i · dh, wo · sw − pw
+    + j · dw) of the channels-last u8 image, four channels a step; a tap outside the image
+    reads four z_x (the buffer's first word loaded instead, never past its ends)."""
+    b, g = kb.b, k.weights
+    vty = ir.VectorType(i32, width)
+    height, wide, channels, kh, kw, (sh, sw), (ph, pw), (dh, dw) = k.window
+    h_, w_, c_ = kb.dim(height), kb.dim(wide), kb.dim(channels)
+    ho, wo = (kb.dim(d) for d in k.pixels)
+    per = g.k // (kh * kw) // TERMS            # steps of four channels of a tap
+    a = kb.buffer(k.a[0], "i8")
+    z = g.zero * 0x01010101
+    fill = ir.Constant(i32, z - (1 << 32) if z >= 1 << 31 else z)
+    places = []
+    for j in range(count):
+        i = b.add(r, _c(j))
+        n, p = b.sdiv(i, b.mul(ho, wo)), b.srem(i, b.mul(ho, wo))
+        places.append((n, b.sub(b.mul(b.sdiv(p, wo), _c(sh)), _c(ph)), b.sub(b.mul(b.srem(p, wo), _c(sw)), _c(pw))))
+    channel0 = b.mul(group, _c(per * TERMS))
+
+    def inside(v, size):
+        return b.and_(b.icmp_signed(">=", v, _c(0)), b.icmp_signed("<", v, size))
+
+    with _carrying_loop(b, _c(kh * kw), zero, "tap") as (tap, accs, nxt):
+        ti, tj = b.sdiv(tap, _c(kw)), b.srem(tap, _c(kw))
+        rows = []
+        for n, h0, w0 in places:
+            h, w = b.add(h0, b.mul(ti, _c(dh))), b.add(w0, b.mul(tj, _c(dw)))
+            valid = b.and_(inside(h, h_), inside(w, w_))
+            at = b.add(b.mul(b.add(b.mul(b.add(b.mul(n, h_), h), w_), w), c_), channel0)
+            rows.append((valid, b.select(valid, at, _c(0))))
+        with _carrying_loop(b, _c(per), accs, "c") as (c4, inner, following):
+            ws = weights(b.add(b.mul(tap, _c(per)), c4))
+            for j, (valid, at) in enumerate(rows):
+                word = b.load(b.bitcast(_gep(b, a, b.add(at, b.mul(c4, _c(TERMS)))), i32.as_pointer()), align=1)
+                four = splat(b, b.select(valid, word, fill), vty)
+                following.extend(dot(inner[j * vectors + v], four, ws[v]) for v in range(vectors))
+        nxt.extend(inner)
+    return accs
 
 
 def _store(kb, k, r, count, group, start, vectors, width, accs):
