@@ -251,6 +251,9 @@ def integer_weights(graph: Graph, quantization: dict) -> dict:
     `quantization` (QuantizedProduct by product name) quantizes."""
     out = {}
     for p in products(graph):
+        if p.weight in quantization and not p.integer:      # the graph passes made it another product
+            raise NotLowerable(f"the native backend cannot compute this {p.op} in int8 as the quantization says: "
+                               f"after the graph passes {p.reason}", p.span)
         if p.integer and p.weight in quantization:
             groups = graph.attrs(p.node).get("groups", 1)
             taps_first = p.op == "conv2d" and in_place(graph.inputs(p.node)[0].shape[1], groups)   # kernels/int8
