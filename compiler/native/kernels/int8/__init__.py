@@ -16,7 +16,7 @@ import numpy as np
 
 from dlc.compiler.ir import int8
 from dlc.compiler.ir.dims import concrete, numel
-from dlc.compiler.native.kernels.map import MapKernel
+from dlc.compiler.native.kernels.map import MapKernel, merged
 from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, render, row_major
 from dlc.compiler.native.program.registry import register_lowering
 from dlc.compiler.passes.int8 import Product
@@ -80,9 +80,10 @@ class Int8Kernel(Kernel):
     for `rows` rows i (a: u8 rows, (buffer, offset, row stride); c: (buffer, offset, row
     stride)), in `groups` groups of `channels` channels and k terms (`weights`: Int8Weights,
     its arrays in the const buffers w, offsets, multipliers). `epilogue`: the map that alone
-    reads c, run on each block of rows once they are final: over [rows, channels] as c lies
-    (a matmul's), or over [N, O, Ho, Wo] with c's rows the positions (n, ho, wo) (a
-    convolution's, `pixels` = (Ho, Wo)). `window`: a convolution's rows read in place, its
+    reads c, run on each thread's rows once they are final, while they are in cache: over
+    [rows, channels] as c lies (a matmul's), or over [N, O, Ho · Wo] with c's rows the
+    positions (n, ho, wo) (a convolution's, `pixels` = (Ho, Wo); its map's image rows and
+    columns merged into one run of pixels). `window`: a convolution's rows read in place, its
     windows of a [N, H, W, C] u8 tensor a (channels last), terms (i, j, c) four channels
     at a time (C / groups a multiple of 4), z_x outside: (H, W, C, kh, kw, stride,
     padding, dilation)."""
@@ -127,8 +128,10 @@ class Int8Kernel(Kernel):
             fits = m.shape == (self.rows, channels) and at == Affine(offset, (ld, 1))
         else:
             ho, wo = self.pixels
-            fits = len(m.shape) == 4 and m.shape[1:] == (channels, ho, wo) and \
-                at == Affine(offset, (ho * wo * ld, 1, wo * ld, ld))
+            m = merged(m, 2) if len(m.shape) == 4 else None
+            fits = m is not None and m.shape[1:] == (channels, ho * wo) and \
+                next(x for x in m.maps for x in x.expr.leaves() if x.read_buffer == buf).at == \
+                Affine(offset, (ho * wo * ld, 1, ld))
         if not fits:
             return None
         return replace(self, epilogue=m, node=m.node, nodes=tuple(dict.fromkeys(self.nodes + m.nodes)),

@@ -19,7 +19,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dlc.compiler.native.codegen import jit
-from dlc.compiler.native.codegen.gemm import _carrying_loop, _gep, _loop
+from dlc.compiler.native.codegen.gemm import _carrying_loop, _gep, _loop, _max, _min
 from dlc.compiler.native.codegen.intrinsics import declare, masked, splat
 from dlc.compiler.native.codegen.types import f32, i8, i32, i64
 from dlc.compiler.native.kernels.map.loops import map_body
@@ -75,7 +75,7 @@ class _Dot:
 
 def int8_rows(kb, k, first):
     """Rows [first[0], first[1]) of an Int8Kernel: tiles of ROWS rows, then the rest one by one,
-    each followed by its epilogue."""
+    then the epilogue on them all."""
     b = kb.b
     lo, hi = first
     tiles = b.add(lo, b.mul(b.sdiv(b.sub(hi, lo), _c(ROWS)), _c(ROWS)))
@@ -83,18 +83,18 @@ def int8_rows(kb, k, first):
         _rows(kb, k, r, ROWS)
     with _loop(b, tiles, hi, 1, "rest") as r:
         _rows(kb, k, r, 1)
+    if k.epilogue is not None:
+        _epilogue(kb, k, lo, hi)
 
 
 def _rows(kb, k, r, count: int):
-    """Rows r .. r + count - 1: every group's channels, then the epilogue on those rows."""
+    """Rows r .. r + count - 1: every group's channels."""
     b, g = kb.b, k.weights
     width = lanes()
     vectors = 4 if width == 16 else 2
     with _loop(b, _c(0), _c(g.groups), 1, "g") as group:
         for start in range(0, g.channels, width * vectors):
             _tile(kb, k, r, count, group, start, min(vectors, -(-(g.channels - start) // width)), width)
-    if k.epilogue is not None:
-        _epilogue(kb, k, r, count)
 
 
 def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
@@ -213,19 +213,22 @@ def _store(kb, k, r, count, group, start, vectors, width, accs):
                 b.call(store, [y, ptr, ir.Constant(i32, 4), mask])
 
 
-def _epilogue(kb, k, r, count: int):
-    """The epilogue map at every element of rows r .. r + count - 1: [row, channel], or for a
-    convolution [n, channel, ho, wo] with row = (n · Ho + ho) · Wo + wo."""
+def _epilogue(kb, k, lo, hi):
+    """The epilogue map at every element of rows [lo, hi): [row, channel], or for a
+    convolution [n, channel, p] with row = n · Ho · Wo + p, each image's run of pixels in
+    turn, the map's own loop order (its stores contiguous)."""
     b = kb.b
     channels = k.weights.groups * k.weights.channels
+    if k.pixels is None:
+        kb.loops((b.sub(hi, lo), channels), lambda idx: map_body(kb, k.epilogue, kb.p, [b.add(lo, idx[0]), idx[1]]))
+        return
+    pixels = b.mul(*(kb.dim(d) for d in k.pixels))
+    first = b.sdiv(lo, pixels)
 
-    def row(j):
-        i = b.add(r, j)
-        if k.pixels is None:
-            kb.loops((channels,), lambda idx: map_body(kb, k.epilogue, kb.p, [i, idx[0]]))
-            return
-        ho, wo = (kb.dim(d) for d in k.pixels)
-        n, p = b.sdiv(i, b.mul(ho, wo)), b.srem(i, b.mul(ho, wo))
-        h, w = b.sdiv(p, wo), b.srem(p, wo)
-        kb.loops((channels,), lambda idx: map_body(kb, k.epilogue, kb.p, [n, idx[0], h, w]))
-    kb.loops((count,), lambda idx: row(idx[0]))
+    def image(n):
+        start = b.mul(n, pixels)
+        p0, p1 = b.sub(_max(b, lo, start), start), b.sub(_min(b, hi, b.add(start, pixels)), start)
+        kb.loops((channels, b.sub(p1, p0)),
+                 lambda idx: map_body(kb, k.epilogue, kb.p, [n, idx[0], b.add(p0, idx[1])]))
+    images = b.sub(b.sdiv(b.add(hi, b.sub(pixels, _c(1))), pixels), first)       # those rows [lo, hi) reach
+    kb.loops((images,), lambda idx: image(b.add(first, idx[0])))
