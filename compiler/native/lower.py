@@ -20,7 +20,7 @@ from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, keep_in_registers
-from dlc.compiler.native.kernels.int8 import Int8Weights, in_place
+from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Op, Size,
                                          contiguous, row_major)
@@ -206,11 +206,10 @@ class Lowering:
         raise AssertionError("a contiguous operand is always a matrix")
 
     # -- windows, as convolution and pooling read them ----------------------------------------
-    def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij", dilation=(1, 1), source: Load | None = None):
+    def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij", dilation=(1, 1)):
         """x read through its windows over the iteration [N, Ho, Wo, C, kh, kw] ("nhwcij",
-        the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij"); the taps `dilation` apart.
-        `source`: a contiguous copy of x to read instead (an int8 product's u8 one)."""
-        src = source or self.materialize(x)
+        the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij"); the taps `dilation` apart."""
+        src = self.materialize(x)
         h, w = x.shape[2:]
         sn, sc, sh, sw = row_major(x.shape)
         (st_h, st_w), (ph, pw), (dh, dw) = stride, padding, dilation
@@ -223,7 +222,7 @@ class Lowering:
             row = (0, 0, st_h, 0, dh, 0)
             col = (0, 0, 0, st_w, 0, dw)
         offset = -ph * sh - pw * sw + src.at.offset
-        load = Load(src.buffer, Affine(offset, coeffs), src.dtype)
+        load = Load(src.buffer, Affine(offset, coeffs), x.dtype)
         if not (ph or pw):
             return load
         guards = ((Affine(-ph, row), h), (Affine(-pw, col), w))
@@ -255,9 +254,7 @@ def integer_weights(graph: Graph, quantization: dict) -> dict:
             raise NotLowerable(f"the native backend cannot compute this {p.op} in int8 as the quantization says: "
                                f"after the graph passes {p.reason}", p.span)
         if p.integer and p.weight in quantization:
-            groups = graph.attrs(p.node).get("groups", 1)
-            taps_first = p.op == "conv2d" and in_place(graph.inputs(p.node)[0].shape[1], groups)   # kernels/int8
-            out[p.node] = Int8Weights.of(p, quantization[p.weight], groups, taps_first)
+            out[p.node] = Int8Weights.of(p, quantization[p.weight], graph.attrs(p.node).get("groups", 1))
     return out
 
 

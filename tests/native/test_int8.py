@@ -29,10 +29,10 @@ TARGETS = {"host": ((), None, None), "avxvnni": (("avxvnni",), "vpdpbusd", "ymm"
 PROGRAM = """
 model m {
     input x: f32[B, 4, 9, 9]
-    a = conv2d(x, 8, 3, padding = 1, stride = 2, act = relu)    # windows in place: 4 channels
-    g = conv2d(a, 8, 3, padding = "same", groups = 2)           # in place, 4 channels a group
-    d = conv2d(g, 8, 3, groups = 8)                              # depthwise: im2col
-    f = conv2d(g, 4, 3, groups = 4, stride = 2, padding = 1)    # 2 channels a group: im2col
+    a = conv2d(x, 8, 3, padding = 1, stride = 2, act = relu)    # 4 channels: one load a tap
+    g = conv2d(a, 8, 3, padding = "same", groups = 2)           # 4 channels a group
+    d = conv2d(g, 8, 3, groups = 8)                              # depthwise: a byte a tap
+    f = conv2d(g, 4, 3, groups = 4, stride = 2, padding = 1)    # 2 channels a group
     e = conv2d(x, 5, 3, dilation = 2, padding = 2)
     h = dense(flatten(maxpool2d(d, 2)), 24, relu)
     output y = dense(h, 5)
@@ -128,12 +128,13 @@ def test_each_integer_products_input_is_quantized_where_it_is_made(quantized):
     model, _, quantization, _, _ = quantized
     prog = _program(model, quantization)
     kernels = [k for k in prog.kernels if isinstance(k, Int8Kernel)]
-    assert len(kernels) == 8 and sum(k.window is not None for k in kernels) == 3
+    assert len(kernels) == 8 and sum(k.window is not None for k in kernels) == 5
     quantizing = [m for k in prog.kernels for m in getattr(k.epilogue if isinstance(k, Int8Kernel) else k, "maps", [])
                   if "quantize_u8" in m.expr.text()]
     # x for a, e and z; a, g twice (read by two products), maxpool(d), h
     assert all(prog.buffers[m.out].dtype == "i8" for m in quantizing) and len(quantizing) == 8
-    # a's relu and h's in their products' stores: quantized there, never stored in float32
+    # a's relu and h's in their products' stores: quantized there (a's channels last, as g
+    # reads it), never stored in float32
     assert sum(1 for k in kernels if k.epilogue is not None and "quantize_u8" in k.epilogue.text()[0]) == 2
 
 

@@ -31,9 +31,10 @@ class Int8Weights:
     channels and `k` terms: `packed` the s8 weights [groups, ceil(k / 4), padded channels, 4]
     (term 4t + j of channel o at [g, t, o, j]; zeros past k and past the channels), `offsets`
     z_x · Σ_k q_w [groups, padded channels] (int32, exact: K ≤ LONGEST_SUM), `multipliers`
-    M[o] [groups, padded channels]; the input's scale and zero point; `taps_first`: a
-    convolution's terms in the order (i, j, c), its windows read in place (`in_place`),
-    else (c, i, j)."""
+    M[o] [groups, padded channels]; the input's scale and zero point. A convolution's terms
+    are in the order (i, j, c), each tap's channels of a group padded with zero weights to
+    a multiple of 4 (`taps` taps of `tap_channels` channels, which its kernel reads in place:
+    Int8Kernel.window); a matmul's, its K in order (taps 0)."""
     packed: np.ndarray
     offsets: np.ndarray
     multipliers: np.ndarray
@@ -42,18 +43,20 @@ class Int8Weights:
     groups: int
     channels: int
     k: int
-    taps_first: bool = False
+    taps: int = 0
+    tap_channels: int = 0
 
     @classmethod
-    def of(cls, p: Product, q: int8.QuantizedProduct, groups: int, taps_first: bool = False) -> "Int8Weights":
-        """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups; a
-        convolution's terms in the order (c, i, j), or (i, j, c) `taps_first` (its windows
-        read in place, channels last: Int8Kernel.window)."""
+    def of(cls, p: Product, q: int8.QuantizedProduct, groups: int) -> "Int8Weights":
+        """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups."""
         w = q.weight.reshape(p.weight_shape)
+        taps = tap_channels = 0
         if p.op == "matmul":        # [K, N] (or [N, K] with tb): channel rows of K terms
             w = w if p.channel_axis == 0 else w.T
-        elif taps_first:
-            w = w.transpose(0, 2, 3, 1)
+        else:                       # [O, C / groups, kh, kw] -> [O, kh, kw, C / groups padded]
+            o, c, kh, kw = w.shape
+            taps, tap_channels = kh * kw, -(-c // TERMS) * TERMS
+            w = np.pad(w.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, tap_channels - c)))
         rows = w.reshape(w.shape[0], -1)
         total, k = rows.shape
         channels = total // groups
@@ -67,7 +70,7 @@ class Int8Weights:
         multipliers = np.zeros((groups, padded), np.float32)
         multipliers[:, :channels] = q.multipliers().reshape(groups, channels)
         return cls(packed, offsets, multipliers, np.float32(q.input_scale), int(q.input_zero_point), groups,
-                   channels, k, taps_first)
+                   channels, k, taps, tap_channels)
 
     @property
     def padded(self) -> int:
@@ -85,8 +88,7 @@ class Int8Kernel(Kernel):
     positions (n, ho, wo) (a convolution's, `pixels` = (Ho, Wo); its map's image rows and
     columns merged into one run of pixels). `window`: a convolution's rows read in place, its
     windows of a [N, H, W, C] u8 tensor a (channels last), terms (i, j, c) four channels
-    at a time (C / groups a multiple of 4), z_x outside: (H, W, C, kh, kw, stride,
-    padding, dilation)."""
+    at a time, z_x outside: (H, W, C, kh, kw, stride, padding, dilation)."""
     rows: object
     weights: Int8Weights
     a: tuple
@@ -176,32 +178,17 @@ def _int8_matmul(lw, n, ins, attrs, typ):
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
-def in_place(channels, groups: int) -> bool:
-    """Whether a convolution's int8 kernel reads its windows in place (Int8Kernel.window):
-    when each step's four terms are four channels of one tap, C / groups a multiple of 4."""
-    return isinstance(channels, int) and (channels // groups) % TERMS == 0
-
-
 @register_lowering("conv2d", int8=True)
 def _int8_conv2d(lw, n, ins, attrs, typ):
-    """The rows: x's windows of its u8 copy, z_x outside it, read in place from the copy
-    channels last (`in_place`) or copied out as [N, Ho, Wo, C, kh, kw] (im2col); the output
-    [N·Ho·Wo, O] (channels last), read as y [N, O, Ho, Wo]."""
+    """The rows: x's windows, read in place from its u8 copy channels last, z_x outside it;
+    the output [N·Ho·Wo, O] (channels last), read as y [N, O, Ho, Wo]."""
     x, w = ins[0], lw.int8[n]
     (N, C, H, W), (ho, wo) = x.shape, typ.shape[2:]
     kh, kw = lw.graph.inputs(n)[1].shape[2:]
     channels = w.groups * w.channels
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    if w.taps_first:
-        q = _quantized(lw, x, w, channels_last=True)
-        window = (H, W, C, kh, kw, attrs["stride"], attrs["padding"], attrs["dilation"])
-        a = (q.buffer, 0, C)
-    else:
-        q = _quantized(lw, x, w)
-        shape = (N, ho, wo, C, kh, kw)
-        windows = lw.windows(x, attrs["stride"], attrs["padding"], fill=w.zero, dilation=attrs["dilation"], source=q)
-        cols = lw.p.buffer("i8", numel(shape), "temp")
-        lw.emit(MapKernel(shape, cols.id, Affine(0, row_major(shape)), windows, node=n))
-        window, a = None, (cols.id, 0, C * kh * kw)
-    lw.emit(Int8Kernel(N * ho * wo, w, a, *_consts(lw, w), (out.id, 0, channels), (ho, wo), window=window, node=n))
+    q = _quantized(lw, x, w, channels_last=True)
+    window = (H, W, C, kh, kw, attrs["stride"], attrs["padding"], attrs["dilation"])
+    lw.emit(Int8Kernel(N * ho * wo, w, (q.buffer, 0, C), *_consts(lw, w), (out.id, 0, channels), (ho, wo),
+                       window=window, node=n))
     lw.set(n, Load(out.id, Affine(0, (ho * wo * channels, 1, wo * channels, channels)), typ.dtype))

@@ -26,6 +26,7 @@ from dlc.compiler.native.kernels.map.loops import map_body
 
 ROWS = 4            # rows of a register tile
 TERMS = 4           # the terms of a 32-bit lane (kernels/int8 TERMS)
+UNROLLED_TAPS = 9   # a convolution's taps up to which its loop over them is unrolled (3 x 3)
 
 
 def lanes() -> int:
@@ -148,14 +149,17 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
 def _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width):
     """The sums of rows r .. r + count - 1 of a convolution reading its windows in place
     (Int8Kernel.window): row (n, ho, wo), tap (i, j) at (ho · sh − ph + i · dh, wo · sw − pw
-    + j · dw) of the channels-last u8 image, four channels a step; a tap outside the image
-    reads four z_x (the buffer's first word loaded instead, never past its ends)."""
+    + j · dw) of the channels-last u8 image, four of the group's channels a step (one
+    32-bit load; the last, of fewer, byte by byte, its weights past them zero); a tap
+    outside the image reads z_x (the image's first bytes loaded instead: never past its
+    ends)."""
     b, g = kb.b, k.weights
     vty = ir.VectorType(i32, width)
     height, wide, channels, kh, kw, (sh, sw), (ph, pw), (dh, dw) = k.window
     h_, w_, c_ = kb.dim(height), kb.dim(wide), kb.dim(channels)
     ho, wo = (kb.dim(d) for d in k.pixels)
-    per = g.k // (kh * kw) // TERMS            # steps of four channels of a tap
+    own = channels // g.groups                  # the group's channels of a tap
+    per, whole = g.tap_channels // TERMS, own // TERMS
     a = kb.buffer(k.a[0], "i8")
     z = g.zero * 0x01010101
     fill = ir.Constant(i32, z - (1 << 32) if z >= 1 << 31 else z)
@@ -164,26 +168,47 @@ def _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width):
         i = b.add(r, _c(j))
         n, p = b.sdiv(i, b.mul(ho, wo)), b.srem(i, b.mul(ho, wo))
         places.append((n, b.sub(b.mul(b.sdiv(p, wo), _c(sh)), _c(ph)), b.sub(b.mul(b.srem(p, wo), _c(sw)), _c(pw))))
-    channel0 = b.mul(group, _c(per * TERMS))
+    channel0 = b.mul(group, _c(own))
 
     def inside(v, size):
         return b.and_(b.icmp_signed(">=", v, _c(0)), b.icmp_signed("<", v, size))
 
-    with _carrying_loop(b, _c(kh * kw), zero, "tap") as (tap, accs, nxt):
-        ti, tj = b.sdiv(tap, _c(kw)), b.srem(tap, _c(kw))
+    def step(tap, c4, accs, rows, word):
+        ws = weights(b.add(b.mul(tap, _c(per)), c4))
+        out = []
+        for j, (valid, at) in enumerate(rows):
+            four = splat(b, b.select(valid, word(b.add(at, b.mul(c4, _c(TERMS)))), fill), vty)
+            out += [dot(accs[j * vectors + v], four, ws[v]) for v in range(vectors)]
+        return out
+
+    def loaded(at):         # four channels: one 32-bit load
+        return b.load(b.bitcast(_gep(b, a, at), i32.as_pointer()), align=1)
+
+    def gathered(at):       # the last channels, fewer than four
+        word = ir.Constant(i32, 0)
+        for t in range(own - whole * TERMS):
+            byte = b.zext(b.load(_gep(b, a, b.add(at, _c(t)))), i32)
+            word = b.or_(word, b.shl(byte, ir.Constant(i32, 8 * t)))
+        return word
+
+    def at_tap(tap, ti, tj, accs):
         rows = []
         for n, h0, w0 in places:
             h, w = b.add(h0, b.mul(ti, _c(dh))), b.add(w0, b.mul(tj, _c(dw)))
             valid = b.and_(inside(h, h_), inside(w, w_))
             at = b.add(b.mul(b.add(b.mul(b.add(b.mul(n, h_), h), w_), w), c_), channel0)
             rows.append((valid, b.select(valid, at, _c(0))))
-        with _carrying_loop(b, _c(per), accs, "c") as (c4, inner, following):
-            ws = weights(b.add(b.mul(tap, _c(per)), c4))
-            for j, (valid, at) in enumerate(rows):
-                word = b.load(b.bitcast(_gep(b, a, b.add(at, b.mul(c4, _c(TERMS)))), i32.as_pointer()), align=1)
-                four = splat(b, b.select(valid, word, fill), vty)
-                following.extend(dot(inner[j * vectors + v], four, ws[v]) for v in range(vectors))
-        nxt.extend(inner)
+        if whole:
+            with _carrying_loop(b, _c(whole), accs, "c") as (c4, accs, following):
+                following.extend(step(tap, c4, accs, rows, loaded))
+        return accs if whole == per else step(tap, _c(whole), accs, rows, gathered)
+
+    if kh * kw <= UNROLLED_TAPS:
+        for tap in range(kh * kw):
+            zero = at_tap(_c(tap), _c(tap // kw), _c(tap % kw), zero)
+        return zero
+    with _carrying_loop(b, _c(kh * kw), zero, "tap") as (tap, accs, nxt):
+        nxt.extend(at_tap(tap, b.sdiv(tap, _c(kw)), b.srem(tap, _c(kw)), accs))
     return accs
 
 
