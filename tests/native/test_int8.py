@@ -159,3 +159,17 @@ def test_the_largest_sums_are_exact(weight, k):
     want = Int8Engine(model, model, q).predict(params, {"x": x})
     assert want["y"][1, 0] == np.float32(-255 * weight * k) * np.float32(2.0 ** -20)
     _same_bits(want, NativeEngine(model, model, int8=q).predict(params, {"x": x}))
+
+
+def test_images_of_any_size_through_one_program():
+    """Symbolic height and width (the windows' bounds read at run time), three channels (a
+    step of three bytes), a dilated convolution reading the first one's quantized relu."""
+    model = _model("model m {\n input x: f32[B, 3, H, W]\n a = conv2d(x, 8, 3, padding = 1, act = relu)\n"
+                   " output y = conv2d(a, 4, 3, padding = 1, dilation = 2)\n}")
+    rng = np.random.default_rng(1)
+    params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
+    quantization = calibrate(model.graph, params, [{"x": rng.normal(size=(2, 3, 7, 5)).astype(np.float32)}])
+    native = NativeEngine(model, model, int8=quantization)
+    for shape in ((2, 3, 7, 5), (3, 3, 4, 9), (1, 3, 3, 3)):
+        feeds = {"x": rng.normal(size=shape).astype(np.float32)}
+        _same_bits(Int8Engine(model, model, quantization).predict(params, feeds), native.predict(params, feeds))
