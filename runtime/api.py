@@ -32,7 +32,7 @@ from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.int8 import Int8Engine, calibrate_arrays
-from dlc.runtime.engines.native_int8 import NativeInt8Engine
+from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.protocol import Engine
 from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.interop import checkpoint, quantized
@@ -214,11 +214,10 @@ class DlcModel:
             return self.engine
         if self._int8_engine is None:
             self._read_quantization()
-            if self.backend == "auto":
-                to_stderr("note: int8 runs its integer products in native code, the rest of the graph on the "
-                          "reference engine")
-            engine = Int8Engine if self.backend == "reference" else NativeInt8Engine
-            self._int8_engine = engine(self.train_model, self.eval_model, self.quantization)
+            if self.backend == "reference":
+                self._int8_engine = Int8Engine(self.train_model, self.eval_model, self.quantization)
+            else:
+                self._int8_engine = NativeEngine(self.train_model, self.eval_model, int8=self.quantization)
         return self._int8_engine
 
     def _read_quantization(self) -> dict:

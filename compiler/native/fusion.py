@@ -120,10 +120,13 @@ def _known(bounds) -> bool:
 class Fusion:
     """The fusion of one graph: the values stored by a kernel of their own (`stored`, each
     with its reason), the boundaries, and the fusion of each scan's body (`bodies`).
-    `args`: the forms of a scan body's arguments (None: the graph is not a body)."""
+    `args`: the forms of a scan body's arguments (None: the graph is not a body).
+    `quantized`: the integer products of an int8 program (kernels/int8), whose operand the
+    map that quantizes it computes, as any elementwise reader would."""
 
-    def __init__(self, graph: Graph, args: list | None = None):
+    def __init__(self, graph: Graph, args: list | None = None, quantized: frozenset = frozenset()):
         self.graph = graph
+        self.quantized = quantized
         self.forms: dict = {}           # value key -> its form as its readers take it (MEMORY once stored)
         self.stored: dict = {}          # value key -> Reason
         self.boundaries: list[Boundary] = []
@@ -148,7 +151,7 @@ class Fusion:
     def _taken(self, n: int) -> list:
         """The forms in which node n takes its operands: in memory where its kernel reads
         them from there."""
-        where, _ = memory_operands(self.graph.op(n))
+        where, _ = self._memory_operands(n)
         return [Form.MEMORY if where is None or i in where else self.forms[x.key()]
                 for i, x in enumerate(self.graph.inputs(n))]
 
@@ -191,7 +194,7 @@ class Fusion:
         if t.key() in self.outputs:
             return output
         for v in dict.fromkeys(readers):
-            where, why = memory_operands(self.graph.op(v))
+            where, why = self._memory_operands(v)
             if why is not None and any(x.key() == t.key() and (where is None or i in where)
                                        for i, x in enumerate(self.graph.inputs(v))):
                 return why
@@ -199,6 +202,10 @@ class Fusion:
         if form is Form.CHEAP or len(counted) <= 1 or self._split(counted):
             return None
         return Reason.READERS
+
+    def _memory_operands(self, n: int) -> tuple:
+        """memory_operands of node n: none for an integer product, which reads its own copies."""
+        return ((), None) if n in self.quantized else memory_operands(self.graph.op(n))
 
     def _recomputes(self, reader: int, t: Tensor) -> bool:
         """Whether `reader` takes t as the operand it computes afresh (its record's
@@ -235,7 +242,7 @@ class Fusion:
         seen, todo = {n}, [n] if PRIMITIVES[g.op(n)].pattern is not Pattern.CONTROL else []
         while todo:
             v = todo.pop()
-            where, _ = memory_operands(g.op(v))
+            where, _ = self._memory_operands(v)
             for i, x in enumerate(g.inputs(v)):
                 prim = PRIMITIVES[g.op(x.node)]
                 fused = not self.in_memory(x) and where is not None and i not in where

@@ -20,11 +20,13 @@ from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, keep_in_registers
+from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Op, Size,
                                          contiguous, row_major)
 from dlc.compiler.native.program.registry import LOWERED_FLOATS, NotLowerable
 from dlc.compiler.native.rules import load, lowering_rule
+from dlc.compiler.passes.int8 import products
 
 
 
@@ -35,12 +37,13 @@ class Lowering:
 
     def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
                  loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False, steps: tuple = (),
-                 pack_weights: str | None = None):
+                 pack_weights: str | None = None, int8: dict | None = None):
         self.graph = graph
+        self.int8 = int8 or {}        # node -> Int8Weights of the integer products (kernels/int8)
         self.bf16 = bf16              # matmul and convolution operands rounded to bfloat16
         self.pack_weights = pack_weights    # GEMMs' weights packed: PACK_WEIGHTS (kernels/gemm: packed_weight)
         self.weight_packs = None      # its WeightPacksKernel, once a GEMM takes a weight
-        self.fusion = fusion or Fusion(graph)
+        self.fusion = fusion or Fusion(graph, quantized=frozenset(self.int8))
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []
         self.args, self.depth = list(args), depth
@@ -168,7 +171,7 @@ class Lowering:
 
     def node(self, n: int):
         op = self.graph.op(n)
-        rule = lowering_rule(op)
+        rule = lowering_rule(op, int8=n in self.int8)
         if rule is None:
             raise NotLowerable(f"the native backend does not compile {op} yet", self.graph.nx.nodes[n]["span"])
         ins = self.graph.inputs(n)
@@ -242,15 +245,32 @@ def first_two_swapped(a: Affine) -> Affine:
     return Affine(a.offset, (a.coeffs[1], a.coeffs[0], *a.coeffs[2:]))
 
 
+def integer_weights(graph: Graph, quantization: dict) -> dict:
+    """node -> Int8Weights of each integer product of `graph` (compiler/passes/int8.py) that
+    `quantization` (QuantizedProduct by product name) quantizes."""
+    out = {}
+    for p in products(graph):
+        if p.weight in quantization and not p.integer:      # the graph passes made it another product
+            raise NotLowerable(f"the native backend cannot compute this {p.op} in int8 as the quantization says: "
+                               f"after the graph passes {p.reason}", p.span)
+        if p.integer and p.weight in quantization:
+            out[p.node] = Int8Weights.of(p, quantization[p.weight], graph.attrs(p.node).get("groups", 1))
+    return out
+
+
 @collector_paused()
-def lower(graph: Graph, precision: str = "f32", pack_weights: str | None = None) -> KernelProgram:
+def lower(graph: Graph, precision: str = "f32", pack_weights: str | None = None,
+          int8: dict | None = None) -> KernelProgram:
     """The kernel program of `graph`, its matmuls and convolutions taking operands of
     `precision` (PRECISIONS). `pack_weights` (a prediction, whose weights change only
     between calls; PACK_WEIGHTS): its GEMMs' weights are packed by its first kernel, which
-    packs only when they changed (kernels/gemm: WeightPacksKernel)."""
+    packs only when they changed (kernels/gemm: WeightPacksKernel). `int8`: the
+    quantization (QuantizedProduct by product name, docs/quantization.md) whose integer
+    products become int8 kernels (kernels/int8), the rest of the graph float32."""
     if precision not in PRECISIONS:
         raise ValueError(f"no precision '{precision}' ({', '.join(PRECISIONS)})")
     if pack_weights not in (None, *PACK_WEIGHTS):
         raise ValueError(f"no way of packing weights '{pack_weights}' ({', '.join(PACK_WEIGHTS)})")
     load()
-    return Lowering(graph, bf16=precision == "bf16", pack_weights=pack_weights).run()
+    return Lowering(graph, bf16=precision == "bf16", pack_weights=pack_weights,
+                    int8=integer_weights(graph, int8) if int8 else None).run()

@@ -39,8 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dlc.compiler.ir.dims import concrete
-from dlc.compiler.ir.graph import DTYPES, ITEMSIZE
-from dlc.compiler.native.program import KernelProgram
+from dlc.compiler.native.program import BUFFER_DTYPES, BUFFER_ITEMSIZE, KernelProgram
 
 ALIGN = 64
 PAGE = 4096           # buffers start at different offsets modulo this (see _first_fit)
@@ -194,7 +193,7 @@ def plan(program: KernelProgram, sizes: dict, live: dict | None = None, exclude=
     """The arena layout of the program's temporaries for concrete dim sizes; `live` is
     `intervals(program)` when already computed, `exclude` buffer ids kept out."""
     live = intervals(program) if live is None else live
-    nbytes = {b.id: max(1, int(concrete(b.size, sizes))) * ITEMSIZE[b.dtype]
+    nbytes = {b.id: max(1, int(concrete(b.size, sizes))) * BUFFER_ITEMSIZE[b.dtype]
               for b in program.buffers if b.role == "temp" and b.id not in exclude}
     offsets, arena = pack(nbytes, live)
     return Plan(offsets, nbytes, arena)
@@ -212,5 +211,5 @@ def aligned_zeros(count: int, dtype) -> np.ndarray:
 def views(p: Plan, program: KernelProgram) -> dict:
     """Each temporary's typed view of one 64-byte aligned arena."""
     arena = aligned_zeros(p.arena, np.uint8)
-    return {bid: arena[off:off + p.nbytes[bid]].view(DTYPES[program.buffers[bid].dtype])
+    return {bid: arena[off:off + p.nbytes[bid]].view(BUFFER_DTYPES[program.buffers[bid].dtype])
             for bid, off in p.offsets.items()}

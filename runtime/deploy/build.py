@@ -38,7 +38,7 @@ TARGETS = {"host": None, "avx2": (_X86, "x86-64-v3", _V3), "avx512": (_X86, "x86
 # the features a library checks at create (library.c cpu_features: cpuid on x86-64, the
 # kernel's HWCAP on AArch64), those of its target among them
 CHECKED = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cx16", "avx", "avx2", "bmi", "bmi2", "f16c", "fma",
-           "lzcnt", "movbe", "xsave", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512vnni",
+           "lzcnt", "movbe", "xsave", "avxvnni", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512vnni",
            "avx512bf16", "amx-tile", "amx-bf16", "amx-int8",
            "fp-armv8", "neon", "crc", "lse", "rdm", "fullfp16", "dotprod", "i8mm", "bf16")
 
@@ -53,15 +53,18 @@ class Built:
     embedded: bool
     train: bool = False
     transform: bool = False
+    int8: int = 0               # its integer products (dlc build --int8)
 
 
 def build(file: str, out: Path, model: str | None = None, weights: str | None = None, target: str = "host",
           embed: bool = False, precision: str = "f32", toolchain: str = "auto", train: bool = False,
-          overrides: dict | None = None, transform: bool = False) -> Built:
+          overrides: dict | None = None, transform: bool = False, int8: bool = False) -> Built:
     """`train`: the library trains too (the train block's step, runtime/deploy/training.py),
     with `overrides` of the train block's settings (seed, epochs), as dlc train's flags.
     `transform`: predict (and train_step) multiply each input by the training data's scale
-    (runtime/deploy/description.py) themselves."""
+    (runtime/deploy/description.py) themselves. `int8`: its products are those of the
+    quantized checkpoint `weights` (docs/quantization.md), compiled in with their weights
+    and scales; the float32 parameters it still reads are embedded or read at create."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     if overrides and not train:
         raise DlcError(f"--{next(iter(overrides))} is a setting of the train step: it goes with --train")
@@ -69,6 +72,10 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
         raise DlcError(f"--target must be one of {', '.join(TARGETS)}, not '{target}'")
     if embed and not weights:
         raise DlcError("--embed-weights needs the weights: give --weights CKPT")
+    if int8 and (train or not weights):
+        raise DlcError("--int8 builds the prediction of a quantized checkpoint: give it as --weights Q.npz "
+                       "(dlc quantize makes one)" + ("; it does not train (no --train)" if train else ""))
+    embed = embed or int8       # the quantization is compiled in: the float32 parameters with it
     # before the compile: a missing toolchain is said at once
     tools = find(toolchain, TARGETS[target][0] if TARGETS[target] else "")
     if TARGETS[target] is not None:
@@ -81,7 +88,12 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
                        " scales no input: there is no transform to compile in")
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
-    program = lower(optimize(graph), precision, pack_weights="once")     # kept packed until a weight is set
+    quantization = None
+    if int8:
+        from dlc.runtime.interop import quantized
+        quantization, _ = quantized.load(weights, eval_model, Path(file).read_text())
+    # kept packed until a weight is set
+    program = lower(optimize(graph), precision, pack_weights="once", int8=quantization)
     _refuse_host_calls(program)
     inputs, outputs = [t for t in face.inputs if t.name in program.inputs], face.outputs
     params = {p.name: p for p in eval_model.params}
@@ -98,7 +110,8 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
                   uses_amx="+amx-tile" in features,
                   param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
                   weights={k: arrays[k] for k in program.params} if embed else None,
-                  known=[p for p in params if p not in program.params], data=face.data, transform=transform)
+                  known=[p for p in params if p not in program.params], data=face.data, transform=transform,
+                  int8=int8)
     lib.module = built.module
     units = [lib]
     if train:
@@ -128,7 +141,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
     (out / "README.md").write_text(_readme(lib, tools, out))
     files = [out / f for f in (f"lib{name}{tools.suffix}", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
-    return Built(name, files, tools.name, target, embed, train, transform)
+    return Built(name, files, tools.name, target, embed, train, transform, len(quantization or ()))
 
 
 def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict,

@@ -152,6 +152,7 @@ static int cpu_features(cpu_feature *table) {
         {"avx512vl", (b7 >> 31 & 1) && os_avx512}, {"avx512vnni", (c7 >> 11 & 1) && os_avx512},
         {"avx512bf16", (a71 >> 5 & 1) && os_avx512}, {"amx-bf16", (d7 >> 22 & 1) && os_amx},
         {"amx-tile", (d7 >> 24 & 1) && os_amx}, {"amx-int8", (d7 >> 25 & 1) && os_amx}, {"lzcnt", ce >> 5 & 1},
+        {"avxvnni", (a71 >> 4 & 1) && os_avx},
     };
     memcpy(table, all, sizeof all);
     return (int)(sizeof all / sizeof *all);
@@ -670,7 +671,11 @@ static int instance(struct DLC_INSTANCE **out, const char *path, const void *byt
     if (!m) return DLC_ERROR_MEMORY;
     m->status = check_cpu(m);
     if (!m->status) {
-        if (bytes || path) m->status = load_source(m, path, bytes, n, load_checkpoint);
+        if ((bytes || path) && DLC_INT8)
+            m->status = fail(m, DLC_ERROR_ARGUMENT, "this library's products are int8, their weights and scales "
+                             "compiled in with every other weight (dlc build --int8): it takes no checkpoint "
+                             "(create it with NULL)");
+        else if (bytes || path) m->status = load_source(m, path, bytes, n, load_checkpoint);
         else if (DLC_EMBEDDED)
             for (int i = 0; i < DLC_N_PARAMS; i++) m->params[i] = (void *)(DLC_WEIGHTS + PARAMS[i].embedded);
         else m->status = fail(m, DLC_ERROR_ARGUMENT, "this library has no weights inside (it was built without "

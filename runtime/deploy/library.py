@@ -37,7 +37,7 @@ from dlc.compiler.ir.graph import ITEMSIZE
 from dlc.compiler.native import MOST_THREADS
 from dlc.compiler.native.codegen import threadpool
 from dlc.compiler.native.memory import intervals
-from dlc.compiler.native.program import KernelProgram
+from dlc.compiler.native.program import BUFFER_DTYPES, BUFFER_ITEMSIZE, KernelProgram
 
 C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t", "i64": "int64_t", "bool": "uint8_t"}
 NPY_DESCR = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i64": "<i8", "bool": "|b1"}
@@ -99,6 +99,7 @@ class Library:
     known: list = field(default_factory=list)  # the model's parameters a checkpoint holds that this unit does not read
     data: str | None = None             # the train block's data, every argument written (description.py)
     transform: bool = False             # predict multiplies each input by its scale (dlc build --transform)
+    int8: bool = False                  # its integer products compiled in with every weight (dlc build --int8)
 
     @property
     def param_names(self) -> list:
@@ -194,13 +195,10 @@ def embedded_layout(lib: Library) -> tuple:
         return offsets, b"".join(parts) or bytes(ALIGN)
     p = lib.program
     consts = [b for b in p.buffers if b.role == "const"]
-    const_offsets, const_blob = blob([b.data.astype(DTYPES_NP[b.dtype]) for b in consts])
+    const_offsets, const_blob = blob([b.data.astype(BUFFER_DTYPES[b.dtype]) for b in consts])
     weights = [lib.weights[name] for name in lib.param_names] if lib.weights is not None else []
     weight_offsets, weight_blob = blob(weights)
     return (weight_offsets, dict(zip((b.id for b in consts), const_offsets)), weight_blob, const_blob)
-
-
-DTYPES_NP = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int64, "bool": np.bool_}
 
 
 def embedded_data(lib: Library) -> dict:
@@ -226,6 +224,7 @@ def c_source(lib: Library) -> str:
            f"#define DLC_WEIGHTS_READY {-1 if p.weights_ready is None else p.weights_ready}",
            f"#define DLC_N_CONSTRAINTS {len(lib.constraints)}",
            f"#define DLC_EMBEDDED {int(lib.weights is not None)}", f"#define DLC_USES_AMX {int(lib.uses_amx)}",
+           f"#define DLC_INT8 {int(lib.int8)}",
            f"#define DLC_TARGET {_c_string(lib.target)}", f"#define DLC_TRANSFORM {int(lib.transform)}",
            f"#define DLC_STEP {lib.step}",
            f"#define DLC_WEIGHTS {n}__weights", f"#define DLC_CONSTS {n}__consts",
@@ -275,7 +274,7 @@ def c_source(lib: Library) -> str:
     buffers = []
     for b in p.buffers:
         data = param_index.get(b.id, 0) if b.role == "param" else const_offsets.get(b.id, 0)
-        buffers.append(f"{{{ROLES[b.role]}, {ITEMSIZE[b.dtype]}, {polys(b.size)}, {data}}}")
+        buffers.append(f"{{{ROLES[b.role]}, {BUFFER_ITEMSIZE[b.dtype]}, {polys(b.size)}, {data}}}")
     body.append(f"static const dlc_buffer BUFFERS[] = {{{', '.join(buffers) or '{0}'}}};")
     live = intervals(p)      # the temporaries' kernel intervals, as the engine's arena takes them
     body.append("static const int64_t LIVE[][2] = {" + ", ".join(
@@ -386,12 +385,12 @@ def _training_tables(lib: Library) -> list:
         elif b.role == "input":
             rows.append(f"{{UPDATE_SCALAR, {t.scalar_names.index(b.name)}, 0, 0}}")
         elif b.role == "const":
-            data = np.ascontiguousarray(b.data.astype(DTYPES_NP[b.dtype])).tobytes()
+            data = np.ascontiguousarray(b.data.astype(BUFFER_DTYPES[b.dtype])).tobytes()
             body.append(f"static const unsigned char UCONST{b.id}[] __attribute__((aligned({ALIGN}))) = "
                         f"{{{', '.join(map(str, data)) or '0'}}};")
             rows.append(f"{{UPDATE_CONST, 0, 0, UCONST{b.id}}}")
         else:       # what the update computes on the way: the gradient's norm
-            rows.append(f"{{UPDATE_TEMP, 0, {max(1, int(b.size)) * ITEMSIZE[b.dtype]}, 0}}")
+            rows.append(f"{{UPDATE_TEMP, 0, {max(1, int(b.size)) * BUFFER_ITEMSIZE[b.dtype]}, 0}}")
     body.append(f"static const dlc_update UPDATE[] = {{{', '.join(rows)}}};")
     body.append("static const dlc_group GROUPS[] = {" + ", ".join(f"{{{a}, {c}, {g}}}" for a, c, g in t.groups)
                 + (" {0}" if not t.groups else "") + "};")

@@ -31,6 +31,7 @@ from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.native.lower import lower
 from dlc.compiler.ir.graph import ITEMSIZE
 from dlc.compiler.native.memory import intervals, linearize
+from dlc.compiler.native.program import BUFFER_ITEMSIZE
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
 
@@ -277,7 +278,7 @@ def own_buffers(program, fixed) -> list:
 
 
 def buffer_bytes(b, sizes: dict) -> int:
-    return max(1, int(concrete(b.size, sizes))) * ITEMSIZE[b.dtype]
+    return max(1, int(concrete(b.size, sizes))) * BUFFER_ITEMSIZE[b.dtype]
 
 
 # ---- the peak of training, before running (dlc summary --memory) -------------------------------------
@@ -322,7 +323,7 @@ def training_memory(model, trainable: list, slots: int, sizes: dict) -> dict:
     layers: dict = {}
     for b in kept:
         part = layers.setdefault(layer(b.id), dict.fromkeys(PARTS, 0))
-        part["activations"] = part["activations"] + b.size * ITEMSIZE[b.dtype]
+        part["activations"] = part["activations"] + b.size * BUFFER_ITEMSIZE[b.dtype]
     for p in model.params:
         part = layers.setdefault(p.name.rpartition(".")[0], dict.fromkeys(PARTS, 0))
         for name, n in param_parts(p, p.name in set(trainable), slots).items():

@@ -25,7 +25,7 @@ from dlc.compiler.ir.graph import DTYPES
 from dlc.compiler.ir.update import GROUP
 from dlc.compiler.native.lower import lower
 from dlc.compiler.native.memory import aligned_zeros, intervals, plan, views
-from dlc.compiler.native.program import KernelProgram
+from dlc.compiler.native.program import BUFFER_DTYPES, KernelProgram
 from dlc.compiler.native.update import lower_update, touched
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines import budget, cache, numerics
@@ -133,15 +133,16 @@ class Executable:
     every call, since the parameters it is given may have changed in place (lower.py). `buckets`: (the
     bytes of a bucket, the parameters whose gradients the buckets hold): each bucket is handed
     to the host as soon as the step has finished it (compiler/native/buckets.py;
-    `self.buckets` lists them)."""
+    `self.buckets` lists them). `int8`: the quantization (QuantizedProduct by product name)
+    whose integer products it computes in int8 (compiler/native/kernels/int8)."""
 
     def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
                  hosts: dict | None = None, check_numerics=False, precision: str = "f32", buckets: tuple | None = None,
-                 pack_weights: str | None = None):
+                 pack_weights: str | None = None, int8: dict | None = None):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
-        self.program: KernelProgram = lower(optimize(graph), precision, pack_weights)
+        self.program: KernelProgram = lower(optimize(graph), precision, pack_weights, int8)
         self.buckets = gradient_buckets(self.program, *buckets) if buckets else []
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         cache.gemm_symbols()
@@ -216,12 +217,12 @@ class Executable:
                     arrays.append(np.ascontiguousarray(b.data))
                 elif b.role == "packed":        # of every layout: their sizes are the weights'
                     if b.id not in self.packed:
-                        self.packed[b.id] = aligned_zeros(int(concrete(b.size, sizes)), DTYPES[b.dtype])
+                        self.packed[b.id] = aligned_zeros(int(concrete(b.size, sizes)), BUFFER_DTYPES[b.dtype])
                     arrays.append(self.packed[b.id])
                 elif b.id in temps:
                     arrays.append(temps[b.id])
                 else:
-                    arrays.append(aligned_zeros(max(1, int(concrete(b.size, sizes))), DTYPES[b.dtype]))
+                    arrays.append(aligned_zeros(max(1, int(concrete(b.size, sizes))), BUFFER_DTYPES[b.dtype]))
             table = np.zeros(self.entries, np.uint64)
             table[:self.checks] = [0 if a is None else a.ctypes.data for a in arrays]
             for bid, function in self.hosts.items():
@@ -315,7 +316,7 @@ class Layout:
         self.sizes = ctypes.addressof(self.dims) + ctypes.sizeof(ctypes.c_int64)
         # slot -> (dtype, element count, name) of the array it takes; the update's slots
         # (after the checks) are the engine's own arrays, which it sized
-        self.wants = {b.id: (np.dtype(DTYPES[b.dtype]), int(concrete(b.size, sizes)), b.name or str(b.id))
+        self.wants = {b.id: (np.dtype(BUFFER_DTYPES[b.dtype]), int(concrete(b.size, sizes)), b.name or str(b.id))
                       for b in exe.program.buffers}
         self.held: dict = {}        # slot -> the array whose address it holds
         # the driver's arguments: each kernel's slots of the table (driver.py), kept as the
@@ -376,7 +377,7 @@ class NativeEngine:
     def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
                  trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
                  split=False, check_numerics=False, precision: str = "f32", buckets: int = 0,
-                 shard: tuple | None = None):
+                 shard: tuple | None = None, int8: dict | None = None):
         """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
         a data-parallel run (runtime/engines/distributed.py) can average the gradients between them;
         with `buckets` (bytes), one call again, which hands each bucket of gradients to
@@ -392,9 +393,12 @@ class NativeEngine:
         rank's share of the flat trained parameters (`shards`, contiguous ranges of them),
         reading the share's gradient from the start of the gradient array (where MPI's
         in-place reduce-scatter leaves it), and it holds that share's optimizer state only
-        (runtime/engines/distributed.py)."""
+        (runtime/engines/distributed.py). `int8`: the quantization (QuantizedProduct by
+        product name) whose integer products its evaluation and prediction compute in int8
+        (docs/quantization.md, "Engines")."""
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.precision = precision
+        self.int8 = int8                # its evaluation and prediction's integer products (docs/quantization.md)
         self.profiling = profile        # the train step's and the prediction's builds count cycles (`dlc bench`)
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
@@ -480,7 +484,7 @@ class NativeEngine:
     @property
     def eval_exe(self) -> Executable:
         if self._eval is None:
-            self._eval = Executable(self.eval_model.graph, precision=self.precision)
+            self._eval = Executable(self.eval_model.graph, precision=self.precision, int8=self.int8)
         return self._eval
 
     @property
@@ -489,7 +493,7 @@ class NativeEngine:
             if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
                 raise DlcError("the model declares no outputs; add `output name = ...`")
             self._predict = Executable(predict_graph(self.eval_model), profile=self.profiling, precision=self.precision,
-                                       pack_weights="each call")
+                                       pack_weights="each call", int8=self.int8)
         return self._predict
 
     # -- the optimizer --

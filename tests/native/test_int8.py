@@ -1,68 +1,175 @@
-"""The native int8 product (compiler/native/codegen/int8_dot.py, runtime/engines/native_int8.py)
-against the reference int8 engine bit for bit: the kernel on its own (row and channel tails,
-K not a multiple of its vector), and dense, strided and padded, dilated, grouped and depthwise
-convolutions in a model; on any DLC_TARGET."""
+"""The native int8 program (compiler/native/kernels/int8): integer products compiled with the rest
+of the graph, against the reference int8 engine bit for bit — dense, strided, padded, dilated,
+grouped and depthwise convolutions, saturating and NaN inputs, the largest sums int32 holds —
+on every DLC_TARGET this host can run (vpdpbusd 512 and 256 bits, vpmaddwd) and thread count;
+each value quantized by the kernel that makes it."""
+import re
+
 import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load_text
-from dlc.compiler.native.codegen import int8_dot, jit
+from dlc.compiler.ir import int8
+from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen.driver import build_module
+from dlc.compiler.native.kernels.int8 import Int8Kernel
+from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.int8 import products
+from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines.int8 import Int8Engine, calibrate
-from dlc.runtime.engines.interpreter import run
-from dlc.runtime.engines.native_int8 import NativeInt8Engine
+from dlc.runtime.engines.native import NativeEngine
+from dlc.runtime.engines.reference import predict_graph
 
+# DLC_TARGET -> (the features it needs of the host, the instruction of its dot products, their registers)
+TARGETS = {"host": ((), None, None), "avxvnni": (("avxvnni",), "vpdpbusd", "ymm"),
+           "avx2": (("avx2",), "vpmaddwd", "ymm")}
 
-@pytest.mark.parametrize("rows, cols, k", [(1, 1, 1), (3, 5, 7), (4, 9, 37), (17, 13, 300), (2, 4, 0), (5, 8, 16)])
-def test_kernel_sums_exactly_and_rounds_as_the_reference(rows, cols, k):
-    rng = np.random.default_rng(rows * 1000 + k)
-    a = rng.integers(0, 256, (rows, k), dtype=np.uint8)
-    a[0, :] = 255                                      # the largest terms: 255 · ±127
-    w = rng.integers(-127, 128, (cols, k), dtype=np.int8)
-    w[0, :] = -127
-    sums = w.astype(np.int32).sum(axis=1, dtype=np.int32)
-    m = rng.uniform(1e-4, 1, cols).astype(np.float32)
-    y = np.full((rows, cols), np.nan, np.float32)
-    int8_dot.int8_rows()(rows, cols, k, a.ctypes.data, w.ctypes.data, sums.ctypes.data, m.ctypes.data,
-                         y.ctypes.data, 7)
-    want = ((a.astype(np.int64) - 7) @ w.astype(np.int64).T).astype(np.int32).astype(np.float32) * m
-    assert np.array_equal(y.view(np.int32), want.view(np.int32))
-
-
-def test_the_dot_products_are_vpmaddwd_on_avx2():
-    assert jit.host_has("avx2"), "this test is for an x86 host with AVX2"
-    assert "vpmaddwd" in jit.assembly(int8_dot.int8_module())
-
-
+# every output's float part is elementwise (bias, relu, max pooling), which the native engine
+# computes as numpy does: so the outputs are the reference's bits, not only the products
 PROGRAM = """
 model m {
     input x: f32[B, 4, 9, 9]
-    a = conv2d(x, 6, 3, padding = 1, stride = 2, act = relu)
-    g = conv2d(a, 6, 3, padding = "same", groups = 3)
-    d = conv2d(g, 6, 3, groups = 6)
+    a = conv2d(x, 8, 3, padding = 1, stride = 2, act = relu)    # 4 channels: one load a tap
+    g = conv2d(a, 8, 3, padding = "same", groups = 2)           # 4 channels a group
+    d = conv2d(g, 8, 3, groups = 8)                              # depthwise: a byte a tap
+    f = conv2d(g, 4, 3, groups = 4, stride = 2, padding = 1)    # 2 channels a group
     e = conv2d(x, 5, 3, dilation = 2, padding = 2)
-    output y = dense(flatten(d), 5) + sum(e)
+    h = dense(flatten(maxpool2d(d, 2)), 24, relu)
+    output y = dense(h, 5)
+    output u = f
+    output v = relu(e)
     output z = dense(x, 3)
 }
 """
 
 
-@pytest.mark.parametrize("target", ["host", "avx2"])
-def test_native_int8_model_equals_the_reference_int8_engine_bit_for_bit(target, monkeypatch):
-    monkeypatch.setenv("DLC_TARGET", target)
-    model = load_text(PROGRAM, "m.dl").build("m", training=False)
+def _model(source: str):
+    return load_text(source, "m.dl").build("m", training=False)
+
+
+def _same_bits(want: dict, got: dict):
+    assert set(want) == set(got)
+    for name, a in want.items():
+        assert got[name].dtype == a.dtype and np.array_equal(got[name].view(np.int32), a.view(np.int32)), name
+
+
+@pytest.fixture
+def compile_for(monkeypatch):
+    """Compile for DLC_TARGET `target` from now on in this test (the target is read once per
+    process otherwise), or skip where the host lacks its features."""
+    def use(target: str):
+        jit.host_cpu.cache_clear()
+        if not all(jit.host_has(f) for f in TARGETS[target][0]):
+            pytest.skip(f"this host lacks {', '.join(TARGETS[target][0])}")
+        monkeypatch.setenv("DLC_TARGET", target)
+        jit.host_cpu.cache_clear()
+        jit._shared_tm.cache_clear()
+    yield use
+    monkeypatch.undo()
+    jit.host_cpu.cache_clear()
+    jit._shared_tm.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def quantized():
+    model = _model(PROGRAM)
     rng = np.random.default_rng(2)
     params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
     x = rng.normal(size=(3, 4, 9, 9)).astype(np.float32)
     quantization = calibrate(model.graph, params, [{"x": x}])
-    assert len([p for p in products(model.graph) if p.integer]) == 6
+    assert len([p for p in products(model.graph) if p.integer]) == 8
     x[0, 0, 0, :3] = [np.nan, np.inf, -1e30]           # the input seen later holds what saturates
     x = np.concatenate([x, 3 * x])
-    outs = []
-    for engine in (Int8Engine, NativeInt8Engine):
-        e = engine(model, model, quantization)
-        outs.append(run(model.graph, {"x": x}, params, evaluator=e.evaluator))
-    assert set(outs[0]) == set(outs[1]) == {"output:y", "output:z"}
-    for name, want in outs[0].items():
-        got = outs[1][name]
-        assert got.dtype == want.dtype and np.array_equal(got.view(np.int32), want.view(np.int32)), name
+    return model, params, quantization, {"x": x}, Int8Engine(model, model, quantization).predict(params, {"x": x})
+
+
+@pytest.mark.sets_target
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_native_int8_equals_the_reference_int8_engine_bit_for_bit(quantized, target, compile_for):
+    compile_for(target)
+    model, params, quantization, feeds, want = quantized
+    _same_bits(want, NativeEngine(model, model, int8=quantization).predict(params, feeds))
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_native_int8_gives_the_same_bits_on_any_thread_count(quantized, threads, monkeypatch):
+    monkeypatch.setenv("DLC_NUM_THREADS", threads)
+    model, params, quantization, feeds, want = quantized
+    feeds = {"x": np.concatenate([feeds["x"]] * 40)}        # rows enough for every thread
+    got = NativeEngine(model, model, int8=quantization).predict(params, feeds)
+    _same_bits({k: np.concatenate([v] * 40) for k, v in want.items()}, got)
+
+
+def _program(model, quantization):
+    return lower(optimize(predict_graph(model)), int8=quantization)
+
+
+@pytest.mark.sets_target
+@pytest.mark.parametrize("target", list(TARGETS))
+def test_the_dot_products_are_vpdpbusd_where_the_target_has_vnni_else_vpmaddwd(target, compile_for):
+    """Never vpmaddubsw, which saturates the sum of two u8 · s8 products to 16 bits."""
+    compile_for(target)
+    model = _model("model m {\n input x: f32[B, 40]\n output y = dense(x, 20)\n}")
+    params = {p.name: np.ones(p.type.shape, np.float32) for p in model.params}
+    quantization = calibrate(model.graph, params, [{"x": np.ones((1, 40), np.float32)}])
+    asm = jit.assembly(build_module(_program(model, quantization)).module)
+    assert "vpmaddubsw" not in asm
+    _, instruction, registers = TARGETS[target]
+    if target == "host":
+        instruction, registers = ("vpdpbusd", "zmm") if jit.host_has("avx512vnni") else \
+            ("vpdpbusd", "ymm") if jit.host_has("avxvnni") else ("vpmaddwd", None)
+    assert re.search(rf"\b{instruction}\s[^\n]*%{registers or ''}", asm), (instruction, registers)
+
+
+def test_each_integer_products_input_is_quantized_where_it_is_made(quantized):
+    """Quantize-on-store: the map that computes an integer product's input (a bias and
+    activation in the previous product's store, a max pooling) stores it in u8; no float32
+    copy of it is made."""
+    model, _, quantization, _, _ = quantized
+    prog = _program(model, quantization)
+    kernels = [k for k in prog.kernels if isinstance(k, Int8Kernel)]
+    assert len(kernels) == 8 and sum(k.window is not None for k in kernels) == 5
+    quantizing = [m for k in prog.kernels for m in getattr(k.epilogue if isinstance(k, Int8Kernel) else k, "maps", [])
+                  if "quantize_u8" in m.expr.text()]
+    # x for a, e and z; a, g twice (read by two products), maxpool(d), h
+    assert all(prog.buffers[m.out].dtype == "i8" for m in quantizing) and len(quantizing) == 8
+    # a's relu and h's in their products' stores: quantized there (a's channels last, as g
+    # reads it), never stored in float32
+    assert sum(1 for k in kernels if k.epilogue is not None and "quantize_u8" in k.epilogue.text()[0]) == 2
+
+
+@pytest.mark.parametrize("weight, k", [(-127, int8.LONGEST_SUM), (-128, (2 ** 31 - 1) // (255 * 128)),
+                                       (127, int8.LONGEST_SUM)])
+def test_the_largest_sums_are_exact(weight, k):
+    """255 · w over the most terms whose sum int32 holds (and z_x 255, the input at 0): a
+    product path that saturated a pair of u8 · s8 products to 16 bits, as vpmaddubsw does,
+    or a sum to 32 bits, would clip them."""
+    model = _model(f"model m {{\n input x: f32[B, {k}]\n output y = dense(x, 3, bias = false)\n}}")
+    weights = np.full((k, 3), weight, np.int8)
+    weights[:, 2] = 1
+    (name,) = [p.weight for p in products(model.graph)]
+    q = {name: int8.QuantizedProduct(weights, np.ones(3, np.float32), np.float32(1.0), np.uint8(0))}
+    x = np.stack([np.full(k, 300.0), np.full(k, -1e30), np.linspace(-1, 300, k)]).astype(np.float32)
+    params = {name: np.zeros((k, 3), np.float32)}
+    want = Int8Engine(model, model, q).predict(params, {"x": x})
+    assert want["y"][0, 0] == np.float32(255 * weight * k)
+    _same_bits(want, NativeEngine(model, model, int8=q).predict(params, {"x": x}))
+    q[name].input_zero_point = np.uint8(255)
+    q[name].input_scale = np.float32(2.0 ** -20)
+    want = Int8Engine(model, model, q).predict(params, {"x": x})
+    assert want["y"][1, 0] == np.float32(-255 * weight * k) * np.float32(2.0 ** -20)
+    _same_bits(want, NativeEngine(model, model, int8=q).predict(params, {"x": x}))
+
+
+def test_images_of_any_size_through_one_program():
+    """Symbolic height and width (the windows' bounds read at run time), three channels (a
+    step of three bytes), a dilated convolution reading the first one's quantized relu."""
+    model = _model("model m {\n input x: f32[B, 3, H, W]\n a = conv2d(x, 8, 3, padding = 1, act = relu)\n"
+                   " output y = conv2d(a, 4, 3, padding = 1, dilation = 2)\n}")
+    rng = np.random.default_rng(1)
+    params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
+    quantization = calibrate(model.graph, params, [{"x": rng.normal(size=(2, 3, 7, 5)).astype(np.float32)}])
+    native = NativeEngine(model, model, int8=quantization)
+    for shape in ((2, 3, 7, 5), (3, 3, 4, 9), (1, 3, 3, 3)):
+        feeds = {"x": rng.normal(size=shape).astype(np.float32)}
+        _same_bits(Int8Engine(model, model, quantization).predict(params, feeds), native.predict(params, feeds))

@@ -9,6 +9,7 @@ import pkgutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dlc.compiler.native import kernels, rules
@@ -19,6 +20,7 @@ from dlc.compiler.native.kernels.attention import AttentionKernel
 from dlc.compiler.native.kernels.conv import ConvKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel, PackKernel, WeightPacksKernel
 from dlc.compiler.native.kernels.host_call import HostCallKernel
+from dlc.compiler.native.kernels.int8 import Int8Kernel, Int8Weights
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.kernels.maxpool_grad import MaxPoolGradKernel
 from dlc.compiler.native.kernels.reduce import ReduceKernel
@@ -39,6 +41,13 @@ def kinds() -> list:
         found += [c for c in vars(module).values()
                   if inspect.isclass(c) and issubclass(c, Kernel) and c.__module__ == module.__name__]
     return sorted(found, key=lambda c: c.__name__)
+
+
+def _int8_weights() -> Int8Weights:
+    from dlc.compiler.ir.int8 import QuantizedProduct
+    from dlc.compiler.passes.int8 import Product
+    q = QuantizedProduct(np.ones((6, 3), np.int8), np.ones(3, np.float32), np.float32(1), np.uint8(3))
+    return Int8Weights.of(Product(0, "matmul", "W", 1, (6, 3), 6, None), q, 1)
 
 
 def sample(kind) -> tuple:
@@ -75,6 +84,10 @@ def sample(kind) -> tuple:
                                                   p.buffer("f32", AttentionKernel.scratch_floats(2, 2), "temp").id),
                                   {0, 1}, {2, 3, 5}),
         ScanKernel: lambda: (ScanKernel(3, False, "$t0", [copy]), set(), set()),    # its body touches b0, b3
+        # u8 rows b5 [4 x 6] times the s8 weights of 3 channels (b6, their offsets b7, multipliers b8) into b2
+        Int8Kernel: lambda: (Int8Kernel(4, _int8_weights(), (p.buffer("i8", 24, "temp").id, 0, 6),
+                                        *(p.buffer(t, 64, "const").id for t in ("i8", "i32", "f32")), (2, 0, 3)),
+                             {5, 6, 7, 8}, {2}),
     }
     assert kind in made, f"{kind.__name__}: no sample kernel here; add one with the buffers it touches"
     k, reads, writes = made[kind]()

@@ -45,17 +45,20 @@ def _init() -> None:
     llvm.initialize_all_asmprinters()
 
 
-# DLC_TARGET=avx2 compiles for a generic AVX2 machine (x86-64-v3) even on an AVX-512
-# host, to test the AVX2 kernels, or to compare them on a host with double-pumped AVX-512;
+# DLC_TARGET=avx2 compiles for a generic AVX2 machine (x86-64-v3, without AVX-VNNI) even on
+# an AVX-512 host, to test the AVX2 kernels, or to compare them on a host with double-pumped
+# AVX-512; DLC_TARGET=avxvnni for the host without AVX-512 and AMX (an AVX2 machine with
+# AVX-VNNI), to test the int8 product's 256-bit vpdpbusd path (kernels/int8);
 # DLC_TARGET=avx512 for the host without its bfloat16 units (AVX512_BF16, AMX), to test
 # the bf16 GEMM's conversion path with the AVX-512 blocking; DLC_TARGET=avx512bf16 for the
 # host without AMX, to test the bf16 GEMM's vdpbf16ps path on an AMX host. On a 64-bit ARM
 # host, DLC_TARGET=aarch64 compiles for the ARMv8.2-A baseline (NEON) without the host's
 # later features. Each target is of one architecture (ARCH).
-TARGETS = ("host", "avx2", "avx512", "avx512bf16", "aarch64")
-ARCH = {"avx2": "x86_64", "avx512": "x86_64", "avx512bf16": "x86_64", "aarch64": "aarch64"}
+TARGETS = ("host", "avx2", "avxvnni", "avx512", "avx512bf16", "aarch64")
+ARCH = {"avx2": "x86_64", "avxvnni": "x86_64", "avx512": "x86_64", "avx512bf16": "x86_64", "aarch64": "aarch64"}
 # the features each target takes away from the host's (LLVM's spelling, by prefix)
-REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10"),
+REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvnni"),
+           "avxvnni": ("+avx512", "+amx", "+evex512", "+avx10"),
            "avx512": ("+avx512bf16", "+amx", "+avx10"), "avx512bf16": ("+amx",)}
 # (cpu, features) of the ARMv8.2-A baseline: NEON, with v8.1's CRC32, atomics (LSE) and
 # rounding doubling multiplies (RDM); what DLC_TARGET=aarch64 and `dlc build --target

@@ -91,12 +91,23 @@ emits("abs", "float")(lambda kb, e, a: kb.intrinsic("llvm.fabs", a[0]))
 emits("sqrt", "float")(lambda kb, e, a: kb.intrinsic("llvm.sqrt", a[0]))
 emits("fma", "float")(lambda kb, e, a: kb.intrinsic("llvm.fma", *a))
 # the operations the lowering writes itself, which no graph has: an operand of bfloat16
-# products rounded to nearest even and kept as a float (Lowering.rounded), and two of them
+# products rounded to nearest even and kept as a float (Lowering.rounded), two of them
 # as one 32-bit pair in a float's bits (the direct convolution's weights, kernels/conv
-# `_weight_pairs`)
-LOWERING_ONLY = ("round_bf16", "bf16_pair")
+# `_weight_pairs`), and a float quantized to u8 (an int8 product's input, kernels/int8)
+LOWERING_ONLY = ("round_bf16", "bf16_pair", "quantize_u8")
 emits("round_bf16", "float")(lambda kb, e, a: round_bf16(kb.b, a[0]))
 emits("bf16_pair", "float")(lambda kb, e, a: bf16_pair(kb.b, a[0], a[1]))
+
+
+@emits("quantize_u8", "float")
+def _quantize_u8(kb, e, a):
+    """clip(rint(x / s_x) + z_x, 0, 255) in float32 (int8.quantize), NaN as 0.0, as a byte."""
+    b = kb.b
+    x, scale, zero = a
+    zeroed = b.select(b.fcmp_unordered("uno", x, x), ir.Constant(f32, 0.0), x)
+    t = b.fadd(kb.intrinsic("llvm.rint", b.fdiv(zeroed, scale)), zero)
+    t = kb.intrinsic("llvm.minnum", kb.intrinsic("llvm.maxnum", t, ir.Constant(f32, 0.0)), ir.Constant(f32, 255.0))
+    return b.trunc(b.fptoui(t, i32), ir.IntType(8))
 
 
 @emits("sign", "float")

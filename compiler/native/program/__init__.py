@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dlc.compiler.ir.graph import DTYPES
+
+# the numpy type of each dtype a buffer may have: the graph's, and "i8", the bytes of an int8
+# product's operands (kernels/int8), which no graph value has
+BUFFER_DTYPES = DTYPES | {"i8": np.int8}
+BUFFER_ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in BUFFER_DTYPES.items()}    # bytes an element
+
 # ---- expressions -----------------------------------------------------------------------------
 
 

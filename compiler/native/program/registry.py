@@ -24,15 +24,17 @@ LOWERINGS: dict[str, Callable] = {}
 PATTERN_RULES: dict[Pattern, Callable] = {}
 # the float dtypes a rule computes in, where it is not every dtype the type rule accepts
 LOWERED_FLOATS: dict[str, tuple] = {}
+# primitive name -> its rule as an integer product of a quantized program (kernels/int8)
+INT8_LOWERINGS: dict[str, Callable] = {}
 
 
-def register_lowering(*names: str, floats: tuple | None = None, pattern: Pattern | None = None):
+def register_lowering(*names: str, floats: tuple | None = None, pattern: Pattern | None = None, int8: bool = False):
     """Decorator: the lowering rule of the primitives `names`, or of every primitive of
     `pattern` that has none; `floats`, the only float dtypes it computes in (the GEMM
-    and the window kernels: f32)."""
+    and the window kernels: f32); `int8`, their rule as integer products instead."""
     def register(rule):
         for name in names:
-            LOWERINGS[name] = rule
+            (INT8_LOWERINGS if int8 else LOWERINGS)[name] = rule
             if floats is not None:
                 LOWERED_FLOATS[name] = floats
         if pattern is not None:

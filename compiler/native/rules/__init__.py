@@ -11,7 +11,7 @@ import pkgutil
 from typing import Callable
 
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.native.program.registry import LOWERINGS, PATTERN_RULES
+from dlc.compiler.native.program.registry import INT8_LOWERINGS, LOWERINGS, PATTERN_RULES
 
 
 @functools.cache
@@ -24,7 +24,10 @@ def load():
                 importlib.import_module(f"{package.__name__}.{module.name}")
 
 
-def lowering_rule(name: str) -> Callable | None:
-    """A primitive's lowering rule: its own, else its fusion pattern's."""
+def lowering_rule(name: str, int8: bool = False) -> Callable | None:
+    """A primitive's lowering rule: its own, else its fusion pattern's; `int8`: its rule as
+    an integer product (kernels/int8)."""
     load()
+    if int8:
+        return INT8_LOWERINGS[name]
     return LOWERINGS.get(name) or PATTERN_RULES.get(PRIMITIVES[name].pattern)

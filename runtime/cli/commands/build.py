@@ -32,6 +32,10 @@ def arguments(p):
     p.add_argument("--transform", action="store_true",
                    help="predict takes the data as its source reads it and multiplies each input by the training "
                         "data's scale itself (digits(): the pixels 0-16; NAME_INPUT_X_SCALE in the header)")
+    p.add_argument("--int8", action="store_true",
+                   help="its products in int8, as the quantized checkpoint --weights gives them (dlc quantize; "
+                        "docs/quantization.md), compiled in with every weight (--embed-weights implied): its outputs "
+                        "are dlc predict --int8's bit for bit")
     p.add_argument("--toolchain", choices=["auto", "cc", "zig"], default="auto",
                    help='auto (default): the system cc, else zig cc (pip install "dlc[build]")')
 
@@ -39,8 +43,9 @@ def arguments(p):
 def run(args):
     built = build(args.file, Path(args.output), args.model, args.weights, args.target, args.embed_weights,
                   toolchain=args.toolchain, train=args.train,
-                  overrides={"seed": args.seed, "epochs": args.epochs}, transform=args.transform)
+                  overrides={"seed": args.seed, "epochs": args.epochs}, transform=args.transform, int8=args.int8)
     print(f"wrote {', '.join(str(f) for f in built.files)}")
     print(f"target {built.target}, weights {'embedded' if built.embedded else 'read from a checkpoint at create'}, "
           f"{'predicts and trains' if built.train else 'predicts'}"
+          f"{f' with {built.int8} integer products' if built.int8 else ''}"
           f"{', scales its inputs itself' if built.transform else ''}, linked with {built.toolchain}")

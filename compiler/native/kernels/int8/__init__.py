@@ -1,0 +1,194 @@
+"""The int8 product (docs/quantization.md, "The arithmetic"): u8 rows times s8 weights, exact
+int32 sums, back to float32 in the store as
+
+    y[i, o] = f32(Σ_k a[i, k] · q_w[o, k] − z_x · Σ_k q_w[o, k]) · M[o]
+
+the kernel kind of a quantized program's integer products (a matmul's rows, a convolution's
+windows), and their lowering: the product's input is quantized by the map that computes it
+(quantize-on-store: the value is never stored in float32 unless something else reads it),
+a convolution's rows are the windows of that u8 tensor, padded with z_x. The loops are in
+loops.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from dlc.compiler.ir import int8
+from dlc.compiler.ir.dims import concrete, numel
+from dlc.compiler.native.kernels.map import MapKernel, merged
+from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, render, row_major
+from dlc.compiler.native.program.registry import register_lowering
+from dlc.compiler.passes.int8 import Product
+
+TERMS = 4           # the terms a 32-bit lane sums per step: vpdpbusd's four u8 · s8 pairs
+CHANNEL_BLOCK = 16  # the weights' channels padded to a multiple of the widest vector of i32 lanes
+
+
+@dataclass(frozen=True, eq=False)
+class Int8Weights:
+    """One integer product's numbers as the kernel reads them, per group of `channels` output
+    channels and `k` terms: `packed` the s8 weights [groups, ceil(k / 4), padded channels, 4]
+    (term 4t + j of channel o at [g, t, o, j]; zeros past k and past the channels), `offsets`
+    z_x · Σ_k q_w [groups, padded channels] (int32, exact: K ≤ LONGEST_SUM), `multipliers`
+    M[o] [groups, padded channels]; the input's scale and zero point. A convolution's terms
+    are in the order (i, j, c), each tap's channels of a group padded with zero weights to
+    a multiple of 4 (`taps` taps of `tap_channels` channels, which its kernel reads in place:
+    Int8Kernel.window); a matmul's, its K in order (taps 0)."""
+    packed: np.ndarray
+    offsets: np.ndarray
+    multipliers: np.ndarray
+    scale: np.float32
+    zero: int
+    groups: int
+    channels: int
+    k: int
+    taps: int = 0
+    tap_channels: int = 0
+
+    @classmethod
+    def of(cls, p: Product, q: int8.QuantizedProduct, groups: int) -> "Int8Weights":
+        """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups."""
+        w = q.weight.reshape(p.weight_shape)
+        taps = tap_channels = 0
+        if p.op == "matmul":        # [K, N] (or [N, K] with tb): channel rows of K terms
+            w = w if p.channel_axis == 0 else w.T
+        else:                       # [O, C / groups, kh, kw] -> [O, kh, kw, C / groups padded]
+            o, c, kh, kw = w.shape
+            taps, tap_channels = kh * kw, -(-c // TERMS) * TERMS
+            w = np.pad(w.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, tap_channels - c)))
+        rows = w.reshape(w.shape[0], -1)
+        total, k = rows.shape
+        channels = total // groups
+        padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
+        steps = -(-k // TERMS)
+        w = np.zeros((groups, padded, steps * TERMS), np.int8)
+        w[:, :channels, :k] = rows.reshape(groups, channels, k)
+        packed = np.ascontiguousarray(w.reshape(groups, padded, steps, TERMS).transpose(0, 2, 1, 3))
+        offsets = np.zeros((groups, padded), np.int32)
+        offsets[:, :channels] = (int(q.input_zero_point) * rows.astype(np.int64).sum(axis=1)).reshape(groups, channels)
+        multipliers = np.zeros((groups, padded), np.float32)
+        multipliers[:, :channels] = q.multipliers().reshape(groups, channels)
+        return cls(packed, offsets, multipliers, np.float32(q.input_scale), int(q.input_zero_point), groups,
+                   channels, k, taps, tap_channels)
+
+    @property
+    def padded(self) -> int:
+        return self.packed.shape[2]
+
+
+@dataclass
+class Int8Kernel(Kernel):
+    """c[i, g · channels + o] = f32(Σ_k a[i, g · k + t] · w[g, o, t] − offsets[g, o]) · M[g, o]
+    for `rows` rows i (a: u8 rows, (buffer, offset, row stride); c: (buffer, offset, row
+    stride)), in `groups` groups of `channels` channels and k terms (`weights`: Int8Weights,
+    its arrays in the const buffers w, offsets, multipliers). `epilogue`: the map that alone
+    reads c, run on each thread's rows once they are final, while they are in cache: over
+    [rows, channels] as c lies (a matmul's), or over [N, O, Ho · Wo] with c's rows the
+    positions (n, ho, wo) (a convolution's, `pixels` = (Ho, Wo); its map's image rows and
+    columns merged into one run of pixels). `window`: a convolution's rows read in place, its
+    windows of a [N, H, W, C] u8 tensor a (channels last), terms (i, j, c) four channels
+    at a time, z_x outside: (H, W, C, kh, kw, stride, padding, dilation)."""
+    rows: object
+    weights: Int8Weights
+    a: tuple
+    w: int
+    offsets: int
+    multipliers: int
+    c: tuple
+    pixels: tuple | None = None
+    epilogue: object = None
+    window: tuple | None = None
+
+    def flops(self, sizes: dict) -> int:
+        g = self.weights
+        return 2 * int(concrete(self.rows, sizes)) * g.groups * g.channels * g.k
+
+    def text(self) -> list:
+        g = self.weights
+        groups = f" in {g.groups} groups" if g.groups > 1 else ""
+        rows = " windows" if self.window else ""
+        return [f"int8 [{self.rows} x {g.k}] @ [{g.k} x {g.channels}]{groups}: b{self.c[0]} = u8 b{self.a[0]}{rows} @ "
+                f"s8 b{self.w}, z_x {g.zero}{', then in its store:' if self.epilogue else ''}{render.located(self)}"] + \
+            ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
+
+    def accesses(self) -> tuple:
+        reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
+        return {self.a[0], self.w, self.offsets, self.multipliers} | reads, {self.c[0]} | writes
+
+    def with_epilogue(self, m) -> "Int8Kernel | None":
+        """This kernel computing the map m after each block of rows, where m reads c at one
+        index that walks c as the class's docstring says."""
+        buf, offset, ld = self.c
+        if self.epilogue is not None or not hasattr(m, "maps") or any(x.out == buf for x in m.maps):
+            return None
+        reads = {x for x in m.maps for x in x.expr.leaves() if x.read_buffer == buf}
+        if len(reads) != 1 or not isinstance(next(iter(reads)), Load):
+            return None
+        at, channels = next(iter(reads)).at, self.weights.groups * self.weights.channels
+        if self.pixels is None:
+            fits = m.shape == (self.rows, channels) and at == Affine(offset, (ld, 1))
+        else:
+            ho, wo = self.pixels
+            m = merged(m, 2) if len(m.shape) == 4 else None
+            fits = m is not None and m.shape[1:] == (channels, ho * wo) and \
+                next(x for x in m.maps for x in x.expr.leaves() if x.read_buffer == buf).at == \
+                Affine(offset, (ho * wo * ld, 1, ld))
+        if not fits:
+            return None
+        return replace(self, epilogue=m, node=m.node, nodes=tuple(dict.fromkeys(self.nodes + m.nodes)),
+                       origin=tuple(dict.fromkeys(self.origin + m.origin)))
+
+    def emit(self, f):
+        """Its rows split over a thread team."""
+        from dlc.compiler.native.kernels.int8.loops import int8_rows
+        g = self.weights
+        return f.team(lambda kb, first: int8_rows(kb, self, first), self.rows,
+                      self.rows * (g.groups * g.padded * g.k))
+
+
+# ---- lowering rules ------------------------------------------------------------------------------
+def _consts(lw, w: Int8Weights) -> tuple:
+    """The const buffers of the weights' arrays: (packed, offsets, multipliers)."""
+    return tuple(lw.p.buffer(dtype, a.size, "const", data=a.ravel()).id
+                 for dtype, a in (("i8", w.packed), ("i32", w.offsets), ("f32", w.multipliers)))
+
+
+def _quantized(lw, x, w: Int8Weights, channels_last: bool = False) -> Load:
+    """x quantized to u8 in memory, contiguous (an image [N, C, H, W] `channels_last`:
+    [N, H, W, C]), by the map that computes x (int8.quantize: clip(rint(x / s_x) + z_x, 0,
+    255), NaN as 0.0)."""
+    buf = lw.p.buffer("i8", numel(x.shape), "temp")
+    e = Op("quantize_u8", (lw.use(x), Const(float(w.scale), "f32"), Const(float(w.zero), "f32")), "i8")
+    at = Affine(0, row_major(x.shape))
+    if channels_last:
+        _, c, h, w = x.shape
+        at = Affine(0, (h * w * c, 1, w * c, c))
+    lw.emit(MapKernel(x.shape, buf.id, at, e, node=x.node))
+    return Load(buf.id, at, "i8")
+
+
+@register_lowering("matmul", int8=True)
+def _int8_matmul(lw, n, ins, attrs, typ):
+    x, w = ins[0], lw.int8[n]
+    q = _quantized(lw, x, w)
+    rows = numel(x.shape[:-1])
+    out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    lw.emit(Int8Kernel(rows, w, (q.buffer, 0, w.k), *_consts(lw, w), (out.id, 0, w.channels), node=n))
+    lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+
+
+@register_lowering("conv2d", int8=True)
+def _int8_conv2d(lw, n, ins, attrs, typ):
+    """The rows: x's windows, read in place from its u8 copy channels last, z_x outside it;
+    the output [N·Ho·Wo, O] (channels last), read as y [N, O, Ho, Wo]."""
+    x, w = ins[0], lw.int8[n]
+    (N, C, H, W), (ho, wo) = x.shape, typ.shape[2:]
+    kh, kw = lw.graph.inputs(n)[1].shape[2:]
+    channels = w.groups * w.channels
+    out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    q = _quantized(lw, x, w, channels_last=True)
+    window = (H, W, C, kh, kw, attrs["stride"], attrs["padding"], attrs["dilation"])
+    lw.emit(Int8Kernel(N * ho * wo, w, (q.buffer, 0, C), *_consts(lw, w), (out.id, 0, channels), (ho, wo),
+                       window=window, node=n))
+    lw.set(n, Load(out.id, Affine(0, (ho * wo * channels, 1, wo * channels, channels)), typ.dtype))
