@@ -200,7 +200,8 @@ def library_predictor(s: Subject, paths: dict, seconds: float, folder: Path):
     if built.returncode:
         raise SystemExit(f"dlc build --int8 of {s.name} failed: {built.stderr}")
     exe = timer(folder)
-    return lambda feeds: c_point(exe, out, s.model.name, paths["checkpoint"], feeds, seconds, folder)
+    # "-": created with NULL, the quantized weights are compiled in
+    return lambda feeds: c_point(exe, out, s.model.name, "-", feeds, seconds, folder)
 
 
 def build_has_int8() -> bool:
