@@ -1,6 +1,7 @@
 """The test session's set-up (pytest hooks; helpers that several test files share are modules of
 tests/helpers/, docs/architecture.md "Where the tests live")."""
 import fcntl
+import gc
 import os
 import shutil
 import tempfile
@@ -49,6 +50,12 @@ def pytest_configure(config):
     # the torchvision that CI installs may be a CUDA build that does not load: the tests (and
     # transformers, which imports it) take its model definitions without its compiled ops
     without_torchvision_ops()
+
+
+def pytest_collection_finish(session):
+    # what collection imported (torch, onnx, the test modules) lives as long as the session: out
+    # of the collector's generations, so that a full collection need not walk it again
+    gc.freeze()
 
 
 @pytest.hookimpl(wrapper=True)

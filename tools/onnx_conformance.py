@@ -123,9 +123,7 @@ def merged_model(cases: list):
 
 def run_batched(cases: list, engine: str, size: int = 40) -> dict:
     """Outcomes by case name; cases that can share a program are compiled together."""
-    from dlc.compiler.onnx.importer import Unsupported
-    from dlc.runtime.interop.onnx_backend import DlcBackend
-    from dlc.compiler.onnx.importer import import_model
+    from dlc.compiler.onnx.importer import Unsupported, import_model
     out, alone = {}, []
     groups = collections.defaultdict(list)
     for c in cases:
@@ -143,21 +141,32 @@ def run_batched(cases: list, engine: str, size: int = 40) -> dict:
         groups[tuple(sorted((o.domain, o.version) for o in c.model.opset_import))].append(c)
     for group in groups.values():
         for start in range(0, len(group), size):
-            chunk = group[start:start + size]
-            try:
-                rep = DlcBackend.prepare(merged_model(chunk), engine=engine)
-                got = rep.run([a for c in chunk for a in _arrays(c.data_sets[0][0])])
-                k = 0
-                for c in chunk:
-                    n = len(c.model.graph.output)
-                    _compare(c, c.data_sets[0][1], got[k:k + n])
-                    k += n
-                    out[c.name] = NodeTestOutcome("pass")
-            except (Unsupported, AssertionError, DlcError, Exception):     # noqa: B014  (charge it case by case)
-                alone += [c for c in chunk if c.name not in out]
+            alone += _run_merged(group[start:start + size], engine, out)
     for c in alone:
         out[c.name] = run_case(c, engine)
     return out
+
+
+def _run_merged(chunk: list, engine: str, out: dict) -> list:
+    """Runs `chunk` as one merged program, its outcomes into `out`; when it fails, its halves
+    (a bad case costs a few compiles, not one per case of its chunk). The cases left to run
+    alone: a single case that failed merged."""
+    from dlc.runtime.interop.onnx_backend import DlcBackend
+    try:
+        rep = DlcBackend.prepare(merged_model(chunk), engine=engine)
+        got = rep.run([a for c in chunk for a in _arrays(c.data_sets[0][0])])
+        k = 0
+        for c in chunk:
+            n = len(c.model.graph.output)
+            _compare(c, c.data_sets[0][1], got[k:k + n])
+            k += n
+    except Exception:      # noqa: BLE001  (charged case by case: each one's own run says what)
+        if len(chunk) == 1:
+            return chunk
+        half = len(chunk) // 2
+        return _run_merged(chunk[:half], engine, out) + _run_merged(chunk[half:], engine, out)
+    out.update((c.name, NodeTestOutcome("pass")) for c in chunk)
+    return []
 
 
 # ---- the table -------------------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ extension's package."""
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -15,6 +14,7 @@ import pytest
 
 import dlc
 from dlc.compiler.frontend import syntax as A
+from helpers.wheel import built_wheel
 
 pygments = pytest.importorskip("pygments", reason="the Pygments lexer needs the extra dlc[highlight]")
 from pygments.token import Comment, Error, Keyword, Name, Number, String  # noqa: E402
@@ -58,16 +58,10 @@ def test_dlc_core_does_not_import_the_lexer():
 
 
 def test_pygmentize_finds_the_lexer_of_the_installed_package(tmp_path):
-    """`pip install .` gives the entry point: the wheel pip builds (from a copy, so that its
-    build folder is not left in the checkout), unpacked on the path."""
-    source = tmp_path / "dlc"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", "node_modules", "build", "*.egg-info",
-                                                                "__pycache__", "runs", ".pytest_cache"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(tmp_path), str(source)], check=True, capture_output=True)
-    [wheel] = tmp_path.glob("dlc-*.whl")
+    """`pip install .` gives the entry point: the session's wheel (helpers/wheel.py), unpacked
+    on the path."""
     site = tmp_path / "site"
-    zipfile.ZipFile(wheel).extractall(site)
+    zipfile.ZipFile(built_wheel()).extractall(site)
     env = dict(os.environ, PYTHONPATH=str(site))
     out = subprocess.run([sys.executable, "-m", "pygments", "-l", "dl", "-f", "html", str(EXAMPLES[0])],
                          env=env, capture_output=True, text=True, check=True).stdout

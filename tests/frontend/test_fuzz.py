@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from dlc.tools import fuzz
 from dlc.tools.fuzz import EXTREME_NUMBERS, Corpus, FuzzOutcome, Worker, check_input, minimize
 
-MUTANTS = 1500          # inputs 0..MUTANTS-1 of seed 0, about 20 ms each
+# inputs first..first+count-1 of seed 0, about 20 ms each: the first 500 in every run, 2,500 more with -m slow
+MUTANTS = [(0, 500), pytest.param(500, 2500, marks=pytest.mark.slow)]
 BUDGET = 5.0            # seconds of CPU per input: a front end that takes longer hangs
 HYPOTHESIS = settings(max_examples=200, derandomize=True, database=None, deadline=None,
                       suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -28,9 +29,10 @@ def report(failures: dict) -> str:
     return "\n".join(f"{key}: {n} inputs, the first {first}\n{detail}" for key, (first, n, detail) in failures.items())
 
 
-def test_mutants_end_in_success_or_a_dlc_error(corpus, tmp_path):
+@pytest.mark.parametrize("first, count", MUTANTS)
+def test_mutants_end_in_success_or_a_dlc_error(corpus, tmp_path, first, count):
     failures, kinds = {}, {}
-    for i in range(MUTANTS):
+    for i in range(first, first + count):
         out = check_input(corpus.mutant(0, i), tmp_path / "input.dl", BUDGET)
         kinds[out.kind] = kinds.get(out.kind, 0) + 1
         if out.failed:
@@ -38,7 +40,7 @@ def test_mutants_end_in_success_or_a_dlc_error(corpus, tmp_path):
             failures[out.key] = (first, n + 1, detail)
     assert not failures, report(failures)
     # the mutants reach past the parser: some build, some fail in the evaluator
-    assert kinds["ok"] > MUTANTS // 20 and kinds["error"] > MUTANTS // 2
+    assert kinds["ok"] > count // 20 and kinds["error"] > count // 2
 
 
 # ---- hypothesis: expressions, shapes and train settings written from scratch ----------------------

@@ -1,5 +1,6 @@
 """The ONNX backend node tests (onnx.backend.test) as a conformance oracle, on both engines:
 tools/onnx_conformance.py runs them, docs/onnx.md holds the table this test checks."""
+import pickle
 import re
 
 import pytest
@@ -9,9 +10,10 @@ import onnx  # noqa: E402
 
 from dlc.compiler.onnx.rules import RULES  # noqa: E402
 from dlc.tools.onnx_conformance import DOC, ENGINES, is_float32, node_cases, run_batched, table  # noqa: E402
+from helpers.session_once import session_folder  # noqa: E402
 
 REASONS = {"op", "dtype", "attribute", "shape", "input", "opset", "native"}
-# one pytest-xdist worker runs the file: the table's test reads the outcomes the others computed
+# one pytest-xdist worker runs the file, so that the table's test never waits for another's run
 pytestmark = pytest.mark.xdist_group("test_conformance")
 
 
@@ -20,20 +22,17 @@ def cases():
     return node_cases()
 
 
-@pytest.fixture(scope="module")
-def results(cases):
-    return {}
-
-
-def outcomes(cases, results, engine):
-    if engine not in results:
-        results[engine] = run_batched(cases, engine)
-    return results[engine]
+def outcomes(cases, engine) -> dict:
+    """The engine's outcomes by case name, computed once per test session (a worker may tear
+    the module's fixtures down between this file's tests)."""
+    def run(folder):
+        (folder / "outcomes.pickle").write_bytes(pickle.dumps(run_batched(cases, engine)))
+    return pickle.loads((session_folder(f"onnx-conformance-{engine}", run) / "outcomes.pickle").read_bytes())
 
 
 @pytest.mark.parametrize("engine", ENGINES)
-def test_every_node_test_passes_or_is_refused_with_a_reason(cases, results, engine):
-    got = outcomes(cases, results, engine)
+def test_every_node_test_passes_or_is_refused_with_a_reason(cases, engine):
+    got = outcomes(cases, engine)
     failed = [f"{c.name} [{c.op}]: {got[c.name].message.splitlines()[0]}"
               for c in cases if got[c.name].status == "fail"]
     assert not failed, f"{len(failed)} node tests fail on the {engine} engine:\n" + "\n".join(failed)
@@ -48,11 +47,11 @@ def test_every_node_test_passes_or_is_refused_with_a_reason(cases, results, engi
     assert not wrong, "\n".join(wrong)
 
 
-def test_the_table_in_the_docs_is_the_suites(cases, results):
+def test_the_table_in_the_docs_is_the_suites(cases):
     """docs/onnx.md shows what this onnx's node tests give (rerun the tool to update it)."""
     doc = DOC.read_text()
     version = re.search(r"onnx (\d+\.\d+\.\d+)", doc).group(1)
     if version != onnx.__version__:
         pytest.skip(f"the table is of onnx {version}, this is onnx {onnx.__version__}")
-    expected = table(cases, {e: outcomes(cases, results, e) for e in ENGINES})
+    expected = table(cases, {e: outcomes(cases, e) for e in ENGINES})
     assert expected in doc, "docs/onnx.md is out of date: run python -m dlc.tools.onnx_conformance"

@@ -5,15 +5,16 @@ parse cache's entries setup.py makes (a fresh install's first `dlc check` builds
 tables)."""
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import tomllib
 import zipfile
 from pathlib import Path
 
+from helpers.wheel import NOT_PACKAGED, built_wheel
+
 ROOT = Path(__file__).resolve().parents[2]
-SKIPPED = {"tests", "build", "benchmarks", "examples", "docs", ".git", "node_modules"}
+SKIPPED = {*NOT_PACKAGED, ".git"}
 INSTALLED = ("compiler", "runtime", "grammar", "tools", "editors")     # the folders of the package's code
 NOT_INSTALLED = {"editors/vscode"}      # the VS Code extension: its own package, for its marketplace
 
@@ -64,15 +65,7 @@ def test_a_wheel_carries_the_parse_cache_and_a_check_from_it_builds_none(tmp_pat
     """setup.py's build step puts the grammar's and the library's entries in the wheel, by
     the keys the installed code asks for, in a second build in the same tree too: `dlc check`
     run from the unpacked wheel with an empty cache reads them, and writes no entry of its own."""
-    source = tmp_path / "source"        # a copy: the build writes build/ and dlc.egg-info beside the sources
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*SKIPPED, "__pycache__", ".*"))
-    for _ in range(2):      # the second build reuses the first's build/ folder, as a second `pip install .` does
-        shutil.rmtree(tmp_path / "wheel", ignore_errors=True)
-        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                                str(tmp_path / "wheel"), str(source)], capture_output=True, text=True)
-        assert built.returncode == 0, built.stderr
-    [wheel] = (tmp_path / "wheel").glob("dlc-*.whl")
-    with zipfile.ZipFile(wheel) as z:
+    with zipfile.ZipFile(built_wheel()) as z:     # the second build of one tree (helpers/wheel.py)
         names = z.namelist()
         z.extractall(tmp_path / "installed")
     shipped = sorted(n.split("/")[-1].split("-")[0] for n in names if n.startswith("dlc/grammar/") and n.endswith(".json"))

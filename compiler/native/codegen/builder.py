@@ -10,7 +10,6 @@ and `sizes` holds the value of every symbolic dim (in `KernelProgram.symbols` or
 """
 from __future__ import annotations
 
-import weakref
 
 from llvmlite import ir
 
@@ -22,7 +21,6 @@ from dlc.compiler.native.codegen.types import LL, i1, i8, i32, i64, is_float
 
 
 
-_SCOPES: "weakref.WeakKeyDictionary[ir.Module, dict]" = weakref.WeakKeyDictionary()
 # The fault flag, i64: 0, or the site + 1 of a failed run-time check (KernelProgram.faults). It
 # is the i64 just before the sizes array, sizes[-1]: each caller's own (an engine's layout, a
 # library's instance), so that calls on different sizes arrays may run at once.
@@ -34,10 +32,12 @@ def fault_flag(b: ir.IRBuilder, sizes: ir.Value) -> ir.Value:
 
 
 def _alias_scopes(module: ir.Module) -> dict:
-    """The module's alias scopes: "domain", and buffer id -> its scope."""
-    if module not in _SCOPES:
-        _SCOPES[module] = {"domain": module.add_metadata([ir.MetaDataString(module, "dlc.buffers")])}
-    return _SCOPES[module]
+    """The module's alias scopes: "domain", and buffer id -> its scope. Kept on the module:
+    the scopes' metadata refers to the module, so a table keyed by it (even weakly) would
+    keep every module ever built alive."""
+    if not hasattr(module, "dlc_alias_scopes"):
+        module.dlc_alias_scopes = {"domain": module.add_metadata([ir.MetaDataString(module, "dlc.buffers")])}
+    return module.dlc_alias_scopes
 
 
 class Arguments:
