@@ -156,13 +156,19 @@ def _weight_pairs(lw, w: Tensor, transposed: bool, n) -> Load:
     lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), Op("bf16_pair", (tap(0), tap(1)), "f32"), node=n))
     return contiguous(out.id, shape, "f32")
 
-def _few_pixels(pixels, filters) -> bool:
-    """Whether a pointwise convolution is one GEMM over the batch, x copied channels first
-    (read and written: 2·C·HW floats an example), rather than one GEMM per example as x lies,
-    which reads all of W (O·C) for each example's HW columns: where that is the more, O ≥ 2·HW
-    (the last stages' few pixels). Its gradients are over the batch whatever the pixels: the
-    weight gradient's columns are a copy anyway, and the input gradient shares its copy of g."""
-    return isinstance(pixels, int) and 2 * pixels <= filters
+def _over_the_batch(lw, x: Tensor, pixels, filters) -> bool:
+    """Whether a pointwise convolution is one GEMM over the batch, reading x's copy channels
+    first: in training, where its weight gradient reads that copy anyway; elsewhere where an
+    example has few pixels, O ≥ 2·HW (the last stages'), so that a GEMM per example as x
+    lies, reading all of W (O·C) for each example's HW columns, would move more than the
+    copy (2·C·HW floats an example, read and written). Its gradients are over the batch
+    whatever the pixels (their copies of x and g channels first are shared)."""
+    return _weight_grad_reads(lw, x) or isinstance(pixels, int) and 2 * pixels <= filters
+
+def _weight_grad_reads(lw, x: Tensor) -> bool:
+    """Whether a pointwise convolution's weight gradient reads x (a train step's graph)."""
+    return any(lw.graph.op(v) == "conv2d_weight_grad" and lw.graph.inputs(v)[0].key() == x.key() and
+               _pointwise(*lw.graph.types(v)[0].shape[2:], lw.graph.attrs(v)) for v in lw.graph.nx.successors(x.node))
 
 def _pointwise(kh, kw, attrs) -> bool:
     """Whether a convolution is a matrix product as its input lies: 1 x 1, stride 1, no
@@ -197,7 +203,7 @@ def _conv2d(lw, n, ins, attrs, typ):
     if _pointwise(s.kh, s.kw, attrs):
         # the pointwise convolutions of depthwise-separable networks (a direct conv's few taps
         # per output would leave most of these products' C unused)
-        if _few_pixels(s.pixels, s.O):
+        if _over_the_batch(lw, x, s.pixels, s.O):
             # one GEMM over the batch, y stored [O, N, H, W]: y (O x N*HW) = W (O x C) @ x as
             # C x N*HW (channels first)
             xt, columns = lw.channels_first(x, n), s.N * s.pixels
@@ -206,7 +212,7 @@ def _conv2d(lw, n, ins, attrs, typ):
                                bf16=lw.bf16, node=n))
             lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, s.Wo, 1)), typ.dtype))
             return
-        # many pixels: y[n] (O x HW) = W @ x[n] (C x HW) as x lies, each product wide enough
+        # a prediction's, of many pixels: y[n] (O x HW) = W @ x[n] (C x HW) as x lies, each product wide enough
         xm = lw.materialize(x)
         lw.emit(GemmKernel(s.O, s.pixels, s.C, s.N, (wm.buffer, wm.at.offset, s.C, 0),
                            (xm.buffer, xm.at.offset, s.pixels, s.C * s.pixels), (out.id, 0, s.pixels, s.O * s.pixels),
@@ -248,7 +254,17 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     groups = attrs["groups"]
     s = ConvShape.of(x.shape, typ.shape, g.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    if _direct(s.group_taps, s.kw, attrs):
+    if _pointwise(s.kh, s.kw, attrs):
+        # dW (O x C) = g as O x N*HW @ (x as C x N*HW)^T: one GEMM, every example's pixels its
+        # K, both channels first (the copies the forward product and the input gradient read)
+        gt, xt, rows = lw.channels_first(g, n), lw.channels_first(x, n), s.N * s.pixels
+        lw.emit(GemmKernel(s.O, s.C, rows, 1, (gt.buffer, gt.at.offset, rows, 0), (xt.buffer, xt.at.offset, rows, 0),
+                           (out.id, 0, s.C, 0), False, True, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if _direct(s.group_taps, s.kw, attrs) and (groups > 1 or (s.kh, s.kw) != (1, 1)):
+        # a 1 x 1 one's (a strided projection) sums along an example's rows of few pixels, a
+        # few lanes of each vector: the im2col GEMM below instead
         xm, gm = lw.rounded(x, n), lw.rounded(g, n)
         partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * s.O * s.group_taps, "temp")
         lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (s.Ho, s.Wo), attrs["stride"][0], attrs["padding"],
