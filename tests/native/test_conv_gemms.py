@@ -57,8 +57,9 @@ def test_every_convolution_gemm_is_over_the_whole_batch():
 def test_a_pointwise_convolution_of_many_pixels_is_over_the_batch_in_training_only():
     """In training, its three products are GEMMs over the batch (H·W = 64 columns of 96 and
     16 filters): the forward product and the weight gradient (K: every example's pixels)
-    read the same copy of x channels first, which the weight gradient needs anyway. In
-    prediction, one GEMM per example as x lies, where one over the batch would first copy x."""
+    read the same copy of x channels first, which the weight gradient needs anyway (and a
+    value only they read is stored so). In prediction, one GEMM per example as x lies, where
+    one over the batch would first copy x."""
     prog = load_text("""
 model wide {
     input  x: f32[B, 64, 8, 8]
@@ -74,6 +75,12 @@ model wide {
     assert len(weight_grads) == 2 and all("B" in str(k.k) for k in weight_grads), [k.text() for k in gemms]
     first = next(k for k in gemms if k.m == 96 and not k.trans_a and not k.trans_b)
     assert first.b[0] == next(k for k in weight_grads if k.m == 96).b[0]          # x's one copy, channels first
+    # h, which only the second convolution and its weight gradient read, is stored channels
+    # first where it is made (in the first GEMM's store): no copy
+    second = next(k for k in gemms if k.m == 16 and not k.trans_a and not k.trans_b)
+    assert second.b[0] == next(k for k in weight_grads if k.m == 16).b[0]
+    writers = [k for k in program.kernels if second.b[0] in k.accesses()[1]]
+    assert writers == [first] and first.epilogue is not None, [k.text() for k in writers]
     predict = lower(optimize(prog.build(training=False).graph))
     assert [str(k.batch) for k in predict.kernels if isinstance(k, GemmKernel)] == ["B", "B"]
 

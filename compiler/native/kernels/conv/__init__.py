@@ -163,12 +163,39 @@ def _over_the_batch(lw, x: Tensor, pixels, filters) -> bool:
     lies, reading all of W (O·C) for each example's HW columns, would move more than the
     copy (2·C·HW floats an example, read and written). Its gradients are over the batch
     whatever the pixels (their copies of x and g channels first are shared)."""
-    return _weight_grad_reads(lw, x) or isinstance(pixels, int) and 2 * pixels <= filters
+    return _weight_grad_reads(lw.graph, x) or isinstance(pixels, int) and 2 * pixels <= filters
 
-def _weight_grad_reads(lw, x: Tensor) -> bool:
-    """Whether a pointwise convolution's weight gradient reads x (a train step's graph)."""
-    return any(lw.graph.op(v) == "conv2d_weight_grad" and lw.graph.inputs(v)[0].key() == x.key() and
-               _pointwise(*lw.graph.types(v)[0].shape[2:], lw.graph.attrs(v)) for v in lw.graph.nx.successors(x.node))
+def _weight_grad_reads(graph, x: Tensor) -> bool:
+    """Whether a pointwise convolution's weight gradient reads x as its x."""
+    return any(graph.op(v) == "conv2d_weight_grad" and graph.inputs(v)[0].key() == x.key() and _pointwise_node(graph, v)
+               for v in graph.nx.successors(x.node))
+
+def _pointwise_node(graph, v: int) -> bool:
+    """Whether node v is a pointwise convolution or one of its gradients."""
+    op = graph.op(v)
+    if op not in CHANNELS_FIRST_OPERANDS:
+        return False
+    kernel = graph.types(v)[0].shape[2:] if op == "conv2d_weight_grad" else graph.inputs(v)[1].shape[2:]
+    return _pointwise(*kernel, graph.attrs(v))
+
+# the operands a pointwise convolution's GEMMs over the batch read channels first
+CHANNELS_FIRST_OPERANDS = {"conv2d": (0,), "conv2d_weight_grad": (0, 1), "conv2d_input_grad": (0,)}
+
+def stored_channels_first(graph) -> set:
+    """The keys of the values a kernel stores channels first, [C, N, ...]
+    (Lowering.place): the operands of a train step's pointwise convolutions (x and g) that
+    nothing else reads — their GEMMs over the batch read them channels first, so the map
+    that computes one writes it so, and no copy is made."""
+    def channels_first_only(v, t):
+        operands = [i for i, u in enumerate(graph.inputs(v)) if u.key() == t.key()]
+        return not operands or _pointwise_node(graph, v) and set(operands) <= set(CHANNELS_FIRST_OPERANDS[graph.op(v)]) \
+            and (graph.op(v) != "conv2d" or _weight_grad_reads(graph, t))
+    keys = set()
+    for n in graph.nodes_with("conv2d_weight_grad"):
+        for t in graph.inputs(n) if _pointwise_node(graph, n) else ():
+            if not graph.outputs.readers(t.key()) and all(channels_first_only(v, t) for v in graph.nx.successors(t.node)):
+                keys.add(t.key())
+    return keys
 
 def _pointwise(kh, kw, attrs) -> bool:
     """Whether a convolution is a matrix product as its input lies: 1 x 1, stride 1, no
