@@ -21,7 +21,8 @@ from dlc.runtime.training.gradcheck import init_params
 
 # pointwise convolutions (1 x 1, stride 1: no columns) of many pixels (49, 24 filters) and of
 # few (16, 40 filters), im2col ones (32·3·3 = 288 taps: not direct), strided and padded, a
-# strided 1 x 1 projection, each with both gradients (but the first's input gradient)
+# strided 1 x 1 projection, each with both gradients (but the first's input gradient); a
+# depthwise one of 4 x 4 pixels, whose weight gradient is a reduction
 SOURCE = """
 model convs {
     input  x: f32[B, 32, 7, 7]
@@ -29,7 +30,7 @@ model convs {
     p = conv2d(x, 24, 1) |> relu
     a = conv2d(p, 32, 3, padding = 1, bias = false) |> relu
     b = conv2d(a, 48, 3, stride = 2, padding = 1) |> relu
-    c = conv2d(b, 40, 1, bias = false) |> relu
+    c = conv2d(b, 40, 1, bias = false) |> relu |> conv2d(40, 3, padding = 1, groups = 40)
     d = conv2d(c, 24, 1, stride = 2) + conv2d(c, 24, 3, stride = 2, padding = 1)
     logits = dense(global_avg_pool(d), 5)
     loss   sparse_cross_entropy(logits, y)

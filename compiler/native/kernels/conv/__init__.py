@@ -10,6 +10,7 @@ from dlc.compiler.ir.graph import Tensor
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.native.kernels.map import MapKernel
+from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
 from dlc.compiler.native.program import Affine, Guarded, Kernel, Load, Op, contiguous, render, row_major
 from dlc.compiler.native.program.registry import NotLowerable, register_lowering
@@ -17,6 +18,7 @@ from dlc.compiler.native.program.registry import NotLowerable, register_lowering
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
 DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
 SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
+FEW_PIXELS_ROW = 8      # output rows narrower than which a grouped weight gradient is a reduction (ReduceKernel)
 GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
 
 
@@ -287,6 +289,22 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         gt, xt, rows = lw.channels_first(g, n), lw.channels_first(x, n), s.N * s.pixels
         lw.emit(GemmKernel(s.O, s.C, rows, 1, (gt.buffer, gt.at.offset, rows, 0), (xt.buffer, xt.at.offset, rows, 0),
                            (out.id, 0, s.C, 0), False, True, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if groups > 1 and isinstance(s.Wo, int) and s.Wo < FEW_PIXELS_ROW and s.group_taps <= GROUPED_TAPS and not lw.bf16:
+        # rows of few pixels, which would fill a few lanes of the direct kernel's vectors (a
+        # depthwise one at 4 x 4 pixels ran at 1-3 GFLOP/s): dW [groups, Og, Cg, kh, kw] summed
+        # over [N, Ho, Wo] by a reduction, each thread its groups (in bf16 the direct kernel,
+        # whose operands are rounded)
+        og, cg = s.group_filters, s.C // groups
+        windows = lw.windows(x, attrs["stride"], attrs["padding"], order="nchwij", dilation=attrs["dilation"])
+        # windows over [N, C, Ho, Wo, kh, kw] -> [groups, Og, Cg, kh, kw, N, Ho, Wo]
+        xa = windows.remap(lambda a: Affine(a.offset, (a.coeffs[1] * cg, 0, a.coeffs[1], a.coeffs[4], a.coeffs[5],
+                                                       a.coeffs[0], a.coeffs[2], a.coeffs[3])))
+        ga = lw.use(g).remap(lambda a: Affine(a.offset, (a.coeffs[1] * og, a.coeffs[1], 0, 0, 0, a.coeffs[0],
+                                                         a.coeffs[2], a.coeffs[3])))
+        shape = (groups, og, cg, s.kh, s.kw, s.N, s.Ho, s.Wo)
+        lw.emit(ReduceKernel(shape, (5, 6, 7), "sum", out.id, Op("mul", (ga, xa), "f32"), node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     if _direct(s.group_taps, s.kw, attrs) and (groups > 1 or (s.kh, s.kw) != (1, 1)):
