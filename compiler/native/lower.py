@@ -20,6 +20,7 @@ from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, keep_in_registers
+from dlc.compiler.native.kernels.conv import stored_channels_first
 from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Op, Size,
@@ -55,6 +56,8 @@ class Lowering:
         self.cols: dict = {}          # im2col buffers by (window expression, shape)
         self.bf16_copies: dict = {}   # tensor key -> its copy rounded to bfloat16 (`rounded`)
         self.channel_copies: dict = {}  # tensor key -> its copy channels first (`channels_first`)
+        self.channels_first_keys = stored_channels_first(graph)   # values `place` lays out [C, N, ...]
+        self.laid_out: dict = {}      # tensor key -> its place so laid out, once stored
 
     def emit(self, kernel, into: list | None = None):
         kernel.nodes, kernel.origin = self.fusion.group(kernel.node), self.fusion.origin(kernel.node)
@@ -122,7 +125,8 @@ class Lowering:
         """The value of t in memory, where a kernel wrote it or, written by a map kernel
         now, at its `place`: read as an expression, not necessarily contiguous."""
         e = self.expr(t)
-        if isinstance(e, Load) and (e == self.slots.get(t.key()) or e.at == Affine(0, row_major(t.shape))):
+        if isinstance(e, Load) and (e in (self.slots.get(t.key()), self.laid_out.get(t.key())) or
+                                    e.at == Affine(0, row_major(t.shape))):
             return e
         load = self.place(t)
         self.emit(MapKernel(t.shape, load.buffer, load.at, e, node=t.node))
@@ -147,12 +151,19 @@ class Lowering:
     def place(self, t: Tensor, rows: bool = False) -> Load:
         """Where a kernel writes the value t: at its step's place in a scan's stacked
         output when the body yields it (written there, it is not copied after), else in
-        a fresh contiguous temporary. `rows`: the writer stores a matrix by rows with a
+        a fresh temporary, contiguous or, for the values only pointwise convolutions read
+        (`channels_first_keys`), channels first. `rows`: the writer stores a matrix by rows with a
         leading dim (a GEMM's C), so only a rank-2 place with unit column stride does."""
         slot = self.slots.get(t.key())
         if slot is not None and (not rows or t.rank == 2 and slot.at.coeffs[1] == 1):
             return slot
-        return contiguous(self.p.buffer(t.dtype, numel(t.shape), "temp").id, t.shape, t.dtype)
+        buf = self.p.buffer(t.dtype, numel(t.shape), "temp")
+        if slot is None and not rows and t.key() in self.channels_first_keys:
+            # read by pointwise convolutions' GEMMs over the batch alone (kernels/conv)
+            swapped = (t.shape[1], t.shape[0], *t.shape[2:])
+            self.laid_out[t.key()] = Load(buf.id, first_two_swapped(Affine(0, row_major(swapped))), t.dtype)
+            return self.laid_out[t.key()]
+        return contiguous(buf.id, t.shape, t.dtype)
 
     @staticmethod
     def fuse_maps(kernels: list) -> list:

@@ -865,12 +865,17 @@ def test_two_threads_train_two_instances_at_once(built, tmp_path):
         assert together[k].tobytes() == alone[k].tobytes(), k
 
 
-@pytest.mark.parametrize("model", ["char_lstm", "transformer_classifier"])
+# inception_cnn (a minute of CPU) with -m slow: the library runs the JIT's step object, whose
+# 1x1 convolutions tests/native/test_conv_gemms.py checks; the other two check the library's side
+@pytest.mark.parametrize("model", ["char_lstm", "transformer_classifier",
+                                   pytest.param("inception_cnn", marks=pytest.mark.slow)])
 def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
-    """One epoch of the char LSTM (Adam, gradient clipping: the update's norm) and of the
+    """One epoch of the char LSTM (Adam, gradient clipping: the update's norm), of the
     transformer classifier (AdamW's decay, a cosine schedule after a warmup of an epoch,
-    gathers' index checks) through the library's train_step, called by ctypes with the
-    batches dlc train feeds its engine: the parameters and optimizer state are its bits."""
+    gathers' index checks) and of the Inception CNN (pointwise convolutions' GEMMs over the
+    batch, a value stored channels first) through the library's train_step, called by
+    ctypes with the batches dlc train feeds its engine: the parameters and optimizer state
+    are its bits."""
     seed, dl = 5, ROOT / "examples" / f"{model}.dl"
     lib = tmp_path / "lib"
     dlc("build", dl, "--train", "--seed", seed, "--epochs", 1, "-o", lib)

@@ -1,7 +1,11 @@
 """The convolutions' GEMMs (compiler/native/kernels/conv): every GEMM of a convolution,
-forward and both gradients, runs over the whole batch — never one GEMM per example — but
-the forward product of a pointwise convolution of many pixels per example, and the
-gradients it gives are the reference engine's."""
+forward and both gradients, runs over the whole batch in training — never one GEMM per
+example; in prediction, a pointwise convolution of many pixels per example multiplies each
+as it lies — and the gradients it gives are the reference engine's."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -15,15 +19,18 @@ from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.optim import make_optimizer
 from dlc.runtime.training.gradcheck import init_params
 
-# im2col convolutions (32·3·3 = 288 taps: not direct), strided and padded, a pointwise one
-# (1 x 1, stride 1: no columns), a strided 1 x 1 projection, each with both gradients
+# pointwise convolutions (1 x 1, stride 1: no columns) of many pixels (49, 24 filters) and of
+# few (16, 40 filters), im2col ones (32·3·3 = 288 taps: not direct), strided and padded, a
+# strided 1 x 1 projection, each with both gradients (but the first's input gradient); a
+# depthwise one of 4 x 4 pixels, whose weight gradient is a reduction
 SOURCE = """
 model convs {
     input  x: f32[B, 32, 7, 7]
     target y: i32[B]
-    a = conv2d(x, 32, 3, padding = 1, bias = false) |> relu
+    p = conv2d(x, 24, 1) |> relu
+    a = conv2d(p, 32, 3, padding = 1, bias = false) |> relu
     b = conv2d(a, 48, 3, stride = 2, padding = 1) |> relu
-    c = conv2d(b, 40, 1, bias = false) |> relu
+    c = conv2d(b, 40, 1, bias = false) |> relu |> conv2d(40, 3, padding = 1, groups = 40)
     d = conv2d(c, 24, 1, stride = 2) + conv2d(c, 24, 3, stride = 2, padding = 1)
     logits = dense(global_avg_pool(d), 5)
     loss   sparse_cross_entropy(logits, y)
@@ -48,10 +55,12 @@ def test_every_convolution_gemm_is_over_the_whole_batch():
     assert all("B" in str(k.n) or "B" in str(k.m) or "B" in str(k.k) for k in gemms), [k.text()[0] for k in gemms]
 
 
-def test_a_pointwise_convolution_of_many_pixels_multiplies_each_example_as_it_lies():
-    """Their forward products: one GEMM per example (H·W = 64 columns of 96 and 16 filters),
-    where one over the batch would first copy x channels first; the second's input gradient
-    over the batch (the weight gradients, of 64 and 96 taps, are direct convolutions)."""
+def test_a_pointwise_convolution_of_many_pixels_is_over_the_batch_in_training_only():
+    """In training, its three products are GEMMs over the batch (H·W = 64 columns of 96 and
+    16 filters): the forward product and the weight gradient (K: every example's pixels)
+    read the same copy of x channels first, which the weight gradient needs anyway (and a
+    value only they read is stored so). In prediction, one GEMM per example as x lies, where
+    one over the batch would first copy x."""
     prog = load_text("""
 model wide {
     input  x: f32[B, 64, 8, 8]
@@ -62,11 +71,24 @@ model wide {
 """, "wide.dl")
     program = lower(optimize(train_step(prog.build(training=True).graph)))
     gemms = [k for k in program.kernels if isinstance(k, GemmKernel)]
-    assert sorted(str(k.batch) for k in gemms) == ["1", "B", "B"], [k.text() for k in gemms]
+    assert [str(k.batch) for k in gemms] == ["1"] * 5, [k.text() for k in gemms]     # 2 forward, 2 + 1 gradients
+    weight_grads = [k for k in gemms if k.trans_b]
+    assert len(weight_grads) == 2 and all("B" in str(k.k) for k in weight_grads), [k.text() for k in gemms]
+    first = next(k for k in gemms if k.m == 96 and not k.trans_a and not k.trans_b)
+    assert first.b[0] == next(k for k in weight_grads if k.m == 96).b[0]          # x's one copy, channels first
+    # h, which only the second convolution and its weight gradient read, is stored channels
+    # first where it is made (in the first GEMM's store): no copy
+    second = next(k for k in gemms if k.m == 16 and not k.trans_a and not k.trans_b)
+    assert second.b[0] == next(k for k in weight_grads if k.m == 16).b[0]
+    writers = [k for k in program.kernels if second.b[0] in k.accesses()[1]]
+    assert writers == [first] and first.epilogue is not None, [k.text() for k in writers]
+    predict = lower(optimize(prog.build(training=False).graph))
+    assert [str(k.batch) for k in predict.kernels if isinstance(k, GemmKernel)] == ["B", "B"]
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_convolution_gradients_over_the_batch_are_the_reference_engines(batch):
+@pytest.mark.parametrize("batch, precision", [(1, "f32"), (3, "f32"), (3, "bf16")])
+def test_convolution_gradients_over_the_batch_are_the_reference_engines(batch, precision):
+    """bf16: the reference engine's emulation (operands rounded, sums in float32)."""
     train, ev = models()
     trainable = [p.name for p in train.params if p.trainable]
     init = {k: np.asarray(v, np.float32) for k, v in init_params(train, 0).items()}
@@ -75,7 +97,8 @@ def test_convolution_gradients_over_the_batch_are_the_reference_engines(batch):
              "y": rng.integers(0, 5, batch).astype(np.int32)}
     results = {}
     for kind in ("reference", "native"):
-        eng = make_engine(kind, train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), trainable, split=True)
+        eng = make_engine(kind, train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), trainable, split=True,
+                          precision=precision)
         params = {k: v.copy() for k, v in init.items()}
         out, grads = eng.gradients(params, eng.optimizer.init({n: params[n] for n in trainable}), feeds,
                                    np.array([0, 1], np.int32))
@@ -83,3 +106,45 @@ def test_convolution_gradients_over_the_batch_are_the_reference_engines(batch):
     (ref_loss, ref), (loss, native) = results["reference"], results["native"]
     assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
     assert np.linalg.norm(native - ref) <= 1e-5 * np.linalg.norm(ref)
+
+
+# the gradients of SOURCE at batch 3 on 1, 2 and 3 threads, in a process of the target's own
+# (the target is read once a process)
+GRADIENTS = """
+import os, sys, numpy as np
+from dlc.compiler.frontend.loader import load_text
+from dlc.compiler.frontend.settings import Call
+from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.training.gradcheck import init_params
+prog = load_text(sys.argv[2], "convs.dl")
+train, ev = prog.build(training=True), prog.build(training=False)
+trainable = [p.name for p in train.params if p.trainable]
+eng = make_engine("native", train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), trainable, split=True)
+rng = np.random.default_rng(0)
+feeds = {"x": rng.standard_normal((3, 32, 7, 7)).astype(np.float32), "y": rng.integers(0, 5, 3).astype(np.int32)}
+params = {k: np.asarray(v, np.float32) for k, v in init_params(train, 0).items()}
+state = eng.optimizer.init({n: params[n] for n in trainable})
+runs = {}
+for threads in (1, 2, 3):
+    os.environ["DLC_NUM_THREADS"] = str(threads)
+    runs[str(threads)] = np.array(eng.gradients(params, state, feeds, np.array([0, 1], np.int32))[1], copy=True)
+np.savez(sys.argv[1], **runs)
+"""
+
+
+def test_convolution_gradients_are_the_same_bits_on_any_thread_count_and_target(tmp_path):
+    """Every GEMM sums over K in the same order on any team and at either vector width —
+    the weight gradients' K the whole batch's pixels."""
+    runs = {}
+    for target in ("host", "avx512", "avx2"):
+        out = tmp_path / f"{target}.npz"
+        env = dict(os.environ, **({} if target == "host" else {"DLC_TARGET": target}))
+        done = subprocess.run([sys.executable, "-c", GRADIENTS, str(out), SOURCE], env=env, capture_output=True,
+                              text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        runs.update({(target, threads): g for threads, g in np.load(out).items()})
+    (first, reference), *others = runs.items()
+    assert np.isfinite(reference).all() and np.abs(reference).max() > 0
+    for config, g in others:
+        assert np.array_equal(g, reference), f"{config} differs from {first}"

@@ -27,6 +27,8 @@ CASES = {
     "rect-stride-h2": (4, 1, (3, 1), (2, 1), (1, 0), 1, 9, 17),
     "5x5-stride2-wide": (3, 1, 5, 2, 2, 1, 8, 41),
     "3x3-stride-w2": (4, 2, 3, (1, 2), 1, 1, 7, 12),
+    "3x3-few-pixels": (8, 1, 3, 1, 1, 1, 4, 4),
+    "3x3-multiplier2-2x2": (5, 2, 3, 1, 1, 1, 2, 2),
 }
 
 
@@ -70,6 +72,16 @@ def test_stride_one_depthwise_is_a_direct_convolution_forward_and_backward():
     texts = [line for k in Executable(step_graph(model)).program.kernels for line in k.text()]
     assert sum("direct conv" in t and "in 8 groups" in t for t in texts) == 3, texts
     assert not any(t.startswith("gemm") and "groups" in t for t in texts)
+
+
+def test_a_depthwise_weight_gradient_of_rows_of_few_pixels_is_a_reduction():
+    """Rows of 4 outputs would fill 4 of a vector's 16 lanes in the direct kernel: the
+    weight gradient sums over [N, Ho, Wo] in a reduction instead, each thread its channels
+    (the same order on any team); the forward pass and the input gradient stay direct."""
+    model = load_text(_source(*CASES["3x3-few-pixels"]), "dw.dl").build(training=True)
+    texts = [line for k in Executable(step_graph(model)).program.kernels for line in k.text()]
+    assert sum("direct conv" in t and "in 8 groups" in t for t in texts) == 2, texts
+    assert sum(t.startswith("reduce sum over axes [5, 6, 7] of [8, 1, 1, 3, 3, B, 4, 4]") for t in texts) == 1, texts
 
 
 def test_depthwise_training_has_the_same_bits_on_any_thread_count_and_target(tmp_path):

@@ -10,6 +10,7 @@ from dlc.compiler.ir.graph import Tensor
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.native.kernels.map import MapKernel
+from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
 from dlc.compiler.native.program import Affine, Guarded, Kernel, Load, Op, contiguous, render, row_major
 from dlc.compiler.native.program.registry import NotLowerable, register_lowering
@@ -17,6 +18,7 @@ from dlc.compiler.native.program.registry import NotLowerable, register_lowering
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
 DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
 SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
+FEW_PIXELS_ROW = 8      # output rows narrower than which a grouped weight gradient is a reduction (ReduceKernel)
 GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
 
 
@@ -156,13 +158,46 @@ def _weight_pairs(lw, w: Tensor, transposed: bool, n) -> Load:
     lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), Op("bf16_pair", (tap(0), tap(1)), "f32"), node=n))
     return contiguous(out.id, shape, "f32")
 
-def _few_pixels(pixels, filters) -> bool:
-    """Whether a pointwise convolution is one GEMM over the batch, x copied channels first
-    (read and written: 2·C·HW floats an example), rather than one GEMM per example as x lies,
-    which reads all of W (O·C) for each example's HW columns: where that is the more, O ≥ 2·HW
-    (the last stages' few pixels). Its gradients are over the batch whatever the pixels: the
-    weight gradient's columns are a copy anyway, and the input gradient shares its copy of g."""
-    return isinstance(pixels, int) and 2 * pixels <= filters
+def _over_the_batch(lw, x: Tensor, pixels, filters) -> bool:
+    """Whether a pointwise convolution is one GEMM over the batch, reading x's copy channels
+    first: in training, where its weight gradient reads that copy anyway; elsewhere where an
+    example has few pixels, O ≥ 2·HW (the last stages'), so that a GEMM per example as x
+    lies, reading all of W (O·C) for each example's HW columns, would move more than the
+    copy (2·C·HW floats an example, read and written). Its gradients are over the batch
+    whatever the pixels (their copies of x and g channels first are shared)."""
+    return _weight_grad_reads(lw.graph, x) or isinstance(pixels, int) and 2 * pixels <= filters
+
+def _weight_grad_reads(graph, x: Tensor) -> bool:
+    """Whether a pointwise convolution's weight gradient reads x as its x."""
+    return any(graph.op(v) == "conv2d_weight_grad" and graph.inputs(v)[0].key() == x.key() and _pointwise_node(graph, v)
+               for v in graph.nx.successors(x.node))
+
+def _pointwise_node(graph, v: int) -> bool:
+    """Whether node v is a pointwise convolution or one of its gradients."""
+    op = graph.op(v)
+    if op not in CHANNELS_FIRST_OPERANDS:
+        return False
+    kernel = graph.types(v)[0].shape[2:] if op == "conv2d_weight_grad" else graph.inputs(v)[1].shape[2:]
+    return _pointwise(*kernel, graph.attrs(v))
+
+# the operands a pointwise convolution's GEMMs over the batch read channels first
+CHANNELS_FIRST_OPERANDS = {"conv2d": (0,), "conv2d_weight_grad": (0, 1), "conv2d_input_grad": (0,)}
+
+def stored_channels_first(graph) -> set:
+    """The keys of the values a kernel stores channels first, [C, N, ...]
+    (Lowering.place): the operands of a train step's pointwise convolutions (x and g) that
+    nothing else reads — their GEMMs over the batch read them channels first, so the map
+    that computes one writes it so, and no copy is made."""
+    def channels_first_only(v, t):
+        operands = [i for i, u in enumerate(graph.inputs(v)) if u.key() == t.key()]
+        return not operands or _pointwise_node(graph, v) and set(operands) <= set(CHANNELS_FIRST_OPERANDS[graph.op(v)]) \
+            and (graph.op(v) != "conv2d" or _weight_grad_reads(graph, t))
+    keys = set()
+    for n in graph.nodes_with("conv2d_weight_grad"):
+        for t in graph.inputs(n) if _pointwise_node(graph, n) else ():
+            if not graph.outputs.readers(t.key()) and all(channels_first_only(v, t) for v in graph.nx.successors(t.node)):
+                keys.add(t.key())
+    return keys
 
 def _pointwise(kh, kw, attrs) -> bool:
     """Whether a convolution is a matrix product as its input lies: 1 x 1, stride 1, no
@@ -197,7 +232,7 @@ def _conv2d(lw, n, ins, attrs, typ):
     if _pointwise(s.kh, s.kw, attrs):
         # the pointwise convolutions of depthwise-separable networks (a direct conv's few taps
         # per output would leave most of these products' C unused)
-        if _few_pixels(s.pixels, s.O):
+        if _over_the_batch(lw, x, s.pixels, s.O):
             # one GEMM over the batch, y stored [O, N, H, W]: y (O x N*HW) = W (O x C) @ x as
             # C x N*HW (channels first)
             xt, columns = lw.channels_first(x, n), s.N * s.pixels
@@ -206,7 +241,7 @@ def _conv2d(lw, n, ins, attrs, typ):
                                bf16=lw.bf16, node=n))
             lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, s.Wo, 1)), typ.dtype))
             return
-        # many pixels: y[n] (O x HW) = W @ x[n] (C x HW) as x lies, each product wide enough
+        # a prediction's, of many pixels: y[n] (O x HW) = W @ x[n] (C x HW) as x lies, each product wide enough
         xm = lw.materialize(x)
         lw.emit(GemmKernel(s.O, s.pixels, s.C, s.N, (wm.buffer, wm.at.offset, s.C, 0),
                            (xm.buffer, xm.at.offset, s.pixels, s.C * s.pixels), (out.id, 0, s.pixels, s.O * s.pixels),
@@ -248,7 +283,33 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     groups = attrs["groups"]
     s = ConvShape.of(x.shape, typ.shape, g.shape, groups)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    if _direct(s.group_taps, s.kw, attrs):
+    if _pointwise(s.kh, s.kw, attrs):
+        # dW (O x C) = g as O x N*HW @ (x as C x N*HW)^T: one GEMM, every example's pixels its
+        # K, both channels first (the copies the forward product and the input gradient read)
+        gt, xt, rows = lw.channels_first(g, n), lw.channels_first(x, n), s.N * s.pixels
+        lw.emit(GemmKernel(s.O, s.C, rows, 1, (gt.buffer, gt.at.offset, rows, 0), (xt.buffer, xt.at.offset, rows, 0),
+                           (out.id, 0, s.C, 0), False, True, bf16=lw.bf16, node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if groups > 1 and isinstance(s.Wo, int) and s.Wo < FEW_PIXELS_ROW and s.group_taps <= GROUPED_TAPS and not lw.bf16:
+        # rows of few pixels, which would fill a few lanes of the direct kernel's vectors (a
+        # depthwise one at 4 x 4 pixels ran at 1-3 GFLOP/s): dW [groups, Og, Cg, kh, kw] summed
+        # over [N, Ho, Wo] by a reduction, each thread its groups (in bf16 the direct kernel,
+        # whose operands are rounded)
+        og, cg = s.group_filters, s.C // groups
+        windows = lw.windows(x, attrs["stride"], attrs["padding"], order="nchwij", dilation=attrs["dilation"])
+        # windows over [N, C, Ho, Wo, kh, kw] -> [groups, Og, Cg, kh, kw, N, Ho, Wo]
+        xa = windows.remap(lambda a: Affine(a.offset, (a.coeffs[1] * cg, 0, a.coeffs[1], a.coeffs[4], a.coeffs[5],
+                                                       a.coeffs[0], a.coeffs[2], a.coeffs[3])))
+        ga = lw.use(g).remap(lambda a: Affine(a.offset, (a.coeffs[1] * og, a.coeffs[1], 0, 0, 0, a.coeffs[0],
+                                                         a.coeffs[2], a.coeffs[3])))
+        shape = (groups, og, cg, s.kh, s.kw, s.N, s.Ho, s.Wo)
+        lw.emit(ReduceKernel(shape, (5, 6, 7), "sum", out.id, Op("mul", (ga, xa), "f32"), node=n))
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
+    if _direct(s.group_taps, s.kw, attrs) and (groups > 1 or (s.kh, s.kw) != (1, 1)):
+        # a 1 x 1 one's (a strided projection) sums along an example's rows of few pixels, a
+        # few lanes of each vector: the im2col GEMM below instead
         xm, gm = lw.rounded(x, n), lw.rounded(g, n)
         partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * s.O * s.group_taps, "temp")
         lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (s.Ho, s.Wo), attrs["stride"][0], attrs["padding"],
