@@ -19,6 +19,10 @@ from dlc.tools.graph_page_shot import open_page
 from helpers.browser import browser
 from helpers.session_once import session_folder
 
+# on one pytest-xdist worker: the tests that open the ResNet's page never wait for another
+# worker's compile of it (session_folder makes it once either way)
+pytestmark = pytest.mark.xdist_group("test_graph_page")
+
 LENET = str(Path(__file__).parents[2] / "examples" / "lenet5.dl")
 RESNET = str(Path(__file__).parents[2] / "examples" / "resnet.dl")
 
