@@ -1,12 +1,14 @@
 """Native compile time grows linearly with a model's depth: kernels are functions of their own
 that the driver calls, kernels alike are compiled once, the Python stages and the packing of the
-arena are linear, and benchmarks/compile_scaling.py runs."""
+arena are linear, a built module is freed with its last reference, and
+benchmarks/compile_scaling.py runs."""
 import gc
 import json
 import re
 import subprocess
 import sys
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +36,16 @@ def mlp(layers: int) -> str:
 def _compiled(layers: int):
     program = lower(optimize(train_step(load_text(mlp(layers)).build(None, training=True).graph)))
     return program, jit.optimized_ir(build_module(program, "dlc_step").module)
+
+
+def test_a_built_module_is_freed_with_its_last_reference():
+    """The IR of a step (every kernel's instructions) dies with the module: nothing the code
+    generator keeps per module (its alias scopes) holds it, so a process that compiles model
+    after model (a notebook, the language server, the tests) does not grow with each."""
+    program = lower(optimize(train_step(load_text(mlp(3)).build(None, training=True).graph)))
+    module = weakref.ref(build_module(program, "dlc_step").module)
+    gc.collect()
+    assert module() is None
 
 
 def test_kernels_are_not_inlined_into_the_driver():
