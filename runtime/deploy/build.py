@@ -31,8 +31,9 @@ _V4 = _V3 + ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl"
 _X86, _ARM = "x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"
 # --target: the triple, CPU and features the code is compiled for (None: this machine's)
 TARGETS = {"host": None, "avx2": (_X86, "x86-64-v3", _V3), "avx512": (_X86, "x86-64-v4", _V4),
-           "avx512bf16": (_X86, "x86-64-v4", _V4 + ",+avx512bf16"),
-           "amx": (_X86, "x86-64-v4", _V4 + ",+avx512bf16,+amx-tile,+amx-bf16,+amx-int8"),
+           # every CPU with AVX512_BF16 has AVX512_VNNI (Cooper Lake, Sapphire Rapids, Zen 4): int8's vpdpbusd
+           "avx512bf16": (_X86, "x86-64-v4", _V4 + ",+avx512vnni,+avx512bf16"),
+           "amx": (_X86, "x86-64-v4", _V4 + ",+avx512vnni,+avx512bf16,+amx-tile,+amx-bf16,+amx-int8"),
            "aarch64": (_ARM, *jit.AARCH64_BASELINE),
            "macos-arm64": ("arm64-apple-macosx11.0.0", "apple-m1", jit.AARCH64_BASELINE[1])}
 # the features a library checks at create (library.c cpu_features: cpuid on x86-64, the
