@@ -29,9 +29,12 @@ def test_kernel_sums_exactly_and_rounds_as_the_reference(rows, cols, k):
     assert np.array_equal(y.view(np.int32), want.view(np.int32))
 
 
-def test_the_dot_products_are_vpmaddwd_on_avx2():
-    assert jit.host_has("avx2"), "this test is for an x86 host with AVX2"
-    assert "vpmaddwd" in jit.assembly(int8_dot.int8_module())
+def test_the_dot_products_are_vpmaddwd_on_avx2_and_smlal_on_neon():
+    """The widening multiply-adds LLVM makes of the portable IR: x86's vpmaddwd, and NEON's
+    smlal/smlal2 (i16 products added into i32 lanes) on AArch64 (tools/arm64-root.sh)."""
+    arm = jit.target_arch() == "aarch64"
+    assert arm or jit.host_has("avx2"), "this test is for an AArch64 host or an x86 host with AVX2"
+    assert ("smlal2" if arm else "vpmaddwd") in jit.assembly(int8_dot.int8_module())
 
 
 PROGRAM = """
@@ -49,6 +52,8 @@ model m {
 
 @pytest.mark.parametrize("target", ["host", "avx2"])
 def test_native_int8_model_equals_the_reference_int8_engine_bit_for_bit(target, monkeypatch):
+    if target == "avx2" and jit.target_arch() != "x86_64":
+        pytest.skip("DLC_TARGET=avx2 is a target of x86-64 machines")
     monkeypatch.setenv("DLC_TARGET", target)
     model = load_text(PROGRAM, "m.dl").build("m", training=False)
     rng = np.random.default_rng(2)
