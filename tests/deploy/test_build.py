@@ -231,7 +231,7 @@ want = predict()                  # the pool's worker started
 pid = os.fork()
 if pid == 0:
     before = tasks()
-    os._exit(0 if predict() == want and (before, tasks()) == (1, 2) else 1)
+    os._exit(0 if predict() == want and tasks() == before + 1 else 1)
 print(os.waitpid(pid, 0)[1], predict() == want, tasks())
 """
 
