@@ -16,10 +16,13 @@
 set -eu
 root=${1:?usage: tools/arm64-root.sh ROOT [PYTEST ARGUMENT...]}
 shift
-# by default: the GEMM on one thread and two, the NEON blocking against numpy, and subnormals
-# flushed on every thread of a team (FPCR) with IEEE's given back to numpy
+# by default: the GEMM on one thread, two and 64, and from every chunk of a 40-thread team; the
+# NEON blocking against numpy; subnormals flushed on every thread of a team (FPCR) with
+# IEEE's given back to numpy; the thread pool (its chunks, nested runs, engines coming and
+# going, a forked child's own workers); the int8 program against the reference int8 engine
 [ $# -gt 0 ] || set -- tests/native/test_gemm.py tests/native/test_against_reference.py \
-    -k "large_two_threads or neon or flushes_subnormals"
+    tests/native/test_thread_pool.py tests/native/test_int8.py \
+    -k "large_two_threads or inside_a_parallel or neon or flushes_subnormals or thread_pool or int8"
 here=$(cd "$(dirname "$0")/.." && pwd)
 python=${PYTHON:-python3}
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}

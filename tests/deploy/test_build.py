@@ -214,6 +214,38 @@ def test_loading_and_unloading_the_library_leaves_no_thread_behind(built):
     assert most == before + 2
 
 
+FORKER = r"""
+import ctypes, os, sys
+lib, ckpt = ctypes.CDLL(sys.argv[1]), sys.argv[2].encode()
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+x = (ctypes.c_float * (512 * 64))(*[(i % 17) / 16 for i in range(512 * 64)])
+shape, y, out_shape = (ctypes.c_int64 * 4)(512, 1, 8, 8), (ctypes.c_float * 5120)(), (ctypes.c_int64 * 2)()
+model = ctypes.c_void_p()
+assert lib.digits_cnn_create(ctypes.byref(model), ckpt) == 0
+assert lib.digits_cnn_set_threads(model, 2) == 0
+def predict():
+    assert lib.digits_cnn_predict(model, x, shape, y, ctypes.c_int64(5120), out_shape) == 0
+    return bytes(y)
+want = predict()                  # the pool's worker started
+pid = os.fork()
+if pid == 0:
+    before = tasks()
+    os._exit(0 if predict() == want and tasks() == before + 1 else 1)
+print(os.waitpid(pid, 0)[1], predict() == want, tasks())
+"""
+
+
+def test_a_forked_child_of_a_library_user_starts_workers_of_its_own(built):
+    """A process that predicted on 2 threads forks: the child's prediction starts a worker of
+    its own and gives the same bits; the parent's pool still works. A hang fails by the timeout."""
+    lib, ckpt = built("digits_cnn")
+    r = subprocess.run(["env", "-i", sys.executable, "-I", "-S", "-c", FORKER, str(lib / "libdigits_cnn.so"),
+                        str(ckpt)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0", "True", "2"], r.stdout
+
+
 def test_a_program_linked_against_the_static_library(built, tmp_path):
     lib, ckpt = built("digits_cnn")
     program = compile_main(lib, "digits_cnn", tmp_path / "main", static=True)

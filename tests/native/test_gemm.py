@@ -111,7 +111,7 @@ def test_large_two_threads_and_serial_agree(lib, M, N, K):
     a, b = _operands(rng, M, N, K, False, False)
     c1 = lib(a, b, nthreads=1)
     c2 = lib(a, b, nthreads=2)
-    c3 = lib(a, b, nthreads=64)          # clamped to the thread slots / team size
+    c3 = lib(a, b, nthreads=64)          # the team the pool can start, each thread its slot
     _check(c2, _reference(a, b, False, False), a, b, False, False)
     np.testing.assert_array_equal(c1, c2)  # same blocking, same summation order
     np.testing.assert_array_equal(c1, c3)
@@ -217,9 +217,11 @@ def test_ir_and_asm_text():
     assert "vfmadd" in asm
 
 
-def test_called_from_inside_a_parallel_region():
+@pytest.mark.parametrize("nthreads", [2, 40])
+def test_called_from_inside_a_parallel_region(nthreads):
     """A fused kernel's chunks call the GEMM on each thread of the pool: no nested job, and
-    every thread packs into its own buffer slot (a shared slot would corrupt the results)."""
+    every thread packs into its own buffer slot (a shared slot would corrupt the results),
+    on more threads than a GEMM's own team takes too."""
     m = ir.Module()
     g = gemm.add_gemm(m, "inner_gemm", config=gemm.AVX2)
     i32, i64 = ir.IntType(32), ir.IntType(64)
@@ -239,16 +241,16 @@ def test_called_from_inside_a_parallel_region():
     s = b.alloca(args_t)
     for k, v in enumerate(drive.args):
         b.store(v, b.gep(s, [i32(0), i32(k)]))
-    b.call(threadpool.declare_run(m), [worker, b.bitcast(s, vp), i64(2), i64(1)])
+    b.call(threadpool.declare_run(m), [worker, b.bitcast(s, vp), i64(nthreads), i64(1)])
     b.ret_void()
     cache.pool_symbols()
     lib = jit.compile_module(m)
     fn = lib.function("drive", None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
     n = 200
     rng = np.random.default_rng(11)
-    a = rng.standard_normal((2, n, n), dtype=np.float32)
-    bb = rng.standard_normal((2, n, n), dtype=np.float32)
-    c = np.zeros((2, n, n), np.float32)
+    a = rng.standard_normal((nthreads, n, n), dtype=np.float32)
+    bb = rng.standard_normal((nthreads, n, n), dtype=np.float32)
+    c = np.zeros((nthreads, n, n), np.float32)
     for _ in range(3):
         fn(a.ctypes.data, bb.ctypes.data, c.ctypes.data, n)
         _check(c, _reference(a, bb, False, False), a, bb, False, False)

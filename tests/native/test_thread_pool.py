@@ -1,7 +1,7 @@
 """dlc's thread pool (compiler/native/codegen/threadpool.py): every chunk of a job runs once,
 on a thread of the team asked for, and a run inside a task runs serially on its thread; the
 JIT's process maps no OpenMP run-time, keeps one pool however many engines come and go, and
-exits without waiting on its workers."""
+exits without waiting on its workers; a forked child starts workers of its own."""
 import ctypes
 import os
 import subprocess
@@ -120,3 +120,45 @@ def test_the_jit_maps_no_openmp_runtime_and_keeps_one_pool_over_many_engines(spi
     assert r.returncode == 0, r.stderr[-2000:]
     before, most, openmp = r.stdout.split()
     assert int(most) == int(before) + 2 and openmp == "False", r.stdout
+
+
+FORKER = """
+import multiprocessing, os, sys, numpy as np
+os.environ["DLC_NUM_THREADS"] = "2"
+from dlc.runtime.api import DlcModel
+from dlc.runtime.training.gradcheck import init_params
+def tasks():
+    return len(os.listdir("/proc/self/task"))
+model = DlcModel(sys.argv[1], backend="native")
+model.params = {k: v.astype(np.float32) for k, v in init_params(model.eval_model).items()}
+x = np.random.default_rng(0).standard_normal((256, 512)).astype(np.float32)
+want = model.predict({"x": x})["y"].tobytes()       # the pool's worker started, now spinning
+parent = tasks()        # counted, not assumed: qemu-user adds a thread of its own
+def child(queue):
+    before = tasks()
+    got = model.predict({"x": x})["y"].tobytes()
+    queue.put((tasks() - before, got == want))
+fork = multiprocessing.get_context("fork")
+queue = fork.Queue()
+loader = fork.Process(target=child, args=(queue,))
+loader.start()
+print(*queue.get(timeout=60), flush=True)      # before os.fork: the child would print it again
+loader.join()
+pid = os.fork()
+if pid == 0:
+    sys.exit(0)                 # Python's exit stops the pool: none started in this process
+print(os.waitpid(pid, 0)[1], model.predict({"x": x})["y"].tobytes() == want, tasks() - parent)
+"""
+
+
+def test_a_forked_child_starts_workers_of_its_own(tmp_path):
+    """A process whose pool has a worker forks (multiprocessing's default on Linux, a data
+    loader): the child's prediction on 2 threads starts a worker of its own and gives the
+    parent's bits; a child that exits without native work exits at once; the parent's pool
+    still works. A hang fails by the timeout."""
+    (tmp_path / "wide.dl").write_text("model m {\n    input x: f32[B, 512]\n    output y = dense(x, 512, act = relu)\n}\n")
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-c", FORKER, str(tmp_path / "wide.dl")], env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["1", "True", "0", "True", "0"], r.stdout

@@ -57,7 +57,8 @@ M ≤ N, else over M, in whole tiles — and each thread packs into its own buff
 barriers are needed. Below `serial_below` (M·N·K·batch), for nthreads ≤ 1, or when
 called from a pool's task (a fused kernel's chunk), it runs serially on the calling
 thread. Pack buffers are allocated once per module and thread slot (the running thread's
-slot in the pool): the threads of one job are safe, but two host threads must not call
+slot in the pool, one of MOST_THREADS: a slot is never shared, on any team): the threads of
+one job are safe, but two host threads must not call
 into one compiled module at the same time, unless its tables of pack buffers are
 thread-local (`thread_local_buffers`, as in a library `dlc build` writes).
 """
@@ -75,6 +76,7 @@ from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
+from dlc.compiler.native import MOST_THREADS
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
 from dlc.compiler.native.codegen.threadpool import TASK, declare_run
@@ -94,7 +96,6 @@ class GemmConfig:
     kc: int = 256          # depth of a packed K slice
     mc: int = 144          # rows of op(A) packed at once (multiple of mr)
     nc: int = 1024         # columns of op(B) packed at once (multiple of nr)
-    max_threads: int = 16  # thread slots for pack buffers; more requested are clamped
     serial_below: int = 1 << 18  # M·N·K·batch under which no threads are forked
     operands: str = "f32"  # what the micro-kernel multiplies: one of OPERANDS
 
@@ -127,7 +128,7 @@ class GemmConfig:
     def tag(self) -> str:
         """Names the module-level helpers shared by all routines of this blocking."""
         operands = self.operands if self.bf16 else ""
-        return f"{self.mr}x{self.nr}v{self.vw}k{self.kc}m{self.mc}n{self.nc}t{self.max_threads}{operands}"
+        return f"{self.mr}x{self.nr}v{self.vw}k{self.kc}m{self.mc}n{self.nc}{operands}"
 
     @property
     def b_offset(self) -> int:
@@ -806,7 +807,7 @@ class _Gen:
         name = f"{self.prefix}.bufs"
         g = self.m.globals.get(name)
         if g is None:
-            ty = ir.ArrayType(fptr, self.cfg.max_threads)
+            ty = ir.ArrayType(fptr, MOST_THREADS)      # one per slot of the pool
             g = ir.GlobalVariable(self.m, ty, name)
             g.linkage = "internal"
             g.initializer = ir.Constant(ty, None)
@@ -1113,9 +1114,8 @@ class _Gen:
         worker = _internal(self.m, f"{name}.worker", ir.VoidType(), list(TASK.args), ["data", "chunk", "chunks", "slot"])
         b = ir.IRBuilder(worker.append_basic_block("entry"))
         argp = b.bitcast(worker.args[0], args_ty.as_pointer())
-        slot = b.srem(worker.args[3], _c64(cfg.max_threads))
         with in_mode(self.m, b, b.load(b.gep(argp, [i32(0), i32(14)], inbounds=True))):
-            b.call(body, [argp, worker.args[1], worker.args[2], slot])
+            b.call(body, [argp, worker.args[1], worker.args[2], worker.args[3]])
         b.ret_void()
 
         # the public entry point
@@ -1143,7 +1143,7 @@ class _Gen:
         b.store(fn.args[14] if packed else ir.Constant(fptr, None), b.gep(args, [i32(0), i32(15)], inbounds=True))
         for k, v in enumerate(fn.args[14 + packed:] if epilogue else ()):
             b.store(v, b.gep(args, [i32(0), i32(16 + k)], inbounds=True))
-        nt = _min(b, _max(b, nthreads, _c64(1)), _c64(cfg.max_threads))
+        nt = _max(b, nthreads, _c64(1))       # the pool takes at most MOST_THREADS
         work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
         # below serial_below on the calling thread; called from a pool's task (a fused
         # kernel's chunk), the pool runs it on that thread, in its own pack buffers' slot

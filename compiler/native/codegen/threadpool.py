@@ -21,7 +21,9 @@ Workers are started when a run first needs them (at most MOST_WORKERS) and kept.
 jobs a worker spins, checking for a new one, DLC_SPIN times (read when the pool starts;
 SPIN_DEFAULT) and yielding its CPU every YIELD_EVERY checks, then sleeps on a condition
 variable until the next job. `dlc_pool_stop` ends and joins the workers (at the exit of a
-Python process; when a library is unloaded), and a later run starts them again.
+Python process; when a library is unloaded), and a later run starts them again. A child of
+fork() sets the pool up anew at its first parallel run (the pool keeps the id of the process
+that set it up), and starts workers of its own.
 
 The job is published as one 64-bit word, generation << 32 | chunks << 16 | next chunk: a
 thread claims chunk c < chunks of generation g by compare-and-swap from (g, chunks, c) to
@@ -86,6 +88,7 @@ class _Pool:
         # (zeroed) and passed as one; both ABIs read a 32-bit argument from the register's low half
         self.key = g("key", i64)
         self.spin = g("spin", i64)
+        self.pid = g("pid", i32)            # the process that set the pool up (pid_t)
         self.libc()
         self.setup = self.setup_fn()
         self.claim = self.claim_fn()
@@ -114,6 +117,7 @@ class _Pool:
         self.get = d("pthread_getspecific", vptr, i64)
         self.set = d("pthread_setspecific", i32, i64, vptr)
         self.yield_ = d("sched_yield", i32)
+        self.getpid = d("getpid", i32)
         self.getenv = d("getenv", vptr, vptr)
         self.strtoll = d("strtoll", i64, vptr, vptr.as_pointer(), i32)
 
@@ -166,16 +170,34 @@ class _Pool:
 
     # -- set-up, once per process (the JIT) or per library ----------------------------------
     def setup_fn(self):
+        """Set the pool up in this process: the first time, and again in a child of fork(),
+        whose copy of the pool names workers that live only in its parent (its mutex perhaps
+        held by one of them, its condition variable waited on by them): the child starts with
+        no workers and starts its own, as a fresh process would."""
         f, b = self.fn("dlc_pool.setup", STOP_TYPE)
-        ready = b.icmp_signed("==", self.load(b, self.state, "acquire"), _c(2, i32))
-        no = self.if_(b, ready, "ready")
+        state = self.load(b, self.state, "acquire")
+        here = b.call(self.getpid, [])
+        ours = b.icmp_signed("==", self.load(b, self.pid, "acquire"), here)
+        no = self.if_(b, b.and_(b.icmp_signed("==", state, _c(2, i32)), ours), "ready")
         b.ret_void()
         b.position_at_end(no)
-        won = b.extract_value(b.cmpxchg(self.state, _c(0, i32), _c(1, i32), "acq_rel", "acquire"), 1)
-        other = self.if_(b, won, "first")
+        # 0 (never set up) or 2 (set up by the parent) to 1: this thread sets it up
+        unset = b.icmp_signed("!=", state, _c(1, i32))
+        other = self.if_(b, b.and_(unset, b.extract_value(
+            b.cmpxchg(self.state, state, _c(1, i32), "acq_rel", "acquire"), 1)), "first")
+        forked = self.if_(b, b.icmp_signed("==", state, _c(2, i32)), "forked")
+        for g in (self.workers, self.sleepers, self.done):
+            b.store(_c(0), g)
+        for g in (self.busy, self.stopping):
+            b.store(_c(0, i32), g)
+        b.branch(forked)
+        b.position_at_end(forked)
         b.call(self.mutex_init, [self.ptr(b, self.mutex), ir.Constant(vptr, None)])
         b.call(self.cond_init, [self.ptr(b, self.cond), ir.Constant(vptr, None)])
+        fresh = self.if_(b, b.icmp_signed("==", state, _c(0, i32)), "fresh")    # the key is inherited
         b.call(self.key_create, [self.key, ir.Constant(vptr, None)])
+        b.branch(fresh)
+        b.position_at_end(fresh)
         env = b.call(self.getenv, [self.cstring(b, "DLC_SPIN")])
         entry = b.block
         given_bb, chosen = b.function.append_basic_block("spin.env"), b.function.append_basic_block("spin.chosen")
@@ -189,13 +211,15 @@ class _Pool:
         spin.add_incoming(_c(SPIN_DEFAULT), entry)
         spin.add_incoming(given, given_bb)
         b.store(spin, self.spin)
+        self.store(b, here, self.pid, "release")
         self.store(b, _c(2, i32), self.state, "release")
         b.ret_void()
         b.position_at_end(other)            # another thread sets it up: wait for it
         with self.loop(b, "wait") as (again, out):
             ready = b.icmp_signed("==", self.load(b, self.state, "acquire"), _c(2, i32))
+            ours = b.icmp_signed("==", self.load(b, self.pid, "acquire"), here)
             b.call(self.yield_, [])
-            b.cbranch(ready, out, again)
+            b.cbranch(b.and_(ready, ours), out, again)
         b.ret_void()
         return f
 
@@ -383,7 +407,9 @@ class _Pool:
 
     def stop_fn(self):
         f, b = self.fn(STOP, STOP_TYPE, linkage="")
-        ready = b.icmp_signed("==", self.load(b, self.state, "acquire"), _c(2, i32))
+        # only workers this process started: a child of fork() that never ran a job has none
+        ready = b.and_(b.icmp_signed("==", self.load(b, self.state, "acquire"), _c(2, i32)),
+                       b.icmp_signed("==", self.load(b, self.pid, "acquire"), b.call(self.getpid, [])))
         no = self.if_(b, ready, "ready")
         with self.loop(b, "hold") as (again, out):      # wait for a run in progress
             held = b.extract_value(b.cmpxchg(self.busy, _c(0, i32), _c(1, i32), "acquire", "monotonic"), 1)
