@@ -43,7 +43,7 @@ from dlc.compiler.native.codegen.types import i8, i32, i64
 RUN, STOP = "dlc_pool_run", "dlc_pool_stop"
 MOST_CHUNKS = 0xFFFF         # a job's chunks and its next one share the job's word
 MOST_WORKERS = MOST_THREADS - 1    # the caller is the other thread
-SPIN_DEFAULT = 200_000       # checks before a worker sleeps: ~0.5 ms on an x86 core of 2024
+SPIN_DEFAULT = 1_000_000     # checks before a worker sleeps: a few ms, awake from one training step to the next
 YIELD_EVERY = 256
 
 vptr = i8.as_pointer()
