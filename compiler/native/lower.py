@@ -261,11 +261,12 @@ def integer_weights(graph: Graph, quantization: dict) -> dict:
     `quantization` (QuantizedProduct by product name) quantizes."""
     out = {}
     for p in products(graph):
-        if p.weight in quantization and not p.integer:      # the graph passes made it another product
+        if p.weight not in quantization:
+            continue
+        if not p.integer:       # the graph passes made it another product
             raise NotLowerable(f"the native backend cannot compute this {p.op} in int8 as the quantization says: "
                                f"after the graph passes {p.reason}", p.span)
-        if p.integer and p.weight in quantization:
-            out[p.node] = Int8Weights.of(p, quantization[p.weight], graph.attrs(p.node).get("groups", 1))
+        out[p.node] = Int8Weights.of(p, quantization[p.weight], graph.attrs(p.node).get("groups", 1))
     return out
 
 
