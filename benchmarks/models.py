@@ -14,21 +14,24 @@ Training, one Adam step at a time, the CNNs in two forms on dlc's side:
                  called by a model that adds the loss
     torch_eval   torchvision's model, eager, its batch norms in evaluation mode: the function
                  the export holds
+    torch_compile  torchvision's model in training mode, its loss compiled by torch.compile
+                 (default mode, Inductor; the compile is its first step, untimed)
 
 Every one starts from dlc's initial parameters of the .dl model, copied into torchvision's
 model in order (the same layers in the same order; a dense weight transposed), its batch
 norms' running statistics those of one forward pass over the batch (else, in evaluation
 mode, a deep network's activations lose their scale). The first-step losses must agree
-within 1e-4 relative — dlc against torch, dlc_import against torch_eval — before anything
-is timed. The four are timed in rounds (benchmarks/rounds.py); reported: each one's median
-step, dlc/torch and dlc_import/torch_eval (the median over rounds of each round's ratio,
-with its p25-p75) and the others of each round.
+within 1e-4 relative — dlc against torch and torch_compile, dlc_import against torch_eval —
+before anything is timed. The five are timed in rounds (benchmarks/rounds.py); reported:
+each one's median step, dlc/torch, dlc/torch_compile and dlc_import/torch_eval (the median
+over rounds of each round's ratio, with its p25-p75) and the others of each round.
 
     bert_encoder benchmarks/workloads/bert_encoder.dl (12 layers, 768 wide, 12 heads,
                  sequence 128 with `--bert base`; by default `--bert small`: 4 layers, 256
                  wide, 4 heads, sequence 64, so that a run takes minutes), batch 8, against
                  torch's nn.TransformerEncoder (pre-norm, GELU tanh) with dlc's initial
-                 parameters (runtime/interop/torch_layout.py); `dlc` and `torch` only
+                 parameters (runtime/interop/torch_layout.py); `dlc`, `torch` and
+                 `torch_compile` only
 
 After the timed rounds, dlc's step once more in a profiling build: each kernel kind's share
 of the step's kernel time, its ms, GFLOP/s and % of one thread team's FMA peak
@@ -76,8 +79,8 @@ from train_step import (DEFAULT_BATCH, LOSS_RTOL, PAUSE_S, THREADS, DlcRunner, T
 CNNS = ("resnet18", "mobilenet_v2")
 MODELS = CNNS + ("bert_encoder",)
 BATCH, IMAGE, CLASSES = 32, 64, 10          # the .dl files' IMAGE and CLASSES
-FRAMEWORKS = ("dlc", "torch", "dlc_import", "torch_eval")
-PAIRS = (("dlc", "torch"), ("dlc_import", "torch_eval"))
+FRAMEWORKS = ("dlc", "torch", "torch_compile", "dlc_import", "torch_eval")
+PAIRS = (("dlc", "torch"), ("dlc", "torch_compile"), ("dlc_import", "torch_eval"))
 BERT = {"base": {}, "small": {"LAYERS": 4, "WIDTH": 256, "HEADS": 4, "SEQ": 64}}   # over bert_encoder.dl's constants
 PREDICT_BATCHES = (1, 8)
 PREDICTORS = ("dlc_jit", "dlc_library", "ort_spin", "ort_sleep", "torch_eval")
@@ -255,9 +258,11 @@ def run_bert(args) -> dict:
     train = load_workload(name, sizes).build(training=True)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(train, args.seed).items()}
     batch = make_batch(name, args.seed, batch_size, sizes)
+    state = workload_torch_state(name, init, sizes)
     runners = {"dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes),
-               "torch": TorchRunner(name, workload_torch_state(name, init, sizes), batch, args.lr, "torch", sizes=sizes)}
-    return trained(name, runners, args, {"model": f"{name} ({args.bert})", "batch": batch_size}, (("dlc", "torch"),))
+               "torch": TorchRunner(name, state, batch, args.lr, "torch", sizes=sizes),
+               "torch_compile": TorchRunner(name, state, batch, args.lr, "torch_compile", sizes=sizes)}
+    return trained(name, runners, args, {"model": f"{name} ({args.bert})", "batch": batch_size}, PAIRS[:2])
 
 
 def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
@@ -290,6 +295,8 @@ def run_model(name: str, args, folder: Path) -> dict:
     runners = {
         "dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed),
         "torch": TorchRunner(name, state, batch, args.lr, "torch", model=torchvision_model(name, torch)),
+        "torch_compile": TorchRunner(name, state, batch, args.lr, "torch_compile",
+                                     model=torchvision_model(name, torch)),
         "dlc_import": DlcRunner(name, weights, batch, "native", args.lr, args.seed, label="dlc_import",
                                 program=program),
         "torch_eval": TorchRunner(name, state, batch, args.lr, "torch_eval",
