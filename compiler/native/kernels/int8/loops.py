@@ -32,7 +32,7 @@ from dlc.compiler.native.kernels.map.loops import map_body
 ROWS = 4            # rows of a register tile
 TERMS = 4           # the terms of a 32-bit lane (kernels/int8 TERMS)
 UNROLLED_TAPS = 9   # a convolution's taps up to which its loop over them is unrolled (3 x 3)
-WINDOW_BYTES = 2048  # a convolution's K bytes (whole tiles) up to which its 16 windows are gathered for the tiles
+WINDOW_BYTES = 2048  # the bytes of K of 16 windows gathered at once for the tiles (32 KB on the stack)
 
 
 def lanes() -> int:
@@ -84,21 +84,41 @@ def on_tiles(k) -> bool:
     """Whether kernel k's blocks of TILE_ROWS rows run on the AMX tiles: where the target has
     AMX-INT8 (and Linux grants the tile state), a matmul's, and a convolution's whose group
     fills a tile's 16 columns (fewer channels leave most of each tdpbusd's sums unused: a
-    depthwise convolution ran 1.5x slower on the tiles) and whose windows (K padded to
-    whole tiles) fit WINDOW_BYTES."""
+    depthwise convolution ran 1.5x slower on the tiles) and whose windows are gathered in
+    pieces of whole tiles (_pieces)."""
     g = k.weights
     return lanes() == 16 and has_tiles("tdpbusd") and \
-        (k.window is None or g.channels >= TILE_ROWS and g.steps * TERMS <= WINDOW_BYTES)
+        (k.window is None or g.channels >= TILE_ROWS and _pieces(k) is not None)
+
+
+def _pieces(k) -> list | None:
+    """A convolution's taps in the pieces its windows are gathered in for the tiles, (first
+    tap, taps): all of them where K (padded to whole tiles) fits WINDOW_BYTES, else as many
+    as fit, each piece starting at a whole tile (a tap's channels a multiple of 64); None
+    where neither holds."""
+    g = k.weights
+    taps, width = g.taps, g.tap_channels
+    if g.steps * TERMS <= WINDOW_BYTES:
+        return [(0, taps)]
+    if width % TILE_BYTES or width > WINDOW_BYTES:
+        return None
+    per = WINDOW_BYTES // width
+    return [(t, min(per, taps - t)) for t in range(0, taps, per)]
 
 
 def int8_rows(kb, k, first):
     """Rows [first[0], first[1]) of an Int8Kernel: blocks of TILE_ROWS rows on the AMX tiles
     where it takes them (on_tiles), then register tiles of ROWS rows, then the rest one by
-    one, then the epilogue on them all."""
+    one, then the epilogue on them all. On the tiles, both ends of a thread's slice move up
+    to a multiple of 16 (or the last row): the slices still cover every row once, and only
+    the last rows of all can miss a block of 16."""
     b = kb.b
     lo, hi = first
     start = lo
     if on_tiles(k):
+        rows = kb.dim(k.rows)
+        lo, hi = (_min(b, b.mul(b.sdiv(b.add(x, _c(TILE_ROWS - 1)), _c(TILE_ROWS)), _c(TILE_ROWS)), rows)
+                  for x in (lo, hi))
         start = _whole(b, lo, hi, TILE_ROWS)
         with _loop(b, lo, start, TILE_ROWS, "tr") as r:
             _tile_rows(kb, k, r)
@@ -131,55 +151,70 @@ def _tile_rows(kb, k, r):
     stored through a block on the stack by the register tiles' store (_store). A matmul's
     rows are read in place, but for their last bytes short of a whole tile, copied
     (masked) to a tile on the stack; a convolution's 16 windows are gathered to the stack
-    (_gather_windows)."""
+    (_gather_windows), once a group, or in pieces of whole taps (_pieces) for each 64
+    channels when they are more than WINDOW_BYTES."""
     b, g = kb.b, k.weights
     load, dot, store, zero = tile_ops(kb.m, "tdpbusd")
     T, B = TILE_ROWS, TILE_BYTES
     shape = [ir.Constant(ir.IntType(16), T), ir.Constant(ir.IntType(16), B)]
-    depth = g.steps * TERMS
-    ktiles = depth // B
     a, w = kb.buffer(k.a[0], "i8"), kb.buffer(k.w, "i8")
     sums = _stack(kb, T * 4 * T, i32)
     if k.window is not None:
+        pieces = _pieces(k)
+        depth = max(taps for _, taps in pieces) * g.tap_channels if len(pieces) > 1 else g.steps * TERMS
         block = _stack(kb, T * depth + B, i8)
-        inside = ktiles
     else:
         inside = g.k // B
-        tail = _stack(kb, T * B, i8) if inside < ktiles else None
+        tail = _stack(kb, T * B, i8) if g.k % B else None
     with _loop(b, _c(0), _c(g.groups), 1, "g") as group:
-        if k.window is not None:
-            _gather_windows(kb, k, r, group, block, depth)
-
-            def terms(kt):
-                return b.call(load, shape + [_gep(b, block, b.mul(kt, _c(B))), _c(depth)])
-        else:
-            lda = kb.dim(k.a[2])
-            first = b.add(b.add(kb.dim(k.a[1]), b.mul(r, lda)), b.mul(group, _c(g.k)))
-            if tail is not None:
-                _copy_tail(kb, a, first, lda, g.k - inside * B, inside * B, tail)
-
-            def terms(kt):
-                if kt is None:
-                    return b.call(load, shape + [tail, _c(B)])
-                return b.call(load, shape + [_gep(b, a, b.add(first, b.mul(kt, _c(B)))), lda])
         panel = b.mul(group, _c(g.steps))
-        for start in range(0, g.channels, 4 * T):
-            count = min(4, -(-(g.channels - start) // T))
 
+        def summed(accs, count, start, first, tiles, terms):
+            """accs plus K tiles first .. first + tiles - 1 (terms(kt): the rows' tile kt of them)."""
             def step(kt, accs):
-                at = b.add(panel, b.mul(_c(T), kt if kt is not None else _c(inside)))
+                at = b.add(panel, b.mul(_c(T), b.add(_c(first), kt)))
                 a_tile, out = terms(kt), []
                 for v in range(count):
                     byte = b.mul(b.add(b.mul(at, _c(g.padded)), _c(start + v * T)), _c(TERMS))
                     w_tile = b.call(load, shape + [_gep(b, w, byte), _c(g.padded * TERMS)])
                     out.append(b.call(dot, shape + [shape[1], accs[v], a_tile, w_tile]))
                 return out
-            accs = [b.call(zero, shape) for _ in range(count)]
-            if inside:
-                with _carrying_loop(b, _c(inside), accs, "kt") as (kt, accs, nxt):
-                    nxt.extend(step(kt, accs))
-            if inside < ktiles:
-                accs = step(None, accs)
+            if tiles == 1:
+                return step(_c(0), accs)
+            with _carrying_loop(b, _c(tiles), accs, "kt") as (kt, accs, nxt):
+                nxt.extend(step(kt, accs))
+            return accs
+
+        def gathered(kt):
+            return b.call(load, shape + [_gep(b, block, b.mul(kt, _c(B))), _c(depth)])
+
+        if k.window is not None:
+            if len(pieces) == 1:
+                _gather_windows(kb, k, r, group, block, depth, pieces[0])
+
+            def products(accs, count, start):
+                for first, taps in pieces:
+                    if len(pieces) > 1:
+                        _gather_windows(kb, k, r, group, block, depth, (first, taps))
+                    accs = summed(accs, count, start, first * g.tap_channels // B,
+                                  -(-taps * g.tap_channels // B), gathered)
+                return accs
+        else:
+            lda = kb.dim(k.a[2])
+            row = b.add(b.add(kb.dim(k.a[1]), b.mul(r, lda)), b.mul(group, _c(g.k)))
+            if tail is not None:
+                _copy_tail(kb, a, row, lda, g.k - inside * B, inside * B, tail)
+
+            def products(accs, count, start):
+                if inside:
+                    accs = summed(accs, count, start, 0, inside,
+                                  lambda kt: b.call(load, shape + [_gep(b, a, b.add(row, b.mul(kt, _c(B)))), lda]))
+                if tail is not None:
+                    accs = summed(accs, count, start, inside, 1, lambda kt: b.call(load, shape + [tail, _c(B)]))
+                return accs
+        for start in range(0, g.channels, 4 * T):
+            count = min(4, -(-(g.channels - start) // T))
+            accs = products([b.call(zero, shape) for _ in range(count)], count, start)
             for v, tile in enumerate(accs):
                 b.call(store, shape + [b.bitcast(_gep(b, sums, _c(v * T)), i8.as_pointer()), _c(4 * T * 4), tile])
             vty = ir.VectorType(i32, T)
@@ -201,11 +236,11 @@ def _copy_tail(kb, a, first, lda, n: int, at: int, tail):
         b.store(row, b.bitcast(_gep(b, tail, _c(j * TILE_BYTES)), vty.as_pointer()), align=64)
 
 
-def _gather_windows(kb, k, r, group, block, depth: int):
-    """The terms of windows r .. r + 15 of a convolution (_Windows) to `block`, row j at
-    j · depth in _window_sums' order: each tap's channels of the group at tap · tap
-    channels, by masked loads of up to 64 bytes (never past the image), z_x for a tap
-    outside the image. Each load's 64 bytes are stored whole: past the tap's channels they
+def _gather_windows(kb, k, r, group, block, depth: int, piece: tuple):
+    """The terms of windows r .. r + 15 of a convolution (_Windows) at the taps of `piece`
+    (first tap, taps) to `block`, row j at j · depth in _window_sums' order: each tap's
+    channels of the group at (tap − first) · tap channels, by masked loads of up to 64
+    bytes (never past the image), z_x for a tap outside the image. Each load's 64 bytes are stored whole: past the tap's channels they
     land on the next tap's (stored after them), or past the row's terms, whose weights are
     zero (so any byte there adds nothing), the last row's on the 64 bytes past the block's
     rows."""
@@ -223,7 +258,7 @@ def _gather_windows(kb, k, r, group, block, depth: int):
 
         def tap_terms(tap, ti, tj, carried):
             valid, at = windows.tap(origin, group, ti, tj)
-            to = b.add(row, b.mul(tap, _c(g.tap_channels)))
+            to = b.add(row, b.mul(b.sub(tap, _c(piece[0])), _c(g.tap_channels)))
             for c0 in range(0, own, TILE_BYTES):
                 mask = ir.Constant(ir.VectorType(ir.IntType(1), TILE_BYTES),
                                    [lane < own - c0 for lane in range(TILE_BYTES)])
@@ -231,7 +266,7 @@ def _gather_windows(kb, k, r, group, block, depth: int):
                 terms = b.select(valid, b.call(mload, [src, ir.Constant(i32, 1), mask, nothing]), fill)
                 b.store(terms, b.bitcast(_gep(b, block, b.add(to, _c(c0))), vty.as_pointer()), align=1)
             return carried
-        windows.over_taps([], tap_terms)
+        windows.over_taps([], tap_terms, *piece)
 
 
 def _rows(kb, k, r, count: int):
@@ -318,15 +353,16 @@ class _Windows:
         at = b.add(b.mul(b.add(b.mul(b.add(b.mul(n, h_), h), w_), w), c_), b.mul(group, _c(self.own)))
         return valid, b.select(valid, at, _c(0))
 
-    def over_taps(self, carried, body):
-        """body(tap, ti, tj, carried) -> the next carried values over the taps in order:
-        unrolled up to UNROLLED_TAPS, else a loop."""
+    def over_taps(self, carried, body, first: int = 0, taps: int | None = None):
+        """body(tap, ti, tj, carried) -> the next carried values over taps first .. first +
+        taps - 1 (all) in order: unrolled up to UNROLLED_TAPS, else a loop."""
         b, kw = self.b, self.kw
-        if self.kh * kw <= UNROLLED_TAPS:
-            for tap in range(self.kh * kw):
+        taps = self.kh * kw if taps is None else taps
+        if taps <= UNROLLED_TAPS:
+            for tap in range(first, first + taps):
                 carried = body(_c(tap), _c(tap // kw), _c(tap % kw), carried)
             return carried
-        with _carrying_loop(b, _c(self.kh * kw), carried, "tap") as (tap, now, nxt):
+        with _carrying_loop(b, _c(first + taps), carried, "tap", first) as (tap, now, nxt):
             nxt.extend(body(tap, b.sdiv(tap, _c(kw)), b.srem(tap, _c(kw)), now))
         return now
 
