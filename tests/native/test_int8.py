@@ -125,6 +125,24 @@ def test_the_dot_products_are_vpdpbusd_where_the_target_has_vnni_else_vpmaddwd(t
     assert bool(re.search(r"\btdpbusd\s", asm)) == (target == "host" and amx.has_tiles("tdpbusd"))
 
 
+def test_refused_tile_state_leaves_the_products_in_registers_and_says_so(monkeypatch, capsys):
+    """Where Linux refuses the AMX tile state, no tile instruction is compiled (it would be
+    SIGILL), and one line on stderr says so."""
+    if not (jit.host_has("amx-int8") and jit.host_has("amx-tile")):
+        pytest.skip("the host has no AMX-INT8")
+    monkeypatch.setattr(amx, "request_tiles", lambda: 1)
+    amx.tiles_granted.cache_clear()
+    try:
+        model = _model("model m {\n input x: f32[B, 40]\n output y = dense(x, 20)\n}")
+        params = {p.name: np.ones(p.type.shape, np.float32) for p in model.params}
+        quantization = calibrate(model.graph, params, [{"x": np.ones((1, 40), np.float32)}])
+        asm = jit.assembly(build_module(_program(model, quantization)).module)
+    finally:
+        amx.tiles_granted.cache_clear()
+    assert "tdpbusd" not in asm and re.search(r"\bvpdpbusd\s[^\n]*%zmm", asm)
+    assert capsys.readouterr().err.count("did not grant the AMX tile state") == 1
+
+
 def test_each_integer_products_input_is_quantized_where_it_is_made(quantized):
     """Quantize-on-store: the map that computes an integer product's input (a bias and
     activation in the previous product's store, a max pooling) stores it in u8; no float32
