@@ -67,7 +67,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import sys
 from dataclasses import dataclass, replace
 
 from llvmlite import ir
