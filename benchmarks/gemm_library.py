@@ -9,7 +9,8 @@ import numpy as np
 from llvmlite import ir
 
 from dlc.compiler.native.codegen import jit
-from dlc.compiler.native.codegen.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name, tiles_granted
+from dlc.compiler.native.codegen.amx import tiles_granted
+from dlc.compiler.native.codegen.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name
 from dlc.compiler.native.kernels.gemm import packed_floats
 from dlc.runtime.engines import cache
 

@@ -1,6 +1,7 @@
 """`dlc build --int8` (docs/quantization.md, docs/deploy.md): a library of the quantized digits
-CNN whose outputs are `predict(int8=True)`'s on the native engine bit for bit, on any thread
-count; the float32 library's boundary checks; the quantized checkpoints it refuses."""
+CNN (`--target amx` on a host with AMX-INT8) whose outputs are `predict(int8=True)`'s on the
+native engine bit for bit, on any thread count; the float32 library's boundary checks; the
+quantized checkpoints it refuses."""
 import shutil
 import subprocess
 import sys
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load
+from dlc.compiler.native.codegen import amx
 from dlc.runtime.api import DlcModel
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.trainer import initial_parameters
@@ -17,6 +19,8 @@ from helpers.c_api import STATUS, Api, inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "digits_cnn.dl"
+# built for the AMX tiles where this host runs them (the JIT then does too), else for the host
+TARGET = "amx" if amx.has_tiles("tdpbusd") else "host"
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
 
 
@@ -33,8 +37,12 @@ def library(tmp_path_factory):
     checkpoint.save(folder / "weights.npz", params, {}, {})
     r = dlc("quantize", DIGITS, "--weights", folder / "weights.npz", "--calibrate", "2", "-o", folder / "q.npz")
     assert r.returncode == 0, r.stderr
-    r = dlc("build", DIGITS, "--weights", folder / "q.npz", "--int8", "-o", folder / "lib")
+    r = dlc("build", DIGITS, "--weights", folder / "q.npz", "--int8", "--target", TARGET, "-o", folder / "lib")
     assert r.returncode == 0 and "weights embedded, predicts with 4 integer products" in r.stdout, r.stderr
+    if TARGET == "amx" and shutil.which("objdump"):     # its products on the tiles indeed
+        code = subprocess.run(["objdump", "-d", str(folder / "lib" / "libdigits_cnn.so")], capture_output=True,
+                              text=True).stdout
+        assert "tdpbusd" in code
     return folder / "lib", folder / "q.npz"
 
 

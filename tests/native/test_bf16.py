@@ -17,7 +17,7 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.evaluate import round_bf16
 from dlc.compiler.native.program import render
-from dlc.compiler.native.codegen import gemm, jit
+from dlc.compiler.native.codegen import amx, gemm, jit
 from dlc.compiler.native.kernels.gemm import packed_floats
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
@@ -41,7 +41,7 @@ def gemm_paths() -> dict:
         paths["round-avx512"] = replace(gemm.AVX512, operands="bf16-round")
     if jit.host_has("avx512bf16"):
         paths["pairs-avx512"] = replace(gemm.AVX512, operands="bf16-pairs")
-    if jit.host_has("amx-bf16") and jit.host_has("amx-tile") and gemm.tiles_granted():
+    if amx.has_tiles("tdpbf16ps"):
         paths["amx"] = gemm.AMX
     return paths
 
@@ -153,14 +153,14 @@ def test_refused_tile_state_falls_back_and_says_so_once(monkeypatch, capsys):
     conversion path without AVX512_BF16), and one line on stderr says so."""
     if not (jit.host_has("amx-bf16") and jit.host_has("amx-tile")):
         pytest.skip("the host has no AMX")
-    monkeypatch.setattr(gemm, "request_tiles", lambda: 22)
-    gemm.tiles_granted.cache_clear()
+    monkeypatch.setattr(amx, "request_tiles", lambda: 22)
+    amx.tiles_granted.cache_clear()
     try:
         assert [gemm.bf16_config().operands for _ in range(2)] == ["bf16-pairs"] * 2
         with pytest.raises(RuntimeError, match="tile state"):
             GemmLibrary([(False, False, False)], config=gemm.AMX)
     finally:
-        gemm.tiles_granted.cache_clear()
+        amx.tiles_granted.cache_clear()
     assert capsys.readouterr().err.count("did not grant the AMX tile state (Invalid argument)") == 1
 
 
@@ -175,8 +175,8 @@ def test_dlc_target_forces_each_path(target, best, tmp_path):
     AVX-512: the bf16 routines take the best path the target leaves (at most `best`)."""
     if target != "avx2" and not jit.host_has("avx512f"):
         pytest.skip("the host has no AVX-512")
-    code = ("from dlc.compiler.native.codegen import gemm, jit; c = gemm.bf16_config(); "
-            "amx = jit.host_has('amx-bf16') and jit.host_has('amx-tile') and gemm.tiles_granted(); "
+    code = ("from dlc.compiler.native.codegen import amx, gemm, jit; c = gemm.bf16_config(); "
+            "amx = amx.has_tiles('tdpbf16ps'); "
             "print(c.operands, c.vw, jit.host_has('avx512bf16'), amx)")
     env = dict(os.environ, DLC_TARGET=target, DLC_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout

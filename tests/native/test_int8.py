@@ -1,7 +1,8 @@
 """The native int8 program (compiler/native/kernels/int8): integer products compiled with the rest
 of the graph, against the reference int8 engine bit for bit — dense, strided, padded, dilated,
 grouped and depthwise convolutions, saturating and NaN inputs, the largest sums int32 holds —
-on every DLC_TARGET this host can run (vpdpbusd 512 and 256 bits, vpmaddwd) and thread count;
+on every DLC_TARGET this host can run (AMX's tdpbusd, vpdpbusd 512 and 256 bits, vpmaddwd) and
+thread count;
 each value quantized by the kernel that makes it."""
 import re
 
@@ -10,7 +11,7 @@ import pytest
 
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir import int8
-from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen import amx, jit
 from dlc.compiler.native.codegen.driver import build_module
 from dlc.compiler.native.kernels.int8 import Int8Kernel
 from dlc.compiler.native.lower import lower
@@ -21,8 +22,8 @@ from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.reference import predict_graph
 
 # DLC_TARGET -> (the features it needs of the host, the instruction of its dot products, their registers)
-TARGETS = {"host": ((), None, None), "avxvnni": (("avxvnni",), "vpdpbusd", "ymm"),
-           "avx2": (("avx2",), "vpmaddwd", "ymm")}
+TARGETS = {"host": ((), None, None), "avx512bf16": (("avx512vnni",), "vpdpbusd", "zmm"),
+           "avxvnni": (("avxvnni",), "vpdpbusd", "ymm"), "avx2": (("avx2",), "vpmaddwd", "ymm")}
 
 # every output's float part is elementwise (bias, relu, max pooling), which the native engine
 # computes as numpy does: so the outputs are the reference's bits, not only the products
@@ -84,7 +85,7 @@ def quantized():
 
 
 @pytest.mark.sets_target
-@pytest.mark.parametrize("target", list(TARGETS))
+@pytest.mark.parametrize("target", [t for t in TARGETS if t != "avx512bf16"])   # that one: the tiles' test
 def test_native_int8_equals_the_reference_int8_engine_bit_for_bit(quantized, target, compile_for):
     compile_for(target)
     model, params, quantization, feeds, want = quantized
@@ -120,6 +121,26 @@ def test_the_dot_products_are_vpdpbusd_where_the_target_has_vnni_else_vpmaddwd(t
             ("vpdpbusd", "zmm") if jit.host_has("avx512vnni") else \
             ("vpdpbusd", "ymm") if jit.host_has("avxvnni") else ("vpmaddwd", None)
     assert re.search(rf"\b{instruction}\s" + (rf"[^\n]*%{registers}" if registers else ""), asm), instruction
+    # blocks of 16 rows on the AMX tiles where the target has AMX-INT8, and only there
+    assert bool(re.search(r"\btdpbusd\s", asm)) == (target == "host" and amx.has_tiles("tdpbusd"))
+
+
+def test_refused_tile_state_leaves_the_products_in_registers_and_says_so(monkeypatch, capsys):
+    """Where Linux refuses the AMX tile state, no tile instruction is compiled (it would be
+    SIGILL), and one line on stderr says so."""
+    if not (jit.host_has("amx-int8") and jit.host_has("amx-tile")):
+        pytest.skip("the host has no AMX-INT8")
+    monkeypatch.setattr(amx, "request_tiles", lambda: 1)
+    amx.tiles_granted.cache_clear()
+    try:
+        model = _model("model m {\n input x: f32[B, 40]\n output y = dense(x, 20)\n}")
+        params = {p.name: np.ones(p.type.shape, np.float32) for p in model.params}
+        quantization = calibrate(model.graph, params, [{"x": np.ones((1, 40), np.float32)}])
+        asm = jit.assembly(build_module(_program(model, quantization)).module)
+    finally:
+        amx.tiles_granted.cache_clear()
+    assert "tdpbusd" not in asm and re.search(r"\bvpdpbusd\s[^\n]*%zmm", asm)
+    assert capsys.readouterr().err.count("did not grant the AMX tile state") == 1
 
 
 def test_each_integer_products_input_is_quantized_where_it_is_made(quantized):
@@ -150,7 +171,8 @@ def test_the_largest_sums_are_exact(weight, k):
     weights[:, 2] = 1
     (name,) = [p.weight for p in products(model.graph)]
     q = {name: int8.QuantizedProduct(weights, np.ones(3, np.float32), np.float32(1.0), np.uint8(0))}
-    x = np.stack([np.full(k, 300.0), np.full(k, -1e30), np.linspace(-1, 300, k)]).astype(np.float32)
+    # 18 rows: a block of 16 on the AMX tiles where the host has them, then rows in registers
+    x = np.tile(np.stack([np.full(k, 300.0), np.full(k, -1e30), np.linspace(-1, 300, k)]).astype(np.float32), (6, 1))
     params = {name: np.zeros((k, 3), np.float32)}
     want = Int8Engine(model, model, q).predict(params, {"x": x})
     assert want["y"][0, 0] == np.float32(255 * weight * k)
@@ -174,3 +196,42 @@ def test_images_of_any_size_through_one_program():
     for shape in ((2, 3, 7, 5), (3, 3, 4, 9), (1, 3, 3, 3)):
         feeds = {"x": rng.normal(size=shape).astype(np.float32)}
         _same_bits(Int8Engine(model, model, quantization).predict(params, feeds), native.predict(params, feeds))
+
+
+# the AMX tiles' edges: 19 rows (a block of 16 and 3 in registers), convolutions' rows not a
+# multiple of 16; K of 36 (one tile, short), 126 (a tile read in place and 62 bytes copied,
+# not a multiple of 4), 300 (25 taps: their loop), 288 (70 channels a tap: two loads of
+# them) and 2304 (36 taps of 64 channels, gathered in two pieces); 20 and 70 channels (a
+# tile's columns masked, two blocks of tiles); two groups
+TILES = """
+model m {
+    input x: f32[B, 3, 7, 6]
+    a = conv2d(x, 20, 3, padding = 1, act = relu)
+    b = conv2d(a, 36, 5, padding = 2, groups = 2)
+    c = conv2d(b, 70, 1, stride = 2)
+    d = conv2d(c, 16, 2)
+    output y = dense(flatten(d), 70)
+    output z = relu(dense(flatten(x), 5))
+    output v = conv2d(conv2d(a, 64, 1), 16, 6, padding = 2)
+}
+"""
+
+
+@pytest.mark.sets_target
+@pytest.mark.parametrize("target", ["host", "avx512bf16"])
+def test_the_amx_tiles_edges_give_the_reference_bits(target, compile_for):
+    """Where the host has AMX-INT8, `host` runs every product here on the tiles (tdpbusd)
+    and DLC_TARGET=avx512bf16 on zmm vpdpbusd alone: both the reference int8 engine's bits."""
+    compile_for(target)
+    model = _model(TILES)
+    rng = np.random.default_rng(5)
+    params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
+    x = rng.normal(size=(19, 3, 7, 6)).astype(np.float32)
+    quantization = calibrate(model.graph, params, [{"x": x}])
+    x[1] *= 4                                           # saturates
+    asm = jit.assembly(build_module(_program(model, quantization)).module)
+    tiles = target == "host" and amx.has_tiles("tdpbusd")
+    assert len(re.findall(r"\btdpbusd\s", asm)) >= 8 * tiles and bool(re.search(r"\btdpbusd\s", asm)) == tiles
+    assert re.search(r"\bvpdpbusd\s[^\n]*%zmm", asm)    # the rows past the last block of 16
+    want = Int8Engine(model, model, quantization).predict(params, {"x": x})
+    _same_bits(want, NativeEngine(model, model, int8=quantization).predict(params, {"x": x}))

@@ -41,7 +41,7 @@ AVX512_BF16 rows k and k+1 of each panel become interleaved bfloat16 pairs that 
 micro-kernel multiplies with vdpbf16ps, two products per lane ("bf16-pairs"; K slices
 start at even k), or on a host with AMX the panels are packed into the tiles' layouts
 and a 32 x 32 block of C is summed in four tiles by tdpbf16ps ("bf16-amx"; K slices of
-whole tiles of 32; Linux grants the tile state on request, `tiles_granted`).
+whole tiles of 32; Linux grants the tile state on request, amx.py).
 `bf16_config` picks the host's.
 
 An operand B that many products share (a recurrent weight, at every step of a scan; a
@@ -65,19 +65,15 @@ thread-local (`thread_local_buffers`, as in a library `dlc build` writes).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import errno
-import functools
 import os
-import platform
 import re
-import sys
 from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
 from dlc.compiler.native import MOST_THREADS
 from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen.amx import TILE_ROWS, has_tiles, tile_ops
 from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
 from dlc.compiler.native.codegen.threadpool import TASK, declare_run
 from dlc.compiler.native.codegen.intrinsics import LLVMType, bf16_bits, declare, dot_bf16_pairs, masked, round_bf16, splat, vec_ptr
@@ -147,9 +143,8 @@ class GemmConfig:
 # (AVX512_BF16); "bf16-amx" bfloat16 in the AMX tiles' layouts, multiplied by tdpbf16ps.
 OPERANDS = ("f32", "bf16-round", "bf16-pairs", "bf16-amx")
 
-# An AMX tile: 16 rows of 64 bytes. tdpbf16ps multiplies a 16 x 32 bfloat16 tile of A by
-# a 32 x 16 one of B (16 rows of 16 pairs along K) into 16 x 16 floats of C.
-TILE_ROWS = 16
+# tdpbf16ps multiplies a 16 x 32 bfloat16 tile of A (codegen/amx.py) by a 32 x 16 one of B
+# (16 rows of 16 pairs along K) into 16 x 16 floats of C.
 TILE_DEPTH = 32
 
 # rows of op(A) up to which a block multiplies without packing (_Gen.few_rows), and the
@@ -193,33 +188,10 @@ def bf16_config() -> GemmConfig:
     blocking with its operands rounded while packing. DLC_TARGET forces each path on a
     host that has more (jit.REMOVED)."""
     cfg = default_config()
-    if cfg.vw == 16 and jit.host_has("amx-bf16") and jit.host_has("amx-tile") and tiles_granted():
+    if cfg.vw == 16 and has_tiles("tdpbf16ps"):
         return AMX
     pairs = cfg.vw == 16 and jit.host_has("avx512bf16")
     return replace(cfg, operands="bf16-pairs" if pairs else "bf16-round")
-
-
-@functools.cache
-def tiles_granted() -> bool:
-    """Whether Linux granted this process the AMX tile state (`request_tiles`); says once
-    on stderr when it refused, and the bf16 products then take AVX512_BF16 instead."""
-    error = request_tiles()
-    if error:
-        print(f"dlc: Linux did not grant the AMX tile state ({os.strerror(error)}); bf16 products "
-              "use AVX512_BF16 instead", file=sys.stderr)
-    return not error
-
-
-def request_tiles() -> int:
-    """Ask Linux for the AMX tile state: arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
-    (0, else an errno). Without it the first tile instruction is SIGILL. The permission is
-    the process's, for all its threads, present and future (the kernel's
-    Documentation/arch/x86/xstate.rst), so one request serves every worker of the pool."""
-    if not sys.platform.startswith("linux") or platform.machine() != "x86_64":
-        return errno.ENOSYS
-    arch_prctl, req_xcomp_perm, xtiledata = 158, 0x1023, 18
-    status = ctypes.CDLL(None, use_errno=True).syscall(arch_prctl, req_xcomp_perm, xtiledata)
-    return ctypes.get_errno() if status else 0
 
 
 def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool, packed: bool = False, bf16: bool = False,
@@ -647,16 +619,6 @@ class _Gen:
 
     # ---- the AMX tiles ("bf16-amx")
 
-    def tile_ops(self):
-        """(tileloadd, tdpbf16ps, tilestored, tilezero): LLVM's shape-carrying forms, from
-        which it writes the tile configuration (ldtilecfg) itself. Shapes are rows and bytes
-        per row; strides are in bytes."""
-        i16, tile = ir.IntType(16), LLVMType("x86_amx")
-        return (declare(self.m, "llvm.x86.tileloadd64.internal", tile, [i16, i16, vptr, i64]),
-                declare(self.m, "llvm.x86.tdpbf16ps.internal", tile, [i16, i16, i16, tile, tile, tile]),
-                declare(self.m, "llvm.x86.tilestored64.internal", ir.VoidType(), [i16, i16, vptr, i64, tile]),
-                declare(self.m, "llvm.x86.tilezero.internal", tile, [i16, i16]))
-
     def _build_amx_ukernel(self, name):
         """The micro-kernel on the AMX tiles: a 32 x 32 block of C in four 16 x 16 float
         tiles, summed over the K slice a tile (32) at a time by tdpbf16ps from two tiles of
@@ -665,7 +627,7 @@ class _Gen:
         tiles first (or they start at zero) and stored back from them; an edge block's
         tiles start at zero, go to a block on the stack and are added (or written) to C's
         rows r < mr, columns masked to j < nr."""
-        load, dot, store, zero_tile = self.tile_ops()
+        load, dot, store, zero_tile = tile_ops(self.m, "tdpbf16ps")
         i16 = ir.IntType(16)
         T = TILE_ROWS
         row_bytes = i16(4 * T)          # 64: 16 floats, or 32 bfloat16 / 16 pairs

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.codegen.types import i1, i32
+from dlc.compiler.native.codegen.types import f32, i1, i32
 
 
 def declare(module, name, ret, args):
@@ -93,8 +93,8 @@ def pair_halves(b, words):
 
 
 def masked(module, vty) -> tuple:
-    """llvm.masked.load and llvm.masked.store of float vectors of type vty."""
+    """llvm.masked.load and llvm.masked.store of vectors of type vty (of floats or integers)."""
     mty = ir.VectorType(i1, vty.count)
-    vw = vty.count
-    return (declare(module, f"llvm.masked.load.v{vw}f32.p0", vty, [vty.as_pointer(), i32, mty, vty]),
-            declare(module, f"llvm.masked.store.v{vw}f32.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]))
+    name = f"v{vty.count}{'f32' if vty.element == f32 else vty.element}"
+    return (declare(module, f"llvm.masked.load.{name}.p0", vty, [vty.as_pointer(), i32, mty, vty]),
+            declare(module, f"llvm.masked.store.{name}.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]))

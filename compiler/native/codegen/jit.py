@@ -81,6 +81,11 @@ def compile_for(triple: str, cpu: str, features: str):
     _shared_tm.cache_clear()
 
 
+def for_other_machine() -> bool:
+    """Whether the code is compiled for the machine `compile_for` names, not to run here."""
+    return _other_machine is not None
+
+
 def target_triple() -> str:
     """The LLVM triple the code is compiled for: this process's, or the one `compile_for` names."""
     return _other_machine[0] if _other_machine else llvm.get_process_triple()

@@ -23,13 +23,15 @@ from dlc.compiler.passes.int8 import Product
 
 TERMS = 4           # the terms a 32-bit lane sums per step: vpdpbusd's four u8 · s8 pairs
 CHANNEL_BLOCK = 16  # the weights' channels padded to a multiple of the widest vector of i32 lanes
+STEP_BLOCK = 16     # their steps of four terms padded to a multiple of an AMX tile's rows (64 bytes of K)
 
 
 @dataclass(frozen=True, eq=False)
 class Int8Weights:
     """One integer product's numbers as the kernel reads them, per group of `channels` output
-    channels and `k` terms: `packed` the s8 weights [groups, ceil(k / 4), padded channels, 4]
-    (term 4t + j of channel o at [g, t, o, j]; zeros past k and past the channels), `offsets`
+    channels and `k` terms: `packed` the s8 weights [groups, steps, padded channels, 4]
+    (term 4t + j of channel o at [g, t, o, j]; zeros past k and past the channels; ceil(k / 4)
+    steps padded to whole AMX tiles, STEP_BLOCK), `offsets`
     z_x · Σ_k q_w [groups, padded channels] (int32, exact: K ≤ LONGEST_SUM), `multipliers`
     M[o] [groups, padded channels]; the input's scale and zero point. A convolution's terms
     are in the order (i, j, c), each tap's channels of a group padded with zero weights to
@@ -61,7 +63,7 @@ class Int8Weights:
         total, k = rows.shape
         channels = total // groups
         padded = -(-channels // CHANNEL_BLOCK) * CHANNEL_BLOCK
-        steps = -(-k // TERMS)
+        steps = -(-k // (TERMS * STEP_BLOCK)) * STEP_BLOCK
         w = np.zeros((groups, padded, steps * TERMS), np.int8)
         w[:, :channels, :k] = rows.reshape(groups, channels, k)
         packed = np.ascontiguousarray(w.reshape(groups, padded, steps, TERMS).transpose(0, 2, 1, 3))
@@ -75,6 +77,11 @@ class Int8Weights:
     @property
     def padded(self) -> int:
         return self.packed.shape[2]
+
+    @property
+    def steps(self) -> int:
+        """The packed steps of four terms a group: ceil(k / 4) padded to whole tiles."""
+        return self.packed.shape[1]
 
 
 @dataclass

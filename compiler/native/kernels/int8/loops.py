@@ -10,6 +10,10 @@ one 32-bit load, in every lane) times each channel's four s8 weights (the packed
   which LLVM's x86 backend makes `vpmaddwd` (a u8 · s8 product fits 16 bits: 255 · 128 <
   2^15; never `vpmaddubsw`, which saturates the sum of two).
 
+Where the target has AMX-INT8, blocks of 16 rows run on the tiles first (`on_tiles`,
+`_tile_rows`): `tdpbusd` sums 64 terms of 16 rows by 16 channels per instruction, as exactly
+(codegen/amx.py); a thread's rows after its last block of 16 take the register tiles.
+
 Every sum is exact in int32 (K · 255 · 127 < 2^31, compiler/ir/int8.py LONGEST_SUM), so the
 order, the vector width and the split of rows over threads change no bit. The store: the
 sums less z_x · Σ q_w, converted to float32 (ties to even) and times M[o], masked past the
@@ -19,6 +23,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dlc.compiler.native.codegen import jit
+from dlc.compiler.native.codegen.amx import TILE_BYTES, TILE_ROWS, has_tiles, tile_ops
 from dlc.compiler.native.codegen.gemm import _carrying_loop, _gep, _loop, _max, _min
 from dlc.compiler.native.codegen.intrinsics import declare, masked, splat
 from dlc.compiler.native.codegen.types import f32, i8, i32, i64
@@ -27,6 +32,7 @@ from dlc.compiler.native.kernels.map.loops import map_body
 ROWS = 4            # rows of a register tile
 TERMS = 4           # the terms of a 32-bit lane (kernels/int8 TERMS)
 UNROLLED_TAPS = 9   # a convolution's taps up to which its loop over them is unrolled (3 x 3)
+WINDOW_BYTES = 2048  # the bytes of K of 16 windows gathered at once for the tiles (32 KB on the stack)
 
 
 def lanes() -> int:
@@ -74,18 +80,193 @@ class _Dot:
         return b.add(acc, b.add(*quads))
 
 
+def on_tiles(k) -> bool:
+    """Whether kernel k's blocks of TILE_ROWS rows run on the AMX tiles: where the target has
+    AMX-INT8 (and Linux grants the tile state), a matmul's, and a convolution's whose group
+    fills a tile's 16 columns (fewer channels leave most of each tdpbusd's sums unused: a
+    depthwise convolution ran 1.5x slower on the tiles) and whose windows are gathered in
+    pieces of whole tiles (_pieces)."""
+    g = k.weights
+    return lanes() == 16 and has_tiles("tdpbusd") and \
+        (k.window is None or g.channels >= TILE_ROWS and _pieces(k) is not None)
+
+
+def _pieces(k) -> list | None:
+    """A convolution's taps in the pieces its windows are gathered in for the tiles, (first
+    tap, taps): all of them where K (padded to whole tiles) fits WINDOW_BYTES, else as many
+    as fit, each piece starting at a whole tile (a tap's channels a multiple of 64); None
+    where neither holds."""
+    g = k.weights
+    taps, width = g.taps, g.tap_channels
+    if g.steps * TERMS <= WINDOW_BYTES:
+        return [(0, taps)]
+    if width % TILE_BYTES or width > WINDOW_BYTES:
+        return None
+    per = WINDOW_BYTES // width
+    return [(t, min(per, taps - t)) for t in range(0, taps, per)]
+
+
 def int8_rows(kb, k, first):
-    """Rows [first[0], first[1]) of an Int8Kernel: tiles of ROWS rows, then the rest one by one,
-    then the epilogue on them all."""
+    """Rows [first[0], first[1]) of an Int8Kernel: blocks of TILE_ROWS rows on the AMX tiles
+    where it takes them (on_tiles), then register tiles of ROWS rows, then the rest one by
+    one, then the epilogue on them all. On the tiles, both ends of a thread's slice move up
+    to a multiple of 16 (or the last row): the slices still cover every row once, and only
+    the last rows of all can miss a block of 16."""
     b = kb.b
     lo, hi = first
-    tiles = b.add(lo, b.mul(b.sdiv(b.sub(hi, lo), _c(ROWS)), _c(ROWS)))
-    with _loop(b, lo, tiles, ROWS, "r") as r:
+    start = lo
+    if on_tiles(k):
+        rows = kb.dim(k.rows)
+        lo, hi = (_min(b, b.mul(b.sdiv(b.add(x, _c(TILE_ROWS - 1)), _c(TILE_ROWS)), _c(TILE_ROWS)), rows)
+                  for x in (lo, hi))
+        start = _whole(b, lo, hi, TILE_ROWS)
+        with _loop(b, lo, start, TILE_ROWS, "tr") as r:
+            _tile_rows(kb, k, r)
+    tiles = _whole(b, start, hi, ROWS)
+    with _loop(b, start, tiles, ROWS, "r") as r:
         _rows(kb, k, r, ROWS)
     with _loop(b, tiles, hi, 1, "rest") as r:
         _rows(kb, k, r, 1)
     if k.epilogue is not None:
         _epilogue(kb, k, lo, hi)
+
+
+def _whole(b, lo, hi, n: int):
+    """The end of the whole blocks of n rows from lo before hi."""
+    return b.add(lo, b.mul(b.sdiv(b.sub(hi, lo), _c(n)), _c(n)))
+
+
+def _stack(kb, count: int, ty):
+    """A block of `count` values of type ty on the stack, 64-byte aligned: a pointer to the first."""
+    block = kb.alloca(ir.ArrayType(ty, count))
+    block.align = 64
+    return kb.b.bitcast(block, ty.as_pointer())
+
+
+def _tile_rows(kb, k, r):
+    """Rows r .. r + 15 on the AMX tiles, every group's channels: 16 x 16 int32 sums per 16
+    channels (up to 4 tiles at once), summed over K 64 bytes at a time by tdpbusd of a tile
+    of the rows' u8 terms (16 rows of 64 bytes) and one of the packed weights (16 steps of
+    16 channels' four s8 terms: their layout, K padded with zero weights to whole tiles),
+    stored through a block on the stack by the register tiles' store (_store). A matmul's
+    rows are read in place, but for their last bytes short of a whole tile, copied
+    (masked) to a tile on the stack; a convolution's 16 windows are gathered to the stack
+    (_gather_windows), once a group, or in pieces of whole taps (_pieces) for each 64
+    channels when they are more than WINDOW_BYTES."""
+    b, g = kb.b, k.weights
+    load, dot, store, zero = tile_ops(kb.m, "tdpbusd")
+    T, B = TILE_ROWS, TILE_BYTES
+    shape = [ir.Constant(ir.IntType(16), T), ir.Constant(ir.IntType(16), B)]
+    a, w = kb.buffer(k.a[0], "i8"), kb.buffer(k.w, "i8")
+    sums = _stack(kb, T * 4 * T, i32)
+    if k.window is not None:
+        pieces = _pieces(k)
+        depth = max(taps for _, taps in pieces) * g.tap_channels if len(pieces) > 1 else g.steps * TERMS
+        block = _stack(kb, T * depth + B, i8)
+    else:
+        inside = g.k // B
+        tail = _stack(kb, T * B, i8) if g.k % B else None
+    with _loop(b, _c(0), _c(g.groups), 1, "g") as group:
+        panel = b.mul(group, _c(g.steps))
+
+        def summed(accs, count, start, first, tiles, terms):
+            """accs plus K tiles first .. first + tiles - 1 (terms(kt): the rows' tile kt of them)."""
+            def step(kt, accs):
+                at = b.add(panel, b.mul(_c(T), b.add(_c(first), kt)))
+                a_tile, out = terms(kt), []
+                for v in range(count):
+                    byte = b.mul(b.add(b.mul(at, _c(g.padded)), _c(start + v * T)), _c(TERMS))
+                    w_tile = b.call(load, shape + [_gep(b, w, byte), _c(g.padded * TERMS)])
+                    out.append(b.call(dot, shape + [shape[1], accs[v], a_tile, w_tile]))
+                return out
+            if tiles == 1:
+                return step(_c(0), accs)
+            with _carrying_loop(b, _c(tiles), accs, "kt") as (kt, accs, nxt):
+                nxt.extend(step(kt, accs))
+            return accs
+
+        def gathered(kt):
+            return b.call(load, shape + [_gep(b, block, b.mul(kt, _c(B))), _c(depth)])
+
+        if k.window is not None:
+            if len(pieces) == 1:
+                _gather_windows(kb, k, r, group, block, depth, pieces[0])
+
+            def products(accs, count, start):
+                for first, taps in pieces:
+                    if len(pieces) > 1:
+                        _gather_windows(kb, k, r, group, block, depth, (first, taps))
+                    accs = summed(accs, count, start, first * g.tap_channels // B,
+                                  -(-taps * g.tap_channels // B), gathered)
+                return accs
+        else:
+            lda = kb.dim(k.a[2])
+            row = b.add(b.add(kb.dim(k.a[1]), b.mul(r, lda)), b.mul(group, _c(g.k)))
+            if tail is not None:
+                _copy_tail(kb, a, row, lda, g.k - inside * B, inside * B, tail)
+
+            def products(accs, count, start):
+                if inside:
+                    accs = summed(accs, count, start, 0, inside,
+                                  lambda kt: b.call(load, shape + [_gep(b, a, b.add(row, b.mul(kt, _c(B)))), lda]))
+                if tail is not None:
+                    accs = summed(accs, count, start, inside, 1, lambda kt: b.call(load, shape + [tail, _c(B)]))
+                return accs
+        for start in range(0, g.channels, 4 * T):
+            count = min(4, -(-(g.channels - start) // T))
+            accs = products([b.call(zero, shape) for _ in range(count)], count, start)
+            for v, tile in enumerate(accs):
+                b.call(store, shape + [b.bitcast(_gep(b, sums, _c(v * T)), i8.as_pointer()), _c(4 * T * 4), tile])
+            vty = ir.VectorType(i32, T)
+            rows = [b.load(b.bitcast(_gep(b, sums, _c(j * 4 * T + v * T)), vty.as_pointer()), align=64)
+                    for j in range(T) for v in range(count)]
+            _store(kb, k, r, T, group, start, count, T, rows)
+
+
+def _copy_tail(kb, a, first, lda, n: int, at: int, tail):
+    """Bytes at .. at + n (n < 64) of rows first, first + lda, ... (16) to the tile `tail`,
+    zeros past them: masked loads that never read past a row's terms."""
+    b = kb.b
+    vty = ir.VectorType(i8, TILE_BYTES)
+    mload, _ = masked(kb.m, vty)
+    mask = ir.Constant(ir.VectorType(ir.IntType(1), TILE_BYTES), [lane < n for lane in range(TILE_BYTES)])
+    for j in range(TILE_ROWS):
+        src = b.bitcast(_gep(b, a, b.add(b.add(first, b.mul(_c(j), lda)), _c(at))), vty.as_pointer())
+        row = b.call(mload, [src, ir.Constant(i32, 1), mask, ir.Constant(vty, [0] * TILE_BYTES)])
+        b.store(row, b.bitcast(_gep(b, tail, _c(j * TILE_BYTES)), vty.as_pointer()), align=64)
+
+
+def _gather_windows(kb, k, r, group, block, depth: int, piece: tuple):
+    """The terms of windows r .. r + 15 of a convolution (_Windows) at the taps of `piece`
+    (first tap, taps) to `block`, row j at j · depth in _window_sums' order: each tap's
+    channels of the group at (tap − first) · tap channels, by masked loads of up to 64
+    bytes (never past the image), z_x for a tap outside the image. Each load's 64 bytes are stored whole: past the tap's channels they
+    land on the next tap's (stored after them), or past the row's terms, whose weights are
+    zero (so any byte there adds nothing), the last row's on the 64 bytes past the block's
+    rows."""
+    b, g = kb.b, k.weights
+    windows = _Windows(kb, k)
+    own = windows.own
+    vty = ir.VectorType(i8, TILE_BYTES)
+    mload, _ = masked(kb.m, vty)
+    a = kb.buffer(k.a[0], "i8")
+    fill = ir.Constant(vty, [g.zero - 256 if g.zero > 127 else g.zero] * TILE_BYTES)
+    nothing = ir.Constant(vty, [0] * TILE_BYTES)
+    with _loop(b, _c(0), _c(TILE_ROWS), 1, "window") as j:
+        origin = windows.origin(b.add(r, j))
+        row = b.mul(j, _c(depth))
+
+        def tap_terms(tap, ti, tj, carried):
+            valid, at = windows.tap(origin, group, ti, tj)
+            to = b.add(row, b.mul(b.sub(tap, _c(piece[0])), _c(g.tap_channels)))
+            for c0 in range(0, own, TILE_BYTES):
+                mask = ir.Constant(ir.VectorType(ir.IntType(1), TILE_BYTES),
+                                   [lane < own - c0 for lane in range(TILE_BYTES)])
+                src = b.bitcast(_gep(b, a, b.add(at, _c(c0))), vty.as_pointer())
+                terms = b.select(valid, b.call(mload, [src, ir.Constant(i32, 1), mask, nothing]), fill)
+                b.store(terms, b.bitcast(_gep(b, block, b.add(to, _c(c0))), vty.as_pointer()), align=1)
+            return carried
+        windows.over_taps([], tap_terms, *piece)
 
 
 def _rows(kb, k, r, count: int):
@@ -106,11 +287,11 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
     dot = _Dot(kb.m, b, width)
     a = kb.buffer(k.a[0], "i8")
     w = kb.buffer(k.w, "i8")
-    steps, whole = -(-g.k // TERMS), g.k // TERMS
+    whole = g.k // TERMS
     row_starts = [b.add(b.add(kb.dim(k.a[1]), b.mul(b.add(r, _c(j)), kb.dim(k.a[2]))), b.mul(group, _c(g.k)))
                   for j in range(count)]
     # the packed weights of (group, step t, channel o): byte ((group · steps + t) · padded + o) · 4
-    panel = b.mul(group, _c(steps * g.padded * TERMS))
+    panel = b.mul(group, _c(g.steps * g.padded * TERMS))
 
     def weights(t):
         base = b.add(panel, b.add(b.mul(t, _c(g.padded * TERMS)), _c(start * TERMS)))
@@ -142,36 +323,67 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
     else:
         with _carrying_loop(b, _c(whole), zero, "t") as (t, accs, nxt):
             nxt.extend(step(t, accs, loaded))
-        accs = accs if steps == whole else step(_c(whole), accs, gathered)
+        accs = accs if g.k == whole * TERMS else step(_c(whole), accs, gathered)
     _store(kb, k, r, count, group, start, vectors, width, accs)
+
+
+class _Windows:
+    """The windows of a convolution's rows (Int8Kernel.window): row i = (n, ho, wo), tap (ti, tj)
+    at (ho · sh − ph + ti · dh, wo · sw − pw + tj · dw) of the channels-last u8 image."""
+
+    def __init__(self, kb, k):
+        self.b, self.k = kb.b, k
+        height, wide, channels, self.kh, self.kw, self.stride, self.padding, self.dilation = k.window
+        self.size = (kb.dim(height), kb.dim(wide), kb.dim(channels))
+        self.pixels = [kb.dim(d) for d in k.pixels]
+        self.own = channels // k.weights.groups        # the group's channels of a tap
+
+    def origin(self, i):
+        """(n, the window's first row, its first column) of row i."""
+        b, (ho, wo), (sh, sw), (ph, pw) = self.b, self.pixels, self.stride, self.padding
+        n, p = b.sdiv(i, b.mul(ho, wo)), b.srem(i, b.mul(ho, wo))
+        return n, b.sub(b.mul(b.sdiv(p, wo), _c(sh)), _c(ph)), b.sub(b.mul(b.srem(p, wo), _c(sw)), _c(pw))
+
+    def tap(self, origin, group, ti, tj):
+        """(whether tap (ti, tj) of the window at `origin` is inside the image, the byte of its
+        group's first channel there, else 0: never past the image's ends)."""
+        b, (n, h0, w0), (h_, w_, c_), (dh, dw) = self.b, origin, self.size, self.dilation
+        h, w = b.add(h0, b.mul(ti, _c(dh))), b.add(w0, b.mul(tj, _c(dw)))
+        valid = b.and_(_inside(b, h, h_), _inside(b, w, w_))
+        at = b.add(b.mul(b.add(b.mul(b.add(b.mul(n, h_), h), w_), w), c_), b.mul(group, _c(self.own)))
+        return valid, b.select(valid, at, _c(0))
+
+    def over_taps(self, carried, body, first: int = 0, taps: int | None = None):
+        """body(tap, ti, tj, carried) -> the next carried values over taps first .. first +
+        taps - 1 (all) in order: unrolled up to UNROLLED_TAPS, else a loop."""
+        b, kw = self.b, self.kw
+        taps = self.kh * kw if taps is None else taps
+        if taps <= UNROLLED_TAPS:
+            for tap in range(first, first + taps):
+                carried = body(_c(tap), _c(tap // kw), _c(tap % kw), carried)
+            return carried
+        with _carrying_loop(b, _c(first + taps), carried, "tap", first) as (tap, now, nxt):
+            nxt.extend(body(tap, b.sdiv(tap, _c(kw)), b.srem(tap, _c(kw)), now))
+        return now
+
+
+def _inside(b, v, size):
+    return b.and_(b.icmp_signed(">=", v, _c(0)), b.icmp_signed("<", v, size))
 
 
 def _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width):
     """The sums of rows r .. r + count - 1 of a convolution reading its windows in place
-    (Int8Kernel.window): row (n, ho, wo), tap (i, j) at (ho · sh − ph + i · dh, wo · sw − pw
-    + j · dw) of the channels-last u8 image, four of the group's channels a step (one
-    32-bit load; the last, of fewer, byte by byte, its weights past them zero); a tap
-    outside the image reads z_x (the image's first bytes loaded instead: never past its
-    ends)."""
+    (_Windows), four of the group's channels of a tap a step (one 32-bit load; the last,
+    of fewer, byte by byte, its weights past them zero); a tap outside the image reads z_x."""
     b, g = kb.b, k.weights
     vty = ir.VectorType(i32, width)
-    height, wide, channels, kh, kw, (sh, sw), (ph, pw), (dh, dw) = k.window
-    h_, w_, c_ = kb.dim(height), kb.dim(wide), kb.dim(channels)
-    ho, wo = (kb.dim(d) for d in k.pixels)
-    own = channels // g.groups                  # the group's channels of a tap
+    windows = _Windows(kb, k)
+    own = windows.own
     per, whole = g.tap_channels // TERMS, own // TERMS
     a = kb.buffer(k.a[0], "i8")
     z = g.zero * 0x01010101
     fill = ir.Constant(i32, z - (1 << 32) if z >= 1 << 31 else z)
-    places = []
-    for j in range(count):
-        i = b.add(r, _c(j))
-        n, p = b.sdiv(i, b.mul(ho, wo)), b.srem(i, b.mul(ho, wo))
-        places.append((n, b.sub(b.mul(b.sdiv(p, wo), _c(sh)), _c(ph)), b.sub(b.mul(b.srem(p, wo), _c(sw)), _c(pw))))
-    channel0 = b.mul(group, _c(own))
-
-    def inside(v, size):
-        return b.and_(b.icmp_signed(">=", v, _c(0)), b.icmp_signed("<", v, size))
+    origins = [windows.origin(b.add(r, _c(j))) for j in range(count)]
 
     def step(tap, c4, accs, rows, word):
         ws = weights(b.add(b.mul(tap, _c(per)), c4))
@@ -192,24 +404,13 @@ def _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width):
         return word
 
     def at_tap(tap, ti, tj, accs):
-        rows = []
-        for n, h0, w0 in places:
-            h, w = b.add(h0, b.mul(ti, _c(dh))), b.add(w0, b.mul(tj, _c(dw)))
-            valid = b.and_(inside(h, h_), inside(w, w_))
-            at = b.add(b.mul(b.add(b.mul(b.add(b.mul(n, h_), h), w_), w), c_), channel0)
-            rows.append((valid, b.select(valid, at, _c(0))))
+        rows = [windows.tap(origin, group, ti, tj) for origin in origins]
         if whole:
             with _carrying_loop(b, _c(whole), accs, "c") as (c4, accs, following):
                 following.extend(step(tap, c4, accs, rows, loaded))
         return accs if whole == per else step(tap, _c(whole), accs, rows, gathered)
 
-    if kh * kw <= UNROLLED_TAPS:
-        for tap in range(kh * kw):
-            zero = at_tap(_c(tap), _c(tap // kw), _c(tap % kw), zero)
-        return zero
-    with _carrying_loop(b, _c(kh * kw), zero, "tap") as (tap, accs, nxt):
-        nxt.extend(at_tap(tap, b.sdiv(tap, _c(kw)), b.srem(tap, _c(kw)), accs))
-    return accs
+    return windows.over_taps(zero, at_tap)
 
 
 def _store(kb, k, r, count, group, start, vectors, width, accs):
