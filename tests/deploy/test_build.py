@@ -898,8 +898,10 @@ def test_two_threads_train_two_instances_at_once(built, tmp_path):
 
 
 # inception_cnn (a minute of CPU) with -m slow: the library runs the JIT's step object, whose
-# 1x1 convolutions tests/native/test_conv_gemms.py checks; the other two check the library's side
-@pytest.mark.parametrize("model", ["char_lstm", "transformer_classifier",
+# 1x1 convolutions tests/native/test_conv_gemms.py checks; transformer_classifier (15 s) with -m
+# slow too: AdamW's decay, a cosine schedule after a warmup and an embedding's gather through a
+# library's train_step are tests/deploy/test_train_settings.py's, on a small model
+@pytest.mark.parametrize("model", ["char_lstm", pytest.param("transformer_classifier", marks=pytest.mark.slow),
                                    pytest.param("inception_cnn", marks=pytest.mark.slow)])
 def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
     """One epoch of the char LSTM (Adam, gradient clipping: the update's norm), of the

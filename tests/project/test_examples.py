@@ -13,6 +13,9 @@ EXAMPLE_DIR = Path(__file__).parents[2] / "examples"
 EXAMPLES = sorted(EXAMPLE_DIR.glob("*.dl"))
 # the deep convolutional and attention examples take seconds per gradient check
 HEAVY = {"resnet", "vgg_cnn", "char_transformer", "char_gpt", "transformer_seq2seq"}
+# the deep CNNs' checks (10-20 s of CPU each) re-check at size the rules of their layers, which
+# tests/ir/test_stdlib_gradcheck.py checks one by one (conv2d, batchnorm, residual_block, pooling)
+SLOW_GRADCHECK = {"resnet", "vgg_cnn"}
 
 
 def test_there_are_examples_of_every_family():
@@ -34,7 +37,8 @@ def test_check_and_summary(path, capsys):
     assert "Total parameters:" in out and "Forward FLOPs:" in out
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=[pytest.mark.slow] if p.stem in SLOW_GRADCHECK else [])
+                                  for p in EXAMPLES], ids=lambda p: p.stem)
 def test_gradcheck(path, capsys):
     entries = "1" if path.stem in HEAVY else "4"
     code = main(["gradcheck", str(path), "--entries", entries])
