@@ -14,6 +14,9 @@ step and GEMM modules are also found by what they are built from, before they ar
 compiler source, names the object entry and holds the step's argument slots. It is
 verified like an object, and the slots are checked against the pointer table they index.
 
+Processes that miss the same entry at once compile it once: the others wait on a lock
+(`_compiling`), then read the entry.
+
 A module is compiled in parts on every core (compiler/native/codegen/parallel_compile.py), and its
 entry holds the parts' objects. The GEMM routines are one module, compiled once per machine
 and dlc version (then read from the cache); kernel modules only declare them, and their
@@ -24,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import fcntl
 import functools
 import hashlib
 import io
@@ -115,13 +119,16 @@ def object_cached(ref, level: int) -> bytes:
     key = _key(f"object at O{level}\n{ref}")
     with _open_dir() as dirfd:
         obj = None if dirfd is None else _read(dirfd, f"{key}.lib.o", key)
-        if obj is not None:
-            stats["hits"] += 1
-            return obj
-        obj = jit.object_code(ref, level)
-        stats["compiles"] += 1
-        if dirfd is not None:
-            _store(dirfd, f"{key}.lib.o", key, obj)
+        if obj is None:
+            with _compiling(dirfd, key):
+                obj = None if dirfd is None else _read(dirfd, f"{key}.lib.o", key)
+                if obj is None:
+                    obj = jit.object_code(ref, level)
+                    stats["compiles"] += 1
+                    if dirfd is not None:
+                        _store(dirfd, f"{key}.lib.o", key, obj)
+                    return obj
+        stats["hits"] += 1
     return obj
 
 
@@ -159,20 +166,50 @@ def compile_built(parts: tuple, build) -> tuple[Loaded, list]:
     key = _built_key(parts)
     t0 = time.perf_counter()
     with _open_dir() as dirfd:
-        entry = None if dirfd is None else _read(dirfd, f"{key}.step", key)
-        doc = None if entry is None else _step_entry(entry)
-        if doc is not None:
-            objects = _objects(_read(dirfd, f"{doc['object']}.o", doc["object"]))
-            loaded = None if objects is None else _loaded(objects, doc["functions"], t0, doc["object"])
-            if loaded is not None:
-                return loaded, doc["extra"]
-    module, extra = build()
-    loaded = compile_cached(module)
-    with _open_dir() as dirfd:
-        if dirfd is not None:
-            doc = {"object": loaded.key, "functions": jit.exported_functions(module), "extra": extra}
-            _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
+        found = _built(dirfd, key, t0)
+        if found is not None:
+            return found
+        with _compiling(dirfd, key):
+            found = _built(dirfd, key, t0)      # another process may have compiled it meanwhile
+            if found is not None:
+                return found
+            module, extra = build()
+            loaded = compile_cached(module)
+            if dirfd is not None:
+                doc = {"object": loaded.key, "functions": jit.exported_functions(module), "extra": extra}
+                _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
     return loaded, extra
+
+
+def _built(dirfd: int | None, key: str, t0: float) -> tuple[Loaded, list] | None:
+    """compile_built's entry `key` loaded, with its list; None when there is none or it is bad."""
+    entry = None if dirfd is None else _read(dirfd, f"{key}.step", key)
+    doc = None if entry is None else _step_entry(entry)
+    if doc is None:
+        return None
+    objects = _objects(_read(dirfd, f"{doc['object']}.o", doc["object"]))
+    loaded = None if objects is None else _loaded(objects, doc["functions"], t0, doc["object"])
+    return None if loaded is None else (loaded, doc["extra"])
+
+
+@contextlib.contextmanager
+def _compiling(dirfd: int | None, key: str):
+    """While this process compiles the entry `key`, others that want it wait, then read it
+    (two ranks of a run, or pytest's workers, starting together compile it once). The lock
+    only saves work: entries are correct however processes interleave, so a lost lock (its
+    file removed while another process waited on it) costs a second compile, nothing more."""
+    fd = None
+    if dirfd is not None:
+        with contextlib.suppress(OSError):
+            fd = os.open(f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600, dir_fd=dirfd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(f"{key}.lock", dir_fd=dirfd)
+            os.close(fd)
 
 
 def _step_entry(entry: bytes) -> dict | None:

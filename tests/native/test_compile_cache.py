@@ -283,3 +283,37 @@ def test_orcs_lljit_runs_what_mcjit_runs(tmp_path):
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     want = DlcModel(str(dl), backend="native").load_weights(tmp_path / "w.npz").predict({"x": x})["probs"]
     assert bytes.fromhex(r.stdout) == want.tobytes()
+
+
+TOGETHER = r"""
+import sys, time
+from llvmlite import ir
+from dlc.runtime.engines import cache
+built = []
+def build():
+    built.append(1)
+    time.sleep(1.0)         # long enough for the other process to miss the entry too
+    module = ir.Module("dlc_test_together")
+    fn = ir.Function(module, ir.FunctionType(ir.IntType(32), []), "dlc_test_together")
+    ir.IRBuilder(fn.append_basic_block()).ret(ir.Constant(ir.IntType(32), 42))
+    return module, []
+sys.stdin.readline()        # both start compiling at once
+loaded, _ = cache.compile_built(("dlc_test_together",), build)
+import ctypes
+assert ctypes.CFUNCTYPE(ctypes.c_int32)(loaded.address("dlc_test_together"))() == 42
+print(len(built), cache.stats["compiles"])
+"""
+
+
+def test_processes_missing_the_same_entry_at_once_compile_it_once(tmp_path):
+    env = dict(os.environ, DLC_CACHE_DIR=str(tmp_path))
+    procs = [subprocess.Popen([sys.executable, "-c", TOGETHER], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err for _, err in outs]
+    # one built the module and compiled it; the other waited and loaded its entries
+    assert sorted(out.split() for out, _ in outs) == [["0", "0"], ["1", "1"]]
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob("*.tmp"))
