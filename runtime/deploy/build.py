@@ -133,10 +133,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
         objects = _objects(lib.name, units, Path(tmp))
         (out / f"{name}.h").write_text(header(lib, dlc.__version__))
         for unit in units:
-            source = Path(tmp) / f"{unit.name}.c"
-            source.write_text(c_source(unit))
-            objects.insert(0, Path(tmp) / f"{unit.name}.o")
-            tools.compile(source, objects[0], out)
+            objects.insert(0, _c_object(tools, unit, c_source(unit), out, Path(tmp)))
         tools.shared(objects, out / f"lib{name}{tools.suffix}")
         tools.archive(objects, out / f"lib{name}.a")
     (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
@@ -231,6 +228,23 @@ def _objects(name: str, units: list, tmp: Path) -> list:
         path.write_bytes(jit.object_code(r, 0) if what.endswith("_data") else object_cached(r, jit.OPT_LEVEL))
         paths.append(path)
     return paths
+
+
+def _c_object(tools, unit: Library, source: str, include: Path, tmp: Path) -> Path:
+    """The unit's C source compiled (against the header in `include`), from the compile
+    cache when a build compiled the same source and header with the same compiler and flags."""
+    from dlc.runtime.deploy.toolchain import CFLAGS
+    from dlc.runtime.engines.cache import object_entry
+    path, obj = tmp / f"{unit.name}.c", tmp / f"{unit.name}.o"
+    header = (include / f"{unit.header_name or unit.name}.h").read_text()
+
+    def compiled() -> bytes:
+        path.write_text(source)
+        tools.compile(path, obj, include)
+        return obj.read_bytes()
+    obj.write_bytes(object_entry("\n".join(["C object", shlex.join(tools.cc + CFLAGS), header, source]), ".c.o",
+                                 compiled))
+    return obj
 
 
 def _pkg_config(lib: Library, tools) -> str:

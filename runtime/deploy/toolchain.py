@@ -14,6 +14,8 @@ from pathlib import Path
 
 from dlc.compiler.errors import DlcError
 
+CFLAGS = ["-std=gnu11", "-O2", "-ffp-contract=off", "-fPIC", "-fvisibility=hidden"]
+
 
 @dataclass
 class Toolchain:
@@ -32,8 +34,7 @@ class Toolchain:
             raise DlcError(f"{what} failed ({self.name}):\n$ {shlex.join(args)}\n{done.stderr.strip()}")
 
     def compile(self, source: Path, obj: Path, include: Path):
-        self.run(self.cc + ["-std=gnu11", "-O2", "-ffp-contract=off", "-fPIC", "-fvisibility=hidden", f"-I{include}", "-c", str(source),
-                            "-o", str(obj)], f"compiling {source.name}")
+        self.run(self.cc + CFLAGS + [f"-I{include}", "-c", str(source), "-o", str(obj)], f"compiling {source.name}")
 
     @property
     def suffix(self) -> str:

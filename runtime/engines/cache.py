@@ -116,17 +116,23 @@ def object_cached(ref, level: int) -> bytes:
     of a name and target, and its step modules). Keyed by the module's text and `level`,
     as every entry by the target CPU and the versions; verified as every entry, and not
     loaded here (the linker takes it)."""
-    key = _key(f"object at O{level}\n{ref}")
+    return object_entry(f"object at O{level}\n{ref}", ".lib.o", lambda: jit.object_code(ref, level))
+
+
+def object_entry(text: str, suffix: str, make) -> bytes:
+    """The object that `make()` returns for what `text` says it is compiled from (its whole
+    input: source, compiler, flags), from the cache or made (then stored as KEY`suffix`)."""
+    key = _key(text)
     with _open_dir() as dirfd:
-        obj = None if dirfd is None else _read(dirfd, f"{key}.lib.o", key)
+        obj = None if dirfd is None else _read(dirfd, f"{key}{suffix}", key)
         if obj is None:
             with _compiling(dirfd, key):
-                obj = None if dirfd is None else _read(dirfd, f"{key}.lib.o", key)
+                obj = None if dirfd is None else _read(dirfd, f"{key}{suffix}", key)
                 if obj is None:
-                    obj = jit.object_code(ref, level)
+                    obj = make()
                     stats["compiles"] += 1
                     if dirfd is not None:
-                        _store(dirfd, f"{key}.lib.o", key, obj)
+                        _store(dirfd, f"{key}{suffix}", key, obj)
                     return obj
         stats["hits"] += 1
     return obj

@@ -315,17 +315,20 @@ def test_without_a_system_compiler_zig_cc_builds_and_links(built, tmp_path):
     assert c_predict(tmp_path / "main", ckpt, x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
 
 
-def test_a_second_build_takes_its_code_from_the_compile_cache(tmp_path):
+def test_a_second_build_takes_its_code_from_the_compile_cache(tmp_path, monkeypatch):
     """The objects a build compiles (the GEMM routines, the thread pool, the prediction's
-    and the train step's modules) go to the compile cache: a second build of the model runs no LLVM, and
-    its library is the first's, byte for byte."""
+    and the train step's modules, and the two units' C) go to the compile cache: a second
+    build of the model runs neither LLVM nor the C compiler, and its library is the first's,
+    byte for byte."""
     from dlc.runtime.deploy.build import build
+    from dlc.runtime.deploy.toolchain import Toolchain
     from dlc.runtime.engines import cache
     dl = ROOT / "examples" / "xor_mlp.dl"
     build(str(dl), tmp_path / "first", train=True)
     before = dict(cache.stats)
+    monkeypatch.setattr(Toolchain, "compile", lambda *a: pytest.fail("the C compiler ran again"))
     build(str(dl), tmp_path / "second", train=True)
-    assert (cache.stats["compiles"], cache.stats["hits"]) == (before["compiles"], before["hits"] + 4)
+    assert (cache.stats["compiles"], cache.stats["hits"]) == (before["compiles"], before["hits"] + 6)
     assert (tmp_path / "first" / "libxor_mlp.so").read_bytes() == (tmp_path / "second" / "libxor_mlp.so").read_bytes()
 
 
