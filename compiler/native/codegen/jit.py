@@ -53,9 +53,12 @@ def _init() -> None:
 # the bf16 GEMM's conversion path with the AVX-512 blocking; DLC_TARGET=avx512bf16 for the
 # host without AMX, to test the bf16 GEMM's vdpbf16ps path on an AMX host. On a 64-bit ARM
 # host, DLC_TARGET=aarch64 compiles for the ARMv8.2-A baseline (NEON) without the host's
-# later features. Each target is of one architecture (ARCH).
-TARGETS = ("host", "avx2", "avxvnni", "avx512", "avx512bf16", "aarch64")
-ARCH = {"avx2": "x86_64", "avxvnni": "x86_64", "avx512": "x86_64", "avx512bf16": "x86_64", "aarch64": "aarch64"}
+# later features, aarch64-dotprod for it with the dot product instructions (int8's sdot),
+# aarch64-i8mm with the mixed-sign ones too (int8's usdot): AARCH64_LEVELS. Each target is of
+# one architecture (ARCH).
+TARGETS = ("host", "avx2", "avxvnni", "avx512", "avx512bf16", "aarch64", "aarch64-dotprod", "aarch64-i8mm")
+ARCH = {"avx2": "x86_64", "avxvnni": "x86_64", "avx512": "x86_64", "avx512bf16": "x86_64", "aarch64": "aarch64",
+        "aarch64-dotprod": "aarch64", "aarch64-i8mm": "aarch64"}
 # the features each target takes away from the host's (LLVM's spelling, by prefix)
 REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvnni"),
            "avxvnni": ("+avx512", "+amx", "+evex512", "+avx10"),
@@ -64,6 +67,11 @@ REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvn
 # rounding doubling multiplies (RDM); what DLC_TARGET=aarch64 and `dlc build --target
 # aarch64` compile for
 AARCH64_BASELINE = ("generic", "+v8.2a,+neon,+fp-armv8,+crc,+lse,+rdm")
+# the AArch64 levels: (cpu, features) of each, the baseline's and the optional features of
+# ARMv8.2-A on which int8's dot products pay (kernels/int8/loops.py)
+AARCH64_LEVELS = {"aarch64": AARCH64_BASELINE,
+                  "aarch64-dotprod": ("generic", AARCH64_BASELINE[1] + ",+dotprod"),
+                  "aarch64-i8mm": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm")}
 
 
 # (triple, cpu name, feature string) that replaces the host's: a library built for another
@@ -110,8 +118,14 @@ def host_cpu() -> tuple[str, str]:
         (llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
     if target == "avx2" and ours:
         cpu = "x86-64-v3"
-    elif target == "aarch64" and not _other_machine:
-        cpu, features = AARCH64_BASELINE
+    elif target in AARCH64_LEVELS and not _other_machine:
+        # those the level adds to the baseline, which every AArch64 host dlc runs on has
+        lacks = [f for f in AARCH64_LEVELS[target][1].split(",")
+                 if f not in AARCH64_BASELINE[1].split(",") + features.split(",")]
+        if lacks:
+            from dlc.compiler.errors import DlcError
+            raise DlcError(f"DLC_TARGET={target} needs {', '.join(f[1:] for f in lacks)}, which this CPU lacks")
+        cpu, features = AARCH64_LEVELS[target]
     removed = REMOVED.get(target, ()) if ours else ()
     if removed:
         features = ",".join("-" + f[1:] if f.startswith(removed) else f for f in features.split(","))
