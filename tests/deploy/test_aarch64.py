@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load
-from dlc.compiler.native.codegen import jit
+from dlc.compiler.ir.evaluate import round_bf16
 from dlc.runtime.api import DlcModel
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.trainer import initial_parameters
@@ -102,7 +102,7 @@ def test_predictions_under_qemu_are_the_x86_jit_bit_for_bit(built, model, tmp_pa
         assert got.tobytes() == wants[batch].tobytes(), (model, batch, np.abs(got - wants[batch].ravel()).max())
 
 
-@pytest.mark.parametrize("target", list(jit.AARCH64_LEVELS))
+@pytest.mark.parametrize("target", ["aarch64", "aarch64-dotprod", "aarch64-i8mm"])
 def test_int8_libraries_under_qemu_are_the_x86_jits_int8_bit_for_bit(built, target, tmp_path):
     """`dlc build --int8` at each AArch64 level (NEON's smull/smlal; sdot on the activations
     flipped to s8; usdot) on qemu's `max` CPU, which has dotprod and i8mm: the outputs are the
@@ -121,6 +121,47 @@ def test_int8_libraries_under_qemu_are_the_x86_jits_int8_bit_for_bit(built, targ
         assert answer.startswith("0  ["), answer
         got = np.fromfile(tmp_path / f"b{batch}.out", np.float32)
         assert got.tobytes() == wants[batch].tobytes(), (target, batch, np.abs(got - wants[batch].ravel()).max())
+
+
+BF16_PRODUCT = "model mm {\n    input x: f32[B, 301]\n    output y = dense(x, 37, bias = false)\n}\n"
+BUILD_BF16 = """
+import sys
+from pathlib import Path
+from dlc.runtime.deploy.build import build
+build(sys.argv[1], Path(sys.argv[2]), weights=sys.argv[3], target="aarch64-bf16", embed=True, precision="bf16")
+"""
+
+
+def test_a_bf16_library_sums_bfdot_pairs_within_the_float64_bound(tmp_path):
+    """A bf16 prediction library built for aarch64-bf16 (the GEMM's bfloat16 pairs by BFDOT:
+    the two products of a pair summed, then added to the lane, each rounded to odd) on
+    qemu's `max` CPU: a [B, 301] @ [301, 37] product within the float64 product of the
+    bfloat16 operands by (K + slices + 1) · 2^-23 of Σ |a| · |w|, a rounding to odd per sum
+    (and where a sum would flush, 2^-126 each), at batch 64 (packed panels, edge tiles, an
+    odd K) and 2 (a row or two: rounded as loaded, fma); never the unrounded operands'."""
+    (tmp_path / "mm.dl").write_text(BF16_PRODUCT)
+    model = load(tmp_path / "mm.dl").build(None, training=False)
+    params = initial_parameters(model, 3)
+    checkpoint.save(tmp_path / "w.npz", params, {}, {})
+    subprocess.run([sys.executable, "-c", BUILD_BF16, tmp_path / "mm.dl", tmp_path / "lib", tmp_path / "w.npz"],
+                   check=True)
+    lib = tmp_path / "lib"
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu", "-O2", f"-I{lib}",
+                    "-include", "mm.h", "-DMODEL=mm", str(HERE / "calls_main.c"), f"-L{lib}", "-lmm",
+                    f"-Wl,-rpath,{lib}", "-o", str(lib / "calls")], check=True)
+    xs = {batch: np.random.default_rng(batch).standard_normal((batch, 301)).astype(np.float32) for batch in (64, 2)}
+    lines = ["create -", "threads 2"] + [predict_line(x, tmp_path, f"b{batch}", batch * 37) for batch, x in xs.items()]
+    answers = run(lib / "calls", "\n".join(lines + ["destroy"]) + "\n", cpu="max")
+    assert answers[:2] == ["0 ", "0 "] and all(a.startswith("0  [") for a in answers[2:]), answers
+    w = params["y.W"].astype(np.float64)
+    bf16 = lambda a: round_bf16(a).astype(np.float64)
+    for batch, x in xs.items():
+        got = np.fromfile(tmp_path / f"b{batch}.out", np.float32).reshape(batch, 37)
+        want, size = bf16(x) @ bf16(params["y.W"]), np.abs(bf16(x)) @ np.abs(bf16(params["y.W"]))
+        sums = 301 + -(-301 // 256) + 1
+        bound = sums * 2.0 ** -23 / (1 - sums * 2.0 ** -23) * size + 2 * 301 * 2.0 ** -126
+        assert (np.abs(got - want) <= bound).all(), (batch, np.abs(got - want).max())
+        assert (np.abs(got - x.astype(np.float64) @ w) > bound).any(), batch
 
 
 def test_a_cpu_without_i8mm_refuses_its_library_and_runs_the_dotprod_one(built):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from llvmlite import ir
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
@@ -185,6 +186,21 @@ def test_dlc_target_forces_each_path(target, best, tmp_path):
     assert PATHS.index(got) <= PATHS.index(best) and (vw == "8") == (target == "avx2")
     if target == "host" and "amx" in gemm_paths():
         assert got == "bf16-amx"
+
+
+@pytest.mark.parametrize("level, operands", [("aarch64-i8mm", "bf16-round"), ("aarch64-bf16", "bf16-pairs")])
+def test_on_aarch64_the_pairs_are_bfdot_where_the_target_has_bf16(level, operands, compile_for_aarch64):
+    """Compiled for an AArch64 level with bf16 (`dlc build --target aarch64-bf16`), the bf16
+    routines multiply bfloat16 pairs by BFDOT in the NEON blocking (a row or two by fmla, as
+    everywhere); without it, the conversion path's fmla alone (tests/deploy/test_aarch64.py
+    runs the pairs under qemu)."""
+    compile_for_aarch64(level)
+    config = gemm.bf16_config()
+    module = ir.Module()
+    gemm.add_gemm(module, config=config)
+    asm = jit.assembly(module)
+    assert (config.operands, config.vw) == (operands, 4)
+    assert (re.search(r"\bbfdot\s", asm) is not None) == (operands == "bf16-pairs") and "fmla" in asm
 
 
 # ---- the engines ------------------------------------------------------------------------------------

@@ -274,7 +274,7 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
                          env=dict(env, DLC_TARGET="avx9"), capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode == 1 and ("DLC_TARGET must be one of host, avx2, avxvnni, avx512, avx512bf16, aarch64, "
-                                    "aarch64-dotprod, aarch64-i8mm, not 'avx9'") in bad.stderr
+                                    "aarch64-dotprod, aarch64-i8mm, aarch64-bf16, not 'avx9'") in bad.stderr
     arm = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
                          env=dict(env, DLC_TARGET="aarch64"), capture_output=True, text=True, cwd=ROOT)
     assert arm.returncode == 1 and arm.stderr.strip() == ("error: DLC_TARGET=aarch64 is a target of aarch64 machines, "

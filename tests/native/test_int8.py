@@ -130,17 +130,12 @@ def test_the_dot_products_are_vpdpbusd_where_the_target_has_vnni_else_vpmaddwd(t
 
 @pytest.mark.parametrize("level, instruction", [("aarch64", "smlal"), ("aarch64-dotprod", "sdot"),
                                                 ("aarch64-i8mm", "usdot")])
-def test_on_aarch64_the_dot_products_are_the_levels_own(level, instruction):
+def test_on_aarch64_the_dot_products_are_the_levels_own(level, instruction, compile_for_aarch64):
     """Compiled for each AArch64 level (`dlc build --target`): NEON's widening smlal at the
     ARMv8.2-A baseline, sdot with dotprod, usdot with i8mm; never another level's
     (tests/deploy/test_aarch64.py runs them under qemu)."""
-    jit.compile_for("aarch64-unknown-linux-gnu", *jit.AARCH64_LEVELS[level])
-    try:
-        asm = _dense_assembly()
-    finally:
-        jit._other_machine = None
-        jit.host_cpu.cache_clear()
-        jit._shared_tm.cache_clear()
+    compile_for_aarch64(level)
+    asm = _dense_assembly()
     found = {i for i in ("smlal", "sdot", "usdot") if re.search(rf"\b{i}\s", asm)}
     assert found == {instruction}, found
 

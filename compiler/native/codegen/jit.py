@@ -54,11 +54,12 @@ def _init() -> None:
 # host without AMX, to test the bf16 GEMM's vdpbf16ps path on an AMX host. On a 64-bit ARM
 # host, DLC_TARGET=aarch64 compiles for the ARMv8.2-A baseline (NEON) without the host's
 # later features, aarch64-dotprod for it with the dot product instructions (int8's sdot),
-# aarch64-i8mm with the mixed-sign ones too (int8's usdot): AARCH64_LEVELS. Each target is of
-# one architecture (ARCH).
-TARGETS = ("host", "avx2", "avxvnni", "avx512", "avx512bf16", "aarch64", "aarch64-dotprod", "aarch64-i8mm")
+# aarch64-i8mm with the mixed-sign ones too (int8's usdot), aarch64-bf16 with BFDOT too (the
+# bf16 GEMM's pairs): AARCH64_LEVELS. Each target is of one architecture (ARCH).
+TARGETS = ("host", "avx2", "avxvnni", "avx512", "avx512bf16", "aarch64", "aarch64-dotprod", "aarch64-i8mm",
+           "aarch64-bf16")
 ARCH = {"avx2": "x86_64", "avxvnni": "x86_64", "avx512": "x86_64", "avx512bf16": "x86_64", "aarch64": "aarch64",
-        "aarch64-dotprod": "aarch64", "aarch64-i8mm": "aarch64"}
+        "aarch64-dotprod": "aarch64", "aarch64-i8mm": "aarch64", "aarch64-bf16": "aarch64"}
 # the features each target takes away from the host's (LLVM's spelling, by prefix)
 REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvnni"),
            "avxvnni": ("+avx512", "+amx", "+evex512", "+avx10"),
@@ -68,10 +69,12 @@ REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvn
 # aarch64` compile for
 AARCH64_BASELINE = ("generic", "+v8.2a,+neon,+fp-armv8,+crc,+lse,+rdm")
 # the AArch64 levels: (cpu, features) of each, the baseline's and the optional features of
-# ARMv8.2-A on which int8's dot products pay (kernels/int8/loops.py)
+# ARMv8.2-A on which int8's dot products (kernels/int8/loops.py) and the bf16 GEMM's pairs
+# (gemm.py) pay; aarch64-bf16 with i8mm too, as ARMv8.6-A requires both
 AARCH64_LEVELS = {"aarch64": AARCH64_BASELINE,
                   "aarch64-dotprod": ("generic", AARCH64_BASELINE[1] + ",+dotprod"),
-                  "aarch64-i8mm": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm")}
+                  "aarch64-i8mm": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm"),
+                  "aarch64-bf16": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm,+bf16")}
 
 
 # (triple, cpu name, feature string) that replaces the host's: a library built for another
