@@ -39,9 +39,10 @@ OPERANDS): the packed panels are rounded in place once packed and the float32
 micro-kernel runs on them ("bf16-round", the conversion path), or on a host with
 AVX512_BF16 (or AArch64's bf16) rows k and k+1 of each panel become interleaved bfloat16
 pairs that the micro-kernel multiplies with vdpbf16ps (BFDOT), two products per lane
-("bf16-pairs"; K slices start at even k), or on a host with AMX the panels are packed into the tiles' layouts
-and a 32 x 32 block of C is summed in four tiles by tdpbf16ps ("bf16-amx"; K slices of
-whole tiles of 32; Linux grants the tile state on request, `tiles_granted`).
+("bf16-pairs"; K slices start at even k), or on a host with AMX the panels are packed
+into the tiles' layouts and a 32 x 32 block of C is summed in four tiles by tdpbf16ps
+("bf16-amx"; K slices of whole tiles of 32; Linux grants the tile state on request,
+`tiles_granted`).
 `bf16_config` picks the host's.
 
 An operand B that many products share (a recurrent weight, at every step of a scan; a
@@ -144,7 +145,8 @@ class GemmConfig:
 # What the micro-kernel multiplies: "f32" floats (llvm.fma); "bf16-round" floats rounded to
 # bfloat16 while they are packed (llvm.fma: the conversion path, any machine);
 # "bf16-pairs" bfloat16 packed as pairs along K, two products per lane with vdpbf16ps
-# (AVX512_BF16) or BFDOT (AArch64's bf16); "bf16-amx" bfloat16 in the AMX tiles' layouts, multiplied by tdpbf16ps.
+# (AVX512_BF16) or BFDOT (AArch64's bf16); "bf16-amx" bfloat16 in the AMX tiles' layouts,
+# multiplied by tdpbf16ps.
 OPERANDS = ("f32", "bf16-round", "bf16-pairs", "bf16-amx")
 
 # An AMX tile: 16 rows of 64 bytes. tdpbf16ps multiplies a 16 x 32 bfloat16 tile of A by

@@ -20,8 +20,8 @@ def arguments(p):
     p.add_argument("--target", choices=list(TARGETS), default="host",
                    help="the CPU to compile for (default: this machine's): an x86-64 level, aarch64 (Linux, ARMv8.2-A, "
                         "NEON), aarch64-dotprod (int8 by sdot), aarch64-i8mm (int8 by usdot), aarch64-bf16 (also bf16 "
-                        "products by BFDOT) or macos-arm64 (a .dylib, never run); the other machines' linked by zig cc; "
-                        "the library refuses to run on a CPU without those features")
+                        "products by BFDOT) or macos-arm64 (a .dylib, never run); the other machines' linked by zig "
+                        "cc; the library refuses to run on a CPU without those features")
     p.add_argument("--train", action="store_true",
                    help="the library trains too: train_step (the train block's optimizer and schedule), "
                         "get/set parameters, save a checkpoint")
