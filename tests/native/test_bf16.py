@@ -36,7 +36,13 @@ from gemm_library import GemmLibrary  # noqa: E402
 def gemm_paths() -> dict:
     """The bf16 GEMM paths this machine runs: the conversion path on every blocking it
     has, bfloat16 pairs (vdpbf16ps) where it has AVX512_BF16, and the AMX tiles
-    (tdpbf16ps) where it has AMX-BF16."""
+    (tdpbf16ps) where it has AMX-BF16; on AArch64 the NEON blocking's conversion path, and
+    its pairs (BFDOT) where it has bf16."""
+    if jit.target_arch() == "aarch64":
+        paths = {"round-neon": replace(gemm.NEON, operands="bf16-round")}
+        if jit.host_has("bf16"):
+            paths["pairs-neon"] = replace(gemm.NEON, operands="bf16-pairs")
+        return paths
     paths = {"round-avx2": replace(gemm.AVX2, operands="bf16-round")}
     if jit.host_has("avx512f"):
         paths["round-avx512"] = replace(gemm.AVX512, operands="bf16-round")

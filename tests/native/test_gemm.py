@@ -284,16 +284,19 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
 
 
 def test_an_aarch64_level_the_host_lacks_is_refused(monkeypatch):
-    """On an ARM host whose features (as LLVM reports them) have dotprod but not i8mm,
-    DLC_TARGET=aarch64-dotprod compiles for that level alone and aarch64-i8mm is refused,
-    naming what the CPU lacks."""
+    """On an ARM Linux host whose HWCAP words say dotprod but not i8mm (LLVM's features of it
+    say neither): the host's features have dotprod, DLC_TARGET=aarch64-dotprod compiles for
+    that level alone and aarch64-i8mm is refused, naming what the CPU lacks."""
     class Features:
-        flatten = staticmethod(lambda: "+neon,+fp-armv8,+crc,+lse,+rdm,+dotprod,+sve")
+        flatten = staticmethod(lambda: "+neon,+fp-armv8,+crc,+lse,-dotprod,+sve")
     monkeypatch.setattr(jit.llvm, "get_process_triple", lambda: "aarch64-unknown-linux-gnu")
     monkeypatch.setattr(jit.llvm, "get_host_cpu_features", Features)
-    monkeypatch.setenv("DLC_TARGET", "aarch64-dotprod")
+    monkeypatch.setattr(jit, "linux_hwcaps", lambda: ["dotprod"])
     jit.host_cpu.cache_clear()
     try:
+        assert jit.host_has("dotprod") and not jit.host_has("i8mm") and "-dotprod" not in jit.host_cpu()[1]
+        monkeypatch.setenv("DLC_TARGET", "aarch64-dotprod")
+        jit.host_cpu.cache_clear()
         assert jit.host_cpu() == jit.AARCH64_LEVELS["aarch64-dotprod"]
         monkeypatch.setenv("DLC_TARGET", "aarch64-i8mm")
         jit.host_cpu.cache_clear()

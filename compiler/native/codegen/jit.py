@@ -76,6 +76,18 @@ AARCH64_LEVELS = {"aarch64": AARCH64_BASELINE,
                   "aarch64-i8mm": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm"),
                   "aarch64-bf16": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm,+bf16")}
 
+# the optional AArch64 features the levels add, by where Linux reports them: (getauxval's
+# word, AT_HWCAP or AT_HWCAP2; its bit), as a built library reads them (runtime/deploy/library.c
+# cpu_features); LLVM's features of an AArch64 host may lack them
+HWCAPS = {"dotprod": (16, 20), "i8mm": (26, 13), "bf16": (26, 14)}
+
+
+def linux_hwcaps() -> list:
+    """The features of HWCAPS this AArch64 Linux machine (or qemu's emulated CPU) has."""
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return [name for name, (word, bit) in HWCAPS.items() if getauxval(word) >> bit & 1]
+
 
 # (triple, cpu name, feature string) that replaces the host's: a library built for another
 # machine (`dlc build --target`, runtime/deploy/build.py), set by `compile_for`
@@ -119,6 +131,9 @@ def host_cpu() -> tuple[str, str]:
                        f"{arch}: `dlc build --target {target}` builds a library for one")
     cpu, features = _other_machine[1:] if _other_machine else \
         (llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+    if arch == "aarch64" and not _other_machine and platform.system() == "Linux":
+        hwcaps = linux_hwcaps()
+        features = ",".join([f for f in features.split(",") if f[1:] not in hwcaps] + [f"+{f}" for f in hwcaps])
     if target == "avx2" and ours:
         cpu = "x86-64-v3"
     elif target in AARCH64_LEVELS and not _other_machine:
