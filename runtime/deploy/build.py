@@ -34,7 +34,7 @@ TARGETS = {"host": None, "avx2": (_X86, "x86-64-v3", _V3), "avx512": (_X86, "x86
            # every CPU with AVX512_BF16 has AVX512_VNNI (Cooper Lake, Sapphire Rapids, Zen 4): int8's vpdpbusd
            "avx512bf16": (_X86, "x86-64-v4", _V4 + ",+avx512vnni,+avx512bf16"),
            "amx": (_X86, "x86-64-v4", _V4 + ",+avx512vnni,+avx512bf16,+amx-tile,+amx-bf16,+amx-int8"),
-           "aarch64": (_ARM, *jit.AARCH64_BASELINE),
+           **{level: (_ARM, *cpu) for level, cpu in jit.AARCH64_LEVELS.items()},       # aarch64, -dotprod, -i8mm, -bf16
            "macos-arm64": ("arm64-apple-macosx11.0.0", "apple-m1", jit.AARCH64_BASELINE[1])}
 # the features a library checks at create (library.c cpu_features: cpuid on x86-64, the
 # kernel's HWCAP on AArch64), those of its target among them

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load
+from dlc.compiler.ir.evaluate import round_bf16
 from dlc.runtime.api import DlcModel
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.trainer import initial_parameters
@@ -49,24 +50,31 @@ def run(program: Path, script: str, cpu: str | None = None) -> list:
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-    """(model, arch) -> (the calls_main program linked against the model's library for arch, a
-    checkpoint); one build of each, shared by the module's tests."""
+    """(model, target, int8) -> (the calls_main program linked against the model's library
+    built for target (`dlc build --target`: an AArch64 level, or host), a checkpoint: with
+    int8, the quantized one the library is built --int8 from); one build of each, shared by
+    the module's tests."""
     cache, checkpoints = {}, {}
 
-    def get(model: str, arch: str = "aarch64"):
-        if model not in checkpoints:
+    def get(model: str, target: str = "aarch64", int8: bool = False):
+        if (model, False) not in checkpoints:
             path = tmp_path_factory.mktemp(f"{model}-weights") / "weights.npz"
             checkpoint.save(path, initial_parameters(load(ROOT / "examples" / f"{model}.dl").build(None, training=False),
                                                      7), {}, {})
-            checkpoints[model] = path
-        if (model, arch) not in cache:
-            lib = tmp_path_factory.mktemp(f"{model}-{arch}")
-            dlc("build", ROOT / "examples" / f"{model}.dl", "-o", lib, "--target", "aarch64" if arch == "aarch64" else "host")
-            cc = [sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu"] if arch == "aarch64" else ["cc"]
+            checkpoints[model, False] = path
+        if int8 and (model, True) not in checkpoints:
+            checkpoints[model, True] = checkpoints[model, False].with_name("q.npz")
+            dlc("quantize", ROOT / "examples" / f"{model}.dl", "--weights", checkpoints[model, False], "--calibrate",
+                "2", "-o", checkpoints[model, True])
+        if (model, target, int8) not in cache:
+            lib = tmp_path_factory.mktemp(f"{model}-{target}")
+            quantized = ["--weights", checkpoints[model, True], "--int8"] if int8 else []
+            dlc("build", ROOT / "examples" / f"{model}.dl", "-o", lib, "--target", target, *quantized)
+            cc = ["cc"] if target == "host" else [sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu"]
             subprocess.run([*cc, "-O2", f"-I{lib}", "-include", f"{model}.h", f"-DMODEL={model}", str(HERE / "calls_main.c"),
                             f"-L{lib}", f"-l{model}", f"-Wl,-rpath,{lib}", "-o", str(lib / "calls")], check=True)
-            cache[model, arch] = lib / "calls"
-        return cache[model, arch], checkpoints[model]
+            cache[model, target, int8] = lib / "calls"
+        return cache[model, target, int8], checkpoints[model, int8]
     return get
 
 
@@ -92,6 +100,77 @@ def test_predictions_under_qemu_are_the_x86_jit_bit_for_bit(built, model, tmp_pa
         assert answer.startswith("0  ["), answer
         got = np.fromfile(tmp_path / f"b{batch}.out", np.float32)
         assert got.tobytes() == wants[batch].tobytes(), (model, batch, np.abs(got - wants[batch].ravel()).max())
+
+
+@pytest.mark.parametrize("target", ["aarch64", "aarch64-dotprod", "aarch64-i8mm"])
+def test_int8_libraries_under_qemu_are_the_x86_jits_int8_bit_for_bit(built, target, tmp_path):
+    """`dlc build --int8` at each AArch64 level (NEON's smull/smlal; sdot on the activations
+    flipped to s8; usdot) on qemu's `max` CPU, which has dotprod and i8mm: the outputs are the
+    x86-64 JIT's int8 prediction (vpdpbusd here) bit for bit, a saturating input among them."""
+    program, quantized = built("digits_cnn", target, int8=True)
+    engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(quantized)
+    wants, lines = {}, ["create -", "threads 2"]
+    for batch in (1, 64):
+        x = inputs("digits_cnn", batch, seed=batch)
+        x[0, 0, 0, :2] = [-1e30, 1e30]          # quantized as 0 and as 255
+        wants[batch] = engine.engine_for(int8=True).predict(engine.params, {"x": x})["probs"]
+        lines.append(predict_line(x, tmp_path, f"b{batch}", wants[batch].size))
+    answers = run(program, "\n".join(lines + ["destroy"]) + "\n", cpu="max")
+    assert answers[:2] == ["0 ", "0 "], answers
+    for batch, answer in zip(wants, answers[2:]):
+        assert answer.startswith("0  ["), answer
+        got = np.fromfile(tmp_path / f"b{batch}.out", np.float32)
+        assert got.tobytes() == wants[batch].tobytes(), (target, batch, np.abs(got - wants[batch].ravel()).max())
+
+
+BF16_PRODUCT = "model mm {\n    input x: f32[B, 301]\n    output y = dense(x, 37, bias = false)\n}\n"
+BUILD_BF16 = """
+import sys
+from pathlib import Path
+from dlc.runtime.deploy.build import build
+build(sys.argv[1], Path(sys.argv[2]), weights=sys.argv[3], target="aarch64-bf16", embed=True, precision="bf16")
+"""
+
+
+def test_a_bf16_library_sums_bfdot_pairs_within_the_float64_bound(tmp_path):
+    """A bf16 prediction library built for aarch64-bf16 (the GEMM's bfloat16 pairs by BFDOT:
+    the two products of a pair summed, then added to the lane, each rounded to odd) on
+    qemu's `max` CPU: a [B, 301] @ [301, 37] product within the float64 product of the
+    bfloat16 operands by (K + slices + 1) · 2^-23 of Σ |a| · |w|, a rounding to odd per sum
+    (and where a sum would flush, 2^-126 each), at batch 64 (packed panels, edge tiles, an
+    odd K) and 2 (a row or two: rounded as loaded, fma); never the unrounded operands'."""
+    (tmp_path / "mm.dl").write_text(BF16_PRODUCT)
+    model = load(tmp_path / "mm.dl").build(None, training=False)
+    params = initial_parameters(model, 3)
+    checkpoint.save(tmp_path / "w.npz", params, {}, {})
+    subprocess.run([sys.executable, "-c", BUILD_BF16, tmp_path / "mm.dl", tmp_path / "lib", tmp_path / "w.npz"],
+                   check=True)
+    lib = tmp_path / "lib"
+    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu", "-O2", f"-I{lib}",
+                    "-include", "mm.h", "-DMODEL=mm", str(HERE / "calls_main.c"), f"-L{lib}", "-lmm",
+                    f"-Wl,-rpath,{lib}", "-o", str(lib / "calls")], check=True)
+    xs = {batch: np.random.default_rng(batch).standard_normal((batch, 301)).astype(np.float32) for batch in (64, 2)}
+    lines = ["create -", "threads 2"] + [predict_line(x, tmp_path, f"b{batch}", batch * 37) for batch, x in xs.items()]
+    answers = run(lib / "calls", "\n".join(lines + ["destroy"]) + "\n", cpu="max")
+    assert answers[:2] == ["0 ", "0 "] and all(a.startswith("0  [") for a in answers[2:]), answers
+    w = params["y.W"].astype(np.float64)
+    bf16 = lambda a: round_bf16(a).astype(np.float64)
+    for batch, x in xs.items():
+        got = np.fromfile(tmp_path / f"b{batch}.out", np.float32).reshape(batch, 37)
+        want, size = bf16(x) @ bf16(params["y.W"]), np.abs(bf16(x)) @ np.abs(bf16(params["y.W"]))
+        sums = 301 + -(-301 // 256) + 1
+        bound = sums * 2.0 ** -23 / (1 - sums * 2.0 ** -23) * size + 2 * 301 * 2.0 ** -126
+        assert (np.abs(got - want) <= bound).all(), (batch, np.abs(got - want).max())
+        assert (np.abs(got - x.astype(np.float64) @ w) > bound).any(), batch
+
+
+def test_a_cpu_without_i8mm_refuses_its_library_and_runs_the_dotprod_one(built):
+    """A Neoverse N1 (ARMv8.2-A with dotprod, no i8mm): create refuses the aarch64-i8mm
+    library, saying what the CPU lacks, and runs the aarch64-dotprod one."""
+    refused = run(built("digits_cnn", "aarch64-i8mm", int8=True)[0], "create -\n", cpu="neoverse-n1")
+    assert refused[0].startswith("4 this library was built for aarch64-i8mm (dlc build --target aarch64-i8mm), and "
+                                 "this CPU lacks i8mm"), refused
+    assert run(built("digits_cnn", "aarch64-dotprod", int8=True)[0], "create -\n", cpu="neoverse-n1") == ["0 "]
 
 
 def hostile_digits_script(ckpt: Path, tmp: Path) -> str:
@@ -138,7 +217,7 @@ def test_hostile_calls_and_checkpoints_get_the_x86_answers(built, tmp_path):
     script = hostile_digits_script(built("digits_cnn")[1], tmp_path)
     arm = run(built("digits_cnn")[0], script)
     (tmp_path / "nan.x86").write_bytes((tmp_path / "nan.out").read_bytes())
-    x86 = run(built("digits_cnn", "x86_64")[0], script)
+    x86 = run(built("digits_cnn", "host")[0], script)
     assert arm == x86
     assert (tmp_path / "nan.out").read_bytes() == (tmp_path / "nan.x86").read_bytes()
     statuses = [int(a.split()[0]) for a in arm]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from llvmlite import ir
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
@@ -35,7 +36,13 @@ from gemm_library import GemmLibrary  # noqa: E402
 def gemm_paths() -> dict:
     """The bf16 GEMM paths this machine runs: the conversion path on every blocking it
     has, bfloat16 pairs (vdpbf16ps) where it has AVX512_BF16, and the AMX tiles
-    (tdpbf16ps) where it has AMX-BF16."""
+    (tdpbf16ps) where it has AMX-BF16; on AArch64 the NEON blocking's conversion path, and
+    its pairs (BFDOT) where it has bf16."""
+    if jit.target_arch() == "aarch64":
+        paths = {"round-neon": replace(gemm.NEON, operands="bf16-round")}
+        if jit.host_has("bf16"):
+            paths["pairs-neon"] = replace(gemm.NEON, operands="bf16-pairs")
+        return paths
     paths = {"round-avx2": replace(gemm.AVX2, operands="bf16-round")}
     if jit.host_has("avx512f"):
         paths["round-avx512"] = replace(gemm.AVX512, operands="bf16-round")
@@ -185,6 +192,21 @@ def test_dlc_target_forces_each_path(target, best, tmp_path):
     assert PATHS.index(got) <= PATHS.index(best) and (vw == "8") == (target == "avx2")
     if target == "host" and "amx" in gemm_paths():
         assert got == "bf16-amx"
+
+
+@pytest.mark.parametrize("level, operands", [("aarch64-i8mm", "bf16-round"), ("aarch64-bf16", "bf16-pairs")])
+def test_on_aarch64_the_pairs_are_bfdot_where_the_target_has_bf16(level, operands, compile_for_aarch64):
+    """Compiled for an AArch64 level with bf16 (`dlc build --target aarch64-bf16`), the bf16
+    routines multiply bfloat16 pairs by BFDOT in the NEON blocking (a row or two by fmla, as
+    everywhere); without it, the conversion path's fmla alone (tests/deploy/test_aarch64.py
+    runs the pairs under qemu)."""
+    compile_for_aarch64(level)
+    config = gemm.bf16_config()
+    module = ir.Module()
+    gemm.add_gemm(module, config=config)
+    asm = jit.assembly(module)
+    assert (config.operands, config.vw) == (operands, 4)
+    assert (re.search(r"\bbfdot\s", asm) is not None) == (operands == "bf16-pairs") and "fmla" in asm
 
 
 # ---- the engines ------------------------------------------------------------------------------------

@@ -240,20 +240,15 @@ def test_a_program_built_again_in_one_process_is_not_built_again(tmp_path, monke
     assert native.Executable(model()).compiled.cached
 
 
-def test_entries_are_keyed_by_the_architecture():
+def test_entries_are_keyed_by_the_architecture(compile_for_aarch64):
     """The same IR compiled for another architecture (`dlc build --target aarch64`) is another
     entry: an object is keyed by the triple, the CPU and its features."""
-    from dlc.compiler.native.codegen import jit
     text = str(constant_function("dlc_test_k", 1))
     here = cache._key(text)
-    jit.compile_for("aarch64-unknown-linux-gnu", *jit.AARCH64_BASELINE)
-    try:
-        arm = cache._key(text)
-    finally:
-        jit._other_machine = None
-        jit.host_cpu.cache_clear()
-        jit._shared_tm.cache_clear()
-    assert cache._key(text) == here != arm
+    compile_for_aarch64("aarch64")
+    arm = cache._key(text)
+    compile_for_aarch64("aarch64-dotprod")
+    assert cache._key(text) not in (here, arm)
 
 
 ORC_PREDICTION = """

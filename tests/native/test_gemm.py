@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from llvmlite import ir
 
+from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import gemm, jit, threadpool
 from dlc.runtime.engines import cache
 from dlc.compiler.native.kernels.gemm import packed_floats
@@ -273,13 +274,37 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
     assert "ymm" in asm.stdout and "zmm" not in asm.stdout
     bad = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
                          env=dict(env, DLC_TARGET="avx9"), capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 1 and "DLC_TARGET must be one of host, avx2, avxvnni, avx512, avx512bf16, aarch64, not 'avx9'" \
-        in bad.stderr
+    assert bad.returncode == 1 and ("DLC_TARGET must be one of host, avx2, avxvnni, avx512, avx512bf16, aarch64, "
+                                    "aarch64-dotprod, aarch64-i8mm, aarch64-bf16, not 'avx9'") in bad.stderr
     arm = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
                          env=dict(env, DLC_TARGET="aarch64"), capture_output=True, text=True, cwd=ROOT)
     assert arm.returncode == 1 and arm.stderr.strip() == ("error: DLC_TARGET=aarch64 is a target of aarch64 machines, "
                                                           "and this one is x86_64: `dlc build --target aarch64` builds "
                                                           "a library for one")
+
+
+def test_an_aarch64_level_the_host_lacks_is_refused(monkeypatch):
+    """On an ARM Linux host whose HWCAP words say dotprod but not i8mm (LLVM's features of it
+    say neither): the host's features have dotprod, DLC_TARGET=aarch64-dotprod compiles for
+    that level alone and aarch64-i8mm is refused, naming what the CPU lacks."""
+    class Features:
+        flatten = staticmethod(lambda: "+neon,+fp-armv8,+crc,+lse,-dotprod,+sve")
+    monkeypatch.setattr(jit.llvm, "get_process_triple", lambda: "aarch64-unknown-linux-gnu")
+    monkeypatch.setattr(jit.llvm, "get_host_cpu_features", Features)
+    monkeypatch.setattr(jit, "linux_hwcaps", lambda: ["dotprod"])
+    jit.host_cpu.cache_clear()
+    try:
+        assert jit.host_has("dotprod") and not jit.host_has("i8mm") and "-dotprod" not in jit.host_cpu()[1]
+        monkeypatch.setenv("DLC_TARGET", "aarch64-dotprod")
+        jit.host_cpu.cache_clear()
+        assert jit.host_cpu() == jit.AARCH64_LEVELS["aarch64-dotprod"]
+        monkeypatch.setenv("DLC_TARGET", "aarch64-i8mm")
+        jit.host_cpu.cache_clear()
+        with pytest.raises(DlcError, match="^DLC_TARGET=aarch64-i8mm needs i8mm, which this CPU lacks$"):
+            jit.host_cpu()
+    finally:
+        monkeypatch.undo()
+        jit.host_cpu.cache_clear()
 
 
 def test_the_neon_blocking_gives_the_x86_blockings_bits():

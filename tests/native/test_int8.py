@@ -2,8 +2,7 @@
 of the graph, against the reference int8 engine bit for bit — dense, strided, padded, dilated,
 grouped and depthwise convolutions, saturating and NaN inputs, the largest sums int32 holds —
 on every DLC_TARGET this host can run (AMX's tdpbusd, vpdpbusd 512 and 256 bits, vpmaddwd) and
-thread count;
-each value quantized by the kernel that makes it."""
+thread count; each value quantized by the kernel that makes it; the AArch64 levels' dot products."""
 import re
 
 import numpy as np
@@ -105,19 +104,25 @@ def _program(model, quantization):
     return lower(optimize(predict_graph(model)), int8=quantization)
 
 
+def _dense_assembly() -> str:
+    """The assembly of a quantized dense layer's program, for the target compiled for."""
+    model = _model("model m {\n input x: f32[B, 40]\n output y = dense(x, 20)\n}")
+    params = {p.name: np.ones(p.type.shape, np.float32) for p in model.params}
+    quantization = calibrate(model.graph, params, [{"x": np.ones((1, 40), np.float32)}])
+    return jit.assembly(build_module(_program(model, quantization)).module)
+
+
 @pytest.mark.sets_target
 @pytest.mark.parametrize("target", list(TARGETS))
 def test_the_dot_products_are_vpdpbusd_where_the_target_has_vnni_else_vpmaddwd(target, compile_for):
     """Never vpmaddubsw, which saturates the sum of two u8 · s8 products to 16 bits."""
     compile_for(target)
-    model = _model("model m {\n input x: f32[B, 40]\n output y = dense(x, 20)\n}")
-    params = {p.name: np.ones(p.type.shape, np.float32) for p in model.params}
-    quantization = calibrate(model.graph, params, [{"x": np.ones((1, 40), np.float32)}])
-    asm = jit.assembly(build_module(_program(model, quantization)).module)
+    asm = _dense_assembly()
     assert "vpmaddubsw" not in asm
     _, instruction, registers = TARGETS[target]
-    if target == "host":     # on AArch64 the plain vector form is NEON's widening multiply-add
-        instruction, registers = ("smlal", None) if jit.target_arch() == "aarch64" else \
+    if target == "host":     # on AArch64 without dotprod the plain vector form is NEON's widening multiply-add
+        arm = "usdot" if jit.host_has("i8mm") else "sdot" if jit.host_has("dotprod") else "smlal"
+        instruction, registers = (arm, None) if jit.target_arch() == "aarch64" else \
             ("vpdpbusd", "zmm") if jit.host_has("avx512vnni") else \
             ("vpdpbusd", "ymm") if jit.host_has("avxvnni") else ("vpmaddwd", None)
     assert re.search(rf"\b{instruction}\s" + (rf"[^\n]*%{registers}" if registers else ""), asm), instruction
@@ -141,6 +146,18 @@ def test_refused_tile_state_leaves_the_products_in_registers_and_says_so(monkeyp
         amx.tiles_granted.cache_clear()
     assert "tdpbusd" not in asm and re.search(r"\bvpdpbusd\s[^\n]*%zmm", asm)
     assert capsys.readouterr().err.count("did not grant the AMX tile state") == 1
+
+
+@pytest.mark.parametrize("level, instruction", [("aarch64", "smlal"), ("aarch64-dotprod", "sdot"),
+                                                ("aarch64-i8mm", "usdot")])
+def test_on_aarch64_the_dot_products_are_the_levels_own(level, instruction, compile_for_aarch64):
+    """Compiled for each AArch64 level (`dlc build --target`): NEON's widening smlal at the
+    ARMv8.2-A baseline, sdot with dotprod, usdot with i8mm; never another level's
+    (tests/deploy/test_aarch64.py runs them under qemu)."""
+    compile_for_aarch64(level)
+    asm = _dense_assembly()
+    found = {i for i in ("smlal", "sdot", "usdot") if re.search(rf"\b{i}\s", asm)}
+    assert found == {instruction}, found
 
 
 def test_each_integer_products_input_is_quantized_where_it_is_made(quantized):

@@ -37,11 +37,12 @@ The bf16 routines (`gemm_name(..., bf16=True)`: `dlc_bgemm_*`) take the same flo
 arrays and multiply them rounded to bfloat16, summing in float32 (a config's `operands`,
 OPERANDS): the packed panels are rounded in place once packed and the float32
 micro-kernel runs on them ("bf16-round", the conversion path), or on a host with
-AVX512_BF16 rows k and k+1 of each panel become interleaved bfloat16 pairs that the
-micro-kernel multiplies with vdpbf16ps, two products per lane ("bf16-pairs"; K slices
-start at even k), or on a host with AMX the panels are packed into the tiles' layouts
-and a 32 x 32 block of C is summed in four tiles by tdpbf16ps ("bf16-amx"; K slices of
-whole tiles of 32; Linux grants the tile state on request, amx.py).
+AVX512_BF16 (or AArch64's bf16) rows k and k+1 of each panel become interleaved bfloat16
+pairs that the micro-kernel multiplies with vdpbf16ps (BFDOT), two products per lane
+("bf16-pairs"; K slices start at even k), or on a host with AMX the panels are packed
+into the tiles' layouts and a 32 x 32 block of C is summed in four tiles by tdpbf16ps
+("bf16-amx"; K slices of whole tiles of 32; Linux grants the tile state on request,
+amx.py).
 `bf16_config` picks the host's.
 
 An operand B that many products share (a recurrent weight, at every step of a scan; a
@@ -100,7 +101,7 @@ class GemmConfig:
         if self.vw not in (4, 8, 16) or self.nr % self.vw or self.mc % self.mr or self.nc % self.nr \
                 or FEW_VECTORS * self.vw % self.nr:
             raise ValueError(f"inconsistent GEMM blocking {self}")
-        if self.operands not in OPERANDS or self.operands == "bf16-pairs" and self.vw != 16:
+        if self.operands not in OPERANDS or self.operands == "bf16-pairs" and self.vw not in (4, 16):
             raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")
         if self.amx and (self.mr, self.nr, self.vw) != (2 * TILE_ROWS, 2 * TILE_ROWS, 16) or self.kc % self.k_step:
             raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")
@@ -140,7 +141,8 @@ class GemmConfig:
 # What the micro-kernel multiplies: "f32" floats (llvm.fma); "bf16-round" floats rounded to
 # bfloat16 while they are packed (llvm.fma: the conversion path, any machine);
 # "bf16-pairs" bfloat16 packed as pairs along K, two products per lane with vdpbf16ps
-# (AVX512_BF16); "bf16-amx" bfloat16 in the AMX tiles' layouts, multiplied by tdpbf16ps.
+# (AVX512_BF16) or BFDOT (AArch64's bf16); "bf16-amx" bfloat16 in the AMX tiles' layouts,
+# multiplied by tdpbf16ps.
 OPERANDS = ("f32", "bf16-round", "bf16-pairs", "bf16-amx")
 
 # tdpbf16ps multiplies a 16 x 32 bfloat16 tile of A (codegen/amx.py) by a 32 x 16 one of B
@@ -184,13 +186,14 @@ def default_config(vector_width: int | None = None) -> GemmConfig:
 def bf16_config() -> GemmConfig:
     """The blocking of the bf16 routines, by the host's features: the AMX tiles where it
     has AMX-BF16 (and Linux grants the tile state), else bfloat16 pairs and vdpbf16ps
-    where it has AVX512_BF16 (and the AVX-512 blocking is the default), else the default
+    where it has AVX512_BF16 (and the AVX-512 blocking is the default), or BFDOT in the
+    NEON blocking where the AArch64 target has bf16, else the default
     blocking with its operands rounded while packing. DLC_TARGET forces each path on a
     host that has more (jit.REMOVED)."""
     cfg = default_config()
     if cfg.vw == 16 and has_tiles("tdpbf16ps"):
         return AMX
-    pairs = cfg.vw == 16 and jit.host_has("avx512bf16")
+    pairs = jit.host_has("bf16") if cfg.vw == 4 else cfg.vw == 16 and jit.host_has("avx512bf16")
     return replace(cfg, operands="bf16-pairs" if pairs else "bf16-round")
 
 
@@ -600,7 +603,7 @@ class _Gen:
         quiet), the 16-bit halves only: where the target has AVX512_BF16 (the pairs' and the
         tiles' hosts) a vcvtneps2bf16 for 16 lanes, one vcvtne2ps2bf16 per 32 of 32 or 64,
         else nine integer operations a lane. Subnormals need not agree: the products that read these
-        operands (vdpbf16ps, tdpbf16ps) take subnormal inputs as zero."""
+        operands (vdpbf16ps, tdpbf16ps, BFDOT) take subnormal inputs as zero."""
         n = x.type.count
         f16, bf = ir.VectorType(f32, 16), lambda lanes: ir.VectorType(LLVMType("bfloat"), lanes)
         halves = lambda lanes: ir.VectorType(ir.IntType(16), lanes)

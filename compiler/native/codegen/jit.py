@@ -53,9 +53,13 @@ def _init() -> None:
 # the bf16 GEMM's conversion path with the AVX-512 blocking; DLC_TARGET=avx512bf16 for the
 # host without AMX, to test the bf16 GEMM's vdpbf16ps path on an AMX host. On a 64-bit ARM
 # host, DLC_TARGET=aarch64 compiles for the ARMv8.2-A baseline (NEON) without the host's
-# later features. Each target is of one architecture (ARCH).
-TARGETS = ("host", "avx2", "avxvnni", "avx512", "avx512bf16", "aarch64")
-ARCH = {"avx2": "x86_64", "avxvnni": "x86_64", "avx512": "x86_64", "avx512bf16": "x86_64", "aarch64": "aarch64"}
+# later features, aarch64-dotprod for it with the dot product instructions (int8's sdot),
+# aarch64-i8mm with the mixed-sign ones too (int8's usdot), aarch64-bf16 with BFDOT too (the
+# bf16 GEMM's pairs): AARCH64_LEVELS. Each target is of one architecture (ARCH).
+TARGETS = ("host", "avx2", "avxvnni", "avx512", "avx512bf16", "aarch64", "aarch64-dotprod", "aarch64-i8mm",
+           "aarch64-bf16")
+ARCH = {"avx2": "x86_64", "avxvnni": "x86_64", "avx512": "x86_64", "avx512bf16": "x86_64", "aarch64": "aarch64",
+        "aarch64-dotprod": "aarch64", "aarch64-i8mm": "aarch64", "aarch64-bf16": "aarch64"}
 # the features each target takes away from the host's (LLVM's spelling, by prefix)
 REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvnni"),
            "avxvnni": ("+avx512", "+amx", "+evex512", "+avx10"),
@@ -64,6 +68,25 @@ REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvn
 # rounding doubling multiplies (RDM); what DLC_TARGET=aarch64 and `dlc build --target
 # aarch64` compile for
 AARCH64_BASELINE = ("generic", "+v8.2a,+neon,+fp-armv8,+crc,+lse,+rdm")
+# the AArch64 levels: (cpu, features) of each, the baseline's and the optional features of
+# ARMv8.2-A on which int8's dot products (kernels/int8/loops.py) and the bf16 GEMM's pairs
+# (gemm.py) pay; aarch64-bf16 with i8mm too, as ARMv8.6-A requires both
+AARCH64_LEVELS = {"aarch64": AARCH64_BASELINE,
+                  "aarch64-dotprod": ("generic", AARCH64_BASELINE[1] + ",+dotprod"),
+                  "aarch64-i8mm": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm"),
+                  "aarch64-bf16": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm,+bf16")}
+
+# the optional AArch64 features the levels add, by where Linux reports them: (getauxval's
+# word, AT_HWCAP or AT_HWCAP2; its bit), as a built library reads them (runtime/deploy/library.c
+# cpu_features); LLVM's features of an AArch64 host may lack them
+HWCAPS = {"dotprod": (16, 20), "i8mm": (26, 13), "bf16": (26, 14)}
+
+
+def linux_hwcaps() -> list:
+    """The features of HWCAPS this AArch64 Linux machine (or qemu's emulated CPU) has."""
+    getauxval = ctypes.CDLL(None).getauxval
+    getauxval.restype, getauxval.argtypes = ctypes.c_ulong, [ctypes.c_ulong]
+    return [name for name, (word, bit) in HWCAPS.items() if getauxval(word) >> bit & 1]
 
 
 # (triple, cpu name, feature string) that replaces the host's: a library built for another
@@ -113,10 +136,19 @@ def host_cpu() -> tuple[str, str]:
                        f"{arch}: `dlc build --target {target}` builds a library for one")
     cpu, features = _other_machine[1:] if _other_machine else \
         (llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+    if arch == "aarch64" and not _other_machine and platform.system() == "Linux":
+        hwcaps = linux_hwcaps()
+        features = ",".join([f for f in features.split(",") if f[1:] not in hwcaps] + [f"+{f}" for f in hwcaps])
     if target == "avx2" and ours:
         cpu = "x86-64-v3"
-    elif target == "aarch64" and not _other_machine:
-        cpu, features = AARCH64_BASELINE
+    elif target in AARCH64_LEVELS and not _other_machine:
+        # those the level adds to the baseline, which every AArch64 host dlc runs on has
+        lacks = [f for f in AARCH64_LEVELS[target][1].split(",")
+                 if f not in AARCH64_BASELINE[1].split(",") + features.split(",")]
+        if lacks:
+            from dlc.compiler.errors import DlcError
+            raise DlcError(f"DLC_TARGET={target} needs {', '.join(f[1:] for f in lacks)}, which this CPU lacks")
+        cpu, features = AARCH64_LEVELS[target]
     removed = REMOVED.get(target, ()) if ours else ()
     if removed:
         features = ",".join("-" + f[1:] if f.startswith(removed) else f for f in features.split(","))

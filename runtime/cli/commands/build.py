@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dlc.runtime.cli.arguments import model_arguments
-from dlc.runtime.deploy.build import build
+from dlc.runtime.deploy.build import TARGETS, build
 
 HELP = "compile a model's prediction (and with --train its train step) into a native library with a C API (.so, .a, .h)"
 
@@ -17,11 +17,11 @@ def arguments(p):
                    "create)")
     p.add_argument("--embed-weights", dest="embed_weights", action="store_true",
                    help="put the weights inside the library (default: NAME_create reads a checkpoint)")
-    p.add_argument("--target", choices=["host", "avx2", "avx512", "avx512bf16", "amx", "aarch64", "macos-arm64"],
-                   default="host",
+    p.add_argument("--target", choices=list(TARGETS), default="host",
                    help="the CPU to compile for (default: this machine's): an x86-64 level, aarch64 (Linux, ARMv8.2-A, "
-                        "NEON) or macos-arm64 (a .dylib, never run); the other machines' linked by zig cc; the library "
-                        "refuses to run on a CPU without those features")
+                        "NEON), aarch64-dotprod (int8 by sdot), aarch64-i8mm (int8 by usdot), aarch64-bf16 (also bf16 "
+                        "products by BFDOT) or macos-arm64 (a .dylib, never run); the other machines' linked by zig "
+                        "cc; the library refuses to run on a CPU without those features")
     p.add_argument("--train", action="store_true",
                    help="the library trains too: train_step (the train block's optimizer and schedule), "
                         "get/set parameters, save a checkpoint")

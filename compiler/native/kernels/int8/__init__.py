@@ -31,14 +31,14 @@ class Int8Weights:
     """One integer product's numbers as the kernel reads them, per group of `channels` output
     channels and `k` terms: `packed` the s8 weights [groups, steps, padded channels, 4]
     (term 4t + j of channel o at [g, t, o, j]; zeros past k and past the channels; ceil(k / 4)
-    steps padded to whole AMX tiles, STEP_BLOCK), `offsets`
-    z_x · Σ_k q_w [groups, padded channels] (int32, exact: K ≤ LONGEST_SUM), `multipliers`
+    steps padded to whole AMX tiles, STEP_BLOCK), `sums`
+    Σ_k q_w [groups, padded channels] (int32; z_x times one is exact: K ≤ LONGEST_SUM), `multipliers`
     M[o] [groups, padded channels]; the input's scale and zero point. A convolution's terms
     are in the order (i, j, c), each tap's channels of a group padded with zero weights to
     a multiple of 4 (`taps` taps of `tap_channels` channels, which its kernel reads in place:
     Int8Kernel.window); a matmul's, its K in order (taps 0)."""
     packed: np.ndarray
-    offsets: np.ndarray
+    sums: np.ndarray
     multipliers: np.ndarray
     scale: np.float32
     zero: int
@@ -67,11 +67,11 @@ class Int8Weights:
         w = np.zeros((groups, padded, steps * TERMS), np.int8)
         w[:, :channels, :k] = rows.reshape(groups, channels, k)
         packed = np.ascontiguousarray(w.reshape(groups, padded, steps, TERMS).transpose(0, 2, 1, 3))
-        offsets = np.zeros((groups, padded), np.int32)
-        offsets[:, :channels] = (int(q.input_zero_point) * rows.astype(np.int64).sum(axis=1)).reshape(groups, channels)
+        sums = np.zeros((groups, padded), np.int32)
+        sums[:, :channels] = rows.astype(np.int64).sum(axis=1).reshape(groups, channels)
         multipliers = np.zeros((groups, padded), np.float32)
         multipliers[:, :channels] = q.multipliers().reshape(groups, channels)
-        return cls(packed, offsets, multipliers, np.float32(q.input_scale), int(q.input_zero_point), groups,
+        return cls(packed, sums, multipliers, np.float32(q.input_scale), int(q.input_zero_point), groups,
                    channels, k, taps, tap_channels)
 
     @property
@@ -86,10 +86,10 @@ class Int8Weights:
 
 @dataclass
 class Int8Kernel(Kernel):
-    """c[i, g · channels + o] = f32(Σ_k a[i, g · k + t] · w[g, o, t] − offsets[g, o]) · M[g, o]
+    """c[i, g · channels + o] = f32(Σ_k a[i, g · k + t] · w[g, o, t] − z_x · sums[g, o]) · M[g, o]
     for `rows` rows i (a: u8 rows, (buffer, offset, row stride); c: (buffer, offset, row
     stride)), in `groups` groups of `channels` channels and k terms (`weights`: Int8Weights,
-    its arrays in the const buffers w, offsets, multipliers). `epilogue`: the map that alone
+    its arrays in the const buffers w, sums, multipliers). `epilogue`: the map that alone
     reads c, run on each thread's rows once they are final, while they are in cache: over
     [rows, channels] as c lies (a matmul's), or over [N, O, Ho · Wo] with c's rows the
     positions (n, ho, wo) (a convolution's, `pixels` = (Ho, Wo); its map's image rows and
@@ -100,7 +100,7 @@ class Int8Kernel(Kernel):
     weights: Int8Weights
     a: tuple
     w: int
-    offsets: int
+    sums: int
     multipliers: int
     c: tuple
     pixels: tuple | None = None
@@ -121,7 +121,7 @@ class Int8Kernel(Kernel):
 
     def accesses(self) -> tuple:
         reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
-        return {self.a[0], self.w, self.offsets, self.multipliers} | reads, {self.c[0]} | writes
+        return {self.a[0], self.w, self.sums, self.multipliers} | reads, {self.c[0]} | writes
 
     def with_epilogue(self, m) -> "Int8Kernel | None":
         """This kernel computing the map m after each block of rows, where m reads c at one
@@ -156,9 +156,9 @@ class Int8Kernel(Kernel):
 
 # ---- lowering rules ------------------------------------------------------------------------------
 def _consts(lw, w: Int8Weights) -> tuple:
-    """The const buffers of the weights' arrays: (packed, offsets, multipliers)."""
+    """The const buffers of the weights' arrays: (packed, sums, multipliers)."""
     return tuple(lw.p.buffer(dtype, a.size, "const", data=a.ravel()).id
-                 for dtype, a in (("i8", w.packed), ("i32", w.offsets), ("f32", w.multipliers)))
+                 for dtype, a in (("i8", w.packed), ("i32", w.sums), ("f32", w.multipliers)))
 
 
 def _quantized(lw, x, w: Int8Weights, channels_last: bool = False) -> Load:

@@ -5,19 +5,24 @@ one 32-bit load, in every lane) times each channel's four s8 weights (the packed
 
 - `vpdpbusd` where the target has it (AVX512_VNNI, 16 lanes; AVX-VNNI or AVX512_VNNI with
   AVX512VL, 8 lanes): it sums the four u8 · s8 products of a lane exactly into the 32-bit
-  lane, wrapping, never saturating (that is `vpdpbusds`);
+  lane, wrapping, never saturating (that is `vpdpbusds`); AArch64's `usdot` (i8mm, 4 lanes)
+  the same;
+- AArch64's `sdot` (dotprod, 4 lanes), whose products are s8 · s8: the activations flipped
+  to s8 (xor 0x80: a − 128), so the sums are Σ (a − 128) · q_w, which the store makes the
+  same integers (_Dot.bias);
 - elsewhere plain vector IR: the bytes widened to 32 bits, multiplied and summed by pairs,
   which LLVM's x86 backend makes `vpmaddwd` (a u8 · s8 product fits 16 bits: 255 · 128 <
-  2^15; never `vpmaddubsw`, which saturates the sum of two).
+  2^15; never `vpmaddubsw`, which saturates the sum of two), AArch64's `smull`/`smlal`.
 
 Where the target has AMX-INT8, blocks of 16 rows run on the tiles first (`on_tiles`,
 `_tile_rows`): `tdpbusd` sums 64 terms of 16 rows by 16 channels per instruction, as exactly
 (codegen/amx.py); a thread's rows after its last block of 16 take the register tiles.
 
-Every sum is exact in int32 (K · 255 · 127 < 2^31, compiler/ir/int8.py LONGEST_SUM), so the
-order, the vector width and the split of rows over threads change no bit. The store: the
-sums less z_x · Σ q_w, converted to float32 (ties to even) and times M[o], masked past the
-last channel."""
+Every sum is exact in int32 (K · 255 · 127 < 2^31, compiler/ir/int8.py LONGEST_SUM; with
+`sdot`, K · 128 · 127), so the order, the vector width, the instruction and the split of rows
+over threads change no bit. The store: the sums less (z_x − bias) · Σ q_w, the integers
+Σ a · q_w − z_x · Σ q_w whatever the instruction, converted to float32 (ties to even) and
+times M[o], masked past the last channel."""
 from __future__ import annotations
 
 from llvmlite import ir
@@ -36,16 +41,20 @@ WINDOW_BYTES = 2048  # the bytes of K of 16 windows gathered at once for the til
 
 
 def lanes() -> int:
-    """The int32 lanes of a vector: 16 with AVX-512, else 8."""
-    return 16 if jit.host_has("avx512f") else 8
+    """The int32 lanes of a vector: 16 with AVX-512, 4 on AArch64 (NEON's 128 bits), else 8."""
+    return 16 if jit.host_has("avx512f") else 4 if jit.target_arch() == "aarch64" else 8
 
 
 def dot_instruction(width: int) -> str | None:
-    """The vpdpbusd intrinsic of `width` lanes where the target has it, else None."""
+    """The intrinsic of `width` lanes that sums four byte products a lane where the target
+    has one (vpdpbusd, usdot, sdot), else None."""
     if width == 16 and jit.host_has("avx512vnni"):
         return "llvm.x86.avx512.vpdpbusd.512"
     if width == 8 and (jit.host_has("avxvnni") or jit.host_has("avx512vnni") and jit.host_has("avx512vl")):
         return "llvm.x86.avx512.vpdpbusd.256"
+    if width == 4 and jit.target_arch() == "aarch64":
+        return "llvm.aarch64.neon.usdot.v4i32.v16i8" if jit.host_has("i8mm") else \
+            "llvm.aarch64.neon.sdot.v4i32.v16i8" if jit.host_has("dotprod") else None
     return None
 
 
@@ -54,17 +63,23 @@ def _c(v: int):
 
 
 class _Dot:
-    """acc + the sums of four u8 · s8 products per 32-bit lane (a: u8 bytes, w: s8 bytes)."""
+    """acc + the sums of four (a − bias) · w products per 32-bit lane (a: u8 bytes, w: s8
+    bytes); `bias` 128 where the instruction multiplies s8 by s8 (sdot), else 0."""
 
     def __init__(self, module, b, width: int):
         self.b, self.width = b, width
         self.vty = ir.VectorType(i32, width)
         name = dot_instruction(width)
-        self.fn = declare(module, name, self.vty, [self.vty] * 3) if name else None
+        self.bias = 128 if name and ".sdot." in name else 0
+        operand = ir.VectorType(i8, width * TERMS) if name and name.startswith("llvm.aarch64") else self.vty
+        self.fn = declare(module, name, self.vty, [self.vty, operand, operand]) if name else None
 
     def __call__(self, acc, a, w):
         if self.fn is not None:
-            return self.b.call(self.fn, [acc, a, w])
+            b, operand = self.b, self.fn.function_type.args[1]
+            if self.bias:               # u8 − 128 as s8: the top bit flipped
+                a = b.xor(a, ir.Constant(self.vty, [0x80808080 - (1 << 32)] * self.width))
+            return b.call(self.fn, [acc, b.bitcast(a, operand), b.bitcast(w, operand)])
         b, n = self.b, self.width * TERMS
         a8, w8 = b.bitcast(a, ir.VectorType(i8, n)), b.bitcast(w, ir.VectorType(i8, n))
 
@@ -220,7 +235,7 @@ def _tile_rows(kb, k, r):
             vty = ir.VectorType(i32, T)
             rows = [b.load(b.bitcast(_gep(b, sums, _c(j * 4 * T + v * T)), vty.as_pointer()), align=64)
                     for j in range(T) for v in range(count)]
-            _store(kb, k, r, T, group, start, count, T, rows)
+            _store(kb, k, r, T, group, start, count, T, rows, 0)      # tdpbusd: u8 · s8
 
 
 def _copy_tail(kb, a, first, lda, n: int, at: int, tail):
@@ -273,7 +288,7 @@ def _rows(kb, k, r, count: int):
     """Rows r .. r + count - 1: every group's channels."""
     b, g = kb.b, k.weights
     width = lanes()
-    vectors = 4 if width == 16 else 2
+    vectors = 2 if width == 8 else 4       # 16 accumulators of AVX-512's or NEON's 32 registers, 8 of AVX2's 16
     with _loop(b, _c(0), _c(g.groups), 1, "g") as group:
         for start in range(0, g.channels, width * vectors):
             _tile(kb, k, r, count, group, start, min(vectors, -(-(g.channels - start) // width)), width)
@@ -324,7 +339,7 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
         with _carrying_loop(b, _c(whole), zero, "t") as (t, accs, nxt):
             nxt.extend(step(t, accs, loaded))
         accs = accs if g.k == whole * TERMS else step(_c(whole), accs, gathered)
-    _store(kb, k, r, count, group, start, vectors, width, accs)
+    _store(kb, k, r, count, group, start, vectors, width, accs, dot.bias)
 
 
 class _Windows:
@@ -413,18 +428,20 @@ def _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width):
     return windows.over_taps(zero, at_tap)
 
 
-def _store(kb, k, r, count, group, start, vectors, width, accs):
-    """c[r + j, group · channels + o] = f32(acc − offsets[o]) · M[o], masked past the channels."""
+def _store(kb, k, r, count, group, start, vectors, width, accs, bias):
+    """c[r + j, group · channels + o] = f32(acc − (z_x − bias) · sums[o]) · M[o] (acc: the sums
+    of (a − bias) · q_w), masked past the channels."""
     b, g = kb.b, k.weights
     vty, fty = ir.VectorType(i32, width), ir.VectorType(f32, width)
     _, store = masked(kb.m, fty)
     c = kb.buffer(k.c[0], "f32")
     at = b.add(b.mul(group, _c(g.padded)), _c(start))
-    offsets = kb.buffer(k.offsets, "i32")
+    sums = kb.buffer(k.sums, "i32")
     mult = kb.buffer(k.multipliers, "f32")
+    zero = ir.Constant(vty, [g.zero - bias] * width)
     for v in range(vectors):
         o = b.add(at, _c(v * width))
-        off = b.load(b.bitcast(_gep(b, offsets, o), vty.as_pointer()), align=4)
+        off = b.mul(b.load(b.bitcast(_gep(b, sums, o), vty.as_pointer()), align=4), zero)
         m = b.load(b.bitcast(_gep(b, mult, o), fty.as_pointer()), align=4)
         left = g.channels - start - v * width
         mask = ir.Constant(ir.VectorType(ir.IntType(1), width), [lane < left for lane in range(width)])
