@@ -49,7 +49,9 @@ built library's weights) can be packed once by `add_pack` into K-long NR-wide pa
 `packed` routines take that copy as one more argument (or null: not packed) and skip
 packing B. With a row or two of A the float32 ones not transposing B read the panels
 too, each contiguous over K, where the routines without it read B's rows
-(`_Gen.few_rows`).
+(`_Gen.few_rows`). With at most FEW_COLUMNS columns of C nothing is packed: groups of
+op(A)'s rows are multiplied as they lie (`_Gen.few_columns`; the weight of a
+convolution's im2col product is A). Every path sums each element in the same order.
 
 Threads: the work is handed to dlc's thread pool (threadpool.py) in CHUNKS_PER_THREAD
 chunks per thread — over the batch when there are enough matrices, else over N when
@@ -996,10 +998,10 @@ class _Gen:
         follows; dropping a software prefetch of each line 8 rows ahead took 6 % off a built
         library's batch-1 prediction of the MLP and 30 % off the LSTM's on a Zen 4,
         docs/deploy.md) or `_packed_b` (B packed into panels, each one contiguous over all
-        of K). Every element is one chain of FMAs along k, whichever run holds it and
-        wherever B is read from, in K slices `kstep` deep added in order as the tiled
-        routine adds them: the same bits as the tiled routine (a chunk of a few rows
-        of a product split over M runs here)."""
+        of K). Every element is summed as the tiled routine sums it, whichever run holds it
+        and wherever B is read from: K slices `kstep` deep, each a chain of FMAs along k
+        from zero, added in slice order — the same bits (a chunk of a product split over
+        M may have a row or two)."""
         vty, vw = self.vty, self.cfg.vw
         mload, mstore = masked(self.m, vty)
         operand = (lambda x: round_bf16(b, x)) if self.cfg.bf16 else (lambda x: x)
