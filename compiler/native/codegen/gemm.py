@@ -1060,8 +1060,8 @@ class _Gen:
         packing A would copy all of it to use each element a few times, and the tiled
         micro-kernel's NR columns would be mostly padding. Groups of COLUMN_ROWS rows of
         op(A) are read as they lie (A's rows transposed 8 x 8 in registers; Aᵀ's rows are
-        the group's vectors), one vector per k, and multiply op(B)[k, j] broadcast, for 4,
-        2 or 1 columns at a time. Each element is summed as the tiled routine sums it: K
+        the group's vectors), one vector per k, and multiply op(B)[k, j] broadcast, for 8,
+        4, 2 or 1 columns at a time. Each element is summed as the tiled routine sums it: K
         slices `kstep` deep, each one chain of FMAs along k from zero, added to C in slice
         order — the same bits whichever path or thread takes it."""
         G = COLUMN_ROWS
