@@ -105,6 +105,25 @@ def test_packing_stays_in_its_buffer(lib, K, N, tb):
     _check(lib(a, b, trans_b=tb, packed=True), _reference(a, b, False, tb), a, b, False, tb)
 
 
+@pytest.mark.parametrize("ta,tb,acc", ALL)
+def test_few_columns_give_the_tiled_bits(lib, ta, tb, acc):
+    """A product of at most FEW_COLUMNS columns (multiplied without packing, A's rows
+    transposed in registers) sums each element as the packed, tiled product does: its
+    columns are, bit for bit, the first ones of a product too wide for that path — over
+    partial row groups, K slices with a remainder under 8, and on one thread or two."""
+    rng = np.random.default_rng(7)
+    for M, K in [(3, 7), (13, 300), (150, 1030)]:
+        a, wide = _operands(rng, M, 40, K, ta, tb)
+        c0 = rng.standard_normal((M, 40), dtype=np.float32)
+        whole = lib(a, wide, c0.copy() if acc else None, trans_a=ta, trans_b=tb, accumulate=acc)
+        for n in (1, 3, 4, 7, 8, 13, gemm.FEW_COLUMNS):
+            b = wide[:n] if tb else wide[:, :n]
+            for nthreads in (1, 2):
+                c = c0[:, :n].copy() if acc else np.full((M, n), np.nan, np.float32)
+                lib(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads)
+                assert c.tobytes() == whole[:, :n].tobytes(), (M, K, n, nthreads)
+
+
 @pytest.mark.parametrize("M,N,K", [(128, 784, 512), (784, 512, 128), (256, 256, 256),
                                    (1, 784, 512), (2, 512, 784)])  # one or two rows: unpacked, split over N
 def test_large_two_threads_and_serial_agree(lib, M, N, K):

@@ -50,7 +50,9 @@ built library's weights) can be packed once by `add_pack` into K-long NR-wide pa
 `packed` routines take that copy as one more argument (or null: not packed) and skip
 packing B. With a row or two of A the float32 ones not transposing B read the panels
 too, each contiguous over K, where the routines without it read B's rows
-(`_Gen.few_rows`).
+(`_Gen.few_rows`). With at most FEW_COLUMNS columns of C nothing is packed: groups of
+op(A)'s rows are multiplied as they lie (`_Gen.few_columns`; the weight of a
+convolution's im2col product is A). Every path sums each element in the same order.
 
 Threads: the work is handed to dlc's thread pool (threadpool.py) in CHUNKS_PER_THREAD
 chunks per thread — over the batch when there are enough matrices, else over N when
@@ -153,6 +155,10 @@ TILE_DEPTH = 32
 # vectors of a C row it keeps in registers
 FEW_ROWS = 2
 FEW_VECTORS = 8
+# columns of C up to which a block multiplies without packing (_Gen.few_columns), and the
+# rows of op(A) it keeps in each vector
+FEW_COLUMNS = 16
+COLUMN_ROWS = 8
 
 AVX2 = GemmConfig()
 AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
@@ -303,6 +309,19 @@ def _transpose8(b, rows):
             + [shuf(s[i], s[i + 4], p_hi) for i in range(4)])
 
 
+def _first_rows(b, most: int, rows, store_row):
+    """store_row(r) for r < rows (at most `most`), each after a test; b ends after them."""
+    done = b.function.append_basic_block("rows.done")
+    for r in range(most):
+        store_row(r)
+        if r + 1 < most:
+            more = b.function.append_basic_block(f"rows.{r + 1}")
+            b.cbranch(b.icmp_signed(">", rows, _c64(r + 1)), more, done)
+            b.position_at_end(more)
+    b.branch(done)
+    b.position_at_end(done)
+
+
 def _internal(module, name, ret, args, arg_names):
     fn = ir.Function(module, ir.FunctionType(ret, args), name)
     fn.linkage = "internal"
@@ -364,10 +383,16 @@ class _Gen:
     def ukernel(self):
         return self._shared("ukernel", self._build_amx_ukernel if self.cfg.amx else self._build_ukernel)
 
-    def _build_ukernel(self, name):
+    def narrow_ukernel(self):
+        """The micro-kernel of a tile of at most one vector's columns (few columns, or a
+        panel's last ones): the first vector of each B panel row only, NR // VW times
+        fewer FMAs than `ukernel` there, each sum the same."""
+        return self._shared("ukernel_narrow", lambda name: self._build_ukernel(name, vectors=1))
+
+    def _build_ukernel(self, name, vectors=None):
         cfg, vty = self.cfg, self.vty
         MR, NR, VW = cfg.mr, cfg.nr, cfg.vw
-        NV = NR // VW
+        NV = vectors or NR // VW
         fn = _internal(self.m, name, ir.VoidType(),
                        [i64, fptr, fptr, fptr, i64, i64, i64, i1],
                        ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"])
@@ -383,7 +408,7 @@ class _Gen:
         # Warm the C tile's lines while the K loop runs (rows and columns clamped to the
         # tile, so that every address is inside C).
         prefetch = declare(self.m, "llvm.prefetch.p0", ir.VoidType(), [vptr, i32, i32, i32])
-        last_col = b.sub(_min(b, nr, _c64(NR)), _c64(1))
+        last_col = b.sub(_min(b, nr, _c64(NV * VW)), _c64(1))
         for r in range(MR):
             row = _gep(b, c, b.mul(_min(b, _c64(r), b.sub(mr, _c64(1))), ldc))
             for col in (_c64(0), last_col):   # the row's end may be on the next line
@@ -423,10 +448,9 @@ class _Gen:
 
         # ---- store the tile
         b.position_at_end(tail)
-        full = b.and_(b.icmp_signed("==", mr, _c64(MR)), b.icmp_signed("==", nr, _c64(NR)))
+        full = b.and_(b.icmp_signed("==", mr, _c64(MR)), b.icmp_signed("==", nr, _c64(NV * VW)))
         full_bb = fn.append_basic_block("full")
         edge_bb = fn.append_basic_block("edge")
-        done_bb = fn.append_basic_block("edge.done")
         b.cbranch(full, full_bb, edge_bb)
 
         b.position_at_end(full_bb)
@@ -451,7 +475,7 @@ class _Gen:
         nr_splat = splat(b, nr, ir.VectorType(i64, VW))
         masks = [b.icmp_signed("<", ir.Constant(ir.VectorType(i64, VW), list(range(v * VW, v * VW + VW))),
                                nr_splat) for v in range(NV)]
-        for r in range(MR):
+        def store_row(r):
             row = _gep(b, c, b.mul(_c64(r), ldc))
             for v in range(NV):
                 # not `inbounds`: masked-off lanes may lie past the end of C
@@ -459,12 +483,7 @@ class _Gen:
                 old = b.call(mload, [p, i32(4), masks[v], zero])
                 val = b.select(load_c, b.fadd(old, new[r][v]), new[r][v])
                 b.call(mstore, [val, p, i32(4), masks[v]])
-            if r + 1 < MR:
-                more = fn.append_basic_block(f"edge.row{r + 1}")
-                b.cbranch(b.icmp_signed(">", mr, _c64(r + 1)), more, done_bb)
-                b.position_at_end(more)
-        b.branch(done_bb)
-        b.position_at_end(done_bb)
+        _first_rows(b, MR, mr, store_row)
         b.ret_void()
         return fn
 
@@ -822,6 +841,7 @@ class _Gen:
                 epi, slots, sizes, bi = fn.args[14:]
                 b.call(epi, [slots, sizes, bi, r0, r1, c0, c1])
         uk = self.ukernel()
+        narrow = None if cfg.amx or cfg.nr == cfg.vw else self.narrow_ukernel()
         pack_a = self.pack("a", trans_a)
         pack_b = self.pack("b", trans_b)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -839,6 +859,9 @@ class _Gen:
         b.ret_void()
 
         b.position_at_end(main)
+        # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
+        kslices = _ceil_div(b, K, cfg.kc)
+        kstep = _ceil_div(b, K, kslices)
         few_rows = b.icmp_signed("<=", b.sub(m1, m0), _c64(FEW_ROWS))
         if packed and not trans_b and not cfg.bf16:
             # op(B) packed (given, not null) and the columns from a panel's start: the
@@ -851,7 +874,7 @@ class _Gen:
             other = fn.append_basic_block("not_few_packed")
             b.cbranch(b.and_(few_rows, from_panels), few_packed, other)
             b.position_at_end(few_packed)
-            self.few_rows(b, m0, m1, n0, n1, K, A, lda, C, ldc, trans_a, accumulate, self._packed_b(Bk, K))
+            self.few_rows(b, m0, m1, n0, n1, K, kstep, A, lda, C, ldc, trans_a, accumulate, self._packed_b(Bk, K))
             finished(b, m0, m1, n0, n1)
             b.ret_void()
             b.position_at_end(other)
@@ -860,13 +883,18 @@ class _Gen:
             few = fn.append_basic_block("few_rows")
             b.cbranch(few_rows, few, tiled)
             b.position_at_end(few)
-            self.few_rows(b, m0, m1, n0, n1, K, A, lda, C, ldc, trans_a, accumulate, self._stored_b(B, ldb))
+            self.few_rows(b, m0, m1, n0, n1, K, kstep, A, lda, C, ldc, trans_a, accumulate, self._stored_b(B, ldb))
             finished(b, m0, m1, n0, n1)
             b.ret_void()
             b.position_at_end(tiled)
-        # Even K slices: ceil(K / ceil(K / KC)), so that no slice is tiny.
-        kslices = _ceil_div(b, K, cfg.kc)
-        kstep = _ceil_div(b, K, kslices)
+        if not cfg.bf16:
+            few, packing = fn.append_basic_block("few_columns"), fn.append_basic_block("packing")
+            b.cbranch(b.icmp_signed("<=", b.sub(n1, n0), _c64(FEW_COLUMNS)), few, packing)
+            b.position_at_end(few)
+            self.few_columns(b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate)
+            finished(b, m0, m1, n0, n1)
+            b.ret_void()
+            b.position_at_end(packing)
         pairs = cfg.k_step > 1
         if pairs:       # slices start at even k (or whole tiles): a pair never straddles two
             kstep = b.mul(_ceil_div(b, kstep, cfg.k_step), _c64(cfg.k_step))
@@ -907,11 +935,12 @@ class _Gen:
                         nr = _min(b, _c64(cfg.nr), b.sub(nc, jr))
                         bpanel = _gep(b, bblock, b.mul(jr, bstride))
                         crow = _gep(b, C, b.add(jc, jr))
+                        kernel = uk if narrow is None else b.select(b.icmp_signed("<=", nr, _c64(cfg.vw)), narrow, uk)
                         with _loop(b, 0, mc, cfg.mr, name="ir") as ir_:
                             mr = _min(b, _c64(cfg.mr), b.sub(mc, ir_))
                             apanel = _gep(b, Ap, b.mul(ir_, self.panel_length(b, kc)))
                             ctile = _gep(b, crow, b.mul(b.add(ic, ir_), ldc))
-                            b.call(uk, [kc, apanel, bpanel, ctile, ldc, mr, nr, load_c])
+                            b.call(kernel, [kc, apanel, bpanel, ctile, ldc, mr, nr, load_c])
                     if epilogue:    # after the last K slice, the block is final
                         last = fn.append_basic_block("last_slice")
                         after = fn.append_basic_block("not_last")
@@ -923,7 +952,7 @@ class _Gen:
         b.ret_void()
         return fn
 
-    def few_rows(self, b, m0, m1, n0, n1, K, A, lda, C, ldc, trans_a, accumulate, column_at):
+    def few_rows(self, b, m0, m1, n0, n1, K, kstep, A, lda, C, ldc, trans_a, accumulate, column_at):
         """C rows (+)= a sum over k of op(A)[i, k] · row k of op(B), without packing: with a
         row or two of C (a batch of one at inference, a vector times a matrix), packing B
         would copy all of it to use each element once or twice. Runs of FEW_VECTORS vectors
@@ -934,8 +963,10 @@ class _Gen:
         follows; dropping a software prefetch of each line 8 rows ahead took 6 % off a built
         library's batch-1 prediction of the MLP and 30 % off the LSTM's on a Zen 4,
         docs/deploy.md) or `_packed_b` (B packed into panels, each one contiguous over all
-        of K). Every element is one chain of FMAs along k, whichever run holds it and
-        wherever B is read from: the same bits."""
+        of K). Every element is summed as the tiled routine sums it, whichever run holds it
+        and wherever B is read from: K slices `kstep` deep, each a chain of FMAs along k
+        from zero, added in slice order — the same bits (a chunk of a product split over
+        M may have a row or two)."""
         vty, vw = self.vty, self.cfg.vw
         mload, mstore = masked(self.m, vty)
         operand = (lambda x: round_bf16(b, x)) if self.cfg.bf16 else (lambda x: x)
@@ -955,12 +986,17 @@ class _Gen:
                     else b.load(ptr, align=4)
             # not `inbounds`: a masked vector's lanes past the end of a row may lie past the buffer
             places = [b.bitcast(b.gep(crow, [b.add(j, _c64(v * vw))]), vty.as_pointer()) for v in range(vectors)]
-            acc0 = [load(p, m) for p, m in zip(places, masks)] if accumulate else [ir.Constant(vty, None)] * vectors
-            with _carrying_loop(b, K, acc0, name="fk") as (k, acc, new):
-                av = splat(b, a_at(i, k), vty)
-                new += [b.call(self.fma, [av, operand(load(column_at(b, k, j, v), masks[v])), acc[v]])
-                        for v in range(vectors)]
-            for p, m, value in zip(places, masks, acc):
+            zero = ir.Constant(vty, None)
+            total0 = [load(p, m) for p, m in zip(places, masks)] if accumulate else [zero] * vectors
+            with _carrying_loop(b, K, total0, name="fs", step=kstep) as (pc, total, after):
+                with _carrying_loop(b, b.add(pc, _min(b, kstep, b.sub(K, pc))), [zero] * vectors, name="fk",
+                                    start=pc) as (k, acc, new):
+                    av = splat(b, a_at(i, k), vty)
+                    new += [b.call(self.fma, [av, operand(load(column_at(b, k, j, v), masks[v])), acc[v]])
+                            for v in range(vectors)]
+                added = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, _c64(0))
+                after += [b.select(added, b.fadd(t, a), a) for t, a in zip(total, acc)]
+            for p, m, value in zip(places, masks, total):
                 if m is not None:
                     b.call(mstore, [value, p, i32(4), m])
                 else:
@@ -982,6 +1018,75 @@ class _Gen:
             run(i, crow, unit_end, unit, b.sub(n1, unit_end))
             b.branch(after)
             b.position_at_end(after)
+
+    def few_columns(self, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate):
+        """C[m0:m1, n0:n1] (+)= op(A) @ op(B) with at most FEW_COLUMNS columns (a
+        convolution's last stages at batch 1: [512 x 4608] @ [4608 x 4]), without packing:
+        packing A would copy all of it to use each element a few times, and the tiled
+        micro-kernel's NR columns would be mostly padding. Groups of COLUMN_ROWS rows of
+        op(A) are read as they lie (A's rows transposed 8 x 8 in registers; Aᵀ's rows are
+        the group's vectors), one vector per k, and multiply op(B)[k, j] broadcast, for 8,
+        4, 2 or 1 columns at a time. Each element is summed as the tiled routine sums it: K
+        slices `kstep` deep, each one chain of FMAs along k from zero, added to C in slice
+        order — the same bits whichever path or thread takes it."""
+        G = COLUMN_ROWS
+        vty = ir.VectorType(f32, G)
+        fma = declare(self.m, f"llvm.fma.v{G}f32", vty, [vty] * 3)
+        mload, _ = masked(self.m, vty)
+        zero = ir.Constant(vty, None)
+
+        def b_at(k, j):         # op(B)[k, j], broadcast
+            return splat(b, b.load(_gep(b, B, b.add(b.mul(j, ldb), k) if trans_b else b.add(b.mul(k, ldb), j))), vty)
+
+        with _loop(b, m0, m1, G, name="ci") as i:
+            rows = _min(b, _c64(G), b.sub(m1, i))
+            # rows past the group's last are read as the last (inside A) and never stored
+            row = [b.add(i, _min(b, _c64(p), b.sub(rows, _c64(1)))) for p in range(G)]
+            lanes = b.icmp_signed("<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G)))
+
+            def vectors_at(k, t):
+                """op(A)[group, k + s] for s < t: t vectors of the group's rows."""
+                if trans_a:     # row k of A holds the group's rows side by side (masked: past m1)
+                    return [b.call(mload, [vec_ptr(b, b.gep(A, [b.add(b.mul(b.add(k, _c64(s)), lda), i)]), vty),
+                                           i32(4), lanes, zero]) for s in range(t)]
+                if t == G:
+                    return _transpose8(b, [b.load(vec_ptr(b, _gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4)
+                                           for r in row])
+                v = ir.Constant(vty, ir.Undefined)
+                for p, r in enumerate(row):
+                    v = b.insert_element(v, b.load(_gep(b, A, b.add(b.mul(r, lda), k))), i32(p))
+                return [v]
+
+            with _loop(b, 0, K, kstep, name="cs") as pc:
+                kc = _min(b, kstep, b.sub(K, pc))
+                load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, _c64(0))
+                k8 = b.add(pc, b.mul(b.sdiv(kc, _c64(G)), _c64(G)))
+                start = n0
+                for width in (8, 4, 2, 1):
+                    end = b.sub(n1, b.srem(b.sub(n1, start), _c64(width)))
+                    with _loop(b, start, end, width, name=f"cj{width}") as j:
+                        def step(k, t, acc):
+                            cols = vectors_at(k, t)
+                            for s in range(t):
+                                acc = [b.call(fma, [cols[s], b_at(b.add(k, _c64(s)), b.add(j, _c64(c))), acc[c]])
+                                       for c in range(width)]
+                            return acc
+                        with _carrying_loop(b, k8, [zero] * width, name="ck", start=pc, step=G) as (k, acc, new):
+                            new += step(k, G, acc)
+                        with _carrying_loop(b, b.add(pc, kc), acc, name="ct", start=k8) as (k, acc2, new2):
+                            new2 += step(k, 1, acc2)
+                        self._store_columns(b, C, ldc, i, rows, j, acc2, load_c)
+                    start = end
+
+    def _store_columns(self, b, C, ldc, i, rows, j, acc, load_c):
+        """C[i + p, j + c] = acc[c][p] (added to C's value where load_c) for p < rows."""
+        def store_row(p):
+            crow = _gep(b, C, b.add(b.mul(b.add(i, _c64(p)), ldc), j))
+            for c, v in enumerate(acc):
+                at = _gep(b, crow, _c64(c))
+                x = b.extract_element(v, i32(p))
+                b.store(b.select(load_c, b.fadd(b.load(at), x), x), at)
+        _first_rows(b, COLUMN_ROWS, rows, store_row)
 
     def _stored_b(self, B, ldb):
         """Where few_rows reads vector v of a run from column j on, at row k: B itself

@@ -75,13 +75,13 @@ class ConvKernel(Kernel):
         return ({self.x, self.w}, {self.out}) if self.g is None else ({self.x, self.g}, {self.out, self.partial})
 
     def emit(self, f):
-        """The examples times the groups on a thread team; the weight gradient's parts on
-        a team, then their sum on the calling thread."""
-        from dlc.compiler.native.kernels.conv.loops import conv, conv_weight_grad
+        """The examples times the groups times the output rows on a thread team; the
+        weight gradient's parts on a team, then their sum on the calling thread."""
+        from dlc.compiler.native.kernels.conv.loops import conv, conv_weight_grad, team_rows
         from dlc.compiler.native.codegen.shared_loops import sum_parts
         work = numel(self.w_shape) * numel(self.x_shape[:1] + self.out_hw)
         if self.g is None:
-            return f.team(lambda kb, first: conv(kb, self, first), self.x_shape[0] * self.groups, work)
+            return f.team(lambda kb, first: conv(kb, self, first), team_rows(self), work)
         kb = f.team(lambda kb, first: conv_weight_grad(kb, self, first), self.parts, work)
         taps = numel(self.w_shape[1:])
         sum_parts(kb, self.partial, self.parts, self.w_shape[0], taps, (self.out, 0, taps))

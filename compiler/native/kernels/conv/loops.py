@@ -142,10 +142,12 @@ class _ConvRows:
 
 
 def conv(kb: KernelBuilder, k, first):
-    """The outputs of (example, group) pairs `first` = (lo, hi): for each row chunk, a block
-    of the group's output channels' sums in registers while the group's taps (c, i, j)
-    stream by — a tap's x vectors loaded once for the block, each weight broadcast once
-    for the chunk; with `pairs`, two taps at a time (a weight pair broadcast once)."""
+    """The outputs of the (example, group) pairs, or without groups the (example, output
+    row) pairs, `first` = (lo, hi) (`team_rows`: a batch of one splits over its rows): for
+    each row chunk, a block of the group's output channels' sums in registers while the
+    group's taps (c, i, j) stream by — a tap's x vectors loaded once for the block, each
+    weight broadcast once for the chunk; with `pairs`, two taps at a time (a weight pair
+    broadcast once)."""
     b, rows = kb.b, _ConvRows(kb, k)
     N, C, H, W = k.x_shape
     O, kh, kw = k.channels, *k.w_shape[2:]
@@ -162,7 +164,22 @@ def conv(kb: KernelBuilder, k, first):
     R = 2 if k.pairs and rows.nv == 1 and isinstance(Ho, int) and Ho > 1 else 1
 
     def chunk(idx):
-        ng, hq, q = idx
+        if G > 1:
+            chunk_rows(*idx)
+            return
+        row, q = idx            # (example, output row) as one
+        ng, ho = b.sdiv(row, kb.dim(Ho)), b.srem(row, kb.dim(Ho))
+        if R > 1:               # a chunk of R rows starts at each R-th row
+            starts, rest = b.append_basic_block("rows.start"), b.append_basic_block("rows.rest")
+            b.cbranch(b.icmp_signed("==", b.srem(ho, ir.Constant(i64, R)), ir.Constant(i64, 0)), starts, rest)
+            b.position_at_end(starts)
+            chunk_rows(ng, b.sdiv(ho, ir.Constant(i64, R)), q)
+            b.branch(rest)
+            b.position_at_end(rest)
+        else:
+            chunk_rows(ng, ho, q)
+
+    def chunk_rows(ng, hq, q):
         n, g = (ng, ir.Constant(i64, 0)) if G == 1 else (b.sdiv(ng, kb.dim(G)), b.srem(ng, kb.dim(G)))
         wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
         hos = [b.add(b.mul(hq, ir.Constant(i64, R)), ir.Constant(i64, r)) for r in range(R)]
@@ -214,7 +231,14 @@ def conv(kb: KernelBuilder, k, first):
         if R > 1:       # blocks of even sizes (16 as 8 and 8, not 14 and 2)
             size = -(-co // -(-co // size))
         rows.blocks(co, size, block)
-    kb.loops((N * G, -(-Ho // R) if R > 1 else Ho, rows.chunks()), chunk, first=first)
+    kb.loops((N * G, -(-Ho // R), rows.chunks()) if G > 1 else (N * Ho, rows.chunks()), chunk, first=first)
+
+
+def team_rows(k):
+    """What a convolution's team splits: its examples times its groups, or without groups
+    its examples times its output rows (a batch of one: its rows; dividing the index of
+    each row of a depthwise convolution's few pixels took longer than the row)."""
+    return k.x_shape[0] * k.groups if k.groups > 1 else k.x_shape[0] * k.out_hw[0]
 
 
 def conv_weight_grad(kb: KernelBuilder, k, first):
