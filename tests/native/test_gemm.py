@@ -302,10 +302,12 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
                                                           "a library for one")
 
 
+@pytest.mark.sets_target
 def test_an_aarch64_level_the_host_lacks_is_refused(monkeypatch):
     """On an ARM Linux host whose HWCAP words say dotprod but not i8mm (LLVM's features of it
     say neither): the host's features have dotprod, DLC_TARGET=aarch64-dotprod compiles for
     that level alone and aarch64-i8mm is refused, naming what the CPU lacks."""
+    monkeypatch.delenv("DLC_TARGET", raising=False)     # the faked host's own target first
     class Features:
         flatten = staticmethod(lambda: "+neon,+fp-armv8,+crc,+lse,-dotprod,+sve")
     monkeypatch.setattr(jit.llvm, "get_process_triple", lambda: "aarch64-unknown-linux-gnu")
