@@ -249,6 +249,7 @@ def test_the_amx_tiles_edges_give_the_reference_bits(target, compile_for):
     asm = jit.assembly(build_module(_program(model, quantization)).module)
     tiles = target == "host" and amx.has_tiles("tdpbusd")
     assert len(re.findall(r"\btdpbusd\s", asm)) >= 8 * tiles and bool(re.search(r"\btdpbusd\s", asm)) == tiles
-    assert re.search(r"\bvpdpbusd\s[^\n]*%zmm", asm)    # the rows past the last block of 16
+    if jit.host_has("avx512vnni"):      # the rows past the last block of 16 (other hosts: the instruction test)
+        assert re.search(r"\bvpdpbusd\s[^\n]*%zmm", asm)
     want = Int8Engine(model, model, quantization).predict(params, {"x": x})
     _same_bits(want, NativeEngine(model, model, int8=quantization).predict(params, {"x": x}))
