@@ -262,7 +262,8 @@ def run_bert(args) -> dict:
     runners = {"dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes),
                "torch": TorchRunner(name, state, batch, args.lr, "torch", sizes=sizes),
                "torch_compile": TorchRunner(name, state, batch, args.lr, "torch_compile", sizes=sizes)}
-    return trained(name, runners, args, {"model": f"{name} ({args.bert})", "batch": batch_size}, PAIRS[:2])
+    return trained(name, runners, args, {"model": f"{name} ({args.bert})", "batch": batch_size},
+                   (("dlc", "torch"), ("dlc", "torch_compile")))
 
 
 def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:

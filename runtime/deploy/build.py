@@ -24,7 +24,7 @@ from dlc.runtime.deploy.library import (ALIGN, Library, c_name, c_source, embedd
                                          unbound_symbols, where)
 from dlc.compiler.native.memory import linearize
 from dlc.runtime.deploy.description import interface
-from dlc.runtime.deploy.toolchain import find
+from dlc.runtime.deploy.toolchain import CFLAGS, find
 
 _V3 = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bmi2,+f16c,+fma,+lzcnt,+movbe,+xsave"
 _V4 = _V3 + ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl"
@@ -233,7 +233,6 @@ def _objects(name: str, units: list, tmp: Path) -> list:
 def _c_object(tools, unit: Library, source: str, include: Path, tmp: Path) -> Path:
     """The unit's C source compiled (against the header in `include`), from the compile
     cache when a build compiled the same source and header with the same compiler and flags."""
-    from dlc.runtime.deploy.toolchain import CFLAGS
     from dlc.runtime.engines.cache import object_entry
     path, obj = tmp / f"{unit.name}.c", tmp / f"{unit.name}.o"
     header = (include / f"{unit.header_name or unit.name}.h").read_text()

@@ -124,18 +124,19 @@ def object_entry(text: str, suffix: str, make) -> bytes:
     input: source, compiler, flags), from the cache or made (then stored as KEY`suffix`)."""
     key = _key(text)
     with _open_dir() as dirfd:
-        obj = None if dirfd is None else _read(dirfd, f"{key}{suffix}", key)
-        if obj is None:
-            with _compiling(dirfd, key):
-                obj = None if dirfd is None else _read(dirfd, f"{key}{suffix}", key)
-                if obj is None:
-                    obj = make()
-                    stats["compiles"] += 1
-                    if dirfd is not None:
-                        _store(dirfd, f"{key}{suffix}", key, obj)
-                    return obj
-        stats["hits"] += 1
-    return obj
+        def found():
+            obj = None if dirfd is None else _read(dirfd, f"{key}{suffix}", key)
+            if obj is not None:
+                stats["hits"] += 1
+            return obj
+
+        def made():
+            obj = make()
+            stats["compiles"] += 1
+            if dirfd is not None:
+                _store(dirfd, f"{key}{suffix}", key, obj)
+            return obj
+        return _found_or_made(dirfd, key, found, made)
 
 
 # An object entry holds the objects of a module's parts (compiler/native/codegen/parallel_compile.py):
@@ -172,19 +173,14 @@ def compile_built(parts: tuple, build) -> tuple[Loaded, list]:
     key = _built_key(parts)
     t0 = time.perf_counter()
     with _open_dir() as dirfd:
-        found = _built(dirfd, key, t0)
-        if found is not None:
-            return found
-        with _compiling(dirfd, key):
-            found = _built(dirfd, key, t0)      # another process may have compiled it meanwhile
-            if found is not None:
-                return found
+        def made():
             module, extra = build()
             loaded = compile_cached(module)
             if dirfd is not None:
                 doc = {"object": loaded.key, "functions": jit.exported_functions(module), "extra": extra}
                 _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
-    return loaded, extra
+            return loaded, extra
+        return _found_or_made(dirfd, key, lambda: _built(dirfd, key, t0), made)
 
 
 def _built(dirfd: int | None, key: str, t0: float) -> tuple[Loaded, list] | None:
@@ -196,6 +192,18 @@ def _built(dirfd: int | None, key: str, t0: float) -> tuple[Loaded, list] | None
     objects = _objects(_read(dirfd, f"{doc['object']}.o", doc["object"]))
     loaded = None if objects is None else _loaded(objects, doc["functions"], t0, doc["object"])
     return None if loaded is None else (loaded, doc["extra"])
+
+
+def _found_or_made(dirfd: int | None, key: str, found, made):
+    """found() (the entry `key`, or None), else made() under the entry's lock, unless another
+    process made it while this one waited for the lock."""
+    result = found()
+    if result is None:
+        with _compiling(dirfd, key):
+            result = found()
+            if result is None:
+                result = made()
+    return result
 
 
 @contextlib.contextmanager
