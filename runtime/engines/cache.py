@@ -1,6 +1,6 @@
-"""Compiled objects cached on disk, keyed by a hash of the LLVM IR, the target (triple, CPU) and the
-dlc and llvmlite versions: the second compile of the same model loads machine code
-instead of running LLVM.
+"""Compiled objects cached on disk, keyed by a hash of the LLVM IR, the target (triple, CPU and
+features, whether the AMX tiles may be used: `amx.tiles_usable`) and the dlc and llvmlite
+versions: the second compile of the same model loads machine code instead of running LLVM.
 
 An entry is machine code that will run as the user, so it is verified before LLVM sees it:
 a header (magic, format, the key, SHA-256 of the object) must match, and after loading,
@@ -45,6 +45,7 @@ import dlc
 from dlc.compiler.native.codegen.gemm import VARIANTS, bf16_config, default_config, gemm_module, gemm_name, pack_name
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import jit, parallel_compile, threadpool
+from dlc.compiler.native.codegen.amx import tiles_usable
 from dlc.compiler.frontend.parse_cache import cache_dir, private
 
 stats = {"compiles": 0, "hits": 0, "rejected": 0}
@@ -58,8 +59,9 @@ _HEADER = struct.Struct("<8sI32s32s")      # magic, format, key (hex), SHA-256 o
 
 def _key(text: str) -> str:
     cpu, features = jit.host_cpu()
+    tiles = "amx tiles" if tiles_usable() else "no amx tiles"     # the grant, which the features do not say
     h = hashlib.sha256()
-    for part in (text, jit.target_triple(), cpu, features, dlc.__version__, jit.LLVMLITE_VERSION):
+    for part in (text, jit.target_triple(), cpu, features, tiles, dlc.__version__, jit.LLVMLITE_VERSION):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]

@@ -5,6 +5,7 @@ The runs that load a corrupted entry are subprocesses, so a crash in native code
 test instead of the test run.
 """
 import ctypes
+import errno
 import json
 import os
 import random
@@ -19,6 +20,7 @@ import pytest
 from llvmlite import ir
 
 from dlc.compiler.errors import DlcError
+from dlc.compiler.native.codegen import amx, jit
 from dlc.runtime.engines import cache
 from dlc.compiler.frontend.loader import load
 
@@ -249,6 +251,34 @@ def test_entries_are_keyed_by_the_architecture(compile_for_aarch64):
     arm = cache._key(text)
     compile_for_aarch64("aarch64-dotprod")
     assert cache._key(text) not in (here, arm)
+
+
+def test_entries_are_keyed_by_whether_linux_granted_the_amx_tiles(tmp_path, monkeypatch):
+    """Whether Linux granted the AMX tile state is not in the target's features, and a module
+    built where it was may hold tile instructions (SIGILL where it was refused): a process
+    refused the grant builds its own module, never loads the other's; each finds its own
+    entry the next time. The host's AMX-TILE is faked, so that any host tests it."""
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    host_has = jit.host_has
+    monkeypatch.setattr(jit, "host_has", lambda feature: feature == "amx-tile" or host_has(feature))
+    built = []
+
+    def build():
+        tiles = amx.tiles_usable()
+        built.append(tiles)
+        return constant_function(f"dlc_test_tiles{int(tiles)}", int(tiles)), [int(tiles)]
+
+    keys = {}
+    try:
+        for error in (0, errno.EINVAL, 0, errno.EINVAL):      # granted, refused, and each again
+            monkeypatch.setattr(amx, "request_tiles", lambda: error)
+            amx.tiles_granted.cache_clear()
+            loaded, extra = cache.compile_built(("parts",), build)
+            assert extra == [int(not error)] and call(loaded, f"dlc_test_tiles{extra[0]}") == extra[0]
+            assert keys.setdefault(error, loaded.key) == loaded.key
+    finally:
+        amx.tiles_granted.cache_clear()
+    assert built == [True, False] and keys[0] != keys[errno.EINVAL]
 
 
 ORC_PREDICTION = """

@@ -16,6 +16,7 @@ from dlc.compiler.native.kernels.int8 import Int8Kernel
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.int8 import products
 from dlc.compiler.passes.optimize import optimize
+from dlc.runtime.engines import cache
 from dlc.runtime.engines.int8 import Int8Engine, calibrate
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.reference import predict_graph
@@ -132,19 +133,23 @@ def test_the_dot_products_are_vpdpbusd_where_the_target_has_vnni_else_vpmaddwd(t
 
 def test_refused_tile_state_leaves_the_products_in_registers_and_says_so(monkeypatch, capsys):
     """Where Linux refuses the AMX tile state, no tile instruction is compiled (it would be
-    SIGILL), and one line on stderr says so."""
+    SIGILL), nor loaded from the compile cache: the step's entry is another than where it
+    was granted (tests/native/test_compile_cache.py); and one line on stderr says so."""
     if not (jit.host_has("amx-int8") and jit.host_has("amx-tile")):
         pytest.skip("the host has no AMX-INT8")
+    model = _model("model m {\n input x: f32[B, 40]\n output y = dense(x, 20)\n}")
+    params = {p.name: np.ones(p.type.shape, np.float32) for p in model.params}
+    program = _program(model, calibrate(model.graph, params, [{"x": np.ones((1, 40), np.float32)}]))
+    granted = cache._built_key((program, None))
     monkeypatch.setattr(amx, "request_tiles", lambda: 1)
     amx.tiles_granted.cache_clear()
     try:
-        model = _model("model m {\n input x: f32[B, 40]\n output y = dense(x, 20)\n}")
-        params = {p.name: np.ones(p.type.shape, np.float32) for p in model.params}
-        quantization = calibrate(model.graph, params, [{"x": np.ones((1, 40), np.float32)}])
-        asm = jit.assembly(build_module(_program(model, quantization)).module)
+        asm = jit.assembly(build_module(program).module)
+        refused = cache._built_key((program, None))
     finally:
         amx.tiles_granted.cache_clear()
     assert "tdpbusd" not in asm and re.search(r"\bvpdpbusd\s[^\n]*%zmm", asm)
+    assert refused != granted
     assert capsys.readouterr().err.count("did not grant the AMX tile state") == 1
 
 

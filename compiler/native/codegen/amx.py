@@ -29,12 +29,18 @@ PRODUCTS = {"tdpbf16ps": "amx-bf16", "tdpbusd": "amx-int8"}
 
 
 def has_tiles(product: str) -> bool:
-    """Whether the target has the tiles and `product` (PRODUCTS), and the code may run them:
+    """Whether the target has the tiles and `product` (PRODUCTS), and the code may run them
+    (`tiles_usable`)."""
+    return jit.host_has(PRODUCTS[product]) and tiles_usable()
+
+
+def tiles_usable() -> bool:
+    """Whether the code compiled now may hold tile instructions: the target has AMX-TILE and,
     compiled for this process, Linux granted the tile state (`tiles_granted`); a library
-    for another machine (`dlc build --target`) asks for it itself when it is created."""
-    if not (jit.host_has("amx-tile") and jit.host_has(PRODUCTS[product])):
-        return False
-    return jit.for_other_machine() or tiles_granted()
+    for another machine (`dlc build --target`) asks for it itself when it is created. The
+    target's features do not say it, so the compile cache keys its entries by it too: code
+    with tiles, loaded where the grant was refused, would be SIGILL."""
+    return jit.host_has("amx-tile") and (jit.for_other_machine() or tiles_granted())
 
 
 @functools.cache
