@@ -10,7 +10,8 @@ The models:
     mobilenet_v2, resnet18  torchvision's, random weights and batch norms' statistics of a
                             random batch (dlc.tools.real_models), exported by torch.onnx.export
                             (TorchScript, opset 17) at 3 x 64 x 64 and imported by `dlc import`;
-                            random images as data; error only, not timed
+                            random images as data (--examples of them, default 512: at 64 one
+                            image was 1.6 points of agreement); error only, not timed
 
 Each is quantized by dlc (`model.quantize`, min-max) on the first --calibrate batches of its
 training data (the train block's batch; the imported ones: random images, batches of 8), and
@@ -31,18 +32,24 @@ The time, digits_cnn and transformer_classifier at batch 1 and 256 (--batch), in
 
     dlc_f32       the native engine (DlcModel.predict)
     dlc_int8      the native engine with --int8 (DlcModel.predict(int8=True))
-    dlc_int8_lib  the library of `dlc build --int8`, called from C (deploy_timer.c, as
-                  benchmarks/deploy.py): a column only where this dlc's `dlc build` has --int8,
-                  for models of one f32 input
+    dlc_f32_lib   the library of `dlc build --embed-weights` of the float32 weights, called
+                  from C (deploy_timer.c, as benchmarks/deploy.py): a column only for models of
+                  one f32 input; its outputs are first checked to be dlc_f32's bits
+    dlc_int8_lib  the library of `dlc build --int8`, timed as dlc_f32_lib: a column only where
+                  this dlc's `dlc build` has --int8, for models of one f32 input; its outputs
+                  are first checked to be dlc_int8's bits
     ort_f32       onnxruntime on dlc's float32 export
     ort_int8      onnxruntime on quantize_static's model
 
 onnxruntime runs on THREADS threads, its pool not spinning (benchmarks/imported.py), dlc on
-its default.
+its default. The ratios: dlc_int8 over dlc_f32 and over ort_int8 (the engine's calls, from
+Python), dlc_int8_lib over dlc_f32_lib and over ort_int8 (the libraries' calls, from C: at
+batch 1 the engine's call is mostly Python's), ort_int8 over ort_f32.
 
     python benchmarks/int8.py
     python benchmarks/int8.py --only digits_cnn --epochs 2 --batch 1 --rounds 2 --json /tmp/int8.json
     python benchmarks/int8.py --only digits_cnn --weights digits_cnn=runs/digits/best.npz
+    python benchmarks/int8.py --only resnet18 --examples 64
 """
 from __future__ import annotations
 
@@ -68,12 +75,14 @@ MODELS = (*TRAINED, *IMPORTED)
 BATCHES = (1, 256)
 CALIBRATE = 8                   # calibration batches
 IMPORTED_BATCH = 8              # the imported models' calibration batch
-IMPORTED_EXAMPLES = 64          # ... and their evaluation images
+IMPORTED_EXAMPLES = 512         # ... and their evaluation images (--examples)
 OUTPUT_RTOL = 1e-4
 SECONDS = 1.0                   # a round's seconds of each
 PAUSE_S = 0.05                  # before each slot: the previous one's threads go to sleep
-TIMED = ("dlc_f32", "dlc_int8", "dlc_int8_lib", "ort_f32", "ort_int8")
-PAIRS = (("dlc_int8", "dlc_f32"), ("dlc_int8", "ort_int8"), ("dlc_int8_lib", "ort_int8"), ("ort_int8", "ort_f32"))
+TIMED = ("dlc_f32", "dlc_int8", "dlc_f32_lib", "dlc_int8_lib", "ort_f32", "ort_int8")
+LIBRARIES = {"dlc_f32_lib": "dlc_f32", "dlc_int8_lib": "dlc_int8"}     # each library -> the engine it must equal
+PAIRS = (("dlc_int8", "dlc_f32"), ("dlc_int8", "ort_int8"), ("dlc_int8_lib", "dlc_f32_lib"),
+         ("dlc_int8_lib", "ort_int8"), ("ort_int8", "ort_f32"))
 INT8 = ("dlc_int8", "ort_int8")
 
 
@@ -111,8 +120,8 @@ def trained(name: str, epochs: int, weights: str | None, folder: Path) -> Subjec
                    held_out[targets[0]] if len(targets) == 1 else None)
 
 
-def torchvision(name: str, folder: Path) -> Subject:
-    """torchvision's model with random weights, exported and imported; random images."""
+def torchvision(name: str, examples: int, folder: Path) -> Subject:
+    """torchvision's model with random weights, exported and imported; `examples` random images."""
     from dlc.runtime.api import DlcModel
     from dlc.tools import real_models
     onnx_path = folder / f"{name}.onnx"
@@ -120,24 +129,27 @@ def torchvision(name: str, folder: Path) -> Subject:
     program, weights, _ = imported(onnx_path, folder)
     model = DlcModel(str(program), backend="native").load_weights(weights)
     calibration = [real_models.example(name, IMPORTED_BATCH, seed=100 + k) for k in range(CALIBRATE)]
-    return Subject(name, model, calibration, real_models.example(name, IMPORTED_EXAMPLES, seed=1), None)
+    return Subject(name, model, calibration, real_models.example(name, examples, seed=1), None)
 
 
 def quantized(s: Subject, folder: Path) -> dict:
     """dlc's quantization and onnxruntime's of the same float32 model on the same batches:
-    the paths of the ONNX files (float32, dlc's QDQ export, quantize_static's) and of dlc's
-    quantized checkpoint."""
+    the paths of the ONNX files (float32, dlc's QDQ export, quantize_static's) and of the
+    checkpoints (float32, dlc's quantized one)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from dlc.compiler.onnx.export import save_onnx
+    from dlc.runtime.interop import checkpoint
     model = s.model
     joined = {k: np.concatenate([b[k] for b in s.calibration]) for k in s.calibration[0]}
     model.quantize(calibrate=len(s.calibration), data=joined, batch=len(next(iter(s.calibration[0].values()))))
     paths = {"f32": folder / f"{s.name}.f32.onnx", "qdq": folder / f"{s.name}.qdq.onnx",
-             "ort_int8": folder / f"{s.name}.ort_int8.onnx", "checkpoint": folder / f"{s.name}.int8.npz"}
+             "ort_int8": folder / f"{s.name}.ort_int8.onnx", "dlc_f32_lib": folder / f"{s.name}.f32.npz",
+             "dlc_int8_lib": folder / f"{s.name}.int8.npz"}
     save_onnx(model.eval_model, model.params, paths["f32"])
     save_onnx(model.eval_model, model.params, paths["qdq"], quantization=model.quantization)
-    model.save(paths["checkpoint"])
+    checkpoint.save(paths["dlc_f32_lib"], model.params, {}, {})
+    model.save(paths["dlc_int8_lib"])
 
     class Batches(CalibrationDataReader):
         def __init__(self):
@@ -188,20 +200,25 @@ def errors(s: Subject, predictors: dict, paths: dict) -> dict:
     return row
 
 
-def library_predictor(s: Subject, paths: dict, seconds: float, folder: Path):
-    """(a function of the feeds giving the C timer's result, or None): `dlc build --int8` of the
-    quantized checkpoint when this dlc has it and the model takes one f32 input."""
+def library_predictors(s: Subject, paths: dict, seconds: float, folder: Path, int8: bool) -> dict:
+    """The libraries of LIBRARIES this dlc builds for the model (none unless it takes one f32
+    input; dlc_int8_lib where `int8`, this dlc's `dlc build` having --int8), each a function of
+    the feeds giving the C timer's result: `dlc build --embed-weights` of the float32
+    checkpoint, `dlc build --int8` of the quantized one, both created with NULL (their weights
+    compiled in)."""
     inputs = [i for i in s.model.eval_model.inputs if not i.is_target]
     if len(inputs) != 1 or inputs[0].type.dtype != "f32":
-        return None
-    out = folder / f"{s.name}_int8_library"
-    built = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "build", str(s.model.path), "--int8",
-                            "--weights", str(paths["checkpoint"]), "-o", str(out)], capture_output=True, text=True)
-    if built.returncode:
-        raise SystemExit(f"dlc build --int8 of {s.name} failed: {built.stderr}")
+        return {}
     exe = timer(folder)
-    # "-": created with NULL, the quantized weights are compiled in
-    return lambda feeds: c_point(exe, out, s.model.name, "-", feeds, seconds, folder)
+    predictors = {}
+    for kind, flag in (("dlc_f32_lib", "--embed-weights"), ("dlc_int8_lib", "--int8"))[:1 + int8]:
+        out = folder / kind
+        built = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "build", str(s.model.path), flag,
+                                "--weights", str(paths[kind]), "-o", str(out)], capture_output=True, text=True)
+        if built.returncode:
+            raise SystemExit(f"dlc build {flag} of {s.name} failed: {built.stderr}")
+        predictors[kind] = lambda feeds, out=out: c_point(exe, out, s.model.name, "-", feeds, seconds, folder)
+    return predictors
 
 
 def build_has_int8() -> bool:
@@ -232,29 +249,30 @@ def measure(s: Subject, batches, rounds: int, seconds: float, folder: Path, libr
         error_row["ort_int8_sqnr_db"], error_row["qdq_quanta"]), flush=True)
     if s.name in IMPORTED:
         return error_row, []
-    lib = library_predictor(s, paths, seconds, folder) if library else None
+    libraries = library_predictors(s, paths, seconds, folder, library)
     rows = []
     for batch in batches:
         feeds = {k: np.resize(v, (batch,) + v.shape[1:]) for k, v in s.inputs.items()}
         slots = {k: timed(lambda fn=fn: fn(feeds)) for k, fn in predictors.items() if k in TIMED}
-        if lib is not None:
+        for kind, lib in libraries.items():
             got = lib(feeds)["output"].reshape(-1)
-            want = predictors["dlc_int8"](feeds).reshape(-1)
+            want = predictors[LIBRARIES[kind]](feeds).reshape(-1)
             if not np.array_equal(got, want):
-                raise SystemExit(f"{s.name}, batch {batch}: dlc build --int8's outputs are not the JIT's bits")
-            slots["dlc_int8_lib"] = process_slot(lambda: lib(feeds)["c_ms"])
+                raise SystemExit(f"{s.name}, batch {batch}: {kind}'s outputs are not {LIBRARIES[kind]}'s bits")
+            slots[kind] = process_slot(lambda lib=lib: lib(feeds)["c_ms"])
         measured = interleave(slots, rounds, warmup=1, seconds=seconds, pause_s=PAUSE_S)
         pairs = [(a, b) for a, b in PAIRS if a in slots and b in slots]
         row = reported(measured, {"model": s.name, "batch": batch}, f"{s.name} batch {batch}", pairs)
         rows.append(row)
-        print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.2f} ms" for k in TIMED if k in row)),
+        print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.3f} ms" for k in TIMED if k in row)),
               flush=True)
     return error_row, rows
 
 
 def time_table(rows: list) -> str:
     cols = ["model", "batch"] + [f"{k} ms" for k in TIMED] + [f"{a}/{b}" for a, b in PAIRS] + ["others"]
-    body = [[r["model"], str(r["batch"])] + [f"{r[k]:.2f}" if k in r else "-" for k in TIMED]
+    # three decimals: a library's call at batch 1 takes a few microseconds
+    body = [[r["model"], str(r["batch"])] + [f"{r[k]:.3f}" if k in r else "-" for k in TIMED]
             + [ratio_cell(r[f"{a}/{b}"]) if f"{a}/{b}" in r else "-" for a, b in PAIRS] + [others_cell(r["others"])]
             for r in rows]
     return markdown(cols, body)
@@ -281,6 +299,8 @@ def main(argv=None) -> int:
                                                "transformer_classifier 3)")
     ap.add_argument("--weights", action="append", default=[], metavar="MODEL=CKPT",
                     help="trained weights of an example instead of training it (repeatable)")
+    ap.add_argument("--examples", type=int, default=IMPORTED_EXAMPLES,
+                    help=f"evaluation images of the imported models (default {IMPORTED_EXAMPLES})")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the predictors in turn (default {ROUNDS})")
     ap.add_argument("--seconds", type=float, default=SECONDS, help=f"a round's seconds of each (default {SECONDS})")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
@@ -293,6 +313,7 @@ def main(argv=None) -> int:
     library = build_has_int8()
     print(f"int8 prediction: dlc against onnxruntime {onnxruntime.__version__} quantize_static ({THREADS} threads); "
           f"calibration on {CALIBRATE} batches; dlc build --int8: {'timed' if library else 'not in this dlc'}; "
+          f"the imported models on {args.examples} images; "
           f"median ms per call over {args.rounds} rounds of about {args.seconds} s of each, in turn", flush=True)
     error_rows, time_rows = [], []
     with tempfile.TemporaryDirectory(prefix="dlc-int8-") as tmp:
@@ -300,7 +321,7 @@ def main(argv=None) -> int:
             folder = Path(tmp) / name
             folder.mkdir()
             s = (trained(name, args.epochs or TRAINED[name], weights.get(name), folder) if name in TRAINED
-                 else torchvision(name, folder))
+                 else torchvision(name, args.examples, folder))
             error_row, rows = measure(s, args.batch or BATCHES, args.rounds, args.seconds, folder, library)
             error_rows.append(error_row)
             time_rows += rows

@@ -1,6 +1,6 @@
 """benchmarks/int8.py on the digits CNN with its initial weights, at batch 1 and one short
-round: both quantizations run on the same batches and the rows have finite errors and times
-(no figure is asserted: the machine is shared)."""
+round: both quantizations run on the same batches and the rows have finite errors and times,
+the float32 and int8 libraries' too (no figure is asserted: the machine is shared)."""
 import json
 import math
 import subprocess
@@ -33,5 +33,7 @@ def test_the_int8_benchmark_runs_the_digits_cnn(tmp_path):
         assert 0 <= error[f"{k}_accuracy"] <= 1
     (row,) = result["time"]
     assert row["batch"] == 1 and len(row["others"]) == 1
-    assert all(row[k] > 0 for k in ("dlc_f32", "dlc_int8", "ort_f32", "ort_int8"))
-    assert row["dlc_int8/ort_int8"]["rounds"] == 1
+    # the libraries too, each checked to be its engine's bits before it is timed
+    assert all(row[k] > 0 for k in ("dlc_f32", "dlc_int8", "dlc_f32_lib", "dlc_int8_lib", "ort_f32", "ort_int8"))
+    assert row["dlc_int8/ort_int8"]["rounds"] == row["dlc_int8_lib/dlc_f32_lib"]["rounds"] == 1
+    assert "dlc_int8_lib/dlc_f32_lib" in out.stdout
