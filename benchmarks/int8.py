@@ -13,10 +13,14 @@ The models:
                             random images as data (--examples of them, default 512: at 64 one
                             image was 1.6 points of agreement); error only, not timed
 
-Each is quantized by dlc (`model.quantize`, min-max) on the first --calibrate batches of its
+Each is quantized by dlc (`model.quantize`, min-max) on the first CALIBRATE batches of its
 training data (the train block's batch; the imported ones: random images, batches of 8), and
 by onnxruntime's `quantize_static` (QDQ, per channel, u8 activations, s8 weights, min-max)
-of dlc's float32 ONNX export on the same batches. Before anything is timed, onnxruntime's
+of dlc's float32 ONNX export on the same batches. `--observer percentile` (--percentile P)
+calibrates both by percentiles instead: dlc's observer (docs/quantization.md) and
+onnxruntime's CalibrationMethod.Percentile cutting the same share of values, (100 - P) %, on
+each side (onnxruntime's cut is (100 - P) / 2 % a side of its own P; its percentiles are
+those of a histogram of 2048 bins, dlc's exact). Before anything is timed, onnxruntime's
 float32 must agree with dlc's within 1e-4 of the largest output. The column `qdq quanta` is
 the largest difference between onnxruntime running dlc's own QDQ export (`dlc export
 --int8`) and dlc's int8, in quanta of the output (docs/quantization.md, "Export"; a note
@@ -132,17 +136,19 @@ def torchvision(name: str, examples: int, folder: Path) -> Subject:
     return Subject(name, model, calibration, real_models.example(name, examples, seed=1), None)
 
 
-def quantized(s: Subject, folder: Path) -> dict:
-    """dlc's quantization and onnxruntime's of the same float32 model on the same batches:
-    the paths of the ONNX files (float32, dlc's QDQ export, quantize_static's) and of the
-    checkpoints (float32, dlc's quantized one)."""
+def quantized(s: Subject, folder: Path, observer: str, percentile: float) -> dict:
+    """dlc's quantization and onnxruntime's of the same float32 model on the same batches, by
+    the same observer ("minmax", or "percentile": the (100 - `percentile`)th to the
+    `percentile`th): the paths of the ONNX files (float32, dlc's QDQ export,
+    quantize_static's) and of the checkpoints (float32, dlc's quantized one)."""
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
     from dlc.compiler.onnx.export import save_onnx
     from dlc.runtime.interop import checkpoint
     model = s.model
     joined = {k: np.concatenate([b[k] for b in s.calibration]) for k in s.calibration[0]}
-    model.quantize(calibrate=len(s.calibration), data=joined, batch=len(next(iter(s.calibration[0].values()))))
+    model.quantize(calibrate=len(s.calibration), data=joined, batch=len(next(iter(s.calibration[0].values()))),
+                   observer=observer, percentile=percentile)
     paths = {"f32": folder / f"{s.name}.f32.onnx", "qdq": folder / f"{s.name}.qdq.onnx",
              "ort_int8": folder / f"{s.name}.ort_int8.onnx", "dlc_f32_lib": folder / f"{s.name}.f32.npz",
              "dlc_int8_lib": folder / f"{s.name}.int8.npz"}
@@ -159,7 +165,8 @@ def quantized(s: Subject, folder: Path) -> dict:
             return next(self.batches, None)
     quantize_static(str(paths["f32"]), str(paths["ort_int8"]), Batches(), quant_format=QuantFormat.QDQ,
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax)
+                    calibrate_method=CalibrationMethod.Percentile if observer == "percentile" else
+                    CalibrationMethod.MinMax, extra_options={"CalibPercentile": 100 - 2 * (100 - percentile)})
     return paths
 
 
@@ -229,9 +236,10 @@ def build_has_int8() -> bool:
     return "--int8" not in parser.parse_known_args(["m.dl", "-o", "out", "--int8"])[1]
 
 
-def measure(s: Subject, batches, rounds: int, seconds: float, folder: Path, library: bool) -> tuple[dict, list]:
-    """(the error row, the time rows at each batch size) of a subject."""
-    paths = quantized(s, folder)
+def measure(s: Subject, args, folder: Path, library: bool) -> tuple[dict, list]:
+    """(the error row, the time rows at each batch size) of a subject, measured as `args` say."""
+    batches, rounds, seconds = args.batch or BATCHES, args.rounds, args.seconds
+    paths = quantized(s, folder, args.observer, args.percentile)
     model = s.model
     sessions = {k: onnxruntime_session(paths[k], THREADS) for k in ("f32", "qdq", "ort_int8")}
     first = sessions["f32"].get_outputs()[0].name       # the model's first output, as predict's first
@@ -301,6 +309,9 @@ def main(argv=None) -> int:
                     help="trained weights of an example instead of training it (repeatable)")
     ap.add_argument("--examples", type=int, default=IMPORTED_EXAMPLES,
                     help=f"evaluation images of the imported models (default {IMPORTED_EXAMPLES})")
+    ap.add_argument("--observer", choices=("minmax", "percentile"), default="minmax",
+                    help="the calibration's observer, dlc's and onnxruntime's (default minmax)")
+    ap.add_argument("--percentile", type=float, default=99.99, help="the percentile observer's P (default 99.99)")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the predictors in turn (default {ROUNDS})")
     ap.add_argument("--seconds", type=float, default=SECONDS, help=f"a round's seconds of each (default {SECONDS})")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
@@ -311,8 +322,10 @@ def main(argv=None) -> int:
         ap.error(f"--weights names the examples {', '.join(TRAINED)}, not {', '.join(sorted(unknown))}")
     import onnxruntime
     library = build_has_int8()
+    observer = args.observer + (f" {args.percentile}" if args.observer == "percentile" else "")
     print(f"int8 prediction: dlc against onnxruntime {onnxruntime.__version__} quantize_static ({THREADS} threads); "
-          f"calibration on {CALIBRATE} batches; dlc build --int8: {'timed' if library else 'not in this dlc'}; "
+          f"calibration on {CALIBRATE} batches, {observer}; "
+          f"dlc build --int8: {'timed' if library else 'not in this dlc'}; "
           f"the imported models on {args.examples} images; "
           f"median ms per call over {args.rounds} rounds of about {args.seconds} s of each, in turn", flush=True)
     error_rows, time_rows = [], []
@@ -322,7 +335,7 @@ def main(argv=None) -> int:
             folder.mkdir()
             s = (trained(name, args.epochs or TRAINED[name], weights.get(name), folder) if name in TRAINED
                  else torchvision(name, args.examples, folder))
-            error_row, rows = measure(s, args.batch or BATCHES, args.rounds, args.seconds, folder, library)
+            error_row, rows = measure(s, args, folder, library)
             error_rows.append(error_row)
             time_rows += rows
     text = "\n\n".join(t for t in (error_table(error_rows), time_table(time_rows) if time_rows else "") if t)
