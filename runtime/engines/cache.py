@@ -1,6 +1,7 @@
 """Compiled objects cached on disk, keyed by a hash of the LLVM IR, the target (triple, CPU and
-features, whether the AMX tiles may be used: `amx.tiles_usable`) and the dlc and llvmlite
-versions: the second compile of the same model loads machine code instead of running LLVM.
+features, whether the AMX tiles may be used: `amx.tiles_usable`, the GEMM's vector width,
+which DLC_GEMM_VW may choose: `gemm.default_config`) and the dlc and llvmlite versions: the
+second compile of the same model loads machine code instead of running LLVM.
 
 An entry is machine code that will run as the user, so it is verified before LLVM sees it:
 a header (magic, format, the key, SHA-256 of the object) must match, and after loading,
@@ -59,9 +60,11 @@ _HEADER = struct.Struct("<8sI32s32s")      # magic, format, key (hex), SHA-256 o
 
 def _key(text: str) -> str:
     cpu, features = jit.host_cpu()
-    tiles = "amx tiles" if tiles_usable() else "no amx tiles"     # the grant, which the features do not say
+    # what the features do not say: the tile grant, and the GEMM's width, which DLC_GEMM_VW may choose
+    tiles = "amx tiles" if tiles_usable() else "no amx tiles"
+    width = f"{default_config().vw} lanes"
     h = hashlib.sha256()
-    for part in (text, jit.target_triple(), cpu, features, tiles, dlc.__version__, jit.LLVMLITE_VERSION):
+    for part in (text, jit.target_triple(), cpu, features, tiles, width, dlc.__version__, jit.LLVMLITE_VERSION):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]

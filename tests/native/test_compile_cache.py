@@ -281,6 +281,17 @@ def test_entries_are_keyed_by_whether_linux_granted_the_amx_tiles(tmp_path, monk
     assert built == [True, False] and keys[0] != keys[errno.EINVAL]
 
 
+def test_entries_are_keyed_by_the_vector_width(monkeypatch):
+    """DLC_GEMM_VW=8 compiles the kernels with AVX2's width on an AVX-512 host (their IR is
+    another), which the target's features do not say: it keys other entries."""
+    if not jit.host_has("avx512f"):
+        pytest.skip("the host has no AVX-512: its width is 8 either way")
+    text = str(constant_function("dlc_test_w", 1))
+    wide = cache._key(text)
+    monkeypatch.setenv("DLC_GEMM_VW", "8")
+    assert cache._key(text) != wide
+
+
 ORC_PREDICTION = """
 import sys
 import numpy as np
