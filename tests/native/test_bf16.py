@@ -1,7 +1,8 @@
 """bfloat16 mixed precision (`precision = "bf16"`, docs/native.md): every GEMM path the
 machine has against the numpy emulation of the rounding, the two engines against each
-other, the paths DLC_TARGET forces, training under bf16 against float32, and the float32
-program untouched."""
+other, the paths DLC_TARGET forces, training under bf16 against float32, the float32 program
+untouched, and which products run in bf16 (compiler/native/bf16.py: those a GEMM
+computes; the direct convolutions keep the float32 bits) and `dlc summary --bf16`."""
 import os
 import re
 import subprocess
@@ -225,8 +226,8 @@ def _gradients(name: str, engine: str, precision: str) -> tuple:
 
 @pytest.mark.parametrize("name, within", [("mlp", 1e-4), ("lenet", 1e-4), ("lstm", 0.1)])
 def test_native_bf16_gradients_are_the_reference_emulation(name, within):
-    """The native engine under bf16 (GEMMs, direct convolutions, small GEMMs; the LSTM's
-    recurrent weight packed once before its loop) gives the reference engine's bf16
+    """The native engine under bf16 (GEMMs; LeNet's direct convolutions in float32 on both
+    engines; the LSTM's recurrent weight packed once before its loop) gives the reference engine's bf16
     gradients, `within` a fraction of how far bf16 moves them from float32 (2-7 %). The
     MLP and LeNet agree to ~1e-7 relative: their first products read the same operands on
     both engines. Elsewhere the engines' float32 values differ in the last bits (exp and
