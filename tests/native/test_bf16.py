@@ -302,12 +302,16 @@ def _step_graph(source: str):
     return optimize(train_step(load_text(source).build("m", training=True).graph))
 
 
-def test_float32_program_is_unchanged_and_bf16_only_flags_the_gemms():
+def test_float32_program_is_unchanged_and_bf16_only_flags_the_gemms(tmp_path, capsys):
     """Lowered for f32 (the default) the program has no bf16 kernel; lowered for bf16 it is
     the same program with its GEMM and small GEMM kernels flagged, and nothing else: the
-    direct convolutions (the first layer's forward pass and weight gradient) stay float32."""
+    direct convolutions (the first layer's forward pass and weight gradient) stay float32.
+    `dlc compile --emit kernels --precision bf16` prints it."""
     graph = _step_graph(MODEL)
     f32, bf16 = render.program(lower(graph)), render.program(lower(graph, "bf16"))
+    (tmp_path / "m.dl").write_text(MODEL)
+    assert main(["compile", "--emit", "kernels", "--precision", "bf16", str(tmp_path / "m.dl")]) == 0
+    assert capsys.readouterr().out == bf16 + "\n"
     assert f32 == render.program(lower(graph, "f32")) and "bf16" not in f32
     flagged = [line for line in bf16.splitlines() if "(bf16)" in line]
     assert {line.split()[0] for line in flagged} == {"gemm", "small_gemm"}

@@ -31,12 +31,13 @@ def arguments(p):
                    help="with --memory: also the optimizer state each of K ranks holds (with the train block's "
                         "shard_optimizer = true, its share; else all of it)")
     p.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
-    p.add_argument("--int8", action="store_true",
-                   help="which products (matmuls, convolutions) dlc quantize makes integer, and why the others are "
-                        "not (docs/quantization.md)")
-    p.add_argument("--bf16", action="store_true",
-                   help="which products (matmuls, convolutions and their gradients) of the train step run in bf16 "
-                        "under precision = \"bf16\", and why the others stay float32 (docs/native.md)")
+    products = p.add_mutually_exclusive_group()
+    products.add_argument("--int8", action="store_true",
+                          help="which products (matmuls, convolutions) dlc quantize makes integer, and why the others "
+                               "are not (docs/quantization.md)")
+    products.add_argument("--bf16", action="store_true",
+                          help="which products (matmuls, convolutions and their gradients) of the train step run in "
+                               "bf16 under precision = \"bf16\", and why the others stay float32 (docs/native.md)")
     p.add_argument("--freeze", action="append", metavar="PATTERN",
                    help="count these parameters as frozen instead of the train block's freeze, as "
                         "`dlc train --freeze` trains")
