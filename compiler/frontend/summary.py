@@ -7,7 +7,7 @@ A layer's parameters and FLOPs include those of the layers in it."""
 from __future__ import annotations
 
 from dlc.compiler.errors import plural
-from dlc.compiler.ir.dims import Dim, numel, subs
+from dlc.compiler.ir.dims import Dim, numel, shape_str, subs
 from dlc.compiler.ir.graph import ITEMSIZE, Graph, layer_of, layer_parent, layer_tree
 from dlc.compiler.frontend.model import Model
 
@@ -183,15 +183,37 @@ def int8_table(model: Model) -> str:
     integer or float32 and why (compiler/passes/int8.py)."""
     from dlc.compiler.passes.int8 import products, scanned_products
     found = products(model.graph)
-    rows = [[(p.span.caller or p.span).short() if p.span else "?", p.op, p.weight or "-",
-             "int8" if p.integer else "float32", p.reason] for p in found]
-    lines = table(["Line", "Product", "Weights", "Runs in", "Why not int8"], rows, left=5) if rows else []
-    integer = sum(p.integer for p in found)
-    lines.append(f"{integer} of {len(found)} products in int8; the rest of the graph runs in float32")
+    rows = [[_line(p.span), p.op, p.weight or "-", "int8" if p.integer else "float32", p.reason] for p in found]
+    totals = [f"{sum(p.integer for p in found)} of {len(found)} products in int8; the rest of the graph runs in float32"]
     inside = scanned_products(model.graph)
     if inside:
-        lines.append(f"float32 too: {plural(inside, 'product')} inside scans (recurrences)")
-    fused = len(model.graph.nodes_with("attention"))
+        totals.append(f"float32 too: {plural(inside, 'product')} inside scans (recurrences)")
+    return _products_table(["Line", "Product", "Weights", "Runs in", "Why not int8"], rows, totals, model.graph)
+
+
+def bf16_table(found: list, graph: Graph) -> str:
+    """`dlc summary --bf16`: each matmul, convolution and convolution gradient of the train
+    step `graph` (`found`: compiler/native/bf16.py `products`, which the front end cannot
+    import) at its line, with its operands' shapes and the kernel that computes it, bf16 or
+    float32 and why."""
+    rows = [[_line(p.span), p.op, ", ".join(map(shape_str, p.operands)), p.kernel.replace("_", " "),
+             "bf16" if p.bf16 else "float32", p.reason] for p in found]
+    totals = [f"{sum(p.bf16 for p in found)} of {len(found)} products in bf16 (operands rounded to bfloat16, sums in "
+              "float32); the rest of the step runs in float32"]
+    return _products_table(["Line", "Product", "Operands", "Kernel", "Runs in", "Why float32"], rows, totals, graph)
+
+
+def _line(span) -> str:
+    """A product's line in the user's file."""
+    return (span.caller or span).short() if span else "?"
+
+
+def _products_table(headers: list, rows: list, totals: list, graph: Graph) -> str:
+    """The table of `dlc summary --int8` or `--bf16`, its totals under it, and the fused
+    attentions, whose products stay float32 either way."""
+    lines = table(headers, rows, left=len(headers)) if rows else []
+    lines += totals
+    fused = len(graph.nodes_with("attention"))
     if fused:
         lines.append(f"float32 too: the products of {plural(fused, 'fused attention')} (softmax(q kᵀ) v)")
     return "\n".join(lines)

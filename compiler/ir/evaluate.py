@@ -30,14 +30,17 @@ class Eval:
     arguments and the sizes of the symbolic dims; every float computed in `float_dtype`
     (None: in the dtype the graph gives it). `steps`: the indices of the enclosing scan
     steps. `replicas`: the replica mean of a data-parallel run
-    (runtime/engines/distributed.py), None in one process. `precision`: of the operands of
-    matmuls and convolutions (`operands`), "f32" or "bf16"."""
+    (runtime/engines/distributed.py), None in one process. `bf16`: under precision "bf16",
+    which matmuls and convolutions multiply operands rounded to bfloat16 (`operands`): a
+    function of (graph, node), the native backend's rule (compiler/native/bf16.py
+    `in_bf16`); None in float32."""
 
     def __init__(self, feeds: dict | None = None, params: dict | None = None, sizes: dict | None = None,
-                 float_dtype: str | None = "f64", replicas=None, precision: str = "f32"):
+                 float_dtype: str | None = "f64", replicas=None, bf16=None):
         self.feeds, self.params, self.sizes, self.float_dtype = feeds or {}, params or {}, sizes or {}, float_dtype
         self.replicas = replicas
-        self.precision = precision
+        self.bf16 = bf16
+        self.at: tuple = ()           # (graph, node) computed now: whose operands `operands` rounds
         self.args: list = []
         self.steps: tuple = ()
 
@@ -45,9 +48,10 @@ class Eval:
         return DTYPES[self.float_dtype if self.float_dtype and dtype in FLOAT_DTYPES else dtype]
 
     def operands(self, xs: list) -> list:
-        """The operands of a matmul or a convolution as it multiplies them: under "bf16"
-        rounded to bfloat16 (the products and their sums stay in the values' dtype)."""
-        if self.precision != "bf16":
+        """The operands of a matmul or a convolution as it multiplies them: rounded to
+        bfloat16 where `bf16` says this product runs in bf16 (the products and their sums
+        stay in the values' dtype)."""
+        if self.bf16 is None or not self.bf16(*self.at):
             return xs
         return [round_bf16(x).astype(np.asarray(x).dtype) for x in xs]
 
@@ -80,6 +84,7 @@ class Eval:
         reader (GPT-2's initializers held each draw beside its scaled parameter: 340 MB more)."""
         values: dict = {}
         for n, impl, inputs, attrs, dtypes, dead in plan(graph):
+            self.at = (graph, n)
             try:
                 outs = self.impl_of(graph, n, impl)(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
             except DlcError as e:       # a check of the values (an index out of range): at the node's line

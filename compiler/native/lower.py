@@ -9,8 +9,9 @@ contiguous data) only change coefficients, so they cost nothing. Elementwise ops
 expression trees; which values are inlined into their readers' kernels and which are
 stored by a map kernel of their own is decided before, by the fusion pass (fusion.py),
 which also joins map kernels over one space into one loop afterwards (horizontal fusion).
-Lowered for `precision` "bf16", every matmul and convolution kernel rounds its operands to
-bfloat16 and sums in float32 (docs/native.md, bfloat16 mixed precision). Lowering never
+Lowered for `precision` "bf16", every GEMM kernel (of a matmul or a convolution) rounds its
+operands to bfloat16 and sums in float32, and every other kernel multiplies in float32, as in
+the float32 program (compiler/native/bf16.py; docs/native.md, bfloat16 mixed precision). Lowering never
 loads LLVM: the kinds' loop code is imported by code generation alone
 (tests/native/test_llvm_free.py).
 """
@@ -41,7 +42,7 @@ class Lowering:
                  pack_weights: str | None = None, int8: dict | None = None):
         self.graph = graph
         self.int8 = int8 or {}        # node -> Int8Weights of the integer products (kernels/int8)
-        self.bf16 = bf16              # matmul and convolution operands rounded to bfloat16
+        self.bf16 = bf16              # GEMMs' operands rounded to bfloat16 (compiler/native/bf16.py)
         self.pack_weights = pack_weights    # GEMMs' weights packed: PACK_WEIGHTS (kernels/gemm: packed_weight)
         self.weight_packs = None      # its WeightPacksKernel, once a GEMM takes a weight
         self.fusion = fusion or Fusion(graph, quantized=frozenset(self.int8))
@@ -54,7 +55,6 @@ class Lowering:
         self.slots: dict = {}         # of a scan's body: tensor key -> its step's place in a stacked output
         self.values: dict = {}        # tensor key -> expression over its own shape
         self.cols: dict = {}          # im2col buffers by (window expression, shape)
-        self.bf16_copies: dict = {}   # tensor key -> its copy rounded to bfloat16 (`rounded`)
         self.channel_copies: dict = {}  # tensor key -> its copy channels first (`channels_first`)
         self.channels_first_keys = stored_channels_first(graph)   # values `place` lays out [C, N, ...]
         self.laid_out: dict = {}      # tensor key -> its place so laid out, once stored
@@ -106,20 +106,6 @@ class Lowering:
         load = contiguous(buf.id, t.shape, t.dtype)
         self.values[t.key()] = load
         return load
-
-    def rounded(self, t: Tensor, node: int) -> Load:
-        """t in memory as an operand of float32 products; for bf16 products, rounded to
-        bfloat16 by a map kernel first (once per tensor), so that a kernel multiplying in
-        float32 (the direct convolution) computes what bf16 products summed in float32
-        do, without rounding each operand at each of its taps."""
-        if not self.bf16:
-            return self.materialize(t)
-        if t.key() not in self.bf16_copies:
-            buf = self.p.buffer("f32", numel(t.shape), "temp")
-            self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), Op("round_bf16", (self.use(t),), "f32"),
-                                node=node))
-            self.bf16_copies[t.key()] = contiguous(buf.id, t.shape, "f32")
-        return self.bf16_copies[t.key()]
 
     def stored(self, t: Tensor) -> Load:
         """The value of t in memory, where a kernel wrote it or, written by a map kernel

@@ -102,17 +102,17 @@ def size_constraints(graph: Graph) -> list:
 
 
 def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32", sizes: dict | None = None,
-        replicas=None, evaluator=Eval, precision: str = "f32") -> dict:
+        replicas=None, evaluator=Eval, bf16=None) -> dict:
     """Evaluate a graph; returns its named outputs as numpy arrays. Every float value is
     computed in `float_dtype`, or, with None, in the dtype the graph gives it. `replicas`
-    computes replica_mean, `precision` is that of matmul and convolution operands (Eval);
+    computes replica_mean, `bf16` which matmuls and convolutions round their operands (Eval);
     `evaluator` makes the Eval from those (a subclass may watch the nodes:
     runtime/engines/numerics.py)."""
     all_sizes = bind_sizes(graph, feeds)
     all_sizes.update(sizes or {})
     feeds = _cast_all(graph, "input", feeds, float_dtype)
     params = _cast_all(graph, "param", params, float_dtype)
-    ctx = evaluator(feeds, params, all_sizes, float_dtype, replicas, precision)
+    ctx = evaluator(feeds, params, all_sizes, float_dtype, replicas, bf16)
     with np.errstate(all="ignore"):       # inf and nan are values here; callers decide what they mean
         values = ctx.values(graph)
     return {name: values[t.key()] for name, t in graph.outputs.items()}

@@ -115,10 +115,10 @@ class Watching(Eval):
             raise OriginFound(Origin(graph, n, given, outputs, self.steps))
 
 
-def run(graph: Graph, feeds: dict, params: dict, replicas=None, allowed=None, precision: str = "f32") -> dict:
+def run(graph: Graph, feeds: dict, params: dict, replicas=None, allowed=None, bf16=None) -> dict:
     """interpreter.run, watched (Watching): raises the NonFinite of the first non-finite value."""
     try:
-        return interpreter.run(graph, feeds, params, replicas=replicas, precision=precision,
+        return interpreter.run(graph, feeds, params, replicas=replicas, bf16=bf16,
                                evaluator=lambda *args: Watching(*args, allowed=allowed))
     except OriginFound as found:
         raise found.origin.error() from None

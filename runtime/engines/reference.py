@@ -9,6 +9,7 @@ import numpy as np
 
 from dlc.compiler.ir.dims import symbols
 from dlc.compiler.ir.evaluate import Eval
+from dlc.compiler.native import bf16
 from dlc.compiler.passes.autodiff import copy_graph, hvp_graph, prune, train_step
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.engines import budget, interpreter, numerics
@@ -42,8 +43,10 @@ class ReferenceEngine:
                  check_numerics=False, precision: str = "f32"):
         """`check_numerics`: every node of the train step is tested, and the first non-finite
         value stops the step with its origin (runtime/engines/numerics.py). `precision`: of the
-        operands of matmuls and convolutions ("bf16": rounded, as the native kernels round them)."""
-        self.check_numerics, self.precision = check_numerics, precision
+        operands of matmuls and convolutions ("bf16": those the native kernels round, rounded
+        as they round them: compiler/native/bf16.py)."""
+        self.check_numerics = check_numerics
+        self.bf16 = bf16.in_bf16 if precision == "bf16" else None
         self.step_graph = train_step(train_model.graph) if optimizer is not None else None
         self.train_graph, self._hvp_graph = train_model.graph, None
         self.eval_graph = eval_model.graph
@@ -114,8 +117,8 @@ class ReferenceEngine:
             budget.require_work(what, graph, sizes, threads=1)
             self.checked.add(key)
         if self.check_numerics and graph is self.step_graph:
-            return numerics.run(graph, feeds, params, replicas=self.replicas, precision=self.precision)
-        return interpreter.run(graph, feeds, params, replicas=self.replicas, precision=self.precision,
+            return numerics.run(graph, feeds, params, replicas=self.replicas, bf16=self.bf16)
+        return interpreter.run(graph, feeds, params, replicas=self.replicas, bf16=self.bf16,
                                evaluator=self.evaluator)
 
 

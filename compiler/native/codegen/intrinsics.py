@@ -47,16 +47,6 @@ def round_bf16(b, x):
     return b.bitcast(b.and_(bits, mask), x.type)
 
 
-def bf16_pair(b, x, y):
-    """x and y (floats or float vectors) rounded to bfloat16 as one 32-bit pair: x in the
-    lower half, y in the upper (an operand of vdpbf16ps), kept as a float's bits."""
-    upper = bf16_bits(b, y)
-    high = 0xFFFF0000 - (1 << 32)        # as a signed int32
-    const = (lambda v: ir.Constant(upper.type, [v] * upper.type.count)) if isinstance(upper.type, ir.VectorType) \
-        else (lambda v: ir.Constant(i32, v))
-    return b.bitcast(b.or_(b.and_(upper, const(high)), b.lshr(bf16_bits(b, x), const(16))), x.type)
-
-
 class LLVMType(ir.Type):
     """An LLVM type that llvmlite's IR builder lacks, by its name: `bfloat` (the operands
     of vdpbf16ps), `x86_amx` (the value of a tile register)."""
@@ -85,16 +75,6 @@ def dot_bf16_pairs(module, b, acc, a, x):
     name = "llvm.x86.avx512bf16.dpbf16ps.512" if lanes == 16 else "llvm.aarch64.neon.bfdot.v4f32.v8bf16"
     dp = declare(module, name, vty, [vty, pty, pty])
     return b.call(dp, [acc, b.bitcast(a, pty), b.bitcast(x, pty)])
-
-
-def pair_halves(b, words):
-    """The two floats of each bfloat16 pair of `words` (a float vector holding pairs, as
-    bf16_pair writes them): (the lower ones, the upper ones)."""
-    ity = ir.VectorType(i32, words.type.count)
-    bits = b.bitcast(words, ity)
-    const = lambda v: ir.Constant(ity, [v] * ity.count)
-    return (b.bitcast(b.shl(bits, const(16)), words.type),
-            b.bitcast(b.and_(bits, const(0xFFFF0000 - (1 << 32))), words.type))
 
 
 def masked(module, vty) -> tuple:

@@ -17,7 +17,6 @@ from typing import Callable
 from llvmlite import ir
 
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.native.codegen.intrinsics import bf16_pair, round_bf16
 from dlc.compiler.native.program import Op, Random
 from dlc.compiler.native.codegen.types import LL, dtype_class, f32, f64, i1, i32, i64, is_float
 
@@ -90,13 +89,9 @@ emits("maximum minimum", "float")(lambda kb, e, a: kb.intrinsic(f"llvm.{e.name}"
 emits("abs", "float")(lambda kb, e, a: kb.intrinsic("llvm.fabs", a[0]))
 emits("sqrt", "float")(lambda kb, e, a: kb.intrinsic("llvm.sqrt", a[0]))
 emits("fma", "float")(lambda kb, e, a: kb.intrinsic("llvm.fma", *a))
-# the operations the lowering writes itself, which no graph has: an operand of bfloat16
-# products rounded to nearest even and kept as a float (Lowering.rounded), two of them
-# as one 32-bit pair in a float's bits (the direct convolution's weights, kernels/conv
-# `_weight_pairs`), and a float quantized to u8 (an int8 product's input, kernels/int8)
-LOWERING_ONLY = ("round_bf16", "bf16_pair", "quantize_u8")
-emits("round_bf16", "float")(lambda kb, e, a: round_bf16(kb.b, a[0]))
-emits("bf16_pair", "float")(lambda kb, e, a: bf16_pair(kb.b, a[0], a[1]))
+# the operations the lowering writes itself, which no graph has: a float quantized to u8
+# (an int8 product's input, kernels/int8)
+LOWERING_ONLY = ("quantize_u8",)
 
 
 @emits("quantize_u8", "float")

@@ -6,6 +6,7 @@ import sys
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.loader import load
+from dlc.compiler.native import PRECISIONS
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.program import render
 from dlc.compiler.native.codegen.driver import build_module
@@ -31,6 +32,9 @@ def arguments(p):
                        help="at every kernel boundary of the train step (the forward graph without a loss), why the "
                             "producer is not computed in its reader's kernel, with both source lines")
     p.add_argument("--format", choices=["text", "dot", "json"], default="text", help="for graph and grad")
+    p.add_argument("--precision", choices=PRECISIONS, default="f32",
+                   help="kernels, llvm and asm: of the operands of matmuls and convolutions, as in dlc train (default f32; "
+                        "bf16 flags the GEMMs that round them)")
     p.add_argument("-O", "--optimize", action="store_true",
                    help="graph and grad: run the graph passes (" + ", ".join(graph_passes.PIPELINE) + ") first; the native "
                         "stages always run them")
@@ -65,7 +69,7 @@ def run(args):
             write(fusion.explanation() if args.explain_fusion else fusion.text(), args.output)
             return
         try:
-            program = lower(graph)
+            program = lower(graph, args.precision)
         except NotLowerable as e:
             raise DlcError(f"the native backend cannot compile {model.name} yet: {e}") from None
         if args.emit == "kernels":

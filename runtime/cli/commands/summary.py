@@ -5,6 +5,9 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend import summary as summaries
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.ir.dims import numel
+from dlc.compiler.native import bf16
+from dlc.compiler.passes.autodiff import train_step
+from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines import budget
 from dlc.runtime.engines.distributed import optimizer_shards
 from dlc.runtime.training.summarize import summary_settings, summary_text
@@ -28,9 +31,13 @@ def arguments(p):
                    help="with --memory: also the optimizer state each of K ranks holds (with the train block's "
                         "shard_optimizer = true, its share; else all of it)")
     p.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
-    p.add_argument("--int8", action="store_true",
-                   help="which products (matmuls, convolutions) dlc quantize makes integer, and why the others are "
-                        "not (docs/quantization.md)")
+    products = p.add_mutually_exclusive_group()
+    products.add_argument("--int8", action="store_true",
+                          help="which products (matmuls, convolutions) dlc quantize makes integer, and why the others "
+                               "are not (docs/quantization.md)")
+    products.add_argument("--bf16", action="store_true",
+                          help="which products (matmuls, convolutions and their gradients) of the train step run in "
+                               "bf16 under precision = \"bf16\", and why the others stay float32 (docs/native.md)")
     p.add_argument("--freeze", action="append", metavar="PATTERN",
                    help="count these parameters as frozen instead of the train block's freeze, as "
                         "`dlc train --freeze` trains")
@@ -43,6 +50,9 @@ def run(args):
     program = load(args.file)
     if args.int8:
         print(summaries.int8_table(program.build(args.model, training=False)))
+        return
+    if args.bf16:
+        print(bf16_summary(program.build(args.model, training=True)))
         return
     model = program.build(args.model, training=not args.eval)
     settings = summary_settings(program, model, args.freeze, args.batch, dim_sizes(args.dim))
@@ -62,6 +72,13 @@ def run(args):
                          f"{cfg.optimizer.name}: {slots} value{'s' if slots != 1 else ''} per trained parameter"))
     if args.ranks:
         print(rank_state(model, settings.trained, slots, cfg.shard_optimizer, args.ranks))
+
+
+def bf16_summary(model) -> str:
+    """The products of the train step the native engine compiles (the forward graph without
+    a loss) under precision bf16: compiler/native/bf16.py's rule."""
+    graph = optimize(train_step(model.graph) if "loss" in model.graph.outputs else model.graph)
+    return summaries.bf16_table(bf16.products(graph), graph)
 
 
 def rank_state(model, trained: list, slots: int, sharded: bool, ranks: int) -> str:

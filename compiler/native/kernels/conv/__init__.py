@@ -12,8 +12,8 @@ from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.program import Affine, Guarded, Kernel, Load, Op, contiguous, render, row_major
-from dlc.compiler.native.program.registry import NotLowerable, register_lowering
+from dlc.compiler.native.program import Affine, Kernel, Load, Op, contiguous, render, row_major
+from dlc.compiler.native.program.registry import register_lowering
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
 DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
@@ -32,12 +32,7 @@ class ConvKernel(Kernel):
     With `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
     n, ho, wo of g[n, o, ho, wo] * x[...], the batch in `parts` runs summed apart into
     `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel. It multiplies in
-    float32; for bf16 products its operands are rounded before (Lowering.rounded). With
-    `pairs` (bf16, one group, stride 1 along W, no `g`), w holds the rounded weights as
-    bfloat16 pairs of neighbouring taps along W (`_weight_pairs`), and where the target
-    has AVX512_BF16 the kernel multiplies two taps at a time by vdpbf16ps, x's two
-    shifted rows made pairs as they are loaded; elsewhere it takes the pairs apart and
-    multiplies in float32."""
+    float32, in a bf16 program too (compiler/native/bf16.py)."""
     x: int
     w: int | None
     out: int
@@ -52,7 +47,6 @@ class ConvKernel(Kernel):
     transposed: bool = False
     groups: int = 1
     stride_w: int = 1
-    pairs: bool = False
 
     @property
     def channels(self):
@@ -67,7 +61,6 @@ class ConvKernel(Kernel):
     def text(self) -> list:
         what = f"b{self.x} * b{self.w}" if self.g is None else f"weight gradient of b{self.x} * w from b{self.g}"
         what += f" in {self.groups} groups" if self.groups > 1 else ""
-        what += " (bf16 pairs)" if self.pairs else ""
         return [f"direct conv {render.shape(self.x_shape)} by {render.shape(self.w_shape)}: b{self.out} = {what}"
                 f"{render.located(self)}"]
 
@@ -135,28 +128,51 @@ def _direct(taps, kw, attrs) -> bool:
     return isinstance(taps, int) and taps <= DIRECT_TAPS and kw <= 8 and attrs["stride"][1] in (1, 2) and \
         attrs["dilation"] == (1, 1)
 
-def _paired(lw, groups: int, stride_w: int) -> bool:
-    """Whether a bf16 direct convolution multiplies by pairs of taps along W (ConvKernel
-    `pairs`): one group and stride 1 along W. The others (grouped, strided, and every
-    weight gradient) multiply operands rounded in float32."""
-    return lw.bf16 and groups == 1 and stride_w == 1
+# what computes a convolution product by each way of lowering it (`conv_path`): the kinds of
+# kernel the bf16 rule reads (compiler/native/bf16.py)
+PATH_KERNELS = {"pointwise": "gemm", "im2col": "gemm", "col2im": "gemm", "small filters": "small_gemm",
+                "direct": "direct conv", "grouped taps": "map", "few pixels": "reduction",
+                "grouped accumulation": "accumulation"}
 
-def _weight_pairs(lw, w: Tensor, transposed: bool, n) -> Load:
-    """The weights as the direct convolution reads them, tap j of (o, c, i) — w[o, c, i, j],
-    or w[c, o, kh-1-i, kw-1-j] when `transposed` — rounded to bfloat16 in pairs of taps:
-    [O, C, kh, ceil(kw / 2)], element jp the pair (tap 2 jp, tap 2 jp + 1 or 0)."""
-    wm = lw.materialize(w)
-    A, B, kh, kw = w.shape
-    s0, s1, s2, s3 = row_major(w.shape)
-    shape = (B, A, kh, -(-kw // 2)) if transposed else (A, B, kh, -(-kw // 2))
+def conv_shape(op: str, ins: tuple, out: tuple, groups: int) -> ConvShape:
+    """The ConvShape of a conv2d (x, w -> y) or of its gradients (x, g -> w; g, w -> x), from
+    the shapes of its operands and its output."""
+    a, b = ins
+    if op == "conv2d":
+        return ConvShape.of(a, b, out, groups)
+    return ConvShape.of(a, out, b, groups) if op == "conv2d_weight_grad" else ConvShape.of(out, b, a, groups)
 
-    def tap(e):         # tap 2 jp + e over (o, c, i, jp)
-        at = Affine((kh - 1) * s2 + (kw - 1 - e) * s3, (s1, s0, -s2, -2 * s3)) if transposed \
-            else Affine(e * s3, (s0, s1, s2, 2 * s3))
-        return Guarded(Load(wm.buffer, at, w.dtype), ((Affine(e, (0, 0, 0, 2)), kw),), 0.0)
-    out = lw.p.buffer("f32", numel(shape), "temp")
-    lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), Op("bf16_pair", (tap(0), tap(1)), "f32"), node=n))
-    return contiguous(out.id, shape, "f32")
+def conv_path(op: str, s: ConvShape, attrs) -> str:
+    """How a conv2d or one of its gradients of shape s is lowered (the rules below branch on
+    it), by its shape alone — in a bf16 program as in float32:
+    - conv2d: "pointwise" (GEMMs), "direct" (ConvKernel), "grouped taps" (a map over the
+      outputs of a small-grouped one that is not direct), "im2col" (a GEMM per group);
+    - conv2d_weight_grad: "pointwise", "few pixels" (a grouped one's reduction), "direct",
+      "small filters" (SmallGemmKernel), "im2col";
+    - conv2d_input_grad: "direct" (stride 1), "grouped accumulation", "pointwise", "col2im"."""
+    pointwise = _pointwise(s.kh, s.kw, attrs)
+    if op == "conv2d":
+        if pointwise or _direct(s.group_taps, s.kw, attrs):
+            return "pointwise" if pointwise else "direct"
+        return "grouped taps" if s.groups > 1 and isinstance(s.group_taps, int) and s.group_taps <= GROUPED_TAPS \
+            else "im2col"
+    if op == "conv2d_weight_grad":
+        if pointwise:
+            return "pointwise"
+        if s.groups > 1 and isinstance(s.Wo, int) and s.Wo < FEW_PIXELS_ROW and s.group_taps <= GROUPED_TAPS:
+            return "few pixels"
+        if _direct(s.group_taps, s.kw, attrs) and (s.groups > 1 or (s.kh, s.kw) != (1, 1)):
+            # a 1 x 1 one's (a strided projection) would sum along an example's rows of few
+            # pixels, a few lanes of each vector: im2col instead
+            return "direct"
+        return "small filters" if s.groups == 1 and isinstance(s.O * s.taps, int) and s.O * s.taps <= SMALL_FILTER \
+            else "im2col"
+    stride_1 = attrs["stride"] == (1, 1)
+    if s.groups > 1:
+        return "direct" if _direct(s.group_filters * s.kh * s.kw, s.kw, attrs) and stride_1 else "grouped accumulation"
+    if pointwise:
+        return "pointwise"
+    return "direct" if _direct(s.taps, s.kw, attrs) and stride_1 else "col2im"
 
 def _over_the_batch(lw, x: Tensor, pixels, filters) -> bool:
     """Whether a pointwise convolution is one GEMM over the batch, reading x's copy channels
@@ -227,9 +243,10 @@ def _conv2d(lw, n, ins, attrs, typ):
     x, w = ins
     groups = attrs["groups"]
     s = ConvShape.of(x.shape, w.shape, typ.shape, groups)
+    path = conv_path("conv2d", s, attrs)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
-    if _pointwise(s.kh, s.kw, attrs):
+    if path == "pointwise":
         # the pointwise convolutions of depthwise-separable networks (a direct conv's few taps
         # per output would leave most of these products' C unused)
         if _over_the_batch(lw, x, s.pixels, s.O):
@@ -248,18 +265,17 @@ def _conv2d(lw, n, ins, attrs, typ):
                            False, False, bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if _direct(s.group_taps, s.kw, attrs):
+    if path == "direct":
         # depthwise ones too (groups = C): each output channel's taps over its group's channels
-        pairs = _paired(lw, groups, attrs["stride"][1])
-        xm, wm = lw.rounded(x, n), _weight_pairs(lw, w, False, n) if pairs else lw.rounded(w, n)
+        xm = lw.materialize(x)
         lw.emit(ConvKernel(xm.buffer, wm.buffer, out.id, x.shape, w.shape, (s.Ho, s.Wo), attrs["stride"][0],
-                           attrs["padding"], groups=groups, stride_w=attrs["stride"][1], pairs=pairs, node=n))
+                           attrs["padding"], groups=groups, stride_w=attrs["stride"][1], node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if groups > 1 and isinstance(s.group_taps, int) and s.group_taps <= GROUPED_TAPS and not lw.bf16:
+    if path == "grouped taps":
         # depthwise and small groups strided along W or dilated: a map over the outputs
         # summing their taps (the loop over Wo vectorizes), where a GEMM per group would
-        # multiply with a K of a few taps (in bf16 the GEMM below, which rounds its operands)
+        # multiply with a K of a few taps
         total, *rest = _group_taps(lw, x, w, attrs)
         for v in rest:
             total = Op("add", (total, v), "f32")
@@ -282,8 +298,9 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     x, g = ins
     groups = attrs["groups"]
     s = ConvShape.of(x.shape, typ.shape, g.shape, groups)
+    path = conv_path("conv2d_weight_grad", s, attrs)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    if _pointwise(s.kh, s.kw, attrs):
+    if path == "pointwise":
         # dW (O x C) = g as O x N*HW @ (x as C x N*HW)^T: one GEMM, every example's pixels its
         # K, both channels first (the copies the forward product and the input gradient read)
         gt, xt, rows = lw.channels_first(g, n), lw.channels_first(x, n), s.N * s.pixels
@@ -291,11 +308,10 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
                            (out.id, 0, s.C, 0), False, True, bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if groups > 1 and isinstance(s.Wo, int) and s.Wo < FEW_PIXELS_ROW and s.group_taps <= GROUPED_TAPS and not lw.bf16:
+    if path == "few pixels":
         # rows of few pixels, which would fill a few lanes of the direct kernel's vectors (a
         # depthwise one at 4 x 4 pixels ran at 1-3 GFLOP/s): dW [groups, Og, Cg, kh, kw] summed
-        # over [N, Ho, Wo] by a reduction, each thread its groups (in bf16 the direct kernel,
-        # whose operands are rounded)
+        # over [N, Ho, Wo] by a reduction, each thread its groups
         og, cg = s.group_filters, s.C // groups
         windows = lw.windows(x, attrs["stride"], attrs["padding"], order="nchwij", dilation=attrs["dilation"])
         # windows over [N, C, Ho, Wo, kh, kw] -> [groups, Og, Cg, kh, kw, N, Ho, Wo]
@@ -307,10 +323,8 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         lw.emit(ReduceKernel(shape, (5, 6, 7), "sum", out.id, Op("mul", (ga, xa), "f32"), node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if _direct(s.group_taps, s.kw, attrs) and (groups > 1 or (s.kh, s.kw) != (1, 1)):
-        # a 1 x 1 one's (a strided projection) sums along an example's rows of few pixels, a
-        # few lanes of each vector: the im2col GEMM below instead
-        xm, gm = lw.rounded(x, n), lw.rounded(g, n)
+    if path == "direct":
+        xm, gm = lw.materialize(x), lw.materialize(g)
         partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * s.O * s.group_taps, "temp")
         lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (s.Ho, s.Wo), attrs["stride"][0], attrs["padding"],
                            gm.buffer, partial.id, SMALL_GEMM_PARTS, groups=groups,
@@ -318,7 +332,7 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
-    if groups == 1 and isinstance(s.O * s.taps, int) and s.O * s.taps <= SMALL_FILTER:
+    if path == "small filters":
         # few, small filters (a first layer): dW stays in registers while every
         # example's g[n] (O x HoWo) @ cols[n] (HoWo x CKK) streams by
         gm = lw.materialize(g)
@@ -340,22 +354,20 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     g, w = ins
     groups = attrs["groups"]
     s = ConvShape.of(typ.shape, w.shape, g.shape, groups)
+    path = conv_path("conv2d_input_grad", s, attrs)
     H, W = typ.shape[2:]
     (st_h, st_w), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
     sn, sc, sh, sw = row_major(typ.shape)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    if groups > 1 and _direct(s.group_filters * s.kh * s.kw, s.kw, attrs) and (st_h, st_w) == (1, 1):
+    if path == "direct" and groups > 1:
         # a stride-1 grouped convolution's input gradient is one too: g convolved with the
         # filters flipped, each input channel summing over its group's outputs
-        gm, wm = lw.rounded(g, n), lw.rounded(w, n)
+        gm, wm = lw.materialize(g), lw.materialize(w)
         lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (s.kh - 1 - ph, s.kw - 1 - pw),
                            transposed=True, groups=groups, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if groups > 1:
-        if lw.bf16:
-            raise NotLowerable("the native backend does not compile the input gradient of a grouped convolution in "
-                               "bf16 yet", lw.graph.nx.nodes[n]["span"])
+    if path == "grouped accumulation":
         # each group's few filters: dx[n, g*Cg + c, window (i, j) of (ho, wo)] += dy[n, g*Og + o, ho, wo]
         # * w[g*Og + o, c, i, j] over [N, groups, Cg, Og, kh, kw, Ho, Wo], without columns
         cg = s.C // groups
@@ -372,19 +384,18 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         return
     wm = lw.materialize(w)
     columns = s.N * s.pixels
-    if _pointwise(s.kh, s.kw, attrs):
+    if path == "pointwise":
         # the columns are dx itself, stored [C, N, H, W]: dx (C x N*HW) = W^T (C x O) @ g as O x N*HW
         gt = lw.channels_first(g, n)
         lw.emit(GemmKernel(s.C, columns, s.O, 1, (wm.buffer, wm.at.offset, s.C, 0), (gt.buffer, gt.at.offset, columns, 0),
                            (out.id, 0, columns, 0), True, False, bf16=lw.bf16, node=n))
         lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, W, 1)), typ.dtype))
         return
-    if _direct(s.taps, s.kw, attrs) and (st_h, st_w) == (1, 1):
+    if path == "direct":
         # g convolved with the filters flipped, their channels swapped: one pass, no columns
-        pairs = _paired(lw, 1, 1)
-        gr, wr = lw.rounded(g, n), _weight_pairs(lw, w, True, n) if pairs else lw.rounded(w, n)
-        lw.emit(ConvKernel(gr.buffer, wr.buffer, out.id, g.shape, w.shape, (H, W), 1, (s.kh - 1 - ph, s.kw - 1 - pw),
-                           transposed=True, pairs=pairs, node=n))
+        gm = lw.materialize(g)
+        lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (s.kh - 1 - ph, s.kw - 1 - pw),
+                           transposed=True, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     cols = lw.p.buffer("f32", s.N * s.taps * s.pixels, "temp")

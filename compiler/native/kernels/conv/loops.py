@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from llvmlite import ir
 
-from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.gemm import default_config
-from dlc.compiler.native.codegen.intrinsics import declare, dot_bf16_pairs, masked, pair_halves, splat, vec_ptr
+from dlc.compiler.native.codegen.intrinsics import declare, masked, splat, vec_ptr
 from dlc.compiler.native.program import Affine
 from dlc.compiler.native.codegen.shared_loops import SUM_LANES, add_lanes
 from dlc.compiler.native.codegen.types import f32, i1, i32, i64
@@ -35,8 +34,6 @@ class _ConvRows:
         if whole_lanes:         # a chunk covers whole sets of SUM_LANES columns (conv_weight_grad)
             self.nv = -(-self.nv * self.vw // SUM_LANES) * SUM_LANES // self.vw
         self.chunk = self.nv * self.vw
-        # bfloat16 pairs multiplied by vdpbf16ps (ConvKernel.pairs, on a target with AVX512_BF16)
-        self.dot_pairs = k.pairs and self.vw == 16 and jit.host_has("avx512bf16")
 
     def chunks(self):
         b, Wo = self.kb.b, self.kb.dim(self.k.out_hw[1])
@@ -75,21 +72,6 @@ class _ConvRows:
                        b.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(i32, self.vw),
                                                                        list(range(0, 2 * self.vw, 2)))))
         return out
-
-    def pair_row(self, n, c, h, wo0, jp):
-        """x_row's vectors of taps 2 jp and 2 jp + 1 (zeros past kw: an odd kw's last tap
-        pairs with a tap of zero weight, and adds 0 · 0) as `add_pairs` takes them: where
-        the target has AVX512_BF16, made bfloat16 pairs (the floats are rounded already, their
-        lower halves 0: tap 2 jp's upper half shifted below tap 2 jp + 1's), else the two
-        vectors of floats."""
-        b = self.kb.b
-        x0 = self.x_row(n, c, h, wo0, 2 * jp)
-        x1 = self.x_row(n, c, h, wo0, 2 * jp + 1) if 2 * jp + 1 < self.k.w_shape[3] else [self.zero] * self.nv
-        if not self.dot_pairs:
-            return list(zip(x0, x1))
-        ity = ir.VectorType(i32, self.vw)
-        return [b.or_(b.lshr(b.bitcast(lo, ity), ir.Constant(ity, [16] * self.vw)), b.bitcast(hi, ity))
-                for lo, hi in zip(x0, x1)]
 
     def out_at(self, n, o, ho, wo0, v):
         """Where vector v of the chunk at wo0 of output row (n, o, ho) starts, and its lanes inside the row."""
@@ -130,24 +112,13 @@ class _ConvRows:
         b = self.kb.b
         b.store(b.call(self.fma, [x, y, b.load(slot)]), slot)
 
-    def add_pairs(self, slot, w, x):
-        """The products of w, a vector of bfloat16 pairs of weights, and x, of `pair_row`,
-        added to the sum in `slot`: by vdpbf16ps, or in float32, the lower tap first."""
-        b = self.kb.b
-        if self.dot_pairs:
-            b.store(dot_bf16_pairs(self.kb.m, b, b.load(slot), w, x), slot)
-            return
-        for wh, xh in zip(pair_halves(b, w), x):
-            self.add(slot, wh, xh)
-
 
 def conv(kb: KernelBuilder, k, first):
     """The outputs of the (example, group) pairs, or without groups the (example, output
     row) pairs, `first` = (lo, hi) (`team_rows`: a batch of one splits over its rows): for
     each row chunk, a block of the group's output channels' sums in registers while the
     group's taps (c, i, j) stream by — a tap's x vectors loaded once for the block, each
-    weight broadcast once for the chunk; with `pairs`, two taps at a time (a weight pair
-    broadcast once)."""
+    weight broadcast once for the chunk."""
     b, rows = kb.b, _ConvRows(kb, k)
     N, C, H, W = k.x_shape
     O, kh, kw = k.channels, *k.w_shape[2:]
@@ -157,56 +128,26 @@ def conv(kb: KernelBuilder, k, first):
     # w[c, o - g*co, kh-1-i, kw-1-j] (transposed)
     weight = (lambda j: Affine((kh - 1) * kw + kw - 1 - j, (kh * kw, co * kh * kw, -kw, -co * kh * kw))) \
         if k.transposed else (lambda j: Affine(j, (ci * kh * kw, kh * kw, kw, -ci * kh * kw)))
-
-    # output rows per chunk: two for a convolution by pairs of rows narrower than two
-    # vectors, so that each weight pair broadcast feeds two vdpbf16ps
     Ho = k.out_hw[0]
-    R = 2 if k.pairs and rows.nv == 1 and isinstance(Ho, int) and Ho > 1 else 1
 
     def chunk(idx):
         if G > 1:
             chunk_rows(*idx)
             return
         row, q = idx            # (example, output row) as one
-        ng, ho = b.sdiv(row, kb.dim(Ho)), b.srem(row, kb.dim(Ho))
-        if R > 1:               # a chunk of R rows starts at each R-th row
-            starts, rest = b.append_basic_block("rows.start"), b.append_basic_block("rows.rest")
-            b.cbranch(b.icmp_signed("==", b.srem(ho, ir.Constant(i64, R)), ir.Constant(i64, 0)), starts, rest)
-            b.position_at_end(starts)
-            chunk_rows(ng, b.sdiv(ho, ir.Constant(i64, R)), q)
-            b.branch(rest)
-            b.position_at_end(rest)
-        else:
-            chunk_rows(ng, ho, q)
+        chunk_rows(b.sdiv(row, kb.dim(Ho)), b.srem(row, kb.dim(Ho)), q)
 
-    def chunk_rows(ng, hq, q):
+    def chunk_rows(ng, ho, q):
         n, g = (ng, ir.Constant(i64, 0)) if G == 1 else (b.sdiv(ng, kb.dim(G)), b.srem(ng, kb.dim(G)))
         wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
-        hos = [b.add(b.mul(hq, ir.Constant(i64, R)), ir.Constant(i64, r)) for r in range(R)]
-
-        def tap_pairs(o0, c, i, width, sums):
-            """Taps (c, i, 2 jp) and (c, i, 2 jp + 1) of the chunk's rows at once, from the
-            pairs (one group). A row whose tap row i lies outside x reads zeros."""
-            kwp = -(-kw // 2)
-            for jp in range(kwp):
-                xs = [rows.pair_row(n, c, rows.tap_row(ho, i), wo0, jp) for ho in hos]
-                for o in range(width):
-                    at = kb.affine(Affine(jp, (C * kh * kwp, kh * kwp, kwp)), [b.add(o0, ir.Constant(i64, o)), c, i])
-                    wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
-                    for r in range(R):
-                        for v in range(rows.nv):
-                            rows.add_pairs(sums[(r * width + o) * rows.nv + v], wv, xs[r][v])
 
         def block(o_first, width):
             o0 = b.add(b.mul(g, ir.Constant(i64, co)), o_first)
-            sums = rows.sums(R * width * rows.nv)
+            sums = rows.sums(width * rows.nv)
 
             def tap_row(ii, c):
                 i = ii[0]
-                if k.pairs:
-                    tap_pairs(o0, c, i, width, sums)
-                    return
-                h = rows.tap_row(hos[0], i)
+                h = rows.tap_row(ho, i)
                 for j in range(kw):
                     xs = rows.x_row(n, c, h, wo0, j)
                     for o in range(width):
@@ -214,24 +155,17 @@ def conv(kb: KernelBuilder, k, first):
                         wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
                         for v in range(rows.nv):
                             rows.add(sums[o * rows.nv + v], wv, xs[v])
-            # the tap rows that read a row of x for some row of the chunk
-            taps = (rows.tap_rows(hos[-1])[0], rows.tap_rows(hos[0])[1])
+            # the tap rows that read a row of x
             c_first = b.mul(g, ir.Constant(i64, ci))
-            kb.loops((ci,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, b.add(c_first, c[0])), first=taps))
-            for r, ho in enumerate(hos):
-                for o in range(width):
-                    for v in range(rows.nv):
-                        at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
-                        if r:       # the second row of an odd Ho's last chunk is not there
-                            lanes = b.and_(lanes, splat(b, b.icmp_signed("<", ho, ir.Constant(i64, Ho)),
-                                                        ir.VectorType(i1, rows.vw)))
-                        p = vec_ptr(b, b.gep(kb.buffer(k.out, "f32"), [at]), rows.vty)
-                        b.call(rows.mstore, [b.load(sums[(r * width + o) * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
-        size = max(1, min(co, rows.registers // (R * rows.nv)))
-        if R > 1:       # blocks of even sizes (16 as 8 and 8, not 14 and 2)
-            size = -(-co // -(-co // size))
-        rows.blocks(co, size, block)
-    kb.loops((N * G, -(-Ho // R), rows.chunks()) if G > 1 else (N * Ho, rows.chunks()), chunk, first=first)
+            kb.loops((ci,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, b.add(c_first, c[0])),
+                                               first=rows.tap_rows(ho)))
+            for o in range(width):
+                for v in range(rows.nv):
+                    at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                    p = vec_ptr(b, b.gep(kb.buffer(k.out, "f32"), [at]), rows.vty)
+                    b.call(rows.mstore, [b.load(sums[o * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
+        rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
+    kb.loops((N * G, Ho, rows.chunks()) if G > 1 else (N * Ho, rows.chunks()), chunk, first=first)
 
 
 def team_rows(k):
