@@ -192,15 +192,25 @@ def _objects(name: str, units: list, tmp: Path) -> list:
     pool objects and the data objects, their symbols named after the unit (two models'
     libraries link into one program, and a --train library's two step modules into one
     library) and hidden (the library exports its C API only)."""
-    from dlc.compiler.native.codegen.gemm import bf16_config, default_config, gemm_module, thread_local_buffers
-    from dlc.compiler.native.codegen.threadpool import pool_module
-    from dlc.runtime.engines.cache import object_cached
+    from dlc.compiler.native.codegen import threadpool
+    from dlc.compiler.native.codegen.gemm import (VARIANTS, bf16_config, default_config, gemm_module,
+                                                  routine_names, thread_local_buffers)
+    from dlc.runtime.engines.cache import built_object, object_cached
+    configs = (default_config(), bf16_config())
+    # one GEMM and one pool per library, named after it; the step modules call them by those names
+    shared = {*routine_names(configs), threadpool.RUN, threadpool.STOP}
+
+    def named(ref):
+        for g in [*ref.functions, *ref.global_variables]:
+            if g.name in shared:
+                g.name = f"{name}__{g.name}"
+                g.visibility = "hidden"
+        return jit.object_code(ref, jit.OPT_LEVEL)
     # instances on different threads run at once: each thread packs into its own buffers
-    gemm = jit.parse(thread_local_buffers(str(gemm_module((default_config(), bf16_config())))))
-    pool = jit.parse(pool_module())
-    refs = [(gemm, "gemm"), (pool, "pool")]     # one of each per library, named after it
-    shared = {g.name for r, _ in refs for g in [*r.functions, *r.global_variables]
-              if not g.is_declaration and g.linkage.name == "external"}
+    gemm = built_object(("library GEMM", name, configs, VARIANTS, jit.OPT_LEVEL),
+                        lambda: named(jit.parse(thread_local_buffers(str(gemm_module(configs))))))
+    pool = built_object(("library pool", name, jit.OPT_LEVEL), lambda: named(jit.parse(threadpool.pool_module())))
+    objects = [(gemm, "gemm"), (pool, "pool")]
     for unit in units:
         ref = jit.parse(unit.module)
         for g in [*ref.functions, *ref.global_variables]:
@@ -209,23 +219,17 @@ def _objects(name: str, units: list, tmp: Path) -> list:
             elif not g.is_declaration and g.linkage.name == "external":
                 g.name = f"{unit.name}__{g.name}"
                 g.visibility = "hidden"
-        refs.append((ref, f"{unit.name}_step"))
-    for ref, _ in refs[:2]:
-        for g in [*ref.functions, *ref.global_variables]:
-            if g.name in shared:
-                g.name = f"{name}__{g.name}"
-                g.visibility = "hidden"
-    data = []
+        # the code from the compile cache when a build made it before
+        objects.append((object_cached(ref, jit.OPT_LEVEL), f"{unit.name}_step"))
     for unit in units:
         ref = jit.parse(data_module(f"{unit.name}_data", embedded_data(unit), ALIGN))
         for g in ref.global_variables:
             g.visibility = "hidden"
-        data.append((ref, f"{unit.name}_data"))
+        objects.append((jit.object_code(ref, 0), f"{unit.name}_data"))     # the weights: never cached
     paths = []
-    for r, what in refs + data:
+    for obj, what in objects:
         path = tmp / f"{what}.o"
-        # the code from the compile cache when a build made it before; the data (weights) never cached
-        path.write_bytes(jit.object_code(r, 0) if what.endswith("_data") else object_cached(r, jit.OPT_LEVEL))
+        path.write_bytes(obj)
         paths.append(path)
     return paths
 

@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import dlc
-from dlc.compiler.native.codegen.gemm import VARIANTS, bf16_config, default_config, gemm_module, gemm_name, pack_name
+from dlc.compiler.native.codegen.gemm import VARIANTS, bf16_config, default_config, gemm_module, routine_names
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import jit, parallel_compile, threadpool
 from dlc.compiler.native.codegen.amx import tiles_usable
@@ -122,6 +122,13 @@ def object_cached(ref, level: int) -> bytes:
     as every entry by the target CPU and the versions; verified as every entry, and not
     loaded here (the linker takes it)."""
     return object_entry(f"object at O{level}\n{ref}", ".lib.o", lambda: jit.object_code(ref, level))
+
+
+def built_object(parts: tuple, make) -> bytes:
+    """The object `make()` returns for a module `dlc build` links, keyed as compile_built's
+    entries by what the module is built from (`parts`) and dlc's compiler source, before
+    building it: a warm build skips building the GEMM routines' IR (a second)."""
+    return object_entry(_built_key(parts), ".lib.o", make)
 
 
 def object_entry(text: str, suffix: str, make) -> bytes:
@@ -371,9 +378,6 @@ def gemm_symbols():
             return gemm_module(configs), []
 
         _gemm_module, _ = compile_built(("dlc_gemm", configs, VARIANTS), build)
-        names = [name for bf16 in (False, True)
-                 for name in [gemm_name(ta, tb, False, pk, bf16, ep) for ta, tb, pk, ep in VARIANTS]
-                 + [pack_name(tb, bf16) for tb in (False, True)]]
-        for name in names:
+        for name in routine_names(configs):
             jit.add_symbol(name, _gemm_module.address(name))
     return _gemm_module

@@ -159,6 +159,13 @@ def test_the_library_needs_no_python_nor_llvm(built):
     needs, exports = needs_and_exports(lib / "libdigits_cnn.so")
     assert needs <= RUN_TIME, needs
     assert exports == [f"digits_cnn_{f}" for f in PREDICT_API]
+    # every global of the static library is named after the model: its GEMM routines and pool
+    # too (`dlc_sgemm_*` as `digits_cnn__dlc_sgemm_*`), so two models' libraries link together
+    listed = subprocess.run(["nm", "-g", "--defined-only", str(lib / "libdigits_cnn.a")], capture_output=True,
+                            text=True, check=True).stdout
+    names = [line.split()[2] for line in listed.splitlines() if len(line.split()) == 3]
+    assert "digits_cnn__dlc_sgemm_nn" in names and "digits_cnn__dlc_pool_run" in names
+    assert [n for n in names if not n.startswith("digits_cnn_")] == []
 
 
 def test_the_library_links_no_openmp_runtime(built):

@@ -1272,6 +1272,14 @@ VARIANTS = [(ta, tb, pk, ep) for ta in (False, True) for tb in (False, True) for
             for ep in (False, True)]
 
 
+def routine_names(configs: tuple) -> list[str]:
+    """The functions gemm_module(configs) defines for others to call: every variant's routine
+    and the pack functions, of each config."""
+    return [name for config in configs
+            for name in [gemm_name(ta, tb, False, pk, config.bf16, ep) for ta, tb, pk, ep in VARIANTS]
+            + [pack_name(tb, config.bf16) for tb in (False, True)]]
+
+
 def gemm_module(configs: tuple) -> ir.Module:
     """The GEMM routines of every variant for each config: one module, which the JIT
     compiles once per process (runtime/engines/cache.py) and a built library links
