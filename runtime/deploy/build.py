@@ -193,12 +193,13 @@ def _objects(name: str, units: list, tmp: Path) -> list:
     libraries link into one program, and a --train library's two step modules into one
     library) and hidden (the library exports its C API only)."""
     from dlc.compiler.native.codegen import threadpool
-    from dlc.compiler.native.codegen.gemm import (VARIANTS, bf16_config, default_config, gemm_module,
-                                                  routine_names, thread_local_buffers)
+    from dlc.compiler.native.codegen.gemm import (bf16_config, default_config, gemm_module, routine_names,
+                                                  thread_local_buffers)
     from dlc.runtime.engines.cache import built_object, object_cached
     configs = (default_config(), bf16_config())
     # one GEMM and one pool per library, named after it; the step modules call them by those names
-    shared = {*routine_names(configs), threadpool.RUN, threadpool.STOP}
+    routines = set(routine_names(configs))
+    shared = routines | {threadpool.RUN, threadpool.STOP}
 
     def named(ref):
         for g in [*ref.functions, *ref.global_variables]:
@@ -206,13 +207,16 @@ def _objects(name: str, units: list, tmp: Path) -> list:
                 g.name = f"{name}__{g.name}"
                 g.visibility = "hidden"
         return jit.object_code(ref, jit.OPT_LEVEL)
+    steps = [jit.parse(unit.module) for unit in units]
+    # only the GEMM routines the steps call (an int8 model's may call none): a smaller library,
+    # and a build that compiles a few routines, not all of them
+    called = frozenset(f.name for ref in steps for f in ref.functions if f.is_declaration and f.name in routines)
     # instances on different threads run at once: each thread packs into its own buffers
-    gemm = built_object(("library GEMM", name, configs, VARIANTS, jit.OPT_LEVEL),
-                        lambda: named(jit.parse(thread_local_buffers(str(gemm_module(configs))))))
+    gemm = built_object(("library GEMM", name, configs, sorted(called), jit.OPT_LEVEL),
+                        lambda: named(jit.parse(thread_local_buffers(str(gemm_module(configs, called))))))
     pool = built_object(("library pool", name, jit.OPT_LEVEL), lambda: named(jit.parse(threadpool.pool_module())))
     objects = [(gemm, "gemm"), (pool, "pool")]
-    for unit in units:
-        ref = jit.parse(unit.module)
+    for unit, ref in zip(units, steps):
         for g in [*ref.functions, *ref.global_variables]:
             if g.name in shared:
                 g.name = f"{name}__{g.name}"

@@ -160,11 +160,13 @@ def test_the_library_needs_no_python_nor_llvm(built):
     assert needs <= RUN_TIME, needs
     assert exports == [f"digits_cnn_{f}" for f in PREDICT_API]
     # every global of the static library is named after the model: its GEMM routines and pool
-    # too (`dlc_sgemm_*` as `digits_cnn__dlc_sgemm_*`), so two models' libraries link together
+    # too (`dlc_sgemm_*` as `digits_cnn__dlc_sgemm_*`), so two models' libraries link together;
+    # of the GEMM routines, those its step calls (its products' weights packed once: `_packed`)
     listed = subprocess.run(["nm", "-g", "--defined-only", str(lib / "libdigits_cnn.a")], capture_output=True,
                             text=True, check=True).stdout
     names = [line.split()[2] for line in listed.splitlines() if len(line.split()) == 3]
-    assert "digits_cnn__dlc_sgemm_nn" in names and "digits_cnn__dlc_pool_run" in names
+    assert "digits_cnn__dlc_sgemm_nn_packed" in names and "digits_cnn__dlc_pool_run" in names
+    assert "digits_cnn__dlc_sgemm_tt" not in names and "digits_cnn__dlc_bgemm_nn" not in names
     assert [n for n in names if not n.startswith("digits_cnn_")] == []
 
 

@@ -1280,14 +1280,17 @@ def routine_names(configs: tuple) -> list[str]:
             + [pack_name(tb, config.bf16) for tb in (False, True)]]
 
 
-def gemm_module(configs: tuple) -> ir.Module:
-    """The GEMM routines of every variant for each config: one module, which the JIT
-    compiles once per process (runtime/engines/cache.py) and a built library links
+def gemm_module(configs: tuple, only: frozenset | None = None) -> ir.Module:
+    """The GEMM routines of every variant for each config, or of those `only` names (see
+    routine_names): one module, which the JIT compiles once per process with all of them
+    (runtime/engines/cache.py) and a built library links with those its steps call
     (runtime/deploy/build.py)."""
     module = ir.Module("dlc_gemm")
     for config in configs:
         for ta, tb, pk, ep in VARIANTS:
-            add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config, epilogue=ep)
+            if only is None or gemm_name(ta, tb, False, pk, config.bf16, ep) in only:
+                add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config, epilogue=ep)
         for tb in (False, True):
-            add_pack(module, trans_b=tb, config=config)
+            if only is None or pack_name(tb, config.bf16) in only:
+                add_pack(module, trans_b=tb, config=config)
     return module
