@@ -43,5 +43,11 @@ def graph_for(args, grad: bool):
     return autodiff.train_step(model.graph) if grad else model.graph
 
 
+def native_graph(model):
+    """What the native stages of `dlc compile` and `dlc summary --bf16` show: the train step's
+    graph, or the forward graph of a model without a loss."""
+    return autodiff.train_step(model.graph) if "loss" in model.graph.outputs else model.graph
+
+
 def render_graph(g, fmt: str) -> str:
     return {"text": ir_graph.to_text, "dot": ir_graph.to_dot, "json": ir_graph.to_json}[fmt](g)

@@ -193,10 +193,9 @@ def _objects(name: str, units: list, tmp: Path) -> list:
     libraries link into one program, and a --train library's two step modules into one
     library) and hidden (the library exports its C API only)."""
     from dlc.compiler.native.codegen import threadpool
-    from dlc.compiler.native.codegen.gemm import (bf16_config, default_config, gemm_module, routine_names,
-                                                  thread_local_buffers)
+    from dlc.compiler.native.codegen.gemm import gemm_module, program_configs, routine_names, thread_local_buffers
     from dlc.runtime.engines.cache import built_object, object_cached
-    configs = (default_config(), bf16_config())
+    configs = program_configs()
     # one GEMM and one pool per library, named after it; the step modules call them by those names
     routines = set(routine_names(configs))
     shared = routines | {threadpool.RUN, threadpool.STOP}

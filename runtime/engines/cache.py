@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 import dlc
-from dlc.compiler.native.codegen.gemm import VARIANTS, bf16_config, default_config, gemm_module, routine_names
+from dlc.compiler.native.codegen.gemm import VARIANTS, default_config, gemm_module, program_configs, routine_names
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import jit, parallel_compile, threadpool
 from dlc.compiler.native.codegen.amx import tiles_usable
@@ -362,13 +362,13 @@ def pool_symbols():
 
 
 def gemm_symbols():
-    """Load the GEMM routines, float32 and bf16 (compiler/native/codegen/gemm.py `bf16_config`: the
+    """Load the GEMM routines, float32 and bf16 (compiler/native/codegen/gemm.py `program_configs`: the
     host's path), compiled once per machine and dlc version and then read from the cache,
     and tell LLVM where they are."""
     global _gemm_module
     if _gemm_module is None:
         pool_symbols()
-        configs = (default_config(), bf16_config())
+        configs = program_configs()
 
         def build():
             # the one compile every program waits for, once: say so, as a download would

@@ -1272,6 +1272,12 @@ VARIANTS = [(ta, tb, pk, ep) for ta in (False, True) for tb in (False, True) for
             for ep in (False, True)]
 
 
+def program_configs() -> tuple:
+    """The configs whose routines a kernel program may call: float32's and bf16's, the host's
+    paths (the JIT's GEMM module and a built library's hold these)."""
+    return default_config(), bf16_config()
+
+
 def routine_names(configs: tuple) -> list[str]:
     """The functions gemm_module(configs) defines for others to call: every variant's routine
     and the pack functions, of each config."""

@@ -12,10 +12,9 @@ from dlc.compiler.native.program import render
 from dlc.compiler.native.codegen.driver import build_module
 from dlc.compiler.native.fusion import Fusion
 from dlc.compiler.native.lower import NotLowerable, lower
-from dlc.compiler.passes import autodiff
 from dlc.compiler.passes import optimize as graph_passes
 from dlc.runtime.cli.arguments import model_arguments, pass_list
-from dlc.runtime.cli.shared import build, write, graph_for, render_graph
+from dlc.runtime.cli.shared import build, write, graph_for, native_graph, render_graph
 
 HELP = 'show a stage of compilation'
 
@@ -62,8 +61,7 @@ def run(args):
         write(render_graph(optimized(args, graph_for(args, args.emit == "grad"), False), args.format), args.output)
     else:       # the native stages, of the train step (or the forward graph without a loss)
         model = build(args)
-        graph = optimized(args, autodiff.train_step(model.graph) if "loss" in model.graph.outputs else model.graph,
-                           True)
+        graph = optimized(args, native_graph(model), True)
         if args.emit == "fused" or args.explain_fusion:
             fusion = Fusion(graph)
             write(fusion.explanation() if args.explain_fusion else fusion.text(), args.output)

@@ -6,14 +6,13 @@ from dlc.compiler.frontend import summary as summaries
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.native import bf16
-from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines import budget
 from dlc.runtime.engines.distributed import optimizer_shards
 from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.engines.optim import make_optimizer
 from dlc.runtime.cli.arguments import model_arguments, positive
-from dlc.runtime.cli.shared import dim_sizes
+from dlc.runtime.cli.shared import dim_sizes, native_graph
 
 HELP = "the model's layers: types, output shapes, parameters and FLOPs; totals"
 
@@ -77,7 +76,7 @@ def run(args):
 def bf16_summary(model) -> str:
     """The products of the train step the native engine compiles (the forward graph without
     a loss) under precision bf16: compiler/native/bf16.py's rule."""
-    graph = optimize(train_step(model.graph) if "loss" in model.graph.outputs else model.graph)
+    graph = optimize(native_graph(model))
     return summaries.bf16_table(bf16.products(graph), graph)
 
 

@@ -242,7 +242,7 @@ def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
 def _conv2d(lw, n, ins, attrs, typ):
     x, w = ins
     groups = attrs["groups"]
-    s = ConvShape.of(x.shape, w.shape, typ.shape, groups)
+    s = conv_shape("conv2d", (x.shape, w.shape), typ.shape, groups)
     path = conv_path("conv2d", s, attrs)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
@@ -297,7 +297,7 @@ def _conv2d(lw, n, ins, attrs, typ):
 def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     x, g = ins
     groups = attrs["groups"]
-    s = ConvShape.of(x.shape, typ.shape, g.shape, groups)
+    s = conv_shape("conv2d_weight_grad", (x.shape, g.shape), typ.shape, groups)
     path = conv_path("conv2d_weight_grad", s, attrs)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     if path == "pointwise":
@@ -353,7 +353,7 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
 def _conv2d_input_grad(lw, n, ins, attrs, typ):
     g, w = ins
     groups = attrs["groups"]
-    s = ConvShape.of(typ.shape, w.shape, g.shape, groups)
+    s = conv_shape("conv2d_input_grad", (g.shape, w.shape), typ.shape, groups)
     path = conv_path("conv2d_input_grad", s, attrs)
     H, W = typ.shape[2:]
     (st_h, st_w), (ph, pw), (dh, dw) = attrs["stride"], attrs["padding"], attrs["dilation"]
