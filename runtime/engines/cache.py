@@ -19,9 +19,11 @@ Processes that miss the same entry at once compile it once: the others wait on a
 (`_compiling`), then read the entry.
 
 A module is compiled in parts on every core (compiler/native/codegen/parallel_compile.py), and its
-entry holds the parts' objects. The GEMM routines are one module, compiled once per machine
-and dlc version (then read from the cache); kernel modules only declare them, and their
-addresses are given to LLVM as symbols.
+entry holds the parts' objects. Kernel modules only declare the GEMM routines and the thread
+pool's entry points: before a module is linked, those it declares are loaded (`provide`) and
+their addresses given to LLVM as symbols. Each GEMM routine is a module of its own, compiled
+the first time a program calls it, once per machine and dlc version (then read from the
+cache): a small model waits for the few it calls, not for all of them.
 """
 from __future__ import annotations
 
@@ -43,15 +45,16 @@ import time
 from pathlib import Path
 
 import dlc
-from dlc.compiler.native.codegen.gemm import VARIANTS, default_config, gemm_module, program_configs, routine_names
+from dlc.compiler.native.codegen.gemm import (buffer_function, buffers_module, default_config, gemm_module,
+                                              program_configs, routine_config, routine_names)
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import jit, parallel_compile, threadpool
 from dlc.compiler.native.codegen.amx import tiles_usable
 from dlc.compiler.frontend.parse_cache import cache_dir, private
 
 stats = {"compiles": 0, "hits": 0, "rejected": 0}
-_gemm_module = None
 _pool_module = None
+_gemm_loaded: dict = {}         # the GEMM routines and pack buffers loaded, by function name
 
 MAGIC = b"dlc-obj\0"
 FORMAT = 2          # 2: an object entry holds a module's parts
@@ -99,6 +102,7 @@ class Loaded:
 
 def compile_cached(module) -> Loaded:
     """Machine code for an IR-builder module, from the cache or from LLVM (then stored)."""
+    provide(jit.declared_functions(module))
     text, pieces = parallel_compile.module_text(module)
     key = _key(text)
     t0 = time.perf_counter()
@@ -189,7 +193,8 @@ def compile_built(parts: tuple, build) -> tuple[Loaded, list]:
             module, extra = build()
             loaded = compile_cached(module)
             if dirfd is not None:
-                doc = {"object": loaded.key, "functions": jit.exported_functions(module), "extra": extra}
+                doc = {"object": loaded.key, "functions": jit.exported_functions(module),
+                       "declared": jit.declared_functions(module), "extra": extra}
                 _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
             return loaded, extra
         return _found_or_made(dirfd, key, lambda: _built(dirfd, key, t0), made)
@@ -201,6 +206,7 @@ def _built(dirfd: int | None, key: str, t0: float) -> tuple[Loaded, list] | None
     doc = None if entry is None else _step_entry(entry)
     if doc is None:
         return None
+    provide(doc["declared"])
     objects = _objects(_read(dirfd, f"{doc['object']}.o", doc["object"]))
     loaded = None if objects is None else _loaded(objects, doc["functions"], t0, doc["object"])
     return None if loaded is None else (loaded, doc["extra"])
@@ -242,7 +248,8 @@ def _step_entry(entry: bytes) -> dict | None:
     """A `.step` entry's document, or None when it is not one (counted)."""
     try:
         doc = json.loads(entry)
-        if re.fullmatch("[0-9a-f]{32}", doc["object"]) and isinstance(doc["functions"], list):
+        if re.fullmatch("[0-9a-f]{32}", doc["object"]) and isinstance(doc["functions"], list) \
+                and isinstance(doc["declared"], list) and all(isinstance(name, str) for name in doc["declared"]):
             return doc
     except (ValueError, KeyError, TypeError):
         pass
@@ -361,23 +368,48 @@ def pool_symbols():
     return _pool_module
 
 
-def gemm_symbols():
-    """Load the GEMM routines, float32 and bf16 (compiler/native/codegen/gemm.py `program_configs`: the
-    host's path), compiled once per machine and dlc version and then read from the cache,
-    and tell LLVM where they are."""
-    global _gemm_module
-    if _gemm_module is None:
+def provide(declared):
+    """Tell LLVM where the functions of dlc's own that a module declares are, before it links
+    the module: the thread pool's entry points, and the GEMM routines and their pack buffers,
+    each loaded (compiled the first time on the machine) when a module first declares it."""
+    declared = set(declared)
+    if declared & {threadpool.RUN, threadpool.STOP}:
         pool_symbols()
-        configs = program_configs()
+    configs = program_configs()
+    for name in routine_names(configs):
+        if name in declared:
+            _load_gemm(name, routine_config(configs, name))
 
-        def build():
-            # the one compile every program waits for, once: say so, as a download would
+
+def gemm_symbols():
+    """Load every GEMM routine of the host's paths (compiler/native/codegen/gemm.py
+    `program_configs`, float32 and bf16): what a cold cache compiles while programs run,
+    compiled at once (a benchmark's first step, then, is the model's own)."""
+    provide(routine_names(program_configs()))
+
+
+_announced = False
+
+
+def _load_gemm(name: str, config):
+    """Load the GEMM routine `name` of `config`, its module from the cache or compiled, with
+    its pack buffers (`buffers_module`, shared by the config's routines) first, and tell
+    LLVM where it is."""
+    if name in _gemm_loaded:
+        return
+    buffers = buffer_function(config)
+    if buffers not in _gemm_loaded:
+        _gemm_loaded[buffers], _ = compile_built(("dlc_gemm buffers", config), lambda: (buffers_module(config), []))
+        jit.add_symbol(buffers, _gemm_loaded[buffers].address(buffers))
+
+    def build():
+        global _announced
+        if not _announced:
+            # a compile a program waits for, once per machine: say so, as a download would
             # (one line on an 80-column terminal: the cache's folder is in docs/native.md)
-            print(f"dlc: compiling its GEMM kernels for this CPU ({jit.host_cpu()[0]}), once per machine",
+            print(f"dlc: compiling GEMM kernels for this CPU ({jit.host_cpu()[0]}), once per machine",
                   file=sys.stderr, flush=True)
-            return gemm_module(configs), []
-
-        _gemm_module, _ = compile_built(("dlc_gemm", configs, VARIANTS), build)
-        for name in routine_names(configs):
-            jit.add_symbol(name, _gemm_module.address(name))
-    return _gemm_module
+            _announced = True
+        return gemm_module((config,), frozenset({name}), shared_buffers=True), []
+    _gemm_loaded[name], _ = compile_built(("dlc_gemm", config, name), build)
+    jit.add_symbol(name, _gemm_loaded[name].address(name))

@@ -145,7 +145,6 @@ class Executable:
         self.program: KernelProgram = lower(optimize(graph), precision, pack_weights, int8)
         self.buckets = gradient_buckets(self.program, *buckets) if buckets else []
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
-        cache.gemm_symbols()
         if profile:
             built = build_module(self.program, "dlc_step", update=update, profile=self.profile, check=check_numerics)
             self.compiled, arguments = cache.compile_cached(built.module), built.arguments
@@ -357,7 +356,6 @@ class UpdateCall:
         def build():
             built = build_module(KernelProgram(), "dlc_update", update=update)
             return built.module, built.arguments
-        cache.gemm_symbols()
         self.compiled, arguments = cache.compile_built(("dlc_update", update), build)
         self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
             self.compiled.address("dlc_update"))

@@ -29,7 +29,7 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
 def train(cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
-    # into an empty cache, the GEMM routines too: minutes on a core another test keeps busy
+    # into an empty cache, the GEMM routines it calls too
     env = dict(os.environ, DLC_CACHE_DIR=str(cache_dir))
     return subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "train", str(XOR), "--epochs", "1",
                            "--out", str(out), "--overwrite"], env=env, capture_output=True, text=True, timeout=600)
@@ -37,7 +37,7 @@ def train(cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A cache filled by one run of xor_mlp (the thread pool, the GEMM library and the train step), with
+    """A cache filled by one run of xor_mlp (the thread pool, its GEMM routines and the train step), with
     that run's output and checkpoint directory."""
     root = tmp_path_factory.mktemp("cache")
     first = train(root / "cache", root / "run")
@@ -65,19 +65,22 @@ CORRUPTIONS = {
 def test_a_bad_entry_is_recompiled_and_replaced(trained, tmp_path, shift):
     """Every entry corrupted at once, each in one of the ways, in two runs whose ways are
     rotated, so that each way meets an object (.o) and an entry naming one (.step): each run
-    recompiles all of them (the GEMM library's compile dominates), so two runs, not five."""
+    recompiles all of them, so two runs, not five."""
     good_dir, output, run = trained
     cache_dir = tmp_path / "cache"
     shutil.copytree(good_dir, cache_dir)
-    # the objects of the thread pool, the GEMM and the step, and the entries naming them (cache.compile_built);
-    # the parser's tables and the standard library's trees beside them are tests/frontend/test_parse_cache.py's
+    # the objects of the thread pool, the GEMM routines the step calls, their pack buffers and the step, and
+    # the entries naming them (cache.compile_built); the parser's tables and the standard library's trees
+    # beside them are tests/frontend/test_parse_cache.py's
     compiled = lambda: {p.name: p.read_bytes() for p in cache_dir.iterdir() if p.suffix != ".json"}
     good = compiled()
     names = sorted(good, key=lambda n: Path(n).suffix)
-    assert [Path(n).suffix for n in names] == [".o"] * 3 + [".step"] * 3
+    objects = len(names) // 2
+    assert objects >= 4 and [Path(n).suffix for n in names] == [".o"] * objects + [".step"] * objects
     ways = list(CORRUPTIONS.values())
     for i, (name, other) in enumerate(zip(names, names[1:] + names[:1])):
-        # run 0: the .o entries take ways 0, 1, 2 and the .step 3, 4, 0; run 1: .o 3, 4, 0 and .step 1, 2, 3
+        # the ways in turn over the .o entries then the .step ones, run 1 three ways on: each way
+        # meets both kinds of entry in one run or the other
         (cache_dir / name).write_bytes(ways[(i + 3 * shift) % len(ways)](good[name], good[other]))
     again = train(cache_dir, run)
     assert again.returncode == 0, again.stderr
@@ -219,12 +222,11 @@ def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):
     from dlc.compiler.passes.autodiff import train_step
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
     graph = train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph)
-    cache.gemm_symbols()        # the GEMM library, compiled once per process, is not this model's compile
-    before = dict(cache.stats)
     first = Executable(graph)
-    assert cache.stats["compiles"] == before["compiles"] + 1 and not first.compiled.cached
+    assert not first.compiled.cached
+    before = dict(cache.stats)
     second = Executable(train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph))
-    assert cache.stats["compiles"] == before["compiles"] + 1, "LLVM ran again"
+    assert cache.stats["compiles"] == before["compiles"], "LLVM ran again"
     assert second.compiled.cached and list(tmp_path.glob("*.o"))
 
 

@@ -364,12 +364,13 @@ def _transpose_words(b, rows):
 # --------------------------------------------------------------------------- generator
 
 class _Gen:
-    def __init__(self, module: ir.Module, cfg: GemmConfig):
+    def __init__(self, module: ir.Module, cfg: GemmConfig, shared_buffers: bool = False):
         self.m = module
         self.cfg = cfg
+        self.shared_buffers = shared_buffers
         self.vty = ir.VectorType(f32, cfg.vw)
         self.fma = declare(module, f"llvm.fma.v{cfg.vw}f32", self.vty, [self.vty] * 3)
-        self.prefix = f"dlc.gemm.{cfg.tag}"
+        self.prefix = _prefix(cfg)
 
     # ---- shared pieces (one per module and config) ----
 
@@ -799,6 +800,10 @@ class _Gen:
         return g
 
     def get_buffer(self):
+        """A thread slot's pack buffer: the module's own, or with `shared_buffers` the one
+        buffers_module defines for every routine of the config."""
+        if self.shared_buffers:
+            return declare(self.m, buffer_function(self.cfg), fptr, [i64])
         return self._shared("get_buffer", self._build_get_buffer)
 
     def _build_get_buffer(self, name):
@@ -1225,27 +1230,29 @@ class _Gen:
 
 def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = False,
              trans_b: bool = False, accumulate: bool = False, packed: bool = False,
-             config: GemmConfig | None = None, epilogue: bool = False) -> ir.Function:
+             config: GemmConfig | None = None, epilogue: bool = False, shared_buffers: bool = False) -> ir.Function:
     """Add the GEMM routine `name` (see the module docstring for its C signature) and its
     internal helpers to `module`; helpers are shared by all routines of one config.
     `packed`: the routine also takes op(B) packed (`add_pack`), or null, and multiplies with
     that instead of packing B itself (the bf16 ones read B when only a row or two of A is
     given: their packs are rounded, or pairs, or tiles; a null pack: B is packed here).
     `epilogue`: it also takes an epilogue (EPILOGUE_TYPE) to call on each part of C once final.
+    `shared_buffers`: its pack buffers are buffers_module's, not the module's own.
     The module must be compiled after the thread pool's symbols are known
     (runtime/engines/cache.py `pool_symbols`)."""
     config = config or default_config()
     name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16, epilogue)
-    return _Gen(module, config).variant(name, trans_a, trans_b, accumulate, packed, epilogue)
+    return _Gen(module, config, shared_buffers).variant(name, trans_a, trans_b, accumulate, packed, epilogue)
 
 
-def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | None = None) -> ir.Function:
+def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | None = None,
+             shared_buffers: bool = False) -> ir.Function:
     """Add `void pack(int64_t K, int64_t N, const float *B, int64_t ldb, float *dst)`:
     op(B) (K x N; stored N x K with `trans_b`) packed once for many products with the
     `packed` routines — NR-wide panels along N, each K long, k-major, columns past N zero:
     `packed_floats(K, N)` floats. A loop-invariant operand (a recurrent weight inside a
     scan) is packed once before the loop instead of at every step."""
-    gen = _Gen(module, config or default_config())
+    gen = _Gen(module, config or default_config(), shared_buffers)
     fn = ir.Function(module, PACK_TYPE, pack_name(trans_b, gen.cfg.bf16))
     fn.attributes.add("nounwind")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -1281,22 +1288,53 @@ def program_configs() -> tuple:
 def routine_names(configs: tuple) -> list[str]:
     """The functions gemm_module(configs) defines for others to call: every variant's routine
     and the pack functions, of each config."""
-    return [name for config in configs
-            for name in [gemm_name(ta, tb, False, pk, config.bf16, ep) for ta, tb, pk, ep in VARIANTS]
-            + [pack_name(tb, config.bf16) for tb in (False, True)]]
+    return list(_routines(configs))
 
 
-def gemm_module(configs: tuple, only: frozenset | None = None) -> ir.Module:
-    """The GEMM routines of every variant for each config, or of those `only` names (see
-    routine_names): one module, which the JIT compiles once per process with all of them
-    (runtime/engines/cache.py) and a built library links with those its steps call
-    (runtime/deploy/build.py)."""
-    module = ir.Module("dlc_gemm")
+def _routines(configs: tuple) -> dict:
+    """routine_names' functions: name -> (the function that adds it to a module, its arguments)."""
+    found = {}
     for config in configs:
         for ta, tb, pk, ep in VARIANTS:
-            if only is None or gemm_name(ta, tb, False, pk, config.bf16, ep) in only:
-                add_gemm(module, trans_a=ta, trans_b=tb, accumulate=False, packed=pk, config=config, epilogue=ep)
+            found[gemm_name(ta, tb, False, pk, config.bf16, ep)] = (
+                add_gemm, dict(config=config, trans_a=ta, trans_b=tb, packed=pk, epilogue=ep))
         for tb in (False, True):
-            if only is None or pack_name(tb, config.bf16) in only:
-                add_pack(module, trans_b=tb, config=config)
+            found[pack_name(tb, config.bf16)] = (add_pack, dict(config=config, trans_b=tb))
+    return found
+
+
+def gemm_module(configs: tuple, only: frozenset | None = None, shared_buffers: bool = False) -> ir.Module:
+    """The GEMM routines of every variant for each config, or of those `only` names (see
+    routine_names): one module. A built library links one with the routines its steps call
+    (runtime/deploy/build.py); the JIT compiles each routine alone, with `shared_buffers`, the
+    first time a program calls it (runtime/engines/cache.py)."""
+    module = ir.Module("dlc_gemm")
+    for name, (add, variant) in _routines(configs).items():
+        if only is None or name in only:
+            add(module, shared_buffers=shared_buffers, **variant)
     return module
+
+
+def routine_config(configs: tuple, name: str) -> GemmConfig:
+    """The config of routine `name` (routine_names)."""
+    return _routines(configs)[name][1]["config"]
+
+
+def buffers_module(config: GemmConfig) -> ir.Module:
+    """The pack buffers of the routines of `config` compiled with `shared_buffers` (each
+    routine a module of its own), and the function that hands a thread slot its buffer: one
+    buffer per slot for all of them, as in a module that holds every routine."""
+    module = ir.Module(f"dlc_gemm_buffers_{config.tag}")
+    _Gen(module, config).get_buffer().linkage = ""      # for the routines' modules, which declare it
+    return module
+
+
+def buffer_function(config: GemmConfig) -> str:
+    """The name of the function that hands a thread slot its pack buffer (_Gen.get_buffer),
+    which buffers_module(config) defines for the routines' modules."""
+    return f"{_prefix(config)}.get_buffer"
+
+
+def _prefix(config: GemmConfig) -> str:
+    """Names the module-level helpers of the routines of one config."""
+    return f"dlc.gemm.{config.tag}"

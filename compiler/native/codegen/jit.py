@@ -317,6 +317,12 @@ def exported_functions(module: ir.Module) -> list:
     return [f.name for f in module.functions if not f.is_declaration and f.linkage in ("", "external")]
 
 
+def declared_functions(module: ir.Module) -> list:
+    """The functions a module calls and others define (libc's, the thread pool's, the GEMM
+    routines): those of dlc's own must be loaded before it is (runtime/engines/cache.py)."""
+    return [f.name for f in module.functions if f.is_declaration and not f.name.startswith("llvm.")]
+
+
 # the symbols add_symbol named (ORC's libraries import them one by one)
 _symbols: dict = {}
 
