@@ -30,6 +30,7 @@ from dlc.compiler.native.program.registry import LOWERED_FLOATS, NotLowerable
 from dlc.compiler.native.rules import load, lowering_rule
 from dlc.compiler.passes.int8 import products
 
+POOLINGS = ("maxpool2d", "avgpool2d")   # their rules read an image's windows in place, laid out as it is
 
 
 class Lowering:
@@ -134,11 +135,13 @@ class Lowering:
             self.channel_copies[t.key()] = contiguous(buf.id, shape, t.dtype)
         return self.channel_copies[t.key()]
 
-    def place(self, t: Tensor, rows: bool = False) -> Load:
+    def place(self, t: Tensor, rows: bool = False, e=None) -> Load:
         """Where a kernel writes the value t: at its step's place in a scan's stacked
         output when the body yields it (written there, it is not copied after), else in
         a fresh temporary, contiguous or, for the values only pointwise convolutions read
-        (`channels_first_keys`), channels first. `rows`: the writer stores a matrix by rows with a
+        (`channels_first_keys`), channels first, or for some of an int8 program's images,
+        channels last (`channels_last`, of the expression `e` that computes t, by default its
+        value). `rows`: the writer stores a matrix by rows with a
         leading dim (a GEMM's C), so only a rank-2 place with unit column stride does."""
         slot = self.slots.get(t.key())
         if slot is not None and (not rows or t.rank == 2 and slot.at.coeffs[1] == 1):
@@ -149,7 +152,40 @@ class Lowering:
             swapped = (t.shape[1], t.shape[0], *t.shape[2:])
             self.laid_out[t.key()] = Load(buf.id, first_two_swapped(Affine(0, row_major(swapped))), t.dtype)
             return self.laid_out[t.key()]
+        if slot is None and not rows and self.channels_last(t, self.values.get(t.key()) if e is None else e):
+            _, c, h, w = t.shape
+            self.laid_out[t.key()] = Load(buf.id, Affine(0, (h * w * c, 1, w * c, c)), t.dtype)
+            return self.laid_out[t.key()]
         return contiguous(buf.id, t.shape, t.dtype)
+
+    def channels_last(self, t: Tensor, e) -> bool:
+        """Whether an int8 program stores the image t [N, C, H, W], computed by expression e,
+        channels last ([N, H, W, C]): where e reads its images channels last (an integer
+        convolution's sums, or what is stored so) and only integer convolutions read t, or
+        poolings on the way to them, which read any layout in place; so the maps between two
+        integer convolutions (the epilogue, a pooling, the next one's quantization) load and
+        store along the channels, contiguously, and nothing transposes (docs/native.md, int8)."""
+        if not self.int8 or e is None or t.rank != 4 or t.shape[1] == 1 or not self._read_channels_last(t):
+            return False
+        pixels = []
+        for leaf in e.leaves():
+            if not isinstance(leaf, (Load, Guarded)):
+                return False
+            at = (leaf.load if isinstance(leaf, Guarded) else leaf).at
+            if any(not (isinstance(c, int) and c == 0) for c in at.coeffs[2:]):
+                pixels.append(at.coeffs)
+        return bool(pixels) and all(c[1] == 1 and c[3] != 1 for c in pixels)
+
+    def _read_channels_last(self, t: Tensor) -> bool:
+        """Whether only integer convolutions read t, or poolings whose outputs only they
+        read, and so on: the images between two integer convolutions."""
+        if self.graph.outputs.readers(t.key()):
+            return False
+        for _, v, k, out in self.graph.nx.out_edges(t.node, keys=True, data="out"):
+            if out == t.out and not (v in self.int8 and k == 0) and not (
+                    self.graph.op(v) in POOLINGS and self._read_channels_last(self.graph.outputs_of(v)[0])):
+                return False
+        return True
 
     @staticmethod
     def fuse_maps(kernels: list) -> list:
@@ -205,10 +241,15 @@ class Lowering:
     # -- windows, as convolution and pooling read them ----------------------------------------
     def windows(self, x: Tensor, stride, padding, fill=0.0, order="nhwcij", dilation=(1, 1)):
         """x read through its windows over the iteration [N, Ho, Wo, C, kh, kw] ("nhwcij",
-        the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij"); the taps `dilation` apart."""
-        src = self.materialize(x)
+        the im2col layout) or [N, C, Ho, Wo, kh, kw] ("nchwij"); the taps `dilation` apart;
+        x where it lies when it is laid out channels last, else contiguous."""
+        e = self.expr(x)
+        if self.channels_last(x, e):
+            src = e if isinstance(e, Load) else self.stored(x)
+        else:
+            src = self.materialize(x)
         h, w = x.shape[2:]
-        sn, sc, sh, sw = row_major(x.shape)
+        sn, sc, sh, sw = src.at.coeffs
         (st_h, st_w), (ph, pw), (dh, dw) = stride, padding, dilation
         if order == "nhwcij":
             coeffs = (sn, st_h * sh, st_w * sw, sc, dh * sh, dw * sw)

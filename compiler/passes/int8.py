@@ -11,6 +11,12 @@ from dlc.compiler.ir.graph import Graph, nested_graphs
 from dlc.compiler.ir.int8 import LONGEST_SUM
 
 PRODUCTS = ("matmul", "conv2d")
+# The shortest sums that gain from integer dot products (docs/quantization.md, measured on an
+# AMX Xeon, docs/native.md#int8): a matmul's K; a convolution's channels a tap (C / groups),
+# below which its kernel spends its time gathering windows, not summing them (a first layer
+# of 1 or 3 channels, a depthwise convolution), whatever the taps
+FEWEST_TERMS = 24
+FEWEST_CHANNELS = 16
 
 
 @dataclass
@@ -80,6 +86,11 @@ def _product(graph: Graph, n: int) -> Product:
             p.reason = "its activation operand is transposed"
         elif p.terms > LONGEST_SUM:
             p.reason = f"its {p.terms} terms could overflow int32 sums (at most {LONGEST_SUM})"
+        elif op == "matmul" and p.terms < FEWEST_TERMS:
+            p.reason = f"its sums of {p.terms} terms are too short to gain from int8 (at least {FEWEST_TERMS})"
+        elif op == "conv2d" and shape[1] < FEWEST_CHANNELS:
+            p.reason = f"its taps hold {shape[1]} channel{'s' * (shape[1] != 1)} (C / groups): too few to gain from " \
+                       f"int8 (at least {FEWEST_CHANNELS})"
     return p
 
 

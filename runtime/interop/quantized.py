@@ -12,7 +12,7 @@ import numpy as np
 from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir import int8
-from dlc.compiler.passes.int8 import integer_products
+from dlc.compiler.passes.int8 import integer_products, products
 from dlc.runtime.interop import checkpoint
 
 FORMAT = "dlc-int8-1"
@@ -55,7 +55,11 @@ def load(path, model: Model, source: str) -> tuple[dict, dict]:
                                f"{', '.join(PARTS)})")
             found.setdefault(name, {})[part] = value
     chosen = integer_products(model.graph)
+    kept = {p.weight: p for p in products(model.graph) if p.weight is not None and not p.integer}
     for name in found:
+        if name in kept:
+            raise DlcError.at_user_line(f"{path} quantizes {name}, whose {kept[name].op} stays float32: "
+                                        f"{kept[name].reason}; quantize again", kept[name].span)
         if name not in chosen:
             raise DlcError(f"{path} quantizes {name}, which is not the weights of an integer product of model "
                            f"{model.name}{did_you_mean(name, chosen)}")

@@ -8,9 +8,10 @@ import pytest
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.frontend.summary import int8_table
 from dlc.compiler.ir import int8
-from dlc.compiler.passes.int8 import products
+from dlc.compiler.passes.int8 import FEWEST_CHANNELS, FEWEST_TERMS, products
 from dlc.runtime.engines.int8 import Int8Engine, calibrate
 from dlc.runtime.engines.interpreter import run
+from helpers.int8 import every_product_integer
 
 
 def test_weight_scales_and_weights_are_the_float64_rule_rounded_once():
@@ -89,7 +90,12 @@ def _reference_product(p, q, x, attrs):
 
 def test_integer_products_equal_a_float64_reference_bit_for_bit():
     """conv2d strided and padded, grouped, depthwise, and a dense: each product's int8 value,
-    fed the float32 input it reads, against the loops above."""
+    fed the float32 input it reads, against the loops above (its short products too)."""
+    with every_product_integer():
+        _products_equal_the_reference()
+
+
+def _products_equal_the_reference():
     model = load_text(PROGRAM, "m.dl").build("m", training=False)
     rng = np.random.default_rng(1)
     params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
@@ -114,9 +120,9 @@ def test_integer_products_equal_a_float64_reference_bit_for_bit():
 
 SELECTION = """
 model m {
-    input x: f32[B, T, 8]
+    input x: f32[B, T, 32]
     input s: f32[B, 2, 70000]
-    h = dense(x, 8)
+    h = dense(x, 32)
     att = softmax(h @ transpose(h, (0, 2, 1))) @ h
     c = conv1d(transpose(h, (0, 2, 1)), 4, 3)
     output y = sum(att) + sum(c) + sum(dense(s, 1))
@@ -138,11 +144,34 @@ def test_products_say_which_are_integer_and_why_not():
     assert "inside scans (recurrences)" in text and "float32" in text
 
 
+def test_sums_too_short_to_gain_stay_float32_with_their_reason():
+    """A matmul of fewer than FEWEST_TERMS terms, a convolution of fewer than FEWEST_CHANNELS
+    channels a tap (a first layer of 1 or 3, a depthwise one), whatever its taps; from
+    there on, integer."""
+    model = load_text(f"""
+model m {{
+    input x: f32[B, 3, 8, 8]
+    input v: f32[B, {FEWEST_TERMS}]
+    a = conv2d(x, {2 * FEWEST_CHANNELS}, 7, padding = 3)
+    b = conv2d(a, {2 * FEWEST_CHANNELS}, 3, groups = {2 * FEWEST_CHANNELS})
+    c = conv2d(a, {2 * FEWEST_CHANNELS}, 1, groups = 2)
+    d = conv2d(c, 8, 1)
+    output y = sum(b) + sum(d) + sum(dense(v, 4)) + sum(dense(v[:, 1:], 4))
+}}""", "m.dl").build("m", training=False)
+    found = {p.weight: p.reason for p in products(model.graph)}
+    assert found["a.W"] == f"its taps hold 3 channels (C / groups): too few to gain from int8 (at least {FEWEST_CHANNELS})"
+    assert found["b.W"].startswith("its taps hold 1 channel (C / groups)")
+    assert found["c.W"] == "" and found["d.W"] == ""
+    dense = sorted(r for w, r in found.items() if w not in ("a.W", "b.W", "c.W", "d.W"))
+    assert dense == ["", f"its sums of {FEWEST_TERMS - 1} terms are too short to gain from int8 (at least {FEWEST_TERMS})"]
+    assert "too short to gain" in int8_table(model)
+
+
 def test_shared_weights_stay_float32_with_their_reason():
     model = load_text("""
 model m {
-    input x: f32[B, 4]
-    param W: f32[4, 4] = glorot_uniform
+    input x: f32[B, 32]
+    param W: f32[32, 32] = glorot_uniform
     output y = (x @ W) @ W
 }
 """, "m.dl").build("m", training=False)

@@ -20,6 +20,15 @@ from dlc.runtime.engines import cache
 from dlc.runtime.engines.int8 import Int8Engine, calibrate
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.reference import predict_graph
+from helpers.int8 import every_product_integer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def short_sums_too():
+    """The kernels on every product, short sums too (helpers/int8.py)."""
+    with every_product_integer():
+        yield
+
 
 # DLC_TARGET -> (the features it needs of the host, the instruction of its dot products, their registers)
 TARGETS = {"host": ((), None, None), "avx512bf16": (("avx512vnni",), "vpdpbusd", "zmm"),
@@ -40,6 +49,7 @@ model m {
     output u = f
     output v = relu(e)
     output z = dense(x, 3)
+    output w = conv2d(maxpool2d(maxpool2d(a, 2, 1), 3, 2, 1), 4, 3, padding = 1)   # pooled channels last
 }
 """
 
@@ -78,7 +88,7 @@ def quantized():
     params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
     x = rng.normal(size=(3, 4, 9, 9)).astype(np.float32)
     quantization = calibrate(model.graph, params, [{"x": x}])
-    assert len([p for p in products(model.graph) if p.integer]) == 8
+    assert len([p for p in products(model.graph) if p.integer]) == 9
     x[0, 0, 0, :3] = [np.nan, np.inf, -1e30]           # the input seen later holds what saturates
     x = np.concatenate([x, 3 * x])
     return model, params, quantization, {"x": x}, Int8Engine(model, model, quantization).predict(params, {"x": x})
@@ -172,14 +182,20 @@ def test_each_integer_products_input_is_quantized_where_it_is_made(quantized):
     model, _, quantization, _, _ = quantized
     prog = _program(model, quantization)
     kernels = [k for k in prog.kernels if isinstance(k, Int8Kernel)]
-    assert len(kernels) == 8 and sum(k.window is not None for k in kernels) == 5
-    quantizing = [m for k in prog.kernels for m in getattr(k.epilogue if isinstance(k, Int8Kernel) else k, "maps", [])
-                  if "quantize_u8" in m.expr.text()]
-    # x for a, e and z; a, g twice (read by two products), maxpool(d), h
-    assert all(prog.buffers[m.out].dtype == "i8" for m in quantizing) and len(quantizing) == 8
+    assert len(kernels) == 9 and sum(k.window is not None for k in kernels) == 6
+    maps = [m for k in prog.kernels for m in getattr(k.epilogue if isinstance(k, Int8Kernel) else k, "maps", [])]
+    quantizing = [m for m in maps if "quantize_u8" in m.expr.text()]
+    # x for a, e and z; a, g twice (read by two products), maxpool(d), h, the pools of a
+    assert all(prog.buffers[m.out].dtype == "i8" for m in quantizing) and len(quantizing) == 9
     # a's relu and h's in their products' stores: quantized there (a's channels last, as g
-    # reads it), never stored in float32
-    assert sum(1 for k in kernels if k.epilogue is not None and "quantize_u8" in k.epilogue.text()[0]) == 2
+    # reads it), h never stored in float32
+    assert sum(1 for k in kernels if k.epilogue is not None and "quantize_u8" in "".join(k.epilogue.text())) == 2
+    # a's relu pooled twice for w: stored, pooled and quantized channels last, as the
+    # convolutions make and read it, so that no map between them transposes
+    pooled = [m for m in maps if "maximum" in m.expr.text() and m.shape[2:] != (1, 1)]
+    assert len(pooled) == 2 and all(m.out_at.coeffs[1] == 1 for m in pooled)
+    assert all(x.load.at.coeffs[1] == 1 if hasattr(x, "load") else x.at.coeffs[1] == 1
+               for m in pooled for x in m.expr.leaves())
 
 
 @pytest.mark.parametrize("weight, k", [(-127, int8.LONGEST_SUM), (-128, (2 ** 31 - 1) // (255 * 128)),

@@ -77,7 +77,7 @@ def test_python_quantize_matches_the_command_and_saves_a_quantized_checkpoint(tr
 def test_summary_int8_lists_the_integer_products(capsys):
     assert main(["summary", DIGITS, "--int8"]) == 0
     out = capsys.readouterr().out
-    assert "4 of 4 products in int8" in out and "logits.W" in out
+    assert "3 of 4 products in int8" in out and "logits.W" in out and "its taps hold 1 channel" in out
 
 
 def test_int8_needs_a_quantization(trained, capsys):
@@ -125,22 +125,24 @@ def _hostile(trained, tmp_path, key, value):
 
 
 @pytest.mark.parametrize("key, value, said", [
-    ("int8:c1.W:weight_scale", lambda s: np.where(np.arange(len(s)) == 3, 0, s).astype(np.float32),
-     "int8:c1.W:weight_scale[3] is 0.0"),
-    ("int8:c1.W:weight_scale", lambda s: np.full_like(s, np.nan), "int8:c1.W:weight_scale[0] is nan"),
+    ("int8:c3.W:weight_scale", lambda s: np.where(np.arange(len(s)) == 3, 0, s).astype(np.float32),
+     "int8:c3.W:weight_scale[3] is 0.0"),
+    ("int8:c3.W:weight_scale", lambda s: np.full_like(s, np.nan), "int8:c3.W:weight_scale[0] is nan"),
     ("int8:c3.W:input_scale", lambda s: np.float32(-0.5), "int8:c3.W:input_scale is -0.5"),
     ("int8:c3.W:input_scale", lambda s: np.float32(1e30), "a scale is a number from 2^-60 to 2^40"),
     ("int8:c3.W:input_scale", lambda s: np.float32(1e-40), "a scale is a number from 2^-60 to 2^40"),
     ("int8:f5.W:weight_scale", lambda s: s[:5], "int8:f5.W:weight_scale is float32[5], not float32[64]"),
     ("int8:f5.W:weight", lambda w: w.astype(np.float32), "int8:f5.W:weight is float32[128, 64], not int8[128, 64]"),
     ("int8:f5.W:weight", lambda w: np.full_like(w, -128), "int8:f5.W:weight[0, 0] is -128"),
-    ("int8:c1.W:input_zero_point", lambda z: np.int32(3), "int8:c1.W:input_zero_point is int32[], not uint8[]"),
+    ("int8:c3.W:input_zero_point", lambda z: np.int32(3), "int8:c3.W:input_zero_point is int32[], not uint8[]"),
     ("int8:logits.W:input_scale", None, "lacks int8:logits.W:input_scale"),
     ("int8:nope.W:weight", lambda w: np.zeros(3, np.int8), "quantizes nope.W, which is not the weights"),
+    ("int8:c1.W:weight", lambda w: np.zeros((16, 1, 3, 3), np.int8),
+     "quantizes c1.W, whose conv2d stays float32: its taps hold 1 channel (C / groups)"),
 ])
 def test_hostile_quantized_checkpoints_are_refused_naming_the_array(trained, tmp_path, capsys, key, value, said):
     arrays, _ = checkpoint.read(trained / "q.npz")
-    original = arrays.get(key, arrays.get("int8:c1.W:weight"))
+    original = arrays.get(key, arrays.get("int8:c3.W:weight"))
     path = _hostile(trained, tmp_path, key, value if value is None else value(original))
     err = failure(["eval", DIGITS, "--weights", str(path), "--int8"], capsys)
     assert said in err and str(path) in err, err
@@ -176,7 +178,7 @@ def test_the_train_block_quantizes_the_run_into_int8_npz(tmp_path, capsys):
     assert "int8.npz" in capsys.readouterr().out
     arrays, meta = checkpoint.read(tmp_path / "run" / "int8.npz")
     assert meta["quantization"]["observer"] == "percentile" and meta["quantization"]["calibrate"] == 3
-    assert {k for k in arrays if k.startswith("int8:")} == {f"int8:logits.{i}.W:{part}" for i in (0, 1)
+    assert {k for k in arrays if k.startswith("int8:")} == {f"int8:logits.1.W:{part}"      # the conv of one channel: float32
                                                           for part in ("weight", "weight_scale", "input_scale",
                                                                        "input_zero_point")}
     assert main(["eval", str(path), "--weights", str(tmp_path / "run" / "int8.npz"), "--int8"]) == 0

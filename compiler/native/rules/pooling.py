@@ -31,18 +31,22 @@ def _pool(lw, n, ins, attrs, typ, op):
     e = lw.windows(x, attrs["stride"], attrs["padding"], fill, order="nchwij")
     if op == "sum":
         e = Op("mul", (e, Const(1.0 / (kh * kw), "f32")), "f32")
-    out = lw.p.buffer("f32", numel(typ.shape), "temp")
+    fresh = lambda: contiguous(lw.p.buffer("f32", numel(typ.shape), "temp").id, typ.shape, typ.dtype)
     if kh * kw <= SMALL_WINDOW:
         # a map over the outputs folding the window's loads: the loop over Wo vectorizes
-        # (strided loads) and runs on the map's team, where a reduction's 2x2 inner loop did not
+        # (strided loads) and runs on the map's team, where a reduction's 2x2 inner loop did not;
+        # in an int8 program between two convolutions, channels last as its input (Lowering.channels_last)
         at = _taps(e, kh, kw)
         total = at[0]
         for v in at[1:]:
             total = Op("maximum" if op == "max" else "add", (total, v), "f32")
-        lw.emit(MapKernel(typ.shape, out.id, Affine(0, row_major(typ.shape)), total, node=n))
+        y = lw.graph.outputs_of(n)[0]
+        out = lw.place(y, e=total) if lw.channels_last(y, total) else fresh()
+        lw.emit(MapKernel(typ.shape, out.buffer, out.at, total, node=n))
     else:
-        lw.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.id, e, node=n))
-    lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        out = fresh()
+        lw.emit(ReduceKernel((N, C, Ho, Wo, kh, kw), (4, 5), op, out.buffer, e, node=n))
+    lw.set(n, out)
 
 
 def _taps(windows, kh, kw) -> list:

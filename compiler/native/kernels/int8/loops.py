@@ -32,7 +32,7 @@ from dlc.compiler.native.codegen.amx import TILE_BYTES, TILE_ROWS, has_tiles, ti
 from dlc.compiler.native.codegen.gemm import _carrying_loop, _gep, _loop, _max, _min
 from dlc.compiler.native.codegen.intrinsics import declare, masked, splat
 from dlc.compiler.native.codegen.types import f32, i8, i32, i64
-from dlc.compiler.native.kernels.map.loops import map_body
+from dlc.compiler.native.kernels.map.loops import loop_order, map_body
 
 ROWS = 4            # rows of a register tile
 TERMS = 4           # the terms of a 32-bit lane (kernels/int8 TERMS)
@@ -459,7 +459,8 @@ def _store(kb, k, r, count, group, start, vectors, width, accs, bias):
 def _epilogue(kb, k, lo, hi):
     """The epilogue map at every element of rows [lo, hi): [row, channel], or for a
     convolution [n, channel, p] with row = n · Ho · Wo + p, each image's run of pixels in
-    turn, the map's own loop order (its stores contiguous)."""
+    turn, the channels innermost where it stores them contiguously (channels last), else
+    the pixels (its stores contiguous either way)."""
     b = kb.b
     channels = k.weights.groups * k.weights.channels
     if k.pixels is None:
@@ -467,11 +468,16 @@ def _epilogue(kb, k, lo, hi):
         return
     pixels = b.mul(*(kb.dim(d) for d in k.pixels))
     first = b.sdiv(lo, pixels)
+    along_channels = loop_order(k.epilogue)[-1] == 1     # it stores channels last
 
     def image(n):
         start = b.mul(n, pixels)
         p0, p1 = b.sub(_max(b, lo, start), start), b.sub(_min(b, hi, b.add(start, pixels)), start)
-        kb.loops((channels, b.sub(p1, p0)),
-                 lambda idx: map_body(kb, k.epilogue, kb.p, [n, idx[0], b.add(p0, idx[1])]))
+        if along_channels:
+            kb.loops((b.sub(p1, p0), channels),
+                     lambda idx: map_body(kb, k.epilogue, kb.p, [n, idx[1], b.add(p0, idx[0])]))
+        else:
+            kb.loops((channels, b.sub(p1, p0)),
+                     lambda idx: map_body(kb, k.epilogue, kb.p, [n, idx[0], b.add(p0, idx[1])]))
     images = b.sub(b.sdiv(b.add(hi, b.sub(pixels, _c(1))), pixels), first)       # those rows [lo, hi) reach
     kb.loops((images,), lambda idx: image(b.add(first, idx[0])))

@@ -96,12 +96,13 @@ def merged(k: MapKernel | FusedMapKernel, axis: int) -> MapKernel | FusedMapKern
 def _emit_loop(k: MapKernel | FusedMapKernel, f):
     """The loop of a map or a fused map, split along its first two axes as one on a thread
     team (a batch of one splits over its channels; on one thread when it has no axis)."""
-    from dlc.compiler.native.kernels.map.loops import map_loop, outer_extent
+    from dlc.compiler.native.kernels.map.loops import loop_order, map_loop, outer_extent
     if not k.shape:
         kb = f.serial()
         map_loop(kb, k, f.prog)
         return kb
-    return f.team(lambda kb, first: map_loop(kb, k, f.prog, first=first), outer_extent(k.shape),
+    return f.team(lambda kb, first: map_loop(kb, k, f.prog, first=first),
+                  outer_extent(tuple(k.shape[a] for a in loop_order(k))),
                   numel(k.shape) * _operations(k))
 
 

@@ -10,16 +10,40 @@ def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
     """A map's loop (MapKernel or FusedMapKernel): each iteration stores every member's
     value, in order; a member kept in a register is only read by the later ones. `first`
     limits its outermost loop, over the first two axes as one (`outer_extent`) where it
-    has three or more."""
-    if first is None or len(k.shape) < 3:
-        kb.loops(k.shape, lambda idx: map_body(kb, k, prog, idx), first=first)
-        return
-    second = kb.dim(k.shape[1])
+    has three or more. The axes in `loop_order`."""
+    order = loop_order(k)
+    shape = tuple(k.shape[a] for a in order)
 
-    def body(idx):
+    def body(looped):       # the index in the loops' order -> the map's
+        idx = [None] * len(order)
+        for a, i in zip(order, looped):
+            idx[a] = i
+        map_body(kb, k, prog, idx)
+    if first is None or len(shape) < 3:
+        kb.loops(shape, body, first=first)
+        return
+    second = kb.dim(shape[1])
+
+    def split(idx):
         t = idx[0]
-        map_body(kb, k, prog, [kb.b.sdiv(t, second), kb.b.srem(t, second)] + idx[1:])
-    kb.loops((outer_extent(k.shape),) + tuple(k.shape[2:]), body, first=first)
+        body([kb.b.sdiv(t, second), kb.b.srem(t, second)] + idx[1:])
+    kb.loops((outer_extent(shape),) + tuple(shape[2:]), split, first=first)
+
+
+def loop_order(k) -> tuple:
+    """The map's axes, outermost first: in order, but for the axis along which it stores
+    contiguously when that is not the last (a map writing channels last, [N, C, H, W] at
+    [N, H, W, C], as an int8 convolution's input is quantized), which goes innermost, so
+    that the innermost loop's stores are contiguous and vectorize."""
+    axes = tuple(range(len(k.shape)))
+    stored = {m.out_at.coeffs for m in k.maps if m.out not in k.registers}
+    if len(stored) != 1:
+        return axes
+    (coeffs,) = stored
+    unit = [a for a, c in enumerate(coeffs) if isinstance(c, int) and c == 1]
+    if len(unit) != 1 or unit[0] == axes[-1]:
+        return axes
+    return tuple(a for a in axes if a != unit[0]) + (unit[0],)
 
 
 def outer_extent(shape):
