@@ -77,15 +77,20 @@ class FreeCores:
     def now(self) -> int:
         if self.cores == 1:
             return 1
-        wall, own = time.monotonic(), time.process_time()
+        wall = time.monotonic()
+        if self._mark is not None and wall - self._mark[0] < ADAPT_EVERY_S:
+            return self.team
+        # this process's CPU time only once a window: the system call sums every thread's,
+        # and waits for the core of each running one (a spinning worker's): 6 µs at best,
+        # hundreds on a busy host, where a prediction of one image takes a millisecond
+        own = time.process_time()
         paused = self._mark is not None and wall - self._mark[0] > STALE_S and \
             own - self._mark[2] < PAUSED_CORES * (wall - self._mark[0])
         if self._mark is None or paused:
             # first call, or the first after a pause: what others did then (a compiler
             # running between two trainings) says little about now; start with every core
             self._mark, self.team = (wall, machine_busy_s(), own, own_wait_s()), self.cores
-        elif wall - self._mark[0] >= ADAPT_EVERY_S:
-            # the files are read once a window, not at every call
+        else:       # a window has passed: the files are read once a window, not at every call
             now = (wall, machine_busy_s(), own, own_wait_s())
             (start, busy, own0, wait0), self._mark = self._mark, now
             if busy is not None and now[1] is not None:

@@ -120,10 +120,12 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     what = not_numbers(arr)
     if what:
         raise DlcError(f"the data for {inp.name} holds {what}, not numbers", inp.span)
+    # no copy of an array of the input's dtype: the engines only read their inputs, and an
+    # array the native engine is given again keeps its binding (runtime/engines/native.py Layout)
     if typ.is_float:
-        return arr.astype(np.float32)
+        return arr.astype(np.float32, copy=False)
     if typ.dtype == "bool":
-        return arr.astype(bool)
+        return arr.astype(bool, copy=False)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise DlcError(f"{inp.name} is {typ} but the data has fractional values", inp.span)

@@ -57,6 +57,23 @@ def test_the_team_changes_only_once_a_window_has_passed(monkeypatch):
     assert free.now() == 1
 
 
+def test_a_call_within_a_window_reads_only_the_clock(monkeypatch):
+    """This process's CPU time (a system call that waits for each running thread's core) is
+    read once a window, not at every call."""
+    machine = FakeMachine(monkeypatch)
+    reads = []
+    monkeypatch.setattr(cores.time, "process_time", lambda: reads.append(machine.wall) or machine.own)
+    free = cores.FreeCores()
+    free.cores = free.team = 2
+    free.now()
+    for _ in range(10):
+        machine.run(cores.ADAPT_EVERY_S / 20, own_cores=2, other_cores=0.0)
+        assert free.now() == 2
+    assert len(reads) == 1
+    machine.run(cores.ADAPT_EVERY_S, own_cores=2, other_cores=1.0)
+    assert free.now() == 1 and len(reads) == 2
+
+
 def test_a_thread_count_given_wins(monkeypatch):
     monkeypatch.setenv("DLC_NUM_THREADS", "3")
     assert cores.threads() == 3

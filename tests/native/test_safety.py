@@ -263,6 +263,34 @@ def test_every_call_checks_the_arrays_it_binds_and_reads_values_changed_in_place
     np.testing.assert_array_equal(probs(), first)
 
 
+def test_the_same_parameters_are_bound_once_and_another_array_at_the_next_call(tmp_path, monkeypatch):
+    """`Executable.given` gives the same read-only mapping while the model's params hold the
+    same arrays, which the layout binds without looking at each, and an input of its dtype
+    is bound as it is; an array put in a parameter's place is checked and bound at the next
+    call, and a bad one is still refused."""
+    path = write(tmp_path, "mlp.dl", MLP)
+    model = DlcModel(str(path), backend="native").load_weights(
+        str(initial_weights(path, tmp_path / "w.npz", np.float32)))
+    x = np.load(_mlp_data(tmp_path))["x"][:5]
+    first = model.predict({"x": x})["probs"]
+    exe = model.engine.predict_exe
+    assert exe.given(model.params) is exe.given(model.params)
+    lay = next(iter(exe.layouts.values()))
+    assert lay.held[exe.program.inputs["x"]] is x                   # not copied
+    bound = []
+    monkeypatch.setattr(type(lay), "bind", lambda self, slot, a, bind=type(lay).bind: bound.append(slot) or
+                        bind(self, slot, a))
+    np.testing.assert_array_equal(model.predict({"x": x})["probs"], first)
+    assert not set(bound) & set(exe.program.params.values())
+    name = next(n for n, a in model.params.items() if a.ndim == 2)
+    model.params[name] = model.params[name] * np.float32(2)
+    assert not np.allclose(model.predict({"x": x})["probs"], first)
+    assert exe.program.params[name] in bound
+    model.params[name] = model.params[name][:-1]
+    with pytest.raises(TypeError, match="needs"):
+        model.predict({"x": x})
+
+
 # ---- item 8: sizes too small for a window -----------------------------------------------------------------
 CONV = """model m {
     input  x: f32[B, 3, T]
