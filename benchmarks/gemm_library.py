@@ -1,6 +1,6 @@
 """The GEMM routines compiled on their own and callable from Python with numpy arrays:
 what the tests and the GEMM benchmark call (the kernels call the routines from the step
-module, runtime/engines/cache.py `gemm_symbols`)."""
+module, each loaded by runtime/engines/cache.py `provide`)."""
 from __future__ import annotations
 
 import ctypes
@@ -8,7 +8,6 @@ import ctypes
 import numpy as np
 from llvmlite import ir
 
-from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.amx import tiles_granted
 from dlc.compiler.native.codegen.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name
 from dlc.compiler.native.kernels.gemm import packed_floats
@@ -38,13 +37,17 @@ class GemmLibrary:
                 add_gemm(self.module, trans_a=ta, trans_b=tb, accumulate=acc, packed=pk, config=self.config)
         for tb in (False, True) if packed else ():
             add_pack(self.module, trans_b=tb, config=self.config)
-        cache.pool_symbols()        # the routines hand their work to dlc's thread pool
-        self.compiled = jit.compile_module(self.module)
-        self._fns = {v + (pk,): self.compiled.function(gemm_name(*v, pk, self.config.bf16), ctypes.c_int32,
-                                                       *_ARGTYPES + (ctypes.c_void_p,) * pk)
+        # through the compile cache: the same routines built again (another test's, a benchmark's
+        # next run) are loaded, not compiled; the thread pool they hand their work to first
+        self.compiled = cache.compile_cached(self.module)
+        self._fns = {v + (pk,): self._function(gemm_name(*v, pk, self.config.bf16), ctypes.c_int32,
+                                               *_ARGTYPES + (ctypes.c_void_p,) * pk)
                      for v in variants for pk in kinds}
-        self._packs = {tb: self.compiled.function(pack_name(tb, self.config.bf16), None, *_PACK_ARGTYPES)
+        self._packs = {tb: self._function(pack_name(tb, self.config.bf16), None, *_PACK_ARGTYPES)
                        for tb in (False, True) if packed}
+
+    def _function(self, name: str, restype, *argtypes):
+        return ctypes.CFUNCTYPE(restype, *argtypes)(self.compiled.address(name))
 
     def args(self, a, b, c, trans_a=False, trans_b=False, nthreads=1):
         """Validated native arguments for C (+)= op(a) @ op(b); a, b, c: float32 numpy

@@ -29,6 +29,16 @@ def pytest_cmdline_main(config):
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config, specs):
+    # xdist's hook, before its workers start (they inherit the environment): with a worker per
+    # core every core is compiling already, and a module's parts compiled in child processes
+    # (compiler/native/codegen/parallel_compile.py) would only add their start-up beside them.
+    # tests/native/test_parallel_compile.py sets its own
+    if len(specs) > 1:
+        os.environ.setdefault("DLC_COMPILE_JOBS", "1")
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
     # xdist's hook, before a worker starts: whether it names its tests by their xdist_group
     node.workerinput["loadgroup"] = node.config.getvalue("dist") == "loadgroup"
