@@ -46,7 +46,7 @@ from pathlib import Path
 
 import dlc
 from dlc.compiler.native.codegen.gemm import (buffer_function, buffers_module, default_config, gemm_module,
-                                              program_configs, routine_config, routine_names)
+                                              program_configs, routine_configs, routine_names)
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import jit, parallel_compile, threadpool
 from dlc.compiler.native.codegen.amx import tiles_usable
@@ -375,10 +375,9 @@ def provide(declared):
     declared = set(declared)
     if declared & {threadpool.RUN, threadpool.STOP}:
         pool_symbols()
-    configs = program_configs()
-    for name in routine_names(configs):
-        if name in declared:
-            _load_gemm(name, routine_config(configs, name))
+    configs = routine_configs(program_configs())
+    for name in sorted(declared & configs.keys()):
+        _load_gemm(name, configs[name])
 
 
 def gemm_symbols():

@@ -12,7 +12,7 @@ import numpy as np
 from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.ir import int8
-from dlc.compiler.passes.int8 import integer_products, products
+from dlc.compiler.passes.int8 import products
 from dlc.runtime.interop import checkpoint
 
 FORMAT = "dlc-int8-1"
@@ -54,8 +54,9 @@ def load(path, model: Model, source: str) -> tuple[dict, dict]:
                 raise DlcError(f"{path}: {key} is not an array of a quantized checkpoint (its parts are "
                                f"{', '.join(PARTS)})")
             found.setdefault(name, {})[part] = value
-    chosen = integer_products(model.graph)
-    kept = {p.weight: p for p in products(model.graph) if p.weight is not None and not p.integer}
+    every = products(model.graph)
+    chosen = {p.weight: p for p in every if p.integer}
+    kept = {p.weight: p for p in every if p.weight is not None and not p.integer}
     for name in found:
         if name in kept:
             raise DlcError.at_user_line(f"{path} quantizes {name}, whose {kept[name].op} stays float32: "

@@ -1315,9 +1315,9 @@ def gemm_module(configs: tuple, only: frozenset | None = None, shared_buffers: b
     return module
 
 
-def routine_config(configs: tuple, name: str) -> GemmConfig:
-    """The config of routine `name` (routine_names)."""
-    return _routines(configs)[name][1]["config"]
+def routine_configs(configs: tuple) -> dict:
+    """The config of each routine of routine_names, by name."""
+    return {name: variant["config"] for name, (_, variant) in _routines(configs).items()}
 
 
 def buffers_module(config: GemmConfig) -> ir.Module:
