@@ -826,6 +826,14 @@ async def test_bytes_that_are_not_utf8_or_json_on_the_wire_leave_the_server_answ
     assert "Traceback" not in server.stderr.read().decode()
 
 
+async def until(condition, seconds: float = 10):
+    """Wait until `condition()` holds, or `seconds` have passed (the assertion after it says what)."""
+    for _ in range(int(seconds / 0.02)):
+        if condition():
+            return
+        await asyncio.sleep(0.02)
+
+
 async def started_client(capabilities: T.ClientCapabilities, features: dict | None = None) -> tuple:
     """A client of a server of its own, initialized (with `features`: method -> handler), and
     the diagnostics the server publishes to it, as they come."""
@@ -857,13 +865,13 @@ async def test_a_client_that_answers_workspace_configuration_is_asked_for_its_se
     uri = (tmp_path / "mnist_mlp.dl").as_uri()
     client.text_document_did_open(T.DidOpenTextDocumentParams(T.TextDocumentItem(uri, "dl", 1, text)))
     whole = T.InlayHintParams(T.TextDocumentIdentifier(uri), T.Range(T.Position(0, 0), T.Position(len(text.splitlines()), 0)))
+    # the settings taken, the client is asked to refresh: a request before the answer came
+    # has the defaults' hints
+    await until(lambda: len(refreshed) == 1)
     assert not await client.text_document_inlay_hint_async(whole) and asked == [["dlc"]] and refreshed == [1]
     settings["inlayHints"] = True
     client.workspace_did_change_configuration(T.DidChangeConfigurationParams(settings=None))
-    for _ in range(500):
-        if len(refreshed) == 2:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: len(refreshed) == 2)
     assert asked == [["dlc"], ["dlc"]] and refreshed == [1, 1]
     assert ": f32[B, 10]" in [h.label for h in await client.text_document_inlay_hint_async(whole)]
     await client.shutdown_async(None)
