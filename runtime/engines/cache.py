@@ -67,7 +67,8 @@ def _key(text: str) -> str:
     tiles = "amx tiles" if tiles_usable() else "no amx tiles"
     width = f"{default_config().vw} lanes"
     h = hashlib.sha256()
-    for part in (text, jit.target_triple(), cpu, features, tiles, width, dlc.__version__, jit.LLVMLITE_VERSION):
+    for part in (text, jit.target_triple(), cpu, features, tiles, width, dlc.__version__, jit.LLVMLITE_VERSION,
+                 " ".join(jit.LLVM_OPTIONS)):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]

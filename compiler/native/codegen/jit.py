@@ -34,7 +34,13 @@ LLVMLITE_VERSION = llvmlite.__version__     # machine code cached on disk is key
 _lock = threading.RLock()
 
 
-@functools.cache
+# x86's code generator turns a loop's conditional moves into branches where it guesses
+# them predictable; a running maximum's (max pooling, argmax) depends on the data and is
+# not: ResNet's max-pool gradient took 7.6 ms a step with the branches, 3.4 without. The
+# same bits either way; in every compile-cache key (runtime/engines/cache.py)
+LLVM_OPTIONS = ("--x86-cmov-converter=false",)
+
+
 @functools.cache
 def _init() -> None:
     # LLVM core initialises itself in llvmlite >= 0.45; the host backend, and the others
@@ -44,11 +50,8 @@ def _init() -> None:
     llvm.initialize_native_asmparser()
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
-    # x86's code generator turns a loop's conditional moves into branches where it guesses
-    # them predictable; a running maximum's (max pooling, argmax) depends on the data and
-    # is not: ResNet's max-pool gradient took 7.6 ms a step with the branches, 3.4 without.
-    # Once per process (LLVM takes an option once); the same bits either way
-    llvm.set_option("dlc", "--x86-cmov-converter=false")
+    for option in LLVM_OPTIONS:     # once per process: LLVM takes an option once
+        llvm.set_option("dlc", option)
 
 
 # DLC_TARGET=avx2 compiles for a generic AVX2 machine (x86-64-v3, without AVX-VNNI) even on
