@@ -135,28 +135,34 @@ class Lowering:
             self.channel_copies[t.key()] = contiguous(buf.id, shape, t.dtype)
         return self.channel_copies[t.key()]
 
-    def place(self, t: Tensor, rows: bool = False, e=None) -> Load:
+    def place(self, t: Tensor, rows: bool = False) -> Load:
         """Where a kernel writes the value t: at its step's place in a scan's stacked
         output when the body yields it (written there, it is not copied after), else in
         a fresh temporary, contiguous or, for the values only pointwise convolutions read
         (`channels_first_keys`), channels first, or for some of an int8 program's images,
-        channels last (`channels_last`, of the expression `e` that computes t, by default its
-        value). `rows`: the writer stores a matrix by rows with a
+        channels last (`channels_last_place`). `rows`: the writer stores a matrix by rows with a
         leading dim (a GEMM's C), so only a rank-2 place with unit column stride does."""
         slot = self.slots.get(t.key())
         if slot is not None and (not rows or t.rank == 2 and slot.at.coeffs[1] == 1):
             return slot
-        buf = self.p.buffer(t.dtype, numel(t.shape), "temp")
         if slot is None and not rows and t.key() in self.channels_first_keys:
             # read by pointwise convolutions' GEMMs over the batch alone (kernels/conv)
+            buf = self.p.buffer(t.dtype, numel(t.shape), "temp")
             swapped = (t.shape[1], t.shape[0], *t.shape[2:])
             self.laid_out[t.key()] = Load(buf.id, first_two_swapped(Affine(0, row_major(swapped))), t.dtype)
             return self.laid_out[t.key()]
-        if slot is None and not rows and self.channels_last(t, self.values.get(t.key()) if e is None else e):
-            _, c, h, w = t.shape
-            self.laid_out[t.key()] = Load(buf.id, Affine(0, (h * w * c, 1, w * c, c)), t.dtype)
-            return self.laid_out[t.key()]
-        return contiguous(buf.id, t.shape, t.dtype)
+        last = None if slot is not None or rows else self.channels_last_place(t, self.values.get(t.key()))
+        return last or contiguous(self.p.buffer(t.dtype, numel(t.shape), "temp").id, t.shape, t.dtype)
+
+    def channels_last_place(self, t: Tensor, e) -> Load | None:
+        """A fresh temporary for the image t, computed by expression e, laid out channels
+        last ([N, H, W, C]) where `channels_last` says so; else None."""
+        if not self.channels_last(t, e):
+            return None
+        _, c, h, w = t.shape
+        buf = self.p.buffer(t.dtype, numel(t.shape), "temp")
+        self.laid_out[t.key()] = Load(buf.id, Affine(0, (h * w * c, 1, w * c, c)), t.dtype)
+        return self.laid_out[t.key()]
 
     def channels_last(self, t: Tensor, e) -> bool:
         """Whether an int8 program stores the image t [N, C, H, W], computed by expression e,

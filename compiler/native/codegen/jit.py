@@ -36,7 +36,7 @@ _lock = threading.RLock()
 
 # x86's code generator turns a loop's conditional moves into branches where it guesses
 # them predictable; a running maximum's (max pooling, argmax) depends on the data and is
-# not: ResNet's max-pool gradient took 7.6 ms a step with the branches, 3.4 without. The
+# not (ResNet's max-pool gradient: 7.6 ms a step with the branches, 3.4 without). The
 # same bits either way; in every compile-cache key (runtime/engines/cache.py)
 LLVM_OPTIONS = ("--x86-cmov-converter=false",)
 

@@ -40,8 +40,7 @@ def _pool(lw, n, ins, attrs, typ, op):
         total = at[0]
         for v in at[1:]:
             total = Op("maximum" if op == "max" else "add", (total, v), "f32")
-        y = lw.graph.outputs_of(n)[0]
-        out = lw.place(y, e=total) if lw.channels_last(y, total) else fresh()
+        out = lw.channels_last_place(lw.graph.outputs_of(n)[0], total) or fresh()
         lw.emit(MapKernel(typ.shape, out.buffer, out.at, total, node=n))
     else:
         out = fresh()

@@ -473,11 +473,10 @@ def _epilogue(kb, k, lo, hi):
     def image(n):
         start = b.mul(n, pixels)
         p0, p1 = b.sub(_max(b, lo, start), start), b.sub(_min(b, hi, b.add(start, pixels)), start)
+        at = lambda c, p: map_body(kb, k.epilogue, kb.p, [n, c, b.add(p0, p)])
         if along_channels:
-            kb.loops((b.sub(p1, p0), channels),
-                     lambda idx: map_body(kb, k.epilogue, kb.p, [n, idx[1], b.add(p0, idx[0])]))
+            kb.loops((b.sub(p1, p0), channels), lambda idx: at(idx[1], idx[0]))
         else:
-            kb.loops((channels, b.sub(p1, p0)),
-                     lambda idx: map_body(kb, k.epilogue, kb.p, [n, idx[0], b.add(p0, idx[1])]))
+            kb.loops((channels, b.sub(p1, p0)), lambda idx: at(*idx))
     images = b.sub(b.sdiv(b.add(hi, b.sub(pixels, _c(1))), pixels), first)       # those rows [lo, hi) reach
     kb.loops((images,), lambda idx: image(b.add(first, idx[0])))
