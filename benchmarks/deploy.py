@@ -29,7 +29,7 @@ import numpy as np
 
 from machine import print_results, wait_idle
 from predict import BATCHES, OUTPUT_RTOL, dlc_model, inputs_of, onnx_session
-from rounds import ROUNDS, interleave, others_cell, ratio_cell, timed, wide_note
+from rounds import ROUNDS, interleave, others_cell, ratio_cell, timed, wide_note, time_o3_code
 from train_step import DEFAULT_STEPS, THREADS
 
 HERE = Path(__file__).resolve().parent
@@ -177,6 +177,7 @@ def main(argv=None) -> int:
                     help="the include folder of an onnxruntime release (onnxruntime_c_api.h): onnxruntime is timed "
                          "from C too (default: through its Python API)")
     args = ap.parse_args(argv)
+    time_o3_code()
     import onnxruntime
     print(f"dlc-built libraries from C against onnxruntime {onnxruntime.__version__} "
           f"({'C' if args.include else 'Python'} API), {THREADS} threads; median ms per call over {args.rounds} rounds, "

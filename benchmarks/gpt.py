@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from machine import print_results, status_kb
-from rounds import interleave, others_cell, ratio_cell, wide_note
+from rounds import interleave, others_cell, ratio_cell, wide_note, time_o3_code
 from train_step import json_safe, markdown, workload_source
 
 HERE = Path(__file__).resolve().parent
@@ -410,6 +410,7 @@ def main(argv=None) -> int:
                     "start; with DIR the first iteration is as cold as DIR is empty)")
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    time_o3_code()
     if args.child:
         kind, config, iters, seed, workdir = args.child
         print(json.dumps(json_safe(CHILDREN[kind](config, int(iters), int(seed), workdir))))

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from machine import print_results
-from rounds import ROUNDS, others_cell, ratio_cell, timed_row
+from rounds import ROUNDS, others_cell, ratio_cell, timed_row, time_o3_code
 
 MODELS = ("mobilenet_v2", "efficientnet_b0")
 BATCHES = (8, 1)
@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of both in turn (default {ROUNDS})")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
+    time_o3_code()
     threads = args.threads or THREADS
     import onnxruntime
     import torch

@@ -69,7 +69,7 @@ import numpy as np
 from deploy import c_point, process_slot, timer
 from imported import imported, onnxruntime_session
 from machine import print_results
-from rounds import ROUNDS, interleave, others_cell, ratio_cell, reported, timed
+from rounds import ROUNDS, interleave, others_cell, ratio_cell, reported, timed, time_o3_code
 from train_step import THREADS, json_safe, markdown
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -316,6 +316,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=SECONDS, help=f"a round's seconds of each (default {SECONDS})")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
+    time_o3_code()
     weights = dict(w.split("=", 1) for w in args.weights)
     unknown = set(weights) - set(TRAINED)
     if unknown:

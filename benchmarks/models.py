@@ -72,7 +72,7 @@ import numpy as np
 from deploy import c_point, process_slot, timer
 from imported import first_prediction_s, imported
 from machine import print_results
-from rounds import ROUNDS, interleave, others_cell, ratio_cell, reported, timed
+from rounds import ROUNDS, interleave, others_cell, ratio_cell, reported, timed, time_o3_code
 from train_step import (DEFAULT_BATCH, LOSS_RTOL, PAUSE_S, THREADS, DlcRunner, TorchRunner, json_safe, load_workload,
                         make_batch, markdown, rel, torch_state as workload_torch_state)
 
@@ -389,6 +389,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
+    time_o3_code()
     args.predict_batch = args.predict_batch or list(PREDICT_BATCHES)
     sides = args.side or ["train", "predict"]
     import torch

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from machine import print_results, wait_idle
-from rounds import ROUNDS, others_cell, ratio_cell, timed_row
+from rounds import ROUNDS, others_cell, ratio_cell, timed_row, time_o3_code
 from train_step import DEFAULT_STEPS, THREADS, WORKLOAD_DIR, make_batch, torch_model, torch_state
 
 BATCHES = (1, 256)
@@ -116,6 +116,7 @@ def main(argv=None) -> int:
                     help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
+    time_o3_code()
     import onnxruntime
     import torch
     torch.set_num_threads(THREADS)

@@ -14,6 +14,7 @@ tests/project/test_benchmark_rounds.py holds both with a fake clock.
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,13 @@ from machine import OtherLoad
 
 WIDE = 0.15         # a ratio whose p25 or p75 lies further than this from its median: the run says so
 ROUNDS = 5          # the rounds of a run unless its script is told otherwise
+
+
+def time_o3_code():
+    """From now on, this process's modules are compiled at O3 before their first call, not as
+    quick code first (docs/native.md, "Quick code first"): a speed benchmark times the code a
+    long run runs (train_step.py's first steps take the quick code, as a run's do)."""
+    os.environ.setdefault("DLC_QUICK_CODE", "0")
 
 
 def timed(step, clock=time.perf_counter):

@@ -32,10 +32,15 @@ precision) and PyTorch's forward runs under torch.autocast("cpu", dtype=torch.bf
 the first-step losses then agree to BF16_LOSS_RTOL, and JAX is not run. dlc's float32 step
 is timed in the same run (`dlc_f32`, not a peer), and `f32/bf16` is its median over dlc's
 bf16 median: what bf16 buys.
+
+dlc's first step runs the quick code a run starts with (docs/native.md, "Quick code first"),
+its timed steps the O3 code, waited for after the first step; `--first-at-o3` takes the
+first step with O3 code too.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import os
@@ -49,7 +54,7 @@ from pathlib import Path
 import numpy as np
 
 from machine import cpu_hogs, wait_idle
-from rounds import Ratio, interleave, timed, wide_note
+from rounds import Ratio, interleave, timed, wide_note, time_o3_code
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD_DIR = HERE / "workloads"
@@ -323,8 +328,10 @@ def timed_loop(run: Run, step_fn, warmup: int, steps: int):
 
 class DlcRunner:
     def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int,
-                 sizes: dict | None = None, precision: str = "f32", label: str = "dlc", program=None):
-        """`program`: the dlc program to train (a loader Program) instead of the workload's."""
+                 sizes: dict | None = None, precision: str = "f32", label: str = "dlc", program=None,
+                 quick_first: bool = True):
+        """`program`: the dlc program to train (a loader Program) instead of the workload's;
+        `quick_first`: the first step runs quick code, as a run's does (else O3 code)."""
         from dlc.compiler.frontend.settings import Call
         from dlc.runtime.engines.optim import make_optimizer
         t0 = time.perf_counter()
@@ -334,7 +341,7 @@ class DlcRunner:
         self.trainable = [p.name for p in self.train.params if p.trainable]
         self.opt = make_optimizer(Call("adam", [], {"lr": lr}))
         self.init, self.batch, self.lr, self.seed = init, batch, lr, seed
-        self.requested, self.precision = engine_kind, precision
+        self.requested, self.precision, self.quick_first = engine_kind, precision, quick_first
         self.run, self.label = Run(label), label
         self.t = 0                  # the optimizer's step count
 
@@ -353,20 +360,37 @@ class DlcRunner:
 
     def first(self):
         """Engine construction + first step (the native engine never falls back: a model it
-        cannot compile stops with dlc's located error)."""
+        cannot compile stops with dlc's located error), then, untimed, the wait for its O3 code."""
         from dlc.runtime.engines.backends import make_engine
         self._fresh()
         t0 = time.perf_counter()
-        self.engine = make_engine(self.requested, self.train, self.ev, self.opt, self.trainable,
-                                  precision=self.precision)
-        loss = self.step()
+        with quick_code(self.quick_first):
+            self.engine = make_engine(self.requested, self.train, self.ev, self.opt, self.trainable,
+                                      precision=self.precision)
+            loss = self.step()
         self.run.first_s = time.perf_counter() - t0
+        if hasattr(self.engine, "finish_compiling"):
+            self.engine.finish_compiling()
         self.run.losses.append(loss)
         self.kind = self.engine.name
         self.run.framework = f"{self.label} ({self.kind})"
 
     def timed(self, warmup: int, steps: int):
         timed_loop(self.run, self.step, warmup, steps)
+
+
+@contextlib.contextmanager
+def quick_code(on: bool):
+    """The modules compiled meanwhile run quick code first (DLC_QUICK_CODE), or are O3 at once."""
+    before = os.environ.get("DLC_QUICK_CODE")
+    os.environ["DLC_QUICK_CODE"] = "1" if on else "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["DLC_QUICK_CODE"]
+        else:
+            os.environ["DLC_QUICK_CODE"] = before
 
 
 class TorchRunner:
@@ -514,10 +538,12 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
 
     runners = {}
     if "dlc" in frameworks:
-        dlc = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, precision=args.precision)
+        dlc = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, precision=args.precision,
+                        quick_first=not args.first_at_o3)
         runners["dlc"] = dlc
         if args.precision == "bf16" and "dlc_f32" in frameworks:
-            runners["dlc_f32"] = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, label="dlc f32")
+            runners["dlc_f32"] = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, label="dlc f32",
+                                           quick_first=not args.first_at_o3)
     for variant in TORCH_VARIANTS:
         if variant in frameworks:
             runners[variant] = TorchRunner(name, torch_state(name, init), batch, args.lr, variant,
@@ -691,7 +717,10 @@ def main(argv=None) -> int:
     ap.add_argument("--cold", action="store_true",
                     help="dlc's first steps with an empty compile cache (a new DLC_CACHE_DIR) but its GEMM kernels "
                          "built: they are compiled first, once, and timed apart")
+    ap.add_argument("--first-at-o3", action="store_true",
+                    help="dlc's first steps run O3 code (DLC_QUICK_CODE=0), not the quick code a run starts with")
     args = ap.parse_args(argv)
+    time_o3_code()
     if (args.steps is not None and args.steps < 1 or args.rounds is not None and args.rounds < 1
             or args.warmup is not None and args.warmup < 0):
         ap.error("--steps and --rounds must be at least 1 and --warmup at least 0")

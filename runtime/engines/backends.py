@@ -34,7 +34,8 @@ def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=
         started = time.perf_counter()
         engine = NativeEngine(train_model, eval_model, *args, split=split, buckets=buckets, shard=shard, **kw)
         if log and engine.train_exe is not None:
-            log(built_message(engine.train_exe.compiled.cached, time.perf_counter() - started))
+            log(built_message(engine.train_exe.compiled.cached, time.perf_counter() - started,
+                              not engine.train_exe.driver.optimized))
         return engine
     except NotLowerable as e:
         if backend == "native":
@@ -47,12 +48,14 @@ def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=
     return ReferenceEngine(train_model, eval_model, *args, **kw)
 
 
-def built_message(cached: bool, seconds: float) -> str:
+def built_message(cached: bool, seconds: float, quick: bool) -> str:
     """What the run says of its train step: loaded from the compile cache, or compiled (then
-    stored there); `seconds` counts lowering the graph too."""
+    stored there), and whether it is the quick code (runtime/engines/tiers.py); `seconds`
+    counts lowering the graph too."""
+    what = "the native train step's quick code" if quick else "the native train step"
     if cached:
-        return f"loaded the native train step from the cache ({span(seconds)})"
-    return f"compiled the native train step in {span(seconds)} (cached for the next runs)"
+        return f"loaded {what} from the cache ({span(seconds)})"
+    return f"compiled {what} in {span(seconds)} (cached for the next runs)"
 
 
 def _warn(message: str):

@@ -1,4 +1,5 @@
-"""Compiled objects cached on disk, keyed by a hash of the LLVM IR, the target (triple, CPU and
+"""Compiled objects cached on disk, keyed by a hash of the LLVM IR and its optimization level
+(runtime/engines/tiers.py compiles a module at O1, then at O3), the target (triple, CPU and
 features, whether the AMX tiles may be used: `amx.tiles_usable`, the GEMM's vector width,
 which DLC_GEMM_VW may choose: `gemm.default_config`) and the dlc and llvmlite versions: the
 second compile of the same model loads machine code instead of running LLVM.
@@ -101,11 +102,12 @@ class Loaded:
         return addr
 
 
-def compile_cached(module) -> Loaded:
-    """Machine code for an IR-builder module, from the cache or from LLVM (then stored)."""
+def compile_cached(module, level: int = jit.OPT_LEVEL) -> Loaded:
+    """Machine code for an IR-builder module at O`level`, from the cache or from LLVM (then
+    stored)."""
     provide(jit.declared_functions(module))
     text, pieces = parallel_compile.module_text(module)
-    key = _key(text)
+    key = _object_key(text, level)
     t0 = time.perf_counter()
     with _open_dir() as dirfd:
         objects = None if dirfd is None else _objects(_read(dirfd, f"{key}.o", key))
@@ -113,11 +115,15 @@ def compile_cached(module) -> Loaded:
             loaded = _loaded(objects, jit.exported_functions(module), t0, key)
             if loaded is not None:
                 return loaded
-        objects = parallel_compile.compile_objects(module, text, pieces)
+        objects = parallel_compile.compile_objects(module, text, pieces, level)
         stats["compiles"] += 1
         if dirfd is not None:
             _store(dirfd, f"{key}.o", key, _bundle(objects))
     return Loaded(jit.load_objects(objects), time.perf_counter() - t0, False, key)
+
+
+def _object_key(text: str, level: int) -> str:
+    return _key(f"O{level}\n{text}")
 
 
 def object_cached(ref, level: int) -> bytes:
@@ -180,25 +186,51 @@ def _objects(payload: bytes | None) -> list | None:
     return [payload[end - n:end] for end, n in zip(ends, lengths)]
 
 
-def compile_built(parts: tuple, build) -> tuple[Loaded, list]:
-    """Machine code for the module that `build()` makes, and the list it gives with it
-    (`build` returns both: a step module and its argument slots), keyed by what the module
+def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Loaded, list]:
+    """Machine code at O`level` for the module that `build()` makes, and the list it gives with
+    it (`build` returns both: a step module and its argument slots), keyed by what the module
     is built from (`parts`, pickled) and by dlc's compiler source, before building it: a
     warm start skips building the IR, a quarter of a second for a transformer's step. The
     entry (a `.step` file) names the object entry of the module and holds the list; parts
     whose pickles differ only miss the cache, and all of a module's inputs are in them."""
-    key = _built_key(parts)
+    key = _built_key(parts, level)
     t0 = time.perf_counter()
     with _open_dir() as dirfd:
         def made():
             module, extra = build()
-            loaded = compile_cached(module)
-            if dirfd is not None:
-                doc = {"object": loaded.key, "functions": jit.exported_functions(module),
-                       "declared": jit.declared_functions(module), "extra": extra}
-                _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
+            loaded = compile_cached(module, level)
+            _store_step(dirfd, key, loaded.key, module, extra)
             return loaded, extra
         return _found_or_made(dirfd, key, lambda: _built(dirfd, key, t0), made)
+
+
+def find_built(parts: tuple, level: int) -> tuple[Loaded, list] | None:
+    """compile_built's machine code and list when the cache has them; None, building nothing,
+    when it does not."""
+    with _open_dir() as dirfd:
+        return _built(dirfd, _built_key(parts, level), time.perf_counter())
+
+
+def store_built(parts: tuple, level: int, module, text: str, objects: list, extra: list) -> Loaded:
+    """The objects compiled at O`level` elsewhere (runtime/engines/tiers.py) of the module that
+    compile_built's `build` makes for `parts` (`text`: its IR text), loaded and stored as
+    compile_built stores them."""
+    key = _object_key(text, level)
+    stats["compiles"] += 1
+    loaded = Loaded(jit.load_objects(objects), 0.0, False, key)
+    with _open_dir() as dirfd:
+        if dirfd is not None:
+            _store(dirfd, f"{key}.o", key, _bundle(objects))
+            _store_step(dirfd, _built_key(parts, level), key, module, extra)
+    return loaded
+
+
+def _store_step(dirfd: int | None, key: str, object_key: str, module, extra: list):
+    """The `.step` entry `key`: it names the object entry and holds the list."""
+    if dirfd is not None:
+        doc = {"object": object_key, "functions": jit.exported_functions(module),
+               "declared": jit.declared_functions(module), "extra": extra}
+        _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
 
 
 def _built(dirfd: int | None, key: str, t0: float) -> tuple[Loaded, list] | None:
@@ -277,9 +309,9 @@ def _compiler_source() -> bytes:
     return h.digest()
 
 
-def _built_key(parts: tuple) -> str:
+def _built_key(parts: tuple, level: int = jit.OPT_LEVEL) -> str:
     h = hashlib.sha256(_compiler_source())
-    h.update(_pickled(parts))
+    h.update(_pickled((level, parts)))
     return _key(h.hexdigest())
 
 

@@ -37,6 +37,7 @@ from dlc.runtime.engines.reference import _scalars, predict_graph
 from dlc.runtime.engines.interpreter import bind_sizes
 from dlc.runtime.engines import second_order
 from dlc.runtime.engines.optim import Optimizer
+from dlc.runtime.engines.tiers import TieredDriver
 
 # the random key of evaluation and prediction: always zeros (read only, as every input)
 NO_KEY = np.zeros(2, np.int32)
@@ -149,15 +150,16 @@ class Executable:
         self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
         if profile:
             built = build_module(self.program, "dlc_step", update=update, profile=self.profile, check=check_numerics)
-            self.compiled, arguments = cache.compile_cached(built.module), built.arguments
+            self.driver, arguments = TieredDriver.optimized_only(cache.compile_cached(built.module), "dlc_step"), \
+                built.arguments
         else:
             def build():
                 built = build_module(self.program, "dlc_step", update=update, check=check_numerics)
                 return built.module, built.arguments
             parts = (self.program, update) + (("check numerics",) if check_numerics else ())
-            self.compiled, arguments = cache.compile_built(parts, build)
-        self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
-            self.compiled.address("dlc_step"))
+            # the numerics check is bound to its module's globals: one tier
+            self.driver = TieredDriver(parts, build, "dlc_step", quick=not check_numerics)
+            arguments = self.driver.extra
         self.layouts: dict = {}
         self.packed: dict = {}                      # the packed weights (kernels/gemm), by buffer
         self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
@@ -180,6 +182,11 @@ class Executable:
         self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
         # tests what each kernel writes (NumericsCheck); the module's driver calls it
         self.numerics = NumericsCheck(self.program, self.compiled) if check_numerics else None
+
+    @property
+    def compiled(self) -> cache.Loaded:
+        """The machine code that runs (runtime/engines/tiers.py)."""
+        return self.driver.loaded
 
     def _host(self, name: str, hosts: dict):
         """The C function of host function `name`. An exception cannot cross a ctypes
@@ -265,7 +272,7 @@ class Executable:
         lay.fault.value = 0
         if self.numerics is not None:
             self.numerics.arm(lay.table, sizes, lay.fault)
-        self.fn(lay.address, lay.sizes, threads())
+        self.driver.run(lay.address, lay.sizes, threads())
         if self.host_error is not None:
             error, self.host_error = self.host_error, None
             raise error
@@ -383,15 +390,13 @@ class UpdateCall:
         def build():
             built = build_module(KernelProgram(), "dlc_update", update=update)
             return built.module, built.arguments
-        self.compiled, arguments = cache.compile_built(("dlc_update", update), build)
-        self.fn = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)(
-            self.compiled.address("dlc_update"))
+        self.driver = TieredDriver(("dlc_update", update), build, "dlc_update")
         table = np.array([0 if a is None else a.ctypes.data for a in arrays], np.uint64)
-        self.args = table[np.array(arguments, np.intp)]
+        self.args = table[np.array(self.driver.extra, np.intp)]
         self.dims = (ctypes.c_int64 * 1)(0)        # the fault flag, no sizes: an empty program has no checks
 
     def __call__(self):
-        self.fn(self.args.ctypes.data, ctypes.addressof(self.dims) + ctypes.sizeof(ctypes.c_int64), threads())
+        self.driver.run(self.args.ctypes.data, ctypes.addressof(self.dims) + ctypes.sizeof(ctypes.c_int64), threads())
 
 
 class NativeEngine:
@@ -499,6 +504,14 @@ class NativeEngine:
         gradients'."""
         if self.allreduce is not None:
             self.allreduce.finish(self._values(self.train_exe.arrays))
+
+    def finish_compiling(self):
+        """Wait for the O3 code of every program compiled so far (runtime/engines/tiers.py): what
+        runs next is the code a long run runs (a benchmark times it)."""
+        for program in (self.train_exe, getattr(self, "update_call", None), self._eval, self._predict,
+                        self._hvp):
+            if program is not None:
+                program.driver.finish()
 
     def train_memory(self) -> dict:
         """Bytes by part (runtime/engines/budget.py PARTS) that training holds at the batch shape it

@@ -106,7 +106,7 @@ def test_an_entry_without_the_modules_functions_is_recompiled(tmp_path, monkeypa
     a, b = constant_function("dlc_test_a", 7), constant_function("dlc_test_b", 8)
     cache.compile_cached(b)
     [entry] = tmp_path.glob("*.o")
-    key = cache._key(str(a))
+    key = cache._object_key(str(a), jit.OPT_LEVEL)
     (tmp_path / f"{key}.o").write_bytes(cache._pack(key, cache._unpack(entry.stem, entry.read_bytes())))
     before = dict(cache.stats)
     loaded = cache.compile_cached(a)

@@ -22,7 +22,7 @@ def step_module(tmp_path, monkeypatch, name: str) -> ir.Module:
     """The train step's LLVM module of an example, as the native engine builds it."""
     built = []
     compile_cached = cache.compile_cached
-    monkeypatch.setattr(cache, "compile_cached", lambda module: built.append(module) or compile_cached(module))
+    monkeypatch.setattr(cache, "compile_cached", lambda module, *level: built.append(module) or compile_cached(module, *level))
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "cache"))
     five_steps(load(str(EXAMPLES / name)), NativeEngine, Call("sgd", [], {"lr": 0.1}), {"B": 2, "T": 3})
     return next(m for m in built if any(f.name == "dlc_step" for f in m.functions))
@@ -60,7 +60,7 @@ def trained(tmp_path, monkeypatch, name: str, jobs: str) -> tuple:
     compile_objects, compile_here = parallel_compile.compile_objects, parallel_compile._compile
     monkeypatch.setattr(parallel_compile, "compile_objects",
                         lambda *a: compiled.append(compile_objects(*a)) or compiled[-1])
-    monkeypatch.setattr(parallel_compile, "_compile", lambda text: here.append(1) or compile_here(text))
+    monkeypatch.setattr(parallel_compile, "_compile", lambda *a: here.append(1) or compile_here(*a))
     params, losses, _, _ = five_steps(load(str(EXAMPLES / name)), NativeEngine, Call("adam", [], {"lr": 1e-3}),
                                       {"B": 2, "T": 3})
     return params, losses, [len(objects) for objects in compiled], len(here)

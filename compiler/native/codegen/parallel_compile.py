@@ -17,6 +17,7 @@ helpers, the globals it uses, a function that shares one with it) stays in its p
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -135,34 +136,40 @@ def _declaration(text: str) -> str:
     return re.sub(r"^define (internal |private )?", "declare ", line.rstrip(" {"))
 
 
-def compile_objects(module: ir.Module, text: str, pieces: dict) -> list[bytes]:
-    """The machine code of `module` (its text and pieces from `module_text`): one object, or
-    one per part, compiled at once in this process and `jobs() - 1` children."""
+def parts(module: ir.Module, text: str, pieces: dict) -> list[str]:
+    """The IR texts `module` (its text and pieces from `module_text`) is compiled as: the
+    whole text, or `jobs()` parts of a large module."""
     n = jobs()
-    parts = split(module, pieces, n) if n > 1 and len(text) >= MIN_SPLIT_CHARS else [text]
-    children = [_Child(part) for part in parts[1:]]
-    objects = [_compile(parts[0])]
+    return split(module, pieces, n) if n > 1 and len(text) >= MIN_SPLIT_CHARS else [text]
+
+
+def compile_objects(module: ir.Module, text: str, pieces: dict, level: int = jit.OPT_LEVEL) -> list[bytes]:
+    """The machine code of `module` at O`level`: one object, or one per part, compiled at once
+    in this process and `jobs() - 1` children."""
+    texts = parts(module, text, pieces)
+    children = [Child(part, level) for part in texts[1:]]
+    objects = [_compile(texts[0], level)]
     return objects + [child.result() for child in children]
 
 
-def _compile(text: str) -> bytes:
-    return jit.target_machine().emit_object(jit.optimize(jit.parse(text)))
+def _compile(text: str, level: int) -> bytes:
+    return jit.target_machine(level).emit_object(jit.optimize(jit.parse(text), level))
 
 
-class _Child:
-    """A part compiled in a child process. If the child cannot start or fails, the part is
-    compiled here instead: the same code either way."""
+class Child:
+    """A part compiled at O`level` in a child process. If the child cannot start or fails,
+    `result` compiles the part here instead: the same code either way."""
 
-    def __init__(self, text: str):
-        self.text, self.out = text, None
+    def __init__(self, text: str, level: int):
+        self.text, self.level, self.out = text, level, None
         cpu, features = jit.host_cpu()
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", __name__, cpu, features], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen([sys.executable, "-m", __name__, cpu, features, str(level)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
         except OSError:
             self.proc = None
             return
-        # the pipes are fed and drained beside this process's own compile
+        # the pipes are fed and drained beside this process's own work
         self.thread = threading.Thread(target=self._talk, daemon=True)
         self.thread.start()
 
@@ -174,20 +181,30 @@ class _Child:
         except OSError:
             pass
 
+    def done(self) -> bool:
+        """Whether `result` returns without waiting for the child."""
+        return self.proc is None or not self.thread.is_alive()
+
     def result(self) -> bytes:
         if self.proc is not None:
             self.thread.join()
-        return self.out if self.out is not None else _compile(self.text)
+        return self.out if self.out is not None else _compile(self.text, self.level)
+
+    def stop(self):
+        """End the child (its result is not wanted)."""
+        if self.proc is not None:
+            with contextlib.suppress(OSError):
+                self.proc.kill()
 
 
 def main(argv: list) -> int:
-    """The child: compile the IR on stdin for the CPU the parent named (it must be the one
-    this process compiles for) and write the object to stdout."""
-    cpu, features = argv
+    """The child: compile the IR on stdin at the level named for the CPU the parent named
+    (it must be the one this process compiles for) and write the object to stdout."""
+    cpu, features, level = argv
     if jit.host_cpu() != (cpu, features):
         print("parallel_compile: this process would compile for another CPU than its parent", file=sys.stderr)
         return 1
-    sys.stdout.buffer.write(_compile(sys.stdin.buffer.read().decode()))
+    sys.stdout.buffer.write(_compile(sys.stdin.buffer.read().decode(), int(level)))
     return 0
 
 

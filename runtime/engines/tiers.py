@@ -1,0 +1,117 @@
+"""A program's machine code in two tiers: quick code first, optimized code once it is hot.
+
+LLVM's O3 takes about twice as long as O1 over dlc's modules, and most of a short run (a
+first step, a test, a prediction of a few examples) is that compile. So a module that is
+not in the compile cache at O3 is compiled at O1 (`QUICK`) and runs at once. Once its quick
+code has run for `HOT` seconds in all, the same IR is compiled at O3 in child processes
+(compiler/native/codegen/parallel_compile.py) while the program runs on, and the next
+call after they finish runs the O3 code, which is then stored in the cache: the next run
+starts with it.
+
+Both tiers compute the same bits: no float operation of dlc's IR lets LLVM reassociate or
+contract it (the FMAs are explicit calls), so the optimizer may not change a result at
+any level (tests/native/test_tiers.py). `DLC_QUICK_CODE=0` compiles every module at O3
+before its first call; `finish` waits for the O3 code (a benchmark times it).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+import weakref
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.native.codegen import jit, parallel_compile
+from dlc.runtime.engines import cache
+
+QUICK = 1                   # the quick tier's optimization level
+# quick code is hot once it has run this long in all: longer than most short runs (a test, a
+# prediction of a few examples), and short enough that, at 0.5-0.8 of O3's speed, it costs a
+# long run at most half a second before the O3 compile starts
+HOT = 1.0
+# a driver's signature: (the arguments, the sizes, the threads)
+DRIVER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
+
+
+def quick_code() -> bool:
+    """Whether a module runs quick code first: $DLC_QUICK_CODE, 1 (the default) or 0."""
+    value = os.environ.get("DLC_QUICK_CODE", "1")
+    if value not in ("0", "1"):
+        raise DlcError(f"DLC_QUICK_CODE must be 1 (quick code first) or 0 (O3 before the first call), not '{value}'")
+    return value == "1"
+
+
+class TieredDriver:
+    """The driver `entry` of the module that `build()` makes (with its list: compile_built's
+    `parts` and `build`), in two tiers. `run(arguments, sizes, threads)` calls it; `loaded`
+    is the code that runs, `extra` the list."""
+
+    def __init__(self, parts: tuple, build, entry: str, quick: bool = True):
+        """`quick`: False compiles at O3 before the first call, as DLC_QUICK_CODE=0 does."""
+        self.parts, self.build, self.entry = parts, build, entry
+        self.module = self.text = self.children = None      # the O3 compile's input, and it under way
+        self.ran = 0.0                  # seconds the quick code has run
+        quick = quick and quick_code()
+        found = cache.find_built(parts, jit.OPT_LEVEL) if quick else None
+        if found is None and quick:
+            self.loaded, self.extra = cache.compile_built(parts, self._built, QUICK)
+            self.fn = DRIVER(self.loaded.address(entry))
+            self.run = self._quick
+        else:
+            self.loaded, self.extra = found or cache.compile_built(parts, build)
+            self.fn = self.run = DRIVER(self.loaded.address(entry))
+
+    @classmethod
+    def optimized_only(cls, loaded: cache.Loaded, entry: str) -> "TieredDriver":
+        """The driver `entry` of code compiled at O3 already (a profiling build's)."""
+        driver = cls.__new__(cls)
+        driver.loaded, driver.extra, driver.children = loaded, None, None
+        driver.fn = driver.run = DRIVER(loaded.address(entry))
+        return driver
+
+    @property
+    def optimized(self) -> bool:
+        """Whether the O3 code runs."""
+        return self.run is self.fn
+
+    def finish(self):
+        """Compile the O3 code now if its compile has not started, and wait for it."""
+        if not self.optimized:
+            if self.children is None:
+                self._start()
+            self._take()
+
+    def _built(self):
+        self.module, extra = self.build()
+        return self.module, extra
+
+    def _quick(self, *arguments):
+        """A call of the quick code, timed: the O3 compile starts once it is hot, and the call
+        after it is done runs the O3 code."""
+        t0 = time.perf_counter()
+        self.fn(*arguments)
+        self.ran += time.perf_counter() - t0
+        if self.children is None:
+            if self.ran >= HOT:
+                self._start()
+        elif all(child.done() for child in self.children):
+            self._take()
+
+    def _start(self):
+        if self.module is None:        # the quick code came from the cache: the module is built now
+            self.module, _ = self.build()
+        self.text, pieces = parallel_compile.module_text(self.module)
+        self.children = [parallel_compile.Child(part, jit.OPT_LEVEL)
+                         for part in parallel_compile.parts(self.module, self.text, pieces)]
+        weakref.finalize(self, _stop, self.children)    # a run that ends first does not wait for them
+
+    def _take(self):
+        objects = [child.result() for child in self.children]
+        self.loaded = cache.store_built(self.parts, jit.OPT_LEVEL, self.module, self.text, objects, self.extra)
+        self.module = self.text = self.children = None
+        self.fn = self.run = DRIVER(self.loaded.address(self.entry))
+
+
+def _stop(children: list):
+    for child in children:
+        child.stop()

@@ -1,0 +1,150 @@
+"""A program's code in two tiers (runtime/engines/tiers.py): quick code (O1) first, O3 once it
+is hot, the same bits from both, the O3 code stored for the next run, and a run that ends
+during the O3 compile ending at once."""
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlc.compiler.errors import DlcError
+from dlc.compiler.frontend.loader import load
+from dlc.compiler.frontend.settings import Call
+from dlc.runtime.engines import cache, tiers
+from dlc.runtime.engines.native import NativeEngine
+from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.training.gradcheck import init_params, sample_inputs
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+SIZES = {"B": 3, "T": 5, "S": 4, "K": 3}
+
+
+def trained(name: str, finish_after: int | None):
+    """Five Adam steps of an example on the native engine, its evaluation and prediction; with
+    `finish_after`, its O3 code is waited for after that many steps. Also says which steps ran
+    quick code."""
+    program = load(str(EXAMPLES / name))
+    train, evaluation = program.build(training=True), program.build(training=False)
+    trainable = [p.name for p in train.params if p.trainable]
+    opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
+    engine = NativeEngine(train, evaluation, opt, trainable)
+    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    state = opt.init({n: params[n] for n in trainable})
+    quick, losses = [], []
+    for step in range(1, 6):
+        feeds = sample_inputs(train, SIZES, seed=step)
+        feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
+        quick.append(not engine.train_exe.driver.optimized)
+        losses.append(engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))["loss"])
+        if step == finish_after:
+            engine.finish_compiling()
+    inputs = {k: v for k, v in feeds.items() if k in {i.name for i in evaluation.inputs}}
+    outputs = engine.evaluate(params, feeds), engine.predict(params, inputs) if evaluation.graph.outputs else {}
+    return params, losses, outputs, quick
+
+
+@pytest.mark.parametrize("name", ["digits_cnn.dl", "char_lstm.dl", "transformer_classifier.dl"])
+def test_quick_code_and_o3_code_train_to_the_same_bits(tmp_path, monkeypatch, name):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "o3"))
+    monkeypatch.setenv("DLC_QUICK_CODE", "0")
+    o3, o3_losses, o3_outputs, quick = trained(name, None)
+    assert not any(quick)
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "tiers"))
+    monkeypatch.setenv("DLC_QUICK_CODE", "1")
+    tiered, losses, outputs, quick = trained(name, finish_after=2)
+    assert quick == [True, True, False, False, False]
+    assert losses == o3_losses and repr(outputs) == repr(o3_outputs)
+    for k in o3:
+        np.testing.assert_array_equal(tiered[k], o3[k], err_msg=k)
+
+
+def test_hot_quick_code_is_replaced_by_o3_code_which_the_next_run_starts_with(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiers, "HOT", 0.0)      # hot after its first call
+    program = load(str(EXAMPLES / "xor_mlp.dl"))
+    train, evaluation = program.build(training=True), program.build(training=False)
+    opt = make_optimizer(Call("sgd", [], {"lr": 0.1}))
+    engine = NativeEngine(train, evaluation, opt, [p.name for p in train.params])
+    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
+    state, feeds = opt.init(params), sample_inputs(train, SIZES, seed=1)
+    driver, quick, steps = engine.train_exe.driver, engine.train_exe.compiled, 0
+    # the O3 compile runs beside the calls; the first call after it is done runs its code
+    deadline = time.monotonic() + 120
+    while not driver.optimized and time.monotonic() < deadline:
+        steps += 1
+        engine.train_step(params, state, feeds, 0.1, steps, np.array([0, steps], np.int32))
+    assert driver.optimized and engine.train_exe.compiled is not quick and steps > 1
+    # a new engine of the same program in the same cache: O3 at its first call, nothing compiled
+    compiles = cache.stats["compiles"]
+    again = NativeEngine(train, evaluation, opt, [p.name for p in train.params])
+    assert again.train_exe.driver.optimized and again.train_exe.compiled.cached
+    assert cache.stats["compiles"] == compiles
+
+
+def test_quick_code_from_the_cache_is_built_again_when_hot(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    trained("digits_mlp.dl", None)                # quick code, not hot: stored at O1 only
+    built = []
+    from dlc.runtime.engines import native
+    build_module = native.build_module
+    monkeypatch.setattr(native, "build_module", lambda *a, **k: built.append(1) or build_module(*a, **k))
+    reference, reference_losses, _, _ = trained("digits_mlp.dl", None)
+    assert built == [], "the quick code was not read from the cache"
+    params, losses, _, quick = trained("digits_mlp.dl", finish_after=1)
+    assert quick == [True, False, False, False, False] and built, "the module was not built for the O3 compile"
+    assert losses == reference_losses
+    for k in reference:
+        np.testing.assert_array_equal(params[k], reference[k], err_msg=k)
+
+
+@pytest.mark.parametrize("value", ["2", "yes", " "])
+def test_a_bad_quick_code_setting_is_refused(monkeypatch, value):
+    monkeypatch.setenv("DLC_QUICK_CODE", value)
+    with pytest.raises(DlcError, match="DLC_QUICK_CODE must be 1 .* or 0"):
+        tiers.quick_code()
+
+
+def test_a_run_that_ends_during_the_o3_compile_ends_at_once_and_leaves_no_compiler(tmp_path):
+    script = textwrap.dedent(f"""
+        import numpy as np
+        from dlc.compiler.frontend.loader import load
+        from dlc.compiler.frontend.settings import Call
+        from dlc.runtime.engines import tiers
+        from dlc.runtime.engines.native import NativeEngine
+        from dlc.runtime.engines.optim import make_optimizer
+        from dlc.runtime.training.gradcheck import init_params, sample_inputs
+        tiers.HOT = 0.0
+        program = load({str(EXAMPLES / "digits_cnn.dl")!r})
+        train, evaluation = program.build(training=True), program.build(training=False)
+        trainable = [p.name for p in train.params if p.trainable]
+        opt = make_optimizer(Call("sgd", [], {{"lr": 0.1}}))
+        engine = NativeEngine(train, evaluation, opt, trainable)
+        params = {{k: v.astype(np.float32) for k, v in init_params(train).items()}}
+        feeds = sample_inputs(train, {SIZES!r}, seed=1)
+        engine.train_step(params, opt.init(params), feeds, 0.1, 1, np.array([0, 1], np.int32))
+        print(*[child.proc.pid for child in engine.train_exe.driver.children], flush=True)
+    """)
+    env = dict(os.environ, DLC_CACHE_DIR=str(tmp_path), DLC_COMPILE_JOBS="1")
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    pids = [int(p) for p in done.stdout.split()]
+    assert pids, "no O3 compile was started"
+    for pid in pids:
+        # killed at exit, then reaped by init: gone, or a zombie for a moment
+        for _ in range(100):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0]
+            except OSError:
+                break
+            if state == "Z":
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the O3 compiler {pid} outlived its run")
+    assert not list(tmp_path.glob("*.tmp"))
+    assert time.monotonic() - t0 < 60
