@@ -89,11 +89,11 @@ def _unpack(key: str, entry: bytes) -> bytes | None:
 
 
 class Loaded:
-    """Machine code in memory (`key`: its cache entry); keep this object alive while its
-    functions are used."""
+    """Machine code in memory (`key`: its cache entry; `size`: the bytes of its objects); keep
+    this object alive while its functions are used."""
 
-    def __init__(self, engine, seconds: float, cached: bool, key: str = ""):
-        self.engine, self.seconds, self.cached, self.key = engine, seconds, cached, key
+    def __init__(self, engine, seconds: float, cached: bool, key: str = "", size: int = 0):
+        self.engine, self.seconds, self.cached, self.key, self.size = engine, seconds, cached, key, size
 
     def address(self, name: str) -> int:
         addr = self.engine.get_function_address(name)
@@ -119,7 +119,7 @@ def compile_cached(module, level: int = jit.OPT_LEVEL) -> Loaded:
         stats["compiles"] += 1
         if dirfd is not None:
             _store(dirfd, f"{key}.o", key, _bundle(objects))
-    return Loaded(jit.load_objects(objects), time.perf_counter() - t0, False, key)
+    return Loaded(jit.load_objects(objects), time.perf_counter() - t0, False, key, _size(objects))
 
 
 def _object_key(text: str, level: int) -> str:
@@ -165,6 +165,10 @@ def object_entry(text: str, suffix: str, make) -> bytes:
 # An object entry holds the objects of a module's parts (compiler/native/codegen/parallel_compile.py):
 # their count, each one's length, then the objects.
 _COUNT, _LENGTH = struct.Struct("<I"), struct.Struct("<Q")
+
+
+def _size(objects: list) -> int:
+    return sum(map(len, objects))
 
 
 def _bundle(objects: list) -> bytes:
@@ -217,7 +221,7 @@ def store_built(parts: tuple, level: int, module, text: str, objects: list, extr
     compile_built stores them."""
     key = _object_key(text, level)
     stats["compiles"] += 1
-    loaded = Loaded(jit.load_objects(objects), 0.0, False, key)
+    loaded = Loaded(jit.load_objects(objects), 0.0, False, key, _size(objects))
     with _open_dir() as dirfd:
         if dirfd is not None:
             _store(dirfd, f"{key}.o", key, _bundle(objects))
@@ -294,7 +298,7 @@ def _loaded(objects: list, functions: list, t0: float, key: str) -> Loaded | Non
     engine = jit.load_objects(objects)
     if all(engine.get_function_address(name) for name in functions):
         stats["hits"] += 1
-        return Loaded(engine, time.perf_counter() - t0, True, key)
+        return Loaded(engine, time.perf_counter() - t0, True, key, _size(objects))
     stats["rejected"] += 1      # a valid object, of another module
     return None
 

@@ -3,7 +3,9 @@
 LLVM's O3 takes about twice as long as O1 over dlc's modules, and most of a short run (a
 first step, a test, a prediction of a few examples) is that compile. So a module that is
 not in the compile cache at O3 is compiled at O1 (`QUICK`) and runs at once. Once its quick
-code has run for `HOT` seconds in all, the same IR is compiled at O3 in child processes
+code has run for as long as its O3 compile is expected to take (`O3_SECONDS_PER_BYTE` of its
+quick code: the rule of renting skis until their price is paid, which never costs more than
+twice the best choice made knowing the run's length), the same IR is compiled at O3 in child processes
 (compiler/native/codegen/parallel_compile.py) while the program runs on, and the next
 call after they finish runs the O3 code, which is then stored in the cache: the next run
 starts with it.
@@ -25,10 +27,10 @@ from dlc.compiler.native.codegen import jit, parallel_compile
 from dlc.runtime.engines import cache
 
 QUICK = 1                   # the quick tier's optimization level
-# quick code is hot once it has run this long in all: longer than most short runs (a test, a
-# prediction of a few examples), and short enough that, at 0.5-0.8 of O3's speed, it costs a
-# long run at most half a second before the O3 compile starts
-HOT = 1.0
+# the O3 compile's seconds per byte of a module's quick code (its objects at O1): 21-27 µs
+# over dlc's modules from the MLP (20 KB, 0.47 s) to the ResNet example (169 KB, 3.9 s) on a
+# 2-core Xeon, about twice the O1 compile's
+O3_SECONDS_PER_BYTE = 23e-6
 # a driver's signature: (the arguments, the sizes, the threads)
 DRIVER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
@@ -55,6 +57,7 @@ class TieredDriver:
         found = cache.find_built(parts, jit.OPT_LEVEL) if quick else None
         if found is None and quick:
             self.loaded, self.extra = cache.compile_built(parts, self._built, QUICK)
+            self.hot = O3_SECONDS_PER_BYTE * self.loaded.size
             self.fn = DRIVER(self.loaded.address(entry))
             self.run = self._quick
         else:
@@ -92,7 +95,7 @@ class TieredDriver:
         self.fn(*arguments)
         self.ran += time.perf_counter() - t0
         if self.children is None:
-            if self.ran >= HOT:
+            if self.ran >= self.hot:
                 self._start()
         elif all(child.done() for child in self.children):
             self._take()

@@ -64,7 +64,7 @@ def test_quick_code_and_o3_code_train_to_the_same_bits(tmp_path, monkeypatch, na
 
 def test_hot_quick_code_is_replaced_by_o3_code_which_the_next_run_starts_with(tmp_path, monkeypatch):
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(tiers, "HOT", 0.0)      # hot after its first call
+    monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)      # hot after its first call
     program = load(str(EXAMPLES / "xor_mlp.dl"))
     train, evaluation = program.build(training=True), program.build(training=False)
     opt = make_optimizer(Call("sgd", [], {"lr": 0.1}))
@@ -108,17 +108,29 @@ def test_a_bad_quick_code_setting_is_refused(monkeypatch, value):
         tiers.quick_code()
 
 
-def test_a_run_that_ends_during_the_o3_compile_ends_at_once_and_leaves_no_compiler(tmp_path):
+# a model of its own (sizes no other test uses): its O3 code is in no cache, and the session's
+# cache holds the GEMM routines it calls
+OWN_MODEL = """
+model tiers_exit {
+    input  x: f32[B, 7]
+    target y: f32[B, 1]
+    h = dense(x, 29, tanh)
+    loss binary_cross_entropy(dense(h, 1, sigmoid), y)
+}
+"""
+
+
+def test_a_run_that_ends_during_the_o3_compile_ends_at_once_and_leaves_no_compiler():
     script = textwrap.dedent(f"""
         import numpy as np
-        from dlc.compiler.frontend.loader import load
+        from dlc.compiler.frontend.loader import load_text
         from dlc.compiler.frontend.settings import Call
         from dlc.runtime.engines import tiers
         from dlc.runtime.engines.native import NativeEngine
         from dlc.runtime.engines.optim import make_optimizer
         from dlc.runtime.training.gradcheck import init_params, sample_inputs
-        tiers.HOT = 0.0
-        program = load({str(EXAMPLES / "digits_cnn.dl")!r})
+        tiers.O3_SECONDS_PER_BYTE = 0.0
+        program = load_text({OWN_MODEL!r})
         train, evaluation = program.build(training=True), program.build(training=False)
         trainable = [p.name for p in train.params if p.trainable]
         opt = make_optimizer(Call("sgd", [], {{"lr": 0.1}}))
@@ -128,7 +140,7 @@ def test_a_run_that_ends_during_the_o3_compile_ends_at_once_and_leaves_no_compil
         engine.train_step(params, opt.init(params), feeds, 0.1, 1, np.array([0, 1], np.int32))
         print(*[child.proc.pid for child in engine.train_exe.driver.children], flush=True)
     """)
-    env = dict(os.environ, DLC_CACHE_DIR=str(tmp_path), DLC_COMPILE_JOBS="1")
+    env = dict(os.environ, DLC_COMPILE_JOBS="1")
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -146,5 +158,4 @@ def test_a_run_that_ends_during_the_o3_compile_ends_at_once_and_leaves_no_compil
             time.sleep(0.05)
         else:
             pytest.fail(f"the O3 compiler {pid} outlived its run")
-    assert not list(tmp_path.glob("*.tmp"))
     assert time.monotonic() - t0 < 60
