@@ -5,10 +5,10 @@ first step, a test, a prediction of a few examples) is that compile. So a module
 not in the compile cache at O3 is compiled at O1 (`QUICK`) and runs at once. Once its quick
 code has run for as long as its O3 compile is expected to take (`O3_SECONDS_PER_BYTE` of its
 quick code: the rule of renting skis until their price is paid, which never costs more than
-twice the best choice made knowing the run's length), the same IR is compiled at O3 in child processes
-(compiler/native/codegen/parallel_compile.py) while the program runs on, and the next
-call after they finish runs the O3 code, which is then stored in the cache: the next run
-starts with it.
+twice the best choice made knowing the run's length), and at least `HOT` seconds, the same
+IR is compiled at O3 in child processes (compiler/native/codegen/parallel_compile.py) while
+the program runs on, and the next call after they finish runs the O3 code, which is then
+stored in the cache: the next run starts with it.
 
 Both tiers compute the same bits: no float operation of dlc's IR lets LLVM reassociate or
 contract it (the FMAs are explicit calls), so the optimizer may not change a result at
@@ -31,6 +31,9 @@ QUICK = 1                   # the quick tier's optimization level
 # over dlc's modules from the MLP (20 KB, 0.47 s) to the ResNet example (169 KB, 3.9 s) on a
 # 2-core Xeon, about twice the O1 compile's
 O3_SECONDS_PER_BYTE = 23e-6
+# ... and at least this long: most short runs (a test, a prediction of a few examples) run
+# less, and never compile at O3 (a small module's O3 compile is short, but not free)
+HOT = 1.0
 # a driver's signature: (the arguments, the sizes, the threads)
 DRIVER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
@@ -57,7 +60,7 @@ class TieredDriver:
         found = cache.find_built(parts, jit.OPT_LEVEL) if quick else None
         if found is None and quick:
             self.loaded, self.extra = cache.compile_built(parts, self._built, QUICK)
-            self.hot = O3_SECONDS_PER_BYTE * self.loaded.size
+            self.hot = max(HOT, O3_SECONDS_PER_BYTE * self.loaded.size)
             self.fn = DRIVER(self.loaded.address(entry))
             self.run = self._quick
         else:

@@ -65,6 +65,7 @@ def test_quick_code_and_o3_code_train_to_the_same_bits(tmp_path, monkeypatch, na
 def test_hot_quick_code_is_replaced_by_o3_code_which_the_next_run_starts_with(tmp_path, monkeypatch):
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)      # hot after its first call
+    monkeypatch.setattr(tiers, "HOT", 0.0)
     program = load(str(EXAMPLES / "xor_mlp.dl"))
     train, evaluation = program.build(training=True), program.build(training=False)
     opt = make_optimizer(Call("sgd", [], {"lr": 0.1}))
@@ -129,7 +130,7 @@ def test_a_run_that_ends_during_the_o3_compile_ends_at_once_and_leaves_no_compil
         from dlc.runtime.engines.native import NativeEngine
         from dlc.runtime.engines.optim import make_optimizer
         from dlc.runtime.training.gradcheck import init_params, sample_inputs
-        tiers.O3_SECONDS_PER_BYTE = 0.0
+        tiers.O3_SECONDS_PER_BYTE = tiers.HOT = 0.0
         program = load_text({OWN_MODEL!r})
         train, evaluation = program.build(training=True), program.build(training=False)
         trainable = [p.name for p in train.params if p.trainable]
