@@ -27,8 +27,9 @@ ROUNDS = 5          # the rounds of a run unless its script is told otherwise
 
 def time_o3_code():
     """From now on, this process's modules are compiled at O3 before their first call, not as
-    quick code first (docs/native.md, "Quick code first"): a speed benchmark times the code a
-    long run runs (train_step.py's first steps take the quick code, as a run's do)."""
+    quick code first (docs/native.md, "Quick code first"), unless DLC_QUICK_CODE says
+    otherwise: a speed benchmark times the code a long run runs. (train_step.py waits for the
+    O3 code after each first step instead, whose time is a run's.)"""
     os.environ.setdefault("DLC_QUICK_CODE", "0")
 
 

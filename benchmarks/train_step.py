@@ -33,14 +33,13 @@ the first-step losses then agree to BF16_LOSS_RTOL, and JAX is not run. dlc's fl
 is timed in the same run (`dlc_f32`, not a peer), and `f32/bf16` is its median over dlc's
 bf16 median: what bf16 buys.
 
-dlc's first step runs the quick code a run starts with (docs/native.md, "Quick code first"),
-its timed steps the O3 code, waited for after the first step; `--first-at-o3` takes the
-first step with O3 code too.
+dlc's first step runs the code a run starts with: quick code (docs/native.md, "Quick code
+first") unless DLC_QUICK_CODE or `--first-at-o3` says O3; its timed steps run the O3 code,
+waited for after the first step.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
@@ -54,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from machine import cpu_hogs, wait_idle
-from rounds import Ratio, interleave, timed, wide_note, time_o3_code
+from rounds import Ratio, interleave, timed, wide_note
 
 HERE = Path(__file__).resolve().parent
 WORKLOAD_DIR = HERE / "workloads"
@@ -328,10 +327,8 @@ def timed_loop(run: Run, step_fn, warmup: int, steps: int):
 
 class DlcRunner:
     def __init__(self, name: str, init: dict, batch: dict, engine_kind: str, lr: float, seed: int,
-                 sizes: dict | None = None, precision: str = "f32", label: str = "dlc", program=None,
-                 quick_first: bool = True):
-        """`program`: the dlc program to train (a loader Program) instead of the workload's;
-        `quick_first`: the first step runs quick code, as a run's does (else O3 code)."""
+                 sizes: dict | None = None, precision: str = "f32", label: str = "dlc", program=None):
+        """`program`: the dlc program to train (a loader Program) instead of the workload's."""
         from dlc.compiler.frontend.settings import Call
         from dlc.runtime.engines.optim import make_optimizer
         t0 = time.perf_counter()
@@ -341,7 +338,7 @@ class DlcRunner:
         self.trainable = [p.name for p in self.train.params if p.trainable]
         self.opt = make_optimizer(Call("adam", [], {"lr": lr}))
         self.init, self.batch, self.lr, self.seed = init, batch, lr, seed
-        self.requested, self.precision, self.quick_first = engine_kind, precision, quick_first
+        self.requested, self.precision = engine_kind, precision
         self.run, self.label = Run(label), label
         self.t = 0                  # the optimizer's step count
 
@@ -364,10 +361,9 @@ class DlcRunner:
         from dlc.runtime.engines.backends import make_engine
         self._fresh()
         t0 = time.perf_counter()
-        with quick_code(self.quick_first):
-            self.engine = make_engine(self.requested, self.train, self.ev, self.opt, self.trainable,
-                                      precision=self.precision)
-            loss = self.step()
+        self.engine = make_engine(self.requested, self.train, self.ev, self.opt, self.trainable,
+                                  precision=self.precision)
+        loss = self.step()
         self.run.first_s = time.perf_counter() - t0
         if hasattr(self.engine, "finish_compiling"):
             self.engine.finish_compiling()
@@ -377,20 +373,6 @@ class DlcRunner:
 
     def timed(self, warmup: int, steps: int):
         timed_loop(self.run, self.step, warmup, steps)
-
-
-@contextlib.contextmanager
-def quick_code(on: bool):
-    """The modules compiled meanwhile run quick code first (DLC_QUICK_CODE), or are O3 at once."""
-    before = os.environ.get("DLC_QUICK_CODE")
-    os.environ["DLC_QUICK_CODE"] = "1" if on else "0"
-    try:
-        yield
-    finally:
-        if before is None:
-            del os.environ["DLC_QUICK_CODE"]
-        else:
-            os.environ["DLC_QUICK_CODE"] = before
 
 
 class TorchRunner:
@@ -538,12 +520,10 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
 
     runners = {}
     if "dlc" in frameworks:
-        dlc = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, precision=args.precision,
-                        quick_first=not args.first_at_o3)
+        dlc = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, precision=args.precision)
         runners["dlc"] = dlc
         if args.precision == "bf16" and "dlc_f32" in frameworks:
-            runners["dlc_f32"] = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, label="dlc f32",
-                                           quick_first=not args.first_at_o3)
+            runners["dlc_f32"] = DlcRunner(name, init, batch, args.engine, args.lr, args.seed, label="dlc f32")
     for variant in TORCH_VARIANTS:
         if variant in frameworks:
             runners[variant] = TorchRunner(name, torch_state(name, init), batch, args.lr, variant,
@@ -720,7 +700,8 @@ def main(argv=None) -> int:
     ap.add_argument("--first-at-o3", action="store_true",
                     help="dlc's first steps run O3 code (DLC_QUICK_CODE=0), not the quick code a run starts with")
     args = ap.parse_args(argv)
-    time_o3_code()
+    if args.first_at_o3:
+        os.environ["DLC_QUICK_CODE"] = "0"
     if (args.steps is not None and args.steps < 1 or args.rounds is not None and args.rounds < 1
             or args.warmup is not None and args.warmup < 0):
         ap.error("--steps and --rounds must be at least 1 and --warmup at least 0")

@@ -432,7 +432,7 @@ class NativeEngine:
         self.profiling = profile        # the train step's and the prediction's builds count cycles (`dlc bench`)
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
-        self.train_exe = self._hvp = None
+        self.train_exe = self.update_call = self._hvp = None
         self.train_graph = train_model.graph
         self.replicas = None        # replica_mean of a data-parallel run (runtime/engines/distributed.py)
         self.allreduce = None       # the gradient buckets' allreduce of a data-parallel run (same)
@@ -508,8 +508,7 @@ class NativeEngine:
     def finish_compiling(self):
         """Wait for the O3 code of every program compiled so far (runtime/engines/tiers.py): what
         runs next is the code a long run runs (a benchmark times it)."""
-        for program in (self.train_exe, getattr(self, "update_call", None), self._eval, self._predict,
-                        self._hvp):
+        for program in (self.train_exe, self.update_call, self._eval, self._predict, self._hvp):
             if program is not None:
                 program.driver.finish()
 

@@ -7,7 +7,9 @@ from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 
 
-def five_steps(program, engine_class, optimizer, sizes, **kw):
+def five_steps(program, engine_class, optimizer, sizes, before_step=None, **kw):
+    """Five steps of `program` on a new engine (`kw` its options); `before_step(engine, step)`
+    is called before each."""
     train, evaluation = program.build(training=True), program.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
     opt = make_optimizer(optimizer)
@@ -18,6 +20,8 @@ def five_steps(program, engine_class, optimizer, sizes, **kw):
     for step in range(1, 6):
         feeds = sample_inputs(train, sizes, seed=step)
         feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
+        if before_step is not None:
+            before_step(engine, step)
         losses.append(engine.train_step(params, state, feeds, optimizer.kwargs["lr"], step,
                                         np.array([0, step], np.int32))["loss"])
     return params, losses, engine, feeds

@@ -19,6 +19,8 @@ from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.optim import make_optimizer
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 
+from helpers.engine_parity import five_steps
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 SIZES = {"B": 3, "T": 5, "S": 4, "K": 3}
 
@@ -27,23 +29,17 @@ def trained(name: str, finish_after: int | None):
     """Five Adam steps of an example on the native engine, its evaluation and prediction; with
     `finish_after`, its O3 code is waited for after that many steps. Also says which steps ran
     quick code."""
-    program = load(str(EXAMPLES / name))
-    train, evaluation = program.build(training=True), program.build(training=False)
-    trainable = [p.name for p in train.params if p.trainable]
-    opt = make_optimizer(Call("adam", [], {"lr": 1e-3}))
-    engine = NativeEngine(train, evaluation, opt, trainable)
-    params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
-    state = opt.init({n: params[n] for n in trainable})
-    quick, losses = [], []
-    for step in range(1, 6):
-        feeds = sample_inputs(train, SIZES, seed=step)
-        feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
-        quick.append(not engine.train_exe.driver.optimized)
-        losses.append(engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))["loss"])
-        if step == finish_after:
+    quick = []
+
+    def before_step(engine, step):
+        if step - 1 == finish_after:
             engine.finish_compiling()
-    inputs = {k: v for k, v in feeds.items() if k in {i.name for i in evaluation.inputs}}
-    outputs = engine.evaluate(params, feeds), engine.predict(params, inputs) if evaluation.graph.outputs else {}
+        quick.append(not engine.train_exe.driver.optimized)
+    params, losses, engine, feeds = five_steps(load(str(EXAMPLES / name)), NativeEngine,
+                                               Call("adam", [], {"lr": 1e-3}), SIZES, before_step=before_step)
+    inputs = {k: v for k, v in feeds.items() if k in {i.name for i in engine.eval_model.inputs}}
+    outputs = engine.evaluate(params, feeds), \
+        engine.predict(params, inputs) if engine.eval_model.graph.outputs else {}
     return params, losses, outputs, quick
 
 
