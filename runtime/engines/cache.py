@@ -1,5 +1,5 @@
 """Compiled objects cached on disk, keyed by a hash of the LLVM IR and its optimization level
-(runtime/engines/tiers.py compiles a module at O1, then at O3), the target (triple, CPU and
+(runtime/engines/tiers.py compiles a module to quick code, then at O3), the target (triple, CPU and
 features, whether the AMX tiles may be used: `amx.tiles_usable`, the GEMM's vector width,
 which DLC_GEMM_VW may choose: `gemm.default_config`) and the dlc and llvmlite versions: the
 second compile of the same model loads machine code instead of running LLVM.

@@ -1,8 +1,9 @@
 """A program's machine code in two tiers: quick code first, optimized code once it is hot.
 
-LLVM's O3 takes about twice as long as O1 over dlc's modules, and most of a short run (a
-first step, a test, a prediction of a few examples) is that compile. So a module that is
-not in the compile cache at O3 is compiled at O1 (`QUICK`) and runs at once. Once its quick
+LLVM's O3 takes 2.5 to 4.5 times as long over dlc's modules as the quick code's short pass
+list (`jit.QUICK_LEVEL`), and most of a short run (a first step, a test, a prediction of a
+few examples) is that compile. So a module that is not in the compile cache at O3 is
+compiled to quick code and runs at once. Once its quick
 code has run for as long as its O3 compile is expected to take (`O3_SECONDS_PER_BYTE` of its
 quick code: the rule of renting skis until their price is paid, which never costs more than
 twice the best choice made knowing the run's length), and at least `HOT` seconds, the same
@@ -26,11 +27,10 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import jit, parallel_compile
 from dlc.runtime.engines import cache
 
-QUICK = 1                   # the quick tier's optimization level
-# the O3 compile's seconds per byte of a module's quick code (its objects at O1): 21-27 µs
-# over dlc's modules from the MLP (20 KB, 0.47 s) to the ResNet example (169 KB, 3.9 s) on a
-# 2-core Xeon, about twice the O1 compile's
-O3_SECONDS_PER_BYTE = 23e-6
+# the O3 compile's seconds per byte of a module's quick code (its objects): 25-33 µs over
+# the examples' train steps, from the MLP's (6 KB, 0.18 s) to the ResNet example's (183 KB,
+# 4.9 s) on a 2-core Xeon
+O3_SECONDS_PER_BYTE = 28e-6
 # ... and at least this long: most short runs (a test, a prediction of a few examples) run
 # less, and never compile at O3 (a small module's O3 compile is short, but not free)
 HOT = 1.0
@@ -59,7 +59,7 @@ class TieredDriver:
         quick = quick and quick_code()
         found = cache.find_built(parts, jit.OPT_LEVEL) if quick else None
         if found is None and quick:
-            self.loaded, self.extra = cache.compile_built(parts, self._built, QUICK)
+            self.loaded, self.extra = cache.compile_built(parts, self._built, jit.QUICK_LEVEL)
             self.hot = max(HOT, O3_SECONDS_PER_BYTE * self.loaded.size)
             self.fn = DRIVER(self.loaded.address(entry))
             self.run = self._quick

@@ -28,6 +28,9 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 
 OPT_LEVEL = 3
+# the level of quick code (runtime/engines/tiers.py): dlc's short pass list (`optimize`) and
+# LLVM's O1 code generator, not LLVM's O1 pipeline
+QUICK_LEVEL = 1
 LLVMLITE_VERSION = llvmlite.__version__     # machine code cached on disk is keyed by it
 # llvmlite releases the GIL inside LLVM, whose global context and our shared
 # TargetMachine are not thread-safe: one compilation at a time.
@@ -204,14 +207,27 @@ def parse(module: ir.Module | str | llvm.ModuleRef) -> llvm.ModuleRef:
 
 
 def optimize(ref: llvm.ModuleRef, level: int = OPT_LEVEL) -> llvm.ModuleRef:
-    """Run the default new-pass-manager pipeline (O`level`) over `ref`, in place."""
+    """Optimize `ref` in place: LLVM's default new-pass-manager pipeline O`level`, or at
+    QUICK_LEVEL a short list of its passes. dlc vectorizes and blocks its kernels itself, so
+    what the quick code needs is their loop variables in registers (SROA), their index
+    arithmetic folded (instcombine) and their blocks merged (simplifycfg); LLVM's O1 adds
+    loop passes and GVN, which cost 5-8 times as long and made the examples' train steps at
+    most a quarter shorter (docs/native.md, "Quick code first")."""
     with _lock:
-        pto = llvm.create_pipeline_tuning_options(speed_level=level)
+        pto = llvm.create_pipeline_tuning_options(speed_level=0 if level == QUICK_LEVEL else level)
         pto.loop_vectorization = level >= 2
         pto.slp_vectorization = level >= 2
         pto.loop_unrolling = level >= 1
         pb = llvm.create_pass_builder(_shared_tm(), pto)
-        pb.getModulePassManager().run(ref, pb)
+        if level == QUICK_LEVEL:
+            passes = llvm.create_new_module_pass_manager()
+            passes.add_always_inliner_pass()
+            passes.add_sroa_pass()
+            passes.add_instruction_combine_pass()
+            passes.add_simplify_cfg_pass()
+            passes.run(ref, pb)
+        else:
+            pb.getModulePassManager().run(ref, pb)
     return ref
 
 
