@@ -1,12 +1,12 @@
 """A program's machine code in two tiers: quick code first, optimized code once it is hot.
 
-LLVM's O3 takes 2.5 to 4.5 times as long over dlc's modules as the quick code's short pass
-list (`jit.QUICK_LEVEL`), and most of a short run (a first step, a test, a prediction of a
-few examples) is that compile. So a module that is not in the compile cache at O3 is
-compiled to quick code and runs at once. Once its quick
-code has run for as long as its O3 compile is expected to take (`O3_SECONDS_PER_BYTE` of its
-quick code: the rule of renting skis until their price is paid, which never costs more than
-twice the best choice made knowing the run's length), and at least `HOT` seconds, the same
+Compiling a module at O3 takes 2.8 to 4.5 times as long as compiling its quick code (a short
+list of LLVM's passes, `jit.QUICK_LEVEL`), and most of a short run (a first step, a test,
+a prediction of a few examples) is that compile. So a module that is not in the compile
+cache at O3 is compiled to quick code and runs at once. Once its quick code has run for as
+long as its O3 compile is expected to take (`O3_SECONDS_PER_BYTE` of its quick code: the
+rule of renting skis until their price is paid, which never costs more than twice the best
+choice made knowing the run's length), and at least `HOT` seconds, the same
 IR is compiled at O3 in child processes (compiler/native/codegen/parallel_compile.py) while
 the program runs on, and the next call after they finish runs the O3 code, which is then
 stored in the cache: the next run starts with it.

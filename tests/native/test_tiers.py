@@ -1,4 +1,4 @@
-"""A program's code in two tiers (runtime/engines/tiers.py): quick code (O1) first, O3 once it
+"""A program's code in two tiers (runtime/engines/tiers.py): quick code first, O3 once it
 is hot, the same bits from both, the O3 code stored for the next run, and a run that ends
 during the O3 compile ending at once."""
 import os
@@ -84,7 +84,7 @@ def test_hot_quick_code_is_replaced_by_o3_code_which_the_next_run_starts_with(tm
 
 def test_quick_code_from_the_cache_is_built_again_when_hot(tmp_path, monkeypatch):
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
-    trained("digits_mlp.dl", None)                # quick code, not hot: stored at O1 only
+    trained("digits_mlp.dl", None)                # quick code, not hot: stored as quick code only
     built = []
     from dlc.runtime.engines import native
     build_module = native.build_module

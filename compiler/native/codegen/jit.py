@@ -211,24 +211,26 @@ def optimize(ref: llvm.ModuleRef, level: int = OPT_LEVEL) -> llvm.ModuleRef:
     QUICK_LEVEL a short list of its passes. dlc vectorizes and blocks its kernels itself, so
     what the quick code needs is their loop variables in registers (SROA), their index
     arithmetic folded (instcombine) and their blocks merged (simplifycfg); LLVM's O1 adds
-    loop passes and GVN, which cost 5-8 times as long and made the examples' train steps at
+    loop passes and GVN, which take 5-9 times as long and made the examples' train steps at
     most a quarter shorter (docs/native.md, "Quick code first")."""
     with _lock:
-        pto = llvm.create_pipeline_tuning_options(speed_level=0 if level == QUICK_LEVEL else level)
+        pto = llvm.create_pipeline_tuning_options(speed_level=level)
         pto.loop_vectorization = level >= 2
         pto.slp_vectorization = level >= 2
         pto.loop_unrolling = level >= 1
         pb = llvm.create_pass_builder(_shared_tm(), pto)
-        if level == QUICK_LEVEL:
-            passes = llvm.create_new_module_pass_manager()
-            passes.add_always_inliner_pass()
-            passes.add_sroa_pass()
-            passes.add_instruction_combine_pass()
-            passes.add_simplify_cfg_pass()
-            passes.run(ref, pb)
-        else:
-            pb.getModulePassManager().run(ref, pb)
+        passes = _quick_passes() if level == QUICK_LEVEL else pb.getModulePassManager()
+        passes.run(ref, pb)
     return ref
+
+
+def _quick_passes():
+    passes = llvm.create_new_module_pass_manager()
+    passes.add_always_inliner_pass()
+    passes.add_sroa_pass()
+    passes.add_instruction_combine_pass()
+    passes.add_simplify_cfg_pass()
+    return passes
 
 
 def optimized_ir(module, level: int = OPT_LEVEL) -> str:
