@@ -371,3 +371,14 @@ def contiguous(buffer: int, shape, dtype) -> Load:
 def expr_reads(e) -> set:
     """The buffers an expression loads from."""
     return {leaf.read_buffer for leaf in e.leaves()}
+
+
+def contiguous_along(accesses, axis: int) -> bool:
+    """Whether every access (an Affine, or an expression leaf) steps by 0 or 1 element along
+    iteration axis `axis` (a gather's rows are picked by data: never)."""
+    for a in accesses:
+        at = a if isinstance(a, Affine) else getattr(getattr(a, "load", a), "at", None)
+        if not isinstance(at, Affine) or at.coeffs[axis] not in (0, 1):
+            return False
+    return True
+

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.shared_loops import zero_examples
+from dlc.compiler.native.program import contiguous_along
 
 
 def accumulate(kb: KernelBuilder, k, first):
@@ -16,4 +17,5 @@ def accumulate(kb: KernelBuilder, k, first):
             at = kb.affine(k.at, idx)
             old = kb.disjoint(b.load(b.gep(kb.buffer(k.out, "f32"), [at])), k.out)
             kb.store(k.out, "f32", at, b.fadd(old, kb.expr(k.expr, idx)))
-    kb.loops(k.shape, each, first=first)
+    last = len(k.shape) - 1
+    kb.loops(k.shape, each, first=first, contiguous=contiguous_along([k.at, *k.expr.leaves()], last))

@@ -3,7 +3,7 @@ member's value, in order. `first` = (lo, hi) limits the outermost loop to a thre
 from __future__ import annotations
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
-from dlc.compiler.native.program import KernelProgram
+from dlc.compiler.native.program import KernelProgram, contiguous_along
 
 
 def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
@@ -19,15 +19,17 @@ def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
         for a, i in zip(order, looped):
             idx[a] = i
         map_body(kb, k, prog, idx)
+    contiguous = bool(order) and contiguous_along([m.out_at for m in k.maps if m.out not in k.registers]
+                                                  + [leaf for m in k.maps for leaf in m.expr.leaves()], order[-1])
     if first is None or len(shape) < 3:
-        kb.loops(shape, body, first=first)
+        kb.loops(shape, body, first=first, contiguous=contiguous)
         return
     second = kb.dim(shape[1])
 
     def split(idx):
         t = idx[0]
         body([kb.b.sdiv(t, second), kb.b.srem(t, second)] + idx[1:])
-    kb.loops((outer_extent(shape),) + tuple(shape[2:]), split, first=first)
+    kb.loops((outer_extent(shape),) + tuple(shape[2:]), split, first=first, contiguous=contiguous)
 
 
 def loop_order(k) -> tuple:
