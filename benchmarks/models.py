@@ -87,7 +87,11 @@ PREDICTORS = ("dlc_jit", "dlc_library", "ort_spin", "ort_sleep", "torch_eval")
 PREDICT_PAIRS = (("dlc_jit", "ort_sleep"), ("dlc_jit", "ort_spin"), ("dlc_library", "ort_sleep"),
                  ("dlc_jit", "torch_eval"))
 OUTPUT_RTOL = 1e-4
-PREDICT_SECONDS = 0.3       # of each predictor in a round
+# each predictor's calls in a round: about half a second of them, the C timer's as the others'
+# (with a third of a second for all five, each in-process one made about 15 calls, which
+# the slowness of a framework's first calls after the others' ran dominated: onnxruntime's
+# spinning call took 3.2 ms at ResNet-18's batch 1, 2.1 ms in rounds of 1.5 s)
+PREDICT_SECONDS = 0.5
 
 
 def torchvision_model(name: str, torch):
@@ -356,7 +360,7 @@ def predicted(name: str, args, folder: Path) -> list:
                  "ort_spin": timed(lambda: spinning.run(["y"], feeds)),
                  "ort_sleep": timed(lambda: sleeping.run(["y"], feeds)),
                  "torch_eval": timed(torch_eval)}
-        measured = interleave(slots, args.rounds, warmup=1, seconds=PREDICT_SECONDS, pause_s=PAUSE_S)
+        measured = interleave(slots, args.rounds, warmup=1, seconds=PREDICT_SECONDS * len(slots), pause_s=PAUSE_S)
         row = reported(measured, {"model": name, "batch": batch}, f"{name} prediction batch {batch}", PREDICT_PAIRS)
         rows.append(row)
         print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.2f} ms" for k in PREDICTORS)), flush=True)
