@@ -21,8 +21,9 @@ call and the window kernels read their operands from memory, a reshape needs con
 data, a reduction or a GEMM writes its result — and only the lowering (lower.py) and
 `dlc compile --emit fused` read it.
 
-Horizontal fusion (`fuse_maps`, `keep_in_registers`, at the end of this module) runs after
-lowering, on the kernels: consecutive maps over one iteration space become one loop.
+Horizontal fusion (`fuse_maps`, `fuse_sums`, `keep_in_registers`, at the end of this module)
+runs after lowering, on the kernels: consecutive maps over one iteration space become one
+loop, consecutive sums over one space one pass.
 """
 from __future__ import annotations
 
@@ -403,6 +404,20 @@ def fuse_maps(kernels: list) -> list:
             close()
         (group if space is not None else out).append(k)
     close()
+    return out
+
+
+def fuse_sums(kernels: list) -> list:
+    """Consecutive sums over one space (Kernel.sum_space), none reading what another
+    writes, become one pass over it (batchnorm's gradient sums three expressions of its
+    output's gradient over the batch and the pixels: one read of them instead of three)."""
+    out = []
+    for k in kernels:
+        space = k.sum_space()
+        if space is not None and out and out[-1].sum_space() == space and not k.accesses()[0] & out[-1].accesses()[1]:
+            out[-1] = out[-1].with_sum(k)
+        else:
+            out.append(k)
     return out
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
-from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, keep_in_registers
+from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, fuse_sums, keep_in_registers
 from dlc.compiler.native.kernels.conv import stored_channels_first
 from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
@@ -76,7 +76,7 @@ class Lowering:
                 load = contiguous(buf.id, t.shape, t.dtype)
             taken.add(load.buffer)
             self.p.outputs[name] = load.buffer
-        self.p.kernels[:] = fuse_maps(self.p.kernels)
+        self.p.kernels[:] = fuse_sums(fuse_maps(self.p.kernels))
         keep_in_registers(self.p)
         epilogues(self.p)
         syms = set(self.p.symbols)

@@ -149,25 +149,3 @@ def test_convolution_gradients_are_the_same_bits_on_any_thread_count_and_target(
     for config, g in others:
         assert np.array_equal(g, reference), f"{config} differs from {first}"
 
-
-def test_the_col2im_of_wide_rows_vectorizes_along_them(capsys, tmp_path):
-    """A 3 x 3 convolution's input gradient at 16 x 16 pixels sums its columns back into the
-    image (an accumulation) row by row: its innermost loop, 16 wide and contiguous, stays a
-    loop that LLVM vectorizes along the row (builder.ROLLED_FROM). Fully unrolled, LLVM
-    vectorized the loop around it across rows, with gathers and scatters (2.4 times as slow
-    in ResNet-18's first stage)."""
-    import re
-    from dlc.runtime.cli import main
-    path = tmp_path / "col2im.dl"
-    path.write_text("model col2im {\n    input  x: f32[B, 32, 16, 16]\n    target y: f32[B, 32, 16, 16]\n"
-                    "    h = conv2d(x, 32, 3, padding = 1, bias = false) |> relu\n"
-                    "    loss   mse(conv2d(h, 32, 3, padding = 1, bias = false), y)\n}\n")
-    assert main(["compile", str(path), "--emit", "kernels"]) == 0
-    kernels = [line for line in capsys.readouterr().out.splitlines() if line and line[0] not in "# "]
-    (number,) = [i for i, line in enumerate(kernels) if line.startswith("accumulate [B, 32, 3, 3, 16, 16]")]
-    assert main(["compile", str(path), "--emit", "asm"]) == 0
-    asm = capsys.readouterr().out
-    # the kernel's loop, up to the next function's label (block labels start with a dot)
-    body = re.search(rf"^kernel{number}\.part:\n(.*?)^[^.\s]\S*:\n", asm, re.S | re.M).group(1)
-    assert "vgather" not in body and "vscatter" not in body
-    assert re.search(r"\bvaddps\s[^\n]*%[yz]mm", body), body[:2000]

@@ -1,6 +1,8 @@
-"""Horizontal fusion of map kernels (compiler/native/fusion.py: fuse_maps) fuses only what is legal."""
-from dlc.compiler.native.fusion import fuse_maps
+"""Horizontal fusion of map kernels and of sums (compiler/native/fusion.py: fuse_maps,
+fuse_sums) fuses only what is legal."""
+from dlc.compiler.native.fusion import fuse_maps, fuse_sums
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
+from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.scan import ScanKernel
 from dlc.compiler.native.program import Affine, Load, Op
 
@@ -48,3 +50,23 @@ def test_a_concat_piece_and_another_writer_of_its_buffer_do_not():
     second = map_(5, load(1), Affine(8, (16, 1)), node=7, origin=(CONCAT,))
     read = map_(6, load(5, Affine(0, (16, 1))))     # no member may read a buffer several pieces write
     assert fuse_maps([piece, second, read]) == [FusedMapKernel(SHAPE, [piece, second], node=7, origin=(CONCAT,)), read]
+
+
+def sum_(out, expr, shape=SHAPE, axes=(1,), op="sum"):
+    return ReduceKernel(shape, axes, op, out, expr)
+
+
+def test_sums_over_one_space_are_one_pass_unless_one_reads_another():
+    product = Op("mul", (load(0), load(1)), "f32")
+    kernels = [sum_(5, load(0)), sum_(6, product), sum_(7, Load(5, Affine(0, (1, 0)), "f32"))]
+    fused = fuse_sums(kernels)
+    assert len(fused) == 2 and fused[0].sums() == [(5, load(0)), (6, product)] and fused[1] is kernels[2]
+    assert fused[0].accesses() == ({0, 1}, {5, 6})
+    assert fused[0].text()[1] == "  and b6 <- mul(b0[8*i0 + i1], b1[8*i0 + i1])"
+
+
+def test_other_spaces_maxima_and_sums_into_memory_keep_their_passes():
+    kernels = [sum_(5, load(0)), sum_(6, load(1), axes=(0,)),        # [4, 8] over its rows: not a trailing run
+               sum_(7, load(0)), sum_(8, load(1), op="max"), sum_(9, load(0), shape=(4, 9))]
+    assert fuse_sums(kernels) == kernels
+

@@ -131,6 +131,10 @@ def touched(k) -> set:
             walk(value)
         elif f.name == "epilogue" and value is not None:      # a GEMM's: the map it runs in its store
             found |= touched(value)
+        elif f.name == "also":                          # a reduction's: the sums in its pass
+            for out, expr in value:
+                found.add(out)
+                walk(expr)
     return found
 
 

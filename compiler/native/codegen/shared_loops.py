@@ -9,7 +9,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.intrinsics import round_bf16
-from dlc.compiler.native.program import Affine, Load
+from dlc.compiler.native.program import Affine, Load, contiguous_along
 from dlc.compiler.native.codegen.types import f32, i32, i64
 
 
@@ -47,30 +47,42 @@ def lane_sum(kb: KernelBuilder, expr, t, prefix: list, tail: tuple, combine=None
     """The sum of expr over the `tail` axes at the leading indices `prefix`, in SUM_LANES
     partial sums (docs/native.md, "The same bits on any machine"); or their fold by
     `combine` from `init` (a maximum from -inf)."""
+    return lane_sums(kb, [expr], t, prefix, tail, combine, init)[0]
+
+
+def lane_sums(kb: KernelBuilder, exprs: list, t, prefix: list, tail: tuple, combine=None, init=0.0) -> list:
+    """lane_sum of each of `exprs` in one pass over the tail (several sums of one space, as
+    batchnorm's gradient takes): each in partial sums of its own, so each has the bits it
+    has alone. The partial sums are an array that a loop over the lanes adds to, which LLVM
+    vectorizes where the expressions read the lanes contiguously (KernelBuilder.loops)."""
     b = kb.b
     combine = combine or b.fadd
-    sums = [kb.alloca(t) for _ in range(SUM_LANES)]
+    lanes = ir.ArrayType(t, SUM_LANES)
+    sums = [kb.alloca(lanes) for _ in exprs]
+    zero = ir.Constant(i32, 0)
+    lane = lambda s, j: b.gep(s, [zero, j], inbounds=True)
     for s in sums:
-        b.store(ir.Constant(t, init), s)
+        b.store(ir.Constant(lanes, [init] * SUM_LANES), s)
     n = kb.dim(tail[-1])
     whole = b.sdiv(n, ir.Constant(i64, SUM_LANES))
+    contiguous = contiguous_along([leaf for e in exprs for leaf in e.leaves()], len(prefix) + len(tail) - 1)
 
-    def add(j: int, i: ir.Value, row: list):
-        b.store(combine(b.load(sums[j]), kb.expr(expr, prefix + row + [i])), sums[j])
+    def add(j: ir.Value, i: ir.Value, row: list):
+        for expr, s in zip(exprs, sums):
+            b.store(combine(b.load(lane(s, j)), kb.expr(expr, prefix + row + [i])), lane(s, j))
 
     def row(ridx):
         def chunk(cidx):
             base = b.mul(cidx[0], ir.Constant(i64, SUM_LANES))
-            for j in range(SUM_LANES):
-                add(j, b.add(base, ir.Constant(i64, j)), ridx)
+            kb.loops((SUM_LANES,), lambda j: add(j[0], b.add(base, j[0]), ridx), contiguous=contiguous)
         kb.loops(tail[-1:], chunk, first=(ir.Constant(i64, 0), whole))
         done = b.mul(whole, ir.Constant(i64, SUM_LANES))
         for j in range(SUM_LANES - 1):          # the last n mod SUM_LANES elements
             i = b.add(done, ir.Constant(i64, j))
             with b.if_then(b.icmp_signed("<", i, n)):
-                add(j, i, ridx)
+                add(ir.Constant(i64, j), i, ridx)
     kb.loops(tail[:-1], row)
-    return pairwise(b, [b.load(s) for s in sums], combine)
+    return [pairwise(b, [b.load(lane(s, ir.Constant(i64, j))) for j in range(SUM_LANES)], combine) for s in sums]
 
 
 def operand(b, k, x):

@@ -304,6 +304,15 @@ class Kernel(ABC):
         (fusion.fuse_maps): a map's shape; None for every other kernel."""
         return None
 
+    def sum_space(self) -> tuple | None:
+        """The space it can share with the sums next to it in one pass (fusion.fuse_sums);
+        None for every kernel but a float sum."""
+        return None
+
+    def with_sum(self, k) -> "Kernel":
+        """This kernel also computing the sum k over its space (sum_space), in its pass."""
+        raise NotImplementedError
+
     def with_epilogue(self, m) -> "Kernel | None":
         """This kernel also computing the map (or fused map) m, the only other reader of
         what it writes, from each part of its result as soon as that is final

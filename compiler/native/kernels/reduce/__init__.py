@@ -2,7 +2,7 @@
 reduce_sum, reduce_max and argmax. The loop nests are in loops.py."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.native.program import Kernel, contiguous, expr_reads, render
@@ -14,21 +14,41 @@ COLUMN_BLOCK = 64
 
 @dataclass
 class ReduceKernel(Kernel):
-    """out[kept(i)] = op over the reduced axes of expr(i), for i in the input shape."""
+    """out[kept(i)] = op over the reduced axes of expr(i), for i in the input shape; and
+    each (out, expr) of `also` likewise, in the same pass (fusion.fuse_sums: batchnorm's
+    gradient sums three expressions of one tensor)."""
     shape: tuple
     axes: tuple
     op: str               # sum, max, argmax
     out: int
     expr: object
+    also: tuple = ()
 
     column_block = COLUMN_BLOCK     # the columns of a team's share split along the last axis (loops.py)
 
     def text(self) -> list:
         return [f"reduce {self.op} over axes {list(self.axes)} of {render.shape(self.shape)}: b{self.out} <- "
-                f"{self.expr.text()}{render.located(self)}"]
+                f"{self.expr.text()}{render.located(self)}"] + \
+            [f"  and b{out} <- {expr.text()}" for out, expr in self.also]
 
     def accesses(self) -> tuple:
-        return expr_reads(self.expr), {self.out}
+        return set().union(*(expr_reads(e) for _, e in self.sums())), {out for out, _ in self.sums()}
+
+    def sums(self) -> list:
+        """Its (out, expr) pairs: its own, then those of `also`."""
+        return [(self.out, self.expr), *self.also]
+
+    def sum_space(self) -> tuple | None:
+        """(shape, reduced axes): of a float sum with trailing reduced axes, which its loop
+        sums in registers, lane by lane (lane_sums); None for others."""
+        floats = getattr(self.expr, "dtype", None) in ("f32", "f64")
+        if self.op != "sum" or not floats or self.reduced_tail() == len(self.shape):
+            return None
+        return self.shape, tuple(self.axes)
+
+    def with_sum(self, k) -> "ReduceKernel":
+        return replace(self, also=self.also + tuple(k.sums()), nodes=tuple(dict.fromkeys(self.nodes + k.nodes)),
+                       origin=tuple(dict.fromkeys(self.origin + k.origin)))
 
     def emit(self, f):
         from dlc.compiler.native.kernels.reduce.loops import reduce

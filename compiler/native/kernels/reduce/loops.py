@@ -7,7 +7,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.program import Affine, KernelProgram
-from dlc.compiler.native.codegen.shared_loops import lane_sum, strides
+from dlc.compiler.native.codegen.shared_loops import lane_sums, strides
 from dlc.compiler.native.codegen.types import LL, f32, f64, i32, i64
 
 
@@ -52,8 +52,9 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
         width = ir.Constant(i64, k.shape[-1])
         ends = [b.mul(x, ir.Constant(i64, k.column_block)) for x in first]
         first = tuple(b.select(b.icmp_signed("<", x, width), x, width) for x in ends)
-    kb.loops(tuple(kept), lambda idx: kb.store(k.out, dtype, kb.affine(Affine(0, tuple(strides(kept))), idx), init),
-             first=first)
+    outs = [out for out, _ in k.sums()]
+    kb.loops(tuple(kept), lambda idx: [kb.store(out, dtype, kb.affine(Affine(0, tuple(strides(kept))), idx), init)
+                                       for out in outs], first=first)
     # the trailing reduced axes accumulate in a register; the rest into memory, the split
     # axis (the first kept one: each thread's outputs are its own) outermost, or when split
     # by columns, every row of the thread's columns in order
@@ -79,15 +80,16 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
             b.store(combine(b.load(ptr), kb.expr(k.expr, hidx)), ptr)
             return
         if k.op == "sum" and t in (f32, f64):
-            total = lane_sum(kb, k.expr, t, hidx, tail)
-        else:
+            totals = lane_sums(kb, [expr for _, expr in k.sums()], t, hidx, tail)
+        else:       # (a sum of integers, a max: never with others, fusion.fuse_sums)
             acc = kb.alloca(t)
             b.store(init, acc)
             kb.loops(tail, lambda tidx: b.store(combine(b.load(acc), kb.expr(k.expr, hidx + tidx)), acc))
-            total = b.load(acc)
+            totals = [b.load(acc)]
         at = kb.affine(out_at, hidx + [ir.Constant(i64, 0)] * len(tail))
-        ptr = b.gep(kb.buffer(k.out, dtype), [at])
-        b.store(combine(b.load(ptr), total), ptr)
+        for out, total in zip(outs, totals):
+            ptr = b.gep(kb.buffer(out, dtype), [at])
+            b.store(combine(b.load(ptr), total), ptr)
     if columns:
         kb.loops(head[:-1], lambda rows: kb.loops(head[-1:], lambda j: outer(rows + j), first=first))
     else:
