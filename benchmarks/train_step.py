@@ -64,10 +64,17 @@ OWN = ("dlc", "dlc_f32")  # not peers
 LOSS_RTOL = 1e-4          # first-step loss agreement required before timing
 BF16_LOSS_RTOL = 1e-2     # ... with bfloat16 products (autocast also keeps activations in bf16)
 TRAJ_RTOL = 1e-3          # later losses (after Adam updates): a warning only
+TRAJ_STEPS = 14           # ... of the first steps: over hundreds of Adam steps on one batch the loss falls
+                          # toward 0, and rounding differences grow past any fixed tolerance
 PAUSE_S = 0.3             # idle time before each framework's timed steps
 
-# timed steps per round by default: (fast engine, numpy reference engine)
+# timed steps per round by default on the numpy reference engine (seconds a step), and with
+# --quick; a fast engine's fill about SLOT_SECONDS of each framework's steps a round
 DEFAULT_STEPS = {"mlp": (4, 1), "lenet": (4, 1), "lstm": (2, 1), "transformer": (2, 1)}
+# a framework's share of a round: with 4 steps after the pause (the first ones in caches the
+# others left cold), LeNet's bf16 step read 2.6 ms against its float32 step's 2.1; run in a
+# loop, 1.6 and 1.7
+SLOT_SECONDS = 0.25
 DEFAULT_WARMUP = (3, 1)
 DEFAULT_ROUNDS = (5, 3)
 QUICK = {"steps": 1, "warmup": 1, "rounds": 3, "reference_steps": 1, "reference_warmup": 0, "reference_rounds": 1}
@@ -555,9 +562,13 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
     else:
         res.check = "-"
 
-    steps, warmup, rounds = counts(name, args, fast=not (dlc and dlc.kind == "reference"))
+    fast = not (dlc and dlc.kind == "reference")
+    steps, warmup, rounds = counts(name, args, fast)
+    if fast and args.steps is None and not args.quick and warmup:
+        steps = None        # as many as fill SLOT_SECONDS of each, by the warm-up's medians
     # PAUSE_S lets the previous framework's spinning worker threads go to sleep
-    res.rounds = interleave({k: timed(r.step) for k, r in runners.items()}, rounds, steps, warmup, pause_s=PAUSE_S)
+    res.rounds = interleave({k: timed(r.step) for k, r in runners.items()}, rounds, steps, warmup, pause_s=PAUSE_S,
+                            seconds=SLOT_SECONDS * len(runners))
     for key, r in runners.items():
         r.run.take(res.rounds, key)
         print(f"  {r.run.framework:<16} median {r.run.median_ms:10.2f} ms   ({r.run.spread()}, warm-up {warmup})",
@@ -576,7 +587,7 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
         for k, r in runners.items():
             if k == ref_key:
                 continue
-            common = min(len(ref_losses), len(r.run.losses))
+            common = min(len(ref_losses), len(r.run.losses), TRAJ_STEPS)
             if common > 1:
                 worst = max(rel(a, b) for a, b in zip(ref_losses[1:common], r.run.losses[1:common]))
                 step = max(range(1, common), key=lambda i: rel(ref_losses[i], r.run.losses[i])) + 1
@@ -674,7 +685,7 @@ def main(argv=None) -> int:
                     help="dlc engine (default native, which never falls back: a model it cannot compile stops with its located error)")
     ap.add_argument("--only", choices=tuple(DEFAULT_STEPS), action="append",
                     help="run only this workload (repeatable)")
-    ap.add_argument("--steps", type=int, help="timed steps per framework and round (default: 4 for mlp/lenet, 2 "
+    ap.add_argument("--steps", type=int, help="timed steps per framework and round (default: about 0.25 s of each; 4 for mlp/lenet, 2 "
                     "for lstm/transformer; 1 on the reference engine)")
     ap.add_argument("--rounds", type=int, help="rounds of every framework in turn (default 5; 3 on the reference "
                     "engine)")
