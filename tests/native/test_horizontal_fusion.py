@@ -65,8 +65,9 @@ def test_sums_over_one_space_are_one_pass_unless_one_reads_another():
     assert fused[0].text()[1] == "  and b6 <- mul(b0[8*i0 + i1], b1[8*i0 + i1])"
 
 
-def test_other_spaces_maxima_and_sums_into_memory_keep_their_passes():
+def test_other_spaces_dtypes_maxima_and_sums_into_memory_keep_their_passes():
     kernels = [sum_(5, load(0)), sum_(6, load(1), axes=(0,)),        # [4, 8] over its rows: not a trailing run
-               sum_(7, load(0)), sum_(8, load(1), op="max"), sum_(9, load(0), shape=(4, 9))]
+               sum_(7, load(0)), sum_(8, load(1), op="max"), sum_(9, load(0), shape=(4, 9)),
+               sum_(10, Load(1, ROWS, "f64"), shape=(4, 9))]            # another dtype
     assert fuse_sums(kernels) == kernels
 

@@ -39,12 +39,12 @@ class ReduceKernel(Kernel):
         return [(self.out, self.expr), *self.also]
 
     def sum_space(self) -> tuple | None:
-        """(shape, reduced axes): of a float sum with trailing reduced axes, which its loop
-        sums in registers, lane by lane (lane_sums); None for others."""
-        floats = getattr(self.expr, "dtype", None) in ("f32", "f64")
-        if self.op != "sum" or not floats or self.reduced_tail() == len(self.shape):
+        """(shape, reduced axes, dtype): of a float sum with trailing reduced axes, which its
+        loop sums in registers, lane by lane (lane_sums); None for others."""
+        dtype = getattr(self.expr, "dtype", None)
+        if self.op != "sum" or dtype not in ("f32", "f64") or self.reduced_tail() == len(self.shape):
             return None
-        return self.shape, tuple(self.axes)
+        return self.shape, tuple(self.axes), dtype
 
     def with_sum(self, k) -> "ReduceKernel":
         return replace(self, also=self.also + tuple(k.sums()), nodes=tuple(dict.fromkeys(self.nodes + k.nodes)),
