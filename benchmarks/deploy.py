@@ -136,7 +136,7 @@ def run_workload(name: str, batches, seconds: float, folder: Path, seed: int, in
             raise SystemExit(f"{name}, batch {batch}: the library's outputs differ from onnxruntime's ({err:.2e})")
         c_slot = process_slot(lambda: c_point(exe, plain, model.name, work / "weights.npz", feeds, share, work)["c_ms"])
         # the Python API's calls fill about the C timer's share of a round
-        measured = interleave({"c": c_slot, "onnxruntime": ort_slot}, rounds, warmup=1, seconds=2 * share)
+        measured = interleave({"c": c_slot, "onnxruntime": ort_slot}, rounds, warmup=1, seconds_each=share)
         ratio = measured.ratio("c", "onnxruntime")
         if note := wide_note(f"{name} batch {batch}", {"C/onnxruntime": ratio}):
             print(note, flush=True)

@@ -150,7 +150,7 @@ def run(args):
         keys = peers + list(libs)
         # three calls of each to warm up, then calls filling about --seconds of each a round
         timing = interleave({k: timed(fn) for k, fn in zip(keys, runs)}, args.rounds, warmup=3,
-                              seconds=args.seconds * len(keys), pause_s=0.35)
+                              seconds_each=args.seconds, pause_s=0.35)
         gflops = {k: flop / timing.median_s(k) / 1e9 for k in keys}
         best = max(peers, key=lambda p: gflops[p])
         ratio = timing.ratio(default, best)            # time ratio dlc / best peer

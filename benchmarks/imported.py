@@ -36,7 +36,7 @@ BATCHES = (8, 1)
 THREADS = 2
 IMAGE = (3, 224, 224)
 OUTPUT_RTOL = 1e-5
-SECONDS = 1.0           # timed seconds of a round of both, at a point
+SECONDS = 0.5           # timed seconds of each in a round, at a point
 
 
 def exported(name: str, path: Path):
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     dlc_threads = args.threads or "dlc's default"
     print(f"dlc native prediction of imported models ({dlc_threads} threads) against onnxruntime "
           f"{onnxruntime.__version__} ({threads} threads); median ms per call over {args.rounds} rounds of about "
-          f"{SECONDS} s, the two in turn; dlc/onnxruntime: the median over rounds of each round's ratio")
+          f"{SECONDS} s of each, the two in turn; dlc/onnxruntime: the median over rounds of each round's ratio")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # a compile cache of its own, empty: the first compile of each model is cold

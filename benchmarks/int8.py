@@ -268,8 +268,7 @@ def measure(s: Subject, args, folder: Path, library: bool) -> tuple[dict, list]:
             if not np.array_equal(got, want):
                 raise SystemExit(f"{s.name}, batch {batch}: {kind}'s outputs are not {LIBRARIES[kind]}'s bits")
             slots[kind] = process_slot(lambda lib=lib: lib(feeds)["c_ms"])
-        # `seconds` of each: the C timers run that long, and the others share a round's steps
-        measured = interleave(slots, rounds, warmup=1, seconds=seconds * len(slots), pause_s=PAUSE_S)
+        measured = interleave(slots, rounds, warmup=1, seconds_each=seconds, pause_s=PAUSE_S)
         pairs = [(a, b) for a, b in PAIRS if a in slots and b in slots]
         row = reported(measured, {"model": s.name, "batch": batch}, f"{s.name} batch {batch}", pairs)
         rows.append(row)

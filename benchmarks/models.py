@@ -360,7 +360,7 @@ def predicted(name: str, args, folder: Path) -> list:
                  "ort_spin": timed(lambda: spinning.run(["y"], feeds)),
                  "ort_sleep": timed(lambda: sleeping.run(["y"], feeds)),
                  "torch_eval": timed(torch_eval)}
-        measured = interleave(slots, args.rounds, warmup=1, seconds=PREDICT_SECONDS * len(slots), pause_s=PAUSE_S)
+        measured = interleave(slots, args.rounds, warmup=1, seconds_each=PREDICT_SECONDS, pause_s=PAUSE_S)
         row = reported(measured, {"model": name, "batch": batch}, f"{name} prediction batch {batch}", PREDICT_PAIRS)
         rows.append(row)
         print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.2f} ms" for k in PREDICTORS)), flush=True)

@@ -29,7 +29,7 @@ from train_step import DEFAULT_STEPS, THREADS, WORKLOAD_DIR, make_batch, torch_m
 
 BATCHES = (1, 256)
 OUTPUT_RTOL = 1e-4
-SECONDS = 0.6           # timed seconds of a round of every framework, at a point
+SECONDS = 0.25          # timed seconds of each framework in a round, at a point
 
 
 def inputs_of(name: str, batch: int, seed: int) -> dict:
@@ -121,7 +121,7 @@ def main(argv=None) -> int:
     import torch
     torch.set_num_threads(THREADS)
     print(f"dlc prediction against onnxruntime {onnxruntime.__version__} and torch {torch.__version__} eager, "
-          f"{THREADS} threads; median ms per call over {args.rounds} rounds of about {SECONDS} s, the frameworks "
+          f"{THREADS} threads; median ms per call over {args.rounds} rounds of about {SECONDS} s of each, the frameworks "
           "in turn; ratios: the median over rounds of each round's ratio")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

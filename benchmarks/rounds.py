@@ -111,12 +111,14 @@ class Rounds:
 
 
 def interleave(slots: dict, rounds: int, steps: int | None = None, warmup: int = 0, pause_s: float = 0.0,
-               seconds: float = 0.0, load=OtherLoad, sleep=time.sleep) -> Rounds:
+               seconds_each: float = 0.0, load=OtherLoad, sleep=time.sleep) -> Rounds:
     """Time the frameworks `slots` (name -> slot, as `timed` makes: slot(n) runs n steps and
     gives (their seconds, their outputs); a slot that times itself, a process, may give its
     own count) in `rounds` rounds of `steps` steps each, the order rotated every round, after
-    `warmup` untimed steps of each. Without `steps`, a round takes about `seconds`, as many
-    steps of each as the warm-up's medians say fit (at least one). `pause_s` before every
+    `warmup` untimed steps of each. Without `steps`, a round takes about `seconds_each` of
+    each slot's steps: as many steps of each (the same count, at least one) as the warm-up's
+    medians say fit. Each slot needs enough of them that the first ones after the others'
+    (in caches the others left cold) are not its median. `pause_s` before every
     slot lets the previous framework's spinning worker threads go to sleep. The garbage
     collector is paused while timing. `load` measures the others of a round (a context
     manager whose `cores` is read after it)."""
@@ -131,7 +133,7 @@ def interleave(slots: dict, rounds: int, steps: int | None = None, warmup: int =
             res.outputs[n] += outputs
             warm_s += statistics.median(took)
     if steps is None:
-        steps = max(1, int(seconds / warm_s)) if warm_s > 0 else 1
+        steps = max(1, int(seconds_each * len(names) / warm_s)) if warm_s > 0 else 1
     gc.collect()
     gc.disable()
     try:
@@ -150,18 +152,19 @@ def interleave(slots: dict, rounds: int, steps: int | None = None, warmup: int =
     return res
 
 
-def calls(fns: dict, rounds: int = ROUNDS, seconds: float = 0.2, warmup: int = 3, pause_s: float = 0.0) -> Rounds:
-    """Functions of no arguments (a prediction, a product) called in rounds of about `seconds`."""
-    return interleave({k: timed(fn) for k, fn in fns.items()}, rounds, warmup=warmup, seconds=seconds,
+def calls(fns: dict, rounds: int = ROUNDS, seconds_each: float = 0.1, warmup: int = 3, pause_s: float = 0.0) -> Rounds:
+    """Functions of no arguments (a prediction, a product) called in rounds of about
+    `seconds_each` of each."""
+    return interleave({k: timed(fn) for k, fn in fns.items()}, rounds, warmup=warmup, seconds_each=seconds_each,
                       pause_s=pause_s)
 
 
-def timed_row(fns: dict, row: dict, label: str, rounds: int = ROUNDS, seconds: float = 0.2,
+def timed_row(fns: dict, row: dict, label: str, rounds: int = ROUNDS, seconds_each: float = 0.1,
               reference: str = "dlc") -> dict:
     """`row` (a table's row, JSON) with each function's median ms per call, timed in rounds
     (`calls`), the ratio of `reference` over each other as "dlc/x" (Ratio's fields) and the
     others of each round; a note printed when a ratio spreads wide."""
-    return reported(calls(fns, rounds, seconds), row, label, [(reference, k) for k in fns if k != reference])
+    return reported(calls(fns, rounds, seconds_each), row, label, [(reference, k) for k in fns if k != reference])
 
 
 def reported(measured: Rounds, row: dict, label: str, pairs) -> dict:

@@ -568,7 +568,7 @@ def run_workload(name: str, args, frameworks: set, jax_reason: str) -> Result:
         steps = None        # as many as fill SLOT_SECONDS of each, by the warm-up's medians
     # PAUSE_S lets the previous framework's spinning worker threads go to sleep
     res.rounds = interleave({k: timed(r.step) for k, r in runners.items()}, rounds, steps, warmup, pause_s=PAUSE_S,
-                            seconds=SLOT_SECONDS * len(runners))
+                            seconds_each=SLOT_SECONDS)
     for key, r in runners.items():
         r.run.take(res.rounds, key)
         print(f"  {r.run.framework:<16} median {r.run.median_ms:10.2f} ms   ({r.run.spread()}, warm-up {warmup})",

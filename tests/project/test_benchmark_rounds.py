@@ -127,11 +127,11 @@ def test_no_rounds_or_no_steps_is_refused(rounds):
         rounds.interleave({"A": lambda n: ([1.0] * n, [None] * n)}, rounds=0, steps=3)
 
 
-def test_without_a_step_count_a_round_fills_its_seconds(rounds):
+def test_without_a_step_count_a_round_fills_each_slots_seconds(rounds):
     machine = FakeMachine(jump_after=10 ** 9, factor=1.0)
     _, slots = costs_and_slots(rounds, machine)        # a step of each: 1 + 2 + 4 = 7 s
     Load.values = [0.0] * 2
-    run = rounds.interleave(slots, rounds=2, warmup=1, seconds=70.0, load=Load)
-    assert [len(r) for r in run.seconds["C"]] == [10, 10]
+    run = rounds.interleave(slots, rounds=2, warmup=1, seconds_each=28.0, load=Load)   # 3 x 28 s: 12 steps of each
+    assert [len(r) for r in run.seconds["C"]] == [12, 12]
     with pytest.raises(ValueError):
-        rounds.interleave(slots, rounds=2, seconds=70.0)    # no warm-up to tell a step's time
+        rounds.interleave(slots, rounds=2, seconds_each=28.0)    # no warm-up to tell a step's time
