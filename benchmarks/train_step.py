@@ -68,8 +68,9 @@ TRAJ_STEPS = 14           # ... of the first steps: over hundreds of Adam steps 
                           # toward 0, and rounding differences grow past any fixed tolerance
 PAUSE_S = 0.3             # idle time before each framework's timed steps
 
-# timed steps per round by default on the numpy reference engine (seconds a step), and with
-# --quick; a fast engine's fill about SLOT_SECONDS of each framework's steps a round
+# timed steps per round by default: (fast engine, numpy reference engine); a fast engine's
+# fill about SLOT_SECONDS of each framework's steps instead, but without warm-up steps
+# (--warmup 0) to tell a step's time
 DEFAULT_STEPS = {"mlp": (4, 1), "lenet": (4, 1), "lstm": (2, 1), "transformer": (2, 1)}
 # a framework's share of a round: with 4 steps after the pause (the first ones in caches the
 # others left cold), LeNet's bf16 step read 2.6 ms against its float32 step's 2.1; run in a
@@ -685,7 +686,7 @@ def main(argv=None) -> int:
                     help="dlc engine (default native, which never falls back: a model it cannot compile stops with its located error)")
     ap.add_argument("--only", choices=tuple(DEFAULT_STEPS), action="append",
                     help="run only this workload (repeatable)")
-    ap.add_argument("--steps", type=int, help="timed steps per framework and round (default: about 0.25 s of each; 4 for mlp/lenet, 2 "
+    ap.add_argument("--steps", type=int, help="timed steps per framework and round (default: about 0.25 s of each; with --warmup 0, 4 for mlp/lenet, 2 "
                     "for lstm/transformer; 1 on the reference engine)")
     ap.add_argument("--rounds", type=int, help="rounds of every framework in turn (default 5; 3 on the reference "
                     "engine)")

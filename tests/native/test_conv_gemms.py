@@ -148,4 +148,3 @@ def test_convolution_gradients_are_the_same_bits_on_any_thread_count_and_target(
     assert np.isfinite(reference).all() and np.abs(reference).max() > 0
     for config, g in others:
         assert np.array_equal(g, reference), f"{config} differs from {first}"
-

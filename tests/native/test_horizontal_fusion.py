@@ -70,4 +70,3 @@ def test_other_spaces_dtypes_maxima_and_sums_into_memory_keep_their_passes():
                sum_(7, load(0)), sum_(8, load(1), op="max"), sum_(9, load(0), shape=(4, 9)),
                sum_(10, Load(1, ROWS, "f64"), shape=(4, 9))]            # another dtype
     assert fuse_sums(kernels) == kernels
-

@@ -390,4 +390,3 @@ def contiguous_along(accesses, axis: int) -> bool:
         if not isinstance(at, Affine) or at.coeffs[axis] not in (0, 1):
             return False
     return True
-

@@ -53,8 +53,12 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
         ends = [b.mul(x, ir.Constant(i64, k.column_block)) for x in first]
         first = tuple(b.select(b.icmp_signed("<", x, width), x, width) for x in ends)
     outs = [out for out, _ in k.sums()]
-    kb.loops(tuple(kept), lambda idx: [kb.store(out, dtype, kb.affine(Affine(0, tuple(strides(kept))), idx), init)
-                                       for out in outs], first=first)
+
+    def start(idx):
+        at = kb.affine(Affine(0, tuple(strides(kept))), idx)
+        for out in outs:
+            kb.store(out, dtype, at, init)
+    kb.loops(tuple(kept), start, first=first)
     # the trailing reduced axes accumulate in a register; the rest into memory, the split
     # axis (the first kept one: each thread's outputs are its own) outermost, or when split
     # by columns, every row of the thread's columns in order
