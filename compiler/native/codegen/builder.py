@@ -48,6 +48,10 @@ def _alias_scopes(module: ir.Module) -> dict:
 # loop is unrolled into scalar code instead): in ResNet-18's first stage the col2im took 0.9
 # ms instead of 2.2, the im2col 1.2 instead of 1.9 (docs/native.md, "Loop hints").
 ROLLED_FROM = 16
+# ... and for a loop nest that adds into memory through a stride along its innermost loop (a
+# strided convolution's col2im), LLVM vectorized the read-modify-write with gathers and
+# scatters, which cost more than scalar code: MobileNetV2's stride-2 depthwise input gradient
+# at 16 x 16 outputs took 9.1 ms a step of 93. No loop of such a nest is vectorized.
 UNROLL_DISABLE = ("llvm.loop.unroll.disable",)
 VECTORIZE_DISABLE = ("llvm.loop.vectorize.enable", False)
 
@@ -136,11 +140,12 @@ class KernelBuilder:
         return v
 
     # -- loops --
-    def loops(self, shape, body, idx=None, first=None, contiguous=False):
+    def loops(self, shape, body, idx=None, first=None, contiguous=False, scattered=False):
         """Nested loops over shape (outermost first); body(indices). `first` = (lo, hi)
         limits the outermost loop (a thread's share). `contiguous`: every access of the body
         is contiguous or invariant along the innermost loop, whose loop hints then say so
-        (ROLLED_FROM)."""
+        (ROLLED_FROM). `scattered`: the body adds into memory strided along the innermost
+        loop, and no loop is vectorized (SCATTER_FREE)."""
         idx = idx or []
         if len(idx) == len(shape):
             body(idx)
@@ -154,11 +159,11 @@ class KernelBuilder:
         b.position_at_end(head)
         i = b.phi(i64, name=f"i{len(idx)}")
         i.add_incoming(lo, pre)
-        self.loops(shape, body, idx + [i], contiguous=contiguous)
+        self.loops(shape, body, idx + [i], contiguous=contiguous, scattered=scattered)
         nxt = b.add(i, ir.Constant(i64, 1))
         i.add_incoming(nxt, b.block)
         back = b.cbranch(b.icmp_signed("<", nxt, n), head, after)
-        if contiguous and len(idx) + 1 < len(shape):
+        if scattered or contiguous and len(idx) + 1 < len(shape):
             back.set_metadata("llvm.loop", loop_hint(self.m, VECTORIZE_DISABLE))
         elif contiguous and isinstance(shape[-1], int) and shape[-1] >= ROLLED_FROM:
             back.set_metadata("llvm.loop", loop_hint(self.m, UNROLL_DISABLE))

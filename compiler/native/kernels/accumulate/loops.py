@@ -18,4 +18,5 @@ def accumulate(kb: KernelBuilder, k, first):
             old = kb.disjoint(b.load(b.gep(kb.buffer(k.out, "f32"), [at])), k.out)
             kb.store(k.out, "f32", at, b.fadd(old, kb.expr(k.expr, idx)))
     last = len(k.shape) - 1
-    kb.loops(k.shape, each, first=first, contiguous=contiguous_along([k.at, *k.expr.leaves()], last))
+    kb.loops(k.shape, each, first=first, contiguous=contiguous_along([k.at, *k.expr.leaves()], last),
+             scattered=not contiguous_along([k.at], last))
