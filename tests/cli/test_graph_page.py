@@ -248,7 +248,7 @@ def test_the_layer_view_of_a_resnet_in_a_browser(resnet_page):
             "g.node.kin", "gs => gs.map(g => g.dataset.node)")} == fused      # its kernel's other nodes, outlined
 
         page.click('[data-view="train_step"]')      # the details follow the view
-        assert "The train step: 2,135 nodes" in page.inner_text("#details")
+        assert "The train step: 2,000 nodes" in page.inner_text("#details")
         page.click('[data-view="forward"]')
         assert page.inner_text("#detail-title") == f"%{reduction} reduce_sum"
 
