@@ -147,7 +147,7 @@ class KernelBuilder:
         limits the outermost loop (a thread's share). `contiguous`: every access of the body
         is contiguous or invariant along the innermost loop, whose loop hints then say so
         (ROLLED_FROM). `scattered`: the body adds into memory strided along the innermost
-        loop, and no loop is vectorized (SCATTER_FREE)."""
+        loop, and no loop is vectorized (gathers and scatters cost more than scalar code)."""
         idx = idx or []
         if len(idx) == len(shape):
             body(idx)
