@@ -408,16 +408,20 @@ def fuse_maps(kernels: list) -> list:
 
 
 def fuse_sums(kernels: list) -> list:
-    """Consecutive sums over one space (Kernel.sum_space), none reading what another
+    """Consecutive sums over one space (Kernel.sum_space), none touching what another
     writes, become one pass over it (batchnorm's gradient sums three expressions of its
-    output's gradient over the batch and the pixels: one read of them instead of three)."""
+    output's gradient over the batch and the pixels: one read of them instead of three).
+    The pass starts every output before it reads anything: a sum may not write what an
+    earlier one reads, nor read what it writes."""
     out = []
     for k in kernels:
         space = k.sum_space()
-        if space is not None and out and out[-1].sum_space() == space and not k.accesses()[0] & out[-1].accesses()[1]:
-            out[-1] = out[-1].with_sum(k)
-        else:
-            out.append(k)
+        if space is not None and out and out[-1].sum_space() == space:
+            (reads, writes), (its_reads, its_writes) = out[-1].accesses(), k.accesses()
+            if not (its_reads | its_writes) & writes and not its_writes & reads:
+                out[-1] = out[-1].with_sum(k)
+                continue
+        out.append(k)
     return out
 
 

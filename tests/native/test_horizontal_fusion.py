@@ -65,6 +65,14 @@ def test_sums_over_one_space_are_one_pass_unless_one_reads_another():
     assert fused[0].text()[1] == "  and b6 <- mul(b0[8*i0 + i1], b1[8*i0 + i1])"
 
 
+def test_a_sum_into_what_an_earlier_one_reads_or_writes_keeps_its_pass():
+    """The fused pass starts every output first: a later sum writing b0 would clear what the
+    earlier one has yet to read."""
+    kernels = [sum_(5, load(0)), sum_(0, load(1))]
+    assert fuse_sums(kernels) == kernels
+    assert fuse_sums([sum_(5, load(0)), sum_(5, load(1))]) == [sum_(5, load(0)), sum_(5, load(1))]
+
+
 def test_other_spaces_dtypes_maxima_and_sums_into_memory_keep_their_passes():
     kernels = [sum_(5, load(0)), sum_(6, load(1), axes=(0,)),        # [4, 8] over its rows: not a trailing run
                sum_(7, load(0)), sum_(8, load(1), op="max"), sum_(9, load(0), shape=(4, 9)),
