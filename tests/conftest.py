@@ -68,10 +68,13 @@ def pytest_configure(config):
         if variable not in os.environ:
             folder = os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
             config.add_cleanup(lambda folder=folder: shutil.rmtree(folder, ignore_errors=True))
-    # the speed benchmarks compile at O3 before a module's first call, unless DLC_QUICK_CODE says
-    # otherwise (benchmarks/rounds.py time_o3_code): those the tests run (their smallest
-    # configurations, for what they print and check, not their speed) run quick code first
-    os.environ.setdefault("DLC_QUICK_CODE", "1")
+    # quick code only (runtime/engines/tiers.py): the tests check what code computes, and both
+    # tiers compute the same bits (tests/native/test_tiers.py, which sets dlc's default, checks
+    # it); an O3 compile that a test's run starts once it is hot would take a core from the other
+    # worker. The speed benchmarks the tests run (their smallest configurations, for what they
+    # print and check, not their speed) run quick code too, unless they say otherwise
+    # (benchmarks/rounds.py time_o3_code)
+    os.environ.setdefault("DLC_QUICK_CODE", "only")
     # the torchvision that CI installs may be a CUDA build that does not load: the tests (and
     # transformers, which imports it) take its model definitions without its compiled ops
     without_torchvision_ops()

@@ -14,11 +14,14 @@ stored in the cache: the next run starts with it.
 Both tiers compute the same bits: no float operation of dlc's IR lets LLVM reassociate or
 contract it (the FMAs are explicit calls), so the optimizer may not change a result at
 any level (tests/native/test_tiers.py). `DLC_QUICK_CODE=0` compiles every module at O3
-before its first call; `finish` waits for the O3 code (a benchmark times it).
+before its first call; `DLC_QUICK_CODE=only` runs quick code and never starts an O3 compile
+(O3 code found in the cache still runs): a run that is short or has no core to spare, a
+test suite's. `finish` waits for the O3 code (a benchmark times it).
 """
 from __future__ import annotations
 
 import ctypes
+import math
 import os
 import time
 import weakref
@@ -38,12 +41,14 @@ HOT = 1.0
 DRIVER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
 
-def quick_code() -> bool:
-    """Whether a module runs quick code first: $DLC_QUICK_CODE, 1 (the default) or 0."""
+def quick_code() -> str:
+    """How a module not in the cache at O3 starts: $DLC_QUICK_CODE, "1" (the default: quick
+    code first, O3 once hot), "0" (O3 before the first call) or "only" (quick code, never O3)."""
     value = os.environ.get("DLC_QUICK_CODE", "1")
-    if value not in ("0", "1"):
-        raise DlcError(f"DLC_QUICK_CODE must be 1 (quick code first) or 0 (O3 before the first call), not '{value}'")
-    return value == "1"
+    if value not in ("0", "1", "only"):
+        raise DlcError(f"DLC_QUICK_CODE must be 1 (quick code first), 0 (O3 before the first call) "
+                       f"or only (quick code, never O3), not '{value}'")
+    return value
 
 
 class TieredDriver:
@@ -56,11 +61,11 @@ class TieredDriver:
         self.parts, self.build, self.entry = parts, build, entry
         self.module = self.text = self.children = None      # the O3 compile's input, and it under way
         self.ran = 0.0                  # seconds the quick code has run
-        quick = quick and quick_code()
-        found = cache.find_built(parts, jit.OPT_LEVEL) if quick else None
-        if found is None and quick:
+        mode = quick_code() if quick else "0"
+        found = cache.find_built(parts, jit.OPT_LEVEL) if mode != "0" else None
+        if found is None and mode != "0":
             self.loaded, self.extra = cache.compile_built(parts, self._built, jit.QUICK_LEVEL)
-            self.hot = max(HOT, O3_SECONDS_PER_BYTE * self.loaded.size)
+            self.hot = math.inf if mode == "only" else max(HOT, O3_SECONDS_PER_BYTE * self.loaded.size)
             self.fn = DRIVER(self.loaded.address(entry))
             self.run = self._quick
         else:

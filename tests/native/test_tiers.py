@@ -1,6 +1,6 @@
 """A program's code in two tiers (runtime/engines/tiers.py): quick code first, O3 once it
-is hot, the same bits from both, the O3 code stored for the next run, and a run that ends
-during the O3 compile ending at once."""
+is hot, the same bits from both, the O3 code stored for the next run, a run that ends
+during the O3 compile ending at once, and quick code only (DLC_QUICK_CODE=only)."""
 import os
 import subprocess
 import sys
@@ -23,6 +23,12 @@ from helpers.engine_parity import five_steps
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 SIZES = {"B": 3, "T": 5, "S": 4, "K": 3}
+
+
+@pytest.fixture(autouse=True)
+def tiered(monkeypatch):
+    """dlc's default (the test session runs quick code only: tests/conftest.py)."""
+    monkeypatch.setenv("DLC_QUICK_CODE", "1")
 
 
 def trained(name: str, finish_after: int | None):
@@ -58,16 +64,21 @@ def test_quick_code_and_o3_code_train_to_the_same_bits(tmp_path, monkeypatch, na
         np.testing.assert_array_equal(tiered[k], o3[k], err_msg=k)
 
 
-def test_hot_quick_code_is_replaced_by_o3_code_which_the_next_run_starts_with(tmp_path, monkeypatch):
-    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)      # hot after its first call
-    monkeypatch.setattr(tiers, "HOT", 0.0)
+def _xor_engine():
+    """The XOR MLP's native engine, SGD, its parameters, optimizer state and a batch."""
     program = load(str(EXAMPLES / "xor_mlp.dl"))
     train, evaluation = program.build(training=True), program.build(training=False)
     opt = make_optimizer(Call("sgd", [], {"lr": 0.1}))
     engine = NativeEngine(train, evaluation, opt, [p.name for p in train.params])
     params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
-    state, feeds = opt.init(params), sample_inputs(train, SIZES, seed=1)
+    return engine, train, evaluation, opt, params, opt.init(params), sample_inputs(train, SIZES, seed=1)
+
+
+def test_hot_quick_code_is_replaced_by_o3_code_which_the_next_run_starts_with(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)      # hot after its first call
+    monkeypatch.setattr(tiers, "HOT", 0.0)
+    engine, train, evaluation, opt, params, state, feeds = _xor_engine()
     driver, quick, steps = engine.train_exe.driver, engine.train_exe.compiled, 0
     # the O3 compile runs beside the calls; the first call after it is done runs its code
     deadline = time.monotonic() + 120
@@ -98,10 +109,26 @@ def test_quick_code_from_the_cache_is_built_again_when_hot(tmp_path, monkeypatch
         np.testing.assert_array_equal(params[k], reference[k], err_msg=k)
 
 
-@pytest.mark.parametrize("value", ["2", "yes", " "])
+def test_quick_code_only_never_compiles_at_o3_but_runs_o3_code_from_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("DLC_QUICK_CODE", "only")
+    monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)      # hot after its first call, if it could be
+    monkeypatch.setattr(tiers, "HOT", 0.0)
+    engine, train, evaluation, opt, params, state, feeds = _xor_engine()
+    for step in range(1, 6):
+        engine.train_step(params, state, feeds, 0.1, step, np.array([0, step], np.int32))
+    driver = engine.train_exe.driver
+    assert not driver.optimized and driver.children is None, "an O3 compile was started"
+    engine.finish_compiling()           # asked for: compiled, and stored
+    assert driver.optimized
+    again = NativeEngine(train, evaluation, opt, [p.name for p in train.params])
+    assert again.train_exe.driver.optimized and again.train_exe.compiled.cached
+
+
+@pytest.mark.parametrize("value", ["2", "yes", " ", "Only"])
 def test_a_bad_quick_code_setting_is_refused(monkeypatch, value):
     monkeypatch.setenv("DLC_QUICK_CODE", value)
-    with pytest.raises(DlcError, match="DLC_QUICK_CODE must be 1 .* or 0"):
+    with pytest.raises(DlcError, match=r"DLC_QUICK_CODE must be 1 .*, 0 .* or only .*, not"):
         tiers.quick_code()
 
 
