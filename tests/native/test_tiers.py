@@ -26,7 +26,7 @@ SIZES = {"B": 3, "T": 5, "S": 4, "K": 3}
 
 
 @pytest.fixture(autouse=True)
-def tiered(monkeypatch):
+def dlc_default_tiers(monkeypatch):
     """dlc's default (the test session runs quick code only: tests/conftest.py)."""
     monkeypatch.setenv("DLC_QUICK_CODE", "1")
 
