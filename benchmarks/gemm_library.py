@@ -8,6 +8,7 @@ import ctypes
 import numpy as np
 from llvmlite import ir
 
+from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.amx import tiles_granted
 from dlc.compiler.native.codegen.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name
 from dlc.compiler.native.kernels.gemm import packed_floats
@@ -21,9 +22,11 @@ _PACK_ARGTYPES = (ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int6
 class GemmLibrary:
     """Compiled GEMM routines callable from Python with numpy arrays (tests, benchmarks)."""
 
-    def __init__(self, variants=None, config: GemmConfig | None = None, packed: bool = False):
+    def __init__(self, variants=None, config: GemmConfig | None = None, packed: bool = False,
+                 level: int | None = None):
         """`packed`: also the routines of each variant that take op(B) packed, and the
-        pack functions (call with packed=True)."""
+        pack functions (call with packed=True). `level`: LLVM's, by default dlc's routines'
+        (`jit.settled_level`: O3, quick code under DLC_QUICK_CODE=only)."""
         self.config = config or default_config()
         if self.config.amx and not tiles_granted():
             raise RuntimeError("the AMX routines need the tile state, which Linux did not grant")
@@ -39,7 +42,7 @@ class GemmLibrary:
             add_pack(self.module, trans_b=tb, config=self.config)
         # through the compile cache: the same routines built again (another test's, a benchmark's
         # next run) are loaded, not compiled; the thread pool they hand their work to first
-        self.compiled = cache.compile_cached(self.module)
+        self.compiled = cache.compile_cached(self.module, jit.settled_level() if level is None else level)
         self._fns = {v + (pk,): self._function(gemm_name(*v, pk, self.config.bf16), ctypes.c_int32,
                                                *_ARGTYPES + (ctypes.c_void_p,) * pk)
                      for v in variants for pk in kinds}

@@ -55,6 +55,7 @@ class Built:
     train: bool = False
     transform: bool = False
     int8: int = 0               # its integer products (dlc build --int8)
+    level: int = jit.OPT_LEVEL  # LLVM's level of its code: O3, or quick (jit.settled_level)
 
 
 def build(file: str, out: Path, model: str | None = None, weights: str | None = None, target: str = "host",
@@ -77,6 +78,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
         raise DlcError("--int8 builds the prediction of a quantized checkpoint: give it as --weights Q.npz "
                        "(dlc quantize makes one)" + ("; it does not train (no --train)" if train else ""))
     embed = embed or int8       # the quantization is compiled in: the float32 parameters with it
+    level = jit.settled_level()     # O3, or quick code under DLC_QUICK_CODE=only
     # before the compile: a missing toolchain is said at once
     tools = find(toolchain, TARGETS[target][0] if TARGETS[target] else "")
     if TARGETS[target] is not None:
@@ -130,7 +132,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     except OSError as e:
         raise DlcError(f"cannot make the folder {out}: {e.strerror}") from None
     with tempfile.TemporaryDirectory(prefix="dlc-build-") as tmp:
-        objects = _objects(lib.name, units, Path(tmp))
+        objects = _objects(lib.name, units, Path(tmp), level)
         (out / f"{name}.h").write_text(header(lib, dlc.__version__))
         for unit in units:
             objects.insert(0, _c_object(tools, unit, c_source(unit), out, Path(tmp)))
@@ -139,7 +141,7 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
     (out / "README.md").write_text(_readme(lib, tools, out))
     files = [out / f for f in (f"lib{name}{tools.suffix}", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
-    return Built(name, files, tools.name, target, embed, train, transform, len(quantization or ()))
+    return Built(name, files, tools.name, target, embed, train, transform, len(quantization or ()), level)
 
 
 def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict,
@@ -187,8 +189,8 @@ def _refuse_host_calls(program):
                                         "allreduce): it cannot go in a library", span)
 
 
-def _objects(name: str, units: list, tmp: Path) -> list:
-    """The step objects of the units (Library each, with its step module), the GEMM and thread
+def _objects(name: str, units: list, tmp: Path, level: int) -> list:
+    """The step objects at O`level` of the units (Library each, with its step module), the GEMM and thread
     pool objects and the data objects, their symbols named after the unit (two models'
     libraries link into one program, and a --train library's two step modules into one
     library) and hidden (the library exports its C API only)."""
@@ -205,15 +207,15 @@ def _objects(name: str, units: list, tmp: Path) -> list:
             if g.name in shared:
                 g.name = f"{name}__{g.name}"
                 g.visibility = "hidden"
-        return jit.object_code(ref, jit.OPT_LEVEL)
+        return jit.object_code(ref, level)
     steps = [jit.parse(unit.module) for unit in units]
     # only the GEMM routines the steps call (an int8 model's may call none): a smaller library,
     # and a build that compiles a few routines, not all of them
     called = frozenset(f.name for ref in steps for f in ref.functions if f.is_declaration and f.name in routines)
     # instances on different threads run at once: each thread packs into its own buffers
-    gemm = built_object(("library GEMM", name, configs, sorted(called), jit.OPT_LEVEL),
+    gemm = built_object(("library GEMM", name, configs, sorted(called), level),
                         lambda: named(jit.parse(thread_local_buffers(str(gemm_module(configs, called))))))
-    pool = built_object(("library pool", name, jit.OPT_LEVEL), lambda: named(jit.parse(threadpool.pool_module())))
+    pool = built_object(("library pool", name, level), lambda: named(jit.parse(threadpool.pool_module())))
     objects = [(gemm, "gemm"), (pool, "pool")]
     for unit, ref in zip(units, steps):
         for g in [*ref.functions, *ref.global_variables]:
@@ -223,7 +225,7 @@ def _objects(name: str, units: list, tmp: Path) -> list:
                 g.name = f"{unit.name}__{g.name}"
                 g.visibility = "hidden"
         # the code from the compile cache when a build made it before
-        objects.append((object_cached(ref, jit.OPT_LEVEL), f"{unit.name}_step"))
+        objects.append((object_cached(ref, level), f"{unit.name}_step"))
     for unit in units:
         ref = jit.parse(data_module(f"{unit.name}_data", embedded_data(unit), ALIGN))
         for g in ref.global_variables:

@@ -208,6 +208,15 @@ def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Load
         return _found_or_made(dirfd, key, lambda: _built(dirfd, key, t0), made)
 
 
+def compile_routine(parts: tuple, build) -> Loaded:
+    """compile_built's machine code of one of dlc's own routines (the thread pool, a GEMM
+    routine and its buffers), compiled once per machine at `jit.settled_level()`: O3, or
+    under DLC_QUICK_CODE=only quick code unless the cache has the O3 code."""
+    level = jit.settled_level()
+    found = find_built(parts, jit.OPT_LEVEL) if level != jit.OPT_LEVEL else None
+    return (found or compile_built(parts, build, level))[0]
+
+
 def find_built(parts: tuple, level: int) -> tuple[Loaded, list] | None:
     """compile_built's machine code and list when the cache has them; None, building nothing,
     when it does not."""
@@ -398,7 +407,7 @@ def pool_symbols():
     joined when Python exits, before the JIT's code is unmapped."""
     global _pool_module
     if _pool_module is None:
-        _pool_module, _ = compile_built(("dlc_pool",), lambda: (threadpool.pool_module(), []))
+        _pool_module = compile_routine(("dlc_pool",), lambda: (threadpool.pool_module(), []))
         for name in (threadpool.RUN, threadpool.STOP):
             jit.add_symbol(name, _pool_module.address(name))
         atexit.register(ctypes.CFUNCTYPE(None)(_pool_module.address(threadpool.STOP)))
@@ -435,7 +444,7 @@ def _load_gemm(name: str, config):
         return
     buffers = buffer_function(config)
     if buffers not in _gemm_loaded:
-        _gemm_loaded[buffers], _ = compile_built(("dlc_gemm buffers", config), lambda: (buffers_module(config), []))
+        _gemm_loaded[buffers] = compile_routine(("dlc_gemm buffers", config), lambda: (buffers_module(config), []))
         jit.add_symbol(buffers, _gemm_loaded[buffers].address(buffers))
 
     def build():
@@ -447,5 +456,5 @@ def _load_gemm(name: str, config):
                   file=sys.stderr, flush=True)
             _announced = True
         return gemm_module((config,), frozenset({name}), shared_buffers=True), []
-    _gemm_loaded[name], _ = compile_built(("dlc_gemm", config, name), build)
+    _gemm_loaded[name] = compile_routine(("dlc_gemm", config, name), build)
     jit.add_symbol(name, _gemm_loaded[name].address(name))

@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import ctypes
 import math
-import os
 import time
 import weakref
 
-from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import jit, parallel_compile
 from dlc.runtime.engines import cache
 
@@ -41,16 +39,6 @@ HOT = 1.0
 DRIVER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64)
 
 
-def quick_code() -> str:
-    """How a module not in the cache at O3 starts: $DLC_QUICK_CODE, "1" (the default: quick
-    code first, O3 once hot), "0" (O3 before the first call) or "only" (quick code, never O3)."""
-    value = os.environ.get("DLC_QUICK_CODE", "1")
-    if value not in ("0", "1", "only"):
-        raise DlcError(f"DLC_QUICK_CODE must be 1 (quick code first), 0 (O3 before the first call) "
-                       f"or only (quick code, never O3), not '{value}'")
-    return value
-
-
 class TieredDriver:
     """The driver `entry` of the module that `build()` makes (with its list: compile_built's
     `parts` and `build`), in two tiers. `run(arguments, sizes, threads)` calls it; `loaded`
@@ -61,7 +49,7 @@ class TieredDriver:
         self.parts, self.build, self.entry = parts, build, entry
         self.module = self.text = self.children = None      # the O3 compile's input, and it under way
         self.ran = 0.0                  # seconds the quick code has run
-        mode = quick_code() if quick else "0"
+        mode = jit.quick_code() if quick else "0"
         found = cache.find_built(parts, jit.OPT_LEVEL) if mode != "0" else None
         if found is None and mode != "0":
             self.loaded, self.extra = cache.compile_built(parts, self._built, jit.QUICK_LEVEL)

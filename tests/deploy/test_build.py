@@ -27,8 +27,9 @@ MAIN = ROOT / "tests" / "deploy" / "predict_main.c"
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
 
 
-def dlc(*args, check=True):
-    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True)
+def dlc(*args, check=True, env=None):
+    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True,
+                       env=env)
     assert not check or r.returncode == 0, r.stderr
     return r
 
@@ -79,6 +80,14 @@ def test_c_prediction_is_dlc_predict_bit_for_bit(built, model, tmp_path):
         assert got.tobytes() == np.ascontiguousarray(want, np.float32).tobytes(), (model, batch)
 
 
+def test_a_library_of_quick_code_says_so(built, tmp_path):
+    """The test session builds quick code (DLC_QUICK_CODE=only), and `dlc build` says it;
+    the page's build (below) is at O3, as a user's."""
+    r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "-o", tmp_path / "lib")
+    assert r.stdout.splitlines()[2:] == ["its code is quick code, not O3 (DLC_QUICK_CODE=only): it computes the "
+                                         "same bits, more slowly"]
+
+
 def digits_as_read(count: int) -> np.ndarray:
     """The first `count` images of the digits data set as it holds them (pixels 0 to 16)."""
     from dlc.runtime.data.images import digits
@@ -96,8 +105,10 @@ def test_the_pages_build_and_programs_as_written(built, tmp_path):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     (tmp_path / "runs" / "digits").mkdir(parents=True)
     shutil.copy(built("digits_cnn")[1], tmp_path / "runs" / "digits" / "best.npz")
+    # as a user runs it: O3 code (the session's builds are quick code), so the programs below
+    # also show that a library at O3 computes the bits of the JIT's quick code
     r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *said[1][2:].split()[1:]], capture_output=True,
-                       text=True, cwd=tmp_path)
+                       text=True, cwd=tmp_path, env={**os.environ, "DLC_QUICK_CODE": "1"})
     assert r.returncode == 0, r.stderr
     assert re.sub(r"\(/[^)]*\)", "(CC)", r.stdout).splitlines() == [re.sub(r"\(/[^)]*\)", "(CC)", line)
                                                                       for line in said[2:]]

@@ -38,9 +38,17 @@ else:
     CONFIGS["avx2"] = gemm.AVX2
 
 
+
+def _library(config):
+    """The routines of `config`: the host's blocking at O3, as a hot program runs them; the
+    others as the session compiles (quick code: the same bits, tests/native/test_tiers.py)."""
+    level = jit.OPT_LEVEL if config == gemm.default_config() else None
+    return GemmLibrary(ALL, config=config, packed=True, level=level)
+
+
 @pytest.fixture(scope="module", params=list(CONFIGS))
 def lib(request):
-    return GemmLibrary(ALL, config=CONFIGS[request.param], packed=True)
+    return _library(CONFIGS[request.param])
 
 
 def _operands(rng, M, N, K, ta, tb, batch=None):
@@ -336,7 +344,7 @@ def test_the_neon_blocking_gives_the_x86_blockings_bits():
     over K in the order the x86 ones do, in K slices of 256: the same bits, transposed or not,
     packed or not, one row or many, on one thread or two (docs/native.md, Platforms)."""
     rng = np.random.default_rng(5)
-    neon, here = (GemmLibrary(ALL, config=c, packed=True) for c in (gemm.NEON, gemm.default_config()))
+    neon, here = _library(gemm.NEON), _library(gemm.default_config())
     for M, N, K in [(1, 784, 512), (2, 37, 200), (13, 129, 7), (150, 40, 300), (37, 1030, 600), (128, 512, 784)]:
         for ta, tb, acc in ALL:
             a, b = _operands(rng, M, N, K, ta, tb)

@@ -14,6 +14,7 @@ import pytest
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.frontend.settings import Call
+from dlc.compiler.native.codegen import jit
 from dlc.runtime.engines import cache, tiers
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.optim import make_optimizer
@@ -129,7 +130,7 @@ def test_quick_code_only_never_compiles_at_o3_but_runs_o3_code_from_the_cache(tm
 def test_a_bad_quick_code_setting_is_refused(monkeypatch, value):
     monkeypatch.setenv("DLC_QUICK_CODE", value)
     with pytest.raises(DlcError, match=r"DLC_QUICK_CODE must be 1 .*, 0 .* or only .*, not"):
-        tiers.quick_code()
+        jit.quick_code()
 
 
 # a model of its own (sizes no other test uses): its O3 code is in no cache, and the session's

@@ -37,6 +37,24 @@ LLVMLITE_VERSION = llvmlite.__version__     # machine code cached on disk is key
 _lock = threading.RLock()
 
 
+def quick_code() -> str:
+    """How code is compiled (runtime/engines/tiers.py): $DLC_QUICK_CODE, "1" (the default: a
+    module's quick code first, O3 once hot), "0" (O3 before the first call) or "only" (quick
+    code, never an O3 compile)."""
+    value = os.environ.get("DLC_QUICK_CODE", "1")
+    if value not in ("0", "1", "only"):
+        from dlc.compiler.errors import DlcError
+        raise DlcError(f"DLC_QUICK_CODE must be 1 (quick code first), 0 (O3 before the first call) "
+                       f"or only (quick code, never O3), not '{value}'")
+    return value
+
+
+def settled_level() -> int:
+    """The level of code compiled once, never tiered up: dlc's own routines (the GEMM routines,
+    the thread pool) and a built library's objects. O3, but quick under DLC_QUICK_CODE=only."""
+    return QUICK_LEVEL if quick_code() == "only" else OPT_LEVEL
+
+
 # x86's code generator turns a loop's conditional moves into branches where it guesses
 # them predictable; a running maximum's (max pooling, argmax) depends on the data and is
 # not (ResNet's max-pool gradient: 7.6 ms a step with the branches, 3.4 without). The

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from dlc.compiler.native.codegen import jit
 from dlc.runtime.cli.arguments import model_arguments
 from dlc.runtime.deploy.build import TARGETS, build
 
@@ -49,3 +50,5 @@ def run(args):
           f"{'predicts and trains' if built.train else 'predicts'}"
           f"{f' with {built.int8} integer products' if built.int8 else ''}"
           f"{', scales its inputs itself' if built.transform else ''}, linked with {built.toolchain}")
+    if built.level != jit.OPT_LEVEL:
+        print("its code is quick code, not O3 (DLC_QUICK_CODE=only): it computes the same bits, more slowly")
