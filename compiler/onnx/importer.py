@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.frontend.loader import load_text, stdlib_env
+from dlc.compiler.frontend.loader import GrowingModel, stdlib_env
 from dlc.compiler.frontend.syntax import keywords
 from dlc.compiler.ir.dims import Dim
 from dlc.compiler.ir.graph import DTYPES, ONNX_ELEM_TYPES
@@ -296,7 +296,8 @@ class _Importer:
         self.decls: list[str] = []         # param and state declarations
         self.body: list[str] = []          # bindings
         self.bound: set = set()            # the names they bind
-        self.built: dict = {}              # name -> type, from a build of the program so far
+        self.built = None                  # the program so far, built (a GrowingModel), once type_now asks
+        self.built_lines = [0, 0, 0]       # ... of the header, decls and body
         self.scopes: list = []             # the enclosing programs' bindings, inside a scan body
         self.weights: dict = {}
         self.inputs: dict = {}
@@ -553,20 +554,21 @@ class _Importer:
 
     def type_now(self, name: str):
         """The type of a value that ONNX's shape inference could not tell, found now: as
-        dlc builds the program written so far (one build serves every value bound before
-        it), or inside a scan body, where that program does not build, as ONNX infers it
+        dlc builds the program written so far (each line built once: GrowingModel), or inside
+        a scan body, where that program does not build, as ONNX infers it
         from its node's inputs as the importer knows them now. None when neither tells."""
         if self.scopes:
             self.reinfer(name)
             v = self.inferred(name)
             return None if v.dtype is None or v.shape is None or None in v.shape else v
         expr = self.operand(name)
-        if expr not in self.built:
-            model = load_text(self.text([]), f"<{self.name}.dl>").build(None, training=False)
-            self.built = {name: t for name, t, _ in model.bindings}
-            self.built.update({i.name: i.type for i in model.inputs})
-            self.built.update({p.name: p.type for p in model.params})
-        return self.built.get(expr)
+        if self.built is None:
+            self.built = GrowingModel(self.name, f"<{self.name}.dl>")
+        if expr not in self.built.types:     # build the lines written since the last build
+            parts = (self.header, self.decls, self.body)        # each only grows while nodes are emitted
+            self.built.add([line for part, n in zip(parts, self.built_lines) for line in part[n:]])
+            self.built_lines = [len(part) for part in parts]
+        return self.built.types.get(expr)
 
     # -- writing --
     def bind(self, hint: str, expr: str) -> str:
