@@ -1,6 +1,7 @@
 """The test session's set-up (pytest hooks; helpers that several test files share are modules of
 tests/helpers/, docs/architecture.md "Where the tests live")."""
 import fcntl
+import functools
 import gc
 import os
 import shutil
@@ -51,7 +52,7 @@ def pytest_configure(config):
     # rename, so they share it safely (runtime/engines/cache.py)
     if "DLC_CACHE_DIR" not in os.environ:
         os.environ["DLC_CACHE_DIR"] = tempfile.mkdtemp(prefix="dlc-test-cache-")
-        config.add_cleanup(lambda: shutil.rmtree(os.environ["DLC_CACHE_DIR"], ignore_errors=True))
+        config.add_cleanup(functools.partial(shutil.rmtree, os.environ["DLC_CACHE_DIR"], ignore_errors=True))
     # the session starts hundreds of Python processes (dlc commands, ranks, pytest-xdist's
     # workers): where bytecode is not written (PYTHONDONTWRITEBYTECODE, as on some CI hosts)
     # each would compile dlc and the test modules from source again (about a tenth of a
@@ -61,13 +62,13 @@ def pytest_configure(config):
         prefix = os.environ["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="dlc-test-pycache-")
         os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
         sys.dont_write_bytecode, sys.pycache_prefix = False, prefix
-        config.add_cleanup(lambda: shutil.rmtree(prefix, ignore_errors=True))
+        config.add_cleanup(functools.partial(shutil.rmtree, prefix, ignore_errors=True))
     # the locks by which a test marked `alone` waits for the other workers' tests (below), and
     # the results that the session makes once for all workers (tests/helpers/session_once.py)
     for variable, prefix in (("DLC_TEST_LOCKS", "dlc-test-locks-"), ("DLC_TEST_SHARED", "dlc-test-shared-")):
         if variable not in os.environ:
             folder = os.environ[variable] = tempfile.mkdtemp(prefix=prefix)
-            config.add_cleanup(lambda folder=folder: shutil.rmtree(folder, ignore_errors=True))
+            config.add_cleanup(functools.partial(shutil.rmtree, folder, ignore_errors=True))
     # quick code only (runtime/engines/tiers.py): the tests check what code computes, and both
     # tiers compute the same bits (tests/native/test_tiers.py, which sets dlc's default, checks
     # it); an O3 compile that a test's run starts once it is hot would take a core from the other
