@@ -170,7 +170,7 @@ def load_module(module: syntax.Module, filename: str) -> Program:
 class GrowingModel:
     """A model whose statements arrive a few at a time, as the ONNX importer writes them:
     `add` parses and builds only the new ones, so typing a model line by line costs one build
-    of it, not one per look. `types` holds the type of each tensor it has named so far (input,
+    of it, not one per look. `type_of` is the type of a tensor it has named so far (input,
     parameter, state, binding). It is built for evaluation, without initial values."""
 
     def __init__(self, name: str, filename: str):
@@ -178,7 +178,11 @@ class GrowingModel:
         globals_ = _program(syntax.Module(Span(filename, 1, 1), []), None, filename).globals
         self.evaluator = Evaluator(globals_, training=False, initial_values=False)
         self.env = globals_.child()
-        self.types: dict = {}
+
+    def type_of(self, name: str):
+        """The type of the tensor `name` names now; None for a name not added or not a tensor."""
+        value = self.env.vars.get(name)
+        return value.type if isinstance(value, Tensor) else None
 
     @collector_paused()
     def add(self, lines: list[str]):
@@ -186,7 +190,6 @@ class GrowingModel:
         block = syntax.parse("\n".join([f"model {self.name} {{", *lines, "}"]), self.filename).items[0]
         with self.evaluator.graph.at(block.span):
             self.evaluator.block(block.body, self.env, in_model=True)
-        self.types.update((name, v.type) for name, v in self.env.vars.items() if isinstance(v, Tensor))
 
 
 def _program(module: syntax.Module, path: Path | None, name: str) -> Program:

@@ -564,11 +564,11 @@ class _Importer:
         expr = self.operand(name)
         if self.built is None:
             self.built = GrowingModel(self.name, f"<{self.name}.dl>")
-        if expr not in self.built.types:     # build the lines written since the last build
+        if self.built.type_of(expr) is None:        # build the lines written since the last build
             parts = (self.header, self.decls, self.body)        # each only grows while nodes are emitted
             self.built.add([line for part, n in zip(parts, self.built_lines) for line in part[n:]])
             self.built_lines = [len(part) for part in parts]
-        return self.built.types.get(expr)
+        return self.built.type_of(expr)
 
     # -- writing --
     def bind(self, hint: str, expr: str) -> str:

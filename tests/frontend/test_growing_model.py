@@ -31,15 +31,22 @@ def whole_model_types() -> dict:
     return types
 
 
+def named(statement: str) -> str:
+    words = statement.split()
+    return words[1].rstrip(":") if words[0] in ("input", "param", "state") else words[0]
+
+
 @pytest.mark.parametrize("chunk", [1, 3, len(STATEMENTS)])
 def test_statements_added_in_chunks_get_the_whole_models_types(chunk):
     growing = GrowingModel("m", "<m.dl>")
+    whole = whole_model_types()
     for start in range(0, len(STATEMENTS), chunk):
+        assert all(growing.type_of(named(s)) is None for s in STATEMENTS[start:])      # not added yet
         growing.add(STATEMENTS[start:start + chunk])
-        assert set(growing.types) >= {s.split()[1].rstrip(":") if s.split()[0] in ("input", "param", "state")
-                                      else s.split(" = ")[0] for s in STATEMENTS[:start + chunk]} - {"n"}
-    assert "n" not in growing.types         # a static number is not a tensor
-    assert growing.types == whole_model_types()
+        for s in STATEMENTS[:start + chunk]:
+            assert growing.type_of(named(s)) == whole.get(named(s)), s
+    assert growing.type_of("n") is None and "n" not in whole          # a static number is not a tensor
+    assert {named(s) for s in STATEMENTS if growing.type_of(named(s)) is not None} == set(whole)
 
 
 def test_a_statement_that_does_not_build_is_an_error_at_its_line():

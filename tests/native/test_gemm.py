@@ -38,7 +38,6 @@ else:
     CONFIGS["avx2"] = gemm.AVX2
 
 
-
 def _library(config):
     """The routines of `config`: the host's blocking at O3, as a hot program runs them; the
     others as the session compiles (quick code: the same bits, tests/native/test_tiers.py)."""
