@@ -103,22 +103,35 @@ def run_case(case, engine: str) -> NodeTestOutcome:
 
 # ---- batches: many cases, one program -------------------------------------------------------------
 def batchable(case) -> bool:
-    """One data set, no local functions, and no inputs the program needs as constants
-    (those are bound per case): the case can sit in a merged model."""
+    """One data set and no local functions: the case can sit in a merged model."""
+    return len(case.data_sets) == 1 and not case.model.functions
+
+
+def bound(case):
+    """The case's model with the inputs its program needs as constants (static_inputs) bound
+    to its data set's values, as initializers (as the backend binds them), and the values it
+    is still fed, in order."""
+    from onnx import ModelProto, numpy_helper
     from dlc.compiler.onnx.importer import static_inputs
-    return len(case.data_sets) == 1 and not case.model.functions and not static_inputs(case.model)
+    static = set(static_inputs(case.model))
+    model, fed = ModelProto.FromString(case.model.SerializeToString()), []
+    for info, value in zip(case.model.graph.input, _arrays(case.data_sets[0][0])):
+        if info.name in static:
+            model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), info.name))
+        else:
+            fed.append(value)
+    return model, fed
 
 
-def merged_model(cases: list):
-    """The graphs of `cases` (one opset) side by side in one model, names prefixed `cK_`."""
+def merged_model(models: list):
+    """The graphs of `models` (one opset) side by side in one model, names prefixed `cK_`."""
     from onnx import compose, helper
-    graphs = [compose.add_prefix_graph(c.model.graph, f"c{k}_") for k, c in enumerate(cases)]
+    graphs = [compose.add_prefix_graph(m.graph, f"c{k}_") for k, m in enumerate(models)]
     graph = helper.make_graph([n for g in graphs for n in g.node], "batch",
                               [i for g in graphs for i in g.input], [o for g in graphs for o in g.output],
                               [t for g in graphs for t in g.initializer], value_info=[v for g in graphs
                                                                                        for v in g.value_info])
-    return helper.make_model(graph, opset_imports=list(cases[0].model.opset_import),
-                             ir_version=cases[0].model.ir_version)
+    return helper.make_model(graph, opset_imports=list(models[0].opset_import), ir_version=models[0].ir_version)
 
 
 def run_batched(cases: list, engine: str, size: int = 40) -> dict:
@@ -130,15 +143,16 @@ def run_batched(cases: list, engine: str, size: int = 40) -> dict:
         if not batchable(c):
             alone.append(c)
             continue
+        model, fed = bound(c)
         try:        # what dlc does not import stays out of the batches (importing is cheap)
-            import_model(c.model)
+            import_model(model)
         except Unsupported as e:
             out[c.name] = NodeTestOutcome("not supported", e.kind, e.message)
             continue
         except Exception:      # noqa: BLE001  (its own run says what)
             alone.append(c)
             continue
-        groups[tuple(sorted((o.domain, o.version) for o in c.model.opset_import))].append(c)
+        groups[tuple(sorted((o.domain, o.version) for o in c.model.opset_import))].append((c, model, fed))
     for group in groups.values():
         for start in range(0, len(group), size):
             alone += _run_merged(group[start:start + size], engine, out)
@@ -148,24 +162,24 @@ def run_batched(cases: list, engine: str, size: int = 40) -> dict:
 
 
 def _run_merged(chunk: list, engine: str, out: dict) -> list:
-    """Runs `chunk` as one merged program, its outcomes into `out`; when it fails, its halves
-    (a bad case costs a few compiles, not one per case of its chunk). The cases left to run
-    alone: a single case that failed merged."""
+    """Runs `chunk` (cases with their bound models and fed values) as one merged program, its
+    outcomes into `out`; when it fails, its halves (a bad case costs a few compiles, not one
+    per case of its chunk). The cases left to run alone: a single case that failed merged."""
     from dlc.runtime.interop.onnx_backend import DlcBackend
     try:
-        rep = DlcBackend.prepare(merged_model(chunk), engine=engine)
-        got = rep.run([a for c in chunk for a in _arrays(c.data_sets[0][0])])
+        rep = DlcBackend.prepare(merged_model([model for _, model, _ in chunk]), engine=engine)
+        got = rep.run([a for _, _, fed in chunk for a in fed])
         k = 0
-        for c in chunk:
+        for c, _, _ in chunk:
             n = len(c.model.graph.output)
             _compare(c, c.data_sets[0][1], got[k:k + n])
             k += n
     except Exception:      # noqa: BLE001  (charged case by case: each one's own run says what)
         if len(chunk) == 1:
-            return chunk
+            return [chunk[0][0]]
         half = len(chunk) // 2
         return _run_merged(chunk[:half], engine, out) + _run_merged(chunk[half:], engine, out)
-    out.update((c.name, NodeTestOutcome("pass")) for c in chunk)
+    out.update((c.name, NodeTestOutcome("pass")) for c, _, _ in chunk)
     return []
 
 

@@ -32,18 +32,31 @@ def source_hash(text: str) -> str:
 def save(path: Path, params: dict, opt_state: dict, meta: dict, more: dict | None = None):
     """Write to a temporary file in the same folder, then rename over `path`. `more`: arrays
     stored under their own keys (a quantized checkpoint's `int8:` arrays, runtime/interop/quantized.py)."""
-    path = Path(path)
     arrays = {f"param:{k}": np.asarray(v) for k, v in params.items()} | dict(more or {})
     for name, slots in opt_state.items():
         for slot, v in slots.items():
             arrays[f"opt:{name}:{slot}"] = np.asarray(v)
     doc = {"format": FORMAT, "dlc_version": dlc.__version__, **meta}
     arrays["meta"] = np.frombuffer(json.dumps(doc).encode(), np.uint8)
+    _replace(Path(path), lambda f: np.savez(f, **arrays))
+
+
+def copy(source: Path, path: Path):
+    """The checkpoint `source` as `path` too (best.npz of the epoch whose last.npz was just
+    written), replaced at once as `save` replaces it."""
+    with open(source, "rb") as f:
+        data = f.read()
+    _replace(Path(path), lambda f: f.write(data))
+
+
+def _replace(path: Path, write):
+    """`write(file)` into a temporary file in the same folder, synced, then renamed over `path`:
+    a reader, or a run killed meanwhile, sees the old checkpoint or the new, never half of one."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".npz")
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

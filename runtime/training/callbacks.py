@@ -32,7 +32,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dlc.compiler.errors import DlcError
-from dlc.runtime.interop.checkpoint import save
+from dlc.runtime.interop.checkpoint import copy, save
 
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
 STOPPING = ("on_batch_end", "on_epoch_end")        # the hooks that may raise StopTraining
@@ -133,21 +133,25 @@ class Checkpoints(Callback):
     def on_epoch_end(self, epoch: int, logs: dict):
         epoch, batch = self.place or (epoch + 1, 0)
         self.place = None
-        self.save("last.npz", epoch, batch)
-        if self.stop.improved:
-            self.save("best.npz", epoch, batch)
+        self.save_last(epoch, batch)
+        if self.stop.improved and self.writes:      # the same checkpoint: copied, not encoded again
+            copy(self.out / "last.npz", self.out / "best.npz")
+            self.wrote("best.npz")
 
     def inside(self, epoch: int, batch: int, partial: dict):
         """last.npz of a run stopped after `batch` of `epoch` (from 0), with the loss and metric
         sums of its batches so far (`partial`), which a resumed run continues."""
-        self.save("last.npz", epoch, batch, partial)
+        self.save_last(epoch, batch, partial)
 
-    def save(self, name: str, epoch: int, batch: int, partial: dict | None = None):
+    def wrote(self, name: str):
+        if name not in self.written:
+            self.written.append(name)
+
+    def save_last(self, epoch: int, batch: int, partial: dict | None = None):
         opt_state = self.whole_state() if self.whole_state else self.opt_state      # a collective: every rank
         if not self.writes:
             return
-        if name not in self.written:
-            self.written.append(name)
-        save(self.out / name, self.params, opt_state, {
+        self.wrote("last.npz")
+        save(self.out / "last.npz", self.params, opt_state, {
             **self.meta, "epoch": epoch, "step": self.step, "batch": batch, "partial": partial,
             "history": self.history, "early_stop": self.stop.state()})

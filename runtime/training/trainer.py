@@ -118,6 +118,9 @@ class Result:
     def __post_init__(self):
         self.history = History(self.history)
 
+# the largest share of a run's time that rewriting its history files between rows may take
+HISTORY_SHARE = 0.05
+
 
 class Trainer:
     def __init__(self, program: Program, model_name: str | None, overrides: dict, out_dir: Path | None,
@@ -143,6 +146,7 @@ class Trainer:
             self.log, progress, tensorboard = (lambda msg: None), "none", None
         self.quiet = progress == "none"
         self.warned_overflow = False
+        self.history_written, self.history_cost = 0.0, 0.0     # when write_history last wrote, and how long it took
         self.display = make_display(progress, self.log)
         self.callbacks = check([self.display, *([EventLog(tensorboard)] if tensorboard else []), *callbacks])
         self.source_hash = checkpoint.source_hash(Path(program.path).read_text()) \
@@ -379,7 +383,7 @@ class Trainer:
         history.append(row)
         asked = events.call("on_epoch_end", epoch, row)
         self.warn_overflow(params)
-        self.write_history(history, plot=False)
+        self.write_history(history, final=False)
         if self.world is not None:
             self.world.await_writer()
         return asked
@@ -451,11 +455,20 @@ class Trainer:
         finally:
             events.call("on_train_end", end)
 
-    def write_history(self, history: list, plot: bool = True):
-        """history.json and history.csv (after every epoch, and when a run stops: at its end,
-        on Ctrl-C, on a NaN loss); history.png with `plot`."""
-        if history and self.writes:
-            save_history(self.out, history, self.log, plot)
+    def write_history(self, history: list, final: bool = True):
+        """history.json, history.csv and history.png when the run stops (`final`: at its end, on
+        Ctrl-C, on a NaN loss); the first two after a row too, unless writing them took more
+        than HISTORY_SHARE of the time since they were last written: the files grow with the
+        run, and rewriting them at every row of a run of many short epochs would cost more than
+        its training (quadratic in its rows)."""
+        if not (history and self.writes):
+            return
+        started = time.perf_counter()
+        if not final and started - self.history_written < self.history_cost / HISTORY_SHARE:
+            return
+        save_history(self.out, history, self.log, plot=final)
+        self.history_written = time.perf_counter()
+        self.history_cost = self.history_written - started
 
 
 def _jsonable(v):

@@ -7,6 +7,7 @@ import csv
 import json
 import signal
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from dlc.runtime.interop import checkpoint
 from dlc.runtime.cli import main
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.api import DlcModel
+from dlc.runtime.training import trainer as trainer_module
 from dlc.runtime.training.trainer import Trainer, batch_bounds
 from dlc.runtime.engines.optim import clip_limit, make_optimizer, make_schedule
 from dlc.runtime.engines import interpreter
@@ -281,6 +283,32 @@ def test_history_is_written_every_epoch_and_survives_ctrl_c(tmp_path, monkeypatc
     rows, csv_rows = _history(tmp_path / "run")
     assert [r["epoch"] for r in rows] == [1, 2] and [int(r["epoch"]) for r in csv_rows] == [1, 2]
     assert float(csv_rows[1]["loss"]) == pytest.approx(rows[1]["loss"])
+
+
+def test_history_files_wait_for_a_later_epoch_when_rewriting_them_would_cost_more_than_a_share_of_the_run(
+        tmp_path, monkeypatch):
+    """After an epoch the files are rewritten unless that took more than HISTORY_SHARE of the
+    time since the last write (they grow with the run: quadratic otherwise); when the run
+    stops they are always written, with the plot. A clock of the test's: each write costs
+    `cost` seconds."""
+    trainer = Trainer(load(str(EXAMPLES / "xor_mlp.dl")), None, {}, tmp_path)
+    clock, cost, writes = [0.0], [0.01], []
+
+    def save_history(out, history, log, plot):
+        writes.append((len(history), plot))
+        clock[0] += cost[0]
+    monkeypatch.setattr(trainer_module, "save_history", save_history)
+    monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    history = []
+    for epoch in range(1, 13):
+        if epoch == 5:
+            cost[0] = 0.05      # the files have grown: 1 s between writes at a 5 % share
+        clock[0] += 0.3
+        history.append({"epoch": epoch})
+        trainer.write_history(history, final=False)
+    trainer.write_history(history)
+    assert trainer_module.HISTORY_SHARE == 0.05
+    assert writes == [(1, False), (2, False), (3, False), (4, False), (5, False), (9, False), (12, True)]
 
 
 def test_history_survives_a_nan_stop(tmp_path, capsys):
