@@ -1,6 +1,6 @@
 """The history of a training run, a row per epoch, or per `eval_every` steps with its step
 (loss, metrics, their val_ twins, lr, time): `History` (a run's result), and in the run's folder history.json, history.csv and,
-with matplotlib, history.png."""
+with matplotlib and two rows or more, history.png."""
 from __future__ import annotations
 
 import csv
@@ -39,8 +39,10 @@ def column_names(history: list) -> list:
 
 
 def save_history(out: Path, history: list, log, plot: bool = True):
-    """history.json and history.csv in `out`, each replaced at once; history.png with `plot`.
-    A file that cannot be written is a note to `log`: the checkpoints matter more."""
+    """history.json and history.csv in `out`, each replaced at once; history.png with `plot`,
+    of a history of two rows or more (a curve needs two points: a run of one epoch, often a
+    trial, does not wait half a second for matplotlib to draw none). A file that cannot be
+    written is a note to `log`: the checkpoints matter more."""
     keys = column_names(history)
     table = io.StringIO()
     w = csv.DictWriter(table, fieldnames=keys, lineterminator="\n")
@@ -53,7 +55,7 @@ def save_history(out: Path, history: list, log, plot: bool = True):
             os.replace(tmp, out / name)
         except OSError as e:
             log(f"note: cannot write {out / name}: {e.strerror}")
-    if plot:
+    if plot and len(history) > 1:
         _plot(out / "history.png", history, keys)
 
 

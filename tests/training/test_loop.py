@@ -311,6 +311,14 @@ def test_history_files_wait_for_a_later_epoch_when_rewriting_them_would_cost_mor
     assert writes == [(1, False), (2, False), (3, False), (4, False), (5, False), (9, False), (12, True)]
 
 
+@pytest.mark.parametrize("epochs", [1, 2])
+def test_the_history_is_plotted_from_two_rows(tmp_path, epochs):
+    pytest.importorskip("matplotlib")
+    dlc.load(str(EXAMPLES / "xor_mlp.dl")).train(out=str(tmp_path), log=lambda m: None, epochs=epochs)
+    assert (tmp_path / "history.json").exists()
+    assert (tmp_path / "history.png").exists() == (epochs == 2)
+
+
 def test_history_survives_a_nan_stop(tmp_path, capsys):
     out = tmp_path / "run"
     src = (EXAMPLES / "digits_mlp.dl").read_text().replace("optimizer  = adam(lr = 1e-3)",
