@@ -107,31 +107,28 @@ def batchable(case) -> bool:
     return len(case.data_sets) == 1 and not case.model.functions
 
 
-def bound(case):
-    """The case's model with the inputs its program needs as constants (static_inputs) bound
-    to its data set's values, as initializers (as the backend binds them), and the values it
-    is still fed, in order."""
-    from onnx import ModelProto, numpy_helper
+def static_values(case) -> dict:
+    """The values of the inputs the case's program needs as constants (static_inputs), from
+    its data set, by name: what the backend binds when it is fed them."""
     from dlc.compiler.onnx.importer import static_inputs
-    static = set(static_inputs(case.model))
-    model, fed = ModelProto.FromString(case.model.SerializeToString()), []
-    for info, value in zip(case.model.graph.input, _arrays(case.data_sets[0][0])):
-        if info.name in static:
-            model.graph.initializer.append(numpy_helper.from_array(np.asarray(value), info.name))
-        else:
-            fed.append(value)
-    return model, fed
+    names = set(static_inputs(case.model))
+    known = {t.name for t in case.model.graph.initializer}
+    fed = [i.name for i in case.model.graph.input if i.name not in known]
+    return {name: np.asarray(v) for name, v in zip(fed, _arrays(case.data_sets[0][0])) if name in names}
 
 
-def merged_model(models: list):
-    """The graphs of `models` (one opset) side by side in one model, names prefixed `cK_`."""
+def merged_model(cases: list):
+    """The graphs of `cases` (one opset) side by side in one model, names prefixed `cK_`: the
+    inputs a case's program needs as constants stay inputs, which the backend binds from the
+    values fed, as it binds a lone case's."""
     from onnx import compose, helper
-    graphs = [compose.add_prefix_graph(m.graph, f"c{k}_") for k, m in enumerate(models)]
+    graphs = [compose.add_prefix_graph(c.model.graph, f"c{k}_") for k, c in enumerate(cases)]
     graph = helper.make_graph([n for g in graphs for n in g.node], "batch",
                               [i for g in graphs for i in g.input], [o for g in graphs for o in g.output],
                               [t for g in graphs for t in g.initializer], value_info=[v for g in graphs
                                                                                        for v in g.value_info])
-    return helper.make_model(graph, opset_imports=list(models[0].opset_import), ir_version=models[0].ir_version)
+    return helper.make_model(graph, opset_imports=list(cases[0].model.opset_import),
+                             ir_version=cases[0].model.ir_version)
 
 
 def run_batched(cases: list, engine: str, size: int = 40) -> dict:
@@ -143,16 +140,15 @@ def run_batched(cases: list, engine: str, size: int = 40) -> dict:
         if not batchable(c):
             alone.append(c)
             continue
-        model, fed = bound(c)
         try:        # what dlc does not import stays out of the batches (importing is cheap)
-            import_model(model)
+            import_model(c.model, static=static_values(c))
         except Unsupported as e:
             out[c.name] = NodeTestOutcome("not supported", e.kind, e.message)
             continue
         except Exception:      # noqa: BLE001  (its own run says what)
             alone.append(c)
             continue
-        groups[tuple(sorted((o.domain, o.version) for o in c.model.opset_import))].append((c, model, fed))
+        groups[tuple(sorted((o.domain, o.version) for o in c.model.opset_import))].append(c)
     for group in groups.values():
         for start in range(0, len(group), size):
             alone += _run_merged(group[start:start + size], engine, out)
@@ -162,24 +158,24 @@ def run_batched(cases: list, engine: str, size: int = 40) -> dict:
 
 
 def _run_merged(chunk: list, engine: str, out: dict) -> list:
-    """Runs `chunk` (cases with their bound models and fed values) as one merged program, its
-    outcomes into `out`; when it fails, its halves (a bad case costs a few compiles, not one
-    per case of its chunk). The cases left to run alone: a single case that failed merged."""
+    """Runs `chunk` as one merged program, its outcomes into `out`; when it fails, its halves
+    (a bad case costs a few compiles, not one per case of its chunk). The cases left to run
+    alone: a single case that failed merged."""
     from dlc.runtime.interop.onnx_backend import DlcBackend
     try:
-        rep = DlcBackend.prepare(merged_model([model for _, model, _ in chunk]), engine=engine)
-        got = rep.run([a for _, _, fed in chunk for a in fed])
+        rep = DlcBackend.prepare(merged_model(chunk), engine=engine)
+        got = rep.run([a for c in chunk for a in _arrays(c.data_sets[0][0])])
         k = 0
-        for c, _, _ in chunk:
+        for c in chunk:
             n = len(c.model.graph.output)
             _compare(c, c.data_sets[0][1], got[k:k + n])
             k += n
     except Exception:      # noqa: BLE001  (charged case by case: each one's own run says what)
         if len(chunk) == 1:
-            return [chunk[0][0]]
+            return chunk
         half = len(chunk) // 2
         return _run_merged(chunk[:half], engine, out) + _run_merged(chunk[half:], engine, out)
-    out.update((c.name, NodeTestOutcome("pass")) for c, _, _ in chunk)
+    out.update((c.name, NodeTestOutcome("pass")) for c in chunk)
     return []
 
 

@@ -118,6 +118,7 @@ class Result:
     def __post_init__(self):
         self.history = History(self.history)
 
+
 # the largest share of a run's time that rewriting its history files between rows may take
 HISTORY_SHARE = 0.05
 
