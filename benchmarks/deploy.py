@@ -56,11 +56,12 @@ def timer(folder: Path) -> Path:
     return exe
 
 
-def c_point(exe: Path, lib: Path, name: str, ckpt, feeds: dict, seconds: float, folder: Path) -> dict:
+def c_point(exe: Path, lib: Path, name: str, ckpt, feeds: dict, seconds: float, folder: Path,
+            threads: int = THREADS) -> dict:
     (x,) = feeds.values()
     x.tofile(folder / "x.bin")
     r = subprocess.run([str(exe), str(lib / f"lib{name}.so"), name, str(ckpt), str(folder / "x.bin"), str(seconds),
-                        str(THREADS), str(folder / "y.bin"), *map(str, x.shape)], capture_output=True, text=True)
+                        str(threads), str(folder / "y.bin"), *map(str, x.shape)], capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"{name}: {r.stderr}")
     load_ms, create_ms, first_ms, predict_ms, calls = r.stdout.split()

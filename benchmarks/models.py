@@ -1,6 +1,7 @@
 """Standard models against PyTorch and onnxruntime: torchvision's resnet18 and mobilenet_v2
-(10 classes, 64 x 64 images) trained (batch 32) and predicted (batch 1 and 8), and a
-transformer encoder of BERT-base's shape trained.
+(10 classes, 64 x 64 images, or ImageNet's 224 x 224 with `--image 224`) trained (batch 32)
+and predicted (batch 1 and 8), and a transformer encoder of BERT-base's shape trained, on 2
+threads each (`--threads N`: every framework on N).
 
 Training, one Adam step at a time, the CNNs in two forms on dlc's side:
 
@@ -56,6 +57,7 @@ timed; all five are timed in rounds, each after a pause (spinning pools sleep).
     python benchmarks/models.py --only resnet18 --rounds 3 --steps 1 --json /tmp/models.json
     python benchmarks/models.py --only mobilenet_v2 --side predict --predict-batch 1
     python benchmarks/models.py --only bert_encoder --bert base --batch 8
+    python benchmarks/models.py --image 224 --batch 8 --threads 1
 """
 from __future__ import annotations
 
@@ -78,7 +80,7 @@ from train_step import (DEFAULT_BATCH, LOSS_RTOL, PAUSE_S, THREADS, DlcRunner, T
 
 CNNS = ("resnet18", "mobilenet_v2")
 MODELS = CNNS + ("bert_encoder",)
-BATCH, IMAGE, CLASSES = 32, 64, 10          # the .dl files' IMAGE and CLASSES
+BATCH, IMAGE, CLASSES = 32, 64, 10          # the .dl files' IMAGE (the default side) and CLASSES
 FRAMEWORKS = ("dlc", "torch", "torch_compile", "dlc_import", "torch_eval")
 PAIRS = (("dlc", "torch"), ("dlc", "torch_compile"), ("dlc_import", "torch_eval"))
 BERT = {"base": {}, "small": {"LAYERS": 4, "WIDTH": 256, "HEADS": 4, "SEQ": 64}}   # over bert_encoder.dl's constants
@@ -157,31 +159,31 @@ def calibrate(model, torch, batch: dict):
         m.momentum = 0.1
 
 
-def exported(model, torch, folder: Path, name: str) -> Path:
-    """The torch model in evaluation mode exported to ONNX (a dynamic batch)."""
+def exported(model, torch, folder: Path, name: str, image: int) -> Path:
+    """The torch model in evaluation mode exported to ONNX (a dynamic batch, `image` pixels a side)."""
     onnx_path = folder / f"{name}.onnx"
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.net, (torch.zeros(1, 3, IMAGE, IMAGE),), str(onnx_path), input_names=["x"],
+        torch.onnx.export(model.net, (torch.zeros(1, 3, image, image),), str(onnx_path), input_names=["x"],
                           output_names=["y"], opset_version=17, dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
                           dynamo=False)
     return onnx_path
 
 
-def imported_program(model, torch, folder: Path, name: str):
+def imported_program(model, torch, folder: Path, name: str, image: int):
     """The torch model in evaluation mode exported to ONNX, imported by `dlc import --def`,
     and a program that calls it and adds the loss: (the loader Program, its weights)."""
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.cli import main
     from dlc.runtime.interop import checkpoint
-    onnx_path = exported(model, torch, folder, name)
+    onnx_path = exported(model, torch, folder, name, image)
     imported = folder / f"{name}_imported.dl"
     if main(["import", str(onnx_path), "-o", str(imported), "--def"]) != 0:
         raise SystemExit(f"dlc import of {name} failed")
     program = folder / f"{name}_trained.dl"
     program.write_text(f'import "{imported.name}"\n\nmodel {name}_trained {{\n'
-                       f"    input  x: f32[B, 3, {IMAGE}, {IMAGE}]\n    target y: i32[B]\n"
+                       f"    input  x: f32[B, 3, {image}, {image}]\n    target y: i32[B]\n"
                        f'    logits = {imported.stem}(x, name = "")\n    loss   sparse_cross_entropy(logits, y)\n}}\n')
     weights, _, _ = checkpoint.load(imported.with_suffix(".npz"))
     return load(str(program)), {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
@@ -191,7 +193,7 @@ def twin_of(name: str, args, torch, batch: dict):
     """torchvision's model with dlc's initial parameters, its batch norms calibrated on the
     batch: (the model, dlc's parameters, the model's state)."""
     from dlc.runtime.training.gradcheck import init_params
-    train = load_workload(name).build(training=True)
+    train = load_workload(name, {"IMAGE": args.image}).build(training=True)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(train, args.seed).items()}
     trainable = [p.name for p in train.params if p.trainable]
     twin = torchvision_model(name, torch)
@@ -202,7 +204,7 @@ def twin_of(name: str, args, torch, batch: dict):
 
 def image_batch(args, batch: int) -> dict:
     rng = np.random.default_rng([args.seed, 1])
-    return {"x": rng.standard_normal((batch, 3, IMAGE, IMAGE), dtype=np.float32),
+    return {"x": rng.standard_normal((batch, 3, args.image, args.image), dtype=np.float32),
             "y": rng.integers(0, CLASSES, batch).astype(np.int32)}
 
 
@@ -295,10 +297,10 @@ def run_model(name: str, args, folder: Path) -> dict:
     print(f"\n== {name} ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
     batch = image_batch(args, args.batch or BATCH)
     twin, init, state = twin_of(name, args, torch, batch)
-    program, weights = imported_program(twin, torch, folder, name)
+    program, weights = imported_program(twin, torch, folder, name, args.image)
 
     runners = {
-        "dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed),
+        "dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes={"IMAGE": args.image}),
         "torch": TorchRunner(name, state, batch, args.lr, "torch", model=torchvision_model(name, torch)),
         "torch_compile": TorchRunner(name, state, batch, args.lr, "torch_compile",
                                      model=torchvision_model(name, torch)),
@@ -307,7 +309,7 @@ def run_model(name: str, args, folder: Path) -> dict:
         "torch_eval": TorchRunner(name, state, batch, args.lr, "torch_eval",
                                   model=frozen(torchvision_model(name, torch), torch)),
     }
-    return trained(name, runners, args, {"model": name, "batch": args.batch or BATCH}, PAIRS)
+    return trained(name, runners, args, {"model": name, "image": args.image, "batch": args.batch or BATCH}, PAIRS)
 
 
 def predicted(name: str, args, folder: Path) -> list:
@@ -318,7 +320,7 @@ def predicted(name: str, args, folder: Path) -> list:
     from dlc.runtime.interop import checkpoint
     print(f"\n== {name}: prediction ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
     twin, _, _ = twin_of(name, args, torch, image_batch(args, BATCH))
-    onnx_path = exported(twin, torch, folder, f"{name}_predict")
+    onnx_path = exported(twin, torch, folder, f"{name}_predict", args.image)
     program, weights, _ = imported(onnx_path, folder)
     model, _ = first_prediction_s(program, weights, {"x": image_batch(args, 1)["x"]})
     npz = folder / f"{name}_weights.npz"
@@ -332,7 +334,7 @@ def predicted(name: str, args, folder: Path) -> list:
 
     def session(spin: bool):
         options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
+        options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
     spinning, sleeping = session(True), session(False)
@@ -344,7 +346,7 @@ def predicted(name: str, args, folder: Path) -> list:
         want = sleeping.run(["y"], feeds)[0]
 
         def library_ms():
-            return c_point(exe, library, model.name, npz, feeds, PREDICT_SECONDS, folder)
+            return c_point(exe, library, model.name, npz, feeds, PREDICT_SECONDS, folder, args.threads)
         outputs = {"dlc_jit": model.predict(feeds, batch=batch)["y"], "dlc_library": library_ms()["output"],
                    "torch_eval": twin.net(tx).detach().numpy()}
         for k, got in outputs.items():
@@ -361,15 +363,16 @@ def predicted(name: str, args, folder: Path) -> list:
                  "ort_sleep": timed(lambda: sleeping.run(["y"], feeds)),
                  "torch_eval": timed(torch_eval)}
         measured = interleave(slots, args.rounds, warmup=1, seconds_each=PREDICT_SECONDS, pause_s=PAUSE_S)
-        row = reported(measured, {"model": name, "batch": batch}, f"{name} prediction batch {batch}", PREDICT_PAIRS)
+        row = reported(measured, {"model": name, "image": args.image, "batch": batch},
+                       f"{name} prediction batch {batch}", PREDICT_PAIRS)
         rows.append(row)
         print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.2f} ms" for k in PREDICTORS)), flush=True)
     return rows
 
 
 def table(rows: list, frameworks, pairs) -> str:
-    cols = ["model", "batch"] + [f"{k} ms" for k in frameworks] + [f"{a}/{b}" for a, b in pairs] + ["others"]
-    body = [[r["model"], str(r["batch"])] + [f"{r[k]:.1f}" if k in r else "-" for k in frameworks]
+    cols = ["model", "image", "batch"] + [f"{k} ms" for k in frameworks] + [f"{a}/{b}" for a, b in pairs] + ["others"]
+    body = [[r["model"], str(r.get("image", "-")), str(r["batch"])] + [f"{r[k]:.1f}" if k in r else "-" for k in frameworks]
             + [ratio_cell(r[f"{a}/{b}"]) if f"{a}/{b}" in r else "-" for a, b in pairs] + [others_cell(r["others"])]
             for r in rows]
     return markdown(cols, body)
@@ -389,20 +392,29 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the frameworks in turn (default {ROUNDS})")
     ap.add_argument("--steps", type=int, default=2, help="timed steps of each per round (default 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each before the rounds (default 1)")
+    ap.add_argument("--image", type=int, default=IMAGE, metavar="PIXELS",
+                    help=f"the CNNs' images' side (default {IMAGE}; ImageNet's is 224)")
+    ap.add_argument("--threads", type=int, help=f"threads of every framework: torch's, onnxruntime's and dlc's "
+                    f"team (DLC_NUM_THREADS) (default: {THREADS} for the peers, dlc's the cores others leave free)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
+    if args.image < 32 or args.threads is not None and args.threads < 1:
+        ap.error("--image takes at least 32 pixels (five halvings leave a 1 x 1 map), --threads at least 1")
+    if args.threads is not None:
+        os.environ["DLC_NUM_THREADS"] = str(args.threads)    # before any engine picks its team
+    args.threads = args.threads or THREADS
     time_o3_code()
     args.predict_batch = args.predict_batch or list(PREDICT_BATCHES)
     sides = args.side or ["train", "predict"]
     import torch
     from peak import cached_or_measure, describe
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     peak = cached_or_measure()
-    args.peak = peak["gflops"].get(THREADS) or peak["gflops"].get(str(THREADS))
-    print(f"standard models against torch {torch.__version__} eager, {THREADS} threads, Adam lr {args.lr}, "
-          f"3 x {IMAGE} x {IMAGE} images; median ms per step over {args.rounds} rounds of {args.steps} "
+    args.peak = peak["gflops"].get(args.threads) or peak["gflops"].get(str(args.threads))
+    print(f"standard models against torch {torch.__version__} eager, {args.threads} threads, Adam lr {args.lr}, "
+          f"3 x {args.image} x {args.image} images; median ms per step over {args.rounds} rounds of {args.steps} "
           f"steps, the frameworks in turn; {describe(peak)}")
     rows, predictions = [], []
     with tempfile.TemporaryDirectory(prefix="dlc-models-") as tmp:
