@@ -111,10 +111,9 @@ def static_values(case) -> dict:
     """The values of the inputs the case's program needs as constants (static_inputs), from
     its data set, by name: what the backend binds when it is fed them."""
     from dlc.compiler.onnx.importer import static_inputs
-    names = set(static_inputs(case.model))
-    known = {t.name for t in case.model.graph.initializer}
-    fed = [i.name for i in case.model.graph.input if i.name not in known]
-    return {name: np.asarray(v) for name, v in zip(fed, _arrays(case.data_sets[0][0])) if name in names}
+    from dlc.runtime.interop.onnx_backend import fed_inputs
+    feeds = dict(zip(fed_inputs(case.model), _arrays(case.data_sets[0][0])))
+    return {name: np.asarray(feeds[name]) for name in static_inputs(case.model)}
 
 
 def merged_model(cases: list):

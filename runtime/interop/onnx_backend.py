@@ -57,6 +57,12 @@ def _declared(a: np.ndarray, dtype) -> np.ndarray:
     return a.astype(dtype) if a.dtype.kind == "f" and np.dtype(dtype).kind == "f" else a
 
 
+def fed_inputs(model) -> list:
+    """The names of the graph inputs a run is given, in order: those without an initializer."""
+    known = {t.name for t in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in known]
+
+
 class DlcBackendRep(BackendRep):
     """A prepared model (onnx.backend.base.BackendRep's interface): `run(inputs)` gives its outputs."""
 
@@ -64,8 +70,7 @@ class DlcBackendRep(BackendRep):
         if engine not in ENGINES:
             raise DlcError(f"unknown engine '{engine}' ({', '.join(ENGINES)})")
         self.model, self.engine = model, engine
-        known = {t.name for t in model.graph.initializer}
-        self.input_names = [i.name for i in model.graph.input if i.name not in known]
+        self.input_names = fed_inputs(model)
         self.output_names = [o.name for o in model.graph.output]
         self.static = static_inputs(model)
         self.programs: dict = {}
