@@ -30,3 +30,7 @@ PACK_WEIGHTS = ("each call", "once")
 # the most threads native code is run on (the engine's --threads and DLC_NUM_THREADS, a built
 # library's set_threads): the thread pool's table of workers (codegen/threadpool.py) holds one fewer
 MOST_THREADS = 1024
+
+# columns of C up to which a GEMM block multiplies without packing (codegen/gemm.py
+# _Gen.few_columns); here so that lowering (kernels/conv) reads it without loading LLVM
+FEW_COLUMNS = 16

@@ -38,13 +38,8 @@ model convs {
 """
 
 
-def models():
-    prog = load_text(SOURCE, "convs.dl")
-    return prog.build(training=True), prog.build(training=False)
-
-
 def test_every_convolution_gemm_is_over_the_whole_batch():
-    train, _ = models()
+    train = load_text(SOURCE, "convs.dl").build(training=True)
     program = lower(optimize(train_step(train.graph)))
     # the convolutions' GEMMs (the dense layer's three are over the batch as any matmul)
     gemms = [k for k in program.kernels if isinstance(k, GemmKernel)]
@@ -86,15 +81,11 @@ model wide {
     assert [str(k.batch) for k in predict.kernels if isinstance(k, GemmKernel)] == ["B", "B"]
 
 
-@pytest.mark.parametrize("batch, precision", [(1, "f32"), (3, "f32"), (3, "bf16")])
-def test_convolution_gradients_over_the_batch_are_the_reference_engines(batch, precision):
-    """bf16: the reference engine's emulation (operands rounded, sums in float32)."""
-    train, ev = models()
+def gradients(prog, feeds: dict, precision: str = "f32") -> dict:
+    """kind -> (loss, gradients) of a step of `prog` on the reference and the native engine."""
+    train, ev = prog.build(training=True), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
     init = {k: np.asarray(v, np.float32) for k, v in init_params(train, 0).items()}
-    rng = np.random.default_rng(batch)
-    feeds = {"x": rng.standard_normal((batch, 32, 7, 7)).astype(np.float32),
-             "y": rng.integers(0, 5, batch).astype(np.int32)}
     results = {}
     for kind in ("reference", "native"):
         eng = make_engine(kind, train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), trainable, split=True,
@@ -103,6 +94,16 @@ def test_convolution_gradients_over_the_batch_are_the_reference_engines(batch, p
         out, grads = eng.gradients(params, eng.optimizer.init({n: params[n] for n in trainable}), feeds,
                                    np.array([0, 1], np.int32))
         results[kind] = (float(out["loss"]), np.array(grads, copy=True))
+    return results
+
+
+@pytest.mark.parametrize("batch, precision", [(1, "f32"), (3, "f32"), (3, "bf16")])
+def test_convolution_gradients_over_the_batch_are_the_reference_engines(batch, precision):
+    """bf16: the reference engine's emulation (operands rounded, sums in float32)."""
+    rng = np.random.default_rng(batch)
+    feeds = {"x": rng.standard_normal((batch, 32, 7, 7)).astype(np.float32),
+             "y": rng.integers(0, 5, batch).astype(np.int32)}
+    results = gradients(load_text(SOURCE, "convs.dl"), feeds, precision)
     (ref_loss, ref), (loss, native) = results["reference"], results["native"]
     assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
     assert np.linalg.norm(native - ref) <= 1e-5 * np.linalg.norm(ref)
@@ -148,3 +149,65 @@ def test_convolution_gradients_are_the_same_bits_on_any_thread_count_and_target(
     assert np.isfinite(reference).all() and np.abs(reference).max() > 0
     for config, g in others:
         assert np.array_equal(g, reference), f"{config} differs from {first}"
+
+
+# a stem of many filters (7 x 7 on 3 channels, 64 filters: direct in training), 3 x 3
+# convolutions at stride 1 and 2, a dilated one and a grouped one: in prediction each a GEMM
+# packing its columns from the image
+WINDOWED = """
+model windowed {
+    input  x: f32[B, 3, 29, 29]
+    target y: i32[B]
+    s = conv2d(x, 64, 7, stride = 2, padding = 3) |> relu
+    a = conv2d(s, 32, 3, padding = 1) |> relu
+    b = conv2d(a, 24, 3, stride = 2, padding = 1) |> relu
+    c = conv2d(b, 24, 3, padding = 2, dilation = 2, groups = 2) |> relu
+    output logits = dense(global_avg_pool(c), 5)
+    loss   sparse_cross_entropy(logits, y)
+}
+"""
+
+
+def _gemm_sources(program) -> list:
+    """Each convolution GEMM's B: 'windows' (packed from the image) or 'buffer'."""
+    return ["windows" if k.windows else "buffer" for k in program.kernels if isinstance(k, GemmKernel) and k.trans_b
+            and not k.trans_a and k.m != 5]
+
+
+def test_a_prediction_reads_the_columns_from_the_image_and_training_from_one_buffer():
+    """In prediction every non-pointwise convolution's GEMM packs its columns from the image
+    (no im2col map kernel, and the 64-filter stem is such a GEMM too); in training they
+    come from the im2col buffer the weight gradient reads as well, but the stem's, whose
+    weight gradient is direct and reads no buffer; a bf16 prediction's GEMMs read the
+    buffer."""
+    prog = load_text(WINDOWED, "windowed.dl")
+    predict = lower(optimize(prog.build(training=False).graph))
+    assert _gemm_sources(predict) == ["windows"] * 4, [k.text() for k in predict.kernels]
+    assert not [k for k in predict.kernels if "conv" in k.text()[0]], [k.text() for k in predict.kernels]
+    train = lower(optimize(train_step(prog.build(training=True).graph)))
+    windows = [k for k in train.kernels if isinstance(k, GemmKernel) and k.windows]
+    assert [(k.m, k.k) for k in windows] == [(64, 147)], [k.text() for k in train.kernels]
+    others = [k for k in train.kernels if isinstance(k, GemmKernel) and k.trans_b and k.k in (576, 288, 108)]
+    assert len(others) == 3 and not any(k.windows for k in others), [k.text() for k in train.kernels]
+    assert any(k.text()[0].startswith("direct conv") and "weight gradient" in k.text()[0] for k in train.kernels)
+    bf16 = lower(optimize(prog.build(training=False).graph), precision="bf16")
+    assert set(_gemm_sources(bf16)) == {"buffer"}
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_predictions_from_the_images_windows_are_the_reference_engines(batch):
+    prog = load_text(WINDOWED, "windowed.dl")
+    train, ev = prog.build(training=True), prog.build(training=False)
+    params = {k: np.asarray(v, np.float32) for k, v in init_params(train, 0).items()}
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 29, 29)).astype(np.float32)
+    got, ref = (make_engine(kind, train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), list(params)).predict(
+        params, {"x": x})["logits"] for kind in ("native", "reference"))
+    assert np.linalg.norm(got - ref) <= 1e-5 * np.linalg.norm(ref)
+
+
+def test_training_with_the_stem_from_the_images_windows_is_the_reference_engines():
+    rng = np.random.default_rng(0)
+    feeds = {"x": rng.standard_normal((2, 3, 29, 29)).astype(np.float32), "y": rng.integers(0, 5, 2).astype(np.int32)}
+    results = gradients(load_text(WINDOWED, "windowed.dl"), feeds)
+    (_, ref), (_, native) = results["reference"], results["native"]
+    assert np.linalg.norm(native - ref) <= 1e-5 * np.linalg.norm(ref)

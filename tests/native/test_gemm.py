@@ -353,3 +353,71 @@ def test_the_neon_blocking_gives_the_x86_blockings_bits():
                 got = neon(a, b, c.copy(), **args)
                 assert got.tobytes() == here(a, b, c.copy(), **args).tobytes(), (M, N, K, ta, tb, acc, packed)
             _check(got - (c if acc else 0), _reference(a, b, ta, tb), a, b, ta, tb)
+
+
+# (N, C, H, W, O, kh, kw, stride, padding, dilation, groups) of the convolutions whose windows
+# a `windows` routine packs: output rows wider than a panel (two rows a panel, masked loads),
+# stride 2 along W (every other float of a row), rows narrower than a panel (gathered),
+# dilation, a stride along W only, groups, the stem of ResNet, many K slices
+WINDOWS = [(3, 8, 56, 56, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+           (2, 4, 64, 65, 10, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+           (2, 3, 45, 45, 64, 7, 7, (2, 2), (3, 3), (1, 1), 1),
+           (2, 5, 14, 14, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+           (1, 6, 7, 7, 9, 3, 3, (1, 1), (0, 0), (1, 1), 1),
+           (2, 6, 13, 40, 8, 3, 2, (1, 2), (2, 0), (2, 1), 2),
+           (1, 4, 20, 37, 6, 3, 3, (1, 1), (2, 2), (2, 2), 2),
+           (3, 40, 9, 11, 12, 3, 3, (2, 2), (1, 1), (1, 1), 1)]
+
+
+def _im2col(x, kh, kw, stride, padding, dilation):
+    """x's windows [N·Ho·Wo, C·kh·kw], as the im2col map kernel lays them out."""
+    N, C, H, W = x.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    padded = np.zeros((N, C, H + 2 * ph, W + 2 * pw), np.float32)
+    padded[:, :, ph:ph + H, pw:pw + W] = x
+    cols = np.empty((N, Ho, Wo, C, kh, kw), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            cols[..., i, j] = padded[:, :, i * dh:i * dh + sh * Ho:sh, j * dw:j * dw + sw * Wo:sw].transpose(0, 2, 3, 1)
+    return cols.reshape(N * Ho * Wo, C * kh * kw), Ho, Wo
+
+
+@pytest.mark.parametrize("name", list(CONFIGS) + ["neon"])
+def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
+    """A `windows` routine (a convolution's GEMM reading its columns from the image) gives,
+    bit for bit, what the im2col routine gives on the columns' buffer — per group, on one
+    thread or two, in every blocking — and reads nothing outside the image: NaN around it
+    would show."""
+    config = gemm.NEON if name == "neon" else CONFIGS[name]
+    module = ir.Module("windows")
+    gemm.add_gemm(module, trans_b=True, config=config)
+    gemm.add_gemm(module, trans_b=True, windows=True, config=config)
+    compiled = cache.compile_cached(module, jit.settled_level())
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    signature = (i64,) * 3 + (ptr, i64, i64) * 3 + (i64, i64)
+    columns = ctypes.CFUNCTYPE(ctypes.c_int32, *signature)(compiled.address(gemm.gemm_name(False, True, False)))
+    windows = ctypes.CFUNCTYPE(ctypes.c_int32, *signature, ptr)(
+        compiled.address(gemm.gemm_name(False, True, False, windows=True)))
+    rng = np.random.default_rng(3)
+    for N, C, H, W, O, kh, kw, stride, padding, dilation, groups in WINDOWS:
+        room = np.full(N * C * H * W + 64, np.nan, np.float32)
+        x = room[32:-32].reshape(N, C, H, W)
+        x[...] = rng.standard_normal(x.shape, dtype=np.float32)
+        cg, og = C // groups, O // groups
+        w = rng.standard_normal((O, cg, kh, kw), dtype=np.float32)
+        cols, Ho, Wo = _im2col(x, kh, kw, stride, padding, dilation)
+        n, taps = N * Ho * Wo, cg * kh * kw
+        geometry = np.array([Ho, Wo, kh, kw, H, W, C * H * W, H * W, W, 1, *stride, *padding, *dilation], np.int64)
+        assert len(geometry) == len(gemm.WINDOW_GEOMETRY)
+        expected = np.zeros((groups, og, n), np.float32)
+        assert columns(og, n, taps, w.ctypes.data, taps, og * taps, cols.ctypes.data, C * kh * kw, taps,
+                       expected.ctypes.data, n, og * n, groups, 1) == 0
+        wg, cg_ = w.reshape(groups, og, taps).astype(np.float64), cols.reshape(n, groups, taps).transpose(1, 0, 2)
+        product = lambda f: np.einsum("gok,gnk->gon", f(wg), f(cg_.astype(np.float64)))
+        assert np.all(np.abs(expected - product(lambda v: v)) <= 1e-4 * product(np.abs) + 1e-30)
+        for nthreads in (1, 2):
+            got = np.full_like(expected, np.nan)
+            assert windows(og, n, taps, w.ctypes.data, taps, og * taps, x.ctypes.data, 0, cg * H * W,
+                           got.ctypes.data, n, og * n, groups, nthreads, geometry.ctypes.data) == 0
+            assert got.tobytes() == expected.tobytes(), (N, C, H, W, O, kh, kw, stride, padding, dilation, nthreads)

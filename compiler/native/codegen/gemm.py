@@ -16,6 +16,9 @@ The `_epi` routines take three more arguments, an epilogue (EPILOGUE_TYPE) and t
 pointers they pass it: the routine calls it on each part of C once that part holds its
 final sums — an MC x NC block after its last K slice, while the block is in cache — so
 that a kernel computes what is made of C there (kernels/gemm: a bias, an activation).
+The `_windows` routines (`dlc_sgemm_nt_windows[_epi]`) take an image as B and its
+geometry (WINDOW_GEOMETRY) after `nthreads`: op(B) is the image's convolution windows,
+packed from the image itself, so that a convolution needs no im2col buffer.
 
 All matrices are row-major: element (i, j) of a stored matrix X is X[i*ldx + j]; with
 `trans_a`, A is stored K×M (op(A) = Aᵀ), with `trans_b`, B is stored N×K. A batch stride
@@ -74,7 +77,7 @@ from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
-from dlc.compiler.native import MOST_THREADS
+from dlc.compiler.native import FEW_COLUMNS, MOST_THREADS
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.amx import TILE_ROWS, has_tiles, tile_ops
 from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
@@ -155,10 +158,18 @@ TILE_DEPTH = 32
 # vectors of a C row it keeps in registers
 FEW_ROWS = 2
 FEW_VECTORS = 8
-# columns of C up to which a block multiplies without packing (_Gen.few_columns), and the
-# rows of op(A) it keeps in each vector
-FEW_COLUMNS = 16
+# the rows of op(A) a block of at most FEW_COLUMNS columns (multiplied without packing,
+# _Gen.few_columns) keeps in each vector
 COLUMN_ROWS = 8
+
+# The geometry a `windows` routine reads its op(B) by (_Gen.window_pack), an i64 array in
+# this order: the output's rows and columns, the filter's, the image's; X's strides
+# along n, c, h and w; the convolution's stride, padding and dilation along h and w.
+WINDOW_GEOMETRY = ("Ho", "Wo", "kh", "kw", "H", "W", "sn", "sc", "sh", "sw", "stride_h", "stride_w",
+                   "pad_h", "pad_w", "dil_h", "dil_w")
+# the strides along W whose panels are packed by masked vector loads of X's rows (the rest
+# are gathered lane by lane)
+WINDOW_RUN_STRIDES = (1, 2)
 
 AVX2 = GemmConfig()
 AVX512 = GemmConfig(mr=8, nr=32, vw=16, kc=256, mc=144, nc=1024)
@@ -204,21 +215,23 @@ def bf16_config() -> GemmConfig:
 
 
 def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool, packed: bool = False, bf16: bool = False,
-              epilogue: bool = False) -> str:
+              epilogue: bool = False, windows: bool = False) -> str:
     return (f"dlc_{'b' if bf16 else 's'}gemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
-            f"{'_acc' if accumulate else ''}{'_packed' if packed else ''}{'_epi' if epilogue else ''}")
+            f"{'_acc' if accumulate else ''}{'_packed' if packed else ''}{'_windows' if windows else ''}"
+            f"{'_epi' if epilogue else ''}")
 
 
 def pack_name(trans_b: bool, bf16: bool = False) -> str:
     return f"dlc_{'b' if bf16 else 's'}gemm_pack_{'t' if trans_b else 'n'}"
 
 
-def gemm_type(packed: bool = False, epilogue: bool = False) -> ir.FunctionType:
+def gemm_type(packed: bool = False, epilogue: bool = False, windows: bool = False) -> ir.FunctionType:
     """The C signature of a GEMM routine (module docstring); a `packed` one takes op(B)
-    packed by `add_pack` as one more pointer; an `epilogue` one then its epilogue
-    (EPILOGUE_TYPE) and the two pointers the routine passes it."""
+    packed by `add_pack` as one more pointer; a `windows` one the geometry of the image
+    its B is (WINDOW_GEOMETRY); an `epilogue` one then its epilogue (EPILOGUE_TYPE) and the
+    two pointers the routine passes it."""
     return ir.FunctionType(i32, [i64] * 3 + [fptr, i64, i64] * 3 + [i64, i64] + [fptr] * packed
-                           + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue)
+                           + [i64.as_pointer()] * windows + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue)
 
 
 # The epilogue of an `epilogue` routine: epilogue(slots, sizes, b, r0, r1, c0, c1) is called
@@ -592,6 +605,158 @@ class _Gen:
                 self.to_bf16(b, out, kc, P)
         b.ret_void()
 
+    def window_pack(self):
+        """pack_windows(kc, len, k0, j0, X, geometry, dst): the panels `_build_pack` makes
+        of columns j0 .. j0+len and rows k0 .. k0+kc of op(B) = a convolution's columns
+        (im2col's, transposed), read from the image X itself: element (k, j) is tap k =
+        (c, i, jj) of output pixel j = (n, ho, wo), X[n, c, ho·sh - ph + i·dh, wo·sw - pw +
+        jj·dw], 0 outside the image (geometry: WINDOW_GEOMETRY). Padding columns past
+        `len` are zero too, so the panels are those of im2col's buffer, bit for bit."""
+        def build(name):
+            fn = _internal(self.m, name, ir.VoidType(), [i64, i64, i64, i64, fptr, i64.as_pointer(), fptr],
+                           ["kc", "len", "k0", "j0", "X", "geometry", "dst"])
+            fn.attributes.add("noinline")
+            fn.args[6].add_attribute("noalias")
+            self._build_window_pack(fn)
+            return fn
+        return self._shared("pack_windows", build)
+
+    def _build_window_pack(self, fn):
+        """A panel whose columns lie in at most two output rows, a stride of WINDOW_RUN_STRIDES
+        along W and a unit stride in X (a row of taps is then a run of X's row, or every
+        other float of one): masked vector loads (_window_runs); any other panel gathers its
+        lanes one by one."""
+        cfg = self.cfg
+        P, VW = cfg.nr, cfg.vw
+        kc, length, k0, j0, X, geometry, dst = fn.args
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        g = {name: b.load(_gep(b, geometry, _c64(i)), name=name) for i, name in enumerate(WINDOW_GEOMETRY)}
+        iv = ir.VectorType(i64, VW)
+        gather = declare(self.m, f"llvm.masked.gather.v{VW}f32.v{VW}p0", self.vty,
+                         [ir.VectorType(fptr, VW), i32, ir.VectorType(i1, VW), self.vty])
+        zero = ir.Constant(self.vty, None)
+        lanes = [ir.Constant(iv, list(range(v * VW, (v + 1) * VW))) for v in range(P // VW)]
+        vsplat = lambda x: splat(b, x, iv)
+        inside = lambda x, n: b.icmp_unsigned("<", x, vsplat(n))       # 0 <= x < n
+        X_int = b.ptrtoint(X, i64)
+
+        # each tap's offset in X and its row and column steps, for the K slice: (c, i, jj)
+        # carried along k, no division per tap
+        taps = b.bitcast(b.alloca(ir.ArrayType(i64, 3 * cfg.kc), name="taps"), i64.as_pointer())
+        kk = b.mul(g["kh"], g["kw"])
+        c_first = b.sdiv(k0, kk)
+        t_first = b.sub(k0, b.mul(c_first, kk))
+        i_first = b.sdiv(t_first, g["kw"])
+        starts = [c_first, i_first, b.sub(t_first, b.mul(i_first, g["kw"]))]
+        with _carrying_loop(b, kc, starts, name="tap") as (k, (c, i, jj), following):
+            di, dj = b.mul(i, g["dil_h"]), b.mul(jj, g["dil_w"])
+            offset = b.add(b.mul(c, g["sc"]), b.add(b.mul(di, g["sh"]), b.mul(dj, g["sw"])))
+            for q, v in enumerate((offset, di, dj)):
+                b.store(v, _gep(b, taps, b.add(b.mul(k, _c64(3)), _c64(q))))
+            jj1 = b.add(jj, _c64(1))
+            row_end = b.icmp_signed("==", jj1, g["kw"])
+            i1_ = b.select(row_end, b.add(i, _c64(1)), i)
+            channel_end = b.icmp_signed("==", i1_, g["kh"])
+            following += [b.select(channel_end, b.add(c, _c64(1)), c), b.select(channel_end, _c64(0), i1_),
+                          b.select(row_end, _c64(0), jj1)]
+
+        def tap(k):
+            return [b.load(_gep(b, taps, b.add(b.mul(k, _c64(3)), _c64(q)))) for q in range(3)]
+
+        pixels = b.mul(g["Ho"], g["Wo"])
+
+        def position(j):        # output pixel j as (n, ho, wo), scalars or vectors alike
+            d = (lambda x: vsplat(x)) if isinstance(j.type, ir.VectorType) else (lambda x: x)
+            n = b.sdiv(j, d(pixels))
+            r = b.sub(j, b.mul(n, d(pixels)))
+            ho = b.sdiv(r, d(g["Wo"]))
+            return n, ho, b.sub(r, b.mul(ho, d(g["Wo"])))
+
+        with _loop(b, 0, _ceil_div(b, length, P), name="q") as q:
+            p0 = b.mul(q, _c64(P))
+            out = _gep(b, dst, b.mul(p0, kc))
+            first = b.add(j0, p0)
+            n_a, ho_a, wo_a = position(first)
+            split = b.sub(g["Wo"], wo_a)            # the panel's lanes in the first output row
+            live = b.sub(length, p0)                # lanes past it are padding: zero
+            in_runs = b.and_(b.icmp_signed("==", g["sw"], _c64(1)), b.icmp_signed("<=", b.sub(_c64(P), split), g["Wo"]))
+            scattered, next_panel = fn.append_basic_block("scattered"), fn.append_basic_block("panel.next")
+            by_stride = b.switch(b.select(in_runs, g["stride_w"], _c64(0)), scattered)
+            for stride in WINDOW_RUN_STRIDES:
+                block = fn.append_basic_block(f"runs.{stride}")
+                by_stride.add_case(_c64(stride), block)
+                b.position_at_end(block)
+                self._window_runs(b, stride, g, X_int, tap, kc, out, first, split, live, position)
+                b.branch(next_panel)
+
+            # any other panel: each lane's own pixel, gathered
+            b.position_at_end(scattered)
+            pos = []
+            for x in lanes:
+                n, ho, wo = position(b.add(vsplat(first), x))
+                hi0 = b.sub(b.mul(ho, vsplat(g["stride_h"])), vsplat(g["pad_h"]))
+                wi0 = b.sub(b.mul(wo, vsplat(g["stride_w"])), vsplat(g["pad_w"]))
+                base = b.add(b.mul(n, vsplat(g["sn"])), b.add(b.mul(hi0, vsplat(g["sh"])), b.mul(wi0, vsplat(g["sw"]))))
+                pos.append((hi0, wi0, base, b.icmp_signed("<", x, vsplat(live))))
+            with _loop(b, 0, kc, name="gather") as k:
+                offset, di, dj = tap(k)
+                o = _gep(b, out, b.mul(k, _c64(P)))
+                for v, (hi0, wi0, base, lane_ok) in enumerate(pos):
+                    mask = b.and_(lane_ok, b.and_(inside(b.add(hi0, vsplat(di)), g["H"]),
+                                                  inside(b.add(wi0, vsplat(dj)), g["W"])))
+                    at = b.add(splat(b, X_int, iv), b.mul(b.add(base, vsplat(offset)), vsplat(_c64(4))))
+                    x = b.call(gather, [b.inttoptr(at, ir.VectorType(fptr, VW)), i32(4), mask, zero])
+                    b.store(x, vec_ptr(b, _gep(b, o, _c64(v * VW)), self.vty), align=4)
+            b.branch(next_panel)
+            b.position_at_end(next_panel)
+        b.ret_void()
+
+    def _window_runs(self, b, stride, g, X_int, tap, kc, out, first, split, live, position):
+        """A panel's rows of taps, its columns in two output rows at most and `stride` apart
+        along W in X: the lanes before `split` from row (n, ho) of pixel `first`, from its
+        column on, the rest from the next row (or example), from its column 0 on. Each row's
+        lanes are one masked load of stride·VW floats a vector (every other one kept with
+        stride 2); an address outside X only where its lane is off, which reads nothing."""
+        P, VW = self.cfg.nr, self.cfg.vw
+        iv, wide = ir.VectorType(i64, VW), ir.VectorType(f32, stride * VW)
+        vsplat = lambda x: splat(b, x, iv)
+        mload, _ = masked(self.m, wide)
+        lanes = [ir.Constant(iv, list(range(v * VW, (v + 1) * VW))) for v in range(P // VW)]
+        # lane l of a vector at element stride·l of the wide load
+        spread = ir.Constant(ir.VectorType(i32, stride * VW), [e // stride if e % stride == 0 else VW
+                                                                for e in range(stride * VW)])
+        kept = ir.Constant(ir.VectorType(i32, VW), [stride * lane for lane in range(VW)])
+        no = ir.Constant(ir.VectorType(i1, VW), [0] * VW)
+        n_a, ho_a, wo_a = position(first)
+        n_b, ho_b, _ = position(b.add(first, split))
+        rows = []
+        for n, ho, wo, lo, hi in ((n_a, ho_a, wo_a, _c64(0), _min(b, split, live)),
+                                  (n_b, ho_b, b.sub(_c64(0), split), split, live)):
+            hi0 = b.sub(b.mul(ho, g["stride_h"]), g["pad_h"])
+            wi0 = b.sub(b.mul(wo, _c64(stride)), g["pad_w"])    # the column of lane 0, as if the row began there
+            base = b.add(b.mul(n, g["sn"]), b.add(b.mul(hi0, g["sh"]), wi0))
+            lane_ok = [b.and_(b.icmp_signed(">=", x, vsplat(lo)), b.icmp_signed("<", x, vsplat(hi))) for x in lanes]
+            rows.append((hi0, wi0, base, lane_ok))
+        with _loop(b, 0, kc, name=f"runs{stride}") as k:
+            offset, di, dj = tap(k)
+            o = _gep(b, out, b.mul(k, _c64(P)))
+            values = [None] * len(lanes)
+            for hi0, wi0, base, lane_ok in rows:
+                row_ok = splat(b, b.icmp_unsigned("<", b.add(hi0, di), g["H"]), ir.VectorType(i1, VW))
+                start = b.add(base, offset)
+                for v, x in enumerate(lanes):
+                    column = b.add(b.mul(x, vsplat(_c64(stride))), vsplat(b.add(wi0, dj)))
+                    mask = b.and_(b.and_(lane_ok[v], b.icmp_unsigned("<", column, vsplat(g["W"]))), row_ok)
+                    at = b.inttoptr(b.add(X_int, b.mul(b.add(start, _c64(stride * v * VW)), _c64(4))),
+                                    wide.as_pointer())
+                    loaded = b.call(mload, [at, i32(4), b.shuffle_vector(mask, no, spread) if stride > 1 else mask,
+                                            ir.Constant(wide, None)])
+                    if stride > 1:
+                        loaded = b.shuffle_vector(loaded, loaded, kept)
+                    values[v] = loaded if values[v] is None else b.select(mask, loaded, values[v])
+            for v, x in enumerate(values):
+                b.store(x, vec_ptr(b, _gep(b, o, _c64(v * VW)), self.vty), align=4)
+
     def to_bf16(self, b, panel, kc, P):
         """A packed panel (kc rows of P floats) made into the micro-kernel's bfloat16
         operands, in place: each float rounded ("bf16-round"), or rows k and k+1 rounded
@@ -826,7 +991,7 @@ class _Gen:
 
     # ---- one variant ----
 
-    def block(self, name, trans_a, trans_b, accumulate, packed, epilogue=False):
+    def block(self, name, trans_a, trans_b, accumulate, packed, epilogue=False, windows=False):
         """C[m0:m1, n0:n1] (+)= op(A)[m0:m1, :] @ op(B)[:, n0:n1] for one matrix. `packed`:
         op(B) is also given packed (`Bk`, laid out by `add_pack`), so it is not packed here.
         `epilogue`: it is called on each part of the block as soon as the part is final —
@@ -836,14 +1001,14 @@ class _Gen:
         cfg = self.cfg
         fn = _internal(self.m, f"{name}.block", ir.VoidType(),
                        [i64] * 5 + [fptr, i64, fptr, i64, fptr, i64, fptr, fptr, fptr]
-                       + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES, i64] * epilogue,
+                       + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES, i64] * epilogue + [i64.as_pointer()] * windows,
                        ["m0", "m1", "n0", "n1", "K", "A", "lda", "B", "ldb", "C", "ldc",
-                        "Ap", "Bp", "Bk"] + ["epilogue", "slots", "sizes", "bi"] * epilogue)
+                        "Ap", "Bp", "Bk"] + ["epilogue", "slots", "sizes", "bi"] * epilogue + ["geometry"] * windows)
         m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, Ap, Bp, Bk = fn.args[:14]
 
         def finished(b, r0, r1, c0, c1):
             if epilogue:
-                epi, slots, sizes, bi = fn.args[14:]
+                epi, slots, sizes, bi = fn.args[14:18]
                 b.call(epi, [slots, sizes, bi, r0, r1, c0, c1])
         uk = self.ukernel()
         narrow = None if cfg.amx or cfg.nr == cfg.vw else self.narrow_ukernel()
@@ -892,7 +1057,7 @@ class _Gen:
             finished(b, m0, m1, n0, n1)
             b.ret_void()
             b.position_at_end(tiled)
-        if not cfg.bf16:
+        if not (cfg.bf16 or windows):      # (a windows routine's B is an image: packed, always)
             few, packing = fn.append_basic_block("few_columns"), fn.append_basic_block("packing")
             b.cbranch(b.icmp_signed("<=", b.sub(n1, n0), _c64(FEW_COLUMNS)), few, packing)
             b.position_at_end(few)
@@ -909,6 +1074,9 @@ class _Gen:
                 kc = _min(b, kstep, b.sub(K, pc))
                 # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
                 def pack_here():
+                    if windows:
+                        b.call(self.window_pack(), [kc, nc, pc, jc, B, fn.args[-1], Bp])
+                        return Bp, kc
                     bsrc = _gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
                     b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
                     return Bp, self.panel_length(b, kc)
@@ -1116,15 +1284,19 @@ class _Gen:
         column_at.unit = nr // vw
         return column_at
 
-    def variant(self, name, trans_a, trans_b, accumulate, packed, epilogue=False):
+    def variant(self, name, trans_a, trans_b, accumulate, packed, epilogue=False, windows=False):
         cfg = self.cfg
         assert not (accumulate and epilogue), "an epilogue computes from the final sums"
+        assert not windows or (trans_b and not (trans_a or accumulate or packed or cfg.bf16)), \
+            "a convolution's windows are op(B), as im2col's buffer transposed, in float32"
         # the 13 arguments, the status, the caller's floating-point mode (fpmode.py), the
-        # packed op(B) (null unless `packed`), the epilogue and its two pointers (`epilogue`)
+        # packed op(B) (null unless `packed`), the epilogue and its two pointers (`epilogue`),
+        # the windows' geometry (`windows`)
         args_ty = ir.LiteralStructType([i64, i64, i64, fptr, i64, i64, fptr, i64, i64,
                                         fptr, i64, i64, i64, i32, i32, fptr]
-                                       + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue)
-        block = self.block(name, trans_a, trans_b, accumulate, packed, epilogue)
+                                       + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue
+                                       + [i64.as_pointer()] * windows)
+        block = self.block(name, trans_a, trans_b, accumulate, packed, epilogue, windows)
         get_buffer = self.get_buffer()
 
         # body(args, chunk, chunks, slot): a chunk's share of the whole batch
@@ -1146,6 +1318,7 @@ class _Gen:
         Bp = _gep(b, buf, _c64(cfg.b_offset))
         Bk = b.load(b.gep(argp, [i32(0), i32(15)], inbounds=True))
         finish = [b.load(b.gep(argp, [i32(0), i32(k)], inbounds=True)) for k in range(16, 19)] if epilogue else []
+        geometry = [b.load(b.gep(argp, [i32(0), i32(16 + 3 * epilogue)], inbounds=True))] if windows else []
 
         def share(total):   # [total*chunk/chunks, total*(chunk+1)/chunks)
             return (b.sdiv(b.mul(total, chunk), chunks),
@@ -1180,7 +1353,7 @@ class _Gen:
             b.call(block, [m_lo, m_hi, n_lo, n_hi, K,
                            _gep(b, A, b.mul(bi, sa)), lda,
                            _gep(b, B, b.mul(bi, sb)), ldb,
-                           _gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp, Bk] + (finish + [bi] if epilogue else []))
+                           _gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp, Bk] + (finish + [bi] if epilogue else []) + geometry)
         b.branch(done)
         b.position_at_end(done)
         b.ret_void()
@@ -1194,10 +1367,10 @@ class _Gen:
         b.ret_void()
 
         # the public entry point
-        fn = ir.Function(self.m, gemm_type(packed, epilogue), name)
+        fn = ir.Function(self.m, gemm_type(packed, epilogue, windows), name)
         fn.attributes.add("nounwind")
-        names = ["M", "N", "K", "A", "lda", "stride_a", "B", "ldb", "stride_b",
-                 "C", "ldc", "stride_c", "batch", "nthreads"] + ["packed"] * packed + ["epilogue", "slots", "sizes"]
+        names = ["M", "N", "K", "A", "lda", "stride_a", "B", "ldb", "stride_b", "C", "ldc", "stride_c", "batch",
+                 "nthreads"] + ["packed"] * packed + ["geometry"] * windows + ["epilogue", "slots", "sizes"]
         for a, n in zip(fn.args, names):
             a.name = n
         M, N, K, *_, batch, nthreads = fn.args[:14]
@@ -1216,8 +1389,10 @@ class _Gen:
         b.store(i32(0), b.gep(args, [i32(0), i32(13)], inbounds=True))
         b.store(current_mode(self.m, b), b.gep(args, [i32(0), i32(14)], inbounds=True))
         b.store(fn.args[14] if packed else ir.Constant(fptr, None), b.gep(args, [i32(0), i32(15)], inbounds=True))
-        for k, v in enumerate(fn.args[14 + packed:] if epilogue else ()):
+        for k, v in enumerate(fn.args[14 + packed + windows:] if epilogue else ()):
             b.store(v, b.gep(args, [i32(0), i32(16 + k)], inbounds=True))
+        if windows:
+            b.store(fn.args[14], b.gep(args, [i32(0), i32(16 + 3 * epilogue)], inbounds=True))
         nt = _max(b, nthreads, _c64(1))       # the pool takes at most MOST_THREADS
         work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
         # below serial_below on the calling thread; called from a pool's task (a fused
@@ -1230,19 +1405,25 @@ class _Gen:
 
 def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = False,
              trans_b: bool = False, accumulate: bool = False, packed: bool = False,
-             config: GemmConfig | None = None, epilogue: bool = False, shared_buffers: bool = False) -> ir.Function:
+             config: GemmConfig | None = None, epilogue: bool = False, windows: bool = False,
+             shared_buffers: bool = False) -> ir.Function:
     """Add the GEMM routine `name` (see the module docstring for its C signature) and its
     internal helpers to `module`; helpers are shared by all routines of one config.
     `packed`: the routine also takes op(B) packed (`add_pack`), or null, and multiplies with
     that instead of packing B itself (the bf16 ones read B when only a row or two of A is
     given: their packs are rounded, or pairs, or tiles; a null pack: B is packed here).
     `epilogue`: it also takes an epilogue (EPILOGUE_TYPE) to call on each part of C once final.
+    `windows` (float32, trans_b only): B is an image X and the routine also takes its
+    geometry (WINDOW_GEOMETRY), op(B) being X's convolution windows, im2col's columns
+    transposed (N = the output pixels of every example, K = C·kh·kw; ldb is not read and
+    stride_b steps between groups of channels) — packed from X itself (_Gen.window_pack),
+    with the bits of the routine given im2col's buffer.
     `shared_buffers`: its pack buffers are buffers_module's, not the module's own.
     The module must be compiled after the thread pool's symbols are known
     (runtime/engines/cache.py `pool_symbols`)."""
     config = config or default_config()
-    name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16, epilogue)
-    return _Gen(module, config, shared_buffers).variant(name, trans_a, trans_b, accumulate, packed, epilogue)
+    name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16, epilogue, windows)
+    return _Gen(module, config, shared_buffers).variant(name, trans_a, trans_b, accumulate, packed, epilogue, windows)
 
 
 def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | None = None,
@@ -1298,6 +1479,9 @@ def _routines(configs: tuple) -> dict:
         for ta, tb, pk, ep in VARIANTS:
             found[gemm_name(ta, tb, False, pk, config.bf16, ep)] = (
                 add_gemm, dict(config=config, trans_a=ta, trans_b=tb, packed=pk, epilogue=ep))
+        for ep in (False, True) if not config.bf16 else ():
+            found[gemm_name(False, True, False, bf16=False, epilogue=ep, windows=True)] = (
+                add_gemm, dict(config=config, trans_b=True, epilogue=ep, windows=True))
         for tb in (False, True):
             found[pack_name(tb, config.bf16)] = (add_pack, dict(config=config, trans_b=tb))
     return found

@@ -1,12 +1,14 @@
 """The direct convolution, for few taps (no im2col buffer), and the lowering rules of
-conv2d and its two gradients, which choose between it, im2col and a GEMM, the small GEMM
-and accumulation (col2im). The loops are in loops.py."""
+conv2d and its two gradients, which choose between it, im2col and a GEMM (its columns in
+a buffer, or packed by the GEMM from the image itself), the small GEMM and accumulation
+(col2im). The loops are in loops.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
+from dlc.compiler.native import FEW_COLUMNS
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.native.kernels.map import MapKernel
@@ -20,6 +22,7 @@ DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvK
 SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
 FEW_PIXELS_ROW = 8      # output rows narrower than which a grouped weight gradient is a reduction (ReduceKernel)
 GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
+WINDOWS_FILTERS = 64    # filters from which a direct convolution is a GEMM when it can read the image's windows
 
 
 @dataclass
@@ -134,6 +137,9 @@ PATH_KERNELS = {"pointwise": "gemm", "im2col": "gemm", "col2im": "gemm", "small 
                 "direct": "direct conv", "grouped taps": "map", "few pixels": "reduction",
                 "grouped accumulation": "accumulation"}
 
+# the ways of lowering a weight gradient that read im2col's buffer
+COLUMNS_PATHS = ("small filters", "im2col")
+
 def conv_shape(op: str, ins: tuple, out: tuple, groups: int) -> ConvShape:
     """The ConvShape of a conv2d (x, w -> y) or of its gradients (x, g -> w; g, w -> x), from
     the shapes of its operands and its output."""
@@ -183,10 +189,26 @@ def _over_the_batch(lw, x: Tensor, pixels, filters) -> bool:
     whatever the pixels (their copies of x and g channels first are shared)."""
     return _weight_grad_reads(lw.graph, x) or isinstance(pixels, int) and 2 * pixels <= filters
 
+def _from_the_image(lw, x: Tensor, s: ConvShape) -> bool:
+    """Whether a convolution's GEMM reads its columns from the image x (GemmKernel's
+    `windows`) rather than from im2col's buffer: in float32 (the bf16 routines' panels are
+    packed otherwise), where no weight gradient reads x's columns from that buffer (then
+    written anyway, and shared) and an example has more than FEW_COLUMNS pixels
+    (fewer are multiplied without packing, from the buffer as it lies)."""
+    graph = lw.graph
+    return not lw.bf16 and isinstance(s.pixels, int) and s.pixels > FEW_COLUMNS and \
+        not any(conv_path("conv2d_weight_grad", conv_shape("conv2d_weight_grad", tuple(u.shape for u in graph.inputs(v)),
+                                                           graph.types(v)[0].shape, graph.attrs(v)["groups"]),
+                          graph.attrs(v)) in COLUMNS_PATHS for v in _weight_grads(graph, x))
+
+def _weight_grads(graph, x: Tensor) -> list:
+    """The convolution weight gradients that read x as their x."""
+    return [v for v in graph.nx.successors(x.node)
+            if graph.op(v) == "conv2d_weight_grad" and graph.inputs(v)[0].key() == x.key()]
+
 def _weight_grad_reads(graph, x: Tensor) -> bool:
     """Whether a pointwise convolution's weight gradient reads x as its x."""
-    return any(graph.op(v) == "conv2d_weight_grad" and graph.inputs(v)[0].key() == x.key() and _pointwise_node(graph, v)
-               for v in graph.nx.successors(x.node))
+    return any(_pointwise_node(graph, v) for v in _weight_grads(graph, x))
 
 def _pointwise_node(graph, v: int) -> bool:
     """Whether node v is a pointwise convolution or one of its gradients."""
@@ -265,6 +287,11 @@ def _conv2d(lw, n, ins, attrs, typ):
                            False, False, bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
+    if path == "direct" and s.groups == 1 and s.O >= WINDOWS_FILTERS and _from_the_image(lw, x, s):
+        # many filters: a GEMM packing the image's windows fills its tiles (ResNet's 7 x 7
+        # stem on 3 channels, 64 filters, took half the direct kernel's time; 32 filters
+        # or fewer, about the same or more)
+        path = "im2col"
     if path == "direct":
         # depthwise ones too (groups = C): each output channel's taps over its group's channels
         xm = lw.materialize(x)
@@ -283,14 +310,23 @@ def _conv2d(lw, n, ins, attrs, typ):
         lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), total, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
     # one GEMM over the batch per group, y stored [O, N, Ho, Wo]: y_g (Og x N*HoWo) = W_g (Og x Cg*kh*kw)
     # @ cols_g^T, cols_g the group's columns of cols (as N GEMMs of HoWo columns each, a first
     # layer's 6 x 784 products ran at a third the speed)
     og, cgkk, columns = s.group_filters, s.group_taps, s.N * s.pixels
-    lw.emit(GemmKernel(og, columns, cgkk, groups, (wm.buffer, wm.at.offset, cgkk, og * cgkk),
-                       (cols.id, 0, s.taps, cgkk),
-                       (out.id, 0, columns, og * columns), False, True, bf16=lw.bf16, node=n))
+    a, c = (wm.buffer, wm.at.offset, cgkk, og * cgkk), (out.id, 0, columns, og * columns)
+    if _from_the_image(lw, x, s):
+        # the GEMM packs the columns from x itself: no im2col buffer written and read back
+        xm = lw.materialize(x)
+        sn, sc, sh, sw = xm.at.coeffs
+        geometry = (s.Ho, s.Wo, s.kh, s.kw, *x.shape[2:], sn, sc, sh, sw, *attrs["stride"], *attrs["padding"],
+                    *attrs["dilation"])
+        lw.emit(GemmKernel(og, columns, cgkk, groups, a, (xm.buffer, xm.at.offset, 0, s.C // groups * sc), c,
+                           False, True, windows=geometry, node=n))
+    else:
+        cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
+        lw.emit(GemmKernel(og, columns, cgkk, groups, a, (cols.id, 0, s.taps, cgkk), c, False, True, bf16=lw.bf16,
+                           node=n))
     lw.set(n, Load(out.id, Affine(0, (s.pixels, s.N * s.pixels, s.Wo, 1)), typ.dtype))
 
 @register_lowering("conv2d_weight_grad", floats=("f32",))

@@ -22,7 +22,9 @@ class GemmKernel(Kernel):
     (the library's bf16 routines). `epilogue`: the map (or fused map) that reads C, run by
     the GEMM on each part of C as soon as that part is final, while it is in cache, instead
     of in a pass of its own (fusion.gemm_epilogues); its space is C's: [M, N] (C[i, j]),
-    [n, M, P] with C one matrix of n·P columns (C[i, n·P + p]), or [batch, M, N] (C[b][i, j])."""
+    [n, M, P] with C one matrix of n·P columns (C[i, n·P + p]), or [batch, M, N] (C[b][i, j]).
+    `windows`: B is an image and op(B) its convolution windows (a float32 convolution's
+    columns without im2col's buffer), by this geometry (gemm.WINDOW_GEOMETRY's values)."""
     m: object
     n: object
     k: object
@@ -36,6 +38,7 @@ class GemmKernel(Kernel):
     ready: tuple | None = None
     bf16: bool = False
     epilogue: object = None
+    windows: tuple | None = None
 
     calls_gemm = True
 
@@ -44,8 +47,9 @@ class GemmKernel(Kernel):
 
     def text(self) -> list:
         packed = f" (packed in b{self.packed})" if self.packed is not None else ""
+        b = f"windows of b{self.b[0]}" if self.windows else f"{'T' if self.trans_b else ''}b{self.b[0]}"
         return [f"gemm {self.batch} x [{self.m} x {self.k}] @ [{self.k} x {self.n}]: b{self.c[0]} = "
-                f"{'T' if self.trans_a else ''}b{self.a[0]} @ {'T' if self.trans_b else ''}b{self.b[0]}{packed}"
+                f"{'T' if self.trans_a else ''}b{self.a[0]} @ {b}{packed}"
                 f"{render.bf16(self)}{', then in its store:' if self.epilogue else ''}{render.located(self)}"] + \
             ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 

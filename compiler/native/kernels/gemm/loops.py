@@ -66,7 +66,8 @@ def _max(b, x, y):
 
 def gemm_call(kb: KernelBuilder, f, k, epilogue=None):
     """A GemmKernel's call of the library's GEMM, which runs its own thread team; with a
-    pack whose flag is clear, a null pack: the GEMM reads B; with its `epilogue`'s function,
+    pack whose flag is clear, a null pack: the GEMM reads B; with `windows`, the geometry's
+    array; with its `epilogue`'s function,
     the kernel's argument slots and sizes for it."""
     packed = k.packed is not None
     args = [kb.dim(k.m), kb.dim(k.n), kb.dim(k.k)]
@@ -80,10 +81,16 @@ def gemm_call(kb: KernelBuilder, f, k, epilogue=None):
             made = kb.b.load(kb.b.gep(kb.buffer(flags, "i32"), [ir.Constant(i32, i)]))
             pack = kb.b.select(kb.b.icmp_signed("!=", made, ir.Constant(i32, 0)), pack, ir.Constant(pack.type, None))
         args.append(pack)
+    if k.windows is not None:
+        geometry = kb.alloca(ir.ArrayType(ir.IntType(64), len(k.windows)))
+        for i, v in enumerate(k.windows):
+            kb.b.store(kb.dim(v), kb.b.gep(geometry, [ir.Constant(i32, 0), ir.Constant(i32, i)]))
+        args.append(kb.b.bitcast(geometry, ir.IntType(64).as_pointer()))
     if epilogue is not None:
         args += [epilogue, kb.fn.args[0], kb.fn.args[1]]
-    kb.b.call(f.library(gemm_name(k.trans_a, k.trans_b, False, packed, k.bf16, epilogue is not None),
-                        gemm_type(packed, epilogue is not None)), args)
+    windows = k.windows is not None
+    kb.b.call(f.library(gemm_name(k.trans_a, k.trans_b, False, packed, k.bf16, epilogue is not None, windows),
+                        gemm_type(packed, epilogue is not None, windows)), args)
 
 
 def pack_call(kb: KernelBuilder, f, k):
