@@ -457,6 +457,12 @@ PRIMS = {
     "maxpool2d-k22-ties": pool("max", (2, 2), (2, 2), (0, 0), sample=rounded),
     "maxpool2d-k32-s32": pool("max", (3, 2), (3, 2), (0, 0)),
     "maxpool2d-k13-s13": pool("max", (1, 3), (1, 3), (0, 0), sample=rounded),
+    # overlapping windows, strided 1 or 2 along W: row chunks of vectors (ResNet's 3 x 3 at
+    # stride 2; rows of 36 and 37 windows, several vectors), first maximum among ties; a
+    # stride of 3 along W, one window at a time
+    "maxpool2d-k33-s22-wide-rows": pool("max", (3, 3), (2, 2), (1, 1), img=(B, 2, 6, 71), sample=rounded),
+    "maxpool2d-k33-s11-wide-rows": pool("max", (3, 3), (1, 1), (1, 1), img=(B, 2, 4, 37), sample=rounded),
+    "maxpool2d-k33-s23": pool("max", (3, 3), (2, 3), (1, 1), sample=rounded),
     # the transpose of max pooling's gradient (in its second derivative): first maximum among ties
     "maxpool2d_gather": Prim({"x": f32(*IMG, sample=rounded), "y": f32(*IMG)},
                              lambda g, t: g.add1("maxpool2d_gather", [t["x"], t["y"]], kernel=(3, 2), stride=(2, 1),
@@ -512,6 +518,7 @@ PRIMS.update({
 # propagates it (tests/onnx/test_export.py exports PRIMS)
 NATIVE_PRIMS = PRIMS | {
     "maxpool2d-k22-nan": pool("max", (2, 2), (2, 2), (0, 0), sample=with_nans),
+    "maxpool2d-k33-s22-nan": pool("max", (3, 3), (2, 2), (1, 1), img=(B, 2, 5, 40), sample=with_nans),
 }
 
 

@@ -84,6 +84,40 @@ def test_team_kernels_on_one_and_two_threads(name, threads, monkeypatch, tmp_pat
     compare(graph, primitive_feeds(name, graph), label=f"{name} on {threads} threads")
 
 
+def _max_pool_gradient_in_window_order(x, g, kernel, stride, padding):
+    """dx of max pooling in float32: each window's gradient added to its first maximum (or
+    its first NaN, as numpy's argmax) in the windows' order, a window of -inf adding
+    nothing — what the native kernels compute, bit for bit."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+    dx = np.zeros_like(x)
+    for n, c, ho, wo in np.ndindex(*g.shape):
+        best, where = -np.inf, None
+        for i, j in np.ndindex(kh, kw):
+            h, w = ho * sh + i - ph, wo * sw + j - pw
+            if 0 <= h < x.shape[2] and 0 <= w < x.shape[3] and not np.isnan(best) and \
+                    (x[n, c, h, w] > best or np.isnan(x[n, c, h, w])):
+                best, where = x[n, c, h, w], (n, c, h, w)
+        if where is not None:
+            dx[where] += g[n, c, ho, wo]
+    return dx
+
+
+@pytest.mark.parametrize("name", ["maxpool2d-k33-s22-wide-rows", "maxpool2d-k33-s11-wide-rows", "maxpool2d-k33-s23",
+                                  "maxpool2d-k33-s22-p11", "maxpool2d-k32-s12-p10", "maxpool2d-k33-s22-nan"])
+def test_max_pool_gradients_of_overlapping_windows_add_in_the_windows_order(name):
+    """Where windows overlap, an element's gradients are summed in the windows' order
+    whichever loop computes them (row chunks of vectors at stride 1 or 2 along W, one
+    window at a time otherwise): the same bits on every vector width."""
+    graph = primitive_graph(name)
+    exe = Executable(graph)
+    attrs = graph.attrs(next(iter(graph.nodes_with("maxpool2d"))))
+    for _, feeds in primitive_feeds(name, graph):
+        got = run_native(exe, feeds, {})["dx"]
+        want = _max_pool_gradient_in_window_order(feeds["x"], feeds["ct_y"], attrs["kernel"], attrs["stride"],
+                                                   attrs["padding"])
+        assert got.tobytes() == want.tobytes(), f"{name}: {np.nanmax(np.abs(got - want))}"
+
+
 # ---- random draws and what the native backend does not compile ----------------------------------------
 def test_random_orthogonal_is_refused_with_a_located_error():
     """Orthogonal draws (initializers, which run in the reference interpreter) are not

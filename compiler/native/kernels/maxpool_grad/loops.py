@@ -20,6 +20,9 @@ def maxpool_grad(kb: KernelBuilder, k, first):
     if k.stride == k.kernel and not any(k.padding):
         _tiled_maxpool_grad(kb, k, first)
         return
+    if k.stride[1] in (1, 2):
+        _row_chunks_maxpool_grad(kb, k, first)
+        return
     b = kb.b
     zero_examples(kb, k.out, N, C * H * W, first)
     Ho, Wo = k.out_hw
@@ -82,15 +85,24 @@ def _tiled_maxpool_grad(kb: KernelBuilder, k, first):
              first=first)
 
 
+def _first_max(kb: KernelBuilder, values: list, where, const):
+    """The position of the first maximum of a window's values (or of the first NaN, as
+    numpy's argmax), starting from `where` for values[0]; scalars or vectors of windows
+    alike, const(p) the position p as an i32 (vector)."""
+    b = kb.b
+    best = values[0]
+    for p, v in enumerate(values[1:], 1):
+        better = kb.replaces_max(v, best)
+        best, where = b.select(better, v, best), b.select(better, const(p), where)
+    return where
+
+
 def _first_max_shares(kb: KernelBuilder, values: list, g, const) -> list:
     """What each of a window's values receives of its gradient g: all of it at the first
     maximum (or the first NaN, as numpy's argmax), 0 elsewhere. Scalars or vectors of
     windows alike; const(p) is the window position p as an i32 (vector)."""
     b = kb.b
-    best, where = values[0], const(0)
-    for p, v in enumerate(values[1:], 1):
-        better = kb.replaces_max(v, best)
-        best, where = b.select(better, v, best), b.select(better, const(p), where)
+    where = _first_max(kb, values, const(0), const)
     none = ir.Constant(g.type, None)
     return [b.select(b.icmp_signed("==", where, const(p)), g, none) for p in range(len(values))]
 
@@ -139,4 +151,76 @@ def _paired_maxpool_grad(kb: KernelBuilder, k, first):
                 kb.disjoint(b.call(mstore, [half, vec(k.out, b.add(at, ir.Constant(i64, h * VW))), ir.Constant(i32, 4),
                                             halves[h]]), k.out)
     chunks = b.sdiv(b.add(kb.dim(Wo), ir.Constant(i64, VW - 1)), ir.Constant(i64, VW))
+    kb.loops((N, C, Ho, chunks), chunk, first=first)
+
+
+def _row_chunks_maxpool_grad(kb: KernelBuilder, k, first):
+    """Stride 1 or 2 along W, windows that may overlap: a row chunk of VW windows at a
+    time. Each tap's values are one masked load of x's row (every other float of two
+    vectors' worth with stride 2); padding, and lanes past the last window, read nothing
+    and count as -inf, as the scalar loop's taps outside x. Then each tap's gradient is
+    added where it is the first maximum, with masked loads and stores of dx's row — the
+    taps from the last column to the first, so that an element two windows of a row
+    share gets their gradients in the windows' order: the scalar loop's sums, bit for bit."""
+    b, VW = kb.b, default_config().vw
+    N, C, H, W = k.shape
+    Ho, Wo = k.out_hw
+    (kh, kw), (sh, sw), (ph, pw) = k.kernel, k.stride, k.padding
+    vty, ity, bty = ir.VectorType(f32, VW), ir.VectorType(i64, VW), ir.VectorType(ir.IntType(1), VW)
+    wide = ir.VectorType(f32, sw * VW)
+    mload, mstore = masked(kb.m, wide)
+    gload, _ = masked(kb.m, vty)
+    const = lambda p: ir.Constant(ir.VectorType(i32, VW), [p] * VW)
+    lanes = ir.Constant(ity, list(range(VW)))
+    # lane l of a chunk at element sw·l of a wide row (the mask: the others off), and back
+    spread = ir.Constant(ir.VectorType(i32, sw * VW), [e // sw if e % sw == 0 else VW for e in range(sw * VW)])
+    widened = ir.Constant(ir.VectorType(i32, sw * VW), [e // sw for e in range(sw * VW)])
+    kept = ir.Constant(ir.VectorType(i32, VW), [sw * lane for lane in range(VW)])
+    no = ir.Constant(bty, [0] * VW)
+    c64 = lambda v: ir.Constant(i64, v)
+    zero_examples(kb, k.out, N, C * H * W, first)
+
+    def row_at(bid, plane, h, w0):
+        # not `inbounds`: masked-off lanes may lie outside the buffer
+        return vec_ptr(b, b.gep(kb.buffer(bid, "f32"), [b.add(b.add(plane, b.mul(h, kb.dim(W))), w0)]), wide)
+
+    def chunk(idx):
+        n, c, ho, q = idx
+        wo = b.add(splat(b, b.mul(q, c64(VW)), ity), lanes)
+        live = b.icmp_signed("<", wo, splat(b, kb.dim(Wo), ity))
+        plane = b.mul(b.add(b.mul(n, kb.dim(C)), c), kb.dim(H * W))
+        w0 = b.sub(b.mul(b.mul(q, c64(VW)), kb.dim(sw)), kb.dim(pw))      # lane 0's first column
+        taps = {}
+        for i in range(kh):
+            h = b.sub(b.add(b.mul(ho, kb.dim(sh)), c64(i)), kb.dim(ph))
+            row_ok = b.and_(b.icmp_signed(">=", h, c64(0)), b.icmp_signed("<", h, kb.dim(H)))
+            for j in range(kw):
+                col = b.add(b.mul(wo, splat(b, kb.dim(sw), ity)), splat(b, kb.dim(j - pw), ity))    # each lane's tap
+                ok = b.and_(b.and_(live, splat(b, row_ok, bty)), b.icmp_unsigned("<", col, splat(b, kb.dim(W), ity)))
+                taps[i, j] = (h, b.add(w0, c64(j)), ok)
+        values = []
+        for (i, j), (h, at, ok) in taps.items():
+            loaded = b.call(mload, [row_at(k.x, plane, h, at), ir.Constant(i32, 4),
+                                    b.shuffle_vector(ok, no, spread) if sw > 1 else ok, ir.Constant(wide, None)])
+            loaded = kb.disjoint(loaded, k.x)
+            v = b.shuffle_vector(loaded, loaded, kept) if sw > 1 else loaded
+            values.append(b.select(ok, v, ir.Constant(vty, [-math.inf] * VW)))
+        # -1: no tap is a maximum (every value -inf, as the scalar loop's start)
+        where = _first_max(kb, [ir.Constant(vty, [-math.inf] * VW)] + values, const(-1),
+                           lambda p: const(p - 1))
+        g_at = kb.affine(Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), [n, c, ho, b.mul(q, c64(VW))])
+        g = kb.disjoint(b.call(gload, [vec_ptr(b, b.gep(kb.buffer(k.g, "f32"), [g_at]), vty), ir.Constant(i32, 4),
+                                       live, ir.Constant(vty, None)]), k.g)
+        for i in range(kh):
+            for j in reversed(range(kw)):
+                h, at, ok = taps[i, j]
+                hit = b.and_(ok, b.icmp_signed("==", where, const(i * kw + j)))
+                mask = b.shuffle_vector(hit, no, spread) if sw > 1 else hit
+                ptr = row_at(k.out, plane, h, at)
+                old = kb.disjoint(b.call(mload, [ptr, ir.Constant(i32, 4), mask, ir.Constant(wide, None)]), k.out)
+                current = b.shuffle_vector(old, old, kept) if sw > 1 else old
+                added = b.fadd(current, g)
+                new = b.shuffle_vector(added, added, widened) if sw > 1 else added
+                kb.disjoint(b.call(mstore, [new, ptr, ir.Constant(i32, 4), mask]), k.out)
+    chunks = b.sdiv(b.add(kb.dim(Wo), c64(VW - 1)), c64(VW))
     kb.loops((N, C, Ho, chunks), chunk, first=first)
