@@ -12,6 +12,7 @@ import pytest
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.frontend.settings import Call
 from dlc.compiler.native.kernels.gemm import GemmKernel
+from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
@@ -174,24 +175,39 @@ def _gemm_sources(program) -> list:
             and not k.trans_a and k.m != 5]
 
 
-def test_a_prediction_reads_the_columns_from_the_image_and_training_from_one_buffer():
-    """In prediction every non-pointwise convolution's GEMM packs its columns from the image
-    (no im2col map kernel, and the 64-filter stem is such a GEMM too); in training they
-    come from the im2col buffer the weight gradient reads as well, but the stem's, whose
-    weight gradient is direct and reads no buffer; a bf16 prediction's GEMMs read the
-    buffer."""
+def test_convolution_gemms_read_their_columns_from_the_image():
+    """In float32 every non-pointwise convolution's GEMMs — the product and the weight
+    gradient, in prediction and in training — pack their columns from the image: no im2col
+    map kernel (and the 64-filter stem's product is such a GEMM, not a direct convolution;
+    its weight gradient stays direct); but for a weight gradient of small filters (a
+    SmallGemmKernel), which reads the buffer, shared with the product. A bf16 program's
+    GEMMs read the buffer."""
     prog = load_text(WINDOWED, "windowed.dl")
     predict = lower(optimize(prog.build(training=False).graph))
     assert _gemm_sources(predict) == ["windows"] * 4, [k.text() for k in predict.kernels]
     assert not [k for k in predict.kernels if "conv" in k.text()[0]], [k.text() for k in predict.kernels]
     train = lower(optimize(train_step(prog.build(training=True).graph)))
-    windows = [k for k in train.kernels if isinstance(k, GemmKernel) and k.windows]
-    assert [(k.m, k.k) for k in windows] == [(64, 147)], [k.text() for k in train.kernels]
-    others = [k for k in train.kernels if isinstance(k, GemmKernel) and k.trans_b and k.k in (576, 288, 108)]
-    assert len(others) == 3 and not any(k.windows for k in others), [k.text() for k in train.kernels]
-    assert any(k.text()[0].startswith("direct conv") and "weight gradient" in k.text()[0] for k in train.kernels)
+    taps = (147, 576, 288, 108)
+    products = [k for k in train.kernels if isinstance(k, GemmKernel) and k.trans_b and k.k in taps]
+    weight_grads = [k for k in train.kernels if isinstance(k, GemmKernel) and not (k.trans_a or k.trans_b)
+                    and k.n in taps]
+    assert len(products) == 4 and len(weight_grads) == 3 and all(k.windows for k in products + weight_grads), \
+        [k.text() for k in train.kernels]
+    direct = [k.text()[0] for k in train.kernels if k.text()[0].startswith("direct conv")]
+    assert len(direct) == 1 and "weight gradient" in direct[0], direct
     bf16 = lower(optimize(prog.build(training=False).graph), precision="bf16")
     assert set(_gemm_sources(bf16)) == {"buffer"}
+    small = load_text("""
+model small {
+    input  x: f32[B, 32, 9, 9]
+    target y: f32[B, 4, 9, 9]
+    loss   mse(conv2d(x, 4, 3, padding = 1), y)
+}
+""", "small.dl")
+    train = lower(optimize(train_step(small.build(training=True).graph)))
+    product = next(k for k in train.kernels if isinstance(k, GemmKernel) and k.trans_b and k.m == 4)
+    weight_grad = next(k for k in train.kernels if isinstance(k, SmallGemmKernel))
+    assert product.windows is None and product.b[0] == weight_grad.b[0]
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -385,39 +385,45 @@ def _im2col(x, kh, kw, stride, padding, dilation):
 
 @pytest.mark.parametrize("name", list(CONFIGS) + ["neon"])
 def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
-    """A `windows` routine (a convolution's GEMM reading its columns from the image) gives,
-    bit for bit, what the im2col routine gives on the columns' buffer — per group, on one
-    thread or two, in every blocking — and reads nothing outside the image: NaN around it
-    would show."""
+    """The `windows` routines (a convolution's GEMMs reading its columns from the image:
+    the product's, op(B) the columns transposed, and the weight gradient's, op(B) the
+    columns as they lie) give, bit for bit, what the routines give on im2col's buffer — per
+    group, on one thread or two, in every blocking — and read nothing outside the image:
+    NaN around it would show."""
     config = gemm.NEON if name == "neon" else CONFIGS[name]
     module = ir.Module("windows")
-    gemm.add_gemm(module, trans_b=True, config=config)
-    gemm.add_gemm(module, trans_b=True, windows=True, config=config)
+    for tb, windows in [(tb, w) for tb in (False, True) for w in (False, True)]:
+        gemm.add_gemm(module, trans_b=tb, windows=windows, config=config)
     compiled = cache.compile_cached(module, jit.settled_level())
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     signature = (i64,) * 3 + (ptr, i64, i64) * 3 + (i64, i64)
-    columns = ctypes.CFUNCTYPE(ctypes.c_int32, *signature)(compiled.address(gemm.gemm_name(False, True, False)))
-    windows = ctypes.CFUNCTYPE(ctypes.c_int32, *signature, ptr)(
-        compiled.address(gemm.gemm_name(False, True, False, windows=True)))
+    columns = {tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature)(compiled.address(gemm.gemm_name(False, tb, False)))
+               for tb in (False, True)}
+    windows = {tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature, ptr)(
+        compiled.address(gemm.gemm_name(False, tb, False, windows=True))) for tb in (False, True)}
     rng = np.random.default_rng(3)
     for N, C, H, W, O, kh, kw, stride, padding, dilation, groups in WINDOWS:
         room = np.full(N * C * H * W + 64, np.nan, np.float32)
         x = room[32:-32].reshape(N, C, H, W)
         x[...] = rng.standard_normal(x.shape, dtype=np.float32)
         cg, og = C // groups, O // groups
-        w = rng.standard_normal((O, cg, kh, kw), dtype=np.float32)
         cols, Ho, Wo = _im2col(x, kh, kw, stride, padding, dilation)
         n, taps = N * Ho * Wo, cg * kh * kw
         geometry = np.array([Ho, Wo, kh, kw, H, W, C * H * W, H * W, W, 1, *stride, *padding, *dilation], np.int64)
         assert len(geometry) == len(gemm.WINDOW_GEOMETRY)
-        expected = np.zeros((groups, og, n), np.float32)
-        assert columns(og, n, taps, w.ctypes.data, taps, og * taps, cols.ctypes.data, C * kh * kw, taps,
-                       expected.ctypes.data, n, og * n, groups, 1) == 0
-        wg, cg_ = w.reshape(groups, og, taps).astype(np.float64), cols.reshape(n, groups, taps).transpose(1, 0, 2)
-        product = lambda f: np.einsum("gok,gnk->gon", f(wg), f(cg_.astype(np.float64)))
-        assert np.all(np.abs(expected - product(lambda v: v)) <= 1e-4 * product(np.abs) + 1e-30)
-        for nthreads in (1, 2):
-            got = np.full_like(expected, np.nan)
-            assert windows(og, n, taps, w.ctypes.data, taps, og * taps, x.ctypes.data, 0, cg * H * W,
-                           got.ctypes.data, n, og * n, groups, nthreads, geometry.ctypes.data) == 0
-            assert got.tobytes() == expected.tobytes(), (N, C, H, W, O, kh, kw, stride, padding, dilation, nthreads)
+        by_group = cols.reshape(n, groups, taps).transpose(1, 0, 2).astype(np.float64)     # [groups, n, taps]
+        # the product: y_g (og x n) = w_g (og x taps) @ cols_gᵀ; the weight gradient: dw_g
+        # (og x taps) = g_g (og x n) @ cols_g
+        for tb, k_, n_, a in ((True, taps, n, rng.standard_normal((groups, og, taps), dtype=np.float32)),
+                              (False, n, taps, rng.standard_normal((groups, og, n), dtype=np.float32))):
+            expected = np.zeros((groups, og, n_), np.float32)
+            assert columns[tb](og, n_, k_, a.ctypes.data, k_, og * k_, cols.ctypes.data, C * kh * kw, taps,
+                               expected.ctypes.data, n_, og * n_, groups, 1) == 0
+            product = lambda f: np.einsum("gok,gnk->gon" if tb else "gon,gnk->gok", f(a.astype(np.float64)),
+                                          f(by_group))
+            assert np.all(np.abs(expected - product(lambda v: v)) <= 1e-4 * product(np.abs) + 1e-30)
+            for nthreads in (1, 2):
+                got = np.full_like(expected, np.nan)
+                assert windows[tb](og, n_, k_, a.ctypes.data, k_, og * k_, x.ctypes.data, 0, cg * H * W,
+                                   got.ctypes.data, n_, og * n_, groups, nthreads, geometry.ctypes.data) == 0
+                assert got.tobytes() == expected.tobytes(), (tb, N, C, H, W, O, kh, kw, stride, padding, nthreads)

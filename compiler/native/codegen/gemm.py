@@ -16,7 +16,7 @@ The `_epi` routines take three more arguments, an epilogue (EPILOGUE_TYPE) and t
 pointers they pass it: the routine calls it on each part of C once that part holds its
 final sums — an MC x NC block after its last K slice, while the block is in cache — so
 that a kernel computes what is made of C there (kernels/gemm: a bias, an activation).
-The `_windows` routines (`dlc_sgemm_nt_windows[_epi]`) take an image as B and its
+The `_windows` routines (`dlc_sgemm_n?_windows[_epi]`) take an image as B and its
 geometry (WINDOW_GEOMETRY) after `nthreads`: op(B) is the image's convolution windows,
 packed from the image itself, so that a convolution needs no im2col buffer.
 
@@ -605,21 +605,110 @@ class _Gen:
                 self.to_bf16(b, out, kc, P)
         b.ret_void()
 
-    def window_pack(self):
+    def window_pack(self, trans: bool):
         """pack_windows(kc, len, k0, j0, X, geometry, dst): the panels `_build_pack` makes
-        of columns j0 .. j0+len and rows k0 .. k0+kc of op(B) = a convolution's columns
-        (im2col's, transposed), read from the image X itself: element (k, j) is tap k =
-        (c, i, jj) of output pixel j = (n, ho, wo), X[n, c, ho·sh - ph + i·dh, wo·sw - pw +
-        jj·dw], 0 outside the image (geometry: WINDOW_GEOMETRY). Padding columns past
-        `len` are zero too, so the panels are those of im2col's buffer, bit for bit."""
+        of columns j0 .. j0+len and rows k0 .. k0+kc of op(B) = a convolution's columns,
+        read from the image X itself. Of tap t = (c, i, jj) and output pixel p = (n, ho, wo)
+        the column holds X[n, c, ho·sh - ph + i·dh, wo·sw - pw + jj·dw], 0 outside the image
+        (geometry: WINDOW_GEOMETRY); op(B) is im2col's buffer transposed with `trans`
+        (element (k, j): tap k of pixel j, a forward product's), else as it lies (pixel k's
+        tap j, a weight gradient's). Padding columns past `len` are zero too, so the panels
+        are those of the buffer, bit for bit."""
         def build(name):
             fn = _internal(self.m, name, ir.VoidType(), [i64, i64, i64, i64, fptr, i64.as_pointer(), fptr],
                            ["kc", "len", "k0", "j0", "X", "geometry", "dst"])
             fn.attributes.add("noinline")
             fn.args[6].add_attribute("noalias")
-            self._build_window_pack(fn)
+            (self._build_window_pack if trans else self._build_pixel_rows_pack)(fn)
             return fn
-        return self._shared("pack_windows", build)
+        return self._shared(f"pack_windows_{'t' if trans else 'n'}", build)
+
+    def _window_parts(self, fn):
+        """The builder at fn's entry and what both window packs use: the geometry `g`,
+        splat(x) over VW lanes of i64, the panel's lane indices (P // VW vectors), X as an
+        integer, digits(v, rows, columns) (v as (a, row, column)) and following(a, row,
+        column, rows, columns) (the next v's, scalars: no division), position(j) (pixel j
+        as (n, ho, wo)), origin(n, ho, wo) (the row, column and offset in X of the window's
+        tap (0, 0)), taps(t) (tap t's offset from it, row and column) — scalars or vectors
+        alike — and gathered(offsets, mask)."""
+        cfg, VW = self.cfg, self.cfg.vw
+        geometry, X = fn.args[5], fn.args[4]
+        b = ir.IRBuilder(fn.append_basic_block("entry"))
+        g = {name: b.load(_gep(b, geometry, _c64(i)), name=name) for i, name in enumerate(WINDOW_GEOMETRY)}
+        iv = ir.VectorType(i64, VW)
+        gather = declare(self.m, f"llvm.masked.gather.v{VW}f32.v{VW}p0", self.vty,
+                         [ir.VectorType(fptr, VW), i32, ir.VectorType(i1, VW), self.vty])
+        X_int = b.ptrtoint(X, i64)
+
+        def like(v):            # a scalar as v is: itself, or splat over VW lanes
+            return (lambda x: splat(b, x, iv)) if isinstance(v.type, ir.VectorType) else (lambda x: x)
+
+        def digits(v, rows, columns):      # v as (a, row, column) of [., rows, columns]
+            d = like(v)
+            plane = d(b.mul(rows, columns))
+            a = b.sdiv(v, plane)
+            r = b.sub(v, b.mul(a, plane))
+            row = b.sdiv(r, d(columns))
+            return a, row, b.sub(r, b.mul(row, d(columns)))
+
+        def position(j):
+            return digits(j, g["Ho"], g["Wo"])
+
+        def following(a, row, column, rows, columns):      # the digits of the next v
+            column1 = b.add(column, _c64(1))
+            row_end = b.icmp_signed("==", column1, columns)
+            row1 = b.select(row_end, b.add(row, _c64(1)), row)
+            plane_end = b.icmp_signed("==", row1, rows)
+            return [b.select(plane_end, b.add(a, _c64(1)), a), b.select(plane_end, _c64(0), row1),
+                    b.select(row_end, _c64(0), column1)]
+
+        def origin(n, ho, wo):
+            d = like(n)
+            hi0 = b.sub(b.mul(ho, d(g["stride_h"])), d(g["pad_h"]))
+            wi0 = b.sub(b.mul(wo, d(g["stride_w"])), d(g["pad_w"]))
+            return hi0, wi0, b.add(b.mul(n, d(g["sn"])), b.add(b.mul(hi0, d(g["sh"])), b.mul(wi0, d(g["sw"]))))
+
+        def taps(t):
+            return tap_parts(*digits(t, g["kh"], g["kw"]))
+
+        def tap_parts(c, i, jj):
+            d = like(c)
+            di, dj = b.mul(i, d(g["dil_h"])), b.mul(jj, d(g["dil_w"]))
+            return b.add(b.mul(c, d(g["sc"])), b.add(b.mul(di, d(g["sh"])), b.mul(dj, d(g["sw"])))), di, dj
+
+        def gathered(offsets, mask):
+            at = b.add(splat(b, X_int, iv), b.mul(offsets, splat(b, _c64(4), iv)))
+            return b.call(gather, [b.inttoptr(at, ir.VectorType(fptr, VW)), i32(4), mask, ir.Constant(self.vty, None)])
+
+        lanes = [ir.Constant(iv, list(range(v * VW, (v + 1) * VW))) for v in range(cfg.nr // VW)]
+        parts = dict(g=g, splat=lambda x: splat(b, x, iv), lanes=lanes, X_int=X_int, digits=digits, position=position,
+                     following=following, origin=origin, taps=taps, tap_parts=tap_parts, gathered=gathered)
+        return b, type("WindowParts", (), parts)
+
+    def _build_pixel_rows_pack(self, fn):
+        """op(B) as im2col's buffer lies (a weight gradient's): each panel row one pixel's
+        taps, every lane's tap (decomposed once a panel) gathered from X; the pixel (n, ho,
+        wo) carried along the rows, no division a row."""
+        P, VW = self.cfg.nr, self.cfg.vw
+        kc, length, k0, j0, X, geometry, dst = fn.args
+        b, w = self._window_parts(fn)
+        g, vsplat = w.g, w.splat
+        inside = lambda x, n: b.icmp_unsigned("<", x, vsplat(n))       # 0 <= x < n
+        with _loop(b, 0, _ceil_div(b, length, P), name="q") as q:
+            p0 = b.mul(q, _c64(P))
+            out = _gep(b, dst, b.mul(p0, kc))
+            live = b.sub(length, p0)                # lanes past it are padding: zero
+            lanes = [(w.taps(b.add(vsplat(b.add(j0, p0)), x)), b.icmp_signed("<", x, vsplat(live))) for x in w.lanes]
+            with _carrying_loop(b, kc, list(w.position(k0)), name="pixel") as (k, (n, ho, wo), following):
+                hi0, wi0, base = w.origin(n, ho, wo)
+                o = _gep(b, out, b.mul(k, _c64(P)))
+                for v, ((offset, di, dj), lane_ok) in enumerate(lanes):
+                    mask = b.and_(lane_ok, b.and_(inside(b.add(vsplat(hi0), di), g["H"]),
+                                                  inside(b.add(vsplat(wi0), dj), g["W"])))
+                    x = w.gathered(b.add(vsplat(base), offset), mask)
+                    b.store(x, vec_ptr(b, _gep(b, o, _c64(v * VW)), self.vty), align=4)
+                following += w.following(n, ho, wo, g["Ho"], g["Wo"])
+        b.ret_void()
 
     def _build_window_pack(self, fn):
         """A panel whose columns lie in at most two output rows, a stride of WINDOW_RUN_STRIDES
@@ -629,48 +718,20 @@ class _Gen:
         cfg = self.cfg
         P, VW = cfg.nr, cfg.vw
         kc, length, k0, j0, X, geometry, dst = fn.args
-        b = ir.IRBuilder(fn.append_basic_block("entry"))
-        g = {name: b.load(_gep(b, geometry, _c64(i)), name=name) for i, name in enumerate(WINDOW_GEOMETRY)}
-        iv = ir.VectorType(i64, VW)
-        gather = declare(self.m, f"llvm.masked.gather.v{VW}f32.v{VW}p0", self.vty,
-                         [ir.VectorType(fptr, VW), i32, ir.VectorType(i1, VW), self.vty])
-        zero = ir.Constant(self.vty, None)
-        lanes = [ir.Constant(iv, list(range(v * VW, (v + 1) * VW))) for v in range(P // VW)]
-        vsplat = lambda x: splat(b, x, iv)
+        b, w = self._window_parts(fn)
+        g, vsplat, lanes, X_int, position = w.g, w.splat, w.lanes, w.X_int, w.position
         inside = lambda x, n: b.icmp_unsigned("<", x, vsplat(n))       # 0 <= x < n
-        X_int = b.ptrtoint(X, i64)
 
         # each tap's offset in X and its row and column steps, for the K slice: (c, i, jj)
         # carried along k, no division per tap
         taps = b.bitcast(b.alloca(ir.ArrayType(i64, 3 * cfg.kc), name="taps"), i64.as_pointer())
-        kk = b.mul(g["kh"], g["kw"])
-        c_first = b.sdiv(k0, kk)
-        t_first = b.sub(k0, b.mul(c_first, kk))
-        i_first = b.sdiv(t_first, g["kw"])
-        starts = [c_first, i_first, b.sub(t_first, b.mul(i_first, g["kw"]))]
-        with _carrying_loop(b, kc, starts, name="tap") as (k, (c, i, jj), following):
-            di, dj = b.mul(i, g["dil_h"]), b.mul(jj, g["dil_w"])
-            offset = b.add(b.mul(c, g["sc"]), b.add(b.mul(di, g["sh"]), b.mul(dj, g["sw"])))
-            for q, v in enumerate((offset, di, dj)):
+        with _carrying_loop(b, kc, list(w.digits(k0, g["kh"], g["kw"])), name="tap") as (k, (c, i, jj), following):
+            for q, v in enumerate(w.tap_parts(c, i, jj)):
                 b.store(v, _gep(b, taps, b.add(b.mul(k, _c64(3)), _c64(q))))
-            jj1 = b.add(jj, _c64(1))
-            row_end = b.icmp_signed("==", jj1, g["kw"])
-            i1_ = b.select(row_end, b.add(i, _c64(1)), i)
-            channel_end = b.icmp_signed("==", i1_, g["kh"])
-            following += [b.select(channel_end, b.add(c, _c64(1)), c), b.select(channel_end, _c64(0), i1_),
-                          b.select(row_end, _c64(0), jj1)]
+            following += w.following(c, i, jj, g["kh"], g["kw"])
 
         def tap(k):
             return [b.load(_gep(b, taps, b.add(b.mul(k, _c64(3)), _c64(q)))) for q in range(3)]
-
-        pixels = b.mul(g["Ho"], g["Wo"])
-
-        def position(j):        # output pixel j as (n, ho, wo), scalars or vectors alike
-            d = (lambda x: vsplat(x)) if isinstance(j.type, ir.VectorType) else (lambda x: x)
-            n = b.sdiv(j, d(pixels))
-            r = b.sub(j, b.mul(n, d(pixels)))
-            ho = b.sdiv(r, d(g["Wo"]))
-            return n, ho, b.sub(r, b.mul(ho, d(g["Wo"])))
 
         with _loop(b, 0, _ceil_div(b, length, P), name="q") as q:
             p0 = b.mul(q, _c64(P))
@@ -691,21 +752,14 @@ class _Gen:
 
             # any other panel: each lane's own pixel, gathered
             b.position_at_end(scattered)
-            pos = []
-            for x in lanes:
-                n, ho, wo = position(b.add(vsplat(first), x))
-                hi0 = b.sub(b.mul(ho, vsplat(g["stride_h"])), vsplat(g["pad_h"]))
-                wi0 = b.sub(b.mul(wo, vsplat(g["stride_w"])), vsplat(g["pad_w"]))
-                base = b.add(b.mul(n, vsplat(g["sn"])), b.add(b.mul(hi0, vsplat(g["sh"])), b.mul(wi0, vsplat(g["sw"]))))
-                pos.append((hi0, wi0, base, b.icmp_signed("<", x, vsplat(live))))
+            pos = [(*w.origin(*position(b.add(vsplat(first), x))), b.icmp_signed("<", x, vsplat(live))) for x in lanes]
             with _loop(b, 0, kc, name="gather") as k:
                 offset, di, dj = tap(k)
                 o = _gep(b, out, b.mul(k, _c64(P)))
                 for v, (hi0, wi0, base, lane_ok) in enumerate(pos):
                     mask = b.and_(lane_ok, b.and_(inside(b.add(hi0, vsplat(di)), g["H"]),
                                                   inside(b.add(wi0, vsplat(dj)), g["W"])))
-                    at = b.add(splat(b, X_int, iv), b.mul(b.add(base, vsplat(offset)), vsplat(_c64(4))))
-                    x = b.call(gather, [b.inttoptr(at, ir.VectorType(fptr, VW)), i32(4), mask, zero])
+                    x = w.gathered(b.add(base, vsplat(offset)), mask)
                     b.store(x, vec_ptr(b, _gep(b, o, _c64(v * VW)), self.vty), align=4)
             b.branch(next_panel)
             b.position_at_end(next_panel)
@@ -1048,7 +1102,7 @@ class _Gen:
             finished(b, m0, m1, n0, n1)
             b.ret_void()
             b.position_at_end(other)
-        if not trans_b:
+        if not (trans_b or windows):
             tiled = fn.append_basic_block("tiled")
             few = fn.append_basic_block("few_rows")
             b.cbranch(few_rows, few, tiled)
@@ -1075,7 +1129,7 @@ class _Gen:
                 # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
                 def pack_here():
                     if windows:
-                        b.call(self.window_pack(), [kc, nc, pc, jc, B, fn.args[-1], Bp])
+                        b.call(self.window_pack(trans_b), [kc, nc, pc, jc, B, fn.args[-1], Bp])
                         return Bp, kc
                     bsrc = _gep(b, B, b.add(b.mul(jc, ldb), pc) if trans_b else b.add(b.mul(pc, ldb), jc))
                     b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
@@ -1287,8 +1341,8 @@ class _Gen:
     def variant(self, name, trans_a, trans_b, accumulate, packed, epilogue=False, windows=False):
         cfg = self.cfg
         assert not (accumulate and epilogue), "an epilogue computes from the final sums"
-        assert not windows or (trans_b and not (trans_a or accumulate or packed or cfg.bf16)), \
-            "a convolution's windows are op(B), as im2col's buffer transposed, in float32"
+        assert not windows or not (trans_a or accumulate or packed or cfg.bf16), \
+            "a convolution's windows are op(B), in float32"
         # the 13 arguments, the status, the caller's floating-point mode (fpmode.py), the
         # packed op(B) (null unless `packed`), the epilogue and its two pointers (`epilogue`),
         # the windows' geometry (`windows`)
@@ -1413,11 +1467,12 @@ def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = Fals
     that instead of packing B itself (the bf16 ones read B when only a row or two of A is
     given: their packs are rounded, or pairs, or tiles; a null pack: B is packed here).
     `epilogue`: it also takes an epilogue (EPILOGUE_TYPE) to call on each part of C once final.
-    `windows` (float32, trans_b only): B is an image X and the routine also takes its
-    geometry (WINDOW_GEOMETRY), op(B) being X's convolution windows, im2col's columns
-    transposed (N = the output pixels of every example, K = C·kh·kw; ldb is not read and
-    stride_b steps between groups of channels) — packed from X itself (_Gen.window_pack),
-    with the bits of the routine given im2col's buffer.
+    `windows` (float32): B is an image X and the routine also takes its geometry
+    (WINDOW_GEOMETRY), op(B) being X's convolution windows — im2col's columns transposed
+    with `trans_b` (N = the output pixels of every example, K = C·kh·kw: a forward
+    product's), else as they lie (K the pixels, N the taps: a weight gradient's); ldb is
+    not read and stride_b steps between groups of channels — packed from X itself
+    (_Gen.window_pack), with the bits of the routine given im2col's buffer.
     `shared_buffers`: its pack buffers are buffers_module's, not the module's own.
     The module must be compiled after the thread pool's symbols are known
     (runtime/engines/cache.py `pool_symbols`)."""
@@ -1479,9 +1534,9 @@ def _routines(configs: tuple) -> dict:
         for ta, tb, pk, ep in VARIANTS:
             found[gemm_name(ta, tb, False, pk, config.bf16, ep)] = (
                 add_gemm, dict(config=config, trans_a=ta, trans_b=tb, packed=pk, epilogue=ep))
-        for ep in (False, True) if not config.bf16 else ():
-            found[gemm_name(False, True, False, bf16=False, epilogue=ep, windows=True)] = (
-                add_gemm, dict(config=config, trans_b=True, epilogue=ep, windows=True))
+        for tb, ep in [(tb, ep) for tb in (False, True) for ep in (False, True)] if not config.bf16 else ():
+            found[gemm_name(False, tb, False, bf16=False, epilogue=ep, windows=True)] = (
+                add_gemm, dict(config=config, trans_b=tb, epilogue=ep, windows=True))
         for tb in (False, True):
             found[pack_name(tb, config.bf16)] = (add_pack, dict(config=config, trans_b=tb))
     return found

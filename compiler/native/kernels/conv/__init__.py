@@ -137,9 +137,6 @@ PATH_KERNELS = {"pointwise": "gemm", "im2col": "gemm", "col2im": "gemm", "small 
                 "direct": "direct conv", "grouped taps": "map", "few pixels": "reduction",
                 "grouped accumulation": "accumulation"}
 
-# the ways of lowering a weight gradient that read im2col's buffer
-COLUMNS_PATHS = ("small filters", "im2col")
-
 def conv_shape(op: str, ins: tuple, out: tuple, groups: int) -> ConvShape:
     """The ConvShape of a conv2d (x, w -> y) or of its gradients (x, g -> w; g, w -> x), from
     the shapes of its operands and its output."""
@@ -189,17 +186,51 @@ def _over_the_batch(lw, x: Tensor, pixels, filters) -> bool:
     whatever the pixels (their copies of x and g channels first are shared)."""
     return _weight_grad_reads(lw.graph, x) or isinstance(pixels, int) and 2 * pixels <= filters
 
+def _windows_apply(lw, s: ConvShape) -> bool:
+    """Whether a convolution's GEMMs (the product and its weight gradient) may read their
+    columns from the image (GemmKernel's `windows`) rather than from im2col's buffer: in
+    float32 (the bf16 routines' panels are packed otherwise) where an example has more
+    than FEW_COLUMNS pixels (fewer are multiplied without packing, from the buffer as it
+    lies)."""
+    return not lw.bf16 and isinstance(s.pixels, int) and s.pixels > FEW_COLUMNS
+
 def _from_the_image(lw, x: Tensor, s: ConvShape) -> bool:
-    """Whether a convolution's GEMM reads its columns from the image x (GemmKernel's
-    `windows`) rather than from im2col's buffer: in float32 (the bf16 routines' panels are
-    packed otherwise), where no weight gradient reads x's columns from that buffer (then
-    written anyway, and shared) and an example has more than FEW_COLUMNS pixels
-    (fewer are multiplied without packing, from the buffer as it lies)."""
+    """Whether a convolution's product reads its columns from the image x: where they
+    may (_windows_apply) and no weight gradient of x reads them from im2col's buffer (a
+    SmallGemmKernel's, for small filters: the buffer is then written anyway, and shared)."""
     graph = lw.graph
-    return not lw.bf16 and isinstance(s.pixels, int) and s.pixels > FEW_COLUMNS and \
+    return _windows_apply(lw, s) and \
         not any(conv_path("conv2d_weight_grad", conv_shape("conv2d_weight_grad", tuple(u.shape for u in graph.inputs(v)),
                                                            graph.types(v)[0].shape, graph.attrs(v)["groups"]),
-                          graph.attrs(v)) in COLUMNS_PATHS for v in _weight_grads(graph, x))
+                          graph.attrs(v)) == "small filters" for v in _weight_grads(graph, x))
+
+def _many_filters(lw, s: ConvShape) -> bool:
+    """Whether a direct convolution is rather a GEMM of the image's windows: many filters
+    (WINDOWS_FILTERS), one group, where windows apply — the GEMM's tiles filled (batch 8,
+    2 threads: ResNet's 7 x 7 stem on 3 channels, 64 filters, at 224 x 224 pixels 13 ms
+    against 26 direct; 3 x 3 on 3 channels, 64 filters, at 64 x 64 1.4 against 3.1; on 16
+    channels at 56 x 56 3.4 against 3.9; with 32 filters or fewer the direct kernel was as
+    fast or faster). Its weight gradient stays direct: as a GEMM of windows the latter
+    took 5.4 ms against 3.4, the stem's 25 against 29–33."""
+    return s.groups == 1 and s.O >= WINDOWS_FILTERS and _windows_apply(lw, s)
+
+def _columns_gemm(lw, n, x: Tensor, s: ConvShape, attrs, mnk: tuple, a: tuple, c: tuple, trans_b: bool,
+                  from_the_image: bool):
+    """The GEMM per group (M, N, K = mnk) of A and x's columns as B — transposed with
+    `trans_b` (the product's), as they lie otherwise (the weight gradient's) — into C:
+    packed from x itself (GemmKernel's `windows`, the geometry gemm.WINDOW_GEOMETRY says),
+    or read from im2col's buffer."""
+    if from_the_image:
+        xm = lw.materialize(x)
+        sn, sc, sh, sw = xm.at.coeffs
+        geometry = (s.Ho, s.Wo, s.kh, s.kw, *x.shape[2:], sn, sc, sh, sw, *attrs["stride"], *attrs["padding"],
+                    *attrs["dilation"])
+        lw.emit(GemmKernel(*mnk, s.groups, a, (xm.buffer, xm.at.offset, 0, s.C // s.groups * sc), c, False, trans_b,
+                           windows=geometry, node=n))
+    else:
+        cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
+        lw.emit(GemmKernel(*mnk, s.groups, a, (cols.id, 0, s.taps, s.group_taps), c, False, trans_b, bf16=lw.bf16,
+                           node=n))
 
 def _weight_grads(graph, x: Tensor) -> list:
     """The convolution weight gradients that read x as their x."""
@@ -287,10 +318,7 @@ def _conv2d(lw, n, ins, attrs, typ):
                            False, False, bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if path == "direct" and s.groups == 1 and s.O >= WINDOWS_FILTERS and _from_the_image(lw, x, s):
-        # many filters: a GEMM packing the image's windows fills its tiles (ResNet's 7 x 7
-        # stem on 3 channels, 64 filters, took half the direct kernel's time; 32 filters
-        # or fewer, about the same or more)
+    if path == "direct" and _many_filters(lw, s) and _from_the_image(lw, x, s):
         path = "im2col"
     if path == "direct":
         # depthwise ones too (groups = C): each output channel's taps over its group's channels
@@ -314,19 +342,8 @@ def _conv2d(lw, n, ins, attrs, typ):
     # @ cols_g^T, cols_g the group's columns of cols (as N GEMMs of HoWo columns each, a first
     # layer's 6 x 784 products ran at a third the speed)
     og, cgkk, columns = s.group_filters, s.group_taps, s.N * s.pixels
-    a, c = (wm.buffer, wm.at.offset, cgkk, og * cgkk), (out.id, 0, columns, og * columns)
-    if _from_the_image(lw, x, s):
-        # the GEMM packs the columns from x itself: no im2col buffer written and read back
-        xm = lw.materialize(x)
-        sn, sc, sh, sw = xm.at.coeffs
-        geometry = (s.Ho, s.Wo, s.kh, s.kw, *x.shape[2:], sn, sc, sh, sw, *attrs["stride"], *attrs["padding"],
-                    *attrs["dilation"])
-        lw.emit(GemmKernel(og, columns, cgkk, groups, a, (xm.buffer, xm.at.offset, 0, s.C // groups * sc), c,
-                           False, True, windows=geometry, node=n))
-    else:
-        cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
-        lw.emit(GemmKernel(og, columns, cgkk, groups, a, (cols.id, 0, s.taps, cgkk), c, False, True, bf16=lw.bf16,
-                           node=n))
+    _columns_gemm(lw, n, x, s, attrs, (og, columns, cgkk), (wm.buffer, wm.at.offset, cgkk, og * cgkk),
+                  (out.id, 0, columns, og * columns), True, _from_the_image(lw, x, s))
     lw.set(n, Load(out.id, Affine(0, (s.pixels, s.N * s.pixels, s.Wo, 1)), typ.dtype))
 
 @register_lowering("conv2d_weight_grad", floats=("f32",))
@@ -367,10 +384,10 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
                            stride_w=attrs["stride"][1], node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
     if path == "small filters":
         # few, small filters (a first layer): dW stays in registers while every
         # example's g[n] (O x HoWo) @ cols[n] (HoWo x CKK) streams by
+        cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
         gm = lw.materialize(g)
         partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * s.O * s.taps, "temp")
         lw.emit(SmallGemmKernel(s.O, s.taps, s.pixels, s.N, (gm.buffer, gm.at.offset, s.pixels, s.O * s.pixels),
@@ -379,10 +396,11 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
     else:
         # g as [O, N*HoWo] (channels first): dW_g (Og x Cg*kh*kw) = g_g @ cols_g (N*HoWo x Cg*kh*kw),
         # one GEMM over the batch per group
+        # one GEMM over the batch per group, cols_g packed from x itself where windows apply
         gt = lw.channels_first(g, n)
         og, cgkk, rows = s.group_filters, s.group_taps, s.N * s.pixels
-        lw.emit(GemmKernel(og, cgkk, rows, groups, (gt.buffer, gt.at.offset, rows, og * rows), (cols.id, 0, s.taps, cgkk),
-                           (out.id, 0, cgkk, og * cgkk), False, False, bf16=lw.bf16, node=n))
+        _columns_gemm(lw, n, x, s, attrs, (og, cgkk, rows), (gt.buffer, gt.at.offset, rows, og * rows),
+                      (out.id, 0, cgkk, og * cgkk), False, _windows_apply(lw, s))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 @register_lowering("conv2d_input_grad", floats=("f32",))
