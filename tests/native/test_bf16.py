@@ -291,7 +291,7 @@ model m {
     input x: f32[B, 1, 12, 12]
     target y: i32[B]
     c = conv2d(x, 16, 3, act = relu)        # 9 taps: direct
-    big = conv2d(c, 8, 5, act = relu)       # 400 taps: im2col and a GEMM, its weight gradient a small GEMM
+    big = conv2d(c, 8, 5, stride = 2, act = relu)       # 400 taps, 9 pixels: im2col, a GEMM, a small GEMM, col2im
     h = dense(flatten(big), 16, relu)
     loss sparse_cross_entropy(dense(h, 10), y)
 }

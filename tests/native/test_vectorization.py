@@ -6,13 +6,13 @@ import re
 from dlc.runtime.cli import main
 
 
-def kernel_code(path, kernel: str, capsys) -> str:
+def kernel_code(path, kernel: str, capsys, precision: str = "f32") -> str:
     """The host assembly of the loop of the first kernel of `path`'s train step whose line in
     `dlc compile --emit kernels` starts with a match of the pattern `kernel`."""
-    assert main(["compile", str(path), "--emit", "kernels"]) == 0
+    assert main(["compile", str(path), "--emit", "kernels", "--precision", precision]) == 0
     kernels = [line for line in capsys.readouterr().out.splitlines() if line and line[0] not in "# "]
     number = next(i for i, line in enumerate(kernels) if re.match(kernel, line))
-    assert main(["compile", str(path), "--emit", "asm"]) == 0
+    assert main(["compile", str(path), "--emit", "asm", "--precision", precision]) == 0
     asm = capsys.readouterr().out
     # the kernel's loop (its function's part a thread runs), up to the next function's label
     # (block labels start with a dot)
@@ -20,16 +20,17 @@ def kernel_code(path, kernel: str, capsys) -> str:
 
 
 def test_the_col2im_of_wide_rows_vectorizes_along_them(capsys, tmp_path):
-    """A 3 x 3 convolution's input gradient at 16 x 16 pixels sums its columns back into the
-    image (an accumulation) row by row: its innermost loop, 16 wide and contiguous, stays a
-    loop that LLVM vectorizes along the row (builder.ROLLED_FROM). Fully unrolled, LLVM
-    vectorized the loop around it across rows, with gathers and scatters (2.4 times as slow
-    in ResNet-18's first stage)."""
+    """A 3 x 3 convolution's input gradient at 16 x 16 pixels in a bf16 program (a float32
+    one's is a GEMM of g's windows, docs/native.md) sums its columns back into the image (an
+    accumulation) row by row: its innermost loop, 16 wide and contiguous, stays a loop that
+    LLVM vectorizes along the row (builder.ROLLED_FROM). Fully unrolled, LLVM vectorized the
+    loop around it across rows, with gathers and scatters (2.4 times as slow in ResNet-18's
+    first stage)."""
     path = tmp_path / "col2im.dl"
     path.write_text("model col2im {\n    input  x: f32[B, 32, 16, 16]\n    target y: f32[B, 32, 16, 16]\n"
                     "    h = conv2d(x, 32, 3, padding = 1, bias = false) |> relu\n"
                     "    loss   mse(conv2d(h, 32, 3, padding = 1, bias = false), y)\n}\n")
-    body = kernel_code(path, re.escape("accumulate [B, 32, 3, 3, 16, 16]"), capsys)
+    body = kernel_code(path, re.escape("accumulate [B, 32, 3, 3, 16, 16]"), capsys, "bf16")
     assert "vgather" not in body and "vscatter" not in body
     assert re.search(r"\bvaddps\s[^\n]*%[yz]mm", body), body[:2000]
 

@@ -452,6 +452,23 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
                            transposed=True, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
+    flipped = ConvShape(s.N, s.O, s.C, s.kh, s.kw, H, W, 1)
+    flipped_padding = (dh * (s.kh - 1) - ph, dw * (s.kw - 1) - pw)
+    if (st_h, st_w) == (1, 1) and min(flipped_padding) >= 0 and _windows_apply(lw, flipped):
+        # a stride-1 convolution's input gradient is a convolution too, of g with the filters
+        # flipped and their channels swapped (padding d·(k - 1) - p): a GEMM of g's windows, dx
+        # stored [C, N, H, W], with neither col2im's columns nor its accumulation
+        wf = lw.p.buffer("f32", numel(w.shape), "temp")
+        shape = (s.C, s.O, s.kh, s.kw)
+        so, sci, si, sj = wm.at.coeffs
+        lw.emit(MapKernel(shape, wf.id, Affine(0, row_major(shape)),
+                          Load(wm.buffer, Affine(wm.at.offset + (s.kh - 1) * si + (s.kw - 1) * sj, (sci, so, -si, -sj)),
+                               "f32"), node=n))
+        taps, columns = s.O * s.kh * s.kw, s.N * H * W
+        _columns_gemm(lw, n, g, flipped, {"stride": (1, 1), "padding": flipped_padding, "dilation": (dh, dw)},
+                      (s.C, columns, taps), (wf.id, 0, taps, 0), (out.id, 0, columns, 0), True, True)
+        lw.set(n, Load(out.id, Affine(0, (H * W, columns, W, 1)), typ.dtype))
+        return
     cols = lw.p.buffer("f32", s.N * s.taps * s.pixels, "temp")
     # the columns transposed, [C, kh, kw, N, Ho, Wo], in one GEMM over the batch: cols (CKK x N*HoWo)
     # = W^T (W is O x CKK) @ g as O x N*HoWo (channels first; a GEMM per example multiplied the whole
