@@ -82,7 +82,8 @@ from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.amx import TILE_ROWS, has_tiles, tile_ops
 from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
 from dlc.compiler.native.codegen.threadpool import TASK, declare_run
-from dlc.compiler.native.codegen.intrinsics import LLVMType, bf16_bits, declare, dot_bf16_pairs, masked, round_bf16, splat, vec_ptr
+from dlc.compiler.native.codegen.intrinsics import (LLVMType, bf16_bits, declare, dot_bf16_pairs, masked, round_bf16,
+                                                    splat, strided_load, vec_ptr)
 from dlc.compiler.native.codegen.types import f32, i1, i8, i32, i64
 
 fptr = f32.as_pointer()
@@ -769,18 +770,12 @@ class _Gen:
         """A panel's rows of taps, its columns in two output rows at most and `stride` apart
         along W in X: the lanes before `split` from row (n, ho) of pixel `first`, from its
         column on, the rest from the next row (or example), from its column 0 on. Each row's
-        lanes are one masked load of stride·VW floats a vector (every other one kept with
-        stride 2); an address outside X only where its lane is off, which reads nothing."""
+        lanes are one masked load of stride·VW floats a vector (intrinsics.strided_load); an
+        address outside X only where its lane is off, which reads nothing."""
         P, VW = self.cfg.nr, self.cfg.vw
-        iv, wide = ir.VectorType(i64, VW), ir.VectorType(f32, stride * VW)
+        iv = ir.VectorType(i64, VW)
         vsplat = lambda x: splat(b, x, iv)
-        mload, _ = masked(self.m, wide)
         lanes = [ir.Constant(iv, list(range(v * VW, (v + 1) * VW))) for v in range(P // VW)]
-        # lane l of a vector at element stride·l of the wide load
-        spread = ir.Constant(ir.VectorType(i32, stride * VW), [e // stride if e % stride == 0 else VW
-                                                                for e in range(stride * VW)])
-        kept = ir.Constant(ir.VectorType(i32, VW), [stride * lane for lane in range(VW)])
-        no = ir.Constant(ir.VectorType(i1, VW), [0] * VW)
         n_a, ho_a, wo_a = position(first)
         n_b, ho_b, _ = position(b.add(first, split))
         rows = []
@@ -801,12 +796,8 @@ class _Gen:
                 for v, x in enumerate(lanes):
                     column = b.add(b.mul(x, vsplat(_c64(stride))), vsplat(b.add(wi0, dj)))
                     mask = b.and_(b.and_(lane_ok[v], b.icmp_unsigned("<", column, vsplat(g["W"]))), row_ok)
-                    at = b.inttoptr(b.add(X_int, b.mul(b.add(start, _c64(stride * v * VW)), _c64(4))),
-                                    wide.as_pointer())
-                    loaded = b.call(mload, [at, i32(4), b.shuffle_vector(mask, no, spread) if stride > 1 else mask,
-                                            ir.Constant(wide, None)])
-                    if stride > 1:
-                        loaded = b.shuffle_vector(loaded, loaded, kept)
+                    at = b.inttoptr(b.add(X_int, b.mul(b.add(start, _c64(stride * v * VW)), _c64(4))), fptr)
+                    loaded, _ = strided_load(self.m, b, at, mask, stride)
                     values[v] = loaded if values[v] is None else b.select(mask, loaded, values[v])
             for v, x in enumerate(values):
                 b.store(x, vec_ptr(b, _gep(b, o, _c64(v * VW)), self.vty), align=4)

@@ -1,7 +1,8 @@
 """LLVM IR helpers that the GEMM generator (gemm.py), the kernels' loops
 (kernels/<kind>/loops.py), the scalar rules and the step module share: declaring an
 intrinsic or external function once, a scalar splat over a vector, a vector pointer,
-masked vector loads and stores, and rounding to bfloat16 (one value, or a pair)."""
+masked vector loads and stores (strided ones too: every stride-th float), and rounding to
+bfloat16 (one value, or a pair)."""
 from __future__ import annotations
 
 from llvmlite import ir
@@ -75,6 +76,41 @@ def dot_bf16_pairs(module, b, acc, a, x):
     name = "llvm.x86.avx512bf16.dpbf16ps.512" if lanes == 16 else "llvm.aarch64.neon.bfdot.v4f32.v8bf16"
     dp = declare(module, name, vty, [vty, pty, pty])
     return b.call(dp, [acc, b.bitcast(a, pty), b.bitcast(x, pty)])
+
+
+def strided_load(module, b, ptr, mask, stride: int) -> tuple:
+    """Lane l of a float vector from ptr[stride·l] where mask[l] is set, 0 elsewhere: one
+    masked load of stride·lanes floats, its elements between the lanes off (they read
+    nothing), every stride-th kept. Returns (the vector, the load instruction)."""
+    n = mask.type.count
+    wide = ir.VectorType(f32, stride * n)
+    load, _ = masked(module, wide)
+    access = b.call(load, [b.bitcast(ptr, wide.as_pointer()), i32(4), _spread(b, mask, stride), ir.Constant(wide, None)])
+    if stride == 1:
+        return access, access
+    return b.shuffle_vector(access, access, ir.Constant(ir.VectorType(i32, n), [stride * l for l in range(n)])), access
+
+
+def strided_store(module, b, value, ptr, mask, stride: int):
+    """Lane l of the float vector value to ptr[stride·l] where mask[l] is set: one masked
+    store of stride·lanes floats, nothing written between the lanes. Returns the store."""
+    n = value.type.count
+    wide = ir.VectorType(f32, stride * n)
+    _, store = masked(module, wide)
+    if stride > 1:
+        value = b.shuffle_vector(value, value, ir.Constant(ir.VectorType(i32, stride * n),
+                                                           [e // stride for e in range(stride * n)]))
+    return b.call(store, [value, b.bitcast(ptr, wide.as_pointer()), i32(4), _spread(b, mask, stride)])
+
+
+def _spread(b, mask, stride: int):
+    """mask[l] at lane stride·l, the lanes between off."""
+    if stride == 1:
+        return mask
+    n = mask.type.count
+    return b.shuffle_vector(mask, ir.Constant(mask.type, [0] * n),
+                            ir.Constant(ir.VectorType(i32, stride * n),
+                                        [e // stride if e % stride == 0 else n for e in range(stride * n)]))
 
 
 def masked(module, vty) -> tuple:

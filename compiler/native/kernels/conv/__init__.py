@@ -204,15 +204,15 @@ def _from_the_image(lw, x: Tensor, s: ConvShape) -> bool:
                                                            graph.types(v)[0].shape, graph.attrs(v)["groups"]),
                           graph.attrs(v)) == "small filters" for v in _weight_grads(graph, x))
 
-def _many_filters(lw, s: ConvShape) -> bool:
-    """Whether a direct convolution is rather a GEMM of the image's windows: many filters
-    (WINDOWS_FILTERS), one group, where windows apply — the GEMM's tiles filled (batch 8,
-    2 threads: ResNet's 7 x 7 stem on 3 channels, 64 filters, at 224 x 224 pixels 13 ms
+def _many_filters(s: ConvShape) -> bool:
+    """Whether a direct convolution is rather a GEMM of the image's windows, where it reads
+    them (_from_the_image): many filters (WINDOWS_FILTERS), one group — the GEMM's tiles
+    filled (batch 8, 2 threads: ResNet's 7 x 7 stem on 3 channels, 64 filters, at 224 x 224 pixels 13 ms
     against 26 direct; 3 x 3 on 3 channels, 64 filters, at 64 x 64 1.4 against 3.1; on 16
     channels at 56 x 56 3.4 against 3.9; with 32 filters or fewer the direct kernel was as
     fast or faster). Its weight gradient stays direct: as a GEMM of windows the latter
     took 5.4 ms against 3.4, the stem's 25 against 29–33."""
-    return s.groups == 1 and s.O >= WINDOWS_FILTERS and _windows_apply(lw, s)
+    return s.groups == 1 and s.O >= WINDOWS_FILTERS
 
 def _columns_gemm(lw, n, x: Tensor, s: ConvShape, attrs, mnk: tuple, a: tuple, c: tuple, trans_b: bool,
                   from_the_image: bool):
@@ -318,7 +318,7 @@ def _conv2d(lw, n, ins, attrs, typ):
                            False, False, bf16=lw.bf16, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
-    if path == "direct" and _many_filters(lw, s) and _from_the_image(lw, x, s):
+    if path == "direct" and _many_filters(s) and _from_the_image(lw, x, s):
         path = "im2col"
     if path == "direct":
         # depthwise ones too (groups = C): each output channel's taps over its group's channels
@@ -395,7 +395,6 @@ def _conv2d_weight_grad(lw, n, ins, attrs, typ):
                                 bf16=lw.bf16, node=n))
     else:
         # g as [O, N*HoWo] (channels first): dW_g (Og x Cg*kh*kw) = g_g @ cols_g (N*HoWo x Cg*kh*kw),
-        # one GEMM over the batch per group
         # one GEMM over the batch per group, cols_g packed from x itself where windows apply
         gt = lw.channels_first(g, n)
         og, cgkk, rows = s.group_filters, s.group_taps, s.N * s.pixels

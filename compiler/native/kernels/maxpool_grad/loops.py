@@ -7,7 +7,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.gemm import default_config
-from dlc.compiler.native.codegen.intrinsics import masked, splat, vec_ptr
+from dlc.compiler.native.codegen.intrinsics import masked, splat, strided_load, strided_store, vec_ptr
 from dlc.compiler.native.program import Affine, Load
 from dlc.compiler.native.codegen.shared_loops import zero_examples
 from dlc.compiler.native.codegen.types import f32, i32, i64
@@ -167,22 +167,15 @@ def _row_chunks_maxpool_grad(kb: KernelBuilder, k, first):
     Ho, Wo = k.out_hw
     (kh, kw), (sh, sw), (ph, pw) = k.kernel, k.stride, k.padding
     vty, ity, bty = ir.VectorType(f32, VW), ir.VectorType(i64, VW), ir.VectorType(ir.IntType(1), VW)
-    wide = ir.VectorType(f32, sw * VW)
-    mload, mstore = masked(kb.m, wide)
     gload, _ = masked(kb.m, vty)
     const = lambda p: ir.Constant(ir.VectorType(i32, VW), [p] * VW)
     lanes = ir.Constant(ity, list(range(VW)))
-    # lane l of a chunk at element sw·l of a wide row (the mask: the others off), and back
-    spread = ir.Constant(ir.VectorType(i32, sw * VW), [e // sw if e % sw == 0 else VW for e in range(sw * VW)])
-    widened = ir.Constant(ir.VectorType(i32, sw * VW), [e // sw for e in range(sw * VW)])
-    kept = ir.Constant(ir.VectorType(i32, VW), [sw * lane for lane in range(VW)])
-    no = ir.Constant(bty, [0] * VW)
     c64 = lambda v: ir.Constant(i64, v)
     zero_examples(kb, k.out, N, C * H * W, first)
 
     def row_at(bid, plane, h, w0):
         # not `inbounds`: masked-off lanes may lie outside the buffer
-        return vec_ptr(b, b.gep(kb.buffer(bid, "f32"), [b.add(b.add(plane, b.mul(h, kb.dim(W))), w0)]), wide)
+        return b.gep(kb.buffer(bid, "f32"), [b.add(b.add(plane, b.mul(h, kb.dim(W))), w0)])
 
     def chunk(idx):
         n, c, ho, q = idx
@@ -200,10 +193,8 @@ def _row_chunks_maxpool_grad(kb: KernelBuilder, k, first):
                 taps[i, j] = (h, b.add(w0, c64(j)), ok)
         values = []
         for (i, j), (h, at, ok) in taps.items():
-            loaded = b.call(mload, [row_at(k.x, plane, h, at), ir.Constant(i32, 4),
-                                    b.shuffle_vector(ok, no, spread) if sw > 1 else ok, ir.Constant(wide, None)])
-            loaded = kb.disjoint(loaded, k.x)
-            v = b.shuffle_vector(loaded, loaded, kept) if sw > 1 else loaded
+            v, access = strided_load(kb.m, b, row_at(k.x, plane, h, at), ok, sw)
+            kb.disjoint(access, k.x)
             values.append(b.select(ok, v, ir.Constant(vty, [-math.inf] * VW)))
         # -1: no tap is a maximum (every value -inf, as the scalar loop's start)
         where = _first_max(kb, [ir.Constant(vty, [-math.inf] * VW)] + values, const(-1),
@@ -215,12 +206,9 @@ def _row_chunks_maxpool_grad(kb: KernelBuilder, k, first):
             for j in reversed(range(kw)):
                 h, at, ok = taps[i, j]
                 hit = b.and_(ok, b.icmp_signed("==", where, const(i * kw + j)))
-                mask = b.shuffle_vector(hit, no, spread) if sw > 1 else hit
                 ptr = row_at(k.out, plane, h, at)
-                old = kb.disjoint(b.call(mload, [ptr, ir.Constant(i32, 4), mask, ir.Constant(wide, None)]), k.out)
-                current = b.shuffle_vector(old, old, kept) if sw > 1 else old
-                added = b.fadd(current, g)
-                new = b.shuffle_vector(added, added, widened) if sw > 1 else added
-                kb.disjoint(b.call(mstore, [new, ptr, ir.Constant(i32, 4), mask]), k.out)
+                current, access = strided_load(kb.m, b, ptr, hit, sw)
+                kb.disjoint(access, k.out)
+                kb.disjoint(strided_store(kb.m, b, b.fadd(current, g), ptr, hit, sw), k.out)
     chunks = b.sdiv(b.add(kb.dim(Wo), c64(VW - 1)), c64(VW))
     kb.loops((N, C, Ho, chunks), chunk, first=first)
