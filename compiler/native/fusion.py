@@ -447,11 +447,13 @@ def keep_in_registers(program: KernelProgram):
 
 
 def epilogues(program: KernelProgram):
-    """A map that alone reads what a GEMM wrote runs in the GEMM's store (its epilogue:
-    Kernel.with_epilogue), on each part of C while it is in cache: a convolution's bias,
-    batchnorm's affine, residual add and activation, a dense layer's bias and activation.
-    The GEMM moves to the map's place, so nothing between may write what the GEMM reads;
-    C must be a temporary that no other kernel touches (a scan's body keeps its kernels)."""
+    """A map that alone reads what a GEMM (a direct convolution, an int8 product) wrote
+    runs in that kernel's store (its epilogue: Kernel.with_epilogue), on each part of C
+    while it is in cache: a convolution's bias, batchnorm's affine, residual add and
+    activation, a dense layer's bias and activation. The kernel moves to the map's place,
+    so nothing between may write what it reads; C must be a temporary that no other kernel
+    touches (a scan's body keeps its kernels). Where C then lives in the map's output
+    (in_place), C's own buffer is left empty."""
     kernels = program.kernels
     reads, writes = [set() for _ in kernels], [set() for _ in kernels]   # of each top-level kernel, nested ones included
     top = -1
@@ -478,4 +480,6 @@ def epilogues(program: KernelProgram):
         both = k.with_epilogue(kernels[j])
         if both is not None:
             fused[i], fused[j] = None, both
+            if c not in set().union(*both.accesses()):     # C now lives in the map's output
+                program.buffers[c].size = 0
     program.kernels[:] = [fused.get(i, k) for i, k in enumerate(kernels) if fused.get(i, k) is not None]

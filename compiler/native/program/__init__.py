@@ -11,7 +11,7 @@ temporaries, codegen/driver.py compiles it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -52,6 +52,10 @@ class KernelExpr:
     def remap(self, shift_fn) -> "KernelExpr":
         return self
 
+    def renamed(self, old: int, new: int) -> "KernelExpr":
+        """The expression reading buffer `new` wherever it reads `old`."""
+        return self
+
     def leaves(self):
         return iter(())
 
@@ -70,6 +74,9 @@ class Load(KernelExpr):
 
     def remap(self, shift_fn):
         return Load(self.buffer, shift_fn(self.at), self.dtype)
+
+    def renamed(self, old, new):
+        return Load(new, self.at, self.dtype) if self.buffer == old else self
 
     def leaves(self):
         yield self
@@ -114,6 +121,9 @@ class Random(KernelExpr):
 
     def remap(self, shift_fn):
         return Random(self.key, self.stream, shift_fn(self.at), self.dtype, self.steps, self.dist)
+
+    def renamed(self, old, new):
+        return replace(self, key=new) if self.key == old else self
 
     def leaves(self):
         yield self
@@ -163,6 +173,9 @@ class Op(KernelExpr):
     def remap(self, shift_fn):
         return Op(self.name, tuple(a.remap(shift_fn) for a in self.args), self.dtype)
 
+    def renamed(self, old, new):
+        return Op(self.name, tuple(a.renamed(old, new) for a in self.args), self.dtype)
+
     def leaves(self):
         for a in self.args:
             yield from a.leaves()
@@ -192,6 +205,9 @@ class Gather(KernelExpr):
         return Gather(self.table, self.idx.remap(shift_fn), shift_fn(self.rows), self.stride, self.dtype, self.count,
                       self.site)
 
+    def renamed(self, old, new):
+        return replace(self, table=new if self.table == old else self.table, idx=self.idx.renamed(old, new))
+
     def leaves(self):
         yield self
         yield from self.idx.leaves()
@@ -217,6 +233,9 @@ class Guarded(KernelExpr):
 
     def remap(self, shift_fn):
         return Guarded(self.load.remap(shift_fn), tuple((shift_fn(a), n) for a, n in self.guards), self.fill)
+
+    def renamed(self, old, new):
+        return Guarded(self.load.renamed(old, new), self.guards, self.fill)
 
     def leaves(self):
         yield self
@@ -312,6 +331,12 @@ class Kernel(ABC):
     def with_sum(self, k) -> "Kernel":
         """This kernel also computing the sum k over its space (sum_space), in its pass."""
         raise NotImplementedError
+
+    def taking(self, k, **changes) -> "Kernel":
+        """This kernel with `changes`, now computing k's graph nodes too (an epilogue, a sum
+        in its pass)."""
+        return replace(self, nodes=tuple(dict.fromkeys(self.nodes + k.nodes)),
+                       origin=tuple(dict.fromkeys(self.origin + k.origin)), **changes)
 
     def with_epilogue(self, m) -> "Kernel | None":
         """This kernel also computing the map (or fused map) m, the only other reader of

@@ -11,7 +11,7 @@ from dlc.compiler.ir.graph import Tensor
 from dlc.compiler.native import FEW_COLUMNS
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
-from dlc.compiler.native.kernels.map import MapKernel
+from dlc.compiler.native.kernels.map import MapKernel, in_place, merged, read_once
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
 from dlc.compiler.native.program import Affine, Kernel, Load, Op, contiguous, render, row_major
@@ -35,7 +35,10 @@ class ConvKernel(Kernel):
     With `g` [N, O, Ho, Wo] (`w` unused), the weight gradient: out [O, C, kh, kw] = sum over
     n, ho, wo of g[n, o, ho, wo] * x[...], the batch in `parts` runs summed apart into
     `partial` (parts x O x C*kh*kw) and then in order, as SmallGemmKernel. It multiplies in
-    float32, in a bf16 program too (compiler/native/bf16.py)."""
+    float32, in a bf16 program too (compiler/native/bf16.py). `epilogue`: the map that alone
+    reads out (a bias, an activation), run on each (example, group) pair's outputs, or with
+    one group each output row's, once stored, while they are in cache, instead of in a pass
+    of its own (fusion.epilogues), as a GEMM's."""
     x: int
     w: int | None
     out: int
@@ -50,6 +53,7 @@ class ConvKernel(Kernel):
     transposed: bool = False
     groups: int = 1
     stride_w: int = 1
+    epilogue: object = None
 
     @property
     def channels(self):
@@ -64,11 +68,31 @@ class ConvKernel(Kernel):
     def text(self) -> list:
         what = f"b{self.x} * b{self.w}" if self.g is None else f"weight gradient of b{self.x} * w from b{self.g}"
         what += f" in {self.groups} groups" if self.groups > 1 else ""
+        what += ", then in its store:" if self.epilogue else ""
         return [f"direct conv {render.shape(self.x_shape)} by {render.shape(self.w_shape)}: b{self.out} = {what}"
-                f"{render.located(self)}"]
+                f"{render.located(self)}"] + ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 
     def accesses(self) -> tuple:
-        return ({self.x, self.w}, {self.out}) if self.g is None else ({self.x, self.g}, {self.out, self.partial})
+        if self.g is not None:
+            return {self.x, self.g}, {self.out, self.partial}
+        reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
+        return {self.x, self.w} | reads, {self.out} | writes
+
+    def with_epilogue(self, m) -> "ConvKernel | None":
+        """This convolution computing the map m on its outputs once stored, where m's space
+        is the output's, its rows and columns merged into one run of pixels (an (example,
+        group) pair's outputs, or an output row's, are one loop), and m reads the output at
+        the index it is stored at."""
+        if self.g is not None or self.epilogue is not None or read_once(m, self.out) is None \
+                or tuple(m.shape) != (self.x_shape[0], self.channels, *self.out_hw):
+            return None
+        m = merged(m, 2)
+        shape = (self.x_shape[0], self.channels, self.out_hw[0] * self.out_hw[1])
+        read = read_once(m, self.out)
+        if read is None or read.at != Affine(0, row_major(shape)):
+            return None
+        out, m = in_place(m, self.out, read.at)
+        return self.taking(m, out=out, epilogue=m, node=m.node)
 
     def emit(self, f):
         """The examples times the groups times the output rows on a thread team; the

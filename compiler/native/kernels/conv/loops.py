@@ -9,6 +9,7 @@ from dlc.compiler.native.codegen.intrinsics import declare, masked, splat, vec_p
 from dlc.compiler.native.program import Affine
 from dlc.compiler.native.codegen.shared_loops import SUM_LANES, add_lanes
 from dlc.compiler.native.codegen.types import f32, i1, i32, i64
+from dlc.compiler.native.kernels.map.loops import map_body
 
 
 class _ConvRows:
@@ -165,7 +166,22 @@ def conv(kb: KernelBuilder, k, first):
                     p = vec_ptr(b, b.gep(kb.buffer(k.out, "f32"), [at]), rows.vty)
                     b.call(rows.mstore, [b.load(sums[o * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
         rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
-    kb.loops((N * G, Ho, rows.chunks()) if G > 1 else (N * Ho, rows.chunks()), chunk, first=first)
+
+    def outer(idx):     # an (example, group) pair's outputs, or an output row's, then its epilogue
+        kb.loops((Ho, rows.chunks()) if G > 1 else (rows.chunks(),), lambda rest: chunk(idx + rest))
+        if k.epilogue is None:
+            return
+        # the map (over [N, O, Ho·Wo]) on the outputs just stored, still in cache
+        Wo = kb.dim(k.out_hw[1])
+        if G > 1:
+            n, o0 = b.sdiv(idx[0], kb.dim(G)), b.mul(b.srem(idx[0], kb.dim(G)), ir.Constant(i64, co))
+            kb.loops((co, Ho * k.out_hw[1]), lambda op: map_body(kb, k.epilogue, kb.p, [n, b.add(o0, op[0]), op[1]]),
+                     contiguous=True)
+        else:
+            n, p0 = b.sdiv(idx[0], kb.dim(Ho)), b.mul(b.srem(idx[0], kb.dim(Ho)), Wo)
+            kb.loops((O, k.out_hw[1]), lambda ow: map_body(kb, k.epilogue, kb.p, [n, ow[0], b.add(p0, ow[1])]),
+                     contiguous=True)
+    kb.loops((N * G if G > 1 else N * Ho,), outer, first=first)
 
 
 def team_rows(k):

@@ -4,11 +4,11 @@ prediction's weights, kept packed between calls; the lowering rule of matmul, an
 of a packed operand. Their code is a call of the library (loops.py), made by `emit`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import concrete, numel, symbols
-from dlc.compiler.native.kernels.map import merged
-from dlc.compiler.native.program import Affine, Kernel, Load, render
+from dlc.compiler.native.kernels.map import in_place, merged, read_once
+from dlc.compiler.native.program import Affine, Kernel, render
 from dlc.compiler.native.program.registry import register_lowering
 
 
@@ -63,14 +63,14 @@ class GemmKernel(Kernel):
         walks C once over m's space (C's shapes in the class's docstring, an image's rows
         and columns merged into one run of pixels); else None."""
         buf, offset, ld, stride = self.c
-        if self.epilogue is not None or not hasattr(m, "maps") or any(x.out == buf for x in m.maps):
+        if self.epilogue is not None or read_once(m, buf) is None:
             return None
         while m is not None and len(m.shape) > 3:
             m = merged(m, len(m.shape) - 2)
-        reads = {x for x in (m.maps if m is not None else ()) for x in x.expr.leaves() if x.read_buffer == buf}
-        if len(reads) != 1 or not isinstance(next(iter(reads)), Load):
+        read = read_once(m, buf)
+        if read is None:
             return None
-        at = next(iter(reads)).at
+        at = read.at
         if len(m.shape) < 2:        # a vector (a matrix-vector product's): its own pass
             fits = False
         elif len(m.shape) == 2:
@@ -82,8 +82,8 @@ class GemmKernel(Kernel):
             fits = m.shape == (self.batch, self.m, self.n) and at == Affine(offset, (stride, ld, 1))
         if not fits:
             return None
-        return replace(self, epilogue=m, node=m.node, nodes=tuple(dict.fromkeys(self.nodes + m.nodes)),
-                       origin=tuple(dict.fromkeys(self.origin + m.origin)))
+        c, m = in_place(m, buf, at)
+        return self.taking(m, c=(c,) + self.c[1:], epilogue=m, node=m.node)
 
     def emit(self, f):
         """A call of the library's GEMM, which runs its own thread team."""

@@ -10,13 +10,13 @@ a convolution's rows are the windows of that u8 tensor, padded with z_x. The loo
 loops.py."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from dlc.compiler.ir import int8
 from dlc.compiler.ir.dims import concrete, numel
-from dlc.compiler.native.kernels.map import MapKernel, merged
+from dlc.compiler.native.kernels.map import MapKernel, merged, read_once
 from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, render, row_major
 from dlc.compiler.native.program.registry import register_lowering
 from dlc.compiler.passes.int8 import Product
@@ -127,24 +127,20 @@ class Int8Kernel(Kernel):
         """This kernel computing the map m after each block of rows, where m reads c at one
         index that walks c as the class's docstring says."""
         buf, offset, ld = self.c
-        if self.epilogue is not None or not hasattr(m, "maps") or any(x.out == buf for x in m.maps):
+        read = read_once(m, buf) if self.epilogue is None else None
+        if read is None:
             return None
-        reads = {x for x in m.maps for x in x.expr.leaves() if x.read_buffer == buf}
-        if len(reads) != 1 or not isinstance(next(iter(reads)), Load):
-            return None
-        at, channels = next(iter(reads)).at, self.weights.groups * self.weights.channels
+        channels = self.weights.groups * self.weights.channels
         if self.pixels is None:
-            fits = m.shape == (self.rows, channels) and at == Affine(offset, (ld, 1))
+            fits = m.shape == (self.rows, channels) and read.at == Affine(offset, (ld, 1))
         else:
             ho, wo = self.pixels
             m = merged(m, 2) if len(m.shape) == 4 else None
             fits = m is not None and m.shape[1:] == (channels, ho * wo) and \
-                next(x for x in m.maps for x in x.expr.leaves() if x.read_buffer == buf).at == \
-                Affine(offset, (ho * wo * ld, 1, ld))
+                read_once(m, buf).at == Affine(offset, (ho * wo * ld, 1, ld))
         if not fits:
             return None
-        return replace(self, epilogue=m, node=m.node, nodes=tuple(dict.fromkeys(self.nodes + m.nodes)),
-                       origin=tuple(dict.fromkeys(self.origin + m.origin)))
+        return self.taking(m, epilogue=m, node=m.node)
 
     def emit(self, f):
         """Its rows split over a thread team."""

@@ -3,10 +3,10 @@ sharing one loop (FusedMapKernel); the lowering rules of concat and pad, whose r
 maps write in pieces. The loop is in loops.py."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from dlc.compiler.ir.dims import numel
-from dlc.compiler.native.program import Affine, Const, Kernel, Op, contiguous, expr_reads, render, row_major
+from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, expr_reads, render, row_major
 from dlc.compiler.native.program.registry import register_lowering
 
 
@@ -66,6 +66,27 @@ class FusedMapKernel(Kernel):
 
     def emit(self, f):
         return _emit_loop(self, f)
+
+
+def read_once(m, buf: int) -> Load | None:
+    """The one load by which the map (or fused map) m reads buffer buf, where it reads buf
+    at one index only and writes it nowhere (an epilogue's reading of its kernel's result,
+    Kernel.with_epilogue); else None."""
+    if m is None or not hasattr(m, "maps") or any(x.out == buf for x in m.maps):
+        return None
+    reads = {x for x in m.maps for x in x.expr.leaves() if x.read_buffer == buf}
+    read = next(iter(reads)) if len(reads) == 1 else None
+    return read if isinstance(read, Load) else None
+
+
+def in_place(m, buf: int, at: Affine) -> tuple:
+    """(where the kernel computing buf, which the epilogue m reads at `at`, should store
+    it, m reading it there): the map's own output where m is one map that writes each
+    value at the index it reads it at (that kernel's stores and the map's then share one
+    buffer's lines, written back to memory once); else (buf, m)."""
+    if isinstance(m, MapKernel) and m.out_at == at and m.expr.dtype == "f32":
+        return m.out, replace(m, expr=m.expr.renamed(buf, m.out))
+    return buf, m
 
 
 def merged(k: MapKernel | FusedMapKernel, axis: int) -> MapKernel | FusedMapKernel | None:

@@ -2,7 +2,7 @@
 reduce_sum, reduce_max and argmax. The loop nests are in loops.py."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.native.program import Kernel, contiguous, expr_reads, render
@@ -47,8 +47,7 @@ class ReduceKernel(Kernel):
         return self.shape, tuple(self.axes), dtype
 
     def with_sum(self, k) -> "ReduceKernel":
-        return replace(self, also=self.also + tuple(k.sums()), nodes=tuple(dict.fromkeys(self.nodes + k.nodes)),
-                       origin=tuple(dict.fromkeys(self.origin + k.origin)))
+        return self.taking(k, also=self.also + tuple(k.sums()))
 
     def emit(self, f):
         from dlc.compiler.native.kernels.reduce.loops import reduce

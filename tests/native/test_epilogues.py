@@ -1,13 +1,15 @@
-"""The GEMM's epilogue (fusion.epilogues, kernels/gemm): the map that alone reads a GEMM's
-result — a convolution's or dense layer's bias, batchnorm's affine, a residual add, the
-activation, in training the activation's mask too — runs in the GEMM's store. It is
-taken where it should be, and every value it computes has the bits of the same map run as
-a pass of its own, on any number of threads, in training and in prediction."""
+"""Epilogues (fusion.epilogues; kernels/gemm, kernels/conv): the map that alone reads a GEMM's
+or a direct convolution's result — a convolution's or dense layer's bias, batchnorm's
+affine, a residual add, the activation, in training the activation's mask too — runs in
+that kernel's store. It is taken where it should be, in place where the result lies as
+the map writes it, and every value it computes has the bits of the same map run as a pass
+of its own, on any number of threads, in training and in prediction."""
 import numpy as np
 import pytest
 
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.native import lower as lowering
+from dlc.compiler.native.kernels.conv import ConvKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.passes.autodiff import train_step
 from dlc.runtime.engines.native import Executable
@@ -112,3 +114,73 @@ def test_a_map_over_a_vector_keeps_its_own_pass():
     model = load(str(EXAMPLES / "logistic_newton.dl")).build(training=True)
     program = Executable(train_step(model.graph)).program
     assert all(k.epilogue is None or len(k.epilogue.shape) >= 2 for k in program.kernels if isinstance(k, GemmKernel))
+
+
+# MobileNetV2's expansion and projection: pointwise convolutions of many pixels, each a
+# GEMM per example whose C lies as the map after it writes (relu6; a residual sum)
+INVERTED = """
+model inverted {
+    input  x: f32[B, 16, 12, 12]
+    e = conv2d(x, 48, 1) |> relu6
+    p = conv2d(e, 16, 1) + x
+    output p
+}
+"""
+
+
+def test_a_map_writing_where_c_lies_holds_c_in_its_output(monkeypatch):
+    """C is stored in the map's output buffer, which the map then overwrites in place: no
+    buffer of its own (size 0), and the bits of the map run apart from the product."""
+    graph = predict_graph(load_text(INVERTED, "inverted.dl").build(training=False))
+    program = Executable(graph).program
+    stores = [k for k in program.kernels if isinstance(k, GemmKernel) and k.epilogue is not None]
+    assert len(stores) == 2 and all(k.c[0] == k.epilogue.out for k in stores), [k.text() for k in stores]
+    assert all(k.c[0] in k.epilogue.accesses()[0] for k in stores)      # the map reads C there
+    assert sum(b.size == 0 for b in program.buffers) == 2
+    params = {k: np.asarray(v, np.float32) for k, v in init_params(load_text(INVERTED, "inverted.dl").build(
+        training=True), 0).items()}
+    x = np.random.default_rng(3).standard_normal((3, 16, 12, 12)).astype(np.float32)
+    fused = run_native(Executable(graph), {"x": x}, params)
+    unfused(monkeypatch)
+    apart = run_native(Executable(graph), {"x": x}, params)
+    assert fused.keys() == apart.keys() and all(np.array_equal(fused[k], apart[k]) for k in fused)
+    compare(graph, [({"B": 3}, {"x": x})], params, "inverted")
+
+
+# direct convolutions (few taps): a stem of 3 channels, a depthwise one at stride 2 and a
+# transposed-filter one, each with a bias and an activation
+DIRECT = """
+model direct {
+    input  x: f32[B, 3, 19, 17]
+    target y: i32[B]
+    a = conv2d(x, 16, 3, padding = 1) |> relu6
+    b = conv2d(a, 16, 3, stride = 2, padding = 1, groups = 16) |> relu
+    c = conv2d(b, 8, 1) + 1.5 |> tanh
+    logits = dense(flatten(c), 4)
+    output logits
+    loss   sparse_cross_entropy(logits, y)
+}
+"""
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+@pytest.mark.parametrize("kind", ["train", "predict"])
+def test_a_direct_convolution_runs_the_map_after_it_in_its_store(kind, threads, monkeypatch):
+    monkeypatch.setenv("DLC_NUM_THREADS", threads)
+    built = load_text(DIRECT, "direct.dl").build(training=True)
+    graph = train_step(built.graph) if kind == "train" else predict_graph(load_text(DIRECT, "direct.dl").build(
+        training=False))
+    convs = [k for k in Executable(graph).program.kernels if isinstance(k, ConvKernel) and k.g is None]
+    stored = [k for k in convs if k.epilogue is not None]
+    if kind == "predict":       # the stem and the depthwise one, their outputs in place
+        assert len(stored) == 2 and all(k.out == k.epilogue.out for k in stored), [k.text() for k in convs]
+    params = {k: np.asarray(v, np.float32) for k, v in init_params(built, 0).items()}
+    rng = np.random.default_rng(5)
+    feeds = {"x": rng.standard_normal((3, 3, 19, 17)).astype(np.float32), "y": rng.integers(0, 4, 3).astype(np.int32)}
+    feeds = {k: v for k, v in feeds.items() if k in Executable(graph).program.inputs}
+    fused = run_native(Executable(graph), feeds, params)
+    with monkeypatch.context() as m:
+        unfused(m)
+        apart = run_native(Executable(graph), feeds, params)
+    assert fused.keys() == apart.keys() and all(np.array_equal(fused[k], apart[k]) for k in fused)
+    compare(graph, [({"B": 3}, feeds)], params, "direct")
