@@ -48,10 +48,15 @@ Prediction (the CNNs, `--side predict`), the imported model of the training's dl
     ort_spin           onnxruntime on the same ONNX file, its thread pool spinning between
                        calls (its default)
     ort_sleep          the same with session.intra_op.allow_spinning 0
+    ort_nchw           ort_sleep with its graph optimizations at ORT_ENABLE_EXTENDED: the
+                       layout stays NCHW (its convolutions im2col and its SGEMM), where its
+                       default (ORT_ENABLE_ALL) rewrites the convolutions, poolings and
+                       activations into its blocked NCHWc layout; ort_nchw/ort_sleep is what
+                       that layout is worth to onnxruntime, dlc's layout being NCHW
     torch_eval         torchvision's model, eager, evaluation mode, under torch.no_grad
 
 Their outputs must agree with onnxruntime's within 1e-4 of the largest before anything is
-timed; all five are timed in rounds, each after a pause (spinning pools sleep).
+timed; all six are timed in rounds, each after a pause (spinning pools sleep).
 
     python benchmarks/models.py
     python benchmarks/models.py --only resnet18 --rounds 3 --steps 1 --json /tmp/models.json
@@ -85,9 +90,9 @@ FRAMEWORKS = ("dlc", "torch", "torch_compile", "dlc_import", "torch_eval")
 PAIRS = (("dlc", "torch"), ("dlc", "torch_compile"), ("dlc_import", "torch_eval"))
 BERT = {"base": {}, "small": {"LAYERS": 4, "WIDTH": 256, "HEADS": 4, "SEQ": 64}}   # over bert_encoder.dl's constants
 PREDICT_BATCHES = (1, 8)
-PREDICTORS = ("dlc_jit", "dlc_library", "ort_spin", "ort_sleep", "torch_eval")
+PREDICTORS = ("dlc_jit", "dlc_library", "ort_spin", "ort_sleep", "ort_nchw", "torch_eval")
 PREDICT_PAIRS = (("dlc_jit", "ort_sleep"), ("dlc_jit", "ort_spin"), ("dlc_library", "ort_sleep"),
-                 ("dlc_jit", "torch_eval"))
+                 ("dlc_library", "ort_nchw"), ("ort_nchw", "ort_sleep"), ("dlc_jit", "torch_eval"))
 OUTPUT_RTOL = 1e-4
 # each predictor's calls in a round: about half a second of them, the C timer's as the others'
 # (with a third of a second for all five, each in-process one made about 15 calls, which
@@ -332,12 +337,14 @@ def predicted(name: str, args, folder: Path) -> list:
         raise SystemExit(f"dlc build of {name} failed: {built.stderr}")
     exe = timer(folder)
 
-    def session(spin: bool):
+    def session(spin: bool, blocked: bool = True):
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        if not blocked:     # no NchwcTransformer: its layout-changing optimizations are level ALL's
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    spinning, sleeping = session(True), session(False)
+    spinning, sleeping, nchw = session(True), session(False), session(False, blocked=False)
     twin.eval()
     rows = []
     for batch in args.predict_batch:
@@ -348,7 +355,7 @@ def predicted(name: str, args, folder: Path) -> list:
         def library_ms():
             return c_point(exe, library, model.name, npz, feeds, PREDICT_SECONDS, folder, args.threads)
         outputs = {"dlc_jit": model.predict(feeds, batch=batch)["y"], "dlc_library": library_ms()["output"],
-                   "torch_eval": twin.net(tx).detach().numpy()}
+                   "ort_nchw": nchw.run(["y"], feeds)[0], "torch_eval": twin.net(tx).detach().numpy()}
         for k, got in outputs.items():
             err = float(np.abs(got.ravel() - want.ravel()).max() / np.abs(want).max())
             if got.size != want.size or err > OUTPUT_RTOL:
@@ -361,6 +368,7 @@ def predicted(name: str, args, folder: Path) -> list:
                  "dlc_library": process_slot(lambda: library_ms()["c_ms"]),
                  "ort_spin": timed(lambda: spinning.run(["y"], feeds)),
                  "ort_sleep": timed(lambda: sleeping.run(["y"], feeds)),
+                 "ort_nchw": timed(lambda: nchw.run(["y"], feeds)),
                  "torch_eval": timed(torch_eval)}
         measured = interleave(slots, args.rounds, warmup=1, seconds_each=PREDICT_SECONDS, pause_s=PAUSE_S)
         row = reported(measured, {"model": name, "image": args.image, "batch": batch},
