@@ -54,25 +54,39 @@ class _ConvRows:
         p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
         return b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero])
 
-    def x_row(self, n, c, h, wo0, j):
-        """The nv vectors of x[n, c, h, (wo0 + l) * sw - pw + j] (lanes l); with stride 2
-        along W, the even lanes of two vectors of the row."""
+    def x_taps(self, n, c, h, wo0):
+        """tap(j): the nv vectors of x[n, c, h, (wo0 + l) * sw - pw + j] (lanes l), every tap
+        column j of the row from one load of it: the row's sw streams of columns (every
+        sw-th, from t; with stride 2 along W the even lanes of two vectors) are each loaded
+        once, as far as the last tap reaches, and tap j = k·sw + t is stream t shifted k
+        lanes — the same values as a load per tap, a lane's column outside the row 0."""
         kb, b, k = self.kb, self.kb.b, self.k
         N, C, H, W = k.x_shape
-        sw = k.stride_w
+        sw, kw = k.stride_w, k.w_shape[3]
         row_ok = b.and_(b.icmp_signed(">=", h, ir.Constant(i64, 0)), b.icmp_signed("<", h, kb.dim(H)))
         row = kb.affine(Affine(0, (C * H * W, H * W, W)), [n, c, h])
         first = b.mul(wo0, ir.Constant(i64, sw))
-        out = []
-        for v in range(self.nv):
-            parts = []
-            for t in range(sw):
-                start = b.add(first, ir.Constant(i64, (v * sw + t) * self.vw + j - k.padding[1]))
-                parts.append(self.load(k.x, b.add(row, start), self.mask(start, W, row_ok)))
-            out.append(parts[0] if sw == 1 else
-                       b.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(i32, self.vw),
-                                                                       list(range(0, 2 * self.vw, 2)))))
-        return out
+        more = -(-((kw - 1) // sw) // self.vw)      # vectors past the chunk's, for the largest shift
+        streams = []
+        for t in range(min(sw, kw)):
+            stream = []
+            for v in range(self.nv + more):
+                parts = []
+                for u in range(sw):
+                    start = b.add(first, ir.Constant(i64, (v * sw + u) * self.vw + t - k.padding[1]))
+                    parts.append(self.load(k.x, b.add(row, start), self.mask(start, W, row_ok)))
+                stream.append(parts[0] if sw == 1 else
+                              b.shuffle_vector(parts[0], parts[1], ir.Constant(ir.VectorType(i32, self.vw),
+                                                                              list(range(0, 2 * self.vw, 2)))))
+            streams.append(stream)
+
+        def tap(j):
+            stream, shift = streams[j % sw], j // sw
+            if shift == 0:
+                return stream[:self.nv]
+            lanes = ir.Constant(ir.VectorType(i32, self.vw), list(range(shift, shift + self.vw)))
+            return [b.shuffle_vector(stream[v], stream[v + 1], lanes) for v in range(self.nv)]
+        return tap
 
     def out_at(self, n, o, ho, wo0, v):
         """Where vector v of the chunk at wo0 of output row (n, o, ho) starts, and its lanes inside the row."""
@@ -148,9 +162,9 @@ def conv(kb: KernelBuilder, k, first):
 
             def tap_row(ii, c):
                 i = ii[0]
-                h = rows.tap_row(ho, i)
+                tap = rows.x_taps(n, c, rows.tap_row(ho, i), wo0)
                 for j in range(kw):
-                    xs = rows.x_row(n, c, h, wo0, j)
+                    xs = tap(j)
                     for o in range(width):
                         at = kb.affine(weight(j), [b.add(o0, ir.Constant(i64, o)), c, i, g])
                         wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
@@ -230,9 +244,9 @@ def conv_weight_grad(kb: KernelBuilder, k, first):
                             for v in range(rows.nv):
                                 at, inside = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
                                 gs.append(rows.load(k.g, at, inside))
-                        h = rows.tap_row(ho, i)
+                        tap = rows.x_taps(n, c, rows.tap_row(ho, i), wo0)
                         for j in range(kw):
-                            xs = rows.x_row(n, c, h, wo0, j)
+                            xs = tap(j)
                             for o in range(width):
                                 for v in range(rows.nv):
                                     rows.add(sums[(o * kw + j) * per + v % per], gs[o * rows.nv + v], xs[v])
