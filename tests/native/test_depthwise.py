@@ -1,8 +1,8 @@
 """Depthwise convolutions (conv2d with groups = C) on the native engine against torch:
 the forward pass, the input gradient (read through the pointwise convolution before it)
 and the weight gradient, over strides, padding, dilation, a channel multiplier > 1 and
-rows wider than a vector; which kernels they compile to; the same bits on any thread
-count and target."""
+rows wider than a vector, at the host's vector width and at AArch64's (4 lanes); which
+kernels they compile to; the same bits on any thread count and target."""
 from __future__ import annotations
 
 import numpy as np
@@ -26,6 +26,7 @@ CASES = {
     "3x3-dilated": (4, 1, 3, 1, 2, 2, 9, 9),
     "rect-stride-h2": (4, 1, (3, 1), (2, 1), (1, 0), 1, 9, 17),
     "5x5-stride2-wide": (3, 1, 5, 2, 2, 1, 8, 41),
+    "7x7-wide": (3, 1, 7, 1, 3, 1, 9, 23),
     "3x3-stride-w2": (4, 2, 3, (1, 2), 1, 1, 7, 12),
     "3x3-few-pixels": (8, 1, 3, 1, 1, 1, 4, 4),
     "3x3-multiplier2-2x2": (5, 2, 3, 1, 1, 1, 2, 2),
@@ -44,6 +45,22 @@ def _pair(v):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_native_depthwise_matches_torch_forward_and_backward(case):
+    matches_torch(case)
+
+
+@pytest.mark.parametrize("case", ["5x5-wide", "7x7-wide", "5x5-stride2-wide", "3x3-stride-w2"])
+def test_the_direct_kernels_at_aarch64s_vector_width_match_torch(case, monkeypatch, tmp_path):
+    """NEON's 4 lanes, compiled here: a tap column shifted a vector or more along its
+    row's stream (kernel columns past 4)."""
+    from dlc.compiler.native.codegen.gemm import NEON
+    from dlc.compiler.native.kernels.conv import loops
+    monkeypatch.setattr(loops, "default_config", lambda: NEON)
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))     # not the host width's code, cached by program
+    matches_torch(case)
+
+
+def matches_torch(case: str):
+    """The forward pass and both gradients of CASES[case] against torch in float64."""
     c, mult, k, stride, padding, dilation, h, w = CASES[case]
     model = load_text(_source(*CASES[case]), "dw.dl").build(training=True)
     exe = Executable(step_graph(model))

@@ -81,11 +81,11 @@ class _ConvRows:
             streams.append(stream)
 
         def tap(j):
-            stream, shift = streams[j % sw], j // sw
+            stream, (whole, shift) = streams[j % sw], divmod(j // sw, self.vw)
             if shift == 0:
-                return stream[:self.nv]
+                return stream[whole:whole + self.nv]
             lanes = ir.Constant(ir.VectorType(i32, self.vw), list(range(shift, shift + self.vw)))
-            return [b.shuffle_vector(stream[v], stream[v + 1], lanes) for v in range(self.nv)]
+            return [b.shuffle_vector(stream[v], stream[v + 1], lanes) for v in range(whole, whole + self.nv)]
         return tap
 
     def out_at(self, n, o, ho, wo0, v):
