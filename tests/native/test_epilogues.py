@@ -132,7 +132,8 @@ def test_a_map_writing_where_c_lies_holds_c_in_its_output(monkeypatch):
     """C is stored in the map's output buffer, which the map then overwrites in place: no
     buffer of its own (size 0), and the bits of the map run apart from the product."""
     graph = predict_graph(load_text(INVERTED, "inverted.dl").build(training=False))
-    program = Executable(graph).program
+    exe = Executable(graph)
+    program = exe.program
     stores = [k for k in program.kernels if isinstance(k, GemmKernel) and k.epilogue is not None]
     assert len(stores) == 2 and all(k.c[0] == k.epilogue.out for k in stores), [k.text() for k in stores]
     assert all(k.c[0] in k.epilogue.accesses()[0] for k in stores)      # the map reads C there
@@ -140,15 +141,15 @@ def test_a_map_writing_where_c_lies_holds_c_in_its_output(monkeypatch):
     params = {k: np.asarray(v, np.float32) for k, v in init_params(load_text(INVERTED, "inverted.dl").build(
         training=True), 0).items()}
     x = np.random.default_rng(3).standard_normal((3, 16, 12, 12)).astype(np.float32)
-    fused = run_native(Executable(graph), {"x": x}, params)
+    fused = run_native(exe, {"x": x}, params)
     unfused(monkeypatch)
     apart = run_native(Executable(graph), {"x": x}, params)
     assert fused.keys() == apart.keys() and all(np.array_equal(fused[k], apart[k]) for k in fused)
     compare(graph, [({"B": 3}, {"x": x})], params, "inverted")
 
 
-# direct convolutions (few taps): a stem of 3 channels, a depthwise one at stride 2 and a
-# transposed-filter one, each with a bias and an activation
+# direct convolutions (few taps), each with its bias and activation: a stem of 3 channels
+# and a depthwise one at stride 2; then a pointwise one (a GEMM)
 DIRECT = """
 model direct {
     input  x: f32[B, 3, 19, 17]
@@ -170,15 +171,16 @@ def test_a_direct_convolution_runs_the_map_after_it_in_its_store(kind, threads, 
     built = load_text(DIRECT, "direct.dl").build(training=True)
     graph = train_step(built.graph) if kind == "train" else predict_graph(load_text(DIRECT, "direct.dl").build(
         training=False))
-    convs = [k for k in Executable(graph).program.kernels if isinstance(k, ConvKernel) and k.g is None]
+    exe = Executable(graph)
+    convs = [k for k in exe.program.kernels if isinstance(k, ConvKernel) and k.g is None]
     stored = [k for k in convs if k.epilogue is not None]
     if kind == "predict":       # the stem and the depthwise one, their outputs in place
         assert len(stored) == 2 and all(k.out == k.epilogue.out for k in stored), [k.text() for k in convs]
     params = {k: np.asarray(v, np.float32) for k, v in init_params(built, 0).items()}
     rng = np.random.default_rng(5)
     feeds = {"x": rng.standard_normal((3, 3, 19, 17)).astype(np.float32), "y": rng.integers(0, 4, 3).astype(np.int32)}
-    feeds = {k: v for k, v in feeds.items() if k in Executable(graph).program.inputs}
-    fused = run_native(Executable(graph), feeds, params)
+    feeds = {k: v for k, v in feeds.items() if k in exe.program.inputs}
+    fused = run_native(exe, feeds, params)
     with monkeypatch.context() as m:
         unfused(m)
         apart = run_native(Executable(graph), feeds, params)

@@ -83,7 +83,7 @@ class ConvKernel(Kernel):
         is the output's, its rows and columns merged into one run of pixels (an (example,
         group) pair's outputs, or an output row's, are one loop), and m reads the output at
         the index it is stored at."""
-        if self.g is not None or self.epilogue is not None or read_once(m, self.out) is None \
+        if self.g is not None or self.epilogue is not None or not hasattr(m, "maps") \
                 or tuple(m.shape) != (self.x_shape[0], self.channels, *self.out_hw):
             return None
         m = merged(m, 2)

@@ -57,9 +57,11 @@ class _ConvRows:
     def x_taps(self, n, c, h, wo0):
         """tap(j): the nv vectors of x[n, c, h, (wo0 + l) * sw - pw + j] (lanes l), every tap
         column j of the row from one load of it: the row's sw streams of columns (every
-        sw-th, from t; with stride 2 along W the even lanes of two vectors) are each loaded
-        once, as far as the last tap reaches, and tap j = k·sw + t is stream t shifted k
-        lanes — the same values as a load per tap, a lane's column outside the row 0."""
+        sw-th, from t) are each loaded once, as far as the last tap reaches, and tap
+        j = k·sw + t is stream t shifted k lanes — the same values as a load per tap, a
+        lane's column outside the row 0. With stride 2 along W a stream's vector is the even
+        lanes of two vectors, each masked by its own columns (intrinsics.strided_load's one
+        load under a spread mask took a tenth longer in ResNet's stem's weight gradient)."""
         kb, b, k = self.kb, self.kb.b, self.k
         N, C, H, W = k.x_shape
         sw, kw = k.stride_w, k.w_shape[3]
@@ -143,17 +145,9 @@ def conv(kb: KernelBuilder, k, first):
     # w[c, o - g*co, kh-1-i, kw-1-j] (transposed)
     weight = (lambda j: Affine((kh - 1) * kw + kw - 1 - j, (kh * kw, co * kh * kw, -kw, -co * kh * kw))) \
         if k.transposed else (lambda j: Affine(j, (ci * kh * kw, kh * kw, kw, -ci * kh * kw)))
-    Ho = k.out_hw[0]
+    Ho, Wo = k.out_hw
 
-    def chunk(idx):
-        if G > 1:
-            chunk_rows(*idx)
-            return
-        row, q = idx            # (example, output row) as one
-        chunk_rows(b.sdiv(row, kb.dim(Ho)), b.srem(row, kb.dim(Ho)), q)
-
-    def chunk_rows(ng, ho, q):
-        n, g = (ng, ir.Constant(i64, 0)) if G == 1 else (b.sdiv(ng, kb.dim(G)), b.srem(ng, kb.dim(G)))
+    def chunk(n, g, ho, q):
         wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
 
         def block(o_first, width):
@@ -181,20 +175,22 @@ def conv(kb: KernelBuilder, k, first):
                     b.call(rows.mstore, [b.load(sums[o * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
         rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
 
-    def outer(idx):     # an (example, group) pair's outputs, or an output row's, then its epilogue
-        kb.loops((Ho, rows.chunks()) if G > 1 else (rows.chunks(),), lambda rest: chunk(idx + rest))
-        if k.epilogue is None:
-            return
-        # the map (over [N, O, Ho·Wo]) on the outputs just stored, still in cache
-        Wo = kb.dim(k.out_hw[1])
+    def outer(idx):
+        """An (example, group) pair's outputs, or without groups an (example, output row)
+        pair's, then the epilogue's map (over [N, O, Ho·Wo]) on them, still in cache."""
         if G > 1:
-            n, o0 = b.sdiv(idx[0], kb.dim(G)), b.mul(b.srem(idx[0], kb.dim(G)), ir.Constant(i64, co))
-            kb.loops((co, Ho * k.out_hw[1]), lambda op: map_body(kb, k.epilogue, kb.p, [n, b.add(o0, op[0]), op[1]]),
-                     contiguous=True)
-        else:
-            n, p0 = b.sdiv(idx[0], kb.dim(Ho)), b.mul(b.srem(idx[0], kb.dim(Ho)), Wo)
-            kb.loops((O, k.out_hw[1]), lambda ow: map_body(kb, k.epilogue, kb.p, [n, ow[0], b.add(p0, ow[1])]),
-                     contiguous=True)
+            n, g = b.sdiv(idx[0], kb.dim(G)), b.srem(idx[0], kb.dim(G))
+            kb.loops((Ho, rows.chunks()), lambda hq: chunk(n, g, *hq))
+            if k.epilogue is not None:
+                o0 = b.mul(g, ir.Constant(i64, co))
+                kb.loops((co, Ho * Wo), lambda op: map_body(kb, k.epilogue, kb.p, [n, b.add(o0, op[0]), op[1]]),
+                         contiguous=True)
+            return
+        n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
+        kb.loops((rows.chunks(),), lambda q: chunk(n, ir.Constant(i64, 0), ho, q[0]))
+        if k.epilogue is not None:
+            p0 = b.mul(ho, kb.dim(Wo))
+            kb.loops((O, Wo), lambda ow: map_body(kb, k.epilogue, kb.p, [n, ow[0], b.add(p0, ow[1])]), contiguous=True)
     kb.loops((N * G if G > 1 else N * Ho,), outer, first=first)
 
 

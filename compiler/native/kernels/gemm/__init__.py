@@ -63,7 +63,7 @@ class GemmKernel(Kernel):
         walks C once over m's space (C's shapes in the class's docstring, an image's rows
         and columns merged into one run of pixels); else None."""
         buf, offset, ld, stride = self.c
-        if self.epilogue is not None or read_once(m, buf) is None:
+        if self.epilogue is not None or not hasattr(m, "maps"):     # a map, or a fused one
             return None
         while m is not None and len(m.shape) > 3:
             m = merged(m, len(m.shape) - 2)
