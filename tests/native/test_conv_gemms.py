@@ -11,6 +11,7 @@ import pytest
 
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.frontend.settings import Call
+from dlc.compiler.native.kernels import conv
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
 from dlc.compiler.native.lower import lower
@@ -176,7 +177,7 @@ def _gemm_sources(program) -> list:
             and not k.trans_a and k.m != 5]
 
 
-def test_convolution_gemms_read_their_columns_from_the_image():
+def test_convolution_gemms_read_their_columns_from_the_image(monkeypatch):
     """In float32 every non-pointwise convolution's GEMMs — the product and the weight
     gradient, in prediction and in training, and the input gradient of a stride-1 one with
     one group (a convolution of g) — pack their columns from the image: no im2col map
@@ -184,6 +185,7 @@ def test_convolution_gemms_read_their_columns_from_the_image():
     convolution; its weight gradient stays direct); but for a weight gradient of small
     filters (a SmallGemmKernel), which reads the buffer, shared with the product. A bf16
     program's GEMMs read the buffer."""
+    monkeypatch.setattr(conv, "WINOGRAD_CHANNELS", 1 << 30)    # not Winograd's (test_winograd.py)
     prog = load_text(WINDOWED, "windowed.dl")
     predict = lower(optimize(prog.build(training=False).graph))
     assert _gemm_sources(predict) == ["windows"] * 5, [k.text() for k in predict.kernels]

@@ -53,8 +53,8 @@ def test_the_direct_kernels_at_aarch64s_vector_width_match_torch(case, monkeypat
     """NEON's 4 lanes, compiled here: a tap column shifted a vector or more along its
     row's stream (kernel columns past 4)."""
     from dlc.compiler.native.codegen.gemm import NEON
-    from dlc.compiler.native.kernels.conv import loops
-    monkeypatch.setattr(loops, "default_config", lambda: NEON)
+    from dlc.compiler.native.codegen import image_rows
+    monkeypatch.setattr(image_rows, "default_config", lambda: NEON)
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))     # not the host width's code, cached by program
     matches_torch(case)
 

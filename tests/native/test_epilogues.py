@@ -9,6 +9,7 @@ import pytest
 
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.native import lower as lowering
+from dlc.compiler.native.kernels import conv
 from dlc.compiler.native.kernels.conv import ConvKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.passes.autodiff import train_step
@@ -36,6 +37,13 @@ model epilogues {
     loss   sparse_cross_entropy(logits, y)
 }
 """
+
+
+@pytest.fixture(autouse=True)
+def gemms_of_windows(monkeypatch):
+    """This file's 3 x 3 convolutions are GEMMs of their windows in prediction too, not
+    Winograd's (whose output transform takes the map after it: tests/native/test_winograd.py)."""
+    monkeypatch.setattr(conv, "WINOGRAD_CHANNELS", 1 << 30)
 
 
 def model(training: bool):

@@ -27,6 +27,7 @@ from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.scan import ScanKernel
 from dlc.compiler.native.kernels.scatter_add import ScatterAddKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
+from dlc.compiler.native.kernels.winograd import WinogradInputKernel, WinogradOutputKernel
 from dlc.compiler.native.program import Affine, Kernel, KernelProgram, Load
 
 NATIVE = Path(kernels.__file__).parent.parent
@@ -72,6 +73,10 @@ def sample(kind) -> tuple:
         SmallGemmKernel: lambda: (SmallGemmKernel(2, 3, 4, 2, (0, 0, 4, 8), (1, 0, 3, 12), (2, 0, 3), 3, 2),
                                   {0, 1}, {2, 3}),
         ConvKernel: lambda: (ConvKernel(0, 1, 2, (1, 1, 6, 6), (1, 1, 3, 3), (4, 4), 1, (0, 0)), {0, 1}, {2}),
+        # a 1 x 1 x 4 x 4 image's 2 x 2 tiles, padded 1, into b3 (16 matrices of 1 x 4); those of
+        # b1 (its products) into b2 [1, 1, 4, 4]
+        WinogradInputKernel: lambda: (WinogradInputKernel(0, 3, (1, 1, 4, 4), (2, 2), (1, 1)), {0}, {3}),
+        WinogradOutputKernel: lambda: (WinogradOutputKernel(1, 2, (1, 1, 4, 4), (2, 2)), {1}, {2}),
         ScatterAddKernel: lambda: (ScatterAddKernel((4,), 8, 2, Load(4, Affine(0, (1,)), "i32"), 0, 8,
                                                     p.fault("rows", 8, None)), {0, 4}, {2}),
         AccumulateKernel: lambda: (AccumulateKernel((4, 8), 2, ROWS, (), x), {0}, {2}),

@@ -1,8 +1,9 @@
 """LLVM IR helpers that the GEMM generator (gemm.py), the kernels' loops
 (kernels/<kind>/loops.py), the scalar rules and the step module share: declaring an
 intrinsic or external function once, a scalar splat over a vector, a vector pointer,
-masked vector loads and stores (strided ones too: every stride-th float), and rounding to
-bfloat16 (one value, or a pair)."""
+masked vector loads and stores (strided ones too: every stride-th float), vectors
+concatenated, interleaved and taken apart again, and rounding to bfloat16 (one value, or a
+pair)."""
 from __future__ import annotations
 
 from llvmlite import ir
@@ -101,6 +102,42 @@ def strided_store(module, b, value, ptr, mask, stride: int):
         value = b.shuffle_vector(value, value, ir.Constant(ir.VectorType(i32, stride * n),
                                                            [e // stride for e in range(stride * n)]))
     return b.call(store, [value, b.bitcast(ptr, wide.as_pointer()), i32(4), _spread(b, mask, stride)])
+
+
+def concatenated(b, vectors: list):
+    """The vectors (a power of two of them, of one type) one after another, as one vector."""
+    while len(vectors) > 1:
+        n = vectors[0].type.count
+        vectors = [b.shuffle_vector(u, v, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
+                   for u, v in zip(vectors[::2], vectors[1::2])]
+    return vectors[0]
+
+
+def every(b, parts: list, stride: int, first: int):
+    """Lane l: element first + stride·l of the parts (`stride` vectors of n lanes, first <
+    stride) one after another: one stream of `stride` interleaved ones."""
+    n = parts[0].type.count
+    if stride == 1:
+        return parts[0]
+    half = len(parts) // 2
+    return b.shuffle_vector(concatenated(b, parts[:half]), concatenated(b, parts[half:]),
+                            ir.Constant(ir.VectorType(i32, n), [first + stride * l for l in range(n)]))
+
+
+def interleaved(b, vectors: list) -> list:
+    """The vectors (a power of two of them, of n lanes) interleaved — lane l of vector s at
+    element l·len + s — as len vectors of n lanes: `every`'s inverse."""
+    def woven(vs):
+        if len(vs) == 1:
+            return vs[0]
+        even, odd = woven(vs[0::2]), woven(vs[1::2])
+        m = even.type.count
+        return b.shuffle_vector(even, odd, ir.Constant(ir.VectorType(i32, 2 * m), [p // 2 + (p % 2) * m for p in range(2 * m)]))
+    whole, n = woven(vectors), vectors[0].type.count
+    if len(vectors) == 1:
+        return [whole]
+    return [b.shuffle_vector(whole, whole, ir.Constant(ir.VectorType(i32, n), list(range(r * n, (r + 1) * n))))
+            for r in range(len(vectors))]
 
 
 def _spread(b, mask, stride: int):

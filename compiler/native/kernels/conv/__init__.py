@@ -11,10 +11,11 @@ from dlc.compiler.ir.graph import Tensor
 from dlc.compiler.native import FEW_COLUMNS
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
-from dlc.compiler.native.kernels.map import MapKernel, in_place, merged, read_once
+from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel, image_epilogue
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.program import Affine, Kernel, Load, Op, contiguous, render, row_major
+from dlc.compiler.native.kernels.winograd import G, TILE, WINDOW, WinogradInputKernel, WinogradOutputKernel, two_sided
+from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, render, row_major
 from dlc.compiler.native.program.registry import register_lowering
 
 SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
@@ -23,6 +24,7 @@ SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the th
 FEW_PIXELS_ROW = 8      # output rows narrower than which a grouped weight gradient is a reduction (ReduceKernel)
 GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
 WINDOWS_FILTERS = 64    # filters from which a direct convolution is a GEMM when it can read the image's windows
+WINOGRAD_CHANNELS = 32  # channels in and out from which a 3 x 3 stride-1 convolution is Winograd's (kernels/winograd)
 
 
 @dataclass
@@ -83,16 +85,10 @@ class ConvKernel(Kernel):
         is the output's, its rows and columns merged into one run of pixels (an (example,
         group) pair's outputs, or an output row's, are one loop), and m reads the output at
         the index it is stored at."""
-        if self.g is not None or self.epilogue is not None or not hasattr(m, "maps") \
-                or tuple(m.shape) != (self.x_shape[0], self.channels, *self.out_hw):
+        if self.g is not None or self.epilogue is not None:
             return None
-        m = merged(m, 2)
-        shape = (self.x_shape[0], self.channels, self.out_hw[0] * self.out_hw[1])
-        read = read_once(m, self.out)
-        if read is None or read.at != Affine(0, row_major(shape)):
-            return None
-        out, m = in_place(m, self.out, read.at)
-        return self.taking(m, out=out, epilogue=m, node=m.node)
+        taken = image_epilogue(m, self.out, (self.x_shape[0], self.channels, *self.out_hw))
+        return None if taken is None else self.taking(taken[1], out=taken[0], epilogue=taken[1], node=taken[1].node)
 
     def emit(self, f):
         """The examples times the groups times the output rows on a thread team; the
@@ -146,6 +142,58 @@ class ConvShape:
     def group_taps(self):
         """C / groups · kh · kw: an output's products within its group."""
         return self.C // self.groups * self.kh * self.kw
+
+def _predicting(lw) -> bool:
+    """Whether lw lowers a prediction (or a scan's body in one): a program whose outputs
+    hold no gradient."""
+    root = lw
+    while root.loop is not None:
+        root = root.loop[0]
+    return not any(name.startswith("grad:") for name in root.graph.outputs)
+
+def _winograd(lw, s: ConvShape, attrs) -> bool:
+    """Whether a convolution that would be a GEMM of its windows (im2col, or col2im for
+    a transposed convolution) is Winograd's F(2 x 2, 3 x 3) (kernels/winograd) instead:
+    in a prediction only (its rounding error, about ten times a direct sum's in a
+    gradient, compounds over training steps: five Adam steps of examples/vgg_cnn.dl drifted
+    6 % from the reference engine's loss, where the GEMM's stayed within 10⁻⁶); 3 x 3,
+    stride 1, no dilation, one group, padding up to 2 (so that a transposed one, padded
+    2 - p, is one too), at least WINOGRAD_CHANNELS channels in and out (fewer make GEMMs
+    too short for the transforms' passes to pay), where its tiles' products are at most
+    two thirds of the convolution's (a 3 x 3 image's 4 tiles of 16 are more), in float32 only (a
+    bf16 program rounds a convolution's own operands: kernels/conv's paths,
+    compiler/native/bf16.py), its sizes but the batch known."""
+    return not lw.bf16 and _predicting(lw) and (s.kh, s.kw) == (3, 3) and attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1) \
+        and s.groups == 1 and max(attrs["padding"]) <= 2 and min(attrs["padding"]) >= 0 \
+        and all(isinstance(d, int) for d in (s.C, s.O, s.Ho, s.Wo)) and min(s.C, s.O) >= WINOGRAD_CHANNELS \
+        and 3 * WINDOW * WINDOW * -(-s.Ho // TILE) * -(-s.Wo // TILE) <= 2 * 9 * s.Ho * s.Wo
+
+def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, padding: tuple, out_hw: tuple, out: int):
+    """y (`out`, [N, filters, *out_hw]) = x [N, C, H, W] convolved (stride 1) with the
+    3 x 3 filters `w`, an index map over [filters, C, i, j] into their buffer (flipped and
+    swapped for an input gradient), by Winograd's F(2 x 2, 3 x 3): the filters
+    transformed by a fused map of 16 members, the image by WinogradInputKernel, a batch of
+    16 GEMMs, WinogradOutputKernel (kernels/winograd)."""
+    N, C = x_shape[:2]
+    tiles = tuple(-(-d // TILE) for d in out_hw)
+    columns = N * tiles[0] * tiles[1]
+    positions = WINDOW * WINDOW
+    u = lw.p.buffer("f32", positions * filters * C, "temp")
+    (o_stride, c_stride, i_stride, j_stride), shape = w.at.coeffs, (filters, C)
+    taps = [[Load(w.buffer, Affine(w.at.offset + i * i_stride + j * j_stride, (o_stride, c_stride)), "f32")
+             for j in range(3)] for i in range(3)]
+    arithmetic = (lambda a, b: Op("add", (a, b), "f32"), lambda a, b: Op("sub", (a, b), "f32"),
+                  lambda v, c: Op("mul", (v, Const(float(c), "f32")), "f32"))
+    filters_t = two_sided(G, taps, *arithmetic)
+    lw.emit(FusedMapKernel(shape, [MapKernel(shape, u.id, Affine((xi * WINDOW + nu) * filters * C, (C, 1)),
+                                             filters_t[xi][nu], node=n)
+                                   for xi in range(WINDOW) for nu in range(WINDOW)], node=n))
+    v = lw.p.buffer("f32", positions * C * columns, "temp")
+    lw.emit(WinogradInputKernel(x.buffer, v.id, x_shape, tiles, padding, node=n))
+    m = lw.p.buffer("f32", positions * filters * columns, "temp")
+    lw.emit(GemmKernel(filters, columns, C, positions, (u.id, 0, C, filters * C), (v.id, 0, columns, C * columns),
+                       (m.id, 0, columns, filters * columns), False, False, node=n))
+    lw.emit(WinogradOutputKernel(m.id, out, (N, filters, *out_hw), tiles, node=n))
 
 def _direct(taps, kw, attrs) -> bool:
     """Whether a convolution is a ConvKernel: few taps per output (C / groups · kh · kw),
@@ -362,6 +410,10 @@ def _conv2d(lw, n, ins, attrs, typ):
         lw.emit(MapKernel(shape, out.id, Affine(0, row_major(shape)), total, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
+    if path == "im2col" and _winograd(lw, s, attrs):
+        _winograd_conv(lw, n, lw.materialize(x), x.shape, wm, s.O, attrs["padding"], (s.Ho, s.Wo), out.id)
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
     # one GEMM over the batch per group, y stored [O, N, Ho, Wo]: y_g (Og x N*HoWo) = W_g (Og x Cg*kh*kw)
     # @ cols_g^T, cols_g the group's columns of cols (as N GEMMs of HoWo columns each, a first
     # layer's 6 x 784 products ran at a third the speed)
@@ -477,6 +529,15 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         return
     flipped = ConvShape(s.N, s.O, s.C, s.kh, s.kw, H, W, 1)
     flipped_padding = (dh * (s.kh - 1) - ph, dw * (s.kw - 1) - pw)
+    if _winograd(lw, s, attrs):
+        # a stride-1 transposed convolution (conv_transpose, a prediction's input gradient)
+        # is a convolution of g with the filters flipped and their channels swapped:
+        # w[o, c, 2 - i, 2 - j] over [C, O, i, j]
+        so, sci, si, sj = wm.at.coeffs
+        flipped_w = Load(wm.buffer, Affine(wm.at.offset + 2 * si + 2 * sj, (sci, so, -si, -sj)), "f32")
+        _winograd_conv(lw, n, lw.materialize(g), g.shape, flipped_w, s.C, flipped_padding, (H, W), out.id)
+        lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
+        return
     if (st_h, st_w) == (1, 1) and min(flipped_padding) >= 0 and _windows_apply(lw, flipped):
         # a stride-1 convolution's input gradient is a convolution too, of g with the filters
         # flipped and their channels swapped (padding d·(k - 1) - p): a GEMM of g's windows, dx

@@ -89,6 +89,21 @@ def in_place(m, buf: int, at: Affine) -> tuple:
     return buf, m
 
 
+def image_epilogue(m, buf: int, shape: tuple) -> tuple | None:
+    """(where a kernel writing the image buf [N, C, H, W] (`shape`) contiguously should
+    store it, m as that kernel's epilogue over [N, C, H·W]) where m is a map (or fused
+    map) over the image that reads buf at the index it is stored at, in place where it
+    can be (`in_place`); else None. The kernel runs m on each of its (example, channel)
+    planes, or rows, once stored (ConvKernel, Winograd's output transform)."""
+    if not hasattr(m, "maps") or tuple(m.shape) != tuple(shape):
+        return None
+    m = merged(m, 2)
+    read = read_once(m, buf)
+    if read is None or read.at != Affine(0, row_major((shape[0], shape[1], shape[2] * shape[3]))):
+        return None
+    return in_place(m, buf, read.at)
+
+
 def merged(k: MapKernel | FusedMapKernel, axis: int) -> MapKernel | FusedMapKernel | None:
     """k over its space with axes `axis` and `axis + 1` as one, (i, j) -> i·n + j (n the
     latter's extent), where every affine index of it allows (the coefficient of `axis`

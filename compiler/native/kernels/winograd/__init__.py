@@ -1,0 +1,145 @@
+"""Winograd's minimal filtering F(2 x 2, 3 x 3) (Lavin and Gray, "Fast Algorithms for
+Convolutional Neural Networks", 2016): a 3 x 3 stride-1 convolution as 16 GEMMs of 2.25
+times fewer products than its own (16 for a tile of 4 outputs, against 36), between
+transforms that only add (and halve).
+
+Each 2 x 2 tile of outputs y[n, o] is Aᵀ [U ⊙ V] A summed over the channels, where
+U = G g Gᵀ (4 x 4) transforms a filter g[o, c] and V = Bᵀ d B the 4 x 4 window d of
+x[n, c] the tile reads. For each of the 16 positions (ξ, ν) of a 4 x 4 tile the sum over
+the channels is a matrix product, M[ξν] (O x tiles) = U[ξν] (O x C) @ V[ξν] (C x tiles):
+
+    filters  U [16, O, C]            a fused map (16 members) of w, at every call
+    input    V [16, C, N·TH·TW]      WinogradInputKernel, from x's windows
+    product  M [16, O, N·TH·TW]      GemmKernel, a batch of 16
+    output   y [N, O, Ho, Wo]        WinogradOutputKernel, then its epilogue (a bias, an activation)
+
+TH x TW tiles cover an example's Ho x Wo outputs (the last row or column of tiles may
+overhang: those outputs are not stored). The transforms add in a fixed order and never
+fuse a multiply with an add, so every vector width gives the same bits. The tile size is
+the matrices below and nothing else: F(4 x 4, 3 x 3) (a quarter of the products) took
+ResNet-18's prediction at 224 x 224 pixels from 132 to 123 ms, but its error, about ten
+times a direct sum's, put the logits 1.6e-5 from onnxruntime's. The lowering rule that
+chooses it is kernels/conv's (docs/native.md, "Winograd's convolution"); its loops are
+in loops.py."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dlc.compiler.native.kernels.map import image_epilogue
+from dlc.compiler.native.program import Kernel, render
+
+TILE = 2        # m: a tile's outputs along each side
+WINDOW = 4      # m + 3 - 1: a tile's inputs along each side
+
+# Bᵀ (input), G (filter) and Aᵀ (output) of F(2 x 2, 3 x 3), interpolating at 0, ±1 and
+# infinity: the tile's window d, the filter g and the tile y along one axis; each
+# transform is applied along both
+BT = ((1, 0, -1, 0),
+      (0, 1, 1, 0),
+      (0, -1, 1, 0),
+      (0, 1, 0, -1))
+G = ((1, 0, 0),
+     (0.5, 0.5, 0.5),
+     (0.5, -0.5, 0.5),
+     (0, 0, 1))
+AT = ((1, 1, 1, 0),
+      (0, 1, -1, -1))
+
+
+def combination(coeffs, values, add, sub, times):
+    """Σ c·v over the coefficients c that are not 0, left to right: ±1 an addition or a
+    subtraction, another c a product first (`times(v, c)`; the first term's too, but
+    for c = 1)."""
+    total = None
+    for c, v in zip(coeffs, values):
+        if c == 0:
+            continue
+        if total is None:
+            total = v if c == 1 else times(v, c)
+        elif abs(c) == 1:
+            total = add(total, v) if c > 0 else sub(total, v)
+        else:
+            total = add(total, times(v, c))
+    return total
+
+
+def two_sided(M, tile, add, sub, times):
+    """M t Mᵀ of a square tile (a list of rows), M along its rows first, then its columns."""
+    rows = [[combination(row, [t[j] for t in tile], add, sub, times) for j in range(len(tile[0]))] for row in M]
+    return [[combination(col, r, add, sub, times) for col in M] for r in rows]
+
+
+@dataclass
+class WinogradInputKernel(Kernel):
+    """V[ξ·4 + ν, c, n·TH·TW + th·TW + tw] = (Bᵀ d B)[ξ, ν], d the 4 x 4 window of x[n, c]
+    (x [N, C, H, W] contiguous) at rows 2·th - ph ... and columns 2·tw - pw ... (0 outside
+    x). Its windows are a convolution's of a 4 x 4 filter with stride 2, so the direct
+    convolution's row loads (conv/loops.py ConvRows) read them: `w_shape`, `stride_w` and
+    `out_hw` say so."""
+    x: int
+    out: int
+    x_shape: tuple
+    tiles: tuple            # TH, TW
+    padding: tuple
+
+    stride_w = TILE
+
+    @property
+    def w_shape(self) -> tuple:
+        return 1, 1, WINDOW, WINDOW
+
+    @property
+    def out_hw(self) -> tuple:
+        return self.tiles
+
+    def text(self) -> list:
+        return [f"winograd input {render.shape(self.x_shape)}: b{self.out} = Bᵀ d B of the {self.tiles[0]} x "
+                f"{self.tiles[1]} tiles of b{self.x}{render.located(self)}"]
+
+    def accesses(self) -> tuple:
+        return {self.x}, {self.out}
+
+    def emit(self, f):
+        from dlc.compiler.native.kernels.winograd.loops import input_transform
+        N, C = self.x_shape[:2]
+        return f.team(lambda kb, first: input_transform(kb, self, first), N * C,
+                      N * C * self.tiles[0] * self.tiles[1] * 100)
+
+
+@dataclass
+class WinogradOutputKernel(Kernel):
+    """y[n, o, 2·th + a, 2·tw + b] = (Aᵀ M A)[a, b] of the 4 x 4 tile
+    M[:, o, n·TH·TW + th·TW + tw] (`products`), for the outputs inside y [N, O, Ho, Wo];
+    `epilogue`: the map that alone reads y, run on each (example, channel) plane once it
+    is stored, as a direct convolution's (ConvKernel)."""
+    products: int
+    out: int
+    out_shape: tuple
+    tiles: tuple
+    epilogue: object = None
+
+    @property
+    def out_hw(self) -> tuple:
+        """Its rows of tiles, as ConvRows chunks them."""
+        return self.tiles
+
+    def text(self) -> list:
+        return [f"winograd output {render.shape(self.out_shape)}: b{self.out} = Aᵀ M A of b{self.products}"
+                f"{', then in its store:' if self.epilogue else ''}{render.located(self)}"] + \
+            ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
+
+    def accesses(self) -> tuple:
+        reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
+        return {self.products} | reads, {self.out} | writes
+
+    def with_epilogue(self, m) -> "WinogradOutputKernel | None":
+        if self.epilogue is not None:
+            return None
+        taken = image_epilogue(m, self.out, self.out_shape)
+        return None if taken is None else self.taking(taken[1], out=taken[0], epilogue=taken[1], node=taken[1].node)
+
+    def emit(self, f):
+        from dlc.compiler.native.kernels.winograd.loops import output_transform
+        N, O = self.out_shape[:2]
+        return f.team(lambda kb, first: output_transform(kb, self, first), N * O,
+                      N * O * self.tiles[0] * self.tiles[1] * 60)

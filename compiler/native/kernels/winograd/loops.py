@@ -1,0 +1,99 @@
+"""Winograd's transforms (kernels/winograd), in LLVM IR: a vector's lanes are consecutive
+tiles of a row of tiles, each lane's arithmetic that of one tile."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from dlc.compiler.native.codegen.builder import KernelBuilder
+from dlc.compiler.native.codegen.image_rows import ConvRows
+from dlc.compiler.native.codegen.intrinsics import interleaved, vec_ptr
+from dlc.compiler.native.codegen.types import i32, i64
+from dlc.compiler.native.kernels.map.loops import map_body
+from dlc.compiler.native.kernels.winograd import AT, BT, TILE, WINDOW, two_sided
+
+
+def _arithmetic(rows: ConvRows) -> tuple:
+    """(add, sub, times) of float vectors, for `combination`."""
+    b = rows.kb.b
+    return b.fadd, b.fsub, lambda v, c: b.fmul(v, ir.Constant(rows.vty, [float(c)] * rows.vw))
+
+
+def _at(kb: KernelBuilder, *terms) -> ir.Value:
+    """Σ value·stride over (value, stride) pairs: an index."""
+    b = kb.b
+    total = ir.Constant(i64, 0)
+    for value, stride in terms:
+        total = b.add(total, value if stride == 1 else b.mul(value, kb.dim(stride)))
+    return total
+
+
+def _store(rows: ConvRows, bid: int, at, value, mask):
+    b = rows.kb.b
+    # not `inbounds`: masked-off lanes may lie outside the buffer
+    p = vec_ptr(b, b.gep(rows.kb.buffer(bid, "f32"), [at]), rows.vty)
+    b.call(rows.mstore, [value, p, ir.Constant(i32, 4), mask])
+
+
+def input_transform(kb: KernelBuilder, k, first):
+    """The (example, channel) pairs `first` = (lo, hi): each row of tiles in vectors of
+    consecutive tiles, the 4 rows of their windows loaded as the direct convolution loads
+    a row's taps (each row of x once, its 4 tap columns by lane shifts), Bᵀ d B, and the 16
+    values of each tile stored in V's 16 matrices."""
+    b, rows = kb.b, ConvRows(kb, k, vectors=1)
+    N, C = k.x_shape[:2]
+    TH, TW = k.tiles
+    columns = N * TH * TW
+
+    def row_of_tiles(n, c, th, q):
+        tw0 = b.mul(q, ir.Constant(i64, rows.chunk))
+        window = []
+        for a in range(WINDOW):
+            h = b.add(b.mul(th, ir.Constant(i64, TILE)), ir.Constant(i64, a - k.padding[0]))
+            tap = rows.x_taps(n, c, h, tw0)
+            window.append([tap(j)[0] for j in range(WINDOW)])
+        v = two_sided(BT, window, *_arithmetic(rows))
+        inside = rows.mask(tw0, TW)
+        tile = _at(kb, (c, columns), (n, TH * TW), (th, TW), (tw0, 1))
+        for xi in range(WINDOW):
+            for nu in range(WINDOW):
+                at = b.add(tile, kb.dim((xi * WINDOW + nu) * C * columns))
+                _store(rows, k.out, at, v[xi][nu], inside)
+
+    def pair(idx):
+        n, c = b.sdiv(idx[0], kb.dim(C)), b.srem(idx[0], kb.dim(C))
+        kb.loops((TH, rows.chunks()), lambda tq: row_of_tiles(n, c, *tq))
+    kb.loops((N * C,), pair, first=first)
+
+
+def output_transform(kb: KernelBuilder, k, first):
+    """The (example, channel) pairs `first` = (lo, hi): each row of tiles in vectors of
+    consecutive tiles, their 16 products loaded from M's 16 matrices, Aᵀ M A, each row of
+    outputs interleaved from its tiles' columns and stored where it lies inside y; then
+    the epilogue's map on the (example, channel) plane, still in cache."""
+    b, rows = kb.b, ConvRows(kb, k, vectors=1)
+    N, O, Ho, Wo = k.out_shape
+    TH, TW = k.tiles
+    columns = N * TH * TW
+
+    def row_of_tiles(n, o, th, q):
+        tw0 = b.mul(q, ir.Constant(i64, rows.chunk))
+        inside = rows.mask(tw0, TW)
+        tile = _at(kb, (o, columns), (n, TH * TW), (th, TW), (tw0, 1))
+        m = [[rows.load(k.products, b.add(tile, kb.dim((xi * WINDOW + nu) * O * columns)), inside)
+              for nu in range(WINDOW)] for xi in range(WINDOW)]
+        y = two_sided(AT, m, *_arithmetic(rows))
+        for a in range(TILE):
+            ho = b.add(b.mul(th, ir.Constant(i64, TILE)), ir.Constant(i64, a))
+            row_ok = b.icmp_signed("<", ho, kb.dim(Ho))
+            # output vector r of the row: columns TILE·tw0 + r·vw + l, column TILE·t + s from lane t of y[a][s]
+            for r, value in enumerate(interleaved(b, y[a])):
+                start = b.add(b.mul(tw0, ir.Constant(i64, TILE)), ir.Constant(i64, r * rows.vw))
+                _store(rows, k.out, _at(kb, (n, O * Ho * Wo), (o, Ho * Wo), (ho, Wo), (start, 1)), value,
+                       rows.mask(start, Wo, row_ok))
+
+    def pair(idx):
+        n, o = b.sdiv(idx[0], kb.dim(O)), b.srem(idx[0], kb.dim(O))
+        kb.loops((TH, rows.chunks()), lambda tq: row_of_tiles(n, o, *tq))
+        if k.epilogue is not None:
+            kb.loops((Ho * Wo,), lambda p: map_body(kb, k.epilogue, kb.p, [n, o, p[0]]), contiguous=True)
+    kb.loops((N * O,), pair, first=first)
