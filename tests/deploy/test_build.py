@@ -1031,6 +1031,59 @@ def test_fuzz_the_train_api(built, tmp_path):
     assert int(r.stdout) >= 10_000
 
 
+WINOGRAD = """
+model wino {
+    input  x: f32[B, 32, 9, 11]
+    target y: i32[B]
+    h = conv2d(x, 32, 3, padding = 1, act = relu)
+    logits = dense(global_avg_pool(h), 4)
+    loss   sparse_cross_entropy(logits, y)
+    output probs = softmax(logits)
+}
+
+train wino {
+    data      = npz("wino.npz")
+    batch     = 2
+    optimizer = sgd(lr = 0.1)
+}
+"""
+
+
+def test_a_changed_filter_is_transformed_again(tmp_path):
+    """A prediction's Winograd convolution transforms its filters once (docs/native.md,
+    "Winograd's convolution"), under the weights' flags: after set_parameter the library
+    predicts what the engine predicts on the new weights, bit for bit."""
+    source = tmp_path / "wino.dl"
+    source.write_text(WINOGRAD)
+    rng = np.random.default_rng(2)
+    np.savez(tmp_path / "wino.npz", x=rng.standard_normal((6, 32, 9, 11)).astype(np.float32),
+             y=rng.integers(0, 4, 6).astype(np.int32))
+    params = initial_parameters(load(source).build(None, training=False), 7)
+    checkpoint.save(tmp_path / "weights.npz", params, {}, {})
+    dlc("build", source, "--train", "-o", tmp_path / "lib")
+    api = Api(tmp_path / "lib", "wino")
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    status, model = api.create(tmp_path / "weights.npz")
+    assert status == 0, api.error(model)
+    engine = DlcModel(str(source), backend="native").load_weights(tmp_path / "weights.npz")
+    x = np.random.default_rng(3).standard_normal((2, 32, 9, 11)).astype(np.float32)
+
+    def same_as_engine():
+        status, got, _ = api.predict(model, x, x.shape, 8)
+        assert status == 0, api.error(model)
+        want = engine.predict({"x": x})["probs"]
+        assert got[:want.size].tobytes() == want.tobytes()
+        return want
+
+    first = same_as_engine()
+    assert np.array_equal(same_as_engine(), first)      # from the filters transformed by the first call
+    w = np.random.default_rng(4).normal(0, 0.2, engine.params["h.W"].shape).astype(np.float32)
+    assert api.f("set_parameter")(model, b"h.W", p(w), p(np.array(w.shape, np.int64)), w.ndim) == 0, api.error(model)
+    engine.params["h.W"][...] = w
+    assert not np.array_equal(same_as_engine(), first)
+    api.f("destroy")(model)
+
+
 def test_a_train_library_with_its_weights_inside(built, tmp_path):
     """--train --embed-weights: create(NULL) starts from the embedded weights, which a step
     then changes in the instance (the library's stay as they are: a second instance starts

@@ -27,7 +27,7 @@ from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.scan import ScanKernel
 from dlc.compiler.native.kernels.scatter_add import ScatterAddKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.kernels.winograd import WinogradInputKernel, WinogradOutputKernel
+from dlc.compiler.native.kernels.winograd import WinogradFiltersKernel, WinogradInputKernel, WinogradOutputKernel
 from dlc.compiler.native.program import Affine, Kernel, KernelProgram, Load
 
 NATIVE = Path(kernels.__file__).parent.parent
@@ -69,12 +69,15 @@ def sample(kind) -> tuple:
         PackKernel: lambda: (PackKernel(4, 4, (1, 0, 4), False, 3), {1}, {3}),
         # b1 packed into b3 for a GEMM of 4 rows, unless its flag in b5 (i32) is set
         WeightPacksKernel: lambda: (WeightPacksKernel([PackKernel(4, 4, (1, 0, 4), False, 3)], [[4]],
-                                                      p.buffer("i32", 1, "packed").id), {1, 5}, {3, 5}),
+                                                      p.buffer("i32", 1, "packed").id, flags=[0]), {1, 5}, {3, 5}),
         SmallGemmKernel: lambda: (SmallGemmKernel(2, 3, 4, 2, (0, 0, 4, 8), (1, 0, 3, 12), (2, 0, 3), 3, 2),
                                   {0, 1}, {2, 3}),
         ConvKernel: lambda: (ConvKernel(0, 1, 2, (1, 1, 6, 6), (1, 1, 3, 3), (4, 4), 1, (0, 0)), {0, 1}, {2}),
         # a 1 x 1 x 4 x 4 image's 2 x 2 tiles, padded 1, into b3 (16 matrices of 1 x 4); those of
         # b1 (its products) into b2 [1, 1, 4, 4]
+        # b0's filters transformed into b3 unless the flag b5[0] is set
+        WinogradFiltersKernel: lambda: (WinogradFiltersKernel(FusedMapKernel((4, 8), [copy]),
+                                                              (p.buffer("i32", 1, "packed").id, 0)), {0, 5}, {3, 5}),
         WinogradInputKernel: lambda: (WinogradInputKernel(0, 3, (1, 1, 4, 4), (2, 2), (1, 1)), {0}, {3}),
         WinogradOutputKernel: lambda: (WinogradOutputKernel(1, 2, (1, 1, 4, 4), (2, 2)), {1}, {2}),
         ScatterAddKernel: lambda: (ScatterAddKernel((4,), 8, 2, Load(4, Affine(0, (1,)), "i32"), 0, 8,

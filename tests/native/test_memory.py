@@ -123,13 +123,13 @@ def touched(k) -> set:
                 walk(a)
     for f in fields(k):
         value = getattr(k, f.name)
-        if f.name in ("out", "upd", "x", "g", "w", "partial", "packed") and value is not None:   # buffer ids
+        if f.name in ("out", "upd", "x", "g", "w", "partial", "packed", "products") and value is not None:  # buffer ids
             found.add(value)
         elif f.name in ("a", "b", "c"):                 # GEMM operands: (buffer, offset, ...)
             found.add(value[0])
         elif f.name in ("expr", "idx"):
             walk(value)
-        elif f.name == "epilogue" and value is not None:      # a GEMM's: the map it runs in its store
+        elif f.name in ("epilogue", "transform") and value is not None:  # the map a kernel runs in its store, or runs
             found |= touched(value)
         elif f.name == "also":                          # a reduction's: the sums in its pass
             for out, expr in value:

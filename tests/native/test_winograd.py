@@ -1,8 +1,9 @@
 """Winograd's F(2 x 2, 3 x 3) convolution (kernels/winograd): which convolutions take it
-(in a prediction: 3 x 3, stride 1, many channels, enough tiles, float32), its results
-against torch in float64 — a convolution and a transposed one, over paddings, tiles that
-overhang the image and rows of more tiles than a vector has lanes — at the host's vector
-width and at AArch64's (4 lanes); the same bits on any thread count and target."""
+(3 x 3, stride 1, many channels, enough tiles, float32), its results against torch in
+float64 — a convolution and a transposed one, over paddings, tiles that overhang the
+image and rows of more tiles than a vector has lanes, and a train step's input gradient —
+at the host's vector width and at AArch64's (4 lanes); a prediction's filters transformed
+once; the same bits on any thread count and target."""
 from __future__ import annotations
 
 import os
@@ -16,11 +17,12 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity te
 F = torch.nn.functional
 
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
-from dlc.compiler.passes.autodiff import train_step  # noqa: E402
-from dlc.compiler.native.kernels.winograd import WinogradInputKernel, WinogradOutputKernel  # noqa: E402
+from dlc.compiler.native import PACK_WEIGHTS  # noqa: E402
+from dlc.compiler.native.kernels.winograd import WinogradFiltersKernel, WinogradInputKernel, WinogradOutputKernel  # noqa: E402
 from dlc.runtime.engines.native import Executable  # noqa: E402
 from dlc.runtime.engines.reference import predict_graph  # noqa: E402
-from helpers.native_cases import run_native  # noqa: E402
+from helpers.native_cases import run_native, step_graph  # noqa: E402
+from helpers.same_bits import assert_bit_identical  # noqa: E402
 
 # (channels in, out, H, W, padding)
 CASES = {
@@ -78,6 +80,28 @@ def test_winograd_at_aarch64s_vector_width_matches_torch(case, monkeypatch, tmp_
     matches_torch("conv2d", case)
 
 
+@pytest.mark.parametrize("mode", PACK_WEIGHTS)
+def test_a_predictions_filters_transformed_once_are_those_of_its_weights(mode):
+    """Transformed into a buffer kept between calls, under a flag that a change of the
+    weights clears: the bits of the program that transforms them at every call, and after
+    a weight changed in place, those of the new weight."""
+    model = load_text(_source("conv2d", *CASES["overhanging"]), "wg.dl").build(training=False)
+    once, plain = (Executable(predict_graph(model), pack_weights=pack) for pack in (mode, None))
+    filters = [k for k in once.program.kernels if isinstance(k, WinogradFiltersKernel)]
+    assert len(filters) == 1 and filters[0].ready is not None and once.program.weights_ready is not None
+    assert all(k.ready is None for k in plain.program.kernels if isinstance(k, WinogradFiltersKernel))
+    rng = np.random.default_rng(1)
+    params = {"y.W": rng.standard_normal((40, 33, 3, 3)).astype(np.float32),
+              "y.b": rng.standard_normal(40).astype(np.float32)}
+    x = {"x": rng.standard_normal((2, 33, 7, 9)).astype(np.float32)}
+    predict = lambda exe: run_native(exe, x, params)["output:y"]
+    before = predict(once)
+    assert np.array_equal(before, predict(plain)) and np.array_equal(predict(once), before)
+    params["y.W"][...] = rng.standard_normal(params["y.W"].shape)       # in place
+    after = predict(once)
+    assert np.array_equal(after, predict(plain)) and not np.array_equal(after, before)
+
+
 RULE = """
 model rule {
     input x: f32[B, 32, 12, 12]
@@ -104,13 +128,36 @@ def test_only_3x3_stride_1_convolutions_of_many_channels_and_tiles_are_winograds
     assert [k.x_shape[1:] for k in inputs] == [(32, 12, 12)], [line for k in program.kernels for line in k.text()]
 
 
-def test_a_train_step_keeps_the_gemm_of_windows():
-    """Winograd's rounding, about ten times a direct sum's in a gradient, would compound
-    over training steps."""
-    model = load_text(_source("conv2d", *CASES["stage"]).replace("output y = ", "y = ")
-                      .replace("\n}", "\n    loss mean(y^2)\n}"), "wg.dl").build(training=True)
-    program = Executable(train_step(model.graph)).program
-    assert not any(isinstance(k, (WinogradInputKernel, WinogradOutputKernel)) for k in program.kernels)
+def test_winograd_training_matches_torch():
+    """A train step: the convolution (after a pointwise one, whose input gradient reads
+    Winograd's) and its input gradient both Winograd's, every gradient torch's in float64."""
+    c, o, h, w, padding = CASES["overhanging"]
+    model = load_text(f"model wg {{\n    input x: f32[B, {c}, {h}, {w}]\n    p = conv2d(x, {c}, 1, bias = false)\n"
+                      f"    output y = conv2d(p, {o}, 3, padding = {padding})\n}}\n", "wg.dl").build(training=True)
+    exe = Executable(step_graph(model))
+    assert sum(isinstance(k, WinogradOutputKernel) for k in exe.program.kernels) == 2    # forward, input gradient
+    rng = np.random.default_rng(5)
+    params = {"p.W": rng.standard_normal((c, c, 1, 1)) / c ** 0.5, "y.W": rng.standard_normal((o, c, 3, 3)) / 3,
+              "y.b": rng.standard_normal(o)}
+    params = {name: v.astype(np.float32) for name, v in params.items()}
+    x = rng.standard_normal((3, c, h, w)).astype(np.float32)
+    T = {name: torch.tensor(v, dtype=torch.float64, requires_grad=True) for name, v in params.items()}
+    y = F.conv2d(F.conv2d(torch.tensor(x, dtype=torch.float64), T["p.W"]), T["y.W"], T["y.b"], padding=padding)
+    r = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+    (y * torch.tensor(r, dtype=torch.float64)).sum().backward()
+    got = run_native(exe, {"x": x, "r_y": r, "rng": np.zeros(2, np.int32)}, params)
+    expected = {"metric:output:y": y.detach().numpy()} | {f"grad:{name}": t.grad.numpy() for name, t in T.items()}
+    for name, want in expected.items():
+        err = np.abs(got[name] - want).max() / np.abs(want).max()
+        assert got[name].shape == want.shape and err < 1e-5, f"{name}: relative error {err:.2e}"
+
+
+def test_winograd_training_has_the_same_bits_on_any_thread_count_and_target(tmp_path):
+    (tmp_path / "wg.dl").write_text(
+        "model wg {\n    input x: f32[B, 32, 10, 14]\n    input y: f32[B, 32, 10, 14]\n"
+        "    h = conv2d(x, 32, 3, padding = 1, act = relu)\n"
+        "    loss mean((conv2d(h, 32, 3, padding = 1) - y)^2)\n}\n")
+    assert_bit_identical([str(tmp_path / "wg")], tmp_path)
 
 
 SAME_BITS = """

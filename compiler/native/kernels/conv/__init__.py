@@ -10,11 +10,12 @@ from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
 from dlc.compiler.native import FEW_COLUMNS
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
-from dlc.compiler.native.kernels.gemm import GemmKernel
+from dlc.compiler.native.kernels.gemm import GemmKernel, weight_flag
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel, image_epilogue
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.kernels.winograd import G, TILE, WINDOW, WinogradInputKernel, WinogradOutputKernel, two_sided
+from dlc.compiler.native.kernels.winograd import (G, TILE, WINDOW, WinogradFiltersKernel, WinogradInputKernel,
+                                                 WinogradOutputKernel, two_sided)
 from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, render, row_major
 from dlc.compiler.native.program.registry import register_lowering
 
@@ -143,27 +144,16 @@ class ConvShape:
         """C / groups · kh · kw: an output's products within its group."""
         return self.C // self.groups * self.kh * self.kw
 
-def _predicting(lw) -> bool:
-    """Whether lw lowers a prediction (or a scan's body in one): a program whose outputs
-    hold no gradient."""
-    root = lw
-    while root.loop is not None:
-        root = root.loop[0]
-    return not any(name.startswith("grad:") for name in root.graph.outputs)
-
 def _winograd(lw, s: ConvShape, attrs) -> bool:
     """Whether a convolution that would be a GEMM of its windows (im2col, or col2im for
-    a transposed convolution) is Winograd's F(2 x 2, 3 x 3) (kernels/winograd) instead:
-    in a prediction only (its rounding error, about ten times a direct sum's in a
-    gradient, compounds over training steps: five Adam steps of examples/vgg_cnn.dl drifted
-    6 % from the reference engine's loss, where the GEMM's stayed within 10⁻⁶); 3 x 3,
-    stride 1, no dilation, one group, padding up to 2 (so that a transposed one, padded
+    an input gradient) is Winograd's F(2 x 2, 3 x 3) (kernels/winograd) instead: 3 x 3,
+    stride 1, no dilation, one group, padding up to 2 (so that its input gradient, padded
     2 - p, is one too), at least WINOGRAD_CHANNELS channels in and out (fewer make GEMMs
     too short for the transforms' passes to pay), where its tiles' products are at most
     two thirds of the convolution's (a 3 x 3 image's 4 tiles of 16 are more), in float32 only (a
     bf16 program rounds a convolution's own operands: kernels/conv's paths,
     compiler/native/bf16.py), its sizes but the batch known."""
-    return not lw.bf16 and _predicting(lw) and (s.kh, s.kw) == (3, 3) and attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1) \
+    return not lw.bf16 and (s.kh, s.kw) == (3, 3) and attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1) \
         and s.groups == 1 and max(attrs["padding"]) <= 2 and min(attrs["padding"]) >= 0 \
         and all(isinstance(d, int) for d in (s.C, s.O, s.Ho, s.Wo)) and min(s.C, s.O) >= WINOGRAD_CHANNELS \
         and 3 * WINDOW * WINDOW * -(-s.Ho // TILE) * -(-s.Wo // TILE) <= 2 * 9 * s.Ho * s.Wo
@@ -172,22 +162,25 @@ def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, paddin
     """y (`out`, [N, filters, *out_hw]) = x [N, C, H, W] convolved (stride 1) with the
     3 x 3 filters `w`, an index map over [filters, C, i, j] into their buffer (flipped and
     swapped for an input gradient), by Winograd's F(2 x 2, 3 x 3): the filters
-    transformed by a fused map of 16 members, the image by WinogradInputKernel, a batch of
+    transformed by a fused map of 16 members (WinogradFiltersKernel), the image by WinogradInputKernel, a batch of
     16 GEMMs, WinogradOutputKernel (kernels/winograd)."""
     N, C = x_shape[:2]
     tiles = tuple(-(-d // TILE) for d in out_hw)
     columns = N * tiles[0] * tiles[1]
     positions = WINDOW * WINDOW
-    u = lw.p.buffer("f32", positions * filters * C, "temp")
+    ready = weight_flag(lw, w.buffer)       # a prediction's weights: transformed once, until they change
+    u = lw.p.buffer("f32", positions * filters * C, *(("packed", f"{lw.p.buffers[w.buffer].name} winograd")
+                                                     if ready else ("temp",)))
     (o_stride, c_stride, i_stride, j_stride), shape = w.at.coeffs, (filters, C)
     taps = [[Load(w.buffer, Affine(w.at.offset + i * i_stride + j * j_stride, (o_stride, c_stride)), "f32")
              for j in range(3)] for i in range(3)]
     arithmetic = (lambda a, b: Op("add", (a, b), "f32"), lambda a, b: Op("sub", (a, b), "f32"),
                   lambda v, c: Op("mul", (v, Const(float(c), "f32")), "f32"))
     filters_t = two_sided(G, taps, *arithmetic)
-    lw.emit(FusedMapKernel(shape, [MapKernel(shape, u.id, Affine((xi * WINDOW + nu) * filters * C, (C, 1)),
-                                             filters_t[xi][nu], node=n)
-                                   for xi in range(WINDOW) for nu in range(WINDOW)], node=n))
+    transform = FusedMapKernel(shape, [MapKernel(shape, u.id, Affine((xi * WINDOW + nu) * filters * C, (C, 1)),
+                                                 filters_t[xi][nu], node=n)
+                                       for xi in range(WINDOW) for nu in range(WINDOW)], node=n)
+    lw.emit(WinogradFiltersKernel(transform, ready, node=n))
     v = lw.p.buffer("f32", positions * C * columns, "temp")
     lw.emit(WinogradInputKernel(x.buffer, v.id, x_shape, tiles, padding, node=n))
     m = lw.p.buffer("f32", positions * filters * columns, "temp")
@@ -530,8 +523,8 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
     flipped = ConvShape(s.N, s.O, s.C, s.kh, s.kw, H, W, 1)
     flipped_padding = (dh * (s.kh - 1) - ph, dw * (s.kw - 1) - pw)
     if _winograd(lw, s, attrs):
-        # a stride-1 transposed convolution (conv_transpose, a prediction's input gradient)
-        # is a convolution of g with the filters flipped and their channels swapped:
+        # a stride-1 convolution's input gradient (or a transposed convolution) is a
+        # convolution of g with the filters flipped and their channels swapped:
         # w[o, c, 2 - i, 2 - j] over [C, O, i, j]
         so, sci, si, sj = wm.at.coeffs
         flipped_w = Load(wm.buffer, Affine(wm.at.offset + 2 * si + 2 * sj, (sci, so, -si, -sj)), "f32")

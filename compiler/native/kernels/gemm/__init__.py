@@ -4,7 +4,7 @@ prediction's weights, kept packed between calls; the lowering rule of matmul, an
 of a packed operand. Their code is a call of the library (loops.py), made by `emit`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from dlc.compiler.ir.dims import concrete, numel, symbols
 from dlc.compiler.native.kernels.map import in_place, merged, read_once
@@ -125,8 +125,9 @@ class PackKernel(Kernel):
 class WeightPacksKernel(Kernel):
     """The weights (parameters) of a prediction that its GEMMs take as B, packed into
     buffers of role "packed", which live as long as their owner (`packs`: PackKernels):
-    the program's first kernel. Weight i is packed when its flag, `ready[i]` (an i32 array,
-    role "packed"), is 0 and a GEMM of this call will read the packed copy, and its flag is
+    the program's first kernel. Weight i is packed when its flag, `ready[flags[i]]` (an i32
+    array, role "packed", whose other flags are those of other copies of weights:
+    `weight_flag`), is 0 and a GEMM of this call will read the packed copy, and its flag is
     then set: so a weight is packed once, not at every call. Whoever changes a weight clears
     the flags (runtime/engines/native.py at every call, library.c when one is set). The
     GEMMs that read the copy: those with more than gemm.FEW_ROWS rows of `rows[i]` (the row
@@ -138,6 +139,7 @@ class WeightPacksKernel(Kernel):
     rows: list
     ready: int
     one_row: bool = False
+    flags: list = field(default_factory=list)   # the index in `ready` of each pack's flag
 
     def text(self) -> list:
         also = ", for one-row products too" if self.one_row else ""
@@ -185,36 +187,60 @@ def packed_before_loop(lw, operand: tuple, k, n, trans: bool, node: int) -> int 
     return outer.packs[key]
 
 
+def _weight_packs(lw) -> WeightPacksKernel | None:
+    """The WeightPacksKernel of the program lowering lw (of the outermost lowering, for a
+    scan's body) when it is lowered with `pack_weights` (a prediction's), made the first
+    time; else None."""
+    root = lw
+    while root.loop is not None:
+        root = root.loop[0]
+    if not root.pack_weights:
+        return None
+    if root.weight_packs is None:
+        ready = lw.p.buffer("i32", 0, "packed", "weights packed")
+        # of no node: the whole program's; packs kept between calls serve one-row products
+        # too, but for bf16 products (few_rows reads B: their packs are rounded, or pairs)
+        one_row = root.pack_weights == "once" and not lw.bf16
+        root.weight_packs = WeightPacksKernel([], [], ready.id, one_row)
+        root.kernels.insert(0, root.weight_packs)
+        lw.p.weights_ready = ready.id
+    return root.weight_packs
+
+
+def weight_flag(lw, weight: int) -> tuple | None:
+    """(buffer, index) of a new flag that says a copy made of buffer `weight` is up to
+    date, where `weight` is a parameter of a prediction lowered with `pack_weights`: a
+    change of a weight clears every flag of the program (WeightPacksKernel); else None."""
+    packs = _weight_packs(lw) if lw.p.buffers[weight].role == "param" else None
+    if packs is None:
+        return None
+    flags = lw.p.buffers[packs.ready]
+    flags.size += 1
+    return packs.ready, flags.size - 1
+
+
 def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> tuple | None:
     """The buffer holding a GEMM operand (of m rows of A) packed once while it stays the
     same, and (buffer, index) of its flag, when it is a weight (a parameter) of a program
     lowered with `pack_weights` (a prediction's): the program's WeightPacksKernel packs it
     before everything else, for all its GEMMs and calls until a weight changes. Else None."""
-    root = lw
-    while root.loop is not None:
-        root = root.loop[0]
     buffer, offset, ld = operand[:3]
-    if not root.pack_weights or lw.p.buffers[buffer].role != "param" or symbols([k, n, offset, ld]):
+    if symbols([k, n, offset, ld]):
         return None
-    packs = root.weight_packs
+    packs = _weight_packs(lw) if lw.p.buffers[buffer].role == "param" else None
     if packs is None:
-        ready = lw.p.buffer("i32", 0, "packed", "weights packed")
-        # of no node: the whole program's; packs kept between calls serve one-row products
-        # too, but for bf16 products (few_rows reads B: their packs are rounded, or pairs)
-        one_row = root.pack_weights == "once" and not lw.bf16
-        packs = root.weight_packs = WeightPacksKernel([], [], ready.id, one_row)
-        root.kernels.insert(0, packs)
-        lw.p.weights_ready = ready.id
+        return None
     key = (buffer, offset, ld, k, n, trans)
-    for i, (p, rows) in enumerate(zip(packs.packs, packs.rows)):
+    for p, rows, flag in zip(packs.packs, packs.rows, packs.flags):
         if p.b + (p.k, p.n, p.trans_b) == key:
             rows.append(m)
-            return p.out, (packs.ready, i)
+            return p.out, (packs.ready, flag)
     out = lw.p.buffer("f32", packed_floats(k, n, tiles=lw.bf16), "packed", f"{lw.p.buffers[buffer].name} packed")
     packs.packs.append(PackKernel(k, n, (buffer, offset, ld), trans, out.id, lw.bf16, node=node))
     packs.rows.append([m])
-    lw.p.buffers[packs.ready].size = len(packs.packs)
-    return out.id, (packs.ready, len(packs.packs) - 1)
+    ready = weight_flag(lw, buffer)
+    packs.flags.append(ready[1])
+    return out.id, ready
 
 
 # ---- lowering rules ------------------------------------------------------------------------------

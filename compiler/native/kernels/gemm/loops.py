@@ -104,7 +104,7 @@ def pack_call(kb: KernelBuilder, f, k):
 def weight_packs(kb: KernelBuilder, f, k):
     """A WeightPacksKernel's code: each pack whose flag is clear and that a GEMM of this call
     reads (more than FEW_ROWS rows, or transposed, or `one_row`) is made, and its flag set."""
-    for i, (p, rows) in enumerate(zip(k.packs, k.rows)):
+    for p, rows, i in zip(k.packs, k.rows, k.flags):
         flag = kb.b.gep(kb.buffer(k.ready, "i32"), [ir.Constant(i32, i)])
         read = ir.Constant(ir.IntType(1), 1)
         if not (p.trans_b or k.one_row):

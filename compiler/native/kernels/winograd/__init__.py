@@ -8,7 +8,7 @@ U = G g Gᵀ (4 x 4) transforms a filter g[o, c] and V = Bᵀ d B the 4 x 4 wind
 x[n, c] the tile reads. For each of the 16 positions (ξ, ν) of a 4 x 4 tile the sum over
 the channels is a matrix product, M[ξν] (O x tiles) = U[ξν] (O x C) @ V[ξν] (C x tiles):
 
-    filters  U [16, O, C]            a fused map (16 members) of w, at every call
+    filters  U [16, O, C]            WinogradFiltersKernel (a prediction's weights: once, until they change)
     input    V [16, C, N·TH·TW]      WinogradInputKernel, from x's windows
     product  M [16, O, N·TH·TW]      GemmKernel, a batch of 16
     output   y [N, O, Ho, Wo]        WinogradOutputKernel, then its epilogue (a bias, an activation)
@@ -18,7 +18,8 @@ overhang: those outputs are not stored). The transforms add in a fixed order and
 fuse a multiply with an add, so every vector width gives the same bits. The tile size is
 the matrices below and nothing else: F(4 x 4, 3 x 3) (a quarter of the products) took
 ResNet-18's prediction at 224 x 224 pixels from 132 to 123 ms, but its error, about ten
-times a direct sum's, put the logits 1.6e-5 from onnxruntime's. The lowering rule that
+times a direct sum's, put the logits 1.6e-5 from onnxruntime's, and five Adam steps of
+examples/vgg_cnn.dl 6 % from the reference engine's loss (2e-6 with these). The lowering rule that
 chooses it is kernels/conv's (docs/native.md, "Winograd's convolution"); its loops are
 in loops.py."""
 from __future__ import annotations
@@ -67,6 +68,30 @@ def two_sided(M, tile, add, sub, times):
     """M t Mᵀ of a square tile (a list of rows), M along its rows first, then its columns."""
     rows = [[combination(row, [t[j] for t in tile], add, sub, times) for j in range(len(tile[0]))] for row in M]
     return [[combination(col, r, add, sub, times) for col in M] for r in rows]
+
+
+@dataclass
+class WinogradFiltersKernel(Kernel):
+    """U = G g Gᵀ of every filter: `transform`, a fused map of 16 members over [O, C], on a
+    thread team. With `ready` ((buffer, index) of a flag: the filters are a prediction's
+    weights and U a buffer kept between calls), only while that flag is clear, which it
+    then sets, so a built library transforms its filters once until a weight changes
+    (kernels/gemm `weight_flag`; the JIT clears the flags at every call)."""
+    transform: object
+    ready: tuple | None = None
+
+    def text(self) -> list:
+        unless = f", unless its flag b{self.ready[0]}[{self.ready[1]}] is set" if self.ready else ""
+        return [f"winograd filters{unless}:{render.located(self)}"] + ["  " + line for line in self.transform.text()]
+
+    def accesses(self) -> tuple:
+        reads, writes = self.transform.accesses()
+        flag = {self.ready[0]} if self.ready else set()
+        return reads | flag, writes | flag
+
+    def emit(self, f):
+        from dlc.compiler.native.kernels.winograd.loops import filters_transform
+        return filters_transform(f, self)
 
 
 @dataclass

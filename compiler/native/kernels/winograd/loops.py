@@ -8,7 +8,7 @@ from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.image_rows import ConvRows
 from dlc.compiler.native.codegen.intrinsics import interleaved, vec_ptr
 from dlc.compiler.native.codegen.types import i32, i64
-from dlc.compiler.native.kernels.map.loops import map_body
+from dlc.compiler.native.kernels.map.loops import map_body, map_loop, outer_extent
 from dlc.compiler.native.kernels.winograd import AT, BT, TILE, WINDOW, two_sided
 
 
@@ -97,3 +97,24 @@ def output_transform(kb: KernelBuilder, k, first):
         if k.epilogue is not None:
             kb.loops((Ho * Wo,), lambda p: map_body(kb, k.epilogue, kb.p, [n, o, p[0]]), contiguous=True)
     kb.loops((N * O,), pair, first=first)
+
+
+def filters_transform(f, k):
+    """A WinogradFiltersKernel's function: the transform's map loop on a thread team, each
+    thread's share skipped while its flag is set; the flag set once the team is done."""
+    def loop(kb, first):
+        if k.ready is None:
+            map_loop(kb, k.transform, f.prog, first=first)
+            return
+        with kb.b.if_then(kb.b.icmp_signed("==", kb.b.load(_flag(kb, k.ready)), ir.Constant(i32, 0))):
+            map_loop(kb, k.transform, f.prog, first=first)
+    shape = k.transform.shape
+    kb = f.team(loop, outer_extent(shape), shape[0] * shape[1] * 16 * 12)
+    if k.ready is not None:
+        kb.b.store(ir.Constant(i32, 1), _flag(kb, k.ready))
+    return kb
+
+
+def _flag(kb: KernelBuilder, ready: tuple):
+    buffer, index = ready
+    return kb.b.gep(kb.buffer(buffer, "i32"), [ir.Constant(i32, index)])
