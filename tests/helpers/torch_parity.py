@@ -108,3 +108,19 @@ def call(module, mapping: dict, *args, **kwargs):
     missing = names - set(mapping)
     assert not missing, f"no value for torch parameters {sorted(missing)}"
     return functional_call(module, mapping, args, kwargs)
+
+
+def step_matches_torch(exe, params: dict, x: np.ndarray, forward, rng, what: str, tolerance: float = 1e-5):
+    """A step graph's (`exe`, helpers.native_cases.step_graph: loss = y · r_y) output y and
+    every parameter's gradient against torch in float64, where forward(x, T) is y from x
+    and the parameters as torch tensors T: the largest error relative to the largest value."""
+    from helpers.native_cases import run_native
+    T = {name: torch.tensor(v, dtype=DT, requires_grad=True) for name, v in params.items()}
+    y = forward(torch.tensor(x, dtype=DT), T)
+    r = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+    (y * torch.tensor(r, dtype=DT)).sum().backward()
+    got = run_native(exe, {"x": x, "r_y": r, "rng": np.zeros(2, np.int32)}, params)
+    expected = {"metric:output:y": y.detach().numpy()} | {f"grad:{name}": t.grad.numpy() for name, t in T.items()}
+    for name, want in expected.items():
+        err = np.abs(got[name] - want).max() / np.abs(want).max()
+        assert got[name].shape == want.shape and err < tolerance, f"{what} {name}: relative error {err:.2e}"

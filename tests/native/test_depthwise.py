@@ -13,8 +13,9 @@ F = torch.nn.functional
 
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
 from dlc.runtime.engines.native import Executable  # noqa: E402
-from helpers.native_cases import run_native, step_graph  # noqa: E402
+from helpers.native_cases import step_graph  # noqa: E402
 from helpers.same_bits import assert_bit_identical  # noqa: E402
+from helpers.torch_parity import step_matches_torch  # noqa: E402
 
 # (channels, multiplier, kernel, stride, padding, dilation, H, W)
 CASES = {
@@ -70,16 +71,8 @@ def matches_torch(case: str):
               "y.b": rng.standard_normal(c * mult)}
     params = {name: v.astype(np.float32) for name, v in params.items()}
     x = rng.standard_normal((3, c, h, w)).astype(np.float32)
-    T = {name: torch.tensor(v, dtype=torch.float64, requires_grad=True) for name, v in params.items()}
-    y = F.conv2d(F.conv2d(torch.tensor(x, dtype=torch.float64), T["p.W"]), T["y.W"], T["y.b"], _pair(stride),
-                 _pair(padding), _pair(dilation), groups=c)
-    r = rng.standard_normal(tuple(y.shape)).astype(np.float32)
-    (y * torch.tensor(r, dtype=torch.float64)).sum().backward()
-    got = run_native(exe, {"x": x, "r_y": r, "rng": np.zeros(2, np.int32)}, params)
-    expected = {"metric:output:y": y.detach().numpy()} | {f"grad:{name}": t.grad.numpy() for name, t in T.items()}
-    for name, want in expected.items():
-        err = np.abs(got[name] - want).max() / np.abs(want).max()
-        assert got[name].shape == want.shape and err < 1e-5, f"{case} {name}: relative error {err:.2e}"
+    step_matches_torch(exe, params, x, lambda x, T: F.conv2d(F.conv2d(x, T["p.W"]), T["y.W"], T["y.b"], _pair(stride),
+                                                              _pair(padding), _pair(dilation), groups=c), rng, case)
 
 
 def test_stride_one_depthwise_is_a_direct_convolution_forward_and_backward():

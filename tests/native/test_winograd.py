@@ -23,6 +23,7 @@ from dlc.runtime.engines.native import Executable  # noqa: E402
 from dlc.runtime.engines.reference import predict_graph  # noqa: E402
 from helpers.native_cases import run_native, step_graph  # noqa: E402
 from helpers.same_bits import assert_bit_identical  # noqa: E402
+from helpers.torch_parity import step_matches_torch  # noqa: E402
 
 # (channels in, out, H, W, padding)
 CASES = {
@@ -110,9 +111,11 @@ model rule {
     c = conv2d(a, 32, 3, stride = 2, padding = 1)       # strided
     d = conv2d(c, 32, 3, padding = 1, dilation = 2)     # dilated
     e = conv2d(maxpool2d(c, 2), 32, 3, padding = 1)     # 3 x 3 pixels: 4 tiles of 16 products for 81
+    f = conv2d(c, 32, 3, padding = 1)                   # 6 x 6 pixels: 9 tiles, too few columns an example
     output b
     output d
     output e
+    output f
 }
 """
 
@@ -141,15 +144,8 @@ def test_winograd_training_matches_torch():
               "y.b": rng.standard_normal(o)}
     params = {name: v.astype(np.float32) for name, v in params.items()}
     x = rng.standard_normal((3, c, h, w)).astype(np.float32)
-    T = {name: torch.tensor(v, dtype=torch.float64, requires_grad=True) for name, v in params.items()}
-    y = F.conv2d(F.conv2d(torch.tensor(x, dtype=torch.float64), T["p.W"]), T["y.W"], T["y.b"], padding=padding)
-    r = rng.standard_normal(tuple(y.shape)).astype(np.float32)
-    (y * torch.tensor(r, dtype=torch.float64)).sum().backward()
-    got = run_native(exe, {"x": x, "r_y": r, "rng": np.zeros(2, np.int32)}, params)
-    expected = {"metric:output:y": y.detach().numpy()} | {f"grad:{name}": t.grad.numpy() for name, t in T.items()}
-    for name, want in expected.items():
-        err = np.abs(got[name] - want).max() / np.abs(want).max()
-        assert got[name].shape == want.shape and err < 1e-5, f"{name}: relative error {err:.2e}"
+    step_matches_torch(exe, params, x, lambda x, T: F.conv2d(F.conv2d(x, T["p.W"]), T["y.W"], T["y.b"], padding=padding),
+                       rng, "overhanging")
 
 
 def test_winograd_training_has_the_same_bits_on_any_thread_count_and_target(tmp_path):

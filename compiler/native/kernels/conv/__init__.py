@@ -26,6 +26,7 @@ FEW_PIXELS_ROW = 8      # output rows narrower than which a grouped weight gradi
 GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
 WINDOWS_FILTERS = 64    # filters from which a direct convolution is a GEMM when it can read the image's windows
 WINOGRAD_CHANNELS = 32  # channels in and out from which a 3 x 3 stride-1 convolution is Winograd's (kernels/winograd)
+WINOGRAD_TILES = 16     # an example's tiles from which it is (fewer: its GEMMs' columns are too few to hide U's reads)
 
 
 @dataclass
@@ -149,13 +150,18 @@ def _winograd(lw, s: ConvShape, attrs) -> bool:
     an input gradient) is Winograd's F(2 x 2, 3 x 3) (kernels/winograd) instead: 3 x 3,
     stride 1, no dilation, one group, padding up to 2 (so that its input gradient, padded
     2 - p, is one too), at least WINOGRAD_CHANNELS channels in and out (fewer make GEMMs
-    too short for the transforms' passes to pay), where its tiles' products are at most
-    two thirds of the convolution's (a 3 x 3 image's 4 tiles of 16 are more), in float32 only (a
+    too short for the transforms' passes to pay), at least WINOGRAD_TILES tiles an example
+    (at fewer, as ResNet-18's last two stages at 64 x 64 pixels, its products, of U's 16
+    matrices — 1.8 times the filters' size — with few columns each, are bound by reading
+    U: a built library's batch-1 prediction took 1.43 of onnxruntime's time against 1.04
+    with its GEMMs of windows), where its tiles' products are at most two thirds of the
+    convolution's (a 3 x 3 image's 4 tiles of 16 are more), in float32 only (a
     bf16 program rounds a convolution's own operands: kernels/conv's paths,
     compiler/native/bf16.py), its sizes but the batch known."""
     return not lw.bf16 and (s.kh, s.kw) == (3, 3) and attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1) \
         and s.groups == 1 and max(attrs["padding"]) <= 2 and min(attrs["padding"]) >= 0 \
         and all(isinstance(d, int) for d in (s.C, s.O, s.Ho, s.Wo)) and min(s.C, s.O) >= WINOGRAD_CHANNELS \
+        and -(-s.Ho // TILE) * -(-s.Wo // TILE) >= WINOGRAD_TILES \
         and 3 * WINDOW * WINDOW * -(-s.Ho // TILE) * -(-s.Wo // TILE) <= 2 * 9 * s.Ho * s.Wo
 
 def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, padding: tuple, out_hw: tuple, out: int):
