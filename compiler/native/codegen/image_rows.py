@@ -57,6 +57,12 @@ class ConvRows:
         p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
         return b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero])
 
+    def store(self, bid, at, value, mask):
+        b = self.kb.b
+        # not `inbounds`: masked-off lanes may lie outside the buffer
+        p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
+        b.call(self.mstore, [value, p, ir.Constant(i32, 4), mask])
+
     def x_taps(self, n, c, h, wo0):
         """tap(j): the nv vectors of x[n, c, h, (wo0 + l) * sw - pw + j] (lanes l), every tap
         column j of the row from one load of it: the row's vectors are loaded once, as far

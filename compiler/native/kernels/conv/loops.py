@@ -5,10 +5,10 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.image_rows import ConvRows
-from dlc.compiler.native.codegen.intrinsics import splat, vec_ptr
+from dlc.compiler.native.codegen.intrinsics import splat
 from dlc.compiler.native.program import Affine
 from dlc.compiler.native.codegen.shared_loops import SUM_LANES, add_lanes
-from dlc.compiler.native.codegen.types import i32, i64
+from dlc.compiler.native.codegen.types import i64
 from dlc.compiler.native.kernels.map.loops import map_body
 
 
@@ -53,8 +53,7 @@ def conv(kb: KernelBuilder, k, first):
             for o in range(width):
                 for v in range(rows.nv):
                     at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
-                    p = vec_ptr(b, b.gep(kb.buffer(k.out, "f32"), [at]), rows.vty)
-                    b.call(rows.mstore, [b.load(sums[o * rows.nv + v]), p, ir.Constant(i32, 4), lanes])
+                    rows.store(k.out, at, b.load(sums[o * rows.nv + v]), lanes)
         rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
 
     def outer(idx):

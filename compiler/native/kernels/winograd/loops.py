@@ -6,7 +6,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.image_rows import ConvRows
-from dlc.compiler.native.codegen.intrinsics import interleaved, vec_ptr
+from dlc.compiler.native.codegen.intrinsics import interleaved
 from dlc.compiler.native.codegen.types import i32, i64
 from dlc.compiler.native.kernels.map.loops import map_body, map_loop, outer_extent
 from dlc.compiler.native.kernels.winograd import AT, BT, TILE, WINDOW, two_sided
@@ -25,13 +25,6 @@ def _at(kb: KernelBuilder, *terms) -> ir.Value:
     for value, stride in terms:
         total = b.add(total, value if stride == 1 else b.mul(value, kb.dim(stride)))
     return total
-
-
-def _store(rows: ConvRows, bid: int, at, value, mask):
-    b = rows.kb.b
-    # not `inbounds`: masked-off lanes may lie outside the buffer
-    p = vec_ptr(b, b.gep(rows.kb.buffer(bid, "f32"), [at]), rows.vty)
-    b.call(rows.mstore, [value, p, ir.Constant(i32, 4), mask])
 
 
 def input_transform(kb: KernelBuilder, k, first):
@@ -57,7 +50,7 @@ def input_transform(kb: KernelBuilder, k, first):
         for xi in range(WINDOW):
             for nu in range(WINDOW):
                 at = b.add(tile, kb.dim((xi * WINDOW + nu) * C * columns))
-                _store(rows, k.out, at, v[xi][nu], inside)
+                rows.store(k.out, at, v[xi][nu], inside)
 
     def pair(idx):
         n, c = b.sdiv(idx[0], kb.dim(C)), b.srem(idx[0], kb.dim(C))
@@ -88,8 +81,8 @@ def output_transform(kb: KernelBuilder, k, first):
             # output vector r of the row: columns TILE·tw0 + r·vw + l, column TILE·t + s from lane t of y[a][s]
             for r, value in enumerate(interleaved(b, y[a])):
                 start = b.add(b.mul(tw0, ir.Constant(i64, TILE)), ir.Constant(i64, r * rows.vw))
-                _store(rows, k.out, _at(kb, (n, O * Ho * Wo), (o, Ho * Wo), (ho, Wo), (start, 1)), value,
-                       rows.mask(start, Wo, row_ok))
+                rows.store(k.out, _at(kb, (n, O * Ho * Wo), (o, Ho * Wo), (ho, Wo), (start, 1)), value,
+                           rows.mask(start, Wo, row_ok))
 
     def pair(idx):
         n, o = b.sdiv(idx[0], kb.dim(O)), b.srem(idx[0], kb.dim(O))
