@@ -30,7 +30,7 @@ CASES = {
     "stage": (32, 32, 16, 16, 1),
     "overhanging": (33, 40, 7, 9, 1),
     "no-padding": (32, 36, 10, 13, 0),
-    "padding-2": (40, 32, 6, 11, 2),
+    "padding-2": (40, 32, 10, 11, 2),     # transposed: 8 x 9 outputs, 20 tiles
     "wide": (32, 34, 5, 75, 1),
 }
 

@@ -14,8 +14,8 @@ from dlc.compiler.native.kernels.gemm import GemmKernel, weight_flag
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel, image_epilogue
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.kernels.winograd import (G, TILE, WINDOW, WinogradFiltersKernel, WinogradInputKernel,
-                                                 WinogradOutputKernel, two_sided)
+from dlc.compiler.native.kernels.winograd import WinogradFiltersKernel, WinogradInputKernel, WinogradOutputKernel
+from dlc.compiler.native.kernels.winograd.transforms import G, WINDOW, tiles, two_sided
 from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, render, row_major
 from dlc.compiler.native.program.registry import register_lowering
 
@@ -146,33 +146,33 @@ class ConvShape:
         return self.C // self.groups * self.kh * self.kw
 
 def _winograd(lw, s: ConvShape, attrs) -> bool:
-    """Whether a convolution that would be a GEMM of its windows (im2col, or col2im for
-    an input gradient) is Winograd's F(2 x 2, 3 x 3) (kernels/winograd) instead: 3 x 3,
-    stride 1, no dilation, one group, padding up to 2 (so that its input gradient, padded
-    2 - p, is one too), at least WINOGRAD_CHANNELS channels in and out (fewer make GEMMs
-    too short for the transforms' passes to pay), at least WINOGRAD_TILES tiles an example
-    (at fewer, as ResNet-18's last two stages at 64 x 64 pixels, its products, of U's 16
-    matrices — 1.8 times the filters' size — with few columns each, are bound by reading
-    U: a built library's batch-1 prediction took 1.43 of onnxruntime's time against 1.04
-    with its GEMMs of windows), where its tiles' products are at most two thirds of the
-    convolution's (a 3 x 3 image's 4 tiles of 16 are more), in float32 only (a
-    bf16 program rounds a convolution's own operands: kernels/conv's paths,
-    compiler/native/bf16.py), its sizes but the batch known."""
-    return not lw.bf16 and (s.kh, s.kw) == (3, 3) and attrs["stride"] == (1, 1) and attrs["dilation"] == (1, 1) \
-        and s.groups == 1 and max(attrs["padding"]) <= 2 and min(attrs["padding"]) >= 0 \
-        and all(isinstance(d, int) for d in (s.C, s.O, s.Ho, s.Wo)) and min(s.C, s.O) >= WINOGRAD_CHANNELS \
-        and -(-s.Ho // TILE) * -(-s.Wo // TILE) >= WINOGRAD_TILES \
-        and 3 * WINDOW * WINDOW * -(-s.Ho // TILE) * -(-s.Wo // TILE) <= 2 * 9 * s.Ho * s.Wo
+    """Whether a convolution of shape s that would be a GEMM of its windows is Winograd's
+    F(2 x 2, 3 x 3) (kernels/winograd) instead: 3 x 3, stride 1, no dilation, one group,
+    padding up to 2 (so that its input gradient, padded 2 - p, is one too), at least
+    WINOGRAD_CHANNELS channels in and out (fewer make GEMMs too short for the transforms'
+    passes to pay), at least WINOGRAD_TILES tiles an example (at fewer, as ResNet-18's last
+    two stages at 64 x 64 pixels, its products of U's 16 matrices, 16/9 of the filters'
+    size, with few columns each are bound by reading U: a built library's batch-1
+    prediction took 1.43 of onnxruntime's time against 1.04 with its GEMMs of windows),
+    where its tiles' products are at most two thirds of the convolution's (a 3 x 3 image's
+    4 tiles of 16 are more); in float32 only (a bf16 program rounds a convolution's own
+    operands: kernels/conv's paths, compiler/native/bf16.py), its sizes but the batch known."""
+    if lw.bf16 or (s.kh, s.kw) != (3, 3) or attrs["stride"] != (1, 1) or attrs["dilation"] != (1, 1) \
+            or s.groups != 1 or not 0 <= min(attrs["padding"]) <= max(attrs["padding"]) <= 2 \
+            or not all(isinstance(d, int) for d in (s.C, s.O, s.Ho, s.Wo)) or min(s.C, s.O) < WINOGRAD_CHANNELS:
+        return False
+    th, tw = tiles((s.Ho, s.Wo))
+    return th * tw >= WINOGRAD_TILES and 3 * WINDOW * WINDOW * th * tw <= 2 * 9 * s.Ho * s.Wo
 
 def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, padding: tuple, out_hw: tuple, out: int):
     """y (`out`, [N, filters, *out_hw]) = x [N, C, H, W] convolved (stride 1) with the
     3 x 3 filters `w`, an index map over [filters, C, i, j] into their buffer (flipped and
-    swapped for an input gradient), by Winograd's F(2 x 2, 3 x 3): the filters
-    transformed by a fused map of 16 members (WinogradFiltersKernel), the image by WinogradInputKernel, a batch of
-    16 GEMMs, WinogradOutputKernel (kernels/winograd)."""
+    swapped for an input gradient), by Winograd's F(2 x 2, 3 x 3): the filters transformed
+    by a fused map of 16 members (WinogradFiltersKernel), the image by WinogradInputKernel,
+    a batch of 16 GEMMs, WinogradOutputKernel (kernels/winograd)."""
     N, C = x_shape[:2]
-    tiles = tuple(-(-d // TILE) for d in out_hw)
-    columns = N * tiles[0] * tiles[1]
+    th, tw = tiles(out_hw)
+    columns = N * th * tw
     positions = WINDOW * WINDOW
     ready = weight_flag(lw, w.buffer)       # a prediction's weights: transformed once, until they change
     u = lw.p.buffer("f32", positions * filters * C, *(("packed", f"{lw.p.buffers[w.buffer].name} winograd")
@@ -188,11 +188,17 @@ def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, paddin
                                        for xi in range(WINDOW) for nu in range(WINDOW)], node=n)
     lw.emit(WinogradFiltersKernel(transform, ready, node=n))
     v = lw.p.buffer("f32", positions * C * columns, "temp")
-    lw.emit(WinogradInputKernel(x.buffer, v.id, x_shape, tiles, padding, node=n))
+    lw.emit(WinogradInputKernel(x.buffer, v.id, x_shape, (th, tw), padding, node=n))
     m = lw.p.buffer("f32", positions * filters * columns, "temp")
     lw.emit(GemmKernel(filters, columns, C, positions, (u.id, 0, C, filters * C), (v.id, 0, columns, C * columns),
                        (m.id, 0, columns, filters * columns), False, False, node=n))
-    lw.emit(WinogradOutputKernel(m.id, out, (N, filters, *out_hw), tiles, node=n))
+    lw.emit(WinogradOutputKernel(m.id, out, (N, filters, *out_hw), (th, tw), node=n))
+
+def _flipped(w: Load, kh: int, kw: int) -> Load:
+    """w [O, C, kh, kw] read as [C, O, kh, kw] with its taps flipped, w[o, c, kh-1-i, kw-1-j]:
+    the filters of a stride-1 convolution's input gradient (a convolution of g)."""
+    so, sci, si, sj = w.at.coeffs
+    return Load(w.buffer, Affine(w.at.offset + (kh - 1) * si + (kw - 1) * sj, (sci, so, -si, -sj)), "f32")
 
 def _direct(taps, kw, attrs) -> bool:
     """Whether a convolution is a ConvKernel: few taps per output (C / groups · kh · kw),
@@ -528,13 +534,12 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         return
     flipped = ConvShape(s.N, s.O, s.C, s.kh, s.kw, H, W, 1)
     flipped_padding = (dh * (s.kh - 1) - ph, dw * (s.kw - 1) - pw)
-    if _winograd(lw, s, attrs):
+    flipped_attrs = {"stride": (1, 1), "padding": flipped_padding, "dilation": (dh, dw)}
+    if (st_h, st_w) == (1, 1) and _winograd(lw, flipped, flipped_attrs):
         # a stride-1 convolution's input gradient (or a transposed convolution) is a
-        # convolution of g with the filters flipped and their channels swapped:
-        # w[o, c, 2 - i, 2 - j] over [C, O, i, j]
-        so, sci, si, sj = wm.at.coeffs
-        flipped_w = Load(wm.buffer, Affine(wm.at.offset + 2 * si + 2 * sj, (sci, so, -si, -sj)), "f32")
-        _winograd_conv(lw, n, lw.materialize(g), g.shape, flipped_w, s.C, flipped_padding, (H, W), out.id)
+        # convolution of g with the filters flipped and their channels swapped
+        _winograd_conv(lw, n, lw.materialize(g), g.shape, _flipped(wm, s.kh, s.kw), s.C, flipped_padding, (H, W),
+                       out.id)
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     if (st_h, st_w) == (1, 1) and min(flipped_padding) >= 0 and _windows_apply(lw, flipped):
@@ -543,12 +548,9 @@ def _conv2d_input_grad(lw, n, ins, attrs, typ):
         # stored [C, N, H, W], with neither col2im's columns nor its accumulation
         wf = lw.p.buffer("f32", numel(w.shape), "temp")
         shape = (s.C, s.O, s.kh, s.kw)
-        so, sci, si, sj = wm.at.coeffs
-        lw.emit(MapKernel(shape, wf.id, Affine(0, row_major(shape)),
-                          Load(wm.buffer, Affine(wm.at.offset + (s.kh - 1) * si + (s.kw - 1) * sj, (sci, so, -si, -sj)),
-                               "f32"), node=n))
+        lw.emit(MapKernel(shape, wf.id, Affine(0, row_major(shape)), _flipped(wm, s.kh, s.kw), node=n))
         taps, columns = s.O * s.kh * s.kw, s.N * H * W
-        _columns_gemm(lw, n, g, flipped, {"stride": (1, 1), "padding": flipped_padding, "dilation": (dh, dw)},
+        _columns_gemm(lw, n, g, flipped, flipped_attrs,
                       (s.C, columns, taps), (wf.id, 0, taps, 0), (out.id, 0, columns, 0), True, True)
         lw.set(n, Load(out.id, Affine(0, (H * W, columns, W, 1)), typ.dtype))
         return

@@ -225,9 +225,7 @@ def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> tuple 
     lowered with `pack_weights` (a prediction's): the program's WeightPacksKernel packs it
     before everything else, for all its GEMMs and calls until a weight changes. Else None."""
     buffer, offset, ld = operand[:3]
-    if symbols([k, n, offset, ld]):
-        return None
-    packs = _weight_packs(lw) if lw.p.buffers[buffer].role == "param" else None
+    packs = None if symbols([k, n, offset, ld]) or lw.p.buffers[buffer].role != "param" else _weight_packs(lw)
     if packs is None:
         return None
     key = (buffer, offset, ld, k, n, trans)

@@ -101,16 +101,31 @@ def pack_call(kb: KernelBuilder, f, k):
                kb.buffer(k.out, "f32")])
 
 
+def flag_clear(kb: KernelBuilder, ready: tuple) -> ir.Value:
+    """Whether the weight flag `ready` ((buffer, index): kernels/gemm `weight_flag`) is
+    clear, an i1: the copy of a weight it guards is to be made."""
+    return kb.b.icmp_signed("==", kb.b.load(_flag(kb, ready)), ir.Constant(i32, 0))
+
+
+def set_flag(kb: KernelBuilder, ready: tuple):
+    """The weight flag `ready` set: its copy is made."""
+    kb.b.store(ir.Constant(i32, 1), _flag(kb, ready))
+
+
+def _flag(kb: KernelBuilder, ready: tuple) -> ir.Value:
+    buffer, index = ready
+    return kb.b.gep(kb.buffer(buffer, "i32"), [ir.Constant(i32, index)])
+
+
 def weight_packs(kb: KernelBuilder, f, k):
     """A WeightPacksKernel's code: each pack whose flag is clear and that a GEMM of this call
     reads (more than FEW_ROWS rows, or transposed, or `one_row`) is made, and its flag set."""
     for p, rows, i in zip(k.packs, k.rows, k.flags):
-        flag = kb.b.gep(kb.buffer(k.ready, "i32"), [ir.Constant(i32, i)])
         read = ir.Constant(ir.IntType(1), 1)
         if not (p.trans_b or k.one_row):
             read = kb.b.icmp_signed(">", kb.dim(rows[0]), kb.dim(FEW_ROWS))
             for m in rows[1:]:
                 read = kb.b.or_(read, kb.b.icmp_signed(">", kb.dim(m), kb.dim(FEW_ROWS)))
-        with kb.b.if_then(kb.b.and_(read, kb.b.icmp_signed("==", kb.b.load(flag), ir.Constant(i32, 0)))):
+        with kb.b.if_then(kb.b.and_(read, flag_clear(kb, (k.ready, i)))):
             pack_call(kb, f, p)
-            kb.b.store(ir.Constant(i32, 1), flag)
+            set_flag(kb, (k.ready, i))

@@ -36,7 +36,7 @@ class MapKernel(Kernel):
         return expr_reads(self.expr), {self.out}
 
     def emit(self, f):
-        return _emit_loop(self, f)
+        return emit_loop(self, f)
 
 
 @dataclass
@@ -65,7 +65,7 @@ class FusedMapKernel(Kernel):
                 set().union(*(w for _, w in parts)) - self.registers)
 
     def emit(self, f):
-        return _emit_loop(self, f)
+        return emit_loop(self, f)
 
 
 def read_once(m, buf: int) -> Load | None:
@@ -129,17 +129,24 @@ def merged(k: MapKernel | FusedMapKernel, axis: int) -> MapKernel | FusedMapKern
     return FusedMapKernel(shape, maps, k.registers, node=k.node, nodes=k.nodes, origin=k.origin)
 
 
-def _emit_loop(k: MapKernel | FusedMapKernel, f):
+def emit_loop(k: MapKernel | FusedMapKernel, f, guard=None):
     """The loop of a map or a fused map, split along its first two axes as one on a thread
-    team (a batch of one splits over its channels; on one thread when it has no axis)."""
+    team (a batch of one splits over its channels; on one thread when it has no axis).
+    `guard(kb)`: an i1 that each thread tests first, skipping its share where it is false
+    (Winograd's filters, transformed while their flag is clear: kernels/winograd)."""
     from dlc.compiler.native.kernels.map.loops import loop_order, map_loop, outer_extent
+
+    def run(kb, first=None):
+        if guard is None:
+            map_loop(kb, k, f.prog, first=first)
+            return
+        with kb.b.if_then(guard(kb)):
+            map_loop(kb, k, f.prog, first=first)
     if not k.shape:
         kb = f.serial()
-        map_loop(kb, k, f.prog)
+        run(kb)
         return kb
-    return f.team(lambda kb, first: map_loop(kb, k, f.prog, first=first),
-                  outer_extent(tuple(k.shape[a] for a in loop_order(k))),
-                  numel(k.shape) * _operations(k))
+    return f.team(run, outer_extent(tuple(k.shape[a] for a in loop_order(k))), numel(k.shape) * _operations(k))
 
 
 def _operations(k: MapKernel | FusedMapKernel) -> int:

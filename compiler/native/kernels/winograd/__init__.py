@@ -16,7 +16,7 @@ the channels is a matrix product, M[ξν] (O x tiles) = U[ξν] (O x C) @ V[ξν
 TH x TW tiles cover an example's Ho x Wo outputs (the last row or column of tiles may
 overhang: those outputs are not stored). The transforms add in a fixed order and never
 fuse a multiply with an add, so every vector width gives the same bits. The tile size is
-the matrices below and nothing else: F(4 x 4, 3 x 3) (a quarter of the products) took
+the matrices of transforms.py and nothing else: F(4 x 4, 3 x 3) (a quarter of the products) took
 ResNet-18's prediction at 224 x 224 pixels from 132 to 123 ms, but its error, about ten
 times a direct sum's, put the logits 1.6e-5 from onnxruntime's, and five Adam steps of
 examples/vgg_cnn.dl 6 % from the reference engine's loss (2e-6 with these). The lowering rule that
@@ -27,48 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dlc.compiler.native.kernels.map import image_epilogue
+from dlc.compiler.native.kernels.winograd.transforms import TILE, WINDOW
 from dlc.compiler.native.program import Kernel, render
-
-TILE = 2        # m: a tile's outputs along each side
-WINDOW = 4      # m + 3 - 1: a tile's inputs along each side
-
-# Bᵀ (input), G (filter) and Aᵀ (output) of F(2 x 2, 3 x 3), interpolating at 0, ±1 and
-# infinity: the tile's window d, the filter g and the tile y along one axis; each
-# transform is applied along both
-BT = ((1, 0, -1, 0),
-      (0, 1, 1, 0),
-      (0, -1, 1, 0),
-      (0, 1, 0, -1))
-G = ((1, 0, 0),
-     (0.5, 0.5, 0.5),
-     (0.5, -0.5, 0.5),
-     (0, 0, 1))
-AT = ((1, 1, 1, 0),
-      (0, 1, -1, -1))
-
-
-def combination(coeffs, values, add, sub, times):
-    """Σ c·v over the coefficients c that are not 0, left to right: ±1 an addition or a
-    subtraction, another c a product first (`times(v, c)`; the first term's too, but
-    for c = 1)."""
-    total = None
-    for c, v in zip(coeffs, values):
-        if c == 0:
-            continue
-        if total is None:
-            total = v if c == 1 else times(v, c)
-        elif abs(c) == 1:
-            total = add(total, v) if c > 0 else sub(total, v)
-        else:
-            total = add(total, times(v, c))
-    return total
-
-
-def two_sided(M, tile, add, sub, times):
-    """M t Mᵀ of a square tile (a list of rows), M along its rows first, then its columns."""
-    rows = [[combination(row, [t[j] for t in tile], add, sub, times) for j in range(len(tile[0]))] for row in M]
-    return [[combination(col, r, add, sub, times) for col in M] for r in rows]
-
 
 @dataclass
 class WinogradFiltersKernel(Kernel):

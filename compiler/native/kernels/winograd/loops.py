@@ -7,24 +7,18 @@ from llvmlite import ir
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.image_rows import ConvRows
 from dlc.compiler.native.codegen.intrinsics import interleaved
-from dlc.compiler.native.codegen.types import i32, i64
-from dlc.compiler.native.kernels.map.loops import map_body, map_loop, outer_extent
-from dlc.compiler.native.kernels.winograd import AT, BT, TILE, WINDOW, two_sided
+from dlc.compiler.native.codegen.types import i64
+from dlc.compiler.native.kernels.gemm.loops import flag_clear, set_flag
+from dlc.compiler.native.kernels.map import emit_loop
+from dlc.compiler.native.kernels.map.loops import map_body
+from dlc.compiler.native.kernels.winograd.transforms import AT, BT, TILE, WINDOW, two_sided
+from dlc.compiler.native.program import Affine
 
 
 def _arithmetic(rows: ConvRows) -> tuple:
     """(add, sub, times) of float vectors, for `combination`."""
     b = rows.kb.b
     return b.fadd, b.fsub, lambda v, c: b.fmul(v, ir.Constant(rows.vty, [float(c)] * rows.vw))
-
-
-def _at(kb: KernelBuilder, *terms) -> ir.Value:
-    """Σ value·stride over (value, stride) pairs: an index."""
-    b = kb.b
-    total = ir.Constant(i64, 0)
-    for value, stride in terms:
-        total = b.add(total, value if stride == 1 else b.mul(value, kb.dim(stride)))
-    return total
 
 
 def input_transform(kb: KernelBuilder, k, first):
@@ -46,7 +40,7 @@ def input_transform(kb: KernelBuilder, k, first):
             window.append([tap(j)[0] for j in range(WINDOW)])
         v = two_sided(BT, window, *_arithmetic(rows))
         inside = rows.mask(tw0, TW)
-        tile = _at(kb, (c, columns), (n, TH * TW), (th, TW), (tw0, 1))
+        tile = kb.affine(Affine(0, (columns, TH * TW, TW, 1)), [c, n, th, tw0])
         for xi in range(WINDOW):
             for nu in range(WINDOW):
                 at = b.add(tile, kb.dim((xi * WINDOW + nu) * C * columns))
@@ -71,7 +65,7 @@ def output_transform(kb: KernelBuilder, k, first):
     def row_of_tiles(n, o, th, q):
         tw0 = b.mul(q, ir.Constant(i64, rows.chunk))
         inside = rows.mask(tw0, TW)
-        tile = _at(kb, (o, columns), (n, TH * TW), (th, TW), (tw0, 1))
+        tile = kb.affine(Affine(0, (columns, TH * TW, TW, 1)), [o, n, th, tw0])
         m = [[rows.load(k.products, b.add(tile, kb.dim((xi * WINDOW + nu) * O * columns)), inside)
               for nu in range(WINDOW)] for xi in range(WINDOW)]
         y = two_sided(AT, m, *_arithmetic(rows))
@@ -81,7 +75,7 @@ def output_transform(kb: KernelBuilder, k, first):
             # output vector r of the row: columns TILE·tw0 + r·vw + l, column TILE·t + s from lane t of y[a][s]
             for r, value in enumerate(interleaved(b, y[a])):
                 start = b.add(b.mul(tw0, ir.Constant(i64, TILE)), ir.Constant(i64, r * rows.vw))
-                rows.store(k.out, _at(kb, (n, O * Ho * Wo), (o, Ho * Wo), (ho, Wo), (start, 1)), value,
+                rows.store(k.out, kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, start]), value,
                            rows.mask(start, Wo, row_ok))
 
     def pair(idx):
@@ -95,19 +89,8 @@ def output_transform(kb: KernelBuilder, k, first):
 def filters_transform(f, k):
     """A WinogradFiltersKernel's function: the transform's map loop on a thread team, each
     thread's share skipped while its flag is set; the flag set once the team is done."""
-    def loop(kb, first):
-        if k.ready is None:
-            map_loop(kb, k.transform, f.prog, first=first)
-            return
-        with kb.b.if_then(kb.b.icmp_signed("==", kb.b.load(_flag(kb, k.ready)), ir.Constant(i32, 0))):
-            map_loop(kb, k.transform, f.prog, first=first)
-    shape = k.transform.shape
-    kb = f.team(loop, outer_extent(shape), shape[0] * shape[1] * 16 * 12)
-    if k.ready is not None:
-        kb.b.store(ir.Constant(i32, 1), _flag(kb, k.ready))
+    if k.ready is None:
+        return emit_loop(k.transform, f)
+    kb = emit_loop(k.transform, f, guard=lambda kb: flag_clear(kb, k.ready))
+    set_flag(kb, k.ready)
     return kb
-
-
-def _flag(kb: KernelBuilder, ready: tuple):
-    buffer, index = ready
-    return kb.b.gep(kb.buffer(buffer, "i32"), [ir.Constant(i32, index)])
