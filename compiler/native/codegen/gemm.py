@@ -82,7 +82,7 @@ from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.amx import TILE_ROWS, has_tiles, tile_ops
 from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
 from dlc.compiler.native.codegen.threadpool import TASK, declare_run
-from dlc.compiler.native.codegen.intrinsics import (LLVMType, bf16_bits, declare, dot_bf16_pairs, masked, round_bf16,
+from dlc.compiler.native.codegen.intrinsics import (LLVMType, bf16_bits, declare, dot_bf16_pairs, every, masked, round_bf16,
                                                     splat, strided_load, vec_ptr)
 from dlc.compiler.native.codegen.types import f32, i1, i8, i32, i64
 
@@ -769,9 +769,12 @@ class _Gen:
     def _window_runs(self, b, stride, g, X_int, tap, kc, out, first, split, live, position):
         """A panel's rows of taps, its columns in two output rows at most and `stride` apart
         along W in X: the lanes before `split` from row (n, ho) of pixel `first`, from its
-        column on, the rest from the next row (or example), from its column 0 on. Each row's
-        lanes are one masked load of stride·VW floats a vector (intrinsics.strided_load); an
-        address outside X only where its lane is off, which reads nothing."""
+        column on, the rest from the next row (or example), from its column 0 on. A vector
+        whose lanes lie in one row, inside X's row, is `stride` plain loads, every
+        stride-th float kept; any other vector's lanes are one masked load of stride·VW
+        floats from each row (intrinsics.strided_load), an address outside X only where its
+        lane is off, which reads nothing. (The masks' arithmetic, on i64 lanes, took about
+        a third of a stem convolution's time when every vector was loaded masked.)"""
         P, VW = self.cfg.nr, self.cfg.vw
         iv = ir.VectorType(i64, VW)
         vsplat = lambda x: splat(b, x, iv)
@@ -785,22 +788,44 @@ class _Gen:
             wi0 = b.sub(b.mul(wo, _c64(stride)), g["pad_w"])    # the column of lane 0, as if the row began there
             base = b.add(b.mul(n, g["sn"]), b.add(b.mul(hi0, g["sh"]), wi0))
             lane_ok = [b.and_(b.icmp_signed(">=", x, vsplat(lo)), b.icmp_signed("<", x, vsplat(hi))) for x in lanes]
-            rows.append((hi0, wi0, base, lane_ok))
+            rows.append((hi0, wi0, base, lo, hi, lane_ok))
+        # the row each vector's lanes all lie in (the first's, else the second's): a row's
+        # lanes are [lo, hi), and each vector's choice is the same for every tap
+        in_first = [b.icmp_signed("<=", _c64((v + 1) * VW), rows[0][4]) for v in range(len(lanes))]
+        in_one = [b.or_(in_first[v], b.and_(b.icmp_signed(">=", _c64(v * VW), rows[1][3]),
+                                            b.icmp_signed("<=", _c64((v + 1) * VW), rows[1][4])))
+                  for v in range(len(lanes))]
+
+        def address(start):
+            return b.inttoptr(b.add(X_int, b.mul(start, _c64(4))), fptr)
+
         with _loop(b, 0, kc, name=f"runs{stride}") as k:
             offset, di, dj = tap(k)
             o = _gep(b, out, b.mul(k, _c64(P)))
-            values = [None] * len(lanes)
-            for hi0, wi0, base, lane_ok in rows:
-                row_ok = splat(b, b.icmp_unsigned("<", b.add(hi0, di), g["H"]), ir.VectorType(i1, VW))
-                start = b.add(base, offset)
-                for v, x in enumerate(lanes):
-                    column = b.add(b.mul(x, vsplat(_c64(stride))), vsplat(b.add(wi0, dj)))
-                    mask = b.and_(b.and_(lane_ok[v], b.icmp_unsigned("<", column, vsplat(g["W"]))), row_ok)
-                    at = b.inttoptr(b.add(X_int, b.mul(b.add(start, _c64(stride * v * VW)), _c64(4))), fptr)
-                    loaded, _ = strided_load(self.m, b, at, mask, stride)
-                    values[v] = loaded if values[v] is None else b.select(mask, loaded, values[v])
-            for v, x in enumerate(values):
-                b.store(x, vec_ptr(b, _gep(b, o, _c64(v * VW)), self.vty), align=4)
+            for v, x in enumerate(lanes):
+                dst = vec_ptr(b, _gep(b, o, _c64(v * VW)), self.vty)
+                pick = lambda q: b.select(in_first[v], rows[0][q], rows[1][q])
+                hi0, wi0, base = pick(0), pick(1), pick(2)
+                column = b.add(b.add(wi0, dj), _c64(stride * v * VW))     # of the vector's first lane
+                whole = b.and_(in_one[v], b.and_(b.icmp_unsigned("<", b.add(hi0, di), g["H"]), b.and_(
+                    b.icmp_unsigned("<", column, g["W"]),
+                    b.icmp_unsigned("<", b.add(column, _c64(stride * VW - 1)), g["W"]))))
+                with b.if_else(whole) as (plain, edge):
+                    with plain:
+                        at = b.add(b.add(base, offset), _c64(stride * v * VW))
+                        parts = [b.load(vec_ptr(b, address(b.add(at, _c64(s * VW))), self.vty), align=4)
+                                 for s in range(stride)]
+                        b.store(every(b, parts, stride, 0), dst, align=4)
+                    with edge:
+                        value = None
+                        for hi0, wi0, base, _, _, lane_ok in rows:
+                            row_ok = splat(b, b.icmp_unsigned("<", b.add(hi0, di), g["H"]), ir.VectorType(i1, VW))
+                            column = b.add(b.mul(x, vsplat(_c64(stride))), vsplat(b.add(wi0, dj)))
+                            mask = b.and_(b.and_(lane_ok[v], b.icmp_unsigned("<", column, vsplat(g["W"]))), row_ok)
+                            loaded, _ = strided_load(self.m, b, address(b.add(b.add(base, offset), _c64(stride * v * VW))),
+                                                     mask, stride)
+                            value = loaded if value is None else b.select(mask, loaded, value)
+                        b.store(value, dst, align=4)
 
     def to_bf16(self, b, panel, kc, P):
         """A packed panel (kc rows of P floats) made into the micro-kernel's bfloat16

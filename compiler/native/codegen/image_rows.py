@@ -19,7 +19,7 @@ class ConvRows:
     `nv` vectors of outputs (`vectors`, else as many as the row needs, up to 2 or 4)
     starts at column wo0; x's row h shifted by tap column j is loaded masked — lanes
     outside the row, and every lane of a row outside x, read nothing and are 0 — and
-    vectors are stored masked; sums are kept in `registers` vector registers (of 32 with
+    vectors are stored masked (whole where every lane is inside: `store`); sums are kept in `registers` vector registers (of 32 with
     AVX-512 and NEON, 16 with AVX2, a few left for the operands)."""
 
     def __init__(self, kb: KernelBuilder, k, whole_lanes: bool = False, vectors: int | None = None):
@@ -62,7 +62,17 @@ class ConvRows:
         b = self.kb.b
         # not `inbounds`: masked-off lanes may lie outside the buffer
         p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
-        b.call(self.mstore, [value, p, ir.Constant(i32, 4), mask])
+        if self.vw == 16:   # AVX-512's masked store is one instruction
+            b.call(self.mstore, [value, p, ir.Constant(i32, 4), mask])
+            return
+        # AVX2's masked store (vmaskmovps) is microcoded on AMD's cores and NEON has none (a
+        # branch a lane): a vector whose lanes are all inside, most of them, is stored whole
+        whole = b.icmp_unsigned("==", b.bitcast(mask, ir.IntType(self.vw)), ir.Constant(ir.IntType(self.vw), -1))
+        with b.if_else(whole) as (inside, edge):
+            with inside:
+                b.store(value, p, align=4)
+            with edge:
+                b.call(self.mstore, [value, p, ir.Constant(i32, 4), mask])
 
     def x_taps(self, n, c, h, wo0):
         """tap(j): the nv vectors of x[n, c, h, (wo0 + l) * sw - pw + j] (lanes l), every tap
