@@ -71,15 +71,18 @@ def first_prediction_s(program: Path, weights: Path, feeds: dict):
     return model, time.perf_counter() - t0
 
 
-def onnxruntime_session(path: Path, threads: int):
+def onnxruntime_session(path: Path, threads: int, fused: bool = True):
     """onnxruntime on `threads` threads, its pool not spinning after a call: its spinning
     threads take the cores from dlc, timed in turn with it in this process (mobilenet_v2 at
     batch 1: dlc 6.3 ms alone, 11.4 interleaved with a spinning pool, 6.9 with one that
     sleeps), while onnxruntime runs these models no slower for it (5.2 ms alone, 7.2
     spinning). benchmarks/predict.py keeps the default: on its small models the spinning
-    pool is onnxruntime's speed (the MLP at batch 1: 0.03 ms spinning, 0.11 not)."""
+    pool is onnxruntime's speed (the MLP at batch 1: 0.03 ms spinning, 0.11 not). `fused`
+    False: its graph optimizations off, every node run as the file has it."""
     import onnxruntime as ort
     options = ort.SessionOptions()
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -24,7 +24,10 @@ those of a histogram of 2048 bins, dlc's exact). Before anything is timed, onnxr
 float32 must agree with dlc's within 1e-4 of the largest output. The column `qdq quanta` is
 the largest difference between onnxruntime running dlc's own QDQ export (`dlc export
 --int8`) and dlc's int8, in quanta of the output (docs/quantization.md, "Export"; a note
-says when it is above one).
+says when it is above one). On an x86-64 host without VNNI, onnxruntime's fused u8 · s8
+kernels saturate (compiler/onnx/qdq.py `fused_int8_saturates`): there it runs dlc's export
+with its graph optimizations off, the products in float32, and the run says so; `ort_int8`
+is onnxruntime's fused model as its users get it, saturation included.
 
 The error, of each int8 against dlc's float32, on the model's first output over the
 evaluation data: top-1 agreement (argmax over the last axis), SQNR in dB (10 log10 of
@@ -66,6 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dlc.compiler.onnx.qdq import fused_int8_saturates
 from deploy import c_point, process_slot, timer
 from imported import imported, onnxruntime_session
 from machine import print_results
@@ -241,7 +245,11 @@ def measure(s: Subject, args, folder: Path, library: bool) -> tuple[dict, list]:
     batches, rounds, seconds = args.batch or BATCHES, args.rounds, args.seconds
     paths = quantized(s, folder, args.observer, args.percentile)
     model = s.model
-    sessions = {k: onnxruntime_session(paths[k], THREADS) for k in ("f32", "qdq", "ort_int8")}
+    exact = not fused_int8_saturates()
+    sessions = {k: onnxruntime_session(paths[k], THREADS, fused=exact or k != "qdq") for k in ("f32", "qdq", "ort_int8")}
+    if not exact:
+        print(f"  note: {s.name}: this CPU has no VNNI, where onnxruntime's fused u8·s8 products saturate: dlc's QDQ "
+              "export runs unfused (the products in float32); ort_int8's products saturate", flush=True)
     first = sessions["f32"].get_outputs()[0].name       # the model's first output, as predict's first
 
     def ort(kind):

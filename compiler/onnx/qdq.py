@@ -12,16 +12,31 @@ bias, the activation and the rest of the graph stay the float32 export's. Quanti
 is dlc's quantization of an input (x / s_x in float32, rounded to even, saturated), and a
 runtime may fuse the pattern into an integer kernel (onnxruntime makes a Gemm or MatMul a
 QGemm); one that does not computes the product in float32 from the dequantized operands,
-which differs from dlc's f32(acc) · M[o] by float32 roundings only.
+which differs from dlc's f32(acc) · M[o] by float32 roundings only. onnxruntime's fused
+u8 · s8 kernels on an x86-64 CPU without VNNI add pairs of products in 16 bits, saturated
+(`vpmaddubsw`), so there a fused product can be far from the exact integer sum
+(`fused_int8_saturates`); with its graph optimizations off it runs the nodes unfused.
 """
 from __future__ import annotations
 
+import platform
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from dlc.compiler.ir.int8 import QuantizedProduct
 from dlc.compiler.passes.int8 import Product
+
+
+def fused_int8_saturates() -> bool:
+    """True on an x86-64 host without VNNI (AVX512_VNNI or AVX-VNNI), where onnxruntime's
+    fused u8 · s8 products sum pairs of products in 16 bits with saturation."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = cpuinfo.read_text().split() if cpuinfo.exists() else []
+    return not ("avx512_vnni" in flags or "avx_vnni" in flags)
 
 
 def integer_product(b, p: Product, q: QuantizedProduct, x: str, float_rule: Callable, **attrs) -> list:

@@ -35,8 +35,13 @@ def exported(model: Model, params: dict, quantization: dict | None = None) -> on
     return proto
 
 
-def run_onnx(proto: onnx.ModelProto, feeds: dict) -> dict:
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+def run_onnx(proto: onnx.ModelProto, feeds: dict, fused: bool = True) -> dict:
+    """onnxruntime's outputs; `fused` False: its graph optimizations off, every node run as
+    the file has it (no QDQ pattern fused into an integer kernel)."""
+    options = ort.SessionOptions()
+    if not fused:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
     outs = session.run(None, {k: feeds[k] for k in names})
     return dict(zip([o.name for o in session.get_outputs()], outs))
