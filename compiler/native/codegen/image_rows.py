@@ -27,7 +27,7 @@ class ConvRows:
         self.vw = default_config().vw
         self.registers = 13 if self.vw == 8 else 28
         self.vty = ir.VectorType(f32, self.vw)
-        self.ity = ir.VectorType(i64, self.vw)
+        self.ity = ir.VectorType(i32, self.vw)
         self.mload, self.mstore = masked(kb.m, self.vty)
         self.fma = declare(kb.m, f"llvm.fma.v{self.vw}f32", self.vty, [self.vty] * 3)
         self.zero = ir.Constant(self.vty, [0.0] * self.vw)
@@ -45,11 +45,18 @@ class ConvRows:
         return b.sdiv(b.add(Wo, ir.Constant(i64, self.chunk - 1)), ir.Constant(i64, self.chunk))
 
     def mask(self, start, size, extra=None):
-        """Lanes l with 0 <= start + l < size (and `extra`, an i1)."""
+        """Lanes l with 0 <= start + l < size (and `extra`, an i1): -start <= l < size - start,
+        both bounds clamped to [0, vw] as 64-bit scalars, then compared on 32-bit lanes
+        (AVX2's 64-bit lanes took twice the instructions, and a load's mask is built for
+        every row a convolution reads)."""
         b = self.kb.b
-        at = b.add(splat(b, start, self.ity), self.lanes)
-        ok = b.and_(b.icmp_signed(">=", at, ir.Constant(self.ity, [0] * self.vw)),
-                    b.icmp_signed("<", at, splat(b, self.kb.dim(size), self.ity)))
+
+        def lanes_bound(v):
+            v = b.select(b.icmp_signed("<", v, ir.Constant(i64, 0)), ir.Constant(i64, 0), v)
+            v = b.select(b.icmp_signed(">", v, ir.Constant(i64, self.vw)), ir.Constant(i64, self.vw), v)
+            return splat(b, b.trunc(v, i32), self.ity)
+        ok = b.and_(b.icmp_signed(">=", self.lanes, lanes_bound(b.neg(start))),
+                    b.icmp_signed("<", self.lanes, lanes_bound(b.sub(self.kb.dim(size), start))))
         return ok if extra is None else b.and_(ok, splat(b, extra, ir.VectorType(i1, self.vw)))
 
     def load(self, bid, at, mask):
