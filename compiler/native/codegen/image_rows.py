@@ -65,6 +65,25 @@ class ConvRows:
         p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
         return b.call(self.mload, [p, ir.Constant(i32, 4), mask, self.zero])
 
+    def row_load(self, bid, at, start, size, row_ok):
+        """The vector of a row at `at`, its lanes at columns start + l of a row of `size`
+        (a row outside the image, `row_ok` false, reads nothing): loaded whole when every
+        lane is inside, as most are, else masked (building the mask took more instructions
+        than a tap's arithmetic)."""
+        b = self.kb.b
+        whole = b.and_(row_ok, b.and_(b.icmp_signed(">=", start, ir.Constant(i64, 0)),
+                                      b.icmp_signed("<=", b.add(start, ir.Constant(i64, self.vw)), self.kb.dim(size))))
+        with b.if_else(whole) as (inside, edge):
+            with inside:
+                p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at], inbounds=True), self.vty)
+                plain, plain_block = b.load(p, align=4), b.block
+            with edge:
+                masked_value, masked_block = self.load(bid, at, self.mask(start, size, row_ok)), b.block
+        value = b.phi(self.vty)
+        value.add_incoming(plain, plain_block)
+        value.add_incoming(masked_value, masked_block)
+        return value
+
     def store(self, bid, at, value, mask):
         b = self.kb.b
         # not `inbounds`: masked-off lanes may lie outside the buffer
@@ -99,7 +118,7 @@ class ConvRows:
         parts = []
         for u in range((self.nv + more) * sw):
             start = b.add(first, ir.Constant(i64, u * self.vw))
-            parts.append(self.load(k.x, b.add(row, start), self.mask(start, W, row_ok)))
+            parts.append(self.row_load(k.x, b.add(row, start), start, W, row_ok))
         streams = [[every(b, parts[v * sw:(v + 1) * sw], sw, t) for v in range(self.nv + more)]
                    for t in range(min(sw, kw))]
 
