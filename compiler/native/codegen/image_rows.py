@@ -67,22 +67,33 @@ class ConvRows:
 
     def row_load(self, bid, at, start, size, row_ok):
         """The vector of a row at `at`, its lanes at columns start + l of a row of `size`
-        (a row outside the image, `row_ok` false, reads nothing): loaded whole when every
-        lane is inside, as most are, else masked (building the mask took more instructions
-        than a tap's arithmetic)."""
+        (a row outside the image, `row_ok` false, reads nothing): whole when every lane is
+        inside, as most are, else masked (`whole_or_masked`)."""
         b = self.kb.b
         whole = b.and_(row_ok, b.and_(b.icmp_signed(">=", start, ir.Constant(i64, 0)),
                                       b.icmp_signed("<=", b.add(start, ir.Constant(i64, self.vw)), self.kb.dim(size))))
+        return self.whole_or_masked(whole, [(bid, at)], lambda: [self.mask(start, size, row_ok)])[0]
+
+    def whole_or_masked(self, whole, places: list, masks) -> list:
+        """The vectors at `places` ((buffer, at) each) loaded whole where `whole` (every lane
+        of each inside its buffer) holds, else each under its mask of those `masks()`
+        builds: building a mask for each vector of a row took more instructions than a
+        tap's arithmetic."""
+        b = self.kb.b
+        branches = []
         with b.if_else(whole) as (inside, edge):
             with inside:
-                p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at], inbounds=True), self.vty)
-                plain, plain_block = b.load(p, align=4), b.block
+                branches.append(([b.load(vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at], inbounds=True), self.vty),
+                                         align=4) for bid, at in places], b.block))
             with edge:
-                masked_value, masked_block = self.load(bid, at, self.mask(start, size, row_ok)), b.block
-        value = b.phi(self.vty)
-        value.add_incoming(plain, plain_block)
-        value.add_incoming(masked_value, masked_block)
-        return value
+                branches.append(([self.load(bid, at, lanes) for (bid, at), lanes in zip(places, masks())], b.block))
+        values = []
+        for u in range(len(places)):
+            value = b.phi(self.vty)
+            for vectors, block in branches:
+                value.add_incoming(vectors[u], block)
+            values.append(value)
+        return values
 
     def store(self, bid, at, value, mask):
         b = self.kb.b
@@ -131,10 +142,10 @@ class ConvRows:
         return tap
 
     def out_at(self, n, o, ho, wo0, v):
-        """Where vector v of the chunk at wo0 of output row (n, o, ho) starts, and its lanes inside the row."""
+        """Where vector v of the chunk at wo0 of output row (n, o, ho) starts, and its first column."""
         O, Ho, Wo = self.k.channels, *self.k.out_hw
         start = self.kb.b.add(wo0, ir.Constant(i64, v * self.vw))
-        return self.kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, start]), self.mask(start, Wo)
+        return self.kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, start]), start
 
     def tap_row(self, ho, i):
         """The row of x that tap row i of output row ho reads."""

@@ -52,8 +52,8 @@ def conv(kb: KernelBuilder, k, first):
                                                first=rows.tap_rows(ho)))
             for o in range(width):
                 for v in range(rows.nv):
-                    at, lanes = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
-                    rows.store(k.out, at, b.load(sums[o * rows.nv + v]), lanes)
+                    at, start = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                    rows.store(k.out, at, b.load(sums[o * rows.nv + v]), rows.mask(start, Wo))
         rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
 
     def outer(idx):
@@ -116,11 +116,11 @@ def conv_weight_grad(kb: KernelBuilder, k, first):
                     def chunk(idx):
                         n, ho, q = b.add(start, idx[0]), idx[1], idx[2]
                         wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
-                        gs = []
-                        for o in range(width):
-                            for v in range(rows.nv):
-                                at, inside = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
-                                gs.append(rows.load(k.g, at, inside))
+                        places = [rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                                  for o in range(width) for v in range(rows.nv)]
+                        whole = b.icmp_signed("<=", b.add(wo0, ir.Constant(i64, rows.chunk)), kb.dim(k.out_hw[1]))
+                        gs = rows.whole_or_masked(whole, [(k.g, at) for at, _ in places],
+                                                  lambda: [rows.mask(start, k.out_hw[1]) for _, start in places])
                         tap = rows.x_taps(n, c, rows.tap_row(ho, i), wo0)
                         for j in range(kw):
                             xs = tap(j)

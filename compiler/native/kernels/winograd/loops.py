@@ -64,10 +64,11 @@ def output_transform(kb: KernelBuilder, k, first):
 
     def row_of_tiles(n, o, th, q):
         tw0 = b.mul(q, ir.Constant(i64, rows.chunk))
-        inside = rows.mask(tw0, TW)
         tile = kb.affine(Affine(0, (columns, TH * TW, TW, 1)), [o, n, th, tw0])
-        m = [[rows.load(k.products, b.add(tile, kb.dim((xi * WINDOW + nu) * O * columns)), inside)
-              for nu in range(WINDOW)] for xi in range(WINDOW)]
+        m = rows.whole_or_masked(b.icmp_signed("<=", b.add(tw0, ir.Constant(i64, rows.vw)), kb.dim(TW)),
+                                 [(k.products, b.add(tile, kb.dim((xi * WINDOW + nu) * O * columns)))
+                                  for xi in range(WINDOW) for nu in range(WINDOW)], lambda: [rows.mask(tw0, TW)] * WINDOW * WINDOW)
+        m = [m[xi * WINDOW:(xi + 1) * WINDOW] for xi in range(WINDOW)]
         y = two_sided(AT, m, *_arithmetic(rows))
         for a in range(TILE):
             ho = b.add(b.mul(th, ir.Constant(i64, TILE)), ir.Constant(i64, a))
