@@ -30,8 +30,8 @@ Structure (BLIS): for each NC-wide column block and KC-deep slice of K (slices e
 out), op(B) is packed into NR-wide panels (k-major, zero-padded), then for each MC-tall
 row block op(A) is packed into MR-tall panels (panels along K are transposed 8×8 in
 registers), and a micro-kernel keeps an MR×NR tile of C in MR·NR/VW vector accumulators
-over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost. Edge tiles
-use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators),
+over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost (UNROLL steps
+an iteration). Edge tiles use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators),
 `AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it) and
 `NEON` (12×8 on <4 x float>, 24 accumulators; AArch64's). The blocking decides which
 thread computes an output, never the order of its sum: K slices are 256 deep in each.
@@ -155,6 +155,8 @@ OPERANDS = ("f32", "bf16-round", "bf16-pairs", "bf16-amx")
 # (16 rows of 16 pairs along K) into 16 x 16 floats of C.
 TILE_DEPTH = 32
 
+# steps of K a micro-kernel's loop takes an iteration
+UNROLL = 4
 # rows of op(A) up to which a block multiplies without packing (_Gen.few_rows), and the
 # vectors of a C row it keeps in registers
 FEW_ROWS = 2
@@ -428,41 +430,77 @@ class _Gen:
             row = _gep(b, c, b.mul(_min(b, _c64(r), b.sub(mr, _c64(1))), ldc))
             for col in (_c64(0), last_col):   # the row's end may be on the next line
                 b.call(prefetch, [b.bitcast(_gep(b, row, col), vptr), i32(1), i32(3), i32(1)])
-        b.branch(loop)
 
-        b.position_at_end(loop)
-        k = b.phi(i64, "k")
-        k.add_incoming(_c64(0), entry)
-        accs = [[b.phi(vty, f"c{r}_{v}") for v in range(NV)] for r in range(MR)]
-        for r in range(MR):
-            for v in range(NV):
-                accs[r][v].add_incoming(zero, entry)
         # k: a step of K, or with bfloat16 pairs a pair of them (a 32-bit pair per element)
         pairs = cfg.operands == "bf16-pairs"
         ety = i32 if pairs else f32
         lty = ir.VectorType(ety, VW)
-        bk = _gep(b, bp, b.mul(k, _c64(NR)))
-        bvec = [b.load(b.bitcast(_gep(b, bk, _c64(v * VW)), lty.as_pointer()), align=4 * VW)
-                for v in range(NV)]
-        ak = _gep(b, a, b.mul(k, _c64(MR)))
-        ak = b.bitcast(ak, ety.as_pointer()) if pairs else ak
-        new = []
-        for r in range(MR):
-            a_r = splat(b, b.load(_gep(b, ak, _c64(r)), align=4), lty)
-            if pairs:
-                new.append([dot_bf16_pairs(self.m, b, accs[r][v], a_r, bvec[v]) for v in range(NV)])
-            else:
-                new.append([b.call(self.fma, [a_r, bvec[v], accs[r][v]]) for v in range(NV)])
-        k1 = b.add(k, _c64(1))
-        k.add_incoming(k1, loop)
+
+        def step(k, accs):      # the tile's sums after step k
+            bk = _gep(b, bp, b.mul(k, _c64(NR)))
+            bvec = [b.load(b.bitcast(_gep(b, bk, _c64(v * VW)), lty.as_pointer()), align=4 * VW)
+                    for v in range(NV)]
+            ak = _gep(b, a, b.mul(k, _c64(MR)))
+            ak = b.bitcast(ak, ety.as_pointer()) if pairs else ak
+            new = []
+            for r in range(MR):
+                a_r = splat(b, b.load(_gep(b, ak, _c64(r)), align=4), lty)
+                if pairs:
+                    new.append([dot_bf16_pairs(self.m, b, accs[r][v], a_r, bvec[v]) for v in range(NV)])
+                else:
+                    new.append([b.call(self.fma, [a_r, bvec[v], accs[r][v]]) for v in range(NV)])
+            return new
+
+        def sums(name, incoming):     # phis of the tile's sums, from (block, sums) pairs
+            phis = [[b.phi(vty, f"{name}{r}_{v}") for v in range(NV)] for r in range(MR)]
+            for block, values in incoming:
+                for r in range(MR):
+                    for v in range(NV):
+                        phis[r][v].add_incoming(values[r][v] if values is not None else zero, block)
+            return phis
+
+        # UNROLL steps an iteration while they last (the loop's own instructions took a
+        # slot in every few of the FMAs'), then one at a time
+        steps = _ceil_div(b, kc, 2) if pairs else kc
+        unrolled, rest_check, rest = loop, fn.append_basic_block("k.rest_check"), fn.append_basic_block("k.rest")
+        b.cbranch(b.icmp_signed(">=", steps, _c64(UNROLL)), unrolled, rest_check)
+
+        b.position_at_end(unrolled)
+        k = b.phi(i64, "k")
+        k.add_incoming(_c64(0), entry)
+        accs = sums("c", [(entry, None)])
+        new = accs
+        for u in range(UNROLL):
+            new = step(b.add(k, _c64(u)), new)
+        k_next = b.add(k, _c64(UNROLL))
+        k.add_incoming(k_next, unrolled)
         for r in range(MR):
             for v in range(NV):
-                accs[r][v].add_incoming(new[r][v], loop)
-        steps = _ceil_div(b, kc, 2) if pairs else kc
-        b.cbranch(b.icmp_signed("<", k1, steps), loop, tail)
+                accs[r][v].add_incoming(new[r][v], unrolled)
+        b.cbranch(b.icmp_signed("<=", b.add(k_next, _c64(UNROLL)), steps), unrolled, rest_check)
 
-        # ---- store the tile
+        b.position_at_end(rest_check)
+        k_rest = b.phi(i64, "k_rest")
+        k_rest.add_incoming(_c64(0), entry)
+        k_rest.add_incoming(k_next, unrolled)
+        after_unrolled = sums("u", [(entry, None), (unrolled, new)])
+        b.cbranch(b.icmp_signed("<", k_rest, steps), rest, tail)
+
+        b.position_at_end(rest)
+        k = b.phi(i64, "kr")
+        k.add_incoming(k_rest, rest_check)
+        accs = sums("r", [(rest_check, after_unrolled)])
+        new = step(k, accs)
+        k1 = b.add(k, _c64(1))
+        k.add_incoming(k1, rest)
+        for r in range(MR):
+            for v in range(NV):
+                accs[r][v].add_incoming(new[r][v], rest)
+        b.cbranch(b.icmp_signed("<", k1, steps), rest, tail)
+
         b.position_at_end(tail)
+        new = sums("s", [(rest_check, after_unrolled), (rest, new)])
+        # ---- store the tile
         full = b.and_(b.icmp_signed("==", mr, _c64(MR)), b.icmp_signed("==", nr, _c64(NV * VW)))
         full_bb = fn.append_basic_block("full")
         edge_bb = fn.append_basic_block("edge")
