@@ -31,8 +31,8 @@ out), op(B) is packed into NR-wide panels (k-major, zero-padded), then for each 
 row block op(A) is packed into MR-tall panels (panels along K are transposed 8×8 in
 registers), and a micro-kernel keeps an MR×NR tile of C in MR·NR/VW vector accumulators
 over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost (UNROLL steps
-an iteration). Edge tiles use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>, 12 accumulators),
-`AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it) and
+an iteration). Edge tiles use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>,
+12 accumulators), `AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it) and
 `NEON` (12×8 on <4 x float>, 24 accumulators; AArch64's). The blocking decides which
 thread computes an output, never the order of its sum: K slices are 256 deep in each.
 
@@ -418,7 +418,7 @@ class _Gen:
             fn.args[k].add_attribute("noalias")
         kc, a, bp, c, ldc, mr, nr, load_c = fn.args
         entry = fn.append_basic_block("entry")
-        loop = fn.append_basic_block("k.loop")
+        unrolled = fn.append_basic_block("k.unrolled")
         tail = fn.append_basic_block("k.done")
         b = ir.IRBuilder(entry)
         zero = ir.Constant(vty, None)
@@ -459,10 +459,10 @@ class _Gen:
                         phis[r][v].add_incoming(values[r][v] if values is not None else zero, block)
             return phis
 
-        # UNROLL steps an iteration while they last (the loop's own instructions took a
-        # slot in every few of the FMAs'), then one at a time
+        # UNROLL steps an iteration while they last, then one at a time: with one step an
+        # iteration, the loop's own instructions took issue slots among the FMAs
         steps = _ceil_div(b, kc, 2) if pairs else kc
-        unrolled, rest_check, rest = loop, fn.append_basic_block("k.rest_check"), fn.append_basic_block("k.rest")
+        rest_check, rest = fn.append_basic_block("k.rest_check"), fn.append_basic_block("k.rest")
         b.cbranch(b.icmp_signed(">=", steps, _c64(UNROLL)), unrolled, rest_check)
 
         b.position_at_end(unrolled)

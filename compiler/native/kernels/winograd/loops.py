@@ -65,9 +65,10 @@ def output_transform(kb: KernelBuilder, k, first):
     def row_of_tiles(n, o, th, q):
         tw0 = b.mul(q, ir.Constant(i64, rows.chunk))
         tile = kb.affine(Affine(0, (columns, TH * TW, TW, 1)), [o, n, th, tw0])
-        m = rows.whole_or_masked(b.icmp_signed("<=", b.add(tw0, ir.Constant(i64, rows.vw)), kb.dim(TW)),
-                                 [(k.products, b.add(tile, kb.dim((xi * WINDOW + nu) * O * columns)))
-                                  for xi in range(WINDOW) for nu in range(WINDOW)], lambda: [rows.mask(tw0, TW)] * WINDOW * WINDOW)
+        positions = [(k.products, b.add(tile, kb.dim((xi * WINDOW + nu) * O * columns)))
+                     for xi in range(WINDOW) for nu in range(WINDOW)]
+        m = rows.whole_or_masked(b.icmp_signed("<=", b.add(tw0, ir.Constant(i64, rows.vw)), kb.dim(TW)), positions,
+                                 lambda: [rows.mask(tw0, TW)] * len(positions))
         m = [m[xi * WINDOW:(xi + 1) * WINDOW] for xi in range(WINDOW)]
         y = two_sided(AT, m, *_arithmetic(rows))
         for a in range(TILE):
