@@ -32,9 +32,10 @@ row block op(A) is packed into MR-tall panels (panels along K are transposed 8×
 registers), and a micro-kernel keeps an MR×NR tile of C in MR·NR/VW vector accumulators
 over the K slice: A broadcast, B loaded as vectors, llvm.fma, K innermost (UNROLL steps
 an iteration). Edge tiles use masked loads/stores. Blockings: `AVX2` (6×16 on <8 x float>,
-12 accumulators), `AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the host has it) and
-`NEON` (12×8 on <4 x float>, 24 accumulators; AArch64's). The blocking decides which
-thread computes an output, never the order of its sum: K slices are 256 deep in each.
+12 accumulators), `AVX512` (8×32 on <16 x float>, 16 accumulators; the default where the
+host has it) and `NEON` (12×8 on <4 x float>, 24 accumulators; AArch64's). The blocking
+decides which thread computes an output, never the order of its sum: K slices are 256
+deep in each.
 
 The bf16 routines (`gemm_name(..., bf16=True)`: `dlc_bgemm_*`) take the same float32
 arrays and multiply them rounded to bfloat16, summing in float32 (a config's `operands`,

@@ -17,10 +17,11 @@ class ConvRows:
     """What the direct convolution kernels (ConvKernel) and Winograd's transforms
     (kernels/winograd: its input tiles are a convolution's windows) share: a row chunk of
     `nv` vectors of outputs (`vectors`, else as many as the row needs, up to 2 or 4)
-    starts at column wo0; x's row h shifted by tap column j is loaded masked — lanes
-    outside the row, and every lane of a row outside x, read nothing and are 0 — and
-    vectors are stored masked (whole where every lane is inside: `store`); sums are kept in `registers` vector registers (of 32 with
-    AVX-512 and NEON, 16 with AVX2, a few left for the operands)."""
+    starts at column wo0; x's row h shifted by tap column j is loaded whole where every
+    lane is inside x, else masked (`row_load`: lanes outside the row, and every lane of a
+    row outside x, read nothing and are 0), and vectors are stored the same way (`store`);
+    sums are kept in `registers` vector registers (of 32 with AVX-512 and NEON, 16 with
+    AVX2, a few left for the operands)."""
 
     def __init__(self, kb: KernelBuilder, k, whole_lanes: bool = False, vectors: int | None = None):
         self.kb, self.k = kb, k
