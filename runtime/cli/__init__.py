@@ -14,7 +14,9 @@ import gc
 import importlib
 import keyword
 import os
+import signal
 import sys
+import threading
 
 import dlc
 
@@ -93,11 +95,39 @@ def _imported(argv) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
+    interrupts = _recorded_interrupts()
     try:
-        return _main(argv)
+        status = _main(argv)
     except KeyboardInterrupt:       # at any moment: while importing, compiling or training
+        status = None
+    finally:
+        if interrupts is not None:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+    if status is None or interrupts:
         print("interrupted", file=sys.stderr)
         return 130
+    return status
+
+
+def _recorded_interrupts() -> list | None:
+    """Ctrl-C raises KeyboardInterrupt as Python's own handler does, and is also recorded: one
+    raised inside a callback that CPython runs and whose exceptions it drops (importlib's
+    module-lock weakref callback, a __del__) would otherwise let the command run on and end
+    with status 0. A SIGINT that is ignored or handled by the embedding program is left
+    alone, as is one outside the main thread, where no handler can be set. The trainer's own
+    handler (training/interrupt.py: stop after the step and save) replaces this one for the
+    loop, and what it handles is not an interrupt of the command."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+    seen = []
+
+    def handler(signum, frame):
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    return seen
 
 
 def _main(argv) -> int:

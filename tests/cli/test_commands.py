@@ -258,6 +258,32 @@ def test_ctrl_c_during_start_up_exits_130(delay):
     assert p.returncode == 130 and err.strip() == "interrupted", err
 
 
+def test_an_interrupt_a_callback_dropped_still_ends_with_130(monkeypatch, capsys):
+    """CPython prints and drops an exception raised in a __del__ or a weakref callback (as
+    importlib's module-lock callback once did with a Ctrl-C during start-up): the command
+    runs on, and must still end as interrupted."""
+    import dlc.runtime.cli as cli
+    dropped = []
+
+    class Collected:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)     # the handler runs here, inside __del__
+
+    def command(argv):
+        Collected()
+        return 0
+
+    monkeypatch.setattr(cli, "_main", command)
+    monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C as in a terminal
+    try:
+        assert cli.main([]) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert dropped == [KeyboardInterrupt] and capsys.readouterr().err.strip() == "interrupted"
+
+
 # ---- --optimizer and --freeze replace the train block's ------------------------------------------
 ADAM = "train xor { data = xor() batch = 4 epochs = 1 optimizer = adam(lr = 1e-3, beta2 = 0.99) }"
 
