@@ -11,7 +11,7 @@ from llvmlite import ir
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.amx import tiles_granted
 from dlc.compiler.native.codegen.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name
-from dlc.compiler.native.kernels.gemm import packed_floats
+from dlc.compiler.native.kernels.gemm import a_pack_floats, packed_floats
 from dlc.runtime.engines import cache
 
 _ARGTYPES = (ctypes.c_int64,) * 3 + (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64) * 3 \
@@ -25,7 +25,8 @@ class GemmLibrary:
     def __init__(self, variants=None, config: GemmConfig | None = None, packed: bool = False,
                  level: int | None = None):
         """`packed`: also the routines of each variant that take op(B) packed, and the
-        pack functions (call with packed=True). `level`: LLVM's, by default dlc's routines'
+        pack functions (call with packed=True), and for float32 those that take op(A)
+        packed (call with packed_a=True). `level`: LLVM's, by default dlc's routines'
         (`jit.settled_level`: O3, quick code under DLC_QUICK_CODE=only)."""
         self.config = config or default_config()
         if self.config.amx and not tiles_granted():
@@ -35,19 +36,29 @@ class GemmLibrary:
                         for acc in (False, True)]
         self.module = ir.Module(name="dlc_gemm")
         kinds = (False, True) if packed else (False,)
+        a_kinds = (True,) if packed and not self.config.bf16 else ()
         for ta, tb, acc in variants:
             for pk in kinds:
                 add_gemm(self.module, trans_a=ta, trans_b=tb, accumulate=acc, packed=pk, config=self.config)
+            for pa in a_kinds:
+                add_gemm(self.module, trans_a=ta, trans_b=tb, accumulate=acc, packed_a=pa, config=self.config)
         for tb in (False, True) if packed else ():
             add_pack(self.module, trans_b=tb, config=self.config)
+            if a_kinds:
+                add_pack(self.module, trans_b=tb, config=self.config, which="a")
         # through the compile cache: the same routines built again (another test's, a benchmark's
         # next run) are loaded, not compiled; the thread pool they hand their work to first
         self.compiled = cache.compile_cached(self.module, jit.settled_level() if level is None else level)
         self._fns = {v + (pk,): self._function(gemm_name(*v, pk, self.config.bf16), ctypes.c_int32,
                                                *_ARGTYPES + (ctypes.c_void_p,) * pk)
                      for v in variants for pk in kinds}
+        self._fns.update({v + ("a",): self._function(gemm_name(*v, packed_a=True), ctypes.c_int32,
+                                                     *_ARGTYPES + (ctypes.c_void_p,))
+                          for v in variants for _ in a_kinds})
         self._packs = {tb: self._function(pack_name(tb, self.config.bf16), None, *_PACK_ARGTYPES)
                        for tb in (False, True) if packed}
+        self._a_packs = {ta: self._function(pack_name(ta, which="a"), None, *_PACK_ARGTYPES)
+                         for ta in (False, True) for _ in a_kinds}
 
     def _function(self, name: str, restype, *argtypes):
         return ctypes.CFUNCTYPE(restype, *argtypes)(self.compiled.address(name))
@@ -98,8 +109,8 @@ class GemmLibrary:
         return (M, N, K, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb,
                 c.ctypes.data, ldc, sc, batch, int(nthreads))
 
-    def function(self, trans_a=False, trans_b=False, accumulate=False, packed=False):
-        return self._fns[(trans_a, trans_b, accumulate, packed)]
+    def function(self, trans_a=False, trans_b=False, accumulate=False, packed=False, packed_a=False):
+        return self._fns[(trans_a, trans_b, accumulate, "a" if packed_a else packed)]
 
     def _packed(self, args, trans_b) -> np.ndarray:
         """op(B) of the validated arguments `args` (of `args()`) packed for the `packed`
@@ -113,31 +124,45 @@ class GemmLibrary:
         self._packs[trans_b](K, N, b, ldb, out.ctypes.data)
         return out
 
+    def _packed_a(self, args, trans_a) -> np.ndarray:
+        """op(A) of the validated arguments `args` packed for the `packed_a` routines (add_pack
+        of "a"): each matrix of A (one where its batch stride is 0) a_pack_floats apart,
+        64-byte aligned, with NaN past what the packing writes."""
+        M, N, K, a, lda, stride_a, *_, batch, _ = args
+        count, each = (batch if stride_a else 1), a_pack_floats(K, M)
+        room = np.full(count * each + 64, np.nan, np.float32)
+        out = room[(-room.ctypes.data % 64) // 4:]
+        for i in range(count):
+            self._a_packs[trans_a](K, M, a + 4 * i * stride_a, lda, out[i * each:].ctypes.data)
+        return out
+
     def __call__(self, a, b, c=None, *, trans_a=False, trans_b=False, accumulate=False,
-                 nthreads=1, packed=False):
+                 nthreads=1, packed=False, packed_a=False):
         """c (+)= op(a) @ op(b); allocates c (zeros when accumulating) if it is None.
-        `packed`: b (one matrix) is packed first, and the product takes the packed copy."""
+        `packed`: b (one matrix) is packed first, and the product takes the packed copy;
+        `packed_a`: a is, each of its matrices."""
         if c is None:
             M = a.shape[-1] if trans_a else a.shape[-2]
             N = b.shape[-2] if trans_b else b.shape[-1]
             lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
             c = np.zeros(lead + (M, N), np.float32)
         status = self.bind(a, b, c, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate,
-                           nthreads=nthreads, packed=packed)()
+                           nthreads=nthreads, packed=packed, packed_a=packed_a)()
         if status != 0:
             raise MemoryError("GEMM pack buffers could not be allocated")
         return c
 
     def bind(self, a, b, c, *, trans_a=False, trans_b=False, accumulate=False, nthreads=1,
-             packed=False):
+             packed=False, packed_a=False):
         """A zero-argument callable running one product with pointers resolved once
-        (keeps a, b, c alive; `packed`: b is packed here, once), returning its status."""
-        fn = self.function(trans_a, trans_b, accumulate, packed)
+        (keeps a, b, c alive; `packed`: b is packed here, once; `packed_a`: a is),
+        returning its status."""
+        fn = self.function(trans_a, trans_b, accumulate, packed, packed_a)
         args = self.args(a, b, c, trans_a, trans_b, nthreads)
-        packed_b = self._packed(args, trans_b) if packed else None
-        if packed:
-            args += (packed_b.ctypes.data,)
-        keep = (a, b, c, packed_b)
+        pack = self._packed(args, trans_b) if packed else self._packed_a(args, trans_a) if packed_a else None
+        if pack is not None:
+            args += (pack.ctypes.data,)
+        keep = (a, b, c, pack)
 
         def run(fn=fn, args=args, keep=keep):
             return fn(*args)

@@ -34,3 +34,8 @@ MOST_THREADS = 1024
 # columns of C up to which a GEMM block multiplies without packing (codegen/gemm.py
 # _Gen.few_columns); here so that lowering (kernels/conv) reads it without loading LLVM
 FEW_COLUMNS = 16
+
+# a multiple of the rows of every float32 GEMM blocking's panels of A (6, 8 and 12): the
+# packs of a batch of matrices of A given packed follow each other at whole multiples of it
+# (codegen/gemm.py `packed_a`, kernels/gemm `a_pack_floats`)
+A_PANEL_ROWS = 24

@@ -1084,6 +1084,69 @@ def test_a_changed_filter_is_transformed_again(tmp_path):
     api.f("destroy")(model)
 
 
+FILTERS = """
+model filters {
+    input  x: f32[B, 32, 9, 11]
+    target y: i32[B]
+    h = conv2d(x, 32, 3, padding = 1, act = relu)
+    s = conv2d(h, 24, 3, stride = 2, padding = 1, act = relu)
+    p = conv2d(s, 40, 1, act = relu)
+    logits = dense(global_avg_pool(p), 4)
+    loss   sparse_cross_entropy(logits, y)
+    output logits
+}
+
+train filters {
+    data      = npz("filters.npz")
+    batch     = 2
+    optimizer = sgd(lr = 0.1)
+}
+"""
+
+
+def test_filters_kept_packed_give_the_engines_bits(tmp_path):
+    """A float32 library keeps its convolutions' filters packed as their GEMMs' A (docs/deploy.md,
+    "Weights packed once"): a Winograd convolution's transform, a GEMM of windows' filters and
+    a 1 x 1 convolution's, each GEMM reading only its pack; the engine, which packs inside
+    each GEMM, gives the same bits, at batch 1 and 3, and again after their weights change."""
+    from dlc.compiler.native.kernels.gemm import GemmKernel
+    from dlc.compiler.native.lower import lower
+    from dlc.compiler.passes.optimize import optimize
+    from dlc.runtime.engines.native import predict_graph
+    source = tmp_path / "filters.dl"
+    source.write_text(FILTERS)
+    engine = DlcModel(str(source), backend="native")
+    program = lower(optimize(predict_graph(engine.eval_model)), pack_weights="once")
+    assert len([k for k in program.kernels if isinstance(k, GemmKernel) and k.packed_a]) == 3
+    rng = np.random.default_rng(6)
+    np.savez(tmp_path / "filters.npz", x=rng.standard_normal((4, 32, 9, 11)).astype(np.float32),
+             y=rng.integers(0, 4, 4).astype(np.int32))
+    params = initial_parameters(load(source).build(None, training=False), 5)
+    checkpoint.save(tmp_path / "weights.npz", params, {}, {})
+    engine.load_weights(tmp_path / "weights.npz")
+    dlc("build", source, "--train", "-o", tmp_path / "lib")     # (set_parameter is a train library's)
+    api = Api(tmp_path / "lib", "filters")
+    p = lambda a: ctypes.c_void_p(a.ctypes.data)
+    status, model = api.create(tmp_path / "weights.npz")
+    assert status == 0, api.error(model)
+
+    def same_as_engine():
+        for batch in (1, 3):
+            x = rng.standard_normal((batch, 32, 9, 11)).astype(np.float32)
+            status, got, _ = api.predict(model, x, x.shape, 4 * batch)
+            assert status == 0, api.error(model)
+            assert got[:4 * batch].tobytes() == engine.predict({"x": x})["logits"].tobytes(), batch
+
+    same_as_engine()
+    same_as_engine()        # from the packs the first call made
+    for name in ("h.W", "s.W", "p.W"):
+        w = rng.normal(0, 0.2, engine.params[name].shape).astype(np.float32)
+        assert api.f("set_parameter")(model, name.encode(), p(w), p(np.array(w.shape, np.int64)), w.ndim) == 0
+        engine.params[name][...] = w
+        same_as_engine()
+    api.f("destroy")(model)
+
+
 def test_a_train_library_with_its_weights_inside(built, tmp_path):
     """--train --embed-weights: create(NULL) starts from the embedded weights, which a step
     then changes in the instance (the library's stay as they are: a second instance starts

@@ -97,6 +97,40 @@ def test_matches_numpy_and_packed_b_gives_the_same_bits(lib, M, N, K, ta, tb, ac
     np.testing.assert_array_equal(packed, c)     # the same panels, the same summation order
 
 
+@pytest.mark.parametrize("ta,tb,acc", ALL)
+@pytest.mark.parametrize("M,N,K", SIZES + [(512, 16, 300), (25, 4, 40)])
+def test_packed_a_gives_the_same_bits_and_reads_only_the_pack(lib, M, N, K, ta, tb, acc):
+    """With op(A) packed once (a built library's filters), on one thread or two: the same bits
+    as packing inside the product, on the tiled path at every size (one or two rows, few
+    columns: their own paths' bits too); and A itself is never read: NaN in it, after its
+    pack was made, changes nothing (a Winograd transform kept only packed)."""
+    rng = np.random.default_rng(M * 7919 + N * 31 + K)
+    a, b = _operands(rng, M, N, K, ta, tb)
+    c0 = rng.standard_normal((M, N), dtype=np.float32)
+    want = lib(a, b, c0.copy() if acc else None, trans_a=ta, trans_b=tb, accumulate=acc)
+    for nthreads in (1, 2):
+        c = c0.copy() if acc else np.full((M, N), np.nan, np.float32)
+        run = lib.bind(a, b, c, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads, packed_a=True)
+        a[...] = np.nan
+        assert run() == 0
+        a[...] = _operands(np.random.default_rng(M * 7919 + N * 31 + K), M, N, K, ta, tb)[0]
+        assert c.tobytes() == want.tobytes(), (M, N, K, nthreads)
+
+
+@pytest.mark.parametrize("a_batch", [3, None])
+def test_packed_a_of_a_batch_follows_each_matrix(lib, a_batch):
+    """A batch of products with op(A) packed: one pack per matrix of A, a_pack_floats(K, M)
+    apart (a Winograd convolution's 16 transforms), or one for all (a per-example
+    product's filters, A's batch stride 0); the bits of packing inside each product."""
+    rng = np.random.default_rng(3)
+    M, N, K = 29, 70, 45
+    a = rng.standard_normal((M, K) if a_batch is None else (a_batch, M, K), dtype=np.float32)
+    b = rng.standard_normal((3, K, N), dtype=np.float32)
+    want = lib(a, b, nthreads=2)
+    got = lib(a, b, nthreads=2, packed_a=True)
+    assert got.tobytes() == want.tobytes()
+
+
 @pytest.mark.parametrize("tb", [False, True])
 @pytest.mark.parametrize("K,N", [(1, 1), (7, 31), (13, 32), (5, 33), (300, 65)])
 def test_packing_stays_in_its_buffer(lib, K, N, tb):

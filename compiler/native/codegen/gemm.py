@@ -54,7 +54,8 @@ built library's weights) can be packed once by `add_pack` into K-long NR-wide pa
 `packed` routines take that copy as one more argument (or null: not packed) and skip
 packing B. With a row or two of A the float32 ones not transposing B read the panels
 too, each contiguous over K, where the routines without it read B's rows
-(`_Gen.few_rows`). With at most FEW_COLUMNS columns of C nothing is packed: groups of
+(`_Gen.few_rows`). The float32 `packed_a` routines take op(A) so, packed by `add_pack` of
+"a" into K-long MR-tall panels (a built library's convolution filters), and read only it. With at most FEW_COLUMNS columns of C nothing is packed: groups of
 op(A)'s rows are multiplied as they lie (`_Gen.few_columns`; the weight of a
 convolution's im2col product is A). Every path sums each element in the same order.
 
@@ -78,7 +79,7 @@ from dataclasses import dataclass, replace
 
 from llvmlite import ir
 
-from dlc.compiler.native import FEW_COLUMNS, MOST_THREADS
+from dlc.compiler.native import A_PANEL_ROWS, FEW_COLUMNS, MOST_THREADS
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.amx import TILE_ROWS, has_tiles, tile_ops
 from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
@@ -112,6 +113,8 @@ class GemmConfig:
             raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")
         if self.amx and (self.mr, self.nr, self.vw) != (2 * TILE_ROWS, 2 * TILE_ROWS, 16) or self.kc % self.k_step:
             raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")
+        if not self.bf16 and A_PANEL_ROWS % self.mr:     # where the packs of A's matrices start
+            raise ValueError(f"inconsistent GEMM blocking {self}: {A_PANEL_ROWS} rows are not whole panels")
 
     @property
     def bf16(self) -> bool:
@@ -219,19 +222,19 @@ def bf16_config() -> GemmConfig:
 
 
 def gemm_name(trans_a: bool, trans_b: bool, accumulate: bool, packed: bool = False, bf16: bool = False,
-              epilogue: bool = False, windows: bool = False) -> str:
+              epilogue: bool = False, windows: bool = False, packed_a: bool = False) -> str:
     return (f"dlc_{'b' if bf16 else 's'}gemm_{'t' if trans_a else 'n'}{'t' if trans_b else 'n'}"
-            f"{'_acc' if accumulate else ''}{'_packed' if packed else ''}{'_windows' if windows else ''}"
-            f"{'_epi' if epilogue else ''}")
+            f"{'_acc' if accumulate else ''}{'_packed' if packed else ''}{'_packed_a' if packed_a else ''}"
+            f"{'_windows' if windows else ''}{'_epi' if epilogue else ''}")
 
 
-def pack_name(trans_b: bool, bf16: bool = False) -> str:
-    return f"dlc_{'b' if bf16 else 's'}gemm_pack_{'t' if trans_b else 'n'}"
+def pack_name(trans: bool, bf16: bool = False, which: str = "b") -> str:
+    return f"dlc_{'b' if bf16 else 's'}gemm_pack_{'a_' if which == 'a' else ''}{'t' if trans else 'n'}"
 
 
 def gemm_type(packed: bool = False, epilogue: bool = False, windows: bool = False) -> ir.FunctionType:
     """The C signature of a GEMM routine (module docstring); a `packed` one takes op(B)
-    packed by `add_pack` as one more pointer; a `windows` one the geometry of the image
+    packed by `add_pack` as one more pointer (a `packed_a` one op(A), the same way); a `windows` one the geometry of the image
     its B is (WINDOW_GEOMETRY); an `epilogue` one then its epilogue (EPILOGUE_TYPE) and the
     two pointers the routine passes it."""
     return ir.FunctionType(i32, [i64] * 3 + [fptr, i64, i64] * 3 + [i64, i64] + [fptr] * packed
@@ -308,6 +311,25 @@ def _ceil_div(b, x, d):
 def _gep(b, ptr, idx):
     return b.gep(ptr, [idx], inbounds=True)
 
+
+
+def _given_or_packed(b, fn, which: str, given, from_given, pack_here):
+    """The panels of operand `which` and the floats from one panel to the next: from_given()'s,
+    in the pack `given` where it is not null, else pack_here()'s (each builds at b's place)."""
+    given_bb, own_bb, joined = (fn.append_basic_block(f"{which}_{n}") for n in ("given", "own", "joined"))
+    b.cbranch(b.icmp_unsigned("!=", given, ir.Constant(fptr, None)), given_bb, own_bb)
+    b.position_at_end(given_bb)
+    at_given, given_end = from_given(), b.block
+    b.branch(joined)
+    b.position_at_end(own_bb)
+    at_own, own_end = pack_here(), b.block
+    b.branch(joined)
+    b.position_at_end(joined)
+    phis = b.phi(fptr), b.phi(i64)
+    for phi, g, o in zip(phis, at_given, at_own):
+        phi.add_incoming(g, given_end)
+        phi.add_incoming(o, own_end)
+    return phis
 
 
 def _transpose8(b, rows):
@@ -1100,9 +1122,13 @@ class _Gen:
 
     # ---- one variant ----
 
-    def block(self, name, trans_a, trans_b, accumulate, packed, epilogue=False, windows=False):
+    def block(self, name, trans_a, trans_b, accumulate, packed, epilogue=False, windows=False, packed_a=False):
         """C[m0:m1, n0:n1] (+)= op(A)[m0:m1, :] @ op(B)[:, n0:n1] for one matrix. `packed`:
         op(B) is also given packed (`Bk`, laid out by `add_pack`), so it is not packed here.
+        `packed_a`: op(A) is, in the same argument (`add_pack` of "a": MR-tall panels, each
+        K long); given (not null), only the pack is read, by the tiled path at any size (a
+        weight of few columns, as a convolution's last stages at batch 1, was otherwise
+        copied at every call to be read once or twice).
         `epilogue`: it is called on each part of the block as soon as the part is final —
         an MC x NC block after its last K slice, while the block is in cache (by rows: a
         part of NR columns, its rows a page apart at many pixels, missed the L1 cache on
@@ -1114,6 +1140,7 @@ class _Gen:
                        ["m0", "m1", "n0", "n1", "K", "A", "lda", "B", "ldb", "C", "ldc",
                         "Ap", "Bp", "Bk"] + ["epilogue", "slots", "sizes", "bi"] * epilogue + ["geometry"] * windows)
         m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, Ap, Bp, Bk = fn.args[:14]
+        Ak = Bk if packed_a else None       # a null one: A is packed here
 
         def finished(b, r0, r1, c0, c1):
             if epilogue:
@@ -1121,7 +1148,6 @@ class _Gen:
                 b.call(epi, [slots, sizes, bi, r0, r1, c0, c1])
         uk = self.ukernel()
         narrow = None if cfg.amx or cfg.nr == cfg.vw else self.narrow_ukernel()
-        pack_a = self.pack("a", trans_a)
         pack_b = self.pack("b", trans_b)
         b = ir.IRBuilder(fn.append_basic_block("entry"))
         empty_k = fn.append_basic_block("empty_k")
@@ -1142,6 +1168,8 @@ class _Gen:
         kslices = _ceil_div(b, K, cfg.kc)
         kstep = _ceil_div(b, K, kslices)
         few_rows = b.icmp_signed("<=", b.sub(m1, m0), _c64(FEW_ROWS))
+        # a block given op(A) packed reads the pack only (a caller may keep no other A): tiled
+        unpacked_a = b.icmp_unsigned("==", Ak, ir.Constant(fptr, None)) if packed_a else ir.Constant(i1, 1)
         if packed and not trans_b and not cfg.bf16:
             # op(B) packed (given, not null) and the columns from a panel's start: the
             # one-row product streams its panels (a null Bk: the caller's pack is not made).
@@ -1160,7 +1188,7 @@ class _Gen:
         if not (trans_b or windows):
             tiled = fn.append_basic_block("tiled")
             few = fn.append_basic_block("few_rows")
-            b.cbranch(few_rows, few, tiled)
+            b.cbranch(b.and_(few_rows, unpacked_a), few, tiled)
             b.position_at_end(few)
             self.few_rows(b, m0, m1, n0, n1, K, kstep, A, lda, C, ldc, trans_a, accumulate, self._stored_b(B, ldb))
             finished(b, m0, m1, n0, n1)
@@ -1168,7 +1196,7 @@ class _Gen:
             b.position_at_end(tiled)
         if not (cfg.bf16 or windows):      # (a windows routine's B is an image: packed, always)
             few, packing = fn.append_basic_block("few_columns"), fn.append_basic_block("packing")
-            b.cbranch(b.icmp_signed("<=", b.sub(n1, n0), _c64(FEW_COLUMNS)), few, packing)
+            b.cbranch(b.and_(b.icmp_signed("<=", b.sub(n1, n0), _c64(FEW_COLUMNS)), unpacked_a), few, packing)
             b.position_at_end(few)
             self.few_columns(b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate)
             finished(b, m0, m1, n0, n1)
@@ -1191,28 +1219,17 @@ class _Gen:
                     return Bp, self.panel_length(b, kc)
 
                 if packed:     # the K-long panels from column jc on, from row pc on; a null Bk: packed here
-                    given, own, joined = (fn.append_basic_block(n) for n in ("b_given", "b_own", "b_joined"))
-                    b.cbranch(b.icmp_unsigned("!=", Bk, ir.Constant(fptr, None)), given, own)
-                    b.position_at_end(given)
-                    rows = b.sdiv(pc, _c64(2)) if pairs else pc      # packed rows before row pc
-                    stride_given = self.panel_length(b, K)
-                    block_given = _gep(b, Bk, b.add(b.mul(jc, stride_given), b.mul(rows, _c64(cfg.nr))))
-                    b.branch(joined)
-                    b.position_at_end(own)
-                    block_own, stride_own = pack_here()
-                    b.branch(joined)
-                    b.position_at_end(joined)
-                    bblock, bstride = b.phi(fptr), b.phi(i64)
-                    for phi, pair in ((bblock, (block_given, block_own)), (bstride, (stride_given, stride_own))):
-                        phi.add_incoming(pair[0], given)
-                        phi.add_incoming(pair[1], own)
+                    def given_panels():
+                        rows = b.sdiv(pc, _c64(2)) if pairs else pc      # packed rows before row pc
+                        stride = self.panel_length(b, K)
+                        return _gep(b, Bk, b.add(b.mul(jc, stride), b.mul(rows, _c64(cfg.nr)))), stride
+                    bblock, bstride = _given_or_packed(b, fn, "b", Bk, given_panels, pack_here)
                 else:
                     bblock, bstride = pack_here()
                 load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, _c64(0))
                 with _loop(b, m0, m1, cfg.mc, name="ic") as ic:
                     mc = _min(b, _c64(cfg.mc), b.sub(m1, ic))
-                    asrc = _gep(b, A, b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc))
-                    b.call(pack_a, [kc, mc, asrc, lda, Ap])
+                    ablock, astride = self._a_block(b, fn, A, lda, Ap, Ak, trans_a, ic, mc, pc, kc, K)
                     with _loop(b, 0, nc, cfg.nr, name="jr") as jr:
                         nr = _min(b, _c64(cfg.nr), b.sub(nc, jr))
                         bpanel = _gep(b, bblock, b.mul(jr, bstride))
@@ -1220,7 +1237,7 @@ class _Gen:
                         kernel = uk if narrow is None else b.select(b.icmp_signed("<=", nr, _c64(cfg.vw)), narrow, uk)
                         with _loop(b, 0, mc, cfg.mr, name="ir") as ir_:
                             mr = _min(b, _c64(cfg.mr), b.sub(mc, ir_))
-                            apanel = _gep(b, Ap, b.mul(ir_, self.panel_length(b, kc)))
+                            apanel = _gep(b, ablock, b.mul(ir_, astride))
                             ctile = _gep(b, crow, b.mul(b.add(ic, ir_), ldc))
                             b.call(kernel, [kc, apanel, bpanel, ctile, ldc, mr, nr, load_c])
                     if epilogue:    # after the last K slice, the block is final
@@ -1233,6 +1250,25 @@ class _Gen:
                         b.position_at_end(after)
         b.ret_void()
         return fn
+
+    def _a_block(self, b, fn, A, lda, Ap, Ak, trans_a, ic, mc, pc, kc, K):
+        """The panels of op(A)[ic : ic+mc, pc : pc+kc] and the floats from one panel to the
+        next: packed here into Ap, or the given Ak's (not null), each panel K long."""
+        def pack_here():
+            asrc = _gep(b, A, b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc))
+            b.call(self.pack("a", trans_a), [kc, mc, asrc, lda, Ap])
+            return Ap, self.panel_length(b, kc)
+        if Ak is None:
+            return pack_here()
+        def given_panels():     # panel ic / MR from row pc on
+            return _gep(b, Ak, b.add(b.mul(ic, K), b.mul(pc, _c64(self.cfg.mr)))), K
+        return _given_or_packed(b, fn, "a", Ak, given_panels, pack_here)
+
+    @staticmethod
+    def _nth_pack(b, packs, i, stride):
+        """Pack i of `packs`, each `stride` floats; null where `packs` is (not packed)."""
+        null = ir.Constant(fptr, None)
+        return b.select(b.icmp_unsigned("==", packs, null), null, b.gep(packs, [b.mul(i, stride)]))
 
     def few_rows(self, b, m0, m1, n0, n1, K, kstep, A, lda, C, ldc, trans_a, accumulate, column_at):
         """C rows (+)= a sum over k of op(A)[i, k] · row k of op(B), without packing: with a
@@ -1393,9 +1429,10 @@ class _Gen:
         column_at.unit = nr // vw
         return column_at
 
-    def variant(self, name, trans_a, trans_b, accumulate, packed, epilogue=False, windows=False):
+    def variant(self, name, trans_a, trans_b, accumulate, packed, epilogue=False, windows=False, packed_a=False):
         cfg = self.cfg
         assert not (accumulate and epilogue), "an epilogue computes from the final sums"
+        assert not packed_a or not (packed or cfg.bf16), "a float32 routine's op(A) packed, or its op(B)"
         assert not windows or not (trans_a or accumulate or packed or cfg.bf16), \
             "a convolution's windows are op(B), in float32"
         # the 13 arguments, the status, the caller's floating-point mode (fpmode.py), the
@@ -1405,7 +1442,7 @@ class _Gen:
                                         fptr, i64, i64, i64, i32, i32, fptr]
                                        + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue
                                        + [i64.as_pointer()] * windows)
-        block = self.block(name, trans_a, trans_b, accumulate, packed, epilogue, windows)
+        block = self.block(name, trans_a, trans_b, accumulate, packed, epilogue, windows, packed_a)
         get_buffer = self.get_buffer()
 
         # body(args, chunk, chunks, slot): a chunk's share of the whole batch
@@ -1426,6 +1463,9 @@ class _Gen:
         Ap = buf
         Bp = _gep(b, buf, _c64(cfg.b_offset))
         Bk = b.load(b.gep(argp, [i32(0), i32(15)], inbounds=True))
+        if packed_a:        # A's packs follow each other as A's matrices do (one, broadcast: stride 0)
+            Ak_stride = b.select(b.icmp_signed("==", sa, _c64(0)), _c64(0),
+                                 b.mul(b.mul(_ceil_div(b, M, _c64(A_PANEL_ROWS)), _c64(A_PANEL_ROWS)), K))
         finish = [b.load(b.gep(argp, [i32(0), i32(k)], inbounds=True)) for k in range(16, 19)] if epilogue else []
         geometry = [b.load(b.gep(argp, [i32(0), i32(16 + 3 * epilogue)], inbounds=True))] if windows else []
 
@@ -1462,7 +1502,9 @@ class _Gen:
             b.call(block, [m_lo, m_hi, n_lo, n_hi, K,
                            _gep(b, A, b.mul(bi, sa)), lda,
                            _gep(b, B, b.mul(bi, sb)), ldb,
-                           _gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp, Bk] + (finish + [bi] if epilogue else []) + geometry)
+                           _gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp,
+                           self._nth_pack(b, Bk, bi, Ak_stride) if packed_a else Bk]
+                   + (finish + [bi] if epilogue else []) + geometry)
         b.branch(done)
         b.position_at_end(done)
         b.ret_void()
@@ -1476,10 +1518,11 @@ class _Gen:
         b.ret_void()
 
         # the public entry point
-        fn = ir.Function(self.m, gemm_type(packed, epilogue, windows), name)
+        fn = ir.Function(self.m, gemm_type(packed or packed_a, epilogue, windows), name)
         fn.attributes.add("nounwind")
         names = ["M", "N", "K", "A", "lda", "stride_a", "B", "ldb", "stride_b", "C", "ldc", "stride_c", "batch",
-                 "nthreads"] + ["packed"] * packed + ["geometry"] * windows + ["epilogue", "slots", "sizes"]
+                 "nthreads"] + ["packed"] * (packed or packed_a) + ["geometry"] * windows \
+            + ["epilogue", "slots", "sizes"]
         for a, n in zip(fn.args, names):
             a.name = n
         M, N, K, *_, batch, nthreads = fn.args[:14]
@@ -1497,11 +1540,12 @@ class _Gen:
             b.store(v, b.gep(args, [i32(0), i32(k)], inbounds=True))
         b.store(i32(0), b.gep(args, [i32(0), i32(13)], inbounds=True))
         b.store(current_mode(self.m, b), b.gep(args, [i32(0), i32(14)], inbounds=True))
-        b.store(fn.args[14] if packed else ir.Constant(fptr, None), b.gep(args, [i32(0), i32(15)], inbounds=True))
-        for k, v in enumerate(fn.args[14 + packed + windows:] if epilogue else ()):
+        given = packed or packed_a
+        b.store(fn.args[14] if given else ir.Constant(fptr, None), b.gep(args, [i32(0), i32(15)], inbounds=True))
+        for k, v in enumerate(fn.args[14 + given + windows:] if epilogue else ()):
             b.store(v, b.gep(args, [i32(0), i32(16 + k)], inbounds=True))
         if windows:
-            b.store(fn.args[14], b.gep(args, [i32(0), i32(16 + 3 * epilogue)], inbounds=True))
+            b.store(fn.args[14 + given], b.gep(args, [i32(0), i32(16 + 3 * epilogue)], inbounds=True))
         nt = _max(b, nthreads, _c64(1))       # the pool takes at most MOST_THREADS
         work = b.mul(b.mul(b.mul(M, N), _max(b, K, _c64(1))), batch)
         # below serial_below on the calling thread; called from a pool's task (a fused
@@ -1515,12 +1559,16 @@ class _Gen:
 def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = False,
              trans_b: bool = False, accumulate: bool = False, packed: bool = False,
              config: GemmConfig | None = None, epilogue: bool = False, windows: bool = False,
-             shared_buffers: bool = False) -> ir.Function:
+             shared_buffers: bool = False, packed_a: bool = False) -> ir.Function:
     """Add the GEMM routine `name` (see the module docstring for its C signature) and its
     internal helpers to `module`; helpers are shared by all routines of one config.
     `packed`: the routine also takes op(B) packed (`add_pack`), or null, and multiplies with
     that instead of packing B itself (the bf16 ones read B when only a row or two of A is
     given: their packs are rounded, or pairs, or tiles; a null pack: B is packed here).
+    `packed_a` (float32): the routine takes op(A) packed (`add_pack` of "a") in that place,
+    or null: for a batch stride of A of 0 one pack, else one per matrix, each starting
+    ceil(M / A_PANEL_ROWS) · A_PANEL_ROWS · K floats after the one before; given, it reads
+    only the packs, never A.
     `epilogue`: it also takes an epilogue (EPILOGUE_TYPE) to call on each part of C once final.
     `windows` (float32): B is an image X and the routine also takes its geometry
     (WINDOW_GEOMETRY), op(B) being X's convolution windows — im2col's columns transposed
@@ -1532,23 +1580,26 @@ def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = Fals
     The module must be compiled after the thread pool's symbols are known
     (runtime/engines/cache.py `pool_symbols`)."""
     config = config or default_config()
-    name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16, epilogue, windows)
-    return _Gen(module, config, shared_buffers).variant(name, trans_a, trans_b, accumulate, packed, epilogue, windows)
+    name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16, epilogue, windows, packed_a)
+    return _Gen(module, config, shared_buffers).variant(name, trans_a, trans_b, accumulate, packed, epilogue, windows,
+                                                        packed_a)
 
 
 def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | None = None,
-             shared_buffers: bool = False) -> ir.Function:
+             shared_buffers: bool = False, which: str = "b") -> ir.Function:
     """Add `void pack(int64_t K, int64_t N, const float *B, int64_t ldb, float *dst)`:
     op(B) (K x N; stored N x K with `trans_b`) packed once for many products with the
     `packed` routines — NR-wide panels along N, each K long, k-major, columns past N zero:
     `packed_floats(K, N)` floats. A loop-invariant operand (a recurrent weight inside a
-    scan) is packed once before the loop instead of at every step."""
+    scan) is packed once before the loop instead of at every step. With `which` "a"
+    (float32), op(A) (N x K here: its rows are the panels' direction; stored K x N with
+    `trans_b`) for the `packed_a` routines: MR-tall panels, each K long, rows past N zero."""
     gen = _Gen(module, config or default_config(), shared_buffers)
-    fn = ir.Function(module, PACK_TYPE, pack_name(trans_b, gen.cfg.bf16))
+    fn = ir.Function(module, PACK_TYPE, pack_name(trans_b, gen.cfg.bf16, which))
     fn.attributes.add("nounwind")
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     K, N, B, ldb, dst = fn.args
-    b.call(gen.pack("b", trans_b), [K, N, B, ldb, dst])
+    b.call(gen.pack(which, trans_b), [K, N, B, ldb, dst])
     b.ret_void()
     return fn
 
@@ -1568,6 +1619,9 @@ CHUNKS_PER_THREAD = 2
 # (trans_a, trans_b, packed, epilogue): the routines the kernels call; and the pack functions
 VARIANTS = [(ta, tb, pk, ep) for ta in (False, True) for tb in (False, True) for pk in (False, True)
             for ep in (False, True)]
+# (trans_b, epilogue, windows) of the float32 routines taking op(A) packed: a prediction's
+# weights as A (a convolution's filters, times its windows or im2col's columns)
+PACKED_A_VARIANTS = [(tb, ep, windows) for tb in (False, True) for ep in (False, True) for windows in (False, True)]
 
 
 def program_configs() -> tuple:
@@ -1594,6 +1648,11 @@ def _routines(configs: tuple) -> dict:
                 add_gemm, dict(config=config, trans_b=tb, epilogue=ep, windows=True))
         for tb in (False, True):
             found[pack_name(tb, config.bf16)] = (add_pack, dict(config=config, trans_b=tb))
+        for tb, ep, windows in PACKED_A_VARIANTS if not config.bf16 else ():
+            found[gemm_name(False, tb, False, epilogue=ep, windows=windows, packed_a=True)] = (
+                add_gemm, dict(config=config, trans_b=tb, epilogue=ep, windows=windows, packed_a=True))
+        if not config.bf16:
+            found[pack_name(False, which="a")] = (add_pack, dict(config=config, which="a"))
     return found
 
 

@@ -10,7 +10,7 @@ from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
 from dlc.compiler.native import FEW_COLUMNS
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
-from dlc.compiler.native.kernels.gemm import GemmKernel, weight_flag
+from dlc.compiler.native.kernels.gemm import GemmKernel, packed_a_weight, weight_flag, weight_packed_a
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel, image_epilogue
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
@@ -175,8 +175,12 @@ def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, paddin
     columns = N * th * tw
     positions = WINDOW * WINDOW
     ready = weight_flag(lw, w.buffer)       # a prediction's weights: transformed once, until they change
-    u = lw.p.buffer("f32", positions * filters * C, *(("packed", f"{lw.p.buffers[w.buffer].name} winograd")
-                                                     if ready else ("temp",)))
+    # a built library's U: packed for the GEMM then, and U itself only the transform's
+    u = lw.p.buffer("f32", positions * filters * C, "temp", f"{lw.p.buffers[w.buffer].name} winograd")
+    u_of = (u.id, 0, C, filters * C)
+    pack = packed_a_weight(lw, u_of, filters, C, positions, ready, n) if ready else None
+    if ready and pack is None:      # kept between calls for the GEMM
+        u.role = "packed"
     (o_stride, c_stride, i_stride, j_stride), shape = w.at.coeffs, (filters, C)
     taps = [[Load(w.buffer, Affine(w.at.offset + i * i_stride + j * j_stride, (o_stride, c_stride)), "f32")
              for j in range(3)] for i in range(3)]
@@ -186,12 +190,13 @@ def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, paddin
     transform = FusedMapKernel(shape, [MapKernel(shape, u.id, Affine((xi * WINDOW + nu) * filters * C, (C, 1)),
                                                  filters_t[xi][nu], node=n)
                                        for xi in range(WINDOW) for nu in range(WINDOW)], node=n)
-    lw.emit(WinogradFiltersKernel(transform, ready, node=n))
+    lw.emit(WinogradFiltersKernel(transform, ready, pack, node=n))
     v = lw.p.buffer("f32", positions * C * columns, "temp")
     lw.emit(WinogradInputKernel(x.buffer, v.id, x_shape, (th, tw), padding, node=n))
     m = lw.p.buffer("f32", positions * filters * columns, "temp")
-    lw.emit(GemmKernel(filters, columns, C, positions, (u.id, 0, C, filters * C), (v.id, 0, columns, C * columns),
-                       (m.id, 0, columns, filters * columns), False, False, node=n))
+    lw.emit(GemmKernel(filters, columns, C, positions, u_of, (v.id, 0, columns, C * columns),
+                       (m.id, 0, columns, filters * columns), False, False, pack and pack.out, pack and ready,
+                       packed_a=pack is not None, node=n))
     lw.emit(WinogradOutputKernel(m.id, out, (N, filters, *out_hw), (th, tw), node=n))
 
 def _flipped(w: Load, kh: int, kw: int) -> Load:
@@ -302,12 +307,19 @@ def _columns_gemm(lw, n, x: Tensor, s: ConvShape, attrs, mnk: tuple, a: tuple, c
         sn, sc, sh, sw = xm.at.coeffs
         geometry = (s.Ho, s.Wo, s.kh, s.kw, *x.shape[2:], sn, sc, sh, sw, *attrs["stride"], *attrs["padding"],
                     *attrs["dilation"])
-        lw.emit(GemmKernel(*mnk, s.groups, a, (xm.buffer, xm.at.offset, 0, s.C // s.groups * sc), c, False, trans_b,
-                           windows=geometry, node=n))
+        _filters_gemm(lw, n, mnk, s.groups, a, (xm.buffer, xm.at.offset, 0, s.C // s.groups * sc), c, trans_b,
+                      windows=geometry)
     else:
         cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
-        lw.emit(GemmKernel(*mnk, s.groups, a, (cols.id, 0, s.taps, s.group_taps), c, False, trans_b, bf16=lw.bf16,
-                           node=n))
+        _filters_gemm(lw, n, mnk, s.groups, a, (cols.id, 0, s.taps, s.group_taps), c, trans_b, bf16=lw.bf16)
+
+def _filters_gemm(lw, n, mnk: tuple, batch, a: tuple, b: tuple, c: tuple, trans_b: bool, **kw):
+    """The GemmKernel of a convolution's product with its filters as op(A) (a), which a
+    built library packs once until they change (kernels/gemm `weight_packed_a`)."""
+    made = weight_packed_a(lw, a, mnk[0], mnk[2], batch, n)
+    packed, ready = made or (None, None)
+    lw.emit(GemmKernel(*mnk, batch, a, b, c, False, trans_b, packed, ready, packed_a=made is not None, node=n, **kw))
+
 
 def _weight_grads(graph, x: Tensor) -> list:
     """The convolution weight gradients that read x as their x."""
@@ -383,16 +395,15 @@ def _conv2d(lw, n, ins, attrs, typ):
             # one GEMM over the batch, y stored [O, N, H, W]: y (O x N*HW) = W (O x C) @ x as
             # C x N*HW (channels first)
             xt, columns = lw.channels_first(x, n), s.N * s.pixels
-            lw.emit(GemmKernel(s.O, columns, s.C, 1, (wm.buffer, wm.at.offset, s.C, 0),
-                               (xt.buffer, xt.at.offset, columns, 0), (out.id, 0, columns, 0), False, False,
-                               bf16=lw.bf16, node=n))
+            _filters_gemm(lw, n, (s.O, columns, s.C), 1, (wm.buffer, wm.at.offset, s.C, 0),
+                          (xt.buffer, xt.at.offset, columns, 0), (out.id, 0, columns, 0), False, bf16=lw.bf16)
             lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, s.Wo, 1)), typ.dtype))
             return
         # a prediction's, of many pixels: y[n] (O x HW) = W @ x[n] (C x HW) as x lies, each product wide enough
         xm = lw.materialize(x)
-        lw.emit(GemmKernel(s.O, s.pixels, s.C, s.N, (wm.buffer, wm.at.offset, s.C, 0),
-                           (xm.buffer, xm.at.offset, s.pixels, s.C * s.pixels), (out.id, 0, s.pixels, s.O * s.pixels),
-                           False, False, bf16=lw.bf16, node=n))
+        _filters_gemm(lw, n, (s.O, s.pixels, s.C), s.N, (wm.buffer, wm.at.offset, s.C, 0),
+                      (xm.buffer, xm.at.offset, s.pixels, s.C * s.pixels), (out.id, 0, s.pixels, s.O * s.pixels), False,
+                      bf16=lw.bf16)
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     if path == "direct" and _many_filters(s) and _from_the_image(lw, x, s):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dlc.compiler.ir.dims import concrete, numel, symbols
+from dlc.compiler.native import A_PANEL_ROWS
 from dlc.compiler.native.kernels.map import in_place, merged, read_once
 from dlc.compiler.native.program import Affine, Kernel, render
 from dlc.compiler.native.program.registry import register_lowering
@@ -39,6 +40,7 @@ class GemmKernel(Kernel):
     bf16: bool = False
     epilogue: object = None
     windows: tuple | None = None
+    packed_a: bool = False      # `packed` holds op(A) (a PackKernel's of "a"), not op(B)
 
     calls_gemm = True
 
@@ -47,9 +49,11 @@ class GemmKernel(Kernel):
 
     def text(self) -> list:
         packed = f" (packed in b{self.packed})" if self.packed is not None else ""
-        b = f"windows of b{self.b[0]}" if self.windows else f"{'T' if self.trans_b else ''}b{self.b[0]}"
-        return [f"gemm {self.batch} x [{self.m} x {self.k}] @ [{self.k} x {self.n}]: b{self.c[0]} = "
-                f"{'T' if self.trans_a else ''}b{self.a[0]} @ {b}{packed}"
+        a, b = f"{'T' if self.trans_a else ''}b{self.a[0]}", f"{'T' if self.trans_b else ''}b{self.b[0]}"
+        if self.windows:
+            b = f"windows of b{self.b[0]}"
+        a, b = (a + packed, b) if self.packed_a else (a, b + packed)
+        return [f"gemm {self.batch} x [{self.m} x {self.k}] @ [{self.k} x {self.n}]: b{self.c[0]} = {a} @ {b}"
                 f"{render.bf16(self)}{', then in its store:' if self.epilogue else ''}{render.located(self)}"] + \
             ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 
@@ -95,17 +99,24 @@ class GemmKernel(Kernel):
 class PackKernel(Kernel):
     """out = op(B) (k x n) packed into the GEMM's panels (gemm.add_pack): a GEMM operand
     that stays the same at every step of a scan, packed once before the loop; `bf16`: as
-    the bf16 routines take it."""
+    the bf16 routines take it. With `which` "a", op(A) (n x k: its n rows along the
+    panels; `b` and `trans_b` are A's) for the `packed_a` routines, `count` matrices
+    `stride` apart, their packs `a_pack_floats(k, n)` apart."""
     k: object
     n: object
     b: tuple              # (buffer, offset, ld)
     trans_b: bool
     out: int
     bf16: bool = False
+    which: str = "b"
+    count: int = 1
+    stride: object = 0
 
     def text(self) -> list:
-        return [f"pack [{self.k} x {self.n}]: b{self.out} = panels of {'T' if self.trans_b else ''}b{self.b[0]}"
-                f"{render.bf16(self)}{render.located(self)}"]
+        many = f"{self.count} x " if self.count != 1 else ""
+        shape = f"[{self.n} x {self.k}]" if self.which == "a" else f"[{self.k} x {self.n}]"     # op(A), op(B)
+        return [f"pack {many}{shape}: b{self.out} = panels of {'T' if self.trans_b else ''}"
+                f"{'A ' if self.which == 'a' else ''}b{self.b[0]}{render.bf16(self)}{render.located(self)}"]
 
     def accesses(self) -> tuple:
         return {self.b[0]}, {self.out}
@@ -129,8 +140,9 @@ class WeightPacksKernel(Kernel):
     array, role "packed", whose other flags are those of other copies of weights:
     `weight_flag`), is 0 and a GEMM of this call will read the packed copy, and its flag is
     then set: so a weight is packed once, not at every call. Whoever changes a weight clears
-    the flags (runtime/engines/native.py at every call, library.c when one is set). The
-    GEMMs that read the copy: those with more than gemm.FEW_ROWS rows of `rows[i]` (the row
+    the flags (runtime/engines/native.py at every call, library.c when one is set). A pack
+    of A (a convolution's filters: weight_packed_a; its `rows` None) is always made. The
+    GEMMs that read a copy of B: those with more than gemm.FEW_ROWS rows of `rows[i]` (the row
     counts of its GEMMs) or taking it transposed; and with `one_row` (packs kept between
     calls: a built library's) the one-row products too, which then stream its panels
     instead of B's rows. Without it, a weight that only one-row products take is not
@@ -165,6 +177,45 @@ def packed_floats(k, n, nr: int = 32, tiles: bool = False):
     return rows * (n + nr - 1) if not isinstance(n, int) else rows * (-(-n // nr) * nr)
 
 
+def a_pack_floats(k, m):
+    """Floats that op(A) (m x k) takes packed (gemm.add_pack of "a") for the panels of any
+    float32 blocking: where the next matrix's pack starts in a batch's (codegen/gemm.py
+    `packed_a`)."""
+    return packed_floats(k, m, nr=A_PANEL_ROWS)
+
+
+def packed_a_weight(lw, a: tuple, m, k, batch, ready: tuple, node: int) -> PackKernel | None:
+    """The PackKernel of op(A) (a: buffer, offset, ld, batch stride; m x k, `batch`
+    matrices, or one broadcast) for the `packed_a` routines, which then read only the pack,
+    made while the weight flag `ready` (kernels/gemm `weight_flag`) is clear: where A is
+    made of weights only (a convolution's filters, or their Winograd transform) in a
+    float32 prediction whose weights only a setter changes (a built library's:
+    pack_weights "once"), its sizes known. The caller runs it before the GEMM and sets
+    the flag. Else None: A is packed by the GEMM at every call (the JIT's caller may hand
+    it new weights at any call, and a copy of every weight made then would cost more than
+    it saves)."""
+    buffer, offset, ld, stride = a
+    count = batch if stride else 1      # a broadcast A (a per-example product's filters): one pack
+    if _program(lw).pack_weights != "once" or lw.bf16 or symbols([m, k, count, offset, ld, stride]):
+        return None
+    out = lw.p.buffer("f32", count * a_pack_floats(k, m), "packed", f"{lw.p.buffers[buffer].name} packed")
+    return PackKernel(k, m, (buffer, offset, ld), False, out.id, which="a", count=count, stride=stride, node=node)
+
+
+def weight_packed_a(lw, a: tuple, m, k, batch, node: int) -> tuple | None:
+    """(buffer, flag) of op(A), a parameter (a convolution's filters), packed by the
+    program's WeightPacksKernel as packed_a_weight says; else None."""
+    ready = weight_flag(lw, a[0])
+    pack = packed_a_weight(lw, a, m, k, batch, ready, node) if ready else None
+    if pack is None:
+        return None
+    packs = _weight_packs(lw)
+    packs.packs.append(pack)
+    packs.rows.append(None)
+    packs.flags.append(ready[1])
+    return pack.out, ready
+
+
 def packed_before_loop(lw, operand: tuple, k, n, trans: bool, node: int) -> int | None:
     """The buffer holding a GEMM operand (of `Lowering.matrix`) packed once before the scan
     lowering `lw`'s graph is the body of, when the operand is the same at every step — made
@@ -191,9 +242,7 @@ def _weight_packs(lw) -> WeightPacksKernel | None:
     """The WeightPacksKernel of the program lowering lw (of the outermost lowering, for a
     scan's body) when it is lowered with `pack_weights` (a prediction's), made the first
     time; else None."""
-    root = lw
-    while root.loop is not None:
-        root = root.loop[0]
+    root = _program(lw)
     if not root.pack_weights:
         return None
     if root.weight_packs is None:
@@ -205,6 +254,13 @@ def _weight_packs(lw) -> WeightPacksKernel | None:
         root.kernels.insert(0, root.weight_packs)
         lw.p.weights_ready = ready.id
     return root.weight_packs
+
+
+def _program(lw):
+    """The lowering of the whole program that lw's is (a scan's body's) or is part of."""
+    while lw.loop is not None:
+        lw = lw.loop[0]
+    return lw
 
 
 def weight_flag(lw, weight: int) -> tuple | None:
@@ -230,7 +286,7 @@ def packed_weight(lw, operand: tuple, k, n, m, trans: bool, node: int) -> tuple 
         return None
     key = (buffer, offset, ld, k, n, trans)
     for p, rows, flag in zip(packs.packs, packs.rows, packs.flags):
-        if p.b + (p.k, p.n, p.trans_b) == key:
+        if p.which == "b" and p.b + (p.k, p.n, p.trans_b) == key:
             rows.append(m)
             return p.out, (packs.ready, flag)
     out = lw.p.buffer("f32", packed_floats(k, n, tiles=lw.bf16), "packed", f"{lw.p.buffers[buffer].name} packed")

@@ -6,6 +6,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder
 from dlc.compiler.native.codegen.gemm import EPILOGUE_TYPE, FEW_ROWS, PACK_TYPE, gemm_name, gemm_type, pack_name
+from dlc.compiler.native.kernels.gemm import a_pack_floats
 from dlc.compiler.native.kernels.map.loops import map_body
 
 i32 = ir.IntType(32)
@@ -89,16 +90,18 @@ def gemm_call(kb: KernelBuilder, f, k, epilogue=None):
     if epilogue is not None:
         args += [epilogue, kb.fn.args[0], kb.fn.args[1]]
     windows = k.windows is not None
-    kb.b.call(f.library(gemm_name(k.trans_a, k.trans_b, False, packed, k.bf16, epilogue is not None, windows),
-                        gemm_type(packed, epilogue is not None, windows)), args)
+    name = gemm_name(k.trans_a, k.trans_b, False, packed and not k.packed_a, k.bf16, epilogue is not None, windows,
+                     k.packed_a)
+    kb.b.call(f.library(name, gemm_type(packed, epilogue is not None, windows)), args)
 
 
 def pack_call(kb: KernelBuilder, f, k):
-    """A PackKernel's call of the library's packing."""
+    """A PackKernel's calls of the library's packing, one for each of its matrices."""
     bid, off, ld = k.b
-    kb.b.call(f.library(pack_name(k.trans_b, k.bf16), PACK_TYPE),
-              [kb.dim(k.k), kb.dim(k.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off)]), kb.dim(ld),
-               kb.buffer(k.out, "f32")])
+    pack = f.library(pack_name(k.trans_b, k.bf16, k.which), PACK_TYPE)
+    for i in range(k.count):
+        kb.b.call(pack, [kb.dim(k.k), kb.dim(k.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off + i * k.stride)]),
+                         kb.dim(ld), kb.b.gep(kb.buffer(k.out, "f32"), [kb.dim(i * a_pack_floats(k.k, k.n))])])
 
 
 def flag_clear(kb: KernelBuilder, ready: tuple) -> ir.Value:
@@ -122,7 +125,7 @@ def weight_packs(kb: KernelBuilder, f, k):
     reads (more than FEW_ROWS rows, or transposed, or `one_row`) is made, and its flag set."""
     for p, rows, i in zip(k.packs, k.rows, k.flags):
         read = ir.Constant(ir.IntType(1), 1)
-        if not (p.trans_b or k.one_row):
+        if not (p.which == "a" or p.trans_b or k.one_row):
             read = kb.b.icmp_signed(">", kb.dim(rows[0]), kb.dim(FEW_ROWS))
             for m in rows[1:]:
                 read = kb.b.or_(read, kb.b.icmp_signed(">", kb.dim(m), kb.dim(FEW_ROWS)))

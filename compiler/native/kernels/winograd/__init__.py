@@ -36,18 +36,23 @@ class WinogradFiltersKernel(Kernel):
     thread team. With `ready` ((buffer, index) of a flag: the filters are a prediction's
     weights and U a buffer kept between calls), only while that flag is clear, which it
     then sets, so a built library transforms its filters once until a weight changes
-    (kernels/gemm `weight_flag`; the JIT clears the flags at every call)."""
+    (kernels/gemm `weight_flag`; the JIT clears the flags at every call). `pack` (a
+    PackKernel of "a", with `ready` only: kernels/gemm `packed_a_weight`): U then packed for
+    the GEMM, which reads only the pack, so that U itself lives for this kernel only."""
     transform: object
     ready: tuple | None = None
+    pack: object = None
 
     def text(self) -> list:
         unless = f", unless its flag b{self.ready[0]}[{self.ready[1]}] is set" if self.ready else ""
-        return [f"winograd filters{unless}:{render.located(self)}"] + ["  " + line for line in self.transform.text()]
+        return [f"winograd filters{unless}:{render.located(self)}"] + \
+            ["  " + line for line in self.transform.text() + (self.pack.text() if self.pack else [])]
 
     def accesses(self) -> tuple:
         reads, writes = self.transform.accesses()
         flag = {self.ready[0]} if self.ready else set()
-        return reads | flag, writes | flag
+        packed, pack = ({self.pack.b[0]}, {self.pack.out}) if self.pack else (set(), set())
+        return reads | flag | packed, writes | flag | pack
 
     def emit(self, f):
         from dlc.compiler.native.kernels.winograd.loops import filters_transform
