@@ -1,6 +1,8 @@
 """`dlc build --target aarch64` (docs/deploy.md, Platforms): the libraries of the digits CNN, the
-char LSTM and the transformer classifier cross-built with zig cc and run under qemu-aarch64
-(Debian's qemu-user, with the AArch64 C library of libc6-arm64-cross): their predictions are the x86-64 JIT's bit for bit at batch 1 and 64;
+char LSTM, the transformer classifier and filters.dl's convolutions (whose filters the library
+keeps packed) cross-built with zig cc and run under qemu-aarch64 (Debian's qemu-user, with the
+AArch64 C library of libc6-arm64-cross): their predictions are the x86-64 JIT's bit for bit at
+batch 1 and 64;
 a script of hostile calls and checkpoints gets the same answers, word for word, from the
 x86-64 library and the AArch64 one; a CPU without the ARMv8.2-A baseline is refused at create;
 the CRC-32 of the CRC32 instructions is zlib's; `--target macos-arm64` gives a Mach-O dylib (never run)."""
@@ -32,6 +34,19 @@ pytestmark = [pytest.mark.skipif(QEMU is None, reason="needs qemu-aarch64 (apt i
 pytest.importorskip("ziglang", reason="needs the ziglang package: pip install 'dlc[build]'")
 
 
+def source(model: str) -> Path:
+    """The program of `model`: an example's, or this folder's (filters.dl)."""
+    example = ROOT / "examples" / f"{model}.dl"
+    return example if example.exists() else HERE / f"{model}.dl"
+
+
+def model_inputs(model: str, batch: int, seed: int) -> np.ndarray:
+    """Inputs of `model` for `batch` examples: helpers.c_api's, filters.dl's images."""
+    if model in MODELS:
+        return inputs(model, batch, seed)
+    return np.random.default_rng(seed).standard_normal((batch, 32, 9, 11)).astype(np.float32)
+
+
 def dlc(*args):
     r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
@@ -59,17 +74,16 @@ def built(tmp_path_factory):
     def get(model: str, target: str = "aarch64", int8: bool = False):
         if (model, False) not in checkpoints:
             path = tmp_path_factory.mktemp(f"{model}-weights") / "weights.npz"
-            checkpoint.save(path, initial_parameters(load(ROOT / "examples" / f"{model}.dl").build(None, training=False),
-                                                     7), {}, {})
+            checkpoint.save(path, initial_parameters(load(source(model)).build(None, training=False), 7), {}, {})
             checkpoints[model, False] = path
         if int8 and (model, True) not in checkpoints:
             checkpoints[model, True] = checkpoints[model, False].with_name("q.npz")
-            dlc("quantize", ROOT / "examples" / f"{model}.dl", "--weights", checkpoints[model, False], "--calibrate",
+            dlc("quantize", source(model), "--weights", checkpoints[model, False], "--calibrate",
                 "2", "-o", checkpoints[model, True])
         if (model, target, int8) not in cache:
             lib = tmp_path_factory.mktemp(f"{model}-{target}")
             quantized = ["--weights", checkpoints[model, True], "--int8"] if int8 else []
-            dlc("build", ROOT / "examples" / f"{model}.dl", "-o", lib, "--target", target, *quantized)
+            dlc("build", source(model), "-o", lib, "--target", target, *quantized)
             cc = ["cc"] if target == "host" else [sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu"]
             subprocess.run([*cc, "-O2", f"-I{lib}", "-include", f"{model}.h", f"-DMODEL={model}", str(HERE / "calls_main.c"),
                             f"-L{lib}", f"-l{model}", f"-Wl,-rpath,{lib}", "-o", str(lib / "calls")], check=True)
@@ -84,14 +98,14 @@ def predict_line(x: np.ndarray, tmp: Path, name: str, capacity: int, nulls: str 
     return f"predict {tmp / name}.in {tmp / name}.out {capacity} {nulls} {len(shape)} {' '.join(map(str, shape))}"
 
 
-@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("model", list(MODELS) + ["filters"])
 def test_predictions_under_qemu_are_the_x86_jit_bit_for_bit(built, model, tmp_path):
     program, ckpt = built(model)
-    engine = DlcModel(str(ROOT / "examples" / f"{model}.dl"), backend="native").load_weights(ckpt)
+    engine = DlcModel(str(source(model)), backend="native").load_weights(ckpt)
     name = engine.eval_model.inputs[0].name
     wants, lines = {}, [f"create {ckpt}", "threads 2"]
     for batch in (1, 64):
-        x = inputs(model, batch, seed=batch)
+        x = model_inputs(model, batch, seed=batch)
         wants[batch] = np.ascontiguousarray(next(iter(engine.predict({name: x}, batch).values())), np.float32)
         lines.append(predict_line(x, tmp_path, f"b{batch}", wants[batch].size))
     answers = run(program, "\n".join(lines + ["destroy"]) + "\n")

@@ -1084,37 +1084,17 @@ def test_a_changed_filter_is_transformed_again(tmp_path):
     api.f("destroy")(model)
 
 
-FILTERS = """
-model filters {
-    input  x: f32[B, 32, 9, 11]
-    target y: i32[B]
-    h = conv2d(x, 32, 3, padding = 1, act = relu)
-    s = conv2d(h, 24, 3, stride = 2, padding = 1, act = relu)
-    p = conv2d(s, 40, 1, act = relu)
-    logits = dense(global_avg_pool(p), 4)
-    loss   sparse_cross_entropy(logits, y)
-    output logits
-}
-
-train filters {
-    data      = npz("filters.npz")
-    batch     = 2
-    optimizer = sgd(lr = 0.1)
-}
-"""
-
-
 def test_filters_kept_packed_give_the_engines_bits(tmp_path):
     """A float32 library keeps its convolutions' filters packed as their GEMMs' A (docs/deploy.md,
-    "Weights packed once"): a Winograd convolution's transform, a GEMM of windows' filters and
-    a 1 x 1 convolution's, each GEMM reading only its pack; the engine, which packs inside
+    "Weights packed once"): in filters.dl a Winograd convolution's transform, a GEMM of
+    windows' filters and a 1 x 1 convolution's, each GEMM reading only its pack; the engine, which packs inside
     each GEMM, gives the same bits, at batch 1 and 3, and again after their weights change."""
     from dlc.compiler.native.kernels.gemm import GemmKernel
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
     from dlc.runtime.engines.native import predict_graph
     source = tmp_path / "filters.dl"
-    source.write_text(FILTERS)
+    shutil.copy(ROOT / "tests" / "deploy" / "filters.dl", source)
     engine = DlcModel(str(source), backend="native")
     program = lower(optimize(predict_graph(engine.eval_model)), pack_weights="once")
     assert len([k for k in program.kernels if isinstance(k, GemmKernel) and k.packed_a]) == 3

@@ -55,9 +55,10 @@ built library's weights) can be packed once by `add_pack` into K-long NR-wide pa
 packing B. With a row or two of A the float32 ones not transposing B read the panels
 too, each contiguous over K, where the routines without it read B's rows
 (`_Gen.few_rows`). The float32 `packed_a` routines take op(A) so, packed by `add_pack` of
-"a" into K-long MR-tall panels (a built library's convolution filters), and read only it. With at most FEW_COLUMNS columns of C nothing is packed: groups of
-op(A)'s rows are multiplied as they lie (`_Gen.few_columns`; the weight of a
-convolution's im2col product is A). Every path sums each element in the same order.
+"a" into K-long MR-tall panels (a built library's convolution filters), and read only it.
+Otherwise, with at most FEW_COLUMNS columns of C nothing is packed: groups of op(A)'s
+rows are multiplied as they lie (`_Gen.few_columns`; the weight of a convolution's im2col
+product is A). Every path sums each element in the same order.
 
 Threads: the work is handed to dlc's thread pool (threadpool.py) in CHUNKS_PER_THREAD
 chunks per thread — over the batch when there are enough matrices, else over N when
@@ -234,9 +235,9 @@ def pack_name(trans: bool, bf16: bool = False, which: str = "b") -> str:
 
 def gemm_type(packed: bool = False, epilogue: bool = False, windows: bool = False) -> ir.FunctionType:
     """The C signature of a GEMM routine (module docstring); a `packed` one takes op(B)
-    packed by `add_pack` as one more pointer (a `packed_a` one op(A), the same way); a `windows` one the geometry of the image
-    its B is (WINDOW_GEOMETRY); an `epilogue` one then its epilogue (EPILOGUE_TYPE) and the
-    two pointers the routine passes it."""
+    packed by `add_pack` as one more pointer (a `packed_a` one op(A), the same way); a
+    `windows` one the geometry of the image its B is (WINDOW_GEOMETRY); an `epilogue` one
+    then its epilogue (EPILOGUE_TYPE) and the two pointers the routine passes it."""
     return ir.FunctionType(i32, [i64] * 3 + [fptr, i64, i64] * 3 + [i64, i64] + [fptr] * packed
                            + [i64.as_pointer()] * windows + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue)
 
@@ -1621,7 +1622,8 @@ VARIANTS = [(ta, tb, pk, ep) for ta in (False, True) for tb in (False, True) for
             for ep in (False, True)]
 # (trans_b, epilogue, windows) of the float32 routines taking op(A) packed: a prediction's
 # weights as A (a convolution's filters, times its windows or im2col's columns)
-PACKED_A_VARIANTS = [(tb, ep, windows) for tb in (False, True) for ep in (False, True) for windows in (False, True)]
+PACKED_A_VARIANTS = [(tb, ep, windows) for tb in (False, True) for ep in (False, True)
+                     for windows in (False, True)]
 
 
 def program_configs() -> tuple:

@@ -104,13 +104,31 @@ class ConvRows:
             b.call(self.mstore, [value, p, ir.Constant(i32, 4), mask])
             return
         # AVX2's masked store (vmaskmovps) is microcoded on AMD's cores and NEON has none (a
-        # branch a lane): a vector whose lanes are all inside, most of them, is stored whole
-        whole = b.icmp_unsigned("==", b.bitcast(mask, ir.IntType(self.vw)), ir.Constant(ir.IntType(self.vw), -1))
+        # branch a lane): a vector whose lanes are all inside, most of them, is stored whole,
+        # and one with none inside not at all
+        bits, word = b.bitcast(mask, ir.IntType(self.vw)), ir.IntType(self.vw)
+        whole = b.icmp_unsigned("==", bits, ir.Constant(word, -1))
         with b.if_else(whole) as (inside, edge):
             with inside:
                 b.store(value, p, align=4)
             with edge:
-                b.call(self.mstore, [value, p, ir.Constant(i32, 4), mask])
+                with b.if_then(b.icmp_unsigned("!=", bits, ir.Constant(word, 0))):
+                    b.call(self.mstore, [value, p, ir.Constant(i32, 4), mask])
+
+    def stores_ahead(self, ahead, stores: list, mask):
+        """Each (buffer, at, value) of `stores` stored whole where `ahead` holds — each
+        vector's lanes inside its buffer, those past the row's end on elements this thread
+        stores again later (the next rows of the plane it is storing) — else under `mask`
+        (`store`): the rows of Winograd's tiles and of its outputs end mid-vector."""
+        b = self.kb.b
+        with b.if_else(ahead) as (whole, edge):
+            with whole:
+                for bid, at, value in stores:
+                    b.store(value, vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at], inbounds=True), self.vty),
+                            align=4)
+            with edge:
+                for bid, at, value in stores:
+                    self.store(bid, at, value, mask)
 
     def x_taps(self, n, c, h, wo0):
         """tap(j): the nv vectors of x[n, c, h, (wo0 + l) * sw - pw + j] (lanes l), every tap

@@ -25,7 +25,9 @@ def input_transform(kb: KernelBuilder, k, first):
     """The (example, channel) pairs `first` = (lo, hi): each row of tiles in vectors of
     consecutive tiles, the 4 rows of their windows loaded as the direct convolution loads
     a row's taps (each row of x once, its 4 tap columns by lane shifts), Bᵀ d B, and the 16
-    values of each tile stored in V's 16 matrices."""
+    values of each tile stored in V's 16 matrices: whole where the vector's tiles past the
+    row's end are the next rows' of the pair, which come later (`ConvRows.stores_ahead`),
+    masked at the pair's last row only."""
     b, rows = kb.b, ConvRows(kb, k, vectors=1)
     N, C = k.x_shape[:2]
     TH, TW = k.tiles
@@ -39,12 +41,10 @@ def input_transform(kb: KernelBuilder, k, first):
             tap = rows.x_taps(n, c, h, tw0)
             window.append([tap(j)[0] for j in range(WINDOW)])
         v = two_sided(BT, window, *_arithmetic(rows))
-        inside = rows.mask(tw0, TW)
         tile = kb.affine(Affine(0, (columns, TH * TW, TW, 1)), [c, n, th, tw0])
-        for xi in range(WINDOW):
-            for nu in range(WINDOW):
-                at = b.add(tile, kb.dim((xi * WINDOW + nu) * C * columns))
-                rows.store(k.out, at, v[xi][nu], inside)
+        ahead = b.icmp_signed("<=", kb.affine(Affine(rows.vw, (TW, 1)), [th, tw0]), kb.dim(TH * TW))
+        rows.stores_ahead(ahead, [(k.out, b.add(tile, kb.dim((xi * WINDOW + nu) * C * columns)), v[xi][nu])
+                                  for xi in range(WINDOW) for nu in range(WINDOW)], rows.mask(tw0, TW))
 
     def pair(idx):
         n, c = b.sdiv(idx[0], kb.dim(C)), b.srem(idx[0], kb.dim(C))
