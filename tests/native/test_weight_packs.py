@@ -41,3 +41,15 @@ def test_weights_packed_once_change_no_bit(model, precision, mode):
     params[name][...] = np.random.default_rng(0).normal(0, 0.5, params[name].shape)     # in place
     after = predictions(packing, feeds(5), params)
     assert after == predictions(plain, feeds(5), params) and after != before
+
+
+@pytest.mark.parametrize("mode", PACK_WEIGHTS)
+@pytest.mark.parametrize("model", ["alexnet_cnn", "resnet", "inception_cnn"])
+def test_each_weight_flag_guards_a_copy(model, mode):
+    """A flag is made only for a copy of weights that a kernel makes while it is clear:
+    a pack of the WeightPacksKernel, or a Winograd convolution's transformed filters."""
+    program = Executable(predict_graph(load(EXAMPLES / f"{model}.dl").build(None, training=False)),
+                         pack_weights=mode).program
+    guarded = [flag for k in program.kernels if type(k).__name__ == "WeightPacksKernel" for flag in k.flags]
+    guarded += [k.ready[1] for k in program.kernels if type(k).__name__ == "WinogradFiltersKernel" and k.ready]
+    assert sorted(guarded) == list(range(program.buffers[program.weights_ready].size))

@@ -178,7 +178,7 @@ def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, paddin
     # a built library's U: packed for the GEMM then, and U itself only the transform's
     u = lw.p.buffer("f32", positions * filters * C, "temp", f"{lw.p.buffers[w.buffer].name} winograd")
     u_of = (u.id, 0, C, filters * C)
-    pack = packed_a_weight(lw, u_of, filters, C, positions, ready, n) if ready else None
+    pack = packed_a_weight(lw, u_of, filters, C, positions, n) if ready else None
     if ready and pack is None:      # kept between calls for the GEMM
         u.role = "packed"
     (o_stride, c_stride, i_stride, j_stride), shape = w.at.coeffs, (filters, C)

@@ -184,16 +184,15 @@ def a_pack_floats(k, m):
     return packed_floats(k, m, nr=A_PANEL_ROWS)
 
 
-def packed_a_weight(lw, a: tuple, m, k, batch, ready: tuple, node: int) -> PackKernel | None:
+def packed_a_weight(lw, a: tuple, m, k, batch, node: int) -> PackKernel | None:
     """The PackKernel of op(A) (a: buffer, offset, ld, batch stride; m x k, `batch`
-    matrices, or one broadcast) for the `packed_a` routines, which then read only the pack,
-    made while the weight flag `ready` (kernels/gemm `weight_flag`) is clear: where A is
-    made of weights only (a convolution's filters, or their Winograd transform) in a
-    float32 prediction whose weights only a setter changes (a built library's:
-    pack_weights "once"), its sizes known. The caller runs it before the GEMM and sets
-    the flag. Else None: A is packed by the GEMM at every call (the JIT's caller may hand
-    it new weights at any call, and a copy of every weight made then would cost more than
-    it saves)."""
+    matrices, or one broadcast) for the `packed_a` routines, which then read only the pack:
+    where A is made of weights only (a convolution's filters, or their Winograd transform)
+    in a float32 prediction whose weights only a setter changes (a built library's:
+    pack_weights "once"), its sizes known. The caller runs it before the GEMM while the
+    weight's flag (`weight_flag`) is clear, and sets the flag. Else None: A is packed by
+    the GEMM at every call (the JIT's caller may hand it new weights at any call, and a
+    copy of every weight made then would cost more than it saves)."""
     buffer, offset, ld, stride = a
     count = batch if stride else 1      # a broadcast A (a per-example product's filters): one pack
     if _program(lw).pack_weights != "once" or lw.bf16 or symbols([m, k, count, offset, ld, stride]):
@@ -205,10 +204,12 @@ def packed_a_weight(lw, a: tuple, m, k, batch, ready: tuple, node: int) -> PackK
 def weight_packed_a(lw, a: tuple, m, k, batch, node: int) -> tuple | None:
     """(buffer, flag) of op(A), a parameter (a convolution's filters), packed by the
     program's WeightPacksKernel as packed_a_weight says; else None."""
-    ready = weight_flag(lw, a[0])
-    pack = packed_a_weight(lw, a, m, k, batch, ready, node) if ready else None
+    if lw.p.buffers[a[0]].role != "param":
+        return None
+    pack = packed_a_weight(lw, a, m, k, batch, node)
     if pack is None:
         return None
+    ready = weight_flag(lw, a[0])       # made only for a pack: pack_weights "once", a parameter
     packs = _weight_packs(lw)
     packs.packs.append(pack)
     packs.rows.append(None)
