@@ -39,3 +39,7 @@ FEW_COLUMNS = 16
 # packs of a batch of matrices of A given packed follow each other at whole multiples of it
 # (codegen/gemm.py `packed_a`, kernels/gemm `a_pack_floats`)
 A_PANEL_ROWS = 24
+
+# the filters of a tile of the direct convolution by channels (kernels/conv `conv_by_channels`),
+# in whole vectors of every width (4, 8 and 16); here so that lowering reads it without LLVM
+TILE_CHANNELS = 16

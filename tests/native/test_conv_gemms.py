@@ -186,6 +186,7 @@ def test_convolution_gemms_read_their_columns_from_the_image(monkeypatch):
     filters (a SmallGemmKernel), which reads the buffer, shared with the product. A bf16
     program's GEMMs read the buffer."""
     monkeypatch.setattr(conv, "WINOGRAD_CHANNELS", 1 << 30)    # not Winograd's (test_winograd.py)
+    monkeypatch.setattr(conv, "IMAGE_CHANNELS", 0)     # the stem not by channels (test_conv_by_channels.py)
     prog = load_text(WINDOWED, "windowed.dl")
     predict = lower(optimize(prog.build(training=False).graph))
     assert _gemm_sources(predict) == ["windows"] * 5, [k.text() for k in predict.kernels]

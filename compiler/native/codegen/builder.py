@@ -142,12 +142,14 @@ class KernelBuilder:
         return v
 
     # -- loops --
-    def loops(self, shape, body, idx=None, first=None, contiguous=False, scattered=False):
+    def loops(self, shape, body, idx=None, first=None, contiguous=False, scattered=False, rolled=False):
         """Nested loops over shape (outermost first); body(indices). `first` = (lo, hi)
         limits the outermost loop (a thread's share). `contiguous`: every access of the body
         is contiguous or invariant along the innermost loop, whose loop hints then say so
         (ROLLED_FROM). `scattered`: the body adds into memory strided along the innermost
-        loop, and no loop is vectorized (gathers and scatters cost more than scalar code)."""
+        loop, and no loop is vectorized (gathers and scatters cost more than scalar code).
+        `rolled`: the innermost loop is not unrolled (a body of vector code already, whose
+        loads of one iteration unrolled would be kept in registers for the next)."""
         idx = idx or []
         if len(idx) == len(shape):
             body(idx)
@@ -161,13 +163,14 @@ class KernelBuilder:
         b.position_at_end(head)
         i = b.phi(i64, name=f"i{len(idx)}")
         i.add_incoming(lo, pre)
-        self.loops(shape, body, idx + [i], contiguous=contiguous, scattered=scattered)
+        self.loops(shape, body, idx + [i], contiguous=contiguous, scattered=scattered, rolled=rolled)
         nxt = b.add(i, ir.Constant(i64, 1))
         i.add_incoming(nxt, b.block)
         back = b.cbranch(b.icmp_signed("<", nxt, n), head, after)
         if scattered or contiguous and len(idx) + 1 < len(shape):
             back.set_metadata("llvm.loop", loop_hint(self.m, VECTORIZE_DISABLE))
-        elif contiguous and isinstance(shape[-1], int) and shape[-1] >= ROLLED_FROM:
+        elif rolled and len(idx) + 1 == len(shape) or contiguous and isinstance(shape[-1], int) \
+                and shape[-1] >= ROLLED_FROM:
             back.set_metadata("llvm.loop", loop_hint(self.m, UNROLL_DISABLE))
         b.position_at_end(after)
 

@@ -86,7 +86,7 @@ from dlc.compiler.native.codegen.amx import TILE_ROWS, has_tiles, tile_ops
 from dlc.compiler.native.codegen.fpmode import current_mode, in_mode
 from dlc.compiler.native.codegen.threadpool import TASK, declare_run
 from dlc.compiler.native.codegen.intrinsics import (LLVMType, bf16_bits, declare, dot_bf16_pairs, every, masked, round_bf16,
-                                                    splat, strided_load, vec_ptr)
+                                                    splat, strided_load, transpose8, vec_ptr)
 from dlc.compiler.native.codegen.types import f32, i1, i8, i32, i64
 
 fptr = f32.as_pointer()
@@ -331,22 +331,6 @@ def _given_or_packed(b, fn, which: str, given, from_given, pack_here):
         phi.add_incoming(g, given_end)
         phi.add_incoming(o, own_end)
     return phis
-
-
-def _transpose8(b, rows):
-    """Transpose 8 <8 x float> rows into 8 columns (unpack, shuffle, 128-bit permute)."""
-    def shuf(x, y, mask):
-        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 8), mask))
-    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
-    t = []
-    for r in range(0, 8, 2):
-        t += [shuf(rows[r], rows[r + 1], lo), shuf(rows[r], rows[r + 1], hi)]
-    q_lo, q_hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-    s = [shuf(t[0], t[2], q_lo), shuf(t[0], t[2], q_hi), shuf(t[1], t[3], q_lo), shuf(t[1], t[3], q_hi),
-         shuf(t[4], t[6], q_lo), shuf(t[4], t[6], q_hi), shuf(t[5], t[7], q_lo), shuf(t[5], t[7], q_hi)]
-    p_lo, p_hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
-    return ([shuf(s[i], s[i + 4], p_lo) for i in range(4)]
-            + [shuf(s[i], s[i + 4], p_hi) for i in range(4)])
 
 
 def _first_rows(b, most: int, rows, store_row):
@@ -621,7 +605,7 @@ class _Gen:
                         rows = [b.load(vec_ptr(b, _gep(b, lines[p], k), v8), align=4)
                                 if p < P else ir.Constant(v8, ir.Undefined)
                                 for p in range(g, g + 8)]
-                        cols = _transpose8(b, rows)
+                        cols = transpose8(b, rows)
                         w = min(8, P - g)
                         for kk in range(8):
                             col = cols[kk]
@@ -1369,7 +1353,7 @@ class _Gen:
                     return [b.call(mload, [vec_ptr(b, b.gep(A, [b.add(b.mul(b.add(k, _c64(s)), lda), i)]), vty),
                                            i32(4), lanes, zero]) for s in range(t)]
                 if t == G:
-                    return _transpose8(b, [b.load(vec_ptr(b, _gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4)
+                    return transpose8(b, [b.load(vec_ptr(b, _gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4)
                                            for r in row])
                 v = ir.Constant(vty, ir.Undefined)
                 for p, r in enumerate(row):

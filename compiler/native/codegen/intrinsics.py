@@ -2,8 +2,8 @@
 (kernels/<kind>/loops.py), the scalar rules and the step module share: declaring an
 intrinsic or external function once, a scalar splat over a vector, a vector pointer,
 masked vector loads and stores (strided ones too: every stride-th float), vectors
-concatenated, interleaved and taken apart again, and rounding to bfloat16 (one value, or a
-pair)."""
+concatenated, interleaved, taken apart again and transposed (8 x 8), and rounding to
+bfloat16 (one value, or a pair)."""
 from __future__ import annotations
 
 from llvmlite import ir
@@ -138,6 +138,22 @@ def interleaved(b, vectors: list) -> list:
         return [whole]
     return [b.shuffle_vector(whole, whole, ir.Constant(ir.VectorType(i32, n), list(range(r * n, (r + 1) * n))))
             for r in range(len(vectors))]
+
+
+def transpose8(b, rows):
+    """Transpose 8 <8 x float> rows into 8 columns (unpack, shuffle, 128-bit permute)."""
+    def shuf(x, y, mask):
+        return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 8), mask))
+    lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
+    t = []
+    for r in range(0, 8, 2):
+        t += [shuf(rows[r], rows[r + 1], lo), shuf(rows[r], rows[r + 1], hi)]
+    q_lo, q_hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
+    s = [shuf(t[0], t[2], q_lo), shuf(t[0], t[2], q_hi), shuf(t[1], t[3], q_lo), shuf(t[1], t[3], q_hi),
+         shuf(t[4], t[6], q_lo), shuf(t[4], t[6], q_hi), shuf(t[5], t[7], q_lo), shuf(t[5], t[7], q_hi)]
+    p_lo, p_hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
+    return ([shuf(s[i], s[i + 4], p_lo) for i in range(4)]
+            + [shuf(s[i], s[i + 4], p_hi) for i in range(4)])
 
 
 def _spread(b, mask, stride: int):

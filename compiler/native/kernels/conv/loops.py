@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from llvmlite import ir
 
+from dlc.compiler.native import TILE_CHANNELS
 from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.image_rows import ConvRows
-from dlc.compiler.native.codegen.intrinsics import splat
+from dlc.compiler.native.codegen.intrinsics import concatenated, masked, splat, transpose8, vec_ptr
 from dlc.compiler.native.program import Affine
 from dlc.compiler.native.codegen.shared_loops import SUM_LANES, add_lanes
-from dlc.compiler.native.codegen.types import i64
+from dlc.compiler.native.codegen.types import f32, i32, i64
 from dlc.compiler.native.kernels.map.loops import map_body
 
 
@@ -69,10 +70,112 @@ def conv(kb: KernelBuilder, k, first):
             return
         n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
         kb.loops((rows.chunks(),), lambda q: chunk(n, ir.Constant(i64, 0), ho, q[0]))
-        if k.epilogue is not None:
-            p0 = b.mul(ho, kb.dim(Wo))
-            kb.loops((O, Wo), lambda ow: map_body(kb, k.epilogue, kb.p, [n, ow[0], b.add(p0, ow[1])]), contiguous=True)
+        row_epilogue(kb, k, n, ho)
     kb.loops((N * G if G > 1 else N * Ho,), outer, first=first)
+
+
+def row_epilogue(kb: KernelBuilder, k, n, ho):
+    """The epilogue's map (over [N, O, Ho·Wo]) on output row (n, ho) of every channel,
+    once the row is stored, still in cache."""
+    if k.epilogue is not None:
+        b, (O, (_, Wo)) = kb.b, (k.channels, k.out_hw)
+        p0 = b.mul(ho, kb.dim(Wo))
+        kb.loops((O, Wo), lambda ow: map_body(kb, k.epilogue, kb.p, [n, ow[0], b.add(p0, ow[1])]), contiguous=True)
+
+
+# a tile of conv_by_channels: TILE_CHANNELS (the filters come in multiples of it) times
+# TILE_PIXELS of a row; AVX2's 16 registers hold its 12 sums (two vectors of 8 channels a
+# pixel), a tap's two vectors of weights and one broadcast value: two FMAs for each load
+# (8 pixels times 8 channels had one)
+TILE_PIXELS = 6
+
+
+def conv_by_channels(kb: KernelBuilder, k, first):
+    """The output rows (example, row) `first` = (lo, hi) of a convolution of few input
+    channels into many filters (`by_channels`: w is [C·kh·kw, O]): tiles of TILE_PIXELS
+    pixels of the row times TILE_CHANNELS filters, whose sums (vectors of channels, one or
+    more a pixel) stay in registers while the taps (c, i, j) stream by — each tap's weights
+    loaded as vectors, each input value broadcast from where it lies (no stride-2 lanes to
+    gather; a tap column past the image is a select to 0, in the row's first and last tiles
+    only) — then transposed 8 x 8 into rows of pixels of one channel and stored, each row of
+    8 whole (its last lanes the next tile's pixels, stored again by it), masked at the
+    row's end; then the row's epilogue. Each output sums its taps in order, one FMA each:
+    the same bits at any vector width and on any team."""
+    b, rows = kb.b, ConvRows(kb, k)
+    N, C, H, W = k.x_shape
+    O, _, kh, kw = k.w_shape
+    Ho, Wo = k.out_hw
+    vw, sw, pw = rows.vw, k.stride_w, k.padding[1]
+    per_pixel = TILE_CHANNELS // vw       # vectors of a pixel's sums
+    v8 = ir.VectorType(f32, 8)
+    _, store8 = masked(kb.m, v8)
+    x, w, out = kb.buffer(k.x, "f32"), kb.buffer(k.w, "f32"), kb.buffer(k.out, "f32")
+    c64 = lambda v: ir.Constant(i64, v)
+
+    def tile(n, ho, o0, wo0, first_column, edge: bool):
+        sums = rows.sums(per_pixel * TILE_PIXELS)
+        top, bottom = rows.tap_rows(ho)
+
+        def tap(c, t):      # tap t of the rows inside x: (top + t // kw, t % kw)
+            i, j = b.add(top, b.udiv(t, c64(kw))), b.urem(t, c64(kw))
+            row = kb.affine(Affine(0, (C * H * W, H * W, W)), [n, c, rows.tap_row(ho, i)])
+            at = b.add(b.mul(kb.affine(Affine(0, (kh * kw, kw, 1)), [c, i, j]), kb.dim(O)), o0)
+            weights = [b.load(vec_ptr(b, b.gep(w, [b.add(at, c64(v * vw))], inbounds=True), rows.vty), align=4)
+                       for v in range(per_pixel)]
+            for p in range(TILE_PIXELS):
+                column = b.add(first_column, b.add(j, c64(p * sw)))
+                if edge:        # a column outside the image reads nothing: 0
+                    inside = b.icmp_unsigned("<", column, kb.dim(W))
+                    value = b.load(b.gep(x, [b.add(row, b.select(inside, column, c64(0)))], inbounds=True))
+                    value = b.select(inside, value, ir.Constant(f32, 0.0))
+                else:
+                    value = b.load(b.gep(x, [b.add(row, column)], inbounds=True))
+                value = splat(b, value, rows.vty)
+                for v in range(per_pixel):
+                    rows.add(sums[p * per_pixel + v], weights[v], value)
+        # one loop over a channel's taps: with the columns unrolled, the values a pixel's tap
+        # shares with the next pixel's (at stride 2, two columns on) were kept in registers,
+        # and the sums spilled
+        taps = b.mul(b.sub(bottom, top), c64(kw))
+        kb.loops((C,), lambda c: kb.loops((taps,), lambda t: tap(c[0], t[0]), rolled=True))
+        # each pixel's channels in pieces of 8, transposed: rows of 8 lanes of one channel,
+        # the tile's pixels first
+        pixels = [concatenated(b, [b.load(sums[p * per_pixel + v]) for v in range(per_pixel)])
+                  for p in range(TILE_PIXELS)]
+        pixels += [ir.Constant(pixels[0].type, None)] * (8 - TILE_PIXELS)       # no pixels: any lanes
+        lanes8 = ir.VectorType(i32, 8)
+        pieces = [[b.shuffle_vector(px, px, ir.Constant(lanes8, list(range(q, q + 8)))) for px in pixels]
+                  for q in range(0, TILE_CHANNELS, 8)]
+        whole = b.icmp_signed("<=", b.add(wo0, c64(8)), kb.dim(Wo))
+        left = b.sub(kb.dim(Wo), wo0)
+        left = b.select(b.icmp_signed("<", left, c64(TILE_PIXELS)), left, c64(TILE_PIXELS))
+        mask = b.icmp_signed("<", ir.Constant(lanes8, list(range(8))), splat(b, b.trunc(left, i32), lanes8))
+        for q, piece in enumerate(pieces):
+            for lane, values in enumerate(transpose8(b, piece)):
+                at = kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, b.add(o0, c64(q * 8 + lane)), ho, wo0])
+                ptr = vec_ptr(b, b.gep(out, [at]), v8)
+                with b.if_else(whole) as (inside, end):
+                    with inside:
+                        b.store(values, ptr, align=4)
+                    with end:
+                        b.call(store8, [values, ptr, ir.Constant(i32, 4), mask])
+
+    def row(idx):
+        n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
+
+        def tiles(oq):
+            o0, wo0 = b.mul(oq[0], c64(TILE_CHANNELS)), b.mul(oq[1], c64(TILE_PIXELS))
+            first_column = b.sub(b.mul(wo0, c64(sw)), c64(pw))
+            last_column = b.add(first_column, c64((TILE_PIXELS - 1) * sw + kw - 1))
+            inside = b.and_(b.icmp_signed(">=", first_column, c64(0)), b.icmp_signed("<", last_column, kb.dim(W)))
+            with b.if_else(inside) as (interior, border):
+                with interior:
+                    tile(n, ho, o0, wo0, first_column, False)
+                with border:
+                    tile(n, ho, o0, wo0, first_column, True)
+        kb.loops((O // TILE_CHANNELS, b.sdiv(b.add(kb.dim(Wo), c64(TILE_PIXELS - 1)), c64(TILE_PIXELS))), tiles)
+        row_epilogue(kb, k, n, ho)
+    kb.loops((N * Ho,), row, first=first)
 
 
 def team_rows(k):
