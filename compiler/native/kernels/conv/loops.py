@@ -92,7 +92,8 @@ TILE_PIXELS = 6
 
 def conv_by_channels(kb: KernelBuilder, k, first):
     """The output rows (example, row) `first` = (lo, hi) of a convolution of few input
-    channels into many filters (`by_channels`: w is [C·kh·kw, O]): tiles of TILE_PIXELS
+    channels into many filters (`by_channels`: w is [O / TILE_CHANNELS, C·kh·kw,
+    TILE_CHANNELS]): tiles of TILE_PIXELS
     pixels of the row times TILE_CHANNELS filters, whose sums (vectors of channels, one or
     more a pixel) stay in registers while the taps (c, i, j) stream by — each tap's weights
     loaded as vectors, each input value broadcast from where it lies (no stride-2 lanes to
@@ -112,14 +113,16 @@ def conv_by_channels(kb: KernelBuilder, k, first):
     x, w, out = kb.buffer(k.x, "f32"), kb.buffer(k.w, "f32"), kb.buffer(k.out, "f32")
     c64 = lambda v: ir.Constant(i64, v)
 
-    def tile(n, ho, o0, wo0, first_column, edge: bool):
+    def tile(n, ho, tile_index, wo0, first_column, edge: bool):
         sums = rows.sums(per_pixel * TILE_PIXELS)
+        o0 = b.mul(tile_index, c64(TILE_CHANNELS))
         top, bottom = rows.tap_rows(ho)
 
         def tap(c, t):      # tap t of the rows inside x: (top + t // kw, t % kw)
             i, j = b.add(top, b.udiv(t, c64(kw))), b.urem(t, c64(kw))
             row = kb.affine(Affine(0, (C * H * W, H * W, W)), [n, c, rows.tap_row(ho, i)])
-            at = b.add(b.mul(kb.affine(Affine(0, (kh * kw, kw, 1)), [c, i, j]), kb.dim(O)), o0)
+            at = kb.affine(Affine(0, (C * kh * kw * TILE_CHANNELS, kh * kw * TILE_CHANNELS, kw * TILE_CHANNELS,
+                                      TILE_CHANNELS)), [tile_index, c, i, j])
             weights = [b.load(vec_ptr(b, b.gep(w, [b.add(at, c64(v * vw))], inbounds=True), rows.vty), align=4)
                        for v in range(per_pixel)]
             for p in range(TILE_PIXELS):
@@ -164,15 +167,15 @@ def conv_by_channels(kb: KernelBuilder, k, first):
         n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
 
         def tiles(oq):
-            o0, wo0 = b.mul(oq[0], c64(TILE_CHANNELS)), b.mul(oq[1], c64(TILE_PIXELS))
+            wo0 = b.mul(oq[1], c64(TILE_PIXELS))
             first_column = b.sub(b.mul(wo0, c64(sw)), c64(pw))
             last_column = b.add(first_column, c64((TILE_PIXELS - 1) * sw + kw - 1))
             inside = b.and_(b.icmp_signed(">=", first_column, c64(0)), b.icmp_signed("<", last_column, kb.dim(W)))
             with b.if_else(inside) as (interior, border):
                 with interior:
-                    tile(n, ho, o0, wo0, first_column, False)
+                    tile(n, ho, oq[0], wo0, first_column, False)
                 with border:
-                    tile(n, ho, o0, wo0, first_column, True)
+                    tile(n, ho, oq[0], wo0, first_column, True)
         kb.loops((O // TILE_CHANNELS, b.sdiv(b.add(kb.dim(Wo), c64(TILE_PIXELS - 1)), c64(TILE_PIXELS))), tiles)
         row_epilogue(kb, k, n, ho)
     kb.loops((N * Ho,), row, first=first)
