@@ -43,9 +43,9 @@ class ConvKernel(Kernel):
     float32, in a bf16 program too (compiler/native/bf16.py). `epilogue`: the map that alone
     reads out (a bias, an activation), run on each (example, group) pair's outputs, or with
     one group each output row's, once stored, while they are in cache, instead of in a pass
-    of its own (fusion.epilogues), as a GEMM's. `by_channels`: w is [O / 16, C·kh·kw, 16] (a copy
-    the lowering makes) and the lanes of the kernel's vectors are output channels, not
-    pixels (loops.py `conv_by_channels`: `_by_channels` says which convolutions)."""
+    of its own (fusion.epilogues), as a GEMM's. `by_channels`: w is [O / 16, C·kh·kw, 16]
+    (a copy the lowering makes) and the lanes of the kernel's vectors are output channels,
+    not pixels (loops.py `conv_by_channels`; `_by_channels` says which convolutions)."""
     x: int
     w: int | None
     out: int

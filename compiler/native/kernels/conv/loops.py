@@ -93,15 +93,15 @@ TILE_PIXELS = 6
 def conv_by_channels(kb: KernelBuilder, k, first):
     """The output rows (example, row) `first` = (lo, hi) of a convolution of few input
     channels into many filters (`by_channels`: w is [O / TILE_CHANNELS, C·kh·kw,
-    TILE_CHANNELS]): tiles of TILE_PIXELS
-    pixels of the row times TILE_CHANNELS filters, whose sums (vectors of channels, one or
-    more a pixel) stay in registers while the taps (c, i, j) stream by — each tap's weights
-    loaded as vectors, each input value broadcast from where it lies (no stride-2 lanes to
-    gather; a tap column past the image is a select to 0, in the row's first and last tiles
-    only) — then transposed 8 x 8 into rows of pixels of one channel and stored, each row of
-    8 whole (its last lanes the next tile's pixels, stored again by it), masked at the
-    row's end; then the row's epilogue. Each output sums its taps in order, one FMA each:
-    the same bits at any vector width and on any team."""
+    TILE_CHANNELS]): tiles of TILE_PIXELS pixels of the row times TILE_CHANNELS
+    filters, whose sums (vectors of channels, one or more a pixel) stay in registers
+    while the taps (c, i, j) stream by — each tap's weights loaded as vectors, each
+    input value broadcast from where it lies (no stride-2 lanes to gather; a tap column
+    past the image is a select to 0, in the row's first and last tiles only) — then
+    transposed 8 x 8 into rows of pixels of one channel and stored, each row of 8 whole
+    (its last lanes the next tile's pixels, stored again by it), masked at the row's
+    end; then the row's epilogue. Each output sums its taps in order, one FMA each: the
+    same bits at any vector width and on any team."""
     b, rows = kb.b, ConvRows(kb, k)
     N, C, H, W = k.x_shape
     O, _, kh, kw = k.w_shape
