@@ -39,6 +39,25 @@ def run_native(exe: Executable, feeds: dict, params: dict) -> dict:
     return out
 
 
+def assert_weight_copy_follows_weights(model, mode, copy_of, feeds: dict, params: dict, weight: str):
+    """A prediction lowered with `pack_weights=mode` makes exactly one WeightTransformKernel
+    whose `what` is `copy_of`, under a flag, and none without it; it predicts the bits of
+    the program without it, again at the next call, and after `weight` changed in place,
+    those of the new weight."""
+    from dlc.compiler.native.kernels.gemm import WeightTransformKernel
+    from dlc.runtime.engines.reference import predict_graph
+    once, plain = (Executable(predict_graph(model), pack_weights=pack) for pack in (mode, None))
+    copies = lambda exe: [k for k in exe.program.kernels if isinstance(k, WeightTransformKernel) and k.what == copy_of]
+    assert [k.ready is not None for k in copies(once)] == [True] and once.program.weights_ready is not None
+    assert [k.ready for k in copies(plain)] == [None]
+    predict = lambda exe: next(iter(run_native(exe, feeds, params).values()))
+    before = predict(once)
+    assert np.array_equal(before, predict(plain)) and np.array_equal(predict(once), before)
+    params[weight][...] = np.random.default_rng(7).standard_normal(params[weight].shape)
+    after = predict(once)
+    assert np.array_equal(after, predict(plain)) and not np.array_equal(after, before)
+
+
 def assert_match(native, ref, what: str, rtol: float = RTOL, floor: float = FLOOR, scale: float | None = None):
     """float: |native - ref| <= rtol * |ref| + floor * scale elementwise (scale: max|ref| by
     default), non-finite values in the same places; integers and bools: equal."""

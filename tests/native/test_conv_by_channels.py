@@ -1,8 +1,8 @@
 """The direct convolution of an image's few channels into many filters, by channels
 (ConvKernel.by_channels, docs/native.md): which convolutions take it, the forward pass and
 both gradients against torch over kernel sizes, strides, padding and rows that end
-mid-tile, at the host's vector width and at AArch64's and AVX-512's, and the same bits on
-any thread count and target."""
+mid-tile, at the host's vector width and at AArch64's and AVX-512's, a prediction's
+filters copied once, and the same bits on any thread count and target."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,9 +12,10 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity te
 F = torch.nn.functional
 
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
+from dlc.compiler.native import PACK_WEIGHTS  # noqa: E402
 from dlc.runtime.engines.native import NO_KEY, Executable  # noqa: E402
 from dlc.runtime.engines.reference import predict_graph  # noqa: E402
-from helpers.native_cases import step_graph  # noqa: E402
+from helpers.native_cases import assert_weight_copy_follows_weights, step_graph  # noqa: E402
 from helpers.same_bits import assert_bit_identical  # noqa: E402
 from helpers.torch_parity import step_matches_torch  # noqa: E402
 
@@ -91,6 +92,21 @@ def test_which_convolutions_are_by_channels(source, precision, kind):
                    if (line.startswith("direct conv") or "windows of" in line) and "weight gradient" not in line)
     found = "by channels" if "by channels" in forward else "gemm" if forward.startswith("gemm") else "by pixels"
     assert found == kind, forward
+
+
+@pytest.mark.parametrize("mode", PACK_WEIGHTS)
+def test_a_predictions_filters_by_channels_are_copied_once_and_follow_its_weights(mode):
+    """Copied in their tiles' order into a buffer kept between calls, under a weight flag:
+    the bits of the program that copies them at every call, and after a weight changed in
+    place, those of the new weight."""
+    c, o, k, stride, padding, h, w = CASES["3x3-stride2"]
+    model = load_text(_source(*CASES["3x3-stride2"]), "stem.dl").build(training=False)
+    rng = np.random.default_rng(2)
+    params = {"p.W": rng.standard_normal((c, c, 1, 1)), "y.W": rng.standard_normal((o, c, k, k)),
+              "y.b": rng.standard_normal(o)}
+    params = {name: v.astype(np.float32) for name, v in params.items()}
+    x = {"x": rng.standard_normal((2, c, h, w)).astype(np.float32)}
+    assert_weight_copy_follows_weights(model, mode, "filters by channels", x, params, "y.W")
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -18,7 +18,7 @@ from dlc.compiler.native.codegen.driver import build_module
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
 from dlc.compiler.native.kernels.attention import AttentionKernel
 from dlc.compiler.native.kernels.conv import ConvKernel
-from dlc.compiler.native.kernels.gemm import GemmKernel, PackKernel, WeightPacksKernel
+from dlc.compiler.native.kernels.gemm import GemmKernel, PackKernel, WeightPacksKernel, WeightTransformKernel
 from dlc.compiler.native.kernels.host_call import HostCallKernel
 from dlc.compiler.native.kernels.int8 import Int8Kernel, Int8Weights
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
@@ -27,7 +27,7 @@ from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.scan import ScanKernel
 from dlc.compiler.native.kernels.scatter_add import ScatterAddKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.kernels.winograd import WinogradFiltersKernel, WinogradInputKernel, WinogradOutputKernel
+from dlc.compiler.native.kernels.winograd import WinogradInputKernel, WinogradOutputKernel
 from dlc.compiler.native.program import Affine, Kernel, KernelProgram, Load
 
 NATIVE = Path(kernels.__file__).parent.parent
@@ -75,8 +75,8 @@ def sample(kind) -> tuple:
         ConvKernel: lambda: (ConvKernel(0, 1, 2, (1, 1, 6, 6), (1, 1, 3, 3), (4, 4), 1, (0, 0)), {0, 1}, {2}),
         # a 1 x 1 x 4 x 4 image's 2 x 2 tiles, padded 1, into b3 (16 matrices of 1 x 4); those of
         # b1 (its products) into b2 [1, 1, 4, 4]
-        # b0's filters transformed into b3 unless the flag b5[0] is set
-        WinogradFiltersKernel: lambda: (WinogradFiltersKernel(FusedMapKernel((4, 8), [copy]),
+        # b0's weights transformed into b3 unless the flag b5[0] is set
+        WeightTransformKernel: lambda: (WeightTransformKernel(FusedMapKernel((4, 8), [copy]),
                                                               (p.buffer("i32", 1, "packed").id, 0)), {0, 5}, {3, 5}),
         WinogradInputKernel: lambda: (WinogradInputKernel(0, 3, (1, 1, 4, 4), (2, 2), (1, 1)), {0}, {3}),
         WinogradOutputKernel: lambda: (WinogradOutputKernel(1, 2, (1, 1, 4, 4), (2, 2)), {1}, {2}),

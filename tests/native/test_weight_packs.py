@@ -44,12 +44,13 @@ def test_weights_packed_once_change_no_bit(model, precision, mode):
 
 
 @pytest.mark.parametrize("mode", PACK_WEIGHTS)
-@pytest.mark.parametrize("model", ["alexnet_cnn", "resnet", "inception_cnn"])
+@pytest.mark.parametrize("model", ["alexnet_cnn", "resnet", "inception_cnn", "digits_cnn"])
 def test_each_weight_flag_guards_a_copy(model, mode):
     """A flag is made only for a copy of weights that a kernel makes while it is clear:
-    a pack of the WeightPacksKernel, or a Winograd convolution's transformed filters."""
+    a pack of the WeightPacksKernel, or a copy of weights in another form (a Winograd
+    convolution's transformed filters, a convolution's filters by channels)."""
     program = Executable(predict_graph(load(EXAMPLES / f"{model}.dl").build(None, training=False)),
                          pack_weights=mode).program
     guarded = [flag for k in program.kernels if type(k).__name__ == "WeightPacksKernel" for flag in k.flags]
-    guarded += [k.ready[1] for k in program.kernels if type(k).__name__ == "WinogradFiltersKernel" and k.ready]
+    guarded += [k.ready[1] for k in program.kernels if type(k).__name__ == "WeightTransformKernel" and k.ready]
     assert sorted(guarded) == list(range(program.buffers[program.weights_ready].size))

@@ -18,10 +18,10 @@ F = torch.nn.functional
 
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
 from dlc.compiler.native import PACK_WEIGHTS  # noqa: E402
-from dlc.compiler.native.kernels.winograd import WinogradFiltersKernel, WinogradInputKernel, WinogradOutputKernel  # noqa: E402
+from dlc.compiler.native.kernels.winograd import WinogradInputKernel, WinogradOutputKernel  # noqa: E402
 from dlc.runtime.engines.native import Executable  # noqa: E402
 from dlc.runtime.engines.reference import predict_graph  # noqa: E402
-from helpers.native_cases import run_native, step_graph  # noqa: E402
+from helpers.native_cases import assert_weight_copy_follows_weights, run_native, step_graph  # noqa: E402
 from helpers.same_bits import assert_bit_identical  # noqa: E402
 from helpers.torch_parity import step_matches_torch  # noqa: E402
 
@@ -87,20 +87,11 @@ def test_a_predictions_filters_transformed_once_are_those_of_its_weights(mode):
     weights clears: the bits of the program that transforms them at every call, and after
     a weight changed in place, those of the new weight."""
     model = load_text(_source("conv2d", *CASES["overhanging"]), "wg.dl").build(training=False)
-    once, plain = (Executable(predict_graph(model), pack_weights=pack) for pack in (mode, None))
-    filters = [k for k in once.program.kernels if isinstance(k, WinogradFiltersKernel)]
-    assert len(filters) == 1 and filters[0].ready is not None and once.program.weights_ready is not None
-    assert all(k.ready is None for k in plain.program.kernels if isinstance(k, WinogradFiltersKernel))
     rng = np.random.default_rng(1)
     params = {"y.W": rng.standard_normal((40, 33, 3, 3)).astype(np.float32),
               "y.b": rng.standard_normal(40).astype(np.float32)}
     x = {"x": rng.standard_normal((2, 33, 7, 9)).astype(np.float32)}
-    predict = lambda exe: run_native(exe, x, params)["output:y"]
-    before = predict(once)
-    assert np.array_equal(before, predict(plain)) and np.array_equal(predict(once), before)
-    params["y.W"][...] = rng.standard_normal(params["y.W"].shape)       # in place
-    after = predict(once)
-    assert np.array_equal(after, predict(plain)) and not np.array_equal(after, before)
+    assert_weight_copy_follows_weights(model, mode, "winograd filters", x, params, "y.W")
 
 
 RULE = """

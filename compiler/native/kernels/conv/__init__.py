@@ -10,11 +10,11 @@ from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
 from dlc.compiler.native import FEW_COLUMNS, TILE_CHANNELS
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
-from dlc.compiler.native.kernels.gemm import GemmKernel, packed_a_weight, weight_flag, weight_packed_a
+from dlc.compiler.native.kernels.gemm import GemmKernel, WeightTransformKernel, packed_a_weight, weight_flag, weight_packed_a
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel, image_epilogue
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
-from dlc.compiler.native.kernels.winograd import WinogradFiltersKernel, WinogradInputKernel, WinogradOutputKernel
+from dlc.compiler.native.kernels.winograd import WinogradInputKernel, WinogradOutputKernel
 from dlc.compiler.native.kernels.winograd.transforms import G, WINDOW, tiles, two_sided
 from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, render, row_major
 from dlc.compiler.native.program.registry import register_lowering
@@ -174,7 +174,7 @@ def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, paddin
     """y (`out`, [N, filters, *out_hw]) = x [N, C, H, W] convolved (stride 1) with the
     3 x 3 filters `w`, an index map over [filters, C, i, j] into their buffer (flipped and
     swapped for an input gradient), by Winograd's F(2 x 2, 3 x 3): the filters transformed
-    by a fused map of 16 members (WinogradFiltersKernel), the image by WinogradInputKernel,
+    by a fused map of 16 members (a WeightTransformKernel), the image by WinogradInputKernel,
     a batch of 16 GEMMs, WinogradOutputKernel (kernels/winograd)."""
     N, C = x_shape[:2]
     th, tw = tiles(out_hw)
@@ -196,7 +196,7 @@ def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, paddin
     transform = FusedMapKernel(shape, [MapKernel(shape, u.id, Affine((xi * WINDOW + nu) * filters * C, (C, 1)),
                                                  filters_t[xi][nu], node=n)
                                        for xi in range(WINDOW) for nu in range(WINDOW)], node=n)
-    lw.emit(WinogradFiltersKernel(transform, ready, pack, node=n))
+    lw.emit(WeightTransformKernel(transform, ready, pack, "winograd filters", node=n))
     v = lw.p.buffer("f32", positions * C * columns, "temp")
     lw.emit(WinogradInputKernel(x.buffer, v.id, x_shape, (th, tw), padding, node=n))
     m = lw.p.buffer("f32", positions * filters * columns, "temp")
@@ -430,12 +430,16 @@ def _conv2d(lw, n, ins, attrs, typ):
     if path == "direct" and _by_channels(s):
         # the filters as [O / TILE_CHANNELS, C·kh·kw, TILE_CHANNELS]: a tile's taps one after
         # another, each a row of its channels for the kernel's vectors (as [C·kh·kw, O], the
-        # rows of a tile's 147 taps of a 7 x 7 stem fell in a quarter of the L1 cache's sets)
+        # rows of a tile's 147 taps of a 7 x 7 stem fell in a quarter of the L1 cache's sets);
+        # a prediction's, kept between calls: made once until a weight changes
         tiles_shape = (s.O // TILE_CHANNELS, s.C, s.kh, s.kw, TILE_CHANNELS)
-        wt = lw.p.buffer("f32", numel(w.shape), "temp", f"{lw.p.buffers[wm.buffer].name} by channels")
+        ready = weight_flag(lw, wm.buffer)
+        wt = lw.p.buffer("f32", numel(w.shape), "packed" if ready else "temp",
+                         f"{lw.p.buffers[wm.buffer].name} by channels")
         o_, c_, i_, j_ = wm.at.coeffs
-        lw.emit(MapKernel(tiles_shape, wt.id, Affine(0, row_major(tiles_shape)),
-                          Load(wm.buffer, Affine(wm.at.offset, (TILE_CHANNELS * o_, c_, i_, j_, o_)), "f32"), node=n))
+        copy = MapKernel(tiles_shape, wt.id, Affine(0, row_major(tiles_shape)),
+                         Load(wm.buffer, Affine(wm.at.offset, (TILE_CHANNELS * o_, c_, i_, j_, o_)), "f32"), node=n)
+        lw.emit(WeightTransformKernel(copy, ready, what="filters by channels", node=n))
         xm = lw.materialize(x)
         lw.emit(ConvKernel(xm.buffer, wt.id, out.id, x.shape, w.shape, (s.Ho, s.Wo), attrs["stride"][0],
                            attrs["padding"], stride_w=attrs["stride"][1], by_channels=True, node=n))

@@ -7,6 +7,7 @@ from llvmlite import ir
 from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder
 from dlc.compiler.native.codegen.gemm import EPILOGUE_TYPE, FEW_ROWS, PACK_TYPE, gemm_name, gemm_type, pack_name
 from dlc.compiler.native.kernels.gemm import a_pack_floats
+from dlc.compiler.native.kernels.map import emit_loop
 from dlc.compiler.native.kernels.map.loops import map_body
 
 i32 = ir.IntType(32)
@@ -132,3 +133,17 @@ def weight_packs(kb: KernelBuilder, f, k):
         with kb.b.if_then(kb.b.and_(read, flag_clear(kb, (k.ready, i)))):
             pack_call(kb, f, p)
             set_flag(kb, (k.ready, i))
+
+
+def weight_transform(f, k):
+    """A WeightTransformKernel's function: the transform's map loop on a thread team, each
+    thread's share skipped while its flag is set; once the team is done, the copy packed
+    (`pack`) while the flag is clear, and the flag set."""
+    if k.ready is None:
+        return emit_loop(k.transform, f)
+    kb = emit_loop(k.transform, f, guard=lambda kb: flag_clear(kb, k.ready))
+    if k.pack is not None:
+        with kb.b.if_then(flag_clear(kb, k.ready)):
+            pack_call(kb, f, k.pack)
+    set_flag(kb, k.ready)
+    return kb

@@ -8,7 +8,7 @@ U = G g Gᵀ (4 x 4) transforms a filter g[o, c] and V = Bᵀ d B the 4 x 4 wind
 x[n, c] the tile reads. For each of the 16 positions (ξ, ν) of a 4 x 4 tile the sum over
 the channels is a matrix product, M[ξν] (O x tiles) = U[ξν] (O x C) @ V[ξν] (C x tiles):
 
-    filters  U [16, O, C]            WinogradFiltersKernel (a prediction's weights: once, until they change)
+    filters  U [16, O, C]            WeightTransformKernel (kernels/gemm: a prediction's weights once, until they change)
     input    V [16, C, N·TH·TW]      WinogradInputKernel, from x's windows
     product  M [16, O, N·TH·TW]      GemmKernel, a batch of 16
     output   y [N, O, Ho, Wo]        WinogradOutputKernel, then its epilogue (a bias, an activation)
@@ -29,35 +29,6 @@ from dataclasses import dataclass
 from dlc.compiler.native.kernels.map import image_epilogue
 from dlc.compiler.native.kernels.winograd.transforms import TILE, WINDOW
 from dlc.compiler.native.program import Kernel, render
-
-@dataclass
-class WinogradFiltersKernel(Kernel):
-    """U = G g Gᵀ of every filter: `transform`, a fused map of 16 members over [O, C], on a
-    thread team. With `ready` ((buffer, index) of a flag: the filters are a prediction's
-    weights and U a buffer kept between calls), only while that flag is clear, which it
-    then sets, so a built library transforms its filters once until a weight changes
-    (kernels/gemm `weight_flag`; the JIT clears the flags at every call). `pack` (a
-    PackKernel of "a", with `ready` only: kernels/gemm `packed_a_weight`): U then packed for
-    the GEMM, which reads only the pack, so that U itself lives for this kernel only."""
-    transform: object
-    ready: tuple | None = None
-    pack: object = None
-
-    def text(self) -> list:
-        unless = f", unless its flag b{self.ready[0]}[{self.ready[1]}] is set" if self.ready else ""
-        return [f"winograd filters{unless}:{render.located(self)}"] + \
-            ["  " + line for line in self.transform.text() + (self.pack.text() if self.pack else [])]
-
-    def accesses(self) -> tuple:
-        reads, writes = self.transform.accesses()
-        flag = {self.ready[0]} if self.ready else set()
-        packed, pack = ({self.pack.b[0]}, {self.pack.out}) if self.pack else (set(), set())
-        return reads | flag | packed, writes | flag | pack
-
-    def emit(self, f):
-        from dlc.compiler.native.kernels.winograd.loops import filters_transform
-        return filters_transform(f, self)
-
 
 @dataclass
 class WinogradInputKernel(Kernel):

@@ -8,8 +8,6 @@ from dlc.compiler.native.codegen.builder import KernelBuilder
 from dlc.compiler.native.codegen.image_rows import ConvRows
 from dlc.compiler.native.codegen.intrinsics import interleaved
 from dlc.compiler.native.codegen.types import i64
-from dlc.compiler.native.kernels.gemm.loops import flag_clear, pack_call, set_flag
-from dlc.compiler.native.kernels.map import emit_loop
 from dlc.compiler.native.kernels.map.loops import map_body
 from dlc.compiler.native.kernels.winograd.transforms import AT, BT, TILE, WINDOW, two_sided
 from dlc.compiler.native.program import Affine
@@ -86,17 +84,3 @@ def output_transform(kb: KernelBuilder, k, first):
         if k.epilogue is not None:
             kb.loops((Ho * Wo,), lambda p: map_body(kb, k.epilogue, kb.p, [n, o, p[0]]), contiguous=True)
     kb.loops((N * O,), pair, first=first)
-
-
-def filters_transform(f, k):
-    """A WinogradFiltersKernel's function: the transform's map loop on a thread team, each
-    thread's share skipped while its flag is set; once the team is done, U packed (`pack`)
-    while the flag is clear, and the flag set."""
-    if k.ready is None:
-        return emit_loop(k.transform, f)
-    kb = emit_loop(k.transform, f, guard=lambda kb: flag_clear(kb, k.ready))
-    if k.pack is not None:
-        with kb.b.if_then(flag_clear(kb, k.ready)):
-            pack_call(kb, f, k.pack)
-    set_flag(kb, k.ready)
-    return kb
