@@ -1,7 +1,8 @@
 """The convolutions' GEMMs (compiler/native/kernels/conv): every GEMM of a convolution,
 forward and both gradients, runs over the whole batch in training — never one GEMM per
 example; in prediction, a pointwise convolution of many pixels per example multiplies each
-as it lies — and the gradients it gives are the reference engine's."""
+as it lies, and a GEMM of an example's many windows is one per example, in place — and the
+gradients it gives are the reference engine's."""
 import os
 import subprocess
 import sys
@@ -18,8 +19,11 @@ from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines.backends import make_engine
+from dlc.runtime.engines.native import Executable
 from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.training.gradcheck import init_params
+from helpers.native_cases import run_native, step_graph
 
 # pointwise convolutions (1 x 1, stride 1: no columns) of many pixels (49, 24 filters) and of
 # few (16, 40 filters), im2col ones (32·3·3 = 288 taps: not direct), strided and padded, a
@@ -225,6 +229,46 @@ def test_predictions_from_the_images_windows_are_the_reference_engines(batch):
     got, ref = (make_engine(kind, train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), list(params)).predict(
         params, {"x": x})["logits"] for kind in ("native", "reference"))
     assert np.linalg.norm(got - ref) <= 1e-5 * np.linalg.norm(ref)
+
+
+PER_EXAMPLE = """
+model stems {
+    input x: f32[B, 3, 58, 57]
+    s = conv2d(x, 64, 7, stride = 2, padding = 3) |> relu
+    output y = conv2d(s, 64, 3, stride = 2, padding = 1) + conv2d(s, 64, 1, stride = 2)
+}
+"""
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4])
+def test_a_predictions_gemm_of_an_examples_many_windows_is_per_example_with_the_bits_over_the_batch(
+        batch, monkeypatch):
+    """The stem (29 x 29 pixels an example: EXAMPLE_PIXELS or more) is a batch of GEMMs, one
+    an example, y stored as it lies and its relu in place; the stride-2 convolutions (15 x 15)
+    stay one GEMM over the batch. The outputs are those of GEMMs over the batch, bit for
+    bit, on 1, 2 and 3 threads; in training every one is over the batch."""
+    model = load_text(PER_EXAMPLE, "stems.dl")
+    params = {k: np.asarray(v, np.float32) for k, v in init_params(model.build(training=False), 0).items()}
+    x = np.random.default_rng(batch).standard_normal((batch, 3, 58, 57)).astype(np.float32)
+
+    def predict(threads: int) -> np.ndarray:
+        monkeypatch.setenv("DLC_NUM_THREADS", str(threads))
+        exe = Executable(predict_graph(model.build(training=False)))
+        return exe, run_native(exe, {"x": x}, params)["output:y"]
+
+    per_example, y = predict(2)
+    gemms = [k for k in per_example.program.kernels if isinstance(k, GemmKernel) and k.windows]
+    assert [str(k.batch) for k in gemms] == ["B", "1", "1"], [k.text()[0] for k in gemms]
+    assert gemms[0].epilogue is not None and gemms[0].epilogue.out == gemms[0].c[0]     # in place
+    assert all(np.array_equal(predict(t)[1], y) for t in (1, 3))
+    monkeypatch.setattr(conv, "EXAMPLE_PIXELS", 1 << 30)
+    over_the_batch, y_batch = predict(2)
+    assert all(str(k.batch) == "1" for k in over_the_batch.program.kernels if isinstance(k, GemmKernel))
+    assert np.array_equal(y, y_batch)
+    monkeypatch.undo()
+    train = lower(optimize(step_graph(model.build(training=True))))
+    windows = [k for k in train.kernels if isinstance(k, GemmKernel) and k.windows]
+    assert windows and all(str(k.batch) == "1" for k in windows), [k.text()[0] for k in windows]
 
 
 def test_training_with_the_stem_from_the_images_windows_is_the_reference_engines():
