@@ -113,10 +113,10 @@ def conv_by_channels(kb: KernelBuilder, k, first):
     x, w, out = kb.buffer(k.x, "f32"), kb.buffer(k.w, "f32"), kb.buffer(k.out, "f32")
     c64 = lambda v: ir.Constant(i64, v)
 
-    def tile(n, ho, tile_index, wo0, first_column, edge: bool):
+    def tile(n, ho, taps_of_row, tile_index, wo0, first_column, edge: bool):
         sums = rows.sums(per_pixel * TILE_PIXELS)
         o0 = b.mul(tile_index, c64(TILE_CHANNELS))
-        top, bottom = rows.tap_rows(ho)
+        top, bottom = taps_of_row
 
         def tap(c, t):      # tap t of the rows inside x: (top + t // kw, t % kw)
             i, j = b.add(top, b.udiv(t, c64(kw))), b.urem(t, c64(kw))
@@ -165,6 +165,7 @@ def conv_by_channels(kb: KernelBuilder, k, first):
 
     def row(idx):
         n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
+        taps_of_row = rows.tap_rows(ho)     # the tap rows inside x, the same for every tile
 
         def tiles(oq):
             wo0 = b.mul(oq[1], c64(TILE_PIXELS))
@@ -173,9 +174,9 @@ def conv_by_channels(kb: KernelBuilder, k, first):
             inside = b.and_(b.icmp_signed(">=", first_column, c64(0)), b.icmp_signed("<", last_column, kb.dim(W)))
             with b.if_else(inside) as (interior, border):
                 with interior:
-                    tile(n, ho, oq[0], wo0, first_column, False)
+                    tile(n, ho, taps_of_row, oq[0], wo0, first_column, False)
                 with border:
-                    tile(n, ho, oq[0], wo0, first_column, True)
+                    tile(n, ho, taps_of_row, oq[0], wo0, first_column, True)
         kb.loops((O // TILE_CHANNELS, b.sdiv(b.add(kb.dim(Wo), c64(TILE_PIXELS - 1)), c64(TILE_PIXELS))), tiles)
         row_epilogue(kb, k, n, ho)
     kb.loops((N * Ho,), row, first=first)
