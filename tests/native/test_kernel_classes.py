@@ -76,7 +76,7 @@ def sample(kind) -> tuple:
         # a 1 x 1 x 4 x 4 image's 2 x 2 tiles, padded 1, into b3 (16 matrices of 1 x 4); those of
         # b1 (its products) into b2 [1, 1, 4, 4]
         # b0's weights transformed into b3 unless the flag b5[0] is set
-        WeightTransformKernel: lambda: (WeightTransformKernel(FusedMapKernel((4, 8), [copy]),
+        WeightTransformKernel: lambda: (WeightTransformKernel("filters", FusedMapKernel((4, 8), [copy]),
                                                               (p.buffer("i32", 1, "packed").id, 0)), {0, 5}, {3, 5}),
         WinogradInputKernel: lambda: (WinogradInputKernel(0, 3, (1, 1, 4, 4), (2, 2), (1, 1)), {0}, {3}),
         WinogradOutputKernel: lambda: (WinogradOutputKernel(1, 2, (1, 1, 4, 4), (2, 2)), {1}, {2}),

@@ -197,7 +197,7 @@ def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, paddin
     transform = FusedMapKernel(shape, [MapKernel(shape, u.id, Affine((xi * WINDOW + nu) * filters * C, (C, 1)),
                                                  filters_t[xi][nu], node=n)
                                        for xi in range(WINDOW) for nu in range(WINDOW)], node=n)
-    lw.emit(WeightTransformKernel(transform, ready, pack, "winograd filters", node=n))
+    lw.emit(WeightTransformKernel("winograd filters", transform, ready, pack, node=n))
     v = lw.p.buffer("f32", positions * C * columns, "temp")
     lw.emit(WinogradInputKernel(x.buffer, v.id, x_shape, (th, tw), padding, node=n))
     m = lw.p.buffer("f32", positions * filters * columns, "temp")
@@ -452,7 +452,7 @@ def _conv2d(lw, n, ins, attrs, typ):
         o_, c_, i_, j_ = wm.at.coeffs
         copy = MapKernel(tiles_shape, wt.id, Affine(0, row_major(tiles_shape)),
                          Load(wm.buffer, Affine(wm.at.offset, (TILE_CHANNELS * o_, c_, i_, j_, o_)), "f32"), node=n)
-        lw.emit(WeightTransformKernel(copy, ready, what="filters by channels", node=n))
+        lw.emit(WeightTransformKernel("filters by channels", copy, ready, node=n))
         xm = lw.materialize(x)
         lw.emit(ConvKernel(xm.buffer, wt.id, out.id, x.shape, w.shape, (s.Ho, s.Wo), attrs["stride"][0],
                            attrs["padding"], stride_w=attrs["stride"][1], by_channels=True, node=n))

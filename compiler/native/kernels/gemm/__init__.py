@@ -1,7 +1,8 @@
 """The kernels that call dlc's GEMM library (compiler/native/codegen/gemm.py): a batch of matrix
 products, the packing of an operand that stays the same over a scan's steps, and that of a
 prediction's weights, kept packed (or transformed) between calls under their flags; the
-lowering rule of matmul, and the size of a packed operand. Their code is a call of the library (loops.py), made by `emit`."""
+lowering rule of matmul, and the size of a packed operand. Their code is a call of the
+library (loops.py), made by `emit`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -172,16 +173,16 @@ class WeightPacksKernel(Kernel):
 class WeightTransformKernel(Kernel):
     """A copy made of a prediction's weights in another form, `transform` (a map or fused
     map: Winograd's U = G g Gᵀ of every filter, a convolution's filters in its tiles'
-    order), on a thread team. With `ready` ((buffer, index) of a flag: `weight_flag`; the
+    order; `what` names it), on a thread team. With `ready` ((buffer, index) of a flag: `weight_flag`; the
     copy a buffer kept between calls), only while that flag is clear, which it then sets,
     so a built library makes it once until a weight changes (the JIT clears the flags at
     every call). `pack` (a PackKernel of "a", with `ready` only: `packed_a_weight`): the
     copy then packed for a GEMM, which reads only the pack, so that the copy itself lives
     for this kernel only."""
+    what: str
     transform: object
     ready: tuple | None = None
     pack: object = None
-    what: str = "weights"        # what the copy is, for `text`
 
     def text(self) -> list:
         unless = f", unless its flag b{self.ready[0]}[{self.ready[1]}] is set" if self.ready else ""
