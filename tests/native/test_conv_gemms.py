@@ -251,7 +251,8 @@ def test_a_predictions_gemm_of_an_examples_many_windows_is_per_example_with_the_
     params = {k: np.asarray(v, np.float32) for k, v in init_params(model.build(training=False), 0).items()}
     x = np.random.default_rng(batch).standard_normal((batch, 3, 58, 57)).astype(np.float32)
 
-    def predict(threads: int) -> np.ndarray:
+    def predict(threads: int) -> tuple:
+        """The program on `threads` threads, and y."""
         monkeypatch.setenv("DLC_NUM_THREADS", str(threads))
         exe = Executable(predict_graph(model.build(training=False)))
         return exe, run_native(exe, {"x": x}, params)["output:y"]

@@ -322,8 +322,9 @@ def _per_example(lw, x: Tensor, s: ConvShape) -> bool:
     x: a prediction's), one group, the columns read from the image (_from_the_image), each
     example's at least EXAMPLE_PIXELS, so that each GEMM's columns fill its panels and the
     filters, read again for each example, are few beside them (ResNet-18 at 224 x 224
-    pixels, batch 8: its stem and its stride-2 convolution into 28 x 28 pixels; a library's
-    call 2-3 % faster, the two alternating on an AMD Zen 3)."""
+    pixels: its stem and its convolutions into 28 x 28 pixels; a library's call 2-3 %
+    faster at batch 1 and 8, 12 % at batch 8 on a noisier host, the two alternating on an
+    AMD Zen 3; 196 pixels, the 14 x 14 stage's too, measured even)."""
     return s.groups == 1 and isinstance(s.pixels, int) and s.pixels >= EXAMPLE_PIXELS \
         and not _weight_grads(lw.graph, x) and _from_the_image(lw, x, s)
 
@@ -485,7 +486,7 @@ def _conv2d(lw, n, ins, attrs, typ):
         # lies, so that the map after it runs in place (over the batch, y [O, N, Ho, Wo] was a
         # buffer of its own, which that map then copied)
         _columns_gemm(lw, n, x, s, attrs, (s.O, s.pixels, s.taps), (wm.buffer, wm.at.offset, s.taps, 0),
-                      (out.id, 0, s.pixels, s.O * s.pixels), True, True, examples=True)
+                      (out.id, 0, s.pixels, s.O * s.pixels), trans_b=True, from_the_image=True, examples=True)
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     # one GEMM over the batch per group, y stored [O, N, Ho, Wo]: y_g (Og x N*HoWo) = W_g (Og x Cg*kh*kw)

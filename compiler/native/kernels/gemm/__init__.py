@@ -173,12 +173,12 @@ class WeightPacksKernel(Kernel):
 class WeightTransformKernel(Kernel):
     """A copy made of a prediction's weights in another form, `transform` (a map or fused
     map: Winograd's U = G g Gᵀ of every filter, a convolution's filters in its tiles'
-    order; `what` names it), on a thread team. With `ready` ((buffer, index) of a flag: `weight_flag`; the
-    copy a buffer kept between calls), only while that flag is clear, which it then sets,
-    so a built library makes it once until a weight changes (the JIT clears the flags at
-    every call). `pack` (a PackKernel of "a", with `ready` only: `packed_a_weight`): the
-    copy then packed for a GEMM, which reads only the pack, so that the copy itself lives
-    for this kernel only."""
+    order; `what` names it), on a thread team. With `ready` ((buffer, index) of a flag:
+    `weight_flag`; the copy a buffer kept between calls), only while that flag is clear,
+    which it then sets, so a built library makes it once until a weight changes (the JIT
+    clears the flags at every call). `pack` (a PackKernel of "a", with `ready` only:
+    `packed_a_weight`): the copy then packed for a GEMM, which reads only the pack, so
+    that the copy itself lives for this kernel only."""
     what: str
     transform: object
     ready: tuple | None = None
