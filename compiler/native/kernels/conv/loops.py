@@ -52,9 +52,19 @@ def conv(kb: KernelBuilder, k, first):
             kb.loops((ci,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, b.add(c_first, c[0])),
                                                first=rows.tap_rows(ho)))
             for o in range(width):
+                channel = b.add(o0, ir.Constant(i64, o))
                 for v in range(rows.nv):
-                    at, start = rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
-                    rows.store(k.out, at, b.load(sums[o * rows.nv + v]), rows.mask(start, Wo))
+                    at, start = rows.out_at(n, channel, ho, wo0, v)
+                    value, mask = b.load(sums[o * rows.nv + v]), rows.mask(start, Wo)
+                    if G == 1:      # another thread may store the next row
+                        rows.store(k.out, at, value, mask)
+                        continue
+                    # lanes past the row's end on the plane's next rows, which this thread
+                    # stores later: the vector stored whole (MobileNetV2's rows of 7 and 14
+                    # outputs end mid-vector, and AVX2's masked store is microcoded)
+                    plane_end = kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo)), [n, b.add(channel, ir.Constant(i64, 1))])
+                    ahead = b.icmp_signed("<=", b.add(at, ir.Constant(i64, rows.vw)), plane_end)
+                    rows.stores_ahead(ahead, [(k.out, at, value)], mask)
         rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
 
     def outer(idx):
