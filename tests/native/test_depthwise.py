@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed: parity te
 F = torch.nn.functional
 
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
-from dlc.runtime.engines.native import Executable  # noqa: E402
+from dlc.runtime.engines.native import NO_KEY, Executable  # noqa: E402
+from dlc.runtime.engines.reference import predict_graph  # noqa: E402
 from helpers.native_cases import step_graph  # noqa: E402
 from helpers.same_bits import assert_bit_identical  # noqa: E402
 from helpers.torch_parity import step_matches_torch  # noqa: E402
@@ -31,6 +32,8 @@ CASES = {
     "3x3-stride-w2": (4, 2, 3, (1, 2), 1, 1, 7, 12),
     "3x3-few-pixels": (8, 1, 3, 1, 1, 1, 4, 4),
     "3x3-multiplier2-2x2": (5, 2, 3, 1, 1, 1, 2, 2),
+    "3x3-tiles-of-channels-4x4": (16, 1, 3, 1, 1, 1, 4, 4),
+    "3x3-stride2-tiles-of-channels": (32, 1, 3, 2, 1, 1, 8, 8),
 }
 
 
@@ -49,7 +52,7 @@ def test_native_depthwise_matches_torch_forward_and_backward(case):
     matches_torch(case)
 
 
-@pytest.mark.parametrize("case", ["5x5-wide", "7x7-wide", "5x5-stride2-wide", "3x3-stride-w2"])
+@pytest.mark.parametrize("case", ["5x5-wide", "7x7-wide", "5x5-stride2-wide", "3x3-stride-w2", "3x3-stride2-tiles-of-channels"])
 def test_the_direct_kernels_at_aarch64s_vector_width_match_torch(case, monkeypatch, tmp_path):
     """NEON's 4 lanes, compiled here: a tap column shifted a vector or more along its
     row's stream (kernel columns past 4)."""
@@ -95,10 +98,52 @@ def test_a_depthwise_weight_gradient_of_rows_of_few_pixels_is_a_reduction():
 
 
 def test_depthwise_training_has_the_same_bits_on_any_thread_count_and_target(tmp_path):
-    """The biases' gradients too: reductions of [N, C, H, W] to [C] over 12 x 20 and 6 x 10 images."""
+    """The biases' gradients too: reductions of [N, C, H, W] to [C] over 12 x 20 and 6 x 10
+    images; and a depthwise convolution by channels (16 channels of 3 x 5 outputs)."""
     (tmp_path / "dw.dl").write_text(
-        "model dw {\n    input x: f32[B, 6, 12, 20]\n    input y: f32[B, 6, 6, 10]\n"
+        "model dw {\n    input x: f32[B, 6, 12, 20]\n    input y: f32[B, 16, 3, 5]\n"
         "    h = conv2d(x, 6, 3, padding = 1, groups = 6, act = relu)\n"
         "    s = conv2d(h, 6, 3, stride = 2, padding = 1, groups = 6)\n"
-        "    loss mean((conv2d(s, 6, 1) - y)^2)\n}\n")
+        "    t = conv2d(conv2d(s, 16, 1), 16, 3, stride = 2, padding = 1, groups = 16, act = relu)\n"
+        "    loss mean((t - y)^2)\n}\n")
     assert_bit_identical([str(tmp_path / "dw")], tmp_path)
+
+
+# (channels, kernel, stride, padding, H, W): whole tiles of 16 channels, planes of at most 16 outputs
+SMALL_PLANES = [(16, 3, 1, 1, 4, 4), (32, 3, 2, 1, 8, 8), (48, 3, 1, 1, 2, 2), (16, 5, 2, 2, 7, 7),
+                (32, 3, 1, 0, 6, 6), (16, 3, 2, 1, 4, 4), (16, 3, 1, 1, 3, 5)]
+
+
+@pytest.mark.parametrize("shape", SMALL_PLANES, ids=lambda s: "c{}-k{}-s{}-p{}-{}x{}".format(*s))
+def test_a_depthwise_convolution_of_small_planes_is_by_channels_with_the_pixels_kernels_bits(shape, monkeypatch):
+    """Channels in whole tiles and planes of at most 16 outputs: the kernel by channels (a
+    copy of the filters in tiles, the epilogue in its store), and its outputs are the bits
+    of the pixels' kernel, at the host's vector width and at AArch64's."""
+    from dlc.compiler.native.codegen import image_rows
+    from dlc.compiler.native.codegen.gemm import NEON
+    from dlc.compiler.native.kernels import conv
+    c, k, stride, padding, h, w = shape
+    model = load_text(f"model dw {{\n    input x: f32[B, {c}, {h}, {w}]\n"
+                      f"    output y = conv2d(x, {c}, {k}, stride = {stride}, padding = {padding}, groups = {c}, "
+                      f"act = relu6)\n}}\n", "dw.dl").build(training=False)
+    rng = np.random.default_rng(c + h)
+    params = {"y.W": rng.standard_normal((c, 1, k, k)).astype(np.float32),
+              "y.b": rng.standard_normal(c).astype(np.float32)}
+    x = rng.standard_normal((3, c, h, w)).astype(np.float32)
+
+    def run(small_plane: int, width=None):
+        monkeypatch.setattr(conv, "SMALL_PLANE", small_plane)
+        if width is not None:
+            monkeypatch.setattr(image_rows, "default_config", lambda: width)
+        exe = Executable(predict_graph(model))
+        texts = [line for kernel in exe.program.kernels for line in kernel.text()]
+        arrays, sizes = exe.run({"x": x, "rng": NO_KEY}, exe.given(params))
+        return texts, exe.output("output:y", arrays, sizes).copy()
+    texts, by_channels = run(16)
+    assert sum("direct conv" in t and "by channels, then in its store:" in t for t in texts) == 1, texts
+    assert any(t.startswith("filters by channels") for t in texts), texts
+    pixels_texts, by_pixels = run(0)
+    assert not any("by channels" in t for t in pixels_texts), pixels_texts
+    assert by_channels.tobytes() == by_pixels.tobytes()
+    _, neon = run(16, NEON)
+    assert neon.tobytes() == by_pixels.tobytes()

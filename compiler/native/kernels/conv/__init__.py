@@ -25,6 +25,7 @@ SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the th
 FEW_PIXELS_ROW = 8      # output rows narrower than which a grouped weight gradient is a reduction (ReduceKernel)
 GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
 IMAGE_CHANNELS = 4      # input channels up to which a direct convolution into whole tiles of filters is by channels
+SMALL_PLANE = 16        # outputs a channel up to which a depthwise convolution is by channels
 WINDOWS_FILTERS = 64    # filters from which a direct convolution is a GEMM when it can read the image's windows
 EXAMPLE_PIXELS = 784    # an example's output pixels from which a prediction's GEMM of windows is one per example
 WINOGRAD_CHANNELS = 32  # channels in and out from which a 3 x 3 stride-1 convolution is Winograd's (kernels/winograd)
@@ -44,9 +45,11 @@ class ConvKernel(Kernel):
     float32, in a bf16 program too (compiler/native/bf16.py). `epilogue`: the map that alone
     reads out (a bias, an activation), run on each (example, group) pair's outputs, or with
     one group each output row's, once stored, while they are in cache, instead of in a pass
-    of its own (fusion.epilogues), as a GEMM's. `by_channels`: w is [O / 16, C·kh·kw, 16]
-    (a copy the lowering makes) and the lanes of the kernel's vectors are output channels,
-    not pixels (loops.py `conv_by_channels`; `_by_channels` says which convolutions)."""
+    of its own (fusion.epilogues), as a GEMM's. `by_channels`: w is [O / 16, C / groups ·
+    kh·kw, 16] (a copy the lowering makes) and the lanes of the kernel's vectors are output
+    channels, not pixels (loops.py `conv_by_channels`, and with groups, a depthwise
+    convolution's, `depthwise_by_channels`; `_by_channels` and `_depthwise_by_channels`
+    say which convolutions)."""
     x: int
     w: int | None
     out: int
@@ -101,11 +104,12 @@ class ConvKernel(Kernel):
     def emit(self, f):
         """The examples times the groups times the output rows on a thread team; the
         weight gradient's parts on a team, then their sum on the calling thread."""
-        from dlc.compiler.native.kernels.conv.loops import conv, conv_by_channels, conv_weight_grad, team_rows
+        from dlc.compiler.native.kernels.conv.loops import (conv, conv_by_channels, conv_weight_grad,
+                                                             depthwise_by_channels, team_rows)
         from dlc.compiler.native.codegen.shared_loops import sum_parts
         work = numel(self.w_shape) * numel(self.x_shape[:1] + self.out_hw)
         if self.g is None:
-            loops = conv_by_channels if self.by_channels else conv
+            loops = (conv_by_channels if self.groups == 1 else depthwise_by_channels) if self.by_channels else conv
             return f.team(lambda kb, first: loops(kb, self, first), team_rows(self), work)
         kb = f.team(lambda kb, first: conv_weight_grad(kb, self, first), self.parts, work)
         taps = numel(self.w_shape[1:])
@@ -306,6 +310,19 @@ def _by_channels(s: ConvShape) -> bool:
     return s.groups == 1 and isinstance(s.C, int) and s.C <= IMAGE_CHANNELS and s.O % TILE_CHANNELS == 0
 
 
+def _depthwise_by_channels(s: ConvShape, x_shape: tuple) -> bool:
+    """Whether a direct depthwise convolution (one filter a channel) has channels in its
+    vectors' lanes (loops.py `depthwise_by_channels`): its channels in whole tiles
+    (TILE_CHANNELS) and planes of at most SMALL_PLANE outputs, whose rows would fill few
+    of a vector's lanes of pixels (MobileNetV2's last stages at 64 x 64 pixels: 4 x 4 and
+    2 x 2). On 2 threads of a Zen 3 (AVX2), alternating: 576 channels of 4 x 4 at batch 8
+    took 0.43 of the pixels' kernel's time; 960 of 7 x 7 0.96 (1.00 at batch 1), and
+    192 of 8 x 8, whose rows fill a vector, 1.42."""
+    sizes = (s.C, s.O, *x_shape[2:], s.Ho, s.Wo)
+    return s.groups == s.C == s.O and all(isinstance(d, int) for d in sizes) and s.C % TILE_CHANNELS == 0 \
+        and s.Ho * s.Wo <= SMALL_PLANE
+
+
 def _many_filters(s: ConvShape) -> bool:
     """Whether a direct convolution is rather a GEMM of the image's windows, where it reads
     them (_from_the_image): many filters (WINDOWS_FILTERS), one group — the GEMM's tiles
@@ -441,12 +458,12 @@ def _conv2d(lw, n, ins, attrs, typ):
         return
     if path == "direct" and _many_filters(s) and _from_the_image(lw, x, s):
         path = "im2col"
-    if path == "direct" and _by_channels(s):
-        # the filters as [O / TILE_CHANNELS, C·kh·kw, TILE_CHANNELS]: a tile's taps one after
+    if path == "direct" and (_by_channels(s) or _depthwise_by_channels(s, x.shape)):
+        # the filters as [O / TILE_CHANNELS, C / groups · kh·kw, TILE_CHANNELS]: a tile's taps one after
         # another, each a row of its channels for the kernel's vectors (as [C·kh·kw, O], the
         # rows of a tile's 147 taps of a 7 x 7 stem fell in a quarter of the L1 cache's sets);
         # a prediction's, kept between calls: made once until a weight changes
-        tiles_shape = (s.O // TILE_CHANNELS, s.C, s.kh, s.kw, TILE_CHANNELS)
+        tiles_shape = (s.O // TILE_CHANNELS, w.shape[1], s.kh, s.kw, TILE_CHANNELS)
         ready = weight_flag(lw, wm.buffer)
         wt = lw.p.buffer("f32", numel(w.shape), "packed" if ready else "temp",
                          f"{lw.p.buffers[wm.buffer].name} by channels")
@@ -456,7 +473,7 @@ def _conv2d(lw, n, ins, attrs, typ):
         lw.emit(WeightTransformKernel("filters by channels", copy, ready, node=n))
         xm = lw.materialize(x)
         lw.emit(ConvKernel(xm.buffer, wt.id, out.id, x.shape, w.shape, (s.Ho, s.Wo), attrs["stride"][0],
-                           attrs["padding"], stride_w=attrs["stride"][1], by_channels=True, node=n))
+                           attrs["padding"], groups=groups, stride_w=attrs["stride"][1], by_channels=True, node=n))
         lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
         return
     if path == "direct":

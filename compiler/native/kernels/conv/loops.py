@@ -9,7 +9,7 @@ from dlc.compiler.native.codegen.image_rows import ConvRows
 from dlc.compiler.native.codegen.intrinsics import concatenated, masked, splat, transpose8, vec_ptr
 from dlc.compiler.native.program import Affine
 from dlc.compiler.native.codegen.shared_loops import SUM_LANES, add_lanes
-from dlc.compiler.native.codegen.types import f32, i32, i64
+from dlc.compiler.native.codegen.types import f32, i1, i32, i64
 from dlc.compiler.native.kernels.map.loops import map_body
 
 
@@ -192,11 +192,98 @@ def conv_by_channels(kb: KernelBuilder, k, first):
     kb.loops((N * Ho,), row, first=first)
 
 
+def depthwise_by_channels(kb: KernelBuilder, k, first):
+    """The (example, tile of TILE_CHANNELS channels) pairs `first` = (lo, hi) of a
+    depthwise convolution of small planes (`by_channels` with groups: w is [C / 16, kh·kw,
+    16]), channels in the vectors' lanes: the tile's input planes copied channels last into
+    the thread's scratch, then each output pixel's sums over its taps in registers, each
+    tap a vector load from the scratch and one of the weights (rows of 4 or 2 outputs
+    left most lanes of the pixels' vectors empty), stored into the scratch and copied back
+    into the tile's planes; then the epilogue on them. Each output sums its taps in the
+    pixels' kernel's order (the tap rows inside x, every tap column, 0 outside the row):
+    the same bits."""
+    b, rows = kb.b, ConvRows(kb, k)
+    N, C, H, W = k.x_shape
+    kh, kw = k.w_shape[2:]
+    Ho, Wo = k.out_hw
+    vw, per = rows.vw, TILE_CHANNELS // rows.vw
+    x, w, out = kb.buffer(k.x, "f32"), kb.buffer(k.w, "f32"), kb.buffer(k.out, "f32")
+    c64 = lambda v: ir.Constant(i64, v)
+    planes_in = kb.alloca(ir.ArrayType(f32, H * W * TILE_CHANNELS))      # [H·W, 16]
+    planes_out = kb.alloca(ir.ArrayType(f32, Ho * Wo * TILE_CHANNELS))   # [Ho·Wo, 16]
+    at = lambda a, i: b.gep(a, [ir.Constant(i32, 0), i], inbounds=True)
+    vector = lambda a, i: vec_ptr(b, at(a, i), rows.vty)
+    tiles = C // TILE_CHANNELS
+    v8 = ir.VectorType(f32, 8)
+    load8, store8 = masked(kb.m, v8)
+
+    def between(planes, first_plane, pixels: int, scratch, into_tile: bool):
+        """The tile's 16 planes of `pixels` (from plane `first_plane` of `planes`) copied
+        into the scratch channels last, or back: blocks of 8 channels times 8 pixels
+        transposed in registers, the last block of a plane masked."""
+        for half in range(0, TILE_CHANNELS, 8):
+            for q in range(0, pixels, 8):
+                lanes = min(8, pixels - q)
+                mask = ir.Constant(ir.VectorType(i1, 8), [lane < lanes for lane in range(8)])
+                plane = [vec_ptr(b, b.gep(planes, [b.add(b.mul(b.add(first_plane, c64(half + c)), c64(pixels)),
+                                                          c64(q))], inbounds=True), v8) for c in range(8)]
+                tile_rows = [vec_ptr(b, at(scratch, c64((q + r) * TILE_CHANNELS + half)), v8) for r in range(lanes)]
+                if into_tile:
+                    vectors = [b.load(ptr, align=4) if lanes == 8 else
+                             b.call(load8, [ptr, ir.Constant(i32, 4), mask, ir.Constant(v8, None)]) for ptr in plane]
+                    for ptr, column in zip(tile_rows, transpose8(b, vectors)):
+                        b.store(column, ptr, align=4)
+                else:
+                    vectors = [b.load(ptr, align=4) for ptr in tile_rows] + [ir.Constant(v8, None)] * (8 - lanes)
+                    for ptr, column in zip(plane, transpose8(b, vectors)):
+                        if lanes == 8:
+                            b.store(column, ptr, align=4)
+                        else:
+                            b.call(store8, [column, ptr, ir.Constant(i32, 4), mask])
+
+    def tile(idx):
+        n, t = b.sdiv(idx[0], c64(tiles)), b.srem(idx[0], c64(tiles))
+        first_plane = b.add(b.mul(n, kb.dim(C)), b.mul(t, c64(TILE_CHANNELS)))
+
+        between(x, first_plane, H * W, planes_in, into_tile=True)
+
+        def pixel(ho, wo):
+            sums = [rows.zero] * per
+            for i in range(kh):
+                h = ho * k.stride_h + i - k.padding[0]
+                if not 0 <= h < H:      # a tap row in the padding adds nothing
+                    continue
+                for j in range(kw):
+                    col = wo * k.stride_w + j - k.padding[1]
+                    for v in range(per):
+                        weights = b.load(vec_ptr(b, b.gep(w, [b.add(b.mul(t, c64(kh * kw * TILE_CHANNELS)),
+                                                                    c64((i * kw + j) * TILE_CHANNELS + v * vw))],
+                                                        inbounds=True), rows.vty), align=4)
+                        value = b.load(vector(planes_in, c64((h * W + col) * TILE_CHANNELS + v * vw)), align=4) \
+                            if 0 <= col < W else rows.zero      # a tap column outside the row: 0
+                        sums[v] = b.call(rows.fma, [weights, value, sums[v]])
+            for v in range(per):
+                b.store(sums[v], vector(planes_out, c64((ho * Wo + wo) * TILE_CHANNELS + v * vw)), align=4)
+        for ho in range(Ho):
+            for wo in range(Wo):
+                pixel(ho, wo)
+
+        between(out, first_plane, Ho * Wo, planes_out, into_tile=False)
+        if k.epilogue is not None:
+            c0 = b.mul(t, c64(TILE_CHANNELS))
+            kb.loops((TILE_CHANNELS, Ho * Wo), lambda cp: map_body(kb, k.epilogue, kb.p, [n, b.add(c0, cp[0]), cp[1]]),
+                     contiguous=True)
+    kb.loops((N * tiles,), tile, first=first)
+
+
 def team_rows(k):
-    """What a convolution's team splits: its examples times its groups, or without groups
-    its examples times its output rows (a batch of one: its rows; dividing the index of
-    each row of a depthwise convolution's few pixels took longer than the row)."""
-    return k.x_shape[0] * k.groups if k.groups > 1 else k.x_shape[0] * k.out_hw[0]
+    """What a convolution's team splits: its examples times its groups (by channels: its
+    tiles of channels), or without groups its examples times its output rows (a batch of
+    one: its rows; dividing the index of each row of a depthwise convolution's few pixels
+    took longer than the row)."""
+    if k.groups == 1:
+        return k.x_shape[0] * k.out_hw[0]
+    return k.x_shape[0] * (k.groups // TILE_CHANNELS if k.by_channels else k.groups)
 
 
 def conv_weight_grad(kb: KernelBuilder, k, first):
