@@ -52,7 +52,8 @@ def test_native_depthwise_matches_torch_forward_and_backward(case):
     matches_torch(case)
 
 
-@pytest.mark.parametrize("case", ["5x5-wide", "7x7-wide", "5x5-stride2-wide", "3x3-stride-w2", "3x3-stride2-tiles-of-channels"])
+@pytest.mark.parametrize("case", ["5x5-wide", "7x7-wide", "5x5-stride2-wide", "3x3-stride-w2",
+                                  "3x3-stride2-tiles-of-channels"])
 def test_the_direct_kernels_at_aarch64s_vector_width_match_torch(case, monkeypatch, tmp_path):
     """NEON's 4 lanes, compiled here: a tap column shifted a vector or more along its
     row's stream (kernel columns past 4)."""

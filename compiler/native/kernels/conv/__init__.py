@@ -102,14 +102,18 @@ class ConvKernel(Kernel):
         return None if taken is None else self.taking(taken[1], out=taken[0], epilogue=taken[1], node=taken[1].node)
 
     def emit(self, f):
-        """The examples times the groups times the output rows on a thread team; the
-        weight gradient's parts on a team, then their sum on the calling thread."""
+        """The examples times the groups (or tiles of channels), or the output rows, on a
+        thread team (loops.py `team_rows`); the weight gradient's parts on a team, then
+        their sum on the calling thread."""
         from dlc.compiler.native.kernels.conv.loops import (conv, conv_by_channels, conv_weight_grad,
                                                              depthwise_by_channels, team_rows)
         from dlc.compiler.native.codegen.shared_loops import sum_parts
         work = numel(self.w_shape) * numel(self.x_shape[:1] + self.out_hw)
         if self.g is None:
-            loops = (conv_by_channels if self.groups == 1 else depthwise_by_channels) if self.by_channels else conv
+            if not self.by_channels:
+                loops = conv
+            else:       # the stem's filters in the lanes, or a depthwise convolution's channels
+                loops = conv_by_channels if self.groups == 1 else depthwise_by_channels
             return f.team(lambda kb, first: loops(kb, self, first), team_rows(self), work)
         kb = f.team(lambda kb, first: conv_weight_grad(kb, self, first), self.parts, work)
         taps = numel(self.w_shape[1:])

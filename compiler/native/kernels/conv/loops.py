@@ -53,18 +53,20 @@ def conv(kb: KernelBuilder, k, first):
                                                first=rows.tap_rows(ho)))
             for o in range(width):
                 channel = b.add(o0, ir.Constant(i64, o))
+                # with groups, lanes past a row's end fall on its plane's next rows, which this
+                # thread stores later: such a vector is stored whole (MobileNetV2's rows of 7
+                # and 14 outputs end mid-vector, and AVX2's masked store is microcoded); without,
+                # another thread may store the next row
+                plane_end = kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo)), [n, b.add(channel, ir.Constant(i64, 1))]) \
+                    if G > 1 else None
                 for v in range(rows.nv):
                     at, start = rows.out_at(n, channel, ho, wo0, v)
                     value, mask = b.load(sums[o * rows.nv + v]), rows.mask(start, Wo)
-                    if G == 1:      # another thread may store the next row
+                    if plane_end is None:
                         rows.store(k.out, at, value, mask)
-                        continue
-                    # lanes past the row's end on the plane's next rows, which this thread
-                    # stores later: the vector stored whole (MobileNetV2's rows of 7 and 14
-                    # outputs end mid-vector, and AVX2's masked store is microcoded)
-                    plane_end = kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo)), [n, b.add(channel, ir.Constant(i64, 1))])
-                    ahead = b.icmp_signed("<=", b.add(at, ir.Constant(i64, rows.vw)), plane_end)
-                    rows.stores_ahead(ahead, [(k.out, at, value)], mask)
+                    else:
+                        ahead = b.icmp_signed("<=", b.add(at, ir.Constant(i64, rows.vw)), plane_end)
+                        rows.stores_ahead(ahead, [(k.out, at, value)], mask)
         rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
 
     def outer(idx):
@@ -196,9 +198,10 @@ def depthwise_by_channels(kb: KernelBuilder, k, first):
     """The (example, tile of TILE_CHANNELS channels) pairs `first` = (lo, hi) of a
     depthwise convolution of small planes (`by_channels` with groups: w is [C / 16, kh·kw,
     16]), channels in the vectors' lanes: the tile's input planes copied channels last into
-    the thread's scratch, then each output pixel's sums over its taps in registers, each
-    tap a vector load from the scratch and one of the weights (rows of 4 or 2 outputs
-    left most lanes of the pixels' vectors empty), stored into the scratch and copied back
+    the thread's scratch and its filters loaded once, then each output pixel's sums over
+    its taps in registers, each tap a vector of the scratch times one of the filters (rows
+    of 4 or 2 outputs left most lanes of the pixels' vectors empty), stored into the
+    scratch and copied back
     into the tile's planes; then the epilogue on them. Each output sums its taps in the
     pixels' kernel's order (the tap rows inside x, every tap column, 0 outside the row):
     the same bits."""
@@ -246,6 +249,9 @@ def depthwise_by_channels(kb: KernelBuilder, k, first):
         first_plane = b.add(b.mul(n, kb.dim(C)), b.mul(t, c64(TILE_CHANNELS)))
 
         between(x, first_plane, H * W, planes_in, into_tile=True)
+        taps = b.mul(t, c64(kh * kw * TILE_CHANNELS))     # the tile's filters, [kh·kw, 16]
+        weights = [b.load(vec_ptr(b, b.gep(w, [b.add(taps, c64(u * vw))], inbounds=True), rows.vty), align=4)
+                   for u in range(kh * kw * per)]
 
         def pixel(ho, wo):
             sums = [rows.zero] * per
@@ -256,12 +262,9 @@ def depthwise_by_channels(kb: KernelBuilder, k, first):
                 for j in range(kw):
                     col = wo * k.stride_w + j - k.padding[1]
                     for v in range(per):
-                        weights = b.load(vec_ptr(b, b.gep(w, [b.add(b.mul(t, c64(kh * kw * TILE_CHANNELS)),
-                                                                    c64((i * kw + j) * TILE_CHANNELS + v * vw))],
-                                                        inbounds=True), rows.vty), align=4)
                         value = b.load(vector(planes_in, c64((h * W + col) * TILE_CHANNELS + v * vw)), align=4) \
                             if 0 <= col < W else rows.zero      # a tap column outside the row: 0
-                        sums[v] = b.call(rows.fma, [weights, value, sums[v]])
+                        sums[v] = b.call(rows.fma, [weights[(i * kw + j) * per + v], value, sums[v]])
             for v in range(per):
                 b.store(sums[v], vector(planes_out, c64((ho * Wo + wo) * TILE_CHANNELS + v * vw)), align=4)
         for ho in range(Ho):
