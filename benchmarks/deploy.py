@@ -19,7 +19,6 @@ workers awake between the timer's back-to-back calls (DLC_SPIN, docs/native.md).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile

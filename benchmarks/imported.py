@@ -143,7 +143,7 @@ def main(argv=None) -> int:
         torchvision_models()
     except ImportError as e:
         raise SystemExit(f"imported.py needs torchvision's model definitions ({e}): "
-                         "pip install --no-deps torchvision==0.28.0, as .ci/run does")
+                         "pip install --no-deps torchvision==0.28.0, as .ci/run does") from None
     dlc_threads = args.threads or "dlc's default"
     print(f"dlc native prediction of imported models ({dlc_threads} threads) against onnxruntime "
           f"{onnxruntime.__version__} ({threads} threads); median ms per call over {args.rounds} rounds of about "

@@ -260,7 +260,6 @@ def shares_text(name: str, shares: list, peak_gflops: float | None) -> str:
 
 
 def run_bert(args) -> dict:
-    import torch
     from dlc.runtime.training.gradcheck import init_params
     sizes = BERT[args.bert]
     name, batch_size = "bert_encoder", args.batch or DEFAULT_BATCH["bert_encoder"]
@@ -280,7 +279,7 @@ def run_bert(args) -> dict:
 def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
     """The runners' first steps (their losses checked pair by pair), then their steps in
     rounds, then dlc's kernel kinds' shares: the row."""
-    for key, r in runners.items():
+    for r in runners.values():
         r.first()
         print(f"  {r.run.framework:<20} first step {r.run.first_s * 1e3:10.1f} ms   loss {r.run.losses[0]:.7f}",
               flush=True)

@@ -154,7 +154,7 @@ class Evaluator(Indexing, Scans):
         names: dict = {}
         self.root_scope.assign_names("", names)
         params = []
-        for node, scope, local, trainable, span in self.param_nodes:
+        for node, scope, _local, trainable, span in self.param_nodes:
             name = names[node]
             self.graph.attrs(node)["name"] = name
             params.append(ParamInfo(name, self.graph.types(node)[0], trainable, span, scope.calls()))

@@ -288,7 +288,7 @@ def _align(out: list[tuple[str, str, int | None]]) -> str:
     """Align the `=` of each train block's settings, then the comments of consecutive lines."""
     codes = [code for code, _, _ in out]
     blocks: dict = {}
-    for k, (code, _, block) in enumerate(out):
+    for k, (_, _, block) in enumerate(out):
         if block is not None:
             blocks.setdefault(block, []).append(k)
     for rows in blocks.values():

@@ -24,7 +24,7 @@ from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, fuse_sums, 
 from dlc.compiler.native.kernels.conv import stored_channels_first
 from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
-from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Op, Size,
+from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Size,
                                          contiguous, row_major)
 from dlc.compiler.native.program.registry import LOWERED_FLOATS, NotLowerable
 from dlc.compiler.native.rules import load, lowering_rule

@@ -167,7 +167,7 @@ def _in_order(nbytes: dict, live: dict) -> tuple:
             _, gone = heapq.heappop(dying)
             _release(free, offsets[gone], offsets[gone] + _align(nbytes[gone]))
         size = _align(nbytes[bid])
-        for k, (start, end) in enumerate(free):
+        for k, (start, end) in enumerate(free):  # noqa: B007  (k: the free range taken, after the loop)
             if start + size <= end:
                 break
         free[k:k + 1] = [[start + size, end]] if start + size < end else []

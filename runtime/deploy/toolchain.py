@@ -67,7 +67,7 @@ def find(choice: str = "auto", triple: str = "") -> Toolchain:
         return Toolchain(f"cc ({cc})", shlex.split(cc), [ar], libs)
     system = f"{arch}-macos" if macos else f"{arch}-linux-gnu"
     if choice == "cc":
-        raise DlcError(f"no C compiler `cc` on this machine (nor $CC): install one, or use --toolchain zig "
+        raise DlcError("no C compiler `cc` on this machine (nor $CC): install one, or use --toolchain zig "
                        '(pip install "dlc[build]")' if native else
                        f"cc compiles for this machine ({here} Linux), not {system}: use --toolchain zig, which "
                        "cross-compiles")

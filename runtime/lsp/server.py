@@ -685,7 +685,7 @@ def serve():
     stdlib_env()        # parsed once, before the first request
     syntax._parser()
     from dlc.runtime.engines import budget  # noqa: F401  (a layer call's hover reads it: 0.1 s to import)
-    server.peak_worker
+    server.peak_worker  # noqa: B018  (started now, not at the first hover)
     # Garbage is collected when an analysis has been published (DlcLanguageServer._analyze),
     # not by the interpreter in the middle of the next: the collections it started while a
     # model was analyzed added some 15% to the mean analysis and doubled the slowest (busy

@@ -2,7 +2,6 @@
 only between a flat vector and a shape of the same size; named data (a dict, an .npz saved
 with keywords) binds by name, an unknown name refused with a did-you-mean; unnamed columns
 (np.savez's arr_0, arr_1) bind in order, which stderr is told once."""
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -202,7 +202,7 @@ def test_fetch_converts_cifar(name, cache, server, monkeypatch, capsys):
     code, out, err = run(capsys, "data", "fetch", name)
     assert code == 0, err
     assert leftovers(cache) == [f"{name}/test.npz", f"{name}/train.npz"]
-    for split, (images, labels, coarse) in arrays.items():
+    for split, (images, labels, _) in arrays.items():
         ds = D.load(call(name, split=split, scale=1), cache)
         assert ds.columns["x"].shape == (len(images), 3, 32, 32)
         assert np.array_equal(ds.columns["x"], images) and ds.columns["y"].tolist() == labels.tolist()

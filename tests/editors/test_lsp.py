@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import importlib.util
 import random
 import re
 import sys

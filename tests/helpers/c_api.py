@@ -44,7 +44,7 @@ class Api:
             proto = (lib / f"{name}.h").read_text().split(f"int {name}_train_step(")[1].split(");")[0]
             self.train_inputs = re.findall(r"const int64_t (\w+)_shape\[", proto)
             f("train_step").argtypes = [c.c_void_p] * (2 + 2 * len(self.train_inputs)) + [c.c_int64]
-                                
+
     def create(self, path=None, data: bytes | None = None):
         model = ctypes.c_void_p()
         if data is not None:

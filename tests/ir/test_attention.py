@@ -96,12 +96,12 @@ def test_the_reference_gradient_passes_a_float64_check(masked):
 
 def arena(seq: int) -> int:
     """The native engine's activation bytes for one train step of causal self-attention."""
-    model = load_text(f"""
-model m {{
+    model = load_text("""
+model m {
     input x: f32[B, T, 16]
     y = self_attention(x, 2, causal_mask(T), rate = 0.0)
     loss mean(y * y)
-}}""", "m.dl").build(training=True)
+}""", "m.dl").build(training=True)
     exe = Executable(step_graph(model))
     params = {p.name: np.full(p.type.shape, 0.1, np.float32) for p in model.params}
     feeds = {"x": np.random.default_rng(0).standard_normal((1, seq, 16)).astype(np.float32)}

@@ -21,7 +21,7 @@ from dlc.compiler.onnx.importer import import_model  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402
 from dlc.runtime.engines.native import Executable  # noqa: E402
-from dlc.runtime.interop import checkpoint
+from dlc.runtime.interop import checkpoint  # noqa: E402
 from dlc.runtime.training import gradcheck as gc  # noqa: E402
 from helpers.numeric import build, trainable_count  # noqa: E402
 from helpers.native_cases import compare, model_feeds, run_reference, step_graph  # noqa: E402

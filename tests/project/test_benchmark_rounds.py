@@ -2,7 +2,6 @@
 fake clock, a machine that slows down in the middle of the run misleads a measurement in
 blocks (all of one framework, then all of the next) and not one in rotated rounds; the
 ratios' spread, the rotation and the others of each round are what the run reports."""
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest

@@ -676,7 +676,7 @@ def test_xor_mlp_reaches_full_accuracy_with_sgd():
     y = np.array([[0], [1], [1], [0]], np.float32)
     feeds = {"x": x, "y": y, "rng": np.array([0, 0], np.int32)}
     first = None
-    for epoch in range(2000):
+    for _ in range(2000):
         out = interpreter.run(step, feeds, params)
         first = first if first is not None else float(out["loss"])
         for p in model.params:

@@ -14,7 +14,6 @@ from dlc.runtime.data.registry import load as load_data
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.engines.optim import make_schedule
-from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.inputs import prepare_data
 from dlc.runtime.training.trainer import Trainer, windows_drawn
 

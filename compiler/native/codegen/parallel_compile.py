@@ -94,7 +94,7 @@ def split(module: ir.Module, pieces: dict, parts: int) -> list[str]:
     texts = []
     for p in range(len(loads)):
         body = []
-        for name, g in values.items():
+        for name in values:
             text = pieces[name]
             if name not in part:                        # a declaration: every part has it
                 body.append(text)

@@ -44,7 +44,7 @@ def run(args):
             prompt = [int(t) for t in args.prompt.replace(",", " ").split()]
         except ValueError:
             raise DlcError(f"{model.name} is an encoder-decoder: give the source as token ids, as in "
-                           "--prompt \"3 4 5\"")
+                           "--prompt \"3 4 5\"") from None
         show = in_table = lambda ids: " ".join(str(t) for t in ids)
     found = model.generate(prompt, args.length, args.temperature, args.seed, beam=args.beam, top_k=args.top_k,
                            top_p=args.top_p, length_penalty=args.length_penalty)

@@ -192,7 +192,7 @@ def _row_chunks_maxpool_grad(kb: KernelBuilder, k, first):
                 ok = b.and_(b.and_(live, splat(b, row_ok, bty)), b.icmp_unsigned("<", col, splat(b, kb.dim(W), ity)))
                 taps[i, j] = (h, b.add(w0, c64(j)), ok)
         values = []
-        for (i, j), (h, at, ok) in taps.items():
+        for h, at, ok in taps.values():
             v, access = strided_load(kb.m, b, row_at(k.x, plane, h, at), ok, sw)
             kb.disjoint(access, k.x)
             values.append(b.select(ok, v, ir.Constant(vty, [-math.inf] * VW)))
