@@ -12,6 +12,7 @@ import gzip
 import io
 import math
 import pathlib
+import zipfile
 import zlib
 
 import numpy as np
@@ -111,35 +112,64 @@ def numbers(src: str, p, columns: dict, kind: str = "column") -> dict:
 
 
 # ---- npz ------------------------------------------------------------------------------------------
+class BadNpz(Exception):
+    """Why an .npz file cannot be read, for its reader to word: `kind` is "npy" (it holds a single
+    .npy array), "not zip", "archive" (the zip itself is damaged), "objects" (a member holds Python
+    objects), "not npy" (a member is not an .npy array), "member" (a member is damaged: its CRC, its
+    compression, its header, cut short) or "memory" (a member's header claims a shape larger than
+    memory); `member` names the array, `reason` is what numpy or zipfile said."""
+    def __init__(self, kind: str, member: str | None = None, reason: str = ""):
+        super().__init__(kind, member, reason)
+        self.kind, self.member, self.reason = kind, member, reason
+
+
+def npz_arrays(p: pathlib.Path) -> dict:
+    """Every array of an .npz archive, in file order, named as in the file; a file that is not one,
+    or a damaged member, is a BadNpz (an unreadable file an OSError)."""
+    arrays = {}
+    with open(p, "rb") as f:       # our handle, closed whatever numpy makes of the file
+        magic = f.read(6)
+        f.seek(0)
+        if magic.startswith(b"\x93NUMPY"):
+            raise BadNpz("npy")
+        if not magic.startswith(b"PK"):
+            raise BadNpz("not zip")
+        try:
+            z = np.load(f, allow_pickle=False)
+        except Exception as e:      # whatever a damaged archive makes numpy or zipfile raise
+            raise BadNpz("archive", reason=_reason(e)) from None
+        with z:
+            for name in z.files:
+                try:
+                    arrays[name] = z[name]
+                except MemoryError:     # numpy allocates the shape a header claims before reading it
+                    raise BadNpz("memory", name) from None
+                except ValueError as e:
+                    raise BadNpz("objects" if "pickle" in str(e) else "member", name, _reason(e)) from None
+                except zipfile.BadZipFile as e:
+                    raise BadNpz("member", name, "CRC mismatch" if "CRC" in str(e) else _reason(e)) from None
+                except Exception as e:  # a damaged member: bad compression, bad header, cut short
+                    raise BadNpz("member", name, _reason(e)) from None
+                if not isinstance(arrays[name], np.ndarray):      # numpy gives a member not .npy as bytes
+                    raise BadNpz("not npy", name)
+    return arrays
+
+
 def read_npz(p: pathlib.Path) -> dict:
     """Every array of an .npz archive, in file order, named as in the file, checked (`numbers`)."""
-    columns = {}
     try:
-        with open(p, "rb") as f:       # our handle, closed whatever numpy makes of the file
-            magic = f.read(6)
-            f.seek(0)
-            if magic.startswith(b"\x93NUMPY"):
-                raise DlcError(f"npz: {p} is not an .npz archive (it holds a single .npy array; save with np.savez)")
-            if not magic.startswith(b"PK"):
-                raise DlcError(f"npz: {p} is not a valid .npz archive (expected a zip file of arrays, as np.savez"
-                               f" writes)")
-            try:
-                z = np.load(f, allow_pickle=False)
-            except Exception as e:      # whatever a damaged archive makes numpy or zipfile raise
-                raise DlcError(f"npz: {p} is not a valid .npz archive ({_reason(e)})") from None
-            with z:
-                for name in z.files:
-                    try:
-                        columns[name] = z[name]
-                    except ValueError as e:
-                        if "pickle" in str(e):
-                            raise DlcError(f"npz: array '{name}' of {p} holds Python objects, which dlc does not"
-                                           f" load (save numeric arrays)") from None
-                        raise DlcError(f"npz: array '{name}' of {p} is corrupt ({_reason(e)})") from None
-                    except Exception as e:  # a damaged member: bad CRC, bad compression, bad header
-                        raise DlcError(f"npz: array '{name}' of {p} is corrupt ({_reason(e)})") from None
-                    if not isinstance(columns[name], np.ndarray):      # numpy gives a member not .npy as bytes
-                        raise DlcError(f"npz: '{name}' of {p} is not an .npy array (np.savez writes only arrays)")
+        columns = npz_arrays(p)
+    except BadNpz as e:
+        raise DlcError({
+            "npy": f"npz: {p} is not an .npz archive (it holds a single .npy array; save with np.savez)",
+            "not zip": f"npz: {p} is not a valid .npz archive (expected a zip file of arrays, as np.savez writes)",
+            "archive": f"npz: {p} is not a valid .npz archive ({e.reason})",
+            "objects": f"npz: array '{e.member}' of {p} holds Python objects, which dlc does not load (save "
+                       "numeric arrays)",
+            "not npy": f"npz: '{e.member}' of {p} is not an .npy array (np.savez writes only arrays)",
+            "member": f"npz: array '{e.member}' of {p} is corrupt ({e.reason})",
+            "memory": f"npz: array '{e.member}' of {p} claims a shape larger than memory",
+        }[e.kind]) from None
     except OSError as e:
         raise DlcError(f"npz: cannot read {p}: {e.strerror or e}") from None
     if not columns:

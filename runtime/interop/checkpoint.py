@@ -13,7 +13,6 @@ import json
 import os
 import re
 import tempfile
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 import dlc
 from dlc.compiler.errors import DlcError
 from dlc.compiler.ir.graph import DTYPES
+from dlc.runtime.data.formats import BadNpz, npz_arrays
 
 FORMAT = "dlc-checkpoint-1"
 
@@ -55,6 +55,7 @@ def _replace(path: Path, write):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".npz")
+        os.fchmod(fd, 0o666 & ~_umask())    # mkstemp's 0600 would keep a checkpoint from those it is shared with
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -62,6 +63,13 @@ def _replace(path: Path, write):
         os.replace(tmp, path)
     except OSError as e:
         raise DlcError(f"cannot write the checkpoint {path}: {e.strerror}") from None
+
+
+def _umask() -> int:
+    """The process's umask, which only setting it tells: set and put back at once."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 RUN_FILES = ("last.npz", "best.npz", "int8.npz", "history.json", "history.csv", "history.png")
@@ -127,21 +135,22 @@ def read(path) -> tuple[dict, dict]:
     path = Path(path)
     if not path.is_file():
         raise DlcError(f"no checkpoint at {path}")
+    unreadable = f"{path} is not a readable checkpoint"
     try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {k: f[k] for k in f.files}
-    except zipfile.BadZipFile:
-        raise DlcError(f"{path} is not a readable checkpoint: it is not an .npz archive") from None
+        arrays = npz_arrays(path)
+    except BadNpz as e:
+        member = _member(e.member) if e.member else ""
+        raise DlcError(unreadable + {
+            "npy": ": it is not an .npz archive (it holds a single .npy array)",
+            "not zip": ": it is not an .npz archive",
+            "archive": f": the archive is damaged ({e.reason})",
+            "objects": f" ({member} holds Python objects, which dlc does not load)",
+            "not npy": f" ({member} is not an .npy array)",
+            "member": f": {member} is damaged ({e.reason})",
+            "memory": f": {member} claims a shape larger than memory",
+        }[e.kind]) from None
     except OSError as e:
-        raise DlcError(f"{path} is not a readable checkpoint: {e.strerror or 'it cannot be read'}") from None
-    except MemoryError:     # numpy allocates the shape an array's header claims before reading it
-        raise DlcError(f"{path} is not a readable checkpoint: an array in it claims a shape larger than "
-                       "memory") from None
-    except (ValueError, EOFError, KeyError):
-        raise DlcError(f"{path} is not a readable checkpoint: an array in it is damaged or cut short") from None
-    for key, value in arrays.items():
-        if not isinstance(value, np.ndarray):       # numpy gives a zip member that is not .npy as bytes
-            raise DlcError(f"{path} is not a readable checkpoint (its member '{key}' is not an .npy array)")
+        raise DlcError(f"{unreadable}: {e.strerror or 'it cannot be read'}") from None
     meta = {}
     if "meta" in arrays:
         try:
@@ -150,6 +159,17 @@ def read(path) -> tuple[dict, dict]:
             raise DlcError(f"{path} is not a readable checkpoint: its metadata is damaged (not JSON)") from None
         check_meta(path, meta)
     return arrays, meta
+
+
+def _member(key: str) -> str:
+    """A checkpoint's member as a person names it: parameter h.W, h.W's optimizer state m."""
+    kind, _, rest = key.partition(":")
+    if kind == "param":
+        return f"parameter {rest}"
+    if kind == "opt":
+        name, _, slot = rest.rpartition(":")
+        return f"{name}'s optimizer state {slot}"
+    return f"array '{key}'"
 
 
 def check_arrays(path, arrays: dict):

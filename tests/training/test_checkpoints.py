@@ -166,3 +166,38 @@ def test_resume_past_the_end_of_the_schedule_warns(tmp_path, capsys, decay_steps
                                             "(at step 3): the 4 step(s) left all train at its final rate 0") in err
     assert warning == warned, err
     assert all(np.array_equal(before[k], after[k]) for k in before if not k.startswith(("meta", "opt:"))) == warned
+
+
+def flipped_bit(raw: bytes, inside: bytes) -> bytes:
+    """`raw` with one bit of the stored bytes `inside` flipped (a stored member's data, so its CRC fails)."""
+    at = raw.index(inside) + len(inside) // 2
+    return raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1:]
+
+
+def test_eval_names_what_is_wrong_with_a_damaged_checkpoint(tmp_path, capsys, trained):
+    """A file that is no archive at all, and an archive whose parameter fails its CRC, each said as it is."""
+    path, last = trained
+    (tmp_path / "notzip.npz").write_text("these are not weights\n")
+    err = failure(["eval", path, "--weights", str(tmp_path / "notzip.npz"), "--backend", "reference"], capsys)
+    assert f"{tmp_path / 'notzip.npz'} is not a readable checkpoint: it is not an .npz archive" in err
+    params = checkpoint.load(last)[0]
+    name = sorted(params)[0]
+    weights = np.full(params[name].shape, 0.5, np.float32)
+    checkpoint.save(tmp_path / "good.npz", {**params, name: weights}, {}, {})
+    raw = (tmp_path / "good.npz").read_bytes()
+    (tmp_path / "flipped.npz").write_bytes(flipped_bit(raw, weights.tobytes()))
+    err = failure(["eval", path, "--weights", str(tmp_path / "flipped.npz"), "--backend", "reference"], capsys)
+    assert f"is not a readable checkpoint: parameter {name} is damaged (CRC mismatch)" in err
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_checkpoints_are_written_as_the_umask_says(tmp_path, mask):
+    """A checkpoint is meant to be shared: its mode is what the umask gives any new file, as history's files'."""
+    old = os.umask(mask)
+    try:
+        checkpoint.save(tmp_path / "last.npz", {"w": np.ones(3, np.float32)}, {}, {})
+        (tmp_path / "plain").write_text("")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "last.npz").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (tmp_path / "last.npz").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
