@@ -389,7 +389,8 @@ class Evaluator(Indexing, Scans):
         with root.at(s.span):
             t = root.add1("param", type=typ, name=f"%{len(self.param_nodes)}", trainable=s.trainable)
         self.scope.params[s.name] = t.node
-        self.param_nodes.append((t.node, self.scope, s.name, s.trainable, s.span))
+        # a library layer's parameter remembers the user's call, where errors about it point (Span.caller)
+        self.param_nodes.append((t.node, self.scope, s.name, s.trainable, s.span.called_from(root.span)))
         self.init_values.append(self.initial_value(s, typ, env))
         return self.local(t)
 

@@ -117,7 +117,7 @@ def require(what: str, parts_at, sizes: dict, held: int = 0, batch: str | None =
     if batch:
         fits = _largest_batch(parts_at, sizes, batch, cap)
         message += f": try batch <= {fits}" if fits else ": not even batch 1 fits"
-    raise DlcError(message + note, span)
+    raise DlcError.at_user_line(message + note, span)
 
 
 def _largest_batch(parts_at, sizes: dict, batch: str, cap: int) -> int:

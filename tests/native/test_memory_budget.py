@@ -14,6 +14,7 @@ import pytest
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.api import DlcModel
+from dlc.runtime.engines import budget
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.engines.optim import make_optimizer
 from dlc.compiler.frontend.settings import Call
@@ -117,6 +118,22 @@ def test_a_huge_parameter_is_refused_by_dlc_train_before_its_initializer(tmp_pat
                      r"\(parameters 93\.1 GiB, gradients 93\.1 GiB, optimizer state 186\.3 GiB\); [\d.]+ GiB is "
                      r"available: its largest parameter, W: f32\[100000, 250000\], alone takes 93\.1 GiB", r.stderr), \
         r.stderr
+
+
+def test_a_huge_parameter_of_a_library_layer_is_refused_at_the_users_call(monkeypatch):
+    """The parameter is declared in the standard library: the refusal points at the user's call of the
+    layer, the library's declaration a note."""
+    monkeypatch.delenv("DLC_MEMORY_LIMIT", raising=False)
+    program = load_text(
+        "model cls {\n    input x: f32[B, 250000]\n    target y: i32[B]\n    p = dense(x, 250000)\n"
+        "    loss sparse_cross_entropy(p, y)\n}\n", "cls.dl")
+    model = program.build(None, training=True)
+    with budget.capped(1 << 30, None), pytest.raises(DlcError) as e:
+        budget.require_model(model, [p.name for p in model.params], 2)
+    assert (e.value.span.file, e.value.span.line, e.value.span.text()) == ("cls.dl", 4, "dense(x, 250000)")
+    assert "its largest parameter, p.W: f32[250000, 250000]" in e.value.message
+    assert [(note, span.file, span.line) for note, span in e.value.notes] == [
+        ("inside the standard library here", "<stdlib>/layers.dl", 5)]
 
 
 def test_the_native_engine_refuses_before_allocating_its_flat_arrays(monkeypatch):
