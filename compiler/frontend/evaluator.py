@@ -261,13 +261,21 @@ class Evaluator(Indexing, Scans):
                 self.fail(f"too many repeat steps: this repeat runs {steps} steps after {self.repeat_steps} already "
                           f"run, and a model runs at most {MAX_REPEAT_STEPS:,} in all its repeats", s.span)
             self.repeat_steps += steps
+            fewest = None       # the fewest graph nodes a step has made so far
             for i in range(start, stop):
                 env.vars[s.var] = i
                 self.repeat_index += (i,)
+                left = self.budget.left
                 try:
                     self.block(s.body, env, in_model, in_def, in_scan)
                 finally:
                     self.repeat_index = self.repeat_index[:-1]
+                made = left - self.budget.left
+                fewest = made if fewest is None else min(fewest, made)
+                if i > start and fewest * (stop - 1 - i) > self.budget.left:
+                    # refused now, not after building nodes for seconds until the budget runs out
+                    self.fail(f"this repeat of {steps:,} steps makes at least {fewest:,} graph nodes a step, more "
+                              f"than the {self.budget.total:,} a model may have; use scan for a long loop", s.span)
         elif isinstance(s, syntax.If):
             cond = self.expr(s.cond, env)
             if not isinstance(cond, bool):

@@ -170,7 +170,7 @@ class NodeBudget:
     CLOCK_EVERY = 1024      # nodes between two looks at the clock
 
     def __init__(self, seconds: float | None = None):
-        self.left = MAX_NODES
+        self.total = self.left = MAX_NODES
         self.seconds = seconds
         self.deadline = None if seconds is None else time.monotonic() + seconds
 

@@ -1547,6 +1547,7 @@ def test_unknown_schedule_is_located():
     ("repeat i in 0..1000000000000 { x = x + 1 }", 3, 5, "too many repeat steps: this repeat runs 1000000000000"),
     ("repeat i in 0..10000000 { j = i }", 3, 5, "too many repeat steps: this repeat runs 10000000"),
     ("repeat i in 0..1000 { repeat j in 0..1000 { k = j } }", 3, 27, "too many repeat steps"),
+    ("repeat i in 0..100000 { x = x + 1.0 }", 3, 5, "this repeat of 100,000 steps makes at least 3 graph nodes"),
     ("k = 9 ^ 9 ^ 9", 3, 9, "9 ^ 387420489 overflows"),                # never computed
 ])
 def test_runaway_programs_stop(tmp_path, body, line, col, phrase):
@@ -1560,6 +1561,8 @@ def test_runaway_programs_stop(tmp_path, body, line, col, phrase):
 
 
 def test_graph_node_limit(tmp_path, capsys, monkeypatch):
+    """A repeat whose steps cannot all fit is refused at the repeat once two steps have shown their size;
+    one whose first steps make no node (a static if) at the node that goes past the limit."""
     monkeypatch.setattr(G, "MAX_NODES", 500)
     check_located(tmp_path, capsys, """
         model m {
@@ -1570,7 +1573,17 @@ def test_graph_node_limit(tmp_path, capsys, monkeypatch):
             }
             output h
         }
-        """, 5, 13, "the model needs more than 500 graph nodes")
+        """, 4, 5, "this repeat of 100 steps makes at least")
+    check_located(tmp_path, capsys, """
+        model m {
+            input x: f32[B, 4]
+            h = x
+            repeat i in 0..100 {
+                if i >= 50 { h = dense(h, 4, relu) }
+            }
+            output h
+        }
+        """, 5, 26, "the model needs more than 500 graph nodes")
 
 
 @pytest.mark.parametrize("expr, col, phrase", [
