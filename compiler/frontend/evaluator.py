@@ -14,6 +14,7 @@ import numpy as np
 
 from dlc.compiler.ir import ops
 from dlc.compiler.frontend import syntax
+from dlc.compiler.frontend.syntax import NESTING_ADVICE
 from dlc.compiler.ir.dims import Dim, is_dim
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span, did_you_mean
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, NodeBudget, Tensor, TensorType
@@ -529,8 +530,12 @@ class Evaluator(Indexing, Scans):
                 return value
             with self.graph.at(e.span):     # made usable here: captured into a scan body
                 return self.local(value)
-        with self.graph.at(e.span):
-            return self._expr(e, env)
+        try:
+            with self.graph.at(e.span):
+                return self._expr(e, env)
+        except RecursionError:      # raised again by the frames too deep to make the error, until one can
+            raise DlcError.at_user_line(f"expressions nest too deeply here to compile ({NESTING_ADVICE})",
+                                        e.span) from None
 
     def _expr(self, e, env: Env):
         if isinstance(e, syntax.Name):      # `params`, the trainable parameters, usable here

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from functools import lru_cache
 
-from lark import Lark, Transformer, v_args, Token
+from lark import Lark, Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedInput, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken, VisitError
 
 from dlc.compiler.errors import DlcError, Span, register_source
@@ -500,7 +500,31 @@ def parse(text: str, filename: str = "<input>", start: str = "start") -> Module:
     try:
         return _ToAst(filename).transform(tree)
     except VisitError as e:
-        raise e.orig_exc from None
+        raise (_too_deep(tree, filename) if isinstance(e.orig_exc, RecursionError) else e.orig_exc) from None
+    except RecursionError:
+        raise _too_deep(tree, filename) from None
+
+
+NESTING_ADVICE = "give parts of it names (h = ...), or use repeat"
+
+
+def _too_deep(tree: Tree, filename: str) -> DlcError:
+    """The error for a tree nested deeper than the transformer's recursion allows: at the
+    outermost of the construct most repeated along the deepest path (the first of a thousand
+    nested ifs), the innermost a note."""
+    deepest, stack = [], [(tree, [])]
+    while stack:        # iterative: the tree is too deep to walk by recursion
+        node, path = stack.pop()
+        path = path + [node]
+        if len(path) > len(deepest):
+            deepest = path
+        stack.extend((c, path) for c in node.children if isinstance(c, Tree))
+    located = [n for n in deepest if not n.meta.empty]
+    rule = max({n.data for n in located}, key=lambda r: sum(n.data == r for n in located))
+    chain = [n for n in located if n.data == rule]
+    span = lambda n: Span(filename, n.meta.line, n.meta.column)
+    return DlcError(f"the program nests too deeply to compile: {len(chain)} expressions inside one another "
+                    f"({NESTING_ADVICE})", span(chain[0]), [("the innermost here", span(chain[-1]))])
 
 
 # ---- syntax errors that say what to do ------------------------------------------------------------

@@ -1210,13 +1210,25 @@ def test_real_command_missing_file(tmp_path):
     assert "Traceback" not in r.stderr + r.stdout
 
 
-def test_real_command_program_nested_too_deeply(tmp_path):
+def nested(n: int, inner: str, outer: str) -> str:
+    """`outer` around itself n times around `inner` ({} marks where each goes)."""
+    for _ in range(n):
+        inner = outer.format(inner)
+    return inner
+
+
+@pytest.mark.parametrize("expression, col, note", [
+    ("x" + " + x" * 3000, 16, None),                                              # the parser's tree
+    (nested(1000, "x", "if true then ({}) else x"), 16, "the innermost here"),    # the parser's tree
+    (nested(400, "x", "relu({})"), None, None),                                   # the evaluator
+])
+def test_real_command_program_nested_too_deeply(tmp_path, expression, col, note):
+    """Nesting deeper than Python's recursion allows is an error located in the nesting, not a bare message."""
     path = tmp_path / "m.dl"
-    path.write_text("model m {\n    input x: f32[B, 4]\n    output h = x" + " + x" * 3000 + "\n}\n")
+    path.write_text("model m {\n    input x: f32[B, 4]\n    output h = " + expression + "\n}\n")
     r = subprocess.run(dlc_command() + ["check", str(path)], capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0, r.stdout
-    assert "Traceback" not in r.stderr + r.stdout and "internal error" not in r.stderr, r.stderr[-3000:]
-    assert "error: " in r.stderr and "nests too deeply" in r.stderr, r.stderr[-3000:]
+    assert_located(r.returncode, r.stdout, r.stderr, path, 3, col, "nest", note)
+    assert r.returncode == 1, r.stderr
 
 
 # ---- good programs: controls that must pass --------------------------------------------------------------------
