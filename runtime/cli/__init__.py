@@ -35,9 +35,19 @@ def command_module(name: str):
     return importlib.import_module(f"dlc.runtime.cli.commands.{name}{'_' * keyword.iskeyword(name)}")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, but a flag's bad value is said first at the flag, as dlc's other errors
+    about flags are (`--batch: error: ...`), then the usage; status 2."""
+    def error(self, message: str):
+        flag, colon, rest = message.removeprefix("argument ").partition(": ")
+        if message.startswith("argument --") and colon:
+            self.exit(2, f"{flag.split('/')[0]}: error: {rest}\n{self.format_usage()}")
+        super().error(message)
+
+
 def parser(names=COMMANDS) -> argparse.ArgumentParser:
     """dlc's parser with these commands (all by default)."""
-    p = argparse.ArgumentParser(prog="dlc", description="A compiler for neural networks written in .dl files.")
+    p = Parser(prog="dlc", description="A compiler for neural networks written in .dl files.")
     p.add_argument("--version", action="version", version=f"dlc {dlc.__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", help="one of these; dlc COMMAND -h for its options")
     for name in names:
@@ -143,7 +153,7 @@ def _main(argv) -> int:
         return args.run(args) or 0
     except DlcError as e:
         print(e.render(), file=sys.stderr)
-        return 1
+        return 2 if e.span is not None and e.span.file.startswith("--") else 1     # a flag's value: a usage error
     except BrokenPipeError:       # the reader went away (dlc graph ... | head): it has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

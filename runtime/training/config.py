@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from dlc.compiler.errors import DlcError, Span, did_you_mean
+from dlc.compiler.errors import DlcError, Span, did_you_mean, register_source
 from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
@@ -61,6 +61,25 @@ class TrainConfig:
         return self.spans.get(name)
 
 
+@dataclass(frozen=True)
+class Flag:
+    """A setting's value given on the command line: an error about it points at the flag
+    (`--batch:1:1: error: ...`, the flag's text as its source line), a usage error."""
+    name: str
+    value: object
+
+    def span(self) -> Span:
+        text = ", ".join(map(str, self.value)) if isinstance(self.value, list) else str(self.value)
+        register_source(f"--{self.name}", text)
+        return Span(f"--{self.name}", 1, 1, 1, len(text) + 1)
+
+
+def flags(args, names) -> dict:
+    """The settings `names` given as flags in `args` (argparse's), each a Flag; None where not given."""
+    return {name: None if getattr(args, name) is None else Flag(name.replace("_", "-"), getattr(args, name))
+            for name in names}
+
+
 SPEC_SETTINGS = ("data", "validation", "test", "optimizer", "schedule", "clip", "early_stop", "augment")
 SEED_MAX = 2 ** 31 - 1      # the random key of every step is a pair of int32: (seed, step)
 
@@ -90,11 +109,13 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
     if overrides.get("remat") is not None:     # it shapes the model's graph, built before the overrides apply
         raise DlcError("remat is set in the train block, where the model's recurrences are built from it; "
                        f"write `remat = {overrides['remat']}` there")
+    overrides, flag_spans = {k: v.value if isinstance(v, Flag) else v for k, v in overrides.items()}, \
+        {k: v.span() for k, v in overrides.items() if isinstance(v, Flag)}
     for k, v in overrides.items():
         if v is not None and k != "lr":
             if isinstance(v, str) and k in SPEC_SETTINGS:       # "split(0.2)", "digits()", "file.npz", "sgd"
                 v = parse_setting(v, k)
-            given[k] = (v, None)
+            given[k] = (v, flag_spans.get(k))
     for name, (value, span) in given.items():
         if name not in TrainConfig.__dataclass_fields__ or name == "spans":
             known = [k for k in TrainConfig.__dataclass_fields__ if k != "spans"]
@@ -113,6 +134,8 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
         else:
             kwargs["lr"] = overrides["lr"]
         spans = {k: v for k, v in spans.items() if k not in (0, "lr")}     # not written in the file
+        if "lr" in flag_spans:
+            spans[0 if args else "lr"] = flag_spans["lr"]
     elif not args and "lr" not in kwargs and not own_lr:
         kwargs["lr"] = OPTIMIZERS[opt.name].default_lr if opt.name in OPTIMIZERS else 1e-2
     cfg.optimizer = Call(opt.name, args, kwargs, opt.span, spans)

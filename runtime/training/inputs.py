@@ -31,7 +31,7 @@ def load_data(spec, base: Path, what: str, span=None) -> Dataset:
         shown = show(spec) if isinstance(spec, (int, float)) else f"a value of type {type(spec).__name__}"  # not its values
         raise DlcError(f"{what} must be a data source such as digits(), a file path, or a dict of arrays by "
                        f"input and target name, got {shown}", span)
-    return load(spec, base)
+    return load(spec, base, span)
 
 
 def array_data(arrays: Mapping, what: str) -> Dataset:

@@ -126,7 +126,7 @@ def test_a_mistyped_command_is_a_usage_error_with_a_did_you_mean(capsys, argv, m
     ("--data", "digit()", "--data:1:1: error: unknown data source 'digit'; did you mean 'digits'?", "    digit()\n    ^^^"),
 ])
 def test_a_mistyped_flag_value_is_located_in_the_flags_text(tmp_path, capsys, flag, value, message, caret):
-    assert main(["train", XOR, flag, value, "--out", str(tmp_path / "run")]) == 1
+    assert main(["train", XOR, flag, value, "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(message) and caret in err, err
 
@@ -156,3 +156,35 @@ def test_python_dash_m_dlc_is_the_dlc_command(tmp_path):
     assert out.returncode != 0 and "missing.dl" in out.stderr and "Traceback" not in out.stderr
     out = subprocess.run([sys.executable, "-m", "dlc", "--version"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.startswith("dlc ")
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["train", XOR, "--clip", "-1"], "--clip"),
+    (["train", XOR, "--clip", "global_norm(nan)"], "--clip"),
+    (["train", XOR, "--validation", "1"], "--validation"),
+    (["train", XOR, "--validation", "0"], "--validation"),
+    (["train", XOR, "--batch", "0"], "--batch"),
+    (["train", XOR, "--epochs", "-1"], "--epochs"),
+    (["train", XOR, "--seed", "-1"], "--seed"),
+    (["train", XOR, "--lr", "-1"], "--lr"),
+    (["train", XOR, "--optimizer", "sgd(lr = -1)"], "--optimizer"),
+    (["train", XOR, "--data", "nowhere.npz"], "--data"),
+    (["train", XOR, "--freeze", "nothing*"], "--freeze"),
+    (["train", XOR, "--log-every", "0"], "--log-every"),
+    (["eval", XOR, "--weights", "w.npz", "--batch", "0"], "--batch"),
+    (["summary", XOR, "--batch", "0"], "--batch"),
+    (["summary", XOR, "--depth", "0"], "--depth"),
+    (["build", XOR, "--train", "--seed", "-1", "-o", "lib"], "--seed"),
+])
+def test_an_error_in_a_flags_value_starts_at_the_flag_with_status_2(tmp_path, capsys, argv, flag):
+    """Whichever part of dlc finds it (the argument parser, a setting's check, a data source), an error about a
+    flag's value says the flag first, and is a usage error."""
+    argv = [a if a != "lib" else str(tmp_path / "lib") for a in argv]
+    try:
+        code = main([*argv, "--out", str(tmp_path / "run")] if argv[0] == "train" else argv)
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"{flag}:") and "Traceback" not in err, err
+    assert not (tmp_path / "run").exists()

@@ -94,7 +94,7 @@ def test_depth_folds_the_nested_layers(capsys):
     assert set(one) == {"stem", "stage1", "stage2", "stage3", "logits", "loss", "accuracy", "probs"}
     with pytest.raises(SystemExit):
         main(["summary", str(EXAMPLES / "resnet.dl"), "--depth", "0"])
-    assert "argument --depth: needs a whole number, at least 1; got '0'" in capsys.readouterr().err
+    assert "--depth: error: needs a whole number, at least 1; got '0'" in capsys.readouterr().err
 
 
 def test_a_def_of_the_users_program_is_a_layer_with_its_name_as_type(capsys):

@@ -12,7 +12,7 @@ from dlc.compiler.errors import DlcError
 from dlc.runtime.cli import main
 from dlc.runtime.training.progress import wrap_items
 
-from helpers.cli import failure
+from helpers.cli import failure, flag_error
 from helpers.programs import XOR, write
 
 
@@ -52,7 +52,8 @@ def test_a_failed_run_with_overwrite_replaces_nothing(tmp_path, capsys):
     path = write(tmp_path, XOR)
     run = tmp_path / "run"
     assert main(["train", path, "--out", str(run), "--backend", "reference"]) == 0
-    err = failure(["train", path, "--out", str(run), "--overwrite", "--data", "missing.npz"], capsys)
+    capsys.readouterr()
+    err = flag_error(["train", path, "--out", str(run), "--overwrite", "--data", "missing.npz"], capsys)
     assert "data file not found" in err and (run / "best.npz").exists()
 
 

@@ -21,7 +21,7 @@ from dlc.compiler.frontend.settings import Call, Symbol
 from dlc.runtime.api import DlcModel
 from dlc.runtime.training.gradcheck import init_params
 
-from helpers.cli import failure
+from helpers.cli import failure, flag_error
 from helpers.programs import CLASSIFIER, XOR, write
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -563,8 +563,8 @@ def test_idx_labels_beyond_32_bit_integers_do_not_wrap(tmp_path):
 def test_data_that_is_not_real_numbers_is_refused(tmp_path, capsys, x, phrase):
     np.savez(tmp_path / "d.npz", x=x, y=np.zeros((4, 1), np.float32))
     path = write(tmp_path, XOR)
-    err = failure(["train", path, "--data", "d.npz", "--out", str(tmp_path / "run"), "--backend", "reference"],
-                  capsys)
+    err = flag_error(["train", path, "--data", "d.npz", "--out", str(tmp_path / "run"), "--backend", "reference"],
+                     capsys)
     assert phrase in err and "d.npz" in err
     model = DlcModel(path, backend="reference")
     model.params = {k: v.astype(np.float32) for k, v in init_params(model.train_model).items()}

@@ -10,7 +10,7 @@ def usage_error(argv, capsys) -> str:
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2 and "usage: dlc" in err, err
-    return err.splitlines()[-1]
+    return next(line for line in err.splitlines() if "error: " in line)
 
 
 def failure(argv, capsys) -> str:
@@ -18,4 +18,12 @@ def failure(argv, capsys) -> str:
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 1 and "internal error" not in err and "Traceback" not in err, err
+    return err
+
+
+def flag_error(argv, capsys) -> str:
+    """The message of an error located at a flag's value (exit 2, the flag first: `--data:1:1: error: ...`)."""
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("--") and "internal error" not in err and "Traceback" not in err, err
     return err

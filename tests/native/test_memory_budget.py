@@ -214,5 +214,5 @@ def test_memory_is_given_as_a_size_in_the_block_in_quotes_or_as_a_flag(tmp_path,
         DlcModel(str(tmp_path / "wide.dl"), backend="reference").train(out=str(tmp_path / "run"), log=quiet, batch=64,
                                                                        memory="4.5M")
     assert main(["train", str(tmp_path / "wide.dl"), "--out", str(tmp_path / "run"), "--memory", "4.5M",
-                 "--batch", "64", "--quiet"]) == 1
+                 "--batch", "64", "--quiet"]) == 2      # located at the flag: a usage error
     assert "memory = 4.5 MiB: try batch <=" in capsys.readouterr().err

@@ -107,7 +107,7 @@ def test_resume_with_another_optimizer_starts_its_state_afresh(tmp_path, capsys)
 def test_resume_refuses_the_model_file_as_its_checkpoint(tmp_path, capsys, argv):
     path = write(tmp_path, XOR)
     line = usage_error([a.format(f=path) for a in argv], capsys)
-    assert "argument --resume: takes a checkpoint, not the model file" in line
+    assert "--resume: error: takes a checkpoint, not the model file" in line
     assert f"dlc train {path} --resume" in line
 
 

@@ -178,8 +178,8 @@ def test_a_run_by_steps_counts_its_epochs_batches_and_eta_from_max_steps(tmp_pat
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--log-every", "0"], "argument --log-every: needs a whole number, at least 1; got '0'"),
-    (["-q", "--log-every", "5"], "argument --log-every: not allowed with argument -q/--quiet"),
+    (["--log-every", "0"], "--log-every: error: needs a whole number, at least 1; got '0'"),
+    (["-q", "--log-every", "5"], "--log-every: error: not allowed with argument -q/--quiet"),
 ])
 def test_progress_flags_are_checked_as_usage(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit) as e:

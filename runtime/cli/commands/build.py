@@ -4,8 +4,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dlc.compiler.native.codegen import jit
-from dlc.runtime.cli.arguments import model_arguments
+from dlc.runtime.cli.arguments import model_arguments, seed_number, whole
 from dlc.runtime.deploy.build import TARGETS, build
+from dlc.runtime.training.config import flags
 
 HELP = "compile a model's prediction (and with --train its train step) into a native library with a C API (.so, .a, .h)"
 
@@ -26,9 +27,9 @@ def arguments(p):
     p.add_argument("--train", action="store_true",
                    help="the library trains too: train_step (the train block's optimizer and schedule), "
                         "get/set parameters, save a checkpoint")
-    p.add_argument("--seed", type=int, metavar="N", help="with --train: the run's seed, as dlc train --seed (the "
+    p.add_argument("--seed", type=seed_number, metavar="N", help="with --train: the run's seed, as dlc train --seed (the "
                    "random key of each step, the data split the checkpoints record)")
-    p.add_argument("--epochs", type=int, metavar="N", help="with --train: the run's epochs, as dlc train --epochs "
+    p.add_argument("--epochs", type=whole(0), metavar="N", help="with --train: the run's epochs, as dlc train --epochs "
                    "(the schedule's length until set_schedule says otherwise)")
     p.add_argument("--transform", action="store_true",
                    help="predict takes the data as its source reads it and multiplies each input by the training "
@@ -44,7 +45,7 @@ def arguments(p):
 def run(args):
     built = build(args.file, Path(args.output), args.model, args.weights, args.target, args.embed_weights,
                   toolchain=args.toolchain, train=args.train,
-                  overrides={"seed": args.seed, "epochs": args.epochs}, transform=args.transform, int8=args.int8)
+                  overrides=flags(args, ("seed", "epochs")), transform=args.transform, int8=args.int8)
     print(f"wrote {', '.join(str(f) for f in built.files)}")
     print(f"target {built.target}, weights {'embedded' if built.embedded else 'read from a checkpoint at create'}, "
           f"{'predicts and trains' if built.train else 'predicts'}"

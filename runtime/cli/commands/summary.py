@@ -9,6 +9,7 @@ from dlc.compiler.native import bf16
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines import budget
 from dlc.runtime.engines.distributed import optimizer_shards
+from dlc.runtime.training.config import flags
 from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.engines.optim import make_optimizer
 from dlc.runtime.cli.arguments import model_arguments, positive
@@ -20,7 +21,7 @@ HELP = "the model's layers: types, output shapes, parameters and FLOPs; totals"
 def arguments(p):
     model_arguments(p)
     p.add_argument("--depth", type=positive, metavar="N", help="show the layers N levels deep (default: all)")
-    p.add_argument("--batch", type=int, metavar="N",
+    p.add_argument("--batch", type=positive, metavar="N",
                    help="count FLOPs at batch N (default: the train block's batch; without one, a polynomial in it)")
     p.add_argument("--dim", action="append", metavar="NAME=SIZE", help="count FLOPs at this size of a symbolic dim")
     p.add_argument("--memory", action="store_true",
@@ -54,7 +55,8 @@ def run(args):
         print(bf16_summary(program.build(args.model, training=True)))
         return
     model = program.build(args.model, training=not args.eval)
-    settings = summary_settings(program, model, args.freeze, args.batch, dim_sizes(args.dim))
+    given = flags(args, ("freeze", "batch"))
+    settings = summary_settings(program, model, given["freeze"], given["batch"], dim_sizes(args.dim))
     if args.ranks and not args.memory:
         raise DlcError("--ranks counts the optimizer state of each rank: use it with --memory")
     if not args.memory:

@@ -8,23 +8,24 @@ from dlc.compiler.errors import plural
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.terminal import terminal_width
 from dlc.runtime.training.progress import row_values, wrap_items
+from dlc.runtime.training.config import flags
 from dlc.runtime.training.trainer import Trainer
-from dlc.runtime.cli.arguments import model_arguments, positive, checkpoint_path
+from dlc.runtime.cli.arguments import checkpoint_path, model_arguments, positive, seed_number, whole
 
 HELP = "train a model on its train block's data (flags override the block)"
 
 
 def arguments(p):
     model_arguments(p, backend=True)
-    p.add_argument("--epochs", type=int, metavar="N", help="passes over the training data")
-    p.add_argument("--batch", type=int, metavar="N", help="batch size: 1 is stochastic, the data size is batch GD")
+    p.add_argument("--epochs", type=whole(0), metavar="N", help="passes over the training data")
+    p.add_argument("--batch", type=positive, metavar="N", help="batch size: 1 is stochastic, the data size is batch GD")
     p.add_argument("--memory", metavar="SIZE", help="the most training may take, such as 2GB: a batch that needs "
                                                     "more is refused before anything is allocated")
     p.add_argument("--lr", type=float, metavar="X", help="learning rate")
     p.add_argument("--optimizer", metavar="SPEC",
                    help='replaces the train block\'s: a name (sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad, '
                         'lion) with its defaults, or a spec, e.g. "sgd(lr = 0.1, momentum = 0.9)"')
-    p.add_argument("--seed", type=int, metavar="N",
+    p.add_argument("--seed", type=seed_number, metavar="N",
                    help="seed of everything random: initialization, shuffling, dropout, augmentation")
     p.add_argument("--data", metavar="SPEC",
                    help='a source, e.g. "digits()", "xor()" or a file path (.npz, .csv, IDX, .txt)')
@@ -61,9 +62,8 @@ def arguments(p):
 
 
 def run(args):
-    overrides = {name: getattr(args, name) for name in ("epochs", "batch", "lr", "optimizer", "seed", "init_from",
-                                                         "freeze", "data", "validation", "test", "schedule", "clip",
-                                                         "early_stop", "memory", "precision", "allreduce_bucket")}
+    overrides = flags(args, ("epochs", "batch", "lr", "optimizer", "seed", "init_from", "freeze", "data", "validation",
+                             "test", "schedule", "clip", "early_stop", "memory", "precision", "allreduce_bucket"))
     overrides["check_numerics"] = args.check_numerics or None       # the flag adds to the block, never clears it
     progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
