@@ -124,6 +124,25 @@ def test_no_page_names_a_page_the_repository_lacks_nor_who_shared_a_machine():
         assert not re.findall(r"other (?:helpers|agents)|this project's machine", text), page
 
 
+def heading_anchors(text: str) -> set:
+    """The anchors GitHub gives the headings of a Markdown page (outside fenced blocks)."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in re.findall(r"^#+ (.*)$", text, re.M)}
+
+
+def test_every_link_to_a_heading_finds_it():
+    """A link `page.md#anchor` (or `#anchor` on the same page) between the pages names a heading
+    of that page."""
+    anchors = {page.resolve(): heading_anchors(page.read_text(encoding="utf-8")) for page in PAGES}
+    broken = []
+    for page in PAGES:
+        for target, anchor in re.findall(r"\]\(([\w./-]*\.md)?#([\w-]+)\)", page.read_text(encoding="utf-8")):
+            linked = (page.parent / target).resolve() if target else page.resolve()
+            if linked in anchors and anchor not in anchors[linked]:
+                broken.append((page.relative_to(ROOT).as_posix(), f"{target}#{anchor}"))
+    assert broken == []
+
+
 BENCHMARKS = ROOT / "benchmarks" / "README.md"
 
 # A measured figure: a number with a unit of time or of rate, a speed-up, or a share of a
