@@ -152,7 +152,7 @@ TIME = r"(?:ns|µs|us|ms|s|sec|min|h|seconds?|minutes?|hours?)(?![\w/-])"
 RATE = r"(?:[GTMK]?FLOP/s|[GMK]i?B/s|(?:images|tokens|samples|steps|examples|elements|calls)/s|ms/step)"
 PEER = r"(?:PyTorch|torch|`torch\.compile`|onnxruntime|JAX|OpenBLAS|numpy)"
 FIGURE = re.compile(rf"{NUMBER}\s*(?:{RATE}|{TIME})|{NUMBER}\s*[x×]\s+(?:faster|slower)"
-                    rf"|{NUMBER}\s*%\s+(?:faster|slower|less time|more time)|{NUMBER}\s+of\s+{PEER}")
+                    rf"|{NUMBER}\s*%\s+(?:faster|slower|less time|more time)|{NUMBER}\s*(?:[x×]|of)\s+{PEER}")
 # A table of ratios against peers: a header cell such as `dlc/torch` or `C/onnxruntime`.
 PEERS_TABLE = re.compile(r"^\|.*\b\w+/(?:torch|ort|onnxruntime|best|jax)\w*\b.*\|$", re.M | re.I)
 # What a figure may be on any page: a setting, not a measurement. Each is a pattern of the
@@ -193,8 +193,9 @@ def measured_figures(text: str) -> list:
 
 
 def test_the_detector_of_measured_figures_tells_them_from_settings():
-    assert [f for _, f in measured_figures("a step took 3.1 ms, 180 GFLOP/s; 2–4× faster; 0.84 of PyTorch eager's")] \
-        == ["3.1 ms", "180 GFLOP/s", "2–4× faster", "0.84 of PyTorch"]
+    assert [f for _, f in measured_figures("a step took 3.1 ms, 180 GFLOP/s; 2–4× faster; 0.84 of PyTorch eager's;"
+                                           " 1.5× onnxruntime's; 12 % less time")] \
+        == ["3.1 ms", "180 GFLOP/s", "2–4× faster", "0.84 of PyTorch", "1.5× onnxruntime", "12 % less time"]
     assert measured_figures("a 30 s timeout; every 0.25 s; `--log-every 10`; (the target: 100 ms); 2 s (`BUDGET`)"
                             "\n```\nepoch 1/3  0.61 s  15 ms/step\n```\nbatches of 32, min-max; about 10 minutes") == []
     assert measured_figures("| model | dlc/torch |\n|---|---|\n| mlp | 0.5 |") == [(1, "a table of ratios to peers")]
