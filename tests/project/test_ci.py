@@ -45,5 +45,7 @@ def test_ci_installs_nothing_the_readme_does_not():
 
 
 def test_the_readme_says_how_long_the_tests_take_and_how_to_add_a_set_up_line():
-    assert re.search(r"\d+ min \d+ s", README) and "CI run" in README
+    tests = README[README.index("\n## Tests\n"):]
+    # a rough duration and the kind of machine, not a dated measurement (those are benchmarks/README.md's)
+    assert re.search(r"takes about \d+ minutes in a CI run[\s\S]{0,80}? on\s+a \d-core ", tests), tests[:600]
     assert "as a line of the set-up block" in README
