@@ -28,6 +28,7 @@ from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data import files
 from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
+from dlc.runtime.data.tables import as_trained
 from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
@@ -241,7 +242,8 @@ class DlcModel:
         integer products of the quantization (`quantize`, or a quantized checkpoint)."""
         self._require_weights()
         engine = self.engine_for(int8)
-        arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
+        arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr,
+                                 self.meta.get("meta", {}))
         return mean_metrics(engine, self.params, arrays, batch)
 
     def predict(self, data: Any, batch: int = 256, int8: bool = False) -> dict:
@@ -252,7 +254,7 @@ class DlcModel:
         self._require_weights()
         engine = self.engine_for(int8)
         if isinstance(data, (str, Path)):
-            ds = self._read_inputs(data)
+            ds = as_trained(self._read_inputs(data), self.meta.get("meta", {}), label=False)
         elif is_arrays(data):
             ds = array_data(data, "data")
         else:
@@ -284,6 +286,14 @@ class DlcModel:
         if str(data).lower().endswith((".csv", ".csv.gz")):          # inputs only: every column is a feature
             return files.csv(Path.cwd(), str(data), label=None)
         return load_data(parse_setting(data, "data") if isinstance(data, str) else data, Path.cwd(), "data")
+
+    def classes(self) -> tuple[str, list] | None:
+        """(the label column's name, its classes' names by id) of the table the weights were
+        trained on when its label was categorical (runtime/data/tables.py), else None."""
+        meta = self.meta.get("meta", {})
+        label = meta.get("label")
+        names = (meta.get("categories") or {}).get(label)
+        return (label, names) if names else None
 
     def vocab(self) -> str:
         """The characters of the text the weights were trained on, an id each."""

@@ -3,7 +3,9 @@ fixed order, features first and targets last, so the trainer can bind them to a 
 inputs and targets by position, plus `meta` (the vocabulary of a text, the special token
 ids of a sequence task, ...). A data set whose column names are the data's own (`named`: a
 dict of arrays, an .npz saved with keywords) binds by those names instead
-(runtime/training/inputs.py)."""
+(runtime/training/inputs.py). `stacked` names columns made of others when the binding asks
+for them: a table's numeric columns stacked as "x", its label column as "y"
+(runtime/data/tables.py)."""
 from __future__ import annotations
 
 import math
@@ -21,6 +23,7 @@ class Dataset:
     columns: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
     named: bool = False         # the columns must match inputs by name (else a source's x, y bind by order)
+    stacked: dict = field(default_factory=dict)     # name -> the columns it stacks (one: that column as it is)
 
     def __post_init__(self):
         self.columns = dict(self.columns)
@@ -50,6 +53,13 @@ class Dataset:
     def names(self) -> list[str]:
         return list(self.columns)
 
+    def column(self, name: str) -> np.ndarray:
+        """A column, or the one `stacked` makes: its columns side by side, [N, k] (one: as it is)."""
+        if name in self.columns:
+            return self.columns[name]
+        members = [self.columns[m] for m in self.stacked[name]]
+        return members[0] if len(members) == 1 else np.stack(members, axis=1)
+
     def take(self, index) -> "Dataset":
         """The examples at `index` (integer indices or a boolean mask), same meta."""
         index = np.asarray(index)
@@ -59,7 +69,7 @@ class Dataset:
             else:
                 raise DlcError(f"take: rows must be selected by integer indices or a mask, got {index.dtype}")
         try:
-            return Dataset({k: a[index] for k, a in self.columns.items()}, dict(self.meta), self.named)
+            return Dataset({k: a[index] for k, a in self.columns.items()}, dict(self.meta), self.named, self.stacked)
         except IndexError as e:
             raise DlcError(f"take: {e}") from None
 
@@ -89,4 +99,4 @@ class Dataset:
     def rows(self, part: slice) -> "Dataset":
         """The examples of a range, views of the columns: a text's windows at every offset stay
         views of the text (copied, GPT-2's 256 characters a window of a 197 K text were 400 MB)."""
-        return Dataset({k: a[part] for k, a in self.columns.items()}, dict(self.meta), self.named)
+        return Dataset({k: a[part] for k, a in self.columns.items()}, dict(self.meta), self.named, self.stacked)

@@ -49,7 +49,8 @@ def read_utf8(src: str, p: pathlib.Path) -> str:
     return s.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _reason(e: Exception) -> str:
+def reason(e: Exception) -> str:
+    """The first line of an exception's message: why a library could not read a file."""
     return str(e).split("\n")[0] or type(e).__name__
 
 
@@ -126,7 +127,7 @@ def read_npz(p: pathlib.Path) -> dict:
             try:
                 z = np.load(f, allow_pickle=False)
             except Exception as e:      # whatever a damaged archive makes numpy or zipfile raise
-                raise DlcError(f"npz: {p} is not a valid .npz archive ({_reason(e)})") from None
+                raise DlcError(f"npz: {p} is not a valid .npz archive ({reason(e)})") from None
             with z:
                 for name in z.files:
                     try:
@@ -135,9 +136,9 @@ def read_npz(p: pathlib.Path) -> dict:
                         if "pickle" in str(e):
                             raise DlcError(f"npz: array '{name}' of {p} holds Python objects, which dlc does not"
                                            f" load (save numeric arrays)") from None
-                        raise DlcError(f"npz: array '{name}' of {p} is corrupt ({_reason(e)})") from None
+                        raise DlcError(f"npz: array '{name}' of {p} is corrupt ({reason(e)})") from None
                     except Exception as e:  # a damaged member: bad CRC, bad compression, bad header
-                        raise DlcError(f"npz: array '{name}' of {p} is corrupt ({_reason(e)})") from None
+                        raise DlcError(f"npz: array '{name}' of {p} is corrupt ({reason(e)})") from None
                     if not isinstance(columns[name], np.ndarray):      # numpy gives a member not .npy as bytes
                         raise DlcError(f"npz: '{name}' of {p} is not an .npy array (np.savez writes only arrays)")
     except OSError as e:
