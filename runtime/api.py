@@ -249,7 +249,8 @@ class DlcModel:
     def predict(self, data: Any, batch: int = 256, int8: bool = False) -> dict:
         """Outputs for `data`: a dict of arrays by input name (an unknown name is refused), an
         array (the first input; numpy's or anything with __array__), a source such as
-        "digits()", or a path to an npz / csv / text file (inputs.input_arrays binds it).
+        "digits()", or a path to an npz / csv / text file or a table (inputs.input_arrays binds it; a
+        table's categories and x as the training data's: tables.as_trained).
         `int8`: with the integer products of the quantization, as `evaluate`."""
         self._require_weights()
         engine = self.engine_for(int8)
