@@ -28,7 +28,6 @@ from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data import files
 from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
-from dlc.runtime.data.tables import as_trained
 from dlc.runtime.data.text import decode, encode
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
@@ -249,18 +248,18 @@ class DlcModel:
     def predict(self, data: Any, batch: int = 256, int8: bool = False) -> dict:
         """Outputs for `data`: a dict of arrays by input name (an unknown name is refused), an
         array (the first input; numpy's or anything with __array__), a source such as
-        "digits()", or a path to an npz / csv / text file or a table (inputs.input_arrays binds it; a
-        table's categories and x as the training data's: tables.as_trained).
+        "digits()", or a path to an npz / csv / text file or a table (inputs.input_arrays binds it,
+        a table read as the training data was).
         `int8`: with the integer products of the quantization, as `evaluate`."""
         self._require_weights()
         engine = self.engine_for(int8)
         if isinstance(data, (str, Path)):
-            ds = as_trained(self._read_inputs(data), self.meta.get("meta", {}), label=False)
+            ds = self._read_inputs(data)
         elif is_arrays(data):
             ds = array_data(data, "data")
         else:
             ds = array_data({self.eval_model.inputs[0].name: data}, "data")
-        arrays = input_arrays(self.eval_model, ds, need_targets=False)
+        arrays = input_arrays(self.eval_model, ds, need_targets=False, trained=self.meta.get("meta", {}))
         n = len(next(iter(arrays.values())))
         if 0 < n <= batch:      # one batch, neither sliced nor joined (Python's µs count at batch 1)
             out = engine.predict(self.params, arrays)

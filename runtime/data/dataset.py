@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.settings import show
 
 
@@ -53,12 +53,21 @@ class Dataset:
     def names(self) -> list[str]:
         return list(self.columns)
 
-    def column(self, name: str) -> np.ndarray:
-        """A column, or the one `stacked` makes: its columns side by side, [N, k] (one: as it is)."""
+    def column(self, name: str, span=None) -> np.ndarray:
+        """A column, or the one `stacked` makes: its columns side by side, [N, k] (one: as it is);
+        a column it stacks that the data lacks is an error at `span`."""
         if name in self.columns:
             return self.columns[name]
+        missing = [m for m in self.stacked[name] if m not in self.columns]
+        if missing:
+            raise DlcError(f"{name} stacks the columns {', '.join(self.stacked[name])}, but the data has no column "
+                           f"'{missing[0]}'{did_you_mean(missing[0], self.columns)}", span)
         members = [self.columns[m] for m in self.stacked[name]]
         return members[0] if len(members) == 1 else np.stack(members, axis=1)
+
+    def reads(self, names) -> set:
+        """The columns that `names` (columns, or names `stacked` makes) read."""
+        return {m for name in names for m in ([name] if name in self.columns else self.stacked.get(name, [name]))}
 
     def take(self, index) -> "Dataset":
         """The examples at `index` (integer indices or a boolean mask), same meta."""

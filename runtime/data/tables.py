@@ -18,9 +18,9 @@ into memory. Each column becomes arrays of the data set under its own name:
 
 and two columns the binding may ask for by name (`Dataset.stacked`): "x", the numeric feature
 columns stacked in the order given, and "y", the label. meta: "features" (x's columns),
-"label" and "categories" (each categorical column's names by id), which checkpoints keep;
-`as_trained` makes other data agree with them. A null, a nested record or a value of another
-type is an error naming the column (and the row).
+"label" and "categories" (each categorical column's names by id), which checkpoints keep
+(`kept_meta`); `as_trained` and `recode` read other data as the training data was. A null,
+a nested record or a value of another type is an error naming the column (and the row).
 """
 from __future__ import annotations
 
@@ -91,47 +91,56 @@ def _read(args: Args, base_dir: pathlib.Path) -> Dataset:
     return Dataset(numbers(src, p, data), meta, stacked=stacked)
 
 
-def as_trained(ds: Dataset, trained: dict, span=None, label: bool = True) -> Dataset:
-    """`ds` as the data a model was trained on (`trained`: that data's meta) gave it: each
-    categorical column's ids those of the trained names, and "x" stacked from the trained
-    features in their order. A category the training data did not have, or a feature column
-    the data lacks, is an error. Data of neither is returned as it is. `label` false: new rows
-    to predict, without the trained label column (whose values may be any)."""
+def as_trained(ds: Dataset, trained: dict, label: bool = True) -> Dataset:
+    """`ds` with the columns the data a model was trained on gave it (`trained`: that data's
+    meta): "x" stacks the trained features in their order (whatever other columns the data
+    has; one it lacks is an error when x is bound), and, with `label` false (new rows to
+    predict), the trained label column, if the data has it, is left out: its values may be any."""
     gone = trained.get("label") if not label else None
-    if gone in ds.columns:
-        stacked = {v: [m for m in members if m != gone] for v, members in ds.stacked.items()}
-        ds = Dataset({k: a for k, a in ds.columns.items() if k != gone}, ds.meta, ds.named,
-                     {v: members for v, members in stacked.items() if members})
+    features = trained.get("features")
+    stacked = {view: [m for m in members if m != gone] for view, members in ds.stacked.items()}
+    if "x" in stacked and features:
+        stacked["x"] = list(features)
+    stacked = {view: members for view, members in stacked.items() if members}
+    if gone not in ds.columns and stacked == ds.stacked:
+        return ds
+    return Dataset({k: a for k, a in ds.columns.items() if k != gone}, ds.meta, ds.named, stacked)
+
+
+def recode(ds: Dataset, trained: dict, columns: set, span=None) -> Dataset:
+    """`ds` with the ids of each categorical column of `columns` (the columns a model reads)
+    those of the trained names (`trained`: the meta of the data the model was trained on); a
+    category the training data did not have is an error at `span`."""
     known = trained.get("categories") or {}
     own = ds.meta.get("categories") or {}
-    columns, categories = dict(ds.columns), dict(own)
-    for name, names in own.items():
-        if name not in known or names == known[name] or name not in columns:
-            continue
+    changed = {name for name in columns & own.keys() & known.keys() if own[name] != known[name]}
+    if not changed:
+        return ds
+    data, categories = dict(ds.columns), dict(own)
+    for name in sorted(changed):
+        names = own[name]
         index = {c: i for i, c in enumerate(known[name])}
         lookup = np.array([index.get(c, -1) for c in names] + [-1], np.int64)      # [-1]: a negative id stays
-        ids = columns[name]
-        inside = _inside(ids, columns.get(f"{name}_lengths")) & (ids >= 0)
+        ids = data[name]
+        inside = _inside(ids, data.get(f"{name}_lengths")) & (ids >= 0)
         mapped = np.where(inside, lookup[np.where(inside, ids, len(names))], ids)
         unknown = inside & (mapped < 0)
         if unknown.any():
             where = tuple(int(i) for i in np.argwhere(unknown)[0])
             raise DlcError(f"column '{name}' has '{names[ids[where]]}' at row {where[0]} (from 0), a category the "
                            f"model was not trained on (it knows {_few(known[name])})", span)
-        columns[name] = mapped.astype(np.int32)
+        data[name] = mapped.astype(np.int32)
         categories[name] = list(known[name])
-    stacked = dict(ds.stacked)
-    features = trained.get("features")
-    if "x" in stacked and features and stacked["x"] != features:
-        missing = [f for f in features if f not in columns]
-        if missing:
-            raise DlcError(f"the model was trained on the features {_few(features)} (stacked as x, in that order), "
-                           f"but the data has no column '{missing[0]}'{did_you_mean(missing[0], columns)}", span)
-        stacked["x"] = list(features)
-    if categories == own and stacked == ds.stacked:
-        return ds
-    meta = dict(ds.meta) | ({"categories": categories} if categories else {})
-    return Dataset(columns, meta, ds.named, stacked)
+    return Dataset(data, dict(ds.meta) | {"categories": categories}, ds.named, ds.stacked)
+
+
+def kept_meta(meta: dict, columns: set) -> dict:
+    """What a checkpoint keeps of a data set's meta: a table's categories of `columns` alone (the
+    columns the model reads; an id column no input reads would fill it with every id)."""
+    if "categories" not in meta:
+        return meta
+    kept = {name: names for name, names in meta["categories"].items() if name in columns}
+    return {k: v for k, v in meta.items() if k != "categories"} | ({"categories": kept} if kept else {})
 
 
 def _inside(ids: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:

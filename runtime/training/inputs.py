@@ -16,7 +16,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
-from dlc.runtime.data.tables import as_trained
+from dlc.runtime.data.tables import as_trained, kept_meta, recode
 from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_args
 from dlc.runtime.training.gradcheck import ignored_values, index_bound
 from dlc.compiler.frontend.settings import Call, Symbol, from_json, show, to_json, to_text
@@ -60,14 +60,28 @@ def is_arrays(spec) -> bool:
     return isinstance(spec, Mapping)
 
 
-def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set | None = None, span=None) -> dict:
-    """The data's columns bound to the model's inputs (and targets, as declared) and fitted
-    to them (`fit_input`). Named data (a dict, an .npz saved with keywords) binds by name
-    only: a column no input has is refused. A source's columns (x, y) bind by name when
-    every input has one (or one `ds.stacked` makes: a table's x and y), else in order (a
-    table's x and y first), and so do a file's unnamed ones (arr_0, a CSV's), which stderr is
-    told once (`said`: the notes already given). `span`: the data's setting, where a
-    categorical column bound to a float input is reported."""
+def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set | None = None, span=None,
+                 trained: dict | None = None) -> dict:
+    """The data's columns bound to the model's inputs (and targets, as declared: `bindings`)
+    and fitted to them (`fit_input`). With `trained`, the meta of the data the model was
+    trained on, the data is read as that was (`as_trained`: a table's x of the trained
+    columns, without the trained label when targets are not needed) and the categories of
+    the columns bound are given the trained ids (`recode`)."""
+    if trained is not None:
+        ds = as_trained(ds, trained, label=need_targets)
+    chosen = bindings(model, ds, need_targets, said, span)
+    if trained is not None:
+        ds = recode(ds, trained, ds.reads(chosen.values()), span)
+    return {i.name: fit_input(i, ds.column(chosen[i.name], span), model) for i in model.inputs if i.name in chosen}
+
+
+def bindings(model: Model, ds: Dataset, need_targets: bool = True, said: set | None = None, span=None) -> dict:
+    """{input or target name: the column of `ds` it binds to}. Named data (a dict, an .npz saved
+    with keywords) binds by name only: a column no input has is refused. A source's columns
+    (x, y) bind by name when every input has one (or one `ds.stacked` makes: a table's x and
+    y), else in order (a table's x and y first), and so do a file's unnamed ones (arr_0, a
+    CSV's), which stderr is told once (`said`: the notes already given). `span`: the data's
+    setting, where a categorical column bound to a float input is reported."""
     wanted = [i for i in model.inputs if need_targets or not i.is_target]
     cols = ds.columns
     if ds.named:
@@ -99,12 +113,12 @@ def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set
             print(note, file=sys.stderr)
     categorical = ds.meta.get("categories") or {}
     for i in wanted:
-        of = [m for m in ds.stacked.get(chosen[i.name], [chosen[i.name]]) if m in categorical]
+        of = [m for m in ds.reads([chosen[i.name]]) if m in categorical]
         if of and i.type.is_float:
             raise DlcError(f"{i.name} is {i.type} but the data's column '{of[0]}' holds categories (ids of "
                            f"{len(categorical[of[0]])} names): declare an integer input (i32, ids for an "
                            f"embedding or classes), or leave the column out", span)
-    return {i.name: fit_input(i, ds.column(chosen[i.name]), model) for i in wanted}
+    return chosen
 
 
 def index_limits(model: Model, name: str) -> tuple:
@@ -192,18 +206,19 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
             full, sets[name] = full.split(fraction, seed, tail, cfg.span(name))
             empty[name] = f"{name} = {to_text(spec)} holds out no example of the {n}: use a larger fraction or more data"
         elif spec is not None:
-            sets[name] = as_trained(load_data(spec, base, name, cfg.span(name)), full.meta, cfg.span(name))
+            sets[name] = load_data(spec, base, name, cfg.span(name))
             empty[name] = f"the {name} data has no examples"
     sets["data"] = full
     split = any(is_split(spec) for spec in (cfg.test, cfg.validation))
     empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
     said: set = set()
-    bound = {name: input_arrays(model, ds, said=said, span=cfg.span(name)) if ds is not None else None  # shapes first
-             for name, ds in sets.items()}
+    meta = kept_meta(full.meta, full.reads(bindings(model, full, said=said, span=cfg.span("data")).values()))
+    bound = {name: input_arrays(model, ds, said=said, span=cfg.span(name), trained=None if name == "data" else meta)
+             if ds is not None else None for name, ds in sets.items()}         # shapes first
     for name, ds in sets.items():
         if ds is not None and len(ds) == 0:
             raise DlcError(empty[name], cfg.span(name))
-    return bound["data"], bound["validation"], bound["test"], full.meta
+    return bound["data"], bound["validation"], bound["test"], meta
 
 
 # ---- the data a checkpoint was trained on, and the data `dlc eval` scores ----------------------------
@@ -219,8 +234,8 @@ def data_settings(cfg: TrainConfig) -> dict:
 
 def evaluation_data(program: Program, model: Model, data, saved: dict | None, log, trained: dict | None = None) -> dict:
     """The arrays `dlc eval` scores: `data` (a source, a path or its text, or a dict of arrays
-    by input and target name) when given, its categories and features as in `trained` (the
-    meta of the data the weights were trained on, `as_trained`); else, with the data settings a checkpoint recorded
+    by input and target name) when given, read as `trained` says (the meta of the data the
+    weights were trained on: `input_arrays`); else, with the data settings a checkpoint recorded
     (`saved`, else the train block's), the test data, else the validation data, else the
     training data itself. `log` is told which, with a note when the data is what the weights
     were trained on."""
@@ -240,7 +255,7 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
         log(f"evaluating {to_text(spec)}")
         if to_text(spec) == trained_on:
             log("note: this is the data the weights were trained on (but for any held-out splits)")
-        return input_arrays(model, as_trained(load_data(spec, base, "data"), trained or {}))
+        return input_arrays(model, load_data(spec, base, "data"), trained=trained or {})
     train, val, test, _ = prepare_data(cfg, base, model)
 
     def held_out(which: str, spec) -> str:

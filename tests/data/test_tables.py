@@ -260,8 +260,19 @@ def test_new_rows_are_read_as_the_training_data_was(tmp_path):
     # predict reads no label: a value training never saw is no matter there
     np.testing.assert_allclose(model.predict(str(tmp_path / "rose.parquet"))["probs"], expected[:2], rtol=1e-6)
     pq.write_table(t.drop_columns(["b"]), tmp_path / "nob.parquet")
-    with pytest.raises(DlcError, match="trained on the features 'a', 'b', 'c'.*no column 'b'"):
+    with pytest.raises(DlcError, match="x stacks the columns a, b, c, but the data has no column 'b'"):
         model.predict(str(tmp_path / "nob.parquet"))
+
+
+def test_a_column_no_input_reads_is_neither_kept_nor_checked(tmp_path):
+    t = iris()
+    pq.write_table(t.append_column("name", pa.array([f"flower {i}" for i in range(60)])), tmp_path / "named.parquet")
+    path, weights = trained(tmp_path, 'parquet("named.parquet", label = "species")')
+    model = DlcModel(path).load_weights(weights)
+    assert set(model.meta["meta"]["categories"]) == {"species"}         # not the 60 names
+    pq.write_table(t.append_column("name", pa.array([f"new {i}" for i in range(60)])), tmp_path / "new.parquet")
+    np.testing.assert_allclose(model.predict(str(tmp_path / "new.parquet"))["probs"],
+                               model.predict(str(tmp_path / "named.parquet"))["probs"], rtol=1e-6)
 
 
 def test_a_validation_table_is_read_with_the_training_categories(tmp_path):
