@@ -385,7 +385,7 @@ def _is_number(pa, t) -> bool:
 
 
 def _is_string(pa, t) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", bool)(t)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t)     # pyarrow 16 on
 
 
 def _type(t) -> str:
