@@ -47,7 +47,8 @@ class Dataset:
         cols = ", ".join(f"{k}: {a.dtype}{list(a.shape)}" for k, a in self.columns.items())
         meta = {k: (v if not isinstance(v, str) or len(v) <= 20 else f"<{len(v)} characters>")
                 for k, v in self.meta.items()}
-        return f"Dataset({len(self)} examples; {cols}; meta {meta})"
+        stacked = "".join(f"; {k} stacks {', '.join(v)}" for k, v in self.stacked.items())
+        return f"Dataset({len(self)} examples; {cols}{stacked}; meta {meta})"
 
     @property
     def names(self) -> list[str]:

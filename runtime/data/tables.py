@@ -354,7 +354,9 @@ def _list(pa, place: str, name: str, col, classes: list | None, is_label: bool) 
                        f"lists of numbers or strings are read")
     flat_col = pa.chunked_array([c.flatten() for c in col.chunks], t.value_type)
     if flat_col.null_count:
-        parents = np.concatenate([pa.compute.list_parent_indices(c).to_numpy() for c in col.chunks])
+        starts = np.cumsum([0] + [len(c) for c in col.chunks])         # each chunk's first row
+        parents = np.concatenate([pa.compute.list_parent_indices(c).to_numpy() + start
+                                  for c, start in zip(col.chunks, starts)])
         row = int(parents[_first_null(pa, flat_col)])
         raise DlcError(f"{place} column '{name}' has a null inside its list at row {row} (from 0): dlc does not fill "
                        f"missing values; drop or fill them before training")

@@ -174,6 +174,11 @@ def test_nulls_nested_records_and_other_types_are_located_errors(tmp_path):
     err("null.parquet", tmp_path, "null.parquet", "column 'a' has a null at row 1", "drop or fill")
     pq.write_table(pa.table({"a": pa.array([[1], [2, None]])}), tmp_path / "inner.parquet")
     err("inner.parquet", tmp_path, "column 'a' has a null inside its list at row 1")
+    batches = [pa.record_batch({"a": pa.array(rows)}) for rows in ([[1], [2, 3]], [[4], [5], [None]])]
+    with pa.OSFile(str(tmp_path / "chunks.arrow"), "wb") as sink, pa.ipc.new_file(sink, batches[0].schema) as w:
+        for b in batches:
+            w.write_batch(b)
+    err("chunks.arrow", tmp_path, "column 'a' has a null inside its list at row 4")     # in the second chunk
     pq.write_table(pa.table({"a": [1.0, 2.0], "s": [{"p": 1}, {"p": 2}]}), tmp_path / "s.parquet")
     err(call("parquet", "s.parquet"), tmp_path, "column 's' holds nested records (struct<p: int64>)", "columns = [")
     assert D.load(call("parquet", "s.parquet", columns=["a"]), tmp_path).names == ["a"]
