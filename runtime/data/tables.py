@@ -43,13 +43,16 @@ PARAMS = dict(path=REQUIRED, label=None, columns=None, split=None)
 
 @source(**PARAMS)
 def parquet(base_dir, args: Args) -> Dataset:
-    """A Parquet file, a folder of Parquet part files, an Arrow IPC file or a `datasets` folder."""
+    """A table: a Parquet file or a folder of part files, an Arrow IPC file or stream, or a
+    `datasets` folder (`split = "train"` of a DatasetDict's). Each column under its name
+    (strings as category ids, lists padded with NAME_lengths), "x" the numeric columns of
+    `columns` stacked, "y" the `label` column."""
     return _read(args, base_dir)
 
 
 @source(**PARAMS)
 def arrow(base_dir, args: Args) -> Dataset:
-    """The same reader as parquet(...), by the name of the Arrow formats."""
+    """parquet(...) by the name of the Arrow formats: any table, told by its content."""
     return _read(args, base_dir)
 
 

@@ -21,6 +21,7 @@ from dlc.compiler.frontend.settings import Call  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402
 from dlc.runtime.data import registry as D, tables  # noqa: E402
+from dlc.runtime.training.inputs import input_arrays  # noqa: E402
 
 from helpers.cli import failure  # noqa: E402
 from helpers.programs import CLASSIFIER  # noqa: E402
@@ -299,20 +300,27 @@ def test_a_validation_table_is_read_with_the_training_categories(tmp_path):
 def test_columns_bind_to_inputs_of_their_names(tmp_path):
     rng = np.random.default_rng(1)
     city = np.array(["oslo", "rome", "lima"])[rng.integers(0, 3, 40)]
-    t = pa.table({"age": rng.normal(0, 1, 40), "city": city, "price": rng.normal(0, 1, 40).astype(np.float32)})
+    t = pa.table({"age": rng.normal(0, 1, 40), "rooms": rng.integers(0, 5, 40), "city": city,
+                  "price": rng.normal(0, 1, 40).astype(np.float32)})
     pq.write_table(t, tmp_path / "homes.parquet")
     (tmp_path / "m.dl").write_text("""
 model reg {
     input  age: f32[B]
+    input  rooms: i32[B]
     input  city: i32[B]
     target price: f32[B]
-    e = embedding(city, 3, 4)
-    h = concat([e, reshape(age, B, 1)], axis = 1)
+    h = concat([embedding(city, 3, 4), embedding(rooms, 5, 2), reshape(age, B, 1)], axis = 1)
     p = reshape(dense(h, 1), B)
     loss mse(p, price)
 }
 train reg { data = parquet("homes.parquet", label = "price")  batch = 8  epochs = 2 }
 """)
+    model = DlcModel(tmp_path / "m.dl")
+    arrays = input_arrays(model.train_model, D.load(call("parquet", "homes.parquet", label="price"), tmp_path))
+    assert {k: a.dtype for k, a in arrays.items()} == {"age": np.float32, "rooms": np.int32, "city": np.int32,
+                                                      "price": np.float32}
+    np.testing.assert_array_equal(arrays["rooms"], t["rooms"].to_numpy())
+    np.testing.assert_array_equal(np.array(["lima", "oslo", "rome"])[arrays["city"]], city)
     assert main(["train", str(tmp_path / "m.dl"), "--out", str(tmp_path / "run"), "--backend", "reference",
                  "-q"]) == 0
 
