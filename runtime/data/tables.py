@@ -97,13 +97,16 @@ def _read(args: Args, base_dir: pathlib.Path) -> Dataset:
 def as_trained(ds: Dataset, trained: dict, label: bool = True) -> Dataset:
     """`ds` with the columns the data a model was trained on gave it (`trained`: that data's
     meta): "x" stacks the trained features in their order (whatever other columns the data
-    has; one it lacks is an error when x is bound), and, with `label` false (new rows to
-    predict), the trained label column, if the data has it, is left out: its values may be any."""
+    has; one it lacks is an error when x is bound), "y" is the trained label column, and, with
+    `label` false (new rows to predict), that column, if the data has it, is left out: its
+    values may be any."""
     gone = trained.get("label") if not label else None
     features = trained.get("features")
     stacked = {view: [m for m in members if m != gone] for view, members in ds.stacked.items()}
     if "x" in stacked and features:
         stacked["x"] = list(features)
+    if label and trained.get("label") in ds.columns and "y" not in ds.columns:
+        stacked.setdefault("y", [trained["label"]])       # a table read without its label named
     stacked = {view: members for view, members in stacked.items() if members}
     if gone not in ds.columns and stacked == ds.stacked:
         return ds

@@ -245,7 +245,7 @@ def test_dlc_train_on_parquet_keeps_the_categories_and_predict_names_the_classes
     assert out.read_text().splitlines()[0] == "probs_setosa,probs_versicolor,probs_virginica"
 
 
-def test_new_rows_are_read_as_the_training_data_was(tmp_path):
+def test_new_rows_are_read_as_the_training_data_was(tmp_path, capsys):
     path, weights = trained(tmp_path)
     model = DlcModel(path).load_weights(weights)
     t = iris()
@@ -255,7 +255,9 @@ def test_new_rows_are_read_as_the_training_data_was(tmp_path):
     pq.write_table(shuffled, tmp_path / "new.parquet")
     np.testing.assert_allclose(model.predict(str(tmp_path / "new.parquet"))["probs"], expected, rtol=1e-6)
     # a label of fewer classes, in another order of ids, scores as the trained ids say
-    ev = model.evaluate(str(tmp_path / "iris.parquet"), log=lambda s: None)
+    ev = model.evaluate(str(tmp_path / "iris.parquet"), log=lambda s: None)       # the label is the trained one
+    assert "in order" not in capsys.readouterr().err and ev == model.evaluate(
+        'parquet("iris.parquet", label = "species")', log=lambda s: None)
     pq.write_table(pa.table({"a": t["a"], "b": t["b"], "c": t["c"],
                              "species": pa.array(t["species"].to_pylist()).dictionary_encode()}),
                    tmp_path / "dict.parquet")
