@@ -301,7 +301,10 @@ def _label(args: Args, names: list) -> str | None:
 def _columns(args: Args, names: list, label: str | None) -> list:
     chosen = args["columns"]
     if chosen is None:
-        return [n for n in names if n != label]
+        chosen = [n for n in names if n != label]
+        for c in chosen:
+            _known_column(args, "path", c, names)       # each once in the table
+        return chosen
     if isinstance(chosen, str):
         chosen = [chosen]
     if not isinstance(chosen, list) or not chosen or not all(isinstance(c, str) for c in chosen):
@@ -321,6 +324,9 @@ def _known_column(args: Args, arg: str, name: str, names: list):
     if name not in names:
         raise DlcError(f"{args.src}: the table has no column '{name}'{did_you_mean(name, names)} (its columns: "
                        f"{_few(names, 20)})", args.span(arg))
+    if names.count(name) > 1:
+        raise DlcError(f"{args.src}: the table has {names.count(name)} columns named '{name}': rename them in the "
+                       f"file", args.span(arg))
 
 
 # ---- a column as arrays ------------------------------------------------------------------------

@@ -211,6 +211,10 @@ def test_bad_arguments_point_at_themselves(tmp_path):
     err("cut.parquet", tmp_path, "cut.parquet is not a Parquet or Arrow table")
     (tmp_path / "junk.arrow").write_bytes(b"ARROW1 and then nothing")
     err("junk.arrow", tmp_path, "junk.arrow is not a Parquet or Arrow table")
+    twice = pa.Table.from_arrays([pa.array([1, 2]), pa.array([3, 4])], names=["a", "a"])
+    with pa.OSFile(str(tmp_path / "twice.arrow"), "wb") as sink, pa.ipc.new_file(sink, twice.schema) as w:
+        w.write_table(twice)
+    err("twice.arrow", tmp_path, "the table has 2 columns named 'a'")
     (tmp_path / "empty").mkdir()
     err(call("parquet", "empty"), tmp_path, "a folder of no Parquet files")
 
