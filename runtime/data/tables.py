@@ -379,7 +379,8 @@ def _list(pa, place: str, name: str, col, classes: list | None, is_label: bool) 
         return {name: values.reshape(n, t.list_size)}, names
     lengths = pa.compute.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int32)
     longest = int(lengths.max()) if n else 0
-    padded = np.full((n, longest), -1 if is_label else 0, values.dtype if values.dtype.kind != "b" else np.int8)
+    signed = np.int64 if values.dtype.kind in "bu" else values.dtype        # room for the label's -1
+    padded = np.full((n, longest), -1 if is_label else 0, signed)
     padded[np.arange(longest)[None, :] < lengths[:, None]] = values
     return {name: padded, f"{name}_lengths": lengths}, names
 

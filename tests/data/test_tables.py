@@ -117,7 +117,8 @@ def test_dictionary_columns_keep_their_order_and_lists_are_padded(tmp_path):
     t = pa.table({"color": color, "tokens": pa.array([[5, 6, 7], [8], [], [9, 10]]),
                   "words": pa.array([["b", "a"], ["c"], ["a"], []]),
                   "vec": pa.array([[1.0, 2.0]] * 4, pa.list_(pa.float32(), 2)),
-                  "tags": pa.array([["N", "V", "N"], ["V"], [], ["N", "N"]])})
+                  "tags": pa.array([["N", "V", "N"], ["V"], [], ["N", "N"]]),
+                  "steps": pa.array([[1, 2], [3], [], [4]], pa.list_(pa.uint8()))})
     pq.write_table(t, tmp_path / "t.parquet")
     ds = D.load(call("parquet", "t.parquet", label="tags"), tmp_path)
     assert ds.meta["categories"] == {"color": ["red", "green", "blue"], "words": ["a", "b", "c"], "tags": ["N", "V"]}
@@ -128,6 +129,8 @@ def test_dictionary_columns_keep_their_order_and_lists_are_padded(tmp_path):
     assert ds.columns["vec"].shape == (4, 2) and "vec_lengths" not in ds.columns
     np.testing.assert_array_equal(ds.columns["tags"], [[0, 1, 0], [1, -1, -1], [-1, -1, -1], [0, 0, -1]])
     assert ds.stacked == {"y": ["tags"]} and "features" not in ds.meta    # no numeric column of one value
+    steps = D.load(call("parquet", "t.parquet", label="steps", columns=["vec"]), tmp_path).columns["steps"]
+    np.testing.assert_array_equal(steps, [[1, 2], [3, -1], [-1, -1], [4, -1]])      # unsigned, padded with -1
 
 
 def save_to_disk(folder, table: pa.Table, features: dict, files=2):
