@@ -10,21 +10,21 @@ import sys
 import numpy as np
 import pytest
 
-pa = pytest.importorskip("pyarrow")     # the optional extra dlc[tables]; installed with dlc[test]
-import pyarrow.compute  # noqa: E402
-import pyarrow.feather  # noqa: E402
-import pyarrow.ipc  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
+import pyarrow as pa     # the optional extra dlc[tables], which dlc[test] installs
+import pyarrow.compute
+import pyarrow.feather
+import pyarrow.ipc
+import pyarrow.parquet as pq
 
-from dlc.compiler.errors import DlcError, Span  # noqa: E402
-from dlc.compiler.frontend.settings import Call  # noqa: E402
-from dlc.runtime.api import DlcModel  # noqa: E402
-from dlc.runtime.cli import main  # noqa: E402
-from dlc.runtime.data import registry as D, tables  # noqa: E402
-from dlc.runtime.training.inputs import input_arrays  # noqa: E402
+from dlc.compiler.errors import DlcError, Span
+from dlc.compiler.frontend.settings import Call
+from dlc.runtime.api import DlcModel
+from dlc.runtime.cli import main
+from dlc.runtime.data import registry as D, tables
+from dlc.runtime.training.inputs import input_arrays
 
-from helpers.cli import failure  # noqa: E402
-from helpers.programs import CLASSIFIER  # noqa: E402
+from helpers.cli import failure
+from helpers.programs import CLASSIFIER
 
 SPAN = Span("train.dl", 3, 12)
 SPECIES = np.array(["setosa", "versicolor", "virginica"])
