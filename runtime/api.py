@@ -241,13 +241,15 @@ class DlcModel:
         integer products of the quantization (`quantize`, or a quantized checkpoint)."""
         self._require_weights()
         engine = self.engine_for(int8)
-        arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
+        arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr,
+                                 self.meta.get("meta", {}))
         return mean_metrics(engine, self.params, arrays, batch)
 
     def predict(self, data: Any, batch: int = 256, int8: bool = False) -> dict:
         """Outputs for `data`: a dict of arrays by input name (an unknown name is refused), an
         array (the first input; numpy's or anything with __array__), a source such as
-        "digits()", or a path to an npz / csv / text file (inputs.input_arrays binds it).
+        "digits()", or a path to an npz / csv / text file or a table (inputs.input_arrays binds it,
+        a table read as the training data was).
         `int8`: with the integer products of the quantization, as `evaluate`."""
         self._require_weights()
         engine = self.engine_for(int8)
@@ -257,7 +259,7 @@ class DlcModel:
             ds = array_data(data, "data")
         else:
             ds = array_data({self.eval_model.inputs[0].name: data}, "data")
-        arrays = input_arrays(self.eval_model, ds, need_targets=False)
+        arrays = input_arrays(self.eval_model, ds, need_targets=False, trained=self.meta.get("meta", {}))
         n = len(next(iter(arrays.values())))
         if 0 < n <= batch:      # one batch, neither sliced nor joined (Python's µs count at batch 1)
             out = engine.predict(self.params, arrays)
@@ -284,6 +286,14 @@ class DlcModel:
         if str(data).lower().endswith((".csv", ".csv.gz")):          # inputs only: every column is a feature
             return files.csv(Path.cwd(), str(data), label=None)
         return load_data(parse_setting(data, "data") if isinstance(data, str) else data, Path.cwd(), "data")
+
+    def classes(self) -> tuple[str, list] | None:
+        """(the label column's name, its classes' names by id) of the table the weights were
+        trained on when its label was categorical (runtime/data/tables.py), else None."""
+        meta = self.meta.get("meta", {})
+        label = meta.get("label")
+        names = (meta.get("categories") or {}).get(label)
+        return (label, names) if names else None
 
     def vocab(self) -> str:
         """The characters of the text the weights were trained on, an id each."""

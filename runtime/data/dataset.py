@@ -3,7 +3,9 @@ fixed order, features first and targets last, so the trainer can bind them to a 
 inputs and targets by position, plus `meta` (the vocabulary of a text, the special token
 ids of a sequence task, ...). A data set whose column names are the data's own (`named`: a
 dict of arrays, an .npz saved with keywords) binds by those names instead
-(runtime/training/inputs.py)."""
+(runtime/training/inputs.py). `stacked` names columns made of others when the binding asks
+for them: a table's numeric columns stacked as "x", its label column as "y"
+(runtime/data/tables.py)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dlc.compiler.errors import DlcError
+from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.settings import show
 
 
@@ -21,6 +23,7 @@ class Dataset:
     columns: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
     named: bool = False         # the columns must match inputs by name (else a source's x, y bind by order)
+    stacked: dict = field(default_factory=dict)     # name -> the columns it stacks (one: that column as it is)
 
     def __post_init__(self):
         self.columns = dict(self.columns)
@@ -44,11 +47,28 @@ class Dataset:
         cols = ", ".join(f"{k}: {a.dtype}{list(a.shape)}" for k, a in self.columns.items())
         meta = {k: (v if not isinstance(v, str) or len(v) <= 20 else f"<{len(v)} characters>")
                 for k, v in self.meta.items()}
-        return f"Dataset({len(self)} examples; {cols}; meta {meta})"
+        stacked = "".join(f"; {k} stacks {', '.join(v)}" for k, v in self.stacked.items())
+        return f"Dataset({len(self)} examples; {cols}{stacked}; meta {meta})"
 
     @property
     def names(self) -> list[str]:
         return list(self.columns)
+
+    def column(self, name: str, span=None) -> np.ndarray:
+        """A column, or the one `stacked` makes: its columns side by side, [N, k] (one: as it is);
+        a column it stacks that the data lacks is an error at `span`."""
+        if name in self.columns:
+            return self.columns[name]
+        missing = [m for m in self.stacked[name] if m not in self.columns]
+        if missing:
+            raise DlcError(f"{name} stacks the columns {', '.join(self.stacked[name])}, but the data has no column "
+                           f"'{missing[0]}'{did_you_mean(missing[0], self.columns)}", span)
+        members = [self.columns[m] for m in self.stacked[name]]
+        return members[0] if len(members) == 1 else np.stack(members, axis=1)
+
+    def reads(self, names) -> set:
+        """The columns that `names` (columns, or names `stacked` makes) read."""
+        return {m for name in names for m in ([name] if name in self.columns else self.stacked.get(name, [name]))}
 
     def take(self, index) -> "Dataset":
         """The examples at `index` (integer indices or a boolean mask), same meta."""
@@ -59,7 +79,7 @@ class Dataset:
             else:
                 raise DlcError(f"take: rows must be selected by integer indices or a mask, got {index.dtype}")
         try:
-            return Dataset({k: a[index] for k, a in self.columns.items()}, dict(self.meta), self.named)
+            return Dataset({k: a[index] for k, a in self.columns.items()}, dict(self.meta), self.named, self.stacked)
         except IndexError as e:
             raise DlcError(f"take: {e}") from None
 
@@ -89,4 +109,4 @@ class Dataset:
     def rows(self, part: slice) -> "Dataset":
         """The examples of a range, views of the columns: a text's windows at every offset stay
         views of the text (copied, GPT-2's 256 characters a window of a 197 K text were 400 MB)."""
-        return Dataset({k: a[part] for k, a in self.columns.items()}, dict(self.meta), self.named)
+        return Dataset({k: a[part] for k, a in self.columns.items()}, dict(self.meta), self.named, self.stacked)

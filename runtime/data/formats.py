@@ -50,7 +50,8 @@ def read_utf8(src: str, p: pathlib.Path) -> str:
     return s.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def _reason(e: Exception) -> str:
+def reason(e: Exception) -> str:
+    """The first line of an exception's message: why a library could not read a file."""
     return str(e).split("\n")[0] or type(e).__name__
 
 
@@ -137,7 +138,7 @@ def npz_arrays(p: pathlib.Path) -> dict:
         try:
             z = np.load(f, allow_pickle=False)
         except Exception as e:      # whatever a damaged archive makes numpy or zipfile raise
-            raise BadNpz("archive", reason=_reason(e)) from None
+            raise BadNpz("archive", reason=reason(e)) from None
         with z:
             for name in z.files:
                 try:
@@ -145,11 +146,11 @@ def npz_arrays(p: pathlib.Path) -> dict:
                 except MemoryError:     # numpy allocates the shape a header claims before reading it
                     raise BadNpz("memory", name) from None
                 except ValueError as e:
-                    raise BadNpz("objects" if "pickle" in str(e) else "member", name, _reason(e)) from None
+                    raise BadNpz("objects" if "pickle" in str(e) else "member", name, reason(e)) from None
                 except zipfile.BadZipFile as e:
-                    raise BadNpz("member", name, "CRC mismatch" if "CRC" in str(e) else _reason(e)) from None
+                    raise BadNpz("member", name, "CRC mismatch" if "CRC" in str(e) else reason(e)) from None
                 except Exception as e:  # a damaged member: bad compression, bad header, cut short
-                    raise BadNpz("member", name, _reason(e)) from None
+                    raise BadNpz("member", name, reason(e)) from None
                 if not isinstance(arrays[name], np.ndarray):      # numpy gives a member not .npy as bytes
                     raise BadNpz("not npy", name)
     return arrays

@@ -7,17 +7,20 @@ A setting such as
     data = text("data/genesis.txt", seq = 100)
     data = reverse(min_len = 8, max_len = 12, symbols = 11, n = 20000)
     data = "data/points.csv"
+    data = parquet("data/iris.parquet", label = "species")
 
 is evaluated by compiler/frontend/settings.py into a `Call` (or a plain string, a file name)
 and turned into a `Dataset` (runtime/data/dataset.py) here by `load`: a call by the source
 of its name in `SOURCES`, a file name by its extension (.npz, .csv / .csv.gz, .txt, IDX:
-.idx*, *-ubyte[.gz]).
+.idx*, *-ubyte[.gz], tables: .parquet, .arrow, .feather), a folder that is a table (Parquet
+part files, a `datasets` folder) as one.
 
 Every problem with the data (a missing or corrupt file, a wrong format, an unknown source, a
 bad argument) is a `DlcError` with a one-line message; when the data came from a `Call`, the
 error points at it. The sources, each in the module of its kind:
 
     files.py       npz, csv, idx
+    tables.py      parquet, arrow
     text.py        text, sentences
     images.py      digits, mnist, fashion_mnist, cifar10, cifar100
     synthetic.py   xor, spirals, blobs, sine, copy, reverse, sort
@@ -28,12 +31,12 @@ import os
 import pathlib
 
 from dlc.compiler.errors import DlcError, Span, did_you_mean
-from dlc.runtime.data import files, images, synthetic, text
+from dlc.runtime.data import files, images, synthetic, tables, text
 from dlc.runtime.data.dataset import Dataset
 from dlc.compiler.frontend.settings import Call, Symbol, show
 
 SOURCES: dict = {source.__name__: source for source in (
-    files.npz, files.csv, files.idx,
+    files.npz, files.csv, files.idx, tables.parquet, tables.arrow,
     text.text, text.sentences, text.skipgram,
     images.digits, images.mnist, images.fashion_mnist, images.cifar10, images.cifar100,
     synthetic.xor, synthetic.spirals, synthetic.blobs, synthetic.sine, synthetic.copy, synthetic.reverse,
@@ -102,8 +105,13 @@ def _load_path(path: str, base_dir: pathlib.Path) -> Dataset:
         return text.text(base_dir, path)
     if _is_idx_name(stem):
         return files.idx(base_dir, path)
+    if name.endswith((".arrow", ".feather")):
+        return tables.arrow(base_dir, path)
+    if name.endswith(".parquet") or tables.is_table_folder(base_dir / pathlib.Path(path).expanduser()):
+        return tables.parquet(base_dir, path)
     raise DlcError(f"cannot tell the format of data file '{path}' from its name: expected .npz, .csv, .csv.gz, "
-                   f".txt or an IDX file (.idx*, *-ubyte, optionally .gz), or a source such as digits()")
+                   f".txt, an IDX file (.idx*, *-ubyte, optionally .gz), a table (.parquet, .arrow, .feather, or a "
+                   f"folder of Parquet files or a datasets folder), or a source such as digits()")
 
 
 def _is_idx_name(name: str) -> bool:

@@ -213,6 +213,10 @@ def _text(v) -> bool:
     return isinstance(v, str)
 
 
+def _texts(v) -> bool:
+    return isinstance(v, list) and all(map(_text, v))
+
+
 META_SCHEMA = {
     "format": _text, "dlc_version": _text, "quantization": lambda v: isinstance(v, dict), "model": _text, "source_hash": _text, "optimizer": _text,
     "epoch": _count, "step": _count, "batch": _count, "seed": _count,
@@ -223,8 +227,11 @@ META_SCHEMA = {
     "early_stop": lambda v: v is None or (isinstance(v, dict) and (v.get("best") is None or _number(v["best"]))
                                           and _count(v.get("bad", 0))),
     # facts of the data: the vocabulary of a text or its words, the padded length of a sequence task
+    # and a table's: its features stacked as x, its label column, each categorical column's names by id
     "meta": lambda v: (isinstance(v, dict) and _text(v.get("vocab", "")) and _count(v.get("max_len", 0))
-                       and isinstance(v.get("vocab_words", []), list) and all(map(_text, v.get("vocab_words", [])))),
+                       and _texts(v.get("vocab_words", [])) and _texts(v.get("features", []))
+                       and _text(v.get("label", "")) and isinstance(v.get("categories", {}), dict)
+                       and all(map(_texts, v.get("categories", {}).values()))),
     # the data settings `dlc eval` reuses (inputs.data_settings)
     "data": lambda v: (isinstance(v, dict) and set(v) == {"data", "validation", "test", "seed"}
                        and _count(v["seed"]) and all(_setting(v[k]) for k in ("data", "validation", "test"))),

@@ -16,6 +16,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
+from dlc.runtime.data.tables import as_trained, kept_meta, recode
 from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_args
 from dlc.runtime.training.gradcheck import ignored_values, index_bound
 from dlc.compiler.frontend.settings import Call, Symbol, from_json, show, to_json, to_text
@@ -59,12 +60,28 @@ def is_arrays(spec) -> bool:
     return isinstance(spec, Mapping)
 
 
-def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set | None = None) -> dict:
-    """The data's columns bound to the model's inputs (and targets, as declared) and fitted
-    to them (`fit_input`). Named data (a dict, an .npz saved with keywords) binds by name
-    only: a column no input has is refused. A source's columns (x, y) bind by name when
-    every input has one, else in order, and so do a file's unnamed ones (arr_0, a CSV's),
-    which stderr is told once (`said`: the notes already given)."""
+def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set | None = None, span=None,
+                 trained: dict | None = None) -> dict:
+    """The data's columns bound to the model's inputs (and targets, as declared: `bindings`)
+    and fitted to them (`fit_input`). With `trained`, the meta of the data the model was
+    trained on, the data is read as that was (`as_trained`: a table's x of the trained
+    columns, without the trained label when targets are not needed) and the categories of
+    the columns bound are given the trained ids (`recode`)."""
+    if trained is not None:
+        ds = as_trained(ds, trained, label=need_targets)
+    chosen = bindings(model, ds, need_targets, said, span)
+    if trained is not None:
+        ds = recode(ds, trained, ds.reads(chosen.values()), span)
+    return {i.name: fit_input(i, ds.column(chosen[i.name], span), model) for i in model.inputs if i.name in chosen}
+
+
+def bindings(model: Model, ds: Dataset, need_targets: bool = True, said: set | None = None, span=None) -> dict:
+    """{input or target name: the column of `ds` it binds to}. Named data (a dict, an .npz saved
+    with keywords) binds by name only: a column no input has is refused. A source's columns
+    (x, y) bind by name when every input has one (or one `ds.stacked` makes: a table's x and
+    y), else in order (a table's x and y first), and so do a file's unnamed ones (arr_0, a
+    CSV's), which stderr is told once (`said`: the notes already given). `span`: the data's
+    setting, where a categorical column bound to a float input is reported."""
     wanted = [i for i in model.inputs if need_targets or not i.is_target]
     cols = ds.columns
     if ds.named:
@@ -77,20 +94,31 @@ def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set
         if missing:
             raise DlcError(f"the data has no array for {', '.join(missing)} of model {model.name} "
                            f"(it has {', '.join(cols) or 'none'})")
-    if all(i.name in cols for i in wanted):
-        arrays = {i.name: cols[i.name] for i in wanted}
+    if all(i.name in cols or i.name in ds.stacked for i in wanted):
+        chosen = {i.name: i.name for i in wanted}
     else:
-        if len(cols) < len(wanted):
-            raise DlcError(f"the data has {len(cols)} column(s) ({', '.join(cols)}) but model {model.name} needs "
-                           f"{len(wanted)}: {', '.join(i.name for i in wanted)}")
-        arrays = {i.name: v for i, v in zip(wanted, cols.values())}
+        stacked = {m for members in ds.stacked.values() for m in members}
+        order = list(ds.stacked) + [c for c in cols if c not in stacked]
+        if len(order) < len(wanted):
+            hint = ' (a table\'s label column is chosen with parquet(path, label = "name"))' \
+                if ds.stacked and "y" not in ds.stacked else ""
+            raise DlcError(f"the data has {len(order)} column(s) ({', '.join(order)}) but model {model.name} needs "
+                           f"{len(wanted)}: {', '.join(i.name for i in wanted)}{hint}", span)
+        chosen = {i.name: c for i, c in zip(wanted, order)}
         note = "note: the data's columns bind to the inputs in order: " + \
-               ", ".join(f"{c} -> {i.name}" for c, i in zip(cols, wanted))
+               ", ".join(f"{c} -> {i}" for i, c in chosen.items())
         said = set() if said is None else said
         if note not in said:
             said.add(note)
             print(note, file=sys.stderr)
-    return {i.name: fit_input(i, arrays[i.name], model) for i in wanted}
+    categorical = ds.meta.get("categories") or {}
+    for i in wanted:
+        of = [m for m in ds.reads([chosen[i.name]]) if m in categorical]
+        if of and i.type.is_float:
+            raise DlcError(f"{i.name} is {i.type} but the data's column '{of[0]}' holds categories (ids of "
+                           f"{len(categorical[of[0]])} names): declare an integer input (i32, ids for an "
+                           f"embedding or classes), or leave the column out", span)
+    return chosen
 
 
 def index_limits(model: Model, name: str) -> tuple:
@@ -184,12 +212,13 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     split = any(is_split(spec) for spec in (cfg.test, cfg.validation))
     empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
     said: set = set()
-    bound = {name: input_arrays(model, ds, said=said) if ds is not None else None        # shapes first
-             for name, ds in sets.items()}
+    meta = kept_meta(full.meta, full.reads(bindings(model, full, said=said, span=cfg.span("data")).values()))
+    bound = {name: input_arrays(model, ds, said=said, span=cfg.span(name), trained=None if name == "data" else meta)
+             if ds is not None else None for name, ds in sets.items()}         # shapes first
     for name, ds in sets.items():
         if ds is not None and len(ds) == 0:
             raise DlcError(empty[name], cfg.span(name))
-    return bound["data"], bound["validation"], bound["test"], full.meta
+    return bound["data"], bound["validation"], bound["test"], meta
 
 
 # ---- the data a checkpoint was trained on, and the data `dlc eval` scores ----------------------------
@@ -203,9 +232,10 @@ def data_settings(cfg: TrainConfig) -> dict:
             for name in DATA_SETTINGS} | {"seed": cfg.seed}
 
 
-def evaluation_data(program: Program, model: Model, data, saved: dict | None, log) -> dict:
+def evaluation_data(program: Program, model: Model, data, saved: dict | None, log, trained: dict | None = None) -> dict:
     """The arrays `dlc eval` scores: `data` (a source, a path or its text, or a dict of arrays
-    by input and target name) when given; else, with the data settings a checkpoint recorded
+    by input and target name) when given, read as `trained` says (the meta of the data the
+    weights were trained on: `input_arrays`); else, with the data settings a checkpoint recorded
     (`saved`, else the train block's), the test data, else the validation data, else the
     training data itself. `log` is told which, with a note when the data is what the weights
     were trained on."""
@@ -225,7 +255,7 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
         log(f"evaluating {to_text(spec)}")
         if to_text(spec) == trained_on:
             log("note: this is the data the weights were trained on (but for any held-out splits)")
-        return input_arrays(model, load_data(spec, base, "data"))
+        return input_arrays(model, load_data(spec, base, "data"), trained=trained or {})
     train, val, test, _ = prepare_data(cfg, base, model)
 
     def held_out(which: str, spec) -> str:

@@ -93,7 +93,8 @@ def test_every_example_trains_one_epoch_offline(path, tmp_path, capsys, fake_fet
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, metric, at_least", [("bilstm_tagger", "val_accuracy", 0.93),
-                                                    ("transformer_classifier", "val_accuracy", 0.95)])
+                                                    ("transformer_classifier", "val_accuracy", 0.95),
+                                                    ("flowers_table", "val_accuracy", 0.9)])
 def test_example_reaches_the_result_its_header_states(name, metric, at_least, tmp_path, capsys):
     numbers = train(EXAMPLE_DIR / f"{name}.dl", tmp_path / "run", capsys, "--seed", "0")
     assert numbers[metric] >= at_least

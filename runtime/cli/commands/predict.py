@@ -17,8 +17,8 @@ def arguments(p):
     model_arguments(p, backend=True)
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument("--data", "--input", dest="data", required=True, metavar="PATH",
-                   help='a file path: .npz (arrays by input name), .csv or .txt; or a source, e.g. "digits()" '
-                        "(--input is the older name)")
+                   help='a file path: .npz (arrays by input name), .csv, .txt, or a table (.parquet, .arrow, '
+                        '.feather, a folder of them); or a source, e.g. "digits()" (--input is the older name)')
     p.add_argument("--output", default="predictions.npz", metavar="PATH",
                    help=".npz (default), .csv (one output) or .png (one output of images, drawn as a grid)")
     p.add_argument("--batch", type=positive, default=256, metavar="N", help="batch size (default 256)")
@@ -30,14 +30,18 @@ def run(args):
     model = weighted_model(args)
     outputs = model.predict(args.data, args.batch, int8=args.int8)
     path = Path(args.output)
+    label, classes = model.classes() or (None, [])
+    by_class = [k for k, v in outputs.items() if classes and v.ndim == 2 and v.shape[1] == len(classes)]
     try:
         if path.suffix == ".csv":
             if len(outputs) != 1:
                 raise DlcError(f"a .csv holds one output; this model has {len(outputs)}: write a .npz")
             name, value = next(iter(outputs.items()))
             table = value.reshape(len(value), -1)
-            # a header of the output's name, a column each: probs_0, probs_1, ... (one column: probs)
-            header = ",".join([name] if table.shape[1] == 1 else [f"{name}_{i}" for i in range(table.shape[1])])
+            # a header of the output's name, a column each: probs_0, probs_1, ... (one column: probs; a column
+            # per class of a table's label: probs_setosa, ...)
+            columns = classes if name in by_class else range(table.shape[1])
+            header = ",".join([name] if table.shape[1] == 1 else [f"{name}_{c}" for c in columns])
             np.savetxt(path, table, delimiter=",", fmt="%.6g", header=header, comments="")
         elif path.suffix == ".png":
             name = path.stem if len(outputs) > 1 else next(iter(outputs))
@@ -51,3 +55,5 @@ def run(args):
         raise DlcError(f"cannot write {path}: {e.strerror}") from None
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
     print(f"wrote {path}: {shapes}")
+    for name in by_class:       # a table's categorical label: the names its ids stand for
+        print(f"{name}: a column per class of {label}: {', '.join(classes)}")
