@@ -77,7 +77,7 @@ def _recipe(lw, n, ins, attrs, typ, s):
     lw.emit(ReduceKernel((s.N, s.O, s.Ho, s.Wo, s.C), (4,), "sum", out.id, Op("mul", (xs, ws), "f32"), node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 '''
-CONV_ENTRY = '    Implementation("recipe", "reduction", lambda c: (c.s.kh, c.s.kw, c.s.groups) == (1, 1, 1), "a recipe"),\n'
+CONV_ENTRY = '    Implementation("recipe", "reduction", lambda c: c.s.kh == c.s.kw == c.s.groups == 1, "a recipe"),\n'
 # a prediction of that convolution on both engines: which implementation computed it, and the largest difference
 CONV_MODEL = '''
 import numpy as np

@@ -328,11 +328,13 @@ def stored_channels_first(graph) -> set:
     that computes one writes it so, and no copy is made."""
     def channels_first_only(v, t):
         operands = [i for i, u in enumerate(graph.inputs(v)) if u.key() == t.key()]
-        return not operands or _pointwise_node(graph, v) and set(operands) <= set(CHANNELS_FIRST_OPERANDS[graph.op(v)]) \
+        return not operands or _pointwise_node(graph, v) \
+            and set(operands) <= set(CHANNELS_FIRST_OPERANDS[graph.op(v)]) \
             and (graph.op(v) != "conv2d" or _weight_grad_reads(graph, t))
     keys = set()
     for n in graph.nodes_with("conv2d_weight_grad"):
         for t in graph.inputs(n) if _pointwise_node(graph, n) else ():
-            if not graph.outputs.readers(t.key()) and all(channels_first_only(v, t) for v in graph.nx.successors(t.node)):
+            readers = graph.nx.successors(t.node)
+            if not graph.outputs.readers(t.key()) and all(channels_first_only(v, t) for v in readers):
                 keys.add(t.key())
     return keys

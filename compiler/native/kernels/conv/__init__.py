@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from dlc.compiler.ir.dims import concrete, numel
 from dlc.compiler.ir.graph import Tensor
-from dlc.compiler.native import FEW_COLUMNS, TILE_CHANNELS
+from dlc.compiler.native import TILE_CHANNELS
 from dlc.compiler.native.kernels.accumulate import AccumulateKernel
-from dlc.compiler.native.kernels.gemm import GemmKernel, WeightTransformKernel, packed_a_weight, weight_flag, weight_packed_a
-from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel, image_epilogue
+from dlc.compiler.native.kernels.gemm import GemmKernel, WeightTransformKernel, weight_flag, weight_packed_a
+from dlc.compiler.native.kernels.map import MapKernel, image_epilogue
 from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
 from dlc.compiler.native.program import Affine, Kernel, Load, Op, contiguous, render, row_major
@@ -242,7 +242,7 @@ def _pointwise_per_example(lw, n, ins, attrs, typ, s: ConvShape):
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
-def _direct(lw, n, ins, attrs, typ, s: ConvShape, by_channels: bool):
+def _conv_kernel(lw, n, ins, attrs, typ, s: ConvShape, by_channels: bool):
     """A ConvKernel (depthwise ones too, groups = C: each output channel's taps over its
     group's channels). `by_channels`: the filters as [O / TILE_CHANNELS, C / groups · kh·kw,
     TILE_CHANNELS], a tile's taps one after another, each a row of its channels for the
@@ -269,8 +269,8 @@ def _direct(lw, n, ins, attrs, typ, s: ConvShape, by_channels: bool):
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
-register_implementation("conv2d", "direct by channels")(functools.partial(_direct, by_channels=True))
-register_implementation("conv2d", "direct")(functools.partial(_direct, by_channels=False))
+register_implementation("conv2d", "direct by channels")(functools.partial(_conv_kernel, by_channels=True))
+register_implementation("conv2d", "direct")(functools.partial(_conv_kernel, by_channels=False))
 
 
 @register_implementation("conv2d", "grouped taps")
