@@ -32,7 +32,7 @@ PACK_WEIGHTS = ("each call", "once")
 MOST_THREADS = 1024
 
 # columns of C up to which a GEMM block multiplies without packing (codegen/gemm.py
-# _Gen.few_columns); here so that lowering (kernels/conv) reads it without loading LLVM
+# _Gen.few_columns); here so that the choice of a convolution's GEMM (choose/conv.py) reads it without loading LLVM
 FEW_COLUMNS = 16
 
 # a multiple of the rows of every float32 GEMM blocking's panels of A (6, 8 and 12): the

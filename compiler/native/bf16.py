@@ -5,7 +5,8 @@ A product runs in bf16 where a GEMM computes it: a GemmKernel (and a scan's Pack
 rounds its operands while it packs them and multiplies them by bfloat16 dot products (AMX
 tiles, vdpbf16ps, BFDOT) or in float32 on rounded panels, a SmallGemmKernel rounds as it
 loads. Every matmul is a GEMM; which kernel computes a convolution or one of its gradients
-is the rule of its lowering (kernels/conv `conv_path`), by its shape alone. The other
+is the `kernel` of the implementation its list chooses in a bf16 program, the one its
+lowering computes (compiler/native/choose/conv.py). The other
 kernels that multiply (the direct convolution, and the grouped convolutions' maps,
 reductions and accumulations) multiply float32 vectors: bfloat16 operands there would only
 add a pass rounding each one, so their products stay float32 and those kernels are the
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 
 from dlc.compiler.errors import Span
 from dlc.compiler.ir.graph import Graph, nested_graphs
-from dlc.compiler.native.kernels.conv import PATH_KERNELS, conv_path, conv_shape
+from dlc.compiler.native.choose.conv import Conv, chosen
 
 PRODUCTS = ("matmul", "conv2d", "conv2d_input_grad", "conv2d_weight_grad")
 
@@ -62,10 +63,7 @@ def kernel_of(graph: Graph, n: int) -> str:
     op = graph.op(n)
     if op == "matmul":
         return "gemm"
-    attrs = graph.attrs(n)
-    a, b = graph.inputs(n)
-    s = conv_shape(op, (a.shape, b.shape), graph.types(n)[0].shape, attrs["groups"])
-    return PATH_KERNELS[conv_path(op, s, attrs)]
+    return chosen(Conv.node(graph, n, bf16=True)).kernel
 
 
 def in_bf16(graph: Graph, n: int) -> bool:

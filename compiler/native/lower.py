@@ -21,7 +21,7 @@ from dlc.compiler.ir.dims import Dim, numel
 from dlc.compiler.ir.graph import FLOAT_DTYPES, Graph, Tensor, collector_paused
 from dlc.compiler.native import PACK_WEIGHTS, PRECISIONS
 from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, fuse_sums, keep_in_registers
-from dlc.compiler.native.kernels.conv import stored_channels_first
+from dlc.compiler.native.choose.conv import stored_channels_first
 from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
 from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Size,
@@ -146,7 +146,7 @@ class Lowering:
         if slot is not None and (not rows or t.rank == 2 and slot.at.coeffs[1] == 1):
             return slot
         if slot is None and not rows and t.key() in self.channels_first_keys:
-            # read by pointwise convolutions' GEMMs over the batch alone (kernels/conv)
+            # read by pointwise convolutions' GEMMs over the batch alone (choose/conv.py)
             buf = self.p.buffer(t.dtype, numel(t.shape), "temp")
             swapped = (t.shape[1], t.shape[0], *t.shape[2:])
             self.laid_out[t.key()] = Load(buf.id, first_two_swapped(Affine(0, row_major(swapped))), t.dtype)

@@ -451,7 +451,7 @@ PRIMS = {
        for kind in ("max", "avg")
        for k, s, p in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 2), (1, 0)),
                        ((2, 2), (1, 1), (0, 0))]},
-    # direct convolutions (compiler/native/kernels/conv DIRECT_TAPS): rows of several vectors
+    # direct convolutions (compiler/native/choose/conv.py DIRECT_TAPS): rows of several vectors
     # and a block of channels and the rest, a stride along H, the most taps; then im2col:
     # more taps (the weight gradient a small_gemm, or a GEMM), a row of taps too long
     "conv2d-direct-wide-rows": conv((5, 5), (1, 1), (2, 2), img=(B, 2, 6, 67), out=9),

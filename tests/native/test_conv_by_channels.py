@@ -113,7 +113,7 @@ def test_a_predictions_filters_by_channels_are_copied_once_and_follow_its_weight
 def test_by_channels_gives_the_bits_of_the_pixels_kernel(case, monkeypatch):
     """Both kernels sum each output's taps in the same order, a column in the padding an
     FMA of 0: a prediction by channels is the pixels' kernel's, bit for bit."""
-    from dlc.compiler.native.kernels import conv
+    from dlc.compiler.native.choose import conv
     c, o, k, stride, padding, h, w = CASES[case]
     model = load_text(_source(*CASES[case]), "stem.dl").build(None, training=False)
     rng = np.random.default_rng(len(case))

@@ -12,7 +12,7 @@ import pytest
 
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.frontend.settings import Call
-from dlc.compiler.native.kernels import conv
+from dlc.compiler.native.choose import conv
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
 from dlc.compiler.native.lower import lower

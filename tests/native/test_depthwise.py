@@ -122,7 +122,7 @@ def test_a_depthwise_convolution_of_small_planes_is_by_channels_with_the_pixels_
     of the pixels' kernel, at the host's vector width and at AArch64's."""
     from dlc.compiler.native.codegen import image_rows
     from dlc.compiler.native.codegen.gemm import NEON
-    from dlc.compiler.native.kernels import conv
+    from dlc.compiler.native.choose import conv
     c, k, stride, padding, h, w = shape
     model = load_text(f"model dw {{\n    input x: f32[B, {c}, {h}, {w}]\n"
                       f"    output y = conv2d(x, {c}, {k}, stride = {stride}, padding = {padding}, groups = {c}, "

@@ -9,7 +9,7 @@ import pytest
 
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.native import lower as lowering
-from dlc.compiler.native.kernels import conv
+from dlc.compiler.native.choose import conv
 from dlc.compiler.native.kernels.conv import ConvKernel
 from dlc.compiler.native.kernels.gemm import GemmKernel
 from dlc.compiler.passes.autodiff import train_step

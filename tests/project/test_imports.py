@@ -106,11 +106,13 @@ LAYERS = (
     ("dlc.compiler.passes",),
     ("dlc.compiler.frontend",),
     # the native backend's floors: the kernel program (with its text and the lowering
-    # registry), LLVM code generation, the kinds of kernel, the rule families, and at the
-    # top of compiler/native/ the planning (fusion, lowering, memory)
+    # registry), LLVM code generation, the kinds of kernel, the choice of which computes
+    # each node, the rule families, and at the top of compiler/native/ the planning
+    # (fusion, lowering, memory)
     ("dlc.compiler.native.program",),
     ("dlc.compiler.native.codegen",),
     ("dlc.compiler.native.kernels",),
+    ("dlc.compiler.native.choose",),
     ("dlc.compiler.native.rules",),
     ("dlc.compiler.native",),
     # ONNX: what a rule is written with (the rule API, values, folding, writing), the rules,

@@ -4,8 +4,11 @@ rule(lowering, node, operands, attrs, type of output 0) -> None and sets the nod
 (compiler/native/lower.py `Lowering`). The rules live with the kernel kind they emit
 (compiler/native/kernels/<kind>/__init__.py) or, when they emit no kernel of their own,
 in compiler/native/rules/ by family, which also finds them all (`rules.load`) and looks a
-primitive's rule up (`rules.lowering_rule`). This module imports neither: the kinds and
-the families register here, below both."""
+primitive's rule up (`rules.lowering_rule`). Where a primitive is computed more than one
+way, each way is an implementation registered by name (`register_implementation`) in the
+package of the kind it emits, and the primitive's rule (compiler/native/rules/) calls the
+one compiler/native/choose/'s list names. This module imports neither: the kinds and the
+families register here, below both."""
 from __future__ import annotations
 
 from typing import Callable
@@ -39,5 +42,19 @@ def register_lowering(*names: str, floats: tuple | None = None, pattern: Pattern
                 LOWERED_FLOATS[name] = floats
         if pattern is not None:
             PATTERN_RULES[pattern] = rule
+        return rule
+    return register
+
+
+# (primitive name, implementation name) -> the rule that computes the primitive so (compiler/native/choose/)
+IMPLEMENTATIONS: dict[tuple, Callable] = {}
+
+
+def register_implementation(op: str, name: str):
+    """Decorator: the rule that computes primitive `op` by the implementation `name` of its
+    choice list (compiler/native/choose/): rule(lowering, node, operands, attrs, type of
+    output 0, shape), its shape as the list's entries read it."""
+    def register(rule):
+        IMPLEMENTATIONS[op, name] = rule
         return rule
     return register

@@ -1,5 +1,5 @@
 """The small GEMM: a small C summed over a long batch of products, nothing packed (the
-convolution rules choose it, kernels/conv). The loop is in loops.py."""
+choice lists choose it, choose/conv.py). The loop is in loops.py."""
 from __future__ import annotations
 
 from dataclasses import dataclass
