@@ -1,5 +1,5 @@
-"""What every first-order optimizer is: the `Optimizer` class, which the optimizers of
-runtime/optim/optimizers.py subclass.
+"""What every optimizer is: `Optimizer`, the class the optimizers of runtime/optim/optimizers.py
+and runtime/optim/second_order.py subclass.
 
 An optimizer has its options, its state slots, the scalars of a step as torch.optim computes
 them in Python floats (`scalars`, written as formulas of the learning rate and the step:
@@ -11,6 +11,9 @@ parameter group (runtime/training/groups.py). The engines run that graph: the re
 engine in the interpreter (runtime/engines/reference.py `update`), the native engine
 compiled into its step (compiler/native/update.py). Each optimizer keeps its state as named
 numpy arrays per parameter ("m", "v", "momentum"), which checkpoints save.
+
+The second-order optimizers are `full_batch`: they have no update graph; a step of theirs
+runs many evaluations of the batch's loss, and the engines hand them the step (`step`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ LR, STEP = variable("lr"), variable("step", INT)
 
 
 class Optimizer:
+    """An optimizer setting (`adam(lr = 1e-3)`) bound to its options; a subclass is one optimizer."""
     name = ""
     options: dict = {}            # option -> default; "lr" is required
     full_batch = False            # a step of its own (`step`) instead of an update graph
