@@ -1,8 +1,9 @@
 """The reference engine: it runs the graphs with the numpy interpreter, the optimizer's
-update graph too (`update`, the rule of runtime/optim/optimizer.py). The native engine (runtime/engines/native.py)
-has the same members (runtime/engines/protocol.py `Engine`) and runs each step in one
-native call. This module also holds what both engines share: the prediction graph and the
-scalars a step reports. runtime/engines/backends.py picks the engine for a run."""
+update graph too (`update`: an optimizer of runtime/optim/ builds it). The native engine
+(runtime/engines/native.py) has the same members (runtime/engines/protocol.py `Engine`) and
+runs each step in one native call. This module also holds what both engines share: the
+prediction graph and the scalars a step reports. runtime/engines/backends.py picks the engine
+for a run."""
 from __future__ import annotations
 
 import numpy as np
