@@ -46,7 +46,7 @@ def measure(layers: int, profile: bool = False) -> dict:
     from dlc.compiler.native.lower import lower
     from dlc.compiler.native.update import lower_update
     from dlc.compiler.frontend.settings import Call
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.compiler.native.memory import intervals, plan
     from dlc.compiler.passes.optimize import optimize
     from dlc.runtime.engines import cache

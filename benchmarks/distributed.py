@@ -66,7 +66,7 @@ def engine_for(name: str, split: bool, seed: int = 0, buckets: int = 0):
     """(native engine, parameters, optimizer state, trainable names) of a workload, Adam."""
     from dlc.runtime.engines.backends import make_engine
     from dlc.compiler.frontend.settings import Call
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
     prog = load_workload(name)
     train, ev = prog.build(training=True), prog.build(training=False)

@@ -9,7 +9,7 @@ the causes of a drift:
 
     --update fused       the native engine's own fused update (default)
     --update torch       the native engine's gradients, stepped by torch.optim.Adam
-    --update float64     ... by runtime/engines/optim.py's Adam on float64 copies of the parameters
+    --update float64     ... by runtime/optim/optimizers.py's Adam on float64 copies of the parameters
     --libm               exp and tanh as libm calls instead of the inline polynomials
     --grads              the gradients at the initial parameters: native and torch float32
                          against torch float64 (summation order and rounding, no training)
@@ -58,7 +58,7 @@ def use_libm():
 
 def _optimizer(name: str, lr: float):
     from dlc.compiler.frontend.settings import Call
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     return make_optimizer(Call(name, [], {"lr": lr}))
 
 
@@ -72,7 +72,8 @@ def train_dlc(name: str, init: dict, batches: list, lr: float = 1e-3, engine: st
               update: str = "fused", models=None) -> tuple:
     """Adam on dlc: (loss per step, final parameters). With update != "fused" the engine
     runs a zero-rate SGD step (p - 0·g leaves p as it is) and the Adam step is applied
-    to its gradients outside: by torch.optim.Adam, or by runtime/engines/optim.py in float64."""
+    to its gradients outside: by torch.optim.Adam, or by runtime/optim/optimizers.py's in float64 (the
+    reference engine's `update`)."""
     from dlc.runtime.engines.backends import make_engine
     train, ev = models or setup(name, steps=0)[:2]
     trainable = [p.name for p in train.params if p.trainable]
@@ -105,11 +106,12 @@ def _outside_update(update: str, adam, params: dict, lr: float):
                 tensors[n].grad = torch.from_numpy(g.copy())
             opt.step()
         return step
+    from dlc.runtime.engines import reference
     master = {n: p.astype(np.float64) for n, p in params.items()}
     state = adam.init(master)
 
     def step(t, grads):
-        adam.update(master, {n: g.astype(np.float64) for n, g in grads.items()}, state, lr, t)
+        reference.update(adam, master, {n: g.astype(np.float64) for n, g in grads.items()}, state, lr, t)
         for n, p in master.items():
             params[n][...] = p
     return step

@@ -96,7 +96,7 @@ def timing_worker(model: str, steps: int):
     from dlc.runtime.engines.cores import machine_busy_s
     from dlc.runtime.engines.native import NativeEngine
     from dlc.runtime.training.config import make_config
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
     world = distributed.world()
     prog = load(model)

@@ -45,7 +45,7 @@ def child(k: int | None, batch: int, seq: int, seconds: float):
     from dlc.compiler.ir.dims import subs
     from dlc.runtime.engines import budget
     from dlc.runtime.engines.native import NativeEngine
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.compiler.frontend.settings import Call
     program = load_text(source(k), "char_lstm.dl")
     train, evaluation = program.build(None, training=True), program.build(None, training=False)

@@ -338,7 +338,7 @@ class DlcRunner:
                  sizes: dict | None = None, precision: str = "f32", label: str = "dlc", program=None):
         """`program`: the dlc program to train (a loader Program) instead of the workload's."""
         from dlc.compiler.frontend.settings import Call
-        from dlc.runtime.engines.optim import make_optimizer
+        from dlc.runtime.optim.optimizers import make_optimizer
         t0 = time.perf_counter()
         prog = program or load_workload(name, sizes)
         self.train, self.ev = prog.build(training=True), prog.build(training=False)

@@ -363,7 +363,7 @@ def compare_engines(text: str, sizes: dict = MODEL_SIZES, lr: float = 0.1):
     from dlc.runtime.engines.reference import ReferenceEngine
     from dlc.runtime.training.gradcheck import init_params, sample_inputs
     from dlc.runtime.engines.native import NativeEngine
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     program = load_text(text, "model.dl")
     train, evaluation = program.build(training=True), program.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]

@@ -1,6 +1,6 @@
 """The optimizer update as a graph over flat arrays.
 
-An optimizer's rule (runtime/engines/optim.py) builds, with compiler/ir/ops.py, the new parameter
+An optimizer's rule (runtime/optim/optimizers.py) builds, with compiler/ir/ops.py, the new parameter
 and state from an `Update`: the flat float32 parameter and gradient of every trained
 parameter, its state arrays, and the per-step scalars. The scalars arrive in double, as
 torch.optim computes them in Python floats, and are rounded to float where the rule uses

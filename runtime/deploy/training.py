@@ -2,8 +2,8 @@
 engine runs it (runtime/engines/native.py: the train step graph lowered, its driver ending
 with the optimizer's update over the flat arrays), and the C of what the trainer computes
 in Python floats at each step: the learning rate of the schedule and the optimizer's
-per-step scalars, printed from the formulas the engines evaluate (runtime/engines/optim.py,
-runtime/engines/formula.py), so the same bits.
+per-step scalars, printed from the formulas the engines evaluate (runtime/optim/optimizers.py,
+schedules.py and formula.py), so the same bits.
 """
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import json
 
 from dlc.compiler.errors import DlcError
 from dlc.runtime.deploy.library import ModelIO, Training
-from dlc.runtime.engines.formula import c_statements
-from dlc.runtime.engines.optim import Optimizer, make_optimizer, make_schedule
+from dlc.runtime.optim.formula import c_statements
+from dlc.runtime.optim.optimizer import Optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
+from dlc.runtime.optim.schedules import make_schedule
 
 
 def step_scalars(optimizer: Optimizer, names: list) -> str:

@@ -35,8 +35,8 @@ from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.distributed import optimizer_shards
 from dlc.runtime.engines.reference import _scalars, predict_graph
 from dlc.runtime.engines.interpreter import bind_sizes
-from dlc.runtime.engines import second_order
-from dlc.runtime.engines.optim import Optimizer
+from dlc.runtime.optim import second_order
+from dlc.runtime.optim.optimizer import Optimizer
 from dlc.runtime.engines.tiers import TieredDriver
 
 # the random key of evaluation and prediction: always zeros (read only, as every input)

@@ -12,7 +12,7 @@ float32 values, and a step updates the first two in place. The native engine als
 members of its own (`train_exe`, `train_memory`, the flat arrays `grads`, `offsets` and
 `state`), which benchmarks and tests read of a native engine only. The two engines of one
 process also have `hvp` (Hessian-vector products of a batch's loss), which Newton's method
-calls (runtime/engines/second_order.py); a data-parallel run refuses that optimizer.
+calls (runtime/optim/second_order.py); a data-parallel run refuses that optimizer.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from typing import Callable, Protocol, runtime_checkable
 import numpy as np
 
 from dlc.runtime.engines.distributed import World
-from dlc.runtime.engines.optim import Optimizer
+from dlc.runtime.optim.optimizer import Optimizer
 
 
 @runtime_checkable

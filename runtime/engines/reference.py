@@ -1,20 +1,24 @@
 """The reference engine: it runs the graphs with the numpy interpreter, the optimizer's
-update graph too (runtime/engines/optim.py). The native engine (runtime/engines/native.py)
-has the same members (runtime/engines/protocol.py `Engine`) and runs each step in one
-native call. This module also holds what both engines share: the prediction graph and the
-scalars a step reports. runtime/engines/backends.py picks the engine for a run."""
+update graph too (`update`: an optimizer of runtime/optim/ builds it). The native engine
+(runtime/engines/native.py) has the same members (runtime/engines/protocol.py `Engine`) and
+runs each step in one native call. This module also holds what both engines share: the
+prediction graph and the scalars a step reports. runtime/engines/backends.py picks the engine
+for a run."""
 from __future__ import annotations
 
 import numpy as np
 
+from dlc.compiler.frontend.settings import Call
 from dlc.compiler.ir.dims import symbols
 from dlc.compiler.ir.evaluate import Eval
+from dlc.compiler.ir.graph import DTYPES
+from dlc.compiler.ir.update import GROUP, NORM
 from dlc.compiler.native import bf16
 from dlc.compiler.passes.autodiff import copy_graph, hvp_graph, prune, train_step
 from dlc.compiler.frontend.model import Model
 from dlc.runtime.engines import budget, interpreter, numerics
-from dlc.runtime.engines import second_order
-from dlc.runtime.engines.optim import Optimizer
+from dlc.runtime.optim import second_order
+from dlc.runtime.optim.optimizer import Optimizer
 
 
 def predict_graph(model: Model):
@@ -63,7 +67,7 @@ class ReferenceEngine:
             return self.optimizer.step(self, params, opt_state, batch, lr, key)
         out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)
         grads = {name: out[f"grad:{name}"] for name in self.trainable}
-        norm = self.optimizer.update(params, grads, opt_state, lr, step, self.l1, self.l2, self.clip)
+        norm = update(self.optimizer, params, grads, opt_state, lr, step, self.l1, self.l2, self.clip)
         for k, v in out.items():
             if k.startswith("update:"):
                 params[k[7:]] = v
@@ -86,7 +90,7 @@ class ReferenceEngine:
             size = np.size(params[name])
             parts[name] = grads[at:at + size].reshape(np.shape(params[name]))
             at += size
-        self.optimizer.update(params, parts, opt_state, lr, step, self.l1, self.l2, self.clip)
+        update(self.optimizer, params, parts, opt_state, lr, step, self.l1, self.l2, self.clip)
 
     def hvp(self, params: dict, batch: dict, key: np.ndarray, v: np.ndarray) -> np.ndarray:
         """H v, flat over the trained parameters like v, H the Hessian of the batch's loss
@@ -120,6 +124,33 @@ class ReferenceEngine:
             return numerics.run(graph, feeds, params, replicas=self.replicas, bf16=self.bf16)
         return interpreter.run(graph, feeds, params, replicas=self.replicas, bf16=self.bf16,
                                evaluator=self.evaluator)
+
+
+def update(optimizer: Optimizer, params: dict, grads: dict, state: dict, lr: float, step: int, l1: float = 0.0,
+           l2: float = 0.0, clip: Call | None = None) -> float:
+    """One step of `optimizer` (step counts from 1), in place, for the parameters in `grads`:
+    its update graph run by the interpreter on their flat concatenation; returns the
+    gradient's global norm. In float32, or float64 when a parameter is (a check by hand)."""
+    names = list(grads)
+    if not names:
+        return 0.0
+    dtype = "f64" if any(np.asarray(params[n]).dtype == np.float64 for n in names) else "f32"
+    flat = lambda arrays: np.concatenate([np.asarray(a, DTYPES[dtype]).ravel() for a in arrays])
+    feeds = {"param": flat(params[n] for n in names), "grad": flat(grads[n] for n in names),
+             **{s: flat(state[n][s] for n in names) for s in optimizer.slots()}, **optimizer.step_scalars(lr, step)}
+    group = optimizer.group_index(names, [np.size(grads[n]) for n in names])
+    if group is not None:
+        feeds[GROUP] = group
+    graph = optimizer.graph(feeds["param"].size, l1, l2, clip, True, dtype)
+    out = interpreter.run(graph, feeds, {}, float_dtype=None)
+    at = 0
+    for n in names:
+        size = np.size(grads[n])
+        params[n][...] = out["param"][at:at + size].reshape(np.shape(params[n]))
+        for s in optimizer.slots():
+            state[n][s][...] = out[s][at:at + size].reshape(np.shape(state[n][s]))
+        at += size
+    return float(out[NORM])
 
 
 def _scalars(out: dict) -> dict:

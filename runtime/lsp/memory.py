@@ -30,7 +30,7 @@ def training_peak(model, config):
     parts, and the sizes it is located at), or a DlcError when it cannot be (no loss, a layer
     the native backend does not lower)."""
     from dlc.runtime.engines import budget
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     blocker = peak_blocker(model, config)
     if blocker is not None:
         return blocker

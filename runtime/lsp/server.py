@@ -594,7 +594,8 @@ def train_choices() -> dict:
     takes them, its doc): the optimizers, the schedules (each with the warmup options all
     take), the data sources, and for validation and test split too."""
     from dlc.runtime.data.registry import SOURCES
-    from dlc.runtime.engines.optim import OPTIMIZERS, SCHEDULES, WARMUP
+    from dlc.runtime.optim.optimizers import OPTIMIZERS
+    from dlc.runtime.optim.schedules import SCHEDULES, WARMUP
     from dlc.runtime.training.config import SPLIT
     data = {name: (fn.params, inspect.getdoc(fn)) for name, fn in SOURCES.items()}
     held_out = {"split": (SPLIT, "a fraction of the examples of `data` held out (with `tail`, its last ones, in order)")}

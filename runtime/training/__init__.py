@@ -1,1 +1,4 @@
-"""Training: the trainer, its settings, optimizers and schedules, checkpoints, progress."""
+"""Training: the loop (the trainer, its callbacks, early stopping), its settings and parameter
+groups, what a run shows, gradient checks and `dlc bench`. The optimizers and schedules it
+drives are runtime/optim/, the engines that run a step runtime/engines/, and checkpoints
+runtime/interop/."""

@@ -13,7 +13,7 @@ from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.cores import threads
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 
 
 BF16 = " (bf16 products)"

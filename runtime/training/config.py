@@ -17,7 +17,9 @@ from dlc.runtime.data.augment import augment_options
 from dlc.runtime.engines.int8 import quantize_options
 from dlc.runtime.training.early_stop import EarlyStop
 from dlc.runtime.training.groups import make_groups, param_matches, patterns_of
-from dlc.runtime.engines.optim import OPTIMIZERS, clip_limit, make_optimizer, make_schedule
+from dlc.runtime.optim.optimizers import OPTIMIZERS, make_optimizer
+from dlc.runtime.optim.options import clip_limit
+from dlc.runtime.optim.schedules import make_schedule
 from dlc.compiler.frontend.settings import REQUIRED, Call, Symbol, as_call, flag, number, setting_value, settings, show
 
 

@@ -45,7 +45,8 @@ from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.history import History, save_history
 from dlc.runtime.training.inputs import data_settings, prepare_data
 from dlc.runtime.training.interrupt import Interrupt
-from dlc.runtime.engines.optim import make_optimizer, make_schedule
+from dlc.runtime.optim.optimizers import make_optimizer
+from dlc.runtime.optim.schedules import make_schedule
 from dlc.runtime.training.progress import Step, make_display
 from dlc.runtime.training.tensorboard import EventLog
 

@@ -141,7 +141,7 @@ def test_the_peak_memory_is_within_10_percent_of_a_real_native_run(example, run_
     """The polynomial, its peak located with every dim 32, evaluated at other sizes, against what the native engine allocates to train at those sizes."""
     from dlc.runtime.engines import budget
     from dlc.runtime.engines.native import NativeEngine
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.compiler.frontend.settings import Call
     program = load(EXAMPLES / f"{example}.dl") if remat is None else with_remat(example, remat)
     train, evaluation = program.build(None, training=True), program.build(None, training=False)
@@ -209,7 +209,7 @@ def test_summary_memory_gives_each_ranks_share_of_the_optimizer_state(tmp_path, 
     (the largest share) allocates; without shard_optimizer, all of it; and only with --memory."""
     from dlc.compiler.frontend.settings import Call
     from dlc.runtime.engines.native import NativeEngine
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     path = tmp_path / "mlp.dl"
     path.write_text(SHARDED)
     model = load(str(path))

@@ -21,9 +21,10 @@ from dlc.compiler.frontend.loader import load
 from dlc.compiler.frontend.settings import REQUIRED
 from dlc.compiler.ir import ops
 from dlc.runtime.deploy.build import build
-from dlc.runtime.engines import optim
-from dlc.runtime.engines.formula import maximum, select
-from dlc.runtime.engines.optim import OPTIMIZERS, Optimizer
+from dlc.runtime.optim import schedules
+from dlc.runtime.optim.formula import maximum, select
+from dlc.runtime.optim.optimizer import Optimizer
+from dlc.runtime.optim.optimizers import OPTIMIZERS
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.trainer import Trainer, initial_parameters
 
@@ -79,14 +80,17 @@ def recipe(what: str) -> str:
     return text.split(f"**{what}.**", 1)[1].split("\n\n", 1)[0]
 
 
-@pytest.mark.parametrize("what, tests", [
-    ("An optimizer", {"docs/training.md", "tests/native/test_update_rule.py", "tests/deploy/test_train_settings.py"}),
-    ("A schedule", {"docs/training.md", "tests/deploy/test_step_formulas.py", "tests/deploy/test_train_settings.py"})])
-def test_a_recipe_changes_one_file_of_code(what, tests):
-    """What a new optimizer or schedule touches: optim.py, the docs, its test cases; not the build."""
+@pytest.mark.parametrize("what, code, tests", [
+    ("An optimizer", "runtime/optim/optimizers.py",
+     {"docs/training.md", "tests/native/test_update_rule.py", "tests/deploy/test_train_settings.py"}),
+    ("A schedule", "runtime/optim/schedules.py",
+     {"docs/training.md", "tests/deploy/test_step_formulas.py", "tests/deploy/test_train_settings.py"})])
+def test_a_recipe_changes_one_file_of_code(what, code, tests):
+    """What a new optimizer or schedule touches: one module of runtime/optim/, the docs, its test
+    cases; not the build."""
     named = re.findall(r"`((?:runtime|compiler|tests|docs)/[\w/.]+)`", recipe(what))
     assert all((ROOT / path).exists() for path in named), named
-    assert named[0] == "runtime/engines/optim.py"        # "One class (function) in ..."; the others are read
+    assert named[0] == code        # "One class (function) in ..."; the others are read
     assert tests | {"tests/deploy/test_recipes.py"} <= set(named)
     assert "runtime/deploy" not in recipe(what)
 
@@ -96,8 +100,8 @@ def test_an_optimizer_and_schedule_defined_here_train_alike_on_both_engines_and_
                                                                                                 monkeypatch):
     monkeypatch.setitem(OPTIMIZERS, WarmSignum.name, WarmSignum)
     for registry in ("SCHEDULES", "_RATES"):       # the schedule registered until the test ends
-        monkeypatch.setattr(optim, registry, dict(getattr(optim, registry)))
-    optim.schedule("inverse_sqrt", min_lr=0.0)(inverse_sqrt)
+        monkeypatch.setattr(schedules, registry, dict(getattr(schedules, registry)))
+    schedules.schedule("inverse_sqrt", min_lr=0.0)(inverse_sqrt)
     rng = np.random.default_rng(5)
     np.savez(tmp_path / "sums.npz", g=rng.standard_normal((5, 40)).astype(np.float32),
              k=rng.standard_normal((5, 4, 5)).astype(np.float32))

@@ -1,7 +1,7 @@
 """The per-step numbers of a `dlc build --train` library: every schedule's learning rate and
 every first-order optimizer's scalars (with parameter groups of their own weight decay and
 learning-rate multiplier), printed as C from the formulas the engines evaluate in Python
-(runtime/engines/formula.py), compiled by the library's toolchain with its flags, equal
+(runtime/optim/formula.py), compiled by the library's toolchain with its flags, equal
 Python's bit for bit at every step; and what the formulas refuse."""
 import ctypes
 import math
@@ -12,9 +12,10 @@ import pytest
 from dlc.compiler.frontend.settings import Call
 from dlc.runtime.deploy import toolchain
 from dlc.runtime.deploy.training import schedule_lr, step_scalars
-from dlc.runtime.engines import formula
-from dlc.runtime.engines.formula import DOUBLE, INT, c_statements, loop, maximum, python_function, select, variable
-from dlc.runtime.engines.optim import OPTIMIZERS, SCHEDULES, make_optimizer, make_schedule
+from dlc.runtime.optim import formula
+from dlc.runtime.optim.formula import DOUBLE, INT, c_statements, loop, maximum, python_function, select, variable
+from dlc.runtime.optim.optimizers import OPTIMIZERS, make_optimizer
+from dlc.runtime.optim.schedules import SCHEDULES, make_schedule
 from dlc.runtime.training.groups import Group
 
 needs_cc = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")

@@ -19,7 +19,8 @@ import pytest
 from helpers.c_api import Api, train_steps, trainer_batches
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.deploy.build import build
-from dlc.runtime.engines.optim import OPTIMIZERS, SCHEDULES
+from dlc.runtime.optim.optimizers import OPTIMIZERS
+from dlc.runtime.optim.schedules import SCHEDULES
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.trainer import initial_parameters
 

@@ -37,7 +37,7 @@ import pytest
 from dlc.runtime.cli import main
 from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.ir import graph as G
-from dlc.runtime.engines.optim import make_schedule
+from dlc.runtime.optim.schedules import make_schedule
 
 HEADER = re.compile(r"^(?P<file>.+?):(?P<line>\d+):(?P<col>\d+): error: (?P<msg>.*)$")
 

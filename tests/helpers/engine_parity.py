@@ -2,7 +2,7 @@
 import numpy as np
 
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 

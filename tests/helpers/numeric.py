@@ -32,7 +32,7 @@ def engine_gradients(source: str, backend: str, params: dict, feeds: dict) -> tu
     """The engine `backend` built for `source` (`native` must compile it, never fall back)
     and one batch's scalars and flat float32 gradients (SGD, split: the gradients alone)."""
     from dlc.runtime.engines.backends import make_engine
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.compiler.frontend.settings import Call
     train, evaluation = build(source, training=True), build(source, training=False)
     optimizer = make_optimizer(Call("sgd", [], {"lr": 0.1}))

@@ -18,7 +18,7 @@ import sys, numpy as np
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
 out, names = sys.argv[1], sys.argv[2:]
 saved = {}

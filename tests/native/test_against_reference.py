@@ -15,7 +15,7 @@ from dlc.compiler.frontend.settings import Call
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 
 from helpers.engine_parity import assert_same_training, five_steps
 

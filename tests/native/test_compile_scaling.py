@@ -22,7 +22,7 @@ from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
 
 

@@ -20,7 +20,7 @@ from dlc.compiler.passes.autodiff import train_step
 from dlc.compiler.passes.optimize import optimize
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.native import Executable
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.training.gradcheck import init_params
 from helpers.native_cases import run_native, step_graph
@@ -122,7 +122,7 @@ import os, sys, numpy as np
 from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.frontend.settings import Call
 from dlc.runtime.engines.backends import make_engine
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.runtime.training.gradcheck import init_params
 prog = load_text(sys.argv[2], "convs.dl")
 train, ev = prog.build(training=True), prog.build(training=False)

@@ -18,7 +18,7 @@ from dlc.compiler.frontend.settings import Call
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 from dlc.runtime.engines.native import Executable, NativeEngine
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 SIZES = {"B": 4, "T": 5, "S": 6}

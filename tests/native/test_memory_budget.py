@@ -16,7 +16,7 @@ from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.api import DlcModel
 from dlc.runtime.engines import budget
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
 
 

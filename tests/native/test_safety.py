@@ -18,7 +18,7 @@ import pytest
 from dlc.compiler.errors import DlcError
 from dlc.runtime.training import gradcheck as gc
 from dlc.runtime.api import DlcModel
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
 
 ENGINES = ["native", "reference"]

@@ -17,7 +17,7 @@ from dlc.compiler.frontend.settings import Call
 from dlc.compiler.native.codegen import jit
 from dlc.runtime.engines import cache, tiers
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.runtime.training.gradcheck import init_params, sample_inputs
 
 from helpers.engine_parity import five_steps
@@ -152,7 +152,7 @@ def test_a_run_that_ends_during_the_o3_compile_ends_at_once_and_leaves_no_compil
         from dlc.compiler.frontend.settings import Call
         from dlc.runtime.engines import tiers
         from dlc.runtime.engines.native import NativeEngine
-        from dlc.runtime.engines.optim import make_optimizer
+        from dlc.runtime.optim.optimizers import make_optimizer
         from dlc.runtime.training.gradcheck import init_params, sample_inputs
         tiers.O3_SECONDS_PER_BYTE = tiers.HOT = 0.0
         program = load_text({OWN_MODEL!r})

@@ -1,6 +1,6 @@
 """The optimizer update on the same gradients, step after step: the native engine's
 compiled update graph (compiler/native/update.py) keeps exactly the parameters and state
-of the reference (the same graph, runtime/engines/optim.py, run by the interpreter), and those
+of the reference (the same graph, runtime/optim/optimizers.py, run by the interpreter), and those
 are exactly torch.optim's once the interpreter takes torch's float32 sqrt, which is not
 correctly rounded (up to 0.55 ulp; 0.7% of results are 1 ulp from IEEE sqrt): the same
 operations, in the same order, rounded alike. An optimizer torch.optim lacks (Lion) is held
@@ -15,7 +15,8 @@ from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.frontend.settings import Call
 from dlc.runtime.engines.native import NativeEngine
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.engines.reference import update
+from dlc.runtime.optim.optimizers import make_optimizer
 
 N, STEPS = 1037, 6
 W0 = np.random.default_rng(3).standard_normal(N).astype(np.float32)
@@ -79,7 +80,7 @@ def reference_steps(name, opts):
     params = {"w": W0.copy()}
     state = opt.init(params)
     for t, g in enumerate(gradients(), 1):
-        opt.update(params, {"w": g.copy()}, state, opts["lr"], t)
+        update(opt, params, {"w": g.copy()}, state, opts["lr"], t)
         yield params["w"].copy(), {k: v.copy() for k, v in state["w"].items()}
 
 
@@ -105,7 +106,7 @@ def assert_same_steps(ours, theirs, what):
 @pytest.mark.parametrize("name, opts", [c[:2] for c in CASES] + NOT_IN_TORCH,
                          ids=IDS + [f"{c[0]}-{i}" for i, c in enumerate(NOT_IN_TORCH, len(CASES))])
 def test_native_update_is_the_reference_rule(name, opts):
-    assert_same_steps(native_steps(name, opts), reference_steps(name, opts), "native vs runtime/engines/optim.py")
+    assert_same_steps(native_steps(name, opts), reference_steps(name, opts), "native vs runtime/optim/optimizers.py")
 
 
 @pytest.mark.parametrize("name, opts, cls, torch_opts", CASES, ids=IDS)
@@ -116,4 +117,4 @@ def test_reference_update_is_torch_rule(name, opts, cls, torch_opts, monkeypatch
                         lambda ctx, xs: [torch.from_numpy(np.array(xs[0])).sqrt().numpy()])
     slots = make_optimizer(Call(name, [], opts)).slots()
     assert_same_steps(reference_steps(name, opts), torch_steps(torch, cls, torch_opts, opts["lr"], slots),
-                      "runtime/engines/optim.py (torch's sqrt) vs torch.optim")
+                      "runtime/optim/optimizers.py (torch's sqrt) vs torch.optim")

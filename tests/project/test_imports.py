@@ -122,6 +122,8 @@ LAYERS = (
     ("dlc.compiler.onnx",),
     ("dlc.compiler.graph_page",),
     ("dlc.runtime.terminal",),
+    # optimizers, schedules and their formulas: what the engines run
+    ("dlc.runtime.optim",),
     ("dlc.runtime.engines",),
     ("dlc.runtime.data",),
     # weights files in and out (dlc's checkpoints, safetensors, torch layouts): a run reads

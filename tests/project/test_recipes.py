@@ -4,12 +4,21 @@ map, and nothing else: the project's checks of layers, LLVM's floor and packagin
 it as it is, its lowering rule is found, and only the module map asks for a line. A new way
 to compute a convolution is a package in kernels/ and a line of its choice list
 (compiler/native/choose/conv.py), and nothing else: the model it takes computes by it, as
-the reference engine does, and every check passes."""
+the reference engine does, and every check passes. A new optimizer is a class and its name in
+runtime/optim/optimizers.py, a row of docs/training.md and the test cases the recipe names,
+and nothing else: the checks it names refuse it until the row and the cases are there, and
+then it trains on both engines and in a built library as numpy computes its rule."""
 import os
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dlc.runtime.interop import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 COPIED = ("__init__.py", "__main__.py", "setup.py", "pyproject.toml", "README.md", "compiler", "runtime", "grammar",
@@ -102,11 +111,12 @@ print(float(np.abs(got - want).max()), "+".join(sorted({type(k).__name__ for k i
 '''
 
 
-def copy_tree(to: Path) -> Path:
-    """The package's tree and the project's checks, in a folder named dlc (importable as it)."""
+def copy_tree(to: Path, also: tuple = ()) -> Path:
+    """The package's tree and the project's checks (and the test files `also`), in a folder
+    named dlc (importable as it)."""
     tree = to / "dlc"
     ignore = shutil.ignore_patterns("__pycache__", "node_modules", ".*")
-    for name in COPIED:
+    for name in COPIED + also:
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copyfile)(ROOT / name, tree / name, **(
             {"ignore": ignore} if (ROOT / name).is_dir() else {}))
@@ -163,3 +173,125 @@ def test_a_new_way_to_compute_a_convolution_is_its_package_and_a_line_of_the_cho
     assert name == "recipe" and "ReduceKernel" in kinds.split("+") and float(error) < 1e-5, after.stdout + after.stderr
     checks = run(tree, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *CHECKS)
     assert checks.returncode == 0, checks.stdout[-3000:]
+
+
+# a newcomer's optimizer: signSGD with the weight decay every optimizer takes from `Optimizer`
+SIGN_SGD = '''class SignSGD(Optimizer):
+    """signSGD (Bernstein et al. 2018): the step is lr times the sign of the gradient."""
+    name = "sign_sgd"
+    options = {"lr": REQUIRED, "weight_decay": 0.0}
+
+    def rule(self, u):
+        return ops.fma(ops.unary("sign", u.grad), -u.scalar("lr"), u.param), {}
+
+
+'''
+SIGN_SGD_ROW = "| `sign_sgd` | `lr`, `weight_decay = 0`: the step is `lr` times the sign of the gradient (signSGD) |\n"
+SIGN_SGD_CASE = '    "sign_sgd-constant": "optimizer = sign_sgd(lr = 0.01, weight_decay = 0.01)",\n'
+SIGN_SGD_UPDATE = '("sign_sgd", {"lr": 1e-3}), ("sign_sgd", {"lr": 1e-3, "weight_decay": 0.1}), '
+OPTIMIZER_CHECKS = ["tests/project/test_registries.py", "tests/deploy/test_train_settings.py",
+                    "tests/native/test_update_rule.py", "-k",
+                    "test_registries or test_the_cases_take_every_optimizer_and_schedule or sign_sgd"]
+# the tiny model the optimizer trains: its loss's gradient is the batch's g itself (one row a batch)
+LR, WEIGHT_DECAY, SEED = 0.25, 0.5, 2
+SUMS = f"""
+model sums {{
+    input g: f32[B, 40]
+    param w: f32[40]
+    loss sum(w * g)
+    output y = g * w
+}}
+train sums {{
+    data = npz("sums.npz")
+    batch = 1
+    epochs = 2
+    optimizer = sign_sgd(lr = {LR}, weight_decay = {WEIGHT_DECAY})
+}}
+"""
+# run in the copy: the model trained by `dlc train` on each engine and by a built library,
+# from the same initial parameters and on the batches the trainer feeds, in that order
+TRAIN = f"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, "tests")
+from helpers.c_api import Api, train_steps, trainer_batches
+from dlc.compiler.frontend.loader import load
+from dlc.runtime.deploy.build import build
+from dlc.runtime.interop import checkpoint
+from dlc.runtime.training.trainer import Trainer, initial_parameters
+
+out = Path(sys.argv[1])
+dl = out / "sums.dl"
+fed = trainer_batches(dl, {{"seed": {SEED}}}, out / "native")
+Trainer(load(dl), None, {{"seed": {SEED}}}, out / "reference", backend="reference", progress="none").run(overwrite=True)
+build(str(dl), out / "lib", train=True, overrides={{"seed": {SEED}}})
+checkpoint.save(out / "init.npz", initial_parameters(load(dl).build(None, training=True), {SEED}), {{}}, {{}})
+api = Api(out / "lib", "sums")
+status, instance = api.create(out / "init.npz")
+assert status == 0, api.error(instance)
+train_steps(api, instance, fed)
+assert api.f("save")(instance, str(out / "library.npz").encode()) == 0, api.error(instance)
+np.save(out / "fed.npy", np.stack([batch["g"] for batch in fed]))
+"""
+
+
+def insert(path: Path, before: str, text: str):
+    """`text` written into the file at `path` just before `before`, found there once."""
+    content = path.read_text(encoding="utf-8")
+    assert content.count(before) == 1, (path, before)
+    path.write_text(content.replace(before, text + before), encoding="utf-8")
+
+
+def failed_checks(tree: Path) -> tuple:
+    """(the checks that failed, pytest's output) of the optimizer's checks in the copy."""
+    checks = run(tree, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", "-rA", *OPTIMIZER_CHECKS)
+    return sorted(line.split()[1] for line in checks.stdout.splitlines() if line.startswith("FAILED")), checks
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
+def test_a_new_optimizer_is_a_class_a_row_and_its_test_cases(tmp_path):
+    tree = copy_tree(tmp_path, ("tests/deploy/test_train_settings.py", "tests/native/test_update_rule.py"))
+    recipe = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").split("**An optimizer.**", 1)[1]
+    named = set(re.findall(r"`((?:runtime|compiler|tests|docs)/[\w/.]+)`", recipe.split("\n\n", 1)[0]))
+    written = {"runtime/optim/optimizers.py", "docs/training.md", "tests/deploy/test_train_settings.py",
+               "tests/native/test_update_rule.py"}
+    assert written <= named, written - named
+
+    # the class, and its name in OPTIMIZERS: the checks ask for its row and its cases
+    optimizers = tree / "runtime" / "optim" / "optimizers.py"
+    insert(optimizers, "OPTIMIZERS = {", SIGN_SGD)
+    insert(optimizers, "LBFGS, Newton)}", "SignSGD, ")
+    failed, checks = failed_checks(tree)
+    assert failed == ["tests/deploy/test_train_settings.py::test_the_cases_take_every_optimizer_and_schedule",
+                      "tests/project/test_registries.py::test_every_optimizer_is_documented_with_its_options[sign_sgd]"], \
+        checks.stdout[-3000:]
+    # its row and its cases: every check passes, its cases among them
+    insert(tree / "docs" / "training.md", "\n`lr` must be positive", SIGN_SGD_ROW)
+    insert(tree / "tests" / "deploy" / "test_train_settings.py", "}\n\n\ndef test_the_cases_take", SIGN_SGD_CASE)
+    insert(tree / "tests" / "native" / "test_update_rule.py", '("lion", {"lr": 1e-3}), ("lion"', SIGN_SGD_UPDATE)
+    failed, checks = failed_checks(tree)
+    assert checks.returncode == 0, checks.stdout[-3000:]
+    passed = [line.split()[1] for line in checks.stdout.splitlines() if line.startswith("PASSED")]
+    assert len([p for p in passed if "test_native_update_is_the_reference_rule[sign_sgd" in p]) == 2, passed
+    assert "tests/deploy/test_train_settings.py::test_a_library_trains_as_dlc_train[sign_sgd-constant]" in passed
+
+    # trained by `dlc train` on both engines and by a built library: each step w - lr sign(g + wd w)
+    rng = np.random.default_rng(5)
+    np.savez(tmp_path / "sums.npz", g=rng.standard_normal((5, 40)).astype(np.float32))
+    (tmp_path / "sums.dl").write_text(SUMS)
+    trained = run(tree, "-c", TRAIN, str(tmp_path))
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    fed = np.load(tmp_path / "fed.npy")
+    assert fed.shape == (10, 1, 40)
+    w = plain = checkpoint.load(tmp_path / "init.npz")[0]["w"]
+    for g in fed[:, 0]:
+        w = w - np.float32(LR) * np.sign(w.astype(np.float64) * WEIGHT_DECAY + g).astype(np.float32)
+        plain = plain - np.float32(LR) * np.sign(g)
+    assert w.dtype == np.float32 and not np.array_equal(w, plain)      # the weight decay changed signs
+    for who, path in [("native", "native/last.npz"), ("reference", "reference/last.npz"), ("library", "library.npz")]:
+        params, _, meta = checkpoint.load(tmp_path / path)
+        assert meta["step"] == 10, who
+        np.testing.assert_array_equal(params["w"], w, err_msg=who)

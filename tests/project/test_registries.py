@@ -9,8 +9,9 @@ import pytest
 
 from dlc.runtime.data import files, images, registry, synthetic, tables, text
 from dlc.runtime.data.dataset import Dataset
-from dlc.runtime.engines import optim
-from dlc.runtime.engines.optim import OPTIMIZERS, Optimizer
+from dlc.runtime import optim
+from dlc.runtime.optim.optimizer import Optimizer
+from dlc.runtime.optim.optimizers import OPTIMIZERS
 
 TRAINING_MD = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
 
@@ -26,7 +27,7 @@ def doc_row(name: str) -> str | None:
 
 
 def test_every_optimizer_class_is_registered_under_its_name():
-    classes = {c for c in subclasses(Optimizer) if c.__module__ == optim.__name__}
+    classes = {c for c in subclasses(Optimizer) if c.__module__.startswith(optim.__name__ + ".")}
     assert classes == set(OPTIMIZERS.values())
     assert all(OPTIMIZERS[c.name] is c for c in classes)
 

@@ -17,7 +17,7 @@ from dlc.runtime.engines.native import NONFINITE_COUNT, NativeEngine
 from dlc.runtime.engines.numerics import NonFinite
 from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.gradcheck import init_params
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
 
 from helpers.cli import failure

@@ -175,7 +175,7 @@ def test_replica_mean_calls_the_engines_replicas(backend):
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.backends import make_engine
     from dlc.compiler.frontend.settings import Call
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
     prog = load_text(SYNC_CNN, "cnn.dl")
     train, ev = prog.build(training=True, replicas=2), prog.build(training=False)
@@ -374,7 +374,7 @@ def test_the_split_step_is_the_single_call(backend):
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.backends import make_engine
     from dlc.compiler.frontend.settings import Call
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
     prog = load_text(BATCHNORM, "bn.dl")
     train, ev = prog.build(training=True), prog.build(training=False)
@@ -427,7 +427,7 @@ def test_each_bucket_is_handed_over_final_and_the_update_waits_for_finish(text):
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.native import NativeEngine
     from dlc.compiler.frontend.settings import Call
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
     prog = load_text(text, "m.dl")
     train, ev = prog.build(training=True), prog.build(training=False)
@@ -499,7 +499,7 @@ def test_each_shard_updates_its_range_only_as_the_whole_update_does(optimizer):
     two steps give the unsharded update's parameters bit for bit."""
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.native import NativeEngine
-    from dlc.runtime.engines.optim import make_optimizer
+    from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.config import make_config
     from dlc.runtime.training.trainer import initial_parameters
     # 1746 parameters: the second and third of 3 ranks' shares (592 and 578) start after whole parameters

@@ -18,7 +18,7 @@ from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.training.config import batch_statistics
 from dlc.runtime.training.gradcheck import init_params
 from dlc.runtime.training.interrupt import Interrupt
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
 from dlc.runtime.training.trainer import initial_parameters
 

@@ -20,7 +20,9 @@ from dlc.runtime.engines.reference import ReferenceEngine
 from dlc.runtime.api import DlcModel
 from dlc.runtime.training import trainer as trainer_module
 from dlc.runtime.training.trainer import Trainer, batch_bounds
-from dlc.runtime.engines.optim import clip_limit, make_optimizer, make_schedule
+from dlc.runtime.optim.optimizers import make_optimizer
+from dlc.runtime.optim.options import clip_limit
+from dlc.runtime.optim.schedules import make_schedule
 from dlc.runtime.engines import interpreter
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.passes.autodiff import train_step

@@ -7,7 +7,9 @@ import pytest
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.settings import Call
-from dlc.runtime.engines.optim import make_optimizer, make_schedule
+from dlc.runtime.engines.reference import update
+from dlc.runtime.optim.optimizers import make_optimizer
+from dlc.runtime.optim.schedules import make_schedule
 
 C = np.array([1.0, 3.0])
 W0 = np.array([1.0, -2.0])
@@ -18,7 +20,7 @@ def run(name, steps=3, **kw):
     p = {"w": W0.copy()}
     state = opt.init(p)
     for t in range(1, steps + 1):
-        opt.update(p, {"w": p["w"] * C}, state, opt.lr, t)
+        update(opt, p, {"w": p["w"] * C}, state, opt.lr, t)
     return p["w"]
 
 
@@ -124,7 +126,7 @@ def clipped(grads: dict, spec: Call) -> tuple:
     """(the global norm, the gradients as clipped): one sgd(lr = 1) step from zero."""
     params = {k: np.zeros_like(g, np.float32) for k, g in grads.items()}
     opt = make_optimizer(Call("sgd", [], {"lr": 1.0}))
-    norm = opt.update(params, grads, opt.init(params), 1.0, 1, clip=spec)
+    norm = update(opt, params, grads, opt.init(params), 1.0, 1, clip=spec)
     return norm, {k: -p for k, p in params.items()}
 
 

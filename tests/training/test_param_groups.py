@@ -12,7 +12,8 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.engines.native import NativeEngine
 from dlc.runtime.training.groups import make_groups
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.engines.reference import update
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
 
 STEPS = 20
@@ -62,7 +63,7 @@ def dlc_steps(engine_name, groups, opts, lrs, **native):
         if engine_name == "native" else None
     for t, (g, lr) in enumerate(zip(gradients(), lrs), 1):
         if engine is None:
-            opt.update(params, {k: g[k].copy() for k in SHAPES}, state, lr, t)
+            update(opt, params, {k: g[k].copy() for k in SHAPES}, state, lr, t)
         else:
             engine.train_step(params, state, {f"d{k}": g[k] for k in SHAPES}, lr, t, np.array([0, t], np.int32))
     return params

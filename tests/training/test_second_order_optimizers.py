@@ -1,5 +1,5 @@
-"""The second-order optimizers (runtime/engines/optim.py `LBFGS`, `Newton`;
-runtime/engines/second_order.py): L-BFGS visits torch.optim.LBFGS's iterates, in float64 by
+"""The second-order optimizers (runtime/optim/second_order.py `LBFGS`, `Newton`, and their
+algorithms): L-BFGS visits torch.optim.LBFGS's iterates, in float64 by
 the algorithm alone and in float32 on both engines; a trial step whose loss is not finite
 is shrunk where torch's run ends in NaN; Newton's method solves the logistic regression of
 examples/logistic_newton.dl in at most 10 steps on both engines."""
@@ -15,8 +15,8 @@ from dlc.compiler.passes.autodiff import train_step
 from dlc.runtime.api import load
 from dlc.runtime.engines import interpreter
 from dlc.runtime.engines.backends import make_engine
-from dlc.runtime.engines import second_order
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim import second_order
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.compiler.frontend.settings import Call
 
 from helpers.numeric import build

@@ -13,7 +13,7 @@ from dlc.compiler.frontend.loader import load
 from dlc.runtime.data.registry import load as load_data
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.callbacks import Callback, StopTraining
-from dlc.runtime.engines.optim import make_schedule
+from dlc.runtime.optim.schedules import make_schedule
 from dlc.runtime.training.inputs import prepare_data
 from dlc.runtime.training.trainer import Trainer, windows_drawn
 

@@ -11,7 +11,7 @@ from dlc.runtime.engines import budget
 from dlc.runtime.engines.distributed import optimizer_shards
 from dlc.runtime.training.config import flags
 from dlc.runtime.training.summarize import summary_settings, summary_text
-from dlc.runtime.engines.optim import make_optimizer
+from dlc.runtime.optim.optimizers import make_optimizer
 from dlc.runtime.cli.arguments import model_arguments, positive
 from dlc.runtime.cli.shared import dim_sizes, native_graph
 

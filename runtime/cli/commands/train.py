@@ -8,6 +8,7 @@ from dlc.compiler.errors import plural
 from dlc.compiler.frontend.loader import load
 from dlc.runtime.terminal import terminal_width
 from dlc.runtime.training.progress import row_values, wrap_items
+from dlc.runtime.optim.optimizers import OPTIMIZERS
 from dlc.runtime.training.config import flags
 from dlc.runtime.training.trainer import Trainer
 from dlc.runtime.cli.arguments import checkpoint_path, model_arguments, positive, seed_number, whole
@@ -23,8 +24,8 @@ def arguments(p):
                                                     "more is refused before anything is allocated")
     p.add_argument("--lr", type=float, metavar="X", help="learning rate")
     p.add_argument("--optimizer", metavar="SPEC",
-                   help='replaces the train block\'s: a name (sgd, momentum, nesterov, rmsprop, adam, adamw, adagrad, '
-                        'lion) with its defaults, or a spec, e.g. "sgd(lr = 0.1, momentum = 0.9)"')
+                   help=f"replaces the train block's: a name ({', '.join(OPTIMIZERS)}) with its defaults, or a "
+                        'spec, e.g. "sgd(lr = 0.1, momentum = 0.9)"')
     p.add_argument("--seed", type=seed_number, metavar="N",
                    help="seed of everything random: initialization, shuffling, dropout, augmentation")
     p.add_argument("--data", metavar="SPEC",

@@ -1,4 +1,4 @@
-"""The algorithms of the second-order optimizers (runtime/engines/optim.py `LBFGS`, `Newton`).
+"""The second-order optimizers, `LBFGS` and `Newton`, and their algorithms.
 
 A first-order optimizer's update is a graph compiled into the train step; a step of these
 is a loop in Python around the loss of one batch as a function of the flat trained
@@ -20,8 +20,45 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dlc.compiler.frontend.settings import Call
+from dlc.runtime.optim.optimizer import Optimizer
+
 MAX_HALVINGS = 30       # a trial step shrinks at most 2^30-fold before the step is abandoned (t = 0)
 CURVATURE_FLOOR = 1e-10     # a pair (s, y) with y.s at or below it would make the inverse Hessian indefinite
+
+
+class LBFGS(Optimizer):
+    """torch.optim.LBFGS (its `history_size` is `history`, `line_search_fn` `line_search`), with
+    trial steps whose loss or gradient is not finite halved instead of taken. Its memory
+    lives in the optimizer, not in checkpoints: a resumed run starts it afresh."""
+    name = "lbfgs"
+    options = {"lr": 1.0, "history": 10, "max_iter": 20, "line_search": "strong_wolfe", "tolerance_grad": 1e-7,
+               "tolerance_change": 1e-9}
+    full_batch = True
+
+    def __init__(self, call: Call):
+        super().__init__(call)
+        self.memory = LbfgsMemory()
+
+    def step(self, engine, params: dict, opt_state: dict, batch: dict, lr: float, key) -> dict:
+        """Up to `max_iter` iterations on `batch`, in place; the loss and metrics before them."""
+        objective = Objective(engine, params, opt_state, batch, key)
+        lbfgs(objective, self.memory, **(self.hyper | {"lr": lr}))
+        return objective.first
+
+
+class Newton(Optimizer):
+    """Newton's method: (H + damping I) p = -g by `cg_steps` of conjugate gradients on
+    Hessian-vector products, then x + lr p."""
+    name = "newton"
+    options = {"lr": 1.0, "damping": 1e-3, "cg_steps": 20}
+    full_batch = True
+
+    def step(self, engine, params: dict, opt_state: dict, batch: dict, lr: float, key) -> dict:
+        """One Newton step on `batch`, in place; the loss and metrics before it."""
+        objective = Objective(engine, params, opt_state, batch, key)
+        newton(objective, **(self.hyper | {"lr": lr}))
+        return objective.first
 
 
 class Objective:
