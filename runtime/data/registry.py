@@ -20,6 +20,7 @@ error points at it. The sources, each in the module of its kind:
     files.py       npz, csv, idx
     text.py        text, sentences
     images.py      digits, mnist, fashion_mnist, cifar10, cifar100
+    photos.py      images (photos in class folders, streamed)
     synthetic.py   xor, spirals, blobs, sine, copy, reverse, sort
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ import os
 import pathlib
 
 from dlc.compiler.errors import DlcError, Span, did_you_mean
-from dlc.runtime.data import files, images, synthetic, text
+from dlc.runtime.data import files, images, photos, synthetic, text
 from dlc.runtime.data.dataset import Dataset
 from dlc.compiler.frontend.settings import Call, Symbol, show
 
@@ -36,6 +37,7 @@ SOURCES: dict = {source.__name__: source for source in (
     files.npz, files.csv, files.idx,
     text.text, text.sentences, text.skipgram,
     images.digits, images.mnist, images.fashion_mnist, images.cifar10, images.cifar100,
+    photos.images,
     synthetic.xor, synthetic.spirals, synthetic.blobs, synthetic.sine, synthetic.copy, synthetic.reverse,
     synthetic.sort)}
 

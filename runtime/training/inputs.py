@@ -16,6 +16,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
+from dlc.runtime.data.streamed import Streamed
 from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_args
 from dlc.runtime.training.gradcheck import ignored_values, index_bound
 from dlc.compiler.frontend.settings import Call, Symbol, from_json, show, to_json, to_text
@@ -111,6 +112,11 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     typ = inp.type
     want = typ.shape[1:]
     have = arr.shape[1:]
+    if isinstance(arr, Streamed):       # decoded when read, as the input's examples (photos: its channels)
+        fitted = arr.shaped(want) if all(isinstance(w, int) for w in want) and typ.is_float else None
+        if fitted is None:
+            raise DlcError(_misfit(inp, arr.shape), inp.span)
+        return fitted
     if len(want) != len(have) or any(isinstance(w, int) and w != h for w, h in zip(want, have)):
         flat = min(len(want), len(have)) <= 1
         if flat and all(isinstance(w, int) for w in want) and int(np.prod(have)) == int(np.prod(want)):
