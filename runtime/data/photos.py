@@ -166,6 +166,48 @@ def listing_examples(listing: pathlib.Path) -> tuple[list, np.ndarray, list]:
     return files, np.array([index[str(v)] for v in labels], np.int32), names
 
 
+# ---- photos to predict on --------------------------------------------------------------------------------------
+def photo_paths(data) -> list | None:
+    """The image files `data` names: an image file, a folder (every image below it, sorted), or
+    a list of image files; None when `data` is none of these (another kind of data)."""
+    if isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, os.PathLike)) for p in data):
+        paths = [os.fspath(p) for p in data]
+        if not all(is_image_name(os.path.basename(p)) for p in paths):
+            return None
+    elif isinstance(data, (str, os.PathLike)) and is_image_name(os.path.basename(os.fspath(data))):
+        paths = [os.fspath(data)]
+    elif isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
+        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(data, followlinks=True) for f in fs
+                       if is_image_name(f))
+        if not paths:
+            raise DlcError(f"{os.fspath(data)} holds no images ({', '.join(EXTENSIONS)})")
+        return paths
+    else:
+        return None
+    missing = next((p for p in paths if not os.path.isfile(p)), None)
+    if missing is not None:
+        raise DlcError(f"{missing}: no such image file")
+    return paths
+
+
+def photo_column(paths: list, image: dict | None) -> PhotoColumn:
+    """The evaluation transform of image files as the weights were trained (`image`: the
+    images(...) facts a checkpoint keeps: size, mean, std)."""
+    pillow()
+    if image is None:
+        raise DlcError("these weights were not trained on images(...): their checkpoint does not say the size and "
+                       "normalization of the photos, so predict on arrays instead")
+    return PhotoColumn(list(paths), np.arange(len(paths)), image["size"], 3, image.get("mean"), image.get("std"))
+
+
+def top_classes(probs: np.ndarray, names: list | None, k: int = 3) -> list:
+    """The `k` highest classes of each row of scores [N, classes] as (name, score) pairs, best
+    first (a class without a name is `class i`)."""
+    probs = probs.reshape(len(probs), -1)
+    name = (lambda i: names[i] if names is not None and i < len(names) else f"class {i}")
+    return [[(name(int(i)), float(row[i])) for i in np.argsort(-row, kind="stable")[:k]] for row in probs]
+
+
 # ---- decoding -----------------------------------------------------------------------------------------------
 @contextlib.contextmanager
 def opened(path: str):
