@@ -255,7 +255,7 @@ def loaded(img, need: tuple, mode: str):
     img = ImageOps.exif_transpose(img)
     if img.mode in SIXTEEN_BIT:
         a = np.asarray(img, np.float64) * (255 / 65535)
-        img = pillow().fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8), "L")
+        img = pillow().fromarray(np.clip(np.round(a), 0, 255).astype(np.uint8))
     elif img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     return img if img.mode == mode else img.convert(mode)
@@ -283,7 +283,7 @@ def example(path: str, size: int, mode: str, options: dict | None, rng: np.rando
             img = img.crop(center_box(img.width, img.height, size))
     if options is not None:
         img = flip_and_jitter(img, options, rng)
-    a = np.asarray(img, np.float32) * np.float32(1 / 255)
+    a = np.asarray(img, np.float32) / np.float32(255)      # as torchvision's ToTensor: divided, not scaled
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
