@@ -28,7 +28,7 @@ from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data import files
 from dlc.runtime.data.photos import photo_column, photo_paths, top_classes
 from dlc.runtime.data.prefetch import Batches
-from dlc.runtime.data.streamed import is_streamed
+from dlc.runtime.data.streamed import first_rows, is_streamed
 from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
@@ -191,6 +191,7 @@ class DlcModel:
         if not isinstance(calibrate, int) or calibrate < 1:
             raise DlcError(f"calibrate is a number of batches, at least 1, not {calibrate!r}")
         arrays, size, said = self._calibration_data(data)
+        arrays = first_rows(arrays, calibrate * (batch or size))       # photos decoded: only what calibration reads
         targets = all(i.name in arrays for i in self.eval_model.inputs)
         graph = self.eval_model.graph if targets else predict_graph(self.eval_model)
         self.quantization, self.quantized = calibrate_arrays(graph, self.params, arrays, calibrate, batch or size,

@@ -56,6 +56,12 @@ def read_rows(column, rows, epoch: int | None = None) -> np.ndarray:
     return column.read(rows, epoch) if isinstance(column, Streamed) else column[rows]
 
 
+def first_rows(columns: dict, n: int) -> dict:
+    """The first `n` examples of every column, streamed ones decoded (evaluation transform):
+    what reads a few batches in order, as int8 calibration does, takes them as arrays."""
+    return {k: read_rows(v, slice(0, n)) for k, v in columns.items()} if is_streamed(columns) else columns
+
+
 def is_streamed(columns: dict) -> bool:
     """Whether any column of `columns` is read by example."""
     return any(isinstance(v, Streamed) for v in columns.values())

@@ -11,8 +11,10 @@ cleanly on Ctrl-C (interrupt.py: after the current step, with a checkpoint) or o
 loss (naming the step, leaving the last good checkpoint). A run resumed from its
 checkpoint, whichever batch it stopped after, ends with the same parameters and history
 as an uninterrupted one: shuffling, dropout and augmentation are all derived from (seed,
-epoch, batch) or (seed, step), and the checkpoint keeps the loss and metric sums of a
-stopped epoch.
+epoch, batch) or (seed, step) (a photo's transforms from (seed, epoch, example)), and the
+checkpoint keeps the loss and metric sums of a stopped epoch. Data that is decoded as it is
+read (runtime/data/streamed.py) is read ahead of the steps by a pool of threads (prefetch.py),
+and the rows record the share of their time the steps waited for it.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.compiler.frontend.settings import to_text
 from dlc.runtime.data.augment import augment, augment_options
 from dlc.runtime.data.prefetch import Batches
-from dlc.runtime.data.streamed import Streamed, is_streamed, read_rows
+from dlc.runtime.data.streamed import Streamed, first_rows, is_streamed
 from dlc.runtime.engines import budget, distributed
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.int8 import calibrate_arrays, quantize_options
@@ -390,8 +392,7 @@ class Trainer:
         """`quantize = int8(...)`: the run's final weights quantized, calibrated on its training
         data, as the quantized checkpoint DIR/int8.npz (docs/quantization.md)."""
         options = quantize_options(self.cfg.quantize, self.cfg.span("quantize"))
-        if is_streamed(train):      # only the batches calibration reads, decoded
-            train = {k: read_rows(v, slice(0, options["count"] * self.cfg.batch)) for k, v in train.items()}
+        train = first_rows(train, options["count"] * self.cfg.batch)      # what calibration reads, decoded
         quantization, settings = calibrate_arrays(self.eval_model.graph, params, train, batch=self.cfg.batch,
                                                   data=to_text(self.cfg.data), **options)
         meta = self.checkpoint_meta() | {"quantization": quantized.describe(quantization, settings)}

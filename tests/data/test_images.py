@@ -279,6 +279,9 @@ def test_train_then_predict_on_a_photo_prints_its_class_by_name(tmp_path, capsys
     model = load_model(path, weights=out / "best.npz", backend="reference")
     probs = model.predict([root / "square" / "0.png", root / "circle" / "0.png"])["probs"]
     assert [best[0][0] for best in model.top_classes(probs)] == ["square", "circle"]
+    model.quantize(calibrate=2, batch=4)        # calibrated on the first photos of the train block's data, decoded
+    int8 = model.predict([root / "square" / "0.png", root / "circle" / "0.png"], int8=True)["probs"]
+    assert [best[0][0] for best in model.top_classes(int8)] == ["square", "circle"]
 
 
 def test_photos_augment_needs_photos(tmp_path, capsys):
