@@ -187,6 +187,12 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
             sets[name] = load_data(spec, base, name, cfg.span(name))
             empty[name] = f"the {name} data has no examples"
     sets["data"] = full
+    for name in ("test", "validation"):     # class folders of their own: ids by the same names, or wrong labels
+        names, trained = getattr(sets[name], "meta", {}).get("class_names"), full.meta.get("class_names")
+        if names is not None and trained is not None and names != trained:
+            raise DlcError(f"the {name} data's classes ({', '.join(names)}) are not the training data's "
+                           f"({', '.join(trained)}): their ids would differ, so give it the same class folders",
+                           cfg.span(name))
     split = any(is_split(spec) for spec in (cfg.test, cfg.validation))
     empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
     said: set = set()

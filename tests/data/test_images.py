@@ -4,6 +4,7 @@ every file format and mode converted to the model's channels, EXIF orientation, 
 box, the same batches on any number of threads, prediction on photos, and Pillow missing."""
 import io
 import json
+import re
 import sys
 
 import numpy as np
@@ -128,6 +129,16 @@ def test_every_format_and_mode_reads_as_the_models_channels(tmp_path):
     sixteen = Image.fromarray((np.asarray(grey, np.uint16) * 257).astype(np.uint16))
     assert sixteen.mode == "I;16"
     assert np.array_equal(read_one(_saved(tmp_path, "deep.png", sixteen), channels=1), as_grey[:1])
+
+
+def test_a_large_jpeg_is_decoded_at_the_smallest_reduced_size_that_is_enough(tmp_path):
+    path = _saved(tmp_path, "big.jpg", shape_photo("circle", np.random.default_rng(5), 400, 300).resize((400, 300)))
+    with photos.opened(str(path)) as img:
+        assert photos.loaded(img, (60, 40), "RGB").size == (100, 75)      # 1/4: 1/8 would be 50 x 38
+    with photos.opened(str(path)) as img:
+        assert photos.loaded(img, (300, 300), "RGB").size == (400, 300)   # whole
+    full = np.asarray(Image.open(path).convert("RGB").resize((8, 8), Image.Resampling.BILINEAR), np.float32) / 255
+    assert np.abs(read_one(path, 8) - full.transpose(2, 0, 1)).mean() < 0.1     # near the full decode's pixels
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -282,6 +293,23 @@ def test_train_then_predict_on_a_photo_prints_its_class_by_name(tmp_path, capsys
     model.quantize(calibrate=2, batch=4)        # calibrated on the first photos of the train block's data, decoded
     int8 = model.predict([root / "square" / "0.png", root / "circle" / "0.png"], int8=True)["probs"]
     assert [best[0][0] for best in model.top_classes(int8)] == ["square", "circle"]
+
+
+def test_a_validation_folder_of_other_classes_is_refused(tmp_path, capsys):
+    photo_folder(tmp_path / "photos", per_class=2)
+    photo_folder(tmp_path / "val", per_class=1)
+    (tmp_path / "val" / "square").rename(tmp_path / "val" / "squares")
+    path = photo_model(tmp_path, 'train photos { data = images("photos/", size = 8) '
+                                 'validation = images("val/", size = 8) }')
+    err = failure(["train", path, "--backend", "reference", "--out", str(tmp_path / "run")], capsys)
+    assert "the validation data's classes (circle, squares) are not the training data's (circle, square)" in err
+
+
+def test_data_bench_times_a_source(tmp_path, capsys):
+    photo_folder(tmp_path / "photos", per_class=3)
+    assert main(["data", "bench", f'images("{tmp_path / "photos"}", size = 8)', "--data-threads", "2"]) == 0
+    assert re.fullmatch(r"6 examples in [\d.]+ s: [\d.]+ examples/s on 2 threads: [\d.]+ examples/s a thread\n",
+                        capsys.readouterr().out)
 
 
 def test_photos_augment_needs_photos(tmp_path, capsys):
