@@ -5,7 +5,8 @@
 rows. Arrays held in memory are indexed as they always were, in the loop that takes them, with
 no thread. When a column is streamed, each batch's rows are split among `threads` threads
 (Pillow and numpy release the GIL while they decode and resize), and up to `ahead` batches
-after the one being taken are read at once: memory holds at most ahead + 1 decoded batches.
+after the one being taken are read at once: with the batch the taker still holds while it
+asks for the next, memory holds at most ahead + 2 decoded batches.
 An example's value does not depend on which thread read it, so the batches are the same bits
 on any number of threads."""
 from __future__ import annotations

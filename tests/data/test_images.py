@@ -175,6 +175,15 @@ def test_damaged_files_are_errors_naming_them_or_skipped_when_asked(tmp_path):
     assert read_rows(kept.columns["x"], slice(0, 6)).shape == (6, 3, 8, 8)
 
 
+
+def test_a_run_that_skips_bad_files_counts_them_in_its_summary(tmp_path, capsys):
+    _hostile(tmp_path)
+    path = photo_model(tmp_path, 'train photos { data = images("photos/", size = 8, skip_bad = true) epochs = 1 }')
+    assert main(["train", path, "--backend", "reference", "--out", str(tmp_path / "run"), "-q"]) == 0
+    said = capsys.readouterr()
+    assert "2 files skipped (skip_bad)" in said.out and "note: 2 file(s) of the data Pillow cannot decode" in said.err
+
+
 def test_a_file_deleted_while_a_run_reads_stops_it_naming_the_file_and_keeps_the_last_checkpoint(tmp_path):
     from dlc import Callback, load as load_model
     root = photo_folder(tmp_path / "photos", per_class=4)
@@ -242,6 +251,23 @@ def test_photos_arguments_are_checked_where_written():
                             ({"flip": 1}, "'flip' must be true or false"), ({"hue": 0.1}, "no option 'hue'")):
         with pytest.raises(DlcError, match=message):
             augment_options(Call("photos", [], kwargs))
+
+
+def test_at_most_a_few_batches_are_read_ahead(tmp_path):
+    photo_folder(tmp_path / "photos", per_class=6)
+    x = source(tmp_path, "photos", size=8).columns["x"]
+    planned = []
+
+    def plan():
+        for b in range(6):
+            planned.append(b)
+            yield slice(2 * b, 2 * b + 2), None
+    batches = iter(Batches({"x": x}, plan(), threads=2, ahead=2))
+    next(batches)
+    assert planned == [0, 1, 2]     # the batch taken and 2 ahead: memory does not grow with the folder
+    next(batches)
+    assert planned == [0, 1, 2, 3]
+    batches.close()
 
 
 def test_batches_are_the_same_bits_on_one_and_two_threads(tmp_path):
