@@ -245,7 +245,8 @@ class DlcModel:
         integer products of the quantization (`quantize`, or a quantized checkpoint)."""
         self._require_weights()
         engine = self.engine_for(int8)
-        arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr)
+        arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr,
+                                 self.meta.get("meta"))
         return mean_metrics(engine, self.params, arrays, batch)
 
     def predict(self, data: Any, batch: int = 256, int8: bool = False) -> dict:

@@ -187,12 +187,9 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
             sets[name] = load_data(spec, base, name, cfg.span(name))
             empty[name] = f"the {name} data has no examples"
     sets["data"] = full
-    for name in ("test", "validation"):     # class folders of their own: ids by the same names, or wrong labels
-        names, trained = getattr(sets[name], "meta", {}).get("class_names"), full.meta.get("class_names")
-        if names is not None and trained is not None and names != trained:
-            raise DlcError(f"the {name} data's classes ({', '.join(names)}) are not the training data's "
-                           f"({', '.join(trained)}): their ids would differ, so give it the same class folders",
-                           cfg.span(name))
+    for name in ("test", "validation"):
+        if sets[name] is not None:
+            same_classes(sets[name], full.meta, f"the {name} data", cfg.span(name))
     split = any(is_split(spec) for spec in (cfg.test, cfg.validation))
     empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
     said: set = set()
@@ -202,6 +199,16 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
         if ds is not None and len(ds) == 0:
             raise DlcError(empty[name], cfg.span(name))
     return bound["data"], bound["validation"], bound["test"], full.meta
+
+
+def same_classes(ds: Dataset, trained: dict, what: str, span=None):
+    """Data of class folders of its own (images(...)) numbers them by their sorted names: it
+    must have the classes of the data the model was trained on (meta `trained`), or its ids
+    would name other classes."""
+    names, known = ds.meta.get("class_names"), trained.get("class_names")
+    if names is not None and known is not None and names != known:
+        raise DlcError(f"{what} has the classes {', '.join(names)}, not the training data's ({', '.join(known)}): "
+                       "their ids would differ, so give it the same class folders", span)
 
 
 # ---- the data a checkpoint was trained on, and the data `dlc eval` scores ----------------------------
@@ -215,12 +222,13 @@ def data_settings(cfg: TrainConfig) -> dict:
             for name in DATA_SETTINGS} | {"seed": cfg.seed}
 
 
-def evaluation_data(program: Program, model: Model, data, saved: dict | None, log) -> dict:
+def evaluation_data(program: Program, model: Model, data, saved: dict | None, log, trained: dict | None = None) -> dict:
     """The arrays `dlc eval` scores: `data` (a source, a path or its text, or a dict of arrays
     by input and target name) when given; else, with the data settings a checkpoint recorded
     (`saved`, else the train block's), the test data, else the validation data, else the
     training data itself. `log` is told which, with a note when the data is what the weights
-    were trained on."""
+    were trained on. `trained`: the facts of that data (a checkpoint's meta), against which
+    `data`'s classes are checked."""
     if is_arrays(data):
         log(f"evaluating the {len(data)} given arrays")
         return input_arrays(model, array_data(data, "data"))
@@ -237,7 +245,9 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
         log(f"evaluating {to_text(spec)}")
         if to_text(spec) == trained_on:
             log("note: this is the data the weights were trained on (but for any held-out splits)")
-        return input_arrays(model, load_data(spec, base, "data"))
+        ds = load_data(spec, base, "data")
+        same_classes(ds, trained or {}, f"the data {to_text(spec)}")
+        return input_arrays(model, ds)
     train, val, test, _ = prepare_data(cfg, base, model)
 
     def held_out(which: str, spec) -> str:

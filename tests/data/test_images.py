@@ -321,14 +321,22 @@ def test_train_then_predict_on_a_photo_prints_its_class_by_name(tmp_path, capsys
     assert [best[0][0] for best in model.top_classes(int8)] == ["square", "circle"]
 
 
-def test_a_validation_folder_of_other_classes_is_refused(tmp_path, capsys):
+def test_validation_and_evaluation_folders_of_other_classes_are_refused(tmp_path, capsys):
     photo_folder(tmp_path / "photos", per_class=2)
     photo_folder(tmp_path / "val", per_class=1)
     (tmp_path / "val" / "square").rename(tmp_path / "val" / "squares")
     path = photo_model(tmp_path, 'train photos { data = images("photos/", size = 8) '
                                  'validation = images("val/", size = 8) }')
     err = failure(["train", path, "--backend", "reference", "--out", str(tmp_path / "run")], capsys)
-    assert "the validation data's classes (circle, squares) are not the training data's (circle, square)" in err
+    assert "the validation data has the classes circle, squares, not the training data's (circle, square)" in err
+    path = photo_model(tmp_path, 'train photos { data = images("photos/", size = 8) epochs = 1 }')
+    assert main(["train", path, "--backend", "reference", "--out", str(tmp_path / "run"), "-q"]) == 0
+    capsys.readouterr()
+    err = failure(["eval", path, "--weights", str(tmp_path / "run" / "last.npz"), "--backend", "reference",
+                   "--data", f'images("{tmp_path / "val"}", size = 8)'], capsys)
+    assert "size = 8) has the classes circle, squares, not the training data's (circle, square)" in err
+    assert main(["eval", path, "--weights", str(tmp_path / "run" / "last.npz"), "--backend", "reference",
+                 "--data", f'images("{tmp_path / "photos"}", size = 8)']) == 0
 
 
 def test_data_bench_times_a_source(tmp_path, capsys):
