@@ -26,6 +26,9 @@ from dlc.compiler.frontend.loader import load as load_program
 from dlc.runtime import decoding
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data import files
+from dlc.runtime.data.photos import photo_column, photo_paths, top_classes
+from dlc.runtime.data.prefetch import Batches
+from dlc.runtime.data.streamed import first_rows, is_streamed
 from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
@@ -188,6 +191,7 @@ class DlcModel:
         if not isinstance(calibrate, int) or calibrate < 1:
             raise DlcError(f"calibrate is a number of batches, at least 1, not {calibrate!r}")
         arrays, size, said = self._calibration_data(data)
+        arrays = first_rows(arrays, calibrate * (batch or size))       # photos decoded: only what calibration reads
         targets = all(i.name in arrays for i in self.eval_model.inputs)
         graph = self.eval_model.graph if targets else predict_graph(self.eval_model)
         self.quantization, self.quantized = calibrate_arrays(graph, self.params, arrays, calibrate, batch or size,
@@ -248,12 +252,18 @@ class DlcModel:
     def predict(self, data: Any, batch: int = 256, int8: bool = False) -> dict:
         """Outputs for `data`: a dict of arrays by input name (an unknown name is refused), an
         array (the first input; numpy's or anything with __array__), a source such as
-        "digits()", or a path to an npz / csv / text file or a table (inputs.input_arrays binds it,
-        a table read as the training data was).
-        `int8`: with the integer products of the quantization, as `evaluate`."""
+        "digits()", a path to an npz / csv / text file or a table (inputs.input_arrays binds it,
+        a table read as the training data was), or photos: an image file, a folder of them or a
+        list of image files, read with the evaluation transform of the images(...) the weights
+        were trained on (`top_classes` names their classes). `int8`: with the integer products
+        of the quantization, as `evaluate`."""
         self._require_weights()
         engine = self.engine_for(int8)
-        if isinstance(data, (str, Path)):
+        paths = photo_paths(data)
+        if paths is not None:
+            column = photo_column(paths, self.meta.get("meta", {}).get("image"))
+            ds = Dataset({self.eval_model.inputs[0].name: column}, named=True)
+        elif isinstance(data, (str, Path)):
             ds = self._read_inputs(data)
         elif is_arrays(data):
             ds = array_data(data, "data")
@@ -261,12 +271,12 @@ class DlcModel:
             ds = array_data({self.eval_model.inputs[0].name: data}, "data")
         arrays = input_arrays(self.eval_model, ds, need_targets=False, trained=self.meta.get("meta", {}))
         n = len(next(iter(arrays.values())))
-        if 0 < n <= batch:      # one batch, neither sliced nor joined (Python's µs count at batch 1)
-            out = engine.predict(self.params, arrays)
+        if 0 < n <= batch and not is_streamed(arrays):     # one batch, neither sliced nor joined (Python's µs
+            out = engine.predict(self.params, arrays)       # count at batch 1)
         else:
             parts: dict = {}
-            for start in range(0, n, batch):
-                part = engine.predict(self.params, {k: v[start:start + batch] for k, v in arrays.items()})
+            for given in Batches(arrays, ((slice(start, start + batch), None) for start in range(0, n, batch))):
+                part = engine.predict(self.params, given)
                 for k, v in part.items():
                     parts.setdefault(k, []).append(v)
             for k, v in parts.items():
@@ -294,6 +304,13 @@ class DlcModel:
         label = meta.get("label")
         names = (meta.get("categories") or {}).get(label)
         return (label, names) if names else None
+
+    def top_classes(self, scores: np.ndarray, k: int = 3) -> list:
+        """The `k` best classes of each row of a classifier's output [N, classes], as (name,
+        score) pairs, named as the data the weights were trained on named them (the class
+        folders of images(...), a table's categorical label)."""
+        named = self.meta.get("meta", {}).get("class_names") or (self.classes() or (None, None))[1]
+        return top_classes(np.asarray(scores), named, k)
 
     def vocab(self) -> str:
         """The characters of the text the weights were trained on, an id each."""

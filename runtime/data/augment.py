@@ -1,20 +1,27 @@
 """Augmentation of image batches: the `augment = images(shift = 1, flip = false, noise = 0.0)`
-setting of a train block, and the randomly moved, flipped and noised copies it asks for."""
+setting of a train block, and the randomly moved, flipped and noised copies it asks for; or
+`augment = photos(...)`, the transforms of photos read from files (runtime/data/transforms.py),
+which the data's streamed column applies to each example as it decodes it."""
 from __future__ import annotations
 
 import numpy as np
 
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.settings import as_call, flag, integer, number
+from dlc.runtime.data.transforms import photo_options
 
 
 def augment_options(spec, span=None) -> dict | None:
-    """images(shift = 0, flip = false, noise = 0.0) as keyword arguments of `augment`."""
+    """images(shift = 0, flip = false, noise = 0.0) as keyword arguments of `augment`; or
+    photos(...)'s options, with "form": "photos"."""
     if spec is None:
         return None
     call = as_call(spec, "augment", "images(shift = 1, flip = false, noise = 0.0)", span)
+    if call.name == "photos":
+        return photo_options(call)
     if call.name != "images":
-        raise DlcError(f"augment takes images(shift = 1, flip = false, noise = 0.0), got {call.name}", call.span)
+        raise DlcError(f"augment takes images(shift = 1, flip = false, noise = 0.0) or photos(crop = "
+                       f"\"random_resized\", flip = true, ...), got {call.name}", call.span)
     args = call.bind({"shift": 0, "flip": False, "noise": 0.0})
     return {"shift": args.check("shift", integer, low=0), "flip": args.check("flip", flag),
             "noise": args.check("noise", number, low=0)}

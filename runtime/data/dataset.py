@@ -15,11 +15,12 @@ import numpy as np
 
 from dlc.compiler.errors import DlcError, did_you_mean
 from dlc.compiler.frontend.settings import show
+from dlc.runtime.data.streamed import Streamed
 
 
 @dataclass(repr=False)
 class Dataset:
-    """Aligned arrays (first axis = examples) and facts about them."""
+    """Aligned arrays (first axis = examples), or columns read by example (streamed.py), and facts about them."""
     columns: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
     named: bool = False         # the columns must match inputs by name (else a source's x, y bind by order)
@@ -29,7 +30,7 @@ class Dataset:
         self.columns = dict(self.columns)
         lengths = {}
         for name, a in self.columns.items():
-            a = np.asarray(a)
+            a = a if isinstance(a, Streamed) else np.asarray(a)
             if a.ndim == 0:
                 raise DlcError(f"data column '{name}' is a single value, not an array of examples")
             self.columns[name] = a

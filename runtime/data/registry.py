@@ -23,6 +23,7 @@ error points at it. The sources, each in the module of its kind:
     tables.py      parquet, arrow
     text.py        text, sentences
     images.py      digits, mnist, fashion_mnist, cifar10, cifar100
+    photos.py      images (photos in class folders, streamed)
     synthetic.py   xor, spirals, blobs, sine, copy, reverse, sort
 """
 from __future__ import annotations
@@ -31,7 +32,7 @@ import os
 import pathlib
 
 from dlc.compiler.errors import DlcError, Span, did_you_mean
-from dlc.runtime.data import files, images, synthetic, tables, text
+from dlc.runtime.data import files, images, photos, synthetic, tables, text
 from dlc.runtime.data.dataset import Dataset
 from dlc.compiler.frontend.settings import Call, Symbol, show
 
@@ -39,6 +40,7 @@ SOURCES: dict = {source.__name__: source for source in (
     files.npz, files.csv, files.idx, tables.parquet, tables.arrow,
     text.text, text.sentences, text.skipgram,
     images.digits, images.mnist, images.fashion_mnist, images.cifar10, images.cifar100,
+    photos.images,
     synthetic.xor, synthetic.spirals, synthetic.blobs, synthetic.sine, synthetic.copy, synthetic.reverse,
     synthetic.sort)}
 

@@ -342,6 +342,15 @@ class BucketAllreduce:
         self.pending = []
 
 
+class Share(dict):
+    """This rank's slice (World.shard) of a global batch of `total` examples, read alone: the
+    trainer decodes only its rank's rows of streamed data (runtime/data/prefetch.py)."""
+
+    def __init__(self, part: dict, total: int):
+        super().__init__(part)
+        self.total = total
+
+
 class DataParallel:
     """An `Engine` (runtime/engines/protocol.py) for the trainer whose steps run on this rank's
     slice of the global batch, the gradients averaged over the ranks: while the native
@@ -404,16 +413,18 @@ class DataParallel:
         return self._agreed(values, totals, weight, step, params), grads
 
     def _slice(self, batch: dict, key: np.ndarray) -> tuple:
-        """(this rank's slice of the batch, its share of the batch, the step, its random key)."""
+        """(this rank's slice of the batch, its share of the batch, the step, its random key);
+        a `Share` is that slice already."""
         w = self.world
-        n = len(next(iter(batch.values())))
+        n = batch.total if isinstance(batch, Share) else len(next(iter(batch.values())))
         lo, hi = w.shard(n)
         weight = np.float32((hi - lo) / n)
         seed, step = (int(k) for k in np.asarray(key).ravel())      # the key is (seed, step)
         self.replicas.share, self.replicas.step = float(weight), step
         # dropout draws from (seed, step * K + rank): its own stream per rank and step
         key = np.array([seed, step * w.size + w.rank], np.int32)
-        return {k: v[lo:hi] for k, v in batch.items()}, weight, step, key
+        part = dict(batch) if isinstance(batch, Share) else {k: v[lo:hi] for k, v in batch.items()}
+        return part, weight, step, key
 
     def _agreed(self, values: dict, totals: np.ndarray, weight: np.float32, step: int, params: dict) -> dict:
         """The global batch's loss and metrics (`totals`: `weighted` summed over the ranks),

@@ -57,6 +57,7 @@ class TrainConfig:
     allreduce_bucket: object = ALLREDUCE_BUCKET     # bytes of a bucket of gradients (compiler/native/buckets.py)
     remat: object = None                # checkpointed recurrences (checked and applied by the evaluator)
     quantize: object = None             # int8(...): the run's weights quantized at its end (docs/quantization.md)
+    data_threads: object = None         # threads that decode streamed data (runtime/data/prefetch.py); none: the cores
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
@@ -180,10 +181,11 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
     if make_optimizer(cfg.optimizer).full_batch and (cfg.l1 or cfg.l2 or cfg.clip is not None):
         raise DlcError(f"{cfg.optimizer.name} takes no l1, l2 or clip: it has no update to apply them to; write a "
                        "penalty in the loss instead", cfg.span("l1" if cfg.l1 else "l2" if cfg.l2 else "clip"))
-    for name in ("max_steps", "eval_every"):
+    for name in ("max_steps", "eval_every", "data_threads"):
         v = getattr(cfg, name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise DlcError(f"{name} must be an integer >= 1 (steps), got {show(v)}", cfg.span(name))
+            raise DlcError(f"{name} must be an integer >= 1{' (steps)' * (name != 'data_threads')}, got {show(v)}",
+                           cfg.span(name))
     if cfg.max_steps is not None and "epochs" in cfg.spans:
         raise DlcError("give epochs or max_steps, not both: max_steps ends the run at that step, inside an epoch "
                        "if need be", cfg.span("max_steps") or cfg.span("epochs"))

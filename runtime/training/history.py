@@ -12,7 +12,7 @@ from pathlib import Path
 from dlc.compiler.errors import did_you_mean
 
 # the columns of a row that say where and when it was taken, not what the run measured
-WHERE = ("step", "epoch", "time", "lr")
+WHERE = ("step", "epoch", "time", "lr", "data_wait")
 
 
 class History(list):

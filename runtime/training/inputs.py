@@ -16,6 +16,7 @@ from dlc.compiler.frontend.model import Model
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
+from dlc.runtime.data.streamed import Streamed
 from dlc.runtime.data.tables import as_trained, kept_meta, recode
 from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_args
 from dlc.runtime.training.gradcheck import ignored_values, index_bound
@@ -139,6 +140,11 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     typ = inp.type
     want = typ.shape[1:]
     have = arr.shape[1:]
+    if isinstance(arr, Streamed):       # decoded when read, as the input's examples (photos: its channels)
+        fitted = arr.shaped(want) if all(isinstance(w, int) for w in want) and typ.is_float else None
+        if fitted is None:
+            raise DlcError(_misfit(inp, arr.shape), inp.span)
+        return fitted
     if len(want) != len(have) or any(isinstance(w, int) and w != h for w, h in zip(want, have)):
         flat = min(len(want), len(have)) <= 1
         if flat and all(isinstance(w, int) for w in want) and int(np.prod(have)) == int(np.prod(want)):
@@ -209,6 +215,9 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
             sets[name] = load_data(spec, base, name, cfg.span(name))
             empty[name] = f"the {name} data has no examples"
     sets["data"] = full
+    for name in ("test", "validation"):
+        if sets[name] is not None:
+            same_classes(sets[name], full.meta, f"the {name} data", cfg.span(name))
     split = any(is_split(spec) for spec in (cfg.test, cfg.validation))
     empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
     said: set = set()
@@ -219,6 +228,16 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
         if ds is not None and len(ds) == 0:
             raise DlcError(empty[name], cfg.span(name))
     return bound["data"], bound["validation"], bound["test"], meta
+
+
+def same_classes(ds: Dataset, trained: dict, what: str, span=None):
+    """Data of class folders of its own (images(...)) numbers them by their sorted names: it
+    must have the classes of the data the model was trained on (meta `trained`), or its ids
+    would name other classes."""
+    names, known = ds.meta.get("class_names"), trained.get("class_names")
+    if names is not None and known is not None and names != known:
+        raise DlcError(f"{what} has the classes {', '.join(names)}, not the training data's ({', '.join(known)}): "
+                       "their ids would differ, so give it the same class folders", span)
 
 
 # ---- the data a checkpoint was trained on, and the data `dlc eval` scores ----------------------------
@@ -235,10 +254,10 @@ def data_settings(cfg: TrainConfig) -> dict:
 def evaluation_data(program: Program, model: Model, data, saved: dict | None, log, trained: dict | None = None) -> dict:
     """The arrays `dlc eval` scores: `data` (a source, a path or its text, or a dict of arrays
     by input and target name) when given, read as `trained` says (the meta of the data the
-    weights were trained on: `input_arrays`); else, with the data settings a checkpoint recorded
-    (`saved`, else the train block's), the test data, else the validation data, else the
-    training data itself. `log` is told which, with a note when the data is what the weights
-    were trained on."""
+    weights were trained on: `input_arrays`), its classes checked against it; else, with the
+    data settings a checkpoint recorded (`saved`, else the train block's), the test data, else
+    the validation data, else the training data itself. `log` is told which, with a note when
+    the data is what the weights were trained on."""
     if is_arrays(data):
         log(f"evaluating the {len(data)} given arrays")
         return input_arrays(model, array_data(data, "data"))
@@ -255,7 +274,9 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
         log(f"evaluating {to_text(spec)}")
         if to_text(spec) == trained_on:
             log("note: this is the data the weights were trained on (but for any held-out splits)")
-        return input_arrays(model, load_data(spec, base, "data"), trained=trained or {})
+        ds = load_data(spec, base, "data")
+        same_classes(ds, trained or {}, f"the data {to_text(spec)}")
+        return input_arrays(model, ds, trained=trained or {})
     train, val, test, _ = prepare_data(cfg, base, model)
 
     def held_out(which: str, spec) -> str:

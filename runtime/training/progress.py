@@ -46,6 +46,7 @@ class Step(Mapping):
     fresh: int              # examples this run trained since `started`
     started: float          # time.perf_counter() when this run began the epoch
     lr: float
+    waited: float | None = None     # seconds of the epoch's steps spent waiting for streamed data (else None)
 
     @property
     def batch(self) -> int:
@@ -78,6 +79,10 @@ class Step(Mapping):
     def per_batch(self, now: float) -> float:
         """Seconds a batch of this epoch has taken so far."""
         return (now - self.started) / max(self.done, 1)
+
+    def data_share(self, now: float) -> str:
+        """The share of the time spent waiting for streamed data."""
+        return f"data {self.waited / (now - self.started):.0%}" if now > self.started else "data 0%"
 
     def rate(self, now: float) -> str:
         """Examples per second."""
@@ -113,6 +118,7 @@ def epoch_parts(row: dict, epochs: int, batches: int, steps: int = 0) -> list:
                for k, v in row.items() if k not in WHERE]
     head = f"step {row['step']}/{steps}" if "step" in row else f"epoch {row['epoch']}/{epochs}"
     return [(0, head), *metrics, (2, span(row["time"])),
+            *([(5, f"data wait {row['data_wait']:.0%}")] if "data_wait" in row else []),
             *([(5, f"{span(row['time'] / batches)}/step")] if batches and "step" not in row else [])]
 
 
@@ -137,7 +143,7 @@ def progress_line(s: Step, now: float, width: int) -> str:
     metrics = [(1 if k == "loss" else 3, f"{k} {v:.4f}") for k, v in s.means().items()]
     tail = [(4, f"{span(s.per_batch(now))}/step"), (6, f"elapsed {duration(now - s.started)}"),
             (2, f"epoch eta {duration(s.eta_epoch(now))}"), (5, f"run eta {duration(s.eta_run(now))}"),
-            (7, f"lr {s.lr:.3g}"), (8, s.rate(now))]
+            (7, f"lr {s.lr:.3g}"), (8, s.rate(now)), *([(5, s.data_share(now))] if s.waited is not None else [])]
     return "  ".join(fitted([(0, head), *metrics, *tail], width))[:width]
 
 

@@ -11,8 +11,10 @@ cleanly on Ctrl-C (interrupt.py: after the current step, with a checkpoint) or o
 loss (naming the step, leaving the last good checkpoint). A run resumed from its
 checkpoint, whichever batch it stopped after, ends with the same parameters and history
 as an uninterrupted one: shuffling, dropout and augmentation are all derived from (seed,
-epoch, batch) or (seed, step), and the checkpoint keeps the loss and metric sums of a
-stopped epoch.
+epoch, batch) or (seed, step) (a photo's transforms from (seed, epoch, example)), and the
+checkpoint keeps the loss and metric sums of a stopped epoch. Data that is decoded as it is
+read (runtime/data/streamed.py) is read ahead of the steps by a pool of threads (prefetch.py),
+and the rows record the share of their time the steps waited for it.
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ from dlc.compiler.frontend.loader import Program
 from dlc.compiler.frontend.model import Model
 from dlc.compiler.frontend.settings import to_text
 from dlc.runtime.data.augment import augment, augment_options
+from dlc.runtime.data.prefetch import Batches
+from dlc.runtime.data.streamed import Streamed, first_rows, is_streamed
 from dlc.runtime.engines import budget, distributed
 from dlc.runtime.engines.backends import make_engine
 from dlc.runtime.engines.int8 import calibrate_arrays, quantize_options
@@ -73,17 +77,19 @@ def epoch_bounds(n: int, size: int, meta: dict, merge_single: bool, ranks: int =
     return batch_bounds(n, size, merge_single, ranks)
 
 
-def mean_metrics(engine: Engine, params: dict, arrays: dict, batch: int) -> dict:
+def mean_metrics(engine: Engine, params: dict, arrays: dict, batch: int, threads: int | None = None) -> dict:
     """Loss and metrics over a data set, weighted by batch size. A data-parallel engine's
-    ranks each score their share of the examples, and the sums are reduced."""
+    ranks each score their share of the examples, and the sums are reduced. Streamed columns
+    are read by `threads` threads (runtime/data/prefetch.py)."""
     world = engine.world
     if world is not None:
         lo, hi = world.shard(len(next(iter(arrays.values()))))
         arrays = {k: a[lo:hi] for k, a in arrays.items()}
     n = len(next(iter(arrays.values())))
     totals: dict = {}
-    for lo, hi in batch_bounds(n, batch):
-        for name, v in engine.evaluate(params, {k: a[lo:hi] for k, a in arrays.items()}).items():
+    bounds = batch_bounds(n, batch)
+    for (lo, hi), part in zip(bounds, Batches(arrays, ((slice(lo, hi), None) for lo, hi in bounds), threads)):
+        for name, v in engine.evaluate(params, part).items():
             totals[name] = totals.get(name, 0.0) + v * (hi - lo)
     return world.mean_metrics(totals, n) if world is not None else {name: v / n for name, v in totals.items()}
 
@@ -148,6 +154,7 @@ class Trainer:
             self.log, progress, tensorboard = (lambda msg: None), "none", None
         self.quiet = progress == "none"
         self.warned_overflow = False
+        self.streamed, self.waited = False, 0.0     # whether the data is decoded as read; the row's wait for it
         self.history_written, self.history_cost = 0.0, 0.0     # when write_history last wrote, and how long it took
         self.display = make_display(progress, self.log)
         self.callbacks = check([self.display, *([EventLog(tensorboard)] if tensorboard else []), *callbacks])
@@ -194,6 +201,10 @@ class Trainer:
         if fresh:
             checkpoint.refuse_another_run(self.out, overwrite)
         train, val, test, self.meta = prepare_data(cfg, self.base, self.train_model)
+        train = self.photo_transform(train)
+        self.streamed = streamed = is_streamed(train)
+        if self.meta.get("skipped"):
+            self.log(f"note: {self.meta['skipped']} file(s) of the data Pillow cannot decode are left out (skip_bad)")
         n = len(next(iter(train.values())))
         stats = batch_statistics(self.train_model)
         if stats and n == 1:
@@ -286,16 +297,30 @@ class Trainer:
         # a run resumed inside a row's steps continues the sums of its first batches, saved with the checkpoint
         totals, seen = (dict(partial["totals"]), partial["seen"]) if partial else ({}, 0)
         row_started = time.perf_counter()
-        with interrupted, self.reporting(events, begin) as end:
+        self.waited = 0.0       # seconds the row's steps waited for streamed data
+        # each rank of a data-parallel run decodes only its share of a batch of streamed data, unless the batch
+        # is augmented whole (augment = images(...)): DataParallel takes the share as this rank's slice
+        shared = self.world is not None and streamed and (self.augment_options is None
+                                                          or self.augment_options.get("form") == "photos")
+        with interrupted, self.reporting(events, begin) as end, contextlib.ExitStack() as reading:
             while epoch < epochs and step < last_step:
                 events.call("on_epoch_begin", epoch, {"batch": skip})
                 order = np.random.default_rng([cfg.seed, epoch]).permutation(n) if cfg.shuffle else np.arange(n)
-                started, seen_before = time.perf_counter(), seen
+                started, seen_before, epoch_waited = time.perf_counter(), seen, 0.0
                 epoch_steps = min(len(bounds) - skip, last_step - step)     # max_steps may end the run inside it
+                plan = self.plan(bounds, skip, order, epoch, step, n if sampled else 0, shared)
+                taken = reading.enter_context(contextlib.closing(iter(Batches(train, plan, cfg.data_threads))))
                 for b in range(skip, len(bounds)):
                     lo, hi = bounds[b]
-                    rows = windows_drawn(n, hi - lo, cfg.seed, step + 1) if sampled else order[lo:hi]
-                    batch = self.augment({k: v[rows] for k, v in train.items()}, epoch, b)
+                    asked_at = time.perf_counter()
+                    batch = next(taken)
+                    if streamed:
+                        waited = time.perf_counter() - asked_at
+                        self.waited, epoch_waited = self.waited + waited, epoch_waited + waited
+                    if shared:
+                        batch = distributed.Share(batch, hi - lo)
+                    else:
+                        batch = self.augment(batch, epoch, b)
                     lr = schedule(step)
                     try:
                         values = engine.train_step(params, opt_state, batch, lr, step + 1,
@@ -315,7 +340,7 @@ class Trainer:
                     asked = events.call("on_batch_end", step, Step(
                         step=step, steps=last_step, epoch=epoch, epochs=epochs, first=skip, done=b + 1 - skip,
                         total=epoch_steps, per_epoch=len(bounds), totals=totals, seen=seen, fresh=seen - seen_before,
-                        started=started, lr=lr))
+                        started=started, lr=lr, waited=epoch_waited if streamed else None))
                     if interrupted.requested or asked:
                         checkpoints.inside(epoch, b + 1, {"totals": totals, "seen": seen})
                         self.display.close()
@@ -358,7 +383,7 @@ class Trainer:
         self.write_history(history)
         if self.world is not None:
             self.world.await_writer()
-        result = mean_metrics(engine, params, test, cfg.batch) if test is not None else {}
+        result = mean_metrics(engine, params, test, cfg.batch, cfg.data_threads) if test is not None else {}
         if cfg.quantize is not None and self.writes and checkpoints.written:
             self.write_int8(params, train)
             checkpoints.written.append("int8.npz")
@@ -368,6 +393,7 @@ class Trainer:
         """`quantize = int8(...)`: the run's final weights quantized, calibrated on its training
         data, as the quantized checkpoint DIR/int8.npz (docs/quantization.md)."""
         options = quantize_options(self.cfg.quantize, self.cfg.span("quantize"))
+        train = first_rows(train, options["count"] * self.cfg.batch)      # what calibration reads, decoded
         quantization, settings = calibrate_arrays(self.eval_model.graph, params, train, batch=self.cfg.batch,
                                                   data=to_text(self.cfg.data), **options)
         meta = self.checkpoint_meta() | {"quantization": quantized.describe(quantization, settings)}
@@ -378,10 +404,15 @@ class Trainer:
         """A row of the history (an epoch's, or the last `eval_every` steps' in a run by steps):
         the mean loss and metrics of its steps, validation, then the callbacks' on_epoch_end (the
         checkpoints written last); what asked to stop, if any."""
-        row = {**where, "lr": lr, "time": round(time.perf_counter() - started, 3)}
+        elapsed = time.perf_counter() - started
+        row = {**where, "lr": lr, "time": round(elapsed, 3)}
+        if self.streamed:
+            row["data_wait"] = round(self.waited / elapsed, 3) if elapsed > 0 else 0.0
+        self.waited = 0.0
         row.update({k: v / max(seen, 1) for k, v in totals.items() if k != "grad_norm"})
         if val is not None:
-            row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, self.cfg.batch).items()})
+            row.update({f"val_{k}": v for k, v in mean_metrics(engine, params, val, self.cfg.batch,
+                                                               self.cfg.data_threads).items()})
         history.append(row)
         asked = events.call("on_epoch_end", epoch, row)
         self.warn_overflow(params)
@@ -396,8 +427,34 @@ class Trainer:
         return (f"at step {step} (epoch {epoch + 1}, batch {b + 1}); training stopped. The last good checkpoint is "
                 f"{last}" + ("" if last.exists() else " (none was written yet)"))
 
+    def plan(self, bounds: list, skip: int, order: np.ndarray, epoch: int, step: int, windows: int,
+             shared: bool):
+        """(rows, epoch) of each batch of an epoch from batch `skip`, the run at `step` before it:
+        random windows of a text of `windows` positions (text(windows = "random")), else the
+        shuffled `order`'s; with `shared`, this rank's share of them."""
+        for b in range(skip, len(bounds)):
+            lo, hi = bounds[b]
+            rows = windows_drawn(windows, hi - lo, self.cfg.seed, step + 1 + b - skip) if windows else order[lo:hi]
+            if shared:
+                start, stop = self.world.shard(hi - lo)
+                rows = rows[start:stop]
+            yield rows, epoch
+
+    def photo_transform(self, train: dict) -> dict:
+        """The training data with `augment = photos(...)`'s transforms on its first input, a
+        streamed column of photos (runtime/data/photos.py), which applies them as it decodes."""
+        options = self.augment_options
+        if options is None or options.get("form") != "photos":
+            return train
+        first = self.train_model.inputs[0].name
+        if not isinstance(train[first], Streamed):
+            raise DlcError(f"augment = photos(...) transforms photos as they are decoded, but the data for {first} "
+                           "is arrays: train on images(\"folder/\", size = N), or use augment = images(...)",
+                           self.cfg.span("augment"))
+        return {**train, first: train[first].augmented(options, self.cfg.seed, self.cfg.span("augment"))}
+
     def augment(self, batch: dict, epoch: int, b: int) -> dict:
-        if self.augment_options is None:
+        if self.augment_options is None or self.augment_options.get("form") == "photos":
             return batch
         first = self.train_model.inputs[0].name
         rng = np.random.default_rng([self.cfg.seed, epoch, b, 7])

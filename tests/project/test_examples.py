@@ -9,6 +9,8 @@ import pytest
 
 from dlc.runtime.cli import main
 
+from helpers.photos import photo_folder
+
 EXAMPLE_DIR = Path(__file__).parents[2] / "examples"
 EXAMPLES = sorted(EXAMPLE_DIR.glob("*.dl"))
 # the deep convolutional and attention examples take seconds per gradient check
@@ -86,7 +88,9 @@ def train(path: Path, out: Path, capsys, *flags: str) -> dict:
 @pytest.mark.parametrize("path", [pytest.param(p, marks=[pytest.mark.slow] if p.stem in SLOW_EPOCH else [])
                                   for p in EXAMPLES], ids=lambda p: p.stem)
 def test_every_example_trains_one_epoch_offline(path, tmp_path, capsys, fake_fetched_data):
-    numbers = train(path, tmp_path / "run", capsys, "--epochs", "1", "--seed", "0")
+    # photos_cnn's folder of photos is the user's: a generated one stands in for it
+    photos = ["--data", f'images("{photo_folder(tmp_path / "photos")}", size = 64)'] if path.stem == "photos_cnn" else []
+    numbers = train(path, tmp_path / "run", capsys, "--epochs", "1", "--seed", "0", *photos)
     assert np.isfinite(numbers["loss"])
     assert (tmp_path / "run" / "last.npz").is_file()
 

@@ -217,6 +217,15 @@ def test_the_progress_line_uses_the_width_it_has_and_labels_both_etas():
     assert _step().eta_epoch(12.0) == 12.0 and _step().eta_run(12.0) == 12.0 + 3 * 40 * 0.6
 
 
+def test_streamed_data_shows_the_share_of_the_time_spent_waiting_for_it():
+    from dlc.runtime.training.progress import epoch_line, progress_line
+    assert "data" not in progress_line(_step(), 0.24, 300)        # data in memory: no share
+    line = progress_line(_step(waited=0.06), 0.24, 300)
+    assert line.endswith("  83/s  data 25%"), line
+    row = {"epoch": 1, "lr": 1e-3, "time": 0.008, "data_wait": 0.25, "loss": 0.5}
+    assert epoch_line(row, 2, 40) == "epoch 1/2  loss 0.5000  8 ms  data wait 25%  0.2 ms/step"
+
+
 def test_an_epoch_line_too_wide_leaves_out_ms_per_step_then_the_training_metrics_then_the_time():
     from dlc.runtime.training.progress import epoch_line, epoch_parts, fitted
     row = {"epoch": 1, "lr": 1e-3, "time": 0.008, "loss": 0.5, "accuracy": 0.9, "val_loss": 0.4, "val_accuracy": 0.91}

@@ -7,6 +7,7 @@ import numpy as np
 
 from dlc.compiler.errors import DlcError
 from dlc.runtime.data import png
+from dlc.runtime.data.photos import photo_paths
 from dlc.runtime.cli.arguments import model_arguments, positive, WEIGHTS_HELP
 from dlc.runtime.cli.trained import weighted_model
 
@@ -18,7 +19,8 @@ def arguments(p):
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
     p.add_argument("--data", "--input", dest="data", required=True, metavar="PATH",
                    help='a file path: .npz (arrays by input name), .csv, .txt, or a table (.parquet, .arrow, '
-                        '.feather, a folder of them); or a source, e.g. "digits()" (--input is the older name)')
+                        '.feather, a folder of them); a photo (.jpg, .png, ...) or a folder of photos, whose top '
+                        'classes are printed; or a source, e.g. "digits()" (--input is the older name)')
     p.add_argument("--output", default="predictions.npz", metavar="PATH",
                    help=".npz (default), .csv (one output) or .png (one output of images, drawn as a grid)")
     p.add_argument("--batch", type=positive, default=256, metavar="N", help="batch size (default 256)")
@@ -28,7 +30,11 @@ def arguments(p):
 
 def run(args):
     model = weighted_model(args)
-    outputs = model.predict(args.data, args.batch, int8=args.int8)
+    photos = photo_paths(args.data)
+    outputs = model.predict(photos or args.data, args.batch, int8=args.int8)
+    if photos:      # a classifier's first output: each photo's best classes by name
+        for photo, best in zip(photos, model.top_classes(next(iter(outputs.values())))):
+            print(f"{photo}: " + "  ".join(f"{name} {score:.3f}" for name, score in best))
     path = Path(args.output)
     label, classes = model.classes() or (None, [])
     by_class = [k for k, v in outputs.items() if classes and v.ndim == 2 and v.shape[1] == len(classes)]

@@ -40,6 +40,9 @@ def arguments(p):
     p.add_argument("--allreduce-bucket", dest="allreduce_bucket", metavar="SIZE",
                    help="on several processes (mpirun), the gradients are averaged in buckets of this size, each as "
                         "soon as the backward pass has finished it (default 128KB; 0: all at once after it)")
+    p.add_argument("--data-threads", dest="data_threads", type=positive, metavar="N",
+                   help="threads that decode streamed data such as images(\"photos/\") ahead of the steps "
+                        "(default: the cores)")
     p.add_argument("--early-stop", dest="early_stop", metavar="SPEC", help='e.g. "patience(3, monitor = val_loss)"')
     p.add_argument("--freeze", action="append", metavar="PATTERN", help="parameters not to train (conv*, f5)")
     p.add_argument("--init-from", dest="init_from", metavar="CKPT", help="start from these weights, by name")
@@ -64,7 +67,8 @@ def arguments(p):
 
 def run(args):
     overrides = flags(args, ("epochs", "batch", "lr", "optimizer", "seed", "init_from", "freeze", "data", "validation",
-                             "test", "schedule", "clip", "early_stop", "memory", "precision", "allreduce_bucket"))
+                             "test", "schedule", "clip", "early_stop", "memory", "precision", "allreduce_bucket",
+                             "data_threads"))
     overrides["check_numerics"] = args.check_numerics or None       # the flag adds to the block, never clears it
     progress = "none" if args.quiet else args.log_every or "auto"
     trainer = Trainer(load(args.file), args.model, overrides, Path(args.out) if args.out else None,
@@ -79,6 +83,10 @@ def run(args):
     head = f"trained {trainer.name} for {length} ({result.stopped})"
     stats = row_values(last) if last else []
     items = [f"{head}: {stats[0]}", *stats[1:]] if stats else [head]
+    if "data_wait" in last:
+        items.append(f"data wait {last['data_wait']:.0%} of the last {'row' if 'step' in last else 'epoch'}")
+    if trainer.meta.get("skipped"):
+        items.append(f"{plural(trainer.meta['skipped'], 'file')} skipped (skip_bad)")
     print(wrap_items(items, terminal_width(sys.stdout) if sys.stdout.isatty() else None))
     if result.test:
         print("test: " + "  ".join(f"{k} {v:.4f}" for k, v in result.test.items()))
