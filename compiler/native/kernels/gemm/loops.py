@@ -1,11 +1,12 @@
-"""The GEMM kinds' code: calls of the library's routines (compiler/native/codegen/gemm.py),
+"""The GEMM kinds' code: calls of the library's routines (compiler/native/codegen/gemm/),
 each at the place of the kernel builder it is given."""
 from __future__ import annotations
 
 from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder
-from dlc.compiler.native.codegen.gemm import EPILOGUE_TYPE, FEW_ROWS, PACK_TYPE, gemm_name, gemm_type, pack_name
+from dlc.compiler.native.codegen.gemm.blocking import FEW_ROWS
+from dlc.compiler.native.codegen.gemm.interface import EPILOGUE_TYPE, PACK_TYPE, gemm_name, gemm_type, pack_name
 from dlc.compiler.native.kernels.gemm import a_pack_floats
 from dlc.compiler.native.kernels.map import emit_loop
 from dlc.compiler.native.kernels.map.loops import map_body
