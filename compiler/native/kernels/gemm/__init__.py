@@ -122,6 +122,11 @@ class PackKernel(Kernel):
     def accesses(self) -> tuple:
         return {self.b[0]}, {self.out}
 
+    @property
+    def packs_apart(self):
+        """Floats from one matrix's pack to the next's in `out`."""
+        return a_pack_floats(self.k, self.n)
+
     def emit(self, f):
         kb = f.serial()
         self.call(f, kb)
