@@ -18,7 +18,7 @@ from dlc.compiler.native.codegen.gemm.packs import pack, panel_length
 from dlc.compiler.native.codegen.gemm.window_packs import window_pack
 
 
-def given_or_packed(b, fn, which: str, given, from_given, pack_here):
+def _given_or_packed(b, fn, which: str, given, from_given, pack_here):
     """The panels of operand `which` and the floats from one panel to the next: from_given()'s,
     in the pack `given` where it is not null, else pack_here()'s (each builds at b's place)."""
     given_bb, own_bb, joined = (fn.append_basic_block(f"{which}_{n}") for n in ("given", "own", "joined"))
@@ -138,7 +138,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                     rows = b.sdiv(pc, c64(2)) if pairs else pc      # packed rows before row pc
                     stride = panel_length(gen, b, K)
                     return gep(b, Bk, b.add(b.mul(jc, stride), b.mul(rows, c64(cfg.nr)))), stride
-                bblock, bstride = given_or_packed(b, fn, "b", Bk, given_panels, pack_here)
+                bblock, bstride = _given_or_packed(b, fn, "b", Bk, given_panels, pack_here)
             else:
                 bblock, bstride = pack_here()
             load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, c64(0))
@@ -178,4 +178,4 @@ def _a_block(gen, b, fn, A, lda, Ap, Ak, trans_a, ic, mc, pc, kc, K):
         return pack_here()
     def given_panels():     # panel ic / MR from row pc on
         return gep(b, Ak, b.add(b.mul(ic, K), b.mul(pc, c64(gen.cfg.mr)))), K
-    return given_or_packed(b, fn, "a", Ak, given_panels, pack_here)
+    return _given_or_packed(b, fn, "a", Ak, given_panels, pack_here)
