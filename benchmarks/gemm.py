@@ -23,7 +23,7 @@ materializing the transposes. `others` are the cores other processes used in eac
 With `--precision bf16` the peer is torch.matmul on bfloat16 tensors (oneDNN: the AMX
 tiles where the host has them; its result is bfloat16), and dlc's columns are its float32
 kernel and each bf16 path the host has (the conversion path, vdpbf16ps pairs, the AMX
-tiles: compiler/native/codegen/gemm.py `bf16_config`), each checked against the product of the
+tiles: compiler/native/codegen/gemm/blocking.py `bf16_config`), each checked against the product of the
 operands rounded to bfloat16; dlc/best is the host's bf16 path over torch's.
 """
 from __future__ import annotations
@@ -72,21 +72,21 @@ def run(args):
     import numpy as np
 
     from dlc.compiler.ir.evaluate import round_bf16
-    from dlc.compiler.native.codegen import gemm
+    from dlc.compiler.native.codegen.gemm import blocking
     from dlc.compiler.native.codegen import jit
     from gemm_library import GemmLibrary
 
     variants = [(False, False, False), (True, False, False), (False, True, False)]
     bf16 = args.precision == "bf16"
-    configs = {"neon": gemm.NEON} if jit.target_arch() == "aarch64" else {"avx2": gemm.AVX2}
+    configs = {"neon": blocking.NEON} if jit.target_arch() == "aarch64" else {"avx2": blocking.AVX2}
     if jit.host_has("avx512f"):
-        configs["avx512"] = gemm.AVX512
+        configs["avx512"] = blocking.AVX512
     if bf16:
-        configs = {"f32": gemm.default_config(), "round": replace(gemm.default_config(), operands="bf16-round")}
+        configs = {"f32": blocking.default_config(), "round": replace(blocking.default_config(), operands="bf16-round")}
         if jit.host_has("avx512bf16"):
-            configs["pairs"] = replace(gemm.AVX512, operands="bf16-pairs")
-        if gemm.bf16_config().amx:
-            configs["amx"] = gemm.AMX
+            configs["pairs"] = replace(blocking.AVX512, operands="bf16-pairs")
+        if blocking.bf16_config().amx:
+            configs["amx"] = blocking.AMX
     nt = args.threads
     libs, notes = {}, []
     for key, cfg in configs.items():
@@ -109,7 +109,7 @@ def run(args):
         print("(torch not installed: no torch.matmul column)")
     measured = cached_or_measure()
     peak = measured["gflops"][nt]
-    default = next(k for k, cfg in configs.items() if cfg == (gemm.bf16_config() if bf16 else gemm.default_config()))
+    default = next(k for k, cfg in configs.items() if cfg == (blocking.bf16_config() if bf16 else blocking.default_config()))
     print(f"{describe(measured)}; dlc's default kernel here: {default}")
 
     rng = np.random.default_rng(0)

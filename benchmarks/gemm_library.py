@@ -10,7 +10,9 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.amx import tiles_granted
-from dlc.compiler.native.codegen.gemm import GemmConfig, add_gemm, add_pack, default_config, gemm_name, pack_name
+from dlc.compiler.native.codegen.gemm.blocking import GemmConfig, default_config
+from dlc.compiler.native.codegen.gemm.interface import gemm_name, pack_name
+from dlc.compiler.native.codegen.gemm.routine import add_gemm, add_pack
 from dlc.compiler.native.kernels.gemm import a_pack_floats, packed_floats
 from dlc.runtime.engines import cache
 

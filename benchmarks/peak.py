@@ -40,10 +40,11 @@ ROUND_S = 0.2            # the shortest round: /proc/stat counts the machine's b
 def _compile_fma_loop():
     """(native fn(i64 iterations) -> float, FLOPs per iteration)."""
     from llvmlite import ir
-    from dlc.compiler.native.codegen import gemm, jit
+    from dlc.compiler.native.codegen import jit
+    from dlc.compiler.native.codegen.gemm import blocking
     from dlc.compiler.native.codegen.intrinsics import declare, splat
 
-    lanes = gemm.default_config().vw       # 16 with AVX-512, 8 with AVX2, 4 with NEON
+    lanes = blocking.default_config().vw       # 16 with AVX-512, 8 with AVX2, 4 with NEON
     f32, i64 = ir.FloatType(), ir.IntType(64)
     vty = ir.VectorType(f32, lanes)
     module = ir.Module("peak")

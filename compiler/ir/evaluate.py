@@ -17,7 +17,7 @@ from dlc.compiler.ir.primitives import PRIMITIVES
 
 def round_bf16(x: np.ndarray) -> np.ndarray:
     """x rounded to bfloat16, to nearest even, and back to float32, as the native kernels
-    round their bf16 operands (compiler/native/codegen/gemm.py `bf16_bits`): a NaN stays a NaN."""
+    round their bf16 operands (compiler/native/codegen/intrinsics.py `bf16_bits`): a NaN stays a NaN."""
     x = np.asarray(x, np.float32)
     bits = x.view(np.uint32)
     rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))

@@ -31,13 +31,13 @@ PACK_WEIGHTS = ("each call", "once")
 # library's set_threads): the thread pool's table of workers (codegen/threadpool.py) holds one fewer
 MOST_THREADS = 1024
 
-# columns of C up to which a GEMM block multiplies without packing (codegen/gemm.py
-# _Gen.few_columns); here so that the choice of a convolution's GEMM (choose/conv.py) reads it without loading LLVM
+# columns of C up to which a GEMM block multiplies without packing (codegen/gemm/few_columns.py);
+# here so that the choice of a convolution's GEMM (choose/conv.py) reads it without loading LLVM
 FEW_COLUMNS = 16
 
 # a multiple of the rows of every float32 GEMM blocking's panels of A (6, 8 and 12): the
 # packs of a batch of matrices of A given packed follow each other at whole multiples of it
-# (codegen/gemm.py `packed_a`, kernels/gemm `a_pack_floats`)
+# (codegen/gemm/routine.py `packed_a`, kernels/gemm `a_pack_floats`)
 A_PANEL_ROWS = 24
 
 # the filters of a tile of the direct convolution by channels (kernels/conv `conv_by_channels`),

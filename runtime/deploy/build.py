@@ -195,7 +195,8 @@ def _objects(name: str, units: list, tmp: Path, level: int) -> list:
     libraries link into one program, and a --train library's two step modules into one
     library) and hidden (the library exports its C API only)."""
     from dlc.compiler.native.codegen import threadpool
-    from dlc.compiler.native.codegen.gemm import gemm_module, program_configs, routine_names, thread_local_buffers
+    from dlc.compiler.native.codegen.gemm.buffers import thread_local_buffers
+    from dlc.compiler.native.codegen.gemm.library import gemm_module, program_configs, routine_names
     from dlc.runtime.engines.cache import built_object, object_cached
     configs = program_configs()
     # one GEMM and one pool per library, named after it; the step modules call them by those names

@@ -1,7 +1,7 @@
 """Compiled objects cached on disk, keyed by a hash of the LLVM IR and its optimization level
 (runtime/engines/tiers.py compiles a module to quick code, then at O3), the target (triple, CPU and
 features, whether the AMX tiles may be used: `amx.tiles_usable`, the GEMM's vector width,
-which DLC_GEMM_VW may choose: `gemm.default_config`) and the dlc and llvmlite versions: the
+which DLC_GEMM_VW may choose: `jit.vector_width`) and the dlc and llvmlite versions: the
 second compile of the same model loads machine code instead of running LLVM.
 
 An entry is machine code that will run as the user, so it is verified before LLVM sees it:
@@ -46,8 +46,9 @@ import time
 from pathlib import Path
 
 import dlc
-from dlc.compiler.native.codegen.gemm import (buffer_function, buffers_module, default_config, gemm_module,
-                                              program_configs, routine_configs, routine_names)
+from dlc.compiler.native.codegen.gemm.blocking import default_config
+from dlc.compiler.native.codegen.gemm.buffers import buffer_function, buffers_module
+from dlc.compiler.native.codegen.gemm.library import gemm_module, program_configs, routine_configs, routine_names
 from dlc.compiler.errors import DlcError
 from dlc.compiler.native.codegen import jit, parallel_compile, threadpool
 from dlc.compiler.native.codegen.amx import tiles_usable
@@ -427,7 +428,7 @@ def provide(declared):
 
 
 def gemm_symbols():
-    """Load every GEMM routine of the host's paths (compiler/native/codegen/gemm.py
+    """Load every GEMM routine of the host's paths (compiler/native/codegen/gemm/library.py
     `program_configs`, float32 and bf16): what a cold cache compiles while programs run,
     compiled at once (a benchmark's first step, then, is the model's own)."""
     provide(routine_names(program_configs()))

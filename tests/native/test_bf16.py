@@ -20,7 +20,8 @@ from dlc.compiler.frontend.loader import load_text
 from dlc.compiler.ir.evaluate import round_bf16
 from dlc.compiler.native.program import render
 from dlc.compiler.native import bf16
-from dlc.compiler.native.codegen import amx, gemm, jit
+from dlc.compiler.native.codegen import amx, jit
+from dlc.compiler.native.codegen.gemm import blocking, routine
 from dlc.compiler.native.kernels.gemm import packed_floats
 from dlc.compiler.native.lower import lower
 from dlc.compiler.passes.autodiff import train_step
@@ -41,17 +42,17 @@ def gemm_paths() -> dict:
     (tdpbf16ps) where it has AMX-BF16; on AArch64 the NEON blocking's conversion path, and
     its pairs (BFDOT) where it has bf16."""
     if jit.target_arch() == "aarch64":
-        paths = {"round-neon": replace(gemm.NEON, operands="bf16-round")}
+        paths = {"round-neon": replace(blocking.NEON, operands="bf16-round")}
         if jit.host_has("bf16"):
-            paths["pairs-neon"] = replace(gemm.NEON, operands="bf16-pairs")
+            paths["pairs-neon"] = replace(blocking.NEON, operands="bf16-pairs")
         return paths
-    paths = {"round-avx2": replace(gemm.AVX2, operands="bf16-round")}
+    paths = {"round-avx2": replace(blocking.AVX2, operands="bf16-round")}
     if jit.host_has("avx512f"):
-        paths["round-avx512"] = replace(gemm.AVX512, operands="bf16-round")
+        paths["round-avx512"] = replace(blocking.AVX512, operands="bf16-round")
     if jit.host_has("avx512bf16"):
-        paths["pairs-avx512"] = replace(gemm.AVX512, operands="bf16-pairs")
+        paths["pairs-avx512"] = replace(blocking.AVX512, operands="bf16-pairs")
     if amx.has_tiles("tdpbf16ps"):
-        paths["amx"] = gemm.AMX
+        paths["amx"] = blocking.AMX
     return paths
 
 
@@ -149,9 +150,9 @@ def test_amx_workers_need_no_request_of_their_own(tmp_path):
     before the request run the AMX product after it (no SIGILL)."""
     if "amx" not in gemm_paths():
         pytest.skip("the host has no AMX")
-    code = ("import numpy as np; from dlc.compiler.native.codegen import gemm; "
+    code = ("import numpy as np; from dlc.compiler.native.codegen.gemm import blocking; "
             f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from gemm_library import GemmLibrary; x = np.ones((256, 256), np.float32); GemmLibrary([(False, False, False)])(x, x, nthreads=2); "
-            "print(GemmLibrary([(False, False, False)], config=gemm.AMX)(x, x, nthreads=2)[0, 0])")
+            "print(GemmLibrary([(False, False, False)], config=blocking.AMX)(x, x, nthreads=2)[0, 0])")
     out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DLC_CACHE_DIR=str(tmp_path)),
                          capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.split() == ["256.0"], out
@@ -165,9 +166,9 @@ def test_refused_tile_state_falls_back_and_says_so_once(monkeypatch, capsys):
     monkeypatch.setattr(amx, "request_tiles", lambda: 22)
     amx.tiles_granted.cache_clear()
     try:
-        assert [gemm.bf16_config().operands for _ in range(2)] == ["bf16-pairs"] * 2
+        assert [blocking.bf16_config().operands for _ in range(2)] == ["bf16-pairs"] * 2
         with pytest.raises(RuntimeError, match="tile state"):
-            GemmLibrary([(False, False, False)], config=gemm.AMX)
+            GemmLibrary([(False, False, False)], config=blocking.AMX)
     finally:
         amx.tiles_granted.cache_clear()
     assert capsys.readouterr().err.count("did not grant the AMX tile state (Invalid argument)") == 1
@@ -184,7 +185,8 @@ def test_dlc_target_forces_each_path(target, best, tmp_path):
     AVX-512: the bf16 routines take the best path the target leaves (at most `best`)."""
     if target != "avx2" and not jit.host_has("avx512f"):
         pytest.skip("the host has no AVX-512")
-    code = ("from dlc.compiler.native.codegen import amx, gemm, jit; c = gemm.bf16_config(); "
+    code = ("from dlc.compiler.native.codegen import amx, jit; from dlc.compiler.native.codegen.gemm import blocking; "
+            "c = blocking.bf16_config(); "
             "amx = amx.has_tiles('tdpbf16ps'); "
             "print(c.operands, c.vw, jit.host_has('avx512bf16'), amx)")
     env = dict(os.environ, DLC_TARGET=target, DLC_CACHE_DIR=str(tmp_path))
@@ -203,9 +205,9 @@ def test_on_aarch64_the_pairs_are_bfdot_where_the_target_has_bf16(level, operand
     everywhere); without it, the conversion path's fmla alone (tests/deploy/test_aarch64.py
     runs the pairs under qemu)."""
     compile_for_aarch64(level)
-    config = gemm.bf16_config()
+    config = blocking.bf16_config()
     module = ir.Module()
-    gemm.add_gemm(module, config=config)
+    routine.add_gemm(module, config=config)
     asm = jit.assembly(module)
     assert (config.operands, config.vw) == (operands, 4)
     assert (re.search(r"\bbfdot\s", asm) is not None) == (operands == "bf16-pairs") and "fmla" in asm
@@ -252,7 +254,7 @@ def test_forced_path_gives_the_reference_emulation(target, operands, tmp_path):
     if target != "avx2" and not jit.host_has("avx512f") or operands == "bf16-pairs" and not jit.host_has("avx512bf16"):
         pytest.skip("the host has not this path")
     code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_bf16 as t; "
-            f"from dlc.compiler.native.codegen import gemm; assert gemm.bf16_config().operands == '{operands}'; "
+            f"from dlc.compiler.native.codegen.gemm import blocking; assert blocking.bf16_config().operands == '{operands}'; "
             "np.save(sys.argv[2], t._gradients('mlp', 'native', 'bf16')[1])")
     subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy")],
                    env=dict(os.environ, DLC_TARGET=target), check=True, cwd=ROOT)

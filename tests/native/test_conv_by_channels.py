@@ -67,8 +67,9 @@ def test_a_stem_by_channels_matches_torch_forward_and_backward(case):
 def test_a_stem_by_channels_at_other_vector_widths_matches_torch(case, config, monkeypatch, tmp_path):
     """NEON's 4 lanes (four vectors a pixel) and AVX-512's 16 (one), compiled here (LLVM
     splits a vector wider than the host's)."""
-    from dlc.compiler.native.codegen import gemm, image_rows
-    monkeypatch.setattr(image_rows, "default_config", lambda: getattr(gemm, config))
+    from dlc.compiler.native.codegen import image_rows
+    from dlc.compiler.native.codegen.gemm import blocking
+    monkeypatch.setattr(image_rows, "vector_width", lambda: getattr(blocking, config).vw)
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))     # not the host width's code, cached by program
     matches_torch(case)
 

@@ -57,9 +57,9 @@ def test_native_depthwise_matches_torch_forward_and_backward(case):
 def test_the_direct_kernels_at_aarch64s_vector_width_match_torch(case, monkeypatch, tmp_path):
     """NEON's 4 lanes, compiled here: a tap column shifted a vector or more along its
     row's stream (kernel columns past 4)."""
-    from dlc.compiler.native.codegen.gemm import NEON
+    from dlc.compiler.native.codegen.gemm.blocking import NEON
     from dlc.compiler.native.codegen import image_rows
-    monkeypatch.setattr(image_rows, "default_config", lambda: NEON)
+    monkeypatch.setattr(image_rows, "vector_width", lambda: NEON.vw)
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))     # not the host width's code, cached by program
     matches_torch(case)
 
@@ -121,7 +121,7 @@ def test_a_depthwise_convolution_of_small_planes_is_by_channels_with_the_pixels_
     copy of the filters in tiles, the epilogue in its store), and its outputs are the bits
     of the pixels' kernel, at the host's vector width and at AArch64's."""
     from dlc.compiler.native.codegen import image_rows
-    from dlc.compiler.native.codegen.gemm import NEON
+    from dlc.compiler.native.codegen.gemm.blocking import NEON
     from dlc.compiler.native.choose import conv
     c, k, stride, padding, h, w = shape
     model = load_text(f"model dw {{\n    input x: f32[B, {c}, {h}, {w}]\n"
@@ -135,7 +135,7 @@ def test_a_depthwise_convolution_of_small_planes_is_by_channels_with_the_pixels_
     def run(small_plane: int, width=None):
         monkeypatch.setattr(conv, "SMALL_PLANE", small_plane)
         if width is not None:
-            monkeypatch.setattr(image_rows, "default_config", lambda: width)
+            monkeypatch.setattr(image_rows, "vector_width", lambda: width.vw)
         exe = Executable(predict_graph(model))
         texts = [line for kernel in exe.program.kernels for line in kernel.text()]
         arrays, sizes = exe.run({"x": x, "rng": NO_KEY}, exe.given(params))

@@ -1,4 +1,4 @@
-"""The generated SGEMM (compiler/native/codegen/gemm.py) against numpy, in float32.
+"""The generated SGEMM (compiler/native/codegen/gemm/) against numpy, in float32.
 
 Covers the 4 transpose combinations, C = AB and C += AB, batched products (with a
 broadcast operand), odd sizes and edge tiles, K slices and M/N blocks (a small-blocking
@@ -14,7 +14,9 @@ import pytest
 from llvmlite import ir
 
 from dlc.compiler.errors import DlcError
-from dlc.compiler.native.codegen import gemm, jit, threadpool
+from dlc.compiler.native import FEW_COLUMNS
+from dlc.compiler.native.codegen import jit, threadpool
+from dlc.compiler.native.codegen.gemm import blocking, interface, routine
 from dlc.runtime.engines import cache
 from dlc.compiler.native.kernels.gemm import packed_floats
 
@@ -28,20 +30,20 @@ ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in 
 CONFIGS = {
     # tiny blocks: several K slices, M blocks and N blocks even for small matrices; forks
     # threads for any size. Its micro-kernel is AVX2's (6 x 16, 8 lanes)
-    "tiny": gemm.GemmConfig(mr=6, nr=16, vw=8, kc=16, mc=12, nc=32, serial_below=0),
+    "tiny": blocking.GemmConfig(mr=6, nr=16, vw=8, kc=16, mc=12, nc=32, serial_below=0),
 }
 # the host's blocking. On an AVX-512 host AVX2's micro-kernel runs in "tiny" and its blocking
 # in .ci/run's re-run of this file for a generic AVX2 machine (DLC_TARGET=avx2)
 if jit.host_has("avx512f"):
-    CONFIGS["avx512"] = gemm.AVX512
+    CONFIGS["avx512"] = blocking.AVX512
 else:
-    CONFIGS["avx2"] = gemm.AVX2
+    CONFIGS["avx2"] = blocking.AVX2
 
 
 def _library(config):
     """The routines of `config`: the host's blocking at O3, as a hot program runs them; the
     others as the session compiles (quick code: the same bits, tests/native/test_tiers.py)."""
-    level = jit.OPT_LEVEL if config == gemm.default_config() else None
+    level = jit.OPT_LEVEL if config == blocking.default_config() else None
     return GemmLibrary(ALL, config=config, packed=True, level=level)
 
 
@@ -160,7 +162,7 @@ def test_few_columns_give_the_tiled_bits(lib, ta, tb, acc):
         a, wide = _operands(rng, M, 40, K, ta, tb)
         c0 = rng.standard_normal((M, 40), dtype=np.float32)
         whole = lib(a, wide, c0.copy() if acc else None, trans_a=ta, trans_b=tb, accumulate=acc)
-        for n in (1, 3, 4, 7, 8, 13, gemm.FEW_COLUMNS):
+        for n in (1, 3, 4, 7, 8, 13, FEW_COLUMNS):
             b = wide[:n] if tb else wide[:, :n]
             for nthreads in (1, 2):
                 c = c0[:, :n].copy() if acc else np.full((M, n), np.nan, np.float32)
@@ -274,7 +276,7 @@ def test_bad_arguments_raise_before_native_code(lib):
 
 def test_ir_and_asm_text():
     m = ir.Module()
-    gemm.add_gemm(m, "my_gemm", trans_b=True, config=gemm.AVX2)
+    routine.add_gemm(m, "my_gemm", trans_b=True, config=blocking.AVX2)
     text = jit.optimized_ir(m)
     assert "define i32 @my_gemm(" in text and "@dlc_pool_run(" in text
     asm = jit.assembly(m)
@@ -287,7 +289,7 @@ def test_called_from_inside_a_parallel_region(nthreads):
     every thread packs into its own buffer slot (a shared slot would corrupt the results),
     on more threads than a GEMM's own team takes too."""
     m = ir.Module()
-    g = gemm.add_gemm(m, "inner_gemm", config=gemm.AVX2)
+    g = routine.add_gemm(m, "inner_gemm", config=blocking.AVX2)
     i32, i64 = ir.IntType(32), ir.IntType(64)
     f32p, vp = ir.FloatType().as_pointer(), ir.IntType(8).as_pointer()
     args_t = ir.LiteralStructType([f32p, f32p, f32p, i64])
@@ -328,7 +330,8 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
     import subprocess
     import sys
     env = dict(os.environ, DLC_TARGET="avx2", DLC_CACHE_DIR=str(tmp_path))
-    code = ("from dlc.compiler.native.codegen import jit, gemm; print(jit.host_cpu()[0], gemm.default_config().vw)")
+    code = ("from dlc.compiler.native.codegen import jit; from dlc.compiler.native.codegen.gemm import blocking; "
+            "print(jit.host_cpu()[0], blocking.default_config().vw)")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["x86-64-v3", "8"]
     asm = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
@@ -377,7 +380,7 @@ def test_the_neon_blocking_gives_the_x86_blockings_bits():
     over K in the order the x86 ones do, in K slices of 256: the same bits, transposed or not,
     packed or not, one row or many, on one thread or two (docs/native.md, Platforms)."""
     rng = np.random.default_rng(5)
-    neon, here = _library(gemm.NEON), _library(gemm.default_config())
+    neon, here = _library(blocking.NEON), _library(blocking.default_config())
     for M, N, K in [(1, 784, 512), (2, 37, 200), (13, 129, 7), (150, 40, 300), (37, 1030, 600), (128, 512, 784)]:
         for ta, tb, acc in ALL:
             a, b = _operands(rng, M, N, K, ta, tb)
@@ -424,17 +427,17 @@ def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
     columns as they lie) give, bit for bit, what the routines give on im2col's buffer — per
     group, on one thread or two, in every blocking — and read nothing outside the image:
     NaN around it would show."""
-    config = gemm.NEON if name == "neon" else CONFIGS[name]
+    config = blocking.NEON if name == "neon" else CONFIGS[name]
     module = ir.Module("windows")
     for tb, windows in [(tb, w) for tb in (False, True) for w in (False, True)]:
-        gemm.add_gemm(module, trans_b=tb, windows=windows, config=config)
+        routine.add_gemm(module, trans_b=tb, windows=windows, config=config)
     compiled = cache.compile_cached(module, jit.settled_level())
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     signature = (i64,) * 3 + (ptr, i64, i64) * 3 + (i64, i64)
-    columns = {tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature)(compiled.address(gemm.gemm_name(False, tb, False)))
+    columns = {tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature)(compiled.address(interface.gemm_name(False, tb, False)))
                for tb in (False, True)}
     windows = {tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature, ptr)(
-        compiled.address(gemm.gemm_name(False, tb, False, windows=True))) for tb in (False, True)}
+        compiled.address(interface.gemm_name(False, tb, False, windows=True))) for tb in (False, True)}
     rng = np.random.default_rng(3)
     for N, C, H, W, O, kh, kw, stride, padding, dilation, groups in WINDOWS:
         room = np.full(N * C * H * W + 64, np.nan, np.float32)
@@ -444,7 +447,7 @@ def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
         cols, Ho, Wo = _im2col(x, kh, kw, stride, padding, dilation)
         n, taps = N * Ho * Wo, cg * kh * kw
         geometry = np.array([Ho, Wo, kh, kw, H, W, C * H * W, H * W, W, 1, *stride, *padding, *dilation], np.int64)
-        assert len(geometry) == len(gemm.WINDOW_GEOMETRY)
+        assert len(geometry) == len(interface.WINDOW_GEOMETRY)
         by_group = cols.reshape(n, groups, taps).transpose(1, 0, 2).astype(np.float64)     # [groups, n, taps]
         # the product: y_g (og x n) = w_g (og x taps) @ cols_gᵀ; the weight gradient: dw_g
         # (og x taps) = g_g (og x n) @ cols_g

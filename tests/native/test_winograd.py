@@ -74,9 +74,9 @@ def test_winograd_matches_torch(layer, case):
 def test_winograd_at_aarch64s_vector_width_matches_torch(case, monkeypatch, tmp_path):
     """NEON's 4 lanes, compiled here: a tile's 4 columns from 2 interleaved streams, each
     row of 2 x 2 outputs woven from 2 vectors."""
-    from dlc.compiler.native.codegen.gemm import NEON
+    from dlc.compiler.native.codegen.gemm.blocking import NEON
     from dlc.compiler.native.codegen import image_rows
-    monkeypatch.setattr(image_rows, "default_config", lambda: NEON)
+    monkeypatch.setattr(image_rows, "vector_width", lambda: NEON.vw)
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))     # not the host width's code, cached by program
     matches_torch("conv2d", case)
 

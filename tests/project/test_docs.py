@@ -33,7 +33,7 @@ def named_modules() -> set:
         for name in re.findall(r"`([^`]+)`", m.group(1)):
             if name.endswith("/"):
                 folder = name.rstrip("/")
-                named |= {f"{folder}/{n}" for n in re.findall(r"`([a-z_]+\.py)`", m.group(2))}
+                named |= {f"{folder}/{n}" for n in re.findall(r"`([a-z0-9_]+\.py)`", m.group(2))}
             elif "/" in name:
                 folder = name.rsplit("/", 1)[0]
                 named.add(name)

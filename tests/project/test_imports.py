@@ -50,7 +50,7 @@ def import_statements(name: str, path: Path) -> list:
 def imported_modules(name: str, path: Path, modules: set) -> set:
     """The dlc modules that a module imports."""
     is_package = path.name == "__init__.py"
-    out = set()
+    out, named = set(), set()
     for stmt in import_statements(name, path):
         if isinstance(stmt, ast.Import):
             targets = [a.name for a in stmt.names]
@@ -64,11 +64,13 @@ def imported_modules(name: str, path: Path, modules: set) -> set:
         for target in targets:
             while target and target not in modules:     # `import dlc.x.y.z` of a name: its module
                 target = target.rpartition(".")[0]
+            named.add(target)
             while target.startswith("dlc"):     # importing a.b.c first runs a/__init__ and a/b/__init__
                 out.add(target)
                 target = target.rpartition(".")[0]
-    # a module runs inside its own packages: they are already being imported, not a dependency
-    return {t for t in out if not (name == t or name.startswith(t + "."))}
+    # a module runs inside its own packages: they are already being imported, not a dependency,
+    # unless it imports one by name (a name of its __init__.py), which is
+    return {t for t in out if t != name and (t in named or not name.startswith(t + "."))}
 
 
 @functools.cache      # the tests only read it: the package's sources are parsed once
@@ -221,6 +223,19 @@ def test_a_wrong_edge_is_found():
                ("dlc.compiler.native.program.registry", "dlc.compiler.native.rules"),     # a floor below
                ("dlc.runtime.api", "dlc.runtime.lsp.server")]          # within a layer
     assert edges_against_the_layers(list(import_graph().edges) + planted) == sorted(planted)
+
+
+def test_an_import_of_its_own_package_by_name_is_found(tmp_path):
+    """A module that takes a name from its own package's __init__.py depends on it: with the
+    __init__.py importing the module (a kind's `emit` importing its loops.py), a cycle."""
+    loops = "dlc.compiler.native.kernels.gemm.loops"
+    planted = tmp_path / "loops.py"
+    planted.write_text("from dlc.compiler.native.kernels.gemm import packed_floats\n")
+    edges = imported_modules(loops, planted, set(module_files()))
+    assert edges == {"dlc.compiler.native.kernels.gemm"}     # the packages above it: already running
+    graph = import_graph().copy()
+    graph.add_edges_from((loops, target) for target in edges)
+    assert sorted([loops, "dlc.compiler.native.kernels.gemm"]) in [sorted(c) for c in nx.simple_cycles(graph)]
 
 
 def test_a_planted_package_cycle_is_found():

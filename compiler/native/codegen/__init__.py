@@ -9,7 +9,8 @@ kernel kind's loops.py (tests/project/test_llvm_floor.py).
   they and the GEMM hand work to; fpmode.py: the floating-point mode
   kernels run in;
 - driver.py: the step module, each kernel's function and the driver that calls them;
-- gemm.py: the packed GEMM routines the GEMM kernels call; amx.py: the AMX tiles (the bf16
-  GEMM's and the int8 product's);
+- gemm/: the packed GEMM routines the GEMM kernels call, a package of BLIS's layers (its
+  __init__.py names its modules); amx.py: the AMX tiles (the bf16 GEMM's and the int8
+  product's);
 - jit.py: the host target and compilation; parallel_compile.py: a module compiled in parts
   on every core."""

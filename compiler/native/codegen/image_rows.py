@@ -6,7 +6,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
-from dlc.compiler.native.codegen.gemm import default_config
+from dlc.compiler.native.codegen.jit import vector_width
 from dlc.compiler.native.codegen.intrinsics import declare, every, masked, splat, vec_ptr
 from dlc.compiler.native.codegen.shared_loops import SUM_LANES
 from dlc.compiler.native.codegen.types import f32, i1, i32, i64
@@ -25,7 +25,7 @@ class ConvRows:
 
     def __init__(self, kb: KernelBuilder, k, whole_lanes: bool = False, vectors: int | None = None):
         self.kb, self.k = kb, k
-        self.vw = default_config().vw
+        self.vw = vector_width()
         self.registers = 13 if self.vw == 8 else 28
         self.vty = ir.VectorType(f32, self.vw)
         self.ity = ir.VectorType(i32, self.vw)

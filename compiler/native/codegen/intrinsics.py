@@ -1,4 +1,4 @@
-"""LLVM IR helpers that the GEMM generator (gemm.py), the kernels' loops
+"""LLVM IR helpers that the GEMM generator (gemm/), the kernels' loops
 (kernels/<kind>/loops.py), the scalar rules and the step module share: declaring an
 intrinsic or external function once, a scalar splat over a vector, a vector pointer,
 masked vector loads and stores (strided ones too: every stride-th float), vectors

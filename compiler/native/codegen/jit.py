@@ -100,7 +100,7 @@ REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvn
 AARCH64_BASELINE = ("generic", "+v8.2a,+neon,+fp-armv8,+crc,+lse,+rdm")
 # the AArch64 levels: (cpu, features) of each, the baseline's and the optional features of
 # ARMv8.2-A on which int8's dot products (kernels/int8/loops.py) and the bf16 GEMM's pairs
-# (gemm.py) pay; aarch64-bf16 with i8mm too, as ARMv8.6-A requires both
+# (gemm/) pay; aarch64-bf16 with i8mm too, as ARMv8.6-A requires both
 AARCH64_LEVELS = {"aarch64": AARCH64_BASELINE,
                   "aarch64-dotprod": ("generic", AARCH64_BASELINE[1] + ",+dotprod"),
                   "aarch64-i8mm": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm"),
@@ -189,6 +189,16 @@ def host_cpu() -> tuple[str, str]:
         # rounding depends on the width (docs/native.md, the same bits on any machine)
         features += ",-prefer-256-bit"
     return cpu, features
+
+
+def vector_width() -> int:
+    """The float lanes of the vectors the GEMM's blocking (gemm/blocking.py `default_config`)
+    and the kernels that read images by rows (image_rows.py) compute in on the target: 4 on
+    AArch64 (NEON); on x86-64 16 where it has AVX-512F, unless the environment variable
+    DLC_GEMM_VW=8 asks for AVX2's 8."""
+    if target_arch() == "aarch64":
+        return 4
+    return 8 if os.environ.get("DLC_GEMM_VW", "") == "8" or not host_has("avx512f") else 16
 
 
 def host_has(feature: str) -> bool:

@@ -305,7 +305,7 @@ class Kernel(ABC):
         """Build its function with f (driver.KernelFunction): a builder that runs on the
         calling thread (`f.serial()`) or one whose loop nest a thread team splits
         (`f.team(...)`). Returns that builder, which the driver finishes. The loop nests
-        themselves are LLVM code (kernels/<kind>/loops.py, codegen/gemm.py), imported inside `emit`, so that
+        themselves are LLVM code (kernels/<kind>/loops.py, codegen/gemm/), imported inside `emit`, so that
         lowering a graph never loads LLVM."""
 
     def nested(self) -> list:

@@ -8,7 +8,7 @@ from llvmlite import ir
 from dlc.compiler.ir.dims import numel
 from dlc.compiler.ir.primitives import MASKED
 from dlc.compiler.native.codegen.builder import KernelBuilder
-from dlc.compiler.native.codegen.gemm import gemm_name, gemm_type
+from dlc.compiler.native.codegen.gemm.interface import gemm_name, gemm_type
 from dlc.compiler.native.program import Affine, Load, Op
 from dlc.compiler.native.codegen.scalar import exp
 from dlc.compiler.native.codegen.shared_loops import lane_sum

@@ -1,4 +1,4 @@
-"""The kernels that call dlc's GEMM library (compiler/native/codegen/gemm.py): a batch of matrix
+"""The kernels that call dlc's GEMM library (compiler/native/codegen/gemm/): a batch of matrix
 products, the packing of an operand that stays the same over a scan's steps, and that of a
 prediction's weights, kept packed (or transformed) between calls under their flags; the
 lowering rule of matmul, and the size of a packed operand. Their code is a call of the
@@ -26,7 +26,7 @@ class GemmKernel(Kernel):
     of in a pass of its own (fusion.gemm_epilogues); its space is C's: [M, N] (C[i, j]),
     [n, M, P] with C one matrix of n·P columns (C[i, n·P + p]), or [batch, M, N] (C[b][i, j]).
     `windows`: B is an image and op(B) its convolution windows (a float32 convolution's
-    columns without im2col's buffer), by this geometry (gemm.WINDOW_GEOMETRY's values)."""
+    columns without im2col's buffer), by this geometry (gemm/interface.py WINDOW_GEOMETRY's values)."""
     m: object
     n: object
     k: object
@@ -98,7 +98,7 @@ class GemmKernel(Kernel):
 
 @dataclass
 class PackKernel(Kernel):
-    """out = op(B) (k x n) packed into the GEMM's panels (gemm.add_pack): a GEMM operand
+    """out = op(B) (k x n) packed into the GEMM's panels (gemm/routine.py `add_pack`): a GEMM operand
     that stays the same at every step of a scan, packed once before the loop; `bf16`: as
     the bf16 routines take it. With `which` "a", op(A) (n x k: its n rows along the
     panels; `b` and `trans_b` are A's) for the `packed_a` routines, `count` matrices
@@ -121,6 +121,11 @@ class PackKernel(Kernel):
 
     def accesses(self) -> tuple:
         return {self.b[0]}, {self.out}
+
+    @property
+    def packs_apart(self):
+        """Floats from one matrix's pack to the next's in `out`."""
+        return a_pack_floats(self.k, self.n)
 
     def emit(self, f):
         kb = f.serial()
@@ -201,7 +206,7 @@ class WeightTransformKernel(Kernel):
 
 
 def packed_floats(k, n, nr: int = 32, tiles: bool = False):
-    """Floats that op(B) (k x n) takes packed (gemm.add_pack) for panels nr wide; 32, the
+    """Floats that op(B) (k x n) takes packed (gemm/routine.py `add_pack`) for panels nr wide; 32, the
     widest of any blocking, is enough for every one. `tiles`: room for the AMX panels too
     (a bf16 program's), whose bfloat16 pairs (half a float each) fill whole tiles of 32
     along K: 16 rows more. k and n may be dim polynomials."""
@@ -210,8 +215,8 @@ def packed_floats(k, n, nr: int = 32, tiles: bool = False):
 
 
 def a_pack_floats(k, m):
-    """Floats that op(A) (m x k) takes packed (gemm.add_pack of "a") for the panels of any
-    float32 blocking: where the next matrix's pack starts in a batch's (codegen/gemm.py
+    """Floats that op(A) (m x k) takes packed (`add_pack` of "a") for the panels of any
+    float32 blocking: where the next matrix's pack starts in a batch's (codegen/gemm/routine.py
     `packed_a`)."""
     return packed_floats(k, m, nr=A_PANEL_ROWS)
 

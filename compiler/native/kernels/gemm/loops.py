@@ -1,12 +1,12 @@
-"""The GEMM kinds' code: calls of the library's routines (compiler/native/codegen/gemm.py),
+"""The GEMM kinds' code: calls of the library's routines (compiler/native/codegen/gemm/),
 each at the place of the kernel builder it is given."""
 from __future__ import annotations
 
 from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import Arguments, KernelBuilder
-from dlc.compiler.native.codegen.gemm import EPILOGUE_TYPE, FEW_ROWS, PACK_TYPE, gemm_name, gemm_type, pack_name
-from dlc.compiler.native.kernels.gemm import a_pack_floats
+from dlc.compiler.native.codegen.gemm.blocking import FEW_ROWS
+from dlc.compiler.native.codegen.gemm.interface import EPILOGUE_TYPE, PACK_TYPE, gemm_name, gemm_type, pack_name
 from dlc.compiler.native.kernels.map import emit_loop
 from dlc.compiler.native.kernels.map.loops import map_body
 
@@ -102,7 +102,7 @@ def pack_call(kb: KernelBuilder, f, k):
     pack = f.library(pack_name(k.trans_b, k.bf16, k.which), PACK_TYPE)
     for i in range(k.count):
         kb.b.call(pack, [kb.dim(k.k), kb.dim(k.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off + i * k.stride)]),
-                         kb.dim(ld), kb.b.gep(kb.buffer(k.out, "f32"), [kb.dim(i * a_pack_floats(k.k, k.n))])])
+                         kb.dim(ld), kb.b.gep(kb.buffer(k.out, "f32"), [kb.dim(i * k.packs_apart)])])
 
 
 def flag_clear(kb: KernelBuilder, ready: tuple) -> ir.Value:

@@ -29,7 +29,7 @@ from llvmlite import ir
 
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.amx import TILE_BYTES, TILE_ROWS, has_tiles, tile_ops
-from dlc.compiler.native.codegen.gemm import _carrying_loop, _gep, _loop, _max, _min
+from dlc.compiler.native.codegen.gemm.ir_helpers import carrying_loop, gep, loop, smax, smin
 from dlc.compiler.native.codegen.intrinsics import declare, masked, splat
 from dlc.compiler.native.codegen.types import f32, i8, i32, i64
 from dlc.compiler.native.kernels.map.loops import loop_order, map_body
@@ -132,15 +132,15 @@ def int8_rows(kb, k, first):
     start = lo
     if on_tiles(k):
         rows = kb.dim(k.rows)
-        lo, hi = (_min(b, b.mul(b.sdiv(b.add(x, _c(TILE_ROWS - 1)), _c(TILE_ROWS)), _c(TILE_ROWS)), rows)
+        lo, hi = (smin(b, b.mul(b.sdiv(b.add(x, _c(TILE_ROWS - 1)), _c(TILE_ROWS)), _c(TILE_ROWS)), rows)
                   for x in (lo, hi))
         start = _whole(b, lo, hi, TILE_ROWS)
-        with _loop(b, lo, start, TILE_ROWS, "tr") as r:
+        with loop(b, lo, start, TILE_ROWS, "tr") as r:
             _tile_rows(kb, k, r)
     tiles = _whole(b, start, hi, ROWS)
-    with _loop(b, start, tiles, ROWS, "r") as r:
+    with loop(b, start, tiles, ROWS, "r") as r:
         _rows(kb, k, r, ROWS)
-    with _loop(b, tiles, hi, 1, "rest") as r:
+    with loop(b, tiles, hi, 1, "rest") as r:
         _rows(kb, k, r, 1)
     if k.epilogue is not None:
         _epilogue(kb, k, lo, hi)
@@ -181,7 +181,7 @@ def _tile_rows(kb, k, r):
     else:
         inside = g.k // B
         tail = _stack(kb, T * B, i8) if g.k % B else None
-    with _loop(b, _c(0), _c(g.groups), 1, "g") as group:
+    with loop(b, _c(0), _c(g.groups), 1, "g") as group:
         panel = b.mul(group, _c(g.steps))
 
         def summed(accs, count, start, first, tiles, terms):
@@ -191,17 +191,17 @@ def _tile_rows(kb, k, r):
                 a_tile, out = terms(kt), []
                 for v in range(count):
                     byte = b.mul(b.add(b.mul(at, _c(g.padded)), _c(start + v * T)), _c(TERMS))
-                    w_tile = b.call(load, shape + [_gep(b, w, byte), _c(g.padded * TERMS)])
+                    w_tile = b.call(load, shape + [gep(b, w, byte), _c(g.padded * TERMS)])
                     out.append(b.call(dot, shape + [shape[1], accs[v], a_tile, w_tile]))
                 return out
             if tiles == 1:
                 return step(_c(0), accs)
-            with _carrying_loop(b, _c(tiles), accs, "kt") as (kt, accs, nxt):
+            with carrying_loop(b, _c(tiles), accs, "kt") as (kt, accs, nxt):
                 nxt.extend(step(kt, accs))
             return accs
 
         def gathered(kt):
-            return b.call(load, shape + [_gep(b, block, b.mul(kt, _c(B))), _c(depth)])
+            return b.call(load, shape + [gep(b, block, b.mul(kt, _c(B))), _c(depth)])
 
         if k.window is not None:
             if len(pieces) == 1:
@@ -223,7 +223,7 @@ def _tile_rows(kb, k, r):
             def products(accs, count, start):
                 if inside:
                     accs = summed(accs, count, start, 0, inside,
-                                  lambda kt: b.call(load, shape + [_gep(b, a, b.add(row, b.mul(kt, _c(B)))), lda]))
+                                  lambda kt: b.call(load, shape + [gep(b, a, b.add(row, b.mul(kt, _c(B)))), lda]))
                 if tail is not None:
                     accs = summed(accs, count, start, inside, 1, lambda kt: b.call(load, shape + [tail, _c(B)]))
                 return accs
@@ -231,9 +231,9 @@ def _tile_rows(kb, k, r):
             count = min(4, -(-(g.channels - start) // T))
             accs = products([b.call(zero, shape) for _ in range(count)], count, start)
             for v, tile in enumerate(accs):
-                b.call(store, shape + [b.bitcast(_gep(b, sums, _c(v * T)), i8.as_pointer()), _c(4 * T * 4), tile])
+                b.call(store, shape + [b.bitcast(gep(b, sums, _c(v * T)), i8.as_pointer()), _c(4 * T * 4), tile])
             vty = ir.VectorType(i32, T)
-            rows = [b.load(b.bitcast(_gep(b, sums, _c(j * 4 * T + v * T)), vty.as_pointer()), align=64)
+            rows = [b.load(b.bitcast(gep(b, sums, _c(j * 4 * T + v * T)), vty.as_pointer()), align=64)
                     for j in range(T) for v in range(count)]
             _store(kb, k, r, T, group, start, count, T, rows, 0)      # tdpbusd: u8 · s8
 
@@ -246,9 +246,9 @@ def _copy_tail(kb, a, first, lda, n: int, at: int, tail):
     mload, _ = masked(kb.m, vty)
     mask = ir.Constant(ir.VectorType(ir.IntType(1), TILE_BYTES), [lane < n for lane in range(TILE_BYTES)])
     for j in range(TILE_ROWS):
-        src = b.bitcast(_gep(b, a, b.add(b.add(first, b.mul(_c(j), lda)), _c(at))), vty.as_pointer())
+        src = b.bitcast(gep(b, a, b.add(b.add(first, b.mul(_c(j), lda)), _c(at))), vty.as_pointer())
         row = b.call(mload, [src, ir.Constant(i32, 1), mask, ir.Constant(vty, [0] * TILE_BYTES)])
-        b.store(row, b.bitcast(_gep(b, tail, _c(j * TILE_BYTES)), vty.as_pointer()), align=64)
+        b.store(row, b.bitcast(gep(b, tail, _c(j * TILE_BYTES)), vty.as_pointer()), align=64)
 
 
 def _gather_windows(kb, k, r, group, block, depth: int, piece: tuple):
@@ -267,7 +267,7 @@ def _gather_windows(kb, k, r, group, block, depth: int, piece: tuple):
     a = kb.buffer(k.a[0], "i8")
     fill = ir.Constant(vty, [g.zero - 256 if g.zero > 127 else g.zero] * TILE_BYTES)
     nothing = ir.Constant(vty, [0] * TILE_BYTES)
-    with _loop(b, _c(0), _c(TILE_ROWS), 1, "window") as j:
+    with loop(b, _c(0), _c(TILE_ROWS), 1, "window") as j:
         origin = windows.origin(b.add(r, j))
         row = b.mul(j, _c(depth))
 
@@ -277,9 +277,9 @@ def _gather_windows(kb, k, r, group, block, depth: int, piece: tuple):
             for c0 in range(0, own, TILE_BYTES):
                 mask = ir.Constant(ir.VectorType(ir.IntType(1), TILE_BYTES),
                                    [lane < own - c0 for lane in range(TILE_BYTES)])
-                src = b.bitcast(_gep(b, a, b.add(at, _c(c0))), vty.as_pointer())
+                src = b.bitcast(gep(b, a, b.add(at, _c(c0))), vty.as_pointer())
                 terms = b.select(valid, b.call(mload, [src, ir.Constant(i32, 1), mask, nothing]), fill)
-                b.store(terms, b.bitcast(_gep(b, block, b.add(to, _c(c0))), vty.as_pointer()), align=1)
+                b.store(terms, b.bitcast(gep(b, block, b.add(to, _c(c0))), vty.as_pointer()), align=1)
             return carried
         windows.over_taps([], tap_terms, *piece)
 
@@ -289,7 +289,7 @@ def _rows(kb, k, r, count: int):
     b, g = kb.b, k.weights
     width = lanes()
     vectors = 2 if width == 8 else 4       # 16 accumulators of AVX-512's or NEON's 32 registers, 8 of AVX2's 16
-    with _loop(b, _c(0), _c(g.groups), 1, "g") as group:
+    with loop(b, _c(0), _c(g.groups), 1, "g") as group:
         for start in range(0, g.channels, width * vectors):
             _tile(kb, k, r, count, group, start, min(vectors, -(-(g.channels - start) // width)), width)
 
@@ -310,7 +310,7 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
 
     def weights(t):
         base = b.add(panel, b.add(b.mul(t, _c(g.padded * TERMS)), _c(start * TERMS)))
-        return [b.load(b.bitcast(_gep(b, w, b.add(base, _c(v * width * TERMS))), vty.as_pointer()), align=1)
+        return [b.load(b.bitcast(gep(b, w, b.add(base, _c(v * width * TERMS))), vty.as_pointer()), align=1)
                 for v in range(vectors)]
 
     def step(t, accs, terms):
@@ -322,13 +322,13 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
         return out
 
     def loaded(row, t):     # four whole terms: one 32-bit load
-        word = b.load(b.bitcast(_gep(b, a, b.add(row, b.mul(t, _c(TERMS)))), i32.as_pointer()), align=1)
+        word = b.load(b.bitcast(gep(b, a, b.add(row, b.mul(t, _c(TERMS)))), i32.as_pointer()), align=1)
         return splat(b, word, vty)
 
     def gathered(row, t):   # the last terms, fewer than four: byte by byte, never past the row
         word = ir.Constant(i32, 0)
         for j in range(g.k - whole * TERMS):
-            byte = b.zext(b.load(_gep(b, a, b.add(row, _c(whole * TERMS + j)))), i32)
+            byte = b.zext(b.load(gep(b, a, b.add(row, _c(whole * TERMS + j)))), i32)
             word = b.or_(word, b.shl(byte, ir.Constant(i32, 8 * j)))
         return splat(b, word, vty)
 
@@ -336,7 +336,7 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
     if k.window is not None:
         accs = _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width)
     else:
-        with _carrying_loop(b, _c(whole), zero, "t") as (t, accs, nxt):
+        with carrying_loop(b, _c(whole), zero, "t") as (t, accs, nxt):
             nxt.extend(step(t, accs, loaded))
         accs = accs if g.k == whole * TERMS else step(_c(whole), accs, gathered)
     _store(kb, k, r, count, group, start, vectors, width, accs, dot.bias)
@@ -377,7 +377,7 @@ class _Windows:
             for tap in range(first, first + taps):
                 carried = body(_c(tap), _c(tap // kw), _c(tap % kw), carried)
             return carried
-        with _carrying_loop(b, _c(first + taps), carried, "tap", first) as (tap, now, nxt):
+        with carrying_loop(b, _c(first + taps), carried, "tap", first) as (tap, now, nxt):
             nxt.extend(body(tap, b.sdiv(tap, _c(kw)), b.srem(tap, _c(kw)), now))
         return now
 
@@ -409,19 +409,19 @@ def _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width):
         return out
 
     def loaded(at):         # four channels: one 32-bit load
-        return b.load(b.bitcast(_gep(b, a, at), i32.as_pointer()), align=1)
+        return b.load(b.bitcast(gep(b, a, at), i32.as_pointer()), align=1)
 
     def gathered(at):       # the last channels, fewer than four
         word = ir.Constant(i32, 0)
         for t in range(own - whole * TERMS):
-            byte = b.zext(b.load(_gep(b, a, b.add(at, _c(t)))), i32)
+            byte = b.zext(b.load(gep(b, a, b.add(at, _c(t)))), i32)
             word = b.or_(word, b.shl(byte, ir.Constant(i32, 8 * t)))
         return word
 
     def at_tap(tap, ti, tj, accs):
         rows = [windows.tap(origin, group, ti, tj) for origin in origins]
         if whole:
-            with _carrying_loop(b, _c(whole), accs, "c") as (c4, accs, following):
+            with carrying_loop(b, _c(whole), accs, "c") as (c4, accs, following):
                 following.extend(step(tap, c4, accs, rows, loaded))
         return accs if whole == per else step(tap, _c(whole), accs, rows, gathered)
 
@@ -441,15 +441,15 @@ def _store(kb, k, r, count, group, start, vectors, width, accs, bias):
     zero = ir.Constant(vty, [g.zero - bias] * width)
     for v in range(vectors):
         o = b.add(at, _c(v * width))
-        off = b.mul(b.load(b.bitcast(_gep(b, sums, o), vty.as_pointer()), align=4), zero)
-        m = b.load(b.bitcast(_gep(b, mult, o), fty.as_pointer()), align=4)
+        off = b.mul(b.load(b.bitcast(gep(b, sums, o), vty.as_pointer()), align=4), zero)
+        m = b.load(b.bitcast(gep(b, mult, o), fty.as_pointer()), align=4)
         left = g.channels - start - v * width
         mask = ir.Constant(ir.VectorType(ir.IntType(1), width), [lane < left for lane in range(width)])
         for j in range(count):
             y = b.fmul(b.sitofp(b.sub(accs[j * vectors + v], off), fty), m)
             column = b.add(b.mul(group, _c(g.channels)), _c(start + v * width))
             place = b.add(kb.dim(k.c[1]), b.add(b.mul(b.add(r, _c(j)), kb.dim(k.c[2])), column))
-            ptr = b.bitcast(_gep(b, c, place), fty.as_pointer())
+            ptr = b.bitcast(gep(b, c, place), fty.as_pointer())
             if left >= width:
                 b.store(y, ptr, align=4)
             else:
@@ -472,7 +472,7 @@ def _epilogue(kb, k, lo, hi):
 
     def image(n):
         start = b.mul(n, pixels)
-        p0, p1 = b.sub(_max(b, lo, start), start), b.sub(_min(b, hi, b.add(start, pixels)), start)
+        p0, p1 = b.sub(smax(b, lo, start), start), b.sub(smin(b, hi, b.add(start, pixels)), start)
         at = lambda c, p: map_body(kb, k.epilogue, kb.p, [n, c, b.add(p0, p)])
         if along_channels:
             kb.loops((b.sub(p1, p0), channels), lambda idx: at(idx[1], idx[0]))

@@ -6,7 +6,7 @@ import math
 from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
-from dlc.compiler.native.codegen.gemm import default_config
+from dlc.compiler.native.codegen.gemm.blocking import default_config
 from dlc.compiler.native.codegen.intrinsics import masked, splat, strided_load, strided_store, vec_ptr
 from dlc.compiler.native.program import Affine, Load
 from dlc.compiler.native.codegen.shared_loops import zero_examples

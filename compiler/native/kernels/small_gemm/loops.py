@@ -4,7 +4,7 @@ from __future__ import annotations
 from llvmlite import ir
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
-from dlc.compiler.native.codegen.gemm import default_config
+from dlc.compiler.native.codegen.gemm.blocking import default_config
 from dlc.compiler.native.codegen.intrinsics import declare, masked, splat, vec_ptr
 from dlc.compiler.native.codegen.shared_loops import operand
 from dlc.compiler.native.codegen.types import f32, i1, i32, i64

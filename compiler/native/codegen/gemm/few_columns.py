@@ -1,0 +1,87 @@
+"""A block of at most FEW_COLUMNS columns of C multiplied without packing: groups of
+COLUMN_ROWS rows of op(A) read as they lie, times op(B)'s values broadcast, each element
+summed as the tiled path sums it."""
+from __future__ import annotations
+
+from llvmlite import ir
+
+from dlc.compiler.native.codegen.intrinsics import declare, masked, splat, transpose8, vec_ptr
+from dlc.compiler.native.codegen.types import f32, i1, i32, i64
+from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, first_rows, gep, loop, smin
+
+
+# the rows of op(A) a block of at most FEW_COLUMNS columns (multiplied without packing,
+# few_columns) keeps in each vector
+COLUMN_ROWS = 8
+
+
+def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_a, trans_b, accumulate):
+    """C[m0:m1, n0:n1] (+)= op(A) @ op(B) with at most FEW_COLUMNS columns (a
+    convolution's last stages at batch 1: [512 x 4608] @ [4608 x 4]), without packing:
+    packing A would copy all of it to use each element a few times, and the tiled
+    micro-kernel's NR columns would be mostly padding. Groups of COLUMN_ROWS rows of
+    op(A) are read as they lie (A's rows transposed 8 x 8 in registers; Aᵀ's rows are
+    the group's vectors), one vector per k, and multiply op(B)[k, j] broadcast, for 8,
+    4, 2 or 1 columns at a time. Each element is summed as the tiled routine sums it: K
+    slices `kstep` deep, each one chain of FMAs along k from zero, added to C in slice
+    order — the same bits whichever path or thread takes it."""
+    G = COLUMN_ROWS
+    vty = ir.VectorType(f32, G)
+    fma = declare(gen.m, f"llvm.fma.v{G}f32", vty, [vty] * 3)
+    mload, _ = masked(gen.m, vty)
+    zero = ir.Constant(vty, None)
+
+    def b_at(k, j):         # op(B)[k, j], broadcast
+        return splat(b, b.load(gep(b, B, b.add(b.mul(j, ldb), k) if trans_b else b.add(b.mul(k, ldb), j))), vty)
+
+    with loop(b, m0, m1, G, name="ci") as i:
+        rows = smin(b, c64(G), b.sub(m1, i))
+        # rows past the group's last are read as the last (inside A) and never stored
+        row = [b.add(i, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
+        lanes = b.icmp_signed("<", ir.Constant(ir.VectorType(i64, G), list(range(G))),
+                              splat(b, rows, ir.VectorType(i64, G)))
+
+        def vectors_at(k, t):
+            """op(A)[group, k + s] for s < t: t vectors of the group's rows."""
+            if trans_a:     # row k of A holds the group's rows side by side (masked: past m1)
+                return [b.call(mload, [vec_ptr(b, b.gep(A, [b.add(b.mul(b.add(k, c64(s)), lda), i)]), vty),
+                                       i32(4), lanes, zero]) for s in range(t)]
+            if t == G:
+                return transpose8(b, [b.load(vec_ptr(b, gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4)
+                                       for r in row])
+            v = ir.Constant(vty, ir.Undefined)
+            for p, r in enumerate(row):
+                v = b.insert_element(v, b.load(gep(b, A, b.add(b.mul(r, lda), k))), i32(p))
+            return [v]
+
+        with loop(b, 0, K, kstep, name="cs") as pc:
+            kc = smin(b, kstep, b.sub(K, pc))
+            load_c = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, c64(0))
+            k8 = b.add(pc, b.mul(b.sdiv(kc, c64(G)), c64(G)))
+            start = n0
+            for width in (8, 4, 2, 1):
+                end = b.sub(n1, b.srem(b.sub(n1, start), c64(width)))
+                with loop(b, start, end, width, name=f"cj{width}") as j:
+                    def step(k, t, acc):
+                        cols = vectors_at(k, t)
+                        for s in range(t):
+                            acc = [b.call(fma, [cols[s], b_at(b.add(k, c64(s)), b.add(j, c64(c))), acc[c]])
+                                   for c in range(width)]
+                        return acc
+                    with carrying_loop(b, k8, [zero] * width, name="ck", start=pc, step=G) as (k, acc, new):
+                        new += step(k, G, acc)
+                    with carrying_loop(b, b.add(pc, kc), acc, name="ct", start=k8) as (k, acc2, new2):
+                        new2 += step(k, 1, acc2)
+                    _store_columns(b, C, ldc, i, rows, j, acc2, load_c)
+                start = end
+
+
+def _store_columns(b, C, ldc, i, rows, j, acc, load_c):
+    """C[i + p, j + c] = acc[c][p] (added to C's value where load_c) for p < rows."""
+    def store_row(p):
+        crow = gep(b, C, b.add(b.mul(b.add(i, c64(p)), ldc), j))
+        for c, v in enumerate(acc):
+            at = gep(b, crow, c64(c))
+            x = b.extract_element(v, i32(p))
+            b.store(b.select(load_c, b.fadd(b.load(at), x), x), at)
+    first_rows(b, COLUMN_ROWS, rows, store_row)
