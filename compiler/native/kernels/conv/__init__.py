@@ -176,7 +176,7 @@ def _columns_gemm(lw, n, x: Tensor, s: ConvShape, attrs, mnk: tuple, a: tuple, c
                   from_the_image: bool, examples: bool = False):
     """The GEMM per group (M, N, K = mnk) of A and x's columns as B — transposed with
     `trans_b` (the product's), as they lie otherwise (the weight gradient's) — into C:
-    packed from x itself (GemmKernel's `windows`, the geometry gemm.WINDOW_GEOMETRY says),
+    packed from x itself (GemmKernel's `windows`, the geometry gemm/interface.py's WINDOW_GEOMETRY says),
     or read from im2col's buffer. `examples` (one group, from the image): one GEMM per
     example instead, B the windows of that example's image."""
     if from_the_image:
