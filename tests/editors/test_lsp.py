@@ -746,8 +746,9 @@ async def test_a_byte_order_mark_is_accepted_and_columns_stay_the_editors(client
 
 # ---- a server that never dies ------------------------------------------------------------------
 async def test_a_huge_repeat_is_cut_off_by_the_time_budget_and_says_so(client, tmp_path):
-    # each step also makes a long static tuple, so that the 2 s pass long before the node limit
-    program = ("model m {\n    input x: f32[B, 4]\n    h = x\n    repeat i in 0..100000 {\n        h = dense(h, 4)\n"
+    # each step also makes a long static tuple, so that the 2 s pass long before the node limit (which
+    # 10,000 steps of a dense layer stay under, so the repeat is not refused at its second step)
+    program = ("model m {\n    input x: f32[B, 4]\n    h = x\n    repeat i in 0..10000 {\n        h = dense(h, 4)\n"
                "        t = range(100000)\n    }\n    output y = h\n}\n")
     uri, got = await open_doc(client, tmp_path / "huge.dl", program)
     assert len(got) == 1 and "stopped building the model after" in got[0].message, got
