@@ -3,6 +3,7 @@ repository's root, which is the package `dlc` (its subpackages are named dlc.<fo
 a build step: the wheel carries the parse cache's entries of its grammar and standard library
 (compiler/frontend/parse_cache.py), made here once, so that a fresh install's first
 `dlc check` reads them instead of building them."""
+
 import os
 import shutil
 import subprocess
@@ -33,22 +34,24 @@ class BuildPyWithParseCache(build_py):
 
     def run(self):
         super().run()
-        if self.editable_mode:      # an editable install reads the source tree: no built package to add to
+        if self.editable_mode:  # an editable install reads the source tree: no built package to add to
             return
         grammar = Path(self.build_lib, "dlc", "grammar")
         for stale in [*grammar.glob("grammar-*.json"), *grammar.glob("syntax-*.json")]:
-            stale.unlink()      # an earlier build's (pip reuses build/): read first, they would leave nothing to make
+            stale.unlink()  # an earlier build's (pip reuses build/): read first, they would leave nothing to make
         with tempfile.TemporaryDirectory() as cache:
-            path = os.pathsep.join(filter(None, [self.build_lib, os.environ.get("PYTHONPATH")]))   # pip's build env too
+            path = os.pathsep.join(filter(None, [self.build_lib, os.environ.get("PYTHONPATH")]))  # pip's build env too
             env = dict(os.environ, PYTHONPATH=path, DLC_CACHE_DIR=cache, PYTHONDONTWRITEBYTECODE="1")
             subprocess.run([sys.executable, "-c", MAKE_ENTRIES], env=env, check=True)
             made = sorted(Path(cache).glob("*.json"))
             if [p.name.split("-")[0] for p in made] != ["grammar", "syntax"]:
-                raise RuntimeError(f"parsing the grammar and the standard library made {[p.name for p in made]}, "
-                                   f"not one grammar and one syntax entry")
+                raise RuntimeError(
+                    f"parsing the grammar and the standard library made {[p.name for p in made]}, "
+                    f"not one grammar and one syntax entry"
+                )
             for entry in made:
                 shutil.copyfile(entry, grammar / entry.name)
 
 
-if __name__ == "__main__":      # as setuptools runs it; tests/project/test_packaging.py reads PACKAGES
+if __name__ == "__main__":  # as setuptools runs it; tests/project/test_packaging.py reads PACKAGES
     setup(packages=PACKAGES, cmdclass={"build_py": BuildPyWithParseCache})

@@ -16,6 +16,7 @@ Peak RSS is the child process's maximum resident set (ru_maxrss).
     python benchmarks/compile_scaling.py --layers 10 100 1000
     python benchmarks/compile_scaling.py --profile 300         # cProfile of the Python phases
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,10 @@ WIDTH = 64
 
 def mlp_source(layers: int) -> str:
     body = "\n".join(f"    h{i} = dense(h{i - 1}, {WIDTH}, relu)" for i in range(1, layers))
-    return (f"model deep {{\n    input x: f32[B, {WIDTH}]\n    target y: i32[B]\n    h0 = x\n{body}\n"
-            f"    logits = dense(h{layers - 1}, 10)\n    loss sparse_cross_entropy(logits, y)\n}}\n")
+    return (
+        f"model deep {{\n    input x: f32[B, {WIDTH}]\n    target y: i32[B]\n    h0 = x\n{body}\n"
+        f"    logits = dense(h{layers - 1}, 10)\n    loss sparse_cross_entropy(logits, y)\n}}\n"
+    )
 
 
 def measure(layers: int, profile: bool = False) -> dict:
@@ -63,6 +66,7 @@ def measure(layers: int, profile: bool = False) -> dict:
     prof = None
     if profile:
         import cProfile
+
         prof = cProfile.Profile()
         prof.enable()
     model = timed("build", lambda: load_text(mlp_source(layers)).build(None, training=True))
@@ -77,6 +81,7 @@ def measure(layers: int, profile: bool = False) -> dict:
     if prof is not None:
         prof.disable()
         import pstats
+
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(40)
     timed("llvm", cache.compile_cached, module)
     times["kernels"] = len(program.kernels)
@@ -96,7 +101,11 @@ def main():
         return
     depths = [args.profile] if args.profile else args.layers
     phases = ("build", "passes", "lower", "codegen", "memory", "llvm")
-    print(f"{'layers':>6} {'kernels':>7} {'compiled':>8} " + " ".join(f"{p:>8}" for p in phases) + f" {'total s':>8} {'peak MB':>8}")
+    print(
+        f"{'layers':>6} {'kernels':>7} {'compiled':>8} "
+        + " ".join(f"{p:>8}" for p in phases)
+        + f" {'total s':>8} {'peak MB':>8}"
+    )
     for n in depths:
         with tempfile.TemporaryDirectory() as d:
             env = dict(os.environ, DLC_CACHE_DIR=d)
@@ -106,8 +115,12 @@ def main():
                 continue
             r = json.loads(out.stdout.strip().splitlines()[-1])
         total = sum(r[p] for p in phases)
-        print(f"{n:>6} {r['kernels']:>7} {r['functions']:>8} " + " ".join(f"{r[p]:>8.2f}" for p in phases)
-              + f" {total:>8.2f} {r['rss_mb']:>8.0f}", flush=True)
+        print(
+            f"{n:>6} {r['kernels']:>7} {r['functions']:>8} "
+            + " ".join(f"{r[p]:>8.2f}" for p in phases)
+            + f" {total:>8.2f} {r['rss_mb']:>8.0f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

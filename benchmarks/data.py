@@ -8,6 +8,7 @@ all and per thread (dlc) or worker process (torchvision), for each count.
     python benchmarks/data.py --photos 2000 --counts 1 2 4
     python benchmarks/data.py --quick             # a smoke run: 16 small photos, nothing to read into
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,6 +24,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def make_folder(root: Path, photos: int, width: int, height: int, seed: int = 0) -> Path:
     """`photos` JPEGs (quality 90) of smooth colour gradients and noise, in two class folders."""
     from PIL import Image
+
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     for i in range(photos):
@@ -41,6 +43,7 @@ def dlc_rate(root: Path, size: int, threads: int, batch: int) -> float:
     from dlc.runtime.data.augment import augment_options
     from dlc.runtime.data.prefetch import Batches
     from dlc.runtime.data.registry import load
+
     ds = load(Call("images", [str(root)], {"size": size, "mean": MEAN, "std": STD}), root)
     x = ds.columns["x"].augmented(augment_options(Call("photos", [], {})), seed=0)
     n = len(x)
@@ -54,10 +57,12 @@ def dlc_rate(root: Path, size: int, threads: int, batch: int) -> float:
 def torchvision_rate(root: Path, size: int, workers: int, batch: int) -> float:
     """Images a second of torchvision's ImageFolder through a DataLoader of `workers` processes."""
     from dlc.tools.real_models import without_torchvision_ops
+
     without_torchvision_ops()
     import torch
     import torchvision.datasets as datasets
     import torchvision.transforms as T
+
     transform = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(MEAN, STD)])
     folder = datasets.ImageFolder(str(root), transform)
     loader = torch.utils.data.DataLoader(folder, batch_size=batch, shuffle=False, num_workers=workers)

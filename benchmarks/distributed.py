@@ -34,6 +34,7 @@ the backward pass (T(K) = C(b) + U + A(K), A(K) = 2 (K - 1) / K x 4P / W + 2 log
 and overlapped with it (each bucket's allreduce starts when the bucket is ready and the
 previous one is done; only what is left when the backward pass ends adds to the step).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,8 @@ WORKLOADS = ("mlp", "lenet", "transformer")
 DEFAULT_STEPS = {"mlp": 100, "lenet": 100, "transformer": 30}
 WARMUP = 5
 MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
-LINKS = (None, "10gbit", "1gbit", "100mbit")       # --hosts: each host's link, capped by tbf (None: uncapped)
-NETWORKS = {"10GbE": (1.1e9, 30e-6), "IB100": (11e9, 2e-6)}        # bandwidth (bytes/s), latency (s)
+LINKS = (None, "10gbit", "1gbit", "100mbit")  # --hosts: each host's link, capped by tbf (None: uncapped)
+NETWORKS = {"10GbE": (1.1e9, 30e-6), "IB100": (11e9, 2e-6)}  # bandwidth (bytes/s), latency (s)
 MODEL_RANKS = (2, 8, 64)
 
 
@@ -68,6 +69,7 @@ def engine_for(name: str, split: bool, seed: int = 0, buckets: int = 0):
     from dlc.compiler.frontend.settings import Call
     from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
+
     prog = load_workload(name)
     train, ev = prog.build(training=True), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
@@ -136,15 +138,20 @@ def scaling_model(names, bucket: int):
             if best is None or times.end < best[1]:
                 best = (times.ready, times.end)
         ready, end = best
-        ready = [(at * compute / end, nbytes) for at, nbytes in ready]       # in the compute's time scale
+        ready = [(at * compute / end, nbytes) for at, nbytes in ready]  # in the compute's time scale
         P = sum(int(np.size(params[n])) for n in trainable)
         for overlap in (False, True):
-            row = (f"{name:<12} {b:>4} {compute * 1e3:>8.2f} {update * 1e3:>6.2f} {P:>8} {len(ready):>7}  "
-                   f"{'yes' if overlap else 'no':<7} ")
+            row = (
+                f"{name:<12} {b:>4} {compute * 1e3:>8.2f} {update * 1e3:>6.2f} {P:>8} {len(ready):>7}  "
+                f"{'yes' if overlap else 'no':<7} "
+            )
             for bandwidth, latency in NETWORKS.values():
                 for k in MODEL_RANKS:
-                    added = exposed_s(ready, compute, k, bandwidth, latency) if overlap else \
-                        allreduce_s(4 * P, k, bandwidth, latency)
+                    added = (
+                        exposed_s(ready, compute, k, bandwidth, latency)
+                        if overlap
+                        else allreduce_s(4 * P, k, bandwidth, latency)
+                    )
                     row += f" {k * compute / (compute + update + added):>9.1f}x"
             print(row, flush=True)
 
@@ -155,9 +162,10 @@ def worker(name: str, batch: int, steps: int, bucket: int, seed: int = 0):
     line per engine."""
     from dlc.runtime.engines import distributed
     from dlc.runtime.engines.cores import machine_busy_s
+
     world = distributed.world()
-    runs = []      # (label, engine, parameters, optimizer state)
-    for label, buckets in ((("buckets", bucket), ("after", 0)) if world is not None else (("one", 0),)):
+    runs = []  # (label, engine, parameters, optimizer state)
+    for label, buckets in (("buckets", bucket), ("after", 0)) if world is not None else (("one", 0),):
         engine, params, opt_state, trainable = engine_for(name, world is not None, seed, buckets)
         if world is not None:
             world.broadcast_state(params, opt_state)
@@ -188,25 +196,48 @@ def worker(name: str, batch: int, steps: int, bucket: int, seed: int = 0):
     if world is None or world.rank == 0:
         grads = sum(int(np.size(params[n])) for n in trainable)
         for label, *_ in runs:
-            print(json.dumps({"workload": name, "ranks": world.size if world else 1, "batch": batch, "run": label,
-                              "bucket": bucket if label == "buckets" else 0,
-                              "samples_s": steps * batch / wall[label], "step_ms": wall[label] / steps * 1e3,
-                              "others": others, "allreduce_bytes": 4 * grads if world else 0,
-                              "loss": float(losses[label])}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "workload": name,
+                        "ranks": world.size if world else 1,
+                        "batch": batch,
+                        "run": label,
+                        "bucket": bucket if label == "buckets" else 0,
+                        "samples_s": steps * batch / wall[label],
+                        "step_ms": wall[label] / steps * 1e3,
+                        "others": others,
+                        "allreduce_bytes": 4 * grads if world else 0,
+                        "loss": float(losses[label]),
+                    }
+                ),
+                flush=True,
+            )
 
 
-def launch(name: str, ranks: int, batch: int, steps: int, bucket: int, copies: int = 1,
-           launcher: list | None = None) -> list:
+def launch(
+    name: str, ranks: int, batch: int, steps: int, bucket: int, copies: int = 1, launcher: list | None = None
+) -> list:
     """The rows of a run on `ranks` ranks (mpirun when more than one, or `launcher`: ranks on
     hosts); `copies` independent such runs at once."""
-    env = {**os.environ, "DLC_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1",
-           "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    env = {**os.environ, "DLC_NUM_THREADS": "1", "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     if launcher is None:
         launcher = [MPIRUN, "-n", str(ranks)] if ranks > 1 else []
-    cmd = launcher + [sys.executable, str(Path(__file__)), "--worker", name, "--batch", str(batch),
-                      "--steps", str(steps), "--bucket", str(bucket)]
-    runs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-            for _ in range(copies)]
+    cmd = launcher + [
+        sys.executable,
+        str(Path(__file__)),
+        "--worker",
+        name,
+        "--batch",
+        str(batch),
+        "--steps",
+        str(steps),
+        "--bucket",
+        str(bucket),
+    ]
+    runs = [
+        subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(copies)
+    ]
     rows = []
     for run in runs:
         out, err = run.communicate()
@@ -220,12 +251,15 @@ def launch(name: str, ranks: int, batch: int, steps: int, bucket: int, copies: i
 def over_hosts(names, args, bucket: int) -> list:
     """--hosts: 1 rank, then 2 ranks on two hosts under each of LINKS, buckets against after."""
     from dlc.tools import hosts
+
     reason = hosts.available()
     if reason is not None:
         raise SystemExit(f"--hosts: {reason}")
     rows = []
-    print(f"{'workload':<12} {'link':>8} {'1 rank /s':>10} {'buckets /s':>10} {'speed-up':>8} {'after /s':>9} "
-          f"{'speed-up':>8} {'buckets/after':>13} {'MB sent/step':>12} {'others':>7}")
+    print(
+        f"{'workload':<12} {'link':>8} {'1 rank /s':>10} {'buckets /s':>10} {'speed-up':>8} {'after /s':>9} "
+        f"{'speed-up':>8} {'buckets/after':>13} {'MB sent/step':>12} {'others':>7}"
+    )
     for name in names:
         batch, steps = DEFAULT_BATCH[name] * args.batch_scale, args.steps or DEFAULT_STEPS[name]
         [one] = launch(name, 1, batch, steps, bucket)
@@ -236,11 +270,14 @@ def over_hosts(names, args, bucket: int) -> list:
                 two, after = launch(name, 2, batch, steps, bucket, launcher=network.mpiexec([]))
                 sent = network.sent_bytes() - sent
             rows += [r | {"link": link or "uncapped"} for r in (two, after)]
-            per_step = sent / (2 * (WARMUP + steps)) / 1e6      # both runs, warm-up included
-            print(f"{name:<12} {link or 'uncapped':>8} {one['samples_s']:>10.0f} {two['samples_s']:>10.0f} "
-                  f"{two['samples_s'] / one['samples_s']:>7.2f}x {after['samples_s']:>9.0f} "
-                  f"{after['samples_s'] / one['samples_s']:>7.2f}x {two['samples_s'] / after['samples_s']:>12.2f}x "
-                  f"{per_step:>12.2f} {two['others']:>7.2f}", flush=True)
+            per_step = sent / (2 * (WARMUP + steps)) / 1e6  # both runs, warm-up included
+            print(
+                f"{name:<12} {link or 'uncapped':>8} {one['samples_s']:>10.0f} {two['samples_s']:>10.0f} "
+                f"{two['samples_s'] / one['samples_s']:>7.2f}x {after['samples_s']:>9.0f} "
+                f"{after['samples_s'] / one['samples_s']:>7.2f}x {two['samples_s'] / after['samples_s']:>12.2f}x "
+                f"{per_step:>12.2f} {two['others']:>7.2f}",
+                flush=True,
+            )
     return rows
 
 
@@ -276,8 +313,10 @@ def on_this_machine(args, bucket: int) -> list:
     rows = []
     # "2 x 1": two independent single processes at once, the most 2 ranks can reach while
     # others share the machine
-    print(f"{'workload':<12} {'batch':>5} {'1 rank /s':>10} {'buckets /s':>10} {'speed-up':>8} {'after /s':>9} "
-          f"{'speed-up':>8} {'2 x 1 /s':>9} {'of 2 x 1':>8} {'allreduce/step':>14} {'others 1':>8} {'others 2':>8}")
+    print(
+        f"{'workload':<12} {'batch':>5} {'1 rank /s':>10} {'buckets /s':>10} {'speed-up':>8} {'after /s':>9} "
+        f"{'speed-up':>8} {'2 x 1 /s':>9} {'of 2 x 1':>8} {'allreduce/step':>14} {'others 1':>8} {'others 2':>8}"
+    )
     for name in args.only or WORKLOADS:
         batch, steps = DEFAULT_BATCH[name] * args.batch_scale, args.steps or DEFAULT_STEPS[name]
         best: dict = {}
@@ -285,15 +324,22 @@ def on_this_machine(args, bucket: int) -> list:
             [one], (two, after) = launch(name, 1, batch, steps, bucket), launch(name, 2, batch, steps, bucket)
             pair = launch(name, 1, batch, steps, bucket, copies=2)
             rows += [one, two, after] + [r | {"copy": True} for r in pair]
-            for key, row in (("one", one), ("two", two), ("after", after),
-                             ("pair", {"samples_s": sum(r["samples_s"] for r in pair)})):
+            for key, row in (
+                ("one", one),
+                ("two", two),
+                ("after", after),
+                ("pair", {"samples_s": sum(r["samples_s"] for r in pair)}),
+            ):
                 if key not in best or row["samples_s"] > best[key]["samples_s"]:
                     best[key] = row
         one, two, after, both = best["one"], best["two"], best["after"], best["pair"]["samples_s"]
-        print(f"{name:<12} {batch:>5} {one['samples_s']:>10.0f} {two['samples_s']:>10.0f} "
-              f"{two['samples_s'] / one['samples_s']:>7.2f}x {after['samples_s']:>9.0f} "
-              f"{after['samples_s'] / one['samples_s']:>7.2f}x {both:>9.0f} {two['samples_s'] / both:>7.0%} "
-              f"{two['allreduce_bytes'] / 1e6:>11.2f} MB {one['others']:>8.2f} {two['others']:>8.2f}", flush=True)
+        print(
+            f"{name:<12} {batch:>5} {one['samples_s']:>10.0f} {two['samples_s']:>10.0f} "
+            f"{two['samples_s'] / one['samples_s']:>7.2f}x {after['samples_s']:>9.0f} "
+            f"{after['samples_s'] / one['samples_s']:>7.2f}x {both:>9.0f} {two['samples_s'] / both:>7.0%} "
+            f"{two['allreduce_bytes'] / 1e6:>11.2f} MB {one['others']:>8.2f} {two['others']:>8.2f}",
+            flush=True,
+        )
     return rows
 
 

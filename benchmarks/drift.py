@@ -21,6 +21,7 @@ the causes of a drift:
 
 The models are benchmarks/workloads/{mlp,lenet}.dl and their torch twins in train_step.py.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,17 +42,20 @@ def setup(name: str, seed: int = 0, batch: int = 64, steps: int = 100, fixed: bo
     a fresh one at each step, or with `fixed` one batch for all)."""
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.training.gradcheck import init_params
+
     prog = load(str(WORKLOAD_DIR / f"{name}.dl"))
     train, ev = prog.build(training=True), prog.build(training=False)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(train, seed).items()}
-    batches = [{k: v[:batch] for k, v in make_batch(name, seed * 100_003 + (0 if fixed else t)).items()}
-               for t in range(steps)]
+    batches = [
+        {k: v[:batch] for k, v in make_batch(name, seed * 100_003 + (0 if fixed else t)).items()} for t in range(steps)
+    ]
     return train, ev, init, batches
 
 
 def use_libm():
     """exp and tanh in native code as calls of expf / tanhf, not the inline polynomials."""
     from dlc.compiler.native.codegen import scalar
+
     scalar.exp = lambda kb, x: kb.call("expf", scalar.f32, [x])
     scalar.tanh = lambda kb, x: kb.call("tanhf", scalar.f32, [x])
 
@@ -59,22 +63,27 @@ def use_libm():
 def _optimizer(name: str, lr: float):
     from dlc.compiler.frontend.settings import Call
     from dlc.runtime.optim.optimizers import make_optimizer
+
     return make_optimizer(Call(name, [], {"lr": lr}))
 
 
 def _native_grads(engine, params: dict) -> dict:
     """The gradients of the engine's last step (views of its flat gradient array)."""
-    return {n: engine.grads[engine.offsets[n]:engine.offsets[n] + params[n].size].reshape(params[n].shape)
-            for n in engine.trainable}
+    return {
+        n: engine.grads[engine.offsets[n] : engine.offsets[n] + params[n].size].reshape(params[n].shape)
+        for n in engine.trainable
+    }
 
 
-def train_dlc(name: str, init: dict, batches: list, lr: float = 1e-3, engine: str = "native",
-              update: str = "fused", models=None) -> tuple:
+def train_dlc(
+    name: str, init: dict, batches: list, lr: float = 1e-3, engine: str = "native", update: str = "fused", models=None
+) -> tuple:
     """Adam on dlc: (loss per step, final parameters). With update != "fused" the engine
     runs a zero-rate SGD step (p - 0·g leaves p as it is) and the Adam step is applied
     to its gradients outside: by torch.optim.Adam, or by runtime/optim/optimizers.py's in float64 (the
     reference engine's `update`)."""
     from dlc.runtime.engines.backends import make_engine
+
     train, ev = models or setup(name, steps=0)[:2]
     trainable = [p.name for p in train.params if p.trainable]
     adam = _optimizer("adam", lr)
@@ -98,15 +107,18 @@ def _outside_update(update: str, adam, params: dict, lr: float):
     """step(t, grads) applying Adam to `params` in place."""
     if update == "torch":
         import torch
-        tensors = {n: torch.from_numpy(params[n]) for n in params}      # sharing the engine's arrays
+
+        tensors = {n: torch.from_numpy(params[n]) for n in params}  # sharing the engine's arrays
         opt = torch.optim.Adam(tensors.values(), lr=lr)
 
         def step(t, grads):
             for n, g in grads.items():
                 tensors[n].grad = torch.from_numpy(g.copy())
             opt.step()
+
         return step
     from dlc.runtime.engines import reference
+
     master = {n: p.astype(np.float64) for n, p in params.items()}
     state = adam.init(master)
 
@@ -114,12 +126,14 @@ def _outside_update(update: str, adam, params: dict, lr: float):
         reference.update(adam, master, {n: g.astype(np.float64) for n, g in grads.items()}, state, lr, t)
         for n, p in master.items():
             params[n][...] = p
+
     return step
 
 
 def train_torch(name: str, init: dict, batches: list, lr: float = 1e-3) -> tuple:
     """Adam in PyTorch: (loss per step, final state dict as numpy, torch layout)."""
     import torch
+
     model = _torch_model(name, init, torch.float32)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
@@ -134,6 +148,7 @@ def train_torch(name: str, init: dict, batches: list, lr: float = 1e-3) -> tuple
 
 def _torch_model(name: str, init: dict, dtype):
     import torch
+
     model = torch_model(name, torch)
     model.load_state_dict({k: torch.tensor(np.asarray(v), dtype=dtype) for k, v in torch_state(name, init).items()})
     return model.to(dtype)
@@ -141,6 +156,7 @@ def _torch_model(name: str, init: dict, dtype):
 
 def _torch_loss(model, batch: dict, dtype):
     import torch
+
     x = {k: torch.from_numpy(v).to(dtype) for k, v in batch.items() if k != "y"}
     return torch.nn.functional.cross_entropy(model(x), torch.from_numpy(batch["y"].astype(np.int64)))
 
@@ -171,6 +187,7 @@ def gradient_errors(name: str, init: dict, batch: dict, models=None) -> dict:
     gradients at `init` against torch's float64 gradient."""
     import torch
     from dlc.runtime.engines.backends import make_engine
+
     grads = {}
     for dtype in (torch.float32, torch.float64):
         model = _torch_model(name, init, dtype)
@@ -187,8 +204,9 @@ def gradient_errors(name: str, init: dict, batch: dict, models=None) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--only", choices=MODELS, action="append", help="one model (repeatable)")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--batch", type=int, default=64, help="examples per batch (at most 128 for mlp, 64 for lenet)")
@@ -204,11 +222,15 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
     import torch
+
     torch.set_num_threads(args.threads)
     if args.libm:
         use_libm()
-    label = "torch from 1 ulp" if args.floor else \
-        f"dlc {args.engine}, update {args.update}" + (", libm" if args.libm else "")
+    label = (
+        "torch from 1 ulp"
+        if args.floor
+        else f"dlc {args.engine}, update {args.update}" + (", libm" if args.libm else "")
+    )
     for name in args.only or MODELS:
         worst = []
         for seed in range(args.seed, args.seed + args.seeds):
@@ -220,14 +242,18 @@ def main(argv=None) -> int:
                 continue
             ref = train_torch(name, init, batches, args.lr)
             if args.floor:
-                other = train_torch(name, {k: np.nextafter(v, np.float32(np.inf)) for k, v in init.items()},
-                                    batches, args.lr)
+                other = train_torch(
+                    name, {k: np.nextafter(v, np.float32(np.inf)) for k, v in init.items()}, batches, args.lr
+                )
             else:
                 other = dlc_run(name, init, batches, args.lr, args.engine, args.update, (train, ev))
             c = compare(other, ref)
             worst.append(c["loss"])
-            print(f"{name} ({label}) vs torch, seed {seed}, {args.steps} Adam steps, batch {args.batch}: "
-                  f"max relative loss difference {c['loss']:.1e} (step {c['step']})", flush=True)
+            print(
+                f"{name} ({label}) vs torch, seed {seed}, {args.steps} Adam steps, batch {args.batch}: "
+                f"max relative loss difference {c['loss']:.1e} (step {c['step']})",
+                flush=True,
+            )
             if args.seeds == 1:
                 marks = sorted({1, 10, 25, 50, 75, args.steps} & set(range(1, args.steps + 1)))
                 print("  loss difference at steps " + ", ".join(f"{s}: {c['losses'][s - 1]:.1e}" for s in marks))
@@ -235,8 +261,10 @@ def main(argv=None) -> int:
                 for k, (norm, entry) in c["params"].items():
                     print(f"    {k:<16} {norm:.1e} / {entry:.1e}")
         if len(worst) > 1:
-            print(f"{name} ({label}): within 1e-4 on {sum(w < 1e-4 for w in worst)}/{len(worst)} seeds, "
-                  f"median {np.median(worst):.1e}")
+            print(
+                f"{name} ({label}): within 1e-4 on {sum(w < 1e-4 for w in worst)}/{len(worst)} seeds, "
+                f"median {np.median(worst):.1e}"
+            )
     return 0
 
 

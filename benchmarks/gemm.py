@@ -26,6 +26,7 @@ kernel and each bf16 path the host has (the conversion path, vdpbf16ps pairs, th
 tiles: compiler/native/codegen/gemm/blocking.py `bf16_config`), each checked against the product of the
 operands rounded to bfloat16; dlc/best is the host's bf16 path over torch's.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,13 +48,26 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=0.05, help="timed seconds of each library per round")
     ap.add_argument("--quick", action="store_true", help="square sizes only")
     ap.add_argument("--precision", choices=("f32", "bf16"), default="f32", help="of the products")
-    ap.add_argument("--wait-idle", action="store_true",
-                    help="before each shape, wait (up to 10 min) until the CPUs are >= 90%% idle")
+    ap.add_argument(
+        "--wait-idle",
+        action="store_true",
+        help="before each shape, wait (up to 10 min) until the CPUs are >= 90%% idle",
+    )
     args = ap.parse_args(argv)
     if args.threads is None:
         for t in (1, 2):
-            cmd = [sys.executable, os.path.abspath(__file__), "--threads", str(t),
-                   "--seconds", str(args.seconds), "--rounds", str(args.rounds), "--precision", args.precision]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--threads",
+                str(t),
+                "--seconds",
+                str(args.seconds),
+                "--rounds",
+                str(args.rounds),
+                "--precision",
+                args.precision,
+            ]
             cmd += ["--quick"] * args.quick + ["--wait-idle"] * args.wait_idle
             env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
             subprocess.run(cmd, check=True, env=env)
@@ -94,37 +108,49 @@ def run(args):
         one = GemmLibrary([variants[0]], config=cfg)
         total = time.perf_counter() - t0
         libs[key] = GemmLibrary(variants, config=cfg)
-        notes.append(f"compile, {key} {cfg.mr}x{cfg.nr} kernel: one GEMM {_compiled(one)} "
-                     f"({total * 1e3:.0f} ms with IR generation); three variants in one module "
-                     f"{_compiled(libs[key])}")
+        notes.append(
+            f"compile, {key} {cfg.mr}x{cfg.nr} kernel: one GEMM {_compiled(one)} "
+            f"({total * 1e3:.0f} ms with IR generation); three variants in one module "
+            f"{_compiled(libs[key])}"
+        )
     spin = os.environ.get("DLC_SPIN")
     print(f"\n== {nt} thread(s) ({jit.host_cpu()[0]}; {f'DLC_SPIN={spin}' if spin else 'the pool spin default'})")
     print("\n".join(notes))
 
     try:
         import torch
+
         torch.set_num_threads(nt)
     except ImportError:
         torch = None
         print("(torch not installed: no torch.matmul column)")
     measured = cached_or_measure()
     peak = measured["gflops"][nt]
-    default = next(k for k, cfg in configs.items() if cfg == (blocking.bf16_config() if bf16 else blocking.default_config()))
+    default = next(
+        k for k, cfg in configs.items() if cfg == (blocking.bf16_config() if bf16 else blocking.default_config())
+    )
     print(f"{describe(measured)}; dlc's default kernel here: {default}")
 
     rng = np.random.default_rng(0)
     cases = [(f"{n}x{n}x{n}", n, n, n, False, False) for n in (256, 512, 1024)]
     if not args.quick:
-        for (m, k, n) in ((128, 784, 512), (128, 512, 256)):
-            cases += [(f"{m}x{k}x{n}", m, k, n, False, False),
-                      (f"  Aᵀ·G {k}x{m}x{n}", k, m, n, True, False),
-                      (f"  G·Bᵀ {m}x{n}x{k}", m, n, k, False, True)]
+        for m, k, n in ((128, 784, 512), (128, 512, 256)):
+            cases += [
+                (f"{m}x{k}x{n}", m, k, n, False, False),
+                (f"  Aᵀ·G {k}x{m}x{n}", k, m, n, True, False),
+                (f"  G·Bᵀ {m}x{n}x{k}", m, n, k, False, True),
+            ]
     peers = ["torch bf16"] if bf16 else ["numpy"] + ["torch"] * (torch is not None)
     if bf16 and torch is None:
         raise SystemExit("--precision bf16 compares with torch, which is not installed")
     columns = peers + [f"dlc {key}" for key in libs] + ["dlc/best", "dlc %pk", "best %pk"]
-    print(f"{'shape (MxKxN)':<22}" + "".join(f"{c:>11}" for c in columns[:-3]) + f"{columns[-3]:>22}"
-          + "".join(f"{c:>11}" for c in columns[-2:]) + "   others (GFLOP/s, medians over rounds)")
+    print(
+        f"{'shape (MxKxN)':<22}"
+        + "".join(f"{c:>11}" for c in columns[:-3])
+        + f"{columns[-3]:>22}"
+        + "".join(f"{c:>11}" for c in columns[-2:])
+        + "   others (GFLOP/s, medians over rounds)"
+    )
     ratios = []
     for label, M, K, N, ta, tb in cases:
         a = rng.standard_normal((K, M) if ta else (M, K), dtype=np.float32)
@@ -154,16 +180,22 @@ def run(args):
         flop = 2.0 * M * N * K
         keys = peers + list(libs)
         # three calls of each to warm up, then calls filling about --seconds of each a round
-        timing = interleave({k: timed(fn) for k, fn in zip(keys, runs)}, args.rounds, warmup=3,
-                              seconds_each=args.seconds, pause_s=0.35)
+        timing = interleave(
+            {k: timed(fn) for k, fn in zip(keys, runs)}, args.rounds, warmup=3, seconds_each=args.seconds, pause_s=0.35
+        )
         gflops = {k: flop / timing.median_s(k) / 1e9 for k in keys}
         best = max(peers, key=lambda p: gflops[p])
-        ratio = timing.ratio(default, best)            # time ratio dlc / best peer
+        ratio = timing.ratio(default, best)  # time ratio dlc / best peer
         ratios.append(ratio.median)
         cells = [f"{gflops[k]:.1f}" for k in keys]
-        print(f"{label:<22}" + "".join(f"{c:>11}" for c in cells) + f"{str(ratio):>22}"
-              + f"{100 * gflops[default] / peak:>10.0f}%{100 * gflops[best] / peak:>10.0f}%   "
-              + timing.others_text(), flush=True)
+        print(
+            f"{label:<22}"
+            + "".join(f"{c:>11}" for c in cells)
+            + f"{str(ratio):>22}"
+            + f"{100 * gflops[default] / peak:>10.0f}%{100 * gflops[best] / peak:>10.0f}%   "
+            + timing.others_text(),
+            flush=True,
+        )
         if note := wide_note(label.strip(), {f"dlc/{best}": ratio}):
             print(note, flush=True)
     print(f"geometric mean of time dlc ({default}) / best peer: {float(np.exp(np.mean(np.log(ratios)))):.2f}")

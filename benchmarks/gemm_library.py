@@ -1,6 +1,7 @@
 """The GEMM routines compiled on their own and callable from Python with numpy arrays:
 what the tests and the GEMM benchmark call (the kernels call the routines from the step
 module, each loaded by runtime/engines/cache.py `provide`)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -16,16 +17,16 @@ from dlc.compiler.native.codegen.gemm.routine import add_gemm, add_pack
 from dlc.compiler.native.kernels.gemm import a_pack_floats, packed_floats
 from dlc.runtime.engines import cache
 
-_ARGTYPES = (ctypes.c_int64,) * 3 + (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64) * 3 \
-    + (ctypes.c_int64, ctypes.c_int64)
+_ARGTYPES = (
+    (ctypes.c_int64,) * 3 + (ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64) * 3 + (ctypes.c_int64, ctypes.c_int64)
+)
 _PACK_ARGTYPES = (ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p)
 
 
 class GemmLibrary:
     """Compiled GEMM routines callable from Python with numpy arrays (tests, benchmarks)."""
 
-    def __init__(self, variants=None, config: GemmConfig | None = None, packed: bool = False,
-                 level: int | None = None):
+    def __init__(self, variants=None, config: GemmConfig | None = None, packed: bool = False, level: int | None = None):
         """`packed`: also the routines of each variant that take op(B) packed, and the
         pack functions (call with packed=True), and for float32 those that take op(A)
         packed (call with packed_a=True). `level`: LLVM's, by default dlc's routines'
@@ -34,8 +35,7 @@ class GemmLibrary:
         if self.config.amx and not tiles_granted():
             raise RuntimeError("the AMX routines need the tile state, which Linux did not grant")
         if variants is None:
-            variants = [(ta, tb, acc) for ta in (False, True) for tb in (False, True)
-                        for acc in (False, True)]
+            variants = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
         self.module = ir.Module(name="dlc_gemm")
         kinds = (False, True) if packed else (False,)
         a_kinds = (True,) if packed and not self.config.bf16 else ()
@@ -51,16 +51,28 @@ class GemmLibrary:
         # through the compile cache: the same routines built again (another test's, a benchmark's
         # next run) are loaded, not compiled; the thread pool they hand their work to first
         self.compiled = cache.compile_cached(self.module, jit.settled_level() if level is None else level)
-        self._fns = {v + (pk,): self._function(gemm_name(*v, pk, self.config.bf16), ctypes.c_int32,
-                                               *_ARGTYPES + (ctypes.c_void_p,) * pk)
-                     for v in variants for pk in kinds}
-        self._fns.update({v + ("a",): self._function(gemm_name(*v, packed_a=True), ctypes.c_int32,
-                                                     *_ARGTYPES + (ctypes.c_void_p,))
-                          for v in variants for _ in a_kinds})
-        self._packs = {tb: self._function(pack_name(tb, self.config.bf16), None, *_PACK_ARGTYPES)
-                       for tb in (False, True) if packed}
-        self._a_packs = {ta: self._function(pack_name(ta, which="a"), None, *_PACK_ARGTYPES)
-                         for ta in (False, True) for _ in a_kinds}
+        self._fns = {
+            v + (pk,): self._function(
+                gemm_name(*v, pk, self.config.bf16), ctypes.c_int32, *_ARGTYPES + (ctypes.c_void_p,) * pk
+            )
+            for v in variants
+            for pk in kinds
+        }
+        self._fns.update(
+            {
+                v + ("a",): self._function(
+                    gemm_name(*v, packed_a=True), ctypes.c_int32, *_ARGTYPES + (ctypes.c_void_p,)
+                )
+                for v in variants
+                for _ in a_kinds
+            }
+        )
+        self._packs = {
+            tb: self._function(pack_name(tb, self.config.bf16), None, *_PACK_ARGTYPES) for tb in (False, True) if packed
+        }
+        self._a_packs = {
+            ta: self._function(pack_name(ta, which="a"), None, *_PACK_ARGTYPES) for ta in (False, True) for _ in a_kinds
+        }
 
     def _function(self, name: str, restype, *argtypes):
         return ctypes.CFUNCTYPE(restype, *argtypes)(self.compiled.address(name))
@@ -76,11 +88,12 @@ class GemmLibrary:
                 raise ValueError(f"{nm} must be a float32 numpy array")
             if x.ndim not in (2, 3):
                 raise ValueError(f"{nm} must have 2 or 3 dims, not {x.ndim}")
-            if x.size == 0:     # nothing is read or written through it
+            if x.size == 0:  # nothing is read or written through it
                 mats.append((x.shape[-2:], max(x.shape[-1], 1), 0, x.shape[0] if x.ndim == 3 else None))
                 continue
-            if any(n > 1 and (s < 0 or s % 4) for n, s in zip(x.shape, x.strides)) \
-                    or (x.shape[-1] > 1 and x.strides[-1] != 4):
+            if any(n > 1 and (s < 0 or s % 4) for n, s in zip(x.shape, x.strides)) or (
+                x.shape[-1] > 1 and x.strides[-1] != 4
+            ):
                 raise ValueError(f"{nm} must be row-major with a unit last stride")
             ld = x.strides[-2] // 4 if x.shape[-2] > 1 else x.shape[-1]
             if ld < x.shape[-1]:
@@ -108,8 +121,7 @@ class GemmLibrary:
             raise ValueError("c's batch dim must not be broadcast")
         if sc and (sc < M * ldc if M > 0 else False):
             raise ValueError("c's matrices overlap")
-        return (M, N, K, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb,
-                c.ctypes.data, ldc, sc, batch, int(nthreads))
+        return (M, N, K, a.ctypes.data, lda, sa, b.ctypes.data, ldb, sb, c.ctypes.data, ldc, sc, batch, int(nthreads))
 
     def function(self, trans_a=False, trans_b=False, accumulate=False, packed=False, packed_a=False):
         return self._fns[(trans_a, trans_b, accumulate, "a" if packed_a else packed)]
@@ -122,7 +134,7 @@ class GemmLibrary:
         if stride_b:
             raise ValueError("a packed b must be one matrix")
         room = np.full(packed_floats(K, N, tiles=self.config.amx) + 64, np.nan, np.float32)
-        out = room[(-room.ctypes.data % 64) // 4:]
+        out = room[(-room.ctypes.data % 64) // 4 :]
         self._packs[trans_b](K, N, b, ldb, out.ctypes.data)
         return out
 
@@ -133,13 +145,14 @@ class GemmLibrary:
         M, N, K, a, lda, stride_a, *_, batch, _ = args
         count, each = (batch if stride_a else 1), a_pack_floats(K, M)
         room = np.full(count * each + 64, np.nan, np.float32)
-        out = room[(-room.ctypes.data % 64) // 4:]
+        out = room[(-room.ctypes.data % 64) // 4 :]
         for i in range(count):
-            self._a_packs[trans_a](K, M, a + 4 * i * stride_a, lda, out[i * each:].ctypes.data)
+            self._a_packs[trans_a](K, M, a + 4 * i * stride_a, lda, out[i * each :].ctypes.data)
         return out
 
-    def __call__(self, a, b, c=None, *, trans_a=False, trans_b=False, accumulate=False,
-                 nthreads=1, packed=False, packed_a=False):
+    def __call__(
+        self, a, b, c=None, *, trans_a=False, trans_b=False, accumulate=False, nthreads=1, packed=False, packed_a=False
+    ):
         """c (+)= op(a) @ op(b); allocates c (zeros when accumulating) if it is None.
         `packed`: b (one matrix) is packed first, and the product takes the packed copy;
         `packed_a`: a is, each of its matrices."""
@@ -148,14 +161,24 @@ class GemmLibrary:
             N = b.shape[-2] if trans_b else b.shape[-1]
             lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
             c = np.zeros(lead + (M, N), np.float32)
-        status = self.bind(a, b, c, trans_a=trans_a, trans_b=trans_b, accumulate=accumulate,
-                           nthreads=nthreads, packed=packed, packed_a=packed_a)()
+        status = self.bind(
+            a,
+            b,
+            c,
+            trans_a=trans_a,
+            trans_b=trans_b,
+            accumulate=accumulate,
+            nthreads=nthreads,
+            packed=packed,
+            packed_a=packed_a,
+        )()
         if status != 0:
             raise MemoryError("GEMM pack buffers could not be allocated")
         return c
 
-    def bind(self, a, b, c, *, trans_a=False, trans_b=False, accumulate=False, nthreads=1,
-             packed=False, packed_a=False):
+    def bind(
+        self, a, b, c, *, trans_a=False, trans_b=False, accumulate=False, nthreads=1, packed=False, packed_a=False
+    ):
         """A zero-argument callable running one product with pointers resolved once
         (keeps a, b, c alive; `packed`: b is packed here, once; `packed_a`: a is),
         returning its status."""
@@ -168,4 +191,5 @@ class GemmLibrary:
 
         def run(fn=fn, args=args, keep=keep):
             return fn(*args)
+
         return run

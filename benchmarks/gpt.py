@@ -38,6 +38,7 @@ copied into the torch model give the same loss on one window (1e-4 relative).
     python benchmarks/gpt.py --only cpu --iters 2000  # nanoGPT's CPU recipe in full
     python benchmarks/gpt.py --only gpt2 --iters 5 --json /tmp/gpt.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -63,7 +64,7 @@ FRAMEWORKS = ("dlc", "torch")
 CONFIGS = {
     "cpu": {"LAYERS": 4, "HEADS": 4, "WIDTH": 128, "BLOCK": 64, "batch": 12},
     "gpt2": {"LAYERS": 12, "HEADS": 12, "WIDTH": 768, "BLOCK": 256, "batch": 4},
-    "tiny": {"LAYERS": 1, "HEADS": 2, "WIDTH": 16, "BLOCK": 16, "batch": 4},     # the smoke test's
+    "tiny": {"LAYERS": 1, "HEADS": 2, "WIDTH": 16, "BLOCK": 16, "batch": 4},  # the smoke test's
 }
 DEFAULT_ITERS = {"cpu": 50, "gpt2": 5, "tiny": 5}
 LR, MIN_LR, BETAS, WEIGHT_DECAY, CLIP = 1e-3, 1e-4, (0.9, 0.99), 0.1, 1.0
@@ -86,6 +87,7 @@ def corpus(block: int):
     windows text(seq = block, windows = "random") makes and split(0.1, tail = true) keeps."""
     from dlc.runtime.data.dataset import Dataset
     from dlc.runtime.data.text import encode
+
     text = CORPUS.read_text(encoding="utf-8")
     vocab = "".join(sorted(set(text)))
     ids = encode(text, vocab).astype(np.int64)
@@ -142,9 +144,14 @@ def nanogpt(torch, vocab: int, block: int, layers: int, heads: int, width: int):
     class GPT(nn.Module):
         def __init__(self):
             super().__init__()
-            self.transformer = nn.ModuleDict(dict(
-                wte=nn.Embedding(vocab, width), wpe=nn.Embedding(block, width),
-                h=nn.ModuleList([Block() for _ in range(layers)]), ln_f=LayerNorm(width)))
+            self.transformer = nn.ModuleDict(
+                dict(
+                    wte=nn.Embedding(vocab, width),
+                    wpe=nn.Embedding(block, width),
+                    h=nn.ModuleList([Block() for _ in range(layers)]),
+                    ln_f=LayerNorm(width),
+                )
+            )
             self.lm_head = nn.Linear(width, vocab, bias=False)
             self.transformer.wte.weight = self.lm_head.weight
             self.apply(self._init_weights)
@@ -167,8 +174,10 @@ def nanogpt(torch, vocab: int, block: int, layers: int, heads: int, width: int):
 
         def configure_optimizers(self):
             params = [p for p in self.parameters() if p.requires_grad]
-            groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
-                      {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+            groups = [
+                {"params": [p for p in params if p.dim() >= 2], "weight_decay": WEIGHT_DECAY},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+            ]
             return torch.optim.AdamW(groups, lr=LR, betas=BETAS)
 
     return GPT()
@@ -208,7 +217,7 @@ class Timing:
     def __init__(self, iters: int):
         self.iters, self.warm = iters, max(2, iters // 10)
         self.ends, self.losses = [], []
-        self.marks, self.peaks = {}, {}       # the start-up's phases: when each ended, the peak RSS then (MB)
+        self.marks, self.peaks = {}, {}  # the start-up's phases: when each ended, the peak RSS then (MB)
         self.mark("imports")
 
     def mark(self, phase: str):
@@ -222,14 +231,21 @@ class Timing:
             self.mark("first step")
 
     def result(self, **more) -> dict:
-        times = [b - a for a, b in zip(self.ends[self.warm - 1:], self.ends[self.warm:])]
-        return {"marks": self.marks, "rss_mb_after": self.peaks, "rss_mb": peak_rss_mb(),
-                "ms": [1e3 * t for t in times], "losses": self.losses, **more}
+        times = [b - a for a, b in zip(self.ends[self.warm - 1 :], self.ends[self.warm :])]
+        return {
+            "marks": self.marks,
+            "rss_mb_after": self.peaks,
+            "rss_mb": peak_rss_mb(),
+            "ms": [1e3 * t for t in times],
+            "losses": self.losses,
+            **more,
+        }
 
 
 def run_dlc(config: str, iters: int, seed: int, workdir: str) -> dict:
     timing = Timing(iters)
     import dlc
+
     cfg = CONFIGS[config]
     path = Path(workdir) / "gpt.dl"
     path.write_text(workload_source("gpt", sizes(cfg)))
@@ -238,7 +254,7 @@ def run_dlc(config: str, iters: int, seed: int, workdir: str) -> dict:
 
     class Iterations(dlc.Callback):
         def on_train_begin(self, logs):
-            timing.mark("compile")          # the data read, the parameters made, the step compiled
+            timing.mark("compile")  # the data read, the parameters made, the step compiled
 
         def on_batch_end(self, step, logs):
             # the epoch's running sums: this step's loss is what its batch added
@@ -246,13 +262,20 @@ def run_dlc(config: str, iters: int, seed: int, workdir: str) -> dict:
             timing.iteration_done((total - (self.before if logs.seen > cfg["batch"] else 0.0)) / cfg["batch"])
             self.before = total
 
-    result = model.train(out=Path(workdir) / "run", progress="none", overwrite=True, callbacks=[Iterations()],
-                         data=f'text("{CORPUS}", seq = {cfg["BLOCK"]}, windows = "random")', batch=cfg["batch"],
-                         max_steps=iters, eval_every=iters, seed=seed,
-                         # dlc's warmup rises as lr (t + 1) / warmup_steps, nanoGPT's as lr (t + 1) / (warmup + 1):
-                         # one step more makes them the same; the cosine then starts one step later
-                         schedule=f"cosine(warmup_steps = {warmup_iters(iters) + 1}, decay_steps = {iters}, "
-                                  f"min_lr = {MIN_LR})")
+    result = model.train(
+        out=Path(workdir) / "run",
+        progress="none",
+        overwrite=True,
+        callbacks=[Iterations()],
+        data=f'text("{CORPUS}", seq = {cfg["BLOCK"]}, windows = "random")',
+        batch=cfg["batch"],
+        max_steps=iters,
+        eval_every=iters,
+        seed=seed,
+        # dlc's warmup rises as lr (t + 1) / warmup_steps, nanoGPT's as lr (t + 1) / (warmup + 1):
+        # one step more makes them the same; the cosine then starts one step later
+        schedule=f"cosine(warmup_steps = {warmup_iters(iters) + 1}, decay_steps = {iters}, min_lr = {MIN_LR})",
+    )
     params = sum(int(np.prod(p.type.shape)) for p in model.train_model.params if p.trainable)
     return timing.result(val_loss=result.history["val_loss"][-1], params=params)
 
@@ -260,6 +283,7 @@ def run_dlc(config: str, iters: int, seed: int, workdir: str) -> dict:
 def run_torch(config: str, iters: int, seed: int, workdir: str) -> dict:
     timing = Timing(iters)
     import torch
+
     torch.set_num_threads(THREADS)
     torch.manual_seed(seed)
     cfg = CONFIGS[config]
@@ -271,9 +295,9 @@ def run_torch(config: str, iters: int, seed: int, workdir: str) -> dict:
     for it in range(iters):
         for group in optimizer.param_groups:
             group["lr"] = nanogpt_lr(it, iters)
-        ix = torch.randint(n_train, (batch,))          # nanoGPT's get_batch, over dlc's training windows
-        x = torch.stack([ids[i:i + block] for i in ix])
-        y = torch.stack([ids[i + 1:i + 1 + block] for i in ix])
+        ix = torch.randint(n_train, (batch,))  # nanoGPT's get_batch, over dlc's training windows
+        x = torch.stack([ids[i : i + block] for i in ix])
+        y = torch.stack([ids[i + 1 : i + 1 + block] for i in ix])
         loss = model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
@@ -283,9 +307,11 @@ def run_torch(config: str, iters: int, seed: int, workdir: str) -> dict:
     model.eval()
     vx, vy = torch.from_numpy(d["val_x"]), torch.from_numpy(d["val_y"])
     with torch.no_grad():
-        val = sum(model(vx[i:i + batch], vy[i:i + batch]).item() * len(vx[i:i + batch])
-                  for i in range(0, len(vx), batch)) / len(vx)
-    params = sum(p.numel() for p in model.parameters())        # the tied table counted once
+        val = sum(
+            model(vx[i : i + batch], vy[i : i + batch]).item() * len(vx[i : i + batch])
+            for i in range(0, len(vx), batch)
+        ) / len(vx)
+    params = sum(p.numel() for p in model.parameters())  # the tied table counted once
     return timing.result(val_loss=val, params=params, version=torch.__version__)
 
 
@@ -294,10 +320,12 @@ def same_function(config: str, iters: int, seed: int, workdir: str) -> dict:
     """The relative difference of the two models' losses on one validation window, the torch
     model given dlc's initial parameters (reference engine: no compile)."""
     import torch
+
     torch.set_num_threads(THREADS)
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.backends import make_engine
     from dlc.runtime.training.gradcheck import init_params
+
     cfg = CONFIGS[config]
     d = np.load(Path(workdir) / f"{config}.npz")
     vocab, vx, vy = int(d["vocab"]), d["val_x"], d["val_y"]
@@ -321,16 +349,21 @@ def child(kind: str, config: str, iters: int, seed: int, workdir: str, cache: st
     parsed grammar and standard library) unless `cache` names one:
     its result, and for a run the time from the start to its first
     iteration's end and the median of its iteration times."""
-    env = dict(os.environ, DLC_NUM_THREADS=str(THREADS),
-               DLC_CACHE_DIR=cache or str(Path(workdir) / f"cache-{config}-{kind}"))
+    env = dict(
+        os.environ, DLC_NUM_THREADS=str(THREADS), DLC_CACHE_DIR=cache or str(Path(workdir) / f"cache-{config}-{kind}")
+    )
     start = time.time()
-    p = subprocess.Popen([sys.executable, __file__, "--child", kind, config, str(iters), str(seed), workdir],
-                         env=env, stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, __file__, "--child", kind, config, str(iters), str(seed), workdir],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     out = p.stdout.read()
     if p.wait() != 0:
         raise SystemExit(f"{kind} on {config} failed (exit {p.returncode})")
     r = json.loads(out.splitlines()[-1])
-    if "marks" in r:          # the phases of the start-up, in seconds
+    if "marks" in r:  # the phases of the start-up, in seconds
         marks = r.pop("marks")
         ends = [start, *marks.values()]
         r["phases_s"] = {phase: b - a for phase, a, b in zip(marks, ends, ends[1:])}
@@ -340,9 +373,11 @@ def child(kind: str, config: str, iters: int, seed: int, workdir: str, cache: st
 
 def child_slot(kind: str, config: str, iters: int, seed: int, workdir: str, cache: str | None):
     """A rounds slot: one run of the child `kind`, its timed iterations the round's steps."""
+
     def slot(n: int):
         r = child(kind, config, iters, seed, workdir, cache)
         return [t / 1e3 for t in r["ms"]], [r]
+
     return slot
 
 
@@ -352,22 +387,29 @@ def run_config(config: str, iters: int, seed: int, workdir: str, cache: str | No
     np.savez(Path(workdir) / f"{config}.npz", vocab=data[0], n_train=data[1], ids=data[2], val_x=data[3], val_y=data[4])
     check = child("check", config, iters, seed, workdir, cache)
     rel = check["rel"]
-    print(f"\n== {config}: {cfg['LAYERS']} layers, {cfg['HEADS']} heads, {cfg['WIDTH']} wide, block {cfg['BLOCK']}, "
-          f"batch {cfg['batch']}, {iters} iterations ==\n  the same function: dlc's initial parameters give the loss "
-          f"{check['dlc']:.7f} in dlc, {check['torch']:.7f} in the torch model ({rel:.1e} apart)", flush=True)
+    print(
+        f"\n== {config}: {cfg['LAYERS']} layers, {cfg['HEADS']} heads, {cfg['WIDTH']} wide, block {cfg['BLOCK']}, "
+        f"batch {cfg['batch']}, {iters} iterations ==\n  the same function: dlc's initial parameters give the loss "
+        f"{check['dlc']:.7f} in dlc, {check['torch']:.7f} in the torch model ({rel:.1e} apart)",
+        flush=True,
+    )
     if not rel < CHECK_RTOL:
         raise SystemExit(f"the dlc and torch models differ: initial losses {rel:.1e} apart (> {CHECK_RTOL})")
     measured = interleave({f: child_slot(f, config, iters, seed, workdir, cache) for f in FRAMEWORKS}, rounds, 1)
     runs = {}
     for framework in FRAMEWORKS:
-        runs[framework] = r = measured.outputs[framework][0]           # the first round's run: a cold start
+        runs[framework] = r = measured.outputs[framework][0]  # the first round's run: a cold start
         r["ms_per_iter"] = measured.median_s(framework) * 1e3
         r["ms_per_iter_of_each_round"] = [t * 1e3 for t in measured.per_round(framework)]
-        phases = ", ".join(f"{phase} {t:.1f} s (RSS {r['rss_mb_after'][phase]:.0f} MB)"
-                           for phase, t in r["phases_s"].items())
-        print(f"  {framework}: {r['ms_per_iter']:.1f} ms/iter, first iteration at {r['first_s']:.1f} s ({phases}), "
-              f"peak RSS {r['rss_mb']:.0f} MB, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}, "
-              f"val loss {r['val_loss']:.4f}", flush=True)
+        phases = ", ".join(
+            f"{phase} {t:.1f} s (RSS {r['rss_mb_after'][phase]:.0f} MB)" for phase, t in r["phases_s"].items()
+        )
+        print(
+            f"  {framework}: {r['ms_per_iter']:.1f} ms/iter, first iteration at {r['first_s']:.1f} s ({phases}), "
+            f"peak RSS {r['rss_mb']:.0f} MB, loss {r['losses'][0]:.3f} -> {r['losses'][-1]:.3f}, "
+            f"val loss {r['val_loss']:.4f}",
+            flush=True,
+        )
     ratio = measured.ratio("dlc", "torch")
     print(f"  dlc/torch {ratio} over {rounds} rounds; others of each round {measured.others_text()}", flush=True)
     if note := wide_note(config, {"dlc/torch": ratio}):
@@ -377,37 +419,76 @@ def run_config(config: str, iters: int, seed: int, workdir: str, cache: str | No
     for f, r in runs.items():
         # the tied output's logits start at std 0.02 sqrt(width) (0.55 at 768 wide): a loss some tenths above
         # ln(vocab) on one batch (the models are checked to be the same function before the runs)
-        assert abs(r["losses"][0] - math.log(data[0])) < FIRST_LOSS_ATOL, \
+        assert abs(r["losses"][0] - math.log(data[0])) < FIRST_LOSS_ATOL, (
             f"{f}'s first loss {r['losses'][0]} is not near ln(vocab)"
-    return {"config": config, "sizes": cfg, "iters": iters, "check": rel, "runs": runs, "dlc/torch": vars(ratio),
-            "others": measured.others}
+        )
+    return {
+        "config": config,
+        "sizes": cfg,
+        "iters": iters,
+        "check": rel,
+        "runs": runs,
+        "dlc/torch": vars(ratio),
+        "others": measured.others,
+    }
 
 
 def table(results: list) -> str:
-    cols = ["config", "iters", "framework", "ms/iter", "dlc/torch", "first (s)", "RSS (MB)", "params", "loss0",
-            "val loss", "others"]
+    cols = [
+        "config",
+        "iters",
+        "framework",
+        "ms/iter",
+        "dlc/torch",
+        "first (s)",
+        "RSS (MB)",
+        "params",
+        "loss0",
+        "val loss",
+        "others",
+    ]
     rows = []
     for res in results:
         ratio = ratio_cell(res["dlc/torch"])
         for f, r in res["runs"].items():
-            rows.append([res["config"], str(res["iters"]), f, f"{r['ms_per_iter']:.1f}",
-                         ratio if f == "dlc" else "", f"{r['first_s']:.1f}", f"{r['rss_mb']:.0f}",
-                         f"{r['params']:,}", f"{r['losses'][0]:.3f}", f"{r['val_loss']:.4f}",
-                         others_cell(res["others"]) if f == "dlc" else ""])
+            rows.append(
+                [
+                    res["config"],
+                    str(res["iters"]),
+                    f,
+                    f"{r['ms_per_iter']:.1f}",
+                    ratio if f == "dlc" else "",
+                    f"{r['first_s']:.1f}",
+                    f"{r['rss_mb']:.0f}",
+                    f"{r['params']:,}",
+                    f"{r['losses'][0]:.3f}",
+                    f"{r['val_loss']:.4f}",
+                    others_cell(res["others"]) if f == "dlc" else "",
+                ]
+            )
     return markdown(cols, rows)
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=tuple(CONFIGS), action="append",
-                    help="run only this configuration (repeatable; default cpu and gpt2; tiny: a 1-layer smoke test)")
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--only",
+        choices=tuple(CONFIGS),
+        action="append",
+        help="run only this configuration (repeatable; default cpu and gpt2; tiny: a 1-layer smoke test)",
+    )
     ap.add_argument("--iters", type=int, help=f"iterations (default {DEFAULT_ITERS}; nanoGPT's CPU recipe: 2000)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=3, help="runs of each framework, in turn (default 3)")
     ap.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON")
-    ap.add_argument("--cache", metavar="DIR", help="the dlc cache every child uses (default: an empty one each, a cold "
-                    "start; with DIR the first iteration is as cold as DIR is empty)")
+    ap.add_argument(
+        "--cache",
+        metavar="DIR",
+        help="the dlc cache every child uses (default: an empty one each, a cold "
+        "start; with DIR the first iteration is as cold as DIR is empty)",
+    )
     ap.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     time_o3_code()
@@ -417,16 +498,21 @@ def main(argv=None) -> int:
         return 0
     if args.iters is not None and args.iters < 3:
         ap.error("--iters must be at least 3 (a warm-up and timed iterations)")
-    print(f"nanoGPT in PyTorch against dlc's native engine, {THREADS} threads each, seed {args.seed}; "
-          f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"nanoGPT in PyTorch against dlc's native engine, {THREADS} threads each, seed {args.seed}; "
+        f"{os.cpu_count()} cpus, load average {os.getloadavg()[0]:.2f}"
+    )
     results = []
     with tempfile.TemporaryDirectory(prefix="dlc-gpt-") as workdir:
         for config in args.only or ("cpu", "gpt2"):
-            results.append(run_config(config, args.iters or DEFAULT_ITERS[config], args.seed, workdir, args.cache,
-                                      args.rounds))
-    print_results(table(results), json_safe({"threads": THREADS, "torch": results[0]["runs"]["torch"]["version"],
-                                                    "results": results}),
-                  args.json)
+            results.append(
+                run_config(config, args.iters or DEFAULT_ITERS[config], args.seed, workdir, args.cache, args.rounds)
+            )
+    print_results(
+        table(results),
+        json_safe({"threads": THREADS, "torch": results[0]["runs"]["torch"]["version"], "results": results}),
+        args.json,
+    )
     return 0
 
 

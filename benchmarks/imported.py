@@ -16,6 +16,7 @@ object once the cache holds the code).
     python benchmarks/imported.py --only mobilenet_v2 --batch 8 --json /tmp/imported.json
     python benchmarks/imported.py --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ BATCHES = (8, 1)
 THREADS = 2
 IMAGE = (3, 224, 224)
 OUTPUT_RTOL = 1e-5
-SECONDS = 0.5           # timed seconds of each in a round, at a point
+SECONDS = 0.5  # timed seconds of each in a round, at a point
 
 
 def exported(name: str, path: Path):
@@ -44,17 +45,27 @@ def exported(name: str, path: Path):
     tools/real_models.py exports its classifiers at 64 x 64, these are timed at ImageNet's size."""
     import torch
     from dlc.tools.real_models import MODELS as REAL
+
     torch.manual_seed(0)
     model = REAL[name].build().eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(1, *IMAGE),), str(path), input_names=["x"], output_names=["y"],
-                          opset_version=17, dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, *IMAGE),),
+            str(path),
+            input_names=["x"],
+            output_names=["y"],
+            opset_version=17,
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            dynamo=False,
+        )
 
 
 def imported(onnx_path: Path, folder: Path) -> tuple:
     """`dlc import` of the file: the .dl program, its weights, and the seconds it took."""
     from dlc.runtime.cli import main
+
     t0 = time.perf_counter()
     out = folder / (onnx_path.stem + ".dl")
     if main(["import", str(onnx_path), "-o", str(out)]) != 0:
@@ -65,6 +76,7 @@ def imported(onnx_path: Path, folder: Path) -> tuple:
 def first_prediction_s(program: Path, weights: Path, feeds: dict):
     """A new native model object and its first prediction: (the model, seconds)."""
     from dlc.runtime.api import DlcModel
+
     t0 = time.perf_counter()
     model = DlcModel(str(program), backend="native").load_weights(str(weights))
     model.predict(feeds, batch=len(feeds["x"]))
@@ -80,6 +92,7 @@ def onnxruntime_session(path: Path, threads: int, fused: bool = True):
     pool is onnxruntime's speed (the MLP at batch 1: 0.03 ms spinning, 0.11 not). `fused`
     False: its graph optimizations off, every node run as the file has it."""
     import onnxruntime as ort
+
     options = ort.SessionOptions()
     if not fused:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -97,31 +110,47 @@ def run_model(name: str, batches, folder: Path, threads: int, rounds: int) -> li
     for k, batch in enumerate(batches):
         feeds = {"x": np.random.default_rng(batch).standard_normal((batch, *IMAGE)).astype(np.float32)}
         if k == 0:
-            _, cold_s = first_prediction_s(program, weights, feeds)          # an empty cache: compiles
+            _, cold_s = first_prediction_s(program, weights, feeds)  # an empty cache: compiles
         model, cached_s = first_prediction_s(program, weights, feeds)
         got, want = model.predict(feeds, batch=batch)["y"], session.run(["y"], feeds)[0]
         err = float(np.abs(got - want).max() / np.abs(want).max())
         if got.shape != want.shape or err > OUTPUT_RTOL:
             raise SystemExit(f"{name}, batch {batch}: dlc's outputs differ from onnxruntime's ({got.shape}, {err:.2e})")
-        row = timed_row({"dlc": lambda: model.predict(feeds, batch=batch),
-                         "onnxruntime": lambda: session.run(["y"], feeds)},
-                        {"model": name, "batch": batch, "error": err, "import_s": import_s, "compile_cold_s": cold_s,
-                         "compile_cached_s": cached_s}, f"{name} batch {batch}", rounds, SECONDS)
+        row = timed_row(
+            {"dlc": lambda: model.predict(feeds, batch=batch), "onnxruntime": lambda: session.run(["y"], feeds)},
+            {
+                "model": name,
+                "batch": batch,
+                "error": err,
+                "import_s": import_s,
+                "compile_cold_s": cold_s,
+                "compile_cached_s": cached_s,
+            },
+            f"{name} batch {batch}",
+            rounds,
+            SECONDS,
+        )
         rows.append(row)
-        print(f"  {name} batch {batch}: dlc {row['dlc']:.1f} ms, onnxruntime {row['onnxruntime']:.1f} ms, "
-              f"dlc/onnxruntime {ratio_cell(row['dlc/onnxruntime'])} (others {others_cell(row['others'])})",
-              flush=True)
+        print(
+            f"  {name} batch {batch}: dlc {row['dlc']:.1f} ms, onnxruntime {row['onnxruntime']:.1f} ms, "
+            f"dlc/onnxruntime {ratio_cell(row['dlc/onnxruntime'])} (others {others_cell(row['others'])})",
+            flush=True,
+        )
     return rows
 
 
 def table(rows: list) -> str:
-    head = ("| model | batch | dlc ms | onnxruntime ms | dlc/onnxruntime (p25-p75) | max rel. error | import s | "
-            "compile s cold / cached | others of each round |")
+    head = (
+        "| model | batch | dlc ms | onnxruntime ms | dlc/onnxruntime (p25-p75) | max rel. error | import s | "
+        "compile s cold / cached | others of each round |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['batch']} | {r['dlc']:.1f} | {r['onnxruntime']:.1f} | "
-                     f"{ratio_cell(r['dlc/onnxruntime'])} | {r['error']:.1e} | {r['import_s']:.1f} | "
-                     f"{r['compile_cold_s']:.1f} / {r['compile_cached_s']:.1f} | {others_cell(r['others'])} |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {r['dlc']:.1f} | {r['onnxruntime']:.1f} | "
+            f"{ratio_cell(r['dlc/onnxruntime'])} | {r['error']:.1e} | {r['import_s']:.1f} | "
+            f"{r['compile_cold_s']:.1f} / {r['compile_cached_s']:.1f} | {others_cell(r['others'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -129,8 +158,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=MODELS, action="append", help="this model only (repeatable)")
     ap.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCHES})")
-    ap.add_argument("--threads", type=int, metavar="N",
-                    help=f"onnxruntime's and dlc's threads (default: onnxruntime {THREADS}, dlc its default)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=f"onnxruntime's and dlc's threads (default: onnxruntime {THREADS}, dlc its default)",
+    )
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of both in turn (default {ROUNDS})")
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
@@ -139,15 +172,20 @@ def main(argv=None) -> int:
     import onnxruntime
     import torch
     from dlc.tools.real_models import torchvision_models
+
     try:
         torchvision_models()
     except ImportError as e:
-        raise SystemExit(f"imported.py needs torchvision's model definitions ({e}): "
-                         "pip install --no-deps torchvision==0.28.0, as .ci/run does") from None
+        raise SystemExit(
+            f"imported.py needs torchvision's model definitions ({e}): "
+            "pip install --no-deps torchvision==0.28.0, as .ci/run does"
+        ) from None
     dlc_threads = args.threads or "dlc's default"
-    print(f"dlc native prediction of imported models ({dlc_threads} threads) against onnxruntime "
-          f"{onnxruntime.__version__} ({threads} threads); median ms per call over {args.rounds} rounds of about "
-          f"{SECONDS} s of each, the two in turn; dlc/onnxruntime: the median over rounds of each round's ratio")
+    print(
+        f"dlc native prediction of imported models ({dlc_threads} threads) against onnxruntime "
+        f"{onnxruntime.__version__} ({threads} threads); median ms per call over {args.rounds} rounds of about "
+        f"{SECONDS} s of each, the two in turn; dlc/onnxruntime: the median over rounds of each round's ratio"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         # a compile cache of its own, empty: the first compile of each model is cold

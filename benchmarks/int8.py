@@ -58,6 +58,7 @@ batch 1 the engine's call is mostly Python's), ort_int8 over ort_f32.
     python benchmarks/int8.py --only digits_cnn --weights digits_cnn=runs/digits/best.npz
     python benchmarks/int8.py --only resnet18 --examples 64
 """
+
 from __future__ import annotations
 
 import argparse
@@ -77,20 +78,25 @@ from rounds import ROUNDS, interleave, others_cell, ratio_cell, reported, timed,
 from train_step import THREADS, json_safe, markdown
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-TRAINED = {"digits_cnn": 12, "transformer_classifier": 3}     # model -> default epochs
+TRAINED = {"digits_cnn": 12, "transformer_classifier": 3}  # model -> default epochs
 IMPORTED = ("mobilenet_v2", "resnet18")
 MODELS = (*TRAINED, *IMPORTED)
 BATCHES = (1, 256)
-CALIBRATE = 8                   # calibration batches
-IMPORTED_BATCH = 8              # the imported models' calibration batch
-IMPORTED_EXAMPLES = 512         # ... and their evaluation images (--examples)
+CALIBRATE = 8  # calibration batches
+IMPORTED_BATCH = 8  # the imported models' calibration batch
+IMPORTED_EXAMPLES = 512  # ... and their evaluation images (--examples)
 OUTPUT_RTOL = 1e-4
-SECONDS = 1.0                   # a round's seconds of each
-PAUSE_S = 0.05                  # before each slot: the previous one's threads go to sleep
+SECONDS = 1.0  # a round's seconds of each
+PAUSE_S = 0.05  # before each slot: the previous one's threads go to sleep
 TIMED = ("dlc_f32", "dlc_int8", "dlc_f32_lib", "dlc_int8_lib", "ort_f32", "ort_int8")
-LIBRARIES = {"dlc_f32_lib": "dlc_f32", "dlc_int8_lib": "dlc_int8"}     # each library -> the engine it must equal
-PAIRS = (("dlc_int8", "dlc_f32"), ("dlc_int8", "ort_int8"), ("dlc_int8_lib", "dlc_f32_lib"),
-         ("dlc_int8_lib", "ort_int8"), ("ort_int8", "ort_f32"))
+LIBRARIES = {"dlc_f32_lib": "dlc_f32", "dlc_int8_lib": "dlc_int8"}  # each library -> the engine it must equal
+PAIRS = (
+    ("dlc_int8", "dlc_f32"),
+    ("dlc_int8", "ort_int8"),
+    ("dlc_int8_lib", "dlc_f32_lib"),
+    ("dlc_int8_lib", "ort_int8"),
+    ("ort_int8", "ort_f32"),
+)
 INT8 = ("dlc_int8", "ort_int8")
 
 
@@ -98,6 +104,7 @@ INT8 = ("dlc_int8", "ort_int8")
 class Subject:
     """A model to measure: its DlcModel with float32 weights, the calibration batches (input
     name -> array, the inputs only), the evaluation inputs and their labels (or None)."""
+
     name: str
     model: object
     calibration: list
@@ -111,6 +118,7 @@ def trained(name: str, epochs: int, weights: str | None, folder: Path) -> Subjec
     from dlc.runtime.api import DlcModel
     from dlc.runtime.cli import main
     from dlc.runtime.training.inputs import evaluation_data
+
     path = EXAMPLES / f"{name}.dl"
     if weights is None:
         weights = folder / name / "best.npz"
@@ -120,18 +128,20 @@ def trained(name: str, epochs: int, weights: str | None, folder: Path) -> Subjec
     model = DlcModel(str(path), backend="native").load_weights(weights)
     train, batch, _ = model._calibration_data(None)
     names = [i.name for i in model.eval_model.inputs if not i.is_target]
-    taken = min(len(train[names[0]]), CALIBRATE * batch)      # as model.quantize takes them
-    calibration = [{k: train[k][s:s + batch] for k in names} for s in range(0, taken, batch)]
+    taken = min(len(train[names[0]]), CALIBRATE * batch)  # as model.quantize takes them
+    calibration = [{k: train[k][s : s + batch] for k in names} for s in range(0, taken, batch)]
     held_out = evaluation_data(model.program, model.eval_model, None, model.meta.get("data"), lambda _: None)
     targets = [i.name for i in model.eval_model.inputs if i.is_target]
-    return Subject(name, model, calibration, {k: held_out[k] for k in names},
-                   held_out[targets[0]] if len(targets) == 1 else None)
+    return Subject(
+        name, model, calibration, {k: held_out[k] for k in names}, held_out[targets[0]] if len(targets) == 1 else None
+    )
 
 
 def torchvision(name: str, examples: int, folder: Path) -> Subject:
     """torchvision's model with random weights, exported and imported; `examples` random images."""
     from dlc.runtime.api import DlcModel
     from dlc.tools import real_models
+
     onnx_path = folder / f"{name}.onnx"
     real_models.export(name, onnx_path, "torchscript")
     program, weights, _ = imported(onnx_path, folder)
@@ -145,17 +155,32 @@ def quantized(s: Subject, folder: Path, observer: str, percentile: float) -> dic
     the same observer ("minmax", or "percentile": the (100 - `percentile`)th to the
     `percentile`th): the paths of the ONNX files (float32, dlc's QDQ export,
     quantize_static's) and of the checkpoints (float32, dlc's quantized one)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from dlc.compiler.onnx.export import save_onnx
     from dlc.runtime.interop import checkpoint
+
     model = s.model
     joined = {k: np.concatenate([b[k] for b in s.calibration]) for k in s.calibration[0]}
-    model.quantize(calibrate=len(s.calibration), data=joined, batch=len(next(iter(s.calibration[0].values()))),
-                   observer=observer, percentile=percentile)
-    paths = {"f32": folder / f"{s.name}.f32.onnx", "qdq": folder / f"{s.name}.qdq.onnx",
-             "ort_int8": folder / f"{s.name}.ort_int8.onnx", "dlc_f32_lib": folder / f"{s.name}.f32.npz",
-             "dlc_int8_lib": folder / f"{s.name}.int8.npz"}
+    model.quantize(
+        calibrate=len(s.calibration),
+        data=joined,
+        batch=len(next(iter(s.calibration[0].values()))),
+        observer=observer,
+        percentile=percentile,
+    )
+    paths = {
+        "f32": folder / f"{s.name}.f32.onnx",
+        "qdq": folder / f"{s.name}.qdq.onnx",
+        "ort_int8": folder / f"{s.name}.ort_int8.onnx",
+        "dlc_f32_lib": folder / f"{s.name}.f32.npz",
+        "dlc_int8_lib": folder / f"{s.name}.int8.npz",
+    }
     save_onnx(model.eval_model, model.params, paths["f32"])
     save_onnx(model.eval_model, model.params, paths["qdq"], quantization=model.quantization)
     checkpoint.save(paths["dlc_f32_lib"], model.params, {}, {})
@@ -167,17 +192,25 @@ def quantized(s: Subject, folder: Path, observer: str, percentile: float) -> dic
 
         def get_next(self):
             return next(self.batches, None)
-    quantize_static(str(paths["f32"]), str(paths["ort_int8"]), Batches(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.Percentile if observer == "percentile" else
-                    CalibrationMethod.MinMax, extra_options={"CalibPercentile": 100 - 2 * (100 - percentile)})
+
+    quantize_static(
+        str(paths["f32"]),
+        str(paths["ort_int8"]),
+        Batches(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.Percentile if observer == "percentile" else CalibrationMethod.MinMax,
+        extra_options={"CalibPercentile": 100 - 2 * (100 - percentile)},
+    )
     return paths
 
 
 def predict_all(predict, inputs: dict, batch: int = 256) -> np.ndarray:
     """`predict(feeds)`'s first output over every example, `batch` at a time."""
     n = len(next(iter(inputs.values())))
-    return np.concatenate([predict({k: v[s:s + batch] for k, v in inputs.items()}) for s in range(0, n, batch)])
+    return np.concatenate([predict({k: v[s : s + batch] for k, v in inputs.items()}) for s in range(0, n, batch)])
 
 
 def sqnr_db(got: np.ndarray, want: np.ndarray) -> float:
@@ -190,6 +223,7 @@ def errors(s: Subject, predictors: dict, paths: dict) -> dict:
     onnxruntime's float32 is found to be dlc's, and how far onnxruntime's run of dlc's QDQ
     export is from dlc's int8, in quanta of the output."""
     from dlc.compiler.ir.int8 import activation_params
+
     out = {k: predict_all(fn, s.inputs) for k, fn in predictors.items()}
     want = out["dlc_f32"].astype(np.float64)
     err = np.abs(out["ort_f32"] - want).max() / max(np.abs(want).max(), 1e-30)
@@ -198,8 +232,11 @@ def errors(s: Subject, predictors: dict, paths: dict) -> dict:
     quantum = activation_params(out["dlc_int8"].min(), out["dlc_int8"].max())[0]
     quanta = float(np.abs(out["qdq"] - out["dlc_int8"]).max() / quantum)
     if quanta > 1:
-        print(f"  note: {s.name}: onnxruntime running dlc's QDQ export differs from dlc's int8 by {quanta:.3g} quanta "
-              "(float32 roundings moved products' inputs across rounding boundaries)", flush=True)
+        print(
+            f"  note: {s.name}: onnxruntime running dlc's QDQ export differs from dlc's int8 by {quanta:.3g} quanta "
+            "(float32 roundings moved products' inputs across rounding boundaries)",
+            flush=True,
+        )
     row = {"model": s.name, "examples": len(want), "qdq_quanta": quanta, "f32_error": float(err)}
     top = want.argmax(-1)
     for k in INT8:
@@ -222,10 +259,24 @@ def library_predictors(s: Subject, paths: dict, seconds: float, folder: Path, in
         return {}
     exe = timer(folder)
     predictors = {}
-    for kind, flag in (("dlc_f32_lib", "--embed-weights"), ("dlc_int8_lib", "--int8"))[:1 + int8]:
+    for kind, flag in (("dlc_f32_lib", "--embed-weights"), ("dlc_int8_lib", "--int8"))[: 1 + int8]:
         out = folder / kind
-        built = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "build", str(s.model.path), flag,
-                                "--weights", str(paths[kind]), "-o", str(out)], capture_output=True, text=True)
+        built = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "dlc.runtime.cli",
+                "build",
+                str(s.model.path),
+                flag,
+                "--weights",
+                str(paths[kind]),
+                "-o",
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if built.returncode:
             raise SystemExit(f"dlc build {flag} of {s.name} failed: {built.stderr}")
         predictors[kind] = lambda feeds, out=out: c_point(exe, out, s.model.name, "-", feeds, seconds, folder)
@@ -235,6 +286,7 @@ def library_predictors(s: Subject, paths: dict, seconds: float, folder: Path, in
 def build_has_int8() -> bool:
     """Whether this dlc's `dlc build` takes --int8."""
     from dlc.runtime.cli.commands import build
+
     parser = argparse.ArgumentParser()
     build.arguments(parser)
     return "--int8" not in parser.parse_known_args(["m.dl", "-o", "out", "--int8"])[1]
@@ -246,23 +298,42 @@ def measure(s: Subject, args, folder: Path, library: bool) -> tuple[dict, list]:
     paths = quantized(s, folder, args.observer, args.percentile)
     model = s.model
     exact = not fused_int8_saturates()
-    sessions = {k: onnxruntime_session(paths[k], THREADS, fused=exact or k != "qdq") for k in ("f32", "qdq", "ort_int8")}
+    sessions = {
+        k: onnxruntime_session(paths[k], THREADS, fused=exact or k != "qdq") for k in ("f32", "qdq", "ort_int8")
+    }
     if not exact:
-        print(f"  note: {s.name}: this CPU has no VNNI, where onnxruntime's fused u8·s8 products saturate: dlc's QDQ "
-              "export runs unfused (the products in float32); ort_int8's products saturate", flush=True)
-    first = sessions["f32"].get_outputs()[0].name       # the model's first output, as predict's first
+        print(
+            f"  note: {s.name}: this CPU has no VNNI, where onnxruntime's fused u8·s8 products saturate: dlc's QDQ "
+            "export runs unfused (the products in float32); ort_int8's products saturate",
+            flush=True,
+        )
+    first = sessions["f32"].get_outputs()[0].name  # the model's first output, as predict's first
 
     def ort(kind):
         return lambda feeds: sessions[kind].run([first], feeds)[0]
 
     def dlc(int8: bool):
         return lambda feeds: next(iter(model.predict(feeds, batch=len(next(iter(feeds.values()))), int8=int8).values()))
-    predictors = {"dlc_f32": dlc(False), "dlc_int8": dlc(True), "ort_f32": ort("f32"), "ort_int8": ort("ort_int8"),
-                  "qdq": ort("qdq")}
+
+    predictors = {
+        "dlc_f32": dlc(False),
+        "dlc_int8": dlc(True),
+        "ort_f32": ort("f32"),
+        "ort_int8": ort("ort_int8"),
+        "qdq": ort("qdq"),
+    }
     error_row = errors(s, predictors, paths)
-    print("  {}: agreement dlc {:.4f} ort {:.4f}, SQNR dlc {:.1f} dB ort {:.1f} dB, qdq within {:.2g} quanta".format(
-        s.name, error_row["dlc_int8_agreement"], error_row["ort_int8_agreement"], error_row["dlc_int8_sqnr_db"],
-        error_row["ort_int8_sqnr_db"], error_row["qdq_quanta"]), flush=True)
+    print(
+        "  {}: agreement dlc {:.4f} ort {:.4f}, SQNR dlc {:.1f} dB ort {:.1f} dB, qdq within {:.2g} quanta".format(
+            s.name,
+            error_row["dlc_int8_agreement"],
+            error_row["ort_int8_agreement"],
+            error_row["dlc_int8_sqnr_db"],
+            error_row["ort_int8_sqnr_db"],
+            error_row["qdq_quanta"],
+        ),
+        flush=True,
+    )
     if s.name in IMPORTED:
         return error_row, []
     libraries = library_predictors(s, paths, seconds, folder, library)
@@ -280,30 +351,39 @@ def measure(s: Subject, args, folder: Path, library: bool) -> tuple[dict, list]:
         pairs = [(a, b) for a, b in PAIRS if a in slots and b in slots]
         row = reported(measured, {"model": s.name, "batch": batch}, f"{s.name} batch {batch}", pairs)
         rows.append(row)
-        print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.3f} ms" for k in TIMED if k in row)),
-              flush=True)
+        print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.3f} ms" for k in TIMED if k in row)), flush=True)
     return error_row, rows
 
 
 def time_table(rows: list) -> str:
     cols = ["model", "batch"] + [f"{k} ms" for k in TIMED] + [f"{a}/{b}" for a, b in PAIRS] + ["others"]
     # three decimals: a library's call at batch 1 takes a few microseconds
-    body = [[r["model"], str(r["batch"])] + [f"{r[k]:.3f}" if k in r else "-" for k in TIMED]
-            + [ratio_cell(r[f"{a}/{b}"]) if f"{a}/{b}" in r else "-" for a, b in PAIRS] + [others_cell(r["others"])]
-            for r in rows]
+    body = [
+        [r["model"], str(r["batch"])]
+        + [f"{r[k]:.3f}" if k in r else "-" for k in TIMED]
+        + [ratio_cell(r[f"{a}/{b}"]) if f"{a}/{b}" in r else "-" for a, b in PAIRS]
+        + [others_cell(r["others"])]
+        for r in rows
+    ]
     return markdown(cols, body)
 
 
 def error_table(rows: list) -> str:
     def cell(r, key, fmt):
         return format(r[key], fmt) if key in r else "-"
-    cols = ["model", "examples", "agreement dlc / ort", "SQNR dB dlc / ort", "accuracy f32 / dlc / ort",
-            "qdq quanta"]
-    body = [[r["model"], str(r["examples"]),
-             f"{cell(r, 'dlc_int8_agreement', '.4f')} / {cell(r, 'ort_int8_agreement', '.4f')}",
-             f"{cell(r, 'dlc_int8_sqnr_db', '.1f')} / {cell(r, 'ort_int8_sqnr_db', '.1f')}",
-             " / ".join(cell(r, f"{k}_accuracy", ".4f") for k in ("dlc_f32", *INT8)), f"{r['qdq_quanta']:.2g}"]
-            for r in rows]
+
+    cols = ["model", "examples", "agreement dlc / ort", "SQNR dB dlc / ort", "accuracy f32 / dlc / ort", "qdq quanta"]
+    body = [
+        [
+            r["model"],
+            str(r["examples"]),
+            f"{cell(r, 'dlc_int8_agreement', '.4f')} / {cell(r, 'ort_int8_agreement', '.4f')}",
+            f"{cell(r, 'dlc_int8_sqnr_db', '.1f')} / {cell(r, 'ort_int8_sqnr_db', '.1f')}",
+            " / ".join(cell(r, f"{k}_accuracy", ".4f") for k in ("dlc_f32", *INT8)),
+            f"{r['qdq_quanta']:.2g}",
+        ]
+        for r in rows
+    ]
     return markdown(cols, body)
 
 
@@ -311,14 +391,28 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=MODELS, action="append", help="this model only (repeatable)")
     ap.add_argument("--batch", type=int, action="append", help=f"timed batch sizes (default {BATCHES})")
-    ap.add_argument("--epochs", type=int, help="training epochs of the examples (default: digits_cnn 12, "
-                                               "transformer_classifier 3)")
-    ap.add_argument("--weights", action="append", default=[], metavar="MODEL=CKPT",
-                    help="trained weights of an example instead of training it (repeatable)")
-    ap.add_argument("--examples", type=int, default=IMPORTED_EXAMPLES,
-                    help=f"evaluation images of the imported models (default {IMPORTED_EXAMPLES})")
-    ap.add_argument("--observer", choices=("minmax", "percentile"), default="minmax",
-                    help="the calibration's observer, dlc's and onnxruntime's (default minmax)")
+    ap.add_argument(
+        "--epochs", type=int, help="training epochs of the examples (default: digits_cnn 12, transformer_classifier 3)"
+    )
+    ap.add_argument(
+        "--weights",
+        action="append",
+        default=[],
+        metavar="MODEL=CKPT",
+        help="trained weights of an example instead of training it (repeatable)",
+    )
+    ap.add_argument(
+        "--examples",
+        type=int,
+        default=IMPORTED_EXAMPLES,
+        help=f"evaluation images of the imported models (default {IMPORTED_EXAMPLES})",
+    )
+    ap.add_argument(
+        "--observer",
+        choices=("minmax", "percentile"),
+        default="minmax",
+        help="the calibration's observer, dlc's and onnxruntime's (default minmax)",
+    )
     ap.add_argument("--percentile", type=float, default=99.99, help="the percentile observer's P (default 99.99)")
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the predictors in turn (default {ROUNDS})")
     ap.add_argument("--seconds", type=float, default=SECONDS, help=f"a round's seconds of each (default {SECONDS})")
@@ -330,20 +424,27 @@ def main(argv=None) -> int:
     if unknown:
         ap.error(f"--weights names the examples {', '.join(TRAINED)}, not {', '.join(sorted(unknown))}")
     import onnxruntime
+
     library = build_has_int8()
     observer = args.observer + (f" {args.percentile}" if args.observer == "percentile" else "")
-    print(f"int8 prediction: dlc against onnxruntime {onnxruntime.__version__} quantize_static ({THREADS} threads); "
-          f"calibration on {CALIBRATE} batches, {observer}; "
-          f"dlc build --int8: {'timed' if library else 'not in this dlc'}; "
-          f"the imported models on {args.examples} images; "
-          f"median ms per call over {args.rounds} rounds of about {args.seconds} s of each, in turn", flush=True)
+    print(
+        f"int8 prediction: dlc against onnxruntime {onnxruntime.__version__} quantize_static ({THREADS} threads); "
+        f"calibration on {CALIBRATE} batches, {observer}; "
+        f"dlc build --int8: {'timed' if library else 'not in this dlc'}; "
+        f"the imported models on {args.examples} images; "
+        f"median ms per call over {args.rounds} rounds of about {args.seconds} s of each, in turn",
+        flush=True,
+    )
     error_rows, time_rows = [], []
     with tempfile.TemporaryDirectory(prefix="dlc-int8-") as tmp:
         for name in args.only or MODELS:
             folder = Path(tmp) / name
             folder.mkdir()
-            s = (trained(name, args.epochs or TRAINED[name], weights.get(name), folder) if name in TRAINED
-                 else torchvision(name, args.examples, folder))
+            s = (
+                trained(name, args.epochs or TRAINED[name], weights.get(name), folder)
+                if name in TRAINED
+                else torchvision(name, args.examples, folder)
+            )
             error_row, rows = measure(s, args, folder, library)
             error_rows.append(error_row)
             time_rows += rows

@@ -1,6 +1,7 @@
 """How busy the machine is: the cores other processes use while a benchmark runs (the
 `others` column of every table), a wait for a quiet moment, and the tables' printing. The machines are shared:
 a figure measured while others used a core is not comparable."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ def own_cpu_s(pids=()) -> float:
     running = 0.0
     for pid in pids:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        running += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")   # utime, stime
+        running += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
     return t.user + t.system + t.children_user + t.children_system + running
 
 
@@ -63,11 +64,13 @@ def wait_idle(limit_s: float, threshold: float = 0.25):
     while True:
         with OtherLoad() as o:
             time.sleep(1.0)
-        if not o.cores == o.cores or o.cores < threshold:       # nan: cannot tell, do not wait
+        if not o.cores == o.cores or o.cores < threshold:  # nan: cannot tell, do not wait
             return
         if time.perf_counter() - start >= limit_s:
-            print(f"  note: still busy after waiting {limit_s:.0f} s (others use {o.cores:.2f} cores); going on",
-                  flush=True)
+            print(
+                f"  note: still busy after waiting {limit_s:.0f} s (others use {o.cores:.2f} cores); going on",
+                flush=True,
+            )
             return
 
 
@@ -76,7 +79,7 @@ def cpu_hogs(n: int):
     """n processes that each keep one core busy while the block runs: a busy neighbour."""
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
     try:
-        time.sleep(0.5 if hogs else 0)        # let them start spinning
+        time.sleep(0.5 if hogs else 0)  # let them start spinning
         yield
     finally:
         for p in hogs:

@@ -64,6 +64,7 @@ timed; all six are timed in rounds, each after a pause (spinning pools sleep).
     python benchmarks/models.py --only bert_encoder --bert base --batch 8
     python benchmarks/models.py --image 224 --batch 8 --threads 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,19 +81,37 @@ from deploy import c_point, process_slot, timer
 from imported import first_prediction_s, imported
 from machine import print_results
 from rounds import ROUNDS, interleave, others_cell, ratio_cell, reported, timed, time_o3_code
-from train_step import (DEFAULT_BATCH, LOSS_RTOL, PAUSE_S, THREADS, DlcRunner, TorchRunner, json_safe, load_workload,
-                        make_batch, markdown, rel, torch_state as workload_torch_state)
+from train_step import (
+    DEFAULT_BATCH,
+    LOSS_RTOL,
+    PAUSE_S,
+    THREADS,
+    DlcRunner,
+    TorchRunner,
+    json_safe,
+    load_workload,
+    make_batch,
+    markdown,
+    rel,
+    torch_state as workload_torch_state,
+)
 
 CNNS = ("resnet18", "mobilenet_v2")
 MODELS = CNNS + ("bert_encoder",)
-BATCH, IMAGE, CLASSES = 32, 64, 10          # the .dl files' IMAGE (the default side) and CLASSES
+BATCH, IMAGE, CLASSES = 32, 64, 10  # the .dl files' IMAGE (the default side) and CLASSES
 FRAMEWORKS = ("dlc", "torch", "torch_compile", "dlc_import", "torch_eval")
 PAIRS = (("dlc", "torch"), ("dlc", "torch_compile"), ("dlc_import", "torch_eval"))
-BERT = {"base": {}, "small": {"LAYERS": 4, "WIDTH": 256, "HEADS": 4, "SEQ": 64}}   # over bert_encoder.dl's constants
+BERT = {"base": {}, "small": {"LAYERS": 4, "WIDTH": 256, "HEADS": 4, "SEQ": 64}}  # over bert_encoder.dl's constants
 PREDICT_BATCHES = (1, 8)
 PREDICTORS = ("dlc_jit", "dlc_library", "ort_spin", "ort_sleep", "ort_nchw", "torch_eval")
-PREDICT_PAIRS = (("dlc_jit", "ort_sleep"), ("dlc_jit", "ort_spin"), ("dlc_library", "ort_sleep"),
-                 ("dlc_library", "ort_nchw"), ("ort_nchw", "ort_sleep"), ("dlc_jit", "torch_eval"))
+PREDICT_PAIRS = (
+    ("dlc_jit", "ort_sleep"),
+    ("dlc_jit", "ort_spin"),
+    ("dlc_library", "ort_sleep"),
+    ("dlc_library", "ort_nchw"),
+    ("ort_nchw", "ort_sleep"),
+    ("dlc_jit", "torch_eval"),
+)
 OUTPUT_RTOL = 1e-4
 # each predictor's calls in a round: about half a second of them, the C timer's as the others'
 # (with a third of a second for all five, each in-process one made about 15 calls, which
@@ -104,6 +123,7 @@ PREDICT_SECONDS = 0.5
 def torchvision_model(name: str, torch):
     """torchvision's model at CLASSES classes, without dropout, as a module taking the batch dict."""
     from dlc.tools.real_models import torchvision_models
+
     net = getattr(torchvision_models(), name)(weights=None, num_classes=CLASSES)
     for m in net.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -116,6 +136,7 @@ def torchvision_model(name: str, torch):
 
         def forward(self, b):
             return self.net(b["x"])
+
     return OnBatch()
 
 
@@ -129,6 +150,7 @@ def frozen(model, torch):
             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
                 m.eval()
         return model
+
     model.train = train_frozen
     return model
 
@@ -156,7 +178,7 @@ def calibrate(model, torch, batch: dict):
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     for m in norms:
         m.reset_running_stats()
-        m.momentum = None           # a cumulative average: after one batch, its statistics
+        m.momentum = None  # a cumulative average: after one batch, its statistics
     model.train()
     with torch.no_grad():
         model(batch)
@@ -170,9 +192,16 @@ def exported(model, torch, folder: Path, name: str, image: int) -> Path:
     model.eval()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.net, (torch.zeros(1, 3, image, image),), str(onnx_path), input_names=["x"],
-                          output_names=["y"], opset_version=17, dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
-                          dynamo=False)
+        torch.onnx.export(
+            model.net,
+            (torch.zeros(1, 3, image, image),),
+            str(onnx_path),
+            input_names=["x"],
+            output_names=["y"],
+            opset_version=17,
+            dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+            dynamo=False,
+        )
     return onnx_path
 
 
@@ -182,14 +211,17 @@ def imported_program(model, torch, folder: Path, name: str, image: int):
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.cli import main
     from dlc.runtime.interop import checkpoint
+
     onnx_path = exported(model, torch, folder, name, image)
     imported = folder / f"{name}_imported.dl"
     if main(["import", str(onnx_path), "-o", str(imported), "--def"]) != 0:
         raise SystemExit(f"dlc import of {name} failed")
     program = folder / f"{name}_trained.dl"
-    program.write_text(f'import "{imported.name}"\n\nmodel {name}_trained {{\n'
-                       f"    input  x: f32[B, 3, {image}, {image}]\n    target y: i32[B]\n"
-                       f'    logits = {imported.stem}(x, name = "")\n    loss   sparse_cross_entropy(logits, y)\n}}\n')
+    program.write_text(
+        f'import "{imported.name}"\n\nmodel {name}_trained {{\n'
+        f"    input  x: f32[B, 3, {image}, {image}]\n    target y: i32[B]\n"
+        f'    logits = {imported.stem}(x, name = "")\n    loss   sparse_cross_entropy(logits, y)\n}}\n'
+    )
     weights, _, _ = checkpoint.load(imported.with_suffix(".npz"))
     return load(str(program)), {k: np.ascontiguousarray(v, np.float32) for k, v in weights.items()}
 
@@ -198,6 +230,7 @@ def twin_of(name: str, args, torch, batch: dict):
     """torchvision's model with dlc's initial parameters, its batch norms calibrated on the
     batch: (the model, dlc's parameters, the model's state)."""
     from dlc.runtime.training.gradcheck import init_params
+
     train = load_workload(name, {"IMAGE": args.image}).build(training=True)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(train, args.seed).items()}
     trainable = [p.name for p in train.params if p.trainable]
@@ -209,8 +242,10 @@ def twin_of(name: str, args, torch, batch: dict):
 
 def image_batch(args, batch: int) -> dict:
     rng = np.random.default_rng([args.seed, 1])
-    return {"x": rng.standard_normal((batch, 3, args.image, args.image), dtype=np.float32),
-            "y": rng.integers(0, CLASSES, batch).astype(np.int32)}
+    return {
+        "x": rng.standard_normal((batch, 3, args.image, args.image), dtype=np.float32),
+        "y": rng.integers(0, CLASSES, batch).astype(np.int32),
+    }
 
 
 def kernel_shares(runner: DlcRunner, batch: int, steps: int = 3) -> list:
@@ -219,12 +254,14 @@ def kernel_shares(runner: DlcRunner, batch: int, steps: int = 3) -> list:
     share of the profiled steps' median."""
     import time
     from dlc.runtime.engines.native import NativeEngine
+
     engine = NativeEngine(runner.train, runner.ev, runner.opt, runner.trainable, profile=True)
     params = {k: v.copy() for k, v in runner.init.items()}
     state = runner.opt.init({n: params[n] for n in runner.trainable})
 
     def step(t):
         engine.train_step(params, state, runner.batch, runner.lr, t, np.array([runner.seed, t], np.int32))
+
     for t in (1, 2):
         step(t)
     exe = engine.train_exe
@@ -238,42 +275,61 @@ def kernel_shares(runner: DlcRunner, batch: int, steps: int = 3) -> list:
     sizes = {"B": batch}
     kinds: dict = {}
     for (k, depth), c in zip(exe.profile, cycles):
-        if depth == 0:          # a scan's cycles hold its body's (these models have none)
+        if depth == 0:  # a scan's cycles hold its body's (these models have none)
             flops = k.flops(sizes)
             cell = kinds.setdefault(k.family, [0.0, 0])
             cell[0] += c
             cell[1] += flops or 0
     total = sum(c for c, _ in kinds.values()) or 1.0
-    rows = [(kind, c / total, c / total * median * 1e3, f / (c / total * median) / 1e9 if f and c else None)
-            for kind, (c, f) in kinds.items()]
+    rows = [
+        (kind, c / total, c / total * median * 1e3, f / (c / total * median) / 1e9 if f and c else None)
+        for kind, (c, f) in kinds.items()
+    ]
     return sorted(rows, key=lambda r: -r[1])
 
 
 def shares_text(name: str, shares: list, peak_gflops: float | None) -> str:
-    lines = [f"  {name}: dlc's train step by kernel kind (a profiling build; % of peak: of {peak_gflops:.0f} GFLOP/s)"
-             if peak_gflops else f"  {name}: dlc's train step by kernel kind (a profiling build)"]
+    lines = [
+        f"  {name}: dlc's train step by kernel kind (a profiling build; % of peak: of {peak_gflops:.0f} GFLOP/s)"
+        if peak_gflops
+        else f"  {name}: dlc's train step by kernel kind (a profiling build)"
+    ]
     for kind, share, ms, gflops in shares:
-        rate = "" if gflops is None else f"{gflops:8.1f} GFLOP/s" + (
-            f" {100 * gflops / peak_gflops:5.1f} % of peak" if peak_gflops else "")
+        rate = (
+            ""
+            if gflops is None
+            else f"{gflops:8.1f} GFLOP/s" + (f" {100 * gflops / peak_gflops:5.1f} % of peak" if peak_gflops else "")
+        )
         lines.append(f"    {kind:<14}{100 * share:6.1f} %{ms:10.2f} ms  {rate}")
     return "\n".join(lines)
 
 
 def run_bert(args) -> dict:
     from dlc.runtime.training.gradcheck import init_params
+
     sizes = BERT[args.bert]
     name, batch_size = "bert_encoder", args.batch or DEFAULT_BATCH["bert_encoder"]
-    print(f"\n== {name} ({args.bert}: {sizes or 'as bert_encoder.dl'}) ==  "
-          f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
+    print(
+        f"\n== {name} ({args.bert}: {sizes or 'as bert_encoder.dl'}) ==  "
+        f"(load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)",
+        flush=True,
+    )
     train = load_workload(name, sizes).build(training=True)
     init = {k: np.ascontiguousarray(v, np.float32) for k, v in init_params(train, args.seed).items()}
     batch = make_batch(name, args.seed, batch_size, sizes)
     state = workload_torch_state(name, init, sizes)
-    runners = {"dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes),
-               "torch": TorchRunner(name, state, batch, args.lr, "torch", sizes=sizes),
-               "torch_compile": TorchRunner(name, state, batch, args.lr, "torch_compile", sizes=sizes)}
-    return trained(name, runners, args, {"model": f"{name} ({args.bert})", "batch": batch_size},
-                   (("dlc", "torch"), ("dlc", "torch_compile")))
+    runners = {
+        "dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes=sizes),
+        "torch": TorchRunner(name, state, batch, args.lr, "torch", sizes=sizes),
+        "torch_compile": TorchRunner(name, state, batch, args.lr, "torch_compile", sizes=sizes),
+    }
+    return trained(
+        name,
+        runners,
+        args,
+        {"model": f"{name} ({args.bert})", "batch": batch_size},
+        (("dlc", "torch"), ("dlc", "torch_compile")),
+    )
 
 
 def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
@@ -281,15 +337,18 @@ def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
     rounds, then dlc's kernel kinds' shares: the row."""
     for r in runners.values():
         r.first()
-        print(f"  {r.run.framework:<20} first step {r.run.first_s * 1e3:10.1f} ms   loss {r.run.losses[0]:.7f}",
-              flush=True)
+        print(
+            f"  {r.run.framework:<20} first step {r.run.first_s * 1e3:10.1f} ms   loss {r.run.losses[0]:.7f}",
+            flush=True,
+        )
     for a, b in pairs:
         d = rel(runners[a].run.losses[0], runners[b].run.losses[0])
         row[f"{a} check"] = d
         if not d <= LOSS_RTOL:
             raise SystemExit(f"{name}: {a}'s first-step loss differs from {b}'s by {d:.1e} relative")
-    measured = interleave({k: timed(r.step) for k, r in runners.items()}, args.rounds, args.steps, args.warmup,
-                          pause_s=PAUSE_S)
+    measured = interleave(
+        {k: timed(r.step) for k, r in runners.items()}, args.rounds, args.steps, args.warmup, pause_s=PAUSE_S
+    )
     row = reported(measured, row, name, pairs)
     row["shares"] = kernel_shares(runners["dlc"], row["batch"])
     print(shares_text(name, row["shares"], args.peak), flush=True)
@@ -298,6 +357,7 @@ def trained(name: str, runners: dict, args, row: dict, pairs) -> dict:
 
 def run_model(name: str, args, folder: Path) -> dict:
     import torch
+
     print(f"\n== {name} ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
     batch = image_batch(args, args.batch or BATCH)
     twin, init, state = twin_of(name, args, torch, batch)
@@ -306,12 +366,15 @@ def run_model(name: str, args, folder: Path) -> dict:
     runners = {
         "dlc": DlcRunner(name, init, batch, "native", args.lr, args.seed, sizes={"IMAGE": args.image}),
         "torch": TorchRunner(name, state, batch, args.lr, "torch", model=torchvision_model(name, torch)),
-        "torch_compile": TorchRunner(name, state, batch, args.lr, "torch_compile",
-                                     model=torchvision_model(name, torch)),
-        "dlc_import": DlcRunner(name, weights, batch, "native", args.lr, args.seed, label="dlc_import",
-                                program=program),
-        "torch_eval": TorchRunner(name, state, batch, args.lr, "torch_eval",
-                                  model=frozen(torchvision_model(name, torch), torch)),
+        "torch_compile": TorchRunner(
+            name, state, batch, args.lr, "torch_compile", model=torchvision_model(name, torch)
+        ),
+        "dlc_import": DlcRunner(
+            name, weights, batch, "native", args.lr, args.seed, label="dlc_import", program=program
+        ),
+        "torch_eval": TorchRunner(
+            name, state, batch, args.lr, "torch_eval", model=frozen(torchvision_model(name, torch), torch)
+        ),
     }
     return trained(name, runners, args, {"model": name, "image": args.image, "batch": args.batch or BATCH}, PAIRS)
 
@@ -322,6 +385,7 @@ def predicted(name: str, args, folder: Path) -> list:
     import onnxruntime as ort
     import torch
     from dlc.runtime.interop import checkpoint
+
     print(f"\n== {name}: prediction ==  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus)", flush=True)
     twin, _, _ = twin_of(name, args, torch, image_batch(args, BATCH))
     onnx_path = exported(twin, torch, folder, f"{name}_predict", args.image)
@@ -330,8 +394,11 @@ def predicted(name: str, args, folder: Path) -> list:
     npz = folder / f"{name}_weights.npz"
     checkpoint.save(npz, model.params, {}, {})
     library = folder / f"{name}_library"
-    built = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "build", str(program), "-o", str(library)],
-                           capture_output=True, text=True)
+    built = subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", "build", str(program), "-o", str(library)],
+        capture_output=True,
+        text=True,
+    )
     if built.returncode:
         raise SystemExit(f"dlc build of {name} failed: {built.stderr}")
     exe = timer(folder)
@@ -340,9 +407,10 @@ def predicted(name: str, args, folder: Path) -> list:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        if not blocked:     # no NchwcTransformer: its layout-changing optimizations are level ALL's
+        if not blocked:  # no NchwcTransformer: its layout-changing optimizations are level ALL's
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
     spinning, sleeping, nchw = session(True), session(False), session(False, blocked=False)
     twin.eval()
     rows = []
@@ -353,8 +421,13 @@ def predicted(name: str, args, folder: Path) -> list:
 
         def library_ms():
             return c_point(exe, library, model.name, npz, feeds, PREDICT_SECONDS, folder, args.threads)
-        outputs = {"dlc_jit": model.predict(feeds, batch=batch)["y"], "dlc_library": library_ms()["output"],
-                   "ort_nchw": nchw.run(["y"], feeds)[0], "torch_eval": twin.net(tx).detach().numpy()}
+
+        outputs = {
+            "dlc_jit": model.predict(feeds, batch=batch)["y"],
+            "dlc_library": library_ms()["output"],
+            "ort_nchw": nchw.run(["y"], feeds)[0],
+            "torch_eval": twin.net(tx).detach().numpy(),
+        }
         for k, got in outputs.items():
             err = float(np.abs(got.ravel() - want.ravel()).max() / np.abs(want).max())
             if got.size != want.size or err > OUTPUT_RTOL:
@@ -363,15 +436,22 @@ def predicted(name: str, args, folder: Path) -> list:
         def torch_eval():
             with torch.no_grad():
                 return twin.net(tx)
-        slots = {"dlc_jit": timed(lambda: model.predict(feeds, batch=batch)),
-                 "dlc_library": process_slot(lambda: library_ms()["c_ms"]),
-                 "ort_spin": timed(lambda: spinning.run(["y"], feeds)),
-                 "ort_sleep": timed(lambda: sleeping.run(["y"], feeds)),
-                 "ort_nchw": timed(lambda: nchw.run(["y"], feeds)),
-                 "torch_eval": timed(torch_eval)}
+
+        slots = {
+            "dlc_jit": timed(lambda: model.predict(feeds, batch=batch)),
+            "dlc_library": process_slot(lambda: library_ms()["c_ms"]),
+            "ort_spin": timed(lambda: spinning.run(["y"], feeds)),
+            "ort_sleep": timed(lambda: sleeping.run(["y"], feeds)),
+            "ort_nchw": timed(lambda: nchw.run(["y"], feeds)),
+            "torch_eval": timed(torch_eval),
+        }
         measured = interleave(slots, args.rounds, warmup=1, seconds_each=PREDICT_SECONDS, pause_s=PAUSE_S)
-        row = reported(measured, {"model": name, "image": args.image, "batch": batch},
-                       f"{name} prediction batch {batch}", PREDICT_PAIRS)
+        row = reported(
+            measured,
+            {"model": name, "image": args.image, "batch": batch},
+            f"{name} prediction batch {batch}",
+            PREDICT_PAIRS,
+        )
         rows.append(row)
         print("  batch {}: {}".format(batch, ", ".join(f"{k} {row[k]:.2f} ms" for k in PREDICTORS)), flush=True)
     return rows
@@ -379,30 +459,58 @@ def predicted(name: str, args, folder: Path) -> list:
 
 def table(rows: list, frameworks, pairs) -> str:
     cols = ["model", "image", "batch"] + [f"{k} ms" for k in frameworks] + [f"{a}/{b}" for a, b in pairs] + ["others"]
-    body = [[r["model"], str(r.get("image", "-")), str(r["batch"])] + [f"{r[k]:.1f}" if k in r else "-" for k in frameworks]
-            + [ratio_cell(r[f"{a}/{b}"]) if f"{a}/{b}" in r else "-" for a, b in pairs] + [others_cell(r["others"])]
-            for r in rows]
+    body = [
+        [r["model"], str(r.get("image", "-")), str(r["batch"])]
+        + [f"{r[k]:.1f}" if k in r else "-" for k in frameworks]
+        + [ratio_cell(r[f"{a}/{b}"]) if f"{a}/{b}" in r else "-" for a, b in pairs]
+        + [others_cell(r["others"])]
+        for r in rows
+    ]
     return markdown(cols, body)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--only", choices=MODELS, action="append", help="this model only (repeatable)")
-    ap.add_argument("--side", choices=("train", "predict"), action="append",
-                    help="training or prediction only (default both; prediction: the CNNs)")
-    ap.add_argument("--batch", type=int, help=f"examples per training step (default {BATCH}; bert_encoder "
-                    f"{DEFAULT_BATCH['bert_encoder']})")
-    ap.add_argument("--predict-batch", type=int, action="append",
-                    help=f"examples per prediction (repeatable; default {' and '.join(map(str, PREDICT_BATCHES))})")
-    ap.add_argument("--bert", choices=tuple(BERT), default="small",
-                    help="bert_encoder's size: base (12 x 768, sequence 128) or small (default: 4 x 256, 64)")
+    ap.add_argument(
+        "--side",
+        choices=("train", "predict"),
+        action="append",
+        help="training or prediction only (default both; prediction: the CNNs)",
+    )
+    ap.add_argument(
+        "--batch",
+        type=int,
+        help=f"examples per training step (default {BATCH}; bert_encoder {DEFAULT_BATCH['bert_encoder']})",
+    )
+    ap.add_argument(
+        "--predict-batch",
+        type=int,
+        action="append",
+        help=f"examples per prediction (repeatable; default {' and '.join(map(str, PREDICT_BATCHES))})",
+    )
+    ap.add_argument(
+        "--bert",
+        choices=tuple(BERT),
+        default="small",
+        help="bert_encoder's size: base (12 x 768, sequence 128) or small (default: 4 x 256, 64)",
+    )
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of the frameworks in turn (default {ROUNDS})")
     ap.add_argument("--steps", type=int, default=2, help="timed steps of each per round (default 2)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps of each before the rounds (default 1)")
-    ap.add_argument("--image", type=int, default=IMAGE, metavar="PIXELS",
-                    help=f"the CNNs' images' side (default {IMAGE}; ImageNet's is 224)")
-    ap.add_argument("--threads", type=int, help=f"threads of every framework: torch's, onnxruntime's and dlc's "
-                    f"team (DLC_NUM_THREADS) (default: {THREADS} for the peers, dlc's the cores others leave free)")
+    ap.add_argument(
+        "--image",
+        type=int,
+        default=IMAGE,
+        metavar="PIXELS",
+        help=f"the CNNs' images' side (default {IMAGE}; ImageNet's is 224)",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help=f"threads of every framework: torch's, onnxruntime's and dlc's "
+        f"team (DLC_NUM_THREADS) (default: {THREADS} for the peers, dlc's the cores others leave free)",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
@@ -410,19 +518,22 @@ def main(argv=None) -> int:
     if args.image < 32 or args.threads is not None and args.threads < 1:
         ap.error("--image takes at least 32 pixels (five halvings leave a 1 x 1 map), --threads at least 1")
     if args.threads is not None:
-        os.environ["DLC_NUM_THREADS"] = str(args.threads)    # before any engine picks its team
+        os.environ["DLC_NUM_THREADS"] = str(args.threads)  # before any engine picks its team
     args.threads = args.threads or THREADS
     time_o3_code()
     args.predict_batch = args.predict_batch or list(PREDICT_BATCHES)
     sides = args.side or ["train", "predict"]
     import torch
     from peak import cached_or_measure, describe
+
     torch.set_num_threads(args.threads)
     peak = cached_or_measure()
     args.peak = peak["gflops"].get(args.threads) or peak["gflops"].get(str(args.threads))
-    print(f"standard models against torch {torch.__version__} eager, {args.threads} threads, Adam lr {args.lr}, "
-          f"3 x {args.image} x {args.image} images; median ms per step over {args.rounds} rounds of {args.steps} "
-          f"steps, the frameworks in turn; {describe(peak)}")
+    print(
+        f"standard models against torch {torch.__version__} eager, {args.threads} threads, Adam lr {args.lr}, "
+        f"3 x {args.image} x {args.image} images; median ms per step over {args.rounds} rounds of {args.steps} "
+        f"steps, the frameworks in turn; {describe(peak)}"
+    )
     rows, predictions = [], []
     with tempfile.TemporaryDirectory(prefix="dlc-models-") as tmp:
         for name in args.only or MODELS:
@@ -430,9 +541,14 @@ def main(argv=None) -> int:
                 rows.append(run_bert(args) if name == "bert_encoder" else run_model(name, args, Path(tmp)))
             if "predict" in sides and name in CNNS:
                 predictions += predicted(name, args, Path(tmp))
-    text = "\n\n".join(t for t in (
-        table(rows, FRAMEWORKS, PAIRS) if rows else "",
-        table(predictions, PREDICTORS, PREDICT_PAIRS) if predictions else "") if t)
+    text = "\n\n".join(
+        t
+        for t in (
+            table(rows, FRAMEWORKS, PAIRS) if rows else "",
+            table(predictions, PREDICTORS, PREDICT_PAIRS) if predictions else "",
+        )
+        if t
+    )
     print_results(text, json_safe({"train": rows, "predict": predictions}), args.json)
     return 0
 

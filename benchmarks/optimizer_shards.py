@@ -18,6 +18,7 @@ not comparable.
     python benchmarks/optimizer_shards.py               # needs mpi4py and mpirun: pip install "dlc[mpi]"
     python benchmarks/optimizer_shards.py --steps 40 --json /tmp/shards.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,12 @@ train wide {
 """
 # (label, ranks, shard_optimizer, allreduce_bucket): unsharded with the default buckets, and
 # without (the step a sharded run takes too: its reduce-scatter waits for the backward pass)
-RUNS = (("1 process", 1, False, None), ("2 ranks buckets", 2, False, None), ("2 ranks after", 2, False, 0),
-        ("2 ranks sharded", 2, True, None))
+RUNS = (
+    ("1 process", 1, False, None),
+    ("2 ranks buckets", 2, False, None),
+    ("2 ranks after", 2, False, 0),
+    ("2 ranks sharded", 2, True, None),
+)
 
 
 def worker(model: str, out: str, steps: int, shard: bool, bucket: int | None):
@@ -77,12 +82,22 @@ def worker(model: str, out: str, steps: int, shard: bool, bucket: int | None):
     probe = Probe()
     overrides = {"max_steps": steps, "shard_optimizer": shard, "allreduce_bucket": bucket}
     Trainer(load(model), None, overrides, Path(out), progress="none", callbacks=[probe]).run(overwrite=True)
-    timed = probe.times[WARMUP - 1:]
+    timed = probe.times[WARMUP - 1 :]
     rank = int(os.environ.get("PMI_RANK", 0))
     # a file a rank: the launcher may join the ranks' output lines
-    (Path(out) / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "rss_mb": probe.rss / 1024,
-                      "peak_mb": status_kb("VmHWM") / 1024, "step_ms": (timed[-1] - timed[0]) / (len(timed) - 1) * 1e3,
-                      "wall_s": timed[-1] - timed[0], "busy_s": probe.busy, "cpu_s": probe.cpu}))
+    (Path(out) / f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "rank": rank,
+                "rss_mb": probe.rss / 1024,
+                "peak_mb": status_kb("VmHWM") / 1024,
+                "step_ms": (timed[-1] - timed[0]) / (len(timed) - 1) * 1e3,
+                "wall_s": timed[-1] - timed[0],
+                "busy_s": probe.busy,
+                "cpu_s": probe.cpu,
+            }
+        )
+    )
 
 
 def timing_worker(model: str, steps: int):
@@ -98,14 +113,17 @@ def timing_worker(model: str, steps: int):
     from dlc.runtime.training.config import make_config
     from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
+
     world = distributed.world()
     prog = load(model)
     train, ev = prog.build(training=True), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
     rng = np.random.default_rng(0)
     lo, hi = world.shard(64)
-    batch = {"x": rng.standard_normal((64, 64), dtype=np.float32)[lo:hi],
-             "y": rng.integers(0, 10, 64).astype(np.int32)[lo:hi]}
+    batch = {
+        "x": rng.standard_normal((64, 64), dtype=np.float32)[lo:hi],
+        "y": rng.integers(0, 10, 64).astype(np.int32)[lo:hi],
+    }
     runs = {}
     for label, shard in (("after", None), ("sharded", (world.rank, world.size))):
         opt = make_optimizer(make_config(prog, None, {}).optimizer)
@@ -127,16 +145,25 @@ def timing_worker(model: str, steps: int):
     wall, own = time.perf_counter() - start, world.sum(np.array([time.process_time()]) - cpu, "the timing")
     if world.rank == 0:
         timed = steps - WARMUP
-        Path(model).with_suffix(".timing.json").write_text(json.dumps({
-            label: {"gradients_ms": spent[0] / timed * 1e3, "update_ms": spent[1] / timed * 1e3}
-            for label, (_, _, _, spent) in runs.items()} | {"others": max(0.0, machine_busy_s() - busy - own[0]) / wall}))
+        Path(model).with_suffix(".timing.json").write_text(
+            json.dumps(
+                {
+                    label: {"gradients_ms": spent[0] / timed * 1e3, "update_ms": spent[1] / timed * 1e3}
+                    for label, (_, _, _, spent) in runs.items()
+                }
+                | {"others": max(0.0, machine_busy_s() - busy - own[0]) / wall}
+            )
+        )
 
 
 def launch(model: Path, out: Path, ranks: int, shard: bool, bucket: int | None, steps: int) -> dict:
     """A run's figures: per rank, and `others` over the timed steps."""
-    cmd = ([MPIRUN, "-n", str(ranks)] if ranks > 1 else []) + [
-        sys.executable, str(Path(__file__)), "--worker", str(model), "--out", str(out), "--steps", str(steps)] + \
-        (["--shard"] if shard else []) + ([] if bucket is None else ["--bucket", str(bucket)])
+    cmd = (
+        ([MPIRUN, "-n", str(ranks)] if ranks > 1 else [])
+        + [sys.executable, str(Path(__file__)), "--worker", str(model), "--out", str(out), "--steps", str(steps)]
+        + (["--shard"] if shard else [])
+        + ([] if bucket is None else ["--bucket", str(bucket)])
+    )
     r = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
     rows = [json.loads(f.read_text()) for f in sorted(out.glob("rank*.json"))]
     if r.returncode or len(rows) != ranks:
@@ -171,18 +198,37 @@ def main():
         for label, ranks, shard, bucket in RUNS:
             run = launch(model, Path(tmp) / label.replace(" ", "_"), ranks, shard, bucket, args.steps)
             for x in run["ranks"]:
-                print(f"{label:<16} {x['rank']:>4} {x['rss_mb']:>9.1f} {x['peak_mb']:>9.1f} {x['step_ms']:>8.1f} "
-                      f"{run['others']:>7.2f}", flush=True)
+                print(
+                    f"{label:<16} {x['rank']:>4} {x['rss_mb']:>9.1f} {x['peak_mb']:>9.1f} {x['step_ms']:>8.1f} "
+                    f"{run['others']:>7.2f}",
+                    flush=True,
+                )
             rows.append({"run": label, "shard_optimizer": shard, "allreduce_bucket": bucket, **run})
-        r = subprocess.run([MPIRUN, "-n", "2", sys.executable, str(Path(__file__)), "--timing-worker", str(model),
-                            "--steps", str(args.steps)], capture_output=True, text=True, env=ENV)
+        r = subprocess.run(
+            [
+                MPIRUN,
+                "-n",
+                "2",
+                sys.executable,
+                str(Path(__file__)),
+                "--timing-worker",
+                str(model),
+                "--steps",
+                str(args.steps),
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+        )
         if r.returncode:
             raise SystemExit(f"the timing failed:\n{r.stdout}{r.stderr}")
         timing = json.loads(model.with_suffix(".timing.json").read_text())
         print(f"\n2 ranks, a step of each in turn: {'gradients ms':>12} {'update ms':>9} {'others':>7}")
         for label in ("after", "sharded"):
-            print(f"{label:<32} {timing[label]['gradients_ms']:>12.1f} {timing[label]['update_ms']:>9.1f} "
-                  f"{timing['others']:>7.2f}")
+            print(
+                f"{label:<32} {timing[label]['gradients_ms']:>12.1f} {timing[label]['update_ms']:>9.1f} "
+                f"{timing['others']:>7.2f}"
+            )
         rows.append({"run": "2 ranks in turn", **timing})
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

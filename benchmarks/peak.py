@@ -19,6 +19,7 @@ beside a neighbour (146 GFLOP/s on 2 threads where the machine does 231) made ev
 directory (DLC_CACHE_DIR, default ~/.cache/dlc), measuring it first when missing, and print
 `describe`'s line, which says when the peak is uncertain.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -28,13 +29,13 @@ import time
 
 from machine import OtherLoad
 
-ACCUMULATORS = 12        # independent chains: > FMA latency (4) × ports (2), within 16 (AVX2) / 32 registers
+ACCUMULATORS = 12  # independent chains: > FMA latency (4) × ports (2), within 16 (AVX2) / 32 registers
 ITERATIONS = 20_000_000  # loop trips per call: ~30 ms on one core (AVX-512)
 REPEATS = 5
-QUIET = 0.25             # the most cores other processes may use during a round that measures the peak
-WINDOW_S = 30.0          # how long each thread count's rounds may wait for a quiet one
-ROUND_S = 0.2            # the shortest round: /proc/stat counts the machine's busy time in 10 ms ticks,
-                         # so a shorter round's load reads as quiet or busy by chance
+QUIET = 0.25  # the most cores other processes may use during a round that measures the peak
+WINDOW_S = 30.0  # how long each thread count's rounds may wait for a quiet one
+ROUND_S = 0.2  # the shortest round: /proc/stat counts the machine's busy time in 10 ms ticks,
+# so a shorter round's load reads as quiet or busy by chance
 
 
 def _compile_fma_loop():
@@ -44,7 +45,7 @@ def _compile_fma_loop():
     from dlc.compiler.native.codegen.gemm import blocking
     from dlc.compiler.native.codegen.intrinsics import declare, splat
 
-    lanes = blocking.default_config().vw       # 16 with AVX-512, 8 with AVX2, 4 with NEON
+    lanes = blocking.default_config().vw  # 16 with AVX-512, 8 with AVX2, 4 with NEON
     f32, i64 = ir.FloatType(), ir.IntType(64)
     vty = ir.VectorType(f32, lanes)
     module = ir.Module("peak")
@@ -69,13 +70,13 @@ def _compile_fma_loop():
 
     b.position_at_end(done)
     total = new[0]
-    for n in new[1:]:                 # the result depends on every chain: none is dead code
+    for n in new[1:]:  # the result depends on every chain: none is dead code
         total = b.fadd(total, n)
     b.ret(b.extract_element(total, ir.IntType(32)(0)))
 
     lib = jit.compile_module(module)
     native = lib.function("fma_loop", ctypes.c_float, ctypes.c_int64)
-    native.lib = lib                  # keep the compiled code alive with the function
+    native.lib = lib  # keep the compiled code alive with the function
     return native, ACCUMULATORS * lanes * 2, lanes
 
 
@@ -85,7 +86,7 @@ def measure(threads=(1, 2), iterations: int = ITERATIONS, repeats: int = REPEATS
     count, rounds of `repeats` calls (and at least ROUND_S) until one is quiet (others <
     QUIET) or `window_s` has passed; the quiet round, else the least busy."""
     fn, flops_per_iter, lanes = _compile_fma_loop()
-    fn(1000)                          # page in the code
+    fn(1000)  # page in the code
     gflops, others = {}, {}
     for n in threads:
         start = time.perf_counter()
@@ -97,7 +98,7 @@ def measure(threads=(1, 2), iterations: int = ITERATIONS, repeats: int = REPEATS
                 best = max(rates) * flops_per_iter
             if n not in others or load.cores < others[n]:
                 gflops[n], others[n] = best, load.cores
-            if not load.cores >= QUIET or time.perf_counter() - start >= window_s:    # quiet, or nan: cannot tell
+            if not load.cores >= QUIET or time.perf_counter() - start >= window_s:  # quiet, or nan: cannot tell
                 break
     return {"lanes": lanes, "gflops": gflops, "others": others}
 
@@ -123,12 +124,15 @@ def describe(result: dict) -> str:
     """The peak in one line, and, when it was not measured on a quiet machine, that it is
     uncertain (too low: every % of it too high) and by how busy the machine was."""
     line = "FMA peak (benchmarks/peak.py): " + ", ".join(
-        f"{g:.0f} GFLOP/s on {n} thread{'s' * (n > 1)}" for n, g in result["gflops"].items())
+        f"{g:.0f} GFLOP/s on {n} thread{'s' * (n > 1)}" for n, g in result["gflops"].items()
+    )
     busy = {n: cores for n, cores in result["others"].items() if not cores < QUIET}
     if busy:
-        line += (" -- UNCERTAIN, not cached: no quiet round in " + ", ".join(
-            f"{n} thread{'s' * (n > 1)} (others used {cores:.2f} cores)" for n, cores in busy.items())
-            + "; the peak may be too low and each % of it too high")
+        line += (
+            " -- UNCERTAIN, not cached: no quiet round in "
+            + ", ".join(f"{n} thread{'s' * (n > 1)} (others used {cores:.2f} cores)" for n, cores in busy.items())
+            + "; the peak may be too low and each % of it too high"
+        )
     return line
 
 
@@ -141,11 +145,13 @@ def uncertain_note(result: dict) -> str | None:
 
 def _cache_path():
     from dlc.runtime.engines.cache import cache_dir
+
     return cache_dir() / "peak.json"
 
 
 def _host() -> str:
     from dlc.compiler.native.codegen import jit
+
     return jit.host_cpu()[0]
 
 
@@ -155,8 +161,15 @@ def save(result: dict) -> bool:
         return False
     path = _cache_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"host": _host(), "lanes": result["lanes"],
-                                **{key: {str(k): v for k, v in result[key].items()} for key in ("gflops", "others")}}))
+    path.write_text(
+        json.dumps(
+            {
+                "host": _host(),
+                "lanes": result["lanes"],
+                **{key: {str(k): v for k, v in result[key].items()} for key in ("gflops", "others")},
+            }
+        )
+    )
     return True
 
 
@@ -167,8 +180,10 @@ def cached_or_measure() -> dict:
     try:
         data = json.loads(_cache_path().read_text())
         if data["host"] == _host():
-            return {"lanes": data["lanes"], **{key: {int(k): v for k, v in data[key].items()}
-                                               for key in ("gflops", "others")}}
+            return {
+                "lanes": data["lanes"],
+                **{key: {int(k): v for k, v in data[key].items()} for key in ("gflops", "others")},
+            }
     except (OSError, ValueError, KeyError):
         pass
     result = measure()
@@ -179,8 +194,10 @@ def cached_or_measure() -> dict:
 def main() -> int:
     result = measure()
     saved = save(result)
-    print(f"FMA peak, float32, {result['lanes']}-float vectors ({_host()}), best of {REPEATS} in the first round "
-          f"in which other processes used under {QUIET} cores (rounds for up to {WINDOW_S:.0f} s):")
+    print(
+        f"FMA peak, float32, {result['lanes']}-float vectors ({_host()}), best of {REPEATS} in the first round "
+        f"in which other processes used under {QUIET} cores (rounds for up to {WINDOW_S:.0f} s):"
+    )
     for n, g in result["gflops"].items():
         print(f"  {n} thread{'s' if n > 1 else ' '}  {g:8.1f} GFLOP/s   others {result['others'][n]:.2f} cores")
     if saved:

@@ -13,6 +13,7 @@ the median over rounds of each round's, with its p25-p75.
     python benchmarks/predict.py
     python benchmarks/predict.py --only lstm --batch 1 --json /tmp/predict.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ from train_step import DEFAULT_STEPS, THREADS, WORKLOAD_DIR, make_batch, torch_m
 
 BATCHES = (1, 256)
 OUTPUT_RTOL = 1e-4
-SECONDS = 0.25          # timed seconds of each framework in a round, at a point
+SECONDS = 0.25  # timed seconds of each framework in a round, at a point
 
 
 def inputs_of(name: str, batch: int, seed: int) -> dict:
@@ -43,6 +44,7 @@ def dlc_model(name: str, folder: Path, seed: int):
     """The workload as a DlcModel with an output, and its initial parameters."""
     from dlc.runtime.api import DlcModel
     from dlc.runtime.training.trainer import initial_parameters
+
     text = (WORKLOAD_DIR / f"{name}.dl").read_text()
     text = re.sub(r"\}\s*$", "    output scores = logits\n}\n", text)
     path = folder / f"{name}.dl"
@@ -55,6 +57,7 @@ def dlc_model(name: str, folder: Path, seed: int):
 def onnx_session(model, folder: Path):
     import onnxruntime as ort
     from dlc.compiler.onnx.export import save_onnx
+
     path = folder / f"{model.name}.onnx"
     save_onnx(model.eval_model, model.params, path)
     options = ort.SessionOptions()
@@ -70,17 +73,25 @@ def run_point(name: str, batch: int, frameworks: dict, seed: int, rounds: int = 
         err = np.abs(out - ref).max() / max(np.abs(ref).max(), 1e-30)
         if out.shape != ref.shape or err > OUTPUT_RTOL:
             raise SystemExit(f"{name}, batch {batch}: {k}'s outputs differ from dlc's ({out.shape}, {err:.2e})")
-    return timed_row({k: (lambda fn=fn: fn(feeds)) for k, fn in frameworks.items()},
-                     {"workload": name, "batch": batch}, f"{name} batch {batch}", rounds, SECONDS)
+    return timed_row(
+        {k: (lambda fn=fn: fn(feeds)) for k, fn in frameworks.items()},
+        {"workload": name, "batch": batch},
+        f"{name} batch {batch}",
+        rounds,
+        SECONDS,
+    )
 
 
 def frameworks_for(name: str, folder: Path, seed: int) -> dict:
     import torch
+
     model = dlc_model(name, folder, seed)
     session = onnx_session(model, folder)
     twin = torch_model(name, torch)
-    twin.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v, np.float32))
-                          for k, v in torch_state(name, model.params).items()}, strict=True)
+    twin.load_state_dict(
+        {k: torch.from_numpy(np.ascontiguousarray(v, np.float32)) for k, v in torch_state(name, model.params).items()},
+        strict=True,
+    )
     twin.eval()
     # torch's inference fast path for encoder layers gives outputs 4e-4 apart from the
     # layers as written (the workload's tanh-approximated GELU, pre-LN): time the layers as written
@@ -88,21 +99,31 @@ def frameworks_for(name: str, folder: Path, seed: int) -> dict:
 
     def torch_run(feeds):
         with torch.inference_mode():
-            return twin({k: torch.from_numpy(v) if v.dtype != np.int32 else torch.from_numpy(v.astype(np.int64))
-                         for k, v in feeds.items()}).numpy()
+            return twin(
+                {
+                    k: torch.from_numpy(v) if v.dtype != np.int32 else torch.from_numpy(v.astype(np.int64))
+                    for k, v in feeds.items()
+                }
+            ).numpy()
 
-    return {"dlc": lambda feeds: model.predict(feeds, batch=len(next(iter(feeds.values()))))["scores"],
-            "onnxruntime": lambda feeds: session.run(["scores"], feeds)[0],
-            "torch": torch_run}
+    return {
+        "dlc": lambda feeds: model.predict(feeds, batch=len(next(iter(feeds.values()))))["scores"],
+        "onnxruntime": lambda feeds: session.run(["scores"], feeds)[0],
+        "torch": torch_run,
+    }
 
 
 def table(rows: list) -> str:
-    head = ("| workload | batch | dlc ms | onnxruntime ms | torch ms | dlc/onnxruntime (p25-p75) | dlc/torch (p25-p75) "
-            "| others of each round |")
+    head = (
+        "| workload | batch | dlc ms | onnxruntime ms | torch ms | dlc/onnxruntime (p25-p75) | dlc/torch (p25-p75) "
+        "| others of each round |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        lines.append(f"| {r['workload']} | {r['batch']} | {r['dlc']:.3f} | {r['onnxruntime']:.3f} | {r['torch']:.3f} | "
-                     f"{ratio_cell(r['dlc/onnxruntime'])} | {ratio_cell(r['dlc/torch'])} | {others_cell(r['others'])} |")
+        lines.append(
+            f"| {r['workload']} | {r['batch']} | {r['dlc']:.3f} | {r['onnxruntime']:.3f} | {r['torch']:.3f} | "
+            f"{ratio_cell(r['dlc/onnxruntime'])} | {ratio_cell(r['dlc/torch'])} | {others_cell(r['others'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -112,17 +133,25 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, action="append", help=f"batch sizes (default {BATCHES})")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=ROUNDS, help=f"rounds of every framework in turn (default {ROUNDS})")
-    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
-                    help="before each workload, wait up to S seconds until other processes use < 0.25 cores")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="S",
+        help="before each workload, wait up to S seconds until other processes use < 0.25 cores",
+    )
     ap.add_argument("--json", metavar="PATH", help="also write the rows to PATH as JSON")
     args = ap.parse_args(argv)
     time_o3_code()
     import onnxruntime
     import torch
+
     torch.set_num_threads(THREADS)
-    print(f"dlc prediction against onnxruntime {onnxruntime.__version__} and torch {torch.__version__} eager, "
-          f"{THREADS} threads; median ms per call over {args.rounds} rounds of about {SECONDS} s of each, the frameworks "
-          "in turn; ratios: the median over rounds of each round's ratio")
+    print(
+        f"dlc prediction against onnxruntime {onnxruntime.__version__} and torch {torch.__version__} eager, "
+        f"{THREADS} threads; median ms per call over {args.rounds} rounds of about {SECONDS} s of each, the frameworks "
+        "in turn; ratios: the median over rounds of each round's ratio"
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only or list(DEFAULT_STEPS):
@@ -131,8 +160,9 @@ def main(argv=None) -> int:
             frameworks = frameworks_for(name, Path(tmp), args.seed)
             for batch in args.batch or BATCHES:
                 rows.append(run_point(name, batch, frameworks, args.seed, args.rounds))
-                print(f"  {name} batch {batch}: " + ", ".join(f"{k} {rows[-1][k]:.3f} ms" for k in frameworks),
-                      flush=True)
+                print(
+                    f"  {name} batch {batch}: " + ", ".join(f"{k} {rows[-1][k]:.3f} ms" for k in frameworks), flush=True
+                )
     print_results(table(rows), rows, args.json)
     return 0
 

@@ -12,6 +12,7 @@ predicts, and `others`, the cores other processes used while timing (0 = quiet).
     python benchmarks/remat.py                       # T = 512, B = 32, k = 16, 2 rounds
     python benchmarks/remat.py --seq 256 --k 8 16 --rounds 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,6 +48,7 @@ def child(k: int | None, batch: int, seq: int, seconds: float):
     from dlc.runtime.engines.native import NativeEngine
     from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.compiler.frontend.settings import Call
+
     program = load_text(source(k), "char_lstm.dl")
     train, evaluation = program.build(None, training=True), program.build(None, training=False)
     trainable = [p.name for p in train.params if p.trainable]
@@ -57,8 +59,10 @@ def child(k: int | None, batch: int, seq: int, seconds: float):
     rng = np.random.default_rng(0)
     params = {p.name: (rng.standard_normal(p.type.shape) * 0.05).astype(np.float32) for p in train.params}
     state = optimizer.init(params)
-    feeds = {"x": rng.integers(0, 96, (batch, seq)).astype(np.int32),
-             "y": rng.integers(0, 96, (batch, seq)).astype(np.int32)}
+    feeds = {
+        "x": rng.integers(0, 96, (batch, seq)).astype(np.int32),
+        "y": rng.integers(0, 96, (batch, seq)).astype(np.int32),
+    }
     reset_peak_rss()
     before = rss_now()
     engine = NativeEngine(train, evaluation, optimizer, trainable)
@@ -71,18 +75,44 @@ def child(k: int | None, batch: int, seq: int, seconds: float):
             step(len(times) + 2)
             times.append(time.perf_counter() - t0)
     memory = {part: n / MIB for part, n in engine.train_memory().items()}
-    print(MARK + json.dumps({"k": k, "loss": float(loss), "median_ms": 1e3 * statistics.median(times),
-                             "steps": len(times), "memory_mib": memory, "rss_mib": (peak_rss() - before) / MIB,
-                             "predicted_mib": predicted / MIB, "others": load.cores}), flush=True)
+    print(
+        MARK
+        + json.dumps(
+            {
+                "k": k,
+                "loss": float(loss),
+                "median_ms": 1e3 * statistics.median(times),
+                "steps": len(times),
+                "memory_mib": memory,
+                "rss_mib": (peak_rss() - before) / MIB,
+                "predicted_mib": predicted / MIB,
+                "others": load.cores,
+            }
+        ),
+        flush=True,
+    )
 
 
 def run(k: int | None, args) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", json.dumps(k), "--batch", str(args.batch),
-                          "--seq", str(args.seq), "--seconds", str(args.seconds)],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--child",
+            json.dumps(k),
+            "--batch",
+            str(args.batch),
+            "--seq",
+            str(args.seq),
+            "--seconds",
+            str(args.seconds),
+        ],
+        capture_output=True,
+        text=True,
+    )
     for line in out.stdout.splitlines():
         if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
+            return json.loads(line[len(MARK) :])
     raise SystemExit(f"the run with k = {k} failed:\n{out.stderr}")
 
 
@@ -98,14 +128,19 @@ def main():
     if args.child is not None:
         return child(json.loads(args.child), args.batch, args.seq, args.seconds)
     print(f"char_lstm, B = {args.batch}, T = {args.seq}: plain and remat = k, alternating")
-    print(f"{'remat':>6} {'step ms':>9} {'activations MiB':>16} {'training MiB':>13} {'predicted MiB':>14} "
-          f"{'RSS MiB':>8} {'loss':>8} {'others':>7}")
+    print(
+        f"{'remat':>6} {'step ms':>9} {'activations MiB':>16} {'training MiB':>13} {'predicted MiB':>14} "
+        f"{'RSS MiB':>8} {'loss':>8} {'others':>7}"
+    )
     for _ in range(args.rounds):
         for k in [None] + args.k:
             r = run(k, args)
-            print(f"{'-' if k is None else k:>6} {r['median_ms']:9.1f} {r['memory_mib']['activations']:16.1f} "
-                  f"{sum(r['memory_mib'].values()):13.1f} {r['predicted_mib']:14.1f} {r['rss_mib']:8.1f} "
-                  f"{r['loss']:8.5f} {r['others']:7.2f}", flush=True)
+            print(
+                f"{'-' if k is None else k:>6} {r['median_ms']:9.1f} {r['memory_mib']['activations']:16.1f} "
+                f"{sum(r['memory_mib'].values()):13.1f} {r['predicted_mib']:14.1f} {r['rss_mib']:8.1f} "
+                f"{r['loss']:8.5f} {r['others']:7.2f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

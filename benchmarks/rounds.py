@@ -11,6 +11,7 @@ not the frameworks; in rounds it lands on every framework of the rounds it lasts
 ratios stay right, and moves the median only when it lasts most of the run.
 tests/project/test_benchmark_rounds.py holds both with a fake clock.
 """
+
 from __future__ import annotations
 
 import gc
@@ -21,8 +22,8 @@ from dataclasses import dataclass, field
 
 from machine import OtherLoad
 
-WIDE = 0.15         # a ratio whose p25 or p75 lies further than this from its median: the run says so
-ROUNDS = 5          # the rounds of a run unless its script is told otherwise
+WIDE = 0.15  # a ratio whose p25 or p75 lies further than this from its median: the run says so
+ROUNDS = 5  # the rounds of a run unless its script is told otherwise
 
 
 def time_o3_code():
@@ -36,6 +37,7 @@ def time_o3_code():
 def timed(step, clock=time.perf_counter):
     """A framework's slot from one step, a callable of no arguments: slot(n) runs n steps and
     gives their seconds and what each returned (a loss, an output)."""
+
     def slot(n: int):
         seconds, outputs = [], []
         for _ in range(n):
@@ -43,12 +45,14 @@ def timed(step, clock=time.perf_counter):
             outputs.append(step())
             seconds.append(clock() - t0)
         return seconds, outputs
+
     return slot
 
 
 @dataclass
 class Ratio:
     """One framework's time over another's: the median over rounds of the per-round ratio."""
+
     median: float
     p25: float
     p75: float
@@ -78,10 +82,11 @@ def quartiles(values: list) -> tuple:
 class Rounds:
     """What a run in rounds measured: each framework's step seconds per round, every output
     of its steps in order (warm-up included), and the `others` of each round."""
+
     names: list
-    seconds: dict = field(default_factory=dict)     # name -> [round][step] seconds
-    outputs: dict = field(default_factory=dict)     # name -> every step's output, in order
-    others: list = field(default_factory=list)      # cores other processes used, per round
+    seconds: dict = field(default_factory=dict)  # name -> [round][step] seconds
+    outputs: dict = field(default_factory=dict)  # name -> every step's output, in order
+    others: list = field(default_factory=list)  # cores other processes used, per round
 
     def per_round(self, name: str) -> list:
         """The median step of `name` in each round, seconds."""
@@ -110,8 +115,16 @@ class Rounds:
         return max((o for o in self.others if o == o), default=float("nan"))
 
 
-def interleave(slots: dict, rounds: int, steps: int | None = None, warmup: int = 0, pause_s: float = 0.0,
-               seconds_each: float = 0.0, load=OtherLoad, sleep=time.sleep) -> Rounds:
+def interleave(
+    slots: dict,
+    rounds: int,
+    steps: int | None = None,
+    warmup: int = 0,
+    pause_s: float = 0.0,
+    seconds_each: float = 0.0,
+    load=OtherLoad,
+    sleep=time.sleep,
+) -> Rounds:
     """Time the frameworks `slots` (name -> slot, as `timed` makes: slot(n) runs n steps and
     gives (their seconds, their outputs); a slot that times itself, a process, may give its
     own count) in `rounds` rounds of `steps` steps each, the order rotated every round, after
@@ -138,7 +151,7 @@ def interleave(slots: dict, rounds: int, steps: int | None = None, warmup: int =
     gc.disable()
     try:
         for r in range(rounds):
-            order = names[r % len(names):] + names[:r % len(names)]
+            order = names[r % len(names) :] + names[: r % len(names)]
             with load() as other:
                 for n in order:
                     if pause_s:
@@ -155,12 +168,14 @@ def interleave(slots: dict, rounds: int, steps: int | None = None, warmup: int =
 def calls(fns: dict, rounds: int = ROUNDS, seconds_each: float = 0.1, warmup: int = 3, pause_s: float = 0.0) -> Rounds:
     """Functions of no arguments (a prediction, a product) called in rounds of about
     `seconds_each` of each."""
-    return interleave({k: timed(fn) for k, fn in fns.items()}, rounds, warmup=warmup, seconds_each=seconds_each,
-                      pause_s=pause_s)
+    return interleave(
+        {k: timed(fn) for k, fn in fns.items()}, rounds, warmup=warmup, seconds_each=seconds_each, pause_s=pause_s
+    )
 
 
-def timed_row(fns: dict, row: dict, label: str, rounds: int = ROUNDS, seconds_each: float = 0.1,
-              reference: str = "dlc") -> dict:
+def timed_row(
+    fns: dict, row: dict, label: str, rounds: int = ROUNDS, seconds_each: float = 0.1, reference: str = "dlc"
+) -> dict:
     """`row` (a table's row, JSON) with each function's median ms per call, timed in rounds
     (`calls`), the ratio of `reference` over each other as "dlc/x" (Ratio's fields) and the
     others of each round; a note printed when a ratio spreads wide."""
@@ -193,5 +208,11 @@ def others_cell(others: list) -> str:
 def wide_note(label: str, ratios: dict) -> str:
     """A line saying which ratios of a run spread wider than ±WIDE ('' when none did)."""
     wide = [f"{k} {r}" for k, r in ratios.items() if r.wide]
-    return (f"  note: {label}: spread wider than ±{WIDE:.0%} over rounds ({'; '.join(wide)}): "
-            "the rounds disagree: compare with care") if wide else ""
+    return (
+        (
+            f"  note: {label}: spread wider than ±{WIDE:.0%} over rounds ({'; '.join(wide)}): "
+            "the rounds disagree: compare with care"
+        )
+        if wide
+        else ""
+    )

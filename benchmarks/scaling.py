@@ -22,6 +22,7 @@ train_memory: parameters, gradients, optimizer state and the step's activations)
     python benchmarks/scaling.py --quick                   # smoke run: two sizes per axis
     python benchmarks/scaling.py --only lstm --axis seq --json /tmp/lstm.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,22 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import wait_idle  # noqa: E402
-from train_step import (DEFAULT_BATCH, LOSS_RTOL, PAUSE_S, THREADS, DlcRunner, TorchRunner, fmt,  # noqa: E402
-                        json_safe, load_workload, make_batch, markdown, rel, torch_state, train_step_flops)
+from train_step import (  # noqa: E402
+    DEFAULT_BATCH,
+    LOSS_RTOL,
+    PAUSE_S,
+    THREADS,
+    DlcRunner,
+    TorchRunner,
+    fmt,
+    json_safe,
+    load_workload,
+    make_batch,
+    markdown,
+    rel,
+    torch_state,
+    train_step_flops,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -59,14 +74,14 @@ SWEEPS = {
     "transformer": {"batch": doubling(16, 512), "width": doubling(128, 1024), "seq": doubling(16, 2048)},
 }
 AXES = ("batch", "width", "seq")
-CONSTANT = {"width": "WIDTH", "seq": "SEQ"}     # the workload constant an axis sets
+CONSTANT = {"width": "WIDTH", "seq": "SEQ"}  # the workload constant an axis sets
 FRAMEWORKS = ("dlc", "torch")
-SECONDS = 2.0               # timed seconds per framework and point
+SECONDS = 2.0  # timed seconds per framework and point
 QUICK_SECONDS = 0.05
 MIN_STEPS, MAX_STEPS = 3, 1000
-CLIFF = 1.5                 # a cliff: dlc's time grows this much faster than the FLOPs, or than torch's
-BUSY = 0.25                 # cores used by other processes above which times are not comparable
-MARK = "@scaling "          # a child's reports on its stdout start with it
+CLIFF = 1.5  # a cliff: dlc's time grows this much faster than the FLOPs, or than torch's
+BUSY = 0.25  # cores used by other processes above which times are not comparable
+MARK = "@scaling "  # a child's reports on its stdout start with it
 MIB = 1 << 20
 
 
@@ -76,9 +91,9 @@ class Point:
     model: str
     axis: str
     size: int
-    flops: int = 0                                  # forward + backward FLOPs of one step (train_step_flops)
-    check: str = ""                                 # the first-step loss check, or why the point failed
-    dlc: dict = field(default_factory=dict)         # each framework's report (Child.report)
+    flops: int = 0  # forward + backward FLOPs of one step (train_step_flops)
+    check: str = ""  # the first-step loss check, or why the point failed
+    dlc: dict = field(default_factory=dict)  # each framework's report (Child.report)
     torch: dict = field(default_factory=dict)
 
     def setting(self) -> tuple:
@@ -108,7 +123,7 @@ def reset_peak_rss():
     (importing torch) does not hide the model's."""
     try:
         Path("/proc/self/clear_refs").write_text("5")
-    except OSError:         # then the peak counts from the start: the imports' is rarely above their end
+    except OSError:  # then the peak counts from the start: the imports' is rarely above their end
         pass
 
 
@@ -141,10 +156,12 @@ def child(spec: dict):
     sizes = spec["sizes"]
     if spec["framework"] == "torch":
         import torch
+
         torch.set_num_threads(THREADS)
         make = lambda: TorchRunner(spec["model"], start, batch, spec["lr"], "torch", sizes)
     else:
         import dlc.runtime.engines.backends  # noqa: F401  (imported before the baseline: code, not the model's memory)
+
         make = lambda: DlcRunner(spec["model"], start, batch, "native", spec["lr"], spec["seed"], sizes)
     gc.collect()
     reset_peak_rss()
@@ -156,8 +173,13 @@ def child(spec: dict):
         return
     runner.timed(0, step_count(runner.step, spec["seconds"]))
     run = runner.run
-    report = {"median_ms": run.median_ms, "steps": len(run.times), "first_s": run.first_s, "others": run.others,
-              "rss_mib": (peak_rss() - before) / MIB}
+    report = {
+        "median_ms": run.median_ms,
+        "steps": len(run.times),
+        "first_s": run.first_s,
+        "others": run.others,
+        "rss_mib": (peak_rss() - before) / MIB,
+    }
     if spec["framework"] == "dlc":
         report["memory_mib"] = {part: n / MIB for part, n in runner.engine.train_memory().items()}
         report["compile"] = "cached" if runner.engine.train_exe.compiled.cached else "cold"
@@ -168,14 +190,18 @@ class Child:
     """A child process (`child`) of one framework at one point."""
 
     def __init__(self, spec: dict):
-        self.proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(spec)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
 
     def report(self) -> dict | None:
         """Its next report; None when it ended without one (its error is on stderr)."""
         for line in self.proc.stdout:
             if line.startswith(MARK):
-                return json.loads(line[len(MARK):])
+                return json.loads(line[len(MARK) :])
             sys.stdout.write(line)
         return None
 
@@ -187,7 +213,7 @@ class Child:
             pass
 
     def close(self):
-        self.send("stop")            # unless it timed already: it waits for a word after its first step
+        self.send("stop")  # unless it timed already: it waits for a word after its first step
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -200,6 +226,7 @@ def measure(point: Point, args):
     batch_size, sizes = point.setting()
     model = load_workload(point.model, sizes).build(training=True)
     from dlc.runtime.training.trainer import initial_parameters
+
     init = initial_parameters(model, args.seed)
     batch = make_batch(point.model, args.seed, batch_size, sizes)
     point.flops = train_step_flops(model, batch)
@@ -212,8 +239,18 @@ def measure(point: Point, args):
         try:
             losses = {}
             for fw in FRAMEWORKS:
-                children[fw] = Child({"framework": fw, "model": point.model, "sizes": sizes, "batch": paths["batch"],
-                                      "start": paths[fw], "lr": args.lr, "seed": args.seed, "seconds": args.seconds})
+                children[fw] = Child(
+                    {
+                        "framework": fw,
+                        "model": point.model,
+                        "sizes": sizes,
+                        "batch": paths["batch"],
+                        "start": paths[fw],
+                        "lr": args.lr,
+                        "seed": args.seed,
+                        "seconds": args.seconds,
+                    }
+                )
                 first = children[fw].report()
                 if first is None:
                     point.check = f"{fw} failed (exit status {children[fw].proc.wait()})"
@@ -225,7 +262,7 @@ def measure(point: Point, args):
                 return
             point.check = f"ok ({diff:.1e})"
             for fw, c in children.items():
-                time.sleep(PAUSE_S)      # let the other process's spinning worker threads go to sleep
+                time.sleep(PAUSE_S)  # let the other process's spinning worker threads go to sleep
                 c.send("time")
                 report = c.report()
                 if report is None:
@@ -238,8 +275,9 @@ def measure(point: Point, args):
 
 
 def sweep(models: list, axes: list, quick: bool) -> list:
-    return [Point(m, a, s) for m in models for a in axes if a in SWEEPS[m]
-            for s in SWEEPS[m][a][:2 if quick else None]]
+    return [
+        Point(m, a, s) for m in models for a in axes if a in SWEEPS[m] for s in SWEEPS[m][a][: 2 if quick else None]
+    ]
 
 
 # ---- the report --------------------------------------------------------------------------------------------------
@@ -254,12 +292,33 @@ def dlc_rss(p: Point) -> str:
 
 def table(points: list) -> str:
     """One markdown table of one model and axis."""
-    cols = [points[0].axis, "dlc ms", "torch ms", "dlc/torch", "dlc GFLOP/s", "dlc MiB", "dlc RSS MiB",
-            "torch RSS MiB", "others", "loss check"]
-    rows = [[str(p.size), fmt(p.ms("dlc"), 3), fmt(p.ms("torch"), 3), fmt(p.ratio), fmt(p.flops / p.ms("dlc") / 1e6, 1),
-             fmt(dlc_mib(p), 1), dlc_rss(p), fmt(p.torch.get("rss_mib", math.nan), 1),
-             fmt(p.others), p.check]
-            for p in points]
+    cols = [
+        points[0].axis,
+        "dlc ms",
+        "torch ms",
+        "dlc/torch",
+        "dlc GFLOP/s",
+        "dlc MiB",
+        "dlc RSS MiB",
+        "torch RSS MiB",
+        "others",
+        "loss check",
+    ]
+    rows = [
+        [
+            str(p.size),
+            fmt(p.ms("dlc"), 3),
+            fmt(p.ms("torch"), 3),
+            fmt(p.ratio),
+            fmt(p.flops / p.ms("dlc") / 1e6, 1),
+            fmt(dlc_mib(p), 1),
+            dlc_rss(p),
+            fmt(p.torch.get("rss_mib", math.nan), 1),
+            fmt(p.others),
+            p.check,
+        ]
+        for p in points
+    ]
     return markdown(cols, rows)
 
 
@@ -280,8 +339,12 @@ def flags(points: list) -> tuple:
     along an axis where dlc's time grows CLIFF times faster than the work (the FLOPs) or
     than torch's time. Steps are compared only between points where the machine was quiet:
     on a busy one PyTorch's time moves tenfold, and dlc's with the cores it is left."""
-    out = [f"{p.model} {p.axis} {p.size}: dlc/torch {p.ratio:.2f}"
-           + ("" if quiet(p) else f" (others {p.others:.2f}: not comparable)") for p in points if p.ratio > 1]
+    out = [
+        f"{p.model} {p.axis} {p.size}: dlc/torch {p.ratio:.2f}"
+        + ("" if quiet(p) else f" (others {p.others:.2f}: not comparable)")
+        for p in points
+        if p.ratio > 1
+    ]
     skipped = 0
     for (model, axis), ps in groups(points).items():
         for a, b in zip(ps, ps[1:]):
@@ -289,9 +352,11 @@ def flags(points: list) -> tuple:
                 skipped += 1
                 continue
             grow, work, peer = b.ms("dlc") / a.ms("dlc"), b.flops / a.flops, b.ms("torch") / a.ms("torch")
-            if grow > CLIFF * min(work, peer):          # faster than the work, or than torch's
-                out.append(f"{model} {axis} {a.size} -> {b.size}: dlc's time x{grow:.1f} for x{work:.1f} the FLOPs "
-                           f"(torch's x{peer:.1f}): a cliff" + (", torch's too" if peer > CLIFF * work else ""))
+            if grow > CLIFF * min(work, peer):  # faster than the work, or than torch's
+                out.append(
+                    f"{model} {axis} {a.size} -> {b.size}: dlc's time x{grow:.1f} for x{work:.1f} the FLOPs "
+                    f"(torch's x{peer:.1f}): a cliff" + (", torch's too" if peer > CLIFF * work else "")
+                )
     return out, skipped
 
 
@@ -304,11 +369,13 @@ def plot(points: list, path: str) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from matplotlib.ticker import NullLocator
+
     by = groups(points)
     models = list(dict.fromkeys(m for m, _ in by))
     axes = [a for a in AXES if any(a == x for _, x in by)]
-    fig, grid = plt.subplots(2 * len(models), len(axes), figsize=(4.5 * len(axes), 3.2 * 2 * len(models)),
-                             squeeze=False)
+    fig, grid = plt.subplots(
+        2 * len(models), len(axes), figsize=(4.5 * len(axes), 3.2 * 2 * len(models)), squeeze=False
+    )
     for i, model in enumerate(models):
         for j, axis in enumerate(axes):
             time_ax, ratio_ax = grid[2 * i][j], grid[2 * i + 1][j]
@@ -320,20 +387,22 @@ def plot(points: list, path: str) -> str:
             sizes = [p.size for p in ps]
             busy = [not quiet(p) for p in ps]
             for fw, color in zip(FRAMEWORKS, ("tab:blue", "tab:orange")):
-                time_ax.loglog(sizes, [p.ms(fw) for p in ps], "o-", color=color, label=fw, markevery=busy,
-                               markerfacecolor="white")
+                time_ax.loglog(
+                    sizes, [p.ms(fw) for p in ps], "o-", color=color, label=fw, markevery=busy, markerfacecolor="white"
+                )
                 time_ax.loglog(sizes, [p.ms(fw) for p in ps], "o", color=color, markevery=[not b for b in busy])
             time_ax.set_title(f"{model}: {axis}" + (" (hollow: a busy machine)" if any(busy) else ""))
             time_ax.set_ylabel("ms / step")
             time_ax.legend()
-            ratio_ax.semilogx(sizes, [p.ratio for p in ps], "o-", color="tab:green", markevery=busy,
-                              markerfacecolor="white")
+            ratio_ax.semilogx(
+                sizes, [p.ratio for p in ps], "o-", color="tab:green", markevery=busy, markerfacecolor="white"
+            )
             ratio_ax.semilogx(sizes, [p.ratio for p in ps], "o", color="tab:green", markevery=[not b for b in busy])
             ratio_ax.axhline(1.0, color="grey", linestyle="--")
             ratio_ax.set_ylim(bottom=0)
             ratio_ax.set_ylabel("dlc / torch")
             ratio_ax.set_xlabel(axis)
-            for ax in (time_ax, ratio_ax):       # the sizes themselves on the x axis, not powers of 10
+            for ax in (time_ax, ratio_ax):  # the sizes themselves on the x axis, not powers of 10
                 ax.xaxis.set_minor_locator(NullLocator())
                 ax.set_xticks(sizes, [str(n) for n in sizes])
     fig.tight_layout()
@@ -343,20 +412,33 @@ def plot(points: list, path: str) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--only", choices=tuple(SWEEPS), action="append", help="one model (repeatable)")
     ap.add_argument("--axis", choices=AXES, action="append", help="one axis (repeatable)")
-    ap.add_argument("--quick", action="store_true",
-                    help=f"a smoke run: the two smallest sizes of each axis, ~{QUICK_SECONDS} s timed")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"a smoke run: the two smallest sizes of each axis, ~{QUICK_SECONDS} s timed",
+    )
     ap.add_argument("--seconds", type=float, help=f"timed seconds per framework and point (default {SECONDS})")
-    ap.add_argument("--wait-idle", type=float, default=0, metavar="S",
-                    help=f"before each point, wait up to S seconds until other processes use < {BUSY} cores")
+    ap.add_argument(
+        "--wait-idle",
+        type=float,
+        default=0,
+        metavar="S",
+        help=f"before each point, wait up to S seconds until other processes use < {BUSY} cores",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--json", metavar="PATH", help="also write every point's numbers to PATH as JSON")
-    ap.add_argument("--plot", metavar="PATH", default=str(HERE / "scaling.png"),
-                    help="the PNG of step times and ratios (default benchmarks/scaling.png)")
+    ap.add_argument(
+        "--plot",
+        metavar="PATH",
+        default=str(HERE / "scaling.png"),
+        help="the PNG of step times and ratios (default benchmarks/scaling.png)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -369,37 +451,60 @@ def main(argv=None) -> int:
     points = sweep(args.only or list(SWEEPS), args.axis or list(AXES), args.quick)
     if not points:
         ap.error(f"{', '.join(args.only)} has no {' or '.join(args.axis)} axis")
-    print(f"dlc scaling benchmark: {len(points)} points; dlc native (default threads) against torch eager "
-          f"({THREADS} threads), Adam lr {args.lr}, ~{args.seconds:g} s timed per framework and point", flush=True)
+    print(
+        f"dlc scaling benchmark: {len(points)} points; dlc native (default threads) against torch eager "
+        f"({THREADS} threads), Adam lr {args.lr}, ~{args.seconds:g} s timed per framework and point",
+        flush=True,
+    )
     for p in points:
         if args.wait_idle:
             wait_idle(args.wait_idle)
         measure(p, args)
-        print(f"  {p.model} {p.axis} {p.size}: dlc {fmt(p.ms('dlc'), 3)} ms, torch {fmt(p.ms('torch'), 3)} ms, "
-              f"dlc/torch {fmt(p.ratio)}, others {fmt(p.others)}; {p.check}", flush=True)
+        print(
+            f"  {p.model} {p.axis} {p.size}: dlc {fmt(p.ms('dlc'), 3)} ms, torch {fmt(p.ms('torch'), 3)} ms, "
+            f"dlc/torch {fmt(p.ratio)}, others {fmt(p.others)}; {p.check}",
+            flush=True,
+        )
 
-    print("\nmedian step time (ms); dlc/torch below 1: dlc is faster; dlc GFLOP/s: forward + backward FLOPs "
-          "over dlc's median; dlc MiB: the training memory the native engine accounts (parameters, gradients, "
-          "Adam's state, activations); RSS MiB: each framework's peak RSS growth in a process of its own (* with "
-          "a native compile in it: the compile cache was cold); "
-          "others: cores other processes used while timing (0 = quiet machine)")
+    print(
+        "\nmedian step time (ms); dlc/torch below 1: dlc is faster; dlc GFLOP/s: forward + backward FLOPs "
+        "over dlc's median; dlc MiB: the training memory the native engine accounts (parameters, gradients, "
+        "Adam's state, activations); RSS MiB: each framework's peak RSS growth in a process of its own (* with "
+        "a native compile in it: the compile cache was cold); "
+        "others: cores other processes used while timing (0 = quiet machine)"
+    )
     for (model, axis), ps in groups(points).items():
         print(f"\n### {model}, {axis}\n\n{table(ps)}")
     timed = [p for p in points if p.check.startswith("ok")]
     found, skipped = flags(timed)
-    print("\n" + ("\n".join(f"FLAG {f}" for f in found) if found else
-                  "dlc is faster than torch at every point, with no cliff"))
+    print(
+        "\n"
+        + ("\n".join(f"FLAG {f}" for f in found) if found else "dlc is faster than torch at every point, with no cliff")
+    )
     if skipped:
         print(f"note: {skipped} steps between sizes were not checked for cliffs: the machine was busy at one end")
     busy = [p for p in timed if not quiet(p)]
     if busy:
-        print(f"note: other processes used more than a quarter of a core at {len(busy)} of {len(timed)} points "
-              "(the others column): their times are not comparable")
+        print(
+            f"note: other processes used more than a quarter of a core at {len(busy)} of {len(timed)} points "
+            "(the others column): their times are not comparable"
+        )
     print(plot(timed, args.plot) if timed else "plot skipped: no point was timed")
     if args.json:
-        Path(args.json).write_text(json.dumps(json_safe({"threads": THREADS, "seconds": args.seconds, "flags": found,
-                                                     "points": [asdict(p) | {"ratio": p.ratio} for p in points]}),
-                                              indent=1) + "\n")
+        Path(args.json).write_text(
+            json.dumps(
+                json_safe(
+                    {
+                        "threads": THREADS,
+                        "seconds": args.seconds,
+                        "flags": found,
+                        "points": [asdict(p) | {"ratio": p.ratio} for p in points],
+                    }
+                ),
+                indent=1,
+            )
+            + "\n"
+        )
         print(f"wrote {args.json}")
     failed = [p for p in points if not p.check.startswith("ok")]
     for p in failed:

@@ -34,6 +34,7 @@ again. The phases:
   first step  the first step's batch and its call
   process     the interpreter's start to the end of the first step, as the parent saw it
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,9 +66,11 @@ def phases(path: str) -> dict:
         times[name], times[name + " cpu"], t = now[0] - t[0], now[1] - t[1], now
 
     from dlc.runtime import cli
-    cli._imported(["check", path])      # as `dlc check` parses its arguments: its command's module imported
+
+    cli._imported(["check", path])  # as `dlc check` parses its arguments: its command's module imported
     from dlc.compiler.frontend import loader, syntax
     from dlc.runtime.training.config import make_config
+
     lap("import")
     syntax._parser()
     lap("grammar")
@@ -108,8 +111,9 @@ def train_phases(path: str, out: str) -> dict:
     import dlc
     from dlc.runtime.training import trainer  # noqa: F401  (the modules `dlc train` imports)
     from dlc.runtime.engines import native  # noqa: F401
+
     lap("import")
-    model = dlc.load(path, backend="native")      # both modes built
+    model = dlc.load(path, backend="native")  # both modes built
     lap("load")
 
     class FirstStep(dlc.Callback):
@@ -130,21 +134,24 @@ def run(path: str, cache: str, command: bool) -> dict:
     env = dict(os.environ, DLC_CACHE_DIR=cache)
     if command:
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "check", path], env=env, check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "dlc.runtime.cli", "check", path], env=env, check=True, stdout=subprocess.DEVNULL
+        )
         return {"process": time.perf_counter() - t}
-    out = subprocess.run([sys.executable, __file__, "--child", path], env=env, check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", path], env=env, check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out)
 
 
 def run_train(path: str, cache: str, out: str) -> dict:
     env = dict(os.environ, DLC_CACHE_DIR=cache)
     t = time.time()
-    result = subprocess.run([sys.executable, __file__, "--train-child", path, out], env=env, check=True,
-                            capture_output=True, text=True).stdout
+    result = subprocess.run(
+        [sys.executable, __file__, "--train-child", path, out], env=env, check=True, capture_output=True, text=True
+    ).stdout
     times = json.loads(result.splitlines()[-1])
-    times["process"] = times.pop("at") - t         # to the end of the first step (the run goes on after it)
+    times["process"] = times.pop("at") - t  # to the end of the first step (the run goes on after it)
     return times
 
 
@@ -152,13 +159,21 @@ def main_train(files: list, runs: int):
     with tempfile.TemporaryDirectory() as root:
         kernels = Path(root) / "kernels"
         t = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "from dlc.runtime.engines.cache import gemm_symbols; gemm_symbols()"],
-                       env=dict(os.environ, DLC_CACHE_DIR=str(kernels)), check=True, stderr=subprocess.DEVNULL)
-        print(f"dlc's GEMM kernels compiled in {time.perf_counter() - t:.2f} s (once per machine; in every cold "
-              f"run's cache below)\n")
+        subprocess.run(
+            [sys.executable, "-c", "from dlc.runtime.engines.cache import gemm_symbols; gemm_symbols()"],
+            env=dict(os.environ, DLC_CACHE_DIR=str(kernels)),
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
+        print(
+            f"dlc's GEMM kernels compiled in {time.perf_counter() - t:.2f} s (once per machine; in every cold "
+            f"run's cache below)\n"
+        )
         print(f"dlc train FILE, to the end of its first step: median of {runs} fresh processes, ms")
-        print(f"{'file':<28} {'':<5} " + " ".join(f"{p:>10}" for p in TRAIN_PHASES + ("process",)) + f" {'CPU':>7}"
-              f" {'others':>7}")
+        print(
+            f"{'file':<28} {'':<5} " + " ".join(f"{p:>10}" for p in TRAIN_PHASES + ("process",)) + f" {'CPU':>7}"
+            f" {'others':>7}"
+        )
         for path in files:
             results = {"cold": [], "warm": []}
             with OtherLoad() as other:
@@ -170,7 +185,9 @@ def main_train(files: list, runs: int):
             for kind, rs in results.items():
                 cells = [f"{1000 * statistics.median(r[p] for r in rs):>10.0f}" for p in TRAIN_PHASES + ("process",)]
                 cpu = statistics.median(sum(r[p + " cpu"] for p in TRAIN_PHASES) for r in rs)
-                print(f"{Path(path).name:<28} {kind:<5} " + " ".join(cells) + f" {1000 * cpu:>7.0f} {other.cores:>7.2f}")
+                print(
+                    f"{Path(path).name:<28} {kind:<5} " + " ".join(cells) + f" {1000 * cpu:>7.0f} {other.cores:>7.2f}"
+                )
 
 
 def main(argv=None):
@@ -205,9 +222,11 @@ def main(argv=None):
     print(f"dlc check {args.file}: median of {args.runs} fresh processes, ms (others {other.cores:.2f} cores)")
     from_source = max(r.get("from source", 0) for r in results["warm"])
     if from_source:
-        print(f"note: {from_source} of dlc's modules have no bytecode here (PYTHONDONTWRITEBYTECODE?) and were compiled "
-              f"from source in every process: the import phase is longer than an install's "
-              f"(`python -m compileall` on dlc's folder writes it)")
+        print(
+            f"note: {from_source} of dlc's modules have no bytecode here (PYTHONDONTWRITEBYTECODE?) and were compiled "
+            f"from source in every process: the import phase is longer than an install's "
+            f"(`python -m compileall` on dlc's folder writes it)"
+        )
     print(f"{'phase':<10} {'cold':>8} {'warm':>8} {'cold cpu':>9} {'warm cpu':>9}")
     for phase in PHASES + ("total", "process"):
         cells = []

@@ -1,5 +1,6 @@
 """User-facing errors: every message carries a source span and renders as
 `file:line:col: error: ...` followed by the source line and a caret."""
+
 from __future__ import annotations
 
 import difflib
@@ -63,7 +64,7 @@ class Span:
         line = self.source_line()
         if line is None or self.end_line != self.line:
             return None
-        return line[self.col - 1:self.end_col - 1]
+        return line[self.col - 1 : self.end_col - 1]
 
 
 def name_span(span: Span, name: str) -> Span:
@@ -129,6 +130,7 @@ def _located(kind: str, message: str, span: Span | None) -> str:
 def optional_package(module: str, extra: str, purpose: str):
     """Import a package of an optional extra, or say which extra to install."""
     import importlib
+
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -141,7 +143,7 @@ def plural(n: int, what: str) -> str:
 
 
 def did_you_mean(name: str, candidates) -> str:
-    """"; did you mean 'x'?" for the candidate closest to a mistyped name (adma: adam,
+    """ "; did you mean 'x'?" for the candidate closest to a mistyped name (adma: adam,
     optimiser: optimizer), or for one the name starts with (activation: act); else ""."""
     close = difflib.get_close_matches(name, sorted(candidates), n=1, cutoff=0.75)
     if not close:

@@ -1,18 +1,19 @@
 """The Python API, mirroring the command line (docs/api.md lists every public name):
 
-    model = dlc.load("examples/lenet5.dl")         # or dlc.load(path, weights="best.npz")
-    model                                          # its name, inputs, outputs, parameter count
-    model.summary()                                # dlc summary
-    result = model.train(epochs=5)                 # dlc train
-    model.train(data={"x": X, "y": Y}, validation=0.1, callbacks=[...])   # on arrays
-    result.history["val_loss"]                     # a column of the history
-    model.evaluate()                               # dlc eval
-    model.predict({"x": images})                   # dlc predict
-    model.generate("In the beginning", 200)        # dlc generate
-    model.generate("In the beginning", 200, beam=4)
-    model.save("m.npz")                            # a dlc checkpoint: dlc.load(path, weights="m.npz")
-    model.export("m.onnx")                         # dlc export (.onnx, .safetensors)
+model = dlc.load("examples/lenet5.dl")         # or dlc.load(path, weights="best.npz")
+model                                          # its name, inputs, outputs, parameter count
+model.summary()                                # dlc summary
+result = model.train(epochs=5)                 # dlc train
+model.train(data={"x": X, "y": Y}, validation=0.1, callbacks=[...])   # on arrays
+result.history["val_loss"]                     # a column of the history
+model.evaluate()                               # dlc eval
+model.predict({"x": images})                   # dlc predict
+model.generate("In the beginning", 200)        # dlc generate
+model.generate("In the beginning", 200, beam=4)
+model.save("m.npz")                            # a dlc checkpoint: dlc.load(path, weights="m.npz")
+model.export("m.onnx")                         # dlc export (.onnx, .safetensors)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,11 +43,19 @@ from dlc.runtime.interop import checkpoint, quantized
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.training.summarize import summary_settings, summary_text
 from dlc.runtime.training.config import make_config, parse_setting
-from dlc.runtime.training.inputs import (array_data, data_settings, evaluation_data, fit_input, input_arrays,
-                                         is_arrays, load_data, prepare_data)
+from dlc.runtime.training.inputs import (
+    array_data,
+    data_settings,
+    evaluation_data,
+    fit_input,
+    input_arrays,
+    is_arrays,
+    load_data,
+    prepare_data,
+)
 from dlc.runtime.training.trainer import Result, Trainer, mean_metrics, to_stderr
 
-EXPORT_FORMATS = {".onnx": "onnx", ".safetensors": "safetensors"}     # what model.export writes, by suffix
+EXPORT_FORMATS = {".onnx": "onnx", ".safetensors": "safetensors"}  # what model.export writes, by suffix
 
 
 class DlcModel:
@@ -63,8 +72,8 @@ class DlcModel:
         self.name = self.eval_model.name
         self.params: dict | None = None
         self.meta: dict = {}
-        self.quantization: dict | None = None      # QuantizedProduct by product name (quantize, or an int8 checkpoint)
-        self.quantized: dict = {}                  # how it was calibrated
+        self.quantization: dict | None = None  # QuantizedProduct by product name (quantize, or an int8 checkpoint)
+        self.quantized: dict = {}  # how it was calibrated
         self._weights_path: Path | None = None
         self.stop_training = False
         self._engine = None
@@ -72,15 +81,21 @@ class DlcModel:
 
     def __repr__(self) -> str:
         inputs = ", ".join(f"{i.name}: {i.type}" for i in self.eval_model.inputs if not i.is_target)
-        outputs = ", ".join(f"{k.removeprefix('output:')}: {t.type}" for k, t in self.eval_model.graph.outputs.items()
-                            if k.startswith("output:"))
+        outputs = ", ".join(
+            f"{k.removeprefix('output:')}: {t.type}"
+            for k, t in self.eval_model.graph.outputs.items()
+            if k.startswith("output:")
+        )
         count = sum(int(np.prod(p.type.shape)) for p in self.eval_model.params)
         weights = "trained or loaded weights" if self.params is not None else "no weights yet"
-        return (f"<dlc model {self.name} from {self.path}: inputs {inputs or 'none'} -> outputs {outputs or 'none'}; "
-                f"{count:,} parameters, {weights}>")
+        return (
+            f"<dlc model {self.name} from {self.path}: inputs {inputs or 'none'} -> outputs {outputs or 'none'}; "
+            f"{count:,} parameters, {weights}>"
+        )
 
-    def summary(self, depth: int | None = None, batch: int | None = None, freeze: list | None = None,
-                training: bool = True) -> "Text":
+    def summary(
+        self, depth: int | None = None, batch: int | None = None, freeze: list | None = None, training: bool = True
+    ) -> "Text":
         """The table `dlc summary` prints (layers, output shapes, parameters, FLOPs), as text
         that a notebook or the interpreter shows as the table; print() it in a script.
         `depth`, `batch`, `freeze` and `training` (False: `--eval`) are dlc summary's options."""
@@ -88,10 +103,17 @@ class DlcModel:
         return Text(summary_text(model, summary_settings(self.program, model, freeze, batch, {}), depth))
 
     # -- training --
-    def train(self, out: str | Path | None = None, resume: bool | str | Path = False,
-              log: Callable[[str], None] | None = None,
-              progress: str | int | bool = "auto", tensorboard: str | Path | None = None,
-              callbacks: Iterable = (), overwrite: bool = False, **overrides: Any) -> Result:
+    def train(
+        self,
+        out: str | Path | None = None,
+        resume: bool | str | Path = False,
+        log: Callable[[str], None] | None = None,
+        progress: str | int | bool = "auto",
+        tensorboard: str | Path | None = None,
+        callbacks: Iterable = (),
+        overwrite: bool = False,
+        **overrides: Any,
+    ) -> Result:
         """Train with the file's train block; keyword arguments override its settings: `data`,
         `validation` and `test` may be dicts of arrays by input and target name (numpy's or
         anything with __array__, a torch tensor), checked as a file's data is, and
@@ -110,8 +132,17 @@ class DlcModel:
         for c in callbacks:
             if isinstance(c, Callback):
                 c.model = self
-        trainer = Trainer(self.program, self.name, overrides, Path(out) if out else None, log, self.backend,
-                          progress, tensorboard, [*callbacks, StopTrainingFlag(self)])
+        trainer = Trainer(
+            self.program,
+            self.name,
+            overrides,
+            Path(out) if out else None,
+            log,
+            self.backend,
+            progress,
+            tensorboard,
+            [*callbacks, StopTrainingFlag(self)],
+        )
         result = trainer.run(resume=resume, overwrite=overwrite)
         self.params = result.params
         self.meta = {"meta": getattr(trainer, "meta", {}), "data": data_settings(trainer.cfg)}
@@ -134,10 +165,15 @@ class DlcModel:
         self._require_weights()
         path = Path(path)
         if path.suffix != ".npz":
-            raise DlcError(f"save writes a dlc checkpoint, a .npz file, not '{path.name}': "
-                           "model.export(path) writes .onnx and .safetensors")
-        meta = {"model": self.name, "source_hash": checkpoint.source_hash(Path(self.path).read_text()),
-                **{k: v for k, v in self.meta.items() if k in ("meta", "data") and v is not None}}
+            raise DlcError(
+                f"save writes a dlc checkpoint, a .npz file, not '{path.name}': "
+                "model.export(path) writes .onnx and .safetensors"
+            )
+        meta = {
+            "model": self.name,
+            "source_hash": checkpoint.source_hash(Path(self.path).read_text()),
+            **{k: v for k, v in self.meta.items() if k in ("meta", "data") and v is not None},
+        }
         more = {}
         if self.quantization is not None:
             meta["quantization"] = quantized.describe(self.quantization, self.quantized)
@@ -162,10 +198,12 @@ class DlcModel:
             raise DlcError(f"int8=True exports a quantized model as .onnx, not as {fmt}")
         if fmt == "onnx":
             from dlc.compiler.onnx.export import save_onnx
+
             save_onnx(self.eval_model, self.params, path, quantization=self._read_quantization() if int8 else None)
         else:
-            weights.save(path, self.params, self.eval_model, checkpoint.source_hash(Path(self.path).read_text()),
-                         layout)
+            weights.save(
+                path, self.params, self.eval_model, checkpoint.source_hash(Path(self.path).read_text()), layout
+            )
         return path
 
     def _require_weights(self):
@@ -180,8 +218,14 @@ class DlcModel:
         return self._engine
 
     # -- int8 --
-    def quantize(self, calibrate: int = 32, observer: str = "minmax", percentile: float = 99.99, data: Any = None,
-                 batch: int | None = None) -> "DlcModel":
+    def quantize(
+        self,
+        calibrate: int = 32,
+        observer: str = "minmax",
+        percentile: float = 99.99,
+        data: Any = None,
+        batch: int | None = None,
+    ) -> "DlcModel":
         """Quantize the products to int8 (docs/quantization.md), calibrated in float32 on the
         first `calibrate` batches (of `batch`, default the train block's) of the train block's
         training data, in order, or of `data` (a source, a path, or a dict of arrays by input
@@ -191,11 +235,12 @@ class DlcModel:
         if not isinstance(calibrate, int) or calibrate < 1:
             raise DlcError(f"calibrate is a number of batches, at least 1, not {calibrate!r}")
         arrays, size, said = self._calibration_data(data)
-        arrays = first_rows(arrays, calibrate * (batch or size))       # photos decoded: only what calibration reads
+        arrays = first_rows(arrays, calibrate * (batch or size))  # photos decoded: only what calibration reads
         targets = all(i.name in arrays for i in self.eval_model.inputs)
         graph = self.eval_model.graph if targets else predict_graph(self.eval_model)
-        self.quantization, self.quantized = calibrate_arrays(graph, self.params, arrays, calibrate, batch or size,
-                                                             observer, percentile, said)
+        self.quantization, self.quantized = calibrate_arrays(
+            graph, self.params, arrays, calibrate, batch or size, observer, percentile, said
+        )
         self._int8_engine = None
         return self
 
@@ -228,15 +273,19 @@ class DlcModel:
         """The quantization: `quantize`'s, else the one of the quantized checkpoint the weights came from."""
         if self.quantization is None:
             if self._weights_path is None or "quantization" not in self.meta:
-                raise DlcError(f"model {self.name} has no int8 quantization: quantize it (`dlc quantize`, "
-                               "model.quantize()) or load a quantized checkpoint")
-            self.quantization, self.quantized = quantized.load(self._weights_path, self.eval_model,
-                                                               Path(self.path).read_text())
+                raise DlcError(
+                    f"model {self.name} has no int8 quantization: quantize it (`dlc quantize`, "
+                    "model.quantize()) or load a quantized checkpoint"
+                )
+            self.quantization, self.quantized = quantized.load(
+                self._weights_path, self.eval_model, Path(self.path).read_text()
+            )
         return self.quantization
 
     # -- use --
-    def evaluate(self, data: Any = None, batch: int = 256, log: Callable[[str], None] | None = None,
-                 int8: bool = False) -> dict:
+    def evaluate(
+        self, data: Any = None, batch: int = 256, log: Callable[[str], None] | None = None, int8: bool = False
+    ) -> dict:
         """Loss and metrics (evaluation mode) on `data` (a source such as "digits()", a
         path, or a dict of arrays by input and target name), by default on data the weights
         were not trained on: the test, else the validation data of the settings the
@@ -245,8 +294,9 @@ class DlcModel:
         integer products of the quantization (`quantize`, or a quantized checkpoint)."""
         self._require_weights()
         engine = self.engine_for(int8)
-        arrays = evaluation_data(self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr,
-                                 self.meta.get("meta", {}))
+        arrays = evaluation_data(
+            self.program, self.eval_model, data, self.meta.get("data"), log or to_stderr, self.meta.get("meta", {})
+        )
         return mean_metrics(engine, self.params, arrays, batch)
 
     def predict(self, data: Any, batch: int = 256, int8: bool = False) -> dict:
@@ -271,8 +321,8 @@ class DlcModel:
             ds = array_data({self.eval_model.inputs[0].name: data}, "data")
         arrays = input_arrays(self.eval_model, ds, need_targets=False, trained=self.meta.get("meta", {}))
         n = len(next(iter(arrays.values())))
-        if 0 < n <= batch and not is_streamed(arrays):     # one batch, neither sliced nor joined (Python's µs
-            out = engine.predict(self.params, arrays)       # count at batch 1)
+        if 0 < n <= batch and not is_streamed(arrays):  # one batch, neither sliced nor joined (Python's µs
+            out = engine.predict(self.params, arrays)  # count at batch 1)
         else:
             parts: dict = {}
             for given in Batches(arrays, ((slice(start, start + batch), None) for start in range(0, n, batch))):
@@ -281,8 +331,10 @@ class DlcModel:
                     parts.setdefault(k, []).append(v)
             for k, v in parts.items():
                 if len(v) > 1 and v[0].ndim == 0:
-                    raise DlcError(f"output {k} is one number per batch, not per example: predict all {n} examples "
-                                   f"as one batch (batch = {n})")
+                    raise DlcError(
+                        f"output {k} is one number per batch, not per example: predict all {n} examples "
+                        f"as one batch (batch = {n})"
+                    )
             out = {k: v[0] if len(v) == 1 else np.concatenate(v) for k, v in parts.items()}
         if not out:
             raise DlcError(f"model {self.name} declares no outputs; add `output name = ...`")
@@ -293,7 +345,7 @@ class DlcModel:
         if Path(data).suffix == ".txt":
             text = read_text(Path(data), Path.cwd(), "predict")
             return Dataset({self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}, named=True)
-        if str(data).lower().endswith((".csv", ".csv.gz")):          # inputs only: every column is a feature
+        if str(data).lower().endswith((".csv", ".csv.gz")):  # inputs only: every column is a feature
             return files.csv(Path.cwd(), str(data), label=None)
         return load_data(parse_setting(data, "data") if isinstance(data, str) else data, Path.cwd(), "data")
 
@@ -325,25 +377,34 @@ class DlcModel:
         ids (0 after EOS). `generate` decodes one source, by any of its decodings."""
         self._require_weights()
         src_in, dec_in = self._encoder_decoder_inputs()
-        src = fit_input(src_in, np.asarray(src), self.eval_model)      # ids the model can look up
+        src = fit_input(src_in, np.asarray(src), self.eval_model)  # ids the model can look up
         out = np.zeros((len(src), max_len), np.int32)
         for start in range(0, len(src), batch):
-            s = src[start:start + batch]
+            s = src[start : start + batch]
             seq = np.full((len(s), 1), bos, np.int32)
             done = np.zeros(len(s), bool)
             for t in range(max_len):
                 probs = self._next_probs({src_in.name: s, dec_in.name: seq})
                 nxt = np.where(done, 0, probs.argmax(-1)).astype(np.int32)
-                out[start:start + len(s), t] = nxt
+                out[start : start + len(s), t] = nxt
                 done |= nxt == eos
                 if done.all():
                     break
                 seq = np.concatenate([seq, nxt[:, None]], axis=1)
         return out
 
-    def generate(self, prompt: str | Iterable[int], length: int, temperature: float | None = None, seed: int = 0, *,
-                 beam: int | None = None, top_k: int | None = None, top_p: float | None = None,
-                 length_penalty: float | None = None) -> str | list:
+    def generate(
+        self,
+        prompt: str | Iterable[int],
+        length: int,
+        temperature: float | None = None,
+        seed: int = 0,
+        *,
+        beam: int | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        length_penalty: float | None = None,
+    ) -> str | list:
         """Continue a character model's `prompt` (text) by `length` characters, or decode an
         encoder-decoder's source (`prompt`: token ids) into at most `length` tokens, up to
         EOS: greedily (the default), by sampling (a temperature above 0, top_k or top_p;
@@ -359,15 +420,17 @@ class DlcModel:
             next_log_probs, spell = self._decoder_steps(prompt), list
         else:
             next_log_probs, spell = self._character_steps(prompt)
-        found = [c._replace(sequence=spell(c.sequence))
-                 for c in decoding.decode(next_log_probs, length, eos, seed=seed, **options)]
+        found = [
+            c._replace(sequence=spell(c.sequence))
+            for c in decoding.decode(next_log_probs, length, eos, seed=seed, **options)
+        ]
         return found if beam is not None else found[0].sequence
 
     def _character_steps(self, prompt: str):
         """The next-character log-probabilities after the prompt and each prefix (the
         callback of runtime/decoding.py), and the text of a continuation."""
         vocab = self.vocab()
-        start = list(encode(prompt, vocab)) if prompt else [0]     # no prompt: start from character 0
+        start = list(encode(prompt, vocab)) if prompt else [0]  # no prompt: start from character 0
         inp = self.eval_model.inputs[0]
         context = _context_limit(self.eval_model)
 
@@ -377,7 +440,8 @@ class DlcModel:
             probs = self._next_probs({inp.name: windows})
             if probs.shape[1] < len(vocab):
                 raise DlcError(f"the model's output has {probs.shape[1]} classes, the vocabulary {len(vocab)}")
-            return _log(probs[:, :len(vocab)])
+            return _log(probs[:, : len(vocab)])
+
         return next_log_probs, lambda ids: decode(np.array(ids, np.int64), vocab)
 
     def _decoder_steps(self, source):
@@ -388,14 +452,15 @@ class DlcModel:
             raise DlcError("the source sequence is empty")
         if src.ndim != 1 or not np.issubdtype(src.dtype, np.integer):
             raise DlcError(f"{self.name} is an encoder-decoder: its prompt is the source as token ids, as in [3, 4, 5]")
-        width = self.meta.get("meta", {}).get("max_len", 0)     # sources were padded to this length in training
+        width = self.meta.get("meta", {}).get("max_len", 0)  # sources were padded to this length in training
         src = np.pad(src, (0, max(0, width - len(src))), constant_values=self._token("pad"))
-        src = fit_input(src_in, src[None, :], self.eval_model)      # ids the model can look up
+        src = fit_input(src_in, src[None, :], self.eval_model)  # ids the model can look up
         bos = self._token("bos")
 
         def next_log_probs(prefixes):
             dec = np.array([(bos,) + p for p in prefixes], np.int32)
             return _log(self._next_probs({src_in.name: np.repeat(src, len(prefixes), axis=0), dec_in.name: dec}))
+
         return next_log_probs
 
     def neighbours(self, word: str, k: int = 5, param: str | None = None) -> list:
@@ -406,17 +471,22 @@ class DlcModel:
         self._require_weights()
         words = self.meta.get("meta", {}).get("vocab_words")
         if words is None:
-            raise DlcError("this checkpoint has no word list: it was not trained on a source of words such as skipgram()")
+            raise DlcError(
+                "this checkpoint has no word list: it was not trained on a source of words such as skipgram()"
+            )
         tables = {n: a for n, a in self.params.items() if a.ndim == 2 and len(a) == len(words)}
         if not tables:
-            raise DlcError(f"no parameter of the model is a [{len(words)}, dim] table: the vocabulary it was trained "
-                           f"on has {len(words)} words")
+            raise DlcError(
+                f"no parameter of the model is a [{len(words)}, dim] table: the vocabulary it was trained "
+                f"on has {len(words)} words"
+            )
         param = param or next(iter(tables))
         if param not in tables:
             raise DlcError(f"'{param}' is not a [{len(words)}, dim] table of the model{did_you_mean(param, tables)}")
         if word not in words:
-            raise DlcError(f"'{word}' is not among the {len(words)} words the model was trained on"
-                           f"{did_you_mean(word, words)}")
+            raise DlcError(
+                f"'{word}' is not among the {len(words)} words the model was trained on{did_you_mean(word, words)}"
+            )
         table = np.asarray(tables[param], np.float64)
         unit = table / np.maximum(np.linalg.norm(table, axis=1, keepdims=True), 1e-12)
         similarity = unit @ unit[words.index(word)]
@@ -426,8 +496,10 @@ class DlcModel:
     def _encoder_decoder_inputs(self):
         pair = _sequence_inputs(self.eval_model)
         if pair is None:
-            raise DlcError(f"model {self.name} is not an encoder-decoder (it needs two integer inputs: "
-                           "the source and the decoder input)")
+            raise DlcError(
+                f"model {self.name} is not an encoder-decoder (it needs two integer inputs: "
+                "the source and the decoder input)"
+            )
         return pair
 
     def _token(self, name: str) -> int:
@@ -442,7 +514,7 @@ class DlcModel:
 
 
 def _log(probs: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore"):      # a probability of 0 is a log-probability of -inf
+    with np.errstate(divide="ignore"):  # a probability of 0 is a log-probability of -inf
         return np.log(probs)
 
 
@@ -498,8 +570,9 @@ class StopTrainingFlag(Callback):
             raise StopTraining("model.stop_training was set")
 
 
-def load(path: str | Path, model: str | None = None, weights: str | Path | None = None,
-         backend: str = "auto") -> DlcModel:
+def load(
+    path: str | Path, model: str | None = None, weights: str | Path | None = None, backend: str = "auto"
+) -> DlcModel:
     """The model `model` (default: the file's first) of the .dl file at `path`, with the
     weights of a checkpoint (.npz, as model.save writes and training does) or a
     .safetensors file when `weights` is given. `backend`: "auto" (native where it can

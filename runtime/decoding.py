@@ -20,6 +20,7 @@ encoder-decoder (the source, and BOS before each prefix); the tests give a fixed
 A sequence ends after `length` tokens, or with `eos` (an encoder-decoder's end token;
 None for a character model, whose continuations all have `length` tokens).
 """
+
 from __future__ import annotations
 
 import math
@@ -33,9 +34,9 @@ NextLogProbs = Callable[[list], np.ndarray]
 
 
 class Candidate(NamedTuple):
-    sequence: Sequence      # token ids (runtime/api.py gives a character model's as text)
-    log_prob: float         # the sum of the model's log-probabilities of its tokens
-    score: float            # what beam search ranks by: log_prob over the length penalty
+    sequence: Sequence  # token ids (runtime/api.py gives a character model's as text)
+    log_prob: float  # the sum of the model's log-probabilities of its tokens
+    score: float  # what beam search ranks by: log_prob over the length penalty
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -46,39 +47,49 @@ def greedy(next_log_probs: NextLogProbs, length: int, eos: int | None = None) ->
     return _token_by_token(next_log_probs, length, eos, lambda logp: int(np.argmax(logp)))
 
 
-def sample(next_log_probs: NextLogProbs, length: int, rng: np.random.Generator, temperature: float = 1.0,
-           top_k: int | None = None, top_p: float | None = None, eos: int | None = None) -> Candidate:
+def sample(
+    next_log_probs: NextLogProbs,
+    length: int,
+    rng: np.random.Generator,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos: int | None = None,
+) -> Candidate:
     def choose(logp):
         p = sampling_distribution(logp, temperature, top_k, top_p)
         return int(rng.choice(len(p), p=p))
+
     return _token_by_token(next_log_probs, length, eos, choose)
 
 
-def sampling_distribution(logp: np.ndarray, temperature: float, top_k: int | None = None,
-                          top_p: float | None = None) -> np.ndarray:
+def sampling_distribution(
+    logp: np.ndarray, temperature: float, top_k: int | None = None, top_p: float | None = None
+) -> np.ndarray:
     """The probabilities `sample` draws from: softmax(logp / temperature) over its top_k
     most likely tokens, then over the fewest of those, most likely first, whose
     probabilities (renormalized over the top_k) sum to at least top_p; zero elsewhere."""
     z = np.asarray(logp, np.float64) / temperature
     p = np.exp(z - z.max())
-    order = np.argsort(-p, kind="stable")       # ties: the lower id first
+    order = np.argsort(-p, kind="stable")  # ties: the lower id first
     kept = order[:top_k]
     if top_p is not None:
         mass = np.cumsum(p[kept]) / p[kept].sum()
-        kept = kept[:int(np.searchsorted(mass, top_p)) + 1]      # the first prefix reaching top_p
+        kept = kept[: int(np.searchsorted(mass, top_p)) + 1]  # the first prefix reaching top_p
     out = np.zeros_like(p)
     out[kept] = p[kept] / p[kept].sum()
     return out
 
 
-def beam_search(next_log_probs: NextLogProbs, length: int, width: int, eos: int | None = None,
-                alpha: float = 0.0) -> list[Candidate]:
+def beam_search(
+    next_log_probs: NextLogProbs, length: int, width: int, eos: int | None = None, alpha: float = 0.0
+) -> list[Candidate]:
     """The `width` best sequences found (fewer if there are fewer), best score first."""
     live, finished = [((), 0.0)], []
     for _ in range(length):
         totals = np.array([lp for _, lp in live])[:, None] + next_log_probs([seq for seq, _ in live])
         vocab = totals.shape[1]
-        best = np.argsort(-totals, axis=None, kind="stable")[:width - len(finished)]
+        best = np.argsort(-totals, axis=None, kind="stable")[: width - len(finished)]
         extended = [(live[i][0] + (t,), float(totals[i, t])) for i, t in (divmod(int(k), vocab) for k in best)]
         finished += [c for c in extended if c[0][-1] == eos]
         live = [c for c in extended if c[0][-1] != eos]
@@ -90,6 +101,7 @@ def beam_search(next_log_probs: NextLogProbs, length: int, width: int, eos: int 
 
 def check(length, eos=None, *, beam=None, temperature=None, top_k=None, top_p=None, length_penalty=None):
     """Refuses bad values and options that contradict, as `decode` takes them."""
+
     def whole(v):
         return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -97,13 +109,18 @@ def check(length, eos=None, *, beam=None, temperature=None, top_k=None, top_p=No
         return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
 
     for name, value, ok, want in [
-            ("length", length, whole(length) and length >= 0, "a whole number of at least 0"),
-            ("beam", beam, whole(beam) and beam >= 1, "a whole number of at least 1"),
-            ("top-k", top_k, whole(top_k) and top_k >= 1, "a whole number of at least 1"),
-            ("top-p", top_p, real(top_p) and 0 < top_p <= 1, "a number above 0 and at most 1"),
-            ("temperature", temperature, real(temperature) and temperature >= 0, "a finite number of at least 0"),
-            ("length penalty", length_penalty, real(length_penalty) and length_penalty >= 0,
-             "a finite number of at least 0")]:
+        ("length", length, whole(length) and length >= 0, "a whole number of at least 0"),
+        ("beam", beam, whole(beam) and beam >= 1, "a whole number of at least 1"),
+        ("top-k", top_k, whole(top_k) and top_k >= 1, "a whole number of at least 1"),
+        ("top-p", top_p, real(top_p) and 0 < top_p <= 1, "a number above 0 and at most 1"),
+        ("temperature", temperature, real(temperature) and temperature >= 0, "a finite number of at least 0"),
+        (
+            "length penalty",
+            length_penalty,
+            real(length_penalty) and length_penalty >= 0,
+            "a finite number of at least 0",
+        ),
+    ]:
         if value is not None and not ok:
             raise DlcError(f"generate: the {name} needs {want}, got {value!r}")
     filters = [name for name, value in (("top-k", top_k), ("top-p", top_p)) if value is not None]
@@ -111,18 +128,31 @@ def check(length, eos=None, *, beam=None, temperature=None, top_k=None, top_p=No
         sampling = " and ".join(["a temperature above 0"] * bool(temperature) + filters)
         raise DlcError(f"generate: beam search does not sample: give the beam or {sampling}, not both")
     if filters and temperature == 0:
-        raise DlcError(f"generate: temperature 0 is greedy decoding, which {' and '.join(filters)} cannot restrict: "
-                       "give a temperature above 0, or none (1)")
+        raise DlcError(
+            f"generate: temperature 0 is greedy decoding, which {' and '.join(filters)} cannot restrict: "
+            "give a temperature above 0, or none (1)"
+        )
     if length_penalty is not None and beam is None:
         raise DlcError("generate: the length penalty ranks beam search's candidates: give a beam too")
     if length_penalty is not None and eos is None:
-        raise DlcError("generate: a character model's continuations all have the given length, so a length "
-                       "penalty would not change their order: leave it out")
+        raise DlcError(
+            "generate: a character model's continuations all have the given length, so a length "
+            "penalty would not change their order: leave it out"
+        )
 
 
-def decode(next_log_probs: NextLogProbs, length: int, eos: int | None = None, *, beam: int | None = None,
-           temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-           length_penalty: float | None = None, seed: int = 0) -> list[Candidate]:
+def decode(
+    next_log_probs: NextLogProbs,
+    length: int,
+    eos: int | None = None,
+    *,
+    beam: int | None = None,
+    temperature: float | None = None,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    length_penalty: float | None = None,
+    seed: int = 0,
+) -> list[Candidate]:
     """The decoding the options (which `check` accepted) ask for: beam search's `beam` best
     candidates, else one sequence, sampled (top_k, top_p or a temperature above 0; the
     temperature is 1 unless given) or greedy."""

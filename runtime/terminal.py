@@ -1,12 +1,13 @@
 """How dlc writes to a terminal, for every part of the runtime that shows progress (a
 training run, a data set's download, a compile): times as precise as their size asks, the
 terminal's width, how often a line is redrawn."""
+
 from __future__ import annotations
 
 import os
 import shutil
 
-REDRAW_S = 0.1             # a progress line is redrawn at most ten times a second
+REDRAW_S = 0.1  # a progress line is redrawn at most ten times a second
 
 
 def span(seconds: float) -> str:

@@ -1,5 +1,6 @@
 """The test session's set-up (pytest hooks; helpers that several test files share are modules of
 tests/helpers/, docs/architecture.md "Where the tests live")."""
+
 import fcntl
 import functools
 import gc
@@ -106,5 +107,5 @@ def pytest_runtest_protocol(item, nextitem):
             fcntl.flock(turnstile, fcntl.LOCK_UN)
         return (yield)
     finally:
-        os.close(room)          # closing a descriptor releases its lock
+        os.close(room)  # closing a descriptor releases its lock
         os.close(turnstile)

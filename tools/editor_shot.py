@@ -11,6 +11,7 @@ runs), and the answers of `dlc lsp` over stdio to pygls's client (inlay hints, h
 hover's markdown rendered by markdown-it). It needs node with `npm ci --prefix editors/vscode`,
 dlc[lsp], and playwright with Debian's chromium, as the graph page's pictures do.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,21 @@ VSCODE = ROOT / "editors" / "vscode"
 BIN = VSCODE / "node_modules" / ".bin"
 
 # Dark+'s colors of the grammar's scopes: the longest matching prefix wins
-DARK_PLUS = {"comment": "#6a9955", "string": "#ce9178", "constant.numeric": "#b5cea8",
-             "constant.language": "#569cd6", "keyword": "#569cd6", "keyword.control": "#c586c0",
-             "keyword.operator": "#d4d4d4", "storage.type": "#569cd6", "support.type": "#4ec9b0",
-             "entity.name.type": "#4ec9b0", "entity.name.function": "#dcdcaa", "variable": "#9cdcfe",
-             "invalid": "#f44747"}
+DARK_PLUS = {
+    "comment": "#6a9955",
+    "string": "#ce9178",
+    "constant.numeric": "#b5cea8",
+    "constant.language": "#569cd6",
+    "keyword": "#569cd6",
+    "keyword.control": "#c586c0",
+    "keyword.operator": "#d4d4d4",
+    "storage.type": "#569cd6",
+    "support.type": "#4ec9b0",
+    "entity.name.type": "#4ec9b0",
+    "entity.name.function": "#dcdcaa",
+    "variable": "#9cdcfe",
+    "invalid": "#f44747",
+}
 TEXT = "#d4d4d4"
 
 
@@ -55,8 +66,12 @@ def grammar_scopes(path: Path) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / path.name
         copy.write_text(path.read_text())
-        subprocess.run([str(BIN / "vscode-tmgrammar-snap"), "-g", "syntaxes/dl.tmLanguage.json",
-                        "--updateSnapshot", str(copy)], cwd=VSCODE, check=True, capture_output=True)
+        subprocess.run(
+            [str(BIN / "vscode-tmgrammar-snap"), "-g", "syntaxes/dl.tmLanguage.json", "--updateSnapshot", str(copy)],
+            cwd=VSCODE,
+            check=True,
+            capture_output=True,
+        )
         return scopes((Path(tmp) / (path.name + ".snap")).read_text())
 
 
@@ -69,19 +84,28 @@ async def server_answers(path: Path, hover: tuple) -> tuple:
     """The inlay hints of the whole file and the hover at (line, col), 0-based, from `dlc lsp`."""
     from lsprotocol import types as lsp_types
     from pygls.lsp.client import LanguageClient
+
     client = LanguageClient("dlc-editor-shot", "1")
-    client.feature(lsp_types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)(lambda params: None)   # not drawn
+    client.feature(lsp_types.TEXT_DOCUMENT_PUBLISH_DIAGNOSTICS)(lambda params: None)  # not drawn
     await client.start_io(sys.executable, "-m", "dlc", "lsp")
     try:
-        await client.initialize_async(lsp_types.InitializeParams(capabilities=lsp_types.ClientCapabilities(),
-                                                         initialization_options={"inlayHints": True}))
+        await client.initialize_async(
+            lsp_types.InitializeParams(
+                capabilities=lsp_types.ClientCapabilities(), initialization_options={"inlayHints": True}
+            )
+        )
         client.initialized(lsp_types.InitializedParams())
         text, uri = path.read_text(), path.resolve().as_uri()
-        client.text_document_did_open(lsp_types.DidOpenTextDocumentParams(lsp_types.TextDocumentItem(uri, "dl", 1, text)))
+        client.text_document_did_open(
+            lsp_types.DidOpenTextDocumentParams(lsp_types.TextDocumentItem(uri, "dl", 1, text))
+        )
         document = lsp_types.TextDocumentIdentifier(uri)
-        hints = await client.text_document_inlay_hint_async(lsp_types.InlayHintParams(
-            document, lsp_types.Range(lsp_types.Position(0, 0), lsp_types.Position(text.count("\n") + 1, 0))))
-        for _ in range(10):     # a layer's peak memory is computed in the server's worker: waited for 2 s a hover
+        hints = await client.text_document_inlay_hint_async(
+            lsp_types.InlayHintParams(
+                document, lsp_types.Range(lsp_types.Position(0, 0), lsp_types.Position(text.count("\n") + 1, 0))
+            )
+        )
+        for _ in range(10):  # a layer's peak memory is computed in the server's worker: waited for 2 s a hover
             answer = await client.text_document_hover_async(lsp_types.HoverParams(document, lsp_types.Position(*hover)))
             if answer is None or "being computed" not in answer.contents.value:
                 break
@@ -95,9 +119,19 @@ async def server_answers(path: Path, hover: tuple) -> tuple:
 
 
 def markdown_html(text: str) -> str:
-    out = subprocess.run(["node", "-e", "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>"
-                          "process.stdout.write(require('markdown-it')().render(s)))"],
-                         input=text, cwd=VSCODE, check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            "node",
+            "-e",
+            "let s='';process.stdin.on('data',d=>s+=d).on('end',()=>"
+            "process.stdout.write(require('markdown-it')().render(s)))",
+        ],
+        input=text,
+        cwd=VSCODE,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return out.stdout
 
 

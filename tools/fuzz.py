@@ -12,6 +12,7 @@ into a folder.
 Inputs run in batches, each batch in a worker subprocess, so a crash (a signal) or a
 hang in native code is seen and attributed to its input (docs/architecture.md, Fuzzing).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,16 +47,15 @@ PACKAGE_ROOT = Path(dlc.__file__).resolve().parent
 EXAMPLES = PACKAGE_ROOT / "examples"
 
 # numbers that stress static evaluation: overflow to inf, more digits than int() takes, nan
-EXTREME_NUMBERS = ("0", "-1", "1e309", "1" + "0" * 5000, "nan", "1e-400", "0.0", "2147483648",
-                   "99999999999999999999")
-MEMORY = 4 << 30        # bytes of address space a worker may use
+EXTREME_NUMBERS = ("0", "-1", "1e309", "1" + "0" * 5000, "nan", "1e-400", "0.0", "2147483648", "99999999999999999999")
+MEMORY = 4 << 30  # bytes of address space a worker may use
 NOT_UTF8 = (b"\xff", b"\xfe\xff", b"\xc3\x28", b"\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\x00")
 
 
 # ---- the corpus, cut into tokens ------------------------------------------------------------------
 @dataclass(frozen=True)
 class Tok:
-    type: str       # the grammar's terminal, or GAP for whitespace and comments
+    type: str  # the grammar's terminal, or GAP for whitespace and comments
     text: str
     line: int
 
@@ -67,6 +67,7 @@ def tokenize(text: str) -> list[Tok]:
     """The grammar's own lexer, keeping whitespace and comments (as GAP tokens), so the
     tokens join back into the text. Raises lark's UnexpectedInput on text it cannot lex."""
     from dlc.compiler.frontend.syntax import _parser
+
     parser = _parser()
     ignored = set(parser.lexer_conf.ignore)
     return [Tok(GAP if t.type in ignored else t.type, str(t), t.line) for t in parser.lex(text, dont_ignore=True)]
@@ -80,6 +81,7 @@ def builtin_names() -> list[str]:
     """The builtins' and the standard library's function names."""
     from dlc.compiler.frontend.builtins import BUILTINS
     from dlc.compiler.frontend.loader import stdlib_env
+
     return sorted(BUILTINS) + sorted(stdlib_env().vars)
 
 
@@ -132,12 +134,12 @@ def _pick(tokens: list[Tok], rng: random.Random, types=None) -> int | None:
 
 def delete(corpus, tokens, rng):
     i = _pick(tokens, rng)
-    return tokens if i is None else tokens[:i] + tokens[i + 1:]
+    return tokens if i is None else tokens[:i] + tokens[i + 1 :]
 
 
 def duplicate(corpus, tokens, rng):
     i = _pick(tokens, rng)
-    return tokens if i is None else tokens[:i + 1] + [Tok(GAP, " ", 0), tokens[i]] + tokens[i + 1:]
+    return tokens if i is None else tokens[: i + 1] + [Tok(GAP, " ", 0), tokens[i]] + tokens[i + 1 :]
 
 
 def swap(corpus, tokens, rng):
@@ -153,7 +155,7 @@ def replace_number(corpus, tokens, rng):
     i = _pick(tokens, rng, {"NUMBER"})
     if i is None:
         return tokens
-    return tokens[:i] + [Tok("NUMBER", rng.choice(EXTREME_NUMBERS), tokens[i].line)] + tokens[i + 1:]
+    return tokens[:i] + [Tok("NUMBER", rng.choice(EXTREME_NUMBERS), tokens[i].line)] + tokens[i + 1 :]
 
 
 def replace_name(corpus, tokens, rng):
@@ -162,7 +164,7 @@ def replace_name(corpus, tokens, rng):
     if i is None:
         return tokens
     pool = sorted({t.text for t in tokens if t.type == "NAME"}) if rng.random() < 0.5 else corpus.builtin_names
-    return tokens[:i] + [Tok("NAME", rng.choice(pool), tokens[i].line)] + tokens[i + 1:]
+    return tokens[:i] + [Tok("NAME", rng.choice(pool), tokens[i].line)] + tokens[i + 1 :]
 
 
 def replace_same_kind(corpus, tokens, rng):
@@ -170,7 +172,9 @@ def replace_same_kind(corpus, tokens, rng):
     i = _pick(tokens, rng)
     if i is None:
         return tokens
-    return tokens[:i] + [Tok(tokens[i].type, rng.choice(corpus.by_type[tokens[i].type]), tokens[i].line)] + tokens[i + 1:]
+    return (
+        tokens[:i] + [Tok(tokens[i].type, rng.choice(corpus.by_type[tokens[i].type]), tokens[i].line)] + tokens[i + 1 :]
+    )
 
 
 def splice_lines(corpus, tokens, rng):
@@ -189,16 +193,16 @@ MUTATIONS = (delete, duplicate, swap, replace_number, replace_name, replace_same
 # ---- one input through the front end ---------------------------------------------------------------
 @dataclass
 class FuzzOutcome:
-    kind: str               # ok, error (a DlcError), internal, hang, crash; for models also mismatch
-    key: str = ""           # the failure's identity: what and where
-    detail: str = ""        # the message, the traceback
+    kind: str  # ok, error (a DlcError), internal, hang, crash; for models also mismatch
+    key: str = ""  # the failure's identity: what and where
+    detail: str = ""  # the message, the traceback
 
     @property
     def failed(self) -> bool:
         return self.kind not in ("ok", "error")
 
 
-WATCH_EVERY_S = 0.02        # how often the watchdog of time_limit reads the CPU clock
+WATCH_EVERY_S = 0.02  # how often the watchdog of time_limit reads the CPU clock
 
 
 class Hang(BaseException):
@@ -212,8 +216,10 @@ def time_limit(seconds: float):
     without using the CPU is caught by its parent's limit on the wall, Worker.run), nor the
     process's CPU time, which other threads of the process (a test suite's) use up too. A
     watchdog thread reads the main thread's CPU clock and signals it."""
+
     def alarm(signum, frame):
         raise Hang()
+
     main = threading.get_ident()
     clock = time.pthread_getcpuclockid(main)
     deadline = time.clock_gettime(clock) + seconds
@@ -222,7 +228,7 @@ def time_limit(seconds: float):
     def watch():
         while not done.wait(WATCH_EVERY_S):
             if time.clock_gettime(clock) > deadline:
-                with lock:          # never once the main thread has left: SIGPROF would end it
+                with lock:  # never once the main thread has left: SIGPROF would end it
                     if not done.is_set():
                         signal.pthread_kill(main, signal.SIGPROF)
                 return
@@ -243,7 +249,9 @@ def place(frames) -> str:
     """The innermost of (file, line, function) frames in dlc's own code (not the
     fuzzer's, not a library's), else the innermost, as path:line (function)."""
     frames = list(frames)
-    ours = [f for f in frames if f[0].startswith(str(PACKAGE_ROOT)) and not f[0].startswith(str(PACKAGE_ROOT / "tools"))]
+    ours = [
+        f for f in frames if f[0].startswith(str(PACKAGE_ROOT)) and not f[0].startswith(str(PACKAGE_ROOT / "tools"))
+    ]
     if not frames:
         return "?"
     file, line, function = (ours or frames)[-1]
@@ -256,8 +264,9 @@ def failure(e: BaseException) -> FuzzOutcome:
     if isinstance(e, Hang):
         # where the alarm lands varies from input to input: one key for every hang in Python
         return FuzzOutcome("hang", "hang", f"stopped in {where}\n" + "".join(traceback.format_list(frames[-8:])))
-    return FuzzOutcome("internal", f"{type(e).__name__} at {where}",
-                   "".join(traceback.format_exception(type(e), e, e.__traceback__)))
+    return FuzzOutcome(
+        "internal", f"{type(e).__name__} at {where}", "".join(traceback.format_exception(type(e), e, e.__traceback__))
+    )
 
 
 def check_input(data: bytes, path: Path, seconds: float = 10.0) -> FuzzOutcome:
@@ -265,6 +274,7 @@ def check_input(data: bytes, path: Path, seconds: float = 10.0) -> FuzzOutcome:
     and evaluation, every train setting (runtime/cli/commands/check.py), and the rendering
     of the error, all within `seconds`."""
     from dlc.runtime.cli.commands import check
+
     path.write_bytes(data)
     try:
         with time_limit(seconds), contextlib.redirect_stdout(io.StringIO()):
@@ -295,10 +305,14 @@ def random_model(rng: random.Random) -> str:
             if op == "conv":
                 k = rng.randint(1, min(3, size))
                 if rng.random() < 0.5:
-                    body.append(f"x = conv2d(x, {rng.randint(1, 6)}, {k}, padding = \"same\", act = {rng.choice(ACTIVATIONS)})")
+                    body.append(
+                        f"x = conv2d(x, {rng.randint(1, 6)}, {k}, padding = \"same\", act = {rng.choice(ACTIVATIONS)})"
+                    )
                 else:
                     stride = rng.choice((1, 1, 2))
-                    body.append(f"x = conv2d(x, {rng.randint(1, 6)}, {k}, stride = {stride}, act = {rng.choice(ACTIVATIONS)})")
+                    body.append(
+                        f"x = conv2d(x, {rng.randint(1, 6)}, {k}, stride = {stride}, act = {rng.choice(ACTIVATIONS)})"
+                    )
                     size = (size - k) // stride + 1
             elif op == "pool" and size >= 2:
                 body.append(f"x = {rng.choice(('maxpool2d', 'avgpool2d'))}(x, 2)")
@@ -333,19 +347,40 @@ def random_model(rng: random.Random) -> str:
         body.append(f"input x: f32[B, {rng.randint(1, 8)}]")
         body.append("h = x")
     for _ in range(rng.randint(0, 2)):
-        body.append(rng.choice((f"h = dense(h, {rng.randint(1, 8)}, {rng.choice(ACTIVATIONS)})", "h = layernorm(h)",
-                                f"h = dropout(h, {rng.choice((0.1, 0.5))})")))
+        body.append(
+            rng.choice(
+                (
+                    f"h = dense(h, {rng.randint(1, 8)}, {rng.choice(ACTIVATIONS)})",
+                    "h = layernorm(h)",
+                    f"h = dropout(h, {rng.choice((0.1, 0.5))})",
+                )
+            )
+        )
     head = rng.choice(("classes", "regression", "binary"))
     k = rng.randint(2, 5)
     if head == "classes":
-        body += ["target y: i32[B]", f"logits = dense(h, {k})", "loss sparse_cross_entropy(logits, y)",
-                 "metric accuracy = accuracy(logits, y)", "output probs = softmax(logits)"]
+        body += [
+            "target y: i32[B]",
+            f"logits = dense(h, {k})",
+            "loss sparse_cross_entropy(logits, y)",
+            "metric accuracy = accuracy(logits, y)",
+            "output probs = softmax(logits)",
+        ]
     elif head == "regression":
-        body += [f"target y: f32[B, {k}]", f"out = dense(h, {k})",
-                 f"loss {rng.choice(('mse', 'mae', 'huber'))}(out, y)", "output pred = out"]
+        body += [
+            f"target y: f32[B, {k}]",
+            f"out = dense(h, {k})",
+            f"loss {rng.choice(('mse', 'mae', 'huber'))}(out, y)",
+            "output pred = out",
+        ]
     else:
-        body += ["target y: f32[B, 1]", "p = dense(h, 1, sigmoid)", "loss binary_cross_entropy(p, y)",
-                 "metric accuracy = binary_accuracy(p, y)", "output prob = p"]
+        body += [
+            "target y: f32[B, 1]",
+            "p = dense(h, 1, sigmoid)",
+            "loss binary_cross_entropy(p, y)",
+            "metric accuracy = binary_accuracy(p, y)",
+            "output prob = p",
+        ]
     return "model fuzz {\n" + "".join(f"    {line}\n" for line in body) + "}\n"
 
 
@@ -364,36 +399,45 @@ def compare_engines(text: str, sizes: dict = MODEL_SIZES, lr: float = 0.1):
     from dlc.runtime.training.gradcheck import init_params, sample_inputs
     from dlc.runtime.engines.native import NativeEngine
     from dlc.runtime.optim.optimizers import make_optimizer
+
     program = load_text(text, "model.dl")
     train, evaluation = program.build(training=True), program.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
     start = {k: v.astype(np.float32) for k, v in init_params(train).items()}
-    batch = {k: v.astype(np.float32) if v.dtype == np.float64 else v
-             for k, v in sample_inputs(train, sizes, seed=1).items() if k != "rng"}
+    batch = {
+        k: v.astype(np.float32) if v.dtype == np.float64 else v
+        for k, v in sample_inputs(train, sizes, seed=1).items()
+        if k != "rng"
+    }
     runs = []
     for engine_class in (ReferenceEngine, NativeEngine):
         optimizer = make_optimizer(Call("sgd", [], {"lr": lr}))
         engine = engine_class(train, evaluation, optimizer, trainable)
         params = {k: v.copy() for k, v in start.items()}
-        stats = engine.train_step(params, optimizer.init({n: params[n] for n in trainable}), batch, lr, 1,
-                                  np.array([0, 1], np.int32))
+        stats = engine.train_step(
+            params, optimizer.init({n: params[n] for n in trainable}), batch, lr, 1, np.array([0, 1], np.int32)
+        )
         runs.append((stats, params, engine.evaluate(params, batch), engine.predict(params, batch)))
     (ref_stats, ref, ref_eval, ref_pred), (nat_stats, nat, nat_eval, nat_pred) = runs
     for what, r, n in (("train step", ref_stats, nat_stats), ("evaluate", ref_eval, nat_eval)):
-        if r.keys() - {"grad_norm"} != n.keys() - {"grad_norm"}:    # the native step has no norm to clip by
+        if r.keys() - {"grad_norm"} != n.keys() - {"grad_norm"}:  # the native step has no norm to clip by
             raise Mismatch(f"{what} results: native {sorted(n)}, reference {sorted(r)}")
         for k in r.keys() & n.keys():
             if not abs(n[k] - r[k]) <= 1e-4 * max(1.0, abs(r[k])):
                 raise Mismatch(f"{what} {k}: native {n[k]!r}, reference {r[k]!r}")
-    steps = {name: ((ref[name] - start[name]).astype(np.float64), (nat[name] - start[name]).astype(np.float64))
-             for name in ref}
+    steps = {
+        name: ((ref[name] - start[name]).astype(np.float64), (nat[name] - start[name]).astype(np.float64))
+        for name in ref
+    }
     # a gradient that cancels (a bias before a layernorm) is float32 rounding of terms as
     # large as the model's other gradients: its error is measured against the largest step
     largest = max((np.linalg.norm(r) for r, _ in steps.values()), default=0.0)
     for name, (step_ref, step_nat) in steps.items():
         if not np.linalg.norm(step_nat - step_ref) <= 1e-3 * np.linalg.norm(step_ref) + 1e-6 * largest + 1e-7:
-            raise Mismatch(f"update of {name}: relative error "
-                           f"{np.linalg.norm(step_nat - step_ref) / max(np.linalg.norm(step_ref), 1e-30):.3g}")
+            raise Mismatch(
+                f"update of {name}: relative error "
+                f"{np.linalg.norm(step_nat - step_ref) / max(np.linalg.norm(step_ref), 1e-30):.3g}"
+            )
     for k in ref_pred:
         if not np.allclose(nat_pred[k], ref_pred[k], rtol=1e-4, atol=1e-5):
             raise Mismatch(f"output {k}: largest difference {np.abs(nat_pred[k] - ref_pred[k]).max():.3g}")
@@ -419,14 +463,17 @@ def worker_main(seconds: float, workdir: Path):
     FuzzOutcome per line on the original stdout; anything dlc prints goes to stderr."""
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)
-    faulthandler.enable()       # a crash leaves its Python stack on stderr
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))      # a huge allocation fails, not the machine
-    os.environ.setdefault("DLC_CACHE_DIR", str(workdir / "cache"))    # random models' code: not the user's cache
+    faulthandler.enable()  # a crash leaves its Python stack on stderr
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY, MEMORY))  # a huge allocation fails, not the machine
+    os.environ.setdefault("DLC_CACHE_DIR", str(workdir / "cache"))  # random models' code: not the user's cache
     while header := sys.stdin.buffer.readline():
         kind, size = header.split()
         data = sys.stdin.buffer.read(int(size))
-        out = (check_input(data, workdir / "input.dl", seconds) if kind == b"check"
-               else check_model(data.decode(), 6 * seconds))
+        out = (
+            check_input(data, workdir / "input.dl", seconds)
+            if kind == b"check"
+            else check_model(data.decode(), 6 * seconds)
+        )
         proto.write(json.dumps(out.__dict__) + "\n")
         proto.flush()
 
@@ -439,11 +486,15 @@ class Worker:
         # on the wall: the worker's own limit is CPU time, which a busy machine stretches
         self.limits = {"check": 3 * seconds + grace, "model": 18 * seconds + grace}
         self.stderr = tempfile.TemporaryFile()
-        self.workdir = tempfile.mkdtemp(prefix="dlc-fuzz-")      # removed by close, even after a kill
+        self.workdir = tempfile.mkdtemp(prefix="dlc-fuzz-")  # removed by close, even after a kill
         env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", DLC_NUM_THREADS="1")
-        self.proc = subprocess.Popen(command or [sys.executable, "-m", "dlc.tools.fuzz", "--worker", self.workdir,
-                                                 "--timeout", str(seconds)],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, env=env)
+        self.proc = subprocess.Popen(
+            command or [sys.executable, "-m", "dlc.tools.fuzz", "--worker", self.workdir, "--timeout", str(seconds)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env=env,
+        )
 
     def run(self, kind: str, data: bytes) -> FuzzOutcome:
         try:
@@ -462,7 +513,7 @@ class Worker:
         code = self.proc.wait()
         self.stderr.seek(0)
         log = self.stderr.read().decode(errors="replace")
-        frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', log)     # faulthandler's, innermost first
+        frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', log)  # faulthandler's, innermost first
         what = signal.Signals(-code).name if code < 0 else f"exit status {code}"
         self.close()
         return FuzzOutcome("crash", f"{what} in {place(reversed(frames))}", log[-4000:])
@@ -483,7 +534,7 @@ def ddmin(units: list, fails, budget: int) -> list:
     while len(units) >= 2 and budget > 0:
         chunk = math.ceil(len(units) / n)
         for start in range(0, len(units), chunk):
-            rest = units[:start] + units[start + chunk:]
+            rest = units[:start] + units[start + chunk :]
             budget -= 1
             if fails(rest):
                 units, n = rest, max(n - 1, 2)
@@ -518,14 +569,19 @@ def minimize(data: bytes, fails, budget: int = 2000) -> bytes:
     data = b"".join(lines)
     try:
         tokens = [t for t in tokenize(data.decode()) if t.type != GAP]
-    except Exception:       # not UTF-8 or not lexable: lines are the units
+    except Exception:  # not UTF-8 or not lexable: lines are the units
         return data
 
     def text(tokens) -> bytes:
-        return "".join(("\n" if i and t.line != tokens[i - 1].line else " " if i else "") + t.text
-                       for i, t in enumerate(tokens)).encode() + b"\n"
+        return (
+            "".join(
+                ("\n" if i and t.line != tokens[i - 1].line else " " if i else "") + t.text
+                for i, t in enumerate(tokens)
+            ).encode()
+            + b"\n"
+        )
 
-    if not fails(text(tokens)):         # the comments or the layout matter
+    if not fails(text(tokens)):  # the comments or the layout matter
         return data
     return text(ddmin(tokens, lambda ts: fails(text(ts)), budget))
 
@@ -533,11 +589,11 @@ def minimize(data: bytes, fails, budget: int = 2000) -> bytes:
 # ---- the campaign -------------------------------------------------------------------------------
 @dataclass
 class Failure:
-    outcome: FuzzOutcome        # the first input's
+    outcome: FuzzOutcome  # the first input's
     data: bytes
-    indices: list = field(default_factory=list)     # the first few inputs that failed so
+    indices: list = field(default_factory=list)  # the first few inputs that failed so
     count: int = 0
-    path: str = ""          # the minimized reproducer
+    path: str = ""  # the minimized reproducer
 
 
 @dataclass
@@ -545,7 +601,7 @@ class Campaign:
     seconds: float
     batch: int
     counts: dict = field(default_factory=dict)
-    found: dict = field(default_factory=dict)       # key -> Failure
+    found: dict = field(default_factory=dict)  # key -> Failure
 
     def run(self, kind: str, inputs, label: str):
         """Every input in a worker, a fresh worker per batch and after a crash or hang."""
@@ -570,8 +626,11 @@ class Campaign:
             done += 1
             if time.time() - reported > 60:
                 reported = time.time()
-                print(f"{label}: {done} inputs, {time.time() - started:.0f} s, {len(self.found)} distinct failures",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{label}: {done} inputs, {time.time() - started:.0f} s, {len(self.found)} distinct failures",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if worker:
             worker.close()
 
@@ -594,16 +653,20 @@ class Campaign:
             worker[0].close()
             stem = out_dir / f"{number:03d}-{found.outcome.kind}"
             stem.with_suffix(".dl").write_bytes(small)
-            stem.with_suffix(".txt").write_text(f"{key}\n{found.count} inputs: {' '.join(map(str, found.indices))}"
-                                                f"{' ...' if found.count > len(found.indices) else ''}\n\n"
-                                                f"{found.outcome.detail}\n")
+            stem.with_suffix(".txt").write_text(
+                f"{key}\n{found.count} inputs: {' '.join(map(str, found.indices))}"
+                f"{' ...' if found.count > len(found.indices) else ''}\n\n"
+                f"{found.outcome.detail}\n"
+            )
             found.path = str(stem.with_suffix(".dl"))
 
     def summary(self, label: str, total: int) -> str:
         c = self.counts
-        lines = [f"{label}: {total} inputs: {c.get('ok', 0)} ok, {c.get('error', 0)} DlcError, "
-                 f"{c.get('internal', 0)} internal errors, {c.get('hang', 0)} hangs, {c.get('crash', 0)} crashes"
-                 + "".join(f", {c[k]} {k}" for k in ("mismatch", "refused") if k in c)]
+        lines = [
+            f"{label}: {total} inputs: {c.get('ok', 0)} ok, {c.get('error', 0)} DlcError, "
+            f"{c.get('internal', 0)} internal errors, {c.get('hang', 0)} hangs, {c.get('crash', 0)} crashes"
+            + "".join(f", {c[k]} {k}" for k in ("mismatch", "refused") if k in c)
+        ]
         for key, found in sorted(self.found.items()):
             lines.append(f"  {found.outcome.kind:9} {key}  ({found.count} inputs)  {found.path}")
         return "\n".join(lines)
@@ -621,7 +684,7 @@ def main(argv=None) -> int:
     p.add_argument("--minimize-seconds", type=float, default=120.0, help="time spent minimizing each failure")
     p.add_argument("--examples", default=str(EXAMPLES), help="folder of .dl seed files")
     p.add_argument("--show", type=int, metavar="I", help="print input I (of --seed) and stop")
-    p.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)     # run as a worker writing inputs in DIR
+    p.add_argument("--worker", metavar="DIR", help=argparse.SUPPRESS)  # run as a worker writing inputs in DIR
     args = p.parse_args(argv)
     if args.worker:
         worker_main(args.timeout, Path(args.worker))
@@ -636,11 +699,22 @@ def main(argv=None) -> int:
         return 0
     failed = False
     for kind, label, total, inputs in (
-            ("check", "front end", args.n,
-             ((i, corpus.mutant(args.seed, i)) for i in range(args.start, args.start + args.n))),
-            ("model", "native", args.native,
-             ((i, random_model(random.Random(f"{args.seed}:{i}")).encode())
-              for i in range(args.start, args.start + args.native)))):
+        (
+            "check",
+            "front end",
+            args.n,
+            ((i, corpus.mutant(args.seed, i)) for i in range(args.start, args.start + args.n)),
+        ),
+        (
+            "model",
+            "native",
+            args.native,
+            (
+                (i, random_model(random.Random(f"{args.seed}:{i}")).encode())
+                for i in range(args.start, args.start + args.native)
+            ),
+        ),
+    ):
         if not total:
             continue
         campaign = Campaign(args.timeout, args.batch)

@@ -9,6 +9,7 @@ the page as first opened, in a large and a small window. The system's Chromium (
 runs it through playwright's Python package, which tests/cli/test_graph_page.py uses too
 (`chromium_page`); `playwright install`, which downloads a browser of its own, is not needed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,16 @@ from dlc.compiler.errors import optional_package
 
 CHROMIUM = "/usr/bin/chromium"
 # headless, and none of the background connections a sandboxed machine refuses
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,8 +42,12 @@ def chromium_page(width: int = 1500, height: int = 900):
     sync_api = optional_package("playwright.sync_api", "test", "driving Chromium")
     with sync_api.sync_playwright() as playwright, tempfile.TemporaryDirectory() as profile:
         context = playwright.chromium.launch_persistent_context(
-            profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
-            viewport={"width": width, "height": height})
+            profile,
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": width, "height": height},
+        )
         try:
             page = context.new_page()
             page.errors = []
@@ -60,7 +73,12 @@ SHOTS = {
     "graph_page_opened_small.png": {"size": (1024, 700), "view": "forward"},
     "graph_page_opened_step.png": {"size": (1400, 900), "view": "train_step", "open": ["∇"], "fit": True},
     "graph_page.png": {"size": SIZE, "view": "forward", "open": ["stage1", "stage1.0", "stage1.0.conv1"], "select": 69},
-    "graph_page_kernels.png": {"size": SIZE, "view": "forward", "open": ["stage1", "stage1.0", "stage1.0.bn1"], "select": 83},
+    "graph_page_kernels.png": {
+        "size": SIZE,
+        "view": "forward",
+        "open": ["stage1", "stage1.0", "stage1.0.bn1"],
+        "select": 83,
+    },
     "graph_page_expanded.png": {"size": SIZE, "view": "train_step", "expand": True},
 }
 
@@ -89,6 +107,7 @@ def shoot(page, html: Path, out: Path, size: tuple, view: str, open=(), select=N
 def main(argv=None):
     from dlc.compiler.graph_page.page import page as graph_page
     from dlc.compiler.frontend.loader import load
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("file", nargs="?", default=str(ROOT / "examples" / "resnet.dl"))
     p.add_argument("--out", help="one picture here, of the options below (default: the pictures of the docs)")
@@ -98,12 +117,22 @@ def main(argv=None):
     p.add_argument("--expand", action="store_true", help="expand all")
     p.add_argument("--size", type=int, nargs=2, default=SIZE, metavar=("WIDTH", "HEIGHT"), help="the window's size")
     args = p.parse_args(argv)
-    shots = {Path(args.out): {"size": tuple(args.size), "view": args.view, "open": args.open, "select": args.select,
-                              "expand": args.expand}} \
-        if args.out else {ROOT / "docs" / "images" / name: shot for name, shot in SHOTS.items()}
+    shots = (
+        {
+            Path(args.out): {
+                "size": tuple(args.size),
+                "view": args.view,
+                "open": args.open,
+                "select": args.select,
+                "expand": args.expand,
+            }
+        }
+        if args.out
+        else {ROOT / "docs" / "images" / name: shot for name, shot in SHOTS.items()}
+    )
     with tempfile.TemporaryDirectory() as tmp, chromium_page() as page:
         html = Path(tmp) / "graph.html"
-        html.write_text(graph_page(load(os.path.relpath(args.file)).build(None)))   # the path as typed
+        html.write_text(graph_page(load(os.path.relpath(args.file)).build(None)))  # the path as typed
         for out, shot in shots.items():
             shoot(page, html, out, **shot)
 

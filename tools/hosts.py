@@ -16,6 +16,7 @@ unknown"), and `available()` says so rather than pretending.
 Needs root, iproute2 (`ip`, `tc`), nftables for `loss`, and MPICH's `mpiexec` (the `mpi`
 extra). `available()` gives the reason when this machine cannot make them.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,7 +29,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-_made = itertools.count()       # Hosts made by this process
+_made = itertools.count()  # Hosts made by this process
 
 # what makes MPICH (ch4, OFI netmod) take TCP over eth0 between ranks on one kernel
 TCP_ENV = {"MPIR_CVAR_NOLOCAL": "1", "MPIR_CVAR_CH4_NETMOD": "ofi", "FI_PROVIDER": "tcp", "FI_TCP_IFACE": "eth0"}
@@ -70,9 +71,9 @@ class Hosts:
 
     def __init__(self, count: int, rate: str | None = None):
         self.count, self.rate = count, rate
-        tag = os.getpid() % 10000 * 100 + next(_made) % 100     # a namespace lingers a moment once deleted
-        self.prefix, self.bridge = f"dlc{tag}h", f"dlc{tag}br"      # interface names: at most 15 bytes
-        self.subnet = f"10.{78 + tag // 250 % 100}.{tag % 250}"       # apart from other runs' hosts
+        tag = os.getpid() % 10000 * 100 + next(_made) % 100  # a namespace lingers a moment once deleted
+        self.prefix, self.bridge = f"dlc{tag}h", f"dlc{tag}br"  # interface names: at most 15 bytes
+        self.subnet = f"10.{78 + tag // 250 % 100}.{tag % 250}"  # apart from other runs' hosts
         self.dir = Path(tempfile.mkdtemp(prefix="dlc-hosts-"))
         self.launcher = self.dir / "launch"
 
@@ -103,8 +104,22 @@ class Hosts:
                 if self.rate:
                     for where in ((link,), ("-n", ns, "eth0")):
                         dev = where[-1]
-                        _run("tc", *where[:-1], "qdisc", "add", "dev", dev, "root", "tbf", "rate", self.rate,
-                             "burst", "256kb", "latency", "100ms")
+                        _run(
+                            "tc",
+                            *where[:-1],
+                            "qdisc",
+                            "add",
+                            "dev",
+                            dev,
+                            "root",
+                            "tbf",
+                            "rate",
+                            self.rate,
+                            "burst",
+                            "256kb",
+                            "latency",
+                            "100ms",
+                        )
             self.launcher.write_text(LAUNCHER.format(prefix=self.prefix))
             self.launcher.chmod(self.launcher.stat().st_mode | stat.S_IXUSR)
         except BaseException:
@@ -116,7 +131,7 @@ class Hosts:
         for k in range(1, self.count + 1):
             for pid in self.pids(k):
                 _kill(pid, signal.SIGKILL)
-            _run("ip", "link", "del", self.link(k), check=False)       # both ends, at once
+            _run("ip", "link", "del", self.link(k), check=False)  # both ends, at once
             _run("ip", "netns", "del", self.namespace(k), check=False)
         _run("ip", "link", "del", self.bridge, check=False)
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -127,8 +142,21 @@ class Hosts:
         robin over the hosts, talking over TCP (TCP_ENV)."""
         ranks = ranks or self.count
         hosts = ",".join(self.address(k) for k in range(1, self.count + 1))
-        argv = [shutil.which("mpiexec"), "-launcher", "ssh", "-launcher-exec", str(self.launcher),
-                "-localhost", f"{self.subnet}.254", "-hosts", hosts, "-n", str(ranks), "-ppn", "1"]
+        argv = [
+            shutil.which("mpiexec"),
+            "-launcher",
+            "ssh",
+            "-launcher-exec",
+            str(self.launcher),
+            "-localhost",
+            f"{self.subnet}.254",
+            "-hosts",
+            hosts,
+            "-n",
+            str(ranks),
+            "-ppn",
+            "1",
+        ]
         for name, value in TCP_ENV.items():
             argv += ["-genv", name, value]
         return argv + list(command)
@@ -139,8 +167,10 @@ class Hosts:
 
     def sent_bytes(self) -> int:
         """Bytes the hosts have sent over their links (what the bridge received from them)."""
-        return sum(int(Path(f"/sys/class/net/{self.link(k)}/statistics/rx_bytes").read_text())
-                   for k in range(1, self.count + 1))
+        return sum(
+            int(Path(f"/sys/class/net/{self.link(k)}/statistics/rx_bytes").read_text())
+            for k in range(1, self.count + 1)
+        )
 
     # -- faults --
     def cut(self, k: int):
@@ -151,10 +181,36 @@ class Hosts:
         """Host k drops `percent` % of the packets it receives, at random."""
         table = ("inet", "dlcloss")
         _run("ip", "netns", "exec", self.namespace(k), "nft", "add", "table", *table)
-        _run("ip", "netns", "exec", self.namespace(k), "nft", "add", "chain", *table, "in",
-             "{ type filter hook input priority 0; }")
-        _run("ip", "netns", "exec", self.namespace(k), "nft", "add", "rule", *table, "in",
-             "numgen", "random", "mod", "100", "<", str(percent), "drop")
+        _run(
+            "ip",
+            "netns",
+            "exec",
+            self.namespace(k),
+            "nft",
+            "add",
+            "chain",
+            *table,
+            "in",
+            "{ type filter hook input priority 0; }",
+        )
+        _run(
+            "ip",
+            "netns",
+            "exec",
+            self.namespace(k),
+            "nft",
+            "add",
+            "rule",
+            *table,
+            "in",
+            "numgen",
+            "random",
+            "mod",
+            "100",
+            "<",
+            str(percent),
+            "drop",
+        )
 
     def stop(self, k: int):
         """Host k stops: SIGSTOP to every process in its namespace."""

@@ -17,6 +17,7 @@ The native engine compiles one program per case; `run_batched` imports many case
 model (their graphs side by side, names prefixed) to compile once, and reruns a batch case
 by case when anything in it fails, so that a failure is charged to its case.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,14 +39,15 @@ BEGIN, END = "<!-- conformance table: begin -->", "<!-- conformance table: end -
 
 @dataclass
 class NodeTestOutcome:
-    status: str             # "pass", "fail" or "not supported"
-    reason: str = ""        # why not supported: op, dtype, attribute, shape, input, opset (with the message)
+    status: str  # "pass", "fail" or "not supported"
+    reason: str = ""  # why not supported: op, dtype, attribute, shape, input, opset (with the message)
     message: str = ""
 
 
 def node_cases() -> list:
     """The node test cases of the installed onnx, each with the op it tests (`case.op`)."""
     import onnx.backend.test.loader as loader
+
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         cases = loader.load_model_tests(kind="node")
@@ -59,7 +61,7 @@ def node_cases() -> list:
 def _tested_op(case) -> str:
     """The op of an expanded case without a one-node twin: the node whose snake-case name
     begins the case's name, else the graph's last node."""
-    name = case.name[len("test_"):]
+    name = case.name[len("test_") :]
     ops = {n.op_type for n in case.model.graph.node}
     for op in sorted(ops, key=len, reverse=True):
         if name.startswith(re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower()):
@@ -69,24 +71,30 @@ def _tested_op(case) -> str:
 
 def is_float32(case) -> bool:
     """A case on float32 tensors: some input or output is float32, and no other float type."""
-    types = {v.type.tensor_type.elem_type for v in (*case.model.graph.input, *case.model.graph.output)
-             if v.type.HasField("tensor_type")}
-    return 1 in types and not types & {10, 11, 16, 17, 18, 19, 20, 23, 24}    # f16, f64, bf16, the float8s and 4s
+    types = {
+        v.type.tensor_type.elem_type
+        for v in (*case.model.graph.input, *case.model.graph.output)
+        if v.type.HasField("tensor_type")
+    }
+    return 1 in types and not types & {10, 11, 16, 17, 18, 19, 20, 23, 24}  # f16, f64, bf16, the float8s and 4s
 
 
 def _arrays(values) -> list:
     from onnx import TensorProto, numpy_helper
+
     return [numpy_helper.to_array(v) if isinstance(v, TensorProto) else v for v in values]
 
 
 def _compare(case, expected, got):
     from onnx.backend.test.runner import Runner
+
     Runner.assert_similar_outputs(_arrays(expected), list(got), case.rtol, case.atol)
 
 
 def run_case(case, engine: str) -> NodeTestOutcome:
     from dlc.compiler.onnx.importer import Unsupported
     from dlc.runtime.interop.onnx_backend import DlcBackend
+
     try:
         rep = DlcBackend.prepare(case.model, engine=engine)
         for inputs, expected in case.data_sets:
@@ -95,7 +103,7 @@ def run_case(case, engine: str) -> NodeTestOutcome:
         return NodeTestOutcome("not supported", e.kind, e.message)
     except AssertionError as e:
         return NodeTestOutcome("fail", message=str(e).strip())
-    except (DlcError, Exception) as e:      # noqa: B014  (every other error is a failure of dlc)
+    except (DlcError, Exception) as e:  # noqa: B014  (every other error is a failure of dlc)
         text = e.render() if isinstance(e, DlcError) else f"{type(e).__name__}: {e}"
         return NodeTestOutcome("fail", message=text)
     return NodeTestOutcome("pass")
@@ -112,6 +120,7 @@ def static_values(case) -> dict:
     its data set, by name: what the backend binds when it is fed them."""
     from dlc.compiler.onnx.importer import static_inputs
     from dlc.runtime.interop.onnx_backend import fed_inputs
+
     feeds = dict(zip(fed_inputs(case.model), _arrays(case.data_sets[0][0])))
     return {name: np.asarray(feeds[name]) for name in static_inputs(case.model)}
 
@@ -121,36 +130,43 @@ def merged_model(cases: list):
     inputs a case's program needs as constants stay inputs, which the backend binds from the
     values fed, as it binds a lone case's."""
     from onnx import compose, helper
+
     graphs = [compose.add_prefix_graph(c.model.graph, f"c{k}_") for k, c in enumerate(cases)]
-    graph = helper.make_graph([n for g in graphs for n in g.node], "batch",
-                              [i for g in graphs for i in g.input], [o for g in graphs for o in g.output],
-                              [t for g in graphs for t in g.initializer], value_info=[v for g in graphs
-                                                                                       for v in g.value_info])
-    return helper.make_model(graph, opset_imports=list(cases[0].model.opset_import),
-                             ir_version=cases[0].model.ir_version)
+    graph = helper.make_graph(
+        [n for g in graphs for n in g.node],
+        "batch",
+        [i for g in graphs for i in g.input],
+        [o for g in graphs for o in g.output],
+        [t for g in graphs for t in g.initializer],
+        value_info=[v for g in graphs for v in g.value_info],
+    )
+    return helper.make_model(
+        graph, opset_imports=list(cases[0].model.opset_import), ir_version=cases[0].model.ir_version
+    )
 
 
 def run_batched(cases: list, engine: str, size: int = 40) -> dict:
     """Outcomes by case name; cases that can share a program are compiled together."""
     from dlc.compiler.onnx.importer import Unsupported, import_model
+
     out, alone = {}, []
     groups = collections.defaultdict(list)
     for c in cases:
         if not batchable(c):
             alone.append(c)
             continue
-        try:        # what dlc does not import stays out of the batches (importing is cheap)
+        try:  # what dlc does not import stays out of the batches (importing is cheap)
             import_model(c.model, static=static_values(c))
         except Unsupported as e:
             out[c.name] = NodeTestOutcome("not supported", e.kind, e.message)
             continue
-        except Exception:      # noqa: BLE001  (its own run says what)
+        except Exception:  # noqa: BLE001  (its own run says what)
             alone.append(c)
             continue
         groups[tuple(sorted((o.domain, o.version) for o in c.model.opset_import))].append(c)
     for group in groups.values():
         for start in range(0, len(group), size):
-            alone += _run_merged(group[start:start + size], engine, out)
+            alone += _run_merged(group[start : start + size], engine, out)
     for c in alone:
         out[c.name] = run_case(c, engine)
     return out
@@ -161,15 +177,16 @@ def _run_merged(chunk: list, engine: str, out: dict) -> list:
     (a bad case costs a few compiles, not one per case of its chunk). The cases left to run
     alone: a single case that failed merged."""
     from dlc.runtime.interop.onnx_backend import DlcBackend
+
     try:
         rep = DlcBackend.prepare(merged_model(chunk), engine=engine)
         got = rep.run([a for c in chunk for a in _arrays(c.data_sets[0][0])])
         k = 0
         for c in chunk:
             n = len(c.model.graph.output)
-            _compare(c, c.data_sets[0][1], got[k:k + n])
+            _compare(c, c.data_sets[0][1], got[k : k + n])
             k += n
-    except Exception:      # noqa: BLE001  (charged case by case: each one's own run says what)
+    except Exception:  # noqa: BLE001  (charged case by case: each one's own run says what)
         if len(chunk) == 1:
             return chunk
         half = len(chunk) // 2
@@ -202,11 +219,17 @@ def table(cases: list, results: dict) -> str:
             cells.append(f"{n['pass']} / {n['fail']} / {n['not supported']}")
         why = ", ".join(f"{k} ({v})" for k, v in sorted(reasons[op].items()))
         lines.append(f"| {op} | " + " | ".join(cells) + f" | {why} |")
-    lines.append("| **total** | " + " | ".join(
-        f"**{t['pass']} / {t['fail']} / {t['not supported']}**" for t in totals.values()) + " | |")
+    lines.append(
+        "| **total** | "
+        + " | ".join(f"**{t['pass']} / {t['fail']} / {t['not supported']}**" for t in totals.values())
+        + " | |"
+    )
     floats = {e: collections.Counter(results[e][c.name].status for c in cases if is_float32(c)) for e in engines}
-    lines.append("| *of which float32 cases* | " + " | ".join(
-        f"*{t['pass']} / {t['fail']} / {t['not supported']}*" for t in floats.values()) + " | |")
+    lines.append(
+        "| *of which float32 cases* | "
+        + " | ".join(f"*{t['pass']} / {t['fail']} / {t['not supported']}*" for t in floats.values())
+        + " | |"
+    )
     return "\n".join(lines)
 
 
@@ -233,15 +256,16 @@ def main(argv=None) -> int:
     for engine in args.engine or ENGINES:
         results[engine] = run_batched(cases, engine)
         counts = collections.Counter(o.status for o in results[engine].values())
-        print(f"{engine}: {counts['pass']} pass, {counts['fail']} fail, {counts['not supported']} not supported",
-              file=sys.stderr)
+        print(
+            f"{engine}: {counts['pass']} pass, {counts['fail']} fail, {counts['not supported']} not supported",
+            file=sys.stderr,
+        )
         if args.show:
             for c in cases:
                 o = results[engine][c.name]
                 if o.status != "pass":
                     first = o.message.splitlines()[0] if o.message else ""
-                    print(f"  {c.name} [{c.op}] {o.status} {o.reason}: {first}",
-                          file=sys.stderr)
+                    print(f"  {c.name} [{c.op}] {o.status} {o.reason}: {first}", file=sys.stderr)
     text = table(cases, results)
     if args.no_write or args.op or args.case:
         print(text)

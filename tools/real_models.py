@@ -11,6 +11,7 @@ real models (tests/onnx/test_real_models.py).
 `path`; `example(name, batch)` gives inputs to feed it. Needs torch, and torchvision
 (the classifiers) or transformers (BERT, GPT-2); `compare` and `--table` also onnxruntime.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ from typing import Callable
 import numpy as np
 
 EXPORTERS = ("torchscript", "dynamo")
-VOCAB, POSITIONS, HIDDEN = 64, 32, 32       # the language models' sizes, small
-SEQUENCE = 7                                # the length of the sequences fed to them
+VOCAB, POSITIONS, HIDDEN = 64, 32, 32  # the language models' sizes, small
+SEQUENCE = 7  # the length of the sequences fed to them
 
 
 def without_torchvision_ops():
@@ -42,6 +43,7 @@ def without_torchvision_ops():
 def torchvision_models():
     without_torchvision_ops()
     import torchvision.models
+
     return torchvision.models
 
 
@@ -52,7 +54,7 @@ def _classifier(name: str):
 def _recurrent(kind: str):
     from torch import nn
 
-    class Recurrent(nn.Module):     # sequences (B, T, 16) -> the last step's features
+    class Recurrent(nn.Module):  # sequences (B, T, 16) -> the last step's features
         def __init__(self):
             super().__init__()
             if kind == "lstm":
@@ -62,13 +64,14 @@ def _recurrent(kind: str):
 
         def forward(self, x):
             return self.rnn(x)[0][:, -1]
+
     return Recurrent()
 
 
 def _transformer_classifier():
     from torch import nn
 
-    class Classifier(nn.Module):    # token ids (B, T) -> 5 class scores
+    class Classifier(nn.Module):  # token ids (B, T) -> 5 class scores
         def __init__(self):
             super().__init__()
             self.embed = nn.Embedding(VOCAB, HIDDEN)
@@ -78,6 +81,7 @@ def _transformer_classifier():
 
         def forward(self, ids):
             return self.head(self.encoder(self.embed(ids)).mean(1))
+
     return Classifier()
 
 
@@ -85,21 +89,31 @@ def _hugging_face(name: str):
     without_torchvision_ops()
     import transformers
     from torch import nn
-    if name == "bert":
-        model = transformers.BertModel(transformers.BertConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=4,
-            intermediate_size=2 * HIDDEN, max_position_embeddings=POSITIONS))
-    else:
-        model = transformers.GPT2Model(transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2,
-                                                               n_head=4, n_positions=POSITIONS))
 
-    class Hidden(nn.Module):        # ids and a mask -> the last hidden state
+    if name == "bert":
+        model = transformers.BertModel(
+            transformers.BertConfig(
+                vocab_size=VOCAB,
+                hidden_size=HIDDEN,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=2 * HIDDEN,
+                max_position_embeddings=POSITIONS,
+            )
+        )
+    else:
+        model = transformers.GPT2Model(
+            transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=4, n_positions=POSITIONS)
+        )
+
+    class Hidden(nn.Module):  # ids and a mask -> the last hidden state
         def __init__(self):
             super().__init__()
             self.model = model
 
         def forward(self, ids, attention_mask):
             return self.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+
     return Hidden()
 
 
@@ -117,20 +131,22 @@ def _ids(batch, rng):
 
 def _ids_and_mask(batch, rng):
     mask = np.ones((batch, SEQUENCE), np.int64)
-    mask[0, SEQUENCE // 2:] = 0     # a padded sequence
+    mask[0, SEQUENCE // 2 :] = 0  # a padded sequence
     return {"ids": rng.integers(1, VOCAB, (batch, SEQUENCE)), "attention_mask": mask}
 
 
 @dataclass(frozen=True)
 class RealModel:
-    build: Callable             # () -> the torch module, random weights
-    inputs: Callable            # (batch, rng) -> {input name: array}
-    needs: str                  # the package its definition comes from
+    build: Callable  # () -> the torch module, random weights
+    inputs: Callable  # (batch, rng) -> {input name: array}
+    needs: str  # the package its definition comes from
 
 
 MODELS = {
-    **{name: RealModel(_classifier(name), _images, "torchvision")
-       for name in ("resnet18", "squeezenet1_1", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5")},
+    **{
+        name: RealModel(_classifier(name), _images, "torchvision")
+        for name in ("resnet18", "squeezenet1_1", "mobilenet_v2", "efficientnet_b0", "shufflenet_v2_x0_5")
+    },
     "lstm": RealModel(lambda: _recurrent("lstm"), _features, "torch"),
     "gru": RealModel(lambda: _recurrent("gru"), _features, "torch"),
     "transformer": RealModel(_transformer_classifier, _ids, "torch"),
@@ -143,6 +159,7 @@ def missing(name: str) -> list:
     """The packages the model `name` needs that are not installed (found without importing
     them: torchvision must be imported through torchvision_models)."""
     from importlib.util import find_spec
+
     return [p for p in dict.fromkeys(("torch", MODELS[name].needs)) if find_spec(p) is None]
 
 
@@ -156,11 +173,12 @@ def _calibrate(model, feeds: dict) -> None:
     activations keep their scale through a deep network in evaluation (with torch's initial
     statistics, mobilenet_v2's outputs are about 1e-9)."""
     import torch
+
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     if not norms:
         return
     for norm in norms:
-        norm.momentum = 1.0     # the running statistics become this batch's
+        norm.momentum = 1.0  # the running statistics become this batch's
         torch.nn.init.uniform_(norm.weight, 0.5, 1.5)
         torch.nn.init.normal_(norm.bias, 0.0, 0.1)
     with torch.no_grad():
@@ -171,6 +189,7 @@ def export(name: str, path, exporter: str) -> None:
     """The model `name` with random weights (seed 0), exported by `exporter` to `path` with
     axis 0 of every input the symbolic dim "batch". Raises what the exporter raises."""
     import torch
+
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     torch.manual_seed(0)
@@ -182,12 +201,29 @@ def export(name: str, path, exporter: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            torch.onnx.export(model, args, str(path), input_names=list(feeds), output_names=["y"], opset_version=17,
-                              dynamic_axes={k: {0: "batch"} for k in feeds}, dynamo=False)
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                input_names=list(feeds),
+                output_names=["y"],
+                opset_version=17,
+                dynamic_axes={k: {0: "batch"} for k in feeds},
+                dynamo=False,
+            )
         else:
             batch = torch.export.Dim("batch")
-            torch.onnx.export(model, args, str(path), input_names=list(feeds), output_names=["y"], opset_version=18,
-                              dynamic_shapes={k: {0: batch} for k in feeds}, dynamo=True, verbose=False)
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                input_names=list(feeds),
+                output_names=["y"],
+                opset_version=18,
+                dynamic_shapes={k: {0: batch} for k in feeds},
+                dynamo=True,
+                verbose=False,
+            )
 
 
 # what the exporters themselves cannot export (so nothing to import)
@@ -196,9 +232,9 @@ EXPORTER_FAILS = {("gpt2", "torchscript"): "the TorchScript exporter fails on GP
 
 @dataclass
 class Comparison:
-    text: str                                       # the imported program
-    want: np.ndarray                                # onnxruntime's output
-    outputs: dict = field(default_factory=dict)     # engine -> dlc's output
+    text: str  # the imported program
+    want: np.ndarray  # onnxruntime's output
+    outputs: dict = field(default_factory=dict)  # engine -> dlc's output
 
     def error(self, engine: str) -> float:
         """The largest |dlc - onnxruntime| on `engine`."""
@@ -211,6 +247,7 @@ def compare(path, name: str, engines=("reference", "native"), batch: int = 3) ->
     import onnxruntime
     from dlc.compiler.onnx.importer import import_model, read_model
     from dlc.runtime.api import DlcModel
+
     path = Path(path)
     result = import_model(read_model(path), source=path.name)
     program, weights = path.with_suffix(".dl"), path.with_suffix(".npz")
@@ -220,15 +257,20 @@ def compare(path, name: str, engines=("reference", "native"), batch: int = 3) ->
     want = onnxruntime.InferenceSession(str(path)).run(None, feeds)[0]
     out = Comparison(result.text, want)
     for engine in engines:
-        out.outputs[engine] = DlcModel(str(program), backend=engine).load_weights(weights).predict(
-            {result.inputs[k]: v for k, v in feeds.items()})[result.outputs["y"]]
+        out.outputs[engine] = (
+            DlcModel(str(program), backend=engine)
+            .load_weights(weights)
+            .predict({result.inputs[k]: v for k, v in feeds.items()})[result.outputs["y"]]
+        )
     return out
 
 
 def table(engines=("reference", "native")) -> str:
     """docs/onnx.md's table of real models: each model by each exporter, imported and run."""
-    rows = ["| model | exporter | import | lines | " + " | ".join(f"max error, {e}" for e in engines) + " |",
-            "|---|---|---|---|" + "---|" * len(engines)]
+    rows = [
+        "| model | exporter | import | lines | " + " | ".join(f"max error, {e}" for e in engines) + " |",
+        "|---|---|---|---|" + "---|" * len(engines),
+    ]
     with tempfile.TemporaryDirectory() as folder:
         for name in MODELS:
             for exporter in EXPORTERS:
@@ -239,12 +281,14 @@ def table(engines=("reference", "native")) -> str:
                 export(name, path, exporter)
                 try:
                     c = compare(path, name, engines)
-                except Exception as e:      # the table says what fails, in one line
-                    rows.append(f"| {name} | {exporter} | **{str(e).splitlines()[0][:120]}** | |"
-                                + " |" * len(engines))
+                except Exception as e:  # the table says what fails, in one line
+                    rows.append(f"| {name} | {exporter} | **{str(e).splitlines()[0][:120]}** | |" + " |" * len(engines))
                     continue
-                rows.append(f"| {name} | {exporter} | ok | {len(c.text.splitlines())} | "
-                            + " | ".join(f"{c.error(e):.1e}" for e in engines) + " |")
+                rows.append(
+                    f"| {name} | {exporter} | ok | {len(c.text.splitlines())} | "
+                    + " | ".join(f"{c.error(e):.1e}" for e in engines)
+                    + " |"
+                )
                 print(rows[-1], file=sys.stderr, flush=True)
     return "\n".join(rows)
 

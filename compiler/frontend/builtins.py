@@ -3,6 +3,7 @@
 Each takes the evaluator first. Math functions work on static numbers too
 (`sqrt(2 / fan_in)` is computed at compile time); everything else emits primitives.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,6 +27,7 @@ def builtin(name=None):
         key = name or fn.__name__.rstrip("_")
         BUILTINS[key] = Builtin(key, fn)
         return fn
+
     return register
 
 
@@ -74,6 +76,7 @@ def _shape(ev, dims, infer=False) -> tuple:
 def _unary(prim):
     """The builtin of a primitive of one operand: on a number, the primitive's own numpy
     reference computes it now, in float64 (the tensor op's numerics, overflow and all)."""
+
     def fn(ev, x):
         if isinstance(x, (int, float)) and not isinstance(x, bool):
             with np.errstate(all="ignore"):
@@ -82,6 +85,7 @@ def _unary(prim):
                 _fail(ev, f"{prim.builtin}({x}) is undefined")
             return v
         return ops.unary(prim.name, _tensor(ev, x))
+
     BUILTINS[prim.builtin] = Builtin(prim.builtin, fn)
 
 
@@ -144,8 +148,11 @@ def fused_attention(ev, q, k, v, mask=None, scale=None):
         mask = _tensor(ev, mask, "the mask")
         scores = q.shape[:-1] + k.shape[-2:-1]
         if len(mask.shape) > len(scores) or ops.broadcast_shapes(ev.graph, mask.shape, scores) != scores:
-            _fail(ev, f"the mask {mask.type} does not broadcast to the attention scores "
-                      f"{TensorType(q.dtype, scores)} without enlarging them")
+            _fail(
+                ev,
+                f"the mask {mask.type} does not broadcast to the attention scores "
+                f"{TensorType(q.dtype, scores)} without enlarging them",
+            )
         operands.append(ops.broadcast_to(mask, scores))
     return ev.graph.add("attention", operands, scale=float(scale))[0]
 
@@ -188,8 +195,12 @@ def cast(ev, x, dtype: str):
 # ---- reductions ----------------------------------------------------------------------------------
 def _reduced(ev, x, name) -> Tensor:
     if isinstance(x, (int, float)) and not isinstance(x, bool):
-        _fail(ev, f"{name} reduces a tensor along axes; for two numbers use {'maximum' if name == 'max' else 'minimum'}"
-              if name in ("max", "min") else f"{name} reduces a tensor, got {describe(x)}")
+        _fail(
+            ev,
+            f"{name} reduces a tensor along axes; for two numbers use {'maximum' if name == 'max' else 'minimum'}"
+            if name in ("max", "min")
+            else f"{name} reduces a tensor, got {describe(x)}",
+        )
     return _tensor(ev, x)
 
 
@@ -313,7 +324,7 @@ def squeeze(ev, x, axis):
     axis = _axis(ev, x, axis)
     if x.shape[axis] != 1:
         _fail(ev, f"cannot squeeze axis {axis} of {x.type}: its size is not 1")
-    return ops.reshape(x, x.shape[:axis] + x.shape[axis + 1:])
+    return ops.reshape(x, x.shape[:axis] + x.shape[axis + 1 :])
 
 
 @builtin()
@@ -366,10 +377,16 @@ def pad(ev, x, before, after, value=0, interior=None):
     x = _tensor(ev, x)
     widths = []
     for v, what in ((before, "before"), (after, "after"), (interior or (0,) * x.rank, "interior")):
-        if not isinstance(v, tuple) or len(v) != x.rank or any(isinstance(d, bool) or not isinstance(d, int) or d < 0
-                                                                for d in v):
-            _fail(ev, f"pad: '{what}' must be a tuple of {x.rank} whole numbers (one per axis of {x.type}), "
-                      f"got {describe(v)}")
+        if (
+            not isinstance(v, tuple)
+            or len(v) != x.rank
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in v)
+        ):
+            _fail(
+                ev,
+                f"pad: '{what}' must be a tuple of {x.rank} whole numbers (one per axis of {x.type}), "
+                f"got {describe(v)}",
+            )
         widths.append(v)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         _fail(ev, f"pad: the value must be a number, got {describe(value)}")
@@ -452,7 +469,7 @@ def random_orthogonal(ev, *dims):
 
 
 # ---- values read when the parameters are initialized ---------------------------------------------------
-WORD_VECTORS_INPUT = "word_vectors:"     # the init graph's input "word_vectors:PATH" (runtime/data/vectors.py)
+WORD_VECTORS_INPUT = "word_vectors:"  # the init graph's input "word_vectors:PATH" (runtime/data/vectors.py)
 
 
 @builtin()
@@ -462,8 +479,11 @@ def word_vectors(ev, path, shape):
     if not isinstance(path, str) or not path:
         _fail(ev, f"word_vectors needs a file name in quotes, got {describe(path)}")
     if ev.graph is not ev.init:
-        _fail(ev, "word_vectors reads its file when the parameters are initialized: use it in an initializer, "
-                  f"as in embedding(ids, VOCAB, DIM, init = pretrained(\"{path}\"))")
+        _fail(
+            ev,
+            "word_vectors reads its file when the parameters are initialized: use it in an initializer, "
+            f"as in embedding(ids, VOCAB, DIM, init = pretrained(\"{path}\"))",
+        )
     shape = _shape(ev, shape if isinstance(shape, tuple) else (shape,))
     if len(shape) != 2 or not all(isinstance(d, int) for d in shape):
         _fail(ev, f"word vectors fill a [words, dim] table, not a parameter of shape {list(shape)}")
@@ -487,18 +507,29 @@ def _windowed(ev, op, inputs, **attrs):
         x = inputs[0]
         n, a, b, c = x.shape
         if isinstance(c, int) and c <= 4 and not (isinstance(a, int) and a <= c):
-            fix = f"declare the input {TensorType(x.dtype, (n, c, a, b))}" if x.graph.op(x.node) == "input" else \
-                "transpose(x, 0, 3, 1, 2) is its NCHW form"
-            raise DlcError(f"{e.message}; conv2d and pooling read NCHW ([N, C, H, W]), and {x.type} looks "
-                           f"channels-last ([N, H, W, C]): {fix}", e.span, e.notes) from None
+            fix = (
+                f"declare the input {TensorType(x.dtype, (n, c, a, b))}"
+                if x.graph.op(x.node) == "input"
+                else "transpose(x, 0, 3, 1, 2) is its NCHW form"
+            )
+            raise DlcError(
+                f"{e.message}; conv2d and pooling read NCHW ([N, C, H, W]), and {x.type} looks "
+                f"channels-last ([N, H, W, C]): {fix}",
+                e.span,
+                e.notes,
+            ) from None
         raise
 
 
 def _conv_attrs(ev, stride, padding, dilation, groups) -> dict:
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         _fail(ev, f"groups must be a positive integer, got {describe(groups)}")
-    return dict(stride=_pair(ev, stride, "stride", 1), padding=_pair(ev, padding, "padding"),
-                dilation=_pair(ev, dilation, "dilation", 1), groups=groups)
+    return dict(
+        stride=_pair(ev, stride, "stride", 1),
+        padding=_pair(ev, padding, "padding"),
+        dilation=_pair(ev, dilation, "dilation", 1),
+        groups=groups,
+    )
 
 
 @builtin()
@@ -520,8 +551,12 @@ def conv_transpose(ev, x, w, stride=1, padding=0, output_padding=0, dilation=1, 
         _fail(ev, f"conv_transpose needs [O, C, kh, kw] weights, got {w.type}")
     if any(e >= s for e, s in zip(extra, attrs["stride"])):
         _fail(ev, f"output_padding {extra} must be smaller than the stride {attrs['stride']}")
-    hw = tuple((size - 1) * s - 2 * p + d * (k - 1) + 1 + e for size, s, p, d, k, e in
-               zip(x.shape[2:], attrs["stride"], attrs["padding"], attrs["dilation"], w.shape[2:], extra))
+    hw = tuple(
+        (size - 1) * s - 2 * p + d * (k - 1) + 1 + e
+        for size, s, p, d, k, e in zip(
+            x.shape[2:], attrs["stride"], attrs["padding"], attrs["dilation"], w.shape[2:], extra
+        )
+    )
     return _windowed(ev, "conv2d_input_grad", list(ops.promote(x, w)), input_hw=hw, **attrs)
 
 

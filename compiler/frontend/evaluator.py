@@ -5,6 +5,7 @@ dims, tuples, functions) are computed on the spot; tensor expressions emit primi
 nodes into the current graph. Each call of a `def` gets its own parameter scope, named
 after the binding it occurs in (`h1 = dense(x, 128)` gives `h1.W`, `h1.b`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -22,8 +23,20 @@ from dlc.compiler.frontend.indexing import Indexing, fans
 from dlc.compiler.frontend.scans import Scans, checkpoint_every
 from dlc.compiler.frontend.model import CallNodes, Model, ModelInput, ParamInfo, ParamScope
 from dlc.compiler.ir.primitives import PRIMITIVES
-from dlc.compiler.frontend.values import (FUNCTIONS, LITERALS, STATIC_OPS, Builtin, Env, Func, Layer,
-                                         Partial, describe, literal, spelled, static_binary)
+from dlc.compiler.frontend.values import (
+    FUNCTIONS,
+    LITERALS,
+    STATIC_OPS,
+    Builtin,
+    Env,
+    Func,
+    Layer,
+    Partial,
+    describe,
+    literal,
+    spelled,
+    static_binary,
+)
 
 INT_DTYPES = ("i32", "i64")
 
@@ -35,11 +48,17 @@ MAX_ITEMS = 1_000_000
 
 # ---- the evaluator ---------------------------------------------------------------------------
 class Evaluator(Indexing, Scans):
-    def __init__(self, globals_: Env, training: bool, replicas: int = 1, seconds: float | None = None,
-                 initial_values: bool = True):
+    def __init__(
+        self,
+        globals_: Env,
+        training: bool,
+        replicas: int = 1,
+        seconds: float | None = None,
+        initial_values: bool = True,
+    ):
         self.globals = globals_
         self.training = training
-        self.reads_training = False        # whether the model looked `training` up: else both modes build the same
+        self.reads_training = False  # whether the model looked `training` up: else both modes build the same
         # False for a check (`dlc check`, the language server), which never reads initial values:
         # each initializer is called once per parameter type, for its errors (the nodes of the
         # calls left out still count to the limit), and the model gets no init graph. Those
@@ -47,32 +66,32 @@ class Evaluator(Indexing, Scans):
         self.initial_values = initial_values
         # (id of an initializer, parameter type) -> (it, kept so that its id stays its own; the nodes its call made)
         self.initializers_called: dict = {}
-        self.replicas = replicas        # ranks whose batch statistics are one (sync_batchnorm), else 1
+        self.replicas = replicas  # ranks whose batch statistics are one (sync_batchnorm), else 1
         self.budget = NodeBudget(seconds)  # the nodes (and seconds) this build may still take, in all its graphs
-        self.remat = None                  # the train block's `remat = k`: checkpoint the library's recurrences
+        self.remat = None  # the train block's `remat = k`: checkpoint the library's recurrences
         self.forward = Graph("forward", budget=self.budget)
-        self.graph = self.forward          # the graph nodes go into: the forward graph, a scan body, the init graph
+        self.graph = self.forward  # the graph nodes go into: the forward graph, a scan body, the init graph
         self.init = Graph("init", budget=self.budget)
         self.root_scope = ParamScope("", None)
         self.scope = self.root_scope
         self.label = ""
-        self.stack: list = []              # (Func, call span) of active calls
-        self.param_nodes: list = []        # (node, scope, local name, trainable, span)
-        self.state_of: dict = {}           # state param node -> name in scope
+        self.stack: list = []  # (Func, call span) of active calls
+        self.param_nodes: list = []  # (node, scope, local name, trainable, span)
+        self.state_of: dict = {}  # state param node -> name in scope
         self.inputs: list = []
         self.bindings: list = []
-        self.def_values: list = []         # (name, value as written, its span, the call's span) in the user's defs
-        self.updates: dict = {}            # state param node -> its new value
-        self.init_values: list = []        # initial value (in self.init) of each param node
-        self.repeat_index: tuple = ()      # indices of the enclosing repeat loops
-        self.repeat_steps = 0              # steps of every repeat run so far
-        self.captures: dict = {}           # (body graph id, outer key) -> body arg tensor
-        self.sequences: dict = {}          # (body graph id, outer key, axis) -> body arg tensor
+        self.def_values: list = []  # (name, value as written, its span, the call's span) in the user's defs
+        self.updates: dict = {}  # state param node -> its new value
+        self.init_values: list = []  # initial value (in self.init) of each param node
+        self.repeat_index: tuple = ()  # indices of the enclosing repeat loops
+        self.repeat_steps = 0  # steps of every repeat run so far
+        self.captures: dict = {}  # (body graph id, outer key) -> body arg tensor
+        self.sequences: dict = {}  # (body graph id, outer key, axis) -> body arg tensor
         self.rng_keys: dict = {}
         # which layer each forward node belongs to (named in build): the forward graph's nodes
         # [first, end) were made during a def call (innermost calls first) or a model statement
-        self.call_nodes: list = []         # (first, end, ParamScope of the call, call span, its options)
-        self.statement_nodes: list = []    # (first, end, binding name of the model statement, its span)
+        self.call_nodes: list = []  # (first, end, ParamScope of the call, call span, its options)
+        self.statement_nodes: list = []  # (first, end, binding name of the model statement, its span)
 
     # -- errors --------------------------------------------------------------------------------
     def fail(self, message: str, span: Span, notes=()):
@@ -170,8 +189,20 @@ class Evaluator(Indexing, Scans):
                 self.fail(f"two parameters are both named '{p.name}'", p.span, [("the other one", seen[p.name])])
             seen[p.name] = p.span
         init = self.init if self.initial_values else None
-        return Model(model.name, self.graph, init, self.inputs, params, self.training, train, model.span,
-                     self.bindings, self.layer_types(), self.calls(), self.def_values)
+        return Model(
+            model.name,
+            self.graph,
+            init,
+            self.inputs,
+            params,
+            self.training,
+            train,
+            model.span,
+            self.bindings,
+            self.layer_types(),
+            self.calls(),
+            self.def_values,
+        )
 
     def name_layers(self):
         """Set `layer` on the forward graph's nodes (graph.layer_of): the name prefix of the
@@ -191,22 +222,26 @@ class Evaluator(Indexing, Scans):
 
     def calls(self) -> list:
         """Every def call and named model statement (model.CallNodes), for the graph page."""
-        return [CallNodes(first, end, scope.defn.name, scope.path, span, options)
-                for first, end, scope, span, options in self.call_nodes] + \
-               [CallNodes(first, end, "", name, span) for first, end, name, span in self.statement_nodes if name]
+        return [
+            CallNodes(first, end, scope.defn.name, scope.path, span, options)
+            for first, end, scope, span, options in self.call_nodes
+        ] + [CallNodes(first, end, "", name, span) for first, end, name, span in self.statement_nodes if name]
 
     def layer_types(self) -> dict:
         """Each layer name_layers sets -> what made it: the def whose call names its parameters
         (the outermost, when a call and the one it makes share a name), or for a model
         statement's layer the defs its own calls called ("conv2d, batchnorm, relu")."""
         types: dict = {}
-        for _, _, scope, *_ in self.call_nodes:         # innermost calls first: an outer one overwrites
+        for _, _, scope, *_ in self.call_nodes:  # innermost calls first: an outer one overwrites
             if scope.path:
                 types[scope.path] = scope.defn.name
         for first, end, name, _ in self.statement_nodes:
             if name and name not in types:
-                made = [scope.defn.name for f, e, scope, *_ in self.call_nodes
-                        if scope.parent is self.root_scope and first <= f and e <= end]
+                made = [
+                    scope.defn.name
+                    for f, e, scope, *_ in self.call_nodes
+                    if scope.parent is self.root_scope and first <= f and e <= end
+                ]
                 types[name] = ", ".join(dict.fromkeys(made))
         return types
 
@@ -220,7 +255,7 @@ class Evaluator(Indexing, Scans):
             first = self.forward._next
             with self.graph.at(s.span):
                 result = self.statement(s, env, in_model, in_def, in_scan)
-            if in_model:        # the binding name a statement sets, as the label of the calls in it
+            if in_model:  # the binding name a statement sets, as the label of the calls in it
                 named = isinstance(s, (syntax.Assign, syntax.Loss, syntax.Metric, syntax.Output))
                 self.statement_nodes.append((first, self.forward._next, self.label if named else "", s.span))
             if result is not None:
@@ -233,7 +268,7 @@ class Evaluator(Indexing, Scans):
             calls = len(self.call_nodes)
             value = self.expr(s.value, env)
             self.bind_targets(s, value, env, in_model)
-            env.layers[s.targets[0]] = self.layers_since(calls)     # for s.targets[0].W
+            env.layers[s.targets[0]] = self.layers_since(calls)  # for s.targets[0].W
         elif isinstance(s, syntax.ParamDecl):
             if in_scan:
                 self.fail("declare parameters outside the scan; the body can use them", s.span)
@@ -259,10 +294,13 @@ class Evaluator(Indexing, Scans):
                 self.fail("repeat needs concrete bounds", s.span)
             steps = max(stop - start, 0)
             if self.repeat_steps + steps > MAX_REPEAT_STEPS:
-                self.fail(f"too many repeat steps: this repeat runs {steps} steps after {self.repeat_steps} already "
-                          f"run, and a model runs at most {MAX_REPEAT_STEPS:,} in all its repeats", s.span)
+                self.fail(
+                    f"too many repeat steps: this repeat runs {steps} steps after {self.repeat_steps} already "
+                    f"run, and a model runs at most {MAX_REPEAT_STEPS:,} in all its repeats",
+                    s.span,
+                )
             self.repeat_steps += steps
-            fewest = None       # the fewest graph nodes a step has made so far
+            fewest = None  # the fewest graph nodes a step has made so far
             for i in range(start, stop):
                 env.vars[s.var] = i
                 self.repeat_index += (i,)
@@ -275,13 +313,19 @@ class Evaluator(Indexing, Scans):
                 fewest = made if fewest is None else min(fewest, made)
                 if i > start and fewest * (stop - 1 - i) > self.budget.left:
                     # refused now, not after building nodes for seconds until the budget runs out
-                    self.fail(f"this repeat of {steps:,} steps makes at least {fewest:,} graph nodes a step, more "
-                              f"than the {self.budget.total:,} a model may have; use scan for a long loop", s.span)
+                    self.fail(
+                        f"this repeat of {steps:,} steps makes at least {fewest:,} graph nodes a step, more "
+                        f"than the {self.budget.total:,} a model may have; use scan for a long loop",
+                        s.span,
+                    )
         elif isinstance(s, syntax.If):
             cond = self.expr(s.cond, env)
             if not isinstance(cond, bool):
-                self.fail(f"if needs a static condition (true or false), got {describe(cond)}; "
-                          "for tensors use select(cond, a, b)", s.cond.span)
+                self.fail(
+                    f"if needs a static condition (true or false), got {describe(cond)}; "
+                    "for tensors use select(cond, a, b)",
+                    s.cond.span,
+                )
             return self.block(s.then if cond else s.other, env, in_model, in_def, in_scan)
         elif isinstance(s, syntax.Def):
             if s.name in env.vars:
@@ -345,8 +389,9 @@ class Evaluator(Indexing, Scans):
             self.label = "loss"
             loss = self.tensor(self.expr(s.value, env), s.span, "loss")
             if loss.rank != 0:
-                self.fail(f"the loss must be a scalar, got {loss.type}; reduce it with mean(...) or sum(...)",
-                          s.value.span)
+                self.fail(
+                    f"the loss must be a scalar, got {loss.type}; reduce it with mean(...) or sum(...)", s.value.span
+                )
             if not loss.type.is_float:
                 self.fail(f"the loss must be a float, got {loss.type}", s.value.span)
             g.outputs["loss"] = loss
@@ -382,14 +427,21 @@ class Evaluator(Indexing, Scans):
         while root.parent is not None:
             root = root.parent
         if root is self.init:
-            self.fail(f"an initializer cannot declare a parameter ('{s.name}'); it makes one value from the "
-                      "shape it is given", s.span)
-        if self.scope.replay:                 # a later call of a shared name reuses the first call's weights
+            self.fail(
+                f"an initializer cannot declare a parameter ('{s.name}'); it makes one value from the "
+                "shape it is given",
+                s.span,
+            )
+        if self.scope.replay:  # a later call of a shared name reuses the first call's weights
             shared = self.scope.shared_call()
             first = [(f"the first call named '{shared.label}'", shared.first_call)]
             if s.name not in self.scope.params:
-                self.fail(f"the first call named '{shared.label}' has no parameter '{s.name}': "
-                          "calls that share a name must declare the same parameters", s.span, first)
+                self.fail(
+                    f"the first call named '{shared.label}' has no parameter '{s.name}': "
+                    "calls that share a name must declare the same parameters",
+                    s.span,
+                    first,
+                )
             node = self.scope.params[s.name]
             have = root.types(node)[0]
             if have != typ:
@@ -410,11 +462,11 @@ class Evaluator(Indexing, Scans):
         outer, scope, calls = self.graph, self.scope, self.call_nodes
         self.graph, self.scope, self.call_nodes = self.init, ParamScope("", None), []
         try:
-            with self.init.at(outer.span), self.init.at(s.span):      # under the user's call, as in the model
+            with self.init.at(outer.span), self.init.at(s.span):  # under the user's call, as in the model
                 init = self.expr(s.init, env) if s.init is not None else self.globals.lookup("zeros")
                 called = self.initializers_called.get((id(init), typ))
                 if called is not None:
-                    for _ in range(called[1]):       # the nodes a call would make count as made
+                    for _ in range(called[1]):  # the nodes a call would make count as made
                         self.budget.spend(self.init.span)
                     return None
                 first, keyed = self.init._next, id(self.init) in self.rng_keys
@@ -424,15 +476,17 @@ class Evaluator(Indexing, Scans):
                 elif isinstance(init, (int, float)) and not isinstance(init, bool):
                     value = ops.full(self.init, typ.shape, float(init), typ.dtype)
                 else:
-                    self.fail(f"unknown initializer: expected a function such as he_normal or a number, "
-                              f"got {describe(init)}", s.init.span)
+                    self.fail(
+                        f"unknown initializer: expected a function such as he_normal or a number, got {describe(init)}",
+                        s.init.span,
+                    )
                 value = self.tensor(value, s.span, "initializer")
                 if value.shape != typ.shape:
                     value = ops.broadcast_to(value, typ.shape) if value.rank == 0 else value
                 if value.shape != typ.shape:
                     self.fail(f"the initializer made {value.type}, the parameter is {typ}", s.span)
                 value = ops.cast(value, typ.dtype)
-                if not self.initial_values:       # the random key, made once, not counted again
+                if not self.initial_values:  # the random key, made once, not counted again
                     made = self.init._next - first - (not keyed and id(self.init) in self.rng_keys)
                     self.initializers_called[id(init), typ] = (init, made)
                 return value
@@ -486,22 +540,32 @@ class Evaluator(Indexing, Scans):
             else:
                 self.fail(f"{func}: argument '{arg}' must be a tensor {ann_str(ann)}, got {describe(value)}", span)
         want = ann.dtype
-        ok = (value.type.is_float if want in FLOAT_DTYPES else
-              value.dtype in INT_DTYPES if want in INT_DTYPES else value.dtype == want)
+        ok = (
+            value.type.is_float
+            if want in FLOAT_DTYPES
+            else value.dtype in INT_DTYPES
+            if want in INT_DTYPES
+            else value.dtype == want
+        )
         if not ok:
             kind = {"f32": "a float", "f64": "a float", "i32": "an integer", "i64": "an integer"}.get(want, "a bool")
-            self.fail(f"{func}: argument '{arg}' must be {kind} tensor {ann_str(ann)}, got {value.type}", span,
-                      origin(value))
-        has_rest = any(isinstance(d, syntax.AnyDims) for d in ann.dims)   # at most one: checked at the def
+            self.fail(
+                f"{func}: argument '{arg}' must be {kind} tensor {ann_str(ann)}, got {value.type}", span, origin(value)
+            )
+        has_rest = any(isinstance(d, syntax.AnyDims) for d in ann.dims)  # at most one: checked at the def
         fixed = [d for d in ann.dims if not isinstance(d, syntax.AnyDims)]
         if (value.rank < len(fixed)) if has_rest else (value.rank != len(fixed)):
-            self.fail(f"{func}: argument '{arg}' must have rank {'at least ' if has_rest else ''}{len(fixed)} "
-                      f"{ann_str(ann)}, got {value.type}", span, origin(value))
+            self.fail(
+                f"{func}: argument '{arg}' must have rank {'at least ' if has_rest else ''}{len(fixed)} "
+                f"{ann_str(ann)}, got {value.type}",
+                span,
+                origin(value),
+            )
         split = next((i for i, d in enumerate(ann.dims) if isinstance(d, syntax.AnyDims)), len(ann.dims))
         after = len(ann.dims) - split - 1 if has_rest else 0
         pairs = list(zip(ann.dims[:split], value.shape[:split]))
         if has_rest and after:
-            pairs += list(zip(ann.dims[split + 1:], value.shape[value.rank - after:]))
+            pairs += list(zip(ann.dims[split + 1 :], value.shape[value.rank - after :]))
         for d, actual in pairs:
             if isinstance(d, syntax.Name) and not env.defines(d.id):
                 env.vars[d.id] = actual
@@ -510,12 +574,18 @@ class Evaluator(Indexing, Scans):
             expected = self.dim_value(self.expr(d, env), d.span)
             if expected != actual:
                 site = env.vars.get("__dim_sites__", {}).get(getattr(d, "id", None))
-                if site is not None:   # a dim name this call bound from an earlier argument
-                    self.fail(f"{func}: {d.id} is {actual} here but {expected} in an earlier argument "
-                              f"('{arg}' is {value.type})", span,
-                              [(f"{d.id} became {expected} here", site)] + origin(value))
-                self.fail(f"{func}: argument '{arg}' must be {ann_str(ann)}, got {value.type} "
-                          f"({actual} vs {expected})", span, origin(value))
+                if site is not None:  # a dim name this call bound from an earlier argument
+                    self.fail(
+                        f"{func}: {d.id} is {actual} here but {expected} in an earlier argument "
+                        f"('{arg}' is {value.type})",
+                        span,
+                        [(f"{d.id} became {expected} here", site)] + origin(value),
+                    )
+                self.fail(
+                    f"{func}: argument '{arg}' must be {ann_str(ann)}, got {value.type} ({actual} vs {expected})",
+                    span,
+                    origin(value),
+                )
         return value
 
     # -- expressions -----------------------------------------------------------------------------------------
@@ -528,17 +598,18 @@ class Evaluator(Indexing, Scans):
             value = self.lookup(e.id, env, e.span)
             if not isinstance(value, (Tensor, tuple)) or isinstance(value, Tensor) and value.graph is self.graph:
                 return value
-            with self.graph.at(e.span):     # made usable here: captured into a scan body
+            with self.graph.at(e.span):  # made usable here: captured into a scan body
                 return self.local(value)
         try:
             with self.graph.at(e.span):
                 return self._expr(e, env)
-        except RecursionError:      # raised again by the frames too deep to make the error, until one can
-            raise DlcError.at_user_line(f"expressions nest too deeply here to compile ({NESTING_ADVICE})",
-                                        e.span) from None
+        except RecursionError:  # raised again by the frames too deep to make the error, until one can
+            raise DlcError.at_user_line(
+                f"expressions nest too deeply here to compile ({NESTING_ADVICE})", e.span
+            ) from None
 
     def _expr(self, e, env: Env):
-        if isinstance(e, syntax.Name):      # `params`, the trainable parameters, usable here
+        if isinstance(e, syntax.Name):  # `params`, the trainable parameters, usable here
             return self.local(self.lookup(e.id, env, e.span))
         if isinstance(e, syntax.Tuple):
             return tuple(self.expr(x, env) for x in e.items)
@@ -558,8 +629,11 @@ class Evaluator(Indexing, Scans):
         if isinstance(e, syntax.Ternary):
             cond = self.expr(e.cond, env)
             if not isinstance(cond, bool):
-                self.fail(f"`if c then a else b` needs a static condition, got {describe(cond)}; "
-                          "for tensors use select(c, a, b)", e.cond.span)
+                self.fail(
+                    f"`if c then a else b` needs a static condition, got {describe(cond)}; "
+                    "for tensors use select(c, a, b)",
+                    e.cond.span,
+                )
             return self.expr(e.then if cond else e.other, env)
         if isinstance(e, syntax.CallExpr):
             func = self.expr(e.func, env)
@@ -627,17 +701,26 @@ class Evaluator(Indexing, Scans):
         elif isinstance(v, Tensor) and isinstance(e.value, syntax.Name) and env.layers_of(e.value.id):
             scopes = env.layers_of(e.value.id)
             if len(scopes) > 1:
-                self.fail(f"'{what}' is made by {len(scopes)} calls with parameters; bind the one whose "
-                          f"'{e.name}' you mean to a name of its own", e.span)
+                self.fail(
+                    f"'{what}' is made by {len(scopes)} calls with parameters; bind the one whose "
+                    f"'{e.name}' you mean to a name of its own",
+                    e.span,
+                )
             scope = scopes[0]
         else:
-            extra = "; a layer's parameters are named through the binding of its call, as in emb.W" \
-                if isinstance(v, Tensor) else ""
+            extra = (
+                "; a layer's parameters are named through the binding of its call, as in emb.W"
+                if isinstance(v, Tensor)
+                else ""
+            )
             self.fail(f"{describe(v)} has no attribute '{e.name}'{extra}", e.span)
         found = scope.member(e.name)
         if found is None:
-            self.fail(f"the layer {what} has no parameter '{e.name}'{did_you_mean(e.name, scope.members())} "
-                      f"(it has: {', '.join(f'{what}.{m}' for m in scope.members())})", e.span)
+            self.fail(
+                f"the layer {what} has no parameter '{e.name}'{did_you_mean(e.name, scope.members())} "
+                f"(it has: {', '.join(f'{what}.{m}' for m in scope.members())})",
+                e.span,
+            )
         return Layer(found, f"{what}.{e.name}") if isinstance(found, ParamScope) else self.param_tensor(found)
 
     def bool_tensor(self, v, span):
@@ -690,13 +773,14 @@ class Evaluator(Indexing, Scans):
     def tensor_arithmetic(self, e: syntax.Binary, a, b) -> Tensor:
         """A tensor with a tensor, number, dim or array literal: an elementwise primitive."""
         for v, side in ((a, e.left), (b, e.right)):
-            if not isinstance(v, (Tensor, int, float, Dim)) and \
-                    not (isinstance(v, tuple) and _array_literal(v) is not None):
+            if not isinstance(v, (Tensor, int, float, Dim)) and not (
+                isinstance(v, tuple) and _array_literal(v) is not None
+            ):
                 self.fail(f"cannot use {describe(v)} in arithmetic with a tensor", side.span)
         a = a if isinstance(a, (Tensor, int, float)) and not isinstance(a, bool) else self.tensor(a, e.left.span)
         b = b if isinstance(b, (Tensor, int, float)) and not isinstance(b, bool) else self.tensor(b, e.right.span)
         if e.op == "^" and isinstance(a, Tensor) and isinstance(b, (int, float)) and b in (1, 2, 3, 4):
-            out = a                      # small integer powers multiply: exact and cheap to differentiate
+            out = a  # small integer powers multiply: exact and cheap to differentiate
             for _ in range(int(b) - 1):
                 out = ops.mul(out, a)
             return out
@@ -719,8 +803,11 @@ class Evaluator(Indexing, Scans):
     def dim_arithmetic(self, e: syntax.Binary, a, b):
         """Dims with dims or integers: +, -, * and a division that leaves no remainder."""
         if not (is_dim(a) and is_dim(b)) or e.op not in ("+", "-", "*", "/", "//"):
-            hint = "; dims are integers: float(d) is a dim's value as a tensor" \
-                if isinstance(a, float) or isinstance(b, float) else ""
+            hint = (
+                "; dims are integers: float(d) is a dim's value as a tensor"
+                if isinstance(a, float) or isinstance(b, float)
+                else ""
+            )
             self.fail(f"cannot apply {e.op} to {describe(a)} and {describe(b)}{hint}", e.span)
         if e.op in ("+", "-", "*"):
             return STATIC_OPS[e.op](a, b)
@@ -764,7 +851,7 @@ class Evaluator(Indexing, Scans):
                 raise
         name = func_expr.id if isinstance(func_expr, syntax.Name) else None
         message = f"{repr(name) if name else 'this'} is {describe(func)}, not a function"
-        if isinstance(func, str) and self.globals.defines(func):        # act = "relu"
+        if isinstance(func, str) and self.globals.defines(func):  # act = "relu"
             message += f"; a function is passed by its name, without quotes: {f'{name} = ' if name else ''}{func}"
         self.fail(message, span)
 
@@ -795,8 +882,12 @@ class Evaluator(Indexing, Scans):
     def call_def(self, func: Func, args, kwargs, span: Span):
         decl = func.decl
         if any(f is func.decl for f, _ in self.stack):
-            self.fail(f"'{decl.name}' calls itself; definitions are expanded at compile time, so recursion "
-                      "is not allowed (use repeat or scan)", span, [(f"'{decl.name}' is defined here", decl.span)])
+            self.fail(
+                f"'{decl.name}' calls itself; definitions are expanded at compile time, so recursion "
+                "is not allowed (use repeat or scan)",
+                span,
+                [(f"'{decl.name}' is defined here", decl.span)],
+            )
         names = [a.name for a in decl.args]
         explicit = None
         if "name" in kwargs and "name" not in names:
@@ -804,8 +895,11 @@ class Evaluator(Indexing, Scans):
             if not isinstance(explicit, str):
                 self.fail("name= must be a string", nspan)
         if len(args) > len(names):
-            self.fail(f"{decl.name} takes {len(names)} argument{'s' if len(names) != 1 else ''}, got {len(args)}",
-                      span, [(f"'{decl.name}' is defined here", decl.span)])
+            self.fail(
+                f"{decl.name} takes {len(names)} argument{'s' if len(names) != 1 else ''}, got {len(args)}",
+                span,
+                [(f"'{decl.name}' is defined here", decl.span)],
+            )
         self.check_keywords(decl, kwargs)
         for k, (_, kspan) in kwargs.items():
             if names.index(k) < len(args):
@@ -819,8 +913,9 @@ class Evaluator(Indexing, Scans):
             elif a.default is not None:
                 value, vspan = self.expr(a.default, env), a.default.span
             else:
-                self.fail(f"{decl.name}: missing argument '{a.name}'", span,
-                          [(f"'{decl.name}' is defined here", decl.span)])
+                self.fail(
+                    f"{decl.name}: missing argument '{a.name}'", span, [(f"'{decl.name}' is defined here", decl.span)]
+                )
             if isinstance(a.type, syntax.TensorTypeExpr):
                 try:
                     value = self.match_type(a.type, value, env, decl.name, a.name, vspan)
@@ -832,8 +927,9 @@ class Evaluator(Indexing, Scans):
                 self.check_static(a.type.kind, value, decl.name, a.name, vspan)
             env.vars[a.name] = value
             self.record_def_value(a.name, value, a.span, span)
-        options = tuple((a.name, spelled(v)) for a, v in zip(decl.args, map(env.vars.get, names))
-                        if not isinstance(v, Tensor))
+        options = tuple(
+            (a.name, spelled(v)) for a, v in zip(decl.args, map(env.vars.get, names)) if not isinstance(v, Tensor)
+        )
         saved_scope, saved_label = self.scope, self.label
         label = self.label if explicit is None else ".".join(p for p in (explicit, *map(str, self.repeat_index)) if p)
         self.scope = self.scope.child(label, explicit is not None, span, decl)
@@ -841,7 +937,7 @@ class Evaluator(Indexing, Scans):
         self.stack.append((decl, span))
         first = self.forward._next
         try:
-            with self.graph.at(span):       # the library's nodes remember this call (Span.caller)
+            with self.graph.at(span):  # the library's nodes remember this call (Span.caller)
                 result = self.block(decl.body, env, in_def=True)
         except DlcError as e:
             self.repoint(e, decl, span)
@@ -857,7 +953,7 @@ class Evaluator(Indexing, Scans):
     def made_by(self, t: Tensor) -> str | None:
         """The def whose call in the user's program made a forward tensor (its node lies in
         the call's nodes and the call is where the tensor was made), for notes: "by dense"."""
-        for first, end, scope, call, _ in self.call_nodes:        # innermost calls end first
+        for first, end, scope, call, _ in self.call_nodes:  # innermost calls end first
             if t.graph is self.forward and first <= t.node < end and call == t.made_at:
                 return scope.defn.name
         return None
@@ -867,26 +963,37 @@ class Evaluator(Indexing, Scans):
         names = [a.name for a in decl.args]
         for k, (_, kspan) in kwargs.items():
             if k not in names and k != "name":
-                self.fail(f"{decl.name} has no argument named '{k}'{did_you_mean(k, names)}",
-                          kspan, [(f"'{decl.name}' is defined here", decl.span)])
+                self.fail(
+                    f"{decl.name} has no argument named '{k}'{did_you_mean(k, names)}",
+                    kspan,
+                    [(f"'{decl.name}' is defined here", decl.span)],
+                )
 
     def repoint(self, e: DlcError, decl: syntax.Def, call_span: Span):
         """An error inside the standard library is reported at the user's call."""
-        if e.span is not None and e.span.file.startswith(STDLIB_PREFIX) and \
-                not call_span.file.startswith(STDLIB_PREFIX):
+        if (
+            e.span is not None
+            and e.span.file.startswith(STDLIB_PREFIX)
+            and not call_span.file.startswith(STDLIB_PREFIX)
+        ):
             e.notes.append((f"inside {decl.name} (standard library)", e.span))
             e.span = call_span
         elif e.span is not None and e.span != call_span and not any("called here" in n for n, _ in e.notes[-1:]):
             e.notes.append((f"in the call of {decl.name} here", call_span))
 
     def check_static(self, kind: str, value, func, arg, span):
-        ok = {"int": lambda v: isinstance(v, (int, Dim)) and not isinstance(v, bool),
-              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
-              "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str),
-              "fn": lambda v: isinstance(v, FUNCTIONS), "dim": lambda v: isinstance(v, (int, Dim)),
-              "tuple": lambda v: isinstance(v, tuple)}[kind]
+        ok = {
+            "int": lambda v: isinstance(v, (int, Dim)) and not isinstance(v, bool),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": lambda v: isinstance(v, bool),
+            "str": lambda v: isinstance(v, str),
+            "fn": lambda v: isinstance(v, FUNCTIONS),
+            "dim": lambda v: isinstance(v, (int, Dim)),
+            "tuple": lambda v: isinstance(v, tuple),
+        }[kind]
         if not ok(value):
             self.fail(f"{func}: argument '{arg}' must be {kind}, got {describe(value)}", span)
+
 
 # ---- helpers ---------------------------------------------------------------------------------------------------------
 STATIC_KINDS = ("int", "float", "bool", "str", "fn", "dim", "tuple")
@@ -900,8 +1007,11 @@ def check_def(decl: syntax.Def):
             raise DlcError(f"argument '{a.name}' appears twice in {decl.name}", a.span)
         seen.add(a.name)
         if isinstance(a.type, syntax.StaticType) and a.type.kind not in STATIC_KINDS:
-            raise DlcError(f"unknown argument kind '{a.type.kind}' (use {', '.join(STATIC_KINDS)} or a tensor type "
-                           "such as f32[B, n])", a.type.span)
+            raise DlcError(
+                f"unknown argument kind '{a.type.kind}' (use {', '.join(STATIC_KINDS)} or a tensor type "
+                "such as f32[B, n])",
+                a.type.span,
+            )
         if isinstance(a.type, syntax.TensorTypeExpr):
             rest = [d for d in a.type.dims if isinstance(d, syntax.AnyDims)]
             if len(rest) > 1:
@@ -917,7 +1027,7 @@ def first_argument(func) -> str | None:
         first = func.decl.args[0] if func.decl.args else None
         return first.name if first is not None and first.default is None else None
     if isinstance(func, Builtin):
-        params = list(_signature(func.fn).parameters.values())[1:]      # after the evaluator
+        params = list(_signature(func.fn).parameters.values())[1:]  # after the evaluator
         if params and params[0].kind is params[0].POSITIONAL_OR_KEYWORD and params[0].default is params[0].empty:
             return params[0].name
     return None
@@ -931,8 +1041,11 @@ def axis_at_end(func: Builtin, args: list):
         return
     value, span = args[-1]
     if isinstance(value, int) and not isinstance(value, bool):
-        raise DlcError(f"{func.name} takes its tensors positionally and the axis by name; "
-                       f"did you mean 'axis = {span.text() or value}'?", span)
+        raise DlcError(
+            f"{func.name} takes its tensors positionally and the axis by name; "
+            f"did you mean 'axis = {span.text() or value}'?",
+            span,
+        )
 
 
 def keyword_form(decl: syntax.Def, args: list) -> str:
@@ -942,8 +1055,10 @@ def keyword_form(decl: syntax.Def, args: list) -> str:
     if len(args) > len(names):
         return ""
     given = ", ".join(f"{name} = {span.text() or '...'}" for name, (_, span) in zip(names, args))
-    return f"; to pass {decl.name} as a function with its first argument left out, give the others by name: " \
-           f"{decl.name}({given})"
+    return (
+        f"; to pass {decl.name} as a function with its first argument left out, give the others by name: "
+        f"{decl.name}({given})"
+    )
 
 
 def ann_str(t: syntax.TensorTypeExpr) -> str:
@@ -982,4 +1097,4 @@ def _static_operand(v) -> bool:
     return isinstance(v, (int, float, Dim)) or isinstance(v, str)
 
 
-_signature = functools.cache(inspect.signature)     # a builtin's, checked at every call
+_signature = functools.cache(inspect.signature)  # a builtin's, checked at every call

@@ -10,6 +10,7 @@ train block's consecutive settings are aligned. The AST tells what the tokens al
 where each statement starts and which `-` is unary. The result is parsed again and must
 give the same AST, or the file is left alone.
 """
+
 from __future__ import annotations
 
 import codecs
@@ -23,11 +24,11 @@ from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.frontend import syntax
 
 INDENT = 4
-LINE_WIDTH = 120        # a longer line is broken (_wrap_at), its trailing comment aside
-COMMENT_GAP = 2         # spaces between the longest line of a run and its aligned comments
+LINE_WIDTH = 120  # a longer line is broken (_wrap_at), its trailing comment aside
+COMMENT_GAP = 2  # spaces between the longest line of a run and its aligned comments
 _OPENERS = {"(": ")", "[": "]", "{": "}"}
 _STATEMENT_LISTS = ("items", "body", "then", "other", "settings")
-_TIGHT = {".", "..", "^"}       # no space on either side
+_TIGHT = {".", "..", "^"}  # no space on either side
 # the words after which an expression starts: `return (a, b)`, not a call `return(a, b)`
 _BEFORE_EXPRESSION = {"return", "yield", "loss", "if", "then", "else", "and", "or", "not", "in"}
 # a model's declarations line up: `input  x`, `target y`, `loss   l`, `metric m = ...`
@@ -38,6 +39,7 @@ DECLARATION_WIDTH = 6
 @dataclass
 class _Line:
     """A source line's code tokens, its trailing or own-line comment, and the blank lines before it."""
+
     tokens: list = field(default_factory=list)
     comment: str = ""
     blanks_before: int = 0
@@ -46,11 +48,12 @@ class _Line:
 @dataclass
 class _Positions:
     """What the AST says about token positions (line, col)."""
+
     statements: set = field(default_factory=set)
-    settings: dict = field(default_factory=dict)    # a train block's settings: the block's line
+    settings: dict = field(default_factory=dict)  # a train block's settings: the block's line
     declarations: set = field(default_factory=set)  # input, target, param, ... in a model's body
-    unary: set = field(default_factory=set)         # unary minus signs
-    callees: set = field(default_factory=set)       # names called: `f` in `f(x)`
+    unary: set = field(default_factory=set)  # unary minus signs
+    callees: set = field(default_factory=set)  # names called: `f` in `f(x)`
 
 
 def format_text(text: str, filename: str = "<input>", width: int = LINE_WIDTH) -> str:
@@ -61,8 +64,11 @@ def format_text(text: str, filename: str = "<input>", width: int = LINE_WIDTH) -
     _collect(module, positions)
     out = _render(_lines(text), positions, width)
     if syntax.parse(out, filename + " (formatted)") != module:
-        raise DlcError("dlc fmt would change what this file means, so it is left as it is "
-                       "(a bug of dlc fmt: please report it with the file)", Span(filename, 1, 1))
+        raise DlcError(
+            "dlc fmt would change what this file means, so it is left as it is "
+            "(a bug of dlc fmt: please report it with the file)",
+            Span(filename, 1, 1),
+        )
     return out
 
 
@@ -72,7 +78,7 @@ def format_source(text: str, filename: str = "<input>", width: int = LINE_WIDTH)
     (as ruff's formatter keeps them), its byte order mark kept."""
     bom = "\ufeff" if text.startswith("\ufeff") else ""
     line_end = re.search(r"\r\n?|\n", text)
-    formatted = format_text(syntax.universal_newlines(text[len(bom):]), filename, width)
+    formatted = format_text(syntax.universal_newlines(text[len(bom) :]), filename, width)
     return bom + (formatted.replace("\n", line_end[0]) if line_end else formatted)
 
 
@@ -94,20 +100,26 @@ def format_files(paths: list[str], check: bool = False, out=None, width: int = L
             continue
         unformatted += 1
         if check:
-            out.writelines(difflib.unified_diff(text.splitlines(True), formatted.splitlines(True),
-                                                f"{path} (as written)", f"{path} (formatted)"))
+            out.writelines(
+                difflib.unified_diff(
+                    text.splitlines(True), formatted.splitlines(True), f"{path} (as written)", f"{path} (formatted)"
+                )
+            )
         else:
             try:
                 with open(path, "rb") as f:
-                    bom = f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8       # read_source drops it
+                    bom = f.read(len(codecs.BOM_UTF8)) == codecs.BOM_UTF8  # read_source drops it
                 with open(path, "w", encoding="utf-8-sig" if bom else "utf-8", newline="") as f:
                     f.write(formatted)
             except OSError as e:
                 raise DlcError(f"cannot write {path}: {e.strerror}") from None
             print(f"formatted {path}", file=out)
     if check and unformatted:
-        print(f"{unformatted} file{'s' if unformatted > 1 else ''} would be formatted (run `dlc fmt` on "
-              f"{'them' if unformatted > 1 else 'it'})", file=out)
+        print(
+            f"{unformatted} file{'s' if unformatted > 1 else ''} would be formatted (run `dlc fmt` on "
+            f"{'them' if unformatted > 1 else 'it'})",
+            file=out,
+        )
     return 1 if failed or (check and unformatted) else 0
 
 
@@ -175,12 +187,12 @@ def _lines(text: str) -> list[_Line]:
 @dataclass
 class _Open:
     char: str
-    close_indent: int       # the indent of a line that starts with the closing bracket
-    inner: int              # the indent of a line inside: a block's statements, or a continuation
+    close_indent: int  # the indent of a line that starts with the closing bracket
+    inner: int  # the indent of a line inside: a block's statements, or a continuation
 
 
 def _render(lines: list[_Line], positions: _Positions, width: int = LINE_WIDTH) -> str:
-    out: list[tuple[str, str, int | None]] = []   # (indent + code, comment, train block of a setting)
+    out: list[tuple[str, str, int | None]] = []  # (indent + code, comment, train block of a setting)
     stack: list[_Open] = []
     statement_indent, prev, before_prev = 0, None, []
     lines = list(lines)
@@ -194,8 +206,12 @@ def _render(lines: list[_Line], positions: _Positions, width: int = LINE_WIDTH) 
             indent = stack[-1].inner if stack else 0
         elif str(first) in ("}", ")", "]") and stack:
             indent = stack[-1].close_indent
-        elif (first.line, first.column) in positions.statements or (first.line, first.column) in positions.settings \
-                or str(first) == "else" and str(prev) == "}":      # an if statement's, not `a if c else b`
+        elif (
+            (first.line, first.column) in positions.statements
+            or (first.line, first.column) in positions.settings
+            or str(first) == "else"
+            and str(prev) == "}"
+        ):  # an if statement's, not `a if c else b`
             indent = statement_indent = stack[-1].inner if stack else 0
         else:
             indent = stack[-1].inner if stack and stack[-1].char != "{" else statement_indent + INDENT
@@ -205,8 +221,11 @@ def _render(lines: list[_Line], positions: _Positions, width: int = LINE_WIDTH) 
             if i and _space(prev, tok, before_prev, stack, positions):
                 code += " "
             depths.append((len(stack) - len(state[0]), stack[-1].char if stack else ""))
-            code += text.ljust(DECLARATION_WIDTH) if i == 0 and len(line.tokens) > 1 and \
-                (tok.line, tok.column) in positions.declarations else text
+            code += (
+                text.ljust(DECLARATION_WIDTH)
+                if i == 0 and len(line.tokens) > 1 and (tok.line, tok.column) in positions.declarations
+                else text
+            )
             if text in _OPENERS:
                 last = i == len(line.tokens) - 1
                 if text == "{":
@@ -221,8 +240,11 @@ def _render(lines: list[_Line], positions: _Positions, width: int = LINE_WIDTH) 
             prev = tok
             ends.append(len(code))
         cut = _wrap_at(line.tokens, ends, depths, width) if len(code) > width else None
-        if cut is not None:     # rendered again as two lines, the second a continuation (wrapped again if need be)
-            lines[k - 1:k] = [_Line(line.tokens[:cut], "", line.blanks_before), _Line(line.tokens[cut:], line.comment)]
+        if cut is not None:  # rendered again as two lines, the second a continuation (wrapped again if need be)
+            lines[k - 1 : k] = [
+                _Line(line.tokens[:cut], "", line.blanks_before),
+                _Line(line.tokens[cut:], line.comment),
+            ]
             k -= 1
             stack, statement_indent, prev, before_prev = state
             continue
@@ -242,7 +264,7 @@ def _wrap_at(tokens: list, ends: list, depths: list, width: int) -> int | None:
     closed at once), or before a `|>` outside brackets; the fewest brackets open first (the
     outermost call's arguments before an inner call's), and of those the last after which
     the line fits, else the first."""
-    candidates = []         # (brackets opened on the line and open there, index)
+    candidates = []  # (brackets opened on the line and open there, index)
     for i in range(1, len(tokens)):
         before, here, (opened, inner) = str(tokens[i - 1]), str(tokens[i]), depths[i]
         if here == "|>" and not opened:
@@ -267,7 +289,7 @@ def _space(prev, tok, before_prev: list, stack: list[_Open], positions: _Positio
     if t == "}":
         return p != "{"
     if t == ":":
-        return p == ","                 # a slice after another: `x[:, :2]`
+        return p == ","  # a slice after another: `x[:, :2]`
     if p == ":":
         return not (stack and stack[-1].char == "[")
     if t == "(":
@@ -276,11 +298,13 @@ def _space(prev, tok, before_prev: list, stack: list[_Open], positions: _Positio
         scan_options = len(before_prev) == 3 and str(before_prev[0]) == "scan" and str(before_prev[2]) == "in"
         if not p.isidentifier() or scan_options:
             return True
-        return p in _BEFORE_EXPRESSION and (prev.end_line, prev.end_column) not in positions.callees \
+        return (
+            p in _BEFORE_EXPRESSION
+            and (prev.end_line, prev.end_column) not in positions.callees
             and not (before_prev and str(before_prev[-1]) == "def")
+        )
     if t == "[":
-        return not (p in (")", "]") or p.startswith('"') or
-                    p.isidentifier() and p not in _BEFORE_EXPRESSION)
+        return not (p in (")", "]") or p.startswith('"') or p.isidentifier() and p not in _BEFORE_EXPRESSION)
     return True
 
 

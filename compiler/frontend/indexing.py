@@ -2,6 +2,7 @@
 applied to a shape (`zeros[B, units]`), and a sequence indexed by a scan's step variable
 (`xs[:, t]`, which makes it one of the scan's sequences). A part of the Evaluator
 (compiler/frontend/evaluator.py), which it mixes in."""
+
 from __future__ import annotations
 
 from dlc.compiler.frontend import syntax
@@ -16,10 +17,10 @@ class Indexing:
     def index(self, e: syntax.IndexExpr, env: Env):
         subs = [s if isinstance(s, (syntax.Slice, syntax.AnyDims)) else self.expr(s, env) for s in e.subscripts]
         if any(isinstance(s, LoopIndex) for s in subs) and isinstance(e.value, syntax.Name):
-            value = self.lookup(e.value.id, env, e.value.span)   # a sequence: sliced, not captured whole
+            value = self.lookup(e.value.id, env, e.value.span)  # a sequence: sliced, not captured whole
         else:
             value = self.expr(e.value, env)
-        if isinstance(value, FUNCTIONS):      # zeros[B, units]: an initializer applied to a shape
+        if isinstance(value, FUNCTIONS):  # zeros[B, units]: an initializer applied to a shape
             shape = tuple(self.dim_value(s, e.span) for s in subs)
             fan_in, fan_out = fans(shape)
             return self.call(value, [(shape, e.span), (fan_in, e.span), (fan_out, e.span)], {}, e.span)
@@ -74,8 +75,11 @@ class Indexing:
                 starts.append(i), stops.append(i + 1), steps.append(1)
                 drop.append(axis)
             else:
-                self.fail(f"a tensor index must be an integer, a slice or '...', got {describe(s)}; "
-                          "use gather(table, indices) to index with a tensor", e.span)
+                self.fail(
+                    f"a tensor index must be an integer, a slice or '...', got {describe(s)}; "
+                    "use gather(table, indices) to index with a tensor",
+                    e.span,
+                )
         out = ops.slice_(x, starts, stops, steps)
         if drop:
             out = ops.reshape(out, tuple(d for i, d in enumerate(out.shape) if i not in drop))
@@ -101,7 +105,7 @@ class Indexing:
         source = self.capture(x, self.graph.parent)
         key = (id(self.graph), source.key(), axis)
         if key not in self.sequences:
-            shape = source.shape[:axis] + source.shape[axis + 1:]
+            shape = source.shape[:axis] + source.shape[axis + 1 :]
             self.sequences[key] = self.new_arg(self.graph, TensorType(source.dtype, shape), ("sequence", source, axis))
         return self.sequences[key]
 

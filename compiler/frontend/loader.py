@@ -1,4 +1,5 @@
 """Loading .dl files: a file and its imports, the standard library, and the Program they make."""
+
 from __future__ import annotations
 
 import functools
@@ -21,14 +22,17 @@ class Program:
 
     def __init__(self, module: syntax.Module, globals_: Env, path: str, imported: dict, warnings: list):
         self.module, self.globals, self.path = module, globals_, path
-        self.imported = imported        # the path of each file imported -> the text read
-        self.warnings = warnings        # DlcErrors that do not stop a build (hides_builtin)
+        self.imported = imported  # the path of each file imported -> the text read
+        self.warnings = warnings  # DlcErrors that do not stop a build (hides_builtin)
         self.models, self.trains = {}, {}
         for item in module.items:
             if isinstance(item, syntax.ModelBlock):
                 if item.name in self.models:
-                    raise DlcError(f"model '{item.name}' is defined twice", item.span,
-                                   [("first definition", self.models[item.name].span)])
+                    raise DlcError(
+                        f"model '{item.name}' is defined twice",
+                        item.span,
+                        [("first definition", self.models[item.name].span)],
+                    )
                 self.models[item.name] = item
         for item in module.items:
             if isinstance(item, syntax.Train):
@@ -52,8 +56,9 @@ class Program:
         return self.models[name]
 
     @collector_paused()
-    def build(self, name: str | None = None, training: bool = True, replicas: int = 1,
-              seconds: float | None = None) -> Model:
+    def build(
+        self, name: str | None = None, training: bool = True, replicas: int = 1, seconds: float | None = None
+    ) -> Model:
         """`replicas`: the ranks of a data-parallel run whose batch statistics are computed
         over the global batch (`sync_batchnorm = true`); 1 leaves replica_mean out. `seconds`:
         a time budget (the language server's), past which the build stops with an error."""
@@ -78,8 +83,9 @@ class Program:
         return model
 
 
-def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list, defined: dict, loaded: dict,
-               warnings: list):
+def _load_into(
+    env: Env, module: syntax.Module, path: Path | None, loading: list, defined: dict, loaded: dict, warnings: list
+):
     """Define a module's defs and consts in env, its imports first. `loading` is the
     chain of files being imported (a cycle is an error); `loaded` the files done, each
     with the text read (a file imported twice, as in a diamond, is read once); `warnings`
@@ -103,17 +109,20 @@ def _load_into(env: Env, module: syntax.Module, path: Path | None, loading: list
             loaded[target] = text
         elif isinstance(item, (syntax.Def, syntax.ConstDecl)):
             if item.name in defined:
-                raise DlcError(f"'{item.name}' is defined twice", item.span,
-                               [("first definition", defined[item.name])])
+                raise DlcError(f"'{item.name}' is defined twice", item.span, [("first definition", defined[item.name])])
             defined[item.name] = item.span
             if isinstance(item, syntax.Def):
                 check_def(item)
                 env.vars[item.name] = Func(item, env)
             else:
                 value = Evaluator(env, training=None).expr(item.value, env)
-                if isinstance(value, Tensor) or (isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value)):
-                    raise DlcError(f"a const must be a static value (a number, string, bool or tuple), "
-                                   f"not {describe(value)}", item.value.span)
+                if isinstance(value, Tensor) or (
+                    isinstance(value, tuple) and any(isinstance(v, Tensor) for v in value)
+                ):
+                    raise DlcError(
+                        f"a const must be a static value (a number, string, bool or tuple), not {describe(value)}",
+                        item.value.span,
+                    )
                 env.vars[item.name] = value
 
 
@@ -121,10 +130,15 @@ def hides_builtin(module: syntax.Module) -> list[DlcError]:
     """A warning at each def and const named as a builtin: it hides the builtin wherever it
     is seen (library functions keep the builtin), which is rarely meant and easily missed,
     as when a builtin is added under the name of a def already written."""
-    return [DlcError(f"{'def' if isinstance(node, syntax.Def) else 'const'} '{node.name}' hides the builtin "
-                     f"'{node.name}' wherever it is visible; rename it to keep both", name_span(node.span, node.name))
-            for node in syntax.walk(module)
-            if isinstance(node, (syntax.Def, syntax.ConstDecl)) and node.name in BUILTINS]
+    return [
+        DlcError(
+            f"{'def' if isinstance(node, syntax.Def) else 'const'} '{node.name}' hides the builtin "
+            f"'{node.name}' wherever it is visible; rename it to keep both",
+            name_span(node.span, node.name),
+        )
+        for node in syntax.walk(module)
+        if isinstance(node, (syntax.Def, syntax.ConstDecl)) and node.name in BUILTINS
+    ]
 
 
 def _parse_file(path: Path) -> syntax.Module:
@@ -132,7 +146,7 @@ def _parse_file(path: Path) -> syntax.Module:
 
 
 @functools.cache
-@collector_paused()       # what it makes lasts as long as the process
+@collector_paused()  # what it makes lasts as long as the process
 def stdlib_env() -> Env:
     """Builtins and the standard library, parsed once per process (and read from the
     cache on disk when parsed before)."""
@@ -140,12 +154,14 @@ def stdlib_env() -> Env:
     env.vars.update(BUILTINS)
     libenv = env.child()
     defined: dict = {}
-    files = [(STDLIB_PREFIX + f.name, f.read_text())
-             for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name)
-             if f.name.endswith(".dl")]
+    files = [
+        (STDLIB_PREFIX + f.name, f.read_text())
+        for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda p: p.name)
+        if f.name.endswith(".dl")
+    ]
     for (name, text), module in zip(files, parsed_modules(files, syntax)):
         register_source(name, text)
-        _load_into(libenv, module, None, [], defined, {}, [])     # none: tests/frontend/test_shadowing.py
+        _load_into(libenv, module, None, [], defined, {}, [])  # none: tests/frontend/test_shadowing.py
     return libenv
 
 

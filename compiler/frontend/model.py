@@ -1,4 +1,5 @@
 """A built model: its graphs, inputs and parameters, and how its parameters are named."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -13,18 +14,24 @@ class ParamScope:
     one explicit name share a node: a later call replays the first, walking its nodes again,
     so every parameter under it is the first call's (shared weights)."""
 
-    def __init__(self, label: str, parent: "ParamScope | None", first_call: Span | None = None,
-                 replay: bool = False, defn: syntax.Def | None = None):
+    def __init__(
+        self,
+        label: str,
+        parent: "ParamScope | None",
+        first_call: Span | None = None,
+        replay: bool = False,
+        defn: syntax.Def | None = None,
+    ):
         self.label, self.parent = label, parent
-        self.defn = defn                      # the def whose call opened this node (None at the root)
-        self.path = ""                        # the prefix of its parameters' names, once they are assigned
+        self.defn = defn  # the def whose call opened this node (None at the root)
+        self.path = ""  # the prefix of its parameters' names, once they are assigned
         self.children: list[ParamScope] = []
-        self.params: dict[str, int] = {}      # local name -> param node
+        self.params: dict[str, int] = {}  # local name -> param node
         self.named: dict[str, ParamScope] = {}  # explicit name= children
-        self.unnamed: dict[str, list] = {}    # label -> the other children with that label, in call order
-        self.entered: dict[str, int] = {}     # label -> how many of those the current visit has entered
-        self.first_call = first_call          # the call that made an explicit name's node
-        self.replay = replay                  # walked by a later call of a shared name
+        self.unnamed: dict[str, list] = {}  # label -> the other children with that label, in call order
+        self.entered: dict[str, int] = {}  # label -> how many of those the current visit has entered
+        self.first_call = first_call  # the call that made an explicit name's node
+        self.replay = replay  # walked by a later call of a shared name
 
     def child(self, label: str, explicit: bool, call: Span, defn: syntax.Def) -> "ParamScope":
         """The node of a call made in this one. The k-th call with a label in one visit
@@ -68,8 +75,11 @@ class ParamScope:
         for c in self.children:
             if c.owns_params():
                 groups.setdefault(c.label, []).append(c)
-        return {label if len(members) == 1 else (f"{label}.{k}" if label else str(k)): c
-                for label, members in groups.items() for k, c in enumerate(members)}
+        return {
+            label if len(members) == 1 else (f"{label}.{k}" if label else str(k)): c
+            for label, members in groups.items()
+            for k, c in enumerate(members)
+        }
 
     def assign_names(self, prefix: str, out: dict):
         """Number same-label siblings that own parameters; collect full names."""
@@ -90,8 +100,7 @@ class ParamScope:
     def members(self) -> list[str]:
         """The names `member` knows, for an error that lists them."""
         children = self.named_children()
-        return list(self.params) + [seg for seg in children if seg] + \
-            (children[""].members() if "" in children else [])
+        return list(self.params) + [seg for seg in children if seg] + (children[""].members() if "" in children else [])
 
     def layer(self) -> str:
         """The layer of the nodes a call makes: the name prefix of its parameters, or of the
@@ -114,6 +123,7 @@ class ParamScope:
 class DefCall:
     """A call of a def on the way to a parameter's declaration: the def's name, whether it
     is the standard library's, and the name prefix of the parameters under the call."""
+
     name: str
     stdlib: bool
     path: str
@@ -126,6 +136,7 @@ class CallNodes:
     prefix of the call's own parameters or the statement's binding ("" for a call that
     declares none); `options`: (argument, value in .dl spelling) of each argument that is
     not a tensor, defaults included."""
+
     first: int
     end: int
     defn: str
@@ -140,7 +151,7 @@ class ParamInfo:
     type: TensorType
     trainable: bool
     span: Span
-    calls: tuple = ()    # the DefCalls that led to its declaration, outermost first (none: the model's own)
+    calls: tuple = ()  # the DefCalls that led to its declaration, outermost first (none: the model's own)
 
 
 @dataclass
@@ -154,18 +165,19 @@ class ModelInput:
 @dataclass
 class Model:
     """A model built for one mode: its forward graph, initializer graph and metadata."""
+
     name: str
-    graph: Graph         # outputs: loss, metric:<m>, output:<o>, update:<state>
-    init: Graph          # outputs: one per parameter and state, by name
+    graph: Graph  # outputs: loss, metric:<m>, output:<o>, update:<state>
+    init: Graph  # outputs: one per parameter and state, by name
     inputs: list
     params: list
     training: bool
     train: syntax.Train | None
     span: Span
-    bindings: list = field(default_factory=list)   # (name, type, span) of every model-level binding
+    bindings: list = field(default_factory=list)  # (name, type, span) of every model-level binding
     layer_types: dict = field(default_factory=dict)  # layer (graph.layer_of) -> the def(s) whose calls made it
-    calls: list = field(default_factory=list)        # every CallNodes, an inner one before the one around it
-    def_values: list = field(default_factory=list)   # (name, value as written, span, call's span) in the user's defs
+    calls: list = field(default_factory=list)  # every CallNodes, an inner one before the one around it
+    def_values: list = field(default_factory=list)  # (name, value as written, span, call's span) in the user's defs
     # what the runtime derives from the graph once rather than at every call (an index
     # input's bounds, runtime/training/inputs.py): a prediction of one example is µs
     derived: dict = field(default_factory=dict, repr=False, compare=False)

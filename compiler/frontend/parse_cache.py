@@ -15,6 +15,7 @@ An install ships the entries of its own grammar and standard library: building t
 building them (about 210 ms on a Zen 5). They are found by the same key, so an edited grammar
 or library, or another Lark, never reads them: it builds into the user's cache as before.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,7 +26,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
-FORMAT = 1      # of the entries' layout; part of every key
+FORMAT = 1  # of the entries' layout; part of every key
 
 
 def cache_dir() -> Path:
@@ -57,7 +58,7 @@ def cached(name: str, build, encode, decode):
     if shipped.is_file():
         try:
             return decode(shipped.read_text(encoding="utf-8"))
-        except Exception:   # a bad one: built as if not shipped
+        except Exception:  # a bad one: built as if not shipped
             pass
     folder = cache_dir()
     try:
@@ -70,7 +71,7 @@ def cached(name: str, build, encode, decode):
     try:
         if _private(path):
             return decode(path.read_text(encoding="utf-8"))
-    except Exception:       # a bad one (not JSON, of the wrong shape): rebuilt
+    except Exception:  # a bad one (not JSON, of the wrong shape): rebuilt
         pass
     value = build()
     _write(path, json.dumps(encode(value), separators=(",", ":")))
@@ -137,32 +138,40 @@ def _int_keys(pairs: list) -> dict:
 def parsed_modules(files: list[tuple[str, str]], syntax) -> list:
     """`syntax.parse(text, name)` of each (name, text), read from the cache when parsed
     before. `syntax` is the AST's module (passed in: it imports this one)."""
-    classes = {name: cls for name, cls in vars(syntax).items()
-               if isinstance(cls, type) and issubclass(cls, syntax.SyntaxNode)}
+    classes = {
+        name: cls for name, cls in vars(syntax).items() if isinstance(cls, type) and issubclass(cls, syntax.SyntaxNode)
+    }
 
     def build():
         return [syntax.parse(text, name) for name, text in files]
 
     def decode(text):
         modules = json.loads(text, object_hook=lambda value: _decode(value, classes))
-        if not isinstance(modules, list) or len(modules) != len(files) or \
-                not all(isinstance(m, syntax.Module) for m in modules):
+        if (
+            not isinstance(modules, list)
+            or len(modules) != len(files)
+            or not all(isinstance(m, syntax.Module) for m in modules)
+        ):
             raise ValueError("not the syntax trees of these files")
         return modules
 
     import lark
-    code = Path(syntax.__file__).read_bytes()       # the AST and the transformer that builds it
+
+    code = Path(syntax.__file__).read_bytes()  # the AST and the transformer that builds it
     key = digest(code, grammar_text(), lark.__version__, *(part for name, text in files for part in (name, text)))
     return cached(f"syntax-{key}.json", build, lambda modules: [_encode(m) for m in modules], decode)
 
 
 def _encode(value):
     from dlc.compiler.errors import Span
+
     if isinstance(value, Span):
         return {"@span": [value.file, value.line, value.col, value.end_line, value.end_col]}
     if dataclasses.is_dataclass(value):
-        return {"@node": type(value).__name__,
-                **{f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+        return {
+            "@node": type(value).__name__,
+            **{f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)},
+        }
     if isinstance(value, list):
         return [_encode(v) for v in value]
     if value is None or isinstance(value, (str, bool, int, float)):
@@ -174,6 +183,7 @@ def _decode(value: dict, classes: dict):
     """An object of the JSON text as it is parsed (its members already decoded): a Span or
     a node of the AST."""
     from dlc.compiler.errors import Span
+
     if "@span" in value:
         return Span(*value["@span"])
-    return classes[value.pop("@node")](**value)       # only the AST's classes: a KeyError otherwise
+    return classes[value.pop("@node")](**value)  # only the AST's classes: a KeyError otherwise

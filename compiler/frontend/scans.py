@@ -2,6 +2,7 @@
 indexes by the step variable (compiler/frontend/indexing.py) and the values it captures,
 and the checkpoints of a recurrent layer (`checkpoint = k`, a train block's `remat = k`).
 A part of the Evaluator (compiler/frontend/evaluator.py), which it mixes in."""
+
 from __future__ import annotations
 
 from dlc.compiler.errors import STDLIB_PREFIX, DlcError, Span
@@ -9,7 +10,7 @@ from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.values import Env, LoopIndex, describe
 from dlc.compiler.ir.graph import Graph, Tensor
 
-RECURRENT_LAYERS = STDLIB_PREFIX + "recurrent.dl"      # the scans a train block's `remat = k` checkpoints
+RECURRENT_LAYERS = STDLIB_PREFIX + "recurrent.dl"  # the scans a train block's `remat = k` checkpoints
 
 
 def checkpoint_every(v, span: Span, name: str) -> int:
@@ -33,10 +34,10 @@ class Scans:
         if not isinstance(opts["reverse"], bool):
             self.fail("reverse must be true or false", e.span)
         if opts["checkpoint"] is None and e.span.file == RECURRENT_LAYERS:
-            opts["checkpoint"] = self.remat         # the train block's `remat = k`
+            opts["checkpoint"] = self.remat  # the train block's `remat = k`
         outer = self.graph
         body = Graph(f"scan_body@{e.span.line}", parent=outer, budget=self.budget)
-        body.span = e.span.called_from(outer.span)     # a library scan's body remembers the user's call
+        body.span = e.span.called_from(outer.span)  # a library scan's body remembers the user's call
         benv = env.child()
         carries = []
         for c in e.carries:
@@ -71,8 +72,16 @@ class Scans:
         invs = [body.nx.nodes[a.node]["role"][1] for a in body.args if body.nx.nodes[a.node]["role"][0] == "invariant"]
         operands = [init for _, init, _ in carries] + [self.local(r[1]) for r in seqs] + [self.local(t) for t in invs]
         with outer.at(e.span):
-            outs = outer.add("scan", operands, body=body, length=length, reverse=opts["reverse"],
-                             n_carry=len(carries), xs_axes=tuple(r[2] for r in seqs), ys_axes=(axis,) * len(ys),
-                             **({"checkpoint": opts["checkpoint"]} if opts["checkpoint"] else {}))
-        results = outs[len(carries):] if ys else outs[:len(carries)]
+            outs = outer.add(
+                "scan",
+                operands,
+                body=body,
+                length=length,
+                reverse=opts["reverse"],
+                n_carry=len(carries),
+                xs_axes=tuple(r[2] for r in seqs),
+                ys_axes=(axis,) * len(ys),
+                **({"checkpoint": opts["checkpoint"]} if opts["checkpoint"] else {}),
+            )
+        results = outs[len(carries) :] if ys else outs[: len(carries)]
         return results[0] if len(results) == 1 else tuple(results)

@@ -8,6 +8,7 @@ parameters (`Call.bind`, the one binding of every spec: optimizers, schedules, c
 early stopping, augmentation, splits and data sources; each then checks its values
 with `Args.check`, so an error points at the argument).
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,7 @@ from dlc.compiler.frontend import syntax
 from dlc.compiler.errors import DlcError, Span, did_you_mean
 from dlc.compiler.frontend.values import LITERALS, literal, static_binary
 
-REQUIRED = object()     # the default of a parameter that must be given
+REQUIRED = object()  # the default of a parameter that must be given
 
 
 @dataclass
@@ -34,7 +35,7 @@ class Call:
     args: list = field(default_factory=list)
     kwargs: dict = field(default_factory=dict)
     span: Span | None = None
-    arg_spans: dict = field(default_factory=dict, repr=False, compare=False)   # position or keyword -> span
+    arg_spans: dict = field(default_factory=dict, repr=False, compare=False)  # position or keyword -> span
 
     def bind(self, params: dict) -> "Args":
         """The arguments by parameter name (`params`: name -> default, REQUIRED if it must be
@@ -43,13 +44,17 @@ class Call:
         src, args, kwargs, spans = self.name, self.args, self.kwargs, self.arg_spans
         names = list(params)
         if len(args) > len(names):
-            raise DlcError(f"{src} takes at most {len(names)} argument{'s' * (len(names) != 1)}"
-                           f" ({', '.join(names) or 'none'}), got {len(args)}", spans.get(len(names), self.span))
+            raise DlcError(
+                f"{src} takes at most {len(names)} argument{'s' * (len(names) != 1)}"
+                f" ({', '.join(names) or 'none'}), got {len(args)}",
+                spans.get(len(names), self.span),
+            )
         for k in kwargs:
             if k not in params:
-                raise DlcError(f"{src} has no option '{k}'{did_you_mean(k, names)} (it takes: "
-                               f"{', '.join(names) or 'nothing'})",
-                               spans.get(k, self.span))
+                raise DlcError(
+                    f"{src} has no option '{k}'{did_you_mean(k, names)} (it takes: {', '.join(names) or 'nothing'})",
+                    spans.get(k, self.span),
+                )
             if names.index(k) < len(args):
                 raise DlcError(f"{src}: '{k}' is given twice", spans.get(k, self.span))
         values = dict(zip(names, args)) | kwargs
@@ -90,8 +95,15 @@ def integer(src: str, name: str, v, low: int | None = None, span: Span | None = 
     return v
 
 
-def number(src: str, name: str, v, low: float | None = None, positive: bool = False, below: float | None = None,
-           span: Span | None = None) -> float:
+def number(
+    src: str,
+    name: str,
+    v,
+    low: float | None = None,
+    positive: bool = False,
+    below: float | None = None,
+    span: Span | None = None,
+) -> float:
     """A finite number; `low` <= it, 0 < it when `positive`, it < `below`."""
     if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
         raise DlcError(f"{src}: '{name}' must be a number, got {show(v)}", span)
@@ -168,8 +180,11 @@ def show(v) -> str:
 def to_json(v):
     """A setting's value as JSON (checkpoints store the data settings this way); see from_json."""
     if isinstance(v, Call):
-        return {"call": v.name, "args": [to_json(a) for a in v.args],
-                "kwargs": {k: to_json(a) for k, a in v.kwargs.items()}}
+        return {
+            "call": v.name,
+            "args": [to_json(a) for a in v.args],
+            "kwargs": {k: to_json(a) for k, a in v.kwargs.items()},
+        }
     if isinstance(v, Symbol):
         return {"name": v.name}
     if isinstance(v, list):
@@ -214,8 +229,9 @@ def setting_value(node) -> object:
                 call.arg_spans[len(call.args)] = a.span
                 call.args.append(setting_value(a))
         return call
-    raise DlcError("a train setting must be a number, a string, a name, a list or a call such as adam(lr = 1e-3)",
-                   node.span)
+    raise DlcError(
+        "a train setting must be a number, a string, a name, a list or a call such as adam(lr = 1e-3)", node.span
+    )
 
 
 def settings(train: syntax.Train | None) -> dict:

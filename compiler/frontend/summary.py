@@ -4,6 +4,7 @@ types, output shapes, parameters and forward FLOPs; the totals.
 The layers are the graph's own (graph.layer_tree: what the graph page and `dlc graph
 --format dot` draw); their types are the defs whose calls made them (Model.layer_types).
 A layer's parameters and FLOPs include those of the layers in it."""
+
 from __future__ import annotations
 
 from dlc.compiler.errors import plural
@@ -51,8 +52,9 @@ def signature(model: Model) -> str:
 def table(headers, rows, left: int = 2) -> list:
     """Rows under a header between rules; the first `left` columns read from the left."""
     widths = [max(len(str(r[i])) for r in [headers] + rows) for i in range(len(headers))]
-    line = lambda r: "  ".join(str(v).ljust(w) if i < left else str(v).rjust(w)
-                               for i, (v, w) in enumerate(zip(r, widths))).rstrip()
+    line = lambda r: "  ".join(
+        str(v).ljust(w) if i < left else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths))
+    ).rstrip()
     rule = "-" * max(len(line(r)) for r in [headers] + rows)
     return [rule, line(headers), rule] + [line(r) for r in rows] + [rule]
 
@@ -73,7 +75,7 @@ def layer_outputs(graph: Graph) -> dict:
         leaving += [(j, None) for j in range(len(graph.types(n))) if (n, j) in shown]
         for out, reader in leaving:
             layer = layer_of(graph, n)
-            while layer and (reader is None or not in_layer(reader, layer)):    # the layers the value leaves
+            while layer and (reader is None or not in_layer(reader, layer)):  # the layers the value leaves
                 found[layer] = graph.types(n)[out]
                 layer = layer_parent(layer)
     return found
@@ -89,6 +91,7 @@ def layer_levels(graph: Graph, depth: int | None = None) -> list:
         for child in tree[layer][0] if depth is None or level < depth else ():
             out.append((child, level))
             visit(child, level + 1)
+
     visit("", 0)
     return out
 
@@ -106,8 +109,8 @@ def layer_rows(model: Model, sizes: dict, frozen=(), depth: int | None = None) -
         layers, nodes = tree[layer]
         return sum((per_node[n] for n in nodes), 0) + sum((layer_flops(c) for c in layers), 0)
 
-    own: dict = {}          # layer -> its own parameters
-    counts: dict = {}       # layer -> its parameters' sizes, the layers' in it included
+    own: dict = {}  # layer -> its own parameters
+    counts: dict = {}  # layer -> its parameters' sizes, the layers' in it included
     for p in model.params:
         layer = p.name.rpartition(".")[0]
         own.setdefault(layer, []).append(p)
@@ -119,12 +122,21 @@ def layer_rows(model: Model, sizes: dict, frozen=(), depth: int | None = None) -
         if depth is not None and level >= depth:
             return []
         kind = lambda p: "param" if p.trainable and p.name not in frozen else ("frozen" if p.trainable else "state")
-        return [("  " * level + p.name, kind(p), str(p.type), f"{numel(p.type.shape):,}", "") for p in own.get(layer, [])]
+        return [
+            ("  " * level + p.name, kind(p), str(p.type), f"{numel(p.type.shape):,}", "") for p in own.get(layer, [])
+        ]
 
     rows = param_rows("", 0)
     for layer, level in layer_levels(graph, depth):
-        rows.append(("  " * level + layer, model.layer_types.get(layer, ""), str(outputs.get(layer, "")),
-                     f"{counts.get(layer, 0):,}", count_text(subs(layer_flops(layer), sizes))))
+        rows.append(
+            (
+                "  " * level + layer,
+                model.layer_types.get(layer, ""),
+                str(outputs.get(layer, "")),
+                f"{counts.get(layer, 0):,}",
+                count_text(subs(layer_flops(layer), sizes)),
+            )
+        )
         rows += param_rows(layer, level + 1)
     return rows
 
@@ -139,19 +151,29 @@ def memory_table(model: Model, parts: dict, sizes: dict, depth: int | None = Non
     shown = lambda n: size_text(n) if n else "-"
 
     def row(name: str, level: int, part: dict) -> tuple:
-        return ("  " * level + name, count_text(part["activations"]), *(shown(part[n]) for n in names[1:]),
-                size_text(sum(subs(part[n], sizes) for n in names)))
+        return (
+            "  " * level + name,
+            count_text(part["activations"]),
+            *(shown(part[n]) for n in names[1:]),
+            size_text(sum(subs(part[n], sizes) for n in names)),
+        )
 
-    rows = [row(layer, level, sum_parts(lambda k: in_layer(k, layer))) for layer, level in layer_levels(model.graph, depth)]
+    rows = [
+        row(layer, level, sum_parts(lambda k: in_layer(k, layer))) for layer, level in layer_levels(model.graph, depth)
+    ]
     tops = [top for top, _ in layer_levels(model.graph, 1)]
     outside = sum_parts(lambda k: not any(in_layer(k, top) for top in tops))
     if any(outside.values()):
         rows.append(row("(no layer)", 0, outside))
     total = sum_parts(lambda k: True)
-    out = [f"Model: {model.name}: the peak memory of training (native engine), located at {at}",
-           "Activations: the values held at the train step's fullest kernel, the inputs, outputs and constants", ""]
-    out += table(("Layer", "Activations (bytes)", "Parameters", "Gradients", "Optimizer state", f"At {at}"), rows,
-                 left=1)
+    out = [
+        f"Model: {model.name}: the peak memory of training (native engine), located at {at}",
+        "Activations: the values held at the train step's fullest kernel, the inputs, outputs and constants",
+        "",
+    ]
+    out += table(
+        ("Layer", "Activations (bytes)", "Parameters", "Gradients", "Optimizer state", f"At {at}"), rows, left=1
+    )
     whole = sum((total[n] for n in names), 0)
     out.append(f"Activations:      {count_text(total['activations'])} bytes")
     out.append(f"Parameters:       {size_text(total['parameters'])}")
@@ -166,15 +188,20 @@ def summary(model: Model, frozen=(), depth: int | None = None, sizes: dict | Non
     sizes = sizes or {}
     at = ", ".join(f"{k} = {v}" for k, v in sizes.items())
     out = [f"Model: {model.name}", ""]
-    out += table(("Layer", "Type", "Output shape", "Params", f"FLOPs ({at})" if at else "FLOPs"),
-                 layer_rows(model, sizes, frozen, depth), left=3)
+    out += table(
+        ("Layer", "Type", "Output shape", "Params", f"FLOPs ({at})" if at else "FLOPs"),
+        layer_rows(model, sizes, frozen, depth),
+        left=3,
+    )
     total = sum(numel(p.type.shape) for p in model.params)
     trainable = sum(numel(p.type.shape) for p in model.params if p.trainable and p.name not in frozen)
     nbytes = sum(numel(p.type.shape) * ITEMSIZE[p.type.dtype] for p in model.params)
     out.append(f"Total parameters:         {total:,} ({size_text(nbytes)})")
     out.append(f"Trainable parameters:     {trainable:,}")
     out.append(f"Non-trainable parameters: {total - trainable:,}")
-    out.append(f"Forward FLOPs:            {count_text(subs(model.graph.flops(), sizes))}" + (f" at {at}" if at else ""))
+    out.append(
+        f"Forward FLOPs:            {count_text(subs(model.graph.flops(), sizes))}" + (f" at {at}" if at else "")
+    )
     return "\n".join(out)
 
 
@@ -182,9 +209,12 @@ def int8_table(model: Model) -> str:
     """`dlc summary --int8`: each matmul and convolution of the evaluation graph at its line,
     integer or float32 and why (compiler/passes/int8.py)."""
     from dlc.compiler.passes.int8 import products, scanned_products
+
     found = products(model.graph)
     rows = [[_line(p.span), p.op, p.weight or "-", "int8" if p.integer else "float32", p.reason] for p in found]
-    totals = [f"{sum(p.integer for p in found)} of {len(found)} products in int8; the rest of the graph runs in float32"]
+    totals = [
+        f"{sum(p.integer for p in found)} of {len(found)} products in int8; the rest of the graph runs in float32"
+    ]
     inside = scanned_products(model.graph)
     if inside:
         totals.append(f"float32 too: {plural(inside, 'product')} inside scans (recurrences)")
@@ -196,10 +226,21 @@ def bf16_table(found: list, graph: Graph) -> str:
     step `graph` (`found`: compiler/native/bf16.py `products`, which the front end cannot
     import) at its line, with its operands' shapes and the kernel that computes it, bf16 or
     float32 and why."""
-    rows = [[_line(p.span), p.op, ", ".join(map(shape_str, p.operands)), p.kernel.replace("_", " "),
-             "bf16" if p.bf16 else "float32", p.reason] for p in found]
-    totals = [f"{sum(p.bf16 for p in found)} of {len(found)} products in bf16 (operands rounded to bfloat16, sums in "
-              "float32); the rest of the step runs in float32"]
+    rows = [
+        [
+            _line(p.span),
+            p.op,
+            ", ".join(map(shape_str, p.operands)),
+            p.kernel.replace("_", " "),
+            "bf16" if p.bf16 else "float32",
+            p.reason,
+        ]
+        for p in found
+    ]
+    totals = [
+        f"{sum(p.bf16 for p in found)} of {len(found)} products in bf16 (operands rounded to bfloat16, sums in "
+        "float32); the rest of the step runs in float32"
+    ]
     return _products_table(["Line", "Product", "Operands", "Kernel", "Runs in", "Why float32"], rows, totals, graph)
 
 

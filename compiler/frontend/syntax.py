@@ -1,4 +1,5 @@
 """The .dl abstract syntax tree and the parser that builds it from grammar/dl.lark."""
+
 from __future__ import annotations
 
 import math
@@ -53,13 +54,13 @@ class Tuple(SyntaxNode):
 
 @dataclass
 class Unary(SyntaxNode):
-    op: str            # '-', 'not'
+    op: str  # '-', 'not'
     operand: SyntaxNode
 
 
 @dataclass
 class Binary(SyntaxNode):
-    op: str            # + - * / % @ ^ == != < <= > >= and or
+    op: str  # + - * / % @ ^ == != < <= > >= and or
     left: SyntaxNode
     right: SyntaxNode
 
@@ -80,13 +81,13 @@ class Keyword(SyntaxNode):
 @dataclass
 class CallExpr(SyntaxNode):
     func: SyntaxNode
-    args: list          # SyntaxNode | Keyword
+    args: list  # SyntaxNode | Keyword
 
 
 @dataclass
 class Pipe(SyntaxNode):
     value: SyntaxNode
-    func: SyntaxNode          # a CallExpr (value becomes its first argument) or a function
+    func: SyntaxNode  # a CallExpr (value becomes its first argument) or a function
 
 
 @dataclass
@@ -104,7 +105,7 @@ class AnyDims(SyntaxNode):
 @dataclass
 class IndexExpr(SyntaxNode):
     value: SyntaxNode
-    subscripts: list    # SyntaxNode | Slice | AnyDims
+    subscripts: list  # SyntaxNode | Slice | AnyDims
 
 
 @dataclass
@@ -117,21 +118,21 @@ class Attribute(SyntaxNode):
 class Scan(SyntaxNode):
     var: str
     length: Name | Number
-    options: list       # Keyword
-    carries: list       # Keyword
-    body: list          # statements
+    options: list  # Keyword
+    carries: list  # Keyword
+    body: list  # statements
 
 
 # ---- types -------------------------------------------------------------------
 @dataclass
 class TensorTypeExpr(SyntaxNode):
     dtype: str
-    dims: list          # SyntaxNode | AnyDims
+    dims: list  # SyntaxNode | AnyDims
 
 
 @dataclass
 class StaticType(SyntaxNode):
-    kind: str           # int, float, bool, str, fn, ...
+    kind: str  # int, float, bool, str, fn, ...
 
 
 # ---- statements ----------------------------------------------------------------
@@ -146,7 +147,7 @@ class ParamDecl(SyntaxNode):
     name: str
     type: TensorTypeExpr
     init: SyntaxNode | None
-    trainable: bool     # `param` is trainable, `state` is a buffer
+    trainable: bool  # `param` is trainable, `state` is a buffer
 
 
 @dataclass
@@ -191,7 +192,7 @@ class ArgDecl(SyntaxNode):
 class Def(SyntaxNode):
     name: str
     args: list[ArgDecl]
-    body: list          # statements; an expression-form def is one Return
+    body: list  # statements; an expression-form def is one Return
 
 
 @dataclass
@@ -239,7 +240,7 @@ class ModelBlock(SyntaxNode):
 @dataclass
 class Train(SyntaxNode):
     model: str
-    settings: list      # Keyword
+    settings: list  # Keyword
 
 
 @dataclass
@@ -249,7 +250,7 @@ class Module(SyntaxNode):
 
 # Static numbers are 64-bit integers and finite floats, as in the widest dtypes: a literal
 # or a static result outside them is an error, never a silent huge int, inf or nan.
-INT_MAX = 2 ** 63 - 1
+INT_MAX = 2**63 - 1
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -280,6 +281,7 @@ def _node(cls, *given, defines: bool = False, listed_from: int | None = None, **
     each token child as its text. `listed_from`: the children from there on as one list (a
     block's statements, a call's arguments); `defines`: the first child is the name the node
     defines, which may not be a reserved word."""
+
     def build(self, meta, *children):
         if defines:
             children = (self._defined(children[0]), *children[1:])
@@ -287,6 +289,7 @@ def _node(cls, *given, defines: bool = False, listed_from: int | None = None, **
         if listed_from is not None:
             children[listed_from:] = [children[listed_from:]]
         return cls(_span(self.file, meta), *given, *children, **named)
+
     return build
 
 
@@ -319,8 +322,9 @@ class _ToAst(Transformer):
         digits = tok.lstrip("0")
         if len(digits) > len(str(INT_MAX)) or int(digits or "0") > INT_MAX:
             shown = tok if len(tok) <= 20 else f"{tok[:20]}... ({len(tok)} digits)"
-            raise DlcError(f"the integer {shown} is too large (integers are at most 2^63 - 1)",
-                           _token_span(self.file, tok))
+            raise DlcError(
+                f"the integer {shown} is too large (integers are at most 2^63 - 1)", _token_span(self.file, tok)
+            )
         return int(tok)
 
     def SIZE(self, tok: Token) -> int:
@@ -338,7 +342,7 @@ class _ToAst(Transformer):
 
     def def_stmt(self, meta, name, *args_and_body):
         *args, body = args_and_body
-        if not isinstance(body, list):      # the expression form
+        if not isinstance(body, list):  # the expression form
             body = [Return(body.span, [body])]
         return Def(_span(self.file, meta), self._defined(name), args, body)
 
@@ -393,7 +397,7 @@ class _ToAst(Transformer):
 
 
 @lru_cache(maxsize=1)
-@collector_paused()       # its tables last as long as the process
+@collector_paused()  # its tables last as long as the process
 def _parser() -> Lark:
     return lark_parser(grammar_text(), propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
 
@@ -417,8 +421,9 @@ def _grammar_words(start: str, skip: str = "") -> set:
     """The words the grammar's rules spell out, in those reachable from rule `start` (not
     entering rule `skip`: a scan's block of statements)."""
     parser = _parser()
-    words = {t.name: t.pattern.value for t in parser.terminals
-             if t.pattern.type == "str" and t.pattern.value.isidentifier()}
+    words = {
+        t.name: t.pattern.value for t in parser.terminals if t.pattern.type == "str" and t.pattern.value.isidentifier()
+    }
     expansions: dict = {}
     for r in parser.rules:
         expansions.setdefault(r.origin.name, []).append(r.expansion)
@@ -435,11 +440,29 @@ def _grammar_words(start: str, skip: str = "") -> set:
 
 
 _TOKEN_NAMES = {
-    "NAME": "a name", "NUMBER": "a number", "STRING": "a string", "SIZE": "a size (2GB)", "DTYPE": "a dtype (f32, i32, ...)",
-    "LPAR": "'('", "RPAR": "')'", "LSQB": "'['", "RSQB": "']'", "LBRACE": "'{'", "RBRACE": "'}'",
-    "COMMA": "','", "COLON": "':'", "EQUAL": "'='", "CMP": "a comparison", "ADD_OP": "'+' or '-'",
-    "MUL_OP": "'*', '/', '//', '@' or '%'", "ELLIPSIS": "'...'", "$END": "end of file", "DOT": "'.'",
-    "CIRCUMFLEX": "'^'", "MINUS": "'-'", "__ANON_0": "'|>'",
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "STRING": "a string",
+    "SIZE": "a size (2GB)",
+    "DTYPE": "a dtype (f32, i32, ...)",
+    "LPAR": "'('",
+    "RPAR": "')'",
+    "LSQB": "'['",
+    "RSQB": "']'",
+    "LBRACE": "'{'",
+    "RBRACE": "'}'",
+    "COMMA": "','",
+    "COLON": "':'",
+    "EQUAL": "'='",
+    "CMP": "a comparison",
+    "ADD_OP": "'+' or '-'",
+    "MUL_OP": "'*', '/', '//', '@' or '%'",
+    "ELLIPSIS": "'...'",
+    "$END": "end of file",
+    "DOT": "'.'",
+    "CIRCUMFLEX": "'^'",
+    "MINUS": "'-'",
+    "__ANON_0": "'|>'",
 }
 
 
@@ -513,7 +536,7 @@ def _too_deep(tree: Tree, filename: str) -> DlcError:
     outermost of the construct most repeated along the deepest path (the first of a thousand
     nested ifs), the innermost a note."""
     deepest, stack = [], [(tree, [])]
-    while stack:        # iterative: the tree is too deep to walk by recursion
+    while stack:  # iterative: the tree is too deep to walk by recursion
         node, path = stack.pop()
         path = path + [node]
         if len(path) > len(deepest):
@@ -523,16 +546,25 @@ def _too_deep(tree: Tree, filename: str) -> DlcError:
     rule = max({n.data for n in located}, key=lambda r: sum(n.data == r for n in located))
     chain = [n for n in located if n.data == rule]
     span = lambda n: Span(filename, n.meta.line, n.meta.column)
-    return DlcError(f"the program nests too deeply to compile: {len(chain)} expressions inside one another "
-                    f"({NESTING_ADVICE})", span(chain[0]), [("the innermost here", span(chain[-1]))])
+    return DlcError(
+        f"the program nests too deeply to compile: {len(chain)} expressions inside one another ({NESTING_ADVICE})",
+        span(chain[0]),
+        [("the innermost here", span(chain[-1]))],
+    )
 
 
 # ---- syntax errors that say what to do ------------------------------------------------------------
 # the statements a keyword starts, for `loss = ...` and the like (a keyword is not a name)
 STATEMENT_FORMS = {
-    "input": "input NAME: TYPE", "target": "target NAME: TYPE", "output": "output NAME = EXPR",
-    "loss": "loss EXPR", "metric": "metric NAME = EXPR", "param": "param NAME: TYPE = INIT",
-    "state": "state NAME: TYPE = INIT", "update": "update NAME = EXPR", "return": "return EXPR",
+    "input": "input NAME: TYPE",
+    "target": "target NAME: TYPE",
+    "output": "output NAME = EXPR",
+    "loss": "loss EXPR",
+    "metric": "metric NAME = EXPR",
+    "param": "param NAME: TYPE = INIT",
+    "state": "state NAME: TYPE = INIT",
+    "update": "update NAME = EXPR",
+    "return": "return EXPR",
     "yield": "yield EXPR",
 }
 _CLOSERS = {"(": (")", "RPAR"), "[": ("]", "RSQB"), "{": ("}", "RBRACE")}
@@ -548,29 +580,36 @@ def _unexpected(text: str, filename: str, tok: Token | None, expected) -> DlcErr
         pos = opened[-1]
         closer, closer_token = _CLOSERS[text[pos]]
         line, col = _line_col(text, pos)
-        starts_line = tok is None or not text[:tok.start_pos].rsplit("\n", 1)[-1].strip()
+        starts_line = tok is None or not text[: tok.start_pos].rsplit("\n", 1)[-1].strip()
         if closer_token in expected and starts_line and (tok is None or line < tok.line):
-            stop = [(f"expected {closer!r} here", _end_span(filename, text) if tok is None else
-                     _token_span(filename, tok))]
+            stop = [
+                (f"expected {closer!r} here", _end_span(filename, text) if tok is None else _token_span(filename, tok))
+            ]
             if text[pos] != "{":
-                return DlcError(f"{text[pos]!r} is never closed: a {closer!r} is missing {where}",
-                                Span(filename, line, col, line, col + 1), stop)
+                return DlcError(
+                    f"{text[pos]!r} is never closed: a {closer!r} is missing {where}",
+                    Span(filename, line, col, line, col + 1),
+                    stop,
+                )
             header = text[:pos].rsplit("\n", 1)[-1].rsplit("}", 1)[-1]
             first = col - len(header.lstrip())
             what = f"'{header.strip()}'" if header.strip() else "this '{'"
-            return DlcError(f"{what} is never closed: a '}}' is missing {where}",
-                            Span(filename, line, first, line, col + 1), stop)
+            return DlcError(
+                f"{what} is never closed: a '}}' is missing {where}", Span(filename, line, first, line, col + 1), stop
+            )
     if tok is None:
         return DlcError(f"unexpected end of file; expected {_describe(expected)}", _end_span(filename, text))
-    keyword = re.search(r"([A-Za-z_]\w*)\s*$", text[:tok.start_pos])
+    keyword = re.search(r"([A-Za-z_]\w*)\s*$", text[: tok.start_pos])
     if tok.type == "EQUAL" and keyword and keyword.group(1) in STATEMENT_FORMS:
         word = keyword.group(1)
         if word == "loss":
-            rest = text[tok.end_pos:].split("\n", 1)[0].split("#", 1)[0].strip()
+            rest = text[tok.end_pos :].split("\n", 1)[0].split("#", 1)[0].strip()
             hint = f"the loss statement has no '=': write `loss {rest or 'EXPR'}`"
         else:
-            hint = (f"'{word}' starts a statement, `{STATEMENT_FORMS[word]}`, and cannot be assigned: write that "
-                    "statement, or choose another name")
+            hint = (
+                f"'{word}' starts a statement, `{STATEMENT_FORMS[word]}`, and cannot be assigned: write that "
+                "statement, or choose another name"
+            )
         return DlcError(f"unexpected '='; {hint}", _token_span(filename, tok))
     return DlcError(f"unexpected {tok.value!r}; expected {_describe(expected)}", _token_span(filename, tok))
 

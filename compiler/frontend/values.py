@@ -4,6 +4,7 @@ An expression evaluates to a tensor (graph.Tensor) or to a static value: an int,
 bool, string, dim, tuple, none, a `def` (Func) or a builtin (Builtin). Static arithmetic
 (static_binary) is shared by the evaluator, the builtins and the train-block settings.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dlc.compiler.frontend.syntax import in_range
 @dataclass
 class Func:
     """A `def`, closed over the scope it was defined in."""
+
     decl: syntax.Def
     env: "Env"
 
@@ -29,7 +31,7 @@ class Func:
 @dataclass
 class Builtin:
     name: str
-    fn: object          # python callable: fn(ev, *args, **kwargs)
+    fn: object  # python callable: fn(ev, *args, **kwargs)
 
 
 @dataclass
@@ -37,9 +39,10 @@ class Partial:
     """A partial application, `leaky_relu(alpha = 0.2)`: a function given keyword arguments
     only, not its first argument. Calling it calls `func` with the call's arguments, then
     these keywords (a keyword of the call wins)."""
+
     func: Func | Builtin
-    kwargs: dict        # name -> (value, span)
-    span: Span          # where it was made
+    kwargs: dict  # name -> (value, span)
+    span: Span  # where it was made
 
     @property
     def name(self):
@@ -52,6 +55,7 @@ FUNCTIONS = (Func, Builtin, Partial)
 @dataclass
 class LoopIndex:
     """The step variable of a scan; only valid as a direct index of a sequence."""
+
     body: Graph
     name: str
 
@@ -59,14 +63,15 @@ class LoopIndex:
 @dataclass
 class Layer:
     """The parameters of one call of a def, named from outside: `h3.h` in `h3.h.W`."""
-    scope: object       # the call's model.ParamScope
-    path: str           # as written, for messages
+
+    scope: object  # the call's model.ParamScope
+    path: str  # as written, for messages
 
 
 class Env:
     def __init__(self, parent: "Env | None" = None):
         self.vars: dict = {}
-        self.layers: dict = {}      # binding -> the ParamScopes of the calls with parameters that made it
+        self.layers: dict = {}  # binding -> the ParamScopes of the calls with parameters that made it
         self.parent = parent
 
     def lookup(self, name: str):
@@ -134,17 +139,26 @@ def describe(v) -> str:
 
 # ---- static arithmetic ------------------------------------------------------------------------
 STATIC_OPS = {
-    "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-    "/": lambda a, b: a / b, "//": lambda a, b: a // b, "%": lambda a, b: a % b, "^": lambda a, b: a ** b,
-    "==": lambda a, b: a == b, "!=": lambda a, b: a != b, "<": lambda a, b: a < b,
-    "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b,
+    "+": lambda a, b: a + b,
+    "-": lambda a, b: a - b,
+    "*": lambda a, b: a * b,
+    "/": lambda a, b: a / b,
+    "//": lambda a, b: a // b,
+    "%": lambda a, b: a % b,
+    "^": lambda a, b: a**b,
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    "<=": lambda a, b: a <= b,
+    ">": lambda a, b: a > b,
+    ">=": lambda a, b: a >= b,
 }
 
 
 LITERALS = (syntax.Number, syntax.String, syntax.Bool, syntax.NoneValue)
 
 
-SPELLED_ITEMS = 8       # the items of a long tuple that `spelled` writes out
+SPELLED_ITEMS = 8  # the items of a long tuple that `spelled` writes out
 
 
 def spelled(v) -> str:

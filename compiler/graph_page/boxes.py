@@ -8,6 +8,7 @@ In the train step the gradient of a node lies in the box `∇.B`, B being the no
 under one box `∇` of all the gradients, as graph.layer_of groups them; the seed the
 gradients start from (the constant ∂loss/∂loss = 1) lies in `∇` itself.
 """
+
 from __future__ import annotations
 
 from dlc.compiler.ir.graph import GRADIENTS, PRIMITIVES, Graph, Pattern
@@ -17,7 +18,7 @@ from dlc.compiler.frontend.model import CallNodes, Model
 SIZES = ("filters", "units", "vocab", "dim")
 SHORT = {"kernel": "", "stride": "s", "act": ""}
 NAMED = ("heads", "ffn", "hidden", "layers", "rate", "scale")
-PLAIN = ("identity", "0", "0.0")       # an `act` or a rate that changes nothing: not shown
+PLAIN = ("identity", "0", "0.0")  # an `act` or a rate that changes nothing: not shown
 
 
 def forward_boxes(model: Model) -> tuple:
@@ -26,7 +27,7 @@ def forward_boxes(model: Model) -> tuple:
     g = model.graph
     spans = _merged(model.calls)
     boxes = {"": {"label": g.name, "name": "", "def": "", "options": [], "parent": None, "span": None}}
-    box_of, stack = {}, []                 # stack: (end, box id) of the boxes open at a node
+    box_of, stack = {}, []  # stack: (end, box id) of the boxes open at a node
     taken = set(boxes)
     order = sorted(spans, key=lambda r: (r[0], -r[1]))
     nodes = sorted(n for n in g.nx if g.op(n) != "input")
@@ -40,10 +41,10 @@ def forward_boxes(model: Model) -> tuple:
             while stack and stack[-1][0] <= first:
                 stack.pop()
             if end <= n:
-                continue            # no node of the forward graph in it (its nodes went to a scan's body)
+                continue  # no node of the forward graph in it (its nodes went to a scan's body)
             parent = stack[-1][1] if stack else ""
             box = _box(spans[first, end], parent)
-            named = box["name"] and box["name"] not in taken      # else as a call in its parent: stage1.0>relu
+            named = box["name"] and box["name"] not in taken  # else as a call in its parent: stage1.0>relu
             box_id = _unique(box["name"] if named else (f"{parent}>" if parent else "") + box["def"], taken)
             boxes[box_id] = box
             stack.append((end, box_id))
@@ -72,11 +73,21 @@ def _gradient(box: str, boxes: dict, out: dict) -> str:
     if grad not in out:
         if box:
             b = boxes[box]
-            out[grad] = {**b, "label": f"{GRADIENTS} {b['label']}", "name": f"{GRADIENTS} {b['name']}".rstrip(),
-                         "parent": _gradient(b["parent"], boxes, out)}
+            out[grad] = {
+                **b,
+                "label": f"{GRADIENTS} {b['label']}",
+                "name": f"{GRADIENTS} {b['name']}".rstrip(),
+                "parent": _gradient(b["parent"], boxes, out),
+            }
         else:
-            out[grad] = {"label": f"{GRADIENTS} (gradients)", "name": "", "def": "", "options": [], "parent": "",
-                         "span": None}
+            out[grad] = {
+                "label": f"{GRADIENTS} (gradients)",
+                "name": "",
+                "def": "",
+                "options": [],
+                "parent": "",
+                "span": None,
+            }
     return grad
 
 
@@ -96,8 +107,14 @@ def _box(calls: list, parent: str) -> dict:
     defs = [c for c in calls if c.defn]
     call = defs[-1] if defs else calls[-1]
     name = next((c.layer for c in reversed(calls) if c.layer), "")
-    return {"label": label(call) if defs else name, "name": name, "def": call.defn,
-            "options": [f"{k} = {v}" for k, v in call.options], "parent": parent, "span": calls[-1].span}
+    return {
+        "label": label(call) if defs else name,
+        "name": name,
+        "def": call.defn,
+        "options": [f"{k} = {v}" for k, v in call.options],
+        "parent": parent,
+        "span": calls[-1].span,
+    }
 
 
 def label(call: CallNodes) -> str:
@@ -141,6 +158,7 @@ def box_tree(graph: Graph, box_of: dict, boxes: dict) -> dict:
             parent = boxes[box]["parent"]
             add(parent)
             tree[parent][0].append(box)
+
     for n in graph.order():
         add(box_of[n])
         tree[box_of[n]][1].append(n)
@@ -163,7 +181,7 @@ def box_outputs(graph: Graph, box_of: dict, boxes: dict) -> dict:
     statistic counts only in a box that has no other output. Inputs, parameters and
     constants are not outputs of the box they are drawn in. In graph order."""
     chains = {box: chain(box, boxes) for box in set(box_of.values())}
-    read, named, updates = {}, {}, {}       # box -> its nodes of each kind
+    read, named, updates = {}, {}, {}  # box -> its nodes of each kind
     names: dict = {}
     for out, t in graph.outputs.items():
         names.setdefault(t.node, []).append(out)
@@ -172,8 +190,13 @@ def box_outputs(graph: Graph, box_of: dict, boxes: dict) -> dict:
             continue
         inside = chains[box_of[n]]
         gradient = "grad_of" in graph.nx.nodes[n]
-        left = {b for v in graph.nx.successors(n) if ("grad_of" in graph.nx.nodes[v]) == gradient
-                for b in inside if b not in chains[box_of[v]]}
+        left = {
+            b
+            for v in graph.nx.successors(n)
+            if ("grad_of" in graph.nx.nodes[v]) == gradient
+            for b in inside
+            if b not in chains[box_of[v]]
+        }
         for b in left:
             read.setdefault(b, []).append(n)
         if n in names:

@@ -2,6 +2,7 @@
 nodes fused into each, and the optimized LLVM IR of each kernel's function — what
 `dlc compile --emit kernels` and `--emit llvm` print, cut along the kernels — and the
 kernel boundaries with the fusion pass's reasons, the records `--explain-fusion` prints."""
+
 from __future__ import annotations
 
 import re
@@ -34,16 +35,27 @@ def native_kernels(graph: Graph) -> dict:
     def walk(ks: list, depth: int):
         for k in ks:
             name = step.functions[len(kernels)]
-            kernels.append({
-                "class": k.class_name, "depth": depth, "text": "\n".join(k.text()),
-                "nodes": list(k.nodes) if depth == 0 else [], "function": name, "gemm": k.calls_gemm})
+            kernels.append(
+                {
+                    "class": k.class_name,
+                    "depth": depth,
+                    "text": "\n".join(k.text()),
+                    "nodes": list(k.nodes) if depth == 0 else [],
+                    "function": name,
+                    "gemm": k.calls_gemm,
+                }
+            )
             walk(k.nested(), depth + 1)
+
     walk(program.kernels, 0)
     used = {k["function"] for k in kernels}
-    return {"kernels": kernels,
-            "boundaries": [[b.producer, b.consumer, b.why()] for b in Fusion(optimized).boundaries],
-            "ir": {name: "\n\n".join(text for f, text in ir.items() if f == name or f.startswith(name + "."))
-                   for name in used}}
+    return {
+        "kernels": kernels,
+        "boundaries": [[b.producer, b.consumer, b.why()] for b in Fusion(optimized).boundaries],
+        "ir": {
+            name: "\n\n".join(text for f, text in ir.items() if f == name or f.startswith(name + ".")) for name in used
+        },
+    }
 
 
 def functions(ir: str) -> dict:

@@ -6,12 +6,13 @@ any mix of collapsed and expanded boxes by sizing the rows (page.js): a layered
 (Sugiyama) layout in three steps — ranks by longest path, every child then moved down
 next to its first reader, then a few barycenter sweeps to order each row.
 """
+
 from __future__ import annotations
 
 from dlc.compiler.graph_page.boxes import chain
 from dlc.compiler.ir.graph import Graph
 
-SWEEPS = 2      # down-and-up passes of the barycenter ordering
+SWEEPS = 2  # down-and-up passes of the barycenter ordering
 
 
 def rows(graph: Graph, tree: dict, box_of: dict, boxes: dict) -> dict:
@@ -19,7 +20,7 @@ def rows(graph: Graph, tree: dict, box_of: dict, boxes: dict) -> dict:
     boxes.box_tree; `box_of`: node -> its box; `boxes`: box -> its record (its parent)."""
     place = {n: i for i, n in enumerate(graph.order())}
     chains = {box: chain(box, boxes) for box in tree}
-    first = {}      # child -> the place of its first node in graph order, which breaks cycles
+    first = {}  # child -> the place of its first node in graph order, which breaks cycles
 
     def visit(box: str):
         inner, nodes = tree[box]
@@ -27,8 +28,9 @@ def rows(graph: Graph, tree: dict, box_of: dict, boxes: dict) -> dict:
             visit(c)
         first.update((n, place[n]) for n in nodes)
         first[box] = min([place[n] for n in nodes] + [first[c] for c in inner], default=0)
+
     visit("")
-    edges = {box: set() for box in tree}       # edges between the children of each box
+    edges = {box: set() for box in tree}  # edges between the children of each box
     for u, v in graph.nx.edges():
         lu, lv = box_of[u], box_of[v]
         common = next(c for c in chains[lu] if c in chains[lv])
@@ -56,7 +58,7 @@ def _layered(children: list, edges: set, first: dict) -> list:
     rank = {}
     for c in children:
         rank[c] = max((rank[a] + 1 for a in preds[c] if first[a] < first[c]), default=0)
-    for c in reversed(children):      # then each as low as its first reader allows: a parameter just above it
+    for c in reversed(children):  # then each as low as its first reader allows: a parameter just above it
         later = [rank[b] for b in succs[c] if first[b] > first[c]]
         if later:
             rank[c] = min(later) - 1
@@ -74,9 +76,11 @@ def _sweep(table: list, neighbours: dict):
     before it (a row is centred, so position 0 is its middle)."""
     x = {}
     for row in table:
+
         def mean(c, here):
             seen = [x[m] for m in neighbours[c] if m in x]
             return sum(seen) / len(seen) if seen else here
+
         keys = {c: mean(c, i - (len(row) - 1) / 2) for i, c in enumerate(row)}
         row.sort(key=keys.__getitem__)
         x.update((c, i - (len(row) - 1) / 2) for i, c in enumerate(row))

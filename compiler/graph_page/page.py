@@ -1,5 +1,6 @@
 """The page itself: both graphs with their boxes, layouts, sources and kernels, gzipped into
 page.html with page.js and page.css (the package's docstring says what the page holds)."""
+
 from __future__ import annotations
 
 import base64
@@ -27,16 +28,24 @@ def page(model: Model, first: str = "forward") -> str:
     if "loss" in model.graph.outputs:
         step = autodiff.train_step(model.graph)
         graphs["train_step"] = (step, *step_boxes(step, box_of, boxes))
-    compiled = graphs.get("train_step", graphs["forward"])[0]    # what the native engine compiles, as `dlc compile`
+    compiled = graphs.get("train_step", graphs["forward"])[0]  # what the native engine compiles, as `dlc compile`
     files = Files()
-    data = {"model": model.name, "mode": "training" if model.training else "evaluation",
-            "first": first,
-            "views": [view(name, *g, compiled, files) for name, g in graphs.items()],
-            "native": native_kernels(compiled), "sources": files.texts()}
+    data = {
+        "model": model.name,
+        "mode": "training" if model.training else "evaluation",
+        "first": first,
+        "views": [view(name, *g, compiled, files) for name, g in graphs.items()],
+        "native": native_kernels(compiled),
+        "sources": files.texts(),
+    }
     packed = base64.b64encode(gzip.compress(json.dumps(data, separators=(",", ":")).encode(), mtime=0)).decode()
     asset = resources.files(__package__)
-    parts = {"title": html.escape(f"{model.name}: dlc graph"), "data": packed,
-             "style": asset.joinpath("page.css").read_text(), "script": asset.joinpath("page.js").read_text()}
+    parts = {
+        "title": html.escape(f"{model.name}: dlc graph"),
+        "data": packed,
+        "style": asset.joinpath("page.css").read_text(),
+        "script": asset.joinpath("page.js").read_text(),
+    }
     return re.sub(r"\{\{(\w+)\}\}", lambda m: parts[m.group(1)], asset.joinpath("page.html").read_text())
 
 
@@ -66,21 +75,41 @@ def view(name: str, graph: Graph, box_of: dict, boxes: dict, compiled: Graph, fi
     for n in graph.order():
         d = graph.nx.nodes[n]
         span = d["span"]
-        nodes.append({
-            "id": n, "op": d["op"], "title": node_title(graph, n), "layer": box_of[n],
-            "pattern": PRIMITIVES[d["op"]].pattern.value, "types": ", ".join(str(t) for t in d["types"]),
-            "attrs": attrs_text(d["attrs"]), "flops": count_text(graph.node_flops(n)),
-            **_places(span, files),
-            "outputs": outputs.get(n, []), "grad_of": d.get("grad_of"),
-            "compiled": n in compiled.nx, **_constant(d, box_of[n])})
+        nodes.append(
+            {
+                "id": n,
+                "op": d["op"],
+                "title": node_title(graph, n),
+                "layer": box_of[n],
+                "pattern": PRIMITIVES[d["op"]].pattern.value,
+                "types": ", ".join(str(t) for t in d["types"]),
+                "attrs": attrs_text(d["attrs"]),
+                "flops": count_text(graph.node_flops(n)),
+                **_places(span, files),
+                "outputs": outputs.get(n, []),
+                "grad_of": d.get("grad_of"),
+                "compiled": n in compiled.nx,
+                **_constant(d, box_of[n]),
+            }
+        )
     tree = box_tree(graph, box_of, boxes)
     leaving = box_outputs(graph, box_of, boxes)
-    return {"name": name, "title": {"forward": "forward graph", "train_step": "train step"}[name],
-            "nodes": nodes, "edges": sorted(set(graph.nx.edges())),
-            "layers": {box: {**boxes[box], **_places(boxes[box]["span"], files), "size": _size(tree, box),
-                             "outputs": leaving.get(box, [])}
-                       for box in tree},
-            "rows": rows(graph, tree, box_of, boxes)}
+    return {
+        "name": name,
+        "title": {"forward": "forward graph", "train_step": "train step"}[name],
+        "nodes": nodes,
+        "edges": sorted(set(graph.nx.edges())),
+        "layers": {
+            box: {
+                **boxes[box],
+                **_places(boxes[box]["span"], files),
+                "size": _size(tree, box),
+                "outputs": leaving.get(box, []),
+            }
+            for box in tree
+        },
+        "rows": rows(graph, tree, box_of, boxes),
+    }
 
 
 def _constant(d: dict, box: str) -> dict:

@@ -7,6 +7,7 @@ slice and concat. Arithmetic that yields a constant returns a plain int.
 Symbols are rigid: a model must work for every size of B, so B never silently becomes
 32 or T; two dims agree only when their polynomials are equal.
 """
+
 from __future__ import annotations
 
 import re
@@ -77,7 +78,7 @@ class Dim:
             if all(c % other == 0 for c in self.terms.values()):
                 return Dim.make({m: c // other for m, c in self.terms.items()})
         elif isinstance(other, Dim) and len(other.terms) == 1:
-            (om, oc), = other.terms.items()
+            ((om, oc),) = other.terms.items()
             out = {}
             for m, c in self.terms.items():
                 rest = list(m)

@@ -5,6 +5,7 @@ reference interpreter runs whole graphs with one (runtime/engines/interpreter.py
 folding (compiler/passes/optimize.py) and the static builtins (compiler/frontend/builtins.py)
 compute single nodes with the default one, in float64, and ONNX export a constant `iota`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,12 +36,19 @@ class Eval:
     function of (graph, node), the native backend's rule (compiler/native/bf16.py
     `in_bf16`); None in float32."""
 
-    def __init__(self, feeds: dict | None = None, params: dict | None = None, sizes: dict | None = None,
-                 float_dtype: str | None = "f64", replicas=None, bf16=None):
+    def __init__(
+        self,
+        feeds: dict | None = None,
+        params: dict | None = None,
+        sizes: dict | None = None,
+        float_dtype: str | None = "f64",
+        replicas=None,
+        bf16=None,
+    ):
         self.feeds, self.params, self.sizes, self.float_dtype = feeds or {}, params or {}, sizes or {}, float_dtype
         self.replicas = replicas
         self.bf16 = bf16
-        self.at: tuple = ()           # (graph, node) computed now: whose operands `operands` rounds
+        self.at: tuple = ()  # (graph, node) computed now: whose operands `operands` rounds
         self.args: list = []
         self.steps: tuple = ()
 
@@ -86,8 +94,10 @@ class Eval:
         for n, impl, inputs, attrs, dtypes, dead in plan(graph):
             self.at = (graph, n)
             try:
-                outs = self.impl_of(graph, n, impl)(self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()})
-            except DlcError as e:       # a check of the values (an index out of range): at the node's line
+                outs = self.impl_of(graph, n, impl)(
+                    self, [values[k] for k in inputs], **{k: self._resolve(v) for k, v in attrs.items()}
+                )
+            except DlcError as e:  # a check of the values (an index out of range): at the node's line
                 if e.span is not None:
                     raise
                 raise DlcError.at_user_line(e.message, graph.nx.nodes[n]["span"]) from None
@@ -136,6 +146,8 @@ def plan(graph: Graph) -> list:
         steps = []
         for n, inputs, gone in zip(order, reads, dead):
             data = graph.nx.nodes[n]
-            steps.append((n, PRIMITIVES[data["op"]].impl, inputs, data["attrs"], [t.dtype for t in data["types"]], gone))
+            steps.append(
+                (n, PRIMITIVES[data["op"]].impl, inputs, data["attrs"], [t.dtype for t in data["types"]], gone)
+            )
         cached = graph.__dict__["_plan"] = (key, steps)
     return cached[1]

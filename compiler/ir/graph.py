@@ -5,6 +5,7 @@ source `span` it came from. An edge u -> v with key i and attribute `out=j` says
 output j of u is argument i of v; edges are the only record of dataflow.
 `Tensor` is a handle on one output of one node; arithmetic on it emits nodes.
 """
+
 from __future__ import annotations
 
 import gc
@@ -28,12 +29,17 @@ from dlc.compiler.errors import DlcError, Span
 MAX_NODES = 250_000
 
 # each dtype of the language: its numpy type, and its ONNX element type (TensorProto.DataType)
-_DTYPES = {"f32": (np.float32, 1), "f64": (np.float64, 11), "i32": (np.int32, 6), "i64": (np.int64, 7),
-           "bool": (np.bool_, 9)}
+_DTYPES = {
+    "f32": (np.float32, 1),
+    "f64": (np.float64, 11),
+    "i32": (np.int32, 6),
+    "i64": (np.int64, 7),
+    "bool": (np.bool_, 9),
+}
 DTYPES = {name: numpy for name, (numpy, _) in _DTYPES.items()}
 ONNX_ELEM_TYPES = {name: elem_type for name, (_, elem_type) in _DTYPES.items()}
 FLOAT_DTYPES = ("f32", "f64")
-ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in DTYPES.items()}     # bytes an element
+ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in DTYPES.items()}  # bytes an element
 
 
 @dataclass(frozen=True)
@@ -57,15 +63,16 @@ class Pattern(Enum):
     """A primitive's fusion pattern (as TVM's OpPatternKind): what its kernel is, for
     fusion (compiler/native/fusion.py) and for the lowering of a primitive without a rule
     of its own (compiler/native/rules/)."""
-    SOURCE = "source"              # an input, parameter, constant, draw: no operand
-    ELEMENTWISE = "elementwise"    # each result element from the same element of each operand
-    BROADCAST = "broadcast"        # an operand repeated along new axes
-    INJECTIVE = "injective"        # each result element one element of the operand: views, slices, gathers
-    REDUCTION = "reduction"        # sums or maxima along axes
-    CONTRACTION = "contraction"    # matrix products
-    WINDOW = "window"              # convolutions and pools: sums over windows
-    OPAQUE = "opaque"              # a kernel of its own that nothing fuses into
-    CONTROL = "control"            # a loop over a body graph (scan)
+
+    SOURCE = "source"  # an input, parameter, constant, draw: no operand
+    ELEMENTWISE = "elementwise"  # each result element from the same element of each operand
+    BROADCAST = "broadcast"  # an operand repeated along new axes
+    INJECTIVE = "injective"  # each result element one element of the operand: views, slices, gathers
+    REDUCTION = "reduction"  # sums or maxima along axes
+    CONTRACTION = "contraction"  # matrix products
+    WINDOW = "window"  # convolutions and pools: sums over windows
+    OPAQUE = "opaque"  # a kernel of its own that nothing fuses into
+    CONTROL = "control"  # a loop over a body graph (scan)
 
 
 @dataclass
@@ -79,36 +86,37 @@ class Primitive:
     here. The native backend keeps its lowering and scalar rules in tables of its own,
     keyed by the primitive's name (compiler/native/rules/, compiler/native/codegen/scalar.py), so
     that building the records never loads LLVM."""
+
     name: str
     pattern: Pattern
-    infer: Callable            # (ctx: Infer, types, **attrs) -> list[TensorType]
-    impl: Callable             # (ctx: evaluate.Eval, arrays, **attrs) -> list[np.ndarray]
+    infer: Callable  # (ctx: Infer, types, **attrs) -> list[TensorType]
+    impl: Callable  # (ctx: evaluate.Eval, arrays, **attrs) -> list[np.ndarray]
     vjp: Callable | None = None  # (node: NodeView, cotangents) -> list[Tensor | None]
     flops: Callable | None = None  # (in_types, out_types, **attrs) -> dim polynomial
     dtypes: tuple = tuple(DTYPES)
-    given: bool = False        # its value comes from outside the graph: an input, a parameter, an argument
-    view: bool = False         # its result is its operand's elements, rearranged or not at all (no arithmetic)
-    cheap: bool = False        # cheaper to recompute than to keep in memory (views, constants)
-    recompute: bool = False    # one of it on values in memory costs less to redo in each reader than to store
+    given: bool = False  # its value comes from outside the graph: an input, a parameter, an argument
+    view: bool = False  # its result is its operand's elements, rearranged or not at all (no arithmetic)
+    cheap: bool = False  # cheaper to recompute than to keep in memory (views, constants)
+    recompute: bool = False  # one of it on values in memory costs less to redo in each reader than to store
     commutative: bool = False  # its two operands may be swapped
-    libm: str | None = None    # the C math library's function that computes it (float; "f" suffix for f32)
-    arity: int | None = None   # an elementwise op's number of operands
-    builtin: str | None = None   # the .dl builtin that emits it, an argument per operand: exp, sigmoid, select
+    libm: str | None = None  # the C math library's function that computes it (float; "f" suffix for f32)
+    arity: int | None = None  # an elementwise op's number of operands
+    builtin: str | None = None  # the .dl builtin that emits it, an argument per operand: exp, sigmoid, select
     operator: str | None = None  # the .dl operator that emits it: +, ==, not
-    onnx: str | None = None    # the ONNX op that computes it from the same operands, without attributes
+    onnx: str | None = None  # the ONNX op that computes it from the same operands, without attributes
     nonempty_axes: Callable | None = None  # (**attrs) -> the axes of its operand that must not be empty
     # what fusion (compiler/native/fusion.py) knows of its native kernel:
     memory_operands: tuple | None = ()  # the operands the kernel reads from memory: positions, None: all
-    memory_reason: str = "memory"       # why: "gemm" (GEMM calls read them), "window" (read through windows)
-    recomputed_operand: int | None = None   # the operand computed afresh wherever an element is needed
-    pieces: str | None = None   # its result written in pieces: "disjoint" (concat) or "overlapping" (pad)
-    argument: bool = False      # a scan body's argument: the value its scan passes in, in that value's form
-    holds_value: bool = False   # its value is an attribute (a constant): free as a scalar, else in memory
-    part: Callable | None = None    # (output shape, **attrs) -> (first, last) per axis: the part of its operand it is
+    memory_reason: str = "memory"  # why: "gemm" (GEMM calls read them), "window" (read through windows)
+    recomputed_operand: int | None = None  # the operand computed afresh wherever an element is needed
+    pieces: str | None = None  # its result written in pieces: "disjoint" (concat) or "overlapping" (pad)
+    argument: bool = False  # a scan body's argument: the value its scan passes in, in that value's form
+    holds_value: bool = False  # its value is an attribute (a constant): free as a scalar, else in memory
+    part: Callable | None = None  # (output shape, **attrs) -> (first, last) per axis: the part of its operand it is
     # what gradient checks (runtime/training/gradcheck.py) know of integer inputs:
-    index_count: Callable | None = None     # (operand types) -> the values its integer operand may take
-    indices: bool = False       # its values are the indices along an axis (`axis`): iota
-    equality: bool = False      # it tests its operands for equality (==, !=)
+    index_count: Callable | None = None  # (operand types) -> the values its integer operand may take
+    indices: bool = False  # its values are the indices along an axis (`axis`): iota
+    equality: bool = False  # it tests its operands for equality (==, !=)
 
 
 PRIMITIVES: dict[str, Primitive] = {}
@@ -116,9 +124,11 @@ PRIMITIVES: dict[str, Primitive] = {}
 
 def primitive(name: str, pattern: Pattern, infer, vjp=None, flops=None, **properties):
     """Decorator: register the primitive whose numpy reference it decorates."""
+
     def register(impl):
         PRIMITIVES[name] = Primitive(name, pattern, infer, impl, vjp, flops, **properties)
         return impl
+
     return register
 
 
@@ -167,7 +177,8 @@ def collector_paused():
 class NodeBudget:
     """The nodes the graphs of one model build may still make, shared by them all; and, for
     a build that must answer soon (the language server's), the seconds it may take."""
-    CLOCK_EVERY = 1024      # nodes between two looks at the clock
+
+    CLOCK_EVERY = 1024  # nodes between two looks at the clock
 
     def __init__(self, seconds: float | None = None):
         self.total = self.left = MAX_NODES
@@ -176,17 +187,24 @@ class NodeBudget:
 
     def spend(self, span: Span | None):
         if self.left <= 0:
-            raise DlcError(f"the model needs more than {MAX_NODES:,} graph nodes, the most a model may have "
-                           "(a repeat with too many steps?)", span)
+            raise DlcError(
+                f"the model needs more than {MAX_NODES:,} graph nodes, the most a model may have "
+                "(a repeat with too many steps?)",
+                span,
+            )
         self.left -= 1
         if self.deadline is not None and self.left % self.CLOCK_EVERY == 0 and time.monotonic() > self.deadline:
-            raise DlcError.at_user_line(f"stopped building the model after {self.seconds:g} s, the time budget of "
-                                        f"this build ({MAX_NODES - self.left:,} graph nodes made; a repeat with many "
-                                        "steps?); `dlc check` builds it whole", span)
+            raise DlcError.at_user_line(
+                f"stopped building the model after {self.seconds:g} s, the time budget of "
+                f"this build ({MAX_NODES - self.left:,} graph nodes made; a repeat with many "
+                "steps?); `dlc check` builds it whole",
+                span,
+            )
 
 
 class Tensor:
     """One output of one node."""
+
     __slots__ = ("graph", "node", "out")
 
     def __init__(self, graph: "Graph", node: int, out: int = 0):
@@ -235,7 +253,7 @@ class Outputs(MutableMapping):
 
     def __init__(self, named=()):
         self._named: dict = {}
-        self._readers: dict = {}        # (node, out) -> the names that read it
+        self._readers: dict = {}  # (node, out) -> the names that read it
         self.update(named)
 
     def readers(self, key: tuple) -> list:
@@ -248,7 +266,7 @@ class Outputs(MutableMapping):
     def __setitem__(self, name: str, t: Tensor):
         if name in self._named:
             self._unlink(name)
-        self._named[name] = t           # a name given again keeps its place, as in a dict
+        self._named[name] = t  # a name given again keeps its place, as in a dict
         self._readers.setdefault(t.key(), []).append(name)
 
     def __delitem__(self, name: str):
@@ -274,6 +292,7 @@ class Outputs(MutableMapping):
 @dataclass
 class NodeView:
     """What a VJP rule sees of a node: its attrs, operands and outputs."""
+
     graph: "Graph"
     node: int
     attrs: dict
@@ -285,13 +304,13 @@ class NodeView:
 class Graph:
     def __init__(self, name: str = "main", parent: "Graph | None" = None, budget: NodeBudget | None = None):
         self.name = name
-        self.budget = budget                   # a model build's graphs share one; derived graphs have none
+        self.budget = budget  # a model build's graphs share one; derived graphs have none
         # the nodes (op, attrs, types, span) and the edges (key: operand index, out: output read)
         self.nx = nx.MultiDiGraph()
         self.parent = parent
         self.span: Span | None = None
         self.outputs = Outputs()
-        self.args: list[Tensor] = []       # ordered arguments of a body graph
+        self.args: list[Tensor] = []  # ordered arguments of a body graph
         self._next = 0
 
     @property
@@ -315,8 +334,11 @@ class Graph:
             types = prim.infer(Infer(self, op), [t.type for t in inputs], **attrs)
         except DlcError as e:
             if not e.notes:
-                e.notes = [(f"operand {i + 1} is {t.type}, from here", t.made_at)
-                           for i, t in enumerate(inputs) if t.made_at is not None and t.made_at != e.span]
+                e.notes = [
+                    (f"operand {i + 1} is {t.type}, from here", t.made_at)
+                    for i, t in enumerate(inputs)
+                    if t.made_at is not None and t.made_at != e.span
+                ]
             raise
         for t in types:
             if any(isinstance(d, int) and d <= 0 for d in t.shape):
@@ -367,7 +389,7 @@ class Graph:
     def order(self) -> list[int]:
         """Nodes in a topological order that keeps creation order where it can: the smallest
         ready node first (networkx's lexicographical sort, without its overhead per edge)."""
-        waiting = {n: sum(map(len, pred.values())) for n, pred in self.nx.pred.items()}     # edges not yet met
+        waiting = {n: sum(map(len, pred.values())) for n, pred in self.nx.pred.items()}  # edges not yet met
         ready = [n for n, k in waiting.items() if not k]
         heapq.heapify(ready)
         out = []
@@ -409,6 +431,7 @@ class Graph:
 
 class _At:
     """The context of Graph.at: a class, not a generator, as every expression enters one."""
+
     __slots__ = ("graph", "span", "saved")
 
     def __init__(self, graph: Graph, span: Span | None):
@@ -472,7 +495,7 @@ def to_text(graph: Graph, indent: str = "") -> str:
     return "\n".join(lines)
 
 
-GRADIENTS = "∇"      # the layer of the gradient nodes, above one per layer: ∇.stage1.0.conv1
+GRADIENTS = "∇"  # the layer of the gradient nodes, above one per layer: ∇.stage1.0.conv1
 
 
 def layer_of(graph: Graph, n: int) -> str:
@@ -516,6 +539,7 @@ def layer_tree(graph: Graph) -> dict:
             tree[layer] = ([], [])
             add(layer_parent(layer))
             tree[layer_parent(layer)][0].append(layer)
+
     for n in graph.order():
         layer = layer_of(graph, n)
         add(layer)
@@ -543,6 +567,7 @@ def to_dot(graph: Graph) -> str:
             lines.append(f"{indent}  label={_quoted(layer_label(child))};")
             cluster(child, indent + "  ")
             lines.append(f"{indent}}}")
+
     cluster("", "  ")
     for u, v, k, out in graph.nx.edges(keys=True, data="out"):
         lines.append(f'  n{u} -> n{v} [label="{out}:{k}"];')
@@ -561,15 +586,34 @@ def _json(graph: Graph) -> dict:
     nodes = []
     for n in graph.order():
         d = graph.nx.nodes[n]
-        nodes.append({
-            "id": n, "op": d["op"], "pattern": PRIMITIVES[d["op"]].pattern.value,
-            "inputs": [[t.node, t.out] for t in graph.inputs(n)],
-            "attrs": {k: (_json(v) if isinstance(v, Graph) else attr_text(v)) for k, v in d["attrs"].items()},
-            "types": [str(t) for t in d["types"]],
-            "span": str(d["span"]) if d["span"] else None,
-        })
-    return {"name": graph.name, "args": [[t.node, t.out] for t in graph.args], "nodes": nodes,
-            "outputs": {k: [t.node, t.out] for k, t in graph.outputs.items()}}
+        nodes.append(
+            {
+                "id": n,
+                "op": d["op"],
+                "pattern": PRIMITIVES[d["op"]].pattern.value,
+                "inputs": [[t.node, t.out] for t in graph.inputs(n)],
+                "attrs": {k: (_json(v) if isinstance(v, Graph) else attr_text(v)) for k, v in d["attrs"].items()},
+                "types": [str(t) for t in d["types"]],
+                "span": str(d["span"]) if d["span"] else None,
+            }
+        )
+    return {
+        "name": graph.name,
+        "args": [[t.node, t.out] for t in graph.args],
+        "nodes": nodes,
+        "outputs": {k: [t.node, t.out] for k, t in graph.outputs.items()},
+    }
 
 
-__all__ = ["Graph", "Tensor", "TensorType", "Primitive", "PRIMITIVES", "primitive", "Infer", "NodeView", "DTYPES", "numel"]
+__all__ = [
+    "Graph",
+    "Tensor",
+    "TensorType",
+    "Primitive",
+    "PRIMITIVES",
+    "primitive",
+    "Infer",
+    "NodeView",
+    "DTYPES",
+    "numel",
+]

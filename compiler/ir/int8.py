@@ -4,16 +4,17 @@ every engine that runs integer products must agree with bit for bit.
 Weights are symmetric int8 per output channel, activations u8 with a zero point; a
 product's sums are int32 (exact), and its value returns to float32 as f32(acc) · M[o].
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
-LEAST_SCALE = 2.0 ** -60       # a scale below it is refused (M[o] would leave float32's normal range)
-MOST_SCALE = 2.0 ** 40         # and above it (f32(acc) · M[o] could overflow)
-WEIGHT_MAX = 127               # symmetric: -127..127, never -128
-LONGEST_SUM = (2 ** 31 - 1) // (255 * WEIGHT_MAX)      # the most terms whose int32 sum cannot overflow
+LEAST_SCALE = 2.0**-60  # a scale below it is refused (M[o] would leave float32's normal range)
+MOST_SCALE = 2.0**40  # and above it (f32(acc) · M[o] could overflow)
+WEIGHT_MAX = 127  # symmetric: -127..127, never -128
+LONGEST_SUM = (2**31 - 1) // (255 * WEIGHT_MAX)  # the most terms whose int32 sum cannot overflow
 
 
 def weight_scales(w: np.ndarray, channel_axis: int) -> np.ndarray:
@@ -71,8 +72,9 @@ def centered(q: np.ndarray, zero: np.uint8) -> np.ndarray:
 class QuantizedProduct:
     """One integer product's numbers, as the quantized checkpoint holds them: the weights'
     parameter in int8, its per-channel scales, and its input's scale and zero point."""
-    weight: np.ndarray              # int8, the parameter's shape
-    weight_scale: np.ndarray        # float32 [channels]
+
+    weight: np.ndarray  # int8, the parameter's shape
+    weight_scale: np.ndarray  # float32 [channels]
     input_scale: np.float32
     input_zero_point: np.uint8
 

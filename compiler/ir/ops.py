@@ -3,6 +3,7 @@
 The frontend's builtins and the VJP rules both build graphs through these, so a rule
 reads like the math: `g * (1 - y * y)`.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -68,8 +69,11 @@ def broadcast_shapes(graph: Graph, *shapes) -> tuple:
             if d == 1:
                 d = x
             elif d != x:
-                raise DlcError("shapes " + " and ".join(shape_str(s) for s in shapes) + " do not broadcast "
-                               f"(axis {i - rank}: {d} vs {x})", graph.span)
+                raise DlcError(
+                    "shapes " + " and ".join(shape_str(s) for s in shapes) + " do not broadcast "
+                    f"(axis {i - rank}: {d} vs {x})",
+                    graph.span,
+                )
         out.append(d)
     return tuple(out)
 
@@ -88,8 +92,11 @@ def _operands(*xs) -> list[Tensor]:
     try:
         shape = broadcast_shapes(graph, *[t.shape for t in ts])
     except DlcError as e:
-        e.notes += [(f"operand {i + 1} is {t.type}, from here", t.made_at) for i, t in enumerate(ts)
-                    if t.made_at is not None and t.made_at != e.span and t.graph.op(t.node) != "constant"]
+        e.notes += [
+            (f"operand {i + 1} is {t.type}, from here", t.made_at)
+            for i, t in enumerate(ts)
+            if t.made_at is not None and t.made_at != e.span and t.graph.op(t.node) != "constant"
+        ]
         raise
     return [broadcast_to(t, shape) for t in ts]
 
@@ -99,10 +106,20 @@ def binary(name: str, a, b) -> Tensor:
     return x.graph.add1(name, [x, y])
 
 
-def add(a, b): return binary("add", a, b)
-def sub(a, b): return binary("sub", a, b)
-def mul(a, b): return binary("mul", a, b)
-def div(a, b): return binary("div", a, b)
+def add(a, b):
+    return binary("add", a, b)
+
+
+def sub(a, b):
+    return binary("sub", a, b)
+
+
+def mul(a, b):
+    return binary("mul", a, b)
+
+
+def div(a, b):
+    return binary("div", a, b)
 
 
 def fma(a, b, c) -> Tensor:
@@ -240,7 +257,7 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
         a, b = cast(a, "f32"), cast(b, "f32")
     if a.rank == 0 or b.rank == 0:
         raise DlcError(f"@ needs tensors of rank >= 1, got {a.type} @ {b.type}", graph.span)
-    if a.rank == 1:     # a row, removed from the result (a scalar for vector @ vector)
+    if a.rank == 1:  # a row, removed from the result (a scalar for vector @ vector)
         out = matmul(reshape(a, (1,) + a.shape), b)
         return reshape(out, out.shape[:-1] if b.rank == 1 else out.shape[:-2] + out.shape[-1:])
     if b.rank == 1:
@@ -248,25 +265,34 @@ def matmul(a: Tensor, b: Tensor) -> Tensor:
     if b.rank == 2 and a.rank > 2:
         k = a.shape[-1]
         if k != b.shape[0]:
-            raise DlcError(f"matmul: inner dims differ: {a.type} @ {b.type} ({k} vs {b.shape[0]})", graph.span,
-                           _origin(a, b))
+            raise DlcError(
+                f"matmul: inner dims differ: {a.type} @ {b.type} ({k} vs {b.shape[0]})", graph.span, _origin(a, b)
+            )
         flat = reshape(a, (numel(a.shape[:-1]), k))
         return reshape(matmul_raw(flat, b), a.shape[:-1] + (b.shape[1],))
     try:
         batch = broadcast_shapes(graph, a.shape[:-2], b.shape[:-2])
     except DlcError as e:
-        raise DlcError(f"matmul: batch dims of {a.type} and {b.type} do not broadcast", graph.span, _origin(a, b)) from e
+        raise DlcError(
+            f"matmul: batch dims of {a.type} and {b.type} do not broadcast", graph.span, _origin(a, b)
+        ) from e
     a = broadcast_to(a, batch + a.shape[-2:])
     b = broadcast_to(b, batch + b.shape[-2:])
     if a.shape[-1] != b.shape[-2]:
-        raise DlcError(f"matmul: inner dims differ: {a.type} @ {b.type} ({a.shape[-1]} vs {b.shape[-2]})",
-                       graph.span, _origin(a, b))
+        raise DlcError(
+            f"matmul: inner dims differ: {a.type} @ {b.type} ({a.shape[-1]} vs {b.shape[-2]})",
+            graph.span,
+            _origin(a, b),
+        )
     return matmul_raw(a, b)
 
 
 def _origin(*xs: Tensor) -> list:
-    return [(f"operand {i + 1} is {x.type}, from here", x.made_at) for i, x in enumerate(xs)
-            if x.made_at is not None and x.made_at != x.graph.span]
+    return [
+        (f"operand {i + 1} is {x.type}, from here", x.made_at)
+        for i, x in enumerate(xs)
+        if x.made_at is not None and x.made_at != x.graph.span
+    ]
 
 
 def one_hot(idx: Tensor, n: int, dtype: str = "f32") -> Tensor:
@@ -278,7 +304,6 @@ def one_hot(idx: Tensor, n: int, dtype: str = "f32") -> Tensor:
 def concat(xs: list[Tensor], axis: int) -> Tensor:
     xs = promote(*xs)
     return xs[0].graph.add1("concat", xs, axis=axis_index(xs[0], axis))
-
 
 
 def _install_arithmetic():

@@ -8,6 +8,7 @@ helpers the rules use. `scan` has a module of its own (scan.py); its VJP, which
 differentiates its body, is added by compiler/passes/scan_vjp.py. The native backend registers its lowering and scalar rules by name
 (compiler/native/), and a test checks that every record has them.
 """
+
 from __future__ import annotations
 
 import math
@@ -121,7 +122,7 @@ def _orthogonal(ctx, xs, shape, stream):
     return q.reshape(shape)
 
 
-@primitive("random", Pattern.SOURCE, _random_type, memory_operands=(0,))     # the key
+@primitive("random", Pattern.SOURCE, _random_type, memory_operands=(0,))  # the key
 def _random(ctx, xs, shape, dist, stream, dtype="f32"):
     """Inside a scan the stream also depends on the step, so every step draws anew."""
     for t in ctx.steps:
@@ -132,11 +133,11 @@ def _random(ctx, xs, shape, dist, stream, dtype="f32"):
     n = int(numel(shape))
     out = np.empty(n, dt)
     for start in range(0, n, DRAW_CHUNK):
-        out[start:start + DRAW_CHUNK] = _draws(xs[0], stream, dist, start, min(DRAW_CHUNK, n - start))
+        out[start : start + DRAW_CHUNK] = _draws(xs[0], stream, dist, start, min(DRAW_CHUNK, n - start))
     return [out.reshape(shape)]
 
 
-DRAW_CHUNK = 1 << 16        # draws computed at a time: their float64 temporaries stay in the cache
+DRAW_CHUNK = 1 << 16  # draws computed at a time: their float64 temporaries stay in the cache
 
 
 def _draws(key, stream: int, dist: str, start: int, n: int) -> np.ndarray:
@@ -160,7 +161,7 @@ def _unit(bits: np.ndarray) -> np.ndarray:
     bits >>= np.uint32(8)
     u = bits.astype(np.float64)
     u += 0.5
-    u *= 2.0 ** -24
+    u *= 2.0**-24
     return u
 
 
@@ -183,8 +184,9 @@ def _unary_type(ctx, types, **_):
 
 def _unary(name, fn, vjp, **properties):
     """A float function of one operand."""
-    primitive(name, Pattern.ELEMENTWISE, _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, arity=1, **properties)(
-        lambda ctx, xs, _fn=fn: [_fn(xs[0]).astype(xs[0].dtype, copy=False)])
+    primitive(
+        name, Pattern.ELEMENTWISE, _unary_type, vjp, _elementwise_flops, dtypes=FLOAT_DTYPES, arity=1, **properties
+    )(lambda ctx, xs, _fn=fn: [_fn(xs[0]).astype(xs[0].dtype, copy=False)])
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
@@ -195,15 +197,26 @@ _unary("expm1", np.expm1, lambda n, g: [g[0] * (n.outputs[0] + 1.0)], libm="expm
 _unary("log", np.log, lambda n, g: [g[0] / n.inputs[0]], libm="log", builtin="log", onnx="Log")
 _unary("log1p", np.log1p, lambda n, g: [g[0] / (n.inputs[0] + 1.0)], libm="log1p", builtin="log1p")
 _unary("tanh", np.tanh, lambda n, g: [g[0] * (1.0 - n.outputs[0] * n.outputs[0])], builtin="tanh", onnx="Tanh")
-_unary("logistic", lambda x: np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x)))),
-       lambda n, g: [g[0] * n.outputs[0] * (1.0 - n.outputs[0])], builtin="sigmoid", onnx="Sigmoid")
+_unary(
+    "logistic",
+    lambda x: np.where(x >= 0, 1 / (1 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1 + np.exp(-np.abs(x)))),
+    lambda n, g: [g[0] * n.outputs[0] * (1.0 - n.outputs[0])],
+    builtin="sigmoid",
+    onnx="Sigmoid",
+)
 _unary("sqrt", np.sqrt, lambda n, g: [g[0] * 0.5 / n.outputs[0]], builtin="sqrt", onnx="Sqrt")
 _unary("abs", np.abs, lambda n, g: [g[0] * ops.unary("sign", n.inputs[0])], builtin="abs", onnx="Abs")
 _unary("sign", np.sign, lambda n, g: [None], builtin="sign", onnx="Sign")
 _unary("sin", np.sin, lambda n, g: [g[0] * ops.unary("cos", n.inputs[0])], libm="sin", builtin="sin", onnx="Sin")
 _unary("cos", np.cos, lambda n, g: [-(g[0] * ops.unary("sin", n.inputs[0]))], libm="cos", builtin="cos", onnx="Cos")
-_unary("erf", lambda x: _erf(x), lambda n, g: [g[0] * (2.0 / math.sqrt(math.pi)) * ops.unary("exp", -(n.inputs[0] * n.inputs[0]))],
-       libm="erf", builtin="erf", onnx="Erf")
+_unary(
+    "erf",
+    lambda x: _erf(x),
+    lambda n, g: [g[0] * (2.0 / math.sqrt(math.pi)) * ops.unary("exp", -(n.inputs[0] * n.inputs[0]))],
+    libm="erf",
+    builtin="erf",
+    onnx="Erf",
+)
 
 
 def _binary_type(ctx, types, **_):
@@ -230,18 +243,23 @@ def _pow_vjp(n, g):
 
 def _minmax_vjp(cmp):
     """The larger (smaller) operand takes the gradient; ties split it, as in PyTorch."""
+
     def vjp(n, g):
         x, y = n.inputs
         wins, tie = ops.compare(cmp, x, y), ops.compare("eq", x, y)
         zero, half = ops.zeros_like(g[0]), g[0] * 0.5
-        return [ops.select(wins, g[0], ops.select(tie, half, zero)),
-                ops.select(wins, zero, ops.select(tie, half, g[0]))]
+        return [
+            ops.select(wins, g[0], ops.select(tie, half, zero)),
+            ops.select(wins, zero, ops.select(tie, half, g[0])),
+        ]
+
     return vjp
 
 
 def _binary(name, fn, vjp, infer=_arith_type, dtypes=NUMERIC, **properties):
     primitive(name, Pattern.ELEMENTWISE, infer, vjp, _elementwise_flops, dtypes=dtypes, arity=2, **properties)(
-        lambda ctx, xs, _fn=fn: [np.asarray(_fn(*xs))])
+        lambda ctx, xs, _fn=fn: [np.asarray(_fn(*xs))]
+    )
 
 
 def _int_div(a, b):
@@ -252,10 +270,23 @@ def _int_div(a, b):
 
 _binary("add", np.add, lambda n, g: [g[0], g[0]], commutative=True, operator="+", onnx="Add", recompute=True)
 _binary("sub", np.subtract, lambda n, g: [g[0], -g[0]], operator="-", onnx="Sub", recompute=True)
-_binary("mul", np.multiply, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]], commutative=True, operator="*",
-        onnx="Mul", recompute=True)
-_binary("div", _int_div, lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])], operator="/",
-        onnx="Div", recompute=True)
+_binary(
+    "mul",
+    np.multiply,
+    lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0]],
+    commutative=True,
+    operator="*",
+    onnx="Mul",
+    recompute=True,
+)
+_binary(
+    "div",
+    _int_div,
+    lambda n, g: [g[0] / n.inputs[1], -(g[0] * n.outputs[0] / n.inputs[1])],
+    operator="/",
+    onnx="Div",
+    recompute=True,
+)
 # x % y = x - y * floor(x / y), so d/dy = -floor(x / y) = -(x - out) / y
 _binary("mod", np.mod, lambda n, g: [g[0], -(g[0] * (n.inputs[0] - n.outputs[0]) / n.inputs[1])], operator="%")
 _binary("pow", np.power, _pow_vjp, libm="pow", operator="^", onnx="Pow")
@@ -272,8 +303,15 @@ def _fma_type(ctx, types, **_):
     return [t]
 
 
-@primitive("fma", Pattern.ELEMENTWISE, _fma_type, lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0], g[0]],
-           lambda ins, outs, **_: 2 * numel(outs[0].shape), dtypes=FLOAT_DTYPES, arity=3)
+@primitive(
+    "fma",
+    Pattern.ELEMENTWISE,
+    _fma_type,
+    lambda n, g: [g[0] * n.inputs[1], g[0] * n.inputs[0], g[0]],
+    lambda ins, outs, **_: 2 * numel(outs[0].shape),
+    dtypes=FLOAT_DTYPES,
+    arity=3,
+)
 def _fma(ctx, xs):
     """a * b + c rounded once (torch's fused kernels: lerp, addcmul, add with alpha). The
     float32 product is exact in float64, so the sum rounds twice only in ties, vanishingly
@@ -288,8 +326,17 @@ def _compare_type(ctx, types, **_):
 
 
 def _comparison(name, fn, operator, onnx=None, commutative=False):
-    _binary(name, fn, lambda n, g: [None, None], _compare_type, tuple(DTYPES), commutative=commutative,
-            operator=operator, onnx=onnx, equality=operator in ("==", "!="))
+    _binary(
+        name,
+        fn,
+        lambda n, g: [None, None],
+        _compare_type,
+        tuple(DTYPES),
+        commutative=commutative,
+        operator=operator,
+        onnx=onnx,
+        equality=operator in ("==", "!="),
+    )
 
 
 _comparison("lt", np.less, "<", "Less")
@@ -307,12 +354,36 @@ def _logical_type(ctx, types, **_):
     return [_same_shapes(ctx, types)]
 
 
-_binary("logical_and", np.logical_and, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True,
-        operator="and", onnx="And")
-_binary("logical_or", np.logical_or, lambda n, g: [None, None], _logical_type, ("bool",), commutative=True,
-        operator="or", onnx="Or")
-primitive("logical_not", Pattern.ELEMENTWISE, _logical_type, lambda n, g: [None], dtypes=("bool",), arity=1,
-          operator="not", onnx="Not")(lambda ctx, xs: [np.logical_not(xs[0])])
+_binary(
+    "logical_and",
+    np.logical_and,
+    lambda n, g: [None, None],
+    _logical_type,
+    ("bool",),
+    commutative=True,
+    operator="and",
+    onnx="And",
+)
+_binary(
+    "logical_or",
+    np.logical_or,
+    lambda n, g: [None, None],
+    _logical_type,
+    ("bool",),
+    commutative=True,
+    operator="or",
+    onnx="Or",
+)
+primitive(
+    "logical_not",
+    Pattern.ELEMENTWISE,
+    _logical_type,
+    lambda n, g: [None],
+    dtypes=("bool",),
+    arity=1,
+    operator="not",
+    onnx="Not",
+)(lambda ctx, xs: [np.logical_not(xs[0])])
 
 
 def _select_type(ctx, types, **_):
@@ -331,8 +402,16 @@ def _select_vjp(n, g):
     return [None, ops.select(c, g[0], zero), ops.select(c, zero, g[0])]
 
 
-@primitive("select", Pattern.ELEMENTWISE, _select_type, _select_vjp, _elementwise_flops, arity=3, builtin="select",
-           onnx="Where")
+@primitive(
+    "select",
+    Pattern.ELEMENTWISE,
+    _select_type,
+    _select_vjp,
+    _elementwise_flops,
+    arity=3,
+    builtin="select",
+    onnx="Where",
+)
 def _select(ctx, xs):
     return [np.where(xs[0], xs[1], xs[2])]
 
@@ -374,8 +453,9 @@ def _broadcast_type(ctx, types, shape):
 def _broadcast_vjp(n, g):
     x = n.inputs[0]
     lead = len(n.attrs["shape"]) - x.rank
-    axes = tuple(range(lead)) + tuple(lead + i for i, d in enumerate(x.shape)
-                                      if d == 1 and n.attrs["shape"][lead + i] != 1)
+    axes = tuple(range(lead)) + tuple(
+        lead + i for i, d in enumerate(x.shape) if d == 1 and n.attrs["shape"][lead + i] != 1
+    )
     return [ops.reshape(ops.reduce("reduce_sum", g[0], axes), x.shape)]
 
 
@@ -391,8 +471,15 @@ def _reshape_type(ctx, types, shape):
     return [TensorType(x.dtype, tuple(shape))]
 
 
-@primitive("reshape", Pattern.INJECTIVE, _reshape_type, lambda n, g: [ops.reshape(g[0], n.inputs[0].shape)],
-           view=True, cheap=True, memory_operands=(0,))       # re-indexes contiguous data
+@primitive(
+    "reshape",
+    Pattern.INJECTIVE,
+    _reshape_type,
+    lambda n, g: [ops.reshape(g[0], n.inputs[0].shape)],
+    view=True,
+    cheap=True,
+    memory_operands=(0,),
+)  # re-indexes contiguous data
 def _reshape(ctx, xs, shape):
     return [xs[0].reshape(shape)]
 
@@ -468,7 +555,7 @@ def _pad_vjp(n, g):
     return [ops.slice_(g[0], n.attrs["lo"], stops, tuple(i + 1 for i in n.attrs["interior"]))]
 
 
-@primitive("pad", Pattern.INJECTIVE, _pad_type, _pad_vjp, pieces="overlapping")      # zeros, then the interior
+@primitive("pad", Pattern.INJECTIVE, _pad_type, _pad_vjp, pieces="overlapping")  # zeros, then the interior
 def _pad(ctx, xs, lo, hi, interior):
     x = xs[0]
     shape = [a + d + (d - 1) * i + b for d, a, b, i in zip(x.shape, lo, hi, interior)]
@@ -525,8 +612,14 @@ def _gather_vjp(n, g):
     return [ops.graph_of(g[0]).add1("scatter_add", [idx, g[0]], shape=table.shape), None]
 
 
-@primitive("gather", Pattern.INJECTIVE, _gather_type, _gather_vjp, memory_operands=(0,),     # the table
-           index_count=lambda types: types[0].shape[0])      # the table's rows
+@primitive(
+    "gather",
+    Pattern.INJECTIVE,
+    _gather_type,
+    _gather_vjp,
+    memory_operands=(0,),  # the table
+    index_count=lambda types: types[0].shape[0],
+)  # the table's rows
 def _gather(ctx, xs):
     table, idx = xs
     if idx.size and (idx.min() < 0 or idx.max() >= table.shape[0]):
@@ -543,7 +636,7 @@ def _scatter_add_vjp(n, g):
     return [None, ops.graph_of(g[0]).add1("gather", [g[0], n.inputs[0]])]
 
 
-@primitive("scatter_add", Pattern.OPAQUE, _scatter_add_type, _scatter_add_vjp, memory_operands=(1,))    # the updates
+@primitive("scatter_add", Pattern.OPAQUE, _scatter_add_type, _scatter_add_vjp, memory_operands=(1,))  # the updates
 def _scatter_add(ctx, xs, shape):
     idx, upd = xs
     out = np.zeros(shape, upd.dtype)
@@ -590,10 +683,21 @@ def _reduce_max_vjp(n, g):
     return [_expand_back(n, g[0]) * hit / count]
 
 
-primitive("reduce_sum", Pattern.REDUCTION, _reduce_type, lambda n, g: [_expand_back(n, g[0])],
-          lambda ins, outs, **_: numel(ins[0].shape))(lambda ctx, xs, axes: [np.asarray(np.sum(xs[0], axis=axes))])
-primitive("reduce_max", Pattern.REDUCTION, _reduce_type, _reduce_max_vjp, lambda ins, outs, **_: numel(ins[0].shape),
-          nonempty_axes=lambda axes: axes)(lambda ctx, xs, axes: [np.asarray(np.max(xs[0], axis=axes))])
+primitive(
+    "reduce_sum",
+    Pattern.REDUCTION,
+    _reduce_type,
+    lambda n, g: [_expand_back(n, g[0])],
+    lambda ins, outs, **_: numel(ins[0].shape),
+)(lambda ctx, xs, axes: [np.asarray(np.sum(xs[0], axis=axes))])
+primitive(
+    "reduce_max",
+    Pattern.REDUCTION,
+    _reduce_type,
+    _reduce_max_vjp,
+    lambda ins, outs, **_: numel(ins[0].shape),
+    nonempty_axes=lambda axes: axes,
+)(lambda ctx, xs, axes: [np.asarray(np.max(xs[0], axis=axes))])
 
 
 def _argmax_type(ctx, types, axis):
@@ -641,8 +745,16 @@ def _matmul_flops(ins, outs, ta=False, tb=False):
     return 2 * numel(outs[0].shape) * k
 
 
-@primitive("matmul", Pattern.CONTRACTION, _matmul_type, _matmul_vjp, _matmul_flops, dtypes=FLOAT_DTYPES,
-           memory_operands=None, memory_reason="gemm")
+@primitive(
+    "matmul",
+    Pattern.CONTRACTION,
+    _matmul_type,
+    _matmul_vjp,
+    _matmul_flops,
+    dtypes=FLOAT_DTYPES,
+    memory_operands=None,
+    memory_reason="gemm",
+)
 def _matmul(ctx, xs, ta=False, tb=False):
     a, b = ctx.operands(xs)
     if ta:
@@ -659,7 +771,7 @@ def _matmul(ctx, xs, ta=False, tb=False):
 # costs nothing): bool (false: the score becomes MASKED) or float (added to the score).
 # `attention` gives o [..., Tq, dv] and the log-sum-exp of each row of scores, which its
 # gradient `attention_grad` reads to recompute the probabilities.
-MASKED = -1e9       # a masked score, as masked_scores in stdlib/attention.dl
+MASKED = -1e9  # a masked score, as masked_scores in stdlib/attention.dl
 
 
 def _attention_operands(ctx, types, rest: int):
@@ -690,7 +802,7 @@ def _attention_vjp(n, g):
         raise AssertionError("attention's log-sum-exp is read by its gradient only")
     o, lse = n.outputs
     grads = ops.graph_of(g[0]).add("attention_grad", [q, k, v, o, lse, g[0]] + n.inputs[3:], **n.attrs)
-    return grads + [None] * (len(n.inputs) - 3)         # the mask has no gradient
+    return grads + [None] * (len(n.inputs) - 3)  # the mask has no gradient
 
 
 def _attention_flops(ins, outs, **_):
@@ -712,8 +824,17 @@ def _scores(q, k, mask, scale):
     return np.where(mask, s, np.asarray(MASKED, q.dtype)) if mask.dtype == np.bool_ else s + mask
 
 
-@primitive("attention", Pattern.OPAQUE, _attention_type, _attention_vjp, _attention_flops, dtypes=FLOAT_DTYPES,
-           memory_operands=(0, 1, 2), memory_reason="gemm", recomputed_operand=3)
+@primitive(
+    "attention",
+    Pattern.OPAQUE,
+    _attention_type,
+    _attention_vjp,
+    _attention_flops,
+    dtypes=FLOAT_DTYPES,
+    memory_operands=(0, 1, 2),
+    memory_reason="gemm",
+    recomputed_operand=3,
+)
 def _attention(ctx, xs, scale):
     q, k, v = xs[:3]
     s = _scores(q, k, xs[3] if len(xs) > 3 else None, scale)
@@ -731,8 +852,17 @@ def _attention_grad_type(ctx, types, scale):
     return [q, k, v]
 
 
-@primitive("attention_grad", Pattern.OPAQUE, _attention_grad_type, None, _attention_grad_flops, dtypes=FLOAT_DTYPES,
-           memory_operands=(0, 1, 2, 3, 4, 5), memory_reason="gemm", recomputed_operand=6)
+@primitive(
+    "attention_grad",
+    Pattern.OPAQUE,
+    _attention_grad_type,
+    None,
+    _attention_grad_flops,
+    dtypes=FLOAT_DTYPES,
+    memory_operands=(0, 1, 2, 3, 4, 5),
+    memory_reason="gemm",
+    recomputed_operand=6,
+)
 def _attention_grad(ctx, xs, scale):
     """The probabilities p recomputed from the scores and the saved log-sum-exp; a masked
     (bool) score is a constant, so its gradient is zero."""
@@ -781,8 +911,10 @@ def _conv_type(ctx, types, stride, padding, dilation, groups):
     if w.rank != 4 or x.rank != 4:
         ctx.fail(f"needs a [N, C, H, W] input and [O, C, kh, kw] weights, got {x} and {w}")
     if x.shape[1] != w.shape[1] * groups:
-        ctx.fail(f"the input {x} has {x.shape[1]} channels, the weights {w} expect {w.shape[1] * groups}"
-                 + (f" ({w.shape[1]} in each of {groups} groups)" if groups != 1 else ""))
+        ctx.fail(
+            f"the input {x} has {x.shape[1]} channels, the weights {w} expect {w.shape[1] * groups}"
+            + (f" ({w.shape[1]} in each of {groups} groups)" if groups != 1 else "")
+        )
     _check_groups(ctx, x.shape[1], w.shape[0], groups)
     hw = _window_shape(ctx, x, w.shape[2:], stride, padding, dilation)
     return [TensorType(x.dtype, (x.shape[0], w.shape[0]) + hw)]
@@ -793,12 +925,12 @@ def _windows(x, kh, kw, stride, padding, dilation=(1, 1)):
     (ph, pw), (dh, dw) = padding, dilation
     x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     v = np.lib.stride_tricks.sliding_window_view(x, ((kh - 1) * dh + 1, (kw - 1) * dw + 1), axis=(2, 3))
-    return v[:, :, ::stride[0], ::stride[1], ::dh, ::dw]
+    return v[:, :, :: stride[0], :: stride[1], ::dh, ::dw]
 
 
 def _grouped(a, axis, groups):
     """a with its axis split into [groups, axis / groups]."""
-    return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1:])
+    return a.reshape(a.shape[:axis] + (groups, a.shape[axis] // groups) + a.shape[axis + 1 :])
 
 
 def _add_windows(shape, input_hw, kernel, stride, padding, contribution, dtype, dilation=(1, 1)):
@@ -812,8 +944,8 @@ def _add_windows(shape, input_hw, kernel, stride, padding, contribution, dtype, 
     full = np.zeros((n, c, rows, cols), dtype)
     for i in range(kh):
         for j in range(kw):
-            full[:, :, i * dh:i * dh + sh * ho:sh, j * dw:j * dw + sw * wo:sw] += contribution(i, j)
-    return full[:, :, ph:ph + input_hw[0], pw:pw + input_hw[1]]
+            full[:, :, i * dh : i * dh + sh * ho : sh, j * dw : j * dw + sw * wo : sw] += contribution(i, j)
+    return full[:, :, ph : ph + input_hw[0], pw : pw + input_hw[1]]
 
 
 def _conv_attrs(n) -> dict:
@@ -857,12 +989,21 @@ def _conv_input_grad_vjp(n, g):
     """dx = conv2d_input_grad(dy, w) is bilinear: <c, dx> = <conv2d(c, w), dy>."""
     dy, w = n.inputs
     graph = ops.graph_of(g[0])
-    return [graph.add1("conv2d", [g[0], w], **_conv_attrs(n)),
-            graph.add1("conv2d_weight_grad", [g[0], dy], kernel=tuple(w.shape[2:]), **_conv_attrs(n))]
+    return [
+        graph.add1("conv2d", [g[0], w], **_conv_attrs(n)),
+        graph.add1("conv2d_weight_grad", [g[0], dy], kernel=tuple(w.shape[2:]), **_conv_attrs(n)),
+    ]
 
 
-@primitive("conv2d_input_grad", Pattern.WINDOW, _conv_input_grad_type, _conv_input_grad_vjp,
-           lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]), memory_operands=None, memory_reason="window")
+@primitive(
+    "conv2d_input_grad",
+    Pattern.WINDOW,
+    _conv_input_grad_type,
+    _conv_input_grad_vjp,
+    lambda ins, outs, **_: _conv_flops([outs[0], ins[1]], [ins[0]]),
+    memory_operands=None,
+    memory_reason="window",
+)
 def _conv2d_input_grad(ctx, xs, stride, padding, dilation, groups, input_hw):
     """Also the transposed convolution (conv_transpose) of xs[0] by the weights xs[1]."""
     g, w = ctx.operands(xs)
@@ -886,12 +1027,21 @@ def _conv_weight_grad_vjp(n, g):
     """dw = conv2d_weight_grad(x, dy) is bilinear: <c, dw> = <conv2d(x, c), dy>."""
     x, dy = n.inputs
     graph = ops.graph_of(g[0])
-    return [graph.add1("conv2d_input_grad", [dy, g[0]], input_hw=tuple(x.shape[2:]), **_conv_attrs(n)),
-            graph.add1("conv2d", [x, g[0]], **_conv_attrs(n))]
+    return [
+        graph.add1("conv2d_input_grad", [dy, g[0]], input_hw=tuple(x.shape[2:]), **_conv_attrs(n)),
+        graph.add1("conv2d", [x, g[0]], **_conv_attrs(n)),
+    ]
 
 
-@primitive("conv2d_weight_grad", Pattern.WINDOW, _conv_weight_grad_type, _conv_weight_grad_vjp,
-           lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]), memory_operands=None, memory_reason="window")
+@primitive(
+    "conv2d_weight_grad",
+    Pattern.WINDOW,
+    _conv_weight_grad_type,
+    _conv_weight_grad_vjp,
+    lambda ins, outs, **_: _conv_flops([ins[0], outs[0]], [ins[1]]),
+    memory_operands=None,
+    memory_reason="window",
+)
 def _conv2d_weight_grad(ctx, xs, stride, padding, dilation, groups, kernel):
     x, g = ctx.operands(xs)
     v = _grouped(_windows(x, kernel[0], kernel[1], stride, padding, dilation), 1, groups)
@@ -914,7 +1064,9 @@ def _maxpool_vjp(n, g):
     return [graph.add1("maxpool2d_grad", [n.inputs[0], g[0]], **n.attrs)]
 
 
-@primitive("maxpool2d", Pattern.WINDOW, _pool_type, _maxpool_vjp, _pool_flops, memory_operands=None, memory_reason="window")
+@primitive(
+    "maxpool2d", Pattern.WINDOW, _pool_type, _maxpool_vjp, _pool_flops, memory_operands=None, memory_reason="window"
+)
 def _maxpool2d(ctx, xs, kernel, stride, padding):
     x = xs[0]
     if any(padding):
@@ -948,14 +1100,22 @@ def _maxpool_grad_vjp(n, g):
     return [None, ops.graph_of(g[0]).add1("maxpool2d_gather", [x, g[0]], **n.attrs)]
 
 
-@primitive("maxpool2d_grad", Pattern.WINDOW, _pool_grad_type, _maxpool_grad_vjp, _pool_flops, memory_operands=None, memory_reason="window")
+@primitive(
+    "maxpool2d_grad",
+    Pattern.WINDOW,
+    _pool_grad_type,
+    _maxpool_grad_vjp,
+    _pool_flops,
+    memory_operands=None,
+    memory_reason="window",
+)
 def _maxpool2d_grad(ctx, xs, kernel, stride, padding):
     """Each output's gradient goes to the first maximum of its window."""
     x, g = xs
     ph, pw = padding
     out = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * ph, x.shape[3] + 2 * pw), g.dtype)
     np.add.at(out, _first_maxima(x, kernel, stride, padding), g)
-    return [out[:, :, ph:ph + x.shape[2], pw:pw + x.shape[3]]]
+    return [out[:, :, ph : ph + x.shape[2], pw : pw + x.shape[3]]]
 
 
 def _maxpool_gather_type(ctx, types, kernel, stride, padding):
@@ -969,7 +1129,15 @@ def _maxpool_gather_vjp(n, g):
     return [None, ops.graph_of(g[0]).add1("maxpool2d_grad", [n.inputs[0], g[0]], **n.attrs)]
 
 
-@primitive("maxpool2d_gather", Pattern.WINDOW, _maxpool_gather_type, _maxpool_gather_vjp, _pool_flops, memory_operands=None, memory_reason="window")
+@primitive(
+    "maxpool2d_gather",
+    Pattern.WINDOW,
+    _maxpool_gather_type,
+    _maxpool_gather_vjp,
+    _pool_flops,
+    memory_operands=None,
+    memory_reason="window",
+)
 def _maxpool2d_gather(ctx, xs, kernel, stride, padding):
     """y at the first maximum of each window of x: the transpose of maxpool2d_grad, which
     its second derivative needs."""
@@ -983,7 +1151,9 @@ def _avgpool_vjp(n, g):
     return [graph.add1("avgpool2d_grad", [g[0]], input_hw=tuple(n.inputs[0].shape[2:]), **n.attrs)]
 
 
-@primitive("avgpool2d", Pattern.WINDOW, _pool_type, _avgpool_vjp, _pool_flops, memory_operands=None, memory_reason="window")
+@primitive(
+    "avgpool2d", Pattern.WINDOW, _pool_type, _avgpool_vjp, _pool_flops, memory_operands=None, memory_reason="window"
+)
 def _avgpool2d(ctx, xs, kernel, stride, padding):
     """Average over the window, padding counted as zeros (PyTorch's count_include_pad)."""
     v = _windows(xs[0], kernel[0], kernel[1], stride, padding)
@@ -1000,8 +1170,13 @@ def _avgpool_grad_vjp(n, g):
     return [ops.graph_of(g[0]).add1("avgpool2d", [g[0]], **attrs)]
 
 
-@primitive("avgpool2d_grad", Pattern.WINDOW, _avgpool_grad_type, _avgpool_grad_vjp,     # accumulates its operand's expression
-           lambda ins, outs, kernel, **_: numel(ins[0].shape) * kernel[0] * kernel[1])
+@primitive(
+    "avgpool2d_grad",
+    Pattern.WINDOW,
+    _avgpool_grad_type,
+    _avgpool_grad_vjp,  # accumulates its operand's expression
+    lambda ins, outs, kernel, **_: numel(ins[0].shape) * kernel[0] * kernel[1],
+)
 def _avgpool2d_grad(ctx, xs, kernel, stride, padding, input_hw):
     g = xs[0]
     share = g / (kernel[0] * kernel[1])

@@ -4,6 +4,7 @@ compiler/passes/scan_vjp.py, which adds it to this record.
 
 Operands: carries, sequences (sliced at t along xs_axes), then invariants.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,9 @@ import numpy as np
 from dlc.compiler.ir.graph import Pattern, TensorType, primitive
 
 
-def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None,
-               segment_of=None):
+def _scan_type(
+    ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None, segment_of=None
+):
     """Operands: carries, sequences (sliced at t along xs_axes), then invariants.
     Results: final carries, then the body's per-step outputs stacked along ys_axes.
     `history` lists the results that stack the carry entering each step (autodiff
@@ -23,7 +25,7 @@ def _scan_type(ctx, types, body, length, reverse, n_carry, xs_axes, ys_axes, his
     for i, (t, a) in enumerate(zip(types[:n_carry], body.args[:n_carry])):
         if t.dtype != a.dtype or t.shape != a.shape:
             ctx.fail(f"carry {i + 1} starts as {t} but the body takes {a.type}")
-    for t, axis in zip(types[n_carry:n_carry + n_xs], xs_axes):
+    for t, axis in zip(types[n_carry : n_carry + n_xs], xs_axes):
         if t.shape[axis] != length:
             ctx.fail(f"the sequence {t} has length {t.shape[axis]} on axis {axis}, the scan runs {length} steps")
     outs = list(body.outputs.values())
@@ -39,12 +41,11 @@ def _scan_flops(ins, outs, body, length, **_):
     return length * body.flops()
 
 
-@primitive("scan", Pattern.CONTROL, _scan_type, flops=_scan_flops)    # its VJP: compiler/passes/scan_vjp.py
-def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None,
-          segment_of=None):
+@primitive("scan", Pattern.CONTROL, _scan_type, flops=_scan_flops)  # its VJP: compiler/passes/scan_vjp.py
+def _scan(ctx, xs, body, length, reverse, n_carry, xs_axes, ys_axes, history=(), checkpoint=None, segment_of=None):
     carries = list(xs[:n_carry])
-    seqs = xs[n_carry:n_carry + len(xs_axes)]
-    invariants = xs[n_carry + len(xs_axes):]
+    seqs = xs[n_carry : n_carry + len(xs_axes)]
+    invariants = xs[n_carry + len(xs_axes) :]
     steps = range(length - 1, -1, -1) if reverse else range(length)
     ys = None
     enclosing = ctx.steps

@@ -15,6 +15,7 @@ GPT-2). `update_graph` adds the penalties and the clipping in front
 of the rule. The reference engine runs that graph with the interpreter; the native
 engine lowers it into its step (compiler/native/update.py): one definition, both engines.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -24,7 +25,7 @@ from dlc.compiler.ir.graph import DTYPES, Graph, Tensor, TensorType
 
 # the grad_norm output: the global norm of the gradient, penalties added, before clipping
 NORM = "grad_norm"
-GROUP = "group"         # the input holding each element's parameter group
+GROUP = "group"  # the input holding each element's parameter group
 
 
 class Update:
@@ -55,8 +56,11 @@ class Update:
                 self._scalars[name] = ops.cast(self._input(name, TensorType("f64", ())), self.dtype)
             else:
                 self._scalars[name] = self.per_group(
-                    [ops.cast(self._input(f"{name}@{g}", TensorType("f64", ())), self.dtype)
-                     for g in range(self.groups)])
+                    [
+                        ops.cast(self._input(f"{name}@{g}", TensorType("f64", ())), self.dtype)
+                        for g in range(self.groups)
+                    ]
+                )
         return self._scalars[name]
 
     def per_group(self, values: list):
@@ -65,7 +69,7 @@ class Update:
         if all(not isinstance(v, Tensor) for v in values) and len(set(values)) == 1:
             return values[0]
         lift = lambda v: v if isinstance(v, Tensor) else ops.constant(self.graph, v, self.dtype)
-        if self.index is not None:      # group g from starts[g - 1] on
+        if self.index is not None:  # group g from starts[g - 1] on
             out = lift(values[0])
             for g, start in enumerate(self.starts, 1):
                 out = ops.select(ops.compare("ge", self.index, start), lift(values[g]), out)
@@ -82,9 +86,18 @@ def lerp(start: Tensor, end: Tensor, weight: float) -> Tensor:
     return ops.fma(float(w), end - start, start) if abs(w) < 0.5 else ops.fma(float(w - 1), end - start, end)
 
 
-def update_graph(rule: Callable, slots: tuple, n: int, l1: float = 0.0, l2: float = 0.0,
-                 clip: tuple | None = None, norm: bool = False, dtype: str = "f32", groups: int = 1,
-                 starts: tuple | None = None) -> Graph:
+def update_graph(
+    rule: Callable,
+    slots: tuple,
+    n: int,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    clip: tuple | None = None,
+    norm: bool = False,
+    dtype: str = "f32",
+    groups: int = 1,
+    starts: tuple | None = None,
+) -> Graph:
     """The update of n flat parameters: penalties (l1 * sum|p| + l2 * sum p^2), clipping
     (`clip`: ("global_norm", max) or ("value", max)), then the rule, which gives the new
     parameter and {slot: new state} (outputs "param" and each slot). With `norm`, the

@@ -14,6 +14,7 @@ float32 program's, to the bit. The lowering follows this rule (only GEMM kernels
 flagged bf16), the reference engine emulates it (compiler/ir/evaluate.py `Eval.operands`)
 and `dlc summary --bf16` reports it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ class Bf16Product:
     """A matmul, convolution or convolution gradient of a graph (or of a scan's body):
     node `node`, multiplying operands of shapes `operands`, computed by a kernel of kind
     `kernel`."""
+
     node: int
     op: str
     operands: tuple
@@ -73,5 +75,9 @@ def in_bf16(graph: Graph, n: int) -> bool:
 
 def products(graph: Graph) -> list[Bf16Product]:
     """Every product of the graph and of its scans' bodies, each graph in order."""
-    return [Bf16Product(n, g.op(n), tuple(t.shape for t in g.inputs(n)), kernel_of(g, n), g.nx.nodes[n]["span"])
-            for g in nested_graphs(graph) for n in g.order() if g.op(n) in PRODUCTS]
+    return [
+        Bf16Product(n, g.op(n), tuple(t.shape for t in g.inputs(n)), kernel_of(g, n), g.nx.nodes[n]["span"])
+        for g in nested_graphs(graph)
+        for n in g.order()
+        if g.op(n) in PRODUCTS
+    ]

@@ -10,13 +10,14 @@ kernel, `gradients_reduced` waits for them all, and the optimizer's update, whic
 driver runs after the program, reads the averaged gradients (runtime/engines/distributed.py).
 The engine lays the gradients out in bucket order, so that each bucket is one contiguous
 range of its flat gradient array, which the host finds from the bucket's first buffer."""
+
 from __future__ import annotations
 
 from dlc.compiler.native.kernels.host_call import HostCallKernel
 from dlc.compiler.native.program import KernelProgram
 
-BUCKET = "gradient_bucket"          # host function: a bucket is final (its first gradient's buffer)
-REDUCED = "gradients_reduced"       # host function: wait until every bucket is reduced
+BUCKET = "gradient_bucket"  # host function: a bucket is final (its first gradient's buffer)
+REDUCED = "gradients_reduced"  # host function: wait until every bucket is reduced
 
 
 def gradient_buckets(prog: KernelProgram, size: int, trained: list) -> list:
@@ -26,7 +27,7 @@ def gradient_buckets(prog: KernelProgram, size: int, trained: list) -> list:
     grads = {name: prog.outputs[f"grad:{name}"] for name in trained}
     if not grads:
         return []
-    last = {}       # buffer -> the last top-level kernel that reads or writes it
+    last = {}  # buffer -> the last top-level kernel that reads or writes it
     for i, k in enumerate(prog.kernels):
         for bid in _touched(k):
             last[bid] = i
@@ -38,14 +39,14 @@ def gradient_buckets(prog: KernelProgram, size: int, trained: list) -> list:
             filled = 0
         buckets[-1].append(name)
         filled += 4 * int(prog.buffers[grads[name]].size)
-    calls = []      # (after which kernel, the call)
+    calls = []  # (after which kernel, the call)
     for bucket in buckets:
         bids = [grads[name] for name in bucket]
         after = max(last.get(bid, -1) for bid in bids)
         calls.append((after, HostCallKernel(prog.host(BUCKET).id, bids[0], tuple(bids[1:]))))
     everything = [grads[name] for name in order]
     calls.append((len(prog.kernels) - 1, HostCallKernel(prog.host(REDUCED).id, everything[0], tuple(everything[1:]))))
-    for after, call in reversed(calls):        # from the back, so that the positions still hold
+    for after, call in reversed(calls):  # from the back, so that the positions still hold
         prog.kernels.insert(after + 1, call)
     return buckets
 

@@ -25,6 +25,7 @@ Horizontal fusion (`fuse_maps`, `fuse_sums`, `keep_in_registers`, at the end of 
 runs after lowering, on the kernels: consecutive maps over one iteration space become one
 loop, consecutive sums over one space one pass.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -41,14 +42,16 @@ from dlc.compiler.native.program.render import where
 
 class Form(Enum):
     """How a value reaches its readers."""
+
     MEMORY = "in memory"
-    FREE = "free"               # a scalar constant, an iota, a symbolic size: nothing to load
-    CHEAP = "cheap"             # one `recompute` operation on values in memory or free
+    FREE = "free"  # a scalar constant, an iota, a symbolic size: nothing to load
+    CHEAP = "cheap"  # one `recompute` operation on values in memory or free
     EXPRESSION = "expression"
 
 
 class Reason(Enum):
     """Why a producer is not computed in the kernel of a reader."""
+
     READERS = "read several times"
     OUTPUT = "a graph output"
     STEP = "a result of a scan's step"
@@ -64,6 +67,7 @@ class Reason(Enum):
 class Boundary:
     """A producer not fused into one of its readers, and why. `reads`: how many times the
     producer's value is read, by every reader (the count the READERS rule looked at)."""
+
     producer: int
     consumer: int
     reason: Reason
@@ -75,8 +79,13 @@ class Boundary:
 
 
 # the kinds whose kernels write their result to memory, and the reason that gives each reader
-WRITTEN = {Pattern.REDUCTION: Reason.REDUCTION, Pattern.CONTRACTION: Reason.KERNEL, Pattern.WINDOW: Reason.KERNEL,
-           Pattern.OPAQUE: Reason.KERNEL, Pattern.CONTROL: Reason.SCAN}
+WRITTEN = {
+    Pattern.REDUCTION: Reason.REDUCTION,
+    Pattern.CONTRACTION: Reason.KERNEL,
+    Pattern.WINDOW: Reason.KERNEL,
+    Pattern.OPAQUE: Reason.KERNEL,
+    Pattern.CONTROL: Reason.SCAN,
+}
 # why a reader's kernel reads an operand from memory, by its record's `memory_reason`
 OPERAND_REASONS = {"gemm": Reason.GEMM_OPERAND, "window": Reason.WINDOW_OPERAND, "memory": Reason.MEMORY_OPERAND}
 LEAVES = (Form.MEMORY, Form.FREE)
@@ -95,6 +104,7 @@ def disjoint(boxes: list) -> bool:
     not meet, each apart from the others there; each run is then looked at along the next
     axis, and boxes still together after the last are compared pair by pair. That is
     n log n per axis for slices apart along one axis (an LSTM's gates), not every pair."""
+
     def apart(x, y):
         return any(_known(p + q) and (p[1] < q[0] or q[1] < p[0]) for p, q in zip(x, y))
 
@@ -111,6 +121,7 @@ def disjoint(boxes: list) -> bool:
             last = box[axis][1] if not run else max(last, box[axis][1])
             run.append(box)
         return out + runs(run, axis + 1)
+
     return all(apart(x, y) for run in runs(list(boxes), 0) for i, x in enumerate(run) for y in run[:i])
 
 
@@ -128,14 +139,14 @@ class Fusion:
     def __init__(self, graph: Graph, args: list | None = None, quantized: frozenset = frozenset()):
         self.graph = graph
         self.quantized = quantized
-        self.forms: dict = {}           # value key -> its form as its readers take it (MEMORY once stored)
-        self.stored: dict = {}          # value key -> Reason
+        self.forms: dict = {}  # value key -> its form as its readers take it (MEMORY once stored)
+        self.stored: dict = {}  # value key -> Reason
         self.boundaries: list[Boundary] = []
-        self.bodies: dict = {}          # scan node -> Fusion of its body
-        self.readers: dict = {}         # value key -> the nodes that read it, once per use
-        self.groups: dict = {}          # node -> its group, once asked for
-        self.origins: dict = {}         # node -> (op, source place) of each node of its group, once asked for
-        self.computed_in: dict = {}     # node -> the roots of the kernels computing it, once asked for
+        self.bodies: dict = {}  # scan node -> Fusion of its body
+        self.readers: dict = {}  # value key -> the nodes that read it, once per use
+        self.groups: dict = {}  # node -> its group, once asked for
+        self.origins: dict = {}  # node -> (op, source place) of each node of its group, once asked for
+        self.computed_in: dict = {}  # node -> the roots of the kernels computing it, once asked for
         for u, v, out in graph.nx.edges(data="out"):
             self.readers.setdefault((u, out), []).append(v)
         self.outputs = {t.key() for t in graph.outputs.values()}
@@ -146,15 +157,17 @@ class Fusion:
             for t in graph.outputs_of(n):
                 self._decide(t, form, output)
             if PRIMITIVES[graph.op(n)].pattern is Pattern.CONTROL:
-                nc = graph.attrs(n)["n_carry"]          # carries are copied into buffers of the loop
+                nc = graph.attrs(n)["n_carry"]  # carries are copied into buffers of the loop
                 self.bodies[n] = Fusion(graph.attrs(n)["body"], [Form.MEMORY] * nc + taken[nc:])
 
     def _taken(self, n: int) -> list:
         """The forms in which node n takes its operands: in memory where its kernel reads
         them from there."""
         where, _ = self._memory_operands(n)
-        return [Form.MEMORY if where is None or i in where else self.forms[x.key()]
-                for i, x in enumerate(self.graph.inputs(n))]
+        return [
+            Form.MEMORY if where is None or i in where else self.forms[x.key()]
+            for i, x in enumerate(self.graph.inputs(n))
+        ]
 
     def _form(self, n: int, operands: list, args: list | None) -> Form:
         """The form of node n's values, from those it takes its operands in."""
@@ -196,8 +209,9 @@ class Fusion:
             return output
         for v in dict.fromkeys(readers):
             where, why = self._memory_operands(v)
-            if why is not None and any(x.key() == t.key() and (where is None or i in where)
-                                       for i, x in enumerate(self.graph.inputs(v))):
+            if why is not None and any(
+                x.key() == t.key() and (where is None or i in where) for i, x in enumerate(self.graph.inputs(v))
+            ):
                 return why
         counted = [v for v in readers if not self._recomputes(v, t)]
         if form is Form.CHEAP or len(counted) <= 1 or self._split(counted):
@@ -212,7 +226,7 @@ class Fusion:
         """Whether `reader` takes t as the operand it computes afresh (its record's
         `recomputed_operand`)."""
         i = PRIMITIVES[self.graph.op(reader)].recomputed_operand
-        if i is None:       # most readers: their operands are not asked for (a concat of 2,000 has 2,000)
+        if i is None:  # most readers: their operands are not asked for (a concat of 2,000 has 2,000)
             return False
         inputs = self.graph.inputs(reader)
         return i < len(inputs) and inputs[i].key() == t.key()
@@ -285,8 +299,10 @@ class Fusion:
                 continue
             origin = f.origin(n)
             why = {f.stored[t.key()].value for t in g.outputs_of(n) if t.key() in f.stored}
-            lines.append(f"{pad}{_group_title(g, n, next(number))}, {len(origin)} "
-                         f"op{'s' * (len(origin) != 1)}" + (f"; stored: {', '.join(sorted(why))}" if why else ""))
+            lines.append(
+                f"{pad}{_group_title(g, n, next(number))}, {len(origin)} "
+                f"op{'s' * (len(origin) != 1)}" + (f"; stored: {', '.join(sorted(why))}" if why else "")
+            )
             for op, span in origin:
                 text = (span.source_line() or "").strip() if span else ""
                 lines.append(f"{pad}    {op:<16}{where(span):<22}{text}")
@@ -324,10 +340,12 @@ class Fusion:
                     for k, place in enumerate(_places(g.nx.nodes[v]["span"])):
                         lines.append(f"{pad}        {role if k == 0 else '':<6}{g.op(v) if k == 0 else '':<16}{place}")
         reasons = Counter(b.reason.value for f in fusions for b in f.boundaries)
-        kernels, total = next(number), sum(reasons.values())       # the groups were numbered from 0
+        kernels, total = next(number), sum(reasons.values())  # the groups were numbered from 0
         by_reason = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
-        lines.append(f"{kernels} kernels, {total} boundar{'y' if total == 1 else 'ies'}"
-                     + (f": {by_reason}" if by_reason else ""))
+        lines.append(
+            f"{kernels} kernels, {total} boundar{'y' if total == 1 else 'ies'}"
+            + (f": {by_reason}" if by_reason else "")
+        )
         return "\n".join(lines)
 
     def computing(self, v: int) -> list:
@@ -358,8 +376,11 @@ def _places(span) -> list:
     call that led there: `called at xor_mlp.dl:5  h = dense(x, 4, tanh)`."""
     if span is None:
         return ["(no source place)"]
-    return [f"{prefix + s.place():<27} {(s.source_line() or '').strip()}"
-            for prefix, s in (("", span), ("called at ", span.caller)) if s is not None]
+    return [
+        f"{prefix + s.place():<27} {(s.source_line() or '').strip()}"
+        for prefix, s in (("", span), ("called at ", span.caller))
+        if s is not None
+    ]
 
 
 # ---- horizontal fusion: map kernels over one space in one loop, after lowering ----------------------
@@ -378,8 +399,12 @@ def _fusable(group: list, k: MapKernel) -> bool:
             if buf in writers and (not isinstance(x, Load) or at.setdefault(buf, x.at) != x.at):
                 return False
     for buf, ms in writers.items():
-        one_concat = buf not in at and len({m.node for m in ms}) == 1 and ms[0].origin[:1] and \
-            PRIMITIVES[ms[0].origin[0][0]].pieces == "disjoint"
+        one_concat = (
+            buf not in at
+            and len({m.node for m in ms}) == 1
+            and ms[0].origin[:1]
+            and PRIMITIVES[ms[0].origin[0][0]].pieces == "disjoint"
+        )
         if not one_concat and len({m.out_at for m in ms} | ({at[buf]} if buf in at else set())) > 1:
             return False
     return True
@@ -392,12 +417,19 @@ def fuse_maps(kernels: list) -> list:
 
     def close():
         if len(group) > 1:
-            out.append(FusedMapKernel(group[0].shape, list(group), node=group[0].node,
-                                      nodes=tuple(dict.fromkeys(v for m in group for v in m.nodes)),
-                                      origin=tuple(dict.fromkeys(o for m in group for o in m.origin))))
+            out.append(
+                FusedMapKernel(
+                    group[0].shape,
+                    list(group),
+                    node=group[0].node,
+                    nodes=tuple(dict.fromkeys(v for m in group for v in m.nodes)),
+                    origin=tuple(dict.fromkeys(o for m in group for o in m.origin)),
+                )
+            )
         else:
             out.extend(group)
         group.clear()
+
     for k in kernels:
         space = k.map_space()
         if group and not (space is not None and space == group[0].shape and _fusable(group, k)):
@@ -441,9 +473,12 @@ def keep_in_registers(program: KernelProgram):
                 writers.setdefault(bid, set()).add((id(k), j))
     for k in fused:
         k.registers = frozenset(
-            m.out for j, m in enumerate(k.maps)
-            if program.buffers[m.out].role == "temp" and writers[m.out] == {(id(k), j)}
-            and all(f == id(k) and i > j for f, i in readers.get(m.out, ())))
+            m.out
+            for j, m in enumerate(k.maps)
+            if program.buffers[m.out].role == "temp"
+            and writers[m.out] == {(id(k), j)}
+            and all(f == id(k) and i > j for f, i in readers.get(m.out, ()))
+        )
 
 
 def epilogues(program: KernelProgram):
@@ -455,18 +490,18 @@ def epilogues(program: KernelProgram):
     touches (a scan's body keeps its kernels). Where C then lives in the map's output
     (in_place), C's own buffer is left empty."""
     kernels = program.kernels
-    reads, writes = [set() for _ in kernels], [set() for _ in kernels]   # of each top-level kernel, nested ones included
+    reads, writes = [set() for _ in kernels], [set() for _ in kernels]  # of each top-level kernel, nested ones included
     top = -1
     for pos, k, span in linearize(kernels):
         top += pos == span[0]
         r, w = k.accesses()
         reads[top] |= r
         writes[top] |= w
-    touched: dict = {}      # buffer -> the top-level kernels that read or write it
+    touched: dict = {}  # buffer -> the top-level kernels that read or write it
     for i in range(len(kernels)):
         for bid in reads[i] | writes[i]:
             touched.setdefault(bid, set()).add(i)
-    fused: dict = {}        # position -> its kernel now (None: moved into a later one)
+    fused: dict = {}  # position -> its kernel now (None: moved into a later one)
     for i, k in enumerate(kernels):
         if len(writes[i]) != 1:
             continue
@@ -480,6 +515,6 @@ def epilogues(program: KernelProgram):
         both = k.with_epilogue(kernels[j])
         if both is not None:
             fused[i], fused[j] = None, both
-            if c not in set().union(*both.accesses()):     # C now lives in the map's output
+            if c not in set().union(*both.accesses()):  # C now lives in the map's output
                 program.buffers[c].size = 0
     program.kernels[:] = [fused.get(i, k) for i, k in enumerate(kernels) if fused.get(i, k) is not None]

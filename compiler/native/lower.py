@@ -15,6 +15,7 @@ the float32 program (compiler/native/bf16.py; docs/native.md, bfloat16 mixed pre
 loads LLVM: the kinds' loop code is imported by code generation alone
 (tests/native/test_llvm_free.py).
 """
+
 from __future__ import annotations
 
 from dlc.compiler.ir.dims import Dim, numel
@@ -24,13 +25,23 @@ from dlc.compiler.native.fusion import Fusion, epilogues, fuse_maps, fuse_sums, 
 from dlc.compiler.native.choose.conv import stored_channels_first
 from dlc.compiler.native.kernels.int8 import Int8Weights
 from dlc.compiler.native.kernels.map import MapKernel
-from dlc.compiler.native.program import (Affine, Buffer, Const, Guarded, Index, KernelProgram, Load, Size,
-                                         contiguous, row_major)
+from dlc.compiler.native.program import (
+    Affine,
+    Buffer,
+    Const,
+    Guarded,
+    Index,
+    KernelProgram,
+    Load,
+    Size,
+    contiguous,
+    row_major,
+)
 from dlc.compiler.native.program.registry import LOWERED_FLOATS, NotLowerable
 from dlc.compiler.native.rules import load, lowering_rule
 from dlc.compiler.passes.int8 import products
 
-POOLINGS = ("maxpool2d", "avgpool2d")   # their rules read an image's windows in place, laid out as it is
+POOLINGS = ("maxpool2d", "avgpool2d")  # their rules read an image's windows in place, laid out as it is
 
 
 class Lowering:
@@ -38,27 +49,37 @@ class Lowering:
     each node's rule, in graph order, sets the expressions of its outputs and emits the
     kernels that compute what must be in memory, as the graph's fusion decided."""
 
-    def __init__(self, graph: Graph, program: KernelProgram | None = None, args=(), depth: int = 0,
-                 loop: tuple | None = None, fusion: Fusion | None = None, bf16: bool = False, steps: tuple = (),
-                 pack_weights: str | None = None, int8: dict | None = None):
+    def __init__(
+        self,
+        graph: Graph,
+        program: KernelProgram | None = None,
+        args=(),
+        depth: int = 0,
+        loop: tuple | None = None,
+        fusion: Fusion | None = None,
+        bf16: bool = False,
+        steps: tuple = (),
+        pack_weights: str | None = None,
+        int8: dict | None = None,
+    ):
         self.graph = graph
-        self.int8 = int8 or {}        # node -> Int8Weights of the integer products (kernels/int8)
-        self.bf16 = bf16              # GEMMs' operands rounded to bfloat16 (compiler/native/bf16.py)
-        self.pack_weights = pack_weights    # GEMMs' weights packed: PACK_WEIGHTS (kernels/gemm: packed_weight)
-        self.weight_packs = None      # its WeightPacksKernel, once a GEMM takes a weight
+        self.int8 = int8 or {}  # node -> Int8Weights of the integer products (kernels/int8)
+        self.bf16 = bf16  # GEMMs' operands rounded to bfloat16 (compiler/native/bf16.py)
+        self.pack_weights = pack_weights  # GEMMs' weights packed: PACK_WEIGHTS (kernels/gemm: packed_weight)
+        self.weight_packs = None  # its WeightPacksKernel, once a GEMM takes a weight
         self.fusion = fusion or Fusion(graph, quantized=frozenset(self.int8))
         self.p = program or KernelProgram()
         self.kernels = self.p.kernels if program is None else []
         self.args, self.depth = list(args), depth
-        self.steps = steps            # the step numbers random draws see, one Dim per enclosing scan (primitives._random)
-        self.loop = loop              # of a scan's body: (the lowering the scan is in, the scan's first buffer)
-        self.packs: dict = {}         # GEMM operands packed before a scan in this graph -> their buffer
-        self.slots: dict = {}         # of a scan's body: tensor key -> its step's place in a stacked output
-        self.values: dict = {}        # tensor key -> expression over its own shape
-        self.cols: dict = {}          # im2col buffers by (window expression, shape)
+        self.steps = steps  # the step numbers random draws see, one Dim per enclosing scan (primitives._random)
+        self.loop = loop  # of a scan's body: (the lowering the scan is in, the scan's first buffer)
+        self.packs: dict = {}  # GEMM operands packed before a scan in this graph -> their buffer
+        self.slots: dict = {}  # of a scan's body: tensor key -> its step's place in a stacked output
+        self.values: dict = {}  # tensor key -> expression over its own shape
+        self.cols: dict = {}  # im2col buffers by (window expression, shape)
         self.channel_copies: dict = {}  # tensor key -> its copy channels first (`channels_first`)
-        self.channels_first_keys = stored_channels_first(graph)   # values `place` lays out [C, N, ...]
-        self.laid_out: dict = {}      # tensor key -> its place so laid out, once stored
+        self.channels_first_keys = stored_channels_first(graph)  # values `place` lays out [C, N, ...]
+        self.laid_out: dict = {}  # tensor key -> its place so laid out, once stored
 
     def emit(self, kernel, into: list | None = None):
         kernel.nodes, kernel.origin = self.fusion.group(kernel.node), self.fusion.origin(kernel.node)
@@ -70,7 +91,7 @@ class Lowering:
         taken = set()
         for name, t in self.graph.outputs.items():
             load = self.materialize(t, role="output")
-            if load.buffer in taken:        # two outputs of one value: each gets its own buffer
+            if load.buffer in taken:  # two outputs of one value: each gets its own buffer
                 buf = self.p.buffer(t.dtype, numel(t.shape), "output")
                 self.emit(MapKernel(t.shape, buf.id, Affine(0, row_major(t.shape)), load, node=t.node))
                 load = contiguous(buf.id, t.shape, t.dtype)
@@ -94,8 +115,9 @@ class Lowering:
         """The value of t in memory, contiguous (a map kernel writes it if needed). An
         output gets a buffer of its own unless a kernel already wrote it."""
         e = self.expr(t)
-        assert isinstance(e, (Load, Const, Index, Size)) or t.key() in self.fusion.stored, \
+        assert isinstance(e, (Load, Const, Index, Size)) or t.key() in self.fusion.stored, (
             f"the fusion inlines %{t.node} ({self.graph.op(t.node)}) into its readers, yet it is stored"
+        )
         if isinstance(e, Load) and e.at == Affine(0, row_major(t.shape)):
             b = self.p.buffers[e.buffer]
             if role == "temp" or b.role in ("temp", "output"):
@@ -112,8 +134,9 @@ class Lowering:
         """The value of t in memory, where a kernel wrote it or, written by a map kernel
         now, at its `place`: read as an expression, not necessarily contiguous."""
         e = self.expr(t)
-        if isinstance(e, Load) and (e in (self.slots.get(t.key()), self.laid_out.get(t.key())) or
-                                    e.at == Affine(0, row_major(t.shape))):
+        if isinstance(e, Load) and (
+            e in (self.slots.get(t.key()), self.laid_out.get(t.key())) or e.at == Affine(0, row_major(t.shape))
+        ):
             return e
         load = self.place(t)
         self.emit(MapKernel(t.shape, load.buffer, load.at, e, node=t.node))
@@ -188,8 +211,11 @@ class Lowering:
         if self.graph.outputs.readers(t.key()):
             return False
         for _, v, k, out in self.graph.nx.out_edges(t.node, keys=True, data="out"):
-            if out == t.out and not (v in self.int8 and k == 0) and not (
-                    self.graph.op(v) in POOLINGS and self._read_channels_last(self.graph.outputs_of(v)[0])):
+            if (
+                out == t.out
+                and not (v in self.int8 and k == 0)
+                and not (self.graph.op(v) in POOLINGS and self._read_channels_last(self.graph.outputs_of(v)[0]))
+            ):
                 return False
         return True
 
@@ -202,8 +228,9 @@ class Lowering:
     def nested(self, body: Graph, args: list, first: int, fusion: Fusion, steps: tuple) -> "Lowering":
         """The lowering of a scan's body (kernels/scan), into this program: `first`, the
         scan's first buffer (those from there on may change from step to step)."""
-        return Lowering(body, self.p, args, self.depth + 1, loop=(self, first), fusion=fusion, bf16=self.bf16,
-                        steps=steps)
+        return Lowering(
+            body, self.p, args, self.depth + 1, loop=(self, first), fusion=fusion, bf16=self.bf16, steps=steps
+        )
 
     def set(self, n: int, e, out: int = 0):
         self.values[(n, out)] = e
@@ -217,8 +244,11 @@ class Lowering:
         floats = LOWERED_FLOATS.get(op)
         unsupported = floats and {t.dtype for t in ins} & set(FLOAT_DTYPES) - set(floats)
         if unsupported:
-            raise NotLowerable(f"the native backend computes {op} in {', '.join(floats)} only, not "
-                               f"{', '.join(sorted(unsupported))} yet", self.graph.nx.nodes[n]["span"])
+            raise NotLowerable(
+                f"the native backend computes {op} in {', '.join(floats)} only, not "
+                f"{', '.join(sorted(unsupported))} yet",
+                self.graph.nx.nodes[n]["span"],
+            )
         rule(self, n, ins, self.graph.attrs(n), self.graph.types(n)[0])
 
     def use(self, t: Tensor):
@@ -296,16 +326,20 @@ def integer_weights(graph: Graph, quantization: dict) -> dict:
     for p in products(graph):
         if p.weight not in quantization:
             continue
-        if not p.integer:       # the graph passes made it another product
-            raise NotLowerable(f"the native backend cannot compute this {p.op} in int8 as the quantization says: "
-                               f"after the graph passes {p.reason}", p.span)
+        if not p.integer:  # the graph passes made it another product
+            raise NotLowerable(
+                f"the native backend cannot compute this {p.op} in int8 as the quantization says: "
+                f"after the graph passes {p.reason}",
+                p.span,
+            )
         out[p.node] = Int8Weights.of(p, quantization[p.weight], graph.attrs(p.node).get("groups", 1))
     return out
 
 
 @collector_paused()
-def lower(graph: Graph, precision: str = "f32", pack_weights: str | None = None,
-          int8: dict | None = None) -> KernelProgram:
+def lower(
+    graph: Graph, precision: str = "f32", pack_weights: str | None = None, int8: dict | None = None
+) -> KernelProgram:
     """The kernel program of `graph`, its matmuls and convolutions taking operands of
     `precision` (PRECISIONS). `pack_weights` (a prediction, whose weights change only
     between calls; PACK_WEIGHTS): its GEMMs' weights are packed by its first kernel, which
@@ -317,5 +351,6 @@ def lower(graph: Graph, precision: str = "f32", pack_weights: str | None = None,
     if pack_weights not in (None, *PACK_WEIGHTS):
         raise ValueError(f"no way of packing weights '{pack_weights}' ({', '.join(PACK_WEIGHTS)})")
     load()
-    return Lowering(graph, bf16=precision == "bf16", pack_weights=pack_weights,
-                    int8=integer_weights(graph, int8) if int8 else None).run()
+    return Lowering(
+        graph, bf16=precision == "bf16", pack_weights=pack_weights, int8=integer_weights(graph, int8) if int8 else None
+    ).run()

@@ -30,6 +30,7 @@ and the other max-pool gradients zero their output first.
 (tests/native/test_memory.py trains examples with every temporary filled with NaN before
 each step.) In-place reuse of a map's dying input is not done: docs/native.md says why.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -42,7 +43,7 @@ from dlc.compiler.ir.dims import concrete
 from dlc.compiler.native.program import BUFFER_DTYPES, BUFFER_ITEMSIZE, KernelProgram
 
 ALIGN = 64
-PAGE = 4096           # buffers start at different offsets modulo this (see _first_fit)
+PAGE = 4096  # buffers start at different offsets modulo this (see _first_fit)
 
 
 # ---- positions --------------------------------------------------------------------------------------
@@ -82,9 +83,9 @@ def intervals(program: KernelProgram) -> dict:
 # ---- packing ----------------------------------------------------------------------------------------
 @dataclass
 class Plan:
-    offsets: dict          # buffer id -> byte offset in the arena
-    nbytes: dict           # buffer id -> bytes (elements * item size, at least one element)
-    arena: int             # arena bytes
+    offsets: dict  # buffer id -> byte offset in the arena
+    nbytes: dict  # buffer id -> bytes (elements * item size, at least one element)
+    arena: int  # arena bytes
 
     @property
     def temp_bytes(self) -> int:
@@ -96,7 +97,7 @@ def _align(n: int) -> int:
     return -(-n // ALIGN) * ALIGN
 
 
-GREEDY_UP_TO = 20_000    # temporaries; beyond, the greedy's cost (the square of the count) dominates a compile
+GREEDY_UP_TO = 20_000  # temporaries; beyond, the greedy's cost (the square of the count) dominates a compile
 
 
 def pack(nbytes: dict, live: dict) -> tuple:
@@ -110,8 +111,10 @@ def pack(nbytes: dict, live: dict) -> tuple:
     if len(nbytes) > GREEDY_UP_TO:
         return _in_order(nbytes, live)
     span = lambda b: live[b][1] - live[b][0] + 1 if b in live else 0
-    orders = (sorted(nbytes, key=lambda b: (-nbytes[b], live.get(b, (0, 0))[0], b)),
-              sorted(nbytes, key=lambda b: (-nbytes[b] * span(b), -nbytes[b], b)))
+    orders = (
+        sorted(nbytes, key=lambda b: (-nbytes[b], live.get(b, (0, 0))[0], b)),
+        sorted(nbytes, key=lambda b: (-nbytes[b] * span(b), -nbytes[b], b)),
+    )
     return min((_first_fit(order, nbytes, live) for order in orders), key=lambda r: r[1])
 
 
@@ -120,10 +123,10 @@ def _first_fit(order: list, nbytes: dict, live: dict) -> tuple:
     # activation kept for the backward pass): comparisons with them grow as the square
     # of a model's depth, so they are numpy operations over the placed buffers' arrays.
     offsets: dict = {}
-    first, last, low, high = (np.empty(len(order), np.int64) for _ in range(4))    # of the placed buffers
+    first, last, low, high = (np.empty(len(order), np.int64) for _ in range(4))  # of the placed buffers
     placed = 0
     for bid in order:
-        if bid not in live:             # never touched: any address will do
+        if bid not in live:  # never touched: any address will do
             offsets[bid] = 0
             continue
         lo, hi = live[bid]
@@ -157,9 +160,9 @@ def _in_order(nbytes: dict, live: dict) -> tuple:
     returns its range to the list once the position after its last access is reached.
     Without page colors (_first_fit): the gaps they leave would make the list as long
     as the program."""
-    offsets = {b: 0 for b in nbytes if b not in live}      # never touched: any address will do
+    offsets = {b: 0 for b in nbytes if b not in live}  # never touched: any address will do
     free = [[0, float("inf")]]
-    dying: list = []            # heap of (last access, buffer)
+    dying: list = []  # heap of (last access, buffer)
     arena = 0
     for bid in sorted((b for b in nbytes if b in live), key=lambda b: (live[b][0], b)):
         lo = live[bid][0]
@@ -170,7 +173,7 @@ def _in_order(nbytes: dict, live: dict) -> tuple:
         for k, (start, end) in enumerate(free):  # noqa: B007  (k: the free range taken, after the loop)
             if start + size <= end:
                 break
-        free[k:k + 1] = [[start + size, end]] if start + size < end else []
+        free[k : k + 1] = [[start + size, end]] if start + size < end else []
         at = start
         offsets[bid] = at
         arena = max(arena, at + size)
@@ -193,8 +196,11 @@ def plan(program: KernelProgram, sizes: dict, live: dict | None = None, exclude=
     """The arena layout of the program's temporaries for concrete dim sizes; `live` is
     `intervals(program)` when already computed, `exclude` buffer ids kept out."""
     live = intervals(program) if live is None else live
-    nbytes = {b.id: max(1, int(concrete(b.size, sizes))) * BUFFER_ITEMSIZE[b.dtype]
-              for b in program.buffers if b.role == "temp" and b.id not in exclude}
+    nbytes = {
+        b.id: max(1, int(concrete(b.size, sizes))) * BUFFER_ITEMSIZE[b.dtype]
+        for b in program.buffers
+        if b.role == "temp" and b.id not in exclude
+    }
     offsets, arena = pack(nbytes, live)
     return Plan(offsets, nbytes, arena)
 
@@ -205,11 +211,13 @@ def aligned_zeros(count: int, dtype) -> np.ndarray:
     nbytes = count * np.dtype(dtype).itemsize
     raw = np.zeros(nbytes + ALIGN, np.uint8)
     skip = -raw.ctypes.data % ALIGN
-    return raw[skip:skip + nbytes].view(dtype)
+    return raw[skip : skip + nbytes].view(dtype)
 
 
 def views(p: Plan, program: KernelProgram) -> dict:
     """Each temporary's typed view of one 64-byte aligned arena."""
     arena = aligned_zeros(p.arena, np.uint8)
-    return {bid: arena[off:off + p.nbytes[bid]].view(BUFFER_DTYPES[program.buffers[bid].dtype])
-            for bid, off in p.offsets.items()}
+    return {
+        bid: arena[off : off + p.nbytes[bid]].view(BUFFER_DTYPES[program.buffers[bid].dtype])
+        for bid, off in p.offsets.items()
+    }

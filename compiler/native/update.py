@@ -13,6 +13,7 @@ their readers, which LLVM computes once.
 
 codegen/driver.py compiles these kernels after the step's, under the fault-flag check.
 """
+
 from __future__ import annotations
 
 from dlc.compiler.ir.graph import Graph
@@ -21,7 +22,7 @@ from dlc.compiler.native.lower import lower
 from dlc.compiler.native.memory import linearize
 from dlc.compiler.native.program import Affine, KernelProgram, Load, Op
 
-ELEMENT = Affine(0, (1,))       # index i of a flat array
+ELEMENT = Affine(0, (1,))  # index i of a flat array
 
 
 def lower_update(graph: Graph) -> KernelProgram:
@@ -35,7 +36,7 @@ def in_place(prog: KernelProgram):
     last = prog.kernels[-1]
     into = {prog.outputs[name]: prog.inputs[name] for name in prog.outputs}
     assert isinstance(last, (MapKernel, FusedMapKernel)) and len(last.shape) == 1, "the update ends with a flat map"
-    temps: dict = {}        # buffer -> the expression that a temporary of the loop holds
+    temps: dict = {}  # buffer -> the expression that a temporary of the loop holds
     kept = []
     for m in last.maps:
         assert m.out_at == ELEMENT, "the update's loop writes index i"
@@ -47,18 +48,23 @@ def in_place(prog: KernelProgram):
     assert {m.out for m in kept} == set(into), "the update's loop writes every output"
     for j, m in enumerate(kept):
         old = into[m.out]
-        for later in kept[j + 1:]:
-            assert all(x.read_buffer != old for x in later.expr.leaves()), \
+        for later in kept[j + 1 :]:
+            assert all(x.read_buffer != old for x in later.expr.leaves()), (
                 f"the update reads the old {prog.buffers[old].name} after storing its new value"
+            )
     for m in kept:
         for x in m.expr.leaves():
-            assert isinstance(x, Load) and (x.at == ELEMENT or x.read_buffer not in into.values() | into.keys()), \
+            assert isinstance(x, Load) and (x.at == ELEMENT or x.read_buffer not in into.values() | into.keys()), (
                 "the update's loop reads a flat array at index i only"
+            )
     for m in kept:
         m.expr = _rewrite(m.expr, lambda x: Load(into[x.buffer], x.at, x.dtype) if x.buffer in into else x)
         m.out = into[m.out]
-    prog.kernels[-1] = kept[0] if len(kept) == 1 else FusedMapKernel(last.shape, kept, node=last.node, nodes=last.nodes,
-                                                                     origin=last.origin)
+    prog.kernels[-1] = (
+        kept[0]
+        if len(kept) == 1
+        else FusedMapKernel(last.shape, kept, node=last.node, nodes=last.nodes, origin=last.origin)
+    )
     prog.outputs = {name: into[bid] for name, bid in prog.outputs.items()}
 
 
@@ -76,4 +82,3 @@ def touched(prog: KernelProgram) -> set:
         reads, writes = k.accesses()
         out |= reads | writes
     return out
-

@@ -21,6 +21,7 @@ sequences its scan inputs (read backwards for `reverse`), invariants references 
 enclosing graph's values. Every node's doc_string is the .dl place it comes from (with
 the user's call for a place in the standard library).
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -43,7 +44,7 @@ INT64_MAX = np.iinfo(np.int64).max
 # the primitives an inference graph never holds: an export finding one refuses the model
 NOT_EXPORTABLE = {
     "random": "random numbers are drawn in training only (dropout); an evaluation graph that draws them "
-              "cannot be reproduced by an ONNX runtime",
+    "cannot be reproduced by an ONNX runtime",
     "conv2d_weight_grad": "a gradient: it occurs only in the gradient graph",
     "maxpool2d_grad": "a gradient: it occurs only in the gradient graph",
     "avgpool2d_grad": "a gradient: it occurs only in the gradient graph",
@@ -59,10 +60,12 @@ EXPORT_RULES: dict[str, Callable] = {}
 
 def export_rule(*names: str):
     """Decorator: the export rule of the primitives `names`."""
+
     def register(rule):
         for name in names:
             EXPORT_RULES[name] = rule
         return rule
+
     return register
 
 
@@ -75,27 +78,32 @@ def to_onnx(model: Model, params: dict, source_name: str | None = None, quantiza
     onnx = optional_package("onnx", "onnx", "ONNX export")
     if model.training:
         raise DlcError(f"export the evaluation-mode model: build {model.name} with training=False", model.span)
-    outputs = {k[len("output:"):]: t for k, t in model.graph.outputs.items() if k.startswith("output:")}
+    outputs = {k[len("output:") :]: t for k, t in model.graph.outputs.items() if k.startswith("output:")}
     if not outputs:
         raise DlcError(f"model {model.name} declares no outputs to export; add `output name = ...`", model.span)
     export = _Export(onnx, model, params, quantization or {})
     main = export.main
     for name, t in outputs.items():
         if name in export.taken_names:
-            raise DlcError(f"output {name} has the name of an input or parameter; ONNX needs distinct names",
-                           t.span)
+            raise DlcError(f"output {name} has the name of an input or parameter; ONNX needs distinct names", t.span)
         main.wanted.setdefault(t.key(), name)
     main.run(list(outputs.values()))
     graph = onnx.helper.make_graph(
-        main.nodes, model.name, export.graph_inputs,
-        [export.value_info(name, t.type) for name, t in zip(main.finish(list(outputs.values()), list(outputs)),
-                                                            outputs.values())],
+        main.nodes,
+        model.name,
+        export.graph_inputs,
+        [
+            export.value_info(name, t.type)
+            for name, t in zip(main.finish(list(outputs.values()), list(outputs)), outputs.values())
+        ],
         initializer=list(export.initializers.values()),
-        doc_string=f"model {model.name} of {source_name or model.span.file}, exported by dlc {dlc.__version__}")
+        doc_string=f"model {model.name} of {source_name or model.span.file}, exported by dlc {dlc.__version__}",
+    )
     opsets = [onnx.helper.make_opsetid("", OPSET)]
-    proto = onnx.helper.make_model(graph, opset_imports=opsets, producer_name="dlc",
-                                   producer_version=dlc.__version__, doc_string=graph.doc_string)
-    proto.ir_version = onnx.helper.find_min_ir_version_for(opsets)    # the oldest runtime that can read it
+    proto = onnx.helper.make_model(
+        graph, opset_imports=opsets, producer_name="dlc", producer_version=dlc.__version__, doc_string=graph.doc_string
+    )
+    proto.ir_version = onnx.helper.find_min_ir_version_for(opsets)  # the oldest runtime that can read it
     return proto
 
 
@@ -124,12 +132,15 @@ class _Export:
     def __init__(self, onnx, model: Model, params: dict, quantization: dict):
         self.onnx, self.model, self.params = onnx, model, params
         # the integer products of the quantization, by node of the model's graph (never in a scan's body)
-        self.integer = {p.node: (p, quantization[p.weight]) for p in integer_products(model.graph).values()
-                        if p.weight in quantization}
+        self.integer = {
+            p.node: (p, quantization[p.weight])
+            for p in integer_products(model.graph).values()
+            if p.weight in quantization
+        }
         self.initializers: dict = {}
-        self.cache: dict = {}               # key -> value name in the main graph
+        self.cache: dict = {}  # key -> value name in the main graph
         self.graph_inputs = []
-        self.symbols: dict = {}             # symbol -> (input name, axis, span)
+        self.symbols: dict = {}  # symbol -> (input name, axis, span)
         for inp in model.inputs:
             if inp.is_target:
                 continue
@@ -170,9 +181,12 @@ class _Export:
     def const(self, value, dtype: str) -> str:
         """A constant in the main graph, one per value."""
         arr = np.asarray(value, DTYPES[dtype])
-        return self.cached(("const", dtype, arr.shape, arr.tobytes()),
-                           lambda: self.main.op("Constant", [], name_hint=f"%const{len(self.cache)}",
-                                                value=self.onnx.numpy_helper.from_array(arr)))
+        return self.cached(
+            ("const", dtype, arr.shape, arr.tobytes()),
+            lambda: self.main.op(
+                "Constant", [], name_hint=f"%const{len(self.cache)}", value=self.onnx.numpy_helper.from_array(arr)
+            ),
+        )
 
     def size(self, d) -> str:
         """int64[1]: the run-time value of a dim (a polynomial over the input's symbols)."""
@@ -191,17 +205,23 @@ class _Export:
             for i, f in enumerate(factors[1:]):
                 last = k == len(terms) - 1 and i == len(factors) - 2 and total is None
                 term = self.main.op("Mul", [term, f], name_hint=hint if last else None)
-            total = term if total is None else \
-                self.main.op("Add", [total, term], name_hint=hint if k == len(terms) - 1 else None)
+            total = (
+                term
+                if total is None
+                else self.main.op("Add", [total, term], name_hint=hint if k == len(terms) - 1 else None)
+            )
         return total
 
     def _symbol(self, s: str) -> str:
         if s not in self.symbols:
-            raise DlcError(f"the size {s} is not an axis of any input, so the exported graph cannot know it",
-                           self.main.span)
+            raise DlcError(
+                f"the size {s} is not an axis of any input, so the exported graph cannot know it", self.main.span
+            )
         name, axis, span = self.symbols[s]
-        return self.cached(("size", Dim.sym(s)), lambda: self.main.op(
-            "Shape", [name], name_hint=f"%size({s})", span=span, start=axis, end=axis + 1))
+        return self.cached(
+            ("size", Dim.sym(s)),
+            lambda: self.main.op("Shape", [name], name_hint=f"%size({s})", span=span, start=axis, end=axis + 1),
+        )
 
     def vector(self, values) -> str:
         """int64[len(values)] of ints and dims (a shape, the starts of a slice)."""
@@ -224,6 +244,7 @@ class _Export:
             if len(pieces) == 1:
                 return pieces[0]
             return self.main.op("Concat", pieces, axis=0, name_hint="%[" + ", ".join(map(str, values)) + "]")
+
         return self.cached(("vector", values), concat)
 
 
@@ -234,21 +255,20 @@ class _Builder:
 
     def __init__(self, export: _Export, graph: Graph, prefix: str, wanted: dict, args=()):
         self.export, self.graph, self.prefix = export, graph, prefix
-        self.wanted = wanted                # value key -> the name it must have (a graph output)
+        self.wanted = wanted  # value key -> the name it must have (a graph output)
         self.args = list(args)
         self.nodes: list = []
-        self.names: dict = {}               # (node, out) -> value name
+        self.names: dict = {}  # (node, out) -> value name
         self.span: Span | None = graph.span
         self.node: int | None = None
-        self.made = 0                       # values made for the current node
+        self.made = 0  # values made for the current node
 
     def fresh(self) -> str:
         """A value name after the dlc node being exported: %12, then %12_2, %12_3, ..."""
         self.made += 1
         return f"{self.prefix}%{self.node}" + (f"_{self.made}" if self.made > 1 else "")
 
-    def op(self, op_type: str, inputs: list, name_hint: str | None = None, span: Span | None = None,
-           **attrs) -> str:
+    def op(self, op_type: str, inputs: list, name_hint: str | None = None, span: Span | None = None, **attrs) -> str:
         """Add a node with one output, named `name_hint` (in this graph's namespace) or after
         the current dlc node; its doc_string is `span`, by default the current node's place."""
         return self._add(op_type, inputs, [self.prefix + name_hint if name_hint else self.fresh()], span, attrs)[0]
@@ -257,8 +277,11 @@ class _Builder:
         return self._add(op_type, inputs, [self.fresh() for _ in range(count)], None, attrs)
 
     def _add(self, op_type: str, inputs: list, outputs: list, span: Span | None, attrs: dict) -> list:
-        self.nodes.append(self.export.onnx.helper.make_node(
-            op_type, list(inputs), outputs, name=outputs[0], doc_string=source_place(span or self.span), **attrs))
+        self.nodes.append(
+            self.export.onnx.helper.make_node(
+                op_type, list(inputs), outputs, name=outputs[0], doc_string=source_place(span or self.span), **attrs
+            )
+        )
         return outputs
 
     def const(self, value, dtype: str) -> str:
@@ -290,7 +313,7 @@ class _Builder:
                 want = self.wanted.get((n, j))
                 made_here = any(name in node.output for node in self.nodes[first:])
                 if want is not None and made_here and name not in self.export.cache.values():
-                    _rename(self.nodes[first:], name, want)      # made just now: the output takes its name
+                    _rename(self.nodes[first:], name, want)  # made just now: the output takes its name
                     name = want
                 self.names[(n, j)] = name
         self.node = None
@@ -350,9 +373,11 @@ def _free_broadcasts(graph: Graph, live: set) -> set:
         if graph.op(n) != "broadcast" or graph.outputs.readers((n, 0)):
             continue
         readers = set(graph.nx.successors(n)) & live
-        if readers and all(PRIMITIVES[graph.op(r)].pattern is Pattern.ELEMENTWISE and any(
-                graph.op(x.node) != "broadcast" and x.shape == graph.types(r)[0].shape for x in graph.inputs(r))
-                for r in readers):
+        if readers and all(
+            PRIMITIVES[graph.op(r)].pattern is Pattern.ELEMENTWISE
+            and any(graph.op(x.node) != "broadcast" and x.shape == graph.types(r)[0].shape for x in graph.inputs(r))
+            for r in readers
+        ):
             free.add(n)
     return free
 
@@ -389,7 +414,7 @@ def _dim_size(b, n, xs, dim):
 
 @export_rule("iota")
 def _iota(b, n, xs, shape, axis, dtype):
-    if all(isinstance(d, int) for d in shape):        # a constant: the reference computes it
+    if all(isinstance(d, int) for d in shape):  # a constant: the reference computes it
         return _constant(b, n, xs, PRIMITIVES["iota"].impl(Eval(float_dtype=None), [], shape, axis, dtype)[0], dtype)
     limit = b.op("Squeeze", [b.export.size(shape[axis]), b.const([0], "i64")])
     r = b.op("Range", [b.const(0, "i64"), limit, b.const(1, "i64")])
@@ -406,7 +431,7 @@ def _same(b, n, xs):
 
 @export_rule("stop_gradient")
 def _stop_gradient(b, n, xs):
-    return xs           # no gradients here: the value itself
+    return xs  # no gradients here: the value itself
 
 
 def _dtype(b, n) -> str:
@@ -416,7 +441,7 @@ def _dtype(b, n) -> str:
 
 @export_rule("lt", "le", "gt", "ge")
 def _order(b, n, xs):
-    if _dtype(b, n) == "bool":          # ONNX orders numbers only: false < true as 0 < 1
+    if _dtype(b, n) == "bool":  # ONNX orders numbers only: false < true as 0 < 1
         xs = [b.op("Cast", [x], to=b.export.elem_type("i32")) for x in xs]
     return _same(b, n, xs)
 
@@ -425,7 +450,7 @@ def _order(b, n, xs):
 def _select(b, n, xs):
     if b.graph.types(n)[0].dtype != "bool":
         return _same(b, n, xs)
-    c, x, y = xs        # onnxruntime has no Where on bools: (c and x) or (not c and y)
+    c, x, y = xs  # onnxruntime has no Where on bools: (c and x) or (not c and y)
     return [b.op("Or", [b.op("And", [c, x]), b.op("And", [b.op("Not", [c]), y])])]
 
 
@@ -452,7 +477,7 @@ def _fma(b, n, xs):
 def _div(b, n, xs):
     if _dtype(b, n) in FLOAT_DTYPES:
         return _same(b, n, xs)
-    x, y = xs       # integers divide rounding down, as numpy's //: (x - x mod y) / y is exact
+    x, y = xs  # integers divide rounding down, as numpy's //: (x - x mod y) / y is exact
     return [b.op("Div", [b.op("Sub", [x, b.op("Mod", xs, fmod=0)]), y])]
 
 
@@ -460,8 +485,8 @@ def _div(b, n, xs):
 def _mod(b, n, xs):
     dtype = _dtype(b, n)
     if dtype not in FLOAT_DTYPES:
-        return [b.op("Mod", xs, fmod=0)]      # the sign of the divisor, as numpy
-    x, y = xs       # ONNX's float mod is C's fmod (the sign of x); numpy moves it to the sign of y
+        return [b.op("Mod", xs, fmod=0)]  # the sign of the divisor, as numpy
+    x, y = xs  # ONNX's float mod is C's fmod (the sign of x); numpy moves it to the sign of y
     r = b.op("Mod", xs, fmod=1)
     zero = b.const(0, dtype)
     differ = b.op("Xor", [b.op("Less", [r, zero]), b.op("Less", [y, zero])])
@@ -497,7 +522,7 @@ def _cast(b, n, xs, dtype):
     return [b.op("Cast", xs, to=b.export.elem_type(dtype))]
 
 
-for _prim in PRIMITIVES.values():       # the others: their ONNX op on the same operands
+for _prim in PRIMITIVES.values():  # the others: their ONNX op on the same operands
     if _prim.onnx is not None and _prim.name not in EXPORT_RULES:
         export_rule(_prim.name)(_same)
 
@@ -511,7 +536,7 @@ def _broadcast(b, n, xs, shape):
 @export_rule("reshape")
 def _reshape(b, n, xs, shape):
     symbolic = [i for i, d in enumerate(shape) if not isinstance(d, int)]
-    if len(symbolic) == 1:          # one dim the others determine: -1 needs no size
+    if len(symbolic) == 1:  # one dim the others determine: -1 needs no size
         shape = tuple(-1 if i == symbolic[0] else d for i, d in enumerate(shape))
     return [b.op("Reshape", [xs[0], b.export.vector(shape)])]
 
@@ -540,8 +565,18 @@ def _slice(b, n, xs, starts, stops, steps):
         return xs
     lo = [_from_end(starts[i], shape[i], False) for i in axes]
     hi = [_from_end(stops[i], shape[i], True) for i in axes]
-    return [b.op("Slice", [xs[0], b.export.vector(lo), b.export.vector(hi), b.const(axes, "i64"),
-                           b.const([steps[i] for i in axes], "i64")])]
+    return [
+        b.op(
+            "Slice",
+            [
+                xs[0],
+                b.export.vector(lo),
+                b.export.vector(hi),
+                b.const(axes, "i64"),
+                b.const([steps[i] for i in axes], "i64"),
+            ],
+        )
+    ]
 
 
 @export_rule("pad")
@@ -549,12 +584,14 @@ def _pad(b, n, xs, lo, hi, interior):
     x = xs[0]
     shape = list(b.graph.inputs(n)[0].shape)
     for axis, gap in enumerate(interior):
-        if gap:         # `gap` zeros after every element: pad a new axis after it, merge, drop the last gap
+        if gap:  # `gap` zeros after every element: pad a new axis after it, merge, drop the last gap
             d = shape[axis]
             x = b.op("Unsqueeze", [x, b.const([axis + 1], "i64")])
-            x = b.op("Pad", [x, b.const([0] * (len(shape) + 1) + [0] * (axis + 1) + [gap] +
-                                         [0] * (len(shape) - axis - 1), "i64")])
-            x = b.op("Reshape", [x, b.export.vector(shape[:axis] + [d * (gap + 1)] + shape[axis + 1:])])
+            x = b.op(
+                "Pad",
+                [x, b.const([0] * (len(shape) + 1) + [0] * (axis + 1) + [gap] + [0] * (len(shape) - axis - 1), "i64")],
+            )
+            x = b.op("Reshape", [x, b.export.vector(shape[:axis] + [d * (gap + 1)] + shape[axis + 1 :])])
             x = b.op("Slice", [x, b.const([0], "i64"), b.const([-gap], "i64"), b.const([axis], "i64")])
             shape[axis] = d + (d - 1) * gap
     if all(p == 0 for p in lo + hi):
@@ -575,13 +612,14 @@ def _gather(b, n, xs):
 # ---- reductions and contraction --------------------------------------------------------------------------
 def _reduce(op_type: str):
     def rule(b, n, xs, axes):
-        if not axes:        # nothing to reduce (an empty axes input would reduce every axis)
+        if not axes:  # nothing to reduce (an empty axes input would reduce every axis)
             return xs
         x, dtype = xs[0], _dtype(b, n)
-        if dtype == "bool":         # ONNX reduces numbers: count, then any
+        if dtype == "bool":  # ONNX reduces numbers: count, then any
             x = b.op("Cast", [x], to=b.export.elem_type("i32"))
         out = b.op(op_type, [x, b.const(list(axes), "i64")], keepdims=0)
         return [b.op("Cast", [out], to=b.export.elem_type("bool")) if dtype == "bool" else out]
+
     return rule
 
 
@@ -592,7 +630,7 @@ export_rule("reduce_max")(_reduce("ReduceMax"))
 @export_rule("argmax")
 def _argmax(b, n, xs, axis):
     x = xs[0] if _dtype(b, n) != "bool" else b.op("Cast", xs, to=b.export.elem_type("i32"))
-    index = b.op("ArgMax", [x], axis=axis, keepdims=0)      # the first maximum, as numpy
+    index = b.op("ArgMax", [x], axis=axis, keepdims=0)  # the first maximum, as numpy
     return [b.op("Cast", [index], to=b.export.elem_type("i32"))]
 
 
@@ -616,8 +654,11 @@ def _attention(b, n, xs, scale):
     scores = b.op("Mul", [b.op("MatMul", [q, kt]), b.const(scale, dtype)])
     if len(xs) > 3:
         mask = b.graph.inputs(n)[3]
-        scores = b.op("Where", [xs[3], scores, b.const(MASKED, dtype)]) if mask.dtype == "bool" else \
-            b.op("Add", [scores, xs[3]])
+        scores = (
+            b.op("Where", [xs[3], scores, b.const(MASKED, dtype)])
+            if mask.dtype == "bool"
+            else b.op("Add", [scores, xs[3]])
+        )
     o = b.op("MatMul", [b.op("Softmax", [scores], axis=-1), v])
     return [o, b.op("ReduceLogSumExp", [scores, b.const([-1], "i64")], keepdims=0)]
 
@@ -637,10 +678,23 @@ def _conv2d(b, n, xs, stride, padding, dilation, groups):
 def _conv_transpose(b, n, xs, stride, padding, dilation, groups, input_hw):
     """conv_transpose: the output_padding is what input_hw adds to the windows' reach."""
     w = b.graph.inputs(n)[1].shape
-    reach = [(size - 1) * s - 2 * p + d * (k - 1) + 1 for size, s, p, d, k in
-             zip(b.graph.inputs(n)[0].shape[2:], stride, padding, dilation, w[2:])]
-    return [b.op("ConvTranspose", xs, **_window(stride, padding, dilations=list(dilation), group=groups,
-                                                output_padding=[h - r for h, r in zip(input_hw, reach)]))]
+    reach = [
+        (size - 1) * s - 2 * p + d * (k - 1) + 1
+        for size, s, p, d, k in zip(b.graph.inputs(n)[0].shape[2:], stride, padding, dilation, w[2:])
+    ]
+    return [
+        b.op(
+            "ConvTranspose",
+            xs,
+            **_window(
+                stride,
+                padding,
+                dilations=list(dilation),
+                group=groups,
+                output_padding=[h - r for h, r in zip(input_hw, reach)],
+            ),
+        )
+    ]
 
 
 @export_rule("maxpool2d")
@@ -660,18 +714,25 @@ def _scan(b, n, xs, body, length, reverse, n_carry, xs_axes, ys_axes, **_):
     from the end for `reverse`, the stacks then filled from the end too, so step t lands
     at index t), invariants the body's references to the enclosing graph's values."""
     export, n_seq = b.export, len(xs_axes)
-    carries, seqs, invariants = xs[:n_carry], xs[n_carry:n_carry + n_seq], xs[n_carry + n_seq:]
+    carries, seqs, invariants = xs[:n_carry], xs[n_carry : n_carry + n_seq], xs[n_carry + n_seq :]
     prefix = f"{b.prefix}scan{n}/"
-    inputs = [export.value_info(f"{prefix}arg{i}", a.type) for i, a in enumerate(body.args[:n_carry + n_seq])]
-    if not seqs:        # a Scan takes its length from its scan inputs: give it one of `length` zeros
+    inputs = [export.value_info(f"{prefix}arg{i}", a.type) for i, a in enumerate(body.args[: n_carry + n_seq])]
+    if not seqs:  # a Scan takes its length from its scan inputs: give it one of `length` zeros
         seqs, xs_axes = [b.op("ConstantOfShape", [export.vector((length,))])], (0,)
         inputs.append(export.value_info(f"{prefix}step", TensorType("f32", ())))
-    sub = _Builder(export, body, prefix, {}, [i.name for i in inputs[:n_carry + n_seq]] + invariants)
+    sub = _Builder(export, body, prefix, {}, [i.name for i in inputs[: n_carry + n_seq]] + invariants)
     results = list(body.outputs.values())
     sub.run(results)
     outputs = [export.value_info(name, t.type) for name, t in zip(sub.finish(results), results)]
     graph = export.onnx.helper.make_graph(sub.nodes, f"{b.graph.name}.scan{n}", inputs, outputs)
     stacks = {"scan_output_axes": list(ys_axes), "scan_output_directions": [int(reverse)] * len(ys_axes)}
-    return b.ops("Scan", carries + seqs, len(results), body=graph, num_scan_inputs=len(seqs),
-                 scan_input_axes=list(xs_axes), scan_input_directions=[int(reverse)] * len(seqs),
-                 **(stacks if ys_axes else {}))
+    return b.ops(
+        "Scan",
+        carries + seqs,
+        len(results),
+        body=graph,
+        num_scan_inputs=len(seqs),
+        scan_input_axes=list(xs_axes),
+        scan_input_directions=[int(reverse)] * len(seqs),
+        **(stacks if ys_axes else {}),
+    )

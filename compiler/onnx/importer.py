@@ -9,6 +9,7 @@ from them) are folded here, since .dl needs shapes and axes to be static. The ru
 op type is in compiler/onnx/rules/ (through the rule API, rule_api/node.py); this module reads the
 model, names things, folds constants and writes the program.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,8 +26,19 @@ from dlc.compiler.ir.graph import DTYPES, ONNX_ELEM_TYPES
 from dlc.compiler.onnx.rule_api.folding import too_large_to_propagate
 from dlc.compiler.onnx.rule_api.node import Expand, Node, Unsupported
 from dlc.compiler.onnx.rules import RULES
-from dlc.compiler.onnx.rule_api.values import (DL_DTYPES, FLOAT, SMALL, Value, dtype_of, literal, onnx_package, shape_tuple,
-                                      too_large, tuple_literal, type_name)
+from dlc.compiler.onnx.rule_api.values import (
+    DL_DTYPES,
+    FLOAT,
+    SMALL,
+    Value,
+    dtype_of,
+    literal,
+    onnx_package,
+    shape_tuple,
+    too_large,
+    tuple_literal,
+    type_name,
+)
 
 # opset 7 brought numpy broadcasting to the arithmetic ops; 28 is the newest the rules know
 MIN_OPSET, MAX_OPSET = 7, 28
@@ -50,12 +62,13 @@ def read_model(path):
         onnx.load_external_data_for_model(model, str(path.parent))
     except DlcError:
         raise
-    except Exception as e:      # protobuf's DecodeError and friends: the bytes are not a ModelProto
-        raise DlcError(f"{path} is not an ONNX model: it cannot be decoded ({_first_line(e) or 'no detail'}); "
-                       "the file is truncated or in another format") from None
+    except Exception as e:  # protobuf's DecodeError and friends: the bytes are not a ModelProto
+        raise DlcError(
+            f"{path} is not an ONNX model: it cannot be decoded ({_first_line(e) or 'no detail'}); "
+            "the file is truncated or in another format"
+        ) from None
     if not model.HasField("graph") or not model.opset_import:
-        raise DlcError(f"{path} is not an ONNX model: it has no graph or no opset (a truncated file or another "
-                       "format)")
+        raise DlcError(f"{path} is not an ONNX model: it has no graph or no opset (a truncated file or another format)")
     return model
 
 
@@ -67,8 +80,10 @@ def _check_external_data(onnx, model, path: Path):
         if onnx.external_data_helper.uses_external_data(tensor):
             location = {e.key: e.value for e in tensor.external_data}.get("location", "")
             if not (folder / location).resolve().is_relative_to(folder):
-                raise DlcError(f"{path}: the tensor '{tensor.name}' keeps its data in '{location}', outside the "
-                               "model's folder; dlc reads external data only from that folder")
+                raise DlcError(
+                    f"{path}: the tensor '{tensor.name}' keeps its data in '{location}', outside the "
+                    "model's folder; dlc reads external data only from that folder"
+                )
 
 
 def _first_line(e: Exception) -> str:
@@ -79,16 +94,18 @@ def _first_line(e: Exception) -> str:
 class Imported:
     """The result of an import: the .dl text, the checkpoint's arrays by parameter name,
     and the names the ONNX inputs and outputs have in it."""
+
     name: str
     text: str
     weights: dict
-    inputs: dict            # ONNX input name -> .dl input name
-    outputs: dict           # ONNX output name -> .dl output name
-    dtypes: dict = field(default_factory=dict)     # .dl output name -> ONNX numpy dtype
+    inputs: dict  # ONNX input name -> .dl input name
+    outputs: dict  # ONNX output name -> .dl output name
+    dtypes: dict = field(default_factory=dict)  # .dl output name -> ONNX numpy dtype
 
 
-def import_model(model, name: str | None = None, static: dict | None = None, source: str = "model",
-                 as_def: bool = False) -> Imported:
+def import_model(
+    model, name: str | None = None, static: dict | None = None, source: str = "model", as_def: bool = False
+) -> Imported:
     """The .dl program of an ONNX ModelProto. `static` gives values for graph inputs that
     the program needs as constants (shapes, axes, recurrent weights; see static_inputs).
     An op that ONNX defines as a function of other ops is imported as that function's body
@@ -101,7 +118,7 @@ def import_model(model, name: str | None = None, static: dict | None = None, sou
             return _Importer(model, name, static or {}, source, as_def).run()
         except Expand as e:
             expanded = expand_functions(model, {e.index})
-            if expanded is model:       # no body for this node after all
+            if expanded is model:  # no body for this node after all
                 raise e.refusal from None
             model = expanded
     raise DlcError(f"{source}: more than {MAX_EXPANSIONS} ops had to be expanded into their ONNX functions")
@@ -114,15 +131,20 @@ def check_model(model, source: str) -> int:
     versions = {o.domain or "ai.onnx": o.version for o in model.opset_import}
     v = versions.get("ai.onnx")
     if v is None:
-        raise Unsupported(f"{source}: the model uses no version of the standard ONNX operators (its "
-                          f"opsets: {', '.join(f'{d} {v}' for d, v in versions.items())})", "opset")
+        raise Unsupported(
+            f"{source}: the model uses no version of the standard ONNX operators (its "
+            f"opsets: {', '.join(f'{d} {v}' for d, v in versions.items())})",
+            "opset",
+        )
     if not MIN_OPSET <= v <= MAX_OPSET:
-        raise Unsupported(f"{source}: the model uses ONNX opset {v}; dlc imports opsets {MIN_OPSET} to "
-                          f"{MAX_OPSET}" + (" (convert it with onnx.version_converter)" if v < MIN_OPSET else ""),
-                          "opset")
+        raise Unsupported(
+            f"{source}: the model uses ONNX opset {v}; dlc imports opsets {MIN_OPSET} to "
+            f"{MAX_OPSET}" + (" (convert it with onnx.version_converter)" if v < MIN_OPSET else ""),
+            "opset",
+        )
     try:
         onnx.checker.check_model(model)
-    except Exception as e:      # ValidationError, or a C++ checker error
+    except Exception as e:  # ValidationError, or a C++ checker error
         raise DlcError(f"{source} is not a valid ONNX model: {_first_line(e)}") from None
     return v
 
@@ -136,7 +158,7 @@ def op_schema(node, opset: int):
         return None
     try:
         return onnx_package().defs.get_schema(node.op_type, opset, "")
-    except Exception:       # SchemaError: no such op in this opset
+    except Exception:  # SchemaError: no such op in this opset
         return None
 
 
@@ -150,8 +172,9 @@ def function_body(node, opset: int, types: dict):
         return None
     node = onnx.NodeProto.FromString(node.SerializeToString())
     given = {a.name for a in node.attribute}
-    node.attribute.extend(a.default_value for name, a in schema.attributes.items()
-                          if name not in given and a.default_value.name)      # the body may read defaults
+    node.attribute.extend(
+        a.default_value for name, a in schema.attributes.items() if name not in given and a.default_value.name
+    )  # the body may read defaults
     body = None
     if schema.has_function:
         version = max((v for v in schema.function_opset_versions if v <= opset), default=None)
@@ -161,14 +184,19 @@ def function_body(node, opset: int, types: dict):
         version = max((v for v in schema.context_dependent_function_opset_versions if v <= opset), default=None)
         if version is not None:
             text = schema.get_context_dependent_function_with_opset_version(
-                version, node.SerializeToString(), [types[i].SerializeToString() for i in node.input if i])
+                version, node.SerializeToString(), [types[i].SerializeToString() for i in node.input if i]
+            )
             body = onnx.FunctionProto.FromString(text) if text else None
     if body is None:
         return None
     for o in body.opset_import:
         if o.domain in ("", "ai.onnx") and o.version != opset:
-            if any(op_schema(n, o.version) is None or op_schema(n, opset) is None
-                   or op_schema(n, o.version).since_version != op_schema(n, opset).since_version for n in body.node):
+            if any(
+                op_schema(n, o.version) is None
+                or op_schema(n, opset) is None
+                or op_schema(n, o.version).since_version != op_schema(n, opset).since_version
+                for n in body.node
+            ):
                 return None
             o.version = opset
     body.name = node.op_type
@@ -181,12 +209,16 @@ def expand_functions(model, indices: set | None = None):
     such ops; onnx.inliner does the renaming."""
     onnx = onnx_package()
     from onnx import inliner
+
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if opset is None:
         return model
     for _ in range(MAX_EXPANSIONS):
-        picked = [k for k, node in enumerate(model.graph.node)
-                  if (k in indices if indices is not None else node.op_type not in RULES)]
+        picked = [
+            k
+            for k, node in enumerate(model.graph.node)
+            if (k in indices if indices is not None else node.op_type not in RULES)
+        ]
         if not picked:
             return model
         try:
@@ -203,7 +235,7 @@ def expand_functions(model, indices: set | None = None):
                 continue
             body, completed = found_body
             found = True
-            domain = f"dlc.expand.{k}"      # one function per node: their bodies differ with attributes and types
+            domain = f"dlc.expand.{k}"  # one function per node: their bodies differ with attributes and types
             node.CopyFrom(completed)
             node.domain = body.domain = domain
             expanded.functions.append(body)
@@ -212,10 +244,10 @@ def expand_functions(model, indices: set | None = None):
             return model
         model = inliner.inline_local_functions(expanded)
         if any(n.domain.startswith("dlc.expand.") for n in model.graph.node):
-            raise DlcError("onnx's inliner left a function call in the model")     # never seen; say so if it is
+            raise DlcError("onnx's inliner left a function call in the model")  # never seen; say so if it is
         del model.opset_import[:]
         model.opset_import.extend(o for o in expanded.opset_import if not o.domain.startswith("dlc.expand."))
-        indices = None      # then the ops without rules that the bodies use
+        indices = None  # then the ops without rules that the bodies use
     return model
 
 
@@ -270,8 +302,11 @@ def dims_tensor(a: np.ndarray, dtype: str) -> str:
     items = [f"cast({d}, \"{dtype}\")" for d in a.ravel()]
     if a.ndim == 0:
         return items[0]
-    flat = "concat(" + ", ".join(f"reshape({i}, 1)" for i in items) + ", axis = 0)" if len(items) > 1 else \
-        f"reshape({items[0]}, 1)"
+    flat = (
+        "concat(" + ", ".join(f"reshape({i}, 1)" for i in items) + ", axis = 0)"
+        if len(items) > 1
+        else f"reshape({items[0]}, 1)"
+    )
     return flat if a.ndim == 1 else f"reshape({flat}, {', '.join(map(str, a.shape))})"
 
 
@@ -287,18 +322,18 @@ class _Importer:
         graph = self.model.graph
         self.graph = graph
         self.names = Namer(keywords() | RESERVED_NAMES | stdlib_env().visible_names())
-        self.name = Namer.clean(name or graph.name or "imported", "model")      # models have names of their own
+        self.name = Namer.clean(name or graph.name or "imported", "model")  # models have names of their own
         if self.name in keywords() | RESERVED_NAMES or as_def and self.name in self.names.used:
-            self.name += "_model"       # a def may not hide the library functions its body calls
+            self.name += "_model"  # a def may not hide the library functions its body calls
         if as_def:
             self.names.used.add(self.name)
         self.values: dict[str, Value] = {}
-        self.decls: list[str] = []         # param and state declarations
-        self.body: list[str] = []          # bindings
-        self.bound: set = set()            # the names they bind
-        self.built = None                  # the program so far, built (a GrowingModel), once type_now asks
-        self.built_lines = [0, 0, 0]       # ... of the header, decls and body
-        self.scopes: list = []             # the enclosing programs' bindings, inside a scan body
+        self.decls: list[str] = []  # param and state declarations
+        self.body: list[str] = []  # bindings
+        self.bound: set = set()  # the names they bind
+        self.built = None  # the program so far, built (a GrowingModel), once type_now asks
+        self.built_lines = [0, 0, 0]  # ... of the header, decls and body
+        self.scopes: list = []  # the enclosing programs' bindings, inside a scan body
         self.weights: dict = {}
         self.inputs: dict = {}
         self.consumers: dict = {}
@@ -307,9 +342,12 @@ class _Importer:
                 self.consumers.setdefault(i, []).append(node)
         self.producers = {o: node for g in self._graphs(graph) for node in g.node for o in node.output}
         # what a node or a graph's outputs read, in the graph or a scan body (nested too)
-        self.read = {name for g in self._graphs(graph) for name in [*(i for node in g.node for i in node.input),
-                                                                     *(o.name for o in g.output)]}
-        self.dim_texts: dict = {}          # a Dim's text -> the Dim, for the shapes given to ONNX's inference
+        self.read = {
+            name
+            for g in self._graphs(graph)
+            for name in [*(i for node in g.node for i in node.input), *(o.name for o in g.output)]
+        }
+        self.dim_texts: dict = {}  # a Dim's text -> the Dim, for the shapes given to ONNX's inference
         self.graph_outputs = {o.name for o in graph.output}
         self.absorbed: set = set()
         self.index = {id(node): k for k, node in enumerate(graph.node)}
@@ -321,6 +359,7 @@ class _Importer:
         onnx = self.onnx
         if model.functions:
             from onnx import inliner
+
             model = inliner.inline_local_functions(model)
         if self.static:
             model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -375,6 +414,7 @@ class _Importer:
                 if i and (v is None or v.const is None and (v.shape is None or None in v.shape)):
                     visit(i)
             nodes.append(node)
+
         visit(name)
         self._infer(nodes, [self.onnx.ValueInfoProto(name=name)])
 
@@ -397,12 +437,15 @@ class _Importer:
         model = h.make_model(graph, opset_imports=[h.make_opsetid("", self.opset)])
         try:
             inferred = self.onnx.shape_inference.infer_shapes(model, data_prop=True)
-        except Exception:       # leave the values as they are typed
+        except Exception:  # leave the values as they are typed
             return
         for vi in (*inferred.graph.value_info, *inferred.graph.output):
             known = self.types.get(vi.name)
-            if vi.type.HasField("tensor_type") and (known is None or not known.HasField("shape")
-                                                    or any(not d.HasField("dim_value") for d in known.shape.dim)):
+            if vi.type.HasField("tensor_type") and (
+                known is None
+                or not known.HasField("shape")
+                or any(not d.HasField("dim_value") for d in known.shape.dim)
+            ):
                 self.types[vi.name] = vi.type.tensor_type
 
     def _dim_params(self, shape):
@@ -454,8 +497,11 @@ class _Importer:
                 raise Unsupported(f"{self.source}: {where} is not a tensor (a sequence, map or optional)", "dtype")
             dtype = DL_DTYPES.get(tt.elem_type)
             if dtype is None:
-                raise Unsupported(f"{self.source}: {where} holds {type_name(tt.elem_type)} values; dlc has "
-                                  "float32, float64, int32, int64 and bool", "dtype")
+                raise Unsupported(
+                    f"{self.source}: {where} holds {type_name(tt.elem_type)} values; dlc has "
+                    "float32, float64, int32, int64 and bool",
+                    "dtype",
+                )
             if not tt.HasField("shape"):
                 raise Unsupported(f"{self.source}: {where} has no shape; dlc needs at least its rank", "shape")
             dims = []
@@ -465,13 +511,14 @@ class _Importer:
                         raise Unsupported(f"{self.source}: {where} is empty (axis {axis} has size 0)", "shape")
                     dims.append(d.dim_value)
                     continue
-                key = d.dim_param or f"{inp.name}:{axis}"       # a dim without a name is a dim of its own
+                key = d.dim_param or f"{inp.name}:{axis}"  # a dim without a name is a dim of its own
                 if key not in symbols:
                     symbols[key] = Dim.sym(self.names(d.dim_param or f"D{len(symbols)}", "D"))
                 dims.append(symbols[key])
             if too_large(dims):
-                raise Unsupported(f"{self.source}: {where} has the shape {list(dims)}, too large for any "
-                                  "machine's memory", "shape")
+                raise Unsupported(
+                    f"{self.source}: {where} has the shape {list(dims)}, too large for any machine's memory", "shape"
+                )
             name = self.names(inp.name, "x")
             self.inputs[inp.name] = name
             self.values[inp.name] = Value(dtype, tuple(dims), expr=name, onnx_type=tt.elem_type)
@@ -484,8 +531,9 @@ class _Importer:
         for t in self.graph.initializer:
             array = numpy_helper.to_array(t)
             dtype = DL_DTYPES.get(t.data_type)
-            self.values[t.name] = Value(dtype, tuple(array.shape), const=array, weight=dtype in FLOAT,
-                                        onnx_type=t.data_type)
+            self.values[t.name] = Value(
+                dtype, tuple(array.shape), const=array, weight=dtype in FLOAT, onnx_type=t.data_type
+            )
 
     def inferred(self, name: str) -> Value:
         """A fresh Value for a node output, typed by shape inference."""
@@ -515,8 +563,11 @@ class _Importer:
         value of its own (an output): a scalar keeps its dtype."""
         a = v.const
         if v.dtype is None:
-            raise Unsupported(f"{self.source}: the constant '{hint}' holds {type_name(v.onnx_type)} values; dlc "
-                              "cannot use it as a tensor", "dtype")
+            raise Unsupported(
+                f"{self.source}: the constant '{hint}' holds {type_name(v.onnx_type)} values; dlc "
+                "cannot use it as a tensor",
+                "dtype",
+            )
         if a.dtype == object:
             return dims_tensor(a, v.dtype)
         if a.size == 0:
@@ -526,7 +577,7 @@ class _Importer:
             if (flat == flat[0]).all() and literal(flat[0], v.dtype) is not None:
                 if a.ndim == 0 and not alone:
                     return literal(flat[0], v.dtype)
-                fill = int(flat[0]) if v.dtype == "bool" else literal(flat[0], v.dtype)     # full takes a number
+                fill = int(flat[0]) if v.dtype == "bool" else literal(flat[0], v.dtype)  # full takes a number
                 return f"full({shape_tuple(a.shape)}, {fill}, \"{v.dtype}\")"
             if a.size <= SMALL and v.dtype != "bool" and tuple_literal(a, v.dtype) is not None:
                 return f"cast({tuple_literal(a, v.dtype)}, \"{v.dtype}\")"
@@ -540,15 +591,17 @@ class _Importer:
         """A node's outputs by name, computed from known inputs by ONNX's reference
         evaluator; None when it cannot."""
         from onnx.reference import ReferenceEvaluator
+
         h = self.onnx.helper
         feeds = {name: c for name, c in zip(proto.input, consts) if name}
         inputs = [h.make_tensor_value_info(k, h.np_dtype_to_tensor_dtype(a.dtype), a.shape) for k, a in feeds.items()]
         outputs = [self.onnx.ValueInfoProto(name=o) for o in proto.output if o]
-        model = h.make_model(h.make_graph([proto], "fold", inputs, outputs),
-                             opset_imports=[h.make_opsetid("", self.opset)])
+        model = h.make_model(
+            h.make_graph([proto], "fold", inputs, outputs), opset_imports=[h.make_opsetid("", self.opset)]
+        )
         try:
             results = ReferenceEvaluator(model).run(None, feeds)
-        except Exception:       # an op the reference evaluator lacks, or values it refuses: emit the node
+        except Exception:  # an op the reference evaluator lacks, or values it refuses: emit the node
             return None
         return dict(zip([o.name for o in outputs], results))
 
@@ -564,8 +617,8 @@ class _Importer:
         expr = self.operand(name)
         if self.built is None:
             self.built = GrowingModel(self.name, f"<{self.name}.dl>")
-        if self.built.type_of(expr) is None:        # build the lines written since the last build
-            parts = (self.header, self.decls, self.body)        # each only grows while nodes are emitted
+        if self.built.type_of(expr) is None:  # build the lines written since the last build
+            parts = (self.header, self.decls, self.body)  # each only grows while nodes are emitted
             self.built.add([line for part, n in zip(parts, self.built_lines) for line in part[n:]])
             self.built_lines = [len(part) for part in parts]
         return self.built.type_of(expr)
@@ -598,24 +651,27 @@ class _Importer:
 
     def run(self) -> Imported:
         self.header = self._add_inputs()
-        self.output_names = {}          # ONNX output -> its .dl name, reserved before any binding
+        self.output_names = {}  # ONNX output -> its .dl name, reserved before any binding
         for out in self.graph.output:
             self.output_names.setdefault(out.name, self.names(out.name, "y"))
         self._add_initializers()
         self.emit_nodes(self.graph.node)
-        outputs, dtypes, results = {}, {}, []      # results: (the .dl output name, its expression)
+        outputs, dtypes, results = {}, {}, []  # results: (the .dl output name, its expression)
         for out in self.graph.output:
             v = self.values[out.name]
             if v.dtype is None:
-                raise Unsupported(f"{self.source}: the output '{out.name}' holds {type_name(v.onnx_type)} values; "
-                                  "dlc has float32, float64, int32, int64 and bool", "dtype")
+                raise Unsupported(
+                    f"{self.source}: the output '{out.name}' holds {type_name(v.onnx_type)} values; "
+                    "dlc has float32, float64, int32, int64 and bool",
+                    "dtype",
+                )
             if v.shape is not None and 0 in v.shape:
                 raise Unsupported(f"{self.source}: the output '{out.name}' is empty (shape {list(v.shape)})", "shape")
-            if v.expr is None and v.const is not None:        # an output known at import
+            if v.expr is None and v.const is not None:  # an output known at import
                 v.expr = self._materialize(v, out.name, alone=True)
             expr = self.operand(out.name)
             name = self.output_names[out.name]
-            if name in outputs.values():        # the same value listed twice
+            if name in outputs.values():  # the same value listed twice
                 name = self.names(out.name, "y")
             results.append((name, expr))
             outputs[out.name] = name
@@ -628,13 +684,20 @@ class _Importer:
     def _prune(self, outputs: list):
         """Drop the bindings and constants nothing reads (what a fused pattern left behind);
         a binding that names a layer's parameters stays."""
+
         def reads(lines):
             return {w for line in lines for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", line.split(" = ", 1)[-1])}
+
         while True:
             used = reads(self.body + outputs)
-            dead = [line for line in self.body
-                    if not any(t in used or any(k.startswith(t + ".") for k in self.weights)
-                               for t in line.split(" = ", 1)[0].split(", "))]
+            dead = [
+                line
+                for line in self.body
+                if not any(
+                    t in used or any(k.startswith(t + ".") for k in self.weights)
+                    for t in line.split(" = ", 1)[0].split(", ")
+                )
+            ]
             dead_decls = [line for line in self.decls if line.split()[1].rstrip(":") not in used]
             if not dead and not dead_decls:
                 return
@@ -645,8 +708,9 @@ class _Importer:
 
     def text(self, outputs: list) -> str:
         """The program: the model's inputs, parameters and state, bindings and `outputs`."""
-        return "\n".join([self.comment(), *self.block(f"model {self.name}", self.header + self.decls + self.body
-                                                       + outputs), ""])
+        return "\n".join(
+            [self.comment(), *self.block(f"model {self.name}", self.header + self.decls + self.body + outputs), ""]
+        )
 
     def def_text(self, results: list) -> str:
         """The program as `def NAME(inputs) { ...; return outputs }`, which a model of another
@@ -655,18 +719,25 @@ class _Importer:
         arguments = ", ".join(line.removeprefix("input ") for line in self.header)
         names = [name for name, _ in results]
         call = f"{', '.join(names)} = {self.name}({', '.join(self.inputs.values())}, name = \"\")"
-        return "\n".join([self.comment(),
-                          *self.block(f"def {self.name}({arguments})", self.decls + self.body
-                                      + ["return " + ", ".join(expr for _, expr in results)]), "",
-                          *self.block(f"model {self.name}", self.header + [call]
-                                      + [f"output {name}" for name in names]), ""])
+        return "\n".join(
+            [
+                self.comment(),
+                *self.block(
+                    f"def {self.name}({arguments})",
+                    self.decls + self.body + ["return " + ", ".join(expr for _, expr in results)],
+                ),
+                "",
+                *self.block(f"model {self.name}", self.header + [call] + [f"output {name}" for name in names]),
+                "",
+            ]
+        )
 
     def comment(self) -> str:
         producer = " ".join(p for p in (self.model.producer_name, self.model.producer_version) if p)
-        return (f"# imported from {self.source} by dlc import (ONNX opset {self.opset}"
-                + (f", produced by {producer})" if producer else ")"))
+        return f"# imported from {self.source} by dlc import (ONNX opset {self.opset}" + (
+            f", produced by {producer})" if producer else ")"
+        )
 
     @staticmethod
     def block(head: str, lines: list) -> list:
         return [head + " {", *("    " + line.replace("\n", "\n    ") for line in lines), "}"]
-

@@ -17,6 +17,7 @@ u8 · s8 kernels on an x86-64 CPU without VNNI add pairs of products in 16 bits,
 (`vpmaddubsw`), so there a fused product can be far from the exact integer sum
 (`fused_int8_saturates`); with its graph optimizations off it runs the nodes unfused.
 """
+
 from __future__ import annotations
 
 import platform
@@ -50,8 +51,8 @@ def integer_product(b, p: Product, q: QuantizedProduct, x: str, float_rule: Call
     names = [f"int8:{p.weight}:{part}" for part in ("weight", "weight_scale", "weight_zero_point")]
     export.constant_initializer(names[0], q.weight)
     export.constant_initializer(names[1], q.weight_scale)
-    export.constant_initializer(names[2], np.zeros(q.weight_scale.shape, np.int8))     # symmetric
+    export.constant_initializer(names[2], np.zeros(q.weight_scale.shape, np.int8))  # symmetric
     w = b.op("DequantizeLinear", names, axis=p.channel_axis)
-    if tuple(p.weight_shape) != q.weight.shape:     # conv1d's weights: the parameter reshaped, channels first
+    if tuple(p.weight_shape) != q.weight.shape:  # conv1d's weights: the parameter reshaped, channels first
         w = b.op("Reshape", [w, b.const(list(p.weight_shape), "i64")])
     return float_rule(b, p.node, [x, w], **attrs)

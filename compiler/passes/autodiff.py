@@ -9,6 +9,7 @@ loss, metrics, state updates and the gradient of every trainable parameter.
 the forward scan also stacks the carry entering every step, and the reverse scan's
 body recomputes one forward step from it and applies the body's own VJP (scan.py).
 """
+
 from __future__ import annotations
 
 from dlc.compiler.ir import ops
@@ -18,8 +19,9 @@ from dlc.compiler.ir.graph import PRIMITIVES, Graph, Tensor, collector_paused
 
 def backward(graph: Graph, seeds: list, wrt: list) -> list:
     """Cotangents of `wrt` given (tensor, cotangent) seeds, emitted into `graph`."""
-    relevant = reachable(graph, [t.node for t, _ in seeds], upstream=True) & \
-        reachable(graph, [t.node for t in wrt], upstream=False)
+    relevant = reachable(graph, [t.node for t, _ in seeds], upstream=True) & reachable(
+        graph, [t.node for t in wrt], upstream=False
+    )
     cts: dict = {}
     for t, ct in seeds:
         if ct is not None and t.node in relevant:
@@ -40,8 +42,8 @@ def backward(graph: Graph, seeds: list, wrt: list) -> list:
             for x, ct in zip(view.inputs, in_cts):
                 if ct is not None and x.node in relevant and x.type.is_float:
                     _accumulate(cts, x, ct)
-        for m in range(first, graph._next):     # what differentiates n (graph.layer_of); a node
-            if "layer" not in graph.nx.nodes[m]:   # with a layer computes n's forward again (scan.py)
+        for m in range(first, graph._next):  # what differentiates n (graph.layer_of); a node
+            if "layer" not in graph.nx.nodes[m]:  # with a layer computes n's forward again (scan.py)
                 graph.nx.nodes[m]["grad_of"] = n
     return [cts.get(t.key()) for t in wrt]
 
@@ -55,8 +57,9 @@ def _not_differentiable(graph: Graph, n: int) -> DlcError:
     of = graph.op(data["grad_of"]) if data["grad_of"] in graph.nx else data["op"]
     span = data["span"] and (data["span"].caller or data["span"])
     line = f" (line {span.line})" if span else ""
-    return DlcError.at_user_line(f"the second derivative of {of}{line} is not available: {data['op']}, "
-                                 "in its gradient, has no VJP", data["span"])
+    return DlcError.at_user_line(
+        f"the second derivative of {of}{line} is not available: {data['op']}, in its gradient, has no VJP", data["span"]
+    )
 
 
 def _accumulate(cts: dict, x: Tensor, ct: Tensor):
@@ -74,15 +77,16 @@ def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None, k
     if dst is None:
         dst = Graph(src.name, parent=src.parent)
     if keep_ids:
-        dst._next = src._next       # nodes added to the copy get numbers the original never used
+        dst._next = src._next  # nodes added to the copy get numbers the original never used
     mapping: dict = {}
     for n in src.order():
         data = src.nx.nodes[n]
         if data["op"] == "arg" and args is not None:
             mapping[(n, 0)] = args[data["attrs"]["index"]]
             continue
-        attrs = {k: (copy_graph(v, keep_ids=keep_ids)[0] if isinstance(v, Graph) else v)
-                 for k, v in data["attrs"].items()}
+        attrs = {
+            k: (copy_graph(v, keep_ids=keep_ids)[0] if isinstance(v, Graph) else v) for k, v in data["attrs"].items()
+        }
         new = n if keep_ids else dst._next
         dst._next = max(dst._next, new + 1)
         dst.nx.add_node(new, **{**data, "attrs": attrs, "types": list(data["types"])})
@@ -91,7 +95,7 @@ def copy_graph(src: Graph, dst: Graph | None = None, args: list | None = None, k
             dst.nx.add_edge(m.node, new, key=i, out=m.out)
         for j in range(len(data["types"])):
             mapping[(n, j)] = Tensor(dst, new, j)
-    if not keep_ids:    # a gradient node names the node it differentiates by its number in dst
+    if not keep_ids:  # a gradient node names the node it differentiates by its number in dst
         for n, of in src.nx.nodes(data="grad_of"):
             if of is not None:
                 dst.nx.nodes[mapping[(n, 0)].node]["grad_of"] = mapping[(of, 0)].node if (of, 0) in mapping else None
@@ -129,7 +133,7 @@ def train_step(forward: Graph) -> Graph:
     `grad:<name>` for every trainable parameter."""
     if "loss" not in forward.outputs:
         raise DlcError("the model has no loss; add a `loss ...` statement to train or check gradients")
-    g, _ = copy_graph(forward, keep_ids=True)      # node n of the forward graph is node n here
+    g, _ = copy_graph(forward, keep_ids=True)  # node n of the forward graph is node n here
     g.name = "train_step"
     g.outputs = {k: t for k, t in g.outputs.items() if not k.startswith("output:")}
     params = [Tensor(g, n) for n in g.params() if g.attrs(n)["trainable"]]
@@ -171,7 +175,7 @@ def hvp_graph(forward: Graph) -> Graph:
         for d in directional[1:]:
             total = total + d
         seed = ops.full(g, (), 1.0, total.dtype)
-    params = [Tensor(g, n) for n in trainable if n in g.nx]      # a parameter the loss does not read was pruned
+    params = [Tensor(g, n) for n in trainable if n in g.nx]  # a parameter the loss does not read was pruned
     hvps = dict(zip([p.node for p in params], backward(g, [(total, seed)], params)))
     for n in trainable:
         hvp = hvps.get(n)

@@ -13,6 +13,7 @@ per-step gradient of an input sequence) and one GEMM after the loop does the sum
 where P̂ stacks P_t along an axis beside its contracted one, so the reshape that merges
 (steps, K) is free.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,11 +35,12 @@ def hoist_accumulators(graph: Graph) -> Graph:
 @dataclass
 class _Stacked:
     """How one step operand reaches the code after the loop, stacked along `axis`."""
-    value: Tensor           # in the body
+
+    value: Tensor  # in the body
     axis: int
-    source: tuple | None    # ("y", result index) or ("seq", operand index) when already stacked
-    k: int = 0              # the contracted axis of the matmul operand
-    shape: tuple = ()       # the matmul operand's shape: the value's, or that of its reshape
+    source: tuple | None  # ("y", result index) or ("seq", operand index) when already stacked
+    k: int = 0  # the contracted axis of the matmul operand
+    shape: tuple = ()  # the matmul operand's shape: the value's, or that of its reshape
 
 
 def _hoist_scan(graph: Graph, n: int):
@@ -68,15 +70,20 @@ def _hoist_scan(graph: Graph, n: int):
     body.nx.remove_nodes_from([a.node for a in dropped_args] + [add for add, _, _ in found.values()])
     prune(body)
     with graph.at(graph.nx.nodes[n]["span"]):
-        new = graph.add("scan", [x for i, x in enumerate(ins) if i not in found],
-                        **{**attrs, "n_carry": len(keep), "ys_axes": tuple(ys_axes),
-                           **({"history": tuple(j - len(found) for j in attrs["history"])}
-                              if "history" in attrs else {})})
+        new = graph.add(
+            "scan",
+            [x for i, x in enumerate(ins) if i not in found],
+            **{
+                **attrs,
+                "n_carry": len(keep),
+                "ys_axes": tuple(ys_axes),
+                **({"history": tuple(j - len(found) for j in attrs["history"])} if "history" in attrs else {}),
+            },
+        )
         replace = {outs[i].key(): new[j] for j, i in enumerate(keep)}
         replace |= {outs[j].key(): new[j - len(found)] for j in range(nc, len(outs))}
         for i, (_, kind, operands) in found.items():
-            stacked = [new[len(keep) + s.source[1]] if s.source[0] == "y" else ins[s.source[1]]
-                       for s in operands]
+            stacked = [new[len(keep) + s.source[1]] if s.source[0] == "y" else ins[s.source[1]] for s in operands]
             replace[outs[i].key()] = ins[i] + _after_loop(kind, operands, stacked)
     graph.redirect(n, [replace[t.key()] for t in outs])
     graph.nx.remove_node(n)
@@ -119,8 +126,10 @@ def _within_merged(graph: Graph, n: int, operands: tuple, k_axes: tuple) -> list
     if None in merged or merged[0][1] != merged[1][1]:
         return []
     factors = merged[0][1]
-    return [[_stacked(graph, n, y, (k + at,), k, x.shape) for (y, _), x, k in zip(merged, operands, k_axes)]
-            for at in range(1, len(factors))]
+    return [
+        [_stacked(graph, n, y, (k + at,), k, x.shape) for (y, _), x, k in zip(merged, operands, k_axes)]
+        for at in range(1, len(factors))
+    ]
 
 
 def _merged_into(body: Graph, x: Tensor, k: int):
@@ -129,9 +138,9 @@ def _merged_into(body: Graph, x: Tensor, k: int):
         return None
     y = body.inputs(x.node)[0]
     extra = y.rank - x.rank + 1
-    if extra < 2 or y.shape[:k] != x.shape[:k] or y.shape[k + extra:] != x.shape[k + 1:]:
+    if extra < 2 or y.shape[:k] != x.shape[:k] or y.shape[k + extra :] != x.shape[k + 1 :]:
         return None
-    return y, y.shape[k:k + extra]
+    return y, y.shape[k : k + extra]
 
 
 def _stacked(graph: Graph, n: int, x: Tensor, axes: tuple, k: int = 0, shape: tuple | None = None) -> _Stacked:
@@ -143,7 +152,7 @@ def _stacked(graph: Graph, n: int, x: Tensor, axes: tuple, k: int = 0, shape: tu
         for j, (t, ax) in enumerate(zip(list(body.outputs.values())[nc:], attrs["ys_axes"])):
             if t.key() == x.key() and ax == axis:
                 return _Stacked(x, axis, ("y", j), k, shape or x.shape)
-        for j, (a, ax) in enumerate(zip(body.args[nc:nc + n_seq], attrs["xs_axes"])):
+        for j, (a, ax) in enumerate(zip(body.args[nc : nc + n_seq], attrs["xs_axes"])):
             if a.key() == x.key() and ax == axis:
                 return _Stacked(x, axis, ("seq", nc + j), k, shape or x.shape)
     return _Stacked(x, axes[0], None, k, shape or x.shape)

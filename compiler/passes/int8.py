@@ -2,6 +2,7 @@
 docs/quantization.md ("Which products are integer"). A product is named by its weights'
 parameter; the calibration, the quantized checkpoint, the engines and `dlc summary --int8`
 all read this one list."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ class Product:
     weights (operand 1) from the parameter `weight`, whose output channels lie along
     `channel_axis` of the parameter, as `weight_shape` (the parameter's, or conv1d's reshape
     of it); `reason` is why it stays float32 ("" when integer)."""
+
     node: int
     op: str
     weight: str | None
@@ -89,8 +91,10 @@ def _product(graph: Graph, n: int) -> Product:
         elif op == "matmul" and p.terms < FEWEST_TERMS:
             p.reason = f"its sums of {p.terms} terms are too short to gain from int8 (at least {FEWEST_TERMS})"
         elif op == "conv2d" and shape[1] < FEWEST_CHANNELS:
-            p.reason = f"its taps hold {shape[1]} channel{'s' * (shape[1] != 1)} (C / groups): too few to gain from " \
-                       f"int8 (at least {FEWEST_CHANNELS})"
+            p.reason = (
+                f"its taps hold {shape[1]} channel{'s' * (shape[1] != 1)} (C / groups): too few to gain from "
+                f"int8 (at least {FEWEST_CHANNELS})"
+            )
     return p
 
 

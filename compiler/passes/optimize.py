@@ -15,6 +15,7 @@
 Every pass also rewrites the bodies of scans. Nodes keep their numbers and a rewritten
 node keeps its source place, so kernels still point at the right source line.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,8 +31,8 @@ from dlc.compiler.ir.evaluate import Eval
 from dlc.compiler.ir.graph import Graph, Pattern, Tensor, collector_paused, nested_graphs, to_text
 from dlc.compiler.ir.primitives import PRIMITIVES
 
-FOLD_LIMIT = 4096       # elements of the largest constant tensor folding writes into the code
-ROUNDS = 4              # the pipeline repeats while it changes something, at most this often
+FOLD_LIMIT = 4096  # elements of the largest constant tensor folding writes into the code
+ROUNDS = 4  # the pipeline repeats while it changes something, at most this often
 
 
 # ---- editing a graph ------------------------------------------------------------------------------
@@ -98,8 +99,12 @@ def _array(graph: Graph, t: Tensor):
     n = t.node
     if graph.op(n) == "constant":
         return _value(graph, n)
-    if graph.op(n) == "broadcast" and graph.op(graph.inputs(n)[0].node) == "constant" and _known(t.shape) \
-            and numel(t.shape) <= 16 * FOLD_LIMIT:      # (a sum over it may still be small)
+    if (
+        graph.op(n) == "broadcast"
+        and graph.op(graph.inputs(n)[0].node) == "constant"
+        and _known(t.shape)
+        and numel(t.shape) <= 16 * FOLD_LIMIT
+    ):  # (a sum over it may still be small)
         return np.broadcast_to(_value(graph, graph.inputs(n)[0].node), t.shape)
     return None
 
@@ -115,15 +120,16 @@ def _known(x) -> bool:
 
 def _splat(graph: Graph, n: int) -> bool:
     """A broadcast scalar constant: the form folding gives uniform tensors."""
-    return graph.op(n) == "broadcast" and graph.op(graph.inputs(n)[0].node) == "constant" \
-        and graph.inputs(n)[0].rank == 0
+    return (
+        graph.op(n) == "broadcast" and graph.op(graph.inputs(n)[0].node) == "constant" and graph.inputs(n)[0].rank == 0
+    )
 
 
 def _evaluate(graph: Graph, n: int, arrays: list):
     try:
         with np.errstate(all="ignore"):
             out = PRIMITIVES[graph.op(n)].impl(_FOLDING, arrays, **graph.attrs(n))[0]
-    except DlcError:        # an error of the run (an index out of range): leave it to the run
+    except DlcError:  # an error of the run (an index out of range): leave it to the run
         return None
     return np.asarray(out, _FOLDING.np_dtype(graph.types(n)[0].dtype))
 
@@ -154,7 +160,9 @@ def fold(graph: Graph) -> Graph:
     """Constant folding. Sources (`random` among them) are left alone."""
     for g in nested_graphs(graph):
         for n in g.order():
-            if PRIMITIVES[g.op(n)].pattern not in (Pattern.SOURCE, Pattern.CONTROL) and not _splat(g, n):   # sources, loops
+            if PRIMITIVES[g.op(n)].pattern not in (Pattern.SOURCE, Pattern.CONTROL) and not _splat(
+                g, n
+            ):  # sources, loops
                 _rewrite(g, n, _fold_node)
     return graph
 
@@ -170,6 +178,7 @@ def _simplifies(name: str):
     def register(rule):
         _SIMPLIFY[name] = rule
         return rule
+
     return register
 
 
@@ -180,7 +189,7 @@ def _is(value, target) -> bool:
 @_simplifies("add")
 def _add(g: Graph, n: int):
     x, y = g.inputs(n)
-    if _is(_scalar(g, y), 0):       # exact but for the sign of a zero: -0 + 0 is +0
+    if _is(_scalar(g, y), 0):  # exact but for the sign of a zero: -0 + 0 is +0
         return x
     if _is(_scalar(g, x), 0):
         return y
@@ -318,7 +327,7 @@ def _disjoint_sum(g: Graph, n: int):
     piece's value plus zeros. With at most one other term the sum keeps its values."""
     readers = [v for _, v in g.nx.out_edges(n)]
     if len(readers) == 1 and g.op(readers[0]) == "add" and g.uses(Tensor(g, n)) == 1:
-        return None                 # n is inside a larger sum; the rule runs at its root
+        return None  # n is inside a larger sum; the rule runs at its root
     terms = _sum_terms(g, n)
     by_axis: dict = {}
     for t in terms:
@@ -338,7 +347,7 @@ def _disjoint_sum(g: Graph, n: int):
     pads = [p for _, _, p in sorted(zip(offsets, range(len(pads)), pads))]
     gaps = [lo(p) - (lo(prev) + g.inputs(prev.node)[0].shape[axis]) for prev, p in zip(pads, pads[1:])]
     if not all(isinstance(gap, int) and gap >= 0 for gap in gaps):
-        return None             # overlapping pieces, or a gap of unknown size
+        return None  # overlapping pieces, or a gap of unknown size
     pieces = [g.inputs(pads[0].node)[0]]
     for p, gap in zip(pads[1:], gaps):
         piece = g.inputs(p.node)[0]
@@ -348,8 +357,9 @@ def _disjoint_sum(g: Graph, n: int):
             pieces.append(ops.full(g, tuple(shape), 0, piece.dtype))
         pieces.append(piece)
     edge = lambda value: tuple(value if i == axis else 0 for i in range(pieces[0].rank))
-    joined = ops.pad(g.add1("concat", pieces, axis=axis), edge(lo(pads[0])),
-                     edge(g.attrs(pads[-1].node)["hi"][axis]), edge(0))
+    joined = ops.pad(
+        g.add1("concat", pieces, axis=axis), edge(lo(pads[0])), edge(g.attrs(pads[-1].node)["hi"][axis]), edge(0)
+    )
     return g.add1("add", [joined, rest[0]]) if rest else joined
 
 
@@ -371,7 +381,7 @@ def _hashable(v):
     if isinstance(v, (tuple, list)):
         return tuple(_hashable(x) for x in v)
     if isinstance(v, float):
-        return ("float", v.hex())       # keeps -0.0 apart from 0.0
+        return ("float", v.hex())  # keeps -0.0 apart from 0.0
     return v
 
 
@@ -389,7 +399,7 @@ def cse(graph: Graph) -> Graph:
             operands = [t.key() for t in g.inputs(n)]
             if prim.commutative:
                 operands.sort()
-            if op == "constant":            # 0 and 0.0 are one f32 constant
+            if op == "constant":  # 0 and 0.0 are one f32 constant
                 attrs = {**attrs, "value": _value(g, n)}
             key = (op, _hashable(sorted(attrs.items())), tuple(operands))
             first = seen.setdefault(key, n)
@@ -405,7 +415,7 @@ def dce(graph: Graph) -> Graph:
     """Dead code elimination (autodiff.prune), and scans lose the per-step results
     nothing reads and the non-carry arguments their body does not use."""
     prune(graph)
-    for n in reversed(graph.order()):       # readers first: a scan sees which results are read
+    for n in reversed(graph.order()):  # readers first: a scan sees which results are read
         if n in graph.nx and graph.op(n) == "scan" and _shrink_scan(graph, n):
             prune(graph)
     return graph
@@ -416,8 +426,9 @@ def _shrink_scan(graph: Graph, n: int) -> bool:
     True when operands went (their producers may be dead now)."""
     attrs, body = graph.attrs(n), graph.attrs(n)["body"]
     nc = attrs["n_carry"]
-    read = {out for _, _, out in graph.nx.out_edges(n, data="out")} | {t.out for t in graph.outputs.values()
-                                                                     if t.node == n}
+    read = {out for _, _, out in graph.nx.out_edges(n, data="out")} | {
+        t.out for t in graph.outputs.values() if t.node == n
+    }
     names = list(body.outputs)
     keep = [j for j in range(len(names)) if j < nc or j in read]
     if len(keep) < len(names):
@@ -430,12 +441,14 @@ def _shrink_scan(graph: Graph, n: int) -> bool:
             attrs["history"] = history
         for _, _, edge in graph.nx.out_edges(n, data=True):
             edge["out"] = new_index[edge["out"]]
-        graph.outputs = {name: Tensor(graph, n, new_index[t.out]) if t.node == n else t
-                         for name, t in graph.outputs.items()}
+        graph.outputs = {
+            name: Tensor(graph, n, new_index[t.out]) if t.node == n else t for name, t in graph.outputs.items()
+        }
     dce(body)
     returned = {t.key() for t in body.outputs.values()}
-    unused = [i for i, a in enumerate(body.args)
-              if i >= nc and body.nx.out_degree(a.node) == 0 and a.key() not in returned]
+    unused = [
+        i for i, a in enumerate(body.args) if i >= nc and body.nx.out_degree(a.node) == 0 and a.key() not in returned
+    ]
     if not unused:
         return False
     body.nx.remove_nodes_from([body.args[i].node for i in unused])
@@ -455,9 +468,14 @@ PIPELINE = ("fold", "simplify", "cse", "dce", "hoist")
 
 def _fingerprint(graph: Graph) -> tuple:
     """Changes whenever a pass changed the graph: its nodes, edges and outputs."""
-    return tuple((sorted((n, d["op"], len(d["types"])) for n, d in g.nx.nodes(data=True)),
-                  sorted(g.nx.edges(keys=True, data="out")), tuple((k, t.key()) for k, t in g.outputs.items()))
-                 for g in nested_graphs(graph))
+    return tuple(
+        (
+            sorted((n, d["op"], len(d["types"])) for n, d in g.nx.nodes(data=True)),
+            sorted(g.nx.edges(keys=True, data="out")),
+            tuple((k, t.key()) for k, t in g.outputs.items()),
+        )
+        for g in nested_graphs(graph)
+    )
 
 
 @collector_paused()

@@ -4,6 +4,7 @@ stacks the carry entering every step, and the reverse scan's body recomputes one
 step from it and applies the body's own VJP (autodiff.backward on the body); with
 `checkpoint = k`, only every k-th carry is kept and the steps between are recomputed.
 """
+
 from __future__ import annotations
 
 from dlc.compiler.errors import DlcError
@@ -39,16 +40,16 @@ def _scan_vjp(n, cts, init_acc=None):
     attrs, graph = n.attrs, n.graph
     body, nc = attrs["body"], attrs["n_carry"]
     nx_ = len(attrs["xs_axes"])
-    ny = len(cts) - nc      # stacked results: the body's yields, and any history or saved values
+    ny = len(cts) - nc  # stacked results: the body's yields, and any history or saved values
     carries0 = n.inputs[:nc]
-    seqs = n.inputs[nc:nc + nx_]
-    invs = n.inputs[nc + nx_:]
+    seqs = n.inputs[nc : nc + nx_]
+    invs = n.inputs[nc + nx_ :]
     for c in carries0:
         if not c.type.is_float:
             raise DlcError(f"cannot differentiate a scan with a {c.type} carry", n.span)
     history = _carry_history(n)
     d_final = cts[:nc]
-    d_ys = cts[nc:nc + ny]
+    d_ys = cts[nc : nc + ny]
     float_invs = [i for i, t in enumerate(invs) if t.type.is_float]
     float_seqs = [i for i, t in enumerate(seqs) if t.type.is_float]
     live_ys = [i for i in range(ny) if d_ys[i] is not None]
@@ -65,17 +66,17 @@ def _scan_vjp(n, cts, init_acc=None):
         d_carry = [arg(c.type) for c in carries0]
         d_acc = [arg(invs[i].type) for i in float_invs]
         carry_t = [arg(a.type) for a in body.args[:nc]]
-        x_t = [arg(a.type) for a in body.args[nc:nc + nx_]]
+        x_t = [arg(a.type) for a in body.args[nc : nc + nx_]]
         dy_t = [arg(list(body.outputs.values())[nc + i].type) for i in live_ys]
-        inv_t = [arg(a.type) for a in body.args[nc + nx_:]]
+        inv_t = [arg(a.type) for a in body.args[nc + nx_ :]]
         _, mapping = copy_graph(body, bwd, carry_t + x_t + inv_t)
-        outs = [mapping[t.key()] for t in list(body.outputs.values())[:nc + ny]]
+        outs = [mapping[t.key()] for t in list(body.outputs.values())[: nc + ny]]
         seeds = list(zip(outs[:nc], d_carry)) + [(outs[nc + i], d) for i, d in zip(live_ys, dy_t)]
         wrt = carry_t + [x_t[i] for i in float_seqs] + [inv_t[i] for i in float_invs]
         grads = backward(bwd, seeds, wrt)
         g_carry = grads[:nc]
-        g_seq = grads[nc:nc + len(float_seqs)]
-        g_inv = grads[nc + len(float_seqs):]
+        g_seq = grads[nc : nc + len(float_seqs)]
+        g_inv = grads[nc + len(float_seqs) :]
         new_carry = [g if g is not None else ops.zeros_like(c) for g, c in zip(g_carry, carry_t)]
         new_acc = [acc + g if g is not None else acc for acc, g in zip(d_acc, g_inv)]
         per_step = [g if g is not None else ops.zeros_like(x_t[i]) for g, i in zip(g_seq, float_seqs)]
@@ -89,13 +90,20 @@ def _scan_vjp(n, cts, init_acc=None):
         init_acc = [ops.zeros_like(invs[i]) for i in float_invs]
     operands = init_carry + init_acc + history + list(seqs) + [d_ys[i] for i in live_ys] + saved + list(invs)
     xs_axes = (0,) * nc + tuple(attrs["xs_axes"]) + tuple(attrs["ys_axes"][i] for i in live_ys) + (0,) * len(saved)
-    outs = graph.add("scan", operands, body=bwd, length=attrs["length"], reverse=not attrs["reverse"],
-                     n_carry=nc + len(float_invs), xs_axes=xs_axes,
-                     ys_axes=tuple(attrs["xs_axes"][i] for i in float_seqs),
-                     **{a: attrs[a] for a in ("segment_of",) if a in attrs})
+    outs = graph.add(
+        "scan",
+        operands,
+        body=bwd,
+        length=attrs["length"],
+        reverse=not attrs["reverse"],
+        n_carry=nc + len(float_invs),
+        xs_axes=xs_axes,
+        ys_axes=tuple(attrs["xs_axes"][i] for i in float_seqs),
+        **{a: attrs[a] for a in ("segment_of",) if a in attrs},
+    )
     d_carries0 = outs[:nc]
-    d_invs = dict(zip(float_invs, outs[nc:nc + len(float_invs)]))
-    d_seqs = dict(zip(float_seqs, outs[nc + len(float_invs):]))
+    d_invs = dict(zip(float_invs, outs[nc : nc + len(float_invs)]))
+    d_seqs = dict(zip(float_seqs, outs[nc + len(float_invs) :]))
     return d_carries0 + [d_seqs.get(i) for i in range(nx_)] + [d_invs.get(i) for i in range(len(invs))]
 
 
@@ -107,30 +115,33 @@ def _save_residuals(n, body: Graph, bwd: Graph, mapping: dict, n_invariant_args:
     the new sequence arguments."""
     attrs, graph = n.attrs, n.graph
     nc, nx_ = attrs["n_carry"], len(attrs["xs_axes"])
-    varying = reachable(body, [a.node for a in body.args[:nc + nx_]], upstream=False)
+    varying = reachable(body, [a.node for a in body.args[: nc + nx_]], upstream=False)
     copies = {m.key(): k for k, m in mapping.items() if m.graph is bwd and bwd.op(m.node) != "arg"}
     copy_nodes = {key[0] for key in copies}
     residuals = []
     for key, body_key in copies.items():
         if body_key[0] not in varying or PRIMITIVES[body.op(body_key[0])].cheap:
             continue
-        users = [(v, k) for _, v, k, out in bwd.nx.out_edges(key[0], keys=True, data="out")
-                 if out == key[1] and v not in copy_nodes]
+        users = [
+            (v, k)
+            for _, v, k, out in bwd.nx.out_edges(key[0], keys=True, data="out")
+            if out == key[1] and v not in copy_nodes
+        ]
         if users or any(t.key() == key for t in bwd.outputs.values()):
             residuals.append((key, body_key, users))
     if not residuals:
         return []
     # forward: stack each residual along a new leading axis
     first = len(graph.types(n.node))
-    earlier = sum(name.startswith("saved") for name in body.outputs)     # saved for a first derivative
+    earlier = sum(name.startswith("saved") for name in body.outputs)  # saved for a first derivative
     for i, (_, body_key, _) in enumerate(residuals):
         t = Tensor(body, *body_key)
         body.outputs[f"saved{earlier + i}"] = t
         graph.types(n.node).append(TensorType(t.dtype, (attrs["length"],) + t.shape))
     attrs["ys_axes"] = attrs["ys_axes"] + (0,) * len(residuals)
     # backward: a sequence argument per residual, placed before the invariant arguments
-    invariant_args = bwd.args[len(bwd.args) - n_invariant_args:]
-    bwd.args = bwd.args[:len(bwd.args) - n_invariant_args]
+    invariant_args = bwd.args[len(bwd.args) - n_invariant_args :]
+    bwd.args = bwd.args[: len(bwd.args) - n_invariant_args]
     for key, body_key, users in residuals:
         t = Tensor(body, *body_key)
         with bwd.at(bwd.span):
@@ -167,29 +178,41 @@ def _checkpointed_vjp(n, cts):
     segments = ceil_div(length, k)
     if segments is None:
         raise DlcError(f"checkpoint = {k} needs the scan's length to be a number or one symbol, not {length}", n.span)
-    carries0, seqs, invs = n.inputs[:nc], n.inputs[nc:nc + nx_], list(n.inputs[nc + nx_:])
+    carries0, seqs, invs = n.inputs[:nc], n.inputs[nc : nc + nx_], list(n.inputs[nc + nx_ :])
     for c in carries0:
         if not c.type.is_float:
             raise DlcError(f"cannot differentiate a scan with a {c.type} carry", n.span)
-    made = graph._next          # the forward's nodes from here on stay in n's layer (graph.layer_of)
+    made = graph._next  # the forward's nodes from here on stay in n's layer (graph.layer_of)
     padding = segments * k - length
-    front = 0 if padding == 0 or rev else padding      # the padded steps come first in the scan's order
+    front = 0 if padding == 0 or rev else padding  # the padded steps come first in the scan's order
     split = lambda x, axis: _segmented(x, axis, segments, k, front, padding - front)
     joined = lambda x, axis: _joined(x, axis, front, length)
     xr = [split(x, a) for x, a in zip(seqs, xs_axes)]
-    padded = []     # whether each step is padding, [segments, k]
+    padded = []  # whether each step is padding, [segments, k]
     if padding != 0:
         steps = graph.add1("iota", shape=(segments * k,), axis=0, dtype="i32")
-        pad = ops.compare("ge", steps, _dim_value(graph, length)) if rev else \
-            ops.compare("lt", steps, _dim_value(graph, padding))
+        pad = (
+            ops.compare("ge", steps, _dim_value(graph, length))
+            if rev
+            else ops.compare("lt", steps, _dim_value(graph, padding))
+        )
         padded = [ops.reshape(pad, (segments, k))]
-        invs += carries0            # what the padded steps give as their carries
+        invs += carries0  # what the padded steps give as their carries
     segment_axes = tuple(xs_axes) + (0,) * len(padded)
 
     def segment_forward(g: Graph, carries: list, xs: list, invariants: list) -> list:
         """The scan over one segment's k steps, in g."""
-        return g.add("scan", carries + xs + invariants, body=_segment_body(body, nc, nx_, bool(padded), g),
-                     length=k, reverse=rev, n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes, segment_of=(k, front))
+        return g.add(
+            "scan",
+            carries + xs + invariants,
+            body=_segment_body(body, nc, nx_, bool(padded), g),
+            length=k,
+            reverse=rev,
+            n_carry=nc,
+            xs_axes=segment_axes,
+            ys_axes=ys_axes,
+            segment_of=(k, front),
+        )
 
     # forward: the scan over segments, in place of n; it stacks the carry entering each
     outer = Graph(f"{body.name}_segments", parent=graph)
@@ -199,10 +222,17 @@ def _checkpointed_vjp(n, cts):
         x = [_new_arg(outer, _step_type(t, a)) for t, a in zip(xr + padded, segment_axes)]
         v = [_new_arg(outer, t.type) for t in invs]
         outs = segment_forward(outer, c, x, v)
-    outer.outputs = {f"carry{i}": t for i, t in enumerate(outs[:nc])} | \
-        {f"y{j}": t for j, t in enumerate(outs[nc:])}
-    fwd = graph.add("scan", list(carries0) + xr + padded + invs, body=outer, length=segments, reverse=rev,
-                    n_carry=nc, xs_axes=segment_axes, ys_axes=ys_axes)
+    outer.outputs = {f"carry{i}": t for i, t in enumerate(outs[:nc])} | {f"y{j}": t for j, t in enumerate(outs[nc:])}
+    fwd = graph.add(
+        "scan",
+        list(carries0) + xr + padded + invs,
+        body=outer,
+        length=segments,
+        reverse=rev,
+        n_carry=nc,
+        xs_axes=segment_axes,
+        ys_axes=ys_axes,
+    )
     graph.redirect(n.node, fwd[:nc] + [joined(y, a) for y, a in zip(fwd[nc:], ys_axes)])
     kept = _carry_history(graph.view(fwd[0].node))
     for m in range(made, graph._next):
@@ -225,16 +255,23 @@ def _checkpointed_vjp(n, cts):
         recomputed = segment_forward(bwd, start, x, v)
         step_cts = d_carry + [dy[live_ys.index(j)] if j in live_ys else None for j in range(ny)]
         grads = _scan_vjp(bwd.view(recomputed[0].node), step_cts, init_acc=d_acc)
-    d_x, d_v = grads[nc:nc + nx_], grads[nc + len(x):]
-    bwd.outputs = {f"carry{i}": t for i, t in enumerate(grads[:nc] + [d_v[i] for i in float_invs])} | \
-        {f"y{j}": d_x[i] for j, i in enumerate(float_seqs)}
+    d_x, d_v = grads[nc : nc + nx_], grads[nc + len(x) :]
+    bwd.outputs = {f"carry{i}": t for i, t in enumerate(grads[:nc] + [d_v[i] for i in float_invs])} | {
+        f"y{j}": d_x[i] for j, i in enumerate(float_seqs)
+    }
     init = [d if d is not None else ops.zeros_like(c) for d, c in zip(cts[:nc], carries0)]
-    outs = graph.add("scan", init + [ops.zeros_like(invs[i]) for i in float_invs] + kept + xr + padded + dys + invs,
-                     body=bwd, length=segments, reverse=not rev, n_carry=nc + len(float_invs),
-                     xs_axes=(0,) * nc + segment_axes + tuple(ys_axes[j] for j in live_ys),
-                     ys_axes=tuple(xs_axes[i] for i in float_seqs))
-    d_invs = dict(zip(float_invs, outs[nc:nc + len(float_invs)]))
-    d_seqs = {i: joined(d, xs_axes[i]) for i, d in zip(float_seqs, outs[nc + len(float_invs):])}
+    outs = graph.add(
+        "scan",
+        init + [ops.zeros_like(invs[i]) for i in float_invs] + kept + xr + padded + dys + invs,
+        body=bwd,
+        length=segments,
+        reverse=not rev,
+        n_carry=nc + len(float_invs),
+        xs_axes=(0,) * nc + segment_axes + tuple(ys_axes[j] for j in live_ys),
+        ys_axes=tuple(xs_axes[i] for i in float_seqs),
+    )
+    d_invs = dict(zip(float_invs, outs[nc : nc + len(float_invs)]))
+    d_seqs = {i: joined(d, xs_axes[i]) for i, d in zip(float_seqs, outs[nc + len(float_invs) :])}
     n_inv = len(n.inputs) - nc - nx_
     d_carries0 = outs[:nc] if not padded else [d + d_invs[n_inv + i] for i, d in enumerate(outs[:nc])]
     return d_carries0 + [d_seqs.get(i) for i in range(nx_)] + [d_invs.get(i) for i in range(n_inv)]
@@ -248,9 +285,9 @@ def _segment_body(body: Graph, nc: int, nx_: int, padded: bool, parent: Graph) -
     g = Graph(f"{body.name}_segment", parent=parent)
     g.span = body.span
     with g.at(body.span):
-        args = [_new_arg(g, a.type) for a in body.args[:nc + nx_]]
+        args = [_new_arg(g, a.type) for a in body.args[: nc + nx_]]
         pad = _new_arg(g, TensorType("bool", ())) if padded else None
-        invs = [_new_arg(g, a.type) for a in body.args[nc + nx_:]]
+        invs = [_new_arg(g, a.type) for a in body.args[nc + nx_ :]]
         _, mapping = copy_graph(body, g, args + invs)
         outs = {name: mapping[t.key()] for name, t in body.outputs.items()}
         if padded:
@@ -273,7 +310,7 @@ def _dim_value(graph: Graph, d) -> Tensor:
 
 def _step_type(t: Tensor, axis: int) -> TensorType:
     """The type of one step of the sequence t (axis removed)."""
-    return TensorType(t.dtype, t.shape[:axis] + t.shape[axis + 1:])
+    return TensorType(t.dtype, t.shape[:axis] + t.shape[axis + 1 :])
 
 
 def _segmented(x: Tensor, axis: int, segments, k: int, before, after) -> Tensor:
@@ -281,14 +318,14 @@ def _segmented(x: Tensor, axis: int, segments, k: int, before, after) -> Tensor:
     split into (segments, k)."""
     ends = lambda n: tuple(n if i == axis else 0 for i in range(x.rank))
     x = ops.pad(x, ends(before), ends(after), (0,) * x.rank)
-    return ops.reshape(x, x.shape[:axis] + (segments, k) + x.shape[axis + 1:])
+    return ops.reshape(x, x.shape[:axis] + (segments, k) + x.shape[axis + 1 :])
 
 
 def _joined(x: Tensor, axis: int, start, length) -> Tensor:
     """The inverse of _segmented: axes (segments, k) merged, the padding cut off."""
-    x = ops.reshape(x, x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2:])
+    x = ops.reshape(x, x.shape[:axis] + (x.shape[axis] * x.shape[axis + 1],) + x.shape[axis + 2 :])
     starts = tuple(start if i == axis else 0 for i in range(x.rank))
-    stops = x.shape[:axis] + (start + length,) + x.shape[axis + 1:]
+    stops = x.shape[:axis] + (start + length,) + x.shape[axis + 1 :]
     return ops.slice_(x, starts, stops, (1,) * x.rank)
 
 

@@ -15,6 +15,7 @@ adposition ("to the land"), which a bidirectional tagger can read and a word loo
 
 Nothing here is random: `python examples/data/make_genesis_tasks.py` rewrites the same files.
 """
+
 import re
 from collections import Counter
 from pathlib import Path
@@ -22,45 +23,72 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-PIECE = 48           # tokens per tagging example at most: longer verses are cut into pieces
-LENGTH = 64          # tokens per classified verse: the longest verse has 64 words
-VOCAB = 1000         # classifier vocabulary: <pad>, <unk> and the 998 most frequent words
+PIECE = 48  # tokens per tagging example at most: longer verses are cut into pieces
+LENGTH = 64  # tokens per classified verse: the longest verse has 64 words
+VOCAB = 1000  # classifier vocabulary: <pad>, <unk> and the 998 most frequent words
 
 # The 17 tags of Universal Dependencies, in this order (SYM and X do not occur in Genesis).
-TAGS = ["ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
-        "SCONJ", "SYM", "VERB", "X"]
+TAGS = [
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+]
 LEXICON = {
     "DET": "the a an this these those every each no any such",
     "ADP": "of in unto upon into from with by for before after over under among against through toward "
-           "towards about above between without at on beside behind within across throughout beyond",
+    "towards about above between without at on beside behind within across throughout beyond",
     "CCONJ": "and but or nor neither either",
     "SCONJ": "that because if when as lest though although until till whereas while whither whence where how",
     "PRON": "i me my mine myself thou thee thy thine thyself he him his himself she her herself it its itself "
-            "we us our ourselves ye you your yourselves they them their themselves who whom whose which what "
-            "whatsoever whosoever",
+    "we us our ourselves ye you your yourselves they them their themselves who whom whose which what "
+    "whatsoever whosoever",
     "AUX": "was were be is are been being am art wast shall shalt will wilt may mayest might can canst could "
-           "should would must hath hast had have having do did doth dost didst let",
+    "should would must hath hast had have having do did doth dost didst let",
     "PART": "not s",
     "ADV": "also now there then so very thus therefore yet again up down forth even here only away hence "
-           "thither together never ever more less much far near",
+    "thither together never ever more less much far near",
     "NUM": "one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen twenty "
-           "thirty forty fifty sixty seventy eighty ninety hundred thousand first second third fourth fifth "
-           "sixth seventh",
+    "thirty forty fifty sixty seventy eighty ninety hundred thousand first second third fourth fifth "
+    "sixth seventh",
     "INTJ": "behold lo o oh yea nay",
     "ADJ": "good evil great old young little many other all whole same own new fat lean rich poor strong "
-           "wise holy fair dead alive living clean unclean high low long bitter sore",
+    "wise holy fair dead alive living clean unclean high low long bitter sore",
     "VERB": "said saw went came took gave made called begat knew bare died lived sent told heard brought "
-            "dwelt found spake rose set put lay left kept built blessed sware answered make take give go "
-            "come see eat drink know bring dwell keep die live buy sell bury speak hear call send",
+    "dwelt found spake rose set put lay left kept built blessed sware answered make take give go "
+    "come see eat drink know bring dwell keep die live buy sell bury speak hear call send",
 }
 WORD_TAG = {w: tag for tag, words in LEXICON.items() for w in words.split()}
-BASE_VERBS = set("make take give go come see eat drink know bring dwell keep die live buy sell bury speak hear "
-                 "call send".split())
+BASE_VERBS = set(
+    "make take give go come see eat drink know bring dwell keep die live buy sell bury speak hear call send".split()
+)
 
 # Ten people of Genesis, by the names the text calls them.
-PEOPLE = {"Jacob": "Jacob Israel", "Joseph": "Joseph", "Abraham": "Abraham Abram", "Isaac": "Isaac",
-          "Pharaoh": "Pharaoh", "Esau": "Esau", "Laban": "Laban", "Rachel": "Rachel", "Noah": "Noah",
-          "Sarah": "Sarah Sarai"}
+PEOPLE = {
+    "Jacob": "Jacob Israel",
+    "Joseph": "Joseph",
+    "Abraham": "Abraham Abram",
+    "Isaac": "Isaac",
+    "Pharaoh": "Pharaoh",
+    "Esau": "Esau",
+    "Laban": "Laban",
+    "Rachel": "Rachel",
+    "Noah": "Noah",
+    "Sarah": "Sarah Sarai",
+}
 PERSON_OF = {name: i for i, names in enumerate(PEOPLE.values()) for name in names.split()}
 
 
@@ -97,12 +125,15 @@ def tagging(verses: list) -> dict:
     for ts in verse_tokens:
         verse_tags = [TAGS.index(tag(w, nxt)) for w, nxt in zip(ts, ts[1:] + [""])]
         for at in range(0, len(ts), PIECE):
-            piece = ts[at:at + PIECE]
+            piece = ts[at : at + PIECE]
             words.append([ids[w] for w in piece] + [0] * (PIECE - len(piece)))
-            tags.append(verse_tags[at:at + PIECE] + [-1] * (PIECE - len(piece)))
+            tags.append(verse_tags[at : at + PIECE] + [-1] * (PIECE - len(piece)))
             lengths.append(len(piece))
-    return {"words": np.array(words, np.int32), "tags": np.array(tags, np.int32),
-            "lengths": np.array(lengths, np.int32)}
+    return {
+        "words": np.array(words, np.int32),
+        "tags": np.array(tags, np.int32),
+        "lengths": np.array(lengths, np.int32),
+    }
 
 
 def classification(verses: list) -> dict:

@@ -15,6 +15,7 @@ can then read the others, which the labelled training sentences never show it.
 Everything is drawn from one seeded generator: `python examples/data/make_reviews.py`
 rewrites the same files.
 """
+
 import re
 from collections import Counter
 from pathlib import Path
@@ -25,29 +26,140 @@ HERE = Path(__file__).parent
 DIM = 16
 SEED = 0
 
-OPINION = {   # per opinion: adjectives, verbs ("i loved the film"), nouns ("this film is a gem")
-    "pos": (["good", "great", "wonderful", "superb", "brilliant", "excellent", "delightful", "charming", "moving",
-             "beautiful", "fantastic", "enjoyable", "stunning", "clever", "funny", "gripping", "touching", "fresh",
-             "lovely", "memorable", "powerful", "splendid", "terrific", "witty", "elegant", "heartfelt", "inventive",
-             "thrilling", "marvelous", "engaging"],
-            ["loved", "enjoyed", "adored", "admired", "cherished", "savoured"],
-            ["masterpiece", "gem", "triumph", "delight", "treat", "joy"]),
-    "neg": (["bad", "awful", "terrible", "dull", "boring", "weak", "poor", "clumsy", "tedious", "bland", "messy",
-             "silly", "lifeless", "forgettable", "painful", "dreadful", "lazy", "shallow", "annoying", "predictable",
-             "stale", "flat", "horrible", "confusing", "pointless", "sloppy", "tiresome", "mediocre", "clunky",
-             "disappointing"],
-            ["hated", "disliked", "loathed", "regretted", "endured", "resented"],
-            ["disaster", "mess", "failure", "bore", "letdown", "chore"]),
+OPINION = {  # per opinion: adjectives, verbs ("i loved the film"), nouns ("this film is a gem")
+    "pos": (
+        [
+            "good",
+            "great",
+            "wonderful",
+            "superb",
+            "brilliant",
+            "excellent",
+            "delightful",
+            "charming",
+            "moving",
+            "beautiful",
+            "fantastic",
+            "enjoyable",
+            "stunning",
+            "clever",
+            "funny",
+            "gripping",
+            "touching",
+            "fresh",
+            "lovely",
+            "memorable",
+            "powerful",
+            "splendid",
+            "terrific",
+            "witty",
+            "elegant",
+            "heartfelt",
+            "inventive",
+            "thrilling",
+            "marvelous",
+            "engaging",
+        ],
+        ["loved", "enjoyed", "adored", "admired", "cherished", "savoured"],
+        ["masterpiece", "gem", "triumph", "delight", "treat", "joy"],
+    ),
+    "neg": (
+        [
+            "bad",
+            "awful",
+            "terrible",
+            "dull",
+            "boring",
+            "weak",
+            "poor",
+            "clumsy",
+            "tedious",
+            "bland",
+            "messy",
+            "silly",
+            "lifeless",
+            "forgettable",
+            "painful",
+            "dreadful",
+            "lazy",
+            "shallow",
+            "annoying",
+            "predictable",
+            "stale",
+            "flat",
+            "horrible",
+            "confusing",
+            "pointless",
+            "sloppy",
+            "tiresome",
+            "mediocre",
+            "clunky",
+            "disappointing",
+        ],
+        ["hated", "disliked", "loathed", "regretted", "endured", "resented"],
+        ["disaster", "mess", "failure", "bore", "letdown", "chore"],
+    ),
 }
-THINGS = ["movie", "film", "plot", "story", "acting", "cast", "script", "ending", "music", "score", "camera",
-          "direction", "dialogue", "pacing", "characters", "hero", "villain", "soundtrack", "scenery", "effects", "editing",
-          "performance", "screenplay", "finale", "opening", "sequel", "director", "lead", "romance", "humour"]
-DEGREE = ["very", "really", "quite", "truly", "so", "rather", "simply", "utterly", "genuinely", "fairly", "totally",
-          "incredibly"]
-WHEN = ["last night", "yesterday", "on sunday", "this weekend", "with friends", "with my family", "at the cinema",
-        "on a plane", "at home", "twice"]
+THINGS = [
+    "movie",
+    "film",
+    "plot",
+    "story",
+    "acting",
+    "cast",
+    "script",
+    "ending",
+    "music",
+    "score",
+    "camera",
+    "direction",
+    "dialogue",
+    "pacing",
+    "characters",
+    "hero",
+    "villain",
+    "soundtrack",
+    "scenery",
+    "effects",
+    "editing",
+    "performance",
+    "screenplay",
+    "finale",
+    "opening",
+    "sequel",
+    "director",
+    "lead",
+    "romance",
+    "humour",
+]
+DEGREE = [
+    "very",
+    "really",
+    "quite",
+    "truly",
+    "so",
+    "rather",
+    "simply",
+    "utterly",
+    "genuinely",
+    "fairly",
+    "totally",
+    "incredibly",
+]
+WHEN = [
+    "last night",
+    "yesterday",
+    "on sunday",
+    "this weekend",
+    "with friends",
+    "with my family",
+    "at the cinema",
+    "on a plane",
+    "at home",
+    "twice",
+]
 VERDICT = ["overall", "in the end", "honestly", "frankly", "all in all", "to be fair", "in short"]
-TEMPLATES = [   # {a} an adjective, {v} a verb and {n} a noun of the review's opinion
+TEMPLATES = [  # {a} an adjective, {v} a verb and {n} a noun of the review's opinion
     "the {thing} was {degree} {a}",
     "the {thing} was {a} and the {thing} was {a}",
     "i {v} the {thing}",
@@ -61,20 +173,27 @@ TEMPLATES = [   # {a} an adjective, {v} a verb and {n} a noun of the review's op
     "the {thing} is {a} , the {thing} even more so",
     "it was a {a} {n}",
 ]
-NEUTRAL = [   # sentences without an opinion, in the corpus for the vectors only
+NEUTRAL = [  # sentences without an opinion, in the corpus for the vectors only
     "we watched the {thing} {when}",
     "the {thing} runs for two hours",
     "i saw it {when} with the whole family",
     "the {thing} of the sequel comes out next year",
 ]
-SEEN = 0.5     # the share of each opinion's words that reviews_train.tsv uses; reviews_test.tsv uses the others
+SEEN = 0.5  # the share of each opinion's words that reviews_train.tsv uses; reviews_test.tsv uses the others
 
 
 def sentence(rng, template: str, words: tuple) -> str:
     """The template with a random choice in each slot, the opinion's (adjectives, verbs, nouns) in {a}, {v}, {n}."""
     adjectives, verbs, nouns = words
-    slots = {"a": adjectives, "v": verbs, "n": nouns, "thing": THINGS, "degree": DEGREE, "when": WHEN,
-             "verdict": VERDICT}
+    slots = {
+        "a": adjectives,
+        "v": verbs,
+        "n": nouns,
+        "thing": THINGS,
+        "degree": DEGREE,
+        "when": WHEN,
+        "verdict": VERDICT,
+    }
     return re.sub(r"\{(\w+)\}", lambda m: slots[m[1]][rng.integers(len(slots[m[1]]))], template)
 
 
@@ -104,7 +223,7 @@ def vectors(docs: list) -> tuple:
         pmi = np.log(counts * context.sum() / (counts.sum(1, keepdims=True) * context[None, :]))
     ppmi = np.maximum(pmi, 0.0)
     u, s, _ = np.linalg.svd(ppmi)
-    u = u[:, :DIM] * np.sign(u[np.abs(u[:, :DIM]).argmax(0), np.arange(DIM)])     # a fixed sign per direction
+    u = u[:, :DIM] * np.sign(u[np.abs(u[:, :DIM]).argmax(0), np.arange(DIM)])  # a fixed sign per direction
     v = u * np.sqrt(s[:DIM])
     return vocab, v / np.linalg.norm(v, axis=1, keepdims=True)
 
@@ -115,7 +234,7 @@ def labelled(rng, n: int, seen: bool) -> list:
     lines = []
     for i in range(n):
         label = "pos" if i % 2 == 0 else "neg"
-        split = [(ws[:int(len(ws) * SEEN)] if seen else ws[int(len(ws) * SEEN):]) for ws in OPINION[label]]
+        split = [(ws[: int(len(ws) * SEEN)] if seen else ws[int(len(ws) * SEEN) :]) for ws in OPINION[label]]
         lines.append(f"{label}\t{sentence(rng, TEMPLATES[rng.integers(len(TEMPLATES))], tuple(split))}")
     rng.shuffle(lines)
     return lines

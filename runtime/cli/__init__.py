@@ -7,6 +7,7 @@ together cost ~0.6 s more than `dlc check` needs (measured: importing the traine
 `main`'s handling of Ctrl-C, so an interrupt at any moment of start-up ends with
 "interrupted" and status 130 rather than a traceback. `dlc --help`, completion and a
 mistyped command build the whole table."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,27 @@ import dlc
 
 # The commands, in the order `dlc --help` lists them: commands/NAME.py each (NAME_.py for a
 # Python keyword). A new command is a module there and its name here.
-COMMANDS = ("check", "fmt", "summary", "graph", "compile", "gradcheck", "bench", "train", "eval", "predict", "generate",
-            "neighbours", "quantize", "export", "build", "import", "data", "completion", "lsp")
+COMMANDS = (
+    "check",
+    "fmt",
+    "summary",
+    "graph",
+    "compile",
+    "gradcheck",
+    "bench",
+    "train",
+    "eval",
+    "predict",
+    "generate",
+    "neighbours",
+    "quantize",
+    "export",
+    "build",
+    "import",
+    "data",
+    "completion",
+    "lsp",
+)
 ALIASES = {"neighbors": "neighbours"}
 # the commands that never run a model's arithmetic: they start numpy's BLAS (OpenBLAS) on one
 # thread, as its pool of threads, which spin as they start, cost 20-40 ms of CPU (measured on
@@ -38,6 +58,7 @@ def command_module(name: str):
 class Parser(argparse.ArgumentParser):
     """argparse's parser, but a flag's bad value is said first at the flag, as dlc's other errors
     about flags are (`--batch: error: ...`), then the usage; status 2."""
+
     def error(self, message: str):
         flag, colon, rest = message.removeprefix("argument ").partition(": ")
         if message.startswith("argument --") and colon:
@@ -52,8 +73,12 @@ def parser(names=COMMANDS) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", help="one of these; dlc COMMAND -h for its options")
     for name in names:
         module = command_module(name)
-        c = sub.add_parser(name, help=module.HELP, description=getattr(module, "DESCRIPTION", None),
-                           aliases=[a for a, of in ALIASES.items() if of == name])
+        c = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=getattr(module, "DESCRIPTION", None),
+            aliases=[a for a, of in ALIASES.items() if of == name],
+        )
         module.arguments(c)
         c.set_defaults(run=module.run, command_parser=c)
     return p
@@ -68,10 +93,11 @@ def _parse(argv) -> argparse.Namespace:
     """The arguments; an unknown command or flag is a usage error with the one it may mean
     (`trian`: did you mean 'train'?; `--optimiser`: did you mean '--optimizer'?)."""
     from dlc.compiler.errors import did_you_mean
+
     argv = sys.argv[1:] if argv is None else argv
-    first = next((a for a in argv if not a.startswith("-")), None)      # dlc's own flags take no value
+    first = next((a for a in argv if not a.startswith("-")), None)  # dlc's own flags take no value
     name = ALIASES.get(first, first)
-    if name in FRONT_END_COMMANDS and "numpy" not in sys.modules:     # read when numpy is first imported
+    if name in FRONT_END_COMMANDS and "numpy" not in sys.modules:  # read when numpy is first imported
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     p = parser((name,)) if name in COMMANDS else parser()
     if first is not None and name not in COMMANDS:
@@ -108,7 +134,7 @@ def main(argv=None) -> int:
     interrupts = _recorded_interrupts()
     try:
         status = _main(argv)
-    except KeyboardInterrupt:       # at any moment: while importing, compiling or training
+    except KeyboardInterrupt:  # at any moment: while importing, compiling or training
         status = None
     finally:
         if interrupts is not None:
@@ -127,8 +153,10 @@ def _recorded_interrupts() -> list | None:
     alone, as is one outside the main thread, where no handler can be set. The trainer's own
     handler (training/interrupt.py: stop after the step and save) replaces this one for the
     loop, and what it handles is not an interrupt of the command."""
-    if threading.current_thread() is not threading.main_thread() \
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         return None
     seen = []
 
@@ -143,8 +171,9 @@ def _recorded_interrupts() -> list | None:
 def _main(argv) -> int:
     from dlc.compiler.errors import DlcError
     from dlc.runtime.cli.arguments import apply_engine_settings
+
     args = _imported(argv)
-    if not getattr(args, "run", None):       # `dlc` alone: a usage error
+    if not getattr(args, "run", None):  # `dlc` alone: a usage error
         parser().print_help(sys.stderr)
         return 2
     if hasattr(args, "threads"):
@@ -153,8 +182,8 @@ def _main(argv) -> int:
         return args.run(args) or 0
     except DlcError as e:
         print(e.render(), file=sys.stderr)
-        return 2 if e.span is not None and e.span.file.startswith("--") else 1     # a flag's value: a usage error
-    except BrokenPipeError:       # the reader went away (dlc graph ... | head): it has what it wanted
+        return 2 if e.span is not None and e.span.file.startswith("--") else 1  # a flag's value: a usage error
+    except BrokenPipeError:  # the reader went away (dlc graph ... | head): it has what it wanted
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except RecursionError:
@@ -163,6 +192,8 @@ def _main(argv) -> int:
     except Exception as e:  # a bug in dlc, not in the user's program
         if os.environ.get("DLC_DEBUG"):
             raise
-        print(f"internal error: {type(e).__name__}: {e}\n(this is a bug in dlc; set DLC_DEBUG=1 for a traceback)",
-              file=sys.stderr)
+        print(
+            f"internal error: {type(e).__name__}: {e}\n(this is a bug in dlc; set DLC_DEBUG=1 for a traceback)",
+            file=sys.stderr,
+        )
         return 3

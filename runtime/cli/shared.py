@@ -1,5 +1,6 @@
 """What several commands do with the model a command names: build it, take its graph (or its
 train-step graph) and render it, read `--dim NAME=SIZE`, and write their text out."""
+
 from __future__ import annotations
 
 from dlc.compiler.errors import DlcError

@@ -1,4 +1,5 @@
 """A command's model with its trained weights (--weights), through the Python API."""
+
 from __future__ import annotations
 
 from dlc.runtime.api import DlcModel

@@ -2,6 +2,7 @@
 setting of a train block, and the randomly moved, flipped and noised copies it asks for; or
 `augment = photos(...)`, the transforms of photos read from files (runtime/data/transforms.py),
 which the data's streamed column applies to each example as it decodes it."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,15 +21,22 @@ def augment_options(spec, span=None) -> dict | None:
     if call.name == "photos":
         return photo_options(call)
     if call.name != "images":
-        raise DlcError(f"augment takes images(shift = 1, flip = false, noise = 0.0) or photos(crop = "
-                       f"\"random_resized\", flip = true, ...), got {call.name}", call.span)
+        raise DlcError(
+            f"augment takes images(shift = 1, flip = false, noise = 0.0) or photos(crop = "
+            f"\"random_resized\", flip = true, ...), got {call.name}",
+            call.span,
+        )
     args = call.bind({"shift": 0, "flip": False, "noise": 0.0})
-    return {"shift": args.check("shift", integer, low=0), "flip": args.check("flip", flag),
-            "noise": args.check("noise", number, low=0)}
+    return {
+        "shift": args.check("shift", integer, low=0),
+        "flip": args.check("flip", flag),
+        "noise": args.check("noise", number, low=0),
+    }
 
 
-def augment(x: np.ndarray, rng: np.random.Generator, shift: int = 0, flip: bool = False,
-            noise: float = 0.0) -> np.ndarray:
+def augment(
+    x: np.ndarray, rng: np.random.Generator, shift: int = 0, flip: bool = False, noise: float = 0.0
+) -> np.ndarray:
     """Randomly shifted (zero fill, up to `shift` pixels each way), flipped (left-right) and noised
     copies of images [N, C, H, W] or [N, H, W]."""
     x = np.asarray(x)
@@ -53,7 +61,7 @@ def augment(x: np.ndarray, rng: np.random.Generator, shift: int = 0, flip: bool 
         for a, b in set(zip(dy.tolist(), dx.tolist())):
             m = (dy == a) & (dx == b)
             # the image moves by (a, b): output pixel (i, j) is input pixel (i - a, j - b)
-            out[m] = padded[m, ..., s - a: s - a + h, s - b: s - b + w]
+            out[m] = padded[m, ..., s - a : s - a + h, s - b : s - b + w]
     if flip and n:
         m = rng.random(n) < 0.5
         out[m] = out[m][..., ::-1]

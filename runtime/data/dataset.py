@@ -6,6 +6,7 @@ dict of arrays, an .npz saved with keywords) binds by those names instead
 (runtime/training/inputs.py). `stacked` names columns made of others when the binding asks
 for them: a table's numeric columns stacked as "x", its label column as "y"
 (runtime/data/tables.py)."""
+
 from __future__ import annotations
 
 import math
@@ -21,10 +22,11 @@ from dlc.runtime.data.streamed import Streamed
 @dataclass(repr=False)
 class Dataset:
     """Aligned arrays (first axis = examples), or columns read by example (streamed.py), and facts about them."""
+
     columns: dict[str, np.ndarray]
     meta: dict = field(default_factory=dict)
-    named: bool = False         # the columns must match inputs by name (else a source's x, y bind by order)
-    stacked: dict = field(default_factory=dict)     # name -> the columns it stacks (one: that column as it is)
+    named: bool = False  # the columns must match inputs by name (else a source's x, y bind by order)
+    stacked: dict = field(default_factory=dict)  # name -> the columns it stacks (one: that column as it is)
 
     def __post_init__(self):
         self.columns = dict(self.columns)
@@ -46,8 +48,9 @@ class Dataset:
 
     def __repr__(self) -> str:
         cols = ", ".join(f"{k}: {a.dtype}{list(a.shape)}" for k, a in self.columns.items())
-        meta = {k: (v if not isinstance(v, str) or len(v) <= 20 else f"<{len(v)} characters>")
-                for k, v in self.meta.items()}
+        meta = {
+            k: (v if not isinstance(v, str) or len(v) <= 20 else f"<{len(v)} characters>") for k, v in self.meta.items()
+        }
         stacked = "".join(f"; {k} stacks {', '.join(v)}" for k, v in self.stacked.items())
         return f"Dataset({len(self)} examples; {cols}{stacked}; meta {meta})"
 
@@ -62,8 +65,11 @@ class Dataset:
             return self.columns[name]
         missing = [m for m in self.stacked[name] if m not in self.columns]
         if missing:
-            raise DlcError(f"{name} stacks the columns {', '.join(self.stacked[name])}, but the data has no column "
-                           f"'{missing[0]}'{did_you_mean(missing[0], self.columns)}", span)
+            raise DlcError(
+                f"{name} stacks the columns {', '.join(self.stacked[name])}, but the data has no column "
+                f"'{missing[0]}'{did_you_mean(missing[0], self.columns)}",
+                span,
+            )
         members = [self.columns[m] for m in self.stacked[name]]
         return members[0] if len(members) == 1 else np.stack(members, axis=1)
 
@@ -89,22 +95,29 @@ class Dataset:
         the last ones, in order. The windows at every offset of a text (meta "windows": their
         length, text(windows = "random")) split at a place of the text: the rest keeps the
         windows that end before it, and the held-out part is its windows that do not overlap."""
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating, np.integer)) \
-                or not 0 <= fraction <= 1 or math.isnan(fraction):
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float, np.floating, np.integer))
+            or not 0 <= fraction <= 1
+            or math.isnan(fraction)
+        ):
             raise DlcError(f"split: the held-out fraction must be a number between 0 and 1, got {show(fraction)}")
         n = len(self)
         k = int(round(n * float(fraction)))
         block = self.meta.get("windows")
         if block and not tail:
-            raise DlcError("random windows overlap, so a shuffled split would hold out text the training windows "
-                           "read: use split(fraction, tail = true), which holds out the end of the text", span)
+            raise DlcError(
+                "random windows overlap, so a shuffled split would hold out text the training windows "
+                "read: use split(fraction, tail = true), which holds out the end of the text",
+                span,
+            )
         if not tail:
             order = np.random.default_rng(seed).permutation(n)
             return self.take(order[k:]), self.take(order[:k])
         if not block:
             return self.rows(slice(0, n - k)), self.rows(slice(n - k, n))
         held = self.rows(slice(n - k, n, block))
-        held.meta = {m: v for m, v in self.meta.items() if m != "windows"}      # fixed windows, read once each
+        held.meta = {m: v for m, v in self.meta.items() if m != "windows"}  # fixed windows, read once each
         return self.rows(slice(0, max(n - k - block, 0))), held
 
     def rows(self, part: slice) -> "Dataset":

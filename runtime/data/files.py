@@ -9,6 +9,7 @@ gzipped twin (`train-images-idx3-ubyte` -> `train-images-idx3-ubyte.gz`) is read
 a missing file named like a public data set's says how to fetch it (runtime/data/download.py).
 Images come as stored (IDX: [N, 28, 28] for MNIST); the trainer reshapes to the model's input.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,15 +19,24 @@ import re
 from dlc.compiler.errors import DlcError, Span
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.download import hint
-from dlc.runtime.data.formats import float32, label_column, numbers, parse_csv, read_idx, read_npz, read_utf8, \
-    table_dataset
+from dlc.runtime.data.formats import (
+    float32,
+    label_column,
+    numbers,
+    parse_csv,
+    read_idx,
+    read_npz,
+    read_utf8,
+    table_dataset,
+)
 from dlc.runtime.data.source import source
 from dlc.compiler.frontend.settings import REQUIRED, Args, choice, integer, number, show
 
 
 # ---- where a file argument points -------------------------------------------------------------------
-def resolve(src: str, name: str, path, base_dir: pathlib.Path, gz_ok: bool = True,
-            span: Span | None = None) -> pathlib.Path:
+def resolve(
+    src: str, name: str, path, base_dir: pathlib.Path, gz_ok: bool = True, span: Span | None = None
+) -> pathlib.Path:
     """The file that argument `name` names, relative to `base_dir`; errors at `span`."""
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
@@ -91,8 +101,10 @@ def idx(base_dir, args: Args) -> Dataset:
     if q is not None:
         y = numbers("idx", q, {"y": read_idx(q)})["y"]
         if y.ndim != 1:
-            raise DlcError(f"idx: the labels file {q} must hold one label per example, but its shape is"
-                           f" {'x'.join(map(str, y.shape))}")
+            raise DlcError(
+                f"idx: the labels file {q} must hold one label per example, but its shape is"
+                f" {'x'.join(map(str, y.shape))}"
+            )
         if y.shape[0] != x.shape[0]:
             raise DlcError(f"idx: {p} has {x.shape[0]} images but {q} has {y.shape[0]} labels")
         columns["y"] = label_column(y)

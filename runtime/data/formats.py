@@ -6,6 +6,7 @@ and a float column finite float32 numbers (`numbers`, one check for every file f
 Every problem is a `DlcError` with a one-line message naming the reader (`src`) and the file.
 Where a file is found (relative to the .dl file, a gzipped twin) is runtime/data/files.py's.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -59,7 +60,7 @@ def reason(e: Exception) -> str:
 def float32(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
     """a * scale as float32 (values beyond float32 become infinities, which `numbers` refuses)."""
     with np.errstate(over="ignore", invalid="ignore"):
-        if a.dtype.itemsize <= 4 and a.dtype.kind in "uif":       # no float64 copy of a big image file
+        if a.dtype.itemsize <= 4 and a.dtype.kind in "uif":  # no float64 copy of a big image file
             out = a.astype(np.float32)
             if scale != 1:
                 out *= np.float32(scale)
@@ -71,13 +72,20 @@ def float32(a: np.ndarray, scale: float = 1.0) -> np.ndarray:
 def label_column(y: np.ndarray) -> np.ndarray:
     """A label column: int32 when its values are whole numbers within int32, else float32 (so
     no label is ever wrapped around)."""
-    whole = bool(np.all(y == np.round(y))) and bool(np.all(np.abs(y) < 2 ** 31))
+    whole = bool(np.all(y == np.round(y))) and bool(np.all(np.abs(y) < 2**31))
     return y.astype(np.int32) if whole else y.astype(np.float32)
 
 
-FLOAT32_MAX = np.finfo(np.float32).max       # a float32 scalar: a float16 array compares in float32
-_NOT_NUMBERS = {"U": "strings", "S": "bytes", "c": "complex numbers", "O": "Python objects", "M": "dates",
-                "m": "time spans", "V": "records"}
+FLOAT32_MAX = np.finfo(np.float32).max  # a float32 scalar: a float16 array compares in float32
+_NOT_NUMBERS = {
+    "U": "strings",
+    "S": "bytes",
+    "c": "complex numbers",
+    "O": "Python objects",
+    "M": "dates",
+    "m": "time spans",
+    "V": "records",
+}
 
 
 def not_numbers(a: np.ndarray) -> str | None:
@@ -105,10 +113,12 @@ def numbers(src: str, p, columns: dict, kind: str = "column") -> dict:
         # a float of 32 bits or fewer fits float32 when it is finite: one pass where the bound takes two
         if np.isfinite(a).all() if a.dtype.itemsize <= 4 else (np.abs(a) <= FLOAT32_MAX).all():
             continue
-        bad = ~(np.abs(a) <= FLOAT32_MAX)       # NaN compares false (and warns of nothing)
+        bad = ~(np.abs(a) <= FLOAT32_MAX)  # NaN compares false (and warns of nothing)
         where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise DlcError(f"{place} {kind} '{name}' holds a value that is not a finite float32 number "
-                       f"at index {list(where)} ({float(a[where]):g})")
+        raise DlcError(
+            f"{place} {kind} '{name}' holds a value that is not a finite float32 number "
+            f"at index {list(where)} ({float(a[where]):g})"
+        )
     return columns
 
 
@@ -119,6 +129,7 @@ class BadNpz(Exception):
     objects), "not npy" (a member is not an .npy array), "member" (a member is damaged: its CRC, its
     compression, its header, cut short) or "memory" (a member's header claims a shape larger than
     memory); `member` names the array, `reason` is what numpy or zipfile said."""
+
     def __init__(self, kind: str, member: str | None = None, reason: str = ""):
         super().__init__(kind, member, reason)
         self.kind, self.member, self.reason = kind, member, reason
@@ -128,7 +139,7 @@ def npz_arrays(p: pathlib.Path) -> dict:
     """Every array of an .npz archive, in file order, named as in the file; a file that is not one,
     or a damaged member, is a BadNpz (an unreadable file an OSError)."""
     arrays = {}
-    with open(p, "rb") as f:       # our handle, closed whatever numpy makes of the file
+    with open(p, "rb") as f:  # our handle, closed whatever numpy makes of the file
         magic = f.read(6)
         f.seek(0)
         if magic.startswith(b"\x93NUMPY"):
@@ -137,13 +148,13 @@ def npz_arrays(p: pathlib.Path) -> dict:
             raise BadNpz("not zip")
         try:
             z = np.load(f, allow_pickle=False)
-        except Exception as e:      # whatever a damaged archive makes numpy or zipfile raise
+        except Exception as e:  # whatever a damaged archive makes numpy or zipfile raise
             raise BadNpz("archive", reason=reason(e)) from None
         with z:
             for name in z.files:
                 try:
                     arrays[name] = z[name]
-                except MemoryError:     # numpy allocates the shape a header claims before reading it
+                except MemoryError:  # numpy allocates the shape a header claims before reading it
                     raise BadNpz("memory", name) from None
                 except ValueError as e:
                     raise BadNpz("objects" if "pickle" in str(e) else "member", name, reason(e)) from None
@@ -151,7 +162,7 @@ def npz_arrays(p: pathlib.Path) -> dict:
                     raise BadNpz("member", name, "CRC mismatch" if "CRC" in str(e) else reason(e)) from None
                 except Exception as e:  # a damaged member: bad compression, bad header, cut short
                     raise BadNpz("member", name, reason(e)) from None
-                if not isinstance(arrays[name], np.ndarray):      # numpy gives a member not .npy as bytes
+                if not isinstance(arrays[name], np.ndarray):  # numpy gives a member not .npy as bytes
                     raise BadNpz("not npy", name)
     return arrays
 
@@ -161,16 +172,18 @@ def read_npz(p: pathlib.Path) -> dict:
     try:
         columns = npz_arrays(p)
     except BadNpz as e:
-        raise DlcError({
-            "npy": f"npz: {p} is not an .npz archive (it holds a single .npy array; save with np.savez)",
-            "not zip": f"npz: {p} is not a valid .npz archive (expected a zip file of arrays, as np.savez writes)",
-            "archive": f"npz: {p} is not a valid .npz archive ({e.reason})",
-            "objects": f"npz: array '{e.member}' of {p} holds Python objects, which dlc does not load (save "
-                       "numeric arrays)",
-            "not npy": f"npz: '{e.member}' of {p} is not an .npy array (np.savez writes only arrays)",
-            "member": f"npz: array '{e.member}' of {p} is corrupt ({e.reason})",
-            "memory": f"npz: array '{e.member}' of {p} claims a shape larger than memory",
-        }[e.kind]) from None
+        raise DlcError(
+            {
+                "npy": f"npz: {p} is not an .npz archive (it holds a single .npy array; save with np.savez)",
+                "not zip": f"npz: {p} is not a valid .npz archive (expected a zip file of arrays, as np.savez writes)",
+                "archive": f"npz: {p} is not a valid .npz archive ({e.reason})",
+                "objects": f"npz: array '{e.member}' of {p} holds Python objects, which dlc does not load (save "
+                "numeric arrays)",
+                "not npy": f"npz: '{e.member}' of {p} is not an .npy array (np.savez writes only arrays)",
+                "member": f"npz: array '{e.member}' of {p} is corrupt ({e.reason})",
+                "memory": f"npz: array '{e.member}' of {p} claims a shape larger than memory",
+            }[e.kind]
+        ) from None
     except OSError as e:
         raise DlcError(f"npz: cannot read {p}: {e.strerror or e}") from None
     if not columns:
@@ -225,8 +238,10 @@ def parse_csv(p: pathlib.Path, header: str) -> tuple[np.ndarray, list[str] | Non
             for col, f in enumerate(parts, 1):
                 if not _is_number(f):
                     what = "an empty field" if not f else f"'{f[:30]}'"
-                    raise DlcError(f"csv: {p}, line {lineno}, column {col}: {what} is not a number"
-                                   f" (dlc reads numeric CSV files only)")
+                    raise DlcError(
+                        f"csv: {p}, line {lineno}, column {col}: {what} is not a number"
+                        f" (dlc reads numeric CSV files only)"
+                    )
         raise DlcError(f"csv: {p} is not a numeric CSV file")
     if not np.all(np.isfinite(table)):
         r, c = np.argwhere(~np.isfinite(table))[0]
@@ -246,14 +261,15 @@ def table_dataset(src: str, p, table: np.ndarray, names, label, scale: float) ->
         if not -width <= label < width:
             raise DlcError(f"{src}: label column {label} is out of range: {p} has {width} columns")
         if width < 2:
-            raise DlcError(f"{src}: {p} has a single column; with a label column there would be no features"
-                           f" (write label = none)")
+            raise DlcError(
+                f"{src}: {p} has a single column; with a label column there would be no features (write label = none)"
+            )
         col = label % width
         y = table[:, col]
         x = np.delete(table, col, axis=1)
         if names:
             meta["label"] = names[col]
-            names = names[:col] + names[col + 1:]
+            names = names[:col] + names[col + 1 :]
     if names:
         meta["features"] = names
     columns = {"x": float32(x, scale)}
@@ -263,11 +279,17 @@ def table_dataset(src: str, p, table: np.ndarray, names, label, scale: float) ->
 
 
 # ---- idx (MNIST) ----------------------------------------------------------------------------------
-_IDX_TYPES = {0x08: (">u1", "unsigned byte"), 0x09: (">i1", "signed byte"), 0x0B: (">i2", "short"),
-              0x0C: (">i4", "int"), 0x0D: (">f4", "float"), 0x0E: (">f8", "double")}
+_IDX_TYPES = {
+    0x08: (">u1", "unsigned byte"),
+    0x09: (">i1", "signed byte"),
+    0x0B: (">i2", "short"),
+    0x0C: (">i4", "int"),
+    0x0D: (">f4", "float"),
+    0x0E: (">f8", "double"),
+}
 
 
-_IDX_MAX_DIMS = 32         # numpy's limit (1.x; 2.x allows 64); MNIST's files have 1 or 3
+_IDX_MAX_DIMS = 32  # numpy's limit (1.x; 2.x allows 64); MNIST's files have 1 or 3
 
 
 def read_idx(p: pathlib.Path, src: str = "idx") -> np.ndarray:
@@ -276,23 +298,29 @@ def read_idx(p: pathlib.Path, src: str = "idx") -> np.ndarray:
     if len(raw) < 4:
         raise DlcError(f"{src}: {p} is not an IDX file: it is only {len(raw)} bytes long")
     if raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES or raw[3] == 0:
-        raise DlcError(f"{src}: {p} is not an IDX file: bad magic number 0x{raw[:4].hex()} (expected 0x0000TTDD:"
-                       f" type 08/09/0B/0C/0D/0E and a number of dimensions)")
+        raise DlcError(
+            f"{src}: {p} is not an IDX file: bad magic number 0x{raw[:4].hex()} (expected 0x0000TTDD:"
+            f" type 08/09/0B/0C/0D/0E and a number of dimensions)"
+        )
     dtype, _ = _IDX_TYPES[raw[2]]
     ndim = raw[3]
     if ndim > _IDX_MAX_DIMS:
-        raise DlcError(f"{src}: {p} is not a valid IDX file: its header declares {ndim} dimensions (at most "
-                       f"{_IDX_MAX_DIMS} make an array)")
+        raise DlcError(
+            f"{src}: {p} is not a valid IDX file: its header declares {ndim} dimensions (at most "
+            f"{_IDX_MAX_DIMS} make an array)"
+        )
     head = 4 + 4 * ndim
     if len(raw) < head:
         raise DlcError(f"{src}: {p} is truncated: its header declares {ndim} dimensions but the file ends first")
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = math.prod(dims) * np.dtype(dtype).itemsize
     found = len(raw) - head
     if found < expected:
-        raise DlcError(f"{src}: {p} is truncated: dims {'x'.join(map(str, dims))} need {expected} bytes of data,"
-                       f" found {found}")
+        raise DlcError(
+            f"{src}: {p} is truncated: dims {'x'.join(map(str, dims))} need {expected} bytes of data, found {found}"
+        )
     if found > expected:
-        raise DlcError(f"{src}: {p} is not a valid IDX file: {found - expected} bytes follow the"
-                       f" {'x'.join(map(str, dims))} data")
+        raise DlcError(
+            f"{src}: {p} is not a valid IDX file: {found - expected} bytes follow the {'x'.join(map(str, dims))} data"
+        )
     return np.frombuffer(raw, dtype=dtype, offset=head).reshape(dims)

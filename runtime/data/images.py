@@ -6,6 +6,7 @@ fetch` downloads and converts (runtime/data/download.py).
     cifar10(split = "train", scale = 1/255)          32x32 colour images, fetched by `dlc data fetch`
     cifar100(split = "train", labels = "fine", scale = 1/255)  the same, 100 classes (or 20 "coarse")
 """
+
 from __future__ import annotations
 
 import pathlib
@@ -32,12 +33,13 @@ def digits(base_dir, args: Args) -> Dataset:
     image = args.check("image", flag)
     p = digits_path()
     if not p.is_file():
-        raise DlcError(f"digits: the digits data set is missing: expected {p}, which ships with dlc's"
-                       f" source in runtime/data/datasets (reinstall dlc from its repository)")
+        raise DlcError(
+            f"digits: the digits data set is missing: expected {p}, which ships with dlc's"
+            f" source in runtime/data/datasets (reinstall dlc from its repository)"
+        )
     table, _ = parse_csv(p, "false")
     if table.shape[1] != 65:
-        raise DlcError(f"digits: {p} is damaged: expected 65 columns (64 pixels and the label), found"
-                       f" {table.shape[1]}")
+        raise DlcError(f"digits: {p} is damaged: expected 65 columns (64 pixels and the label), found {table.shape[1]}")
     ds = table_dataset("digits", p, table, None, -1, scale)
     if image:
         ds.columns["x"] = ds.columns["x"].reshape(-1, 1, 8, 8)

@@ -20,6 +20,7 @@ with `skip_bad = true` every file is decoded once when the source is read and th
 left out and counted (meta "skipped"). `cache = true` keeps each example's evaluation
 transform once decoded (for folders that fit in memory).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,12 +37,17 @@ from dlc.compiler.frontend.settings import REQUIRED, Args, flag, integer, number
 from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.source import source
 from dlc.runtime.data.streamed import Streamed, row_indices
-from dlc.runtime.data.transforms import (center_box, evaluation_short_side, flip_and_jitter, random_resized_box,
-                                         resized_size)
+from dlc.runtime.data.transforms import (
+    center_box,
+    evaluation_short_side,
+    flip_and_jitter,
+    random_resized_box,
+    resized_size,
+)
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")     # 16-bit grey: PNG, TIFF
-AUGMENT_KEY = 0x9807        # an example's draws: default_rng([seed, epoch, example, AUGMENT_KEY])
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grey: PNG, TIFF
+AUGMENT_KEY = 0x9807  # an example's draws: default_rng([seed, epoch, example, AUGMENT_KEY])
 
 
 def pillow():
@@ -49,8 +55,9 @@ def pillow():
     try:
         from PIL import Image
     except ImportError:
-        raise DlcError('images(...) decodes photos with Pillow, which is not installed: pip install "dlc[images]"') \
-            from None
+        raise DlcError(
+            'images(...) decodes photos with Pillow, which is not installed: pip install "dlc[images]"'
+        ) from None
     return Image
 
 
@@ -65,8 +72,9 @@ def images(base_dir, args: Args) -> Dataset:
     skip_bad, cache = args.check("skip_bad", flag), args.check("cache", flag)
     path = args["path"]
     if not isinstance(path, (str, os.PathLike)) or not str(path):
-        raise DlcError(f"images: 'path' must be a folder or a listing (.csv, .json) in quotes, got {show(path)}",
-                       args.span("path"))
+        raise DlcError(
+            f"images: 'path' must be a folder or a listing (.csv, .json) in quotes, got {show(path)}", args.span("path")
+        )
     root = pathlib.Path(path).expanduser()
     root = root if root.is_absolute() else base_dir / root
     if root.is_dir():
@@ -92,8 +100,10 @@ def _per_channel(args: Args, name: str, positive: bool) -> list | None:
     if v is None:
         return None
     if not isinstance(v, list) or len(v) not in (1, 3):
-        raise DlcError(f"images: '{name}' must be a number per channel, such as [0.485, 0.456, 0.406], "
-                       f"got {show(v)}", args.span(name))
+        raise DlcError(
+            f"images: '{name}' must be a number per channel, such as [0.485, 0.456, 0.406], got {show(v)}",
+            args.span(name),
+        )
     return [number("images", name, x, positive=positive, span=args.span(name)) for x in v]
 
 
@@ -107,18 +117,24 @@ def folder_examples(root: pathlib.Path) -> tuple[list, np.ndarray, list]:
     loose = sorted(f.name for f in root.iterdir() if f.is_file() and is_image_name(f.name))
     if not names:
         found = f" (it holds {len(loose)} images but no class folders)" if loose else ""
-        raise DlcError(f"images: {root} has no class folders{found}: put each class's images in a folder of its "
-                       "name (photos/cat/1.jpg, photos/dog/2.jpg), or give a listing of file,label rows")
+        raise DlcError(
+            f"images: {root} has no class folders{found}: put each class's images in a folder of its "
+            "name (photos/cat/1.jpg, photos/dog/2.jpg), or give a listing of file,label rows"
+        )
     if loose:
-        raise DlcError(f"images: {root / loose[0]} is not in a class folder: each image goes in the folder of its "
-                       "class")
+        raise DlcError(
+            f"images: {root / loose[0]} is not in a class folder: each image goes in the folder of its class"
+        )
     files, labels = [], []
     for k, name in enumerate(names):
-        found = sorted(os.path.join(d, f) for d, _, fs in os.walk(root / name, followlinks=True) for f in fs
-                       if is_image_name(f))
+        found = sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(root / name, followlinks=True) for f in fs if is_image_name(f)
+        )
         if not found:
-            raise DlcError(f"images: the class folder {root / name} holds no images ({', '.join(EXTENSIONS)}): "
-                           "add its images or remove it")
+            raise DlcError(
+                f"images: the class folder {root / name} holds no images ({', '.join(EXTENSIONS)}): "
+                "add its images or remove it"
+            )
         files += found
         labels += [k] * len(found)
     return files, np.array(labels, np.int32), names
@@ -177,8 +193,9 @@ def photo_paths(data) -> list | None:
     elif isinstance(data, (str, os.PathLike)) and is_image_name(os.path.basename(os.fspath(data))):
         paths = [os.fspath(data)]
     elif isinstance(data, (str, os.PathLike)) and os.path.isdir(data):
-        paths = sorted(os.path.join(d, f) for d, _, fs in os.walk(data, followlinks=True) for f in fs
-                       if is_image_name(f))
+        paths = sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(data, followlinks=True) for f in fs if is_image_name(f)
+        )
         if not paths:
             raise DlcError(f"{os.fspath(data)} holds no images ({', '.join(EXTENSIONS)})")
         return paths
@@ -195,8 +212,10 @@ def photo_column(paths: list, image: dict | None) -> PhotoColumn:
     images(...) facts a checkpoint keeps: size, mean, std)."""
     pillow()
     if image is None:
-        raise DlcError("these weights were not trained on images(...): their checkpoint does not say the size and "
-                       "normalization of the photos, so predict on arrays instead")
+        raise DlcError(
+            "these weights were not trained on images(...): their checkpoint does not say the size and "
+            "normalization of the photos, so predict on arrays instead"
+        )
     return PhotoColumn(list(paths), np.arange(len(paths)), image["size"], 3, image.get("mean"), image.get("std"))
 
 
@@ -204,7 +223,7 @@ def top_classes(probs: np.ndarray, names: list | None, k: int = 3) -> list:
     """The `k` highest classes of each row of scores [N, classes] as (name, score) pairs, best
     first (a class without a name is `class i`)."""
     probs = probs.reshape(len(probs), -1)
-    name = (lambda i: names[i] if names is not None and i < len(names) else f"class {i}")
+    name = lambda i: names[i] if names is not None and i < len(names) else f"class {i}"
     return [[(name(int(i)), float(row[i])) for i in np.argsort(-row, kind="stable")[:k]] for row in probs]
 
 
@@ -250,6 +269,7 @@ def loaded(img, need: tuple, mode: str):
     JPEG at the smallest reduced size at least `need` (width, height, upright), else whole;
     16-bit grey scaled to 8 bits, a palette through RGBA (its transparency), alpha dropped."""
     from PIL import ImageOps
+
     if img.format == "JPEG":
         img.draft(img.mode, need[::-1] if _orientation(img) in (5, 6, 7, 8) else need)
     img = ImageOps.exif_transpose(img)
@@ -275,7 +295,7 @@ def example(path: str, size: int, mode: str, options: dict | None, rng: np.rando
             need = resized_size(width, height, evaluation_short_side(size))
         img = loaded(img, need, mode)
         if random_crop:
-            sx, sy = img.width / width, img.height / height        # 1 unless a JPEG was decoded reduced
+            sx, sy = img.width / width, img.height / height  # 1 unless a JPEG was decoded reduced
             box = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
             img = img.crop(box).resize((size, size), Image.Resampling.BILINEAR)
         else:
@@ -283,7 +303,7 @@ def example(path: str, size: int, mode: str, options: dict | None, rng: np.rando
             img = img.crop(center_box(img.width, img.height, size))
     if options is not None:
         img = flip_and_jitter(img, options, rng)
-    a = np.asarray(img, np.float32) / np.float32(255)      # as torchvision's ToTensor: divided, not scaled
+    a = np.asarray(img, np.float32) / np.float32(255)  # as torchvision's ToTensor: divided, not scaled
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 
 
@@ -292,17 +312,40 @@ class PhotoColumn(Streamed):
     """The examples of image files, decoded when read: `files` (every file of the source,
     shared by the columns of its splits) and `ids` (this column's examples among them, which
     also key their random draws)."""
+
     dtype = np.dtype(np.float32)
 
-    def __init__(self, files: list, ids: np.ndarray, size: int, channels: int, mean, std,
-                 options: dict | None = None, seed: int = 0, cache: dict | None = None):
+    def __init__(
+        self,
+        files: list,
+        ids: np.ndarray,
+        size: int,
+        channels: int,
+        mean,
+        std,
+        options: dict | None = None,
+        seed: int = 0,
+        cache: dict | None = None,
+    ):
         self.files, self.ids, self.size, self.channels = files, ids, size, channels
         self.mean, self.std, self.options, self.seed, self.cache = mean, std, options, seed, cache
         self.shape = (len(ids), channels, size, size)
 
     def _with(self, **changes) -> "PhotoColumn":
-        fields = dict(files=self.files, ids=self.ids, size=self.size, channels=self.channels, mean=self.mean,
-                      std=self.std, options=self.options, seed=self.seed, cache=self.cache) | changes
+        fields = (
+            dict(
+                files=self.files,
+                ids=self.ids,
+                size=self.size,
+                channels=self.channels,
+                mean=self.mean,
+                std=self.std,
+                options=self.options,
+                seed=self.seed,
+                cache=self.cache,
+            )
+            | changes
+        )
         return PhotoColumn(**fields)
 
     def __getitem__(self, index) -> "PhotoColumn":
@@ -336,8 +379,9 @@ class PhotoColumn(Streamed):
         if not random and self.cache is not None and i in self.cache:
             return self.cache[i]
         rng = np.random.default_rng([self.seed, epoch, i, AUGMENT_KEY]) if random else None
-        a = example(self.files[i], self.size, "L" if self.channels == 1 else "RGB",
-                    self.options if random else None, rng)
+        a = example(
+            self.files[i], self.size, "L" if self.channels == 1 else "RGB", self.options if random else None, rng
+        )
         if self.mean is not None:
             a -= self.per_channel(self.mean)
         if self.std is not None:

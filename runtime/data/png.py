@@ -5,6 +5,7 @@ A batch is [N, H, W], [N, 1, H, W] (grey) or [N, 3, H, W] (colour, channels firs
 everywhere in dlc). Values in [0, 1] are written as they are; any other range is
 stretched from its minimum to its maximum. Small images are enlarged by a whole factor
 so that the grid is at least about 256 pixels wide."""
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,10 @@ def image_batch(name: str, value: np.ndarray) -> np.ndarray:
     if value.ndim == 3:
         value = value[:, None]
     if value.ndim != 4 or value.shape[1] not in (1, 3):
-        raise DlcError(f"output '{name}' is {list(value.shape)}, not a batch of images: a .png needs"
-                       f" [N, H, W], [N, 1, H, W] or [N, 3, H, W]")
+        raise DlcError(
+            f"output '{name}' is {list(value.shape)}, not a batch of images: a .png needs"
+            f" [N, H, W], [N, 1, H, W] or [N, 3, H, W]"
+        )
     if value.shape[0] == 0:
         raise DlcError(f"output '{name}' holds no images")
     return np.moveaxis(value, 1, -1)
@@ -43,19 +46,20 @@ def grid(images: np.ndarray) -> np.ndarray:
     out = np.ones(((h + 1) * rows - 1, (w + 1) * cols - 1, c))
     for i in range(n):
         r, q = divmod(i, cols)
-        out[r * (h + 1): r * (h + 1) + h, q * (w + 1): q * (w + 1) + w] = a[i]
+        out[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = a[i]
     return np.round(out * 255).astype(np.uint8)
 
 
 def write_png(path, picture: np.ndarray):
     """An 8-bit grey (C = 1) or RGB (C = 3) PNG of a [rows, cols, C] uint8 array."""
     rows, cols, c = picture.shape
-    raw = b"".join(b"\0" + picture[r].tobytes() for r in range(rows))     # filter type 0 per row
+    raw = b"".join(b"\0" + picture[r].tobytes() for r in range(rows))  # filter type 0 per row
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", cols, rows, 8, 0 if c == 1 else 2, 0, 0, 0)
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9))
-                + chunk(b"IEND", b""))
+        f.write(
+            b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
+        )

@@ -9,6 +9,7 @@ after the one being taken are read at once: with the batch the taker still holds
 asks for the next, memory holds at most ahead + 2 decoded batches.
 An example's value does not depend on which thread read it, so the batches are the same bits
 on any number of threads."""
+
 from __future__ import annotations
 
 import collections
@@ -20,7 +21,7 @@ import numpy as np
 
 from dlc.runtime.data.streamed import Streamed, is_streamed
 
-AHEAD = 2       # batches read while the step takes the current one
+AHEAD = 2  # batches read while the step takes the current one
 
 
 def default_threads() -> int:
@@ -52,10 +53,10 @@ class Batches:
                     yield self.collect(pending.popleft())
             while pending:
                 batch = self.collect(pending.popleft())
-                if not pending:     # all read: no thread waits for a taker that may not come back
+                if not pending:  # all read: no thread waits for a taker that may not come back
                     pool.shutdown()
                 yield batch
-        finally:        # the taker stopped (or failed): what is queued is dropped, what runs is awaited
+        finally:  # the taker stopped (or failed): what is queued is dropped, what runs is awaited
             pool.shutdown(wait=True, cancel_futures=True)
 
     def submit(self, pool: ThreadPoolExecutor, rows, epoch) -> dict:
@@ -72,5 +73,6 @@ class Batches:
 
     def collect(self, batch: dict) -> dict:
         """The batch's arrays, once its chunks are read: a reader's error is raised here."""
-        return {name: np.concatenate([f.result() for f in v]) if isinstance(v, list) else v
-                for name, v in batch.items()}
+        return {
+            name: np.concatenate([f.result() for f in v]) if isinstance(v, list) else v for name, v in batch.items()
+        }

@@ -26,6 +26,7 @@ error points at it. The sources, each in the module of its kind:
     photos.py      images (photos in class folders, streamed)
     synthetic.py   xor, spirals, blobs, sine, copy, reverse, sort
 """
+
 from __future__ import annotations
 
 import os
@@ -36,13 +37,32 @@ from dlc.runtime.data import files, images, photos, synthetic, tables, text
 from dlc.runtime.data.dataset import Dataset
 from dlc.compiler.frontend.settings import Call, Symbol, show
 
-SOURCES: dict = {source.__name__: source for source in (
-    files.npz, files.csv, files.idx, tables.parquet, tables.arrow,
-    text.text, text.sentences, text.skipgram,
-    images.digits, images.mnist, images.fashion_mnist, images.cifar10, images.cifar100,
-    photos.images,
-    synthetic.xor, synthetic.spirals, synthetic.blobs, synthetic.sine, synthetic.copy, synthetic.reverse,
-    synthetic.sort)}
+SOURCES: dict = {
+    source.__name__: source
+    for source in (
+        files.npz,
+        files.csv,
+        files.idx,
+        tables.parquet,
+        tables.arrow,
+        text.text,
+        text.sentences,
+        text.skipgram,
+        images.digits,
+        images.mnist,
+        images.fashion_mnist,
+        images.cifar10,
+        images.cifar100,
+        photos.images,
+        synthetic.xor,
+        synthetic.spirals,
+        synthetic.blobs,
+        synthetic.sine,
+        synthetic.copy,
+        synthetic.reverse,
+        synthetic.sort,
+    )
+}
 
 
 def load(spec, base_dir, span: Span | None = None) -> Dataset:
@@ -81,14 +101,22 @@ def _source_call(spec, span: Span | None):
         spec = Call(spec.name, [], {}, spec.span)
     if not isinstance(spec, Call):
         span = getattr(spec, "span", None) or span
-        raise DlcError(f"data must be a file name such as \"train.npz\" or a source such as digits(), got "
-                       f"{show(spec)} (sources: {_known()})", span)
+        raise DlcError(
+            f"data must be a file name such as \"train.npz\" or a source such as digits(), got "
+            f"{show(spec)} (sources: {_known()})",
+            span,
+        )
     source = SOURCES.get(spec.name)
     if source is None:
-        hint = (" (split(...) belongs in `validation = split(0.1)`)" if spec.name == "split"
-                else did_you_mean(spec.name, SOURCES))
-        raise DlcError(f"unknown data source '{spec.name}'{hint} (known: {_known()}; or a file name "
-                       f"such as \"train.npz\")", spec.span or span)
+        hint = (
+            " (split(...) belongs in `validation = split(0.1)`)"
+            if spec.name == "split"
+            else did_you_mean(spec.name, SOURCES)
+        )
+        raise DlcError(
+            f"unknown data source '{spec.name}'{hint} (known: {_known()}; or a file name such as \"train.npz\")",
+            spec.span or span,
+        )
     return source, spec
 
 
@@ -111,9 +139,11 @@ def _load_path(path: str, base_dir: pathlib.Path) -> Dataset:
         return tables.arrow(base_dir, path)
     if name.endswith(".parquet") or tables.is_table_folder(base_dir / pathlib.Path(path).expanduser()):
         return tables.parquet(base_dir, path)
-    raise DlcError(f"cannot tell the format of data file '{path}' from its name: expected .npz, .csv, .csv.gz, "
-                   f".txt, an IDX file (.idx*, *-ubyte, optionally .gz), a table (.parquet, .arrow, .feather, or a "
-                   f"folder of Parquet files or a datasets folder), or a source such as digits()")
+    raise DlcError(
+        f"cannot tell the format of data file '{path}' from its name: expected .npz, .csv, .csv.gz, "
+        f".txt, an IDX file (.idx*, *-ubyte, optionally .gz), a table (.parquet, .arrow, .feather, or a "
+        f"folder of Parquet files or a datasets folder), or a source such as digits()"
+    )
 
 
 def _is_idx_name(name: str) -> bool:

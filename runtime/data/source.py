@@ -7,6 +7,7 @@ each parameter to its default, REQUIRED when it must be given) and checks them w
 called as source(base_dir, *args, **kwargs); `source.read(base_dir, call)` reads a `Call`.
 runtime/data/registry.py lists the sources by name.
 """
+
 from __future__ import annotations
 
 import functools
@@ -26,6 +27,7 @@ def source(**params):
             return read(base_dir, Call(fn.__name__, list(args), kwargs))
 
         from_python.read = read
-        from_python.params = params     # its signature in a .dl file (the language server's completion)
+        from_python.params = params  # its signature in a .dl file (the language server's completion)
         return from_python
+
     return make

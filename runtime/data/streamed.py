@@ -10,6 +10,7 @@ the column's training transform (random, a function of the seed, the epoch and t
 alone), with None its evaluation transform. `batches` (runtime/data/prefetch.py) reads them
 ahead of the steps; `read_rows` is the one place code that takes `v[rows]` of a column goes
 through."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,7 +20,8 @@ from dlc.compiler.errors import DlcError
 
 class Streamed:
     """A column of examples decoded when read (see the module's docstring)."""
-    shape: tuple        # (examples, *an example's shape)
+
+    shape: tuple  # (examples, *an example's shape)
     dtype: np.dtype
 
     def __len__(self) -> int:

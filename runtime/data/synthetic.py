@@ -10,6 +10,7 @@
 
 All but xor also take `seed` (default 0).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -90,7 +91,7 @@ def sine(base_dir, args: Args) -> Dataset:
         series = series + rng.normal(0.0, noise, series.shape)
     rows = np.arange(n)[:, None] + np.arange(window)
     x = series[rows][:, :, None].astype(np.float32)
-    y = series[window: window + n][:, None].astype(np.float32)
+    y = series[window : window + n][:, None].astype(np.float32)
     return Dataset({"x": x, "y": y}, {"periods": periods.tolist()})
 
 
@@ -98,7 +99,7 @@ def sine(base_dir, args: Args) -> Dataset:
 PAD, BOS, EOS = 0, 1, 2
 
 
-SEQ_TASK = dict(min_len=8, max_len=12, symbols=10, n=10000, seed=0)     # the parameters of copy, reverse, sort
+SEQ_TASK = dict(min_len=8, max_len=12, symbols=10, n=10000, seed=0)  # the parameters of copy, reverse, sort
 
 
 def _seq_task(transform, args: Args) -> Dataset:
@@ -122,8 +123,15 @@ def _seq_task(transform, args: Args) -> Dataset:
     dec_out[:, :max_len] = tgt
     dec_out[np.arange(n), lengths] = EOS
     meta = {"pad": PAD, "bos": BOS, "eos": EOS, "vocab_size": symbols + 3, "max_len": max_len, "task": task}
-    return Dataset({"src": src.astype(np.int32), "dec_in": dec_in.astype(np.int32),
-                    "dec_out": dec_out.astype(np.int32), "src_lengths": lengths.astype(np.int32)}, meta)
+    return Dataset(
+        {
+            "src": src.astype(np.int32),
+            "dec_in": dec_in.astype(np.int32),
+            "dec_out": dec_out.astype(np.int32),
+            "src_lengths": lengths.astype(np.int32),
+        },
+        meta,
+    )
 
 
 def _copy(tokens, lengths, live):

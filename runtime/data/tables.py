@@ -22,6 +22,7 @@ columns stacked in the order given, and "y", the label. meta: "features" (x's co
 (`kept_meta`); `as_trained` and `recode` read other data as the training data was. A null,
 a nested record or a value of another type is an error naming the column (and the row).
 """
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,7 @@ from dlc.runtime.data.source import source
 from dlc.compiler.frontend.settings import REQUIRED, Args, show
 
 INSTALL = 'pip install "dlc[tables]"'
-HF_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")     # what save_to_disk writes
+HF_FILES = ("dataset_info.json", "state.json", "dataset_dict.json")  # what save_to_disk writes
 PARAMS = dict(path=REQUIRED, label=None, columns=None, split=None)
 
 
@@ -70,27 +71,34 @@ def _read(args: Args, base_dir: pathlib.Path) -> Dataset:
         opened = _open(pa, src, p, args)
         label = _label(args, opened.schema.names)
         columns = _columns(args, opened.schema.names, label)
-        table = opened.read(columns + ([label] if label else []))       # in that order
+        table = opened.read(columns + ([label] if label else []))  # in that order
     except (pa.ArrowException, OSError) as e:
-        raise DlcError(f"{src}: {p} is not a Parquet or Arrow table that pyarrow reads ({reason(e)})",
-                       args.span("path")) from None
+        raise DlcError(
+            f"{src}: {p} is not a Parquet or Arrow table that pyarrow reads ({reason(e)})", args.span("path")
+        ) from None
     data, categories, features = {}, {}, []
     for name in table.column_names:
         col = table.column(name)
         arrays, names_of_ids = _convert(pa, f"{src}: {p}:", name, col, opened.classes.get(name), name == label)
         for key in arrays:
             if key != name and key in table.column_names:
-                raise DlcError(f"{src}: {p}: the lengths of list column '{name}' would be column '{key}', "
-                               f"which the table has: rename one of them")
+                raise DlcError(
+                    f"{src}: {p}: the lengths of list column '{name}' would be column '{key}', "
+                    f"which the table has: rename one of them"
+                )
         data.update(arrays)
         if names_of_ids is not None:
             categories[name] = names_of_ids
         elif name != label and arrays[name].ndim == 1:
             features.append(name)
-    meta = {key: value for key, value in (("features", features), ("label", label), ("categories", categories))
-            if value}
-    stacked = {view: members for view, members in (("x", features), ("y", [label] if label else []))
-               if members and view not in data}
+    meta = {
+        key: value for key, value in (("features", features), ("label", label), ("categories", categories)) if value
+    }
+    stacked = {
+        view: members
+        for view, members in (("x", features), ("y", [label] if label else []))
+        if members and view not in data
+    }
     return Dataset(numbers(src, p, data), meta, stacked=stacked)
 
 
@@ -106,7 +114,7 @@ def as_trained(ds: Dataset, trained: dict, label: bool = True) -> Dataset:
     if "x" in stacked and features:
         stacked["x"] = list(features)
     if label and trained.get("label") in ds.columns and "y" not in ds.columns:
-        stacked.setdefault("y", [trained["label"]])       # a table read without its label named
+        stacked.setdefault("y", [trained["label"]])  # a table read without its label named
     stacked = {view: members for view, members in stacked.items() if members}
     if gone not in ds.columns and stacked == ds.stacked:
         return ds
@@ -126,15 +134,18 @@ def recode(ds: Dataset, trained: dict, columns: set, span=None) -> Dataset:
     for name in sorted(changed):
         names = own[name]
         index = {c: i for i, c in enumerate(known[name])}
-        lookup = np.array([index.get(c, -1) for c in names] + [-1], np.int64)      # [-1]: a negative id stays
+        lookup = np.array([index.get(c, -1) for c in names] + [-1], np.int64)  # [-1]: a negative id stays
         ids = data[name]
         inside = _inside(ids, data.get(f"{name}_lengths")) & (ids >= 0)
         mapped = np.where(inside, lookup[np.where(inside, ids, len(names))], ids)
         unknown = inside & (mapped < 0)
         if unknown.any():
             where = tuple(int(i) for i in np.argwhere(unknown)[0])
-            raise DlcError(f"column '{name}' has '{names[ids[where]]}' at row {where[0]} (from 0), a category the "
-                           f"model was not trained on (it knows {_few(known[name])})", span)
+            raise DlcError(
+                f"column '{name}' has '{names[ids[where]]}' at row {where[0]} (from 0), a category the "
+                f"model was not trained on (it knows {_few(known[name])})",
+                span,
+            )
         data[name] = mapped.astype(np.int32)
         categories[name] = list(known[name])
     return Dataset(data, dict(ds.meta) | {"categories": categories}, ds.named, ds.stacked)
@@ -178,8 +189,9 @@ def _locate(args: Args, base_dir: pathlib.Path) -> pathlib.Path:
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str) or not path:
-        raise DlcError(f"{args.src}: 'path' must be a file or folder name in quotes, got {show(path)}",
-                       args.span("path"))
+        raise DlcError(
+            f"{args.src}: 'path' must be a file or folder name in quotes, got {show(path)}", args.span("path")
+        )
     p = pathlib.Path(path).expanduser()
     p = p if p.is_absolute() else base_dir / p
     if not p.exists():
@@ -198,17 +210,23 @@ class _Opened:
 def _open(pa, src: str, p: pathlib.Path, args: Args) -> _Opened:
     split = args["split"]
     if split is not None and not isinstance(split, str):
-        raise DlcError(f"{src}: 'split' must be a split's name in quotes, such as \"train\", got {show(split)}",
-                       args.span("split"))
+        raise DlcError(
+            f"{src}: 'split' must be a split's name in quotes, such as \"train\", got {show(split)}", args.span("split")
+        )
     if p.is_dir() and any((p / f).is_file() for f in HF_FILES):
         return _open_hf(pa, src, p, split, args)
     if split is not None:
-        raise DlcError(f"{src}: 'split' chooses a split of a datasets folder (save_to_disk's), but {p} is not one",
-                       args.span("split"))
+        raise DlcError(
+            f"{src}: 'split' chooses a split of a datasets folder (save_to_disk's), but {p} is not one",
+            args.span("split"),
+        )
     if p.is_dir():
         if not any(p.rglob("*.parquet")):
-            raise DlcError(f"{src}: {p} is a folder of no Parquet files (*.parquet) and not a datasets folder "
-                           f"(save_to_disk's, with {' or '.join(HF_FILES)})", args.span("path"))
+            raise DlcError(
+                f"{src}: {p} is a folder of no Parquet files (*.parquet) and not a datasets folder "
+                f"(save_to_disk's, with {' or '.join(HF_FILES)})",
+                args.span("path"),
+            )
         return _open_parquet(pa, p)
     with open(p, "rb") as f:
         magic = f.read(6)
@@ -240,16 +258,22 @@ def _open_hf(pa, src: str, p: pathlib.Path, split: str | None, args: Args) -> _O
             raise DlcError(f"{src}: {p / 'dataset_dict.json'} does not list the splits")
         if split is None:
             if len(splits) != 1:
-                raise DlcError(f"{src}: {p} holds the splits {', '.join(splits)}: choose one with "
-                               f"split = \"{splits[0]}\"", args.span("path"))
+                raise DlcError(
+                    f"{src}: {p} holds the splits {', '.join(splits)}: choose one with split = \"{splits[0]}\"",
+                    args.span("path"),
+                )
             split = splits[0]
         if split not in splits:
-            raise DlcError(f"{src}: {p} has no split '{split}'{did_you_mean(split, splits)} (it has "
-                           f"{', '.join(splits)})", args.span("split"))
+            raise DlcError(
+                f"{src}: {p} has no split '{split}'{did_you_mean(split, splits)} (it has {', '.join(splits)})",
+                args.span("split"),
+            )
         return _open_hf(pa, src, p / split, None, args)
     if split is not None:
-        raise DlcError(f"{src}: {p} is a datasets folder of one split (no dataset_dict.json): leave out 'split'",
-                       args.span("split"))
+        raise DlcError(
+            f"{src}: {p} is a datasets folder of one split (no dataset_dict.json): leave out 'split'",
+            args.span("split"),
+        )
     state = _json(src, p / "state.json")
     files = [f.get("filename") for f in state.get("_data_files", []) if isinstance(f, dict)]
     if not files or not all(isinstance(f, str) for f in files):
@@ -262,6 +286,7 @@ def _open_hf(pa, src: str, p: pathlib.Path, split: str | None, args: Args) -> _O
 
     def read(columns):
         return pa.concat_tables([part.read(columns) for part in parts])
+
     return _Opened(parts[0].schema, read, _class_labels(info.get("features") or {}))
 
 
@@ -282,7 +307,11 @@ def _class_labels(features: dict) -> dict:
     for name, feature in features.items():
         if isinstance(feature, dict) and feature.get("_type") in ("Sequence", "List"):
             feature = feature.get("feature")
-        if isinstance(feature, dict) and feature.get("_type") == "ClassLabel" and isinstance(feature.get("names"), list):
+        if (
+            isinstance(feature, dict)
+            and feature.get("_type") == "ClassLabel"
+            and isinstance(feature.get("names"), list)
+        ):
             out[name] = [str(n) for n in feature["names"]]
     return out
 
@@ -303,13 +332,16 @@ def _columns(args: Args, names: list, label: str | None) -> list:
     if chosen is None:
         chosen = [n for n in names if n != label]
         for c in chosen:
-            _known_column(args, "path", c, names)       # each once in the table
+            _known_column(args, "path", c, names)  # each once in the table
         return chosen
     if isinstance(chosen, str):
         chosen = [chosen]
     if not isinstance(chosen, list) or not chosen or not all(isinstance(c, str) for c in chosen):
-        raise DlcError(f"{args.src}: 'columns' must be a list of column names in quotes, such as [\"a\", \"b\"], got "
-                       f"{show(args['columns'])}", args.span("columns"))
+        raise DlcError(
+            f"{args.src}: 'columns' must be a list of column names in quotes, such as [\"a\", \"b\"], got "
+            f"{show(args['columns'])}",
+            args.span("columns"),
+        )
     for c in chosen:
         _known_column(args, "columns", c, names)
         if c == label:
@@ -322,11 +354,15 @@ def _columns(args: Args, names: list, label: str | None) -> list:
 
 def _known_column(args: Args, arg: str, name: str, names: list):
     if name not in names:
-        raise DlcError(f"{args.src}: the table has no column '{name}'{did_you_mean(name, names)} (its columns: "
-                       f"{_few(names, 20)})", args.span(arg))
+        raise DlcError(
+            f"{args.src}: the table has no column '{name}'{did_you_mean(name, names)} (its columns: {_few(names, 20)})",
+            args.span(arg),
+        )
     if names.count(name) > 1:
-        raise DlcError(f"{args.src}: the table has {names.count(name)} columns named '{name}': rename them in the "
-                       f"file", args.span(arg))
+        raise DlcError(
+            f"{args.src}: the table has {names.count(name)} columns named '{name}': rename them in the file",
+            args.span(arg),
+        )
 
 
 # ---- a column as arrays ------------------------------------------------------------------------
@@ -337,10 +373,13 @@ def _convert(pa, place: str, name: str, col, classes: list | None, is_label: boo
     _no_nulls(pa, place, name, col)
     if pa.types.is_dictionary(t):
         if _is_string(pa, t.value_type):
-            col = pa.table({name: col}).unify_dictionaries().column(0)     # one dictionary for every chunk
+            col = pa.table({name: col}).unify_dictionaries().column(0)  # one dictionary for every chunk
             names = col.chunk(0).dictionary.to_pylist() if col.num_chunks else []
-            ids = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks]) if col.num_chunks \
+            ids = (
+                np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks])
+                if col.num_chunks
                 else np.zeros(0, np.int32)
+            )
             return {name: ids.astype(np.int32)}, [str(n) for n in names]
         col, t = col.cast(t.value_type), t.value_type
     if _is_number(pa, t):
@@ -352,26 +391,35 @@ def _convert(pa, place: str, name: str, col, classes: list | None, is_label: boo
     if pa.types.is_fixed_size_list(t) or pa.types.is_list(t) or pa.types.is_large_list(t):
         return _list(pa, place, name, col, classes, is_label)
     if pa.types.is_struct(t) or pa.types.is_map(t) or pa.types.is_union(t):
-        raise DlcError(f"{place} column '{name}' holds nested records ({_type(t)}), which dlc does not read: leave it "
-                       f"out with columns = [...] or store its fields as columns of their own")
-    raise DlcError(f"{place} column '{name}' holds {_type(t)} values, which dlc does not read: numbers, strings or "
-                   f"lists of them are read (cast it in the file, or leave it out with columns = [...])")
+        raise DlcError(
+            f"{place} column '{name}' holds nested records ({_type(t)}), which dlc does not read: leave it "
+            f"out with columns = [...] or store its fields as columns of their own"
+        )
+    raise DlcError(
+        f"{place} column '{name}' holds {_type(t)} values, which dlc does not read: numbers, strings or "
+        f"lists of them are read (cast it in the file, or leave it out with columns = [...])"
+    )
 
 
 def _list(pa, place: str, name: str, col, classes: list | None, is_label: bool) -> tuple[dict, list | None]:
     """A list column as [N, longest] padded (0; a label's -1) and its lengths; a fixed-size list as [N, size]."""
     t = col.type
     if not (_is_number(pa, t.value_type) or _is_string(pa, t.value_type)):
-        raise DlcError(f"{place} column '{name}' holds lists of {_type(t.value_type)}, which dlc does not read: "
-                       f"lists of numbers or strings are read")
+        raise DlcError(
+            f"{place} column '{name}' holds lists of {_type(t.value_type)}, which dlc does not read: "
+            f"lists of numbers or strings are read"
+        )
     flat_col = pa.chunked_array([c.flatten() for c in col.chunks], t.value_type)
     if flat_col.null_count:
-        starts = np.cumsum([0] + [len(c) for c in col.chunks])         # each chunk's first row
-        parents = np.concatenate([pa.compute.list_parent_indices(c).to_numpy() + start
-                                  for c, start in zip(col.chunks, starts)])
+        starts = np.cumsum([0] + [len(c) for c in col.chunks])  # each chunk's first row
+        parents = np.concatenate(
+            [pa.compute.list_parent_indices(c).to_numpy() + start for c, start in zip(col.chunks, starts)]
+        )
         row = int(parents[_first_null(pa, flat_col)])
-        raise DlcError(f"{place} column '{name}' has a null inside its list at row {row} (from 0): dlc does not fill "
-                       f"missing values; drop or fill them before training")
+        raise DlcError(
+            f"{place} column '{name}' has a null inside its list at row {row} (from 0): dlc does not fill "
+            f"missing values; drop or fill them before training"
+        )
     flat, names = _convert(pa, place, name, flat_col, classes, is_label)
     values = flat[name]
     n = len(col)
@@ -379,7 +427,7 @@ def _list(pa, place: str, name: str, col, classes: list | None, is_label: bool) 
         return {name: values.reshape(n, t.list_size)}, names
     lengths = pa.compute.list_value_length(col).to_numpy(zero_copy_only=False).astype(np.int32)
     longest = int(lengths.max()) if n else 0
-    signed = np.int64 if values.dtype.kind in "bu" else values.dtype        # room for the label's -1
+    signed = np.int64 if values.dtype.kind in "bu" else values.dtype  # room for the label's -1
     padded = np.full((n, longest), -1 if is_label else 0, signed)
     padded[np.arange(longest)[None, :] < lengths[:, None]] = values
     return {name: padded, f"{name}_lengths": lengths}, names
@@ -387,8 +435,10 @@ def _list(pa, place: str, name: str, col, classes: list | None, is_label: bool) 
 
 def _no_nulls(pa, place: str, name: str, col):
     if col.null_count:
-        raise DlcError(f"{place} column '{name}' has a null at row {_first_null(pa, col)} (from 0): dlc does not fill "
-                       f"missing values; drop or fill them before training")
+        raise DlcError(
+            f"{place} column '{name}' has a null at row {_first_null(pa, col)} (from 0): dlc does not fill "
+            f"missing values; drop or fill them before training"
+        )
 
 
 def _first_null(pa, col) -> int:
@@ -400,7 +450,9 @@ def _is_number(pa, t) -> bool:
 
 
 def _is_string(pa, t) -> bool:
-    return pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t)     # pyarrow 16 on
+    return (
+        pa.types.is_string(t) or pa.types.is_large_string(t) or getattr(pa.types, "is_string_view", lambda _: False)(t)
+    )  # pyarrow 16 on
 
 
 def _type(t) -> str:

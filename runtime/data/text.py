@@ -11,6 +11,7 @@
 A character vocabulary is a string of distinct characters: a character's id is its place in
 it (`encode`, `decode`). Word ids are those of a word vector file (runtime/data/vectors.py).
 """
+
 from __future__ import annotations
 
 import re
@@ -52,8 +53,10 @@ def encode(text: str, vocab: str) -> np.ndarray:
         line = text.count("\n", 0, at) + 1
         missing = sorted(set(text) - set(vocab))
         shown = "".join(missing[:10]) + ("..." if len(missing) > 10 else "")
-        raise DlcError(f"encode: the character {text[at]!r} (line {line}) is not in the vocabulary"
-                       f" ({len(missing)} unknown: {shown!r})")
+        raise DlcError(
+            f"encode: the character {text[at]!r} (line {line}) is not in the vocabulary"
+            f" ({len(missing)} unknown: {shown!r})"
+        )
     return order[pos_c].astype(np.int32)
 
 
@@ -86,8 +89,9 @@ def text(base_dir, args: Args) -> Dataset:
     lines = args.check("lines", flag)
     windows = args.check("windows", choice, options=("fixed", "random"))
     if windows == "random" and lines:
-        raise DlcError("text: windows = \"random\" draws windows across lines; leave out lines = true",
-                       args.span("windows"))
+        raise DlcError(
+            "text: windows = \"random\" draws windows across lines; leave out lines = true", args.span("windows")
+        )
     vocab = args["vocab"]
     if vocab is not None:
         vocab = _check_vocab(vocab, "text", args.span("vocab"))
@@ -99,19 +103,23 @@ def text(base_dir, args: Args) -> Dataset:
     try:
         ids = encode(s, vocab)
     except DlcError as e:
-        raise DlcError(f"text: {p}: {e.message[len('encode: '):]}") from None
+        raise DlcError(f"text: {p}: {e.message[len('encode: ') :]}") from None
     if lines:
         return line_examples(s, ids, seq, vocab)
     n = (len(ids) - 1) // seq
     if n < 1:
-        raise DlcError(f"text: seq = {seq} is too long for {p}: it has {len(ids)} characters and one window"
-                       f" needs seq + 1 = {seq + 1}")
+        raise DlcError(
+            f"text: seq = {seq} is too long for {p}: it has {len(ids)} characters and one window"
+            f" needs seq + 1 = {seq + 1}"
+        )
     if windows == "random":
         view = np.lib.stride_tricks.sliding_window_view
-        return Dataset({"x": view(ids[:-1], seq), "y": view(ids[1:], seq)},
-                       {"vocab": vocab, "vocab_size": len(vocab), "windows": seq})
+        return Dataset(
+            {"x": view(ids[:-1], seq), "y": view(ids[1:], seq)},
+            {"vocab": vocab, "vocab_size": len(vocab), "windows": seq},
+        )
     x = ids[: n * seq].reshape(n, seq)
-    y = ids[1: n * seq + 1].reshape(n, seq)
+    y = ids[1 : n * seq + 1].reshape(n, seq)
     return Dataset({"x": x, "y": y}, {"vocab": vocab, "vocab_size": len(vocab)})
 
 
@@ -120,7 +128,7 @@ def line_examples(s: str, ids: np.ndarray, seq: int, vocab: str) -> Dataset:
     [N, seq] the line's first `seq` characters, then 0; "y" the characters after them (the
     last one the line's end, "\n"), then -1 (`ignore = -1` in the loss); "lengths" [N] the
     characters of each."""
-    spans, at = [], 0                    # (first character, its "\n") of each line that ends with one
+    spans, at = [], 0  # (first character, its "\n") of each line that ends with one
     for line in s.split("\n")[:-1]:
         if line:
             spans.append((at, at + len(line)))
@@ -131,13 +139,13 @@ def line_examples(s: str, ids: np.ndarray, seq: int, vocab: str) -> Dataset:
     y = np.full((len(spans), seq), -1, np.int32)
     lengths = np.array([min(b - a, seq) for a, b in spans], np.int32)
     for row, ((a, _), n) in enumerate(zip(spans, lengths)):
-        x[row, :n] = ids[a:a + n]
-        y[row, :n] = ids[a + 1:a + n + 1]
+        x[row, :n] = ids[a : a + n]
+        y[row, :n] = ids[a + 1 : a + n + 1]
     return Dataset({"x": x, "y": y, "lengths": lengths}, {"vocab": vocab, "vocab_size": len(vocab)})
 
 
 # ---- words ------------------------------------------------------------------------------------------
-_TOKEN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")     # words (don't, well-known) and single marks
+_TOKEN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")  # words (don't, well-known) and single marks
 
 
 def words(text: str) -> list:
@@ -182,7 +190,7 @@ def sentences(base_dir, args: Args) -> Dataset:
     width = length or max(map(len, rows))
     x = np.full((len(rows), width), vectors.PAD, np.int32)
     for i, row in enumerate(rows):
-        x[i, :min(len(row), width)] = row[:width]
+        x[i, : min(len(row), width)] = row[:width]
     meta = {"words": len(ids), "unknown": int(sum(w == vectors.UNK for row in rows for w in row))}
     if all(re.fullmatch(r"\d+", label) for label in labels):
         y = np.array([int(label) for label in labels])
@@ -213,18 +221,25 @@ def skipgram(base_dir, args: Args) -> Dataset:
     rng = np.random.default_rng(args.check("seed", integer, low=0))
     tokens = re.findall(r"[a-z]+", read_utf8("skipgram", p).lower())
     names, counts = np.unique(tokens, return_counts=True)
-    order = np.lexsort((names, -counts))[:size]            # most frequent first, ties alphabetical
+    order = np.lexsort((names, -counts))[:size]  # most frequent first, ties alphabetical
     vocab = {str(names[i]): j for j, i in enumerate(order)}
     ids = np.array([vocab[w] for w in tokens if w in vocab], np.int64)
     freq = counts[order] / len(ids)
     if t > 0:
         ids = ids[rng.random(len(ids)) < np.sqrt(t / freq[ids])]
     if len(ids) <= window:
-        raise DlcError(f"skipgram: {p} has {len(ids)} words among the {size} most frequent; it needs more"
-                       f" than window = {window}")
+        raise DlcError(
+            f"skipgram: {p} has {len(ids)} words among the {size} most frequent; it needs more than window = {window}"
+        )
     center = np.concatenate([ids[:-d] for d in range(1, window + 1)] + [ids[d:] for d in range(1, window + 1)])
     context = np.concatenate([ids[d:] for d in range(1, window + 1)] + [ids[:-d] for d in range(1, window + 1)])
     noise = counts[order] ** 0.75
     negatives = rng.choice(len(order), size=(len(center), k), p=noise / noise.sum())
-    return Dataset({"center": center.astype(np.int32), "context": context.astype(np.int32),
-                    "negatives": negatives.astype(np.int32)}, {"vocab_words": [str(names[i]) for i in order]})
+    return Dataset(
+        {
+            "center": center.astype(np.int32),
+            "context": context.astype(np.int32),
+            "negatives": negatives.astype(np.int32),
+        },
+        {"vocab_words": [str(names[i]) for i in order]},
+    )

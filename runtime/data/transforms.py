@@ -12,6 +12,7 @@ Crops and resizes are Pillow's (bilinear, antialiased as Pillow always is: torch
 path). The random draws of an example come from its own generator, made from (seed, epoch,
 example) by the caller, in a fixed order: the crop's tries, the flip, the jitter's factors
 and order."""
+
 from __future__ import annotations
 
 import math
@@ -21,10 +22,17 @@ import numpy as np
 from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.settings import Args, Call, choice, flag, number, show
 
-CENTER_FRACTION = 0.875     # evaluation: the centre crop's share of the resized short side (224 of 256)
+CENTER_FRACTION = 0.875  # evaluation: the centre crop's share of the resized short side (224 of 256)
 CROPS = ("random_resized", "center")
-PHOTOS = {"crop": "random_resized", "scale": [0.08, 1.0], "ratio": [0.75, 4 / 3], "flip": True,
-          "brightness": 0.0, "contrast": 0.0, "saturation": 0.0}
+PHOTOS = {
+    "crop": "random_resized",
+    "scale": [0.08, 1.0],
+    "ratio": [0.75, 4 / 3],
+    "flip": True,
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "saturation": 0.0,
+}
 
 
 # ---- the setting ------------------------------------------------------------------------------------------
@@ -47,8 +55,9 @@ def _range(args: Args, name: str, low: float, high: float) -> tuple:
     a, b = (number(args.src, name, x, span=args.span(name)) for x in v)
     if not low < a <= b <= high:
         bounds = f"0 < low <= high <= {high:g}" if high < math.inf else "0 < low <= high"
-        raise DlcError(f"{args.src}: '{name}' must be a range [low, high] with {bounds}, got {show(v)}",
-                       args.span(name))
+        raise DlcError(
+            f"{args.src}: '{name}' must be a range [low, high] with {bounds}, got {show(v)}", args.span(name)
+        )
     return a, b
 
 
@@ -103,7 +112,8 @@ def flip_and_jitter(img, options: dict, rng: np.random.Generator):
     """The image flipped left-right with probability 1/2 (`flip`), then its brightness,
     contrast and saturation each scaled by a factor uniform in [max(0, 1 - x), 1 + x], in a
     random order (torchvision's ColorJitter, hue aside)."""
-    from PIL import Image, ImageEnhance     # the caller checked that Pillow is installed
+    from PIL import Image, ImageEnhance  # the caller checked that Pillow is installed
+
     if options["flip"] and rng.random() < 0.5:
         img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
     enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)

@@ -16,6 +16,7 @@ A model asks for a file's table with the `word_vectors(path, shape)` builtin (th
 `pretrained(path)` initializer of the standard library): an input of the init graph
 named `word_vectors:PATH`, which `init_feeds` reads when the parameters are initialized.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,17 +34,17 @@ from dlc.compiler.errors import DlcError, Span
 from dlc.compiler.ir.graph import Graph
 from dlc.runtime.data.formats import read_utf8
 
-PAD, UNK = 0, 1           # the reserved ids; the file's words follow
+PAD, UNK = 0, 1  # the reserved ids; the file's words follow
 RESERVED = 2
 
-_ROWS_PER_BLOCK = 8192    # lines converted to floats at once: bounds the memory of their strings
+_ROWS_PER_BLOCK = 8192  # lines converted to floats at once: bounds the memory of their strings
 
 
 @dataclass(frozen=True, eq=False)
 class WordVectors:
     path: str
-    words: tuple           # in file order: word i has id i + RESERVED
-    vectors: np.ndarray    # float32 [len(words), dim], read-only (shared by every reader of the file)
+    words: tuple  # in file order: word i has id i + RESERVED
+    vectors: np.ndarray  # float32 [len(words), dim], read-only (shared by every reader of the file)
 
     @functools.cached_property
     def ids(self) -> dict:
@@ -55,7 +56,7 @@ class WordVectors:
         return self.vectors.shape[1]
 
 
-_PARSED: dict = {}          # (file name, digest of its text) -> WordVectors, the latest few files read
+_PARSED: dict = {}  # (file name, digest of its text) -> WordVectors, the latest few files read
 _PARSED_KEPT = 4
 
 
@@ -80,33 +81,41 @@ def parse(text: str, name: str) -> WordVectors:
     vectors at all."""
     rows = [(i, line) for i, line in enumerate(text.split("\n"), 1) if line.strip()]
     if not rows:
-        raise DlcError("no word vectors: the file is empty (expected one line per word: the word, then its "
-                       "values)", Span(name, 1, 1))
+        raise DlcError(
+            "no word vectors: the file is empty (expected one line per word: the word, then its values)",
+            Span(name, 1, 1),
+        )
     top = rows[0][0]
     header = _header(rows[0][1])
     if header:
         rows = rows[1:]
         if not rows:
-            raise DlcError(f"no word vectors: a word2vec header ({header[0]} words of {header[1]} values) and "
-                           "nothing after it", Span(name, top, 1))
+            raise DlcError(
+                f"no word vectors: a word2vec header ({header[0]} words of {header[1]} values) and nothing after it",
+                Span(name, top, 1),
+            )
     dim = header[1] if header else len(rows[0][1].split()) - 1
     if dim < 1:
         raise DlcError("a word without values (expected the word, then its values)", Span(name, rows[0][0], 1))
     first = {}
     blocks = []
     for start in range(0, len(rows), _ROWS_PER_BLOCK):
-        block = rows[start:start + _ROWS_PER_BLOCK]
+        block = rows[start : start + _ROWS_PER_BLOCK]
         fields = []
         for lineno, line in block:
             parts = line.split()
             if len(parts) != dim + 1:
                 why = f"the header (line {top}) says {dim}" if header else f"line {top} has {dim}"
-                raise DlcError(f"{len(parts) - 1} values after the word, but {why} (a word vector file has one word "
-                               f"and {dim} values per line)", Span(name, lineno, 1))
+                raise DlcError(
+                    f"{len(parts) - 1} values after the word, but {why} (a word vector file has one word "
+                    f"and {dim} values per line)",
+                    Span(name, lineno, 1),
+                )
             word = parts[0]
             if word in first:
-                raise DlcError(f"the word {word!r} is given twice, on lines {first[word]} and {lineno}",
-                               Span(name, lineno, 1))
+                raise DlcError(
+                    f"the word {word!r} is given twice, on lines {first[word]} and {lineno}", Span(name, lineno, 1)
+                )
             first[word] = lineno
             fields.append(parts[1:])
         blocks.append(_values(block, fields, name))
@@ -137,9 +146,11 @@ def _values(block: list, fields: list, name: str) -> np.ndarray:
         for k, text in enumerate(row):
             if not _finite32(text):
                 starts = [m.start() + 1 for m in re.finditer(r"\S+", line)]
-                raise DlcError(f"value {k + 1} of the word {line.split()[0]!r}, {text[:30]!r}, is not a finite "
-                               f"float32 number", Span(name, lineno, starts[k + 1]))
-    raise DlcError(f"{name} holds a value that is not a number")      # numpy refused what Python reads
+                raise DlcError(
+                    f"value {k + 1} of the word {line.split()[0]!r}, {text[:30]!r}, is not a finite float32 number",
+                    Span(name, lineno, starts[k + 1]),
+                )
+    raise DlcError(f"{name} holds a value that is not a number")  # numpy refused what Python reads
 
 
 def _finite32(text: str) -> bool:
@@ -165,7 +176,8 @@ def table(wv: WordVectors, shape: tuple, span: Span | None = None) -> np.ndarray
         raise DlcError.at_user_line(
             f"{wv.path} holds {len(wv.words)} words of {wv.dim} values, so the embedding it starts is "
             f"[{need[0]}, {need[1]}] (<pad>, <unk> and the words), but the parameter is [{', '.join(map(str, shape))}]",
-            span)
+            span,
+        )
     out = np.zeros(need, np.float32)
     out[RESERVED:] = wv.vectors
     return out
@@ -180,7 +192,7 @@ def init_feeds(init: Graph, base: pathlib.Path) -> dict:
         if not name.startswith(WORD_VECTORS_INPUT):
             continue
         span = init.nx.nodes[n]["span"]
-        path = pathlib.Path(os.path.expanduser(name[len(WORD_VECTORS_INPUT):]))
+        path = pathlib.Path(os.path.expanduser(name[len(WORD_VECTORS_INPUT) :]))
         try:
             wv = read(path if path.is_absolute() else base / path)
         except DlcError as e:

@@ -8,6 +8,7 @@ libNAME.so (libNAME.dylib for macOS), libNAME.a, NAME.h, NAME.pc and a README wi
 second unit holds the train block's step (`_trainer`, runtime/deploy/training.py), and the
 library trains too.
 """
+
 from __future__ import annotations
 
 import shlex
@@ -20,8 +21,7 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.frontend.loader import load
 from dlc.compiler.native.codegen import jit
 from dlc.compiler.native.codegen.data import data_module
-from dlc.runtime.deploy.library import (ALIGN, Library, c_name, c_source, embedded_data, header,
-                                         unbound_symbols, where)
+from dlc.runtime.deploy.library import ALIGN, Library, c_name, c_source, embedded_data, header, unbound_symbols, where
 from dlc.compiler.native.memory import linearize
 from dlc.runtime.deploy.description import interface
 from dlc.runtime.deploy.toolchain import CFLAGS, find
@@ -30,23 +30,61 @@ _V3 = "+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+cx16,+avx,+avx2,+bmi,+bm
 _V4 = _V3 + ",+avx512f,+avx512bw,+avx512cd,+avx512dq,+avx512vl"
 _X86, _ARM = "x86_64-unknown-linux-gnu", "aarch64-unknown-linux-gnu"
 # --target: the triple, CPU and features the code is compiled for (None: this machine's)
-TARGETS = {"host": None, "avx2": (_X86, "x86-64-v3", _V3), "avx512": (_X86, "x86-64-v4", _V4),
-           # every CPU with AVX512_BF16 has AVX512_VNNI (Cooper Lake, Sapphire Rapids, Zen 4): int8's vpdpbusd
-           "avx512bf16": (_X86, "x86-64-v4", _V4 + ",+avx512vnni,+avx512bf16"),
-           "amx": (_X86, "x86-64-v4", _V4 + ",+avx512vnni,+avx512bf16,+amx-tile,+amx-bf16,+amx-int8"),
-           **{level: (_ARM, *cpu) for level, cpu in jit.AARCH64_LEVELS.items()},       # aarch64, -dotprod, -i8mm, -bf16
-           "macos-arm64": ("arm64-apple-macosx11.0.0", "apple-m1", jit.AARCH64_BASELINE[1])}
+TARGETS = {
+    "host": None,
+    "avx2": (_X86, "x86-64-v3", _V3),
+    "avx512": (_X86, "x86-64-v4", _V4),
+    # every CPU with AVX512_BF16 has AVX512_VNNI (Cooper Lake, Sapphire Rapids, Zen 4): int8's vpdpbusd
+    "avx512bf16": (_X86, "x86-64-v4", _V4 + ",+avx512vnni,+avx512bf16"),
+    "amx": (_X86, "x86-64-v4", _V4 + ",+avx512vnni,+avx512bf16,+amx-tile,+amx-bf16,+amx-int8"),
+    **{level: (_ARM, *cpu) for level, cpu in jit.AARCH64_LEVELS.items()},  # aarch64, -dotprod, -i8mm, -bf16
+    "macos-arm64": ("arm64-apple-macosx11.0.0", "apple-m1", jit.AARCH64_BASELINE[1]),
+}
 # the features a library checks at create (library.c cpu_features: cpuid on x86-64, the
 # kernel's HWCAP on AArch64), those of its target among them
-CHECKED = ("sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "cx16", "avx", "avx2", "bmi", "bmi2", "f16c", "fma",
-           "lzcnt", "movbe", "xsave", "avxvnni", "avx512f", "avx512dq", "avx512cd", "avx512bw", "avx512vl", "avx512vnni",
-           "avx512bf16", "amx-tile", "amx-bf16", "amx-int8",
-           "fp-armv8", "neon", "crc", "lse", "rdm", "fullfp16", "dotprod", "i8mm", "bf16")
+CHECKED = (
+    "sse3",
+    "ssse3",
+    "sse4.1",
+    "sse4.2",
+    "popcnt",
+    "cx16",
+    "avx",
+    "avx2",
+    "bmi",
+    "bmi2",
+    "f16c",
+    "fma",
+    "lzcnt",
+    "movbe",
+    "xsave",
+    "avxvnni",
+    "avx512f",
+    "avx512dq",
+    "avx512cd",
+    "avx512bw",
+    "avx512vl",
+    "avx512vnni",
+    "avx512bf16",
+    "amx-tile",
+    "amx-bf16",
+    "amx-int8",
+    "fp-armv8",
+    "neon",
+    "crc",
+    "lse",
+    "rdm",
+    "fullfp16",
+    "dotprod",
+    "i8mm",
+    "bf16",
+)
 
 
 @dataclass
 class Built:
     """What `dlc build` wrote, and with what."""
+
     name: str
     files: list
     toolchain: str
@@ -54,13 +92,24 @@ class Built:
     embedded: bool
     train: bool = False
     transform: bool = False
-    int8: int = 0               # its integer products (dlc build --int8)
+    int8: int = 0  # its integer products (dlc build --int8)
     level: int = jit.OPT_LEVEL  # LLVM's level of its code: O3, or quick (jit.settled_level)
 
 
-def build(file: str, out: Path, model: str | None = None, weights: str | None = None, target: str = "host",
-          embed: bool = False, precision: str = "f32", toolchain: str = "auto", train: bool = False,
-          overrides: dict | None = None, transform: bool = False, int8: bool = False) -> Built:
+def build(
+    file: str,
+    out: Path,
+    model: str | None = None,
+    weights: str | None = None,
+    target: str = "host",
+    embed: bool = False,
+    precision: str = "f32",
+    toolchain: str = "auto",
+    train: bool = False,
+    overrides: dict | None = None,
+    transform: bool = False,
+    int8: bool = False,
+) -> Built:
     """`train`: the library trains too (the train block's step, runtime/deploy/training.py),
     with `overrides` of the train block's settings (seed, epochs), as dlc train's flags.
     `transform`: predict (and train_step) multiply each input by the training data's scale
@@ -75,10 +124,12 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     if embed and not weights:
         raise DlcError("--embed-weights needs the weights: give --weights CKPT")
     if int8 and (train or not weights):
-        raise DlcError("--int8 builds the prediction of a quantized checkpoint: give it as --weights Q.npz "
-                       "(dlc quantize makes one)" + ("; it does not train (no --train)" if train else ""))
-    embed = embed or int8       # the quantization is compiled in: the float32 parameters with it
-    level = jit.settled_level()     # O3, or quick code under DLC_QUICK_CODE=only
+        raise DlcError(
+            "--int8 builds the prediction of a quantized checkpoint: give it as --weights Q.npz "
+            "(dlc quantize makes one)" + ("; it does not train (no --train)" if train else "")
+        )
+    embed = embed or int8  # the quantization is compiled in: the float32 parameters with it
+    level = jit.settled_level()  # O3, or quick code under DLC_QUICK_CODE=only
     # before the compile: a missing toolchain is said at once
     tools = find(toolchain, TARGETS[target][0] if TARGETS[target] else "")
     if TARGETS[target] is not None:
@@ -87,13 +138,17 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     face = interface(load(file), model)
     eval_model, graph = face.model, face.graph
     if transform and not any(t.scale != 1.0 for t in face.inputs):
-        raise DlcError(f"--transform: the training data of {eval_model.name} ({face.data or 'no train block data source'})"
-                       " scales no input: there is no transform to compile in")
+        raise DlcError(
+            f"--transform: the training data of {eval_model.name} ({face.data or 'no train block data source'})"
+            " scales no input: there is no transform to compile in"
+        )
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
+
     quantization = None
     if int8:
         from dlc.runtime.interop import quantized
+
         quantization, _ = quantized.load(weights, eval_model, Path(file).read_text())
     # kept packed until a weight is set
     program = lower(optimize(graph), precision, pack_weights="once", int8=quantization)
@@ -103,29 +158,44 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     arrays = None
     if weights:
         from dlc.runtime.interop.weights import load as load_weights
+
         arrays, _ = load_weights(weights, eval_model.params)
     from dlc.compiler.native.codegen.driver import build_module
+
     built = build_module(program, "dlc_step")
     name = c_name(eval_model.name)
-    lib = Library(name, program, built.arguments, inputs, outputs, *_checks(graph, program),
-                  step=f"{name}__dlc_step", target=target,
-                  features=[f for f in CHECKED if f"+{f}" in features],
-                  uses_amx="+amx-tile" in features,
-                  param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
-                  weights={k: arrays[k] for k in program.params} if embed else None,
-                  known=[p for p in params if p not in program.params], data=face.data, transform=transform,
-                  int8=int8)
+    lib = Library(
+        name,
+        program,
+        built.arguments,
+        inputs,
+        outputs,
+        *_checks(graph, program),
+        step=f"{name}__dlc_step",
+        target=target,
+        features=[f for f in CHECKED if f"+{f}" in features],
+        uses_amx="+amx-tile" in features,
+        param_shapes={k: tuple(int(d) for d in params[k].type.shape) for k in program.params},
+        weights={k: arrays[k] for k in program.params} if embed else None,
+        known=[p for p in params if p not in program.params],
+        data=face.data,
+        transform=transform,
+        int8=int8,
+    )
     lib.module = built.module
     units = [lib]
     if train:
-        lib.trainer = _trainer(lib, file, model, weights if embed else None, overrides,
-                               {t.name: t.scale for t in face.inputs})
+        lib.trainer = _trainer(
+            lib, file, model, weights if embed else None, overrides, {t.name: t.scale for t in face.inputs}
+        )
         units.append(lib.trainer)
     for unit in units:
         missing = unbound_symbols(unit)
         if missing:
-            raise DlcError(f"no input of {name} gives the size of {', '.join(missing)} by a dim of its own: a "
-                           "library binds each symbolic dim from an input's shape")
+            raise DlcError(
+                f"no input of {name} gives the size of {', '.join(missing)} by a dim of its own: a "
+                "library binds each symbolic dim from an input's shape"
+            )
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -144,14 +214,14 @@ def build(file: str, out: Path, model: str | None = None, weights: str | None = 
     return Built(name, files, tools.name, target, embed, train, transform, len(quantization or ()), level)
 
 
-def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict,
-             scales: dict) -> Library:
+def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict, scales: dict) -> Library:
     """The train step's unit of a --train library (runtime/deploy/training.py); `weights`: to
     embed; `scales`: the inputs' (multiplied in with --transform, as predict's)."""
     from dlc.compiler.native.codegen.driver import build_module
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
     from dlc.runtime.deploy.training import train_parts
+
     graph, precision, training, order, shapes, inputs = train_parts(file, model, overrides)
     program = lower(optimize(graph), precision)
     _refuse_host_calls(program)
@@ -160,13 +230,28 @@ def _trainer(lib: Library, file: str, model: str | None, weights: str | None, ov
     if weights:
         from dlc.compiler.frontend.loader import load
         from dlc.runtime.interop.weights import load as load_weights
+
         arrays, _ = load_weights(weights, load(file).build(model, training=True).params)
     name = f"{lib.name}__trainer"
     kept = [replace(t, scale=scales.get(t.name, 1.0)) for t in inputs if t.name in program.inputs]
-    unit = Library(name, program, built.arguments, kept, [],
-                   *_checks(graph, program), step=f"{name}__dlc_step", target=lib.target, features=lib.features,
-                   uses_amx=lib.uses_amx, param_shapes=shapes, weights=arrays, param_order=order, training=training,
-                   data=lib.data, transform=lib.transform)
+    unit = Library(
+        name,
+        program,
+        built.arguments,
+        kept,
+        [],
+        *_checks(graph, program),
+        step=f"{name}__dlc_step",
+        target=lib.target,
+        features=lib.features,
+        uses_amx=lib.uses_amx,
+        param_shapes=shapes,
+        weights=arrays,
+        param_order=order,
+        training=training,
+        data=lib.data,
+        transform=lib.transform,
+    )
     unit.module, unit.header_name = built.module, lib.name
     return unit
 
@@ -174,9 +259,15 @@ def _trainer(lib: Library, file: str, model: str | None, weights: str | None, ov
 def _checks(graph, program) -> tuple:
     """(the size constraints, the index checks) of a library's step, with their lines."""
     from dlc.runtime.engines.interpreter import size_constraints, size_need
-    return ([(d, least, op, where(span), *size_need(d, least)) for d, least, op, span in size_constraints(graph)
-             if not any(s.startswith("$") for s in d.symbols())],      # with a scan step: nor does the engine check it
-            [(what, count, where(span)) for what, count, span in program.faults])
+
+    return (
+        [
+            (d, least, op, where(span), *size_need(d, least))
+            for d, least, op, span in size_constraints(graph)
+            if not any(s.startswith("$") for s in d.symbols())
+        ],  # with a scan step: nor does the engine check it
+        [(what, count, where(span)) for what, count, span in program.faults],
+    )
 
 
 def _refuse_host_calls(program):
@@ -185,8 +276,11 @@ def _refuse_host_calls(program):
     for _, k, _ in linearize(program.kernels):
         if k.class_name == "HostCall":
             op, span = k.origin[0] if k.origin else ("host call", None)
-            raise DlcError.at_user_line(f"`{op}` calls back into Python (a host call, as a data-parallel run's "
-                                        "allreduce): it cannot go in a library", span)
+            raise DlcError.at_user_line(
+                f"`{op}` calls back into Python (a host call, as a data-parallel run's "
+                "allreduce): it cannot go in a library",
+                span,
+            )
 
 
 def _objects(name: str, units: list, tmp: Path, level: int) -> list:
@@ -198,6 +292,7 @@ def _objects(name: str, units: list, tmp: Path, level: int) -> list:
     from dlc.compiler.native.codegen.gemm.buffers import thread_local_buffers
     from dlc.compiler.native.codegen.gemm.library import gemm_module, program_configs, routine_names
     from dlc.runtime.engines.cache import built_object, object_cached
+
     configs = program_configs()
     # one GEMM and one pool per library, named after it; the step modules call them by those names
     routines = set(routine_names(configs))
@@ -209,13 +304,16 @@ def _objects(name: str, units: list, tmp: Path, level: int) -> list:
                 g.name = f"{name}__{g.name}"
                 g.visibility = "hidden"
         return jit.object_code(ref, level)
+
     steps = [jit.parse(unit.module) for unit in units]
     # only the GEMM routines the steps call (an int8 model's may call none): a smaller library,
     # and a build that compiles a few routines, not all of them
     called = frozenset(f.name for ref in steps for f in ref.functions if f.is_declaration and f.name in routines)
     # instances on different threads run at once: each thread packs into its own buffers
-    gemm = built_object(("library GEMM", name, configs, sorted(called), level),
-                        lambda: named(jit.parse(thread_local_buffers(str(gemm_module(configs, called))))))
+    gemm = built_object(
+        ("library GEMM", name, configs, sorted(called), level),
+        lambda: named(jit.parse(thread_local_buffers(str(gemm_module(configs, called))))),
+    )
     pool = built_object(("library pool", name, level), lambda: named(jit.parse(threadpool.pool_module())))
     objects = [(gemm, "gemm"), (pool, "pool")]
     for unit, ref in zip(units, steps):
@@ -231,7 +329,7 @@ def _objects(name: str, units: list, tmp: Path, level: int) -> list:
         ref = jit.parse(data_module(f"{unit.name}_data", embedded_data(unit), ALIGN))
         for g in ref.global_variables:
             g.visibility = "hidden"
-        objects.append((jit.object_code(ref, 0), f"{unit.name}_data"))     # the weights: never cached
+        objects.append((jit.object_code(ref, 0), f"{unit.name}_data"))  # the weights: never cached
     paths = []
     for obj, what in objects:
         path = tmp / f"{what}.o"
@@ -244,6 +342,7 @@ def _c_object(tools, unit: Library, source: str, include: Path, tmp: Path) -> Pa
     """The unit's C source compiled (against the header in `include`), from the compile
     cache when a build compiled the same source and header with the same compiler and flags."""
     from dlc.runtime.engines.cache import object_entry
+
     path, obj = tmp / f"{unit.name}.c", tmp / f"{unit.name}.o"
     header = (include / f"{unit.header_name or unit.name}.h").read_text()
 
@@ -251,24 +350,35 @@ def _c_object(tools, unit: Library, source: str, include: Path, tmp: Path) -> Pa
         path.write_text(source)
         tools.compile(path, obj, include)
         return obj.read_bytes()
-    obj.write_bytes(object_entry("\n".join(["C object", shlex.join(tools.cc + CFLAGS), header, source]), ".c.o",
-                                 compiled))
+
+    obj.write_bytes(
+        object_entry("\n".join(["C object", shlex.join(tools.cc + CFLAGS), header, source]), ".c.o", compiled)
+    )
     return obj
 
 
 def _pkg_config(lib: Library, tools) -> str:
-    return (f"prefix=${{pcfiledir}}\nlibdir=${{prefix}}\nincludedir=${{prefix}}\n\n"
-            f"Name: {lib.name}\nDescription: model {lib.name} compiled by dlc build ({lib.target})\n"
-            f"Version: {dlc.__version__}\nLibs: -L${{libdir}} -l{lib.name}\n"
-            f"Libs.private: {' '.join(tools.libs)}\nCflags: -I${{includedir}}\n")
+    return (
+        f"prefix=${{pcfiledir}}\nlibdir=${{prefix}}\nincludedir=${{prefix}}\n\n"
+        f"Name: {lib.name}\nDescription: model {lib.name} compiled by dlc build ({lib.target})\n"
+        f"Version: {dlc.__version__}\nLibs: -L${{libdir}} -l{lib.name}\n"
+        f"Libs.private: {' '.join(tools.libs)}\nCflags: -I${{includedir}}\n"
+    )
 
 
 def _readme(lib: Library, tools, out: Path) -> str:
     n, folder = lib.name, shlex.quote(str(out.resolve()))
-    weights = ("The weights are inside the library: `%s_create(&model, NULL)`." % n if lib.weights is not None else
-               f"Give `{n}_create` the path of a dlc checkpoint of the model (`dlc train` writes one).")
-    trains = (f" It trains too (`--train`): `{n}_train_step`, `{n}_get_parameter`, `{n}_set_parameter`, `{n}_save` "
-              "(docs/deploy.md, Training from C)." if lib.trainer is not None else "")
+    weights = (
+        "The weights are inside the library: `%s_create(&model, NULL)`." % n
+        if lib.weights is not None
+        else f"Give `{n}_create` the path of a dlc checkpoint of the model (`dlc train` writes one)."
+    )
+    trains = (
+        f" It trains too (`--train`): `{n}_train_step`, `{n}_get_parameter`, `{n}_set_parameter`, `{n}_save` "
+        "(docs/deploy.md, Training from C)."
+        if lib.trainer is not None
+        else ""
+    )
     return f"""# {n}: a dlc library
 
 Built by dlc {dlc.__version__} (`dlc build`, target {lib.target}, {tools.name}). The API is in `{n}.h`;

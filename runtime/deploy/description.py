@@ -5,6 +5,7 @@ too), the ids an integer input takes, and that data's transform, the scale a sou
 give it (docs/deploy.md, "What the inputs mean"); `dlc build --transform` compiles the
 scale into predict.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ class Interface:
     """A model's prediction as a library takes and gives it: the model built for
     prediction, its prediction graph, every input and output of the graph (ModelIO, with
     each input's ids and scale) and the training data's text (training_data)."""
+
     model: object
     graph: object
     inputs: list
@@ -29,17 +31,19 @@ class Interface:
 def interface(program, model_name: str | None) -> Interface:
     """The Interface of model `model_name` (None: the last) of a loaded .dl file."""
     from dlc.runtime.engines.reference import predict_graph
+
     model = program.build(model_name, training=False)
     data, scales = training_data(program, model)
     graph = predict_graph(model)
-    outputs = [ModelIO(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items()
-               if k.startswith("output:")]
+    outputs = [
+        ModelIO(k[7:], o.type.dtype, tuple(o.type.shape)) for k, o in graph.outputs.items() if k.startswith("output:")
+    ]
     if not outputs:
         raise DlcError(f"model {model.name} declares no outputs: add `output name = ...` to build a library")
     inputs = []
     for n in graph.nodes_with("input"):
         name, typ = graph.attrs(n)["name"], graph.types(n)[0]
-        scale = scales.get(name, 1.0) if typ.dtype in ("f32", "f64") else 1.0     # ids are not scaled
+        scale = scales.get(name, 1.0) if typ.dtype in ("f32", "f64") else 1.0  # ids are not scaled
         inputs.append(ModelIO(name, typ.dtype, tuple(typ.shape), input_limits(model, name, typ.dtype), scale))
     return Interface(model, graph, inputs, outputs, data)
 
@@ -51,6 +55,7 @@ def training_data(program, model) -> tuple:
     to the first input (runtime/training/inputs.input_arrays)."""
     from dlc.runtime.data.registry import SOURCES
     from dlc.runtime.training.config import make_config
+
     if model.name not in program.trains:
         return None, {}
     data = make_config(program, model.name, {}, require_data=False).data
@@ -70,4 +75,5 @@ def input_limits(model, name: str, dtype: str) -> tuple:
     """An input's limits as dlc predict and dlc train check its data (fit_input): for an
     integer input, the values it takes below (None: any) and the values it ignores."""
     from dlc.runtime.training.inputs import index_limits
+
     return index_limits(model, name) if dtype in ("i32", "i64") else (None, [])

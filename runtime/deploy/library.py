@@ -23,6 +23,7 @@ the train functions of its header, `_train_header`):
 
 docs/deploy.md is the user's side of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,15 +43,24 @@ from dlc.compiler.native.program import BUFFER_DTYPES, BUFFER_ITEMSIZE, KernelPr
 C_TYPES = {"f32": "float", "f64": "double", "i32": "int32_t", "i64": "int64_t", "bool": "uint8_t"}
 NPY_DESCR = {"f32": "<f4", "f64": "<f8", "i32": "<i4", "i64": "<i8", "bool": "|b1"}
 SAFETENSORS_DTYPE = {"f32": "F32", "f64": "F64", "i32": "I32", "i64": "I64", "bool": "BOOL"}
-ROLES = {"temp": "KIND_TEMP", "input": "KIND_INPUT", "param": "KIND_PARAM", "output": "KIND_OUTPUT",
-         "const": "KIND_CONST", "packed": "KIND_PACKED"}
+ROLES = {
+    "temp": "KIND_TEMP",
+    "input": "KIND_INPUT",
+    "param": "KIND_PARAM",
+    "output": "KIND_OUTPUT",
+    "const": "KIND_CONST",
+    "packed": "KIND_PACKED",
+}
 # the status codes, the same in every library
-STATUS = [("DLC_OK", "success"), ("DLC_ERROR_ARGUMENT", "a null pointer or a bad argument"),
-          ("DLC_ERROR_SHAPE", "an input or output of the wrong shape or size"),
-          ("DLC_ERROR_WEIGHTS", "a checkpoint that cannot be read or does not fit the model"),
-          ("DLC_ERROR_CPU", "this CPU lacks a feature the library was built for"),
-          ("DLC_ERROR_MEMORY", "out of memory"),
-          ("DLC_ERROR_INDEX", "an index input out of range (a gather's row, a class)")]
+STATUS = [
+    ("DLC_OK", "success"),
+    ("DLC_ERROR_ARGUMENT", "a null pointer or a bad argument"),
+    ("DLC_ERROR_SHAPE", "an input or output of the wrong shape or size"),
+    ("DLC_ERROR_WEIGHTS", "a checkpoint that cannot be read or does not fit the model"),
+    ("DLC_ERROR_CPU", "this CPU lacks a feature the library was built for"),
+    ("DLC_ERROR_MEMORY", "out of memory"),
+    ("DLC_ERROR_INDEX", "an index input out of range (a gather's row, a class)"),
+]
 ALIGN = 64
 
 
@@ -60,6 +70,7 @@ class ModelIO:
     input, `limits`: dlc predict's and dlc train's (the values it takes below, the values
     it ignores: runtime/training/inputs.index_limits); for an input, `scale`: what the
     training data's values were multiplied by (runtime/deploy/description.py)."""
+
     name: str
     dtype: str
     shape: tuple
@@ -77,29 +88,30 @@ class Library:
     objects; `weights`: the parameters' arrays to embed (None:
     read from a checkpoint at create); `features`: the CPU features (LLVM's names) the
     code needs, which create checks."""
+
     name: str
     program: KernelProgram
     arguments: list
     inputs: list
     outputs: list
-    constraints: list           # (dim, least, op, "file:line:col", "small" or "large", the need in words)
-    faults: list                # (what, count, "file:line:col") by site
+    constraints: list  # (dim, least, op, "file:line:col", "small" or "large", the need in words)
+    faults: list  # (what, count, "file:line:col") by site
     step: str
     target: str
     features: list
     uses_amx: bool = False
-    param_shapes: dict = field(default_factory=dict)     # parameter name -> shape
+    param_shapes: dict = field(default_factory=dict)  # parameter name -> shape
     weights: dict | None = None
     symbols: list = field(default_factory=list)
-    param_order: list | None = None     # the PARAMS table's names (None: the program's parameters)
+    param_order: list | None = None  # the PARAMS table's names (None: the program's parameters)
     training: "Training | None" = None  # the train step's translation unit of a --train library
-    trainer: "Library | None" = None    # a --train library's predict unit: the train step's unit
-    module: object = None               # its step module (driver.StepModule.module), which build.py sets
-    header_name: str = ""               # the header it includes (default: its own name's)
+    trainer: "Library | None" = None  # a --train library's predict unit: the train step's unit
+    module: object = None  # its step module (driver.StepModule.module), which build.py sets
+    header_name: str = ""  # the header it includes (default: its own name's)
     known: list = field(default_factory=list)  # the model's parameters a checkpoint holds that this unit does not read
-    data: str | None = None             # the train block's data, every argument written (description.py)
-    transform: bool = False             # predict multiplies each input by its scale (dlc build --transform)
-    int8: bool = False                  # its integer products compiled in with every weight (dlc build --int8)
+    data: str | None = None  # the train block's data, every argument written (description.py)
+    transform: bool = False  # predict multiplies each input by its scale (dlc build --transform)
+    int8: bool = False  # its integer products compiled in with every weight (dlc build --int8)
 
     @property
     def param_names(self) -> list:
@@ -126,6 +138,7 @@ class Training:
     random key; the checkpoint metadata's JSON without its closing brace; the train block's
     steps per epoch and total steps, the schedule's units until set_schedule changes them;
     the optimizer's name (a checkpoint of another optimizer's run gives no state)."""
+
     update: KernelProgram
     trained: int
     slots: list
@@ -135,7 +148,7 @@ class Training:
     meta: str
     functions: str
     schedule: tuple
-    optimizer: str                      # its name, as checkpoints record it
+    optimizer: str  # its name, as checkpoints record it
 
 
 def c_name(text: str) -> str:
@@ -184,6 +197,7 @@ def unbound_symbols(lib: Library) -> list:
 def embedded_layout(lib: Library) -> tuple:
     """(offset of each parameter in the embedded weights, offset of each const buffer in
     the embedded constants, the two blobs as bytes), each array 64-byte aligned."""
+
     def blob(arrays: list) -> tuple:
         offsets, parts, at = [], [], 0
         for a in arrays:
@@ -193,6 +207,7 @@ def embedded_layout(lib: Library) -> tuple:
             parts += [data, bytes(pad)]
             at += len(data) + pad
         return offsets, b"".join(parts) or bytes(ALIGN)
+
     p = lib.program
     consts = [b for b in p.buffers if b.role == "const"]
     const_offsets, const_blob = blob([b.data.astype(BUFFER_DTYPES[b.dtype]) for b in consts])
@@ -215,27 +230,39 @@ def c_source(lib: Library) -> str:
     weight_offsets, const_offsets, _, _ = embedded_layout(lib)
     names = lib.param_names
     param_index = {p.params[name]: k for k, name in enumerate(names) if name in p.params}
-    out = [f"/* generated by dlc build: the library of model {n} (docs/deploy.md) */",
-           f'#include "{lib.header_name or n}.h"', f"#define DLC_INSTANCE {n}",
-           f"#define DLC_N_SYMBOLS {len(lib.symbols)}", f"#define DLC_N_STEP_SYMBOLS {len(p.symbols)}",
-           f"#define DLC_N_INPUTS {len(lib.inputs)}", f"#define DLC_N_OUTPUTS {len(lib.outputs)}",
-           f"#define DLC_N_PARAMS {len(names)}", f"#define DLC_N_BUFFERS {len(p.buffers)}",
-           f"#define DLC_N_FAULTS {len(p.faults)}", f"#define DLC_N_ARGUMENTS {len(lib.arguments)}",
-           f"#define DLC_WEIGHTS_READY {-1 if p.weights_ready is None else p.weights_ready}",
-           f"#define DLC_N_CONSTRAINTS {len(lib.constraints)}",
-           f"#define DLC_EMBEDDED {int(lib.weights is not None)}", f"#define DLC_USES_AMX {int(lib.uses_amx)}",
-           f"#define DLC_INT8 {int(lib.int8)}",
-           f"#define DLC_TARGET {_c_string(lib.target)}", f"#define DLC_TRANSFORM {int(lib.transform)}",
-           f"#define DLC_STEP {lib.step}",
-           f"#define DLC_WEIGHTS {n}__weights", f"#define DLC_CONSTS {n}__consts",
-           "#include <stdint.h>",
-           f"extern void {lib.step}(void **arguments, const int64_t *sizes, int64_t threads);",
-           f"extern const unsigned char {n}__weights[], {n}__consts[];"]
+    out = [
+        f"/* generated by dlc build: the library of model {n} (docs/deploy.md) */",
+        f'#include "{lib.header_name or n}.h"',
+        f"#define DLC_INSTANCE {n}",
+        f"#define DLC_N_SYMBOLS {len(lib.symbols)}",
+        f"#define DLC_N_STEP_SYMBOLS {len(p.symbols)}",
+        f"#define DLC_N_INPUTS {len(lib.inputs)}",
+        f"#define DLC_N_OUTPUTS {len(lib.outputs)}",
+        f"#define DLC_N_PARAMS {len(names)}",
+        f"#define DLC_N_BUFFERS {len(p.buffers)}",
+        f"#define DLC_N_FAULTS {len(p.faults)}",
+        f"#define DLC_N_ARGUMENTS {len(lib.arguments)}",
+        f"#define DLC_WEIGHTS_READY {-1 if p.weights_ready is None else p.weights_ready}",
+        f"#define DLC_N_CONSTRAINTS {len(lib.constraints)}",
+        f"#define DLC_EMBEDDED {int(lib.weights is not None)}",
+        f"#define DLC_USES_AMX {int(lib.uses_amx)}",
+        f"#define DLC_INT8 {int(lib.int8)}",
+        f"#define DLC_TARGET {_c_string(lib.target)}",
+        f"#define DLC_TRANSFORM {int(lib.transform)}",
+        f"#define DLC_STEP {lib.step}",
+        f"#define DLC_WEIGHTS {n}__weights",
+        f"#define DLC_CONSTS {n}__consts",
+        "#include <stdint.h>",
+        f"extern void {lib.step}(void **arguments, const int64_t *sizes, int64_t threads);",
+        f"extern const unsigned char {n}__weights[], {n}__consts[];",
+    ]
     rows = []
     for s in lib.symbols:
         m = re.match(r"ceil\((\w+)/(\d+)\)$", s)
-        rows.append(f"{{{_c_string(s)}, {lib.symbols.index(m[1]) if m else -1}, {int(m[2]) if m else 1}, "
-                    f"{int(s.startswith('$'))}}}")
+        rows.append(
+            f"{{{_c_string(s)}, {lib.symbols.index(m[1]) if m else -1}, {int(m[2]) if m else 1}, "
+            f"{int(s.startswith('$'))}}}"
+        )
     body = []
     body.append(f"static const dlc_symbol SYMBOLS[] = {{{', '.join(rows) or '{0}'}}};")
     for k, t in enumerate(lib.inputs):
@@ -244,14 +271,27 @@ def c_source(lib: Library) -> str:
             single = isinstance(d, Dim) and len(d.symbols()) == 1 and d == Dim.sym(next(iter(d.symbols())))
             dims.append(f"{{{lib.symbols.index(next(iter(d.symbols()))) if single else -1}, {polys(d)}}}")
         body.append(f"static const dlc_dim INPUT{k}[] = {{{', '.join(dims) or '{0}'}}};")
-    body.append("static const dlc_input INPUTS[] = {" + ", ".join(
-        f"{{{_c_string(t.name)}, {_c_string(t.type)}, {ITEMSIZE[t.dtype]}, {len(t.shape)}, INPUT{k}, "
-        f"{p.inputs[t.name]}}}" for k, t in enumerate(lib.inputs)) + (" {0}" if not lib.inputs else "") + "};")
+    body.append(
+        "static const dlc_input INPUTS[] = {"
+        + ", ".join(
+            f"{{{_c_string(t.name)}, {_c_string(t.type)}, {ITEMSIZE[t.dtype]}, {len(t.shape)}, INPUT{k}, "
+            f"{p.inputs[t.name]}}}"
+            for k, t in enumerate(lib.inputs)
+        )
+        + (" {0}" if not lib.inputs else "")
+        + "};"
+    )
     for k, t in enumerate(lib.outputs):
         body.append(f"static const int64_t OUTPUT{k}[] = {{{', '.join(str(polys(d)) for d in t.shape) or '0'}}};")
-    body.append("static const dlc_output OUTPUTS[] = {" + ", ".join(
-        f"{{{_c_string(t.name)}, {ITEMSIZE[t.dtype]}, {len(t.shape)}, OUTPUT{k}, {p.outputs['output:' + t.name]}}}"
-        for k, t in enumerate(lib.outputs)) + (" {0}" if not lib.outputs else "") + "};")
+    body.append(
+        "static const dlc_output OUTPUTS[] = {"
+        + ", ".join(
+            f"{{{_c_string(t.name)}, {ITEMSIZE[t.dtype]}, {len(t.shape)}, OUTPUT{k}, {p.outputs['output:' + t.name]}}}"
+            for k, t in enumerate(lib.outputs)
+        )
+        + (" {0}" if not lib.outputs else "")
+        + "};"
+    )
     params = []
     for k, name in enumerate(names):
         bid = p.params.get(name, -1)
@@ -259,32 +299,52 @@ def c_source(lib: Library) -> str:
         dtype = b.dtype if b is not None else "f32"
         shape = lib.param_shapes[name]
         body.append(f"static const int64_t SHAPE{k}[] = {{{', '.join(map(str, shape)) or '0'}}};")
-        params.append(f"{{{_c_string(name)}, {_c_string(NPY_DESCR[dtype])}, {_c_string(SAFETENSORS_DTYPE[dtype])}, "
-                      f"{ITEMSIZE[dtype]}, {len(shape)}, "
-                      f"SHAPE{k}, {int(np.prod(shape, dtype=np.int64))}, "
-                      f"{weight_offsets[k] if weight_offsets else 0}, {bid}}}")
+        params.append(
+            f"{{{_c_string(name)}, {_c_string(NPY_DESCR[dtype])}, {_c_string(SAFETENSORS_DTYPE[dtype])}, "
+            f"{ITEMSIZE[dtype]}, {len(shape)}, "
+            f"SHAPE{k}, {int(np.prod(shape, dtype=np.int64))}, "
+            f"{weight_offsets[k] if weight_offsets else 0}, {bid}}}"
+        )
     body.append(f"static const dlc_param PARAMS[] = {{{', '.join(params) or '{0}'}}};")
     body.append(f"static const char *const KNOWN[] = {{{''.join(_c_string(k) + ', ' for k in lib.known)}NULL}};")
     for k, x in enumerate(lib.inputs):
         body.append(f"static const int64_t IGNORED{k}[] = {{{', '.join(map(str, x.limits[1])) or '0'}}};")
-    body.append("static const dlc_limit LIMITS[] = {" + ", ".join(
-        f"{{{-1 if x.limits[0] is None else x.limits[0]}, {len(x.limits[1])}, IGNORED{k}}}"
-        for k, x in enumerate(lib.inputs)) + (" {0}" if not lib.inputs else "") + "};")
+    body.append(
+        "static const dlc_limit LIMITS[] = {"
+        + ", ".join(
+            f"{{{-1 if x.limits[0] is None else x.limits[0]}, {len(x.limits[1])}, IGNORED{k}}}"
+            for k, x in enumerate(lib.inputs)
+        )
+        + (" {0}" if not lib.inputs else "")
+        + "};"
+    )
     body.append(f"static const double SCALES[] = {{{', '.join(float(x.scale).hex() for x in lib.inputs) or '0'}}};")
     buffers = []
     for b in p.buffers:
         data = param_index.get(b.id, 0) if b.role == "param" else const_offsets.get(b.id, 0)
         buffers.append(f"{{{ROLES[b.role]}, {BUFFER_ITEMSIZE[b.dtype]}, {polys(b.size)}, {data}}}")
     body.append(f"static const dlc_buffer BUFFERS[] = {{{', '.join(buffers) or '{0}'}}};")
-    live = intervals(p)      # the temporaries' kernel intervals, as the engine's arena takes them
-    body.append("static const int64_t LIVE[][2] = {" + ", ".join(
-        f"{{{live[b.id][0]}, {live[b.id][1]}}}" if b.id in live else "{-1, -1}" for b in p.buffers) + "};")
-    body.append("static const dlc_constraint CONSTRAINTS[] = {" + ", ".join(
-        f"{{{polys(d)}, {least}, {_c_string(at)}, {_c_string(op)}, {_c_string(need)}, {_c_string(word)}}}"
-        for d, least, op, at, word, need in lib.constraints) + (" {0}" if not lib.constraints else "") + "};")
-    body.append("static const dlc_fault_site FAULTS[] = {" + ", ".join(
-        f"{{{_c_string(at)}, {_c_string(what)}, {polys(count)}}}" for what, count, at in lib.faults)
-        + (" {0}" if not lib.faults else "") + "};")
+    live = intervals(p)  # the temporaries' kernel intervals, as the engine's arena takes them
+    body.append(
+        "static const int64_t LIVE[][2] = {"
+        + ", ".join(f"{{{live[b.id][0]}, {live[b.id][1]}}}" if b.id in live else "{-1, -1}" for b in p.buffers)
+        + "};"
+    )
+    body.append(
+        "static const dlc_constraint CONSTRAINTS[] = {"
+        + ", ".join(
+            f"{{{polys(d)}, {least}, {_c_string(at)}, {_c_string(op)}, {_c_string(need)}, {_c_string(word)}}}"
+            for d, least, op, at, word, need in lib.constraints
+        )
+        + (" {0}" if not lib.constraints else "")
+        + "};"
+    )
+    body.append(
+        "static const dlc_fault_site FAULTS[] = {"
+        + ", ".join(f"{{{_c_string(at)}, {_c_string(what)}, {polys(count)}}}" for what, count, at in lib.faults)
+        + (" {0}" if not lib.faults else "")
+        + "};"
+    )
     body.append(f"static const int64_t ARGUMENTS[] = {{{', '.join(map(str, lib.arguments)) or '0'}}};")
     features = ", ".join(_c_string(f) for f in lib.features)
     body.append(f"static const char *const CPU_FEATURES[] = {{{features + ', ' if features else ''}NULL}};")
@@ -310,18 +370,28 @@ def c_source(lib: Library) -> str:
 def _training_defines(lib: Library) -> list:
     t, p = lib.training, lib.program
     rng = p.inputs.get("rng", -1)
-    return [f"#define DLC_N_UPDATE_BUFFERS {len(t.update.buffers)}", f"#define DLC_N_TRAINED_PARAMS {t.trained}",
-            f"#define DLC_N_FLAT {sum(_count(lib.param_shapes[n]) for n in lib.param_names)}",
-            f"#define DLC_N_TRAINED {sum(_count(lib.param_shapes[n]) for n in lib.param_names[:t.trained])}",
-            f"#define DLC_N_SLOTS {len(t.slots)}", f"#define DLC_N_SCALARS {len(t.scalar_names)}",
-            f"#define DLC_N_GROUPS {len(t.groups)}", f"#define DLC_N_VALUES {len(train_values(lib))}",
-            f"#define DLC_N_STATS {len(_stats(lib))}", f"#define DLC_N_GRADS {len(_grads(lib))}",
-            f"#define DLC_PARAMETER_MAX_RANK {parameter_max_rank(lib)}",
-            f"#define DLC_RNG_BUFFER {rng}", f"#define DLC_SEED {t.seed}", f"#define DLC_PER_EPOCH {t.schedule[0]}",
-            f"#define DLC_TOTAL {t.schedule[1]}", f"#define DLC_OPTIMIZER {_c_string(t.optimizer)}", f"#define DLC_META {_c_string(t.meta)}",
-            "#define DLC_TRAINING_STATE float *flat, *grads, *state[DLC_N_SLOTS + 1]; int32_t *group, key[2]; "
-            "double scalars[DLC_N_SCALARS + 1]; void *update[DLC_N_UPDATE_BUFFERS + 1]; "
-            "int64_t steps, per_epoch, total; int32_t seed;"]
+    return [
+        f"#define DLC_N_UPDATE_BUFFERS {len(t.update.buffers)}",
+        f"#define DLC_N_TRAINED_PARAMS {t.trained}",
+        f"#define DLC_N_FLAT {sum(_count(lib.param_shapes[n]) for n in lib.param_names)}",
+        f"#define DLC_N_TRAINED {sum(_count(lib.param_shapes[n]) for n in lib.param_names[: t.trained])}",
+        f"#define DLC_N_SLOTS {len(t.slots)}",
+        f"#define DLC_N_SCALARS {len(t.scalar_names)}",
+        f"#define DLC_N_GROUPS {len(t.groups)}",
+        f"#define DLC_N_VALUES {len(train_values(lib))}",
+        f"#define DLC_N_STATS {len(_stats(lib))}",
+        f"#define DLC_N_GRADS {len(_grads(lib))}",
+        f"#define DLC_PARAMETER_MAX_RANK {parameter_max_rank(lib)}",
+        f"#define DLC_RNG_BUFFER {rng}",
+        f"#define DLC_SEED {t.seed}",
+        f"#define DLC_PER_EPOCH {t.schedule[0]}",
+        f"#define DLC_TOTAL {t.schedule[1]}",
+        f"#define DLC_OPTIMIZER {_c_string(t.optimizer)}",
+        f"#define DLC_META {_c_string(t.meta)}",
+        "#define DLC_TRAINING_STATE float *flat, *grads, *state[DLC_N_SLOTS + 1]; int32_t *group, key[2]; "
+        "double scalars[DLC_N_SCALARS + 1]; void *update[DLC_N_UPDATE_BUFFERS + 1]; "
+        "int64_t steps, per_epoch, total; int32_t seed;",
+    ]
 
 
 def parameter_max_rank(lib: Library) -> int:
@@ -340,8 +410,11 @@ def train_values(lib: Library) -> list:
 
 def _stats(lib: Library) -> list:
     """(parameter number, buffer) of each batch statistic the step updates."""
-    return [(lib.param_names.index(name[7:]), bid) for name, bid in lib.program.outputs.items()
-            if name.startswith("update:")]
+    return [
+        (lib.param_names.index(name[7:]), bid)
+        for name, bid in lib.program.outputs.items()
+        if name.startswith("update:")
+    ]
 
 
 def _grads(lib: Library) -> list:
@@ -349,56 +422,85 @@ def _grads(lib: Library) -> list:
     into the flat gradient array. The train step graph has a gradient of every trainable
     parameter, a frozen one's too: that one stays in the arena (the gradient array holds
     the trained parameters alone; as the engine's)."""
-    numbers = [(lib.param_names.index(name[5:]), bid) for name, bid in lib.program.outputs.items()
-               if name.startswith("grad:")]
+    numbers = [
+        (lib.param_names.index(name[5:]), bid) for name, bid in lib.program.outputs.items() if name.startswith("grad:")
+    ]
     return [(k, bid) for k, bid in numbers if k < lib.training.trained]
 
 
 # the update's buffers by role (library_train.c)
-UPDATE_ROLES = ("UPDATE_UNUSED", "UPDATE_PARAM", "UPDATE_GRAD", "UPDATE_SLOT", "UPDATE_GROUP", "UPDATE_SCALAR",
-                "UPDATE_CONST", "UPDATE_TEMP")
+UPDATE_ROLES = (
+    "UPDATE_UNUSED",
+    "UPDATE_PARAM",
+    "UPDATE_GRAD",
+    "UPDATE_SLOT",
+    "UPDATE_GROUP",
+    "UPDATE_SCALAR",
+    "UPDATE_CONST",
+    "UPDATE_TEMP",
+)
 
 
 def _training_tables(lib: Library) -> list:
     from dlc.compiler.ir.update import GROUP
     from dlc.compiler.native.update import touched
+
     t = lib.training
     at, offsets = 0, []
     for name in lib.param_names:
         offsets.append(at)
         at += _count(lib.param_shapes[name])
-    body = ["#include <math.h>", f"enum {{ {', '.join(UPDATE_ROLES)} }};",
-            "typedef struct { int role, index; int64_t bytes; const void *data; } dlc_update;",
-            "typedef struct { int64_t at, count; int32_t group; } dlc_group;",
-            "typedef struct { const char *name; int buffer; } dlc_value;",
-            "typedef struct { int param, buffer; } dlc_param_buffer;",
-            f"static const int64_t FLAT_AT[] = {{{', '.join(map(str, offsets)) or '0'}}};",
-            f"static const char *const SLOTS[] = {{{', '.join(map(_c_string, t.slots)) or '0'}}};"]
+    body = [
+        "#include <math.h>",
+        f"enum {{ {', '.join(UPDATE_ROLES)} }};",
+        "typedef struct { int role, index; int64_t bytes; const void *data; } dlc_update;",
+        "typedef struct { int64_t at, count; int32_t group; } dlc_group;",
+        "typedef struct { const char *name; int buffer; } dlc_value;",
+        "typedef struct { int param, buffer; } dlc_param_buffer;",
+        f"static const int64_t FLAT_AT[] = {{{', '.join(map(str, offsets)) or '0'}}};",
+        f"static const char *const SLOTS[] = {{{', '.join(map(_c_string, t.slots)) or '0'}}};",
+    ]
     used, rows = touched(t.update), []
     for b in t.update.buffers:
         if b.id not in used:
             rows.append("{UPDATE_UNUSED, 0, 0, 0}")
         elif b.role == "input" and b.name in ("param", "grad", GROUP):
-            rows.append(f"{{{({'param': 'UPDATE_PARAM', 'grad': 'UPDATE_GRAD', GROUP: 'UPDATE_GROUP'})[b.name]}, 0, 0, 0}}")
+            rows.append(
+                f"{{{({'param': 'UPDATE_PARAM', 'grad': 'UPDATE_GRAD', GROUP: 'UPDATE_GROUP'})[b.name]}, 0, 0, 0}}"
+            )
         elif b.role == "input" and b.name in t.slots:
             rows.append(f"{{UPDATE_SLOT, {t.slots.index(b.name)}, 0, 0}}")
         elif b.role == "input":
             rows.append(f"{{UPDATE_SCALAR, {t.scalar_names.index(b.name)}, 0, 0}}")
         elif b.role == "const":
             data = np.ascontiguousarray(b.data.astype(BUFFER_DTYPES[b.dtype])).tobytes()
-            body.append(f"static const unsigned char UCONST{b.id}[] __attribute__((aligned({ALIGN}))) = "
-                        f"{{{', '.join(map(str, data)) or '0'}}};")
+            body.append(
+                f"static const unsigned char UCONST{b.id}[] __attribute__((aligned({ALIGN}))) = "
+                f"{{{', '.join(map(str, data)) or '0'}}};"
+            )
             rows.append(f"{{UPDATE_CONST, 0, 0, UCONST{b.id}}}")
-        else:       # what the update computes on the way: the gradient's norm
+        else:  # what the update computes on the way: the gradient's norm
             rows.append(f"{{UPDATE_TEMP, 0, {max(1, int(b.size)) * BUFFER_ITEMSIZE[b.dtype]}, 0}}")
     body.append(f"static const dlc_update UPDATE[] = {{{', '.join(rows)}}};")
-    body.append("static const dlc_group GROUPS[] = {" + ", ".join(f"{{{a}, {c}, {g}}}" for a, c, g in t.groups)
-                + (" {0}" if not t.groups else "") + "};")
-    body.append("static const dlc_value VALUES[] = {" + ", ".join(
-        f"{{{_c_string(n)}, {bid}}}" for n, bid in train_values(lib)) + (" {0}" if not train_values(lib) else "") + "};")
+    body.append(
+        "static const dlc_group GROUPS[] = {"
+        + ", ".join(f"{{{a}, {c}, {g}}}" for a, c, g in t.groups)
+        + (" {0}" if not t.groups else "")
+        + "};"
+    )
+    body.append(
+        "static const dlc_value VALUES[] = {"
+        + ", ".join(f"{{{_c_string(n)}, {bid}}}" for n, bid in train_values(lib))
+        + (" {0}" if not train_values(lib) else "")
+        + "};"
+    )
     for table, rows in (("STATS", _stats(lib)), ("GRADS", _grads(lib))):
-        body.append(f"static const dlc_param_buffer {table}[] = {{" + ", ".join(f"{{{k}, {bid}}}" for k, bid in rows)
-                    + (" {0}" if not rows else "") + "};")
+        body.append(
+            f"static const dlc_param_buffer {table}[] = {{"
+            + ", ".join(f"{{{k}, {bid}}}" for k, bid in rows)
+            + (" {0}" if not rows else "")
+            + "};"
+        )
     return body
 
 
@@ -408,10 +510,14 @@ TABLES = "/* ---- the model's tables (library.py) go here ---- */\n"
 def _predict_params(lib: Library) -> list:
     args = []
     for t in lib.inputs:
-        args.append(f"const {C_TYPES[t.dtype]} *{_arg(t.name)}, const int64_t {_arg(t.name)}_shape[{max(1, len(t.shape))}]")
+        args.append(
+            f"const {C_TYPES[t.dtype]} *{_arg(t.name)}, const int64_t {_arg(t.name)}_shape[{max(1, len(t.shape))}]"
+        )
     for t in lib.outputs:
-        args.append(f"{C_TYPES[t.dtype]} *{_arg(t.name)}, int64_t {_arg(t.name)}_capacity, "
-                    f"int64_t {_arg(t.name)}_shape[{max(1, len(t.shape))}]")
+        args.append(
+            f"{C_TYPES[t.dtype]} *{_arg(t.name)}, int64_t {_arg(t.name)}_capacity, "
+            f"int64_t {_arg(t.name)}_shape[{max(1, len(t.shape))}]"
+        )
     return args
 
 
@@ -431,7 +537,9 @@ def api(lib: Library) -> str:
     create = "instance(model, checkpoint, NULL, 0)", "instance(model, NULL, checkpoint, size)"
     if lib.trainer is not None:
         create = "attach(model, checkpoint, NULL, 0)", "attach(model, NULL, checkpoint, size)"
-    return (train_forwarding(lib) if lib.trainer is not None else "") + f"""
+    return (
+        (train_forwarding(lib) if lib.trainer is not None else "")
+        + f"""
 {v} int {n}_create({n} **model, const char *checkpoint) {{ return {create[0]}; }}
 {v} int {n}_create_from_memory({n} **model, const void *checkpoint, size_t size) {{
     return checkpoint ? {create[1]} : refused(model, "create_from_memory: the checkpoint is a null pointer");
@@ -466,23 +574,39 @@ def api(lib: Library) -> str:
     return predict(model, inputs, shapes, outputs, capacities, output_shapes);
 }}
 """
+    )
 
 
 def _train_params(lib: Library) -> list:
     """train_step's parameters: each input of the train step (the model's inputs and
     targets), then where the loss and metrics go."""
-    return [f"const {C_TYPES[t.dtype]} *{_arg(t.name)}, const int64_t {_arg(t.name)}_shape[{max(1, len(t.shape))}]"
-            for t in lib.inputs] + ["double *values", "int64_t values_capacity"]
+    return [
+        f"const {C_TYPES[t.dtype]} *{_arg(t.name)}, const int64_t {_arg(t.name)}_shape[{max(1, len(t.shape))}]"
+        for t in lib.inputs
+    ] + ["double *values", "int64_t values_capacity"]
 
 
 # the train step unit's functions, hidden, which the predict unit's public ones call:
 # (name, return type, parameters after the instance, the call's arguments)
 TRAINER_FUNCTIONS = [
-    ("set_schedule", "int", "int64_t steps_per_epoch, int64_t total_steps", "set_schedule(t, steps_per_epoch, total_steps)"),
-    ("get_parameter", "int", "const char *name, float *data, int64_t capacity, int64_t *shape, int *rank",
-     "get_parameter(t, name, data, capacity, shape, rank)"),
-    ("set_parameter", "int", "const char *name, const float *data, const int64_t *shape, int rank",
-     "set_parameter(t, name, data, shape, rank)"),
+    (
+        "set_schedule",
+        "int",
+        "int64_t steps_per_epoch, int64_t total_steps",
+        "set_schedule(t, steps_per_epoch, total_steps)",
+    ),
+    (
+        "get_parameter",
+        "int",
+        "const char *name, float *data, int64_t capacity, int64_t *shape, int *rank",
+        "get_parameter(t, name, data, capacity, shape, rank)",
+    ),
+    (
+        "set_parameter",
+        "int",
+        "const char *name, const float *data, const int64_t *shape, int rank",
+        "set_parameter(t, name, data, shape, rank)",
+    ),
     ("save", "int", "const char *path", "save(t, path)"),
 ]
 
@@ -492,7 +616,8 @@ def trainer_api(lib: Library) -> str:
     n, h = lib.name, '__attribute__((visibility("hidden")))'
     ins = ", ".join(f"{_arg(t.name)}" for t in lib.inputs) or "0"
     shapes = ", ".join(f"{_arg(t.name)}_shape" for t in lib.inputs) or "0"
-    out = [f"""
+    out = [
+        f"""
 {h} int {n}_create(void **trainer, const char *checkpoint, const void *bytes, size_t size) {{
     struct {n} *t;
     int status = instance(&t, checkpoint, bytes, size);
@@ -510,7 +635,8 @@ def trainer_api(lib: Library) -> str:
     const void *inputs[] = {{{ins}}};
     const int64_t *shapes[] = {{{shapes}}};
     return train_step(trainer, inputs, shapes, values, values_capacity);
-}}"""]
+}}"""
+    ]
     for name, ret, params, call in TRAINER_FUNCTIONS:
         out.append(f"{h} {ret} {n}_{name}(void *trainer, {params}) {{ struct {n} *t = trainer; return {call}; }}")
     return "\n".join(out) + "\n"
@@ -525,12 +651,17 @@ def train_forwarding(lib: Library) -> str:
     trainer; and `attach`, the create that makes both instances (their parameters shared)."""
     n, t, v = lib.name, lib.trainer.name, '__attribute__((visibility("default")))'
     train = lib.trainer
-    decls = [f"int {t}_create(void **trainer, const char *checkpoint, const void *bytes, size_t size);",
-             f"const char *{t}_error(void *trainer);", f"void {t}_set_threads(void *trainer, int threads);",
-             f"void *{t}_parameter(void *trainer, const char *name);",
-             f"int {t}_train_step(void *trainer, {', '.join(_train_params(train))});"]
+    decls = [
+        f"int {t}_create(void **trainer, const char *checkpoint, const void *bytes, size_t size);",
+        f"const char *{t}_error(void *trainer);",
+        f"void {t}_set_threads(void *trainer, int threads);",
+        f"void *{t}_parameter(void *trainer, const char *name);",
+        f"int {t}_train_step(void *trainer, {', '.join(_train_params(train))});",
+    ]
     decls += [f"{ret} {t}_{name}(void *trainer, {params});" for name, ret, params, _ in TRAINER_FUNCTIONS]
-    calls = [("train_step", ", ".join(_train_params(train)))] + [(name, params) for name, _, params, _ in TRAINER_FUNCTIONS]
+    calls = [("train_step", ", ".join(_train_params(train)))] + [
+        (name, params) for name, _, params, _ in TRAINER_FUNCTIONS
+    ]
     functions = []
     for name, params in calls:
         functions.append(f"""{v} int {n}_{name}({n} *model, {params}) {{
@@ -542,7 +673,9 @@ def train_forwarding(lib: Library) -> str:
     else model->message[0] = 0;
     return status;
 }}""")
-    return "\n".join(decls) + f"""
+    return (
+        "\n".join(decls)
+        + f"""
 /* both instances; the prediction's parameters are the train step's (one copy, which training updates) */
 static int attach({n} **model, const char *checkpoint, const void *bytes, size_t size) {{
     int status = instance(model, checkpoint, bytes, size);
@@ -564,7 +697,10 @@ static int attach({n} **model, const char *checkpoint, const void *bytes, size_t
     m->laid = 0;
     return DLC_OK;
 }}
-""" + "\n".join(functions) + "\n"
+"""
+        + "\n".join(functions)
+        + "\n"
+    )
 
 
 def _train_header(lib: Library) -> str:
@@ -573,8 +709,10 @@ def _train_header(lib: Library) -> str:
         return ""
     n, t = lib.name, lib.trainer
     values = train_values(t)
-    names = "\n".join(f"#define {n.upper()}_VALUE_{c_name(name.replace('metric:', '')).upper()} {k}"
-                       for k, (name, _) in enumerate(values))
+    names = "\n".join(
+        f"#define {n.upper()}_VALUE_{c_name(name.replace('metric:', '')).upper()} {k}"
+        for k, (name, _) in enumerate(values)
+    )
     inputs = ", ".join(f"{x.name}: {x.type}" for x in t.inputs)
     params = "\n".join(f" *   {name}: f32{list(t.param_shapes[name])}" for name in t.param_names)
     rank = parameter_max_rank(t)
@@ -591,7 +729,7 @@ int {n}_set_schedule({n} *model, int64_t steps_per_epoch, int64_t total_steps);
 /* One step of the train block's optimizer on a batch ({inputs}): forward, backward, the
  * update at the schedule's learning rate; the loss and metrics go to values (NULL: not
  * wanted). The instance counts its steps; step k's random key is (seed, k), as dlc train's. */
-int {n}_train_step({n} *model, {(","  + chr(10) + "        ").join(_train_params(t))});
+int {n}_train_step({n} *model, {("," + chr(10) + "        ").join(_train_params(t))});
 /* A parameter's values (capacity: how many floats data holds); its shape and rank go where
  * shape ({n.upper()}_PARAMETER_MAX_RANK dims) and rank point, unless NULL. */
 int {n}_get_parameter({n} *model, const char *name, float *data, int64_t capacity, int64_t *shape, int *rank);
@@ -606,12 +744,17 @@ int {n}_save({n} *model, const char *path);
 def header(lib: Library, version: str) -> str:
     """NAME.h: the model's C API."""
     n, guard = lib.name, lib.name.upper() + "_H"
-    status = "\n".join(f"    {code} = {k},{' ' * (20 - len(code))}/* {what} */" for k, (code, what) in enumerate(STATUS))
+    status = "\n".join(
+        f"    {code} = {k},{' ' * (20 - len(code))}/* {what} */" for k, (code, what) in enumerate(STATUS)
+    )
     inputs = "\n".join(f" *   {t.name}: {t.type}" for t in lib.inputs)
     outputs = "\n".join(f" *   {t.name}: {t.type}" for t in lib.outputs)
     constants = "\n".join(header_constants(lib))
-    embedded = ("its weights are inside: give NULL (or a checkpoint's path to use that instead)"
-                if lib.weights is not None else "give the path of a dlc checkpoint (.npz) or .safetensors file of the model")
+    embedded = (
+        "its weights are inside: give NULL (or a checkpoint's path to use that instead)"
+        if lib.weights is not None
+        else "give the path of a dlc checkpoint (.npz) or .safetensors file of the model"
+    )
     return f"""/* {n}.h: the C API of model {n}, built by dlc {version} (`dlc build`) for the
  * {lib.target} target. docs/deploy.md says what it guarantees.
  *
@@ -656,7 +799,7 @@ int {n}_set_threads({n} *model, int threads);
 const char *{n}_error(const {n} *model);
 /* Outputs for inputs: each input is its data and its shape; each output its buffer, how
  * many elements that holds, and where its shape is written. */
-int {n}_predict({n} *model, {(","  + chr(10) + "        ").join(_predict_params(lib))});
+int {n}_predict({n} *model, {("," + chr(10) + "        ").join(_predict_params(lib))});
 /* The same with arrays, in the order above. */
 int {n}_predict_arrays({n} *model, const void *const inputs[], const int64_t *const shapes[],
                        void *const outputs[], const int64_t capacities[], int64_t *const output_shapes[]);
@@ -676,10 +819,14 @@ const char *{n}_describe(void);
 def header_constants(lib: Library) -> list:
     """The header's lines of constants of every input and output (_io_constants), and
     whether predict scales the inputs itself: docs/deploy.md shows them."""
-    return ([line for t in lib.inputs for line in _io_constants(lib, t, "INPUT")]
-            + [line for t in lib.outputs for line in _io_constants(lib, t, "OUTPUT")]
-            + [f"#define {lib.name.upper()}_TRANSFORM {int(lib.transform)}   /* 1: predict multiplies each input by "
-               "its _SCALE itself (--transform) */"])
+    return (
+        [line for t in lib.inputs for line in _io_constants(lib, t, "INPUT")]
+        + [line for t in lib.outputs for line in _io_constants(lib, t, "OUTPUT")]
+        + [
+            f"#define {lib.name.upper()}_TRANSFORM {int(lib.transform)}   /* 1: predict multiplies each input by "
+            "its _SCALE itself (--transform) */"
+        ]
+    )
 
 
 def _io_constants(lib: Library, t: ModelIO, kind: str) -> list:
@@ -689,15 +836,22 @@ def _io_constants(lib: Library, t: ModelIO, kind: str) -> list:
     prefix = f"{lib.name.upper()}_{kind}_{c_name(t.name).upper()}"
     fixed = [isinstance(d, int) for d in t.shape]
     symbolic = ", ".join(f"dim {k}: {d}" for k, d in enumerate(t.shape) if not fixed[k])
-    lines = [f"#define {prefix}_RANK {len(t.shape)}",
-             f"#define {prefix}_DIMS {{{', '.join(str(d) if f else '-1' for d, f in zip(t.shape, fixed))}}}"
-             + (f"   /* -1: given at each call ({symbolic}) */" if symbolic else "")]
+    lines = [
+        f"#define {prefix}_RANK {len(t.shape)}",
+        f"#define {prefix}_DIMS {{{', '.join(str(d) if f else '-1' for d, f in zip(t.shape, fixed))}}}"
+        + (f"   /* -1: given at each call ({symbolic}) */" if symbolic else ""),
+    ]
     lines += [f"#define {prefix}_DIM_{k} {d}" for k, d in enumerate(t.shape) if fixed[k]]
     if kind == "INPUT" and t.dtype in ("f32", "f64"):
-        lines.append(f"#define {prefix}_SCALE {float(t.scale)!r}   /* the training data's {t.name}: its values times this */")
+        lines.append(
+            f"#define {prefix}_SCALE {float(t.scale)!r}   /* the training data's {t.name}: its values times this */"
+        )
     if kind == "INPUT" and t.limits[0] is not None:
-        lines.append(f"#define {prefix}_IDS {t.limits[0]}   /* its values: 0 to {t.limits[0] - 1}"
-                     + (f", or {', '.join(map(str, t.limits[1]))} (ignored)" if t.limits[1] else "") + " */")
+        lines.append(
+            f"#define {prefix}_IDS {t.limits[0]}   /* its values: 0 to {t.limits[0] - 1}"
+            + (f", or {', '.join(map(str, t.limits[1]))} (ignored)" if t.limits[1] else "")
+            + " */"
+        )
     return lines
 
 
@@ -707,8 +861,11 @@ def data_comment(lib: Library) -> str:
         return "trained on: not said (the model's file has no train block with a data source)"
     scaled = [t for t in lib.inputs if t.scale != 1.0]
     what = "; ".join(f"its {t.name} is the source's values times {float(t.scale)!r}" for t in scaled)
-    feed = ("predict multiplies by that itself (built with --transform): give the source's values"
-            if lib.transform else "give predict the values so scaled (or build with --transform)")
+    feed = (
+        "predict multiplies by that itself (built with --transform): give the source's values"
+        if lib.transform
+        else "give predict the values so scaled (or build with --transform)"
+    )
     return f"trained on: {lib.data}" + (f"\n *   {what}: {feed}" if scaled else " (no scale)")
 
 
@@ -716,14 +873,23 @@ def description(lib: Library) -> str:
     """NAME_describe's JSON: the inputs and outputs (name, dtype, shape: a number or the dim's
     text), each input's scale and ids, the training data and whether predict applies the
     scale itself."""
+
     def io(t: ModelIO, kind: str) -> dict:
         d = {"name": t.name, "dtype": t.dtype, "shape": [d if isinstance(d, int) else str(d) for d in t.shape]}
         if kind == "input":
             d["scale"] = float(t.scale)
             d["ids"] = None if t.limits[0] is None else {"below": t.limits[0], "ignored": list(t.limits[1])}
         return d
-    return json.dumps({"model": lib.name, "target": lib.target,
-                       "weights": "embedded" if lib.weights is not None else "checkpoint",
-                       "trains": lib.trainer is not None, "data": lib.data, "transform": lib.transform,
-                       "inputs": [io(t, "input") for t in lib.inputs],
-                       "outputs": [io(t, "output") for t in lib.outputs]})
+
+    return json.dumps(
+        {
+            "model": lib.name,
+            "target": lib.target,
+            "weights": "embedded" if lib.weights is not None else "checkpoint",
+            "trains": lib.trainer is not None,
+            "data": lib.data,
+            "transform": lib.transform,
+            "inputs": [io(t, "input") for t in lib.inputs],
+            "outputs": [io(t, "output") for t in lib.outputs],
+        }
+    )

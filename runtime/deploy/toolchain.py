@@ -1,5 +1,6 @@
 """The C toolchain `dlc build` compiles and links with: the system's `cc` ($CC), else the
 `ziglang` package's `zig cc` (pip install "dlc[build]"), a self-contained clang and lld."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,10 +20,10 @@ CFLAGS = ["-std=gnu11", "-O2", "-ffp-contract=off", "-fPIC", "-fvisibility=hidde
 
 @dataclass
 class Toolchain:
-    name: str           # what `dlc build` reports: "cc (/usr/bin/cc)", "zig cc (ziglang 0.13.0)"
+    name: str  # what `dlc build` reports: "cc (/usr/bin/cc)", "zig cc (ziglang 0.13.0)"
     cc: list
     ar: list
-    libs: list          # what a program linking the static library adds: libm, libpthread
+    libs: list  # what a program linking the static library adds: libm, libpthread
     macos: bool = False  # it links a macOS .dylib (Mach-O), not an ELF .so
 
     def run(self, args: list, what: str):
@@ -42,8 +43,11 @@ class Toolchain:
         return ".dylib" if self.macos else ".so"
 
     def shared(self, objects: list, out: Path):
-        names = [f"-Wl,-install_name,@rpath/{out.name}"] if self.macos else \
-            [f"-Wl,-soname,{out.name}", "-Wl,-z,noexecstack"]
+        names = (
+            [f"-Wl,-install_name,@rpath/{out.name}"]
+            if self.macos
+            else [f"-Wl,-soname,{out.name}", "-Wl,-z,noexecstack"]
+        )
         self.run(self.cc + ["-shared", "-o", str(out), *map(str, objects), *names] + self.libs, f"linking {out.name}")
 
     def archive(self, objects: list, out: Path):
@@ -67,14 +71,21 @@ def find(choice: str = "auto", triple: str = "") -> Toolchain:
         return Toolchain(f"cc ({cc})", shlex.split(cc), [ar], libs)
     system = f"{arch}-macos" if macos else f"{arch}-linux-gnu"
     if choice == "cc":
-        raise DlcError("no C compiler `cc` on this machine (nor $CC): install one, or use --toolchain zig "
-                       '(pip install "dlc[build]")' if native else
-                       f"cc compiles for this machine ({here} Linux), not {system}: use --toolchain zig, which "
-                       "cross-compiles")
+        raise DlcError(
+            "no C compiler `cc` on this machine (nor $CC): install one, or use --toolchain zig "
+            '(pip install "dlc[build]")'
+            if native
+            else f"cc compiles for this machine ({here} Linux), not {system}: use --toolchain zig, which cross-compiles"
+        )
     if importlib.util.find_spec("ziglang") is None:
-        raise DlcError('no C compiler on this machine: install one (cc), or pip install "dlc[build]" for zig cc'
-                       if native else f'building for {system} takes zig cc: pip install "dlc[build]"')
+        raise DlcError(
+            'no C compiler on this machine: install one (cc), or pip install "dlc[build]" for zig cc'
+            if native
+            else f'building for {system} takes zig cc: pip install "dlc[build]"'
+        )
     zig = [sys.executable, "-m", "ziglang"]
     from importlib.metadata import version
-    return Toolchain(f"zig cc (ziglang {version('ziglang')})", zig + ["cc", "-target", system], zig + ["ar"],
-                     libs, macos)
+
+    return Toolchain(
+        f"zig cc (ziglang {version('ziglang')})", zig + ["cc", "-target", system], zig + ["ar"], libs, macos
+    )

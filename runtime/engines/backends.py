@@ -1,5 +1,6 @@
 """Which engine runs a model: the native engine, or the reference engine where the native
 backend cannot compile the model (`--backend auto|native|reference`)."""
+
 from __future__ import annotations
 
 import sys
@@ -16,8 +17,9 @@ from dlc.runtime.terminal import span
 BACKENDS = ("auto", "native", "reference")
 
 
-def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=None, split=False, buckets=0,
-                shard=None, **kw) -> Engine:
+def make_engine(
+    backend: str, train_model: Model, eval_model: Model, *args, log=None, split=False, buckets=0, shard=None, **kw
+) -> Engine:
     """The engine `backend` names. `auto` is the native engine, or, for a model using an
     operation the native backend does not compile, the reference engine after a warning
     naming that operation and its line; `native` never falls back (the error says why).
@@ -34,8 +36,13 @@ def make_engine(backend: str, train_model: Model, eval_model: Model, *args, log=
         started = time.perf_counter()
         engine = NativeEngine(train_model, eval_model, *args, split=split, buckets=buckets, shard=shard, **kw)
         if log and engine.train_exe is not None:
-            log(built_message(engine.train_exe.compiled.cached, time.perf_counter() - started,
-                              not engine.train_exe.driver.optimized))
+            log(
+                built_message(
+                    engine.train_exe.compiled.cached,
+                    time.perf_counter() - started,
+                    not engine.train_exe.driver.optimized,
+                )
+            )
         return engine
     except NotLowerable as e:
         if backend == "native":

@@ -13,6 +13,7 @@ parameters, their gradients and the optimizer state), and both engines check eac
 batch shape before its buffers are allocated (require_step: those and the step's
 activations). docs/native.md, "Memory".
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -45,7 +46,7 @@ def release_freed():
     initial parameters, once copied into the native engine's flat array, left 130 MB resident."""
     try:
         trim = ctypes.CDLL(None).malloc_trim
-    except AttributeError:      # not glibc
+    except AttributeError:  # not glibc
         return
     trim(0)
 
@@ -91,8 +92,9 @@ def free() -> int | None:
         return None
 
 
-def require(what: str, parts_at, sizes: dict, held: int = 0, batch: str | None = None, when: str = "",
-            span=None, note: str = ""):
+def require(
+    what: str, parts_at, sizes: dict, held: int = 0, batch: str | None = None, when: str = "", span=None, note: str = ""
+):
     """Refuse with a DlcError when the parts `parts_at(sizes)` gives (bytes by name: parameters,
     gradients, optimizer state, activations) add up to more than is available; `held` of
     those bytes are allocated already. With `batch`, the symbol of the batch size, the error
@@ -168,16 +170,23 @@ def require_model(model, trainable: list, slots: int):
     if not model.params:
         return
     largest = max(model.params, key=lambda p: tensor_bytes(p.type))
-    note = f": its largest parameter, {largest.name}: {largest.type}, alone takes {size_text(tensor_bytes(largest.type))}"
-    require(f"training model {model.name}", lambda _: model_parts(model, trainable, slots), {},
-            when=" before its first batch", span=largest.span, note=note)
+    note = (
+        f": its largest parameter, {largest.name}: {largest.type}, alone takes {size_text(tensor_bytes(largest.type))}"
+    )
+    require(
+        f"training model {model.name}",
+        lambda _: model_parts(model, trainable, slots),
+        {},
+        when=" before its first batch",
+        span=largest.span,
+        note=note,
+    )
 
 
 def require_step(what: str, graph, sizes: dict, resident: dict, step_parts):
     """Refuse a step of `graph` at these sizes that cannot fit: `resident` (bytes by part)
     is allocated already, `step_parts(sizes)` the step's own (activations)."""
-    require(what, lambda s: resident | step_parts(s), sizes, held=sum(resident.values()),
-            batch=batch_symbol(graph))
+    require(what, lambda s: resident | step_parts(s), sizes, held=sum(resident.values()), batch=batch_symbol(graph))
 
 
 def interpreter_parts(graph, sizes: dict) -> dict:
@@ -188,7 +197,7 @@ def interpreter_parts(graph, sizes: dict) -> dict:
     parts = {"gradients": 0, "activations": 0}
     for n in graph.nx.nodes:
         op = graph.op(n)
-        if PRIMITIVES[op].given:         # the caller's arrays
+        if PRIMITIVES[op].given:  # the caller's arrays
             continue
         for j, typ in enumerate(graph.types(n)):
             parts["gradients" if (n, j) in grads else "activations"] += tensor_bytes(typ, sizes)
@@ -254,11 +263,13 @@ def require_work(what: str, graph, sizes: dict, threads: int):
     seconds, node = max(parts, key=lambda p: p[0])
     operands = graph.inputs(node)
     heaviest = graph.op(node) + (f" of {operands[0].type}" if operands and graph.op(node) != "scan" else "")
-    raise DlcError(f"{what} would take about {duration_text(total)} at the rates dlc's kernels reach on "
-                   f"{threads} thread{'s' if threads > 1 else ''} ({duration_text(seconds)} of it in this "
-                   f"{heaviest}); the work budget is {duration_text(cap)} a call: set DLC_WORK_BUDGET "
-                   "(seconds, or none) or pass --no-budget to run it anyway",
-                   graph.nx.nodes[node].get("span"))
+    raise DlcError(
+        f"{what} would take about {duration_text(total)} at the rates dlc's kernels reach on "
+        f"{threads} thread{'s' if threads > 1 else ''} ({duration_text(seconds)} of it in this "
+        f"{heaviest}); the work budget is {duration_text(cap)} a call: set DLC_WORK_BUDGET "
+        "(seconds, or none) or pass --no-budget to run it anyway",
+        graph.nx.nodes[node].get("span"),
+    )
 
 
 def duration_text(seconds: float) -> str:
@@ -300,10 +311,13 @@ def training_memory(model, trainable: list, slots: int, sizes: dict) -> dict:
     bound; memory.py packs the arena a little above it (docs/native.md, "Memory planning")."""
     graph = optimize(train_step(model.graph))
     program = lower(graph)
-    fixed = set(program.params.values()) | {program.outputs[f"grad:{n}"] for n in trainable
-                                            if f"grad:{n}" in program.outputs}
+    fixed = set(program.params.values()) | {
+        program.outputs[f"grad:{n}"] for n in trainable if f"grad:{n}" in program.outputs
+    }
     live = intervals(program)
-    sizes = derive({s: 0 for s in program.symbols if s.startswith("$")} | sizes, program.symbols)     # the steps of scans; ceil(T/k)
+    sizes = derive(
+        {s: 0 for s in program.symbols if s.startswith("$")} | sizes, program.symbols
+    )  # the steps of scans; ceil(T/k)
     kept = own_buffers(program, fixed) + [program.buffers[bid] for bid in _peak(program, live, sizes)]
     # a buffer belongs to the layer of the top-level kernel that first writes it (else reads it)
     made, read = {}, {}

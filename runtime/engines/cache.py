@@ -26,6 +26,7 @@ their addresses given to LLVM as symbols. Each GEMM routine is a module of its o
 the first time a program calls it, once per machine and dlc version (then read from the
 cache): a small model waits for the few it calls, not for all of them.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -56,11 +57,11 @@ from dlc.compiler.frontend.parse_cache import cache_dir, private
 
 stats = {"compiles": 0, "hits": 0, "rejected": 0}
 _pool_module = None
-_gemm_loaded: dict = {}         # the GEMM routines and pack buffers loaded, by function name
+_gemm_loaded: dict = {}  # the GEMM routines and pack buffers loaded, by function name
 
 MAGIC = b"dlc-obj\0"
-FORMAT = 2          # 2: an object entry holds a module's parts
-_HEADER = struct.Struct("<8sI32s32s")      # magic, format, key (hex), SHA-256 of the object
+FORMAT = 2  # 2: an object entry holds a module's parts
+_HEADER = struct.Struct("<8sI32s32s")  # magic, format, key (hex), SHA-256 of the object
 
 
 def _key(text: str) -> str:
@@ -69,8 +70,17 @@ def _key(text: str) -> str:
     tiles = "amx tiles" if tiles_usable() else "no amx tiles"
     width = f"{default_config().vw} lanes"
     h = hashlib.sha256()
-    for part in (text, jit.target_triple(), cpu, features, tiles, width, dlc.__version__, jit.LLVMLITE_VERSION,
-                 " ".join(jit.LLVM_OPTIONS)):
+    for part in (
+        text,
+        jit.target_triple(),
+        cpu,
+        features,
+        tiles,
+        width,
+        dlc.__version__,
+        jit.LLVMLITE_VERSION,
+        " ".join(jit.LLVM_OPTIONS),
+    ):
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()[:32]
@@ -84,7 +94,7 @@ def _unpack(key: str, entry: bytes) -> bytes | None:
     """The object of an entry written for `key`, or None when the entry is not one."""
     if len(entry) < _HEADER.size:
         return None
-    obj = entry[_HEADER.size:]
+    obj = entry[_HEADER.size :]
     expected = (MAGIC, FORMAT, key.encode(), hashlib.sha256(obj).digest())
     return obj if _HEADER.unpack_from(entry) == expected else None
 
@@ -148,6 +158,7 @@ def object_entry(text: str, suffix: str, make) -> bytes:
     input: source, compiler, flags), from the cache or made (then stored as KEY`suffix`)."""
     key = _key(text)
     with _open_dir() as dirfd:
+
         def found():
             obj = None if dirfd is None else _read(dirfd, f"{key}{suffix}", key)
             if obj is not None:
@@ -160,6 +171,7 @@ def object_entry(text: str, suffix: str, make) -> bytes:
             if dirfd is not None:
                 _store(dirfd, f"{key}{suffix}", key, obj)
             return obj
+
         return _found_or_made(dirfd, key, found, made)
 
 
@@ -187,8 +199,8 @@ def _objects(payload: bytes | None) -> list | None:
     lengths = [_LENGTH.unpack_from(payload, _COUNT.size + i * _LENGTH.size)[0] for i in range(count)]
     if start + sum(lengths) != len(payload):
         return None
-    ends = [start + sum(lengths[:i + 1]) for i in range(count)]
-    return [payload[end - n:end] for end, n in zip(ends, lengths)]
+    ends = [start + sum(lengths[: i + 1]) for i in range(count)]
+    return [payload[end - n : end] for end, n in zip(ends, lengths)]
 
 
 def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Loaded, list]:
@@ -201,11 +213,13 @@ def compile_built(parts: tuple, build, level: int = jit.OPT_LEVEL) -> tuple[Load
     key = _built_key(parts, level)
     t0 = time.perf_counter()
     with _open_dir() as dirfd:
+
         def made():
             module, extra = build()
             loaded = compile_cached(module, level)
             _store_step(dirfd, key, loaded.key, module, extra)
             return loaded, extra
+
         return _found_or_made(dirfd, key, lambda: _built(dirfd, key, t0), made)
 
 
@@ -242,8 +256,12 @@ def store_built(parts: tuple, level: int, module, text: str, objects: list, extr
 def _store_step(dirfd: int | None, key: str, object_key: str, module, extra: list):
     """The `.step` entry `key`: it names the object entry and holds the list."""
     if dirfd is not None:
-        doc = {"object": object_key, "functions": jit.exported_functions(module),
-               "declared": jit.declared_functions(module), "extra": extra}
+        doc = {
+            "object": object_key,
+            "functions": jit.exported_functions(module),
+            "declared": jit.declared_functions(module),
+            "extra": extra,
+        }
         _store(dirfd, f"{key}.step", key, json.dumps(doc).encode())
 
 
@@ -295,8 +313,12 @@ def _step_entry(entry: bytes) -> dict | None:
     """A `.step` entry's document, or None when it is not one (counted)."""
     try:
         doc = json.loads(entry)
-        if re.fullmatch("[0-9a-f]{32}", doc["object"]) and isinstance(doc["functions"], list) \
-                and isinstance(doc["declared"], list) and all(isinstance(name, str) for name in doc["declared"]):
+        if (
+            re.fullmatch("[0-9a-f]{32}", doc["object"])
+            and isinstance(doc["functions"], list)
+            and isinstance(doc["declared"], list)
+            and all(isinstance(name, str) for name in doc["declared"])
+        ):
             return doc
     except (ValueError, KeyError, TypeError):
         pass
@@ -309,7 +331,7 @@ def _loaded(objects: list, functions: list, t0: float, key: str) -> Loaded | Non
     if all(engine.get_function_address(name) for name in functions):
         stats["hits"] += 1
         return Loaded(engine, time.perf_counter() - t0, True, key, _size(objects))
-    stats["rejected"] += 1      # a valid object, of another module
+    stats["rejected"] += 1  # a valid object, of another module
     return None
 
 
@@ -338,7 +360,7 @@ def _pickled(parts: tuple) -> bytes:
     pickler.fast = True
     try:
         pickler.dump(parts)
-    except (ValueError, KeyError):   # a cycle, which only the memo pickles (the fast pickler raises
+    except (ValueError, KeyError):  # a cycle, which only the memo pickles (the fast pickler raises
         # either, by where the cycle closes): the plain bytes
         return pickle.dumps(parts, protocol=5)
     return out.getvalue()
@@ -359,12 +381,16 @@ def _open_dir():
         if fd is not None:
             st = os.fstat(fd)
             if st.st_uid != os.geteuid():
-                raise DlcError(f"the compile cache {path} belongs to another user, and code in it would run as "
-                               f"you: set DLC_CACHE_DIR to a directory of your own")
+                raise DlcError(
+                    f"the compile cache {path} belongs to another user, and code in it would run as "
+                    f"you: set DLC_CACHE_DIR to a directory of your own"
+                )
             if st.st_mode & 0o022:
                 # even with the sticky bit: they could write an entry before this process does
-                raise DlcError(f"other users can write to the compile cache {path}, and code in it runs as you: "
-                               f"run 'chmod go-w {path}', or set DLC_CACHE_DIR to a directory of your own")
+                raise DlcError(
+                    f"other users can write to the compile cache {path}, and code in it runs as you: "
+                    f"run 'chmod go-w {path}', or set DLC_CACHE_DIR to a directory of your own"
+                )
         yield fd
     finally:
         if fd is not None:
@@ -396,7 +422,7 @@ def _store(dirfd: int, filename: str, key: str, obj: bytes):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, filename, src_dir_fd=dirfd, dst_dir_fd=dirfd)
-        os.fsync(dirfd)     # the new name survives a crash too
+        os.fsync(dirfd)  # the new name survives a crash too
     except OSError:
         with contextlib.suppress(OSError):
             os.unlink(tmp, dir_fd=dirfd)
@@ -453,9 +479,13 @@ def _load_gemm(name: str, config):
         if not _announced:
             # a compile a program waits for, once per machine: say so, as a download would
             # (one line on an 80-column terminal: the cache's folder is in docs/native.md)
-            print(f"dlc: compiling GEMM kernels for this CPU ({jit.host_cpu()[0]}), once per machine",
-                  file=sys.stderr, flush=True)
+            print(
+                f"dlc: compiling GEMM kernels for this CPU ({jit.host_cpu()[0]}), once per machine",
+                file=sys.stderr,
+                flush=True,
+            )
             _announced = True
         return gemm_module((config,), frozenset({name}), shared_buffers=True), []
+
     _gemm_loaded[name] = compile_routine(("dlc_gemm", config, name), build)
     jit.add_symbol(name, _gemm_loaded[name].address(name))

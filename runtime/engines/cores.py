@@ -16,6 +16,7 @@ again with every core; a window longer than STALE_S in which this process kept c
 is one long call (mobilenet_v2's prediction under load), not a pause, and adapts. The
 readings cost ~30 µs; off Linux the team is every core.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,9 +26,9 @@ from dlc.compiler.errors import DlcError
 from dlc.compiler.native import MOST_THREADS
 
 ADAPT_EVERY_S = 0.25
-STALE_S = 1.0           # a window longer than this spans a pause in the native calls...
-PAUSED_CORES = 0.1      # ... when this process used less than this many cores over it
-CONTENDED = 0.1         # waiting for a core this share of the time it ran: others compete
+STALE_S = 1.0  # a window longer than this spans a pause in the native calls...
+PAUSED_CORES = 0.1  # ... when this process used less than this many cores over it
+CONTENDED = 0.1  # waiting for a core this share of the time it ran: others compete
 
 
 def threads() -> int:
@@ -84,13 +85,16 @@ class FreeCores:
         # and waits for the core of each running one (a spinning worker's): 6 µs at best,
         # hundreds on a busy host, where a prediction of one image takes a millisecond
         own = time.process_time()
-        paused = self._mark is not None and wall - self._mark[0] > STALE_S and \
-            own - self._mark[2] < PAUSED_CORES * (wall - self._mark[0])
+        paused = (
+            self._mark is not None
+            and wall - self._mark[0] > STALE_S
+            and own - self._mark[2] < PAUSED_CORES * (wall - self._mark[0])
+        )
         if self._mark is None or paused:
             # first call, or the first after a pause: what others did then (a compiler
             # running between two trainings) says little about now; start with every core
             self._mark, self.team = (wall, machine_busy_s(), own, own_wait_s()), self.cores
-        else:       # a window has passed: the files are read once a window, not at every call
+        else:  # a window has passed: the files are read once a window, not at every call
             now = (wall, machine_busy_s(), own, own_wait_s())
             (start, busy, own0, wait0), self._mark = self._mark, now
             if busy is not None and now[1] is not None:

@@ -32,6 +32,7 @@ MPI_Abort ends the whole run, instead of a silent hang; so does an error on one 
 Without a launcher (no PMI_SIZE, OMPI_COMM_WORLD_SIZE, ... above 1), `world()` is None
 and nothing here runs: mpi4py is never imported.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,15 +50,15 @@ from dlc.compiler.ir.dims import numel
 # the variables that give the number of processes a launcher started: MPICH's and Intel
 # MPI's Hydra (PMI), Open MPI, PMIx, Slurm's srun (set for a job step only, unlike SLURM_NTASKS)
 LAUNCHER_SIZES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS")
-TIMEOUT_S = 10.0            # waiting for the other ranks at a collective (DLC_MPI_TIMEOUT)
-COMPILE_TIMEOUT_S = 900.0   # waiting at the start, while every rank compiles (or reads the cache)
-WRITE_TIMEOUT_S = 600.0     # waiting while rank 0 writes checkpoints
-PATIENT_S = 1.0             # poll a collective (yielding the core) for this long, then sleep between polls
-ABORT_GRACE_S = 0.5         # before MPI_Abort: the launcher forwards the message first (it can be lost otherwise)
-PROBE_S = 3.0               # after a timeout: how long the ranks that time out listen for each other
-PROBE_TAG = 0x646C63        # the probe's point-to-point messages, apart from any collective's
-NAME_BYTES = 64             # of a rank's host name, exchanged at the start
-SHARD_UNIT = 16             # float32s of a cache line: the optimizer shards start on one
+TIMEOUT_S = 10.0  # waiting for the other ranks at a collective (DLC_MPI_TIMEOUT)
+COMPILE_TIMEOUT_S = 900.0  # waiting at the start, while every rank compiles (or reads the cache)
+WRITE_TIMEOUT_S = 600.0  # waiting while rank 0 writes checkpoints
+PATIENT_S = 1.0  # poll a collective (yielding the core) for this long, then sleep between polls
+ABORT_GRACE_S = 0.5  # before MPI_Abort: the launcher forwards the message first (it can be lost otherwise)
+PROBE_S = 3.0  # after a timeout: how long the ranks that time out listen for each other
+PROBE_TAG = 0x646C63  # the probe's point-to-point messages, apart from any collective's
+NAME_BYTES = 64  # of a rank's host name, exchanged at the start
+SHARD_UNIT = 16  # float32s of a cache line: the optimizer shards start on one
 
 
 def launched_ranks() -> int:
@@ -78,9 +79,11 @@ def world() -> World | None:
         raise DlcError(f"mpi4py cannot load an MPI library ({e}): pip install \"dlc[mpi]\" installs MPICH's") from None
     comm = MPI.COMM_WORLD
     if comm.size != k:
-        raise DlcError(f"the launcher started {k} processes but mpi4py's MPI sees {comm.size}: mpirun is not "
-                       f"the one of mpi4py's MPI ({MPI.Get_library_version().splitlines()[0].strip()}); use the "
-                       "mpirun (or mpiexec) installed with it")
+        raise DlcError(
+            f"the launcher started {k} processes but mpi4py's MPI sees {comm.size}: mpirun is not "
+            f"the one of mpi4py's MPI ({MPI.Get_library_version().splitlines()[0].strip()}); use the "
+            "mpirun (or mpiexec) installed with it"
+        )
     return World(MPI, comm)
 
 
@@ -125,8 +128,8 @@ class World:
         self.MPI, self.comm = MPI, comm
         self.rank, self.size = comm.rank, comm.size
         self.timeout = setting("DLC_MPI_TIMEOUT", TIMEOUT_S, float, "a number of seconds above 0")
-        self.check_every = setting("DLC_CHECK_RANKS", 0, int, "a whole number of steps")   # 0: never
-        self.hosts: list = []         # each rank's host name, once exchanged (host_names)
+        self.check_every = setting("DLC_CHECK_RANKS", 0, int, "a whole number of steps")  # 0: never
+        self.hosts: list = []  # each rank's host name, once exchanged (host_names)
         # the native threads of a rank: its share of the cores of its machine, unless set
         local = comm.Split_type(MPI.COMM_TYPE_SHARED).size
         os.environ.setdefault("DLC_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // local)))
@@ -138,11 +141,13 @@ class World:
         while not request.Test():
             waited = time.monotonic() - start
             if waited > (timeout or self.timeout):
-                self.abort(f"error: no answer {self._silent(self.unanswered())}for {waited:.0f} s at {what} "
-                           "(DLC_MPI_TIMEOUT sets the limit)")
-            if waited < PATIENT_S:      # the other ranks are near: poll again, giving the core to any that shares it
+                self.abort(
+                    f"error: no answer {self._silent(self.unanswered())}for {waited:.0f} s at {what} "
+                    "(DLC_MPI_TIMEOUT sets the limit)"
+                )
+            if waited < PATIENT_S:  # the other ranks are near: poll again, giving the core to any that shares it
                 os.sched_yield()
-            else:                       # one is compiling, writing a checkpoint, or gone
+            else:  # one is compiling, writing a checkpoint, or gone
                 time.sleep(1e-3)
 
     def host_names(self):
@@ -150,7 +155,7 @@ class World:
         every rank compiles)."""
         mine = np.zeros(NAME_BYTES, np.uint8)
         name = self.MPI.Get_processor_name().encode()[:NAME_BYTES]
-        mine[:len(name)] = np.frombuffer(name, np.uint8)
+        mine[: len(name)] = np.frombuffer(name, np.uint8)
         every = np.zeros((self.size, NAME_BYTES), np.uint8)
         self.wait(self.comm.Iallgather(mine, every), "the start (host names)", COMPILE_TIMEOUT_S)
         self.hosts = [bytes(row).rstrip(b"\0").decode(errors="replace") for row in every]
@@ -186,7 +191,7 @@ class World:
         sys.stderr.flush()
         time.sleep(ABORT_GRACE_S)
         self.comm.Abort(1)
-        os._exit(1)     # MPICH's MPI_Abort can return while the launcher ends the ranks: nothing more may run
+        os._exit(1)  # MPICH's MPI_Abort can return while the launcher ends the ranks: nothing more may run
 
     @contextmanager
     def failing_together(self):
@@ -201,8 +206,9 @@ class World:
         except Exception as e:
             if os.environ.get("DLC_DEBUG"):
                 traceback.print_exc()
-            self.abort(f"internal error: {type(e).__name__}: {e}\n(this is a bug in dlc; set DLC_DEBUG=1 for a "
-                       "traceback)")
+            self.abort(
+                f"internal error: {type(e).__name__}: {e}\n(this is a bug in dlc; set DLC_DEBUG=1 for a traceback)"
+            )
 
     def sum(self, array: np.ndarray, what: str, timeout: float | None = None) -> np.ndarray:
         """Sum `array` over the ranks, in place."""
@@ -265,21 +271,30 @@ class World:
         """The global batch splits into equal slices of at least `least` examples (two for a
         model with batch statistics)."""
         if batch % self.size:
-            raise DlcError(f"batch = {batch} does not divide among {self.size} processes: the global batch is "
-                           f"split into equal slices, so use a multiple of {self.size}", span)
+            raise DlcError(
+                f"batch = {batch} does not divide among {self.size} processes: the global batch is "
+                f"split into equal slices, so use a multiple of {self.size}",
+                span,
+            )
         if batch < least * self.size:
-            raise DlcError(f"batch = {batch} leaves each of the {self.size} processes fewer than {least} examples, "
-                           f"which the model's batch statistics need: use batch >= {least * self.size}", span)
+            raise DlcError(
+                f"batch = {batch} leaves each of the {self.size} processes fewer than {least} examples, "
+                f"which the model's batch statistics need: use batch >= {least * self.size}",
+                span,
+            )
 
     def check_data(self, name: str, n: int, span=None):
         """Each rank takes a share of every data set: none may be left without an example."""
         if n < self.size:
-            raise DlcError(f"the {name} data has {n} example(s), fewer than the {self.size} processes that share "
-                           "it: use more data, a larger split, or fewer processes", span)
+            raise DlcError(
+                f"the {name} data has {n} example(s), fewer than the {self.size} processes that share "
+                "it: use more data, a larger split, or fewer processes",
+                span,
+            )
 
     def mean_metrics(self, totals: dict, n: int) -> dict:
         """Each rank's sums of loss and metrics over its `n` examples -> the means over all."""
-        names = list(totals)         # the same order on every rank: one model's outputs
+        names = list(totals)  # the same order on every rank: one model's outputs
         sums = self.sum(np.array([totals[k] for k in names] + [n], np.float64), "the evaluation")
         return {k: float(v / sums[-1]) for k, v in zip(names, sums)}
 
@@ -292,8 +307,10 @@ class World:
         sums[self.rank] = mine
         self.sum(sums, "the parameter checksum")
         if len(set(sums.tolist())) > 1:
-            raise DlcError(f"after step {step} the ranks' parameters differ (checksums by rank: "
-                           f"{', '.join(f'{s:08x}' for s in sums)}): this is a bug in dlc")
+            raise DlcError(
+                f"after step {step} the ranks' parameters differ (checksums by rank: "
+                f"{', '.join(f'{s:08x}' for s in sums)}): this is a bug in dlc"
+            )
 
 
 class ReplicaMean:
@@ -331,7 +348,7 @@ class BucketAllreduce:
     def start(self, gradients: np.ndarray):
         gradients *= self.share
         self.pending.append(self.world.comm.Iallreduce(self.world.MPI.IN_PLACE, gradients, op=self.world.MPI.SUM))
-        for request in self.pending:        # MPI moves the earlier buckets' data on only when called
+        for request in self.pending:  # MPI moves the earlier buckets' data on only when called
             request.Test()
 
     def finish(self, values: dict):
@@ -362,13 +379,13 @@ class DataParallel:
     def __init__(self, engine, world: World, interrupted, statistics: list):
         self.engine, self.world, self.interrupted, self.statistics = engine, world, interrupted, statistics
         self.steps = 0
-        self.replicas = engine.replicas = ReplicaMean(world)     # used by a model built with sync_batchnorm
+        self.replicas = engine.replicas = ReplicaMean(world)  # used by a model built with sync_batchnorm
         self.buckets = None
-        if getattr(engine, "bucket_ends", None):        # a native engine whose step hands over its gradients
+        if getattr(engine, "bucket_ends", None):  # a native engine whose step hands over its gradients
             self.buckets = engine.allreduce = BucketAllreduce(world)
         # shard_optimizer: each rank updates its share of the parameters (the engine's `shard`)
         self.shards = engine.shards if getattr(engine, "sharded", False) else None
-        getattr(engine, "eval_exe", None)       # compiled now, not at the first evaluation (a collective)
+        getattr(engine, "eval_exe", None)  # compiled now, not at the first evaluation (a collective)
         world.barrier("the start (compiling)", COMPILE_TIMEOUT_S)
 
     @property
@@ -383,8 +400,7 @@ class DataParallel:
     def optimizer(self):
         return self.engine.optimizer
 
-    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
-                   key: np.ndarray) -> dict:
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key: np.ndarray) -> dict:
         if self.buckets is None:
             values, grads = self.gradients(params, opt_state, batch, key)
             self.apply_update(params, opt_state, grads, lr, step)
@@ -404,8 +420,8 @@ class DataParallel:
         part, weight, step, key = self._slice(batch, key)
         values, grads = self.engine.gradients(params, opt_state, part, key)
         grads *= weight
-        if self.shards:     # only this rank's share is summed: its update reads no other, from the start of grads
-            request = w.reduce_scatter(grads[:self.engine.n_trained], self.shards)
+        if self.shards:  # only this rank's share is summed: its update reads no other, from the start of grads
+            request = w.reduce_scatter(grads[: self.engine.n_trained], self.shards)
         else:
             request = w.comm.Iallreduce(w.MPI.IN_PLACE, grads, op=w.MPI.SUM)
         totals = w.sum(weighted(values, float(weight), self.interrupted.asked), f"step {step} (loss)")
@@ -419,7 +435,7 @@ class DataParallel:
         n = batch.total if isinstance(batch, Share) else len(next(iter(batch.values())))
         lo, hi = w.shard(n)
         weight = np.float32((hi - lo) / n)
-        seed, step = (int(k) for k in np.asarray(key).ravel())      # the key is (seed, step)
+        seed, step = (int(k) for k in np.asarray(key).ravel())  # the key is (seed, step)
         self.replicas.share, self.replicas.step = float(weight), step
         # dropout draws from (seed, step * K + rank): its own stream per rank and step
         key = np.array([seed, step * w.size + w.rank], np.int32)
@@ -429,19 +445,19 @@ class DataParallel:
     def _agreed(self, values: dict, totals: np.ndarray, weight: np.float32, step: int, params: dict) -> dict:
         """The global batch's loss and metrics (`totals`: `weighted` summed over the ranks),
         whether any rank was interrupted, and the batch statistics averaged."""
-        for name in self.statistics:        # batch statistics: each rank's, averaged
+        for name in self.statistics:  # batch statistics: each rank's, averaged
             stat = params[name]
             stat *= weight
             self.world.sum(stat, f"step {step} (batch statistics)")
-        self.interrupted.agreed = bool(totals[-1] > 0)     # the same on every rank, whenever Ctrl-C came
+        self.interrupted.agreed = bool(totals[-1] > 0)  # the same on every rank, whenever Ctrl-C came
         return dict(zip(values, totals[:-1].tolist()))
 
     def apply_update(self, params: dict, opt_state: dict, grads: np.ndarray, lr: float, step: int):
         """The engine's update from the averaged gradients: the same on every rank (DLC_CHECK_RANKS
         checks it)."""
         self.engine.apply_update(params, opt_state, grads, lr, step)
-        if self.shards:     # each rank updated its share: every rank gets every share
-            self.world.allgather(self.engine.flat[:self.engine.n_trained], self.shards, f"step {step} (parameters)")
+        if self.shards:  # each rank updated its share: every rank gets every share
+            self.world.allgather(self.engine.flat[: self.engine.n_trained], self.shards, f"step {step} (parameters)")
         self._updated(params, step)
 
     def whole_state(self) -> dict:
@@ -449,13 +465,13 @@ class DataParallel:
         of a run with `shard_optimizer = true`, each rank's share gathered for a checkpoint
         ({} on the other ranks; every rank calls it)."""
         e, whole = self.engine, {}
-        for slot, share in e.state.items():       # the optimizer's slots, in the same order on every rank
-            flat = self.world.gather(share[:e.shard[1] - e.shard[0]], self.shards, f"a checkpoint ({slot})")
+        for slot, share in e.state.items():  # the optimizer's slots, in the same order on every rank
+            flat = self.world.gather(share[: e.shard[1] - e.shard[0]], self.shards, f"a checkpoint ({slot})")
             if flat is None:
                 continue
             for name in e.trainable:
                 shape = e.params_info[name].type.shape
-                whole.setdefault(name, {})[slot] = flat[e.offsets[name]:][:int(numel(shape))].reshape(shape)
+                whole.setdefault(name, {})[slot] = flat[e.offsets[name] :][: int(numel(shape))].reshape(shape)
         return whole
 
     def _updated(self, params: dict, step: int):

@@ -1,6 +1,7 @@
 """int8 on the reference engine (docs/quantization.md): the calibration that observes each
 integer product's input, and the engine whose products are computed in integers by the
 arithmetic of compiler/ir/int8.py, every other node as the float32 reference computes it."""
+
 from __future__ import annotations
 
 import functools
@@ -29,19 +30,25 @@ def quantize_options(spec, span=None) -> dict | None:
         return None
     call = as_call(spec, "quantize", "int8(calibrate = 32, observer = minmax, percentile = 99.99)", span)
     if call.name != "int8":
-        raise DlcError(f"quantize takes int8(calibrate = 32, observer = minmax, percentile = 99.99), got {call.name}",
-                       call.span)
+        raise DlcError(
+            f"quantize takes int8(calibrate = 32, observer = minmax, percentile = 99.99), got {call.name}", call.span
+        )
     args = call.bind({"calibrate": 32, "observer": "minmax", "percentile": 99.99})
     percentile = args.check("percentile", number, low=50)
     if percentile > 100 or percentile == 50:
-        raise DlcError(f"int8: 'percentile' must be above 50 and at most 100, got {percentile:g}",
-                       args.span("percentile"))
-    return {"count": args.check("calibrate", integer, low=1),
-            "observer": args.check("observer", choice, options=OBSERVERS), "percentile": percentile}
+        raise DlcError(
+            f"int8: 'percentile' must be above 50 and at most 100, got {percentile:g}", args.span("percentile")
+        )
+    return {
+        "count": args.check("calibrate", integer, low=1),
+        "observer": args.check("observer", choice, options=OBSERVERS),
+        "percentile": percentile,
+    }
 
 
-def calibrate(graph: Graph, params: dict, batches: Iterable[dict], observer: str = "minmax",
-              percentile: float = 99.99) -> dict:
+def calibrate(
+    graph: Graph, params: dict, batches: Iterable[dict], observer: str = "minmax", percentile: float = 99.99
+) -> dict:
     """The quantization (QuantizedProduct by product name) of the integer products of `graph`
     (the evaluation graph, or the prediction graph for batches without targets), observed
     over `batches` (feeds by input name) run in float32 in order."""
@@ -66,23 +73,39 @@ def calibrate(graph: Graph, params: dict, batches: Iterable[dict], observer: str
             lo, hi = np.percentile(np.concatenate(seen[name]).astype(np.float64), [100 - percentile, percentile])
         q = int8.QuantizedProduct.calibrated(params[name], p.channel_axis, lo, hi)
         if q.input_scale > int8.MOST_SCALE:
-            raise DlcError.at_user_line(f"the input of this {p.op} ranges over [{lo:.4g}, {hi:.4g}] in calibration: "
-                                        "too wide for int8 (its scale would exceed 2^40)", p.span)
+            raise DlcError.at_user_line(
+                f"the input of this {p.op} ranges over [{lo:.4g}, {hi:.4g}] in calibration: "
+                "too wide for int8 (its scale would exceed 2^40)",
+                p.span,
+            )
         out[name] = q
     return out
 
 
-def calibrate_arrays(graph: Graph, params: dict, arrays: dict, count: int, batch: int, observer: str = "minmax",
-                     percentile: float = 99.99, data: str = "arrays") -> tuple[dict, dict]:
+def calibrate_arrays(
+    graph: Graph,
+    params: dict,
+    arrays: dict,
+    count: int,
+    batch: int,
+    observer: str = "minmax",
+    percentile: float = 99.99,
+    data: str = "arrays",
+) -> tuple[dict, dict]:
     """`calibrate` on the first `count` batches of `batch` examples of `arrays` (by input
     name), in order: (the quantization, its settings as a quantized checkpoint records them;
     `data` says in words what the arrays are)."""
     n = len(next(iter(arrays.values())))
     taken = min(n, count * batch)
-    batches = ({k: v[start:start + batch] for k, v in arrays.items()} for start in range(0, taken, batch))
+    batches = ({k: v[start : start + batch] for k, v in arrays.items()} for start in range(0, taken, batch))
     quantization = calibrate(graph, params, batches, observer, percentile)
-    return quantization, {"observer": observer, "percentile": percentile, "calibrate": -(-taken // batch),
-                          "batch": batch, "data": data}
+    return quantization, {
+        "observer": observer,
+        "percentile": percentile,
+        "calibrate": -(-taken // batch),
+        "batch": batch,
+        "data": data,
+    }
 
 
 class _Observing(Eval):
@@ -99,11 +122,15 @@ class _Observing(Eval):
             return
         x = values[inputs[0]]
         if not np.isfinite(x).all():
-            raise DlcError.at_user_line(f"calibration batch {self.batch} gives non-finite values at the input of this "
-                                        f"{p.op} (weights {p.weight})", p.span)
+            raise DlcError.at_user_line(
+                f"calibration batch {self.batch} gives non-finite values at the input of this "
+                f"{p.op} (weights {p.weight})",
+                p.span,
+            )
         if x.size:
-            self.seen[p.weight].append((float(x.min()), float(x.max())) if self.observer == "minmax"
-                                       else x.ravel().copy())
+            self.seen[p.weight].append(
+                (float(x.min()), float(x.max())) if self.observer == "minmax" else x.ravel().copy()
+            )
 
 
 def integer_product(p: Product, q: int8.QuantizedProduct, ctx: Eval, xs: list, **attrs) -> list:
@@ -133,7 +160,12 @@ class Int8Engine(ReferenceEngine):
 
     def __init__(self, train_model: Model, eval_model: Model, quantization: dict):
         super().__init__(train_model, eval_model)
-        self.plans = {id(g): {p.node: functools.partial(integer_product, p, quantization[p.weight])
-                              for p in products(g, eval_model.graph) if p.integer and p.weight in quantization}
-                      for g in (self.eval_graph, self.predict_graph)}
+        self.plans = {
+            id(g): {
+                p.node: functools.partial(integer_product, p, quantization[p.weight])
+                for p in products(g, eval_model.graph)
+                if p.integer and p.weight in quantization
+            }
+            for g in (self.eval_graph, self.predict_graph)
+        }
         self.evaluator = functools.partial(_Int8Eval, self.plans)

@@ -1,6 +1,7 @@
 """The numpy reference interpreter: runs any graph node by node with each primitive's
 `impl` (compiler/ir/evaluate.py), once the inputs give the sizes of its symbolic dims. It is
 the oracle the native backend is tested against, so it stays simple."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,12 @@ def _input_specs(graph: Graph) -> list:
         specs = []
         for n in graph.nodes_with("input"):
             typ = graph.types(n)[0]
-            symbols = [next(iter(d.symbols())) if isinstance(d, Dim) and len(d.symbols()) == 1
-                       and d == Dim.sym(next(iter(d.symbols()))) else None for d in typ.shape]
+            symbols = [
+                next(iter(d.symbols()))
+                if isinstance(d, Dim) and len(d.symbols()) == 1 and d == Dim.sym(next(iter(d.symbols())))
+                else None
+                for d in typ.shape
+            ]
             specs.append((graph.attrs(n)["name"], typ, graph.nx.nodes[n]["span"], symbols))
         cached = graph.__dict__["_input_specs"] = (key, specs)
     return cached[1]
@@ -64,8 +69,9 @@ def check_sizes(graph: Graph, sizes: dict):
             given = ", ".join(f"{s} = {bound[s]}" for s in sorted(dim.symbols()))
             word, need = size_need(dim, least)
             gives = f" gives {concrete(dim, bound)}" if word == "small" else ""
-            raise DlcError.at_user_line(f"the inputs are too {word} for this {op}: it needs {need}, but {given}{gives}",
-                                        span)
+            raise DlcError.at_user_line(
+                f"the inputs are too {word} for this {op}: it needs {need}, but {given}{gives}", span
+            )
 
 
 def size_need(dim, least: int) -> tuple:
@@ -88,11 +94,14 @@ def size_constraints(graph: Graph) -> list:
                 op, span = g.op(n), g.nx.nodes[n]["span"]
                 dims = [(d, 0) for t in g.types(n) for d in t.shape]
                 nonempty = PRIMITIVES[op].nonempty_axes
-                if nonempty is not None:        # a maximum of nothing has no value
+                if nonempty is not None:  # a maximum of nothing has no value
                     dims += [(g.inputs(n)[0].shape[a], 1) for a in nonempty(**g.attrs(n))]
-                if op == "slice":               # a stop the sizes give must lie within the operand (P[0:T] of a P[64])
-                    dims += [(d - stop, 0) for d, stop in zip(g.inputs(n)[0].shape, g.attrs(n)["stops"])
-                             if isinstance(stop, Dim)]
+                if op == "slice":  # a stop the sizes give must lie within the operand (P[0:T] of a P[64])
+                    dims += [
+                        (d - stop, 0)
+                        for d, stop in zip(g.inputs(n)[0].shape, g.attrs(n)["stops"])
+                        if isinstance(stop, Dim)
+                    ]
                 for d, least in dims:
                     if isinstance(d, Dim) and d.symbols() and (d, least) not in seen:
                         seen.add((d, least))
@@ -101,8 +110,16 @@ def size_constraints(graph: Graph) -> list:
     return cached
 
 
-def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32", sizes: dict | None = None,
-        replicas=None, evaluator=Eval, bf16=None) -> dict:
+def run(
+    graph: Graph,
+    feeds: dict,
+    params: dict,
+    float_dtype: str | None = "f32",
+    sizes: dict | None = None,
+    replicas=None,
+    evaluator=Eval,
+    bf16=None,
+) -> dict:
     """Evaluate a graph; returns its named outputs as numpy arrays. Every float value is
     computed in `float_dtype`, or, with None, in the dtype the graph gives it. `replicas`
     computes replica_mean, `bf16` which matmuls and convolutions round their operands (Eval);
@@ -113,7 +130,7 @@ def run(graph: Graph, feeds: dict, params: dict, float_dtype: str | None = "f32"
     feeds = _cast_all(graph, "input", feeds, float_dtype)
     params = _cast_all(graph, "param", params, float_dtype)
     ctx = evaluator(feeds, params, all_sizes, float_dtype, replicas, bf16)
-    with np.errstate(all="ignore"):       # inf and nan are values here; callers decide what they mean
+    with np.errstate(all="ignore"):  # inf and nan are values here; callers decide what they mean
         values = ctx.values(graph)
     return {name: values[t.key()] for name, t in graph.outputs.items()}
 

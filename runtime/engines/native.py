@@ -9,6 +9,7 @@ update is one pass that writes them in place. Inputs are checked (shape, dtype) 
 native call. Compiled objects are cached on disk by a hash of the IR, the CPU and the
 dlc version.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -71,17 +72,17 @@ class NumericsCheck:
 
     def __init__(self, program: KernelProgram, compiled):
         self.program = program
-        self.fault = None           # the fault flag of the call under way (its layout's)
+        self.fault = None  # the fault flag of the call under way (its layout's)
         last = {bid: i for i, k in enumerate(program.kernels) for bid in self._writes(k)}
-        self.watched: dict = {}     # kernel number -> the buffers it is the last to write
+        self.watched: dict = {}  # kernel number -> the buffers it is the last to write
         for bid, i in last.items():
             if program.buffers[bid].role in ("temp", "output") and program.buffers[bid].dtype in NONFINITE:
                 self.watched.setdefault(i, []).append(bid)
         # the parameters and inputs, tested before the call (after an update that overflowed)
         self.given = [b.id for b in program.buffers if b.role in ("param", "input") and b.dtype in NONFINITE]
-        self.counts: dict = {}      # the element count of each watched buffer, per set of sizes
-        self.running: tuple = ()    # (the pointer table, the counts) of the call under way
-        self.found = None           # the kernels that wrote the first non-finite value
+        self.counts: dict = {}  # the element count of each watched buffer, per set of sizes
+        self.running: tuple = ()  # (the pointer table, the counts) of the call under way
+        self.found = None  # the kernels that wrote the first non-finite value
         self.count = {dtype: NONFINITE_COUNT(compiled.address(name)) for dtype, name in NONFINITE.items()}
         self.callback = NUMERICS_CHECK(self._after)
         slot = ctypes.c_void_p.from_address(compiled.engine.get_global_value_address(CHECK))
@@ -96,8 +97,10 @@ class NumericsCheck:
         self.fault = fault
         key = tuple(sizes[s] for s in self.program.symbols)
         if key not in self.counts:
-            self.counts[key] = {bid: int(concrete(self.program.buffers[bid].size, sizes))
-                                for bid in self.given + [b for bids in self.watched.values() for b in bids]}
+            self.counts[key] = {
+                bid: int(concrete(self.program.buffers[bid].size, sizes))
+                for bid in self.given + [b for bids in self.watched.values() for b in bids]
+            }
         self.running, self.found = (table, self.counts[key]), None
         if any(self._nonfinite(bid) for bid in self.given):
             raise NonFiniteOutput([])
@@ -110,7 +113,7 @@ class NumericsCheck:
         """After kernel number `kernel`: 1 (stop) if a value it wrote is not finite."""
         for bid in self.watched.get(kernel, ()):
             if self._nonfinite(bid):
-                self.found = [k for k in self.program.kernels[:kernel + 1] if bid in self._writes(k)]
+                self.found = [k for k in self.program.kernels[: kernel + 1] if bid in self._writes(k)]
                 self.fault.value = -1
                 return 1
         return 0
@@ -139,47 +142,62 @@ class Executable:
     `self.buckets` lists them). `int8`: the quantization (QuantizedProduct by product name)
     whose integer products it computes in int8 (compiler/native/kernels/int8)."""
 
-    def __init__(self, graph, update: KernelProgram | None = None, profile=False, resident: dict | None = None,
-                 hosts: dict | None = None, check_numerics=False, precision: str = "f32", buckets: tuple | None = None,
-                 pack_weights: str | None = None, int8: dict | None = None):
+    def __init__(
+        self,
+        graph,
+        update: KernelProgram | None = None,
+        profile=False,
+        resident: dict | None = None,
+        hosts: dict | None = None,
+        check_numerics=False,
+        precision: str = "f32",
+        buckets: tuple | None = None,
+        pack_weights: str | None = None,
+        int8: dict | None = None,
+    ):
         self.graph = graph
         self.what = "the train step" if update is not None else "a forward pass"
         self.resident = resident
         self.program: KernelProgram = lower(optimize(graph), precision, pack_weights, int8)
         self.buckets = gradient_buckets(self.program, *buckets) if buckets else []
-        self.profile = [] if profile else None      # (kernel, depth) per slot of dlc_profile
+        self.profile = [] if profile else None  # (kernel, depth) per slot of dlc_profile
         if profile:
             built = build_module(self.program, "dlc_step", update=update, profile=self.profile, check=check_numerics)
-            self.driver, arguments = TieredDriver.optimized_only(cache.compile_cached(built.module), "dlc_step"), \
-                built.arguments
+            self.driver, arguments = (
+                TieredDriver.optimized_only(cache.compile_cached(built.module), "dlc_step"),
+                built.arguments,
+            )
         else:
+
             def build():
                 built = build_module(self.program, "dlc_step", update=update, check=check_numerics)
                 return built.module, built.arguments
+
             parts = (self.program, update) + (("check numerics",) if check_numerics else ())
             # the numerics check is bound to its module's globals: one tier
             self.driver = TieredDriver(parts, build, "dlc_step", quick=not check_numerics)
             arguments = self.driver.extra
         self.layouts: dict = {}
-        self.packed: dict = {}                      # the packed weights (kernels/gemm), by buffer
-        self.live = intervals(self.program)         # temporaries share an arena (compiler/native/memory.py)
-        self.plans: dict = {}                       # its layout per set of sizes
-        self.memory: dict = {}                      # bytes by part (runtime/engines/budget.py) per set of sizes
+        self.packed: dict = {}  # the packed weights (kernels/gemm), by buffer
+        self.live = intervals(self.program)  # temporaries share an arena (compiler/native/memory.py)
+        self.plans: dict = {}  # its layout per set of sizes
+        self.memory: dict = {}  # bytes by part (runtime/engines/budget.py) per set of sizes
         # the pointer table (compiler/native/codegen/driver.py): buffers, checks, the update's buffers
         self.checks = len(self.program.buffers)
         self.extras = self.checks + len(self.program.faults)
         self.entries = self.extras + (len(update.buffers) if update is not None else 0)
         self.arguments = np.array(arguments, np.intp)
         self.param_slots = [(bid, DTYPES[self.program.buffers[bid].dtype]) for bid in self.program.params.values()]
-        self._given = None              # (the arrays `given` was last given, its dict): see `given`
+        self._given = None  # (the arrays `given` was last given, its dict): see `given`
         if self.arguments.size and not (0 <= self.arguments.min() and self.arguments.max() < self.entries):
-            raise DlcError(f"the compile cache in {cache.cache_dir()} holds a bad entry for {self.what}: "
-                           "delete the directory")
+            raise DlcError(
+                f"the compile cache in {cache.cache_dir()} holds a bad entry for {self.what}: delete the directory"
+            )
         self.host_error = None
-        self.arrays: list = []              # the buffers of the call under way, or of the last
+        self.arrays: list = []  # the buffers of the call under way, or of the last
         self.hosts = {b.id: self._host(b.name, hosts or {}) for b in self.program.buffers if b.role == "host"}
         self.input_dtypes = {graph.attrs(n)["name"]: DTYPES[graph.types(n)[0].dtype] for n in graph.nodes_with("input")}
-        self.bound: dict = {}                       # the sizes of the dims, by the shapes of the feeds
+        self.bound: dict = {}  # the sizes of the dims, by the shapes of the feeds
         # tests what each kernel writes (NumericsCheck); the module's driver calls it
         self.numerics = NumericsCheck(self.program, self.compiled) if check_numerics else None
 
@@ -200,6 +218,7 @@ class Executable:
                     function(np.frombuffer((ctypes.c_float * n).from_address(address), np.float32))
             except BaseException as e:
                 self.host_error = self.host_error or e
+
         return HOST_CALL(call)
 
     def cycles(self) -> np.ndarray:
@@ -225,7 +244,7 @@ class Executable:
                     arrays.append(None)
                 elif b.role == "const":
                     arrays.append(np.ascontiguousarray(b.data))
-                elif b.role == "packed":        # of every layout: their sizes are the weights'
+                elif b.role == "packed":  # of every layout: their sizes are the weights'
                     if b.id not in self.packed:
                         self.packed[b.id] = aligned_zeros(int(concrete(b.size, sizes)), BUFFER_DTYPES[b.dtype])
                     arrays.append(self.packed[b.id])
@@ -234,10 +253,10 @@ class Executable:
                 else:
                     arrays.append(aligned_zeros(max(1, int(concrete(b.size, sizes))), BUFFER_DTYPES[b.dtype]))
             table = np.zeros(self.entries, np.uint64)
-            table[:self.checks] = [0 if a is None else a.ctypes.data for a in arrays]
+            table[: self.checks] = [0 if a is None else a.ctypes.data for a in arrays]
             for bid, function in self.hosts.items():
                 table[bid] = ctypes.cast(function, ctypes.c_void_p).value
-            table[self.checks:self.extras] = np.arange(1, self.extras - self.checks + 1)
+            table[self.checks : self.extras] = np.arange(1, self.extras - self.checks + 1)
             lay = self.layouts[key] = Layout(self, sizes, arrays, table)
         return lay
 
@@ -249,7 +268,9 @@ class Executable:
         def activations(s: dict) -> dict:
             # what a layout allocates: the arena and the buffers that live nowhere else
             arena = (p if s == sizes else plan(self.program, s, self.live, exclude=fixed)).arena
-            return {"activations": arena + sum(budget.buffer_bytes(b, s) for b in budget.own_buffers(self.program, fixed))}
+            return {
+                "activations": arena + sum(budget.buffer_bytes(b, s) for b in budget.own_buffers(self.program, fixed))
+            }
 
         resident = self.resident or {"parameters": sum(a.nbytes for a in fixed.values())}
         budget.require_step(self.what, self.graph, sizes, resident, activations)
@@ -266,9 +287,9 @@ class Executable:
             lay.bind(bid, np.ascontiguousarray(feeds[name], self.input_dtypes[name]))
         for slot, a in enumerate(extra):
             lay.bind(self.extras + slot, a)
-        self.arrays = arrays                # what a host function may read during the call
+        self.arrays = arrays  # what a host function may read during the call
         if self.program.weights_ready is not None:
-            arrays[self.program.weights_ready][:] = 0       # the weights given may be new: packed again
+            arrays[self.program.weights_ready][:] = 0  # the weights given may be new: packed again
         lay.fault.value = 0
         if self.numerics is not None:
             self.numerics.arm(lay.table, sizes, lay.fault)
@@ -311,8 +332,9 @@ class Executable:
         key = tuple(np.shape(feeds[name]) if name in feeds else None for name in self.input_dtypes)
         sizes = self.bound.get(key)
         if sizes is None:
-            sizes = self.bound[key] = {s: 0 for s in self.program.symbols if s.startswith("$")} | \
-                derive(bind_sizes(self.graph, feeds), self.program.symbols)
+            sizes = self.bound[key] = {s: 0 for s in self.program.symbols if s.startswith("$")} | derive(
+                bind_sizes(self.graph, feeds), self.program.symbols
+            )
         return sizes
 
 
@@ -335,17 +357,19 @@ class Layout:
         self.sizes = ctypes.addressof(self.dims) + ctypes.sizeof(ctypes.c_int64)
         # slot -> (dtype, element count, name) of the array it takes; the update's slots
         # (after the checks) are the engine's own arrays, which it sized
-        self.wants = {b.id: (np.dtype(BUFFER_DTYPES[b.dtype]), int(concrete(b.size, sizes)), b.name or str(b.id))
-                      for b in exe.program.buffers}
-        self.held: dict = {}        # slot -> the array whose address it holds
-        self.last = None            # (the arrays given, the buffers) of the last `bound`
+        self.wants = {
+            b.id: (np.dtype(BUFFER_DTYPES[b.dtype]), int(concrete(b.size, sizes)), b.name or str(b.id))
+            for b in exe.program.buffers
+        }
+        self.held: dict = {}  # slot -> the array whose address it holds
+        self.last = None  # (the arrays given, the buffers) of the last `bound`
         # the driver's arguments: each kernel's slots of the table (driver.py), kept as the
         # table changes, so that a call passes them as they are
         self.arguments = exe.arguments
         self.args = table[exe.arguments]
         self.address = self.args.ctypes.data
-        self.places: dict = {}      # slot -> where the arguments hold it
-        self.outputs = {}           # output name -> (element count, shape)
+        self.places: dict = {}  # slot -> where the arguments hold it
+        self.outputs = {}  # output name -> (element count, shape)
         for name in exe.program.outputs:
             shape = tuple(int(concrete(d, sizes)) for d in exe.graph.outputs[name].type.shape)
             self.outputs[name] = (int(np.prod(shape, dtype=np.int64)), shape)
@@ -390,10 +414,11 @@ class UpdateCall:
         def build():
             built = build_module(KernelProgram(), "dlc_update", update=update)
             return built.module, built.arguments
+
         self.driver = TieredDriver(("dlc_update", update), build, "dlc_update")
         table = np.array([0 if a is None else a.ctypes.data for a in arrays], np.uint64)
         self.args = table[np.array(self.driver.extra, np.intp)]
-        self.dims = (ctypes.c_int64 * 1)(0)        # the fault flag, no sizes: an empty program has no checks
+        self.dims = (ctypes.c_int64 * 1)(0)  # the fault flag, no sizes: an empty program has no checks
 
     def __call__(self):
         self.driver.run(self.args.ctypes.data, ctypes.addressof(self.dims) + ctypes.sizeof(ctypes.c_int64), threads())
@@ -401,13 +426,27 @@ class UpdateCall:
 
 class NativeEngine:
     """An `Engine` (runtime/engines/protocol.py) on compiled code."""
-    name = "native"
-    world = None                        # one process: a data-parallel run wraps the engine (DataParallel)
 
-    def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
-                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None, profile=False,
-                 split=False, check_numerics=False, precision: str = "f32", buckets: int = 0,
-                 shard: tuple | None = None, int8: dict | None = None):
+    name = "native"
+    world = None  # one process: a data-parallel run wraps the engine (DataParallel)
+
+    def __init__(
+        self,
+        train_model: Model,
+        eval_model: Model,
+        optimizer: Optimizer | None = None,
+        trainable: list | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        clip=None,
+        profile=False,
+        split=False,
+        check_numerics=False,
+        precision: str = "f32",
+        buckets: int = 0,
+        shard: tuple | None = None,
+        int8: dict | None = None,
+    ):
         """`split`: the gradients and the update are two calls (`gradients`, `apply_update`), so that
         a data-parallel run (runtime/engines/distributed.py) can average the gradients between them;
         with `buckets` (bytes), one call again, which hands each bucket of gradients to
@@ -428,17 +467,17 @@ class NativeEngine:
         (docs/quantization.md, "Engines")."""
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.precision = precision
-        self.int8 = int8                # its evaluation and prediction's integer products (docs/quantization.md)
-        self.profiling = profile        # the train step's and the prediction's builds count cycles (`dlc bench`)
+        self.int8 = int8  # its evaluation and prediction's integer products (docs/quantization.md)
+        self.profiling = profile  # the train step's and the prediction's builds count cycles (`dlc bench`)
         self.trainable = list(trainable or [])
         self.params_info = {p.name: p for p in train_model.params}
         self.train_exe = self.update_call = self._hvp = None
         self.train_graph = train_model.graph
-        self.replicas = None        # replica_mean of a data-parallel run (runtime/engines/distributed.py)
-        self.allreduce = None       # the gradient buckets' allreduce of a data-parallel run (same)
+        self.replicas = None  # replica_mean of a data-parallel run (runtime/engines/distributed.py)
+        self.allreduce = None  # the gradient buckets' allreduce of a data-parallel run (same)
         if optimizer is not None:
             slots = len(optimizer.slots())
-            budget.require_model(train_model, self.trainable, slots)      # before anything is allocated
+            budget.require_model(train_model, self.trainable, slots)  # before anything is allocated
             step = train_step(train_model.graph)
             size = {p.name: int(numel(p.type.shape)) for p in train_model.params}
             self.n_trained = sum(size[n] for n in self.trainable)
@@ -448,33 +487,52 @@ class NativeEngine:
             self.flat = np.zeros(max(sum(size.values()), 1), np.float32)
             self.grads = np.zeros(max(self.n_trained, 1), np.float32)
             self.state = {s: np.zeros(max(self.shard[1] - self.shard[0], 1), np.float32) for s in optimizer.slots()}
-            resident = {"parameters": self.flat.nbytes, "gradients": self.grads.nbytes,
-                        "optimizer state": sum(a.nbytes for a in self.state.values())}
+            resident = {
+                "parameters": self.flat.nbytes,
+                "gradients": self.grads.nbytes,
+                "optimizer state": sum(a.nbytes for a in self.state.values()),
+            }
             # the trained parameters group by group, so that each parameter group is one range of the flat
             # arrays, whose update tells an element's group from its index; a bucketed step orders them by bucket
             bucketed = split and buckets > 0 and not shard
             trained = self.trainable if bucketed else sorted(self.trainable, key=optimizer.group_number)
-            starts = None if bucketed or len(optimizer.groups) == 1 else tuple(
-                sum(size[n] for n in trained if optimizer.group_number(n) < g) - self.shard[0]
-                for g in range(1, len(optimizer.groups)))
+            starts = (
+                None
+                if bucketed or len(optimizer.groups) == 1
+                else tuple(
+                    sum(size[n] for n in trained if optimizer.group_number(n) < g) - self.shard[0]
+                    for g in range(1, len(optimizer.groups))
+                )
+            )
             update = self._update_program(starts)
             self.fused_update = update is not None and not shard and (not split or buckets > 0)
-            self.train_exe = Executable(step, update=update if self.fused_update else None, profile=profile,
-                                        resident=resident, check_numerics=check_numerics, precision=precision,
-                                        hosts={"replica_mean": self._replica_mean, BUCKET: self._bucket_final,
-                                               REDUCED: self._gradients_reduced},
-                                        buckets=(buckets, self.trainable) if split and self.fused_update else None)
-            self.update_call = UpdateCall(update, self.update_arrays) if update is not None and not self.fused_update \
-                else None
+            self.train_exe = Executable(
+                step,
+                update=update if self.fused_update else None,
+                profile=profile,
+                resident=resident,
+                check_numerics=check_numerics,
+                precision=precision,
+                hosts={
+                    "replica_mean": self._replica_mean,
+                    BUCKET: self._bucket_final,
+                    REDUCED: self._gradients_reduced,
+                },
+                buckets=(buckets, self.trainable) if split and self.fused_update else None,
+            )
+            self.update_call = (
+                UpdateCall(update, self.update_arrays) if update is not None and not self.fused_update else None
+            )
             # the flat arrays: the trained parameters (in bucket order, each bucket one range), then the others
-            order = [n for bucket in self.train_exe.buckets or [trained] for n in bucket] + \
-                [n for n in size if n not in self.trainable]
+            order = [n for bucket in self.train_exe.buckets or [trained] for n in bucket] + [
+                n for n in size if n not in self.trainable
+            ]
             self.offsets, at = {}, 0
             for name in order:
                 self.offsets[name], at = at, at + size[name]
             # the first offset of each bucket -> its end
             self.bucket_ends = {self.offsets[b[0]]: self.offsets[b[-1]] + size[b[-1]] for b in self.train_exe.buckets}
-            if self.group is not None:       # each element's parameter group, written range by range
+            if self.group is not None:  # each element's parameter group, written range by range
                 for name in self.trainable:
                     first, last = self._share(name)
                     if first < last:
@@ -482,7 +540,7 @@ class NativeEngine:
             self.adopted = None
         self.eval_model = eval_model
         self._eval = self._predict = None
-        if optimizer is None:      # an inference engine: fail now, not at the first batch, if it cannot compile
+        if optimizer is None:  # an inference engine: fail now, not at the first batch, if it cannot compile
             lower(eval_model.graph, precision)
 
     def _replica_mean(self, values: np.ndarray):
@@ -496,7 +554,7 @@ class NativeEngine:
         within the flat gradient array, which holds the bucket from there on."""
         if self.allreduce is not None:
             start = (first.ctypes.data - self.grads.ctypes.data) // self.grads.itemsize
-            self.allreduce.start(self.grads[start:self.bucket_ends[start]])
+            self.allreduce.start(self.grads[start : self.bucket_ends[start]])
 
     def _gradients_reduced(self, _):
         """The host call before the update: every bucket's allreduce is done. The step's loss
@@ -529,8 +587,13 @@ class NativeEngine:
         if self._predict is None:
             if not any(k.startswith("output:") for k in self.eval_model.graph.outputs):
                 raise DlcError("the model declares no outputs; add `output name = ...`")
-            self._predict = Executable(predict_graph(self.eval_model), profile=self.profiling, precision=self.precision,
-                                       pack_weights="each call", int8=self.int8)
+            self._predict = Executable(
+                predict_graph(self.eval_model),
+                profile=self.profiling,
+                precision=self.precision,
+                pack_weights="each call",
+                int8=self.int8,
+            )
         return self._predict
 
     # -- the optimizer --
@@ -543,16 +606,16 @@ class NativeEngine:
         self.update_arrays, self.scalars, self.scalar_names = [], np.zeros(0), []
         lo, hi = self.shard
         self.group = None
-        if lo == hi or self.optimizer.full_batch:     # nothing to update here; L-BFGS, Newton: no update graph
+        if lo == hi or self.optimizer.full_batch:  # nothing to update here; L-BFGS, Newton: no update graph
             return None
         prog = lower_update(self.optimizer.graph(hi - lo, self.l1, self.l2, self.clip, starts=starts))
         # a share's gradient is read from the start of the gradient array, where an in-place reduce-scatter leaves it
-        arrays = {"param": self.flat[lo:hi], "grad": self.grads[:hi - lo], **self.state}
+        arrays = {"param": self.flat[lo:hi], "grad": self.grads[: hi - lo], **self.state}
         if GROUP in prog.inputs:
-            self.group = arrays[GROUP] = np.zeros(hi - lo, np.int32)    # set with the offsets
+            self.group = arrays[GROUP] = np.zeros(hi - lo, np.int32)  # set with the offsets
         self.scalar_names = [name for name in prog.inputs if name not in arrays]
         self.scalars = np.zeros(len(self.scalar_names), np.float64)
-        arrays.update({name: self.scalars[k:k + 1] for k, name in enumerate(self.scalar_names)})
+        arrays.update({name: self.scalars[k : k + 1] for k, name in enumerate(self.scalar_names)})
         used = touched(prog)
         for b in prog.buffers:
             if b.id not in used:
@@ -561,7 +624,7 @@ class NativeEngine:
                 self.update_arrays.append(arrays[b.name])
             elif b.role == "const":
                 self.update_arrays.append(np.ascontiguousarray(b.data))
-            else:       # what the update computes on the way: the gradient's norm
+            else:  # what the update computes on the way: the gradient's norm
                 self.update_arrays.append(np.zeros(max(1, int(b.size)), DTYPES[b.dtype]))
         return prog
 
@@ -572,27 +635,26 @@ class NativeEngine:
     def _adopt(self, params: dict, opt_state: dict):
         """Move parameters and optimizer state into the flat arrays (the dicts then hold
         views of them, so checkpoints and the trainer see every update)."""
-        if self.adopted == (id(params), id(opt_state)) and all(
-                params[n].base is self.flat for n in self.offsets):
+        if self.adopted == (id(params), id(opt_state)) and all(params[n].base is self.flat for n in self.offsets):
             return
         for name, off in self.offsets.items():
             size = int(numel(self.params_info[name].type.shape))
-            view = self.flat[off:off + size].reshape(params[name].shape)
+            view = self.flat[off : off + size].reshape(params[name].shape)
             view[...] = params[name]
             params[name] = view
         lo = self.shard[0]
-        for name in (n for n in self.trainable if n in opt_state):     # a sharded engine's, once: then cleared
+        for name in (n for n in self.trainable if n in opt_state):  # a sharded engine's, once: then cleared
             off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
             first, last = self._share(name)
             for slot, flat in self.state.items():
                 if first < last:
-                    flat[first:last] = opt_state[name][slot].ravel()[first + lo - off:last + lo - off]
-                if not self.sharded:        # the run's state becomes a view of the engine's
-                    opt_state[name][slot] = flat[off:off + size].reshape(self.params_info[name].type.shape)
-        if self.sharded:    # the whole state is given up: a checkpoint gathers the shares (DataParallel.whole_state)
+                    flat[first:last] = opt_state[name][slot].ravel()[first + lo - off : last + lo - off]
+                if not self.sharded:  # the run's state becomes a view of the engine's
+                    opt_state[name][slot] = flat[off : off + size].reshape(self.params_info[name].type.shape)
+        if self.sharded:  # the whole state is given up: a checkpoint gathers the shares (DataParallel.whole_state)
             opt_state.clear()
         self.adopted = (id(params), id(opt_state))
-        budget.release_freed()      # the arrays they were given in, unless the caller keeps them
+        budget.release_freed()  # the arrays they were given in, unless the caller keeps them
 
     def _share(self, name: str) -> tuple:
         """(first, last): where trained parameter `name`'s part in this rank's share lies in the
@@ -608,13 +670,12 @@ class NativeEngine:
             for name in self.trainable:
                 bid = exe.program.outputs[f"grad:{name}"]
                 off, size = self.offsets[name], int(numel(self.params_info[name].type.shape))
-                fixed[bid] = self.grads[off:off + size]
+                fixed[bid] = self.grads[off : off + size]
         return fixed
 
     # -- the engine interface --
-    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
-                   key: np.ndarray) -> dict:
-        if self.optimizer.full_batch:       # its evaluations call the train step, compiled without an update
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key: np.ndarray) -> dict:
+        if self.optimizer.full_batch:  # its evaluations call the train step, compiled without an update
             return self.optimizer.step(self, params, opt_state, batch, lr, key)
         self._adopt(params, opt_state)
         self._set_scalars(lr, step)
@@ -623,9 +684,10 @@ class NativeEngine:
     def gradients(self, params: dict, opt_state: dict, batch: dict, key: np.ndarray) -> tuple[dict, np.ndarray]:
         """A split engine's first half of a step: (the loss and metrics, the flat gradient of
         the trained parameters, which `apply_update` reads; the caller may change it in place)."""
-        if self.fused_update:       # its step would apply the update too: not a first half
-            raise DlcError("gradients() needs an engine built with split=True and no buckets: this one's step "
-                           "applies the update")
+        if self.fused_update:  # its step would apply the update too: not a first half
+            raise DlcError(
+                "gradients() needs an engine built with split=True and no buckets: this one's step applies the update"
+            )
         self._adopt(params, opt_state)
         return self._step(params, batch, key), self.grads
 
@@ -649,14 +711,15 @@ class NativeEngine:
         for name, bid in exe.program.outputs.items():
             if name.startswith("update:"):
                 target = params[name[7:]]
-                target[...] = arrays[bid][:target.size].reshape(target.shape)
+                target[...] = arrays[bid][: target.size].reshape(target.shape)
         return self._values(arrays)
 
     def _values(self, arrays: list) -> dict:
         """The loss and metrics of a train step, from its buffers."""
         outputs = self.train_exe.program.outputs
-        return _scalars({name: arrays[bid][0] for name, bid in outputs.items()
-                         if not name.startswith(("update:", "grad:"))})
+        return _scalars(
+            {name: arrays[bid][0] for name, bid in outputs.items() if not name.startswith(("update:", "grad:"))}
+        )
 
     def hvp(self, params: dict, batch: dict, key: np.ndarray, v: np.ndarray) -> np.ndarray:
         """H v, flat over the trained parameters like v, H the Hessian of the batch's loss: the
@@ -664,8 +727,11 @@ class NativeEngine:
         if self._hvp is None:
             self._hvp = Executable(hvp_graph(self.train_graph))
         exe = self._hvp
-        feeds = {**batch, "rng": np.asarray(key, np.int32),
-                 **second_order.direction_feeds(exe.graph, self.trainable, params, v)}
+        feeds = {
+            **batch,
+            "rng": np.asarray(key, np.int32),
+            **second_order.direction_feeds(exe.graph, self.trainable, params, v),
+        }
         arrays, sizes = exe.run(feeds, exe.given(params))
         return np.concatenate([exe.output(f"hvp:{name}", arrays, sizes).ravel() for name in self.trainable])
 
@@ -680,13 +746,20 @@ class NativeEngine:
         line = (span.caller or span).line if span is not None else "?"
         return numerics.NonFinite.at_user_line(
             f"the kernel of line {line}'s `{op}` wrote a value that is not finite, yet the reference evaluation of "
-            "the step, which rounds differently, stays finite there", span)
+            "the step, which rounds differently, stays finite there",
+            span,
+        )
 
     def evaluate(self, params: dict, batch: dict) -> dict:
         exe = self.eval_exe
         arrays, _ = exe.run({**batch, "rng": NO_KEY}, self._fixed(exe, params, False))
-        return _scalars({name: arrays[bid][0] for name, bid in exe.program.outputs.items()
-                         if name == "loss" or name.startswith("metric:")})
+        return _scalars(
+            {
+                name: arrays[bid][0]
+                for name, bid in exe.program.outputs.items()
+                if name == "loss" or name.startswith("metric:")
+            }
+        )
 
     def predict(self, params: dict, batch: dict) -> dict:
         exe = self.predict_exe

@@ -12,6 +12,7 @@ line (the user's call for a line of the standard library, as compile errors do),
 operation, for a node of the backward pass the forward operation it differentiates, the
 scan step it ran in and the ranges of its inputs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -50,6 +51,7 @@ class Origin:
     """The node that made a non-finite value from finite inputs: its graph (a scan's body
     for a node in a loop), its float inputs and outputs, and the steps of the scans it
     ran in, outermost first."""
+
     graph: Graph
     node: int
     inputs: list
@@ -58,8 +60,11 @@ class Origin:
 
     def error(self) -> NonFinite:
         g, data = self.graph, self.graph.nx.nodes[self.node]
-        kinds = [kind for kind, test in (("nan", np.isnan), ("inf", np.isposinf), ("-inf", np.isneginf))
-                 if any(test(v).any() for v in self.outputs)]
+        kinds = [
+            kind
+            for kind, test in (("nan", np.isnan), ("inf", np.isposinf), ("-inf", np.isneginf))
+            if any(test(v).any() for v in self.outputs)
+        ]
         bad = " and ".join([", ".join(kinds[:-1]), kinds[-1]] if len(kinds) > 1 else kinds)
         op, span = data["op"], data["span"]
         if op in ("input", "param"):
@@ -74,12 +79,14 @@ class Origin:
         inside = f" ({span.place()} in the standard library)" if span is not None and span.caller else ""
         step = ""
         if self.steps:
-            step = f" at step {self.steps[0]} of its scan" if len(self.steps) == 1 else \
-                f" at steps {', '.join(map(str, self.steps))} of its nested scans"
+            step = (
+                f" at step {self.steps[0]} of its scan"
+                if len(self.steps) == 1
+                else f" at steps {', '.join(map(str, self.steps))} of its nested scans"
+            )
         ranges = " and ".join(f"[{v.min():.4g}, {v.max():.4g}]" if v.size else "[] (empty)" for v in self.inputs)
         given = f"from finite inputs in {ranges}" if ranges else "from no inputs"
-        return NonFinite.at_user_line(f"{bad} first came from {what}{inside}{step}, in the {stage} pass, {given}",
-                                      span)
+        return NonFinite.at_user_line(f"{bad} first came from {what}{inside}{step}, in the {stage} pass, {given}", span)
 
 
 class OriginFound(Exception):
@@ -118,8 +125,9 @@ class Watching(Eval):
 def run(graph: Graph, feeds: dict, params: dict, replicas=None, allowed=None, bf16=None) -> dict:
     """interpreter.run, watched (Watching): raises the NonFinite of the first non-finite value."""
     try:
-        return interpreter.run(graph, feeds, params, replicas=replicas, bf16=bf16,
-                               evaluator=lambda *args: Watching(*args, allowed=allowed))
+        return interpreter.run(
+            graph, feeds, params, replicas=replicas, bf16=bf16, evaluator=lambda *args: Watching(*args, allowed=allowed)
+        )
     except OriginFound as found:
         raise found.origin.error() from None
 
@@ -132,11 +140,16 @@ def locate(graph: Graph, feeds: dict, params: dict, nodes: set) -> NonFinite | N
     a parameter that holds one is named too. None when that evaluation stays finite
     there. Only those nodes may be named: elsewhere a value may be non-finite on purpose
     and masked before memory (`select(x > 0, log(x), 0)`), which the kernels never store."""
-    bodies = {id(body) for n in nodes if n in graph.nx and graph.op(n) == "scan"
-              for body in nested_graphs(graph.attrs(n)["body"])}
+    bodies = {
+        id(body)
+        for n in nodes
+        if n in graph.nx and graph.op(n) == "scan"
+        for body in nested_graphs(graph.attrs(n)["body"])
+    }
 
     def allowed(g: Graph, n: int) -> bool:
         return g.op(n) in ("input", "param") or (n in nodes if g is graph else id(g) in bodies)
+
     try:
         run(graph, feeds, params, allowed=allowed)
     except NonFinite as e:

@@ -14,6 +14,7 @@ members of its own (`train_exe`, `train_memory`, the flat arrays `grads`, `offse
 process also have `hvp` (Hessian-vector products of a batch's loss), which Newton's method
 calls (runtime/optim/second_order.py); a data-parallel run refuses that optimizer.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Protocol, runtime_checkable
@@ -39,8 +40,7 @@ class Engine(Protocol):
     """replica_mean's reduction over the ranks (runtime/engines/distributed.py `ReplicaMean`),
     set by a data-parallel run; None in one process, where replica_mean is the identity."""
 
-    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
-                   key: np.ndarray) -> dict:
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key: np.ndarray) -> dict:
         """One optimizer step on `batch`, in place: the parameters, the optimizer state and the
         batch statistics the step updates. `step` counts from 1 (Adam's bias correction); `key`
         is the random key (seed, step) of dropout. Returns the loss and the metrics as Python

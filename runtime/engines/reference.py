@@ -4,6 +4,7 @@ update graph too (`update`: an optimizer of runtime/optim/ builds it). The nativ
 runs each step in one native call. This module also holds what both engines share: the
 prediction graph and the scalars a step reports. runtime/engines/backends.py picks the engine
 for a run."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,13 +39,23 @@ def predict_graph(model: Model):
 
 class ReferenceEngine:
     """An `Engine` (runtime/engines/protocol.py) on the numpy interpreter."""
-    name = "reference"
-    world = None                        # one process: a data-parallel run wraps the engine (DataParallel)
-    evaluator = Eval                    # what computes each node (runtime/engines/int8.py: the int8 products)
 
-    def __init__(self, train_model: Model, eval_model: Model, optimizer: Optimizer | None = None,
-                 trainable: list | None = None, l1: float = 0.0, l2: float = 0.0, clip=None,
-                 check_numerics=False, precision: str = "f32"):
+    name = "reference"
+    world = None  # one process: a data-parallel run wraps the engine (DataParallel)
+    evaluator = Eval  # what computes each node (runtime/engines/int8.py: the int8 products)
+
+    def __init__(
+        self,
+        train_model: Model,
+        eval_model: Model,
+        optimizer: Optimizer | None = None,
+        trainable: list | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        clip=None,
+        check_numerics=False,
+        precision: str = "f32",
+    ):
         """`check_numerics`: every node of the train step is tested, and the first non-finite
         value stops the step with its origin (runtime/engines/numerics.py). `precision`: of the
         operands of matmuls and convolutions ("bf16": those the native kernels round, rounded
@@ -57,13 +68,12 @@ class ReferenceEngine:
         self.predict_graph = predict_graph(eval_model)
         self.optimizer, self.l1, self.l2, self.clip = optimizer, l1, l2, clip
         self.trainable = trainable or []
-        self.checked: set = set()       # (graph, sizes) whose memory was checked
-        self.replicas = None            # replica_mean of a data-parallel run (runtime/engines/distributed.py)
+        self.checked: set = set()  # (graph, sizes) whose memory was checked
+        self.replicas = None  # replica_mean of a data-parallel run (runtime/engines/distributed.py)
 
-    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int,
-                   key: np.ndarray) -> dict:
+    def train_step(self, params: dict, opt_state: dict, batch: dict, lr: float, step: int, key: np.ndarray) -> dict:
         """One optimizer step on a batch, in place; returns the loss and metrics."""
-        if self.optimizer.full_batch:       # L-BFGS, Newton: many evaluations of the batch
+        if self.optimizer.full_batch:  # L-BFGS, Newton: many evaluations of the batch
             return self.optimizer.step(self, params, opt_state, batch, lr, key)
         out = self._run("the train step", self.step_graph, {**batch, "rng": key}, params, opt_state)
         grads = {name: out[f"grad:{name}"] for name in self.trainable}
@@ -88,7 +98,7 @@ class ReferenceEngine:
         parts, at = {}, 0
         for name in self.trainable:
             size = np.size(params[name])
-            parts[name] = grads[at:at + size].reshape(np.shape(params[name]))
+            parts[name] = grads[at : at + size].reshape(np.shape(params[name]))
             at += size
         update(self.optimizer, params, parts, opt_state, lr, step, self.l1, self.l2, self.clip)
 
@@ -115,19 +125,29 @@ class ReferenceEngine:
         key = (id(graph), tuple(sorted(sizes.items())))
         if key not in self.checked:
             state = [a for slots in (opt_state or {}).values() for a in slots.values()]
-            held = {"parameters": sum(np.asarray(p).nbytes for p in params.values()),
-                    "optimizer state": sum(np.asarray(a).nbytes for a in state)}
+            held = {
+                "parameters": sum(np.asarray(p).nbytes for p in params.values()),
+                "optimizer state": sum(np.asarray(a).nbytes for a in state),
+            }
             budget.require_step(what, graph, sizes, held, lambda s: budget.interpreter_parts(graph, s))
             budget.require_work(what, graph, sizes, threads=1)
             self.checked.add(key)
         if self.check_numerics and graph is self.step_graph:
             return numerics.run(graph, feeds, params, replicas=self.replicas, bf16=self.bf16)
-        return interpreter.run(graph, feeds, params, replicas=self.replicas, bf16=self.bf16,
-                               evaluator=self.evaluator)
+        return interpreter.run(graph, feeds, params, replicas=self.replicas, bf16=self.bf16, evaluator=self.evaluator)
 
 
-def update(optimizer: Optimizer, params: dict, grads: dict, state: dict, lr: float, step: int, l1: float = 0.0,
-           l2: float = 0.0, clip: Call | None = None) -> float:
+def update(
+    optimizer: Optimizer,
+    params: dict,
+    grads: dict,
+    state: dict,
+    lr: float,
+    step: int,
+    l1: float = 0.0,
+    l2: float = 0.0,
+    clip: Call | None = None,
+) -> float:
     """One step of `optimizer` (step counts from 1), in place, for the parameters in `grads`:
     its update graph run by the interpreter on their flat concatenation; returns the
     gradient's global norm. In float32, or float64 when a parameter is (a check by hand)."""
@@ -136,8 +156,12 @@ def update(optimizer: Optimizer, params: dict, grads: dict, state: dict, lr: flo
         return 0.0
     dtype = "f64" if any(np.asarray(params[n]).dtype == np.float64 for n in names) else "f32"
     flat = lambda arrays: np.concatenate([np.asarray(a, DTYPES[dtype]).ravel() for a in arrays])
-    feeds = {"param": flat(params[n] for n in names), "grad": flat(grads[n] for n in names),
-             **{s: flat(state[n][s] for n in names) for s in optimizer.slots()}, **optimizer.step_scalars(lr, step)}
+    feeds = {
+        "param": flat(params[n] for n in names),
+        "grad": flat(grads[n] for n in names),
+        **{s: flat(state[n][s] for n in names) for s in optimizer.slots()},
+        **optimizer.step_scalars(lr, step),
+    }
     group = optimizer.group_index(names, [np.size(grads[n]) for n in names])
     if group is not None:
         feeds[GROUP] = group
@@ -146,9 +170,9 @@ def update(optimizer: Optimizer, params: dict, grads: dict, state: dict, lr: flo
     at = 0
     for n in names:
         size = np.size(grads[n])
-        params[n][...] = out["param"][at:at + size].reshape(np.shape(params[n]))
+        params[n][...] = out["param"][at : at + size].reshape(np.shape(params[n]))
         for s in optimizer.slots():
-            state[n][s][...] = out[s][at:at + size].reshape(np.shape(state[n][s]))
+            state[n][s][...] = out[s][at : at + size].reshape(np.shape(state[n][s]))
         at += size
     return float(out[NORM])
 

@@ -18,6 +18,7 @@ before its first call; `DLC_QUICK_CODE=only` runs quick code and never starts an
 (O3 code found in the cache still runs): a run that is short or has no core to spare, a
 test suite's. `finish` waits for the O3 code (a benchmark times it).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -47,8 +48,8 @@ class TieredDriver:
     def __init__(self, parts: tuple, build, entry: str, quick: bool = True):
         """`quick`: False compiles at O3 before the first call, as DLC_QUICK_CODE=0 does."""
         self.parts, self.build, self.entry = parts, build, entry
-        self.module = self.text = self.children = None      # the O3 compile's input, and it under way
-        self.ran = 0.0                  # seconds the quick code has run
+        self.module = self.text = self.children = None  # the O3 compile's input, and it under way
+        self.ran = 0.0  # seconds the quick code has run
         mode = jit.quick_code() if quick else "0"
         found = cache.find_built(parts, jit.OPT_LEVEL) if mode != "0" else None
         if found is None and mode != "0":
@@ -97,12 +98,14 @@ class TieredDriver:
             self._take()
 
     def _start(self):
-        if self.module is None:        # the quick code came from the cache: the module is built now
+        if self.module is None:  # the quick code came from the cache: the module is built now
             self.module, _ = self.build()
         self.text, pieces = parallel_compile.module_text(self.module)
-        self.children = [parallel_compile.Child(part, jit.OPT_LEVEL)
-                         for part in parallel_compile.parts(self.module, self.text, pieces)]
-        weakref.finalize(self, _stop, self.children)    # a run that ends first does not wait for them
+        self.children = [
+            parallel_compile.Child(part, jit.OPT_LEVEL)
+            for part in parallel_compile.parts(self.module, self.text, pieces)
+        ]
+        weakref.finalize(self, _stop, self.children)  # a run that ends first does not wait for them
 
     def _take(self):
         objects = [child.result() for child in self.children]

@@ -6,6 +6,7 @@ is one JSON document stored as the uint8 array `meta`. Nothing in the file can r
 code when it is read. A training run writes its checkpoints with `Checkpoints`, a callback
 (runtime/training/callbacks.py).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,7 +56,7 @@ def _replace(path: Path, write):
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temporary_prefix(path), suffix=".npz")
-        os.fchmod(fd, 0o666 & ~_umask())    # mkstemp's 0600 would keep a checkpoint from those it is shared with
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would keep a checkpoint from those it is shared with
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -82,8 +83,10 @@ def refuse_another_run(out: Path, overwrite: bool):
     `resume`, which does not come here."""
     held = [name for name in ("last.npz", "best.npz") if (out / name).exists()]
     if held and not overwrite:
-        raise DlcError(f"{out} holds the checkpoints of another run ({', '.join(held)}): continue that run with "
-                       "--resume, replace it with --overwrite, or write this one elsewhere with --out DIR")
+        raise DlcError(
+            f"{out} holds the checkpoints of another run ({', '.join(held)}): continue that run with "
+            "--resume, replace it with --overwrite, or write this one elsewhere with --out DIR"
+        )
 
 
 def clear_run(out: Path):
@@ -108,7 +111,7 @@ def remove_stale_temporaries(path: Path, before: float):
         try:
             if pattern.fullmatch(tmp.name) and tmp.stat().st_mtime < before:
                 tmp.unlink()
-        except OSError:         # gone already, or not ours to delete: leave it
+        except OSError:  # gone already, or not ours to delete: leave it
             pass
 
 
@@ -124,7 +127,7 @@ def load(path) -> tuple[dict, dict, dict]:
         elif kind == "opt":
             name, _, slot = rest.rpartition(":")
             opt.setdefault(name, {})[slot] = value
-        elif kind != "int8":   # a plain npz of weights: names are the keys
+        elif kind != "int8":  # a plain npz of weights: names are the keys
             params[key] = value
     check_arrays(path, {**params, **{f"{name}:{slot}": v for name, slots in opt.items() for slot, v in slots.items()}})
     return params, opt, meta
@@ -140,15 +143,18 @@ def read(path) -> tuple[dict, dict]:
         arrays = npz_arrays(path)
     except BadNpz as e:
         member = _member(e.member) if e.member else ""
-        raise DlcError(unreadable + {
-            "npy": ": it is not an .npz archive (it holds a single .npy array)",
-            "not zip": ": it is not an .npz archive",
-            "archive": f": the archive is damaged ({e.reason})",
-            "objects": f" ({member} holds Python objects, which dlc does not load)",
-            "not npy": f" ({member} is not an .npy array)",
-            "member": f": {member} is damaged ({e.reason})",
-            "memory": f": {member} claims a shape larger than memory",
-        }[e.kind]) from None
+        raise DlcError(
+            unreadable
+            + {
+                "npy": ": it is not an .npz archive (it holds a single .npy array)",
+                "not zip": ": it is not an .npz archive",
+                "archive": f": the archive is damaged ({e.reason})",
+                "objects": f" ({member} holds Python objects, which dlc does not load)",
+                "not npy": f" ({member} is not an .npy array)",
+                "member": f": {member} is damaged ({e.reason})",
+                "memory": f": {member} claims a shape larger than memory",
+            }[e.kind]
+        ) from None
     except OSError as e:
         raise DlcError(f"{unreadable}: {e.strerror or 'it cannot be read'}") from None
     meta = {}
@@ -179,13 +185,21 @@ def check_arrays(path, arrays: dict):
         if not name or not name.isprintable():
             raise DlcError(f"{path} is not a readable checkpoint: it names an array {name!r}")
         if value.dtype.kind not in "biuf":
-            raise DlcError(f"{path} is not a readable checkpoint: {name} holds {_kind(value.dtype)} values, "
-                           "not numbers")
+            raise DlcError(
+                f"{path} is not a readable checkpoint: {name} holds {_kind(value.dtype)} values, not numbers"
+            )
 
 
 def _kind(dtype: np.dtype) -> str:
-    return {"U": "text", "S": "bytes", "O": "Python object", "c": "complex", "V": "raw record", "M": "date",
-            "m": "time span"}.get(dtype.kind, str(dtype))
+    return {
+        "U": "text",
+        "S": "bytes",
+        "O": "Python object",
+        "c": "complex",
+        "V": "raw record",
+        "M": "date",
+        "m": "time span",
+    }.get(dtype.kind, str(dtype))
 
 
 # ---- the metadata's schema: what each field dlc reads must be --------------------------------------------
@@ -200,8 +214,13 @@ def _number(v) -> bool:
 def _setting(v) -> bool:
     """A setting as runtime.config.to_json writes it: a call, a name, a list or a plain value."""
     if isinstance(v, dict) and "call" in v:
-        return (set(v) == {"call", "args", "kwargs"} and isinstance(v["call"], str) and isinstance(v["args"], list)
-                and isinstance(v["kwargs"], dict) and all(map(_setting, v["args"] + list(v["kwargs"].values()))))
+        return (
+            set(v) == {"call", "args", "kwargs"}
+            and isinstance(v["call"], str)
+            and isinstance(v["args"], list)
+            and isinstance(v["kwargs"], dict)
+            and all(map(_setting, v["args"] + list(v["kwargs"].values())))
+        )
     if isinstance(v, dict):
         return set(v) == {"name"} and isinstance(v["name"], str)
     if isinstance(v, list):
@@ -218,23 +237,50 @@ def _texts(v) -> bool:
 
 
 META_SCHEMA = {
-    "format": _text, "dlc_version": _text, "quantization": lambda v: isinstance(v, dict), "model": _text, "source_hash": _text, "optimizer": _text,
-    "epoch": _count, "step": _count, "batch": _count, "seed": _count,
+    "format": _text,
+    "dlc_version": _text,
+    "quantization": lambda v: isinstance(v, dict),
+    "model": _text,
+    "source_hash": _text,
+    "optimizer": _text,
+    "epoch": _count,
+    "step": _count,
+    "batch": _count,
+    "seed": _count,
     "history": lambda v: isinstance(v, list) and all(isinstance(row, dict) for row in v),
     # the loss and metric sums of the batches of an epoch stopped inside it
-    "partial": lambda v: v is None or (isinstance(v, dict) and set(v) == {"totals", "seen"} and _count(v["seen"])
-                                       and isinstance(v["totals"], dict) and all(map(_number, v["totals"].values()))),
-    "early_stop": lambda v: v is None or (isinstance(v, dict) and (v.get("best") is None or _number(v["best"]))
-                                          and _count(v.get("bad", 0))),
+    "partial": lambda v: (
+        v is None
+        or (
+            isinstance(v, dict)
+            and set(v) == {"totals", "seen"}
+            and _count(v["seen"])
+            and isinstance(v["totals"], dict)
+            and all(map(_number, v["totals"].values()))
+        )
+    ),
+    "early_stop": lambda v: (
+        v is None or (isinstance(v, dict) and (v.get("best") is None or _number(v["best"])) and _count(v.get("bad", 0)))
+    ),
     # facts of the data: the vocabulary of a text or its words, the padded length of a sequence task
     # and a table's: its features stacked as x, its label column, each categorical column's names by id
-    "meta": lambda v: (isinstance(v, dict) and _text(v.get("vocab", "")) and _count(v.get("max_len", 0))
-                       and _texts(v.get("vocab_words", [])) and _texts(v.get("features", []))
-                       and _text(v.get("label", "")) and isinstance(v.get("categories", {}), dict)
-                       and all(map(_texts, v.get("categories", {}).values()))),
+    "meta": lambda v: (
+        isinstance(v, dict)
+        and _text(v.get("vocab", ""))
+        and _count(v.get("max_len", 0))
+        and _texts(v.get("vocab_words", []))
+        and _texts(v.get("features", []))
+        and _text(v.get("label", ""))
+        and isinstance(v.get("categories", {}), dict)
+        and all(map(_texts, v.get("categories", {}).values()))
+    ),
     # the data settings `dlc eval` reuses (inputs.data_settings)
-    "data": lambda v: (isinstance(v, dict) and set(v) == {"data", "validation", "test", "seed"}
-                       and _count(v["seed"]) and all(_setting(v[k]) for k in ("data", "validation", "test"))),
+    "data": lambda v: (
+        isinstance(v, dict)
+        and set(v) == {"data", "validation", "test", "seed"}
+        and _count(v["seed"])
+        and all(_setting(v[k]) for k in ("data", "validation", "test"))
+    ),
 }
 
 
@@ -259,7 +305,9 @@ def conform(path, saved: dict, params: list) -> dict:
     engine can use them as they are (a plain .npz of float64 weights is welcome)."""
     check_params(path, saved, {p.name: p.type.shape for p in params})
     check_arrays(path, saved)
-    return {p.name: np.asarray(saved[p.name], DTYPES[p.type.dtype], order="C") for p in params}  # a scalar stays a scalar
+    return {
+        p.name: np.asarray(saved[p.name], DTYPES[p.type.dtype], order="C") for p in params
+    }  # a scalar stays a scalar
 
 
 def optimizer_state(path, saved: dict, fresh: dict) -> dict:
@@ -272,8 +320,10 @@ def optimizer_state(path, saved: dict, fresh: dict) -> dict:
         for slot, init in slots.items():
             value = saved.get(name, {}).get(slot)
             if value is not None and value.shape != init.shape:
-                raise DlcError(f"{path} is not a readable checkpoint: the optimizer state {name}:{slot} is "
-                               f"{value.dtype}{list(value.shape)}, but {name} is {list(init.shape)}")
+                raise DlcError(
+                    f"{path} is not a readable checkpoint: the optimizer state {name}:{slot} is "
+                    f"{value.dtype}{list(value.shape)}, but {name} is {list(init.shape)}"
+                )
             state[name][slot] = init if value is None else np.array(value, init.dtype)
     return state
 

@@ -11,6 +11,7 @@ values. The others are fed to the engine as they are.
 This module needs the onnx package (the `onnx` extra): importing it without onnx is a
 DlcError that says what to install.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -33,6 +34,7 @@ class ImportedProgram:
     def __init__(self, model, engine: str, static: dict):
         from dlc.compiler.frontend.loader import load_text
         from dlc.runtime.interop.checkpoint import conform
+
         self.imported = import_model(model, static=static, source=f"{model.graph.name or 'model'}.onnx")
         built = load_text(self.imported.text, f"<{self.imported.name}.dl>").build(None, training=False)
         try:
@@ -45,8 +47,10 @@ class ImportedProgram:
     def run(self, feeds: dict) -> list:
         """The model's outputs, in order, for inputs by ONNX name."""
         from dlc.compiler.ir.graph import DTYPES
-        arrays = {dl: np.asarray(feeds[name], DTYPES[self.types[dl].dtype])
-                  for name, dl in self.imported.inputs.items()}
+
+        arrays = {
+            dl: np.asarray(feeds[name], DTYPES[self.types[dl].dtype]) for name, dl in self.imported.inputs.items()
+        }
         out = self.engine.predict(self.params, arrays)
         return [_declared(np.asarray(out[dl]), self.imported.dtypes[dl]) for dl in self.imported.outputs.values()]
 
@@ -74,7 +78,7 @@ class DlcBackendRep(BackendRep):
         self.output_names = [o.name for o in model.graph.output]
         self.static = static_inputs(model)
         self.programs: dict = {}
-        if not self.static:         # import now, so that what dlc cannot import fails in prepare
+        if not self.static:  # import now, so that what dlc cannot import fails in prepare
             self.program({})
 
     def program(self, static: dict) -> ImportedProgram:
@@ -89,8 +93,10 @@ class DlcBackendRep(BackendRep):
         else:
             inputs = [inputs] if isinstance(inputs, np.ndarray) else list(inputs)
             if len(inputs) != len(self.input_names):
-                raise DlcError(f"the model has {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
-                               f"{len(inputs)} were given")
+                raise DlcError(
+                    f"the model has {len(self.input_names)} inputs ({', '.join(self.input_names)}), "
+                    f"{len(inputs)} were given"
+                )
             feeds = dict(zip(self.input_names, inputs))
         feeds = {k: numpy_helper.to_array(v) if isinstance(v, TensorProto) else v for k, v in feeds.items()}
         static = {k: np.asarray(feeds.pop(k)) for k in self.static}
@@ -116,13 +122,18 @@ class DlcBackend(Backend):
     def run_node(cls, node, inputs, device: str = "CPU", outputs_info=None, **kwargs):
         """One node as a model of its own: its inputs typed by the arrays given."""
         from onnx import ValueInfoProto, helper, shape_inference
+
         inputs = [np.asarray(a) for a in inputs]
-        typed = [helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
-                 for name, a in zip(node.input, inputs)]
+        typed = [
+            helper.make_tensor_value_info(name, helper.np_dtype_to_tensor_dtype(a.dtype), a.shape)
+            for name, a in zip(node.input, inputs)
+        ]
         opset = kwargs.pop("opset_version", None)
-        model = helper.make_model(helper.make_graph([node], "node", typed, [ValueInfoProto(name=o) for o in node.output if o]),
-                             **({"opset_imports": [helper.make_opsetid("", opset)]} if opset else {}))
-        return cls.run_model(shape_inference.infer_shapes(model), inputs, device, **kwargs)     # types the outputs
+        model = helper.make_model(
+            helper.make_graph([node], "node", typed, [ValueInfoProto(name=o) for o in node.output if o]),
+            **({"opset_imports": [helper.make_opsetid("", opset)]} if opset else {}),
+        )
+        return cls.run_model(shape_inference.infer_shapes(model), inputs, device, **kwargs)  # types the outputs
 
     @classmethod
     def supports_device(cls, device: str) -> bool:
@@ -131,4 +142,3 @@ class DlcBackend(Backend):
     @classmethod
     def is_compatible(cls, model, device: str = "CPU", **kwargs) -> bool:
         return cls.supports_device(device)
-

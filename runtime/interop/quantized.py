@@ -3,6 +3,7 @@ whose float32 parameters are joined, for each integer product P, by `int8:P:weig
 `int8:P:weight_scale`, `int8:P:input_scale` and `int8:P:input_zero_point`, and whose metadata
 says how they were calibrated (`quantization`). Reading them back checks every array against
 the model and the arithmetic's bounds: a hostile file is refused, naming the array."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -38,55 +39,86 @@ def load(path, model: Model, source: str) -> tuple[dict, dict]:
     if not isinstance(info, dict):
         raise DlcError(f"{path} holds no int8 quantization: make one with `dlc quantize`")
     if info.get("format") != FORMAT:
-        raise DlcError(f"{path} holds a quantization of format {info.get('format')!r}, which this dlc does not read "
-                       f"({FORMAT})")
+        raise DlcError(
+            f"{path} holds a quantization of format {info.get('format')!r}, which this dlc does not read ({FORMAT})"
+        )
     if meta.get("model") not in (None, model.name):
         raise DlcError(f"{path} is a quantization of model '{meta.get('model')}', not '{model.name}'")
     if meta.get("source_hash") != checkpoint.source_hash(source):
-        raise DlcError(f"{path} was quantized from another version of the model's .dl file (the scales were "
-                       "calibrated for other products): quantize again")
+        raise DlcError(
+            f"{path} was quantized from another version of the model's .dl file (the scales were "
+            "calibrated for other products): quantize again"
+        )
     found: dict = {}
     for key, value in saved.items():
         kind, _, rest = key.partition(":")
         if kind == "int8":
             name, _, part = rest.rpartition(":")
             if part not in PARTS:
-                raise DlcError(f"{path}: {key} is not an array of a quantized checkpoint (its parts are "
-                               f"{', '.join(PARTS)})")
+                raise DlcError(
+                    f"{path}: {key} is not an array of a quantized checkpoint (its parts are {', '.join(PARTS)})"
+                )
             found.setdefault(name, {})[part] = value
     every = products(model.graph)
     chosen = {p.weight: p for p in every if p.integer}
     kept = {p.weight: p for p in every if p.weight is not None and not p.integer}
     for name in found:
         if name in kept:
-            raise DlcError.at_user_line(f"{path} quantizes {name}, whose {kept[name].op} stays float32: "
-                                        f"{kept[name].reason}; quantize again", kept[name].span)
+            raise DlcError.at_user_line(
+                f"{path} quantizes {name}, whose {kept[name].op} stays float32: {kept[name].reason}; quantize again",
+                kept[name].span,
+            )
         if name not in chosen:
-            raise DlcError(f"{path} quantizes {name}, which is not the weights of an integer product of model "
-                           f"{model.name}{did_you_mean(name, chosen)}")
+            raise DlcError(
+                f"{path} quantizes {name}, which is not the weights of an integer product of model "
+                f"{model.name}{did_you_mean(name, chosen)}"
+            )
     params = {p.name: p for p in model.params}
     out = {}
     for name, p in chosen.items():
         parts = found.get(name, {})
         absent = [part for part in PARTS if part not in parts]
         if absent:
-            raise DlcError.at_user_line(f"{path} lacks int8:{name}:{absent[0]}, the quantization of this {p.op}: "
-                                        "quantize again", p.span)
+            raise DlcError.at_user_line(
+                f"{path} lacks int8:{name}:{absent[0]}, the quantization of this {p.op}: quantize again", p.span
+            )
         shape = tuple(params[name].type.shape)
-        want = {"weight": (np.int8, shape), "weight_scale": (np.float32, (shape[p.channel_axis],)),
-                "input_scale": (np.float32, ()), "input_zero_point": (np.uint8, ())}
+        want = {
+            "weight": (np.int8, shape),
+            "weight_scale": (np.float32, (shape[p.channel_axis],)),
+            "input_scale": (np.float32, ()),
+            "input_zero_point": (np.uint8, ()),
+        }
         for part, (dtype, part_shape) in want.items():
             value = parts[part]
             if value.dtype != dtype or value.shape != part_shape:
-                raise DlcError.at_user_line(f"{path}: int8:{name}:{part} is {value.dtype}{list(value.shape)}, not "
-                                            f"{np.dtype(dtype)}{list(part_shape)}", p.span)
-        _check_range(path, f"int8:{name}:weight", parts["weight"], -int8.WEIGHT_MAX, int8.WEIGHT_MAX,
-                     "weights are int8 from -127 to 127", p.span)
+                raise DlcError.at_user_line(
+                    f"{path}: int8:{name}:{part} is {value.dtype}{list(value.shape)}, not "
+                    f"{np.dtype(dtype)}{list(part_shape)}",
+                    p.span,
+                )
+        _check_range(
+            path,
+            f"int8:{name}:weight",
+            parts["weight"],
+            -int8.WEIGHT_MAX,
+            int8.WEIGHT_MAX,
+            "weights are int8 from -127 to 127",
+            p.span,
+        )
         for part in ("weight_scale", "input_scale"):
-            _check_range(path, f"int8:{name}:{part}", parts[part], int8.LEAST_SCALE, int8.MOST_SCALE,
-                         "a scale is a number from 2^-60 to 2^40", p.span)
-        out[name] = int8.QuantizedProduct(parts["weight"], parts["weight_scale"], parts["input_scale"][()],
-                                          parts["input_zero_point"][()])
+            _check_range(
+                path,
+                f"int8:{name}:{part}",
+                parts[part],
+                int8.LEAST_SCALE,
+                int8.MOST_SCALE,
+                "a scale is a number from 2^-60 to 2^40",
+                p.span,
+            )
+        out[name] = int8.QuantizedProduct(
+            parts["weight"], parts["weight_scale"], parts["input_scale"][()], parts["input_zero_point"][()]
+        )
     return out, {k: v for k, v in info.items() if k not in ("format", "products")}
 
 

@@ -12,6 +12,7 @@ transposed), and the calls around it may be torch modules holding it under other
 A parameter declared by the user's own `param`, or by a layer without a torch.nn
 counterpart (Bahdanau and Luong attention), keeps its dlc name and layout.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,12 @@ _NORM = {"weight": (("gamma",), False), "bias": (("beta",), False)}
 
 def _recurrent(layer: str, shapes: dict) -> dict:
     """nn.RNN / LSTM / GRU: the gate order (i, f, g, o; r, z, n) and the two biases are torch's already."""
-    return {f"weight_ih_{layer}": (("Wx",), True), f"weight_hh_{layer}": (("Wh",), True),
-            f"bias_ih_{layer}": (("bx",), False), f"bias_hh_{layer}": (("bh",), False)}
+    return {
+        f"weight_ih_{layer}": (("Wx",), True),
+        f"weight_hh_{layer}": (("Wh",), True),
+        f"bias_ih_{layer}": (("bx",), False),
+        f"bias_hh_{layer}": (("bh",), False),
+    }
 
 
 def _attention(layer: str, shapes: dict) -> dict:
@@ -41,8 +46,11 @@ def _attention(layer: str, shapes: dict) -> dict:
         projections = {"in_proj_weight": (("Wq", "Wk", "Wv"), True)}
     else:
         projections = {f"{x}_proj_weight": ((f"W{x}",), True) for x in "qkv"}
-    return projections | {"in_proj_bias": (("bq", "bk", "bv"), False), "out_proj.weight": (("Wo",), True),
-                          "out_proj.bias": (("bo",), False)}
+    return projections | {
+        "in_proj_bias": (("bq", "bk", "bv"), False),
+        "out_proj.weight": (("Wo",), True),
+        "out_proj.bias": (("bo",), False),
+    }
 
 
 # A layer that declares parameters -> its torch attributes, given the recurrent layer's
@@ -55,10 +63,11 @@ LAYERS = {
     "conv1d_transpose": lambda layer, shapes: _CONV,
     "conv2d_transpose": lambda layer, shapes: _CONV,
     "embedding": lambda layer, shapes: {"weight": (("W",), False)},
-    "positional_embedding": lambda layer, shapes: {"weight": (("P",), False)},    # learned positions: nn.Embedding
+    "positional_embedding": lambda layer, shapes: {"weight": (("P",), False)},  # learned positions: nn.Embedding
     "layernorm": lambda layer, shapes: _NORM,
-    "batchnorm": lambda layer, shapes: _NORM | {"running_mean": (("running_mean",), False),
-                                                "running_var": (("running_var",), False)},
+    "batchnorm": lambda layer, shapes: (
+        _NORM | {"running_mean": (("running_mean",), False), "running_var": (("running_var",), False)}
+    ),
     "rnn": _recurrent,
     "lstm": _recurrent,
     "gru": _recurrent,
@@ -73,12 +82,18 @@ CONTAINERS = {
     "bidirectional": [(RECURRENT, "fwd", "", "l0"), (RECURRENT, "bwd", "", "l0_reverse")],
     "stacked": [(RECURRENT, r"layer\.(\d+)", "", r"l\1")],
     "feed_forward": [("dense", "inner", "linear1"), ("dense", "", "linear2")],
-    "transformer_encoder_block": [("multi_head_attention", "attn", "self_attn"), ("feed_forward", "ffn", ""),
-                                  ("layernorm", r"ln(\d)", r"norm\1")],
-    "transformer_decoder_block": [("multi_head_attention", "self_attn", "self_attn"),
-                                  ("multi_head_attention", "cross_attn", "multihead_attn"),
-                                  ("feed_forward", "ffn", ""), ("layernorm", r"ln(\d)", r"norm\1"),
-                                  ("layernorm", "", "norm3")],       # post-norm: the last layernorm is unnamed
+    "transformer_encoder_block": [
+        ("multi_head_attention", "attn", "self_attn"),
+        ("feed_forward", "ffn", ""),
+        ("layernorm", r"ln(\d)", r"norm\1"),
+    ],
+    "transformer_decoder_block": [
+        ("multi_head_attention", "self_attn", "self_attn"),
+        ("multi_head_attention", "cross_attn", "multihead_attn"),
+        ("feed_forward", "ffn", ""),
+        ("layernorm", r"ln(\d)", r"norm\1"),
+        ("layernorm", "", "norm3"),
+    ],  # post-norm: the last layernorm is unnamed
     "transformer_encoder": [("transformer_encoder_block", r"(\d+)", r"layers.\1"), ("layernorm", "", "norm")],
     "transformer_decoder": [("transformer_decoder_block", r"(\d+)", r"layers.\1"), ("layernorm", "", "norm")],
     "residual_block": [("conv2d", "proj", "downsample.0"), ("batchnorm", "proj_bn", "downsample.1")],  # torchvision
@@ -93,7 +108,7 @@ def _join(*parts: str) -> str:
 
 
 def _relative(path: str, outer: str) -> str:
-    return path[len(outer):].lstrip(".") if outer else path
+    return path[len(outer) :].lstrip(".") if outer else path
 
 
 def _module(calls: tuple) -> tuple[str, str]:
@@ -115,6 +130,7 @@ def _module(calls: tuple) -> tuple[str, str]:
 class TorchTensor:
     """One tensor of the torch state dict: the dlc parameters it holds, concatenated along
     its first axis, each transposed or not."""
+
     name: str
     parts: tuple
     transposed: bool
@@ -127,8 +143,8 @@ class TorchLayout:
     def __init__(self, params: list):
         self.dlc_shapes = {p.name: tuple(p.type.shape) for p in params}
         self.tensors: list[TorchTensor] = []
-        self.kept: list[str] = []             # no torch.nn counterpart: their dlc names and layouts
-        self.ignored: set[str] = set()        # torch tensors dlc has no parameter for (num_batches_tracked)
+        self.kept: list[str] = []  # no torch.nn counterpart: their dlc names and layouts
+        self.ignored: set[str] = set()  # torch tensors dlc has no parameter for (num_batches_tracked)
         layers: dict = {}
         for p in params:
             layers.setdefault(p.calls, []).append(p.name)
@@ -137,8 +153,10 @@ class TorchLayout:
         owner: dict = {}
         for t in self.tensors:
             if t.name in owner:
-                raise DlcError(f"the parameters {owner[t.name]} and {', '.join(t.parts)} would both be "
-                               f"'{t.name}' in torch.nn's names; rename one of them")
+                raise DlcError(
+                    f"the parameters {owner[t.name]} and {', '.join(t.parts)} would both be "
+                    f"'{t.name}' in torch.nn's names; rename one of them"
+                )
             owner[t.name] = ", ".join(t.parts)
 
     def _add_layer(self, calls: tuple, names: list):
@@ -151,7 +169,7 @@ class TorchLayout:
         table = LAYERS[leaf.name](layer, {k: self.dlc_shapes[n] for k, n in local.items()})
         used = set()
         for attr, (parts, transposed) in table.items():
-            if all(part in local for part in parts):        # a layer without bias has no `bias`
+            if all(part in local for part in parts):  # a layer without bias has no `bias`
                 full = tuple(local[part] for part in parts)
                 shapes = [self.dlc_shapes[n][::-1] if transposed else self.dlc_shapes[n] for n in full]
                 shape = (sum(s[0] for s in shapes),) + shapes[0][1:]

@@ -8,6 +8,7 @@ A .safetensors file written here says in its metadata which layout it holds (`fo
 of its tensors are named as torch names them than as dlc does. A checkpoint (.npz) holds
 dlc's names, or torch's by the same test when it is a plain .npz.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,12 +21,13 @@ from dlc.runtime.interop import checkpoint
 from dlc.runtime.interop.torch_layout import TorchLayout
 
 SUFFIX = ".safetensors"
-LAYOUTS = {"dlc": "dlc", "torch": "pt"}        # layout -> the file's `format` metadata
+LAYOUTS = {"dlc": "dlc", "torch": "pt"}  # layout -> the file's `format` metadata
 
 
 def _safetensors():
     optional_package("safetensors", "onnx", "reading and writing .safetensors files")
     import safetensors.numpy
+
     return safetensors
 
 
@@ -39,10 +41,9 @@ def save(path, params: dict, model, source_hash: str, layout: str = "dlc") -> li
         torch = TorchLayout(model.params)
         tensors, kept = torch.to_torch(params), torch.kept
     tensors = {k: np.asarray(v, order="C") for k, v in tensors.items()}
-    meta = {"format": LAYOUTS[layout], "model": model.name, "source_hash": source_hash,
-            "dlc_version": dlc.__version__}
+    meta = {"format": LAYOUTS[layout], "model": model.name, "source_hash": source_hash, "dlc_version": dlc.__version__}
     try:
-        st.numpy.save_file(tensors, str(path), metadata=meta)      # to a temporary file, then renamed
+        st.numpy.save_file(tensors, str(path), metadata=meta)  # to a temporary file, then renamed
     except st.SafetensorError as e:
         raise DlcError(f"cannot write {path}: {e}") from None
     return kept
@@ -68,8 +69,10 @@ def _read(path: Path) -> tuple[dict, dict, str | None]:
                 except TypeError:
                     arrays[key] = None
                 if arrays[key] is None or arrays[key].dtype.kind not in "biuf":
-                    raise DlcError(f"{path}: {key} holds {f.get_slice(key).get_dtype()} numbers, which dlc cannot "
-                                   "read; save the tensors as float32 (in torch: .float())")
+                    raise DlcError(
+                        f"{path}: {key} holds {f.get_slice(key).get_dtype()} numbers, which dlc cannot "
+                        "read; save the tensors as float32 (in torch: .float())"
+                    )
     except st.SafetensorError as e:
         raise DlcError(f"{path} is not a readable safetensors file ({e})") from None
     return arrays, {}, {v: k for k, v in LAYOUTS.items()}.get(tag)
@@ -116,10 +119,16 @@ def transfer(path, initial: dict, params: list) -> tuple[dict, str]:
     loaded = f.to_dlc(fits)
     values = {k: loaded[k].astype(v.dtype) if k in loaded else v for k, v in initial.items()}
     new = [n for n in initial if n not in loaded]
-    skipped = [f"{k} ({list(f.arrays[k].shape)} vs {list(shape)})" for k, shape in f.expected.items()
-               if k in f.arrays and k not in fits]
+    skipped = [
+        f"{k} ({list(f.arrays[k].shape)} vs {list(shape)})"
+        for k, shape in f.expected.items()
+        if k in f.arrays and k not in fits
+    ]
     unused = [k for k in f.arrays if k not in f.expected]
-    report = (f"{len(loaded)} matched, {len(new)} new" + (f" ({', '.join(new)})" if new else "")
-              + (f", {len(skipped)} skipped for shape: {', '.join(skipped)}" if skipped else "")
-              + (f", {len(unused)} not used: {', '.join(unused)}" if unused else ""))
+    report = (
+        f"{len(loaded)} matched, {len(new)} new"
+        + (f" ({', '.join(new)})" if new else "")
+        + (f", {len(skipped)} skipped for shape: {', '.join(skipped)}" if skipped else "")
+        + (f", {len(unused)} not used: {', '.join(unused)}" if unused else "")
+    )
     return values, report

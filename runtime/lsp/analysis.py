@@ -3,6 +3,7 @@ model built for training and for evaluation and its train block's settings check
 error kept with its place and notes; the built models, for hover and inlay hints; the names
 (names.py). Analysis is bounded: a file past MAX_CHARS is not parsed, and the builds of one
 analysis together take at most BUILD_SECONDS (the evaluator's time budget), each saying so."""
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,8 @@ from dlc.compiler.frontend import syntax
 from dlc.compiler.frontend.loader import load_module
 from dlc.runtime.lsp.names import NameIndex, index
 
-MAX_CHARS = 1_000_000       # a file longer is not analyzed (a 5 MB line parses for seconds)
-BUILD_SECONDS = 2.0         # the builds of one analysis, all models and both modes together
+MAX_CHARS = 1_000_000  # a file longer is not analyzed (a 5 MB line parses for seconds)
+BUILD_SECONDS = 2.0  # the builds of one analysis, all models and both modes together
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def stdlib_dir() -> Path:
 
 def file_of(span: Span) -> Path:
     """The file a span lies in on disk: a standard-library place is in the shipped stdlib folder."""
-    return stdlib_dir() / span.file[len(STDLIB_PREFIX):] if span.in_stdlib() else Path(span.file)
+    return stdlib_dir() / span.file[len(STDLIB_PREFIX) :] if span.in_stdlib() else Path(span.file)
 
 
 def in_stdlib_dir(path: str) -> bool:
@@ -42,12 +43,13 @@ class Build:
     inputs (`key`, build_key; None for one cut off by the time budget): its training build,
     its train block's settings, its errors, and the peak memory of training once computed
     (memory.py)."""
+
     key: tuple | None = None
-    model: object = None            # the Model built for training, or None
-    config: object = None           # its TrainConfig, or None
+    model: object = None  # the Model built for training, or None
+    config: object = None  # its TrainConfig, or None
     errors: list = field(default_factory=list)
-    memory: object = None           # (training_memory's parts, the sizes) or a DlcError, once known
-    job: object = None              # the Future computing memory (memory.py), once started
+    memory: object = None  # (training_memory's parts, the sizes) or a DlcError, once known
+    job: object = None  # the Future computing memory (memory.py), once started
 
 
 @dataclass
@@ -56,12 +58,12 @@ class Analysis:
     path: str
     module: syntax.Module | None = None
     names: NameIndex = field(default_factory=NameIndex)
-    program: object = None                          # the loaded Program
-    builds: dict = field(default_factory=dict)      # name -> its Build
-    models: dict = field(default_factory=dict)      # name -> Model built for training
-    configs: dict = field(default_factory=dict)     # name -> its TrainConfig
-    errors: list = field(default_factory=list)      # DlcError, one per problem
-    warnings: list = field(default_factory=list)    # DlcError, the program's warnings (Program.warnings)
+    program: object = None  # the loaded Program
+    builds: dict = field(default_factory=dict)  # name -> its Build
+    models: dict = field(default_factory=dict)  # name -> Model built for training
+    configs: dict = field(default_factory=dict)  # name -> its TrainConfig
+    errors: list = field(default_factory=list)  # DlcError, one per problem
+    warnings: list = field(default_factory=list)  # DlcError, the program's warnings (Program.warnings)
 
     def fail(self, error: DlcError):
         if not any(e.message == error.message and e.span == error.span for e in self.errors):
@@ -82,8 +84,13 @@ def analyze(text: str, path: str, seconds: float = BUILD_SECONDS, previous: Anal
         a.fail(DlcError("the program nests too deeply to analyze", Span(path, 1, 1)))
     except Exception as e:  # a bug in dlc, not in the user's program: shown, never lost
         log.exception("analysis of %s", path)
-        a.fail(DlcError(f"dlc could not analyze this file ({type(e).__name__}: {e}); this is a bug in dlc, "
-                        "the server's log has its traceback", Span(path, 1, 1)))
+        a.fail(
+            DlcError(
+                f"dlc could not analyze this file ({type(e).__name__}: {e}); this is a bug in dlc, "
+                "the server's log has its traceback",
+                Span(path, 1, 1),
+            )
+        )
     return a
 
 
@@ -106,15 +113,23 @@ def build_key(a: Analysis, name: str, whole: bool = False) -> tuple:
         starts.append(starts[-1] + len(line) + 1)
 
     def source(span: Span) -> str:
-        return a.text[starts[span.line - 1] + span.col - 1:starts[span.end_line - 1] + span.end_col - 1]
+        return a.text[starts[span.line - 1] + span.col - 1 : starts[span.end_line - 1] + span.end_col - 1]
 
     if whole:
-        read = [item for item in a.module.items if not isinstance(item, (syntax.ModelBlock, syntax.Train))
-                or item is program.models[name] or item is program.trains.get(name)]
+        read = [
+            item
+            for item in a.module.items
+            if not isinstance(item, (syntax.ModelBlock, syntax.Train))
+            or item is program.models[name]
+            or item is program.trains.get(name)
+        ]
     else:
         read = read_items(a.module, program.models[name], program.trains.get(name))
-    return (a.path, tuple((item.span.line, item.span.col, source(item.span)) for item in read),
-            tuple(sorted((str(p), text) for p, text in program.imported.items())))
+    return (
+        a.path,
+        tuple((item.span.line, item.span.col, source(item.span)) for item in read),
+        tuple(sorted((str(p), text) for p, text in program.imported.items())),
+    )
 
 
 def read_items(module: syntax.Module, model: syntax.ModelBlock, train: syntax.Train | None) -> list:
@@ -122,8 +137,9 @@ def read_items(module: syntax.Module, model: syntax.ModelBlock, train: syntax.Tr
     train block, the imports, and each def, const and model named by a word of an item
     read, or looked up implicitly (IMPLICIT_NAMES). Every word counts (keywords, attributes,
     strings too): more items than the build reads, never fewer."""
-    named = {item.name: item for item in module.items
-             if isinstance(item, (syntax.Def, syntax.ConstDecl, syntax.ModelBlock))}
+    named = {
+        item.name: item for item in module.items if isinstance(item, (syntax.Def, syntax.ConstDecl, syntax.ModelBlock))
+    }
     read = {id(item) for item in module.items if isinstance(item, syntax.Import)}
     todo, seen = [model] + ([train] if train is not None else []), set(IMPLICIT_NAMES)
     for word in IMPLICIT_NAMES:
@@ -160,9 +176,15 @@ def _fields(cls) -> tuple:
 
 def _analyze(a: Analysis, seconds: float, previous: dict):
     from dlc.runtime.training.config import make_config
+
     if len(a.text) > MAX_CHARS:
-        a.fail(DlcError(f"the file has {len(a.text):,} characters; the language server analyzes files of at most "
-                        f"{MAX_CHARS:,} (`dlc check` checks it whole)", Span(a.path, 1, 1)))
+        a.fail(
+            DlcError(
+                f"the file has {len(a.text):,} characters; the language server analyzes files of at most "
+                f"{MAX_CHARS:,} (`dlc check` checks it whole)",
+                Span(a.path, 1, 1),
+            )
+        )
         return
     try:
         a.module = syntax.parse(a.text, a.path)
@@ -170,7 +192,7 @@ def _analyze(a: Analysis, seconds: float, previous: dict):
         a.fail(e)
         return
     a.names = index(a.module)
-    if in_stdlib_dir(a.path):       # the standard library's own files: loaded already, as the library
+    if in_stdlib_dir(a.path):  # the standard library's own files: loaded already, as the library
         return
     try:
         a.program = load_module(a.module, a.path)
@@ -188,7 +210,7 @@ def _analyze(a: Analysis, seconds: float, previous: dict):
                 build.config = make_config(a.program, name, {}, require_data=False, model=build.model)
             except DlcError as e:
                 build.errors.append(e)
-            if time.monotonic() < deadline:     # else cut off by the time budget: built again after the next edit
+            if time.monotonic() < deadline:  # else cut off by the time budget: built again after the next edit
                 build.key = build_key(a, name, whole=bool(build.errors))
         a.builds[name] = build
         if build.model is not None:

@@ -1,6 +1,7 @@
 """What the server says of a name, a call or a function: a binding's type with its named
 dims (`h: f32[B, 128]`), a layer call's parameters, FLOPs per example and activation memory
 (the numbers of `dlc summary` and `dlc summary --memory`), a function's signature and doc."""
+
 from __future__ import annotations
 
 import inspect
@@ -41,9 +42,11 @@ def function_of(name: str, a: Analysis):
 def parameters(func) -> list:
     """(name, text) of each argument of a function: `units: int`, `act = identity`."""
     if isinstance(func, Func):
-        return [(arg.name, arg.name + _annotation(arg) + (f" = {_source(arg.default)}" if arg.default else ""))
-                for arg in func.decl.args]
-    params = list(inspect.signature(func.fn).parameters.values())[1:]      # after the evaluator
+        return [
+            (arg.name, arg.name + _annotation(arg) + (f" = {_source(arg.default)}" if arg.default else ""))
+            for arg in func.decl.args
+        ]
+    params = list(inspect.signature(func.fn).parameters.values())[1:]  # after the evaluator
     return [(p.name, _builtin_parameter(p)) for p in params]
 
 
@@ -104,8 +107,9 @@ def binding_type(b: Binding, a: Analysis):
         t = model.graph.outputs.get(f"{b.kind}:{b.name}")
         return t.type if t is not None else None
     if b.kind == "binding":
-        return next((typ for name, typ, span in reversed(model.bindings) if name == b.name and span == b.node.span),
-                    None)
+        return next(
+            (typ for name, typ, span in reversed(model.bindings) if name == b.name and span == b.node.span), None
+        )
     if b.kind in ("param", "state"):
         return next((p.type for p in model.params if p.name == b.name), None)
     if b.kind == "dim":
@@ -121,16 +125,22 @@ def def_values(b: Binding, a: Analysis) -> list:
         for name, value, span, call in model.def_values:
             if name == b.name and span == b.node.span:
                 seen.setdefault(f"{name}: {value}", []).append(call.line)
-    return [f"{text}  # line{'s' if len(lines) > 1 else ''} {', '.join(map(str, sorted(set(lines))))}"
-            for text, lines in seen.items()]
+    return [
+        f"{text}  # line{'s' if len(lines) > 1 else ''} {', '.join(map(str, sorted(set(lines))))}"
+        for text, lines in seen.items()
+    ]
 
 
 def _batch_note(dim: str, a: Analysis, model) -> str:
     from dlc.runtime.engines.budget import batch_symbol
+
     cfg = a.configs.get(model.name)
     if cfg is not None and batch_symbol(model.graph) == dim:
-        return f", the batch: {cfg.batch} in the train block" if "batch" in cfg.spans else \
-            f", the batch: {cfg.batch} by default"
+        return (
+            f", the batch: {cfg.batch} in the train block"
+            if "batch" in cfg.spans
+            else f", the batch: {cfg.batch} by default"
+        )
     return ""
 
 
@@ -147,8 +157,12 @@ def binding_text(b: Binding, a: Analysis) -> str:
             return f"const {b.name}"
     if b.kind == "model":
         model = a.models.get(b.name)
-        return f"model {b.name}" + (f": {plural(len(model.params), 'parameter tensor')}, "
-                                    f"{sum(numel(p.type.shape) for p in model.params):,} parameters" if model else "")
+        return f"model {b.name}" + (
+            f": {plural(len(model.params), 'parameter tensor')}, "
+            f"{sum(numel(p.type.shape) for p in model.params):,} parameters"
+            if model
+            else ""
+        )
     typ = binding_type(b, a)
     if typ is not None:
         return f"```dl\n{b.name}: {typ}\n```\n{b.kind}" + (f" of model {b.container}" if b.container else "")
@@ -167,6 +181,7 @@ def call_text(call: Span, container: str, a: Analysis) -> str | None:
     """A def call's layer in a model: its parameters (count and shapes), forward FLOPs per
     example and activation memory at the train block's batch; None for no such call."""
     from dlc.runtime.engines.budget import batch_symbol
+
     model = a.model_of(container)
     made = [c for c in model.calls if c.span == call and c.defn] if model is not None else []
     if not made:
@@ -175,8 +190,10 @@ def call_text(call: Span, container: str, a: Analysis) -> str | None:
     params = [p for p in model.params if c.layer and in_layer(p.name, c.layer)]
     lines = [f"**{c.layer or '(no parameters)'}**: a call of `{c.defn}`"]
     if params:
-        lines.append(f"parameters: {sum(numel(p.type.shape) for p in params):,} in {plural(len(params), 'tensor')}: "
-                     + ", ".join(f"`{p.name}: {p.type}`" for p in params))
+        lines.append(
+            f"parameters: {sum(numel(p.type.shape) for p in params):,} in {plural(len(params), 'tensor')}: "
+            + ", ".join(f"`{p.name}: {p.type}`" for p in params)
+        )
     else:
         lines.append("parameters: none")
     graph = model.graph

@@ -3,6 +3,7 @@ the train step's graph built, optimized and lowered, 0.1–0.4 s of CPU for the 
 examples. The server computes it ahead, after an analysis is published, in a worker process
 of its own, so that it runs beside the next edit's analysis instead of taking its
 interpreter's time; a build that the next analysis reuses keeps it (analysis.Build)."""
+
 from __future__ import annotations
 
 import functools
@@ -31,6 +32,7 @@ def training_peak(model, config):
     the native backend does not lower)."""
     from dlc.runtime.engines import budget
     from dlc.runtime.optim.optimizers import make_optimizer
+
     blocker = peak_blocker(model, config)
     if blocker is not None:
         return blocker
@@ -40,7 +42,7 @@ def training_peak(model, config):
         trainable = [p.name for p in model.params if p.trainable]
         return budget.training_memory(model, trainable, slots, sizes), sizes
     except DlcError as e:
-        return DlcError(e.message)      # its place is in the worker's build: the message is what a hover shows
+        return DlcError(e.message)  # its place is in the worker's build: the message is what a hover shows
 
 
 def _peak_of(text: str, path: str, name: str):
@@ -48,6 +50,7 @@ def _peak_of(text: str, path: str, name: str):
     from dlc.compiler.frontend import syntax
     from dlc.compiler.frontend.loader import load_module
     from dlc.runtime.training.config import make_config
+
     program = load_module(syntax.parse(text, path), path)
     model = program.check(name)
     return training_peak(model, make_config(program, name, {}, require_data=False, model=model))
@@ -68,6 +71,7 @@ def load_compiler():
     from dlc.compiler.frontend.loader import stdlib_env
     from dlc.compiler.native import lower  # noqa: F401
     from dlc.runtime.engines import budget  # noqa: F401
+
     stdlib_env()
 
 
@@ -79,15 +83,15 @@ class PeakWorker:
 
     def __init__(self):
         self._start()
-        self.waiting: list = []         # (the job's Future, its arguments), the next to run last
+        self.waiting: list = []  # (the job's Future, its arguments), the next to run last
         self.running = False
-        self.stopped = False            # the server is exiting: no job is started, nor its end told
+        self.stopped = False  # the server is exiting: no job is started, nor its end told
         self.lock = threading.Lock()
 
     def _start(self):
         before = multiprocessing.active_children()
         self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker)
-        self.pool.submit(int)       # start the process now, not at the first job
+        self.pool.submit(int)  # start the process now, not at the first job
         self.processes = [p for p in multiprocessing.active_children() if p not in before]
 
     def stop(self):
@@ -138,6 +142,6 @@ class PeakWorker:
                 return
         try:
             job.set_result(ran.result())
-        except Exception as e:      # the worker died, or dlc failed in it: the job's error
+        except Exception as e:  # the worker died, or dlc failed in it: the job's error
             job.set_exception(e)
         self._next()

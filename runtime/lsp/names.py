@@ -2,6 +2,7 @@
 resolved by the scoping rules of the evaluator (a model's and a def's statements in order,
 a scan's own scope, the file's defs and consts, then the standard library). Definition,
 references, rename, document symbols and completion read it; it never evaluates anything."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
@@ -15,6 +16,7 @@ class Binding:
     """A name bound in the document: `kind` is model, def, const, input, target, binding,
     param, state, output, metric, argument, repeat, scan or dim; `container` the model or
     def it is bound in ("" at the top level); `node` the AST node that binds it."""
+
     name: str
     span: Span
     kind: str
@@ -25,6 +27,7 @@ class Binding:
 @dataclass
 class Scope:
     """The names visible at the end of a model, def or scan body (`span`)."""
+
     span: Span
     names: dict
 
@@ -32,11 +35,11 @@ class Scope:
 @dataclass
 class NameIndex:
     bindings: list = field(default_factory=list)
-    uses: list = field(default_factory=list)       # (span of a Name, Binding or the name of a library function)
-    calls: list = field(default_factory=list)      # (span of the function's name, span of the call)
-    keywords: list = field(default_factory=list)   # (span of a keyword argument's name, function's name, keyword)
+    uses: list = field(default_factory=list)  # (span of a Name, Binding or the name of a library function)
+    calls: list = field(default_factory=list)  # (span of the function's name, span of the call)
+    keywords: list = field(default_factory=list)  # (span of a keyword argument's name, function's name, keyword)
     scopes: list = field(default_factory=list)
-    top: dict = field(default_factory=dict)        # the file's defs and consts
+    top: dict = field(default_factory=dict)  # the file's defs and consts
 
     def at(self, line: int, col: int):
         """What is at a place (1-based): a Binding (where it is bound or used) or a library name."""
@@ -71,8 +74,11 @@ class NameIndex:
 
 def contains(span: Span, line: int, col: int) -> bool:
     end_line = span.end_line or span.line
-    return (span.line, span.col) <= (line, col) and (line, col) < (end_line, span.end_col or span.col + 1) \
+    return (
+        (span.line, span.col) <= (line, col)
+        and (line, col) < (end_line, span.end_col or span.col + 1)
         or (line, col) == (end_line, span.end_col)
+    )
 
 
 def index(module: syntax.Module) -> NameIndex:
@@ -113,8 +119,9 @@ class _Walker:
                 self.block(item.body, scope, item.name)
                 self.out.scopes.append(Scope(item.span, scope))
             elif isinstance(item, syntax.Train):
-                self.use(models, item.model, name_span(Span(item.span.file, item.span.line, item.span.col + 5),
-                                                       item.model))
+                self.use(
+                    models, item.model, name_span(Span(item.span.file, item.span.line, item.span.col + 5), item.model)
+                )
                 for k in item.settings:
                     self.expr(k.value, top)
 
@@ -160,7 +167,9 @@ class _Walker:
         elif isinstance(s, syntax.Repeat):
             self.expr(s.start, scope)
             self.expr(s.stop, scope)
-            self.bind(scope, s.var, s, "repeat", container, name_span(Span(s.span.file, s.span.line, s.span.col + 6), s.var))
+            self.bind(
+                scope, s.var, s, "repeat", container, name_span(Span(s.span.file, s.span.line, s.span.col + 6), s.var)
+            )
             self.block(s.body, scope, container)
         elif isinstance(s, syntax.If):
             self.expr(s.cond, scope)
@@ -225,7 +234,7 @@ def renamed(text: str, spans: list, new: str) -> str:
     lines = text.split("\n")
     for s in sorted(spans, key=lambda s: (s.line, s.col), reverse=True):
         line = lines[s.line - 1]
-        lines[s.line - 1] = line[:s.col - 1] + new + line[s.end_col - 1:]
+        lines[s.line - 1] = line[: s.col - 1] + new + line[s.end_col - 1 :]
     return "\n".join(lines)
 
 
@@ -246,10 +255,10 @@ def rename_conflict(text: str, path: str, names: NameIndex, b: Binding, new: str
 
     try:
         after = index(syntax.parse(renamed(text, spans, new), f"{path} (renamed)"))
-    except Exception:       # noqa: BLE001 - a rename that makes the file not parse changes everything
+    except Exception:  # noqa: BLE001 - a rename that makes the file not parse changes everything
         return f"the file would not parse with '{new}' here"
     bound_after = {(s.span.line, s.span.col): s for s in after.bindings}
-    named_after = {}        # what a name written at a place refers to after the rename, as NameIndex.at says
+    named_after = {}  # what a name written at a place refers to after the rename, as NameIndex.at says
     for span, target in after.uses + [(s.span, s) for s in after.bindings]:
         named_after.setdefault((span.line, span.col), target)
 
@@ -266,15 +275,26 @@ def rename_conflict(text: str, path: str, names: NameIndex, b: Binding, new: str
         expected = bound_after.get(moved(target.span)) if isinstance(target, Binding) else target
         if now is not expected and now != expected:
             written = new if target is b else target if isinstance(target, str) else target.name
-            was = f"binds a new {target.kind}" if isinstance(target, Binding) and target.span == span else f"refers to {meaning(target)}"
-            return (f"renaming `{b.name}` to `{new}` would change what `{written}` at line {span.line}, column "
-                    f"{span.col} means: it {was}, and would refer to {meaning(now, moved(b.span))}")
+            was = (
+                f"binds a new {target.kind}"
+                if isinstance(target, Binding) and target.span == span
+                else f"refers to {meaning(target)}"
+            )
+            return (
+                f"renaming `{b.name}` to `{new}` would change what `{written}` at line {span.line}, column "
+                f"{span.col} means: it {was}, and would refer to {meaning(now, moved(b.span))}"
+            )
     return None
 
 
 # the kinds of names bound in one scope that the evaluator says are defined twice, by kind
-_ONCE = {"def": {"def", "const"}, "const": {"def", "const"}, "model": {"model"}, "output": {"output", "metric"},
-         "metric": {"output", "metric"}}
+_ONCE = {
+    "def": {"def", "const"},
+    "const": {"def", "const"},
+    "model": {"model"},
+    "output": {"output", "metric"},
+    "metric": {"output", "metric"},
+}
 _DECLARED = {"input", "target", "param", "state", "def"}
 
 
@@ -291,4 +311,5 @@ def _defined_twice(b: Binding, other: Binding) -> bool:
 
 def _library_names() -> set:
     from dlc.compiler.frontend.loader import stdlib_env
+
     return set(stdlib_env().visible_names())

@@ -3,6 +3,7 @@ in one worker thread, so requests keep being answered from the last analysis mea
 edits that come while an analysis runs are analyzed after it, the latest alone (schedule).
 A handler's unexpected error is answered as an error response and logged, never raised out
 of the server (docs/editors.md)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -32,8 +33,8 @@ from dlc.runtime.lsp.names import Binding, contains, rename_conflict
 
 DID_YOU_MEAN = re.compile(r"did you mean '([^']+)'\?")
 IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
-SECTION = "dlc"         # the client's settings section of the server's settings
-PIPED = re.compile(r"\|>\s*\w*$")      # a pipe's function being written: `x |> ` or `x |> den`
+SECTION = "dlc"  # the client's settings section of the server's settings
+PIPED = re.compile(r"\|>\s*\w*$")  # a pipe's function being written: `x |> ` or `x |> den`
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,21 @@ class Refused(JsonRpcException):
 class DlcLanguageServer(LanguageServer):
     def __init__(self):
         super().__init__("dlc", dlc.__version__, text_document_sync_kind=lsp_types.TextDocumentSyncKind.Incremental)
-        self.analyses: dict = {}        # uri -> its latest Analysis
-        self.parsed: dict = {}          # uri -> its latest Analysis that parsed: the names while one is typed
-        self.pending: dict = {}         # uri -> the task analyzing its latest text
-        self.analyzed: dict = {}        # uri -> the event set when that task's analysis is published
+        self.analyses: dict = {}  # uri -> its latest Analysis
+        self.parsed: dict = {}  # uri -> its latest Analysis that parsed: the names while one is typed
+        self.pending: dict = {}  # uri -> the task analyzing its latest text
+        self.analyzed: dict = {}  # uri -> the event set when that task's analysis is published
         self.worker = ThreadPoolExecutor(1, thread_name_prefix="dlc-analysis")
         self.inlay_hints = True
 
     def apply_settings(self, settings) -> bool:
         """Take the settings of the section `dlc` a client gave (those it does not give keep
         their value); whether one changed."""
-        if not isinstance(settings, dict) or not isinstance(settings.get("inlayHints"), bool) \
-                or settings["inlayHints"] == self.inlay_hints:
+        if (
+            not isinstance(settings, dict)
+            or not isinstance(settings.get("inlayHints"), bool)
+            or settings["inlayHints"] == self.inlay_hints
+        ):
             return False
         self.inlay_hints = settings["inlayHints"]
         return True
@@ -70,7 +74,12 @@ class DlcLanguageServer(LanguageServer):
         """Settings given after the start: a client that can is asked to show its inlay hints
         again when they changed."""
         workspace = self.client_capabilities.workspace
-        if self.apply_settings(settings) and workspace and workspace.inlay_hint and workspace.inlay_hint.refresh_support:
+        if (
+            self.apply_settings(settings)
+            and workspace
+            and workspace.inlay_hint
+            and workspace.inlay_hint.refresh_support
+        ):
             self.workspace_inlay_hint_refresh(None)
 
     async def pull_settings(self):
@@ -79,9 +88,10 @@ class DlcLanguageServer(LanguageServer):
         if not (workspace and workspace.configuration):
             return
         try:
-            answer = await self.workspace_configuration_async(lsp_types.ConfigurationParams(
-                items=[lsp_types.ConfigurationItem(section=SECTION)]))
-        except JsonRpcException as e:       # a client that says it answers and does not: its settings stay
+            answer = await self.workspace_configuration_async(
+                lsp_types.ConfigurationParams(items=[lsp_types.ConfigurationItem(section=SECTION)])
+            )
+        except JsonRpcException as e:  # a client that says it answers and does not: its settings stay
             log.warning("the client did not give its settings (workspace/configuration): %s", e)
             return
         self.changed_settings(answer[0] if answer else None)
@@ -106,23 +116,29 @@ class DlcLanguageServer(LanguageServer):
 
     async def _analyze(self, uri: str, analyzed: asyncio.Event):
         try:
-            await asyncio.sleep(0)      # the edits read with this one replace it before it starts
+            await asyncio.sleep(0)  # the edits read with this one replace it before it starts
             doc = self.workspace.get_text_document(uri)
             text, version, path = doc.source, doc.version, to_fs_path(uri) or uri
-            a = await asyncio.get_running_loop().run_in_executor(self.worker, analyze, text, path,
-                                                                 BUILD_SECONDS, self.analyses.get(uri))
+            a = await asyncio.get_running_loop().run_in_executor(
+                self.worker, analyze, text, path, BUILD_SECONDS, self.analyses.get(uri)
+            )
             if uri not in self.workspace.text_documents or self.workspace.get_text_document(uri).version != version:
-                return      # an edit or a close came meanwhile: its own analysis is published
+                return  # an edit or a close came meanwhile: its own analysis is published
             replaced, self.analyses[uri] = self.analyses.get(uri), a
             if a.module is not None:
                 self.parsed[uri] = a
-            self.text_document_publish_diagnostics(lsp_types.PublishDiagnosticsParams(
-                uri=uri, version=version, diagnostics=[diagnostic(e, a.path) for e in a.errors] +
-                [diagnostic(w, a.path, lsp_types.DiagnosticSeverity.Warning) for w in a.warnings]))
+            self.text_document_publish_diagnostics(
+                lsp_types.PublishDiagnosticsParams(
+                    uri=uri,
+                    version=version,
+                    diagnostics=[diagnostic(e, a.path) for e in a.errors]
+                    + [diagnostic(w, a.path, lsp_types.DiagnosticSeverity.Warning) for w in a.warnings],
+                )
+            )
             self.compute_peaks(a, replaced)
         finally:
             analyzed.set()
-        gc.collect()        # the replaced analysis, after the new one is out (serve: the collector is ours)
+        gc.collect()  # the replaced analysis, after the new one is out (serve: the collector is ours)
 
     def compute_peaks(self, a: Analysis, replaced: Analysis | None):
         """Start computing the peak memory of training each model `a` built anew (memory.py),
@@ -169,10 +185,9 @@ def _keep_peak(build, job):
         return
     try:
         build.memory = job.result()
-    except Exception as e:      # the worker process died or dlc failed: the hover says so
+    except Exception as e:  # the worker process died or dlc failed: the hover says so
         log.error("computing the peak memory of training: %s: %s", type(e).__name__, e)
-        build.memory = DlcError(f"the process computing it failed ({type(e).__name__}: {e}); "
-                                "the server's log has more")
+        build.memory = DlcError(f"the process computing it failed ({type(e).__name__}: {e}); the server's log has more")
 
 
 server = DlcLanguageServer()
@@ -180,6 +195,7 @@ server = DlcLanguageServer()
 
 def guarded(handler):
     """A handler whose unexpected error is answered as a failed request, and logged."""
+
     @functools.wraps(handler)
     async def run(ls, params):
         try:
@@ -189,8 +205,11 @@ def guarded(handler):
             raise
         except Exception as e:
             log.exception("%s", handler.__name__)
-            raise JsonRpcException(f"dlc: {type(e).__name__}: {e} (a bug in dlc; the server's log has the traceback)",
-                                   code=lsp_types.LSPErrorCodes.RequestFailed) from None
+            raise JsonRpcException(
+                f"dlc: {type(e).__name__}: {e} (a bug in dlc; the server's log has the traceback)",
+                code=lsp_types.LSPErrorCodes.RequestFailed,
+            ) from None
+
     return run
 
 
@@ -216,24 +235,34 @@ def location(span: Span) -> lsp_types.Location:
 
 
 # ---- diagnostics and quick fixes ----------------------------------------------------------------------
-def diagnostic(e: DlcError, path: str,
-               severity: lsp_types.DiagnosticSeverity = lsp_types.DiagnosticSeverity.Error) -> lsp_types.Diagnostic:
+def diagnostic(
+    e: DlcError, path: str, severity: lsp_types.DiagnosticSeverity = lsp_types.DiagnosticSeverity.Error
+) -> lsp_types.Diagnostic:
     """An error (or a warning) as `dlc check` shows it: at its place, its notes as related
     information (an error in another file, an import's, at the top with that file's place in
     the message)."""
     span = e.span
     if span is not None and span.file != path and span.caller is not None and span.caller.file == path:
-        span = span.caller      # in the standard library: at the user's call that led there
+        span = span.caller  # in the standard library: at the user's call that led there
     here = span is not None and span.file == path
     message = e.message if here or span is None else f"{span}: {e.message}"
-    related = [lsp_types.DiagnosticRelatedInformation(location=location(note_span), message=note)
-               for note, note_span in e.notes if note_span is not None and note_span.line > 0]
+    related = [
+        lsp_types.DiagnosticRelatedInformation(location=location(note_span), message=note)
+        for note, note_span in e.notes
+        if note_span is not None and note_span.line > 0
+    ]
     if span is not e.span:
-        related.append(lsp_types.DiagnosticRelatedInformation(location=location(e.span), message="in the standard library here"))
+        related.append(
+            lsp_types.DiagnosticRelatedInformation(location=location(e.span), message="in the standard library here")
+        )
     message += "".join(f"\nnote: {note}" for note, note_span in e.notes if note_span is None)
-    return lsp_types.Diagnostic(range=to_range(span) if here else lsp_types.Range(lsp_types.Position(0, 0), lsp_types.Position(0, 1)),
-                        message=message, severity=severity, source="dlc",
-                        related_information=related or None)
+    return lsp_types.Diagnostic(
+        range=to_range(span) if here else lsp_types.Range(lsp_types.Position(0, 0), lsp_types.Position(0, 1)),
+        message=message,
+        severity=severity,
+        source="dlc",
+        related_information=related or None,
+    )
 
 
 def quick_fix(uri: str, lines: list, d: lsp_types.Diagnostic) -> lsp_types.CodeAction | None:
@@ -247,22 +276,28 @@ def quick_fix(uri: str, lines: list, d: lsp_types.Diagnostic) -> lsp_types.CodeA
     r = d.range
     if r.start.line != r.end.line or r.start.line >= len(lines):
         return None
-    before = lines[r.start.line][:r.end.character]
+    before = lines[r.start.line][: r.end.character]
     edit = r
-    for wrong in re.findall(r"'([^']+)'", d.message[:m.start()]):
+    for wrong in re.findall(r"'([^']+)'", d.message[: m.start()]):
         found = list(re.finditer(rf"(?<!\w){re.escape(wrong)}(?!\w)", before))
         if found:
-            edit = lsp_types.Range(lsp_types.Position(r.start.line, found[-1].start()), lsp_types.Position(r.start.line, found[-1].end()))
+            edit = lsp_types.Range(
+                lsp_types.Position(r.start.line, found[-1].start()), lsp_types.Position(r.start.line, found[-1].end())
+            )
             break
-    return lsp_types.CodeAction(title=f"Change to '{m[1]}'", kind=lsp_types.CodeActionKind.QuickFix, diagnostics=[d],
-                        is_preferred=True,
-                        edit=lsp_types.WorkspaceEdit(changes={uri: [lsp_types.TextEdit(range=edit, new_text=m[1])]}))
+    return lsp_types.CodeAction(
+        title=f"Change to '{m[1]}'",
+        kind=lsp_types.CodeActionKind.QuickFix,
+        diagnostics=[d],
+        is_preferred=True,
+        edit=lsp_types.WorkspaceEdit(changes={uri: [lsp_types.TextEdit(range=edit, new_text=m[1])]}),
+    )
 
 
 # ---- settings (docs/editors.md "Settings"): given at the start, pushed by the client, pulled from it ----
 @server.feature(lsp_types.INITIALIZE)
 def initialize(ls: DlcLanguageServer, params: lsp_types.InitializeParams):
-    ls.apply_settings(params.initialization_options)        # no request to the client before the answer
+    ls.apply_settings(params.initialization_options)  # no request to the client before the answer
 
 
 @server.feature(lsp_types.INITIALIZED)
@@ -303,8 +338,10 @@ def did_close(ls: DlcLanguageServer, params: lsp_types.DidCloseTextDocumentParam
     ls.text_document_publish_diagnostics(lsp_types.PublishDiagnosticsParams(uri=uri, diagnostics=[]))
 
 
-@server.feature(lsp_types.TEXT_DOCUMENT_CODE_ACTION,
-                lsp_types.CodeActionOptions(code_action_kinds=[lsp_types.CodeActionKind.QuickFix]))
+@server.feature(
+    lsp_types.TEXT_DOCUMENT_CODE_ACTION,
+    lsp_types.CodeActionOptions(code_action_kinds=[lsp_types.CodeActionKind.QuickFix]),
+)
 @guarded
 def code_action(ls: DlcLanguageServer, params: lsp_types.CodeActionParams):
     lines = ls.workspace.get_text_document(params.text_document.uri).lines
@@ -344,10 +381,14 @@ async def hover(ls: DlcLanguageServer, params: lsp_types.HoverParams):
     keyword = a.names.keyword_at(line, col)
     func = describe.function_of(keyword[0], a) if keyword else None
     if func is not None and keyword[1] in dict(describe.parameters(func)):
-        parts.append(f"```dl\n{dict(describe.parameters(func))[keyword[1]]}\n```\nargument of `{describe.signature(func)}`")
+        parts.append(
+            f"```dl\n{dict(describe.parameters(func))[keyword[1]]}\n```\nargument of `{describe.signature(func)}`"
+        )
     if not parts:
         return None
-    return lsp_types.Hover(contents=lsp_types.MarkupContent(kind=lsp_types.MarkupKind.Markdown, value="\n\n---\n\n".join(parts)))
+    return lsp_types.Hover(
+        contents=lsp_types.MarkupContent(kind=lsp_types.MarkupKind.Markdown, value="\n\n---\n\n".join(parts))
+    )
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_INLAY_HINT)
@@ -366,8 +407,14 @@ async def inlay_hint(ls: DlcLanguageServer, params: lsp_types.InlayHintParams):
             typ = _statement_type(s, model) if model is not None else _def_statement_type(s, a)
             end = s.span.end_line or s.span.line
             if typ and first <= end <= last:
-                hints.append(lsp_types.InlayHint(position=lsp_types.Position(end - 1, s.span.end_col - 1), label=f": {typ}",
-                                         kind=lsp_types.InlayHintKind.Type, padding_left=True))
+                hints.append(
+                    lsp_types.InlayHint(
+                        position=lsp_types.Position(end - 1, s.span.end_col - 1),
+                        label=f": {typ}",
+                        kind=lsp_types.InlayHintKind.Type,
+                        padding_left=True,
+                    )
+                )
     return hints
 
 
@@ -467,8 +514,13 @@ async def rename(ls: DlcLanguageServer, params: lsp_types.RenameParams):
     conflict = rename_conflict(a.text, a.path, a.names, target, new)
     if conflict is not None:
         raise Refused(conflict)
-    return lsp_types.WorkspaceEdit(changes={params.text_document.uri: [
-        lsp_types.TextEdit(range=to_range(s), new_text=new) for s in a.names.references(target)]})
+    return lsp_types.WorkspaceEdit(
+        changes={
+            params.text_document.uri: [
+                lsp_types.TextEdit(range=to_range(s), new_text=new) for s in a.names.references(target)
+            ]
+        }
+    )
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_DOCUMENT_SYMBOL)
@@ -478,29 +530,58 @@ async def document_symbol(ls: DlcLanguageServer, params: lsp_types.DocumentSymbo
     if a is None or a.module is None:
         return []
     symbols = []
-    kinds = {"input": lsp_types.SymbolKind.Variable, "target": lsp_types.SymbolKind.Variable, "binding": lsp_types.SymbolKind.Variable,
-             "output": lsp_types.SymbolKind.Property, "metric": lsp_types.SymbolKind.Property, "param": lsp_types.SymbolKind.Field,
-             "state": lsp_types.SymbolKind.Field}
+    kinds = {
+        "input": lsp_types.SymbolKind.Variable,
+        "target": lsp_types.SymbolKind.Variable,
+        "binding": lsp_types.SymbolKind.Variable,
+        "output": lsp_types.SymbolKind.Property,
+        "metric": lsp_types.SymbolKind.Property,
+        "param": lsp_types.SymbolKind.Field,
+        "state": lsp_types.SymbolKind.Field,
+    }
     for item in a.module.items:
         if isinstance(item, syntax.ModelBlock):
-            children = [lsp_types.DocumentSymbol(name=b.name, kind=kinds[b.kind], range=to_range(b.node.span),
-                                         selection_range=to_range(b.span), detail=b.kind)
-                        for b in a.names.bindings if b.container == item.name and b.kind in kinds]
+            children = [
+                lsp_types.DocumentSymbol(
+                    name=b.name,
+                    kind=kinds[b.kind],
+                    range=to_range(b.node.span),
+                    selection_range=to_range(b.span),
+                    detail=b.kind,
+                )
+                for b in a.names.bindings
+                if b.container == item.name and b.kind in kinds
+            ]
             symbols.append(_symbol(item, item.name, lsp_types.SymbolKind.Class, "model", children))
         elif isinstance(item, syntax.Def):
             symbols.append(_symbol(item, item.name, lsp_types.SymbolKind.Function, "def"))
         elif isinstance(item, syntax.ConstDecl):
             symbols.append(_symbol(item, item.name, lsp_types.SymbolKind.Constant, "const"))
         elif isinstance(item, syntax.Train):
-            settings = [lsp_types.DocumentSymbol(name=k.name, kind=lsp_types.SymbolKind.Property, range=to_range(k.span),
-                                         selection_range=to_range(name_span(k.span, k.name))) for k in item.settings]
-            symbols.append(_symbol(item, f"train {item.model}", lsp_types.SymbolKind.Namespace, "train", settings, item.model))
+            settings = [
+                lsp_types.DocumentSymbol(
+                    name=k.name,
+                    kind=lsp_types.SymbolKind.Property,
+                    range=to_range(k.span),
+                    selection_range=to_range(name_span(k.span, k.name)),
+                )
+                for k in item.settings
+            ]
+            symbols.append(
+                _symbol(item, f"train {item.model}", lsp_types.SymbolKind.Namespace, "train", settings, item.model)
+            )
     return symbols
 
 
 def _symbol(item, name: str, kind, detail: str, children=None, word: str | None = None) -> lsp_types.DocumentSymbol:
-    return lsp_types.DocumentSymbol(name=name, kind=kind, detail=detail, range=to_range(item.span),
-                            selection_range=to_range(name_span(item.span, word or name)), children=children)
+    return lsp_types.DocumentSymbol(
+        name=name,
+        kind=kind,
+        detail=detail,
+        range=to_range(item.span),
+        selection_range=to_range(name_span(item.span, word or name)),
+        children=children,
+    )
 
 
 # ---- while a call or a setting is written ---------------------------------------------------------------
@@ -570,10 +651,17 @@ async def signature_help(ls: DlcLanguageServer, params: lsp_types.SignatureHelpP
     args, label, documentation = called
     names = [n for n, _ in args]
     active = names.index(keyword) if keyword in names else min(index, max(len(args) - 1, 0))
-    return lsp_types.SignatureHelp(signatures=[lsp_types.SignatureInformation(
-        label=label, documentation=documentation or None,
-        parameters=[lsp_types.ParameterInformation(label=text) for _, text in args])],
-        active_signature=0, active_parameter=active)
+    return lsp_types.SignatureHelp(
+        signatures=[
+            lsp_types.SignatureInformation(
+                label=label,
+                documentation=documentation or None,
+                parameters=[lsp_types.ParameterInformation(label=text) for _, text in args],
+            )
+        ],
+        active_signature=0,
+        active_parameter=active,
+    )
 
 
 @functools.cache
@@ -583,8 +671,14 @@ def library_items() -> tuple:
     for name in sorted(env.visible_names()):
         func = env.lookup(name)
         if isinstance(func, (Func, Builtin)):
-            items.append(lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Function, detail=describe.signature(func),
-                                          documentation=describe.doc(func) or None))
+            items.append(
+                lsp_types.CompletionItem(
+                    label=name,
+                    kind=lsp_types.CompletionItemKind.Function,
+                    detail=describe.signature(func),
+                    documentation=describe.doc(func) or None,
+                )
+            )
     return tuple(items)
 
 
@@ -597,11 +691,18 @@ def train_choices() -> dict:
     from dlc.runtime.optim.optimizers import OPTIMIZERS
     from dlc.runtime.optim.schedules import SCHEDULES, WARMUP
     from dlc.runtime.training.config import SPLIT
+
     data = {name: (fn.params, inspect.getdoc(fn)) for name, fn in SOURCES.items()}
-    held_out = {"split": (SPLIT, "a fraction of the examples of `data` held out (with `tail`, its last ones, in order)")}
-    return {"optimizer": {name: (cls.options, "optimizer") for name, cls in OPTIMIZERS.items()},
-            "schedule": {name: (opts | WARMUP, "schedule") for name, opts in SCHEDULES.items()},
-            "data": data, "validation": held_out | data, "test": held_out | data}
+    held_out = {
+        "split": (SPLIT, "a fraction of the examples of `data` held out (with `tail`, its last ones, in order)")
+    }
+    return {
+        "optimizer": {name: (cls.options, "optimizer") for name, cls in OPTIMIZERS.items()},
+        "schedule": {name: (opts | WARMUP, "schedule") for name, opts in SCHEDULES.items()},
+        "data": data,
+        "validation": held_out | data,
+        "test": held_out | data,
+    }
 
 
 @functools.cache
@@ -614,18 +715,31 @@ def train_items(setting: str | None) -> list:
     """What a train block takes: its settings, or the values of one (optimizers, schedules,
     data sources), each with its options."""
     from dlc.runtime.training.config import TrainConfig
+
     choices = train_choices()
     if setting in choices:
-        return [lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Value,
-                                         detail=f"{name}({', '.join(parameter_texts(params))})", documentation=doc)
-                for name, (params, doc) in choices[setting].items()]
-    return [lsp_types.CompletionItem(label=k, kind=lsp_types.CompletionItemKind.Property, insert_text=f"{k} = ")
-            for k in TrainConfig.__dataclass_fields__ if k != "spans"]
+        return [
+            lsp_types.CompletionItem(
+                label=name,
+                kind=lsp_types.CompletionItemKind.Value,
+                detail=f"{name}({', '.join(parameter_texts(params))})",
+                documentation=doc,
+            )
+            for name, (params, doc) in choices[setting].items()
+        ]
+    return [
+        lsp_types.CompletionItem(label=k, kind=lsp_types.CompletionItemKind.Property, insert_text=f"{k} = ")
+        for k in TrainConfig.__dataclass_fields__
+        if k != "spans"
+    ]
 
 
 def train_block_at(text: str, offset: int) -> bool:
-    return any(re.match(r"\s*train\b", text[:p].rsplit("\n", 1)[-1].rsplit("}", 1)[-1])
-               for p in syntax.open_brackets(text, offset) if text[p] == "{")
+    return any(
+        re.match(r"\s*train\b", text[:p].rsplit("\n", 1)[-1].rsplit("}", 1)[-1])
+        for p in syntax.open_brackets(text, offset)
+        if text[p] == "{"
+    )
 
 
 @server.feature(lsp_types.TEXT_DOCUMENT_COMPLETION, lsp_types.CompletionOptions(trigger_characters=["(", ",", "="]))
@@ -634,21 +748,40 @@ def completion(ls: DlcLanguageServer, params: lsp_types.CompletionParams):
     doc = ls.workspace.get_text_document(params.text_document.uri)
     text, offset = doc.source, _offset(doc.lines, params.position.line, params.position.character)
     _, called = called_at(ls, params.text_document.uri, text, offset)
-    items = [lsp_types.CompletionItem(label=f"{name} =", kind=lsp_types.CompletionItemKind.Field, detail=arg,
-                                      insert_text=f"{name} = ", sort_text=f"0{name}") for name, arg in called[0]] if called else []
+    items = (
+        [
+            lsp_types.CompletionItem(
+                label=f"{name} =",
+                kind=lsp_types.CompletionItemKind.Field,
+                detail=arg,
+                insert_text=f"{name} = ",
+                sort_text=f"0{name}",
+            )
+            for name, arg in called[0]
+        ]
+        if called
+        else []
+    )
     if train_block_at(text, offset):
-        if called:      # an optimizer's, schedule's or data source's options, not the settings
+        if called:  # an optimizer's, schedule's or data source's options, not the settings
             return items
         setting = re.search(r"(\w+)\s*=\s*\w*$", text[:offset].rsplit("\n", 1)[-1])
         return train_items(setting[1] if setting else None)
     a = ls.parsed.get(params.text_document.uri)
     visible = a.names.visible(*place(params)) if a is not None else {}
-    piped = PIPED.search(text[max(offset - 200, 0):offset]) is not None      # only a function fits
+    piped = PIPED.search(text[max(offset - 200, 0) : offset]) is not None  # only a function fits
     for name, b in visible.items():
         if not piped or b.kind == "def":
-            items.append(lsp_types.CompletionItem(label=name, kind=lsp_types.CompletionItemKind.Function if b.kind == "def"
-                                                  else lsp_types.CompletionItemKind.Variable, detail=b.kind))
-    return items + [item for item in library_items() if item.label not in visible]     # a name of the file hides it
+            items.append(
+                lsp_types.CompletionItem(
+                    label=name,
+                    kind=lsp_types.CompletionItemKind.Function
+                    if b.kind == "def"
+                    else lsp_types.CompletionItemKind.Variable,
+                    detail=b.kind,
+                )
+            )
+    return items + [item for item in library_items() if item.label not in visible]  # a name of the file hides it
 
 
 # ---- formatting ------------------------------------------------------------------------------------
@@ -683,9 +816,10 @@ def serve():
     logging.basicConfig(level=logging.WARNING, format="dlc lsp: %(levelname)s: %(message)s")
     for handler in logging.getLogger().handlers:
         handler.addFilter(_without_traceback)
-    stdlib_env()        # parsed once, before the first request
+    stdlib_env()  # parsed once, before the first request
     syntax._parser()
     from dlc.runtime.engines import budget  # noqa: F401  (a layer call's hover reads it: 0.1 s to import)
+
     server.peak_worker  # noqa: B018  (started now, not at the first hover)
     # Garbage is collected when an analysis has been published (DlcLanguageServer._analyze),
     # not by the interpreter in the middle of the next: the collections it started while a
@@ -699,4 +833,4 @@ def serve():
     try:
         server.start_io()
     finally:
-        server.peak_worker.stop()       # else the interpreter's exit waits for its job
+        server.peak_worker.stop()  # else the interpreter's exit waits for its job

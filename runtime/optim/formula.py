@@ -17,13 +17,14 @@ both sides), takes `minimum`, `maximum`, `floor`, `cos` and `**`, and repeats wi
 A formula has no truth value and no float: `if` or `math.cos` on one is an error, so a
 definition cannot compute outside the tree.
 """
+
 from __future__ import annotations
 
 import math
 from numbers import Integral, Real
 from typing import Callable
 
-INT, DOUBLE, BOOL = "int64_t", "double", "int"      # the C types of formulas' values
+INT, DOUBLE, BOOL = "int64_t", "double", "int"  # the C types of formulas' values
 ARITHMETIC = ("+", "-", "*")
 COMPARISONS = ("<", "<=", ">", ">=")
 
@@ -31,6 +32,7 @@ COMPARISONS = ("<", "<=", ">", ">=")
 class Formula:
     """A node: `op` on `args` (formulas), of C type `type`; `data` is a constant's value, a
     variable's name, a loop's (state variables, condition, body) or a loop result's index."""
+
     __slots__ = ("op", "args", "type", "data")
 
     def __init__(self, op: str, args: tuple, type: str, data=None):
@@ -44,9 +46,17 @@ class Formula:
 
 
 # Python's operators on a formula: (method, C operator, whether it has a reflected twin)
-for _method, _op, _reflected in (("add", "+", True), ("sub", "-", True), ("mul", "*", True), ("truediv", "/", True),
-                                 ("pow", "**", True), ("lt", "<", False), ("le", "<=", False), ("gt", ">", False),
-                                 ("ge", ">=", False)):
+for _method, _op, _reflected in (
+    ("add", "+", True),
+    ("sub", "-", True),
+    ("mul", "*", True),
+    ("truediv", "/", True),
+    ("pow", "**", True),
+    ("lt", "<", False),
+    ("le", "<=", False),
+    ("gt", ">", False),
+    ("ge", ">=", False),
+):
     setattr(Formula, f"__{_method}__", lambda self, other, op=_op: _binary(op, self, other))
     if _reflected:
         setattr(Formula, f"__r{_method}__", lambda self, other, op=_op: _binary(op, other, self))
@@ -98,7 +108,7 @@ def _pow(a: float, b: float) -> float:
     except OverflowError:
         odd = b.is_integer() and b % 2 == 1
         return -math.inf if a < 0 and odd else math.inf
-    except ValueError:      # 0 to a negative power (a pole), or a negative base to a fraction
+    except ValueError:  # 0 to a negative power (a pole), or a negative base to a fraction
         if a == 0:
             return math.copysign(math.inf, a) if b.is_integer() and b % 2 == 1 else math.inf
         return math.nan
@@ -122,8 +132,12 @@ def _cos(x: float) -> float:
 
 
 # op -> (its value in Python from double arguments, its C expression)
-FUNCTIONS: dict = {"/": (_divide, "{0} / {1}"), "**": (_pow, "pow({0}, {1})"), "floor": (_floor, "floor({0})"),
-                   "cos": (_cos, "cos({0})")}
+FUNCTIONS: dict = {
+    "/": (_divide, "{0} / {1}"),
+    "**": (_pow, "pow({0}, {1})"),
+    "floor": (_floor, "floor({0})"),
+    "cos": (_cos, "cos({0})"),
+}
 
 
 def _call(op: str, x):
@@ -155,6 +169,7 @@ def loop(condition: Callable, body: Callable, *start) -> tuple:
 # ---- Python and C ------------------------------------------------------------------------------------
 class _C:
     """How the printer writes C."""
+
     indent, end = "    ", "}"
 
     @staticmethod
@@ -196,11 +211,12 @@ class _C:
 
 class _Python(_C):
     """How the printer writes Python: the same statements, with C's conversions and functions."""
+
     end, otherwise, forever = None, "else:", "while True:"
 
     @staticmethod
     def literal(x) -> str:
-        return repr(x)      # repr round-trips every float; inf and nan are names of the namespace
+        return repr(x)  # repr round-trips every float; inf and nan are names of the namespace
 
     @staticmethod
     def to_double(expr: str) -> str:
@@ -265,8 +281,11 @@ class _Printer:
             out = self.temporary(f.type, depth)
             for head, branch in ((lang.when(condition), args[1]), (lang.otherwise, args[2])):
                 self.line(depth, head)
-                value = self.double(branch, dict(names), depth + 1) if f.type == DOUBLE else self(branch, dict(names),
-                                                                                                  depth + 1)
+                value = (
+                    self.double(branch, dict(names), depth + 1)
+                    if f.type == DOUBLE
+                    else self(branch, dict(names), depth + 1)
+                )
                 self.line(depth + 1, lang.assign(out, value))
             self.line(depth, lang.end)
         elif f.op == "loop":
@@ -284,7 +303,7 @@ class _Printer:
         elif f.op == "neg":
             out = self.temporary(f.type, depth, f"-{self(args[0], names, depth)}")
         else:
-            mixed = f.type == DOUBLE or any(a.type == DOUBLE for a in args)     # C's usual conversions
+            mixed = f.type == DOUBLE or any(a.type == DOUBLE for a in args)  # C's usual conversions
             xs = [self.double(a, names, depth) if mixed else self(a, names, depth) for a in args]
             out = self.temporary(f.type, depth, lang.call(f.op, xs) if f.op in FUNCTIONS else f"{xs[0]} {f.op} {xs[1]}")
         names[id(f)] = out

@@ -15,6 +15,7 @@ numpy arrays per parameter ("m", "v", "momentum"), which checkpoints save.
 The second-order optimizers are `full_batch`: they have no update graph; a step of theirs
 runs many evaluations of the batch's loss, and the engines hand them the step (`step`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,10 +33,11 @@ LR, STEP = variable("lr"), variable("step", INT)
 
 class Optimizer:
     """An optimizer setting (`adam(lr = 1e-3)`) bound to its options; a subclass is one optimizer."""
+
     name = ""
-    options: dict = {}            # option -> default; "lr" is required
-    full_batch = False            # a step of its own (`step`) instead of an update graph
-    default_lr = 1e-2             # the learning rate of a setting without one (not a required option's)
+    options: dict = {}  # option -> default; "lr" is required
+    full_batch = False  # a step of its own (`step`) instead of an update graph
+    default_lr = 1e-2  # the learning rate of a setting without one (not a required option's)
     # the weight decay shrinks the parameter (param *= 1 - lr * weight_decay, AdamW's) before
     # the rule, instead of adding weight_decay * param to the gradient (torch's L2 form)
     decoupled = False
@@ -47,7 +49,7 @@ class Optimizer:
             raise DlcError(f"{call.name}: nesterov = true needs a momentum > 0", args.span("nesterov"))
         self._graphs: dict = {}
         self._formulas: dict | None = None
-        self._scalars = None            # the formulas as a Python function
+        self._scalars = None  # the formulas as a Python function
         # the parameter groups (groups.py): the settings of each, the optimizer's own first
         self.groups, self.lr_mults, self.group_of = [self.hyper], [1.0], {}
 
@@ -88,8 +90,11 @@ class Optimizer:
             if len(self.groups) == 1:
                 self._formulas = self._group_scalars(LR, self.hyper)
             else:
-                self._formulas = {f"{k}@{g}": v for g, (h, mult) in enumerate(zip(self.groups, self.lr_mults))
-                                  for k, v in self._group_scalars(LR * mult, h).items()}
+                self._formulas = {
+                    f"{k}@{g}": v
+                    for g, (h, mult) in enumerate(zip(self.groups, self.lr_mults))
+                    for k, v in self._group_scalars(LR * mult, h).items()
+                }
         return self._formulas
 
     def _group_scalars(self, lr: Formula, h: dict) -> dict:
@@ -121,19 +126,28 @@ class Optimizer:
     def _decayed_rule(self, u: Update) -> tuple:
         """The rule after the weight decay, the one place it is written."""
         if self.decays and self.decoupled:
-            u.param = u.param * u.scalar("decay")                       # param.mul_(1 - lr * weight_decay)
+            u.param = u.param * u.scalar("decay")  # param.mul_(1 - lr * weight_decay)
         elif self.decays:
-            u.grad = ops.fma(u.param, self.option(u, "weight_decay"), u.grad)   # grad.add(param, alpha=weight_decay)
+            u.grad = ops.fma(u.param, self.option(u, "weight_decay"), u.grad)  # grad.add(param, alpha=weight_decay)
         return self.rule(u)
 
-    def graph(self, n: int, l1: float = 0.0, l2: float = 0.0, clip: Call | None = None, norm: bool = False,
-              dtype: str = "f32", starts: tuple | None = None):
+    def graph(
+        self,
+        n: int,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        clip: Call | None = None,
+        norm: bool = False,
+        dtype: str = "f32",
+        starts: tuple | None = None,
+    ):
         """The update graph of n flat parameters (compiler/ir/update.py), built once; `starts`:
         where groups 1, 2, ... begin when the flat arrays hold them one after another."""
         key = (n, l1, l2, clip and (clip.name, clip_limit(clip)), norm, dtype, tuple(map(str, self.groups)), starts)
         if key not in self._graphs:
-            self._graphs[key] = update_graph(self._decayed_rule, self.slots(), n, l1, l2, key[3], norm, dtype,
-                                             len(self.groups), starts)
+            self._graphs[key] = update_graph(
+                self._decayed_rule, self.slots(), n, l1, l2, key[3], norm, dtype, len(self.groups), starts
+            )
         return self._graphs[key]
 
     def init(self, params: dict) -> dict:
@@ -148,6 +162,6 @@ class Optimizer:
                 names = [n for n, a in arrays.items() if a.dtype == dtype]
                 flat, at = np.zeros(sum(arrays[n].size for n in names), dtype), 0
                 for n in names:
-                    state[n][slot] = flat[at:at + arrays[n].size].reshape(arrays[n].shape)
+                    state[n][slot] = flat[at : at + arrays[n].size].reshape(arrays[n].shape)
                     at += arrays[n].size
         return state

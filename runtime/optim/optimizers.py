@@ -8,6 +8,7 @@ same float32 operations in the same order, and one rounding (ops.fma) where torc
 vectorized kernels fuse a multiply and an add; so a model trained here and there from the
 same weights takes the same steps.
 """
+
 from __future__ import annotations
 
 from dlc.compiler.errors import DlcError, did_you_mean
@@ -28,9 +29,9 @@ class SGD(Optimizer):
     def rule(self, u):
         h, g, new = self.hyper, u.grad, {}
         if h["momentum"]:
-            buf = new["momentum"] = u.state["momentum"] * h["momentum"] + g     # buf.mul_(momentum).add_(g)
+            buf = new["momentum"] = u.state["momentum"] * h["momentum"] + g  # buf.mul_(momentum).add_(g)
             g = ops.fma(buf, h["momentum"], g) if h["nesterov"] else buf
-        return ops.fma(g, -u.scalar("lr"), u.param), new                # param.add_(g, alpha=-lr)
+        return ops.fma(g, -u.scalar("lr"), u.param), new  # param.add_(g, alpha=-lr)
 
 
 class Momentum(SGD):
@@ -53,12 +54,12 @@ class RMSprop(Optimizer):
 
     def rule(self, u):
         h, g, p = self.hyper, u.grad, u.param
-        v = ops.fma((1 - h["alpha"]) * g, g, u.state["v"] * h["alpha"])    # v.mul_(alpha).addcmul_(g, g, 1 - alpha)
+        v = ops.fma((1 - h["alpha"]) * g, g, u.state["v"] * h["alpha"])  # v.mul_(alpha).addcmul_(g, g, 1 - alpha)
         avg = ops.unary("sqrt", v) + h["eps"]
-        if h["momentum"]:                                               # buf.mul_(momentum).addcdiv_(g, avg)
+        if h["momentum"]:  # buf.mul_(momentum).addcdiv_(g, avg)
             buf = u.state["momentum"] * h["momentum"] + g / avg
             return ops.fma(buf, -u.scalar("lr"), p), {"v": v, "momentum": buf}
-        return p + -u.scalar("lr") * g / avg, {"v": v}                  # param.addcdiv_(g, avg, value=-lr)
+        return p + -u.scalar("lr") * g / avg, {"v": v}  # param.addcdiv_(g, avg, value=-lr)
 
 
 class Adam(Optimizer):
@@ -74,10 +75,10 @@ class Adam(Optimizer):
 
     def rule(self, u):
         h, g, p = self.hyper, u.grad, u.param
-        m = lerp(u.state["m"], g, 1 - h["beta1"])                       # m.lerp_(g, 1 - beta1)
-        v = ops.fma((1 - h["beta2"]) * g, g, u.state["v"] * h["beta2"])     # v.mul_(beta2).addcmul_(g, g, 1 - beta2)
+        m = lerp(u.state["m"], g, 1 - h["beta1"])  # m.lerp_(g, 1 - beta1)
+        v = ops.fma((1 - h["beta2"]) * g, g, u.state["v"] * h["beta2"])  # v.mul_(beta2).addcmul_(g, g, 1 - beta2)
         den = ops.unary("sqrt", v) / u.scalar("bias2_sqrt") + h["eps"]
-        return p + -u.scalar("step_size") * m / den, {"m": m, "v": v}   # param.addcdiv_(m, den, -step_size)
+        return p + -u.scalar("step_size") * m / den, {"m": m, "v": v}  # param.addcdiv_(m, den, -step_size)
 
 
 class AdamW(Adam):
@@ -98,9 +99,9 @@ class Adagrad(Optimizer):
 
     def rule(self, u):
         h, g, p = self.hyper, u.grad, u.param
-        total = ops.fma(g, g, u.state["sum"])                           # sum.addcmul_(g, g, value=1)
+        total = ops.fma(g, g, u.state["sum"])  # sum.addcmul_(g, g, value=1)
         std = ops.unary("sqrt", total) + h["eps"]
-        return p + -u.scalar("lr") * g / std, {"sum": total}            # param.addcdiv_(g, std, value=-clr)
+        return p + -u.scalar("lr") * g / std, {"sum": total}  # param.addcdiv_(g, std, value=-clr)
 
 
 class Lion(Optimizer):
@@ -108,6 +109,7 @@ class Lion(Optimizer):
     lion-pytorch computes it: the step is lr times the sign of the momentum moved towards
     the gradient by 1 - beta1; then the momentum moves towards the gradient by 1 - beta2.
     Its steps are larger than Adam's for the same rate: it takes a smaller one."""
+
     name = "lion"
     options = {"lr": REQUIRED, "beta1": 0.9, "beta2": 0.99, "weight_decay": 0.0}
     decoupled = True
@@ -118,9 +120,9 @@ class Lion(Optimizer):
 
     def rule(self, u):
         h, g, m = self.hyper, u.grad, u.state["m"]
-        update = ops.unary("sign", ops.fma(g, 1 - h["beta1"], m * h["beta1"]))   # m * beta1 + (1 - beta1) * g
-        m = ops.fma(g, 1 - h["beta2"], m * h["beta2"])                  # m.mul_(beta2).add_(g, alpha=1 - beta2)
-        return ops.fma(update, -u.scalar("lr"), u.param), {"m": m}      # param.add_(update.sign_(), alpha=-lr)
+        update = ops.unary("sign", ops.fma(g, 1 - h["beta1"], m * h["beta1"]))  # m * beta1 + (1 - beta1) * g
+        m = ops.fma(g, 1 - h["beta2"], m * h["beta2"])  # m.mul_(beta2).add_(g, alpha=1 - beta2)
+        return ops.fma(update, -u.scalar("lr"), u.param), {"m": m}  # param.add_(update.sign_(), alpha=-lr)
 
 
 OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, AdamW, Adagrad, Lion, LBFGS, Newton)}
@@ -129,6 +131,8 @@ OPTIMIZERS = {cls.name: cls for cls in (SGD, Momentum, Nesterov, RMSprop, Adam, 
 def make_optimizer(spec) -> Optimizer:
     call = as_call(spec, "optimizer", "adam(lr = 1e-3)")
     if call.name not in OPTIMIZERS:
-        raise DlcError(f"unknown optimizer '{call.name}'{did_you_mean(call.name, OPTIMIZERS)} "
-                       f"(known: {', '.join(OPTIMIZERS)})", call.span)
+        raise DlcError(
+            f"unknown optimizer '{call.name}'{did_you_mean(call.name, OPTIMIZERS)} (known: {', '.join(OPTIMIZERS)})",
+            call.span,
+        )
     return OPTIMIZERS[call.name](call)

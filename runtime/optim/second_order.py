@@ -14,6 +14,7 @@ difference: a trial point whose loss or gradient is not finite is never given to
 search or the memory; its step is halved until it is finite (`Trial`), where torch's
 comparisons with NaN poison the search (pytorch issue #5953).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,17 +24,24 @@ import numpy as np
 from dlc.compiler.frontend.settings import Call
 from dlc.runtime.optim.optimizer import Optimizer
 
-MAX_HALVINGS = 30       # a trial step shrinks at most 2^30-fold before the step is abandoned (t = 0)
-CURVATURE_FLOOR = 1e-10     # a pair (s, y) with y.s at or below it would make the inverse Hessian indefinite
+MAX_HALVINGS = 30  # a trial step shrinks at most 2^30-fold before the step is abandoned (t = 0)
+CURVATURE_FLOOR = 1e-10  # a pair (s, y) with y.s at or below it would make the inverse Hessian indefinite
 
 
 class LBFGS(Optimizer):
     """torch.optim.LBFGS (its `history_size` is `history`, `line_search_fn` `line_search`), with
     trial steps whose loss or gradient is not finite halved instead of taken. Its memory
     lives in the optimizer, not in checkpoints: a resumed run starts it afresh."""
+
     name = "lbfgs"
-    options = {"lr": 1.0, "history": 10, "max_iter": 20, "line_search": "strong_wolfe", "tolerance_grad": 1e-7,
-               "tolerance_change": 1e-9}
+    options = {
+        "lr": 1.0,
+        "history": 10,
+        "max_iter": 20,
+        "line_search": "strong_wolfe",
+        "tolerance_grad": 1e-7,
+        "tolerance_change": 1e-9,
+    }
     full_batch = True
 
     def __init__(self, call: Call):
@@ -50,6 +58,7 @@ class LBFGS(Optimizer):
 class Newton(Optimizer):
     """Newton's method: (H + damping I) p = -g by `cg_steps` of conjugate gradients on
     Hessian-vector products, then x + lr p."""
+
     name = "newton"
     options = {"lr": 1.0, "damping": 1e-3, "cg_steps": 20}
     full_batch = True
@@ -71,13 +80,13 @@ class Objective:
         self.names = list(engine.trainable)
         self.sizes = [np.size(params[n]) for n in self.names]
         self.x0 = np.concatenate([np.ravel(params[n]) for n in self.names]) if self.names else np.zeros(0, np.float32)
-        self.evaluations = 0                # of the loss and gradient
-        self.first: dict | None = None      # the loss and metrics at x0: what the step reports
+        self.evaluations = 0  # of the loss and gradient
+        self.first: dict | None = None  # the loss and metrics at x0: what the step reports
 
     def _set(self, x: np.ndarray):
         at = 0
         for name, size in zip(self.names, self.sizes):
-            self.params[name][...] = x[at:at + size].reshape(np.shape(self.params[name]))
+            self.params[name][...] = x[at : at + size].reshape(np.shape(self.params[name]))
             at += size
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
@@ -87,7 +96,7 @@ class Objective:
         self.evaluations += 1
         if self.first is None:
             self.first = values
-        return values["loss"], np.array(grads[:x.size], x.dtype)
+        return values["loss"], np.array(grads[: x.size], x.dtype)
 
     def hvp(self, x: np.ndarray, v: np.ndarray) -> np.ndarray:
         """H v at x, H the Hessian of the loss."""
@@ -107,11 +116,12 @@ class Trial:
     """Evaluations of the objective along x + t d. A trial whose loss or gradient is not
     finite is retried at half the step, at most MAX_HALVINGS times, then abandoned for x
     itself (t = 0, the loss and gradient there); `at` returns the step actually taken."""
+
     objective: Objective
     x: np.ndarray
     d: np.ndarray
-    loss: float             # at x
-    grad: np.ndarray        # at x
+    loss: float  # at x
+    grad: np.ndarray  # at x
 
     def at(self, t: float) -> tuple[float, float, np.ndarray]:
         for _ in range(MAX_HALVINGS):
@@ -127,19 +137,28 @@ class Trial:
 class LbfgsMemory:
     """What L-BFGS keeps from one step to the next (torch's optimizer state): the last
     direction and step length, the curvature pairs, the gradient and loss before the last move."""
+
     iterations: int = 0
     d: np.ndarray | None = None
     t: float = 0.0
-    s: list = field(default_factory=list)       # parameter changes
-    y: list = field(default_factory=list)       # gradient changes
-    rho: list = field(default_factory=list)     # 1 / y.s
-    h_diag: float = 1.0                         # the scale of the initial inverse Hessian
+    s: list = field(default_factory=list)  # parameter changes
+    y: list = field(default_factory=list)  # gradient changes
+    rho: list = field(default_factory=list)  # 1 / y.s
+    h_diag: float = 1.0  # the scale of the initial inverse Hessian
     prev_grad: np.ndarray | None = None
     prev_loss: float = 0.0
 
 
-def lbfgs(objective: Objective, memory: LbfgsMemory, lr: float, history: int, max_iter: int, line_search: str,
-          tolerance_grad: float, tolerance_change: float):
+def lbfgs(
+    objective: Objective,
+    memory: LbfgsMemory,
+    lr: float,
+    history: int,
+    max_iter: int,
+    line_search: str,
+    tolerance_grad: float,
+    tolerance_change: float,
+):
     """One L-BFGS step (up to `max_iter` iterations, torch's `max_iter * 5 // 4` evaluations)
     from the objective's x0; leaves the parameters at the last iterate."""
     max_eval = max_iter * 5 // 4
@@ -201,7 +220,7 @@ def cubic_minimum(x1, f1, g1, x2, f2, g2, bounds=None) -> float:
     disc = d1 * d1 - g1 * g2
     if disc < 0:
         return (lo + hi) / 2.0
-    d2 = disc ** 0.5
+    d2 = disc**0.5
     if x1 <= x2:
         t = x2 - (x2 - x1) * ((g2 + d2 - d1) / (g2 - g1 + 2 * d2))
     else:
@@ -212,14 +231,16 @@ def cubic_minimum(x1, f1, g1, x2, f2, g2, bounds=None) -> float:
 @dataclass
 class Point:
     """A trial of the line search: step, loss, gradient, slope along d."""
+
     t: float
     loss: float
     grad: np.ndarray
     slope: float
 
 
-def strong_wolfe(trial: Trial, t: float, gtd: float, tolerance_change: float, max_ls: int,
-                 c1: float = 1e-4, c2: float = 0.9) -> tuple[float, float, np.ndarray]:
+def strong_wolfe(
+    trial: Trial, t: float, gtd: float, tolerance_change: float, max_ls: int, c1: float = 1e-4, c2: float = 0.9
+) -> tuple[float, float, np.ndarray]:
     """A step along d satisfying the strong Wolfe conditions (sufficient decrease c1,
     curvature c2), or the best point found in `max_ls` evaluations: first bracket one,
     growing the step by cubic extrapolation, then zoom into the bracket by cubic
@@ -246,11 +267,18 @@ def strong_wolfe(trial: Trial, t: float, gtd: float, tolerance_change: float, ma
         if curvature_holds(new):
             bracket, done = [new], True
             break
-        if new.slope >= 0:      # past a minimum
+        if new.slope >= 0:  # past a minimum
             bracket = [prev, new]
             break
-        t = cubic_minimum(prev.t, prev.loss, prev.slope, new.t, new.loss, new.slope,
-                          bounds=(new.t + 0.01 * (new.t - prev.t), new.t * 10))
+        t = cubic_minimum(
+            prev.t,
+            prev.loss,
+            prev.slope,
+            new.t,
+            new.loss,
+            new.slope,
+            bounds=(new.t + 0.01 * (new.t - prev.t), new.t * 10),
+        )
         prev, new = new, evaluate(t)
         searches += 1
     if searches == max_ls:
@@ -307,8 +335,9 @@ def newton(objective: Objective, lr: float, damping: float, cg_steps: int, c1: f
     loss, grad = objective(x)
     if not finite(loss, grad):
         return objective.finish(x)
-    p = conjugate_gradients(lambda v: objective.hvp(x, v) + damping * v, -grad, cg_steps,
-                            min(0.5, float(np.linalg.norm(grad)) ** 0.5))
+    p = conjugate_gradients(
+        lambda v: objective.hvp(x, v) + damping * v, -grad, cg_steps, min(0.5, float(np.linalg.norm(grad)) ** 0.5)
+    )
     slope, t = float(grad.dot(p)), lr
     for _ in range(MAX_HALVINGS):
         trial, _ = objective(x + t * p)
@@ -324,7 +353,7 @@ def conjugate_gradients(apply, b: np.ndarray, steps: int, rtol: float) -> np.nda
     the x so far (b itself if that is the first), which is still a descent direction."""
     x, r = np.zeros_like(b), b.copy()
     p, rr = r.copy(), float(r.dot(r))
-    goal = (rtol ** 2) * rr
+    goal = (rtol**2) * rr
     for k in range(steps):
         if rr <= goal:
             break
@@ -347,7 +376,7 @@ def direction_feeds(graph, trainable: list, params: dict, v: np.ndarray) -> dict
     feeds, at = {}, 0
     for name in trainable:
         size = np.size(params[name])
-        feeds[f"v:{name}"] = v[at:at + size].reshape(np.shape(params[name]))
+        feeds[f"v:{name}"] = v[at : at + size].reshape(np.shape(params[name]))
         at += size
     for n in graph.nodes_with("input"):
         name = graph.attrs(n)["name"]

@@ -1,5 +1,6 @@
 """`dlc bench`: the native train step's time (a model without a loss: its prediction's), and the time
 and GFLOP/s of every kernel."""
+
 from __future__ import annotations
 
 import time
@@ -19,8 +20,9 @@ from dlc.runtime.optim.optimizers import make_optimizer
 BF16 = " (bf16 products)"
 
 
-def bench(program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int,
-          precision: str = "f32") -> str:
+def bench(
+    program: Program, model_name: str | None, batch: int, dims: dict, steps: int, top: int, precision: str = "f32"
+) -> str:
     """The train step's profile; a model without a loss (an imported classifier) has no
     step to train, so its prediction's. `precision`: of the products, as the train block's
     ("bf16": bfloat16 operands)."""
@@ -38,7 +40,15 @@ def bench(program: Program, model_name: str | None, batch: int, dims: dict, step
     sizes = _sizes(train, batch, dims)
     feeds = _feeds(train, sizes)
     run = lambda step: engine.train_step(params, state, feeds, 1e-3, step, np.array([0, step], np.int32))
-    return _profile(f"native train step of {train.name}{BF16 * (precision == 'bf16')}", engine.train_exe, run, sizes, steps, top, compile_s)
+    return _profile(
+        f"native train step of {train.name}{BF16 * (precision == 'bf16')}",
+        engine.train_exe,
+        run,
+        sizes,
+        steps,
+        top,
+        compile_s,
+    )
 
 
 def _predict_profile(model, batch: int, dims: dict, steps: int, top: int, precision: str) -> str:
@@ -50,8 +60,15 @@ def _predict_profile(model, batch: int, dims: dict, steps: int, top: int, precis
     params = {k: v.astype(np.float32) for k, v in init_params(model).items()}
     sizes = _sizes(model, batch, dims)
     feeds = _feeds(model, sizes)
-    return _profile(f"native prediction of {model.name}{BF16 * (precision == 'bf16')}", exe, lambda step: engine.predict(params, feeds),
-                    sizes, steps, top, compile_s)
+    return _profile(
+        f"native prediction of {model.name}{BF16 * (precision == 'bf16')}",
+        exe,
+        lambda step: engine.predict(params, feeds),
+        sizes,
+        steps,
+        top,
+        compile_s,
+    )
 
 
 def _sizes(model, batch: int, dims: dict) -> dict:
@@ -79,19 +96,28 @@ def _profile(what: str, exe, run, sizes: dict, steps: int, top: int, compile_s: 
         times.append(time.perf_counter() - t)
     cycles = exe.cycles() / steps
     median = float(np.median(times))
-    rows, parents, trips = [], [], [1]      # trips: how often a kernel runs per step (its enclosing scans' lengths)
+    rows, parents, trips = [], [], [1]  # trips: how often a kernel runs per step (its enclosing scans' lengths)
     for (k, depth), c in zip(exe.profile, cycles):
-        del trips[depth + 1:]
+        del trips[depth + 1 :]
         flops = k.flops(sizes)
-        rows.append(dict(cycles=c, depth=depth, kind=k.family, where=render.source(k),
-                         flops=None if flops is None else flops * trips[depth]))
+        rows.append(
+            dict(
+                cycles=c,
+                depth=depth,
+                kind=k.family,
+                where=render.source(k),
+                flops=None if flops is None else flops * trips[depth],
+            )
+        )
         parents.append(next((i for i in range(len(rows) - 2, -1, -1) if rows[i]["depth"] < depth), None))
         trips.append(trips[depth] * k.runs(sizes))
     step_cycles = sum(r["cycles"] for r in rows if r["depth"] == 0) or 1.0
-    lines = [f"{what}: median {median * 1e3:.3f} ms over {steps} steps on {_teams(teams)} "
-             f"(sizes: {', '.join(f'{k}={v}' for k, v in sizes.items())}); compile {compile_s:.2f} s",
-             _memory(exe),
-             f"{'kernel':<24}{'source':<22}{'ms/step':>10}{'share':>8}{'GFLOP/s':>10}"]
+    lines = [
+        f"{what}: median {median * 1e3:.3f} ms over {steps} steps on {_teams(teams)} "
+        f"(sizes: {', '.join(f'{k}={v}' for k, v in sizes.items())}); compile {compile_s:.2f} s",
+        _memory(exe),
+        f"{'kernel':<24}{'source':<22}{'ms/step':>10}{'share':>8}{'GFLOP/s':>10}",
+    ]
 
     def show(i, shown):
         r = rows[i]
@@ -99,8 +125,7 @@ def _profile(what: str, exe, run, sizes: dict, steps: int, top: int, compile_s: 
         seconds = share * median
         gflops = f"{r['flops'] / seconds / 1e9:.1f}" if r["flops"] and seconds > 0 else ""
         name = "  " * r["depth"] + f"{i} {r['kind']}"
-        lines.append(f"{name:<24}{r['where']:<22}{seconds * 1e3:>10.3f}"
-                     f"{100 * share:>7.1f}%{gflops:>10}")
+        lines.append(f"{name:<24}{r['where']:<22}{seconds * 1e3:>10.3f}{100 * share:>7.1f}%{gflops:>10}")
         shown.add(i)
         for j in _slowest([j for j, p in enumerate(parents) if p == i], rows, top):
             show(j, shown)
@@ -113,8 +138,10 @@ def _profile(what: str, exe, run, sizes: dict, steps: int, top: int, compile_s: 
     if rest:
         share = sum(rows[i]["cycles"] for i in rest) / step_cycles
         lines.append(f"{f'{len(rest)} others':<24}{'':<22}{share * median * 1e3:>10.3f}{100 * share:>7.1f}%")
-    lines.append(f"(slowest first, {len(shown)} of {len(rows)} kernels; the shares are of the step's kernel time, "
-                 f"whose median is the step's; a scan's share includes its body's, indented under it)")
+    lines.append(
+        f"(slowest first, {len(shown)} of {len(rows)} kernels; the shares are of the step's kernel time, "
+        f"whose median is the step's; a scan's share includes its body's, indented under it)"
+    )
     return "\n".join(lines)
 
 
@@ -135,4 +162,3 @@ def _memory(exe) -> str:
     plan = list(exe.plans.values())[-1]
     mb = lambda n: f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
     return f"memory: temporaries {mb(plan.temp_bytes)} in a {mb(plan.arena)} arena"
-

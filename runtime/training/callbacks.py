@@ -27,6 +27,7 @@ What a run shows (progress.py's displays), its TensorBoard events (tensorboard.p
 stopping (early_stop.py) and its checkpoints (`Checkpoints`, below: the files of
 runtime/interop/checkpoint.py) are callbacks of this interface.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -35,7 +36,7 @@ from dlc.compiler.errors import DlcError
 from dlc.runtime.interop.checkpoint import copy, save
 
 HOOKS = ("on_train_begin", "on_epoch_begin", "on_batch_end", "on_epoch_end", "on_train_end")
-STOPPING = ("on_batch_end", "on_epoch_end")        # the hooks that may raise StopTraining
+STOPPING = ("on_batch_end", "on_epoch_end")  # the hooks that may raise StopTraining
 
 
 class Callback:
@@ -75,8 +76,7 @@ def check(callbacks) -> list:
     callbacks = list(callbacks)
     for c in callbacks:
         if not any(callable(getattr(c, hook, None)) for hook in HOOKS):
-            raise DlcError(f"a callback has one or more of the methods {', '.join(HOOKS)}; "
-                           f"{type(c).__name__} has none")
+            raise DlcError(f"a callback has one or more of the methods {', '.join(HOOKS)}; {type(c).__name__} has none")
     return callbacks
 
 
@@ -97,9 +97,11 @@ class Callbacks:
                 method(*args)
             except StopTraining as e:
                 if hook not in STOPPING:
-                    raise DlcError(f"{type(c).__name__}.{hook} raised StopTraining: a callback stops a run from "
-                                   f"{' or '.join(STOPPING)}") from None
-                if e.reason == "stopped":      # the log says which callback
+                    raise DlcError(
+                        f"{type(c).__name__}.{hook} raised StopTraining: a callback stops a run from "
+                        f"{' or '.join(STOPPING)}"
+                    ) from None
+                if e.reason == "stopped":  # the log says which callback
                     e.args = (f"stopped by {type(c).__name__}" + (f": {e}" if str(e) else ""),)
                 stop = stop or e
         return stop
@@ -116,13 +118,14 @@ class Checkpoints(Callback):
     optimizer state), every rank calls it before a checkpoint and rank 0 writes what it
     returns instead of `opt_state`."""
 
-    def __init__(self, out: Path, params: dict, opt_state: dict, history: list, stop, meta: dict, writes: bool,
-                 whole_state=None):
+    def __init__(
+        self, out: Path, params: dict, opt_state: dict, history: list, stop, meta: dict, writes: bool, whole_state=None
+    ):
         self.out, self.params, self.opt_state, self.history, self.stop = out, params, opt_state, history, stop
         self.meta, self.writes, self.whole_state = meta, writes, whole_state
         self.step = 0
-        self.place = None       # (epoch, batch) of a row by steps, which the loop sets before its on_epoch_end
-        self.written: list = []         # "last.npz", "best.npz": what this run wrote
+        self.place = None  # (epoch, batch) of a row by steps, which the loop sets before its on_epoch_end
+        self.written: list = []  # "last.npz", "best.npz": what this run wrote
 
     def on_train_begin(self, logs: dict):
         self.step = logs["initial_step"]
@@ -134,7 +137,7 @@ class Checkpoints(Callback):
         epoch, batch = self.place or (epoch + 1, 0)
         self.place = None
         self.save_last(epoch, batch)
-        if self.stop.improved and self.writes:      # the same checkpoint: copied, not encoded again
+        if self.stop.improved and self.writes:  # the same checkpoint: copied, not encoded again
             copy(self.out / "last.npz", self.out / "best.npz")
             self.wrote("best.npz")
 
@@ -148,10 +151,21 @@ class Checkpoints(Callback):
             self.written.append(name)
 
     def save_last(self, epoch: int, batch: int, partial: dict | None = None):
-        opt_state = self.whole_state() if self.whole_state else self.opt_state      # a collective: every rank
+        opt_state = self.whole_state() if self.whole_state else self.opt_state  # a collective: every rank
         if not self.writes:
             return
         self.wrote("last.npz")
-        save(self.out / "last.npz", self.params, opt_state, {
-            **self.meta, "epoch": epoch, "step": self.step, "batch": batch, "partial": partial,
-            "history": self.history, "early_stop": self.stop.state()})
+        save(
+            self.out / "last.npz",
+            self.params,
+            opt_state,
+            {
+                **self.meta,
+                "epoch": epoch,
+                "step": self.step,
+                "batch": batch,
+                "partial": partial,
+                "history": self.history,
+                "early_stop": self.stop.state(),
+            },
+        )

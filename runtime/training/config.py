@@ -1,6 +1,7 @@
 """The configuration of a training run: the settings of the model's `train` block
 (compiler/frontend/settings.py evaluates them) with the command line's flags applied,
 and every setting checked where it is written before any data is loaded or code compiled."""
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,8 @@ class TrainConfig:
     test: object = None
     batch: int = 32
     epochs: int = 10
-    max_steps: object = None            # the run's length in steps instead of epochs; it may end inside an epoch
-    eval_every: object = None           # a history row, validation and checkpoints every N steps
+    max_steps: object = None  # the run's length in steps instead of epochs; it may end inside an epoch
+    eval_every: object = None  # a history row, validation and checkpoints every N steps
     optimizer: object = field(default_factory=lambda: Call("adam", [], {"lr": 1e-3}))
     schedule: object = None
     clip: object = None
@@ -44,20 +45,20 @@ class TrainConfig:
     l2: float = 0.0
     early_stop: object = None
     freeze: list = field(default_factory=list)
-    param_groups: object = None         # group(...) calls: parameters with settings of their own (groups.py)
+    param_groups: object = None  # group(...) calls: parameters with settings of their own (groups.py)
     init_from: object = None
     seed: int = 0
     shuffle: bool = True
     augment: object = None
     sync_batchnorm: bool = False
-    shard_optimizer: bool = False       # each of K ranks updates and holds 1/K of the optimizer state (ZeRO-1)
-    check_numerics: bool = False        # stop at a step's first non-finite value (runtime/engines/numerics.py)
-    memory: object = None               # bytes training may take at most (runtime/engines/budget.py)
-    precision: str = "f32"              # of matmul and convolution operands (compiler/native/lower.py)
-    allreduce_bucket: object = ALLREDUCE_BUCKET     # bytes of a bucket of gradients (compiler/native/buckets.py)
-    remat: object = None                # checkpointed recurrences (checked and applied by the evaluator)
-    quantize: object = None             # int8(...): the run's weights quantized at its end (docs/quantization.md)
-    data_threads: object = None         # threads that decode streamed data (runtime/data/prefetch.py); none: the cores
+    shard_optimizer: bool = False  # each of K ranks updates and holds 1/K of the optimizer state (ZeRO-1)
+    check_numerics: bool = False  # stop at a step's first non-finite value (runtime/engines/numerics.py)
+    memory: object = None  # bytes training may take at most (runtime/engines/budget.py)
+    precision: str = "f32"  # of matmul and convolution operands (compiler/native/lower.py)
+    allreduce_bucket: object = ALLREDUCE_BUCKET  # bytes of a bucket of gradients (compiler/native/buckets.py)
+    remat: object = None  # checkpointed recurrences (checked and applied by the evaluator)
+    quantize: object = None  # int8(...): the run's weights quantized at its end (docs/quantization.md)
+    data_threads: object = None  # threads that decode streamed data (runtime/data/prefetch.py); none: the cores
     spans: dict = field(default_factory=dict)
 
     def span(self, name) -> Span | None:
@@ -68,6 +69,7 @@ class TrainConfig:
 class Flag:
     """A setting's value given on the command line: an error about it points at the flag
     (`--batch:1:1: error: ...`, the flag's text as its source line), a usage error."""
+
     name: str
     value: object
 
@@ -79,12 +81,14 @@ class Flag:
 
 def flags(args, names) -> dict:
     """The settings `names` given as flags in `args` (argparse's), each a Flag; None where not given."""
-    return {name: None if getattr(args, name) is None else Flag(name.replace("_", "-"), getattr(args, name))
-            for name in names}
+    return {
+        name: None if getattr(args, name) is None else Flag(name.replace("_", "-"), getattr(args, name))
+        for name in names
+    }
 
 
 SPEC_SETTINGS = ("data", "validation", "test", "optimizer", "schedule", "clip", "early_stop", "augment")
-SEED_MAX = 2 ** 31 - 1      # the random key of every step is a pair of int32: (seed, step)
+SEED_MAX = 2**31 - 1  # the random key of every step is a pair of int32: (seed, step)
 
 
 def parse_setting(text: str, name: str):
@@ -98,45 +102,51 @@ def parse_setting(text: str, name: str):
     try:
         return setting_value(value)
     except DlcError:
-        if isinstance(value, syntax.CallExpr):       # a call's error is about its arguments
+        if isinstance(value, syntax.CallExpr):  # a call's error is about its arguments
             raise
         return text
 
 
-def make_config(program: Program, model_name: str, overrides: dict, require_data: bool = True,
-                model: Model | None = None) -> TrainConfig:
+def make_config(
+    program: Program, model_name: str, overrides: dict, require_data: bool = True, model: Model | None = None
+) -> TrainConfig:
     """The train block's settings with `overrides` (flags) applied, checked (check_settings)."""
     decl = program.model_decl(model_name)
     cfg = TrainConfig()
     given = settings(program.trains.get(decl.name))
-    if overrides.get("remat") is not None:     # it shapes the model's graph, built before the overrides apply
-        raise DlcError("remat is set in the train block, where the model's recurrences are built from it; "
-                       f"write `remat = {overrides['remat']}` there")
-    overrides, flag_spans = {k: v.value if isinstance(v, Flag) else v for k, v in overrides.items()}, \
-        {k: v.span() for k, v in overrides.items() if isinstance(v, Flag)}
+    if overrides.get("remat") is not None:  # it shapes the model's graph, built before the overrides apply
+        raise DlcError(
+            "remat is set in the train block, where the model's recurrences are built from it; "
+            f"write `remat = {overrides['remat']}` there"
+        )
+    overrides, flag_spans = (
+        {k: v.value if isinstance(v, Flag) else v for k, v in overrides.items()},
+        {k: v.span() for k, v in overrides.items() if isinstance(v, Flag)},
+    )
     for k, v in overrides.items():
         if v is not None and k != "lr":
-            if isinstance(v, str) and k in SPEC_SETTINGS:       # "split(0.2)", "digits()", "file.npz", "sgd"
+            if isinstance(v, str) and k in SPEC_SETTINGS:  # "split(0.2)", "digits()", "file.npz", "sgd"
                 v = parse_setting(v, k)
             given[k] = (v, flag_spans.get(k))
     for name, (value, span) in given.items():
         if name not in TrainConfig.__dataclass_fields__ or name == "spans":
             known = [k for k in TrainConfig.__dataclass_fields__ if k != "spans"]
-            raise DlcError(f"unknown train setting '{name}'{did_you_mean(name, known)} (known: {', '.join(known)})",
-                           span)
+            raise DlcError(
+                f"unknown train setting '{name}'{did_you_mean(name, known)} (known: {', '.join(known)})", span
+            )
         cfg.spans[name] = span
         setattr(cfg, name, value)
-    if overrides.get("epochs") is not None:        # --epochs: a run by epochs, whatever the block's max_steps
+    if overrides.get("epochs") is not None:  # --epochs: a run by epochs, whatever the block's max_steps
         cfg.max_steps = None
     opt = as_call(cfg.optimizer, "optimizer", "adam(lr = 1e-3)", cfg.span("optimizer"))
     args, kwargs, spans = list(opt.args), dict(opt.kwargs), dict(opt.arg_spans)
-    own_lr = opt.name in OPTIMIZERS and OPTIMIZERS[opt.name].options["lr"] is not REQUIRED    # lbfgs, newton: 1
-    if overrides.get("lr") is not None:      # the first positional argument of every optimizer is lr
+    own_lr = opt.name in OPTIMIZERS and OPTIMIZERS[opt.name].options["lr"] is not REQUIRED  # lbfgs, newton: 1
+    if overrides.get("lr") is not None:  # the first positional argument of every optimizer is lr
         if args:
             args[0] = overrides["lr"]
         else:
             kwargs["lr"] = overrides["lr"]
-        spans = {k: v for k, v in spans.items() if k not in (0, "lr")}     # not written in the file
+        spans = {k: v for k, v in spans.items() if k not in (0, "lr")}  # not written in the file
         if "lr" in flag_spans:
             spans[0 if args else "lr"] = flag_spans["lr"]
     elif not args and "lr" not in kwargs and not own_lr:
@@ -144,8 +154,9 @@ def make_config(program: Program, model_name: str, overrides: dict, require_data
     cfg.optimizer = Call(opt.name, args, kwargs, opt.span, spans)
     check_settings(cfg, model)
     if cfg.data is None and require_data:
-        raise DlcError(f"model {decl.name} has no data to train on: add `data = ...` to its train block "
-                       "or pass --data", decl.span)
+        raise DlcError(
+            f"model {decl.name} has no data to train on: add `data = ...` to its train block or pass --data", decl.span
+        )
     return cfg
 
 
@@ -171,28 +182,38 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
     if cfg.memory is not None:
         cfg.memory = _size(cfg, "memory", 1, "2GB or 512MB")
     cfg.allreduce_bucket = _size(cfg, "allreduce_bucket", 0, "1MB or 256KB (0: no buckets)")
-    if isinstance(cfg.precision, Symbol):        # precision = bf16, unquoted
+    if isinstance(cfg.precision, Symbol):  # precision = bf16, unquoted
         cfg.precision = cfg.precision.name
     if cfg.precision not in PRECISIONS:
-        raise DlcError(f"precision must be one of {', '.join(PRECISIONS)}, got {show(cfg.precision)}",
-                       cfg.span("precision"))
+        raise DlcError(
+            f"precision must be one of {', '.join(PRECISIONS)}, got {show(cfg.precision)}", cfg.span("precision")
+        )
     if cfg.init_from is not None and not isinstance(cfg.init_from, str):
         raise DlcError("init_from takes a checkpoint path in quotes", cfg.span("init_from"))
     if make_optimizer(cfg.optimizer).full_batch and (cfg.l1 or cfg.l2 or cfg.clip is not None):
-        raise DlcError(f"{cfg.optimizer.name} takes no l1, l2 or clip: it has no update to apply them to; write a "
-                       "penalty in the loss instead", cfg.span("l1" if cfg.l1 else "l2" if cfg.l2 else "clip"))
+        raise DlcError(
+            f"{cfg.optimizer.name} takes no l1, l2 or clip: it has no update to apply them to; write a "
+            "penalty in the loss instead",
+            cfg.span("l1" if cfg.l1 else "l2" if cfg.l2 else "clip"),
+        )
     for name in ("max_steps", "eval_every", "data_threads"):
         v = getattr(cfg, name)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise DlcError(f"{name} must be an integer >= 1{' (steps)' * (name != 'data_threads')}, got {show(v)}",
-                           cfg.span(name))
+            raise DlcError(
+                f"{name} must be an integer >= 1{' (steps)' * (name != 'data_threads')}, got {show(v)}", cfg.span(name)
+            )
     if cfg.max_steps is not None and "epochs" in cfg.spans:
-        raise DlcError("give epochs or max_steps, not both: max_steps ends the run at that step, inside an epoch "
-                       "if need be", cfg.span("max_steps") or cfg.span("epochs"))
+        raise DlcError(
+            "give epochs or max_steps, not both: max_steps ends the run at that step, inside an epoch if need be",
+            cfg.span("max_steps") or cfg.span("epochs"),
+        )
     make_schedule(cfg.schedule, 1.0, 1, max(cfg.epochs, 1), cfg.span("schedule"))
     if cfg.clip is not None:
-        cfg.clip = Call("global_norm", [cfg.clip], span=cfg.span("clip")) if _is_number(cfg.clip) else \
-            as_call(cfg.clip, "clip", "global_norm(1.0)", cfg.span("clip"))
+        cfg.clip = (
+            Call("global_norm", [cfg.clip], span=cfg.span("clip"))
+            if _is_number(cfg.clip)
+            else as_call(cfg.clip, "clip", "global_norm(1.0)", cfg.span("clip"))
+        )
         clip_limit(cfg.clip)
     if cfg.shard_optimizer:
         check_shardable(cfg)
@@ -210,9 +231,11 @@ def check_settings(cfg: TrainConfig, model: Model | None = None):
         trained_names(model, cfg)
         stats = batch_statistics(model)
         if cfg.batch == 1 and stats:
-            raise DlcError(f"batch = 1: model {model.name} keeps batch statistics ({', '.join(stats)}), which a "
-                           "batch of one example cannot give (its variance is undefined); use batch = 2 or more",
-                           cfg.span("batch"))
+            raise DlcError(
+                f"batch = 1: model {model.name} keeps batch statistics ({', '.join(stats)}), which a "
+                "batch of one example cannot give (its variance is undefined); use batch = 2 or more",
+                cfg.span("batch"),
+            )
         metrics = metric_names(model)
     EarlyStop(cfg.early_stop, cfg.span("early_stop"), cfg.validation is not None, metrics)
 
@@ -222,11 +245,17 @@ def check_shardable(cfg: TrainConfig):
     so the update must be elementwise."""
     span = cfg.span("shard_optimizer")
     if make_optimizer(cfg.optimizer).full_batch:
-        raise DlcError(f"shard_optimizer = true cannot shard {cfg.optimizer.name}: its state and step are over "
-                       "all the parameters at once (a line search, a Hessian), not each parameter's own", span)
+        raise DlcError(
+            f"shard_optimizer = true cannot shard {cfg.optimizer.name}: its state and step are over "
+            "all the parameters at once (a line search, a Hessian), not each parameter's own",
+            span,
+        )
     if cfg.clip is not None and cfg.clip.name == "global_norm":
-        raise DlcError("shard_optimizer = true cannot clip by global_norm: no rank holds the whole gradient "
-                       "whose norm it takes; clip = value(max) clips each element", span)
+        raise DlcError(
+            "shard_optimizer = true cannot clip by global_norm: no rank holds the whole gradient "
+            "whose norm it takes; clip = value(max) clips each element",
+            span,
+        )
 
 
 def run_length(cfg: TrainConfig, per_epoch: int) -> tuple[int, int | None]:
@@ -258,7 +287,7 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-SPLIT = {"fraction": REQUIRED, "tail": False}       # split(fraction, tail = false)
+SPLIT = {"fraction": REQUIRED, "tail": False}  # split(fraction, tail = false)
 
 
 def is_split(spec) -> bool:

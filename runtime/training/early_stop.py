@@ -1,6 +1,7 @@
 """Early stopping: the `early_stop = patience(...)` setting of a train block, and the
 monitored value it follows from epoch to epoch (kept in checkpoints, so a resumed run
 goes on counting). It is a callback (callbacks.py): one that stops a run."""
+
 from __future__ import annotations
 
 from dlc.compiler.errors import DlcError, plural
@@ -22,16 +23,21 @@ class EarlyStop(Callback):
         if spec is not None:
             call = as_call(spec, "early_stop", "patience(5, monitor = val_loss)", span)
             if call.name != "patience":
-                raise DlcError(f"early_stop takes patience(n, monitor = val_loss, mode = min, restore_best = true), "
-                               f"got {call.name}", call.span)
+                raise DlcError(
+                    f"early_stop takes patience(n, monitor = val_loss, mode = min, restore_best = true), "
+                    f"got {call.name}",
+                    call.span,
+                )
             args = call.bind({"n": 5, "monitor": None, "mode": None, "restore_best": True})
             self.patience = args.check("n", integer, low=1)
             monitor = args["monitor"]
             if isinstance(monitor, Symbol):
                 monitor = monitor.name
             if monitor is not None and not isinstance(monitor, str):
-                raise DlcError(f"patience: 'monitor' must be a metric name such as val_loss, got "
-                               f"{show(monitor)}", args.span("monitor"))
+                raise DlcError(
+                    f"patience: 'monitor' must be a metric name such as val_loss, got {show(monitor)}",
+                    args.span("monitor"),
+                )
             self.monitor, span = monitor or self.monitor, args.span("monitor")
             if args["mode"] is not None:
                 mode = args.check("mode", choice, options=("min", "max"))
@@ -40,15 +46,19 @@ class EarlyStop(Callback):
         if metrics is not None:
             known = metrics + [f"val_{m}" for m in metrics if has_validation]
             if self.monitor not in known:
-                raise DlcError(f"early_stop monitors '{self.monitor}', which is not among {', '.join(known)}"
-                               + ("" if has_validation else " (val_ values need validation data)"), span)
+                raise DlcError(
+                    f"early_stop monitors '{self.monitor}', which is not among {', '.join(known)}"
+                    + ("" if has_validation else " (val_ values need validation data)"),
+                    span,
+                )
         self.best, self.bad, self.improved = None, 0, False
 
     def on_epoch_end(self, epoch: int, row: dict):
         self.improved, done = self.update(row)
         if done:
-            raise StopTraining(f"early stop: {self.monitor} did not improve for {plural(self.patience, 'epoch')}",
-                               "early stop")
+            raise StopTraining(
+                f"early stop: {self.monitor} did not improve for {plural(self.patience, 'epoch')}", "early stop"
+            )
 
     def update(self, row: dict) -> tuple[bool, bool]:
         value = row[self.monitor]

@@ -1,5 +1,6 @@
 """Finite-difference checks in float64: of the gradient graph against differences of the
 loss, and of the Hessian-vector product graph against differences of the gradient."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,9 +23,9 @@ from dlc.runtime.data import vectors
 @dataclass
 class ParamCheck:
     name: str
-    checked: int        # entries compared
+    checked: int  # entries compared
     max_abs: float
-    rel: float          # max |analytic - numeric| / max(|analytic|, |numeric|) over the entries
+    rel: float  # max |analytic - numeric| / max(|analytic|, |numeric|) over the entries
     ok: bool
 
 
@@ -91,8 +92,11 @@ def default_sizes(model: Model, size: int = 3) -> dict:
     sequence at least as long as a convolution's window)."""
     sizes = {s: size for s in sorted(set().union(*(symbols(i.type.shape) for i in model.inputs)))}
     for _ in range(256):
-        short = [d for d, least, _, _ in interpreter.size_constraints(model.graph)
-                 if d.symbols() <= sizes.keys() and concrete(d, sizes) < least]
+        short = [
+            d
+            for d, least, _, _ in interpreter.size_constraints(model.graph)
+            if d.symbols() <= sizes.keys() and concrete(d, sizes) < least
+        ]
         if not short:
             break
         for s in short[0].symbols():
@@ -107,8 +111,15 @@ def init_params(model: Model, seed: int = 0, float_dtype: str = "f64") -> dict:
     return interpreter.run(model.init, feeds, {}, float_dtype=float_dtype)
 
 
-def gradcheck(model: Model, feeds: dict, params: dict, eps: float = 1e-6, per_param: int = 12,
-              tolerance: float = 1e-6, seed: int = 0) -> list[ParamCheck]:
+def gradcheck(
+    model: Model,
+    feeds: dict,
+    params: dict,
+    eps: float = 1e-6,
+    per_param: int = 12,
+    tolerance: float = 1e-6,
+    seed: int = 0,
+) -> list[ParamCheck]:
     """Compare the gradient graph with central differences of the loss, in float64.
 
     A small step keeps the differences off the kinks of ReLU and max pooling; its
@@ -120,8 +131,10 @@ def gradcheck(model: Model, feeds: dict, params: dict, eps: float = 1e-6, per_pa
     forward = model.graph
     rng = np.random.default_rng(seed)
     results = []
-    work = {k: np.array(v, np.float64, order="C") if np.issubdtype(np.asarray(v).dtype, np.floating) else v
-            for k, v in params.items()}
+    work = {
+        k: np.array(v, np.float64, order="C") if np.issubdtype(np.asarray(v).dtype, np.floating) else v
+        for k, v in params.items()
+    }
 
     def loss():
         return float(interpreter.run(forward, feeds, work, float_dtype="f64")["loss"])
@@ -161,11 +174,18 @@ HVP_ENGINES = {"reference": "float64", "native": "float32"}
 
 @dataclass
 class HvpCheck(ParamCheck):
-    engine: str         # of HVP_ENGINES; `checked`: every entry
+    engine: str  # of HVP_ENGINES; `checked`: every entry
 
 
-def hvp_check(model: Model, feeds: dict, params: dict, eps: float = 1e-5, tolerance: float = 1e-6,
-              native_tolerance: float = 1e-4, seed: int = 0) -> list[HvpCheck]:
+def hvp_check(
+    model: Model,
+    feeds: dict,
+    params: dict,
+    eps: float = 1e-5,
+    tolerance: float = 1e-6,
+    native_tolerance: float = 1e-4,
+    seed: int = 0,
+) -> list[HvpCheck]:
     """Compare the Hessian-vector product graph (autodiff.hvp_graph), run by the reference
     interpreter in float64 and compiled by the native engine (float32), with central
     differences of the gradient along v, (grad(p + eps v) - grad(p - eps v)) / 2 eps, in
@@ -185,21 +205,28 @@ def hvp_check(model: Model, feeds: dict, params: dict, eps: float = 1e-5, tolera
     step = train_step(model.graph)
 
     def gradient(sign: float) -> dict:
-        moved = {k: np.asarray(a, np.float64) + sign * eps * directions[f"v:{k}"] if f"v:{k}" in directions else a
-                 for k, a in params.items()}
+        moved = {
+            k: np.asarray(a, np.float64) + sign * eps * directions[f"v:{k}"] if f"v:{k}" in directions else a
+            for k, a in params.items()
+        }
         return interpreter.run(step, feeds, moved, float_dtype="f64")
+
     up, down = gradient(1.0), gradient(-1.0)
     numeric = {p.name: (up[f"grad:{p.name}"] - down[f"grad:{p.name}"]) / (2 * eps) for p in trained}
     graph = hvp_graph(model.graph)
     try:
         exe = Executable(graph)
-    except NotLowerable as e:      # at the user's line, not inside the standard library
+    except NotLowerable as e:  # at the user's line, not inside the standard library
         raise NotLowerable.at_user_line(e.message, e.span) from None
     arrays, sizes = exe.run({**feeds, **directions}, exe.given(params))
-    analytic = {"reference": interpreter.run(graph, {**feeds, **directions}, params, float_dtype="f64"),
-                "native": {f"hvp:{p.name}": exe.output(f"hvp:{p.name}", arrays, sizes) for p in trained}}
-    noise = {"reference": 1e-9 * max(1.0, _largest(up, "grad:")),
-             "native": native_tolerance * _largest(analytic["reference"], "hvp:")}
+    analytic = {
+        "reference": interpreter.run(graph, {**feeds, **directions}, params, float_dtype="f64"),
+        "native": {f"hvp:{p.name}": exe.output(f"hvp:{p.name}", arrays, sizes) for p in trained},
+    }
+    noise = {
+        "reference": 1e-9 * max(1.0, _largest(up, "grad:")),
+        "native": native_tolerance * _largest(analytic["reference"], "hvp:"),
+    }
     tolerances = {"reference": tolerance, "native": native_tolerance}
     results = []
     for p in trained:

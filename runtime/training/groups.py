@@ -9,6 +9,7 @@ learning rate, the schedule's included). A parameter is in the first group that 
 it; the others keep the optimizer's own settings. The optimizer (optim.py) builds one
 update for all of them, which picks each element's group's values (compiler/ir/update.py).
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -40,11 +41,11 @@ def patterns_of(value, setting: str, span: Span | None) -> list:
 
 @dataclass
 class Group:
-    text: str                   # the group(...) as written
+    text: str  # the group(...) as written
     weight_decay: float | None  # None: the optimizer's
     lr_mult: float
-    members: list               # the names of its trained parameters, in the model's order
-    size: int                   # their element count
+    members: list  # the names of its trained parameters, in the model's order
+    size: int  # their element count
 
 
 def make_groups(spec, params: list, trained: list, span: Span | None = None) -> list:
@@ -59,20 +60,27 @@ def make_groups(spec, params: list, trained: list, span: Span | None = None) -> 
     for item in specs:
         call = as_call(item, "param_groups", "group(ndim = 1, weight_decay = 0)", span)
         if call.name != "group":
-            raise DlcError(f"param_groups takes group(...) calls, such as group(ndim = 1, weight_decay = 0), "
-                           f"got {call.name}(...)", call.span or span)
+            raise DlcError(
+                f"param_groups takes group(...) calls, such as group(ndim = 1, weight_decay = 0), got {call.name}(...)",
+                call.span or span,
+            )
         args = call.bind(GROUP_OPTIONS)
         pats = patterns_of(args["params"], "group: 'params'", args.span("params"))
         ndim = None if args["ndim"] is None else args.check("ndim", integer, low=0)
         if not pats and ndim is None:
-            raise DlcError("group needs the parameters it takes: names or patterns (group(\"*.b\", ...)), "
-                           "ndim = k, or both", call.span or span)
+            raise DlcError(
+                "group needs the parameters it takes: names or patterns (group(\"*.b\", ...)), ndim = k, or both",
+                call.span or span,
+            )
         decay = None if args["weight_decay"] is None else args.check("weight_decay", number, low=0)
         mult = args.check("lr_mult", number, low=0)
         if decay is None and mult == 1.0:
             raise DlcError("group changes nothing: give it weight_decay or lr_mult", call.span or span)
-        hits = [n for n in shapes if (not pats or any(param_matches(n, p) for p in pats))
-                and (ndim is None or len(shapes[n]) == ndim)]
+        hits = [
+            n
+            for n in shapes
+            if (not pats or any(param_matches(n, p) for p in pats)) and (ndim is None or len(shapes[n]) == ndim)
+        ]
         if not hits:
             raise DlcError(f"{to_text(call)}: no parameter of the model is in this group", call.span or span)
         members = [n for n in hits if n in trained and n not in taken]
@@ -89,12 +97,16 @@ def describe(groups: list, optimizer: Call, trained: list, params: list) -> str:
     decay = optimizer.kwargs.get("weight_decay")
     lines = [f"Parameter groups ({to_text(optimizer)}):"]
     for g in groups:
-        settings = (f"weight_decay {g.weight_decay:g}" if g.weight_decay is not None else "") + \
-            (f"{', ' if g.weight_decay is not None else ''}lr x{g.lr_mult:g}" if g.lr_mult != 1.0 else "")
-        lines.append(f"  {g.text}: {settings}; {plural(len(g.members), 'tensor')}, {g.size:,} parameters: "
-                     + _names(g.members))
-    lines.append(f"  the rest: the optimizer's settings{f' (weight_decay {decay:g})' if decay is not None else ''}; "
-                 f"{plural(len(rest), 'tensor')}, {sum(sizes[n] for n in rest):,} parameters: " + _names(rest))
+        settings = (f"weight_decay {g.weight_decay:g}" if g.weight_decay is not None else "") + (
+            f"{', ' if g.weight_decay is not None else ''}lr x{g.lr_mult:g}" if g.lr_mult != 1.0 else ""
+        )
+        lines.append(
+            f"  {g.text}: {settings}; {plural(len(g.members), 'tensor')}, {g.size:,} parameters: " + _names(g.members)
+        )
+    lines.append(
+        f"  the rest: the optimizer's settings{f' (weight_decay {decay:g})' if decay is not None else ''}; "
+        f"{plural(len(rest), 'tensor')}, {sum(sizes[n] for n in rest):,} parameters: " + _names(rest)
+    )
     return "\n".join(lines)
 
 

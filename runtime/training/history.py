@@ -1,6 +1,7 @@
 """The history of a training run, a row per epoch, or per `eval_every` steps with its step
 (loss, metrics, their val_ twins, lr, time): `History` (a run's result), and in the run's folder history.json, history.csv and,
 with matplotlib and two rows or more, history.png."""
+
 from __future__ import annotations
 
 import csv
@@ -25,8 +26,10 @@ class History(list):
             return super().__getitem__(key)
         names = column_names(self)
         if key not in names:
-            raise KeyError(f"the history has no column '{key}'{did_you_mean(key, names)} "
-                           f"(its columns: {', '.join(names) or 'none, no epoch ran'})")
+            raise KeyError(
+                f"the history has no column '{key}'{did_you_mean(key, names)} "
+                f"(its columns: {', '.join(names) or 'none, no epoch ran'})"
+            )
         return [row.get(key) for row in self]
 
     def as_dict(self) -> dict:
@@ -68,7 +71,7 @@ def _plot(path: Path, history: list, keys: list):
     except ImportError:
         return
     metrics = [k for k in keys if k not in WHERE and not k.startswith("val_")]
-    axis = "step" if "step" in keys else "epoch"        # a run by steps has a row every eval_every steps
+    axis = "step" if "step" in keys else "epoch"  # a run by steps has a row every eval_every steps
     # a panel per metric (with its val_ twin), and one of the learning rate: the schedule beside its effect
     fig = Figure(figsize=(4 * (len(metrics) + 1), 3))
     FigureCanvasAgg(fig)

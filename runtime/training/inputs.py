@@ -2,6 +2,7 @@
 `test` settings loaded (runtime/data/registry.py) or arrays given in Python, splits held
 out, columns matched to the model's inputs and targets and checked against their types;
 and the data `dlc eval` scores."""
+
 from __future__ import annotations
 
 import sys
@@ -30,9 +31,14 @@ def load_data(spec, base: Path, what: str, span=None) -> Dataset:
     if isinstance(spec, Symbol):
         spec = Call(spec.name, span=spec.span)
     if not isinstance(spec, (Call, str, Path)):
-        shown = show(spec) if isinstance(spec, (int, float)) else f"a value of type {type(spec).__name__}"  # not its values
-        raise DlcError(f"{what} must be a data source such as digits(), a file path, or a dict of arrays by "
-                       f"input and target name, got {shown}", span)
+        shown = (
+            show(spec) if isinstance(spec, (int, float)) else f"a value of type {type(spec).__name__}"
+        )  # not its values
+        raise DlcError(
+            f"{what} must be a data source such as digits(), a file path, or a dict of arrays by "
+            f"input and target name, got {shown}",
+            span,
+        )
     return load(spec, base, span)
 
 
@@ -46,10 +52,11 @@ def array_data(arrays: Mapping, what: str) -> Dataset:
             raise DlcError(f"{what}: arrays are named by input or target, got a name of type {type(name).__name__}")
         try:
             a = np.asarray(value)
-        except Exception as e:      # torch: a tensor that requires grad, or is not on the CPU
+        except Exception as e:  # torch: a tensor that requires grad, or is not on the CPU
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise DlcError(f"{what}: array '{name}' ({type(value).__name__}) cannot be read as a numpy array: "
-                           f"{reason}") from None
+            raise DlcError(
+                f"{what}: array '{name}' ({type(value).__name__}) cannot be read as a numpy array: {reason}"
+            ) from None
         if a.dtype == object:
             raise DlcError(f"{what}: array '{name}' ({type(value).__name__}) is not an array of numbers")
         columns[name] = a
@@ -61,8 +68,14 @@ def is_arrays(spec) -> bool:
     return isinstance(spec, Mapping)
 
 
-def input_arrays(model: Model, ds: Dataset, need_targets: bool = True, said: set | None = None, span=None,
-                 trained: dict | None = None) -> dict:
+def input_arrays(
+    model: Model,
+    ds: Dataset,
+    need_targets: bool = True,
+    said: set | None = None,
+    span=None,
+    trained: dict | None = None,
+) -> dict:
     """The data's columns bound to the model's inputs (and targets, as declared: `bindings`)
     and fitted to them (`fit_input`). With `trained`, the meta of the data the model was
     trained on, the data is read as that was (`as_trained`: a table's x of the trained
@@ -89,25 +102,36 @@ def bindings(model: Model, ds: Dataset, need_targets: bool = True, said: set | N
         names = [i.name for i in model.inputs]
         for c in cols:
             if c not in names:
-                raise DlcError(f"model {model.name} has no input named '{c}'{did_you_mean(c, names)} "
-                               f"(its inputs: {', '.join(names)})")
+                raise DlcError(
+                    f"model {model.name} has no input named '{c}'{did_you_mean(c, names)} "
+                    f"(its inputs: {', '.join(names)})"
+                )
         missing = [i.name for i in wanted if i.name not in cols]
         if missing:
-            raise DlcError(f"the data has no array for {', '.join(missing)} of model {model.name} "
-                           f"(it has {', '.join(cols) or 'none'})")
+            raise DlcError(
+                f"the data has no array for {', '.join(missing)} of model {model.name} "
+                f"(it has {', '.join(cols) or 'none'})"
+            )
     if all(i.name in cols or i.name in ds.stacked for i in wanted):
         chosen = {i.name: i.name for i in wanted}
     else:
         stacked = {m for members in ds.stacked.values() for m in members}
         order = list(ds.stacked) + [c for c in cols if c not in stacked]
         if len(order) < len(wanted):
-            hint = ' (a table\'s label column is chosen with parquet(path, label = "name"))' \
-                if ds.stacked and "y" not in ds.stacked else ""
-            raise DlcError(f"the data has {len(order)} column(s) ({', '.join(order)}) but model {model.name} needs "
-                           f"{len(wanted)}: {', '.join(i.name for i in wanted)}{hint}", span)
+            hint = (
+                ' (a table\'s label column is chosen with parquet(path, label = "name"))'
+                if ds.stacked and "y" not in ds.stacked
+                else ""
+            )
+            raise DlcError(
+                f"the data has {len(order)} column(s) ({', '.join(order)}) but model {model.name} needs "
+                f"{len(wanted)}: {', '.join(i.name for i in wanted)}{hint}",
+                span,
+            )
         chosen = {i.name: c for i, c in zip(wanted, order)}
-        note = "note: the data's columns bind to the inputs in order: " + \
-               ", ".join(f"{c} -> {i}" for i, c in chosen.items())
+        note = "note: the data's columns bind to the inputs in order: " + ", ".join(
+            f"{c} -> {i}" for i, c in chosen.items()
+        )
         said = set() if said is None else said
         if note not in said:
             said.add(note)
@@ -116,9 +140,12 @@ def bindings(model: Model, ds: Dataset, need_targets: bool = True, said: set | N
     for i in wanted:
         of = [m for m in ds.reads([chosen[i.name]]) if m in categorical]
         if of and i.type.is_float:
-            raise DlcError(f"{i.name} is {i.type} but the data's column '{of[0]}' holds categories (ids of "
-                           f"{len(categorical[of[0]])} names): declare an integer input (i32, ids for an "
-                           f"embedding or classes), or leave the column out", span)
+            raise DlcError(
+                f"{i.name} is {i.type} but the data's column '{of[0]}' holds categories (ids of "
+                f"{len(categorical[of[0]])} names): declare an integer input (i32, ids for an "
+                f"embedding or classes), or leave the column out",
+                span,
+            )
     return chosen
 
 
@@ -140,7 +167,7 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
     typ = inp.type
     want = typ.shape[1:]
     have = arr.shape[1:]
-    if isinstance(arr, Streamed):       # decoded when read, as the input's examples (photos: its channels)
+    if isinstance(arr, Streamed):  # decoded when read, as the input's examples (photos: its channels)
         fitted = arr.shaped(want) if all(isinstance(w, int) for w in want) and typ.is_float else None
         if fitted is None:
             raise DlcError(_misfit(inp, arr.shape), inp.span)
@@ -164,14 +191,17 @@ def fit_input(inp, arr: np.ndarray, model: Model) -> np.ndarray:
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise DlcError(f"{inp.name} is {typ} but the data has fractional values", inp.span)
     bound, ignored = index_limits(model, inp.name)
-    looked_up = arr[~np.isin(arr, ignored)] if ignored else arr      # an ignore index is no index
+    looked_up = arr[~np.isin(arr, ignored)] if ignored else arr  # an ignore index is no index
     if bound is not None and looked_up.size and (looked_up.min() < 0 or looked_up.max() >= bound):  # before the cast
-        raise DlcError(f"{inp.name} has values from {looked_up.min():.0f} to {looked_up.max():.0f}, but the model "
-                       f"takes 0 to {bound - 1} there", inp.span)
+        raise DlcError(
+            f"{inp.name} has values from {looked_up.min():.0f} to {looked_up.max():.0f}, but the model "
+            f"takes 0 to {bound - 1} there",
+            inp.span,
+        )
     info = np.iinfo(np.int32)
     if arr.size and (arr.min() < info.min or arr.max() > info.max):
         raise DlcError(f"{inp.name} has values beyond the 32-bit integers of {typ}", inp.span)
-    return arr.astype(np.int32, copy=False)      # a text's windows stay views of it (Dataset.rows)
+    return arr.astype(np.int32, copy=False)  # a text's windows stay views of it (Dataset.rows)
 
 
 def _misfit(inp, shape: tuple) -> str:
@@ -181,18 +211,24 @@ def _misfit(inp, shape: tuple) -> str:
     want = list(typ.shape[1:])
     what = "target" if inp.is_target else "input"
     if len(shape) == len(want) and all(not isinstance(w, int) or w == s for w, s in zip(want, shape)):
-        return (f"the data for {inp.name} has shape {list(shape)}: one example of {what} {inp.name}: {typ} without "
-                f"the batch axis; add a batch axis: {inp.name}[None]")
+        return (
+            f"the data for {inp.name} has shape {list(shape)}: one example of {what} {inp.name}: {typ} without "
+            f"the batch axis; add a batch axis: {inp.name}[None]"
+        )
     have = shape[1:]
-    msg = (f"the data for {inp.name} has examples of shape {list(have)}, which does not fit {what} "
-           f"{inp.name}: {typ} (examples of shape {want})")
+    msg = (
+        f"the data for {inp.name} has examples of shape {list(have)}, which does not fit {what} "
+        f"{inp.name}: {typ} (examples of shape {want})"
+    )
     if min(len(have), len(want)) <= 1:
         return msg + ": an example is reshaped only when the sizes agree"
     msg += ": an example is reshaped only between a flat vector and a shape of the same size"
     if len(have) == 3:
         dims = ", ".join(str(d) for d in (typ.shape[0],) + tuple(have))
-        msg += (f"; images are NCHW: conv2d reads [C, H, W] per example, so data of [C, H, W] examples "
-                f"needs {inp.name}: {typ.dtype}[{dims}]")
+        msg += (
+            f"; images are NCHW: conv2d reads [C, H, W] per example, so data of [C, H, W] examples "
+            f"needs {inp.name}: {typ.dtype}[{dims}]"
+        )
     elif len(want) == 3:
         msg += "; images are NCHW: conv2d reads [C, H, W] per example"
     return msg
@@ -210,7 +246,9 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
             n = len(full)
             fraction, tail = split_args(spec)
             full, sets[name] = full.split(fraction, seed, tail, cfg.span(name))
-            empty[name] = f"{name} = {to_text(spec)} holds out no example of the {n}: use a larger fraction or more data"
+            empty[name] = (
+                f"{name} = {to_text(spec)} holds out no example of the {n}: use a larger fraction or more data"
+            )
         elif spec is not None:
             sets[name] = load_data(spec, base, name, cfg.span(name))
             empty[name] = f"the {name} data has no examples"
@@ -222,8 +260,12 @@ def prepare_data(cfg: TrainConfig, base: Path, model: Model) -> tuple:
     empty["data"] = "the training data has no examples" + (" left after the splits" if split else "")
     said: set = set()
     meta = kept_meta(full.meta, full.reads(bindings(model, full, said=said, span=cfg.span("data")).values()))
-    bound = {name: input_arrays(model, ds, said=said, span=cfg.span(name), trained=None if name == "data" else meta)
-             if ds is not None else None for name, ds in sets.items()}         # shapes first
+    bound = {
+        name: input_arrays(model, ds, said=said, span=cfg.span(name), trained=None if name == "data" else meta)
+        if ds is not None
+        else None
+        for name, ds in sets.items()
+    }  # shapes first
     for name, ds in sets.items():
         if ds is not None and len(ds) == 0:
             raise DlcError(empty[name], cfg.span(name))
@@ -236,8 +278,11 @@ def same_classes(ds: Dataset, trained: dict, what: str, span=None):
     would name other classes."""
     names, known = ds.meta.get("class_names"), trained.get("class_names")
     if names is not None and known is not None and names != known:
-        raise DlcError(f"{what} has the classes {', '.join(names)}, not the training data's ({', '.join(known)}): "
-                       "their ids would differ, so give it the same class folders", span)
+        raise DlcError(
+            f"{what} has the classes {', '.join(names)}, not the training data's ({', '.join(known)}): "
+            "their ids would differ, so give it the same class folders",
+            span,
+        )
 
 
 # ---- the data a checkpoint was trained on, and the data `dlc eval` scores ----------------------------
@@ -247,8 +292,9 @@ DATA_SETTINGS = ("data", "validation", "test")
 def data_settings(cfg: TrainConfig) -> dict:
     """The data settings a run resolved (file and flags), as checkpoints record them; arrays
     given in Python as none (a checkpoint does not keep them)."""
-    return {name: None if is_arrays(getattr(cfg, name)) else to_json(getattr(cfg, name))
-            for name in DATA_SETTINGS} | {"seed": cfg.seed}
+    return {name: None if is_arrays(getattr(cfg, name)) else to_json(getattr(cfg, name)) for name in DATA_SETTINGS} | {
+        "seed": cfg.seed
+    }
 
 
 def evaluation_data(program: Program, model: Model, data, saved: dict | None, log, trained: dict | None = None) -> dict:
@@ -264,8 +310,10 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
     if saved:
         cfg = TrainConfig(**{name: from_json(saved[name]) for name in DATA_SETTINGS}, seed=saved["seed"])
         if cfg.data is None and data is None:
-            raise DlcError(f"model {model.name} was trained on arrays given to train(), which its weights do not "
-                           "keep: give the data to score (evaluate(data=...), dlc eval --data)")
+            raise DlcError(
+                f"model {model.name} was trained on arrays given to train(), which its weights do not "
+                "keep: give the data to score (evaluate(data=...), dlc eval --data)"
+            )
     else:
         cfg = make_config(program, model.name, {}, require_data=data is None)
     base, trained_on = Path(program.path).parent, to_text(cfg.data)
@@ -282,8 +330,11 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
     def held_out(which: str, spec) -> str:
         if is_split(spec):
             fraction, tail = split_args(spec)
-            return (f"the {which} split (the last {fraction * 100:g}% of {trained_on})" if tail else
-                    f"the {which} split ({fraction * 100:g}% of {trained_on}, seed {cfg.seed})")
+            return (
+                f"the {which} split (the last {fraction * 100:g}% of {trained_on})"
+                if tail
+                else f"the {which} split ({fraction * 100:g}% of {trained_on}, seed {cfg.seed})"
+            )
         return f"the {which} data {to_text(spec)}"
 
     if test is not None:

@@ -1,4 +1,5 @@
 """Ctrl-C during a training run (`Interrupt`)."""
+
 from __future__ import annotations
 
 import signal
@@ -20,12 +21,13 @@ class Interrupt:
 
     def __enter__(self):
         def handler(signum, frame):
-            if self.asked:          # a second Ctrl-C: stop now
+            if self.asked:  # a second Ctrl-C: stop now
                 raise KeyboardInterrupt
             self.asked = True
+
         try:
             self.previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:          # not the main thread: no handler, plain KeyboardInterrupt
+        except ValueError:  # not the main thread: no handler, plain KeyboardInterrupt
             self.previous = None
         return self
 

@@ -12,6 +12,7 @@ run, chosen by make_display from `progress`:
 Lines go to the run's log (stderr by default); the redrawn line and tqdm's bar to stderr.
 Only TerminalLine writes carriage returns, and only to a terminal. A display is a callback
 (callbacks.py): the run calls it after every step and epoch as it calls a user's."""
+
 from __future__ import annotations
 
 import math
@@ -32,21 +33,22 @@ MODES = ("auto", "bar", "epochs", "none")
 class Step(Mapping):
     """Where a run is after a step: the `logs` of a callback's on_batch_end, a mapping of the
     epoch's running mean loss and metrics and lr, whose attributes say the rest."""
-    step: int               # steps of the run, those before a resume included
-    steps: int              # the step the run ends at: max_steps, or its epochs' batches
-    epoch: int              # from 0
-    epochs: int             # the epochs the run goes through (in a run by steps, the last cut at max_steps)
-    first: int              # batches of this epoch done before this run (resumed inside it)
-    done: int               # batches of this epoch this run has done
-    total: int              # batches of this epoch this run does (fewer than per_epoch after a resume inside it,
-                            # or in the epoch max_steps ends)
-    per_epoch: int          # batches of a whole epoch
-    totals: dict            # the epoch's sums of the loss and metrics, weighted by batch size
-    seen: int               # the epoch's examples so far
-    fresh: int              # examples this run trained since `started`
-    started: float          # time.perf_counter() when this run began the epoch
+
+    step: int  # steps of the run, those before a resume included
+    steps: int  # the step the run ends at: max_steps, or its epochs' batches
+    epoch: int  # from 0
+    epochs: int  # the epochs the run goes through (in a run by steps, the last cut at max_steps)
+    first: int  # batches of this epoch done before this run (resumed inside it)
+    done: int  # batches of this epoch this run has done
+    total: int  # batches of this epoch this run does (fewer than per_epoch after a resume inside it,
+    # or in the epoch max_steps ends)
+    per_epoch: int  # batches of a whole epoch
+    totals: dict  # the epoch's sums of the loss and metrics, weighted by batch size
+    seen: int  # the epoch's examples so far
+    fresh: int  # examples this run trained since `started`
+    started: float  # time.perf_counter() when this run began the epoch
     lr: float
-    waited: float | None = None     # seconds of the epoch's steps spent waiting for streamed data (else None)
+    waited: float | None = None  # seconds of the epoch's steps spent waiting for streamed data (else None)
 
     @property
     def batch(self) -> int:
@@ -114,12 +116,19 @@ def epoch_parts(row: dict, epochs: int, batches: int, steps: int = 0) -> list:
     """An epoch's line (or, in a run by steps, `step 200/2000`'s) as (rank, text) parts (see
     fitted), left out in this order: ms/step, the training metrics other than the loss, the
     validation ones other than val_loss, the time; the epoch, loss and val_loss stay."""
-    metrics = [(1 if k in ("loss", "val_loss") else 3 if k.startswith("val_") else 4, f"{k} {v:.4f}")
-               for k, v in row.items() if k not in WHERE]
+    metrics = [
+        (1 if k in ("loss", "val_loss") else 3 if k.startswith("val_") else 4, f"{k} {v:.4f}")
+        for k, v in row.items()
+        if k not in WHERE
+    ]
     head = f"step {row['step']}/{steps}" if "step" in row else f"epoch {row['epoch']}/{epochs}"
-    return [(0, head), *metrics, (2, span(row["time"])),
-            *([(5, f"data wait {row['data_wait']:.0%}")] if "data_wait" in row else []),
-            *([(5, f"{span(row['time'] / batches)}/step")] if batches and "step" not in row else [])]
+    return [
+        (0, head),
+        *metrics,
+        (2, span(row["time"])),
+        *([(5, f"data wait {row['data_wait']:.0%}")] if "data_wait" in row else []),
+        *([(5, f"{span(row['time'] / batches)}/step")] if batches and "step" not in row else []),
+    ]
 
 
 def epoch_line(row: dict, epochs: int, batches: int, steps: int = 0) -> str:
@@ -141,9 +150,15 @@ def progress_line(s: Step, now: float, width: int) -> str:
     bar = bar_width(width)
     head = f"{s.epoch + 1}/{s.epochs} [{'#' * int(bar * s.done / max(s.total, 1)):<{bar}}] {s.done}/{s.total}"
     metrics = [(1 if k == "loss" else 3, f"{k} {v:.4f}") for k, v in s.means().items()]
-    tail = [(4, f"{span(s.per_batch(now))}/step"), (6, f"elapsed {duration(now - s.started)}"),
-            (2, f"epoch eta {duration(s.eta_epoch(now))}"), (5, f"run eta {duration(s.eta_run(now))}"),
-            (7, f"lr {s.lr:.3g}"), (8, s.rate(now)), *([(5, s.data_share(now))] if s.waited is not None else [])]
+    tail = [
+        (4, f"{span(s.per_batch(now))}/step"),
+        (6, f"elapsed {duration(now - s.started)}"),
+        (2, f"epoch eta {duration(s.eta_epoch(now))}"),
+        (5, f"run eta {duration(s.eta_run(now))}"),
+        (7, f"lr {s.lr:.3g}"),
+        (8, s.rate(now)),
+        *([(5, s.data_share(now))] if s.waited is not None else []),
+    ]
     return "  ".join(fitted([(0, head), *metrics, *tail], width))[:width]
 
 
@@ -176,7 +191,7 @@ class EpochLines(Quiet):
     def __init__(self, log):
         self.log = log
         self.epochs = self.steps = 0
-        self.batches = 0        # of the epoch this run did: its ms/step
+        self.batches = 0  # of the epoch this run did: its ms/step
 
     def on_train_begin(self, logs: dict):
         self.epochs, self.steps = logs["epochs"], logs.get("steps", 0)
@@ -199,9 +214,21 @@ class StepLines(EpochLines):
         super().on_batch_end(step, s)
         if s.step % self.every == 0:
             now = time.perf_counter()
-            self.log("  ".join([f"step {s.step}", f"epoch {s.epoch + 1}/{s.epochs}", f"batch {s.batch}/{s.per_epoch}",
-                                *values(s.means()), f"{span(s.per_batch(now))}/step", f"lr {s.lr:.3g}", s.rate(now),
-                                f"epoch eta {duration(s.eta_epoch(now))}", f"run eta {duration(s.eta_run(now))}"]))
+            self.log(
+                "  ".join(
+                    [
+                        f"step {s.step}",
+                        f"epoch {s.epoch + 1}/{s.epochs}",
+                        f"batch {s.batch}/{s.per_epoch}",
+                        *values(s.means()),
+                        f"{span(s.per_batch(now))}/step",
+                        f"lr {s.lr:.3g}",
+                        s.rate(now),
+                        f"epoch eta {duration(s.eta_epoch(now))}",
+                        f"run eta {duration(s.eta_run(now))}",
+                    ]
+                )
+            )
 
 
 class TerminalLine(EpochLines):
@@ -212,7 +239,7 @@ class TerminalLine(EpochLines):
 
     def __init__(self, log):
         super().__init__(log)
-        self.drawn, self.width = -math.inf, 0       # when the line was last drawn, and how wide
+        self.drawn, self.width = -math.inf, 0  # when the line was last drawn, and how wide
 
     def on_batch_end(self, step: int, s: Step):
         super().on_batch_end(step, s)
@@ -227,7 +254,7 @@ class TerminalLine(EpochLines):
     def on_epoch_end(self, epoch: int, row: dict):
         width = terminal_width(sys.stderr) - 1
         line = "  ".join(fitted(epoch_parts(row, self.epochs, self.batches, self.steps), width))[:width]
-        if self.width:      # over the progress line, to its end
+        if self.width:  # over the progress line, to its end
             line = "\r" + line.ljust(self.width)
         self.log(line)
         self.width = 0
@@ -246,8 +273,13 @@ class Bar(Quiet):
 
     def on_batch_end(self, step: int, s: Step):
         if self.bar is None:
-            self.bar = self.tqdm(total=s.per_epoch, initial=s.batch - s.done, desc=f"epoch {s.epoch + 1}/{s.epochs}",
-                                 unit="batch", dynamic_ncols=True)
+            self.bar = self.tqdm(
+                total=s.per_epoch,
+                initial=s.batch - s.done,
+                desc=f"epoch {s.epoch + 1}/{s.epochs}",
+                unit="batch",
+                dynamic_ncols=True,
+            )
         self.bar.set_postfix_str("  ".join([*values(s.means()), f"lr {s.lr:.3g}"]), refresh=False)
         self.bar.update(s.batch - self.bar.n)
 
@@ -273,12 +305,13 @@ def make_display(progress, log):
         return StepLines(log, progress)
     if progress not in MODES:
         hint = did_you_mean(progress, MODES) if isinstance(progress, str) else ""
-        raise DlcError(f"progress must be {', '.join(MODES)} or a number of steps between lines, "
-                       f"got {progress!r}{hint}")
+        raise DlcError(
+            f"progress must be {', '.join(MODES)} or a number of steps between lines, got {progress!r}{hint}"
+        )
     if progress == "auto":
         if sys.stderr.isatty():
             return TerminalLine(log)
-        if "ipykernel" in sys.modules:      # a Jupyter kernel: tqdm's widget, or lines when tqdm is missing
+        if "ipykernel" in sys.modules:  # a Jupyter kernel: tqdm's widget, or lines when tqdm is missing
             try:
                 from tqdm.auto import tqdm
             except ImportError:
@@ -288,5 +321,6 @@ def make_display(progress, log):
     if progress == "bar":
         optional_package("tqdm", "notebook", 'progress = "bar"')
         from tqdm.auto import tqdm
+
         return Bar(tqdm)
     return EpochLines(log) if progress == "epochs" else Quiet()

@@ -1,6 +1,7 @@
 """A model's summary as its train block trains it (`dlc summary`, model.summary()): the train
 block's settings with the flags applied, the parameters it trains and freezes and the
 optimizer's parameter groups, the batch FLOPs are counted at; the table with the groups."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,11 +15,11 @@ from dlc.runtime.training.groups import describe
 @dataclass
 class SummarySettings:
     cfg: TrainConfig
-    trained: list           # the parameters training updates, in the model's order
-    frozen: set             # the trainable ones it does not
-    groups: list            # the optimizer's parameter groups (train block's param_groups)
-    batch: str | None       # the batch dim's symbol
-    sizes: dict             # what FLOPs are counted at: the batch when given or set, and --dim's
+    trained: list  # the parameters training updates, in the model's order
+    frozen: set  # the trainable ones it does not
+    groups: list  # the optimizer's parameter groups (train block's param_groups)
+    batch: str | None  # the batch dim's symbol
+    sizes: dict  # what FLOPs are counted at: the batch when given or set, and --dim's
 
 
 def summary_settings(program, model, freeze: list | None, batch: int | None, dims: dict) -> SummarySettings:

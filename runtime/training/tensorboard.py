@@ -6,6 +6,7 @@ validation twin: DIR/train holds the learning rate of every step (`step/lr`, by 
 the loss and metrics of every epoch (`epoch/loss`, `epoch/accuracy`, ..., by epoch);
 DIR/validation the validation values of every epoch under the same names. A resumed run
 adds event files to the same runs, its steps and epochs continuing the numbering."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,11 +22,13 @@ class EventLog(Callback):
     def __init__(self, folder):
         self.tensorboardX = optional_package("tensorboardX", "tensorboard", "--tensorboard")
         self.folder = Path(folder)
-        try:        # before anything is compiled: a folder that cannot be made fails the run at once
+        try:  # before anything is compiled: a folder that cannot be made fails the run at once
             self.folder.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise DlcError(f"cannot write TensorBoard events to {self.folder}: "
-                           + ("it is a file" if self.folder.is_file() else e.strerror)) from None
+            raise DlcError(
+                f"cannot write TensorBoard events to {self.folder}: "
+                + ("it is a file" if self.folder.is_file() else e.strerror)
+            ) from None
         self.writers: dict = {}
 
     def writer(self, run: str):
@@ -40,11 +43,11 @@ class EventLog(Callback):
         for name, value in row.items():
             if name not in WHERE:
                 run, name = ("validation", name[4:]) if name.startswith("val_") else ("train", name)
-                if "step" in row:       # a run by steps: a row every eval_every steps
+                if "step" in row:  # a run by steps: a row every eval_every steps
                     self.writer(run).add_scalar(f"step/{name}", value, row["step"])
                 else:
                     self.writer(run).add_scalar(f"epoch/{name}", value, row["epoch"])
-        for w in self.writers.values():     # a TensorBoard watching the run shows the epoch now
+        for w in self.writers.values():  # a TensorBoard watching the run shows the epoch now
             w.flush()
 
     def on_train_end(self, logs: dict):

@@ -3,6 +3,7 @@ and dlc.StopTraining at the top level; model.summary() as `dlc summary` prints i
 load one call each way; export to ONNX and safetensors; a repr that says what the model is;
 `self.model.stop_training = True`; one example without its batch axis; type hints and
 docstrings on every public method; docs/api.md names every public name."""
+
 import contextlib
 import dataclasses
 import inspect
@@ -40,6 +41,7 @@ def trained(tmp_path) -> api.DlcModel:
 
 def test_the_top_level_names_are_the_api_s():
     from dlc.runtime.training.callbacks import Callback, StopTraining
+
     assert dlc.Callback is Callback and dlc.StopTraining is StopTraining and dlc.load is api.load
     assert {"load", "Callback", "StopTraining"} <= set(dir(dlc)) and set(dlc.__all__) >= {"load", "Callback"}
     with pytest.raises(AttributeError, match="no attribute 'lode'"):
@@ -51,7 +53,7 @@ def test_summary_is_the_table_dlc_summary_prints(capsys):
     printed = capsys.readouterr().out
     text = dlc.load(DIGITS_CNN).summary()
     assert text + "\n" == printed and "Total parameters:         13,706" in text
-    assert repr(text) == text       # the interpreter and a notebook show the table, not a quoted string
+    assert repr(text) == text  # the interpreter and a notebook show the table, not a quoted string
     assert main(["summary", DIGITS_CNN, "--eval", "--depth", "1", "--batch", "4"]) == 0
     assert dlc.load(DIGITS_CNN).summary(depth=1, batch=4, training=False) + "\n" == capsys.readouterr().out
 
@@ -88,8 +90,9 @@ def test_export_writes_onnx_and_safetensors_that_read_back(tmp_path):
     np.testing.assert_allclose(probs, model.predict(x)["prob"], atol=1e-6)
     for layout in ("dlc", "torch"):
         path = model.export(tmp_path / f"{layout}.safetensors", layout=layout)
-        np.testing.assert_array_equal(dlc.load(model.path, weights=path, backend="reference").predict(x)["prob"],
-                                      model.predict(x)["prob"])
+        np.testing.assert_array_equal(
+            dlc.load(model.path, weights=path, backend="reference").predict(x)["prob"], model.predict(x)["prob"]
+        )
     with pytest.raises(DlcError, match="name it .onnx or .safetensors"):
         model.export(tmp_path / "m.pt")
 
@@ -100,7 +103,7 @@ def test_the_repr_names_the_model_its_inputs_outputs_and_parameter_count(tmp_pat
     assert text.startswith("<dlc model digits_cnn from ") and text.endswith(">")
     assert "inputs x: f32[B, 1, 8, 8] -> outputs probs: f32[B, 10]" in text
     assert "13,706 parameters, no weights yet" in text
-    assert "y:" not in text        # a target is not an input of the trained model's use
+    assert "y:" not in text  # a target is not an input of the trained model's use
     assert "trained or loaded weights" in repr(trained(tmp_path))
 
 
@@ -123,8 +126,9 @@ def test_setting_model_stop_training_stops_the_run_as_stop_training_does(tmp_pat
     model = dlc.load(write(tmp_path, CLASSIFIER, TRAIN), backend="reference")
     stopper = Stopper()
     lines = []
-    result = model.train(data=arrays(), out=str(tmp_path / "run"), callbacks=[stopper], log=lines.append,
-                         progress="epochs")
+    result = model.train(
+        data=arrays(), out=str(tmp_path / "run"), callbacks=[stopper], log=lines.append, progress="epochs"
+    )
     assert stopper.model is model and result.stopped == "stopped"
     assert stopper.calls == 2 if hook == "on_batch_end" else 1
     assert len(result.history) == (0 if hook == "on_batch_end" else 1)
@@ -140,14 +144,17 @@ def test_one_example_without_its_batch_axis_is_told_to_add_one(tmp_path):
     with pytest.raises(DlcError, match=re.escape("add a batch axis: x[None]")):
         model.predict(np.zeros((1, 8, 8), np.float32))
     assert model.predict(np.zeros((1, 8, 8), np.float32)[None])["probs"].shape == (1, 10)
-    with pytest.raises(DlcError) as e:     # not one example: the layout message, no batch hint
+    with pytest.raises(DlcError) as e:  # not one example: the layout message, no batch hint
         model.predict(np.zeros((3, 8, 8), np.float32))
     assert "x[None]" not in str(e.value)
 
 
 def public_methods() -> list:
-    return [(name, member) for name, member in vars(api.DlcModel).items()
-            if not name.startswith("_") and (callable(member) or isinstance(member, property))]
+    return [
+        (name, member)
+        for name, member in vars(api.DlcModel).items()
+        if not name.startswith("_") and (callable(member) or isinstance(member, property))
+    ]
 
 
 def test_every_public_method_has_type_hints_and_a_docstring():
@@ -155,9 +162,13 @@ def test_every_public_method_has_type_hints_and_a_docstring():
     for name, member in [*public_methods(), ("load", api.load)]:
         function = member.fget if isinstance(member, property) else member
         signature = inspect.signature(function)
-        unhinted = [p for p in signature.parameters if p != "self"
-                    and signature.parameters[p].annotation is inspect.Parameter.empty
-                    and signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+        unhinted = [
+            p
+            for p in signature.parameters
+            if p != "self"
+            and signature.parameters[p].annotation is inspect.Parameter.empty
+            and signature.parameters[p].kind is not inspect.Parameter.VAR_KEYWORD
+        ]
         if not inspect.getdoc(function) or signature.return_annotation is inspect.Signature.empty or unhinted:
             missing.append(f"{name} {unhinted}")
     assert not missing, missing
@@ -168,15 +179,16 @@ def test_docs_api_md_names_every_public_name():
     named = set(re.findall(r"`(?:dlc\.|model\.|result\.|repr\()?([A-Za-z_]+)\b", page))
     expected = {name for name, _ in public_methods()} | set(dlc.__all__)
     expected |= {"stop_training", "params", "name", "program", "train_model", "eval_model", "path", "meta"}
-    expected |= {f.name for f in dataclasses.fields(Result)} | {"on_" + h for h in ("train_begin", "epoch_begin",
-                                                                                      "batch_end", "epoch_end",
-                                                                                      "train_end")}
+    expected |= {f.name for f in dataclasses.fields(Result)} | {
+        "on_" + h for h in ("train_begin", "epoch_begin", "batch_end", "epoch_end", "train_end")
+    }
     assert not expected - named, f"docs/api.md does not name: {sorted(expected - named)}"
 
 
 def test_a_notebook_shows_the_summary_as_a_table(tmp_path):
     pytest.importorskip("IPython")
     from IPython.lib.pretty import pretty
+
     text = dlc.load(DIGITS_CNN).summary()
     assert pretty(text) == text
     with contextlib.redirect_stdout(io.StringIO()) as out:

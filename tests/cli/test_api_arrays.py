@@ -2,6 +2,7 @@
 train, evaluate and predict take dicts of numpy arrays or of anything with __array__ (torch
 tensors), bound and checked as a file's data is, with errors that name the array and never
 show its values; result.history by column; predict takes a source such as digits()."""
+
 import numpy as np
 import pytest
 
@@ -14,8 +15,9 @@ from dlc.runtime.training.gradcheck import init_params
 from helpers.programs import CLASSIFIER, write
 
 TRAIN = "train clf { batch = 8 epochs = 2 optimizer = sgd(lr = 0.1) }"
-CLF = CLASSIFIER.replace("metric accuracy = accuracy(logits, y)",
-                         "metric accuracy = accuracy(logits, y)\n    output probs = softmax(logits)")
+CLF = CLASSIFIER.replace(
+    "metric accuracy = accuracy(logits, y)", "metric accuracy = accuracy(logits, y)\n    output probs = softmax(logits)"
+)
 
 
 def arrays(n=60, seed=0) -> dict:
@@ -60,7 +62,7 @@ def test_history_by_column_as_keras_history(tmp_path):
     result = fit(model(tmp_path), tmp_path, data=arrays(), validation=0.25)
     history = result.history
     assert history["loss"] == [row["loss"] for row in history] and len(history) == 2
-    assert history[0]["epoch"] == 1 and history[-1]["epoch"] == 2     # still a list of rows
+    assert history[0]["epoch"] == 1 and history[-1]["epoch"] == 2  # still a list of rows
     columns = history.as_dict()
     assert list(columns) == ["epoch", "lr", "time", "loss", "accuracy", "val_loss", "val_accuracy"]
     assert columns["val_accuracy"] == history["val_accuracy"]
@@ -87,35 +89,51 @@ def no_values(message: str):
     assert "array([" not in message and "[[" not in message and len(message) < 300, message
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda d: {**d, "x": np.where(np.arange(60)[:, None] == 7, np.nan, d["x"])},
-     r"data: array 'x' holds a value that is not a finite float32 number at index \[7, 0\] \(nan\)"),
-    (lambda d: {**d, "x": d["x"].astype(np.float64) * 1e39},      # beyond float32
-     r"data: array 'x' holds a value that is not a finite float32 number"),
-    (lambda d: {**d, "y": d["y"] + 2}, r"y has values from 2 to 4, but the model takes 0 to 2 there"),
-    (lambda d: {**d, "y": d["y"] + 0.5}, r"y is i32\[B\] but the data has fractional values"),
-    (lambda d: {**d, "x": d["x"][:, :1]}, r"the data for x has examples of shape \[1\], which does not fit input x"),
-    (lambda d: {**d, "x": d["x"].astype(str)}, r"data: array 'x' holds strings \(<U\d+\), not numbers"),
-    (lambda d: {"x": d["x"], "labels": d["y"]}, r"model clf has no input named 'labels'"),
-    (lambda d: {"x": d["x"]}, r"the data has no array for y of model clf"),
-    (lambda d: {**d, "y": d["y"][:50]}, r"data columns have different numbers of examples: 'x' has 60, 'y' has 50"),
-    (lambda d: {**d, "x": [[1.0], [2.0, 3.0]]}, r"data: array 'x' \(list\) cannot be read as a numpy array"),
-    (lambda d: d["x"], r"data must be a data source such as digits\(\), a file path, or a dict of arrays by input "
-                       r"and target name, got a value of type ndarray"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda d: {**d, "x": np.where(np.arange(60)[:, None] == 7, np.nan, d["x"])},
+            r"data: array 'x' holds a value that is not a finite float32 number at index \[7, 0\] \(nan\)",
+        ),
+        (
+            lambda d: {**d, "x": d["x"].astype(np.float64) * 1e39},  # beyond float32
+            r"data: array 'x' holds a value that is not a finite float32 number",
+        ),
+        (lambda d: {**d, "y": d["y"] + 2}, r"y has values from 2 to 4, but the model takes 0 to 2 there"),
+        (lambda d: {**d, "y": d["y"] + 0.5}, r"y is i32\[B\] but the data has fractional values"),
+        (
+            lambda d: {**d, "x": d["x"][:, :1]},
+            r"the data for x has examples of shape \[1\], which does not fit input x",
+        ),
+        (lambda d: {**d, "x": d["x"].astype(str)}, r"data: array 'x' holds strings \(<U\d+\), not numbers"),
+        (lambda d: {"x": d["x"], "labels": d["y"]}, r"model clf has no input named 'labels'"),
+        (lambda d: {"x": d["x"]}, r"the data has no array for y of model clf"),
+        (lambda d: {**d, "y": d["y"][:50]}, r"data columns have different numbers of examples: 'x' has 60, 'y' has 50"),
+        (lambda d: {**d, "x": [[1.0], [2.0, 3.0]]}, r"data: array 'x' \(list\) cannot be read as a numpy array"),
+        (
+            lambda d: d["x"],
+            r"data must be a data source such as digits\(\), a file path, or a dict of arrays by input "
+            r"and target name, got a value of type ndarray",
+        ),
+    ],
+)
 def test_arrays_are_checked_as_file_data_is(tmp_path, change, message):
     m = model(tmp_path)
     with pytest.raises(DlcError, match=message) as e:
         fit(m, tmp_path, data=change(arrays()))
     no_values(str(e.value))
-    assert not (tmp_path / "run").exists()      # refused before the run
+    assert not (tmp_path / "run").exists()  # refused before the run
 
 
 def test_validation_arrays_are_checked_too(tmp_path):
     bad = arrays(16, seed=1)
     bad["x"][3, 1] = np.inf
-    with pytest.raises(DlcError, match=r"validation: array 'x' holds a value that is not a finite float32 number "
-                                       r"at index \[3, 1\] \(inf\)"):
+    with pytest.raises(
+        DlcError,
+        match=r"validation: array 'x' holds a value that is not a finite float32 number "
+        r"at index \[3, 1\] \(inf\)",
+    ):
         fit(model(tmp_path), tmp_path, data=arrays(), validation=bad)
 
 
@@ -124,8 +142,11 @@ def test_evaluate_and_predict_check_arrays_as_train_does(tmp_path):
     m.params = init_params(m.train_model, 0)
     bad = arrays(10)
     bad["x"][2, 0] = np.nan
-    for call in (lambda: m.evaluate(bad, log=lambda msg: None), lambda: m.predict({"x": bad["x"]}),
-                 lambda: m.predict(bad["x"])):
+    for call in (
+        lambda: m.evaluate(bad, log=lambda msg: None),
+        lambda: m.predict({"x": bad["x"]}),
+        lambda: m.predict(bad["x"]),
+    ):
         with pytest.raises(DlcError, match=r"data: array 'x' holds a value that is not a finite float32 number") as e:
             call()
         no_values(str(e.value))
@@ -137,18 +158,38 @@ def test_evaluate_and_predict_check_arrays_as_train_does(tmp_path):
 def test_weights_trained_on_arrays_ask_for_the_data_to_score(tmp_path, capsys):
     m = model(tmp_path)
     fit(m, tmp_path, data=arrays(), validation=0.25)
-    with pytest.raises(DlcError, match=r"was trained on arrays given to train\(\), which its weights do not keep: "
-                                       r"give the data to score"):
+    with pytest.raises(
+        DlcError,
+        match=r"was trained on arrays given to train\(\), which its weights do not keep: "
+        r"give the data to score",
+    ):
         m.evaluate(log=lambda msg: None)
     meta = checkpoint.load(tmp_path / "run" / "last.npz")[2]
-    assert meta["data"] == {"data": None, "validation": {"call": "split", "args": [0.25], "kwargs": {}},
-                            "test": None, "seed": 0}
+    assert meta["data"] == {
+        "data": None,
+        "validation": {"call": "split", "args": [0.25], "kwargs": {}},
+        "test": None,
+        "seed": 0,
+    }
     np.savez(tmp_path / "test.npz", **arrays(12, seed=3))
     weights = str(tmp_path / "run" / "last.npz")
     assert main(["eval", str(tmp_path / "m.dl"), "--weights", weights, "--backend", "reference"]) == 1
     assert "give the data to score" in capsys.readouterr().err
-    assert main(["eval", str(tmp_path / "m.dl"), "--weights", weights, "--backend", "reference",
-                 "--data", str(tmp_path / "test.npz")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "m.dl"),
+                "--weights",
+                weights,
+                "--backend",
+                "reference",
+                "--data",
+                str(tmp_path / "test.npz"),
+            ]
+        )
+        == 0
+    )
 
 
 # ---- predict on a source ---------------------------------------------------------------------------------------
@@ -167,11 +208,26 @@ def test_predict_takes_a_source_as_evaluate_does(tmp_path):
     m = DlcModel(write(tmp_path, DIGITS, "train d { data = digits(image = false) }"), backend="reference")
     m.params = init_params(m.train_model, 0)
     assert m.predict("digits(image = false)")["probs"].shape == (1797, 10)
-    assert m.predict("digits()")["probs"].shape == (1797, 10)      # [1, 8, 8] images fill the 64 values
-    weights = tmp_path / "w.npz"        # dlc predict --data takes a source too
+    assert m.predict("digits()")["probs"].shape == (1797, 10)  # [1, 8, 8] images fill the 64 values
+    weights = tmp_path / "w.npz"  # dlc predict --data takes a source too
     checkpoint.save(weights, m.params, {}, {})
-    assert main(["predict", str(tmp_path / "m.dl"), "--weights", str(weights), "--data", "digits()",
-                 "--backend", "reference", "--output", str(tmp_path / "p.npz")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "m.dl"),
+                "--weights",
+                str(weights),
+                "--data",
+                "digits()",
+                "--backend",
+                "reference",
+                "--output",
+                str(tmp_path / "p.npz"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "p.npz")["probs"].shape == (1797, 10)
     with pytest.raises(DlcError, match="unknown data source 'digitz'; did you mean 'digits'"):
         m.predict("digitz()")
@@ -183,9 +239,12 @@ def test_predict_finds_an_index_inputs_bounds_once_and_checks_every_call(tmp_pat
     """The bounds of token ids (the embedding's rows) come from the graph once per model, not
     at every call (a prediction of one example is µs), and every call is still checked."""
     from dlc.runtime.training import inputs
+
     path = tmp_path / "tokens.dl"
-    path.write_text("model tokens {\n    input ids: i32[B, 4]\n    h = embedding(ids, 10, 3)\n"
-                    "    output scores = sum(h, axis = 2)\n}\n")
+    path.write_text(
+        "model tokens {\n    input ids: i32[B, 4]\n    h = embedding(ids, 10, 3)\n"
+        "    output scores = sum(h, axis = 2)\n}\n"
+    )
     m = DlcModel(str(path), backend="reference")
     m.params = init_params(m.train_model, 0)
     walks = []

@@ -2,6 +2,7 @@
 once ended in "internal error" (exit 3) are usage errors (exit 2) or clear errors (exit 1): train's
 seed, DLC_NUM_THREADS, the numbers of every command's flags, predict's text input, a bare data file
 name; Ctrl-C at any moment exits 130; --optimizer and --freeze replace the train block's."""
+
 import json
 import os
 import signal
@@ -87,29 +88,39 @@ def test_dlc_alone_prints_its_help_on_stderr_and_exits_2():
 
 def test_a_closed_pipe_ends_dlc_quietly_with_success():
     """`dlc compile ... | head -1`: the reader has what it wanted."""
-    r = subprocess.run(f"'{sys.executable}' -m dlc.runtime.cli compile '{LENET}' --emit kernels | head -1; "
-                       "exit ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True, text=True)
+    r = subprocess.run(
+        f"'{sys.executable}' -m dlc.runtime.cli compile '{LENET}' --emit kernels | head -1; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        executable="/bin/bash",
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("\n") == 1 and r.stderr == ""
 
 
-@pytest.mark.parametrize("typo, message", [
-    ("h = dense(x, 3, activation = relu)", "dense has no argument named 'activation'; did you mean 'act'?"),
-    ("h = dense(x, 3, act = rleu)", "unknown name 'rleu'; did you mean 'relu'?"),
-    ("optimiser = adam()", "unknown train setting 'optimiser'; did you mean 'optimizer'?"),
-    ("optimizer = adma(lr = 1e-3)", "unknown optimizer 'adma'; did you mean 'adam'?"),
-    ("data = digit()", "unknown data source 'digit'; did you mean 'digits'?"),
-])
+@pytest.mark.parametrize(
+    "typo, message",
+    [
+        ("h = dense(x, 3, activation = relu)", "dense has no argument named 'activation'; did you mean 'act'?"),
+        ("h = dense(x, 3, act = rleu)", "unknown name 'rleu'; did you mean 'relu'?"),
+        ("optimiser = adam()", "unknown train setting 'optimiser'; did you mean 'optimizer'?"),
+        ("optimizer = adma(lr = 1e-3)", "unknown optimizer 'adma'; did you mean 'adam'?"),
+        ("data = digit()", "unknown data source 'digit'; did you mean 'digits'?"),
+    ],
+)
 def test_a_mistyped_name_gets_a_did_you_mean(tmp_path, capsys, typo, message):
     layer, setting = (typo, "epochs = 1") if typo.startswith("h =") else ("h = dense(x, 3)", typo)
     data = "" if setting.startswith("data") else "data = digits()\n"
-    src = (f"model m {{\n input x: f32[B, 64]\n target y: i32[B]\n {layer}\n loss sparse_cross_entropy(h, y)\n}}\n"
-           f"train m {{\n {data} {setting}\n}}\n")
+    src = (
+        f"model m {{\n input x: f32[B, 64]\n target y: i32[B]\n {layer}\n loss sparse_cross_entropy(h, y)\n}}\n"
+        f"train m {{\n {data} {setting}\n}}\n"
+    )
     path = tmp_path / "m.dl"
     path.write_text(src)
     assert main(["train", str(path), "--out", str(tmp_path / "run")]) == 1
     assert message in capsys.readouterr().err
-    assert main(["check", str(path)]) == 1      # found without reading data, where it is written
+    assert main(["check", str(path)]) == 1  # found without reading data, where it is written
     line = next(i for i, text in enumerate(src.splitlines(), 1) if typo in text)
     assert f"{path}:{line}:" in capsys.readouterr().err.split(f": error: {message}")[0]
 
@@ -128,9 +139,9 @@ model chars {
 # ---- train's seed, DLC_NUM_THREADS --------------------------------------------------------------
 def test_a_seed_beyond_the_32_bit_random_key_is_refused(tmp_path, capsys):
     path = write(tmp_path, XOR)
-    line = usage_error(["train", path, "--seed", str(2 ** 40), "--out", str(tmp_path / "run")], capsys)
-    assert line == f"--seed: error: needs a whole number, from 0 to 2147483647; got '{2 ** 40}'"
-    block = write(tmp_path, XOR, f"train xor {{ data = xor() seed = {2 ** 40} }}", "b.dl")
+    line = usage_error(["train", path, "--seed", str(2**40), "--out", str(tmp_path / "run")], capsys)
+    assert line == f"--seed: error: needs a whole number, from 0 to 2147483647; got '{2**40}'"
+    block = write(tmp_path, XOR, f"train xor {{ data = xor() seed = {2**40} }}", "b.dl")
     err = failure(["check", block], capsys)
     assert "b.dl:" in err and "seed must be" in err
 
@@ -151,32 +162,39 @@ def test_a_team_beyond_1024_threads_is_a_usage_error_not_a_crash(tmp_path, capsy
 
 def test_dlc_num_threads_is_not_read_when_threads_is_given(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("DLC_NUM_THREADS", "abc")
-    assert main(["train", write(tmp_path, XOR), "--out", str(tmp_path / "run"), "--threads", "1",
-                 "--backend", "reference"]) == 0
+    assert (
+        main(
+            ["train", write(tmp_path, XOR), "--out", str(tmp_path / "run"), "--threads", "1", "--backend", "reference"]
+        )
+        == 0
+    )
     assert os.environ["DLC_NUM_THREADS"] == "1"
 
 
 # ---- numbers of the commands' flags ------------------------------------------------------------
-@pytest.mark.parametrize("argv, flag", [
-    (["eval", "--weights", "w.npz", "--batch", "0"], "--batch"),
-    (["eval", "--weights", "w.npz", "--batch", "-1"], "--batch"),
-    (["predict", "--weights", "w.npz", "--input", "in.npz", "--batch", "0"], "--batch"),
-    (["gradcheck", "--size", "-2"], "--size"),
-    (["gradcheck", "--size", "0"], "--size"),
-    (["gradcheck", "--entries", "0"], "--entries"),
-    (["gradcheck", "--seed", "-1"], "--seed"),
-    (["gradcheck", "--seed", str(2 ** 40)], "--seed"),
-    (["gradcheck", "--tolerance", "nan"], "--tolerance"),
-    (["gradcheck", "--tolerance", "0"], "--tolerance"),
-    (["gradcheck", "--tolerance", "inf"], "--tolerance"),
-    (["bench", "--steps", "0"], "--steps"),
-    (["bench", "--batch", "0"], "--batch"),
-    (["bench", "--top", "-1"], "--top"),
-    (["generate", "--weights", "w.npz", "--temperature", "nan"], "--temperature"),
-    (["generate", "--weights", "w.npz", "--temperature", "-1"], "--temperature"),
-    (["generate", "--weights", "w.npz", "--length", "-1"], "--length"),
-    (["generate", "--weights", "w.npz", "--seed", "-1"], "--seed"),
-])
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["eval", "--weights", "w.npz", "--batch", "0"], "--batch"),
+        (["eval", "--weights", "w.npz", "--batch", "-1"], "--batch"),
+        (["predict", "--weights", "w.npz", "--input", "in.npz", "--batch", "0"], "--batch"),
+        (["gradcheck", "--size", "-2"], "--size"),
+        (["gradcheck", "--size", "0"], "--size"),
+        (["gradcheck", "--entries", "0"], "--entries"),
+        (["gradcheck", "--seed", "-1"], "--seed"),
+        (["gradcheck", "--seed", str(2**40)], "--seed"),
+        (["gradcheck", "--tolerance", "nan"], "--tolerance"),
+        (["gradcheck", "--tolerance", "0"], "--tolerance"),
+        (["gradcheck", "--tolerance", "inf"], "--tolerance"),
+        (["bench", "--steps", "0"], "--steps"),
+        (["bench", "--batch", "0"], "--batch"),
+        (["bench", "--top", "-1"], "--top"),
+        (["generate", "--weights", "w.npz", "--temperature", "nan"], "--temperature"),
+        (["generate", "--weights", "w.npz", "--temperature", "-1"], "--temperature"),
+        (["generate", "--weights", "w.npz", "--length", "-1"], "--length"),
+        (["generate", "--weights", "w.npz", "--seed", "-1"], "--seed"),
+    ],
+)
 def test_numeric_flags_out_of_range_are_usage_errors(tmp_path, capsys, argv, flag):
     line = usage_error([argv[0], write(tmp_path, XOR)] + argv[1:], capsys)
     assert line.startswith(f"{flag}: error: ") and f"got '{argv[-1]}'" in line
@@ -205,27 +223,75 @@ def test_predict_text_input_missing_or_not_utf8(tmp_path, capsys, char_weights, 
     text = tmp_path / "in.txt"
     if content is not None:
         text.write_bytes(content)
-    err = failure(["predict", path, "--weights", weights, "--input", str(text), "--backend", "reference",
-                   "--output", str(tmp_path / "p.npz")], capsys)
+    err = failure(
+        [
+            "predict",
+            path,
+            "--weights",
+            weights,
+            "--input",
+            str(text),
+            "--backend",
+            "reference",
+            "--output",
+            str(tmp_path / "p.npz"),
+        ],
+        capsys,
+    )
     assert phrase in err and "in.txt" in err
     text.write_text("abca")
-    assert main(["predict", path, "--weights", weights, "--input", str(text), "--backend", "reference",
-                 "--output", str(tmp_path / "p.npz")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                path,
+                "--weights",
+                weights,
+                "--input",
+                str(text),
+                "--backend",
+                "reference",
+                "--output",
+                str(tmp_path / "p.npz"),
+            ]
+        )
+        == 0
+    )
     assert np.load(tmp_path / "p.npz")["next"].shape == (1, 3)
 
 
 # ---- a bare relative file name is a path -----------------------------------------------------------
 def test_a_bare_file_name_is_a_data_path(tmp_path, capsys):
     path = write(tmp_path, XOR)
-    np.savez(tmp_path / "train.npz", x=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
-             y=np.array([[0], [1], [1], [0]], np.float32))
+    np.savez(
+        tmp_path / "train.npz",
+        x=np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32),
+        y=np.array([[0], [1], [1], [0]], np.float32),
+    )
     for name in ("train.npz", "./train.npz"):
-        assert main(["train", path, "--data", name, "--out", str(tmp_path / "run"), "--backend", "reference",
-                     "--overwrite"]) == 0
+        assert (
+            main(
+                ["train", path, "--data", name, "--out", str(tmp_path / "run"), "--backend", "reference", "--overwrite"]
+            )
+            == 0
+        )
     assert main(["train", path, "--data", "nothere.npz", "--out", str(tmp_path / "run"), "--overwrite"]) == 2
     assert f"--data:1:1: error: npz: data file not found: {tmp_path / 'nothere.npz'}" in capsys.readouterr().err
-    assert main(["eval", path, "--weights", str(tmp_path / "run" / "last.npz"), "--data", "train.npz",
-                 "--backend", "reference"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                path,
+                "--weights",
+                str(tmp_path / "run" / "last.npz"),
+                "--data",
+                "train.npz",
+                "--backend",
+                "reference",
+            ]
+        )
+        == 0
+    )
     assert 'evaluating "train.npz"' in capsys.readouterr().err
     # an error inside a call is still the call's, not a missing file
     assert main(["train", path, "--data", "digits(scale = x.y)"]) == 2
@@ -234,9 +300,16 @@ def test_a_bare_file_name_is_a_data_path(tmp_path, capsys):
 
 # ---- Ctrl-C at any moment ---------------------------------------------------------------------------
 def test_the_entry_point_imports_nothing_heavy():
-    r = subprocess.run([sys.executable, "-c", "import sys, dlc.runtime.cli; "
-                        "print(sorted(m for m in ('numpy', 'dlc.compiler', 'lark') if m in sys.modules))"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, dlc.runtime.cli; "
+            "print(sorted(m for m in ('numpy', 'dlc.compiler', 'lark') if m in sys.modules))",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
 
 
@@ -248,9 +321,13 @@ def test_ctrl_c_during_start_up_exits_130(delay):
     code = "import sys; print('go', file=sys.stderr, flush=True); from dlc.runtime.cli import main; sys.exit(main())"
     # Ctrl-C's default action, as in a terminal: a shell's background job (CI started with `&`)
     # would pass on SIGINT ignored, and Python then never raises KeyboardInterrupt
-    p = subprocess.Popen([sys.executable, "-c", code, "compile", "--emit", "asm", str(EXAMPLES / "resnet.dl")],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        [sys.executable, "-c", code, "compile", "--emit", "asm", str(EXAMPLES / "resnet.dl")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     assert p.stderr.readline() == "go\n"
     time.sleep(delay)
     p.send_signal(signal.SIGINT)
@@ -263,11 +340,12 @@ def test_an_interrupt_a_callback_dropped_still_ends_with_130(monkeypatch, capsys
     importlib's module-lock callback once did with a Ctrl-C during start-up): the command
     runs on, and must still end as interrupted."""
     import dlc.runtime.cli as cli
+
     dropped = []
 
     class Collected:
         def __del__(self):
-            os.kill(os.getpid(), signal.SIGINT)     # the handler runs here, inside __del__
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside __del__
 
     def command(argv):
         Collected()
@@ -275,7 +353,7 @@ def test_an_interrupt_a_callback_dropped_still_ends_with_130(monkeypatch, capsys
 
     monkeypatch.setattr(cli, "_main", command)
     monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)   # Ctrl-C as in a terminal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C as in a terminal
     try:
         assert cli.main([]) == 130
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
@@ -288,12 +366,15 @@ def test_an_interrupt_a_callback_dropped_still_ends_with_130(monkeypatch, capsys
 ADAM = "train xor { data = xor() batch = 4 epochs = 1 optimizer = adam(lr = 1e-3, beta2 = 0.99) }"
 
 
-@pytest.mark.parametrize("flags, expected", [
-    ({"optimizer": "sgd"}, Call("sgd", [], {"lr": 1e-2})),
-    ({"optimizer": "sgd", "lr": 0.3}, Call("sgd", [], {"lr": 0.3})),
-    ({"optimizer": "sgd(lr = 0.1, momentum = 0.9)"}, Call("sgd", [], {"lr": 0.1, "momentum": 0.9})),
-    ({"lr": 0.3}, Call("adam", [], {"lr": 0.3, "beta2": 0.99})),
-])
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        ({"optimizer": "sgd"}, Call("sgd", [], {"lr": 1e-2})),
+        ({"optimizer": "sgd", "lr": 0.3}, Call("sgd", [], {"lr": 0.3})),
+        ({"optimizer": "sgd(lr = 0.1, momentum = 0.9)"}, Call("sgd", [], {"lr": 0.1, "momentum": 0.9})),
+        ({"lr": 0.3}, Call("adam", [], {"lr": 0.3, "beta2": 0.99})),
+    ],
+)
 def test_optimizer_flag_replaces_the_blocks_optimizer(tmp_path, flags, expected):
     program = load(write(tmp_path, XOR, ADAM))
     got = make_config(program, "xor", flags).optimizer
@@ -317,7 +398,7 @@ def test_summary_freeze_replaces_the_blocks_freeze_as_train_does(tmp_path, capsy
         shown = int(out.split("Trainable parameters:")[1].split()[0].replace(",", ""))
         trained = Trainer(program, None, {"freeze": flags or None}, tmp_path / "run").trainable()
         assert shown == sum(sizes[n] for n in trained)
-    assert shown == sizes["h.W"] + sizes["h.b"]       # --freeze p: h trains, p does not
+    assert shown == sizes["h.W"] + sizes["h.b"]  # --freeze p: h trains, p does not
 
 
 # ---- images out, neighbours ---------------------------------------------------------------------------
@@ -325,15 +406,16 @@ def _read_png(path) -> np.ndarray:
     """The pixels of an 8-bit grey or RGB PNG with filter 0 on every row (what dlc writes)."""
     import struct
     import zlib
+
     data = Path(path).read_bytes()
     width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
     assert depth == 8 and colour in (0, 2)
     channels = 1 if colour == 0 else 3
     chunks, at = [], 8
     while at < len(data):
-        n, kind = struct.unpack(">I4s", data[at:at + 8])
+        n, kind = struct.unpack(">I4s", data[at : at + 8])
         if kind == b"IDAT":
-            chunks.append(data[at + 8:at + 8 + n])
+            chunks.append(data[at + 8 : at + 8 + n])
         at += 12 + n
     rows = np.frombuffer(zlib.decompress(b"".join(chunks)), np.uint8).reshape(height, 1 + width * channels)
     assert not rows[:, 0].any()
@@ -342,26 +424,31 @@ def _read_png(path) -> np.ndarray:
 
 def test_png_grid_holds_each_image_in_its_cell(tmp_path):
     from dlc.runtime.data import png
-    images = np.random.default_rng(0).random((5, 3, 4, 6))          # 5 colour images, 4 x 6, in [0, 1]
+
+    images = np.random.default_rng(0).random((5, 3, 4, 6))  # 5 colour images, 4 x 6, in [0, 1]
     png.write_png(tmp_path / "g.png", png.grid(png.image_batch("y", images)))
     pixels = _read_png(tmp_path / "g.png")
-    zoom = 256 // (6 * 3)                                           # 3 columns, 2 rows
+    zoom = 256 // (6 * 3)  # 3 columns, 2 rows
     assert pixels.shape == (2 * (4 * zoom + 1) - 1, 3 * (6 * zoom + 1) - 1, 3)
-    cell = pixels[4 * zoom + 1: 8 * zoom + 1, 6 * zoom + 1: 12 * zoom + 1]       # image 4: row 1, column 1
+    cell = pixels[4 * zoom + 1 : 8 * zoom + 1, 6 * zoom + 1 : 12 * zoom + 1]  # image 4: row 1, column 1
     assert np.array_equal(cell[::zoom, ::zoom], np.round(images[4].transpose(1, 2, 0) * 255).astype(np.uint8))
-    assert (pixels[4 * zoom] == 255).all()                           # the gap between the rows
+    assert (pixels[4 * zoom] == 255).all()  # the gap between the rows
     with pytest.raises(DlcError, match=r"output 'y' is \[5, 2, 4, 6\], not a batch of images"):
         png.image_batch("y", np.zeros((5, 2, 4, 6)))
 
 
 def test_predict_png_names_the_output_it_draws(tmp_path, capsys):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 model m {
     input x: f32[B, 4]
     output picture = reshape(x, B, 1, 2, 2)
     output flat = x
 }
-""", train="")
+""",
+        train="",
+    )
     np.savez(tmp_path / "in.npz", x=np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4))
     args = ["predict", path, "--weights", str(tmp_path / "w.npz"), "--data", str(tmp_path / "in.npz")]
     np.savez(tmp_path / "w.npz")
@@ -376,7 +463,9 @@ model m {
 
 def test_neighbours_needs_a_word_list_and_a_known_word(tmp_path, capsys):
     (tmp_path / "t.txt").write_text("the cat sat on the mat and the dog sat on the log " * 20)
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 model w {
     input center: i32[B]
     input context: i32[B]
@@ -386,11 +475,13 @@ model w {
     n = embedding(negatives, 8, 4, name = "out")
     loss mean(softplus(-sum(v * u, -1))) + mean(softplus(sum(expand_dims(v, 1) * n, -1)))
 }
-""", train="""
+""",
+        train="""
 train w {
     data = skipgram("t.txt", words = 9, subsample = 0)    # the text has 8
     epochs = 1
-}""")
+}""",
+    )
     assert main(["train", path, "--out", str(tmp_path / "run"), "--quiet"]) == 0
     capsys.readouterr()
     weights = str(tmp_path / "run" / "last.npz")
@@ -402,6 +493,6 @@ train w {
     assert main(["neighbours", path, "--weights", weights, "cat", "--param", "v.b"]) == 1
     assert "'v.b' is not a [8, dim] table" in capsys.readouterr().err
     saved = np.load(weights)
-    np.savez(tmp_path / "plain.npz", **{k[6:]: saved[k] for k in saved if k.startswith("param:")})    # no metadata
+    np.savez(tmp_path / "plain.npz", **{k[6:]: saved[k] for k in saved if k.startswith("param:")})  # no metadata
     assert main(["neighbours", path, "--weights", str(tmp_path / "plain.npz"), "cat"]) == 1
     assert "no word list" in capsys.readouterr().err

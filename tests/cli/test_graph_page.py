@@ -1,4 +1,5 @@
 """`dlc graph --format html`: the page's data, and the page itself in headless Chromium."""
+
 import base64
 import gzip
 import json
@@ -41,17 +42,18 @@ def lenet_page(tmp_path_factory) -> Path:
 
 def test_the_page_holds_both_graphs_laid_out_by_layer(lenet_page):
     html = lenet_page.read_text()
-    assert "<script src" not in html and "<link" not in html      # nothing to fetch
+    assert "<script src" not in html and "<link" not in html  # nothing to fetch
     data = page_data(html)
     model = load(LENET).build(None)
     assert data["first"] == "forward" and [v["name"] for v in data["views"]] == ["forward", "train_step"]
     forward, step = data["views"]
     assert len(forward["nodes"]) == len(model.graph.nx)
     assert len(step["nodes"]) == len(autodiff.train_step(model.graph).nx)
-    for view in data["views"]:      # every node and layer is in the rows of the layer holding it, once
+    for view in data["views"]:  # every node and layer is in the rows of the layer holding it, once
         placed = [c for layer in view["rows"].values() for row in layer for c in row]
-        assert sorted(placed, key=str) == sorted([n["id"] for n in view["nodes"]] +
-                                                 [layer for layer in view["layers"] if layer], key=str)
+        assert sorted(placed, key=str) == sorted(
+            [n["id"] for n in view["nodes"]] + [layer for layer in view["layers"] if layer], key=str
+        )
         for n in view["nodes"]:
             assert any(n["id"] in row for row in view["rows"][n["layer"]])
     conv = next(n for n in forward["nodes"] if n["op"] == "conv2d")
@@ -68,7 +70,7 @@ def test_the_page_maps_nodes_to_the_kernels_of_the_native_step(lenet_page):
     top = [k for k in kernels if k["depth"] == 0]
     assert [k["nodes"] for k in top] == [list(k.nodes) for k in program.kernels]
     conv = next(n["id"] for n in data["views"][0]["nodes"] if n["op"] == "conv2d")
-    assert {k["class"] for k in top if conv in k["nodes"]} == {"Conv"}     # a direct convolution (few taps)
+    assert {k["class"] for k in top if conv in k["nodes"]} == {"Conv"}  # a direct convolution (few taps)
     for k in kernels:
         assert re.match(rf'define internal void @{k["function"]}\(', data["native"]["ir"][k["function"]])
 
@@ -78,16 +80,24 @@ def test_every_call_of_a_def_is_one_box_labelled_with_its_options():
     box_of, boxes = forward_boxes(model)
     tree = box_tree(model.graph, box_of, boxes)
     assert boxes["stage1.0"]["label"] == "residual_block 16 s1" and boxes["stage1.0"]["parent"] == "stage1"
-    assert boxes["stage2.0.conv1"]["label"] == "conv2d 32 3x3 s2" and boxes["stage2.0.proj"]["label"] == "conv2d 32 1x1 s2"
+    assert (
+        boxes["stage2.0.conv1"]["label"] == "conv2d 32 3x3 s2" and boxes["stage2.0.proj"]["label"] == "conv2d 32 1x1 s2"
+    )
     assert boxes["stage1.0.bn1"]["label"] == "batchnorm" and "eps = 1e-05" in boxes["stage1.0.bn1"]["options"]
     assert boxes["logits>dense"]["label"] == "dense 10" and boxes["logits>dense"]["name"] == "logits"
-    assert boxes["logits>dense"]["parent"] == "logits"      # the statement, which also holds global_avg_pool
-    inner, nodes = tree["stage1.0"]      # conv2d, batchnorm, relu, conv2d, batchnorm, the add, relu
-    assert [boxes[b]["label"] for b in inner] == ["conv2d 16 3x3 s1", "batchnorm", "relu",
-                                                   "conv2d 16 3x3 s1", "batchnorm", "relu"]
+    assert boxes["logits>dense"]["parent"] == "logits"  # the statement, which also holds global_avg_pool
+    inner, nodes = tree["stage1.0"]  # conv2d, batchnorm, relu, conv2d, batchnorm, the add, relu
+    assert [boxes[b]["label"] for b in inner] == [
+        "conv2d 16 3x3 s1",
+        "batchnorm",
+        "relu",
+        "conv2d 16 3x3 s1",
+        "batchnorm",
+        "relu",
+    ]
     assert [model.graph.op(n) for n in nodes] == ["add"]
     relus = [b for b in tree if boxes[b]["def"] == "relu"]
-    assert len(relus) == 13        # the stem's and two in each of six blocks: each one box of primitives
+    assert len(relus) == 13  # the stem's and two in each of six blocks: each one box of primitives
     for b in relus:
         assert not tree[b][0] and {model.graph.op(n) for n in tree[b][1]} >= {"gt", "select"}
     convolutions = model.graph.nodes_with("conv2d")
@@ -108,10 +118,14 @@ model m {
 }
 """).build(None)
     box_of, boxes = forward_boxes(model)
-    assert boxes["h"]["label"] == "block 8 relu" and boxes["h"]["def"] == "block"      # the statement is the call
-    assert boxes["h"]["options"] == ["units = 8", 'mode = "fast"', "sizes = (1, 2, 3, 4, 5, 6, 7, 8, ... 9 items)",
-                                     "act = relu"]
-    assert "h>dense" not in boxes       # block's body is one dense call over the same nodes: one box
+    assert boxes["h"]["label"] == "block 8 relu" and boxes["h"]["def"] == "block"  # the statement is the call
+    assert boxes["h"]["options"] == [
+        "units = 8",
+        'mode = "fast"',
+        "sizes = (1, 2, 3, 4, 5, 6, 7, 8, ... 9 items)",
+        "act = relu",
+    ]
+    assert "h>dense" not in boxes  # block's body is one dense call over the same nodes: one box
     assert boxes["h>relu"]["parent"] == "h" and boxes["out"]["label"] == "dense 2"
     assert {model.graph.op(n) for n, b in box_of.items() if b == "h"} == {"param", "matmul", "add", "broadcast"}
 
@@ -126,8 +140,10 @@ def test_the_page_draws_the_fusion_pass_boundaries(lenet_page):
 
 def test_the_page_says_when_the_native_backend_cannot_compile(tmp_path):
     ortho = tmp_path / "ortho.dl"
-    ortho.write_text("model m {\n    input x: f32[B, 4]\n    target y: f32[B, 4]\n"
-                     "    out = dense(x @ random_orthogonal(4, 4), 4)\n    loss mean((out - y) * (out - y))\n}\n")
+    ortho.write_text(
+        "model m {\n    input x: f32[B, 4]\n    target y: f32[B, 4]\n"
+        "    out = dense(x @ random_orthogonal(4, 4), 4)\n    loss mean((out - y) * (out - y))\n}\n"
+    )
     assert main(["graph", str(ortho), "--format", "html", "--grad", "-o", str(tmp_path / "o.html")]) == 0
     data = page_data((tmp_path / "o.html").read_text())
     assert data["first"] == "train_step" and "kernels" not in data["native"]
@@ -153,7 +169,7 @@ def test_the_page_in_a_browser(lenet_page):
     with browser() as page:
         open_page(page, lenet_page)
         text = lambda selector: page.inner_text(selector)
-        assert page.locator(f'[data-node="{conv}"]').count() == 0         # layers start closed
+        assert page.locator(f'[data-node="{conv}"]').count() == 0  # layers start closed
         page.click('[data-layer="c1"] .box')
         page.click(f'[data-node="{conv}"]')
         assert text("#detail-title") == f"%{conv} conv2d"
@@ -165,7 +181,7 @@ def test_the_page_in_a_browser(lenet_page):
         kernel = text("#detail-kernel")
         assert "Conv" in kernel and "direct conv" in kernel and "define internal void @kernel" in kernel
 
-        page.fill("#search", "f5.W")        # search opens the layer of the match and selects it
+        page.fill("#search", "f5.W")  # search opens the layer of the match and selects it
         page.press("#search", "Enter")
         assert text("#detail-title") == f"%{f5_w} param f5.W" and text("#matches") == "1 of 1"
         assert "selected" in page.get_attribute(f'[data-node="{f5_w}"]', "class")
@@ -192,14 +208,17 @@ def resnet_page() -> Path:
 
 def inside(page, outer: str) -> list:
     """The texts of the boxes and nodes drawn inside the box `outer` (a selector)."""
-    return page.evaluate("""(outer) => {
+    return page.evaluate(
+        """(outer) => {
       const o = document.querySelector(outer).getBBox();
       return [...document.querySelectorAll("g.node rect, g.layer rect.box")].filter((r) => {
         const b = r.getBBox();
         return r !== document.querySelector(outer) && b.x >= o.x && b.y >= o.y &&
                b.x + b.width <= o.x + o.width && b.y + b.height <= o.y + o.height;
       }).map((r) => r.parentElement.querySelector("text").textContent);
-    }""", outer)
+    }""",
+        outer,
+    )
 
 
 def overflowing(page) -> list:
@@ -224,10 +243,10 @@ def test_the_layer_view_of_a_resnet_in_a_browser(resnet_page):
         open_page(page, resnet_page)
         page.click('[data-layer="stage1"] .box')
         page.click('[data-layer="stage1.0"] .box')
-        block = inside(page, '[data-layer="stage1.0"] rect.box')      # Netron shows about 7 boxes
+        block = inside(page, '[data-layer="stage1.0"] rect.box')  # Netron shows about 7 boxes
         assert len(block) <= 10 and block.count("▸ relu") == 2 and block.count("▸ batchnorm") == 2
         assert block.count("▸ conv2d 16 3x3 s1") == 2
-        assert page.inner_text("#detail-title") == "residual_block 16 s1"     # the box's details
+        assert page.inner_text("#detail-title") == "residual_block 16 s1"  # the box's details
         assert overflowing(page) == []
 
         for query, count in (("relu", 13), ("batchnorm", 15)):
@@ -236,25 +255,27 @@ def test_the_layer_view_of_a_resnet_in_a_browser(resnet_page):
         page.press("#search", "Enter")
         assert page.inner_text("#detail-title") == "batchnorm" and page.inner_text("#matches") == "1 of 15"
         assert "match" in page.get_attribute('[data-layer="stem.1"]', "class")
-        page.fill("#search", "conv2d")        # the conv2d calls and the convolution nodes they made
+        page.fill("#search", "conv2d")  # the conv2d calls and the convolution nodes they made
         assert page.inner_text("#matches") == "30 matches"
 
-        page.fill("#search", f"%{reduction}")      # a node at a kernel boundary: the fusion pass's reason
+        page.fill("#search", f"%{reduction}")  # a node at a kernel boundary: the fusion pass's reason
         page.press("#search", "Enter")
         assert all(why in page.inner_text("#detail-boundaries") for why in whys)
         assert "the result of a reduction" in page.locator("#scene .why text").all_text_contents()
         fused = {n for k in data["native"]["kernels"] if reduction in k["nodes"] for n in k["nodes"]} - {reduction}
-        assert fused and {int(n) for n in page.eval_on_selector_all(
-            "g.node.kin", "gs => gs.map(g => g.dataset.node)")} == fused      # its kernel's other nodes, outlined
+        assert (
+            fused
+            and {int(n) for n in page.eval_on_selector_all("g.node.kin", "gs => gs.map(g => g.dataset.node)")} == fused
+        )  # its kernel's other nodes, outlined
 
-        page.click('[data-view="train_step"]')      # the details follow the view
+        page.click('[data-view="train_step"]')  # the details follow the view
         assert "The train step: 2,000 nodes" in page.inner_text("#details")
         page.click('[data-view="forward"]')
         assert page.inner_text("#detail-title") == f"%{reduction} reduce_sum"
 
         page.click('[data-view="train_step"]')
-        page.click("#expand")       # every box open: the top of the graph at a zoom that can be read
-        assert page.locator("g.layer.open").count() == len(data["views"][1]["layers"]) - 1      # but the whole graph
+        page.click("#expand")  # every box open: the top of the graph at a zoom that can be read
+        assert page.locator("g.layer.open").count() == len(data["views"][1]["layers"]) - 1  # but the whole graph
         assert page.inner_text("#zoom").startswith("the top of the graph at 80%")
         assert overflowing(page) == []
         assert page.errors == []
@@ -263,10 +284,11 @@ def test_the_layer_view_of_a_resnet_in_a_browser(resnet_page):
 def test_a_box_shows_the_shapes_of_the_values_leaving_it(resnet_page):
     data = page_data(resnet_page.read_text())
     forward, step = data["views"]
-    types = lambda view, box: [next(n["types"] for n in view["nodes"] if n["id"] == i)
-                               for i in view["layers"][box]["outputs"]]
+    types = lambda view, box: [
+        next(n["types"] for n in view["nodes"] if n["id"] == i) for i in view["layers"][box]["outputs"]
+    ]
     assert types(forward, "stage1") == ["f32[B, 16, 32, 32]"] and types(forward, "stage2") == ["f32[B, 32, 16, 16]"]
-    assert types(forward, "stage1.0.bn1") == ["f32[B, 16, 32, 32]"]     # not its running statistics' updates
+    assert types(forward, "stage1.0.bn1") == ["f32[B, 16, 32, 32]"]  # not its running statistics' updates
     assert types(forward, "loss") == ["f32[]"] and types(forward, "logits") == ["f32[B, 10]"]
     # in the train step the activations the gradients read again do not leave a forward box;
     # the gradient of a conv2d leaves its box towards the box before it and as grad:W
@@ -287,13 +309,16 @@ def test_the_seed_of_the_gradients_is_a_constant_in_the_gradients_box(resnet_pag
     seed = new[0]
     assert seed["op"] == "constant" and seed["layer"] == "∇" and seed["value"] == "1" and "∂loss/∂loss" in seed["note"]
     zeros = [n for n in forward["nodes"] if n["op"] == "constant" and n["layer"] == "stage1.0>relu"]
-    assert zeros and all(n["value"] == "0" and "note" not in n for n in zeros)     # the 0 a relu compares with and selects
+    assert zeros and all(n["value"] == "0" and "note" not in n for n in zeros)  # the 0 a relu compares with and selects
 
 
 def rect_inside(inner: dict, outer: dict, slack: float = 0.5) -> bool:
-    return (inner["x"] >= outer["x"] - slack and inner["y"] >= outer["y"] - slack and
-            inner["x"] + inner["width"] <= outer["x"] + outer["width"] + slack and
-            inner["y"] + inner["height"] <= outer["y"] + outer["height"] + slack)
+    return (
+        inner["x"] >= outer["x"] - slack
+        and inner["y"] >= outer["y"] - slack
+        and inner["x"] + inner["width"] <= outer["x"] + outer["width"] + slack
+        and inner["y"] + inner["height"] <= outer["y"] + outer["height"] + slack
+    )
 
 
 def filled(page) -> float:
@@ -301,11 +326,13 @@ def filled(page) -> float:
     must lie inside it. The page fits the drawing again whenever the drawing area changes
     size, also while the page is still laid out on a loaded machine: up to 5 s for that."""
     try:
-        page.wait_for_function("""() => { const s = document.getElementById("scene").getBoundingClientRect(),
+        page.wait_for_function(
+            """() => { const s = document.getElementById("scene").getBoundingClientRect(),
                                                 c = document.getElementById("canvas").getBoundingClientRect();
                                           return s.bottom <= c.bottom + 0.5 && s.right <= c.right + 0.5; }""",
-                               timeout=5000)
-    except sys.modules["playwright.sync_api"].TimeoutError:   # measured below: the assertion says what it found
+            timeout=5000,
+        )
+    except sys.modules["playwright.sync_api"].TimeoutError:  # measured below: the assertion says what it found
         pass
     scene, canvas = page.evaluate("""() => [document.getElementById("scene").getBoundingClientRect().toJSON(),
                                             document.getElementById("canvas").getBoundingClientRect().toJSON()]""")
@@ -331,8 +358,8 @@ def test_the_page_as_first_opened(resnet_page, width, height):
         assert len(keys) == 4
         for i, key in enumerate(keys):
             assert all(rect_inside(part, key["item"]) for part in key["parts"])
-            for other in keys[i + 1:]:
-                assert key["item"]["y"] + key["item"]["height"] <= other["item"]["y"]     # one below the other
+            for other in keys[i + 1 :]:
+                assert key["item"]["y"] + key["item"]["height"] <= other["item"]["y"]  # one below the other
 
         fits = page.evaluate("""() => {
           const input = document.getElementById("search"), style = getComputedStyle(input);
@@ -348,34 +375,35 @@ def test_the_page_as_first_opened(resnet_page, width, height):
         notes = page.locator("g.layer:not(.open) text.count").all_text_contents()
         assert len(notes) == 8 and all(re.search(r"\b[fi]32\[[^\]]*\]", t) for t in notes), notes
 
-        params = page.eval_on_selector_all('path.edge[data-edge$=">lloss"]',
-                                           "ps => ps.map(p => [p.dataset.edge, p.classList.contains('params')])")
+        params = page.eval_on_selector_all(
+            'path.edge[data-edge$=">lloss"]', "ps => ps.map(p => [p.dataset.edge, p.classList.contains('params')])"
+        )
         from_stages = [bundled for edge, bundled in params if re.match(r"l(stem|stage\d)>", edge)]
-        assert len(from_stages) == 4 and all(from_stages)      # l2(params) reads the parameters of all four
+        assert len(from_stages) == 4 and all(from_stages)  # l2(params) reads the parameters of all four
         assert not any(bundled for edge, bundled in params if edge.startswith(("n1>", "llogits>")))
         assert page.locator('g.bundle[data-into="lloss"] text').all_text_contents() == ["l2(params)"]
         assert overflowing(page) == []
 
         scale = lambda: float(re.search(r"scale\(([\d.]+)\)", page.get_attribute("#scene", "transform")).group(1))
-        assert scale() > 1        # a few boxes: drawn larger than 100 %
-        page.click('[data-layer="stage2"] .box')       # opened at 100 %; its line in the source, wrapped rather than cut
+        assert scale() > 1  # a few boxes: drawn larger than 100 %
+        page.click('[data-layer="stage2"] .box')  # opened at 100 %; its line in the source, wrapped rather than cut
         assert scale() == 1
         assert page.locator("pre.source div.hit").count() == 1
         assert page.eval_on_selector("pre.source", "p => p.scrollWidth <= p.clientWidth")
 
         page.click('[data-view="train_step"]')
         assert filled(page) > 0.85
-        assert page.locator(f'[data-node="{seed}"]').count() == 0      # no stray constant at the top
+        assert page.locator(f'[data-node="{seed}"]').count() == 0  # no stray constant at the top
         page.click('[data-layer="∇"] .box')
         label = page.locator(f'[data-node="{seed}"] text').all_text_contents()
         assert label == [f"%{seed} constant 1", "f32[] · the seed of the gradients: ∂loss/∂loss = 1"]
         page.click("#collapse")
         assert filled(page) > 0.85
 
-        page.set_viewport_size({"width": width - 200, "height": height - 150})     # the window resized: fitted again
+        page.set_viewport_size({"width": width - 200, "height": height - 150})  # the window resized: fitted again
         page.wait_for_function("() => true")
         assert filled(page) > 0.85
-        page.mouse.move(200, 300)        # unless the reader moved the drawing
+        page.mouse.move(200, 300)  # unless the reader moved the drawing
         page.mouse.wheel(0, -600)
         before = page.get_attribute("#scene", "transform")
         page.set_viewport_size({"width": width, "height": height})

@@ -2,6 +2,7 @@
 shell as a kernel would (no Jupyter needed), in a fresh folder, with matplotlib's inline
 backend as in a notebook: what each cell displays is kept, so a plot that a cell draws must
 come out as an image (training writes history.png without touching that backend)."""
+
 import json
 from pathlib import Path
 
@@ -17,11 +18,12 @@ def run_cells(path: Path) -> tuple[dict, list]:
     pytest.importorskip("matplotlib_inline", reason="the inline backend comes with IPython")
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.utils.capture import capture_output
+
     notebook = json.loads(path.read_text(encoding="utf-8"))
     assert notebook["nbformat"] == 4
 
     class Shell(InteractiveShell):
-        def enable_gui(self, gui=None):     # a kernel's inline backend runs no GUI event loop
+        def enable_gui(self, gui=None):  # a kernel's inline backend runs no GUI event loop
             pass
 
     shell = Shell.instance()
@@ -48,8 +50,8 @@ def test_the_arrays_notebook_trains_stops_evaluates_plots_and_exports(tmp_path, 
     monkeypatch.delenv("MPLBACKEND", raising=False)
     ns, displayed = run_cells(NOTEBOOKS[0])
     result = ns["result"]
-    assert result.stopped == "stopped" and len(result.history) < 30       # its callback stopped it
-    assert (tmp_path / "runs" / "rings" / "history.png").stat().st_size > 0     # written beside the run
+    assert result.stopped == "stopped" and len(result.history) < 30  # its callback stopped it
+    assert (tmp_path / "runs" / "rings" / "history.png").stat().st_size > 0  # written beside the run
     assert result.history["val_accuracy"][-1] >= 0.97
     assert ns["scores"]["accuracy"] > 0.9
     assert ns["probs"].shape == (200, 3)
@@ -57,6 +59,7 @@ def test_the_arrays_notebook_trains_stops_evaluates_plots_and_exports(tmp_path, 
         assert float(abs(ns["onnx_probs"] - ns["probs"]).max()) < 1e-5
     # the notebook's own plot, drawn after training, is shown by the inline backend
     import matplotlib
+
     assert "inline" in matplotlib.get_backend()
     code = [c for c in json.loads(NOTEBOOKS[0].read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
     (plot,) = [i for i, c in enumerate(code) if "plt.subplots" in "".join(c["source"])]

@@ -1,5 +1,6 @@
 """`dlc summary`: one table of the layers, nested as the program's calls are, with their types,
 output shapes, parameters and FLOPs, and the totals."""
+
 import re
 from pathlib import Path
 
@@ -24,7 +25,7 @@ def rows(text: str) -> dict:
     lines = text.splitlines()
     rules = [i for i, line in enumerate(lines) if set(line) == {"-"}]
     out = {}
-    for line in lines[rules[1] + 1:rules[2]]:
+    for line in lines[rules[1] + 1 : rules[2]]:
         name = line.split()[0]
         out[name] = (len(line) - len(line.lstrip()), re.split(r"\s{2,}", line.strip())[1:])
     return out
@@ -68,16 +69,17 @@ def test_flops_are_counted_at_the_train_blocks_batch_or_the_one_given(capsys):
     model = load(EXAMPLES / "lenet5.dl").build(None, training=True)
     polynomial = model.graph.flops()
     assert isinstance(polynomial, Dim) and polynomial.symbols() == {"B"}
-    text = summary_of(capsys, EXAMPLES / "lenet5.dl")                   # train lenet5 { batch = 64 }
+    text = summary_of(capsys, EXAMPLES / "lenet5.dl")  # train lenet5 { batch = 64 }
     assert f"Forward FLOPs:            {subs(polynomial, {'B': 64}):,} at B = 64" in text
     text = summary_of(capsys, EXAMPLES / "lenet5.dl", "--batch", "8")
     assert f"{subs(polynomial, {'B': 8}):,} at B = 8" in text
     # per layer, at that batch: the layers' FLOPs add up to the model's
     table = rows(text)
-    assert sum(count(cols[-1]) for indent, cols in table.values() if indent == 0 and len(cols) == 4) \
-        == subs(polynomial, {"B": 8})
+    assert sum(count(cols[-1]) for indent, cols in table.values() if indent == 0 and len(cols) == 4) == subs(
+        polynomial, {"B": 8}
+    )
     assert table["c1"][1][:3] == ["conv2d", "f32[B, 6, 28, 28]", "156"]
-    macs = 8 * 6 * 28 * 28 * 25             # a multiply and an add each; then the bias and the relu
+    macs = 8 * 6 * 28 * 28 * 25  # a multiply and an add each; then the bias and the relu
     assert 2 * macs < count(table["c1"][1][3]) < 2.2 * macs
 
 
@@ -109,6 +111,7 @@ model m {
 }
 """)
     from dlc.compiler.frontend.summary import summary
+
     table = rows(summary(program.build(None, training=False)))
     assert table["h"][1][:3] == ["block", "f32[B, 8]", f"{4 * 8 + 8 + 8 * 8 + 8:,}"]
     assert table["h.0"][1][:3] == ["dense", "f32[B, 8]", "40"] and table["h.0"][0] == 2
@@ -119,8 +122,11 @@ def sample_feeds(model, sizes: dict, rng) -> dict:
     feeds = {}
     for i in model.inputs:
         shape = tuple(subs(d, sizes) for d in i.type.shape)
-        feeds[i.name] = rng.integers(0, 2, shape).astype(np.int32) if i.type.dtype == "i32" \
+        feeds[i.name] = (
+            rng.integers(0, 2, shape).astype(np.int32)
+            if i.type.dtype == "i32"
             else rng.standard_normal(shape).astype(np.float32)
+        )
     return feeds
 
 
@@ -130,19 +136,23 @@ def with_remat(example: str, k: int):
     return load_text(re.sub(r"(\ntrain \w+ \{\n)", rf"\1    remat = {k}\n", text), f"{example}.dl")
 
 
-@pytest.mark.parametrize("example, run_sizes, remat", [
-    ("mnist_mlp", {"B": 96}, None),
-    ("resnet", {"B": 12}, None),
-    ("char_lstm", {"B": 24, "T": 48}, None),
-    ("char_lstm", {"B": 24, "T": 45}, 8),       # checkpointed, T not a multiple of k
-    ("char_transformer", {"B": 12, "T": 40}, None),
-])
+@pytest.mark.parametrize(
+    "example, run_sizes, remat",
+    [
+        ("mnist_mlp", {"B": 96}, None),
+        ("resnet", {"B": 12}, None),
+        ("char_lstm", {"B": 24, "T": 48}, None),
+        ("char_lstm", {"B": 24, "T": 45}, 8),  # checkpointed, T not a multiple of k
+        ("char_transformer", {"B": 12, "T": 40}, None),
+    ],
+)
 def test_the_peak_memory_is_within_10_percent_of_a_real_native_run(example, run_sizes, remat):
     """The polynomial, its peak located with every dim 32, evaluated at other sizes, against what the native engine allocates to train at those sizes."""
     from dlc.runtime.engines import budget
     from dlc.runtime.engines.native import NativeEngine
     from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.compiler.frontend.settings import Call
+
     program = load(EXAMPLES / f"{example}.dl") if remat is None else with_remat(example, remat)
     train, evaluation = program.build(None, training=True), program.build(None, training=False)
     trainable = [p.name for p in train.params if p.trainable]
@@ -152,8 +162,14 @@ def test_the_peak_memory_is_within_10_percent_of_a_real_native_run(example, run_
 
     engine = NativeEngine(train, evaluation, optimizer, trainable)
     params = {p.name: np.zeros(p.type.shape, np.float32) for p in train.params}
-    engine.train_step(params, optimizer.init(params), sample_feeds(train, run_sizes, np.random.default_rng(0)),
-                      1e-3, 1, np.array([0, 1], np.int32))
+    engine.train_step(
+        params,
+        optimizer.init(params),
+        sample_feeds(train, run_sizes, np.random.default_rng(0)),
+        1e-3,
+        1,
+        np.array([0, 1], np.int32),
+    )
     measured = engine.train_memory()
     for name in ("parameters", "gradients", "optimizer state"):
         assert predicted[name] == measured[name]
@@ -164,20 +180,25 @@ def test_the_peak_memory_is_within_10_percent_of_a_real_native_run(example, run_
 
 def test_summary_memory_gives_the_peak_by_layer_and_in_total(capsys):
     from dlc.runtime.engines import budget
+
     text = summary_of(capsys, EXAMPLES / "char_transformer.dl", "--memory", "--depth", "1", "--dim", "T=128")
     model = load(EXAMPLES / "char_transformer.dl").build(None, training=True)
-    parts = budget.training_memory(model, [p.name for p in model.params], 2, {"B": 32, "T": 128})   # adamw, batch 32
+    parts = budget.training_memory(model, [p.name for p in model.params], 2, {"B": 32, "T": 128})  # adamw, batch 32
     whole = sum(sum((p[name] for p in parts.values()), 0) for name in budget.PARTS)
-    assert whole.symbols() == {"B", "T"} and ("B", "T", "T") in whole.terms      # attention keeps B·T·T
-    assert f"Peak:             {count_text(whole)} bytes: {size_text(subs(whole, {'B': 32, 'T': 128}))} " \
-           f"at B = 32, T = 128" in text
+    assert whole.symbols() == {"B", "T"} and ("B", "T", "T") in whole.terms  # attention keeps B·T·T
+    assert (
+        f"Peak:             {count_text(whole)} bytes: {size_text(subs(whole, {'B': 32, 'T': 128}))} "
+        f"at B = 32, T = 128" in text
+    )
     assert "Optimizer state:  6.4 MiB (adamw: 2 values per trained parameter)" in text
     table = rows(text)
     assert list(table)[:3] == ["chars", "x0", "h"] and "h.0" not in table
     # the rows (and what lies in no layer) add up to the total
     shown = [cols[-1] for indent, cols in table.values()]
-    assert abs(sum(float(v.split()[0]) * {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20}[v.split()[1]] for v in shown)
-               - subs(whole, {"B": 32, "T": 128})) < 0.002 * subs(whole, {"B": 32, "T": 128})
+    assert abs(
+        sum(float(v.split()[0]) * {"bytes": 1, "KiB": 1 << 10, "MiB": 1 << 20}[v.split()[1]] for v in shown)
+        - subs(whole, {"B": 32, "T": 128})
+    ) < 0.002 * subs(whole, {"B": 32, "T": 128})
 
 
 def test_summary_memory_needs_a_model_that_trains(tmp_path, capsys):
@@ -210,19 +231,29 @@ def test_summary_memory_gives_each_ranks_share_of_the_optimizer_state(tmp_path, 
     from dlc.compiler.frontend.settings import Call
     from dlc.runtime.engines.native import NativeEngine
     from dlc.runtime.optim.optimizers import make_optimizer
+
     path = tmp_path / "mlp.dl"
     path.write_text(SHARDED)
     model = load(str(path))
     train, ev = model.build(training=True), model.build(training=False)
-    engine = NativeEngine(train, ev, make_optimizer(Call("adam", [], {"lr": 1e-3})),
-                          [p.name for p in train.params], split=True, shard=(0, 3))
+    engine = NativeEngine(
+        train,
+        ev,
+        make_optimizer(Call("adam", [], {"lr": 1e-3})),
+        [p.name for p in train.params],
+        split=True,
+        shard=(0, 3),
+    )
     held = sum(a.nbytes for a in engine.state.values())
-    assert 0 < held < engine.n_trained * 8 / 2        # a third of Adam's 2 values a parameter, and a little
+    assert 0 < held < engine.n_trained * 8 / 2  # a third of Adam's 2 values a parameter, and a little
     text = summary_of(capsys, path, "--memory", "--ranks", "3")
-    assert f"Per rank:         {size_text(held)} of optimizer state on each of 3 (shard_optimizer = true: at most " \
-           f"{held // 8:,} of the {engine.n_trained:,}" in text
+    assert (
+        f"Per rank:         {size_text(held)} of optimizer state on each of 3 (shard_optimizer = true: at most "
+        f"{held // 8:,} of the {engine.n_trained:,}" in text
+    )
     path.write_text(SHARDED.replace("    shard_optimizer = true\n", ""))
-    assert "the whole optimizer state on each of 3 (shard_optimizer = false)" in \
-        summary_of(capsys, path, "--memory", "--ranks", "3")
+    assert "the whole optimizer state on each of 3 (shard_optimizer = false)" in summary_of(
+        capsys, path, "--memory", "--ranks", "3"
+    )
     assert main(["summary", str(path), "--ranks", "3"]) == 1
     assert "--ranks counts the optimizer state of each rank: use it with --memory" in capsys.readouterr().err

@@ -12,7 +12,7 @@ from dlc.runtime.cli import main
 from dlc.runtime.interop import checkpoint
 from dlc.runtime.training.gradcheck import init_params
 
-from helpers.programs import ENC_DEC   # a small encoder-decoder, shared
+from helpers.programs import ENC_DEC  # a small encoder-decoder, shared
 
 # The 8x8 digits are [1, 8, 8] examples (NCHW); this model declares them channels-last.
 CHANNELS_LAST = """
@@ -74,7 +74,7 @@ def assert_channels_last_refused(message: str):
     assert "the data for x has examples of shape [1, 8, 8]" in message, message
     assert "f32[B, 8, 8, 1]" in message and "[8, 8, 1]" in message, message
     assert "NCHW" in message and "conv2d reads [C, H, W] per example" in message, message
-    assert "x: f32[B, 1, 8, 8]" in message, message      # the declaration that fits the data
+    assert "x: f32[B, 1, 8, 8]" in message, message  # the declaration that fits the data
 
 
 # ---- shapes ----------------------------------------------------------------------------------------------
@@ -100,20 +100,35 @@ def test_channels_last_digits_are_refused_in_evaluate_and_predict(tmp_path, caps
     weights, data = tmp_path / "w.npz", tmp_path / "in.npz"
     checkpoint.save(weights, model.params, {}, {})
     np.savez(data, x=images)
-    assert main(["predict", str(tmp_path / "m.dl"), "--weights", str(weights), "--input", str(data),
-                 "--backend", "reference", "--output", str(tmp_path / "p.npz")]) == 1
+    assert (
+        main(
+            [
+                "predict",
+                str(tmp_path / "m.dl"),
+                "--weights",
+                str(weights),
+                "--input",
+                str(data),
+                "--backend",
+                "reference",
+                "--output",
+                str(tmp_path / "p.npz"),
+            ]
+        )
+        == 1
+    )
     assert_channels_last_refused(capsys.readouterr().err)
     assert not (tmp_path / "p.npz").exists()
 
 
 def test_a_flat_vector_and_a_shape_of_its_size_bind_either_way(tmp_path):
-    flat = random_model(tmp_path, FLAT)                   # digits() gives [1, 8, 8] examples
+    flat = random_model(tmp_path, FLAT)  # digits() gives [1, 8, 8] examples
     assert set(flat.evaluate("digits()", log=lambda m: None)) == {"loss"}
     images = np.random.default_rng(0).random((4, 1, 8, 8)).astype(np.float32)
     by_image = flat.predict({"x": images})["probs"]
     np.testing.assert_allclose(flat.predict({"x": images.reshape(4, 64)})["probs"], by_image)
 
-    shaped = random_model(tmp_path, CHANNELS_LAST)       # 64 values fill [8, 8, 1]
+    shaped = random_model(tmp_path, CHANNELS_LAST)  # 64 values fill [8, 8, 1]
     assert shaped.predict(images.reshape(4, 64))["probs"].shape == (4, 10)
 
 
@@ -143,22 +158,25 @@ def test_labels_may_hold_the_ignore_index_of_the_loss_and_nothing_else(tmp_path)
     plain = random_model(tmp_path, IGNORED_TAGS % "")
     with pytest.raises(DlcError, match="tags has values from -1 to 3, but the model takes 0 to 3 there"):
         plain.evaluate({"words": words, "tags": tags})
-    with pytest.raises(DlcError, match="tags has values from -2 to 3"):         # -2 is no ignore index
+    with pytest.raises(DlcError, match="tags has values from -2 to 3"):  # -2 is no ignore index
         ignoring.evaluate({"words": words, "tags": np.where(tags < 0, -2, tags)})
 
 
 # ---- names -----------------------------------------------------------------------------------------------
 def enc_dec_arrays(n=4):
     rng = np.random.default_rng(0)
-    return (rng.integers(0, 4, (n, 10)).astype(np.int32), rng.integers(0, 4, (n, 7)).astype(np.int32),
-            rng.integers(0, 4, (n, 7)).astype(np.int32))
+    return (
+        rng.integers(0, 4, (n, 10)).astype(np.int32),
+        rng.integers(0, 4, (n, 7)).astype(np.int32),
+        rng.integers(0, 4, (n, 7)).astype(np.int32),
+    )
 
 
 def test_predict_refuses_an_unknown_input_name(tmp_path):
     model = random_model(tmp_path, ENC_DEC)
     src, dec_in, _ = enc_dec_arrays()
-    assert model.predict({"dec_in": dec_in, "src": src})["probs"].shape == (4, 7, 4)     # any order of names
-    with pytest.raises(DlcError, match="no input named 'source'") as e:      # once bound in order: (4, 10, 4)
+    assert model.predict({"dec_in": dec_in, "src": src})["probs"].shape == (4, 7, 4)  # any order of names
+    with pytest.raises(DlcError, match="no input named 'source'") as e:  # once bound in order: (4, 10, 4)
         model.predict({"dec_in": dec_in, "source": src})
     assert "src, dec_in, dec_out" in str(e.value)
     with pytest.raises(DlcError, match="no input named 'srcc'; did you mean 'src'"):
@@ -183,7 +201,7 @@ def test_unnamed_columns_bind_in_order_and_say_so(tmp_path, capsys):
     model = random_model(tmp_path, ENC_DEC)
     src, dec_in, dec_out = enc_dec_arrays()
     unnamed = tmp_path / "unnamed.npz"
-    np.savez(unnamed, src, dec_in)                         # arr_0, arr_1
+    np.savez(unnamed, src, dec_in)  # arr_0, arr_1
     expected = model.predict({"src": src, "dec_in": dec_in})["probs"]
     capsys.readouterr()
     np.testing.assert_array_equal(model.predict(str(unnamed))["probs"], expected)
@@ -197,7 +215,6 @@ def test_training_on_unnamed_columns_says_so_once(tmp_path, capsys):
     np.savez(tmp_path / "unnamed.npz", x, (x[:, 0] > x[:, 1]).astype(np.int32))
     path = tmp_path / "small.dl"
     path.write_text(SMALL_NPZ)
-    DlcModel(str(path), backend="reference").train(out=str(tmp_path / "run"), log=lambda m: None,
-                                                   progress="none")
+    DlcModel(str(path), backend="reference").train(out=str(tmp_path / "run"), log=lambda m: None, progress="none")
     err = capsys.readouterr().err
     assert err.count("note: the data's columns bind to the inputs in order: arr_0 -> x, arr_1 -> y") == 1, err

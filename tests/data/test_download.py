@@ -2,6 +2,7 @@
 data sources that read what they fetch (mnist(), cifar10(), ...): small fake data sets in
 the official formats (gzipped IDX files, a tar.gz of CIFAR's pickled batches) stand for the
 real ones, with their checksums computed here."""
+
 from __future__ import annotations
 
 import contextlib
@@ -53,7 +54,7 @@ class Server:
                     self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
                 self.send_header("Content-Length", str(len(body) - start))
                 self.end_headers()
-                self.wfile.write(body[start:server.cut.pop(self.path, None)])
+                self.wfile.write(body[start : server.cut.pop(self.path, None)])
 
             def log_message(self, *args):
                 pass
@@ -105,8 +106,10 @@ def idx_gz(a: np.ndarray) -> bytes:
 def fake_mnist(train: int = 64, test: int = 16, seed: int = 0) -> tuple[dict, dict]:
     """(files, arrays): MNIST's four gzipped IDX files of random images and labels."""
     rng = np.random.default_rng(seed)
-    arrays = {split: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8))
-              for split, n in (("train", train), ("test", test))}
+    arrays = {
+        split: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8))
+        for split, n in (("train", train), ("test", test))
+    }
     files = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         files[f"{prefix}-images-idx3-ubyte.gz"] = idx_gz(arrays[split][0])
@@ -134,8 +137,10 @@ def fake_cifar(name: str, per_batch: int = 6, seed: int = 0) -> tuple[dict, dict
     rng = np.random.default_rng(seed)
     hundred = name == "cifar100"
     folder = "cifar-100-python" if hundred else "cifar-10-batches-py"
-    batches = {"train": ["train"] if hundred else [f"data_batch_{i}" for i in range(1, 6)],
-               "test": ["test"] if hundred else ["test_batch"]}
+    batches = {
+        "train": ["train"] if hundred else [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test"] if hundred else ["test_batch"],
+    }
     members, arrays = {}, {}
     for split, names in batches.items():
         xs, ys, coarse = [], [], []
@@ -175,7 +180,7 @@ def test_fetch_converts_mnist_and_the_source_reads_it(cache, server, monkeypatch
     assert code == 0, err
     assert out == f"mnist: {cache / 'mnist'}\n"
     assert f"downloading {server.url}/mnist/train-images-idx3-ubyte.gz" in err and "converted 64 train, 16 test" in err
-    assert leftovers(cache) == ["mnist/test.npz", "mnist/train.npz"]        # the downloads are gone
+    assert leftovers(cache) == ["mnist/test.npz", "mnist/train.npz"]  # the downloads are gone
     for split, (images, labels) in arrays.items():
         ds = D.load(call("mnist", split=split), cache)
         assert ds.names == ["x", "y"] and ds.meta == {"classes": 10}
@@ -190,7 +195,7 @@ def test_fetch_converts_mnist_and_the_source_reads_it(cache, server, monkeypatch
     assert "MNIST" in row and str(cache / "mnist") in row and "MB" in row
     assert next(line for line in out.splitlines() if line.startswith("cifar10 ")).endswith("no")
     asked = len(server.requests)
-    code, out, err = run(capsys, "data", "fetch", "mnist")      # again: nothing to download
+    code, out, err = run(capsys, "data", "fetch", "mnist")  # again: nothing to download
     assert code == 0 and "already fetched" in err and len(server.requests) == asked
 
 
@@ -239,13 +244,14 @@ def test_a_damaged_download_is_deleted(cache, server, monkeypatch, capsys):
     assert "the download of t10k-images-idx3-ubyte.gz" in err and "is damaged" in err
     assert hashlib.sha256(bad["t10k-images-idx3-ubyte.gz"]).hexdigest() in err and "deleted" in err
     kept = leftovers(cache)
-    assert "downloads/mnist/t10k-images-idx3-ubyte.gz.part" not in kept and not any("mnist/" in f and f.endswith(
-        ".npz") for f in kept)                                   # nothing converted
+    assert "downloads/mnist/t10k-images-idx3-ubyte.gz.part" not in kept and not any(
+        "mnist/" in f and f.endswith(".npz") for f in kept
+    )  # nothing converted
     assert not (cache / "mnist").exists() and not (cache / ".mnist.tmp").exists()
     with pytest.raises(DlcError, match="run: dlc data fetch mnist"):
         D.load(call("mnist"), cache)
-    server.files["/mnist/t10k-images-idx3-ubyte.gz"] = files["t10k-images-idx3-ubyte.gz"]     # repaired
-    assert run(capsys, "data", "fetch", "mnist")[0] == 0                # the verified files are not fetched again
+    server.files["/mnist/t10k-images-idx3-ubyte.gz"] = files["t10k-images-idx3-ubyte.gz"]  # repaired
+    assert run(capsys, "data", "fetch", "mnist")[0] == 0  # the verified files are not fetched again
     assert [p for p, _ in server.requests].count("/mnist/train-images-idx3-ubyte.gz") == 1
 
 
@@ -278,7 +284,7 @@ def test_a_stopped_download_resumes(ranges, cache, server, monkeypatch, capsys):
     assert not (cache / "mnist").exists()
     code, out, err = run(capsys, "data", "fetch", "mnist")
     assert code == 0, err
-    assert server.requests[:2] == [(path, None), (path, f"bytes={stop}-")]     # then asked for the rest
+    assert server.requests[:2] == [(path, None), (path, f"bytes={stop}-")]  # then asked for the rest
     assert ("from byte 40000" in err) == ranges
     ds = D.load(call("mnist", scale=1), cache)
     assert np.array_equal(ds.columns["x"][:, 0], arrays["train"][0])
@@ -320,7 +326,7 @@ def test_a_read_only_data_folder(read_only_folder, tmp_path, monkeypatch, server
     assert code == 1 and "Traceback" not in err
     assert f"cannot write to the data folder {read_only_folder}: Permission denied; set DLC_DATA_DIR" in err
     assert server.requests == []
-    monkeypatch.setenv("DLC_DATA_DIR", str(tmp_path / "file" / "data"))      # under a file: cannot be made
+    monkeypatch.setenv("DLC_DATA_DIR", str(tmp_path / "file" / "data"))  # under a file: cannot be made
     (tmp_path / "file").write_text("")
     code, out, err = run(capsys, "data", "fetch", "mnist")
     assert code == 1 and "cannot write to the data folder" in err and "Not a directory" in err
@@ -329,17 +335,18 @@ def test_a_read_only_data_folder(read_only_folder, tmp_path, monkeypatch, server
 def test_an_unknown_name(cache, server, capsys):
     code, out, err = run(capsys, "data", "fetch", "mnsit")
     assert code == 1
-    assert err.strip() == ("error: unknown data set 'mnsit'; did you mean 'mnist'? (dlc fetches mnist, fashion_mnist,"
-                           " cifar10, cifar100)")
-    code, out, err = run(capsys, "data", "fetch", "mnist", "imagenet")     # checked before anything is fetched
+    assert err.strip() == (
+        "error: unknown data set 'mnsit'; did you mean 'mnist'? (dlc fetches mnist, fashion_mnist, cifar10, cifar100)"
+    )
+    code, out, err = run(capsys, "data", "fetch", "mnist", "imagenet")  # checked before anything is fetched
     assert code == 1 and "'imagenet'" in err and server.requests == []
-    with pytest.raises(SystemExit) as info:                                   # no action: a usage error
+    with pytest.raises(SystemExit) as info:  # no action: a usage error
         main(["data"])
     assert info.value.code == 2
 
 
 def test_no_network(tmp_path, monkeypatch, capsys):
-    with socket.socket() as s:          # a port nothing listens on
+    with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("DLC_DATA_DIR", str(tmp_path / "data"))
@@ -357,13 +364,16 @@ def test_http_errors_try_the_next_location(cache, server, monkeypatch, capsys):
     publish(monkeypatch, "mnist", files)
     server.serve("mnist", files)
     monkeypatch.delenv("DLC_DATA_MIRROR")
-    monkeypatch.setitem(fetch.KNOWN, "mnist", dataclasses.replace(
-        fetch.KNOWN["mnist"], locations=(f"{server.url}/gone", f"{server.url}/mnist")))
+    monkeypatch.setitem(
+        fetch.KNOWN,
+        "mnist",
+        dataclasses.replace(fetch.KNOWN["mnist"], locations=(f"{server.url}/gone", f"{server.url}/mnist")),
+    )
     code, out, err = run(capsys, "data", "fetch", "mnist")
     assert code == 0, err
     assert server.requests[0][0] == "/gone/train-images-idx3-ubyte.gz"
     server.files.clear()
-    (cache / "mnist" / "test.npz").unlink()             # an incomplete data set is fetched again
+    (cache / "mnist" / "test.npz").unlink()  # an incomplete data set is fetched again
     code, out, err = run(capsys, "data", "fetch", "mnist")
     assert code == 1 and "/gone/train-images-idx3-ubyte.gz: HTTP 404" in err
 
@@ -375,8 +385,11 @@ def test_a_hostile_pickle_runs_nothing(cache, server, monkeypatch, capsys, tmp_p
         def __reduce__(self):
             return os.system, (f"touch {marker}",)
 
-    files = {"cifar-10-python.tar.gz": tar_gz({f"cifar-10-batches-py/data_batch_{i}": pickle.dumps(Payload())
-                                               for i in range(1, 6)})}
+    files = {
+        "cifar-10-python.tar.gz": tar_gz(
+            {f"cifar-10-batches-py/data_batch_{i}": pickle.dumps(Payload()) for i in range(1, 6)}
+        )
+    }
     publish(monkeypatch, "cifar10", files)
     server.serve("cifar10", files)
     code, out, err = run(capsys, "data", "fetch", "cifar10")
@@ -412,10 +425,19 @@ def test_a_missing_data_set_names_the_command(cache):
         D.load(call("cifar100", labels="medium"), cache)
 
 
-@pytest.mark.parametrize("path, name", [
-    ("data/train-images-idx3-ubyte", "mnist"), ("t10k-labels-idx1-ubyte.gz", "mnist"), ("mnist.npz", "mnist"),
-    ("fashion/train-images-idx3-ubyte", "fashion_mnist"), ("data/cifar10.npz", "cifar10"),
-    ("cifar-10-batches.npz", "cifar10"), ("CIFAR100.npz", "cifar100"), ("points.csv", None)])
+@pytest.mark.parametrize(
+    "path, name",
+    [
+        ("data/train-images-idx3-ubyte", "mnist"),
+        ("t10k-labels-idx1-ubyte.gz", "mnist"),
+        ("mnist.npz", "mnist"),
+        ("fashion/train-images-idx3-ubyte", "fashion_mnist"),
+        ("data/cifar10.npz", "cifar10"),
+        ("cifar-10-batches.npz", "cifar10"),
+        ("CIFAR100.npz", "cifar100"),
+        ("points.csv", None),
+    ],
+)
 def test_file_not_found_hints_at_fetch(path, name, tmp_path):
     with pytest.raises(DlcError) as info:
         D.load(path, tmp_path)
@@ -430,21 +452,28 @@ def test_the_progress_line_fits(width):
     assert len(line) == width
     if width >= 80:
         assert line.startswith("train-images-idx3-ubyte.gz  [########") and "4.2/9.9 MB  2.0 MB/s" in line
-    assert ("eta 0:02" in line) == (width == 200)          # the part that does not fit is left out
+    assert ("eta 0:02" in line) == (width == 200)  # the part that does not fit is left out
     assert fetch.progress_line("x", 0, 100, 0.0, 0, 80).rstrip().endswith("0.0 MB/s")
 
 
 # ---- the examples train on what was fetched ------------------------------------------------------
-@pytest.mark.parametrize("example, name", [
-    ("mnist_mlp", "mnist"), ("vgg_cnn", "cifar10"),
-    # the same fetched files read by deeper models, each a native compile of half a minute
-    pytest.param("lenet5", "mnist", marks=pytest.mark.slow), pytest.param("resnet", "cifar10", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "example, name",
+    [
+        ("mnist_mlp", "mnist"),
+        ("vgg_cnn", "cifar10"),
+        # the same fetched files read by deeper models, each a native compile of half a minute
+        pytest.param("lenet5", "mnist", marks=pytest.mark.slow),
+        pytest.param("resnet", "cifar10", marks=pytest.mark.slow),
+    ],
+)
 def test_examples_train_as_written_after_a_fetch(example, name, cache, server, monkeypatch, capsys, tmp_path):
     files, _ = fake_mnist(train=40, test=10) if name == "mnist" else fake_cifar(name, per_batch=8)
     publish(monkeypatch, name, files)
     server.serve(name, files)
     assert run(capsys, "data", "fetch", name)[0] == 0
-    code, out, err = run(capsys, "train", str(EXAMPLES / f"{example}.dl"), "--epochs", "1", "--out",
-                         str(tmp_path / "run"))
+    code, out, err = run(
+        capsys, "train", str(EXAMPLES / f"{example}.dl"), "--epochs", "1", "--out", str(tmp_path / "run")
+    )
     assert code == 0, err
     assert f"trained {example} for 1 epoch " in out and "test: loss" in out

@@ -2,6 +2,7 @@
 every file format and mode converted to the model's channels, EXIF orientation, hostile files
 (damaged, truncated, not images, gone), the transforms against torchvision's on the same crop
 box, the same batches on any number of threads, prediction on photos, and Pillow missing."""
+
 import io
 import json
 import re
@@ -83,7 +84,7 @@ def test_a_listing_of_files_and_labels(tmp_path, listing):
 
 
 def test_folders_without_photos_are_clear_errors(tmp_path):
-    photo_folder(tmp_path / "photos", per_class=1)       # one photo a class: read as any other
+    photo_folder(tmp_path / "photos", per_class=1)  # one photo a class: read as any other
     assert len(source(tmp_path, "photos", size=8)) == 2
     (tmp_path / "photos" / "bird").mkdir()
     with pytest.raises(DlcError, match=r"class folder .*bird holds no images"):
@@ -115,7 +116,7 @@ def test_every_format_and_mode_reads_as_the_models_channels(tmp_path):
         x = read_one(_saved(tmp_path, f"a.{fmt}", img, **({"lossless": True} if fmt == "webp" else {})))
         assert x.shape == (3, 8, 8) and np.abs(x - reference).max() < (0.1 if fmt == "gif" else 1e-6), fmt
     rgba = rgb.convert("RGBA")
-    rgba.putalpha(40)       # alpha is dropped, as torchvision's ImageFolder does
+    rgba.putalpha(40)  # alpha is dropped, as torchvision's ImageFolder does
     assert np.array_equal(read_one(_saved(tmp_path, "rgba.png", rgba)), reference)
     palette = rgb.convert("P")
     palette.info["transparency"] = 0
@@ -124,8 +125,9 @@ def test_every_format_and_mode_reads_as_the_models_channels(tmp_path):
     assert np.abs(cmyk - reference).mean() < 0.05
     grey = rgb.convert("L")
     as_grey = read_one(_saved(tmp_path, "grey.png", grey))
-    assert np.array_equal(as_grey[0], as_grey[1]) and np.array_equal(read_one(tmp_path / "grey.png", channels=1),
-                                                                       read_one(tmp_path / "ref.png", channels=1))
+    assert np.array_equal(as_grey[0], as_grey[1]) and np.array_equal(
+        read_one(tmp_path / "grey.png", channels=1), read_one(tmp_path / "ref.png", channels=1)
+    )
     sixteen = Image.fromarray((np.asarray(grey, np.uint16) * 257).astype(np.uint16))
     assert sixteen.mode == "I;16"
     assert np.array_equal(read_one(_saved(tmp_path, "deep.png", sixteen), channels=1), as_grey[:1])
@@ -134,18 +136,18 @@ def test_every_format_and_mode_reads_as_the_models_channels(tmp_path):
 def test_a_large_jpeg_is_decoded_at_the_smallest_reduced_size_that_is_enough(tmp_path):
     path = _saved(tmp_path, "big.jpg", shape_photo("circle", np.random.default_rng(5), 400, 300).resize((400, 300)))
     with photos.opened(str(path)) as img:
-        assert photos.loaded(img, (60, 40), "RGB").size == (100, 75)      # 1/4: 1/8 would be 50 x 38
+        assert photos.loaded(img, (60, 40), "RGB").size == (100, 75)  # 1/4: 1/8 would be 50 x 38
     with photos.opened(str(path)) as img:
-        assert photos.loaded(img, (300, 300), "RGB").size == (400, 300)   # whole
+        assert photos.loaded(img, (300, 300), "RGB").size == (400, 300)  # whole
     full = np.asarray(Image.open(path).convert("RGB").resize((8, 8), Image.Resampling.BILINEAR), np.float32) / 255
-    assert np.abs(read_one(path, 8) - full.transpose(2, 0, 1)).mean() < 0.1     # near the full decode's pixels
+    assert np.abs(read_one(path, 8) - full.transpose(2, 0, 1)).mean() < 0.1  # near the full decode's pixels
 
 
 def test_exif_orientation_is_applied(tmp_path):
     upright = Image.new("RGB", (20, 40), (0, 0, 255))
-    upright.paste((255, 0, 0), (0, 0, 20, 20))      # red on top, blue below
+    upright.paste((255, 0, 0), (0, 0, 20, 20))  # red on top, blue below
     exif = Image.Exif()
-    exif[0x0112] = 6        # stored turned: the reader turns it back (ImageOps.exif_transpose)
+    exif[0x0112] = 6  # stored turned: the reader turns it back (ImageOps.exif_transpose)
     path = _saved(tmp_path, "turned.jpg", upright.transpose(Image.Transpose.ROTATE_90), exif=exif, quality=95)
     assert Image.open(path).size == (40, 20)
     x = read_one(path)
@@ -158,7 +160,7 @@ def _hostile(tmp_path):
     (root / "circle" / "text.jpg").write_text("a text file named like a photo")
     good = io.BytesIO()
     shape_photo("square", np.random.default_rng(2), 64, 64).save(good, "JPEG")
-    (root / "square" / "cut.jpg").write_bytes(good.getvalue()[:len(good.getvalue()) // 2])
+    (root / "square" / "cut.jpg").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
     return root
 
 
@@ -175,7 +177,6 @@ def test_damaged_files_are_errors_naming_them_or_skipped_when_asked(tmp_path):
     assert read_rows(kept.columns["x"], slice(0, 6)).shape == (6, 3, 8, 8)
 
 
-
 def test_a_run_that_skips_bad_files_counts_them_in_its_summary(tmp_path, capsys):
     _hostile(tmp_path)
     path = photo_model(tmp_path, 'train photos { data = images("photos/", size = 8, skip_bad = true) epochs = 1 }')
@@ -186,6 +187,7 @@ def test_a_run_that_skips_bad_files_counts_them_in_its_summary(tmp_path, capsys)
 
 def test_a_file_deleted_while_a_run_reads_stops_it_naming_the_file_and_keeps_the_last_checkpoint(tmp_path):
     from dlc import Callback, load as load_model
+
     root = photo_folder(tmp_path / "photos", per_class=4)
     path = photo_model(tmp_path, 'train photos { data = images("photos/", size = 8) batch = 4 epochs = 2 }')
     gone = root / "square" / "2.png"
@@ -202,7 +204,7 @@ def test_a_file_deleted_while_a_run_reads_stops_it_naming_the_file_and_keeps_the
 
 def test_pillow_missing_says_how_to_install_it(tmp_path, monkeypatch):
     photo_folder(tmp_path / "photos", per_class=1)
-    monkeypatch.setitem(sys.modules, "PIL", None)       # `from PIL import Image` raises ImportError
+    monkeypatch.setitem(sys.modules, "PIL", None)  # `from PIL import Image` raises ImportError
     with pytest.raises(DlcError, match=r'Pillow, which is not installed: pip install "dlc\[images\]"'):
         source(tmp_path, "photos", size=8)
 
@@ -210,9 +212,11 @@ def test_pillow_missing_says_how_to_install_it(tmp_path, monkeypatch):
 # ---- transforms --------------------------------------------------------------------------------------------
 def _torchvision():
     from dlc.tools.real_models import without_torchvision_ops
+
     without_torchvision_ops()
     import torchvision.transforms as T
     import torchvision.transforms.functional as F
+
     return T, F
 
 
@@ -231,24 +235,33 @@ def test_a_random_resized_crop_is_torchvisions_on_the_same_box(tmp_path):
     options = augment_options(Call("photos", [], {"flip": False}))
     for example in range(4):
         rng = np.random.default_rng([0, 1, example, photos.AUGMENT_KEY])
-        left, top, right, bottom = random_resized_box(*Image.open(path).size, options["scale"], options["ratio"],
-                                                      np.random.default_rng([0, 1, example, photos.AUGMENT_KEY]))
-        theirs = F.to_tensor(F.resized_crop(Image.open(path), top, left, bottom - top, right - left, [8, 8],
-                                            antialias=True))
+        left, top, right, bottom = random_resized_box(
+            *Image.open(path).size,
+            options["scale"],
+            options["ratio"],
+            np.random.default_rng([0, 1, example, photos.AUGMENT_KEY]),
+        )
+        theirs = F.to_tensor(
+            F.resized_crop(Image.open(path), top, left, bottom - top, right - left, [8, 8], antialias=True)
+        )
         assert np.array_equal(photos.example(str(path), 8, "RGB", options, rng), theirs.numpy())
 
 
 def test_random_resized_crop_falls_back_to_the_centre_after_ten_tries():
     never = np.random.default_rng(0)
-    assert random_resized_box(40, 40, (0.99, 1.0), (4.0, 5.0), never) == (0, 15, 40, 25)   # ratio 4, centred
-    assert random_resized_box(40, 30, (2.0, 3.0), (0.75, 4 / 3), never) == (0, 0, 40, 30)   # the whole image
+    assert random_resized_box(40, 40, (0.99, 1.0), (4.0, 5.0), never) == (0, 15, 40, 25)  # ratio 4, centred
+    assert random_resized_box(40, 30, (2.0, 3.0), (0.75, 4 / 3), never) == (0, 0, 40, 30)  # the whole image
 
 
 def test_photos_arguments_are_checked_where_written():
-    for kwargs, message in (({"scale": [0.5]}, "'scale' must be a range"), ({"scale": [0.9, 0.1]}, "'scale' must"),
-                            ({"crop": "square"}, "'crop' must be one of random_resized, center"),
-                            ({"brightness": -1}, "'brightness' must be at least 0"),
-                            ({"flip": 1}, "'flip' must be true or false"), ({"hue": 0.1}, "no option 'hue'")):
+    for kwargs, message in (
+        ({"scale": [0.5]}, "'scale' must be a range"),
+        ({"scale": [0.9, 0.1]}, "'scale' must"),
+        ({"crop": "square"}, "'crop' must be one of random_resized, center"),
+        ({"brightness": -1}, "'brightness' must be at least 0"),
+        ({"flip": 1}, "'flip' must be true or false"),
+        ({"hue": 0.1}, "no option 'hue'"),
+    ):
         with pytest.raises(DlcError, match=message):
             augment_options(Call("photos", [], kwargs))
 
@@ -262,9 +275,10 @@ def test_at_most_a_few_batches_are_read_ahead(tmp_path):
         for b in range(6):
             planned.append(b)
             yield slice(2 * b, 2 * b + 2), None
+
     batches = iter(Batches({"x": x}, plan(), threads=2, ahead=2))
     next(batches)
-    assert planned == [0, 1, 2]     # the batch taken and 2 ahead: memory does not grow with the folder
+    assert planned == [0, 1, 2]  # the batch taken and 2 ahead: memory does not grow with the folder
     next(batches)
     assert planned == [0, 1, 2, 3]
     batches.close()
@@ -289,34 +303,68 @@ def test_cache_keeps_the_evaluation_transform(tmp_path):
     first = read_rows(x, slice(0, 4))
     for f in (root / "circle").iterdir():
         f.unlink()
-    assert np.array_equal(read_rows(x, slice(0, 4)), first)     # read from memory, not the files
+    assert np.array_equal(read_rows(x, slice(0, 4)), first)  # read from memory, not the files
 
 
 # ---- training and prediction -------------------------------------------------------------------------------
 def test_train_then_predict_on_a_photo_prints_its_class_by_name(tmp_path, capsys, monkeypatch):
     root = photo_folder(tmp_path / "photos", per_class=6)
-    path = photo_model(tmp_path, 'train photos { data = images("photos/", size = 8) validation = split(0.25) '
-                                 'batch = 4 epochs = 8 optimizer = adam(lr = 0.05) '
-                                 'augment = photos(scale = [0.6, 1.0]) }')
+    path = photo_model(
+        tmp_path,
+        'train photos { data = images("photos/", size = 8) validation = split(0.25) '
+        'batch = 4 epochs = 8 optimizer = adam(lr = 0.05) '
+        'augment = photos(scale = [0.6, 1.0]) }',
+    )
     out = tmp_path / "run"
     assert main(["train", path, "--out", str(out), "--backend", "reference", "--data-threads", "2"]) == 0
     said = capsys.readouterr()
     assert "data wait" in said.out and "data wait" in said.err
     monkeypatch.chdir(tmp_path)
-    assert main(["predict", path, "--weights", str(out / "best.npz"), "--data", "photos/circle/3.jpg",
-                 "--output", str(tmp_path / "p.npz"), "--backend", "reference"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                path,
+                "--weights",
+                str(out / "best.npz"),
+                "--data",
+                "photos/circle/3.jpg",
+                "--output",
+                str(tmp_path / "p.npz"),
+                "--backend",
+                "reference",
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.splitlines()[0]
     assert line.startswith("photos/circle/3.jpg: circle ") and "square" in line
-    assert main(["predict", path, "--weights", str(out / "best.npz"), "--data", "photos", "--backend", "reference",
-                 "--output", str(tmp_path / "p.npz")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                path,
+                "--weights",
+                str(out / "best.npz"),
+                "--data",
+                "photos",
+                "--backend",
+                "reference",
+                "--output",
+                str(tmp_path / "p.npz"),
+            ]
+        )
+        == 0
+    )
     lines = capsys.readouterr().out.splitlines()
     named = [ln.split(":")[1].split()[0] for ln in lines[:-1]]
     assert len(named) == 12 and sum(n == ln.split("/")[1] for n, ln in zip(named, lines)) >= 10
     from dlc import load as load_model
+
     model = load_model(path, weights=out / "best.npz", backend="reference")
     probs = model.predict([root / "square" / "0.png", root / "circle" / "0.png"])["probs"]
     assert [best[0][0] for best in model.top_classes(probs)] == ["square", "circle"]
-    model.quantize(calibrate=2, batch=4)        # calibrated on the first photos of the train block's data, decoded
+    model.quantize(calibrate=2, batch=4)  # calibrated on the first photos of the train block's data, decoded
     int8 = model.predict([root / "square" / "0.png", root / "circle" / "0.png"], int8=True)["probs"]
     assert [best[0][0] for best in model.top_classes(int8)] == ["square", "circle"]
 
@@ -325,25 +373,51 @@ def test_validation_and_evaluation_folders_of_other_classes_are_refused(tmp_path
     photo_folder(tmp_path / "photos", per_class=2)
     photo_folder(tmp_path / "val", per_class=1)
     (tmp_path / "val" / "square").rename(tmp_path / "val" / "squares")
-    path = photo_model(tmp_path, 'train photos { data = images("photos/", size = 8) '
-                                 'validation = images("val/", size = 8) }')
+    path = photo_model(
+        tmp_path, 'train photos { data = images("photos/", size = 8) validation = images("val/", size = 8) }'
+    )
     err = failure(["train", path, "--backend", "reference", "--out", str(tmp_path / "run")], capsys)
     assert "the validation data has the classes circle, squares, not the training data's (circle, square)" in err
     path = photo_model(tmp_path, 'train photos { data = images("photos/", size = 8) epochs = 1 }')
     assert main(["train", path, "--backend", "reference", "--out", str(tmp_path / "run"), "-q"]) == 0
     capsys.readouterr()
-    err = failure(["eval", path, "--weights", str(tmp_path / "run" / "last.npz"), "--backend", "reference",
-                   "--data", f'images("{tmp_path / "val"}", size = 8)'], capsys)
+    err = failure(
+        [
+            "eval",
+            path,
+            "--weights",
+            str(tmp_path / "run" / "last.npz"),
+            "--backend",
+            "reference",
+            "--data",
+            f'images("{tmp_path / "val"}", size = 8)',
+        ],
+        capsys,
+    )
     assert "size = 8) has the classes circle, squares, not the training data's (circle, square)" in err
-    assert main(["eval", path, "--weights", str(tmp_path / "run" / "last.npz"), "--backend", "reference",
-                 "--data", f'images("{tmp_path / "photos"}", size = 8)']) == 0
+    assert (
+        main(
+            [
+                "eval",
+                path,
+                "--weights",
+                str(tmp_path / "run" / "last.npz"),
+                "--backend",
+                "reference",
+                "--data",
+                f'images("{tmp_path / "photos"}", size = 8)',
+            ]
+        )
+        == 0
+    )
 
 
 def test_data_bench_times_a_source(tmp_path, capsys):
     photo_folder(tmp_path / "photos", per_class=3)
     assert main(["data", "bench", f'images("{tmp_path / "photos"}", size = 8)', "--data-threads", "2"]) == 0
-    assert re.fullmatch(r"6 examples in [\d.]+ s: [\d.]+ examples/s on 2 threads: [\d.]+ examples/s a thread\n",
-                        capsys.readouterr().out)
+    assert re.fullmatch(
+        r"6 examples in [\d.]+ s: [\d.]+ examples/s on 2 threads: [\d.]+ examples/s a thread\n", capsys.readouterr().out
+    )
 
 
 def test_photos_augment_needs_photos(tmp_path, capsys):

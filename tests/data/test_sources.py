@@ -1,6 +1,7 @@
 """Data loading (`dlc.runtime.data`): every source, loading files by extension, meta and
 shapes, determinism, splits, augmentation, and a clear DlcError for every bad input: data that is
 not real numbers or not finite, integer labels beyond int32, an empty split."""
+
 from __future__ import annotations
 
 import gzip
@@ -92,7 +93,7 @@ def test_split_is_deterministic_and_shuffled():
     r3, o3 = ds.split(0.2, seed=8)
     assert np.array_equal(o1.columns["i"], o2.columns["i"]) and np.array_equal(r1.columns["i"], r2.columns["i"])
     assert not np.array_equal(o1.columns["i"], o3.columns["i"])
-    assert not np.array_equal(np.sort(o1.columns["i"]), np.arange(800, 1000))   # not just the tail
+    assert not np.array_equal(np.sort(o1.columns["i"]), np.arange(800, 1000))  # not just the tail
 
 
 @pytest.mark.parametrize("fraction", [-0.1, 1.5, "a", True])
@@ -109,8 +110,8 @@ def test_npz_every_array_in_file_order(tmp_path):
     assert ds.names == ["words", "tags", "z"]
     assert ds.columns["tags"].dtype == np.int32 and np.array_equal(ds.columns["words"], x)
     np.savez_compressed(tmp_path / "c.npz", b=np.arange(3), a=np.arange(3.0))
-    assert D.load("c.npz", tmp_path).names == ["b", "a"]                       # by extension
-    assert len(D.load(str(tmp_path / "c.npz"), Path("/nonexistent"))) == 3   # absolute path
+    assert D.load("c.npz", tmp_path).names == ["b", "a"]  # by extension
+    assert len(D.load(str(tmp_path / "c.npz"), Path("/nonexistent"))) == 3  # absolute path
 
 
 def test_npz_bad_files(tmp_path):
@@ -150,7 +151,7 @@ def test_csv_label_header_scale(tmp_path):
 def test_csv_float_labels_no_header_gzip(tmp_path):
     with gzip.open(tmp_path / "r.csv.gz", "wt") as f:
         f.write("1.5,2,0.25\n3,4,-1.5\n")
-    ds = D.load("r.csv.gz", tmp_path)                                   # by extension, gzipped
+    ds = D.load("r.csv.gz", tmp_path)  # by extension, gzipped
     assert ds.columns["y"].dtype == np.float32 and ds.columns["y"].tolist() == [0.25, -1.5]
     assert ds.columns["x"].tolist() == [[1.5, 2], [3, 4]]
     (tmp_path / "h.csv").write_text("1,2\n3,4\n")
@@ -189,7 +190,7 @@ def test_idx_images_and_labels(mnist):
     assert ds.columns["x"].dtype == np.float32 and ds.columns["x"].shape == (10, 28, 28)
     assert np.allclose(ds.columns["x"], images / 255) and ds.columns["x"].max() <= 1
     assert ds.columns["y"].dtype == np.int32 and np.array_equal(ds.columns["y"], labels)
-    alone = D.load("train-images-idx3-ubyte", d)                          # by extension: no labels
+    alone = D.load("train-images-idx3-ubyte", d)  # by extension: no labels
     assert alone.names == ["x"] and alone.columns["x"].max() > 1
 
 
@@ -226,8 +227,7 @@ def test_idx_bad_files(mnist, tmp_path):
     (tmp_path / "bad.idx3.gz").write_bytes(gzip.compress(raw)[:50])
     err(call("idx", "bad.idx3.gz"), tmp_path, "corrupt or truncated gzip")
     (tmp_path / "few-labels-idx1-ubyte").write_bytes(idx_bytes(labels[:7]))
-    err(call("idx", str(d / "train-images-idx3-ubyte"), "few-labels-idx1-ubyte"), tmp_path,
-        "10 images but", "7 labels")
+    err(call("idx", str(d / "train-images-idx3-ubyte"), "few-labels-idx1-ubyte"), tmp_path, "10 images but", "7 labels")
     err(call("idx", "train-images-idx3-ubyte", "train-images-idx3-ubyte"), d, "one label per example")
     (tmp_path / "nan.idx2").write_bytes(idx_bytes(np.array([[1.0, np.nan]]), 0x0E))
     err(call("idx", "nan.idx2"), tmp_path, "not a finite float32 number", "[0, 1]")
@@ -245,14 +245,14 @@ def test_text_windows_and_vocab(tmp_path):
     assert decode(ds.columns["x"][0], vocab) == "hello" and decode(ds.columns["y"][0], vocab) == "ello "
     assert decode(ds.columns["x"], vocab) == s[: n * 5]
     assert np.array_equal(ds.columns["x"][:, 1:], ds.columns["y"][:, :-1])
-    err("t.txt", tmp_path, "seq = 100 is too long")                         # by extension: the default seq
+    err("t.txt", tmp_path, "seq = 100 is too long")  # by extension: the default seq
     (tmp_path / "long.txt").write_text(s * 10)
     assert D.load("long.txt", tmp_path).columns["x"].shape == ((len(s) * 10 - 1) // 100, 100)
 
 
 def test_text_lines(tmp_path):
     """lines = true: one example per line, padded (x with 0, y with -1), and its lengths."""
-    (tmp_path / "t.txt").write_text("hello\n\nab\nxyz")       # an empty line; the last has no line break
+    (tmp_path / "t.txt").write_text("hello\n\nab\nxyz")  # an empty line; the last has no line break
     ds = D.load(call("text", "t.txt", seq=4, lines=True), tmp_path)
     vocab = ds.meta["vocab"]
     assert ds.names == ["x", "y", "lengths"] and ds.columns["lengths"].tolist() == [4, 2]
@@ -267,17 +267,17 @@ def test_skipgram_pairs_negatives_and_vocabulary(tmp_path):
     (tmp_path / "t.txt").write_text("The cat sat. The cat ran! A dog sat, the end.")
     ds = D.load(call("skipgram", "t.txt", words=4, window=2, negatives=3, subsample=0), tmp_path)
     words = ds.meta["vocab_words"]
-    assert words == ["the", "cat", "sat", "a"]          # by count, ties alphabetical; the rest dropped
+    assert words == ["the", "cat", "sat", "a"]  # by count, ties alphabetical; the rest dropped
     kept = [words.index(w) for w in "the cat sat the cat a sat the".split()]
     pairs = {(kept[i], kept[j]) for i in range(len(kept)) for j in range(len(kept)) if 0 < abs(i - j) <= 2}
     center, context = ds.columns["center"], ds.columns["context"]
-    assert len(center) == 2 * (len(kept) - 1) + 2 * (len(kept) - 2)       # every pair, both ways
+    assert len(center) == 2 * (len(kept) - 1) + 2 * (len(kept) - 2)  # every pair, both ways
     assert set(zip(center.tolist(), context.tolist())) == pairs
     negatives = ds.columns["negatives"]
     assert negatives.shape == (len(center), 3) and negatives.dtype == np.int32
     assert negatives.min() >= 0 and negatives.max() < 4
     again = D.load(call("skipgram", "t.txt", words=4, window=2, negatives=3, subsample=0), tmp_path)
-    assert np.array_equal(again.columns["negatives"], negatives)            # seeded: the same every run
+    assert np.array_equal(again.columns["negatives"], negatives)  # seeded: the same every run
     err(call("skipgram", "t.txt", window=20, subsample=0), tmp_path, "needs more than window = 20")
     err(call("skipgram", "t.txt", words=1), tmp_path, "'words' must be at least 2")
 
@@ -332,7 +332,7 @@ def test_digits(tmp_path):
     flat = D.load(call("digits", scale=1, image=False), tmp_path)
     assert flat.columns["x"].shape == (1797, 64) and flat.columns["x"].max() == 16
     assert np.array_equal(flat.columns["x"].reshape(-1, 1, 8, 8) / 16, x)
-    assert D.load(Symbol("digits"), tmp_path).names == ["x", "y"]          # `data = digits`
+    assert D.load(Symbol("digits"), tmp_path).names == ["x", "y"]  # `data = digits`
     err(call("digits", image="yes"), tmp_path, "'image' must be true or false")
 
 
@@ -344,7 +344,12 @@ def test_digits_missing(tmp_path, monkeypatch):
 # ---- synthetic -------------------------------------------------------------------------------------
 def test_xor():
     ds = D.load(call("xor"), Path("."))
-    assert ds.columns["x"].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]] and ds.columns["y"].tolist() == [[0], [1], [1], [0]]
+    assert ds.columns["x"].tolist() == [[0, 0], [0, 1], [1, 0], [1, 1]] and ds.columns["y"].tolist() == [
+        [0],
+        [1],
+        [1],
+        [0],
+    ]
     assert ds.columns["x"].dtype == np.float32 == ds.columns["y"].dtype
     big = D.load(call("xor", repeat=3), Path("."))
     assert big.columns["x"].shape == (12, 2) and big.columns["y"].shape == (12, 1)
@@ -359,11 +364,11 @@ def test_spirals_and_blobs():
     bl = D.load(call("blobs", n=100, centers=3, std=0.5), Path("."))
     assert bl.columns["x"].shape == (100, 2) and bl.columns["y"].dtype == np.int32
     assert set(bl.columns["y"].tolist()) == {0, 1, 2} and bl.meta["classes"] == 3
-    sign = D.load(call("blobs", n=200, labels="sign"), Path("."))            # the perceptron's data
+    sign = D.load(call("blobs", n=200, labels="sign"), Path("."))  # the perceptron's data
     y, x = sign.columns["y"], sign.columns["x"]
     assert y.dtype == np.float32 and y.shape == (200,) and set(y.tolist()) == {-1.0, 1.0}
     c = np.array(sign.meta["centers"])
-    w = c[1] - c[0]                                            # separable along the centers' axis
+    w = c[1] - c[0]  # separable along the centers' axis
     assert np.mean(np.sign((x - c.mean(0)) @ w) == y) > 0.99
     assert D.load(call("blobs", labels=Symbol("sign")), Path(".")).columns["y"].dtype == np.float32
     err(call("blobs", centers=3, labels="sign"), Path("."), "needs centers = 2")
@@ -374,7 +379,7 @@ def test_sine():
     ds = D.load(call("sine", window=30, n=500, noise=0.05), Path("."))
     x, y = ds.columns["x"], ds.columns["y"]
     assert x.shape == (500, 30, 1) and y.shape == (500, 1) and x.dtype == np.float32 == y.dtype
-    assert np.array_equal(x[1:, -1, 0], y[:-1, 0])           # windows slide by one; y is the next value
+    assert np.array_equal(x[1:, -1, 0], y[:-1, 0])  # windows slide by one; y is the next value
     clean = D.load(call("sine", window=10, n=200, frequencies=3), Path("."))
     assert np.abs(clean.columns["x"]).max() <= 1.0 + 1e-6 and len(clean.meta["periods"]) == 3
 
@@ -404,8 +409,14 @@ def test_examples_seq2seq_setting():
     assert ds.meta["vocab_size"] == 14 and len(ds) == 20000 and ds.columns["src"].max() == 13
 
 
-SEEDED = [call("spirals"), call("blobs"), call("sine", noise=0.1, frequencies=2), call("copy", n=50),
-          call("reverse", n=50), call("sort", n=50)]
+SEEDED = [
+    call("spirals"),
+    call("blobs"),
+    call("sine", noise=0.1, frequencies=2),
+    call("copy", n=50),
+    call("reverse", n=50),
+    call("sort", n=50),
+]
 
 
 @pytest.mark.parametrize("spec", SEEDED, ids=lambda c: c.name)
@@ -445,8 +456,9 @@ def test_augment_shift_flip_noise():
 def _moved(img, dy, dx):
     out = np.zeros_like(img)
     h, w = img.shape[-2:]
-    out[..., max(dy, 0): h + min(dy, 0), max(dx, 0): w + min(dx, 0)] = \
-        img[..., max(-dy, 0): h + min(-dy, 0), max(-dx, 0): w + min(-dx, 0)]
+    out[..., max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[
+        ..., max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
@@ -472,11 +484,11 @@ def test_paths_resolve_against_base_dir(tmp_path):
 
 def test_missing_file_and_unknown_format(tmp_path):
     e = err(call("npz", "nope.npz"), tmp_path, "data file not found", "nope.npz")
-    assert e.span == Span("train.dl", 3, 17)                     # located at the call
+    assert e.span == Span("train.dl", 3, 17)  # located at the call
     e = err("nope.csv", tmp_path, "data file not found")
     assert e.span is None
     with pytest.raises(DlcError) as info:
-        D.load("nope.csv", tmp_path, span=Span("t.dl", 5, 9))     # a plain file name: the setting's place
+        D.load("nope.csv", tmp_path, span=Span("t.dl", 5, 9))  # a plain file name: the setting's place
     assert info.value.span == Span("t.dl", 5, 9)
     err(call("idx", "img-idx3-ubyte", "lab-idx1-ubyte"), tmp_path, "not found", "img-idx3-ubyte")
     (tmp_path / "d.bin").write_bytes(b"\0")
@@ -491,29 +503,44 @@ def test_unknown_source_and_bad_spec(tmp_path):
     err(call("split", 0.1), tmp_path, "unknown data source 'split'", "validation = split(0.1)")
     err(Symbol("train_set"), tmp_path, "data must be a file name", "train_set")
     err(3, tmp_path, "data must be a file name")
-    assert set(D.SOURCES) >= {"npz", "csv", "idx", "digits", "text", "xor", "spirals", "blobs", "sine",
-                              "copy", "reverse", "sort"}
+    assert set(D.SOURCES) >= {
+        "npz",
+        "csv",
+        "idx",
+        "digits",
+        "text",
+        "xor",
+        "spirals",
+        "blobs",
+        "sine",
+        "copy",
+        "reverse",
+        "sort",
+    }
 
 
-@pytest.mark.parametrize("spec,patterns", [
-    (call("reverse", n=-5), ["reverse", "'n' must be at least 1", "-5"]),
-    (call("copy", min_len=12, max_len=8), ["min_len (12) must not exceed max_len (8)"]),
-    (call("sort", min_len=0), ["'min_len' must be at least 1"]),
-    (call("sort", symbols=2.5), ["'symbols' must be an integer", "2.5"]),
-    (call("spirals", n="many"), ["'n' must be an integer", "'many'"]),
-    (call("spirals", classes=1), ["'classes' must be at least 2"]),
-    (call("blobs", std=-1), ["'std' must be at least 0"]),
-    (call("sine", window=0), ["'window' must be at least 1"]),
-    (call("sine", noise=Symbol("loud")), ["'noise' must be a number, got loud"]),
-    (call("xor", repeat=True), ["'repeat' must be an integer, got true"]),
-    (call("spirals", seed=-1), ["'seed' must be at least 0"]),
-    (call("reverse", 1, 2, 3, 4, 5, 6), ["reverse takes at most 5 arguments"]),
-    (call("reverse", lenght=3), ["reverse has no option 'lenght'", "min_len, max_len"]),
-    (call("npz"), ["npz needs 'path'"]),
-    (call("npz", "a.npz", path="b.npz"), ["'path' is given twice"]),
-    (call("npz", Symbol("train")), ["'path' must be a file name in quotes, got train"]),
-    (call("idx", "a", scale="big"), ["'scale' must be a number"]),
-])
+@pytest.mark.parametrize(
+    "spec,patterns",
+    [
+        (call("reverse", n=-5), ["reverse", "'n' must be at least 1", "-5"]),
+        (call("copy", min_len=12, max_len=8), ["min_len (12) must not exceed max_len (8)"]),
+        (call("sort", min_len=0), ["'min_len' must be at least 1"]),
+        (call("sort", symbols=2.5), ["'symbols' must be an integer", "2.5"]),
+        (call("spirals", n="many"), ["'n' must be an integer", "'many'"]),
+        (call("spirals", classes=1), ["'classes' must be at least 2"]),
+        (call("blobs", std=-1), ["'std' must be at least 0"]),
+        (call("sine", window=0), ["'window' must be at least 1"]),
+        (call("sine", noise=Symbol("loud")), ["'noise' must be a number, got loud"]),
+        (call("xor", repeat=True), ["'repeat' must be an integer, got true"]),
+        (call("spirals", seed=-1), ["'seed' must be at least 0"]),
+        (call("reverse", 1, 2, 3, 4, 5, 6), ["reverse takes at most 5 arguments"]),
+        (call("reverse", lenght=3), ["reverse has no option 'lenght'", "min_len, max_len"]),
+        (call("npz"), ["npz needs 'path'"]),
+        (call("npz", "a.npz", path="b.npz"), ["'path' is given twice"]),
+        (call("npz", Symbol("train")), ["'path' must be a file name in quotes, got train"]),
+        (call("idx", "a", scale="big"), ["'scale' must be a number"]),
+    ],
+)
 def test_bad_arguments(spec, patterns, tmp_path):
     (tmp_path / "a").write_bytes(idx_bytes(np.zeros((1, 2), np.uint8)))
     e = err(spec, tmp_path, *patterns)
@@ -521,7 +548,7 @@ def test_bad_arguments(spec, patterns, tmp_path):
 
 
 def test_integral_floats_accepted():
-    assert len(D.load(call("reverse", n=1e2), Path("."))) == 100            # `n = 1e2` evaluates to 100.0
+    assert len(D.load(call("reverse", n=1e2), Path("."))) == 100  # `n = 1e2` evaluates to 100.0
 
 
 # ---- data files that are not data ----------------------------------------------------------------
@@ -549,22 +576,27 @@ def test_an_idx_header_with_255_dims_is_refused(tmp_path):
 
 def test_idx_labels_beyond_32_bit_integers_do_not_wrap(tmp_path):
     (tmp_path / "img-idx3-ubyte").write_bytes(bytes([0, 0, 8, 2]) + struct.pack(">II", 4, 2) + bytes(8))
-    (tmp_path / "lab-idx1-ubyte").write_bytes(bytes([0, 0, 0x0E, 1]) + struct.pack(">I", 4)
-                                              + struct.pack(">4d", *[2.0 ** 32 + 3] * 4))
+    (tmp_path / "lab-idx1-ubyte").write_bytes(
+        bytes([0, 0, 0x0E, 1]) + struct.pack(">I", 4) + struct.pack(">4d", *[2.0**32 + 3] * 4)
+    )
     y = files.idx(tmp_path, "img-idx3-ubyte", "lab-idx1-ubyte").columns["y"]
-    assert y.dtype == np.float32 and y[0] == np.float32(2.0 ** 32 + 3)
+    assert y.dtype == np.float32 and y[0] == np.float32(2.0**32 + 3)
 
 
 # ---- coercions that lose information: refused, in the command and in the API -----------------------
-@pytest.mark.parametrize("x, phrase", [
-    (np.zeros((4, 2), np.complex64) + 1j, "complex"),
-    (np.array([["1", "2"]] * 4), "strings"),
-])
+@pytest.mark.parametrize(
+    "x, phrase",
+    [
+        (np.zeros((4, 2), np.complex64) + 1j, "complex"),
+        (np.array([["1", "2"]] * 4), "strings"),
+    ],
+)
 def test_data_that_is_not_real_numbers_is_refused(tmp_path, capsys, x, phrase):
     np.savez(tmp_path / "d.npz", x=x, y=np.zeros((4, 1), np.float32))
     path = write(tmp_path, XOR)
-    err = flag_error(["train", path, "--data", "d.npz", "--out", str(tmp_path / "run"), "--backend", "reference"],
-                     capsys)
+    err = flag_error(
+        ["train", path, "--data", "d.npz", "--out", str(tmp_path / "run"), "--backend", "reference"], capsys
+    )
     assert phrase in err and "d.npz" in err
     model = DlcModel(path, backend="reference")
     model.params = {k: v.astype(np.float32) for k, v in init_params(model.train_model).items()}
@@ -572,12 +604,11 @@ def test_data_that_is_not_real_numbers_is_refused(tmp_path, capsys, x, phrase):
         model.predict({"x": x})
 
 
-@pytest.mark.parametrize("y", [np.full(4, 2 ** 32 + 3, np.int64), np.full(4, 2 ** 63, np.uint64)])
+@pytest.mark.parametrize("y", [np.full(4, 2**32 + 3, np.int64), np.full(4, 2**63, np.uint64)])
 def test_integer_labels_beyond_int32_are_refused(tmp_path, capsys, y):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2), np.float32), y=y)
     path = write(tmp_path, CLASSIFIER, "train clf { data = xor() }")
-    err = failure(["train", path, "--data", "d.npz", "--out", str(tmp_path / "run"), "--backend", "reference"],
-                  capsys)
+    err = failure(["train", path, "--data", "d.npz", "--out", str(tmp_path / "run"), "--backend", "reference"], capsys)
     assert f"y has values from {y[0]} to {y[0]}" in err
 
 

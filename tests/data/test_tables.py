@@ -2,6 +2,7 @@
 files and streams, Hugging Face `datasets` folders (built here in save_to_disk's layout, without
 the datasets package); numeric, categorical and list columns; x and y bound by name; categories in
 the checkpoint and back in predict; and a clear error for every hostile table."""
+
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-import pyarrow as pa     # the optional extra dlc[tables], which dlc[test] installs
+import pyarrow as pa  # the optional extra dlc[tables], which dlc[test] installs
 import pyarrow.compute
 import pyarrow.feather
 import pyarrow.ipc
@@ -48,8 +49,14 @@ def err(spec, base, *patterns) -> DlcError:
 def iris(n=60, seed=0) -> pa.Table:
     rng = np.random.default_rng(seed)
     ids = np.arange(n) % 3
-    return pa.table({"a": ids + rng.normal(0, 0.2, n), "b": rng.normal(0, 1, n).astype(np.float32),
-                     "c": rng.integers(0, 5, n), "species": SPECIES[ids]})
+    return pa.table(
+        {
+            "a": ids + rng.normal(0, 0.2, n),
+            "b": rng.normal(0, 1, n).astype(np.float32),
+            "c": rng.integers(0, 5, n),
+            "species": SPECIES[ids],
+        }
+    )
 
 
 # ---- reading -----------------------------------------------------------------------------------------
@@ -58,16 +65,19 @@ def test_parquet_features_stack_as_x_and_a_string_label_gives_class_ids(tmp_path
     pq.write_table(t, tmp_path / "iris.parquet")
     ds = D.load(call("parquet", "iris.parquet", label="species"), tmp_path)
     assert ds.names == ["a", "b", "c", "species"] and ds.stacked == {"x": ["a", "b", "c"], "y": ["species"]}
-    assert ds.meta == {"features": ["a", "b", "c"], "label": "species",
-                       "categories": {"species": ["setosa", "versicolor", "virginica"]}}
+    assert ds.meta == {
+        "features": ["a", "b", "c"],
+        "label": "species",
+        "categories": {"species": ["setosa", "versicolor", "virginica"]},
+    }
     x, y = ds.column("x"), ds.column("y")
     assert x.shape == (60, 3)
     np.testing.assert_array_equal(x[:, 2], t["c"].to_numpy())
     np.testing.assert_array_equal(SPECIES[y], t["species"].to_numpy(zero_copy_only=False))
-    assert y.dtype == np.int32 and ds.columns["c"].dtype == np.int64     # as stored; the binding casts
+    assert y.dtype == np.int32 and ds.columns["c"].dtype == np.int64  # as stored; the binding casts
     picked = D.load(call("parquet", "iris.parquet", label="species", columns=["c", "a"]), tmp_path)
     np.testing.assert_array_equal(picked.column("x"), np.stack([t["c"].to_numpy(), t["a"].to_numpy()], 1))
-    whole = D.load("iris.parquet", tmp_path)                    # by extension: every column, no label
+    whole = D.load("iris.parquet", tmp_path)  # by extension: every column, no label
     assert whole.stacked == {"x": ["a", "b", "c"]} and whole.meta["categories"] == {"species": list(SPECIES)}
 
 
@@ -82,6 +92,7 @@ def test_only_the_chosen_columns_are_read(tmp_path, monkeypatch):
         read = o.read
         o.read = lambda columns: asked.append(columns) or read(columns)
         return o
+
     monkeypatch.setattr(tables, "_open", spy)
     ds = D.load(call("parquet", "t.parquet", label="species", columns=["b"]), tmp_path)
     assert asked == [["b", "species"]] and ds.names == ["b", "species"]
@@ -97,8 +108,8 @@ def test_folders_of_part_files_and_arrow_files(tmp_path):
     (folder / ".part-00000.parquet.crc").write_bytes(b"crc")
     spark = D.load(call("parquet", "spark", label="species"), tmp_path)
     assert sorted(spark.column("x")[:, 0]) == sorted(t["a"].to_numpy())
-    assert len(D.load("spark", tmp_path)) == 60                         # a folder of Parquet files by content
-    pq.write_to_dataset(t, tmp_path / "hive", partition_cols=["species"])   # species=setosa/...: a column
+    assert len(D.load("spark", tmp_path)) == 60  # a folder of Parquet files by content
+    pq.write_to_dataset(t, tmp_path / "hive", partition_cols=["species"])  # species=setosa/...: a column
     hive = D.load(call("parquet", "hive", label="species"), tmp_path)
     assert hive.meta["categories"]["species"] == list(SPECIES) and len(hive) == 60
     pa.feather.write_feather(t, tmp_path / "t.feather")
@@ -114,11 +125,16 @@ def test_folders_of_part_files_and_arrow_files(tmp_path):
 
 def test_dictionary_columns_keep_their_order_and_lists_are_padded(tmp_path):
     color = pa.DictionaryArray.from_arrays(pa.array([2, 0, 1, 2], pa.int8()), pa.array(["red", "green", "blue"]))
-    t = pa.table({"color": color, "tokens": pa.array([[5, 6, 7], [8], [], [9, 10]]),
-                  "words": pa.array([["b", "a"], ["c"], ["a"], []]),
-                  "vec": pa.array([[1.0, 2.0]] * 4, pa.list_(pa.float32(), 2)),
-                  "tags": pa.array([["N", "V", "N"], ["V"], [], ["N", "N"]]),
-                  "steps": pa.array([[1, 2], [3], [], [4]], pa.list_(pa.uint8()))})
+    t = pa.table(
+        {
+            "color": color,
+            "tokens": pa.array([[5, 6, 7], [8], [], [9, 10]]),
+            "words": pa.array([["b", "a"], ["c"], ["a"], []]),
+            "vec": pa.array([[1.0, 2.0]] * 4, pa.list_(pa.float32(), 2)),
+            "tags": pa.array([["N", "V", "N"], ["V"], [], ["N", "N"]]),
+            "steps": pa.array([[1, 2], [3], [], [4]], pa.list_(pa.uint8())),
+        }
+    )
     pq.write_table(t, tmp_path / "t.parquet")
     ds = D.load(call("parquet", "t.parquet", label="tags"), tmp_path)
     assert ds.meta["categories"] == {"color": ["red", "green", "blue"], "words": ["a", "b", "c"], "tags": ["N", "V"]}
@@ -128,9 +144,9 @@ def test_dictionary_columns_keep_their_order_and_lists_are_padded(tmp_path):
     np.testing.assert_array_equal(ds.columns["words"], [[1, 0], [2, 0], [0, 0], [0, 0]])
     assert ds.columns["vec"].shape == (4, 2) and "vec_lengths" not in ds.columns
     np.testing.assert_array_equal(ds.columns["tags"], [[0, 1, 0], [1, -1, -1], [-1, -1, -1], [0, 0, -1]])
-    assert ds.stacked == {"y": ["tags"]} and "features" not in ds.meta    # no numeric column of one value
+    assert ds.stacked == {"y": ["tags"]} and "features" not in ds.meta  # no numeric column of one value
     steps = D.load(call("parquet", "t.parquet", label="steps", columns=["vec"]), tmp_path).columns["steps"]
-    np.testing.assert_array_equal(steps, [[1, 2], [3, -1], [-1, -1], [4, -1]])      # unsigned, padded with -1
+    np.testing.assert_array_equal(steps, [[1, 2], [3, -1], [-1, -1], [4, -1]])  # unsigned, padded with -1
 
 
 def save_to_disk(folder, table: pa.Table, features: dict, files=2):
@@ -142,22 +158,30 @@ def save_to_disk(folder, table: pa.Table, features: dict, files=2):
         with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table.slice(i * step, step))
         names.append({"filename": name})
-    (folder / "state.json").write_text(json.dumps({"_data_files": names, "_fingerprint": "0", "_format_type": None,
-                                                   "_split": folder.name}))
+    (folder / "state.json").write_text(
+        json.dumps({"_data_files": names, "_fingerprint": "0", "_format_type": None, "_split": folder.name})
+    )
     (folder / "dataset_info.json").write_text(json.dumps({"features": features}))
 
 
 def test_a_datasets_folder_and_its_splits(tmp_path):
     assert "datasets" not in sys.modules
-    t = pa.table({"text_len": pa.array([3.0, 5.0, 1.0, 2.0]), "label": pa.array([1, 0, 1, -1], pa.int64()),
-                  "ner": pa.array([[0, 1], [2], [], [1, 1, 0]], pa.list_(pa.int64()))})
-    features = {"text_len": {"dtype": "float64", "_type": "Value"},
-                "label": {"names": ["neg", "pos"], "_type": "ClassLabel"},
-                "ner": {"feature": {"names": ["O", "PER", "LOC"], "_type": "ClassLabel"}, "_type": "Sequence"}}
+    t = pa.table(
+        {
+            "text_len": pa.array([3.0, 5.0, 1.0, 2.0]),
+            "label": pa.array([1, 0, 1, -1], pa.int64()),
+            "ner": pa.array([[0, 1], [2], [], [1, 1, 0]], pa.list_(pa.int64())),
+        }
+    )
+    features = {
+        "text_len": {"dtype": "float64", "_type": "Value"},
+        "label": {"names": ["neg", "pos"], "_type": "ClassLabel"},
+        "ner": {"feature": {"names": ["O", "PER", "LOC"], "_type": "ClassLabel"}, "_type": "Sequence"},
+    }
     save_to_disk(tmp_path / "one", t, features)
     ds = D.load(call("parquet", "one", label="label"), tmp_path)
     assert ds.meta["categories"] == {"label": ["neg", "pos"], "ner": ["O", "PER", "LOC"]}
-    np.testing.assert_array_equal(ds.column("y"), [1, 0, 1, -1])       # ids as stored (-1: no label)
+    np.testing.assert_array_equal(ds.column("y"), [1, 0, 1, -1])  # ids as stored (-1: no label)
     np.testing.assert_array_equal(ds.columns["ner_lengths"], [2, 1, 0, 3])
     for split in ("train", "test"):
         save_to_disk(tmp_path / "dict" / split, t.slice(0, 3 if split == "train" else 1), features, files=1)
@@ -168,7 +192,7 @@ def test_a_datasets_folder_and_its_splits(tmp_path):
     e = err(call("arrow", "dict", split="tset"), tmp_path, "no split 'tset'", "did you mean 'test'")
     assert e.span.col == 40
     err(call("arrow", "one", split="train"), tmp_path, "one split", "leave out 'split'")
-    assert len(D.load("dict/test", tmp_path)) == 1                       # a datasets folder by content
+    assert len(D.load("dict/test", tmp_path)) == 1  # a datasets folder by content
     assert "datasets" not in sys.modules
 
 
@@ -182,7 +206,7 @@ def test_nulls_nested_records_and_other_types_are_located_errors(tmp_path):
     with pa.OSFile(str(tmp_path / "chunks.arrow"), "wb") as sink, pa.ipc.new_file(sink, batches[0].schema) as w:
         for b in batches:
             w.write_batch(b)
-    err("chunks.arrow", tmp_path, "column 'a' has a null inside its list at row 4")     # in the second chunk
+    err("chunks.arrow", tmp_path, "column 'a' has a null inside its list at row 4")  # in the second chunk
     pq.write_table(pa.table({"a": [1.0, 2.0], "s": [{"p": 1}, {"p": 2}]}), tmp_path / "s.parquet")
     err(call("parquet", "s.parquet"), tmp_path, "column 's' holds nested records (struct<p: int64>)", "columns = [")
     assert D.load(call("parquet", "s.parquet", columns=["a"]), tmp_path).names == ["a"]
@@ -196,8 +220,13 @@ def test_nulls_nested_records_and_other_types_are_located_errors(tmp_path):
 
 def test_bad_arguments_point_at_themselves(tmp_path):
     pq.write_table(iris(), tmp_path / "iris.parquet")
-    e = err(call("parquet", "iris.parquet", label="specis"), tmp_path, "no column 'specis'",
-            "did you mean 'species'", "its columns: 'a', 'b', 'c', 'species'")
+    e = err(
+        call("parquet", "iris.parquet", label="specis"),
+        tmp_path,
+        "no column 'specis'",
+        "did you mean 'species'",
+        "its columns: 'a', 'b', 'c', 'species'",
+    )
     assert e.span.col == 40
     e = err(call("parquet", "iris.parquet", label="species", columns=["a", "bb"]), tmp_path, "no column 'bb'")
     assert e.span.col == 41
@@ -224,13 +253,15 @@ def test_bad_arguments_point_at_themselves(tmp_path):
 
 def test_without_pyarrow_the_error_says_what_to_install(tmp_path, monkeypatch):
     pq.write_table(iris(), tmp_path / "iris.parquet")
-    monkeypatch.setitem(sys.modules, "pyarrow", None)          # import pyarrow raises ImportError
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # import pyarrow raises ImportError
     err("iris.parquet", tmp_path, "needs pyarrow", 'pip install "dlc[tables]"')
 
 
 # ---- training, the checkpoint and predict ------------------------------------------------------------
-MODEL = CLASSIFIER.replace("f32[B, 2]", "f32[B, 3]").replace("\n}", "\n    output probs = softmax(logits)\n}") + \
-    "train clf { data = DATA  batch = 10  epochs = 3  optimizer = adam(lr = 0.01) }\n"
+MODEL = (
+    CLASSIFIER.replace("f32[B, 2]", "f32[B, 3]").replace("\n}", "\n    output probs = softmax(logits)\n}")
+    + "train clf { data = DATA  batch = 10  epochs = 3  optimizer = adam(lr = 0.01) }\n"
+)
 
 
 def trained(tmp_path, data='parquet("iris.parquet", label = "species")'):
@@ -246,8 +277,23 @@ def test_dlc_train_on_parquet_keeps_the_categories_and_predict_names_the_classes
     meta = DlcModel(path).load_weights(weights).meta["meta"]
     assert meta == {"features": ["a", "b", "c"], "label": "species", "categories": {"species": list(SPECIES)}}
     out = tmp_path / "p.csv"
-    assert main(["predict", path, "--weights", weights, "--data", str(tmp_path / "iris.parquet"),
-                 "--output", str(out), "--backend", "reference"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                path,
+                "--weights",
+                weights,
+                "--data",
+                str(tmp_path / "iris.parquet"),
+                "--output",
+                str(out),
+                "--backend",
+                "reference",
+            ]
+        )
+        == 0
+    )
     assert "probs: a column per class of species: setosa, versicolor, virginica" in capsys.readouterr().out
     assert out.read_text().splitlines()[0] == "probs_setosa,probs_versicolor,probs_virginica"
 
@@ -262,12 +308,16 @@ def test_new_rows_are_read_as_the_training_data_was(tmp_path, capsys):
     pq.write_table(shuffled, tmp_path / "new.parquet")
     np.testing.assert_allclose(model.predict(str(tmp_path / "new.parquet"))["probs"], expected, rtol=1e-6)
     # a label of fewer classes, in another order of ids, scores as the trained ids say
-    ev = model.evaluate(str(tmp_path / "iris.parquet"), log=lambda s: None)       # the label is the trained one
+    ev = model.evaluate(str(tmp_path / "iris.parquet"), log=lambda s: None)  # the label is the trained one
     assert "in order" not in capsys.readouterr().err and ev == model.evaluate(
-        'parquet("iris.parquet", label = "species")', log=lambda s: None)
-    pq.write_table(pa.table({"a": t["a"], "b": t["b"], "c": t["c"],
-                             "species": pa.array(t["species"].to_pylist()).dictionary_encode()}),
-                   tmp_path / "dict.parquet")
+        'parquet("iris.parquet", label = "species")', log=lambda s: None
+    )
+    pq.write_table(
+        pa.table(
+            {"a": t["a"], "b": t["b"], "c": t["c"], "species": pa.array(t["species"].to_pylist()).dictionary_encode()}
+        ),
+        tmp_path / "dict.parquet",
+    )
     assert model.evaluate('parquet("dict.parquet", label = "species")', log=lambda s: None) == ev
     pq.write_table(t.slice(0, 2).set_column(3, "species", pa.array(["setosa", "rose"])), tmp_path / "rose.parquet")
     with pytest.raises(DlcError, match="column 'species' has 'rose' at row 1 .* not trained on"):
@@ -284,17 +334,21 @@ def test_a_column_no_input_reads_is_neither_kept_nor_checked(tmp_path):
     pq.write_table(t.append_column("name", pa.array([f"flower {i}" for i in range(60)])), tmp_path / "named.parquet")
     path, weights = trained(tmp_path, 'parquet("named.parquet", label = "species")')
     model = DlcModel(path).load_weights(weights)
-    assert set(model.meta["meta"]["categories"]) == {"species"}         # not the 60 names
+    assert set(model.meta["meta"]["categories"]) == {"species"}  # not the 60 names
     pq.write_table(t.append_column("name", pa.array([f"new {i}" for i in range(60)])), tmp_path / "new.parquet")
-    np.testing.assert_allclose(model.predict(str(tmp_path / "new.parquet"))["probs"],
-                               model.predict(str(tmp_path / "named.parquet"))["probs"], rtol=1e-6)
+    np.testing.assert_allclose(
+        model.predict(str(tmp_path / "new.parquet"))["probs"],
+        model.predict(str(tmp_path / "named.parquet"))["probs"],
+        rtol=1e-6,
+    )
 
 
 def test_a_validation_table_is_read_with_the_training_categories(tmp_path):
     t = iris()
     pq.write_table(t.filter(pa.compute.not_equal(t["species"], "setosa")), tmp_path / "val.parquet")
-    path, weights = trained(tmp_path, 'parquet("iris.parquet", label = "species") '
-                                      'validation = parquet("val.parquet", label = "species")')
+    path, weights = trained(
+        tmp_path, 'parquet("iris.parquet", label = "species") validation = parquet("val.parquet", label = "species")'
+    )
     model = DlcModel(path).load_weights(tmp_path / "run" / "last.npz")
     # val.parquet alone would number versicolor 0 and virginica 1; read as trained they are 1 and 2
     probs = model.predict(str(tmp_path / "val.parquet"))["probs"]
@@ -303,14 +357,20 @@ def test_a_validation_table_is_read_with_the_training_categories(tmp_path):
     scored = model.evaluate('parquet("val.parquet", label = "species")', log=lambda s: None)
     assert set(ids) == {1, 2} and scored["loss"] == pytest.approx(loss, rel=1e-4)
     history = json.loads((tmp_path / "run" / "history.json").read_text())
-    assert history[-1]["val_loss"] == pytest.approx(loss, rel=1e-4)        # training's validation alike
+    assert history[-1]["val_loss"] == pytest.approx(loss, rel=1e-4)  # training's validation alike
 
 
 def test_columns_bind_to_inputs_of_their_names(tmp_path):
     rng = np.random.default_rng(1)
     city = np.array(["oslo", "rome", "lima"])[rng.integers(0, 3, 40)]
-    t = pa.table({"age": rng.normal(0, 1, 40), "rooms": rng.integers(0, 5, 40), "city": city,
-                  "price": rng.normal(0, 1, 40).astype(np.float32)})
+    t = pa.table(
+        {
+            "age": rng.normal(0, 1, 40),
+            "rooms": rng.integers(0, 5, 40),
+            "city": city,
+            "price": rng.normal(0, 1, 40).astype(np.float32),
+        }
+    )
     pq.write_table(t, tmp_path / "homes.parquet")
     (tmp_path / "m.dl").write_text("""
 model reg {
@@ -326,12 +386,15 @@ train reg { data = parquet("homes.parquet", label = "price")  batch = 8  epochs 
 """)
     model = DlcModel(tmp_path / "m.dl")
     arrays = input_arrays(model.train_model, D.load(call("parquet", "homes.parquet", label="price"), tmp_path))
-    assert {k: a.dtype for k, a in arrays.items()} == {"age": np.float32, "rooms": np.int32, "city": np.int32,
-                                                      "price": np.float32}
+    assert {k: a.dtype for k, a in arrays.items()} == {
+        "age": np.float32,
+        "rooms": np.int32,
+        "city": np.int32,
+        "price": np.float32,
+    }
     np.testing.assert_array_equal(arrays["rooms"], t["rooms"].to_numpy())
     np.testing.assert_array_equal(np.array(["lima", "oslo", "rome"])[arrays["city"]], city)
-    assert main(["train", str(tmp_path / "m.dl"), "--out", str(tmp_path / "run"), "--backend", "reference",
-                 "-q"]) == 0
+    assert main(["train", str(tmp_path / "m.dl"), "--out", str(tmp_path / "run"), "--backend", "reference", "-q"]) == 0
 
 
 def test_a_category_column_bound_to_a_float_input_is_a_located_error(tmp_path, capsys):
@@ -350,8 +413,9 @@ train reg { data = parquet("t.parquet", columns = ["species"], label = "a") }
     err = failure(["train", str(path), "--out", str(tmp_path / "run"), "--backend", "reference"], capsys)
     assert f"{path}:8:" in err and "species is f32[B] but the data's column 'species' holds categories" in err
     # a table of numbers whose label is not named: the model's y finds no column
-    pq.write_table(pa.table({"a": t["a"], "b": t["b"], "c": t["c"], "cls": pa.array(np.arange(60) % 3)}),
-                   tmp_path / "n.parquet")
+    pq.write_table(
+        pa.table({"a": t["a"], "b": t["b"], "c": t["c"], "cls": pa.array(np.arange(60) % 3)}), tmp_path / "n.parquet"
+    )
     path.write_text(MODEL.replace("DATA", '"n.parquet"'))
     err = failure(["train", str(path), "--out", str(tmp_path / "run"), "--backend", "reference"], capsys)
     assert f"{path}:10:" in err and 'label = "name"' in err

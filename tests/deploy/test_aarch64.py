@@ -6,6 +6,7 @@ batch 1 and 64;
 a script of hostile calls and checkpoints gets the same answers, word for word, from the
 x86-64 library and the AArch64 one; a CPU without the ARMv8.2-A baseline is refused at create;
 the CRC-32 of the CRC32 instructions is zlib's; `--target macos-arm64` gives a Mach-O dylib (never run)."""
+
 import shutil
 import subprocess
 import sys
@@ -25,12 +26,13 @@ from helpers.c_api import MODELS, inputs
 ROOT = Path(__file__).resolve().parents[2]
 HERE = ROOT / "tests" / "deploy"
 QEMU = shutil.which("qemu-aarch64")
-SYSROOT = Path("/usr/aarch64-linux-gnu")        # the AArch64 glibc of Debian's cross package
-pytestmark = [pytest.mark.skipif(QEMU is None, reason="needs qemu-aarch64 (apt install qemu-user)"),
-              pytest.mark.skipif(not (SYSROOT / "lib" / "libc.so.6").exists(),
-                                 reason="needs apt install libc6-arm64-cross"),
-              pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)"),
-              pytest.mark.xdist_group("test_aarch64")]
+SYSROOT = Path("/usr/aarch64-linux-gnu")  # the AArch64 glibc of Debian's cross package
+pytestmark = [
+    pytest.mark.skipif(QEMU is None, reason="needs qemu-aarch64 (apt install qemu-user)"),
+    pytest.mark.skipif(not (SYSROOT / "lib" / "libc.so.6").exists(), reason="needs apt install libc6-arm64-cross"),
+    pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)"),
+    pytest.mark.xdist_group("test_aarch64"),
+]
 pytest.importorskip("ziglang", reason="needs the ziglang package: pip install 'dlc[build]'")
 
 
@@ -78,17 +80,41 @@ def built(tmp_path_factory):
             checkpoints[model, False] = path
         if int8 and (model, True) not in checkpoints:
             checkpoints[model, True] = checkpoints[model, False].with_name("q.npz")
-            dlc("quantize", source(model), "--weights", checkpoints[model, False], "--calibrate",
-                "2", "-o", checkpoints[model, True])
+            dlc(
+                "quantize",
+                source(model),
+                "--weights",
+                checkpoints[model, False],
+                "--calibrate",
+                "2",
+                "-o",
+                checkpoints[model, True],
+            )
         if (model, target, int8) not in cache:
             lib = tmp_path_factory.mktemp(f"{model}-{target}")
             quantized = ["--weights", checkpoints[model, True], "--int8"] if int8 else []
             dlc("build", source(model), "-o", lib, "--target", target, *quantized)
             cc = ["cc"] if target == "host" else [sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu"]
-            subprocess.run([*cc, "-O2", f"-I{lib}", "-include", f"{model}.h", f"-DMODEL={model}", str(HERE / "calls_main.c"),
-                            f"-L{lib}", f"-l{model}", f"-Wl,-rpath,{lib}", "-o", str(lib / "calls")], check=True)
+            subprocess.run(
+                [
+                    *cc,
+                    "-O2",
+                    f"-I{lib}",
+                    "-include",
+                    f"{model}.h",
+                    f"-DMODEL={model}",
+                    str(HERE / "calls_main.c"),
+                    f"-L{lib}",
+                    f"-l{model}",
+                    f"-Wl,-rpath,{lib}",
+                    "-o",
+                    str(lib / "calls"),
+                ],
+                check=True,
+            )
             cache[model, target, int8] = lib / "calls"
         return cache[model, target, int8], checkpoints[model, int8]
+
     return get
 
 
@@ -126,7 +152,7 @@ def test_int8_libraries_under_qemu_are_the_x86_jits_int8_bit_for_bit(built, targ
     wants, lines = {}, ["create -", "threads 2"]
     for batch in (1, 64):
         x = inputs("digits_cnn", batch, seed=batch)
-        x[0, 0, 0, :2] = [-1e30, 1e30]          # quantized as 0 and as 255
+        x[0, 0, 0, :2] = [-1e30, 1e30]  # quantized as 0 and as 255
         wants[batch] = engine.engine_for(int8=True).predict(engine.params, {"x": x})["probs"]
         lines.append(predict_line(x, tmp_path, f"b{batch}", wants[batch].size))
     answers = run(program, "\n".join(lines + ["destroy"]) + "\n", cpu="max")
@@ -157,12 +183,32 @@ def test_a_bf16_library_sums_bfdot_pairs_within_the_float64_bound(tmp_path):
     model = load(tmp_path / "mm.dl").build(None, training=False)
     params = initial_parameters(model, 3)
     checkpoint.save(tmp_path / "w.npz", params, {}, {})
-    subprocess.run([sys.executable, "-c", BUILD_BF16, tmp_path / "mm.dl", tmp_path / "lib", tmp_path / "w.npz"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, "-c", BUILD_BF16, tmp_path / "mm.dl", tmp_path / "lib", tmp_path / "w.npz"], check=True
+    )
     lib = tmp_path / "lib"
-    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu", "-O2", f"-I{lib}",
-                    "-include", "mm.h", "-DMODEL=mm", str(HERE / "calls_main.c"), f"-L{lib}", "-lmm",
-                    f"-Wl,-rpath,{lib}", "-o", str(lib / "calls")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ziglang",
+            "cc",
+            "-target",
+            "aarch64-linux-gnu",
+            "-O2",
+            f"-I{lib}",
+            "-include",
+            "mm.h",
+            "-DMODEL=mm",
+            str(HERE / "calls_main.c"),
+            f"-L{lib}",
+            "-lmm",
+            f"-Wl,-rpath,{lib}",
+            "-o",
+            str(lib / "calls"),
+        ],
+        check=True,
+    )
     xs = {batch: np.random.default_rng(batch).standard_normal((batch, 301)).astype(np.float32) for batch in (64, 2)}
     lines = ["create -", "threads 2"] + [predict_line(x, tmp_path, f"b{batch}", batch * 37) for batch, x in xs.items()]
     answers = run(lib / "calls", "\n".join(lines + ["destroy"]) + "\n", cpu="max")
@@ -173,7 +219,7 @@ def test_a_bf16_library_sums_bfdot_pairs_within_the_float64_bound(tmp_path):
         got = np.fromfile(tmp_path / f"b{batch}.out", np.float32).reshape(batch, 37)
         want, size = bf16(x) @ bf16(params["y.W"]), np.abs(bf16(x)) @ np.abs(bf16(params["y.W"]))
         sums = 301 + -(-301 // 256) + 1
-        bound = sums * 2.0 ** -23 / (1 - sums * 2.0 ** -23) * size + 2 * 301 * 2.0 ** -126
+        bound = sums * 2.0**-23 / (1 - sums * 2.0**-23) * size + 2 * 301 * 2.0**-126
         assert (np.abs(got - want) <= bound).all(), (batch, np.abs(got - want).max())
         assert (np.abs(got - x.astype(np.float64) @ w) > bound).any(), batch
 
@@ -182,8 +228,9 @@ def test_a_cpu_without_i8mm_refuses_its_library_and_runs_the_dotprod_one(built):
     """A Neoverse N1 (ARMv8.2-A with dotprod, no i8mm): create refuses the aarch64-i8mm
     library, saying what the CPU lacks, and runs the aarch64-dotprod one."""
     refused = run(built("digits_cnn", "aarch64-i8mm", int8=True)[0], "create -\n", cpu="neoverse-n1")
-    assert refused[0].startswith("4 this library was built for aarch64-i8mm (dlc build --target aarch64-i8mm), and "
-                                 "this CPU lacks i8mm"), refused
+    assert refused[0].startswith(
+        "4 this library was built for aarch64-i8mm (dlc build --target aarch64-i8mm), and this CPU lacks i8mm"
+    ), refused
     assert run(built("digits_cnn", "aarch64-dotprod", int8=True)[0], "create -\n", cpu="neoverse-n1") == ["0 "]
 
 
@@ -201,10 +248,21 @@ def hostile_digits_script(ckpt: Path, tmp: Path) -> str:
     damaged[len(good) // 2] ^= 1
     (tmp / "damaged.npz").write_bytes(damaged)
     dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp / "w.safetensors")
-    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "--format", "torch", "-o", tmp / "t.safetensors")
+    dlc(
+        "export",
+        ROOT / "examples" / "digits_cnn.dl",
+        "--weights",
+        ckpt,
+        "--format",
+        "torch",
+        "-o",
+        tmp / "t.safetensors",
+    )
     tensors = (tmp / "w.safetensors").read_bytes()
-    lines = [f"create {tmp / f}" for f in ("missing.npz", "other.npz", "f64.npz", "shape.npz", "damaged.npz",
-                                           "t.safetensors", "")]
+    lines = [
+        f"create {tmp / f}"
+        for f in ("missing.npz", "other.npz", "f64.npz", "shape.npz", "damaged.npz", "t.safetensors", "")
+    ]
     lines += [f"memory {ckpt} {cut}" for cut in range(0, len(good), max(1, len(good) // 40))]
     lines += [f"memory {tmp / 'w.safetensors'} {cut}" for cut in range(0, len(tensors), max(1, len(tensors) // 40))]
     lines += ["memory - 10"]
@@ -213,11 +271,13 @@ def hostile_digits_script(ckpt: Path, tmp: Path) -> str:
         lines.append(f"create {tmp / f'cut{cut}.npz'}")
     lines += [f"create {ckpt}", "threads 0", "threads 1025", "threads 1024", "threads 2"]
     x = np.zeros((2, 1, 8, 9), np.float32)
-    lines += [predict_line(x, tmp, "wide", 100),
-              predict_line(x, tmp, "zero", 100, shape=(0, 1, 8, 8)),
-              predict_line(x, tmp, "negative", 100, shape=(-3, 1, 8, 8)),
-              predict_line(x, tmp, "huge", 100, shape=(1 << 61, 1, 8, 8)),
-              predict_line(np.zeros((2, 1, 8, 8), np.float32), tmp, "small", 19)]
+    lines += [
+        predict_line(x, tmp, "wide", 100),
+        predict_line(x, tmp, "zero", 100, shape=(0, 1, 8, 8)),
+        predict_line(x, tmp, "negative", 100, shape=(-3, 1, 8, 8)),
+        predict_line(x, tmp, "huge", 100, shape=(1 << 61, 1, 8, 8)),
+        predict_line(np.zeros((2, 1, 8, 8), np.float32), tmp, "small", 19),
+    ]
     lines += [predict_line(np.zeros((1, 1, 8, 8), np.float32), tmp, f"null{n}", 10, nulls=n) for n in "xsyi"]
     nan = np.full((3, 1, 8, 8), np.nan, np.float32)
     nan[1, 0, 2] = np.inf
@@ -240,19 +300,28 @@ def test_hostile_calls_and_checkpoints_get_the_x86_answers(built, tmp_path):
     assert arm[3] == "3 checkpoint: parameter c1.W has shape [16, 1, 3, 2], the model's is [16, 1, 3, 3]"
     assert arm[5] == "3 checkpoint: no parameter c1.W" and "cannot read the checkpoint" in arm[6]
     create = arm.index("0 ")
-    assert sorted(set(statuses[7:create])) == [1, 3] and statuses[7:create].count(1) == 1   # cuts refused; a null
+    assert sorted(set(statuses[7:create])) == [1, 3] and statuses[7:create].count(1) == 1  # cuts refused; a null
     assert "1 create_from_memory: the checkpoint is a null pointer" in arm[7:create]
-    assert statuses[create + 1:create + 5] == [1, 1, 0, 0]
+    assert statuses[create + 1 : create + 5] == [1, 1, 0, 0]
     assert arm[create + 1] == "1 set_threads: 0 threads; give 1 to 1024"
     assert arm[create + 5].startswith("2 input 'x' expects f32[B, 1, 8, 8], got shape [2, 1, 8, 9]")
-    assert statuses[create + 5:create + 10] == [2] * 5 and statuses[create + 10:create + 14] == [1] * 4
+    assert statuses[create + 5 : create + 10] == [2] * 5 and statuses[create + 10 : create + 14] == [1] * 4
     assert arm[create + 14] == "0  [3 10 0]"
 
 
 def test_an_index_out_of_range_is_refused_as_on_x86(built, tmp_path):
     tokens = np.full((2, 10), 5000, np.int32)
-    script = "\n".join([f"create {built('transformer_classifier')[1]}", predict_line(tokens, tmp_path, "ids", 20),
-                        predict_line(np.zeros((1, 100), np.int32), tmp_path, "long", 10), "destroy"]) + "\n"
+    script = (
+        "\n".join(
+            [
+                f"create {built('transformer_classifier')[1]}",
+                predict_line(tokens, tmp_path, "ids", 20),
+                predict_line(np.zeros((1, 100), np.int32), tmp_path, "long", 10),
+                "destroy",
+            ]
+        )
+        + "\n"
+    )
     answers = run(built("transformer_classifier")[0], script)
     assert answers[1] == "6 input 'tokens' holds 5000 (element 0), but the model takes 0 to 999 there [0 0 0]"
     assert answers[2].startswith("2 ") and "it needs T <= 64" in answers[2]
@@ -263,8 +332,9 @@ def test_a_cpu_without_the_baseline_is_refused_at_create(built):
     says which feature it lacks, and every call after returns that status; never SIGILL."""
     program, ckpt = built("digits_cnn")
     answers = run(program, f"create {ckpt}\nthreads 2\n", cpu="cortex-a53")
-    assert answers[0].startswith("4 this library was built for aarch64 (dlc build --target aarch64), and this "
-                                 "CPU lacks lse"), answers
+    assert answers[0].startswith(
+        "4 this library was built for aarch64 (dlc build --target aarch64), and this CPU lacks lse"
+    ), answers
     assert answers[1] == answers[0]
 
 
@@ -274,14 +344,29 @@ def test_the_crc32_instructions_give_zlibs_crc(tmp_path):
     data = np.random.default_rng(3).integers(0, 256, 3000, dtype=np.uint8).tobytes()
     (tmp_path / "data").write_bytes(data)
     exe = tmp_path / "crc32_main"
-    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "aarch64-linux-gnu", "-O2",
-                    f"-I{ROOT / 'runtime' / 'deploy'}", str(HERE / "crc32_main.c"), "-o", str(exe)], check=True)
-    r = subprocess.run([QEMU, "-L", str(SYSROOT), str(exe), str(tmp_path / "data")], capture_output=True, text=True,
-                       check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ziglang",
+            "cc",
+            "-target",
+            "aarch64-linux-gnu",
+            "-O2",
+            f"-I{ROOT / 'runtime' / 'deploy'}",
+            str(HERE / "crc32_main.c"),
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
+    r = subprocess.run(
+        [QEMU, "-L", str(SYSROOT), str(exe), str(tmp_path / "data")], capture_output=True, text=True, check=True
+    )
     rows = [line.split() for line in r.stdout.splitlines()]
     fast = 0
     for start, length, tables, folded, split in rows:
-        want = f"{zlib.crc32(data[int(start):int(start) + int(length)]):08x}"
+        want = f"{zlib.crc32(data[int(start) : int(start) + int(length)]):08x}"
         assert tables == want and split == want and folded in (want, "-"), (start, length)
         fast += folded == want
     assert fast == sum(int(length) >= 64 for _, length, *_ in rows) > 1000
@@ -295,7 +380,7 @@ def test_a_macos_dylib_is_cross_built(tmp_path):
     r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "-o", lib, "--target", "macos-arm64")
     assert "target macos-arm64" in r.stdout and "zig cc" in r.stdout
     head = (lib / "libdigits_cnn.dylib").read_bytes()[:16]
-    magic, cpu, _, filetype = (int.from_bytes(head[i:i + 4], "little") for i in range(0, 16, 4))
-    assert (magic, cpu, filetype) == (0xFEEDFACF, 0x0100000C, 6)       # Mach-O 64-bit, arm64, MH_DYLIB
+    magic, cpu, _, filetype = (int.from_bytes(head[i : i + 4], "little") for i in range(0, 16, 4))
+    assert (magic, cpu, filetype) == (0xFEEDFACF, 0x0100000C, 6)  # Mach-O 64-bit, arm64, MH_DYLIB
     for function in ("create", "predict_arrays", "destroy", "error"):
         assert f"_digits_cnn_{function}\0".encode() in (lib / "libdigits_cnn.dylib").read_bytes()

@@ -4,6 +4,7 @@ Python without dlc through ctypes, against `dlc predict --backend native`'s numb
 CPU check of another target; bad input through the C API; threads on instances of their
 own; `--train` libraries trained from C and ctypes against `dlc train --backend native`,
 their checkpoints in `dlc eval`, and their train API's bad input."""
+
 import ctypes
 import os
 import re
@@ -28,8 +29,9 @@ pytestmark = pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C co
 
 
 def dlc(*args, check=True, env=None):
-    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True,
-                       env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True, text=True, env=env
+    )
     assert not check or r.returncode == 0, r.stderr
     return r
 
@@ -45,25 +47,41 @@ def build_example(model: str, folder: Path):
 def built():
     """model -> (library folder, checkpoint), built once for the test session, whichever
     pytest-xdist worker asks first; the tests only read them."""
+
     def get(model: str):
         folder = session_folder(f"build-{model}", lambda folder: build_example(model, folder))
         return folder / "lib", folder / "weights.npz"
+
     return get
 
 
 def compile_main(lib: Path, name: str, out: Path, static=False) -> Path:
-    link = [str(lib / f"lib{name}.a"), "-lm", "-lpthread"] if static else \
-        [f"-L{lib}", f"-l{name}", f"-Wl,-rpath,{lib}"]
-    subprocess.run(["cc", "-O2", f"-I{lib}", "-include", f"{name}.h", f"-DMODEL={name}", str(MAIN), *link, "-o",
-                    str(out)], check=True)
+    link = [str(lib / f"lib{name}.a"), "-lm", "-lpthread"] if static else [f"-L{lib}", f"-l{name}", f"-Wl,-rpath,{lib}"]
+    subprocess.run(
+        ["cc", "-O2", f"-I{lib}", "-include", f"{name}.h", f"-DMODEL={name}", str(MAIN), *link, "-o", str(out)],
+        check=True,
+    )
     return out
 
 
 def c_predict(program: Path, ckpt, x: np.ndarray, out_rank: int, tmp: Path, threads=2) -> np.ndarray:
     """The C program's prediction, run with an empty environment (no Python, no PYTHONPATH)."""
     x.tofile(tmp / "x.bin")
-    r = subprocess.run(["env", "-i", str(program), str(ckpt), str(tmp / "x.bin"), str(tmp / "y.bin"), str(out_rank),
-                        str(threads), *map(str, x.shape)], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            "env",
+            "-i",
+            str(program),
+            str(ckpt),
+            str(tmp / "x.bin"),
+            str(tmp / "y.bin"),
+            str(out_rank),
+            str(threads),
+            *map(str, x.shape),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     return np.fromfile(tmp / "y.bin", np.float32)
 
@@ -84,13 +102,15 @@ def test_a_library_of_quick_code_says_so(built, tmp_path):
     """The test session builds quick code (DLC_QUICK_CODE=only), and `dlc build` says it;
     the page's build (below) is at O3, as a user's."""
     r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "-o", tmp_path / "lib")
-    assert r.stdout.splitlines()[2:] == ["its code is quick code, not O3 (DLC_QUICK_CODE=only): it computes the "
-                                         "same bits, more slowly"]
+    assert r.stdout.splitlines()[2:] == [
+        "its code is quick code, not O3 (DLC_QUICK_CODE=only): it computes the same bits, more slowly"
+    ]
 
 
 def digits_as_read(count: int) -> np.ndarray:
     """The first `count` images of the digits data set as it holds them (pixels 0 to 16)."""
     from dlc.runtime.data.images import digits
+
     return digits(ROOT, scale=1).columns["x"][:count]
 
 
@@ -107,11 +127,17 @@ def test_the_pages_build_and_programs_as_written(built, tmp_path):
     shutil.copy(built("digits_cnn")[1], tmp_path / "runs" / "digits" / "best.npz")
     # as a user runs it: O3 code (the session's builds are quick code), so the programs below
     # also show that a library at O3 computes the bits of the JIT's quick code
-    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *said[1][2:].split()[1:]], capture_output=True,
-                       text=True, cwd=tmp_path, env={**os.environ, "DLC_QUICK_CODE": "1"})
+    r = subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", *said[1][2:].split()[1:]],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "DLC_QUICK_CODE": "1"},
+    )
     assert r.returncode == 0, r.stderr
-    assert re.sub(r"\(/[^)]*\)", "(CC)", r.stdout).splitlines() == [re.sub(r"\(/[^)]*\)", "(CC)", line)
-                                                                      for line in said[2:]]
+    assert re.sub(r"\(/[^)]*\)", "(CC)", r.stdout).splitlines() == [
+        re.sub(r"\(/[^)]*\)", "(CC)", line) for line in said[2:]
+    ]
     (tmp_path / "main.c").write_text(next(b for k, b in blocks if k == "c" and "int main(" in b))
     raw = digits_as_read(5)
     engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(built("digits_cnn")[1])
@@ -120,16 +146,23 @@ def test_the_pages_build_and_programs_as_written(built, tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     cpp = next(b for k, b in blocks if k == "cpp")
-    (tmp_path / "main.cpp").write_text(cpp + "#include <cstdio>\nint main(int, char **argv) {\n    Model m(argv[1]);\n"
-                                       "    std::printf(\"%g\\n\", m.predict(std::vector<float>(64 * 3), 3)[0]);\n}\n")
+    (tmp_path / "main.cpp").write_text(
+        cpp + "#include <cstdio>\nint main(int, char **argv) {\n    Model m(argv[1]);\n"
+        "    std::printf(\"%g\\n\", m.predict(std::vector<float>(64 * 3), 3)[0]);\n}\n"
+    )
     lines = [b.splitlines() for k, b in blocks if not k and b.startswith("cc -O2 main.c")][0]
     lines += [b.strip() for k, b in blocks if not k and b.startswith("c++ -O2 main.cpp")]
     assert len(lines) == 3
     for line in lines:
         subprocess.run(line.split("#")[0], shell=True, cwd=tmp_path, check=True)
         c = line.startswith("cc")
-        run = subprocess.run(["../main", "../runs/digits/best.npz"], capture_output=True, text=True, cwd=elsewhere,
-                             input=lines_in if c else None)
+        run = subprocess.run(
+            ["../main", "../runs/digits/best.npz"],
+            capture_output=True,
+            text=True,
+            cwd=elsewhere,
+            input=lines_in if c else None,
+        )
         assert run.returncode == 0 and run.stdout.strip(), (line, run.stderr)
         if c:
             got = np.array([[float(v) for v in row.split()] for row in run.stdout.splitlines()], np.float32)
@@ -143,26 +176,50 @@ def test_one_instance_per_thread(built, tmp_path, threads):
     succeeds."""
     lib, ckpt = built("digits_cnn")
     program = tmp_path / "threads"
-    subprocess.run(["cc", "-O2", f"-I{lib}", "-include", "digits_cnn.h", "-DMODEL=digits_cnn",
-                    str(ROOT / "tests" / "deploy" / "threads_main.c"), f"-L{lib}", "-ldigits_cnn", f"-Wl,-rpath,{lib}",
-                    "-lpthread", "-o", str(program)], check=True)
+    subprocess.run(
+        [
+            "cc",
+            "-O2",
+            f"-I{lib}",
+            "-include",
+            "digits_cnn.h",
+            "-DMODEL=digits_cnn",
+            str(ROOT / "tests" / "deploy" / "threads_main.c"),
+            f"-L{lib}",
+            "-ldigits_cnn",
+            f"-Wl,-rpath,{lib}",
+            "-lpthread",
+            "-o",
+            str(program),
+        ],
+        check=True,
+    )
     r = subprocess.run(["env", "-i", str(program), str(ckpt), str(threads), "50"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
 
 # what a library may need at run time: libc, libm, libpthread
-RUN_TIME = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0",
-            "/lib64/ld-linux-x86-64.so.2"}
-PREDICT_API = ("create", "create_from_memory", "describe", "destroy", "error", "output_shapes", "predict",
-               "predict_arrays", "set_threads")
+RUN_TIME = {"linux-vdso.so.1", "libc.so.6", "libm.so.6", "libpthread.so.0", "/lib64/ld-linux-x86-64.so.2"}
+PREDICT_API = (
+    "create",
+    "create_from_memory",
+    "describe",
+    "destroy",
+    "error",
+    "output_shapes",
+    "predict",
+    "predict_arrays",
+    "set_threads",
+)
 
 
 def needs_and_exports(so: Path) -> tuple:
     """(the libraries `so` needs, the symbols it exports of digits_cnn)."""
     needed = subprocess.run(["ldd", str(so)], capture_output=True, text=True).stdout
     exported = subprocess.run(["nm", "-D", "--defined-only", str(so)], capture_output=True, text=True).stdout.split()
-    return {line.split()[0] for line in needed.splitlines() if line.strip()}, \
-        sorted(s for s in exported if s.startswith("digits"))
+    return {line.split()[0] for line in needed.splitlines() if line.strip()}, sorted(
+        s for s in exported if s.startswith("digits")
+    )
 
 
 def test_the_library_needs_no_python_nor_llvm(built):
@@ -173,8 +230,9 @@ def test_the_library_needs_no_python_nor_llvm(built):
     # every global of the static library is named after the model: its GEMM routines and pool
     # too (`dlc_sgemm_*` as `digits_cnn__dlc_sgemm_*`), so two models' libraries link together;
     # of the GEMM routines, those its step calls (its products' weights packed once: `_packed`)
-    listed = subprocess.run(["nm", "-g", "--defined-only", str(lib / "libdigits_cnn.a")], capture_output=True,
-                            text=True, check=True).stdout
+    listed = subprocess.run(
+        ["nm", "-g", "--defined-only", str(lib / "libdigits_cnn.a")], capture_output=True, text=True, check=True
+    ).stdout
     names = [line.split()[2] for line in listed.splitlines() if len(line.split()) == 3]
     assert "digits_cnn__dlc_sgemm_nn_packed" in names and "digits_cnn__dlc_pool_run" in names
     assert "digits_cnn__dlc_sgemm_tt" not in names and "digits_cnn__dlc_bgemm_nn" not in names
@@ -185,12 +243,14 @@ def test_the_library_links_no_openmp_runtime(built):
     """Its threads are dlc's own pool over pthreads: no OpenMP library is needed, by the
     shared library or by a program linking the static one."""
     lib, _ = built("digits_cnn")
-    dynamic = subprocess.run(["readelf", "-d", str(lib / "libdigits_cnn.so")], capture_output=True, text=True,
-                             check=True).stdout
+    dynamic = subprocess.run(
+        ["readelf", "-d", str(lib / "libdigits_cnn.so")], capture_output=True, text=True, check=True
+    ).stdout
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(.*?)\]", dynamic)
     assert needed and not [n for n in needed if "omp" in n], needed
-    undefined = subprocess.run(["nm", "-u", str(lib / "libdigits_cnn.a")], capture_output=True, text=True,
-                               check=True).stdout.split()
+    undefined = subprocess.run(
+        ["nm", "-u", str(lib / "libdigits_cnn.a")], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert "pthread_create" in undefined and not [u for u in undefined if "omp" in u.lower()]
 
 
@@ -227,8 +287,12 @@ def test_loading_and_unloading_the_library_leaves_no_thread_behind(built):
     unloaded, again and again: the pool's two workers start once per load, are joined at
     each unload (the code they run unmapped after), and the bits are the same every time."""
     lib, ckpt = built("digits_cnn")
-    r = subprocess.run(["env", "-i", sys.executable, "-I", "-S", "-c", UNLOADER, str(lib / "libdigits_cnn.so"),
-                        str(ckpt), "15"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        ["env", "-i", sys.executable, "-I", "-S", "-c", UNLOADER, str(lib / "libdigits_cnn.so"), str(ckpt), "15"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     before, most = map(int, r.stdout.split())
     assert most == before + 2
@@ -260,8 +324,12 @@ def test_a_forked_child_of_a_library_user_starts_workers_of_its_own(built):
     """A process that predicted on 2 threads forks: the child's prediction starts a worker of
     its own and gives the same bits; the parent's pool still works. A hang fails by the timeout."""
     lib, ckpt = built("digits_cnn")
-    r = subprocess.run(["env", "-i", sys.executable, "-I", "-S", "-c", FORKER, str(lib / "libdigits_cnn.so"),
-                        str(ckpt)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        ["env", "-i", sys.executable, "-I", "-S", "-c", FORKER, str(lib / "libdigits_cnn.so"), str(ckpt)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0", "True", "2"], r.stdout
 
@@ -303,8 +371,23 @@ def test_a_python_caller_without_dlc(built, tmp_path):
     lib, ckpt = built("digits_cnn")
     x = inputs("digits_cnn", 1)
     x.tofile(tmp_path / "x.bin")
-    r = subprocess.run(["env", "-i", sys.executable, "-I", "-S", "-c", CTYPES_CALLER, str(lib / "libdigits_cnn.so"),
-                        str(ckpt), str(tmp_path / "x.bin")], capture_output=True, text=True, cwd=tmp_path)
+    r = subprocess.run(
+        [
+            "env",
+            "-i",
+            sys.executable,
+            "-I",
+            "-S",
+            "-c",
+            CTYPES_CALLER,
+            str(lib / "libdigits_cnn.so"),
+            str(ckpt),
+            str(tmp_path / "x.bin"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
     assert bytes.fromhex(r.stdout) == engine.predict({"x": x})["probs"].tobytes()
@@ -327,9 +410,28 @@ def test_without_a_system_compiler_zig_cc_builds_and_links(built, tmp_path):
     r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--toolchain", "zig", "-o", tmp_path / "lib")
     assert "linked with zig cc (ziglang" in r.stdout
     lib = tmp_path / "lib"
-    subprocess.run([sys.executable, "-m", "ziglang", "cc", "-target", "x86_64-linux-gnu", "-O2", f"-I{lib}", "-include",
-                    "digits_cnn.h", "-DMODEL=digits_cnn", str(MAIN), f"-L{lib}", "-ldigits_cnn", f"-Wl,-rpath,{lib}",
-                    "-o", str(tmp_path / "main")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ziglang",
+            "cc",
+            "-target",
+            "x86_64-linux-gnu",
+            "-O2",
+            f"-I{lib}",
+            "-include",
+            "digits_cnn.h",
+            "-DMODEL=digits_cnn",
+            str(MAIN),
+            f"-L{lib}",
+            "-ldigits_cnn",
+            f"-Wl,-rpath,{lib}",
+            "-o",
+            str(tmp_path / "main"),
+        ],
+        check=True,
+    )
     x = inputs("digits_cnn", 4)
     engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
     assert c_predict(tmp_path / "main", ckpt, x, 2, tmp_path).tobytes() == engine.predict({"x": x})["probs"].tobytes()
@@ -343,6 +445,7 @@ def test_a_second_build_takes_its_code_from_the_compile_cache(tmp_path, monkeypa
     from dlc.runtime.deploy.build import build
     from dlc.runtime.deploy.toolchain import Toolchain
     from dlc.runtime.engines import cache
+
     dl = ROOT / "examples" / "xor_mlp.dl"
     build(str(dl), tmp_path / "first", train=True)
     before = dict(cache.stats)
@@ -354,8 +457,16 @@ def test_a_second_build_takes_its_code_from_the_compile_cache(tmp_path, monkeypa
 
 def test_build_refuses_weights_of_another_model(built, tmp_path):
     _, ckpt = built("digits_cnn")
-    r = dlc("build", ROOT / "examples" / "xor_mlp.dl", "--weights", ckpt, "--embed-weights", "-o", tmp_path / "lib",
-            check=False)
+    r = dlc(
+        "build",
+        ROOT / "examples" / "xor_mlp.dl",
+        "--weights",
+        ckpt,
+        "--embed-weights",
+        "-o",
+        tmp_path / "lib",
+        check=False,
+    )
     assert r.returncode == 1 and "does not match the model: missing h.W [2, 4]" in r.stderr
     assert not (tmp_path / "lib").exists()
 
@@ -367,7 +478,9 @@ def test_embedding_needs_weights(tmp_path):
 
 def test_train_settings_need_train(tmp_path):
     r = dlc("build", ROOT / "examples" / "digits_cnn.dl", "--seed", 3, "-o", tmp_path / "lib", check=False)
-    assert r.returncode == 1 and r.stderr.strip() == "error: --seed is a setting of the train step: it goes with --train"
+    assert (
+        r.returncode == 1 and r.stderr.strip() == "error: --seed is a setting of the train step: it goes with --train"
+    )
 
 
 # ---- the C API from ctypes: bad input -------------------------------------------------------------------
@@ -394,7 +507,7 @@ def test_wrong_shapes_name_the_input_and_both_shapes(digits):
     status, _, _ = api.predict(model, np.zeros((2, 1, 8, 8), np.float32), [2, 1, 8, 8], 19)
     assert status == STATUS["DLC_ERROR_SHAPE"]
     assert api.error(model) == "output 'probs' has shape [2, 10], 20 elements; its buffer holds 19"
-    huge = [1 << 61, 1, 8, 8]       # elements overflow int64: refused before anything is read
+    huge = [1 << 61, 1, 8, 8]  # elements overflow int64: refused before anything is read
     assert api.predict(model, x, huge, 100)[0] == STATUS["DLC_ERROR_SHAPE"]
     status, y, shape = api.predict(model, np.zeros((2, 1, 8, 8), np.float32), [2, 1, 8, 8], 20)
     assert status == 0 and api.error(model) == "" and list(shape) == [2, 10]
@@ -416,8 +529,10 @@ def test_null_pointers_are_errors(digits):
 @pytest.fixture(scope="module")
 def digits_train(built):
     """(the Api of a --train library of the digits CNN, a checkpoint), built once for the session."""
-    lib = session_folder("build-digits_cnn-train",
-                         lambda folder: dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", folder))
+    lib = session_folder(
+        "build-digits_cnn-train",
+        lambda folder: dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", folder),
+    )
     return Api(lib, "digits_cnn"), built("digits_cnn")[1]
 
 
@@ -476,7 +591,7 @@ def test_an_index_out_of_range_is_an_error_at_the_line(built):
     status, _, _ = api.predict(model, x, x.shape, 20)
     assert status == STATUS["DLC_ERROR_INDEX"]
     assert api.error(model) == "input 'tokens' holds 5000 (element 0), but the model takes 0 to 999 there"
-    x = np.zeros((1, 100), np.int32)        # longer than its 64 learned positions (P[0:T])
+    x = np.zeros((1, 100), np.int32)  # longer than its 64 learned positions (P[0:T])
     status, _, _ = api.predict(model, x, x.shape, 10)
     assert status == STATUS["DLC_ERROR_SHAPE"]
     assert api.error(model).endswith("error: the inputs are too large for this slice: it needs T <= 64")
@@ -489,16 +604,29 @@ def test_the_crc32_of_both_paths_is_zlibs(tmp_path):
     tables alone, and in pieces (a .npy header, then the data read into its array). Each
     must be zlib's, at every start (alignment) and many lengths."""
     import zlib
+
     data = np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes()
     (tmp_path / "data").write_bytes(data)
     exe = tmp_path / "crc32_main"
-    subprocess.run(["cc", "-O2", f"-I{ROOT / 'runtime' / 'deploy'}", str(ROOT / "tests" / "deploy" / "crc32_main.c"),
-                    "-pthread", "-o", str(exe)], check=True)
-    lines = subprocess.run([str(exe), str(tmp_path / "data")], capture_output=True, text=True, check=True).stdout.split("\n")
+    subprocess.run(
+        [
+            "cc",
+            "-O2",
+            f"-I{ROOT / 'runtime' / 'deploy'}",
+            str(ROOT / "tests" / "deploy" / "crc32_main.c"),
+            "-pthread",
+            "-o",
+            str(exe),
+        ],
+        check=True,
+    )
+    lines = subprocess.run([str(exe), str(tmp_path / "data")], capture_output=True, text=True, check=True).stdout.split(
+        "\n"
+    )
     rows = [line.split() for line in lines if line]
     clmul = 0
     for start, length, tables, folded, split in rows:
-        want = f"{zlib.crc32(data[int(start):int(start) + int(length)]):08x}"
+        want = f"{zlib.crc32(data[int(start) : int(start) + int(length)]):08x}"
         assert tables == want and split == want, (start, length)
         if folded != "-":
             assert folded == want, (start, length)
@@ -534,18 +662,25 @@ def test_hostile_checkpoints_are_refused(built, tmp_path):
         status, model = api.create(data=good[:cut])
         assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
         api.f("destroy")(model)
-    for cut in range(0, len(good), max(1, len(good) // 60)):        # a file is read piece by piece: the same
+    for cut in range(0, len(good), max(1, len(good) // 60)):  # a file is read piece by piece: the same
         (tmp_path / "cut.npz").write_bytes(good[:cut])
         status, model = api.create(tmp_path / "cut.npz")
         assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
         api.f("destroy")(model)
     import zipfile
+
     with zipfile.ZipFile(ckpt) as z:
         member = z.getinfo("param:c1.W.npy")
-    damaged = bytearray(good)        # a bit of c1.W's data flipped: read into its array, then its CRC checked
-    local = member.header_offset            # its local header: 30 bytes, the name, the extra field, then the .npy
-    damaged[local + 30 + int.from_bytes(good[local + 26:local + 28], "little")
-            + int.from_bytes(good[local + 28:local + 30], "little") + 128 + 10] ^= 1
+    damaged = bytearray(good)  # a bit of c1.W's data flipped: read into its array, then its CRC checked
+    local = member.header_offset  # its local header: 30 bytes, the name, the extra field, then the .npy
+    damaged[
+        local
+        + 30
+        + int.from_bytes(good[local + 26 : local + 28], "little")
+        + int.from_bytes(good[local + 28 : local + 30], "little")
+        + 128
+        + 10
+    ] ^= 1
     (tmp_path / "damaged.npz").write_bytes(damaged)
     status, model = api.create(tmp_path / "damaged.npz")
     assert api.error(model) == "checkpoint: parameter c1.W is damaged (CRC mismatch)"
@@ -559,8 +694,17 @@ def test_hostile_checkpoints_are_refused(built, tmp_path):
         status, model = api.create(data=tensors[:cut])
         assert status == STATUS["DLC_ERROR_WEIGHTS"], cut
         api.f("destroy")(model)
-    dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "--format", "torch", "-o", tmp_path / "t.safetensors")
-    status, model = api.create(tmp_path / "t.safetensors")       # torch.nn's names: not the model's
+    dlc(
+        "export",
+        ROOT / "examples" / "digits_cnn.dl",
+        "--weights",
+        ckpt,
+        "--format",
+        "torch",
+        "-o",
+        tmp_path / "t.safetensors",
+    )
+    status, model = api.create(tmp_path / "t.safetensors")  # torch.nn's names: not the model's
     assert status == STATUS["DLC_ERROR_WEIGHTS"] and api.error(model) == "checkpoint: no parameter c1.W"
     api.f("destroy")(model)
 
@@ -656,9 +800,22 @@ def test_fuzz_the_c_api(built, tmp_path):
     their own: each returns a known status with a message, and nothing crashes."""
     lib, ckpt = built("digits_cnn")
     dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
-    r = subprocess.run([sys.executable, "-c", FUZZ, str(lib), str(ckpt), str(Path(__file__).parents[1]), "1", "10500",
-                        str(tmp_path / "w.safetensors")],
-                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FUZZ,
+            str(lib),
+            str(ckpt),
+            str(Path(__file__).parents[1]),
+            "1",
+            "10500",
+            str(tmp_path / "w.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert int(r.stdout) >= 10_000
 
@@ -666,15 +823,23 @@ def test_fuzz_the_c_api(built, tmp_path):
 def test_a_library_for_another_cpu_refuses_to_run(tmp_path, built):
     """Built for a target whose features this CPU lacks, create says so; never SIGILL."""
     from dlc.compiler.native.codegen import jit
-    missing = next((t for t, f in (("avx512", "avx512f"), ("avx512bf16", "avx512bf16"), ("amx", "amx-tile"))
-                    if not jit.host_has(f)), None)
+
+    missing = next(
+        (
+            t
+            for t, f in (("avx512", "avx512f"), ("avx512bf16", "avx512bf16"), ("amx", "amx-tile"))
+            if not jit.host_has(f)
+        ),
+        None,
+    )
     if missing is None:
         pytest.skip("this CPU has every feature of every target")
     _, ckpt = built("digits_cnn")
     dlc("build", ROOT / "examples" / "digits_cnn.dl", "--target", missing, "-o", tmp_path / "lib")
-    if missing == "avx512" and shutil.which("objdump"):      # compiled for it indeed: 512-bit registers
-        code = subprocess.run(["objdump", "-d", str(tmp_path / "lib" / "libdigits_cnn.so")], capture_output=True,
-                              text=True).stdout
+    if missing == "avx512" and shutil.which("objdump"):  # compiled for it indeed: 512-bit registers
+        code = subprocess.run(
+            ["objdump", "-d", str(tmp_path / "lib" / "libdigits_cnn.so")], capture_output=True, text=True
+        ).stdout
         assert "%zmm" in code
     api = Api(tmp_path / "lib", "digits_cnn")
     status, model = api.create(ckpt)
@@ -692,9 +857,12 @@ def test_a_host_call_cannot_go_in_a_library():
     from dlc.compiler.native.kernels.host_call import HostCallKernel
     from dlc.compiler.native.program import KernelProgram
     from dlc.runtime.deploy.build import _refuse_host_calls
+
     p = KernelProgram()
     buffer = p.buffer("f32", 3, "temp")
-    p.kernels.append(HostCallKernel(p.host("replica_mean").id, buffer.id, origin=(("replica_mean", Span("m.dl", 4, 9)),)))
+    p.kernels.append(
+        HostCallKernel(p.host("replica_mean").id, buffer.id, origin=(("replica_mean", Span("m.dl", 4, 9)),))
+    )
     with pytest.raises(DlcError) as e:
         _refuse_host_calls(p)
     assert e.value.render().startswith("m.dl:4:9: error: `replica_mean` calls back into Python")
@@ -708,8 +876,10 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
     dlc("build", dl, "--train", "--seed", seed, "-o", tmp_path / "lib")
     needs, exports = needs_and_exports(tmp_path / "lib" / "libdigits_cnn.so")
     assert needs <= RUN_TIME, needs
-    assert exports == sorted(f"digits_cnn_{f}" for f in PREDICT_API + (
-        "get_parameter", "save", "set_parameter", "set_schedule", "train_step"))
+    assert exports == sorted(
+        f"digits_cnn_{f}"
+        for f in PREDICT_API + ("get_parameter", "save", "set_parameter", "set_schedule", "train_step")
+    )
     model = load(dl).build(None, training=True)
     checkpoint.save(tmp_path / "init.npz", initial_parameters(model, seed), {}, {})
     fed = trainer_batches(dl, {"epochs": epochs, "seed": seed}, tmp_path / "recorded")
@@ -721,21 +891,69 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
                 np.ascontiguousarray(batch["x"], np.float32).tofile(f)
                 np.ascontiguousarray(batch["y"], np.int32).tofile(f)
     lib = tmp_path / "lib"
-    subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), f"-L{lib}",
-                    "-ldigits_cnn", f"-Wl,-rpath,{lib}", "-o", str(tmp_path / "train")], check=True)
+    subprocess.run(
+        [
+            "cc",
+            "-O2",
+            f"-I{lib}",
+            str(ROOT / "tests" / "deploy" / "train_main.c"),
+            f"-L{lib}",
+            "-ldigits_cnn",
+            f"-Wl,-rpath,{lib}",
+            "-o",
+            str(tmp_path / "train"),
+        ],
+        check=True,
+    )
     # the first epoch, saved; the others continue from that checkpoint (its optimizer state and step count)
     for start, batches, end in (("init", "first", "epoch1"), ("epoch1", "rest", "c")):
-        r = subprocess.run(["env", "-i", str(tmp_path / "train"), str(tmp_path / f"{start}.npz"),
-                            str(tmp_path / f"{batches}.bin"), str(per_epoch), str(per_epoch * epochs),
-                            str(tmp_path / f"{end}.npz"), str(tmp_path / "params.bin")], capture_output=True, text=True)
+        r = subprocess.run(
+            [
+                "env",
+                "-i",
+                str(tmp_path / "train"),
+                str(tmp_path / f"{start}.npz"),
+                str(tmp_path / f"{batches}.bin"),
+                str(per_epoch),
+                str(per_epoch * epochs),
+                str(tmp_path / f"{end}.npz"),
+                str(tmp_path / "params.bin"),
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{len(fed) - per_epoch} steps")
     # the whole loop at once, linked against the static library
-    subprocess.run(["cc", "-O2", f"-I{lib}", str(ROOT / "tests" / "deploy" / "train_main.c"), str(lib / "libdigits_cnn.a"),
-                    "-lm", "-lpthread", "-o", str(tmp_path / "train_static")], check=True)
-    r = subprocess.run(["env", "-i", str(tmp_path / "train_static"), str(tmp_path / "init.npz"),
-                        str(tmp_path / "batches.bin"), str(per_epoch), str(per_epoch * epochs), str(tmp_path / "s.npz"),
-                        str(tmp_path / "params_static.bin")], capture_output=True, text=True)
+    subprocess.run(
+        [
+            "cc",
+            "-O2",
+            f"-I{lib}",
+            str(ROOT / "tests" / "deploy" / "train_main.c"),
+            str(lib / "libdigits_cnn.a"),
+            "-lm",
+            "-lpthread",
+            "-o",
+            str(tmp_path / "train_static"),
+        ],
+        check=True,
+    )
+    r = subprocess.run(
+        [
+            "env",
+            "-i",
+            str(tmp_path / "train_static"),
+            str(tmp_path / "init.npz"),
+            str(tmp_path / "batches.bin"),
+            str(per_epoch),
+            str(per_epoch * epochs),
+            str(tmp_path / "s.npz"),
+            str(tmp_path / "params_static.bin"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     dlc("train", dl, "--backend", "native", "--epochs", epochs, "--seed", seed, "--out", tmp_path / "run", "-q")
     want, want_opt, _ = checkpoint.load(tmp_path / "run" / "last.npz")
@@ -745,11 +963,11 @@ def test_a_c_training_loop_is_dlc_train_bit_for_bit(tmp_path):
     at = 0
     for name in ["c1.W", "c1.b", "c3.W", "c3.b", "f5.W", "f5.b", "logits.W", "logits.b"]:
         assert got[name].tobytes() == want[name].tobytes(), name
-        assert flat[at:at + want[name].size].tobytes() == want[name].tobytes(), name     # get_parameter's
+        assert flat[at : at + want[name].size].tobytes() == want[name].tobytes(), name  # get_parameter's
         at += want[name].size
         for slot in ("m", "v"):
             assert got_opt[name][slot].tobytes() == want_opt[name][slot].tobytes(), (name, slot)
-    assert not np.array_equal(want["c1.W"], checkpoint.load(tmp_path / "init.npz")[0]["c1.W"])    # it trained
+    assert not np.array_equal(want["c1.W"], checkpoint.load(tmp_path / "init.npz")[0]["c1.W"])  # it trained
     assert (tmp_path / "params_static.bin").read_bytes() == (tmp_path / "params.bin").read_bytes()
     scored = dlc("eval", dl, "--weights", tmp_path / "c.npz").stdout
     assert scored == dlc("eval", dl, "--weights", tmp_path / "run" / "last.npz").stdout
@@ -774,28 +992,34 @@ def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(
     def get(name, capacity=10000):
         out, shape, rank = np.zeros(capacity, np.float32), np.zeros(8, np.int64), np.zeros(1, np.int32)
         status = f("get_parameter")(model, name.encode(), p(out), capacity, p(shape), p(rank))
-        return status, out, tuple(shape[:rank[0]])
+        return status, out, tuple(shape[: rank[0]])
 
     before = get("c1.W")[1].copy()
-    assert f("set_parameter")(model, b"nope", p(w), p(np.array([16, 1, 3, 3], np.int64)), 4) == STATUS["DLC_ERROR_ARGUMENT"]
+    assert (
+        f("set_parameter")(model, b"nope", p(w), p(np.array([16, 1, 3, 3], np.int64)), 4)
+        == STATUS["DLC_ERROR_ARGUMENT"]
+    )
     assert api.error(model) == "set_parameter: the model has no parameter 'nope'"
-    assert f("set_parameter")(model, b"c1.W", p(w), p(np.array([16, 1, 3, 2], np.int64)), 4) == STATUS["DLC_ERROR_SHAPE"]
+    assert (
+        f("set_parameter")(model, b"c1.W", p(w), p(np.array([16, 1, 3, 2], np.int64)), 4) == STATUS["DLC_ERROR_SHAPE"]
+    )
     assert api.error(model) == "set_parameter: c1.W has shape [16, 1, 3, 3], got [16, 1, 3, 2]"
     assert f("set_parameter")(model, None, p(w), None, 0) == STATUS["DLC_ERROR_ARGUMENT"]
-    for rank in (5, -1, 1 << 30):      # refused before a dim is read: the shape holds at most the largest rank
+    for rank in (5, -1, 1 << 30):  # refused before a dim is read: the shape holds at most the largest rank
         assert f("set_parameter")(model, b"c1.W", p(w), p(np.array([16], np.int64)), rank) == STATUS["DLC_ERROR_SHAPE"]
         assert api.error(model) == f"set_parameter: rank {rank}; c1.W has rank 4 (give 0 to 4)"
     assert get("c1.W", 143)[0] == STATUS["DLC_ERROR_SHAPE"]
     assert api.error(model) == "get_parameter: c1.W has 144 elements; the buffer holds 143"
-    assert get("c1.W")[1].tobytes() == before.tobytes()     # nothing changed
+    assert get("c1.W")[1].tobytes() == before.tobytes()  # nothing changed
     x, y, values = inputs("digits_cnn", 2), np.zeros(3, np.int32), np.zeros(2, np.float64)
-    step = lambda xs, ys, capacity=2: f("train_step")(model, p(x), p(np.array(xs, np.int64)), p(y),
-                                                      p(np.array(ys, np.int64)), p(values), capacity)
+    step = lambda xs, ys, capacity=2: f("train_step")(
+        model, p(x), p(np.array(xs, np.int64)), p(y), p(np.array(ys, np.int64)), p(values), capacity
+    )
     assert step([2, 1, 8, 8], [3]) == STATUS["DLC_ERROR_SHAPE"]
     assert api.error(model) == "input 'y' expects i32[B] with B = 2, got shape [3]"
     assert step([2, 1, 8, 8], [2], capacity=1) == STATUS["DLC_ERROR_SHAPE"]
     assert f("set_schedule")(model, 0, 5) == STATUS["DLC_ERROR_ARGUMENT"]
-    assert get("c1.W")[1].tobytes() == before.tobytes()     # no failed step updated anything
+    assert get("c1.W")[1].tobytes() == before.tobytes()  # no failed step updated anything
     assert f("save")(model, str(tmp_path / "no" / "such" / "folder.npz").encode()) == STATUS["DLC_ERROR_ARGUMENT"]
     assert api.error(model).startswith("save: cannot write") and "No such file or directory" in api.error(model)
     assert step([2, 1, 8, 8], [2]) == 0 and np.isfinite(values).all() and get("c1.W")[1].tobytes() != before.tobytes()
@@ -809,12 +1033,14 @@ def test_the_train_api_refuses_bad_input_and_shares_its_parameters_with_predict(
     api.f("destroy")(model)
     # a checkpoint with the optimizer state of one trained parameter and not the others
     params = checkpoint.load(ckpt)[0]
-    checkpoint.save(tmp_path / "partial.npz", params, {"c1.W": {"m": params["c1.W"], "v": params["c1.W"]}},
-                    {"optimizer": "adam"})
+    checkpoint.save(
+        tmp_path / "partial.npz", params, {"c1.W": {"m": params["c1.W"], "v": params["c1.W"]}}, {"optimizer": "adam"}
+    )
     status, model = api.create(tmp_path / "partial.npz")
     assert status == STATUS["DLC_ERROR_WEIGHTS"]
-    assert api.error(model) == ("checkpoint: it holds the optimizer state of some trained parameters, not of all "
-                                "(opt:NAME:SLOT arrays)")
+    assert api.error(model) == (
+        "checkpoint: it holds the optimizer state of some trained parameters, not of all (opt:NAME:SLOT arrays)"
+    )
     api.f("destroy")(model)
 
 
@@ -830,8 +1056,9 @@ def test_a_class_out_of_range_fails_the_step(digits_train):
     assert api.f("get_parameter")(model, b"c1.W", p(w), w.size, None, None) == 0
     for bad in (10, -1):
         y = np.array([1, bad, 2], np.int32)
-        status = api.f("train_step")(model, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([3], np.int64)),
-                                     p(values), 2)
+        status = api.f("train_step")(
+            model, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([3], np.int64)), p(values), 2
+        )
         assert status == STATUS["DLC_ERROR_INDEX"]
         assert api.error(model) == f"input 'y' holds {bad} (element 1), but the model takes 0 to 9 there"
     after = np.zeros(144, np.float32)
@@ -860,20 +1087,21 @@ def test_a_changed_weight_is_packed_again(built, tmp_path):
         status, got, _ = api.predict(model, x, x.shape, 80)
         assert status == 0, api.error(model)
         want = engine.predict({"x": x})["probs"]
-        assert got[:want.size].tobytes() == want.tobytes()
+        assert got[: want.size].tobytes() == want.tobytes()
         return want
 
     same_as_engine(x[:1])
-    first = same_as_engine()            # packs the weights
-    for name in ("f5.W", "logits.W"):   # the dense layers' GEMMs take them as B
+    first = same_as_engine()  # packs the weights
+    for name in ("f5.W", "logits.W"):  # the dense layers' GEMMs take them as B
         w = np.random.default_rng(len(name)).normal(0, 0.3, engine.params[name].shape).astype(np.float32)
         shape = np.array(w.shape, np.int64)
         assert api.f("set_parameter")(model, name.encode(), p(w), p(shape), w.ndim) == 0, api.error(model)
-        engine.params[name][...] = w    # in place: the engine packs again at every call
+        engine.params[name][...] = w  # in place: the engine packs again at every call
     assert not np.array_equal(same_as_engine(), first)
     y, values = np.zeros(8, np.int32), np.zeros(2, np.float64)
-    step = api.f("train_step")(model, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([8], np.int64)),
-                               p(values), 2)
+    step = api.f("train_step")(
+        model, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([8], np.int64)), p(values), 2
+    )
     assert step == 0, api.error(model)
     for name, value in engine.params.items():
         out, shape, rank = np.zeros(value.size, np.float32), np.zeros(8, np.int64), np.zeros(1, np.int32)
@@ -887,21 +1115,28 @@ def test_two_threads_train_two_instances_at_once(built, tmp_path):
     """Two instances trained at once on two threads (ctypes lets go of the GIL in a call),
     each on batches of its own: each ends with the parameters of the same steps taken alone."""
     import threading
+
     lib = tmp_path / "lib"
     dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", lib)
     _, ckpt = built("digits_cnn")
     api = Api(lib, "digits_cnn")
     c = ctypes
     p = lambda a: c.c_void_p(a.ctypes.data)
-    batches = [[(inputs("digits_cnn", 64, seed=10 * k + j), np.arange(64, dtype=np.int32) % 10) for j in range(20)]
-               for k in range(2)]
+    batches = [
+        [(inputs("digits_cnn", 64, seed=10 * k + j), np.arange(64, dtype=np.int32) % 10) for j in range(20)]
+        for k in range(2)
+    ]
 
     def train(k: int, out: dict):
         status, model = api.create(ckpt)
         assert status == 0
         for x, y in batches[k]:
-            assert api.f("train_step")(model, p(x), p(np.array(x.shape, np.int64)), p(y),
-                                       p(np.array(y.shape, np.int64)), None, 0) == 0
+            assert (
+                api.f("train_step")(
+                    model, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array(y.shape, np.int64)), None, 0
+                )
+                == 0
+            )
         w = np.zeros(128 * 64, np.float32)
         assert api.f("get_parameter")(model, b"f5.W", p(w), w.size, None, None) == 0
         out[k] = w
@@ -924,8 +1159,14 @@ def test_two_threads_train_two_instances_at_once(built, tmp_path):
 # 1x1 convolutions tests/native/test_conv_gemms.py checks; transformer_classifier (15 s) with -m
 # slow too: AdamW's decay, a cosine schedule after a warmup and an embedding's gather through a
 # library's train_step are tests/deploy/test_train_settings.py's, on a small model
-@pytest.mark.parametrize("model", ["char_lstm", pytest.param("transformer_classifier", marks=pytest.mark.slow),
-                                   pytest.param("inception_cnn", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "char_lstm",
+        pytest.param("transformer_classifier", marks=pytest.mark.slow),
+        pytest.param("inception_cnn", marks=pytest.mark.slow),
+    ],
+)
 def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
     """One epoch of the char LSTM (on its text's start; Adam, gradient clipping: the update's norm), of the
     transformer classifier (AdamW's decay, a cosine schedule after a warmup of an epoch,
@@ -934,7 +1175,7 @@ def test_training_through_the_c_api_is_dlc_train(model, tmp_path):
     ctypes with the batches dlc train feeds its engine: the parameters and optimizer state
     are its bits."""
     seed, dl = 5, ROOT / "examples" / f"{model}.dl"
-    if model == "char_lstm":    # its text's first 24,000 characters: an epoch of 11 steps, not 92 (19 s)
+    if model == "char_lstm":  # its text's first 24,000 characters: an epoch of 11 steps, not 92 (19 s)
         (tmp_path / "data").mkdir()
         (tmp_path / "data" / "genesis.txt").write_text((ROOT / "examples" / "data" / "genesis.txt").read_text()[:24000])
         dl = Path(shutil.copy(dl, tmp_path))
@@ -1025,8 +1266,21 @@ def test_fuzz_the_train_api(built, tmp_path):
     known status with a message, nothing crashes, and the instance still trains."""
     _, ckpt = built("digits_cnn")
     dlc("build", ROOT / "examples" / "digits_cnn.dl", "--train", "-o", tmp_path / "lib")
-    r = subprocess.run([sys.executable, "-c", FUZZ_TRAIN, str(tmp_path / "lib"), str(ckpt), str(Path(__file__).parents[1]),
-                        "2", "10500"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FUZZ_TRAIN,
+            str(tmp_path / "lib"),
+            str(ckpt),
+            str(Path(__file__).parents[1]),
+            "2",
+            "10500",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert int(r.stdout) >= 10_000
 
@@ -1056,8 +1310,11 @@ def test_a_changed_filter_is_transformed_again(tmp_path):
     source = tmp_path / "wino.dl"
     source.write_text(WINOGRAD)
     rng = np.random.default_rng(2)
-    np.savez(tmp_path / "wino.npz", x=rng.standard_normal((6, 32, 9, 11)).astype(np.float32),
-             y=rng.integers(0, 4, 6).astype(np.int32))
+    np.savez(
+        tmp_path / "wino.npz",
+        x=rng.standard_normal((6, 32, 9, 11)).astype(np.float32),
+        y=rng.integers(0, 4, 6).astype(np.int32),
+    )
     params = initial_parameters(load(source).build(None, training=False), 7)
     checkpoint.save(tmp_path / "weights.npz", params, {}, {})
     dlc("build", source, "--train", "-o", tmp_path / "lib")
@@ -1072,11 +1329,11 @@ def test_a_changed_filter_is_transformed_again(tmp_path):
         status, got, _ = api.predict(model, x, x.shape, 8)
         assert status == 0, api.error(model)
         want = engine.predict({"x": x})["probs"]
-        assert got[:want.size].tobytes() == want.tobytes()
+        assert got[: want.size].tobytes() == want.tobytes()
         return want
 
     first = same_as_engine()
-    assert np.array_equal(same_as_engine(), first)      # from the filters transformed by the first call
+    assert np.array_equal(same_as_engine(), first)  # from the filters transformed by the first call
     w = np.random.default_rng(4).normal(0, 0.2, engine.params["h.W"].shape).astype(np.float32)
     assert api.f("set_parameter")(model, b"h.W", p(w), p(np.array(w.shape, np.int64)), w.ndim) == 0, api.error(model)
     engine.params["h.W"][...] = w
@@ -1093,18 +1350,22 @@ def test_filters_kept_packed_give_the_engines_bits(tmp_path):
     from dlc.compiler.native.lower import lower
     from dlc.compiler.passes.optimize import optimize
     from dlc.runtime.engines.native import predict_graph
+
     source = tmp_path / "filters.dl"
     shutil.copy(ROOT / "tests" / "deploy" / "filters.dl", source)
     engine = DlcModel(str(source), backend="native")
     program = lower(optimize(predict_graph(engine.eval_model)), pack_weights="once")
     assert len([k for k in program.kernels if isinstance(k, GemmKernel) and k.packed_a]) == 3
     rng = np.random.default_rng(6)
-    np.savez(tmp_path / "filters.npz", x=rng.standard_normal((4, 32, 9, 11)).astype(np.float32),
-             y=rng.integers(0, 4, 4).astype(np.int32))
+    np.savez(
+        tmp_path / "filters.npz",
+        x=rng.standard_normal((4, 32, 9, 11)).astype(np.float32),
+        y=rng.integers(0, 4, 4).astype(np.int32),
+    )
     params = initial_parameters(load(source).build(None, training=False), 5)
     checkpoint.save(tmp_path / "weights.npz", params, {}, {})
     engine.load_weights(tmp_path / "weights.npz")
-    dlc("build", source, "--train", "-o", tmp_path / "lib")     # (set_parameter is a train library's)
+    dlc("build", source, "--train", "-o", tmp_path / "lib")  # (set_parameter is a train library's)
     api = Api(tmp_path / "lib", "filters")
     p = lambda a: ctypes.c_void_p(a.ctypes.data)
     status, model = api.create(tmp_path / "weights.npz")
@@ -1115,10 +1376,10 @@ def test_filters_kept_packed_give_the_engines_bits(tmp_path):
             x = rng.standard_normal((batch, 32, 9, 11)).astype(np.float32)
             status, got, _ = api.predict(model, x, x.shape, 4 * batch)
             assert status == 0, api.error(model)
-            assert got[:4 * batch].tobytes() == engine.predict({"x": x})["logits"].tobytes(), batch
+            assert got[: 4 * batch].tobytes() == engine.predict({"x": x})["logits"].tobytes(), batch
 
     same_as_engine()
-    same_as_engine()        # from the packs the first call made
+    same_as_engine()  # from the packs the first call made
     for name in ("h.W", "s.W", "p.W"):
         w = rng.normal(0, 0.2, engine.params[name].shape).astype(np.float32)
         assert api.f("set_parameter")(model, name.encode(), p(w), p(np.array(w.shape, np.int64)), w.ndim) == 0
@@ -1148,8 +1409,9 @@ def test_a_train_library_with_its_weights_inside(built, tmp_path):
     assert status == 0, api.error(first)
     assert f5(first).tobytes() == want.tobytes()
     x, y = inputs("digits_cnn", 8), np.arange(8, dtype=np.int32)
-    assert api.f("train_step")(first, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([8], np.int64)),
-                               None, 0) == 0, api.error(first)
+    assert (
+        api.f("train_step")(first, p(x), p(np.array(x.shape, np.int64)), p(y), p(np.array([8], np.int64)), None, 0) == 0
+    ), api.error(first)
     assert f5(first).tobytes() != want.tobytes()
     status, second = api.create()
     assert status == 0 and f5(second).tobytes() == want.tobytes()
@@ -1171,15 +1433,24 @@ def test_a_checkpoint_with_an_extra_array_is_refused(built, tmp_path):
     np.savez(tmp_path / "plain.npz", **{f"param:{k}": v for k, v in params.items()}, bogus=np.zeros(2, np.float32))
     dlc("export", ROOT / "examples" / "digits_cnn.dl", "--weights", ckpt, "-o", tmp_path / "w.safetensors")
     from safetensors.numpy import load_file, save_file
-    save_file({**load_file(tmp_path / "w.safetensors"), "bogus": np.zeros(2, np.float32)},
-              str(tmp_path / "extra.safetensors"))
+
+    save_file(
+        {**load_file(tmp_path / "w.safetensors"), "bogus": np.zeros(2, np.float32)}, str(tmp_path / "extra.safetensors")
+    )
     for path, name in (("extra.npz", "param:bogus"), ("plain.npz", "bogus"), ("extra.safetensors", "bogus")):
         status, model = api.create(tmp_path / path)
         assert status == STATUS["DLC_ERROR_WEIGHTS"], path
         assert api.error(model) == f"checkpoint: does not match the model: unexpected extra {name}", path
         api.f("destroy")(model)
-        r = dlc("predict", ROOT / "examples" / "digits_cnn.dl", "--weights", tmp_path / path, "--input",
-                "digits()", check=False)
+        r = dlc(
+            "predict",
+            ROOT / "examples" / "digits_cnn.dl",
+            "--weights",
+            tmp_path / path,
+            "--input",
+            "digits()",
+            check=False,
+        )
         assert r.returncode == 1 and "does not match the model: unexpected" in r.stderr, path
     checkpoint.save(tmp_path / "state.npz", params, {"c1.W": {"m": params["c1.W"]}}, {"epoch": 1})
     status, model = api.create(tmp_path / "state.npz")
@@ -1191,21 +1462,32 @@ def test_the_header_and_describe_say_every_input_and_output(built):
     """The header's constants (dims, fixed dims, scale, ids) and NAME_describe's JSON say what
     the .dl file says: the shapes, the training data with its scale, an integer input's ids."""
     import json
+
     lib, _ = built("digits_cnn")
     header = (lib / "digits_cnn.h").read_text()
-    for line in ("#define DIGITS_CNN_INPUT_X_DIMS {-1, 1, 8, 8}", "#define DIGITS_CNN_INPUT_X_DIM_3 8",
-                 "#define DIGITS_CNN_INPUT_X_SCALE 0.0625", "#define DIGITS_CNN_OUTPUT_PROBS_DIMS {-1, 10}",
-                 "#define DIGITS_CNN_OUTPUT_PROBS_DIM_1 10", "#define DIGITS_CNN_TRANSFORM 0",
-                 " * trained on: digits(scale = 0.0625, image = true)"):
+    for line in (
+        "#define DIGITS_CNN_INPUT_X_DIMS {-1, 1, 8, 8}",
+        "#define DIGITS_CNN_INPUT_X_DIM_3 8",
+        "#define DIGITS_CNN_INPUT_X_SCALE 0.0625",
+        "#define DIGITS_CNN_OUTPUT_PROBS_DIMS {-1, 10}",
+        "#define DIGITS_CNN_OUTPUT_PROBS_DIM_1 10",
+        "#define DIGITS_CNN_TRANSFORM 0",
+        " * trained on: digits(scale = 0.0625, image = true)",
+    ):
         assert line in header, line
-    assert "DIGITS_CNN_OUTPUT_PROBS_DIM_0" not in header        # B: given at each call
+    assert "DIGITS_CNN_OUTPUT_PROBS_DIM_0" not in header  # B: given at each call
     api = Api(lib, "digits_cnn")
     api.f("describe").restype = ctypes.c_char_p
     assert json.loads(api.f("describe")()) == {
-        "model": "digits_cnn", "target": "host", "weights": "checkpoint", "trains": False,
-        "data": "digits(scale = 0.0625, image = true)", "transform": False,
+        "model": "digits_cnn",
+        "target": "host",
+        "weights": "checkpoint",
+        "trains": False,
+        "data": "digits(scale = 0.0625, image = true)",
+        "transform": False,
         "inputs": [{"name": "x", "dtype": "f32", "shape": ["B", 1, 8, 8], "scale": 0.0625, "ids": None}],
-        "outputs": [{"name": "probs", "dtype": "f32", "shape": ["B", 10]}]}
+        "outputs": [{"name": "probs", "dtype": "f32", "shape": ["B", 10]}],
+    }
     lstm, _ = built("char_lstm")
     assert "#define CHAR_LSTM_INPUT_X_IDS 96   /* its values: 0 to 95 */" in (lstm / "char_lstm.h").read_text()
 
@@ -1228,9 +1510,12 @@ def test_output_shapes_sizes_every_output_before_the_call(digits):
     assert out.tolist() == [4, 10] and count.tolist() == [30]
     huge = np.array([1 << 60, 1, 8, 8], np.int64)
     assert f(model, array(huge), array(out), p(count)) == STATUS["DLC_ERROR_SHAPE"]
-    for args in ((None, array(out)), (array(shape), None),
-                 (ctypes.cast((ctypes.c_void_p * 1)(None), ctypes.c_void_p), array(out)),
-                 (array(shape), ctypes.cast((ctypes.c_void_p * 1)(None), ctypes.c_void_p))):
+    for args in (
+        (None, array(out)),
+        (array(shape), None),
+        (ctypes.cast((ctypes.c_void_p * 1)(None), ctypes.c_void_p), array(out)),
+        (array(shape), ctypes.cast((ctypes.c_void_p * 1)(None), ctypes.c_void_p)),
+    ):
         assert f(model, *args, p(count)) == STATUS["DLC_ERROR_ARGUMENT"]
         assert "null pointer" in api.error(model)
     assert f(None, array(shape), array(out), p(count)) == STATUS["DLC_ERROR_ARGUMENT"]
@@ -1278,7 +1563,7 @@ def test_the_transform_compiled_in_takes_the_data_as_its_source_reads_it(built, 
     engine = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"), backend="native").load_weights(ckpt)
     want = engine.predict({"x": raw * np.float32(1 / 16)}, 7)["probs"]
     assert y[:70].tobytes() == np.ascontiguousarray(want, np.float32).tobytes()
-    assert raw.max() == 16.0        # the caller's array is not scaled in place
+    assert raw.max() == 16.0  # the caller's array is not scaled in place
     api.f("destroy")(model)
     r = dlc("build", ROOT / "examples" / "xor_mlp.dl", "--transform", "-o", tmp_path / "xor", check=False)
     assert r.returncode == 1 and "scales no input: there is no transform to compile in" in r.stderr
@@ -1293,11 +1578,19 @@ def test_the_pages_program_runs_clean_under_valgrind_with_an_avx2_library(built,
     dlc("build", ROOT / "examples" / "digits_cnn.dl", "--target", "avx2", "-o", tmp_path / "lib")
     blocks = re.findall(r"```(\w*)\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), re.S)
     (tmp_path / "main.c").write_text(next(b for k, b in blocks if k == "c" and "int main(" in b))
-    subprocess.run(["cc", "-O2", "main.c", "-Ilib", "-Llib", "-ldigits_cnn", "-Wl,-rpath,$ORIGIN/lib", "-o", "main"],
-                   cwd=tmp_path, check=True)
+    subprocess.run(
+        ["cc", "-O2", "main.c", "-Ilib", "-Llib", "-ldigits_cnn", "-Wl,-rpath,$ORIGIN/lib", "-o", "main"],
+        cwd=tmp_path,
+        check=True,
+    )
     lines = "".join(" ".join(str(int(v)) for v in image.ravel()) + "\n" for image in digits_as_read(3))
     plain = subprocess.run(["./main", str(ckpt)], input=lines, capture_output=True, text=True, cwd=tmp_path)
-    checked = subprocess.run(["valgrind", "--error-exitcode=9", "-q", "./main", str(ckpt)], input=lines,
-                             capture_output=True, text=True, cwd=tmp_path)
+    checked = subprocess.run(
+        ["valgrind", "--error-exitcode=9", "-q", "./main", str(ckpt)],
+        input=lines,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert plain.returncode == 0 and checked.returncode == 0, checked.stderr
     assert checked.stdout == plain.stdout and len(plain.stdout.splitlines()) == 3

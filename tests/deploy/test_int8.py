@@ -2,6 +2,7 @@
 CNN (`--target amx` on a host with AMX-INT8) whose outputs are `predict(int8=True)`'s on the
 native engine bit for bit, on any thread count; the float32 library's boundary checks; the
 quantized checkpoints it refuses."""
+
 import shutil
 import subprocess
 import sys
@@ -39,9 +40,10 @@ def library(tmp_path_factory):
     assert r.returncode == 0, r.stderr
     r = dlc("build", DIGITS, "--weights", folder / "q.npz", "--int8", "--target", TARGET, "-o", folder / "lib")
     assert r.returncode == 0 and "weights embedded, predicts with 3 integer products" in r.stdout, r.stderr
-    if TARGET == "amx" and shutil.which("objdump"):     # its products on the tiles indeed
-        code = subprocess.run(["objdump", "-d", str(folder / "lib" / "libdigits_cnn.so")], capture_output=True,
-                              text=True).stdout
+    if TARGET == "amx" and shutil.which("objdump"):  # its products on the tiles indeed
+        code = subprocess.run(
+            ["objdump", "-d", str(folder / "lib" / "libdigits_cnn.so")], capture_output=True, text=True
+        ).stdout
         assert "tdpbusd" in code
     return folder / "lib", folder / "q.npz"
 
@@ -58,17 +60,19 @@ def instance(library):
 def test_the_int8_library_is_the_jits_int8_prediction_bit_for_bit(library, instance):
     api, model = instance
     jit = DlcModel(str(DIGITS), backend="native").load_weights(library[1])
-    assert np.array_equal(jit.predict(inputs("digits_cnn", 3), int8=True)["probs"],
-                          jit.engine_for(int8=True).predict(jit.params, {"x": inputs("digits_cnn", 3)})["probs"])
+    assert np.array_equal(
+        jit.predict(inputs("digits_cnn", 3), int8=True)["probs"],
+        jit.engine_for(int8=True).predict(jit.params, {"x": inputs("digits_cnn", 3)})["probs"],
+    )
     for batch in (1, 64):
         x = inputs("digits_cnn", batch, seed=batch)
-        x[0, 0, 0, :2] = [np.nan, 1e30]         # quantized as 0.0 and as the largest value
-        want = jit.engine_for(int8=True).predict(jit.params, {"x": x})["probs"]     # the API refuses NaN
+        x[0, 0, 0, :2] = [np.nan, 1e30]  # quantized as 0.0 and as the largest value
+        want = jit.engine_for(int8=True).predict(jit.params, {"x": x})["probs"]  # the API refuses NaN
         for threads in (1, 3):
             assert api.f("set_threads")(model, threads) == 0
             status, y, shape = api.predict(model, x, x.shape, want.size)
             assert status == 0 and list(shape) == list(want.shape), api.error(model)
-            assert y[:want.size].tobytes() == want.tobytes(), (batch, threads)
+            assert y[: want.size].tobytes() == want.tobytes(), (batch, threads)
 
 
 def test_the_int8_library_checks_its_boundary_as_the_float32_one(instance):
@@ -99,13 +103,16 @@ def test_build_int8_refuses_hostile_quantized_checkpoints_and_wrong_flags(librar
     params = {k[6:]: v for k, v in arrays.items() if k.startswith("param:")}
     more = {k: v for k, v in arrays.items() if k.startswith("int8:")}
     more["int8:c3.W:input_scale"] = np.float32(np.nan)
-    checkpoint.save(tmp_path / "nan.npz", params, {}, {k: v for k, v in meta.items()
-                                                      if k not in ("format", "dlc_version")}, more)
+    checkpoint.save(
+        tmp_path / "nan.npz", params, {}, {k: v for k, v in meta.items() if k not in ("format", "dlc_version")}, more
+    )
     r = dlc("build", DIGITS, "--weights", tmp_path / "nan.npz", "--int8", "-o", tmp_path / "lib")
     assert r.returncode == 1 and "int8:c3.W:input_scale is nan" in r.stderr and "Traceback" not in r.stderr
-    assert "digits_cnn.dl:10" in r.stderr        # the product's line
-    for flags, said in ((["--int8"], "give it as --weights Q.npz"),
-                        (["--int8", "--weights", ckpt, "--train"], "it does not train"),
-                        (["--int8", "--weights", ckpt.parent / "weights.npz"], "holds no int8 quantization")):
+    assert "digits_cnn.dl:10" in r.stderr  # the product's line
+    for flags, said in (
+        (["--int8"], "give it as --weights Q.npz"),
+        (["--int8", "--weights", ckpt, "--train"], "it does not train"),
+        (["--int8", "--weights", ckpt.parent / "weights.npz"], "holds no int8 quantization"),
+    ):
         r = dlc("build", DIGITS, *flags, "-o", tmp_path / "lib")
         assert r.returncode != 0 and said in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -9,6 +9,7 @@ recipe names the file of code it changes, and not the build.
 The model's loss is sum(w * g) + sum(u * k) over batches of one row, so its gradients are
 exactly the batch's g and k on every engine (a model's gradients otherwise differ between the
 engines in their last bits, by the order of their sums): what differs is the update alone."""
+
 import re
 import shutil
 from pathlib import Path
@@ -34,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 class WarmSignum(Optimizer):
     """signSGD with momentum (Bernstein et al. 2018), its rate warmed up over 3 steps and then
     lr / sqrt(step), its momentum bias-corrected before the sign."""
+
     name = "warm_signum"
     options = {"lr": REQUIRED, "momentum": 0.9, "weight_decay": 0.0}
     decoupled = True
@@ -42,7 +44,7 @@ class WarmSignum(Optimizer):
         return ("momentum",)
 
     def scalars(self, lr, step, h):
-        return {"rate": select(step < 3, lr * step / 3, lr / step ** 0.5), "correction": 1 - h["momentum"] ** step}
+        return {"rate": select(step < 3, lr * step / 3, lr / step**0.5), "correction": 1 - h["momentum"] ** step}
 
     def rule(self, u):
         h = self.hyper
@@ -80,37 +82,50 @@ def recipe(what: str) -> str:
     return text.split(f"**{what}.**", 1)[1].split("\n\n", 1)[0]
 
 
-@pytest.mark.parametrize("what, code, tests", [
-    ("An optimizer", "runtime/optim/optimizers.py",
-     {"docs/training.md", "tests/native/test_update_rule.py", "tests/deploy/test_train_settings.py"}),
-    ("A schedule", "runtime/optim/schedules.py",
-     {"docs/training.md", "tests/deploy/test_step_formulas.py", "tests/deploy/test_train_settings.py"})])
+@pytest.mark.parametrize(
+    "what, code, tests",
+    [
+        (
+            "An optimizer",
+            "runtime/optim/optimizers.py",
+            {"docs/training.md", "tests/native/test_update_rule.py", "tests/deploy/test_train_settings.py"},
+        ),
+        (
+            "A schedule",
+            "runtime/optim/schedules.py",
+            {"docs/training.md", "tests/deploy/test_step_formulas.py", "tests/deploy/test_train_settings.py"},
+        ),
+    ],
+)
 def test_a_recipe_changes_one_file_of_code(what, code, tests):
     """What a new optimizer or schedule touches: one module of runtime/optim/, the docs, its test
     cases; not the build."""
     named = re.findall(r"`((?:runtime|compiler|tests|docs)/[\w/.]+)`", recipe(what))
     assert all((ROOT / path).exists() for path in named), named
-    assert named[0] == code        # "One class (function) in ..."; the others are read
+    assert named[0] == code  # "One class (function) in ..."; the others are read
     assert tests | {"tests/deploy/test_recipes.py"} <= set(named)
     assert "runtime/deploy" not in recipe(what)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler (cc)")
-def test_an_optimizer_and_schedule_defined_here_train_alike_on_both_engines_and_a_built_library(tmp_path,
-                                                                                                monkeypatch):
+def test_an_optimizer_and_schedule_defined_here_train_alike_on_both_engines_and_a_built_library(tmp_path, monkeypatch):
     monkeypatch.setitem(OPTIMIZERS, WarmSignum.name, WarmSignum)
-    for registry in ("SCHEDULES", "_RATES"):       # the schedule registered until the test ends
+    for registry in ("SCHEDULES", "_RATES"):  # the schedule registered until the test ends
         monkeypatch.setattr(schedules, registry, dict(getattr(schedules, registry)))
     schedules.schedule("inverse_sqrt", min_lr=0.0)(inverse_sqrt)
     rng = np.random.default_rng(5)
-    np.savez(tmp_path / "sums.npz", g=rng.standard_normal((5, 40)).astype(np.float32),
-             k=rng.standard_normal((5, 4, 5)).astype(np.float32))
+    np.savez(
+        tmp_path / "sums.npz",
+        g=rng.standard_normal((5, 40)).astype(np.float32),
+        k=rng.standard_normal((5, 4, 5)).astype(np.float32),
+    )
     dl = tmp_path / "sums.dl"
     dl.write_text(MODEL)
     seed = 2
     fed = trainer_batches(dl, {"seed": seed}, tmp_path / "native")
     Trainer(load(dl), None, {"seed": seed}, tmp_path / "reference", backend="reference", progress="none").run(
-        overwrite=True)
+        overwrite=True
+    )
     build(str(dl), tmp_path / "lib", train=True, overrides={"seed": seed})
     start = initial_parameters(load(dl).build(None, training=True), seed)
     checkpoint.save(tmp_path / "init.npz", start, {}, {})
@@ -121,12 +136,19 @@ def test_an_optimizer_and_schedule_defined_here_train_alike_on_both_engines_and_
     assert api.f("save")(instance, str(tmp_path / "c.npz").encode()) == 0, api.error(instance)
     api.f("destroy")(instance)
 
-    runs = {run: checkpoint.load(path) for run, path in [("native", tmp_path / "native" / "last.npz"),
-                                                            ("reference", tmp_path / "reference" / "last.npz"),
-                                                            ("library", tmp_path / "c.npz")]}
+    runs = {
+        run: checkpoint.load(path)
+        for run, path in [
+            ("native", tmp_path / "native" / "last.npz"),
+            ("reference", tmp_path / "reference" / "last.npz"),
+            ("library", tmp_path / "c.npz"),
+        ]
+    }
     assert len(fed) == 10 and runs["native"][2]["step"] == 10
-    arrays = {run: {**params, **{f"{n}:{s}": a for n, slots in state.items() for s, a in slots.items()}}
-              for run, (params, state, _) in runs.items()}
+    arrays = {
+        run: {**params, **{f"{n}:{s}": a for n, slots in state.items() for s, a in slots.items()}}
+        for run, (params, state, _) in runs.items()
+    }
     assert set(arrays["native"]) == {"w", "u", "w:momentum", "u:momentum"}
     for run in ("reference", "library"):
         assert arrays[run].keys() == arrays["native"].keys()

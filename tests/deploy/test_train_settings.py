@@ -11,6 +11,7 @@ first half, saved, then the rest from that checkpoint in a new instance; the par
 the optimizer state and the checkpoint's step, epoch and batch are the trainer's. A case
 spends most of its time in the build: 6.6 s of CPU cold, half of it the GEMM object, which
 the compile cache gives the builds after the first (measured once, on a busy machine)."""
+
 import shutil
 
 import numpy as np
@@ -42,23 +43,23 @@ GROUPS = 'param_groups = [group(ndim = 1, weight_decay = 0, lr_mult = 2), group(
 # id -> the train block's settings besides data, batch and the groups: each optimizer and schedule at least once
 CASES = {
     "sgd-step-warmup-l2": "optimizer = sgd(lr = 0.2, weight_decay = 0.01) schedule = step(every = 1, gamma = 0.5, "
-                          "warmup = 0.5) l2 = 0.001",
+    "warmup = 0.5) l2 = 0.001",
     "momentum-exponential-clip-value": "optimizer = momentum(lr = 0.05, weight_decay = 0.01) "
-                                       "schedule = exponential(gamma = 0.7) clip = value(0.05)",
+    "schedule = exponential(gamma = 0.7) clip = value(0.05)",
     "nesterov-warm-restarts-freeze": "optimizer = nesterov(lr = 0.05) schedule = warm_restarts(period = 1, mult = 2, "
-                                     "min_lr = 0.001) freeze = [e]",
+    "min_lr = 0.001) freeze = [e]",
     "rmsprop-cosine-l1": "optimizer = rmsprop(lr = 0.01, weight_decay = 0.01) schedule = cosine(min_lr = 0.001, "
-                         "warmup = 1) l1 = 0.0001",
+    "warmup = 1) l1 = 0.0001",
     "rmsprop-momentum-linear-warmup-clip": "optimizer = rmsprop(lr = 0.01, momentum = 0.9) "
-                                           "schedule = linear_warmup(warmup_steps = 3) clip = global_norm(0.5)",
+    "schedule = linear_warmup(warmup_steps = 3) clip = global_norm(0.5)",
     # an epoch of random windows is the steps that read the text's length: 7 here, not one per window
     "adam-random-windows-max-steps": "optimizer = adam(lr = 0.01, weight_decay = 0.01) schedule = step(decay_steps = 3, "
-                                     "gamma = 0.5, warmup = 1) max_steps = 12",
+    "gamma = 0.5, warmup = 1) max_steps = 12",
     "adamw-cosine-decay-steps-clip": "optimizer = adamw(lr = 0.01, betas = (0.8, 0.99), weight_decay = 0.1) "
-                                     "schedule = cosine(warmup_steps = 2, decay_steps = 5, min_lr = 0.001) clip = 1.0",
+    "schedule = cosine(warmup_steps = 2, decay_steps = 5, min_lr = 0.001) clip = 1.0",
     "adagrad-constant": "optimizer = adagrad(lr = 0.1, lr_decay = 0.1, weight_decay = 0.01)",
     "lion-warm-restarts-decay-steps": "optimizer = lion(lr = 0.003, betas = (0.8, 0.95), weight_decay = 0.1) "
-                                      "schedule = warm_restarts(decay_steps = 2, mult = 1.5, warmup_steps = 1)",
+    "schedule = warm_restarts(decay_steps = 2, mult = 1.5, warmup_steps = 1)",
 }
 
 
@@ -68,7 +69,7 @@ def test_the_cases_take_every_optimizer_and_schedule():
     first_order = [name for name, cls in OPTIMIZERS.items() if not cls.full_batch]
     assert [n for n in first_order if f"optimizer = {n}(" not in text] == []
     assert [n for n in SCHEDULES if n != "constant" and f"schedule = {n}(" not in text] == []
-    assert any("schedule" not in settings for settings in CASES.values())      # constant, the default
+    assert any("schedule" not in settings for settings in CASES.values())  # constant, the default
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -79,8 +80,10 @@ def test_a_library_trains_as_dlc_train(case, tmp_path):
     epochs = "" if "max_steps" in settings else "epochs = 2"
     (tmp_path / "tiny.txt").write_text(TEXT)
     dl = tmp_path / "tiny.dl"
-    dl.write_text(MODEL + f'train tiny {{\n    data = text("tiny.txt", seq = 6{windows})\n    batch = 8\n    {epochs}\n'
-                  f"    {GROUPS}\n    {settings}\n}}\n")
+    dl.write_text(
+        MODEL + f'train tiny {{\n    data = text("tiny.txt", seq = 6{windows})\n    batch = 8\n    {epochs}\n'
+        f"    {GROUPS}\n    {settings}\n}}\n"
+    )
     build(str(dl), tmp_path / "lib", train=True, overrides={"seed": seed})
     fed = trainer_batches(dl, {"seed": seed}, tmp_path / "run")
     want, want_opt, want_meta = checkpoint.load(tmp_path / "run" / "last.npz")
@@ -97,9 +100,12 @@ def test_a_library_trains_as_dlc_train(case, tmp_path):
         api.f("destroy")(instance)
     got, got_opt, meta = checkpoint.load(tmp_path / "c.npz")
     assert set(got) == set(want) and set(got_opt) == set(want_opt)
-    different = [name for name in want if got[name].tobytes() != want[name].tobytes()] + \
-        [f"{name}:{slot}" for name in want_opt for slot in want_opt[name]
-         if got_opt[name][slot].tobytes() != want_opt[name][slot].tobytes()]
+    different = [name for name in want if got[name].tobytes() != want[name].tobytes()] + [
+        f"{name}:{slot}"
+        for name in want_opt
+        for slot in want_opt[name]
+        if got_opt[name][slot].tobytes() != want_opt[name][slot].tobytes()
+    ]
     assert different == []
     assert {k: meta[k] for k in ("step", "epoch", "batch")} == {k: want_meta[k] for k in ("step", "epoch", "batch")}
     trained = [name for name in want if not np.array_equal(want[name], start[name])]

@@ -1,6 +1,7 @@
 """`dlc fmt` (compiler/frontend/format.py): the canonical layout is idempotent, keeps every
 comment, and the formatted program builds the same graphs, over the examples, the standard
 library and the front-end fuzz corpus; `--check` exits 1 with a diff."""
+
 from __future__ import annotations
 
 import re
@@ -22,8 +23,8 @@ from dlc.tools.fuzz import Corpus
 ROOT = Path(dlc.__file__).resolve().parent
 EXAMPLES = sorted((ROOT / "examples").glob("*.dl"))
 STDLIB = sorted(Path(str(resources.files("dlc.compiler").joinpath("stdlib"))).glob("*.dl"))
-MUTANTS = 150           # inputs 0..MUTANTS-1 of the fuzz campaign's seed 0
-LOCATION = re.compile(r"  @.*$|(?<=scan_body)@\d+", re.MULTILINE)      # a node's place; a scan body's line
+MUTANTS = 150  # inputs 0..MUTANTS-1 of the fuzz campaign's seed 0
+LOCATION = re.compile(r"  @.*$|(?<=scan_body)@\d+", re.MULTILINE)  # a node's place; a scan body's line
 
 
 def comments(text: str) -> list[str]:
@@ -40,8 +41,11 @@ def graphs(text: str, filename: str) -> list[str]:
         for name in program.models:
             for training in (True, False):
                 m = program.build(name, training=training)
-                built += [LOCATION.sub("", to_text(m.graph)), LOCATION.sub("", to_text(m.init)),
-                          repr([(p.name, str(p.type)) for p in m.params])]
+                built += [
+                    LOCATION.sub("", to_text(m.graph)),
+                    LOCATION.sub("", to_text(m.init)),
+                    repr([(p.name, str(p.type)) for p in m.params]),
+                ]
         return built
     except DlcError as e:
         return [e.message]
@@ -203,7 +207,9 @@ def test_a_byte_order_mark_is_accepted_and_kept(tmp_path, capsys):
     path.write_bytes(b"\xef\xbb\xbfmodel m {\r\ninput x: f32[B, 4]\r\noutput y = dense(x, 2)\r\n}\r\n")
     assert main(["check", str(path)]) == 0, capsys.readouterr().err
     assert main(["fmt", str(path)]) == 0
-    assert path.read_bytes() == b"\xef\xbb\xbfmodel m {\r\n    input  x: f32[B, 4]\r\n    output y = dense(x, 2)\r\n}\r\n"
+    assert (
+        path.read_bytes() == b"\xef\xbb\xbfmodel m {\r\n    input  x: f32[B, 4]\r\n    output y = dense(x, 2)\r\n}\r\n"
+    )
 
 
 LONG = textwrap.dedent("""\
@@ -234,7 +240,8 @@ def test_a_long_line_is_broken_at_its_pipes_and_its_outermost_calls_commas():
         "    z = concat(",
         "        dense(x, 128, act = relu, init = glorot_uniform),",
         "        dense(x, 128, act = tanh, init = glorot_uniform),",
-        "        dense(x, 128, act = sigmoid), axis = -1)"]
+        "        dense(x, 128, act = sigmoid), axis = -1)",
+    ]
 
 
 @pytest.mark.parametrize("width", [30, 60, 90])
@@ -255,4 +262,4 @@ def test_fmt_line_width_is_an_option(tmp_path, capsys):
     assert main(["fmt", "--line-width", "60", str(path)]) == 0
     assert path.read_text() == format_text(LONG, width=60) and max(map(len, path.read_text().splitlines())) < 90
     assert main(["fmt", "--check", "--line-width", "60", str(path)]) == 0
-    assert main(["fmt", "--check", str(path)]) == 0      # a narrower layout is kept: lines are never joined
+    assert main(["fmt", "--check", str(path)]) == 0  # a narrower layout is kept: lines are never joined

@@ -2,6 +2,7 @@
 example lexes without an error token, `pygmentize -l dl` finds it through the installed
 entry point) and, with npm's tools, the TextMate grammar's tests and the VS Code
 extension's package."""
+
 from __future__ import annotations
 
 import os
@@ -50,10 +51,13 @@ def test_what_each_token_is():
 
 
 def test_dlc_core_does_not_import_the_lexer():
-    code = ("import sys; from dlc.runtime.cli import main; main(['check', sys.argv[1]]); "
-            "print(sorted(m for m in sys.modules if m.startswith(('pygments', 'dlc.editors'))))")
-    out = subprocess.run([sys.executable, "-c", code, str(ROOT / "examples" / "xor_mlp.dl")],
-                         capture_output=True, text=True, check=True).stdout
+    code = (
+        "import sys; from dlc.runtime.cli import main; main(['check', sys.argv[1]]); "
+        "print(sorted(m for m in sys.modules if m.startswith(('pygments', 'dlc.editors'))))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(ROOT / "examples" / "xor_mlp.dl")], capture_output=True, text=True, check=True
+    ).stdout
     assert out.strip().endswith("[]"), out
 
 
@@ -63,6 +67,11 @@ def test_pygmentize_finds_the_lexer_of_the_installed_package(tmp_path):
     site = tmp_path / "site"
     zipfile.ZipFile(built_wheel()).extractall(site)
     env = dict(os.environ, PYTHONPATH=str(site))
-    out = subprocess.run([sys.executable, "-m", "pygments", "-l", "dl", "-f", "html", str(EXAMPLES[0])],
-                         env=env, capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "pygments", "-l", "dl", "-f", "html", str(EXAMPLES[0])],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert '<span class="kd">model</span>' in out and '<span class="c1">#' in out

@@ -1,6 +1,7 @@
 """The VS Code extension (editors/vscode/): its TextMate grammar's own tests, the grammar over
 every example and stdlib file against dlc's lexer, and `vsce package`. They need node and
 the extension's npm devDependencies: `npm ci --prefix editors/vscode`."""
+
 from __future__ import annotations
 
 import json
@@ -23,16 +24,23 @@ from helpers.browser import require_chromium
 ROOT = Path(dlc.__file__).resolve().parent
 VSCODE = ROOT / "editors" / "vscode"
 BIN = VSCODE / "node_modules" / ".bin"
-FILES = sorted((ROOT / "examples").glob("*.dl")) + \
-    sorted(Path(str(resources.files("dlc.compiler").joinpath("stdlib"))).glob("*.dl"))
+FILES = sorted((ROOT / "examples").glob("*.dl")) + sorted(
+    Path(str(resources.files("dlc.compiler").joinpath("stdlib"))).glob("*.dl")
+)
 
 pytestmark = pytest.mark.skipif(
     shutil.which("node") is None or not (BIN / "vscode-tmgrammar-test").exists() or not (BIN / "vsce").exists(),
-    reason="needs node and the extension's npm packages: npm ci --prefix editors/vscode")
+    reason="needs node and the extension's npm packages: npm ci --prefix editors/vscode",
+)
 
 # the scope (a prefix) each of the grammar's terminals must get
-EXPECTED = {"COMMENT": "comment.", "STRING": "string.", "NUMBER": "constant.numeric", "SIZE": "constant.numeric",
-            "DTYPE": "support.type"}
+EXPECTED = {
+    "COMMENT": "comment.",
+    "STRING": "string.",
+    "NUMBER": "constant.numeric",
+    "SIZE": "constant.numeric",
+    "DTYPE": "support.type",
+}
 KEYWORD_SCOPES = ("keyword.", "storage.type", "constant.language", "support.type")
 
 
@@ -55,8 +63,13 @@ def test_a_wrong_expectation_fails(tmp_path):
 def test_every_example_and_stdlib_file_is_colored_as_dlc_lexes_it(tmp_path):
     for f in FILES:
         shutil.copy(f, tmp_path / f.name)
-    out = run(str(BIN / "vscode-tmgrammar-snap"), "-g", "syntaxes/dl.tmLanguage.json", "--updateSnapshot",
-              str(tmp_path / "*.dl"))
+    out = run(
+        str(BIN / "vscode-tmgrammar-snap"),
+        "-g",
+        "syntaxes/dl.tmLanguage.json",
+        "--updateSnapshot",
+        str(tmp_path / "*.dl"),
+    )
     assert out.returncode == 0, out.stdout + out.stderr
     words = A.keywords()
     for f in FILES:
@@ -98,8 +111,12 @@ def test_vsce_packages_the_extension(tmp_path):
 def test_the_editor_picture_is_drawn_from_the_grammar_and_the_server(tmp_path):
     require_chromium("the editor picture")
     out = tmp_path / "editor.png"
-    main = subprocess.run([sys.executable, "-m", "dlc.tools.editor_shot", "--out", str(out), "--size", "900", "500"],
-                          capture_output=True, text=True, timeout=300)
+    main = subprocess.run(
+        [sys.executable, "-m", "dlc.tools.editor_shot", "--out", str(out), "--size", "900", "500"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert main.returncode == 0, main.stderr
     png = out.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", png[16:24]) == (900, 500)
@@ -107,6 +124,7 @@ def test_the_editor_picture_is_drawn_from_the_grammar_and_the_server(tmp_path):
 
 def test_the_editor_picture_without_chromium_skips_naming_it(monkeypatch, tmp_path):
     import helpers.browser
+
     monkeypatch.setattr(helpers.browser, "CHROMIUM", str(tmp_path / "no-chromium"))
     with pytest.raises(pytest.skip.Exception, match=r"needs Chromium at .*\(apt-get install chromium\)"):
         test_the_editor_picture_is_drawn_from_the_grammar_and_the_server(tmp_path)

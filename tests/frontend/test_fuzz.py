@@ -4,6 +4,7 @@ The mutator, the front-end harness and the model generator live in dlc/tools/fuz
 (`python -m dlc.tools.fuzz` runs the long campaign); this file runs a fixed, seeded
 slice of it. Input I of a failure below is printed by `python -m dlc.tools.fuzz --show I`.
 """
+
 import random
 import sys
 
@@ -15,9 +16,14 @@ from dlc.tools.fuzz import EXTREME_NUMBERS, Corpus, FuzzOutcome, Worker, check_i
 
 # inputs first..first+count-1 of seed 0, about 20 ms each: the first 500 in every run, 2,500 more with -m slow
 MUTANTS = [(0, 500), pytest.param(500, 2500, marks=pytest.mark.slow)]
-BUDGET = 5.0            # seconds of CPU per input: a front end that takes longer hangs
-HYPOTHESIS = settings(max_examples=200, derandomize=True, database=None, deadline=None,
-                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+BUDGET = 5.0  # seconds of CPU per input: a front end that takes longer hangs
+HYPOTHESIS = settings(
+    max_examples=200,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,7 @@ def test_mutants_end_in_success_or_a_dlc_error(corpus, tmp_path, first, count):
 
 
 # ---- hypothesis: expressions, shapes and train settings written from scratch ----------------------
-NAMES = ("x", "ids", "n", "s", "t", "B", "y")      # in scope in MODEL below
+NAMES = ("x", "ids", "n", "s", "t", "B", "y")  # in scope in MODEL below
 FUNCTIONS = tuple(fuzz.builtin_names())
 KEYWORDS = ("axis", "units", "act", "rate", "padding", "name", "stride", "kernel", "heads", "init")
 numbers = st.sampled_from(EXTREME_NUMBERS) | st.integers(0, 12).map(str) | st.sampled_from(("0.5", "2.0", "1e-3"))
@@ -58,17 +64,23 @@ def _call(f, args, kwargs):
 def _compound(inner):
     subscript = inner | st.sampled_from((":", "::2", "1:", "-1", "...")) | st.tuples(inner, inner).map(":".join)
     return st.one_of(
-        st.tuples(inner, st.sampled_from(("+", "-", "*", "/", "//", "%", "@", "^", "==", "<", "and", "or")),
-                  inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(inner, st.sampled_from(("+", "-", "*", "/", "//", "%", "@", "^", "==", "<", "and", "or")), inner).map(
+            lambda t: f"({t[0]} {t[1]} {t[2]})"
+        ),
         st.tuples(st.sampled_from(("-", "not ")), inner).map("".join),
-        st.builds(_call, st.sampled_from(FUNCTIONS), st.lists(inner, max_size=3),
-                  st.lists(st.tuples(st.sampled_from(KEYWORDS), inner), max_size=2)),
+        st.builds(
+            _call,
+            st.sampled_from(FUNCTIONS),
+            st.lists(inner, max_size=3),
+            st.lists(st.tuples(st.sampled_from(KEYWORDS), inner), max_size=2),
+        ),
         st.tuples(inner, st.lists(subscript, min_size=1, max_size=3)).map(lambda t: f"{t[0]}[{', '.join(t[1])}]"),
         st.tuples(inner, st.sampled_from(("shape", "rank", "T"))).map(".".join),
         st.lists(inner, max_size=3).map(lambda xs: f"({', '.join(xs)}{',' if len(xs) == 1 else ''})"),
         st.tuples(inner, inner, inner).map(lambda t: f"(if {t[0]} then {t[1]} else {t[2]})"),
         st.tuples(inner, st.sampled_from(FUNCTIONS), st.lists(inner, max_size=2)).map(
-            lambda t: f"({t[0]} |> {_call(t[1], t[2], [])})"),
+            lambda t: f"({t[0]} |> {_call(t[1], t[2], [])})"
+        ),
     )
 
 
@@ -101,40 +113,113 @@ def test_expressions(tmp_path, expr):
 
 
 @HYPOTHESIS
-@given(dtype=dtypes, shape=dims, where=st.sampled_from((
-        "input a: {t}", "param w: {t} = zeros", "state u: {t} = ones", "z = zeros[{s}] + x",
-        "r = reshape(x, {s})", "def f(q: {t}) = q\n    g = f(x)")))
+@given(
+    dtype=dtypes,
+    shape=dims,
+    where=st.sampled_from(
+        (
+            "input a: {t}",
+            "param w: {t} = zeros",
+            "state u: {t} = ones",
+            "z = zeros[{s}] + x",
+            "r = reshape(x, {s})",
+            "def f(q: {t}) = q\n    g = f(x)",
+        )
+    ),
+)
 def test_shapes(tmp_path, dtype, shape, where):
     s = ", ".join(shape)
     body = where.format(t=f"{dtype}[{s}]", s=s)
     assert_checked(tmp_path, MODEL.format(body=body, train=""))
 
 
-SETTINGS = ("data", "validation", "test", "batch", "epochs", "optimizer", "schedule", "clip", "l1", "l2",
-            "early_stop", "freeze", "init_from", "seed", "shuffle", "augment", "lr", "momentum")
-SPECS = ("adam", "sgd", "adamw", "nesterov", "rmsprop", "momentum", "split", "cosine", "step", "exponential",
-         "patience", "global_norm", "value", "npz", "csv", "digits", "xor", "images", "warmup", "dense")
+SETTINGS = (
+    "data",
+    "validation",
+    "test",
+    "batch",
+    "epochs",
+    "optimizer",
+    "schedule",
+    "clip",
+    "l1",
+    "l2",
+    "early_stop",
+    "freeze",
+    "init_from",
+    "seed",
+    "shuffle",
+    "augment",
+    "lr",
+    "momentum",
+)
+SPECS = (
+    "adam",
+    "sgd",
+    "adamw",
+    "nesterov",
+    "rmsprop",
+    "momentum",
+    "split",
+    "cosine",
+    "step",
+    "exponential",
+    "patience",
+    "global_norm",
+    "value",
+    "npz",
+    "csv",
+    "digits",
+    "xor",
+    "images",
+    "warmup",
+    "dense",
+)
 setting_values = st.recursive(
     numbers | st.sampled_from(('"data.npz"', '"x"', "true", "false", "none", "val_loss", "accuracy", "m")),
-    lambda inner: st.builds(_call, st.sampled_from(SPECS), st.lists(inner, max_size=2),
-                            st.lists(st.tuples(st.sampled_from(("lr", "monitor", "shift", "every", "gamma",
-                                                                "weight_decay", "warmup")), inner), max_size=2))
-    | st.lists(inner, max_size=3).map(lambda xs: f"[{', '.join(xs)}]"),
-    max_leaves=6)
+    lambda inner: (
+        st.builds(
+            _call,
+            st.sampled_from(SPECS),
+            st.lists(inner, max_size=2),
+            st.lists(
+                st.tuples(
+                    st.sampled_from(("lr", "monitor", "shift", "every", "gamma", "weight_decay", "warmup")), inner
+                ),
+                max_size=2,
+            ),
+        )
+        | st.lists(inner, max_size=3).map(lambda xs: f"[{', '.join(xs)}]")
+    ),
+    max_leaves=6,
+)
 
 
 @HYPOTHESIS
-@given(train=st.lists(st.tuples(st.sampled_from(SETTINGS), setting_values), max_size=5,
-                      unique_by=lambda kv: kv[0]))
+@given(train=st.lists(st.tuples(st.sampled_from(SETTINGS), setting_values), max_size=5, unique_by=lambda kv: kv[0]))
 def test_train_settings(tmp_path, train):
     block = "train m {\n" + "".join(f"    {k} = {v}\n" for k, v in train) + "}\n"
     assert_checked(tmp_path, MODEL.format(body="", train=block))
 
 
 # ---- the native engine on random models ----------------------------------------------------------
-LAYERS = ("conv2d(", "maxpool2d(", "avgpool2d(", "batchnorm(", "lstm(", "gru(", "rnn(", "bidirectional(",
-          "self_attention(", "layernorm(", "dropout(", "sparse_cross_entropy(", "mse(", "huber(",
-          "binary_cross_entropy(")
+LAYERS = (
+    "conv2d(",
+    "maxpool2d(",
+    "avgpool2d(",
+    "batchnorm(",
+    "lstm(",
+    "gru(",
+    "rnn(",
+    "bidirectional(",
+    "self_attention(",
+    "layernorm(",
+    "dropout(",
+    "sparse_cross_entropy(",
+    "mse(",
+    "huber(",
+    "binary_cross_entropy(",
+)
 
 
 def model(index: int) -> str:
@@ -177,7 +262,7 @@ def test_mutants_are_reproducible_and_use_every_mutation(corpus):
 def test_minimize_keeps_the_failure_and_drops_the_rest():
     from dlc.compiler.frontend.syntax import Number, parse
 
-    def has_inf(data: bytes) -> bool:       # parses, and holds a number that overflows to inf
+    def has_inf(data: bytes) -> bool:  # parses, and holds a number that overflows to inf
         try:
             module = parse(data.decode())
         except Exception:

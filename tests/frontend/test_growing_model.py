@@ -1,6 +1,7 @@
 """GrowingModel (compiler/frontend/loader.py): a model built a few statements at a time, as
 the ONNX importer types what ONNX's shape inference cannot, gives the types a build of the
 whole model gives."""
+
 import pytest
 
 from dlc.compiler.errors import DlcError
@@ -41,11 +42,11 @@ def test_statements_added_in_chunks_get_the_whole_models_types(chunk):
     growing = GrowingModel("m", "<m.dl>")
     whole = whole_model_types()
     for start in range(0, len(STATEMENTS), chunk):
-        assert all(growing.type_of(named(s)) is None for s in STATEMENTS[start:])      # not added yet
-        growing.add(STATEMENTS[start:start + chunk])
-        for s in STATEMENTS[:start + chunk]:
+        assert all(growing.type_of(named(s)) is None for s in STATEMENTS[start:])  # not added yet
+        growing.add(STATEMENTS[start : start + chunk])
+        for s in STATEMENTS[: start + chunk]:
             assert growing.type_of(named(s)) == whole.get(named(s)), s
-    assert growing.type_of("n") is None and "n" not in whole          # a static number is not a tensor
+    assert growing.type_of("n") is None and "n" not in whole  # a static number is not a tensor
     assert {named(s) for s in STATEMENTS if growing.type_of(named(s)) is not None} == set(whole)
 
 

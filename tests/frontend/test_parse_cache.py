@@ -1,6 +1,7 @@
 """The front end's caches on disk (compiler/frontend/parse_cache.py): the grammar's tables
 and the standard library's syntax trees are written once, read by later processes, give the
 same parser and trees, and a bad entry is ignored and rebuilt."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,11 @@ from dlc.compiler.frontend import parse_cache, syntax as A
 ROOT = Path(dlc.__file__).resolve().parent
 GRAMMAR = resources.files("dlc.grammar").joinpath("dl.lark").read_text()
 OPTIONS = dict(propagate_positions=True, maybe_placeholders=True, start=["start", "expr"])
-STDLIB = [(f.name, f.read_text()) for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(),
-                                                  key=lambda f: f.name) if f.name.endswith(".dl")]
+STDLIB = [
+    (f.name, f.read_text())
+    for f in sorted(resources.files("dlc.compiler").joinpath("stdlib").iterdir(), key=lambda f: f.name)
+    if f.name.endswith(".dl")
+]
 
 
 @pytest.fixture
@@ -39,8 +43,9 @@ def test_the_cached_grammar_parses_as_the_built_one(cache):
     for path in sorted((ROOT / "examples").glob("*.dl")):
         text = path.read_text()
         assert read.parse(text, start="start") == built.parse(text, start="start"), path.name
-        assert [(t.type, str(t)) for t in read.lex(text, dont_ignore=True)] == \
-               [(t.type, str(t)) for t in built.lex(text, dont_ignore=True)]
+        assert [(t.type, str(t)) for t in read.lex(text, dont_ignore=True)] == [
+            (t.type, str(t)) for t in built.lex(text, dont_ignore=True)
+        ]
 
 
 def test_the_cached_stdlib_trees_equal_the_parsed_ones(cache):
@@ -49,7 +54,7 @@ def test_the_cached_stdlib_trees_equal_the_parsed_ones(cache):
     entry.touch()
     before = entry.stat().st_mtime_ns
     read = parse_cache.parsed_modules(STDLIB, A)
-    assert read == parsed and entry.stat().st_mtime_ns == before       # read, not written again
+    assert read == parsed and entry.stat().st_mtime_ns == before  # read, not written again
     # spans too (the AST's == leaves them out)
     assert [m.items[-1].span for m in read] == [m.items[-1].span for m in parsed]
     changed = [(STDLIB[0][0], STDLIB[0][1] + "\ndef extra(x) = x\n")] + STDLIB[1:]
@@ -112,7 +117,7 @@ def test_a_folder_or_entry_others_can_write_is_neither_read_nor_written(cache, m
     cache.chmod(0o700)
     parse_cache.lark_parser(GRAMMAR, **OPTIONS)
     (entry,) = entries(cache, "grammar")
-    entry.chmod(0o666)              # good tables, but anyone's: rebuilt and replaced, not read
+    entry.chmod(0o666)  # good tables, but anyone's: rebuilt and replaced, not read
     assert parse_cache.lark_parser(GRAMMAR, **OPTIONS).parse("model m { input x: f32[B] output y = x }", start="start")
     assert not entry.stat().st_mode & 0o077, "an entry others can write was read rather than replaced"
 

@@ -1,5 +1,6 @@
 """Partial application (language.md, section 3): a call with keyword arguments only, not
 the function's first argument, is that function with those arguments fixed."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,10 @@ def error(source: str) -> DlcError:
 
 
 def test_an_activation_with_a_keyword_is_a_function_of_x():
-    out = outputs("act = leaky_relu(alpha = 0.2)\n output a = act(x)\n output b = leaky_relu(x, 0.2)\n"
-                  " output c = x |> leaky_relu(alpha = 0.2)")
+    out = outputs(
+        "act = leaky_relu(alpha = 0.2)\n output a = act(x)\n output b = leaky_relu(x, 0.2)\n"
+        " output c = x |> leaky_relu(alpha = 0.2)"
+    )
     assert (out["output:a"] < 0).any()
     np.testing.assert_array_equal(out["output:a"], out["output:b"])
     np.testing.assert_array_equal(out["output:c"], out["output:b"])
@@ -69,15 +72,19 @@ model m {
 
 
 def test_a_partial_initializer():
-    model = build("model m {\n    input x: f32[B, 16]\n    param W: f32[400, 400] = normal(std = 0.02)\n"
-                  "    output y = x @ W[0:16]\n}")
+    model = build(
+        "model m {\n    input x: f32[B, 16]\n    param W: f32[400, 400] = normal(std = 0.02)\n"
+        "    output y = x @ W[0:16]\n}"
+    )
     std = init_params(model, seed=1)["W"].std()
     assert 0.019 < std < 0.021
 
 
 def test_a_keyword_at_the_call_replaces_a_fixed_one_and_partials_add_up():
-    out = outputs("p = leaky_relu(alpha = 0.2)\n output a = p(x, alpha = 0.5)\n output b = leaky_relu(x, 0.5)\n"
-                  " q = dense(units = 4)\n r = q(act = relu)\n output c = r(x)")
+    out = outputs(
+        "p = leaky_relu(alpha = 0.2)\n output a = p(x, alpha = 0.5)\n output b = leaky_relu(x, 0.5)\n"
+        " q = dense(units = 4)\n r = q(act = relu)\n output c = r(x)"
+    )
     np.testing.assert_array_equal(out["output:a"], out["output:b"])
     assert out["output:c"].shape == (5, 4) and out["output:c"].min() >= 0
 
@@ -103,7 +110,9 @@ def test_a_def_whose_first_argument_has_a_default_is_called():
 
 
 def test_a_misspelled_keyword_is_an_error_where_the_partial_is_made():
-    e = error("model m {\n    input x: f32[B, 16]\n    act = leaky_relu(alhpa = 0.2)\n    output y = dense(x, 4, act)\n}")
+    e = error(
+        "model m {\n    input x: f32[B, 16]\n    act = leaky_relu(alhpa = 0.2)\n    output y = dense(x, 4, act)\n}"
+    )
     assert (e.span.line, e.span.col) == (3, 30)
     assert "leaky_relu has no argument named 'alhpa'; did you mean 'alpha'?" in e.message
 

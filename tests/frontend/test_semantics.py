@@ -1,4 +1,5 @@
 """Language semantics: naming, static evaluation, dims, broadcasting, scan, imports."""
+
 import numpy as np
 import pytest
 
@@ -265,19 +266,21 @@ def test_a_check_draws_no_initial_values_and_changes_none_drawn_after_it():
     after = init_params(program.build(training=True))
     assert list(after) == list(before) and all(np.array_equal(before[k], after[k]) for k in before)
     random = [m.init.attrs(n)["stream"] for m in [program.build(training=True)] for n in m.init.nodes_with("random")]
-    assert random == [1]        # h.W's glorot_uniform: one stream, the first
+    assert random == [1]  # h.W's glorot_uniform: one stream, the first
 
 
 def test_a_check_calls_each_initializer_for_each_parameter_type():
     """The same initializer fails for one parameter type only: the check still finds it."""
     with pytest.raises(DlcError, match=r"the initializer made f32\[3, 4\], the parameter is f32\[4, 4\]") as e:
-        load_text(CHECKED.replace("param U: f32[3, 4] = rows", "param U: f32[4, 4] = rows")
-                  .replace("x @ U", "x @ W"), "t.dl").check()
+        load_text(
+            CHECKED.replace("param U: f32[3, 4] = rows", "param U: f32[4, 4] = rows").replace("x @ U", "x @ W"), "t.dl"
+        ).check()
     assert e.value.span.line == 6
 
 
 def test_a_check_counts_the_nodes_of_the_initializer_calls_it_leaves_out(monkeypatch):
     from dlc.compiler.ir import graph
+
     src = "model m {\n    input x: f32[B, 3]\n    loss mean(dense(dense(dense(x, 3), 3), 3))\n}"
     m = load_text(src, "t.dl").build(training=True)
     made = m.graph._next + m.init._next
@@ -291,26 +294,32 @@ def test_a_check_counts_the_nodes_of_the_initializer_calls_it_leaves_out(monkeyp
 
 def test_a_check_builds_for_evaluation_only_a_model_that_reads_training(monkeypatch):
     from dlc.compiler.frontend.evaluator import Evaluator
+
     modes = []
     real = Evaluator.build
 
     def counted(ev, *args):
         modes.append(ev.training)
         return real(ev, *args)
+
     monkeypatch.setattr(Evaluator, "build", counted)
     load_text("model m {\n    input x: f32[B, 3]\n    loss mean(dense(x, 2))\n}", "t.dl").check()
     assert modes == [True]
     modes.clear()
-    load_text(CHECKED, "t.dl").check()          # dropout reads `training`
+    load_text(CHECKED, "t.dl").check()  # dropout reads `training`
     assert modes == [True, False]
     with pytest.raises(DlcError, match="unknown name 'nosuch'"):
-        load_text("model m {\n    input x: f32[B, 3]\n    if training { y = x } else { y = nosuch(x) }\n"
-                  "    loss mean(y)\n}", "t.dl").check()
+        load_text(
+            "model m {\n    input x: f32[B, 3]\n    if training { y = x } else { y = nosuch(x) }\n    loss mean(y)\n}",
+            "t.dl",
+        ).check()
 
 
 def test_import_of_another_file(tmp_path):
     (tmp_path / "blocks.dl").write_text("def twice(x) = dense(dense(x, 4, relu), 4)\n")
-    (tmp_path / "main.dl").write_text('import "blocks.dl"\nmodel m { input x: f32[B, 3]  y = twice(x)  loss mean(y) }\n')
+    (tmp_path / "main.dl").write_text(
+        'import "blocks.dl"\nmodel m { input x: f32[B, 3]  y = twice(x)  loss mean(y) }\n'
+    )
     m = load(str(tmp_path / "main.dl")).build()
     assert names(m) == ["y.0.W", "y.0.b", "y.1.W", "y.1.b"]
 
@@ -325,8 +334,9 @@ def test_diamond_imports_load_each_file_once(tmp_path):
     (tmp_path / "base.dl").write_text("def f(x) = x * 2\n")
     (tmp_path / "left.dl").write_text('import "base.dl"\ndef g(x) = f(x)\n')
     (tmp_path / "right.dl").write_text('import "base.dl"\ndef h(x) = f(x)\n')
-    (tmp_path / "main.dl").write_text('import "left.dl"\nimport "right.dl"\n'
-                                      'model m { input x: f32[B, 2]  loss mean(g(x) + h(x)) }\n')
+    (tmp_path / "main.dl").write_text(
+        'import "left.dl"\nimport "right.dl"\nmodel m { input x: f32[B, 2]  loss mean(g(x) + h(x)) }\n'
+    )
     assert load(str(tmp_path / "main.dl")).build().name == "m"
     (tmp_path / "base.dl").write_text('import "main.dl"\ndef f(x) = x\n')
     with pytest.raises(DlcError) as e:
@@ -334,12 +344,18 @@ def test_diamond_imports_load_each_file_once(tmp_path):
     assert "cycle" in e.value.message
 
 
-@pytest.mark.parametrize("src, phrase", [
-    ("model m { input x: f32[B, 8]  loss mean(x[:, 8]) }", "index 8 is out of range"),
-    ("model m { input x: f32[B, 8]  true = x  loss mean(x) }", "'true' is a reserved word"),
-    ("const K = full((3,), 1.0)\nmodel m { input x: f32[B, 3]  loss mean(x + K) }", "a const must be a static value"),
-    ("const T = training\nmodel m { input x: f32[B, 3]  loss mean(x) }", "only known inside a model"),
-])
+@pytest.mark.parametrize(
+    "src, phrase",
+    [
+        ("model m { input x: f32[B, 8]  loss mean(x[:, 8]) }", "index 8 is out of range"),
+        ("model m { input x: f32[B, 8]  true = x  loss mean(x) }", "'true' is a reserved word"),
+        (
+            "const K = full((3,), 1.0)\nmodel m { input x: f32[B, 3]  loss mean(x + K) }",
+            "a const must be a static value",
+        ),
+        ("const T = training\nmodel m { input x: f32[B, 3]  loss mean(x) }", "only known inside a model"),
+    ],
+)
 def test_located_errors_for_fixed_bugs(src, phrase):
     with pytest.raises(DlcError) as e:
         build(src)

@@ -1,6 +1,7 @@
 """Names that hide a builtin (docs/language.md, Imports): the standard library never does,
 and a user's def or const that does gets a warning at its name, which `dlc check` prints
 on standard error (the language server's is in tests/editors/test_lsp.py)."""
+
 from __future__ import annotations
 
 from importlib import resources
@@ -29,8 +30,9 @@ def test_no_standard_library_def_or_const_has_a_builtins_name():
             module = syntax.parse(f.read_text(), f.name)
             found += [f"{w.span}: {w.message}" for w in hides_builtin(module)]
             # the walk reaches every def: those nested in defs too
-            assert {d.name for d in syntax.walk(module) if isinstance(d, syntax.Def)} >= \
-                {item.name for item in module.items if isinstance(item, syntax.Def)}
+            assert {d.name for d in syntax.walk(module) if isinstance(d, syntax.Def)} >= {
+                item.name for item in module.items if isinstance(item, syntax.Def)
+            }
     assert not found, "\n".join(found)
 
 
@@ -67,8 +69,10 @@ def test_dlc_check_prints_the_warning_and_succeeds(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert f"{path}: ok" in out
     lines = err.splitlines()
-    assert lines[0] == f"{path}:1:5: warning: def 'exp' hides the builtin 'exp' wherever it is visible; " \
-                       "rename it to keep both"
+    assert (
+        lines[0] == f"{path}:1:5: warning: def 'exp' hides the builtin 'exp' wherever it is visible; "
+        "rename it to keep both"
+    )
     assert lines[1:3] == ["    def exp(x) = x + 1.0", "        ^^^"]
     assert f"{path}:5:11: warning: def 'abs' hides" in err
 

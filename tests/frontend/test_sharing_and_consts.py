@@ -1,5 +1,6 @@
 """Weight sharing with `name = "..."` over whole calls of multi-layer defs, and consts used
 as dims in input and argument types (language.md sections 2, 3 and 5.4)."""
+
 import numpy as np
 import pytest
 
@@ -14,10 +15,8 @@ from helpers.engine_parity import assert_same_training
 
 # a two-layer encoder, 10 -> 30 -> 10: 330 + 310 = 640 parameters
 ENCODERS = {
-    "expression": ("def enc(x) = x |> dense(30, relu) |> dense(10)",
-                   ["e.0.W", "e.0.b", "e.1.W", "e.1.b"]),
-    "block": ("def enc(x) {\n    h = dense(x, 30, relu)\n    return dense(h, 10)\n}",
-              ["e.h.W", "e.h.b", "e.W", "e.b"]),
+    "expression": ("def enc(x) = x |> dense(30, relu) |> dense(10)", ["e.0.W", "e.0.b", "e.1.W", "e.1.b"]),
+    "block": ("def enc(x) {\n    h = dense(x, 30, relu)\n    return dense(h, 10)\n}", ["e.h.W", "e.h.b", "e.W", "e.b"]),
 }
 ONE_ENCODER = 640
 
@@ -53,15 +52,19 @@ def test_gradients_of_a_shared_call_add_up_over_its_uses(form):
     is the sum of the gradients of the same model with two untied encoders."""
     enc, names = ENCODERS[form]
     tied = build(two_calls(enc, second_input="a"))
-    untied = build(two_calls(enc, second_input="a").replace('name = "e")', 'name = "e1")', 1)
-                   .replace('name = "e")', 'name = "e2")', 1))
+    untied = build(
+        two_calls(enc, second_input="a")
+        .replace('name = "e")', 'name = "e1")', 1)
+        .replace('name = "e")', 'name = "e2")', 1)
+    )
     assert trainable_count(untied) == 2 * trainable_count(tied)
     params = init_params(tied)
     feeds = sample_inputs(tied, {"B": 3})
     checks = gradcheck(tied, feeds, params)
     assert len(checks) == 4 and all(c.ok for c in checks), checks
     grads = gradients(tied, feeds, params)
-    def copy(name, k):                      # e.h.W -> e1.h.W
+
+    def copy(name, k):  # e.h.W -> e1.h.W
         return name.replace("e.", f"e{k}.", 1)
 
     untied_grads = gradients(untied, feeds, {copy(n, k): v for n, v in params.items() for k in (1, 2)})
@@ -79,7 +82,8 @@ def test_a_shared_call_trains_the_same_on_both_engines():
 
 def test_a_shared_name_with_other_shapes_is_a_located_error():
     src = two_calls(ENCODERS["block"][0], second_input="y").replace(
-        "input x: f32[B, 10]", "input x: f32[B, 10]\n    input y: f32[B, 12]")
+        "input x: f32[B, 10]", "input x: f32[B, 10]\n    input y: f32[B, 12]"
+    )
     with pytest.raises(DlcError) as err:
         load_text(src, "t.dl").build()
     text = err.value.render()

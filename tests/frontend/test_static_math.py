@@ -1,6 +1,7 @@
 """A unary math builtin computes the same on a number, at compile time, as on a tensor: the
 static value comes from the primitive's own numpy reference (compiler/frontend/builtins.py),
 so it is finite and equal where the tensor op's value is, and an error where that is not."""
+
 import numpy as np
 import pytest
 
@@ -16,7 +17,8 @@ VALUES = (-1000.0, 1000.0, -1000, 1000, 0.5)
 def static(name: str, v) -> float:
     """name(v) folded into a constant when the model is built."""
     model = load_text(f'const C = {name}({v})\nmodel m {{\n    output y = full((1,), C, "f64")\n}}\n').build(
-        training=False)
+        training=False
+    )
     return interpreter.run(model.graph, {}, {}, float_dtype=None)["output:y"][0]
 
 

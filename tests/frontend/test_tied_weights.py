@@ -1,6 +1,7 @@
 """Addressable and tied weights (language.md, section 5.5): a binding made by a layer call
 names that call's parameters (`emb.W`), and `h @ transpose(emb.W)` is an output projection
 tied to an embedding table; the table's gradient is the sum of both uses."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -87,7 +88,7 @@ def test_the_tables_gradient_is_the_sum_of_both_uses_on_both_engines():
     fixed = {bid: params[name].astype(np.float32) for name, bid in exe.program.params.items()}
     native_feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
     arrays, _ = exe.run({**native_feeds, "rng": np.array([0, 1], np.int32)}, fixed)
-    native = arrays[exe.program.outputs["grad:emb.W"]][:V * D].reshape(V, D)
+    native = arrays[exe.program.outputs["grad:emb.W"]][: V * D].reshape(V, D)
     np.testing.assert_allclose(native, total, rtol=1e-4, atol=1e-6)
 
 
@@ -109,6 +110,8 @@ def test_a_binding_made_by_two_layers_does_not_guess():
 
 
 def test_a_binding_without_parameters_and_a_rebinding_name_no_layer():
-    assert "has no attribute 'W'; a layer's parameters are named through the binding" in \
-        error("h = relu(x)\n    output y = h.W").message
+    assert (
+        "has no attribute 'W'; a layer's parameters are named through the binding"
+        in error("h = relu(x)\n    output y = h.W").message
+    )
     assert "has no attribute 'W'" in error("h = dense(x, 4)\n    h = h * 2\n    output y = h.W").message

@@ -1,6 +1,7 @@
 """Headless Chromium for the tests that look at a page (the graph page, the editor picture):
 playwright's Python package and Debian's `chromium`. Without either, the test is skipped,
 naming what to install."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -2,6 +2,7 @@
 of its calls, and the models' inputs; for a --train library, the batches `dlc train` feeds its
 engine and a loop of train_step over them. The fuzz scripts of tests/deploy/test_build.py import
 it in a process of their own, with tests/ on sys.path."""
+
 import ctypes
 import re
 from pathlib import Path
@@ -10,11 +11,20 @@ import numpy as np
 
 
 # model -> (input dtype, the shape of a batch of `b`, the ids' range for an integer input)
-MODELS = {"digits_cnn": (np.float32, lambda b: (b, 1, 8, 8), None),
-          "char_lstm": (np.int32, lambda b: (b, 12), 96),
-          "transformer_classifier": (np.int32, lambda b: (b, 20), 1000)}
-STATUS = {"DLC_OK": 0, "DLC_ERROR_ARGUMENT": 1, "DLC_ERROR_SHAPE": 2, "DLC_ERROR_WEIGHTS": 3, "DLC_ERROR_CPU": 4,
-          "DLC_ERROR_MEMORY": 5, "DLC_ERROR_INDEX": 6}
+MODELS = {
+    "digits_cnn": (np.float32, lambda b: (b, 1, 8, 8), None),
+    "char_lstm": (np.int32, lambda b: (b, 12), 96),
+    "transformer_classifier": (np.int32, lambda b: (b, 20), 1000),
+}
+STATUS = {
+    "DLC_OK": 0,
+    "DLC_ERROR_ARGUMENT": 1,
+    "DLC_ERROR_SHAPE": 2,
+    "DLC_ERROR_WEIGHTS": 3,
+    "DLC_ERROR_CPU": 4,
+    "DLC_ERROR_MEMORY": 5,
+    "DLC_ERROR_INDEX": 6,
+}
 
 
 def inputs(model: str, batch: int, seed: int = 0) -> np.ndarray:
@@ -38,7 +48,7 @@ class Api:
             f(fn).argtypes = [ctypes.c_void_p] + ([ctypes.c_int] if fn == "set_threads" else [])
         self.f = f
         self.train_inputs = []
-        if hasattr(self.lib, f"{name}_train_step"):         # a --train library
+        if hasattr(self.lib, f"{name}_train_step"):  # a --train library
             c = ctypes
             # train_step's inputs in the header's order: `const T *name, const int64_t name_shape[rank]`
             proto = (lib / f"{name}.h").read_text().split(f"int {name}_train_step(")[1].split(");")[0]
@@ -67,9 +77,14 @@ class Api:
         outputs = (ctypes.c_void_p * 1)(None if "y" in nulls else p(out))
         caps = np.array([capacity], np.int64)
         oshapes = (ctypes.c_void_p * 1)(p(out_shape))
-        status = self.f("predict_arrays")(model, None if "inputs" in nulls else ctypes.cast(inputs, ctypes.c_void_p),
-                                          ctypes.cast(shapes, ctypes.c_void_p), ctypes.cast(outputs, ctypes.c_void_p),
-                                          p(caps), ctypes.cast(oshapes, ctypes.c_void_p))
+        status = self.f("predict_arrays")(
+            model,
+            None if "inputs" in nulls else ctypes.cast(inputs, ctypes.c_void_p),
+            ctypes.cast(shapes, ctypes.c_void_p),
+            ctypes.cast(outputs, ctypes.c_void_p),
+            p(caps),
+            ctypes.cast(oshapes, ctypes.c_void_p),
+        )
         return status, out, out_shape[:out_rank]
 
 
@@ -80,12 +95,14 @@ def trainer_batches(dl: Path, overrides: dict, out: Path) -> list:
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.engines.native import NativeEngine
     from dlc.runtime.training.trainer import Trainer
+
     fed, step = [], NativeEngine.train_step
 
     def recorded(self, params, opt_state, batch, lr, number, key):
         fed.append({k: v.copy() for k, v in batch.items()})
         assert list(key) == [overrides.get("seed", 0), number]
         return step(self, params, opt_state, batch, lr, number, key)
+
     NativeEngine.train_step = recorded
     try:
         Trainer(load(dl), None, overrides, out, backend="native", progress="none").run(overwrite=True)
@@ -101,6 +118,7 @@ def train_steps(api: Api, instance, batches: list):
     for batch in batches:
         arrays = [np.ascontiguousarray(batch[n]) for n in api.train_inputs]
         shapes = [np.array(a.shape, np.int64) for a in arrays]
-        status = api.f("train_step")(instance, *[q for a, s in zip(arrays, shapes) for q in (p(a), p(s))],
-                                     p(values), values.size)
+        status = api.f("train_step")(
+            instance, *[q for a, s in zip(arrays, shapes) for q in (p(a), p(s))], p(values), values.size
+        )
         assert status == 0, api.error(instance)

@@ -1,4 +1,5 @@
 """What `dlc` says when it refuses: the message of a usage error (exit 2) and of a clear error (exit 1)."""
+
 import pytest
 
 from dlc.runtime.cli import main

@@ -1,5 +1,6 @@
 """Data-parallel runs in tests: the launcher, the environment of a run's ranks, the digits CNN
 without its dropout, and two runs compared."""
+
 import json
 import os
 import shutil
@@ -16,11 +17,11 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 MPIRUN = shutil.which("mpirun") or shutil.which("mpiexec")
 try:
     import mpi4py  # noqa: F401
+
     HAVE_MPI4PY = True
 except ImportError:
     HAVE_MPI4PY = False
-needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIRUN),
-                               reason="needs mpi4py and mpirun: pip install \"dlc[mpi]\"")
+needs_mpi = pytest.mark.skipif(not (HAVE_MPI4PY and MPIRUN), reason="needs mpi4py and mpirun: pip install \"dlc[mpi]\"")
 
 
 # no dropout, so that 2 ranks and one process draw nothing differently (dropout masks are per rank)
@@ -40,7 +41,7 @@ train mlp {
     epochs = 1
 }
 """
-LONG = MLP.replace("epochs = 1", "epochs = 100000")      # runs until stopped
+LONG = MLP.replace("epochs = 1", "epochs = 100000")  # runs until stopped
 
 
 def digits_cnn_without_dropout() -> str:
@@ -53,8 +54,14 @@ def digits_cnn_without_dropout() -> str:
 
 def env(**extra) -> dict:
     # Open MPI refuses root without these; DLC_CHECK_RANKS compares the ranks' parameters every step
-    return {**os.environ, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
-            "DLC_CHECK_RANKS": "1", "DLC_NUM_THREADS": "1", **extra}
+    return {
+        **os.environ,
+        "OMPI_ALLOW_RUN_AS_ROOT": "1",
+        "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1",
+        "DLC_CHECK_RANKS": "1",
+        "DLC_NUM_THREADS": "1",
+        **extra,
+    }
 
 
 def checkpoint_arrays(path: Path) -> dict:
@@ -73,21 +80,27 @@ def assert_same_run(one: Path, two: Path, rtol=1e-5):
     assert len(ha) == len(hb)
     for ra, rb in zip(ha, hb):
         for k, v in ra.items():
-            if k not in ("time", "data_wait"):     # measured, not computed
+            if k not in ("time", "data_wait"):  # measured, not computed
                 assert rb[k] == pytest.approx(v, rel=rtol, abs=1e-7), k
 
 
 def checkpoint_meta(path: Path) -> dict:
     from dlc.runtime.interop import checkpoint
+
     return checkpoint.load(path)[2]
 
 
 def launch(launcher: list, args: list, **extra) -> subprocess.Popen:
     """`dlc train ARGS` as ranks `launcher` starts (`mpirun -n 2`, Hosts.mpiexec), in a session
     of its own, its output piped."""
-    return subprocess.Popen([*launcher, sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(**extra),
-                            start_new_session=True)
+    return subprocess.Popen(
+        [*launcher, sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(**extra),
+        start_new_session=True,
+    )
 
 
 def wait_training(run: subprocess.Popen, out: Path):

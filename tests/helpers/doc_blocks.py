@@ -2,6 +2,7 @@
 process) and tests/project/test_readme_commands.py (as a script, `python doc_blocks.py PAGE`, in a
 fresh virtual environment with the `dlc` command installed). Needs nothing but the
 standard library and dlc."""
+
 from __future__ import annotations
 
 import re
@@ -11,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-FENCE = re.compile(r"([^\n]*)\n\n```(\w*)\n(.*?)```", re.S)     # (the line before, the kind, the body)
+FENCE = re.compile(r"([^\n]*)\n\n```(\w*)\n(.*?)```", re.S)  # (the line before, the kind, the body)
 
 
 def run_page(text: str, name: str, run_dlc: Callable[[list], str]) -> dict:

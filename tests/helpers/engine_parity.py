@@ -1,4 +1,5 @@
 """The native engine trained against the reference engine: five steps each, the same losses and parameters."""
+
 import numpy as np
 
 from dlc.runtime.engines.native import NativeEngine
@@ -22,8 +23,9 @@ def five_steps(program, engine_class, optimizer, sizes, before_step=None, **kw):
         feeds = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in feeds.items()}
         if before_step is not None:
             before_step(engine, step)
-        losses.append(engine.train_step(params, state, feeds, optimizer.kwargs["lr"], step,
-                                        np.array([0, step], np.int32))["loss"])
+        losses.append(
+            engine.train_step(params, state, feeds, optimizer.kwargs["lr"], step, np.array([0, step], np.int32))["loss"]
+        )
     return params, losses, engine, feeds
 
 

@@ -2,6 +2,7 @@
 to gain float32 (compiler/passes/int8.py FEWEST_TERMS, FEWEST_CHANNELS) set aside, so that the
 integer kernels stay tested on what only it keeps from them (a first layer of 1 to 3
 channels, depthwise and small grouped convolutions, dense layers of a few terms)."""
+
 import contextlib
 
 import pytest

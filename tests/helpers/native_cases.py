@@ -2,6 +2,7 @@
 layer, activation, loss and scan of the standard library as .dl source, their feeds on several
 shapes, and the comparison of the native engine's values with the reference interpreter's. The
 op-by-op tests (tests/native/test_ops.py) run them all; the ONNX and convolution tests reuse them."""
+
 from __future__ import annotations
 
 import zlib
@@ -17,7 +18,7 @@ from dlc.runtime.engines.native import Executable
 
 
 RTOL = 1e-4
-FLOOR = 1e-5          # absolute tolerance, as a fraction of the array's largest magnitude
+FLOOR = 1e-5  # absolute tolerance, as a fraction of the array's largest magnitude
 
 B, D, T = Dim.sym("B"), Dim.sym("D"), Dim.sym("T")
 
@@ -46,6 +47,7 @@ def assert_weight_copy_follows_weights(model, mode, copy_of, feeds: dict, params
     those of the new weight."""
     from dlc.compiler.native.kernels.gemm import WeightTransformKernel
     from dlc.runtime.engines.reference import predict_graph
+
     once, plain = (Executable(predict_graph(model), pack_weights=pack) for pack in (mode, None))
     copies = lambda exe: [k for k in exe.program.kernels if isinstance(k, WeightTransformKernel) and k.what == copy_of]
     assert [k.ready is not None for k in copies(once)] == [True] and once.program.weights_ready is not None
@@ -65,14 +67,18 @@ def assert_match(native, ref, what: str, rtol: float = RTOL, floor: float = FLOO
     assert native.shape == ref.shape, f"{what}: shape {native.shape}, the reference {ref.shape}"
     if not np.issubdtype(ref.dtype, np.floating):
         bad = native != ref.astype(native.dtype)
-        assert not bad.any(), (f"{what}: {int(bad.sum())} of {ref.size} entries differ, e.g. at "
-                               f"{tuple(int(i) for i in np.argwhere(bad)[0])}: native {native[bad][:5]}, "
-                               f"reference {ref[bad][:5]}")
+        assert not bad.any(), (
+            f"{what}: {int(bad.sum())} of {ref.size} entries differ, e.g. at "
+            f"{tuple(int(i) for i in np.argwhere(bad)[0])}: native {native[bad][:5]}, "
+            f"reference {ref[bad][:5]}"
+        )
         return
     n, r = native.astype(np.float64), ref.astype(np.float64)
     finite = np.isfinite(r)
     same_nonfinite = (np.isnan(n) & np.isnan(r)) | (n == r)
-    assert np.all(finite | same_nonfinite), f"{what}: non-finite values differ: native {n[~finite]}, reference {r[~finite]}"
+    assert np.all(finite | same_nonfinite), (
+        f"{what}: non-finite values differ: native {n[~finite]}, reference {r[~finite]}"
+    )
     assert np.all(np.isfinite(n[finite])), f"{what}: native has non-finite values where the reference is finite"
     n, r = n[finite], r[finite]
     if r.size == 0:
@@ -83,9 +89,11 @@ def assert_match(native, ref, what: str, rtol: float = RTOL, floor: float = FLOO
     bad = err > bound
     if bad.any():
         i = int(np.argmax(err - bound))
-        raise AssertionError(f"{what}: {int(bad.sum())} of {r.size} entries differ beyond rtol {rtol:g}; worst: "
-                             f"native {n[i]!r}, reference {r[i]!r} (|ref| max {scale:.4g}, max abs error "
-                             f"{err.max():.3g})")
+        raise AssertionError(
+            f"{what}: {int(bad.sum())} of {r.size} entries differ beyond rtol {rtol:g}; worst: "
+            f"native {n[i]!r}, reference {r[i]!r} (|ref| max {scale:.4g}, max abs error "
+            f"{err.max():.3g})"
+        )
 
 
 def compare(graph: Graph, feed_sets: list, params: dict | None = None, label: str = "") -> dict:
@@ -102,11 +110,16 @@ def compare(graph: Graph, feed_sets: list, params: dict | None = None, label: st
         ref = run_reference(graph, feeds, params)
         nat = run_native(exe, feeds, params)
         assert nat.keys() == ref.keys()
-        grad_scale = max([float(np.abs(v).max(initial=0)) for k, v in ref.items() if k.startswith("grad:")],
-                         default=None)
+        grad_scale = max(
+            [float(np.abs(v).max(initial=0)) for k, v in ref.items() if k.startswith("grad:")], default=None
+        )
         for name in ref:
-            assert_match(nat[name], ref[name], f"{label} {name} at {sizes}",
-                         scale=grad_scale if name.startswith("grad:") else None)
+            assert_match(
+                nat[name],
+                ref[name],
+                f"{label} {name} at {sizes}",
+                scale=grad_scale if name.startswith("grad:") else None,
+            )
     return ref
 
 
@@ -137,7 +150,7 @@ def nonzero_integers(hi):
     return lambda r, s: r.choice([-1, 1], size=s) * r.integers(1, hi, s)
 
 
-rounded = lambda r, s: np.round(r.standard_normal(s) * 2)          # small integers as floats: ties, zeros
+rounded = lambda r, s: np.round(r.standard_normal(s) * 2)  # small integers as floats: ties, zeros
 coin = lambda r, s: r.random(s) < 0.5
 
 
@@ -159,12 +172,12 @@ RANGES_BD = {"B": (2, 24), "D": (2, 200)}
 
 @dataclass
 class Prim:
-    inputs: dict                      # name -> (dtype, shape, sampler)
-    build: object                     # (graph, {name: Tensor}) -> Tensor or {name: Tensor}
+    inputs: dict  # name -> (dtype, shape, sampler)
+    build: object  # (graph, {name: Tensor}) -> Tensor or {name: Tensor}
     sizes: list = field(default_factory=lambda: SIZES_BD)
     ranges: dict = field(default_factory=lambda: RANGES_BD)
-    grad: bool = True                 # differentiate every float output w.r.t. every float input
-    ops: tuple = ()                   # primitives the graph must contain (the name's op by default)
+    grad: bool = True  # differentiate every float output w.r.t. every float input
+    ops: tuple = ()  # primitives the graph must contain (the name's op by default)
 
 
 def unary(op, sample=normal):
@@ -173,8 +186,11 @@ def unary(op, sample=normal):
 
 def binary(op, sa=normal, sb=normal, dtype="f32", grad=True):
     spec = f32 if dtype == "f32" else i32
-    return Prim({"a": spec(B, D, sample=sa), "b": spec(B, D, sample=sb)},
-                lambda g, t: g.add1(op, [t["a"], t["b"]]), grad=grad and dtype == "f32")
+    return Prim(
+        {"a": spec(B, D, sample=sa), "b": spec(B, D, sample=sb)},
+        lambda g, t: g.add1(op, [t["a"], t["b"]]),
+        grad=grad and dtype == "f32",
+    )
 
 
 def _tied_pair(g, t, op):
@@ -185,8 +201,12 @@ def _tied_pair(g, t, op):
 
 def cast(dtype_in, dtype_out, sample):
     spec = {"f32": f32, "i32": i32, "bool": lambda *s, sample=None: boolean(*s)}[dtype_in]
-    return Prim({"x": spec(B, D, sample=sample)}, lambda g, t: g.add1("cast", [t["x"]], dtype=dtype_out),
-                grad=False, ops=("cast",))
+    return Prim(
+        {"x": spec(B, D, sample=sample)},
+        lambda g, t: g.add1("cast", [t["x"]], dtype=dtype_out),
+        grad=False,
+        ops=("cast",),
+    )
 
 
 def attention(mask: dict, tk=None, dv=5):
@@ -197,14 +217,20 @@ def attention(mask: dict, tk=None, dv=5):
     def build(g, t):
         extra = [ops.broadcast_to(t["m"], (B, 2, D, tk))] if mask else []
         return g.add("attention", [t["q"], t["k"], t["v"]] + extra, scale=0.7)[0]
-    return Prim({"q": f32(B, 2, D, 4), "k": f32(B, 2, tk, 4), "v": f32(B, 2, tk, dv), **mask}, build,
-                sizes=[{"B": 1, "D": 129}, {"B": 7, "D": 13}, {"B": 3, "D": 64}, {"B": 5, "D": 2}],
-                ranges={"B": (2, 24), "D": (2, 200)}, ops=("attention", "attention_grad"))
+
+    return Prim(
+        {"q": f32(B, 2, D, 4), "k": f32(B, 2, tk, 4), "v": f32(B, 2, tk, dv), **mask},
+        build,
+        sizes=[{"B": 1, "D": 129}, {"B": 7, "D": 13}, {"B": 3, "D": 64}, {"B": 5, "D": 2}],
+        ranges={"B": (2, 24), "D": (2, 200)},
+        ops=("attention", "attention_grad"),
+    )
 
 
 def reduce(op, axes, shape=(B, D), sample=normal):
-    return Prim({"x": f32(*shape, sample=sample)}, lambda g, t: g.add1(op, [t["x"]], axes=axes),
-                grad=op != "argmax", ops=(op,))
+    return Prim(
+        {"x": f32(*shape, sample=sample)}, lambda g, t: g.add1(op, [t["x"]], axes=axes), grad=op != "argmax", ops=(op,)
+    )
 
 
 def matmul(ta, tb, batch=()):
@@ -220,24 +246,44 @@ RANGES_B = {"B": (2, 24)}
 
 
 def conv(kernel, stride, padding, img=IMG, out=5, dilation=(1, 1), groups=1):
-    return Prim({"x": f32(*img), "w": f32(out, img[1] // groups, *kernel)},
-                lambda g, t: g.add1("conv2d", [t["x"], t["w"]], stride=stride, padding=padding, dilation=dilation,
-                                    groups=groups),
-                sizes=SIZES_B, ranges=RANGES_B, ops=("conv2d", "conv2d_input_grad", "conv2d_weight_grad"))
+    return Prim(
+        {"x": f32(*img), "w": f32(out, img[1] // groups, *kernel)},
+        lambda g, t: g.add1(
+            "conv2d", [t["x"], t["w"]], stride=stride, padding=padding, dilation=dilation, groups=groups
+        ),
+        sizes=SIZES_B,
+        ranges=RANGES_B,
+        ops=("conv2d", "conv2d_input_grad", "conv2d_weight_grad"),
+    )
 
 
 def conv_transpose(x, w, stride, padding, input_hw, dilation=(1, 1), groups=1):
     """conv2d_input_grad as a forward op (the builtin conv_transpose)."""
-    return Prim({"x": f32(*x), "w": f32(*w)},
-                lambda g, t: g.add1("conv2d_input_grad", [t["x"], t["w"]], stride=stride, padding=padding,
-                                    dilation=dilation, groups=groups, input_hw=input_hw),
-                sizes=SIZES_B, ranges=RANGES_B, ops=("conv2d_input_grad", "conv2d", "conv2d_weight_grad"))
+    return Prim(
+        {"x": f32(*x), "w": f32(*w)},
+        lambda g, t: g.add1(
+            "conv2d_input_grad",
+            [t["x"], t["w"]],
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            input_hw=input_hw,
+        ),
+        sizes=SIZES_B,
+        ranges=RANGES_B,
+        ops=("conv2d_input_grad", "conv2d", "conv2d_weight_grad"),
+    )
 
 
 def pool(kind, kernel, stride, padding, img=IMG, sample=normal):
-    return Prim({"x": f32(*img, sample=sample)},
-                lambda g, t: g.add1(f"{kind}pool2d", [t["x"]], kernel=kernel, stride=stride, padding=padding),
-                sizes=SIZES_B, ranges=RANGES_B, ops=(f"{kind}pool2d", f"{kind}pool2d_grad"))
+    return Prim(
+        {"x": f32(*img, sample=sample)},
+        lambda g, t: g.add1(f"{kind}pool2d", [t["x"]], kernel=kernel, stride=stride, padding=padding),
+        sizes=SIZES_B,
+        ranges=RANGES_B,
+        ops=(f"{kind}pool2d", f"{kind}pool2d_grad"),
+    )
 
 
 with_nans = lambda r, s: np.where(r.random(s) < 0.1, np.nan, r.standard_normal(s))
@@ -288,8 +334,11 @@ def f64_chain(g, t):
 
 
 def f64_unary(op):
-    return Prim({"x": f32(B, D, sample=positive)},
-                lambda g, t: ops.cast(g.add1(op, [ops.cast(t["x"], "f64")]), "f32"), ops=("cast", op))
+    return Prim(
+        {"x": f32(B, D, sample=positive)},
+        lambda g, t: ops.cast(g.add1(op, [ops.cast(t["x"], "f64")]), "f32"),
+        ops=("cast", op),
+    )
 
 
 def stop_gradient(g, t):
@@ -310,8 +359,9 @@ PRIMS = {
     # elementwise, unary
     "neg": unary("neg"),
     "exp": unary("exp"),
-    "exp-wide-range": Prim({"x": f32(B, D, sample=lambda r, s: r.uniform(-80, 80, s))},
-                           lambda g, t: g.add1("exp", [t["x"]]), ops=("exp",)),
+    "exp-wide-range": Prim(
+        {"x": f32(B, D, sample=lambda r, s: r.uniform(-80, 80, s))}, lambda g, t: g.add1("exp", [t["x"]]), ops=("exp",)
+    ),
     "expm1": unary("expm1", lambda r, s: 3 * r.standard_normal(s)),
     "log": unary("log", positive),
     "log1p": unary("log1p", lambda r, s: r.uniform(-0.6, 2.0, s)),
@@ -329,16 +379,25 @@ PRIMS = {
     "mul": binary("mul"),
     "div": binary("div", sb=away_from_zero(0.5, 2.0)),
     "mod": binary("mod", lambda r, s: 3 * r.standard_normal(s), away_from_zero(0.5, 2.0)),
-    "mod-positive": Prim({"a": f32(B, D, sample=positive), "b": f32(B, D, sample=lambda r, s: r.uniform(0.3, 0.7, s))},
-                         lambda g, t: g.add1("mod", [t["a"], t["b"]]), ops=("mod",)),
+    "mod-positive": Prim(
+        {"a": f32(B, D, sample=positive), "b": f32(B, D, sample=lambda r, s: r.uniform(0.3, 0.7, s))},
+        lambda g, t: g.add1("mod", [t["a"], t["b"]]),
+        ops=("mod",),
+    ),
     "pow": binary("pow", lambda r, s: r.uniform(0.5, 2.0, s), lambda r, s: r.uniform(-1.5, 2.5, s)),
     "maximum": binary("maximum"),
     "fma": Prim({"a": f32(B, D), "b": f32(B, D), "c": f32(B, D)}, lambda g, t: g.add1("fma", [t["a"], t["b"], t["c"]])),
     "minimum": binary("minimum"),
-    "maximum-ties": Prim({"a": f32(B, D), "b": f32(B, D), "tie": boolean(B, D)},
-                         lambda g, t: _tied_pair(g, t, "maximum"), ops=("maximum",)),
-    "minimum-ties": Prim({"a": f32(B, D), "b": f32(B, D), "tie": boolean(B, D)},
-                         lambda g, t: _tied_pair(g, t, "minimum"), ops=("minimum",)),
+    "maximum-ties": Prim(
+        {"a": f32(B, D), "b": f32(B, D), "tie": boolean(B, D)},
+        lambda g, t: _tied_pair(g, t, "maximum"),
+        ops=("maximum",),
+    ),
+    "minimum-ties": Prim(
+        {"a": f32(B, D), "b": f32(B, D), "tie": boolean(B, D)},
+        lambda g, t: _tied_pair(g, t, "minimum"),
+        ops=("minimum",),
+    ),
     "add-i32": binary("add", dtype="i32"),
     "sub-i32": binary("sub", dtype="i32"),
     "mul-i32": binary("mul", dtype="i32"),
@@ -348,12 +407,16 @@ PRIMS = {
     "minimum-i32": binary("minimum", dtype="i32"),
     # comparisons and logic
     **{op: binary(op, rounded, rounded, grad=False) for op in ("lt", "le", "gt", "ge", "eq", "ne")},
-    **{f"{op}-i32": binary(op, integers(-3, 4), integers(-3, 4), dtype="i32") for op in ("lt", "le", "gt", "ge", "eq", "ne")},
+    **{
+        f"{op}-i32": binary(op, integers(-3, 4), integers(-3, 4), dtype="i32")
+        for op in ("lt", "le", "gt", "ge", "eq", "ne")
+    },
     "logical_and": logical("logical_and"),
     "logical_or": logical("logical_or"),
     "logical_not": logical("logical_not"),
-    "select": Prim({"c": boolean(B, D), "a": f32(B, D), "b": f32(B, D)},
-                   lambda g, t: g.add1("select", [t["c"], t["a"], t["b"]])),
+    "select": Prim(
+        {"c": boolean(B, D), "a": f32(B, D), "b": f32(B, D)}, lambda g, t: g.add1("select", [t["c"], t["a"], t["b"]])
+    ),
     # casts
     "cast-f32-i32": cast("f32", "i32", lambda r, s: 5 * r.standard_normal(s)),
     "cast-i32-f32": cast("i32", "f32", integers(-1000, 1000)),
@@ -361,15 +424,21 @@ PRIMS = {
     "cast-f32-bool": cast("f32", "bool", rounded),
     "cast-i32-bool": cast("i32", "bool", integers(-2, 3)),
     "cast-bool-i32": cast("bool", "i32", None),
-    "cast-f64-arith": Prim({"a": f32(B, D), "b": f32(B, D, sample=away_from_zero(0.5, 2.0))}, f64_chain,
-                           ops=("cast", "mul", "div")),
+    "cast-f64-arith": Prim(
+        {"a": f32(B, D), "b": f32(B, D, sample=away_from_zero(0.5, 2.0))}, f64_chain, ops=("cast", "mul", "div")
+    ),
     "cast-f64-exp": f64_unary("exp"),
     "cast-f64-log": f64_unary("log"),
     "stop_gradient": Prim({"x": f32(B, D)}, stop_gradient),
     # sources
     "constant": Prim({"x": f32(B, 7)}, constant, sizes=SIZES_B, ranges=RANGES_B),
-    "constant-dtypes": Prim({"x": f32(B, 7, sample=lambda r, s: 5 * r.standard_normal(s))}, constants_of_every_dtype,
-                            sizes=SIZES_B, ranges=RANGES_B, grad=False),
+    "constant-dtypes": Prim(
+        {"x": f32(B, 7, sample=lambda r, s: 5 * r.standard_normal(s))},
+        constants_of_every_dtype,
+        sizes=SIZES_B,
+        ranges=RANGES_B,
+        grad=False,
+    ),
     "iota": Prim({"x": f32(B, D)}, iota),
     "dim_size": Prim({"x": f32(B, D)}, dim_size),
     "random-uniform": Prim({"x": f32(B, D), "key": ("i32", (2,), key_sample)}, random_uniform, ops=("random",)),
@@ -378,35 +447,58 @@ PRIMS = {
     "broadcast-column": Prim({"x": f32(B, 1)}, lambda g, t: g.add1("broadcast", [t["x"]], shape=(B, D))),
     "broadcast-scalar": Prim({"x": f32()}, lambda g, t: g.add1("broadcast", [t["x"]], shape=(B, D))),
     "broadcast-lead": Prim({"x": f32(B, 1, D)}, lambda g, t: g.add1("broadcast", [t["x"]], shape=(3, B, 5, D))),
-    "broadcast-through-ops": Prim({"a": f32(B, 1), "b": f32(D)}, lambda g, t: ops.mul(t["a"], t["b"]),
-                                  ops=("broadcast", "mul")),
+    "broadcast-through-ops": Prim(
+        {"a": f32(B, 1), "b": f32(D)}, lambda g, t: ops.mul(t["a"], t["b"]), ops=("broadcast", "mul")
+    ),
     "reshape-flat": Prim({"x": f32(B, D)}, lambda g, t: g.add1("reshape", [t["x"]], shape=(B * D,))),
     "reshape-split": Prim({"x": f32(B, 6, D)}, lambda g, t: g.add1("reshape", [t["x"]], shape=(B, 3, 2 * D))),
-    "reshape-of-transpose": Prim({"x": f32(B, D)}, lambda g, t: g.add1(
-        "reshape", [g.add1("transpose", [g.add1("tanh", [t["x"]])], perm=(1, 0))], shape=(D * B,)),
-        ops=("reshape", "transpose")),
+    "reshape-of-transpose": Prim(
+        {"x": f32(B, D)},
+        lambda g, t: g.add1("reshape", [g.add1("transpose", [g.add1("tanh", [t["x"]])], perm=(1, 0))], shape=(D * B,)),
+        ops=("reshape", "transpose"),
+    ),
     "transpose-10": Prim({"x": f32(B, D)}, lambda g, t: g.add1("transpose", [t["x"]], perm=(1, 0))),
     "transpose-201": Prim({"x": f32(B, 3, D)}, lambda g, t: g.add1("transpose", [t["x"]], perm=(2, 0, 1))),
-    "slice-steps": Prim({"x": f32(B, 13, D)}, lambda g, t: g.add1(
-        "slice", [t["x"]], starts=(0, 1, 0), stops=(B, 13, D), steps=(1, 3, 1))),
-    "slice-offsets": Prim({"x": f32(B, 13, D)}, lambda g, t: g.add1(
-        "slice", [t["x"]], starts=(0, 2, 1), stops=(B, 12, D), steps=(1, 2, 1)),
-        sizes=[{"B": 1, "D": 129}, {"B": 7, "D": 13}, {"B": 13, "D": 2}], ranges=RANGES_BD),
-    "slice-last-steps": Prim({"x": f32(B, 129)}, lambda g, t: g.add1(
-        "slice", [t["x"]], starts=(0, 3), stops=(B, 128), steps=(1, 5)), sizes=SIZES_B, ranges=RANGES_B),
+    "slice-steps": Prim(
+        {"x": f32(B, 13, D)},
+        lambda g, t: g.add1("slice", [t["x"]], starts=(0, 1, 0), stops=(B, 13, D), steps=(1, 3, 1)),
+    ),
+    "slice-offsets": Prim(
+        {"x": f32(B, 13, D)},
+        lambda g, t: g.add1("slice", [t["x"]], starts=(0, 2, 1), stops=(B, 12, D), steps=(1, 2, 1)),
+        sizes=[{"B": 1, "D": 129}, {"B": 7, "D": 13}, {"B": 13, "D": 2}],
+        ranges=RANGES_BD,
+    ),
+    "slice-last-steps": Prim(
+        {"x": f32(B, 129)},
+        lambda g, t: g.add1("slice", [t["x"]], starts=(0, 3), stops=(B, 128), steps=(1, 5)),
+        sizes=SIZES_B,
+        ranges=RANGES_B,
+    ),
     "pad": Prim({"x": f32(B, D)}, lambda g, t: g.add1("pad", [t["x"]], lo=(1, 0), hi=(0, 2), interior=(0, 0))),
-    "pad-interior": Prim({"x": f32(B, 5, D)}, lambda g, t: g.add1(
-        "pad", [t["x"]], lo=(0, 2, 1), hi=(1, 0, 3), interior=(0, 1, 2))),
-    "concat-last": Prim({"a": f32(B, D), "b": f32(B, 3), "c": f32(B, D)},
-                        lambda g, t: g.add1("concat", [t["a"], t["b"], t["c"]], axis=1)),
+    "pad-interior": Prim(
+        {"x": f32(B, 5, D)}, lambda g, t: g.add1("pad", [t["x"]], lo=(0, 2, 1), hi=(1, 0, 3), interior=(0, 1, 2))
+    ),
+    "concat-last": Prim(
+        {"a": f32(B, D), "b": f32(B, 3), "c": f32(B, D)},
+        lambda g, t: g.add1("concat", [t["a"], t["b"], t["c"]], axis=1),
+    ),
     "concat-first": Prim({"a": f32(B, D), "b": f32(2, D)}, lambda g, t: g.add1("concat", [t["a"], t["b"]], axis=0)),
-    "gather": Prim({"table": f32(13, D), "idx": i32(B, 3, sample=integers(0, 13))},
-                   lambda g, t: g.add1("gather", [t["table"], t["idx"]]), ops=("gather", "scatter_add")),
-    "gather-129-rows": Prim({"table": f32(129, 7), "idx": i32(B, sample=integers(0, 129))},
-                            lambda g, t: g.add1("gather", [t["table"], t["idx"]]), sizes=SIZES_B, ranges=RANGES_B,
-                            ops=("gather", "scatter_add")),
-    "scatter_add": Prim({"idx": i32(B, 2, sample=integers(0, 13)), "upd": f32(B, 2, D)}, gather_scatter,
-                        ops=("scatter_add", "gather")),
+    "gather": Prim(
+        {"table": f32(13, D), "idx": i32(B, 3, sample=integers(0, 13))},
+        lambda g, t: g.add1("gather", [t["table"], t["idx"]]),
+        ops=("gather", "scatter_add"),
+    ),
+    "gather-129-rows": Prim(
+        {"table": f32(129, 7), "idx": i32(B, sample=integers(0, 129))},
+        lambda g, t: g.add1("gather", [t["table"], t["idx"]]),
+        sizes=SIZES_B,
+        ranges=RANGES_B,
+        ops=("gather", "scatter_add"),
+    ),
+    "scatter_add": Prim(
+        {"idx": i32(B, 2, sample=integers(0, 13)), "upd": f32(B, 2, D)}, gather_scatter, ops=("scatter_add", "gather")
+    ),
     # one process: the identity, through the host call (tests/training/test_distributed.py: ranks)
     "replica_mean": Prim({"x": f32(B, D)}, lambda g, t: g.add1("replica_mean", [g.add1("exp", [t["x"]])])),
     # reductions
@@ -430,27 +522,39 @@ PRIMS = {
     "argmax-first": Prim({"x": f32(B, D)}, lambda g, t: g.add1("argmax", [t["x"]], axis=0), grad=False),
     "argmax-ties": Prim({"x": f32(B, D, sample=rounded)}, lambda g, t: g.add1("argmax", [t["x"]], axis=1), grad=False),
     # contraction
-    **{f"matmul-{'t' if ta else 'n'}{'t' if tb else 'n'}": matmul(ta, tb)
-       for ta in (False, True) for tb in (False, True)},
+    **{
+        f"matmul-{'t' if ta else 'n'}{'t' if tb else 'n'}": matmul(ta, tb)
+        for ta in (False, True)
+        for tb in (False, True)
+    },
     "matmul-batched-nn": matmul(False, False, (3,)),
     "matmul-batched-tt": matmul(True, True, (3,)),
-    "matmul-rank3-by-rank2": Prim({"a": f32(B, 5, D), "b": f32(D, 13)}, lambda g, t: ops.matmul(t["a"], t["b"]),
-                                  ops=("matmul",)),
+    "matmul-rank3-by-rank2": Prim(
+        {"a": f32(B, 5, D), "b": f32(D, 13)}, lambda g, t: ops.matmul(t["a"], t["b"]), ops=("matmul",)
+    ),
     # fused attention: several blocks of queries and keys (D up to 200 > 64), one row, masks
     "attention-self": attention({}),
     "attention-cross": attention({}, tk=70, dv=3),
     "attention-bool-mask": attention({"m": boolean(B, 1, 1, D)}),
-    "attention-float-mask": attention({"m": f32(B, 1, D, D, sample=lambda r, s: np.where(r.random(s) < 0.3, -1e9, 0.0))}),
+    "attention-float-mask": attention(
+        {"m": f32(B, 1, D, D, sample=lambda r, s: np.where(r.random(s) < 0.3, -1e9, 0.0))}
+    ),
     # windows
     "conv2d-3x2": conv((3, 2), (1, 1), (0, 0)),
     "conv2d-3x3-pad": conv((3, 3), (1, 1), (1, 1)),
     "conv2d-stride2-pad": conv((3, 3), (2, 2), (1, 1)),
     "conv2d-stride21": conv((2, 3), (2, 1), (1, 0)),
     "conv2d-1x1": conv((1, 1), (1, 1), (0, 0)),
-    **{f"{kind}pool2d-k{k[0]}{k[1]}-s{s[0]}{s[1]}-p{p[0]}{p[1]}": pool(kind, k, s, p)
-       for kind in ("max", "avg")
-       for k, s, p in [((2, 2), (2, 2), (0, 0)), ((3, 3), (2, 2), (1, 1)), ((3, 2), (1, 2), (1, 0)),
-                       ((2, 2), (1, 1), (0, 0))]},
+    **{
+        f"{kind}pool2d-k{k[0]}{k[1]}-s{s[0]}{s[1]}-p{p[0]}{p[1]}": pool(kind, k, s, p)
+        for kind in ("max", "avg")
+        for k, s, p in [
+            ((2, 2), (2, 2), (0, 0)),
+            ((3, 3), (2, 2), (1, 1)),
+            ((3, 2), (1, 2), (1, 0)),
+            ((2, 2), (1, 1), (0, 0)),
+        ]
+    },
     # direct convolutions (compiler/native/choose/conv.py DIRECT_TAPS): rows of several vectors
     # and a block of channels and the rest, a stride along H, the most taps; then im2col:
     # more taps (the weight gradient a small_gemm, or a GEMM), a row of taps too long
@@ -463,8 +567,7 @@ PRIMS = {
     "conv2d-dilated": conv((3, 2), (1, 1), (2, 1), img=(B, 3, 9, 8), dilation=(2, 3)),
     "conv2d-dilated-im2col": conv((3, 3), (2, 1), (1, 2), img=(B, 30, 9, 8), out=4, dilation=(2, 2)),
     "conv2d-depthwise": conv((3, 3), (1, 1), (1, 1), img=(B, 4, 7, 9), out=4, groups=4),
-    "conv2d-depthwise-stride-dilated": conv((3, 3), (2, 2), (2, 2), img=(B, 3, 9, 8), out=6, dilation=(2, 2),
-                                           groups=3),
+    "conv2d-depthwise-stride-dilated": conv((3, 3), (2, 2), (2, 2), img=(B, 3, 9, 8), out=6, dilation=(2, 2), groups=3),
     "conv_transpose-output-padding": conv_transpose((B, 4, 5, 4), (4, 3, 3, 2), (2, 1), (1, 0), (10, 5)),
     "conv_transpose-direct": conv_transpose((B, 4, 5, 4), (4, 3, 3, 3), (1, 1), (1, 1), (5, 4)),
     "conv_transpose-grouped-dilated": conv_transpose((B, 4, 4, 5), (4, 2, 3, 3), (2, 2), (1, 1), (10, 9), (2, 1), 2),
@@ -483,10 +586,13 @@ PRIMS = {
     "maxpool2d-k33-s11-wide-rows": pool("max", (3, 3), (1, 1), (1, 1), img=(B, 2, 4, 37), sample=rounded),
     "maxpool2d-k33-s23": pool("max", (3, 3), (2, 3), (1, 1), sample=rounded),
     # the transpose of max pooling's gradient (in its second derivative): first maximum among ties
-    "maxpool2d_gather": Prim({"x": f32(*IMG, sample=rounded), "y": f32(*IMG)},
-                             lambda g, t: g.add1("maxpool2d_gather", [t["x"], t["y"]], kernel=(3, 2), stride=(2, 1),
-                                                 padding=(1, 1)),
-                             sizes=SIZES_B, ranges=RANGES_B, ops=("maxpool2d_gather", "maxpool2d_grad")),
+    "maxpool2d_gather": Prim(
+        {"x": f32(*IMG, sample=rounded), "y": f32(*IMG)},
+        lambda g, t: g.add1("maxpool2d_gather", [t["x"], t["y"]], kernel=(3, 2), stride=(2, 1), padding=(1, 1)),
+        sizes=SIZES_B,
+        ranges=RANGES_B,
+        ops=("maxpool2d_gather", "maxpool2d_grad"),
+    ),
 }
 
 
@@ -496,13 +602,14 @@ COMPARISONS = ("lt", "le", "gt", "ge", "eq", "ne")
 def typed(op, on, *samples, condition=False, **attrs):
     """op (forward) on operands of dtype `on`: f64 ones are f32 inputs cast up, and an f64
     result is cast back down; with `condition`, a bool condition comes first (select)."""
-    names = "abc"[:len(samples)]
+    names = "abc"[: len(samples)]
     fed = "f32" if on == "f64" else on
     inputs = {**({"c": boolean(B, D)} if condition else {}), **{n: (fed, (B, D), s) for n, s in zip(names, samples)}}
 
     def build(g, t):
         y = g.add1(op, ([t["c"]] if condition else []) + [ops.cast(t[n], on) for n in names], **attrs)
         return ops.cast(y, "f32") if y.dtype == "f64" else y
+
     return Prim(inputs, build, grad=False, ops=(op,))
 
 
@@ -510,28 +617,41 @@ def sample_of(name: str, operand: str = "x"):
     return PRIMS[name].inputs[operand][2]
 
 
-PRIMS.update({
-    # every float function and arithmetic op on f64 too, with the samples of its f32 case
-    **{f"{op}-f64": typed(op, "f64", sample_of(op))
-       for op in ("abs", "cos", "erf", "expm1", "log1p", "logistic", "sign", "sin", "sqrt", "tanh")},
-    **{f"{op}-f64": typed(op, "f64", sample_of(op, "a"), sample_of(op, "b"))
-       for op in ("sub", "maximum", "minimum", "mod", "pow")},
-    **{f"{op}-f64": typed(op, "f64", rounded, rounded) for op in COMPARISONS},
-    **{f"{op}-bool": typed(op, "bool", coin, coin) for op in COMPARISONS},
-    **{f"select-{d}": typed("select", d, s, s, condition=True)
-       for d, s in (("f64", normal), ("i32", integers(-20, 21)), ("bool", coin))},
-    **{f"stop_gradient-{d}": typed("stop_gradient", d, s)
-       for d, s in (("f64", normal), ("i32", integers(-20, 21)), ("bool", coin))},
-    "fma-f64": typed("fma", "f64", normal, normal, normal),
-    "pow-i32": typed("pow", "i32", integers(-4, 5), integers(0, 7)),
-    **{f"cast-f64-{d}": typed("cast", "f64", rounded, dtype=d) for d in ("bool", "i32")},
-    **{f"{op}-{d}": typed(op, d, s, axes=(1,))
-       for op in ("reduce_sum", "reduce_max") for d, s in (("f64", normal), ("i32", integers(-20, 21)))},
-    **{f"argmax-{d}": typed("argmax", d, s, axis=1) for d, s in (("f64", rounded), ("i32", integers(-3, 4)))},
-    # bools: true is the larger (i1 compared unsigned), false the least (a max starts there)
-    "reduce_max-bool": typed("reduce_max", "bool", coin, axes=(1,)),
-    "argmax-bool": typed("argmax", "bool", coin, axis=1),
-})
+PRIMS.update(
+    {
+        # every float function and arithmetic op on f64 too, with the samples of its f32 case
+        **{
+            f"{op}-f64": typed(op, "f64", sample_of(op))
+            for op in ("abs", "cos", "erf", "expm1", "log1p", "logistic", "sign", "sin", "sqrt", "tanh")
+        },
+        **{
+            f"{op}-f64": typed(op, "f64", sample_of(op, "a"), sample_of(op, "b"))
+            for op in ("sub", "maximum", "minimum", "mod", "pow")
+        },
+        **{f"{op}-f64": typed(op, "f64", rounded, rounded) for op in COMPARISONS},
+        **{f"{op}-bool": typed(op, "bool", coin, coin) for op in COMPARISONS},
+        **{
+            f"select-{d}": typed("select", d, s, s, condition=True)
+            for d, s in (("f64", normal), ("i32", integers(-20, 21)), ("bool", coin))
+        },
+        **{
+            f"stop_gradient-{d}": typed("stop_gradient", d, s)
+            for d, s in (("f64", normal), ("i32", integers(-20, 21)), ("bool", coin))
+        },
+        "fma-f64": typed("fma", "f64", normal, normal, normal),
+        "pow-i32": typed("pow", "i32", integers(-4, 5), integers(0, 7)),
+        **{f"cast-f64-{d}": typed("cast", "f64", rounded, dtype=d) for d in ("bool", "i32")},
+        **{
+            f"{op}-{d}": typed(op, d, s, axes=(1,))
+            for op in ("reduce_sum", "reduce_max")
+            for d, s in (("f64", normal), ("i32", integers(-20, 21)))
+        },
+        **{f"argmax-{d}": typed("argmax", d, s, axis=1) for d, s in (("f64", rounded), ("i32", integers(-3, 4)))},
+        # bools: true is the larger (i1 compared unsigned), false the least (a max starts there)
+        "reduce_max-bool": typed("reduce_max", "bool", coin, axes=(1,)),
+        "argmax-bool": typed("argmax", "bool", coin, axis=1),
+    }
+)
 
 # cases of the native engine only: onnxruntime's MaxPool skips NaN where numpy's max
 # propagates it (tests/onnx/test_export.py exports PRIMS)
@@ -550,7 +670,7 @@ def primitive_feeds(name: str, graph: Graph) -> list:
         for n in graph.nodes_with("input"):
             iname, typ = graph.attrs(n)["name"], graph.types(n)[0]
             shape = tuple(int(concrete(d, sizes)) for d in typ.shape)
-            sample = case.inputs[iname][2] if iname in case.inputs else normal      # ct_*: cotangents
+            sample = case.inputs[iname][2] if iname in case.inputs else normal  # ct_*: cotangents
             v = np.asarray(sample(r, shape))
             feeds[iname] = v.astype({"f32": np.float32, "i32": np.int32, "bool": np.bool_}[typ.dtype])
         sets.append((sizes, feeds))
@@ -598,8 +718,10 @@ LAYERS = {
     "residual_block": "output y = residual_block(img, 4, 2)",
     "residual": "output y = residual(dense(x, 13), tanh)",
     "rnn_reverse_state": "hs, h = rnn(x, 4, reverse = true, return_state = true)\n output y = hs + expand_dims(h, 1)",
-    "lstm_state": ("hs, h, c = lstm(x, 3, state = (dense(x[:, 0], 3), tanh(x[:, -1, :3])), return_state = true)\n"
-                   " output y = hs + expand_dims(h * c, 1)"),
+    "lstm_state": (
+        "hs, h, c = lstm(x, 3, state = (dense(x[:, 0], 3), tanh(x[:, -1, :3])), return_state = true)\n"
+        " output y = hs + expand_dims(h * c, 1)"
+    ),
     "gru": "output y = gru(x, 7, reverse = true)",
     "bidirectional": "output y = bidirectional(x, rnn, 3)",
     "stacked": "output y = stacked(x, rnn, 3, 2, rate = 0.2)",
@@ -615,15 +737,19 @@ LAYERS = {
     # one pre-norm encoder layer with dropout, then the final layernorm
     "transformer_encoder": "output y = transformer_encoder(dense(x, 4), 1, 2, 8, rate = 0.1)",
     # one decoder layer: causal self-attention, cross-attention under a padding mask, FFN
-    "transformer_decoder": ("output y = transformer_decoder(dense(x, 4), x, 1, 2, 8, rate = 0.0, mask = causal_mask(T),"
-                            " memory_mask = padding_mask(ids))"),
+    "transformer_decoder": (
+        "output y = transformer_decoder(dense(x, 4), x, 1, 2, 8, rate = 0.0, mask = causal_mask(T),"
+        " memory_mask = padding_mask(ids))"
+    ),
 }
 
 # slower variants (`pytest -m slow`): the same functions along their other branches
 SLOW_LAYERS = {
     "encoder_block_post": "output y = transformer_encoder_block(dense(x, 4), 2, 8, rate = 0.1, pre_norm = false)",
-    "decoder_block_post": ("output y = transformer_decoder_block(dense(x, 6), dense(x, 5), 3, 8, rate = 0.0,"
-                           " mask = causal_mask(T), pre_norm = false)"),
+    "decoder_block_post": (
+        "output y = transformer_decoder_block(dense(x, 6), dense(x, 5), 3, 8, rate = 0.0,"
+        " mask = causal_mask(T), pre_norm = false)"
+    ),
     "self_attention_padding": "output y = self_attention(dense(x, 4), 2, padding_mask(ids))",
     "residual_block_identity": "output y = residual_block(img, 3)",
     "stacked_lstm": "output y = stacked(x, lstm, 3, 2, rate = 0.2)",
@@ -633,8 +759,26 @@ SLOW_LAYERS = {
     "dense_wide": "output y = dense(dense(v, 129, relu), 129, gelu)",
 }
 
-ACTIVATIONS = ["identity", "relu", "leaky_relu", "elu", "selu", "gelu", "gelu_exact", "swish", "silu", "softplus",
-               "hard_sigmoid", "relu6", "step", "sign_step", "sigmoid", "tanh", "softmax", "log_softmax"]
+ACTIVATIONS = [
+    "identity",
+    "relu",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "gelu",
+    "gelu_exact",
+    "swish",
+    "silu",
+    "softplus",
+    "hard_sigmoid",
+    "relu6",
+    "step",
+    "sign_step",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
+]
 
 
 SCANS = {

@@ -3,6 +3,7 @@
 Everything here runs in float64: the interpreter is asked for `float_dtype="f64"` and
 the finite differences are central differences with a small step.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,6 +35,7 @@ def engine_gradients(source: str, backend: str, params: dict, feeds: dict) -> tu
     from dlc.runtime.engines.backends import make_engine
     from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.compiler.frontend.settings import Call
+
     train, evaluation = build(source, training=True), build(source, training=False)
     optimizer = make_optimizer(Call("sgd", [], {"lr": 0.1}))
     engine = make_engine(backend, train, evaluation, optimizer, [p.name for p in train.params], split=True)
@@ -104,16 +106,20 @@ def assert_close(actual, expected, rtol: float = 1e-5, what: str = "", atol: flo
     err = rel_error(a, e)
     if np.abs(a - e).max(initial=0.0) < atol:
         return
-    assert err < rtol, (f"{what}: relative error {err:.3g} >= {rtol:g}\n"
-                        f"actual:\n{np.array2string(a, precision=8)}\nexpected:\n{np.array2string(e, precision=8)}")
+    assert err < rtol, (
+        f"{what}: relative error {err:.3g} >= {rtol:g}\n"
+        f"actual:\n{np.array2string(a, precision=8)}\nexpected:\n{np.array2string(e, precision=8)}"
+    )
 
 
 # ---- graph-level gradient checks ------------------------------------------------------------------------
 def graph_with_params(arrays: dict) -> tuple:
     """A new graph with one trainable f32 param per array (run in float64)."""
     g = Graph("test")
-    ts = {name: g.add1("param", type=TensorType("f32", tuple(np.shape(a))), name=name, trainable=True)
-          for name, a in arrays.items()}
+    ts = {
+        name: g.add1("param", type=TensorType("f32", tuple(np.shape(a))), name=name, trainable=True)
+        for name, a in arrays.items()
+    }
     return g, ts
 
 
@@ -144,8 +150,9 @@ def numeric_grad(loss_fn, arrays: dict, eps: float = 1e-6) -> dict:
     return grads
 
 
-def check_graph_gradient(g: Graph, out, arrays: dict, feeds: dict | None = None, tol: float = 1e-6,
-                         nonzero: bool = True) -> dict:
+def check_graph_gradient(
+    g: Graph, out, arrays: dict, feeds: dict | None = None, tol: float = 1e-6, nonzero: bool = True
+) -> dict:
     """Differentiate sum(out * R) with train_step and compare every entry of every param's
     gradient with central differences. Returns the analytic gradients."""
     feeds = dict(feeds or {})
@@ -162,8 +169,10 @@ def check_graph_gradient(g: Graph, out, arrays: dict, feeds: dict | None = None,
         n = numeric[name]
         assert a.shape == n.shape, f"grad:{name} has shape {a.shape}, the param {n.shape}"
         err = rel_error(a, n)
-        assert err < tol, (f"grad:{name}: relative error {err:.3g} vs central differences\n"
-                           f"analytic:\n{np.array2string(a, precision=6)}\nnumeric:\n{np.array2string(n, precision=6)}")
+        assert err < tol, (
+            f"grad:{name}: relative error {err:.3g} vs central differences\n"
+            f"analytic:\n{np.array2string(a, precision=6)}\nnumeric:\n{np.array2string(n, precision=6)}"
+        )
         if nonzero:
             assert np.abs(n).max() > 1e-6, f"grad:{name} is zero: the test does not exercise it"
     return analytic

@@ -1,6 +1,7 @@
 """Exported models run by onnxruntime, and imported ones back in dlc: the export with the full
 checker, onnxruntime's outputs, their comparison with dlc's, and the feeds and parameters of a
 model; the examples that export (all but those that draw random numbers in evaluation)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,9 @@ from dlc.runtime.training import gradcheck as gc  # noqa: E402
 # vae's `samples` output draws random codes in evaluation, which export refuses by name
 # (test_an_evaluation_graph_that_draws_random_numbers_is_refused)
 DRAWS_IN_EVALUATION = {"vae"}
-EXAMPLES = sorted(p for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.dl")
-                  if p.stem not in DRAWS_IN_EVALUATION)
+EXAMPLES = sorted(
+    p for p in (Path(__file__).resolve().parents[2] / "examples").glob("*.dl") if p.stem not in DRAWS_IN_EVALUATION
+)
 SIZES = [{"B": 2, "T": 3, "S": 4, "K": 3}, {"B": 3, "T": 5, "S": 2, "K": 2}]
 RTOL = 1e-5
 
@@ -56,19 +58,24 @@ def assert_close(got, ref, what: str):
         return
     g, r = got.astype(np.float64), ref.astype(np.float64)
     finite = np.isfinite(r)
-    assert np.array_equal(np.isnan(g), np.isnan(r)) and np.array_equal(g[~finite & ~np.isnan(r)],
-                                                                       r[~finite & ~np.isnan(r)]), \
-        f"{what}: non-finite values differ"
+    assert np.array_equal(np.isnan(g), np.isnan(r)) and np.array_equal(
+        g[~finite & ~np.isnan(r)], r[~finite & ~np.isnan(r)]
+    ), f"{what}: non-finite values differ"
     if finite.any():
         err, scale = np.abs(g[finite] - r[finite]).max(), np.abs(r[finite]).max()
-        assert err <= RTOL * scale + 1e-30, f"{what}: max |diff| {err:.3g} is {err / scale:.3g} of max |ref| {scale:.3g}"
+        assert err <= RTOL * scale + 1e-30, (
+            f"{what}: max |diff| {err:.3g} is {err / scale:.3g} of max |ref| {scale:.3g}"
+        )
 
 
 def float32_feeds(model: Model, sizes: dict, seed: int = 0) -> dict:
     """Random values for the model's non-target inputs (ids within the tables they index)."""
     feeds = gc.sample_inputs(model, sizes, seed)
-    return {i.name: feeds[i.name].astype(np.float32) if i.type.is_float else feeds[i.name]
-            for i in model.inputs if not i.is_target}
+    return {
+        i.name: feeds[i.name].astype(np.float32) if i.type.is_float else feeds[i.name]
+        for i in model.inputs
+        if not i.is_target
+    }
 
 
 def initial_params(train_model: Model, eval_model: Model, seed: int = 0) -> dict:

@@ -1,5 +1,6 @@
 """Folders of small generated photos, learnable: a red disc or a cyan square on a dark ground
 of random size, colour and place, PNGs and JPEGs mixed; and a tiny classifier of them."""
+
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ model photos {
 def shape_photo(kind: str, rng: np.random.Generator, width: int = 24, height: int = 18):
     """A PIL image of a `kind` ("circle" or "square") near the centre of a width x height picture."""
     from PIL import Image, ImageDraw
+
     w, h = width + int(rng.integers(-4, 5)), height + int(rng.integers(-3, 4))
     img = Image.new("RGB", (w, h), tuple(int(v) for v in rng.integers(0, 80, 3)))
     r = min(w, h) // 3

@@ -1,7 +1,6 @@
 """Small programs the tests of the command line, checkpoints, data and progress share, and the
 model file a test writes."""
 
-
 XOR = """
 model xor {
     input  x: f32[B, 2]
@@ -40,8 +39,9 @@ model clf {
 """
 
 
-def write(tmp_path, text, train="train xor { data = xor() batch = 4 epochs = 2 optimizer = sgd(lr = 0.5) }",
-          name="m.dl"):
+def write(
+    tmp_path, text, train="train xor { data = xor() batch = 4 epochs = 2 optimizer = sgd(lr = 0.5) }", name="m.dl"
+):
     path = tmp_path / name
     path.write_text(text + train + "\n")
     return str(path)

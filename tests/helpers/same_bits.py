@@ -1,6 +1,7 @@
 """Training to the same bits on any thread count and target: a few native Adam steps of
 examples in each configuration (1, 2, 3, 7 threads; the host's target and DLC_TARGET=avx2), each
 in its own process, since the target is chosen once per process."""
+
 import json
 import os
 import subprocess
@@ -42,8 +43,12 @@ np.savez(out, **saved)
 def trained(names: list, target: str, threads: int, folder: Path) -> dict:
     out = folder / f"{target}-{threads}.npz"
     env = {**os.environ, "DLC_TARGET": target, "DLC_NUM_THREADS": str(threads)}
-    done = subprocess.run([sys.executable, "-c", STEPS, str(out), *[str(EXAMPLES / f"{n}.dl") for n in names]],
-                          env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", STEPS, str(out), *[str(EXAMPLES / f"{n}.dl") for n in names]],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return dict(np.load(out))
 

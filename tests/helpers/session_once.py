@@ -2,6 +2,7 @@
 folder of results (a library built, say) that the tests of every worker then read, so a
 file's tests need not all run on one worker to share it. The session's folder is
 $DLC_TEST_SHARED (tests/conftest.py); a lock per key makes the others wait for the first."""
+
 import fcntl
 import os
 import shutil

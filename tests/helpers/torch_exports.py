@@ -1,5 +1,6 @@
 """PyTorch's ONNX exports of small models with a dynamic batch (torch.onnx: the TorchScript
 and the dynamo exporter), the models themselves, and the sequences they are fed."""
+
 import math
 import warnings
 
@@ -19,7 +20,7 @@ class Attention(nn.Module):
         super().__init__()
         self.qkv, self.out = nn.Linear(HIDDEN, 3 * HIDDEN), nn.Linear(HIDDEN, HIDDEN)
 
-    def heads(self, x):         # (B, T, H) -> (B, heads, T, H / heads) by the input's own sizes
+    def heads(self, x):  # (B, T, H) -> (B, heads, T, H / heads) by the input's own sizes
         return x.view(*x.size()[:-1], HEADS, HIDDEN // HEADS).permute(0, 2, 1, 3)
 
     def forward(self, x, mask):
@@ -34,11 +35,14 @@ class Block(nn.Module):
         super().__init__()
         self.causal = causal
         self.attention, self.norm1, self.norm2 = Attention(), nn.LayerNorm(HIDDEN), nn.LayerNorm(HIDDEN)
-        self.ff = nn.Sequential(nn.Linear(HIDDEN, 2 * HIDDEN), nn.GELU(approximate="tanh" if causal else "none"),
-                                nn.Linear(2 * HIDDEN, HIDDEN))
+        self.ff = nn.Sequential(
+            nn.Linear(HIDDEN, 2 * HIDDEN),
+            nn.GELU(approximate="tanh" if causal else "none"),
+            nn.Linear(2 * HIDDEN, HIDDEN),
+        )
 
     def forward(self, x, mask):
-        if self.causal:         # GPT-2: the norms first
+        if self.causal:  # GPT-2: the norms first
             x = x + self.attention(self.norm1(x), mask)
             return x + self.ff(self.norm2(x))
         x = self.norm1(x + self.attention(x, mask))
@@ -126,15 +130,19 @@ def sequences(batch, length, seed):
     rng = np.random.default_rng(seed)
     ids = rng.integers(1, VOCAB, (batch, length))
     mask = np.ones((batch, length), np.int64)
-    mask[0, length // 2:] = 0       # a padded sequence
+    mask[0, length // 2 :] = 0  # a padded sequence
     return {"ids": ids, "attention_mask": mask}
 
 
-MODELS = {      # name: (the module, its inputs' names, its outputs' names, the inputs to export with)
+MODELS = {  # name: (the module, its inputs' names, its outputs' names, the inputs to export with)
     "bert": (Bert, ["ids", "attention_mask"], ["hidden", "pooled"], lambda: sequences(2, 7, 0)),
     "gpt": (Gpt, ["ids"], ["logits", "last"], lambda: {"ids": sequences(2, 7, 0)["ids"]}),
-    "masks": (Masks, ["x", "attention_mask"], ["probabilities", "positions"],
-              lambda: {"x": np.zeros((2, 7), np.float32), "attention_mask": sequences(2, 7, 0)["attention_mask"]}),
+    "masks": (
+        Masks,
+        ["x", "attention_mask"],
+        ["probabilities", "positions"],
+        lambda: {"x": np.zeros((2, 7), np.float32), "attention_mask": sequences(2, 7, 0)["attention_mask"]},
+    ),
     "shuffle": (ChannelShuffle, ["x"], ["y"], lambda: {"x": np.zeros((2, 116, 7, 7), np.float32)}),
 }
 
@@ -156,12 +164,31 @@ def export_module(tmp_path, name: str, exporter: str, model, inputs, outputs, ex
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
-            torch.onnx.export(model, args, str(path), input_names=inputs, output_names=outputs, opset_version=17,
-                              dynamic_axes={i: dynamic for i in inputs}, dynamo=False)
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                input_names=inputs,
+                output_names=outputs,
+                opset_version=17,
+                dynamic_axes={i: dynamic for i in inputs},
+                dynamo=False,
+            )
         else:
             pytest.importorskip("onnxscript")
-            dims = {k: torch.export.Dim(v, max=POSITIONS) if v == "length" else torch.export.Dim(v)
-                    for k, v in dynamic.items()}
-            torch.onnx.export(model, args, str(path), input_names=inputs, output_names=outputs, opset_version=18,
-                              dynamic_shapes={i: dims for i in inputs}, dynamo=True, verbose=False)
+            dims = {
+                k: torch.export.Dim(v, max=POSITIONS) if v == "length" else torch.export.Dim(v)
+                for k, v in dynamic.items()
+            }
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                input_names=inputs,
+                output_names=outputs,
+                opset_version=18,
+                dynamic_shapes={i: dims for i in inputs},
+                dynamo=True,
+                verbose=False,
+            )
     return path

@@ -1,5 +1,6 @@
 """A layer of the standard library against its PyTorch twin: the same parameters and inputs,
 in float64, give the same outputs and gradients."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,19 @@ def _model_source(decls, body, outputs, r_shapes=None):
     return "\n".join(lines)
 
 
-def parity(decls: dict, body: str, torch_fn, outputs=("y",), feeds=None, values=None, training=True,
-           seed=0, scale=0.5, rtol=RTOL, sizes=None):
+def parity(
+    decls: dict,
+    body: str,
+    torch_fn,
+    outputs=("y",),
+    feeds=None,
+    values=None,
+    training=True,
+    seed=0,
+    scale=0.5,
+    rtol=RTOL,
+    sizes=None,
+):
     """Run `body` in dlc and `torch_fn` in torch with the same values; compare outputs,
     state updates and the gradient of every trainable parameter.
 
@@ -55,8 +67,9 @@ def parity(decls: dict, body: str, torch_fn, outputs=("y",), feeds=None, values=
     rng = np.random.default_rng(seed)
     params = {}
     for p in model.params:
-        params[p.name] = np.asarray(values[p.name], np.float64) if p.name in values \
-            else rng.standard_normal(p.type.shape) * scale
+        params[p.name] = (
+            np.asarray(values[p.name], np.float64) if p.name in values else rng.standard_normal(p.type.shape) * scale
+        )
     check_params_given(model, params)
     for o, s in r_shapes.items():
         feeds[f"r_{o}"] = rng.standard_normal(tuple(concrete(d, sizes or {}) for d in s))
@@ -64,13 +77,21 @@ def parity(decls: dict, body: str, torch_fn, outputs=("y",), feeds=None, values=
     dl_out = forward(model, feeds, params)
     dl_step = gradients(model, feeds, params)
 
-    T = Leaves({p.name: torch.tensor(params[p.name], dtype=DT, requires_grad=p.trainable) for p in model.params},
-               TorchLayout(model.params))
-    tfeeds = {k: (torch.tensor(v, dtype=DT) if np.issubdtype(np.asarray(v).dtype, np.floating)
-                  else torch.tensor(np.asarray(v), dtype=torch.long)) for k, v in feeds.items()}
+    T = Leaves(
+        {p.name: torch.tensor(params[p.name], dtype=DT, requires_grad=p.trainable) for p in model.params},
+        TorchLayout(model.params),
+    )
+    tfeeds = {
+        k: (
+            torch.tensor(v, dtype=DT)
+            if np.issubdtype(np.asarray(v).dtype, np.floating)
+            else torch.tensor(np.asarray(v), dtype=torch.long)
+        )
+        for k, v in feeds.items()
+    }
     t_out = torch_fn(T, tfeeds)
     loss = sum((t_out[o] * tfeeds[f"r_{o}"]).sum() for o in outputs)
-    if loss.requires_grad:                       # not for step functions: no gradient anywhere
+    if loss.requires_grad:  # not for step functions: no gradient anywhere
         loss.backward()
 
     for o in outputs:
@@ -98,8 +119,11 @@ class Leaves(dict):
     def torch(self, prefix: str) -> dict:
         """The tensors of the layer named `prefix` by their torch.nn names relative to it,
         computed from the leaves (transposed, concatenated) by dlc's mapping."""
-        return {name[len(prefix) + 1:]: value for name, value in self.layout.to_torch(self, torch.cat).items()
-                if name.startswith(prefix + ".")}
+        return {
+            name[len(prefix) + 1 :]: value
+            for name, value in self.layout.to_torch(self, torch.cat).items()
+            if name.startswith(prefix + ".")
+        }
 
 
 def call(module, mapping: dict, *args, **kwargs):
@@ -115,6 +139,7 @@ def step_matches_torch(exe, params: dict, x: np.ndarray, forward, rng, what: str
     every parameter's gradient against torch in float64, where forward(x, T) is y from x
     and the parameters as torch tensors T: the largest error relative to the largest value."""
     from helpers.native_cases import run_native
+
     T = {name: torch.tensor(v, dtype=DT, requires_grad=True) for name, v in params.items()}
     y = forward(torch.tensor(x, dtype=DT), T)
     r = rng.standard_normal(tuple(y.shape)).astype(np.float32)

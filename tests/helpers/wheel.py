@@ -1,6 +1,7 @@
 """dlc's wheel, built once per test session (tests/helpers/session_once.py) from a copy of the
 checkout's package files, as `pip wheel` builds it: twice in the same tree, as a second
 `pip install .` reuses the first's build/ folder, so the wheel is the second build's."""
+
 import shutil
 import subprocess
 import sys
@@ -14,12 +15,26 @@ NOT_PACKAGED = ("tests", "build", "benchmarks", "examples", "docs", "node_module
 
 
 def _build(folder: Path) -> None:
-    source = folder / "source"      # a copy: the build writes build/ and dlc.egg-info beside the sources
+    source = folder / "source"  # a copy: the build writes build/ and dlc.egg-info beside the sources
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(*NOT_PACKAGED, "__pycache__", ".*"))
     for _ in range(2):
         shutil.rmtree(folder / "wheel", ignore_errors=True)
-        built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                                "-w", str(folder / "wheel"), str(source)], capture_output=True, text=True)
+        built = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "-q",
+                "-w",
+                str(folder / "wheel"),
+                str(source),
+            ],
+            capture_output=True,
+            text=True,
+        )
         if built.returncode != 0:
             raise AssertionError(f"pip wheel failed:\n{built.stderr}")
 

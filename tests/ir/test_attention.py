@@ -3,6 +3,7 @@ scaled_dot_product_attention is the truth for the values and gradients of both e
 under no mask, a causal mask and a padding mask, over several blocks of queries and keys;
 the reference's gradient passes a float64 finite-difference check; and the native
 engine's memory grows linearly with the sequence, the [T, T] scores never stored."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +18,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed: attention
 F = torch.nn.functional
 
 RTOL = 1e-5
-T = 100             # two blocks of queries and of keys, the second partial
+T = 100  # two blocks of queries and of keys, the second partial
 MASKS = {
     "none": ("", ""),
     "causal": ("", ", causal_mask(T)"),
@@ -48,7 +49,7 @@ def values(mask: str) -> tuple:
     feeds = {"r": rng.standard_normal((2, 3, T, 8))}
     if mask.startswith("padding"):
         ids = rng.integers(1, 9, (2, T))
-        ids[0, 60:], ids[1, 7:30] = 0, 0          # padding in both blocks of keys
+        ids[0, 60:], ids[1, 7:30] = 0, 0  # padding in both blocks of keys
         feeds["ids"] = ids.astype(np.int32)
     return params, feeds
 
@@ -58,8 +59,9 @@ def torch_truth(mask: str, params: dict, feeds: dict) -> dict:
     attend = None
     if mask.startswith("padding"):
         attend = torch.tensor(feeds["ids"] != 0)[:, None, None, :]
-    y = F.scaled_dot_product_attention(leaves["q"], leaves["k"], leaves["v"], attn_mask=attend,
-                                       is_causal=mask == "causal")
+    y = F.scaled_dot_product_attention(
+        leaves["q"], leaves["k"], leaves["v"], attn_mask=attend, is_causal=mask == "causal"
+    )
     (y * torch.tensor(feeds["r"])).sum().backward()
     return {"output:y": y.detach().numpy()} | {f"grad:{k}": t.grad.numpy() for k, t in leaves.items()}
 
@@ -73,8 +75,9 @@ def test_both_engines_match_torch(mask):
     graph = step_graph(model)
     assert "attention" in {graph.op(n) for n in graph.nx.nodes}
     # step_graph adds sum(y * r_y) to the loss, to keep y: zero here
-    native = run_native(Executable(graph), feeds | {"r_y": np.zeros((2, 3, T, 8))},
-                        {k: v.astype(np.float32) for k, v in params.items()})
+    native = run_native(
+        Executable(graph), feeds | {"r_y": np.zeros((2, 3, T, 8))}, {k: v.astype(np.float32) for k, v in params.items()}
+    )
     for name, want in truth.items():
         assert_close(reference[name], want, RTOL, f"reference {name}")
         assert_close(native[name.replace("output:", "metric:output:")], want, RTOL, f"native {name}")
@@ -96,12 +99,15 @@ def test_the_reference_gradient_passes_a_float64_check(masked):
 
 def arena(seq: int) -> int:
     """The native engine's activation bytes for one train step of causal self-attention."""
-    model = load_text("""
+    model = load_text(
+        """
 model m {
     input x: f32[B, T, 16]
     y = self_attention(x, 2, causal_mask(T), rate = 0.0)
     loss mean(y * y)
-}""", "m.dl").build(training=True)
+}""",
+        "m.dl",
+    ).build(training=True)
     exe = Executable(step_graph(model))
     params = {p.name: np.full(p.type.shape, 0.1, np.float32) for p in model.params}
     feeds = {"x": np.random.default_rng(0).standard_normal((1, seq, 16)).astype(np.float32)}
@@ -119,6 +125,7 @@ def test_training_gives_the_same_bits_on_any_thread_count_and_target(tmp_path):
     """Three Adam steps of causal self-attention over three blocks of queries and keys,
     under 1, 2, 3 and 7 threads and AVX2 (the configurations of tests/helpers/same_bits.py)."""
     from helpers.same_bits import assert_bit_identical
+
     (tmp_path / "att.dl").write_text("""
 model att {
     input  tokens: i32[B, 150]

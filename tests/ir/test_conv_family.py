@@ -5,6 +5,7 @@ gradient, through the harness of tests/helpers/torch_parity.py), its parameter c
 torch's, compiled natively (against the reference engine, gradients included) and exported to
 ONNX and imported back; and a depthwise-separable torch model exported by torch.onnx
 imports with one grouped convolution per Conv."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,25 +33,51 @@ from helpers.torch_parity import DT, call, parity  # noqa: E402
 # ---- torch parity: (input shape, dlc body, torch module, torch call's extra) ------------------------------------
 LAYERS = {
     "conv2d-dilated": ((2, 4, 9, 8), "y = conv2d(x, 6, 3, dilation = 2)", lambda: nn.Conv2d(4, 6, 3, dilation=2)),
-    "conv2d-dilated-same": ((2, 4, 9, 8), "y = conv2d(x, 6, (3, 2), padding = \"same\", dilation = (2, 3))",
-                            lambda: nn.Conv2d(4, 6, (3, 2), padding="same", dilation=(2, 3))),
-    "conv2d-groups": ((2, 4, 7, 6), "y = conv2d(x, 6, 3, stride = 2, padding = 1, groups = 2)",
-                      lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2)),
-    "conv2d-depthwise": ((2, 4, 7, 6), "y = conv2d(x, 4, 3, padding = 1, groups = 4, act = relu)",
-                         lambda: nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU())),
-    "conv2d-depthwise-x2-dilated": ((2, 3, 9, 8), "y = conv2d(x, 6, 3, padding = 2, dilation = 2, groups = 3)",
-                                    lambda: nn.Conv2d(3, 6, 3, padding=2, dilation=2, groups=3)),
-    "conv1d-dilated-groups": ((2, 4, 11), "y = conv1d(x, 6, 3, padding = \"same\", dilation = 2, groups = 2)",
-                              lambda: nn.Conv1d(4, 6, 3, padding="same", dilation=2, groups=2)),
-    "conv2d_transpose": ((2, 4, 5, 4), "y = conv2d_transpose(x, 3, 3, stride = 2, padding = 1, output_padding = 1)",
-                         lambda: nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1)),
-    "conv2d_transpose-rect": ((2, 4, 5, 4), "y = conv2d_transpose(x, 3, (2, 3), stride = (2, 1), bias = false)",
-                              lambda: nn.ConvTranspose2d(4, 3, (2, 3), stride=(2, 1), bias=False)),
+    "conv2d-dilated-same": (
+        (2, 4, 9, 8),
+        "y = conv2d(x, 6, (3, 2), padding = \"same\", dilation = (2, 3))",
+        lambda: nn.Conv2d(4, 6, (3, 2), padding="same", dilation=(2, 3)),
+    ),
+    "conv2d-groups": (
+        (2, 4, 7, 6),
+        "y = conv2d(x, 6, 3, stride = 2, padding = 1, groups = 2)",
+        lambda: nn.Conv2d(4, 6, 3, stride=2, padding=1, groups=2),
+    ),
+    "conv2d-depthwise": (
+        (2, 4, 7, 6),
+        "y = conv2d(x, 4, 3, padding = 1, groups = 4, act = relu)",
+        lambda: nn.Sequential(nn.Conv2d(4, 4, 3, padding=1, groups=4), nn.ReLU()),
+    ),
+    "conv2d-depthwise-x2-dilated": (
+        (2, 3, 9, 8),
+        "y = conv2d(x, 6, 3, padding = 2, dilation = 2, groups = 3)",
+        lambda: nn.Conv2d(3, 6, 3, padding=2, dilation=2, groups=3),
+    ),
+    "conv1d-dilated-groups": (
+        (2, 4, 11),
+        "y = conv1d(x, 6, 3, padding = \"same\", dilation = 2, groups = 2)",
+        lambda: nn.Conv1d(4, 6, 3, padding="same", dilation=2, groups=2),
+    ),
+    "conv2d_transpose": (
+        (2, 4, 5, 4),
+        "y = conv2d_transpose(x, 3, 3, stride = 2, padding = 1, output_padding = 1)",
+        lambda: nn.ConvTranspose2d(4, 3, 3, stride=2, padding=1, output_padding=1),
+    ),
+    "conv2d_transpose-rect": (
+        (2, 4, 5, 4),
+        "y = conv2d_transpose(x, 3, (2, 3), stride = (2, 1), bias = false)",
+        lambda: nn.ConvTranspose2d(4, 3, (2, 3), stride=(2, 1), bias=False),
+    ),
     "conv2d_transpose-groups-dilated": (
-        (2, 4, 4, 5), "y = conv2d_transpose(x, 6, 3, stride = 2, padding = 1, dilation = 2, groups = 2)",
-        lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2)),
-    "conv1d_transpose": ((2, 4, 6), "y = conv1d_transpose(x, 3, 4, stride = 2, padding = 1, output_padding = 1)",
-                         lambda: nn.ConvTranspose1d(4, 3, 4, stride=2, padding=1, output_padding=1)),
+        (2, 4, 4, 5),
+        "y = conv2d_transpose(x, 6, 3, stride = 2, padding = 1, dilation = 2, groups = 2)",
+        lambda: nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2),
+    ),
+    "conv1d_transpose": (
+        (2, 4, 6),
+        "y = conv1d_transpose(x, 3, 4, stride = 2, padding = 1, output_padding = 1)",
+        lambda: nn.ConvTranspose1d(4, 3, 4, stride=2, padding=1, output_padding=1),
+    ),
 }
 
 
@@ -65,6 +92,7 @@ def test_layer_matches_torch(case):
         if conv.bias is not None:
             mapping[("0." if conv is not module else "") + "bias"] = T["y.b"]
         return {"y": call(module, mapping, T["x"])}
+
     parity({"x": shape}, body, fn)
 
 
@@ -78,7 +106,9 @@ FUNCTIONS = {
     "upsample2d(x, (2, 3))": ((2, 3, 4, 5), lambda x: nn.Upsample(scale_factor=(2, 3))(x)),
     "upsample2d(x, 2, mode = \"bilinear\")": ((2, 3, 4, 5), lambda x: nn.Upsample(scale_factor=2, mode="bilinear")(x)),
     "upsample2d(x, (3, 2), mode = \"bilinear\")": (
-        (2, 3, 4, 5), lambda x: nn.Upsample(scale_factor=(3, 2), mode="bilinear")(x)),
+        (2, 3, 4, 5),
+        lambda x: nn.Upsample(scale_factor=(3, 2), mode="bilinear")(x),
+    ),
 }
 
 
@@ -96,11 +126,14 @@ def test_embedding_padding_idx(padding_idx):
     def fn(T, f):
         m = nn.Embedding(5, 3, padding_idx=padding_idx, dtype=DT)
         return {"y": call(m, {"weight": T["y.W"]}, f["ids"])}
+
     body = f"input ids: i32[2, 4]\ny = embedding(ids, 5, 3, padding_idx = {padding_idx})"
     _, _, step = parity({}, body, fn, feeds={"ids": ids})
     row = padding_idx % 5
     assert np.all(step["grad:y.W"][row] == 0) and np.abs(step["grad:y.W"][1]).max() > 0
-    src = f"model m {{\n    input ids: i32[B, 4]\n    output y = embedding(ids, 5, 3, padding_idx = {padding_idx})\n}}\n"
+    src = (
+        f"model m {{\n    input ids: i32[B, 4]\n    output y = embedding(ids, 5, 3, padding_idx = {padding_idx})\n}}\n"
+    )
     table = initial_params(build(src), build(src, training=False))["y.W"]
     assert np.all(table[row] == 0) and np.all(np.delete(table, row, axis=0) != 0)
 
@@ -126,18 +159,36 @@ def test_groups_must_divide_the_channels():
 # ---- parameter counts: (input declaration, dlc call, torch module) ------------------------------------------------
 COUNTS = {
     "conv2d-depthwise": ("f32[B, 32, 8, 8]", "conv2d(x, 32, 3, groups = 32)", lambda: nn.Conv2d(32, 32, 3, groups=32)),
-    "conv2d-groups-dilated": ("f32[B, 16, 8, 8]", "conv2d(x, 24, 3, dilation = 2, groups = 4)",
-                              lambda: nn.Conv2d(16, 24, 3, dilation=2, groups=4)),
-    "conv1d-groups": ("f32[B, 8, 20]", "conv1d(x, 12, 5, groups = 2, bias = false)",
-                      lambda: nn.Conv1d(8, 12, 5, groups=2, bias=False)),
-    "conv2d_transpose": ("f32[B, 16, 4, 4]", "conv2d_transpose(x, 8, 4, stride = 2)",
-                         lambda: nn.ConvTranspose2d(16, 8, 4, stride=2)),
-    "conv2d_transpose-groups": ("f32[B, 16, 4, 4]", "conv2d_transpose(x, 8, 3, groups = 4)",
-                                lambda: nn.ConvTranspose2d(16, 8, 3, groups=4)),
-    "conv1d_transpose": ("f32[B, 6, 10]", "conv1d_transpose(x, 4, 3, stride = 2)",
-                         lambda: nn.ConvTranspose1d(6, 4, 3, stride=2)),
-    "embedding-padding_idx": ("i32[B, T]", "embedding(x, 100, 16, padding_idx = 0)",
-                              lambda: nn.Embedding(100, 16, padding_idx=0)),
+    "conv2d-groups-dilated": (
+        "f32[B, 16, 8, 8]",
+        "conv2d(x, 24, 3, dilation = 2, groups = 4)",
+        lambda: nn.Conv2d(16, 24, 3, dilation=2, groups=4),
+    ),
+    "conv1d-groups": (
+        "f32[B, 8, 20]",
+        "conv1d(x, 12, 5, groups = 2, bias = false)",
+        lambda: nn.Conv1d(8, 12, 5, groups=2, bias=False),
+    ),
+    "conv2d_transpose": (
+        "f32[B, 16, 4, 4]",
+        "conv2d_transpose(x, 8, 4, stride = 2)",
+        lambda: nn.ConvTranspose2d(16, 8, 4, stride=2),
+    ),
+    "conv2d_transpose-groups": (
+        "f32[B, 16, 4, 4]",
+        "conv2d_transpose(x, 8, 3, groups = 4)",
+        lambda: nn.ConvTranspose2d(16, 8, 3, groups=4),
+    ),
+    "conv1d_transpose": (
+        "f32[B, 6, 10]",
+        "conv1d_transpose(x, 4, 3, stride = 2)",
+        lambda: nn.ConvTranspose1d(6, 4, 3, stride=2),
+    ),
+    "embedding-padding_idx": (
+        "i32[B, T]",
+        "embedding(x, 100, 16, padding_idx = 0)",
+        lambda: nn.Embedding(100, 16, padding_idx=0),
+    ),
 }
 
 
@@ -147,8 +198,9 @@ def test_parameter_count_matches_torch(case):
     model = build(f"model m {{\n    input x: {decl}\n    output y = {expr}\n}}\n", training=False)
     module = make()
     assert trainable_count(model) == sum(p.numel() for p in module.parameters())
-    assert {p.name: tuple(p.type.shape) for p in model.params} == \
-        {f"y.{'W' if k == 'weight' else 'b'}": tuple(v.shape) for k, v in module.named_parameters()}
+    assert {p.name: tuple(p.type.shape) for p in model.params} == {
+        f"y.{'W' if k == 'weight' else 'b'}": tuple(v.shape) for k, v in module.named_parameters()
+    }
 
 
 # ---- native compilation and ONNX, on one model holding every new form ----------------------------------------------
@@ -188,28 +240,41 @@ def test_the_family_compiles_natively_and_matches_the_reference():
 def test_a_depthwise_convolution_is_a_few_kernels_whatever_its_channels():
     """groups = C compiles to one kernel forward (a map over the taps) and a few for its
     gradients, as many for 64 channels as for 4: never a kernel per channel."""
+
     def kernels(c: int) -> list:
-        src = (f"model m {{\n    input x: f32[B, {c}, 9, 9]\n    h = conv2d(x, {c}, 1)\n"
-               f"    y = conv2d(h, {c}, 3, padding = 1, groups = {c}, bias = false)\n    loss sum(y * y)\n}}\n")
+        src = (
+            f"model m {{\n    input x: f32[B, {c}, 9, 9]\n    h = conv2d(x, {c}, 1)\n"
+            f"    y = conv2d(h, {c}, 3, padding = 1, groups = {c}, bias = false)\n    loss sum(y * y)\n}}\n"
+        )
         return Executable(step_graph(load_text(src, "m.dl").build(training=True))).program.kernels
+
     few, many = kernels(4), kernels(64)
     assert len(many) == len(few) <= 12, [k.text() for k in many]
 
 
 def test_the_family_trains_with_the_native_backend(tmp_path):
-    text = FAMILY.replace("    output pooled", "    loss mean(image^2) + mean(sequence^2)\n    output pooled") + """
+    text = (
+        FAMILY.replace("    output pooled", "    loss mean(image^2) + mean(sequence^2)\n    output pooled")
+        + """
 train family {
     data = npz("family.npz")
     batch = 4
     epochs = 1
 }
 """
+    )
     r = np.random.default_rng(0)
-    np.savez(tmp_path / "family.npz", x=r.standard_normal((8, 4, 8, 8)).astype(np.float32),
-             s=r.standard_normal((8, 4, 10)).astype(np.float32), ids=r.integers(0, 10, (8, 5)).astype(np.int32))
+    np.savez(
+        tmp_path / "family.npz",
+        x=r.standard_normal((8, 4, 8, 8)).astype(np.float32),
+        s=r.standard_normal((8, 4, 10)).astype(np.float32),
+        ids=r.integers(0, 10, (8, 5)).astype(np.int32),
+    )
     (tmp_path / "family.dl").write_text(text)
-    assert main(["train", str(tmp_path / "family.dl"), "--backend", "native", "-q", "--out", str(tmp_path / "run")]) == 0
-    assert (tmp_path / "run" / "last.npz").exists()      # --backend native never falls back to the reference
+    assert (
+        main(["train", str(tmp_path / "family.dl"), "--backend", "native", "-q", "--out", str(tmp_path / "run")]) == 0
+    )
+    assert (tmp_path / "run" / "last.npz").exists()  # --backend native never falls back to the reference
 
 
 def test_the_family_round_trips_through_onnx(tmp_path):
@@ -219,8 +284,10 @@ def test_the_family_round_trips_through_onnx(tmp_path):
     proto = exported(model, params)
     ops = {node.op_type for node in proto.graph.node}
     assert {"Conv", "ConvTranspose"} <= ops
-    groups = {op: {a.i for node in proto.graph.node if node.op_type == op for a in node.attribute if a.name == "group"}
-              for op in ("Conv", "ConvTranspose")}
+    groups = {
+        op: {a.i for node in proto.graph.node if node.op_type == op for a in node.attribute if a.name == "group"}
+        for op in ("Conv", "ConvTranspose")
+    }
     assert groups == {"Conv": {2, 4, 6}, "ConvTranspose": {1, 2}}
     back = reimported(proto, tmp_path)
     text = (tmp_path / "imported.dl").read_text()
@@ -261,8 +328,16 @@ def test_a_torch_depthwise_separable_model_imports_with_one_call_per_conv(tmp_pa
     module = _Separable().eval()
     x = torch.randn(2, 8, 12, 10)
     path = tmp_path / "separable.onnx"
-    torch.onnx.export(module, (x,), str(path), input_names=["x"], output_names=["y"], opset_version=17,
-                      dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}}, dynamo=False)
+    torch.onnx.export(
+        module,
+        (x,),
+        str(path),
+        input_names=["x"],
+        output_names=["y"],
+        opset_version=17,
+        dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}},
+        dynamo=False,
+    )
     proto = onnx.load(str(path))
     imported = import_model(proto)
     calls = imported.text.count("conv2d(") + imported.text.count("convolution(")

@@ -1,4 +1,5 @@
 """Graph nodes grouped by layer (graph.layer_of), and the dot output's clusters."""
+
 import re
 from pathlib import Path
 
@@ -38,16 +39,16 @@ model m {
     layers = {n: G.layer_of(g, n) for n in g.nx}
     by_op = lambda op: {layers[n] for n in g.nodes_with(op)}
     assert by_op("matmul") == {"h.0", "h.1", "out"}
-    assert by_op("random") == {"h"}          # dropout names no parameters: the binding's layer
-    assert by_op("input") == {""}            # x, y and the dropout's key belong to the model
+    assert by_op("random") == {"h"}  # dropout names no parameters: the binding's layer
+    assert by_op("input") == {""}  # x, y and the dropout's key belong to the model
     assert layers[g.outputs["loss"].node] == "loss"
-    assert {layers[n] for n in g.nodes_with("mul")} >= {"out", "loss"}   # h * 2.0 is the statement's
+    assert {layers[n] for n in g.nodes_with("mul")} >= {"out", "loss"}  # h * 2.0 is the statement's
 
 
 def test_gradient_nodes_belong_to_the_gradient_of_their_layer():
     model = built("lenet5.dl")
     step = autodiff.train_step(model.graph)
-    for n in model.graph.nx:     # node n of the forward graph is node n of the train step
+    for n in model.graph.nx:  # node n of the forward graph is node n of the train step
         assert n not in step.nx or step.op(n) == model.graph.op(n)
     grads = [n for n in step.nx if "grad_of" in step.nx.nodes[n]]
     assert grads and all(G.layer_of(step, n).startswith(G.GRADIENTS) for n in grads)
@@ -82,7 +83,7 @@ def test_dot_clusters_every_parameter_in_its_layer(grad, tmp_path, capsys):
     cluster_of, parent, labels = parse_dot(capsys.readouterr().out)
     model = built("resnet.dl")
     assert len(cluster_of) == len(autodiff.train_step(model.graph).nx if grad else model.graph.nx)
-    for p in model.params:      # every parameter is declared in its layer's cluster, nested as its name
+    for p in model.params:  # every parameter is declared in its layer's cluster, nested as its name
         layer = p.name.rpartition(".")[0]
         (n,) = [n for n, (_, label) in cluster_of.items() if label.startswith(f"%{n} param {p.name}\\n")]
         assert cluster_of[n][0] == layer and labels[layer] == layer
@@ -92,5 +93,6 @@ def test_dot_clusters_every_parameter_in_its_layer(grad, tmp_path, capsys):
     assert "stage2.0.proj" in parent and labels["stage2.0.proj"] == "stage2.0.proj"
     if grad:
         assert labels["∇"] == "∇ (gradients)" and labels["∇.stage1.0.conv1"] == "∇ stage1.0.conv1"
-        assert any(cluster == "∇.stage1.0.conv1" and "conv2d_weight_grad" in label
-                   for cluster, label in cluster_of.values())
+        assert any(
+            cluster == "∇.stage1.0.conv1" and "conv2d_weight_grad" in label for cluster, label in cluster_of.values()
+        )

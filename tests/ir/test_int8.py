@@ -1,5 +1,6 @@
 """int8 arithmetic (compiler/ir/int8.py) against a float64 reference of the same quantization
 written here from docs/quantization.md, and which products are integer (compiler/passes/int8.py)."""
+
 import functools
 
 import numpy as np
@@ -17,33 +18,35 @@ from helpers.int8 import every_product_integer
 def test_weight_scales_and_weights_are_the_float64_rule_rounded_once():
     rng = np.random.default_rng(0)
     w = rng.normal(size=(5, 3, 3, 3)).astype(np.float32)
-    w[2] = 0                                    # an empty channel takes the least scale, and zeros
+    w[2] = 0  # an empty channel takes the least scale, and zeros
     scales = int8.weight_scales(w, 0)
     for o in range(5):
         largest = max(abs(float(v)) for v in w[o].ravel())
-        want = max(np.float32(largest / 127.0), np.float32(2.0 ** -60))
+        want = max(np.float32(largest / 127.0), np.float32(2.0**-60))
         assert scales[o] == want and scales.dtype == np.float32
         q = int8.quantize_weights(w, scales, 0)[o]
         ref = [max(-127, min(127, round(float(v) / float(scales[o])))) for v in w[o].ravel()]
-        assert q.ravel().tolist() == ref         # Python's round is ties to even, as rint
-    assert int8.quantize_weights(w, scales, 0).min() >= -127 and np.abs(int8.quantize_weights(w, scales, 0)).max() == 127
+        assert q.ravel().tolist() == ref  # Python's round is ties to even, as rint
+    assert (
+        int8.quantize_weights(w, scales, 0).min() >= -127 and np.abs(int8.quantize_weights(w, scales, 0)).max() == 127
+    )
 
 
 def test_weights_quantize_per_output_column_of_a_matmul():
-    w = np.array([[1.0, -100.0], [0.5, 25.0]], np.float32)       # [in, out]: channels along axis 1
+    w = np.array([[1.0, -100.0], [0.5, 25.0]], np.float32)  # [in, out]: channels along axis 1
     scales = int8.weight_scales(w, 1)
     assert scales.tolist() == [np.float32(1 / 127), np.float32(100 / 127)]
-    assert int8.quantize_weights(w, scales, 1).tolist() == [[127, -127], [64, 32]]   # 63.5 -> 64, 31.75 -> 32
+    assert int8.quantize_weights(w, scales, 1).tolist() == [[127, -127], [64, 32]]  # 63.5 -> 64, 31.75 -> 32
 
 
 @pytest.mark.parametrize("lo, hi", [(-1.5, 3.0), (0.0, 6.0), (0.2, 0.9), (-4.0, -1.0), (0.0, 0.0), (-1e-30, 1e-30)])
 def test_activation_scale_and_zero_point_hold_the_range_and_zero(lo, hi):
     scale, zero = int8.activation_params(lo, hi)
     lo64, hi64 = min(lo, 0.0), max(hi, 0.0)
-    want = max(np.float32((hi64 - lo64) / 255.0), np.float32(2.0 ** -60))
+    want = max(np.float32((hi64 - lo64) / 255.0), np.float32(2.0**-60))
     assert scale == want and scale.dtype == np.float32 and zero.dtype == np.uint8
     assert int(zero) == min(255, max(0, round(-lo64 / float(scale))))
-    assert int8.quantize(np.float32(0.0), scale, zero) == zero        # 0.0 is exactly the zero point
+    assert int8.quantize(np.float32(0.0), scale, zero) == zero  # 0.0 is exactly the zero point
 
 
 def test_quantizing_rounds_ties_to_even_saturates_and_takes_nan_as_zero():
@@ -74,7 +77,7 @@ def _reference_product(p, q, x, attrs):
         acc = xq @ w
         return (acc.astype(np.float32) * m).astype(np.float32)
     (sh, sw), (ph, pw), groups = attrs["stride"], attrs["padding"], attrs["groups"]
-    xp = np.pad(xq, ((0, 0), (0, 0), (ph, ph), (pw, pw)))       # padding is 0.0: q - z = 0
+    xp = np.pad(xq, ((0, 0), (0, 0), (ph, ph), (pw, pw)))  # padding is 0.0: q - z = 0
     n, c, hh, ww = xp.shape
     o, cg, kh, kw = w.shape
     ho, wo = (hh - kh) // sh + 1, (ww - kw) // sw + 1
@@ -83,7 +86,7 @@ def _reference_product(p, q, x, attrs):
         gi = oc // (o // groups)
         for i in range(ho):
             for j in range(wo):
-                patch = xp[:, gi * cg:(gi + 1) * cg, i * sh:i * sh + kh, j * sw:j * sw + kw]
+                patch = xp[:, gi * cg : (gi + 1) * cg, i * sh : i * sh + kh, j * sw : j * sw + kw]
                 acc[:, oc, i, j] = (patch * w[oc]).sum(axis=(1, 2, 3))
     return (acc.astype(np.float32) * m.reshape(-1, 1, 1)).astype(np.float32)
 
@@ -134,12 +137,12 @@ model m {
 def test_products_say_which_are_integer_and_why_not():
     model = load_text(SELECTION, "m.dl").build("m", training=False)
     found = {(p.op, p.weight): p.reason for p in products(model.graph)}
-    assert found[("conv2d", "c.W")] == ""                   # conv1d's reshaped weights, output channels first
+    assert found[("conv2d", "c.W")] == ""  # conv1d's reshaped weights, output channels first
     assert found[("matmul", "h.W")] == ""
     overflow = [r for (op, w), r in found.items() if "70000 terms could overflow int32 sums" in r]
     assert len(overflow) == 1
     reasons = [p.reason for p in products(model.graph)]
-    assert sum("not a parameter" in r for r in reasons) == 2        # the two products of attention
+    assert sum("not a parameter" in r for r in reasons) == 2  # the two products of attention
     text = int8_table(model)
     assert "inside scans (recurrences)" in text and "float32" in text
 
@@ -148,7 +151,8 @@ def test_sums_too_short_to_gain_stay_float32_with_their_reason():
     """A matmul of fewer than FEWEST_TERMS terms, a convolution of fewer than FEWEST_CHANNELS
     channels a tap (a first layer of 1 or 3, a depthwise one), whatever its taps; from
     there on, integer."""
-    model = load_text(f"""
+    model = load_text(
+        f"""
 model m {{
     input x: f32[B, 3, 8, 8]
     input v: f32[B, {FEWEST_TERMS}]
@@ -157,22 +161,32 @@ model m {{
     c = conv2d(a, {2 * FEWEST_CHANNELS}, 1, groups = 2)
     d = conv2d(c, 8, 1)
     output y = sum(b) + sum(d) + sum(dense(v, 4)) + sum(dense(v[:, 1:], 4))
-}}""", "m.dl").build("m", training=False)
+}}""",
+        "m.dl",
+    ).build("m", training=False)
     found = {p.weight: p.reason for p in products(model.graph)}
-    assert found["a.W"] == f"its taps hold 3 channels (C / groups): too few to gain from int8 (at least {FEWEST_CHANNELS})"
+    assert (
+        found["a.W"] == f"its taps hold 3 channels (C / groups): too few to gain from int8 (at least {FEWEST_CHANNELS})"
+    )
     assert found["b.W"].startswith("its taps hold 1 channel (C / groups)")
     assert found["c.W"] == "" and found["d.W"] == ""
     dense = sorted(r for w, r in found.items() if w not in ("a.W", "b.W", "c.W", "d.W"))
-    assert dense == ["", f"its sums of {FEWEST_TERMS - 1} terms are too short to gain from int8 (at least {FEWEST_TERMS})"]
+    assert dense == [
+        "",
+        f"its sums of {FEWEST_TERMS - 1} terms are too short to gain from int8 (at least {FEWEST_TERMS})",
+    ]
     assert "too short to gain" in int8_table(model)
 
 
 def test_shared_weights_stay_float32_with_their_reason():
-    model = load_text("""
+    model = load_text(
+        """
 model m {
     input x: f32[B, 32]
     param W: f32[32, 32] = glorot_uniform
     output y = (x @ W) @ W
 }
-""", "m.dl").build("m", training=False)
+""",
+        "m.dl",
+    ).build("m", training=False)
     assert [p.reason for p in products(model.graph)] == ["its weights W are shared by 2 products"] * 2

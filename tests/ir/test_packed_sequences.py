@@ -6,6 +6,7 @@ Each model differentiates sum(y * r) (plus the final states', when returned) for
 random r; the input sequence is a parameter, so its gradient is compared too. The padded
 steps of y are zero on both sides, and the gradient never reaches the padded inputs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,11 +20,15 @@ from dlc.compiler.errors import DlcError  # noqa: E402
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
 
 B, T, D, H = 3, 5, 3, 4
-LENGTHS = np.array([5, 2, 3], np.int32)          # unsorted, one full and two padded
+LENGTHS = np.array([5, 2, 3], np.int32)  # unsorted, one full and two padded
 RTOL = 1e-5
 TORCH_CELLS = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
-TORCH_TENSORS = {"Wx": ("weight_ih", True), "Wh": ("weight_hh", True), "bx": ("bias_ih", False),
-                 "bh": ("bias_hh", False)}
+TORCH_TENSORS = {
+    "Wx": ("weight_ih", True),
+    "Wh": ("weight_hh", True),
+    "bx": ("bias_ih", False),
+    "bh": ("bias_hh", False),
+}
 
 
 def torch_name(dlc_name: str) -> tuple[str, bool]:
@@ -47,11 +52,18 @@ def model_source(call: str, outputs: tuple, how: str, width: int) -> str:
     sums every output (of `width` features) times a random input r_<output>."""
     given = "lengths = L" if how == "lengths" else "mask = m"
     widths = {"y": f"{T}, {width}", "h": f"{width}", "c": f"{width}"}
-    lines = [BIDIRECTIONAL_CELLS, "model m {", f"    param x: f32[{B}, {T}, {D}] = zeros", f"    input L: i32[{B}]",
-             f"    input m: f32[{B}, {T}]", f"    {', '.join(outputs)} = {call.format(given=given)}",
-             *(f"    output {o}" for o in outputs),
-             *(f"    input r_{o}: f32[{B}, {widths[o]}]" for o in outputs),
-             "    loss " + " + ".join(f"sum({o} * r_{o})" for o in outputs), "}"]
+    lines = [
+        BIDIRECTIONAL_CELLS,
+        "model m {",
+        f"    param x: f32[{B}, {T}, {D}] = zeros",
+        f"    input L: i32[{B}]",
+        f"    input m: f32[{B}, {T}]",
+        f"    {', '.join(outputs)} = {call.format(given=given)}",
+        *(f"    output {o}" for o in outputs),
+        *(f"    input r_{o}: f32[{B}, {widths[o]}]" for o in outputs),
+        "    loss " + " + ".join(f"sum({o} * r_{o})" for o in outputs),
+        "}",
+    ]
     return "\n".join(lines)
 
 
@@ -72,8 +84,11 @@ def run_torch(cell: str, params: dict, x: np.ndarray, feeds: dict, outputs: tupl
     results = {"y": y, "h": h[-1] if h is not None else None, "c": c[-1] if c is not None else None}
     loss = sum((results[o] * torch.tensor(feeds[f"r_{o}"], dtype=torch.float64)).sum() for o in outputs)
     loss.backward()
-    return ({o: results[o].detach().numpy() for o in outputs}, loss.item(),
-            {name: leaf.grad.numpy() for name, leaf in leaves.items()})
+    return (
+        {o: results[o].detach().numpy() for o in outputs},
+        loss.item(),
+        {name: leaf.grad.numpy() for name, leaf in leaves.items()},
+    )
 
 
 def run_dlc(source: str, backend: str, params: dict, feeds: dict):
@@ -83,22 +98,20 @@ def run_dlc(source: str, backend: str, params: dict, feeds: dict):
     grads, at = {}, 0
     for name in [p.name for p in build(source).params]:
         size = params[name].size
-        grads[name] = flat[at:at + size].reshape(params[name].shape)
+        grads[name] = flat[at : at + size].reshape(params[name].shape)
         at += size
     return outputs, scalars["loss"], grads
 
 
-CASES = {   # name: (call, cell, outputs, layers, bidirectional)
+CASES = {  # name: (call, cell, outputs, layers, bidirectional)
     "lstm": ("lstm(x, %d, return_state = true, {given})" % H, "lstm", ("y", "h", "c"), 1, False),
     "gru": ("gru(x, %d, return_state = true, {given})" % H, "gru", ("y", "h"), 1, False),
     "bidirectional_lstm": ("bidirectional(x, lstm, %d, {given})" % H, "lstm", ("y",), 1, True),
     "bidirectional_gru": ("bidirectional(x, gru, %d, {given})" % H, "gru", ("y",), 1, True),
     "stacked_lstm": ("stacked(x, lstm, %d, 2, {given})" % H, "lstm", ("y",), 2, False),
     "stacked_gru": ("stacked(x, gru, %d, 2, {given})" % H, "gru", ("y",), 2, False),
-    "stacked_bidirectional_lstm": ("stacked(x, bilstm, %d, 2, {given})" % H, "lstm", ("y",),
-                                   2, True),
-    "stacked_bidirectional_gru": ("stacked(x, bigru, %d, 2, {given})" % H, "gru", ("y",),
-                                  2, True),
+    "stacked_bidirectional_lstm": ("stacked(x, bilstm, %d, 2, {given})" % H, "lstm", ("y",), 2, True),
+    "stacked_bidirectional_gru": ("stacked(x, bigru, %d, 2, {given})" % H, "gru", ("y",), 2, True),
 }
 
 
@@ -113,8 +126,9 @@ def test_matches_pack_padded_sequence(case, how, backend):
     rng = np.random.default_rng(0)
     params = {p.name: rng.standard_normal(p.type.shape) * 0.7 for p in model.params}
     feeds = {"L": LENGTHS, "m": (np.arange(T)[None, :] < LENGTHS[:, None]).astype(np.float32)}
-    feeds.update({f"r_{o}": rng.standard_normal((B, T, width) if o == "y" else (B, width)).astype(np.float32)
-                  for o in outputs})
+    feeds.update(
+        {f"r_{o}": rng.standard_normal((B, T, width) if o == "y" else (B, width)).astype(np.float32) for o in outputs}
+    )
     t_out, t_loss, t_grads = run_torch(cell, params, params["x"], feeds, outputs, layers, both)
     out, loss, grads = run_dlc(source, backend, params, feeds)
     for o in outputs:
@@ -126,14 +140,21 @@ def test_matches_pack_padded_sequence(case, how, backend):
     assert np.all(grads["x"][np.arange(T)[None, :] >= LENGTHS[:, None]] == 0), "padded inputs get no gradient"
 
 
-@pytest.mark.parametrize("call, message", [
-    ("lstm(x, 4, lengths = m)", "lengths are i32[B] (the real steps of each sequence) for inputs f32[B, T, 3], "
-                                "got f32[B, T]"),
-    ("gru(x, 4, mask = L)", "the mask of a recurrent layer is [B, T] (nonzero at the real steps) for inputs "
-                            "f32[B, T, 3], got i32[B]"),
-    ("rnn(x, 4, mask = m, lengths = L)", "give mask = or lengths =, not both"),
-    ("bidirectional(x, lstm, 4, lengths = m)", "lengths are i32[B]"),
-])
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (
+            "lstm(x, 4, lengths = m)",
+            "lengths are i32[B] (the real steps of each sequence) for inputs f32[B, T, 3], got f32[B, T]",
+        ),
+        (
+            "gru(x, 4, mask = L)",
+            "the mask of a recurrent layer is [B, T] (nonzero at the real steps) for inputs f32[B, T, 3], got i32[B]",
+        ),
+        ("rnn(x, 4, mask = m, lengths = L)", "give mask = or lengths =, not both"),
+        ("bidirectional(x, lstm, 4, lengths = m)", "lengths are i32[B]"),
+    ],
+)
 def test_a_mask_or_lengths_of_the_wrong_kind_is_an_error_at_the_call(call, message):
     src = f"""model m {{
     input x: f32[B, T, 3]

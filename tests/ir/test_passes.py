@@ -2,6 +2,7 @@
 values after optimize(), each rewrite fires where it should and not where it would
 change a value, the pass manager and its command-line flags, and autodiff and the passes
 linear in the depth of a model."""
+
 from __future__ import annotations
 
 import os
@@ -82,8 +83,8 @@ def run(graph: Graph, **feeds) -> dict:
 
 def test_fold_computes_constant_expressions():
     g, x = graph_with_input()
-    c = ops.neg(ops.constant(g, 2.0, "f32")) * 3.0                 # -6, a scalar
-    one_minus = ops.full(g, (B, 4), 1.0) - ops.full(g, (B, 4), 0.25)   # 0.75 over a symbolic shape
+    c = ops.neg(ops.constant(g, 2.0, "f32")) * 3.0  # -6, a scalar
+    one_minus = ops.full(g, (B, 4), 1.0) - ops.full(g, (B, 4), 0.25)  # 0.75 over a symbolic shape
     g.outputs["y"] = x * c + one_minus
     folded = passes.optimize(g, ("fold",))
     consts = [np.asarray(folded.attrs(n)["value"]).item() for n in folded.nodes_with("constant")]
@@ -102,7 +103,7 @@ def test_fold_keeps_sources_and_large_tensors():
     g.outputs["big"] = x + ops.neg(big) + noise
     g.outputs["small"] = ops.neg(small)
     folded = passes.optimize(g, ("fold", "dce"))
-    assert counts(folded)["random"] == 1 and counts(folded)["neg"] == 1     # -arange(5000) is not baked in
+    assert counts(folded)["random"] == 1 and counts(folded)["neg"] == 1  # -arange(5000) is not baked in
     small_out = folded.outputs["small"]
     assert folded.op(small_out.node) == "constant"
     np.testing.assert_array_equal(folded.attrs(small_out.node)["value"], -np.arange(100.0))
@@ -124,7 +125,7 @@ def test_identities_collapse_to_the_input():
 
 def test_views_compose():
     g, x = graph_with_input((B, 3, 4))
-    t = ops.transpose(ops.transpose(x, (1, 0, 2)), (0, 2, 1))                 # one transpose (1, 2, 0)
+    t = ops.transpose(ops.transpose(x, (1, 0, 2)), (0, 2, 1))  # one transpose (1, 2, 0)
     s = ops.constant(g, 2.0, "f32")
     b = ops.broadcast_to(ops.reshape(ops.broadcast_to(ops.reshape(s, (1,)), (B,)), (B, 1)), (B, 4))
     g.outputs["t"] = t
@@ -141,7 +142,7 @@ def test_times_zero_is_not_simplified():
     g, x = graph_with_input((3,))
     g.outputs["y"] = x * 0.0 + 0.0 * x
     simple = passes.optimize(g)
-    assert counts(simple)["mul"] == 1       # not rewritten; cse makes x * 0 and 0 * x one node
+    assert counts(simple)["mul"] == 1  # not rewritten; cse makes x * 0 and 0 * x one node
     y = run(simple, x=np.array([np.inf, np.nan, 2.0]))["y"]
     assert np.isnan(y[0]) and np.isnan(y[1]) and y[2] == 0.0
 
@@ -153,8 +154,8 @@ def padded(x, lo: int, hi: int):
 def test_disjoint_padded_pieces_become_a_concat():
     g = Graph("t")
     a, b, c = (g.add1("input", type=TensorType("f32", (B, w)), name=n) for n, w in (("a", 2), ("b", 3), ("c", 1)))
-    g.outputs["tiles"] = padded(a, 4, 0) + padded(b, 1, 2) + padded(c, 0, 5)      # c | b | a
-    g.outputs["gap"] = padded(a, 0, 6) + padded(b, 5, 0)                           # a, 3 zeros, b
+    g.outputs["tiles"] = padded(a, 4, 0) + padded(b, 1, 2) + padded(c, 0, 5)  # c | b | a
+    g.outputs["gap"] = padded(a, 0, 6) + padded(b, 5, 0)  # a, 3 zeros, b
     g.outputs["overlap"] = padded(a, 0, 2) + padded(b, 1, 0)
     simple = passes.optimize(g)
     tiles, gap, overlap = (simple.outputs[k] for k in ("tiles", "gap", "overlap"))
@@ -174,15 +175,15 @@ def stdlib_line(file: str, text: str) -> int:
 
 def test_lstm_gate_gradients_are_one_concat_in_the_backward_scan():
     _, step = step_of(ROOT / "examples" / "char_lstm.dl")
-    before, = scan_bodies(step, reverse=True)
+    (before,) = scan_bodies(step, reverse=True)
     assert counts(before)["pad"] == 4 and counts(before)["concat"] == 0
     optimized = passes.optimize(step)
-    body, = scan_bodies(optimized, reverse=True)
+    (body,) = scan_bodies(optimized, reverse=True)
     assert counts(body)["pad"] == 0 and counts(body)["concat"] == 1
-    concat, = body.nodes_with("concat")
+    (concat,) = body.nodes_with("concat")
     # the concat took the place (number and source line) of the sum it replaces
     assert before.op(concat) == "add" and body.nx.nodes[concat]["span"] == before.nx.nodes[concat]["span"]
-    gates = "i, f, g, o = split(xw[:, t] + h @ Wh + bh, 4)"      # the first such line: lstm's
+    gates = "i, f, g, o = split(xw[:, t] + h @ Wh + bh, 4)"  # the first such line: lstm's
     assert body.nx.nodes[concat]["span"].line == stdlib_line("recurrent.dl", gates)
 
 
@@ -202,16 +203,16 @@ def test_cse_merges_a_repeated_subexpression():
 def test_cse_merges_copies_the_fusion_decides_what_is_recomputed():
     g, x = graph_with_input((B, 4))
     g.outputs["y"] = ops.unary("exp", x) + ops.unary("exp", x)
-    assert counts(passes.optimize(g))["exp"] == 1       # tests/native/test_fusion_groups.py: it costs no memory
+    assert counts(passes.optimize(g))["exp"] == 1  # tests/native/test_fusion_groups.py: it costs no memory
 
 
 def test_scans_lose_the_results_and_arguments_nothing_reads():
     _, step = step_of(WORKLOADS / "lstm.dl")
-    optimized = passes.optimize(step, ("fold", "simplify", "cse", "dce"))     # hoist makes a new scan node
+    optimized = passes.optimize(step, ("fold", "simplify", "cse", "dce"))  # hoist makes a new scan node
     fwd, bwd = sorted(step.nodes_with("scan"))
     assert sorted(optimized.nodes_with("scan")) == [fwd, bwd]
-    assert len(optimized.types(fwd)) == len(step.types(fwd)) - 1      # the stacked cell state: nothing reads it
-    assert len(optimized.inputs(bwd)) == len(step.inputs(bwd)) - 2    # the gate inputs and a bias, unused
+    assert len(optimized.types(fwd)) == len(step.types(fwd)) - 1  # the stacked cell state: nothing reads it
+    assert len(optimized.inputs(bwd)) == len(step.inputs(bwd)) - 2  # the gate inputs and a bias, unused
     body = optimized.attrs(bwd)["body"]
     assert [body.attrs(a.node)["index"] for a in body.args] == list(range(len(body.args)))
     assert len(optimized.attrs(bwd)["xs_axes"]) == len(step.attrs(bwd)["xs_axes"]) - 1
@@ -219,9 +220,11 @@ def test_scans_lose_the_results_and_arguments_nothing_reads():
 
 # ---- autodiff and the passes: cost linear in the number of layers ------------------------------------
 def mlp(layers: int) -> str:
-    return (f"model mlp {{\n    input x: f32[B, 8]\n    target y: i32[B]\n    h = x\n"
-            f"    repeat i in 0..{layers} {{ h = dense(h, 8, relu) }}\n"
-            f"    loss sparse_cross_entropy(h, y)\n}}\n")
+    return (
+        f"model mlp {{\n    input x: f32[B, 8]\n    target y: i32[B]\n    h = x\n"
+        f"    repeat i in 0..{layers} {{ h = dense(h, 8, relu) }}\n"
+        f"    loss sparse_cross_entropy(h, y)\n}}\n"
+    )
 
 
 def _optimize_seconds(layers: int) -> float:
@@ -234,7 +237,7 @@ def _optimize_seconds(layers: int) -> float:
     return best
 
 
-@pytest.mark.slow      # at 40 and 320 layers: test_compile_scaling.py's test of the Python compile stages
+@pytest.mark.slow  # at 40 and 320 layers: test_compile_scaling.py's test of the Python compile stages
 def test_graph_passes_are_linear_in_depth():
     # 4x the layers: linear is 4x; a scan of every output (two per layer) at every rewrite
     # and every use count made it 20x
@@ -242,7 +245,7 @@ def test_graph_passes_are_linear_in_depth():
     assert large / small < 9, (small, large)
 
 
-@pytest.mark.slow      # at 40 and 320 layers: test_compile_scaling.py's test of the Python compile stages
+@pytest.mark.slow  # at 40 and 320 layers: test_compile_scaling.py's test of the Python compile stages
 def test_gradient_graph_is_linear_in_depth():
     """The train step of a 3,000-layer MLP (33,000 forward nodes): with one graph walk per
     parameter (quadratic) this took minutes."""
@@ -260,13 +263,13 @@ def test_graph_outputs_count_what_they_read():
     a, b = (g.add1("constant", value=np.asarray(v), dtype="f32") for v in (1.0, 2.0))
     c = g.add1("add", [a, b])
     g.outputs = {"p": a, "q": a}
-    assert (g.uses(a), g.uses(b)) == (3, 1)                    # two outputs and the add
+    assert (g.uses(a), g.uses(b)) == (3, 1)  # two outputs and the add
     g.outputs["q"] = b
     del g.outputs["p"]
     g.outputs.update(r=c, s=c)
     assert (g.uses(a), g.uses(b), g.uses(c)) == (1, 2, 2)
     g.redirect(c.node, [b])
-    assert list(g.outputs) == ["q", "r", "s"]                  # in their order, as a dict keeps them
+    assert list(g.outputs) == ["q", "r", "s"]  # in their order, as a dict keeps them
     assert [t.key() for t in g.outputs.values()] == [b.key()] * 3
     assert (g.uses(b), g.uses(c)) == (4, 0)
     assert g.outputs.pop("q").key() == b.key() and g.uses(b) == 3
@@ -280,8 +283,9 @@ def test_dump_after_each_pass():
     _, step = step_of(ROOT / "examples" / "perceptron.dl")
     texts = []
     passes.optimize(step, dump="all", dump_to=texts.append)
-    assert [t.splitlines()[0] for t in texts[:len(passes.PIPELINE)]] == \
-        [f"// train_step after {p} (round 1)" for p in passes.PIPELINE]
+    assert [t.splitlines()[0] for t in texts[: len(passes.PIPELINE)]] == [
+        f"// train_step after {p} (round 1)" for p in passes.PIPELINE
+    ]
     only = []
     passes.optimize(step, dump="cse", dump_to=only.append)
     assert len(only) >= 1 and all("after cse" in t.splitlines()[0] for t in only)
@@ -317,8 +321,16 @@ def test_compile_pass_flags_are_checked(capsys):
     assert "does not run" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["train"], ["eval", "--weights", "w.npz"], ["predict", "--weights", "w.npz",
-                                     "--input", "x.npz"], ["generate", "--weights", "w.npz"], ["bench"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train"],
+        ["eval", "--weights", "w.npz"],
+        ["predict", "--weights", "w.npz", "--input", "x.npz"],
+        ["generate", "--weights", "w.npz"],
+        ["bench"],
+    ],
+)
 def test_every_running_command_takes_threads(command, capsys):
     args = parser().parse_args([command[0], XOR, *command[1:], "--threads", "3"])
     assert args.threads == 3
@@ -330,7 +342,8 @@ def test_every_running_command_takes_threads(command, capsys):
 
 def test_threads_sets_the_native_thread_count(tmp_path, monkeypatch, capsys):
     from dlc.runtime.engines.cores import threads
-    monkeypatch.setenv("DLC_NUM_THREADS", "2")      # restored after the test
+
+    monkeypatch.setenv("DLC_NUM_THREADS", "2")  # restored after the test
     assert main(["train", XOR, "--epochs", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
     assert os.environ["DLC_NUM_THREADS"] == "1" and threads() == 1
     assert "trained xor_mlp for 1 epoch " in capsys.readouterr().out

@@ -6,6 +6,7 @@ train_step, and compares every entry of every gradient with central differences.
 Inputs are kept away from kinks (abs at 0, max/min ties, pooling ties, mod jumps).
 A few tests also check forward values against plain numpy.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,8 +22,18 @@ from dlc.compiler.frontend.loader import load_text
 from dlc.runtime.training import gradcheck as gc
 from dlc.runtime.engines import interpreter
 
-from helpers.numeric import (F64, build, check_graph_gradient, forward, gradients, graph_with_params, numeric_grad,
-                             ops_in, rel_error, weighted_sum_loss)
+from helpers.numeric import (
+    F64,
+    build,
+    check_graph_gradient,
+    forward,
+    gradients,
+    graph_with_params,
+    numeric_grad,
+    ops_in,
+    rel_error,
+    weighted_sum_loss,
+)
 
 
 def rng(seed=0):
@@ -70,7 +81,7 @@ def test_sign_gradient_is_zero():
 def test_stop_gradient_blocks_the_gradient():
     x = rng(3).standard_normal((2, 3))
     g, t = graph_with_params({"x": x})
-    out = g.add1("mul", [g.add1("stop_gradient", [t["x"]]), t["x"]])     # d/dx (c * x) with c = x held fixed
+    out = g.add1("mul", [g.add1("stop_gradient", [t["x"]]), t["x"]])  # d/dx (c * x) with c = x held fixed
     g.outputs["y"] = out
     g.outputs["loss"] = weighted_sum_loss(out)
     res = interpreter.run(train_step(g), {}, {"x": x}, float_dtype=F64)
@@ -109,8 +120,11 @@ def test_fma_gradient():
     a, b, c = (r.standard_normal((3, 4)) for _ in range(3))
     g, t = graph_with_params({"a": a, "b": b, "c": c})
     out = g.add1("fma", [t["a"], t["b"], t["c"]])
-    np.testing.assert_allclose(interpreter.run(_with_output(g, out), {}, {"a": a, "b": b, "c": c}, float_dtype=F64)["out"],
-                               a * b + c, rtol=1e-12)
+    np.testing.assert_allclose(
+        interpreter.run(_with_output(g, out), {}, {"a": a, "b": b, "c": c}, float_dtype=F64)["out"],
+        a * b + c,
+        rtol=1e-12,
+    )
     check_graph_gradient(g, out, {"a": a, "b": b, "c": c})
 
 
@@ -119,11 +133,12 @@ def test_mod_gradient():
     r = rng(5)
     y = r.uniform(1.5, 2.5, (2, 3))
     k = np.array([[-2, -1, 1], [2, 1, -1]], np.float64)
-    x = y * (k + r.uniform(0.2, 0.8, (2, 3)))              # x / y stays away from an integer
+    x = y * (k + r.uniform(0.2, 0.8, (2, 3)))  # x / y stays away from an integer
     g, t = graph_with_params({"x": x, "y": y})
     out = g.add1("mod", [t["x"], t["y"]])
-    np.testing.assert_allclose(interpreter.run(_with_output(g, out), {}, {"x": x, "y": y}, float_dtype=F64)["out"],
-                               np.mod(x, y), rtol=1e-12)
+    np.testing.assert_allclose(
+        interpreter.run(_with_output(g, out), {}, {"x": x, "y": y}, float_dtype=F64)["out"], np.mod(x, y), rtol=1e-12
+    )
     check_graph_gradient(g, out, {"x": x, "y": y})
 
 
@@ -166,11 +181,11 @@ def test_cast_float_gradient():
 
 
 def test_cast_through_integer_has_zero_gradient():
-    x = rng(9).uniform(0.2, 0.8, (2, 3)) + np.arange(6).reshape(2, 3)   # away from integers
+    x = rng(9).uniform(0.2, 0.8, (2, 3)) + np.arange(6).reshape(2, 3)  # away from integers
     g, t = graph_with_params({"x": x})
     i = g.add1("cast", [t["x"]], dtype="i32")
     back = g.add1("cast", [i], dtype="f32")
-    out = g.add1("add", [back, t["x"]])                     # gradient 1 from x, 0 through the integer
+    out = g.add1("add", [back, t["x"]])  # gradient 1 from x, 0 through the integer
     grads = check_graph_gradient(g, out, {"x": x})
     R = np.random.default_rng(123).standard_normal(x.shape)
     np.testing.assert_allclose(grads["grad:x"], R, rtol=1e-12)
@@ -201,7 +216,7 @@ SHAPE_CASES = {
 def test_shape_op_gradient(case):
     shape, make = SHAPE_CASES[case]
     x = rng(10).permutation(np.arange(int(np.prod(shape)), dtype=np.float64)).reshape(shape) * 0.1 + 0.05
-    x = x + rng(11).uniform(0, 0.01, shape)        # distinct values: no reduce_max ties
+    x = x + rng(11).uniform(0, 0.01, shape)  # distinct values: no reduce_max ties
     g, t = graph_with_params({"x": x})
     out = make(g, t["x"])
     assert case.split("-")[0] in ops_in(g)
@@ -230,7 +245,7 @@ def test_concat_gradient(axis):
 
 def test_gather_gradient_repeated_indices():
     table = rng(14).standard_normal((5, 3))
-    idx = np.array([[0, 2, 2], [4, 0, 0]], np.int32)       # row 1 and 3 unused, 0 and 2 repeated
+    idx = np.array([[0, 2, 2], [4, 0, 0]], np.int32)  # row 1 and 3 unused, 0 and 2 repeated
     g, t = graph_with_params({"table": table})
     out = g.add1("gather", [t["table"], ops.constant(g, idx, "i32")])
     assert out.shape == (2, 3, 3)
@@ -256,8 +271,9 @@ def test_scatter_add_gradient_repeated_indices():
 
 # ---- matmul -----------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("batched", [False, True], ids=["2d", "batched"])
-@pytest.mark.parametrize("ta,tb", [(False, False), (True, False), (False, True), (True, True)],
-                         ids=["nn", "tn", "nt", "tt"])
+@pytest.mark.parametrize(
+    "ta,tb", [(False, False), (True, False), (False, True), (True, True)], ids=["nn", "tn", "nt", "tt"]
+)
 def test_matmul_gradient(ta, tb, batched):
     m, k, n = 3, 4, 2
     lead = (2,) if batched else ()
@@ -289,9 +305,16 @@ def test_matmul_rank3_by_rank2_via_ops():
 
 # ---- windows ------------------------------------------------------------------------------------------------------------
 # (stride, padding, dilation, groups)
-CONV_CASES = [((1, 1), (0, 0), (1, 1), 1), ((1, 1), (1, 1), (1, 1), 1), ((2, 2), (0, 0), (1, 1), 1),
-              ((2, 2), (1, 1), (1, 1), 1), ((2, 1), (1, 0), (1, 1), 1), ((1, 2), (2, 1), (2, 1), 1),
-              ((1, 1), (1, 1), (1, 1), 2), ((2, 1), (1, 2), (1, 2), 4)]
+CONV_CASES = [
+    ((1, 1), (0, 0), (1, 1), 1),
+    ((1, 1), (1, 1), (1, 1), 1),
+    ((2, 2), (0, 0), (1, 1), 1),
+    ((2, 2), (1, 1), (1, 1), 1),
+    ((2, 1), (1, 0), (1, 1), 1),
+    ((1, 2), (2, 1), (2, 1), 1),
+    ((1, 1), (1, 1), (1, 1), 2),
+    ((2, 1), (1, 2), (1, 2), 4),
+]
 
 
 def naive_conv2d(x, w, stride, padding, dilation=(1, 1), groups=1):
@@ -306,17 +329,25 @@ def naive_conv2d(x, w, stride, padding, dilation=(1, 1), groups=1):
     for g in range(groups):
         for i in range(ho):
             for j in range(wo):
-                patch = xp[:, g * cg:(g + 1) * cg, i * sh:i * sh + (kh - 1) * dh + 1:dh, j * sw:j * sw + (kw - 1) * dw + 1:dw]
-                out[:, g * og:(g + 1) * og, i, j] = np.einsum("nckl,ockl->no", patch, w[g * og:(g + 1) * og])
+                patch = xp[
+                    :,
+                    g * cg : (g + 1) * cg,
+                    i * sh : i * sh + (kh - 1) * dh + 1 : dh,
+                    j * sw : j * sw + (kw - 1) * dw + 1 : dw,
+                ]
+                out[:, g * og : (g + 1) * og, i, j] = np.einsum("nckl,ockl->no", patch, w[g * og : (g + 1) * og])
     return out
 
 
-@pytest.mark.parametrize("stride,padding,dilation,groups", CONV_CASES,
-                         ids=[f"s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}-g{k}" for s, p, d, k in CONV_CASES])
+@pytest.mark.parametrize(
+    "stride,padding,dilation,groups",
+    CONV_CASES,
+    ids=[f"s{s[0]}{s[1]}-p{p[0]}{p[1]}-d{d[0]}{d[1]}-g{k}" for s, p, d, k in CONV_CASES],
+)
 def test_conv2d_gradient_and_forward(stride, padding, dilation, groups):
     r = rng(19)
-    x = r.standard_normal((2, 4, 6, 5))        # H = 6 with stride 2 and k = 3 leaves a row unused
-    w = r.standard_normal((4, 4 // groups, 3, 2))        # a non-square kernel
+    x = r.standard_normal((2, 4, 6, 5))  # H = 6 with stride 2 and k = 3 leaves a row unused
+    w = r.standard_normal((4, 4 // groups, 3, 2))  # a non-square kernel
     g, t = graph_with_params({"x": x, "w": w})
     attrs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
     out = g.add1("conv2d", [t["x"], t["w"]], **attrs)
@@ -335,7 +366,7 @@ def naive_pool(x, kernel, stride, padding, kind):
     out = np.zeros(x.shape[:2] + (ho, wo))
     for i in range(ho):
         for j in range(wo):
-            win = xp[:, :, i * sh:i * sh + kh, j * sw:j * sw + kw]
+            win = xp[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw]
             out[:, :, i, j] = win.max(axis=(2, 3)) if kind == "max" else win.mean(axis=(2, 3))
     return out
 
@@ -586,12 +617,15 @@ def test_forward_scatter_add_and_gather():
 
 def test_forward_reductions_and_transpose():
     x = rng(25).standard_normal((2, 3, 4))
-    np.testing.assert_allclose(_run1(lambda g, t: g.add1("reduce_sum", [t["x"]], axes=(0, 2)), {"x": x}),
-                               x.sum(axis=(0, 2)), rtol=1e-13)
-    np.testing.assert_array_equal(_run1(lambda g, t: g.add1("reduce_max", [t["x"]], axes=(1,)), {"x": x}),
-                                  x.max(axis=1))
-    np.testing.assert_array_equal(_run1(lambda g, t: g.add1("transpose", [t["x"]], perm=(2, 0, 1)), {"x": x}),
-                                  np.transpose(x, (2, 0, 1)))
+    np.testing.assert_allclose(
+        _run1(lambda g, t: g.add1("reduce_sum", [t["x"]], axes=(0, 2)), {"x": x}), x.sum(axis=(0, 2)), rtol=1e-13
+    )
+    np.testing.assert_array_equal(
+        _run1(lambda g, t: g.add1("reduce_max", [t["x"]], axes=(1,)), {"x": x}), x.max(axis=1)
+    )
+    np.testing.assert_array_equal(
+        _run1(lambda g, t: g.add1("transpose", [t["x"]], perm=(2, 0, 1)), {"x": x}), np.transpose(x, (2, 0, 1))
+    )
 
 
 def test_reduce_max_tie_splits_gradient():
@@ -616,7 +650,6 @@ def test_gradients_are_float64_accurate():
     assert rel_error(grads["grad:x"], R * np.exp(x) * 1.001) > 1e-4
 
 
-
 # ---- replica_mean: K data-parallel replicas, emulated in K threads ---------------------------------------
 class ThreadReplicas:
     """replica_mean among K threads that each run the graph on their slice of a batch: each
@@ -632,9 +665,10 @@ class ThreadReplicas:
             self.values[rank] = values * self.shares[rank]
             self.barrier.wait()
             total = sum(self.values)
-            self.barrier.wait()         # every thread has read the values before any writes its next ones
+            self.barrier.wait()  # every thread has read the values before any writes its next ones
             values[...] = total
             return values
+
         return mean
 
 
@@ -645,8 +679,9 @@ def run_replicas(graph, feeds: dict, params: dict, sizes: list) -> list:
     outs = [None] * len(sizes)
 
     def run(r):
-        part = {k: v[bounds[r]:bounds[r + 1]] for k, v in feeds.items()} | {"rng": np.array([0, 1], np.int32)}
+        part = {k: v[bounds[r] : bounds[r + 1]] for k, v in feeds.items()} | {"rng": np.array([0, 1], np.int32)}
         outs[r] = interpreter.run(graph, part, params, float_dtype=F64, replicas=replicas.of(r))
+
     threads = [threading.Thread(target=run, args=(r,)) for r in range(len(sizes))]
     for t in threads:
         t.start()
@@ -670,7 +705,7 @@ def test_replica_mean_gradient_with_emulated_replicas():
     gradients are one process's on the 8 examples, and the gradient matches central
     differences of the weighted loss (replica_mean's VJP, unequal shares included)."""
     synced, alone = load_text(SYNC_BN, "m.dl").build(training=True, replicas=2), build(SYNC_BN)
-    assert sum(synced.graph.op(n) == "replica_mean" for n in synced.graph.nx.nodes) == 3     # mean, variance, count
+    assert sum(synced.graph.op(n) == "replica_mean" for n in synced.graph.nx.nodes) == 3  # mean, variance, count
     assert "replica_mean" not in ops_in(alone.graph)
     r = rng(11)
     params = {p.name: r.standard_normal(p.type.shape) if p.trainable else np.ones(p.type.shape) for p in alone.params}
@@ -679,17 +714,19 @@ def test_replica_mean_gradient_with_emulated_replicas():
 
     def weighted(outs, key):
         return sum(size / 8 * o[key] for size, o in zip(sizes, outs))
+
     outs = run_replicas(train_step(synced.graph), feeds, params, sizes)
     whole = gradients(alone, feeds, params)
     assert weighted(outs, "loss") == pytest.approx(float(whole["loss"]), rel=1e-12)
     updates = [k for k in whole if k.startswith("update:")]
-    assert len(updates) == 2            # running mean and variance: the global batch's on every replica
+    assert len(updates) == 2  # running mean and variance: the global batch's on every replica
     for key in updates:
         for o in outs:
             np.testing.assert_allclose(o[key], whole[key], rtol=1e-12, err_msg=key)
     trainable = {p.name: params[p.name] for p in alone.params if p.trainable}
-    numeric = numeric_grad(lambda work: float(weighted(run_replicas(synced.graph, feeds, params | work, sizes), "loss")),
-                           trainable)
+    numeric = numeric_grad(
+        lambda work: float(weighted(run_replicas(synced.graph, feeds, params | work, sizes), "loss")), trainable
+    )
     for name in trainable:
         analytic = weighted(outs, f"grad:{name}")
         np.testing.assert_allclose(analytic, whole[f"grad:{name}"], rtol=1e-10, atol=1e-12, err_msg=name)

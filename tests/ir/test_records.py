@@ -2,6 +2,7 @@
 elementwise one a scalar rule for each dtype class its type rule accepts (and no rule for
 one it refuses). (tests/project/test_imports.py checks that the modules import one another without
 cycles.)"""
+
 import pytest
 
 from dlc.compiler.errors import DlcError
@@ -31,16 +32,24 @@ def test_every_elementwise_primitive_has_a_scalar_rule_per_dtype_class(prim):
 
 def test_no_scalar_rule_for_a_dtype_class_the_type_rules_refuse():
     assert {name for name, _ in EMIT if name not in PRIMITIVES} == set(LOWERING_ONLY)
-    dead = [(name, cls) for name, cls in EMIT
-            if name in PRIMITIVES and cls not in {CLASS[d] for d in PRIMITIVES[name].dtypes}]
+    dead = [
+        (name, cls)
+        for name, cls in EMIT
+        if name in PRIMITIVES and cls not in {CLASS[d] for d in PRIMITIVES[name].dtypes}
+    ]
     assert not dead, f"scalar rules no graph can reach: {dead}"
 
 
 @pytest.mark.parametrize("prim", scalar_primitives(), ids=lambda p: p.name)
 def test_the_type_rule_accepts_exactly_the_record_dtypes(prim):
     """Operands of one dtype (a select's condition bool): accepted iff the record lists it."""
-    arity = 3 if prim.name in ("select", "fma") else \
-        1 if prim.infer.__name__ == "_unary_type" or prim.name in ("cast", "logical_not") else 2
+    arity = (
+        3
+        if prim.name in ("select", "fma")
+        else 1
+        if prim.infer.__name__ == "_unary_type" or prim.name in ("cast", "logical_not")
+        else 2
+    )
     for dtype in DTYPES:
         g = Graph()
         xs = [g.add1("input", type=TensorType(dtype, (3,)), name=f"x{i}") for i in range(arity)]

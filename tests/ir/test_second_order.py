@@ -8,6 +8,7 @@ respect to x and ct is compared with central differences in float64
 op. Small models' HVPs are checked on both engines (gradcheck.hvp_check), one against
 torch.autograd, and `dlc gradcheck --hessian` runs on the examples.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,7 +53,7 @@ def apart(r, s):
 
 
 # ---- the VJP of every primitive, differentiated -------------------------------------------------------------
-ALL = range(3)      # flat in every parameter of a case
+ALL = range(3)  # flat in every parameter of a case
 
 
 def case(make, *samplers, shapes=((3, 4),), ops_=(), flat=()):
@@ -73,19 +74,28 @@ def binary(name, sampler=lambda r, s: (r.standard_normal(s), r.standard_normal(s
 
 
 def conv(stride, padding, dilation=(1, 1), groups=1):
-    return case(lambda g, x: g.add1("conv2d", x, stride=stride, padding=padding, dilation=dilation, groups=groups),
-                normal, normal, shapes=((2, 2, 6, 5), (4, 2 // groups, 3, 2)),
-                ops_=("conv2d_input_grad", "conv2d_weight_grad"))
+    return case(
+        lambda g, x: g.add1("conv2d", x, stride=stride, padding=padding, dilation=dilation, groups=groups),
+        normal,
+        normal,
+        shapes=((2, 2, 6, 5), (4, 2 // groups, 3, 2)),
+        ops_=("conv2d_input_grad", "conv2d_weight_grad"),
+    )
 
 
 def pool(kind, kernel, stride, padding):
-    return case(lambda g, x: g.add1(f"{kind}pool2d", x, kernel=kernel, stride=stride, padding=padding), distinct,
-                shapes=((2, 2, 5, 6),), ops_=(f"{kind}pool2d_grad",), flat=ALL)
+    return case(
+        lambda g, x: g.add1(f"{kind}pool2d", x, kernel=kernel, stride=stride, padding=padding),
+        distinct,
+        shapes=((2, 2, 5, 6),),
+        ops_=(f"{kind}pool2d_grad",),
+        flat=ALL,
+    )
 
 
 WINDOW = dict(stride=(2, 1), padding=(1, 0), dilation=(1, 1), groups=1)
 POOL = dict(kernel=(3, 2), stride=(2, 1), padding=(1, 1))
-IDX = np.array([[0, 2, 2], [4, 0, 0]], np.int32)        # rows 1 and 3 unused, 0 and 2 repeated
+IDX = np.array([[0, 2, 2], [4, 0, 0]], np.int32)  # rows 1 and 3 unused, 0 and 2 repeated
 
 CASES = {
     **{name: unary(name) for name in ("exp", "expm1", "tanh", "logistic", "sin", "cos", "erf")},
@@ -100,55 +110,111 @@ CASES = {
     "mul": binary("mul"),
     "div": binary("div", lambda r, s: (r.standard_normal(s), away_from_zero(r, s, 0.5, 2.0))),
     # x mod e^y, x / e^y kept away from integers: mod's own VJP is flat, e^y's is not
-    "mod": case(lambda g, x: g.add1("mod", [x[0], g.add1("exp", [x[1]])]),
-                lambda r, s: (1.7 * (r.uniform(0.2, 0.8, s) + r.integers(0, 3, s)), np.full(s, np.log(1.7))),
-                flat=(0,)),
+    "mod": case(
+        lambda g, x: g.add1("mod", [x[0], g.add1("exp", [x[1]])]),
+        lambda r, s: (1.7 * (r.uniform(0.2, 0.8, s) + r.integers(0, 3, s)), np.full(s, np.log(1.7))),
+        flat=(0,),
+    ),
     "pow": binary("pow", lambda r, s: (r.uniform(0.5, 2.0, s), r.uniform(-1.5, 2.5, s))),
     "maximum": binary("maximum", apart, flat=ALL),
     "minimum": binary("minimum", apart, flat=ALL),
     "fma": case(lambda g, x: g.add1("fma", x), normal, normal, normal, flat=(2,)),
-    "select": case(lambda g, x: g.add1("select", [ops.compare("gt", x[0], 0.0), x[1], g.add1("tanh", [x[0]])]),
-                   normal, normal, flat=(1,)),
+    "select": case(
+        lambda g, x: g.add1("select", [ops.compare("gt", x[0], 0.0), x[1], g.add1("tanh", [x[0]])]),
+        normal,
+        normal,
+        flat=(1,),
+    ),
     "cast": case(lambda g, x: g.add1("cast", [g.add1("exp", [g.add1("cast", x, dtype="f64")])], dtype="f32"), normal),
     "broadcast": case(lambda g, x: g.add1("broadcast", [g.add1("tanh", x)], shape=(2, 3, 4)), normal, shapes=((3, 1),)),
     "reshape": case(lambda g, x: g.add1("reshape", [g.add1("sin", x)], shape=(2, 6)), normal),
     "transpose": case(lambda g, x: g.add1("transpose", [g.add1("sin", x)], perm=(1, 0)), normal),
     "slice": case(lambda g, x: g.add1("slice", [g.add1("sin", x)], starts=(1, 0), stops=(3, 4), steps=(1, 3)), normal),
     "pad": case(lambda g, x: g.add1("pad", [g.add1("sin", x)], lo=(1, 0), hi=(2, 1), interior=(1, 2)), normal),
-    "concat": case(lambda g, x: g.add1("concat", [g.add1("sin", [x[0]]), x[0], g.add1("exp", [x[1]])], axis=1),
-                   normal, normal),
-    "gather": case(lambda g, x: g.add1("gather", [g.add1("sin", x), ops.constant(g, IDX, "i32")]), normal,
-                   shapes=((5, 3),), ops_=("scatter_add",)),
-    "scatter_add": case(lambda g, x: g.add1("scatter_add", [ops.constant(g, IDX, "i32"), g.add1("sin", x)],
-                                            shape=(5, 3)), normal, shapes=((2, 3, 3),), ops_=("gather",)),
+    "concat": case(
+        lambda g, x: g.add1("concat", [g.add1("sin", [x[0]]), x[0], g.add1("exp", [x[1]])], axis=1), normal, normal
+    ),
+    "gather": case(
+        lambda g, x: g.add1("gather", [g.add1("sin", x), ops.constant(g, IDX, "i32")]),
+        normal,
+        shapes=((5, 3),),
+        ops_=("scatter_add",),
+    ),
+    "scatter_add": case(
+        lambda g, x: g.add1("scatter_add", [ops.constant(g, IDX, "i32"), g.add1("sin", x)], shape=(5, 3)),
+        normal,
+        shapes=((2, 3, 3),),
+        ops_=("gather",),
+    ),
     "reduce_sum": case(lambda g, x: g.add1("reduce_sum", [g.add1("sin", x)], axes=(1,)), normal),
     "reduce_max": case(lambda g, x: g.add1("reduce_max", [g.add1("mul", [x[0], x[0]])], axes=(0,)), distinct),
     "matmul": case(lambda g, x: g.add1("matmul", x, ta=False, tb=False), normal, normal, shapes=((3, 4), (4, 2))),
-    "matmul-tn": case(lambda g, x: g.add1("matmul", x, ta=True, tb=True), normal, normal, shapes=((2, 4, 3), (2, 5, 4))),
+    "matmul-tn": case(
+        lambda g, x: g.add1("matmul", x, ta=True, tb=True), normal, normal, shapes=((2, 4, 3), (2, 5, 4))
+    ),
     "conv2d-s11-p00": conv((1, 1), (0, 0)),
     "conv2d-s22-p11": conv((2, 2), (1, 1)),
     "conv2d-s21-p10": conv(**WINDOW),
     "conv2d-dilated-grouped": conv((1, 1), (1, 1), (2, 1), 2),
-    "conv2d_input_grad": case(lambda g, x: g.add1("conv2d_input_grad", x, input_hw=(6, 5), **WINDOW), normal, normal,
-                              shapes=((2, 3, 3, 4), (3, 2, 3, 2)), ops_=("conv2d", "conv2d_weight_grad")),
-    "conv2d_weight_grad": case(lambda g, x: g.add1("conv2d_weight_grad", x, kernel=(3, 2), **WINDOW), normal, normal,
-                               shapes=((2, 2, 6, 5), (2, 3, 3, 4)), ops_=("conv2d", "conv2d_input_grad")),
+    "conv2d_input_grad": case(
+        lambda g, x: g.add1("conv2d_input_grad", x, input_hw=(6, 5), **WINDOW),
+        normal,
+        normal,
+        shapes=((2, 3, 3, 4), (3, 2, 3, 2)),
+        ops_=("conv2d", "conv2d_weight_grad"),
+    ),
+    "conv2d_weight_grad": case(
+        lambda g, x: g.add1("conv2d_weight_grad", x, kernel=(3, 2), **WINDOW),
+        normal,
+        normal,
+        shapes=((2, 2, 6, 5), (2, 3, 3, 4)),
+        ops_=("conv2d", "conv2d_input_grad"),
+    ),
     "maxpool2d-k22-s22-p00": pool("max", (2, 2), (2, 2), (0, 0)),
     "maxpool2d-k32-s21-p11": pool("max", **POOL),
     "avgpool2d-k22-s22-p00": pool("avg", (2, 2), (2, 2), (0, 0)),
     "avgpool2d-k32-s21-p11": pool("avg", **POOL),
-    "maxpool2d_grad": case(lambda g, x: g.add1("maxpool2d_grad", x, **POOL), distinct, normal,
-                           shapes=((2, 2, 5, 6), (2, 2, 3, 7)), ops_=("maxpool2d_gather",), flat=ALL),
-    "maxpool2d_gather": case(lambda g, x: g.add1("maxpool2d_gather", x, **POOL), distinct, normal,
-                             shapes=((2, 2, 5, 6),), ops_=("maxpool2d_grad",), flat=ALL),
-    "avgpool2d_grad": case(lambda g, x: g.add1("avgpool2d_grad", x, input_hw=(5, 6), **POOL), normal,
-                           shapes=((2, 2, 3, 7),), ops_=("avgpool2d",), flat=ALL),
+    "maxpool2d_grad": case(
+        lambda g, x: g.add1("maxpool2d_grad", x, **POOL),
+        distinct,
+        normal,
+        shapes=((2, 2, 5, 6), (2, 2, 3, 7)),
+        ops_=("maxpool2d_gather",),
+        flat=ALL,
+    ),
+    "maxpool2d_gather": case(
+        lambda g, x: g.add1("maxpool2d_gather", x, **POOL),
+        distinct,
+        normal,
+        shapes=((2, 2, 5, 6),),
+        ops_=("maxpool2d_grad",),
+        flat=ALL,
+    ),
+    "avgpool2d_grad": case(
+        lambda g, x: g.add1("avgpool2d_grad", x, input_hw=(5, 6), **POOL),
+        normal,
+        shapes=((2, 2, 3, 7),),
+        ops_=("avgpool2d",),
+        flat=ALL,
+    ),
 }
 
 # the primitives whose VJP gives a float operand no cotangent (their derivative is zero
 # wherever it exists), so that there is nothing to differentiate twice
-NO_COTANGENT = {"sign", "stop_gradient", "argmax", "lt", "le", "gt", "ge", "eq", "ne", "logical_and", "logical_or",
-                "logical_not"}
+NO_COTANGENT = {
+    "sign",
+    "stop_gradient",
+    "argmax",
+    "lt",
+    "le",
+    "gt",
+    "ge",
+    "eq",
+    "ne",
+    "logical_and",
+    "logical_or",
+    "logical_not",
+}
 
 
 def draw(samplers, shapes, seed) -> dict:
@@ -178,7 +244,7 @@ def test_vjp_is_differentiable(name):
         total = total + weighted_sum_loss(v, seed=11 + i)
     grads = check_graph_gradient(g, total, arrays | {"ct": ct}, nonzero=False)
     assert np.abs(grads["grad:ct"]).max() > 1e-6, f"{name}: the VJP does not depend on the cotangent"
-    for i, k in enumerate(arrays):      # the second derivative proper: of the VJP with respect to x
+    for i, k in enumerate(arrays):  # the second derivative proper: of the VJP with respect to x
         if i in flat:
             assert not np.any(grads[f"grad:{k}"]), f"{name}: the VJP of a flat op depends on {k}"
         else:
@@ -186,23 +252,26 @@ def test_vjp_is_differentiable(name):
 
 
 # the primitives whose VJP is a primitive without one: their second derivative is refused by name
-NO_SECOND_DERIVATIVE = {"attention"}       # attention_grad: docs/native.md, "Attention"
+NO_SECOND_DERIVATIVE = {"attention"}  # attention_grad: docs/native.md, "Attention"
 
 
 def test_every_differentiable_primitive_has_a_case():
     covered = {name.split("-")[0] for name in CASES}
     differentiable = {name for name, p in PRIMITIVES.items() if p.vjp is not None}
-    assert differentiable - covered - NO_COTANGENT - NO_SECOND_DERIVATIVE == {"scan"}      # scan: the models below
+    assert differentiable - covered - NO_COTANGENT - NO_SECOND_DERIVATIVE == {"scan"}  # scan: the models below
     assert NO_COTANGENT <= differentiable
 
 
 def test_the_second_derivative_of_attention_is_refused_by_name():
-    model = build("""
+    model = build(
+        """
 model m {
     input  x: f32[B, 4, 6]
     target y: f32[B, 4, 6]
     loss mse(self_attention(x, 2, rate = 0.0), y)
-}""", filename="att.dl")
+}""",
+        filename="att.dl",
+    )
     with pytest.raises(DlcError) as e:
         hvp_graph(model.graph)
     assert "the second derivative of attention" in e.value.message and "attention_grad" in e.value.message
@@ -287,7 +356,7 @@ def test_hvp_of_small_models_on_both_engines(name):
     out = interpreter.run(graph, feeds | v, params, float_dtype=F64)
     for p in trainable:
         assert np.abs(out[f"hvp:{p}"]).max() > 1e-6, f"hvp:{p} is zero"
-    if name.endswith("scan"):       # the gradient's reverse scan, differentiated into another
+    if name.endswith("scan"):  # the gradient's reverse scan, differentiated into another
         assert sum(graph.op(n) == "scan" for n in graph.nx.nodes) >= 3
 
 
@@ -330,8 +399,7 @@ model m {
     params = {p.name: r.standard_normal(p.type.shape) for p in model.params}
     feeds = {"x": r.standard_normal((5, 3)), "y": r.standard_normal((5, 2)), "rng": np.array([0, 1], np.int32)}
     v = {name: r.standard_normal(a.shape) for name, a in params.items()}
-    ours = interpreter.run(hvp_graph(model.graph), feeds | {f"v:{k}": a for k, a in v.items()}, params,
-                           float_dtype=F64)
+    ours = interpreter.run(hvp_graph(model.graph), feeds | {f"v:{k}": a for k, a in v.items()}, params, float_dtype=F64)
     tp = {k: torch.tensor(a, requires_grad=True) for k, a in params.items()}
     x, y = torch.tensor(feeds["x"]), torch.tensor(feeds["y"])
     loss = ((torch.tanh(x @ tp["W1"] + tp["b1"]) @ tp["W2"] - y) ** 2).mean()
@@ -377,6 +445,7 @@ def test_gradcheck_hessian_names_the_op_the_native_engine_cannot_compile(monkeyp
     """No fallback: an op the native engine does not compile in the HVP graph is an error at its line."""
     from dlc.compiler.native import rules
     from dlc.compiler.native.program import registry
+
     rules.load()
     monkeypatch.delitem(registry.LOWERINGS, "maxpool2d_gather")
     src = tmp_path / "pool.dl"

@@ -1,5 +1,6 @@
 """Finite-difference gradient checks (float64, relative error < 1e-6) of every layer,
 activation, attention form and loss of the standard library, without PyTorch."""
+
 import pytest
 
 from dlc.compiler.frontend.loader import load_text
@@ -46,8 +47,23 @@ CASES = {
     "transformer_decoder": "y = transformer_decoder(x, x, 1, 2, 8, rate = 0.0)",
 }
 
-ACTIVATIONS = ["identity", "relu", "leaky_relu", "elu", "selu", "gelu", "gelu_exact", "swish", "silu", "softplus",
-               "hard_sigmoid", "sigmoid", "tanh", "softmax", "log_softmax"]
+ACTIVATIONS = [
+    "identity",
+    "relu",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "gelu",
+    "gelu_exact",
+    "swish",
+    "silu",
+    "softplus",
+    "hard_sigmoid",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "log_softmax",
+]
 
 LOSSES = {
     "mse": "loss mse(dense(x, 2), t)",

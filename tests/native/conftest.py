@@ -1,4 +1,5 @@
 """Fixtures of the native tests."""
+
 import pytest
 
 from dlc.compiler.native.codegen import jit

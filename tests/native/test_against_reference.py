@@ -1,4 +1,5 @@
 """The native engine against the reference engine: the same steps, the same numbers."""
+
 import re
 from pathlib import Path
 
@@ -22,28 +23,38 @@ from helpers.engine_parity import assert_same_training, five_steps
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 
-@pytest.mark.parametrize("optimizer", [
-    Call("adam", [], {"lr": 1e-2}), Call("adamw", [], {"lr": 1e-2, "weight_decay": 0.1}),
-    Call("sgd", [], {"lr": 0.1}), Call("nesterov", [], {"lr": 0.05}),
-    Call("rmsprop", [], {"lr": 1e-3, "momentum": 0.5}), Call("adagrad", [], {"lr": 1e-2}),
-])
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        Call("adam", [], {"lr": 1e-2}),
+        Call("adamw", [], {"lr": 1e-2, "weight_decay": 0.1}),
+        Call("sgd", [], {"lr": 0.1}),
+        Call("nesterov", [], {"lr": 0.05}),
+        Call("rmsprop", [], {"lr": 1e-3, "momentum": 0.5}),
+        Call("adagrad", [], {"lr": 1e-2}),
+    ],
+)
 def test_mlp_optimizers_match_the_reference(optimizer):
     assert_same_training(load(str(EXAMPLES / "digits_mlp.dl")), optimizer, {"B": 7})
 
 
 def test_penalties_and_clipping_match_the_reference():
     prog = load(str(EXAMPLES / "xor_mlp.dl"))
-    assert_same_training(prog, Call("adam", [], {"lr": 1e-2}), {"B": 3}, l1=1e-3, l2=1e-2,
-                         clip=Call("global_norm", [0.1]))
+    assert_same_training(
+        prog, Call("adam", [], {"lr": 1e-2}), {"B": 3}, l1=1e-3, l2=1e-2, clip=Call("global_norm", [0.1])
+    )
     assert_same_training(prog, Call("sgd", [], {"lr": 0.1}), {"B": 3}, clip=Call("value", [0.01]))
 
 
-@pytest.mark.parametrize("body", [
-    "y = layernorm(dense(x, 6, gelu)) |> dense(3)\n loss mean(y * y)\n output y = softmax(y)",
-    "e = embedding(ids, 11, 4)\n y = dense(mean(e, 1), 3)\n loss sparse_cross_entropy(y, labels[:, 0])",
-    "y = dense(concat(x, x[:, ::2] * 2, axis = -1), 4, elu)\n loss huber(y, zeros[B, 4]) + mean(max(y, -1))",
-    "h = dense(x, 4)\n y = h[:, 1:] - h[:, :3]\n loss mean(y^2) + mean(argmax(h, -1) == labels[:, 0])",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        "y = layernorm(dense(x, 6, gelu)) |> dense(3)\n loss mean(y * y)\n output y = softmax(y)",
+        "e = embedding(ids, 11, 4)\n y = dense(mean(e, 1), 3)\n loss sparse_cross_entropy(y, labels[:, 0])",
+        "y = dense(concat(x, x[:, ::2] * 2, axis = -1), 4, elu)\n loss huber(y, zeros[B, 4]) + mean(max(y, -1))",
+        "h = dense(x, 4)\n y = h[:, 1:] - h[:, :3]\n loss mean(y^2) + mean(argmax(h, -1) == labels[:, 0])",
+    ],
+)
 def test_more_primitives_match_the_reference(body):
     src = f"""
 model m {{
@@ -66,12 +77,14 @@ def test_evaluate_and_predict_match_the_reference():
         batch = {k: v.astype(np.float32) if v.dtype == np.float64 else v for k, v in batch.items()}
         r, n = ref.evaluate(params, batch), nat.evaluate(params, batch)
         assert r.keys() == n.keys() and all(abs(r[k] - n[k]) <= 1e-4 * max(1, abs(r[k])) for k in r)
-        np.testing.assert_allclose(nat.predict(params, batch)["probs"], ref.predict(params, batch)["probs"],
-                                   rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(
+            nat.predict(params, batch)["probs"], ref.predict(params, batch)["probs"], rtol=1e-4, atol=1e-6
+        )
 
 
 def test_inputs_of_the_wrong_shape_are_refused_before_the_native_call():
     from dlc.compiler.errors import DlcError
+
     prog = load(str(EXAMPLES / "digits_mlp.dl"))
     train, evaluation = prog.build(training=True), prog.build(training=False)
     params = {k: v.astype(np.float32) for k, v in init_params(train).items()}
@@ -92,9 +105,11 @@ def exactly_zero_gradients(program, sizes) -> set:
     train = program.build(training=True)
     feeds = sample_inputs(train, sizes, seed=1)
     feeds["rng"] = np.array([0, 1], np.int32)
-    grads = {k[5:]: np.abs(v).max() for k, v in
-             interpreter.run(train_step(train.graph), feeds, init_params(train), float_dtype="f64").items()
-             if k.startswith("grad:")}
+    grads = {
+        k[5:]: np.abs(v).max()
+        for k, v in interpreter.run(train_step(train.graph), feeds, init_params(train), float_dtype="f64").items()
+        if k.startswith("grad:")
+    }
     top = max(grads.values())
     return {name for name, g in grads.items() if g <= 1e-10 * top}
 
@@ -142,8 +157,9 @@ def test_every_example_compiles_and_trains_like_the_reference(path):
             assert np.abs(nat[name] - initial[name]).max() <= 5 * 3.2 * ADAM_LR, name
             continue
         err = np.linalg.norm((nat[name] - ref[name]).ravel().astype(np.float64))
-        assert err <= 1e-4 * np.linalg.norm(ref[name].ravel().astype(np.float64)), \
+        assert err <= 1e-4 * np.linalg.norm(ref[name].ravel().astype(np.float64)), (
             f"{name}: relative error {err / np.linalg.norm(ref[name].ravel()):.3g}"
+        )
 
 
 def assert_same_gradients_step_by_step(program, sizes, steps: int = 5, lr: float = 0.01):
@@ -166,17 +182,21 @@ def assert_same_gradients_step_by_step(program, sizes, steps: int = 5, lr: float
         after, moves, losses = [], [], []
         for engine, start in zip(engines + engines[:1], [params, params, nudged]):
             p = {k: v.copy() for k, v in start.items()}
-            losses.append(engine.train_step(p, optimizer.init({n: p[n] for n in trainable}), feeds, lr, step,
-                                            np.array([0, step], np.int32))["loss"])
+            losses.append(
+                engine.train_step(
+                    p, optimizer.init({n: p[n] for n in trainable}), feeds, lr, step, np.array([0, step], np.int32)
+                )["loss"]
+            )
             after.append(p)
             moves.append({k: start[k] - p[k] for k in trainable})
         np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
         for name in trainable:
             ref, nat, own = (m[name].ravel().astype(np.float64) for m in moves)
             err, kink = np.linalg.norm(nat - ref), np.linalg.norm(own - ref)
-            assert err <= max(1e-3, 2 * kink / np.linalg.norm(ref)) * np.linalg.norm(ref) + 1e-12, \
-                f"step {step}, {name}: relative error {err / np.linalg.norm(ref):.3g} (the reference's own " \
+            assert err <= max(1e-3, 2 * kink / np.linalg.norm(ref)) * np.linalg.norm(ref) + 1e-12, (
+                f"step {step}, {name}: relative error {err / np.linalg.norm(ref):.3g} (the reference's own "
                 f"{kink / np.linalg.norm(ref):.3g})"
+            )
         params = after[0]
 
 
@@ -225,6 +245,7 @@ model m {
 
 def test_compile_emits_kernels_llvm_and_assembly(capsys):
     from dlc.runtime.cli import main
+
     assert main(["compile", str(EXAMPLES / "simple_rnn.dl"), "--emit", "kernels"]) == 0
     text = capsys.readouterr().out
     assert "scan $t0 in T" in text and "gemm" in text and "@recurrent.dl:" in text
@@ -236,6 +257,7 @@ def test_compile_emits_kernels_llvm_and_assembly(capsys):
 
 def test_bench_reports_kernels(capsys):
     from dlc.runtime.cli import main
+
     assert main(["bench", str(EXAMPLES / "xor_mlp.dl"), "--steps", "3", "--batch", "8"]) == 0
     out = capsys.readouterr().out
     assert "native train step of xor_mlp: median" in out and "gemm" in out and "GFLOP/s" in out

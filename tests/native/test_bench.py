@@ -1,5 +1,6 @@
 """`dlc bench`: kernels slowest first, shares of the step that sum to 100 %, GFLOP/s for
 the kernels that contract (GEMMs and convolutions)."""
+
 import re
 from pathlib import Path
 
@@ -20,7 +21,7 @@ def test_shares_of_the_top_level_sum_to_the_whole_step_slowest_first(capsys):
     rows = bench_rows(capsys, "lenet5.dl", "--batch", "8", "--top", "5")
     top = [r for r in rows if r[0] == 0 and r[1] != "others"]
     assert len(top) == 5 and rows[-1][1] == "others", "five kernels, then an others line"
-    assert abs(sum(r[3] for r in rows if r[0] == 0) - 100) < 0.6        # each line rounded to 0.1 %
+    assert abs(sum(r[3] for r in rows if r[0] == 0) - 100) < 0.6  # each line rounded to 0.1 %
     assert [r[3] for r in top] == sorted((r[3] for r in top), reverse=True)
 
 
@@ -41,13 +42,15 @@ def test_a_model_without_a_loss_profiles_its_prediction(capsys, tmp_path):
     """An imported classifier has no loss: bench times its prediction, --batch sizing its
     input's leading dim (N here, not B)."""
     path = tmp_path / "pointwise.dl"
-    path.write_text("model m {\n    input x: f32[N, 8, 6, 6]\n"
-                    "    output y = conv2d(conv2d(x, 8, 3, padding = 1, groups = 8), 16, 1)\n}\n")
+    path.write_text(
+        "model m {\n    input x: f32[N, 8, 6, 6]\n"
+        "    output y = conv2d(conv2d(x, 8, 3, padding = 1, groups = 8), 16, 1)\n}\n"
+    )
     assert main(["bench", str(path), "--batch", "3", "--steps", "2"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("native prediction of m: ") and "N=3" in out
     rows = [ROW.match(line) for line in out.splitlines()]
-    assert {m.group(3) for m in rows if m} >= {"gemm"}       # the pointwise convolution is a GEMM
+    assert {m.group(3) for m in rows if m} >= {"gemm"}  # the pointwise convolution is a GEMM
 
 
 def test_the_header_names_the_thread_team_the_steps_ran_on(capsys, monkeypatch):

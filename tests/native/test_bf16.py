@@ -3,6 +3,7 @@ machine has against the numpy emulation of the rounding, the two engines against
 other, the paths DLC_TARGET forces, training under bf16 against float32, the float32 program
 untouched, and which products run in bf16 (compiler/native/bf16.py: those a GEMM
 computes; the direct convolutions keep the float32 bits) and `dlc summary --bf16`."""
+
 import os
 import re
 import subprocess
@@ -58,12 +59,23 @@ def gemm_paths() -> dict:
 
 def test_rounding_is_to_nearest_even():
     one = np.float32(1.0)
-    ulp = np.float32(2.0 ** -7)         # bfloat16's spacing at 1
-    x = np.array([one + ulp / 2, one + ulp * 1.5, one + ulp / 2 + 2.0 ** -20, -(one + ulp / 2),
-                  np.inf, -np.inf, np.float32(3.4e38), np.nan], np.float32)
+    ulp = np.float32(2.0**-7)  # bfloat16's spacing at 1
+    x = np.array(
+        [
+            one + ulp / 2,
+            one + ulp * 1.5,
+            one + ulp / 2 + 2.0**-20,
+            -(one + ulp / 2),
+            np.inf,
+            -np.inf,
+            np.float32(3.4e38),
+            np.nan,
+        ],
+        np.float32,
+    )
     got = round_bf16(x)
-    assert list(got[:4]) == [one, one + 2 * ulp, one + ulp, -one]     # ties to even, else nearest
-    assert list(got[4:6]) == [np.inf, -np.inf] and got[6] == np.inf    # past bfloat16's largest: inf
+    assert list(got[:4]) == [one, one + 2 * ulp, one + ulp, -one]  # ties to even, else nearest
+    assert list(got[4:6]) == [np.inf, -np.inf] and got[6] == np.inf  # past bfloat16's largest: inf
     assert np.isnan(got[7])
 
 
@@ -109,8 +121,9 @@ def test_batched_gemm_rounds_as_the_emulation(path):
 def test_gemm_operand_is_rounded_exactly(path):
     """x @ [[1]]: the rounded operand itself (no sums), ties and the largest values
     included; the f32 routines leave it as it is."""
-    x = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8), 3.4e38, 1e-30, 12345.678, -0.1, 7.0],
-                 np.float32).reshape(-1, 1)
+    x = np.array(
+        [1 + 2.0**-8, 1 + 3 * 2.0**-8, -(1 + 2.0**-8), 3.4e38, 1e-30, 12345.678, -0.1, 7.0], np.float32
+    ).reshape(-1, 1)
     one = np.ones((1, 1), np.float32)
     got = GemmLibrary([(False, False, False)], config=gemm_paths()[path])(x, one)
     assert np.array_equal(got, round_bf16(x))
@@ -129,6 +142,7 @@ def test_gemm_stays_in_its_buffers(path):
         room = np.full((shape[0] + 2, shape[1] + 2), np.nan, np.float32)
         room[1:-1, 1:-1] = rng.standard_normal(shape)
         return room, room[1:-1, 1:-1]
+
     for m, n, k in [(3, 1, 1), (33, 17, 15), (47, 50, 33), (31, 65, 64), (65, 33, 545)]:
         for t in (False, True):
             _, a = framed((k, m) if t else (m, k))
@@ -142,7 +156,7 @@ def test_gemm_stays_in_its_buffers(path):
                 c[...] = 0
                 assert np.isnan(room).sum() == room.size - m * n, (m, n, k, t, packed)
             panels = lib._packed(lib.args(np.zeros((0, k), np.float32), b, np.zeros((0, n), np.float32), False, t), t)
-            assert np.isnan(panels[packed_floats(k, n, tiles=True):]).all()
+            assert np.isnan(panels[packed_floats(k, n, tiles=True) :]).all()
 
 
 def test_amx_workers_need_no_request_of_their_own(tmp_path):
@@ -150,11 +164,14 @@ def test_amx_workers_need_no_request_of_their_own(tmp_path):
     before the request run the AMX product after it (no SIGILL)."""
     if "amx" not in gemm_paths():
         pytest.skip("the host has no AMX")
-    code = ("import numpy as np; from dlc.compiler.native.codegen.gemm import blocking; "
-            f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from gemm_library import GemmLibrary; x = np.ones((256, 256), np.float32); GemmLibrary([(False, False, False)])(x, x, nthreads=2); "
-            "print(GemmLibrary([(False, False, False)], config=blocking.AMX)(x, x, nthreads=2)[0, 0])")
-    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, DLC_CACHE_DIR=str(tmp_path)),
-                         capture_output=True, text=True)
+    code = (
+        "import numpy as np; from dlc.compiler.native.codegen.gemm import blocking; "
+        f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); from gemm_library import GemmLibrary; x = np.ones((256, 256), np.float32); GemmLibrary([(False, False, False)])(x, x, nthreads=2); "
+        "print(GemmLibrary([(False, False, False)], config=blocking.AMX)(x, x, nthreads=2)[0, 0])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=dict(os.environ, DLC_CACHE_DIR=str(tmp_path)), capture_output=True, text=True
+    )
     assert out.returncode == 0 and out.stdout.split() == ["256.0"], out
 
 
@@ -174,21 +191,25 @@ def test_refused_tile_state_falls_back_and_says_so_once(monkeypatch, capsys):
     assert capsys.readouterr().err.count("did not grant the AMX tile state (Invalid argument)") == 1
 
 
-PATHS = ("bf16-round", "bf16-pairs", "bf16-amx")      # each faster than the one before
+PATHS = ("bf16-round", "bf16-pairs", "bf16-amx")  # each faster than the one before
 
 
 @pytest.mark.sets_target
-@pytest.mark.parametrize("target, best", [("avx2", "bf16-round"), ("avx512", "bf16-round"),
-                                          ("avx512bf16", "bf16-pairs"), ("host", "bf16-amx")])
+@pytest.mark.parametrize(
+    "target, best",
+    [("avx2", "bf16-round"), ("avx512", "bf16-round"), ("avx512bf16", "bf16-pairs"), ("host", "bf16-amx")],
+)
 def test_dlc_target_forces_each_path(target, best, tmp_path):
     """DLC_TARGET=avx512bf16 takes AMX away, avx512 also AVX512_BF16, avx2 all of
     AVX-512: the bf16 routines take the best path the target leaves (at most `best`)."""
     if target != "avx2" and not jit.host_has("avx512f"):
         pytest.skip("the host has no AVX-512")
-    code = ("from dlc.compiler.native.codegen import amx, jit; from dlc.compiler.native.codegen.gemm import blocking; "
-            "c = blocking.bf16_config(); "
-            "amx = amx.has_tiles('tdpbf16ps'); "
-            "print(c.operands, c.vw, jit.host_has('avx512bf16'), amx)")
+    code = (
+        "from dlc.compiler.native.codegen import amx, jit; from dlc.compiler.native.codegen.gemm import blocking; "
+        "c = blocking.bf16_config(); "
+        "amx = amx.has_tiles('tdpbf16ps'); "
+        "print(c.operands, c.vw, jit.host_has('avx512bf16'), amx)"
+    )
     env = dict(os.environ, DLC_TARGET=target, DLC_CACHE_DIR=str(tmp_path))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     got, vw, pairs, amx = out.split()
@@ -221,8 +242,9 @@ def _gradients(name: str, engine: str, precision: str) -> tuple:
     trainable = [p.name for p in train.params if p.trainable]
     eng = make_engine(engine, train, ev, drift._optimizer("sgd", 1.0), trainable, split=True, precision=precision)
     params = {k: v.copy() for k, v in init.items()}
-    out, grads = eng.gradients(params, eng.optimizer.init({n: params[n] for n in trainable}), batches[0],
-                               np.array([0, 1], np.int32))
+    out, grads = eng.gradients(
+        params, eng.optimizer.init({n: params[n] for n in trainable}), batches[0], np.array([0, 1], np.int32)
+    )
     return out["loss"], np.array(grads, copy=True)
 
 
@@ -246,18 +268,25 @@ def test_native_bf16_gradients_are_the_reference_emulation(name, within):
 
 
 @pytest.mark.sets_target
-@pytest.mark.parametrize("target, operands", [("avx512bf16", "bf16-pairs"), ("avx512", "bf16-round"),
-                                              ("avx2", "bf16-round")])
+@pytest.mark.parametrize(
+    "target, operands", [("avx512bf16", "bf16-pairs"), ("avx512", "bf16-round"), ("avx2", "bf16-round")]
+)
 def test_forced_path_gives_the_reference_emulation(target, operands, tmp_path):
     """The native engine with DLC_TARGET forcing a path the host has (in a process of its
     own: the target is read once) gives the reference engine's bf16 gradients."""
     if target != "avx2" and not jit.host_has("avx512f") or operands == "bf16-pairs" and not jit.host_has("avx512bf16"):
         pytest.skip("the host has not this path")
-    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_bf16 as t; "
-            f"from dlc.compiler.native.codegen.gemm import blocking; assert blocking.bf16_config().operands == '{operands}'; "
-            "np.save(sys.argv[2], t._gradients('mlp', 'native', 'bf16')[1])")
-    subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy")],
-                   env=dict(os.environ, DLC_TARGET=target), check=True, cwd=ROOT)
+    code = (
+        "import sys, numpy as np; sys.path.insert(0, sys.argv[1]); import test_bf16 as t; "
+        f"from dlc.compiler.native.codegen.gemm import blocking; assert blocking.bf16_config().operands == '{operands}'; "
+        "np.save(sys.argv[2], t._gradients('mlp', 'native', 'bf16')[1])"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(Path(__file__).parent), str(tmp_path / "g.npy")],
+        env=dict(os.environ, DLC_TARGET=target),
+        check=True,
+        cwd=ROOT,
+    )
     _, ref = _gradients("mlp", "reference", "bf16")
     native = np.load(tmp_path / "g.npy")
     assert np.linalg.norm(native - ref) <= 1e-6 * np.linalg.norm(ref)
@@ -269,8 +298,12 @@ def _losses(name: str, precision: str, steps: int = 100) -> np.ndarray:
     eng = make_engine("native", train, ev, drift._optimizer("adam", 1e-3), trainable, precision=precision)
     params = {k: v.copy() for k, v in init.items()}
     state = eng.optimizer.init({n: params[n] for n in trainable})
-    return np.array([eng.train_step(params, state, batch, 1e-3, t, np.array([0, t], np.int32))["loss"]
-                     for t, batch in enumerate(batches, 1)])
+    return np.array(
+        [
+            eng.train_step(params, state, batch, 1e-3, t, np.array([0, t], np.int32))["loss"]
+            for t, batch in enumerate(batches, 1)
+        ]
+    )
 
 
 @pytest.mark.parametrize("name", ["mlp", "lenet"])
@@ -283,9 +316,11 @@ def test_bf16_training_stays_with_float32(name, monkeypatch):
     f32, bf16 = _losses(name, "f32"), _losses(name, "bf16")
     apart = np.abs(bf16 - f32) / np.abs(f32)
     tens = np.abs(bf16.reshape(-1, 10).mean(1) - f32.reshape(-1, 10).mean(1)) / np.abs(f32.reshape(-1, 10).mean(1))
-    assert tens.max() < 1e-2, f"{name}: {tens.max():.1e} apart over steps {10 * tens.argmax() + 1}-{10 * tens.argmax() + 10}"
+    assert tens.max() < 1e-2, (
+        f"{name}: {tens.max():.1e} apart over steps {10 * tens.argmax() + 1}-{10 * tens.argmax() + 10}"
+    )
     assert apart.max() < 2e-2, f"{name}: {apart.max():.1e} apart at step {apart.argmax() + 1}"
-    assert apart.max() > 0          # bf16 did round
+    assert apart.max() > 0  # bf16 did round
 
 
 MODEL = """
@@ -336,12 +371,34 @@ model m {
 """
 
 
-@pytest.mark.parametrize("source, decisions", [
-    (MODEL, {("conv2d", "direct conv"), ("conv2d", "gemm"), ("matmul", "gemm"), ("conv2d_input_grad", "gemm"),
-             ("conv2d_weight_grad", "small_gemm"), ("conv2d_weight_grad", "direct conv")}),
-    (GROUPED_MODEL, {("conv2d", "gemm"), ("conv2d", "map"), ("matmul", "gemm"), ("conv2d_input_grad", "gemm"),
-                     ("conv2d_input_grad", "accumulation"), ("conv2d_weight_grad", "gemm"),
-                     ("conv2d_weight_grad", "reduction")})])
+@pytest.mark.parametrize(
+    "source, decisions",
+    [
+        (
+            MODEL,
+            {
+                ("conv2d", "direct conv"),
+                ("conv2d", "gemm"),
+                ("matmul", "gemm"),
+                ("conv2d_input_grad", "gemm"),
+                ("conv2d_weight_grad", "small_gemm"),
+                ("conv2d_weight_grad", "direct conv"),
+            },
+        ),
+        (
+            GROUPED_MODEL,
+            {
+                ("conv2d", "gemm"),
+                ("conv2d", "map"),
+                ("matmul", "gemm"),
+                ("conv2d_input_grad", "gemm"),
+                ("conv2d_input_grad", "accumulation"),
+                ("conv2d_weight_grad", "gemm"),
+                ("conv2d_weight_grad", "reduction"),
+            },
+        ),
+    ],
+)
 def test_the_products_a_gemm_computes_run_in_bf16_and_the_others_stay_float32(source, decisions):
     """compiler/native/bf16.py: the LeNet-like direct convolutions (few taps) and the grouped
     ones' maps, reductions and accumulations stay float32, with a reason; the matmuls and
@@ -373,15 +430,20 @@ model m {
 def _direct_model_gradients(engine: str, precision: str) -> np.ndarray:
     """The flat gradients of one step of DIRECT_MODEL from its initial parameters."""
     from dlc.runtime.training.gradcheck import init_params, sample_inputs
+
     program = load_text(DIRECT_MODEL)
     train, ev = program.build("m", training=True), program.build("m", training=False)
     trainable = [p.name for p in train.params if p.trainable]
     eng = make_engine(engine, train, ev, drift._optimizer("sgd", 1.0), trainable, split=True, precision=precision)
     params = {k: v.astype(np.float32) for k, v in init_params(train, 1).items()}
-    batch = {k: v.astype(np.float32) if v.dtype == np.float64 else v
-             for k, v in sample_inputs(train, {"B": 5}, 3).items() if k != "rng"}
-    _, grads = eng.gradients(params, eng.optimizer.init({n: params[n] for n in trainable}), batch,
-                             np.array([0, 1], np.int32))
+    batch = {
+        k: v.astype(np.float32) if v.dtype == np.float64 else v
+        for k, v in sample_inputs(train, {"B": 5}, 3).items()
+        if k != "rng"
+    }
+    _, grads = eng.gradients(
+        params, eng.optimizer.init({n: params[n] for n in trainable}), batch, np.array([0, 1], np.int32)
+    )
     return np.array(grads, copy=True)
 
 
@@ -404,11 +466,16 @@ def test_summary_says_which_products_run_in_bf16(tmp_path, capsys):
     assert len(rows) == 11
     kept = [row for row in rows if "float32" in row]
     assert [row[:2] for row in kept] == [["5:9", "conv2d"], ["5:9", "conv2d_weight_grad"]]
-    assert all(" ".join(row).endswith("direct conv float32 a direct convolution: float32 FMAs, where bf16 only adds "
-                                      "rounding passes") for row in kept)
+    assert all(
+        " ".join(row).endswith(
+            "direct conv float32 a direct convolution: float32 FMAs, where bf16 only adds rounding passes"
+        )
+        for row in kept
+    )
     assert ["6:11", "conv2d", "[B,", "16,", "10,", "10],", "[8,", "16,", "5,", "5]", "gemm", "bf16"] in rows
-    assert lines[-1] == ("9 of 11 products in bf16 (operands rounded to bfloat16, sums in float32); the rest of "
-                         "the step runs in float32")
+    assert lines[-1] == (
+        "9 of 11 products in bf16 (operands rounded to bfloat16, sums in float32); the rest of the step runs in float32"
+    )
 
 
 # ---- the setting ------------------------------------------------------------------------------------
@@ -432,8 +499,7 @@ def test_digits_cnn_trains_under_bf16_as_in_float32(tmp_path, capsys):
     moves with the seed in float32 too: 0.9805 with seed 0, 0.9554-0.9666 with seeds 1-3;
     under bf16 (its convolutions direct, so float32; its dense layers' GEMMs in bf16) 0.9721
     with seed 0 (350 of 360), 0.9610-0.9721 with seeds 1-3."""
-    assert main(["train", str(ROOT / "examples" / "digits_cnn.dl"), "--precision", "bf16",
-                 "--out", str(tmp_path)]) == 0
+    assert main(["train", str(ROOT / "examples" / "digits_cnn.dl"), "--precision", "bf16", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     test_line = next(line for line in out.splitlines() if line.startswith("test:"))
     accuracy = float(test_line.split("accuracy")[1].split()[0])

@@ -3,6 +3,7 @@ an implementation a kind of kernels/ registers, and every registered one listed;
 ending in an entry that always applies; and which implementation each shape gets in a train
 step and a prediction, in float32 and bf16 — every entry of every list taken by one of
 them."""
+
 from __future__ import annotations
 
 import pytest
@@ -33,59 +34,120 @@ def test_each_list_names_each_implementation_once_and_ends_in_one_that_always_ap
 # image [C, H, W], the layers (x in, h out), then what each product of the train step takes in
 # float32 and bf16 and a prediction's convolutions in float32, each as {op: sorted names}
 CASES = {
-    "pointwise": ((16, 8, 8), "h = conv2d(x, 32, 1)",
-                  {"conv2d": ["pointwise over the batch"], "conv2d_weight_grad": ["pointwise"]}, None,
-                  ["pointwise per example"]),
+    "pointwise": (
+        (16, 8, 8),
+        "h = conv2d(x, 32, 1)",
+        {"conv2d": ["pointwise over the batch"], "conv2d_weight_grad": ["pointwise"]},
+        None,
+        ["pointwise per example"],
+    ),
     "pointwise-few-pixels": ((16, 2, 2), "h = conv2d(x, 64, 1)", None, None, ["pointwise over the batch"]),
-    "direct": ((3, 10, 10), "a = conv2d(x, 6, 3, padding = 1, act = relu)\n    h = conv2d(a, 6, 3, padding = 1)",
-               {"conv2d": ["direct", "direct"], "conv2d_input_grad": ["direct"],
-                "conv2d_weight_grad": ["direct", "direct"]}, None, ["direct", "direct"]),
-    "stem": ((3, 32, 32), "h = conv2d(x, 16, 3, stride = 2, padding = 1)",
-             {"conv2d": ["direct by channels"], "conv2d_weight_grad": ["direct"]}, None, ["direct by channels"]),
-    "depthwise-small-planes": ((16, 4, 4), "h = conv2d(x, 16, 3, padding = 1, groups = 16)",
-                               {"conv2d": ["direct by channels"], "conv2d_weight_grad": ["few pixels"]}, None,
-                               ["direct by channels"]),
+    "direct": (
+        (3, 10, 10),
+        "a = conv2d(x, 6, 3, padding = 1, act = relu)\n    h = conv2d(a, 6, 3, padding = 1)",
+        {"conv2d": ["direct", "direct"], "conv2d_input_grad": ["direct"], "conv2d_weight_grad": ["direct", "direct"]},
+        None,
+        ["direct", "direct"],
+    ),
+    "stem": (
+        (3, 32, 32),
+        "h = conv2d(x, 16, 3, stride = 2, padding = 1)",
+        {"conv2d": ["direct by channels"], "conv2d_weight_grad": ["direct"]},
+        None,
+        ["direct by channels"],
+    ),
+    "depthwise-small-planes": (
+        (16, 4, 4),
+        "h = conv2d(x, 16, 3, padding = 1, groups = 16)",
+        {"conv2d": ["direct by channels"], "conv2d_weight_grad": ["few pixels"]},
+        None,
+        ["direct by channels"],
+    ),
     # 64 filters on 3 channels: a GEMM of the image's windows in float32, which bf16 has not
-    "many-filters": ((3, 30, 30), "h = conv2d(x, 64, 3, padding = 1)",
-                     {"conv2d": ["windows over the batch"], "conv2d_weight_grad": ["direct"]},
-                     {"conv2d": ["direct by channels"], "conv2d_weight_grad": ["direct"]}, ["windows per example"]),
-    "grouped-dilated": ((3, 12, 12), "a = conv2d(x, 8, 1)\n    h = conv2d(a, 8, 3, padding = 2, dilation = 2, "
-                                     "groups = 2)",
-                        {"conv2d": ["grouped taps", "pointwise over the batch"],
-                         "conv2d_input_grad": ["grouped accumulation"], "conv2d_weight_grad": ["pointwise", "windows"]},
-                        {"conv2d": ["grouped taps", "pointwise over the batch"],
-                         "conv2d_input_grad": ["grouped accumulation"], "conv2d_weight_grad": ["im2col", "pointwise"]},
-                        ["grouped taps", "pointwise per example"]),
-    "depthwise-separable": ((8, 9, 9), "a = conv2d(x, 16, 1)\n    b = conv2d(a, 16, 3, padding = 1, groups = 16)\n"
-                                       "    c = conv2d(b, 16, 3, stride = 2, padding = 1, groups = 16)\n"
-                                       "    h = conv2d(c, 8, 1)",
-                            {"conv2d": ["direct", "direct", "pointwise over the batch", "pointwise over the batch"],
-                             "conv2d_input_grad": ["grouped accumulation", "grouped direct", "pointwise"],
-                             "conv2d_weight_grad": ["direct", "few pixels", "pointwise", "pointwise"]}, None,
-                            ["direct", "direct", "pointwise per example", "pointwise per example"]),
-    "many-taps": ((3, 12, 12), "a = conv2d(x, 29, 1)\n    h = conv2d(a, 16, 3, padding = 1)",
-                  {"conv2d": ["pointwise over the batch", "windows over the batch"], "conv2d_input_grad": ["windows"],
-                   "conv2d_weight_grad": ["pointwise", "windows"]},
-                  {"conv2d": ["im2col", "pointwise over the batch"], "conv2d_input_grad": ["col2im"],
-                   "conv2d_weight_grad": ["im2col", "pointwise"]},
-                  ["pointwise per example", "windows over the batch"]),
-    "winograd": ((32, 16, 16), "a = conv2d(x, 32, 3, padding = 1)\n    h = conv2d(a, 32, 3, padding = 1)",
-                 {"conv2d": ["winograd", "winograd"], "conv2d_input_grad": ["winograd"],
-                  "conv2d_weight_grad": ["windows", "windows"]},
-                 {"conv2d": ["im2col", "im2col"], "conv2d_input_grad": ["col2im"],
-                  "conv2d_weight_grad": ["im2col", "im2col"]}, ["winograd", "winograd"]),
-    "winograd-few-tiles": ((32, 4, 4), "h = conv2d(x, 32, 3, padding = 1)",
-                           {"conv2d": ["im2col"], "conv2d_weight_grad": ["im2col"]}, None, ["im2col"]),
-    "projection": ((16, 8, 8), "h = conv2d(x, 16, 1, stride = 2)",
-                   {"conv2d": ["direct"], "conv2d_weight_grad": ["small filters"]}, None, ["direct"]),
+    "many-filters": (
+        (3, 30, 30),
+        "h = conv2d(x, 64, 3, padding = 1)",
+        {"conv2d": ["windows over the batch"], "conv2d_weight_grad": ["direct"]},
+        {"conv2d": ["direct by channels"], "conv2d_weight_grad": ["direct"]},
+        ["windows per example"],
+    ),
+    "grouped-dilated": (
+        (3, 12, 12),
+        "a = conv2d(x, 8, 1)\n    h = conv2d(a, 8, 3, padding = 2, dilation = 2, groups = 2)",
+        {
+            "conv2d": ["grouped taps", "pointwise over the batch"],
+            "conv2d_input_grad": ["grouped accumulation"],
+            "conv2d_weight_grad": ["pointwise", "windows"],
+        },
+        {
+            "conv2d": ["grouped taps", "pointwise over the batch"],
+            "conv2d_input_grad": ["grouped accumulation"],
+            "conv2d_weight_grad": ["im2col", "pointwise"],
+        },
+        ["grouped taps", "pointwise per example"],
+    ),
+    "depthwise-separable": (
+        (8, 9, 9),
+        "a = conv2d(x, 16, 1)\n    b = conv2d(a, 16, 3, padding = 1, groups = 16)\n"
+        "    c = conv2d(b, 16, 3, stride = 2, padding = 1, groups = 16)\n"
+        "    h = conv2d(c, 8, 1)",
+        {
+            "conv2d": ["direct", "direct", "pointwise over the batch", "pointwise over the batch"],
+            "conv2d_input_grad": ["grouped accumulation", "grouped direct", "pointwise"],
+            "conv2d_weight_grad": ["direct", "few pixels", "pointwise", "pointwise"],
+        },
+        None,
+        ["direct", "direct", "pointwise per example", "pointwise per example"],
+    ),
+    "many-taps": (
+        (3, 12, 12),
+        "a = conv2d(x, 29, 1)\n    h = conv2d(a, 16, 3, padding = 1)",
+        {
+            "conv2d": ["pointwise over the batch", "windows over the batch"],
+            "conv2d_input_grad": ["windows"],
+            "conv2d_weight_grad": ["pointwise", "windows"],
+        },
+        {
+            "conv2d": ["im2col", "pointwise over the batch"],
+            "conv2d_input_grad": ["col2im"],
+            "conv2d_weight_grad": ["im2col", "pointwise"],
+        },
+        ["pointwise per example", "windows over the batch"],
+    ),
+    "winograd": (
+        (32, 16, 16),
+        "a = conv2d(x, 32, 3, padding = 1)\n    h = conv2d(a, 32, 3, padding = 1)",
+        {
+            "conv2d": ["winograd", "winograd"],
+            "conv2d_input_grad": ["winograd"],
+            "conv2d_weight_grad": ["windows", "windows"],
+        },
+        {"conv2d": ["im2col", "im2col"], "conv2d_input_grad": ["col2im"], "conv2d_weight_grad": ["im2col", "im2col"]},
+        ["winograd", "winograd"],
+    ),
+    "winograd-few-tiles": (
+        (32, 4, 4),
+        "h = conv2d(x, 32, 3, padding = 1)",
+        {"conv2d": ["im2col"], "conv2d_weight_grad": ["im2col"]},
+        None,
+        ["im2col"],
+    ),
+    "projection": (
+        (16, 8, 8),
+        "h = conv2d(x, 16, 1, stride = 2)",
+        {"conv2d": ["direct"], "conv2d_weight_grad": ["small filters"]},
+        None,
+        ["direct"],
+    ),
 }
 
 
 def _choices(case: str, training: bool, bf16: bool) -> dict:
     (c, h, w), body = CASES[case][:2]
     last = "loss mean(h * h)" if training else "output y = h"
-    model = load_text(f"model m {{\n    input x: f32[B, {c}, {h}, {w}]\n    {body}\n    {last}\n}}\n", "c.dl") \
-        .build(training=training)
+    model = load_text(f"model m {{\n    input x: f32[B, {c}, {h}, {w}]\n    {body}\n    {last}\n}}\n", "c.dl").build(
+        training=training
+    )
     graph = train_step(model.graph) if training else predict_graph(model)
     found: dict = {}
     for n in graph.order():
@@ -104,6 +166,12 @@ def test_which_implementation_each_shape_gets(case):
 
 
 def test_every_implementation_is_taken_by_a_case():
-    taken = {(op, name) for case in CASES for training in (True, False) for bf16 in (False, True)
-             for op, names in _choices(case, training, bf16).items() for name in names}
+    taken = {
+        (op, name)
+        for case in CASES
+        for training in (True, False)
+        for bf16 in (False, True)
+        for op, names in _choices(case, training, bf16).items()
+        for name in names
+    }
     assert taken == {(op, i.name) for op, implementations in LISTS.items() for i in implementations}

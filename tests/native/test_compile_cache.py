@@ -4,6 +4,7 @@ entry is never run: it is recompiled and replaced.
 The runs that load a corrupted entry are subprocesses, so a crash in native code fails the
 test instead of the test run.
 """
+
 import ctypes
 import errno
 import json
@@ -31,8 +32,13 @@ EXAMPLES = Path(__file__).parents[2] / "examples"
 def train(cache_dir: Path, out: Path) -> subprocess.CompletedProcess:
     # into an empty cache, the GEMM routines it calls too
     env = dict(os.environ, DLC_CACHE_DIR=str(cache_dir))
-    return subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "train", str(XOR), "--epochs", "1",
-                           "--out", str(out), "--overwrite"], env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", "train", str(XOR), "--epochs", "1", "--out", str(out), "--overwrite"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,12 +53,12 @@ def trained(tmp_path_factory):
 
 def flip(data: bytes) -> bytes:
     i = len(data) // 2
-    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1:]
+    return data[:i] + bytes([data[i] ^ 0x01]) + data[i + 1 :]
 
 
 # each gets (this entry's bytes, another entry's bytes) and returns what is written in its place
 CORRUPTIONS = {
-    "truncated": lambda data, other: data[:len(data) // 2],
+    "truncated": lambda data, other: data[: len(data) // 2],
     "empty": lambda data, other: b"",
     "random bytes": lambda data, other: random.Random(0).randbytes(len(data)),
     "another module's entry": lambda data, other: other,
@@ -60,7 +66,7 @@ CORRUPTIONS = {
 }
 
 
-@pytest.mark.xdist_group("test_compile_cache")      # on one pytest-xdist worker: `trained` once
+@pytest.mark.xdist_group("test_compile_cache")  # on one pytest-xdist worker: `trained` once
 @pytest.mark.parametrize("shift", [0, 1])
 def test_a_bad_entry_is_recompiled_and_replaced(trained, tmp_path, shift):
     """Every entry corrupted at once, each in one of the ways, in two runs whose ways are
@@ -121,7 +127,7 @@ def test_an_entry_others_can_write_to_is_recompiled(tmp_path, monkeypatch):
     module = constant_function("dlc_test_g", 3)
     cache.compile_cached(module)
     [entry] = tmp_path.glob("*.o")
-    entry.chmod(0o666)      # its bytes are intact, but anyone could have written them
+    entry.chmod(0o666)  # its bytes are intact, but anyone could have written them
     loaded = cache.compile_cached(module)
     assert not loaded.cached and call(loaded, "dlc_test_g") == 3
     assert stat.S_IMODE(entry.stat().st_mode) == 0o600
@@ -135,8 +141,10 @@ def test_a_cache_dir_others_can_write_is_refused(tmp_path, mode):
     r = train(shared, tmp_path / "run")
     assert r.returncode == 1, r.stderr
     last = r.stderr.strip().splitlines()[-1]
-    assert last == (f"error: other users can write to the compile cache {shared}, and code in it runs as you: "
-                    f"run 'chmod go-w {shared}', or set DLC_CACHE_DIR to a directory of your own"), r.stderr
+    assert last == (
+        f"error: other users can write to the compile cache {shared}, and code in it runs as you: "
+        f"run 'chmod go-w {shared}', or set DLC_CACHE_DIR to a directory of your own"
+    ), r.stderr
     assert list(shared.iterdir()) == []
 
 
@@ -156,7 +164,7 @@ def test_a_missing_cache_dir_is_created_private(tmp_path, monkeypatch):
 
 def test_an_unusable_cache_dir_compiles_every_time(tmp_path, monkeypatch):
     (tmp_path / "file").write_text("")
-    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "file" / "cache"))    # cannot be created
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "file" / "cache"))  # cannot be created
     compiles = cache.stats["compiles"]
     for _ in range(2):
         assert call(cache.compile_cached(constant_function("dlc_test_e", 5)), "dlc_test_e") == 5
@@ -183,6 +191,7 @@ def test_a_warm_start_loads_the_module_without_building_it(tmp_path, monkeypatch
         def make():
             built.append(value)
             return constant_function(f"dlc_test_built{value}", value), [value, 1]
+
         return make
 
     loaded, extra = cache.compile_built(("parts", 1), build(1))
@@ -203,6 +212,7 @@ def test_a_step_entry_with_argument_slots_outside_the_table_is_refused(tmp_path,
     is an error, never a read outside it."""
     from dlc.compiler.frontend.loader import load_text
     from dlc.runtime.engines.native import NativeEngine
+
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
     src = "model m {\n input x: f32[B, 3]\n y = dense(x, 2)\n output y = y\n}\n"
     model = load_text(src, "m.dl").build(None, training=False)
@@ -210,7 +220,7 @@ def test_a_step_entry_with_argument_slots_outside_the_table_is_refused(tmp_path,
     NativeEngine(model, model).predict(params, {"x": np.ones((2, 3), np.float32)})
     [step] = [p for p in tmp_path.glob("*.step") if json.loads(cache._unpack(p.stem, p.read_bytes()))["extra"]]
     doc = json.loads(cache._unpack(step.stem, step.read_bytes()))
-    doc["extra"] = [10 ** 6] * len(doc["extra"])
+    doc["extra"] = [10**6] * len(doc["extra"])
     step.write_bytes(cache._pack(step.stem, json.dumps(doc).encode()))
     with pytest.raises(DlcError, match="holds a bad entry for a forward pass: delete the directory"):
         NativeEngine(model, model).predict(params, {"x": np.ones((2, 3), np.float32)})
@@ -220,6 +230,7 @@ def test_a_second_compile_hits_the_cache(tmp_path, monkeypatch):
     from dlc.runtime.engines import cache
     from dlc.runtime.engines.native import Executable
     from dlc.compiler.passes.autodiff import train_step
+
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
     graph = train_step(load(str(EXAMPLES / "xor_mlp.dl")).build().graph)
     first = Executable(graph)
@@ -234,10 +245,13 @@ def test_a_program_built_again_in_one_process_is_not_built_again(tmp_path, monke
     """The step entry's key does not depend on which objects the program shares: a model
     built a second time (its spans then shared) finds the entry without building its IR."""
     from dlc.runtime.engines import native
+
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
-    path = tmp_path / "clip.dl"          # an imported ReLU6: its constants' spans are shared the second time
-    path.write_text("model m {\n    input x: f32[N, 3, 8, 8]\n    a = conv2d(x, 4, 3, padding = 1)\n"
-                    "    output y = minimum(maximum(a, 0.0), 6.0)\n}\n")
+    path = tmp_path / "clip.dl"  # an imported ReLU6: its constants' spans are shared the second time
+    path.write_text(
+        "model m {\n    input x: f32[N, 3, 8, 8]\n    a = conv2d(x, 4, 3, padding = 1)\n"
+        "    output y = minimum(maximum(a, 0.0), 6.0)\n}\n"
+    )
     model = lambda: load(str(path)).build(training=False).graph
     native.Executable(model())
     monkeypatch.setattr(native, "build_module", lambda *a, **k: pytest.fail("the module was built again"))
@@ -272,7 +286,7 @@ def test_entries_are_keyed_by_whether_linux_granted_the_amx_tiles(tmp_path, monk
 
     keys = {}
     try:
-        for error in (0, errno.EINVAL, 0, errno.EINVAL):      # granted, refused, and each again
+        for error in (0, errno.EINVAL, 0, errno.EINVAL):  # granted, refused, and each again
             monkeypatch.setattr(amx, "request_tiles", lambda: error)
             amx.tiles_granted.cache_clear()
             loaded, extra = cache.compile_built(("parts",), build)
@@ -313,10 +327,12 @@ def test_orcs_lljit_runs_what_mcjit_runs(tmp_path):
     from dlc.runtime.api import DlcModel
     from dlc.runtime.interop import checkpoint
     from dlc.runtime.training.trainer import initial_parameters
+
     dl = EXAMPLES / "digits_cnn.dl"
     checkpoint.save(tmp_path / "w.npz", initial_parameters(load(str(dl)).build(None, training=False), 3), {}, {})
-    r = subprocess.run([sys.executable, "-c", ORC_PREDICTION, str(dl), str(tmp_path / "w.npz")], capture_output=True,
-                       text=True)
+    r = subprocess.run(
+        [sys.executable, "-c", ORC_PREDICTION, str(dl), str(tmp_path / "w.npz")], capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stderr
     x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
     want = DlcModel(str(dl), backend="native").load_weights(tmp_path / "w.npz").predict({"x": x})["probs"]
@@ -345,8 +361,17 @@ print(len(built), cache.stats["compiles"])
 
 def test_processes_missing_the_same_entry_at_once_compile_it_once(tmp_path):
     env = dict(os.environ, DLC_CACHE_DIR=str(tmp_path))
-    procs = [subprocess.Popen([sys.executable, "-c", TOGETHER], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", TOGETHER],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()

@@ -2,6 +2,7 @@
 that the driver calls, kernels alike are compiled once, the Python stages and the packing of the
 arena are linear, a built module is freed with its last reference, and
 benchmarks/compile_scaling.py runs."""
+
 import gc
 import json
 import re
@@ -29,8 +30,10 @@ from dlc.compiler.frontend.settings import Call
 # ---- native compile time: linear in the number of layers ----------------------------------------------
 def mlp(layers: int) -> str:
     body = "\n".join(f"    h{i} = dense(h{i - 1}, 16, relu)" for i in range(1, layers))
-    return (f"model deep {{\n    input x: f32[B, 16]\n    target y: i32[B]\n    h0 = x\n{body}\n"
-            f"    loss sparse_cross_entropy(dense(h{layers - 1}, 4), y)\n}}\n")
+    return (
+        f"model deep {{\n    input x: f32[B, 16]\n    target y: i32[B]\n    h0 = x\n{body}\n"
+        f"    loss sparse_cross_entropy(dense(h{layers - 1}, 4), y)\n}}\n"
+    )
 
 
 def _compiled(layers: int):
@@ -52,8 +55,8 @@ def test_kernels_are_not_inlined_into_the_driver():
     # inlined, every kernel of a model lands in one function that grows with the model,
     # and LLVM's O3 on it grows with the square of its size (300 dense layers: 89 s, not 8)
     program, text = _compiled(4)
-    driver = text[text.index('@dlc_step('):]
-    driver = driver[:driver.index("\n}")]
+    driver = text[text.index('@dlc_step(') :]
+    driver = driver[: driver.index("\n}")]
     defined = set(re.findall(r'^define [^@]*@"?(kernel\d+)"?\(', text, re.M))
     called = re.findall(r'call [^@]*@"?(kernel\d+)"?\(', driver)
     assert len(called) == len(program.kernels) and set(called) == defined
@@ -71,6 +74,7 @@ def test_kernels_alike_are_compiled_once():
 def test_a_deep_model_of_shared_kernels_trains_as_the_reference(optimizer):
     from dlc.runtime.engines.reference import ReferenceEngine
     from dlc.runtime.training.gradcheck import init_params, sample_inputs
+
     model = load_text(mlp(8))
     train, evaluation = model.build(None, training=True), model.build(None, training=False)
     names = [p.name for p in train.params]
@@ -123,6 +127,7 @@ def test_packing_time_grows_linearly_with_the_buffers_live_at_once():
         start = time.process_time()
         memory.pack(nbytes, live)
         return time.process_time() - start
+
     small, large = min(seconds(300) for _ in range(3)), seconds(3000)
     # 10x the buffers: 23x here (numpy's comparisons with every placed one show at 3000);
     # one Python comparison per placed buffer: 96x

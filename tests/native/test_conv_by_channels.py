@@ -3,6 +3,7 @@
 both gradients against torch over kernel sizes, strides, padding and rows that end
 mid-tile, at the host's vector width and at AArch64's and AVX-512's, a prediction's
 filters copied once, and the same bits on any thread count and target."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,10 @@ CASES = {
 
 def _source(c, o, k, stride, padding, h, w) -> str:
     """The convolution of CASES after a 1 x 1 one, through which the input's gradient is read."""
-    return (f"model stem {{\n    input x: f32[B, {c}, {h}, {w}]\n    p = conv2d(x, {c}, 1, bias = false)\n"
-            f"    output y = conv2d(p, {o}, {k}, stride = {stride}, padding = {padding}, act = relu)\n}}\n")
+    return (
+        f"model stem {{\n    input x: f32[B, {c}, {h}, {w}]\n    p = conv2d(x, {c}, 1, bias = false)\n"
+        f"    output y = conv2d(p, {o}, {k}, stride = {stride}, padding = {padding}, act = relu)\n}}\n"
+    )
 
 
 def _pair(v):
@@ -49,12 +52,21 @@ def matches_torch(case: str):
     exe = Executable(step_graph(model))
     assert any("by channels" in line for k in exe.program.kernels for line in k.text()), case
     rng = np.random.default_rng(len(case))
-    params = {"p.W": rng.standard_normal((c, c, 1, 1)), "y.W": rng.standard_normal((o, c, k, k)),
-              "y.b": rng.standard_normal(o)}
+    params = {
+        "p.W": rng.standard_normal((c, c, 1, 1)),
+        "y.W": rng.standard_normal((o, c, k, k)),
+        "y.b": rng.standard_normal(o),
+    }
     params = {name: v.astype(np.float32) for name, v in params.items()}
     x = rng.standard_normal((3, c, h, w)).astype(np.float32)
-    step_matches_torch(exe, params, x, lambda x, T: F.relu(F.conv2d(F.conv2d(x, T["p.W"]), T["y.W"], T["y.b"],
-                                                                    _pair(stride), _pair(padding))), rng, case)
+    step_matches_torch(
+        exe,
+        params,
+        x,
+        lambda x, T: F.relu(F.conv2d(F.conv2d(x, T["p.W"]), T["y.W"], T["y.b"], _pair(stride), _pair(padding))),
+        rng,
+        case,
+    )
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -69,28 +81,36 @@ def test_a_stem_by_channels_at_other_vector_widths_matches_torch(case, config, m
     splits a vector wider than the host's)."""
     from dlc.compiler.native.codegen import image_rows
     from dlc.compiler.native.codegen.gemm import blocking
+
     monkeypatch.setattr(image_rows, "vector_width", lambda: getattr(blocking, config).vw)
-    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))     # not the host width's code, cached by program
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))  # not the host width's code, cached by program
     matches_torch(case)
 
 
-@pytest.mark.parametrize("source, precision, kind", [
-    ("conv2d(x, 32, 3, stride = 2, padding = 1)", "f32", "by channels"),     # MobileNetV2's stem
-    ("conv2d(x, 48, 5, padding = 2)", "f32", "by channels"),
-    ("conv2d(x, 64, 7, stride = 2, padding = 3)", "f32", "gemm"),    # ResNet's: a GEMM of windows
-    ("conv2d(x, 64, 7, stride = 2, padding = 3)", "bf16", "by channels"),    # bf16: no GEMM of windows
-    ("conv2d(x, 24, 3, padding = 1)", "f32", "by pixels"),    # filters not in whole tiles of 16
-    ("conv2d(h, 32, 3, padding = 1)", "f32", "by pixels"),    # 8 channels: not an image's few
-    ("conv2d(x, 48, 3, padding = 1, groups = 3)", "f32", "by pixels"),
-])
+@pytest.mark.parametrize(
+    "source, precision, kind",
+    [
+        ("conv2d(x, 32, 3, stride = 2, padding = 1)", "f32", "by channels"),  # MobileNetV2's stem
+        ("conv2d(x, 48, 5, padding = 2)", "f32", "by channels"),
+        ("conv2d(x, 64, 7, stride = 2, padding = 3)", "f32", "gemm"),  # ResNet's: a GEMM of windows
+        ("conv2d(x, 64, 7, stride = 2, padding = 3)", "bf16", "by channels"),  # bf16: no GEMM of windows
+        ("conv2d(x, 24, 3, padding = 1)", "f32", "by pixels"),  # filters not in whole tiles of 16
+        ("conv2d(h, 32, 3, padding = 1)", "f32", "by pixels"),  # 8 channels: not an image's few
+        ("conv2d(x, 48, 3, padding = 1, groups = 3)", "f32", "by pixels"),
+    ],
+)
 def test_which_convolutions_are_by_channels(source, precision, kind):
     """By channels: a direct convolution of an image's few channels into whole tiles of
     filters; with 64 or more, the GEMM of the image's windows where it applies."""
-    model = load_text(f"model m {{\n    input x: f32[B, 3, 32, 32]\n    h = conv2d(x, 8, 1)\n"
-                      f"    output y = {source}\n}}\n", "m.dl").build(training=True)
+    model = load_text(
+        f"model m {{\n    input x: f32[B, 3, 32, 32]\n    h = conv2d(x, 8, 1)\n    output y = {source}\n}}\n", "m.dl"
+    ).build(training=True)
     program = Executable(step_graph(model), precision=precision).program
-    forward = next(line for line in (k.text()[0] for k in program.kernels)      # in program order
-                   if (line.startswith("direct conv") or "windows of" in line) and "weight gradient" not in line)
+    forward = next(
+        line
+        for line in (k.text()[0] for k in program.kernels)  # in program order
+        if (line.startswith("direct conv") or "windows of" in line) and "weight gradient" not in line
+    )
     found = "by channels" if "by channels" in forward else "gemm" if forward.startswith("gemm") else "by pixels"
     assert found == kind, forward
 
@@ -103,8 +123,11 @@ def test_a_predictions_filters_by_channels_are_copied_once_and_follow_its_weight
     c, o, k, stride, padding, h, w = CASES["3x3-stride2"]
     model = load_text(_source(*CASES["3x3-stride2"]), "stem.dl").build(training=False)
     rng = np.random.default_rng(2)
-    params = {"p.W": rng.standard_normal((c, c, 1, 1)), "y.W": rng.standard_normal((o, c, k, k)),
-              "y.b": rng.standard_normal(o)}
+    params = {
+        "p.W": rng.standard_normal((c, c, 1, 1)),
+        "y.W": rng.standard_normal((o, c, k, k)),
+        "y.b": rng.standard_normal(o),
+    }
     params = {name: v.astype(np.float32) for name, v in params.items()}
     x = {"x": rng.standard_normal((2, c, h, w)).astype(np.float32)}
     assert_weight_copy_follows_weights(model, mode, "filters by channels", x, params, "y.W")
@@ -115,11 +138,15 @@ def test_by_channels_gives_the_bits_of_the_pixels_kernel(case, monkeypatch):
     """Both kernels sum each output's taps in the same order, a column in the padding an
     FMA of 0: a prediction by channels is the pixels' kernel's, bit for bit."""
     from dlc.compiler.native.choose import conv
+
     c, o, k, stride, padding, h, w = CASES[case]
     model = load_text(_source(*CASES[case]), "stem.dl").build(None, training=False)
     rng = np.random.default_rng(len(case))
-    params = {"p.W": rng.standard_normal((c, c, 1, 1)), "y.W": rng.standard_normal((o, c, k, k)),
-              "y.b": rng.standard_normal(o)}
+    params = {
+        "p.W": rng.standard_normal((c, c, 1, 1)),
+        "y.W": rng.standard_normal((o, c, k, k)),
+        "y.b": rng.standard_normal(o),
+    }
     params = {name: v.astype(np.float32) for name, v in params.items()}
     feeds = {"x": rng.standard_normal((3, c, h, w)).astype(np.float32), "rng": NO_KEY}
     outputs = {}
@@ -136,5 +163,6 @@ def test_a_stem_by_channels_has_the_same_bits_on_any_thread_count_and_target(tmp
     (tmp_path / "stem.dl").write_text(
         "model stem {\n    input x: f32[B, 3, 20, 22]\n    input y: f32[B, 16, 10, 11]\n"
         "    h = conv2d(x, 32, 5, stride = 2, padding = 2, act = relu)\n"
-        "    loss mean((conv2d(h, 16, 1) - y)^2)\n}\n")
+        "    loss mean((conv2d(h, 16, 1) - y)^2)\n}\n"
+    )
     assert_bit_identical([str(tmp_path / "stem")], tmp_path)

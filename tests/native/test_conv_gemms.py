@@ -3,6 +3,7 @@ forward and both gradients, runs over the whole batch in training — never one 
 example; in prediction, a pointwise convolution of many pixels per example multiplies each
 as it lies, and a GEMM of an example's many windows is one per example, in place — and the
 gradients it gives are the reference engine's."""
+
 import os
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def test_every_convolution_gemm_is_over_the_whole_batch():
     program = lower(optimize(train_step(train.graph)))
     # the convolutions' GEMMs (the dense layer's three are over the batch as any matmul)
     gemms = [k for k in program.kernels if isinstance(k, GemmKernel)]
-    assert len(gemms) >= 9 + 3, [k.text() for k in gemms]        # 5 convolutions, most with 3 GEMMs
+    assert len(gemms) >= 9 + 3, [k.text() for k in gemms]  # 5 convolutions, most with 3 GEMMs
     per_example = [k.text()[0] for k in gemms if k.batch != 1]
     assert not per_example, per_example
     # each one's rows, columns or sums run over every example: a multiple of the batch size B
@@ -62,21 +63,24 @@ def test_a_pointwise_convolution_of_many_pixels_is_over_the_batch_in_training_on
     read the same copy of x channels first, which the weight gradient needs anyway (and a
     value only they read is stored so). In prediction, one GEMM per example as x lies, where
     one over the batch would first copy x."""
-    prog = load_text("""
+    prog = load_text(
+        """
 model wide {
     input  x: f32[B, 64, 8, 8]
     target y: f32[B, 16, 8, 8]
     h = conv2d(x, 96, 1) |> relu
     loss   mse(conv2d(h, 16, 1), y)
 }
-""", "wide.dl")
+""",
+        "wide.dl",
+    )
     program = lower(optimize(train_step(prog.build(training=True).graph)))
     gemms = [k for k in program.kernels if isinstance(k, GemmKernel)]
-    assert [str(k.batch) for k in gemms] == ["1"] * 5, [k.text() for k in gemms]     # 2 forward, 2 + 1 gradients
+    assert [str(k.batch) for k in gemms] == ["1"] * 5, [k.text() for k in gemms]  # 2 forward, 2 + 1 gradients
     weight_grads = [k for k in gemms if k.trans_b]
     assert len(weight_grads) == 2 and all("B" in str(k.k) for k in weight_grads), [k.text() for k in gemms]
     first = next(k for k in gemms if k.m == 96 and not k.trans_a and not k.trans_b)
-    assert first.b[0] == next(k for k in weight_grads if k.m == 96).b[0]          # x's one copy, channels first
+    assert first.b[0] == next(k for k in weight_grads if k.m == 96).b[0]  # x's one copy, channels first
     # h, which only the second convolution and its weight gradient read, is stored channels
     # first where it is made (in the first GEMM's store): no copy
     second = next(k for k in gemms if k.m == 16 and not k.trans_a and not k.trans_b)
@@ -94,11 +98,13 @@ def gradients(prog, feeds: dict, precision: str = "f32") -> dict:
     init = {k: np.asarray(v, np.float32) for k, v in init_params(train, 0).items()}
     results = {}
     for kind in ("reference", "native"):
-        eng = make_engine(kind, train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), trainable, split=True,
-                          precision=precision)
+        eng = make_engine(
+            kind, train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), trainable, split=True, precision=precision
+        )
         params = {k: v.copy() for k, v in init.items()}
-        out, grads = eng.gradients(params, eng.optimizer.init({n: params[n] for n in trainable}), feeds,
-                                   np.array([0, 1], np.int32))
+        out, grads = eng.gradients(
+            params, eng.optimizer.init({n: params[n] for n in trainable}), feeds, np.array([0, 1], np.int32)
+        )
         results[kind] = (float(out["loss"]), np.array(grads, copy=True))
     return results
 
@@ -107,8 +113,10 @@ def gradients(prog, feeds: dict, precision: str = "f32") -> dict:
 def test_convolution_gradients_over_the_batch_are_the_reference_engines(batch, precision):
     """bf16: the reference engine's emulation (operands rounded, sums in float32)."""
     rng = np.random.default_rng(batch)
-    feeds = {"x": rng.standard_normal((batch, 32, 7, 7)).astype(np.float32),
-             "y": rng.integers(0, 5, batch).astype(np.int32)}
+    feeds = {
+        "x": rng.standard_normal((batch, 32, 7, 7)).astype(np.float32),
+        "y": rng.integers(0, 5, batch).astype(np.int32),
+    }
     results = gradients(load_text(SOURCE, "convs.dl"), feeds, precision)
     (ref_loss, ref), (loss, native) = results["reference"], results["native"]
     assert abs(loss - ref_loss) <= 1e-5 * abs(ref_loss)
@@ -147,8 +155,9 @@ def test_convolution_gradients_are_the_same_bits_on_any_thread_count_and_target(
     for target in ("host", "avx512", "avx2"):
         out = tmp_path / f"{target}.npz"
         env = dict(os.environ, **({} if target == "host" else {"DLC_TARGET": target}))
-        done = subprocess.run([sys.executable, "-c", GRADIENTS, str(out), SOURCE], env=env, capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            [sys.executable, "-c", GRADIENTS, str(out), SOURCE], env=env, capture_output=True, text=True
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         runs.update({(target, threads): g for threads, g in np.load(out).items()})
     (first, reference), *others = runs.items()
@@ -177,8 +186,11 @@ model windowed {
 
 def _gemm_sources(program) -> list:
     """Each convolution GEMM's B: 'windows' (packed from the image) or 'buffer'."""
-    return ["windows" if k.windows else "buffer" for k in program.kernels if isinstance(k, GemmKernel) and k.trans_b
-            and not k.trans_a and k.m != 5]
+    return [
+        "windows" if k.windows else "buffer"
+        for k in program.kernels
+        if isinstance(k, GemmKernel) and k.trans_b and not k.trans_a and k.m != 5
+    ]
 
 
 def test_convolution_gemms_read_their_columns_from_the_image(monkeypatch):
@@ -189,8 +201,8 @@ def test_convolution_gemms_read_their_columns_from_the_image(monkeypatch):
     convolution; its weight gradient stays direct); but for a weight gradient of small
     filters (a SmallGemmKernel), which reads the buffer, shared with the product. A bf16
     program's GEMMs read the buffer."""
-    monkeypatch.setattr(conv, "WINOGRAD_CHANNELS", 1 << 30)    # not Winograd's (test_winograd.py)
-    monkeypatch.setattr(conv, "IMAGE_CHANNELS", 0)     # the stem not by channels (test_conv_by_channels.py)
+    monkeypatch.setattr(conv, "WINOGRAD_CHANNELS", 1 << 30)  # not Winograd's (test_winograd.py)
+    monkeypatch.setattr(conv, "IMAGE_CHANNELS", 0)  # the stem not by channels (test_conv_by_channels.py)
     prog = load_text(WINDOWED, "windowed.dl")
     predict = lower(optimize(prog.build(training=False).graph))
     assert _gemm_sources(predict) == ["windows"] * 5, [k.text() for k in predict.kernels]
@@ -198,22 +210,27 @@ def test_convolution_gemms_read_their_columns_from_the_image(monkeypatch):
     train = lower(optimize(train_step(prog.build(training=True).graph)))
     windows = [k for k in train.kernels if isinstance(k, GemmKernel) and k.windows]
     # 5 products, 4 weight gradients (not the stem's), the input gradients of a and d
-    assert len([k for k in windows if k.trans_b]) == 5 + 2 and len([k for k in windows if not k.trans_b]) == 4, \
-        [k.text() for k in train.kernels]
+    assert len([k for k in windows if k.trans_b]) == 5 + 2 and len([k for k in windows if not k.trans_b]) == 4, [
+        k.text() for k in train.kernels
+    ]
     # col2im's accumulations: b's (stride 2) and c's (grouped) input gradients only
-    assert len([k for k in train.kernels if k.text()[0].startswith("accumulate")]) == 2, \
-        [k.text()[0] for k in train.kernels]
+    assert len([k for k in train.kernels if k.text()[0].startswith("accumulate")]) == 2, [
+        k.text()[0] for k in train.kernels
+    ]
     direct = [k.text()[0] for k in train.kernels if k.text()[0].startswith("direct conv")]
     assert len(direct) == 1 and "weight gradient" in direct[0], direct
     bf16 = lower(optimize(prog.build(training=False).graph), precision="bf16")
     assert set(_gemm_sources(bf16)) == {"buffer"}
-    small = load_text("""
+    small = load_text(
+        """
 model small {
     input  x: f32[B, 32, 9, 9]
     target y: f32[B, 4, 9, 9]
     loss   mse(conv2d(x, 4, 3, padding = 1), y)
 }
-""", "small.dl")
+""",
+        "small.dl",
+    )
     train = lower(optimize(train_step(small.build(training=True).graph)))
     product = next(k for k in train.kernels if isinstance(k, GemmKernel) and k.trans_b and k.m == 4)
     weight_grad = next(k for k in train.kernels if isinstance(k, SmallGemmKernel))
@@ -226,8 +243,12 @@ def test_predictions_from_the_images_windows_are_the_reference_engines(batch):
     train, ev = prog.build(training=True), prog.build(training=False)
     params = {k: np.asarray(v, np.float32) for k, v in init_params(train, 0).items()}
     x = np.random.default_rng(batch).standard_normal((batch, 3, 29, 29)).astype(np.float32)
-    got, ref = (make_engine(kind, train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), list(params)).predict(
-        params, {"x": x})["logits"] for kind in ("native", "reference"))
+    got, ref = (
+        make_engine(kind, train, ev, make_optimizer(Call("sgd", [], {"lr": 1.0})), list(params)).predict(
+            params, {"x": x}
+        )["logits"]
+        for kind in ("native", "reference")
+    )
     assert np.linalg.norm(got - ref) <= 1e-5 * np.linalg.norm(ref)
 
 
@@ -241,8 +262,7 @@ model stems {
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4])
-def test_a_predictions_gemm_of_an_examples_many_windows_is_per_example_with_the_bits_over_the_batch(
-        batch, monkeypatch):
+def test_a_predictions_gemm_of_an_examples_many_windows_is_per_example_with_the_bits_over_the_batch(batch, monkeypatch):
     """The stem (29 x 29 pixels an example: EXAMPLE_PIXELS or more) is a batch of GEMMs, one
     an example, y stored as it lies and its relu in place; the stride-2 convolutions (15 x 15)
     stay one GEMM over the batch. The outputs are those of GEMMs over the batch, bit for
@@ -260,7 +280,7 @@ def test_a_predictions_gemm_of_an_examples_many_windows_is_per_example_with_the_
     per_example, y = predict(2)
     gemms = [k for k in per_example.program.kernels if isinstance(k, GemmKernel) and k.windows]
     assert [str(k.batch) for k in gemms] == ["B", "1", "1"], [k.text()[0] for k in gemms]
-    assert gemms[0].epilogue is not None and gemms[0].epilogue.out == gemms[0].c[0]     # in place
+    assert gemms[0].epilogue is not None and gemms[0].epilogue.out == gemms[0].c[0]  # in place
     assert all(np.array_equal(predict(t)[1], y) for t in (1, 3))
     monkeypatch.setattr(conv, "EXAMPLE_PIXELS", 1 << 30)
     over_the_batch, y_batch = predict(2)

@@ -1,4 +1,5 @@
 """The native thread team follows the cores other processes leave free (runtime/engines/cores.py)."""
+
 import subprocess
 import sys
 import time
@@ -33,16 +34,17 @@ class FakeMachine:
             self.waited += self.n_cores * seconds * other_cores / demand
 
 
-@pytest.mark.parametrize("n_cores, others, team", [(2, 0.0, 2), (2, 0.3, 2), (2, 1.0, 1), (2, 2.0, 1),
-                                                   (8, 3.0, 5), (8, 0.4, 8)])
+@pytest.mark.parametrize(
+    "n_cores, others, team", [(2, 0.0, 2), (2, 0.3, 2), (2, 1.0, 1), (2, 2.0, 1), (8, 3.0, 5), (8, 0.4, 8)]
+)
 def test_the_team_leaves_the_cores_others_use(monkeypatch, n_cores, others, team):
     machine = FakeMachine(monkeypatch, n_cores)
     free = cores.FreeCores()
     free.cores = free.team = n_cores
-    assert free.now() == n_cores               # first call: nothing measured yet
+    assert free.now() == n_cores  # first call: nothing measured yet
     machine.run(cores.ADAPT_EVERY_S, own_cores=n_cores, other_cores=others)
     assert free.now() == team
-    machine.run(cores.ADAPT_EVERY_S, own_cores=team, other_cores=0.0)     # the others went quiet
+    machine.run(cores.ADAPT_EVERY_S, own_cores=team, other_cores=0.0)  # the others went quiet
     assert free.now() == n_cores
 
 
@@ -93,7 +95,7 @@ def test_a_real_busy_neighbour_takes_a_core():
         free.now()
         # three windows: one in which the hog's scheduler gave this process every core is not the verdict
         seen = compute(cores.ADAPT_EVERY_S * 3, free)
-        assert min(team for _, team in seen) <= n - 1, seen[::max(1, len(seen) // 20)]
+        assert min(team for _, team in seen) <= n - 1, seen[:: max(1, len(seen) // 20)]
     finally:
         hog.kill()
         hog.wait()
@@ -117,7 +119,7 @@ def others_now(seconds: float = 0.5) -> float:
     return max(0.0, cores.machine_busy_s() - busy - (time.process_time() - own)) / (time.monotonic() - wall)
 
 
-@pytest.mark.alone      # it needs a quiet machine
+@pytest.mark.alone  # it needs a quiet machine
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/stat and schedstat")
 def test_a_neighbour_spinning_for_a_second_leaves_the_full_team_within_a_second():
     """A quiet machine, a neighbouring process whose threads spin for one second: once it
@@ -127,9 +129,11 @@ def test_a_neighbour_spinning_for_a_second_leaves_the_full_team_within_a_second(
         pytest.skip("one core: the team is always 1")
     if (load := others_now()) > 0.3:
         pytest.skip(f"the machine is not quiet: other processes use {load:.1f} cores")
-    spin = "import threading, time\nend = time.monotonic() + 1.0\n" \
-           "def go():\n    while time.monotonic() < end: pass\n" \
-           f"ts = [threading.Thread(target=go) for _ in range({free.cores})]\n[t.start() for t in ts]\n[t.join() for t in ts]"
+    spin = (
+        "import threading, time\nend = time.monotonic() + 1.0\n"
+        "def go():\n    while time.monotonic() < end: pass\n"
+        f"ts = [threading.Thread(target=go) for _ in range({free.cores})]\n[t.start() for t in ts]\n[t.join() for t in ts]"
+    )
     neighbour = subprocess.Popen([sys.executable, "-c", spin])
     try:
         compute(0.5, free)
@@ -161,11 +165,11 @@ def test_a_window_across_a_pause_starts_again_with_every_core(monkeypatch):
     free = cores.FreeCores()
     free.cores = free.team = 2
     free.now()
-    machine.run(cores.STALE_S * 5, own_cores=0.0, other_cores=1.0)      # a pause, the neighbour busy
+    machine.run(cores.STALE_S * 5, own_cores=0.0, other_cores=1.0)  # a pause, the neighbour busy
     assert free.now() == 2
     machine.run(cores.ADAPT_EVERY_S, own_cores=2, other_cores=0.0)
     assert free.now() == 2
-    machine.run(cores.ADAPT_EVERY_S, own_cores=1, other_cores=1.0)      # now busy while dlc runs
+    machine.run(cores.ADAPT_EVERY_S, own_cores=1, other_cores=1.0)  # now busy while dlc runs
     assert free.now() == 1
 
 

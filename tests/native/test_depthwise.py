@@ -3,6 +3,7 @@ the forward pass, the input gradient (read through the pointwise convolution bef
 and the weight gradient, over strides, padding, dilation, a channel multiplier > 1 and
 rows wider than a vector, at the host's vector width and at AArch64's (4 lanes); which
 kernels they compile to; the same bits on any thread count and target."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,9 +39,11 @@ CASES = {
 
 
 def _source(c, mult, k, stride, padding, dilation, h, w) -> str:
-    return (f"model dw {{\n    input x: f32[B, {c}, {h}, {w}]\n    p = conv2d(x, {c}, 1, bias = false)\n"
-            f"    output y = conv2d(p, {c * mult}, {k}, stride = {stride}, padding = {padding}, "
-            f"dilation = {dilation}, groups = {c})\n}}\n")
+    return (
+        f"model dw {{\n    input x: f32[B, {c}, {h}, {w}]\n    p = conv2d(x, {c}, 1, bias = false)\n"
+        f"    output y = conv2d(p, {c * mult}, {k}, stride = {stride}, padding = {padding}, "
+        f"dilation = {dilation}, groups = {c})\n}}\n"
+    )
 
 
 def _pair(v):
@@ -52,15 +55,17 @@ def test_native_depthwise_matches_torch_forward_and_backward(case):
     matches_torch(case)
 
 
-@pytest.mark.parametrize("case", ["5x5-wide", "7x7-wide", "5x5-stride2-wide", "3x3-stride-w2",
-                                  "3x3-stride2-tiles-of-channels"])
+@pytest.mark.parametrize(
+    "case", ["5x5-wide", "7x7-wide", "5x5-stride2-wide", "3x3-stride-w2", "3x3-stride2-tiles-of-channels"]
+)
 def test_the_direct_kernels_at_aarch64s_vector_width_match_torch(case, monkeypatch, tmp_path):
     """NEON's 4 lanes, compiled here: a tap column shifted a vector or more along its
     row's stream (kernel columns past 4)."""
     from dlc.compiler.native.codegen.gemm.blocking import NEON
     from dlc.compiler.native.codegen import image_rows
+
     monkeypatch.setattr(image_rows, "vector_width", lambda: NEON.vw)
-    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))     # not the host width's code, cached by program
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))  # not the host width's code, cached by program
     matches_torch(case)
 
 
@@ -71,12 +76,23 @@ def matches_torch(case: str):
     exe = Executable(step_graph(model))
     rng = np.random.default_rng(len(case))
     kh, kw = _pair(k)
-    params = {"p.W": rng.standard_normal((c, c, 1, 1)), "y.W": rng.standard_normal((c * mult, 1, kh, kw)),
-              "y.b": rng.standard_normal(c * mult)}
+    params = {
+        "p.W": rng.standard_normal((c, c, 1, 1)),
+        "y.W": rng.standard_normal((c * mult, 1, kh, kw)),
+        "y.b": rng.standard_normal(c * mult),
+    }
     params = {name: v.astype(np.float32) for name, v in params.items()}
     x = rng.standard_normal((3, c, h, w)).astype(np.float32)
-    step_matches_torch(exe, params, x, lambda x, T: F.conv2d(F.conv2d(x, T["p.W"]), T["y.W"], T["y.b"], _pair(stride),
-                                                              _pair(padding), _pair(dilation), groups=c), rng, case)
+    step_matches_torch(
+        exe,
+        params,
+        x,
+        lambda x, T: F.conv2d(
+            F.conv2d(x, T["p.W"]), T["y.W"], T["y.b"], _pair(stride), _pair(padding), _pair(dilation), groups=c
+        ),
+        rng,
+        case,
+    )
 
 
 def test_stride_one_depthwise_is_a_direct_convolution_forward_and_backward():
@@ -106,13 +122,21 @@ def test_depthwise_training_has_the_same_bits_on_any_thread_count_and_target(tmp
         "    h = conv2d(x, 6, 3, padding = 1, groups = 6, act = relu)\n"
         "    s = conv2d(h, 6, 3, stride = 2, padding = 1, groups = 6)\n"
         "    t = conv2d(conv2d(s, 16, 1), 16, 3, stride = 2, padding = 1, groups = 16, act = relu)\n"
-        "    loss mean((t - y)^2)\n}\n")
+        "    loss mean((t - y)^2)\n}\n"
+    )
     assert_bit_identical([str(tmp_path / "dw")], tmp_path)
 
 
 # (channels, kernel, stride, padding, H, W): whole tiles of 16 channels, planes of at most 16 outputs
-SMALL_PLANES = [(16, 3, 1, 1, 4, 4), (32, 3, 2, 1, 8, 8), (48, 3, 1, 1, 2, 2), (16, 5, 2, 2, 7, 7),
-                (32, 3, 1, 0, 6, 6), (16, 3, 2, 1, 4, 4), (16, 3, 1, 1, 3, 5)]
+SMALL_PLANES = [
+    (16, 3, 1, 1, 4, 4),
+    (32, 3, 2, 1, 8, 8),
+    (48, 3, 1, 1, 2, 2),
+    (16, 5, 2, 2, 7, 7),
+    (32, 3, 1, 0, 6, 6),
+    (16, 3, 2, 1, 4, 4),
+    (16, 3, 1, 1, 3, 5),
+]
 
 
 @pytest.mark.parametrize("shape", SMALL_PLANES, ids=lambda s: "c{}-k{}-s{}-p{}-{}x{}".format(*s))
@@ -123,13 +147,19 @@ def test_a_depthwise_convolution_of_small_planes_is_by_channels_with_the_pixels_
     from dlc.compiler.native.codegen import image_rows
     from dlc.compiler.native.codegen.gemm.blocking import NEON
     from dlc.compiler.native.choose import conv
+
     c, k, stride, padding, h, w = shape
-    model = load_text(f"model dw {{\n    input x: f32[B, {c}, {h}, {w}]\n"
-                      f"    output y = conv2d(x, {c}, {k}, stride = {stride}, padding = {padding}, groups = {c}, "
-                      f"act = relu6)\n}}\n", "dw.dl").build(training=False)
+    model = load_text(
+        f"model dw {{\n    input x: f32[B, {c}, {h}, {w}]\n"
+        f"    output y = conv2d(x, {c}, {k}, stride = {stride}, padding = {padding}, groups = {c}, "
+        f"act = relu6)\n}}\n",
+        "dw.dl",
+    ).build(training=False)
     rng = np.random.default_rng(c + h)
-    params = {"y.W": rng.standard_normal((c, 1, k, k)).astype(np.float32),
-              "y.b": rng.standard_normal(c).astype(np.float32)}
+    params = {
+        "y.W": rng.standard_normal((c, 1, k, k)).astype(np.float32),
+        "y.b": rng.standard_normal(c).astype(np.float32),
+    }
     x = rng.standard_normal((3, c, h, w)).astype(np.float32)
 
     def run(small_plane: int, width=None):
@@ -140,6 +170,7 @@ def test_a_depthwise_convolution_of_small_planes_is_by_channels_with_the_pixels_
         texts = [line for kernel in exe.program.kernels for line in kernel.text()]
         arrays, sizes = exe.run({"x": x, "rng": NO_KEY}, exe.given(params))
         return texts, exe.output("output:y", arrays, sizes).copy()
+
     texts, by_channels = run(16)
     assert sum("direct conv" in t and "by channels, then in its store:" in t for t in texts) == 1, texts
     assert any(t.startswith("filters by channels") for t in texts), texts

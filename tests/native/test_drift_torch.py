@@ -9,6 +9,7 @@ MLP's losses were 2.9e-3 apart by the end, LeNet's 1.4e-2; now 2e-7 both.
 Some runs part whatever differs in the last bits (docs/native.md, "Float32 agreement
 with PyTorch"); these two do not: exp by libm, the reference engine, PyTorch on two
 threads or from weights 1 ulp apart all stay within 5e-5."""
+
 import sys
 from pathlib import Path
 

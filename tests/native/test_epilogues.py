@@ -4,6 +4,7 @@ affine, a residual add, the activation, in training the activation's mask too â€
 that kernel's store. It is taken where it should be, in place where the result lies as
 the map writes it, and every value it computes has the bits of the same map run as a pass
 of its own, on any number of threads, in training and in prediction."""
+
 import numpy as np
 import pytest
 
@@ -63,8 +64,10 @@ def run(graph, batch: int) -> dict:
     exe = Executable(graph)
     params = {k: np.asarray(v, np.float32) for k, v in init_params(model(True), 0).items()}
     rng = np.random.default_rng(batch)
-    feeds = {"x": rng.standard_normal((batch, 32, 6, 6)).astype(np.float32),
-             "y": rng.integers(0, 5, batch).astype(np.int32)}
+    feeds = {
+        "x": rng.standard_normal((batch, 32, 6, 6)).astype(np.float32),
+        "y": rng.integers(0, 5, batch).astype(np.int32),
+    }
     return run_native(exe, {k: v for k, v in feeds.items() if k in exe.program.inputs}, params)
 
 
@@ -86,8 +89,11 @@ def test_a_residual_add_and_batchnorm_inference_are_in_the_store():
     lines = "\n".join(line for k in Executable(graphs()["predict"]).program.kernels for line in k.text())
     assert "then in its store:" in lines
     # the residual's x (b0, the input) is read in the store of the second convolution's GEMM
-    stores = [k for k in Executable(graphs()["predict"]).program.kernels
-              if isinstance(k, GemmKernel) and k.epilogue is not None]
+    stores = [
+        k
+        for k in Executable(graphs()["predict"]).program.kernels
+        if isinstance(k, GemmKernel) and k.epilogue is not None
+    ]
     inputs = Executable(graphs()["predict"]).program.inputs
     assert any(inputs["x"] in k.accesses()[0] for k in stores[1:2]), [k.text() for k in stores]
 
@@ -110,8 +116,13 @@ def test_the_fused_step_is_the_reference_engines():
     train = model(True)
     params = {k: np.asarray(v, np.float32) for k, v in init_params(train, 0).items()}
     rng = np.random.default_rng(7)
-    feed_sets = [({"B": b}, {"x": rng.standard_normal((b, 32, 6, 6)).astype(np.float32),
-                             "y": rng.integers(0, 5, b).astype(np.int32)}) for b in (1, 4)]
+    feed_sets = [
+        (
+            {"B": b},
+            {"x": rng.standard_normal((b, 32, 6, 6)).astype(np.float32), "y": rng.integers(0, 5, b).astype(np.int32)},
+        )
+        for b in (1, 4)
+    ]
     compare(graphs()["train"], feed_sets, params, "epilogues")
 
 
@@ -119,6 +130,7 @@ def test_a_map_over_a_vector_keeps_its_own_pass():
     """logistic_newton's products of a matrix and a vector: maps of rank 1 after GEMMs."""
     from dlc.compiler.frontend.loader import load
     from tests.helpers.same_bits import EXAMPLES
+
     model = load(str(EXAMPLES / "logistic_newton.dl")).build(training=True)
     program = Executable(train_step(model.graph)).program
     assert all(k.epilogue is None or len(k.epilogue.shape) >= 2 for k in program.kernels if isinstance(k, GemmKernel))
@@ -144,10 +156,12 @@ def test_a_map_writing_where_c_lies_holds_c_in_its_output(monkeypatch):
     program = exe.program
     stores = [k for k in program.kernels if isinstance(k, GemmKernel) and k.epilogue is not None]
     assert len(stores) == 2 and all(k.c[0] == k.epilogue.out for k in stores), [k.text() for k in stores]
-    assert all(k.c[0] in k.epilogue.accesses()[0] for k in stores)      # the map reads C there
+    assert all(k.c[0] in k.epilogue.accesses()[0] for k in stores)  # the map reads C there
     assert sum(b.size == 0 for b in program.buffers) == 2
-    params = {k: np.asarray(v, np.float32) for k, v in init_params(load_text(INVERTED, "inverted.dl").build(
-        training=True), 0).items()}
+    params = {
+        k: np.asarray(v, np.float32)
+        for k, v in init_params(load_text(INVERTED, "inverted.dl").build(training=True), 0).items()
+    }
     x = np.random.default_rng(3).standard_normal((3, 16, 12, 12)).astype(np.float32)
     fused = run_native(exe, {"x": x}, params)
     unfused(monkeypatch)
@@ -177,12 +191,15 @@ model direct {
 def test_a_direct_convolution_runs_the_map_after_it_in_its_store(kind, threads, monkeypatch):
     monkeypatch.setenv("DLC_NUM_THREADS", threads)
     built = load_text(DIRECT, "direct.dl").build(training=True)
-    graph = train_step(built.graph) if kind == "train" else predict_graph(load_text(DIRECT, "direct.dl").build(
-        training=False))
+    graph = (
+        train_step(built.graph)
+        if kind == "train"
+        else predict_graph(load_text(DIRECT, "direct.dl").build(training=False))
+    )
     exe = Executable(graph)
     convs = [k for k in exe.program.kernels if isinstance(k, ConvKernel) and k.g is None]
     stored = [k for k in convs if k.epilogue is not None]
-    if kind == "predict":       # the stem and the depthwise one, their outputs in place
+    if kind == "predict":  # the stem and the depthwise one, their outputs in place
         assert len(stored) == 2 and all(k.out == k.epilogue.out for k in stored), [k.text() for k in convs]
     params = {k: np.asarray(v, np.float32) for k, v in init_params(built, 0).items()}
     rng = np.random.default_rng(5)

@@ -1,6 +1,7 @@
 """`dlc compile FILE --explain-fusion` (Fusion.explanation in compiler/native/fusion.py): every
 boundary the fusion pass recorded, once, under the kernel that reads it, with its reason
 in plain English and the source lines of both operations."""
+
 from __future__ import annotations
 
 import re
@@ -35,7 +36,7 @@ def entries(text: str) -> list:
         m = HEADER.match(line)
         if m:
             block = []
-            for below in lines[i + 1:]:
+            for below in lines[i + 1 :]:
                 if HEADER.match(below) or not below.startswith(" " * (len(line) - len(line.lstrip()) + 4)):
                     break
                 block.append(below)
@@ -56,18 +57,21 @@ def test_every_boundary_of_every_example_has_a_reason_and_both_source_lines(path
     records = all_boundaries(f)
     text = f.explanation()
     shown = entries(text)
-    assert sorted((fu.graph.op(b.producer), fu.graph.op(b.consumer), b.why()) for fu, b in records) == \
-        sorted((p, c, why.split(" (also read in ")[0]) for p, c, why, _ in shown)      # each record once
+    assert sorted((fu.graph.op(b.producer), fu.graph.op(b.consumer), b.why()) for fu, b in records) == sorted(
+        (p, c, why.split(" (also read in ")[0]) for p, c, why, _ in shown
+    )  # each record once
     assert re.fullmatch(rf"\d+ kernels, {len(records)} boundar(y|ies): .+", text.splitlines()[-1])
     assert all(b.why() for _, b in records)
-    place = re.compile(r"^ *(from|into)? +\S+ +(called at )?[\w.<>-]+\.dl:\d+ +\S")     # a place and its line's text
+    place = re.compile(r"^ *(from|into)? +\S+ +(called at )?[\w.<>-]+\.dl:\d+ +\S")  # a place and its line's text
     for _, _, _, block in shown:
         assert [line.split()[0] for line in block if line.split()[0] in ("from", "into")] == ["from", "into"]
-        assert all(place.match(line) or line.lstrip().startswith("called at ") and re.search(r"\.dl:\d+ +\S", line)
-                   for line in block), block
+        assert all(
+            place.match(line) or line.lstrip().startswith("called at ") and re.search(r"\.dl:\d+ +\S", line)
+            for line in block
+        ), block
     spans = [fu.graph.nx.nodes[v]["span"] for fu, b in records for v in (b.producer, b.consumer)]
     assert None not in spans
-    assert text.count("called at ") == sum(s.caller is not None for s in spans)   # the user's call of every stdlib line
+    assert text.count("called at ") == sum(s.caller is not None for s in spans)  # the user's call of every stdlib line
 
 
 TWICE = """model twice {
@@ -93,17 +97,21 @@ def test_a_value_read_twice_a_gemm_operand_and_a_reduction_name_their_reasons_an
 
 
 def test_a_scan_its_steps_results_and_the_users_call_of_the_standard_library(tmp_path, capsys):
-    text = explain(tmp_path, """model r {
+    text = explain(
+        tmp_path,
+        """model r {
     input  x: f32[B, T, 2]
     hs = lstm(x, 4)
     output last = hs[:, -1]
 }
-""", capsys)
+""",
+        capsys,
+    )
     shown = {(p, c, why): "\n".join(block) for p, c, why, block in entries(text)}
     block = shown["scan", "slice", Reason.SCAN.value]
     assert re.search(r"from  scan +recurrent\.dl:\d+ +hs, cs = scan t in T", block)
     assert re.search(r"called at m\.dl:3 +hs = lstm\(x, 4\)", block) and "m.dl:4" in block
-    assert any(why == Reason.STEP.value for _, _, why in shown)        # inside the body, indented under the scan
+    assert any(why == Reason.STEP.value for _, _, why in shown)  # inside the body, indented under the scan
     assert text.index("scan in T") < text.index(Reason.STEP.value)
     assert text.splitlines()[-1].endswith(f"1 {Reason.SCAN.value}, 1 {Reason.STEP.value}")
 
@@ -112,20 +120,31 @@ def test_the_cli_explains_the_train_step_of_an_example(capsys):
     perceptron = Path(__file__).parents[2] / "examples" / "perceptron.dl"
     assert main(["compile", str(perceptron), "--explain-fusion"]) == 0
     out = capsys.readouterr().out
-    assert out.splitlines()[-1] == ("11 kernels, 11 boundaries: 5 read several times, 2 written by a kernel of its "
-                                    "own, 2 the result of a reduction, 2 read from memory by its reader")
-    line = next(i for i, text in enumerate((Path(__file__).parents[2] / "compiler" / "stdlib" / "losses.dl")
-                                           .read_text().splitlines(), 1) if text.startswith("def perceptron_loss"))
+    assert out.splitlines()[-1] == (
+        "11 kernels, 11 boundaries: 5 read several times, 2 written by a kernel of its "
+        "own, 2 the result of a reduction, 2 read from memory by its reader"
+    )
+    line = next(
+        i
+        for i, text in enumerate(
+            (Path(__file__).parents[2] / "compiler" / "stdlib" / "losses.dl").read_text().splitlines(), 1
+        )
+        if text.startswith("def perceptron_loss")
+    )
     place = f"losses.dl:{line}"
-    assert f"""group 3: div (elementwise)
+    assert (
+        f"""group 3: div (elementwise)
     reduce_sum -> div: the result of a reduction
         from  reduce_sum      {place:<28}def perceptron_loss(z, y) = mean(maximum(-y * z, 0.0))
                               called at perceptron.dl:10  loss   perceptron_loss(score, y)
         into  div             {place:<28}def perceptron_loss(z, y) = mean(maximum(-y * z, 0.0))
                               called at perceptron.dl:10  loss   perceptron_loss(score, y)
-""" in out
-    assert ("group 1: mul (elementwise)\n"
-            "    matmul -> reshape: written by a kernel of its own (also read in group 4)") in out
+"""
+        in out
+    )
+    assert (
+        "group 1: mul (elementwise)\n    matmul -> reshape: written by a kernel of its own (also read in group 4)"
+    ) in out
 
 
 def test_explain_fusion_and_emit_exclude_each_other(capsys):

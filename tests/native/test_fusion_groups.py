@@ -1,5 +1,6 @@
 """The fusion pass (compiler/native/fusion.py): which nodes share a kernel, decided by pattern
 kind before lowering, and the reason of every boundary."""
+
 from __future__ import annotations
 
 import random
@@ -41,7 +42,7 @@ def test_an_elementwise_chain_is_computed_in_its_reduction():
     e = ops.unary("exp", x * 2.0)
     g.outputs["s"] = ops.sum_(e, 1)
     f = Fusion(g)
-    assert f.stored == {}       # the reduction writes the output
+    assert f.stored == {}  # the reduction writes the output
     assert {"reduce_sum", "exp", "mul"} <= ops_of(f, g.outputs["s"].node)
 
 
@@ -65,7 +66,7 @@ def test_one_cheap_operation_is_redone_by_each_reader():
     f = Fusion(g)
     assert inside(f) == {} and f.boundaries == []
     assert "add" in ops_of(f, g.outputs["s"].node) and "add" in ops_of(f, g.outputs["e"].node)
-    g.outputs["t"] = ops.unary("tanh", a + x)    # two operations deep: read once, fused
+    g.outputs["t"] = ops.unary("tanh", a + x)  # two operations deep: read once, fused
     deeper = a + x
     g.outputs["u"] = ops.unary("exp", deeper) + deeper
     assert inside(Fusion(g)) == {deeper.key(): Reason.READERS}
@@ -95,7 +96,7 @@ def test_results_of_reductions_and_gemms_are_boundaries_by_their_kind():
     f = Fusion(g)
     assert from_node(f, s.node) == {("exp", Reason.REDUCTION)}
     assert from_node(f, m.node) == {("tanh", Reason.KERNEL)}
-    assert inside(f) == {}     # a reduction's or a GEMM's kernel writes it: no map of its own
+    assert inside(f) == {}  # a reduction's or a GEMM's kernel writes it: no map of its own
 
 
 def test_a_graph_output_read_again_is_stored_once():
@@ -116,18 +117,18 @@ def test_a_value_read_by_disjoint_slices_is_computed_where_read():
     f = Fusion(g)
     assert inside(f) == {}
     assert "exp" in ops_of(f, g.outputs["a"].node) and "exp" in ops_of(f, g.outputs["b"].node)
-    g.outputs["c"] = ops.slice_(v, (0, 3), (B, 5), (1, 1)) * 2.0      # overlaps both
+    g.outputs["c"] = ops.slice_(v, (0, 3), (B, 5), (1, 1)) * 2.0  # overlaps both
     assert inside(Fusion(g)) == {v.key(): Reason.READERS}
 
 
 def test_disjoint_boxes():
     quadrants = [((0, 1), (0, 1)), ((0, 1), (2, 3)), ((2, 3), (0, 1)), ((2, 3), (2, 3))]
-    assert disjoint(quadrants)                  # no one axis keeps them all apart
+    assert disjoint(quadrants)  # no one axis keeps them all apart
     assert not disjoint(quadrants + [((1, 2), (1, 2))])
     # a and c are apart along axis 0 only; b joins them into one run there
     a, b, c = ((0, 1), (0, 5)), ((1, 2), (6, 9)), ((2, 3), (0, 5))
     assert disjoint([a, b, c]) and not disjoint([a, b, c, ((0, 3), (5, 5))])
-    assert disjoint([((0, B - 1), (0, 3)), ((0, B - 1), (4, 7))])     # apart where the bounds are known
+    assert disjoint([((0, B - 1), (0, 3)), ((0, B - 1), (4, 7))])  # apart where the bounds are known
     assert not disjoint([((0, 3), (0, B)), ((0, 3), (4, 7))])
     assert disjoint([((0, 3), (0, 0))]) and disjoint([])
 
@@ -153,7 +154,7 @@ def test_a_tensor_read_by_two_thousand_slices_compiles_without_storing_it():
     program = lower(g)
     assert time.process_time() - start < 30
     assert f.stored == {}
-    [loop] = program.kernels        # the pieces, each computing its part of exp(x), in one loop
+    [loop] = program.kernels  # the pieces, each computing its part of exp(x), in one loop
     assert len(loop.maps) == n and all("exp" in repr(m.expr) for m in loop.maps)
 
 
@@ -170,6 +171,7 @@ def test_copies_merged_by_cse_cost_no_memory():
 def test_scan_bodies_have_their_own_fusion_with_their_results_as_boundaries():
     from dlc.compiler.frontend.loader import load
     from dlc.compiler.passes.autodiff import train_step
+
     g = optimize(train_step(load(LSTM).build(training=True).graph))
     f = Fusion(g)
     scans = g.nodes_with("scan")
@@ -177,9 +179,10 @@ def test_scan_bodies_have_their_own_fusion_with_their_results_as_boundaries():
     body = f.bodies[scans[0]]
     assert Reason.STEP in body.stored.values()
     assert {b.reason for b in f.boundaries if b.producer in scans} == {Reason.SCAN}
-    program = lower(g)        # the lowering's kernels are the groups: each kernel's nodes, its root's group
-    assert all(k.nodes == f.group(k.node) for k in program.kernels
-               if k.node in g.nx.nodes and not hasattr(k, "maps"))     # a fused map's: its members' together
+    program = lower(g)  # the lowering's kernels are the groups: each kernel's nodes, its root's group
+    assert all(
+        k.nodes == f.group(k.node) for k in program.kernels if k.node in g.nx.nodes and not hasattr(k, "maps")
+    )  # a fused map's: its members' together
 
 
 def test_emit_fused_shows_the_groups(capsys):

@@ -5,6 +5,7 @@ broadcast operand), odd sizes and edge tiles, K slices and M/N blocks (a small-b
 config makes every loop level run several times on small matrices), serial and 2-thread
 runs, and the argument checks that keep bad arrays away from native code.
 """
+
 import ctypes
 import sys
 from pathlib import Path
@@ -23,6 +24,7 @@ from dlc.compiler.native.kernels.gemm import packed_floats
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from gemm_library import GemmLibrary  # noqa: E402   (benchmarks/gemm.py's too)
+
 # one pytest-xdist worker runs the file: each config's routines (`lib`) are compiled once
 pytestmark = pytest.mark.xdist_group("test_gemm")
 ALL = [(ta, tb, acc) for ta in (False, True) for tb in (False, True) for acc in (False, True)]
@@ -72,11 +74,25 @@ def _check(c, ref, a, b, ta, tb):
     assert np.all(err <= 1e-4 * np.maximum(scale, 1e-30)), f"max error {err.max()}"
 
 
-SIZES = [(1, 1, 1), (5, 17, 3), (129, 7, 13), (7, 13, 129), (13, 129, 7), (1, 7, 13),
-         (13, 1, 7), (7, 13, 1), (16, 16, 16), (6, 32, 5), (150, 40, 300), (37, 1030, 9),
-         (128, 512, 784),
-         # one or two rows: multiplied without packing, whole vectors of C then single columns
-         (1, 784, 512), (2, 37, 200), (2, 5, 64)]
+SIZES = [
+    (1, 1, 1),
+    (5, 17, 3),
+    (129, 7, 13),
+    (7, 13, 129),
+    (13, 129, 7),
+    (1, 7, 13),
+    (13, 1, 7),
+    (7, 13, 1),
+    (16, 16, 16),
+    (6, 32, 5),
+    (150, 40, 300),
+    (37, 1030, 9),
+    (128, 512, 784),
+    # one or two rows: multiplied without packing, whole vectors of C then single columns
+    (1, 784, 512),
+    (2, 37, 200),
+    (2, 5, 64),
+]
 
 
 @pytest.mark.parametrize("nthreads", [1, 2])
@@ -96,7 +112,7 @@ def test_matches_numpy_and_packed_b_gives_the_same_bits(lib, M, N, K, ta, tb, ac
     _check(c, _reference(a, b, ta, tb) + (c0 if acc else 0), a, b, ta, tb)
     packed = c0.copy() if acc else np.full((M, N), np.nan, np.float32)
     lib(a, b, packed, trans_a=ta, trans_b=tb, accumulate=acc, nthreads=nthreads, packed=True)
-    np.testing.assert_array_equal(packed, c)     # the same panels, the same summation order
+    np.testing.assert_array_equal(packed, c)  # the same panels, the same summation order
 
 
 @pytest.mark.parametrize("ta,tb,acc", ALL)
@@ -170,14 +186,15 @@ def test_few_columns_give_the_tiled_bits(lib, ta, tb, acc):
                 assert c.tobytes() == whole[:, :n].tobytes(), (M, K, n, nthreads)
 
 
-@pytest.mark.parametrize("M,N,K", [(128, 784, 512), (784, 512, 128), (256, 256, 256),
-                                   (1, 784, 512), (2, 512, 784)])  # one or two rows: unpacked, split over N
+@pytest.mark.parametrize(
+    "M,N,K", [(128, 784, 512), (784, 512, 128), (256, 256, 256), (1, 784, 512), (2, 512, 784)]
+)  # one or two rows: unpacked, split over N
 def test_large_two_threads_and_serial_agree(lib, M, N, K):
     rng = np.random.default_rng(1)
     a, b = _operands(rng, M, N, K, False, False)
     c1 = lib(a, b, nthreads=1)
     c2 = lib(a, b, nthreads=2)
-    c3 = lib(a, b, nthreads=64)          # the team the pool can start, each thread its slot
+    c3 = lib(a, b, nthreads=64)  # the team the pool can start, each thread its slot
     _check(c2, _reference(a, b, False, False), a, b, False, False)
     np.testing.assert_array_equal(c1, c2)  # same blocking, same summation order
     np.testing.assert_array_equal(c1, c3)
@@ -185,8 +202,9 @@ def test_large_two_threads_and_serial_agree(lib, M, N, K):
 
 @pytest.mark.parametrize("nthreads", [1, 2])
 @pytest.mark.parametrize("batch", [1, 2, 3, 4, 9])
-@pytest.mark.parametrize("ta,tb,acc", [(False, False, False), (False, True, False),
-                                       (True, False, True), (True, True, True)])
+@pytest.mark.parametrize(
+    "ta,tb,acc", [(False, False, False), (False, True, False), (True, False, True), (True, True, True)]
+)
 def test_batched(lib, batch, ta, tb, acc, nthreads):
     rng = np.random.default_rng(batch)
     M, N, K = 7, 19, 13
@@ -201,8 +219,8 @@ def test_batched(lib, batch, ta, tb, acc, nthreads):
 def test_batched_broadcast_and_strided_views(lib, nthreads):
     rng = np.random.default_rng(5)
     big_a = rng.standard_normal((6, 40, 50), dtype=np.float32)
-    a = big_a[::2, 3:30, 5:38]                 # (3, 27, 33): lda = 50, batch stride 4000
-    w = rng.standard_normal((33, 21), dtype=np.float32)   # shared over the batch
+    a = big_a[::2, 3:30, 5:38]  # (3, 27, 33): lda = 50, batch stride 4000
+    w = rng.standard_normal((33, 21), dtype=np.float32)  # shared over the batch
     big_c = np.zeros((3, 27, 64), np.float32)
     c = big_c[:, :, 10:31]
     lib(a, w, c, nthreads=nthreads)
@@ -212,11 +230,11 @@ def test_batched_broadcast_and_strided_views(lib, nthreads):
 
 def test_attention_shapes(lib):
     rng = np.random.default_rng(7)
-    q = rng.standard_normal((64, 64, 32), dtype=np.float32)   # (batch·heads, T, d)
+    q = rng.standard_normal((64, 64, 32), dtype=np.float32)  # (batch·heads, T, d)
     k = rng.standard_normal((64, 64, 32), dtype=np.float32)
-    s = lib(q, k, trans_b=True, nthreads=2)                    # Q·Kᵀ
+    s = lib(q, k, trans_b=True, nthreads=2)  # Q·Kᵀ
     _check(s, _reference(q, k, False, True), q, k, False, True)
-    o = lib(s, k, nthreads=2)                                  # S·V
+    o = lib(s, k, nthreads=2)  # S·V
     _check(o, _reference(s, k, False, False), s, k, False, False)
 
 
@@ -264,8 +282,7 @@ def test_bad_arguments_raise_before_native_code(lib):
         sq = np.ones((5, 5), np.float32)
         lib(sq, sq, sq)
     with pytest.raises(ValueError, match="batch"):
-        lib(np.ones((2, 4, 5), np.float32), np.ones((3, 5, 6), np.float32),
-            np.empty((3, 4, 6), np.float32))
+        lib(np.ones((2, 4, 5), np.float32), np.ones((3, 5, 6), np.float32), np.empty((3, 4, 6), np.float32))
     with pytest.raises(ValueError, match="read-only"):
         ro = np.empty((4, 6), np.float32)
         ro.flags.writeable = False
@@ -299,8 +316,9 @@ def test_called_from_inside_a_parallel_region(nthreads):
     p = b.bitcast(worker.args[0], args_t.as_pointer())
     A, B, C, n = [b.load(b.gep(p, [i32(0), i32(k)])) for k in range(4)]
     off = b.mul(worker.args[1], b.mul(n, n))
-    b.call(g, [n, n, n, b.gep(A, [off]), n, i64(0), b.gep(B, [off]), n, i64(0),
-               b.gep(C, [off]), n, i64(0), i64(1), i64(2)])
+    b.call(
+        g, [n, n, n, b.gep(A, [off]), n, i64(0), b.gep(B, [off]), n, i64(0), b.gep(C, [off]), n, i64(0), i64(1), i64(2)]
+    )
     b.ret_void()
     drive = ir.Function(m, ir.FunctionType(ir.VoidType(), [f32p, f32p, f32p, i64]), "drive")
     b = ir.IRBuilder(drive.append_basic_block())
@@ -329,24 +347,50 @@ def test_forced_avx2_target_emits_no_avx512(tmp_path):
     import os
     import subprocess
     import sys
+
     env = dict(os.environ, DLC_TARGET="avx2", DLC_CACHE_DIR=str(tmp_path))
-    code = ("from dlc.compiler.native.codegen import jit; from dlc.compiler.native.codegen.gemm import blocking; "
-            "print(jit.host_cpu()[0], blocking.default_config().vw)")
+    code = (
+        "from dlc.compiler.native.codegen import jit; from dlc.compiler.native.codegen.gemm import blocking; "
+        "print(jit.host_cpu()[0], blocking.default_config().vw)"
+    )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["x86-64-v3", "8"]
-    asm = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
-                         env=env, capture_output=True, text=True, cwd=ROOT)
+    asm = subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert asm.returncode == 0, asm.stderr
     assert "ymm" in asm.stdout and "zmm" not in asm.stdout
-    bad = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
-                         env=dict(env, DLC_TARGET="avx9"), capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 1 and ("DLC_TARGET must be one of host, avx2, avxvnni, avx512, avx512bf16, aarch64, "
-                                    "aarch64-dotprod, aarch64-i8mm, aarch64-bf16, not 'avx9'") in bad.stderr
-    arm = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
-                         env=dict(env, DLC_TARGET="aarch64"), capture_output=True, text=True, cwd=ROOT)
-    assert arm.returncode == 1 and arm.stderr.strip() == ("error: DLC_TARGET=aarch64 is a target of aarch64 machines, "
-                                                          "and this one is x86_64: `dlc build --target aarch64` builds "
-                                                          "a library for one")
+    bad = subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
+        env=dict(env, DLC_TARGET="avx9"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert (
+        bad.returncode == 1
+        and (
+            "DLC_TARGET must be one of host, avx2, avxvnni, avx512, avx512bf16, aarch64, "
+            "aarch64-dotprod, aarch64-i8mm, aarch64-bf16, not 'avx9'"
+        )
+        in bad.stderr
+    )
+    arm = subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", "compile", "examples/lenet5.dl", "--emit", "asm"],
+        env=dict(env, DLC_TARGET="aarch64"),
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert arm.returncode == 1 and arm.stderr.strip() == (
+        "error: DLC_TARGET=aarch64 is a target of aarch64 machines, "
+        "and this one is x86_64: `dlc build --target aarch64` builds "
+        "a library for one"
+    )
 
 
 @pytest.mark.sets_target
@@ -354,9 +398,11 @@ def test_an_aarch64_level_the_host_lacks_is_refused(monkeypatch):
     """On an ARM Linux host whose HWCAP words say dotprod but not i8mm (LLVM's features of it
     say neither): the host's features have dotprod, DLC_TARGET=aarch64-dotprod compiles for
     that level alone and aarch64-i8mm is refused, naming what the CPU lacks."""
-    monkeypatch.delenv("DLC_TARGET", raising=False)     # the faked host's own target first
+    monkeypatch.delenv("DLC_TARGET", raising=False)  # the faked host's own target first
+
     class Features:
         flatten = staticmethod(lambda: "+neon,+fp-armv8,+crc,+lse,-dotprod,+sve")
+
     monkeypatch.setattr(jit.llvm, "get_process_triple", lambda: "aarch64-unknown-linux-gnu")
     monkeypatch.setattr(jit.llvm, "get_host_cpu_features", Features)
     monkeypatch.setattr(jit, "linux_hwcaps", lambda: ["dotprod"])
@@ -396,14 +442,16 @@ def test_the_neon_blocking_gives_the_x86_blockings_bits():
 # a `windows` routine packs: output rows wider than a panel (two rows a panel, masked loads),
 # stride 2 along W (every other float of a row), rows narrower than a panel (gathered),
 # dilation, a stride along W only, groups, the stem of ResNet, many K slices
-WINDOWS = [(3, 8, 56, 56, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
-           (2, 4, 64, 65, 10, 3, 3, (2, 2), (1, 1), (1, 1), 1),
-           (2, 3, 45, 45, 64, 7, 7, (2, 2), (3, 3), (1, 1), 1),
-           (2, 5, 14, 14, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1),
-           (1, 6, 7, 7, 9, 3, 3, (1, 1), (0, 0), (1, 1), 1),
-           (2, 6, 13, 40, 8, 3, 2, (1, 2), (2, 0), (2, 1), 2),
-           (1, 4, 20, 37, 6, 3, 3, (1, 1), (2, 2), (2, 2), 2),
-           (3, 40, 9, 11, 12, 3, 3, (2, 2), (1, 1), (1, 1), 1)]
+WINDOWS = [
+    (3, 8, 56, 56, 16, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (2, 4, 64, 65, 10, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+    (2, 3, 45, 45, 64, 7, 7, (2, 2), (3, 3), (1, 1), 1),
+    (2, 5, 14, 14, 7, 3, 3, (1, 1), (1, 1), (1, 1), 1),
+    (1, 6, 7, 7, 9, 3, 3, (1, 1), (0, 0), (1, 1), 1),
+    (2, 6, 13, 40, 8, 3, 2, (1, 2), (2, 0), (2, 1), 2),
+    (1, 4, 20, 37, 6, 3, 3, (1, 1), (2, 2), (2, 2), 2),
+    (3, 40, 9, 11, 12, 3, 3, (2, 2), (1, 1), (1, 1), 1),
+]
 
 
 def _im2col(x, kh, kw, stride, padding, dilation):
@@ -412,11 +460,13 @@ def _im2col(x, kh, kw, stride, padding, dilation):
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     Ho, Wo = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     padded = np.zeros((N, C, H + 2 * ph, W + 2 * pw), np.float32)
-    padded[:, :, ph:ph + H, pw:pw + W] = x
+    padded[:, :, ph : ph + H, pw : pw + W] = x
     cols = np.empty((N, Ho, Wo, C, kh, kw), np.float32)
     for i in range(kh):
         for j in range(kw):
-            cols[..., i, j] = padded[:, :, i * dh:i * dh + sh * Ho:sh, j * dw:j * dw + sw * Wo:sw].transpose(0, 2, 3, 1)
+            cols[..., i, j] = padded[:, :, i * dh : i * dh + sh * Ho : sh, j * dw : j * dw + sw * Wo : sw].transpose(
+                0, 2, 3, 1
+            )
     return cols.reshape(N * Ho * Wo, C * kh * kw), Ho, Wo
 
 
@@ -434,10 +484,16 @@ def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
     compiled = cache.compile_cached(module, jit.settled_level())
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     signature = (i64,) * 3 + (ptr, i64, i64) * 3 + (i64, i64)
-    columns = {tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature)(compiled.address(interface.gemm_name(False, tb, False)))
-               for tb in (False, True)}
-    windows = {tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature, ptr)(
-        compiled.address(interface.gemm_name(False, tb, False, windows=True))) for tb in (False, True)}
+    columns = {
+        tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature)(compiled.address(interface.gemm_name(False, tb, False)))
+        for tb in (False, True)
+    }
+    windows = {
+        tb: ctypes.CFUNCTYPE(ctypes.c_int32, *signature, ptr)(
+            compiled.address(interface.gemm_name(False, tb, False, windows=True))
+        )
+        for tb in (False, True)
+    }
     rng = np.random.default_rng(3)
     for N, C, H, W, O, kh, kw, stride, padding, dilation, groups in WINDOWS:
         room = np.full(N * C * H * W + 64, np.nan, np.float32)
@@ -448,19 +504,57 @@ def test_windows_packed_from_the_image_give_the_bits_of_im2col_columns(name):
         n, taps = N * Ho * Wo, cg * kh * kw
         geometry = np.array([Ho, Wo, kh, kw, H, W, C * H * W, H * W, W, 1, *stride, *padding, *dilation], np.int64)
         assert len(geometry) == len(interface.WINDOW_GEOMETRY)
-        by_group = cols.reshape(n, groups, taps).transpose(1, 0, 2).astype(np.float64)     # [groups, n, taps]
+        by_group = cols.reshape(n, groups, taps).transpose(1, 0, 2).astype(np.float64)  # [groups, n, taps]
         # the product: y_g (og x n) = w_g (og x taps) @ cols_gᵀ; the weight gradient: dw_g
         # (og x taps) = g_g (og x n) @ cols_g
-        for tb, k_, n_, a in ((True, taps, n, rng.standard_normal((groups, og, taps), dtype=np.float32)),
-                              (False, n, taps, rng.standard_normal((groups, og, n), dtype=np.float32))):
+        for tb, k_, n_, a in (
+            (True, taps, n, rng.standard_normal((groups, og, taps), dtype=np.float32)),
+            (False, n, taps, rng.standard_normal((groups, og, n), dtype=np.float32)),
+        ):
             expected = np.zeros((groups, og, n_), np.float32)
-            assert columns[tb](og, n_, k_, a.ctypes.data, k_, og * k_, cols.ctypes.data, C * kh * kw, taps,
-                               expected.ctypes.data, n_, og * n_, groups, 1) == 0
-            product = lambda f: np.einsum("gok,gnk->gon" if tb else "gon,gnk->gok", f(a.astype(np.float64)),
-                                          f(by_group))
+            assert (
+                columns[tb](
+                    og,
+                    n_,
+                    k_,
+                    a.ctypes.data,
+                    k_,
+                    og * k_,
+                    cols.ctypes.data,
+                    C * kh * kw,
+                    taps,
+                    expected.ctypes.data,
+                    n_,
+                    og * n_,
+                    groups,
+                    1,
+                )
+                == 0
+            )
+            product = lambda f: np.einsum(
+                "gok,gnk->gon" if tb else "gon,gnk->gok", f(a.astype(np.float64)), f(by_group)
+            )
             assert np.all(np.abs(expected - product(lambda v: v)) <= 1e-4 * product(np.abs) + 1e-30)
             for nthreads in (1, 2):
                 got = np.full_like(expected, np.nan)
-                assert windows[tb](og, n_, k_, a.ctypes.data, k_, og * k_, x.ctypes.data, 0, cg * H * W,
-                                   got.ctypes.data, n_, og * n_, groups, nthreads, geometry.ctypes.data) == 0
+                assert (
+                    windows[tb](
+                        og,
+                        n_,
+                        k_,
+                        a.ctypes.data,
+                        k_,
+                        og * k_,
+                        x.ctypes.data,
+                        0,
+                        cg * H * W,
+                        got.ctypes.data,
+                        n_,
+                        og * n_,
+                        groups,
+                        nthreads,
+                        geometry.ctypes.data,
+                    )
+                    == 0
+                )
                 assert got.tobytes() == expected.tobytes(), (tb, N, C, H, W, O, kh, kw, stride, padding, nthreads)

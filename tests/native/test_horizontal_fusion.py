@@ -1,5 +1,6 @@
 """Horizontal fusion of map kernels and of sums (compiler/native/fusion.py: fuse_maps,
 fuse_sums) fuses only what is legal."""
+
 from dlc.compiler.native.fusion import fuse_maps, fuse_sums
 from dlc.compiler.native.kernels.map import FusedMapKernel, MapKernel
 from dlc.compiler.native.kernels.reduce import ReduceKernel
@@ -7,8 +8,8 @@ from dlc.compiler.native.kernels.scan import ScanKernel
 from dlc.compiler.native.program import Affine, Load, Op
 
 SHAPE = (4, 8)
-ROWS = Affine(0, (8, 1))                  # element (i, j) of a [4, 8] buffer
-SHIFTED = Affine(1, (8, 1))               # its right neighbour
+ROWS = Affine(0, (8, 1))  # element (i, j) of a [4, 8] buffer
+SHIFTED = Affine(1, (8, 1))  # its right neighbour
 CONCAT = ("concat", None)
 
 
@@ -21,8 +22,11 @@ def map_(out, expr, at=ROWS, node=0, origin=(("add", None),)):
 
 
 def test_a_chain_at_one_index_is_one_loop():
-    kernels = [map_(1, Op("exp", (load(0),), "f32")), map_(2, Op("add", (load(1), load(0)), "f32")),
-               map_(0, load(2))]          # writes back what the first member read: same index
+    kernels = [
+        map_(1, Op("exp", (load(0),), "f32")),
+        map_(2, Op("add", (load(1), load(0)), "f32")),
+        map_(0, load(2)),
+    ]  # writes back what the first member read: same index
     fused = fuse_maps(kernels)
     assert len(fused) == 1 and isinstance(fused[0], FusedMapKernel) and fused[0].maps == kernels
 
@@ -45,10 +49,10 @@ def test_the_pieces_of_one_concat_share_a_loop():
 
 def test_a_concat_piece_and_another_writer_of_its_buffer_do_not():
     piece = map_(5, load(0), Affine(0, (16, 1)), node=7, origin=(CONCAT,))
-    other = map_(5, load(1), Affine(4, (16, 1)), node=8)       # overlaps the piece's columns 4..7
+    other = map_(5, load(1), Affine(4, (16, 1)), node=8)  # overlaps the piece's columns 4..7
     assert fuse_maps([piece, other]) == [piece, other]
     second = map_(5, load(1), Affine(8, (16, 1)), node=7, origin=(CONCAT,))
-    read = map_(6, load(5, Affine(0, (16, 1))))     # no member may read a buffer several pieces write
+    read = map_(6, load(5, Affine(0, (16, 1))))  # no member may read a buffer several pieces write
     assert fuse_maps([piece, second, read]) == [FusedMapKernel(SHAPE, [piece, second], node=7, origin=(CONCAT,)), read]
 
 
@@ -74,7 +78,12 @@ def test_a_sum_into_what_an_earlier_one_reads_or_writes_keeps_its_pass():
 
 
 def test_other_spaces_dtypes_maxima_and_sums_into_memory_keep_their_passes():
-    kernels = [sum_(5, load(0)), sum_(6, load(1), axes=(0,)),        # [4, 8] over its rows: not a trailing run
-               sum_(7, load(0)), sum_(8, load(1), op="max"), sum_(9, load(0), shape=(4, 9)),
-               sum_(10, Load(1, ROWS, "f64"), shape=(4, 9))]            # another dtype
+    kernels = [
+        sum_(5, load(0)),
+        sum_(6, load(1), axes=(0,)),  # [4, 8] over its rows: not a trailing run
+        sum_(7, load(0)),
+        sum_(8, load(1), op="max"),
+        sum_(9, load(0), shape=(4, 9)),
+        sum_(10, Load(1, ROWS, "f64"), shape=(4, 9)),
+    ]  # another dtype
     assert fuse_sums(kernels) == kernels

@@ -3,6 +3,7 @@ of the graph, against the reference int8 engine bit for bit — dense, strided, 
 grouped and depthwise convolutions, saturating and NaN inputs, the largest sums int32 holds —
 on every DLC_TARGET this host can run (AMX's tdpbusd, vpdpbusd 512 and 256 bits, vpmaddwd) and
 thread count; each value quantized by the kernel that makes it; the AArch64 levels' dot products."""
+
 import re
 
 import numpy as np
@@ -31,8 +32,12 @@ def short_sums_too():
 
 
 # DLC_TARGET -> (the features it needs of the host, the instruction of its dot products, their registers)
-TARGETS = {"host": ((), None, None), "avx512bf16": (("avx512vnni",), "vpdpbusd", "zmm"),
-           "avxvnni": (("avxvnni",), "vpdpbusd", "ymm"), "avx2": (("avx2",), "vpmaddwd", "ymm")}
+TARGETS = {
+    "host": ((), None, None),
+    "avx512bf16": (("avx512vnni",), "vpdpbusd", "zmm"),
+    "avxvnni": (("avxvnni",), "vpdpbusd", "ymm"),
+    "avx2": (("avx2",), "vpmaddwd", "ymm"),
+}
 
 # every output's float part is elementwise (bias, relu, max pooling), which the native engine
 # computes as numpy does: so the outputs are the reference's bits, not only the products
@@ -68,6 +73,7 @@ def _same_bits(want: dict, got: dict):
 def compile_for(monkeypatch):
     """Compile for DLC_TARGET `target` from now on in this test (the target is read once per
     process otherwise), or skip where the host lacks its features."""
+
     def use(target: str):
         jit.host_cpu.cache_clear()
         if not all(jit.host_has(f) for f in TARGETS[target][0]):
@@ -75,6 +81,7 @@ def compile_for(monkeypatch):
         monkeypatch.setenv("DLC_TARGET", target)
         jit.host_cpu.cache_clear()
         jit._shared_tm.cache_clear()
+
     yield use
     monkeypatch.undo()
     jit.host_cpu.cache_clear()
@@ -89,13 +96,13 @@ def quantized():
     x = rng.normal(size=(3, 4, 9, 9)).astype(np.float32)
     quantization = calibrate(model.graph, params, [{"x": x}])
     assert len([p for p in products(model.graph) if p.integer]) == 9
-    x[0, 0, 0, :3] = [np.nan, np.inf, -1e30]           # the input seen later holds what saturates
+    x[0, 0, 0, :3] = [np.nan, np.inf, -1e30]  # the input seen later holds what saturates
     x = np.concatenate([x, 3 * x])
     return model, params, quantization, {"x": x}, Int8Engine(model, model, quantization).predict(params, {"x": x})
 
 
 @pytest.mark.sets_target
-@pytest.mark.parametrize("target", [t for t in TARGETS if t != "avx512bf16"])   # that one: the tiles' test
+@pytest.mark.parametrize("target", [t for t in TARGETS if t != "avx512bf16"])  # that one: the tiles' test
 def test_native_int8_equals_the_reference_int8_engine_bit_for_bit(quantized, target, compile_for):
     compile_for(target)
     model, params, quantization, feeds, want = quantized
@@ -106,7 +113,7 @@ def test_native_int8_equals_the_reference_int8_engine_bit_for_bit(quantized, tar
 def test_native_int8_gives_the_same_bits_on_any_thread_count(quantized, threads, monkeypatch):
     monkeypatch.setenv("DLC_NUM_THREADS", threads)
     model, params, quantization, feeds, want = quantized
-    feeds = {"x": np.concatenate([feeds["x"]] * 40)}        # rows enough for every thread
+    feeds = {"x": np.concatenate([feeds["x"]] * 40)}  # rows enough for every thread
     got = NativeEngine(model, model, int8=quantization).predict(params, feeds)
     _same_bits({k: np.concatenate([v] * 40) for k, v in want.items()}, got)
 
@@ -131,11 +138,17 @@ def test_the_dot_products_are_vpdpbusd_where_the_target_has_vnni_else_vpmaddwd(t
     asm = _dense_assembly()
     assert "vpmaddubsw" not in asm
     _, instruction, registers = TARGETS[target]
-    if target == "host":     # on AArch64 without dotprod the plain vector form is NEON's widening multiply-add
+    if target == "host":  # on AArch64 without dotprod the plain vector form is NEON's widening multiply-add
         arm = "usdot" if jit.host_has("i8mm") else "sdot" if jit.host_has("dotprod") else "smlal"
-        instruction, registers = (arm, None) if jit.target_arch() == "aarch64" else \
-            ("vpdpbusd", "zmm") if jit.host_has("avx512vnni") else \
-            ("vpdpbusd", "ymm") if jit.host_has("avxvnni") else ("vpmaddwd", None)
+        instruction, registers = (
+            (arm, None)
+            if jit.target_arch() == "aarch64"
+            else ("vpdpbusd", "zmm")
+            if jit.host_has("avx512vnni")
+            else ("vpdpbusd", "ymm")
+            if jit.host_has("avxvnni")
+            else ("vpmaddwd", None)
+        )
     assert re.search(rf"\b{instruction}\s" + (rf"[^\n]*%{registers}" if registers else ""), asm), instruction
     # blocks of 16 rows on the AMX tiles where the target has AMX-INT8, and only there
     assert bool(re.search(r"\btdpbusd\s", asm)) == (target == "host" and amx.has_tiles("tdpbusd"))
@@ -163,8 +176,9 @@ def test_refused_tile_state_leaves_the_products_in_registers_and_says_so(monkeyp
     assert capsys.readouterr().err.count("did not grant the AMX tile state") == 1
 
 
-@pytest.mark.parametrize("level, instruction", [("aarch64", "smlal"), ("aarch64-dotprod", "sdot"),
-                                                ("aarch64-i8mm", "usdot")])
+@pytest.mark.parametrize(
+    "level, instruction", [("aarch64", "smlal"), ("aarch64-dotprod", "sdot"), ("aarch64-i8mm", "usdot")]
+)
 def test_on_aarch64_the_dot_products_are_the_levels_own(level, instruction, compile_for_aarch64):
     """Compiled for each AArch64 level (`dlc build --target`): NEON's widening smlal at the
     ARMv8.2-A baseline, sdot with dotprod, usdot with i8mm; never another level's
@@ -194,12 +208,14 @@ def test_each_integer_products_input_is_quantized_where_it_is_made(quantized):
     # convolutions make and read it, so that no map between them transposes
     pooled = [m for m in maps if "maximum" in m.expr.text() and m.shape[2:] != (1, 1)]
     assert len(pooled) == 2 and all(m.out_at.coeffs[1] == 1 for m in pooled)
-    assert all(x.load.at.coeffs[1] == 1 if hasattr(x, "load") else x.at.coeffs[1] == 1
-               for m in pooled for x in m.expr.leaves())
+    assert all(
+        x.load.at.coeffs[1] == 1 if hasattr(x, "load") else x.at.coeffs[1] == 1 for m in pooled for x in m.expr.leaves()
+    )
 
 
-@pytest.mark.parametrize("weight, k", [(-127, int8.LONGEST_SUM), (-128, (2 ** 31 - 1) // (255 * 128)),
-                                       (127, int8.LONGEST_SUM)])
+@pytest.mark.parametrize(
+    "weight, k", [(-127, int8.LONGEST_SUM), (-128, (2**31 - 1) // (255 * 128)), (127, int8.LONGEST_SUM)]
+)
 def test_the_largest_sums_are_exact(weight, k):
     """255 · w over the most terms whose sum int32 holds (and z_x 255, the input at 0): a
     product path that saturated a pair of u8 · s8 products to 16 bits, as vpmaddubsw does,
@@ -216,17 +232,19 @@ def test_the_largest_sums_are_exact(weight, k):
     assert want["y"][0, 0] == np.float32(255 * weight * k)
     _same_bits(want, NativeEngine(model, model, int8=q).predict(params, {"x": x}))
     q[name].input_zero_point = np.uint8(255)
-    q[name].input_scale = np.float32(2.0 ** -20)
+    q[name].input_scale = np.float32(2.0**-20)
     want = Int8Engine(model, model, q).predict(params, {"x": x})
-    assert want["y"][1, 0] == np.float32(-255 * weight * k) * np.float32(2.0 ** -20)
+    assert want["y"][1, 0] == np.float32(-255 * weight * k) * np.float32(2.0**-20)
     _same_bits(want, NativeEngine(model, model, int8=q).predict(params, {"x": x}))
 
 
 def test_images_of_any_size_through_one_program():
     """Symbolic height and width (the windows' bounds read at run time), three channels (a
     step of three bytes), a dilated convolution reading the first one's quantized relu."""
-    model = _model("model m {\n input x: f32[B, 3, H, W]\n a = conv2d(x, 8, 3, padding = 1, act = relu)\n"
-                   " output y = conv2d(a, 4, 3, padding = 1, dilation = 2)\n}")
+    model = _model(
+        "model m {\n input x: f32[B, 3, H, W]\n a = conv2d(x, 8, 3, padding = 1, act = relu)\n"
+        " output y = conv2d(a, 4, 3, padding = 1, dilation = 2)\n}"
+    )
     rng = np.random.default_rng(1)
     params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
     quantization = calibrate(model.graph, params, [{"x": rng.normal(size=(2, 3, 7, 5)).astype(np.float32)}])
@@ -266,11 +284,11 @@ def test_the_amx_tiles_edges_give_the_reference_bits(target, compile_for):
     params = {p.name: rng.normal(size=p.type.shape).astype(np.float32) for p in model.params}
     x = rng.normal(size=(19, 3, 7, 6)).astype(np.float32)
     quantization = calibrate(model.graph, params, [{"x": x}])
-    x[1] *= 4                                           # saturates
+    x[1] *= 4  # saturates
     asm = jit.assembly(build_module(_program(model, quantization)).module)
     tiles = target == "host" and amx.has_tiles("tdpbusd")
     assert len(re.findall(r"\btdpbusd\s", asm)) >= 8 * tiles and bool(re.search(r"\btdpbusd\s", asm)) == tiles
-    if jit.host_has("avx512vnni"):      # the rows past the last block of 16 (other hosts: the instruction test)
+    if jit.host_has("avx512vnni"):  # the rows past the last block of 16 (other hosts: the instruction test)
         assert re.search(r"\bvpdpbusd\s[^\n]*%zmm", asm)
     want = Int8Engine(model, model, quantization).predict(params, {"x": x})
     _same_bits(want, NativeEngine(model, model, int8=quantization).predict(params, {"x": x}))

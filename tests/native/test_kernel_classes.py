@@ -2,6 +2,7 @@
 (compiler/native/program/__init__.py: Kernel), in its own package of compiler/native/kernels/
 (the class and its lowering rules; its loops in the package's loops.py); the code that
 renders, plans and compiles kernels never asks a kernel for its kind."""
+
 import ast
 import importlib
 import inspect
@@ -31,7 +32,7 @@ from dlc.compiler.native.kernels.winograd import WinogradInputKernel, WinogradOu
 from dlc.compiler.native.program import Affine, Kernel, KernelProgram, Load
 
 NATIVE = Path(kernels.__file__).parent.parent
-ROWS = Affine(0, (8, 1))        # element (i, j) of a [4, 8] buffer
+ROWS = Affine(0, (8, 1))  # element (i, j) of a [4, 8] buffer
 
 
 def kinds() -> list:
@@ -39,14 +40,18 @@ def kinds() -> list:
     found = []
     for info in pkgutil.iter_modules(kernels.__path__):
         module = importlib.import_module(f"{kernels.__name__}.{info.name}")
-        found += [c for c in vars(module).values()
-                  if inspect.isclass(c) and issubclass(c, Kernel) and c.__module__ == module.__name__]
+        found += [
+            c
+            for c in vars(module).values()
+            if inspect.isclass(c) and issubclass(c, Kernel) and c.__module__ == module.__name__
+        ]
     return sorted(found, key=lambda c: c.__name__)
 
 
 def _int8_weights() -> Int8Weights:
     from dlc.compiler.ir.int8 import QuantizedProduct
     from dlc.compiler.passes.int8 import Product
+
     q = QuantizedProduct(np.ones((6, 3), np.int8), np.ones(3, np.float32), np.float32(1), np.uint8(3))
     return Int8Weights.of(Product(0, "matmul", "W", 1, (6, 3), 6, None), q, 1)
 
@@ -62,40 +67,84 @@ def sample(kind) -> tuple:
     copy = MapKernel((4, 8), 3, ROWS, x)
     made = {
         MapKernel: lambda: (copy, {0}, {3}),
-        FusedMapKernel: lambda: (FusedMapKernel((4, 8), [copy, MapKernel((4, 8), 2, ROWS, Load(3, ROWS, "f32"))],
-                                                registers=frozenset({3})), {0}, {2}),
+        FusedMapKernel: lambda: (
+            FusedMapKernel((4, 8), [copy, MapKernel((4, 8), 2, ROWS, Load(3, ROWS, "f32"))], registers=frozenset({3})),
+            {0},
+            {2},
+        ),
         ReduceKernel: lambda: (ReduceKernel((4, 8), (1,), "sum", 2, x), {0}, {2}),
-        GemmKernel: lambda: (GemmKernel(4, 4, 4, 1, (0, 0, 4, 0), (1, 0, 4, 0), (2, 0, 4, 0), False, True), {0, 1}, {2}),
+        GemmKernel: lambda: (
+            GemmKernel(4, 4, 4, 1, (0, 0, 4, 0), (1, 0, 4, 0), (2, 0, 4, 0), False, True),
+            {0, 1},
+            {2},
+        ),
         PackKernel: lambda: (PackKernel(4, 4, (1, 0, 4), False, 3), {1}, {3}),
         # b1 packed into b3 for a GEMM of 4 rows, unless its flag in b5 (i32) is set
-        WeightPacksKernel: lambda: (WeightPacksKernel([PackKernel(4, 4, (1, 0, 4), False, 3)], [[4]],
-                                                      p.buffer("i32", 1, "packed").id, flags=[0]), {1, 5}, {3, 5}),
-        SmallGemmKernel: lambda: (SmallGemmKernel(2, 3, 4, 2, (0, 0, 4, 8), (1, 0, 3, 12), (2, 0, 3), 3, 2),
-                                  {0, 1}, {2, 3}),
+        WeightPacksKernel: lambda: (
+            WeightPacksKernel(
+                [PackKernel(4, 4, (1, 0, 4), False, 3)], [[4]], p.buffer("i32", 1, "packed").id, flags=[0]
+            ),
+            {1, 5},
+            {3, 5},
+        ),
+        SmallGemmKernel: lambda: (
+            SmallGemmKernel(2, 3, 4, 2, (0, 0, 4, 8), (1, 0, 3, 12), (2, 0, 3), 3, 2),
+            {0, 1},
+            {2, 3},
+        ),
         ConvKernel: lambda: (ConvKernel(0, 1, 2, (1, 1, 6, 6), (1, 1, 3, 3), (4, 4), 1, (0, 0)), {0, 1}, {2}),
         # a 1 x 1 x 4 x 4 image's 2 x 2 tiles, padded 1, into b3 (16 matrices of 1 x 4); those of
         # b1 (its products) into b2 [1, 1, 4, 4]
         # b0's weights transformed into b3 unless the flag b5[0] is set
-        WeightTransformKernel: lambda: (WeightTransformKernel("filters", FusedMapKernel((4, 8), [copy]),
-                                                              (p.buffer("i32", 1, "packed").id, 0)), {0, 5}, {3, 5}),
+        WeightTransformKernel: lambda: (
+            WeightTransformKernel("filters", FusedMapKernel((4, 8), [copy]), (p.buffer("i32", 1, "packed").id, 0)),
+            {0, 5},
+            {3, 5},
+        ),
         WinogradInputKernel: lambda: (WinogradInputKernel(0, 3, (1, 1, 4, 4), (2, 2), (1, 1)), {0}, {3}),
         WinogradOutputKernel: lambda: (WinogradOutputKernel(1, 2, (1, 1, 4, 4), (2, 2)), {1}, {2}),
-        ScatterAddKernel: lambda: (ScatterAddKernel((4,), 8, 2, Load(4, Affine(0, (1,)), "i32"), 0, 8,
-                                                    p.fault("rows", 8, None)), {0, 4}, {2}),
+        ScatterAddKernel: lambda: (
+            ScatterAddKernel((4,), 8, 2, Load(4, Affine(0, (1,)), "i32"), 0, 8, p.fault("rows", 8, None)),
+            {0, 4},
+            {2},
+        ),
         AccumulateKernel: lambda: (AccumulateKernel((4, 8), 2, ROWS, (), x), {0}, {2}),
-        MaxPoolGradKernel: lambda: (MaxPoolGradKernel(0, 1, 2, (1, 1, 4, 4), (2, 2), (2, 2), (2, 2), (0, 0)),
-                                    {0, 1}, {2}),
+        MaxPoolGradKernel: lambda: (
+            MaxPoolGradKernel(0, 1, 2, (1, 1, 4, 4), (2, 2), (2, 2), (2, 2), (0, 0)),
+            {0, 1},
+            {2},
+        ),
         HostCallKernel: lambda: (HostCallKernel(p.host("replica_mean").id, 3), {3}, {3}),
         # a [1 x 4 x 2] self-attention under an additive mask b1 [4, 4], its scratch b5
-        AttentionKernel: lambda: (AttentionKernel((1,), 4, 4, 2, 2, 0.5, Load(1, Affine(0, (0, 4, 1)), "f32"),
-                                                  ((0, 0, (8,), 2),) * 3, ((2, 0, (8,), 2), (3, 0, (4,), 1)),
-                                                  p.buffer("f32", AttentionKernel.scratch_floats(2, 2), "temp").id),
-                                  {0, 1}, {2, 3, 5}),
-        ScanKernel: lambda: (ScanKernel(3, False, "$t0", [copy]), set(), set()),    # its body touches b0, b3
+        AttentionKernel: lambda: (
+            AttentionKernel(
+                (1,),
+                4,
+                4,
+                2,
+                2,
+                0.5,
+                Load(1, Affine(0, (0, 4, 1)), "f32"),
+                ((0, 0, (8,), 2),) * 3,
+                ((2, 0, (8,), 2), (3, 0, (4,), 1)),
+                p.buffer("f32", AttentionKernel.scratch_floats(2, 2), "temp").id,
+            ),
+            {0, 1},
+            {2, 3, 5},
+        ),
+        ScanKernel: lambda: (ScanKernel(3, False, "$t0", [copy]), set(), set()),  # its body touches b0, b3
         # u8 rows b5 [4 x 6] times the s8 weights of 3 channels (b6, their offsets b7, multipliers b8) into b2
-        Int8Kernel: lambda: (Int8Kernel(4, _int8_weights(), (p.buffer("i8", 24, "temp").id, 0, 6),
-                                        *(p.buffer(t, 64, "const").id for t in ("i8", "i32", "f32")), (2, 0, 3)),
-                             {5, 6, 7, 8}, {2}),
+        Int8Kernel: lambda: (
+            Int8Kernel(
+                4,
+                _int8_weights(),
+                (p.buffer("i8", 24, "temp").id, 0, 6),
+                *(p.buffer(t, 64, "const").id for t in ("i8", "i32", "f32")),
+                (2, 0, 3),
+            ),
+            {5, 6, 7, 8},
+            {2},
+        ),
     }
     assert kind in made, f"{kind.__name__}: no sample kernel here; add one with the buffers it touches"
     k, reads, writes = made[kind]()
@@ -108,7 +157,9 @@ def test_every_kind_is_a_package_that_the_rules_load():
     for info in pkgutil.iter_modules(kernels.__path__):
         assert info.ispkg, f"kernels/{info.name}.py: a kind is a package (its class and rules, and its loops.py)"
         assert f"{kernels.__name__}.{info.name}" in sys.modules, f"rules.load() does not import kernels/{info.name}"
-    assert len({c.__name__ for c in kinds()}) == len(kinds()), "two kinds of one name: the graph page tells kinds by name"
+    assert len({c.__name__ for c in kinds()}) == len(kinds()), (
+        "two kinds of one name: the graph page tells kinds by name"
+    )
 
 
 @pytest.mark.parametrize("kind", kinds(), ids=lambda c: c.__name__)
@@ -137,7 +188,7 @@ def test_each_rule_of_each_kind_works(kind):
     assert k.accesses() == (reads, writes)
     assert k.class_name == kind.__name__.removesuffix("Kernel")
     step = build_module(p)
-    jit.parse(step.module)      # the function its emit rule built is valid LLVM IR
+    jit.parse(step.module)  # the function its emit rule built is valid LLVM IR
     assert step.functions[0] == "kernel0" and len(step.functions) == 1 + len(k.nested())
 
 
@@ -146,6 +197,10 @@ def test_the_backend_never_asks_a_kernel_for_its_kind():
     files = [NATIVE / "memory.py", NATIVE / "program" / "render.py"] + sorted((NATIVE / "codegen").glob("*.py"))
     files += sorted((NATIVE / "kernels").glob("*/loops.py"))
     files.append(NATIVE.parent / "graph_page" / "kernels.py")
-    found = [f"{path.name}:{node.lineno} names {node.id}" for path in files for node in ast.walk(ast.parse(path.read_text()))
-             if isinstance(node, ast.Name) and node.id in names]
+    found = [
+        f"{path.name}:{node.lineno} names {node.id}"
+        for path in files
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Name) and node.id in names
+    ]
     assert not found, f"kernel kinds named outside their classes: {found}"

@@ -1,6 +1,7 @@
 """Lowering never loads LLVM (docs/native.md): importing the lowering and lowering the train
 step, the evaluation graph and the prediction of every example, in f32 and bf16, leaves
 llvmlite unimported; code generation alone imports it (compiler/native/kernels/*/loops.py)."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -36,13 +37,15 @@ print(lowered)
 def test_lowering_every_example_never_imports_llvmlite():
     out = subprocess.run([sys.executable, "-c", LOWER_EVERY_EXAMPLE, str(EXAMPLES)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    assert int(out.stdout) >= 2 * len(list(EXAMPLES.glob("*.dl")))     # every example lowered, twice at least
+    assert int(out.stdout) >= 2 * len(list(EXAMPLES.glob("*.dl")))  # every example lowered, twice at least
 
 
 def test_code_generation_does_import_llvmlite():
     """The guard above can fail: building the module of a lowered graph imports llvmlite."""
-    code = ("import sys; from dlc.compiler.frontend.loader import load_text; from dlc.compiler.native.lower import lower; "
-            "m = load_text('model m {\\n input x: f32[B, 4]\\n output y = exp(x) * 2\\n}', 'm.dl').build(training=False); "
-            "p = lower(m.graph); assert 'llvmlite' not in sys.modules; "
-            "from dlc.compiler.native.codegen.driver import build_module; build_module(p); assert 'llvmlite' in sys.modules")
+    code = (
+        "import sys; from dlc.compiler.frontend.loader import load_text; from dlc.compiler.native.lower import lower; "
+        "m = load_text('model m {\\n input x: f32[B, 4]\\n output y = exp(x) * 2\\n}', 'm.dl').build(training=False); "
+        "p = lower(m.graph); assert 'llvmlite' not in sys.modules; "
+        "from dlc.compiler.native.codegen.driver import build_module; build_module(p); assert 'llvmlite' in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,5 @@
 """Memory planning (compiler/native/memory.py): liveness of temporaries and their arena."""
+
 from dataclasses import fields
 from itertools import combinations
 from pathlib import Path
@@ -23,8 +24,16 @@ from dlc.runtime.optim.optimizers import make_optimizer
 EXAMPLES = Path(__file__).parents[2] / "examples"
 SIZES = {"B": 4, "T": 5, "S": 6}
 # recurrent (scans, a reversed one, attention), convolutional, transformers, an MLP
-PROGRAMS = ["char_lstm", "seq2seq_luong", "bilstm_tagger", "lenet5", "resnet", "transformer_classifier",
-            "transformer_seq2seq", "digits_mlp"]
+PROGRAMS = [
+    "char_lstm",
+    "seq2seq_luong",
+    "bilstm_tagger",
+    "lenet5",
+    "resnet",
+    "transformer_classifier",
+    "transformer_seq2seq",
+    "digits_mlp",
+]
 
 
 def train_program(name: str) -> KernelProgram:
@@ -46,9 +55,9 @@ def test_packing_reuses_memory_of_dead_buffers_only():
     nbytes = {0: 100, 1: 64, 2: 100, 3: 300}
     offsets, arena = memory.pack(nbytes, live)
     assert all(o % memory.ALIGN == 0 for o in offsets.values())
-    assert offsets[3] == 0                          # the largest, alone at its time
-    assert offsets[0] == offsets[2] == 0            # 0 is dead when 2 is born
-    assert offsets[1] == 128                        # live with both: after them, aligned
+    assert offsets[3] == 0  # the largest, alone at its time
+    assert offsets[0] == offsets[2] == 0  # 0 is dead when 2 is born
+    assert offsets[1] == 128  # live with both: after them, aligned
     assert arena == 320
 
 
@@ -63,7 +72,7 @@ def test_large_buffers_start_at_different_offsets_modulo_a_page():
 def test_the_packing_in_program_order_reuses_memory_of_dead_buffers_only():
     live = {0: (0, 1), 1: (1, 2), 2: (2, 3), 3: (4, 4)}
     offsets, arena = memory._in_order({0: 100, 1: 64, 2: 100, 3: 300}, live)
-    assert offsets == {0: 0, 1: 128, 2: 0, 3: 0} and arena == 320     # 0 and 1 are dead when 3 is born
+    assert offsets == {0: 0, 1: 128, 2: 0, 3: 0} and arena == 320  # 0 and 1 are dead when 3 is born
 
 
 def test_a_buffer_no_kernel_touches_takes_no_room():
@@ -79,10 +88,14 @@ def looped_program() -> KernelProgram:
     out = p.buffer("f32", 8, "output").id
     load = lambda b: Load(b, Affine(0, (1,)), "f32")
     m = lambda o, src: MapKernel((8,), o, Affine(0, (1,)), load(src))
-    p.kernels = [m(d, x), m(a, d),                                      # 0, 1
-                 ScanKernel(3, False, "$t0", [m(h, a), m(s, h)]),         # 2: [3, 4]
-                 m(c, s), m(out, c),                                     # 5, 6
-                 m(free, x)]                                              # 7
+    p.kernels = [
+        m(d, x),
+        m(a, d),  # 0, 1
+        ScanKernel(3, False, "$t0", [m(h, a), m(s, h)]),  # 2: [3, 4]
+        m(c, s),
+        m(out, c),  # 5, 6
+        m(free, x),
+    ]  # 7
     p.symbols = ["$t0"]
     return p
 
@@ -94,7 +107,7 @@ def test_buffers_used_in_a_loop_live_for_the_whole_loop():
     # a: written before the loop, read in it; h: only in the body; s: written in it, read after
     assert live == {d: (0, 1), a: (1, 4), h: (2, 4), s: (2, 5), c: (5, 6), free: (7, 7)}
     plan = memory.plan(p, {"$t0": 0}, live)
-    assert 7 not in plan.offsets                     # the output has memory of its own
+    assert 7 not in plan.offsets  # the output has memory of its own
     ranges = {b: (o, o + plan.nbytes[b] - 1) for b, o in plan.offsets.items()}
     assert len({ranges[a], ranges[h], ranges[s]}) == 3 and not overlap(ranges[a], ranges[h])
     assert plan.arena == 3 * 64 and plan.temp_bytes == 6 * 32
@@ -104,7 +117,7 @@ def test_buffers_used_in_a_loop_live_for_the_whole_loop():
 def touched(k) -> set:
     """The buffers a kernel (not a scan) reads or writes, read off its fields here, not
     with the planner's own helpers."""
-    if isinstance(k, FusedMapKernel):      # values kept in registers touch no memory
+    if isinstance(k, FusedMapKernel):  # values kept in registers touch no memory
         return set().union(*(touched(m) for m in k.maps)) - k.registers
     found = set()
 
@@ -121,17 +134,18 @@ def touched(k) -> set:
         elif isinstance(e, Op):
             for a in e.args:
                 walk(a)
+
     for f in fields(k):
         value = getattr(k, f.name)
         if f.name in ("out", "upd", "x", "g", "w", "partial", "packed", "products") and value is not None:  # buffer ids
             found.add(value)
-        elif f.name in ("a", "b", "c"):                 # GEMM operands: (buffer, offset, ...)
+        elif f.name in ("a", "b", "c"):  # GEMM operands: (buffer, offset, ...)
             found.add(value[0])
         elif f.name in ("expr", "idx"):
             walk(value)
         elif f.name in ("epilogue", "transform") and value is not None:  # the map a kernel runs in its store, or runs
             found |= touched(value)
-        elif f.name == "also":                          # a reduction's: the sums in its pass
+        elif f.name == "also":  # a reduction's: the sums in its pass
             for out, expr in value:
                 found.add(out)
                 walk(expr)
@@ -162,6 +176,7 @@ def expected_intervals(program: KernelProgram) -> dict:
             for b in touched(k) & temps:
                 first, last = live.get(b, (lo, hi))
                 live[b] = (min(first, lo), max(last, hi))
+
     walk(program.kernels, None)
     return live
 
@@ -179,10 +194,10 @@ def test_no_two_live_buffers_share_memory(name, packing, monkeypatch):
     assert live == expected_intervals(p)
     plan = memory.plan(p, sizes_of(p), live)
     temps = {b.id for b in p.buffers if b.role == "temp"}
-    assert set(plan.offsets) == temps                # inputs, params, consts, outputs never shared
+    assert set(plan.offsets) == temps  # inputs, params, consts, outputs never shared
     scans = sum(isinstance(k, ScanKernel) for k in p.kernels)
     if name in ("char_lstm", "seq2seq_luong", "bilstm_tagger"):
-        assert scans >= 2                           # the forward and the backward loop
+        assert scans >= 2  # the forward and the backward loop
     for b, off in plan.offsets.items():
         assert off % memory.ALIGN == 0 and off + plan.nbytes[b] <= plan.arena
     for b1, b2 in combinations(live, 2):
@@ -206,10 +221,11 @@ def poison_temporaries(monkeypatch):
     def poisoned(self, sizes, fixed):
         lay = layout(self, sizes, fixed)
         plan = self.plans[tuple(sizes[s] for s in self.program.symbols)]
-        ordered = sorted(plan.offsets, key=lambda b: lay.arrays[b].dtype.kind == "f")     # floats last
+        ordered = sorted(plan.offsets, key=lambda b: lay.arrays[b].dtype.kind == "f")  # floats last
         for b in ordered:
             lay.arrays[b][...] = np.nan if lay.arrays[b].dtype.kind == "f" else 1
         return lay
+
     monkeypatch.setattr(Executable, "layout", poisoned)
 
 
@@ -227,8 +243,16 @@ def steps(engine_class, train, evaluation, sizes, n=3):
     return engine, params, losses
 
 
-@pytest.mark.parametrize("name, packing", [("char_lstm", "greedy"), ("seq2seq_luong", "greedy"), ("lenet5", "greedy"),
-                                           ("transformer_classifier", "greedy"), ("seq2seq_luong", "in_order")])
+@pytest.mark.parametrize(
+    "name, packing",
+    [
+        ("char_lstm", "greedy"),
+        ("seq2seq_luong", "greedy"),
+        ("lenet5", "greedy"),
+        ("transformer_classifier", "greedy"),
+        ("seq2seq_luong", "in_order"),
+    ],
+)
 def test_native_training_on_a_poisoned_arena_matches_the_reference(name, packing, monkeypatch):
     monkeypatch.setattr(memory, "GREEDY_UP_TO", PACKINGS[packing])
     poison_temporaries(monkeypatch)
@@ -241,7 +265,7 @@ def test_native_training_on_a_poisoned_arena_matches_the_reference(name, packing
         assert np.abs(nat[k] - ref[k]).max() / max(np.abs(ref[k]).max(), 1e-4) < 1e-4, k
     # the temporaries really are views of one arena, some of them sharing bytes
     exe = engine.train_exe
-    (key, plan), = exe.plans.items()
+    ((key, plan),) = exe.plans.items()
     arrays = exe.layouts[key].arrays
     base = arrays[next(iter(plan.offsets))].base
     assert all(arrays[b].base is base for b in plan.offsets)

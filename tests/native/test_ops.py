@@ -16,6 +16,7 @@ Two harnesses, over the cases of tests/helpers/native_cases.py (the ONNX tests e
   cotangent inputs `r_*` and added to the loss, and the train-step graph (`grad:<param>`
   for every trainable parameter, metrics, state updates and the outputs) is compared.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,9 +34,23 @@ from dlc.compiler.native.lower import NotLowerable
 from dlc.runtime.training import gradcheck as gc
 from dlc.runtime.engines.native import Executable
 from helpers.numeric import ops_in
-from helpers.native_cases import (ACTIVATIONS, LAYERS, MODEL_INPUTS, NATIVE_PRIMS, PRIMS, SCAN_PARAMS, SCANS,
-                                  SLOW_LAYERS, compare, model_feeds, primitive_feeds, run_native, run_reference,
-                                  step_graph, with_random_size)
+from helpers.native_cases import (
+    ACTIVATIONS,
+    LAYERS,
+    MODEL_INPUTS,
+    NATIVE_PRIMS,
+    PRIMS,
+    SCAN_PARAMS,
+    SCANS,
+    SLOW_LAYERS,
+    compare,
+    model_feeds,
+    primitive_feeds,
+    run_native,
+    run_reference,
+    step_graph,
+    with_random_size,
+)
 
 
 def primitive_graph(name: str) -> Graph:
@@ -94,16 +109,29 @@ def _max_pool_gradient_in_window_order(x, g, kernel, stride, padding):
         best, where = -np.inf, None
         for i, j in np.ndindex(kh, kw):
             h, w = ho * sh + i - ph, wo * sw + j - pw
-            if 0 <= h < x.shape[2] and 0 <= w < x.shape[3] and not np.isnan(best) and \
-                    (x[n, c, h, w] > best or np.isnan(x[n, c, h, w])):
+            if (
+                0 <= h < x.shape[2]
+                and 0 <= w < x.shape[3]
+                and not np.isnan(best)
+                and (x[n, c, h, w] > best or np.isnan(x[n, c, h, w]))
+            ):
                 best, where = x[n, c, h, w], (n, c, h, w)
         if where is not None:
             dx[where] += g[n, c, ho, wo]
     return dx
 
 
-@pytest.mark.parametrize("name", ["maxpool2d-k33-s22-wide-rows", "maxpool2d-k33-s11-wide-rows", "maxpool2d-k33-s23",
-                                  "maxpool2d-k33-s22-p11", "maxpool2d-k32-s12-p10", "maxpool2d-k33-s22-nan"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "maxpool2d-k33-s22-wide-rows",
+        "maxpool2d-k33-s11-wide-rows",
+        "maxpool2d-k33-s23",
+        "maxpool2d-k33-s22-p11",
+        "maxpool2d-k32-s12-p10",
+        "maxpool2d-k33-s22-nan",
+    ],
+)
 def test_max_pool_gradients_of_overlapping_windows_add_in_the_windows_order(name):
     """Where windows overlap, an element's gradients are summed in the windows' order
     whichever loop computes them (row chunks of vectors at stride 1 or 2 along W, one
@@ -113,8 +141,9 @@ def test_max_pool_gradients_of_overlapping_windows_add_in_the_windows_order(name
     attrs = graph.attrs(next(iter(graph.nodes_with("maxpool2d"))))
     for _, feeds in primitive_feeds(name, graph):
         got = run_native(exe, feeds, {})["dx"]
-        want = _max_pool_gradient_in_window_order(feeds["x"], feeds["ct_y"], attrs["kernel"], attrs["stride"],
-                                                   attrs["padding"])
+        want = _max_pool_gradient_in_window_order(
+            feeds["x"], feeds["ct_y"], attrs["kernel"], attrs["stride"], attrs["padding"]
+        )
         assert got.tobytes() == want.tobytes(), f"{name}: {np.nanmax(np.abs(got - want))}"
 
 
@@ -148,7 +177,7 @@ def test_random_normal_is_compiled_and_draws_the_reference_numbers():
         for name in ref:
             np.testing.assert_allclose(nat[name], ref[name], rtol=1e-6, atol=1e-6)
     z = ref["output:noisy"] - x
-    assert abs(z.mean()) < 0.2 and 0.3 < z.std() < 0.7      # normal, scaled by 0.5
+    assert abs(z.mean()) < 0.2 and 0.3 < z.std() < 0.7  # normal, scaled by 0.5
 
 
 # ---- model cases: the standard library ------------------------------------------------------------------------------
@@ -204,8 +233,9 @@ def check_model(name: str, body: str, training: bool = True):
 def test_stdlib_forward_and_gradients(name):
     ref = check_model(name, MODEL_CASES[name])
     grads = [v for k, v in ref.items() if k.startswith("grad:")]
-    assert any(np.abs(g).max() > 0 for g in grads) or name in ("act-step", "act-sign_step"), \
+    assert any(np.abs(g).max() > 0 for g in grads) or name in ("act-step", "act-sign_step"), (
         f"{name}: every gradient is zero, the case does not exercise the backward pass"
+    )
 
 
 @pytest.mark.slow
@@ -214,20 +244,25 @@ def test_stdlib_more_variants(name):
     check_model(name, SLOW_CASES[name])
 
 
-@pytest.mark.parametrize("body", [
-    "output y = dropout(v, 0.3)",
-    "output y = batchnorm(img)",
-    "output y = stacked(x, gru, 3, 2, rate = 0.2)",
-    "output y = transformer_encoder_block(dense(x, 4), 2, 8, rate = 0.1, pre_norm = false)",
-    # autodiff refuses integer carries, so this one runs forward only
-    SCAN_PARAMS + """
+@pytest.mark.parametrize(
+    "body",
+    [
+        "output y = dropout(v, 0.3)",
+        "output y = batchnorm(img)",
+        "output y = stacked(x, gru, 3, 2, rate = 0.2)",
+        "output y = transformer_encoder_block(dense(x, 4), 2, 8, rate = 0.1, pre_norm = false)",
+        # autodiff refuses integer carries, so this one runs forward only
+        SCAN_PARAMS
+        + """
     h, k = scan t in T carry h = zeros[B, 13], k = int(zeros[B, 13]) {
         k = k + int(x[:, t] > 0)
         h = tanh(h @ U + x[:, t] @ W) + float(k)
     }
     output h
     output k""",
-], ids=["dropout", "batchnorm", "stacked", "encoder_block_post", "scan_integer_carry"])
+    ],
+    ids=["dropout", "batchnorm", "stacked", "encoder_block_post", "scan_integer_carry"],
+)
 def test_stdlib_evaluation_mode_forward(body, request):
     """The evaluation graphs differ (running statistics, no dropout): forward only."""
     check_model(request.node.callspec.id, body, training=False)
@@ -235,8 +270,8 @@ def test_stdlib_evaluation_mode_forward(body, request):
 
 # ---- coverage: every primitive and every stdlib function is exercised above -------------------------------------
 STDLIB = Path(__file__).parents[2] / "compiler" / "stdlib"
-NOT_LAYERS = {"initializers.dl"}                # run by the reference interpreter (initial values)
-HELPERS = {"conv_padding"}                      # static: computes a padding pair, no tensors
+NOT_LAYERS = {"initializers.dl"}  # run by the reference interpreter (initial values)
+HELPERS = {"conv_padding"}  # static: computes a padding pair, no tensors
 
 
 def test_every_primitive_is_covered():
@@ -276,8 +311,14 @@ def test_every_stdlib_function_is_covered():
                 todo.append(g)
     missing = set(calls) - reached - HELPERS
     assert not missing, f"stdlib functions without a native test: {sorted(missing)}"
-    assert {"transformer_encoder_block", "transformer_decoder_block", "multi_head_attention", "self_attention",
-            "softmax", "layernorm"} <= reached
+    assert {
+        "transformer_encoder_block",
+        "transformer_decoder_block",
+        "multi_head_attention",
+        "self_attention",
+        "softmax",
+        "layernorm",
+    } <= reached
 
 
 TESTED_DTYPES = ("f32", "f64", "i32", "bool")
@@ -297,8 +338,13 @@ def test_every_primitive_is_covered_on_every_dtype_its_type_rule_accepts():
     for name in PRIMS:
         graph = primitive_graph(name)
         covered |= {(graph.op(n), operand_dtype(graph, n)) for n in graph.nx.nodes if graph.inputs(n)}
-    wanted = {(p.name, d) for p in PRIMITIVES.values() if p.pattern is Pattern.ELEMENTWISE or p.name in REDUCTIONS
-              for d in p.dtypes if d in TESTED_DTYPES and (p.name, d) != ("reduce_sum", "bool")}
+    wanted = {
+        (p.name, d)
+        for p in PRIMITIVES.values()
+        if p.pattern is Pattern.ELEMENTWISE or p.name in REDUCTIONS
+        for d in p.dtypes
+        if d in TESTED_DTYPES and (p.name, d) != ("reduce_sum", "bool")
+    }
     # reduce_sum never sees a bool: `sum` and `mean` count trues in i32 (compiler/frontend/builtins.py)
     missing = wanted - covered
     assert not missing, f"(primitive, dtype) without a native test: {sorted(missing)}"

@@ -1,6 +1,7 @@
 """Compiling one module on every core (compiler/native/codegen/parallel_compile.py): the parts of a
 split module hold each of its functions once, link, and train to the same bits as the
 whole module compiled in one process."""
+
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,9 @@ def step_module(tmp_path, monkeypatch, name: str) -> ir.Module:
     """The train step's LLVM module of an example, as the native engine builds it."""
     built = []
     compile_cached = cache.compile_cached
-    monkeypatch.setattr(cache, "compile_cached", lambda module, *level: built.append(module) or compile_cached(module, *level))
+    monkeypatch.setattr(
+        cache, "compile_cached", lambda module, *level: built.append(module) or compile_cached(module, *level)
+    )
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / "cache"))
     five_steps(load(str(EXAMPLES / name)), NativeEngine, Call("sgd", [], {"lr": 0.1}), {"B": 2, "T": 3})
     return next(m for m in built if any(f.name == "dlc_step" for f in m.functions))
@@ -43,7 +46,7 @@ def test_each_function_is_defined_in_one_part(tmp_path, monkeypatch, parts):
     text, pieces = parallel_compile.module_text(module)
     split = parallel_compile.split(module, pieces, parts)
     assert len(split) == parts
-    every = [name for part in split for name in defined(part)]    # jit.parse verifies each part
+    every = [name for part in split for name in defined(part)]  # jit.parse verifies each part
     assert sorted(every) == defined(text)
     # a kernel's helpers (its .part and .worker) stay with it; the step and its table in one part
     home = {name: i for i, part in enumerate(split) for name in defined(part)}
@@ -56,13 +59,15 @@ def trained(tmp_path, monkeypatch, name: str, jobs: str) -> tuple:
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path / f"cache-{jobs}"))
     monkeypatch.setenv("DLC_COMPILE_JOBS", jobs)
     monkeypatch.setattr(parallel_compile, "MIN_SPLIT_CHARS", 0)
-    compiled, here = [], []      # the objects of each module; the parts compiled in this process
+    compiled, here = [], []  # the objects of each module; the parts compiled in this process
     compile_objects, compile_here = parallel_compile.compile_objects, parallel_compile._compile
-    monkeypatch.setattr(parallel_compile, "compile_objects",
-                        lambda *a: compiled.append(compile_objects(*a)) or compiled[-1])
+    monkeypatch.setattr(
+        parallel_compile, "compile_objects", lambda *a: compiled.append(compile_objects(*a)) or compiled[-1]
+    )
     monkeypatch.setattr(parallel_compile, "_compile", lambda *a: here.append(1) or compile_here(*a))
-    params, losses, _, _ = five_steps(load(str(EXAMPLES / name)), NativeEngine, Call("adam", [], {"lr": 1e-3}),
-                                      {"B": 2, "T": 3})
+    params, losses, _, _ = five_steps(
+        load(str(EXAMPLES / name)), NativeEngine, Call("adam", [], {"lr": 1e-3}), {"B": 2, "T": 3}
+    )
     return params, losses, [len(objects) for objects in compiled], len(here)
 
 
@@ -89,6 +94,7 @@ def test_a_part_whose_child_fails_is_compiled_here(tmp_path, monkeypatch):
 @pytest.mark.parametrize("value", ["0", "two", "-1"])
 def test_a_bad_job_count_is_refused(monkeypatch, value):
     from dlc.compiler.errors import DlcError
+
     monkeypatch.setenv("DLC_COMPILE_JOBS", value)
     with pytest.raises(DlcError, match="DLC_COMPILE_JOBS"):
         parallel_compile.jobs()

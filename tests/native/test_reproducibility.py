@@ -2,6 +2,7 @@
 give bit-identical parameters on 1, 2, 3 and 7 threads and under DLC_TARGET=avx2 and the
 host's own target (AVX-512 where the machine has it). Each configuration runs in its own
 process, since the target is chosen once per process."""
+
 import pytest
 
 from helpers.same_bits import EXAMPLES, assert_bit_identical

@@ -5,6 +5,7 @@ weights the engine is given at every call, sizes too small for a window, NaN sem
 
 Commands that could crash the process run in a subprocess, so a segfault is a failing
 test, not a lost test run."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,14 @@ ENGINES = ["native", "reference"]
 
 
 def dlc(*args, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, env=os.environ | {"DLC_NUM_THREADS": "2"}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=os.environ | {"DLC_NUM_THREADS": "2"},
+        timeout=300,
+    )
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
@@ -116,9 +123,11 @@ def test_an_index_computed_from_the_data_is_checked_in_the_kernel(tmp_path, back
 
 def _train_engine(model: DlcModel):
     from dlc.runtime.engines.backends import make_engine
+
     opt = make_optimizer(Call("adam", [], {"lr": 0.1}))
-    return make_engine(model.backend, model.train_model, model.eval_model, opt,
-                       [p.name for p in model.train_model.params])
+    return make_engine(
+        model.backend, model.train_model, model.eval_model, opt, [p.name for p in model.train_model.params]
+    )
 
 
 BATCH_TABLE = """model m {
@@ -161,10 +170,20 @@ def test_out_of_range_indices_do_not_crash_the_process(tmp_path):
     """The same three routes as one subprocess each way: never a signal."""
     path = write(tmp_path, "batch_table.dl", BATCH_TABLE)
     weights = initial_weights(path, tmp_path / "w.npz")
-    for bad in (10 ** 6, -5):
+    for bad in (10**6, -5):
         np.savez(tmp_path / "in.npz", x=np.ones((4, 3), np.float32), idx=np.array([0, bad, 1, 2], np.int32))
-        r = dlc("predict", path, "--weights", weights, "--input", tmp_path / "in.npz", "--output",
-                tmp_path / "out.npz", "--backend", "native")
+        r = dlc(
+            "predict",
+            path,
+            "--weights",
+            weights,
+            "--input",
+            tmp_path / "in.npz",
+            "--output",
+            tmp_path / "out.npz",
+            "--backend",
+            "native",
+        )
         assert r.returncode == 1 and "gather: index out of range" in r.stderr, (r.returncode, r.stderr)
 
 
@@ -182,13 +201,15 @@ MLP = """model m {
 
 def _mlp_data(tmp_path):
     rng = np.random.default_rng(1)
-    np.savez(tmp_path / "data.npz", x=rng.normal(size=(50, 6)).astype(np.float32),
-             y=rng.integers(0, 3, 50).astype(np.int32))
+    np.savez(
+        tmp_path / "data.npz", x=rng.normal(size=(50, 6)).astype(np.float32), y=rng.integers(0, 3, 50).astype(np.int32)
+    )
     return tmp_path / "data.npz"
 
 
-@pytest.mark.parametrize("dtype,order", [(np.float64, "C"), (np.float32, "F"), (np.float64, "F"),
-                                         (np.float16, "C"), (np.int8, "C")])
+@pytest.mark.parametrize(
+    "dtype,order", [(np.float64, "C"), (np.float32, "F"), (np.float64, "F"), (np.float16, "C"), (np.int8, "C")]
+)
 def test_plain_weight_files_of_any_numeric_dtype_and_order_evaluate_as_the_reference(tmp_path, dtype, order):
     path = write(tmp_path, "mlp.dl", MLP)
     weights = initial_weights(path, tmp_path / "w.npz", dtype, order)
@@ -244,16 +265,17 @@ def test_every_call_checks_the_arrays_it_binds_and_reads_values_changed_in_place
     short or not contiguous is refused before native code runs, after good calls too."""
     model = DlcModel(str(write(tmp_path, "mlp.dl", MLP)), backend="native")
     exe = model.engine.predict_exe
-    params = {p.name: np.random.default_rng(0).normal(size=p.type.shape).astype(np.float32)
-              for p in model.eval_model.params}
+    params = {
+        p.name: np.random.default_rng(0).normal(size=p.type.shape).astype(np.float32) for p in model.eval_model.params
+    }
     fixed = exe.given(params)
-    assert all(fixed[bid] is params[name] for name, bid in exe.program.params.items())     # no copies
+    assert all(fixed[bid] is params[name] for name, bid in exe.program.params.items())  # no copies
     feeds = {"x": np.load(_mlp_data(tmp_path))["x"][:5], "rng": np.zeros(2, np.int32)}
     probs = lambda: exe.output("output:probs", *exe.run(feeds, fixed))
     first = probs()
     np.testing.assert_array_equal(probs(), first)
     weight = next(a for a in fixed.values() if a.ndim == 2)
-    weight *= 2.0           # the same array, the same address: its new values
+    weight *= 2.0  # the same array, the same address: its new values
     assert not np.allclose(probs(), first)
     bid = next(b for b, a in fixed.items() if a is weight)
     for bad in (weight.astype(np.float64), weight.ravel()[:-1], np.asfortranarray(weight)):
@@ -270,16 +292,18 @@ def test_the_same_parameters_are_bound_once_and_another_array_at_the_next_call(t
     call, and a bad one is still refused."""
     path = write(tmp_path, "mlp.dl", MLP)
     model = DlcModel(str(path), backend="native").load_weights(
-        str(initial_weights(path, tmp_path / "w.npz", np.float32)))
+        str(initial_weights(path, tmp_path / "w.npz", np.float32))
+    )
     x = np.load(_mlp_data(tmp_path))["x"][:5]
     first = model.predict({"x": x})["probs"]
     exe = model.engine.predict_exe
     assert exe.given(model.params) is exe.given(model.params)
     lay = next(iter(exe.layouts.values()))
-    assert lay.held[exe.program.inputs["x"]] is x                   # not copied
+    assert lay.held[exe.program.inputs["x"]] is x  # not copied
     bound = []
-    monkeypatch.setattr(type(lay), "bind", lambda self, slot, a, bind=type(lay).bind: bound.append(slot) or
-                        bind(self, slot, a))
+    monkeypatch.setattr(
+        type(lay), "bind", lambda self, slot, a, bind=type(lay).bind: bound.append(slot) or bind(self, slot, a)
+    )
     np.testing.assert_array_equal(model.predict({"x": x})["probs"], first)
     assert not set(bound) & set(exe.program.params.values())
     name = next(n for n, a in model.params.items() if a.ndim == 2)
@@ -309,14 +333,34 @@ def test_a_sequence_shorter_than_the_window_is_a_located_error(tmp_path, backend
     path = write(tmp_path, "conv.dl", CONV)
     weights = initial_weights(path, tmp_path / "w.npz")
     np.savez(tmp_path / "short.npz", x=np.ones((2, 3, length), np.float32))
-    r = dlc("predict", path, "--weights", weights, "--input", tmp_path / "short.npz", "--output",
-            tmp_path / "o.npz", "--backend", backend)
+    r = dlc(
+        "predict",
+        path,
+        "--weights",
+        weights,
+        "--input",
+        tmp_path / "short.npz",
+        "--output",
+        tmp_path / "o.npz",
+        "--backend",
+        backend,
+    )
     assert r.returncode == 1, r.stderr
-    where = "conv.dl:4:9" if length < 4 else "conv.dl:5:20"     # the convolution, or the max over nothing
+    where = "conv.dl:4:9" if length < 4 else "conv.dl:5:20"  # the convolution, or the max over nothing
     assert f"{where}: error: the inputs are too small" in r.stderr and f"T = {length}" in r.stderr
     np.savez(tmp_path / "long.npz", x=np.ones((2, 3, 5), np.float32))
-    r = dlc("predict", path, "--weights", weights, "--input", tmp_path / "long.npz", "--output",
-            tmp_path / "o.npz", "--backend", backend)
+    r = dlc(
+        "predict",
+        path,
+        "--weights",
+        weights,
+        "--input",
+        tmp_path / "long.npz",
+        "--output",
+        tmp_path / "o.npz",
+        "--backend",
+        backend,
+    )
     assert r.returncode == 0, r.stderr
 
 
@@ -379,8 +423,11 @@ train m { data = "data.npz"  epochs = 1  batch = 8 }
 
 def _regression_data(tmp_path):
     rng = np.random.default_rng(0)
-    np.savez(tmp_path / "data.npz", x=rng.normal(size=(16, 4)).astype(np.float32),
-             y=rng.normal(size=(16, 4)).astype(np.float32))
+    np.savez(
+        tmp_path / "data.npz",
+        x=rng.normal(size=(16, 4)).astype(np.float32),
+        y=rng.normal(size=(16, 4)).astype(np.float32),
+    )
 
 
 def test_a_denoising_model_trains_natively(tmp_path):
@@ -433,7 +480,9 @@ def test_integer_reductions_and_f64_comparisons_match_the_reference(tmp_path):
 
 
 # ---- item 4 through the trainer: the printed test figures are the restored checkpoint's -------------------
-RESTORE = MLP + """
+RESTORE = (
+    MLP
+    + """
 train m {
     data       = "data.npz"
     test       = split(0.3)
@@ -444,6 +493,7 @@ train m {
     early_stop = patience(2, monitor = val_loss, restore_best = true)
 }
 """
+)
 
 
 @pytest.mark.parametrize("backend", ENGINES)
@@ -486,6 +536,7 @@ def test_a_contraction_or_window_on_f64_is_refused_natively_and_runs_on_the_refe
     from dlc.compiler.frontend.loader import load
     from dlc.compiler.native.lower import NotLowerable
     from dlc.runtime.engines.backends import make_engine
+
     model = load(write(tmp_path, "f64.dl", F64_WINDOWS)).build(None, training=False)
     with pytest.raises(NotLowerable) as e:
         make_engine("native", model, model)
@@ -504,6 +555,7 @@ def test_a_sequence_longer_than_the_learned_positions_is_refused(backend):
     """P[0:T] of 64 learned positions read past P at T = 100 (the native engine gave NaN from
     whatever lay there): the stop of a slice must lie within its operand."""
     from dlc.runtime.training.trainer import initial_parameters
+
     root = Path(__file__).resolve().parents[2]
     model = DlcModel(str(root / "examples" / "transformer_classifier.dl"), backend=backend)
     model.params = initial_parameters(model.eval_model, 1)

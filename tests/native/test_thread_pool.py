@@ -2,6 +2,7 @@
 on a thread of the team asked for, and a run inside a task runs serially on its thread; the
 JIT's process maps no OpenMP run-time, keeps one pool however many engines come and go, and
 exits without waiting on its workers; a forked child starts workers of its own."""
+
 import ctypes
 import os
 import subprocess
@@ -57,7 +58,8 @@ def drive():
         data[0] = nested_threads
         call(data.ctypes.data, nthreads, per_thread)
         return data[1:].reshape(4, MOST_CHUNKS)
-    run.compiled = lib          # its code lives as long as this object
+
+    run.compiled = lib  # its code lives as long as this object
     return run
 
 
@@ -114,8 +116,13 @@ def test_the_jit_maps_no_openmp_runtime_and_keeps_one_pool_over_many_engines(spi
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     env.pop("DLC_SPIN", None)
     env.update({"DLC_SPIN": spin} if spin else {})
-    r = subprocess.run([sys.executable, "-c", POOL_USER, str(ROOT / "examples" / "digits_cnn.dl"), str(cycles)],
-                       env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-c", POOL_USER, str(ROOT / "examples" / "digits_cnn.dl"), str(cycles)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     before, most, openmp = r.stdout.split()
     assert int(most) == int(before) + 2 and openmp == "False", r.stdout
@@ -155,9 +162,12 @@ def test_a_forked_child_starts_workers_of_its_own(tmp_path):
     loader): the child's prediction on 2 threads starts a worker of its own and gives the
     parent's bits; a child that exits without native work exits at once; the parent's pool
     still works. A hang fails by the timeout."""
-    (tmp_path / "wide.dl").write_text("model m {\n    input x: f32[B, 512]\n    output y = dense(x, 512, act = relu)\n}\n")
+    (tmp_path / "wide.dl").write_text(
+        "model m {\n    input x: f32[B, 512]\n    output y = dense(x, 512, act = relu)\n}\n"
+    )
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-c", FORKER, str(tmp_path / "wide.dl")], env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-c", FORKER, str(tmp_path / "wide.dl")], env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["1", "True", "0", "True", "0"], r.stdout

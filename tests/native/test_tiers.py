@@ -1,6 +1,7 @@
 """A program's code in two tiers (runtime/engines/tiers.py): quick code first, O3 once it
 is hot, the same bits from both, the O3 code stored for the next run, a run that ends
 during the O3 compile ending at once, and quick code only (DLC_QUICK_CODE=only)."""
+
 import os
 import subprocess
 import sys
@@ -42,11 +43,12 @@ def trained(name: str, finish_after: int | None):
         if step - 1 == finish_after:
             engine.finish_compiling()
         quick.append(not engine.train_exe.driver.optimized)
-    params, losses, engine, feeds = five_steps(load(str(EXAMPLES / name)), NativeEngine,
-                                               Call("adam", [], {"lr": 1e-3}), SIZES, before_step=before_step)
+
+    params, losses, engine, feeds = five_steps(
+        load(str(EXAMPLES / name)), NativeEngine, Call("adam", [], {"lr": 1e-3}), SIZES, before_step=before_step
+    )
     inputs = {k: v for k, v in feeds.items() if k in {i.name for i in engine.eval_model.inputs}}
-    outputs = engine.evaluate(params, feeds), \
-        engine.predict(params, inputs) if engine.eval_model.graph.outputs else {}
+    outputs = engine.evaluate(params, feeds), engine.predict(params, inputs) if engine.eval_model.graph.outputs else {}
     return params, losses, outputs, quick
 
 
@@ -77,7 +79,7 @@ def _xor_engine():
 
 def test_hot_quick_code_is_replaced_by_o3_code_which_the_next_run_starts_with(tmp_path, monkeypatch):
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)      # hot after its first call
+    monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)  # hot after its first call
     monkeypatch.setattr(tiers, "HOT", 0.0)
     engine, train, evaluation, opt, params, state, feeds = _xor_engine()
     driver, quick, steps = engine.train_exe.driver, engine.train_exe.compiled, 0
@@ -96,9 +98,10 @@ def test_hot_quick_code_is_replaced_by_o3_code_which_the_next_run_starts_with(tm
 
 def test_quick_code_from_the_cache_is_built_again_when_hot(tmp_path, monkeypatch):
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
-    trained("digits_mlp.dl", None)                # quick code, not hot: stored as quick code only
+    trained("digits_mlp.dl", None)  # quick code, not hot: stored as quick code only
     built = []
     from dlc.runtime.engines import native
+
     build_module = native.build_module
     monkeypatch.setattr(native, "build_module", lambda *a, **k: built.append(1) or build_module(*a, **k))
     reference, reference_losses, _, _ = trained("digits_mlp.dl", None)
@@ -113,14 +116,14 @@ def test_quick_code_from_the_cache_is_built_again_when_hot(tmp_path, monkeypatch
 def test_quick_code_only_never_compiles_at_o3_but_runs_o3_code_from_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("DLC_QUICK_CODE", "only")
-    monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)      # hot after its first call, if it could be
+    monkeypatch.setattr(tiers, "O3_SECONDS_PER_BYTE", 0.0)  # hot after its first call, if it could be
     monkeypatch.setattr(tiers, "HOT", 0.0)
     engine, train, evaluation, opt, params, state, feeds = _xor_engine()
     for step in range(1, 6):
         engine.train_step(params, state, feeds, 0.1, step, np.array([0, step], np.int32))
     driver = engine.train_exe.driver
     assert not driver.optimized and driver.children is None, "an O3 compile was started"
-    engine.finish_compiling()           # asked for: compiled, and stored
+    engine.finish_compiling()  # asked for: compiled, and stored
     assert driver.optimized
     again = NativeEngine(train, evaluation, opt, [p.name for p in train.params])
     assert again.train_exe.driver.optimized and again.train_exe.compiled.cached

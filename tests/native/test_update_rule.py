@@ -8,6 +8,7 @@ to the reference alone.
 
 The model's loss is sum(w * g), so the gradient of w is exactly the input g: all three
 see the same gradients. 1037 entries: whole vectors and a remainder."""
+
 import numpy as np
 import pytest
 
@@ -34,21 +35,35 @@ CASES = [
     ("adam", {"lr": 1e-2, "beta1": 0.4, "weight_decay": 0.1}, "Adam", {"betas": (0.4, 0.999), "weight_decay": 0.1}),
     ("adamw", {"lr": 1e-2, "weight_decay": 0.1}, "AdamW", {"weight_decay": 0.1}),
     ("rmsprop", {"lr": 1e-3}, "RMSprop", {}),
-    ("rmsprop", {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.01},
-     "RMSprop", {"momentum": 0.9, "weight_decay": 0.01}),
+    (
+        "rmsprop",
+        {"lr": 1e-3, "momentum": 0.9, "weight_decay": 0.01},
+        "RMSprop",
+        {"momentum": 0.9, "weight_decay": 0.01},
+    ),
     ("sgd", {"lr": 0.1, "weight_decay": 0.01}, "SGD", {"weight_decay": 0.01}),
     ("momentum", {"lr": 0.1}, "SGD", {"momentum": 0.9}),
     ("nesterov", {"lr": 0.1, "weight_decay": 0.01}, "SGD", {"momentum": 0.9, "nesterov": True, "weight_decay": 0.01}),
     ("adagrad", {"lr": 1e-2}, "Adagrad", {}),
-    ("adagrad", {"lr": 1e-2, "lr_decay": 0.1, "weight_decay": 0.01}, "Adagrad", {"lr_decay": 0.1, "weight_decay": 0.01}),
+    (
+        "adagrad",
+        {"lr": 1e-2, "lr_decay": 0.1, "weight_decay": 0.01},
+        "Adagrad",
+        {"lr_decay": 0.1, "weight_decay": 0.01},
+    ),
 ]
 IDS = [f"{c[0]}-{i}" for i, c in enumerate(CASES)]
 # optimizers torch.optim does not have: (dlc optimizer, its options), against the reference only
 NOT_IN_TORCH = [("lion", {"lr": 1e-3}), ("lion", {"lr": 1e-3, "beta1": 0.5, "weight_decay": 0.1})]
 # dlc's optimizer state -> torch's, per torch class
 ADAM_STATE = {"m": "exp_avg", "v": "exp_avg_sq"}
-TORCH_STATE = {"Adam": ADAM_STATE, "AdamW": ADAM_STATE, "RMSprop": {"v": "square_avg", "momentum": "momentum_buffer"},
-               "SGD": {"momentum": "momentum_buffer"}, "Adagrad": {"sum": "sum"}}
+TORCH_STATE = {
+    "Adam": ADAM_STATE,
+    "AdamW": ADAM_STATE,
+    "RMSprop": {"v": "square_avg", "momentum": "momentum_buffer"},
+    "SGD": {"momentum": "momentum_buffer"},
+    "Adagrad": {"sum": "sum"},
+}
 
 
 def gradients():
@@ -103,8 +118,11 @@ def assert_same_steps(ours, theirs, what):
                 raise AssertionError(f"{what}, step {t}, {key}: {e}") from None
 
 
-@pytest.mark.parametrize("name, opts", [c[:2] for c in CASES] + NOT_IN_TORCH,
-                         ids=IDS + [f"{c[0]}-{i}" for i, c in enumerate(NOT_IN_TORCH, len(CASES))])
+@pytest.mark.parametrize(
+    "name, opts",
+    [c[:2] for c in CASES] + NOT_IN_TORCH,
+    ids=IDS + [f"{c[0]}-{i}" for i, c in enumerate(NOT_IN_TORCH, len(CASES))],
+)
 def test_native_update_is_the_reference_rule(name, opts):
     assert_same_steps(native_steps(name, opts), reference_steps(name, opts), "native vs runtime/optim/optimizers.py")
 
@@ -113,8 +131,10 @@ def test_native_update_is_the_reference_rule(name, opts):
 def test_reference_update_is_torch_rule(name, opts, cls, torch_opts, monkeypatch):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     # the reference update with torch's float32 sqrt, which is not correctly rounded: then to the bit
-    monkeypatch.setattr(PRIMITIVES["sqrt"], "impl",
-                        lambda ctx, xs: [torch.from_numpy(np.array(xs[0])).sqrt().numpy()])
+    monkeypatch.setattr(PRIMITIVES["sqrt"], "impl", lambda ctx, xs: [torch.from_numpy(np.array(xs[0])).sqrt().numpy()])
     slots = make_optimizer(Call(name, [], opts)).slots()
-    assert_same_steps(reference_steps(name, opts), torch_steps(torch, cls, torch_opts, opts["lr"], slots),
-                      "runtime/optim/optimizers.py (torch's sqrt) vs torch.optim")
+    assert_same_steps(
+        reference_steps(name, opts),
+        torch_steps(torch, cls, torch_opts, opts["lr"], slots),
+        "runtime/optim/optimizers.py (torch's sqrt) vs torch.optim",
+    )

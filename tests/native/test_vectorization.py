@@ -1,6 +1,7 @@
 """Which loops LLVM vectorizes, and along which axis (compiler/native/codegen/builder.py's loop
 hints, shared_loops.lane_sums): a loop whose accesses are contiguous along it runs on
 vector registers, never on gathers and scatters across the loop around it."""
+
 import re
 
 from dlc.runtime.cli import main
@@ -27,9 +28,11 @@ def test_the_col2im_of_wide_rows_vectorizes_along_them(capsys, tmp_path):
     loop around it across rows, with gathers and scatters (2.4 times as slow in ResNet-18's
     first stage)."""
     path = tmp_path / "col2im.dl"
-    path.write_text("model col2im {\n    input  x: f32[B, 32, 16, 16]\n    target y: f32[B, 32, 16, 16]\n"
-                    "    h = conv2d(x, 32, 3, padding = 1, bias = false) |> relu\n"
-                    "    loss   mse(conv2d(h, 32, 3, padding = 1, bias = false), y)\n}\n")
+    path.write_text(
+        "model col2im {\n    input  x: f32[B, 32, 16, 16]\n    target y: f32[B, 32, 16, 16]\n"
+        "    h = conv2d(x, 32, 3, padding = 1, bias = false) |> relu\n"
+        "    loss   mse(conv2d(h, 32, 3, padding = 1, bias = false), y)\n}\n"
+    )
     body = kernel_code(path, re.escape("accumulate [B, 32, 3, 3, 16, 16]"), capsys, "bf16")
     assert "vgather" not in body and "vscatter" not in body
     assert re.search(r"\bvaddps\s[^\n]*%[yz]mm", body), body[:2000]
@@ -41,9 +44,13 @@ def test_a_sum_of_an_expression_adds_its_lanes_as_vectors(capsys, tmp_path):
     adds to: LLVM vectorizes that loop, the whole expression with it. Written out lane by
     lane, batchnorm's sum of squares ran its products 4 lanes at a time (half its speed)."""
     path = tmp_path / "bn.dl"
-    path.write_text("model bn {\n    input  x: f32[B, 32, 16, 16]\n    target y: f32[B, 32, 16, 16]\n"
-                    "    loss   mse(x |> batchnorm, y)\n}\n")
-    body = kernel_code(path, re.escape("reduce sum over axes [0, 2, 3] of [B, 32, 16, 16]: ") + r"b\d+ <- mul\(sub\(", capsys)
+    path.write_text(
+        "model bn {\n    input  x: f32[B, 32, 16, 16]\n    target y: f32[B, 32, 16, 16]\n"
+        "    loss   mse(x |> batchnorm, y)\n}\n"
+    )
+    body = kernel_code(
+        path, re.escape("reduce sum over axes [0, 2, 3] of [B, 32, 16, 16]: ") + r"b\d+ <- mul\(sub\(", capsys
+    )
     assert re.search(r"\bvmulps\s[^\n]*%[yz]mm", body) and re.search(r"\bvsubps\s[^\n]*%[yz]mm", body), body[:2000]
 
 
@@ -53,8 +60,10 @@ def test_an_accumulation_into_strided_memory_never_scatters(capsys, tmp_path):
     slower than scalar code (3.7 times on AMD Zen 4), so no loop of it is vectorized
     (builder.py, `scattered`)."""
     path = tmp_path / "strided.dl"
-    path.write_text("model strided {\n    input  x: f32[B, 96, 32, 32]\n    target y: f32[B, 96, 16, 16]\n"
-                    "    h = conv2d(x, 96, 1, bias = false)\n"
-                    "    loss   mse(conv2d(h, 96, 3, stride = 2, padding = 1, groups = 96, bias = false), y)\n}\n")
+    path.write_text(
+        "model strided {\n    input  x: f32[B, 96, 32, 32]\n    target y: f32[B, 96, 16, 16]\n"
+        "    h = conv2d(x, 96, 1, bias = false)\n"
+        "    loss   mse(conv2d(h, 96, 3, stride = 2, padding = 1, groups = 96, bias = false), y)\n}\n"
+    )
     body = kernel_code(path, re.escape("accumulate [B, 96, 1, 1, 3, 3, 16, 16]"), capsys)
     assert "vgather" not in body and "vscatter" not in body, body[:2000]

@@ -4,6 +4,7 @@ in float32 and bfloat16, packed for the JIT ("each call": products of one row re
 and as a built library packs them ("once": they stream the packed panels too), at batches
 of one and more; and a prediction after a weight changed in place is that of the new
 weight."""
+
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +31,16 @@ def predictions(exe: Executable, feeds: dict, params: dict) -> bytes:
 def test_weights_packed_once_change_no_bit(model, precision, mode):
     eval_model = load(EXAMPLES / f"{model}.dl").build(None, training=False)
     params = initial_parameters(eval_model, 3)
-    packing, plain = (Executable(predict_graph(eval_model), precision=precision, pack_weights=pack)
-                      for pack in (mode, None))
+    packing, plain = (
+        Executable(predict_graph(eval_model), precision=precision, pack_weights=pack) for pack in (mode, None)
+    )
     assert packing.program.weights_ready is not None and plain.program.weights_ready is None
     feeds = lambda batch: {eval_model.inputs[0].name: inputs(model, batch, seed=batch), "rng": NO_KEY}
     for batch in (1, 5, 1):
         assert predictions(packing, feeds(batch), params) == predictions(plain, feeds(batch), params), batch
     before = predictions(packing, feeds(5), params)
     name = next(n for n in params if n.endswith(("Wx", "Wq")))
-    params[name][...] = np.random.default_rng(0).normal(0, 0.5, params[name].shape)     # in place
+    params[name][...] = np.random.default_rng(0).normal(0, 0.5, params[name].shape)  # in place
     after = predictions(packing, feeds(5), params)
     assert after == predictions(plain, feeds(5), params) and after != before
 
@@ -49,8 +51,9 @@ def test_each_weight_flag_guards_a_copy(model, mode):
     """A flag is made only for a copy of weights that a kernel makes while it is clear:
     a pack of the WeightPacksKernel, or a copy of weights in another form (a Winograd
     convolution's transformed filters, a convolution's filters by channels)."""
-    program = Executable(predict_graph(load(EXAMPLES / f"{model}.dl").build(None, training=False)),
-                         pack_weights=mode).program
+    program = Executable(
+        predict_graph(load(EXAMPLES / f"{model}.dl").build(None, training=False)), pack_weights=mode
+    ).program
     guarded = [flag for k in program.kernels if type(k).__name__ == "WeightPacksKernel" for flag in k.flags]
     guarded += [k.ready[1] for k in program.kernels if type(k).__name__ == "WeightTransformKernel" and k.ready]
     assert sorted(guarded) == list(range(program.buffers[program.weights_ready].size))

@@ -4,6 +4,7 @@ float64 — a convolution and a transposed one, over paddings, tiles that overha
 image and rows of more tiles than a vector has lanes, and a train step's input gradient —
 at the host's vector width and at AArch64's (4 lanes); a prediction's filters transformed
 once; the same bits on any thread count and target."""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ CASES = {
     "stage": (32, 32, 16, 16, 1),
     "overhanging": (33, 40, 7, 9, 1),
     "no-padding": (32, 36, 10, 13, 0),
-    "padding-2": (40, 32, 10, 11, 2),     # transposed: 8 x 9 outputs, 20 tiles
+    "padding-2": (40, 32, 10, 11, 2),  # transposed: 8 x 9 outputs, 20 tiles
     "wide": (32, 34, 5, 75, 1),
 }
 
@@ -38,14 +39,22 @@ CASES = {
 def _source(layer: str, c, o, h, w, padding) -> str:
     """A convolution (or a transposed one) with its bias and a relu: the map after it runs
     in the output transform's store."""
-    return (f"model wg {{\n    input x: f32[B, {c}, {h}, {w}]\n"
-            f"    output y = {layer}(x, {o}, 3, padding = {padding}, act = relu)\n}}\n")
+    return (
+        f"model wg {{\n    input x: f32[B, {c}, {h}, {w}]\n"
+        f"    output y = {layer}(x, {o}, 3, padding = {padding}, act = relu)\n}}\n"
+    )
 
 
 def _torch(layer: str, x, weight, bias, padding):
     f = F.conv2d if layer == "conv2d" else F.conv_transpose2d
-    return F.relu(f(torch.tensor(x, dtype=torch.float64), torch.tensor(weight, dtype=torch.float64),
-                    torch.tensor(bias, dtype=torch.float64), padding=padding)).numpy()
+    return F.relu(
+        f(
+            torch.tensor(x, dtype=torch.float64),
+            torch.tensor(weight, dtype=torch.float64),
+            torch.tensor(bias, dtype=torch.float64),
+            padding=padding,
+        )
+    ).numpy()
 
 
 def matches_torch(layer: str, case: str, batch: int = 3, tolerance: float = 1e-5):
@@ -55,7 +64,7 @@ def matches_torch(layer: str, case: str, batch: int = 3, tolerance: float = 1e-5
     exe = Executable(predict_graph(load_text(_source(layer, *CASES[case]), "wg.dl").build(training=False)))
     assert sum(isinstance(k, WinogradOutputKernel) and k.epilogue is not None for k in exe.program.kernels) == 1
     rng = np.random.default_rng(len(case))
-    weight = (rng.standard_normal((o, c, 3, 3) if layer == "conv2d" else (c, o, 3, 3)) / (3 * c ** 0.5))
+    weight = rng.standard_normal((o, c, 3, 3) if layer == "conv2d" else (c, o, 3, 3)) / (3 * c**0.5)
     params = {"y.W": weight.astype(np.float32), "y.b": rng.standard_normal(o).astype(np.float32)}
     x = rng.standard_normal((batch, c, h, w)).astype(np.float32)
     got = run_native(exe, {"x": x}, params)["output:y"]
@@ -76,8 +85,9 @@ def test_winograd_at_aarch64s_vector_width_matches_torch(case, monkeypatch, tmp_
     row of 2 x 2 outputs woven from 2 vectors."""
     from dlc.compiler.native.codegen.gemm.blocking import NEON
     from dlc.compiler.native.codegen import image_rows
+
     monkeypatch.setattr(image_rows, "vector_width", lambda: NEON.vw)
-    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))     # not the host width's code, cached by program
+    monkeypatch.setenv("DLC_CACHE_DIR", str(tmp_path))  # not the host width's code, cached by program
     matches_torch("conv2d", case)
 
 
@@ -88,8 +98,10 @@ def test_a_predictions_filters_transformed_once_are_those_of_its_weights(mode):
     a weight changed in place, those of the new weight."""
     model = load_text(_source("conv2d", *CASES["overhanging"]), "wg.dl").build(training=False)
     rng = np.random.default_rng(1)
-    params = {"y.W": rng.standard_normal((40, 33, 3, 3)).astype(np.float32),
-              "y.b": rng.standard_normal(40).astype(np.float32)}
+    params = {
+        "y.W": rng.standard_normal((40, 33, 3, 3)).astype(np.float32),
+        "y.b": rng.standard_normal(40).astype(np.float32),
+    }
     x = {"x": rng.standard_normal((2, 33, 7, 9)).astype(np.float32)}
     assert_weight_copy_follows_weights(model, mode, "winograd filters", x, params, "y.W")
 
@@ -116,7 +128,7 @@ def test_only_3x3_stride_1_convolutions_of_many_channels_and_tiles_are_winograds
     model = load_text(RULE, "rule.dl").build(training=False)
     program = Executable(predict_graph(model), precision=precision).program
     inputs = [k for k in program.kernels if isinstance(k, WinogradInputKernel)]
-    if precision == "bf16":     # a bf16 program rounds a convolution's own operands: a GEMM of its windows
+    if precision == "bf16":  # a bf16 program rounds a convolution's own operands: a GEMM of its windows
         assert not inputs
         return
     assert [k.x_shape[1:] for k in inputs] == [(32, 12, 12)], [line for k in program.kernels for line in k.text()]
@@ -126,24 +138,37 @@ def test_winograd_training_matches_torch():
     """A train step: the convolution (after a pointwise one, whose input gradient reads
     Winograd's) and its input gradient both Winograd's, every gradient torch's in float64."""
     c, o, h, w, padding = CASES["overhanging"]
-    model = load_text(f"model wg {{\n    input x: f32[B, {c}, {h}, {w}]\n    p = conv2d(x, {c}, 1, bias = false)\n"
-                      f"    output y = conv2d(p, {o}, 3, padding = {padding})\n}}\n", "wg.dl").build(training=True)
+    model = load_text(
+        f"model wg {{\n    input x: f32[B, {c}, {h}, {w}]\n    p = conv2d(x, {c}, 1, bias = false)\n"
+        f"    output y = conv2d(p, {o}, 3, padding = {padding})\n}}\n",
+        "wg.dl",
+    ).build(training=True)
     exe = Executable(step_graph(model))
-    assert sum(isinstance(k, WinogradOutputKernel) for k in exe.program.kernels) == 2    # forward, input gradient
+    assert sum(isinstance(k, WinogradOutputKernel) for k in exe.program.kernels) == 2  # forward, input gradient
     rng = np.random.default_rng(5)
-    params = {"p.W": rng.standard_normal((c, c, 1, 1)) / c ** 0.5, "y.W": rng.standard_normal((o, c, 3, 3)) / 3,
-              "y.b": rng.standard_normal(o)}
+    params = {
+        "p.W": rng.standard_normal((c, c, 1, 1)) / c**0.5,
+        "y.W": rng.standard_normal((o, c, 3, 3)) / 3,
+        "y.b": rng.standard_normal(o),
+    }
     params = {name: v.astype(np.float32) for name, v in params.items()}
     x = rng.standard_normal((3, c, h, w)).astype(np.float32)
-    step_matches_torch(exe, params, x, lambda x, T: F.conv2d(F.conv2d(x, T["p.W"]), T["y.W"], T["y.b"], padding=padding),
-                       rng, "overhanging")
+    step_matches_torch(
+        exe,
+        params,
+        x,
+        lambda x, T: F.conv2d(F.conv2d(x, T["p.W"]), T["y.W"], T["y.b"], padding=padding),
+        rng,
+        "overhanging",
+    )
 
 
 def test_winograd_training_has_the_same_bits_on_any_thread_count_and_target(tmp_path):
     (tmp_path / "wg.dl").write_text(
         "model wg {\n    input x: f32[B, 32, 10, 14]\n    input y: f32[B, 32, 10, 14]\n"
         "    h = conv2d(x, 32, 3, padding = 1, act = relu)\n"
-        "    loss mean((conv2d(h, 32, 3, padding = 1) - y)^2)\n}\n")
+        "    loss mean((conv2d(h, 32, 3, padding = 1) - y)^2)\n}\n"
+    )
     assert_bit_identical([str(tmp_path / "wg")], tmp_path)
 
 
@@ -168,8 +193,13 @@ def test_winograd_has_the_same_bits_on_any_thread_count_and_target(tmp_path):
     for target, threads in [("host", 1), ("host", 2), ("host", 3), ("avx2", 2)]:
         out = tmp_path / f"{target}-{threads}.npy"
         env = {**os.environ, "DLC_TARGET": target, "DLC_NUM_THREADS": str(threads)}
-        done = subprocess.run([sys.executable, "-c", SAME_BITS, source, str(out)], env=env, capture_output=True,
-                              text=True, cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        done = subprocess.run(
+            [sys.executable, "-c", SAME_BITS, source, str(out)],
+            env=env,
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         results.append(np.load(out))
     assert all(np.array_equal(results[0], r) for r in results[1:])

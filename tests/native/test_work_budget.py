@@ -1,6 +1,7 @@
 """Work budget (runtime/engines/budget.py): a call whose estimated time, from its FLOP count, is
 beyond DLC_WORK_BUDGET seconds is refused at the line that makes most of it, before it runs;
 `none` and --no-budget let it run."""
+
 import re
 from pathlib import Path
 
@@ -30,8 +31,17 @@ def summed(tmp_path):
 
 
 def predict(path, *flags):
-    return ["predict", str(path / "m.dl"), "--weights", str(path / "w.npz"), "--data", str(path / "in.npz"),
-            "--output", str(path / "out.npz"), *flags]
+    return [
+        "predict",
+        str(path / "m.dl"),
+        "--weights",
+        str(path / "w.npz"),
+        "--data",
+        str(path / "in.npz"),
+        "--output",
+        str(path / "out.npz"),
+        *flags,
+    ]
 
 
 @pytest.mark.parametrize("backend", ["native", "reference"])

@@ -1,5 +1,6 @@
 """The ONNX backend node tests (onnx.backend.test) as a conformance oracle, on both engines:
 tools/onnx_conformance.py runs them, docs/onnx.md holds the table this test checks."""
+
 import pickle
 import re
 
@@ -25,16 +26,19 @@ def cases():
 def outcomes(cases, engine) -> dict:
     """The engine's outcomes by case name, computed once per test session (a worker may tear
     the module's fixtures down between this file's tests)."""
+
     def run(folder):
         (folder / "outcomes.pickle").write_bytes(pickle.dumps(run_batched(cases, engine)))
+
     return pickle.loads((session_folder(f"onnx-conformance-{engine}", run) / "outcomes.pickle").read_bytes())
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_every_node_test_passes_or_is_refused_with_a_reason(cases, engine):
     got = outcomes(cases, engine)
-    failed = [f"{c.name} [{c.op}]: {got[c.name].message.splitlines()[0]}"
-              for c in cases if got[c.name].status == "fail"]
+    failed = [
+        f"{c.name} [{c.op}]: {got[c.name].message.splitlines()[0]}" for c in cases if got[c.name].status == "fail"
+    ]
     assert not failed, f"{len(failed)} node tests fail on the {engine} engine:\n" + "\n".join(failed)
     refused = [got[c.name] for c in cases if got[c.name].status == "not supported"]
     assert all(o.reason in REASONS and o.message for o in refused)
@@ -42,8 +46,11 @@ def test_every_node_test_passes_or_is_refused_with_a_reason(cases, engine):
     # does not express (an attribute, a dtype among the inputs, a shape), never as an unknown op
     mapped = [c for c in cases if c.op in RULES and is_float32(c) and len(c.model.graph.node) == 1]
     assert len(mapped) > 500
-    wrong = [f"{c.name}: {got[c.name].message}" for c in mapped
-             if got[c.name].status != "pass" and got[c.name].reason in ("op", "opset")]
+    wrong = [
+        f"{c.name}: {got[c.name].message}"
+        for c in mapped
+        if got[c.name].status != "pass" and got[c.name].reason in ("op", "opset")
+    ]
     assert not wrong, "\n".join(wrong)
 
 

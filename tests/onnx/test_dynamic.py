@@ -38,8 +38,9 @@ def check_against_onnxruntime(tmp_path, path, feeds_list):
         for feeds in feeds_list:
             got = model.predict({result.inputs[k]: v for k, v in feeds.items()})
             for name, want in zip(names, session.run(None, feeds)):
-                np.testing.assert_allclose(got[result.outputs[name]], want, rtol=1e-5, atol=1e-5,
-                                           err_msg=f"{name} on the {backend} engine")
+                np.testing.assert_allclose(
+                    got[result.outputs[name]], want, rtol=1e-5, atol=1e-5, err_msg=f"{name} on the {backend} engine"
+                )
     return result.text
 
 
@@ -59,9 +60,17 @@ def test_a_transformer_imports_with_its_batch_and_sequence_symbolic(tmp_path, na
 def test_attention_masks_of_a_padded_batch(tmp_path, exporter):
     path = export(tmp_path, "masks", exporter)
     rng = np.random.default_rng(0)
-    text = check_against_onnxruntime(tmp_path, path, [
-        {"x": rng.standard_normal((b, t)).astype(np.float32), "attention_mask": sequences(b, t, t)["attention_mask"]}
-        for b, t in ((3, 5), (1, 9))])
+    text = check_against_onnxruntime(
+        tmp_path,
+        path,
+        [
+            {
+                "x": rng.standard_normal((b, t)).astype(np.float32),
+                "attention_mask": sequences(b, t, t)["attention_mask"],
+            }
+            for b, t in ((3, 5), (1, 9))
+        ],
+    )
     assert "arange(length)" in text and "scan" not in text
 
 
@@ -71,8 +80,9 @@ def test_a_channel_shuffle_divides_the_channels_with_a_dynamic_batch(tmp_path, e
     (116 + 1) / 2 truncates as ONNX's integer Div does."""
     path = export(tmp_path, "shuffle", exporter)
     rng = np.random.default_rng(0)
-    text = check_against_onnxruntime(tmp_path, path, [{"x": rng.standard_normal((b, 116, 7, 7)).astype(np.float32)}
-                                                      for b in (1, 3)])
+    text = check_against_onnxruntime(
+        tmp_path, path, [{"x": rng.standard_normal((b, 116, 7, 7)).astype(np.float32)} for b in (1, 3)]
+    )
     assert "input x: f32[batch, 116, 7, 7]" in text and "batch, 2, 58, 7, 7" in text
 
 
@@ -81,25 +91,39 @@ def test_a_running_sum_along_the_sequence(tmp_path, exclusive, reverse):
     """RoBERTa's position ids, the running count of a padding mask along the symbolic
     sequence axis: CumSum where a scan cannot step (its length is not known)."""
     from onnx import TensorProto, helper as h
-    graph = h.make_graph([
-        h.make_node("Cast", ["mask"], ["counts"], to=TensorProto.INT64),
-        h.make_node("CumSum", ["counts", "axis"], ["positions"], exclusive=exclusive, reverse=reverse),
-        h.make_node("CumSum", ["x", "axis"], ["sums"], exclusive=exclusive, reverse=reverse),
-    ], "running", [h.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", "length"]),
-                   h.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
-        [h.make_tensor_value_info("positions", TensorProto.INT64, ["batch", "length"]),
-         h.make_tensor_value_info("sums", TensorProto.FLOAT, ["batch", "length"])],
-        [onnx.numpy_helper.from_array(np.array(1, np.int64), "axis")])
+
+    graph = h.make_graph(
+        [
+            h.make_node("Cast", ["mask"], ["counts"], to=TensorProto.INT64),
+            h.make_node("CumSum", ["counts", "axis"], ["positions"], exclusive=exclusive, reverse=reverse),
+            h.make_node("CumSum", ["x", "axis"], ["sums"], exclusive=exclusive, reverse=reverse),
+        ],
+        "running",
+        [
+            h.make_tensor_value_info("mask", TensorProto.BOOL, ["batch", "length"]),
+            h.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"]),
+        ],
+        [
+            h.make_tensor_value_info("positions", TensorProto.INT64, ["batch", "length"]),
+            h.make_tensor_value_info("sums", TensorProto.FLOAT, ["batch", "length"]),
+        ],
+        [onnx.numpy_helper.from_array(np.array(1, np.int64), "axis")],
+    )
     path = tmp_path / "running.onnx"
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), path)
     rng = np.random.default_rng(0)
-    text = check_against_onnxruntime(tmp_path, path, [
-        {"mask": rng.random((b, t)) > 0.3, "x": rng.standard_normal((b, t)).astype(np.float32)}
-        for b, t in ((2, 5), (3, 8))])
+    text = check_against_onnxruntime(
+        tmp_path,
+        path,
+        [
+            {"mask": rng.random((b, t)) > 0.3, "x": rng.standard_normal((b, t)).astype(np.float32)}
+            for b, t in ((2, 5), (3, 8))
+        ],
+    )
     assert "arange(length)" in text and "scan" not in text
 
 
-CONTRACTIONS = {    # equation: the operands' shapes (b is the symbolic batch)
+CONTRACTIONS = {  # equation: the operands' shapes (b is the symbolic batch)
     "ij,jk->ik": [("b", 5), (5, 3)],
     "bij,bjk->bik": [("b", 4, 5), ("b", 5, 3)],
     "bhqd,bhkd->bhqk": [("b", 2, 4, 8), ("b", 2, 6, 8)],
@@ -118,33 +142,53 @@ def test_an_einsum_contraction_is_matrix_products(tmp_path, equation):
     """The common contractions (matmul, batched, with transposes, bilinear, an outer
     product) are one `@` per pair of operands, on a symbolic batch."""
     from onnx import TensorProto, helper as h
+
     shapes = CONTRACTIONS[equation]
     names = [f"x{k}" for k in range(len(shapes))]
-    batch = 7       # no other size: the output's dims of this size are the batch
+    batch = 7  # no other size: the output's dims of this size are the batch
     result = np.einsum(equation, *(np.zeros([batch if d == "b" else d for d in s]) for s in shapes))
     out = h.make_tensor_value_info("y", TensorProto.FLOAT, ["batch" if d == batch else d for d in result.shape])
     rng = np.random.default_rng(0)
-    inputs = [k for k, s in zip(names, shapes) if s[0] == "b"]       # the others are weights
-    graph = h.make_graph([h.make_node("Einsum", names, ["y"], equation=equation)], "einsum",
-                         [h.make_tensor_value_info(k, TensorProto.FLOAT, ["batch", *s[1:]])
-                          for k, s in zip(names, shapes) if k in inputs], [out],
-                         [onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), k)
-                          for k, s in zip(names, shapes) if k not in inputs])
+    inputs = [k for k, s in zip(names, shapes) if s[0] == "b"]  # the others are weights
+    graph = h.make_graph(
+        [h.make_node("Einsum", names, ["y"], equation=equation)],
+        "einsum",
+        [
+            h.make_tensor_value_info(k, TensorProto.FLOAT, ["batch", *s[1:]])
+            for k, s in zip(names, shapes)
+            if k in inputs
+        ],
+        [out],
+        [
+            onnx.numpy_helper.from_array(rng.standard_normal(s).astype(np.float32), k)
+            for k, s in zip(names, shapes)
+            if k not in inputs
+        ],
+    )
     path = tmp_path / "einsum.onnx"
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), path)
-    text = check_against_onnxruntime(tmp_path, path, [
-        {k: rng.standard_normal((batch, *s[1:])).astype(np.float32) for k, s in zip(names, shapes) if k in inputs}
-        for batch in (1, 3)])
+    text = check_against_onnxruntime(
+        tmp_path,
+        path,
+        [
+            {k: rng.standard_normal((batch, *s[1:])).astype(np.float32) for k, s in zip(names, shapes) if k in inputs}
+            for batch in (1, 3)
+        ],
+    )
     assert text.count(" @ ") == len(shapes) - 1 and " * " not in text
 
 
 def shape_model(tmp_path, name, nodes, output_shape, *constants):
     """A model of x: f32[batch, length] whose nodes compute on its shape ("shape")."""
     from onnx import TensorProto, helper as h
-    graph = h.make_graph([h.make_node("Shape", ["x"], ["shape"]), *nodes], name,
-                         [h.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
-                         [h.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)],
-                         [onnx.numpy_helper.from_array(np.array(v, np.int64), k) for k, v in constants])
+
+    graph = h.make_graph(
+        [h.make_node("Shape", ["x"], ["shape"]), *nodes],
+        name,
+        [h.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "length"])],
+        [h.make_tensor_value_info("y", TensorProto.FLOAT, output_shape)],
+        [onnx.numpy_helper.from_array(np.array(v, np.int64), k) for k, v in constants],
+    )
     path = tmp_path / f"{name}.onnx"
     onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 17)]), path)
     return path
@@ -154,27 +198,44 @@ def test_a_comparison_of_dims_that_depends_on_the_sizes_is_computed_at_run_time(
     """length == 4 is true for some sizes only: its value is computed from the dim's, and
     the data it selects is a run-time value; length + 1 == 0 is never true: folded."""
     from onnx import helper as h
-    path = shape_model(tmp_path, "compare", [
-        h.make_node("Gather", ["shape", "one"], ["length"]),
-        h.make_node("Equal", ["length", "four"], ["is_four"]),
-        h.make_node("Add", ["length", "one"], ["longer"]),
-        h.make_node("Equal", ["longer", "zero"], ["never"]),
-        h.make_node("Or", ["is_four", "never"], ["either"]),
-        h.make_node("Cast", ["either"], ["scale"], to=onnx.TensorProto.FLOAT),
-        h.make_node("Mul", ["x", "scale"], ["y"]),
-    ], ["batch", "length"], ("one", 1), ("four", 4), ("zero", 0))
+
+    path = shape_model(
+        tmp_path,
+        "compare",
+        [
+            h.make_node("Gather", ["shape", "one"], ["length"]),
+            h.make_node("Equal", ["length", "four"], ["is_four"]),
+            h.make_node("Add", ["length", "one"], ["longer"]),
+            h.make_node("Equal", ["longer", "zero"], ["never"]),
+            h.make_node("Or", ["is_four", "never"], ["either"]),
+            h.make_node("Cast", ["either"], ["scale"], to=onnx.TensorProto.FLOAT),
+            h.make_node("Mul", ["x", "scale"], ["y"]),
+        ],
+        ["batch", "length"],
+        ("one", 1),
+        ("four", 4),
+        ("zero", 0),
+    )
     rng = np.random.default_rng(0)
-    text = check_against_onnxruntime(tmp_path, path, [{"x": rng.standard_normal((2, t)).astype(np.float32)}
-                                                      for t in (4, 5)])
+    text = check_against_onnxruntime(
+        tmp_path, path, [{"x": rng.standard_normal((2, t)).astype(np.float32)} for t in (4, 5)]
+    )
     assert 'cast(length, "i64") == 4' in text and "longer" not in text
 
 
 def test_a_division_of_a_dim_that_is_not_exact_for_every_size_is_refused(tmp_path):
     from onnx import helper as h
-    path = shape_model(tmp_path, "halves", [
-        h.make_node("Div", ["shape", "two"], ["halves"]),
-        h.make_node("Reshape", ["x", "halves"], ["y"]),
-    ], [None, None], ("two", 2))
+
+    path = shape_model(
+        tmp_path,
+        "halves",
+        [
+            h.make_node("Div", ["shape", "two"], ["halves"]),
+            h.make_node("Reshape", ["x", "halves"], ["y"]),
+        ],
+        [None, None],
+        ("two", 2),
+    )
     with pytest.raises(DlcError, match="the division of the dim batch by 2, which is not exact for every size"):
         import_model(read_model(path), source=path.name)
 
@@ -183,13 +244,22 @@ def test_a_scatter_into_a_tensor_of_symbolic_dims(tmp_path):
     """ScatterND into x: f32[batch, length] (row 0 becomes the column sums): the positions
     match the rows by comparison, as a one-hot of a symbolic size cannot."""
     from onnx import helper as h
-    path = shape_model(tmp_path, "scatter", [
-        h.make_node("ReduceSum", ["x", "zero"], ["sums"], keepdims=1),
-        h.make_node("ScatterND", ["x", "row", "sums"], ["y"]),
-    ], ["batch", "length"], ("zero", [0]), ("row", [[0]]))
+
+    path = shape_model(
+        tmp_path,
+        "scatter",
+        [
+            h.make_node("ReduceSum", ["x", "zero"], ["sums"], keepdims=1),
+            h.make_node("ScatterND", ["x", "row", "sums"], ["y"]),
+        ],
+        ["batch", "length"],
+        ("zero", [0]),
+        ("row", [[0]]),
+    )
     rng = np.random.default_rng(0)
-    text = check_against_onnxruntime(tmp_path, path, [{"x": rng.standard_normal((b, 4)).astype(np.float32)}
-                                                      for b in (2, 5)])
+    text = check_against_onnxruntime(
+        tmp_path, path, [{"x": rng.standard_normal((b, 4)).astype(np.float32)} for b in (2, 5)]
+    )
     assert "== arange(batch)" in text
 
 
@@ -200,14 +270,22 @@ def test_hugging_face_models_import_with_a_dynamic_batch(tmp_path, name, exporte
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     if name == "bert":
-        model = transformers.BertModel(transformers.BertConfig(
-            vocab_size=VOCAB, hidden_size=HIDDEN, num_hidden_layers=2, num_attention_heads=HEADS,
-            intermediate_size=2 * HIDDEN, max_position_embeddings=POSITIONS))
+        model = transformers.BertModel(
+            transformers.BertConfig(
+                vocab_size=VOCAB,
+                hidden_size=HIDDEN,
+                num_hidden_layers=2,
+                num_attention_heads=HEADS,
+                intermediate_size=2 * HIDDEN,
+                max_position_embeddings=POSITIONS,
+            )
+        )
     else:
-        model = transformers.GPT2Model(transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2,
-                                                               n_head=HEADS, n_positions=POSITIONS))
+        model = transformers.GPT2Model(
+            transformers.GPT2Config(vocab_size=VOCAB, n_embd=HIDDEN, n_layer=2, n_head=HEADS, n_positions=POSITIONS)
+        )
 
-    class Hidden(nn.Module):        # the last hidden state, of ids and a mask
+    class Hidden(nn.Module):  # the last hidden state, of ids and a mask
         def __init__(self):
             super().__init__()
             self.model = model.eval()
@@ -216,8 +294,9 @@ def test_hugging_face_models_import_with_a_dynamic_batch(tmp_path, name, exporte
             return self.model(input_ids=ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
 
     try:
-        path = export_module(tmp_path, name, exporter, Hidden(), ["ids", "attention_mask"], ["hidden"],
-                             sequences(2, 7, 0))
+        path = export_module(
+            tmp_path, name, exporter, Hidden(), ["ids", "attention_mask"], ["hidden"], sequences(2, 7, 0)
+        )
     except RuntimeError as e:
         if (name, exporter) != ("gpt2", "torchscript"):
             raise

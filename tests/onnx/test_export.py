@@ -8,6 +8,7 @@ run by onnxruntime at two sizes of its symbolic dims (batch and sequence lengths
 file serves them all. The outputs must equal the reference's to 1e-5 of the output's
 largest magnitude (integers and bools exactly).
 """
+
 from __future__ import annotations
 
 import re
@@ -33,8 +34,17 @@ from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402
 from dlc.runtime.engines.reference import predict_graph  # noqa: E402
 from helpers.numeric import ops_in  # noqa: E402
-from helpers.native_cases import (ACTIVATIONS, LAYERS, MODEL_INPUTS, PRIMS, SCAN_PARAMS, SCANS,  # noqa: E402
-                                  SLOW_LAYERS, case_rng, primitive_feeds)
+from helpers.native_cases import (
+    ACTIVATIONS,
+    LAYERS,
+    MODEL_INPUTS,
+    PRIMS,
+    SCAN_PARAMS,
+    SCANS,
+    SLOW_LAYERS,
+    case_rng,
+    primitive_feeds,
+)
 from helpers.onnx_runs import EXAMPLES, SIZES, assert_close, exported, float32_feeds, initial_params, run_onnx  # noqa: E402
 
 
@@ -103,7 +113,8 @@ MORE_LAYERS = {
     "one_hot_argmax": "output y = one_hot(argmax(v, -1), 129)\n output k = argmax(v, -1)",
     "two_symbolic_dims": "output y = reshape(x, B * T, 13)\n output z = reshape(x, B, T * 13)",
     "scan_fixed_length": "output y = scan k in 3 carry p = x[:, 0] {\n p = p * 0.5 + 1\n }",
-    "scan_integer_carry": SCAN_PARAMS + """
+    "scan_integer_carry": SCAN_PARAMS
+    + """
     h, k = scan t in T carry h = zeros[B, 13], k = int(zeros[B, 13]) {
         k = k + int(x[:, t] > 0)
         h = tanh(h @ U + x[:, t] @ W) + float(k)
@@ -140,7 +151,7 @@ def test_stdlib_layer_matches_the_reference(name):
     graph = predict_graph(model)
     for k, sizes in enumerate(LAYER_SIZES):
         feeds = float32_feeds(model, sizes, seed=k)
-        ref = {name[len("output:"):]: v for name, v in interpreter.run(graph, feeds, params).items()}
+        ref = {name[len("output:") :]: v for name, v in interpreter.run(graph, feeds, params).items()}
         got = run_onnx(proto, feeds)
         for out in ref:
             assert_close(got[out], ref[out], f"{name} {out} at {sizes}")
@@ -174,8 +185,10 @@ def primitive_model(name: str) -> Model:
     t = {n: g.add1("input", type=TensorType(dtype, shape), name=n) for n, (dtype, shape, _) in case.inputs.items()}
     built = case.build(g, t)
     outputs = {"y": built} if isinstance(built, Tensor) else dict(built)
-    for s in sorted(set().union(*(symbols(typ.shape) for n in g.nx.nodes for typ in g.types(n)))
-                    - set().union(*(symbols(x.shape) for x in t.values()))):
+    for s in sorted(
+        set().union(*(symbols(typ.shape) for n in g.nx.nodes for typ in g.types(n)))
+        - set().union(*(symbols(x.shape) for x in t.values()))
+    ):
         t[f"{s}_axis"] = g.add1("input", type=TensorType("f32", (Dim.sym(s),)), name=f"{s}_axis")
     return graph_model(g, t, outputs)
 
@@ -192,14 +205,14 @@ def test_primitive_matches_the_reference(name):
         ref = interpreter.run(model.graph, feeds, {}, float_dtype=None)
         got = run_onnx(proto, feeds)
         for out, value in ref.items():
-            assert_close(got[out[len("output:"):]], value, f"{name} {out} at {sizes}")
+            assert_close(got[out[len("output:") :]], value, f"{name} {out} at {sizes}")
 
 
 def test_the_primitive_cases_leave_out_only_what_is_not_exportable():
     refused = set(PRIMS) - set(EXPORTABLE_PRIMS)
     assert refused == {"random-uniform", "scatter_add", "replica_mean", "maxpool2d_gather"}
     covered = set().union(*(ops_in(primitive_model(k).graph) for k in EXPORTABLE_PRIMS))
-    assert set(EXPORT_RULES) - covered <= {"param", "scan", "arg"}        # the layer cases have those
+    assert set(EXPORT_RULES) - covered <= {"param", "scan", "arg"}  # the layer cases have those
 
 
 def test_expm1_and_log1p_keep_the_digits_of_small_numbers():
@@ -214,13 +227,16 @@ def test_expm1_and_log1p_keep_the_digits_of_small_numbers():
 
 
 def test_float64_models_export_as_double():
-    program = load_text("""
+    program = load_text(
+        """
 model m {
     input x: f64[B, 3]
     param W: f64[3, 2] = glorot_uniform
     param b: f64[2] = zeros
     output y = tanh(x @ W + b) * float(3)
-}""", "f64.dl")
+}""",
+        "f64.dl",
+    )
     model = program.build(training=False)
     params = initial_params(program.build(training=True), model)
     proto = exported(model, params)
@@ -265,7 +281,7 @@ def test_a_scan_is_one_scan_node_whatever_its_length():
         assert len(scans) == 1
         body = onnx.helper.get_attribute_value(next(a for a in scans[0].attribute if a.name == "body"))
         assert [n.op_type for n in body.node if n.op_type in ("Gemm", "Tanh")] == ["Gemm", "Tanh"]
-        assert "hs.Wh" not in [i.name for i in body.input]     # an invariant: read from the outer graph
+        assert "hs.Wh" not in [i.name for i in body.input]  # an invariant: read from the outer graph
         counts.append(len(all_nodes(proto.graph)))
     assert counts[0] == counts[1]
 
@@ -287,20 +303,22 @@ def test_doc_strings_name_the_source_and_initializers_the_parameters():
     # the dense layer: rnn.dl, line 5 (the user's file), through the standard library
     assert any(re.fullmatch(r"<stdlib>/layers\.dl:\d+:\d+, called from rnn\.dl:5:\d+", d) for d in docs)
     assert any(re.fullmatch(r"<stdlib>/recurrent\.dl:\d+:\d+, called from rnn\.dl:4:\d+", d) for d in docs)
-    assert any(re.fullmatch(r"rnn\.dl:5:\d+", d) for d in docs)       # hs[:, -1]
-    assert sorted(i.name for i in proto.graph.initializer) == \
-        ["hs.Wh", "hs.Wx", "hs.bh", "hs.bx", "y.W", "y.b"]
+    assert any(re.fullmatch(r"rnn\.dl:5:\d+", d) for d in docs)  # hs[:, -1]
+    assert sorted(i.name for i in proto.graph.initializer) == ["hs.Wh", "hs.Wx", "hs.bh", "hs.bx", "y.W", "y.b"]
 
 
 def test_outputs_of_one_value_and_of_an_input_get_their_own_names():
-    program = load_text("""
+    program = load_text(
+        """
 model m {
     input x: f32[B, 4]
     h = x * 2
     output a = h
     output b = h
     output same = x
-}""", "outs.dl")
+}""",
+        "outs.dl",
+    )
     proto = exported(program.build(training=False), {})
     assert [o.name for o in proto.graph.output] == ["a", "b", "same"]
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
@@ -339,11 +357,14 @@ def test_save_onnx_writes_a_file_onnxruntime_reads(tmp_path):
 
 # ---- errors -----------------------------------------------------------------------------------------------------
 def test_a_random_draw_is_refused_at_its_line():
-    program = load_text("""model m {
+    program = load_text(
+        """model m {
     input x: f32[B, 4]
     h = x * 2
     output y = h + random_uniform(B, 4)
-}""", "rand.dl")
+}""",
+        "rand.dl",
+    )
     with pytest.raises(DlcError) as e:
         to_onnx(program.build(training=False), {})
     assert e.value.span.file == "rand.dl" and e.value.span.line == 4
@@ -351,27 +372,39 @@ def test_a_random_draw_is_refused_at_its_line():
 
 
 def test_a_refused_op_inside_the_standard_library_points_at_the_users_call():
-    program = load_text("""
+    program = load_text(
+        """
 def noisy(x) = x + random_normal(shape(x))
 model m {
     input x: f32[B, 4]
     output y = noisy(x)
-}""", "noisy.dl")
+}""",
+        "noisy.dl",
+    )
     with pytest.raises(DlcError) as e:
         to_onnx(program.build(training=False), {})
     assert (e.value.span.file, e.value.span.line) == ("noisy.dl", 2)
 
 
-@pytest.mark.parametrize("source, params, phrase", [
-    ("input x: f32[B, 4]\n param W: f32[4, 2] = zeros\n output y = x @ W", {}, "no value given for parameter W"),
-    ("input x: f32[B, 4]\n param W: f32[4, 2] = zeros\n output y = x @ W", {"W": np.zeros((2, 4))},
-     "parameter W is f32[4, 2]"),
-    ("input x: f32[B, 4]\n target t: f32[B, 4]\n output y = x + t", {}, "depends on the target t"),
-    ("input x: f32[B, 4]\n output x2 = x\n output x = x * 2", {}, "output x has the name of an input"),
-    ("input x: f32[B, 4]\n loss mean(x)", {}, "declares no outputs"),
-    ("input x: f32[B, 4]\n target t: f32[N]\n output y = x * float(size(t, 0))", {},
-     "the size N is not an axis of any input"),
-])
+@pytest.mark.parametrize(
+    "source, params, phrase",
+    [
+        ("input x: f32[B, 4]\n param W: f32[4, 2] = zeros\n output y = x @ W", {}, "no value given for parameter W"),
+        (
+            "input x: f32[B, 4]\n param W: f32[4, 2] = zeros\n output y = x @ W",
+            {"W": np.zeros((2, 4))},
+            "parameter W is f32[4, 2]",
+        ),
+        ("input x: f32[B, 4]\n target t: f32[B, 4]\n output y = x + t", {}, "depends on the target t"),
+        ("input x: f32[B, 4]\n output x2 = x\n output x = x * 2", {}, "output x has the name of an input"),
+        ("input x: f32[B, 4]\n loss mean(x)", {}, "declares no outputs"),
+        (
+            "input x: f32[B, 4]\n target t: f32[N]\n output y = x * float(size(t, 0))",
+            {},
+            "the size N is not an axis of any input",
+        ),
+    ],
+)
 def test_export_errors(source, params, phrase):
     program = load_text(f"model m {{\n {source}\n}}", "bad.dl")
     with pytest.raises(DlcError) as e:
@@ -380,7 +413,8 @@ def test_export_errors(source, params, phrase):
 
 
 def test_every_model_of_a_file_exports():
-    program = load_text("""
+    program = load_text(
+        """
 model encoder {
     input x: f32[B, T, 3]
     output h = lstm(x, 4)
@@ -388,7 +422,9 @@ model encoder {
 model classifier {
     input x: f32[B, 3]
     output p = softmax(dense(x, 5))
-}""", "two.dl")
+}""",
+        "two.dl",
+    )
     for name, out, shape in [("encoder", "h", (2, 6, 4)), ("classifier", "p", (2, 5))]:
         model = program.build(name, training=False)
         proto = exported(model, initial_params(program.build(name, training=True), model))
@@ -404,7 +440,7 @@ def test_the_module_imports_without_onnx():
 
 def test_without_the_onnx_package_the_error_says_what_to_install(monkeypatch):
     program = load_text("model m {\n input x: f32[B, 4]\n output y = x * 2\n}", "m.dl")
-    monkeypatch.setitem(sys.modules, "onnx", None)          # import onnx fails
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx fails
     with pytest.raises(DlcError, match=r'pip install "dlc\[onnx\]"'):
         to_onnx(program.build(training=False), {})
 

@@ -3,6 +3,7 @@ writes it: the test reads that section's snippets and runs them in order (export
 Hugging Face BERT to ONNX, make the data, `dlc import --def`, a file that imports it and
 adds a head, `dlc train`, `dlc eval`), so the page and the path stay in step; and
 `dlc import --def` computes what the imported model computes."""
+
 import re
 import subprocess
 import sys
@@ -36,8 +37,7 @@ def recipe() -> dict:
 def dlc(command: str, cwd: Path) -> str:
     args = command.split()
     assert args[0] == "dlc", command
-    run = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *args[1:]], capture_output=True, text=True,
-                         cwd=cwd)
+    run = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", *args[1:]], capture_output=True, text=True, cwd=cwd)
     assert run.returncode == 0, f"{command}\n{run.stdout}\n{run.stderr}"
     return run.stdout + run.stderr
 
@@ -45,15 +45,17 @@ def dlc(command: str, cwd: Path) -> str:
 def test_an_imported_encoder_is_frozen_while_its_new_head_trains(tmp_path, monkeypatch):
     blocks = recipe()
     export_snippet, data_snippet = blocks["python"]
-    classifier, = blocks["dl"]
+    (classifier,) = blocks["dl"]
     import_command, train_command, eval_command = blocks[""][0].splitlines()
 
     monkeypatch.chdir(tmp_path)
     for snippet in (export_snippet, data_snippet):
         exec(compile(snippet, str(DOC), "exec"), {"__name__": "recipe"})
     dlc(import_command, tmp_path)
-    assert "def encoder(ids: i64[batch, length], attention_mask: i64[batch, length])" in (
-        tmp_path / "encoder.dl").read_text()
+    assert (
+        "def encoder(ids: i64[batch, length], attention_mask: i64[batch, length])"
+        in (tmp_path / "encoder.dl").read_text()
+    )
     (tmp_path / "classifier.dl").write_text(classifier)
 
     # the head as it starts (the same seed as the run below): a run of 0 epochs
@@ -63,7 +65,7 @@ def test_an_imported_encoder_is_frozen_while_its_new_head_trains(tmp_path, monke
     assert len(head_names) == 4 and len(encoder_names) == 38
 
     summary = dlc("dlc summary classifier.dl", tmp_path)
-    assert re.search(r"Trainable parameters: +1,122\n", summary), summary     # the head's, as the page says
+    assert re.search(r"Trainable parameters: +1,122\n", summary), summary  # the head's, as the page says
 
     log = dlc(train_command, tmp_path)
     assert "init_from encoder.npz: 38 matched, 4 new" in log
@@ -74,7 +76,7 @@ def test_an_imported_encoder_is_frozen_while_its_new_head_trains(tmp_path, monke
         assert not np.array_equal(trained[name], start[name]), f"{name} did not train"
 
     scores = dict(re.findall(r"(\w+) ([\d.]+)", dlc(eval_command, tmp_path).splitlines()[0]))
-    assert float(scores["accuracy"]) > 0.85, scores      # chance is 0.5
+    assert float(scores["accuracy"]) > 0.85, scores  # chance is 0.5
 
 
 def test_an_import_as_a_def_computes_what_the_imported_model_does(tmp_path):

@@ -3,6 +3,7 @@ file and gives the reference int8 engine's outputs to within one quantum per ele
 where an output's quantum is the scale dlc's activation formula gives the range of its values
 over the examples compared (docs/quantization.md, "Export"); the file holds the weights in
 int8 only; what cannot be exported is refused with a located message."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -43,7 +44,7 @@ def quantized_model(path: Path, feeds: dict) -> dlc.DlcModel:
     """The model at `path` with its initial parameters, quantized on the first half of `feeds`."""
     model = dlc.load(str(path), backend="reference")
     model.params = initial_params(model.train_model, model.eval_model)
-    half = {k: v[:len(v) // 2] for k, v in feeds.items()}
+    half = {k: v[: len(v) // 2] for k, v in feeds.items()}
     return model.quantize(calibrate=2, data=half, batch=len(next(iter(half.values()))) // 2)
 
 
@@ -74,7 +75,7 @@ def test_digits_cnn_runs_in_onnxruntime_within_one_quantum_and_holds_int8_weight
         assert np.array_equal(inits[f"int8:{name}:weight"], q.weight)
         assert inits[f"int8:{name}:input_zero_point"].dtype == np.uint8
     ops = [n.op_type for n in proto.graph.node]
-    assert ops.count("QuantizeLinear") == 3 and ops.count("DequantizeLinear") == 6     # c1 (one channel) in float32
+    assert ops.count("QuantizeLinear") == 3 and ops.count("DequantizeLinear") == 6  # c1 (one channel) in float32
     assert "c1.W" in inits and "c1.W" not in model.quantization
     conv_weights = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == "int8:c3.W:weight"]
     assert [(a.name, a.i) for a in conv_weights[0].attribute] == [("axis", 0)]
@@ -84,9 +85,11 @@ def test_dense_grouped_depthwise_and_conv1d_products_within_one_quantum(tmp_path
     path = tmp_path / "m.dl"
     path.write_text(PROGRAM)
     rng = np.random.default_rng(1)
-    feeds = {"x": rng.normal(size=(16, 4, 9, 9)).astype(np.float32),
-             "s": rng.normal(size=(16, 6, 12)).astype(np.float32)}
-    with every_product_integer():       # its short sums too
+    feeds = {
+        "x": rng.normal(size=(16, 4, 9, 9)).astype(np.float32),
+        "s": rng.normal(size=(16, 6, 12)).astype(np.float32),
+    }
+    with every_product_integer():  # its short sums too
         model = quantized_model(path, feeds)
         assert len(model.quantization) == 8
         proto = check_within_one_quantum(model, feeds)
@@ -139,10 +142,13 @@ def test_the_command_and_the_api_write_the_same_file(quantized_checkpoint):
     assert onnx.load(str(folder / "reread.onnx")).graph == a.graph
 
 
-@pytest.mark.parametrize("extra, phrase", [
-    (["-o", "m.onnx"], "--int8 needs --weights Q.npz"),
-    (["--weights", "q.npz", "-o", "m.safetensors"], "--int8 exports a quantized model as .onnx"),
-])
+@pytest.mark.parametrize(
+    "extra, phrase",
+    [
+        (["-o", "m.onnx"], "--int8 needs --weights Q.npz"),
+        (["--weights", "q.npz", "-o", "m.safetensors"], "--int8 exports a quantized model as .onnx"),
+    ],
+)
 def test_int8_usage_errors(quantized_checkpoint, extra, phrase, capsys, monkeypatch):
     monkeypatch.chdir(quantized_checkpoint[0])
     assert phrase in usage_error(["export", str(EXAMPLES / "digits_cnn.dl"), "--int8"] + extra, capsys)
@@ -153,8 +159,18 @@ def test_a_checkpoint_without_quantization_is_refused(quantized_checkpoint, caps
     plain = dlc.load(str(EXAMPLES / "digits_cnn.dl"), backend="reference")
     plain.params = model.params
     plain.save(tmp_path / "f32.npz")
-    err = failure(["export", str(EXAMPLES / "digits_cnn.dl"), "--int8", "--weights", str(tmp_path / "f32.npz"),
-                   "-o", str(tmp_path / "m.onnx")], capsys)
+    err = failure(
+        [
+            "export",
+            str(EXAMPLES / "digits_cnn.dl"),
+            "--int8",
+            "--weights",
+            str(tmp_path / "f32.npz"),
+            "-o",
+            str(tmp_path / "m.onnx"),
+        ],
+        capsys,
+    )
     assert "f32.npz holds no int8 quantization: make one with `dlc quantize`" in err
     assert not (tmp_path / "m.onnx").exists()
 

@@ -3,6 +3,7 @@ Hugging Face's BERT and GPT-2, with random weights (tools/real_models.py, no dow
 exported by both of PyTorch's exporters with a dynamic batch, imported by dlc and run on
 both engines at another batch than the export's, within 1e-5 of onnxruntime (the table of
 docs/onnx.md). The imports read as layers: activations and norms by name."""
+
 import numpy as np
 import pytest
 
@@ -15,7 +16,9 @@ from dlc.tools.real_models import EXPORTER_FAILS, EXPORTERS, MODELS, compare, ex
 
 def missing_onnxscript() -> list:
     from importlib.util import find_spec
+
     return [] if find_spec("onnxscript") else ["onnxscript"]
+
 
 # slow: the dynamo exporter alone takes 15-20 s on these, and the native compile of
 # shufflenet's 141 lines about 45 s
@@ -60,10 +63,11 @@ def test_a_real_model_imports_and_matches_onnxruntime_on_both_engines(tmp_path, 
     result = compare(path, name)
     for engine, got in result.outputs.items():
         tolerance = TOLERANCE.get(name, 1e-5)
-        np.testing.assert_allclose(got, result.want, rtol=tolerance, atol=tolerance,
-                                   err_msg=f"{name} ({exporter}), {engine}")
+        np.testing.assert_allclose(
+            got, result.want, rtol=tolerance, atol=tolerance, err_msg=f"{name} ({exporter}), {engine}"
+        )
     declared = [line for line in result.text.splitlines() if line.strip().startswith("input ")]
-    assert declared and all("[batch" in line for line in declared), declared      # the batch stays symbolic
+    assert declared and all("[batch" in line for line in declared), declared  # the batch stays symbolic
     absent = [call for call in LAYERS[name] if call not in result.text]
     assert not absent, f"{name} ({exporter}) imported without {absent}"
 
@@ -75,6 +79,7 @@ def test_the_exported_models_are_not_trivial(tmp_path):
         pytest.skip(f"needs {', '.join(missing('mobilenet_v2'))}")
     import onnxruntime
     from dlc.tools.real_models import example
+
     path = tmp_path / "mobilenet_v2.onnx"
     export("mobilenet_v2", path, "torchscript")
     out = onnxruntime.InferenceSession(str(path)).run(None, example("mobilenet_v2", 3))[0]
@@ -116,11 +121,29 @@ def test_activations_and_norms_import_as_library_calls(tmp_path, opset):
     path = tmp_path / f"layers{opset}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (torch.zeros(2, 8),), str(path), input_names=["x"], output_names=["p", "q"],
-                          opset_version=opset, dynamic_axes={"x": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            model,
+            (torch.zeros(2, 8),),
+            str(path),
+            input_names=["x"],
+            output_names=["p", "q"],
+            opset_version=opset,
+            dynamic_axes={"x": {0: "batch"}},
+            dynamo=False,
+        )
     result = import_model(read_model(path), source=path.name)
-    for call in ("layernorm(", "gelu_exact(", "gelu(", "silu(", "relu6(", "batchnorm(", "softmax(", "log_softmax(",
-                 "sigmoid(", "tanh("):
+    for call in (
+        "layernorm(",
+        "gelu_exact(",
+        "gelu(",
+        "silu(",
+        "relu6(",
+        "batchnorm(",
+        "softmax(",
+        "log_softmax(",
+        "sigmoid(",
+        "tanh(",
+    ):
         assert call in result.text, f"{call} not in\n{result.text}"
     assert "erf(" not in result.text and "ReduceMean" not in result.text
     program = tmp_path / "layers.dl"

@@ -1,6 +1,7 @@
 """Export, import, export again: every example leaves dlc as ONNX, comes back as a .dl
 program with a checkpoint (`dlc import`), and leaves again, and all three give the same
 predictions (docs/interop.md). The CLI does the same with files."""
+
 from __future__ import annotations
 
 
@@ -11,8 +12,16 @@ onnx = pytest.importorskip("onnx")
 from dlc.compiler.frontend.loader import load_text  # noqa: E402
 from dlc.runtime.api import DlcModel  # noqa: E402
 from dlc.runtime.cli import main  # noqa: E402
-from helpers.onnx_runs import (EXAMPLES, SIZES, assert_close, exported, float32_feeds,  # noqa: E402
-                               initial_params, reimported, run_onnx)
+from helpers.onnx_runs import (
+    EXAMPLES,
+    SIZES,
+    assert_close,
+    exported,
+    float32_feeds,
+    initial_params,
+    reimported,
+    run_onnx,
+)
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
@@ -35,8 +44,10 @@ def test_the_cli_round_trip(tmp_path, capsys):
     example = next(p for p in EXAMPLES if p.stem == "digits_cnn")
     assert main(["export", str(example), "-o", str(tmp_path / "a.onnx")]) == 0
     assert main(["import", str(tmp_path / "a.onnx"), "-o", str(tmp_path / "b.dl")]) == 0
-    assert main(["export", str(tmp_path / "b.dl"), "--weights", str(tmp_path / "b.npz"),
-                 "-o", str(tmp_path / "c.onnx")]) == 0
+    assert (
+        main(["export", str(tmp_path / "b.dl"), "--weights", str(tmp_path / "b.npz"), "-o", str(tmp_path / "c.onnx")])
+        == 0
+    )
     capsys.readouterr()
     a, c = onnx.load(str(tmp_path / "a.onnx")), onnx.load(str(tmp_path / "c.onnx"))
     model = load_text((tmp_path / "b.dl").read_text(), str(tmp_path / "b.dl")).build(None, training=False)

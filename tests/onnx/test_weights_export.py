@@ -5,6 +5,7 @@ In torch's layout every model is exported from a checkpoint by `dlc export --for
 loaded into its torch.nn twin with load_state_dict(strict=True), and must give the outputs
 of DlcModel.predict within 1e-5; reading the file back gives the dlc parameters bit for bit.
 """
+
 from __future__ import annotations
 
 import math
@@ -42,7 +43,9 @@ def moved_parameters(model, seed=0) -> dict:
     rng = np.random.default_rng(seed)
     out = {}
     for name, v in initial_parameters(model, seed).items():
-        moved = rng.uniform(0.5, 1.5, v.shape) if name.endswith("running_var") else v + 0.1 * rng.standard_normal(v.shape)
+        moved = (
+            rng.uniform(0.5, 1.5, v.shape) if name.endswith("running_var") else v + 0.1 * rng.standard_normal(v.shape)
+        )
         out[name] = moved.astype(np.float32)
     return out
 
@@ -92,7 +95,7 @@ def ids(high, *shape, low=0, seed=2):
     return np.random.default_rng(seed).integers(low, high, shape).astype(np.int32)
 
 
-def gelu_tanh(x):      # dlc's gelu; a function, so torch's fused encoder path (exact gelu) is not taken
+def gelu_tanh(x):  # dlc's gelu; a function, so torch's fused encoder path (exact gelu) is not taken
     return F.gelu(x, approximate="tanh")
 
 
@@ -264,12 +267,12 @@ def causal(t):
 class TransformerClassifier(nn.Module):
     def __init__(self):
         super().__init__()
-        self.emb, self.x = nn.Embedding(1000, 128), nn.Embedding(64, 128)      # x: learned positions
+        self.emb, self.x = nn.Embedding(1000, 128), nn.Embedding(64, 128)  # x: learned positions
         self.h, self.logits = encoder(2, 128, 4, 512), nn.Linear(128, 10)
 
     def forward(self, b):
         tokens = b["tokens"]
-        h = self.h(self.emb(tokens) + self.x.weight[:tokens.shape[1]])
+        h = self.h(self.emb(tokens) + self.x.weight[: tokens.shape[1]])
         return {"probs": torch.softmax(self.logits(h.mean(1)), -1)}
 
 
@@ -304,8 +307,9 @@ class TransformerSeq2Seq(nn.Module):
         pad = src == 0
         memory = self.memory(self.src_emb(src) + sinusoidal(src.shape[1], 128), src_key_padding_mask=pad)
         t = dec_in.shape[1]
-        dec = self.dec(self.tgt_emb(dec_in) + sinusoidal(t, 128), memory, tgt_mask=causal(t),
-                       memory_key_padding_mask=pad)
+        dec = self.dec(
+            self.tgt_emb(dec_in) + sinusoidal(t, 128), memory, tgt_mask=causal(t), memory_key_padding_mask=pad
+        )
         return {"probs": torch.softmax(self.logits(dec), -1)}
 
 
@@ -320,7 +324,7 @@ class Perceptron(nn.Module):
         return {"label": (b["x"] @ self.w + self.b >= 0).float()}
 
 
-SEQ2SEQ_SRC = np.array([[5, 7, 3, 9, 0, 0], [4, 4, 12, 6, 8, 3]], np.int32)    # padded with 0
+SEQ2SEQ_SRC = np.array([[5, 7, 3, 9, 0, 0], [4, 4, 12, 6, 8, 3]], np.int32)  # padded with 0
 EXAMPLE_TWINS = {
     "digits_mlp": (lambda: MLP([64, 128, 64], 10), {"x": floats(3, 64)}),
     "mnist_mlp": (lambda: MLP([784, 512, 256], 10), {"x": floats(2, 784)}),
@@ -436,7 +440,9 @@ def test_post_norm_decoder_block_and_a_feed_forward_of_its_own(tmp_path):
     d = transformer_decoder_block(x, mem, 2, 16, rate = 0.0, mask = causal_mask(4), pre_norm = false)
     output y = feed_forward(d, 12, name = "f")
 }"""
-    check_twin(tmp_path, model_file(tmp_path, source), PostNormDecoder(), {"x": floats(2, 4, 8), "mem": floats(2, 3, 8)})
+    check_twin(
+        tmp_path, model_file(tmp_path, source), PostNormDecoder(), {"x": floats(2, 4, 8), "mem": floats(2, 3, 8)}
+    )
 
 
 def test_every_layer_with_parameters_has_a_torch_layout():
@@ -448,8 +454,11 @@ def test_every_layer_with_parameters_has_a_torch_layout():
             if re.search(r"^\s+(param|state) ", body, re.M):
                 declaring.add(name)
     assert declaring == set(LAYERS) | NO_TORCH_MODULE
-    defs = {name for f in resources.files("dlc.compiler").joinpath("stdlib").iterdir()
-            for name in re.findall(r"^def (\w+)", f.read_text(), re.M)}
+    defs = {
+        name
+        for f in resources.files("dlc.compiler").joinpath("stdlib").iterdir()
+        for name in re.findall(r"^def (\w+)", f.read_text(), re.M)
+    }
     assert set(CONTAINERS) <= defs
 
 
@@ -487,8 +496,12 @@ def test_safetensors_round_trip_keeps_names_dtypes_and_says_what_it_holds(tmp_pa
         assert saved[name].dtype == np.float32
         np.testing.assert_array_equal(saved[name], value)
     with safetensors.safe_open(str(out), "np") as f:
-        assert f.metadata() == {"format": "dlc", "model": "resnet", "dlc_version": dlc.__version__,
-                                "source_hash": checkpoint.source_hash(path.read_text())}
+        assert f.metadata() == {
+            "format": "dlc",
+            "model": "resnet",
+            "dlc_version": dlc.__version__,
+            "source_hash": checkpoint.source_hash(path.read_text()),
+        }
     x = floats(2, 3, 32, 32)
     expected = model.load_weights(tmp_path / "w.npz").predict(x)["probs"]
     np.testing.assert_array_equal(model.load_weights(out).predict(x)["probs"], expected)
@@ -500,19 +513,33 @@ def test_torch_layout_file_says_so_and_loads_as_weights(tmp_path, capsys):
         assert f.metadata()["format"] == "pt" and f.metadata()["model"] == "digits_mlp"
         assert sorted(f.keys()) == ["h.0.bias", "h.0.weight", "h.1.bias", "h.1.weight", "logits.bias", "logits.weight"]
     x = floats(4, 64)
-    np.testing.assert_array_equal(DlcModel(str(EXAMPLES / "digits_mlp.dl"), backend="reference").load_weights(out).predict(x)["probs"],
-                                  model.predict(x)["probs"])
+    np.testing.assert_array_equal(
+        DlcModel(str(EXAMPLES / "digits_mlp.dl"), backend="reference").load_weights(out).predict(x)["probs"],
+        model.predict(x)["probs"],
+    )
     # from torch: a state dict torch saved (no metadata) is known by its names
     twin = MLP([64, 128, 64], 10)
     safetensors.torch.save_file(twin.state_dict(), tmp_path / "t.safetensors")
     back, _ = weights.load(tmp_path / "t.safetensors", model.eval_model.params)
     np.testing.assert_array_equal(back["h.0.W"], twin.h[0].weight.detach().numpy().T)
     # and to dlc's layout again, through the command line
-    assert main(["export", str(EXAMPLES / "digits_mlp.dl"), "--weights", str(tmp_path / "t.safetensors"),
-                 "-o", str(tmp_path / "d.safetensors")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(EXAMPLES / "digits_mlp.dl"),
+                "--weights",
+                str(tmp_path / "t.safetensors"),
+                "-o",
+                str(tmp_path / "d.safetensors"),
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
-    np.testing.assert_array_equal(safetensors.numpy.load_file(tmp_path / "d.safetensors")["logits.b"],
-                                  twin.logits.bias.detach().numpy())
+    np.testing.assert_array_equal(
+        safetensors.numpy.load_file(tmp_path / "d.safetensors")["logits.b"], twin.logits.bias.detach().numpy()
+    )
 
 
 def test_export_names_the_parameters_that_keep_their_dlc_names(tmp_path, capsys):
@@ -538,20 +565,35 @@ def test_init_from_torch_weights_loads_what_fits(tmp_path):
     twin = MLP([64, 128, 64], 5)
     safetensors.torch.save_file(twin.state_dict(), tmp_path / "pretrained.safetensors")
     logs = []
-    trainer = Trainer(load(str(EXAMPLES / "digits_mlp.dl")), None, {"init_from": str(tmp_path / "pretrained.safetensors")},
-                      tmp_path / "run", log=logs.append)
+    trainer = Trainer(
+        load(str(EXAMPLES / "digits_mlp.dl")),
+        None,
+        {"init_from": str(tmp_path / "pretrained.safetensors")},
+        tmp_path / "run",
+        log=logs.append,
+    )
     params = trainer.initial_params()
     np.testing.assert_array_equal(params["h.1.W"], twin.h[1].weight.detach().numpy().T)
     np.testing.assert_array_equal(params["h.0.b"], twin.h[0].bias.detach().numpy())
     assert np.array_equal(params["logits.W"], initial_parameters(trainer.train_model, 0)["logits.W"])
-    assert logs == [f"init_from {tmp_path / 'pretrained.safetensors'}: 4 matched, 2 new (logits.W, logits.b), "
-                    "2 skipped for shape: logits.weight ([5, 64] vs [10, 64]), logits.bias ([5] vs [10])"]
+    assert logs == [
+        f"init_from {tmp_path / 'pretrained.safetensors'}: 4 matched, 2 new (logits.W, logits.b), "
+        "2 skipped for shape: logits.weight ([5, 64] vs [10, 64]), logits.bias ([5] vs [10])"
+    ]
 
 
 def test_init_from_a_file_of_another_model_is_refused(tmp_path, capsys):
     safetensors.numpy.save_file({"enc.weight": np.zeros((3, 3), np.float32)}, tmp_path / "other.safetensors")
-    code = main(["train", str(EXAMPLES / "digits_mlp.dl"), "--init-from", str(tmp_path / "other.safetensors"),
-                 "--out", str(tmp_path / "run")])
+    code = main(
+        [
+            "train",
+            str(EXAMPLES / "digits_mlp.dl"),
+            "--init-from",
+            str(tmp_path / "other.safetensors"),
+            "--out",
+            str(tmp_path / "run"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "does not match the model" in err and "unexpected enc.weight" in err
     assert not (tmp_path / "run").exists()
@@ -561,8 +603,18 @@ def test_init_from_a_file_of_another_model_is_refused(tmp_path, capsys):
 def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
     xor = load(str(EXAMPLES / "xor_mlp.dl")).build(None, training=False)
     checkpoint.save(tmp_path / "xor.npz", moved_parameters(xor), {}, {})
-    code = main(["export", str(EXAMPLES / "digits_mlp.dl"), "--weights", str(tmp_path / "xor.npz"),
-                 "-o", str(tmp_path / "out.safetensors"), "--format", "torch"])
+    code = main(
+        [
+            "export",
+            str(EXAMPLES / "digits_mlp.dl"),
+            "--weights",
+            str(tmp_path / "xor.npz"),
+            "-o",
+            str(tmp_path / "out.safetensors"),
+            "--format",
+            "torch",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "does not match the model" in err and "missing h.0.W" in err and "unexpected h.W" in err
     assert not (tmp_path / "out.safetensors").exists()
@@ -590,13 +642,16 @@ def test_batchnorm_count_from_torch_is_accepted_and_ignored(tmp_path):
     np.testing.assert_array_equal(back["stem.1.running_var"], twin.stem[1].running_var.numpy())
 
 
-@pytest.mark.parametrize("output, fmt, phrase", [
-    ("w.pt", "torch", "dlc does not write .pt files"),
-    ("w.pth", None, "safetensors.torch.load_file"),
-    ("w.bin", None, "cannot tell the format of"),
-    ("w.safetensors", "onnx", "--format onnx does not write a .safetensors file"),
-    ("w.onnx", "torch", "--format torch does not write a .onnx file"),
-])
+@pytest.mark.parametrize(
+    "output, fmt, phrase",
+    [
+        ("w.pt", "torch", "dlc does not write .pt files"),
+        ("w.pth", None, "safetensors.torch.load_file"),
+        ("w.bin", None, "cannot tell the format of"),
+        ("w.safetensors", "onnx", "--format onnx does not write a .safetensors file"),
+        ("w.onnx", "torch", "--format torch does not write a .onnx file"),
+    ],
+)
 def test_output_names_and_formats_that_do_not_go_together_are_usage_errors(tmp_path, capsys, output, fmt, phrase):
     argv = ["export", str(EXAMPLES / "xor_mlp.dl"), "-o", str(tmp_path / output)] + (["--format", fmt] if fmt else [])
     with pytest.raises(SystemExit) as e:
@@ -617,7 +672,9 @@ def test_unreadable_files_are_clear_errors(tmp_path):
     with pytest.raises(DlcError, match="is not a readable safetensors file"):
         weights.load(tmp_path / "junk.safetensors", model.params)
     safetensors.torch.save_file({"h.weight": torch.zeros(4, 2, dtype=torch.bfloat16)}, tmp_path / "bf16.safetensors")
-    with pytest.raises(DlcError, match=r"h.weight holds BF16 numbers, which dlc cannot read; save the tensors as float32"):
+    with pytest.raises(
+        DlcError, match=r"h.weight holds BF16 numbers, which dlc cannot read; save the tensors as float32"
+    ):
         weights.load(tmp_path / "bf16.safetensors", model.params)
     with pytest.raises(DlcError, match="no weights file at"):
         weights.load(tmp_path / "none.safetensors", model.params)

@@ -2,6 +2,7 @@
 fake clock, a machine that slows down in the middle of the run misleads a measurement in
 blocks (all of one framework, then all of the next) and not one in rotated rounds; the
 ratios' spread, the rotation and the others of each round are what the run reports."""
+
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 def rounds(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import rounds
+
     # a full collection before the rounds serves a real clock; in a test worker that has run
     # hundreds of tests it walks millions of objects, seconds each time, for a fake one
     monkeypatch.setattr(rounds.gc, "collect", lambda *generation: 0)
@@ -36,11 +38,13 @@ class FakeMachine:
             self.done += 1
             self.calls.append(name)
             return self.done
+
         return run
 
 
 class Load:
     """The others of a round, as machine.OtherLoad reports them, from a list."""
+
     values = []
 
     def __init__(self):
@@ -54,21 +58,21 @@ class Load:
 
 
 def costs_and_slots(rounds, machine):
-    costs = {"A": 1.0, "B": 2.0, "C": 4.0}      # B takes twice A's time, C four times
+    costs = {"A": 1.0, "B": 2.0, "C": 4.0}  # B takes twice A's time, C four times
     return costs, {k: rounds.timed(machine.step(k, c), machine.clock) for k, c in costs.items()}
 
 
 @pytest.mark.parametrize("jump_at", [0.3, 0.5, 0.7])
 def test_a_slowdown_mid_run_misleads_blocks_and_not_rounds(rounds, jump_at):
-    total = 3 * 40                               # 40 steps of each of three frameworks
+    total = 3 * 40  # 40 steps of each of three frameworks
     machine = FakeMachine(jump_after=int(total * jump_at) + 5, factor=3.0)
     _, slots = costs_and_slots(rounds, machine)
     Load.values = [0.0]
-    blocks = rounds.interleave(slots, rounds=1, steps=40, load=Load)     # one round: each in one block
+    blocks = rounds.interleave(slots, rounds=1, steps=40, load=Load)  # one round: each in one block
     # in blocks the framework timed after the jump looks three times slower than it is
     assert abs(blocks.ratio("B", "A").median - 2.0) > 1.0 or abs(blocks.ratio("C", "A").median - 4.0) > 2.0
 
-    machine = FakeMachine(jump_after=int(total * jump_at) + 5, factor=3.0)      # in the middle of a round
+    machine = FakeMachine(jump_after=int(total * jump_at) + 5, factor=3.0)  # in the middle of a round
     _, slots = costs_and_slots(rounds, machine)
     Load.values = [0.0] * 10
     run = rounds.interleave(slots, rounds=10, steps=4, load=Load)
@@ -78,11 +82,11 @@ def test_a_slowdown_mid_run_misleads_blocks_and_not_rounds(rounds, jump_at):
 
 
 def test_rounds_rotate_the_order_and_keep_each_rounds_others_and_outputs(rounds):
-    machine = FakeMachine(jump_after=10 ** 9, factor=1.0)
+    machine = FakeMachine(jump_after=10**9, factor=1.0)
     _, slots = costs_and_slots(rounds, machine)
     Load.values = [0.1, 1.5, 0.0]
     run = rounds.interleave(slots, rounds=3, steps=2, warmup=1, load=Load)
-    timed = machine.calls[3:]                     # after one warm-up step of each
+    timed = machine.calls[3:]  # after one warm-up step of each
     assert timed == list("AABBCC") + list("BBCCAA") + list("CCAABB")
     assert run.others == [0.1, 1.5, 0.0] and run.most_others == 1.5
     assert run.others_text() == "0.10 1.50 0.00"
@@ -103,7 +107,7 @@ def test_a_spread_wider_than_15_percent_is_said(rounds):
 def test_a_slowdown_over_a_few_rounds_widens_the_spread_not_the_median(rounds):
     """A slowdown that hits one framework's slots alone (a neighbour that ran beside it for a
     while) moves the ratio of those rounds: the spread shows it, the median does not move."""
-    machine = FakeMachine(jump_after=10 ** 9, factor=1.0)
+    machine = FakeMachine(jump_after=10**9, factor=1.0)
     costs, _ = costs_and_slots(rounds, machine)
     state = {"round": 0}
 
@@ -113,6 +117,7 @@ def test_a_slowdown_over_a_few_rounds_widens_the_spread_not_the_median(rounds):
             if name == "C":
                 state["round"] += 1
             return [costs[name] * slow] * n, [None] * n
+
         return slot
 
     Load.values = [0.0] * 10
@@ -127,10 +132,10 @@ def test_no_rounds_or_no_steps_is_refused(rounds):
 
 
 def test_without_a_step_count_a_round_fills_each_slots_seconds(rounds):
-    machine = FakeMachine(jump_after=10 ** 9, factor=1.0)
-    _, slots = costs_and_slots(rounds, machine)        # a step of each: 1 + 2 + 4 = 7 s
+    machine = FakeMachine(jump_after=10**9, factor=1.0)
+    _, slots = costs_and_slots(rounds, machine)  # a step of each: 1 + 2 + 4 = 7 s
     Load.values = [0.0] * 2
-    run = rounds.interleave(slots, rounds=2, warmup=1, seconds_each=28.0, load=Load)   # 3 x 28 s: 12 steps of each
+    run = rounds.interleave(slots, rounds=2, warmup=1, seconds_each=28.0, load=Load)  # 3 x 28 s: 12 steps of each
     assert [len(r) for r in run.seconds["C"]] == [12, 12]
     with pytest.raises(ValueError):
-        rounds.interleave(slots, rounds=2, seconds_each=28.0)    # no warm-up to tell a step's time
+        rounds.interleave(slots, rounds=2, seconds_each=28.0)  # no warm-up to tell a step's time

@@ -1,6 +1,7 @@
 """CI runs the README's set-up and test commands as written: .ci/run takes the README's
 blocks marked `<!-- ci: NAME -->` (its readme_block function, run here on the README) and
 installs nothing of its own but the system packages the README names."""
+
 import re
 import subprocess
 from pathlib import Path
@@ -21,8 +22,13 @@ def readme_block_in_python(name: str) -> list:
 def readme_block_by_ci(name: str) -> list:
     """The same block as .ci/run's own readme_block function extracts it."""
     function = re.search(r"^readme_block\(\) \{\n.*?^\}\n", CI, re.S | re.M).group(0)
-    done = subprocess.run(["bash", "-c", f'{function}\nreadme_block "$1"', "bash", name], cwd=ROOT,
-                          capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        ["bash", "-c", f'{function}\nreadme_block "$1"', "bash", name],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout.splitlines()
 
 
@@ -45,7 +51,7 @@ def test_ci_installs_nothing_the_readme_does_not():
 
 
 def test_the_readme_says_how_long_the_tests_take_and_how_to_add_a_set_up_line():
-    tests = README[README.index("\n## Tests\n"):]
+    tests = README[README.index("\n## Tests\n") :]
     # a rough duration and the kind of machine, not a dated measurement (those are benchmarks/README.md's)
     assert re.search(r"takes about \d+ minutes in a CI run[\s\S]{0,80}? on\s+a \d-core ", tests), tests[:600]
     assert "as a line of the set-up block" in README

@@ -3,6 +3,7 @@ the package, by its path or, in a row of its folder, by its file name; the READM
 repository's folders and links every page of docs/; measured figures are only on
 benchmarks/README.md, one dated result per benchmark; every path the docs name exists; the
 tutorial and the cookbook run as written."""
+
 import contextlib
 import io
 import json
@@ -45,17 +46,23 @@ def named_modules() -> set:
 def run_page(name: str) -> dict:
     """docs/NAME run as written (doc_blocks.run_page), each `$ dlc ...` line by main() here,
     which must succeed."""
+
     def run_dlc(argv: list) -> str:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             assert main(argv) == 0, shlex.join(argv)
         return out.getvalue()
+
     return doc_blocks.run_page((ROOT / "docs" / name).read_text(encoding="utf-8"), name, run_dlc)
 
 
 def test_the_module_map_names_every_module():
-    modules = {p.relative_to(ROOT).as_posix() for package in PACKAGES for p in (ROOT / package).rglob("*.py")
-               if p.name != "__init__.py"}
+    modules = {
+        p.relative_to(ROOT).as_posix()
+        for package in PACKAGES
+        for p in (ROOT / package).rglob("*.py")
+        if p.name != "__init__.py"
+    }
     missing = sorted(modules - named_modules())
     assert not missing, f"docs/architecture.md's module map does not name: {', '.join(missing)}"
 
@@ -83,7 +90,8 @@ def test_the_cookbook_runs_as_written(tmp_path, monkeypatch):
     printed = run_page("cookbook.md")
     assert {"check", "train", "export"} <= set(printed)
     assert {"points.onnx", "points.safetensors", "runs/resumed/last.npz", "runs/focal/last.npz"} <= {
-        p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()}
+        p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()
+    }
 
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "benchmarks" / "README.md"]
@@ -109,7 +117,7 @@ def test_the_readme_maps_the_folders_and_links_every_page_of_the_docs():
 
 def test_the_readme_s_set_up_is_its_two_commands_and_a_line_on_ci():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    setup = readme[readme.index("<!-- ci: test-setup -->"):readme.index("Then look inside and use the result:")]
+    setup = readme[readme.index("<!-- ci: test-setup -->") : readme.index("Then look inside and use the result:")]
     prose = re.sub(r"<!-- ci: [\w-]+ -->\n```sh\n.*?```\n", "", setup, flags=re.S).strip()
     assert prose.count("\n") <= 1 and "CI (`.ci/run`)" in prose and "](#tests)" in prose, prose
     assert "\n## Tests\n" in readme
@@ -151,8 +159,10 @@ NUMBER = r"(?<![\w.·/])\d+(?:[.,]\d+)*(?:\s*[–-]\s*\d+(?:[.,]\d+)*)?"
 TIME = r"(?:ns|µs|us|ms|s|sec|min|h|seconds?|minutes?|hours?)(?![\w/-])"
 RATE = r"(?:[GTMK]?FLOP/s|[GMK]i?B/s|(?:images|tokens|samples|steps|examples|elements|calls)/s|ms/step)"
 PEER = r"(?:PyTorch|torch|`torch\.compile`|onnxruntime|JAX|OpenBLAS|numpy)"
-FIGURE = re.compile(rf"{NUMBER}\s*(?:{RATE}|{TIME})|{NUMBER}\s*[x×]\s+(?:faster|slower)"
-                    rf"|{NUMBER}\s*%\s+(?:faster|slower|less time|more time)|{NUMBER}\s*(?:[x×]|of)\s+{PEER}")
+FIGURE = re.compile(
+    rf"{NUMBER}\s*(?:{RATE}|{TIME})|{NUMBER}\s*[x×]\s+(?:faster|slower)"
+    rf"|{NUMBER}\s*%\s+(?:faster|slower|less time|more time)|{NUMBER}\s*(?:[x×]|of)\s+{PEER}"
+)
 # A table of ratios against peers: a header cell such as `dlc/torch` or `C/onnxruntime`.
 PEERS_TABLE = re.compile(r"^\|.*\b\w+/(?:torch|ort|onnxruntime|best|jax)\w*\b.*\|$", re.M | re.I)
 # What a figure may be on any page: a setting, not a measurement. Each is a pattern of the
@@ -182,7 +192,7 @@ def measured_figures(text: str) -> list:
     text = prose(text)
     found = []
     for m in FIGURE.finditer(text):
-        before, after = text[:m.start()].replace("\n", " "), text[m.end():].replace("\n", " ")
+        before, after = text[: m.start()].replace("\n", " "), text[m.end() :].replace("\n", " ")
         if any(p.search(before) for p in SETTING[:1]) or any(p.match(after) for p in SETTING[1:]):
             continue
         if ROUGH.search(before) and re.search(r"(?:minutes?|seconds?|hours?)$", m.group(0)):
@@ -193,11 +203,19 @@ def measured_figures(text: str) -> list:
 
 
 def test_the_detector_of_measured_figures_tells_them_from_settings():
-    assert [f for _, f in measured_figures("a step took 3.1 ms, 180 GFLOP/s; 2–4× faster; 0.84 of PyTorch eager's;"
-                                           " 1.5× onnxruntime's; 12 % less time")] \
-        == ["3.1 ms", "180 GFLOP/s", "2–4× faster", "0.84 of PyTorch", "1.5× onnxruntime", "12 % less time"]
-    assert measured_figures("a 30 s timeout; every 0.25 s; `--log-every 10`; (the target: 100 ms); 2 s (`BUDGET`)"
-                            "\n```\nepoch 1/3  0.61 s  15 ms/step\n```\nbatches of 32, min-max; about 10 minutes") == []
+    assert [
+        f
+        for _, f in measured_figures(
+            "a step took 3.1 ms, 180 GFLOP/s; 2–4× faster; 0.84 of PyTorch eager's; 1.5× onnxruntime's; 12 % less time"
+        )
+    ] == ["3.1 ms", "180 GFLOP/s", "2–4× faster", "0.84 of PyTorch", "1.5× onnxruntime", "12 % less time"]
+    assert (
+        measured_figures(
+            "a 30 s timeout; every 0.25 s; `--log-every 10`; (the target: 100 ms); 2 s (`BUDGET`)"
+            "\n```\nepoch 1/3  0.61 s  15 ms/step\n```\nbatches of 32, min-max; about 10 minutes"
+        )
+        == []
+    )
     assert measured_figures("| model | dlc/torch |\n|---|---|\n| mlp | 0.5 |") == [(1, "a table of ratios to peers")]
 
 
@@ -238,7 +256,9 @@ def test_each_benchmark_has_one_dated_result_on_the_benchmark_page():
 
 # A path the docs name: from a folder of the repository's root to a file or a folder (not a unit after a
 # number: "261.4 examples/s").
-PATH = re.compile(r"(?<![\w./-])(?<!\d )(?:compiler|runtime|grammar|tools|editors|tests|benchmarks|examples|docs|\.ci)/[\w.*<>/-]*")
+PATH = re.compile(
+    r"(?<![\w./-])(?<!\d )(?:compiler|runtime|grammar|tools|editors|tests|benchmarks|examples|docs|\.ci)/[\w.*<>/-]*"
+)
 # Named on the pages that are edited with the code they map, awaiting their owner's edit: none.
 AWAITING: set = set()
 
@@ -254,8 +274,11 @@ def test_every_path_the_docs_name_exists():
             if "/runs/" in f"/{path}" or (page.relative_to(ROOT).as_posix(), path) in AWAITING:
                 continue
             pattern = re.sub(r"<\w+>|\b[A-Z]{2,}\b", "*", path)
-            if not any(any(base.glob(p)) if "*" in p else (base / p).exists()
-                       for base in (ROOT, page.parent) for p in (pattern, pattern + ".py")):
+            if not any(
+                any(base.glob(p)) if "*" in p else (base / p).exists()
+                for base in (ROOT, page.parent)
+                for p in (pattern, pattern + ".py")
+            ):
                 missing.append((page.relative_to(ROOT).as_posix(), path))
     assert missing == []
 
@@ -268,11 +291,20 @@ def test_the_deploy_page_shows_the_header_and_the_flags_dlc_build_has():
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.deploy.library import data_comment, description, header_constants
     from dlc.runtime.deploy.description import interface
+
     page = (ROOT / "docs" / "deploy.md").read_text(encoding="utf-8")
     block = next(b for b in re.findall(r"```c\n(.*?)```", page, re.S) if "typedef struct digits_cnn" in b)
     face = interface(load(ROOT / "examples" / "digits_cnn.dl"), None)
-    lib = SimpleNamespace(name="digits_cnn", inputs=[t for t in face.inputs if t.name == "x"], outputs=face.outputs,
-                          transform=False, data=face.data, target="host", weights=None, trainer=None)
+    lib = SimpleNamespace(
+        name="digits_cnn",
+        inputs=[t for t in face.inputs if t.name == "x"],
+        outputs=face.outputs,
+        transform=False,
+        data=face.data,
+        target="host",
+        weights=None,
+        trainer=None,
+    )
     shown = [line for line in block.splitlines() if re.match(r"#define DIGITS_CNN_(INPUT_|OUTPUT_|TRANSFORM)", line)]
     assert shown == header_constants(lib)
     assert " * " + data_comment(lib) in block

@@ -2,6 +2,7 @@
 are the same function (checked by the script before it runs them), have the same number of
 parameters, start near ln(vocab) and get a row each with finite figures, from runs in
 rounds (no timing is asserted: the machine is shared)."""
+
 import json
 import math
 import os
@@ -17,9 +18,25 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpt.py"
 
 def test_the_gpt_benchmark_runs_its_tiny_configuration(tmp_path):
     # the session's cache (conftest.py): dlc's GEMM kernels compiled once, not in every cold child
-    out = subprocess.run([sys.executable, str(SCRIPT), "--only", "tiny", "--iters", "6", "--rounds", "2", "--json",
-                          str(tmp_path / "g.json"), "--cache", os.environ["DLC_CACHE_DIR"]],
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--only",
+            "tiny",
+            "--iters",
+            "6",
+            "--rounds",
+            "2",
+            "--json",
+            str(tmp_path / "g.json"),
+            "--cache",
+            os.environ["DLC_CACHE_DIR"],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| tiny ")]
     assert [row.split("|")[3].strip() for row in rows] == ["dlc", "torch"], out.stdout

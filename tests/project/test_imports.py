@@ -14,6 +14,7 @@ still need each other. The one exception is the package's root: `dlc.load` is th
 point that reaches the runtime's API when called, and every module, whose import first runs
 the root, would otherwise be in a cycle with it.
 """
+
 from __future__ import annotations
 
 import ast
@@ -25,10 +26,10 @@ import networkx as nx
 import dlc
 
 ROOT = Path(dlc.__file__).resolve().parent
-PACKAGES = ("compiler", "runtime", "grammar", "tools")   # the folders of the package's subpackages
+PACKAGES = ("compiler", "runtime", "grammar", "tools")  # the folders of the package's subpackages
 
 
-@functools.cache      # read, never changed
+@functools.cache  # read, never changed
 def module_files() -> dict:
     """Every module of the package, by dotted name (a package by its __init__)."""
     files = {"dlc": ROOT / "__init__.py"}
@@ -62,10 +63,10 @@ def imported_modules(name: str, path: Path, modules: set) -> set:
             # `from pkg import mod` imports the module pkg.mod; `from mod import f` only mod
             targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in stmt.names]
         for target in targets:
-            while target and target not in modules:     # `import dlc.x.y.z` of a name: its module
+            while target and target not in modules:  # `import dlc.x.y.z` of a name: its module
                 target = target.rpartition(".")[0]
             named.add(target)
-            while target.startswith("dlc"):     # importing a.b.c first runs a/__init__ and a/b/__init__
+            while target.startswith("dlc"):  # importing a.b.c first runs a/__init__ and a/b/__init__
                 out.add(target)
                 target = target.rpartition(".")[0]
     # a module runs inside its own packages: they are already being imported, not a dependency,
@@ -73,7 +74,7 @@ def imported_modules(name: str, path: Path, modules: set) -> set:
     return {t for t in out if t != name and (t in named or not name.startswith(t + "."))}
 
 
-@functools.cache      # the tests only read it: the package's sources are parsed once
+@functools.cache  # the tests only read it: the package's sources are parsed once
 def import_graph() -> nx.DiGraph:
     files = module_files()
     graph = nx.DiGraph()
@@ -87,9 +88,9 @@ def import_graph() -> nx.DiGraph:
 def test_the_import_graph_covers_the_package():
     graph = import_graph()
     assert "dlc.compiler.native.lower" in graph
-    assert ("dlc.runtime.training.inputs", "dlc.runtime.data.registry") in graph.edges      # absolute
-    assert ("dlc.compiler.passes.optimize", "dlc.compiler.ir.graph") in graph.edges    # relative
-    assert ("dlc.compiler.native.codegen.jit", "dlc.compiler.errors") in graph.edges    # inside a function
+    assert ("dlc.runtime.training.inputs", "dlc.runtime.data.registry") in graph.edges  # absolute
+    assert ("dlc.compiler.passes.optimize", "dlc.compiler.ir.graph") in graph.edges  # relative
+    assert ("dlc.compiler.native.codegen.jit", "dlc.compiler.errors") in graph.edges  # inside a function
 
 
 def test_no_import_cycles():
@@ -103,7 +104,7 @@ def test_no_import_cycles():
 # (engines, with the optimizers they run), the data it reads, training, and the front doors
 # (cli, api, lsp, deploy) last.
 LAYERS = (
-    ("dlc.compiler.errors", "dlc.grammar", "dlc.compiler.stdlib"),     # stdlib: .dl files the front end reads
+    ("dlc.compiler.errors", "dlc.grammar", "dlc.compiler.stdlib"),  # stdlib: .dl files the front end reads
     ("dlc.compiler.ir",),
     ("dlc.compiler.passes",),
     ("dlc.compiler.frontend",),
@@ -162,14 +163,19 @@ CONTAINERS = ("dlc", "dlc.compiler", "dlc.runtime", "dlc.compiler.native", "dlc.
 
 def edges_against_the_layers(edges) -> list:
     """Imports of a later layer, and between two packages of one layer."""
-    return sorted((a, b) for a, b in edges if None not in (layer(a), layer(b))
-                  and (layer(b) > layer(a) or layer(b) == layer(a) and package(a) != package(b)))
+    return sorted(
+        (a, b)
+        for a, b in edges
+        if None not in (layer(a), layer(b))
+        and (layer(b) > layer(a) or layer(b) == layer(a) and package(a) != package(b))
+    )
 
 
 def package_cycles(edges) -> list:
     """The cycles of the graph of packages (each module's package of LAYERS)."""
-    packages = nx.DiGraph((package(a), package(b)) for a, b in edges
-                          if None not in (package(a), package(b)) and package(a) != package(b))
+    packages = nx.DiGraph(
+        (package(a), package(b)) for a, b in edges if None not in (package(a), package(b)) and package(a) != package(b)
+    )
     return sorted(nx.simple_cycles(packages), key=len)
 
 
@@ -218,10 +224,12 @@ def test_no_folder_cycles():
 
 
 def test_a_wrong_edge_is_found():
-    planted = [("dlc.compiler.ir.graph", "dlc.compiler.native.codegen.jit"),
-               ("dlc.runtime.engines.native", "dlc.runtime.training.trainer"),
-               ("dlc.compiler.native.program.registry", "dlc.compiler.native.rules"),     # a floor below
-               ("dlc.runtime.api", "dlc.runtime.lsp.server")]          # within a layer
+    planted = [
+        ("dlc.compiler.ir.graph", "dlc.compiler.native.codegen.jit"),
+        ("dlc.runtime.engines.native", "dlc.runtime.training.trainer"),
+        ("dlc.compiler.native.program.registry", "dlc.compiler.native.rules"),  # a floor below
+        ("dlc.runtime.api", "dlc.runtime.lsp.server"),
+    ]  # within a layer
     assert edges_against_the_layers(list(import_graph().edges) + planted) == sorted(planted)
 
 
@@ -232,22 +240,25 @@ def test_an_import_of_its_own_package_by_name_is_found(tmp_path):
     planted = tmp_path / "loops.py"
     planted.write_text("from dlc.compiler.native.kernels.gemm import packed_floats\n")
     edges = imported_modules(loops, planted, set(module_files()))
-    assert edges == {"dlc.compiler.native.kernels.gemm"}     # the packages above it: already running
+    assert edges == {"dlc.compiler.native.kernels.gemm"}  # the packages above it: already running
     graph = import_graph().copy()
     graph.add_edges_from((loops, target) for target in edges)
     assert sorted([loops, "dlc.compiler.native.kernels.gemm"]) in [sorted(c) for c in nx.simple_cycles(graph)]
 
 
 def test_a_planted_package_cycle_is_found():
-    planted = [("dlc.compiler.native.kernels.map", "dlc.compiler.native.rules")]       # rules/pooling.py imports map
-    assert ["dlc.compiler.native.kernels", "dlc.compiler.native.rules"] in \
-        [sorted(c) for c in package_cycles(list(import_graph().edges) + planted)]
+    planted = [("dlc.compiler.native.kernels.map", "dlc.compiler.native.rules")]  # rules/pooling.py imports map
+    assert ["dlc.compiler.native.kernels", "dlc.compiler.native.rules"] in [
+        sorted(c) for c in package_cycles(list(import_graph().edges) + planted)
+    ]
 
 
 def test_a_planted_folder_cycle_is_found():
     edges = list(import_graph().edges)
-    planted = [("dlc.compiler.onnx.rule_api.node", "dlc.compiler.onnx.importer"),     # the registry reads the importer
-               ("dlc.runtime.terminal", "dlc.runtime.api")]
+    planted = [
+        ("dlc.compiler.onnx.rule_api.node", "dlc.compiler.onnx.importer"),  # the registry reads the importer
+        ("dlc.runtime.terminal", "dlc.runtime.api"),
+    ]
     cycles = [sorted(c) for c in folder_cycles(edges + planted)]
     assert ["dlc.compiler.onnx", "dlc.compiler.onnx.rule_api"] in cycles
-    assert any({"dlc.runtime.api", "dlc.runtime.terminal"} <= set(c) for c in cycles)     # through engines/
+    assert any({"dlc.runtime.api", "dlc.runtime.terminal"} <= set(c) for c in cycles)  # through engines/

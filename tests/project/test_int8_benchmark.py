@@ -1,6 +1,7 @@
 """benchmarks/int8.py on the digits CNN with its initial weights, at batch 1 and one short
 round: both quantizations run on the same batches and the rows have finite errors and times,
 the float32 and int8 libraries' too (no figure is asserted: the machine is shared)."""
+
 import json
 import math
 import subprocess
@@ -18,12 +19,30 @@ def test_the_int8_benchmark_runs_the_digits_cnn(tmp_path):
     from dlc.runtime.api import DlcModel
     from dlc.runtime.interop import checkpoint
     from dlc.runtime.training.trainer import initial_parameters
+
     model = DlcModel(str(ROOT / "examples" / "digits_cnn.dl"))
     checkpoint.save(tmp_path / "w.npz", initial_parameters(model.train_model, 0), {}, {})
-    out = subprocess.run([sys.executable, str(SCRIPT), "--only", "digits_cnn", "--weights",
-                          f"digits_cnn={tmp_path / 'w.npz'}", "--batch", "1", "--rounds", "1", "--seconds", "0.05",
-                          "--json", str(tmp_path / "i.json")],
-                         capture_output=True, text=True, timeout=300)    # the session's compile cache
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--only",
+            "digits_cnn",
+            "--weights",
+            f"digits_cnn={tmp_path / 'w.npz'}",
+            "--batch",
+            "1",
+            "--rounds",
+            "1",
+            "--seconds",
+            "0.05",
+            "--json",
+            str(tmp_path / "i.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # the session's compile cache
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     result = json.loads((tmp_path / "i.json").read_text())
     (error,) = result["error"]

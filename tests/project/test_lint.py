@@ -1,4 +1,6 @@
-"""The tree is clean under ruff's linter, with the rules pyproject.toml's [tool.ruff] chooses."""
+"""The tree is clean under ruff's linter, with the rules pyproject.toml's [tool.ruff] chooses, and formatted as its
+formatter writes it (`ruff format`)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -17,4 +19,9 @@ def ruff(*args: str) -> subprocess.CompletedProcess:
 
 def test_the_tree_passes_the_linter():
     done = ruff("check", "--no-cache", "--output-format", "concise", ".")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_tree_is_formatted():
+    done = ruff("format", "--check", "--no-cache", ".")
     assert done.returncode == 0, done.stdout + done.stderr

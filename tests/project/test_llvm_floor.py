@@ -4,6 +4,7 @@ compiler/native/codegen/ and each kernel kind's loops.py import llvmlite; the pl
 fusion, lowering and memory planning run without LLVM. Nothing else imports it: the runtime
 reaches LLVM through codegen/ (the compile cache's objects and MCJIT through jit.py, a built
 library's embedded data module through data.py)."""
+
 import ast
 from fnmatch import fnmatch
 from pathlib import Path
@@ -26,7 +27,11 @@ def imported(path: Path) -> set:
 
 
 def modules() -> dict:
-    return {p.relative_to(ROOT).as_posix(): imported(p) for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+    return {
+        p.relative_to(ROOT).as_posix(): imported(p)
+        for package in PACKAGES
+        for p in sorted((ROOT / package).rglob("*.py"))
+    }
 
 
 def importers_of(prefix: str, files: dict) -> set:
@@ -39,14 +44,16 @@ def off_the_floor(importers: set, floor: tuple) -> list:
 
 def test_only_codegen_and_the_kinds_loops_import_llvmlite():
     importers = importers_of("llvmlite", modules())
-    assert {"compiler/native/codegen/jit.py", "compiler/native/kernels/reduce/loops.py"} <= importers   # it sees them
+    assert {"compiler/native/codegen/jit.py", "compiler/native/kernels/reduce/loops.py"} <= importers  # it sees them
     outside = off_the_floor(importers, LLVM_FLOOR)
     assert not outside, f"modules that import llvmlite off its floor ({', '.join(LLVM_FLOOR)}): {outside}"
 
 
 def test_the_planning_floor_imports_nothing_of_codegen():
     files = modules()
-    planning = {f for f in files if any(fnmatch(f, p) for p in PLANNING) and "/codegen/" not in f and "/kernels/" not in f}
+    planning = {
+        f for f in files if any(fnmatch(f, p) for p in PLANNING) and "/codegen/" not in f and "/kernels/" not in f
+    }
     assert "compiler/native/lower.py" in planning and "compiler/native/rules/views.py" in planning
     found = sorted(importers_of("dlc.compiler.native.codegen", {f: files[f] for f in planning}))
     assert not found, f"planning modules that import compiler/native/codegen/: {found}"

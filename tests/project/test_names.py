@@ -1,5 +1,6 @@
 """Names say one thing: a class name is defined by one module of the package, and no module
 is imported under a one-letter alias."""
+
 import ast
 from collections import defaultdict
 from pathlib import Path
@@ -25,6 +26,9 @@ def test_no_one_letter_module_alias():
     for path in SOURCES:
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                found += [f"{path.relative_to(ROOT)}:{node.lineno} {a.name} as {a.asname}" for a in node.names
-                          if a.asname and len(a.asname) == 1]
+                found += [
+                    f"{path.relative_to(ROOT)}:{node.lineno} {a.name} as {a.asname}"
+                    for a in node.names
+                    if a.asname and len(a.asname) == 1
+                ]
     assert not found, "one-letter aliases:\n" + "\n".join(found)

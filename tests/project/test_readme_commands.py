@@ -6,6 +6,7 @@ this test is part of that command) and a block marked `<!-- not run by
 tests/project/test_readme_commands.py: REASON -->` (downloads). The tutorial's PyTorch, which it
 says to install as pytorch.org says for one's machine, is installed here as the pinned CPU
 build of the test extra."""
+
 import os
 import re
 import shutil
@@ -18,10 +19,11 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-BLOCK = re.compile(r"(?:<!-- ([^\n]*?) -->\n)?```(\w*)\n(.*?)```", re.S)     # (marker, kind, body)
+BLOCK = re.compile(r"(?:<!-- ([^\n]*?) -->\n)?```(\w*)\n(.*?)```", re.S)  # (marker, kind, body)
 LEFT_OUT = ("ci: test-setup", "ci: test", "not run by tests/project/test_readme_commands.py")
-COPY_IGNORES = shutil.ignore_patterns(".git", ".venv", "runs", "__pycache__", "*.egg-info", "build", "dist",
-                                      ".pytest_cache")
+COPY_IGNORES = shutil.ignore_patterns(
+    ".git", ".venv", "runs", "__pycache__", "*.egg-info", "build", "dist", ".pytest_cache"
+)
 
 
 def command_blocks(page: Path) -> list:
@@ -53,8 +55,12 @@ def test_every_command_block_runs_in_a_fresh_venv(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}", VIRTUAL_ENV=str(venv),
-               DLC_CACHE_DIR=str(tmp_path / "cache"), HOME=str(tmp_path / "home"))
+    env.update(
+        PATH=f"{venv / 'bin'}{os.pathsep}{env['PATH']}",
+        VIRTUAL_ENV=str(venv),
+        DLC_CACHE_DIR=str(tmp_path / "cache"),
+        HOME=str(tmp_path / "home"),
+    )
     # the README, from the checkout's folder, block after block (the main job, then its use)
     for block in command_blocks(ROOT / "README.md"):
         for line in block.splitlines():
@@ -68,6 +74,8 @@ def test_every_command_block_runs_in_a_fresh_venv(tmp_path):
     run("pip install -q torch==2.13.0", checkout, env)
     empty = tmp_path / "tutorial"
     empty.mkdir()
-    printed = run(f"python {checkout / 'tests' / 'helpers' / 'doc_blocks.py'} {checkout / 'docs' / 'tutorial.md'}", empty, env)
+    printed = run(
+        f"python {checkout / 'tests' / 'helpers' / 'doc_blocks.py'} {checkout / 'docs' / 'tutorial.md'}", empty, env
+    )
     assert "'export'" in printed and "'predict'" in printed
     assert (empty / "predictions.csv").read_text().startswith("probs_0,probs_1,probs_2\n")

@@ -8,6 +8,7 @@ the reference engine does, and every check passes. A new optimizer is a class an
 runtime/optim/optimizers.py, a row of docs/training.md and the test cases the recipe names,
 and nothing else: the checks it names refuse it until the row and the cases are there, and
 then it trains on both engines and in a built library as numpy computes its rule."""
+
 import os
 import re
 import shutil
@@ -21,12 +22,29 @@ import pytest
 from dlc.runtime.interop import checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-COPIED = ("__init__.py", "__main__.py", "setup.py", "pyproject.toml", "README.md", "compiler", "runtime", "grammar",
-          "tools", "editors", "docs", "tests/project", "tests/helpers", "tests/conftest.py")
-CHECKS = ["tests/project/test_imports.py", "tests/project/test_llvm_floor.py",
-          "tests/project/test_packaging.py::test_every_package_of_the_tree_is_installed",
-          "tests/project/test_packaging.py::test_every_folder_of_the_package_is_a_package",
-          "tests/project/test_docs.py::test_the_module_map_names_every_module"]
+COPIED = (
+    "__init__.py",
+    "__main__.py",
+    "setup.py",
+    "pyproject.toml",
+    "README.md",
+    "compiler",
+    "runtime",
+    "grammar",
+    "tools",
+    "editors",
+    "docs",
+    "tests/project",
+    "tests/helpers",
+    "tests/conftest.py",
+)
+CHECKS = [
+    "tests/project/test_imports.py",
+    "tests/project/test_llvm_floor.py",
+    "tests/project/test_packaging.py::test_every_package_of_the_tree_is_installed",
+    "tests/project/test_packaging.py::test_every_folder_of_the_package_is_a_package",
+    "tests/project/test_docs.py::test_the_module_map_names_every_module",
+]
 
 KIND = '''"""A kind of kernel made by following the recipe."""
 from __future__ import annotations
@@ -118,8 +136,9 @@ def copy_tree(to: Path, also: tuple = ()) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "node_modules", ".*")
     for name in COPIED + also:
         (tree / name).parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if (ROOT / name).is_dir() else shutil.copyfile)(ROOT / name, tree / name, **(
-            {"ignore": ignore} if (ROOT / name).is_dir() else {}))
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copyfile)(
+            ROOT / name, tree / name, **({"ignore": ignore} if (ROOT / name).is_dir() else {})
+        )
     return tree
 
 
@@ -136,8 +155,11 @@ def test_a_new_kind_of_kernel_is_its_package_and_a_line_of_the_module_map(tmp_pa
     kind.mkdir()
     (kind / "__init__.py").write_text(KIND)
     (kind / "loops.py").write_text(LOOPS)
-    found = run(tree, "-c", "from dlc.compiler.native.rules import lowering_rule; "
-                            "print(lowering_rule('recipe_primitive').__module__)")
+    found = run(
+        tree,
+        "-c",
+        "from dlc.compiler.native.rules import lowering_rule; print(lowering_rule('recipe_primitive').__module__)",
+    )
     assert found.stdout.split() == ["dlc.compiler.native.kernels.recipe"], found.stderr
     checks = run(tree, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider", *CHECKS)
     failed = sorted(line.split()[1] for line in checks.stdout.splitlines() if line.startswith("FAILED"))
@@ -189,9 +211,13 @@ SIGN_SGD = '''class SignSGD(Optimizer):
 SIGN_SGD_ROW = "| `sign_sgd` | `lr`, `weight_decay = 0`: the step is `lr` times the sign of the gradient (signSGD) |\n"
 SIGN_SGD_CASE = '    "sign_sgd-constant": "optimizer = sign_sgd(lr = 0.01, weight_decay = 0.01)",\n'
 SIGN_SGD_UPDATE = '("sign_sgd", {"lr": 1e-3}), ("sign_sgd", {"lr": 1e-3, "weight_decay": 0.1}), '
-OPTIMIZER_CHECKS = ["tests/project/test_registries.py", "tests/deploy/test_train_settings.py",
-                    "tests/native/test_update_rule.py", "-k",
-                    "test_registries or test_the_cases_take_every_optimizer_and_schedule or sign_sgd"]
+OPTIMIZER_CHECKS = [
+    "tests/project/test_registries.py",
+    "tests/deploy/test_train_settings.py",
+    "tests/native/test_update_rule.py",
+    "-k",
+    "test_registries or test_the_cases_take_every_optimizer_and_schedule or sign_sgd",
+]
 # the tiny model the optimizer trains: its loss's gradient is the batch's g itself (one row a batch)
 LR, WEIGHT_DECAY, SEED = 0.25, 0.5, 2
 SUMS = f"""
@@ -256,8 +282,12 @@ def test_a_new_optimizer_is_a_class_a_row_and_its_test_cases(tmp_path):
     tree = copy_tree(tmp_path, ("tests/deploy/test_train_settings.py", "tests/native/test_update_rule.py"))
     recipe = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8").split("**An optimizer.**", 1)[1]
     named = set(re.findall(r"`((?:runtime|compiler|tests|docs)/[\w/.]+)`", recipe.split("\n\n", 1)[0]))
-    written = {"runtime/optim/optimizers.py", "docs/training.md", "tests/deploy/test_train_settings.py",
-               "tests/native/test_update_rule.py"}
+    written = {
+        "runtime/optim/optimizers.py",
+        "docs/training.md",
+        "tests/deploy/test_train_settings.py",
+        "tests/native/test_update_rule.py",
+    }
     assert written <= named, written - named
 
     # the class, and its name in OPTIMIZERS: the checks ask for its row and its cases
@@ -265,9 +295,10 @@ def test_a_new_optimizer_is_a_class_a_row_and_its_test_cases(tmp_path):
     insert(optimizers, "OPTIMIZERS = {", SIGN_SGD)
     insert(optimizers, "LBFGS, Newton)}", "SignSGD, ")
     failed, checks = failed_checks(tree)
-    assert failed == ["tests/deploy/test_train_settings.py::test_the_cases_take_every_optimizer_and_schedule",
-                      "tests/project/test_registries.py::test_every_optimizer_is_documented_with_its_options[sign_sgd]"], \
-        checks.stdout[-3000:]
+    assert failed == [
+        "tests/deploy/test_train_settings.py::test_the_cases_take_every_optimizer_and_schedule",
+        "tests/project/test_registries.py::test_every_optimizer_is_documented_with_its_options[sign_sgd]",
+    ], checks.stdout[-3000:]
     # its row and its cases: every check passes, its cases among them
     insert(tree / "docs" / "training.md", "\n`lr` must be positive", SIGN_SGD_ROW)
     insert(tree / "tests" / "deploy" / "test_train_settings.py", "}\n\n\ndef test_the_cases_take", SIGN_SGD_CASE)
@@ -290,7 +321,7 @@ def test_a_new_optimizer_is_a_class_a_row_and_its_test_cases(tmp_path):
     for g in fed[:, 0]:
         w = w - np.float32(LR) * np.sign(w.astype(np.float64) * WEIGHT_DECAY + g).astype(np.float32)
         plain = plain - np.float32(LR) * np.sign(g)
-    assert w.dtype == np.float32 and not np.array_equal(w, plain)      # the weight decay changed signs
+    assert w.dtype == np.float32 and not np.array_equal(w, plain)  # the weight decay changed signs
     for who, path in [("native", "native/last.npz"), ("reference", "reference/last.npz"), ("library", "library.npz")]:
         params, _, meta = checkpoint.load(tmp_path / path)
         assert meta["step"] == 10, who

@@ -1,6 +1,7 @@
 """The registries of the train block's settings are complete, as tests/ir/test_records.py checks
 the primitives': every optimizer class and every data source is registered under its name,
 and each registered one is documented in docs/training.md with its options."""
+
 import inspect
 import re
 from pathlib import Path
@@ -48,8 +49,11 @@ def source_functions() -> dict:
     found = {}
     for module in (files, images, photos, synthetic, tables, text):
         for name, f in inspect.getmembers(module, inspect.isfunction):
-            if f.__module__ == module.__name__ and list(inspect.signature(f).parameters) == ["base_dir", "args"] \
-                    and inspect.signature(f).return_annotation in (Dataset, "Dataset"):
+            if (
+                f.__module__ == module.__name__
+                and list(inspect.signature(f).parameters) == ["base_dir", "args"]
+                and inspect.signature(f).return_annotation in (Dataset, "Dataset")
+            ):
                 found[name] = f
     return found
 

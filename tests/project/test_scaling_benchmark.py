@@ -1,6 +1,7 @@
 """benchmarks/scaling.py, on its smallest sizes with few steps: every point passes the
 first-step loss check against PyTorch and gets a row with finite times, ratio and memory
 (no timing is asserted: the machine is shared)."""
+
 import json
 import math
 import subprocess
@@ -14,9 +15,24 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scaling.py"
 
 
 def test_the_scaling_benchmark_runs_its_smallest_points(tmp_path):
-    out = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--only", "mlp", "--axis", "batch",
-                          "--json", str(tmp_path / "s.json"), "--plot", str(tmp_path / "s.png")],
-                         capture_output=True, text=True, timeout=120)    # the session's compile cache: its GEMM kernels
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--quick",
+            "--only",
+            "mlp",
+            "--axis",
+            "batch",
+            "--json",
+            str(tmp_path / "s.json"),
+            "--plot",
+            str(tmp_path / "s.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # the session's compile cache: its GEMM kernels
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| 16 ") or line.startswith("| 32 ")]
     assert len(rows) == 2, out.stdout

@@ -3,6 +3,7 @@ xdist_group run on one worker, which the scheduler knows by the group's name aft
 in each test's node id (a pytest whose node ids pytest-xdist cannot suffix spreads a group,
 and its expensive module fixtures, over every worker: pyproject.toml's test extra); the
 folders a session makes are gone at its end."""
+
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ pytestmark = pytest.mark.xdist_group("test_test_session")
 def test_a_grouped_test_is_named_by_its_group_under_xdist(request):
     if hasattr(request.config, "workerinput") and request.config.getvalue("loadgroup"):
         assert request.node.nodeid.endswith("@test_test_session")
-    else:        # in one process, or not by groups: no worker to keep it on
+    else:  # in one process, or not by groups: no worker to keep it on
         assert "@" not in request.node.nodeid
 
 
@@ -24,11 +25,28 @@ def test_a_session_leaves_none_of_its_folders_behind(tmp_path):
     """The compile cache, the locks, the shared results and (where bytecode is not written)
     the bytecode cache of a session with pytest-xdist's workers are removed at its end."""
     tests = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DLC_CACHE_DIR", "DLC_TEST_LOCKS", "DLC_TEST_SHARED", "PYTHONPYCACHEPREFIX")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DLC_CACHE_DIR", "DLC_TEST_LOCKS", "DLC_TEST_SHARED", "PYTHONPYCACHEPREFIX")
+    }
     env.update(TMPDIR=str(tmp_path), PYTHONDONTWRITEBYTECODE="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "-p", "no:cacheprovider",
-                        str(tests / "frontend" / "test_growing_model.py")], env=env, cwd=tests.parent,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-n",
+            "2",
+            "-p",
+            "no:cacheprovider",
+            str(tests / "frontend" / "test_growing_model.py"),
+        ],
+        env=env,
+        cwd=tests.parent,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("dlc-test-")] == []

@@ -1,6 +1,7 @@
 """benchmarks/train_step.py with a peer that cannot run a workload on this CPU (as PyTorch's
 bf16 LSTM cannot without AVX-512): the run goes on, says which peer and why, and times dlc
 without it; dlc's own failure still stops the run."""
+
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ def train_step(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import peak
     import train_step
+
     monkeypatch.setattr(peak, "cached_or_measure", lambda: PEAK)
     return train_step
 
@@ -29,8 +31,8 @@ def test_a_peer_that_cannot_run_the_workload_is_left_out_of_its_row(train_step, 
     assert "torch            cannot run mlp on this CPU: could not create a primitive descriptor" in out
     row = next(line for line in out.splitlines() if line.startswith("| mlp"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert float(cells[2]) > 0                  # dlc's median
-    assert "torch ms" not in out                # no column of a peer that never ran
+    assert float(cells[2]) > 0  # dlc's median
+    assert "torch ms" not in out  # no column of a peer that never ran
 
 
 def test_dlc_failing_still_stops_the_run(train_step, monkeypatch):

@@ -1,6 +1,7 @@
 """Callbacks of a training run (runtime/training/callbacks.py): every event with its logs, a
 callback that stops the run after an epoch or a step (and the stopped run resumed to the same
 parameters), duck-typed objects, errors; and the built-in behaviours as callbacks."""
+
 import numpy as np
 import pytest
 
@@ -61,14 +62,18 @@ def train(m, tmp_path, out="run", **kw):
 def test_a_callback_sees_every_event_with_its_logs(tmp_path):
     rec = Recorder()
     result = train(model(tmp_path), tmp_path, validation=0.25, callbacks=[rec])
-    assert rec.events[0] == ("train_begin", {"epochs": 3, "batches": 5, "examples": 36, "initial_epoch": 0,
-                                             "initial_step": 0, "steps": 15})
+    assert rec.events[0] == (
+        "train_begin",
+        {"epochs": 3, "batches": 5, "examples": 36, "initial_epoch": 0, "initial_step": 0, "steps": 15},
+    )
     assert rec.events[-1] == ("train_end", {"stopped": "done", "epochs": 3})
     assert rec.of("epoch_begin") == [(e, {"batch": 0}) for e in range(3)]
     steps = rec.of("batch_end")
     assert [s for s, _ in steps] == list(range(1, 16))
-    assert all(set(logs) == {"loss", "accuracy", "lr"} and all(isinstance(v, float) for v in logs.values())
-               for _, logs in steps)
+    assert all(
+        set(logs) == {"loss", "accuracy", "lr"} and all(isinstance(v, float) for v in logs.values())
+        for _, logs in steps
+    )
     assert steps[0][1]["lr"] == 0.1
     # each epoch's logs are its row of the history, validation values included
     assert rec.of("epoch_end") == [(e, row) for e, row in enumerate(result.history)]
@@ -80,7 +85,7 @@ def test_a_callback_sees_every_event_with_its_logs(tmp_path):
 
 
 def test_callbacks_are_objects_with_any_of_the_methods(tmp_path):
-    class Losses:       # no base class, one method
+    class Losses:  # no base class, one method
         def __init__(self):
             self.losses = []
 
@@ -93,8 +98,9 @@ def test_callbacks_are_objects_with_any_of_the_methods(tmp_path):
 
 
 def test_an_object_with_no_hook_is_refused_before_the_run(tmp_path):
-    with pytest.raises(DlcError, match="a callback has one or more of the methods on_train_begin, .*; "
-                                       "Sequential has none"):
+    with pytest.raises(
+        DlcError, match="a callback has one or more of the methods on_train_begin, .*; Sequential has none"
+    ):
         train(model(tmp_path), tmp_path, callbacks=[type("Sequential", (), {})()])
     assert not (tmp_path / "run").exists()
 
@@ -111,11 +117,12 @@ class StopAfterEpoch(Callback):
 
 def test_a_callback_stops_the_run_after_an_epoch(tmp_path):
     said, rec = [], Recorder()
-    result = model(tmp_path).train(out=str(tmp_path / "run"), data=arrays(), log=said.append, progress="epochs",
-                                   callbacks=[StopAfterEpoch(1), rec])
+    result = model(tmp_path).train(
+        out=str(tmp_path / "run"), data=arrays(), log=said.append, progress="epochs", callbacks=[StopAfterEpoch(1), rec]
+    )
     assert result.stopped == "stopped" and len(result.history) == 2
     assert "stopped by StopAfterEpoch: loss is low enough" in said
-    assert len(rec.of("epoch_end")) == 2        # the callbacks after it saw the epoch that stopped the run
+    assert len(rec.of("epoch_end")) == 2  # the callbacks after it saw the epoch that stopped the run
     assert rec.events[-1] == ("train_end", {"stopped": "stopped", "epochs": 2})
     meta = checkpoint.load(tmp_path / "run" / "last.npz")[2]
     assert (meta["epoch"], meta["batch"]) == (2, 0)
@@ -134,8 +141,9 @@ def test_a_callback_stops_the_run_after_a_step_and_resume_continues_it(tmp_path)
     m = model(tmp_path)
     straight = train(m, tmp_path, out="a")
     said = []
-    stopped = m.train(out=str(tmp_path / "b"), data=arrays(), log=said.append, progress="none",
-                      callbacks=[StopAtStep(8)])
+    stopped = m.train(
+        out=str(tmp_path / "b"), data=arrays(), log=said.append, progress="none", callbacks=[StopAtStep(8)]
+    )
     assert stopped.stopped == "stopped" and len(stopped.history) == 1
     assert any(line.startswith("stopped by StopAtStep: saved ") and "(epoch 2, batch 2)" in line for line in said), said
     meta = checkpoint.load(tmp_path / "b" / "last.npz")[2]
@@ -156,8 +164,10 @@ def test_stop_training_outside_an_epoch_or_a_step_is_an_error(tmp_path):
         def on_train_begin(self, logs):
             raise StopTraining("now")
 
-    with pytest.raises(DlcError, match="Early.on_train_begin raised StopTraining: a callback stops a run from "
-                                       "on_batch_end or on_epoch_end"):
+    with pytest.raises(
+        DlcError,
+        match="Early.on_train_begin raised StopTraining: a callback stops a run from on_batch_end or on_epoch_end",
+    ):
         train(model(tmp_path), tmp_path, callbacks=[Early()])
 
 
@@ -184,8 +194,10 @@ def test_early_stopping_is_a_callback_that_stops_the_run(tmp_path):
     assert e.value.reason == "early stop" and not stop.improved
 
     said = []
-    m = model(tmp_path, "train clf { batch = 8 epochs = 50 optimizer = sgd(lr = 5.0) "
-                        "early_stop = patience(1, monitor = loss) }")
+    m = model(
+        tmp_path,
+        "train clf { batch = 8 epochs = 50 optimizer = sgd(lr = 5.0) early_stop = patience(1, monitor = loss) }",
+    )
     result = m.train(out=str(tmp_path / "run"), data=arrays(), log=said.append, progress="epochs")
     assert result.stopped == "early stop" and len(result.history) < 50
     assert "early stop: loss did not improve for 1 epoch" in said
@@ -198,19 +210,19 @@ def test_checkpoints_are_a_callback_that_writes_last_and_best(tmp_path):
     assert isinstance(writer, Callback)
     writer.on_train_begin({"initial_step": 0})
     for epoch, loss in enumerate([0.5, 0.7]):
-        params["w"] += 1            # a step updates the run's parameters in place
+        params["w"] += 1  # a step updates the run's parameters in place
         writer.on_batch_end(epoch + 1, {})
         history.append({"epoch": epoch + 1, "loss": loss})
         stop.on_epoch_end(epoch, history[-1])
         writer.on_epoch_end(epoch, history[-1])
     last, _, meta = checkpoint.load(tmp_path / "last.npz")
     best, _, best_meta = checkpoint.load(tmp_path / "best.npz")
-    assert last["w"].tolist() == [2, 2] and best["w"].tolist() == [1, 1]      # the second epoch did not improve
+    assert last["w"].tolist() == [2, 2] and best["w"].tolist() == [1, 1]  # the second epoch did not improve
     assert (meta["epoch"], meta["step"], meta["batch"], meta["model"]) == (2, 2, 0, "m")
     assert best_meta["history"] == history[:1] and meta["early_stop"] == {"best": 0.5, "bad": 1}
     assert writer.written == ["last.npz", "best.npz"]
     Checkpoints(tmp_path / "other", params, {}, history, stop, {}, writes=False).on_epoch_end(2, {})
-    assert not (tmp_path / "other").exists()       # a process that does not write (rank 1 and after)
+    assert not (tmp_path / "other").exists()  # a process that does not write (rank 1 and after)
 
 
 def test_the_displays_and_the_event_log_are_callbacks():
@@ -218,9 +230,22 @@ def test_the_displays_and_the_event_log_are_callbacks():
     lines = []
     display = EpochLines(lines.append)
     display.on_train_begin({"epochs": 2})
-    step = Step(step=4, steps=8, epoch=0, epochs=2, first=0, done=4, total=4, per_epoch=4, totals={"loss": 8.0, "grad_norm": 1.0},
-                seen=16, fresh=16, started=0.0, lr=0.01)
-    assert dict(step) == {"loss": 0.5, "lr": 0.01}       # a step is the logs of on_batch_end
+    step = Step(
+        step=4,
+        steps=8,
+        epoch=0,
+        epochs=2,
+        first=0,
+        done=4,
+        total=4,
+        per_epoch=4,
+        totals={"loss": 8.0, "grad_norm": 1.0},
+        seen=16,
+        fresh=16,
+        started=0.0,
+        lr=0.01,
+    )
+    assert dict(step) == {"loss": 0.5, "lr": 0.01}  # a step is the logs of on_batch_end
     display.on_batch_end(4, step)
     display.on_epoch_end(0, {"epoch": 1, "lr": 0.01, "time": 0.2, "loss": 0.5})
     assert lines == ["epoch 1/2  loss 0.5000  0.20 s  50 ms/step"]

@@ -3,6 +3,7 @@ Inf is named at the line and operation that made it from finite inputs — in th
 in a standard-library layer (at the user's call), inside a scan, in the backward pass only —
 on both engines; the step that found it leaves the parameters as they were; the command exits
 with one message; and with the check off the compiled step is the same as ever."""
+
 import re
 
 import numpy as np
@@ -31,19 +32,28 @@ HEAD = """model m {
     target y: f32[B, 1]
     a = dense(x, 4)
 """
-USER_LOG = HEAD + """    h = log(a)
+USER_LOG = (
+    HEAD
+    + """    h = log(a)
     loss mse(dense(h, 1), y)
 }
 """
-STDLIB_LOG = HEAD + """    h = dense(a, 3, log)
+)
+STDLIB_LOG = (
+    HEAD
+    + """    h = dense(a, 3, log)
     loss mse(dense(h, 1), y)
 }
 """
+)
 # c starts at 1.5 or 2.5 and drops by 1 a step: its log is first nan at step 1 (x = 0)
-SCAN_LOG = HEAD + """    h = scan t in 3 carry c = x + 1.5 { c = c - 1.0  yield log(c) }
+SCAN_LOG = (
+    HEAD
+    + """    h = scan t in 3 carry c = x + 1.5 { c = c - 1.0  yield log(c) }
     loss mse(dense(flatten(h), 1), y) + 0 * mean(a)
 }
 """
+)
 # sqrt(x * s) is finite, but its gradient where x is 0 is not (and s's gradient is nan)
 BACKWARD_SQRT = """model m {
     input  x: f32[B, 2]
@@ -53,10 +63,13 @@ BACKWARD_SQRT = """model m {
     loss mse(dense(h, 1), y)
 }
 """
-FINITE = HEAD + """    h = tanh(a)
+FINITE = (
+    HEAD
+    + """    h = tanh(a)
     loss mse(dense(h, 1), y)
 }
 """
+)
 X = np.array([[0, 0], [0, 1], [1, 0], [1, 1]], np.float32)
 Y = np.array([[0], [1], [1], [0]], np.float32)
 
@@ -87,7 +100,7 @@ def first_nonfinite(engine_class, text: str) -> NonFinite:
     before = {k: v.copy() for k, v in params.items()}
     with pytest.raises(NonFinite) as e:
         step(engine, params, optimizer)
-    for name, v in before.items():      # the step that stopped updated nothing: the last checkpoint holds
+    for name, v in before.items():  # the step that stopped updated nothing: the last checkpoint holds
         np.testing.assert_array_equal(params[name], v, err_msg=name)
     return e.value
 
@@ -113,19 +126,21 @@ def test_a_log_in_a_standard_library_layer_is_named_at_the_users_call(engine_cla
 def test_a_log_inside_a_scan_is_named_with_its_step(engine_class):
     e = first_nonfinite(engine_class, SCAN_LOG)
     assert e.span.line == 5
-    assert came_from(e).startswith("line 5's `log` at step 1 of its scan, in the forward pass, "
-                                   "from finite inputs in [-0.5, "), e.message
+    assert came_from(e).startswith(
+        "line 5's `log` at step 1 of its scan, in the forward pass, from finite inputs in [-0.5, "
+    ), e.message
 
 
 @pytest.mark.parametrize("engine_class", ENGINES)
 def test_a_gradient_that_alone_is_not_finite_is_named_as_the_gradient_of_its_op(engine_class):
     engine, params, optimizer = engine_and_params(engine_class, BACKWARD_SQRT, check=False)
-    assert np.isfinite(step(engine, params, optimizer)["loss"])     # the forward pass is finite
+    assert np.isfinite(step(engine, params, optimizer)["loss"])  # the forward pass is finite
     e = first_nonfinite(engine_class, BACKWARD_SQRT)
     assert e.span.line == 5
-    assert came_from(e).startswith("the gradient of line 5's `sqrt` (its `div`), "
-                                   "in the backward pass, from finite inputs in ["), e.message
-    assert "and [0, 1]" in e.message        # the sqrt it divides by
+    assert came_from(e).startswith(
+        "the gradient of line 5's `sqrt` (its `div`), in the backward pass, from finite inputs in ["
+    ), e.message
+    assert "and [0, 1]" in e.message  # the sqrt it divides by
 
 
 @pytest.mark.parametrize("engine_class", ENGINES)
@@ -202,8 +217,9 @@ def test_the_native_counter_counts_nan_and_both_infinities_only(dtype):
     compiled = cache.compile_cached(build_module(KernelProgram(), check=True).module)
     count = NONFINITE_COUNT(compiled.address(NONFINITE[dtype]))
     info = np.finfo(dtype.replace("f", "float"))
-    values = np.array([0.0, -0.0, 1.0, info.max, -info.max, info.tiny, info.smallest_subnormal] * 5,
-                      dtype.replace("f", "float"))
+    values = np.array(
+        [0.0, -0.0, 1.0, info.max, -info.max, info.tiny, info.smallest_subnormal] * 5, dtype.replace("f", "float")
+    )
     assert count(values.ctypes.data, values.size) == 0
     for at, bad in ((0, np.nan), (17, np.inf), (34, -np.inf)):
         values[at] = bad

@@ -2,6 +2,7 @@
 error, a checkpoint of another model names the mismatches, --resume takes a checkpoint (of any
 optimizer, at a position inside its epoch) and never the model file, --out is a folder, and a run
 names only the checkpoints it wrote and removes stale temporary ones."""
+
 import json
 import os
 import time
@@ -33,8 +34,7 @@ def trained(tmp_path_factory):
 
 def test_out_naming_an_existing_file_is_refused(tmp_path, capsys):
     (tmp_path / "taken").write_text("mine")
-    err = failure(["train", write(tmp_path, XOR), "--out", str(tmp_path / "taken"), "--backend", "reference"],
-                  capsys)
+    err = failure(["train", write(tmp_path, XOR), "--out", str(tmp_path / "taken"), "--backend", "reference"], capsys)
     assert f"cannot keep checkpoints in {tmp_path / 'taken'}: it is a file" in err
     assert (tmp_path / "taken").read_text() == "mine"
 
@@ -71,8 +71,9 @@ def test_resume_from_damaged_metadata_is_one_clear_error(tmp_path, capsys, train
     path, last = trained
     bad = tmp_path / "bad.npz"
     _with_meta(last, bad, DAMAGE[damage])
-    err = failure(["train", path, "--resume", str(bad), "--out", str(tmp_path / "run"), "--backend", "reference"],
-                  capsys)
+    err = failure(
+        ["train", path, "--resume", str(bad), "--out", str(tmp_path / "run"), "--backend", "reference"], capsys
+    )
     assert f"{bad} is not a readable checkpoint: its metadata is damaged" in err
     err = failure(["eval", path, "--weights", str(bad), "--backend", "reference"], capsys)
     assert f"{bad} is not a readable checkpoint: its metadata is damaged" in err
@@ -82,23 +83,55 @@ def test_resume_refuses_a_position_beyond_the_epoch(tmp_path, capsys, trained):
     path, last = trained
     bad = tmp_path / "far.npz"
     _with_meta(last, bad, lambda m: m | {"epoch": 0, "batch": 5})
-    err = failure(["train", path, "--resume", str(bad), "--out", str(tmp_path / "run"), "--backend", "reference"],
-                  capsys)
+    err = failure(
+        ["train", path, "--resume", str(bad), "--out", str(tmp_path / "run"), "--backend", "reference"], capsys
+    )
     assert "after batch 5" in err and "1 batch" in err
 
 
 def test_resume_with_another_optimizer_starts_its_state_afresh(tmp_path, capsys):
     path, run = write(tmp_path, XOR), str(tmp_path / "run")
     assert main(["train", path, "--epochs", "1", "--optimizer", "adam", "--out", run, "--backend", "reference"]) == 0
-    assert main(["train", path, "--epochs", "2", "--optimizer", "sgd(lr = 0.1, momentum = 0.9)", "--resume",
-                 "--out", run, "--backend", "reference"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                path,
+                "--epochs",
+                "2",
+                "--optimizer",
+                "sgd(lr = 0.1, momentum = 0.9)",
+                "--resume",
+                "--out",
+                run,
+                "--backend",
+                "reference",
+            ]
+        )
+        == 0
+    )
     assert "was trained with adam; sgd starts afresh" in capsys.readouterr().err
     arrays = dict(np.load(tmp_path / "run" / "last.npz"))
     assert set(k for k in arrays if k.startswith("opt:h.W")) == {"opt:h.W:momentum"}
     arrays["opt:h.W:momentum"] = np.zeros(3, np.float32)
     np.savez(tmp_path / "bad.npz", **arrays)
-    err = failure(["train", path, "--epochs", "3", "--optimizer", "sgd(lr = 0.1, momentum = 0.9)", "--resume",
-                   str(tmp_path / "bad.npz"), "--out", run, "--backend", "reference"], capsys)
+    err = failure(
+        [
+            "train",
+            path,
+            "--epochs",
+            "3",
+            "--optimizer",
+            "sgd(lr = 0.1, momentum = 0.9)",
+            "--resume",
+            str(tmp_path / "bad.npz"),
+            "--out",
+            run,
+            "--backend",
+            "reference",
+        ],
+        capsys,
+    )
     assert "the optimizer state h.W:momentum is float32[3], but h.W is [2, 4]" in err
 
 
@@ -116,7 +149,7 @@ def test_zero_epochs_names_no_checkpoint_it_did_not_write(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
     old = {k: v + 1 for k, v in init_params(load(path).build(None, training=True)).items()}
-    checkpoint.save(run / "best.npz", old, {}, {})       # a previous run's
+    checkpoint.save(run / "best.npz", old, {}, {})  # a previous run's
     result = Trainer(load(path), None, {"epochs": 0}, run, log=lambda m: None, backend="reference").run(overwrite=True)
     assert not np.array_equal(result.params["h.W"], old["h.W"].astype(np.float32))
     assert main(["train", path, "--epochs", "0", "--out", str(run), "--backend", "reference"]) == 0
@@ -133,7 +166,7 @@ def test_stale_temporary_checkpoints_are_removed(tmp_path):
     for f in stale + kept:
         f.write_bytes(b"half a checkpoint")
         os.utime(f, (time.time() - 60, time.time() - 60))
-    newer = run / ".last-abcdefgh.npz"          # another run's, being written after this one started
+    newer = run / ".last-abcdefgh.npz"  # another run's, being written after this one started
     newer.write_bytes(b"half a checkpoint")
     os.utime(newer, (time.time() + 60, time.time() + 60))
     Trainer(load(path), None, {"epochs": 1}, run, log=lambda m: None, backend="reference").run()
@@ -152,8 +185,12 @@ def test_mismatched_checkpoint_names_the_mismatches(tmp_path, capsys):
 def test_resume_past_the_end_of_the_schedule_warns(tmp_path, capsys, decay_steps, warned):
     """cosine(decay_steps = 3) has ended at the step 4 the first epoch stops at: the epoch left trains at
     min_lr = 0, which changes no parameter; one that has not ended by then says nothing."""
-    path = write(tmp_path, XOR, "train xor { data = xor(repeat = 4) batch = 4 epochs = 2 optimizer = sgd(lr = 0.5) "
-                                f"schedule = cosine(decay_steps = {decay_steps}) }}")
+    path = write(
+        tmp_path,
+        XOR,
+        "train xor { data = xor(repeat = 4) batch = 4 epochs = 2 optimizer = sgd(lr = 0.5) "
+        f"schedule = cosine(decay_steps = {decay_steps}) }}",
+    )
     run = tmp_path / "run"
     assert main(["train", path, "--epochs", "1", "--out", str(run), "--backend", "reference"]) == 0
     before = dict(np.load(run / "last.npz"))
@@ -161,9 +198,15 @@ def test_resume_past_the_end_of_the_schedule_warns(tmp_path, capsys, decay_steps
     assert main(["train", path, "--resume", "--out", str(run), "--backend", "reference"]) == 0
     err = capsys.readouterr().err
     after = dict(np.load(run / "last.npz"))
-    line = Path(path).read_text().count("\n")         # the train block's, the file's last
-    warning = f"{path}:{line}:" in err and ("warning: resuming at step 4, where the cosine schedule has ended "
-                                            "(at step 3): the 4 step(s) left all train at its final rate 0") in err
+    line = Path(path).read_text().count("\n")  # the train block's, the file's last
+    warning = (
+        f"{path}:{line}:" in err
+        and (
+            "warning: resuming at step 4, where the cosine schedule has ended "
+            "(at step 3): the 4 step(s) left all train at its final rate 0"
+        )
+        in err
+    )
     assert warning == warned, err
     assert all(np.array_equal(before[k], after[k]) for k in before if not k.startswith(("meta", "opt:"))) == warned
 
@@ -171,7 +214,7 @@ def test_resume_past_the_end_of_the_schedule_warns(tmp_path, capsys, decay_steps
 def flipped_bit(raw: bytes, inside: bytes) -> bytes:
     """`raw` with one bit of the stored bytes `inside` flipped (a stored member's data, so its CRC fails)."""
     at = raw.index(inside) + len(inside) // 2
-    return raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1:]
+    return raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :]
 
 
 def test_eval_names_what_is_wrong_with_a_damaged_checkpoint(tmp_path, capsys, trained):

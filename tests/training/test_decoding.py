@@ -3,6 +3,7 @@ brute-force enumeration of every sequence, on a fixed table of next-token distri
 on tiny .dl models; K = 1 and top-k 1 against greedy; the scores against log-probabilities
 recomputed without the decoders; top-p's nucleus on a fixed distribution; sampling by seed;
 the options' checks; the command line end to end on a briefly trained character model."""
+
 from __future__ import annotations
 
 import itertools
@@ -17,7 +18,7 @@ from dlc.runtime.api import DlcModel
 from dlc.runtime.cli import main
 from dlc.runtime.training.gradcheck import init_params
 
-from helpers.programs import ENC_DEC   # a small encoder-decoder, shared
+from helpers.programs import ENC_DEC  # a small encoder-decoder, shared
 
 EOS = 2
 
@@ -67,8 +68,10 @@ def assert_same_ranking(found, expected):
 
 
 # ---- beam search on a fixed table ------------------------------------------------------------------
-@pytest.mark.parametrize("vocab, length, eos, alpha", [(3, 4, None, 0.0), (4, 4, EOS, 0.0), (4, 4, EOS, 0.6),
-                                                        (5, 3, EOS, 1.5), (2, 6, None, 0.0)])
+@pytest.mark.parametrize(
+    "vocab, length, eos, alpha",
+    [(3, 4, None, 0.0), (4, 4, EOS, 0.0), (4, 4, EOS, 0.6), (5, 3, EOS, 1.5), (2, 6, None, 0.0)],
+)
 def test_a_beam_as_wide_as_every_sequence_ranks_them_as_brute_force(vocab, length, eos, alpha):
     table = Table(vocab, seed=vocab * 10 + length)
     expected = brute_force(lambda s: table_log_prob(table, s), vocab, length, eos, alpha)
@@ -124,11 +127,21 @@ def test_top_k_of_one_is_greedy(seed, temperature):
     assert sampled.sequence == D.greedy(table, 8, EOS).sequence
 
 
-NUCLEUS = np.array([0.10, 0.50, 0.05, 0.20, 0.15])       # most likely first: ids 1, 3, 4, 0, 2
+NUCLEUS = np.array([0.10, 0.50, 0.05, 0.20, 0.15])  # most likely first: ids 1, 3, 4, 0, 2
 
 
-@pytest.mark.parametrize("top_p, kept", [(0.3, [1]), (0.6, [1, 3]), (0.71, [1, 3, 4]), (0.8, [1, 3, 4]),
-                                         (0.9, [1, 3, 4, 0]), (0.96, [0, 1, 2, 3, 4]), (1.0, [0, 1, 2, 3, 4])])
+@pytest.mark.parametrize(
+    "top_p, kept",
+    [
+        (0.3, [1]),
+        (0.6, [1, 3]),
+        (0.71, [1, 3, 4]),
+        (0.8, [1, 3, 4]),
+        (0.9, [1, 3, 4, 0]),
+        (0.96, [0, 1, 2, 3, 4]),
+        (1.0, [0, 1, 2, 3, 4]),
+    ],
+)
 def test_top_p_keeps_the_fewest_most_likely_tokens_holding_at_least_p(top_p, kept):
     p = D.sampling_distribution(np.log(NUCLEUS), 1.0, top_p=top_p)
     assert list(np.flatnonzero(p)) == sorted(kept)
@@ -136,12 +149,12 @@ def test_top_p_keeps_the_fewest_most_likely_tokens_holding_at_least_p(top_p, kep
 
 
 def test_top_p_after_top_k_and_temperature_measures_the_mass_they_leave():
-    p = D.sampling_distribution(np.log(NUCLEUS), 1.0, top_k=3, top_p=0.8)     # 0.5, 0.2, 0.15 -> 0.59, 0.82
+    p = D.sampling_distribution(np.log(NUCLEUS), 1.0, top_k=3, top_p=0.8)  # 0.5, 0.2, 0.15 -> 0.59, 0.82
     assert list(np.flatnonzero(p)) == [1, 3]
     hot = D.sampling_distribution(np.log(NUCLEUS), 2.0)
     np.testing.assert_allclose(hot, np.sqrt(NUCLEUS) / np.sqrt(NUCLEUS).sum())
-    p = D.sampling_distribution(np.log(NUCLEUS), 2.0, top_p=0.6)      # flattened: 0.34, 0.21, 0.19, 0.15, 0.11
-    assert list(np.flatnonzero(p)) == [1, 3, 4]                        # at temperature 1: [1, 3]
+    p = D.sampling_distribution(np.log(NUCLEUS), 2.0, top_p=0.6)  # flattened: 0.34, 0.21, 0.19, 0.15, 0.11
+    assert list(np.flatnonzero(p)) == [1, 3, 4]  # at temperature 1: [1, 3]
 
 
 def test_sampling_draws_from_the_sampling_distribution():
@@ -163,26 +176,30 @@ def test_sampling_is_reproducible_by_seed_and_scores_the_model_log_probability()
 def test_decode_chooses_greedy_sampling_or_beam_by_the_options():
     table = Table(5, seed=2)
     assert D.decode(table, 6, EOS) == [D.greedy(table, 6, EOS)]
-    assert D.decode(table, 6, EOS, top_k=3, seed=1) == [D.sample(table, 6, np.random.default_rng(1), 1.0, 3,
-                                                                   eos=EOS)]
+    assert D.decode(table, 6, EOS, top_k=3, seed=1) == [D.sample(table, 6, np.random.default_rng(1), 1.0, 3, eos=EOS)]
     assert D.decode(table, 6, EOS, beam=3, length_penalty=0.6) == D.beam_search(table, 6, 3, EOS, 0.6)
 
 
 # ---- the options' checks --------------------------------------------------------------------------------
-@pytest.mark.parametrize("options, message", [
-    (dict(beam=3, top_k=5), "beam search does not sample: give the beam or top-k, not both"),
-    (dict(beam=3, temperature=0.7, top_p=0.9),
-     "beam search does not sample: give the beam or a temperature above 0 and top-p, not both"),
-    (dict(temperature=0, top_k=5), "temperature 0 is greedy decoding, which top-k cannot restrict"),
-    (dict(length_penalty=0.6), "the length penalty ranks beam search's candidates: give a beam too"),
-    (dict(beam=0), "the beam needs a whole number of at least 1, got 0"),
-    (dict(beam=2.0), "the beam needs a whole number of at least 1, got 2.0"),
-    (dict(top_k=True), "the top-k needs a whole number of at least 1, got True"),
-    (dict(top_p=0), "the top-p needs a number above 0 and at most 1, got 0"),
-    (dict(top_p=1.5), "the top-p needs a number above 0 and at most 1, got 1.5"),
-    (dict(temperature=float("inf")), "the temperature needs a finite number of at least 0, got inf"),
-    (dict(beam=2, length_penalty=-1), "the length penalty needs a finite number of at least 0, got -1"),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(beam=3, top_k=5), "beam search does not sample: give the beam or top-k, not both"),
+        (
+            dict(beam=3, temperature=0.7, top_p=0.9),
+            "beam search does not sample: give the beam or a temperature above 0 and top-p, not both",
+        ),
+        (dict(temperature=0, top_k=5), "temperature 0 is greedy decoding, which top-k cannot restrict"),
+        (dict(length_penalty=0.6), "the length penalty ranks beam search's candidates: give a beam too"),
+        (dict(beam=0), "the beam needs a whole number of at least 1, got 0"),
+        (dict(beam=2.0), "the beam needs a whole number of at least 1, got 2.0"),
+        (dict(top_k=True), "the top-k needs a whole number of at least 1, got True"),
+        (dict(top_p=0), "the top-p needs a number above 0 and at most 1, got 0"),
+        (dict(top_p=1.5), "the top-p needs a number above 0 and at most 1, got 1.5"),
+        (dict(temperature=float("inf")), "the temperature needs a finite number of at least 0, got inf"),
+        (dict(beam=2, length_penalty=-1), "the length penalty needs a finite number of at least 0, got -1"),
+    ],
+)
 def test_bad_values_and_contradicting_options_are_refused(options, message):
     with pytest.raises(DlcError, match=message.replace("(", r"\(").replace(")", r"\)")):
         D.check(5, EOS, **options)
@@ -208,7 +225,6 @@ model chars {
 """
 
 
-
 def random_model(tmp_path, text: str, seed: int) -> DlcModel:
     path = tmp_path / "m.dl"
     path.write_text(text)
@@ -220,11 +236,16 @@ def random_model(tmp_path, text: str, seed: int) -> DlcModel:
 def test_beam_search_on_a_character_model_ranks_every_continuation_as_brute_force(tmp_path):
     model = random_model(tmp_path, CHAR_MODEL, seed=1)
     model.meta = {"meta": {"vocab": "abc"}}
-    prompt = [2, 0]                                                        # "ca"
+    prompt = [2, 0]  # "ca"
 
-    def log_prob(seq):       # the model's next-character distribution after each prefix, one by one
-        return sum(np.log(model.engine.predict(model.params, {"x": np.array([prompt + list(seq[:i])], np.int32)})
-                          ["next"][0, t]) for i, t in enumerate(seq))
+    def log_prob(seq):  # the model's next-character distribution after each prefix, one by one
+        return sum(
+            np.log(
+                model.engine.predict(model.params, {"x": np.array([prompt + list(seq[:i])], np.int32)})["next"][0, t]
+            )
+            for i, t in enumerate(seq)
+        )
+
     expected = brute_force(log_prob, 3, 3)
     found = model.generate("ca", 3, beam=len(expected))
     assert [c.sequence for c in found] == ["".join("abc"[t] for t in seq) for seq, _, _ in expected]
@@ -237,10 +258,12 @@ def test_beam_search_on_an_encoder_decoder_ranks_every_target_as_brute_force(tmp
     model = random_model(tmp_path, ENC_DEC, seed=2)
     src = [3, 0, 3, 1]
 
-    def log_prob(seq):       # teacher forcing: one run over BOS + the sequence, the decoders' steps not used
-        probs = model.engine.predict(model.params, {"src": np.array([src], np.int32),
-                                                    "dec_in": np.array([(1,) + seq[:-1]], np.int32)})["probs"]
+    def log_prob(seq):  # teacher forcing: one run over BOS + the sequence, the decoders' steps not used
+        probs = model.engine.predict(
+            model.params, {"src": np.array([src], np.int32), "dec_in": np.array([(1,) + seq[:-1]], np.int32)}
+        )["probs"]
         return float(np.log(probs[0, np.arange(len(seq)), list(seq)]).sum())
+
     expected = brute_force(log_prob, 4, 3, EOS, alpha or 0.0)
     found = model.generate(src, 3, beam=len(expected), length_penalty=alpha)
     assert [tuple(c.sequence) for c in found] == [seq for seq, _, _ in expected]
@@ -254,7 +277,7 @@ def test_greedy_generate_of_an_encoder_decoder_is_decode(tmp_path):
     batch = model.decode(src, 6)
     for row, want in zip(src, batch):
         got = model.generate(list(row), 6)
-        assert got == list(want[:len(got)]) and not want[len(got):].any()
+        assert got == list(want[: len(got)]) and not want[len(got) :].any()
         assert model.generate(list(row), 6, beam=1)[0].sequence == got
 
 
@@ -276,16 +299,30 @@ TEXT = "abba cab bab. " * 60
 def char_run(tmp_path_factory):
     d = tmp_path_factory.mktemp("chars")
     (d / "t.txt").write_text(TEXT)
-    (d / "c.dl").write_text(CHAR_MODEL.replace("VOCAB = 3", "VOCAB = 8") + """
+    (d / "c.dl").write_text(
+        CHAR_MODEL.replace("VOCAB = 3", "VOCAB = 8")
+        + """
 train chars { data = text("t.txt", seq = 16) batch = 8 epochs = 1 optimizer = adam(lr = 1e-2) }
-""")
+"""
+    )
     assert main(["train", str(d / "c.dl"), "--out", str(d / "run"), "-q", "--backend", "reference"]) == 0
     return d
 
 
 def generate(run, capsys, *flags):
-    code = main(["generate", str(run / "c.dl"), "--weights", str(run / "run" / "last.npz"), "--backend", "reference",
-                 "--prompt", "ab", *flags])
+    code = main(
+        [
+            "generate",
+            str(run / "c.dl"),
+            "--weights",
+            str(run / "run" / "last.npz"),
+            "--backend",
+            "reference",
+            "--prompt",
+            "ab",
+            *flags,
+        ]
+    )
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -301,8 +338,10 @@ def test_cli_beam_prints_the_best_continuations_with_their_log_probabilities(cha
     for log_prob, text in printed:
         assert text.startswith("ab") and len(text) == 6
         ids = [vocab.index(ch) for ch in text]
-        recomputed = sum(np.log(model.engine.predict(model.params, {"x": np.array([ids[:i]], np.int32)})["next"]
-                                [0, ids[i]]) for i in range(2, 6))
+        recomputed = sum(
+            np.log(model.engine.predict(model.params, {"x": np.array([ids[:i]], np.int32)})["next"][0, ids[i]])
+            for i in range(2, 6)
+        )
         assert log_prob == pytest.approx(recomputed, abs=1e-4)
     assert [lp for lp, _ in printed] == sorted((lp for lp, _ in printed), reverse=True)
 
@@ -315,24 +354,36 @@ def test_cli_top_k_one_is_greedy_and_sampling_is_seeded(char_run, capsys):
     assert sampled[0] == sampled[1] != sampled[2] and set(sampled[0].rstrip("\n")) <= set(TEXT)
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--beam", "2", "--top-k", "3"], "error: generate: beam search does not sample: give the beam or top-k, not both"),
-    (["--temperature", "0", "--top-p", "0.5"], "error: generate: temperature 0 is greedy decoding, which top-p cannot restrict"),
-    (["--length-penalty", "0.6"], "error: generate: the length penalty ranks beam search's candidates"),
-    (["--beam", "2", "--length-penalty", "0.6"], "error: generate: a character model's continuations all have"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--beam", "2", "--top-k", "3"],
+            "error: generate: beam search does not sample: give the beam or top-k, not both",
+        ),
+        (
+            ["--temperature", "0", "--top-p", "0.5"],
+            "error: generate: temperature 0 is greedy decoding, which top-p cannot restrict",
+        ),
+        (["--length-penalty", "0.6"], "error: generate: the length penalty ranks beam search's candidates"),
+        (["--beam", "2", "--length-penalty", "0.6"], "error: generate: a character model's continuations all have"),
+    ],
+)
 def test_cli_refuses_contradicting_options_with_status_1(char_run, capsys, flags, message):
     code, out, err = generate(char_run, capsys, *flags)
     assert code == 1 and out == "" and err.startswith(message)
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--top-p", "1.5", "needs a finite number above 0 and at most 1; got '1.5'"),
-    ("--top-p", "0", "needs a finite number above 0 and at most 1; got '0'"),
-    ("--top-k", "0", "needs a whole number, at least 1; got '0'"),
-    ("--beam", "-2", "needs a whole number, at least 1; got '-2'"),
-    ("--length-penalty", "nan", "needs a finite number at least 0; got 'nan'"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--top-p", "1.5", "needs a finite number above 0 and at most 1; got '1.5'"),
+        ("--top-p", "0", "needs a finite number above 0 and at most 1; got '0'"),
+        ("--top-k", "0", "needs a whole number, at least 1; got '0'"),
+        ("--beam", "-2", "needs a whole number, at least 1; got '-2'"),
+        ("--length-penalty", "nan", "needs a finite number at least 0; got 'nan'"),
+    ],
+)
 def test_cli_values_out_of_range_are_usage_errors(tmp_path, capsys, flag, value, message):
     with pytest.raises(SystemExit) as e:
         main(["generate", str(tmp_path / "m.dl"), "--weights", "w.npz", flag, value])
@@ -342,8 +393,20 @@ def test_cli_values_out_of_range_are_usage_errors(tmp_path, capsys, flag, value,
 def test_cli_beam_of_an_encoder_decoder_prints_scores_and_says_what_they_are(tmp_path, capsys):
     model = random_model(tmp_path, ENC_DEC, seed=4)
     np.savez(tmp_path / "w.npz", **model.params)
-    argv = ["generate", str(tmp_path / "m.dl"), "--weights", str(tmp_path / "w.npz"), "--backend", "reference",
-            "--prompt", "3 1 3", "--length", "5", "--beam", "4"]
+    argv = [
+        "generate",
+        str(tmp_path / "m.dl"),
+        "--weights",
+        str(tmp_path / "w.npz"),
+        "--backend",
+        "reference",
+        "--prompt",
+        "3 1 3",
+        "--length",
+        "5",
+        "--beam",
+        "4",
+    ]
     assert main(argv + ["--length-penalty", "0.6"]) == 0
     out, err = capsys.readouterr()
     header, *rows = out.splitlines()
@@ -353,5 +416,7 @@ def test_cli_beam_of_an_encoder_decoder_prints_scores_and_says_what_they_are(tmp
     for row, c in zip(rows, found):
         log_prob, score, *ids = row.split()
         assert [int(t) for t in ids] == c.sequence
-        assert float(log_prob) == pytest.approx(c.log_prob, abs=1e-4) and float(score) == pytest.approx(c.score, abs=1e-4)
+        assert float(log_prob) == pytest.approx(c.log_prob, abs=1e-4) and float(score) == pytest.approx(
+            c.score, abs=1e-4
+        )
         assert float(score) == pytest.approx(float(log_prob) / ((5 + len(ids)) / 6) ** 0.6, abs=2e-4)

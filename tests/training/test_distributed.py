@@ -1,6 +1,7 @@
 """Data-parallel `dlc train` on MPI (runtime/engines/distributed.py): 2 ranks on this machine against
 one process. The tests that launch ranks need mpi4py and an mpirun (the `mpi` extra, which
 CI installs) and are skipped with the reason otherwise."""
+
 import os
 import re
 import signal
@@ -15,8 +16,20 @@ from dlc.compiler.errors import DlcError
 from dlc.runtime.engines import distributed
 from dlc.runtime.training.trainer import batch_bounds
 
-from helpers.distributed import (LONG, MLP, MPIRUN, assert_same_run, checkpoint_arrays, checkpoint_meta,
-                                 digits_cnn_without_dropout, ended, env, launch, needs_mpi, wait_training)
+from helpers.distributed import (
+    LONG,
+    MLP,
+    MPIRUN,
+    assert_same_run,
+    checkpoint_arrays,
+    checkpoint_meta,
+    digits_cnn_without_dropout,
+    ended,
+    env,
+    launch,
+    needs_mpi,
+    wait_training,
+)
 
 LSTM = """model lstm_forecast {
     input  x: f32[B, T, 1]
@@ -71,14 +84,15 @@ train cnn {
 """
 
 
-
-
-
-
 def dlc_train(args: list, ranks: int = 1, **extra) -> subprocess.CompletedProcess:
     launch = [MPIRUN, "-n", str(ranks)] if ranks > 1 else []
-    return subprocess.run(launch + [sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
-                          capture_output=True, text=True, env=env(**extra), timeout=120)
+    return subprocess.run(
+        launch + [sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env(**extra),
+        timeout=120,
+    )
 
 
 def model_file(tmp_path: Path, text: str, name: str = "model.dl") -> Path:
@@ -91,16 +105,12 @@ def sharded(text: str, optimizer: str = "adam(lr = 3e-3)") -> str:
     return text.replace("optimizer = adam(lr = 3e-3)", f"optimizer = {optimizer}\n    shard_optimizer = true")
 
 
-
-
-
-
 # ---- without ranks ---------------------------------------------------------------------------------
 def test_launched_ranks_reads_the_launchers_variables(monkeypatch):
     for name in distributed.LAUNCHER_SIZES + ("SLURM_NTASKS",):
         monkeypatch.delenv(name, raising=False)
     assert distributed.launched_ranks() == 1 and distributed.world() is None
-    monkeypatch.setenv("SLURM_NTASKS", "8")        # an allocation, not a job step: still one process
+    monkeypatch.setenv("SLURM_NTASKS", "8")  # an allocation, not a job step: still one process
     assert distributed.launched_ranks() == 1
     for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS"):
         monkeypatch.setenv(name, "4")
@@ -114,8 +124,12 @@ def test_under_a_launcher_without_mpi4py_it_says_what_to_install(tmp_path):
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('no mpi4py here')\n")
     path = os.pathsep.join([str(fake.parent), os.environ.get("PYTHONPATH", "")])
-    r = subprocess.run([sys.executable, "-m", "dlc.runtime.cli", "train", str(model_file(tmp_path, MLP))],
-                       capture_output=True, text=True, env={**os.environ, "PMI_SIZE": "2", "PYTHONPATH": path})
+    r = subprocess.run(
+        [sys.executable, "-m", "dlc.runtime.cli", "train", str(model_file(tmp_path, MLP))],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PMI_SIZE": "2", "PYTHONPATH": path},
+    )
     assert r.returncode == 1, r.stderr
     assert "training as 2 processes (mpirun, srun) needs the 'mpi4py' package" in r.stderr
     assert 'pip install "dlc[mpi]"' in r.stderr and "Traceback" not in r.stderr
@@ -123,10 +137,9 @@ def test_under_a_launcher_without_mpi4py_it_says_what_to_install(tmp_path):
 
 def test_a_last_batch_too_small_to_share_joins_the_one_before():
     assert batch_bounds(10, 4, ranks=2) == [(0, 4), (4, 8), (8, 10)]
-    assert batch_bounds(9, 4, ranks=2) == [(0, 4), (4, 9)]                 # 1 example for 2 ranks
-    assert batch_bounds(11, 4, merge_single=True, ranks=2) == [(0, 4), (4, 11)]     # 3 < 2 ranks x 2
+    assert batch_bounds(9, 4, ranks=2) == [(0, 4), (4, 9)]  # 1 example for 2 ranks
+    assert batch_bounds(11, 4, merge_single=True, ranks=2) == [(0, 4), (4, 11)]  # 3 < 2 ranks x 2
     assert batch_bounds(12, 4, merge_single=True, ranks=2) == [(0, 4), (4, 8), (8, 12)]
-
 
 
 def test_sync_batchnorm_in_one_process_compiles_what_it_compiles_without(tmp_path):
@@ -138,6 +151,7 @@ def test_sync_batchnorm_in_one_process_compiles_what_it_compiles_without(tmp_pat
     from dlc.compiler.passes.optimize import optimize
     from dlc.compiler.passes.autodiff import train_step
     from dlc.runtime.training.trainer import Trainer
+
     kernels = []
     for text in (SYNC_CNN, SYNC_CNN.replace("sync_batchnorm = true", "")):
         trainer = Trainer(load(str(model_file(tmp_path, text))), None, {}, tmp_path / "out")
@@ -146,11 +160,19 @@ def test_sync_batchnorm_in_one_process_compiles_what_it_compiles_without(tmp_pat
     assert kernels[0] == kernels[1]
 
 
-@pytest.mark.parametrize("written, flag, expected", [("", None, 128 << 10), ("allreduce_bucket = 256KB", None, 256 << 10),
-                                                    ("allreduce_bucket = 1MB", "0", 0), ("", "64KB", 64 << 10)])
+@pytest.mark.parametrize(
+    "written, flag, expected",
+    [
+        ("", None, 128 << 10),
+        ("allreduce_bucket = 256KB", None, 256 << 10),
+        ("allreduce_bucket = 1MB", "0", 0),
+        ("", "64KB", 64 << 10),
+    ],
+)
 def test_the_bucket_size_is_a_size_from_the_block_or_the_flag(tmp_path, written, flag, expected):
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.training.config import make_config
+
     path = model_file(tmp_path, MLP.replace("    epochs = 1\n", f"    epochs = 1\n    {written}\n"))
     assert make_config(load(str(path)), None, {"allreduce_bucket": flag}).allreduce_bucket == expected
 
@@ -159,6 +181,7 @@ def test_the_bucket_size_is_a_size_from_the_block_or_the_flag(tmp_path, written,
 def test_a_bucket_size_that_is_not_a_size_is_refused_at_its_line(tmp_path, value):
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.training.config import make_config
+
     path = model_file(tmp_path, MLP.replace("    epochs = 1\n", f"    epochs = 1\n    allreduce_bucket = {value}\n"))
     line = path.read_text().splitlines().index(f"    allreduce_bucket = {value}") + 1
     with pytest.raises(DlcError, match=r"allreduce_bucket must be a size such as 1MB or 256KB \(0: no buckets\)") as e:
@@ -177,6 +200,7 @@ def test_replica_mean_calls_the_engines_replicas(backend):
     from dlc.compiler.frontend.settings import Call
     from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
+
     prog = load_text(SYNC_CNN, "cnn.dl")
     train, ev = prog.build(training=True, replicas=2), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
@@ -186,24 +210,27 @@ def test_replica_mean_calls_the_engines_replicas(backend):
     engine = make_engine(backend, train, ev, opt, trainable, split=True)
     calls = []
 
-    def other_rank(values):        # the other rank holds values + 1; equal shares
+    def other_rank(values):  # the other rank holds values + 1; equal shares
         calls.append(values.size)
         values += 0.5
         return values
+
     engine.replicas = other_rank
     params = initial_parameters(train, 0)
     values, grads = engine.gradients(params, opt.init({n: params[n] for n in trainable}), batch, np.zeros(2, np.int32))
-    assert calls == [8, 8, 1, 8, 8]         # mean, variance, count; the gradients of the variance and mean
+    assert calls == [8, 8, 1, 8, 8]  # mean, variance, count; the gradients of the variance and mean
     reference = make_engine("reference", train, ev, opt, trainable)
     reference.replicas = other_rank
     params = initial_parameters(train, 0)
-    expected, expected_grads = reference.gradients(params, opt.init({n: params[n] for n in trainable}), batch,
-                                                   np.zeros(2, np.int32))
+    expected, expected_grads = reference.gradients(
+        params, opt.init({n: params[n] for n in trainable}), batch, np.zeros(2, np.int32)
+    )
     assert values["loss"] == pytest.approx(expected["loss"], rel=1e-5)
     np.testing.assert_allclose(grads, expected_grads, rtol=1e-4, atol=1e-6)
 
     def failing(values):
         raise DlcError("no answer from the other ranks")
+
     engine.replicas = failing
     with pytest.raises(DlcError, match="no answer from the other ranks"):
         engine.gradients(params, opt.init({n: params[n] for n in trainable}), batch, np.zeros(2, np.int32))
@@ -211,8 +238,9 @@ def test_replica_mean_calls_the_engines_replicas(backend):
 
 # ---- two ranks -------------------------------------------------------------------------------------
 @needs_mpi
-@pytest.mark.parametrize("name, text, bucket", [("mlp", MLP, "1KB"), ("mlp", MLP, "0"), ("cnn", None, "1MB"),
-                                                ("lstm", LSTM, "1KB")])
+@pytest.mark.parametrize(
+    "name, text, bucket", [("mlp", MLP, "1KB"), ("mlp", MLP, "0"), ("cnn", None, "1MB"), ("lstm", LSTM, "1KB")]
+)
 def test_two_ranks_train_as_one_process(tmp_path, name, text, bucket):
     """20+ steps on 2 ranks: the same losses, metrics and parameters as one process with the
     same global batch (the digits CNN with its augmentation; the last batch is split unevenly),
@@ -227,7 +255,7 @@ def test_two_ranks_train_as_one_process(tmp_path, name, text, bucket):
     assert_same_run(tmp_path / "one", tmp_path / "two")
     # rank 0 alone reports: one result line, the test metrics reduced over both ranks
     assert two.stdout.count("trained ") == 1
-    assert two.stdout.splitlines()[1] == one.stdout.splitlines()[1]        # "test: ..."
+    assert two.stdout.splitlines()[1] == one.stdout.splitlines()[1]  # "test: ..."
 
 
 @needs_mpi
@@ -270,7 +298,7 @@ def test_sync_batchnorm_trains_as_one_process(tmp_path, backend):
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     assert checkpoint_meta(tmp_path / "two" / "last.npz")["step"] >= 20
     assert_same_run(tmp_path / "one", tmp_path / "two")
-    if backend == "native":     # the check can fail: without sync_batchnorm the runs differ
+    if backend == "native":  # the check can fail: without sync_batchnorm the runs differ
         per_rank = model_file(tmp_path, SYNC_CNN.replace("sync_batchnorm = true", "sync_batchnorm = false"), "b.dl")
         r = dlc_train([per_rank, "--out", tmp_path / "per_rank"], ranks=2)
         assert r.returncode == 0, r.stderr
@@ -313,9 +341,9 @@ def test_a_rank_that_dies_or_hangs_ends_the_run_with_an_error(tmp_path, how):
     finally:
         stdout, stderr, took = ended(run, 30)
     assert run.returncode != 0 and took < 10
-    if how == "hangs":      # dlc's watchdog
+    if how == "hangs":  # dlc's watchdog
         assert f"no answer from rank {stopped} (on " in stderr and "unreachable, stopped or gone, for 2 s" in stderr
-    else:                   # the launcher's report, MPICH's or Open MPI's
+    else:  # the launcher's report, MPICH's or Open MPI's
         assert any(s in stdout + stderr for s in ("BAD TERMINATION", "Killed", "signal 9", "exited on signal"))
 
 
@@ -334,8 +362,14 @@ if world.rank == 1:
 time.sleep(1)                                  # rank 0's write
 world.await_writer()
 """)
-    run = subprocess.Popen([MPIRUN, "-n", "2", sys.executable, str(script)], stdout=subprocess.PIPE,
-                           stderr=subprocess.PIPE, text=True, env=env(DLC_MPI_TIMEOUT="2"), start_new_session=True)
+    run = subprocess.Popen(
+        [MPIRUN, "-n", "2", sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(DLC_MPI_TIMEOUT="2"),
+        start_new_session=True,
+    )
     _, stderr, took = ended(run, 60)
     assert run.returncode != 0 and took < 2 + distributed.PROBE_S + 10, (took, stderr)
     assert "no answer from rank 1 (on " in stderr and "at rank 0 writing its checkpoints" in stderr, stderr
@@ -350,7 +384,7 @@ def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path, shard):
     run = launch([MPIRUN, "-n", "2"], [path, "--out", out])
     try:
         assert len(_ranks(run, out)) == 2
-        run.send_signal(signal.SIGINT)      # mpirun forwards it to the ranks
+        run.send_signal(signal.SIGINT)  # mpirun forwards it to the ranks
         stdout, stderr = run.communicate(timeout=30)
     finally:
         if run.poll() is None:
@@ -360,8 +394,9 @@ def test_ctrl_c_stops_every_rank_and_saves_once(tmp_path, shard):
     meta = checkpoint_meta(out / "last.npz")
     assert meta["epoch"] >= 1
     saved = checkpoint_arrays(out / "last.npz")
-    assert {k for k in saved if k.startswith("opt:")} == {f"opt:{k[6:]}:{slot}" for k in saved if k.startswith("param:")
-                                                         for slot in ("m", "v")}
+    assert {k for k in saved if k.startswith("opt:")} == {
+        f"opt:{k[6:]}:{slot}" for k in saved if k.startswith("param:") for slot in ("m", "v")
+    }
     assert all(np.any(v) for k, v in saved.items() if k.startswith("opt:"))
     # it resumes, on one process
     r = dlc_train([path, "--epochs", meta["epoch"] + 1, "--out", out, "--resume"])
@@ -376,6 +411,7 @@ def test_the_split_step_is_the_single_call(backend):
     from dlc.compiler.frontend.settings import Call
     from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
+
     prog = load_text(BATCHNORM, "bn.dl")
     train, ev = prog.build(training=True), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
@@ -429,6 +465,7 @@ def test_each_bucket_is_handed_over_final_and_the_update_waits_for_finish(text):
     from dlc.compiler.frontend.settings import Call
     from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.trainer import initial_parameters
+
     prog = load_text(text, "m.dl")
     train, ev = prog.build(training=True), prog.build(training=False)
     trainable = [p.name for p in train.params if p.trainable]
@@ -436,14 +473,16 @@ def test_each_bucket_is_handed_over_final_and_the_update_waits_for_finish(text):
     if text == BATCHNORM:
         batch = {"x": rng.standard_normal((16, 64), dtype=np.float32), "y": rng.integers(0, 10, 16).astype(np.int32)}
     else:
-        batch = {"x": rng.standard_normal((16, 10, 1), dtype=np.float32),
-                 "y": rng.standard_normal((16, 1), dtype=np.float32)}
+        batch = {
+            "x": rng.standard_normal((16, 10, 1), dtype=np.float32),
+            "y": rng.standard_normal((16, 1), dtype=np.float32),
+        }
     key = np.array([0, 1], np.int32)
     opt = make_optimizer(Call("adam", [], {"lr": 1e-2}))
     split = NativeEngine(train, ev, opt, trainable, split=True)
     params = initial_parameters(train, 0)
     _, expected = split.gradients(params, opt.init({n: params[n] for n in trainable}), batch, key)
-    expected = {n: expected[split.offsets[n]:split.offsets[n] + params[n].size].copy() for n in trainable}
+    expected = {n: expected[split.offsets[n] : split.offsets[n] + params[n].size].copy() for n in trainable}
 
     bucketed = NativeEngine(train, ev, opt, trainable, split=True, buckets=1024)
     assert len(bucketed.train_exe.buckets) > 1
@@ -458,7 +497,7 @@ def test_each_bucket_is_handed_over_final_and_the_update_waits_for_finish(text):
     for (start, values), bucket in zip(handed, bucketed.train_exe.buckets):
         assert start == at
         for name in bucket:
-            got = values[bucketed.offsets[name] - start:][:params[name].size]
+            got = values[bucketed.offsets[name] - start :][: params[name].size]
             np.testing.assert_allclose(got, expected[name], rtol=1e-6, atol=1e-7, err_msg=name)
         at += len(values)
     assert at == bucketed.n_trained
@@ -482,8 +521,9 @@ try:
 except DlcError as e:
     print(world.rank, e.message)
 """)
-    r = subprocess.run([MPIRUN, "-n", "2", sys.executable, str(script)], capture_output=True, text=True, env=env(),
-                       timeout=60)
+    r = subprocess.run(
+        [MPIRUN, "-n", "2", sys.executable, str(script)], capture_output=True, text=True, env=env(), timeout=60
+    )
     assert r.returncode == 0, r.stderr
     lines = sorted(r.stdout.splitlines())
     assert len(lines) == 2 and all("after step 2 the ranks' parameters differ" in line for line in lines)
@@ -502,6 +542,7 @@ def test_each_shard_updates_its_range_only_as_the_whole_update_does(optimizer):
     from dlc.runtime.optim.optimizers import make_optimizer
     from dlc.runtime.training.config import make_config
     from dlc.runtime.training.trainer import initial_parameters
+
     # 1746 parameters: the second and third of 3 ranks' shares (592 and 578) start after whole parameters
     text = sharded(MLP, optimizer).replace("dense(32, relu)", "dense(8, relu) |> dense(64, relu)")
     prog = load_text(text, "m.dl")
@@ -512,21 +553,23 @@ def test_each_shard_updates_its_range_only_as_the_whole_update_does(optimizer):
     key = np.array([0, 1], np.int32)
     opt = make_optimizer(make_config(prog, None, {}).optimizer)
     for ranks in (1, 2, 3):
-        engines = [NativeEngine(train, ev, opt, trainable, split=True, shard=(r, ranks) if ranks > 1 else None)
-                   for r in range(ranks)]
+        engines = [
+            NativeEngine(train, ev, opt, trainable, split=True, shard=(r, ranks) if ranks > 1 else None)
+            for r in range(ranks)
+        ]
         runs = [(p := initial_parameters(train, 0), opt.init({n: p[n] for n in trainable})) for _ in engines]
         n = engines[0].n_trained
-        for step in (1, 2):     # the second step reads the state the first left
+        for step in (1, 2):  # the second step reads the state the first left
             for engine, (params, state) in zip(engines, runs):
                 _, grads = engine.gradients(params, state, batch, key)
                 lo, hi = engine.shard
-                grads[:hi - lo] = grads[lo:hi].copy()       # where the reduce-scatter leaves the share
+                grads[: hi - lo] = grads[lo:hi].copy()  # where the reduce-scatter leaves the share
                 before = engine.flat[:n].copy()
                 engine.apply_update(params, state, grads, 0.05, step)
                 assert not np.array_equal(engine.flat[lo:hi], before[lo:hi])
                 before[lo:hi] = engine.flat[lo:hi]
                 np.testing.assert_array_equal(engine.flat[:n], before)
-            for engine in engines:      # the allgather
+            for engine in engines:  # the allgather
                 for other in engines:
                     other.flat[slice(*engine.shard)] = engine.flat[slice(*engine.shard)]
         if ranks == 1:
@@ -559,11 +602,15 @@ def test_two_ranks_sharded_train_as_unsharded(tmp_path, optimizer):
     assert a.keys() == b.keys() and any(k.startswith("opt:") for k in a)
     for k in a:
         np.testing.assert_array_equal(b[k], a[k], err_msg=k)
-    assert checkpoint_meta(tmp_path / "two" / "last.npz")["history"] == \
-        [{**row, "time": row2["time"]} for row, row2 in zip(checkpoint_meta(tmp_path / "plain" / "last.npz")["history"],
-                                                             checkpoint_meta(tmp_path / "two" / "last.npz")["history"])]
+    assert checkpoint_meta(tmp_path / "two" / "last.npz")["history"] == [
+        {**row, "time": row2["time"]}
+        for row, row2 in zip(
+            checkpoint_meta(tmp_path / "plain" / "last.npz")["history"],
+            checkpoint_meta(tmp_path / "two" / "last.npz")["history"],
+        )
+    ]
     assert_same_run(tmp_path / "one", tmp_path / "two")
-    assert two.stdout.splitlines()[1] == one.stdout.splitlines()[1]        # "test: ..."
+    assert two.stdout.splitlines()[1] == one.stdout.splitlines()[1]  # "test: ..."
 
 
 @needs_mpi
@@ -583,17 +630,23 @@ def test_resume_between_sharded_and_unsharded(tmp_path):
     assert_same_run(tmp_path / "whole", parts)
 
 
-@pytest.mark.parametrize("optimizer, change, message", [
-    ("lbfgs()", "", "shard_optimizer = true cannot shard lbfgs: its state and step are over all the parameters"),
-    ("newton()", "", "shard_optimizer = true cannot shard newton: its state and step are over all the parameters"),
-    ("adam(lr = 3e-3)", "clip = 1.0", "shard_optimizer = true cannot clip by global_norm: no rank holds the whole"),
-    ("adam(lr = 3e-3)", "shard_optimizer = 1", "shard_optimizer must be true or false, got 1")])
+@pytest.mark.parametrize(
+    "optimizer, change, message",
+    [
+        ("lbfgs()", "", "shard_optimizer = true cannot shard lbfgs: its state and step are over all the parameters"),
+        ("newton()", "", "shard_optimizer = true cannot shard newton: its state and step are over all the parameters"),
+        ("adam(lr = 3e-3)", "clip = 1.0", "shard_optimizer = true cannot clip by global_norm: no rank holds the whole"),
+        ("adam(lr = 3e-3)", "shard_optimizer = 1", "shard_optimizer must be true or false, got 1"),
+    ],
+)
 def test_what_cannot_shard_is_refused_at_the_setting(tmp_path, optimizer, change, message):
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.training.config import make_config
+
     setting = change if change.startswith("shard_optimizer") else "shard_optimizer = true"
-    text = sharded(MLP, optimizer).replace("shard_optimizer = true", setting + (f"\n    {change}" if change and
-                                                                                change != setting else ""))
+    text = sharded(MLP, optimizer).replace(
+        "shard_optimizer = true", setting + (f"\n    {change}" if change and change != setting else "")
+    )
     path = model_file(tmp_path, text)
     with pytest.raises(DlcError, match=re.escape(message)) as e:
         make_config(load(str(path)), None, {})

@@ -1,6 +1,7 @@
 """Data-parallel `dlc train` with each rank on a host of its own: Linux network namespaces joined
 by a bridge (dlc/tools/hosts.py), MPICH over TCP between them, never shared memory. Skipped with
 the reason on a machine that cannot make namespaces (not root, no iproute2, no MPICH)."""
+
 import subprocess
 import sys
 
@@ -9,16 +10,31 @@ import pytest
 from dlc.runtime.engines import distributed
 from dlc.tools import hosts
 
-from helpers.distributed import (LONG, MLP, assert_same_run, checkpoint_arrays, checkpoint_meta,
-                                 digits_cnn_without_dropout, ended, env, launch, wait_training)
+from helpers.distributed import (
+    LONG,
+    MLP,
+    assert_same_run,
+    checkpoint_arrays,
+    checkpoint_meta,
+    digits_cnn_without_dropout,
+    ended,
+    env,
+    launch,
+    wait_training,
+)
 
 unavailable = hosts.available()
 needs_hosts = pytest.mark.skipif(unavailable is not None, reason=f"no hosts on this machine: {unavailable}")
 
 
 def train(args: list, launch: list = (), **extra) -> subprocess.CompletedProcess:
-    return subprocess.run([*launch, sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
-                          capture_output=True, text=True, env=env(**extra), timeout=300)
+    return subprocess.run(
+        [*launch, sys.executable, "-m", "dlc.runtime.cli", "train", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env(**extra),
+        timeout=300,
+    )
 
 
 @needs_hosts
@@ -44,7 +60,6 @@ def test_ranks_on_separate_hosts_train_the_digits_cnn_as_one_process(tmp_path, c
     params = sum(a.size for k, a in checkpoint_arrays(last).items() if k.startswith("param:"))
     steps = checkpoint_meta(last)["step"]
     assert sent >= count * steps * params * 4 * (count - 1) / count, (sent, steps, params)
-
 
 
 # ---- faults between hosts ------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 defines every method of the protocol itself, with the protocol's signature (nothing comes
 through forwarding), and every engine has its attributes; a data-parallel engine of one
 rank steps, evaluates and predicts as the engine it wraps."""
+
 from __future__ import annotations
 
 import inspect
@@ -25,8 +26,9 @@ from dlc.runtime.training.trainer import initial_parameters
 from helpers.programs import XOR
 
 ENGINES = (ReferenceEngine, NativeEngine, DataParallel)
-METHODS = sorted(name for name, member in vars(Engine).items() if inspect.isfunction(member)
-                 and not name.startswith("_"))
+METHODS = sorted(
+    name for name, member in vars(Engine).items() if inspect.isfunction(member) and not name.startswith("_")
+)
 ATTRIBUTES = sorted(Engine.__annotations__)
 
 MODEL = """model tiny {
@@ -68,6 +70,7 @@ class Done:
 class OneProcess:
     """An MPI communicator of one process, as World uses it (every collective leaves the
     arrays as they are), and the constants of mpi4py's MPI it reads."""
+
     rank, size = 0, 1
     IN_PLACE = SUM = COMM_TYPE_SHARED = None
 
@@ -88,15 +91,24 @@ def setup(engine_class, split: bool, buckets: int = 0):
     train, ev = (load_text(MODEL, "tiny.dl").build(training=training) for training in (True, False))
     trainable = [p.name for p in train.params if p.trainable]
     optimizer = make_optimizer(Call("adam", [], {"lr": 1e-2}))
-    engine = (NativeEngine(train, ev, optimizer, trainable, split=split, buckets=buckets) if engine_class is NativeEngine
-              else ReferenceEngine(train, ev, optimizer, trainable))
+    engine = (
+        NativeEngine(train, ev, optimizer, trainable, split=split, buckets=buckets)
+        if engine_class is NativeEngine
+        else ReferenceEngine(train, ev, optimizer, trainable)
+    )
     params = initial_parameters(train, 0)
-    return engine, optimizer, trainable, params, optimizer.init({n: params[n] for n in trainable}), \
-        batch_statistics(train)
+    return (
+        engine,
+        optimizer,
+        trainable,
+        params,
+        optimizer.init({n: params[n] for n in trainable}),
+        batch_statistics(train),
+    )
 
 
 def one_rank(engine, statistics: list, monkeypatch) -> DataParallel:
-    monkeypatch.setenv("DLC_NUM_THREADS", "1")        # World gives each rank its share of the cores
+    monkeypatch.setenv("DLC_NUM_THREADS", "1")  # World gives each rank its share of the cores
     comm = OneProcess()
     return DataParallel(engine, World(comm, comm), Interrupt(), statistics)
 
@@ -113,13 +125,16 @@ def test_each_engine_has_the_attributes(engine_class, monkeypatch):
     assert engine.trainable == trainable and engine.optimizer is optimizer
     if engine_class is DataParallel:
         assert isinstance(engine.world, World) and isinstance(engine.replicas, ReplicaMean)
-        assert inner.replicas is engine.replicas      # the wrapped engine's replica_mean reduces over the ranks
+        assert inner.replicas is engine.replicas  # the wrapped engine's replica_mean reduces over the ranks
     else:
         assert engine.world is None and engine.replicas is None
 
 
-@pytest.mark.parametrize("backend, buckets", [(ReferenceEngine, 0), (NativeEngine, 0), (NativeEngine, 64)],
-                         ids=["reference", "native", "native-buckets"])
+@pytest.mark.parametrize(
+    "backend, buckets",
+    [(ReferenceEngine, 0), (NativeEngine, 0), (NativeEngine, 64)],
+    ids=["reference", "native", "native-buckets"],
+)
 def test_a_data_parallel_engine_of_one_rank_is_its_engine(backend, buckets, monkeypatch):
     rng = np.random.default_rng(0)
     batch = {"x": rng.standard_normal((8, 4), dtype=np.float32), "y": rng.integers(0, 3, 8).astype(np.int32)}
@@ -130,10 +145,18 @@ def test_a_data_parallel_engine_of_one_rank_is_its_engine(backend, buckets, monk
             assert len(engine.train_exe.buckets) > 1
         if wrapped:
             engine = one_rank(engine, statistics, monkeypatch)
-        losses = [engine.train_step(params, state, batch, 1e-2, step, np.array([0, step], np.int32))["loss"]
-                  for step in (1, 2, 3)]
-        runs.append((losses, engine.evaluate(params, batch), engine.predict(params, {"x": batch["x"]})["probs"],
-                     {k: np.array(v) for k, v in params.items()}))
+        losses = [
+            engine.train_step(params, state, batch, 1e-2, step, np.array([0, step], np.int32))["loss"]
+            for step in (1, 2, 3)
+        ]
+        runs.append(
+            (
+                losses,
+                engine.evaluate(params, batch),
+                engine.predict(params, {"x": batch["x"]})["probs"],
+                {k: np.array(v) for k, v in params.items()},
+            )
+        )
     (losses, metrics, probs, params), (dp_losses, dp_metrics, dp_probs, dp_params) = runs
     assert dp_losses == pytest.approx(losses, rel=1e-6) and dp_metrics == pytest.approx(metrics, rel=1e-6)
     np.testing.assert_allclose(dp_probs, probs, rtol=1e-6)

@@ -1,6 +1,7 @@
 """int8 from every door that has it (docs/quantization.md): `dlc quantize`, `dlc eval --int8`,
 `dlc predict --int8`, `dlc summary --int8`, model.quantize(); the digits CNN's accuracy and
 SQNR in int8 against float32; the quantized checkpoint and the hostile ones it refuses."""
+
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +21,10 @@ def trained(tmp_path_factory):
     """The digits CNN trained 12 epochs, and its quantization on 8 calibration batches."""
     out = tmp_path_factory.mktemp("digits")
     assert main(["train", DIGITS, "--out", str(out), "--epochs", "12", "-q"]) == 0
-    assert main(["quantize", DIGITS, "--weights", str(out / "best.npz"), "--calibrate", "8",
-                 "-o", str(out / "q.npz")]) == 0
+    assert (
+        main(["quantize", DIGITS, "--weights", str(out / "best.npz"), "--calibrate", "8", "-o", str(out / "q.npz")])
+        == 0
+    )
     return out
 
 
@@ -41,11 +44,16 @@ def test_int8_outputs_against_float32_sqnr_and_agreement(trained, capsys):
     outs = {}
     for int8 in (False, True):
         path = trained / f"p{int8}.npz"
-        assert main(["predict", DIGITS, "--weights", str(trained / "q.npz"), "--data", "digits()",
-                     "--output", str(path)] + ["--int8"] * int8) == 0
+        assert (
+            main(
+                ["predict", DIGITS, "--weights", str(trained / "q.npz"), "--data", "digits()", "--output", str(path)]
+                + ["--int8"] * int8
+            )
+            == 0
+        )
         outs[int8] = np.load(path)["probs"].astype(np.float64)
     noise = outs[True] - outs[False]
-    sqnr = 10 * np.log10((outs[False] ** 2).sum() / (noise ** 2).sum())
+    sqnr = 10 * np.log10((outs[False] ** 2).sum() / (noise**2).sum())
     agreement = (outs[True].argmax(1) == outs[False].argmax(1)).mean()
     print(f"digits CNN int8 vs float32: SQNR {sqnr:.1f} dB, top-1 agreement {agreement:.4f}")
     assert sqnr > 25 and agreement > 0.99, (sqnr, agreement)
@@ -53,11 +61,25 @@ def test_int8_outputs_against_float32_sqnr_and_agreement(trained, capsys):
 
 def test_calibration_is_deterministic_and_the_observers_differ(trained, tmp_path):
     for name, extra in (("a", []), ("b", []), ("p", ["--observer", "percentile", "--percentile", "99"])):
-        assert main(["quantize", DIGITS, "--weights", str(trained / "best.npz"), "--calibrate", "8",
-                     "-o", str(tmp_path / f"{name}.npz")] + extra) == 0
+        assert (
+            main(
+                [
+                    "quantize",
+                    DIGITS,
+                    "--weights",
+                    str(trained / "best.npz"),
+                    "--calibrate",
+                    "8",
+                    "-o",
+                    str(tmp_path / f"{name}.npz"),
+                ]
+                + extra
+            )
+            == 0
+        )
     a, b, p = (checkpoint.read(tmp_path / f"{n}.npz")[0] for n in "abp")
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert p["int8:c3.W:input_scale"] < a["int8:c3.W:input_scale"]        # the 99th percentile clips the top
+    assert p["int8:c3.W:input_scale"] < a["int8:c3.W:input_scale"]  # the 99th percentile clips the top
     assert np.array_equal(p["int8:c3.W:weight"], a["int8:c3.W:weight"])  # weights do not depend on the observer
     assert checkpoint.read(tmp_path / "p.npz")[1]["quantization"]["observer"] == "percentile"
 
@@ -71,7 +93,9 @@ def test_python_quantize_matches_the_command_and_saves_a_quantized_checkpoint(tr
     x = {"x": np.random.default_rng(0).uniform(0, 1, (5, 1, 8, 8)).astype(np.float32)}
     reread = dlc.load(DIGITS, weights=tmp_path / "q.npz")
     assert np.array_equal(reread.predict(x, int8=True)["probs"], model.predict(x, int8=True)["probs"])
-    assert np.array_equal(reread.predict(x)["probs"], dlc.load(DIGITS, weights=trained / "best.npz").predict(x)["probs"])
+    assert np.array_equal(
+        reread.predict(x)["probs"], dlc.load(DIGITS, weights=trained / "best.npz").predict(x)["probs"]
+    )
 
 
 def test_summary_int8_lists_the_integer_products(capsys):
@@ -81,20 +105,39 @@ def test_summary_int8_lists_the_integer_products(capsys):
 
 
 def test_int8_needs_a_quantization(trained, capsys):
-    assert "has no int8 quantization" in failure(["eval", DIGITS, "--weights", str(trained / "best.npz"), "--int8"],
-                                                 capsys)
+    assert "has no int8 quantization" in failure(
+        ["eval", DIGITS, "--weights", str(trained / "best.npz"), "--int8"], capsys
+    )
 
 
-def test_native_int8_is_the_same_on_any_thread_count_and_agrees_with_the_reference(trained, tmp_path, capsys,
-                                                                                  monkeypatch):
+def test_native_int8_is_the_same_on_any_thread_count_and_agrees_with_the_reference(
+    trained, tmp_path, capsys, monkeypatch
+):
     """`--backend native` (the whole program compiled, its products int8 kernels): the digits
     CNN's probabilities over the whole set the same bits on 1, 2 and 3 threads, and the
     reference int8 engine's to float32's last bits (the products are exact in both; the
     softmax's exp is the native polynomial), every top-1 the same; `dlc eval`'s line the same."""
+
     def predict(name, backend):
         path = tmp_path / f"{name}.npz"
-        assert main(["predict", DIGITS, "--weights", str(trained / "q.npz"), "--data", "digits()", "--int8",
-                     "--backend", backend, "--output", str(path)]) == 0
+        assert (
+            main(
+                [
+                    "predict",
+                    DIGITS,
+                    "--weights",
+                    str(trained / "q.npz"),
+                    "--data",
+                    "digits()",
+                    "--int8",
+                    "--backend",
+                    backend,
+                    "--output",
+                    str(path),
+                ]
+            )
+            == 0
+        )
         return np.load(path)["probs"]
 
     want = predict("reference", "reference")
@@ -106,8 +149,11 @@ def test_native_int8_is_the_same_on_any_thread_count_and_agrees_with_the_referen
         got = predict(f"native{threads}", "native")
         assert np.array_equal(got.view(np.int32), one.view(np.int32)), threads
     capsys.readouterr()
-    evals = [main(["eval", DIGITS, "--weights", str(trained / "q.npz"), "--int8", "--backend", b]) == 0
-             and capsys.readouterr().out.splitlines()[-1] for b in ("reference", "native")]
+    evals = [
+        main(["eval", DIGITS, "--weights", str(trained / "q.npz"), "--int8", "--backend", b]) == 0
+        and capsys.readouterr().out.splitlines()[-1]
+        for b in ("reference", "native")
+    ]
     assert evals[0] == evals[1] and "accuracy" in evals[0]
 
 
@@ -124,22 +170,31 @@ def _hostile(trained, tmp_path, key, value):
     return path
 
 
-@pytest.mark.parametrize("key, value, said", [
-    ("int8:c3.W:weight_scale", lambda s: np.where(np.arange(len(s)) == 3, 0, s).astype(np.float32),
-     "int8:c3.W:weight_scale[3] is 0.0"),
-    ("int8:c3.W:weight_scale", lambda s: np.full_like(s, np.nan), "int8:c3.W:weight_scale[0] is nan"),
-    ("int8:c3.W:input_scale", lambda s: np.float32(-0.5), "int8:c3.W:input_scale is -0.5"),
-    ("int8:c3.W:input_scale", lambda s: np.float32(1e30), "a scale is a number from 2^-60 to 2^40"),
-    ("int8:c3.W:input_scale", lambda s: np.float32(1e-40), "a scale is a number from 2^-60 to 2^40"),
-    ("int8:f5.W:weight_scale", lambda s: s[:5], "int8:f5.W:weight_scale is float32[5], not float32[64]"),
-    ("int8:f5.W:weight", lambda w: w.astype(np.float32), "int8:f5.W:weight is float32[128, 64], not int8[128, 64]"),
-    ("int8:f5.W:weight", lambda w: np.full_like(w, -128), "int8:f5.W:weight[0, 0] is -128"),
-    ("int8:c3.W:input_zero_point", lambda z: np.int32(3), "int8:c3.W:input_zero_point is int32[], not uint8[]"),
-    ("int8:logits.W:input_scale", None, "lacks int8:logits.W:input_scale"),
-    ("int8:nope.W:weight", lambda w: np.zeros(3, np.int8), "quantizes nope.W, which is not the weights"),
-    ("int8:c1.W:weight", lambda w: np.zeros((16, 1, 3, 3), np.int8),
-     "quantizes c1.W, whose conv2d stays float32: its taps hold 1 channel (C / groups)"),
-])
+@pytest.mark.parametrize(
+    "key, value, said",
+    [
+        (
+            "int8:c3.W:weight_scale",
+            lambda s: np.where(np.arange(len(s)) == 3, 0, s).astype(np.float32),
+            "int8:c3.W:weight_scale[3] is 0.0",
+        ),
+        ("int8:c3.W:weight_scale", lambda s: np.full_like(s, np.nan), "int8:c3.W:weight_scale[0] is nan"),
+        ("int8:c3.W:input_scale", lambda s: np.float32(-0.5), "int8:c3.W:input_scale is -0.5"),
+        ("int8:c3.W:input_scale", lambda s: np.float32(1e30), "a scale is a number from 2^-60 to 2^40"),
+        ("int8:c3.W:input_scale", lambda s: np.float32(1e-40), "a scale is a number from 2^-60 to 2^40"),
+        ("int8:f5.W:weight_scale", lambda s: s[:5], "int8:f5.W:weight_scale is float32[5], not float32[64]"),
+        ("int8:f5.W:weight", lambda w: w.astype(np.float32), "int8:f5.W:weight is float32[128, 64], not int8[128, 64]"),
+        ("int8:f5.W:weight", lambda w: np.full_like(w, -128), "int8:f5.W:weight[0, 0] is -128"),
+        ("int8:c3.W:input_zero_point", lambda z: np.int32(3), "int8:c3.W:input_zero_point is int32[], not uint8[]"),
+        ("int8:logits.W:input_scale", None, "lacks int8:logits.W:input_scale"),
+        ("int8:nope.W:weight", lambda w: np.zeros(3, np.int8), "quantizes nope.W, which is not the weights"),
+        (
+            "int8:c1.W:weight",
+            lambda w: np.zeros((16, 1, 3, 3), np.int8),
+            "quantizes c1.W, whose conv2d stays float32: its taps hold 1 channel (C / groups)",
+        ),
+    ],
+)
 def test_hostile_quantized_checkpoints_are_refused_naming_the_array(trained, tmp_path, capsys, key, value, said):
     arrays, _ = checkpoint.read(trained / "q.npz")
     original = arrays.get(key, arrays.get("int8:c3.W:weight"))
@@ -147,14 +202,17 @@ def test_hostile_quantized_checkpoints_are_refused_naming_the_array(trained, tmp
     err = failure(["eval", DIGITS, "--weights", str(path), "--int8"], capsys)
     assert said in err and str(path) in err, err
     if "nope" not in said:
-        assert "digits_cnn.dl:" in err          # at the line of the product
-    assert main(["eval", DIGITS, "--weights", str(path)]) == 0         # float32 reads its parameters alone
+        assert "digits_cnn.dl:" in err  # at the line of the product
+    assert main(["eval", DIGITS, "--weights", str(path)]) == 0  # float32 reads its parameters alone
 
 
 def test_a_quantization_of_another_source_is_refused(trained, tmp_path, capsys):
     changed = tmp_path / "digits_cnn.dl"
-    changed.write_text(Path(DIGITS).read_text().replace("f5 = dense(dropout(flatten(s4), 0.25), 64, relu)",
-                                                        "f5 = dense(dropout(flatten(s4), 0.25), 64, tanh)"))
+    changed.write_text(
+        Path(DIGITS)
+        .read_text()
+        .replace("f5 = dense(dropout(flatten(s4), 0.25), 64, relu)", "f5 = dense(dropout(flatten(s4), 0.25), 64, tanh)")
+    )
     err = failure(["eval", str(changed), "--weights", str(trained / "q.npz"), "--int8"], capsys)
     assert "quantized from another version" in err
 
@@ -178,9 +236,10 @@ def test_the_train_block_quantizes_the_run_into_int8_npz(tmp_path, capsys):
     assert "int8.npz" in capsys.readouterr().out
     arrays, meta = checkpoint.read(tmp_path / "run" / "int8.npz")
     assert meta["quantization"]["observer"] == "percentile" and meta["quantization"]["calibrate"] == 3
-    assert {k for k in arrays if k.startswith("int8:")} == {f"int8:logits.1.W:{part}"      # the conv of one channel: float32
-                                                          for part in ("weight", "weight_scale", "input_scale",
-                                                                       "input_zero_point")}
+    assert {k for k in arrays if k.startswith("int8:")} == {
+        f"int8:logits.1.W:{part}"  # the conv of one channel: float32
+        for part in ("weight", "weight_scale", "input_scale", "input_zero_point")
+    }
     assert main(["eval", str(path), "--weights", str(tmp_path / "run" / "int8.npz"), "--int8"]) == 0
     path.write_text(SMALL.replace("observer = percentile", "observer = median"))
     assert "'observer' must be one of minmax, percentile" in failure(["check", str(path)], capsys)

@@ -1,5 +1,6 @@
 """Slow end-to-end learning tests (`pytest -m slow`): each trains an example on the
 data that ships with dlc (or a built-in task) and checks it learned."""
+
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ def test_character_models_beat_the_unigram_baseline_and_generate(tmp_path, examp
     model = dlc.load(str(EXAMPLES / f"{example}.dl"))
     result = model.train(out=str(tmp_path), epochs=1, **QUIET)
     text = data.load(Call("text", [str(EXAMPLES / "data" / "genesis.txt")], {"seq": 64}), EXAMPLES)
-    train, val = text.split(0.05, 1)                      # the same split the trainer made
+    train, val = text.split(0.05, 1)  # the same split the trainer made
     baseline = unigram_cross_entropy(train.columns["y"], val.columns["y"], len(text.meta["vocab"]))
     val_loss = result.history[-1]["val_loss"]
     print(f"{example}: validation loss {val_loss:.3f} nats/char, unigram baseline {baseline:.3f}")
@@ -41,7 +42,7 @@ def exact_match(model, n=300, seed=123) -> float:
     src, want = task.columns["src"], task.columns["dec_out"]
     got = model.decode(src, want.shape[1])
     end = lambda seq: list(seq).index(2) + 1
-    return float(np.mean([np.array_equal(g[:end(w)], w[:end(w)]) for g, w in zip(got, want)]))
+    return float(np.mean([np.array_equal(g[: end(w)], w[: end(w)]) for g, w in zip(got, want)]))
 
 
 @pytest.mark.parametrize("example, epochs", [("seq2seq_luong", 3), ("seq2seq_bahdanau", 3)])

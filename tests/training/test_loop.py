@@ -3,6 +3,7 @@ through the loop, resume after Ctrl-C at any batch, a non-finite loss stopped, h
 learning and bad input; the train block's settings checked where they are written and bound by
 position, the split a checkpoint was trained on scored again by `dlc eval`, batch statistics never
 computed on one example; and the reference interpreter alone training XOR."""
+
 import csv
 import json
 import signal
@@ -63,7 +64,7 @@ def _adam_by_hand(w, c, lr=0.1):
     for t in (1, 2, 3):
         g = w * c
         m, v = 0.9 * m + 0.1 * g, 0.999 * v + 0.001 * g * g
-        w = w - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        w = w - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
     return w
 
 
@@ -76,18 +77,23 @@ def _adagrad_by_hand(w, c, lr=0.1):
     return w
 
 
-@pytest.mark.parametrize("optimizer, by_hand", [
-    ("sgd(lr = 0.1)", lambda w, c: w * (1 - 0.1 * c) ** 3),
-    ("adam(lr = 0.1)", lambda w, c: _adam_by_hand(w, c)),
-    ("adagrad(lr = 0.1)", lambda w, c: _adagrad_by_hand(w, c)),
-])
+@pytest.mark.parametrize(
+    "optimizer, by_hand",
+    [
+        ("sgd(lr = 0.1)", lambda w, c: w * (1 - 0.1 * c) ** 3),
+        ("adam(lr = 0.1)", lambda w, c: _adam_by_hand(w, c)),
+        ("adagrad(lr = 0.1)", lambda w, c: _adagrad_by_hand(w, c)),
+    ],
+)
 def test_optimizer_steps_through_the_trainer(tmp_path, optimizer, by_hand):
     path = tmp_path / "q.dl"
     path.write_text(QUADRATIC)
     from dlc.runtime.training.config import parse_setting
+
     spec = parse_setting(optimizer, "optimizer")
-    result = dlc.load(str(path)).train(out=str(tmp_path / "run"), log=lambda m: None,
-                                       optimizer=spec.name, lr=spec.kwargs["lr"])
+    result = dlc.load(str(path)).train(
+        out=str(tmp_path / "run"), log=lambda m: None, optimizer=spec.name, lr=spec.kwargs["lr"]
+    )
     w = result.params["w"]
     np.testing.assert_allclose(w, by_hand(np.ones(2), np.array([1.0, 3.0])), rtol=1e-5)
 
@@ -95,14 +101,17 @@ def test_optimizer_steps_through_the_trainer(tmp_path, optimizer, by_hand):
 def _interrupt_at(monkeypatch, step_to_interrupt):
     """Make the engines deliver a real SIGINT during one step."""
     from dlc.runtime.engines.native import NativeEngine
+
     calls = {"n": 0}
     for cls in (ReferenceEngine, NativeEngine):
+
         def train_step(self, *args, original=cls.train_step, **kw):
             out = original(self, *args, **kw)
             calls["n"] += 1
             if calls["n"] == step_to_interrupt:
                 signal.raise_signal(signal.SIGINT)
             return out
+
         monkeypatch.setattr(cls, "train_step", train_step)
 
 
@@ -115,7 +124,7 @@ def test_resume_after_ctrl_c_gives_the_same_parameters(tmp_path, monkeypatch):
     stopped = dlc.load(path).train(out=str(tmp_path / "b"), **settings)
     assert stopped.stopped == "interrupted"
     meta = checkpoint.load(tmp_path / "b" / "last.npz")[2]
-    assert meta["step"] == 60 and meta["epoch"] == 1          # 41 batches per epoch: stopped inside epoch 2
+    assert meta["step"] == 60 and meta["epoch"] == 1  # 41 batches per epoch: stopped inside epoch 2
     monkeypatch.undo()
 
     resumed = dlc.load(path).train(out=str(tmp_path / "b"), resume=True, **settings)
@@ -128,8 +137,21 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     out = tmp_path / "run"
     assert main(["train", str(EXAMPLES / "digits_mlp.dl"), "--epochs", "1", "--out", str(out)]) == 0
     before = (out / "last.npz").read_bytes()
-    code = main(["train", str(EXAMPLES / "digits_mlp.dl"), "--epochs", "2", "--out", str(out), "--resume",
-                 "--optimizer", "sgd", "--lr", "1e30"])
+    code = main(
+        [
+            "train",
+            str(EXAMPLES / "digits_mlp.dl"),
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            "--resume",
+            "--optimizer",
+            "sgd",
+            "--lr",
+            "1e30",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1 and "the loss became" in err and "at step" in err and "Traceback" not in err
     assert (out / "last.npz").read_bytes() == before
@@ -178,17 +200,22 @@ def test_where_products_of_weights_overflow_the_engines_part_as_the_warning_says
 
 def test_transfer_learning_with_frozen_convolutions(tmp_path, capsys):
     from dlc.runtime.data import registry as data
+
     digits = data.load(data.Call("digits") if hasattr(data, "Call") else _digits_call(), Path("."))
     x, y = digits.columns["x"], digits.columns["y"]
     low, high = y < 5, y >= 5
     np.savez(tmp_path / "low.npz", x=x[low], y=y[low])
     np.savez(tmp_path / "high.npz", x=x[high], y=(y[high] - 5))
     src = (EXAMPLES / "digits_cnn.dl").read_text().split("train digits_cnn")[0]
-    (tmp_path / "a.dl").write_text(src + 'train digits_cnn { data = "low.npz" validation = split(0.1) '
-                                         'epochs = 8 batch = 32 optimizer = adam(lr = 2e-3) }')
-    (tmp_path / "b.dl").write_text(src + 'train digits_cnn { data = "high.npz" test = split(0.3) epochs = 8 '
-                                         'batch = 32 optimizer = adam(lr = 2e-3) init_from = "a/best.npz" '
-                                         'freeze = [c1, c3] }')
+    (tmp_path / "a.dl").write_text(
+        src + 'train digits_cnn { data = "low.npz" validation = split(0.1) '
+        'epochs = 8 batch = 32 optimizer = adam(lr = 2e-3) }'
+    )
+    (tmp_path / "b.dl").write_text(
+        src + 'train digits_cnn { data = "high.npz" test = split(0.3) epochs = 8 '
+        'batch = 32 optimizer = adam(lr = 2e-3) init_from = "a/best.npz" '
+        'freeze = [c1, c3] }'
+    )
     assert main(["train", str(tmp_path / "a.dl"), "--out", str(tmp_path / "a")]) == 0
     assert main(["train", str(tmp_path / "b.dl"), "--out", str(tmp_path / "b")]) == 0
     out, err = capsys.readouterr()
@@ -196,37 +223,43 @@ def test_transfer_learning_with_frozen_convolutions(tmp_path, capsys):
     accuracy = float(next(l for l in out.splitlines() if l.startswith("test:")).split("accuracy")[1].split()[0])
     assert accuracy >= 0.90
     first, second = checkpoint.load(tmp_path / "a" / "best.npz")[0], checkpoint.load(tmp_path / "b" / "best.npz")[0]
-    np.testing.assert_array_equal(first["c1.W"], second["c1.W"])       # frozen: unchanged
-    assert not np.array_equal(first["f5.W"], second["f5.W"])           # trained
+    np.testing.assert_array_equal(first["c1.W"], second["c1.W"])  # frozen: unchanged
+    assert not np.array_equal(first["f5.W"], second["f5.W"])  # trained
     assert main(["summary", str(tmp_path / "b.dl")]) == 0
     summary = capsys.readouterr().out
     assert "c1.W" in summary and "Trainable parameters:" in summary
     trainable = int(summary.split("Trainable parameters:")[1].split()[0].replace(",", ""))
-    assert trainable == 8906          # f5 (128*64 + 64) + logits (64*10 + 10): the convolutions are frozen
+    assert trainable == 8906  # f5 (128*64 + 64) + logits (64*10 + 10): the convolutions are frozen
 
 
 def _digits_call():
     from dlc.compiler.frontend.settings import Call
+
     return Call("digits")
 
 
-@pytest.mark.parametrize("argv, phrase, status", [
-    (["--data", "nothere.npz"], "--data:1:1: error: npz: data file not found", 2),     # at the flag: usage
-    (["--data", "xor()"], "does not fit", 1),
-    (["--optimizer", "adamx"], "--optimizer:1:1: error: unknown optimizer 'adamx'", 2),
-    (["--lr", "-0.1"], "--lr:1:1: error: adam: 'lr' must not be negative", 2),
-    (["--epochs", "-1"], "--epochs: error: needs a whole number, at least 0", 2),
-    (["--resume", "corrupt.npz"], "not a readable checkpoint", 1),
-    (["--init-from", "corrupt.npz"], "not a readable checkpoint", 1),
-    (["--freeze", "nothing*"], "--freeze:1:1: error: freeze: no parameter matches", 2),
-])
+@pytest.mark.parametrize(
+    "argv, phrase, status",
+    [
+        (["--data", "nothere.npz"], "--data:1:1: error: npz: data file not found", 2),  # at the flag: usage
+        (["--data", "xor()"], "does not fit", 1),
+        (["--optimizer", "adamx"], "--optimizer:1:1: error: unknown optimizer 'adamx'", 2),
+        (["--lr", "-0.1"], "--lr:1:1: error: adam: 'lr' must not be negative", 2),
+        (["--epochs", "-1"], "--epochs: error: needs a whole number, at least 0", 2),
+        (["--resume", "corrupt.npz"], "not a readable checkpoint", 1),
+        (["--init-from", "corrupt.npz"], "not a readable checkpoint", 1),
+        (["--freeze", "nothing*"], "--freeze:1:1: error: freeze: no parameter matches", 2),
+    ],
+)
 def test_bad_input_is_refused_and_overwrites_nothing(tmp_path, capsys, argv, phrase, status):
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
     out = tmp_path / "run"
     try:
-        code = main(["train", str(EXAMPLES / "digits_mlp.dl"), "--out", str(out)]
-                    + [a if a != "corrupt.npz" else str(tmp_path / a) for a in argv])
-    except SystemExit as e:     # the argument parser's usage error
+        code = main(
+            ["train", str(EXAMPLES / "digits_mlp.dl"), "--out", str(out)]
+            + [a if a != "corrupt.npz" else str(tmp_path / a) for a in argv]
+        )
+    except SystemExit as e:  # the argument parser's usage error
         code = e.code
     err = capsys.readouterr().err
     assert code == status and phrase in err and "Traceback" not in err, err
@@ -241,16 +274,29 @@ def test_eval_and_predict_from_the_command_line(tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     x = np.random.default_rng(0).random((5, 64)).astype(np.float32)
     np.savez(tmp_path / "in.npz", x=x)
-    assert main(["predict", str(EXAMPLES / "digits_mlp.dl"), "--weights", str(out / "best.npz"),
-                 "--input", str(tmp_path / "in.npz"), "--output", str(tmp_path / "p.npz")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(EXAMPLES / "digits_mlp.dl"),
+                "--weights",
+                str(out / "best.npz"),
+                "--input",
+                str(tmp_path / "in.npz"),
+                "--output",
+                str(tmp_path / "p.npz"),
+            ]
+        )
+        == 0
+    )
     probs = np.load(tmp_path / "p.npz")["probs"]
     assert probs.shape == (5, 10) and np.allclose(probs.sum(1), 1, atol=1e-5)
     with pytest.raises(DlcError):
-        dlc.load(str(EXAMPLES / "digits_mlp.dl")).predict(x)      # no weights yet
+        dlc.load(str(EXAMPLES / "digits_mlp.dl")).predict(x)  # no weights yet
 
 
 def test_generate_from_a_small_character_model(tmp_path, capsys):
-    text = ("the cat sat on the mat. " * 80)
+    text = "the cat sat on the mat. " * 80
     (tmp_path / "t.txt").write_text(text)
     (tmp_path / "c.dl").write_text("""
 model c {
@@ -265,8 +311,21 @@ train c { data = text("t.txt", seq = 24) batch = 8 epochs = 6 optimizer = adam(l
 """)
     assert main(["train", str(tmp_path / "c.dl"), "--out", str(tmp_path / "run")]) == 0
     capsys.readouterr()
-    assert main(["generate", str(tmp_path / "c.dl"), "--weights", str(tmp_path / "run" / "best.npz"),
-                 "--prompt", "the cat ", "--length", "16"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(tmp_path / "c.dl"),
+                "--weights",
+                str(tmp_path / "run" / "best.npz"),
+                "--prompt",
+                "the cat ",
+                "--length",
+                "16",
+            ]
+        )
+        == 0
+    )
     generated = capsys.readouterr().out.rstrip("\n")
     assert generated.startswith("the cat ") and len(generated) == len("the cat ") + 16
     assert set(generated) <= set(text)
@@ -291,7 +350,8 @@ def test_history_is_written_every_epoch_and_survives_ctrl_c(tmp_path, monkeypatc
 
 
 def test_history_files_wait_for_a_later_epoch_when_rewriting_them_would_cost_more_than_a_share_of_the_run(
-        tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
     """After an epoch the files are rewritten unless that took more than HISTORY_SHARE of the
     time since the last write (they grow with the run: quadratic otherwise); when the run
     stops they are always written, with the plot. A clock of the test's: each write costs
@@ -302,12 +362,13 @@ def test_history_files_wait_for_a_later_epoch_when_rewriting_them_would_cost_mor
     def save_history(out, history, log, plot):
         writes.append((len(history), plot))
         clock[0] += cost[0]
+
     monkeypatch.setattr(trainer_module, "save_history", save_history)
     monkeypatch.setattr(trainer_module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     history = []
     for epoch in range(1, 13):
         if epoch == 5:
-            cost[0] = 0.05      # the files have grown: 1 s between writes at a 5 % share
+            cost[0] = 0.05  # the files have grown: 1 s between writes at a 5 % share
         clock[0] += 0.3
         history.append({"epoch": epoch})
         trainer.write_history(history, final=False)
@@ -326,8 +387,11 @@ def test_the_history_is_plotted_from_two_rows(tmp_path, epochs):
 
 def test_history_survives_a_nan_stop(tmp_path, capsys):
     out = tmp_path / "run"
-    src = (EXAMPLES / "digits_mlp.dl").read_text().replace("optimizer  = adam(lr = 1e-3)",
-                                                          "optimizer  = sgd(lr = 1e-3)\n    schedule = step(1, 1e33)")
+    src = (
+        (EXAMPLES / "digits_mlp.dl")
+        .read_text()
+        .replace("optimizer  = adam(lr = 1e-3)", "optimizer  = sgd(lr = 1e-3)\n    schedule = step(1, 1e33)")
+    )
     (tmp_path / "m.dl").write_text(src)
     code = main(["train", str(tmp_path / "m.dl"), "--epochs", "4", "--out", str(out)])
     err = capsys.readouterr().err
@@ -381,7 +445,7 @@ def train(path, backend="reference", out=None, **overrides):
 # ---- every setting checked in one place, at the place it was written ------------------------------------
 BAD_SETTINGS = [
     ("clip = global_norm(-1)", "-1", "'max' must not be negative"),
-    ("clip = -0.5", "clip", "must not be negative"),                 # a bare value: the setting
+    ("clip = -0.5", "clip", "must not be negative"),  # a bare value: the setting
     ("clip = value(max = 0)", "0", "'max' must be positive"),
     ("clip = norm(1.0)", "norm(1.0)", "unknown clipping 'norm'"),
     ("optimizer = adam(lr = 1e-3, beta1 = 1.0)", "1.0", "'beta1' must be less than 1"),
@@ -445,28 +509,40 @@ def test_a_bad_setting_given_as_a_flag_is_refused(tmp_path, capsys):
 
 # ---- positional arguments bind in parameter order, extra ones are refused -----------------------------
 def test_positional_arguments_bind_in_parameter_order(tmp_path):
-    path = write(tmp_path, CLASSIFIER, "train clf { data = spirals(n = 60) validation = split(0.2) "
-                                       "early_stop = patience(2, val_accuracy) augment = images(2, true, 0.5) "
-                                       "clip = value(0.25) schedule = step(3, 0.5) optimizer = sgd(0.05, 0.9) }")
+    path = write(
+        tmp_path,
+        CLASSIFIER,
+        "train clf { data = spirals(n = 60) validation = split(0.2) "
+        "early_stop = patience(2, val_accuracy) augment = images(2, true, 0.5) "
+        "clip = value(0.25) schedule = step(3, 0.5) optimizer = sgd(0.05, 0.9) }",
+    )
     trainer = Trainer(load(str(path)), None, {}, tmp_path / "run", quiet, "reference")
     assert trainer.augment_options == {"shift": 2, "flip": True, "noise": 0.5}
     stop = trainer.early_stop()
     assert (stop.patience, stop.monitor, stop.mode) == (2, "val_accuracy", "max")
     assert trainer.cfg.clip.name == "value" and clip_limit(trainer.cfg.clip) == 0.25
-    assert make_optimizer(trainer.cfg.optimizer).hyper == {"lr": 0.05, "momentum": 0.9, "nesterov": False,
-                                                           "weight_decay": 0.0}
+    assert make_optimizer(trainer.cfg.optimizer).hyper == {
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 0.0,
+    }
     assert make_schedule(trainer.cfg.schedule, 1.0, 1, 10)(3) == 0.5
 
 
 def test_augment_images_with_a_positional_shift_moves_the_images(tmp_path):
-    path = write(tmp_path, """
+    path = write(
+        tmp_path,
+        """
 model img {
     input x: f32[B, 1, 6, 6]
     target y: i32[B]
     logits = dense(flatten(x), 2)
     loss sparse_cross_entropy(logits, y)
 }
-""", 'train img { data = "d.npz" augment = images(2) }')
+""",
+        'train img { data = "d.npz" augment = images(2) }',
+    )
     x = np.arange(4 * 36, dtype=np.float32).reshape(4, 1, 6, 6)
     np.savez(tmp_path / "d.npz", x=x, y=np.zeros(4, np.int32))
     trainer = Trainer(load(str(path)), None, {}, tmp_path / "run", quiet, "reference")
@@ -475,8 +551,12 @@ model img {
 
 
 def test_early_stop_mode_explicit_wins_over_the_name(tmp_path):
-    path = write(tmp_path, CLASSIFIER, "train clf { data = spirals(n = 60) validation = split(0.2) "
-                                       "early_stop = patience(2, val_accuracy, mode = min) }")
+    path = write(
+        tmp_path,
+        CLASSIFIER,
+        "train clf { data = spirals(n = 60) validation = split(0.2) "
+        "early_stop = patience(2, val_accuracy, mode = min) }",
+    )
     trainer = Trainer(load(str(path)), None, {}, tmp_path / "run", quiet, "reference")
     stop = trainer.early_stop()
     assert stop.mode == "min"
@@ -484,16 +564,19 @@ def test_early_stop_mode_explicit_wins_over_the_name(tmp_path):
     assert not stop.update({"val_accuracy": 0.6})[0]
 
 
-@pytest.mark.parametrize("setting, phrase", [
-    ("early_stop = patience(5, val_loss, min, true, 1)", "patience takes at most 4 arguments"),
-    ("augment = images(1, false, 0.0, 2)", "images takes at most 3 arguments"),
-    ("test = split(0.2, false, 0.3)", "split takes at most 2 arguments"),
-    ("test = split(0.2, fraction = 0.3)", "'fraction' is given twice"),
-    ("clip = global_norm(1.0, 2.0)", "global_norm takes at most 1 argument"),
-    ("schedule = cosine(0.0, 1, none, 2, 5)", "cosine takes at most 4 arguments"),
-    ("optimizer = sgd(0.1, 0.9, false, 0.0, 1)", "sgd takes at most 4 arguments"),
-    ("early_stop = patience(3, monitr = val_loss)", "patience has no option 'monitr'"),
-])
+@pytest.mark.parametrize(
+    "setting, phrase",
+    [
+        ("early_stop = patience(5, val_loss, min, true, 1)", "patience takes at most 4 arguments"),
+        ("augment = images(1, false, 0.0, 2)", "images takes at most 3 arguments"),
+        ("test = split(0.2, false, 0.3)", "split takes at most 2 arguments"),
+        ("test = split(0.2, fraction = 0.3)", "'fraction' is given twice"),
+        ("clip = global_norm(1.0, 2.0)", "global_norm takes at most 1 argument"),
+        ("schedule = cosine(0.0, 1, none, 2, 5)", "cosine takes at most 4 arguments"),
+        ("optimizer = sgd(0.1, 0.9, false, 0.0, 1)", "sgd takes at most 4 arguments"),
+        ("early_stop = patience(3, monitr = val_loss)", "patience has no option 'monitr'"),
+    ],
+)
 def test_extra_or_unknown_arguments_are_refused_where_they_are_written(tmp_path, capsys, setting, phrase):
     path = write(tmp_path, REGRESSION, f"train reg {{\n    data = xor()\n    {setting}\n}}")
     assert main(["check", str(path)]) == 1
@@ -502,19 +585,22 @@ def test_extra_or_unknown_arguments_are_refused_where_they_are_written(tmp_path,
     assert phrase in err and f"m.dl:{row}:" in err, err
 
 
-@pytest.mark.parametrize("setting, bad, phrase", [
-    ("data = spirals(n = 0)", "0", "spirals: 'n' must be at least 1"),
-    ("data = spirals(60, m = 3)", "3", "spirals has no option 'm'"),
-    ("data = spirals(60, n = 30)", "30", "spirals: 'n' is given twice"),
-    ("data = blobs(labels = odd)", "odd", "blobs: 'labels' must be one of index, sign"),
-    ('data = csv("missing.csv")', '"missing.csv"', "csv: data file not found"),
-    ("data = xor(repeat = 1.5)", "1.5", "xor: 'repeat' must be an integer"),
-    ("optimizer = adam(lr = -1)", "-1", "adam: 'lr' must not be negative"),
-    ("schedule = cosine(min_lr = true)", "true", "cosine: 'min_lr' must be a number"),
-    ("augment = images(flip = 2)", "2", "images: 'flip' must be true or false"),
-    ("early_stop = patience(0)", "0", "patience: 'n' must be at least 1"),
-    ("test = split(1.5)", "1.5", "split: 'fraction' must be less than 1"),
-])
+@pytest.mark.parametrize(
+    "setting, bad, phrase",
+    [
+        ("data = spirals(n = 0)", "0", "spirals: 'n' must be at least 1"),
+        ("data = spirals(60, m = 3)", "3", "spirals has no option 'm'"),
+        ("data = spirals(60, n = 30)", "30", "spirals: 'n' is given twice"),
+        ("data = blobs(labels = odd)", "odd", "blobs: 'labels' must be one of index, sign"),
+        ('data = csv("missing.csv")', '"missing.csv"', "csv: data file not found"),
+        ("data = xor(repeat = 1.5)", "1.5", "xor: 'repeat' must be an integer"),
+        ("optimizer = adam(lr = -1)", "-1", "adam: 'lr' must not be negative"),
+        ("schedule = cosine(min_lr = true)", "true", "cosine: 'min_lr' must be a number"),
+        ("augment = images(flip = 2)", "2", "images: 'flip' must be true or false"),
+        ("early_stop = patience(0)", "0", "patience: 'n' must be at least 1"),
+        ("test = split(1.5)", "1.5", "split: 'fraction' must be less than 1"),
+    ],
+)
 def test_a_bad_argument_of_any_spec_is_reported_at_the_argument(tmp_path, capsys, setting, bad, phrase):
     """Data sources, optimizers, schedules, augmentation, early stopping and splits bind their
     arguments with one binder (Call.bind) and check them where they are written."""
@@ -535,29 +621,78 @@ def _metrics(line: str) -> dict:
 
 
 def test_eval_reuses_the_data_seed_and_split_given_at_training(tmp_path, capsys):
-    path = write(tmp_path, CLASSIFIER, "train clf { data = spirals(n = 300) test = split(0.2) batch = 32 "
-                                       "epochs = 3 optimizer = adam(lr = 1e-2) }")
+    path = write(
+        tmp_path,
+        CLASSIFIER,
+        "train clf { data = spirals(n = 300) test = split(0.2) batch = 32 epochs = 3 optimizer = adam(lr = 1e-2) }",
+    )
     out = tmp_path / "run"
-    assert main(["train", str(path), "--backend", "reference", "--seed", "3", "--test", "split(0.5)",
-                 "--data", "spirals(n = 200)", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(path),
+                "--backend",
+                "reference",
+                "--seed",
+                "3",
+                "--test",
+                "split(0.5)",
+                "--data",
+                "spirals(n = 200)",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     trained = _metrics(next(l for l in capsys.readouterr().out.splitlines() if l.startswith("test:"))[5:])
     assert main(["eval", str(path), "--backend", "reference", "--weights", str(out / "last.npz")]) == 0
     stdout, err = capsys.readouterr()
-    assert len(stdout.splitlines()) == 1                                # the metrics line only
+    assert len(stdout.splitlines()) == 1  # the metrics line only
     assert _metrics(stdout) == pytest.approx(trained, abs=1e-4)
     assert "test split (50% of spirals(n = 200), seed 3)" in err, err
     assert "trained on" not in err
-    assert main(["eval", str(path), "--backend", "reference", "--weights", str(out / "last.npz"),
-                 "--data", "spirals(n = 200)"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(path),
+                "--backend",
+                "reference",
+                "--weights",
+                str(out / "last.npz"),
+                "--data",
+                "spirals(n = 200)",
+            ]
+        )
+        == 0
+    )
     assert "note: this is the data the weights were trained on" in capsys.readouterr().err
-    assert main(["eval", str(path), "--backend", "reference", "--weights", str(out / "last.npz"),
-                 "--data", "spirals(n = 200, seed = 1)"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(path),
+                "--backend",
+                "reference",
+                "--weights",
+                str(out / "last.npz"),
+                "--data",
+                "spirals(n = 200, seed = 1)",
+            ]
+        )
+        == 0
+    )
     assert "note:" not in capsys.readouterr().err
 
 
 def test_evaluate_from_python_reuses_the_saved_split(tmp_path):
-    path = write(tmp_path, CLASSIFIER, "train clf { data = spirals(n = 300) test = split(0.2) batch = 32 "
-                                       "epochs = 2 optimizer = adam(lr = 1e-2) }")
+    path = write(
+        tmp_path,
+        CLASSIFIER,
+        "train clf { data = spirals(n = 300) test = split(0.2) batch = 32 epochs = 2 optimizer = adam(lr = 1e-2) }",
+    )
     result = train(path, seed=5, test="split(0.4)")
     logs, log = collect()
     values = DlcModel(str(path), backend="reference").load_weights(tmp_path / "run" / "last.npz").evaluate(log=log)
@@ -574,8 +709,24 @@ def test_eval_without_a_test_split_scores_validation_else_says_it_scores_trainin
     err = capsys.readouterr().err
     assert "training data" in err and "note:" in err, err
 
-    assert main(["train", str(path), "--backend", "reference", "--out", str(out), "--validation", "split(0.3)",
-                 "--seed", "2", "--overwrite"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(path),
+                "--backend",
+                "reference",
+                "--out",
+                str(out),
+                "--validation",
+                "split(0.3)",
+                "--seed",
+                "2",
+                "--overwrite",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["eval", str(path), "--backend", "reference", "--weights", str(out / "last.npz")]) == 0
     err = capsys.readouterr().err
@@ -583,10 +734,11 @@ def test_eval_without_a_test_split_scores_validation_else_says_it_scores_trainin
 
 
 def test_plain_weight_files_keep_the_train_blocks_settings(tmp_path, capsys):
-    path = write(tmp_path, CLASSIFIER, "train clf { data = spirals(n = 300) test = split(0.2) seed = 1 "
-                                       "batch = 32 epochs = 1 }")
+    path = write(
+        tmp_path, CLASSIFIER, "train clf { data = spirals(n = 300) test = split(0.2) seed = 1 batch = 32 epochs = 1 }"
+    )
     result = train(path)
-    np.savez(tmp_path / "w.npz", **result.params)                 # no meta: the block's settings
+    np.savez(tmp_path / "w.npz", **result.params)  # no meta: the block's settings
     assert main(["eval", str(path), "--backend", "reference", "--weights", str(tmp_path / "w.npz")]) == 0
     stdout, err = capsys.readouterr()
     assert "test split (20% of spirals(n = 300), seed 1)" in err
@@ -603,8 +755,9 @@ def test_batch_bounds_merge_a_last_batch_of_one():
 
 @pytest.mark.parametrize("backend", ENGINES)
 def test_batchnorm_running_statistics_stay_finite_with_a_last_batch_of_one(tmp_path, backend):
-    path = write(tmp_path, BATCHNORM, "train bn { data = xor(repeat = 4) batch = 5 epochs = 3 "
-                                      "optimizer = sgd(lr = 0.05) }")      # 16 examples = 3 * 5 + 1
+    path = write(
+        tmp_path, BATCHNORM, "train bn { data = xor(repeat = 4) batch = 5 epochs = 3 optimizer = sgd(lr = 0.05) }"
+    )  # 16 examples = 3 * 5 + 1
     result = train(path, backend)
     for name in ("running_mean", "running_var"):
         value = next(v for k, v in result.params.items() if k.endswith(name))
@@ -634,10 +787,11 @@ def test_batchnorm_with_a_single_training_example_is_refused(tmp_path):
 
 # ---- a checkpoint written after any batch resumes -----------------------------------------------------
 @pytest.mark.parametrize("backend", ENGINES)
-@pytest.mark.parametrize("batch, step", [(4, 2), (2, 3)])       # the last batch of epoch 2; inside epoch 2
+@pytest.mark.parametrize("batch, step", [(4, 2), (2, 3)])  # the last batch of epoch 2; inside epoch 2
 def test_resume_after_ctrl_c_at_any_batch(tmp_path, monkeypatch, backend, batch, step):
-    path = write(tmp_path, REGRESSION, f"train reg {{ data = xor() batch = {batch} epochs = 4 "
-                                       "optimizer = adam(lr = 0.05) }")
+    path = write(
+        tmp_path, REGRESSION, f"train reg {{ data = xor() batch = {batch} epochs = 4 optimizer = adam(lr = 0.05) }}"
+    )
     straight = train(path, backend, out=tmp_path / "a")
     _interrupt_at(monkeypatch, step)
     stopped = train(path, backend, out=tmp_path / "b")
@@ -654,12 +808,14 @@ def test_resume_after_ctrl_c_at_any_batch(tmp_path, monkeypatch, backend, batch,
 # ---- a non-finite loss stops training ------------------------------------------------------------------
 NAN_MODELS = {
     "mse": (REGRESSION, "train reg { data = xor() batch = 4 epochs = 3 optimizer = sgd(lr = 1e30) }"),
-    "relu_softmax": (CLASSIFIER.replace("tanh", "relu"),
-                     "train clf { data = spirals(n = 64) batch = 16 epochs = 3 optimizer = sgd(lr = 1e30) }"),
+    "relu_softmax": (
+        CLASSIFIER.replace("tanh", "relu"),
+        "train clf { data = spirals(n = 64) batch = 16 epochs = 3 optimizer = sgd(lr = 1e30) }",
+    ),
 }
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")          # numpy's overflow on the way to NaN
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow on the way to NaN
 @pytest.mark.parametrize("backend", ENGINES)
 @pytest.mark.parametrize("model", NAN_MODELS)
 def test_a_non_finite_loss_stops_training_on_both_engines(tmp_path, backend, model):

@@ -1,5 +1,6 @@
 """Every optimizer and schedule against values computed by hand (numpy, written out
 step by step), on the tiny problem loss = sum(w * w * c) / 2 whose gradient is w * c."""
+
 import math
 
 import numpy as np
@@ -73,7 +74,7 @@ def adam_by_hand(lr, wd=0.0, decoupled=False):
             w = w * (1 - lr * wd)
         m = 0.9 * m + 0.1 * g
         v = 0.999 * v + 0.001 * g * g
-        w = w - lr * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        w = w - lr * (m / (1 - 0.9**t)) / (np.sqrt(v / (1 - 0.999**t)) + 1e-8)
     return w
 
 
@@ -108,17 +109,17 @@ def test_schedules():
     assert lr_at(Call("step", [], {"every": 5, "gamma": 0.5}), 49) == 0.1
     assert lr_at(Call("step", [], {"every": 5, "gamma": 0.5}), 50) == 0.05
     assert math.isclose(lr_at(Call("step", [], {"every": 5, "gamma": 0.5}), 120), 0.1 * 0.25)
-    assert math.isclose(lr_at(Call("exponential", [0.9]), 35), 0.1 * 0.9 ** 3)
+    assert math.isclose(lr_at(Call("exponential", [0.9]), 35), 0.1 * 0.9**3)
     assert math.isclose(lr_at(Call("cosine"), 0), 0.1)
-    assert math.isclose(lr_at(Call("cosine"), 100), 0.05)                    # halfway through 20 epochs
+    assert math.isclose(lr_at(Call("cosine"), 100), 0.05)  # halfway through 20 epochs
     assert math.isclose(lr_at(Call("cosine", [], {"min_lr": 0.01}), 200), 0.01)
     restarts = Call("warm_restarts", [], {"period": 4, "mult": 2})
-    assert math.isclose(lr_at(restarts, 20), 0.05)                            # middle of the first period
-    assert math.isclose(lr_at(restarts, 40), 0.1)                             # restart at epoch 4
-    assert math.isclose(lr_at(restarts, 80), 0.05)                            # middle of the 8-epoch period
+    assert math.isclose(lr_at(restarts, 20), 0.05)  # middle of the first period
+    assert math.isclose(lr_at(restarts, 40), 0.1)  # restart at epoch 4
+    assert math.isclose(lr_at(restarts, 80), 0.05)  # middle of the 8-epoch period
     warm = Call("cosine", [], {"warmup": 2})
     assert math.isclose(lr_at(warm, 0), 0.1 / 20) and math.isclose(lr_at(warm, 9), 0.05)
-    assert math.isclose(lr_at(warm, 20), 0.1)                                 # warmup over, cosine starts
+    assert math.isclose(lr_at(warm, 20), 0.1)  # warmup over, cosine starts
     assert math.isclose(lr_at(Call("linear_warmup", [], {"warmup": 1}), 4), 0.05)
 
 
@@ -138,13 +139,16 @@ def test_clipping():
     np.testing.assert_allclose(grads["a"], [0.5, -0.2], rtol=1e-6)
 
 
-@pytest.mark.parametrize("call, phrase", [
-    (Call("adamx", [], {"lr": 0.1}), "unknown optimizer 'adamx'"),
-    (Call("adam", [], {"lr": -0.1}), "must not be negative"),
-    (Call("sgd", [], {"lr": 0.0}), "must be positive"),
-    (Call("sgd", [], {"lr": 0.1, "beta": 2}), "no option 'beta'"),
-    (Call("sgd", [], {"lr": "fast"}), "'lr' must be"),
-])
+@pytest.mark.parametrize(
+    "call, phrase",
+    [
+        (Call("adamx", [], {"lr": 0.1}), "unknown optimizer 'adamx'"),
+        (Call("adam", [], {"lr": -0.1}), "must not be negative"),
+        (Call("sgd", [], {"lr": 0.0}), "must be positive"),
+        (Call("sgd", [], {"lr": 0.1, "beta": 2}), "no option 'beta'"),
+        (Call("sgd", [], {"lr": "fast"}), "'lr' must be"),
+    ],
+)
 def test_bad_optimizers(call, phrase):
     with pytest.raises(DlcError) as e:
         make_optimizer(call)
@@ -161,9 +165,11 @@ def test_the_initial_state_is_zeros_in_one_allocation_per_slot_and_dtype():
     params = {"w": np.ones((3, 4), np.float32), "b": np.ones(4, np.float32), "s": np.ones((), np.float64)}
     state = make_optimizer(Call("adam", [], {"lr": 1e-3})).init(params)
     for slot in ("m", "v"):
-        assert all(state[n][slot].shape == p.shape and state[n][slot].dtype == p.dtype and not state[n][slot].any()
-                   for n, p in params.items())
-        assert np.shares_memory(state["w"][slot], state["b"][slot].base)      # views of one array
-        state["w"][slot][...] = 1.0                   # yet each parameter's own
+        assert all(
+            state[n][slot].shape == p.shape and state[n][slot].dtype == p.dtype and not state[n][slot].any()
+            for n, p in params.items()
+        )
+        assert np.shares_memory(state["w"][slot], state["b"][slot].base)  # views of one array
+        state["w"][slot][...] = 1.0  # yet each parameter's own
         assert not state["b"][slot].any() and not state["s"][slot].any()
     assert not np.shares_memory(state["w"]["m"].base, state["w"]["v"].base)

@@ -4,6 +4,7 @@ learning-rate multipliers on both engines, against torch.optim's param_groups.
 
 The model's loss is sum of each parameter times an input of its shape, so each
 parameter's gradient is exactly that input: dlc and torch see the same gradients."""
+
 import numpy as np
 import pytest
 
@@ -43,8 +44,9 @@ def start():
 def gradients():
     rng = np.random.default_rng(9)
     for _ in range(STEPS):
-        yield {k: (rng.standard_normal(s) * 10.0 ** rng.uniform(-3, 0, s)).astype(np.float32)
-               for k, s in SHAPES.items()}
+        yield {
+            k: (rng.standard_normal(s) * 10.0 ** rng.uniform(-3, 0, s)).astype(np.float32) for k, s in SHAPES.items()
+        }
 
 
 def grouped_optimizer(program, groups, opts):
@@ -59,8 +61,11 @@ def dlc_steps(engine_name, groups, opts, lrs, **native):
     opt, model = grouped_optimizer(program, groups, opts)
     params = start()
     state = opt.init(params)
-    engine = NativeEngine(model, program.build(training=False), opt, list(SHAPES), **native) \
-        if engine_name == "native" else None
+    engine = (
+        NativeEngine(model, program.build(training=False), opt, list(SHAPES), **native)
+        if engine_name == "native"
+        else None
+    )
     for t, (g, lr) in enumerate(zip(gradients(), lrs), 1):
         if engine is None:
             update(opt, params, {k: g[k].copy() for k in SHAPES}, state, lr, t)
@@ -71,12 +76,18 @@ def dlc_steps(engine_name, groups, opts, lrs, **native):
 
 def torch_steps(torch, opts, lrs):
     p = {k: torch.tensor(v) for k, v in start().items()}
-    opt = torch.optim.AdamW([{"params": [p["W"]]},
-                             {"params": [p["b"], p["g"]], "weight_decay": 0.0},
-                             {"params": [p["E"]], "lr": opts["lr"] * 0.1, "lr_mult": 0.1}],
-                            lr=opts["lr"], betas=(0.9, 0.95), weight_decay=opts["weight_decay"])
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p["W"]]},
+            {"params": [p["b"], p["g"]], "weight_decay": 0.0},
+            {"params": [p["E"]], "lr": opts["lr"] * 0.1, "lr_mult": 0.1},
+        ],
+        lr=opts["lr"],
+        betas=(0.9, 0.95),
+        weight_decay=opts["weight_decay"],
+    )
     for g, lr in zip(gradients(), lrs):
-        for group in opt.param_groups:      # the schedule's rate, times each group's multiplier
+        for group in opt.param_groups:  # the schedule's rate, times each group's multiplier
             group["lr"] = lr * group.get("lr_mult", 1.0)
         for k in SHAPES:
             p[k].grad = torch.from_numpy(g[k])
@@ -88,7 +99,7 @@ def torch_steps(torch, opts, lrs):
 def test_adamw_with_a_no_decay_group_matches_torch(engine):
     torch = pytest.importorskip("torch", reason="PyTorch is not installed")
     opts = {"lr": 3e-2, "betas": [0.9, 0.95], "weight_decay": 0.5}
-    lrs = [3e-2 * (t + 1) / STEPS for t in range(STEPS)]       # a rate that changes every step
+    lrs = [3e-2 * (t + 1) / STEPS for t in range(STEPS)]  # a rate that changes every step
     ours = dlc_steps(engine, [NO_DECAY, SLOW_E], opts, lrs)
     theirs = torch_steps(torch, opts, lrs)
     for k in SHAPES:
@@ -101,7 +112,10 @@ def test_adamw_with_a_no_decay_group_matches_torch(engine):
 def test_native_grouped_update_is_the_reference():
     opts = {"lr": 1e-2, "weight_decay": 0.1}
     lrs = [1e-2] * STEPS
-    ours, ref = dlc_steps("native", [NO_DECAY, SLOW_E], opts, lrs), dlc_steps("reference", [NO_DECAY, SLOW_E], opts, lrs)
+    ours, ref = (
+        dlc_steps("native", [NO_DECAY, SLOW_E], opts, lrs),
+        dlc_steps("reference", [NO_DECAY, SLOW_E], opts, lrs),
+    )
     for k in SHAPES:
         np.testing.assert_array_equal(ours[k], ref[k], err_msg=k)
 
@@ -127,23 +141,29 @@ def test_groups_take_parameters_by_rule():
     names = list(SHAPES)
     by_ndim, by_name, by_list = make_groups(
         [NO_DECAY, Call("group", ["W"], {"lr_mult": 2.0}), Call("group", [["E", "b"]], {"weight_decay": 0.0})],
-        model.params, names)
-    assert by_ndim.members == ["b", "g"] and by_name.members == ["W"] and by_list.members == ["E"]   # first wins
+        model.params,
+        names,
+    )
+    assert by_ndim.members == ["b", "g"] and by_name.members == ["W"] and by_list.members == ["E"]  # first wins
     assert by_ndim.size == 32 and by_list.weight_decay == 0.0 and by_name.lr_mult == 2.0
-    pattern, = make_groups(Call("group", ["*"], {"ndim": 2, "weight_decay": 0.0}), model.params, ["W"])
-    assert pattern.members == ["W"]         # E matches but is not trained
+    (pattern,) = make_groups(Call("group", ["*"], {"ndim": 2, "weight_decay": 0.0}), model.params, ["W"])
+    assert pattern.members == ["W"]  # E matches but is not trained
 
 
-@pytest.mark.parametrize("setting, message", [
-    ('group("nothing*", weight_decay = 0)', "no parameter of the model is in this group"),
-    ("group(weight_decay = 0)", "group needs the parameters it takes"),
-    ("group(ndim = 1)", "group changes nothing"),
-    ("group(ndim = 1, lr_mult = -1)", "'lr_mult' must be at least 0"),
-    ("adam(lr = 1)", r"param_groups takes group\(...\) calls"),
-])
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ('group("nothing*", weight_decay = 0)', "no parameter of the model is in this group"),
+        ("group(weight_decay = 0)", "group needs the parameters it takes"),
+        ("group(ndim = 1)", "group changes nothing"),
+        ("group(ndim = 1, lr_mult = -1)", "'lr_mult' must be at least 0"),
+        ("adam(lr = 1)", r"param_groups takes group\(...\) calls"),
+    ],
+)
 def test_bad_groups_are_located(tmp_path, setting, message):
     from dlc.compiler.frontend.loader import load
     from dlc.runtime.training.config import make_config
+
     path = write(tmp_path, MODEL, f"train grouped {{\n    param_groups = [{setting}]\n}}")
     program = load(path)
     with pytest.raises(DlcError, match=message) as e:
@@ -159,18 +179,23 @@ def test_betas_tuple_is_beta1_beta2():
             make_optimizer(Call("adam", [], {"lr": 1e-3, "betas": bad}))
     with pytest.raises(DlcError, match="'beta1' is given twice"):
         make_optimizer(Call("adam", [], {"lr": 1e-3, "betas": [0.9, 0.9], "beta1": 0.8}))
-    with pytest.raises(DlcError, match="has no option 'betas'"):       # sgd has no betas
+    with pytest.raises(DlcError, match="has no option 'betas'"):  # sgd has no betas
         make_optimizer(Call("sgd", [], {"lr": 1e-3, "betas": [0.9, 0.9]}))
 
 
 def test_summary_lists_the_groups(tmp_path, capsys):
     from dlc.runtime.cli import main
-    path = write(tmp_path, MODEL, 'train grouped {\n    optimizer = adamw(lr = 1e-3, weight_decay = 0.1)\n'
-                                  '    param_groups = [group(ndim = 1, weight_decay = 0), group("E", lr_mult = 0.1)]\n'
-                                  '    freeze = ["g"]\n}')
+
+    path = write(
+        tmp_path,
+        MODEL,
+        'train grouped {\n    optimizer = adamw(lr = 1e-3, weight_decay = 0.1)\n'
+        '    param_groups = [group(ndim = 1, weight_decay = 0), group("E", lr_mult = 0.1)]\n'
+        '    freeze = ["g"]\n}',
+    )
     assert main(["summary", path]) == 0
     out = capsys.readouterr().out
     assert "Parameter groups (adamw(lr = 0.001, weight_decay = 0.1)):" in out
-    assert "group(ndim = 1, weight_decay = 0): weight_decay 0; 1 tensor, 16 parameters: b\n" in out   # g is frozen
+    assert "group(ndim = 1, weight_decay = 0): weight_decay 0; 1 tensor, 16 parameters: b\n" in out  # g is frozen
     assert 'group("E", lr_mult = 0.1): lr x0.1; 1 tensor, 80 parameters: E\n' in out
     assert "the rest: the optimizer's settings (weight_decay 0.1); 1 tensor, 128 parameters: W" in out

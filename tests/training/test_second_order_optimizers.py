@@ -3,6 +3,7 @@ algorithms): L-BFGS visits torch.optim.LBFGS's iterates, in float64 by
 the algorithm alone and in float32 on both engines; a trial step whose loss is not finite
 is shrunk where torch's run ends in NaN; Newton's method solves the logistic regression of
 examples/logistic_newton.dl in at most 10 steps on both engines."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -56,8 +57,13 @@ class TorchLogistic:
     def __init__(self, params: dict, data: dict, line_search: str, max_iter: int):
         self.w, self.b = (torch.tensor(params[k], requires_grad=True) for k in ("w", "b"))
         self.x, self.y = torch.tensor(data["x"]), torch.tensor(data["y"])
-        self.opt = torch.optim.LBFGS([self.w, self.b], lr=1, history_size=10, max_iter=max_iter,
-                                     line_search_fn=None if line_search == "none" else line_search)
+        self.opt = torch.optim.LBFGS(
+            [self.w, self.b],
+            lr=1,
+            history_size=10,
+            max_iter=max_iter,
+            line_search_fn=None if line_search == "none" else line_search,
+        )
 
     def closure(self):
         self.opt.zero_grad()
@@ -147,6 +153,7 @@ def test_a_non_finite_trial_step_is_shrunk_where_torch_ends_in_nan(engine, line_
         loss = (10 * w - torch.log(w)).mean()
         loss.backward()
         return loss
+
     for _ in range(3):
         opt.step(closure)
     assert not np.isfinite(float(closure().detach()))
@@ -187,7 +194,7 @@ def newton_minimum(x: np.ndarray, y: np.ndarray) -> float:
     theta = np.zeros(a.shape[1])
     for _ in range(30):
         margin = y * (a @ theta)
-        p = 1 / (1 + np.exp(margin))                 # sigmoid(-margin)
+        p = 1 / (1 + np.exp(margin))  # sigmoid(-margin)
         grad = -(a * (y * p)[:, None]).mean(0)
         hess = (a * (p * (1 - p))[:, None]).T @ a / len(a)
         theta -= np.linalg.solve(hess, grad)
@@ -197,6 +204,7 @@ def newton_minimum(x: np.ndarray, y: np.ndarray) -> float:
 def example_data():
     from dlc.runtime.training.config import make_config
     from dlc.runtime.training.inputs import prepare_data
+
     model = load(str(EXAMPLE))
     cfg = make_config(model.program, model.name, {}, model=model.train_model)
     return prepare_data(cfg, EXAMPLE.parent, model.train_model)[0]
@@ -207,7 +215,7 @@ def test_newton_solves_the_logistic_regression_example_in_at_most_10_steps(engin
     data = example_data()
     best = newton_minimum(data["x"], data["y"])
     result = load(str(EXAMPLE), backend=engine).train(out=str(tmp_path), progress="none")
-    losses = [row["loss"] for row in result.history]       # an epoch is one step; its loss is before it
+    losses = [row["loss"] for row in result.history]  # an epoch is one step; its loss is before it
     steps = next(i for i, loss in enumerate(losses) if loss - best < 1e-5)
     assert steps <= 10, losses
     assert result.history[-1]["accuracy"] > 0.95
@@ -216,8 +224,9 @@ def test_newton_solves_the_logistic_regression_example_in_at_most_10_steps(engin
 def test_gradient_descent_is_still_short_of_the_minimum_after_100_steps(tmp_path):
     """What the example's header says of gradient descent (234 steps), at its best learning rate there."""
     best = newton_minimum(*example_data().values())
-    result = load(str(EXAMPLE), backend="native").train(out=str(tmp_path), progress="none", epochs=100,
-                                                       optimizer=Call("sgd", kwargs={"lr": 1.0}))
+    result = load(str(EXAMPLE), backend="native").train(
+        out=str(tmp_path), progress="none", epochs=100, optimizer=Call("sgd", kwargs={"lr": 1.0})
+    )
     assert result.history[-1]["loss"] - best > 1e-5
 
 
@@ -226,7 +235,8 @@ def test_newton_backtracks_on_a_non_convex_loss(engine, tmp_path):
     """xor_mlp from its initial weights: full Newton steps overshoot (the loss climbs to 8 and
     stays there); halved until the loss falls enough, they solve XOR in 17 steps."""
     result = load(str(EXAMPLE.parent / "xor_mlp.dl"), backend=engine).train(
-        out=str(tmp_path), progress="none", epochs=20, optimizer=Call("newton"))
+        out=str(tmp_path), progress="none", epochs=20, optimizer=Call("newton")
+    )
     losses = [row["loss"] for row in result.history]
     assert all(b <= a for a, b in zip(losses, losses[1:])), losses
     assert losses[-1] < 0.01 and result.history[-1]["accuracy"] == 1.0
@@ -235,21 +245,30 @@ def test_newton_backtracks_on_a_non_convex_loss(engine, tmp_path):
 def test_lbfgs_trains_the_example_through_the_trainer(tmp_path):
     data = example_data()
     best = newton_minimum(data["x"], data["y"])
-    result = load(str(EXAMPLE), backend="native").train(out=str(tmp_path), progress="none", epochs=3,
-                                                       optimizer=Call("lbfgs"))
+    result = load(str(EXAMPLE), backend="native").train(
+        out=str(tmp_path), progress="none", epochs=3, optimizer=Call("lbfgs")
+    )
     assert result.history[-1]["loss"] - best < 1e-5
 
 
 # ---- settings ----------------------------------------------------------------------------------------------
 def test_the_options_are_checked_where_written():
-    assert lbfgs().hyper == {"lr": 1.0, "history": 10, "max_iter": 20, "line_search": "strong_wolfe",
-                             "tolerance_grad": 1e-7, "tolerance_change": 1e-9}
+    assert lbfgs().hyper == {
+        "lr": 1.0,
+        "history": 10,
+        "max_iter": 20,
+        "line_search": "strong_wolfe",
+        "tolerance_grad": 1e-7,
+        "tolerance_change": 1e-9,
+    }
     assert make_optimizer(Call("lbfgs", kwargs={"line_search": None})).hyper["line_search"] == "none"
     assert make_optimizer(Call("newton")).hyper == {"lr": 1.0, "damping": 1e-3, "cg_steps": 20}
-    for call, message in ((Call("lbfgs", kwargs={"history": 0}), "'history' must be at least 1"),
-                          (Call("lbfgs", kwargs={"line_search": "armijo"}), "must be one of strong_wolfe, none"),
-                          (Call("newton", kwargs={"cg_steps": 2.5}), "'cg_steps' must be an integer"),
-                          (Call("newton", kwargs={"damping": -1}), "damping")):
+    for call, message in (
+        (Call("lbfgs", kwargs={"history": 0}), "'history' must be at least 1"),
+        (Call("lbfgs", kwargs={"line_search": "armijo"}), "must be one of strong_wolfe, none"),
+        (Call("newton", kwargs={"cg_steps": 2.5}), "'cg_steps' must be an integer"),
+        (Call("newton", kwargs={"damping": -1}), "damping"),
+    ):
         with pytest.raises(DlcError, match=message):
             make_optimizer(call)
 

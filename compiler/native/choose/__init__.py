@@ -8,6 +8,7 @@ implementation a rule registered under its name in the package of the kind it em
 (program/registry.py `register_implementation`). `conv.py`: conv2d and its two gradients.
 An int8 program's integer convolution has one implementation (kernels/int8), and no list:
 which products are integer is compiler/passes/int8.py's, below the backend."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ class Implementation:
     "gemm" and "small_gemm" round operands to bfloat16); `applies`, whether it computes a
     node, given what the list reads of it, those above it not applying; `why`, why it
     wins where it applies."""
+
     name: str
     kernel: str
     applies: Callable[[object], bool]

@@ -4,6 +4,7 @@ that applies chosen (`chosen`), each threshold beside the entries that read it. 
 serves float32 and bf16: where an implementation computes in float32 only (Winograd's, a
 GEMM reading the image's windows), its test says so. The values a train step's pointwise
 convolutions read channels first are stored so (`stored_channels_first`)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ class Conv:
     `x_shape` (x's, the input gradient's output), `x` (the image operand of a conv2d or a
     weight gradient, whose readers the choice looks at; None for an input gradient), its
     attributes, the graph it is in, and whether the program multiplies in bf16."""
+
     graph: object
     op: str
     s: ConvShape
@@ -49,7 +51,7 @@ def chosen(c: Conv) -> Implementation:
 
 
 # ---- what several lists read -----------------------------------------------------------------------
-DIRECT_TAPS = 256       # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
+DIRECT_TAPS = 256  # C * kh * kw up to which a convolution is direct (ConvKernel), not im2col + GEMM
 
 
 def _pointwise(kh, kw, attrs) -> bool:
@@ -63,8 +65,13 @@ def _direct(taps, kw, attrs) -> bool:
     where im2col's buffer and a GEMM with so short a K cost more than the products, a row
     of taps that fits in registers, stride 1 or 2 along W (its rows are loaded as vectors,
     every other lane of two with stride 2), no dilation."""
-    return isinstance(taps, int) and taps <= DIRECT_TAPS and kw <= 8 and attrs["stride"][1] in (1, 2) and \
-        attrs["dilation"] == (1, 1)
+    return (
+        isinstance(taps, int)
+        and taps <= DIRECT_TAPS
+        and kw <= 8
+        and attrs["stride"][1] in (1, 2)
+        and attrs["dilation"] == (1, 1)
+    )
 
 
 def _windows_apply(c: Conv, s: ConvShape) -> bool:
@@ -80,18 +87,22 @@ def _from_the_image(c: Conv) -> bool:
     """Whether a convolution's product reads its columns from its image x: where they may
     (_windows_apply) and no weight gradient of x reads them from im2col's buffer (a
     "small filters" one's: the buffer is then written anyway, and shared)."""
-    return _windows_apply(c, c.s) and not any(chosen(Conv.node(c.graph, v, c.bf16)).name == "small filters"
-                                              for v in _weight_grads(c.graph, c.x))
+    return _windows_apply(c, c.s) and not any(
+        chosen(Conv.node(c.graph, v, c.bf16)).name == "small filters" for v in _weight_grads(c.graph, c.x)
+    )
 
 
 def _weight_grads(graph, x: Tensor) -> list:
     """The convolution weight gradients that read x as their x."""
-    return [v for v in graph.nx.successors(x.node)
-            if graph.op(v) == "conv2d_weight_grad" and graph.inputs(v)[0].key() == x.key()]
+    return [
+        v
+        for v in graph.nx.successors(x.node)
+        if graph.op(v) == "conv2d_weight_grad" and graph.inputs(v)[0].key() == x.key()
+    ]
 
 
 WINOGRAD_CHANNELS = 32  # channels in and out from which a 3 x 3 stride-1 convolution is Winograd's (kernels/winograd)
-WINOGRAD_TILES = 16     # an example's tiles from which it is (fewer: its GEMMs' columns are too few to hide U's reads)
+WINOGRAD_TILES = 16  # an example's tiles from which it is (fewer: its GEMMs' columns are too few to hide U's reads)
 
 
 def _winograd(c: Conv, s: ConvShape, attrs) -> bool:
@@ -106,9 +117,16 @@ def _winograd(c: Conv, s: ConvShape, attrs) -> bool:
     where its tiles' products are at most two thirds of the convolution's (a 3 x 3 image's
     4 tiles of 16 are more); in float32 only (a bf16 program rounds a convolution's own
     operands: compiler/native/bf16.py), its sizes but the batch known."""
-    if c.bf16 or (s.kh, s.kw) != (3, 3) or attrs["stride"] != (1, 1) or attrs["dilation"] != (1, 1) \
-            or s.groups != 1 or not 0 <= min(attrs["padding"]) <= max(attrs["padding"]) <= 2 \
-            or not all(isinstance(d, int) for d in (s.C, s.O, s.Ho, s.Wo)) or min(s.C, s.O) < WINOGRAD_CHANNELS:
+    if (
+        c.bf16
+        or (s.kh, s.kw) != (3, 3)
+        or attrs["stride"] != (1, 1)
+        or attrs["dilation"] != (1, 1)
+        or s.groups != 1
+        or not 0 <= min(attrs["padding"]) <= max(attrs["padding"]) <= 2
+        or not all(isinstance(d, int) for d in (s.C, s.O, s.Ho, s.Wo))
+        or min(s.C, s.O) < WINOGRAD_CHANNELS
+    ):
         return False
     th, tw = tiles((s.Ho, s.Wo))
     return th * tw >= WINOGRAD_TILES and 3 * WINDOW * WINDOW * th * tw <= 2 * 9 * s.Ho * s.Wo
@@ -123,10 +141,11 @@ def _pointwise_over_the_batch(c: Conv) -> bool:
     an example, read and written). Its gradients are over the batch whatever the pixels
     (their copies of x and g channels first are shared)."""
     return _pointwise(c.s.kh, c.s.kw, c.attrs) and (
-        _weight_grad_reads(c.graph, c.x) or isinstance(c.s.pixels, int) and 2 * c.s.pixels <= c.s.O)
+        _weight_grad_reads(c.graph, c.x) or isinstance(c.s.pixels, int) and 2 * c.s.pixels <= c.s.O
+    )
 
 
-WINDOWS_FILTERS = 64    # filters from which a direct convolution is a GEMM when it can read the image's windows
+WINDOWS_FILTERS = 64  # filters from which a direct convolution is a GEMM when it can read the image's windows
 
 
 def _direct_conv(c: Conv) -> bool:
@@ -139,12 +158,13 @@ def _direct_conv(c: Conv) -> bool:
     weight gradient stays direct: as a GEMM of windows the latter took 5.4 ms against 3.4,
     the stem's 25 against 29–33."""
     s = c.s
-    return _direct(s.group_taps, s.kw, c.attrs) and not (s.groups == 1 and s.O >= WINDOWS_FILTERS and
-                                                         _from_the_image(c))
+    return _direct(s.group_taps, s.kw, c.attrs) and not (
+        s.groups == 1 and s.O >= WINDOWS_FILTERS and _from_the_image(c)
+    )
 
 
-IMAGE_CHANNELS = 4      # input channels up to which a direct convolution into whole tiles of filters is by channels
-SMALL_PLANE = 16        # outputs a channel up to which a depthwise convolution is by channels
+IMAGE_CHANNELS = 4  # input channels up to which a direct convolution into whole tiles of filters is by channels
+SMALL_PLANE = 16  # outputs a channel up to which a depthwise convolution is by channels
 
 
 def _by_channels(c: Conv) -> bool:
@@ -166,19 +186,23 @@ def _by_channels(c: Conv) -> bool:
     s = c.s
     stem = s.groups == 1 and isinstance(s.C, int) and s.C <= IMAGE_CHANNELS and s.O % TILE_CHANNELS == 0
     sizes = (s.C, s.O, *c.x_shape[2:], s.Ho, s.Wo)
-    depthwise = s.groups == s.C == s.O and all(isinstance(d, int) for d in sizes) and s.C % TILE_CHANNELS == 0 \
+    depthwise = (
+        s.groups == s.C == s.O
+        and all(isinstance(d, int) for d in sizes)
+        and s.C % TILE_CHANNELS == 0
         and s.Ho * s.Wo <= SMALL_PLANE
+    )
     return _direct_conv(c) and (stem or depthwise)
 
 
-GROUPED_TAPS = 64       # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
+GROUPED_TAPS = 64  # C / groups * kh * kw up to which a grouped convolution is a map over its outputs
 
 
 def _grouped_taps(c: Conv) -> bool:
     return c.s.groups > 1 and isinstance(c.s.group_taps, int) and c.s.group_taps <= GROUPED_TAPS
 
 
-EXAMPLE_PIXELS = 784    # an example's output pixels from which a prediction's GEMM of windows is one per example
+EXAMPLE_PIXELS = 784  # an example's output pixels from which a prediction's GEMM of windows is one per example
 
 
 def _per_example(c: Conv) -> bool:
@@ -191,39 +215,72 @@ def _per_example(c: Conv) -> bool:
     at batch 8 on a noisier host, the two alternating on an AMD Zen 3; 196 pixels, the
     14 x 14 stage's too, measured even)."""
     s = c.s
-    return s.groups == 1 and isinstance(s.pixels, int) and s.pixels >= EXAMPLE_PIXELS \
-        and not _weight_grads(c.graph, c.x) and _from_the_image(c)
+    return (
+        s.groups == 1
+        and isinstance(s.pixels, int)
+        and s.pixels >= EXAMPLE_PIXELS
+        and not _weight_grads(c.graph, c.x)
+        and _from_the_image(c)
+    )
 
 
 CONV2D = (
-    Implementation("pointwise over the batch", "gemm", _pointwise_over_the_batch,
-                   "a 1 x 1 convolution is a GEMM as x lies; over the batch where x is read channels first anyway "
-                   "(its weight gradient's copy) or an example's pixels are few beside the filters"),
-    Implementation("pointwise per example", "gemm", lambda c: _pointwise(c.s.kh, c.s.kw, c.attrs),
-                   "a GEMM of an example's pixels as x lies, each wide enough, and no copy of x"),
-    Implementation("direct by channels", "direct conv", _by_channels,
-                   "a stem's few channels or a depthwise convolution's small planes: vectors of filters, not of "
-                   "the few or short rows of pixels"),
-    Implementation("direct", "direct conv", _direct_conv,
-                   "few taps an output: no im2col buffer, and no GEMM of so short a K"),
-    Implementation("grouped taps", "map", _grouped_taps,
-                   "a small-grouped convolution the direct kernel cannot take (strided along W, dilated): a map "
-                   "summing each output's few taps, not a GEMM per group with a K of a few taps"),
-    Implementation("winograd", "winograd", lambda c: _winograd(c, c.s, c.attrs),
-                   "a 3 x 3 stride-1 convolution of many channels: 16 products a 4 x 4 tile for 36 "
-                   "(kernels/winograd), float32 only"),
-    Implementation("windows per example", "gemm", _per_example,
-                   "a prediction's many pixels an example: a GEMM of its windows each, y stored as it lies for "
-                   "the map after it, float32 only"),
-    Implementation("windows over the batch", "gemm", _from_the_image,
-                   "a GEMM per group packing its columns from the image itself, no im2col buffer, float32 only"),
-    Implementation("im2col", "gemm", lambda c: True,
-                   "a GEMM per group over the batch of im2col's columns"),
+    Implementation(
+        "pointwise over the batch",
+        "gemm",
+        _pointwise_over_the_batch,
+        "a 1 x 1 convolution is a GEMM as x lies; over the batch where x is read channels first anyway "
+        "(its weight gradient's copy) or an example's pixels are few beside the filters",
+    ),
+    Implementation(
+        "pointwise per example",
+        "gemm",
+        lambda c: _pointwise(c.s.kh, c.s.kw, c.attrs),
+        "a GEMM of an example's pixels as x lies, each wide enough, and no copy of x",
+    ),
+    Implementation(
+        "direct by channels",
+        "direct conv",
+        _by_channels,
+        "a stem's few channels or a depthwise convolution's small planes: vectors of filters, not of "
+        "the few or short rows of pixels",
+    ),
+    Implementation(
+        "direct", "direct conv", _direct_conv, "few taps an output: no im2col buffer, and no GEMM of so short a K"
+    ),
+    Implementation(
+        "grouped taps",
+        "map",
+        _grouped_taps,
+        "a small-grouped convolution the direct kernel cannot take (strided along W, dilated): a map "
+        "summing each output's few taps, not a GEMM per group with a K of a few taps",
+    ),
+    Implementation(
+        "winograd",
+        "winograd",
+        lambda c: _winograd(c, c.s, c.attrs),
+        "a 3 x 3 stride-1 convolution of many channels: 16 products a 4 x 4 tile for 36 "
+        "(kernels/winograd), float32 only",
+    ),
+    Implementation(
+        "windows per example",
+        "gemm",
+        _per_example,
+        "a prediction's many pixels an example: a GEMM of its windows each, y stored as it lies for "
+        "the map after it, float32 only",
+    ),
+    Implementation(
+        "windows over the batch",
+        "gemm",
+        _from_the_image,
+        "a GEMM per group packing its columns from the image itself, no im2col buffer, float32 only",
+    ),
+    Implementation("im2col", "gemm", lambda c: True, "a GEMM per group over the batch of im2col's columns"),
 )
 
 
 # ---- conv2d_weight_grad ------------------------------------------------------------------------------
-FEW_PIXELS_ROW = 8      # output rows narrower than which a grouped weight gradient is a reduction (ReduceKernel)
+FEW_PIXELS_ROW = 8  # output rows narrower than which a grouped weight gradient is a reduction (ReduceKernel)
 
 
 def _few_pixels(c: Conv) -> bool:
@@ -238,7 +295,7 @@ def _direct_weight_grad(c: Conv) -> bool:
     return _direct(s.group_taps, s.kw, c.attrs) and (s.groups > 1 or (s.kh, s.kw) != (1, 1))
 
 
-SMALL_FILTER = 4096     # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
+SMALL_FILTER = 4096  # O * C * kh * kw up to which a weight gradient is a SmallGemmKernel
 
 
 def _small_filters(c: Conv) -> bool:
@@ -247,20 +304,38 @@ def _small_filters(c: Conv) -> bool:
 
 
 CONV2D_WEIGHT_GRAD = (
-    Implementation("pointwise", "gemm", lambda c: _pointwise(c.s.kh, c.s.kw, c.attrs),
-                   "dW = g @ x^T, every example's pixels the K, both read channels first"),
-    Implementation("few pixels", "reduction", _few_pixels,
-                   "a grouped one's rows of few pixels would fill a few lanes of the direct kernel's vectors: "
-                   "a reduction over the batch and the pixels"),
-    Implementation("direct", "direct conv", _direct_weight_grad,
-                   "few taps: the batch summed in parts by the direct kernel, no columns"),
-    Implementation("small filters", "small_gemm", _small_filters,
-                   "few, small filters (a first layer): dW stays in registers while every example's columns "
-                   "stream by"),
-    Implementation("windows", "gemm", lambda c: _windows_apply(c, c.s),
-                   "a GEMM per group over the batch, its columns packed from the image, float32 only"),
-    Implementation("im2col", "gemm", lambda c: True,
-                   "a GEMM per group over the batch of im2col's columns"),
+    Implementation(
+        "pointwise",
+        "gemm",
+        lambda c: _pointwise(c.s.kh, c.s.kw, c.attrs),
+        "dW = g @ x^T, every example's pixels the K, both read channels first",
+    ),
+    Implementation(
+        "few pixels",
+        "reduction",
+        _few_pixels,
+        "a grouped one's rows of few pixels would fill a few lanes of the direct kernel's vectors: "
+        "a reduction over the batch and the pixels",
+    ),
+    Implementation(
+        "direct",
+        "direct conv",
+        _direct_weight_grad,
+        "few taps: the batch summed in parts by the direct kernel, no columns",
+    ),
+    Implementation(
+        "small filters",
+        "small_gemm",
+        _small_filters,
+        "few, small filters (a first layer): dW stays in registers while every example's columns stream by",
+    ),
+    Implementation(
+        "windows",
+        "gemm",
+        lambda c: _windows_apply(c, c.s),
+        "a GEMM per group over the batch, its columns packed from the image, float32 only",
+    ),
+    Implementation("im2col", "gemm", lambda c: True, "a GEMM per group over the batch of im2col's columns"),
 )
 
 
@@ -279,24 +354,43 @@ def _windows_of_g(c: Conv) -> bool:
 
 
 CONV2D_INPUT_GRAD = (
-    Implementation("grouped direct", "direct conv",
-                   lambda c: c.s.groups > 1 and _stride_1(c) and _direct(c.s.group_filters * c.s.kh * c.s.kw,
-                                                                          c.s.kw, c.attrs),
-                   "a stride-1 grouped convolution's input gradient is one too, of few taps: g convolved with "
-                   "the filters flipped"),
-    Implementation("grouped accumulation", "accumulation", lambda c: c.s.groups > 1,
-                   "each group's few filters: each product added into its window of dx, without columns"),
-    Implementation("pointwise", "gemm", lambda c: _pointwise(c.s.kh, c.s.kw, c.attrs),
-                   "dx = W^T @ g, stored channels first: the columns are dx itself"),
-    Implementation("direct", "direct conv", lambda c: _stride_1(c) and _direct(c.s.taps, c.s.kw, c.attrs),
-                   "few taps: g convolved with the filters flipped, their channels swapped, in one pass"),
-    Implementation("winograd", "winograd", _winograd_of_g,
-                   "the convolution of g it is (stride 1) is Winograd's, float32 only"),
-    Implementation("windows", "gemm", _windows_of_g,
-                   "the convolution of g it is (stride 1) as a GEMM of g's windows: neither col2im's columns "
-                   "nor its accumulation, float32 only"),
-    Implementation("col2im", "gemm", lambda c: True,
-                   "one GEMM over the batch into columns, accumulated into dx (col2im)"),
+    Implementation(
+        "grouped direct",
+        "direct conv",
+        lambda c: c.s.groups > 1 and _stride_1(c) and _direct(c.s.group_filters * c.s.kh * c.s.kw, c.s.kw, c.attrs),
+        "a stride-1 grouped convolution's input gradient is one too, of few taps: g convolved with the filters flipped",
+    ),
+    Implementation(
+        "grouped accumulation",
+        "accumulation",
+        lambda c: c.s.groups > 1,
+        "each group's few filters: each product added into its window of dx, without columns",
+    ),
+    Implementation(
+        "pointwise",
+        "gemm",
+        lambda c: _pointwise(c.s.kh, c.s.kw, c.attrs),
+        "dx = W^T @ g, stored channels first: the columns are dx itself",
+    ),
+    Implementation(
+        "direct",
+        "direct conv",
+        lambda c: _stride_1(c) and _direct(c.s.taps, c.s.kw, c.attrs),
+        "few taps: g convolved with the filters flipped, their channels swapped, in one pass",
+    ),
+    Implementation(
+        "winograd", "winograd", _winograd_of_g, "the convolution of g it is (stride 1) is Winograd's, float32 only"
+    ),
+    Implementation(
+        "windows",
+        "gemm",
+        _windows_of_g,
+        "the convolution of g it is (stride 1) as a GEMM of g's windows: neither col2im's columns "
+        "nor its accumulation, float32 only",
+    ),
+    Implementation(
+        "col2im", "gemm", lambda c: True, "one GEMM over the batch into columns, accumulated into dx (col2im)"
+    ),
 )
 
 LISTS = {"conv2d": CONV2D, "conv2d_weight_grad": CONV2D_WEIGHT_GRAD, "conv2d_input_grad": CONV2D_INPUT_GRAD}
@@ -326,11 +420,16 @@ def stored_channels_first(graph) -> set:
     (Lowering.place): the operands of a train step's pointwise convolutions (x and g) that
     nothing else reads — their GEMMs over the batch read them channels first, so the map
     that computes one writes it so, and no copy is made."""
+
     def channels_first_only(v, t):
         operands = [i for i, u in enumerate(graph.inputs(v)) if u.key() == t.key()]
-        return not operands or _pointwise_node(graph, v) \
-            and set(operands) <= set(CHANNELS_FIRST_OPERANDS[graph.op(v)]) \
+        return (
+            not operands
+            or _pointwise_node(graph, v)
+            and set(operands) <= set(CHANNELS_FIRST_OPERANDS[graph.op(v)])
             and (graph.op(v) != "conv2d" or _weight_grad_reads(graph, t))
+        )
+
     keys = set()
     for n in graph.nodes_with("conv2d_weight_grad"):
         for t in graph.inputs(n) if _pointwise_node(graph, n) else ():

@@ -6,6 +6,7 @@ and LLVM's shape-carrying tile intrinsics, from which LLVM writes the tile confi
 A tile register holds up to TILE_ROWS rows of TILE_BYTES bytes: 16 x 16 float32 or int32
 sums, 16 x 32 bfloat16 or 16 x 64 u8 / s8 operands; B's tile holds rows of 32-bit pairs or
 quads along K (the "VNNI" layout)."""
+
 from __future__ import annotations
 
 import ctypes
@@ -49,8 +50,11 @@ def tiles_granted() -> bool:
     on stderr when it refused, and the products then take AVX-512 instead."""
     error = request_tiles()
     if error:
-        print(f"dlc: Linux did not grant the AMX tile state ({os.strerror(error)}); bf16 and int8 products "
-              "use AVX-512 instead", file=sys.stderr)
+        print(
+            f"dlc: Linux did not grant the AMX tile state ({os.strerror(error)}); bf16 and int8 products "
+            "use AVX-512 instead",
+            file=sys.stderr,
+        )
     return not error
 
 
@@ -71,7 +75,9 @@ def tile_ops(module: ir.Module, product: str) -> tuple:
     tdpbf16ps (bfloat16 pairs into float32) or tdpbusd (u8 x s8 quads into int32). Shapes
     are rows and bytes per row (i16); strides are in bytes."""
     i16, tile, vptr = ir.IntType(16), LLVMType("x86_amx"), i8.as_pointer()
-    return (declare(module, "llvm.x86.tileloadd64.internal", tile, [i16, i16, vptr, i64]),
-            declare(module, f"llvm.x86.{product}.internal", tile, [i16, i16, i16, tile, tile, tile]),
-            declare(module, "llvm.x86.tilestored64.internal", ir.VoidType(), [i16, i16, vptr, i64, tile]),
-            declare(module, "llvm.x86.tilezero.internal", tile, [i16, i16]))
+    return (
+        declare(module, "llvm.x86.tileloadd64.internal", tile, [i16, i16, vptr, i64]),
+        declare(module, f"llvm.x86.{product}.internal", tile, [i16, i16, i16, tile, tile, tile]),
+        declare(module, "llvm.x86.tilestored64.internal", ir.VoidType(), [i16, i16, vptr, i64, tile]),
+        declare(module, "llvm.x86.tilezero.internal", tile, [i16, i16]),
+    )

@@ -8,6 +8,7 @@ Every kernel function is
 it reads the few pointer-table entries it uses from its own argument slots (driver.py),
 and `sizes` holds the value of every symbolic dim (in `KernelProgram.symbols` order).
 """
+
 from __future__ import annotations
 
 
@@ -17,8 +18,6 @@ from dlc.compiler.native.codegen.intrinsics import declare
 from dlc.compiler.native.program import Affine, Const, Gather, Guarded, Index, KernelProgram, Load, Op, Random, Size
 from dlc.compiler.native.codegen.scalar import emit, random
 from dlc.compiler.native.codegen.types import LL, i1, i8, i32, i64, is_float
-
-
 
 
 # The fault flag, i64: 0, or the site + 1 of a failed run-time check (KernelProgram.faults). It
@@ -94,14 +93,15 @@ class KernelBuilder:
         self.eb.position_before(self.eb.branch(body))
         self.b = ir.IRBuilder(body)
         ptrs, sizes = fn.args[0], fn.args[1]
-        self.sizes = {s: self.eb.load(self.eb.gep(sizes, [ir.Constant(i64, k)]), name=s)
-                      for k, s in enumerate(prog.symbols)}
+        self.sizes = {
+            s: self.eb.load(self.eb.gep(sizes, [ir.Constant(i64, k)]), name=s) for k, s in enumerate(prog.symbols)
+        }
         self.ptrs = {}
         self.slots = ptrs
         self.args = Arguments() if args is None else args
-        self.stored: dict = {}      # (buffer, index) -> value stored earlier in this iteration
-        self.accesses: list = []    # (load or store, buffer) to annotate
-        self.fault = None           # the largest fault site + 1 seen by this function's checks
+        self.stored: dict = {}  # (buffer, index) -> value stored earlier in this iteration
+        self.accesses: list = []  # (load or store, buffer) to annotate
+        self.fault = None  # the largest fault site + 1 seen by this function's checks
 
     def alloca(self, t):
         return self.eb.alloca(t)
@@ -169,8 +169,13 @@ class KernelBuilder:
         back = b.cbranch(b.icmp_signed("<", nxt, n), head, after)
         if scattered or contiguous and len(idx) + 1 < len(shape):
             back.set_metadata("llvm.loop", loop_hint(self.m, VECTORIZE_DISABLE))
-        elif rolled and len(idx) + 1 == len(shape) or contiguous and isinstance(shape[-1], int) \
-                and shape[-1] >= ROLLED_FROM:
+        elif (
+            rolled
+            and len(idx) + 1 == len(shape)
+            or contiguous
+            and isinstance(shape[-1], int)
+            and shape[-1] >= ROLLED_FROM
+        ):
             back.set_metadata("llvm.loop", loop_hint(self.m, UNROLL_DISABLE))
         b.position_at_end(after)
 
@@ -237,7 +242,7 @@ class KernelBuilder:
             self.fault = self.alloca(i64)
             self.eb.store(ir.Constant(i64, 0), self.fault)
         seen = b.load(self.fault)
-        code = self.eb.ptrtoint(self.argument(len(self.p.buffers) + site), i64)      # site + 1 (module docstring)
+        code = self.eb.ptrtoint(self.argument(len(self.p.buffers) + site), i64)  # site + 1 (module docstring)
         hit = b.select(ok, ir.Constant(i64, 0), code)
         b.store(b.select(b.icmp_unsigned(">", hit, seen), hit, seen), self.fault)
         return ok
@@ -247,7 +252,7 @@ class KernelBuilder:
         NaN wins, and nothing replaces it. Lane by lane for vectors."""
         b = self.b
         t = v.type.element if isinstance(v.type, ir.VectorType) else v.type
-        if t == ir.IntType(1):     # bool: true (1) is the larger, not -1
+        if t == ir.IntType(1):  # bool: true (1) is the larger, not -1
             return b.icmp_unsigned(">", v, best)
         if not is_float(t):
             return b.icmp_signed(">", v, best)

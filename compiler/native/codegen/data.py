@@ -1,5 +1,6 @@
 """Read-only data as an LLVM module: a built library's embedded weights and constants
 (runtime/deploy/build.py), linked beside its step."""
+
 from __future__ import annotations
 
 from llvmlite import ir

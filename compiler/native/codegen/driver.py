@@ -19,6 +19,7 @@ it tests what the kernel wrote with the module's `dlc_nonfinite_*` counters, and
 non-zero answer stops the driver there (the engine sets the fault flag, so the update
 does not run). Built without, the module is the same as ever.
 """
+
 from __future__ import annotations
 
 import re
@@ -33,7 +34,7 @@ from dlc.compiler.native.codegen.parallel import parallel_loop
 from dlc.compiler.native.program import KernelProgram
 from dlc.compiler.native.codegen.types import i8, i32, i64
 
-CHECK = "dlc_check"     # i64 (*)(i64 kernel): 0 if what kernel wrote is finite (set by the engine)
+CHECK = "dlc_check"  # i64 (*)(i64 kernel): 0 if what kernel wrote is finite (set by the engine)
 # i64 NAME(i8* values, i64 n): how many of the n values are NaN or Inf, which the engine's check calls
 NONFINITE = {"f32": "dlc_nonfinite_f32", "f64": "dlc_nonfinite_f64"}
 
@@ -43,6 +44,7 @@ class KernelFunction:
     """The function of one kernel, as its rule (Kernel.emit) builds it: `nested` are the
     compiled kernels it runs, (function, argument slots, profile number) each, which
     `run_nested` calls."""
+
     module: ir.Module
     prog: KernelProgram
     fn: ir.Function
@@ -71,13 +73,19 @@ class StepModule:
     pointer-table entry (module docstring) that goes in slot k of its argument array.
     `functions[i]` names the function of kernel i, numbered in program order with a scan
     before its body (as `profile`); alike kernels share one."""
+
     module: ir.Module
     arguments: list
     functions: list
 
 
-def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProgram | None = None,
-                 profile: list | None = None, check: bool = False) -> StepModule:
+def build_module(
+    prog: KernelProgram,
+    name: str = "dlc_step",
+    update: KernelProgram | None = None,
+    profile: list | None = None,
+    check: bool = False,
+) -> StepModule:
     """The module of a program; with `update` (update.lower_update) the driver ends with
     the optimizer step, its buffers after the program's buffers and checks in the pointer table.
     With `profile` (a list, filled with (kernel, nesting depth)), every kernel call adds
@@ -87,8 +95,8 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     sig = ir.FunctionType(ir.VoidType(), [i8.as_pointer().as_pointer(), i64.as_pointer(), i64])
     driver = ir.Function(module, sig, name)
     numbered: list = []
-    functions: dict = {}    # kernel number -> the name of its function
-    alike: dict = {}        # the text of a kernel's functions, their name left out -> the kernel function
+    functions: dict = {}  # kernel number -> the name of its function
+    alike: dict = {}  # the text of a kernel's functions, their name left out -> the kernel function
 
     def kernel(k, depth: int, prog: KernelProgram = prog) -> tuple:
         """(its function, the entries of `prog` behind its argument slots, its profile
@@ -105,8 +113,11 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         fn.attributes.add("noinline")
         kb = k.emit(KernelFunction(module, prog, fn, nested, lambda b: calls(b, nested, fn.args)))
         kb.finish()
-        made = [g for n, g in module.globals.items()
-                if n not in before and isinstance(g, ir.Function) and not g.is_declaration]
+        made = [
+            g
+            for n, g in module.globals.items()
+            if n not in before and isinstance(g, ir.Function) and not g.is_declaration
+        ]
         text = re.sub(rf'@"{re.escape(fn.name)}([."])', r'@"kernel\1', "\n".join(map(str, made)))
         if text in alike:
             for g in made:
@@ -119,13 +130,18 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
         from args[0] on."""
         at = 0
         for fn, refs, number in compiled:
-            invoke(module, b, fn, [b.gep(args[0], [ir.Constant(i64, at)]), args[1], args[2]],
-                   None if profile is None else ir.Constant(i64, number))
+            invoke(
+                module,
+                b,
+                fn,
+                [b.gep(args[0], [ir.Constant(i64, at)]), args[1], args[2]],
+                None if profile is None else ir.Constant(i64, number),
+            )
             at += len(refs)
         return at
 
     if profile is not None:
-        table = ir.GlobalVariable(module, ir.ArrayType(i64, 1), "dlc_profile")    # resized below
+        table = ir.GlobalVariable(module, ir.ArrayType(i64, 1), "dlc_profile")  # resized below
     compiled = [kernel(k, 0) for k in prog.kernels]
     updates = [kernel(k, 0, update) for k in update.kernels] if update is not None else []
     if profile is not None:
@@ -142,7 +158,7 @@ def build_module(prog: KernelProgram, name: str = "dlc_step", update: KernelProg
     with subnormals_flushed(module, b):
         at = run_all(module, b, compiled, driver.args, profile is not None, checker)
     arguments = [e for _, refs, _ in compiled for e in refs]
-    if update is not None:      # not after a failed check: the parameters stay as they were
+    if update is not None:  # not after a failed check: the parameters stay as they were
         first = len(prog.buffers) + len(prog.faults)
         arguments += [first + e for _, refs, _ in updates for e in refs]
         flag = fault_flag(b, driver.args[1])

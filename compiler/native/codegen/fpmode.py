@@ -11,6 +11,7 @@ and the optimizer update runs in it, so that it stays torch's arithmetic to the 
 
 A mode is an i32 on both: MXCSR is 32 bits, and FPCR's upper 32 bits are reserved (zero).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,10 @@ from dlc.compiler.native.codegen.intrinsics import declare
 from dlc.compiler.native.codegen.types import i8, i32, i64
 
 # the bits that flush subnormals, by architecture
-FLUSH = {"x86_64": 0x8040,          # MXCSR: FTZ (bit 15) | DAZ (bit 6)
-         "aarch64": 1 << 24}        # FPCR: FZ (bit 24)
+FLUSH = {
+    "x86_64": 0x8040,  # MXCSR: FTZ (bit 15) | DAZ (bit 6)
+    "aarch64": 1 << 24,
+}  # FPCR: FZ (bit 24)
 
 
 def current_mode(module: ir.Module, b: ir.IRBuilder) -> ir.Value:

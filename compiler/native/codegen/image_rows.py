@@ -1,6 +1,7 @@
 """The rows of an image as vectors, for the kernels that read an image through a
 convolution's windows without columns: the direct convolution (kernels/conv) and
 Winograd's transforms (kernels/winograd)."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -33,11 +34,11 @@ class ConvRows:
         self.fma = declare(kb.m, f"llvm.fma.v{self.vw}f32", self.vty, [self.vty] * 3)
         self.zero = ir.Constant(self.vty, [0.0] * self.vw)
         self.lanes = ir.Constant(self.ity, list(range(self.vw)))
-        if vectors is None:     # a row chunk of up to 16 or 64 columns
+        if vectors is None:  # a row chunk of up to 16 or 64 columns
             Wo = k.out_hw[1]
             vectors = max(1, min(-(-Wo // self.vw) if isinstance(Wo, int) else 2, 2 if self.vw == 8 else 4))
         self.nv = vectors
-        if whole_lanes:         # a chunk covers whole sets of SUM_LANES columns (conv_weight_grad)
+        if whole_lanes:  # a chunk covers whole sets of SUM_LANES columns (conv_weight_grad)
             self.nv = -(-self.nv * self.vw // SUM_LANES) * SUM_LANES // self.vw
         self.chunk = self.nv * self.vw
 
@@ -56,8 +57,11 @@ class ConvRows:
             v = b.select(b.icmp_signed("<", v, ir.Constant(i64, 0)), ir.Constant(i64, 0), v)
             v = b.select(b.icmp_signed(">", v, ir.Constant(i64, self.vw)), ir.Constant(i64, self.vw), v)
             return splat(b, b.trunc(v, i32), self.ity)
-        ok = b.and_(b.icmp_signed(">=", self.lanes, lanes_bound(b.neg(start))),
-                    b.icmp_signed("<", self.lanes, lanes_bound(b.sub(self.kb.dim(size), start))))
+
+        ok = b.and_(
+            b.icmp_signed(">=", self.lanes, lanes_bound(b.neg(start))),
+            b.icmp_signed("<", self.lanes, lanes_bound(b.sub(self.kb.dim(size), start))),
+        )
         return ok if extra is None else b.and_(ok, splat(b, extra, ir.VectorType(i1, self.vw)))
 
     def load(self, bid, at, mask):
@@ -71,8 +75,13 @@ class ConvRows:
         (a row outside the image, `row_ok` false, reads nothing): whole when every lane is
         inside, as most are, else masked (`whole_or_masked`)."""
         b = self.kb.b
-        whole = b.and_(row_ok, b.and_(b.icmp_signed(">=", start, ir.Constant(i64, 0)),
-                                      b.icmp_signed("<=", b.add(start, ir.Constant(i64, self.vw)), self.kb.dim(size))))
+        whole = b.and_(
+            row_ok,
+            b.and_(
+                b.icmp_signed(">=", start, ir.Constant(i64, 0)),
+                b.icmp_signed("<=", b.add(start, ir.Constant(i64, self.vw)), self.kb.dim(size)),
+            ),
+        )
         return self.whole_or_masked(whole, [(bid, at)], lambda: [self.mask(start, size, row_ok)])[0]
 
     def whole_or_masked(self, whole, places: list, masks) -> list:
@@ -84,8 +93,17 @@ class ConvRows:
         branches = []
         with b.if_else(whole) as (inside, edge):
             with inside:
-                branches.append(([b.load(vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at], inbounds=True), self.vty),
-                                         align=4) for bid, at in places], b.block))
+                branches.append(
+                    (
+                        [
+                            b.load(
+                                vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at], inbounds=True), self.vty), align=4
+                            )
+                            for bid, at in places
+                        ],
+                        b.block,
+                    )
+                )
             with edge:
                 branches.append(([self.load(bid, at, lanes) for (bid, at), lanes in zip(places, masks())], b.block))
         values = []
@@ -100,7 +118,7 @@ class ConvRows:
         b = self.kb.b
         # not `inbounds`: masked-off lanes may lie outside the buffer
         p = vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at]), self.vty)
-        if self.vw == 16:   # AVX-512's masked store is one instruction
+        if self.vw == 16:  # AVX-512's masked store is one instruction
             b.call(self.mstore, [value, p, ir.Constant(i32, 4), mask])
             return
         # AVX2's masked store (vmaskmovps) is microcoded on AMD's cores and NEON has none (a
@@ -124,8 +142,9 @@ class ConvRows:
         with b.if_else(ahead) as (whole, edge):
             with whole:
                 for bid, at, value in stores:
-                    b.store(value, vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at], inbounds=True), self.vty),
-                            align=4)
+                    b.store(
+                        value, vec_ptr(b, b.gep(self.kb.buffer(bid, "f32"), [at], inbounds=True), self.vty), align=4
+                    )
             with edge:
                 for bid, at, value in stores:
                     self.store(bid, at, value, mask)
@@ -144,20 +163,22 @@ class ConvRows:
         row_ok = b.and_(b.icmp_signed(">=", h, ir.Constant(i64, 0)), b.icmp_signed("<", h, kb.dim(H)))
         row = kb.affine(Affine(0, (C * H * W, H * W, W)), [n, c, h])
         first = b.sub(b.mul(wo0, ir.Constant(i64, sw)), ir.Constant(i64, k.padding[1]))
-        more = -(-((kw - 1) // sw) // self.vw)      # vectors past the chunk's, for the largest shift
+        more = -(-((kw - 1) // sw) // self.vw)  # vectors past the chunk's, for the largest shift
         parts = []
         for u in range((self.nv + more) * sw):
             start = b.add(first, ir.Constant(i64, u * self.vw))
             parts.append(self.row_load(k.x, b.add(row, start), start, W, row_ok))
-        streams = [[every(b, parts[v * sw:(v + 1) * sw], sw, t) for v in range(self.nv + more)]
-                   for t in range(min(sw, kw))]
+        streams = [
+            [every(b, parts[v * sw : (v + 1) * sw], sw, t) for v in range(self.nv + more)] for t in range(min(sw, kw))
+        ]
 
         def tap(j):
             stream, (whole, shift) = streams[j % sw], divmod(j // sw, self.vw)
             if shift == 0:
-                return stream[whole:whole + self.nv]
+                return stream[whole : whole + self.nv]
             lanes = ir.Constant(ir.VectorType(i32, self.vw), list(range(shift, shift + self.vw)))
             return [b.shuffle_vector(stream[v], stream[v + 1], lanes) for v in range(whole, whole + self.nv)]
+
         return tap
 
     def out_at(self, n, o, ho, wo0, v):

@@ -4,6 +4,7 @@ intrinsic or external function once, a scalar splat over a vector, a vector poin
 masked vector loads and stores (strided ones too: every stride-th float), vectors
 concatenated, interleaved, taken apart again and transposed (8 x 8), and rounding to
 bfloat16 (one value, or a pair)."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -21,8 +22,9 @@ def declare(module, name, ret, args):
 def splat(b, s, vty):
     """The scalar s in every lane of a vector of type vty."""
     lanes = ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count)
-    return b.shuffle_vector(b.insert_element(ir.Constant(vty, ir.Undefined), s, i32(0)),
-                            ir.Constant(vty, ir.Undefined), lanes)
+    return b.shuffle_vector(
+        b.insert_element(ir.Constant(vty, ir.Undefined), s, i32(0)), ir.Constant(vty, ir.Undefined), lanes
+    )
 
 
 def vec_ptr(b, ptr, vty):
@@ -43,9 +45,12 @@ def bf16_bits(b, x):
 def round_bf16(b, x):
     """The float (or float vector) x rounded to bfloat16 and back: what a bf16 operand is."""
     bits = bf16_bits(b, x)
-    high = 0xFFFF0000 - (1 << 32)        # as a signed int32
-    mask = ir.Constant(bits.type, [high] * bits.type.count) if isinstance(bits.type, ir.VectorType) \
+    high = 0xFFFF0000 - (1 << 32)  # as a signed int32
+    mask = (
+        ir.Constant(bits.type, [high] * bits.type.count)
+        if isinstance(bits.type, ir.VectorType)
         else ir.Constant(i32, high)
+    )
     return b.bitcast(b.and_(bits, mask), x.type)
 
 
@@ -86,7 +91,9 @@ def strided_load(module, b, ptr, mask, stride: int) -> tuple:
     n = mask.type.count
     wide = ir.VectorType(f32, stride * n)
     load, _ = masked(module, wide)
-    access = b.call(load, [b.bitcast(ptr, wide.as_pointer()), i32(4), _spread(b, mask, stride), ir.Constant(wide, None)])
+    access = b.call(
+        load, [b.bitcast(ptr, wide.as_pointer()), i32(4), _spread(b, mask, stride), ir.Constant(wide, None)]
+    )
     if stride == 1:
         return access, access
     return b.shuffle_vector(access, access, ir.Constant(ir.VectorType(i32, n), [stride * l for l in range(n)])), access
@@ -99,8 +106,9 @@ def strided_store(module, b, value, ptr, mask, stride: int):
     wide = ir.VectorType(f32, stride * n)
     _, store = masked(module, wide)
     if stride > 1:
-        value = b.shuffle_vector(value, value, ir.Constant(ir.VectorType(i32, stride * n),
-                                                           [e // stride for e in range(stride * n)]))
+        value = b.shuffle_vector(
+            value, value, ir.Constant(ir.VectorType(i32, stride * n), [e // stride for e in range(stride * n)])
+        )
     return b.call(store, [value, b.bitcast(ptr, wide.as_pointer()), i32(4), _spread(b, mask, stride)])
 
 
@@ -108,8 +116,10 @@ def concatenated(b, vectors: list):
     """The vectors (a power of two of them, of one type) one after another, as one vector."""
     while len(vectors) > 1:
         n = vectors[0].type.count
-        vectors = [b.shuffle_vector(u, v, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
-                   for u, v in zip(vectors[::2], vectors[1::2])]
+        vectors = [
+            b.shuffle_vector(u, v, ir.Constant(ir.VectorType(i32, 2 * n), list(range(2 * n))))
+            for u, v in zip(vectors[::2], vectors[1::2])
+        ]
     return vectors[0]
 
 
@@ -120,40 +130,58 @@ def every(b, parts: list, stride: int, first: int):
     if stride == 1:
         return parts[0]
     half = len(parts) // 2
-    return b.shuffle_vector(concatenated(b, parts[:half]), concatenated(b, parts[half:]),
-                            ir.Constant(ir.VectorType(i32, n), [first + stride * l for l in range(n)]))
+    return b.shuffle_vector(
+        concatenated(b, parts[:half]),
+        concatenated(b, parts[half:]),
+        ir.Constant(ir.VectorType(i32, n), [first + stride * l for l in range(n)]),
+    )
 
 
 def interleaved(b, vectors: list) -> list:
     """The vectors (a power of two of them, of n lanes) interleaved — lane l of vector s at
     element l·len + s — as len vectors of n lanes: `every`'s inverse."""
+
     def woven(vs):
         if len(vs) == 1:
             return vs[0]
         even, odd = woven(vs[0::2]), woven(vs[1::2])
         m = even.type.count
-        return b.shuffle_vector(even, odd, ir.Constant(ir.VectorType(i32, 2 * m), [p // 2 + (p % 2) * m for p in range(2 * m)]))
+        return b.shuffle_vector(
+            even, odd, ir.Constant(ir.VectorType(i32, 2 * m), [p // 2 + (p % 2) * m for p in range(2 * m)])
+        )
+
     whole, n = woven(vectors), vectors[0].type.count
     if len(vectors) == 1:
         return [whole]
-    return [b.shuffle_vector(whole, whole, ir.Constant(ir.VectorType(i32, n), list(range(r * n, (r + 1) * n))))
-            for r in range(len(vectors))]
+    return [
+        b.shuffle_vector(whole, whole, ir.Constant(ir.VectorType(i32, n), list(range(r * n, (r + 1) * n))))
+        for r in range(len(vectors))
+    ]
 
 
 def transpose8(b, rows):
     """Transpose 8 <8 x float> rows into 8 columns (unpack, shuffle, 128-bit permute)."""
+
     def shuf(x, y, mask):
         return b.shuffle_vector(x, y, ir.Constant(ir.VectorType(i32, 8), mask))
+
     lo, hi = [0, 8, 1, 9, 4, 12, 5, 13], [2, 10, 3, 11, 6, 14, 7, 15]
     t = []
     for r in range(0, 8, 2):
         t += [shuf(rows[r], rows[r + 1], lo), shuf(rows[r], rows[r + 1], hi)]
     q_lo, q_hi = [0, 1, 8, 9, 4, 5, 12, 13], [2, 3, 10, 11, 6, 7, 14, 15]
-    s = [shuf(t[0], t[2], q_lo), shuf(t[0], t[2], q_hi), shuf(t[1], t[3], q_lo), shuf(t[1], t[3], q_hi),
-         shuf(t[4], t[6], q_lo), shuf(t[4], t[6], q_hi), shuf(t[5], t[7], q_lo), shuf(t[5], t[7], q_hi)]
+    s = [
+        shuf(t[0], t[2], q_lo),
+        shuf(t[0], t[2], q_hi),
+        shuf(t[1], t[3], q_lo),
+        shuf(t[1], t[3], q_hi),
+        shuf(t[4], t[6], q_lo),
+        shuf(t[4], t[6], q_hi),
+        shuf(t[5], t[7], q_lo),
+        shuf(t[5], t[7], q_hi),
+    ]
     p_lo, p_hi = [0, 1, 2, 3, 8, 9, 10, 11], [4, 5, 6, 7, 12, 13, 14, 15]
-    return ([shuf(s[i], s[i + 4], p_lo) for i in range(4)]
-            + [shuf(s[i], s[i + 4], p_hi) for i in range(4)])
+    return [shuf(s[i], s[i + 4], p_lo) for i in range(4)] + [shuf(s[i], s[i + 4], p_hi) for i in range(4)]
 
 
 def _spread(b, mask, stride: int):
@@ -161,14 +189,18 @@ def _spread(b, mask, stride: int):
     if stride == 1:
         return mask
     n = mask.type.count
-    return b.shuffle_vector(mask, ir.Constant(mask.type, [0] * n),
-                            ir.Constant(ir.VectorType(i32, stride * n),
-                                        [e // stride if e % stride == 0 else n for e in range(stride * n)]))
+    return b.shuffle_vector(
+        mask,
+        ir.Constant(mask.type, [0] * n),
+        ir.Constant(ir.VectorType(i32, stride * n), [e // stride if e % stride == 0 else n for e in range(stride * n)]),
+    )
 
 
 def masked(module, vty) -> tuple:
     """llvm.masked.load and llvm.masked.store of vectors of type vty (of floats or integers)."""
     mty = ir.VectorType(i1, vty.count)
     name = f"v{vty.count}{'f32' if vty.element == f32 else vty.element}"
-    return (declare(module, f"llvm.masked.load.{name}.p0", vty, [vty.as_pointer(), i32, mty, vty]),
-            declare(module, f"llvm.masked.store.{name}.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]))
+    return (
+        declare(module, f"llvm.masked.load.{name}.p0", vty, [vty.as_pointer(), i32, mty, vty]),
+        declare(module, f"llvm.masked.store.{name}.p0", ir.VoidType(), [vty, vty.as_pointer(), i32, mty]),
+    )

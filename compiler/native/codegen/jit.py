@@ -14,6 +14,7 @@ Every module is compiled by its own MCJIT engine, which takes ownership of the
 TargetMachine it is given: each engine gets a fresh one. The `CompiledModule` keeps
 its engine alive; function addresses stay valid as long as that object lives.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -31,7 +32,7 @@ OPT_LEVEL = 3
 # the level of quick code (runtime/engines/tiers.py): dlc's short pass list (`optimize`) and
 # LLVM's O1 code generator, not LLVM's O1 pipeline
 QUICK_LEVEL = 1
-LLVMLITE_VERSION = llvmlite.__version__     # machine code cached on disk is keyed by it
+LLVMLITE_VERSION = llvmlite.__version__  # machine code cached on disk is keyed by it
 # llvmlite releases the GIL inside LLVM, whose global context and our shared
 # TargetMachine are not thread-safe: one compilation at a time.
 _lock = threading.RLock()
@@ -44,8 +45,11 @@ def quick_code() -> str:
     value = os.environ.get("DLC_QUICK_CODE", "1")
     if value not in ("0", "1", "only"):
         from dlc.compiler.errors import DlcError
-        raise DlcError(f"DLC_QUICK_CODE must be 1 (quick code first), 0 (O3 before the first call) "
-                       f"or only (quick code, never O3), not '{value}'")
+
+        raise DlcError(
+            f"DLC_QUICK_CODE must be 1 (quick code first), 0 (O3 before the first call) "
+            f"or only (quick code, never O3), not '{value}'"
+        )
     return value
 
 
@@ -71,7 +75,7 @@ def _init() -> None:
     llvm.initialize_native_asmparser()
     llvm.initialize_all_targets()
     llvm.initialize_all_asmprinters()
-    for option in LLVM_OPTIONS:     # once per process: LLVM takes an option once
+    for option in LLVM_OPTIONS:  # once per process: LLVM takes an option once
         llvm.set_option("dlc", option)
 
 
@@ -86,14 +90,35 @@ def _init() -> None:
 # later features, aarch64-dotprod for it with the dot product instructions (int8's sdot),
 # aarch64-i8mm with the mixed-sign ones too (int8's usdot), aarch64-bf16 with BFDOT too (the
 # bf16 GEMM's pairs): AARCH64_LEVELS. Each target is of one architecture (ARCH).
-TARGETS = ("host", "avx2", "avxvnni", "avx512", "avx512bf16", "aarch64", "aarch64-dotprod", "aarch64-i8mm",
-           "aarch64-bf16")
-ARCH = {"avx2": "x86_64", "avxvnni": "x86_64", "avx512": "x86_64", "avx512bf16": "x86_64", "aarch64": "aarch64",
-        "aarch64-dotprod": "aarch64", "aarch64-i8mm": "aarch64", "aarch64-bf16": "aarch64"}
+TARGETS = (
+    "host",
+    "avx2",
+    "avxvnni",
+    "avx512",
+    "avx512bf16",
+    "aarch64",
+    "aarch64-dotprod",
+    "aarch64-i8mm",
+    "aarch64-bf16",
+)
+ARCH = {
+    "avx2": "x86_64",
+    "avxvnni": "x86_64",
+    "avx512": "x86_64",
+    "avx512bf16": "x86_64",
+    "aarch64": "aarch64",
+    "aarch64-dotprod": "aarch64",
+    "aarch64-i8mm": "aarch64",
+    "aarch64-bf16": "aarch64",
+}
 # the features each target takes away from the host's (LLVM's spelling, by prefix)
-REMOVED = {"host": (), "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvnni"),
-           "avxvnni": ("+avx512", "+amx", "+evex512", "+avx10"),
-           "avx512": ("+avx512bf16", "+amx", "+avx10"), "avx512bf16": ("+amx",)}
+REMOVED = {
+    "host": (),
+    "avx2": ("+avx512", "+amx", "+evex512", "+avx10", "+avxvnni"),
+    "avxvnni": ("+avx512", "+amx", "+evex512", "+avx10"),
+    "avx512": ("+avx512bf16", "+amx", "+avx10"),
+    "avx512bf16": ("+amx",),
+}
 # (cpu, features) of the ARMv8.2-A baseline: NEON, with v8.1's CRC32, atomics (LSE) and
 # rounding doubling multiplies (RDM); what DLC_TARGET=aarch64 and `dlc build --target
 # aarch64` compile for
@@ -101,10 +126,12 @@ AARCH64_BASELINE = ("generic", "+v8.2a,+neon,+fp-armv8,+crc,+lse,+rdm")
 # the AArch64 levels: (cpu, features) of each, the baseline's and the optional features of
 # ARMv8.2-A on which int8's dot products (kernels/int8/loops.py) and the bf16 GEMM's pairs
 # (gemm/) pay; aarch64-bf16 with i8mm too, as ARMv8.6-A requires both
-AARCH64_LEVELS = {"aarch64": AARCH64_BASELINE,
-                  "aarch64-dotprod": ("generic", AARCH64_BASELINE[1] + ",+dotprod"),
-                  "aarch64-i8mm": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm"),
-                  "aarch64-bf16": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm,+bf16")}
+AARCH64_LEVELS = {
+    "aarch64": AARCH64_BASELINE,
+    "aarch64-dotprod": ("generic", AARCH64_BASELINE[1] + ",+dotprod"),
+    "aarch64-i8mm": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm"),
+    "aarch64-bf16": ("generic", AARCH64_BASELINE[1] + ",+dotprod,+i8mm,+bf16"),
+}
 
 # the optional AArch64 features the levels add, by where Linux reports them: (getauxval's
 # word, AT_HWCAP or AT_HWCAP2; its bit), as a built library reads them (runtime/deploy/library.c
@@ -158,14 +185,19 @@ def host_cpu() -> tuple[str, str]:
     target = os.environ.get("DLC_TARGET") or "host"
     if target not in TARGETS:
         from dlc.compiler.errors import DlcError
+
         raise DlcError(f"DLC_TARGET must be one of {', '.join(TARGETS)}, not '{target}'")
     arch, ours = target_arch(), ARCH.get(target, target_arch()) == target_arch()
     if not (ours or _other_machine):
         from dlc.compiler.errors import DlcError
-        raise DlcError(f"DLC_TARGET={target} is a target of {ARCH[target]} machines, and this one is "
-                       f"{arch}: `dlc build --target {target}` builds a library for one")
-    cpu, features = _other_machine[1:] if _other_machine else \
-        (llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+
+        raise DlcError(
+            f"DLC_TARGET={target} is a target of {ARCH[target]} machines, and this one is "
+            f"{arch}: `dlc build --target {target}` builds a library for one"
+        )
+    cpu, features = (
+        _other_machine[1:] if _other_machine else (llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten())
+    )
     if arch == "aarch64" and not _other_machine and platform.system() == "Linux":
         hwcaps = linux_hwcaps()
         features = ",".join([f for f in features.split(",") if f[1:] not in hwcaps] + [f"+{f}" for f in hwcaps])
@@ -173,10 +205,14 @@ def host_cpu() -> tuple[str, str]:
         cpu = "x86-64-v3"
     elif target in AARCH64_LEVELS and not _other_machine:
         # those the level adds to the baseline, which every AArch64 host dlc runs on has
-        lacks = [f for f in AARCH64_LEVELS[target][1].split(",")
-                 if f not in AARCH64_BASELINE[1].split(",") + features.split(",")]
+        lacks = [
+            f
+            for f in AARCH64_LEVELS[target][1].split(",")
+            if f not in AARCH64_BASELINE[1].split(",") + features.split(",")
+        ]
         if lacks:
             from dlc.compiler.errors import DlcError
+
             raise DlcError(f"DLC_TARGET={target} needs {', '.join(f[1:] for f in lacks)}, which this CPU lacks")
         cpu, features = AARCH64_LEVELS[target]
     removed = REMOVED.get(target, ()) if ours else ()
@@ -211,8 +247,9 @@ def target_machine(opt: int = OPT_LEVEL, jit: bool = True, reloc: str = "default
     _init()
     cpu, features = host_cpu()
     target = llvm.Target.from_triple(target_triple())
-    return target.create_target_machine(cpu=cpu, features=features, opt=opt, reloc=reloc,
-                                        codemodel="jitdefault" if jit else "default", jit=jit)
+    return target.create_target_machine(
+        cpu=cpu, features=features, opt=opt, reloc=reloc, codemodel="jitdefault" if jit else "default", jit=jit
+    )
 
 
 @functools.cache

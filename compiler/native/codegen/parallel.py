@@ -2,6 +2,7 @@
 (threadpool.py), each chunk of the pool's job a slice of the outermost axis; each kind of
 kernel says whether it does (its `emit`: maps, the max-pool gradient, the parts of a
 batch's sums, ...)."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -12,8 +13,8 @@ from dlc.compiler.native.codegen.threadpool import TASK, declare_run
 from dlc.compiler.native.codegen.types import i8, i32, i64
 
 
-PARALLEL_BELOW = 1 << 15   # elements x operations: less is not worth waking a second thread
-CHUNKS_PER_THREAD = 4      # slices of the axis per thread: an idle thread takes a stalled one's
+PARALLEL_BELOW = 1 << 15  # elements x operations: less is not worth waking a second thread
+CHUNKS_PER_THREAD = 4  # slices of the axis per thread: an idle thread takes a stalled one's
 
 
 def parallel_loop(module, prog, fn: ir.Function, loop, extent, work) -> KernelBuilder:
@@ -29,7 +30,7 @@ def parallel_loop(module, prog, fn: ir.Function, loop, extent, work) -> KernelBu
     loop(inner, (part.args[2], part.args[3]))
     inner.finish()
 
-    data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64, i32])   # buffers, sizes, outer extent, mode
+    data_ty = ir.LiteralStructType([sig.args[0], sig.args[1], i64, i32])  # buffers, sizes, outer extent, mode
     vptr = i8.as_pointer()
     worker = ir.Function(module, TASK, fn.name + ".worker")
     worker.linkage = "internal"
@@ -40,15 +41,17 @@ def parallel_loop(module, prog, fn: ir.Function, loop, extent, work) -> KernelBu
     lo = b.sdiv(b.mul(n, chunk), chunks)
     hi = b.sdiv(b.mul(n, b.add(chunk, ir.Constant(i64, 1))), chunks)
     mode = b.load(b.gep(data, [ir.Constant(i32, 0), ir.Constant(i32, 3)]))
-    with in_mode(module, b, mode):          # the caller's, not the one the worker was made with
+    with in_mode(module, b, mode):  # the caller's, not the one the worker was made with
         b.call(part, [ptrs, sizes, lo, hi])
     b.ret_void()
 
-    kb = KernelBuilder(module, prog, fn, inner.args)      # fn passes its arguments on to part
+    kb = KernelBuilder(module, prog, fn, inner.args)  # fn passes its arguments on to part
     b = kb.b
     total = kb.dim(work)
-    serial = b.or_(b.icmp_signed("<", total, ir.Constant(i64, PARALLEL_BELOW)),
-                   b.icmp_signed("<=", fn.args[2], ir.Constant(i64, 1)))
+    serial = b.or_(
+        b.icmp_signed("<", total, ir.Constant(i64, PARALLEL_BELOW)),
+        b.icmp_signed("<=", fn.args[2], ir.Constant(i64, 1)),
+    )
     alone, team, done = (fn.append_basic_block(x) for x in ("alone", "team", "done"))
     b.cbranch(serial, alone, team)
     b.position_at_end(alone)

@@ -15,6 +15,7 @@ instead where it calls them; a function called from another part loses `internal
 objects can link. Everything a function reaches but through a `noinline` call (its
 helpers, the globals it uses, a function that shares one with it) stays in its part.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,6 +41,7 @@ def jobs() -> int:
     value = os.environ.get("DLC_COMPILE_JOBS")
     if value:
         from dlc.compiler.errors import DlcError
+
         if not value.isdigit() or int(value) < 1:
             raise DlcError(f"DLC_COMPILE_JOBS must be a whole number of processes, at least 1, not '{value}'")
         return int(value)
@@ -54,8 +56,12 @@ def module_text(module: ir.Module) -> tuple[str, dict]:
 
 
 def _assemble(module: ir.Module, body: list) -> str:
-    header = [f'; ModuleID = "{module.name}"', f'target triple = "{module.triple}"',
-              f'target datalayout = "{module.data_layout}"', '']
+    header = [
+        f'; ModuleID = "{module.name}"',
+        f'target triple = "{module.triple}"',
+        f'target datalayout = "{module.data_layout}"',
+        '',
+    ]
     types = [t.get_declaration() for t in module.get_identified_types().values()]
     return "\n".join(header + types + body + module._get_metadata_lines())
 
@@ -96,7 +102,7 @@ def split(module: ir.Module, pieces: dict, parts: int) -> list[str]:
         body = []
         for name in values:
             text = pieces[name]
-            if name not in part:                        # a declaration: every part has it
+            if name not in part:  # a declaration: every part has it
                 body.append(text)
             elif part[name] == p:
                 body.append(_external(text) if name in called_across else text)
@@ -164,8 +170,12 @@ class Child:
         self.text, self.level, self.out = text, level, None
         cpu, features = jit.host_cpu()
         try:
-            self.proc = subprocess.Popen([sys.executable, "-m", __name__, cpu, features, str(level)],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, cpu, features, str(level)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
         except OSError:
             self.proc = None
             return

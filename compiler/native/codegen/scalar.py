@@ -9,6 +9,7 @@ whose record names a C library function (Primitive.libm) and that has no rule of
 calls it. Also here: the inline exp and tanh polynomials, casts, and the counter-based
 random generator.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,11 +26,13 @@ EMIT: dict[tuple[str, str], Callable] = {}
 
 def emits(names: str, *classes: str):
     """Decorator: the scalar rule of the primitives `names` (space-separated) on `classes`."""
+
     def register(rule):
         for name in names.split():
             for cls in classes:
                 EMIT[name, cls] = rule
         return rule
+
     return register
 
 
@@ -167,9 +170,12 @@ def _floor_div_mod(kb, e, a):
     b = kb.b
     q = b.sdiv(a[0], a[1])
     r = b.srem(a[0], a[1])
-    adjust = b.and_(b.icmp_signed("!=", r, ir.Constant(r.type, 0)),
-                    b.icmp_signed("!=", b.icmp_signed("<", r, ir.Constant(r.type, 0)),
-                                  b.icmp_signed("<", a[1], ir.Constant(r.type, 0))))
+    adjust = b.and_(
+        b.icmp_signed("!=", r, ir.Constant(r.type, 0)),
+        b.icmp_signed(
+            "!=", b.icmp_signed("<", r, ir.Constant(r.type, 0)), b.icmp_signed("<", a[1], ir.Constant(r.type, 0))
+        ),
+    )
     if e.name == "mod":
         return b.select(adjust, b.add(r, a[1]), r)
     return b.sub(q, b.zext(adjust, q.type))
@@ -212,8 +218,9 @@ def exp(kb, x):
     x = b.select(tiny, c(0.0), x)
     n = kb.intrinsic("llvm.floor", b.fadd(b.fmul(x, c(1.44269504088896341)), c(0.5)))
     r = b.fsub(b.fsub(x, b.fmul(n, c(0.693359375))), b.fmul(n, c(-2.12194440e-4)))
-    p = poly(kb, r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
-                      5.0000001201e-1])
+    p = poly(
+        kb, r, [1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]
+    )
     y = b.fadd(b.fadd(b.fmul(p, b.fmul(r, r)), r), c(1.0))
     y = b.fmul(y, b.bitcast(b.shl(b.add(b.fptosi(n, i32), ir.Constant(i32, 127)), ir.Constant(i32, 23)), f32))
     y = b.select(big, b.fmul(y, c(2.0)), y)
@@ -225,8 +232,13 @@ def tanh(kb, x):
     b = kb.b
     ax = kb.intrinsic("llvm.fabs", x)
     z = b.fmul(x, x)
-    small = b.fadd(x, b.fmul(b.fmul(x, z), poly(kb, z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2,
-                                                       1.33314422036e-1, -3.33332819422e-1])))
+    small = b.fadd(
+        x,
+        b.fmul(
+            b.fmul(x, z),
+            poly(kb, z, [-5.70498872745e-3, 2.06390887954e-2, -5.37397155531e-2, 1.33314422036e-1, -3.33332819422e-1]),
+        ),
+    )
     e = exp(kb, b.fmul(ax, ir.Constant(f32, 2.0)))
     large = b.fsub(ir.Constant(f32, 1.0), b.fdiv(ir.Constant(f32, 2.0), b.fadd(e, ir.Constant(f32, 1.0))))
     large = b.select(b.fcmp_ordered("<", x, ir.Constant(f32, 0.0)), b.fneg(large), large)
@@ -244,8 +256,11 @@ def cast(kb, v, dtype):
             return b.fpext(v, t) if isinstance(t, ir.DoubleType) else b.fptrunc(v, t)
         return b.uitofp(v, t) if src == i1 else b.sitofp(v, t)
     if t == i1:
-        return b.fcmp_unordered("!=", v, ir.Constant(src, 0.0)) if is_float(src) else \
-            b.icmp_signed("!=", v, ir.Constant(src, 0))
+        return (
+            b.fcmp_unordered("!=", v, ir.Constant(src, 0.0))
+            if is_float(src)
+            else b.icmp_signed("!=", v, ir.Constant(src, 0))
+        )
     if is_float(src):
         return b.fptosi(v, t)
     return b.zext(v, t) if src == i1 else (b.sext(v, t) if src.width < t.width else b.trunc(v, t))
@@ -267,18 +282,19 @@ def random(kb, e: Random, idx) -> ir.Value:
     seed = b.load(key)
     step = b.load(b.gep(key, [ir.Constant(i64, 1)]))
     stream = ir.Constant(i32, e.stream)
-    for t in e.steps:      # inside scans every step draws anew, as primitives._random
+    for t in e.steps:  # inside scans every step draws anew, as primitives._random
         t = b.trunc(kb.dim(t), i32)
         stream = mix(kb, b.add(b.add(b.mul(stream, ir.Constant(i32, 0x01000193)), t), ir.Constant(i32, 1)))
     i = b.trunc(kb.affine(e.at, idx), i32)
 
-    def uniform(stream):       # in (0, 1), from the top 24 bits, in double precision
+    def uniform(stream):  # in (0, 1), from the top 24 bits, in double precision
         k = mix(kb, b.xor(seed, mix(kb, b.add(b.mul(stream, ir.Constant(i32, 0x9E3779B9)), mix(kb, step)))))
         bits = mix(kb, b.add(mix(kb, b.xor(i, k)), k))
         u = b.fadd(b.uitofp(b.lshr(bits, ir.Constant(i32, 8)), f64), ir.Constant(f64, 0.5))
-        return b.fmul(u, ir.Constant(f64, 2.0 ** -24))
+        return b.fmul(u, ir.Constant(f64, 2.0**-24))
+
     u = uniform(stream)
-    if e.dist == "normal":      # Box-Muller on a second stream
+    if e.dist == "normal":  # Box-Muller on a second stream
         u2 = uniform(b.add(stream, ir.Constant(i32, 0x5BD1E995)))
         radius = kb.intrinsic("llvm.sqrt", b.fmul(ir.Constant(f64, -2.0), kb.call("log", f64, [u])))
         u = b.fmul(radius, kb.call("cos", f64, [b.fmul(ir.Constant(f64, 2.0 * math.pi), u2)]))

@@ -3,6 +3,7 @@ sums in SUM_LANES partial sums added pairwise (reductions, attention, the direct
 convolution's weight gradient), a bf16 operand, the sum of a weight gradient's parts
 (the small GEMM, the direct convolution), an example's output zeroed (accumulation, the
 max-pool gradient)."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -75,12 +76,14 @@ def lane_sums(kb: KernelBuilder, exprs: list, t, prefix: list, tail: tuple, comb
         def chunk(cidx):
             base = b.mul(cidx[0], ir.Constant(i64, SUM_LANES))
             kb.loops((SUM_LANES,), lambda j: add(j[0], b.add(base, j[0]), ridx), contiguous=contiguous)
+
         kb.loops(tail[-1:], chunk, first=(ir.Constant(i64, 0), whole))
         done = b.mul(whole, ir.Constant(i64, SUM_LANES))
-        for j in range(SUM_LANES - 1):          # the last n mod SUM_LANES elements
+        for j in range(SUM_LANES - 1):  # the last n mod SUM_LANES elements
             i = b.add(done, ir.Constant(i64, j))
             with b.if_then(b.icmp_signed("<", i, n)):
                 add(ir.Constant(i64, j), i, ridx)
+
     kb.loops(tail[:-1], row)
     return [pairwise(b, [b.load(lane(s, ir.Constant(i64, j))) for j in range(SUM_LANES)], combine) for s in sums]
 
@@ -100,10 +103,14 @@ def sum_parts(kb: KernelBuilder, partial: int, parts: int, m: int, n: int, c: tu
         for p in range(1, parts):
             total = kb.b.fadd(total, kb.expr(Load(partial, Affine(p * m * n, (n, 1)), "f32"), idx))
         kb.store(cb, "f32", kb.affine(Affine(coff, (ldc, 1)), idx), total)
+
     kb.loops((m, n), each)
 
 
 def zero_examples(kb: KernelBuilder, bid: int, examples, size, first):
     """Zero the examples `first` = (lo, hi) of f32 buffer bid, `size` elements each."""
-    kb.loops((examples, size), lambda idx: kb.store(bid, "f32", kb.affine(Affine(0, (size, 1)), idx),
-                                                    ir.Constant(f32, 0.0)), first=first)
+    kb.loops(
+        (examples, size),
+        lambda idx: kb.store(bid, "f32", kb.affine(Affine(0, (size, 1)), idx), ir.Constant(f32, 0.0)),
+        first=first,
+    )

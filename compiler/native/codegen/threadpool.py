@@ -30,6 +30,7 @@ thread claims chunk c < chunks of generation g by compare-and-swap from (g, chun
 (g, chunks, c + 1), after reading the job's other fields; the swap succeeds only while the
 job is unfinished, so the fields it read were that job's and its data still lives.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -41,9 +42,9 @@ from dlc.compiler.native.codegen.intrinsics import declare
 from dlc.compiler.native.codegen.types import i8, i32, i64
 
 RUN, STOP = "dlc_pool_run", "dlc_pool_stop"
-MOST_CHUNKS = 0xFFFF         # a job's chunks and its next one share the job's word
-MOST_WORKERS = MOST_THREADS - 1    # the caller is the other thread
-SPIN_DEFAULT = 1_000_000     # checks before a worker sleeps: a few ms, awake from one training step to the next
+MOST_CHUNKS = 0xFFFF  # a job's chunks and its next one share the job's word
+MOST_WORKERS = MOST_THREADS - 1  # the caller is the other thread
+SPIN_DEFAULT = 1_000_000  # checks before a worker sleeps: a few ms, awake from one training step to the next
 YIELD_EVERY = 256
 
 vptr = i8.as_pointer()
@@ -74,21 +75,21 @@ class _Pool:
     def __init__(self, m: ir.Module):
         self.m = m
         g = self.glob
-        self.state = g("state", i32)        # 0: not set up, 1: being set up, 2: ready
-        self.word = g("word", i64)          # generation << 32 | chunks << 16 | next chunk
+        self.state = g("state", i32)  # 0: not set up, 1: being set up, 2: ready
+        self.word = g("word", i64)  # generation << 32 | chunks << 16 | next chunk
         self.task, self.data = g("task", TASK.as_pointer()), g("data", vptr)
         self.team = g("team", i64)
-        self.done = g("done", i64)          # chunks of the job finished
-        self.busy = g("busy", i32)          # a host thread's run holds the pool
+        self.done = g("done", i64)  # chunks of the job finished
+        self.busy = g("busy", i32)  # a host thread's run holds the pool
         self.sleepers, self.stopping = g("sleepers", i64), g("stopping", i32)
-        self.workers = g("workers", i64)    # started (changed only by the holder of busy)
-        self.threads = g("threads", ir.ArrayType(i64, MOST_WORKERS))    # pthread_t: pointer-sized
+        self.workers = g("workers", i64)  # started (changed only by the holder of busy)
+        self.threads = g("threads", ir.ArrayType(i64, MOST_WORKERS))  # pthread_t: pointer-sized
         self.mutex, self.cond = g("mutex", OPAQUE), g("cond", OPAQUE)
         # pthread_key_t is unsigned int on Linux and unsigned long on macOS: kept in 64 bits
         # (zeroed) and passed as one; both ABIs read a 32-bit argument from the register's low half
         self.key = g("key", i64)
         self.spin = g("spin", i64)
-        self.pid = g("pid", i32)            # the process that set the pool up (pid_t)
+        self.pid = g("pid", i32)  # the process that set the pool up (pid_t)
         self.libc()
         self.setup = self.setup_fn()
         self.claim = self.claim_fn()
@@ -105,8 +106,7 @@ class _Pool:
 
     def libc(self):
         d = lambda name, ret, *args: declare(self.m, name, ret, list(args))
-        self.create = d("pthread_create", i32, i64.as_pointer(), vptr,
-                        ir.FunctionType(vptr, [vptr]).as_pointer(), vptr)
+        self.create = d("pthread_create", i32, i64.as_pointer(), vptr, ir.FunctionType(vptr, [vptr]).as_pointer(), vptr)
         self.join = d("pthread_join", i32, i64, vptr.as_pointer())
         self.lock, self.unlock = d("pthread_mutex_lock", i32, vptr), d("pthread_mutex_unlock", i32, vptr)
         self.mutex_init = d("pthread_mutex_init", i32, vptr, vptr)
@@ -183,8 +183,11 @@ class _Pool:
         b.position_at_end(no)
         # 0 (never set up) or 2 (set up by the parent) to 1: this thread sets it up
         unset = b.icmp_signed("!=", state, _c(1, i32))
-        other = self.if_(b, b.and_(unset, b.extract_value(
-            b.cmpxchg(self.state, state, _c(1, i32), "acq_rel", "acquire"), 1)), "first")
+        other = self.if_(
+            b,
+            b.and_(unset, b.extract_value(b.cmpxchg(self.state, state, _c(1, i32), "acq_rel", "acquire"), 1)),
+            "first",
+        )
         forked = self.if_(b, b.icmp_signed("==", state, _c(2, i32)), "forked")
         for g in (self.workers, self.sleepers, self.done):
             b.store(_c(0), g)
@@ -194,7 +197,7 @@ class _Pool:
         b.position_at_end(forked)
         b.call(self.mutex_init, [self.ptr(b, self.mutex), ir.Constant(vptr, None)])
         b.call(self.cond_init, [self.ptr(b, self.cond), ir.Constant(vptr, None)])
-        fresh = self.if_(b, b.icmp_signed("==", state, _c(0, i32)), "fresh")    # the key is inherited
+        fresh = self.if_(b, b.icmp_signed("==", state, _c(0, i32)), "fresh")  # the key is inherited
         b.call(self.key_create, [self.key, ir.Constant(vptr, None)])
         b.branch(fresh)
         b.position_at_end(fresh)
@@ -214,7 +217,7 @@ class _Pool:
         self.store(b, here, self.pid, "release")
         self.store(b, _c(2, i32), self.state, "release")
         b.ret_void()
-        b.position_at_end(other)            # another thread sets it up: wait for it
+        b.position_at_end(other)  # another thread sets it up: wait for it
         with self.loop(b, "wait") as (again, out):
             ready = b.icmp_signed("==", self.load(b, self.state, "acquire"), _c(2, i32))
             ours = b.icmp_signed("==", self.load(b, self.pid, "acquire"), here)
@@ -269,7 +272,7 @@ class _Pool:
         job = f.append_basic_block("job")
         b.branch(job)
         b.position_at_end(job)
-        seen = b.phi(i64)                   # the last generation taken
+        seen = b.phi(i64)  # the last generation taken
         seen.add_incoming(first, entry)
         spin = b.load(self.spin)
         # spin: check for a new job `spin` times
@@ -344,11 +347,12 @@ class _Pool:
         b.call(self.setup, [])
         held = b.extract_value(b.cmpxchg(self.busy, _c(0, i32), _c(1, i32), "acquire", "monotonic"), 1)
         taken = self.if_(b, b.not_(held), "held")
-        self.serial(b, task, data, _c(0))     # another host thread's job is on the pool
+        self.serial(b, task, data, _c(0))  # another host thread's job is on the pool
         b.position_at_end(taken)
         # start the workers this run needs and the pool has not
-        want = b.sub(b.select(b.icmp_signed("<", nthreads, _c(MOST_WORKERS + 1)), nthreads,
-                              _c(MOST_WORKERS + 1)), _c(1))
+        want = b.sub(
+            b.select(b.icmp_signed("<", nthreads, _c(MOST_WORKERS + 1)), nthreads, _c(MOST_WORKERS + 1)), _c(1)
+        )
         gen = self.generation(b, b.load(self.word))
         with self.loop(b, "start") as (again, out):
             have = b.load(self.workers)
@@ -360,13 +364,16 @@ class _Pool:
             failed = self.if_(b, b.icmp_signed("==", status, _c(0, i32)), "started")
             b.store(slot, self.workers)
             b.branch(again)
-            for blk in (enough, failed):    # fewer workers when the system has no more threads
+            for blk in (enough, failed):  # fewer workers when the system has no more threads
                 b.position_at_end(blk)
                 b.branch(out)
         workers = b.load(self.workers)
         team = b.add(b.select(b.icmp_signed("<", workers, want), workers, want), _c(1))
-        per_thread = b.select(b.icmp_signed("<", per_thread, _c(1)), _c(1),
-                              b.select(b.icmp_signed(">", per_thread, _c(64)), _c(64), per_thread))
+        per_thread = b.select(
+            b.icmp_signed("<", per_thread, _c(1)),
+            _c(1),
+            b.select(b.icmp_signed(">", per_thread, _c(64)), _c(64), per_thread),
+        )
         chunks = b.mul(team, per_thread)
         chunks = b.select(b.icmp_signed(">", chunks, _c(MOST_CHUNKS)), _c(MOST_CHUNKS), chunks)
         self.store(b, task, self.task, "monotonic")
@@ -408,10 +415,12 @@ class _Pool:
     def stop_fn(self):
         f, b = self.fn(STOP, STOP_TYPE, linkage="")
         # only workers this process started: a child of fork() that never ran a job has none
-        ready = b.and_(b.icmp_signed("==", self.load(b, self.state, "acquire"), _c(2, i32)),
-                       b.icmp_signed("==", self.load(b, self.pid, "acquire"), b.call(self.getpid, [])))
+        ready = b.and_(
+            b.icmp_signed("==", self.load(b, self.state, "acquire"), _c(2, i32)),
+            b.icmp_signed("==", self.load(b, self.pid, "acquire"), b.call(self.getpid, [])),
+        )
         no = self.if_(b, ready, "ready")
-        with self.loop(b, "hold") as (again, out):      # wait for a run in progress
+        with self.loop(b, "hold") as (again, out):  # wait for a run in progress
             held = b.extract_value(b.cmpxchg(self.busy, _c(0, i32), _c(1, i32), "acquire", "monotonic"), 1)
             got = self.if_(b, b.not_(held), "busy")
             b.call(self.yield_, [])

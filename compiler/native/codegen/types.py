@@ -1,4 +1,5 @@
 """The LLVM types of dlc's dtypes, and the dtype class of an LLVM value's type."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -14,7 +15,7 @@ def is_float(t: ir.Type) -> bool:
 
 
 def dtype_class(t: ir.Type) -> str:
-    """"float", "int" or "bool": what the scalar rules are keyed by (scalar.py)."""
+    """ "float", "int" or "bool": what the scalar rules are keyed by (scalar.py)."""
     if is_float(t):
         return "float"
     return "bool" if t == i1 else "int"

@@ -8,6 +8,7 @@ random bits at a linear index; `Op` applies a primitive's scalar rule to its ope
 (compiler/native/codegen/scalar.py). lower.py builds a program from a graph, memory.py plans its
 temporaries, codegen/driver.py compiles it.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -20,7 +21,7 @@ from dlc.compiler.ir.graph import DTYPES
 # the numpy type of each dtype a buffer may have: the graph's, and "i8", the bytes of an int8
 # product's operands (kernels/int8), which no graph value has
 BUFFER_DTYPES = DTYPES | {"i8": np.int8}
-BUFFER_ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in BUFFER_DTYPES.items()}    # bytes an element
+BUFFER_ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in BUFFER_DTYPES.items()}  # bytes an element
 
 # ---- expressions -----------------------------------------------------------------------------
 
@@ -28,6 +29,7 @@ BUFFER_ITEMSIZE = {dtype: np.dtype(t).itemsize for dtype, t in BUFFER_DTYPES.ite
 @dataclass(frozen=True)
 class Affine:
     """offset + sum(coeffs[r] * i[r]) over the iteration index i."""
+
     offset: object
     coeffs: tuple
 
@@ -35,8 +37,9 @@ class Affine:
         return Affine(self.offset + offset_shift, tuple(coeffs))
 
     def text(self) -> str:
-        terms = [f"{c}*i{r}" if c != 1 else f"i{r}" for r, c in enumerate(self.coeffs)
-                 if not (isinstance(c, int) and c == 0)]
+        terms = [
+            f"{c}*i{r}" if c != 1 else f"i{r}" for r, c in enumerate(self.coeffs) if not (isinstance(c, int) and c == 0)
+        ]
         if not (isinstance(self.offset, int) and self.offset == 0):
             terms.insert(0, str(self.offset))
         return " + ".join(terms) or "0"
@@ -95,6 +98,7 @@ class Load(KernelExpr):
 @dataclass(frozen=True)
 class Index(KernelExpr):
     """The value of an affine function of the index (iota)."""
+
     at: Affine
     dtype: str
 
@@ -112,11 +116,12 @@ class Index(KernelExpr):
 class Random(KernelExpr):
     """A draw of the counter-based generator at linear index `at`: uniform in (0, 1), or
     normal (Box-Muller on a second stream), as primitives._random."""
-    key: int             # buffer holding (seed, step)
+
+    key: int  # buffer holding (seed, step)
     stream: int
     at: Affine
     dtype: str
-    steps: tuple = ()    # the step number of each enclosing scan (a Dim over their step symbols), outermost first
+    steps: tuple = ()  # the step number of each enclosing scan (a Dim over their step symbols), outermost first
     dist: str = "uniform"
 
     def remap(self, shift_fn):
@@ -154,6 +159,7 @@ class Const(KernelExpr):
 @dataclass(frozen=True)
 class Size(KernelExpr):
     """A runtime dim as an i32 scalar."""
+
     dim: object
     dtype: str = "i32"
 
@@ -193,17 +199,19 @@ class Gather(KernelExpr):
     """table[idx, rest]: rows picked by an integer expression; `rows` is the table's
     affine over the iteration's trailing (row) dims, `stride` the row stride. An index
     outside [0, count) reads 0 and reports fault `site` (KernelProgram.faults)."""
+
     table: int
     idx: object
     rows: Affine
     stride: object
     dtype: str
-    count: object        # rows of the table
+    count: object  # rows of the table
     site: int
 
     def remap(self, shift_fn):
-        return Gather(self.table, self.idx.remap(shift_fn), shift_fn(self.rows), self.stride, self.dtype, self.count,
-                      self.site)
+        return Gather(
+            self.table, self.idx.remap(shift_fn), shift_fn(self.rows), self.stride, self.dtype, self.count, self.site
+        )
 
     def renamed(self, old, new):
         return replace(self, table=new if self.table == old else self.table, idx=self.idx.renamed(old, new))
@@ -227,6 +235,7 @@ class Gather(KernelExpr):
 class Guarded(KernelExpr):
     """A load that reads `fill` where an index falls outside the input (padding):
     each guard is (affine row index, size) and must satisfy 0 <= index < size."""
+
     load: Load
     guards: tuple
     fill: float
@@ -256,9 +265,9 @@ class Guarded(KernelExpr):
 class Buffer:
     id: int
     dtype: str
-    size: object          # elements, a dim polynomial
-    role: str             # input, param, temp, output, const, host (a host function: HostCallKernel),
-                          # packed (weights packed once, and their flag: kernels/gemm WeightPacksKernel)
+    size: object  # elements, a dim polynomial
+    role: str  # input, param, temp, output, const, host (a host function: HostCallKernel),
+    # packed (weights packed once, and their flag: kernels/gemm WeightPacksKernel)
     name: str = ""
     data: np.ndarray | None = None
 
@@ -273,11 +282,12 @@ class Kernel(ABC):
     that holds its fields and its rules: its text (`text`), the buffers it touches
     (`accesses`) and how its function is built (`emit`). The rest of the backend asks the
     kernel and never looks at its kind; a kind that misses a rule cannot be made."""
+
     node: int = -1
     nodes: tuple = ()
     origin: tuple = ()
 
-    calls_gemm = False      # its function calls dlc's GEMM library (the graph page says so)
+    calls_gemm = False  # its function calls dlc's GEMM library (the graph page says so)
 
     @property
     def class_name(self) -> str:
@@ -335,8 +345,12 @@ class Kernel(ABC):
     def taking(self, k, **changes) -> "Kernel":
         """This kernel with `changes`, now computing k's graph nodes too (an epilogue, a sum
         in its pass)."""
-        return replace(self, nodes=tuple(dict.fromkeys(self.nodes + k.nodes)),
-                       origin=tuple(dict.fromkeys(self.origin + k.origin)), **changes)
+        return replace(
+            self,
+            nodes=tuple(dict.fromkeys(self.nodes + k.nodes)),
+            origin=tuple(dict.fromkeys(self.origin + k.origin)),
+            **changes,
+        )
 
     def with_epilogue(self, m) -> "Kernel | None":
         """This kernel also computing the map (or fused map) m, the only other reader of
@@ -363,14 +377,15 @@ class Kernel(ABC):
 class KernelProgram:
     """Buffers and the kernels that compute them, in order: what lowering gives the
     code generator (the loaded .dl file is loader.Program)."""
+
     buffers: list = field(default_factory=list)
     kernels: list = field(default_factory=list)
-    outputs: dict = field(default_factory=dict)     # name -> buffer id
-    inputs: dict = field(default_factory=dict)      # input name -> buffer id
-    params: dict = field(default_factory=dict)      # param name -> buffer id
-    symbols: list = field(default_factory=list)     # symbolic dim names, in the order of the sizes array
-    faults: list = field(default_factory=list)      # (what, count, span) of each index check, by site
-    weights_ready: int | None = None    # the flag of the packed weights, which a change of a weight clears
+    outputs: dict = field(default_factory=dict)  # name -> buffer id
+    inputs: dict = field(default_factory=dict)  # input name -> buffer id
+    params: dict = field(default_factory=dict)  # param name -> buffer id
+    symbols: list = field(default_factory=list)  # symbolic dim names, in the order of the sizes array
+    faults: list = field(default_factory=list)  # (what, count, span) of each index check, by site
+    weights_ready: int | None = None  # the flag of the packed weights, which a change of a weight clears
 
     def buffer(self, dtype, size, role, name="", data=None) -> Buffer:
         b = Buffer(len(self.buffers), dtype, size, role, name, data)

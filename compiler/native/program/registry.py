@@ -9,6 +9,7 @@ way, each way is an implementation registered by name (`register_implementation`
 package of the kind it emits, and the primitive's rule (compiler/native/rules/) calls the
 one compiler/native/choose/'s list names. This module imports neither: the kinds and the
 families register here, below both."""
+
 from __future__ import annotations
 
 from typing import Callable
@@ -35,6 +36,7 @@ def register_lowering(*names: str, floats: tuple | None = None, pattern: Pattern
     """Decorator: the lowering rule of the primitives `names`, or of every primitive of
     `pattern` that has none; `floats`, the only float dtypes it computes in (the GEMM
     and the window kernels: f32); `int8`, their rule as integer products instead."""
+
     def register(rule):
         for name in names:
             (INT8_LOWERINGS if int8 else LOWERINGS)[name] = rule
@@ -43,6 +45,7 @@ def register_lowering(*names: str, floats: tuple | None = None, pattern: Pattern
         if pattern is not None:
             PATTERN_RULES[pattern] = rule
         return rule
+
     return register
 
 
@@ -54,7 +57,9 @@ def register_implementation(op: str, name: str):
     """Decorator: the rule that computes primitive `op` by the implementation `name` of its
     choice list (compiler/native/choose/): rule(lowering, node, operands, attrs, type of
     output 0, shape), its shape as the list's entries read it."""
+
     def register(rule):
         IMPLEMENTATIONS[op, name] = rule
         return rule
+
     return register

@@ -1,5 +1,6 @@
 """Readable text of a kernel program (`dlc compile --emit kernels`); each kind of
 kernel writes its own lines (Kernel.text) with the helpers here."""
+
 from __future__ import annotations
 
 from dlc.compiler.native.program import KernelProgram
@@ -37,4 +38,3 @@ def program(p: KernelProgram) -> str:
     for k in p.kernels:
         lines += k.text()
     return "\n".join(lines)
-

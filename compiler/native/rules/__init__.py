@@ -3,6 +3,7 @@
 (elementwise ops and views: expressions, no kernel), `pooling.py` (pooling as maps or
 reductions); and every rule found (`load`: these families and the kinds of kernels/) and
 looked up (`lowering_rule`). The registry they fill is compiler/native/program/registry.py."""
+
 from __future__ import annotations
 
 import functools
@@ -18,6 +19,7 @@ from dlc.compiler.native.program.registry import INT8_LOWERINGS, LOWERINGS, PATT
 def load():
     """Import every rule: the families of this package and the kinds of kernels/."""
     from dlc.compiler.native import kernels, rules
+
     for package, kinds in ((rules, False), (kernels, True)):
         for module in pkgutil.iter_modules(package.__path__):
             if module.ispkg == kinds:

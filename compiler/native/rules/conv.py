@@ -1,5 +1,6 @@
 """The lowering rules of conv2d and its two gradients: the implementation their list
 chooses (compiler/native/choose/conv.py), which the kinds of kernels/ register by name."""
+
 from __future__ import annotations
 
 from dlc.compiler.native.choose.conv import Conv, chosen

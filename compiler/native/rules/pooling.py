@@ -1,5 +1,6 @@
 """The lowering rules of pooling: a map over the outputs folding each window's taps, or a
 reduction over windows of many taps; the max-pool's gather of a second tensor at its maxima."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ from dlc.compiler.native.kernels.reduce import ReduceKernel
 from dlc.compiler.native.program import Affine, Const, Op, contiguous, row_major
 from dlc.compiler.native.program.registry import register_lowering
 
-SMALL_WINDOW = 16       # kh * kw up to which pooling is a map over its outputs (else a reduction)
+SMALL_WINDOW = 16  # kh * kw up to which pooling is a map over its outputs (else a reduction)
 
 
 @register_lowering("maxpool2d", floats=("f32",))
@@ -50,8 +51,11 @@ def _pool(lw, n, ins, attrs, typ, op):
 
 def _taps(windows, kh, kw) -> list:
     """The window's kh * kw taps, each an expression over the outputs [N, C, Ho, Wo]."""
-    return [windows.remap(lambda a, i=i, j=j: Affine(a.offset + a.coeffs[4] * i + a.coeffs[5] * j, a.coeffs[:4]))
-            for i in range(kh) for j in range(kw)]
+    return [
+        windows.remap(lambda a, i=i, j=j: Affine(a.offset + a.coeffs[4] * i + a.coeffs[5] * j, a.coeffs[:4]))
+        for i in range(kh)
+        for j in range(kw)
+    ]
 
 
 @register_lowering("maxpool2d_gather", floats=("f32",))

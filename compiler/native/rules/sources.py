@@ -1,5 +1,6 @@
 """The lowering rules of the values a graph starts from: arguments of a scan's body, inputs
 and parameters (buffers), constants, iota and sizes (free expressions), random draws."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,8 @@ def _dim_size(lw, n, ins, attrs, typ):
 @register_lowering("random")
 def _random(lw, n, ins, attrs, typ):
     if attrs["dist"] not in ("uniform", "normal"):
-        raise NotLowerable(f"the native backend does not compile random {attrs['dist']} yet",
-                           lw.graph.nx.nodes[n]["span"])
+        raise NotLowerable(
+            f"the native backend does not compile random {attrs['dist']} yet", lw.graph.nx.nodes[n]["span"]
+        )
     key = lw.materialize(ins[0])
-    lw.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype, lw.steps,
-                     attrs["dist"]))
+    lw.set(n, Random(key.buffer, attrs["stream"], Affine(0, row_major(typ.shape)), typ.dtype, lw.steps, attrs["dist"]))

@@ -2,6 +2,7 @@
 elementwise op is an `Op` node, which code generation emits with its scalar rule
 (scalar.py); a view (broadcast, transpose, slice, reshape of contiguous data) only changes
 coefficients; a gather reads rows of its table at an index expression."""
+
 from __future__ import annotations
 
 from dlc.compiler.ir.graph import Pattern
@@ -26,9 +27,9 @@ def _broadcast(lw, n, ins, attrs, typ):
     lead = len(shape) - x.rank
 
     def bcast(a):
-        coeffs = [0] * lead + [c if x.shape[i] != 1 or shape[lead + i] == 1 else 0
-                               for i, c in enumerate(a.coeffs)]
+        coeffs = [0] * lead + [c if x.shape[i] != 1 or shape[lead + i] == 1 else 0 for i, c in enumerate(a.coeffs)]
         return Affine(a.offset, tuple(coeffs))
+
     lw.set(n, lw.use(x).remap(bcast))
 
 
@@ -41,9 +42,15 @@ def _transpose(lw, n, ins, attrs, typ):
 @register_lowering("slice")
 def _slice(lw, n, ins, attrs, typ):
     starts, steps = attrs["starts"], attrs["steps"]
-    lw.set(n, lw.use(ins[0]).remap(lambda a: Affine(
-        a.offset + sum((c * s for c, s in zip(a.coeffs, starts)), 0),
-        tuple(c * st for c, st in zip(a.coeffs, steps)))))
+    lw.set(
+        n,
+        lw.use(ins[0]).remap(
+            lambda a: Affine(
+                a.offset + sum((c * s for c, s in zip(a.coeffs, starts)), 0),
+                tuple(c * st for c, st in zip(a.coeffs, steps)),
+            )
+        ),
+    )
 
 
 @register_lowering("reshape")
@@ -63,5 +70,6 @@ def _gather(lw, n, ins, attrs, typ):
     row_coeffs = (0,) * k + row_major(table.shape)[1:]
     idx_e = lw.use(idx).remap(lambda a: Affine(a.offset, a.coeffs + (0,) * (typ.rank - k)))
     site = lw.p.fault("gather", table.shape[0], lw.graph.nx.nodes[n]["span"])
-    lw.set(n, Gather(t.buffer, idx_e, Affine(0, row_coeffs), row_major(table.shape)[0], typ.dtype,
-                     table.shape[0], site))
+    lw.set(
+        n, Gather(t.buffer, idx_e, Affine(0, row_coeffs), row_major(table.shape)[0], typ.dtype, table.shape[0], site)
+    )

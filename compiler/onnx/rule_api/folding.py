@@ -2,6 +2,7 @@
 exported models (Shape -> Gather -> Concat -> Reshape) on shapes that hold symbolic dims
 (Dims), which ONNX's reference evaluator cannot compute. `Node.fold` (node.py) calls them
 with the node and its inputs' values."""
+
 from __future__ import annotations
 
 from math import ceil, isfinite, prod
@@ -51,8 +52,16 @@ def too_large_to_propagate(onnx, graphs) -> bool:
     inputs (initializers, Constant nodes) a value larger than MAX_FOLDED: ONNX's shape
     inference with data propagation computes such values whole (a Range of 10^12 numbers)."""
     known = {t.name: t for g in graphs for t in g.initializer}
-    known.update({node.output[0]: a.t for g in graphs for node in g.node if node.op_type == "Constant"
-                  for a in node.attribute if a.name == "value"})
+    known.update(
+        {
+            node.output[0]: a.t
+            for g in graphs
+            for node in g.node
+            if node.op_type == "Constant"
+            for a in node.attribute
+            if a.name == "value"
+        }
+    )
     for node in (node for g in graphs for node in g.node if node.op_type in _OUTPUT_ENTRIES):
         if all(i in known for i in node.input):
             consts = [onnx.numpy_helper.to_array(known[i]) for i in node.input]
@@ -64,8 +73,11 @@ def too_large_to_propagate(onnx, graphs) -> bool:
 def too_large_to_fold(n, consts: list) -> bool:
     """Whether an output of node `n` (a Node) on the known inputs `consts` would have more
     entries than MAX_FOLDED: by ONNX's inferred shapes, or by the inputs that set its size."""
-    counts = [prod(v.shape) for v in map(n.out, range(len(n.results)))
-              if v.shape is not None and all(isinstance(d, int) for d in v.shape)]
+    counts = [
+        prod(v.shape)
+        for v in map(n.out, range(len(n.results)))
+        if v.shape is not None and all(isinstance(d, int) for d in v.shape)
+    ]
     if n.op in _OUTPUT_ENTRIES:
         counts.append(_OUTPUT_ENTRIES[n.op](consts))
     return not foldable(max(counts, default=0))
@@ -83,18 +95,19 @@ def _symbolic(n, consts: list):
     op = n.op
     if op in ("Concat", *_ARITHMETIC, "Equal"):
         data, rest = consts, []
-    else:       # the values a shape op moves; Where's condition is not one
+    else:  # the values a shape op moves; Where's condition is not one
         data, rest = (consts[1:], consts[:1]) if op == "Where" else (consts[:1], consts[1:])
     if not all(c is None or _is_shape(c) for c in data) or any(has_dims(c) for c in rest):
-        return None     # not shape arithmetic (a weight sliced to a symbolic length): the op's rule
+        return None  # not shape arithmetic (a weight sliced to a symbolic length): the op's rule
     if op in ("Identity", "Cast", "CastLike", "Unsqueeze", "Squeeze", "Reshape", "Flatten"):
         if op in ("Cast", "CastLike") and n.out_dtype() not in INT:
-            return None     # a dim as a number (a mean's divisor): the cast of its tensor
+            return None  # a dim as a number (a mean's divisor): the cast of its tensor
         shape = n.out().shape
         if shape is None or None in shape:
-            shape = {"Unsqueeze": lambda: np.expand_dims(x, tuple(n.setting("axes", 1))).shape,
-                     "Squeeze": lambda: np.squeeze(x, tuple(n.setting("axes", 1, [])) or None).shape}.get(
-                         op, lambda: x.shape)()
+            shape = {
+                "Unsqueeze": lambda: np.expand_dims(x, tuple(n.setting("axes", 1))).shape,
+                "Squeeze": lambda: np.squeeze(x, tuple(n.setting("axes", 1, [])) or None).shape,
+            }.get(op, lambda: x.shape)()
         return x.reshape(shape)
     if op == "Gather":
         return np.take(x, consts[1].astype(np.int64), axis=n.attr("axis", 0))
@@ -109,11 +122,13 @@ def _symbolic(n, consts: list):
             index[a] = slice(s, e, st)
         return x[tuple(index)]
     if op in _ARITHMETIC or op == "Equal":
-        a, b = (np.vectorize(lambda v: v if isinstance(v, Dim) else int(v), otypes=[object])(c)
-                for c in np.broadcast_arrays(*consts[:2]))
+        a, b = (
+            np.vectorize(lambda v: v if isinstance(v, Dim) else int(v), otypes=[object])(c)
+            for c in np.broadcast_arrays(*consts[:2])
+        )
         out = [_ARITHMETIC[op](n, p, q) if op in _ARITHMETIC else _equal(p, q) for p, q in zip(a.ravel(), b.ravel())]
         if None in out:
-            return None     # dims that are equal for some sizes only: a run-time comparison
+            return None  # dims that are equal for some sizes only: a run-time comparison
         return np.array(out, dtype=object if op in _ARITHMETIC else bool).reshape(a.shape)
     if op == "Where":
         return np.where(x, *consts[1:])
@@ -142,8 +157,12 @@ def _divided(n, p, q):
     return out
 
 
-_ARITHMETIC = {"Add": lambda n, p, q: p + q, "Sub": lambda n, p, q: p - q, "Mul": lambda n, p, q: p * q,
-               "Div": _divided}
+_ARITHMETIC = {
+    "Add": lambda n, p, q: p + q,
+    "Sub": lambda n, p, q: p - q,
+    "Mul": lambda n, p, q: p * q,
+    "Div": _divided,
+}
 
 
 def _equal(p, q) -> bool | None:

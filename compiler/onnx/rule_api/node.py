@@ -8,6 +8,7 @@ shapes) and returns the .dl expression of its result: a string for the first out
 list for several, an array for a value known now, or a `Value` to alias one. A rule that
 cannot import a node raises `Unsupported` (`Node.refuse`).
 """
+
 from __future__ import annotations
 
 import os
@@ -43,9 +44,9 @@ class Expand(Exception):
 @dataclass
 class Rule:
     emit: Callable
-    static: tuple = ()              # inputs that must be known when importing
-    attrs: tuple = ()               # the attributes the rule reads; any other is refused
-    shape_only: bool = False        # its result depends on the inputs' shapes, not their values
+    static: tuple = ()  # inputs that must be known when importing
+    attrs: tuple = ()  # the attributes the rule reads; any other is refused
+    shape_only: bool = False  # its result depends on the inputs' shapes, not their values
 
 
 # ONNX op type -> its rule. The modules of compiler/onnx/rules/ fill it: the registry is
@@ -55,10 +56,12 @@ RULES: dict[str, Rule] = {}
 
 def rule(*ops, static=(), attrs=(), shape_only=False):
     """Decorator: the rule of the ONNX op types `ops`."""
+
     def register(fn):
         for op in ops:
             RULES[op] = Rule(fn, static, tuple(attrs), shape_only)
         return fn
+
     return register
 
 
@@ -84,8 +87,8 @@ class Node:
     def __init__(self, imp, proto):
         self.imp, self.proto, self.op = imp, proto, proto.op_type
         self.label = proto.name or next((o for o in proto.output if o), proto.op_type)
-        self.results = list(proto.output)     # the values the result binds (the last absorbed node's)
-        self.names: dict = {}                 # output index -> the binding name chosen beforehand
+        self.results = list(proto.output)  # the values the result binds (the last absorbed node's)
+        self.names: dict = {}  # output index -> the binding name chosen beforehand
         onnx = imp.onnx
         self.attrs = {a.name: _attribute(onnx, a) for a in proto.attribute}
         schema = imp.schema(proto)
@@ -127,13 +130,16 @@ class Node:
     def static(self, i: int, what: str = "") -> np.ndarray:
         a = self.const(i)
         if a is None:
-            self.refuse(f"its input {i} ({what or self.proto.input[i]}) computed at run time: dlc needs it when "
-                        "importing (a constant, an initializer, or computed from shapes)", "input")
+            self.refuse(
+                f"its input {i} ({what or self.proto.input[i]}) computed at run time: dlc needs it when "
+                "importing (a constant, an initializer, or computed from shapes)",
+                "input",
+            )
         return a
 
     def dtype(self, i: int) -> str:
         v = self.value(i)
-        if v.dtype is None and not v.onnx_type:        # shape inference did not tell: dlc does
+        if v.dtype is None and not v.onnx_type:  # shape inference did not tell: dlc does
             self._type_now(i)
         if v.dtype is None:
             self.refuse(f"{type_name(v.onnx_type)} values", "dtype")
@@ -190,7 +196,7 @@ class Node:
     def binding(self, hint: str = "", j: int = 0) -> str:
         """The name output j will be bound to, chosen now (a layer names its parameters after it)."""
         if j not in self.names:
-            own = self.imp.output_names.get(self.results[j])      # a graph output's name, kept for it
+            own = self.imp.output_names.get(self.results[j])  # a graph output's name, kept for it
             if own is not None and not hint and own not in self.imp.bound:
                 self.names[j] = own
             else:
@@ -212,8 +218,9 @@ class Node:
             return None
         reader = Node(self.imp, readers[0])
         if reader.proto.domain not in ("", "ai.onnx") or any(
-                i and i != name and i not in self.imp.values and i not in pending for i in reader.proto.input):
-            return None         # its other inputs are not known yet
+            i and i != name and i not in self.imp.values and i not in pending for i in reader.proto.input
+        ):
+            return None  # its other inputs are not known yet
         return reader
 
     def take(self, reader: "Node", j: int = 0):
@@ -244,8 +251,10 @@ class Node:
                 # numbers, ...): the node is refused where it is, never an internal error
                 if os.environ.get("DLC_DEBUG"):
                     raise
-                self.refuse("this node's inputs: its rule does not handle their values (DLC_DEBUG=1 shows "
-                            "where it stops)", "input")
+                self.refuse(
+                    "this node's inputs: its rule does not handle their values (DLC_DEBUG=1 shows where it stops)",
+                    "input",
+                )
         except Unsupported as e:
             if self.imp.has_function(proto):
                 raise Expand(self.imp.index[id(proto)], e) from None
@@ -258,7 +267,7 @@ class Node:
         if any(has_dims(c) for c in consts):
             outs = fold_symbolic(self, consts)
         elif too_large_to_fold(self, consts):
-            return False        # its rule keeps it a run-time value, or refuses it
+            return False  # its rule keeps it a run-time value, or refuses it
         else:
             outs = self.imp.evaluate(self.proto, consts)
         if outs is None:
@@ -268,7 +277,7 @@ class Node:
             v = self.imp.inferred(name)
             a = np.asarray(a)
             v.const, v.shape, v.weight = a, tuple(a.shape), weight and v.dtype in FLOAT
-            if a.dtype == object:       # a shape with symbolic dims
+            if a.dtype == object:  # a shape with symbolic dims
                 v.dtype = "i64"
             elif v.dtype is None:
                 v.dtype = dtype_of(a)

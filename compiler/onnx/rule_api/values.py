@@ -1,5 +1,6 @@
 """ONNX values as the importer knows them and as .dl writes them: `Value`, the element types
 dlc has (graph.DTYPES holds their numbers), and the literals of constants."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ NUMBER = FLOAT + INT
 ANY = tuple(DTYPES)
 # the largest finite float of each width: padding that never wins a max, the bound of IsInf
 LARGEST = {"f32": "3.4028234663852886e38", "f64": "1.7976931348623157e308"}
-SMALL = 16          # a constant of at most this many entries is written out as a tuple
+SMALL = 16  # a constant of at most this many entries is written out as a tuple
 
 # more entries than a 64-bit machine addresses at 8 bytes each: a shape no run can hold
 MAX_ENTRIES = 1 << 60
@@ -47,13 +48,14 @@ class Value:
     """An ONNX value as the importer knows it: its dtype and shape (dims are ints or Dims;
     None when shape inference could not tell), the .dl expression that names it once it
     is a tensor of the program, and its contents when known at import time."""
-    dtype: str | None                 # a .dl dtype; None for an element type dlc lacks
+
+    dtype: str | None  # a .dl dtype; None for an element type dlc lacks
     shape: tuple | None
     expr: str | None = None
     const: np.ndarray | None = None
-    weight: bool = False              # a float initializer: a trainable parameter when used as a tensor
-    fill: float | None = None         # the one number a tensor is filled with, when the program says so
-    transposed: tuple | None = None   # (the ONNX value it permutes, the permutation)
+    weight: bool = False  # a float initializer: a trainable parameter when used as a tensor
+    fill: float | None = None  # the one number a tensor is filled with, when the program says so
+    transposed: tuple | None = None  # (the ONNX value it permutes, the permutation)
     onnx_type: int = 0
 
 

@@ -1,6 +1,7 @@
 """The .dl text that rules of several families write: float and keyword arguments, reshapes,
 transposes, slices, gathers along an axis, running sums and products (scans), and the
 names and activations of layers."""
+
 from __future__ import annotations
 
 import re
@@ -10,6 +11,7 @@ import numpy as np
 from dlc.compiler.ir.primitives import PRIMITIVES
 from dlc.compiler.onnx.rule_api.node import Expr, Node
 from dlc.compiler.onnx.rule_api.values import Value, literal, shape_tuple
+
 
 def flt(v) -> str:
     """A float attribute as a .dl literal."""
@@ -87,8 +89,10 @@ def scan_along(n: Node, shape, axis: int, op: str, steps: bool, exclusive=False,
     piece = f"{x or n.x(0)}[{', '.join([':'] * axis + ['t'])}]"
     options = [f"axis = {axis}"] if steps and axis != 1 else []
     options += ["reverse = true"] if reverse else []
-    head = f"scan t in {size}{' (' + ', '.join(options) + ')' if options else ''} carry s = " \
-           f"full({shape_tuple(rest)}, {start}, \"{dtype}\") {{"
+    head = (
+        f"scan t in {size}{' (' + ', '.join(options) + ')' if options else ''} carry s = "
+        f"full({shape_tuple(rest)}, {start}, \"{dtype}\") {{"
+    )
     if not steps:
         return f"{head}\n    s = s {op} {piece}\n}}"
     if exclusive:

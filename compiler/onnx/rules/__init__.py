@@ -18,7 +18,17 @@ Patterns written as library calls (dense, conv2d, batchnorm, layernorm, gelu, si
 lstm, gru, rnn)
 absorb the nodes that follow them (an Add of the bias, an activation).
 """
+
 from dlc.compiler.onnx.rule_api.node import RULES  # noqa: F401  (complete once the families below have run)
-from dlc.compiler.onnx.rules import (constants, control, elementwise, indexing,  # noqa: F401
-                                     layers, normalization, recurrent, reductions, shapes)
+from dlc.compiler.onnx.rules import (
+    constants,
+    control,
+    elementwise,
+    indexing,
+    layers,
+    normalization,
+    recurrent,
+    reductions,
+    shapes,
+)
 from dlc.compiler.onnx.rules import formulas  # noqa: F401,E402  (after the families: it goes before their rules)

@@ -1,5 +1,6 @@
 """ONNX ops whose values are known when importing: Constant, ConstantOfShape, Range,
 EyeLike, and the Shape and Size of a tensor (symbolic dims stay Dims)."""
+
 from __future__ import annotations
 
 from math import prod
@@ -32,20 +33,27 @@ def _size(n: Node):
 def _constant_of_shape(n: Node):
     value = n.attr("value", np.zeros(1, np.float32))
     dims = n.static(0, "shape").tolist()
-    if any(isinstance(d, Dim) for d in dims) or not foldable(prod(dims)):      # too large: filled at run time
+    if any(isinstance(d, Dim) for d in dims) or not foldable(prod(dims)):  # too large: filled at run time
         dtype = dtype_of(value)
         fill = value.reshape(-1)[0]
-        if literal(fill, dtype) is None:        # -inf (a causal mask): a constant, broadcast
-            return Expr(f"broadcast_to({n.imp.constant(value.reshape(()), n.label + '_fill')}, {dims_args(dims)})",
-                        fill=fill, shape=dims)
+        if literal(fill, dtype) is None:  # -inf (a causal mask): a constant, broadcast
+            return Expr(
+                f"broadcast_to({n.imp.constant(value.reshape(()), n.label + '_fill')}, {dims_args(dims)})",
+                fill=fill,
+                shape=dims,
+            )
         return Expr(f"full({shape_tuple(dims)}, {literal(fill, dtype)}, \"{dtype}\")", fill=fill, shape=dims)
     return np.full(dims, value.reshape(-1)[0], value.dtype)
 
 
 @rule("Constant", attrs=("value", "value_float", "value_floats", "value_int", "value_ints"))
 def _constant(n: Node):
-    for name, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
-                        ("value_ints", np.int64)):
+    for name, dtype in (
+        ("value_float", np.float32),
+        ("value_floats", np.float32),
+        ("value_int", np.int64),
+        ("value_ints", np.int64),
+    ):
         if name in n.attrs:
             return np.array(n.attrs[name], dtype)
     if "value" not in n.attrs:

@@ -1,5 +1,6 @@
 """ONNX's control flow: Scan and Loop with a trip count as dlc's scan, If with a condition
 known when importing as the branch it takes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,17 @@ from dlc.compiler.onnx.rule_api.node import Multi, Node, rule
 from dlc.compiler.onnx.rule_api.values import DL_DTYPES, FLOAT, Value
 
 
-@rule("Scan", attrs=("body", "num_scan_inputs", "scan_input_axes", "scan_input_directions", "scan_output_axes",
-                     "scan_output_directions"))
+@rule(
+    "Scan",
+    attrs=(
+        "body",
+        "num_scan_inputs",
+        "scan_input_axes",
+        "scan_input_directions",
+        "scan_output_axes",
+        "scan_output_directions",
+    ),
+)
 def _scan(n: Node):
     """ONNX's Scan as dlc's scan: the states are the carries, each scan input a sequence
     sliced at step t along its axis, the body's nodes the scan's body, the scan outputs its
@@ -34,19 +44,23 @@ def _scan(n: Node):
     carries = [imp.names(v.name, "c") for v in body.input[:k]]
     for j, (name, v) in enumerate(zip(carries, body.input[:k])):
         imp.values[v.name] = Value(n.dtype(j), n.shape(j), expr=name)
-    sequences = [n.x(k + i) if n.x(k + i) in imp.bound or n.x(k + i) in imp.inputs.values()
-                 else n.let(n.x(k + i), n.proto.input[k + i]) for i in range(m)]       # a sequence is a name
+    sequences = [
+        n.x(k + i)
+        if n.x(k + i) in imp.bound or n.x(k + i) in imp.inputs.values()
+        else n.let(n.x(k + i), n.proto.input[k + i])
+        for i in range(m)
+    ]  # a sequence is a name
     imp.enter()
     for i, (v, a) in enumerate(zip(body.input[k:], in_axes)):
         shape = n.shape(k + i)
         slice_name = imp.bind(v.name, f"{sequences[i]}[{', '.join([':'] * a + ['t'])}]")
-        imp.values[v.name] = Value(n.dtype(k + i), shape[:a] + shape[a + 1:], expr=slice_name)
+        imp.values[v.name] = Value(n.dtype(k + i), shape[:a] + shape[a + 1 :], expr=slice_name)
     _body_constants(imp, body)
     imp.infer_body(body)
     imp.emit_nodes(body.node)
     finals = [imp.operand(o.name) for o in body.output[:k]]
     steps = [imp.operand(o.name) for o in body.output[k:]]
-    wanted = [j for j in range(k) if n.used(j)] if outs else []      # final states read beside the yields
+    wanted = [j for j in range(k) if n.used(j)] if outs else []  # final states read beside the yields
     lines = imp.leave() + [f"{c} = {f}" for c, f in zip(carries, finals) if c != f]
     if outs:
         lines.append(f"yield {', '.join(steps + [carries[j] for j in wanted])}")
@@ -69,15 +83,19 @@ def _body_constants(imp, body):
     """The initializers of a body (a float one is a weight)."""
     for t in body.initializer:
         dtype = DL_DTYPES.get(t.data_type)
-        imp.values[t.name] = Value(dtype, tuple(t.dims), const=imp.onnx.numpy_helper.to_array(t),
-                                   weight=dtype in FLOAT, onnx_type=t.data_type)
+        imp.values[t.name] = Value(
+            dtype, tuple(t.dims), const=imp.onnx.numpy_helper.to_array(t), weight=dtype in FLOAT, onnx_type=t.data_type
+        )
 
 
 def _scan_text(length, options: list, carries: list, lines: list) -> str:
     """`scan t in length (options) carry name = init, ... { lines }`."""
-    return (f"scan t in {length}{' (' + ', '.join(options) + ')' if options else ''} carry "
-            f"{', '.join(f'{c} = {init}' for c, init in carries)} {{\n    " + "\n    ".join(
-                line.replace("\n", "\n    ") for line in lines) + "\n}")
+    return (
+        f"scan t in {length}{' (' + ', '.join(options) + ')' if options else ''} carry "
+        f"{', '.join(f'{c} = {init}' for c, init in carries)} {{\n    "
+        + "\n    ".join(line.replace("\n", "\n    ") for line in lines)
+        + "\n}"
+    )
 
 
 @rule("Loop", attrs=("body",))
@@ -98,8 +116,7 @@ def _loop(n: Node):
         n.refuse("a Loop whose condition is false from the start", "input")
     cond_in, cond_out = body.input[1].name, body.output[0].name
     if cond_out != cond_in and not _always_true(n, body, cond_out, cond_in):
-        n.refuse("a Loop whose condition is computed in its body (dlc's scan runs a known number of steps)",
-                 "input")
+        n.refuse("a Loop whose condition is computed in its body (dlc's scan runs a known number of steps)", "input")
     k = len(n.proto.input) - 2
     outs = len(body.output) - 1 - k
     if k == 0:
@@ -116,19 +133,19 @@ def _loop(n: Node):
     _body_constants(imp, body)
     imp.infer_body(body)
     imp.emit_nodes(body.node)
-    finals = [imp.operand(o.name) for o in body.output[1:1 + k]]
-    steps = [imp.operand(o.name) for o in body.output[1 + k:]]
+    finals = [imp.operand(o.name) for o in body.output[1 : 1 + k]]
+    steps = [imp.operand(o.name) for o in body.output[1 + k :]]
     lines = imp.leave() + [f"{c} = {f}" for c, f in zip(carries, finals) if c != f]
     inits = [(c, n.x(2 + j)) for j, c in enumerate(carries)]
     if counter:
         lines.append(f"{counter} = {counter} + 1")
         inits.append((counter, 'cast(0, "i64")'))
-    wanted = [j for j in range(k) if n.used(j)] if outs else []      # final values read beside the yields
+    wanted = [j for j in range(k) if n.used(j)] if outs else []  # final values read beside the yields
     if outs:
         lines.append(f"yield {', '.join(steps + [carries[j] for j in wanted])}")
     text = _scan_text(length, ["axis = 0"] if outs else [], inits, lines)
     if not outs:
-        if counter:     # the scan returns the counter too: drop it
+        if counter:  # the scan returns the counter too: drop it
             names = [n.binding(j=j) for j in range(k)] + [imp.names(counter + "_last")]
             imp.assign(names, text)
             return [Value(n.dtype(2 + j), n.shape(2 + j), expr=names[j]) for j in range(k)]
@@ -158,8 +175,11 @@ def _if(n: Node):
     """The branch a condition known when importing takes: its nodes, inline."""
     cond = n.const(0)
     if cond is None:
-        n.refuse("an If whose condition is computed at run time (dlc imports the branch a condition known "
-                 "when importing takes)", "input")
+        n.refuse(
+            "an If whose condition is computed at run time (dlc imports the branch a condition known "
+            "when importing takes)",
+            "input",
+        )
     if cond.size != 1:
         n.refuse(f"an If whose condition has {cond.size} values")
     branch = n.attr("then_branch" if bool(cond.reshape(-1)[0]) else "else_branch")

@@ -1,6 +1,7 @@
 """The elementwise ONNX ops: one table of .dl templates (`ELEMENTWISE`), in the manner of
 tinygrad's code_for_op, and the rules of those a template does not say (Div, Mod, Round,
 Cast, Clip, the variadic Max, Min, Sum and Mean, ...)."""
+
 from __future__ import annotations
 
 from dlc.compiler.ir.primitives import PRIMITIVES
@@ -38,8 +39,11 @@ ELEMENTWISE = {
     "Relu": ("relu({0})", {}, FLOAT),
     "LeakyRelu": ("leaky_relu({0}, {alpha})", {"alpha": 0.01}, FLOAT),
     "Elu": ("elu({0}, {alpha})", {"alpha": 1.0}, FLOAT),
-    "Selu": ("{gamma} * elu({0}, {alpha})", {"alpha": 1.67326319217681884765625,
-                                              "gamma": 1.05070102214813232421875}, FLOAT),
+    "Selu": (
+        "{gamma} * elu({0}, {alpha})",
+        {"alpha": 1.67326319217681884765625, "gamma": 1.05070102214813232421875},
+        FLOAT,
+    ),
     "Celu": ("maximum({0}, 0.0) + minimum({alpha} * expm1({0} / {alpha}), 0.0)", {"alpha": 1.0}, FLOAT),
     "ThresholdedRelu": ("select({0} > {alpha}, {0}, 0.0)", {"alpha": 1.0}, FLOAT),
     "HardSigmoid": ("minimum(maximum({alpha} * {0} + {beta}, 0.0), 1.0)", {"alpha": 0.2, "beta": 0.5}, FLOAT),
@@ -49,8 +53,11 @@ ELEMENTWISE = {
     "Mish": ("{0} * tanh(softplus({0}))", {}, FLOAT),
     "Swish": ("swish({0}, {alpha})", {"alpha": 1.0}, FLOAT),
     "PRelu": ("select({0} > 0, {0}, {1} * {0})", {}, FLOAT),
-    "Shrink": ("select({0} < -{lambd}, {0} + {bias}, select({0} > {lambd}, {0} - {bias}, 0.0))",
-               {"lambd": 0.5, "bias": 0.0}, FLOAT),
+    "Shrink": (
+        "select({0} < -{lambd}, {0} + {bias}, select({0} > {lambd}, {0} - {bias}, 0.0))",
+        {"lambd": 0.5, "bias": 0.0},
+        FLOAT,
+    ),
     "IsNaN": ("{0} != {0}", {}, FLOAT),
 }
 
@@ -68,7 +75,7 @@ def _elementwise(n: Node):
     inputs = [i for i in range(len(n.proto.input)) if n.has(i)]
     if n.op == "Where":
         data = inputs[1:]
-    elif n.op in ("PRelu", "Pow"):     # a float base takes any exponent
+    elif n.op in ("PRelu", "Pow"):  # a float base takes any exponent
         data = inputs[:1]
     else:
         data = inputs
@@ -90,7 +97,7 @@ for _op, (_t, _defaults, _dtypes) in ELEMENTWISE.items():
 
 @rule("Div")
 def _div(n: Node):
-    if {n.dtype(0), n.dtype(1)} <= set(INT):      # ONNX truncates toward zero; // floors
+    if {n.dtype(0), n.dtype(1)} <= set(INT):  # ONNX truncates toward zero; // floors
         q = n.let(f"{n.x(0)} // {n.x(1)}", n.label + "_floor")
         return f"select({n.x(0)} % {n.x(1)} != 0 and ({n.x(0)} < 0) != ({n.x(1)} < 0), {q} + 1, {q})"
     return _elementwise(n)
@@ -107,9 +114,9 @@ def _pow(n: Node):
 @rule("Mod", attrs=("fmod",))
 def _mod(n: Node):
     a, b = n.x(0), n.x(1)
-    if n.attr("fmod", 0) == 0:      # the sign of b, as Python's %
+    if n.attr("fmod", 0) == 0:  # the sign of b, as Python's %
         return f"{a} % {b}"
-    r = n.let(f"{a} % {b}", n.label + "_floor")        # the sign of b; fmod takes the sign of a
+    r = n.let(f"{a} % {b}", n.label + "_floor")  # the sign of b; fmod takes the sign of a
     return f"select({r} != 0 and ({a} < 0) != ({b} < 0), {r} - {b}, {r})"
 
 
@@ -117,16 +124,17 @@ def _mod(n: Node):
 def _round(n: Node):
     n.require_float()
     x = n.x(0)
-    r = n.let(f"{x} + 0.5 - ({x} + 0.5) % 1.0", n.label + "_up")       # floor(x + 0.5)
-    return f"select({r} - {x} == 0.5 and {r} % 2.0 == 1.0, {r} - 1.0, {r})"     # ties to even
+    r = n.let(f"{x} + 0.5 - ({x} + 0.5) % 1.0", n.label + "_up")  # floor(x + 0.5)
+    return f"select({r} - {x} == 0.5 and {r} % 2.0 == 1.0, {r} - 1.0, {r})"  # ties to even
 
 
 @rule("IsInf", attrs=("detect_negative", "detect_positive"))
 def _isinf(n: Node):
     n.require_float()
     x, big = n.x(0), LARGEST[n.dtype(0)]
-    tests = ([f"{x} > {big}"] if n.attr("detect_positive", 1) else []) + \
-            ([f"{x} < -{big}"] if n.attr("detect_negative", 1) else [])
+    tests = ([f"{x} > {big}"] if n.attr("detect_positive", 1) else []) + (
+        [f"{x} < -{big}"] if n.attr("detect_negative", 1) else []
+    )
     return " or ".join(tests) if tests else f"{x} != {x} and {x} == {x}"
 
 
@@ -165,7 +173,7 @@ def _variadic(n: Node):
             return total
         n.require_float(*range(len(xs)))
         return f"({total}) / {len(xs)}" if len(xs) > 1 else xs[0]
-    template = ELEMENTWISE[n.op][0]        # maximum({0}, {1})
+    template = ELEMENTWISE[n.op][0]  # maximum({0}, {1})
     out = xs[0]
     for x in xs[1:]:
         out = template.format(out, x)

@@ -6,6 +6,7 @@ PyTorch's LayerNorm before opset 17. Each rule matches the formula around its no
 absorbs the nodes after it; where the formula does not match (None), the rule its family's module
 registered for the op writes the node as the op it is: this package imports this module
 after the families (rules/__init__.py)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,7 +52,7 @@ def _scaled(n: Node, name: str, scale: float):
         node = _producer(n, name, op)
         if node is None:
             continue
-        for k in ((0, 1) if op == "Mul" else (0,)):
+        for k in (0, 1) if op == "Mul" else (0,):
             if _is(n, node.input[1 - k], factor):
                 return node.input[k]
     return None
@@ -95,8 +96,11 @@ def _tanh(n: Node):
     total = _producer(n, inner, "Add") if inner is not None else None
     if total is not None:
         for x, cube in ((total.input[0], total.input[1]), (total.input[1], total.input[0])):
-            if _is_cube(n, _scaled(n, cube, 0.044715) or "", x) and n.imp.values[x].dtype in FLOAT \
-                    and _half_times(n, x):
+            if (
+                _is_cube(n, _scaled(n, cube, 0.044715) or "", x)
+                and n.imp.values[x].dtype in FLOAT
+                and _half_times(n, x)
+            ):
                 return f"gelu({n.imp.operand(x)})"
     return None
 
@@ -163,8 +167,18 @@ def _layernorm_nodes(n: Node):
         return None
     d = centre.results[0]
     readers = n.imp.consumers.get(d, [])
-    square = next((r for r in readers if r.op_type == "Pow" and r.input[0] == d and _is(n, r.input[1], 2.0)
-                   or r.op_type == "Mul" and list(r.input) == [d, d]), None)
+    square = next(
+        (
+            r
+            for r in readers
+            if r.op_type == "Pow"
+            and r.input[0] == d
+            and _is(n, r.input[1], 2.0)
+            or r.op_type == "Mul"
+            and list(r.input) == [d, d]
+        ),
+        None,
+    )
     if len(readers) != 2 or square is None or d in n.imp.graph_outputs:
         return None
     variance = n.absorb(("ReduceMean",), after=square.output[0])
@@ -180,8 +194,10 @@ def _layernorm_nodes(n: Node):
     shift = n.absorb(("Add",), after=scale.results[0]) if scale is not None else None
     if shift is None:
         return None
-    gamma, beta = (n.imp.values[_other(node, before)].const for node, before in
-                   ((scale, divide.results[0]), (shift, scale.results[0])))
+    gamma, beta = (
+        n.imp.values[_other(node, before)].const
+        for node, before in ((scale, divide.results[0]), (shift, scale.results[0]))
+    )
     if gamma is None or beta is None or gamma.shape != (width,) or beta.shape != (width,):
         return None
     return [centre, Node(n.imp, square), variance, shifted, root, divide, scale, shift], eps, gamma, beta
@@ -193,6 +209,11 @@ def _before_the_plain_rule(op: str, formula):
     RULES[op] = dataclasses.replace(plain, emit=lambda n: formula(n) or plain.emit(n))
 
 
-for op, formula in (("Erf", _erf), ("Tanh", _tanh), ("Sigmoid", _sigmoid), ("Clip", _relu6),
-                    ("ReduceMean", _layernorm)):
+for op, formula in (
+    ("Erf", _erf),
+    ("Tanh", _tanh),
+    ("Sigmoid", _sigmoid),
+    ("Clip", _relu6),
+    ("ReduceMean", _layernorm),
+):
     _before_the_plain_rule(op, formula)

@@ -1,5 +1,6 @@
 """ONNX ops that pick or place entries: Slice, Gather, GatherElements, GatherND,
 ScatterElements, ScatterND, OneHot and Trilu."""
+
 from __future__ import annotations
 
 from math import prod
@@ -18,7 +19,7 @@ def _from_end(bound, size):
     if isinstance(bound, int):
         return bound
     offset = bound - size
-    return bound if not isinstance(offset, int) else offset if offset < 0 else 2 ** 63 - 1
+    return bound if not isinstance(offset, int) else offset if offset < 0 else 2**63 - 1
 
 
 @rule("Slice", static=(1, 2, 3, 4), attrs=("starts", "ends", "axes"))
@@ -30,8 +31,8 @@ def _slice(n: Node):
     axes = n.setting("axes", 3, list(range(len(starts))))
     steps = n.setting("steps", 4, [1] * len(starts))
     subscripts = [":"] * len(shape)
-    backwards = []      # (axis, positions)
-    big = 2 ** 31       # a bound beyond any size: the end
+    backwards = []  # (axis, positions)
+    big = 2**31  # a bound beyond any size: the end
     for a, s, e, st in zip(axes, starts, ends, steps):
         a = n.axis(a, len(shape))
         d = shape[a]
@@ -49,9 +50,12 @@ def _slice(n: Node):
                 subscripts[a] = f"{s if s else ''}:{e if e != d else ''}" + (f":{st}" if st != 1 else "")
         elif st < 0:
             n.refuse("a backwards slice of a symbolic dim or to a symbolic bound", "shape")
-        else:       # a symbolic dim or bound: int bounds beyond the dim mean its end
-            if isinstance(s, int) and isinstance(e, int) and (
-                    s >= big or e <= -big or (s >= 0 and 0 <= e <= s) or (s < 0 and e < 0 and e <= s)):
+        else:  # a symbolic dim or bound: int bounds beyond the dim mean its end
+            if (
+                isinstance(s, int)
+                and isinstance(e, int)
+                and (s >= big or e <= -big or (s >= 0 and 0 <= e <= s) or (s < 0 and e < 0 and e <= s))
+            ):
                 n.refuse("an empty slice", "shape")
             start = "" if isinstance(s, int) and (s == 0 or s <= -big) else str(s)
             stop = "" if isinstance(e, int) and e >= big else str(e)
@@ -74,7 +78,7 @@ def _gather(n: Node):
     if idx is not None and not has_dims(idx):
         if isinstance(size, int):
             idx = np.where(idx < 0, idx + size, idx)
-        if idx.ndim == 0:       # one position: an index drops the axis (.dl counts a negative one from the end)
+        if idx.ndim == 0:  # one position: an index drops the axis (.dl counts a negative one from the end)
             return f"{n.x(0)}[{', '.join([':'] * axis + [str(int(idx))])}]"
         if (idx >= 0).all():
             index = n.imp.constant(idx.astype(np.int32), n.label + "_index")
@@ -120,11 +124,13 @@ def _scatter_elements(n: Node):
         n.refuse("indices whose shape differs from the data's off the axis", "shape")
     data, index, updates = n.x(0), n.x(1), n.x(2)
     if axis != rank - 1:
-        data, index, updates = (n.let(f"swapaxes({v}, {axis}, -1)", f"{n.label}_{what}")
-                                for v, what in ((data, "data"), (index, "index"), (updates, "updates")))
+        data, index, updates = (
+            n.let(f"swapaxes({v}, {axis}, -1)", f"{n.label}_{what}")
+            for v, what in ((data, "data"), (index, "index"), (updates, "updates"))
+        )
     index = n.let(f"select({index} < 0, {index} + {shape[axis]}, {index})", n.label + "_index")
     hot = n.let(matches(index, shape[axis]), n.label + "_hot")
-    rows = list(shape[:axis]) + list(shape[axis + 1:]) + [idx_shape[axis], shape[axis]]
+    rows = list(shape[:axis]) + list(shape[axis + 1 :]) + [idx_shape[axis], shape[axis]]
     out = _scattered(n, data, hot, f"expand_dims({updates}, -1)", len(rows) - 2, rows)
     return out if axis == rank - 1 else f"swapaxes({n.let(out, n.label + '_moved')}, {axis}, -1)"
 
@@ -136,7 +142,7 @@ def _positions(n: Node, index: str, sizes) -> str:
     static = all(isinstance(d, int) for d in sizes)
     ends = n.imp.constant(np.array(sizes, np.int64 if static else object), n.label + "_sizes")
     index = n.let(f"select({index} < 0, {index} + {ends}, {index})", n.label + "_index")
-    strides = [prod(sizes[j + 1:], start=1) for j in range(len(sizes))]
+    strides = [prod(sizes[j + 1 :], start=1) for j in range(len(sizes))]
     terms = [f"{index}[..., {j}]" + (f" * {s}" if s != 1 else "") for j, s in enumerate(strides)]
     return f"({' + '.join(terms)})" if len(terms) > 1 else terms[0]
 
@@ -156,15 +162,14 @@ def _gather_nd(n: Node):
     shape, idx_shape = n.shape(0), n.shape(1)
     b = n.attr("batch_dims", 0)
     k = _index_width(n, idx_shape)
-    batch, picked, rest = list(shape[:b]), list(shape[b:b + k]), list(shape[b + k:])
+    batch, picked, rest = list(shape[:b]), list(shape[b : b + k]), list(shape[b + k :])
     places = prod(picked, start=1)
     position = _positions(n, n.x(1), picked)
-    if b:       # each tuple picks among its own batch's rows: offset by the batch's first row
+    if b:  # each tuple picks among its own batch's rows: offset by the batch's first row
         first = f"cast(arange({prod(batch)}), \"i64\")" + (f" * {places}" if places != 1 else "")
         first = n.let(reshaped(first, batch + [1] * (len(idx_shape) - 1 - b)), n.label + "_first")
         position = f"{position} + {first}"
-    rows = n.x(0) if b + k == 1 else n.let(reshaped(n.x(0), [prod(batch, start=1) * places] + rest),
-                                             n.label + "_rows")
+    rows = n.x(0) if b + k == 1 else n.let(reshaped(n.x(0), [prod(batch, start=1) * places] + rest), n.label + "_rows")
     return f"gather({rows}, {n.let(position, n.label + '_position')})"
 
 
@@ -177,8 +182,7 @@ def _scatter_nd(n: Node):
     places, rest = prod(shape[:k], start=1), list(shape[k:])
     count = prod(idx_shape[:-1], start=1)
     position = n.let(reshaped(_positions(n, n.x(1), shape[:k]), [count]), n.label + "_position")
-    hot = n.let(reshaped(matches(position, places), [count, places] + [1] * len(rest)),
-                n.label + "_hot")
+    hot = n.let(reshaped(matches(position, places), [count, places] + [1] * len(rest)), n.label + "_hot")
     updates = reshaped(n.x(2), [count, 1] + rest)
     data = n.let(reshaped(n.x(0), [places] + rest), n.label + "_rows")
     out = _scattered(n, data, hot, updates, 0, [count, places] + rest)
@@ -214,8 +218,9 @@ def _trilu(n: Node):
     k = int(n.static(1, "k")) if n.has(1) else 0
     offset = f" + {k}" if k > 0 else (f" - {-k}" if k < 0 else "")
     op = "<=" if n.attr("upper", 1) else ">="
-    mask = n.let(f"reshape(arange({rows}), {rows}, 1){offset} {op} reshape(arange({cols}), 1, {cols})",
-                 n.label + "_mask")
+    mask = n.let(
+        f"reshape(arange({rows}), {rows}, 1){offset} {op} reshape(arange({cols}), 1, {cols})", n.label + "_mask"
+    )
     return f"select({mask}, {n.x(0)}, {'false' if n.dtype(0) == 'bool' else 0})"
 
 

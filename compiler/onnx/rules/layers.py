@@ -2,6 +2,7 @@
 ConvTranspose conv2d_transpose or conv1d_transpose, where their weights are constants
 (absorbing a following bias Add and activation), else the convolution and conv_transpose
 builtins (one call for any group count); the pools; Resize."""
+
 from __future__ import annotations
 
 from math import prod
@@ -109,8 +110,9 @@ def _padded(n: Node, x: str, before, after, value: str | None = None) -> str:
         return x
     lo = [0, 0] + list(before)
     hi = [0, 0] + list(after)
-    return n.let(f"pad({x}, {shape_tuple(lo)}, {shape_tuple(hi)}" + (f", {value})" if value else ")"),
-                 n.label + "_padded")
+    return n.let(
+        f"pad({x}, {shape_tuple(lo)}, {shape_tuple(hi)}" + (f", {value})" if value else ")"), n.label + "_padded"
+    )
 
 
 # a 1-D window's settings as a 2-D one's of height 1: what each is along that height
@@ -119,8 +121,9 @@ HEIGHT_1 = {"stride": 1, "padding": 0, "output_padding": 0, "dilation": 1}
 
 def _conv_settings(spatial: dict, group: int) -> str:
     """A layer's keyword arguments (stride, padding, ..., groups) that differ from their defaults."""
-    return "".join(kw(**{k: _pair(v) if set(v) != {HEIGHT_1[k]} else None}) for k, v in spatial.items()) + \
-        kw(groups=group if group != 1 else None)
+    return "".join(kw(**{k: _pair(v) if set(v) != {HEIGHT_1[k]} else None}) for k, v in spatial.items()) + kw(
+        groups=group if group != 1 else None
+    )
 
 
 def _conv_layer(n: Node, layer: str, x: str, w: np.ndarray, filters: int, kernel, settings: str) -> str:
@@ -135,8 +138,10 @@ def _conv_layer(n: Node, layer: str, x: str, w: np.ndarray, filters: int, kernel
     n.weight(f"{name}.W", w)
     if b is not None:
         n.weight(f"{name}.b", b.reshape(filters))
-    return (f"{layer}({x}, {filters}, {_pair(kernel)}{settings}{', act = ' + act if act else ''}"
-            f"{kw(bias='false' if b is None else None)})")
+    return (
+        f"{layer}({x}, {filters}, {_pair(kernel)}{settings}{', act = ' + act if act else ''}"
+        f"{kw(bias='false' if b is None else None)})"
+    )
 
 
 def _constant_weights(n: Node) -> np.ndarray | None:
@@ -187,8 +192,10 @@ def _conv(n: Node):
     return _builtin_2d(n, "convolution", x, n.x(1), shape, w_shape, spatial, group)
 
 
-@rule("ConvTranspose", attrs=("auto_pad", "dilations", "group", "kernel_shape", "output_padding",
-                              "output_shape", "pads", "strides"))
+@rule(
+    "ConvTranspose",
+    attrs=("auto_pad", "dilations", "group", "kernel_shape", "output_padding", "output_shape", "pads", "strides"),
+)
 def _conv_transpose(n: Node):
     """conv2d_transpose / conv1d_transpose for constant weights, the conv_transpose builtin
     otherwise; pads that differ before and after are a slice of the unpadded result."""
@@ -210,7 +217,7 @@ def _conv_transpose(n: Node):
     if "pads" in n.attrs or n.attr("auto_pad", "NOTSET") not in ("SAME_UPPER", "SAME_LOWER"):
         pads = list(n.attr("pads", [0] * 2 * k))
         want = n.attr("output_shape", [r + o - p - q for r, o, p, q in zip(reach, extra_out, pads[:k], pads[k:])])
-    else:       # SAME: the output is the input times the strides (or output_shape)
+    else:  # SAME: the output is the input times the strides (or output_shape)
         want = n.attr("output_shape", [size * s for size, s in zip(shape[2:], strides)])
         total = [r + o - w for r, o, w in zip(reach, extra_out, want)]
         upper = n.attr("auto_pad") == "SAME_UPPER"
@@ -218,15 +225,16 @@ def _conv_transpose(n: Node):
     # the output_padding: what the output adds after the windows' reach less the padding
     padding, extra = pads[:k], [w + 2 * p - r for w, p, r in zip(want, pads[:k], reach)]
     sliced = pads[:k] != pads[k:] or not all(0 <= e < s for e, s in zip(extra, strides))
-    if sliced:      # the unpadded result (with what output_shape adds after it), sliced
+    if sliced:  # the unpadded result (with what output_shape adds after it), sliced
         padding, extra = [0] * k, [max(b + w - r, 0) for b, w, r in zip(pads[:k], want, reach)]
         if any(e >= s for e, s in zip(extra, strides)):
             n.refuse(f"an output of {want} from windows that reach {reach} with pads {pads}", "shape")
     spatial = {"stride": strides, "padding": padding, "output_padding": extra, "dilation": dilations}
     w = _constant_weights(n)
     if w is not None:
-        out = _conv_layer(n, f"conv{rank - 2}d_transpose", n.x(0), w, w_shape[1] * group, kernel,
-                          _conv_settings(spatial, group))
+        out = _conv_layer(
+            n, f"conv{rank - 2}d_transpose", n.x(0), w, w_shape[1] * group, kernel, _conv_settings(spatial, group)
+        )
     else:
         out = _builtin_2d(n, "conv_transpose", n.x(0), n.x(1), shape, w_shape, spatial, group)
     if not sliced:
@@ -235,8 +243,22 @@ def _conv_transpose(n: Node):
     return f"{n.let(out, n.label + '_uncropped')}[:, :, {', '.join(bounds)}]"
 
 
-@rule("MaxPool", "AveragePool", "LpPool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations",
-                                                 "kernel_shape", "p", "pads", "storage_order", "strides"))
+@rule(
+    "MaxPool",
+    "AveragePool",
+    "LpPool",
+    attrs=(
+        "auto_pad",
+        "ceil_mode",
+        "count_include_pad",
+        "dilations",
+        "kernel_shape",
+        "p",
+        "pads",
+        "storage_order",
+        "strides",
+    ),
+)
 def _pool(n: Node):
     """max_pool / avg_pool; padding that is not the same on both sides, ceil_mode's windows at
     the end and count_include_pad = 0 are explicit pads and counts. Dilated and 3-D windows
@@ -250,35 +272,35 @@ def _pool(n: Node):
     extent = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
     strides, before, after = _window(n, shape[2:], extent)
     extra = [0] * len(kernel)
-    if n.attr("ceil_mode", 0):      # more windows at the end: pad for them (they never count)
+    if n.attr("ceil_mode", 0):  # more windows at the end: pad for them (they never count)
         for k, (size, e, s) in enumerate(zip(shape[2:], extent, strides)):
             if not isinstance(size, int):
                 n.refuse("ceil_mode on a symbolic size", "shape")
             outs = -(-(size + before[k] + after[k] - e) // s) + 1
-            if (outs - 1) * s >= size + before[k]:      # a last window only in the padding is dropped
+            if (outs - 1) * s >= size + before[k]:  # a last window only in the padding is dropped
                 outs -= 1
             extra[k] = max((outs - 1) * s + e - (size + before[k] + after[k]), 0)
     hi = [a + e for a, e in zip(after, extra)]
     if set(dilations) != {1} or len(kernel) > 2:
         return _pool_slices(n, shape, kernel, dilations, strides, before, after, extra)
     x = n.x(0)
-    if len(shape) == 3:     # as a 2-D window of height 1
+    if len(shape) == 3:  # as a 2-D window of height 1
         x = n.let(reshaped(x, [shape[0], shape[1], 1, shape[2]]), n.label + "_2d")
         kernel, strides = [1] + kernel, [1] + strides
         before, after, hi, extra = ([0] + v for v in (before, after, hi, extra))
-    window = _pair(kernel) + (f", {_pair(strides)}" if strides != kernel else "")      # the kernel's by default
+    window = _pair(kernel) + (f", {_pair(strides)}" if strides != kernel else "")  # the kernel's by default
     if n.op == "MaxPool":
         if before == hi:
             out = f"max_pool({x}, {window}{', padding = ' + _pair(before) if any(before) else ''})"
         else:
             out = f"max_pool({_padded(n, x, before, hi, '-' + LARGEST[n.dtype(0)])}, {window})"
-    elif n.op == "LpPool":      # (the sum of |x|^p over the window)^(1/p); padding adds nothing
+    elif n.op == "LpPool":  # (the sum of |x|^p over the window)^(1/p); padding adds nothing
         p = n.attr("p", 2)
         powers = n.let(f"abs({x}) ^ {p}", n.label + "_powers")
         out = f"(avg_pool({_padded(n, powers, before, hi)}, {window}) * {prod(kernel)}) ^ {flt(1 / p)}"
     elif before == hi and (n.attr("count_include_pad", 0) or not any(before)):
         out = f"avg_pool({x}, {window}{', padding = ' + _pair(before) if any(before) else ''})"
-    else:       # the mean over the window's counted elements: sum / count, both as avg_pool of padded tensors
+    else:  # the mean over the window's counted elements: sum / count, both as avg_pool of padded tensors
         total = f"avg_pool({_padded(n, x, before, hi)}, {window})"
         out = f"{total} / avg_pool({_counted(n, x, before, after, extra)}, {window})"
     if len(shape) == 3:
@@ -311,8 +333,10 @@ def _pool_slices(n: Node, shape, kernel, dilations, strides, before, after, extr
     def windows(t: str) -> str:
         terms = []
         for offset in np.ndindex(*kernel):
-            bounds = [f"{a * d}:{a * d + (o - 1) * s + 1}" + (f":{s}" if s != 1 else "")
-                      for a, d, o, s in zip(offset, dilations, outs, strides)]
+            bounds = [
+                f"{a * d}:{a * d + (o - 1) * s + 1}" + (f":{s}" if s != 1 else "")
+                for a, d, o, s in zip(offset, dilations, outs, strides)
+            ]
             terms.append(f"{t}[:, :, {', '.join(bounds)}]")
         return f"stack({', '.join(terms)}, axis = 0)"
 
@@ -362,9 +386,23 @@ def _as_upsample(n: Node, matrices: dict, shape) -> str | None:
     return None
 
 
-@rule("Resize", "Upsample", static=(1, 2, 3), attrs=(
-    "antialias", "axes", "coordinate_transformation_mode", "cubic_coeff_a", "exclude_outside", "extrapolation_value",
-    "keep_aspect_ratio_policy", "mode", "nearest_mode", "scales"))
+@rule(
+    "Resize",
+    "Upsample",
+    static=(1, 2, 3),
+    attrs=(
+        "antialias",
+        "axes",
+        "coordinate_transformation_mode",
+        "cubic_coeff_a",
+        "exclude_outside",
+        "extrapolation_value",
+        "keep_aspect_ratio_policy",
+        "mode",
+        "nearest_mode",
+        "scales",
+    ),
+)
 def _resize(n: Node):
     """A resize is linear and works axis by axis: each axis' matrix (which input entries make
     each output entry, with what weight) is measured at import by running ONNX's reference
@@ -387,7 +425,7 @@ def _resize(n: Node):
 
     offset = response(np.zeros(measured, dtype))
     total = response(np.ones(measured, dtype)) - offset
-    where = np.unravel_index(np.argmax(total), total.shape)        # an output entry that every axis reaches
+    where = np.unravel_index(np.argmax(total), total.shape)  # an output entry that every axis reaches
     matrices = {}
     for a, size in enumerate(measured):
         columns = []
@@ -396,7 +434,7 @@ def _resize(n: Node):
             unit[(slice(None),) * a + (j,)] = 1
             r = response(unit) - offset
             columns.append(r[tuple(slice(None) if k == a else p for k, p in enumerate(where))])
-        matrix = np.stack(columns, axis=1)      # [out, in]
+        matrix = np.stack(columns, axis=1)  # [out, in]
         if matrix.shape[0] == size and np.allclose(matrix, np.eye(size)):
             continue
         if not isinstance(shape[a], int):
@@ -408,14 +446,15 @@ def _resize(n: Node):
     out = n.x(0)
     for a, matrix in matrices.items():
         hint = f"{n.label}_axis{a}"
-        if np.all((matrix == 0) | (matrix == 1)) and np.all(matrix.sum(1) == 1):       # nearest: a gather
+        if np.all((matrix == 0) | (matrix == 1)) and np.all(matrix.sum(1) == 1):  # nearest: a gather
             index = n.imp.constant(matrix.argmax(1).astype(np.int32), hint)
             out = n.let(take(n, out, len(shape), a, index, 1), hint)
         else:
             weights = n.imp.constant(matrix.T.astype(dtype), hint)
             last = len(shape) - 1
-            out = n.let(f"{out} @ {weights}" if a == last else
-                        f"swapaxes(swapaxes({out}, {a}, -1) @ {weights}, {a}, -1)", hint)
+            out = n.let(
+                f"{out} @ {weights}" if a == last else f"swapaxes(swapaxes({out}, {a}, -1) @ {weights}, {a}, -1)", hint
+            )
     if np.any(offset):
         if not all(isinstance(d, int) for d in shape):
             n.refuse("a resize of a symbolic size with an extrapolation value", "shape")

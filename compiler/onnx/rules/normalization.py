@@ -1,6 +1,7 @@
 """The ONNX normalizations: BatchNormalization and LayerNormalization become batchnorm and
 layernorm where their scales are constants; RMS, instance, group, mean-variance, Lp and
 local response normalization are written out."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,9 +35,12 @@ def _batchnorm(n: Node):
         var = n.let(f"mean(({x} - {reshaped(mu, [-1] + [1] * (rank - 2))}) ^ 2, {axes})", n.label + "_var")
         scale, bias = _per_channel(n, 1, rank), _per_channel(n, 2, rank)
         m = flt(n.attr("momentum", 0.9))
-        return [f"({x} - {reshaped(mu, [-1] + [1] * (rank - 2))}) / sqrt({reshaped(var, [-1] + [1] * (rank - 2))}"
-                f" + {flt(eps)}) * {scale} + {bias}",
-                f"{n.x(3)} * {m} + {mu} * (1 - {m})", f"{n.x(4)} * {m} + {var} * (1 - {m})"]
+        return [
+            f"({x} - {reshaped(mu, [-1] + [1] * (rank - 2))}) / sqrt({reshaped(var, [-1] + [1] * (rank - 2))}"
+            f" + {flt(eps)}) * {scale} + {bias}",
+            f"{n.x(3)} * {m} + {mu} * (1 - {m})",
+            f"{n.x(4)} * {m} + {var} * (1 - {m})",
+        ]
     consts = [n.const(i) for i in range(1, 5)]
     if rank >= 2 and all(c is not None for c in consts):
         name = n.binding(weights_hint(n, 1))
@@ -58,8 +62,12 @@ def _layernorm(n: Node):
     eps = n.attr("epsilon", 1e-5)
     scale, bias = n.const(1), n.const(2)
     width = shape[-1]
-    if axis == rank - 1 and scale is not None and scale.shape == (width,) and (
-            not n.has(2) or (bias is not None and bias.shape == (width,))):
+    if (
+        axis == rank - 1
+        and scale is not None
+        and scale.shape == (width,)
+        and (not n.has(2) or (bias is not None and bias.shape == (width,)))
+    ):
         name = n.binding(weights_hint(n, 1))
         n.weight(f"{name}.gamma", scale)
         n.weight(f"{name}.beta", bias if bias is not None else np.zeros(width, scale.dtype))
@@ -90,8 +98,10 @@ def _instance_norm(n: Node):
     x = n.x(0)
     mu = n.let(f"mean({x}, {axes}, keepdims = true)", n.label + "_mean")
     var = n.let(f"mean(({x} - {mu}) ^ 2, {axes}, keepdims = true)", n.label + "_var")
-    return (f"({x} - {mu}) / sqrt({var} + {flt(n.attr('epsilon', 1e-5))}) * {_per_channel(n, 1, rank)}"
-            f" + {_per_channel(n, 2, rank)}")
+    return (
+        f"({x} - {mu}) / sqrt({var} + {flt(n.attr('epsilon', 1e-5))}) * {_per_channel(n, 1, rank)}"
+        f" + {_per_channel(n, 2, rank)}"
+    )
 
 
 @rule("GroupNormalization", attrs=("epsilon", "num_groups", "stash_type"))
@@ -105,9 +115,10 @@ def _group_norm(n: Node):
     mu = n.let(f"mean({g}, 2, keepdims = true)", n.label + "_mean")
     var = n.let(f"mean(({g} - {mu}) ^ 2, 2, keepdims = true)", n.label + "_var")
     normal = n.let(f"({g} - {mu}) / sqrt({var} + {flt(n.attr('epsilon', 1e-5))})", n.label + "_normal")
-    if n.shape(1)[0] == groups and groups != shape[1]:      # opset 18: a scale and bias per group
-        normal = n.let(f"{normal} * {reshaped(n.x(1), [groups, 1])} + {reshaped(n.x(2), [groups, 1])}",
-                       n.label + "_scaled")
+    if n.shape(1)[0] == groups and groups != shape[1]:  # opset 18: a scale and bias per group
+        normal = n.let(
+            f"{normal} * {reshaped(n.x(1), [groups, 1])} + {reshaped(n.x(2), [groups, 1])}", n.label + "_scaled"
+        )
         return reshaped(normal, shape)
     back = n.let(reshaped(normal, shape), n.label + "_normal")
     return f"{back} * {_per_channel(n, 1, rank)} + {_per_channel(n, 2, rank)}"
@@ -132,9 +143,11 @@ def _lp_norm(n: Node):
     p = n.attr("p", 2)
     if p not in (1, 2):
         n.refuse(f"p = {p}")
-    norm = n.let(f"sum(abs({x}), {axis}, keepdims = true)" if p == 1 else
-                 f"sqrt(sum({x} ^ 2, {axis}, keepdims = true))", n.label + "_norm")
-    return f"{x} / select({norm} == 0, 1.0, {norm})"      # 0 where the norm is 0
+    norm = n.let(
+        f"sum(abs({x}), {axis}, keepdims = true)" if p == 1 else f"sqrt(sum({x} ^ 2, {axis}, keepdims = true))",
+        n.label + "_norm",
+    )
+    return f"{x} / select({norm} == 0, 1.0, {norm})"  # 0 where the norm is 0
 
 
 @rule("LRN", attrs=("alpha", "beta", "bias", "size"))
@@ -151,5 +164,7 @@ def _lrn(n: Node):
     sq = n.let(f"pad({x} ^ 2, {shape_tuple(before)}, {shape_tuple(after)})", n.label + "_squares")
     window = " + ".join(slice_text(sq, 1, k, k + channels) for k in range(size))
     total = n.let(window, n.label + "_sums")
-    return (f"{x} / ({flt(n.attr('bias', 1.0))} + {flt(n.attr('alpha', 1e-4) / size)} * {total})"
-            f" ^ {flt(n.attr('beta', 0.75))}")
+    return (
+        f"{x} / ({flt(n.attr('bias', 1.0))} + {flt(n.attr('alpha', 1e-4) / size)} * {total})"
+        f" ^ {flt(n.attr('beta', 0.75))}"
+    )

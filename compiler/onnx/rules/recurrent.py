@@ -1,4 +1,5 @@
 """ONNX's recurrent ops LSTM, GRU and RNN as dlc's lstm, gru and rnn layers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,9 +14,23 @@ GATES = {"LSTM": [0, 2, 3, 1], "GRU": [1, 0, 2], "RNN": [0]}
 LAYERS = {"LSTM": "lstm", "GRU": "gru", "RNN": "rnn"}
 
 
-@rule("LSTM", "GRU", "RNN", static=(1, 2, 3, 4, 7), attrs=(
-    "activation_alpha", "activation_beta", "activations", "clip", "direction", "hidden_size", "input_forget",
-    "layout", "linear_before_reset"))
+@rule(
+    "LSTM",
+    "GRU",
+    "RNN",
+    static=(1, 2, 3, 4, 7),
+    attrs=(
+        "activation_alpha",
+        "activation_beta",
+        "activations",
+        "clip",
+        "direction",
+        "hidden_size",
+        "input_forget",
+        "layout",
+        "linear_before_reset",
+    ),
+)
 def _recurrent(n: Node):
     """ONNX's recurrent ops as dlc's layers: X is time-major (layout 0) or batch-first; W, R
     and B hold each direction's gate blocks, which become the layer's Wx, Wh, bx, bh."""
@@ -28,8 +43,12 @@ def _recurrent(n: Node):
         n.refuse("clip")
     if n.attr("input_forget", 0):
         n.refuse("input_forget = 1")
-    if op != "RNN" and acts != default * directions or op == "RNN" and (
-            len(set(acts)) != 1 or acts[0] not in ACTIVATIONS):
+    if (
+        op != "RNN"
+        and acts != default * directions
+        or op == "RNN"
+        and (len(set(acts)) != 1 or acts[0] not in ACTIVATIONS)
+    ):
         n.refuse(f"the activations {acts}")
     if n.has(4):
         lens = n.static(4, "sequence_lens")
@@ -58,10 +77,10 @@ def _recurrent(n: Node):
         order = np.concatenate([np.arange(units) + g * units for g in GATES[op]])
         n.weight(f"{name}.Wx", w[d][order].T)
         n.weight(f"{name}.Wh", r[d][order].T)
-        n.weight(f"{name}.bx", bias[d][:len(order)][order])
-        n.weight(f"{name}.bh", bias[d][len(order):][order])
+        n.weight(f"{name}.bx", bias[d][: len(order)][order])
+        n.weight(f"{name}.bh", bias[d][len(order) :][order])
         state = ""
-        if states and not all(_zeros(n, i) for i in states):       # zeros are the layers' own start
+        if states and not all(_zeros(n, i) for i in states):  # zeros are the layers' own start
             picked = [f"{n.x(i)}[:, {d}]" if batch_first else f"{n.x(i)}[{d}]" for i in states]
             state = f", state = ({', '.join(picked)}{',' if len(picked) == 1 else ''})"
         act = f", act = {ACTIVATIONS[acts[d]]}" if op == "RNN" and acts[d] != "Tanh" else ""
@@ -69,7 +88,7 @@ def _recurrent(n: Node):
             act = ", reset_after = false"
         call = f"{LAYERS[op]}({x}, {units}{act}{', reverse = true' if reverse else ''}{state}"
         if n.used(1) or n.used(2):
-            finals = [n.imp.names(f"{name}_{s}") for s in ("h", "c")[:2 if op == "LSTM" else 1]]
+            finals = [n.imp.names(f"{name}_{s}") for s in ("h", "c")[: 2 if op == "LSTM" else 1]]
             n.imp.assign([name] + finals, f"{call}, return_state = true)")
         else:
             n.imp.assign([name], f"{call})")
@@ -80,16 +99,16 @@ def _recurrent(n: Node):
     outputs = [None] * len(n.results)
     squeeze = n.absorb(("Squeeze",)) if directions == 1 and n.used(0) else None
     if squeeze is not None and list(squeeze.setting("axes", 1, [])) in ([1], [-3]) and not batch_first:
-        n.take(squeeze)         # Y without its direction axis: [T, B, U], the layer's steps transposed
+        n.take(squeeze)  # Y without its direction axis: [T, B, U], the layer's steps transposed
         back = n.absorb(("Transpose",))
         if back is not None and list(back.attr("perm", [])) == [1, 0, 2]:
-            n.take(back)        # and batch-first again: the layer's own result
+            n.take(back)  # and batch-first again: the layer's own result
             outputs[0] = Value(n.out_dtype(), None, expr=runs[0][0])
         else:
             outputs[0] = Expr(f"transpose({runs[0][0]}, 1, 0, 2)")
     elif n.used(0):
         outputs[0] = ys if batch_first else f"transpose({n.let(ys, n.label + '_steps')}, 2, 1, 0, 3)"
-    for j in (1, 2)[:len(n.results) - 1]:
+    for j in (1, 2)[: len(n.results) - 1]:
         if n.used(j):
             outputs[j] = f"stack({', '.join(f[j - 1] for _, f in runs)}, axis = {1 if batch_first else 0})"
     return outputs

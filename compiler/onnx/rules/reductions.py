@@ -1,5 +1,6 @@
 """ONNX ops that reduce along axes: the Reduce ops, ArgMax and ArgMin, Softmax, LogSoftmax
 and Hardmax, TopK, the running CumSum and CumProd (scans), and Einsum (a sum of products)."""
+
 from __future__ import annotations
 
 from math import prod
@@ -35,7 +36,7 @@ def _reduce_prod(n: Node):
         return n.value(0)
     axes = sorted({n.axis(a, len(shape)) for a in axes or range(len(shape))}, reverse=True)
     out = None
-    for a in axes:      # the last axis first, so the others keep their places
+    for a in axes:  # the last axis first, so the others keep their places
         out = n.let(scan_along(n, shape, a, "*", steps=False, x=out), n.label + "_product")
         del shape[a]
     kept = [1 if k in axes else d for k, d in enumerate(n.shape(0))]
@@ -55,9 +56,10 @@ def _reduce(n: Node):
         axes = list(range(rank))
     axes = sorted({n.axis(a, rank) for a in axes})
     keep = ", keepdims = true" if n.attr("keepdims", 1) else ""
-    text = REDUCTIONS[n.op].format(x=n.x(0), axes=f", {axes_text(axes)}{keep}",
-                                   all_kept=f", {axes_text(axes)}, keepdims = true")
-    if dtype in INT and n.op == "ReduceMin":        # min negates, which computes in f32
+    text = REDUCTIONS[n.op].format(
+        x=n.x(0), axes=f", {axes_text(axes)}{keep}", all_kept=f", {axes_text(axes)}, keepdims = true"
+    )
+    if dtype in INT and n.op == "ReduceMin":  # min negates, which computes in f32
         text = f"cast({text}, \"{dtype}\")"
     return text
 
@@ -69,7 +71,7 @@ def _argmax(n: Node):
     axis = n.axis(n.attr("axis", 0), rank)
     x = n.x(0)
     keep = ", keepdims = true" if n.attr("keepdims", 1) else ""
-    if n.attr("select_last_index", 0):      # the largest position holding the extremum
+    if n.attr("select_last_index", 0):  # the largest position holding the extremum
         best = n.let(f"{'max' if n.op == 'ArgMax' else 'min'}({x}, {axis}, keepdims = true)", n.label + "_best")
         places = reshaped(f"arange({shape[axis]})", [d if k == axis else 1 for k, d in enumerate(shape)])
         return f"cast(max(select({x} == {best}, {places}, -1), {axis}{keep}), \"i64\")"
@@ -85,7 +87,7 @@ def _softmax(n: Node):
     shape = n.shape(0)
     rank = len(shape)
     x = n.x(0)
-    if n.version < 13:      # the input seen as a matrix: axes before `axis` are rows
+    if n.version < 13:  # the input seen as a matrix: axes before `axis` are rows
         axis = n.axis(n.attr("axis", 1), rank)
         if axis != rank - 1:
             flat = n.let(reshaped(x, [prod(shape[:axis], start=1), prod(shape[axis:], start=1)]), n.label + "_rows")
@@ -114,8 +116,15 @@ def _cumulative(n: Node):
     axis = n.axis(int(n.static(1, "axis")), len(shape))
     if n.op == "CumSum" and not isinstance(shape[axis], int):
         return _running_sum(n, shape, axis)
-    return scan_along(n, shape, axis, "+" if n.op == "CumSum" else "*", steps=True,
-                       exclusive=n.attr("exclusive", 0), reverse=n.attr("reverse", 0))
+    return scan_along(
+        n,
+        shape,
+        axis,
+        "+" if n.op == "CumSum" else "*",
+        steps=True,
+        exclusive=n.attr("exclusive", 0),
+        reverse=n.attr("reverse", 0),
+    )
 
 
 def _running_sum(n: Node, shape, axis: int) -> str:
@@ -125,8 +134,9 @@ def _running_sum(n: Node, shape, axis: int) -> str:
     size, rank = shape[axis], len(shape)
     x = n.x(0) if axis == rank - 1 else n.let(f"swapaxes({n.x(0)}, {axis}, -1)", n.label + "_moved")
     order = {(0, 0): "<=", (1, 0): "<", (0, 1): ">=", (1, 1): ">"}[n.attr("exclusive", 0), n.attr("reverse", 0)]
-    before = n.let(f"reshape(arange({size}), 1, {size}) {order} reshape(arange({size}), {size}, 1)",
-                   n.label + "_before")
+    before = n.let(
+        f"reshape(arange({size}), 1, {size}) {order} reshape(arange({size}), {size}, 1)", n.label + "_before"
+    )
     out = f"sum(select({before}, expand_dims({x}, -2), 0), -1)"
     return out if axis == rank - 1 else f"swapaxes({n.let(out, n.label + '_sums')}, {axis}, -1)"
 
@@ -147,7 +157,7 @@ def _top_k(n: Node):
     x = n.x(0) if axis == rank - 1 else n.let(f"swapaxes({n.x(0)}, {axis}, -1)", n.label + "_moved")
     if not n.attr("largest", 1):
         x = n.let(f"-{x}" if dtype in FLOAT else f"0 - {x}", n.label + "_negated")
-    out = "-" + LARGEST[dtype] if dtype in FLOAT else str(-2 ** (31 if dtype == "i32" else 63) + 1)
+    out = "-" + LARGEST[dtype] if dtype in FLOAT else str(-(2 ** (31 if dtype == "i32" else 63)) + 1)
     values, indices = [], []
     for i in range(k):
         indices.append(n.let(f"argmax({x}, -1)", f"{n.label}_index{i}"))
@@ -156,8 +166,11 @@ def _top_k(n: Node):
             x = n.let(f"select(one_hot({indices[-1]}, {shape[axis]}, \"bool\"), {out}, {x})", f"{n.label}_rest{i}")
     stacked_values = f"stack({', '.join(values)}, axis = -1)"
     if not n.attr("largest", 1):
-        stacked_values = f"-{n.let(stacked_values, n.label + '_largest')}" if dtype in FLOAT else \
-            f"0 - {n.let(stacked_values, n.label + '_largest')}"
+        stacked_values = (
+            f"-{n.let(stacked_values, n.label + '_largest')}"
+            if dtype in FLOAT
+            else f"0 - {n.let(stacked_values, n.label + '_largest')}"
+        )
     stacked_indices = f"cast(stack({', '.join(indices)}, axis = -1), \"i64\")"
     if axis == rank - 1:
         return [stacked_values, stacked_indices]
@@ -181,29 +194,31 @@ def _einsum(n: Node):
     operands, sizes, broadcast = [], {}, False
     for i, term in zip(xs, terms):
         shape = n.shape(i)
-        if "..." in term:       # the same letters for every operand's ellipsis, aligned on the right
+        if "..." in term:  # the same letters for every operand's ellipsis, aligned on the right
             width = len(shape) - (len(term) - 3)
             while len(ellipsis) < width:
                 ellipsis = next(spare) + ellipsis
-            term = term.replace("...", ellipsis[len(ellipsis) - width:])
+            term = term.replace("...", ellipsis[len(ellipsis) - width :])
         letters, x = list(term), n.x(i)
         for pos, letter in enumerate(letters):
             broadcast |= sizes.setdefault(letter, shape[pos]) != shape[pos]
-        while len(set(letters)) < len(letters):     # a repeated letter: the diagonal of its two axes
+        while len(set(letters)) < len(letters):  # a repeated letter: the diagonal of its two axes
             p = letters.index(next(c for c in letters if letters.count(c) > 1))
             q = letters.index(letters[p], p + 1)
             size = sizes[letters[p]]
-            eye = reshaped(f"select(reshape(arange({size}), {size}, 1) == reshape(arange({size}), 1, {size}), 1, 0)",
-                           [size if a in (p, q) else 1 for a in range(len(letters))])
+            eye = reshaped(
+                f"select(reshape(arange({size}), {size}, 1) == reshape(arange({size}), 1, {size}), 1, 0)",
+                [size if a in (p, q) else 1 for a in range(len(letters))],
+            )
             x = n.let(f"sum({x} * {eye}, {q})", n.label + "_diagonal")
             del letters[q]
         operands.append((x, letters))
-    if "->" not in equation:        # implicit output: the letters seen once, in order
+    if "->" not in equation:  # implicit output: the letters seen once, in order
         seen = "".join(letters for _, letters in operands for letters in letters)
         output = "..." if ellipsis else ""
         output += "".join(sorted(c for c in set(seen) if seen.count(c) == 1 and c not in ellipsis))
     output = list(output.replace("...", ellipsis))
-    if len(operands) > 1 and not broadcast and all(n.dtype(i) == "f32" for i in xs):     # native @ is f32
+    if len(operands) > 1 and not broadcast and all(n.dtype(i) == "f32" for i in xs):  # native @ is f32
         return _contract(n, operands, output, sizes)
     order = output + sorted({c for _, letters in operands for c in letters} - set(output))
     parts = []
@@ -225,7 +240,7 @@ def _contract(n: Node, operands: list, output: list, sizes: dict) -> str:
     has and nothing needs is summed first), and the others are its rows and columns."""
     (x, letters), rest = operands[0], operands[1:]
     for k, (y, other) in enumerate(rest):
-        needed = set(output).union(*(later for _, later in rest[k + 1:]))
+        needed = set(output).union(*(later for _, later in rest[k + 1 :]))
         x, letters = _summed_alone(n, x, letters, needed | set(other))
         y, other = _summed_alone(n, y, other, needed | set(letters))
         batch = [c for c in letters if c in other and c in needed]
@@ -236,7 +251,7 @@ def _contract(n: Node, operands: list, output: list, sizes: dict) -> str:
         y, _ = _arranged(n, y, other, batch + shared + cols, sizes, [*([c] for c in batch), shared, cols])
         product = f"{x} @ {y}"
         letters = batch + rows + cols
-        if len(rows) != 1 or len(cols) != 1:        # the rows' and the columns' letters apart again
+        if len(rows) != 1 or len(cols) != 1:  # the rows' and the columns' letters apart again
             product = reshaped(n.let(product, n.label + "_product"), [sizes[c] for c in letters])
         if k == len(rest) - 1 and letters == output:
             return product

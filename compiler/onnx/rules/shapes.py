@@ -1,6 +1,7 @@
 """ONNX ops that rearrange a tensor: Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat,
 Split, Expand, Tile, Pad, DepthToSpace and SpaceToDepth; and the .dl text of reshapes,
 transposes and slices the other families write too."""
+
 from __future__ import annotations
 
 from math import prod
@@ -26,7 +27,7 @@ def _reshape(n: Node):
             n.refuse("a reshape to an empty shape (allowzero)", "shape")
         else:
             dims.append(d)
-    if -1 in dims:      # the rest of the elements
+    if -1 in dims:  # the rest of the elements
         rest = exact_div(prod(shape, start=1), prod((d for d in dims if d != -1), start=1))
         if rest is None:
             n.refuse(f"a reshape of {list(shape)} to {dims}", "shape")
@@ -73,7 +74,7 @@ def _transpose(n: Node):
 @rule("Concat", attrs=("axis",))
 def _concat(n: Node):
     parts = [i for i in range(len(n.proto.input)) if n.has(i) and not (n.const(i) is not None and n.const(i).size == 0)]
-    xs = [n.x(i) for i in parts]        # empty parts add nothing
+    xs = [n.x(i) for i in parts]  # empty parts add nothing
     if len(xs) == 1:
         return n.value(parts[0])
     shapes = [n.value(i).shape for i in parts]
@@ -93,7 +94,7 @@ def _split(n: Node):
     sizes = n.setting("split", 1)
     size = shape[axis]
     if sizes is None:
-        if isinstance(size, int) and size % parts:      # num_outputs: the last part is smaller
+        if isinstance(size, int) and size % parts:  # num_outputs: the last part is smaller
             piece = -(-size // parts)
             sizes = [piece] * (parts - 1) + [size - piece * (parts - 1)]
         else:
@@ -102,11 +103,15 @@ def _split(n: Node):
         return Multi(f"split({n.x(0)}, {parts}, axis = {axis})")
     out, start = [], 0
     for s in sizes:
-        if s == 0:      # an empty part: known now, and read only by what ignores it (a Concat)
+        if s == 0:  # an empty part: known now, and read only by what ignores it (a Concat)
             out.append(np.zeros(tuple(0 if k == axis else d for k, d in enumerate(shape)), DTYPES[n.dtype(0)]))
         else:
-            out.append(Expr(slice_text(n.x(0), axis, start, start + s),
-                            shape=[s if k == axis else d for k, d in enumerate(shape)]))
+            out.append(
+                Expr(
+                    slice_text(n.x(0), axis, start, start + s),
+                    shape=[s if k == axis else d for k, d in enumerate(shape)],
+                )
+            )
         start += s
     return out
 
@@ -151,8 +156,7 @@ def _pad(n: Node):
     if not any(before + after):
         return n.value(0)
     fill = literal(value, n.dtype(0))
-    return f"pad({n.x(0)}, {shape_tuple(before)}, {shape_tuple(after)}" + (
-        f", {fill})" if value != 0 else ")")
+    return f"pad({n.x(0)}, {shape_tuple(before)}, {shape_tuple(after)}" + (f", {fill})" if value != 0 else ")")
 
 
 @rule("DepthToSpace", "SpaceToDepth", attrs=("blocksize", "mode"))

@@ -1,4 +1,5 @@
 """`dlc bench`: time the native train step (a model without a loss: its prediction) and every kernel in it."""
+
 from __future__ import annotations
 
 from dlc.compiler.frontend.loader import load
@@ -11,13 +12,22 @@ HELP = 'time the native train step (a model without a loss: its prediction) and 
 
 def arguments(p):
     model_arguments(p)
-    p.add_argument("--batch", type=positive, default=32, metavar="N",
-                   help="batch size: B and every input's leading dim (default 32)")
+    p.add_argument(
+        "--batch",
+        type=positive,
+        default=32,
+        metavar="N",
+        help="batch size: B and every input's leading dim (default 32)",
+    )
     p.add_argument("--dim", action="append", metavar="NAME=SIZE", help="size of another symbolic dim (default 32)")
     p.add_argument("--steps", type=positive, default=20, metavar="N", help="timed steps (default 20)")
     p.add_argument("--top", type=positive, default=25, metavar="N", help="kernels shown, slowest first (default 25)")
-    p.add_argument("--precision", choices=("f32", "bf16"), default="f32",
-                   help="of the operands of matmuls and convolutions, as in dlc train (default f32)")
+    p.add_argument(
+        "--precision",
+        choices=("f32", "bf16"),
+        default="f32",
+        help="of the operands of matmuls and convolutions, as in dlc train (default f32)",
+    )
     thread_arguments(p)
 
 

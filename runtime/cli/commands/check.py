@@ -1,4 +1,5 @@
 """`dlc check`: parse and shape-check a model; print its signature (its warnings on stderr)."""
+
 from __future__ import annotations
 
 import sys
@@ -20,6 +21,6 @@ def run(args):
     for warning in program.warnings:
         print(warning.render("warning"), file=sys.stderr)
     train = program.check(args.model)
-    make_config(program, train.name, {}, require_data=False, model=train)     # every setting, without loading data
+    make_config(program, train.name, {}, require_data=False, model=train)  # every setting, without loading data
     print(f"{args.file}: ok")
     print(summaries.signature(train))

@@ -1,4 +1,5 @@
 """`dlc compile`: show a stage of compilation."""
+
 from __future__ import annotations
 
 import sys
@@ -22,26 +23,48 @@ HELP = 'show a stage of compilation'
 def arguments(p):
     model_arguments(p)
     stage = p.add_mutually_exclusive_group(required=True)
-    stage.add_argument("--emit", choices=["ast", "graph", "grad", "fused", "kernels", "llvm", "asm"],
-                       help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph; fused: "
-                            "the fusion's groups, the graph operations each kernel computes, with their source lines; "
-                            "kernels: the fused loop kernels of the train step, each with its source line; llvm: "
-                            "their optimized LLVM IR; asm: the host assembly")
-    stage.add_argument("--explain-fusion", action="store_true",
-                       help="at every kernel boundary of the train step (the forward graph without a loss), why the "
-                            "producer is not computed in its reader's kernel, with both source lines")
+    stage.add_argument(
+        "--emit",
+        choices=["ast", "graph", "grad", "fused", "kernels", "llvm", "asm"],
+        help="ast: the syntax tree; graph: the forward graph; grad: the train-step graph; fused: "
+        "the fusion's groups, the graph operations each kernel computes, with their source lines; "
+        "kernels: the fused loop kernels of the train step, each with its source line; llvm: "
+        "their optimized LLVM IR; asm: the host assembly",
+    )
+    stage.add_argument(
+        "--explain-fusion",
+        action="store_true",
+        help="at every kernel boundary of the train step (the forward graph without a loss), why the "
+        "producer is not computed in its reader's kernel, with both source lines",
+    )
     p.add_argument("--format", choices=["text", "dot", "json"], default="text", help="for graph and grad")
-    p.add_argument("--precision", choices=PRECISIONS, default="f32",
-                   help="kernels, llvm and asm: of the operands of matmuls and convolutions, as in dlc train (default f32; "
-                        "bf16 flags the GEMMs that round them)")
-    p.add_argument("-O", "--optimize", action="store_true",
-                   help="graph and grad: run the graph passes (" + ", ".join(graph_passes.PIPELINE) + ") first; the native "
-                        "stages always run them")
-    p.add_argument("--passes", type=pass_list, metavar="NAMES",
-                   help="run these passes, comma-separated, instead of the default pipeline (implies -O)")
-    p.add_argument("--dump-after", choices=[*graph_passes.PASSES, "all"], metavar="PASS",
-                   help="print the graph to stderr after PASS (" + ", ".join(graph_passes.PASSES) + " or all), in the "
-                        "first round and whenever it changes the graph (implies -O)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="f32",
+        help="kernels, llvm and asm: of the operands of matmuls and convolutions, as in dlc train (default f32; "
+        "bf16 flags the GEMMs that round them)",
+    )
+    p.add_argument(
+        "-O",
+        "--optimize",
+        action="store_true",
+        help="graph and grad: run the graph passes (" + ", ".join(graph_passes.PIPELINE) + ") first; the native "
+        "stages always run them",
+    )
+    p.add_argument(
+        "--passes",
+        type=pass_list,
+        metavar="NAMES",
+        help="run these passes, comma-separated, instead of the default pipeline (implies -O)",
+    )
+    p.add_argument(
+        "--dump-after",
+        choices=[*graph_passes.PASSES, "all"],
+        metavar="PASS",
+        help="print the graph to stderr after PASS (" + ", ".join(graph_passes.PASSES) + " or all), in the "
+        "first round and whenever it changes the graph (implies -O)",
+    )
     p.add_argument("-o", "--output", metavar="PATH", help="write to PATH instead of stdout")
 
 
@@ -59,7 +82,7 @@ def run(args):
         write(syntax.dump(load(args.file).module), args.output)
     elif args.emit in ("graph", "grad"):
         write(render_graph(optimized(args, graph_for(args, args.emit == "grad"), False), args.format), args.output)
-    else:       # the native stages, of the train step (or the forward graph without a loss)
+    else:  # the native stages, of the train step (or the forward graph without a loss)
         model = build(args)
         graph = optimized(args, native_graph(model), True)
         if args.emit == "fused" or args.explain_fusion:

@@ -1,13 +1,16 @@
 """`dlc completion bash|zsh`: dlc's completion script, made by shtab from dlc's parser."""
+
 from __future__ import annotations
 
 from dlc.compiler.errors import optional_package
 from dlc.runtime import cli
 
 HELP = "print the shell completion script of dlc for bash or zsh (needs shtab)"
-DESCRIPTION = ('bash: eval "$(dlc completion bash)" in ~/.bashrc; zsh: dlc completion zsh > "${fpath[1]}/_dlc". '
-               'The script needs the shtab package: pip install "dlc[completion]".')
-FILE_METAVARS = ("PATH", "CKPT", "OUT", "OUT.dl")     # what a flag of these takes is a file, DIR a folder
+DESCRIPTION = (
+    'bash: eval "$(dlc completion bash)" in ~/.bashrc; zsh: dlc completion zsh > "${fpath[1]}/_dlc". '
+    'The script needs the shtab package: pip install "dlc[completion]".'
+)
+FILE_METAVARS = ("PATH", "CKPT", "OUT", "OUT.dl")  # what a flag of these takes is a file, DIR a folder
 
 
 def arguments(p):

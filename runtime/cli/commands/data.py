@@ -1,5 +1,6 @@
 """`dlc data fetch|list|bench`: the public data sets dlc downloads, checks and converts; the
 time a data source takes to read its examples, alone."""
+
 from __future__ import annotations
 
 import time
@@ -20,17 +21,22 @@ HELP = "download public data sets (MNIST, CIFAR) into the data folder; list them
 
 def arguments(p):
     actions = p.add_subparsers(dest="action", metavar="ACTION", required=True, help="fetch, list or bench")
-    a = actions.add_parser("fetch", help="download, verify and convert data sets (mnist, fashion_mnist, cifar10, "
-                                         "cifar100)")
+    a = actions.add_parser(
+        "fetch", help="download, verify and convert data sets (mnist, fashion_mnist, cifar10, cifar100)"
+    )
     a.add_argument("names", nargs="+", metavar="NAME", help="a data set, as `dlc data list` names it")
     actions.add_parser("list", help="the data sets dlc fetches, their sizes and which are in the data folder")
     b = actions.add_parser("bench", help="time reading a source's examples: examples/s, and per thread")
-    b.add_argument("data", metavar="SOURCE-OR-FILE.dl",
-                   help='a source, e.g. \'images("photos/", size = 224)\', or a .dl file: its first model\'s '
-                        "training data, with its augment setting, fitted to its input")
+    b.add_argument(
+        "data",
+        metavar="SOURCE-OR-FILE.dl",
+        help='a source, e.g. \'images("photos/", size = 224)\', or a .dl file: its first model\'s '
+        "training data, with its augment setting, fitted to its input",
+    )
     b.add_argument("--examples", type=positive, default=1000, metavar="N", help="examples to read (default 1000)")
-    b.add_argument("--data-threads", dest="data_threads", type=positive, metavar="N",
-                   help="decoding threads (default: the cores)")
+    b.add_argument(
+        "--data-threads", dest="data_threads", type=positive, metavar="N", help="decoding threads (default: the cores)"
+    )
     b.add_argument("--batch", type=positive, default=64, metavar="N", help="examples a batch (default 64)")
 
 
@@ -42,7 +48,7 @@ def run(args):
         bench(args.data, args.examples, args.data_threads or default_threads(), args.batch)
         return
     for name in args.names:
-        download.known(name)           # every name checked before anything is downloaded
+        download.known(name)  # every name checked before anything is downloaded
     for name in args.names:
         print(f"{name}: {download.fetch(name)}")
 
@@ -71,6 +77,9 @@ def bench(data: str, examples: int, threads: int, batch: int):
         pass
     elapsed = max(time.perf_counter() - started, 1e-9)
     streamed = any(isinstance(v, Streamed) for v in columns.values())
-    how = f"on {plural(threads, 'thread')}: {n / elapsed / threads:.1f} examples/s a thread" if streamed else \
-        "held in memory"
+    how = (
+        f"on {plural(threads, 'thread')}: {n / elapsed / threads:.1f} examples/s a thread"
+        if streamed
+        else "held in memory"
+    )
     print(f"{plural(n, 'example')} in {elapsed:.3f} s: {n / elapsed:.1f} examples/s {how}")

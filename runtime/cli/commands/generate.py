@@ -1,4 +1,5 @@
 """`dlc generate`: continue a text prompt with a trained character model."""
+
 from __future__ import annotations
 
 import sys
@@ -15,22 +16,45 @@ HELP = 'continue a text prompt with a trained character model'
 def arguments(p):
     model_arguments(p, backend=True)
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
-    p.add_argument("--prompt", default="", metavar="TEXT",
-                   help="the text to continue (an encoder-decoder's source: token ids, \"3 4 5\")")
-    p.add_argument("--length", type=whole(0), default=200, metavar="N",
-                   help="characters to generate; an encoder-decoder's most tokens, EOS included (default 200)")
-    p.add_argument("--temperature", type=real(0, strict=False), metavar="T",
-                   help="0 is greedy (the default); higher samples more freely (the default with --top-k or "
-                        "--top-p: 1)")
+    p.add_argument(
+        "--prompt",
+        default="",
+        metavar="TEXT",
+        help="the text to continue (an encoder-decoder's source: token ids, \"3 4 5\")",
+    )
+    p.add_argument(
+        "--length",
+        type=whole(0),
+        default=200,
+        metavar="N",
+        help="characters to generate; an encoder-decoder's most tokens, EOS included (default 200)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=real(0, strict=False),
+        metavar="T",
+        help="0 is greedy (the default); higher samples more freely (the default with --top-k or --top-p: 1)",
+    )
     p.add_argument("--top-k", type=positive, metavar="K", help="sample among the K most likely tokens")
-    p.add_argument("--top-p", type=real(0, strict=True, most=1), metavar="P",
-                   help="sample among the fewest most likely tokens whose probabilities sum to at least P "
-                        "(nucleus sampling)")
-    p.add_argument("--beam", type=positive, metavar="K",
-                   help="beam search: print the K best sequences found, with their log-probabilities")
-    p.add_argument("--length-penalty", type=real(0, strict=False), metavar="ALPHA",
-                   help="with --beam, for an encoder-decoder: rank by log_prob / ((5 + length) / 6) ** ALPHA "
-                        "(GNMT's; default 0: by log_prob)")
+    p.add_argument(
+        "--top-p",
+        type=real(0, strict=True, most=1),
+        metavar="P",
+        help="sample among the fewest most likely tokens whose probabilities sum to at least P (nucleus sampling)",
+    )
+    p.add_argument(
+        "--beam",
+        type=positive,
+        metavar="K",
+        help="beam search: print the K best sequences found, with their log-probabilities",
+    )
+    p.add_argument(
+        "--length-penalty",
+        type=real(0, strict=False),
+        metavar="ALPHA",
+        help="with --beam, for an encoder-decoder: rank by log_prob / ((5 + length) / 6) ** ALPHA "
+        "(GNMT's; default 0: by log_prob)",
+    )
     p.add_argument("--seed", type=seed_number, default=0, metavar="S", help="seed of the sampling (default 0)")
 
 
@@ -38,16 +62,25 @@ def run(args):
     model = weighted_model(args)
     if _sequence_inputs(model.eval_model) is None:
         prompt, show = args.prompt, lambda text: args.prompt + text
-        in_table = lambda text: json.dumps(show(text), ensure_ascii=False)     # quoted: text may span lines
+        in_table = lambda text: json.dumps(show(text), ensure_ascii=False)  # quoted: text may span lines
     else:
-        try:        # an encoder-decoder: the prompt is the source sequence, as token ids
+        try:  # an encoder-decoder: the prompt is the source sequence, as token ids
             prompt = [int(t) for t in args.prompt.replace(",", " ").split()]
         except ValueError:
-            raise DlcError(f"{model.name} is an encoder-decoder: give the source as token ids, as in "
-                           "--prompt \"3 4 5\"") from None
+            raise DlcError(
+                f"{model.name} is an encoder-decoder: give the source as token ids, as in --prompt \"3 4 5\""
+            ) from None
         show = in_table = lambda ids: " ".join(str(t) for t in ids)
-    found = model.generate(prompt, args.length, args.temperature, args.seed, beam=args.beam, top_k=args.top_k,
-                           top_p=args.top_p, length_penalty=args.length_penalty)
+    found = model.generate(
+        prompt,
+        args.length,
+        args.temperature,
+        args.seed,
+        beam=args.beam,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        length_penalty=args.length_penalty,
+    )
     if args.beam is None:
         print(show(found))
         return
@@ -56,6 +89,9 @@ def run(args):
     for c in found:
         print(f"{c.log_prob:>10.4f}  " + (f"{c.score:>10.4f}  " if penalized else "") + in_table(c.sequence))
     if penalized:
-        print(f"log_prob: the sum of the model's log-probabilities of the generated tokens; score: log_prob / "
-              f"((5 + length) / 6) ** {args.length_penalty:g}, the length-penalized log-probability they are "
-              "ranked by", file=sys.stderr)
+        print(
+            f"log_prob: the sum of the model's log-probabilities of the generated tokens; score: log_prob / "
+            f"((5 + length) / 6) ** {args.length_penalty:g}, the length-penalized log-probability they are "
+            "ranked by",
+            file=sys.stderr,
+        )

@@ -1,4 +1,5 @@
 """`dlc import`: an ONNX model as a .dl program and a checkpoint of its weights."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,12 @@ def arguments(p):
     p.add_argument("file", help="an .onnx file")
     p.add_argument("-o", "--output", required=True, metavar="OUT.dl", help="the .dl program to write")
     p.add_argument("--weights", metavar="PATH", help="the checkpoint to write (default: OUT.npz)")
-    p.add_argument("--def", dest="as_def", action="store_true",
-                   help="write the model as a def that another .dl file imports and calls, and a model that calls it")
+    p.add_argument(
+        "--def",
+        dest="as_def",
+        action="store_true",
+        help="write the model as a def that another .dl file imports and calls, and a model that calls it",
+    )
 
 
 def run(args):
@@ -30,13 +35,16 @@ def run(args):
     imported = import_model(read_model(args.file), name=out.stem, source=Path(args.file).name, as_def=args.as_def)
     try:
         model = load_text(imported.text, str(out)).build(None, training=False)
-    except DlcError as e:       # a value of the ONNX model dlc's checks refuse (an attribute out of range)
+    except DlcError as e:  # a value of the ONNX model dlc's checks refuse (an attribute out of range)
         e.notes.append((f"in the program imported from {args.file}; nothing was written", None))
         raise
     checkpoint.conform(weights, imported.weights, model.params)
     write(imported.text.rstrip("\n"), str(out))
-    checkpoint.save(weights, imported.weights, {}, {"model": imported.name,
-                                                    "source_hash": checkpoint.source_hash(imported.text)})
-    print(f"wrote {out} (model {imported.name}: {plural(len(imported.inputs), 'input')}, "
-          f"{plural(len(imported.outputs), 'output')})")
+    checkpoint.save(
+        weights, imported.weights, {}, {"model": imported.name, "source_hash": checkpoint.source_hash(imported.text)}
+    )
+    print(
+        f"wrote {out} (model {imported.name}: {plural(len(imported.inputs), 'input')}, "
+        f"{plural(len(imported.outputs), 'output')})"
+    )
     print(f"wrote {weights} ({plural(len(imported.weights), 'array')})")

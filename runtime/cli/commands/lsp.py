@@ -1,4 +1,5 @@
 """`dlc lsp`: the language server, over standard input and output (runtime/lsp/, docs/editors.md)."""
+
 from __future__ import annotations
 
 from dlc.compiler.errors import optional_package
@@ -14,4 +15,5 @@ def run(args):
     optional_package("pygls", "lsp", "dlc lsp")
     optional_package("lsprotocol", "lsp", "dlc lsp")
     from dlc.runtime.lsp.server import serve
+
     serve()

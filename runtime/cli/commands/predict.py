@@ -1,4 +1,5 @@
 """`dlc predict`: run trained weights on inputs and write the outputs."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,22 +18,35 @@ HELP = 'run trained weights on inputs and write the outputs'
 def arguments(p):
     model_arguments(p, backend=True)
     p.add_argument("--weights", required=True, metavar="CKPT", help=WEIGHTS_HELP)
-    p.add_argument("--data", "--input", dest="data", required=True, metavar="PATH",
-                   help='a file path: .npz (arrays by input name), .csv, .txt, or a table (.parquet, .arrow, '
-                        '.feather, a folder of them); a photo (.jpg, .png, ...) or a folder of photos, whose top '
-                        'classes are printed; or a source, e.g. "digits()" (--input is the older name)')
-    p.add_argument("--output", default="predictions.npz", metavar="PATH",
-                   help=".npz (default), .csv (one output) or .png (one output of images, drawn as a grid)")
+    p.add_argument(
+        "--data",
+        "--input",
+        dest="data",
+        required=True,
+        metavar="PATH",
+        help='a file path: .npz (arrays by input name), .csv, .txt, or a table (.parquet, .arrow, '
+        '.feather, a folder of them); a photo (.jpg, .png, ...) or a folder of photos, whose top '
+        'classes are printed; or a source, e.g. "digits()" (--input is the older name)',
+    )
+    p.add_argument(
+        "--output",
+        default="predictions.npz",
+        metavar="PATH",
+        help=".npz (default), .csv (one output) or .png (one output of images, drawn as a grid)",
+    )
     p.add_argument("--batch", type=positive, default=256, metavar="N", help="batch size (default 256)")
-    p.add_argument("--int8", action="store_true",
-                   help="with the integer products of a quantized checkpoint (dlc quantize; docs/quantization.md)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="with the integer products of a quantized checkpoint (dlc quantize; docs/quantization.md)",
+    )
 
 
 def run(args):
     model = weighted_model(args)
     photos = photo_paths(args.data)
     outputs = model.predict(photos or args.data, args.batch, int8=args.int8)
-    if photos:      # a classifier's first output: each photo's best classes by name
+    if photos:  # a classifier's first output: each photo's best classes by name
         for photo, best in zip(photos, model.top_classes(next(iter(outputs.values())))):
             print(f"{photo}: " + "  ".join(f"{name} {score:.3f}" for name, score in best))
     path = Path(args.output)
@@ -52,7 +66,9 @@ def run(args):
         elif path.suffix == ".png":
             name = path.stem if len(outputs) > 1 else next(iter(outputs))
             if name not in outputs:
-                raise DlcError(f"a .png holds one output: name the file after it ({', '.join(o + '.png' for o in outputs)})")
+                raise DlcError(
+                    f"a .png holds one output: name the file after it ({', '.join(o + '.png' for o in outputs)})"
+                )
             outputs = {name: outputs[name]}
             png.write_png(path, png.grid(png.image_batch(name, outputs[name])))
         else:
@@ -61,5 +77,5 @@ def run(args):
         raise DlcError(f"cannot write {path}: {e.strerror}") from None
     shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in outputs.items())
     print(f"wrote {path}: {shapes}")
-    for name in by_class:       # a table's categorical label: the names its ids stand for
+    for name in by_class:  # a table's categorical label: the names its ids stand for
         print(f"{name}: a column per class of {label}: {', '.join(classes)}")

@@ -1,4 +1,5 @@
 """`dlc summary`: the model's layers: types, output shapes, parameters and FLOPs; totals."""
+
 from __future__ import annotations
 
 from dlc.compiler.errors import DlcError
@@ -21,26 +22,46 @@ HELP = "the model's layers: types, output shapes, parameters and FLOPs; totals"
 def arguments(p):
     model_arguments(p)
     p.add_argument("--depth", type=positive, metavar="N", help="show the layers N levels deep (default: all)")
-    p.add_argument("--batch", type=positive, metavar="N",
-                   help="count FLOPs at batch N (default: the train block's batch; without one, a polynomial in it)")
+    p.add_argument(
+        "--batch",
+        type=positive,
+        metavar="N",
+        help="count FLOPs at batch N (default: the train block's batch; without one, a polynomial in it)",
+    )
     p.add_argument("--dim", action="append", metavar="NAME=SIZE", help="count FLOPs at this size of a symbolic dim")
-    p.add_argument("--memory", action="store_true",
-                   help="the peak memory of training instead, by layer and in total: activations, parameters, "
-                        "gradients and optimizer state, as polynomials in the dims")
-    p.add_argument("--ranks", type=positive, metavar="K",
-                   help="with --memory: also the optimizer state each of K ranks holds (with the train block's "
-                        "shard_optimizer = true, its share; else all of it)")
+    p.add_argument(
+        "--memory",
+        action="store_true",
+        help="the peak memory of training instead, by layer and in total: activations, parameters, "
+        "gradients and optimizer state, as polynomials in the dims",
+    )
+    p.add_argument(
+        "--ranks",
+        type=positive,
+        metavar="K",
+        help="with --memory: also the optimizer state each of K ranks holds (with the train block's "
+        "shard_optimizer = true, its share; else all of it)",
+    )
     p.add_argument("--eval", action="store_true", help="summarize the evaluation-mode graph")
     products = p.add_mutually_exclusive_group()
-    products.add_argument("--int8", action="store_true",
-                          help="which products (matmuls, convolutions) dlc quantize makes integer, and why the others "
-                               "are not (docs/quantization.md)")
-    products.add_argument("--bf16", action="store_true",
-                          help="which products (matmuls, convolutions and their gradients) of the train step run in "
-                               "bf16 under precision = \"bf16\", and why the others stay float32 (docs/native.md)")
-    p.add_argument("--freeze", action="append", metavar="PATTERN",
-                   help="count these parameters as frozen instead of the train block's freeze, as "
-                        "`dlc train --freeze` trains")
+    products.add_argument(
+        "--int8",
+        action="store_true",
+        help="which products (matmuls, convolutions) dlc quantize makes integer, and why the others "
+        "are not (docs/quantization.md)",
+    )
+    products.add_argument(
+        "--bf16",
+        action="store_true",
+        help="which products (matmuls, convolutions and their gradients) of the train step run in "
+        "bf16 under precision = \"bf16\", and why the others stay float32 (docs/native.md)",
+    )
+    p.add_argument(
+        "--freeze",
+        action="append",
+        metavar="PATTERN",
+        help="count these parameters as frozen instead of the train block's freeze, as `dlc train --freeze` trains",
+    )
 
 
 def run(args):
@@ -69,8 +90,15 @@ def run(args):
     sizes = budget.memory_sizes(model, cfg.batch, settings.sizes)
     slots = len(make_optimizer(cfg.optimizer).slots())
     parts = budget.training_memory(model, settings.trained, slots, sizes)
-    print(summaries.memory_table(model, parts, sizes, args.depth,
-                         f"{cfg.optimizer.name}: {slots} value{'s' if slots != 1 else ''} per trained parameter"))
+    print(
+        summaries.memory_table(
+            model,
+            parts,
+            sizes,
+            args.depth,
+            f"{cfg.optimizer.name}: {slots} value{'s' if slots != 1 else ''} per trained parameter",
+        )
+    )
     if args.ranks:
         print(rank_state(model, settings.trained, slots, cfg.shard_optimizer, args.ranks))
 
@@ -90,5 +118,7 @@ def rank_state(model, trained: list, slots: int, sharded: bool, ranks: int) -> s
     trained = set(trained)
     n = sum(int(numel(p.type.shape)) for p in model.params if p.name in trained)
     share = max(hi - lo for lo, hi in optimizer_shards(n, ranks))
-    return (f"Per rank:         {summaries.size_text(4 * slots * share)} of optimizer state on each of {ranks} "
-            f"(shard_optimizer = true: at most {share:,} of the {n:,} trained parameters' state)")
+    return (
+        f"Per rank:         {summaries.size_text(4 * slots * share)} of optimizer state on each of {ranks} "
+        f"(shard_optimizer = true: at most {share:,} of the {n:,} trained parameters' state)"
+    )

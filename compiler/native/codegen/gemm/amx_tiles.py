@@ -1,6 +1,7 @@
 """The GEMM on the AMX tiles ("bf16-amx" operands): the micro-kernel that sums a 32 x 32
 block of C in four tiles by tdpbf16ps, and the packs of op(A) and op(B) into the tiles'
 layouts, rounded to bfloat16 (the tiles' intrinsics and their grant: codegen/amx.py)."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -16,6 +17,7 @@ from dlc.compiler.native.codegen.gemm.ir_helpers import c64, carrying_loop, ceil
 def _transpose_words(b, rows):
     """The 32-bit words of `rows` transposed: 32 rows of 16 into 16 rows of 32, or back.
     Each 16 x 16 half is transposed by swapping the off-diagonal blocks of 8, 4, 2 and 1."""
+
     def transpose16(m):
         m = list(m)
         for s in (8, 4, 2, 1):
@@ -31,7 +33,8 @@ def _transpose_words(b, rows):
 
     def part(v, lo):
         return b.shuffle_vector(v, v, ir.Constant(ir.VectorType(i32, 16), list(range(lo, lo + 16))))
-    if len(rows) == 32:         # rows of 16: two 16 x 16 halves side by side in the result
+
+    if len(rows) == 32:  # rows of 16: two 16 x 16 halves side by side in the result
         top, bottom = transpose16(rows[:16]), transpose16(rows[16:])
         whole = ir.Constant(ir.VectorType(i32, 32), list(range(32)))
         return [b.shuffle_vector(x, y, whole) for x, y in zip(top, bottom)]
@@ -49,9 +52,14 @@ def build_tile_ukernel(gen, name):
     load, dot, store, zero_tile = tile_ops(gen.m, "tdpbf16ps")
     i16 = ir.IntType(16)
     T = TILE_ROWS
-    row_bytes = i16(4 * T)          # 64: 16 floats, or 32 bfloat16 / 16 pairs
-    fn = internal(gen.m, name, ir.VoidType(), [i64, fptr, fptr, fptr, i64, i64, i64, i1],
-                  ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"])
+    row_bytes = i16(4 * T)  # 64: 16 floats, or 32 bfloat16 / 16 pairs
+    fn = internal(
+        gen.m,
+        name,
+        ir.VoidType(),
+        [i64, fptr, fptr, fptr, i64, i64, i64, i1],
+        ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"],
+    )
     fn.attributes.add("noinline")
     kc, a, bp, c, ldc, mr, nr, load_c = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
@@ -60,24 +68,30 @@ def build_tile_ukernel(gen, name):
     block = b.bitcast(block, fptr)
     a8, b8 = b.bitcast(a, vptr), b.bitcast(bp, vptr)
     ktiles = ceil_div(b, kc, TILE_DEPTH)
-    tile_bytes = 4 * T * T           # a 32 x 32 bfloat16 block of a panel: two tiles
+    tile_bytes = 4 * T * T  # a 32 x 32 bfloat16 block of a panel: two tiles
 
     def products(start):
         """The four tiles of C from `start` on, plus the products of the K slice."""
         with carrying_loop(b, ktiles, start, name="kt") as (k, acc, new):
             at = b.gep(a8, [b.mul(k, c64(2 * tile_bytes))], inbounds=True)
             bt = b.gep(b8, [b.mul(k, c64(2 * tile_bytes))], inbounds=True)
-            a_tiles = [b.call(load, [i16(T), row_bytes, b.gep(at, [c64(h * tile_bytes)], inbounds=True),
-                                     c64(4 * T)]) for h in (0, 1)]
-            b_tiles = [b.call(load, [i16(T), row_bytes, b.gep(bt, [c64(h * 4 * T)], inbounds=True),
-                                     c64(8 * T)]) for h in (0, 1)]
-            new += [b.call(dot, [i16(T), row_bytes, row_bytes, acc[2 * i + j], a_tiles[i], b_tiles[j]])
-                    for i in (0, 1) for j in (0, 1)]
+            a_tiles = [
+                b.call(load, [i16(T), row_bytes, b.gep(at, [c64(h * tile_bytes)], inbounds=True), c64(4 * T)])
+                for h in (0, 1)
+            ]
+            b_tiles = [
+                b.call(load, [i16(T), row_bytes, b.gep(bt, [c64(h * 4 * T)], inbounds=True), c64(8 * T)])
+                for h in (0, 1)
+            ]
+            new += [
+                b.call(dot, [i16(T), row_bytes, row_bytes, acc[2 * i + j], a_tiles[i], b_tiles[j]])
+                for i in (0, 1)
+                for j in (0, 1)
+            ]
         return acc
 
-    def corners(base, ld):      # the four 16 x 16 corners of a 32 x 32 block, row stride ld
-        return [b.bitcast(gep(b, base, b.add(b.mul(c64(i * T), ld), c64(j * T))), vptr)
-                for i in (0, 1) for j in (0, 1)]
+    def corners(base, ld):  # the four 16 x 16 corners of a 32 x 32 block, row stride ld
+        return [b.bitcast(gep(b, base, b.add(b.mul(c64(i * T), ld), c64(j * T))), vptr) for i in (0, 1) for j in (0, 1)]
 
     def zeros():
         return [b.call(zero_tile, [i16(T), row_bytes]) for _ in range(4)]
@@ -102,8 +116,7 @@ def build_tile_ukernel(gen, name):
     vty = gen.vty
     mload, mstore = masked(gen.m, vty)
     lanes = ir.VectorType(i64, T)
-    masks = [b.icmp_signed("<", ir.Constant(lanes, list(range(h * T, h * T + T))), splat(b, nr, lanes))
-             for h in (0, 1)]
+    masks = [b.icmp_signed("<", ir.Constant(lanes, list(range(h * T, h * T + T))), splat(b, nr, lanes)) for h in (0, 1)]
     with loop(b, 0, mr, name="r") as r:
         row = gep(b, c, b.mul(r, ldc))
         for h in (0, 1):
@@ -125,7 +138,7 @@ def build_tile_pack(gen, fn, which, contig_k):
     Element (p, k) is src[p*ld + k] when `contig_k`, else src[k*ld + p]; lines along
     the source's contiguous direction are read with masked loads, made bfloat16 pairs
     and, where the layout runs the other way, transposed 16 x 16 in registers."""
-    P, W = gen.cfg.mr, TILE_DEPTH // 2       # 32 rows or columns; 16 pairs per row
+    P, W = gen.cfg.mr, TILE_DEPTH // 2  # 32 rows or columns; 16 pairs per row
     kc, length, src, ld, dst = fn.args
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     wty = ir.IntType(32).as_pointer()
@@ -138,8 +151,7 @@ def build_tile_pack(gen, fn, which, contig_k):
 
     def line(start, count, valid):
         """bfloat16 of src[start:start + 32], zero from `count` on or when not `valid`."""
-        mask = b.and_(b.icmp_signed("<", lane, splat(b, count, lanes)),
-                      splat(b, valid, ir.VectorType(i1, P)))
+        mask = b.and_(b.icmp_signed("<", lane, splat(b, count, lanes)), splat(b, valid, ir.VectorType(i1, P)))
         return bf16_halves(gen, b, b.call(mload, [vec_ptr(b, start, fty), i32(4), mask, ir.Constant(fty, None)]))
 
     def words_of(halves, n):
@@ -151,19 +163,26 @@ def build_tile_pack(gen, fn, which, contig_k):
         panel = gep(b, words, b.mul(q, b.mul(ktiles, c64(P * W))))
         k0 = b.mul(kt, c64(TILE_DEPTH))
         out = gep(b, panel, b.mul(kt, c64(P * W)))
-        if contig_k:     # rows along K: 16 pairs of row p, p = 0..31
+        if contig_k:  # rows along K: 16 pairs of row p, p = 0..31
             left = b.sub(kc, k0)
-            rows = [words_of(line(b.gep(src, [b.add(b.mul(b.add(p0, c64(p)), ld), k0)]), left,
-                                  b.icmp_signed("<", b.add(p0, c64(p)), length)), W)
-                    for p in range(P)]
-        else:            # rows along len: pair row j, rows k0 + 2j and k0 + 2j + 1 interleaved
+            rows = [
+                words_of(
+                    line(
+                        b.gep(src, [b.add(b.mul(b.add(p0, c64(p)), ld), k0)]),
+                        left,
+                        b.icmp_signed("<", b.add(p0, c64(p)), length),
+                    ),
+                    W,
+                )
+                for p in range(P)
+            ]
+        else:  # rows along len: pair row j, rows k0 + 2j and k0 + 2j + 1 interleaved
             left = b.sub(length, p0)
             interleave = ir.Constant(ir.VectorType(i32, 2 * P), [i // 2 + (i % 2) * P for i in range(2 * P)])
             rows = []
             for j in range(W):
                 k = [b.add(k0, c64(2 * j + e)) for e in (0, 1)]
-                pair = [line(b.gep(src, [b.add(b.mul(ke, ld), p0)]), left, b.icmp_signed("<", ke, kc))
-                        for ke in k]
+                pair = [line(b.gep(src, [b.add(b.mul(ke, ld), p0)]), left, b.icmp_signed("<", ke, kc)) for ke in k]
                 rows.append(words_of(b.shuffle_vector(pair[0], pair[1], interleave), P))
         if (which == "a") != contig_k:
             rows = _transpose_words(b, rows)

@@ -1,6 +1,7 @@
 """The bf16 routines' conversions: a packed panel of floats made into the micro-kernel's
 bfloat16 operands in place ("bf16-round": rounded; "bf16-pairs": rows k and k+1 interleaved
 into pairs), and the rounding itself (`bf16_halves`), which the AMX packs use too."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -31,8 +32,9 @@ def to_bf16(gen, b, panel, kc, P):
     with loop(b, 0, ceil_div(b, kc, 2), name="bp") as q:
         k0 = b.mul(q, c64(2))
         k1 = b.add(k0, c64(1))
-        second = b.select(b.icmp_signed("<", k1, kc), b.load(row(smin(b, k1, b.sub(kc, c64(1)))), align=4),
-                          ir.Constant(fty, None))
+        second = b.select(
+            b.icmp_signed("<", k1, kc), b.load(row(smin(b, k1, b.sub(kc, c64(1)))), align=4), ir.Constant(fty, None)
+        )
         halves = bf16_halves(gen, b, b.shuffle_vector(b.load(row(k0), align=4), second, side_by_side))
         dst = b.bitcast(gep(b, panel, b.mul(q, c64(P))), pty.as_pointer())
         b.store(b.shuffle_vector(halves, halves, interleave), dst, align=4)

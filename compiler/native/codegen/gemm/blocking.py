@@ -2,6 +2,7 @@
 blocks packed at once, what the micro-kernel multiplies), `AVX2`, `AVX512`, `NEON` and the
 AMX tiles' `AMX`, and the choice of the target's (`default_config`, `bf16_config`). A new
 machine's blocking is a GemmConfig here and its line in `default_config`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -14,25 +15,31 @@ from dlc.compiler.native.codegen.amx import TILE_ROWS, has_tiles
 @dataclass(frozen=True)
 class GemmConfig:
     """Blocking of the generated GEMM (all sizes in elements)."""
-    mr: int = 6            # micro-tile rows (broadcast A values)
-    nr: int = 16           # micro-tile columns (nr // vw vectors per row)
-    vw: int = 8            # float lanes per vector: 8 = AVX2 ymm, 16 = AVX-512 zmm
-    kc: int = 256          # depth of a packed K slice
-    mc: int = 144          # rows of op(A) packed at once (multiple of mr)
-    nc: int = 1024         # columns of op(B) packed at once (multiple of nr)
+
+    mr: int = 6  # micro-tile rows (broadcast A values)
+    nr: int = 16  # micro-tile columns (nr // vw vectors per row)
+    vw: int = 8  # float lanes per vector: 8 = AVX2 ymm, 16 = AVX-512 zmm
+    kc: int = 256  # depth of a packed K slice
+    mc: int = 144  # rows of op(A) packed at once (multiple of mr)
+    nc: int = 1024  # columns of op(B) packed at once (multiple of nr)
     serial_below: int = 1 << 18  # M·N·K·batch under which no threads are forked
     operands: str = "f32"  # what the micro-kernel multiplies: one of OPERANDS
 
     def __post_init__(self):
         # runs of FEW_VECTORS vectors start at whole panels too (few_rows.py `packed_b`)
-        if self.vw not in (4, 8, 16) or self.nr % self.vw or self.mc % self.mr or self.nc % self.nr \
-                or FEW_VECTORS * self.vw % self.nr:
+        if (
+            self.vw not in (4, 8, 16)
+            or self.nr % self.vw
+            or self.mc % self.mr
+            or self.nc % self.nr
+            or FEW_VECTORS * self.vw % self.nr
+        ):
             raise ValueError(f"inconsistent GEMM blocking {self}")
         if self.operands not in OPERANDS or self.operands == "bf16-pairs" and self.vw not in (4, 16):
             raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")
         if self.amx and (self.mr, self.nr, self.vw) != (2 * TILE_ROWS, 2 * TILE_ROWS, 16) or self.kc % self.k_step:
             raise ValueError(f"no {self.operands} operands for the GEMM blocking {self}")
-        if not self.bf16 and A_PANEL_ROWS % self.mr:     # where the packs of A's matrices start
+        if not self.bf16 and A_PANEL_ROWS % self.mr:  # where the packs of A's matrices start
             raise ValueError(f"inconsistent GEMM blocking {self}: {A_PANEL_ROWS} rows are not whole panels")
 
     @property

@@ -1,6 +1,7 @@
 """The pack buffers: one per thread slot of the pool and blocking, allocated on first use
 (`get_buffer`); the module that holds them for routines compiled each in a module of its own
 (`buffers_module`), and their tables made thread-local (`thread_local_buffers`)."""
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,7 @@ def _buffers(gen):
     name = f"{gen.prefix}.bufs"
     g = gen.m.globals.get(name)
     if g is None:
-        ty = ir.ArrayType(fptr, MOST_THREADS)      # one per slot of the pool
+        ty = ir.ArrayType(fptr, MOST_THREADS)  # one per slot of the pool
         g = ir.GlobalVariable(gen.m, ty, name)
         g.linkage = "internal"
         g.initializer = ir.Constant(ty, None)
@@ -61,7 +62,7 @@ def buffers_module(config: GemmConfig) -> ir.Module:
     routine a module of its own), and the function that hands a thread slot its buffer: one
     buffer per slot for all of them, as in a module that holds every routine."""
     module = ir.Module(f"dlc_gemm_buffers_{config.tag}")
-    get_buffer(Gen(module, config)).linkage = ""      # for the routines' modules, which declare it
+    get_buffer(Gen(module, config)).linkage = ""  # for the routines' modules, which declare it
     return module
 
 

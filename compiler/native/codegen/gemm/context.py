@@ -1,6 +1,7 @@
 """What the GEMM's modules share while they add the routines of one blocking to a module:
 `Gen`, the module, the blocking, its vector type and FMA, and the helpers made once per module
 and blocking (`Gen.shared`: a micro-kernel, a pack, the pack buffers), named by `prefix`."""
+
 from __future__ import annotations
 
 from llvmlite import ir

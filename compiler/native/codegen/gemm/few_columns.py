@@ -1,6 +1,7 @@
 """A block of at most FEW_COLUMNS columns of C multiplied without packing: groups of
 COLUMN_ROWS rows of op(A) read as they lie, times op(B)'s values broadcast, each element
 summed as the tiled path sums it."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -31,24 +32,31 @@ def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_
     mload, _ = masked(gen.m, vty)
     zero = ir.Constant(vty, None)
 
-    def b_at(k, j):         # op(B)[k, j], broadcast
+    def b_at(k, j):  # op(B)[k, j], broadcast
         return splat(b, b.load(gep(b, B, b.add(b.mul(j, ldb), k) if trans_b else b.add(b.mul(k, ldb), j))), vty)
 
     with loop(b, m0, m1, G, name="ci") as i:
         rows = smin(b, c64(G), b.sub(m1, i))
         # rows past the group's last are read as the last (inside A) and never stored
         row = [b.add(i, smin(b, c64(p), b.sub(rows, c64(1)))) for p in range(G)]
-        lanes = b.icmp_signed("<", ir.Constant(ir.VectorType(i64, G), list(range(G))),
-                              splat(b, rows, ir.VectorType(i64, G)))
+        lanes = b.icmp_signed(
+            "<", ir.Constant(ir.VectorType(i64, G), list(range(G))), splat(b, rows, ir.VectorType(i64, G))
+        )
 
         def vectors_at(k, t):
             """op(A)[group, k + s] for s < t: t vectors of the group's rows."""
-            if trans_a:     # row k of A holds the group's rows side by side (masked: past m1)
-                return [b.call(mload, [vec_ptr(b, b.gep(A, [b.add(b.mul(b.add(k, c64(s)), lda), i)]), vty),
-                                       i32(4), lanes, zero]) for s in range(t)]
+            if trans_a:  # row k of A holds the group's rows side by side (masked: past m1)
+                return [
+                    b.call(
+                        mload,
+                        [vec_ptr(b, b.gep(A, [b.add(b.mul(b.add(k, c64(s)), lda), i)]), vty), i32(4), lanes, zero],
+                    )
+                    for s in range(t)
+                ]
             if t == G:
-                return transpose8(b, [b.load(vec_ptr(b, gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4)
-                                       for r in row])
+                return transpose8(
+                    b, [b.load(vec_ptr(b, gep(b, A, b.add(b.mul(r, lda), k)), vty), align=4) for r in row]
+                )
             v = ir.Constant(vty, ir.Undefined)
             for p, r in enumerate(row):
                 v = b.insert_element(v, b.load(gep(b, A, b.add(b.mul(r, lda), k))), i32(p))
@@ -62,12 +70,16 @@ def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_
             for width in (8, 4, 2, 1):
                 end = b.sub(n1, b.srem(b.sub(n1, start), c64(width)))
                 with loop(b, start, end, width, name=f"cj{width}") as j:
+
                     def step(k, t, acc):
                         cols = vectors_at(k, t)
                         for s in range(t):
-                            acc = [b.call(fma, [cols[s], b_at(b.add(k, c64(s)), b.add(j, c64(c))), acc[c]])
-                                   for c in range(width)]
+                            acc = [
+                                b.call(fma, [cols[s], b_at(b.add(k, c64(s)), b.add(j, c64(c))), acc[c]])
+                                for c in range(width)
+                            ]
                         return acc
+
                     with carrying_loop(b, k8, [zero] * width, name="ck", start=pc, step=G) as (k, acc, new):
                         new += step(k, G, acc)
                     with carrying_loop(b, b.add(pc, kc), acc, name="ct", start=k8) as (k, acc2, new2):
@@ -78,10 +90,12 @@ def few_columns(gen, b, m0, m1, n0, n1, K, kstep, A, lda, B, ldb, C, ldc, trans_
 
 def _store_columns(b, C, ldc, i, rows, j, acc, load_c):
     """C[i + p, j + c] = acc[c][p] (added to C's value where load_c) for p < rows."""
+
     def store_row(p):
         crow = gep(b, C, b.add(b.mul(b.add(i, c64(p)), ldc), j))
         for c, v in enumerate(acc):
             at = gep(b, crow, c64(c))
             x = b.extract_element(v, i32(p))
             b.store(b.select(load_c, b.fadd(b.load(at), x), x), at)
+
     first_rows(b, COLUMN_ROWS, rows, store_row)

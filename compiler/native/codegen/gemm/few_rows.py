@@ -1,6 +1,7 @@
 """A block of a row or two of C (at most FEW_ROWS) multiplied without packing: runs of
 vectors of a C row kept in registers while K streams op(B)'s rows, read from B as it lies
 (`stored_b`) or from its pack (`packed_b`), each element summed as the tiled path sums it."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -36,23 +37,35 @@ def few_rows(gen, b, m0, m1, n0, n1, K, kstep, A, lda, C, ldc, trans_a, accumula
     def run(i, crow, j, vectors, left=None):
         """C[i, j : j + vectors·vw] over all of K; `left`: only its first `left` columns."""
         lanes = ir.Constant(ir.VectorType(i64, vw), list(range(vw)))
-        masks = [None] * vectors if left is None else \
-            [b.icmp_signed("<", lanes, splat(b, b.sub(left, c64(v * vw)), ir.VectorType(i64, vw)))
-             for v in range(vectors)]
+        masks = (
+            [None] * vectors
+            if left is None
+            else [
+                b.icmp_signed("<", lanes, splat(b, b.sub(left, c64(v * vw)), ir.VectorType(i64, vw)))
+                for v in range(vectors)
+            ]
+        )
 
         def load(ptr, mask):
-            return b.call(mload, [ptr, i32(4), mask, ir.Constant(vty, None)]) if mask is not None \
-                else b.load(ptr, align=4)
+            return (
+                b.call(mload, [ptr, i32(4), mask, ir.Constant(vty, None)]) if mask is not None else b.load(ptr, align=4)
+            )
+
         # not `inbounds`: a masked vector's lanes past the end of a row may lie past the buffer
         places = [b.bitcast(b.gep(crow, [b.add(j, c64(v * vw))]), vty.as_pointer()) for v in range(vectors)]
         zero = ir.Constant(vty, None)
         total0 = [load(p, m) for p, m in zip(places, masks)] if accumulate else [zero] * vectors
         with carrying_loop(b, K, total0, name="fs", step=kstep) as (pc, total, after):
-            with carrying_loop(b, b.add(pc, smin(b, kstep, b.sub(K, pc))), [zero] * vectors, name="fk",
-                               start=pc) as (k, acc, new):
+            with carrying_loop(b, b.add(pc, smin(b, kstep, b.sub(K, pc))), [zero] * vectors, name="fk", start=pc) as (
+                k,
+                acc,
+                new,
+            ):
                 av = splat(b, a_at(i, k), vty)
-                new += [b.call(gen.fma, [av, operand(load(column_at(b, k, j, v), masks[v])), acc[v]])
-                        for v in range(vectors)]
+                new += [
+                    b.call(gen.fma, [av, operand(load(column_at(b, k, j, v), masks[v])), acc[v]])
+                    for v in range(vectors)
+                ]
             added = ir.Constant(i1, 1) if accumulate else b.icmp_signed(">", pc, c64(0))
             after += [b.select(added, b.fadd(t, a), a) for t, a in zip(total, acc)]
         for p, m, value in zip(places, masks, total):
@@ -82,8 +95,10 @@ def few_rows(gen, b, m0, m1, n0, n1, K, kstep, A, lda, C, ldc, trans_a, accumula
 def stored_b(gen, B, ldb):
     """Where few_rows reads vector v of a run from column j on, at row k: B itself
     (not transposed), row k from column j + v·vw; runs of single vectors."""
+
     def column_at(b, k, j, v):
         return b.bitcast(b.gep(B, [b.add(b.mul(k, ldb), b.add(j, c64(v * gen.cfg.vw)))]), gen.vty.as_pointer())
+
     column_at.unit = 1
     return column_at
 
@@ -100,5 +115,6 @@ def packed_b(gen, Bk, K):
         panel, lane = divmod(v * vw, nr)
         start = b.add(b.mul(b.add(j, c64(panel * nr)), K), b.add(b.mul(k, c64(nr)), c64(lane)))
         return b.bitcast(gep(b, Bk, start), gen.vty.as_pointer())
+
     column_at.unit = nr // vw
     return column_at

@@ -2,6 +2,7 @@
 carrying values from one iteration to the next), signed minimum and maximum, the ceiling of
 a division, an in-bounds step of a pointer, a test per row of a tile, an internal function
 (the int8 kernels' loops use them too)."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,6 +1,7 @@
 """The library of GEMM routines: every variant the kernels call, of each blocking a program
 may use (`program_configs`), their names, and the module that holds them (`gemm_module`:
 a built library's, or one routine's for the JIT)."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -11,12 +12,12 @@ from dlc.compiler.native.codegen.gemm.routine import add_gemm, add_pack
 
 
 # (trans_a, trans_b, packed, epilogue): the routines the kernels call; and the pack functions
-VARIANTS = [(ta, tb, pk, ep) for ta in (False, True) for tb in (False, True) for pk in (False, True)
-            for ep in (False, True)]
+VARIANTS = [
+    (ta, tb, pk, ep) for ta in (False, True) for tb in (False, True) for pk in (False, True) for ep in (False, True)
+]
 # (trans_b, epilogue, windows) of the float32 routines taking op(A) packed: a prediction's
 # weights as A (a convolution's filters, times its windows or im2col's columns)
-PACKED_A_VARIANTS = [(tb, ep, windows) for tb in (False, True) for ep in (False, True)
-                     for windows in (False, True)]
+PACKED_A_VARIANTS = [(tb, ep, windows) for tb in (False, True) for ep in (False, True) for windows in (False, True)]
 
 
 def program_configs() -> tuple:
@@ -37,15 +38,21 @@ def _routines(configs: tuple) -> dict:
     for config in configs:
         for ta, tb, pk, ep in VARIANTS:
             found[gemm_name(ta, tb, False, pk, config.bf16, ep)] = (
-                add_gemm, dict(config=config, trans_a=ta, trans_b=tb, packed=pk, epilogue=ep))
+                add_gemm,
+                dict(config=config, trans_a=ta, trans_b=tb, packed=pk, epilogue=ep),
+            )
         for tb, ep in [(tb, ep) for tb in (False, True) for ep in (False, True)] if not config.bf16 else ():
             found[gemm_name(False, tb, False, bf16=False, epilogue=ep, windows=True)] = (
-                add_gemm, dict(config=config, trans_b=tb, epilogue=ep, windows=True))
+                add_gemm,
+                dict(config=config, trans_b=tb, epilogue=ep, windows=True),
+            )
         for tb in (False, True):
             found[pack_name(tb, config.bf16)] = (add_pack, dict(config=config, trans_b=tb))
         for tb, ep, windows in PACKED_A_VARIANTS if not config.bf16 else ():
             found[gemm_name(False, tb, False, epilogue=ep, windows=windows, packed_a=True)] = (
-                add_gemm, dict(config=config, trans_b=tb, epilogue=ep, windows=windows, packed_a=True))
+                add_gemm,
+                dict(config=config, trans_b=tb, epilogue=ep, windows=windows, packed_a=True),
+            )
         if not config.bf16:
             found[pack_name(False, which="a")] = (add_pack, dict(config=config, which="a"))
     return found

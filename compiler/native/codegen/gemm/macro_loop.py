@@ -2,6 +2,7 @@
 columns of op(B), K slices, MC rows of op(A), then NR x MR tiles for the micro-kernel — with
 the packs each level makes (or the packs given), and the paths that pack nothing (few_rows.py,
 few_columns.py); the epilogue called on each part of C once final."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -49,18 +50,26 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
     part of NR columns, its rows a page apart at many pixels, missed the L1 cache on
     every row and made MobileNetV2's batch-8 prediction slower, not faster)."""
     cfg = gen.cfg
-    fn = internal(gen.m, f"{name}.block", ir.VoidType(),
-                  [i64] * 5 + [fptr, i64, fptr, i64, fptr, i64, fptr, fptr, fptr]
-                  + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES, i64] * epilogue + [i64.as_pointer()] * windows,
-                  ["m0", "m1", "n0", "n1", "K", "A", "lda", "B", "ldb", "C", "ldc",
-                   "Ap", "Bp", "Bk"] + ["epilogue", "slots", "sizes", "bi"] * epilogue + ["geometry"] * windows)
+    fn = internal(
+        gen.m,
+        f"{name}.block",
+        ir.VoidType(),
+        [i64] * 5
+        + [fptr, i64, fptr, i64, fptr, i64, fptr, fptr, fptr]
+        + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES, i64] * epilogue
+        + [i64.as_pointer()] * windows,
+        ["m0", "m1", "n0", "n1", "K", "A", "lda", "B", "ldb", "C", "ldc", "Ap", "Bp", "Bk"]
+        + ["epilogue", "slots", "sizes", "bi"] * epilogue
+        + ["geometry"] * windows,
+    )
     m0, m1, n0, n1, K, A, lda, B, ldb, C, ldc, Ap, Bp, Bk = fn.args[:14]
-    Ak = Bk if packed_a else None       # a null one: A is packed here
+    Ak = Bk if packed_a else None  # a null one: A is packed here
 
     def finished(b, r0, r1, c0, c1):
         if epilogue:
             epi, slots, sizes, bi = fn.args[14:18]
             b.call(epi, [slots, sizes, bi, r0, r1, c0, c1])
+
     uk = ukernel(gen)
     narrow = None if cfg.amx or cfg.nr == cfg.vw else narrow_ukernel(gen)
     pack_b = pack(gen, "b", trans_b)
@@ -69,7 +78,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
     main = fn.append_basic_block("main")
     b.cbranch(b.icmp_signed("<=", K, c64(0)), empty_k, main)
 
-    b.position_at_end(empty_k)          # K = 0: C = 0 (or unchanged)
+    b.position_at_end(empty_k)  # K = 0: C = 0 (or unchanged)
     if not accumulate:
         with loop(b, m0, m1, name="zi") as i:
             row = gep(b, C, b.mul(i, ldc))
@@ -90,8 +99,9 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         # one-row product streams its panels (a null Bk: the caller's pack is not made).
         # Not for Bᵀ: its one-row products are tiled, whose sums over K slices and C
         # are added otherwise (a pack must change no bit)
-        from_panels = b.and_(b.icmp_unsigned("!=", Bk, ir.Constant(fptr, None)),
-                             b.icmp_signed("==", b.srem(n0, c64(cfg.nr)), c64(0)))
+        from_panels = b.and_(
+            b.icmp_unsigned("!=", Bk, ir.Constant(fptr, None)), b.icmp_signed("==", b.srem(n0, c64(cfg.nr)), c64(0))
+        )
         few_packed = fn.append_basic_block("few_rows_packed")
         other = fn.append_basic_block("not_few_packed")
         b.cbranch(b.and_(rows_few, from_panels), few_packed, other)
@@ -109,7 +119,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         finished(b, m0, m1, n0, n1)
         b.ret_void()
         b.position_at_end(tiled)
-    if not (cfg.bf16 or windows):      # (a windows routine's B is an image: packed, always)
+    if not (cfg.bf16 or windows):  # (a windows routine's B is an image: packed, always)
         few, packing = fn.append_basic_block("few_columns"), fn.append_basic_block("packing")
         b.cbranch(b.and_(b.icmp_signed("<=", b.sub(n1, n0), c64(FEW_COLUMNS)), unpacked_a), few, packing)
         b.position_at_end(few)
@@ -118,12 +128,13 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
         b.ret_void()
         b.position_at_end(packing)
     pairs = cfg.k_step > 1
-    if pairs:       # slices start at even k (or whole tiles): a pair never straddles two
+    if pairs:  # slices start at even k (or whole tiles): a pair never straddles two
         kstep = b.mul(ceil_div(b, kstep, cfg.k_step), c64(cfg.k_step))
     with loop(b, n0, n1, cfg.nc, name="jc") as jc:
         nc = smin(b, c64(cfg.nc), b.sub(n1, jc))
         with loop(b, 0, K, kstep, name="pc") as pc:
             kc = smin(b, kstep, b.sub(K, pc))
+
             # op(B)[pc, jc]: B[pc*ldb + jc], or B[jc*ldb + pc] when transposed
             def pack_here():
                 if windows:
@@ -133,11 +144,13 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                 b.call(pack_b, [kc, nc, bsrc, ldb, Bp])
                 return Bp, panel_length(gen, b, kc)
 
-            if packed:     # the K-long panels from column jc on, from row pc on; a null Bk: packed here
+            if packed:  # the K-long panels from column jc on, from row pc on; a null Bk: packed here
+
                 def given_panels():
-                    rows = b.sdiv(pc, c64(2)) if pairs else pc      # packed rows before row pc
+                    rows = b.sdiv(pc, c64(2)) if pairs else pc  # packed rows before row pc
                     stride = panel_length(gen, b, K)
                     return gep(b, Bk, b.add(b.mul(jc, stride), b.mul(rows, c64(cfg.nr)))), stride
+
                 bblock, bstride = _given_or_packed(b, fn, "b", Bk, given_panels, pack_here)
             else:
                 bblock, bstride = pack_here()
@@ -155,7 +168,7 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
                         apanel = gep(b, ablock, b.mul(ir_, astride))
                         ctile = gep(b, crow, b.mul(b.add(ic, ir_), ldc))
                         b.call(kernel, [kc, apanel, bpanel, ctile, ldc, mr, nr, load_c])
-                if epilogue:    # after the last K slice, the block is final
+                if epilogue:  # after the last K slice, the block is final
                     last = fn.append_basic_block("last_slice")
                     after = fn.append_basic_block("not_last")
                     b.cbranch(b.icmp_signed(">=", b.add(pc, kc), K), last, after)
@@ -170,12 +183,16 @@ def block(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, windo
 def _a_block(gen, b, fn, A, lda, Ap, Ak, trans_a, ic, mc, pc, kc, K):
     """The panels of op(A)[ic : ic+mc, pc : pc+kc] and the floats from one panel to the
     next: packed here into Ap, or the given Ak's (not null), each panel K long."""
+
     def pack_here():
         asrc = gep(b, A, b.add(b.mul(pc, lda), ic) if trans_a else b.add(b.mul(ic, lda), pc))
         b.call(pack(gen, "a", trans_a), [kc, mc, asrc, lda, Ap])
         return Ap, panel_length(gen, b, kc)
+
     if Ak is None:
         return pack_here()
-    def given_panels():     # panel ic / MR from row pc on
+
+    def given_panels():  # panel ic / MR from row pc on
         return gep(b, Ak, b.add(b.mul(ic, K), b.mul(pc, c64(gen.cfg.mr)))), K
+
     return _given_or_packed(b, fn, "a", Ak, given_panels, pack_here)

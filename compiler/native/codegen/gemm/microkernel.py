@@ -3,6 +3,7 @@ a K slice of one packed panel of op(A) and one of op(B) — A broadcast, B loade
 llvm.fma (or vdpbf16ps / BFDOT on bfloat16 pairs), K innermost, UNROLL steps an iteration —
 then added to C or written over it, an edge tile by masked loads and stores. On the AMX
 tiles the micro-kernel is amx_tiles.py's."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -36,10 +37,14 @@ def build_ukernel(gen, name, vectors=None):
     cfg, vty = gen.cfg, gen.vty
     MR, NR, VW = cfg.mr, cfg.nr, cfg.vw
     NV = vectors or NR // VW
-    fn = internal(gen.m, name, ir.VoidType(),
-                  [i64, fptr, fptr, fptr, i64, i64, i64, i1],
-                  ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"])
-    fn.attributes.add("noinline")    # one copy shared by every routine of the module
+    fn = internal(
+        gen.m,
+        name,
+        ir.VoidType(),
+        [i64, fptr, fptr, fptr, i64, i64, i64, i1],
+        ["kc", "a", "b", "c", "ldc", "mr", "nr", "load_c"],
+    )
+    fn.attributes.add("noinline")  # one copy shared by every routine of the module
     for k in (1, 2, 3):
         fn.args[k].add_attribute("noalias")
     kc, a, bp, c, ldc, mr, nr, load_c = fn.args
@@ -54,7 +59,7 @@ def build_ukernel(gen, name, vectors=None):
     last_col = b.sub(smin(b, nr, c64(NV * VW)), c64(1))
     for r in range(MR):
         row = gep(b, c, b.mul(smin(b, c64(r), b.sub(mr, c64(1))), ldc))
-        for col in (c64(0), last_col):   # the row's end may be on the next line
+        for col in (c64(0), last_col):  # the row's end may be on the next line
             b.call(prefetch, [b.bitcast(gep(b, row, col), vptr), i32(1), i32(3), i32(1)])
 
     # k: a step of K, or with bfloat16 pairs a pair of them (a 32-bit pair per element)
@@ -62,10 +67,9 @@ def build_ukernel(gen, name, vectors=None):
     ety = i32 if pairs else f32
     lty = ir.VectorType(ety, VW)
 
-    def step(k, accs):      # the tile's sums after step k
+    def step(k, accs):  # the tile's sums after step k
         bk = gep(b, bp, b.mul(k, c64(NR)))
-        bvec = [b.load(b.bitcast(gep(b, bk, c64(v * VW)), lty.as_pointer()), align=4 * VW)
-                for v in range(NV)]
+        bvec = [b.load(b.bitcast(gep(b, bk, c64(v * VW)), lty.as_pointer()), align=4 * VW) for v in range(NV)]
         ak = gep(b, a, b.mul(k, c64(MR)))
         ak = b.bitcast(ak, ety.as_pointer()) if pairs else ak
         new = []
@@ -77,7 +81,7 @@ def build_ukernel(gen, name, vectors=None):
                 new.append([b.call(gen.fma, [a_r, bvec[v], accs[r][v]]) for v in range(NV)])
         return new
 
-    def sums(name, incoming):     # phis of the tile's sums, from (block, sums) pairs
+    def sums(name, incoming):  # phis of the tile's sums, from (block, sums) pairs
         phis = [[b.phi(vty, f"{name}{r}_{v}") for v in range(NV)] for r in range(MR)]
         for block, values in incoming:
             for r in range(MR):
@@ -152,8 +156,11 @@ def build_ukernel(gen, name, vectors=None):
     b.position_at_end(edge_bb)
     mload, mstore = masked(gen.m, vty)
     nr_splat = splat(b, nr, ir.VectorType(i64, VW))
-    masks = [b.icmp_signed("<", ir.Constant(ir.VectorType(i64, VW), list(range(v * VW, v * VW + VW))),
-                           nr_splat) for v in range(NV)]
+    masks = [
+        b.icmp_signed("<", ir.Constant(ir.VectorType(i64, VW), list(range(v * VW, v * VW + VW))), nr_splat)
+        for v in range(NV)
+    ]
+
     def store_row(r):
         row = gep(b, c, b.mul(c64(r), ldc))
         for v in range(NV):
@@ -162,6 +169,7 @@ def build_ukernel(gen, name, vectors=None):
             old = b.call(mload, [p, i32(4), masks[v], zero])
             val = b.select(load_c, b.fadd(old, new[r][v]), new[r][v])
             b.call(mstore, [val, p, i32(4), masks[v]])
+
     first_rows(b, MR, mr, store_row)
     b.ret_void()
     return fn

@@ -2,6 +2,7 @@
 or of NR columns of op(B), copied into k-major panels that the micro-kernel reads in order
 (panels along K transposed 8 x 8 in registers, rows past the end zero), made the bf16
 routines' operands after (bf16_operands.py); on the AMX tiles amx_tiles.py's packs."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -16,15 +17,16 @@ from dlc.compiler.native.codegen.gemm.ir_helpers import c64, ceil_div, fptr, gep
 
 def pack(gen, which: str, trans: bool):
     """Pack function for 'a' (MR-tall panels) or 'b' (NR-wide panels)."""
+
     def build(name):
-        fn = internal(gen.m, name, ir.VoidType(), [i64, i64, fptr, i64, fptr],
-                      ["kc", "len", "src", "ld", "dst"])
+        fn = internal(gen.m, name, ir.VoidType(), [i64, i64, fptr, i64, fptr], ["kc", "len", "src", "ld", "dst"])
         fn.attributes.add("noinline")
         fn.args[4].add_attribute("noalias")
         # op(A) non-transposed is stored M×K (k contiguous); op(B) non-transposed is K×N.
         contig_k = (which == "a") != trans
         (build_tile_pack if gen.cfg.amx else _build_pack)(gen, fn, which, contig_k)
         return fn
+
     return gen.shared(f"pack_{which}_{'t' if trans else 'n'}", build)
 
 
@@ -70,9 +72,10 @@ def _build_pack(gen, fn, which, contig_k):
             with loop(b, 0, k8, 8, name="k8") as k:
                 o = gep(b, out, b.mul(k, c64(P)))
                 for g in range(0, P, 8):
-                    rows = [b.load(vec_ptr(b, gep(b, lines[p], k), v8), align=4)
-                            if p < P else ir.Constant(v8, ir.Undefined)
-                            for p in range(g, g + 8)]
+                    rows = [
+                        b.load(vec_ptr(b, gep(b, lines[p], k), v8), align=4) if p < P else ir.Constant(v8, ir.Undefined)
+                        for p in range(g, g + 8)
+                    ]
                     cols = transpose8(b, rows)
                     w = min(8, P - g)
                     for kk in range(8):

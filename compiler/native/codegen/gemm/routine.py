@@ -1,6 +1,7 @@
 """A GEMM routine's function (`add_gemm`) and a pack function's (`add_pack`): the public
 entry point, which hands the work to dlc's thread pool in chunks (over the batch, N or M,
 in whole tiles), each chunk running the macro loop (macro_loop.py) on its own pack buffers."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -12,10 +13,16 @@ from dlc.compiler.native.codegen.types import i32, i64
 from dlc.compiler.native.codegen.gemm.blocking import GemmConfig, default_config
 from dlc.compiler.native.codegen.gemm.buffers import get_buffer
 from dlc.compiler.native.codegen.gemm.context import Gen
-from dlc.compiler.native.codegen.gemm.interface import (EPILOGUE_TYPE, PACK_TYPE, SIZES, SLOTS, gemm_name, gemm_type,
-                                                        pack_name)
-from dlc.compiler.native.codegen.gemm.ir_helpers import (c64, ceil_div, fptr, gep, internal, loop, smax, smin,
-                                                         vptr)
+from dlc.compiler.native.codegen.gemm.interface import (
+    EPILOGUE_TYPE,
+    PACK_TYPE,
+    SIZES,
+    SLOTS,
+    gemm_name,
+    gemm_type,
+    pack_name,
+)
+from dlc.compiler.native.codegen.gemm.ir_helpers import c64, ceil_div, fptr, gep, internal, loop, smax, smin, vptr
 from dlc.compiler.native.codegen.gemm.macro_loop import block
 from dlc.compiler.native.codegen.gemm.packs import pack
 
@@ -37,21 +44,24 @@ def routine(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, win
     cfg = gen.cfg
     assert not (accumulate and epilogue), "an epilogue computes from the final sums"
     assert not packed_a or not (packed or cfg.bf16), "a float32 routine's op(A) packed, or its op(B)"
-    assert not windows or not (trans_a or accumulate or packed or cfg.bf16), \
+    assert not windows or not (trans_a or accumulate or packed or cfg.bf16), (
         "a convolution's windows are op(B), in float32"
+    )
     # the 13 arguments, the status, the caller's floating-point mode (fpmode.py), the
     # packed op(B) (null unless `packed`), the epilogue and its two pointers (`epilogue`),
     # the windows' geometry (`windows`)
-    args_ty = ir.LiteralStructType([i64, i64, i64, fptr, i64, i64, fptr, i64, i64,
-                                    fptr, i64, i64, i64, i32, i32, fptr]
-                                   + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue
-                                   + [i64.as_pointer()] * windows)
+    args_ty = ir.LiteralStructType(
+        [i64, i64, i64, fptr, i64, i64, fptr, i64, i64, fptr, i64, i64, i64, i32, i32, fptr]
+        + [EPILOGUE_TYPE.as_pointer(), SLOTS, SIZES] * epilogue
+        + [i64.as_pointer()] * windows
+    )
     block_fn = block(gen, name, trans_a, trans_b, accumulate, packed, epilogue, windows, packed_a)
     buffer_fn = get_buffer(gen)
 
     # body(args, chunk, chunks, slot): a chunk's share of the whole batch
-    body = internal(gen.m, f"{name}.body", ir.VoidType(),
-                    [args_ty.as_pointer(), i64, i64, i64], ["args", "chunk", "chunks", "slot"])
+    body = internal(
+        gen.m, f"{name}.body", ir.VoidType(), [args_ty.as_pointer(), i64, i64, i64], ["args", "chunk", "chunks", "slot"]
+    )
     argp, chunk, chunks, slot = body.args
     b = ir.IRBuilder(body.append_basic_block("entry"))
     f = [b.load(b.gep(argp, [i32(0), i32(k)], inbounds=True)) for k in range(13)]
@@ -67,19 +77,20 @@ def routine(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, win
     Ap = buf
     Bp = gep(b, buf, c64(cfg.b_offset))
     Bk = b.load(b.gep(argp, [i32(0), i32(15)], inbounds=True))
-    if packed_a:        # A's packs follow each other as A's matrices do (one, broadcast: stride 0)
-        Ak_stride = b.select(b.icmp_signed("==", sa, c64(0)), c64(0),
-                             b.mul(b.mul(ceil_div(b, M, c64(A_PANEL_ROWS)), c64(A_PANEL_ROWS)), K))
+    if packed_a:  # A's packs follow each other as A's matrices do (one, broadcast: stride 0)
+        Ak_stride = b.select(
+            b.icmp_signed("==", sa, c64(0)),
+            c64(0),
+            b.mul(b.mul(ceil_div(b, M, c64(A_PANEL_ROWS)), c64(A_PANEL_ROWS)), K),
+        )
     finish = [b.load(b.gep(argp, [i32(0), i32(k)], inbounds=True)) for k in range(16, 19)] if epilogue else []
     geometry = [b.load(b.gep(argp, [i32(0), i32(16 + 3 * epilogue)], inbounds=True))] if windows else []
 
-    def share(total):   # [total*chunk/chunks, total*(chunk+1)/chunks)
-        return (b.sdiv(b.mul(total, chunk), chunks),
-                b.sdiv(b.mul(total, b.add(chunk, c64(1))), chunks))
+    def share(total):  # [total*chunk/chunks, total*(chunk+1)/chunks)
+        return (b.sdiv(b.mul(total, chunk), chunks), b.sdiv(b.mul(total, b.add(chunk, c64(1))), chunks))
 
     many = b.and_(b.icmp_signed(">", chunks, c64(1)), b.icmp_signed(">=", batch, chunks))
-    even = b.or_(b.icmp_signed("==", b.srem(batch, chunks), c64(0)),
-                 b.icmp_signed(">=", batch, b.mul(chunks, c64(4))))
+    even = b.or_(b.icmp_signed("==", b.srem(batch, chunks), c64(0)), b.icmp_signed(">=", batch, b.mul(chunks, c64(4))))
     by_batch = b.and_(many, even)
     bb0, bb1 = share(batch)
     split_n = b.icmp_signed("<=", M, N)
@@ -103,12 +114,27 @@ def routine(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, win
     b.cbranch(b.and_(b.icmp_signed("<", m_lo, m_hi), b.icmp_signed("<", n_lo, n_hi)), work, done)
     b.position_at_end(work)
     with loop(b, b_lo, b_hi, name="bt") as bi:
-        b.call(block_fn, [m_lo, m_hi, n_lo, n_hi, K,
-                          gep(b, A, b.mul(bi, sa)), lda,
-                          gep(b, B, b.mul(bi, sb)), ldb,
-                          gep(b, C, b.mul(bi, sc)), ldc, Ap, Bp,
-                          _nth_pack(b, Bk, bi, Ak_stride) if packed_a else Bk]
-               + (finish + [bi] if epilogue else []) + geometry)
+        b.call(
+            block_fn,
+            [
+                m_lo,
+                m_hi,
+                n_lo,
+                n_hi,
+                K,
+                gep(b, A, b.mul(bi, sa)),
+                lda,
+                gep(b, B, b.mul(bi, sb)),
+                ldb,
+                gep(b, C, b.mul(bi, sc)),
+                ldc,
+                Ap,
+                Bp,
+                _nth_pack(b, Bk, bi, Ak_stride) if packed_a else Bk,
+            ]
+            + (finish + [bi] if epilogue else [])
+            + geometry,
+        )
     b.branch(done)
     b.position_at_end(done)
     b.ret_void()
@@ -124,17 +150,21 @@ def routine(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, win
     # the public entry point
     fn = ir.Function(gen.m, gemm_type(packed or packed_a, epilogue, windows), name)
     fn.attributes.add("nounwind")
-    names = ["M", "N", "K", "A", "lda", "stride_a", "B", "ldb", "stride_b", "C", "ldc", "stride_c", "batch",
-             "nthreads"] + ["packed"] * (packed or packed_a) + ["geometry"] * windows \
+    names = (
+        ["M", "N", "K", "A", "lda", "stride_a", "B", "ldb", "stride_b", "C", "ldc", "stride_c", "batch", "nthreads"]
+        + ["packed"] * (packed or packed_a)
+        + ["geometry"] * windows
         + ["epilogue", "slots", "sizes"]
+    )
     for a, n in zip(fn.args, names):
         a.name = n
     M, N, K, *_, batch, nthreads = fn.args[:14]
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     nothing = fn.append_basic_block("nothing")
     go = fn.append_basic_block("go")
-    empty = b.or_(b.or_(b.icmp_signed("<=", M, c64(0)), b.icmp_signed("<=", N, c64(0))),
-                  b.icmp_signed("<=", batch, c64(0)))
+    empty = b.or_(
+        b.or_(b.icmp_signed("<=", M, c64(0)), b.icmp_signed("<=", N, c64(0))), b.icmp_signed("<=", batch, c64(0))
+    )
     b.cbranch(empty, nothing, go)
     b.position_at_end(nothing)
     b.ret(i32(0))
@@ -146,11 +176,11 @@ def routine(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, win
     b.store(current_mode(gen.m, b), b.gep(args, [i32(0), i32(14)], inbounds=True))
     given = packed or packed_a
     b.store(fn.args[14] if given else ir.Constant(fptr, None), b.gep(args, [i32(0), i32(15)], inbounds=True))
-    for k, v in enumerate(fn.args[14 + given + windows:] if epilogue else ()):
+    for k, v in enumerate(fn.args[14 + given + windows :] if epilogue else ()):
         b.store(v, b.gep(args, [i32(0), i32(16 + k)], inbounds=True))
     if windows:
         b.store(fn.args[14 + given], b.gep(args, [i32(0), i32(16 + 3 * epilogue)], inbounds=True))
-    nt = smax(b, nthreads, c64(1))       # the pool takes at most MOST_THREADS
+    nt = smax(b, nthreads, c64(1))  # the pool takes at most MOST_THREADS
     work = b.mul(b.mul(b.mul(M, N), smax(b, K, c64(1))), batch)
     # below serial_below on the calling thread; called from a pool's task (a fused
     # kernel's chunk), the pool runs it on that thread, in its own pack buffers' slot
@@ -160,10 +190,20 @@ def routine(gen, name, trans_a, trans_b, accumulate, packed, epilogue=False, win
     return fn
 
 
-def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = False,
-             trans_b: bool = False, accumulate: bool = False, packed: bool = False,
-             config: GemmConfig | None = None, epilogue: bool = False, windows: bool = False,
-             shared_buffers: bool = False, packed_a: bool = False) -> ir.Function:
+def add_gemm(
+    module: ir.Module,
+    name: str | None = None,
+    *,
+    trans_a: bool = False,
+    trans_b: bool = False,
+    accumulate: bool = False,
+    packed: bool = False,
+    config: GemmConfig | None = None,
+    epilogue: bool = False,
+    windows: bool = False,
+    shared_buffers: bool = False,
+    packed_a: bool = False,
+) -> ir.Function:
     """Add the GEMM routine `name` (see the module docstring for its C signature) and its
     internal helpers to `module`; helpers are shared by all routines of one config.
     `packed`: the routine also takes op(B) packed (`add_pack`), or null, and multiplies with
@@ -185,12 +225,19 @@ def add_gemm(module: ir.Module, name: str | None = None, *, trans_a: bool = Fals
     (runtime/engines/cache.py `pool_symbols`)."""
     config = config or default_config()
     name = name or gemm_name(trans_a, trans_b, accumulate, packed, config.bf16, epilogue, windows, packed_a)
-    return routine(Gen(module, config, shared_buffers), name, trans_a, trans_b, accumulate, packed, epilogue, windows,
-                   packed_a)
+    return routine(
+        Gen(module, config, shared_buffers), name, trans_a, trans_b, accumulate, packed, epilogue, windows, packed_a
+    )
 
 
-def add_pack(module: ir.Module, *, trans_b: bool = False, config: GemmConfig | None = None,
-             shared_buffers: bool = False, which: str = "b") -> ir.Function:
+def add_pack(
+    module: ir.Module,
+    *,
+    trans_b: bool = False,
+    config: GemmConfig | None = None,
+    shared_buffers: bool = False,
+    which: str = "b",
+) -> ir.Function:
     """Add `void pack(int64_t K, int64_t N, const float *B, int64_t ldb, float *dst)`:
     op(B) (K x N; stored N x K with `trans_b`) packed once for many products with the
     `packed` routines — NR-wide panels along N, each K long, k-major, columns past N zero:

@@ -1,6 +1,7 @@
 """The packs of a convolution's windows: the `windows` routines' op(B), im2col's columns,
 packed from the image itself into the panels packs.py makes of im2col's buffer, bit for
 bit (runs of an image row by masked vector loads, other panels gathered lane by lane)."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -25,13 +26,20 @@ def window_pack(gen, trans: bool):
     (element (k, j): tap k of pixel j, a forward product's), else as it lies (pixel k's
     tap j, a weight gradient's). Padding columns past `len` are zero too, so the panels
     are those of the buffer, bit for bit."""
+
     def build(name):
-        fn = internal(gen.m, name, ir.VoidType(), [i64, i64, i64, i64, fptr, i64.as_pointer(), fptr],
-                      ["kc", "len", "k0", "j0", "X", "geometry", "dst"])
+        fn = internal(
+            gen.m,
+            name,
+            ir.VoidType(),
+            [i64, i64, i64, i64, fptr, i64.as_pointer(), fptr],
+            ["kc", "len", "k0", "j0", "X", "geometry", "dst"],
+        )
         fn.attributes.add("noinline")
         fn.args[6].add_attribute("noalias")
         (_build_window_pack if trans else _build_pixel_rows_pack)(gen, fn)
         return fn
+
     return gen.shared(f"pack_windows_{'t' if trans else 'n'}", build)
 
 
@@ -48,14 +56,18 @@ def _window_parts(gen, fn):
     b = ir.IRBuilder(fn.append_basic_block("entry"))
     g = {name: b.load(gep(b, geometry, c64(i)), name=name) for i, name in enumerate(WINDOW_GEOMETRY)}
     iv = ir.VectorType(i64, VW)
-    gather = declare(gen.m, f"llvm.masked.gather.v{VW}f32.v{VW}p0", gen.vty,
-                     [ir.VectorType(fptr, VW), i32, ir.VectorType(i1, VW), gen.vty])
+    gather = declare(
+        gen.m,
+        f"llvm.masked.gather.v{VW}f32.v{VW}p0",
+        gen.vty,
+        [ir.VectorType(fptr, VW), i32, ir.VectorType(i1, VW), gen.vty],
+    )
     X_int = b.ptrtoint(X, i64)
 
-    def like(v):            # a scalar as v is: itself, or splat over VW lanes
+    def like(v):  # a scalar as v is: itself, or splat over VW lanes
         return (lambda x: splat(b, x, iv)) if isinstance(v.type, ir.VectorType) else (lambda x: x)
 
-    def digits(v, rows, columns):      # v as (a, row, column) of [., rows, columns]
+    def digits(v, rows, columns):  # v as (a, row, column) of [., rows, columns]
         d = like(v)
         plane = d(b.mul(rows, columns))
         a = b.sdiv(v, plane)
@@ -66,13 +78,16 @@ def _window_parts(gen, fn):
     def position(j):
         return digits(j, g["Ho"], g["Wo"])
 
-    def following(a, row, column, rows, columns):      # the digits of the next v
+    def following(a, row, column, rows, columns):  # the digits of the next v
         column1 = b.add(column, c64(1))
         row_end = b.icmp_signed("==", column1, columns)
         row1 = b.select(row_end, b.add(row, c64(1)), row)
         plane_end = b.icmp_signed("==", row1, rows)
-        return [b.select(plane_end, b.add(a, c64(1)), a), b.select(plane_end, c64(0), row1),
-                b.select(row_end, c64(0), column1)]
+        return [
+            b.select(plane_end, b.add(a, c64(1)), a),
+            b.select(plane_end, c64(0), row1),
+            b.select(row_end, c64(0), column1),
+        ]
 
     def origin(n, ho, wo):
         d = like(n)
@@ -93,8 +108,19 @@ def _window_parts(gen, fn):
         return b.call(gather, [b.inttoptr(at, ir.VectorType(fptr, VW)), i32(4), mask, ir.Constant(gen.vty, None)])
 
     lanes = [ir.Constant(iv, list(range(v * VW, (v + 1) * VW))) for v in range(cfg.nr // VW)]
-    parts = dict(g=g, splat=lambda x: splat(b, x, iv), lanes=lanes, X_int=X_int, digits=digits, position=position,
-                 following=following, origin=origin, taps=taps, tap_parts=tap_parts, gathered=gathered)
+    parts = dict(
+        g=g,
+        splat=lambda x: splat(b, x, iv),
+        lanes=lanes,
+        X_int=X_int,
+        digits=digits,
+        position=position,
+        following=following,
+        origin=origin,
+        taps=taps,
+        tap_parts=tap_parts,
+        gathered=gathered,
+    )
     return b, type("WindowParts", (), parts)
 
 
@@ -106,18 +132,19 @@ def _build_pixel_rows_pack(gen, fn):
     kc, length, k0, j0, X, geometry, dst = fn.args
     b, w = _window_parts(gen, fn)
     g, vsplat = w.g, w.splat
-    inside = lambda x, n: b.icmp_unsigned("<", x, vsplat(n))       # 0 <= x < n
+    inside = lambda x, n: b.icmp_unsigned("<", x, vsplat(n))  # 0 <= x < n
     with loop(b, 0, ceil_div(b, length, P), name="q") as q:
         p0 = b.mul(q, c64(P))
         out = gep(b, dst, b.mul(p0, kc))
-        live = b.sub(length, p0)                # lanes past it are padding: zero
+        live = b.sub(length, p0)  # lanes past it are padding: zero
         lanes = [(w.taps(b.add(vsplat(b.add(j0, p0)), x)), b.icmp_signed("<", x, vsplat(live))) for x in w.lanes]
         with carrying_loop(b, kc, list(w.position(k0)), name="pixel") as (k, (n, ho, wo), following):
             hi0, wi0, base = w.origin(n, ho, wo)
             o = gep(b, out, b.mul(k, c64(P)))
             for v, ((offset, di, dj), lane_ok) in enumerate(lanes):
-                mask = b.and_(lane_ok, b.and_(inside(b.add(vsplat(hi0), di), g["H"]),
-                                              inside(b.add(vsplat(wi0), dj), g["W"])))
+                mask = b.and_(
+                    lane_ok, b.and_(inside(b.add(vsplat(hi0), di), g["H"]), inside(b.add(vsplat(wi0), dj), g["W"]))
+                )
                 x = w.gathered(b.add(vsplat(base), offset), mask)
                 b.store(x, vec_ptr(b, gep(b, o, c64(v * VW)), gen.vty), align=4)
             following += w.following(n, ho, wo, g["Ho"], g["Wo"])
@@ -134,7 +161,7 @@ def _build_window_pack(gen, fn):
     kc, length, k0, j0, X, geometry, dst = fn.args
     b, w = _window_parts(gen, fn)
     g, vsplat, lanes, X_int, position = w.g, w.splat, w.lanes, w.X_int, w.position
-    inside = lambda x, n: b.icmp_unsigned("<", x, vsplat(n))       # 0 <= x < n
+    inside = lambda x, n: b.icmp_unsigned("<", x, vsplat(n))  # 0 <= x < n
 
     # each tap's offset in X and its row and column steps, for the K slice: (c, i, jj)
     # carried along k, no division per tap
@@ -152,8 +179,8 @@ def _build_window_pack(gen, fn):
         out = gep(b, dst, b.mul(p0, kc))
         first = b.add(j0, p0)
         n_a, ho_a, wo_a = position(first)
-        split = b.sub(g["Wo"], wo_a)            # the panel's lanes in the first output row
-        live = b.sub(length, p0)                # lanes past it are padding: zero
+        split = b.sub(g["Wo"], wo_a)  # the panel's lanes in the first output row
+        live = b.sub(length, p0)  # lanes past it are padding: zero
         in_runs = b.and_(b.icmp_signed("==", g["sw"], c64(1)), b.icmp_signed("<=", b.sub(c64(P), split), g["Wo"]))
         scattered, next_panel = fn.append_basic_block("scattered"), fn.append_basic_block("panel.next")
         by_stride = b.switch(b.select(in_runs, g["stride_w"], c64(0)), scattered)
@@ -171,8 +198,9 @@ def _build_window_pack(gen, fn):
             offset, di, dj = tap(k)
             o = gep(b, out, b.mul(k, c64(P)))
             for v, (hi0, wi0, base, lane_ok) in enumerate(pos):
-                mask = b.and_(lane_ok, b.and_(inside(b.add(hi0, vsplat(di)), g["H"]),
-                                              inside(b.add(wi0, vsplat(dj)), g["W"])))
+                mask = b.and_(
+                    lane_ok, b.and_(inside(b.add(hi0, vsplat(di)), g["H"]), inside(b.add(wi0, vsplat(dj)), g["W"]))
+                )
                 x = w.gathered(b.add(base, vsplat(offset)), mask)
                 b.store(x, vec_ptr(b, gep(b, o, c64(v * VW)), gen.vty), align=4)
         b.branch(next_panel)
@@ -196,19 +224,25 @@ def _window_runs(gen, b, stride, g, X_int, tap, kc, out, first, split, live, pos
     n_a, ho_a, wo_a = position(first)
     n_b, ho_b, _ = position(b.add(first, split))
     rows = []
-    for n, ho, wo, lo, hi in ((n_a, ho_a, wo_a, c64(0), smin(b, split, live)),
-                              (n_b, ho_b, b.sub(c64(0), split), split, live)):
+    for n, ho, wo, lo, hi in (
+        (n_a, ho_a, wo_a, c64(0), smin(b, split, live)),
+        (n_b, ho_b, b.sub(c64(0), split), split, live),
+    ):
         hi0 = b.sub(b.mul(ho, g["stride_h"]), g["pad_h"])
-        wi0 = b.sub(b.mul(wo, c64(stride)), g["pad_w"])    # the column of lane 0, as if the row began there
+        wi0 = b.sub(b.mul(wo, c64(stride)), g["pad_w"])  # the column of lane 0, as if the row began there
         base = b.add(b.mul(n, g["sn"]), b.add(b.mul(hi0, g["sh"]), wi0))
         lane_ok = [b.and_(b.icmp_signed(">=", x, vsplat(lo)), b.icmp_signed("<", x, vsplat(hi))) for x in lanes]
         rows.append((hi0, wi0, base, lo, hi, lane_ok))
     # the row each vector's lanes all lie in (the first's, else the second's): a row's
     # lanes are [lo, hi), and each vector's choice is the same for every tap
     in_first = [b.icmp_signed("<=", c64((v + 1) * VW), rows[0][4]) for v in range(len(lanes))]
-    in_one = [b.or_(in_first[v], b.and_(b.icmp_signed(">=", c64(v * VW), rows[1][3]),
-                                        b.icmp_signed("<=", c64((v + 1) * VW), rows[1][4])))
-              for v in range(len(lanes))]
+    in_one = [
+        b.or_(
+            in_first[v],
+            b.and_(b.icmp_signed(">=", c64(v * VW), rows[1][3]), b.icmp_signed("<=", c64((v + 1) * VW), rows[1][4])),
+        )
+        for v in range(len(lanes))
+    ]
 
     def address(start):
         return b.inttoptr(b.add(X_int, b.mul(start, c64(4))), fptr)
@@ -220,15 +254,23 @@ def _window_runs(gen, b, stride, g, X_int, tap, kc, out, first, split, live, pos
             dst = vec_ptr(b, gep(b, o, c64(v * VW)), gen.vty)
             pick = lambda q: b.select(in_first[v], rows[0][q], rows[1][q])
             hi0, wi0, base = pick(0), pick(1), pick(2)
-            column = b.add(b.add(wi0, dj), c64(stride * v * VW))     # of the vector's first lane
-            whole = b.and_(in_one[v], b.and_(b.icmp_unsigned("<", b.add(hi0, di), g["H"]), b.and_(
-                b.icmp_unsigned("<", column, g["W"]),
-                b.icmp_unsigned("<", b.add(column, c64(stride * VW - 1)), g["W"]))))
+            column = b.add(b.add(wi0, dj), c64(stride * v * VW))  # of the vector's first lane
+            whole = b.and_(
+                in_one[v],
+                b.and_(
+                    b.icmp_unsigned("<", b.add(hi0, di), g["H"]),
+                    b.and_(
+                        b.icmp_unsigned("<", column, g["W"]),
+                        b.icmp_unsigned("<", b.add(column, c64(stride * VW - 1)), g["W"]),
+                    ),
+                ),
+            )
             with b.if_else(whole) as (plain, edge):
                 with plain:
                     at = b.add(b.add(base, offset), c64(stride * v * VW))
-                    parts = [b.load(vec_ptr(b, address(b.add(at, c64(s * VW))), gen.vty), align=4)
-                             for s in range(stride)]
+                    parts = [
+                        b.load(vec_ptr(b, address(b.add(at, c64(s * VW))), gen.vty), align=4) for s in range(stride)
+                    ]
                     b.store(every(b, parts, stride, 0), dst, align=4)
                 with edge:
                     value = None
@@ -236,7 +278,8 @@ def _window_runs(gen, b, stride, g, X_int, tap, kc, out, first, split, live, pos
                         row_ok = splat(b, b.icmp_unsigned("<", b.add(hi0, di), g["H"]), ir.VectorType(i1, VW))
                         column = b.add(b.mul(x, vsplat(c64(stride))), vsplat(b.add(wi0, dj)))
                         mask = b.and_(b.and_(lane_ok[v], b.icmp_unsigned("<", column, vsplat(g["W"]))), row_ok)
-                        loaded, _ = strided_load(gen.m, b, address(b.add(b.add(base, offset), c64(stride * v * VW))),
-                                                 mask, stride)
+                        loaded, _ = strided_load(
+                            gen.m, b, address(b.add(b.add(base, offset), c64(stride * v * VW))), mask, stride
+                        )
                         value = loaded if value is None else b.select(mask, loaded, value)
                     b.store(value, dst, align=4)

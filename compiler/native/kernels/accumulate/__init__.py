@@ -1,5 +1,6 @@
 """Accumulation: sums into windows of a zeroed output (col2im, average-pool gradients), and
 the lowering rule of avgpool2d_grad. The loop is in loops.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ class AccumulateKernel(Kernel):
     """out[at(i)] += expr(i) for every i in shape whose guards hold (out zeroed first):
     the adjoint of reading windows (col2im, average-pool gradients). Axis 0 is the batch:
     iteration n touches only example n of out, at.coeffs[0] elements from n * at.coeffs[0]."""
+
     shape: tuple
     out: int
     at: Affine
@@ -21,8 +23,10 @@ class AccumulateKernel(Kernel):
     expr: object
 
     def text(self) -> list:
-        return [f"accumulate {render.shape(self.shape)}: b{self.out}[{self.at.text()}] += "
-                f"{self.expr.text()}{render.located(self)}"]
+        return [
+            f"accumulate {render.shape(self.shape)}: b{self.out}[{self.at.text()}] += "
+            f"{self.expr.text()}{render.located(self)}"
+        ]
 
     def accesses(self) -> tuple:
         return expr_reads(self.expr), {self.out}
@@ -30,6 +34,7 @@ class AccumulateKernel(Kernel):
     def emit(self, f):
         """The examples on a thread team."""
         from dlc.compiler.native.kernels.accumulate.loops import accumulate
+
         return f.team(lambda kb, first: accumulate(kb, self, first), self.shape[0], numel(self.shape))
 
 

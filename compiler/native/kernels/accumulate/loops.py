@@ -1,4 +1,5 @@
 """The loop of an accumulation (kernels/accumulate), in LLVM IR."""
+
 from __future__ import annotations
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
@@ -17,6 +18,12 @@ def accumulate(kb: KernelBuilder, k, first):
             at = kb.affine(k.at, idx)
             old = kb.disjoint(b.load(b.gep(kb.buffer(k.out, "f32"), [at])), k.out)
             kb.store(k.out, "f32", at, b.fadd(old, kb.expr(k.expr, idx)))
+
     last = len(k.shape) - 1
-    kb.loops(k.shape, each, first=first, contiguous=contiguous_along([k.at, *k.expr.leaves()], last),
-             scattered=not contiguous_along([k.at], last))
+    kb.loops(
+        k.shape,
+        each,
+        first=first,
+        contiguous=contiguous_along([k.at, *k.expr.leaves()], last),
+        scattered=not contiguous_along([k.at], last),
+    )

@@ -1,6 +1,7 @@
 """Fused attention, forward and backward: softmax(q kᵀ · scale, masked) @ v in blocks of
 queries and keys, the [Tq, Tk] scores never in memory (docs/native.md, "Attention"); the
 lowering rule of attention and attention_grad. The loops are in loops.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ from dlc.compiler.native.program import Affine, Kernel, Load, contiguous, expr_r
 from dlc.compiler.native.program.registry import register_lowering
 
 
-BLOCK_Q = 128        # query rows a block of scores holds
-BLOCK_K = 256        # keys a block of scores holds
+BLOCK_Q = 128  # query rows a block of scores holds
+BLOCK_K = 256  # keys a block of scores holds
 
 
 @dataclass
@@ -22,6 +23,7 @@ class AttentionKernel(Kernel):
     `grad`, the backward pass reads o, lse and do and writes dq, dk, dv. `mask`: an
     expression over the scores' index [*batch, Tq, Tk] (bool, or float added to the
     score), None without. `scratch`: per batch index, the blocks of scores and products."""
+
     batch: tuple
     tq: object
     tk: object
@@ -29,10 +31,10 @@ class AttentionKernel(Kernel):
     dv: object
     scale: float
     mask: object
-    reads: tuple          # q, k, v; with grad also o, lse, do: each (buffer, offset, batch coefficients, row stride)
-    writes: tuple         # o, lse; with grad dq, dk, dv: the same
+    reads: tuple  # q, k, v; with grad also o, lse, do: each (buffer, offset, batch coefficients, row stride)
+    writes: tuple  # o, lse; with grad dq, dk, dv: the same
     scratch: int
-    mask_bool: bool = False     # a bool mask picks the score or MASKED; a float one is added
+    mask_bool: bool = False  # a bool mask picks the score or MASKED; a float one is added
     grad: bool = False
     block_q: int = BLOCK_Q
     block_k: int = BLOCK_K
@@ -52,10 +54,15 @@ class AttentionKernel(Kernel):
         mask = f", mask {self.mask.text()}" if self.mask is not None else ""
         shape = f"{render.shape(self.batch)} x [{self.tq} x {self.tk}]"
         outs = ", ".join(f"b{x[0]}" for x in self.writes)
-        what = f"gradient of attention({q}, {k}, {v}) from b{self.reads[5][0]}" if self.grad else \
-            f"attention({q}, {k}, {v})"
-        return [f"attention{'_grad' if self.grad else ''} {shape}: {outs} = {what}{mask}, scale {self.scale:g}"
-                f"{render.located(self)}"]
+        what = (
+            f"gradient of attention({q}, {k}, {v}) from b{self.reads[5][0]}"
+            if self.grad
+            else f"attention({q}, {k}, {v})"
+        )
+        return [
+            f"attention{'_grad' if self.grad else ''} {shape}: {outs} = {what}{mask}, scale {self.scale:g}"
+            f"{render.located(self)}"
+        ]
 
     def accesses(self) -> tuple:
         mask = expr_reads(self.mask) if self.mask is not None else set()
@@ -65,6 +72,7 @@ class AttentionKernel(Kernel):
         """The batch indices on a thread team, each on one thread; the block products are
         calls of the GEMM library (serial inside the team)."""
         from dlc.compiler.native.kernels.attention.loops import attention, attention_grad
+
         work = numel((*self.batch, self.tq, self.tk, self.d))
         loop = attention_grad if self.grad else attention
         return f.team(lambda kb, first: loop(kb, self, first, f.library), numel(self.batch), work)
@@ -90,10 +98,24 @@ def _attention(lw, n, ins, attrs, typ):
         lw.set(n, load, out=j)
         writes.append(operand)
     scratch = lw.p.buffer("f32", numel(batch) * AttentionKernel.scratch_floats(d, dv), "temp")
-    lw.emit(AttentionKernel(batch, q.shape[-2], k.shape[-2], d, dv, attrs["scale"],
-                            lw.use(mask) if mask is not None else None,
-                            tuple(_row_matrices(lw, t, t.rank < q.rank) for t in operands),
-                            tuple(writes), scratch.id, mask is not None and mask.dtype == "bool", grad, node=n))
+    lw.emit(
+        AttentionKernel(
+            batch,
+            q.shape[-2],
+            k.shape[-2],
+            d,
+            dv,
+            attrs["scale"],
+            lw.use(mask) if mask is not None else None,
+            tuple(_row_matrices(lw, t, t.rank < q.rank) for t in operands),
+            tuple(writes),
+            scratch.id,
+            mask is not None and mask.dtype == "bool",
+            grad,
+            node=n,
+        )
+    )
+
 
 def _row_matrices(lw, t: Tensor, vector: bool) -> tuple:
     """(buffer, offset, batch coefficients, row stride) of an attention operand [..., T, d]
@@ -108,10 +130,12 @@ def _row_matrices(lw, t: Tensor, vector: bool) -> tuple:
         e = lw.materialize(t)
     return e.buffer, e.at.offset, e.at.coeffs[:-2], e.at.coeffs[-2]
 
+
 def _vector_rows(buf: int, shape) -> tuple:
     """An lse [..., T], contiguous, as matrices of one-element rows."""
     load = contiguous(buf, shape, "f32")
     return load, (buf, 0, load.at.coeffs[:-1], 1)
+
 
 def _rows_in_place(buf: int, shape) -> tuple:
     """An output [..., heads, T, d] stored [..., T, heads, d]: the layout its reader, the
@@ -122,5 +146,5 @@ def _rows_in_place(buf: int, shape) -> tuple:
         return load, (buf, 0, load.at.coeffs[:-2], shape[-1])
     *outer, heads, rows, d = shape
     stored = row_major(tuple(outer) + (rows, heads, d))
-    coeffs = stored[:len(outer)] + (d, heads * d, 1)
+    coeffs = stored[: len(outer)] + (d, heads * d, 1)
     return Load(buf, Affine(0, coeffs), "f32"), (buf, 0, coeffs[:-2], heads * d)

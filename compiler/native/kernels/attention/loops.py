@@ -1,4 +1,5 @@
 """The fused attention's loops (kernels/attention), in LLVM IR."""
+
 from __future__ import annotations
 
 import math
@@ -22,15 +23,16 @@ class _Attention:
 
     def __init__(self, kb: KernelBuilder, k, first, library):
         self.kb, self.k, self.b = kb, k, kb.b
-        self.gemms = {(ta, tb): library(gemm_name(ta, tb, False), gemm_type()) for ta in (False, True)
-                      for tb in (False, True)}
+        self.gemms = {
+            (ta, tb): library(gemm_name(ta, tb, False), gemm_type()) for ta in (False, True) for tb in (False, True)
+        }
         self.tq, self.tk, self.d, self.dv = (kb.dim(x) for x in (k.tq, k.tk, k.d, k.dv))
         # one thread's scratch, at its first batch index (each thread's slice is its own)
         bq, bk = k.block_q, k.block_k
         base = self.b.mul(first[0], kb.dim(k.scratch_floats(k.d, k.dv)))
         self.scores = base
-        self.second = self.add(base, bq * bk)                   # a second block of scores
-        self.product = self.add(self.second, bq * bk)           # a block product, [rows x d or dv]
+        self.second = self.add(base, bq * bk)  # a second block of scores
+        self.product = self.add(self.second, bq * bk)  # a block product, [rows x d or dv]
         self.row = self.b.add(self.product, self.b.mul(self.c(max(bq, bk)), self.b.add(self.d, self.dv)))
         self.row2 = self.add(self.row, bq)
 
@@ -64,6 +66,7 @@ class _Attention:
 
     def matrices(self, body, first):
         """body(n, batch index) for each matrix n of the thread's slice `first`."""
+
         def each(idx):
             n, rest = idx[0], []
             for dim in reversed(self.k.batch):
@@ -71,6 +74,7 @@ class _Attention:
                 rest.insert(0, self.b.urem(n, size))
                 n = self.b.udiv(n, size)
             body(idx[0], rest)
+
         self.kb.loops((numel(self.k.batch),), each, first=first)
 
     def blocks(self, total, size: int, body):
@@ -82,6 +86,7 @@ class _Attention:
             start = b.mul(idx[0], self.c(size))
             rest = b.sub(total, start)
             body(start, b.select(b.icmp_signed("<", rest, self.c(size)), rest, self.c(size)))
+
         self.kb.loops((count,), each)
 
     def rows(self, shape: tuple, body):
@@ -129,13 +134,16 @@ class _Attention:
             dst = self.element(m, self.add(row0, r), col)
             src = self.add(self.product, self.mul(r, cols), col)
             self.store(m[0], dst, b.fadd(self.load(m[0], dst), self.load(self.k.scratch, src)))
+
         self.rows((rows, cols), each)
 
     def fill(self, m: tuple, row0, rows, cols, value: float):
         """m[row0 + r, c] = value ([rows x cols]; cols None: one value a row)."""
+
         def each(idx):
             at = self.element(m, self.add(row0, idx[0]), idx[1] if cols is not None else None)
             self.store(m[0], at, ir.Constant(f32, value))
+
         self.rows((rows,) if cols is None else (rows, cols), each)
 
 
@@ -162,41 +170,67 @@ def attention(kb: KernelBuilder, k, first, library):
                 def row(idx):
                     r = idx[0]
                     at = a.add(a.scores, a.mul(r, bk))
-                    a.rows((nk,), lambda c: a.store(scratch, a.add(at, c[0]), a.score(
-                        a.load(scratch, a.add(at, c[0])), where + [a.add(i0, r), a.add(j0, c[0])])))
+                    a.rows(
+                        (nk,),
+                        lambda c: a.store(
+                            scratch,
+                            a.add(at, c[0]),
+                            a.score(a.load(scratch, a.add(at, c[0])), where + [a.add(i0, r), a.add(j0, c[0])]),
+                        ),
+                    )
                     last = a.load(lse[0], a.element(lse, a.add(i0, r)))
-                    top = kb.intrinsic("llvm.maximum", last, a.row_fold(
-                        at, nk, lambda x, y: kb.intrinsic("llvm.maximum", x, y), -math.inf))
-                    a.rows((nk,), lambda c: a.store(scratch, a.add(at, c[0]), exp(
-                        kb, b.fsub(a.load(scratch, a.add(at, c[0])), top))))
+                    top = kb.intrinsic(
+                        "llvm.maximum",
+                        last,
+                        a.row_fold(at, nk, lambda x, y: kb.intrinsic("llvm.maximum", x, y), -math.inf),
+                    )
+                    a.rows(
+                        (nk,),
+                        lambda c: a.store(
+                            scratch, a.add(at, c[0]), exp(kb, b.fsub(a.load(scratch, a.add(at, c[0])), top))
+                        ),
+                    )
                     total = a.row_fold(at, nk)
                     alpha = exp(kb, b.fsub(last, top))
                     a.store(lse[0], a.element(lse, a.add(i0, r)), top)
                     a.store(scratch, a.add(a.row2, r), alpha)
                     a.store(scratch, a.add(a.row, r), b.fadd(b.fmul(a.load(scratch, a.add(a.row, r)), alpha), total))
+
                 a.rows((mq,), row)
                 a.gemm(False, False, mq, a.dv, nk, (scratch, a.scores, bk), a.at(v, j0), (scratch, a.product, a.dv))
 
                 def rescale(idx):
                     r, c = idx
                     at = a.element(o, a.add(i0, r), c)
-                    a.store(o[0], at, b.fadd(b.fmul(a.load(o[0], at), a.load(scratch, a.add(a.row2, r))),
-                                             a.load(scratch, a.add(a.product, b.mul(r, a.dv), c))))
+                    a.store(
+                        o[0],
+                        at,
+                        b.fadd(
+                            b.fmul(a.load(o[0], at), a.load(scratch, a.add(a.row2, r))),
+                            a.load(scratch, a.add(a.product, b.mul(r, a.dv), c)),
+                        ),
+                    )
+
                 a.rows((mq, a.dv), rescale)
+
             a.blocks(a.tk, bk, key_block)
 
             def finish(idx):
                 r, c = idx
                 at = a.element(o, a.add(i0, r), c)
                 a.store(o[0], at, b.fdiv(a.load(o[0], at), a.load(scratch, a.add(a.row, r))))
+
             a.rows((mq, a.dv), finish)
 
             def log_sum(idx):
                 at = a.element(lse, a.add(i0, idx[0]))
                 total = a.load(scratch, a.add(a.row, idx[0]))
                 a.store(lse[0], at, b.fadd(a.load(lse[0], at), kb.call("logf", f32, [total])))
+
             a.rows((mq,), log_sum)
+
         a.blocks(a.tq, bq, query_block)
+
     a.matrices(matrix, first)
 
 
@@ -218,11 +252,18 @@ def attention_grad(kb: KernelBuilder, k, first, library):
         def query_block(i0, mq):
             a.fill(dq, i0, mq, a.d, 0.0)
 
-            def delta(idx):         # rowsum(do * o)
+            def delta(idx):  # rowsum(do * o)
                 r = idx[0]
-                e = Op("mul", (Load(do[0], Affine(a.element(do, a.add(i0, r)), (1,)), "f32"),
-                               Load(o[0], Affine(a.element(o, a.add(i0, r)), (1,)), "f32")), "f32")
+                e = Op(
+                    "mul",
+                    (
+                        Load(do[0], Affine(a.element(do, a.add(i0, r)), (1,)), "f32"),
+                        Load(o[0], Affine(a.element(o, a.add(i0, r)), (1,)), "f32"),
+                    ),
+                    "f32",
+                )
                 a.store(scratch, a.add(a.row, r), lane_sum(kb, e, f32, [], (a.dv,)))
+
             a.rows((mq,), delta)
 
             def key_block(j0, nk):
@@ -233,6 +274,7 @@ def attention_grad(kb: KernelBuilder, k, first, library):
                     at = a.add(a.scores, a.mul(r, bk), c)
                     s = a.score(a.load(scratch, at), where + [a.add(i0, r), a.add(j0, c)])
                     a.store(scratch, at, exp(kb, b.fsub(s, a.load(lse[0], a.element(lse, a.add(i0, r))))))
+
                 a.rows((mq, nk), probability)
                 a.gemm(True, False, nk, a.dv, mq, (scratch, a.scores, bk), a.at(do, i0), (scratch, a.product, a.dv))
                 a.add_into(dv, j0, nk, a.dv)
@@ -242,17 +284,23 @@ def attention_grad(kb: KernelBuilder, k, first, library):
                     r, c = idx
                     at = a.add(a.second, a.mul(r, bk), c)
                     p = a.load(scratch, a.add(a.scores, a.mul(r, bk), c))
-                    ds = b.fmul(b.fmul(p, b.fsub(a.load(scratch, at), a.load(scratch, a.add(a.row, r)))),
-                                ir.Constant(f32, k.scale))
-                    if k.mask is not None and k.mask_bool:     # a masked score is a constant
+                    ds = b.fmul(
+                        b.fmul(p, b.fsub(a.load(scratch, at), a.load(scratch, a.add(a.row, r)))),
+                        ir.Constant(f32, k.scale),
+                    )
+                    if k.mask is not None and k.mask_bool:  # a masked score is a constant
                         m = kb.expr(k.mask, where + [a.add(i0, r), a.add(j0, c)])
                         ds = b.select(m, ds, ir.Constant(f32, 0.0))
                     a.store(scratch, at, ds)
+
                 a.rows((mq, nk), score_grad)
                 a.gemm(False, False, mq, a.d, nk, (scratch, a.second, bk), a.at(key, j0), (scratch, a.product, a.d))
                 a.add_into(dq, i0, mq, a.d)
                 a.gemm(True, False, nk, a.d, mq, (scratch, a.second, bk), a.at(q, i0), (scratch, a.product, a.d))
                 a.add_into(dk, j0, nk, a.d)
+
             a.blocks(a.tk, bk, key_block)
+
         a.blocks(a.tq, bq, query_block)
+
     a.matrices(matrix, first)

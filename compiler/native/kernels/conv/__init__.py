@@ -3,6 +3,7 @@ conv2d and its two gradients that compute with it, im2col and a GEMM (its column
 buffer, or packed by the GEMM from the image itself), the small GEMM, a map, a reduction
 and accumulation (col2im), each registered under the name of its entry in the lists of
 compiler/native/choose/conv.py, which choose among them. The loops are in loops.py."""
+
 from __future__ import annotations
 
 import functools
@@ -19,7 +20,7 @@ from dlc.compiler.native.kernels.small_gemm import SmallGemmKernel
 from dlc.compiler.native.program import Affine, Kernel, Load, Op, contiguous, render, row_major
 from dlc.compiler.native.program.registry import register_implementation
 
-SMALL_GEMM_PARTS = 16   # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
+SMALL_GEMM_PARTS = 16  # runs of the batch a SmallGemmKernel sums apart (the threads' shares)
 
 
 @dataclass
@@ -40,11 +41,12 @@ class ConvKernel(Kernel):
     channels, not pixels (loops.py `conv_by_channels`, and with groups, a depthwise
     convolution's, `depthwise_by_channels`; compiler/native/choose/conv.py `_by_channels`
     says which convolutions)."""
+
     x: int
     w: int | None
     out: int
-    x_shape: tuple        # N, C, H, W
-    w_shape: tuple        # O, C, kh, kw
+    x_shape: tuple  # N, C, H, W
+    w_shape: tuple  # O, C, kh, kw
     out_hw: tuple
     stride_h: int
     padding: tuple
@@ -72,8 +74,10 @@ class ConvKernel(Kernel):
         what += f" in {self.groups} groups" if self.groups > 1 else ""
         what += ", by channels" if self.by_channels else ""
         what += ", then in its store:" if self.epilogue else ""
-        return [f"direct conv {render.shape(self.x_shape)} by {render.shape(self.w_shape)}: b{self.out} = {what}"
-                f"{render.located(self)}"] + ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
+        return [
+            f"direct conv {render.shape(self.x_shape)} by {render.shape(self.w_shape)}: b{self.out} = {what}"
+            f"{render.located(self)}"
+        ] + ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 
     def accesses(self) -> tuple:
         if self.g is not None:
@@ -95,14 +99,20 @@ class ConvKernel(Kernel):
         """The examples times the groups (or tiles of channels), or the output rows, on a
         thread team (loops.py `team_rows`); the weight gradient's parts on a team, then
         their sum on the calling thread."""
-        from dlc.compiler.native.kernels.conv.loops import (conv, conv_by_channels, conv_weight_grad,
-                                                             depthwise_by_channels, team_rows)
+        from dlc.compiler.native.kernels.conv.loops import (
+            conv,
+            conv_by_channels,
+            conv_weight_grad,
+            depthwise_by_channels,
+            team_rows,
+        )
         from dlc.compiler.native.codegen.shared_loops import sum_parts
+
         work = numel(self.w_shape) * numel(self.x_shape[:1] + self.out_hw)
         if self.g is None:
             if not self.by_channels:
                 loops = conv
-            else:       # the stem's filters in the lanes, or a depthwise convolution's channels
+            else:  # the stem's filters in the lanes, or a depthwise convolution's channels
                 loops = conv_by_channels if self.groups == 1 else depthwise_by_channels
             return f.team(lambda kb, first: loops(kb, self, first), team_rows(self), work)
         kb = f.team(lambda kb, first: conv_weight_grad(kb, self, first), self.parts, work)
@@ -117,6 +127,7 @@ class ConvShape:
     """The sizes of x [N, C, H, W] convolved with w [O, C / groups, kh, kw] into y [N, O, Ho, Wo],
     and the GEMM shapes of a convolution and its gradients: a GEMM per group of
     O / groups filters and C / groups channels."""
+
     N: object
     C: object
     O: object
@@ -150,6 +161,7 @@ class ConvShape:
         """C / groups · kh · kw: an output's products within its group."""
         return self.C // self.groups * self.kh * self.kw
 
+
 def conv_shape(op: str, ins: tuple, out: tuple, groups: int) -> ConvShape:
     """The ConvShape of a conv2d (x, w -> y) or of its gradients (x, g -> w; g, w -> x), from
     the shapes of its operands and its output."""
@@ -158,13 +170,18 @@ def conv_shape(op: str, ins: tuple, out: tuple, groups: int) -> ConvShape:
         return ConvShape.of(a, b, out, groups)
     return ConvShape.of(a, out, b, groups) if op == "conv2d_weight_grad" else ConvShape.of(out, b, a, groups)
 
+
 def input_grad_as_conv(s: ConvShape, x_hw: tuple, attrs) -> tuple:
     """A stride-1 convolution's input gradient as the convolution of g it is, with the
     filters flipped and their channels swapped (`flipped_filters`): its shape (g's channels
     in, x's out, over x's pixels) and attributes (stride 1, padding d·(k - 1) - p)."""
     (ph, pw), (dh, dw) = attrs["padding"], attrs["dilation"]
-    return ConvShape(s.N, s.O, s.C, s.kh, s.kw, *x_hw, 1), \
-        {"stride": (1, 1), "padding": (dh * (s.kh - 1) - ph, dw * (s.kw - 1) - pw), "dilation": (dh, dw)}
+    return ConvShape(s.N, s.O, s.C, s.kh, s.kw, *x_hw, 1), {
+        "stride": (1, 1),
+        "padding": (dh * (s.kh - 1) - ph, dw * (s.kw - 1) - pw),
+        "dilation": (dh, dw),
+    }
+
 
 def flipped_filters(w: Load, kh: int, kw: int) -> Load:
     """w [O, C, kh, kw] read as [C, O, kh, kw] with its taps flipped, w[o, c, kh-1-i, kw-1-j]:
@@ -172,8 +189,20 @@ def flipped_filters(w: Load, kh: int, kw: int) -> Load:
     so, sci, si, sj = w.at.coeffs
     return Load(w.buffer, Affine(w.at.offset + (kh - 1) * si + (kw - 1) * sj, (sci, so, -si, -sj)), "f32")
 
-def _columns_gemm(lw, n, x: Tensor, s: ConvShape, attrs, mnk: tuple, a: tuple, c: tuple, trans_b: bool,
-                  from_the_image: bool, examples: bool = False):
+
+def _columns_gemm(
+    lw,
+    n,
+    x: Tensor,
+    s: ConvShape,
+    attrs,
+    mnk: tuple,
+    a: tuple,
+    c: tuple,
+    trans_b: bool,
+    from_the_image: bool,
+    examples: bool = False,
+):
     """The GEMM per group (M, N, K = mnk) of A and x's columns as B — transposed with
     `trans_b` (the product's), as they lie otherwise (the weight gradient's) — into C:
     packed from x itself (GemmKernel's `windows`, the geometry gemm/interface.py's WINDOW_GEOMETRY says),
@@ -182,13 +211,26 @@ def _columns_gemm(lw, n, x: Tensor, s: ConvShape, attrs, mnk: tuple, a: tuple, c
     if from_the_image:
         xm = lw.materialize(x)
         sn, sc, sh, sw = xm.at.coeffs
-        geometry = (s.Ho, s.Wo, s.kh, s.kw, *x.shape[2:], sn, sc, sh, sw, *attrs["stride"], *attrs["padding"],
-                    *attrs["dilation"])
+        geometry = (
+            s.Ho,
+            s.Wo,
+            s.kh,
+            s.kw,
+            *x.shape[2:],
+            sn,
+            sc,
+            sh,
+            sw,
+            *attrs["stride"],
+            *attrs["padding"],
+            *attrs["dilation"],
+        )
         batch, stride = (s.N, sn) if examples else (s.groups, s.C // s.groups * sc)
         _filters_gemm(lw, n, mnk, batch, a, (xm.buffer, xm.at.offset, 0, stride), c, trans_b, windows=geometry)
     else:
         cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
         _filters_gemm(lw, n, mnk, s.groups, a, (cols.id, 0, s.taps, s.group_taps), c, trans_b, bf16=lw.bf16)
+
 
 def _filters_gemm(lw, n, mnk: tuple, batch, a: tuple, b: tuple, c: tuple, trans_b: bool, **kw):
     """The GemmKernel of a convolution's product with its filters as op(A) (a), which a
@@ -196,6 +238,7 @@ def _filters_gemm(lw, n, mnk: tuple, batch, a: tuple, b: tuple, c: tuple, trans_
     made = weight_packed_a(lw, a, mnk[0], mnk[2], batch, n)
     packed, ready = made or (None, None)
     lw.emit(GemmKernel(*mnk, batch, a, b, c, False, trans_b, packed, ready, packed_a=made is not None, node=n, **kw))
+
 
 def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
     """The products of a grouped convolution's taps (c, i, j) over the iteration
@@ -208,10 +251,18 @@ def _group_taps(lw, x: Tensor, w: Tensor, attrs) -> list:
     for c in range(cg):
         for i in range(kh):
             for j in range(kw):
-                xa = windows.remap(lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[4] * i + a.coeffs[5] * j,
-                                                     (a.coeffs[0], a.coeffs[1] * cg, 0, a.coeffs[2], a.coeffs[3])))
-                wa = wm.remap(lambda a: Affine(a.offset + a.coeffs[1] * c + a.coeffs[2] * i + a.coeffs[3] * j,
-                                                (0, a.coeffs[0] * og, a.coeffs[0], 0, 0)))
+                xa = windows.remap(
+                    lambda a: Affine(
+                        a.offset + a.coeffs[1] * c + a.coeffs[4] * i + a.coeffs[5] * j,
+                        (a.coeffs[0], a.coeffs[1] * cg, 0, a.coeffs[2], a.coeffs[3]),
+                    )
+                )
+                wa = wm.remap(
+                    lambda a: Affine(
+                        a.offset + a.coeffs[1] * c + a.coeffs[2] * i + a.coeffs[3] * j,
+                        (0, a.coeffs[0] * og, a.coeffs[0], 0, 0),
+                    )
+                )
                 products.append(Op("mul", (xa, wa), "f32"))
     return products
 
@@ -224,8 +275,17 @@ def _pointwise_over_the_batch(lw, n, ins, attrs, typ, s: ConvShape):
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
     xt, columns = lw.channels_first(x, n), s.N * s.pixels
-    _filters_gemm(lw, n, (s.O, columns, s.C), 1, (wm.buffer, wm.at.offset, s.C, 0),
-                  (xt.buffer, xt.at.offset, columns, 0), (out.id, 0, columns, 0), False, bf16=lw.bf16)
+    _filters_gemm(
+        lw,
+        n,
+        (s.O, columns, s.C),
+        1,
+        (wm.buffer, wm.at.offset, s.C, 0),
+        (xt.buffer, xt.at.offset, columns, 0),
+        (out.id, 0, columns, 0),
+        False,
+        bf16=lw.bf16,
+    )
     lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, s.Wo, 1)), typ.dtype))
 
 
@@ -236,9 +296,17 @@ def _pointwise_per_example(lw, n, ins, attrs, typ, s: ConvShape):
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
     xm = lw.materialize(x)
-    _filters_gemm(lw, n, (s.O, s.pixels, s.C), s.N, (wm.buffer, wm.at.offset, s.C, 0),
-                  (xm.buffer, xm.at.offset, s.pixels, s.C * s.pixels), (out.id, 0, s.pixels, s.O * s.pixels), False,
-                  bf16=lw.bf16)
+    _filters_gemm(
+        lw,
+        n,
+        (s.O, s.pixels, s.C),
+        s.N,
+        (wm.buffer, wm.at.offset, s.C, 0),
+        (xm.buffer, xm.at.offset, s.pixels, s.C * s.pixels),
+        (out.id, 0, s.pixels, s.O * s.pixels),
+        False,
+        bf16=lw.bf16,
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -256,16 +324,36 @@ def _conv_kernel(lw, n, ins, attrs, typ, s: ConvShape, by_channels: bool):
     if by_channels:
         tiles_shape = (s.O // TILE_CHANNELS, w.shape[1], s.kh, s.kw, TILE_CHANNELS)
         ready = weight_flag(lw, wm.buffer)
-        wt = lw.p.buffer("f32", numel(w.shape), "packed" if ready else "temp",
-                         f"{lw.p.buffers[wm.buffer].name} by channels")
+        wt = lw.p.buffer(
+            "f32", numel(w.shape), "packed" if ready else "temp", f"{lw.p.buffers[wm.buffer].name} by channels"
+        )
         o_, c_, i_, j_ = wm.at.coeffs
-        copy = MapKernel(tiles_shape, wt.id, Affine(0, row_major(tiles_shape)),
-                         Load(wm.buffer, Affine(wm.at.offset, (TILE_CHANNELS * o_, c_, i_, j_, o_)), "f32"), node=n)
+        copy = MapKernel(
+            tiles_shape,
+            wt.id,
+            Affine(0, row_major(tiles_shape)),
+            Load(wm.buffer, Affine(wm.at.offset, (TILE_CHANNELS * o_, c_, i_, j_, o_)), "f32"),
+            node=n,
+        )
         lw.emit(WeightTransformKernel("filters by channels", copy, ready, node=n))
         filters = wt.id
     xm = lw.materialize(x)
-    lw.emit(ConvKernel(xm.buffer, filters, out.id, x.shape, w.shape, (s.Ho, s.Wo), attrs["stride"][0],
-                       attrs["padding"], groups=s.groups, stride_w=attrs["stride"][1], by_channels=by_channels, node=n))
+    lw.emit(
+        ConvKernel(
+            xm.buffer,
+            filters,
+            out.id,
+            x.shape,
+            w.shape,
+            (s.Ho, s.Wo),
+            attrs["stride"][0],
+            attrs["padding"],
+            groups=s.groups,
+            stride_w=attrs["stride"][1],
+            by_channels=by_channels,
+            node=n,
+        )
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -278,7 +366,7 @@ def _grouped_taps(lw, n, ins, attrs, typ, s: ConvShape):
     # a map over the outputs summing their taps (the loop over Wo vectorizes)
     x, w = ins
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
-    lw.materialize(w)       # before x's windows, as every product's rule
+    lw.materialize(w)  # before x's windows, as every product's rule
     total, *rest = _group_taps(lw, x, w, attrs)
     for v in rest:
         total = Op("add", (total, v), "f32")
@@ -295,8 +383,19 @@ def _windows_per_example(lw, n, ins, attrs, typ, s: ConvShape):
     x, w = ins
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
-    _columns_gemm(lw, n, x, s, attrs, (s.O, s.pixels, s.taps), (wm.buffer, wm.at.offset, s.taps, 0),
-                  (out.id, 0, s.pixels, s.O * s.pixels), trans_b=True, from_the_image=True, examples=True)
+    _columns_gemm(
+        lw,
+        n,
+        x,
+        s,
+        attrs,
+        (s.O, s.pixels, s.taps),
+        (wm.buffer, wm.at.offset, s.taps, 0),
+        (out.id, 0, s.pixels, s.O * s.pixels),
+        trans_b=True,
+        from_the_image=True,
+        examples=True,
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -309,8 +408,18 @@ def _over_the_batch(lw, n, ins, attrs, typ, s: ConvShape, from_the_image: bool):
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
     og, cgkk, columns = s.group_filters, s.group_taps, s.N * s.pixels
-    _columns_gemm(lw, n, x, s, attrs, (og, columns, cgkk), (wm.buffer, wm.at.offset, cgkk, og * cgkk),
-                  (out.id, 0, columns, og * columns), True, from_the_image)
+    _columns_gemm(
+        lw,
+        n,
+        x,
+        s,
+        attrs,
+        (og, columns, cgkk),
+        (wm.buffer, wm.at.offset, cgkk, og * cgkk),
+        (out.id, 0, columns, og * columns),
+        True,
+        from_the_image,
+    )
     lw.set(n, Load(out.id, Affine(0, (s.pixels, s.N * s.pixels, s.Wo, 1)), typ.dtype))
 
 
@@ -325,8 +434,21 @@ def _pointwise_weight_grad(lw, n, ins, attrs, typ, s: ConvShape):
     x, g = ins
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     gt, xt, rows = lw.channels_first(g, n), lw.channels_first(x, n), s.N * s.pixels
-    lw.emit(GemmKernel(s.O, s.C, rows, 1, (gt.buffer, gt.at.offset, rows, 0), (xt.buffer, xt.at.offset, rows, 0),
-                       (out.id, 0, s.C, 0), False, True, bf16=lw.bf16, node=n))
+    lw.emit(
+        GemmKernel(
+            s.O,
+            s.C,
+            rows,
+            1,
+            (gt.buffer, gt.at.offset, rows, 0),
+            (xt.buffer, xt.at.offset, rows, 0),
+            (out.id, 0, s.C, 0),
+            False,
+            True,
+            bf16=lw.bf16,
+            node=n,
+        )
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -338,10 +460,15 @@ def _few_pixels(lw, n, ins, attrs, typ, s: ConvShape):
     og, cg = s.group_filters, s.C // s.groups
     windows = lw.windows(x, attrs["stride"], attrs["padding"], order="nchwij", dilation=attrs["dilation"])
     # windows over [N, C, Ho, Wo, kh, kw] -> [groups, Og, Cg, kh, kw, N, Ho, Wo]
-    xa = windows.remap(lambda a: Affine(a.offset, (a.coeffs[1] * cg, 0, a.coeffs[1], a.coeffs[4], a.coeffs[5],
-                                                   a.coeffs[0], a.coeffs[2], a.coeffs[3])))
-    ga = lw.use(g).remap(lambda a: Affine(a.offset, (a.coeffs[1] * og, a.coeffs[1], 0, 0, 0, a.coeffs[0],
-                                                     a.coeffs[2], a.coeffs[3])))
+    xa = windows.remap(
+        lambda a: Affine(
+            a.offset,
+            (a.coeffs[1] * cg, 0, a.coeffs[1], a.coeffs[4], a.coeffs[5], a.coeffs[0], a.coeffs[2], a.coeffs[3]),
+        )
+    )
+    ga = lw.use(g).remap(
+        lambda a: Affine(a.offset, (a.coeffs[1] * og, a.coeffs[1], 0, 0, 0, a.coeffs[0], a.coeffs[2], a.coeffs[3]))
+    )
     shape = (s.groups, og, cg, s.kh, s.kw, s.N, s.Ho, s.Wo)
     lw.emit(ReduceKernel(shape, (5, 6, 7), "sum", out.id, Op("mul", (ga, xa), "f32"), node=n))
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
@@ -353,8 +480,24 @@ def _direct_weight_grad(lw, n, ins, attrs, typ, s: ConvShape):
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     xm, gm = lw.materialize(x), lw.materialize(g)
     partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * s.O * s.group_taps, "temp")
-    lw.emit(ConvKernel(xm.buffer, None, out.id, x.shape, typ.shape, (s.Ho, s.Wo), attrs["stride"][0], attrs["padding"],
-                       gm.buffer, partial.id, SMALL_GEMM_PARTS, groups=s.groups, stride_w=attrs["stride"][1], node=n))
+    lw.emit(
+        ConvKernel(
+            xm.buffer,
+            None,
+            out.id,
+            x.shape,
+            typ.shape,
+            (s.Ho, s.Wo),
+            attrs["stride"][0],
+            attrs["padding"],
+            gm.buffer,
+            partial.id,
+            SMALL_GEMM_PARTS,
+            groups=s.groups,
+            stride_w=attrs["stride"][1],
+            node=n,
+        )
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -366,9 +509,21 @@ def _small_filters(lw, n, ins, attrs, typ, s: ConvShape):
     cols = lw.im2col(x, (s.Ho, s.Wo, s.C, s.kh, s.kw), attrs, n)
     gm = lw.materialize(g)
     partial = lw.p.buffer("f32", SMALL_GEMM_PARTS * s.O * s.taps, "temp")
-    lw.emit(SmallGemmKernel(s.O, s.taps, s.pixels, s.N, (gm.buffer, gm.at.offset, s.pixels, s.O * s.pixels),
-                            (cols.id, 0, s.taps, s.pixels * s.taps), (out.id, 0, s.taps), partial.id, SMALL_GEMM_PARTS,
-                            bf16=lw.bf16, node=n))
+    lw.emit(
+        SmallGemmKernel(
+            s.O,
+            s.taps,
+            s.pixels,
+            s.N,
+            (gm.buffer, gm.at.offset, s.pixels, s.O * s.pixels),
+            (cols.id, 0, s.taps, s.pixels * s.taps),
+            (out.id, 0, s.taps),
+            partial.id,
+            SMALL_GEMM_PARTS,
+            bf16=lw.bf16,
+            node=n,
+        )
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -379,15 +534,27 @@ def _weight_grad_over_the_batch(lw, n, ins, attrs, typ, s: ConvShape, from_the_i
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     gt = lw.channels_first(g, n)
     og, cgkk, rows = s.group_filters, s.group_taps, s.N * s.pixels
-    _columns_gemm(lw, n, x, s, attrs, (og, cgkk, rows), (gt.buffer, gt.at.offset, rows, og * rows),
-                  (out.id, 0, cgkk, og * cgkk), False, from_the_image)
+    _columns_gemm(
+        lw,
+        n,
+        x,
+        s,
+        attrs,
+        (og, cgkk, rows),
+        (gt.buffer, gt.at.offset, rows, og * rows),
+        (out.id, 0, cgkk, og * cgkk),
+        False,
+        from_the_image,
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
 register_implementation("conv2d_weight_grad", "windows")(
-    functools.partial(_weight_grad_over_the_batch, from_the_image=True))
+    functools.partial(_weight_grad_over_the_batch, from_the_image=True)
+)
 register_implementation("conv2d_weight_grad", "im2col")(
-    functools.partial(_weight_grad_over_the_batch, from_the_image=False))
+    functools.partial(_weight_grad_over_the_batch, from_the_image=False)
+)
 
 
 @register_implementation("conv2d_input_grad", "grouped direct")
@@ -397,8 +564,21 @@ def _grouped_direct_input_grad(lw, n, ins, attrs, typ, s: ConvShape):
     (ph, pw), (H, W) = attrs["padding"], typ.shape[2:]
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     gm, wm = lw.materialize(g), lw.materialize(w)
-    lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (s.kh - 1 - ph, s.kw - 1 - pw),
-                       transposed=True, groups=s.groups, node=n))
+    lw.emit(
+        ConvKernel(
+            gm.buffer,
+            wm.buffer,
+            out.id,
+            g.shape,
+            w.shape,
+            (H, W),
+            1,
+            (s.kh - 1 - ph, s.kw - 1 - pw),
+            transposed=True,
+            groups=s.groups,
+            node=n,
+        )
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -412,15 +592,29 @@ def _grouped_accumulation(lw, n, ins, attrs, typ, s: ConvShape):
     sn, sc, sh, sw = row_major(typ.shape)
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     cg = s.C // s.groups
-    dy = lw.use(g).remap(lambda a: Affine(a.offset, (a.coeffs[0], a.coeffs[1] * s.group_filters, 0, a.coeffs[1], 0, 0,
-                                                      a.coeffs[2], a.coeffs[3])))
+    dy = lw.use(g).remap(
+        lambda a: Affine(
+            a.offset, (a.coeffs[0], a.coeffs[1] * s.group_filters, 0, a.coeffs[1], 0, 0, a.coeffs[2], a.coeffs[3])
+        )
+    )
     wm = lw.materialize(w)
-    wt = wm.remap(lambda a: Affine(a.offset, (0, a.coeffs[0] * s.group_filters, a.coeffs[1], a.coeffs[0], a.coeffs[2],
-                                               a.coeffs[3], 0, 0)))
+    wt = wm.remap(
+        lambda a: Affine(
+            a.offset, (0, a.coeffs[0] * s.group_filters, a.coeffs[1], a.coeffs[0], a.coeffs[2], a.coeffs[3], 0, 0)
+        )
+    )
     at = Affine(-ph * sh - pw * sw, (sn, cg * sc, sc, 0, dh * sh, dw * sw, st_h * sh, st_w * sw))
     guards = ((Affine(-ph, (0, 0, 0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, 0, 0, dw, 0, st_w)), W))
-    lw.emit(AccumulateKernel((s.N, s.groups, cg, s.group_filters, s.kh, s.kw, s.Ho, s.Wo), out.id, at, guards,
-                             Op("mul", (dy, wt), "f32"), node=n))
+    lw.emit(
+        AccumulateKernel(
+            (s.N, s.groups, cg, s.group_filters, s.kh, s.kw, s.Ho, s.Wo),
+            out.id,
+            at,
+            guards,
+            Op("mul", (dy, wt), "f32"),
+            node=n,
+        )
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -432,8 +626,21 @@ def _pointwise_input_grad(lw, n, ins, attrs, typ, s: ConvShape):
     wm = lw.materialize(w)
     columns = s.N * s.pixels
     gt = lw.channels_first(g, n)
-    lw.emit(GemmKernel(s.C, columns, s.O, 1, (wm.buffer, wm.at.offset, s.C, 0), (gt.buffer, gt.at.offset, columns, 0),
-                       (out.id, 0, columns, 0), True, False, bf16=lw.bf16, node=n))
+    lw.emit(
+        GemmKernel(
+            s.C,
+            columns,
+            s.O,
+            1,
+            (wm.buffer, wm.at.offset, s.C, 0),
+            (gt.buffer, gt.at.offset, columns, 0),
+            (out.id, 0, columns, 0),
+            True,
+            False,
+            bf16=lw.bf16,
+            node=n,
+        )
+    )
     lw.set(n, Load(out.id, Affine(0, (s.pixels, columns, typ.shape[3], 1)), typ.dtype))
 
 
@@ -445,8 +652,20 @@ def _direct_input_grad(lw, n, ins, attrs, typ, s: ConvShape):
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
     gm = lw.materialize(g)
-    lw.emit(ConvKernel(gm.buffer, wm.buffer, out.id, g.shape, w.shape, (H, W), 1, (s.kh - 1 - ph, s.kw - 1 - pw),
-                       transposed=True, node=n))
+    lw.emit(
+        ConvKernel(
+            gm.buffer,
+            wm.buffer,
+            out.id,
+            g.shape,
+            w.shape,
+            (H, W),
+            1,
+            (s.kh - 1 - ph, s.kw - 1 - pw),
+            transposed=True,
+            node=n,
+        )
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))
 
 
@@ -462,8 +681,9 @@ def _windows_input_grad(lw, n, ins, attrs, typ, s: ConvShape):
     shape = (s.C, s.O, s.kh, s.kw)
     lw.emit(MapKernel(shape, wf.id, Affine(0, row_major(shape)), flipped_filters(wm, s.kh, s.kw), node=n))
     taps, columns = s.O * s.kh * s.kw, s.N * H * W
-    _columns_gemm(lw, n, g, flipped, flipped_attrs,
-                  (s.C, columns, taps), (wf.id, 0, taps, 0), (out.id, 0, columns, 0), True, True)
+    _columns_gemm(
+        lw, n, g, flipped, flipped_attrs, (s.C, columns, taps), (wf.id, 0, taps, 0), (out.id, 0, columns, 0), True, True
+    )
     lw.set(n, Load(out.id, Affine(0, (H * W, columns, W, 1)), typ.dtype))
 
 
@@ -482,12 +702,33 @@ def _col2im(lw, n, ins, attrs, typ, s: ConvShape):
     columns = s.N * s.pixels
     cols = lw.p.buffer("f32", s.N * s.taps * s.pixels, "temp")
     gt = lw.channels_first(g, n)
-    lw.emit(GemmKernel(s.taps, columns, s.O, 1, (wm.buffer, wm.at.offset, s.taps, 0), (gt.buffer, gt.at.offset, columns, 0),
-                       (cols.id, 0, columns, 0), True, False, bf16=lw.bf16, node=n))
+    lw.emit(
+        GemmKernel(
+            s.taps,
+            columns,
+            s.O,
+            1,
+            (wm.buffer, wm.at.offset, s.taps, 0),
+            (gt.buffer, gt.at.offset, columns, 0),
+            (cols.id, 0, columns, 0),
+            True,
+            False,
+            bf16=lw.bf16,
+            node=n,
+        )
+    )
     at = Affine(-ph * sh - pw * sw, (sn, sc, dh * sh, dw * sw, st_h * sh, st_w * sw))
     guards = ((Affine(-ph, (0, 0, dh, 0, st_h, 0)), H), (Affine(-pw, (0, 0, 0, dw, 0, st_w)), W))
     shape = (s.N, s.C, s.kh, s.kw, s.Ho, s.Wo)
-    per_channel = s.kh * s.kw * columns             # cols' stride along C
-    lw.emit(AccumulateKernel(shape, out.id, at, guards,
-                             Load(cols.id, Affine(0, (s.pixels, per_channel, s.kw * columns, columns, s.Wo, 1)), "f32"), node=n))
+    per_channel = s.kh * s.kw * columns  # cols' stride along C
+    lw.emit(
+        AccumulateKernel(
+            shape,
+            out.id,
+            at,
+            guards,
+            Load(cols.id, Affine(0, (s.pixels, per_channel, s.kw * columns, columns, s.Wo, 1)), "f32"),
+            node=n,
+        )
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))

@@ -1,4 +1,5 @@
 """The direct convolution's loops (kernels/conv), in LLVM IR."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -23,11 +24,14 @@ def conv(kb: KernelBuilder, k, first):
     N, C, H, W = k.x_shape
     O, kh, kw = k.channels, *k.w_shape[2:]
     G = k.groups
-    ci, co = C // G, O // G         # input and output channels per group
+    ci, co = C // G, O // G  # input and output channels per group
     # over (o, c, i, g), c and o counted over all groups: w[o, c - g*ci, i, j], or
     # w[c, o - g*co, kh-1-i, kw-1-j] (transposed)
-    weight = (lambda j: Affine((kh - 1) * kw + kw - 1 - j, (kh * kw, co * kh * kw, -kw, -co * kh * kw))) \
-        if k.transposed else (lambda j: Affine(j, (ci * kh * kw, kh * kw, kw, -ci * kh * kw)))
+    weight = (
+        (lambda j: Affine((kh - 1) * kw + kw - 1 - j, (kh * kw, co * kh * kw, -kw, -co * kh * kw)))
+        if k.transposed
+        else (lambda j: Affine(j, (ci * kh * kw, kh * kw, kw, -ci * kh * kw)))
+    )
     Ho, Wo = k.out_hw
 
     def chunk(n, g, ho, q):
@@ -47,18 +51,23 @@ def conv(kb: KernelBuilder, k, first):
                         wv = splat(b, kb.disjoint(b.load(b.gep(kb.buffer(k.w, "f32"), [at])), k.w), rows.vty)
                         for v in range(rows.nv):
                             rows.add(sums[o * rows.nv + v], wv, xs[v])
+
             # the tap rows that read a row of x
             c_first = b.mul(g, ir.Constant(i64, ci))
-            kb.loops((ci,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, b.add(c_first, c[0])),
-                                               first=rows.tap_rows(ho)))
+            kb.loops(
+                (ci,), lambda c: kb.loops((kh,), lambda ii: tap_row(ii, b.add(c_first, c[0])), first=rows.tap_rows(ho))
+            )
             for o in range(width):
                 channel = b.add(o0, ir.Constant(i64, o))
                 # with groups, lanes past a row's end fall on its plane's next rows, which this
                 # thread stores later: such a vector is stored whole (MobileNetV2's rows of 7
                 # and 14 outputs end mid-vector, and AVX2's masked store is microcoded); without,
                 # another thread may store the next row
-                plane_end = kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo)), [n, b.add(channel, ir.Constant(i64, 1))]) \
-                    if G > 1 else None
+                plane_end = (
+                    kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo)), [n, b.add(channel, ir.Constant(i64, 1))])
+                    if G > 1
+                    else None
+                )
                 for v in range(rows.nv):
                     at, start = rows.out_at(n, channel, ho, wo0, v)
                     value, mask = b.load(sums[o * rows.nv + v]), rows.mask(start, Wo)
@@ -67,6 +76,7 @@ def conv(kb: KernelBuilder, k, first):
                     else:
                         ahead = b.icmp_signed("<=", b.add(at, ir.Constant(i64, rows.vw)), plane_end)
                         rows.stores_ahead(ahead, [(k.out, at, value)], mask)
+
         rows.blocks(co, max(1, min(co, rows.registers // rows.nv)), block)
 
     def outer(idx):
@@ -77,12 +87,16 @@ def conv(kb: KernelBuilder, k, first):
             kb.loops((Ho, rows.chunks()), lambda hq: chunk(n, g, *hq))
             if k.epilogue is not None:
                 o0 = b.mul(g, ir.Constant(i64, co))
-                kb.loops((co, Ho * Wo), lambda op: map_body(kb, k.epilogue, kb.p, [n, b.add(o0, op[0]), op[1]]),
-                         contiguous=True)
+                kb.loops(
+                    (co, Ho * Wo),
+                    lambda op: map_body(kb, k.epilogue, kb.p, [n, b.add(o0, op[0]), op[1]]),
+                    contiguous=True,
+                )
             return
         n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
         kb.loops((rows.chunks(),), lambda q: chunk(n, ir.Constant(i64, 0), ho, q[0]))
         row_epilogue(kb, k, n, ho)
+
     kb.loops((N * G if G > 1 else N * Ho,), outer, first=first)
 
 
@@ -119,7 +133,7 @@ def conv_by_channels(kb: KernelBuilder, k, first):
     O, _, kh, kw = k.w_shape
     Ho, Wo = k.out_hw
     vw, sw, pw = rows.vw, k.stride_w, k.padding[1]
-    per_pixel = TILE_CHANNELS // vw       # vectors of a pixel's sums
+    per_pixel = TILE_CHANNELS // vw  # vectors of a pixel's sums
     v8 = ir.VectorType(f32, 8)
     _, store8 = masked(kb.m, v8)
     x, w, out = kb.buffer(k.x, "f32"), kb.buffer(k.w, "f32"), kb.buffer(k.out, "f32")
@@ -130,16 +144,20 @@ def conv_by_channels(kb: KernelBuilder, k, first):
         o0 = b.mul(tile_index, c64(TILE_CHANNELS))
         top, bottom = taps_of_row
 
-        def tap(c, t):      # tap t of the rows inside x: (top + t // kw, t % kw)
+        def tap(c, t):  # tap t of the rows inside x: (top + t // kw, t % kw)
             i, j = b.add(top, b.udiv(t, c64(kw))), b.urem(t, c64(kw))
             row = kb.affine(Affine(0, (C * H * W, H * W, W)), [n, c, rows.tap_row(ho, i)])
-            at = kb.affine(Affine(0, (C * kh * kw * TILE_CHANNELS, kh * kw * TILE_CHANNELS, kw * TILE_CHANNELS,
-                                      TILE_CHANNELS)), [tile_index, c, i, j])
-            weights = [b.load(vec_ptr(b, b.gep(w, [b.add(at, c64(v * vw))], inbounds=True), rows.vty), align=4)
-                       for v in range(per_pixel)]
+            at = kb.affine(
+                Affine(0, (C * kh * kw * TILE_CHANNELS, kh * kw * TILE_CHANNELS, kw * TILE_CHANNELS, TILE_CHANNELS)),
+                [tile_index, c, i, j],
+            )
+            weights = [
+                b.load(vec_ptr(b, b.gep(w, [b.add(at, c64(v * vw))], inbounds=True), rows.vty), align=4)
+                for v in range(per_pixel)
+            ]
             for p in range(TILE_PIXELS):
                 column = b.add(first_column, b.add(j, c64(p * sw)))
-                if edge:        # a column outside the image reads nothing: 0
+                if edge:  # a column outside the image reads nothing: 0
                     inside = b.icmp_unsigned("<", column, kb.dim(W))
                     value = b.load(b.gep(x, [b.add(row, b.select(inside, column, c64(0)))], inbounds=True))
                     value = b.select(inside, value, ir.Constant(f32, 0.0))
@@ -148,6 +166,7 @@ def conv_by_channels(kb: KernelBuilder, k, first):
                 value = splat(b, value, rows.vty)
                 for v in range(per_pixel):
                     rows.add(sums[p * per_pixel + v], weights[v], value)
+
         # one loop over a channel's taps: with the columns unrolled, the values a pixel's tap
         # shares with the next pixel's (at stride 2, two columns on) were kept in registers,
         # and the sums spilled
@@ -155,12 +174,15 @@ def conv_by_channels(kb: KernelBuilder, k, first):
         kb.loops((C,), lambda c: kb.loops((taps,), lambda t: tap(c[0], t[0]), rolled=True))
         # each pixel's channels in pieces of 8, transposed: rows of 8 lanes of one channel,
         # the tile's pixels first
-        pixels = [concatenated(b, [b.load(sums[p * per_pixel + v]) for v in range(per_pixel)])
-                  for p in range(TILE_PIXELS)]
-        pixels += [ir.Constant(pixels[0].type, None)] * (8 - TILE_PIXELS)       # no pixels: any lanes
+        pixels = [
+            concatenated(b, [b.load(sums[p * per_pixel + v]) for v in range(per_pixel)]) for p in range(TILE_PIXELS)
+        ]
+        pixels += [ir.Constant(pixels[0].type, None)] * (8 - TILE_PIXELS)  # no pixels: any lanes
         lanes8 = ir.VectorType(i32, 8)
-        pieces = [[b.shuffle_vector(px, px, ir.Constant(lanes8, list(range(q, q + 8)))) for px in pixels]
-                  for q in range(0, TILE_CHANNELS, 8)]
+        pieces = [
+            [b.shuffle_vector(px, px, ir.Constant(lanes8, list(range(q, q + 8)))) for px in pixels]
+            for q in range(0, TILE_CHANNELS, 8)
+        ]
         whole = b.icmp_signed("<=", b.add(wo0, c64(8)), kb.dim(Wo))
         left = b.sub(kb.dim(Wo), wo0)
         left = b.select(b.icmp_signed("<", left, c64(TILE_PIXELS)), left, c64(TILE_PIXELS))
@@ -177,7 +199,7 @@ def conv_by_channels(kb: KernelBuilder, k, first):
 
     def row(idx):
         n, ho = b.sdiv(idx[0], kb.dim(Ho)), b.srem(idx[0], kb.dim(Ho))
-        taps_of_row = rows.tap_rows(ho)     # the tap rows inside x, the same for every tile
+        taps_of_row = rows.tap_rows(ho)  # the tap rows inside x, the same for every tile
 
         def tiles(oq):
             wo0 = b.mul(oq[1], c64(TILE_PIXELS))
@@ -189,8 +211,10 @@ def conv_by_channels(kb: KernelBuilder, k, first):
                     tile(n, ho, taps_of_row, oq[0], wo0, first_column, False)
                 with border:
                     tile(n, ho, taps_of_row, oq[0], wo0, first_column, True)
+
         kb.loops((O // TILE_CHANNELS, b.sdiv(b.add(kb.dim(Wo), c64(TILE_PIXELS - 1)), c64(TILE_PIXELS))), tiles)
         row_epilogue(kb, k, n, ho)
+
     kb.loops((N * Ho,), row, first=first)
 
 
@@ -212,8 +236,8 @@ def depthwise_by_channels(kb: KernelBuilder, k, first):
     vw, per = rows.vw, TILE_CHANNELS // rows.vw
     x, w, out = kb.buffer(k.x, "f32"), kb.buffer(k.w, "f32"), kb.buffer(k.out, "f32")
     c64 = lambda v: ir.Constant(i64, v)
-    planes_in = kb.alloca(ir.ArrayType(f32, H * W * TILE_CHANNELS))      # [H·W, 16]
-    planes_out = kb.alloca(ir.ArrayType(f32, Ho * Wo * TILE_CHANNELS))   # [Ho·Wo, 16]
+    planes_in = kb.alloca(ir.ArrayType(f32, H * W * TILE_CHANNELS))  # [H·W, 16]
+    planes_out = kb.alloca(ir.ArrayType(f32, Ho * Wo * TILE_CHANNELS))  # [Ho·Wo, 16]
     at = lambda a, i: b.gep(a, [ir.Constant(i32, 0), i], inbounds=True)
     vector = lambda a, i: vec_ptr(b, at(a, i), rows.vty)
     tiles = C // TILE_CHANNELS
@@ -228,12 +252,26 @@ def depthwise_by_channels(kb: KernelBuilder, k, first):
             for q in range(0, pixels, 8):
                 lanes = min(8, pixels - q)
                 mask = ir.Constant(ir.VectorType(i1, 8), [lane < lanes for lane in range(8)])
-                plane = [vec_ptr(b, b.gep(planes, [b.add(b.mul(b.add(first_plane, c64(half + c)), c64(pixels)),
-                                                          c64(q))], inbounds=True), v8) for c in range(8)]
+                plane = [
+                    vec_ptr(
+                        b,
+                        b.gep(
+                            planes,
+                            [b.add(b.mul(b.add(first_plane, c64(half + c)), c64(pixels)), c64(q))],
+                            inbounds=True,
+                        ),
+                        v8,
+                    )
+                    for c in range(8)
+                ]
                 tile_rows = [vec_ptr(b, at(scratch, c64((q + r) * TILE_CHANNELS + half)), v8) for r in range(lanes)]
                 if into_tile:
-                    vectors = [b.load(ptr, align=4) if lanes == 8 else
-                             b.call(load8, [ptr, ir.Constant(i32, 4), mask, ir.Constant(v8, None)]) for ptr in plane]
+                    vectors = [
+                        b.load(ptr, align=4)
+                        if lanes == 8
+                        else b.call(load8, [ptr, ir.Constant(i32, 4), mask, ir.Constant(v8, None)])
+                        for ptr in plane
+                    ]
                     for ptr, column in zip(tile_rows, transpose8(b, vectors)):
                         b.store(column, ptr, align=4)
                 else:
@@ -249,24 +287,30 @@ def depthwise_by_channels(kb: KernelBuilder, k, first):
         first_plane = b.add(b.mul(n, kb.dim(C)), b.mul(t, c64(TILE_CHANNELS)))
 
         between(x, first_plane, H * W, planes_in, into_tile=True)
-        taps = b.mul(t, c64(kh * kw * TILE_CHANNELS))     # the tile's filters, [kh·kw, 16]
-        weights = [b.load(vec_ptr(b, b.gep(w, [b.add(taps, c64(u * vw))], inbounds=True), rows.vty), align=4)
-                   for u in range(kh * kw * per)]
+        taps = b.mul(t, c64(kh * kw * TILE_CHANNELS))  # the tile's filters, [kh·kw, 16]
+        weights = [
+            b.load(vec_ptr(b, b.gep(w, [b.add(taps, c64(u * vw))], inbounds=True), rows.vty), align=4)
+            for u in range(kh * kw * per)
+        ]
 
         def pixel(ho, wo):
             sums = [rows.zero] * per
             for i in range(kh):
                 h = ho * k.stride_h + i - k.padding[0]
-                if not 0 <= h < H:      # a tap row in the padding adds nothing
+                if not 0 <= h < H:  # a tap row in the padding adds nothing
                     continue
                 for j in range(kw):
                     col = wo * k.stride_w + j - k.padding[1]
                     for v in range(per):
-                        value = b.load(vector(planes_in, c64((h * W + col) * TILE_CHANNELS + v * vw)), align=4) \
-                            if 0 <= col < W else rows.zero      # a tap column outside the row: 0
+                        value = (
+                            b.load(vector(planes_in, c64((h * W + col) * TILE_CHANNELS + v * vw)), align=4)
+                            if 0 <= col < W
+                            else rows.zero
+                        )  # a tap column outside the row: 0
                         sums[v] = b.call(rows.fma, [weights[(i * kw + j) * per + v], value, sums[v]])
             for v in range(per):
                 b.store(sums[v], vector(planes_out, c64((ho * Wo + wo) * TILE_CHANNELS + v * vw)), align=4)
+
         for ho in range(Ho):
             for wo in range(Wo):
                 pixel(ho, wo)
@@ -274,8 +318,12 @@ def depthwise_by_channels(kb: KernelBuilder, k, first):
         between(out, first_plane, Ho * Wo, planes_out, into_tile=False)
         if k.epilogue is not None:
             c0 = b.mul(t, c64(TILE_CHANNELS))
-            kb.loops((TILE_CHANNELS, Ho * Wo), lambda cp: map_body(kb, k.epilogue, kb.p, [n, b.add(c0, cp[0]), cp[1]]),
-                     contiguous=True)
+            kb.loops(
+                (TILE_CHANNELS, Ho * Wo),
+                lambda cp: map_body(kb, k.epilogue, kb.p, [n, b.add(c0, cp[0]), cp[1]]),
+                contiguous=True,
+            )
+
     kb.loops((N * tiles,), tile, first=first)
 
 
@@ -301,7 +349,7 @@ def conv_weight_grad(kb: KernelBuilder, k, first):
     O, ci, kh, kw = k.w_shape
     co = O // k.groups
     taps = ci * kh * kw
-    per = SUM_LANES // rows.vw          # vectors per sum
+    per = SUM_LANES // rows.vw  # vectors per sum
 
     def part(pidx):
         p = pidx[0]
@@ -323,26 +371,38 @@ def conv_weight_grad(kb: KernelBuilder, k, first):
                     def chunk(idx):
                         n, ho, q = b.add(start, idx[0]), idx[1], idx[2]
                         wo0 = b.mul(q, ir.Constant(i64, rows.chunk))
-                        places = [rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
-                                  for o in range(width) for v in range(rows.nv)]
+                        places = [
+                            rows.out_at(n, b.add(o0, ir.Constant(i64, o)), ho, wo0, v)
+                            for o in range(width)
+                            for v in range(rows.nv)
+                        ]
                         whole = b.icmp_signed("<=", b.add(wo0, ir.Constant(i64, rows.chunk)), kb.dim(k.out_hw[1]))
-                        gs = rows.whole_or_masked(whole, [(k.g, at) for at, _ in places],
-                                                  lambda: [rows.mask(start, k.out_hw[1]) for _, start in places])
+                        gs = rows.whole_or_masked(
+                            whole,
+                            [(k.g, at) for at, _ in places],
+                            lambda: [rows.mask(start, k.out_hw[1]) for _, start in places],
+                        )
                         tap = rows.x_taps(n, c, rows.tap_row(ho, i), wo0)
                         for j in range(kw):
                             xs = tap(j)
                             for o in range(width):
                                 for v in range(rows.nv):
                                     rows.add(sums[(o * kw + j) * per + v % per], gs[o * rows.nv + v], xs[v])
+
                     kb.loops((count, k.out_hw[0], rows.chunks()), chunk)
                     for o in range(width):
                         for j in range(kw):
                             first_vector = (o * kw + j) * per
-                            total = add_lanes(b, [b.load(s) for s in sums[first_vector:first_vector + per]])
-                            at = kb.affine(Affine(j, (O * taps, taps, kh * kw, kw)),
-                                           [p, b.add(o0, ir.Constant(i64, o)), cl, i])
+                            total = add_lanes(b, [b.load(s) for s in sums[first_vector : first_vector + per]])
+                            at = kb.affine(
+                                Affine(j, (O * taps, taps, kh * kw, kw)), [p, b.add(o0, ir.Constant(i64, o)), cl, i]
+                            )
                             kb.store(k.partial, "f32", at, total)
+
                 kb.loops((ci, kh), tap_row)
+
             rows.blocks(co, max(1, min(co, (rows.registers - rows.nv) // (kw * per + rows.nv))), block)
+
         kb.loops((k.groups,), group)
+
     kb.loops((k.parts,), part, first=first)

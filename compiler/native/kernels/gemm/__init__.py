@@ -3,6 +3,7 @@ products, the packing of an operand that stays the same over a scan's steps, and
 prediction's weights, kept packed (or transformed) between calls under their flags; the
 lowering rule of matmul, and the size of a packed operand. Their code is a call of the
 library (loops.py), made by `emit`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -27,11 +28,12 @@ class GemmKernel(Kernel):
     [n, M, P] with C one matrix of n·P columns (C[i, n·P + p]), or [batch, M, N] (C[b][i, j]).
     `windows`: B is an image and op(B) its convolution windows (a float32 convolution's
     columns without im2col's buffer), by this geometry (gemm/interface.py WINDOW_GEOMETRY's values)."""
+
     m: object
     n: object
     k: object
     batch: object
-    a: tuple              # (buffer, offset, ld, batch stride)
+    a: tuple  # (buffer, offset, ld, batch stride)
     b: tuple
     c: tuple
     trans_a: bool
@@ -41,7 +43,7 @@ class GemmKernel(Kernel):
     bf16: bool = False
     epilogue: object = None
     windows: tuple | None = None
-    packed_a: bool = False      # `packed` holds op(A) (a PackKernel's of "a"), not op(B)
+    packed_a: bool = False  # `packed` holds op(A) (a PackKernel's of "a"), not op(B)
 
     calls_gemm = True
 
@@ -54,21 +56,23 @@ class GemmKernel(Kernel):
         if self.windows:
             b = f"windows of b{self.b[0]}"
         a, b = (a + packed, b) if self.packed_a else (a, b + packed)
-        return [f"gemm {self.batch} x [{self.m} x {self.k}] @ [{self.k} x {self.n}]: b{self.c[0]} = {a} @ {b}"
-                f"{render.bf16(self)}{', then in its store:' if self.epilogue else ''}{render.located(self)}"] + \
-            ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
+        return [
+            f"gemm {self.batch} x [{self.m} x {self.k}] @ [{self.k} x {self.n}]: b{self.c[0]} = {a} @ {b}"
+            f"{render.bf16(self)}{', then in its store:' if self.epilogue else ''}{render.located(self)}"
+        ] + ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 
     def accesses(self) -> tuple:
         reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
-        return {self.a[0], self.b[0]} | ({self.packed} if self.packed is not None else set()) | reads, \
-            {self.c[0]} | writes
+        return {self.a[0], self.b[0]} | ({self.packed} if self.packed is not None else set()) | reads, {
+            self.c[0]
+        } | writes
 
     def with_epilogue(self, m) -> "GemmKernel | None":
         """This GEMM computing the map m in its store, where m reads C at one index that
         walks C once over m's space (C's shapes in the class's docstring, an image's rows
         and columns merged into one run of pixels); else None."""
         buf, offset, ld, stride = self.c
-        if self.epilogue is not None or not hasattr(m, "maps"):     # a map, or a fused one
+        if self.epilogue is not None or not hasattr(m, "maps"):  # a map, or a fused one
             return None
         while m is not None and len(m.shape) > 3:
             m = merged(m, len(m.shape) - 2)
@@ -76,7 +80,7 @@ class GemmKernel(Kernel):
         if read is None:
             return None
         at = read.at
-        if len(m.shape) < 2:        # a vector (a matrix-vector product's): its own pass
+        if len(m.shape) < 2:  # a vector (a matrix-vector product's): its own pass
             fits = False
         elif len(m.shape) == 2:
             fits = self.batch == 1 and m.shape == (self.m, self.n) and at == Affine(offset, (ld, 1))
@@ -93,6 +97,7 @@ class GemmKernel(Kernel):
     def emit(self, f):
         """A call of the library's GEMM, which runs its own thread team."""
         from dlc.compiler.native.kernels.gemm.loops import gemm_kernel
+
         return gemm_kernel(f, self)
 
 
@@ -103,9 +108,10 @@ class PackKernel(Kernel):
     the bf16 routines take it. With `which` "a", op(A) (n x k: its n rows along the
     panels; `b` and `trans_b` are A's) for the `packed_a` routines, `count` matrices
     `stride` apart, their packs `a_pack_floats(k, n)` apart."""
+
     k: object
     n: object
-    b: tuple              # (buffer, offset, ld)
+    b: tuple  # (buffer, offset, ld)
     trans_b: bool
     out: int
     bf16: bool = False
@@ -115,9 +121,11 @@ class PackKernel(Kernel):
 
     def text(self) -> list:
         many = f"{self.count} x " if self.count != 1 else ""
-        shape = f"[{self.n} x {self.k}]" if self.which == "a" else f"[{self.k} x {self.n}]"     # op(A), op(B)
-        return [f"pack {many}{shape}: b{self.out} = panels of {'T' if self.trans_b else ''}"
-                f"{'A ' if self.which == 'a' else ''}b{self.b[0]}{render.bf16(self)}{render.located(self)}"]
+        shape = f"[{self.n} x {self.k}]" if self.which == "a" else f"[{self.k} x {self.n}]"  # op(A), op(B)
+        return [
+            f"pack {many}{shape}: b{self.out} = panels of {'T' if self.trans_b else ''}"
+            f"{'A ' if self.which == 'a' else ''}b{self.b[0]}{render.bf16(self)}{render.located(self)}"
+        ]
 
     def accesses(self) -> tuple:
         return {self.b[0]}, {self.out}
@@ -135,6 +143,7 @@ class PackKernel(Kernel):
     def call(self, f, kb):
         """The library's call that packs it, at kb's place."""
         from dlc.compiler.native.kernels.gemm.loops import pack_call
+
         pack_call(kb, f, self)
 
 
@@ -153,22 +162,25 @@ class WeightPacksKernel(Kernel):
     calls: a built library's) the one-row products too, which then stream its panels
     instead of B's rows. Without it, a weight that only one-row products take is not
     packed, and they read B (its flag stays clear: GemmKernel.ready)."""
+
     packs: list
     rows: list
     ready: int
     one_row: bool = False
-    flags: list = field(default_factory=list)   # the index in `ready` of each pack's flag
+    flags: list = field(default_factory=list)  # the index in `ready` of each pack's flag
 
     def text(self) -> list:
         also = ", for one-row products too" if self.one_row else ""
-        return [f"weight packs, each unless its flag in b{self.ready}{also}:{render.located(self)}"] + \
-            ["  " + line for p in self.packs for line in p.text()]
+        return [f"weight packs, each unless its flag in b{self.ready}{also}:{render.located(self)}"] + [
+            "  " + line for p in self.packs for line in p.text()
+        ]
 
     def accesses(self) -> tuple:
         return {self.ready} | {p.b[0] for p in self.packs}, {self.ready} | {p.out for p in self.packs}
 
     def emit(self, f):
         from dlc.compiler.native.kernels.gemm.loops import weight_packs
+
         kb = f.serial()
         weight_packs(kb, f, self)
         return kb
@@ -184,6 +196,7 @@ class WeightTransformKernel(Kernel):
     clears the flags at every call). `pack` (a PackKernel of "a", with `ready` only:
     `packed_a_weight`): the copy then packed for a GEMM, which reads only the pack, so
     that the copy itself lives for this kernel only."""
+
     what: str
     transform: object
     ready: tuple | None = None
@@ -191,8 +204,9 @@ class WeightTransformKernel(Kernel):
 
     def text(self) -> list:
         unless = f", unless its flag b{self.ready[0]}[{self.ready[1]}] is set" if self.ready else ""
-        return [f"{self.what}{unless}:{render.located(self)}"] + \
-            ["  " + line for line in self.transform.text() + (self.pack.text() if self.pack else [])]
+        return [f"{self.what}{unless}:{render.located(self)}"] + [
+            "  " + line for line in self.transform.text() + (self.pack.text() if self.pack else [])
+        ]
 
     def accesses(self) -> tuple:
         reads, writes = self.transform.accesses()
@@ -202,6 +216,7 @@ class WeightTransformKernel(Kernel):
 
     def emit(self, f):
         from dlc.compiler.native.kernels.gemm.loops import weight_transform
+
         return weight_transform(f, self)
 
 
@@ -231,7 +246,7 @@ def packed_a_weight(lw, a: tuple, m, k, batch, node: int) -> PackKernel | None:
     the GEMM at every call (the JIT's caller may hand it new weights at any call, and a
     copy of every weight made then would cost more than it saves)."""
     buffer, offset, ld, stride = a
-    count = batch if stride else 1      # a broadcast A (a per-example product's filters): one pack
+    count = batch if stride else 1  # a broadcast A (a per-example product's filters): one pack
     if _program(lw).pack_weights != "once" or lw.bf16 or symbols([m, k, count, offset, ld, stride]):
         return None
     out = lw.p.buffer("f32", count * a_pack_floats(k, m), "packed", f"{lw.p.buffers[buffer].name} packed")
@@ -246,7 +261,7 @@ def weight_packed_a(lw, a: tuple, m, k, batch, node: int) -> tuple | None:
     pack = packed_a_weight(lw, a, m, k, batch, node)
     if pack is None:
         return None
-    ready = weight_flag(lw, a[0])       # made only for a pack: pack_weights "once", a parameter
+    ready = weight_flag(lw, a[0])  # made only for a pack: pack_weights "once", a parameter
     packs = _weight_packs(lw)
     packs.packs.append(pack)
     packs.rows.append(None)

@@ -1,5 +1,6 @@
 """The GEMM kinds' code: calls of the library's routines (compiler/native/codegen/gemm/),
 each at the place of the kernel builder it is given."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -38,15 +39,15 @@ def epilogue_loop(kb: KernelBuilder, k, part):
     bi, r0, r1, c0, c1 = part
     space = k.epilogue.shape
 
-    def over(lo, hi, body):     # body(i) for i in [lo, hi)
+    def over(lo, hi, body):  # body(i) for i in [lo, hi)
         kb.loops((b.sub(hi, lo),), lambda idx: body(b.add(lo, idx[0])))
 
     def row(i):
-        if len(space) == 2:         # [M, N]: C[i, j]
+        if len(space) == 2:  # [M, N]: C[i, j]
             over(c0, c1, lambda j: map_body(kb, k.epilogue, prog, [i, j]))
-        elif k.batch != 1:          # [batch, M, N]: C[b][i, j]
+        elif k.batch != 1:  # [batch, M, N]: C[b][i, j]
             over(c0, c1, lambda j: map_body(kb, k.epilogue, prog, [bi, i, j]))
-        else:                       # [n, M, P]: C[i, n·P + p]
+        else:  # [n, M, P]: C[i, n·P + p]
             pixels, one = kb.dim(space[2]), ir.Constant(ir.IntType(64), 1)
 
             def example(n):
@@ -54,7 +55,9 @@ def epilogue_loop(kb: KernelBuilder, k, part):
                 lo = b.sub(_max(b, c0, start), start)
                 hi = b.sub(_min(b, c1, b.add(start, pixels)), start)
                 over(lo, hi, lambda p: map_body(kb, k.epilogue, prog, [n, i, p]))
+
             over(b.sdiv(c0, pixels), b.add(b.sdiv(b.sub(c1, one), pixels), one), example)
+
     over(r0, r1, row)
 
 
@@ -91,8 +94,9 @@ def gemm_call(kb: KernelBuilder, f, k, epilogue=None):
     if epilogue is not None:
         args += [epilogue, kb.fn.args[0], kb.fn.args[1]]
     windows = k.windows is not None
-    name = gemm_name(k.trans_a, k.trans_b, False, packed and not k.packed_a, k.bf16, epilogue is not None, windows,
-                     k.packed_a)
+    name = gemm_name(
+        k.trans_a, k.trans_b, False, packed and not k.packed_a, k.bf16, epilogue is not None, windows, k.packed_a
+    )
     kb.b.call(f.library(name, gemm_type(packed, epilogue is not None, windows)), args)
 
 
@@ -101,8 +105,16 @@ def pack_call(kb: KernelBuilder, f, k):
     bid, off, ld = k.b
     pack = f.library(pack_name(k.trans_b, k.bf16, k.which), PACK_TYPE)
     for i in range(k.count):
-        kb.b.call(pack, [kb.dim(k.k), kb.dim(k.n), kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off + i * k.stride)]),
-                         kb.dim(ld), kb.b.gep(kb.buffer(k.out, "f32"), [kb.dim(i * k.packs_apart)])])
+        kb.b.call(
+            pack,
+            [
+                kb.dim(k.k),
+                kb.dim(k.n),
+                kb.b.gep(kb.buffer(bid, "f32"), [kb.dim(off + i * k.stride)]),
+                kb.dim(ld),
+                kb.b.gep(kb.buffer(k.out, "f32"), [kb.dim(i * k.packs_apart)]),
+            ],
+        )
 
 
 def flag_clear(kb: KernelBuilder, ready: tuple) -> ir.Value:

@@ -1,5 +1,6 @@
 """A call back into the host between kernels (replica_mean's allreduce, a bucket of
 gradients), and the lowering rule of replica_mean. The call is in loops.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ class HostCallKernel(Kernel):
     function's address is the pointer-table entry of buffer `host` (of kind "host").
     `more`: the other buffers the host reads and writes (a bucket of gradients,
     compiler/native/buckets.py: `buffer` is its first, from which the host finds the rest)."""
+
     host: int
     buffer: int
     more: tuple = ()
@@ -30,6 +32,7 @@ class HostCallKernel(Kernel):
 
     def emit(self, f):
         from dlc.compiler.native.kernels.host_call.loops import host_call
+
         kb = f.serial()
         host_call(kb, self, f.prog)
         return kb

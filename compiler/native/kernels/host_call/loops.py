@@ -1,4 +1,5 @@
 """The host call (kernels/host_call), in LLVM IR."""
+
 from __future__ import annotations
 
 from llvmlite import ir

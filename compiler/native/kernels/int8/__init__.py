@@ -8,6 +8,7 @@ windows), and their lowering: the product's input is quantized by the map that c
 (quantize-on-store: the value is never stored in float32 unless something else reads it),
 a convolution's rows are the windows of that u8 tensor, padded with z_x. The loops are in
 loops.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,9 +22,9 @@ from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contigu
 from dlc.compiler.native.program.registry import register_lowering
 from dlc.compiler.passes.int8 import Product
 
-TERMS = 4           # the terms a 32-bit lane sums per step: vpdpbusd's four u8 · s8 pairs
+TERMS = 4  # the terms a 32-bit lane sums per step: vpdpbusd's four u8 · s8 pairs
 CHANNEL_BLOCK = 16  # the weights' channels padded to a multiple of the widest vector of i32 lanes
-STEP_BLOCK = 16     # their steps of four terms padded to a multiple of an AMX tile's rows (64 bytes of K)
+STEP_BLOCK = 16  # their steps of four terms padded to a multiple of an AMX tile's rows (64 bytes of K)
 
 
 @dataclass(frozen=True, eq=False)
@@ -37,6 +38,7 @@ class Int8Weights:
     are in the order (i, j, c), each tap's channels of a group padded with zero weights to
     a multiple of 4 (`taps` taps of `tap_channels` channels, which its kernel reads in place:
     Int8Kernel.window); a matmul's, its K in order (taps 0)."""
+
     packed: np.ndarray
     sums: np.ndarray
     multipliers: np.ndarray
@@ -53,9 +55,9 @@ class Int8Weights:
         """Of product p (compiler/passes/int8.py) quantized as q, in `groups` groups."""
         w = q.weight.reshape(p.weight_shape)
         taps = tap_channels = 0
-        if p.op == "matmul":        # [K, N] (or [N, K] with tb): channel rows of K terms
+        if p.op == "matmul":  # [K, N] (or [N, K] with tb): channel rows of K terms
             w = w if p.channel_axis == 0 else w.T
-        else:                       # [O, C / groups, kh, kw] -> [O, kh, kw, C / groups padded]
+        else:  # [O, C / groups, kh, kw] -> [O, kh, kw, C / groups padded]
             o, c, kh, kw = w.shape
             taps, tap_channels = kh * kw, -(-c // TERMS) * TERMS
             w = np.pad(w.transpose(0, 2, 3, 1), ((0, 0), (0, 0), (0, 0), (0, tap_channels - c)))
@@ -71,8 +73,18 @@ class Int8Weights:
         sums[:, :channels] = rows.astype(np.int64).sum(axis=1).reshape(groups, channels)
         multipliers = np.zeros((groups, padded), np.float32)
         multipliers[:, :channels] = q.multipliers().reshape(groups, channels)
-        return cls(packed, sums, multipliers, np.float32(q.input_scale), int(q.input_zero_point), groups,
-                   channels, k, taps, tap_channels)
+        return cls(
+            packed,
+            sums,
+            multipliers,
+            np.float32(q.input_scale),
+            int(q.input_zero_point),
+            groups,
+            channels,
+            k,
+            taps,
+            tap_channels,
+        )
 
     @property
     def padded(self) -> int:
@@ -96,6 +108,7 @@ class Int8Kernel(Kernel):
     columns merged into one run of pixels). `window`: a convolution's rows read in place, its
     windows of a [N, H, W, C] u8 tensor a (channels last), terms (i, j, c) four channels
     at a time, z_x outside: (H, W, C, kh, kw, stride, padding, dilation)."""
+
     rows: object
     weights: Int8Weights
     a: tuple
@@ -115,9 +128,10 @@ class Int8Kernel(Kernel):
         g = self.weights
         groups = f" in {g.groups} groups" if g.groups > 1 else ""
         rows = " windows" if self.window else ""
-        return [f"int8 [{self.rows} x {g.k}] @ [{g.k} x {g.channels}]{groups}: b{self.c[0]} = u8 b{self.a[0]}{rows} @ "
-                f"s8 b{self.w}, z_x {g.zero}{', then in its store:' if self.epilogue else ''}{render.located(self)}"] + \
-            ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
+        return [
+            f"int8 [{self.rows} x {g.k}] @ [{g.k} x {g.channels}]{groups}: b{self.c[0]} = u8 b{self.a[0]}{rows} @ "
+            f"s8 b{self.w}, z_x {g.zero}{', then in its store:' if self.epilogue else ''}{render.located(self)}"
+        ] + ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 
     def accesses(self) -> tuple:
         reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
@@ -136,8 +150,11 @@ class Int8Kernel(Kernel):
         else:
             ho, wo = self.pixels
             m = merged(m, 2) if len(m.shape) == 4 else None
-            fits = m is not None and m.shape[1:] == (channels, ho * wo) and \
-                read_once(m, buf).at == Affine(offset, (ho * wo * ld, 1, ld))
+            fits = (
+                m is not None
+                and m.shape[1:] == (channels, ho * wo)
+                and read_once(m, buf).at == Affine(offset, (ho * wo * ld, 1, ld))
+            )
         if not fits:
             return None
         return self.taking(m, epilogue=m, node=m.node)
@@ -145,16 +162,18 @@ class Int8Kernel(Kernel):
     def emit(self, f):
         """Its rows split over a thread team."""
         from dlc.compiler.native.kernels.int8.loops import int8_rows
+
         g = self.weights
-        return f.team(lambda kb, first: int8_rows(kb, self, first), self.rows,
-                      self.rows * (g.groups * g.padded * g.k))
+        return f.team(lambda kb, first: int8_rows(kb, self, first), self.rows, self.rows * (g.groups * g.padded * g.k))
 
 
 # ---- lowering rules ------------------------------------------------------------------------------
 def _consts(lw, w: Int8Weights) -> tuple:
     """The const buffers of the weights' arrays: (packed, sums, multipliers)."""
-    return tuple(lw.p.buffer(dtype, a.size, "const", data=a.ravel()).id
-                 for dtype, a in (("i8", w.packed), ("i32", w.sums), ("f32", w.multipliers)))
+    return tuple(
+        lw.p.buffer(dtype, a.size, "const", data=a.ravel()).id
+        for dtype, a in (("i8", w.packed), ("i32", w.sums), ("f32", w.multipliers))
+    )
 
 
 def _quantized(lw, x, w: Int8Weights, channels_last: bool = False) -> Load:
@@ -192,6 +211,9 @@ def _int8_conv2d(lw, n, ins, attrs, typ):
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     q = _quantized(lw, x, w, channels_last=True)
     window = (H, W, C, kh, kw, attrs["stride"], attrs["padding"], attrs["dilation"])
-    lw.emit(Int8Kernel(N * ho * wo, w, (q.buffer, 0, C), *_consts(lw, w), (out.id, 0, channels), (ho, wo),
-                       window=window, node=n))
+    lw.emit(
+        Int8Kernel(
+            N * ho * wo, w, (q.buffer, 0, C), *_consts(lw, w), (out.id, 0, channels), (ho, wo), window=window, node=n
+        )
+    )
     lw.set(n, Load(out.id, Affine(0, (ho * wo * channels, 1, wo * channels, channels)), typ.dtype))

@@ -23,6 +23,7 @@ Every sum is exact in int32 (K · 255 · 127 < 2^31, compiler/ir/int8.py LONGEST
 over threads change no bit. The store: the sums less (z_x − bias) · Σ q_w, the integers
 Σ a · q_w − z_x · Σ q_w whatever the instruction, converted to float32 (ties to even) and
 times M[o], masked past the last channel."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -34,9 +35,9 @@ from dlc.compiler.native.codegen.intrinsics import declare, masked, splat
 from dlc.compiler.native.codegen.types import f32, i8, i32, i64
 from dlc.compiler.native.kernels.map.loops import loop_order, map_body
 
-ROWS = 4            # rows of a register tile
-TERMS = 4           # the terms of a 32-bit lane (kernels/int8 TERMS)
-UNROLLED_TAPS = 9   # a convolution's taps up to which its loop over them is unrolled (3 x 3)
+ROWS = 4  # rows of a register tile
+TERMS = 4  # the terms of a 32-bit lane (kernels/int8 TERMS)
+UNROLLED_TAPS = 9  # a convolution's taps up to which its loop over them is unrolled (3 x 3)
 WINDOW_BYTES = 2048  # the bytes of K of 16 windows gathered at once for the tiles (32 KB on the stack)
 
 
@@ -53,8 +54,13 @@ def dot_instruction(width: int) -> str | None:
     if width == 8 and (jit.host_has("avxvnni") or jit.host_has("avx512vnni") and jit.host_has("avx512vl")):
         return "llvm.x86.avx512.vpdpbusd.256"
     if width == 4 and jit.target_arch() == "aarch64":
-        return "llvm.aarch64.neon.usdot.v4i32.v16i8" if jit.host_has("i8mm") else \
-            "llvm.aarch64.neon.sdot.v4i32.v16i8" if jit.host_has("dotprod") else None
+        return (
+            "llvm.aarch64.neon.usdot.v4i32.v16i8"
+            if jit.host_has("i8mm")
+            else "llvm.aarch64.neon.sdot.v4i32.v16i8"
+            if jit.host_has("dotprod")
+            else None
+        )
     return None
 
 
@@ -77,21 +83,27 @@ class _Dot:
     def __call__(self, acc, a, w):
         if self.fn is not None:
             b, operand = self.b, self.fn.function_type.args[1]
-            if self.bias:               # u8 − 128 as s8: the top bit flipped
+            if self.bias:  # u8 − 128 as s8: the top bit flipped
                 a = b.xor(a, ir.Constant(self.vty, [0x80808080 - (1 << 32)] * self.width))
             return b.call(self.fn, [acc, b.bitcast(a, operand), b.bitcast(w, operand)])
         b, n = self.b, self.width * TERMS
         a8, w8 = b.bitcast(a, ir.VectorType(i8, n)), b.bitcast(w, ir.VectorType(i8, n))
 
-        def part(v, start, step, widen):     # lanes start, start + step, ... widened to i32
-            picked = b.shuffle_vector(v, ir.Constant(v.type, ir.Undefined),
-                                      ir.Constant(ir.VectorType(i32, n // step), list(range(start, n, step))))
+        def part(v, start, step, widen):  # lanes start, start + step, ... widened to i32
+            picked = b.shuffle_vector(
+                v,
+                ir.Constant(v.type, ir.Undefined),
+                ir.Constant(ir.VectorType(i32, n // step), list(range(start, n, step))),
+            )
             return widen(picked, ir.VectorType(i32, n // step))
+
         pairs = [b.mul(part(a8, j, 2, b.zext), part(w8, j, 2, b.sext)) for j in (0, 1)]
-        s = b.add(*pairs)                   # the sums of pairs: vpmaddwd's
+        s = b.add(*pairs)  # the sums of pairs: vpmaddwd's
         half = ir.VectorType(i32, self.width)
-        quads = [b.shuffle_vector(s, ir.Constant(s.type, ir.Undefined),
-                                  ir.Constant(half, list(range(j, 2 * self.width, 2)))) for j in (0, 1)]
+        quads = [
+            b.shuffle_vector(s, ir.Constant(s.type, ir.Undefined), ir.Constant(half, list(range(j, 2 * self.width, 2))))
+            for j in (0, 1)
+        ]
         return b.add(acc, b.add(*quads))
 
 
@@ -102,8 +114,11 @@ def on_tiles(k) -> bool:
     depthwise convolution ran 1.5x slower on the tiles) and whose windows are gathered in
     pieces of whole tiles (_pieces)."""
     g = k.weights
-    return lanes() == 16 and has_tiles("tdpbusd") and \
-        (k.window is None or g.channels >= TILE_ROWS and _pieces(k) is not None)
+    return (
+        lanes() == 16
+        and has_tiles("tdpbusd")
+        and (k.window is None or g.channels >= TILE_ROWS and _pieces(k) is not None)
+    )
 
 
 def _pieces(k) -> list | None:
@@ -132,8 +147,9 @@ def int8_rows(kb, k, first):
     start = lo
     if on_tiles(k):
         rows = kb.dim(k.rows)
-        lo, hi = (smin(b, b.mul(b.sdiv(b.add(x, _c(TILE_ROWS - 1)), _c(TILE_ROWS)), _c(TILE_ROWS)), rows)
-                  for x in (lo, hi))
+        lo, hi = (
+            smin(b, b.mul(b.sdiv(b.add(x, _c(TILE_ROWS - 1)), _c(TILE_ROWS)), _c(TILE_ROWS)), rows) for x in (lo, hi)
+        )
         start = _whole(b, lo, hi, TILE_ROWS)
         with loop(b, lo, start, TILE_ROWS, "tr") as r:
             _tile_rows(kb, k, r)
@@ -186,6 +202,7 @@ def _tile_rows(kb, k, r):
 
         def summed(accs, count, start, first, tiles, terms):
             """accs plus K tiles first .. first + tiles - 1 (terms(kt): the rows' tile kt of them)."""
+
             def step(kt, accs):
                 at = b.add(panel, b.mul(_c(T), b.add(_c(first), kt)))
                 a_tile, out = terms(kt), []
@@ -194,6 +211,7 @@ def _tile_rows(kb, k, r):
                     w_tile = b.call(load, shape + [gep(b, w, byte), _c(g.padded * TERMS)])
                     out.append(b.call(dot, shape + [shape[1], accs[v], a_tile, w_tile]))
                 return out
+
             if tiles == 1:
                 return step(_c(0), accs)
             with carrying_loop(b, _c(tiles), accs, "kt") as (kt, accs, nxt):
@@ -211,8 +229,9 @@ def _tile_rows(kb, k, r):
                 for first, taps in pieces:
                     if len(pieces) > 1:
                         _gather_windows(kb, k, r, group, block, depth, (first, taps))
-                    accs = summed(accs, count, start, first * g.tap_channels // B,
-                                  -(-taps * g.tap_channels // B), gathered)
+                    accs = summed(
+                        accs, count, start, first * g.tap_channels // B, -(-taps * g.tap_channels // B), gathered
+                    )
                 return accs
         else:
             lda = kb.dim(k.a[2])
@@ -222,20 +241,30 @@ def _tile_rows(kb, k, r):
 
             def products(accs, count, start):
                 if inside:
-                    accs = summed(accs, count, start, 0, inside,
-                                  lambda kt: b.call(load, shape + [gep(b, a, b.add(row, b.mul(kt, _c(B)))), lda]))
+                    accs = summed(
+                        accs,
+                        count,
+                        start,
+                        0,
+                        inside,
+                        lambda kt: b.call(load, shape + [gep(b, a, b.add(row, b.mul(kt, _c(B)))), lda]),
+                    )
                 if tail is not None:
                     accs = summed(accs, count, start, inside, 1, lambda kt: b.call(load, shape + [tail, _c(B)]))
                 return accs
+
         for start in range(0, g.channels, 4 * T):
             count = min(4, -(-(g.channels - start) // T))
             accs = products([b.call(zero, shape) for _ in range(count)], count, start)
             for v, tile in enumerate(accs):
                 b.call(store, shape + [b.bitcast(gep(b, sums, _c(v * T)), i8.as_pointer()), _c(4 * T * 4), tile])
             vty = ir.VectorType(i32, T)
-            rows = [b.load(b.bitcast(gep(b, sums, _c(j * 4 * T + v * T)), vty.as_pointer()), align=64)
-                    for j in range(T) for v in range(count)]
-            _store(kb, k, r, T, group, start, count, T, rows, 0)      # tdpbusd: u8 · s8
+            rows = [
+                b.load(b.bitcast(gep(b, sums, _c(j * 4 * T + v * T)), vty.as_pointer()), align=64)
+                for j in range(T)
+                for v in range(count)
+            ]
+            _store(kb, k, r, T, group, start, count, T, rows, 0)  # tdpbusd: u8 · s8
 
 
 def _copy_tail(kb, a, first, lda, n: int, at: int, tail):
@@ -275,12 +304,14 @@ def _gather_windows(kb, k, r, group, block, depth: int, piece: tuple):
             valid, at = windows.tap(origin, group, ti, tj)
             to = b.add(row, b.mul(b.sub(tap, _c(piece[0])), _c(g.tap_channels)))
             for c0 in range(0, own, TILE_BYTES):
-                mask = ir.Constant(ir.VectorType(ir.IntType(1), TILE_BYTES),
-                                   [lane < own - c0 for lane in range(TILE_BYTES)])
+                mask = ir.Constant(
+                    ir.VectorType(ir.IntType(1), TILE_BYTES), [lane < own - c0 for lane in range(TILE_BYTES)]
+                )
                 src = b.bitcast(gep(b, a, b.add(at, _c(c0))), vty.as_pointer())
                 terms = b.select(valid, b.call(mload, [src, ir.Constant(i32, 1), mask, nothing]), fill)
                 b.store(terms, b.bitcast(gep(b, block, b.add(to, _c(c0))), vty.as_pointer()), align=1)
             return carried
+
         windows.over_taps([], tap_terms, *piece)
 
 
@@ -288,7 +319,7 @@ def _rows(kb, k, r, count: int):
     """Rows r .. r + count - 1: every group's channels."""
     b, g = kb.b, k.weights
     width = lanes()
-    vectors = 2 if width == 8 else 4       # 16 accumulators of AVX-512's or NEON's 32 registers, 8 of AVX2's 16
+    vectors = 2 if width == 8 else 4  # 16 accumulators of AVX-512's or NEON's 32 registers, 8 of AVX2's 16
     with loop(b, _c(0), _c(g.groups), 1, "g") as group:
         for start in range(0, g.channels, width * vectors):
             _tile(kb, k, r, count, group, start, min(vectors, -(-(g.channels - start) // width)), width)
@@ -303,15 +334,19 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
     a = kb.buffer(k.a[0], "i8")
     w = kb.buffer(k.w, "i8")
     whole = g.k // TERMS
-    row_starts = [b.add(b.add(kb.dim(k.a[1]), b.mul(b.add(r, _c(j)), kb.dim(k.a[2]))), b.mul(group, _c(g.k)))
-                  for j in range(count)]
+    row_starts = [
+        b.add(b.add(kb.dim(k.a[1]), b.mul(b.add(r, _c(j)), kb.dim(k.a[2]))), b.mul(group, _c(g.k)))
+        for j in range(count)
+    ]
     # the packed weights of (group, step t, channel o): byte ((group · steps + t) · padded + o) · 4
     panel = b.mul(group, _c(g.steps * g.padded * TERMS))
 
     def weights(t):
         base = b.add(panel, b.add(b.mul(t, _c(g.padded * TERMS)), _c(start * TERMS)))
-        return [b.load(b.bitcast(gep(b, w, b.add(base, _c(v * width * TERMS))), vty.as_pointer()), align=1)
-                for v in range(vectors)]
+        return [
+            b.load(b.bitcast(gep(b, w, b.add(base, _c(v * width * TERMS))), vty.as_pointer()), align=1)
+            for v in range(vectors)
+        ]
 
     def step(t, accs, terms):
         ws = weights(t)
@@ -321,11 +356,11 @@ def _tile(kb, k, r, count: int, group, start: int, vectors: int, width: int):
             out += [dot(accs[j * vectors + v], four, ws[v]) for v in range(vectors)]
         return out
 
-    def loaded(row, t):     # four whole terms: one 32-bit load
+    def loaded(row, t):  # four whole terms: one 32-bit load
         word = b.load(b.bitcast(gep(b, a, b.add(row, b.mul(t, _c(TERMS)))), i32.as_pointer()), align=1)
         return splat(b, word, vty)
 
-    def gathered(row, t):   # the last terms, fewer than four: byte by byte, never past the row
+    def gathered(row, t):  # the last terms, fewer than four: byte by byte, never past the row
         word = ir.Constant(i32, 0)
         for j in range(g.k - whole * TERMS):
             byte = b.zext(b.load(gep(b, a, b.add(row, _c(whole * TERMS + j)))), i32)
@@ -351,7 +386,7 @@ class _Windows:
         height, wide, channels, self.kh, self.kw, self.stride, self.padding, self.dilation = k.window
         self.size = (kb.dim(height), kb.dim(wide), kb.dim(channels))
         self.pixels = [kb.dim(d) for d in k.pixels]
-        self.own = channels // k.weights.groups        # the group's channels of a tap
+        self.own = channels // k.weights.groups  # the group's channels of a tap
 
     def origin(self, i):
         """(n, the window's first row, its first column) of row i."""
@@ -408,10 +443,10 @@ def _window_sums(kb, k, r, count, group, zero, weights, dot, vectors, width):
             out += [dot(accs[j * vectors + v], four, ws[v]) for v in range(vectors)]
         return out
 
-    def loaded(at):         # four channels: one 32-bit load
+    def loaded(at):  # four channels: one 32-bit load
         return b.load(b.bitcast(gep(b, a, at), i32.as_pointer()), align=1)
 
-    def gathered(at):       # the last channels, fewer than four
+    def gathered(at):  # the last channels, fewer than four
         word = ir.Constant(i32, 0)
         for t in range(own - whole * TERMS):
             byte = b.zext(b.load(gep(b, a, b.add(at, _c(t)))), i32)
@@ -468,7 +503,7 @@ def _epilogue(kb, k, lo, hi):
         return
     pixels = b.mul(*(kb.dim(d) for d in k.pixels))
     first = b.sdiv(lo, pixels)
-    along_channels = loop_order(k.epilogue)[-1] == 1     # it stores channels last
+    along_channels = loop_order(k.epilogue)[-1] == 1  # it stores channels last
 
     def image(n):
         start = b.mul(n, pixels)
@@ -478,5 +513,6 @@ def _epilogue(kb, k, lo, hi):
             kb.loops((b.sub(p1, p0), channels), lambda idx: at(idx[1], idx[0]))
         else:
             kb.loops((channels, b.sub(p1, p0)), lambda idx: at(*idx))
-    images = b.sub(b.sdiv(b.add(hi, b.sub(pixels, _c(1))), pixels), first)       # those rows [lo, hi) reach
+
+    images = b.sub(b.sdiv(b.add(hi, b.sub(pixels, _c(1))), pixels), first)  # those rows [lo, hi) reach
     kb.loops((images,), lambda idx: image(b.add(first, idx[0])))

@@ -1,6 +1,7 @@
 """Map kernels: out[i] = expr(i) over an iteration space, alone (MapKernel) or several
 sharing one loop (FusedMapKernel); the lowering rules of concat and pad, whose results
 maps write in pieces. The loop is in loops.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -13,12 +14,13 @@ from dlc.compiler.native.program.registry import register_lowering
 @dataclass
 class MapKernel(Kernel):
     """out[i] = expr(i) for every i in shape; out is written contiguously at `out_at`."""
+
     shape: tuple
     out: int
     out_at: Affine
     expr: object
 
-    registers = frozenset()     # alone in its loop, it stores its value
+    registers = frozenset()  # alone in its loop, it stores its value
 
     @property
     def maps(self) -> list:
@@ -26,11 +28,13 @@ class MapKernel(Kernel):
         return [self]
 
     def map_space(self) -> tuple | None:
-        return self.shape or None       # a scalar map is not worth a shared loop
+        return self.shape or None  # a scalar map is not worth a shared loop
 
     def text(self) -> list:
-        return [f"map {render.shape(self.shape)}: b{self.out}[{self.out_at.text()}] = "
-                f"{self.expr.text()}{render.located(self)}"]
+        return [
+            f"map {render.shape(self.shape)}: b{self.out}[{self.out_at.text()}] = "
+            f"{self.expr.text()}{render.located(self)}"
+        ]
 
     def accesses(self) -> tuple:
         return expr_reads(self.expr), {self.out}
@@ -45,24 +49,29 @@ class FusedMapKernel(Kernel):
     member's store in order. Legal when the members touch a buffer that one of them
     writes only at the index being written (see fusion.fuse_maps). `registers`: buffers of
     members whose value only later members read, in a register: they are not stored."""
+
     shape: tuple
     maps: list
     registers: frozenset = frozenset()
 
-    family = "map"      # one map loop, in `--emit fused`
+    family = "map"  # one map loop, in `--emit fused`
 
     def text(self) -> list:
         return [f"fused map {render.shape(self.shape)}:"] + [
             "  " + (line.replace(": b", ": (register) b", 1) if m.out in self.registers else line)
-            for m in self.maps for line in m.text()]
+            for m in self.maps
+            for line in m.text()
+        ]
 
     def members(self) -> list:
         return [m.accesses() for m in self.maps]
 
     def accesses(self) -> tuple:
         parts = self.members()
-        return (set().union(*(r for r, _ in parts)) - self.registers,
-                set().union(*(w for _, w in parts)) - self.registers)
+        return (
+            set().union(*(r for r, _ in parts)) - self.registers,
+            set().union(*(w for _, w in parts)) - self.registers,
+        )
 
     def emit(self, f):
         return emit_loop(self, f)
@@ -117,11 +126,14 @@ def merged(k: MapKernel | FusedMapKernel, axis: int) -> MapKernel | FusedMapKern
         c = a.coeffs
         if c[axis] != c[axis + 1] * extent:
             raise Apart
-        return Affine(a.offset, c[:axis] + c[axis + 1:])
-    shape = k.shape[:axis] + (k.shape[axis] * extent,) + k.shape[axis + 2:]
+        return Affine(a.offset, c[:axis] + c[axis + 1 :])
+
+    shape = k.shape[:axis] + (k.shape[axis] * extent,) + k.shape[axis + 2 :]
     try:
-        maps = [MapKernel(shape, m.out, one(m.out_at), m.expr.remap(one), node=m.node, nodes=m.nodes, origin=m.origin)
-                for m in k.maps]
+        maps = [
+            MapKernel(shape, m.out, one(m.out_at), m.expr.remap(one), node=m.node, nodes=m.nodes, origin=m.origin)
+            for m in k.maps
+        ]
     except Apart:
         return None
     if isinstance(k, MapKernel):
@@ -142,6 +154,7 @@ def emit_loop(k: MapKernel | FusedMapKernel, f, guard=None):
             return
         with kb.b.if_then(guard(kb)):
             map_loop(kb, k, f.prog, first=first)
+
     if not k.shape:
         kb = f.serial()
         run(kb)
@@ -166,6 +179,7 @@ def _concat(lw, n, ins, attrs, typ):
         lw.emit(MapKernel(x.shape, out.buffer, at, lw.use(x), node=n))
         start = start + x.shape[attrs["axis"]]
     lw.set(n, out)
+
 
 @register_lowering("pad")
 def _pad(lw, n, ins, attrs, typ):

@@ -1,5 +1,6 @@
 """The loop of a map or a fused map (kernels/map), in LLVM IR: each iteration stores every
 member's value, in order. `first` = (lo, hi) limits the outermost loop to a thread's share."""
+
 from __future__ import annotations
 
 from dlc.compiler.native.codegen.builder import KernelBuilder
@@ -14,13 +15,16 @@ def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
     order = loop_order(k)
     shape = tuple(k.shape[a] for a in order)
 
-    def body(looped):       # the index in the loops' order -> the map's
+    def body(looped):  # the index in the loops' order -> the map's
         idx = [None] * len(order)
         for a, i in zip(order, looped):
             idx[a] = i
         map_body(kb, k, prog, idx)
-    contiguous = bool(order) and contiguous_along([m.out_at for m in k.maps if m.out not in k.registers]
-                                                  + [leaf for m in k.maps for leaf in m.expr.leaves()], order[-1])
+
+    contiguous = bool(order) and contiguous_along(
+        [m.out_at for m in k.maps if m.out not in k.registers] + [leaf for m in k.maps for leaf in m.expr.leaves()],
+        order[-1],
+    )
     if first is None or len(shape) < 3:
         kb.loops(shape, body, first=first, contiguous=contiguous)
         return
@@ -29,6 +33,7 @@ def map_loop(kb: KernelBuilder, k, prog: KernelProgram, first=None):
     def split(idx):
         t = idx[0]
         body([kb.b.sdiv(t, second), kb.b.srem(t, second)] + idx[1:])
+
     kb.loops((outer_extent(shape),) + tuple(shape[2:]), split, first=first, contiguous=contiguous)
 
 
@@ -61,5 +66,5 @@ def map_body(kb: KernelBuilder, k, prog: KernelProgram, idx: list):
         v = kb.expr(m.expr, idx)
         if m.out not in k.registers:
             kb.store(m.out, prog.buffers[m.out].dtype, kb.affine(m.out_at, idx), v)
-        kb.stored[m.out, m.out_at] = v     # later members read it from the register
+        kb.stored[m.out, m.out_at] = v  # later members read it from the register
     kb.stored.clear()

@@ -1,4 +1,5 @@
 """The max-pool gradient's loops (kernels/maxpool_grad), in LLVM IR."""
+
 from __future__ import annotations
 
 import math
@@ -39,14 +40,17 @@ def maxpool_grad(kb: KernelBuilder, k, first):
         def window(ij):
             h = b.sub(b.add(b.mul(ho, kb.dim(sh)), ij[0]), kb.dim(ph))
             w = b.sub(b.add(b.mul(wo, kb.dim(sw)), ij[1]), kb.dim(pw))
-            ok = b.and_(b.and_(b.icmp_signed(">=", h, ir.Constant(i64, 0)), b.icmp_signed("<", h, kb.dim(H))),
-                        b.and_(b.icmp_signed(">=", w, ir.Constant(i64, 0)), b.icmp_signed("<", w, kb.dim(W))))
+            ok = b.and_(
+                b.and_(b.icmp_signed(">=", h, ir.Constant(i64, 0)), b.icmp_signed("<", h, kb.dim(H))),
+                b.and_(b.icmp_signed(">=", w, ir.Constant(i64, 0)), b.icmp_signed("<", w, kb.dim(W))),
+            )
             pos = b.add(b.mul(h, kb.dim(W)), w)
             v = b.load(b.gep(kb.buffer(k.x, "f32"), [b.select(ok, b.add(plane, pos), ir.Constant(i64, 0))]))
             v = b.select(ok, v, ir.Constant(f32, -math.inf))
             better = kb.replaces_max(v, b.load(best))
             b.store(b.select(better, v, b.load(best)), best)
             b.store(b.select(better, pos, b.load(where)), where)
+
         kb.loops((kh, kw), window)
         hit = b.load(where)
         found = b.icmp_signed(">=", hit, ir.Constant(i64, 0))
@@ -54,6 +58,7 @@ def maxpool_grad(kb: KernelBuilder, k, first):
         g = b.load(b.gep(kb.buffer(k.g, "f32"), [gi]))
         ptr = b.gep(kb.buffer(k.out, "f32"), [b.add(plane, b.select(found, hit, ir.Constant(i64, 0)))])
         b.store(b.fadd(b.load(ptr), b.select(found, g, ir.Constant(f32, 0.0))), ptr)
+
     kb.loops((N, C, Ho, Wo), each, first=first)
 
 
@@ -70,19 +75,19 @@ def _tiled_maxpool_grad(kb: KernelBuilder, k, first):
     if kw == 2:
         _paired_maxpool_grad(kb, k, first)
     else:
+
         def window(idx):
             values = [kb.expr(Load(k.x, x_at(i, j), "f32"), idx) for i in range(kh) for j in range(kw)]
             g = kb.expr(Load(k.g, Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), "f32"), idx)
             for p, v in enumerate(_first_max_shares(kb, values, g, lambda p: ir.Constant(i32, p))):
                 kb.store(k.out, "f32", kb.affine(x_at(*divmod(p, kw)), idx), v)
+
         kb.loops((N, C, Ho, Wo), window, first=first)
     # columns right of the last window, on the rows the windows cover; then the rows below
     cols = Affine(Wo * kw, (C * H * W, H * W, W, 1))
-    kb.loops((N, C, Ho * kh, W - Wo * kw), lambda idx: kb.store(k.out, "f32", kb.affine(cols, idx), zero),
-             first=first)
+    kb.loops((N, C, Ho * kh, W - Wo * kw), lambda idx: kb.store(k.out, "f32", kb.affine(cols, idx), zero), first=first)
     rows = Affine(Ho * kh * W, (C * H * W, H * W, 1))
-    kb.loops((N, C, (H - Ho * kh) * W), lambda idx: kb.store(k.out, "f32", kb.affine(rows, idx), zero),
-             first=first)
+    kb.loops((N, C, (H - Ho * kh) * W), lambda idx: kb.store(k.out, "f32", kb.affine(rows, idx), zero), first=first)
 
 
 def _first_max(kb: KernelBuilder, values: list, where, const):
@@ -138,8 +143,15 @@ def _paired_maxpool_grad(kb: KernelBuilder, k, first):
         rows = [kb.affine(Affine(i * W, (C * H * W, H * W, kh * W, 2)), [n, c, ho, wo0]) for i in range(kh)]
         values = []
         for at in rows:
-            pair = [kb.disjoint(b.call(mload, [vec(k.x, b.add(at, ir.Constant(i64, h * VW))), ir.Constant(i32, 4),
-                                               halves[h], zero]), k.x) for h in (0, 1)]
+            pair = [
+                kb.disjoint(
+                    b.call(
+                        mload, [vec(k.x, b.add(at, ir.Constant(i64, h * VW))), ir.Constant(i32, 4), halves[h], zero]
+                    ),
+                    k.x,
+                )
+                for h in (0, 1)
+            ]
             values += [shuffle(pair[0], pair[1], left), shuffle(pair[0], pair[1], right)]
         g_at = kb.affine(Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), [n, c, ho, wo0])
         g = kb.disjoint(b.call(mload, [vec(k.g, g_at), ir.Constant(i32, 4), mask(wo0, Wo), zero]), k.g)
@@ -148,8 +160,13 @@ def _paired_maxpool_grad(kb: KernelBuilder, k, first):
             both = shuffle(shares[2 * i], shares[2 * i + 1], mix)
             for h in (0, 1):
                 half = shuffle(both, both, list(range(h * VW, h * VW + VW)))
-                kb.disjoint(b.call(mstore, [half, vec(k.out, b.add(at, ir.Constant(i64, h * VW))), ir.Constant(i32, 4),
-                                            halves[h]]), k.out)
+                kb.disjoint(
+                    b.call(
+                        mstore, [half, vec(k.out, b.add(at, ir.Constant(i64, h * VW))), ir.Constant(i32, 4), halves[h]]
+                    ),
+                    k.out,
+                )
+
     chunks = b.sdiv(b.add(kb.dim(Wo), ir.Constant(i64, VW - 1)), ir.Constant(i64, VW))
     kb.loops((N, C, Ho, chunks), chunk, first=first)
 
@@ -182,13 +199,13 @@ def _row_chunks_maxpool_grad(kb: KernelBuilder, k, first):
         wo = b.add(splat(b, b.mul(q, c64(VW)), ity), lanes)
         live = b.icmp_signed("<", wo, splat(b, kb.dim(Wo), ity))
         plane = b.mul(b.add(b.mul(n, kb.dim(C)), c), kb.dim(H * W))
-        w0 = b.sub(b.mul(b.mul(q, c64(VW)), kb.dim(sw)), kb.dim(pw))      # lane 0's first column
+        w0 = b.sub(b.mul(b.mul(q, c64(VW)), kb.dim(sw)), kb.dim(pw))  # lane 0's first column
         taps = {}
         for i in range(kh):
             h = b.sub(b.add(b.mul(ho, kb.dim(sh)), c64(i)), kb.dim(ph))
             row_ok = b.and_(b.icmp_signed(">=", h, c64(0)), b.icmp_signed("<", h, kb.dim(H)))
             for j in range(kw):
-                col = b.add(b.mul(wo, splat(b, kb.dim(sw), ity)), splat(b, kb.dim(j - pw), ity))    # each lane's tap
+                col = b.add(b.mul(wo, splat(b, kb.dim(sw), ity)), splat(b, kb.dim(j - pw), ity))  # each lane's tap
                 ok = b.and_(b.and_(live, splat(b, row_ok, bty)), b.icmp_unsigned("<", col, splat(b, kb.dim(W), ity)))
                 taps[i, j] = (h, b.add(w0, c64(j)), ok)
         values = []
@@ -197,11 +214,20 @@ def _row_chunks_maxpool_grad(kb: KernelBuilder, k, first):
             kb.disjoint(access, k.x)
             values.append(b.select(ok, v, ir.Constant(vty, [-math.inf] * VW)))
         # -1: no tap is a maximum (every value -inf, as the scalar loop's start)
-        where = _first_max(kb, [ir.Constant(vty, [-math.inf] * VW)] + values, const(-1),
-                           lambda p: const(p - 1))
+        where = _first_max(kb, [ir.Constant(vty, [-math.inf] * VW)] + values, const(-1), lambda p: const(p - 1))
         g_at = kb.affine(Affine(0, (C * Ho * Wo, Ho * Wo, Wo, 1)), [n, c, ho, b.mul(q, c64(VW))])
-        g = kb.disjoint(b.call(gload, [vec_ptr(b, b.gep(kb.buffer(k.g, "f32"), [g_at]), vty), ir.Constant(i32, 4),
-                                       live, ir.Constant(vty, None)]), k.g)
+        g = kb.disjoint(
+            b.call(
+                gload,
+                [
+                    vec_ptr(b, b.gep(kb.buffer(k.g, "f32"), [g_at]), vty),
+                    ir.Constant(i32, 4),
+                    live,
+                    ir.Constant(vty, None),
+                ],
+            ),
+            k.g,
+        )
         for i in range(kh):
             for j in reversed(range(kw)):
                 h, at, ok = taps[i, j]
@@ -210,5 +236,6 @@ def _row_chunks_maxpool_grad(kb: KernelBuilder, k, first):
                 current, access = strided_load(kb.m, b, ptr, hit, sw)
                 kb.disjoint(access, k.out)
                 kb.disjoint(strided_store(kb.m, b, b.fadd(current, g), ptr, hit, sw), k.out)
+
     chunks = b.sdiv(b.add(kb.dim(Wo), c64(VW - 1)), c64(VW))
     kb.loops((N, C, Ho, chunks), chunk, first=first)

@@ -1,5 +1,6 @@
 """Reductions: sum, max or argmax over some axes of an expression; the lowering rules of
 reduce_sum, reduce_max and argmax. The loop nests are in loops.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -17,19 +18,21 @@ class ReduceKernel(Kernel):
     """out[kept(i)] = op over the reduced axes of expr(i), for i in the input shape; and
     each (out, expr) of `also` likewise, in the same pass (fusion.fuse_sums: batchnorm's
     gradient sums three expressions of one tensor)."""
+
     shape: tuple
     axes: tuple
-    op: str               # sum, max, argmax
+    op: str  # sum, max, argmax
     out: int
     expr: object
     also: tuple = ()
 
-    column_block = COLUMN_BLOCK     # the columns of a team's share split along the last axis (loops.py)
+    column_block = COLUMN_BLOCK  # the columns of a team's share split along the last axis (loops.py)
 
     def text(self) -> list:
-        return [f"reduce {self.op} over axes {list(self.axes)} of {render.shape(self.shape)}: b{self.out} <- "
-                f"{self.expr.text()}{render.located(self)}"] + \
-            [f"  and b{out} <- {expr.text()}" for out, expr in self.also]
+        return [
+            f"reduce {self.op} over axes {list(self.axes)} of {render.shape(self.shape)}: b{self.out} <- "
+            f"{self.expr.text()}{render.located(self)}"
+        ] + [f"  and b{out} <- {expr.text()}" for out, expr in self.also]
 
     def accesses(self) -> tuple:
         return set().union(*(expr_reads(e) for _, e in self.sums())), {out for out, _ in self.sums()}
@@ -51,6 +54,7 @@ class ReduceKernel(Kernel):
 
     def emit(self, f):
         from dlc.compiler.native.kernels.reduce.loops import reduce
+
         split = self.split_axis()
         if split is None:
             kb = f.serial()
@@ -92,6 +96,7 @@ def _reduce(lw, n, ins, attrs, typ):
     buf = lw.p.buffer(typ.dtype, numel(typ.shape), "temp")
     lw.emit(ReduceKernel(x.shape, attrs["axes"], lw.graph.op(n)[7:], buf.id, lw.use(x), node=n))
     lw.set(n, contiguous(buf.id, typ.shape, typ.dtype))
+
 
 @register_lowering("argmax")
 def _argmax(lw, n, ins, attrs, typ):

@@ -1,4 +1,5 @@
 """The loop nests of a reduction (kernels/reduce), in LLVM IR."""
+
 from __future__ import annotations
 
 import math
@@ -37,18 +38,20 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
                 better = kb.replaces_max(v, b.load(best))
                 b.store(b.select(better, v, b.load(best)), best)
                 b.store(b.select(better, jidx[0], b.load(where)), where)
+
             kb.loops((k.shape[axis],), step)
             kb.store(k.out, "i32", kb.affine(Affine(0, tuple(strides(outer))), oidx), b.trunc(b.load(where), i32))
+
         kb.loops(tuple(outer), per_row)
         return
     if t in (f32, f64):
         init = ir.Constant(t, 0.0 if k.op == "sum" else -math.inf)
-    else:       # the least value: of a bool (an unsigned i1) false, of an integer its most negative
+    else:  # the least value: of a bool (an unsigned i1) false, of an integer its most negative
         init = ir.Constant(t, 0 if k.op == "sum" or t.width == 1 else -(1 << (t.width - 1)))
 
     trail = k.reduced_tail()
     columns = first is not None and k.split_axis() == trail - 1 == len(k.shape) - 1
-    if columns:     # first: blocks of k.column_block columns, the last block cut at the last column
+    if columns:  # first: blocks of k.column_block columns, the last block cut at the last column
         width = ir.Constant(i64, k.shape[-1])
         ends = [b.mul(x, ir.Constant(i64, k.column_block)) for x in first]
         first = tuple(b.select(b.icmp_signed("<", x, width), x, width) for x in ends)
@@ -58,6 +61,7 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
         at = kb.affine(Affine(0, tuple(strides(kept))), idx)
         for out in outs:
             kb.store(out, dtype, at, init)
+
     kb.loops(tuple(kept), start, first=first)
     # the trailing reduced axes accumulate in a register; the rest into memory, the split
     # axis (the first kept one: each thread's outputs are its own) outermost, or when split
@@ -73,7 +77,7 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
         if k.op == "sum":
             return b.fadd(acc, v) if t in (f32, f64) else b.add(acc, v)
         if t in (f32, f64):
-            return kb.intrinsic("llvm.maximum", acc, v)      # NaN propagates, as in numpy
+            return kb.intrinsic("llvm.maximum", acc, v)  # NaN propagates, as in numpy
         return b.select(kb.replaces_max(v, acc), v, acc)
 
     def outer(looped):
@@ -85,7 +89,7 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
             return
         if k.op == "sum" and t in (f32, f64):
             totals = lane_sums(kb, [expr for _, expr in k.sums()], t, hidx, tail)
-        else:       # (a sum of integers, a max: never with others, fusion.fuse_sums)
+        else:  # (a sum of integers, a max: never with others, fusion.fuse_sums)
             acc = kb.alloca(t)
             b.store(init, acc)
             kb.loops(tail, lambda tidx: b.store(combine(b.load(acc), kb.expr(k.expr, hidx + tidx)), acc))
@@ -94,6 +98,7 @@ def reduce(kb: KernelBuilder, k, prog: KernelProgram, first=None):
         for out, total in zip(outs, totals):
             ptr = b.gep(kb.buffer(out, dtype), [at])
             b.store(combine(b.load(ptr), total), ptr)
+
     if columns:
         kb.loops(head[:-1], lambda rows: kb.loops(head[-1:], lambda j: outer(rows + j), first=first))
     else:

@@ -1,5 +1,6 @@
 """The scan loop: a body of kernels run once per step; the lowering rule of scan, which
 lowers the body in a Lowering of its own. The loop is in loops.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,9 +14,10 @@ from dlc.compiler.native.program.registry import register_lowering
 @dataclass
 class ScanKernel(Kernel):
     """for t in 0..length (or back): sizes[var] = t, then run the body's kernels."""
+
     length: object
     reverse: bool
-    var: str              # the symbol of the step index, "$t0", "$t1", ... by nesting depth
+    var: str  # the symbol of the step index, "$t0", "$t1", ... by nesting depth
     body: list
 
     def nested(self) -> list:
@@ -37,6 +39,7 @@ class ScanKernel(Kernel):
     def emit(self, f):
         """A loop on the calling thread that calls the body's functions."""
         from dlc.compiler.native.kernels.scan.loops import scan_loop
+
         kb = f.serial()
         scan_loop(kb, self, f.prog, f.run_nested)
         return kb
@@ -53,7 +56,7 @@ def _scan(lw, n, ins, attrs, typ):
     extra = {var} | (length.symbols() if isinstance(length, Dim) else set())
     lw.p.symbols = sorted(set(lw.p.symbols) | extra)
     outs = lw.graph.outputs_of(n)
-    first = len(lw.p.buffers)       # buffers from here on may change from step to step
+    first = len(lw.p.buffers)  # buffers from here on may change from step to step
     # carries live in `current` buffers, set from their initial values before the loop
     current = []
     for x in ins[:nc]:
@@ -61,14 +64,17 @@ def _scan(lw, n, ins, attrs, typ):
         lw.emit(MapKernel(x.shape, buf.id, Affine(0, row_major(x.shape)), lw.use(x), node=x.node))
         current.append(contiguous(buf.id, x.shape, x.dtype))
     args = list(current)
-    for x, axis in zip(ins[nc:nc + len(xs_axes)], xs_axes):
+    for x, axis in zip(ins[nc : nc + len(xs_axes)], xs_axes):
         # step t of a sequence is a slice of its expression: a view of a buffer, or
         # (used only here) computed inside the loop, step by step — `xs @ W + b`
         # never goes through memory with its bias added
-        args.append(lw.use(x).remap(lambda a, axis=axis: Affine(
-            a.offset + a.coeffs[axis] * t, a.coeffs[:axis] + a.coeffs[axis + 1:])))
-    args += [lw.use(x) for x in ins[nc + len(xs_axes):]]
-    if attrs.get("segment_of"):     # a checkpointed scan's segment: its steps are the plain scan's (scan.py)
+        args.append(
+            lw.use(x).remap(
+                lambda a, axis=axis: Affine(a.offset + a.coeffs[axis] * t, a.coeffs[:axis] + a.coeffs[axis + 1 :])
+            )
+        )
+    args += [lw.use(x) for x in ins[nc + len(xs_axes) :]]
+    if attrs.get("segment_of"):  # a checkpointed scan's segment: its steps are the plain scan's (scan.py)
         k, front = attrs["segment_of"]
         steps = lw.steps[:-1] + (lw.steps[-1] * k + t - front,)
     else:
@@ -82,7 +88,7 @@ def _scan(lw, n, ins, attrs, typ):
     for y, axis, out in zip(results[nc:], ys_axes, outs[nc:]):
         buf = lw.p.buffer(out.dtype, numel(out.shape), "temp")
         full = row_major(out.shape)
-        places.append(Load(buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1:]), out.dtype))
+        places.append(Load(buf.id, Affine(t * full[axis], full[:axis] + full[axis + 1 :]), out.dtype))
         stacked.append(contiguous(buf.id, out.shape, out.dtype))
         if y.key() not in sub.slots and y.key() not in carried:
             sub.slots[y.key()] = places[-1]

@@ -1,4 +1,5 @@
 """The scan's loop (kernels/scan), in LLVM IR: the step index goes into the sizes array."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -18,4 +19,5 @@ def scan_loop(kb: KernelBuilder, k, prog: KernelProgram, run_body):
         t = b.sub(b.sub(length, ir.Constant(i64, 1)), idx[0]) if k.reverse else idx[0]
         b.store(t, slot)
         run_body(b)
+
     kb.loops((k.length,), step)

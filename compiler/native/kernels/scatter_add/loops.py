@@ -1,4 +1,5 @@
 """The loop of a scatter-add (kernels/scatter_add), in LLVM IR."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -27,5 +28,7 @@ def scatter_add(kb: KernelBuilder, k, prog: KernelProgram):
             pd = b.gep(kb.buffer(k.out, dtype), [b.add(dst, r[0])])
             ps = b.gep(kb.buffer(k.upd, dtype), [b.add(src, r[0])])
             b.store(b.fadd(b.load(pd), b.select(ok, b.load(ps), zero)), pd)
+
         kb.loops((k.row,), inner)
+
     kb.loops(k.idx_shape, each)

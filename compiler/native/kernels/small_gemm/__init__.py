@@ -1,5 +1,6 @@
 """The small GEMM: a small C summed over a long batch of products, nothing packed (the
 choice lists choose it, choose/conv.py). The loop is in loops.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,14 +17,15 @@ class SmallGemmKernel(Kernel):
     batch is cut into `parts` runs (threads take whole parts), each summed into its m x n
     slice of `partial`, and C is the sum of the slices in order: the same numbers
     whatever the number of threads. `bf16`: A and B rounded to bfloat16 as they are loaded."""
+
     m: int
     n: int
     k: object
     batch: object
-    a: tuple              # (buffer, offset, ld, batch stride)
+    a: tuple  # (buffer, offset, ld, batch stride)
     b: tuple
-    c: tuple              # (buffer, offset, ld)
-    partial: int          # buffer of parts * m * n
+    c: tuple  # (buffer, offset, ld)
+    partial: int  # buffer of parts * m * n
     parts: int
     bf16: bool = False
 
@@ -31,8 +33,10 @@ class SmallGemmKernel(Kernel):
         return 2 * numel([concrete(d, sizes) for d in (self.m, self.n, self.k, self.batch)])
 
     def text(self) -> list:
-        return [f"small_gemm sum over {self.batch} of [{self.m} x {self.k}] @ [{self.k} x {self.n}]: "
-                f"b{self.c[0]} = b{self.a[0]} @ b{self.b[0]}{render.bf16(self)}{render.located(self)}"]
+        return [
+            f"small_gemm sum over {self.batch} of [{self.m} x {self.k}] @ [{self.k} x {self.n}]: "
+            f"b{self.c[0]} = b{self.a[0]} @ b{self.b[0]}{render.bf16(self)}{render.located(self)}"
+        ]
 
     def accesses(self) -> tuple:
         return {self.a[0], self.b[0]}, {self.c[0], self.partial}
@@ -41,6 +45,7 @@ class SmallGemmKernel(Kernel):
         """The parts on a thread team, then their sum on the calling thread."""
         from dlc.compiler.native.kernels.small_gemm.loops import small_gemm
         from dlc.compiler.native.codegen.shared_loops import sum_parts
+
         kb = f.team(lambda kb, first: small_gemm(kb, self, first), self.parts, self.m * self.n * self.k * self.batch)
         sum_parts(kb, self.partial, self.parts, self.m, self.n, self.c)
         return kb

@@ -1,4 +1,5 @@
 """The small GEMM's loop (kernels/small_gemm), in LLVM IR: the GEMM's micro-kernel without packing."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -57,8 +58,10 @@ def small_gemm(kb: KernelBuilder, k, first):
                         a = splat(b, operand(b, k, b.load(b.gep(A, [b.add(acol, kb.dim(r * lda))]))), vty)
                         for v in range(len(lanes)):
                             b.store(b.call(fma, [a, bv[v], b.load(acc[r, v])]), acc[r, v])
+
                 kb.loops((count, k.k), step)
                 for r in rows:
                     for v, w in enumerate(lanes):
                         vec(P, b.add(out, ir.Constant(i64, r * k.n + j0 + v * VW)), w, b.load(acc[r, v]))
+
     kb.loops((k.parts,), part, first=first)

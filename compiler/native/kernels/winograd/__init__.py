@@ -22,6 +22,7 @@ times a direct sum's, put the logits 1.6e-5 from onnxruntime's, and five Adam st
 examples/vgg_cnn.dl 6 % from the reference engine's loss (2e-6 with these). Its implementations of
 conv2d and of the input gradient are here, compiler/native/choose/conv.py chooses them
 (docs/native.md, "Winograd's convolution"); its loops are in loops.py."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from dlc.compiler.native.kernels.winograd.transforms import G, TILE, WINDOW, til
 from dlc.compiler.native.program import Affine, Const, Kernel, Load, Op, contiguous, render
 from dlc.compiler.native.program.registry import register_implementation
 
+
 @dataclass
 class WinogradInputKernel(Kernel):
     """V[ξ·4 + ν, c, n·TH·TW + th·TW + tw] = (Bᵀ d B)[ξ, ν], d the 4 x 4 window of x[n, c]
@@ -41,10 +43,11 @@ class WinogradInputKernel(Kernel):
     x). Its windows are a convolution's of a 4 x 4 filter with stride 2, so the direct
     convolution's row loads (conv/loops.py ConvRows) read them: `w_shape`, `stride_w` and
     `out_hw` say so."""
+
     x: int
     out: int
     x_shape: tuple
-    tiles: tuple            # TH, TW
+    tiles: tuple  # TH, TW
     padding: tuple
 
     stride_w = TILE
@@ -58,17 +61,21 @@ class WinogradInputKernel(Kernel):
         return self.tiles
 
     def text(self) -> list:
-        return [f"winograd input {render.shape(self.x_shape)}: b{self.out} = Bᵀ d B of the {self.tiles[0]} x "
-                f"{self.tiles[1]} tiles of b{self.x}{render.located(self)}"]
+        return [
+            f"winograd input {render.shape(self.x_shape)}: b{self.out} = Bᵀ d B of the {self.tiles[0]} x "
+            f"{self.tiles[1]} tiles of b{self.x}{render.located(self)}"
+        ]
 
     def accesses(self) -> tuple:
         return {self.x}, {self.out}
 
     def emit(self, f):
         from dlc.compiler.native.kernels.winograd.loops import input_transform
+
         N, C = self.x_shape[:2]
-        return f.team(lambda kb, first: input_transform(kb, self, first), N * C,
-                      N * C * self.tiles[0] * self.tiles[1] * 100)
+        return f.team(
+            lambda kb, first: input_transform(kb, self, first), N * C, N * C * self.tiles[0] * self.tiles[1] * 100
+        )
 
 
 @dataclass
@@ -77,6 +84,7 @@ class WinogradOutputKernel(Kernel):
     M[:, o, n·TH·TW + th·TW + tw] (`products`), for the outputs inside y [N, O, Ho, Wo];
     `epilogue`: the map that alone reads y, run on each (example, channel) plane once it
     is stored, as a direct convolution's (ConvKernel)."""
+
     products: int
     out: int
     out_shape: tuple
@@ -89,9 +97,10 @@ class WinogradOutputKernel(Kernel):
         return self.tiles
 
     def text(self) -> list:
-        return [f"winograd output {render.shape(self.out_shape)}: b{self.out} = Aᵀ M A of b{self.products}"
-                f"{', then in its store:' if self.epilogue else ''}{render.located(self)}"] + \
-            ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
+        return [
+            f"winograd output {render.shape(self.out_shape)}: b{self.out} = Aᵀ M A of b{self.products}"
+            f"{', then in its store:' if self.epilogue else ''}{render.located(self)}"
+        ] + ["  " + line for line in (self.epilogue.text() if self.epilogue else [])]
 
     def accesses(self) -> tuple:
         reads, writes = self.epilogue.accesses() if self.epilogue else (set(), set())
@@ -105,9 +114,11 @@ class WinogradOutputKernel(Kernel):
 
     def emit(self, f):
         from dlc.compiler.native.kernels.winograd.loops import output_transform
+
         N, O = self.out_shape[:2]
-        return f.team(lambda kb, first: output_transform(kb, self, first), N * O,
-                      N * O * self.tiles[0] * self.tiles[1] * 60)
+        return f.team(
+            lambda kb, first: output_transform(kb, self, first), N * O, N * O * self.tiles[0] * self.tiles[1] * 60
+        )
 
 
 def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, padding: tuple, out_hw: tuple, out: int):
@@ -120,29 +131,57 @@ def _winograd_conv(lw, n, x: Load, x_shape: tuple, w: Load, filters: int, paddin
     th, tw = tiles(out_hw)
     columns = N * th * tw
     positions = WINDOW * WINDOW
-    ready = weight_flag(lw, w.buffer)       # a prediction's weights: transformed once, until they change
+    ready = weight_flag(lw, w.buffer)  # a prediction's weights: transformed once, until they change
     # a built library's U: packed for the GEMM then, and U itself only the transform's
     u = lw.p.buffer("f32", positions * filters * C, "temp", f"{lw.p.buffers[w.buffer].name} winograd")
     u_of = (u.id, 0, C, filters * C)
     pack = packed_a_weight(lw, u_of, filters, C, positions, n) if ready else None
-    if ready and pack is None:      # kept between calls for the GEMM
+    if ready and pack is None:  # kept between calls for the GEMM
         u.role = "packed"
     (o_stride, c_stride, i_stride, j_stride), shape = w.at.coeffs, (filters, C)
-    taps = [[Load(w.buffer, Affine(w.at.offset + i * i_stride + j * j_stride, (o_stride, c_stride)), "f32")
-             for j in range(3)] for i in range(3)]
-    arithmetic = (lambda a, b: Op("add", (a, b), "f32"), lambda a, b: Op("sub", (a, b), "f32"),
-                  lambda v, c: Op("mul", (v, Const(float(c), "f32")), "f32"))
+    taps = [
+        [
+            Load(w.buffer, Affine(w.at.offset + i * i_stride + j * j_stride, (o_stride, c_stride)), "f32")
+            for j in range(3)
+        ]
+        for i in range(3)
+    ]
+    arithmetic = (
+        lambda a, b: Op("add", (a, b), "f32"),
+        lambda a, b: Op("sub", (a, b), "f32"),
+        lambda v, c: Op("mul", (v, Const(float(c), "f32")), "f32"),
+    )
     filters_t = two_sided(G, taps, *arithmetic)
-    transform = FusedMapKernel(shape, [MapKernel(shape, u.id, Affine((xi * WINDOW + nu) * filters * C, (C, 1)),
-                                                 filters_t[xi][nu], node=n)
-                                       for xi in range(WINDOW) for nu in range(WINDOW)], node=n)
+    transform = FusedMapKernel(
+        shape,
+        [
+            MapKernel(shape, u.id, Affine((xi * WINDOW + nu) * filters * C, (C, 1)), filters_t[xi][nu], node=n)
+            for xi in range(WINDOW)
+            for nu in range(WINDOW)
+        ],
+        node=n,
+    )
     lw.emit(WeightTransformKernel("winograd filters", transform, ready, pack, node=n))
     v = lw.p.buffer("f32", positions * C * columns, "temp")
     lw.emit(WinogradInputKernel(x.buffer, v.id, x_shape, (th, tw), padding, node=n))
     m = lw.p.buffer("f32", positions * filters * columns, "temp")
-    lw.emit(GemmKernel(filters, columns, C, positions, u_of, (v.id, 0, columns, C * columns),
-                       (m.id, 0, columns, filters * columns), False, False, pack and pack.out, pack and ready,
-                       packed_a=pack is not None, node=n))
+    lw.emit(
+        GemmKernel(
+            filters,
+            columns,
+            C,
+            positions,
+            u_of,
+            (v.id, 0, columns, C * columns),
+            (m.id, 0, columns, filters * columns),
+            False,
+            False,
+            pack and pack.out,
+            pack and ready,
+            packed_a=pack is not None,
+            node=n,
+        )
+    )
     lw.emit(WinogradOutputKernel(m.id, out, (N, filters, *out_hw), (th, tw), node=n))
 
 
@@ -163,6 +202,15 @@ def _winograd_input_grad(lw, n, ins, attrs, typ, s: ConvShape):
     out = lw.p.buffer("f32", numel(typ.shape), "temp")
     wm = lw.materialize(w)
     _, flipped_attrs = input_grad_as_conv(s, typ.shape[2:], attrs)
-    _winograd_conv(lw, n, lw.materialize(g), g.shape, flipped_filters(wm, s.kh, s.kw), s.C, flipped_attrs["padding"],
-                   typ.shape[2:], out.id)
+    _winograd_conv(
+        lw,
+        n,
+        lw.materialize(g),
+        g.shape,
+        flipped_filters(wm, s.kh, s.kw),
+        s.C,
+        flipped_attrs["padding"],
+        typ.shape[2:],
+        out.id,
+    )
     lw.set(n, contiguous(out.id, typ.shape, typ.dtype))

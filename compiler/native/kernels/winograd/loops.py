@@ -1,5 +1,6 @@
 """Winograd's transforms (kernels/winograd), in LLVM IR: a vector's lanes are consecutive
 tiles of a row of tiles, each lane's arithmetic that of one tile."""
+
 from __future__ import annotations
 
 from llvmlite import ir
@@ -41,12 +42,20 @@ def input_transform(kb: KernelBuilder, k, first):
         v = two_sided(BT, window, *_arithmetic(rows))
         tile = kb.affine(Affine(0, (columns, TH * TW, TW, 1)), [c, n, th, tw0])
         ahead = b.icmp_signed("<=", kb.affine(Affine(rows.vw, (TW, 1)), [th, tw0]), kb.dim(TH * TW))
-        rows.stores_ahead(ahead, [(k.out, b.add(tile, kb.dim((xi * WINDOW + nu) * C * columns)), v[xi][nu])
-                                  for xi in range(WINDOW) for nu in range(WINDOW)], rows.mask(tw0, TW))
+        rows.stores_ahead(
+            ahead,
+            [
+                (k.out, b.add(tile, kb.dim((xi * WINDOW + nu) * C * columns)), v[xi][nu])
+                for xi in range(WINDOW)
+                for nu in range(WINDOW)
+            ],
+            rows.mask(tw0, TW),
+        )
 
     def pair(idx):
         n, c = b.sdiv(idx[0], kb.dim(C)), b.srem(idx[0], kb.dim(C))
         kb.loops((TH, rows.chunks()), lambda tq: row_of_tiles(n, c, *tq))
+
     kb.loops((N * C,), pair, first=first)
 
 
@@ -63,11 +72,17 @@ def output_transform(kb: KernelBuilder, k, first):
     def row_of_tiles(n, o, th, q):
         tw0 = b.mul(q, ir.Constant(i64, rows.chunk))
         tile = kb.affine(Affine(0, (columns, TH * TW, TW, 1)), [o, n, th, tw0])
-        positions = [(k.products, b.add(tile, kb.dim((xi * WINDOW + nu) * O * columns)))
-                     for xi in range(WINDOW) for nu in range(WINDOW)]
-        m = rows.whole_or_masked(b.icmp_signed("<=", b.add(tw0, ir.Constant(i64, rows.vw)), kb.dim(TW)), positions,
-                                 lambda: [rows.mask(tw0, TW)] * len(positions))
-        m = [m[xi * WINDOW:(xi + 1) * WINDOW] for xi in range(WINDOW)]
+        positions = [
+            (k.products, b.add(tile, kb.dim((xi * WINDOW + nu) * O * columns)))
+            for xi in range(WINDOW)
+            for nu in range(WINDOW)
+        ]
+        m = rows.whole_or_masked(
+            b.icmp_signed("<=", b.add(tw0, ir.Constant(i64, rows.vw)), kb.dim(TW)),
+            positions,
+            lambda: [rows.mask(tw0, TW)] * len(positions),
+        )
+        m = [m[xi * WINDOW : (xi + 1) * WINDOW] for xi in range(WINDOW)]
         y = two_sided(AT, m, *_arithmetic(rows))
         for a in range(TILE):
             ho = b.add(b.mul(th, ir.Constant(i64, TILE)), ir.Constant(i64, a))
@@ -75,12 +90,17 @@ def output_transform(kb: KernelBuilder, k, first):
             # output vector r of the row: columns TILE·tw0 + r·vw + l, column TILE·t + s from lane t of y[a][s]
             for r, value in enumerate(interleaved(b, y[a])):
                 start = b.add(b.mul(tw0, ir.Constant(i64, TILE)), ir.Constant(i64, r * rows.vw))
-                rows.store(k.out, kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, start]), value,
-                           rows.mask(start, Wo, row_ok))
+                rows.store(
+                    k.out,
+                    kb.affine(Affine(0, (O * Ho * Wo, Ho * Wo, Wo, 1)), [n, o, ho, start]),
+                    value,
+                    rows.mask(start, Wo, row_ok),
+                )
 
     def pair(idx):
         n, o = b.sdiv(idx[0], kb.dim(O)), b.srem(idx[0], kb.dim(O))
         kb.loops((TH, rows.chunks()), lambda tq: row_of_tiles(n, o, *tq))
         if k.epilogue is not None:
             kb.loops((Ho * Wo,), lambda p: map_body(kb, k.epilogue, kb.p, [n, o, p[0]]), contiguous=True)
+
     kb.loops((N * O,), pair, first=first)

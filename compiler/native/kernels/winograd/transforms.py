@@ -1,25 +1,19 @@
 """The arithmetic of Winograd's F(2 x 2, 3 x 3) (kernels/winograd): its transforms'
 matrices as data, and their application to a tile of values of any kind — LLVM vectors
 in the transforms' loops, map expressions in the filters' transform."""
+
 from __future__ import annotations
 
 
-TILE = 2        # m: a tile's outputs along each side
-WINDOW = 4      # m + 3 - 1: a tile's inputs along each side
+TILE = 2  # m: a tile's outputs along each side
+WINDOW = 4  # m + 3 - 1: a tile's inputs along each side
 
 # Bᵀ (input), G (filter) and Aᵀ (output) of F(2 x 2, 3 x 3), interpolating at 0, ±1 and
 # infinity: the tile's window d, the filter g and the tile y along one axis; each
 # transform is applied along both
-BT = ((1, 0, -1, 0),
-      (0, 1, 1, 0),
-      (0, -1, 1, 0),
-      (0, 1, 0, -1))
-G = ((1, 0, 0),
-     (0.5, 0.5, 0.5),
-     (0.5, -0.5, 0.5),
-     (0, 0, 1))
-AT = ((1, 1, 1, 0),
-      (0, 1, -1, -1))
+BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
+AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 
 
 def combination(coeffs, values, add, sub, times):
