@@ -42,15 +42,15 @@ from dlc.runtime.engines.reference import predict_graph
 from dlc.runtime.interop import checkpoint, quantized
 from dlc.runtime.training.callbacks import Callback, StopTraining
 from dlc.runtime.training.summarize import summary_settings, summary_text
-from dlc.runtime.training.config import make_config, parse_setting
+from dlc.runtime.training.config import make_config
 from dlc.runtime.training.inputs import (
     array_data,
     data_settings,
     evaluation_data,
     fit_input,
+    given_data,
     input_arrays,
     is_arrays,
-    load_data,
     prepare_data,
 )
 from dlc.runtime.training.trainer import Result, Trainer, mean_metrics, to_stderr
@@ -252,8 +252,7 @@ class DlcModel:
             return train, cfg.batch, to_text(cfg.data)
         if is_arrays(data):
             return input_arrays(self.eval_model, array_data(data, "data"), need_targets=False), cfg.batch, "arrays"
-        spec = parse_setting(data, "data") if isinstance(data, str) else data
-        ds = load_data(spec, Path.cwd(), "data")
+        spec, ds = given_data(data, Path.cwd())
         return input_arrays(self.eval_model, ds, need_targets=False), cfg.batch, to_text(spec)
 
     def engine_for(self, int8: bool) -> Engine:
@@ -347,7 +346,7 @@ class DlcModel:
             return Dataset({self.eval_model.inputs[0].name: encode(text, self.vocab())[None, :]}, named=True)
         if str(data).lower().endswith((".csv", ".csv.gz")):  # inputs only: every column is a feature
             return files.csv(Path.cwd(), str(data), label=None)
-        return load_data(parse_setting(data, "data") if isinstance(data, str) else data, Path.cwd(), "data")
+        return given_data(data, Path.cwd())[1]
 
     def classes(self) -> tuple[str, list] | None:
         """(the label column's name, its classes' names by id) of the table the weights were

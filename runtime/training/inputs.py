@@ -19,7 +19,7 @@ from dlc.runtime.data.formats import not_numbers, numbers
 from dlc.runtime.data.registry import load
 from dlc.runtime.data.streamed import Streamed
 from dlc.runtime.data.tables import as_trained, kept_meta, recode
-from dlc.runtime.training.config import TrainConfig, is_split, make_config, parse_setting, split_args
+from dlc.runtime.training.config import Flag, TrainConfig, is_split, make_config, parse_setting, split_args
 from dlc.runtime.training.gradcheck import ignored_values, index_bound
 from dlc.compiler.frontend.settings import Call, Symbol, from_json, show, to_json, to_text
 
@@ -40,6 +40,15 @@ def load_data(spec, base: Path, what: str, span=None) -> Dataset:
             span,
         )
     return load(spec, base, span)
+
+
+def given_data(data, base: Path) -> tuple:
+    """(the spec, the data set) of data given to eval, predict or quantize (their --data): text is
+    read as the flag's, a source's call or a path, and an error in it is located at the flag."""
+    if not isinstance(data, str):
+        return data, load_data(data, base, "data")
+    spec = parse_setting(data, "data")
+    return spec, load_data(spec, base, "data", Flag("data", data).span())
 
 
 def array_data(arrays: Mapping, what: str) -> Dataset:
@@ -318,11 +327,10 @@ def evaluation_data(program: Program, model: Model, data, saved: dict | None, lo
         cfg = make_config(program, model.name, {}, require_data=data is None)
     base, trained_on = Path(program.path).parent, to_text(cfg.data)
     if data is not None:
-        spec = parse_setting(data, "data") if isinstance(data, str) else data
+        spec, ds = given_data(data, base)
         log(f"evaluating {to_text(spec)}")
         if to_text(spec) == trained_on:
             log("note: this is the data the weights were trained on (but for any held-out splits)")
-        ds = load_data(spec, base, "data")
         same_classes(ds, trained or {}, f"the data {to_text(spec)}")
         return input_arrays(model, ds, trained=trained or {})
     train, val, test, _ = prepare_data(cfg, base, model)

@@ -229,6 +229,9 @@ def test_python_dash_m_dlc_is_the_dlc_command(tmp_path):
         (["train", XOR, "--freeze", "nothing*"], "--freeze"),
         (["train", XOR, "--log-every", "0"], "--log-every"),
         (["eval", XOR, "--weights", "w.npz", "--batch", "0"], "--batch"),
+        (["eval", XOR, "--weights", "TRAINED", "--data", "nowhere.npz"], "--data"),
+        (["predict", XOR, "--weights", "TRAINED", "--data", "nowhere.npz"], "--data"),
+        (["quantize", XOR, "--weights", "TRAINED", "--data", "digit()", "-o", "lib"], "--data"),
         (["summary", XOR, "--batch", "0"], "--batch"),
         (["summary", XOR, "--depth", "0"], "--depth"),
         (["build", XOR, "--train", "--seed", "-1", "-o", "lib"], "--seed"),
@@ -237,7 +240,11 @@ def test_python_dash_m_dlc_is_the_dlc_command(tmp_path):
 def test_an_error_in_a_flags_value_starts_at_the_flag_with_status_2(tmp_path, capsys, argv, flag):
     """Whichever part of dlc finds it (the argument parser, a setting's check, a data source), an error about a
     flag's value says the flag first, and is a usage error."""
-    argv = [a if a != "lib" else str(tmp_path / "lib") for a in argv]
+    if "TRAINED" in argv:  # weights of the model, so that only the flag's value is wrong
+        assert main(["train", XOR, "--epochs", "1", "--out", str(tmp_path / "trained"), "-q"]) == 0
+        capsys.readouterr()
+    where = {"lib": str(tmp_path / "lib"), "TRAINED": str(tmp_path / "trained" / "last.npz")}
+    argv = [where.get(a, a) for a in argv]
     try:
         code = main([*argv, "--out", str(tmp_path / "run")] if argv[0] == "train" else argv)
     except SystemExit as e:
