@@ -750,11 +750,12 @@ def header(lib: Library, version: str) -> str:
     inputs = "\n".join(f" *   {t.name}: {t.type}" for t in lib.inputs)
     outputs = "\n".join(f" *   {t.name}: {t.type}" for t in lib.outputs)
     constants = "\n".join(header_constants(lib))
-    embedded = (
-        "its weights are inside: give NULL (or a checkpoint's path to use that instead)"
-        if lib.weights is not None
-        else "give the path of a dlc checkpoint (.npz) or .safetensors file of the model"
-    )
+    if lib.int8:  # its scales were calibrated for the weights compiled in: create takes no checkpoint
+        embedded = "its weights and int8 scales are inside: give NULL (it takes no checkpoint)"
+    elif lib.weights is not None:
+        embedded = "its weights are inside: give NULL (or a checkpoint's path to use that instead)"
+    else:
+        embedded = "give the path of a dlc checkpoint (.npz) or .safetensors file of the model"
     return f"""/* {n}.h: the C API of model {n}, built by dlc {version} (`dlc build`) for the
  * {lib.target} target. docs/deploy.md says what it guarantees.
  *

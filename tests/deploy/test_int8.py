@@ -95,6 +95,9 @@ def test_the_int8_library_takes_no_checkpoint(library):
     status, model = api.create(ckpt)
     assert status == STATUS["DLC_ERROR_ARGUMENT"] and "it takes no checkpoint (create it with NULL)" in api.error(model)
     api.f("destroy")(model)
+    # and its header says so, where a float32 library's offers a checkpoint instead of its embedded weights
+    header = (lib / "digits_cnn.h").read_text()
+    assert "give NULL (it takes no checkpoint" in header and "a checkpoint's path to use that instead" not in header
 
 
 def test_build_int8_refuses_hostile_quantized_checkpoints_and_wrong_flags(library, tmp_path):
