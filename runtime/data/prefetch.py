@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from dlc.runtime.data.streamed import Streamed, is_streamed
+from dlc.runtime.data.streamed import Streamed, is_streamed, row_indices
 
 AHEAD = 2  # batches read while the step takes the current one
 
@@ -66,7 +66,7 @@ class Batches:
             if not isinstance(v, Streamed):
                 batch[name] = v[rows]
                 continue
-            picked = np.arange(len(v))[rows] if isinstance(rows, slice) else np.asarray(rows)
+            picked = row_indices(len(v), rows)
             chunks = np.array_split(picked, min(self.threads, max(len(picked), 1)))
             batch[name] = [pool.submit(v.read, chunk, epoch) for chunk in chunks]
         return batch

@@ -71,7 +71,12 @@ def is_streamed(columns: dict) -> bool:
 
 def row_indices(n: int, index) -> np.ndarray:
     """The integer rows of n examples that `index` (a slice, integer rows or a mask) selects."""
-    rows = np.arange(n)[index]
+    # a slice's or integer rows taken as they are: not an index of every example made for each batch
+    if isinstance(index, slice):
+        rows = np.arange(*index.indices(n))
+    else:
+        index = np.asarray(index)
+        rows = np.arange(n)[index] if index.dtype == bool else index
     if rows.ndim != 1:
         raise DlcError(f"examples are selected by a slice, integer rows or a mask, not {type(index).__name__}")
     return rows

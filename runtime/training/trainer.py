@@ -376,6 +376,7 @@ class Trainer:
                 started, seen_before, epoch_waited = time.perf_counter(), seen, 0.0
                 epoch_steps = min(len(bounds) - skip, last_step - step)  # max_steps may end the run inside it
                 plan = self.plan(bounds, skip, order, epoch, step, n if sampled else 0, shared)
+                reading.close()  # the last epoch's reader, and the last batch it held, let go: one epoch's at a time
                 taken = reading.enter_context(contextlib.closing(iter(Batches(train, plan, cfg.data_threads))))
                 for b in range(skip, len(bounds)):
                     lo, hi = bounds[b]

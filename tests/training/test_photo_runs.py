@@ -79,3 +79,30 @@ def test_two_ranks_each_decoding_their_share_train_as_one_process(tmp_path):
     }
     assert all(run.returncode == 0 for run in runs.values()), [run.stderr for run in runs.values()]
     assert_same_run(tmp_path / "r1", tmp_path / "r2")
+
+
+def test_a_run_holds_one_epochs_reader_at_a_time(tmp_path, monkeypatch):
+    """An epoch's reader of streamed data (and the last batch it read) is let go when the next
+    epoch starts: a run's memory does not grow with its epochs."""
+    from dlc.runtime.training import trainer
+
+    readers = []
+
+    class Counted(trainer.Batches):
+        def __iter__(self):
+            reader = super().__iter__()
+            readers.append(reader)
+            return reader
+
+    open_at_epoch = []
+
+    class Count(Callback):
+        def on_epoch_begin(self, epoch, logs):  # before the epoch makes its reader
+            open_at_epoch.append(sum(r.gi_frame is not None for r in readers))
+
+    monkeypatch.setattr(trainer, "Batches", Counted)
+    photo_folder(tmp_path / "photos", per_class=4)
+    path = photo_model(tmp_path, TRAIN.replace("epochs = 2", "epochs = 4").replace("validation = split(0.2) ", ""))
+    load(path, backend="reference").train(out=tmp_path / "run", progress="none", callbacks=[Count()])
+    assert open_at_epoch == [0, 1, 1, 1]
+    assert all(r.gi_frame is None for r in readers)  # and the last one at the run's end
