@@ -67,7 +67,8 @@ def _replace(path: Path, write):
 
 
 def _umask() -> int:
-    """The process's umask, which only setting it tells: set and put back at once."""
+    """The process's umask, which only setting it tells: set and put back at once (a file another
+    thread makes meanwhile gets the stricter 077)."""
     mask = os.umask(0o077)
     os.umask(mask)
     return mask
