@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shlex
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import dlc
@@ -109,6 +109,9 @@ class Built:
     transform: bool = False
     int8: int = 0  # its integer products (dlc build --int8)
     level: int = jit.OPT_LEVEL  # LLVM's level of its code: O3, or quick (jit.settled_level)
+    notes: list = field(
+        default_factory=list
+    )  # what dlc build says of its input besides (a float32 build of a quantized checkpoint)
 
 
 def build(
@@ -170,11 +173,15 @@ def build(
     _refuse_host_calls(program)
     inputs, outputs = [t for t in face.inputs if t.name in program.inputs], face.outputs
     params = {p.name: p for p in eval_model.params}
-    arrays = None
+    arrays, notes = None, []
     if weights:
         from dlc.runtime.interop.weights import load as load_weights
 
-        arrays, _ = load_weights(weights, eval_model.params)
+        arrays, meta = load_weights(weights, eval_model.params)
+        if not int8 and "quantization" in meta:
+            from dlc.runtime.interop import quantized
+
+            notes.append(quantized.read_in_float32(weights))
     from dlc.compiler.native.codegen.driver import build_module
 
     built = build_module(program, "dlc_step")
@@ -227,7 +234,7 @@ def build(
     (out / f"{name}.pc").write_text(_pkg_config(lib, tools))
     (out / "README.md").write_text(_readme(lib, tools, out))
     files = [out / f for f in (f"lib{name}{tools.suffix}", f"lib{name}.a", f"{name}.h", f"{name}.pc", "README.md")]
-    return Built(name, files, tools.name, target, embed, train, transform, len(quantization or ()), level)
+    return Built(name, files, tools.name, target, embed, train, transform, len(quantization or ()), level, notes=notes)
 
 
 def _trainer(lib: Library, file: str, model: str | None, weights: str | None, overrides: dict, scales: dict) -> Library:

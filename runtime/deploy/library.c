@@ -463,12 +463,14 @@ static int refuse_extra(struct DLC_INSTANCE *m, const char *extra) {
 }
 
 /* whether a zip member is one dlc's checkpoint may hold besides the parameters this unit
- * reads: "meta.npy", an optimizer state "opt:...", a parameter of the model this unit
- * does not read ("param:NAME.npy", NAME in KNOWN) */
+ * reads: "meta.npy", an optimizer state "opt:...", an integer product's array "int8:..." (a
+ * quantized checkpoint: a float32 library reads its float32 parameters, as dlc predict does), a
+ * parameter of the model this unit does not read ("param:NAME.npy", NAME in KNOWN) */
 static int member_allowed(const zip_entry *e) {
     const unsigned char *s = e->name;
     if (e->nlen == 8 && !memcmp(s, "meta.npy", 8)) return 1;
     if (e->nlen >= 4 && !memcmp(s, "opt:", 4)) return 1;
+    if (e->nlen >= 5 && !memcmp(s, "int8:", 5)) return 1;   /* a quantized checkpoint's: its float32 ones read */
     return e->nlen > 10 && !memcmp(s, "param:", 6) && !memcmp(s + e->nlen - 4, ".npy", 4) &&
            known_elsewhere(s + 6, (size_t)(e->nlen - 10));
 }
