@@ -255,3 +255,19 @@ def test_predict_finds_an_index_inputs_bounds_once_and_checks_every_call(tmp_pat
     assert len(walks) == 1
     with pytest.raises(DlcError, match=r"ids has values from 8 to 11, but the model takes 0 to 9 there"):
         m.predict(ids + 8)
+
+
+def test_an_argmax_downstream_of_token_ids_bounds_them_by_no_one_hot_of_its(tmp_path):
+    """A one_hot of the logits' argmax is of positions among the logits, not of the token ids
+    the logits came from: the ids are bounded by their embedding's rows alone (not by the 2
+    classes of the one-hot)."""
+    path = tmp_path / "hard.dl"
+    path.write_text(
+        "model hard {\n    input ids: i32[B, 4]\n    logits = sum(embedding(ids, 10, 2), axis = 1)\n"
+        "    output picked = one_hot(argmax(logits, axis = 1), 2)\n}\n"
+    )
+    m = DlcModel(str(path), backend="reference")
+    m.params = init_params(m.train_model, 0)
+    assert m.predict(np.array([[9, 0, 5, 7]], np.int32))["picked"].shape == (1, 2)
+    with pytest.raises(DlcError, match=r"ids has values from 0 to 10, but the model takes 0 to 9 there"):
+        m.predict(np.array([[10, 0, 5, 7]], np.int32))
