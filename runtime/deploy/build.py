@@ -109,9 +109,8 @@ class Built:
     transform: bool = False
     int8: int = 0  # its integer products (dlc build --int8)
     level: int = jit.OPT_LEVEL  # LLVM's level of its code: O3, or quick (jit.settled_level)
-    notes: list = field(
-        default_factory=list
-    )  # what dlc build says of its input besides (a float32 build of a quantized checkpoint)
+    # what dlc build says of its input besides the build (a float32 build of a quantized checkpoint)
+    notes: list = field(default_factory=list)
 
 
 def build(

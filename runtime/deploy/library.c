@@ -221,7 +221,7 @@ static int check_cpu(struct DLC_INSTANCE *m) {
             return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
                         "lacks %s: build it for --target %s, which this CPU runs", DLC_TARGET, DLC_TARGET, missing,
                         MACHINE_TARGETS[i].name);
-        if (i == 0)     /* a macOS library: its one target */
+        if (i == 0)     /* no target of dlc build is for this machine to name */
             return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
                         "lacks %s", DLC_TARGET, DLC_TARGET, missing);
         return fail(m, DLC_ERROR_CPU, "this library was built for %s (dlc build --target %s), and this CPU "
