@@ -176,7 +176,7 @@ class DlcModel:
         }
         more = {}
         if self.quantization is not None:
-            meta["quantization"] = quantized.describe(self.quantization, self.quantized)
+            meta["quantization"] = quantized.describe(self.quantization, self.quantized, self.eval_model)
             more = quantized.arrays(self.quantization)
         checkpoint.save(path, self.params, {}, meta, more)
         return path
