@@ -67,51 +67,37 @@ class Encoded:
 
 
 class Tokenizer:
-    """A `tokenizers.Tokenizer` with its padding token (`pad`, `pad_rule`), its end and beginning
-    tokens (`eos`, `bos`: ids or None) and the length its texts are cut to (`length`, None: the
-    longest of a batch). `source` names where it came from, for messages."""
+    """A `tokenizers.Tokenizer` with its padding token (`pad`, and `pad_rule`: the rule that chose
+    it), its end and beginning tokens (`eos`, `bos`: ids or None) and the length its texts are cut
+    to (`length`, None: the longest of a batch). `source` names where it came from, for messages.
+    The library's own padding and truncation are off but while `encode` sets them."""
 
-    def __init__(self, tok, source: str, special: dict | None = None, length: int | None = None):
-        self.tok, self.source, self.length = tok, source, length
-        self.pad, self.pad_rule = self._pad(tok, special or {})
+    def __init__(self, tok, source: str, pad: int, pad_rule: str, eos, bos, length: int | None = None):
+        self.tok, self.source, self.pad, self.pad_rule = tok, source, pad, pad_rule
+        self.eos, self.bos, self.length = eos, bos, length
         self.tok.no_padding()
         self.tok.no_truncation()
-        self.eos = self._named(special, "eos_token", EOS_NAMES, -1)
-        self.bos = self._named(special, "bos_token", BOS_NAMES, 0)
-        if self.pad is None:
-            self.pad, self.pad_rule = (self.eos, "the end-of-sequence token") if self.eos is not None else (0, "id 0")
+
+    @classmethod
+    def of(cls, tok, source: str, special: dict | None = None, length: int | None = None) -> "Tokenizer":
+        """A library tokenizer with its tokens found by the rules (the module's doc; `special`: a
+        folder's names of them); `length` by default its own truncation's, if it sets one."""
+        special = special or {}
+        pad, rule = _padding(tok, special)
+        if length is None:
+            length = (tok.truncation or {}).get("max_length")
+        tok.no_padding()  # the post-processor's tokens of one text, found next, not its padding
+        tok.no_truncation()
+        eos = _special(tok, special, "eos_token", EOS_NAMES, -1)
+        bos = _special(tok, special, "bos_token", BOS_NAMES, 0)
+        if pad is None:
+            pad, rule = (eos, "the end-of-sequence token") if eos is not None else (0, "id 0")
+        return cls(tok, source, pad, rule, eos, bos, length)
 
     @property
     def vocab_size(self) -> int:
         """The ids it gives are 0 to vocab_size - 1 (added tokens included)."""
         return self.tok.get_vocab_size(with_added_tokens=True)
-
-    def _pad(self, tok, special: dict):
-        padding = tok.padding
-        if padding and isinstance(padding.get("pad_id"), int):
-            return int(padding["pad_id"]), "the tokenizer's padding"
-        named = _token_name(special.get("pad_token"))
-        if named is not None and tok.token_to_id(named) is not None:
-            return tok.token_to_id(named), "the folder's pad_token"
-        for name in PAD_NAMES:
-            if tok.token_to_id(name) is not None:
-                return tok.token_to_id(name), f"the token {name}"
-        return None, None
-
-    def _named(self, special: dict | None, key: str, names: tuple, end: int) -> int | None:
-        """The id of the folder's `key` token, else the special token the post-processor puts at
-        `end` (0 first, -1 last) of a sequence, else the first special token of `names`."""
-        named = _token_name((special or {}).get(key))
-        if named is not None and self.tok.token_to_id(named) is not None:
-            return self.tok.token_to_id(named)
-        marks = self.tok.encode("a").special_tokens_mask if self.tok.post_processor is not None else []
-        if marks and marks[end]:
-            return self.tok.encode("a").ids[end]
-        added = {t.content for t in self.tok.get_added_tokens_decoder().values() if t.special}
-        for name in names:
-            if name in added:
-                return self.tok.token_to_id(name)
-        return None
 
     def encode(self, texts, length: int | None = None, special: bool = True) -> Encoded:
         """`texts` (a str or a list of them) encoded, truncated to `length` tokens (default
@@ -173,12 +159,39 @@ class Tokenizer:
 
     @classmethod
     def from_meta(cls, meta: dict, source: str = "the checkpoint's tokenizer") -> "Tokenizer":
-        tok = _parse(meta.get("json"), source)
-        t = cls.__new__(cls)
-        t.tok, t.source, t.length = tok, source, meta.get("length")
-        t.pad, t.pad_rule = int(meta["pad"]), str(meta.get("pad_rule", ""))
-        t.eos, t.bos = meta.get("eos"), meta.get("bos")
-        return t
+        """The tokenizer `to_meta` kept, as it was."""
+        pad, rule = int(meta["pad"]), str(meta.get("pad_rule", ""))
+        return cls(
+            _parse(meta.get("json"), source), source, pad, rule, meta.get("eos"), meta.get("bos"), meta.get("length")
+        )
+
+
+def _padding(tok, special: dict) -> tuple:
+    """(the padding id, the rule that chose it) by the first three rules, or (None, None)."""
+    padding = tok.padding
+    if padding and isinstance(padding.get("pad_id"), int):
+        return int(padding["pad_id"]), "the tokenizer's padding"
+    named = _token_name(special.get("pad_token"))
+    if named is not None and tok.token_to_id(named) is not None:
+        return tok.token_to_id(named), "the folder's pad_token"
+    for name in PAD_NAMES:
+        if tok.token_to_id(name) is not None:
+            return tok.token_to_id(name), f"the token {name}"
+    return None, None
+
+
+def _special(tok, special: dict, key: str, names: tuple, end: int) -> int | None:
+    """The id of a folder's `key` token, else the special token the post-processor puts at `end`
+    (0 first, -1 last) of a sequence, else the first special token of `names` the tokenizer has."""
+    named = _token_name(special.get(key))
+    if named is not None and tok.token_to_id(named) is not None:
+        return tok.token_to_id(named)
+    if tok.post_processor is not None:
+        sample = tok.encode("a")
+        if sample.special_tokens_mask and sample.special_tokens_mask[end]:
+            return sample.ids[end]
+    added = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
+    return next((tok.token_to_id(name) for name in names if name in added), None)
 
 
 def _token_name(v) -> str | None:
@@ -237,7 +250,7 @@ def load(path, base_dir=".", span: Span | None = None, length: int | None = None
                 raise DlcError(f"cannot read {f} ({e})", span) from None
             special = (doc if isinstance(doc, dict) else {}) | special
     try:
-        return Tokenizer(_parse(text, str(p)), str(p), special, length)
+        return Tokenizer.of(_parse(text, str(p)), str(p), special, length)
     except DlcError as e:
         e.span = e.span or span
         raise
@@ -303,4 +316,4 @@ def train(files: list, kind: str, vocab: int, lower: bool = False, min_frequency
         tok.post_processor = proc.TemplateProcessing(
             single="<s> $A </s>", pair="<s> $A </s> $B </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
         )
-    return Tokenizer(tok, f"the trained {kind} tokenizer")
+    return Tokenizer.of(tok, f"the trained {kind} tokenizer")

@@ -116,12 +116,15 @@ def test_a_folders_special_tokens_map_names_the_padding(tmp_path):
     assert tok.pad == lib.token_to_id("<|pad_here|>") and tok.pad_rule == "the folder's pad_token"
 
 
-def test_a_configured_padding_is_the_tokenizers_own(tmp_path):
+def test_a_configured_padding_and_truncation_are_the_tokenizers_own(tmp_path):
     lib = gpt2_like()
     lib.enable_padding(pad_id=5, pad_token=lib.id_to_token(5))
+    lib.enable_truncation(max_length=6)
     lib.save(str(tmp_path / "tok.json"))
     tok = T.load(tmp_path / "tok.json")
-    assert (tok.pad, tok.pad_rule) == (5, "the tokenizer's padding")
+    assert (tok.pad, tok.pad_rule, tok.length) == (5, "the tokenizer's padding", 6)
+    assert tok.encode(SENTENCES).ids.shape == (4, 6) and tok.encode(SENTENCES, length=9).ids.shape == (4, 9)
+    assert T.load(tmp_path / "tok.json", length=3).encode(SENTENCES).ids.shape == (4, 3)
 
 
 def test_the_checkpoints_copy_encodes_alike(trained):
@@ -185,3 +188,33 @@ def test_dlc_tokenizer_train_refuses_a_missing_or_binary_corpus(tmp_path, capsys
     assert "could not train a bpe tokenizer" in failure(
         ["tokenizer", "train", str(tmp_path / "bin.txt"), "-o", str(tmp_path / "t.json")], capsys
     )
+
+
+def test_a_bert_folder_saved_by_transformers_encodes_as_transformers_does(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    words = "the a film was wonderful dull plot , ! i loved it".split()
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, "##s"]) + "\n")
+    theirs = transformers.BertTokenizerFast(vocab_file=str(tmp_path / "vocab.txt"))
+    theirs.save_pretrained(tmp_path / "bert")  # tokenizer.json, tokenizer_config.json, special_tokens_map.json
+    tok = T.load(tmp_path / "bert")
+    assert (tok.pad, tok.pad_rule) == (theirs.pad_token_id, "the folder's pad_token")
+    assert (tok.bos, tok.eos) == (theirs.cls_token_id, theirs.sep_token_id)
+    texts = ["the film was wonderful", "i loved it ! the plot was dull , the film was dull", "films"]
+    want = theirs(texts, padding="max_length", truncation=True, max_length=8)
+    got = tok.encode(texts, length=8)
+    assert got.ids.tolist() == want["input_ids"] and got.mask.tolist() == want["attention_mask"]
+
+
+def test_a_gpt2_folder_pads_as_transformers_users_pad_it(tmp_path):
+    """transformers' GPT-2 has no pad token: its users set pad_token = eos_token, which dlc does itself."""
+    transformers = pytest.importorskip("transformers")
+    theirs = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=gpt2_like(), bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+    theirs.save_pretrained(tmp_path / "gpt2")
+    tok = T.load(tmp_path / "gpt2")
+    assert theirs.pad_token is None and tok.pad == tok.eos == tok.bos == theirs.eos_token_id
+    theirs.pad_token = theirs.eos_token
+    want = theirs(SENTENCES, padding="longest")
+    got = tok.encode(SENTENCES)
+    assert got.ids.tolist() == want["input_ids"] and got.mask.tolist() == want["attention_mask"]
