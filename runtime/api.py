@@ -34,6 +34,7 @@ from dlc.runtime.data.streamed import first_rows, is_streamed
 from dlc.runtime.data.files import read_text
 from dlc.runtime.data.synthetic import BOS, EOS, PAD
 from dlc.runtime.data.text import decode, encode
+from dlc.runtime.data.text_tables import encoded_dataset
 from dlc.runtime.data.tokenizer import Tokenizer
 from dlc.runtime.interop import weights
 from dlc.runtime.engines.backends import make_engine
@@ -319,8 +320,7 @@ class DlcModel:
         engine = self.engine_for(int8)
         paths = photo_paths(data) if text is None else None
         if text is not None:
-            encoded = self.tokenizer().encode(text)
-            ds = Dataset({"x": encoded.ids, "lengths": encoded.lengths, "mask": encoded.mask})
+            ds = encoded_dataset(self.tokenizer().encode(text), {})
         elif paths is not None:
             column = photo_column(paths, self.meta.get("meta", {}).get("image"))
             ds = Dataset({self.eval_model.inputs[0].name: column}, named=True)

@@ -15,6 +15,10 @@ are the classes, a file's whole text one example). `label = none` reads texts al
     y        i32 [N]          the label: integers as written, or names numbered in sorted order
     lengths  i32 [N]          the tokens of each text
     mask     i32 [N, length]  the attention mask: 1 on a token, 0 on padding
+    types    i32 [N, length]  the token type ids (0 for a single text)
+
+and the same under transformers' names (input_ids, attention_mask, token_type_ids, label), which
+the inputs of a model imported from a Hugging Face folder bind to by name (`Dataset.stacked`).
 
 `length` cuts longer texts (the tokenizer keeps its special tokens); by default it is the
 tokenizer's own truncation, else the longest text's. meta: "tokenizer" (with that length) and
@@ -38,6 +42,7 @@ from dlc.runtime.data.dataset import Dataset
 from dlc.runtime.data.files import class_folders
 from dlc.runtime.data.formats import label_column, read_utf8
 from dlc.runtime.data.source import source
+from dlc.runtime.data.tokenizer import Encoded
 
 TABLE_SUFFIXES = (".parquet", ".arrow", ".feather")
 
@@ -53,18 +58,28 @@ def texts(base_dir, args: Args) -> Dataset:
     strings, labels, classes = _read(args, base_dir, names)
     if not strings:
         raise DlcError(f"texts: {args['path']} holds no texts", args.span("path"))
-    encoded = tok.encode(strings, special=special)
+    tok.special = special
+    encoded = tok.encode(strings)
     tok.length = encoded.ids.shape[1]  # what predict encodes new texts to
     meta = {"tokenizer": tok.to_meta(), "vocab_size": tok.vocab_size, "token_columns": ["x"]}
-    columns = {"x": encoded.ids}
+    y = None
     if labels is not None:
         y, class_names = class_ids(labels, classes, args.src, args.span("label"))
-        columns["y"] = label_column(y)
         meta["classes"] = int(y.max()) + 1 if len(y) else 0
         if class_names is not None:
             meta["class_names"] = class_names
-    columns |= {"lengths": encoded.lengths, "mask": encoded.mask}
-    return Dataset(columns, meta)
+    return encoded_dataset(encoded, meta, y)
+
+
+def encoded_dataset(encoded: Encoded, meta: dict, labels: np.ndarray | None = None) -> Dataset:
+    """The columns of encoded texts (and their labels): x, y, lengths, mask, types, and the same
+    under transformers' names, which a model imported from a Hugging Face folder declares:
+    input_ids, attention_mask, token_type_ids, label."""
+    columns = {"x": encoded.ids} | ({"y": label_column(labels)} if labels is not None else {})
+    columns |= {"lengths": encoded.lengths, "mask": encoded.mask, "types": encoded.types}
+    named = {"x": "input_ids", "y": "label", "lengths": "lengths", "mask": "attention_mask", "types": "token_type_ids"}
+    # every column named, in the columns' order: data bound in order takes x, y, lengths, ... as before
+    return Dataset(columns, meta, stacked={named[c]: [c] for c in columns})
 
 
 def _column_name(args: Args, arg: str) -> str | None:

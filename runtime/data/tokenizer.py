@@ -58,19 +58,23 @@ def library(what: str = "tokenizers"):
 @dataclass
 class Encoded:
     """A batch of texts as ids [N, L] int32 (padded with the pad id), the attention mask [N, L]
-    int32 (1 on a token, 0 on padding) and the lengths [N] int32 (the tokens of each, special
-    tokens included)."""
+    int32 (1 on a token, 0 on padding), the lengths [N] int32 (the tokens of each, special
+    tokens included) and the token type ids [N, L] int32 (0: the first text of a pair)."""
 
     ids: np.ndarray
     mask: np.ndarray
     lengths: np.ndarray
+    types: np.ndarray
 
 
 class Tokenizer:
     """A `tokenizers.Tokenizer` with its padding token (`pad`, and `pad_rule`: the rule that chose
     it), its end and beginning tokens (`eos`, `bos`: ids or None) and the length its texts are cut
-    to (`length`, None: the longest of a batch). `source` names where it came from, for messages.
-    The library's own padding and truncation are off but while `encode` sets them."""
+    to (`length`, None: the longest of a batch), and whether `encode` adds the post-processor's
+    special tokens (`special`). `source` names where it came from, for messages. The library's
+    own padding and truncation are off but while `encode` sets them."""
+
+    special = True
 
     def __init__(self, tok, source: str, pad: int, pad_rule: str, eos, bos, length: int | None = None):
         self.tok, self.source, self.pad, self.pad_rule = tok, source, pad, pad_rule
@@ -99,10 +103,12 @@ class Tokenizer:
         """The ids it gives are 0 to vocab_size - 1 (added tokens included)."""
         return self.tok.get_vocab_size(with_added_tokens=True)
 
-    def encode(self, texts, length: int | None = None, special: bool = True) -> Encoded:
+    def encode(self, texts, length: int | None = None, special: bool | None = None) -> Encoded:
         """`texts` (a str or a list of them) encoded, truncated to `length` tokens (default
         `self.length`; None: none cut) by the library (its special tokens kept) and padded to
-        that length, or to the longest. `special`: the post-processor's special tokens."""
+        that length, or to the longest. `special`: the post-processor's special tokens (default
+        `self.special`)."""
+        special = self.special if special is None else special
         texts = [texts] if isinstance(texts, str) else list(texts)
         bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
         if bad is not None:
@@ -121,7 +127,8 @@ class Tokenizer:
         width = len(found[0].ids) if found else (length or 0)
         ids = np.array([e.ids for e in found], np.int32).reshape(len(found), width)
         mask = np.array([e.attention_mask for e in found], np.int32).reshape(len(found), width)
-        return Encoded(ids, mask, mask.sum(axis=1, dtype=np.int32))
+        types = np.array([e.type_ids for e in found], np.int32).reshape(len(found), width)
+        return Encoded(ids, mask, mask.sum(axis=1, dtype=np.int32), types)
 
     def corpus(self, text: str) -> np.ndarray:
         """The int32 ids of a corpus, without special tokens: its lines (each with its line break)
@@ -148,22 +155,25 @@ class Tokenizer:
         return self.tok.id_to_token(self.pad) or ""
 
     def to_meta(self) -> dict:
-        """What a checkpoint keeps: the tokenizer.json, its padding, end and beginning tokens and
-        length, which `from_meta` reads back as it was."""
+        """What a checkpoint keeps: the tokenizer.json, its padding, end and beginning tokens,
+        length and special tokens, which `from_meta` reads back as it was."""
         return {
             "json": self.tok.to_str(),
             "pad": self.pad,
             "pad_rule": self.pad_rule,
             **{k: v for k, v in (("eos", self.eos), ("bos", self.bos), ("length", self.length)) if v is not None},
+            **({} if self.special else {"special": False}),
         }
 
     @classmethod
     def from_meta(cls, meta: dict, source: str = "the checkpoint's tokenizer") -> "Tokenizer":
         """The tokenizer `to_meta` kept, as it was."""
         pad, rule = int(meta["pad"]), str(meta.get("pad_rule", ""))
-        return cls(
+        tok = cls(
             _parse(meta.get("json"), source), source, pad, rule, meta.get("eos"), meta.get("bos"), meta.get("length")
         )
+        tok.special = meta.get("special", True) is not False
+        return tok
 
 
 def _padding(tok, special: dict) -> tuple:

@@ -177,8 +177,7 @@ def check_tokens(model: Model, ds: Dataset, chosen: dict, span=None):
     as long as a fixed sequence axis, and no longer than the positions the model has."""
     size = ds.meta.get("vocab_size")
     for inp in model.inputs:
-        column = chosen.get(inp.name)
-        if column not in (ds.meta.get("token_columns") or ()):
+        if inp.name not in chosen or not ds.reads([chosen[inp.name]]) & set(ds.meta.get("token_columns") or ()):
             continue
         bound, _ = index_limits(model, inp.name)
         if bound is not None and size is not None and bound < size:
@@ -188,7 +187,7 @@ def check_tokens(model: Model, ds: Dataset, chosen: dict, span=None):
                 f"or train a tokenizer of at most {bound} tokens",
                 span,
             )
-        width, seq = ds.columns[column].shape[1], inp.type.shape[1] if len(inp.type.shape) == 2 else None
+        width, seq = ds.column(chosen[inp.name]).shape[1], inp.type.shape[1] if len(inp.type.shape) == 2 else None
         limit = context_limit(model)
         if isinstance(seq, int) and seq != width:
             raise DlcError(

@@ -72,7 +72,8 @@ def write_csv(path, rows, header=("text", "label"), delimiter=","):
 
 def check_columns(ds, tok_path, texts, names=("negative", "positive")):
     want = library_ids(tok_path, texts)
-    assert list(ds.columns) == ["x", "y", "lengths", "mask"]
+    assert list(ds.columns) == ["x", "y", "lengths", "mask", "types"]
+    assert not ds.columns["types"].any()  # single texts: all of type 0
     assert ds.columns["x"].shape == (len(texts), max(map(len, want)))
     for row, ids in enumerate(want):
         assert ds.columns["x"][row, : len(ids)].tolist() == ids
@@ -102,7 +103,34 @@ def test_columns_are_chosen_by_name_and_integer_labels_kept(tmp_path, tok_path):
     ds = D.load(call("r.csv", str(tok_path), text="review", label="stars"), tmp_path)
     assert ds.columns["y"].tolist() == [i % 3 for i in range(8)] and "class_names" not in ds.meta
     unlabelled = D.load(call("r.csv", str(tok_path), text="review", label=None), tmp_path)
-    assert list(unlabelled.columns) == ["x", "lengths", "mask"]
+    assert list(unlabelled.columns) == ["x", "lengths", "mask", "types"]
+
+
+def test_the_columns_bind_by_transformers_names_and_in_order(tmp_path, tok_path):
+    """A model imported from a Hugging Face folder declares input_ids, attention_mask,
+    token_type_ids and label; a model of other names takes x, y, lengths, ... in order."""
+    from dlc.compiler.frontend.loader import load_text
+    from dlc.runtime.training.inputs import bindings
+
+    write_csv(tmp_path / "r.csv", ROWS)
+    ds = D.load(call("r.csv", str(tok_path)), tmp_path)
+    hf = load_text(
+        "model m { input input_ids: i32[B, T]  input attention_mask: i32[B, T]  input token_type_ids: i32[B, T]\n"
+        "target label: i32[B]\n logits = dense(mean(embedding(input_ids, 200, 4), 1), 2)\n"
+        "loss sparse_cross_entropy(logits, label) }\n"
+    ).build("m", training=True)
+    chosen = bindings(hf, ds)
+    assert {name: ds.reads([c]) for name, c in chosen.items()} == {
+        "input_ids": {"x"},
+        "attention_mask": {"mask"},
+        "token_type_ids": {"types"},
+        "label": {"y"},
+    }
+    own = load_text(
+        "model m { input tokens: i32[B, T]  target cls: i32[B]\n"
+        "logits = dense(mean(embedding(tokens, 200, 4), 1), 2)\n loss sparse_cross_entropy(logits, cls) }\n"
+    ).build("m", training=True)
+    assert [ds.reads([c]) for c in bindings(own, ds).values()] == [{"x"}, {"y"}]
 
 
 def test_a_datasets_class_label_names_the_ids(tmp_path, tok_path):

@@ -135,6 +135,10 @@ def test_the_checkpoints_copy_encodes_alike(trained):
         assert np.array_equal(a, b)
     assert again.encode(SENTENCES).ids.shape == (4, 7)
     assert (again.pad, again.eos, again.bos) == (trained.pad, trained.eos, trained.bos)
+    trained.special = False  # texts(..., special = false): new texts are encoded without them too
+    again = T.Tokenizer.from_meta(json.loads(json.dumps(trained.to_meta())))
+    assert again.special is False
+    assert again.encode(SENTENCES[0]).ids[0, 0] == trained.tok.encode(SENTENCES[0], add_special_tokens=False).ids[0]
 
 
 def test_corpus_ids_are_each_lines_encoding_in_order(corpus):
