@@ -246,6 +246,20 @@ def test_train_then_predict_text_from_the_cli_and_the_api(tmp_path, tok_path, ca
         tok_path.with_name("moved.json").rename(tok_path)
 
 
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ('texts("r.csv", tokenizer = "missing.json")', "tokenizer file not found"),
+        ('texts("r.csv", tokenizer = "{tok}", text = "review")', "no column 'review' (its columns: text, label)"),
+        ('texts("gone.csv", tokenizer = "{tok}")', "data file not found"),
+    ],
+)
+def test_dlc_train_locates_a_bad_text_source_and_exits_1(tmp_path, tok_path, capsys, source, message):
+    path = write_model(tmp_path, tok_path, source=source)
+    err = failure(["train", str(path), "--out", str(tmp_path / "run")], capsys)
+    assert f"m.dl:{len(CLASSIFIER.splitlines()) + 1}:" in err and message in err, err
+
+
 def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path, tok_path, capsys):
     path = write_model(tmp_path, tok_path, CLASSIFIER.replace("VOCAB = 200", "VOCAB = 20"))
     size = tokenizers.Tokenizer.from_file(str(tok_path)).get_vocab_size()
