@@ -380,7 +380,7 @@ class DlcModel:
         meta = self.meta.get("meta", {}).get("tokenizer")
         if meta is None:
             raise DlcError("this checkpoint has no tokenizer: it was not trained on tokenized text (texts(...))")
-        return Tokenizer.from_meta(meta)
+        return Tokenizer.from_meta(meta, f"the tokenizer of {self._weights_path or 'the trained weights'}")
 
     def vocab(self) -> str:
         """The characters of the text the weights were trained on, an id each."""

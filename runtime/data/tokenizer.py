@@ -46,8 +46,8 @@ BOS_NAMES = ("<s>", "<|startoftext|>", "<bos>", "[CLS]", "[BOS]")
 KINDS = ("bpe", "wordpiece", "unigram")
 
 
-def library(what: str = "tokenizers"):
-    """The `tokenizers` module, or an error that says how to install it."""
+def library(what: str):
+    """The `tokenizers` module, or an error that says how to install it (`what`: what needs it)."""
     try:
         import tokenizers
     except ImportError:
@@ -214,7 +214,7 @@ def _token_name(v) -> str | None:
 def _parse(text, source: str):
     """A tokenizers.Tokenizer of a tokenizer.json's text; damaged JSON or a format the library
     does not read is an error naming `source`."""
-    lib = library(source)
+    lib = library(f"reading the tokenizer {source}")
     if not isinstance(text, str):
         raise DlcError(f"{source} is not a tokenizer: it holds no tokenizer.json")
     try:

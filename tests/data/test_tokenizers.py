@@ -6,6 +6,7 @@ located error for a missing or damaged tokenizer file."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -166,6 +167,21 @@ def test_a_missing_or_damaged_tokenizer_file_is_located(tmp_path, write, message
     with pytest.raises(DlcError) as info:
         T.load("tok.json", tmp_path, SPAN)
     assert message in info.value.message and info.value.span == SPAN
+
+
+def test_without_the_library_the_error_says_how_to_install_it(tmp_path, monkeypatch):
+    gpt2_like().save(str(tmp_path / "tok.json"))
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # as if not installed: importing it fails
+    with pytest.raises(
+        DlcError,
+        match=r'reading the tokenizer .*tok.json needs Hugging Face\'s tokenizers, which is not installed: pip install "dlc\[text\]"',
+    ):
+        T.load(tmp_path / "tok.json")
+
+
+def test_a_checkpoints_damaged_tokenizer_is_named(tmp_path):
+    with pytest.raises(DlcError, match="the tokenizer of run/best.npz is not JSON"):
+        T.Tokenizer.from_meta({"json": "{cut", "pad": 0}, "the tokenizer of run/best.npz")
 
 
 def test_a_folder_without_a_tokenizer_is_refused(tmp_path):
