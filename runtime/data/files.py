@@ -69,17 +69,18 @@ def read_text(path, base_dir, src: str) -> str:
     return read_utf8(src, resolve(src, "path", path, pathlib.Path(base_dir)))
 
 
-def class_folders(root: pathlib.Path, src: str, noun: str, member, kinds: str, example: str) -> tuple:
+def class_folders(root: pathlib.Path, src: str, noun: str, member, kinds: str, example: str, instead: str) -> tuple:
     """(files, class ids int32, class names) of a folder of class folders: the sorted folder names are
     the classes 0..K-1, every file below each that `member(name)` accepts its examples, sorted. Errors
-    name the `noun` of its files (`kinds`: their extensions) and an `example` of their places."""
+    name the `noun` of its files (`kinds`: their extensions), an `example` of their places and what
+    the source reads `instead` of class folders."""
     names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     loose = sorted(f.name for f in root.iterdir() if f.is_file() and member(f.name))
     if not names:
         found = f" (it holds {len(loose)} {noun} but no class folders)" if loose else ""
         raise DlcError(
             f"{src}: {root} has no class folders{found}: put each class's {noun} in a folder of its "
-            f"name ({example}), or give a listing of file,label rows"
+            f"name ({example}), or give {instead}"
         )
     if loose:
         raise DlcError(f"{src}: {root / loose[0]} is not in a class folder: each file goes in the folder of its class")

@@ -115,7 +115,13 @@ def is_image_name(name: str) -> bool:
 def folder_examples(root: pathlib.Path) -> tuple[list, np.ndarray, list]:
     """(files, class ids, class names) of a folder of class folders, every image below each."""
     return class_folders(
-        root, "images", "images", is_image_name, ", ".join(EXTENSIONS), "photos/cat/1.jpg, photos/dog/2.jpg"
+        root,
+        "images",
+        "images",
+        is_image_name,
+        ", ".join(EXTENSIONS),
+        "photos/cat/1.jpg, photos/dog/2.jpg",
+        "a listing of file,label rows",
     )
 
 

@@ -110,6 +110,7 @@ def _read(args: Args, base_dir: pathlib.Path, names: dict) -> tuple[list, list |
             lambda f: f.endswith(".txt") and not f.startswith("."),
             ".txt",
             "reviews/good/1.txt, reviews/bad/2.txt",
+            "a table of a text and a label column (.csv, .tsv, .jsonl, .parquet)",
         )
         return [read_utf8(args.src, pathlib.Path(f)) for f in files], ids.tolist(), class_names
     if p.is_dir() or lower.endswith(TABLE_SUFFIXES):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -155,6 +156,22 @@ def test_a_folder_of_class_folders_of_txt_files(tmp_path, tok_path):
     texts = [t for t, y in ROWS if y == "negative"] + [t for t, y in ROWS if y == "positive"]  # by folder, by name
     check_columns(ds, tok_path, texts)
     assert ds.columns["y"].tolist() == [0] * 4 + [1] * 4
+
+
+def test_hostile_class_folders_are_refused(tmp_path, tok_path):
+    (tmp_path / "loose").mkdir()
+    (tmp_path / "loose" / "a.txt").write_text("a film")
+    (tmp_path / "empty" / "good").mkdir(parents=True)
+    (tmp_path / "binary" / "good").mkdir(parents=True)
+    (tmp_path / "binary" / "good" / "a.txt").write_bytes(b"\xff\xfe\x00")
+    for folder, message in (
+        ("loose", "has no class folders (it holds 1 text files but no class folders)"),
+        ("empty", "holds no text files (.txt): add its text files or remove it"),
+        ("binary", "is not UTF-8 text"),
+    ):
+        with pytest.raises(DlcError, match=re.escape(message)) as info:
+            D.load(call(folder, str(tok_path)), tmp_path, SPAN)
+        assert info.value.span is not None
 
 
 def test_length_truncates_and_pads(tmp_path, tok_path):
